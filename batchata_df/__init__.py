@@ -1,0 +1,44 @@
+"""batchata-df: LLM jobs over Polars frames through the providers' batch APIs.
+
+>>> from batchata_df import batch_llm  # doctest: +SKIP
+>>> out = df.pipe(batch_llm, schema=Review, model="gpt-4.1-mini", prompt="{text}")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from batchata_df.engine import ProgressSnapshot
+from batchata_df.errors import (
+    BatchataError,
+    ColumnError,
+    ConfigError,
+    CredentialsError,
+    FileInputError,
+    ModelError,
+    OrphanedBatchError,
+    PriceError,
+    ProviderError,
+    SchemaError,
+    StateError,
+    StateMismatchError,
+)
+from batchata_df.frame import batch_llm
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BatchataError",
+    "ColumnError",
+    "ConfigError",
+    "CredentialsError",
+    "FileInputError",
+    "ModelError",
+    "OrphanedBatchError",
+    "PriceError",
+    "ProgressSnapshot",
+    "ProviderError",
+    "SchemaError",
+    "StateError",
+    "StateMismatchError",
+    "__version__",
+    "batch_llm",
+]

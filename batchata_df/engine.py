@@ -1,0 +1,636 @@
+"""The batch lifecycle: plan -> (admit) -> submit -> poll -> collect, and its driver.
+
+The pure parts -- splitting jobs into provider batches, turning provider results into job
+outcomes, the polling backoff -- are plain functions without I/O, unit-tested directly. The
+:class:`Engine` is the thin driver that calls a :class:`~batchata_df.providers.base.Provider`
+and records every step in the :class:`~batchata_df.state.StateStore` *before* acting on it:
+
+* an ``intent`` batch event and ``assigned`` job events are written before ``submit``;
+* the provider's batch id is written right after ``submit`` returns;
+* on resume, an ``intent`` without an id is looked up at the provider (``find``) before
+  anything else is submitted, so a crash between "created" and our checkpoint never makes
+  us pay twice.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from batchata_df.cost import PriceTable, cost_expr
+from batchata_df.errors import ProviderError
+from batchata_df.providers.base import (
+    BatchPoll,
+    BatchTag,
+    Provider,
+    ProviderState,
+    RequestSpec,
+)
+from batchata_df.state import TERMINAL_JOB, StateStore
+
+__all__ = [
+    "Backoff",
+    "BatchPhase",
+    "Engine",
+    "ProgressSnapshot",
+    "RunOptions",
+    "outcomes_to_events",
+    "split_sizes",
+]
+
+
+class BatchPhase(enum.StrEnum):
+    """Our view of a provider batch (the ``status`` of batch events)."""
+
+    INTENT = "intent"
+    SUBMITTED = "submitted"
+    CANCEL_REQUESTED = "cancel_requested"
+    COLLECTED = "collected"
+    ABANDONED = "abandoned"
+
+
+IN_FLIGHT = (BatchPhase.SUBMITTED.value, BatchPhase.CANCEL_REQUESTED.value)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Run-level knobs of :func:`~batchata_df.batch_llm` that the engine honours."""
+
+    items_per_batch: int | None = None
+    max_parallel_batches: int = 8
+    wait: bool = True
+    time_limit_s: float | None = None
+    retry_failed: bool = False
+    poll_initial_s: float = 1.0
+    poll_max_s: float = 60.0
+    poll_factor: float = 1.6
+
+
+@dataclass(frozen=True)
+class ProgressSnapshot:
+    """What a progress callback receives, after every poll round and state change."""
+
+    total: int
+    completed: int
+    failed: int
+    cancelled: int
+    pending: int
+    batches: dict[str, int]
+    cost_usd: float
+    elapsed_s: float
+    phase: str
+
+
+# -- pure logic --------------------------------------------------------------------------------
+
+
+def split_sizes(
+    sizes: np.ndarray, *, max_requests: int, max_bytes: int
+) -> list[tuple[int, int]]:
+    """Split consecutive items into ``[start, end)`` ranges by count and by bytes.
+
+    Every range holds at most ``max_requests`` items whose sizes sum to at most
+    ``max_bytes``; an item larger than ``max_bytes`` on its own gets a range of its own (the
+    provider will reject it, which fails that row only).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> split_sizes(np.array([4, 4, 4, 4, 4]), max_requests=2, max_bytes=100)
+    [(0, 2), (2, 4), (4, 5)]
+    >>> split_sizes(np.array([6, 6, 6]), max_requests=10, max_bytes=12)
+    [(0, 2), (2, 3)]
+    """
+    n = len(sizes)
+    cum = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+    out: list[tuple[int, int]] = []
+    start = 0
+    while start < n:
+        by_bytes = int(np.searchsorted(cum, cum[start] + max_bytes, side="right")) - 1
+        end = min(start + max_requests, by_bytes, n)
+        end = max(end, start + 1)
+        out.append((start, end))
+        start = end
+    return out
+
+
+class Backoff:
+    """Polling intervals growing geometrically from ``initial`` to ``maximum`` seconds.
+
+    Examples
+    --------
+    >>> b = Backoff(1.0, 60.0, 2.0)
+    >>> [b.next() for _ in range(8)]
+    [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
+    """
+
+    def __init__(self, initial: float, maximum: float, factor: float) -> None:
+        self.initial, self.maximum, self.factor = initial, maximum, factor
+        self._current = initial
+
+    def next(self) -> float:
+        """The next interval."""
+        value = min(self._current, self.maximum)
+        self._current = min(self._current * self.factor, self.maximum)
+        return value
+
+
+def outcomes_to_events(
+    members: pl.DataFrame,
+    results: pl.DataFrame,
+    poll: BatchPoll,
+    spec: RequestSpec,
+    *,
+    cancel_reason: str | None = None,
+) -> pl.DataFrame:
+    """Turn a finished batch's provider results into terminal job events.
+
+    ``members`` lists the batch's ``job_id`` s; a member with no result line ends according
+    to the batch's final state, so no row is ever lost. Answers are validated against the
+    schema: a succeeded request whose answer does not validate ends ``failed``.
+    """
+    joined = members.select("job_id").join(results, on="job_id", how="left")
+    succeeded = joined.filter(pl.col("outcome") == "succeeded")
+    canonical, errors = spec.schema.validate(succeeded.get_column("text").to_list())
+    max_tokens = spec.params.get("max_tokens")
+    validated = succeeded.select("job_id").with_columns(
+        pl.Series("answer", canonical, dtype=pl.String),
+        pl.Series("verr", errors, dtype=pl.String),
+    )
+    joined = joined.join(validated, on="job_id", how="left")
+    if poll.state is ProviderState.FAILED:
+        missing_error = f"batch_failed: the provider rejected the batch: {poll.detail}"
+        missing_status = "failed"
+    elif poll.state is ProviderState.CANCELLED:
+        missing_error = f"cancelled: {cancel_reason or 'provider_cancelled'}"
+        missing_status = "cancelled"
+    elif poll.state is ProviderState.EXPIRED:
+        missing_error = "expired: the provider did not finish this request in its window"
+        missing_status = "failed"
+    else:
+        missing_error = "missing_result: the provider returned no result for this request"
+        missing_status = "failed"
+    truncated = pl.col("truncated").fill_null(False)
+    status = (
+        pl.when(pl.col("outcome").is_null())
+        .then(pl.lit(missing_status))
+        .when(pl.col("outcome") == "canceled")
+        .then(pl.lit("cancelled"))
+        .when((pl.col("outcome") == "succeeded") & pl.col("verr").is_null())
+        .then(pl.lit("completed"))
+        .otherwise(pl.lit("failed"))
+    )
+    truncated_msg = (
+        f"truncated: the answer hit max_tokens={max_tokens} before it was complete; "
+        "raise params={'max_tokens': ...}"
+    )
+    error = (
+        pl.when(pl.col("outcome").is_null())
+        .then(pl.lit(missing_error))
+        .when(pl.col("outcome") == "canceled")
+        .then(pl.lit(f"cancelled: {cancel_reason or 'provider_cancelled'}"))
+        .when((pl.col("outcome") == "succeeded") & pl.col("verr").is_not_null() & truncated)
+        .then(pl.lit(truncated_msg))
+        .when(pl.col("outcome") == "succeeded")
+        .then(pl.col("verr"))
+        .otherwise(pl.col("error"))
+    )
+    return joined.select(
+        "job_id",
+        status.alias("status"),
+        error.alias("error"),
+        pl.when(status == "completed").then(pl.col("answer")).alias("answer"),
+        "input_tokens",
+        "output_tokens",
+        "cached_tokens",
+    )
+
+
+# -- the driver ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Planned:
+    batch_key: str
+    provider: str
+    model: str
+    job_ids: pl.Series
+    lines: pl.Series
+    n_bytes: int
+
+
+@dataclass
+class _InFlight:
+    batch_key: str
+    provider: str
+    model: str
+    provider_batch_id: str
+    job_ids: pl.Series
+    backoff: Backoff
+    next_poll: float = 0.0
+    cancel_reason: str | None = None
+    status: str = "submitted"
+
+
+@dataclass
+class _Counters:
+    total: int = 0
+    done: dict[str, int] = field(default_factory=lambda: {s: 0 for s in TERMINAL_JOB})
+    cost: float = 0.0
+
+
+def _new_batch_key() -> str:
+    return f"b{time.time_ns():x}{secrets.token_hex(3)}"
+
+
+class Engine:
+    """Drives provider batches for one run, checkpointing every step.
+
+    Parameters
+    ----------
+    store
+        The run's checkpoint store.
+    providers
+        Provider instances by name (``"openai"``, ...), created by the caller.
+    spec
+        The request spec shared by every job.
+    prices
+        Batch prices, for ``_cost_usd``.
+    options
+        Run options.
+    progress
+        Optional callback receiving :class:`ProgressSnapshot` s.
+    """
+
+    def __init__(
+        self,
+        store: StateStore,
+        providers: Mapping[str, Provider],
+        spec: RequestSpec,
+        prices: PriceTable,
+        options: RunOptions,
+        progress: Callable[[ProgressSnapshot], None] | None = None,
+        stop_event: threading.Event | None = None,
+    ) -> None:
+        self.store = store
+        self.providers = providers
+        self.spec = spec
+        self.prices = prices
+        self.options = options
+        self.progress = progress
+        self.stop_event = stop_event or threading.Event()
+        self._started = time.monotonic()
+        self._counters = _Counters()
+        self._batch_status: dict[str, str] = {}
+
+    # -- public -------------------------------------------------------------------------------
+
+    def run(self, jobs: pl.DataFrame) -> pl.DataFrame:
+        """Run ``jobs`` (unique ``job_id``, ``provider``, ``model``, ``prompt``, ``system``).
+
+        Returns the latest state of every job (one row per ``job_id``; jobs never submitted
+        because of ``wait=False`` have no row).
+        """
+        self._counters.total = jobs.height
+        in_flight = self._recover()
+        state = self.store.job_state()
+        terminal = state.filter(pl.col("status").is_in(TERMINAL_JOB))
+        if self.options.retry_failed:
+            terminal = terminal.filter(pl.col("status") != "failed")
+        busy = pl.concat([f.job_ids for f in in_flight]) if in_flight else pl.Series(
+            "job_id", [], dtype=pl.String
+        )
+        todo = jobs.filter(
+            ~pl.col("job_id").is_in(terminal.get_column("job_id").implode())
+            & ~pl.col("job_id").is_in(busy.implode())
+        )
+        self._count_done(jobs, terminal)
+        planned = self._plan(todo)
+        self._drive(planned, in_flight)
+        return self.store.job_state()
+
+    # -- recovery -----------------------------------------------------------------------------
+
+    def _recover(self) -> list[_InFlight]:
+        """Re-attach batches in flight; resolve intents left by a crash before submitting."""
+        batches = self.store.batch_state()
+        if batches.height == 0:
+            return []
+        job_events = self.store.job_events().filter(pl.col("status") == "assigned")
+        members = job_events.group_by("batch_key").agg(pl.col("job_id"))
+        member_map = {
+            row[0]: pl.Series("job_id", row[1], dtype=pl.String)
+            for row in members.iter_rows()
+        }
+        out: list[_InFlight] = []
+        for row in batches.iter_rows(named=True):
+            key, status = row["batch_key"], row["status"]
+            provider = self.providers.get(row["provider"])
+            if status == BatchPhase.INTENT and provider is not None:
+                tag = BatchTag(
+                    run_id=self.store.manifest.run_id,
+                    batch_key=key,
+                    created_after=row["ts"].timestamp(),
+                )
+                found = provider.find(tag)
+                if found is None:
+                    self.store.append_batch(
+                        batch_key=key,
+                        provider=row["provider"],
+                        model=row["model"],
+                        status=BatchPhase.ABANDONED.value,
+                        detail="the submit never reached the provider",
+                    )
+                    continue
+                self.store.append_batch(
+                    batch_key=key,
+                    provider=row["provider"],
+                    model=row["model"],
+                    provider_batch_id=found,
+                    status=BatchPhase.SUBMITTED.value,
+                    detail="found at the provider after a crash",
+                )
+                row["provider_batch_id"], status = found, BatchPhase.SUBMITTED.value
+            if status in IN_FLIGHT and provider is not None:
+                out.append(
+                    _InFlight(
+                        batch_key=key,
+                        provider=row["provider"],
+                        model=row["model"],
+                        provider_batch_id=row["provider_batch_id"],
+                        job_ids=member_map.get(key, pl.Series("job_id", [], pl.String)),
+                        backoff=self._backoff(),
+                        status=status,
+                    )
+                )
+        return out
+
+    # -- planning -----------------------------------------------------------------------------
+
+    def _backoff(self) -> Backoff:
+        o = self.options
+        return Backoff(o.poll_initial_s, o.poll_max_s, o.poll_factor)
+
+    def _plan(self, todo: pl.DataFrame) -> Iterator[_Planned]:
+        """Yield provider batches lazily: lines are encoded only when a slot is free."""
+        for (provider_name, model), group in todo.group_by(
+            ["provider", "model"], maintain_order=True
+        ):
+            provider = self.providers[str(provider_name)]
+            limit = provider.max_requests
+            if self.options.items_per_batch:
+                limit = min(limit, self.options.items_per_batch)
+            overhead = provider.line_overhead()
+            # Encode in slices of the provider's count limit, then split each by bytes.
+            for offset in range(0, group.height, provider.max_requests):
+                chunk = group.slice(offset, provider.max_requests)
+                lines = provider.encode(chunk, self.spec)
+                sizes = (lines.str.len_bytes() + overhead).to_numpy()
+                for start, end in split_sizes(
+                    sizes, max_requests=limit, max_bytes=provider.max_bytes
+                ):
+                    yield _Planned(
+                        batch_key=_new_batch_key(),
+                        provider=str(provider_name),
+                        model=str(model),
+                        job_ids=chunk.get_column("job_id").slice(start, end - start),
+                        lines=lines.slice(start, end - start),
+                        n_bytes=int(sizes[start:end].sum()),
+                    )
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def _deadline_passed(self) -> str | None:
+        if self.stop_event.is_set():
+            return "interrupted"
+        limit = self.options.time_limit_s
+        if limit is not None and time.monotonic() - self._started >= limit:
+            return "time_limit"
+        return None
+
+    def _drive(self, planned: Iterator[_Planned], in_flight: list[_InFlight]) -> None:
+        opts = self.options
+        pending_plan: _Planned | None = next(planned, None)
+        stop_reason: str | None = None
+        while True:
+            stop_reason = stop_reason or self._deadline_passed()
+            if stop_reason is not None:
+                self._stop(stop_reason, in_flight, pending_plan, planned)
+                pending_plan = None
+            # Submit while there is a free slot.
+            while (
+                stop_reason is None
+                and pending_plan is not None
+                and len(in_flight) < opts.max_parallel_batches
+            ):
+                in_flight.append(self._submit(pending_plan))
+                pending_plan = next(planned, None)
+            self._report("running")
+            if not in_flight:
+                break
+            # Poll what is due.
+            now = time.monotonic()
+            for batch in [b for b in in_flight if b.next_poll <= now]:
+                poll = self._poll(batch)
+                if poll is None:
+                    continue
+                if poll.state is ProviderState.RUNNING:
+                    batch.next_poll = time.monotonic() + batch.backoff.next()
+                    continue
+                self._collect(batch, poll)
+                in_flight.remove(batch)
+            if not opts.wait and (pending_plan is None or len(in_flight) >= 1):
+                # Submit-now-collect-later: one pass of submits and polls, then return.
+                if pending_plan is None or len(in_flight) >= opts.max_parallel_batches:
+                    break
+                continue
+            if in_flight:
+                wake = min(b.next_poll for b in in_flight)
+                self._sleep(max(0.0, wake - time.monotonic()))
+        self._report("done")
+
+    def _sleep(self, seconds: float) -> None:
+        limit = self.options.time_limit_s
+        if limit is not None:
+            seconds = min(seconds, max(0.0, self._started + limit - time.monotonic()) + 0.01)
+        self.stop_event.wait(seconds)
+
+    def _stop(
+        self,
+        reason: str,
+        in_flight: list[_InFlight],
+        pending_plan: _Planned | None,
+        planned: Iterator[_Planned],
+    ) -> None:
+        """Stop submitting, cancel what is in flight, and end unsubmitted jobs cancelled."""
+        for batch in in_flight:
+            if batch.cancel_reason is None:
+                batch.cancel_reason = reason
+                self.providers[batch.provider].cancel(batch.provider_batch_id)
+                self.store.append_batch(
+                    batch_key=batch.batch_key,
+                    provider=batch.provider,
+                    model=batch.model,
+                    provider_batch_id=batch.provider_batch_id,
+                    status=BatchPhase.CANCEL_REQUESTED.value,
+                    detail=reason,
+                )
+                batch.next_poll = 0.0
+        rest = [p for p in ([pending_plan] if pending_plan else [])] + list(planned)
+        if rest:
+            ids = pl.concat([p.job_ids for p in rest])
+            self._write_terminal(
+                pl.DataFrame(
+                    {"job_id": ids, "status": "cancelled", "error": f"cancelled: {reason}"}
+                ),
+                batch_key=None,
+                provider=None,
+                model=None,
+                provider_batch_id=None,
+            )
+
+    def _submit(self, plan: _Planned) -> _InFlight:
+        provider = self.providers[plan.provider]
+        tag = BatchTag(self.store.manifest.run_id, plan.batch_key, time.time())
+        self.store.append_batch(
+            batch_key=plan.batch_key,
+            provider=plan.provider,
+            model=plan.model,
+            status=BatchPhase.INTENT.value,
+            n_jobs=plan.job_ids.len(),
+            n_bytes=plan.n_bytes,
+        )
+        self.store.append_jobs(
+            pl.DataFrame({"job_id": plan.job_ids}).with_columns(
+                pl.lit(plan.batch_key).alias("batch_key"),
+                pl.lit(plan.provider).alias("provider"),
+                pl.lit(plan.model).alias("model"),
+                pl.lit("assigned").alias("status"),
+            )
+        )
+        batch_id = provider.submit(plan.lines, model=plan.model, tag=tag)
+        self.store.append_batch(
+            batch_key=plan.batch_key,
+            provider=plan.provider,
+            model=plan.model,
+            provider_batch_id=batch_id,
+            status=BatchPhase.SUBMITTED.value,
+            n_jobs=plan.job_ids.len(),
+            n_bytes=plan.n_bytes,
+        )
+        self._batch_status[plan.batch_key] = "submitted"
+        return _InFlight(
+            batch_key=plan.batch_key,
+            provider=plan.provider,
+            model=plan.model,
+            provider_batch_id=batch_id,
+            job_ids=plan.job_ids,
+            backoff=self._backoff(),
+        )
+
+    def _poll(self, batch: _InFlight) -> BatchPoll | None:
+        try:
+            poll = self.providers[batch.provider].poll(batch.provider_batch_id)
+        except ProviderError:
+            # A transient failure after the SDK's own retries: try again later, the batch
+            # is safe at the provider and its id is checkpointed.
+            batch.next_poll = time.monotonic() + batch.backoff.next()
+            return None
+        self._batch_status[batch.batch_key] = poll.provider_status
+        return poll
+
+    def _collect(self, batch: _InFlight, poll: BatchPoll) -> None:
+        provider = self.providers[batch.provider]
+        if poll.state is ProviderState.FAILED:
+            from batchata_df.providers.base import empty_results
+
+            results = empty_results()
+        else:
+            results = provider.results(batch.provider_batch_id, self.spec)
+        events = outcomes_to_events(
+            pl.DataFrame({"job_id": batch.job_ids}),
+            results,
+            poll,
+            self.spec,
+            cancel_reason=batch.cancel_reason,
+        )
+        self._write_terminal(
+            events,
+            batch_key=batch.batch_key,
+            provider=batch.provider,
+            model=batch.model,
+            provider_batch_id=batch.provider_batch_id,
+        )
+        self.store.append_batch(
+            batch_key=batch.batch_key,
+            provider=batch.provider,
+            model=batch.model,
+            provider_batch_id=batch.provider_batch_id,
+            status=BatchPhase.COLLECTED.value,
+            provider_status=poll.provider_status,
+            n_jobs=batch.job_ids.len(),
+            detail=poll.detail,
+        )
+        self._batch_status[batch.batch_key] = poll.provider_status
+
+    def _write_terminal(
+        self,
+        events: pl.DataFrame,
+        *,
+        batch_key: str | None,
+        provider: str | None,
+        model: str | None,
+        provider_batch_id: str | None,
+    ) -> None:
+        price = self.prices.get(provider, model) if provider and model else None
+        frame = events.with_columns(
+            pl.lit(batch_key, dtype=pl.String).alias("batch_key"),
+            pl.lit(provider, dtype=pl.String).alias("provider"),
+            pl.lit(model, dtype=pl.String).alias("model"),
+            pl.lit(provider_batch_id, dtype=pl.String).alias("provider_batch_id"),
+        )
+        if "input_tokens" in frame.columns:
+            frame = frame.with_columns(cost_expr(price).alias("cost_usd"))
+        self.store.append_jobs(frame)
+        for status in TERMINAL_JOB:
+            self._counters.done[status] += int((frame.get_column("status") == status).sum())
+        if "cost_usd" in frame.columns:
+            self._counters.cost += float(frame.get_column("cost_usd").fill_null(0.0).sum())
+
+    # -- progress -----------------------------------------------------------------------------
+
+    def _count_done(self, jobs: pl.DataFrame, terminal: pl.DataFrame) -> None:
+        done = terminal.filter(pl.col("job_id").is_in(jobs.get_column("job_id").implode()))
+        for status in TERMINAL_JOB:
+            self._counters.done[status] = int((done.get_column("status") == status).sum())
+        self._counters.cost = float(done.get_column("cost_usd").fill_null(0.0).sum())
+
+    def _report(self, phase: str) -> None:
+        if self.progress is None:
+            return
+        c = self._counters
+        statuses: dict[str, int] = {}
+        for s in self._batch_status.values():
+            statuses[s] = statuses.get(s, 0) + 1
+        finished = sum(c.done.values())
+        self.progress(
+            ProgressSnapshot(
+                total=c.total,
+                completed=c.done["completed"],
+                failed=c.done["failed"],
+                cancelled=c.done["cancelled"],
+                pending=c.total - finished,
+                batches=statuses,
+                cost_usd=c.cost,
+                elapsed_s=time.monotonic() - self._started,
+                phase=phase,
+            )
+        )
+

@@ -1,0 +1,91 @@
+"""Exceptions raised by batchata-df.
+
+The tree is designed so that a caller can tell *who* has to act::
+
+    BatchataError                      base of everything we raise
+    ├── ConfigError (ValueError)       caller mistake, raised before any money is spent
+    │   ├── ColumnError                a named column is missing or collides
+    │   ├── SchemaError                the answer model cannot be expressed for a provider
+    │   ├── ModelError                 unknown model / provider prefix
+    │   ├── CredentialsError           no API key for the provider
+    │   ├── PriceError                 a cost cap or dry run needs a price we do not have
+    │   └── FileInputError             a file input is missing, unsupported or too large
+    ├── StateError                     the checkpoint folder cannot be used for this run
+    │   └── StateMismatchError         written for another model / prompt / schema / params
+    ├── ProviderError                  the provider refused or failed a whole batch call
+    │   └── OrphanedBatchError         we cannot prove a crashed submit did not go through
+    └── EmulatorError                  the bundled emulator could not start or answer
+
+Failures of single rows are never exceptions: they become ``_status="failed"`` and an
+``_error`` message in the result frame.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BatchataError",
+    "ColumnError",
+    "ConfigError",
+    "CredentialsError",
+    "EmulatorError",
+    "FileInputError",
+    "ModelError",
+    "OrphanedBatchError",
+    "PriceError",
+    "ProviderError",
+    "SchemaError",
+    "StateError",
+    "StateMismatchError",
+]
+
+
+class BatchataError(Exception):
+    """Base class of every exception raised by batchata-df."""
+
+
+class ConfigError(BatchataError, ValueError):
+    """A caller mistake, detected before anything is sent to a provider."""
+
+
+class ColumnError(ConfigError):
+    """A column named by the caller is missing, or an output column would collide."""
+
+
+class SchemaError(ConfigError):
+    """The answer schema cannot be expressed as strict structured output."""
+
+
+class ModelError(ConfigError):
+    """The model name does not identify a supported provider."""
+
+
+class CredentialsError(ConfigError):
+    """No API key is configured for a provider that the run needs."""
+
+
+class PriceError(ConfigError):
+    """A cost estimate or cost cap needs the price of a model that has none."""
+
+
+class FileInputError(ConfigError):
+    """A file input is missing, of an unsupported type, or over the provider's limit."""
+
+
+class StateError(BatchataError):
+    """The checkpoint folder cannot be used."""
+
+
+class StateMismatchError(StateError):
+    """The checkpoint folder was written by a run with another fingerprint."""
+
+
+class ProviderError(BatchataError):
+    """A provider call failed for a whole batch (not for a single row)."""
+
+
+class OrphanedBatchError(ProviderError):
+    """A submit may have reached the provider but its batch cannot be identified."""
+
+
+class EmulatorError(BatchataError):
+    """The bundled emulator failed to start or to answer a control request."""

@@ -1,0 +1,334 @@
+"""``batch_llm``: a frame in, jobs through provider batches, the frame out with typed answers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from pydantic import BaseModel
+
+from batchata_df.cost import PriceOverride, PriceTable
+from batchata_df.engine import Engine, ProgressSnapshot, RunOptions
+from batchata_df.errors import ColumnError, ConfigError
+from batchata_df.jobs import build_jobs, check_params
+from batchata_df.providers import SUPPORTED_PARAMS, make_provider
+from batchata_df.providers.base import Provider, RequestSpec
+from batchata_df.schema import AnswerSchema
+from batchata_df.state import StateStore
+
+__all__ = ["DEFAULT_MAX_TOKENS", "META_COLUMNS", "batch_llm"]
+
+META_COLUMNS = (
+    "_status",
+    "_error",
+    "_cost_usd",
+    "_input_tokens",
+    "_output_tokens",
+    "_job_id",
+    "_batch_id",
+)
+"""Metadata columns appended after the answer columns, in this order."""
+
+DEFAULT_MAX_TOKENS = 4096
+"""``max_tokens`` sent when ``params`` does not set it, so worst-case costs are bounded."""
+
+ProgressArg = bool | Callable[[ProgressSnapshot], None]
+
+
+def _load_dotenv() -> None:
+    try:
+        from dotenv import load_dotenv
+    except ImportError:
+        return
+    if Path(".env").is_file():
+        load_dotenv(".env", override=False)
+
+
+def _fingerprint_part(value: object) -> str:
+    if isinstance(value, pl.Expr):
+        text = "expr:" + str(value)
+    else:
+        text = json.dumps(value, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _time_limit_seconds(value: float | dt.timedelta | None) -> float | None:
+    if value is None:
+        return None
+    seconds = value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
+    if seconds <= 0:
+        msg = f"time_limit must be positive, got {value!r}"
+        raise ConfigError(msg)
+    return seconds
+
+
+def batch_llm(
+    df: pl.DataFrame | pl.LazyFrame,
+    *,
+    schema: type[BaseModel] | None = None,
+    model: str | pl.Expr,
+    prompt: str | pl.Expr,
+    state: str | os.PathLike[str] | None = None,
+    system: str | pl.Expr | None = None,
+    files: str | None = None,
+    citations: bool = False,
+    params: Mapping[str, Any] | None = None,
+    max_cost_usd: float | None = None,
+    time_limit: float | dt.timedelta | None = None,
+    dry_run: bool = False,
+    items_per_batch: int | None = None,
+    max_parallel_batches: int = 8,
+    progress: ProgressArg = False,
+    wait: bool = True,
+    prices: Mapping[str, PriceOverride] | None = None,
+    retry_failed: bool = False,
+) -> pl.DataFrame:
+    """Run one LLM job per row through the provider's batch API; return the typed answers.
+
+    Parameters
+    ----------
+    df
+        The input frame (a LazyFrame is collected).
+    schema
+        A Pydantic model describing the answer: each field becomes a typed column. ``None``
+        gives one text column ``response``.
+    model
+        ``"gpt-4.1-mini"`` (provider inferred from the name), ``"openai:<model>"``, or a
+        ``pl.Expr`` giving a model per row.
+    prompt
+        A template over columns (``"Classify: {text}"``; ``{{``/``}}`` are literal braces)
+        or a ``pl.Expr`` giving the prompt text.
+    state
+        The checkpoint folder. Calling again with the same folder resumes: rows already
+        answered are not sent again, batches in flight are re-attached. ``None`` uses a
+        temporary folder deleted at the end (no resume).
+    system
+        A system prompt (string or ``pl.Expr``).
+    files, citations
+        File inputs and citations (not available for OpenAI in this version).
+    params
+        Model parameters: ``max_tokens`` (default 4096), ``temperature``, ``top_p``,
+        ``seed``, ``stop``, ``frequency_penalty``, ``presence_penalty``,
+        ``reasoning_effort``. Unknown names are an error.
+    max_cost_usd, dry_run
+        Cost cap and cost plan (see the cost documentation).
+    time_limit
+        Seconds (or a timedelta). At the deadline nothing more is submitted, batches in
+        flight are cancelled, finished rows are kept and the rest end ``cancelled``.
+    items_per_batch
+        Most jobs per provider batch (the provider's own limits always apply).
+    max_parallel_batches
+        Most provider batches in flight at once.
+    progress
+        ``True`` for a live display, or a callable receiving progress snapshots.
+    wait
+        ``False`` submits and returns at once, unfinished rows ``_status="pending"``;
+        call again with the same ``state`` to collect.
+    prices
+        ``{model: (input_usd_per_mtok, output_usd_per_mtok)}`` batch prices that override
+        the built-in price database.
+    retry_failed
+        Send rows that ended ``failed`` in an earlier call again.
+
+    Returns
+    -------
+    pl.DataFrame
+        The input rows in input order with all input columns, one column per schema field,
+        then ``_status``, ``_error``, ``_cost_usd``, ``_input_tokens``, ``_output_tokens``,
+        ``_job_id``, ``_batch_id``. Identical requests are sent once; their cost and tokens
+        are on the first such row (0 on the others), so ``_cost_usd.sum()`` is what was paid.
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> from pydantic import BaseModel
+    >>> from batchata_df import batch_llm
+    >>> from batchata_df.emulator import Emulator
+    >>> class Sentiment(BaseModel):
+    ...     label: str
+    ...     score: float
+    >>> with Emulator() as emu, emu.environ():
+    ...     out = pl.DataFrame({"text": ["great", "awful"]}).pipe(
+    ...         batch_llm, schema=Sentiment, model="gpt-4.1-mini", prompt="Rate: {text}"
+    ...     )
+    >>> out.columns[:4], out["_status"].to_list()
+    (['text', 'label', 'score', '_status'], ['completed', 'completed'])
+    """
+    frame = df.collect() if isinstance(df, pl.LazyFrame) else df
+    if not isinstance(frame, pl.DataFrame):
+        msg = f"batch_llm takes a polars DataFrame or LazyFrame, got {type(df).__name__}"
+        raise ConfigError(msg)
+    answer = AnswerSchema(schema)
+    _check_collisions(frame.columns, answer.columns)
+    if files is not None or citations:
+        msg = (
+            "files= and citations= are not supported by the OpenAI provider in this version; "
+            "remove them"
+        )
+        raise ConfigError(msg)
+    if max_cost_usd is not None or dry_run:
+        msg = "max_cost_usd= and dry_run= are not available in this version"
+        raise ConfigError(msg)
+    if items_per_batch is not None and items_per_batch < 1:
+        msg = f"items_per_batch must be >= 1, got {items_per_batch!r}"
+        raise ConfigError(msg)
+    if max_parallel_batches < 1:
+        msg = f"max_parallel_batches must be >= 1, got {max_parallel_batches!r}"
+        raise ConfigError(msg)
+    if not wait and state is None:
+        msg = "wait=False needs state='some/folder' so that a later call can collect results"
+        raise ConfigError(msg)
+    time_limit_s = _time_limit_seconds(time_limit)
+    price_table = PriceTable(prices)
+
+    fingerprint = {
+        "model": _fingerprint_part(model),
+        "prompt": _fingerprint_part(prompt),
+        "system": _fingerprint_part(system),
+        "schema": answer.fingerprint,
+        "params": _fingerprint_part(dict(params or {})),
+    }
+    salt = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
+    jobs = build_jobs(frame, model=model, prompt=prompt, system=system, salt=salt)
+    needed = sorted(set(jobs.get_column("provider").drop_nulls().to_list()))
+    supported = frozenset.intersection(
+        *[SUPPORTED_PARAMS.get(p, frozenset()) for p in needed]
+    ) if needed else SUPPORTED_PARAMS["openai"]
+    run_params = check_params(params, supported)
+    run_params.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
+    spec = RequestSpec(schema=answer, params=run_params)
+
+    _load_dotenv()
+    providers: dict[str, Provider] = {}
+    try:
+        for name in needed:
+            providers[name] = make_provider(name)
+        sendable = (
+            jobs.filter(pl.col("input_error").is_null())
+            .unique("job_id", keep="first", maintain_order=True)
+            .drop("input_error")
+        )
+        with _state_folder(state) as folder:
+            store = StateStore(folder, fingerprint)
+            engine = Engine(
+                store,
+                providers,
+                spec,
+                price_table,
+                RunOptions(
+                    items_per_batch=items_per_batch,
+                    max_parallel_batches=max_parallel_batches,
+                    wait=wait,
+                    time_limit_s=time_limit_s,
+                    retry_failed=retry_failed,
+                ),
+                progress=_progress_callback(progress),
+            )
+            results = engine.run(sendable)
+    finally:
+        for provider in providers.values():
+            provider.close()
+    return _assemble(frame, jobs, results, answer)
+
+
+class _state_folder:  # noqa: N801 - used like a function
+    """The caller's folder, or a temporary one removed afterwards."""
+
+    def __init__(self, state: str | os.PathLike[str] | None) -> None:
+        self._state = state
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    def __enter__(self) -> Path:
+        if self._state is not None:
+            return Path(self._state)
+        self._tmp = tempfile.TemporaryDirectory(prefix="batchata-df-")
+        return Path(self._tmp.name)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+def _progress_callback(progress: ProgressArg) -> Callable[[ProgressSnapshot], None] | None:
+    if progress is False or progress is None:
+        return None
+    if progress is True:
+        from batchata_df.progress import make_display
+
+        return make_display()
+    if callable(progress):
+        return progress
+    msg = f"progress must be a bool or a callable, got {progress!r}"
+    raise ConfigError(msg)
+
+
+def _check_collisions(input_columns: list[str], answer_columns: list[str]) -> None:
+    produced = [*answer_columns, *META_COLUMNS]
+    clash = [c for c in produced if c in input_columns]
+    if clash:
+        msg = (
+            f"the output would have columns {clash!r} twice: the input frame already has "
+            "them. Rename those input columns (df.rename({...})) or the schema fields"
+        )
+        raise ColumnError(msg)
+
+
+def _assemble(
+    frame: pl.DataFrame, jobs: pl.DataFrame, results: pl.DataFrame, answer: AnswerSchema
+) -> pl.DataFrame:
+    """Join job states back onto the rows, in input order, and decode the answers."""
+    state = results.select(
+        "job_id",
+        "status",
+        "error",
+        "answer",
+        "input_tokens",
+        "output_tokens",
+        "cost_usd",
+        "provider_batch_id",
+    )
+    joined = jobs.select("job_id", "input_error").join(
+        state, on="job_id", how="left", maintain_order="left"
+    )
+    terminal = pl.col("status").is_in(["completed", "failed", "cancelled"])
+    status = (
+        pl.when(pl.col("input_error").is_not_null())
+        .then(pl.lit("failed"))
+        .when(terminal)
+        .then(pl.col("status"))
+        .otherwise(pl.lit("pending"))
+    )
+    first = pl.col("job_id").is_first_distinct()
+    charged = terminal & first & pl.col("input_error").is_null()
+
+    def billed(col: str, dtype: pl.DataType) -> pl.Expr:
+        return (
+            pl.when(charged)
+            .then(pl.col(col))
+            .when(terminal | pl.col("input_error").is_not_null())
+            .then(pl.lit(0, dtype=dtype))
+            .otherwise(pl.lit(None, dtype=dtype))
+            .cast(dtype)
+        )
+
+    meta = [
+        status.alias("_status"),
+        pl.coalesce("input_error", pl.when(terminal).then(pl.col("error"))).alias("_error"),
+        billed("cost_usd", pl.Float64()).alias("_cost_usd"),
+        billed("input_tokens", pl.Int64()).alias("_input_tokens"),
+        billed("output_tokens", pl.Int64()).alias("_output_tokens"),
+        pl.col("job_id").alias("_job_id"),
+        pl.col("provider_batch_id").alias("_batch_id"),
+    ]
+    answers = pl.when(pl.col("status") == "completed").then(pl.col("answer"))
+    out = joined.select([*answer.decode(answers), *meta])
+    return pl.concat([frame, out], how="horizontal")
+
+

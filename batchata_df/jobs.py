@@ -1,0 +1,222 @@
+"""From a frame to jobs: prompt templates, models per row, job keys and dedupe.
+
+Everything here is vectorised with Polars expressions except the job key, a BLAKE2b hash
+of each job's content, which must stay stable across Polars versions (Polars' own ``hash``
+is documented not to be), so that a checkpoint written today is still valid tomorrow.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import string
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import polars as pl
+
+from batchata_df.errors import ColumnError, ConfigError, ModelError
+
+__all__ = [
+    "PROVIDERS",
+    "build_jobs",
+    "parse_model",
+    "render_template",
+    "template_columns",
+]
+
+ProviderName = Literal["openai", "anthropic", "gemini"]
+PROVIDERS: tuple[ProviderName, ...] = ("openai", "anthropic", "gemini")
+_PREFIXES: dict[str, ProviderName] = {
+    "gpt-": "openai",
+    "o1": "openai",
+    "o3": "openai",
+    "o4": "openai",
+    "chatgpt-": "openai",
+    "claude-": "anthropic",
+    "gemini-": "gemini",
+}
+
+
+def parse_model(name: str) -> tuple[ProviderName, str]:
+    """Split ``"provider:model"`` or infer the provider from the model name.
+
+    Examples
+    --------
+    >>> parse_model("gpt-4.1-mini")
+    ('openai', 'gpt-4.1-mini')
+    >>> parse_model("anthropic:my-finetune")
+    ('anthropic', 'my-finetune')
+    """
+    if not isinstance(name, str) or not name.strip():
+        msg = f"model must be a non-empty string or a pl.Expr, got {name!r}"
+        raise ModelError(msg)
+    if ":" in name:
+        prefix, _, rest = name.partition(":")
+        if prefix in PROVIDERS and rest:
+            return prefix, rest
+        msg = (
+            f"unknown provider prefix {prefix!r} in model {name!r}; use one of "
+            f"{', '.join(p + ':' for p in PROVIDERS)}"
+        )
+        raise ModelError(msg)
+    for prefix, provider in _PREFIXES.items():
+        if name.startswith(prefix):
+            return provider, name
+    msg = (
+        f"cannot tell the provider of model {name!r}: names starting with gpt-/o1/o3/o4 are "
+        "OpenAI, claude- Anthropic, gemini- Gemini; or write it as 'openai:<model>', "
+        "'anthropic:<model>' or 'gemini:<model>'"
+    )
+    raise ModelError(msg)
+
+
+def _did_you_mean(name: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def template_columns(template: str) -> list[str]:
+    """The column names a ``str.format``-style template refers to.
+
+    Examples
+    --------
+    >>> template_columns("Rate {text} from {{0}} to {scale}")
+    ['text', 'scale']
+    """
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as e:
+        msg = (
+            f"prompt template {template!r} is malformed ({e}); write literal braces as "
+            "{{ and }}"
+        )
+        raise ConfigError(msg) from e
+    cols = []
+    for _, field_name, spec, conversion in parsed:
+        if field_name is None:
+            continue
+        if field_name == "" or spec or conversion:
+            msg = (
+                f"prompt template {template!r}: each placeholder must be a bare column name "
+                "like {text} (no positional {}, format specs or conversions); write literal "
+                "braces as {{ and }}"
+            )
+            raise ConfigError(msg)
+        cols.append(field_name)
+    return cols
+
+
+def render_template(template: str, columns: Sequence[str]) -> pl.Expr:
+    """A vectorised expression rendering ``template`` over a frame's columns.
+
+    A null value in a referenced column gives a null prompt (that row then fails without
+    being sent).
+    """
+    parts: list[pl.Expr] = []
+    for literal, field_name, _, _ in string.Formatter().parse(template):
+        if literal:
+            parts.append(pl.lit(literal))
+        if field_name is not None:
+            if field_name not in columns:
+                msg = (
+                    f"prompt template refers to column {field_name!r}, which the frame does "
+                    f"not have (columns: {list(columns)!r}){_did_you_mean(field_name, columns)}"
+                )
+                raise ColumnError(msg)
+            parts.append(pl.col(field_name).cast(pl.String))
+    if not parts:
+        return pl.lit("")
+    return pl.concat_str(parts)
+
+
+def _as_expr(value: str | pl.Expr, columns: Sequence[str], what: str) -> pl.Expr:
+    if isinstance(value, pl.Expr):
+        return value.cast(pl.String)
+    if isinstance(value, str):
+        return render_template(value, columns) if what == "prompt" else pl.lit(value)
+    msg = f"{what} must be a string template or a pl.Expr, got {type(value).__name__}"
+    raise ConfigError(msg)
+
+
+def build_jobs(
+    frame: pl.DataFrame,
+    *,
+    model: str | pl.Expr,
+    prompt: str | pl.Expr,
+    system: str | pl.Expr | None,
+    salt: str,
+) -> pl.DataFrame:
+    """One job per row: ``job_id``, ``provider``, ``model``, ``prompt``, ``system``, ``input_error``.
+
+    ``job_id`` is a content hash of provider, model, system and prompt plus ``salt`` (the
+    run-level request settings), so identical rows share one job and are paid once.
+    """
+    columns = frame.columns
+    exprs = [_as_expr(prompt, columns, "prompt").alias("prompt")]
+    exprs.append(
+        pl.lit(None, dtype=pl.String).alias("system")
+        if system is None
+        else _as_expr(system, columns, "system").alias("system")
+    )
+    if isinstance(model, pl.Expr):
+        exprs.append(model.cast(pl.String).alias("model_spec"))
+    else:
+        parse_model(model)  # fail early, before touching rows
+        exprs.append(pl.lit(model).alias("model_spec"))
+    try:
+        jobs = frame.select(exprs)
+    except pl.exceptions.ColumnNotFoundError as e:
+        msg = f"an expression refers to a column the frame does not have: {e}"
+        raise ColumnError(msg) from e
+    specs = jobs.get_column("model_spec").unique().drop_nulls().to_list()
+    resolved = {s: parse_model(s) for s in specs}
+    mapping_provider = {s: p for s, (p, _) in resolved.items()}
+    mapping_model = {s: m for s, (_, m) in resolved.items()}
+    jobs = jobs.with_columns(
+        pl.col("model_spec").replace_strict(mapping_provider, default=None).alias("provider"),
+        pl.col("model_spec").replace_strict(mapping_model, default=None).alias("model"),
+    ).drop("model_spec")
+    input_error = (
+        pl.when(pl.col("model").is_null())
+        .then(pl.lit("input: the model expression gave null for this row"))
+        .when(pl.col("prompt").is_null())
+        .then(pl.lit("input: the prompt is null (a column it uses is null in this row)"))
+    )
+    jobs = jobs.with_columns(input_error.alias("input_error"))
+    keys = jobs.select(
+        pl.concat_str(
+            [
+                pl.col("provider").fill_null(""),
+                pl.col("model").fill_null(""),
+                pl.col("system").fill_null("\x01"),
+                pl.col("prompt").fill_null(""),
+            ],
+            separator="\x00",
+        )
+    ).to_series()
+    salt_b = salt.encode()
+    ids = [
+        hashlib.blake2b(k.encode(), digest_size=12, key=salt_b[:64]).hexdigest()
+        for k in keys.to_list()
+    ]
+    return jobs.with_columns(pl.Series("job_id", ids, dtype=pl.String))
+
+
+def check_params(
+    params: Mapping[str, Any] | None, supported: frozenset[str]
+) -> dict[str, Any]:
+    """Validate model parameter names against what every provider in the run supports."""
+    out = dict(params or {})
+    for name in out:
+        if name not in supported:
+            msg = (
+                f"unknown model parameter {name!r}; supported: {sorted(supported)!r}"
+                f"{_did_you_mean(name, sorted(supported))}"
+            )
+            raise ConfigError(msg)
+    max_tokens = out.get("max_tokens")
+    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+        msg = f"params['max_tokens'] must be a positive int, got {max_tokens!r}"
+        raise ConfigError(msg)
+    return out

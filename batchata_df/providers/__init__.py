@@ -1,0 +1,38 @@
+"""Provider implementations behind one small contract (:mod:`.base`).
+
+Each provider module is imported only when a run needs it, so ``import batchata_df`` never
+imports a provider SDK.
+"""
+
+from __future__ import annotations
+
+from batchata_df.errors import ModelError
+from batchata_df.providers.base import Provider
+
+__all__ = ["SUPPORTED_PARAMS", "make_provider"]
+
+# Model parameters accepted in ``params=`` (our names; each provider maps them).
+SUPPORTED_PARAMS: dict[str, frozenset[str]] = {
+    "openai": frozenset(
+        {
+            "max_tokens",
+            "temperature",
+            "top_p",
+            "seed",
+            "stop",
+            "frequency_penalty",
+            "presence_penalty",
+            "reasoning_effort",
+        }
+    ),
+}
+
+
+def make_provider(name: str) -> Provider:
+    """Create the provider called ``name`` with credentials from the environment."""
+    if name == "openai":
+        from batchata_df.providers.openai import OpenAIProvider
+
+        return OpenAIProvider()
+    msg = f"provider {name!r} is not available in this version; use an OpenAI model"
+    raise ModelError(msg)

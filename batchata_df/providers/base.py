@@ -1,0 +1,158 @@
+"""The provider contract: one small protocol, one method per lifecycle step of a batch.
+
+A provider is split into three parts (see ``ARCHITECTURE.md``): *encode* turns jobs into
+request lines (vectorised, no I/O), the *client* methods (``submit``, ``poll``,
+``results``, ``cancel``, ``find``) make the SDK calls, and *decode* turns result lines into
+the normalized :data:`RESULTS` frame. SDK exceptions are translated to
+:mod:`batchata_df.errors` inside the provider module and nowhere else.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import polars as pl
+
+from batchata_df.schema import AnswerSchema
+
+__all__ = [
+    "RESULTS",
+    "BatchPoll",
+    "BatchTag",
+    "Provider",
+    "ProviderState",
+    "RequestSpec",
+    "empty_results",
+    "json_string",
+]
+
+
+class ProviderState(enum.StrEnum):
+    """Where a provider batch is, normalized across providers."""
+
+    RUNNING = "running"
+    """Accepted, not finished (validating, in progress, finalizing, cancelling)."""
+    ENDED = "ended"
+    """Finished; per-request results are available."""
+    CANCELLED = "cancelled"
+    """Cancelled; results of requests finished before the cancel are available."""
+    EXPIRED = "expired"
+    """Not finished in the provider's window; finished requests may be available."""
+    FAILED = "failed"
+    """Rejected as a whole (e.g. input validation); no results."""
+
+
+@dataclass(frozen=True)
+class BatchPoll:
+    """One observation of a provider batch."""
+
+    state: ProviderState
+    provider_status: str
+    detail: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BatchTag:
+    """What we attach to a provider batch so that a resumed run can find it again."""
+
+    run_id: str
+    batch_key: str
+    created_after: float
+    """Unix time just before the submit was attempted (bounds the search)."""
+
+
+@dataclass(frozen=True)
+class RequestSpec:
+    """Everything about a request that is the same for every job of a run."""
+
+    schema: AnswerSchema
+    params: dict[str, Any]
+
+
+RESULTS = pl.Schema(
+    {
+        "job_id": pl.String(),
+        "outcome": pl.String(),  # succeeded | errored | canceled | expired
+        "text": pl.String(),
+        "error": pl.String(),
+        "truncated": pl.Boolean(),
+        "input_tokens": pl.Int64(),
+        "output_tokens": pl.Int64(),
+        "cached_tokens": pl.Int64(),
+    }
+)
+"""Normalized per-request results that every provider's ``results`` returns."""
+
+
+def empty_results() -> pl.DataFrame:
+    """An empty frame with the :data:`RESULTS` schema."""
+    return pl.DataFrame(schema=RESULTS)
+
+
+def json_string(expr: pl.Expr) -> pl.Expr:
+    """JSON-encode a string column as JSON string literals (quoted and escaped).
+
+    Examples
+    --------
+    >>> df = pl.DataFrame({"s": ['say "hi"']})
+    >>> df.select(json_string(pl.col("s"))).item()
+    '"say \\\\"hi\\\\""'
+    """
+    return (
+        pl.struct(expr.alias("s"))
+        .struct.json_encode()
+        .str.strip_prefix('{"s":')
+        .str.strip_suffix("}")
+    )
+
+
+class Provider(Protocol):
+    """What the engine needs from a provider.
+
+    Optional capabilities raise ``NotImplementedError`` naming the class.
+    """
+
+    name: ClassVar[str]
+    max_requests: ClassVar[int]
+    """Most requests in one provider batch."""
+    max_bytes: ClassVar[int]
+    """Most bytes of encoded requests in one provider batch."""
+
+    def encode(self, jobs: pl.DataFrame, spec: RequestSpec) -> pl.Series:
+        """Request lines (one string per job) for ``jobs`` (job_id, model, prompt, system)."""
+        ...
+
+    def line_overhead(self) -> int:
+        """Bytes added per request when lines are joined into a batch payload."""
+        ...
+
+    def submit(self, lines: pl.Series, *, model: str, tag: BatchTag) -> str:
+        """Create a provider batch from encoded lines; return the provider's batch id."""
+        ...
+
+    def poll(self, batch_id: str) -> BatchPoll:
+        """Observe a provider batch."""
+        ...
+
+    def results(self, batch_id: str, spec: RequestSpec) -> pl.DataFrame:
+        """Per-request results of an ended/cancelled/expired batch (:data:`RESULTS`)."""
+        ...
+
+    def cancel(self, batch_id: str) -> None:
+        """Ask the provider to cancel a batch."""
+        ...
+
+    def find(self, tag: BatchTag) -> str | None:
+        """Find a batch created for ``tag`` by a crashed run; ``None`` if surely absent.
+
+        Raises :class:`~batchata_df.errors.OrphanedBatchError` when the provider cannot
+        tell either way.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release network resources."""
+        ...

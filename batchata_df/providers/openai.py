@@ -1,0 +1,399 @@
+"""OpenAI Batch API (``/v1/chat/completions``) through the official ``openai`` SDK.
+
+Wire facts relied on (see ``provider-wire.md`` §1): one model per input file; at most
+50,000 requests and 200 MB per file; output and error files are keyed by ``custom_id`` in
+no particular order; batch ``metadata`` (≤16 pairs) is echoed back by ``batches.list``,
+which is how a resumed run finds a batch created just before a crash.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+import polars as pl
+
+from batchata_df.errors import (
+    CredentialsError,
+    OrphanedBatchError,
+    ProviderError,
+)
+from batchata_df.providers.base import (
+    RESULTS,
+    BatchPoll,
+    BatchTag,
+    ProviderState,
+    RequestSpec,
+    empty_results,
+    json_string,
+)
+
+if TYPE_CHECKING:
+    import openai
+
+__all__ = ["OpenAIProvider"]
+
+ENDPOINT = "/v1/chat/completions"
+_STATES = {
+    "validating": ProviderState.RUNNING,
+    "in_progress": ProviderState.RUNNING,
+    "finalizing": ProviderState.RUNNING,
+    "cancelling": ProviderState.RUNNING,
+    "completed": ProviderState.ENDED,
+    "cancelled": ProviderState.CANCELLED,
+    "expired": ProviderState.EXPIRED,
+    "failed": ProviderState.FAILED,
+}
+# Our names for model parameters -> the chat completions names.
+_PARAM_NAMES = {
+    "max_tokens": "max_completion_tokens",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "seed": "seed",
+    "stop": "stop",
+    "frequency_penalty": "frequency_penalty",
+    "presence_penalty": "presence_penalty",
+    "reasoning_effort": "reasoning_effort",
+}
+SUPPORTED_PARAMS = frozenset(_PARAM_NAMES)
+
+_LINE_SCHEMA = pl.Schema(
+    {
+        "custom_id": pl.String(),
+        "response": pl.Struct(
+            {
+                "status_code": pl.Int64(),
+                "body": pl.Struct(
+                    {
+                        "choices": pl.List(
+                            pl.Struct(
+                                {
+                                    "finish_reason": pl.String(),
+                                    "message": pl.Struct(
+                                        {"content": pl.String(), "refusal": pl.String()}
+                                    ),
+                                }
+                            )
+                        ),
+                        "usage": pl.Struct(
+                            {
+                                "prompt_tokens": pl.Int64(),
+                                "completion_tokens": pl.Int64(),
+                                "prompt_tokens_details": pl.Struct(
+                                    {"cached_tokens": pl.Int64()}
+                                ),
+                            }
+                        ),
+                        "error": pl.Struct(
+                            {"message": pl.String(), "type": pl.String(), "code": pl.String()}
+                        ),
+                    }
+                ),
+            }
+        ),
+        "error": pl.Struct({"code": pl.String(), "message": pl.String()}),
+    }
+)
+
+T = TypeVar("T")
+
+
+def _schema_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name)[:64] or "answer"
+
+
+class OpenAIProvider:
+    """OpenAI's Batch API for chat completions with strict structured output.
+
+    Parameters
+    ----------
+    api_key, base_url
+        Default to ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL``.
+    """
+
+    name: ClassVar[str] = "openai"
+    max_requests: ClassVar[int] = 50_000
+    max_bytes: ClassVar[int] = 200 * 1024 * 1024
+
+    def __init__(self, api_key: str | None = None, base_url: str | None = None) -> None:
+        key = api_key or os.environ.get("OPENAI_API_KEY")
+        if not key:
+            msg = (
+                "no OpenAI API key: set the OPENAI_API_KEY environment variable (or put it in "
+                "a .env file) before running an OpenAI model"
+            )
+            raise CredentialsError(msg)
+        self._api_key = key
+        self._base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        self._client: openai.OpenAI | None = None
+
+    def __repr__(self) -> str:  # never show the key
+        return f"OpenAIProvider(base_url={self._base_url!r})"
+
+    @property
+    def client(self) -> openai.OpenAI:
+        """The SDK client, created on first use."""
+        if self._client is None:
+            try:
+                import openai
+            except ImportError as e:  # pragma: no cover - core dependency
+                msg = "the OpenAI provider needs the openai package: pip install openai"
+                raise ProviderError(msg) from e
+            self._client = openai.OpenAI(
+                api_key=self._api_key, base_url=self._base_url, max_retries=5
+            )
+        return self._client
+
+    def close(self) -> None:
+        """Close the SDK client's connection pool."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # -- errors: the one place SDK exceptions are translated ----------------------------------
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        import openai
+
+        try:
+            return fn()
+        except openai.AuthenticationError as e:
+            msg = f"OpenAI rejected the API key while trying to {what}: check OPENAI_API_KEY"
+            raise CredentialsError(msg) from e
+        except openai.APIStatusError as e:
+            msg = f"OpenAI failed to {what}: HTTP {e.status_code}: {_error_message(e.body)}"
+            raise ProviderError(msg) from e
+        except openai.APIError as e:
+            msg = f"OpenAI failed to {what}: {type(e).__name__}: {e.message}"
+            raise ProviderError(msg) from e
+
+    # -- encode -------------------------------------------------------------------------------
+
+    def request_body_constant(self, spec: RequestSpec) -> str:
+        """The JSON members after ``messages`` that every request of the run shares."""
+        extra: dict[str, Any] = {}
+        if spec.schema.json_schema is not None:
+            extra["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": _schema_name(spec.schema.name),
+                    "strict": True,
+                    "schema": spec.schema.json_schema,
+                },
+            }
+        for ours, value in spec.params.items():
+            extra[_PARAM_NAMES[ours]] = value
+        return "".join(f",{json.dumps(k)}:{json.dumps(v)}" for k, v in extra.items())
+
+    def encode(self, jobs: pl.DataFrame, spec: RequestSpec) -> pl.Series:
+        """Build one JSONL request line per job, vectorised.
+
+        ``jobs`` has ``job_id``, ``model``, ``prompt``, ``system`` and optionally
+        ``content_json`` (a JSON array of content parts that replaces the prompt text).
+        """
+        tail = self.request_body_constant(spec)
+        user_content = (
+            pl.col("content_json")
+            if "content_json" in jobs.columns
+            else json_string(pl.col("prompt"))
+        )
+        system_msg = (
+            pl.when(pl.col("system").is_not_null())
+            .then(
+                pl.concat_str(
+                    [pl.lit('{"role":"system","content":'), json_string(pl.col("system")),
+                     pl.lit("},")]
+                )
+            )
+            .otherwise(pl.lit(""))
+        )
+        line = pl.concat_str(
+            [
+                pl.lit('{"custom_id":"'),
+                pl.col("job_id"),
+                pl.lit(f'","method":"POST","url":"{ENDPOINT}","body":{{"model":'),
+                json_string(pl.col("model")),
+                pl.lit(',"messages":['),
+                system_msg,
+                pl.lit('{"role":"user","content":'),
+                user_content,
+                pl.lit("}]"),
+                pl.lit(tail),
+                pl.lit("}}"),
+            ]
+        )
+        return jobs.select(line.alias("line")).to_series()
+
+    def line_overhead(self) -> int:
+        """One newline per request line."""
+        return 1
+
+    # -- client -------------------------------------------------------------------------------
+
+    def submit(self, lines: pl.Series, *, model: str, tag: BatchTag) -> str:
+        """Upload the JSONL file and create the batch, tagged with run and batch keys."""
+        payload = "\n".join(lines.to_list()).encode()
+        upload = self._call(
+            "upload the batch input file",
+            lambda: self.client.files.create(
+                file=(f"{tag.batch_key}.jsonl", payload, "application/jsonl"),
+                purpose="batch",
+            ),
+        )
+        batch = self._call(
+            "create the batch",
+            lambda: self.client.batches.create(
+                input_file_id=upload.id,
+                endpoint=ENDPOINT,
+                completion_window="24h",
+                metadata={"batchata_run": tag.run_id, "batchata_batch": tag.batch_key},
+            ),
+        )
+        return batch.id
+
+    def poll(self, batch_id: str) -> BatchPoll:
+        """Retrieve the batch and normalize its status."""
+        b = self._call("retrieve the batch", lambda: self.client.batches.retrieve(batch_id))
+        detail = None
+        if b.errors is not None and b.errors.data:
+            first = b.errors.data[0]
+            detail = f"{first.code}: {first.message} (line {first.line})"
+        counts = {}
+        if b.request_counts is not None:
+            counts = {
+                "total": b.request_counts.total,
+                "completed": b.request_counts.completed,
+                "failed": b.request_counts.failed,
+            }
+        return BatchPoll(_STATES.get(b.status, ProviderState.RUNNING), b.status, detail, counts)
+
+    def _content(self, file_id: str | None) -> bytes:
+        if not file_id:
+            return b""
+        fid = file_id
+        return self._call(
+            "download a result file", lambda: self.client.files.content(fid).read()
+        )
+
+    def results(self, batch_id: str, spec: RequestSpec) -> pl.DataFrame:
+        """Download and decode the output and error files of a finished batch."""
+        b = self._call("retrieve the batch", lambda: self.client.batches.retrieve(batch_id))
+        frames = [
+            decode_lines(self._content(b.output_file_id)),
+            decode_lines(self._content(b.error_file_id)),
+        ]
+        return pl.concat(frames, how="vertical")
+
+    def cancel(self, batch_id: str) -> None:
+        """Ask OpenAI to cancel the batch (it answers ``cancelling``)."""
+        self._call("cancel the batch", lambda: self.client.batches.cancel(batch_id))
+
+    def find(self, tag: BatchTag) -> str | None:
+        """Find our batch by its metadata among batches created since the intent."""
+        horizon = tag.created_after - 600  # clock skew allowance
+        for b in self._iter_batches():
+            meta = b.metadata or {}
+            if (
+                meta.get("batchata_run") == tag.run_id
+                and meta.get("batchata_batch") == tag.batch_key
+            ):
+                return b.id
+            if b.created_at < horizon:
+                return None  # listed newest first: nothing older can be ours
+        return None
+
+    def _iter_batches(self) -> Iterator[Any]:
+        try:
+            page = self._call("list batches", lambda: self.client.batches.list(limit=100))
+            yield from page
+        except ProviderError as e:
+            msg = (
+                "a previous run may have created an OpenAI batch just before it stopped, but "
+                f"listing batches failed ({e}); retry later so that nothing is paid twice"
+            )
+            raise OrphanedBatchError(msg) from e
+
+
+def _error_message(body: object) -> str:
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict):
+            return str(err.get("message", err))
+    return str(body)
+
+
+def decode_lines(data: bytes) -> pl.DataFrame:
+    """Decode OpenAI batch output/error JSONL into the normalized results frame."""
+    data = data.strip()
+    if not data:
+        return empty_results()
+    raw = pl.read_ndjson(io.BytesIO(data), schema=_LINE_SCHEMA)
+    resp = pl.col("response")
+    body = resp.struct.field("body")
+    choice = body.struct.field("choices").list.first()
+    message = choice.struct.field("message")
+    usage = body.struct.field("usage")
+    status_code = resp.struct.field("status_code")
+    finish = choice.struct.field("finish_reason")
+    refusal = message.struct.field("refusal")
+    body_err = body.struct.field("error")
+    line_err = pl.col("error")
+    ok = (status_code == 200) & refusal.is_null() & choice.is_not_null()
+    err_code = pl.coalesce(line_err.struct.field("code"), body_err.struct.field("code"))
+    outcome = (
+        pl.when(ok)
+        .then(pl.lit("succeeded"))
+        .when(err_code == "batch_expired")
+        .then(pl.lit("expired"))
+        .when(err_code == "batch_cancelled")
+        .then(pl.lit("canceled"))
+        .otherwise(pl.lit("errored"))
+    )
+    error = (
+        pl.when(ok)
+        .then(pl.lit(None, dtype=pl.String))
+        .when(refusal.is_not_null())
+        .then(pl.concat_str([pl.lit("refusal: "), refusal]))
+        .when(line_err.is_not_null())
+        .then(
+            pl.concat_str(
+                [
+                    line_err.struct.field("code").fill_null("error"),
+                    pl.lit(": "),
+                    line_err.struct.field("message").fill_null(""),
+                ]
+            )
+        )
+        .otherwise(
+            pl.concat_str(
+                [
+                    pl.lit("http_"),
+                    status_code.cast(pl.String).fill_null("?"),
+                    pl.lit(": "),
+                    pl.coalesce(
+                        body_err.struct.field("message"), pl.lit("request failed")
+                    ),
+                ]
+            )
+        )
+    )
+    out = raw.select(
+        pl.col("custom_id").alias("job_id"),
+        outcome.alias("outcome"),
+        pl.when(ok).then(message.struct.field("content")).alias("text"),
+        error.alias("error"),
+        (finish == "length").fill_null(False).alias("truncated"),
+        usage.struct.field("prompt_tokens").alias("input_tokens"),
+        usage.struct.field("completion_tokens").alias("output_tokens"),
+        usage.struct.field("prompt_tokens_details").struct.field("cached_tokens").alias(
+            "cached_tokens"
+        ),
+    )
+    return out.cast(dict(RESULTS.items()))  # type: ignore[arg-type]
+
+

@@ -1,0 +1,290 @@
+"""Answer schemas: Pydantic models to strict JSON Schema, Polars dtypes, and decoding.
+
+One :class:`AnswerSchema` is built per run from the user's Pydantic model (or ``None`` for a
+plain text answer). It knows
+
+* the strict JSON Schema the providers receive (every property required, optionals as
+  ``anyOf [..., null]``, ``additionalProperties: false``, no ``default``);
+* the Polars dtype of every output column (nested model -> Struct, list -> List,
+  Literal/Enum -> Enum, date/datetime/time/Decimal -> the matching temporal/decimal dtype);
+* how to validate one raw answer and re-serialise it canonically, so that a whole column of
+  validated answers can be decoded at once with ``str.json_decode``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import enum
+import hashlib
+import json
+import types
+import typing
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Union, get_args, get_origin
+
+import polars as pl
+from pydantic import BaseModel, ValidationError
+
+from batchata_df.errors import SchemaError
+
+__all__ = ["AnswerSchema", "TEXT_COLUMN"]
+
+TEXT_COLUMN = "response"
+"""Name of the single output column when ``schema=None``."""
+
+Converter = Callable[[pl.Expr], pl.Expr]
+
+
+@dataclass(frozen=True)
+class _FieldType:
+    """The final dtype of a value, its dtype as decoded from JSON, and the conversion."""
+
+    final: pl.DataType
+    wire: pl.DataType
+    convert: Converter | None  # None: wire dtype is already final
+
+
+def _datetime_convert(e: pl.Expr) -> pl.Expr:
+    # Pydantic dumps aware datetimes with an offset (or "Z") and naive ones without; both
+    # become UTC instants (naive values are taken to be UTC already).
+    aware = e.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f%#z", strict=False, time_zone="UTC")
+    naive = e.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f", strict=False).dt.replace_time_zone("UTC")
+    return pl.coalesce(aware, naive)
+
+
+def _scalar_type(tp: Any, where: str) -> _FieldType | None:
+    if tp is bool:
+        return _FieldType(pl.Boolean(), pl.Boolean(), None)
+    if tp is int:
+        return _FieldType(pl.Int64(), pl.Int64(), None)
+    if tp is float:
+        return _FieldType(pl.Float64(), pl.Float64(), None)
+    if tp is str or tp is uuid.UUID:
+        return _FieldType(pl.String(), pl.String(), None)
+    if tp is dt.datetime:
+        return _FieldType(pl.Datetime("us", "UTC"), pl.String(), _datetime_convert)
+    if tp is dt.date:
+        return _FieldType(pl.Date(), pl.String(), lambda e: e.str.to_date("%Y-%m-%d"))
+    if tp is dt.time:
+        return _FieldType(pl.Time(), pl.String(), lambda e: e.str.to_time("%H:%M:%S%.f"))
+    if tp is decimal.Decimal:
+        target = pl.Decimal(38, 9)
+        return _FieldType(target, pl.String(), lambda e: e.str.to_decimal(scale=9))
+    return None
+
+
+def _literal_type(values: Sequence[Any], where: str) -> _FieldType:
+    if all(isinstance(v, str) for v in values):
+        target = pl.Enum(list(dict.fromkeys(values)))
+        return _FieldType(target, pl.String(), lambda e: e.cast(target))
+    if all(isinstance(v, bool) for v in values):
+        return _FieldType(pl.Boolean(), pl.Boolean(), None)
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return _FieldType(pl.Int64(), pl.Int64(), None)
+    msg = (
+        f"{where}: Literal values {list(values)!r} mix types; use only strings, only ints "
+        "or only bools"
+    )
+    raise SchemaError(msg)
+
+
+def _field_type(tp: Any, where: str) -> _FieldType:
+    """Map a Python annotation to its Polars representation."""
+    origin = get_origin(tp)
+    if origin is typing.Annotated:
+        return _field_type(get_args(tp)[0], where)
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return _field_type(args[0], where)
+        msg = (
+            f"{where}: unions of several types ({tp!r}) have no single column type; "
+            "use one type, Optional[T], or a Literal"
+        )
+        raise SchemaError(msg)
+    if origin is Literal:
+        return _literal_type(get_args(tp), where)
+    if origin in (list, tuple, set, frozenset, Sequence, typing.Sequence):
+        args = get_args(tp)
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            msg = f"{where}: fixed-length tuples are not supported; use list[T]"
+            raise SchemaError(msg)
+        if not args:
+            msg = f"{where}: give the item type of the list, e.g. list[str]"
+            raise SchemaError(msg)
+        inner = _field_type(args[0], where + "[]")
+        if inner.convert is None:
+            return _FieldType(pl.List(inner.final), pl.List(inner.wire), None)
+        conv = inner.convert
+        return _FieldType(
+            pl.List(inner.final),
+            pl.List(inner.wire),
+            lambda e: e.list.eval(conv(pl.element())),
+        )
+    if origin in (dict, typing.Mapping) or tp is dict:
+        msg = (
+            f"{where}: dict fields cannot be strict structured output (providers require "
+            "fixed keys); use a nested BaseModel"
+        )
+        raise SchemaError(msg)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        values = [m.value for m in tp]
+        return _literal_type(values, where)
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return _model_type(tp, where)
+    scalar = _scalar_type(tp, where)
+    if scalar is not None:
+        return scalar
+    msg = (
+        f"{where}: type {tp!r} is not supported in an answer schema; use str, int, float, "
+        "bool, Literal, Enum, date, datetime, time, Decimal, list[...] or a nested BaseModel"
+    )
+    raise SchemaError(msg)
+
+
+def _model_type(model: type[BaseModel], where: str) -> _FieldType:
+    fields = {name: _field_type(f.annotation, f"{where}.{name}") for name, f in
+              model.model_fields.items()}
+    final = pl.Struct({n: f.final for n, f in fields.items()})
+    wire = pl.Struct({n: f.wire for n, f in fields.items()})
+    conversions = {n: f.convert for n, f in fields.items() if f.convert is not None}
+    if not conversions:
+        return _FieldType(final, wire, None)
+
+    def convert(e: pl.Expr) -> pl.Expr:
+        return e.struct.with_fields(
+            *[conv(pl.field(name)).alias(name) for name, conv in conversions.items()]
+        )
+
+    return _FieldType(final, wire, convert)
+
+
+def _strict(node: Any, defs: dict[str, Any]) -> Any:
+    """Rewrite a Pydantic JSON schema into the strict dialect of structured outputs."""
+    if isinstance(node, list):
+        return [_strict(n, defs) for n in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node and len(node) > 1:
+        # Strict mode forbids keywords beside $ref: inline the referenced definition.
+        name = node["$ref"].rsplit("/", 1)[-1]
+        merged = {**defs[name], **{k: v for k, v in node.items() if k != "$ref"}}
+        return _strict(merged, defs)
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in ("default", "title"):
+            continue
+        if key in ("properties", "$defs"):
+            out[key] = {k: _strict(v, defs) for k, v in value.items()}
+        else:
+            out[key] = _strict(value, defs)
+    if out.get("type") == "object" or "properties" in out:
+        out["additionalProperties"] = False
+        out["required"] = list(out.get("properties", {}))
+    return out
+
+
+class AnswerSchema:
+    """Everything the run needs to know about the answer format.
+
+    Parameters
+    ----------
+    model
+        A Pydantic model, or ``None`` for one plain-text column named ``response``.
+
+    Examples
+    --------
+    >>> from pydantic import BaseModel
+    >>> class Review(BaseModel):
+    ...     rating: int
+    ...     summary: str
+    >>> s = AnswerSchema(Review)
+    >>> s.columns
+    ['rating', 'summary']
+    >>> s.json_schema["required"]
+    ['rating', 'summary']
+    """
+
+    def __init__(self, model: type[BaseModel] | None) -> None:
+        self.model = model
+        if model is None:
+            self.name = "response"
+            self.json_schema: dict[str, Any] | None = None
+            self._struct: _FieldType | None = None
+            self.columns = [TEXT_COLUMN]
+            self.dtypes: dict[str, pl.DataType] = {TEXT_COLUMN: pl.String()}
+            return
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            msg = (
+                f"schema must be a pydantic BaseModel subclass or None, got {model!r}; "
+                "define `class Answer(BaseModel): ...` and pass schema=Answer"
+            )
+            raise SchemaError(msg)
+        self.name = model.__name__
+        self._struct = _model_type(model, model.__name__)
+        assert isinstance(self._struct.final, pl.Struct)
+        self.columns = [f.name for f in self._struct.final.fields]
+        self.dtypes = {f.name: f.dtype for f in self._struct.final.fields}
+        raw = model.model_json_schema()
+        defs = raw.get("$defs", {})
+        strict = _strict(raw, defs)
+        if "$defs" in strict:
+            strict["$defs"] = {k: _strict(v, defs) for k, v in defs.items()}
+        self.json_schema = strict
+
+    @property
+    def fingerprint(self) -> str:
+        """A stable hash of the wire schema (or ``"text"``), used to guard checkpoints."""
+        if self.json_schema is None:
+            return "text"
+        blob = json.dumps(self.json_schema, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def validate(self, texts: Sequence[str | None]) -> tuple[list[str | None], list[str | None]]:
+        """Validate raw answers; return canonical JSON (or text) and an error per answer.
+
+        A valid answer gives ``(canonical, None)``; an invalid one ``(None, message)``.
+        """
+        if self.model is None:
+            return list(texts), [None if t is not None else "empty answer" for t in texts]
+        model = self.model
+        canonical: list[str | None] = []
+        errors: list[str | None] = []
+        for text in texts:
+            if text is None:
+                canonical.append(None)
+                errors.append("schema_validation: the answer is empty")
+                continue
+            try:
+                obj = model.model_validate_json(text)
+            except ValidationError as e:
+                canonical.append(None)
+                errors.append(_describe(e))
+                continue
+            canonical.append(obj.model_dump_json())
+            errors.append(None)
+        return canonical, errors
+
+    def decode(self, canonical: pl.Expr) -> list[pl.Expr]:
+        """Expressions turning a column of canonical answers into the typed field columns."""
+        if self._struct is None:
+            return [canonical.alias(TEXT_COLUMN)]
+        struct = self._struct
+        decoded = canonical.str.json_decode(struct.wire)
+        if struct.convert is not None:
+            decoded = struct.convert(decoded)
+        return [decoded.struct.field(name).alias(name) for name in self.columns]
+
+    def empty_columns(self) -> list[pl.Expr]:
+        """Typed all-null columns, for frames with no answers (e.g. a dry run)."""
+        return [pl.lit(None, dtype=dt_).alias(name) for name, dt_ in self.dtypes.items()]
+
+
+def _describe(e: ValidationError) -> str:
+    first = e.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "<root>"
+    more = f" (+{e.error_count() - 1} more)" if e.error_count() > 1 else ""
+    return f"schema_validation: {loc}: {first['msg']}{more}"
