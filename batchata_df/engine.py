@@ -15,13 +15,13 @@ and records every step in the :class:`~batchata_df.state.StateStore` *before* ac
 from __future__ import annotations
 
 import enum
+import os
 import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-import numpy as np
 import polars as pl
 
 from batchata_df.cost import PriceTable, cost_expr
@@ -91,9 +91,7 @@ class ProgressSnapshot:
 # -- pure logic --------------------------------------------------------------------------------
 
 
-def split_sizes(
-    sizes: np.ndarray, *, max_requests: int, max_bytes: int
-) -> list[tuple[int, int]]:
+def split_sizes(sizes: pl.Series, *, max_requests: int, max_bytes: int) -> list[tuple[int, int]]:
     """Split consecutive items into ``[start, end)`` ranges by count and by bytes.
 
     Every range holds at most ``max_requests`` items whose sizes sum to at most
@@ -102,20 +100,19 @@ def split_sizes(
 
     Examples
     --------
-    >>> import numpy as np
-    >>> split_sizes(np.array([4, 4, 4, 4, 4]), max_requests=2, max_bytes=100)
+    >>> split_sizes(pl.Series([4, 4, 4, 4, 4]), max_requests=2, max_bytes=100)
     [(0, 2), (2, 4), (4, 5)]
-    >>> split_sizes(np.array([6, 6, 6]), max_requests=10, max_bytes=12)
+    >>> split_sizes(pl.Series([6, 6, 6]), max_requests=10, max_bytes=12)
     [(0, 2), (2, 3)]
     """
-    n = len(sizes)
-    cum = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+    n = sizes.len()
+    cum = pl.concat([pl.Series([0], dtype=pl.Int64), sizes.cast(pl.Int64).cum_sum()])
     out: list[tuple[int, int]] = []
     start = 0
     while start < n:
-        by_bytes = int(np.searchsorted(cum, cum[start] + max_bytes, side="right")) - 1
-        end = min(start + max_requests, by_bytes, n)
-        end = max(end, start + 1)
+        limit = int(cum[start]) + max_bytes
+        by_bytes = int(cum.search_sorted(limit, side="right")) - 1
+        end = max(min(start + max_requests, by_bytes, n), start + 1)
         out.append((start, end))
         start = end
     return out
@@ -244,6 +241,12 @@ class _Counters:
     total: int = 0
     done: dict[str, int] = field(default_factory=lambda: {s: 0 for s in TERMINAL_JOB})
     cost: float = 0.0
+
+
+def _failpoint(name: str) -> None:
+    """Die here if ``BATCHATA_DF_FAILPOINT`` names this point (crash-recovery tests)."""
+    if os.environ.get("BATCHATA_DF_FAILPOINT") == name:
+        os._exit(75)
 
 
 def _new_batch_key() -> str:
@@ -392,7 +395,7 @@ class Engine:
             for offset in range(0, group.height, provider.max_requests):
                 chunk = group.slice(offset, provider.max_requests)
                 lines = provider.encode(chunk, self.spec)
-                sizes = (lines.str.len_bytes() + overhead).to_numpy()
+                sizes = lines.str.len_bytes().cast(pl.Int64) + overhead
                 for start, end in split_sizes(
                     sizes, max_requests=limit, max_bytes=provider.max_bytes
                 ):
@@ -402,7 +405,7 @@ class Engine:
                         model=str(model),
                         job_ids=chunk.get_column("job_id").slice(start, end - start),
                         lines=lines.slice(start, end - start),
-                        n_bytes=int(sizes[start:end].sum()),
+                        n_bytes=int(sizes.slice(start, end - start).sum()),
                     )
 
     # -- the loop -----------------------------------------------------------------------------
@@ -516,6 +519,7 @@ class Engine:
             )
         )
         batch_id = provider.submit(plan.lines, model=plan.model, tag=tag)
+        _failpoint("after_submit")
         self.store.append_batch(
             batch_key=plan.batch_key,
             provider=plan.provider,

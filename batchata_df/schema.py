@@ -97,9 +97,9 @@ def _field_type(tp: Any, where: str) -> _FieldType:
     if origin is typing.Annotated:
         return _field_type(get_args(tp)[0], where)
     if origin in (Union, types.UnionType):
-        args = [a for a in get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return _field_type(args[0], where)
+        members = [a for a in get_args(tp) if a is not type(None)]
+        if len(members) == 1:
+            return _field_type(members[0], where)
         msg = (
             f"{where}: unions of several types ({tp!r}) have no single column type; "
             "use one type, Optional[T], or a Literal"
@@ -215,7 +215,7 @@ class AnswerSchema:
             self.json_schema: dict[str, Any] | None = None
             self._struct: _FieldType | None = None
             self.columns = [TEXT_COLUMN]
-            self.dtypes: dict[str, pl.DataType] = {TEXT_COLUMN: pl.String()}
+            self.dtypes: dict[str, Any] = {TEXT_COLUMN: pl.String()}
             return
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             msg = (

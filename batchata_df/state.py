@@ -243,7 +243,8 @@ class StateStore:
     def job_state(self) -> pl.DataFrame:
         """The latest event of every job."""
         events = self.job_events()
-        return events.group_by("job_id").agg(pl.all().sort_by("seq").last())
+        latest = events.group_by("job_id").agg(pl.all().sort_by("seq").last())
+        return latest.select(list(JOB_EVENTS)).sort("seq")
 
     def batch_state(self) -> pl.DataFrame:
         """The latest event of every batch, with the first known provider batch id."""

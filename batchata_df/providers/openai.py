@@ -12,9 +12,8 @@ import io
 import json
 import os
 import re
-import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 import polars as pl
 
@@ -38,7 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = ["OpenAIProvider"]
 
-ENDPOINT = "/v1/chat/completions"
+ENDPOINT: Literal["/v1/chat/completions"] = "/v1/chat/completions"
 _STATES = {
     "validating": ProviderState.RUNNING,
     "in_progress": ProviderState.RUNNING,
@@ -302,7 +301,7 @@ class OpenAIProvider:
                 meta.get("batchata_run") == tag.run_id
                 and meta.get("batchata_batch") == tag.batch_key
             ):
-                return b.id
+                return str(b.id)
             if b.created_at < horizon:
                 return None  # listed newest first: nothing older can be ours
         return None
@@ -394,6 +393,6 @@ def decode_lines(data: bytes) -> pl.DataFrame:
             "cached_tokens"
         ),
     )
-    return out.cast(dict(RESULTS.items()))  # type: ignore[arg-type]
+    return out.cast(dict(RESULTS.items()))
 
 

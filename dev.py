@@ -1,0 +1,59 @@
+#!/usr/bin/env python3
+"""Set up and run batchata-df's demo or test suite with nothing but Python 3.11+.
+
+    python3 dev.py demo     # create .venv, install, run the demo on the bundled emulator
+    python3 dev.py test     # create .venv, install with dev extras, lint, type-check, test
+    python3 dev.py bench    # the benchmarks (slow; writes benchmarks/results/)
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PY = BIN / "python"
+
+
+def sh(*args: str | Path) -> None:
+    print("+", " ".join(str(a) for a in args), flush=True)
+    subprocess.run([str(a) for a in args], cwd=ROOT, check=True)
+
+
+def setup(extra: str) -> None:
+    if sys.version_info < (3, 11):
+        sys.exit(f"batchata-df needs Python 3.11+, this is {sys.version.split()[0]}")
+    if not PY.exists():
+        venv.create(VENV, with_pip=True)
+    stamp = VENV / f".installed-{extra}"
+    pyproject = ROOT / "pyproject.toml"
+    if not stamp.exists() or stamp.stat().st_mtime < pyproject.stat().st_mtime:
+        sh(PY, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-e", f".[{extra}]")
+        stamp.touch()
+
+
+def main() -> None:
+    what = sys.argv[1] if len(sys.argv) > 1 else "help"
+    if what == "demo":
+        setup("all")
+        sh(PY, "-m", "batchata_df.demo", *sys.argv[2:])
+    elif what == "test":
+        setup("dev")
+        sh(BIN / "ruff", "check", "batchata_df", "tests", "benchmarks", "dev.py")
+        sh(BIN / "mypy")
+        sh(PY, "-m", "pytest", *sys.argv[2:])
+    elif what == "bench":
+        setup("dev")
+        sh(PY, "benchmarks/bench_openai.py", *sys.argv[2:])
+    else:
+        print(__doc__)
+        sys.exit(0 if what in ("help", "-h", "--help") else 2)
+
+
+if __name__ == "__main__":
+    main()
