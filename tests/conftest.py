@@ -1,0 +1,28 @@
+"""Shared fixtures: one emulator process per test session, reset for every test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from batchata_df.emulator import Emulator
+
+
+@pytest.fixture(scope="session")
+def emulator() -> Iterator[Emulator]:
+    with Emulator(latency=0.0) as emu:
+        yield emu
+
+
+@pytest.fixture
+def emu(emulator: Emulator, monkeypatch: pytest.MonkeyPatch, tmp_path) -> Iterator[Emulator]:
+    """The session emulator, reset, with the provider env vars pointing at it."""
+    emulator.reset()
+    emulator.configure(latency=0.0)
+    for key, value in emulator.env().items():
+        monkeypatch.setenv(key, value)
+    for key in ("GOOGLE_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.chdir(tmp_path)
+    yield emulator
