@@ -238,7 +238,7 @@ def batch_llm(
     return _assemble(frame, jobs, results, answer)
 
 
-class _state_folder:  # noqa: N801 - used like a function
+class _state_folder:
     """The caller's folder, or a temporary one removed afterwards."""
 
     def __init__(self, state: str | os.PathLike[str] | None) -> None:
