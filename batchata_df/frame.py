@@ -324,7 +324,7 @@ def _assemble(
         billed("cost_usd", pl.Float64()).alias("_cost_usd"),
         billed("input_tokens", pl.Int64()).alias("_input_tokens"),
         billed("output_tokens", pl.Int64()).alias("_output_tokens"),
-        pl.col("job_id").alias("_job_id"),
+        pl.when(pl.col("input_error").is_null()).then(pl.col("job_id")).alias("_job_id"),
         pl.col("provider_batch_id").alias("_batch_id"),
     ]
     answers = pl.when(pl.col("status") == "completed").then(pl.col("answer"))
