@@ -1,0 +1,79 @@
+"""Run the emulator: ``python -m batchata_df.emulator --port N [--latency S]``.
+
+Prints exactly one line, ``batchata-df emulator listening on http://127.0.0.1:PORT``, once
+the socket accepts connections, then serves until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from batchata_df.emulator.server import make_server
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m batchata_df.emulator",
+        description="Loopback emulator of the OpenAI, Anthropic and Gemini batch APIs.",
+    )
+    parser.add_argument("--port", type=int, default=0, help="TCP port (0: pick a free one)")
+    parser.add_argument(
+        "--latency", type=float, default=0.0, help="seconds from batch creation to completion"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="127.0.0.1 or localhost only")
+    parser.add_argument(
+        "--cancel-unfinished",
+        choices=("error_file", "omit"),
+        default="error_file",
+        help="what a cancelled batch does with requests that never ran",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Start the server and block until SIGTERM/SIGINT; return the exit code.
+
+    Examples
+    --------
+    >>> main(["--host", "0.0.0.0"])  # doctest: +SKIP
+    2
+    """
+    args = _parser().parse_args(argv)
+    if args.latency < 0:
+        print(f"error: --latency must be >= 0, got {args.latency}", file=sys.stderr)
+        return 2
+    try:
+        server = make_server(args.host, args.port, latency=args.latency)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: cannot listen on port {args.port}: {e}", file=sys.stderr)
+        return 1
+    server.core.configure({"cancel_unfinished": args.cancel_unfinished})
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.start_in_thread()
+    print(f"batchata-df emulator listening on {server.url}", flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

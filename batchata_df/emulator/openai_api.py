@@ -1,0 +1,1228 @@
+"""OpenAI Batch API (files + batches) as the emulator speaks it, per provider-wire.md §1.
+
+Mounted at ``/openai/v1`` and ``/v1``. Every route needs ``Authorization: Bearer <key>``
+(any non-empty key; a key starting with ``sk-invalid`` is refused with
+``invalid_api_key``).
+
+Routes (below the mount prefix)
+-------------------------------
+``POST /files`` (multipart ``purpose`` + ``file``), ``GET /files``, ``GET /files/{id}``,
+``DELETE /files/{id}``, ``GET /files/{id}/content``; ``POST /batches``, ``GET /batches``
+(``limit``, ``after``; newest first), ``GET /batches/{id}``, ``POST /batches/{id}/cancel``;
+and, for real-time use, ``POST /chat/completions`` and ``POST /responses``.
+
+Batch lifecycle
+---------------
+A batch created with latency ``L`` (the ``latency`` setting when it was created) is
+``validating`` for the first 10 % of ``L``, ``in_progress`` until 90 %, ``finalizing``
+until 100 %, then ``completed``; requests finish in file order, evenly over the
+``in_progress`` span. The answer to every request is decided by its content when the
+batch is created, so results are deterministic. With ``L = 0`` the create call answers
+``validating`` and the first retrieve answers ``completed``. ``L`` over 24 h makes the
+batch ``expired`` at 24 h (simulated clock), with the unfinished requests in the error
+file as ``batch_expired``, like the real API.
+
+Cancel
+------
+``POST /batches/{id}/cancel`` answers ``cancelling``; after the ``cancel_delay`` setting
+the batch is ``cancelled``. The requests that had finished when the cancel arrived go to
+the output file (or the error file if they failed). The real API documents only that
+"partial results (if any)" are in the output file; what it does with requests that never
+ran is not documented. By default (setting ``cancel_unfinished="error_file"``) the
+emulator writes one error-file line per such request, shaped like the documented
+``batch_expired`` line::
+
+    {"id": "batch_req_...", "custom_id": "...", "response": null,
+     "error": {"code": "batch_cancelled", "message": "..."}}
+
+and counts them in ``request_counts.failed``. With ``cancel_unfinished="omit"`` they
+appear in no file and are not counted as failed, so ``completed + failed < total``: a
+client must treat a ``custom_id`` missing from both files of a cancelled batch as
+cancelled. Cancelling a ``completed``/``failed``/``expired`` batch is a 400; cancelling a
+``cancelling``/``cancelled`` one returns it unchanged.
+
+Input validation
+----------------
+At creation the input file is checked like the real service does. A violation makes the
+batch end ``failed`` (after the validating phase) with ``errors.data[]`` entries
+``{code, line (1-based), message, param}``; at most 100 entries are reported. Codes:
+``empty_file``, ``file_too_large`` (over 200 MB), ``too_many_tasks`` (over 50,000
+requests), ``invalid_json_line``, ``missing_required_parameter`` (``custom_id``, ``url``,
+``body``, ``body.model``), ``duplicate_custom_id``, ``invalid_method``, ``url_mismatch``
+(line ``url`` differs from the batch ``endpoint``), ``model_mismatch`` (more than one model),
+``stream_unsupported`` (``body.stream`` true). Errors in a request's *body* (e.g. no
+``messages``) are not batch failures: that request gets an error-file line with
+``status_code`` 400, as the real API reports them at execution time.
+
+HTTP errors use the OpenAI envelope ``{"error": {message, type, param, code}}``: unknown
+ids are 404, bad ``endpoint``/``completion_window``/``metadata`` are 400.
+
+Usage
+-----
+Tokens are the emulator's deterministic estimate (``answers.count_tokens``): prompt
+tokens cover every text part of the request (plus 85 per image/file part) plus the JSON
+schema, completion tokens cover the answer text. ``cached_tokens`` and
+``reasoning_tokens`` are always 0. The batch's ``usage`` sums the successful requests and
+is filled in once the batch reaches a final status.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from batchata_df.emulator import answers
+from batchata_df.emulator.server import (
+    EmulatorCore,
+    Request,
+    Response,
+    error_envelope,
+    json_body,
+    json_response,
+)
+
+__all__ = ["OpenAIApp", "create_app", "parse_multipart"]
+
+DAY: Final = 86_400
+MB: Final = 1024 * 1024
+PHASE_VALIDATING: Final = 0.1  # fraction of the latency spent validating
+PHASE_FINALIZING: Final = 0.9  # fraction at which the batch starts finalizing
+MAX_REPORTED_ERRORS: Final = 100
+IMAGE_TOKENS: Final = 85
+REFUSAL_TEXT: Final = "I'm sorry, but I can't help with that request."
+
+SUPPORTED_ENDPOINTS: Final = ("/v1/chat/completions", "/v1/responses")
+KNOWN_ENDPOINTS: Final = (
+    "/v1/responses",
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/completions",
+    "/v1/moderations",
+    "/v1/images/generations",
+    "/v1/images/edits",
+    "/v1/videos",
+)
+FILE_PURPOSES: Final = (
+    "assistants",
+    "batch",
+    "fine-tune",
+    "vision",
+    "user_data",
+    "evals",
+)
+_DEFAULT_LIMITS: Final[dict[str, int]] = {
+    "max_requests": 50_000,
+    "max_file_bytes": 200 * MB,
+    "max_upload_bytes": 512 * MB,
+}
+
+_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_quote = json.JSONEncoder(ensure_ascii=False).encode  # str -> JSON string literal, fast path
+
+
+def create_app(core: EmulatorCore) -> OpenAIApp:
+    """Build the OpenAI app for ``core`` (the server's provider-module entry point)."""
+    return OpenAIApp(core)
+
+
+# --------------------------------------------------------------------------------------
+# Multipart
+
+
+def parse_multipart(body: bytes, content_type: str) -> dict[str, tuple[str | None, memoryview]]:
+    r"""Split a ``multipart/form-data`` body into ``{name: (filename, data)}``.
+
+    ``data`` is a zero-copy view into ``body``, so a 200 MB upload is not copied.
+
+    Raises
+    ------
+    ValueError
+        No boundary, or a malformed body.
+
+    Examples
+    --------
+    >>> body = (b'--XX\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+    ...         b'--XX\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n'
+    ...         b'Content-Type: application/jsonl\r\n\r\n{}\n\r\n--XX--\r\n')
+    >>> parts = parse_multipart(body, "multipart/form-data; boundary=XX")
+    >>> bytes(parts["purpose"][1]), parts["file"][0], bytes(parts["file"][1])
+    (b'batch', 'a.jsonl', b'{}\n')
+    """
+    boundary = None
+    for param in content_type.split(";")[1:]:
+        key, _, value = param.strip().partition("=")
+        if key.lower() == "boundary":
+            boundary = value.strip().strip('"')
+    if not boundary:
+        msg = "multipart body without a boundary"
+        raise ValueError(msg)
+    delim = b"--" + boundary.encode("latin-1")
+    view = memoryview(body)
+    parts: dict[str, tuple[str | None, memoryview]] = {}
+    pos = body.find(delim)
+    if pos < 0:
+        msg = "multipart boundary not found in the body"
+        raise ValueError(msg)
+    while True:
+        start = pos + len(delim)
+        if body[start : start + 2] == b"--":
+            return parts
+        if body[start : start + 2] == b"\r\n":
+            start += 2
+        head_end = body.find(b"\r\n\r\n", start)
+        if head_end < 0:
+            msg = "malformed multipart part headers"
+            raise ValueError(msg)
+        head = body[start:head_end].decode("utf-8", "replace")
+        data_start = head_end + 4
+        nxt = body.find(b"\r\n" + delim, data_start)
+        if nxt < 0:
+            msg = "unterminated multipart part"
+            raise ValueError(msg)
+        name, filename = _disposition(head)
+        if name is not None:
+            parts[name] = (filename, view[data_start:nxt])
+        pos = nxt + 2
+
+
+def _disposition(head: str) -> tuple[str | None, str | None]:
+    for header in head.split("\r\n"):
+        key, _, value = header.partition(":")
+        if key.strip().lower() != "content-disposition":
+            continue
+        name = filename = None
+        for item in value.split(";")[1:]:
+            k, _, v = item.strip().partition("=")
+            v = v.strip().strip('"')
+            if k.lower() == "name":
+                name = v
+            elif k.lower() == "filename":
+                filename = v
+        return name, filename
+    return None, None
+
+
+# --------------------------------------------------------------------------------------
+# Request lines -> compact specs (decided at batch creation)
+
+
+@dataclass(slots=True)
+class _Spec:
+    """What the emulator keeps of one request: enough to render its answer later."""
+
+    custom_id: str
+    model: str
+    prompt: str
+    prompt_tokens: int
+    mode: str  # "text" | "schema" | "json_object"
+    gen: answers.AnswerGenerator | None
+    max_tokens: int | None
+    marker: str | None
+    error: tuple[int, str, str, str | None] | None  # status, code, message, param
+    echo: str  # Responses API: pre-encoded fields echoed back from the request
+
+
+def _parts_text(content: object) -> tuple[str, int]:
+    """Text of a message ``content`` (str or list of parts) and tokens for non-text parts."""
+    if isinstance(content, str):
+        return content, 0
+    if not isinstance(content, list):
+        return "", 0
+    texts: list[str] = []
+    extra = 0
+    for part in content:
+        if isinstance(part, str):
+            texts.append(part)
+        elif isinstance(part, dict):
+            text = part.get("text")
+            if isinstance(text, str):
+                texts.append(text)
+            else:
+                extra += IMAGE_TOKENS
+    return "\n".join(texts), extra
+
+
+def _messages_text(messages: list[Any]) -> tuple[str, int]:
+    texts: list[str] = []
+    extra = 0
+    for message in messages:
+        if isinstance(message, dict):
+            text, more = _parts_text(message.get("content"))
+            texts.append(text)
+            extra += more
+        elif isinstance(message, str):
+            texts.append(message)
+    return "\n".join(texts), extra
+
+
+class _SpecBuilder:
+    """Turns request bodies into :class:`_Spec`; remembers the last schema/echo to reuse."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self._last_schema: object = None
+        self._last_gen: answers.AnswerGenerator | None = None
+        self._last_echo: dict[str, object] | None = None
+        self._last_echo_text = ""
+
+    def _generator(self, schema: Mapping[str, Any]) -> answers.AnswerGenerator:
+        # Lines of one batch almost always share a schema: a dict comparison is far
+        # cheaper than the canonical-JSON cache key.
+        if self._last_gen is None or schema != self._last_schema:
+            self._last_gen = answers.generator_for(schema)
+            self._last_schema = schema
+        return self._last_gen
+
+    def build(self, custom_id: str, body: dict[str, Any]) -> _Spec:
+        model = body.get("model")
+        model = model if isinstance(model, str) else ""
+        if self.endpoint == "/v1/responses":
+            return self._responses(custom_id, model, body)
+        return self._chat(custom_id, model, body)
+
+    def _chat(self, custom_id: str, model: str, body: dict[str, Any]) -> _Spec:
+        messages = body.get("messages")
+        error: tuple[int, str, str, str | None] | None = None
+        prompt, extra = "", 0
+        if not isinstance(messages, list) or not messages:
+            error = (
+                400,
+                "missing_required_parameter",
+                "Missing required parameter: 'messages'.",
+                "messages",
+            )
+        else:
+            prompt, extra = _messages_text(messages)
+        mode, gen = "text", None
+        fmt = body.get("response_format")
+        if isinstance(fmt, dict):
+            kind = fmt.get("type")
+            if kind == "json_schema":
+                spec = fmt.get("json_schema")
+                schema = spec.get("schema") if isinstance(spec, dict) else None
+                if isinstance(schema, dict):
+                    mode, gen = "schema", self._generator(schema)
+                elif error is None:
+                    msg = "Missing required parameter: 'response_format.json_schema.schema'."
+                    error = (400, "missing_required_parameter", msg, "response_format.json_schema")
+            elif kind == "json_object":
+                mode = "json_object"
+        limit = body.get("max_completion_tokens", body.get("max_tokens"))
+        return self._spec(custom_id, model, prompt, extra, mode, gen, limit, error, "")
+
+    def _responses(self, custom_id: str, model: str, body: dict[str, Any]) -> _Spec:
+        error: tuple[int, str, str, str | None] | None = None
+        raw = body.get("input")
+        if isinstance(raw, str):
+            prompt, extra = raw, 0
+        elif isinstance(raw, list) and raw:
+            prompt, extra = _messages_text(raw)
+        else:
+            prompt, extra = "", 0
+            error = (
+                400,
+                "missing_required_parameter",
+                "Missing required parameter: 'input'.",
+                "input",
+            )
+        instructions = body.get("instructions")
+        if isinstance(instructions, str):
+            prompt = instructions + "\n" + prompt
+        mode, gen = "text", None
+        text_cfg = body.get("text")
+        fmt = text_cfg.get("format") if isinstance(text_cfg, dict) else None
+        if isinstance(fmt, dict):
+            if fmt.get("type") == "json_schema":
+                schema = fmt.get("schema")
+                if isinstance(schema, dict) and isinstance(fmt.get("name"), str):
+                    mode, gen = "schema", self._generator(schema)
+                elif error is None:
+                    msg = (
+                        "Missing required parameter: 'text.format.schema' (and 'text.format.name')."
+                    )
+                    error = (400, "missing_required_parameter", msg, "text.format")
+            elif fmt.get("type") == "json_object":
+                mode = "json_object"
+        limit = body.get("max_output_tokens")
+        echo = self._echo(body, text_cfg, instructions, limit)
+        return self._spec(custom_id, model, prompt, extra, mode, gen, limit, error, echo)
+
+    def _echo(
+        self, body: dict[str, Any], text_cfg: object, instructions: object, limit: object
+    ) -> str:
+        fields: dict[str, object] = {
+            "instructions": instructions,
+            "max_output_tokens": limit if isinstance(limit, int) else None,
+            "temperature": body.get("temperature", 1.0),
+            "top_p": body.get("top_p", 1.0),
+            "text": text_cfg if isinstance(text_cfg, dict) else {"format": {"type": "text"}},
+            "metadata": body.get("metadata") or {},
+        }
+        if fields != self._last_echo:
+            self._last_echo = fields
+            self._last_echo_text = _compact(fields)[1:-1]
+        return self._last_echo_text
+
+    def _spec(
+        self,
+        custom_id: str,
+        model: str,
+        prompt: str,
+        extra: int,
+        mode: str,
+        gen: answers.AnswerGenerator | None,
+        limit: object,
+        error: tuple[int, str, str, str | None] | None,
+        echo: str,
+    ) -> _Spec:
+        tokens = (
+            answers.count_tokens(prompt) + extra + (gen.schema_tokens if gen is not None else 0)
+        )
+        max_tokens = (
+            limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
+        )
+        marker = answers.find_marker(prompt)
+        if marker == answers.MARKER_ERROR and error is None:
+            status = answers.marker_status(prompt)
+            if status == 500:
+                error = (
+                    500,
+                    "server_error",
+                    "The server had an error while processing your request.",
+                    None,
+                )
+            else:
+                error = (
+                    status,
+                    "invalid_request",
+                    f"Emulated error (HTTP {status}) for this request.",
+                    None,
+                )
+        return _Spec(custom_id, model, prompt, tokens, mode, gen, max_tokens, marker, error, echo)
+
+
+# --------------------------------------------------------------------------------------
+# Rendering answers
+
+
+def _answer(spec: _Spec) -> tuple[str | None, str | None, bool]:
+    """Return (content, refusal, truncated) for a request that succeeds."""
+    seed = spec.custom_id + "\x1f" + spec.prompt
+    marker = spec.marker
+    if marker == answers.MARKER_REFUSAL:
+        return None, REFUSAL_TEXT, False
+    if spec.mode == "schema" and spec.gen is not None:
+        value = spec.gen.invalid(seed) if marker == answers.MARKER_INVALID else spec.gen.value(seed)
+        text = _compact(value)
+    elif spec.mode == "json_object":
+        text = _compact({"answer": answers.fake_text(spec.prompt, seed)})
+    else:
+        text = answers.fake_text(spec.prompt, seed)
+    truncated = False
+    if marker == answers.MARKER_TRUNCATE:
+        text = _cut(text, spec.mode != "text")
+        truncated = True
+    if spec.max_tokens is not None and answers.count_tokens(text) > spec.max_tokens:
+        text = _cut(text[: spec.max_tokens * 4], spec.mode != "text", keep=True)
+        truncated = True
+    return text, None, truncated
+
+
+def _cut(text: str, must_break_json: bool, *, keep: bool = False) -> str:
+    cut = text if keep else text[: max(1, len(text) // 2)]
+    if must_break_json:
+        try:
+            json.loads(cut)
+        except ValueError:
+            return cut
+        return "{" + cut[:-1] if len(cut) > 1 else "{"
+    return cut
+
+
+_CHAT_BODY: Final = (
+    '{{"id":"chatcmpl-{rid}","object":"chat.completion","created":{created},"model":{model},'
+    '"choices":[{{"index":0,"message":{{"role":"assistant","content":{content},'
+    '"refusal":{refusal},"annotations":[]}},"logprobs":null,"finish_reason":"{finish}"}}],'
+    '"usage":{{"prompt_tokens":{pt},"completion_tokens":{ct},"total_tokens":{tt},'
+    '"prompt_tokens_details":{{"cached_tokens":0,"audio_tokens":0}},'
+    '"completion_tokens_details":{{"reasoning_tokens":0,"audio_tokens":0,'
+    '"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}}},'
+    '"service_tier":"default","system_fingerprint":"fp_emulator"}}'
+)
+_RESPONSE_BODY: Final = (
+    '{{"id":"resp_{rid}","object":"response","created_at":{created},"status":"{status}",'
+    '"completed_at":{completed},"error":null,"incomplete_details":{incomplete},{echo},'
+    '"model":{model},"output":[{{"id":"msg_{rid}","type":"message","status":"{status}",'
+    '"role":"assistant","content":[{part}]}}],"parallel_tool_calls":true,'
+    '"tool_choice":"auto","tools":[],"truncation":"disabled","service_tier":"default",'
+    '"store":true,"usage":{{"input_tokens":{pt},"input_tokens_details":{{"cached_tokens":0,'
+    '"cache_write_tokens":0}},"output_tokens":{ct},"output_tokens_details":'
+    '{{"reasoning_tokens":0}},"total_tokens":{tt}}}}}'
+)
+_TEXT_PART: Final = '{{"type":"output_text","annotations":[],"logprobs":[],"text":{text}}}'
+_REFUSAL_PART: Final = '{{"type":"refusal","refusal":{text}}}'
+_INCOMPLETE: Final = '{"reason":"max_output_tokens"}'
+
+
+def _render_body(spec: _Spec, rid: str, created: int, endpoint: str) -> tuple[str, int]:
+    """JSON text of a successful response body, and its completion tokens."""
+    content, refusal, truncated = _answer(spec)
+    out_text = content if content is not None else (refusal or "")
+    ct = answers.count_tokens(out_text)
+    if spec.max_tokens is not None:
+        ct = min(ct, spec.max_tokens)
+    pt = spec.prompt_tokens
+    model = _quote(spec.model)
+    if endpoint == "/v1/responses":
+        status = "incomplete" if truncated else "completed"
+        if content is not None:
+            part = _TEXT_PART.format(text=_quote(content))
+        else:
+            part = _REFUSAL_PART.format(text=_quote(refusal or ""))
+        body = _RESPONSE_BODY.format(
+            rid=rid,
+            created=created,
+            status=status,
+            completed="null" if truncated else created,
+            incomplete=_INCOMPLETE if truncated else "null",
+            echo=spec.echo,
+            model=model,
+            part=part,
+            pt=pt,
+            ct=ct,
+            tt=pt + ct,
+        )
+        return body, ct
+    body = _CHAT_BODY.format(
+        rid=rid,
+        created=created,
+        model=model,
+        content="null" if content is None else _quote(content),
+        refusal="null" if refusal is None else _quote(refusal),
+        finish="length" if truncated else "stop",
+        pt=pt,
+        ct=ct,
+        tt=pt + ct,
+    )
+    return body, ct
+
+
+def _error_body(spec: _Spec) -> tuple[int, str]:
+    assert spec.error is not None
+    status, code, message, param = spec.error
+    envelope = error_envelope("openai", status, message, code=code, param=param)
+    return status, _compact(envelope)
+
+
+# --------------------------------------------------------------------------------------
+# Batches
+
+
+@dataclass(slots=True)
+class _Batch:
+    id: str
+    endpoint: str
+    input_file_id: str
+    completion_window: str
+    metadata: dict[str, str] | None
+    model: str | None
+    created: float
+    latency: float
+    n: int
+    specs: list[_Spec] | None
+    failing: list[int]  # indices of requests that will end in the error file, sorted
+    errors: list[dict[str, object]] | None
+    output_expires: int | None = None
+    cancel_at: float | None = None
+    cancel_delay: float = 0.0
+    cancel_unfinished: str = "error_file"
+    final: str | None = None  # completed | cancelled | expired, once files are written
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    counts: dict[str, int] = field(
+        default_factory=lambda: {"total": 0, "completed": 0, "failed": 0}
+    )
+    usage: tuple[int, int] = (0, 0)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def times(self) -> tuple[float, float, float]:
+        span = self.latency
+        return (
+            self.created + PHASE_VALIDATING * span,
+            self.created + PHASE_FINALIZING * span,
+            self.created + span,
+        )
+
+    def finished(self, t: float) -> int:
+        """Number of requests (in file order) that have run by time ``t``."""
+        start, end, _ = self.times()
+        if t < start:
+            return 0
+        if t >= end:
+            return self.n
+        return int(self.n * (t - start) / (end - start))
+
+
+def _usage_json(input_tokens: int, output_tokens: int) -> dict[str, object]:
+    return {
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": input_tokens + output_tokens,
+    }
+
+
+class _Invalid(Exception):
+    """An HTTP-level client error, turned into the OpenAI envelope."""
+
+    def __init__(
+        self, status: int, message: str, *, param: str | None = None, code: str | None = None
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+class OpenAIApp:
+    """The OpenAI protocol app; see the module docstring.
+
+    Parameters
+    ----------
+    core
+        The emulator core that provides the clock, settings and blob storage.
+    """
+
+    provider = "openai"
+
+    def __init__(self, core: EmulatorCore) -> None:
+        self.core = core
+        self._lock = threading.Lock()
+        self._files: dict[str, dict[str, Any]] = {}
+        self._batches: dict[str, _Batch] = {}
+        self._order: list[str] = []
+        self._limits = dict(_DEFAULT_LIMITS)
+
+    # ---- App protocol
+
+    def error_response(self, status: int, message: str) -> Response:
+        """Return an HTTP error in the OpenAI envelope."""
+        code = {429: "rate_limit_exceeded", 500: "server_error", 503: "server_error"}.get(status)
+        return json_response(error_envelope("openai", status, message, code=code), status)
+
+    def reset(self) -> None:
+        """Forget all files and batches."""
+        with self._lock:
+            self._files.clear()
+            self._batches.clear()
+            self._order.clear()
+
+    def configure(self, settings: Mapping[str, object]) -> None:
+        """Set ``max_requests``, ``max_file_bytes`` or ``max_upload_bytes``."""
+        new = dict(self._limits)
+        for key, value in settings.items():
+            if key not in new:
+                msg = f"unknown openai setting {key!r}; valid: {sorted(new)!r}"
+                raise ValueError(msg)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                msg = f"openai setting {key!r} must be a positive integer, got {value!r}"
+                raise ValueError(msg)
+            new[key] = value
+        self._limits = new
+
+    def settings(self) -> dict[str, object]:
+        """The current limits."""
+        return dict(self._limits)
+
+    def handle(self, request: Request) -> Response:
+        """Serve one request below the OpenAI mount prefix."""
+        auth = self._check_auth(request)
+        if auth is not None:
+            return auth
+        try:
+            return self._route(request)
+        except _Invalid as e:
+            return json_response(
+                error_envelope("openai", e.status, e.message, param=e.param, code=e.code), e.status
+            )
+
+    # ---- routing
+
+    def _route(self, request: Request) -> Response:
+        parts = [p for p in request.route.split("/") if p]
+        method = request.method
+        handler: Callable[[], Response] | None = None
+        if parts == ["files"]:
+            handler = {
+                "POST": lambda: self._upload(request),
+                "GET": lambda: self._list_files(request),
+            }.get(method)
+        elif len(parts) == 2 and parts[0] == "files":
+            handler = {
+                "GET": lambda: json_response(self._file(parts[1])),
+                "DELETE": lambda: self._delete_file(parts[1]),
+            }.get(method)
+        elif len(parts) == 3 and parts[0] == "files" and parts[2] == "content":
+            handler = {"GET": lambda: self._content(parts[1])}.get(method)
+        elif parts == ["batches"]:
+            handler = {
+                "POST": lambda: self._create(request),
+                "GET": lambda: self._list(request),
+            }.get(method)
+        elif len(parts) == 2 and parts[0] == "batches":
+            handler = {"GET": lambda: json_response(self._view(self._batch(parts[1])))}.get(method)
+        elif len(parts) == 3 and parts[0] == "batches" and parts[2] == "cancel":
+            handler = {"POST": lambda: self._cancel(parts[1])}.get(method)
+        elif parts in (["chat", "completions"], ["responses"]):
+            endpoint = "/v1/" + "/".join(parts)
+            handler = {"POST": lambda: self._realtime(request, endpoint)}.get(method)
+        else:
+            raise _Invalid(404, f"Invalid URL ({method} {request.path})")
+        if handler is None:
+            raise _Invalid(405, f"Method {method} is not allowed for {request.path}")
+        return handler()
+
+    @staticmethod
+    def _check_auth(request: Request) -> Response | None:
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            msg = (
+                "You didn't provide an API key. You need to provide your API key in an "
+                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+            )
+            return json_response(error_envelope("openai", 401, msg), 401)
+        if key.strip().startswith("sk-invalid"):
+            msg = "Incorrect API key provided."  # never echo the key itself
+            return json_response(error_envelope("openai", 401, msg, code="invalid_api_key"), 401)
+        return None
+
+    # ---- files
+
+    def _file(self, file_id: str) -> dict[str, Any]:
+        with self._lock:
+            meta = self._files.get(file_id)
+        if meta is None:
+            raise _Invalid(404, f"No such File object: {file_id}", param="id")
+        return meta
+
+    def _new_file(
+        self, data: bytes | memoryview, filename: str, purpose: str, expires_in: int | None
+    ) -> dict[str, Any]:
+        file_id = self.core.new_id("file-")
+        size = self.core.blobs.put("openai-" + file_id, data)
+        now = int(self.core.clock.now())
+        meta: dict[str, Any] = {
+            "id": file_id,
+            "object": "file",
+            "bytes": size,
+            "created_at": now,
+            "filename": filename,
+            "purpose": purpose,
+            "status": "processed",
+            "expires_at": now + (expires_in if expires_in is not None else 30 * DAY),
+            "status_details": None,
+        }
+        with self._lock:
+            self._files[file_id] = meta
+        return meta
+
+    def _upload(self, request: Request) -> Response:
+        content_type = request.headers.get("content-type", "")
+        if not content_type.lower().startswith("multipart/form-data"):
+            raise _Invalid(400, "Expected a multipart/form-data body with 'purpose' and 'file'.")
+        if len(request.body) > self._limits["max_upload_bytes"]:
+            raise _Invalid(
+                413, f"File is too large: the limit is {self._limits['max_upload_bytes']} bytes."
+            )
+        try:
+            form = parse_multipart(request.body, content_type)
+        except ValueError as e:
+            raise _Invalid(400, f"Could not parse the multipart body: {e}") from e
+        if "file" not in form:
+            raise _Invalid(400, "Missing required parameter: 'file'.", param="file")
+        if "purpose" not in form:
+            raise _Invalid(400, "Missing required parameter: 'purpose'.", param="purpose")
+        purpose = bytes(form["purpose"][1]).decode("utf-8", "replace")
+        if purpose not in FILE_PURPOSES:
+            raise _Invalid(
+                400,
+                f"'{purpose}' is not one of {list(FILE_PURPOSES)!r} - 'purpose'",
+                param="purpose",
+            )
+        expires_in = None
+        if "expires_after[seconds]" in form:
+            try:
+                expires_in = int(bytes(form["expires_after[seconds]"][1]))
+            except ValueError as e:
+                raise _Invalid(
+                    400, "expires_after[seconds] must be an integer.", param="expires_after"
+                ) from e
+        filename, data = form["file"]
+        return json_response(self._new_file(data, filename or "upload.jsonl", purpose, expires_in))
+
+    def _list_files(self, request: Request) -> Response:
+        purpose = request.query.get("purpose")
+        with self._lock:
+            files = [f for f in self._files.values() if purpose is None or f["purpose"] == purpose]
+        files.reverse()
+        return json_response(
+            {
+                "object": "list",
+                "data": files,
+                "first_id": files[0]["id"] if files else None,
+                "last_id": files[-1]["id"] if files else None,
+                "has_more": False,
+            }
+        )
+
+    def _delete_file(self, file_id: str) -> Response:
+        self._file(file_id)
+        with self._lock:
+            self._files.pop(file_id, None)
+        self.core.blobs.delete("openai-" + file_id)
+        return json_response({"id": file_id, "object": "file", "deleted": True})
+
+    def _content(self, file_id: str) -> Response:
+        self._file(file_id)
+        try:
+            data = self.core.blobs.get("openai-" + file_id)
+        except KeyError as e:
+            raise _Invalid(404, f"No such File object: {file_id}", param="id") from e
+        return Response(200, {"content-type": "application/octet-stream"}, data)
+
+    # ---- batches
+
+    def _create(self, request: Request) -> Response:
+        try:
+            body = json_body(request)
+        except ValueError as e:
+            raise _Invalid(400, f"We could not parse the JSON body of your request: {e}") from e
+        for key in ("input_file_id", "endpoint", "completion_window"):
+            if key not in body:
+                raise _Invalid(400, f"Missing required parameter: '{key}'.", param=key)
+        window = body["completion_window"]
+        if window != "24h":
+            raise _Invalid(
+                400,
+                f"Invalid value: {window!r}. Supported values are: '24h'.",
+                param="completion_window",
+            )
+        endpoint = body["endpoint"]
+        if endpoint not in KNOWN_ENDPOINTS:
+            raise _Invalid(
+                400,
+                f"Invalid value: {endpoint!r}. Supported values are: {list(KNOWN_ENDPOINTS)!r}.",
+                param="endpoint",
+            )
+        if endpoint not in SUPPORTED_ENDPOINTS:
+            raise _Invalid(
+                400, f"The emulator does not implement batches for {endpoint!r}; use one of "
+                f"{list(SUPPORTED_ENDPOINTS)!r}.", param="endpoint"
+            )  # fmt: skip
+        metadata = _check_metadata(body.get("metadata"))
+        output_expires = _check_output_expires(body.get("output_expires_after"))
+        file_id = body["input_file_id"]
+        if not isinstance(file_id, str):
+            raise _Invalid(400, "input_file_id must be a string.", param="input_file_id")
+        meta = self._file(file_id)
+        if meta["purpose"] != "batch":
+            purpose = meta["purpose"]
+            msg = f"File {file_id} has purpose {purpose!r}; a batch input needs purpose 'batch'."
+            raise _Invalid(400, msg, param="input_file_id")
+        data = self.core.blobs.get("openai-" + file_id)
+        specs, errors, model = _plan(data, endpoint, self._limits)
+        batch = _Batch(
+            id=self.core.new_id("batch_", 16),
+            endpoint=endpoint,
+            input_file_id=file_id,
+            completion_window=window,
+            metadata=metadata,
+            model=model,
+            created=self.core.clock.now(),
+            latency=self.core.config.latency,
+            n=0 if errors else len(specs),
+            specs=None if errors else specs,
+            failing=[] if errors else [i for i, s in enumerate(specs) if s.error is not None],
+            errors=errors or None,
+            output_expires=output_expires,
+        )
+        with self._lock:
+            self._batches[batch.id] = batch
+            self._order.append(batch.id)
+        # A fresh batch always answers "validating", as the real service does.
+        return json_response(self._view(batch, status_override="validating"))
+
+    def _batch(self, batch_id: str) -> _Batch:
+        with self._lock:
+            batch = self._batches.get(batch_id)
+        if batch is None:
+            raise _Invalid(404, f"No batch found with id '{batch_id}'.", param="batch_id")
+        return batch
+
+    def _list(self, request: Request) -> Response:
+        raw_limit = request.query.get("limit", "20")
+        try:
+            limit = int(raw_limit)
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= 100:
+            raise _Invalid(400, f"Invalid 'limit': {raw_limit!r}; expected 1..100.", param="limit")
+        with self._lock:
+            order = list(reversed(self._order))  # newest first
+        after = request.query.get("after")
+        if after:
+            try:
+                order = order[order.index(after) + 1 :]
+            except ValueError:
+                order = []
+        page = order[:limit]
+        data = [self._view(self._batch(batch_id)) for batch_id in page]
+        return json_response(
+            {
+                "object": "list",
+                "data": data,
+                "first_id": page[0] if page else None,
+                "last_id": page[-1] if page else None,
+                "has_more": len(order) > limit,
+            }
+        )
+
+    def _cancel(self, batch_id: str) -> Response:
+        batch = self._batch(batch_id)
+        with batch.lock:
+            status = self._status(batch, self.core.clock.now())
+            if status in ("completed", "failed", "expired"):
+                raise _Invalid(
+                    400, f"Cannot cancel a batch with status '{status}'.", param="batch_id"
+                )
+            if batch.cancel_at is None:
+                batch.cancel_at = self.core.clock.now()
+                batch.cancel_delay = self.core.config.cancel_delay
+                batch.cancel_unfinished = self.core.config.cancel_unfinished
+        return json_response(
+            self._view(batch, status_override=None if batch.final else "cancelling")
+        )
+
+    # ---- lifecycle
+
+    def _status(self, batch: _Batch, now: float) -> str:
+        """Current status; writes the result files the first time a final status is seen."""
+        if batch.final is not None:
+            return batch.final
+        start, _, done = batch.times()
+        if batch.errors:
+            if batch.cancel_at is not None:
+                return "cancelling" if now < batch.cancel_at + batch.cancel_delay else "cancelled"
+            return "failed" if now >= start else "validating"
+        if batch.cancel_at is not None:
+            if now < batch.cancel_at + batch.cancel_delay:
+                return "cancelling"
+            self._finish(batch, "cancelled", batch.finished(batch.cancel_at))
+            return "cancelled"
+        if batch.latency > DAY and now >= batch.created + DAY:
+            self._finish(batch, "expired", batch.finished(batch.created + DAY))
+            return "expired"
+        if now >= done:
+            self._finish(batch, "completed", batch.n)
+            return "completed"
+        if now >= batch.times()[1]:
+            return "finalizing"
+        return "in_progress" if now >= start else "validating"
+
+    def _finish(self, batch: _Batch, final: str, ran: int) -> None:
+        """Write output/error files for a batch whose first ``ran`` requests were executed."""
+        specs = batch.specs or []
+        created = int(self.core.clock.now())
+        key = batch.id[len("batch_") :][:16]
+        endpoint = batch.endpoint
+        out: list[str] = []
+        err: list[str] = []
+        input_tokens = output_tokens = 0
+        for i in range(ran):
+            spec = specs[i]
+            rid = f"{key}{i:06x}"
+            if spec.error is not None:
+                status, body = _error_body(spec)
+                err.append(
+                    f'{{"id":"batch_req_{rid}","custom_id":{_quote(spec.custom_id)},"response":'
+                    f'{{"status_code":{status},"request_id":"req_{rid}","body":{body}}},"error":null}}'
+                )
+                continue
+            body, ct = _render_body(spec, rid, created, endpoint)
+            input_tokens += spec.prompt_tokens
+            output_tokens += ct
+            out.append(
+                f'{{"id":"batch_req_{rid}","custom_id":{_quote(spec.custom_id)},"response":'
+                f'{{"status_code":200,"request_id":"req_{rid}","body":{body}}},"error":null}}'
+            )
+        failed = len(err)
+        if ran < len(specs) and (final == "expired" or batch.cancel_unfinished == "error_file"):
+            code = "batch_expired" if final == "expired" else "batch_cancelled"
+            message = (
+                "This request could not be executed before the completion window expired."
+                if final == "expired"
+                else "This request was not executed because the batch was cancelled."
+            )
+            tail = f',"response":null,"error":{{"code":"{code}","message":"{message}"}}}}'
+            for i in range(ran, len(specs)):
+                err.append(
+                    f'{{"id":"batch_req_{key}{i:06x}","custom_id":{_quote(specs[i].custom_id)}{tail}'
+                )
+            failed += len(specs) - ran
+        if out:
+            meta = self._new_file(
+                ("\n".join(out) + "\n").encode("utf-8"),
+                f"{batch.id}_output.jsonl",
+                "batch_output",
+                batch.output_expires,
+            )
+            batch.output_file_id = meta["id"]
+        if err:
+            meta = self._new_file(
+                ("\n".join(err) + "\n").encode("utf-8"),
+                f"{batch.id}_error.jsonl",
+                "batch_output",
+                batch.output_expires,
+            )
+            batch.error_file_id = meta["id"]
+        batch.counts = {"total": batch.n, "completed": len(out), "failed": failed}
+        batch.usage = (input_tokens, output_tokens)
+        batch.specs = None  # the answers are on disk now
+        batch.final = final
+
+    def _view(self, batch: _Batch, status_override: str | None = None) -> dict[str, Any]:
+        now = self.core.clock.now()
+        if status_override is not None and batch.final is None:
+            # Create and cancel answer with the status the request itself caused; the
+            # lifecycle (and writing result files) only advances on retrieve/list.
+            status = status_override
+        else:
+            with batch.lock:
+                status = self._status(batch, now)
+        start, fin, done = batch.times()
+        reached = status not in ("validating", "failed") and not (
+            batch.cancel_at is not None and batch.cancel_at < start
+        )
+        ts = int
+        if batch.final is not None:
+            counts = batch.counts
+        elif status in ("validating", "failed") or batch.errors:
+            counts = {"total": 0, "completed": 0, "failed": 0}
+        else:
+            ran = batch.finished(min(now, batch.cancel_at if batch.cancel_at is not None else now))
+            bad = bisect.bisect_left(batch.failing, ran)
+            counts = {"total": batch.n, "completed": ran - bad, "failed": bad}
+        return {
+            "id": batch.id,
+            "object": "batch",
+            "endpoint": batch.endpoint,
+            "errors": {"object": "list", "data": batch.errors} if batch.errors else None,
+            "input_file_id": batch.input_file_id,
+            "completion_window": batch.completion_window,
+            "status": status,
+            "output_file_id": batch.output_file_id,
+            "error_file_id": batch.error_file_id,
+            "created_at": ts(batch.created),
+            "in_progress_at": ts(start) if reached else None,
+            "expires_at": ts(batch.created + DAY),
+            "finalizing_at": ts(fin) if status in ("finalizing", "completed") else None,
+            "completed_at": ts(done) if status == "completed" else None,
+            "failed_at": ts(start) if status == "failed" else None,
+            "expired_at": ts(batch.created + DAY) if status == "expired" else None,
+            "cancelling_at": ts(batch.cancel_at) if batch.cancel_at is not None else None,
+            "cancelled_at": (
+                ts(batch.cancel_at + batch.cancel_delay)
+                if status == "cancelled" and batch.cancel_at is not None
+                else None
+            ),
+            "request_counts": counts,
+            "metadata": batch.metadata,
+            "model": batch.model,
+            "usage": _usage_json(*batch.usage),
+        }
+
+    # ---- real-time endpoints (not batch): same answers, answered at once
+
+    def _realtime(self, request: Request, endpoint: str) -> Response:
+        try:
+            body = json_body(request)
+        except ValueError as e:
+            raise _Invalid(400, f"We could not parse the JSON body of your request: {e}") from e
+        if body.get("stream"):
+            raise _Invalid(400, "The emulator does not stream; send stream=false.", param="stream")
+        if not isinstance(body.get("model"), str):
+            raise _Invalid(400, "Missing required parameter: 'model'.", param="model")
+        spec = _SpecBuilder(endpoint).build("realtime", body)
+        if spec.error is not None:
+            status, text = _error_body(spec)
+            return Response(status, {"content-type": "application/json"}, text.encode("utf-8"))
+        rid = self.core.new_id("", 12)
+        text, _ = _render_body(spec, rid, int(self.core.clock.now()), endpoint)
+        return Response(
+            200, {"content-type": "application/json", "x-request-id": "req_" + rid}, text.encode()
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Input-file validation
+
+
+def _check_metadata(metadata: object) -> dict[str, str] | None:
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict):
+        raise _Invalid(
+            400, "metadata must be an object of string keys and values.", param="metadata"
+        )
+    if len(metadata) > 16:
+        raise _Invalid(
+            400, f"metadata has {len(metadata)} keys; at most 16 are allowed.", param="metadata"
+        )
+    for key, value in metadata.items():
+        if not isinstance(value, str):
+            raise _Invalid(400, f"metadata value for {key!r} must be a string.", param="metadata")
+        if len(key) > 64:
+            raise _Invalid(
+                400, f"metadata key {key[:20]!r}... is longer than 64 characters.", param="metadata"
+            )
+        if len(value) > 512:
+            raise _Invalid(
+                400, f"metadata value for {key!r} is longer than 512 characters.", param="metadata"
+            )
+    return dict(metadata)
+
+
+def _check_output_expires(value: object) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or value.get("anchor") != "created_at":
+        raise _Invalid(
+            400, "output_expires_after needs anchor 'created_at'.", param="output_expires_after"
+        )
+    seconds = value.get("seconds")
+    if not isinstance(seconds, int) or not 3600 <= seconds <= 30 * DAY:
+        raise _Invalid(
+            400,
+            "output_expires_after.seconds must be between 3600 and 2592000.",
+            param="output_expires_after",
+        )
+    return seconds
+
+
+def _plan(
+    data: bytes, endpoint: str, limits: Mapping[str, int]
+) -> tuple[list[_Spec], list[dict[str, object]], str | None]:
+    """Validate an input file and reduce each request to a :class:`_Spec`."""
+    errors: list[dict[str, object]] = []
+
+    def fail(code: str, message: str, line: int | None = None, param: str | None = None) -> None:
+        if len(errors) < MAX_REPORTED_ERRORS:
+            errors.append({"code": code, "line": line, "message": message, "param": param})
+
+    if len(data) > limits["max_file_bytes"]:
+        fail(
+            "file_too_large",
+            f"The input file is {len(data)} bytes; the limit is {limits['max_file_bytes']} bytes.",
+        )
+        return [], errors, None
+    builder = _SpecBuilder(endpoint)
+    specs: list[_Spec] = []
+    seen: set[str] = set()
+    model: str | None = None
+    loads = json.loads
+    max_requests = limits["max_requests"]
+    for lineno, raw in enumerate(data.split(b"\n"), 1):
+        if not raw or raw.isspace():
+            continue
+        try:
+            obj = loads(raw)
+        except ValueError:
+            fail("invalid_json_line", "This line is not parseable as valid JSON.", lineno)
+            continue
+        if type(obj) is not dict:
+            fail("invalid_json_line", "Each line must be a JSON object.", lineno)
+            continue
+        custom_id = obj.get("custom_id")
+        if type(custom_id) is not str or not custom_id:
+            fail(
+                "missing_required_parameter",
+                "Missing required parameter: 'custom_id'.",
+                lineno,
+                "custom_id",
+            )
+            continue
+        if custom_id in seen:
+            fail(
+                "duplicate_custom_id",
+                f"The custom_id {custom_id!r} duplicates another request's; it must be unique.",
+                lineno,
+                "custom_id",
+            )
+        seen.add(custom_id)
+        if obj.get("method") != "POST":
+            fail("invalid_method", "Only the POST method is supported.", lineno, "method")
+        url = obj.get("url")
+        if url != endpoint:
+            if url is None:
+                fail(
+                    "missing_required_parameter",
+                    "Missing required parameter: 'url'.",
+                    lineno,
+                    "url",
+                )
+            else:
+                fail(
+                    "url_mismatch",
+                    f"The url {url!r} does not match the batch endpoint {endpoint!r}.",
+                    lineno,
+                    "url",
+                )
+        body = obj.get("body")
+        if type(body) is not dict:
+            fail(
+                "missing_required_parameter", "Missing required parameter: 'body'.", lineno, "body"
+            )
+            continue
+        if body.get("stream"):
+            msg = "Streaming is not supported in batches: 'stream' must be false."
+            fail("stream_unsupported", msg, lineno, "body.stream")
+        line_model = body.get("model")
+        if type(line_model) is not str or not line_model:
+            fail(
+                "missing_required_parameter",
+                "Missing required parameter: 'body.model'.",
+                lineno,
+                "body.model",
+            )
+        elif model is None:
+            model = line_model
+        elif line_model != model:
+            fail(
+                "model_mismatch",
+                f"The model {line_model!r} differs from {model!r}: one model per batch file.",
+                lineno,
+                "body.model",
+            )
+        if not errors:  # once the batch fails, answers are never needed
+            specs.append(builder.build(custom_id, body))
+    count = len(seen)
+    if count > max_requests:
+        errors.insert(
+            0,
+            {
+                "code": "too_many_tasks",
+                "line": None,
+                "message": f"The batch has {count} requests; the limit is {max_requests}.",
+                "param": None,
+            },
+        )
+        del errors[MAX_REPORTED_ERRORS:]
+    if count == 0 and not errors:
+        fail("empty_file", "The input file has no requests.")
+    return specs, errors, model

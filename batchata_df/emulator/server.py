@@ -1,0 +1,1060 @@
+"""Provider-agnostic core of the loopback emulator: HTTP server, routing, log, faults, clock.
+
+The server is a stdlib :class:`~http.server.ThreadingHTTPServer` speaking HTTP/1.1 with
+keep-alive, bound to ``127.0.0.1`` only. Each provider protocol is an *app*: an object
+with a ``handle(request) -> Response`` method, mounted at one or more path prefixes.
+
+Adding a provider
+-----------------
+Write a module ``batchata_df/emulator/<provider>_api.py`` exposing
+``create_app(core: EmulatorCore) -> App`` and list it in :data:`PROVIDERS` with its path
+prefixes. The app receives requests whose ``route`` is the path *below* its prefix, and
+implements the :class:`App` protocol (``provider``, ``handle``, ``error_response``,
+``reset``, ``configure``, ``settings``). Shared services live on the
+:class:`EmulatorCore`: the settings (``core.config``), the simulated clock
+(``core.clock``), blob storage for large files (``core.blobs``) and :meth:`EmulatorCore.new_id`.
+Until a provider module exists, its prefix answers 501 in that provider's error envelope
+(and fault injection on it still works).
+
+Control endpoints (no auth, never logged)
+-----------------------------------------
+``GET /_emulator/health``
+    ``{"ok": true, "providers": {...}}``.
+``GET /_emulator/log[?since=SEQ]`` / ``DELETE /_emulator/log``
+    Every provider request: ``{seq, ts, method, path, query, status, provider, auth,
+    retry_count, fault}``. ``auth`` only says whether a credential header was present; key
+    values are never stored. ``status`` is 0 when a fault dropped the connection.
+``POST /_emulator/faults`` / ``GET`` / ``DELETE``
+    Add, list or clear faults. A fault spec is ``{"method": "GET" | "*", "path_regex": str,
+    "status": 503, "times": 1, "retry_after_ms": 20, "retry_after": 1, "body": {...} |
+    str, "headers": {...}, "delay_ms": 0, "action": "error" | "disconnect",
+    "when": "before" | "after"}``; only ``path_regex`` is required. ``when="after"`` lets
+    the request take effect and then replaces the answer (the "created, but the client
+    never heard" case). Retry hints are capped at 60 s because the Anthropic SDK sleeps
+    for any ``Retry-After`` however large.
+``GET|POST /_emulator/config``
+    ``{"latency": s, "cancel_delay": s, "cancel_unfinished": "error_file" | "omit",
+    "<provider>": {...}}``. Unknown keys are a 400, never ignored.
+``POST /_emulator/reset``
+    Drop all provider state, files, faults and the log, and reset the clock; settings stay.
+``GET|POST /_emulator/clock``
+    ``{"advance": seconds}`` moves simulated time forward; batches progress with it.
+
+Examples
+--------
+>>> from batchata_df.emulator.server import make_server
+>>> server = make_server(port=0)
+>>> server.url.startswith("http://127.0.0.1:")
+True
+>>> server.server_close(); server.core.close()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import itertools
+import json
+import re
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Final, Literal, Protocol, cast
+from urllib.parse import parse_qsl
+
+__all__ = [
+    "CONTROL_PREFIX",
+    "PROVIDERS",
+    "App",
+    "BlobStore",
+    "Clock",
+    "EmulatorConfig",
+    "EmulatorCore",
+    "EmulatorServer",
+    "Fault",
+    "Headers",
+    "Request",
+    "Response",
+    "error_envelope",
+    "json_body",
+    "json_response",
+    "make_server",
+]
+
+CONTROL_PREFIX: Final = "/_emulator"
+LOOPBACK: Final = "127.0.0.1"
+MAX_RETRY_HINT_SECONDS: Final = 60.0
+MAX_FAULT_DELAY_MS: Final = 60_000
+
+#: provider -> (module implementing it, path prefixes it is mounted at)
+PROVIDERS: Final[dict[str, tuple[str, tuple[str, ...]]]] = {
+    "openai": ("batchata_df.emulator.openai_api", ("/openai/v1", "/v1")),
+    "anthropic": ("batchata_df.emulator.anthropic_api", ("/anthropic",)),
+    "gemini": ("batchata_df.emulator.gemini_api", ("/gemini",)),
+}
+
+ErrorStyle = Literal["openai", "anthropic", "gemini", "plain"]
+CancelUnfinished = Literal["error_file", "omit"]
+
+
+# --------------------------------------------------------------------------------------
+# Request / Response
+
+
+class Headers(Mapping[str, str]):
+    """Case-insensitive, read-only HTTP headers (repeated headers are joined by ``, ``).
+
+    Examples
+    --------
+    >>> h = Headers([("Content-Type", "application/json")])
+    >>> h["content-type"], h.get("CONTENT-TYPE"), "Content-type" in h
+    ('application/json', 'application/json', True)
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        self._items: dict[str, str] = {}
+        for key, value in items:
+            low = key.lower()
+            self._items[low] = f"{self._items[low]}, {value}" if low in self._items else value
+
+    def __getitem__(self, key: str) -> str:
+        return self._items[key.lower()]
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key.lower() in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"Headers({sorted(self._items)!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One HTTP request as the apps see it.
+
+    Attributes
+    ----------
+    method
+        Upper-case HTTP method.
+    path
+        Full path without the query string, e.g. ``/openai/v1/batches``.
+    query
+        Query parameters (the first value of each).
+    headers
+        Case-insensitive headers.
+    body
+        Raw body bytes (``b""`` when there is none).
+    route
+        The path below the app's mount prefix, e.g. ``/batches`` (set by the router).
+    base_url
+        ``http://127.0.0.1:PORT`` of this server, for absolute URLs in answers.
+
+    Examples
+    --------
+    >>> r = Request("POST", "/v1/x", {}, Headers(), b"")
+    >>> r.json() is None
+    True
+    """
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: Headers
+    body: bytes
+    route: str = ""
+    base_url: str = ""
+    query_string: str = ""
+
+    def json(self) -> object:
+        """Parse the body as JSON; an empty (or whitespace) body gives ``None``.
+
+        Raises
+        ------
+        ValueError
+            The body is not valid JSON.
+        """
+        if not self.body.strip():
+            return None
+        return json.loads(self.body)
+
+
+@dataclass(slots=True)
+class Response:
+    r"""An HTTP answer. ``body`` may be bytes or an iterable of byte chunks (sent chunked).
+
+    Examples
+    --------
+    >>> Response(204).status
+    204
+    >>> chunked = Response(200, {"content-type": "application/x-ndjson"}, iter([b"{}\n"]))
+    """
+
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes | Iterable[bytes] = b""
+
+
+_dumps_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def json_response(
+    obj: object, status: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    """Build a JSON :class:`Response`.
+
+    Examples
+    --------
+    >>> json_response({"ok": True}).body
+    b'{"ok":true}'
+    """
+    out = {"content-type": "application/json"}
+    if headers:
+        out.update(headers)
+    return Response(status, out, _dumps_compact(obj).encode("utf-8"))
+
+
+def json_body(request: Request) -> dict[str, Any]:
+    """Parse a request body that must be a JSON object (empty body -> ``{}``).
+
+    Raises
+    ------
+    ValueError
+        The body is not JSON, or not an object.
+    """
+    data = request.json()
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        msg = f"expected a JSON object body, got {type(data).__name__}"
+        raise ValueError(msg)
+    return data
+
+
+_OPENAI_TYPES: Final = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "invalid_request_error",
+    404: "invalid_request_error",
+    409: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "requests",
+}
+_ANTHROPIC_TYPES: Final = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+_GEMINI_STATUS: Final = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ALREADY_EXISTS",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    501: "UNIMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def error_envelope(
+    style: ErrorStyle,
+    status: int,
+    message: str,
+    *,
+    code: str | None = None,
+    param: str | None = None,
+    error_type: str | None = None,
+) -> dict[str, Any]:
+    """Return the error body a provider sends with an HTTP error (provider-wire.md §0.4).
+
+    Examples
+    --------
+    >>> error_envelope("openai", 404, "No such batch", param="batch_id")["error"]["type"]
+    'invalid_request_error'
+    >>> error_envelope("anthropic", 529, "Overloaded")["error"]["type"]
+    'overloaded_error'
+    >>> error_envelope("gemini", 503, "busy")["error"]["status"]
+    'UNAVAILABLE'
+    """
+    if style == "openai":
+        kind = error_type or _OPENAI_TYPES.get(status, "server_error")
+        return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    if style == "anthropic":
+        kind = error_type or _ANTHROPIC_TYPES.get(status, "api_error")
+        return {
+            "type": "error",
+            "error": {"type": kind, "message": message},
+            "request_id": f"req_{uuid.uuid4().hex[:24]}",
+        }
+    if style == "gemini":
+        state = error_type or _GEMINI_STATUS.get(
+            status, "INTERNAL" if status >= 500 else "FAILED_PRECONDITION"
+        )
+        return {"error": {"code": status, "message": message, "status": state}}
+    return {"error": {"message": message, "code": code or status}}
+
+
+# --------------------------------------------------------------------------------------
+# Apps
+
+
+class App(Protocol):
+    """What a provider protocol module plugs into the server.
+
+    ``handle`` must be thread-safe: the server runs one thread per connection.
+    """
+
+    #: Provider name, used in the request log and as its settings key.
+    provider: str
+
+    def handle(self, request: Request) -> Response:
+        """Answer one request whose ``route`` is relative to the app's mount prefix."""
+        ...
+
+    def error_response(self, status: int, message: str) -> Response:
+        """Return an HTTP error in this provider's envelope (used for injected faults)."""
+        ...
+
+    def reset(self) -> None:
+        """Forget every object (batches, files, ...) the app holds."""
+        ...
+
+    def configure(self, settings: Mapping[str, object]) -> None:
+        """Apply provider-specific settings; raise ``ValueError`` for unknown keys/values."""
+        ...
+
+    def settings(self) -> dict[str, object]:
+        """Return the provider-specific settings currently in force."""
+        ...
+
+
+class _Unavailable:
+    """Stand-in for a provider whose module is not written yet: 501 in its envelope."""
+
+    def __init__(self, provider: str, style: ErrorStyle) -> None:
+        self.provider = provider
+        self._style: ErrorStyle = style
+
+    def handle(self, request: Request) -> Response:
+        return self.error_response(501, f"the emulator has no {self.provider} protocol yet")
+
+    def error_response(self, status: int, message: str) -> Response:
+        return json_response(error_envelope(self._style, status, message), status)
+
+    def reset(self) -> None:
+        pass
+
+    def configure(self, settings: Mapping[str, object]) -> None:
+        if settings:
+            msg = f"no settings for {self.provider!r}: its emulator module is not available"
+            raise ValueError(msg)
+
+    def settings(self) -> dict[str, object]:
+        return {}
+
+
+# --------------------------------------------------------------------------------------
+# Shared services
+
+
+@dataclass(slots=True)
+class EmulatorConfig:
+    """Settings shared by all providers.
+
+    Attributes
+    ----------
+    latency
+        Seconds from batch creation to completion (simulated clock). 0 means a batch is
+        complete on its first retrieve.
+    cancel_delay
+        Seconds a cancelled batch stays ``cancelling`` before it is ``cancelled``
+        (0: the next retrieve already shows it cancelled).
+    cancel_unfinished
+        What happens to requests that had not run when a batch was cancelled:
+        ``"error_file"`` writes one error line per request (OpenAI code
+        ``batch_cancelled``); ``"omit"`` leaves them out of every result file.
+    """
+
+    latency: float = 0.0
+    cancel_delay: float = 0.0
+    cancel_unfinished: CancelUnfinished = "error_file"
+
+    def as_dict(self) -> dict[str, object]:
+        """The settings as JSON-ready data."""
+        return {
+            "latency": self.latency,
+            "cancel_delay": self.cancel_delay,
+            "cancel_unfinished": self.cancel_unfinished,
+        }
+
+
+class Clock:
+    """Wall-clock time plus an offset that tests can advance.
+
+    Examples
+    --------
+    >>> c = Clock(); t = c.now(); c.advance(3600)
+    >>> c.now() - t >= 3600
+    True
+    """
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def now(self) -> float:
+        """Current simulated time (unix seconds, float)."""
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        """Move simulated time forward by ``seconds`` (must be >= 0)."""
+        if seconds < 0:
+            msg = f"the clock only moves forward, got advance={seconds!r}"
+            raise ValueError(msg)
+        self.offset += seconds
+
+    def reset(self) -> None:
+        """Go back to wall-clock time."""
+        self.offset = 0.0
+
+
+class BlobStore:
+    """File contents kept on disk in a private temporary folder, not in memory.
+
+    Batches of 50k-100k lines produce files of tens to hundreds of MB; keeping them on
+    disk (the page cache makes this cheap) keeps the emulator's memory flat under a
+    million-request benchmark.
+    """
+
+    def __init__(self) -> None:
+        self._dir: Path | None = None
+        self._lock = threading.Lock()
+
+    def _root(self) -> Path:
+        with self._lock:
+            if self._dir is None:
+                self._dir = Path(tempfile.mkdtemp(prefix="batchata-df-emulator-"))
+            return self._dir
+
+    def put(self, key: str, data: bytes | memoryview | Iterable[bytes]) -> int:
+        """Store ``data`` under ``key`` and return its size in bytes."""
+        path = self._root() / key
+        with path.open("wb") as f:
+            if isinstance(data, bytes | memoryview):
+                f.write(data)
+            else:
+                f.writelines(data)
+            return f.tell()
+
+    def get(self, key: str) -> bytes:
+        """Return the stored bytes; ``KeyError`` if there are none."""
+        try:
+            return (self._root() / key).read_bytes()
+        except FileNotFoundError:
+            raise KeyError(key) from None
+
+    def delete(self, key: str) -> None:
+        """Remove ``key`` if present."""
+        with contextlib.suppress(FileNotFoundError):
+            (self._root() / key).unlink()
+
+    def clear(self) -> None:
+        """Remove every blob."""
+        with self._lock:
+            if self._dir is not None:
+                shutil.rmtree(self._dir, ignore_errors=True)
+                self._dir = None
+
+    close = clear
+
+
+@dataclass(slots=True)
+class Fault:
+    """One injected fault; see the module docstring for the JSON spec."""
+
+    id: int
+    path_regex: str
+    method: str = "*"
+    status: int = 503
+    times: int | None = 1
+    retry_after_ms: int | None = None
+    retry_after: float | None = None
+    body: object = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_ms: int = 0
+    action: Literal["error", "disconnect"] = "error"
+    when: Literal["before", "after"] = "before"
+    hits: int = 0
+    pattern: re.Pattern[str] = field(default=re.compile(""), repr=False)
+
+    def as_dict(self) -> dict[str, object]:
+        """The fault as JSON-ready data (``hits`` counts the requests it failed)."""
+        return {
+            "id": self.id,
+            "method": self.method,
+            "path_regex": self.path_regex,
+            "status": self.status,
+            "times": self.times,
+            "retry_after_ms": self.retry_after_ms,
+            "retry_after": self.retry_after,
+            "body": self.body,
+            "headers": self.headers,
+            "delay_ms": self.delay_ms,
+            "action": self.action,
+            "when": self.when,
+            "hits": self.hits,
+        }
+
+
+_FAULT_KEYS: Final = frozenset(
+    {"method", "path_regex", "status", "times", "retry_after_ms", "retry_after", "body",
+     "headers", "delay_ms", "action", "when"}
+)  # fmt: skip
+
+
+def _parse_fault(spec: Mapping[str, Any], fault_id: int) -> Fault:
+    unknown = sorted(set(spec) - _FAULT_KEYS)
+    if unknown:
+        msg = f"unknown fault keys {unknown!r}; valid keys: {sorted(_FAULT_KEYS)!r}"
+        raise ValueError(msg)
+    regex = spec.get("path_regex")
+    if not isinstance(regex, str):
+        msg = "a fault needs 'path_regex' (a regular expression searched in the request path)"
+        raise ValueError(msg)
+    try:
+        pattern = re.compile(regex)
+    except re.error as e:
+        msg = f"invalid path_regex {regex!r}: {e}"
+        raise ValueError(msg) from e
+    status = int(spec.get("status", 503))
+    if not 400 <= status <= 599:
+        msg = f"fault status must be 400..599, got {status!r}"
+        raise ValueError(msg)
+    times = spec.get("times", 1)
+    if times is not None and (not isinstance(times, int) or times < 1):
+        msg = f"'times' must be a positive integer or null (forever), got {times!r}"
+        raise ValueError(msg)
+    ra_ms = spec.get("retry_after_ms")
+    ra_s = spec.get("retry_after")
+    for name, value, limit in (
+        ("retry_after_ms", ra_ms, MAX_RETRY_HINT_SECONDS * 1000),
+        ("retry_after", ra_s, MAX_RETRY_HINT_SECONDS),
+    ):
+        if value is not None and (not isinstance(value, int | float) or not 0 <= value <= limit):
+            msg = f"{name} must be between 0 and {limit:g}, got {value!r} (SDKs obey large hints)"
+            raise ValueError(msg)
+    delay = int(spec.get("delay_ms", 0))
+    if not 0 <= delay <= MAX_FAULT_DELAY_MS:
+        msg = f"delay_ms must be between 0 and {MAX_FAULT_DELAY_MS}, got {delay!r}"
+        raise ValueError(msg)
+    action = spec.get("action", "error")
+    when = spec.get("when", "before")
+    if action not in ("error", "disconnect"):
+        msg = f"action must be 'error' or 'disconnect', got {action!r}"
+        raise ValueError(msg)
+    if when not in ("before", "after"):
+        msg = f"when must be 'before' or 'after', got {when!r}"
+        raise ValueError(msg)
+    headers = spec.get("headers") or {}
+    if not isinstance(headers, dict):
+        msg = f"headers must be an object, got {headers!r}"
+        raise ValueError(msg)
+    return Fault(
+        id=fault_id,
+        path_regex=regex,
+        method=str(spec.get("method") or "*").upper(),
+        status=status,
+        times=times,
+        retry_after_ms=None if ra_ms is None else int(ra_ms),
+        retry_after=None if ra_s is None else float(ra_s),
+        body=spec.get("body"),
+        headers={str(k): str(v) for k, v in headers.items()},
+        delay_ms=delay,
+        action=action,
+        when=when,
+        pattern=pattern,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# The core: routing, log, faults, control endpoints
+
+
+_AUTH_HEADERS: Final = ("authorization", "x-api-key", "x-goog-api-key", "api-key")
+
+
+class EmulatorCore:
+    """Routing, request log, faults, settings and shared services for all provider apps.
+
+    Parameters
+    ----------
+    config
+        Initial shared settings.
+    load_providers
+        Mount the provider apps listed in :data:`PROVIDERS` (default True).
+    """
+
+    def __init__(
+        self, config: EmulatorConfig | None = None, *, load_providers: bool = True
+    ) -> None:
+        self.config = config or EmulatorConfig()
+        self.clock = Clock()
+        self.blobs = BlobStore()
+        self._routes: list[tuple[str, App]] = []
+        self._apps: dict[str, App] = {}
+        self._log: list[dict[str, object]] = []
+        self._seq = itertools.count(1)
+        self._faults: list[Fault] = []
+        self._fault_ids = itertools.count(1)
+        self._lock = threading.Lock()
+        if load_providers:
+            for provider, (module, prefixes) in PROVIDERS.items():
+                app = _load_app(self, provider, module)
+                for prefix in prefixes:
+                    self.register(prefix, app)
+
+    # ---- registry
+
+    def register(self, prefix: str, app: App) -> None:
+        """Mount ``app`` at ``prefix`` (e.g. ``"/openai/v1"``), replacing an existing mount."""
+        prefix = "/" + prefix.strip("/")
+        self._routes = [(p, a) for p, a in self._routes if p != prefix]
+        self._routes.append((prefix, app))
+        self._routes.sort(key=lambda item: len(item[0]), reverse=True)  # longest prefix wins
+        self._apps[app.provider] = app
+
+    @property
+    def apps(self) -> dict[str, App]:
+        """Mounted apps by provider name."""
+        return dict(self._apps)
+
+    def route(self, path: str) -> tuple[App, str] | None:
+        """Return the app serving ``path`` and the path below its prefix."""
+        for prefix, app in self._routes:
+            if path == prefix or path.startswith(prefix + "/"):
+                return app, path[len(prefix) :] or "/"
+        return None
+
+    @staticmethod
+    def new_id(prefix: str, nbytes: int = 12) -> str:
+        """Return a fresh random id such as ``batch_3f2a...``.
+
+        Examples
+        --------
+        >>> EmulatorCore.new_id("file-").startswith("file-")
+        True
+        """
+        return prefix + uuid.uuid4().hex[: nbytes * 2]
+
+    # ---- dispatch
+
+    def handle(self, request: Request) -> Response | None:
+        """Answer one request; ``None`` means "drop the connection" (an injected fault)."""
+        if request.path == CONTROL_PREFIX or request.path.startswith(CONTROL_PREFIX + "/"):
+            return self._control(request)
+        routed = self.route(request.path)
+        app = routed[0] if routed else None
+        fault = self._take_fault(request)
+        response: Response | None
+        if fault is not None and fault.when == "before":
+            response = self._fault_response(fault, app)
+        else:
+            if routed is None:
+                response = json_response(
+                    error_envelope("plain", 404, f"no emulated provider serves {request.path!r}"),
+                    404,
+                )
+            else:
+                response = self._call_app(routed[0], request, routed[1])
+            if fault is not None:
+                response = self._fault_response(fault, app)
+        self._record(request, app, response, fault)
+        return response
+
+    def _call_app(self, app: App, request: Request, route: str) -> Response:
+        sub = Request(
+            request.method,
+            request.path,
+            request.query,
+            request.headers,
+            request.body,
+            route,
+            request.base_url,
+            request.query_string,
+        )
+        try:
+            return app.handle(sub)
+        except Exception as e:  # an emulator bug must not kill the connection thread
+            traceback.print_exc(file=sys.stderr)
+            return app.error_response(500, f"emulator internal error: {type(e).__name__}: {e}")
+
+    def _take_fault(self, request: Request) -> Fault | None:
+        if not self._faults:
+            return None
+        target = request.path + ("?" + request.query_string if request.query_string else "")
+        with self._lock:
+            for fault in self._faults:
+                if fault.method not in ("*", request.method):
+                    continue
+                if not fault.pattern.search(target):
+                    continue
+                fault.hits += 1
+                if fault.times is not None and fault.hits >= fault.times:
+                    self._faults.remove(fault)
+                return fault
+        return None
+
+    @staticmethod
+    def _fault_response(fault: Fault, app: App | None) -> Response | None:
+        if fault.delay_ms:
+            time.sleep(fault.delay_ms / 1000)
+        if fault.action == "disconnect":
+            return None
+        message = f"Emulated fault #{fault.id}: HTTP {fault.status}"
+        if fault.body is None:
+            if app is not None:
+                response = app.error_response(fault.status, message)
+            else:
+                response = json_response(
+                    error_envelope("plain", fault.status, message), fault.status
+                )
+        elif isinstance(fault.body, str):
+            response = Response(fault.status, {"content-type": "text/plain"}, fault.body.encode())
+        else:
+            response = json_response(fault.body, fault.status)
+        if fault.retry_after_ms is not None:
+            response.headers["retry-after-ms"] = str(fault.retry_after_ms)
+        if fault.retry_after is not None:
+            response.headers["retry-after"] = f"{fault.retry_after:g}"
+        response.headers.update(fault.headers)
+        return response
+
+    def _record(
+        self, request: Request, app: App | None, response: Response | None, fault: Fault | None
+    ) -> None:
+        retry = request.headers.get("x-stainless-retry-count")
+        entry: dict[str, object] = {
+            "seq": next(self._seq),
+            "ts": time.time(),
+            "method": request.method,
+            "path": request.path,
+            "query": request.query_string,
+            "status": 0 if response is None else response.status,
+            "provider": app.provider if app is not None else None,
+            "auth": any(h in request.headers for h in _AUTH_HEADERS),
+            "retry_count": int(retry) if retry is not None and retry.isdigit() else None,
+            "fault": fault.id if fault is not None else None,
+        }
+        self._log.append(entry)  # list.append is atomic under the GIL
+
+    # ---- control endpoints
+
+    def _control(self, request: Request) -> Response:
+        name = request.path[len(CONTROL_PREFIX) :].strip("/")
+        method = request.method
+        try:
+            if name == "health" and method == "GET":
+                return json_response({"ok": True, "providers": sorted(self._apps)})
+            if name == "log":
+                if method == "GET":
+                    since = int(request.query.get("since", "0"))
+                    return json_response(
+                        [e for e in list(self._log) if cast(int, e["seq"]) > since]
+                    )
+                if method == "DELETE":
+                    self._log.clear()
+                    return json_response({"ok": True})
+            if name == "faults":
+                return self._control_faults(request)
+            if name == "config":
+                if method == "POST":
+                    self.configure(json_body(request))
+                if method in ("GET", "POST"):
+                    return json_response(self.settings())
+            if name == "reset" and method == "POST":
+                self.reset()
+                return json_response({"ok": True})
+            if name == "clock" and method in ("GET", "POST"):
+                if method == "POST":
+                    body = json_body(request)
+                    self.clock.advance(float(body.get("advance", 0)))
+                return json_response({"now": self.clock.now(), "offset": self.clock.offset})
+        except (ValueError, TypeError) as e:
+            return json_response({"error": {"message": str(e)}}, 400)
+        msg = f"unknown control endpoint {method} {request.path}"
+        return json_response({"error": {"message": msg}}, 404)
+
+    def _control_faults(self, request: Request) -> Response:
+        if request.method == "POST":
+            fault = self.add_fault(json_body(request))
+            return json_response(fault.as_dict())
+        if request.method == "GET":
+            with self._lock:
+                return json_response([f.as_dict() for f in self._faults])
+        if request.method == "DELETE":
+            with self._lock:
+                self._faults.clear()
+            return json_response({"ok": True})
+        return json_response({"error": {"message": "use GET, POST or DELETE"}}, 405)
+
+    def add_fault(self, spec: Mapping[str, Any]) -> Fault:
+        """Validate and register a fault spec (see the module docstring)."""
+        fault = _parse_fault(spec, next(self._fault_ids))
+        with self._lock:
+            self._faults.append(fault)
+        return fault
+
+    def settings(self) -> dict[str, object]:
+        """Shared settings plus each provider's own, under its name."""
+        out = self.config.as_dict()
+        for provider, app in sorted(self._apps.items()):
+            out[provider] = app.settings()
+        return out
+
+    def configure(self, settings: Mapping[str, Any]) -> None:
+        """Validate everything first, then apply; unknown keys raise ``ValueError``."""
+        shared = {k: v for k, v in settings.items() if k not in self._apps}
+        valid = set(self.config.as_dict())
+        unknown = sorted(set(shared) - valid)
+        if unknown:
+            msg = f"unknown settings {unknown!r}; valid: {sorted(valid | set(self._apps))!r}"
+            raise ValueError(msg)
+        new = EmulatorConfig(
+            self.config.latency, self.config.cancel_delay, self.config.cancel_unfinished
+        )
+        for key in ("latency", "cancel_delay"):
+            if key in shared:
+                value = shared[key]
+                if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                    msg = f"{key} must be a number of seconds >= 0, got {value!r}"
+                    raise ValueError(msg)
+                setattr(new, key, float(value))
+        if "cancel_unfinished" in shared:
+            value = shared["cancel_unfinished"]
+            if value not in ("error_file", "omit"):
+                msg = f"cancel_unfinished must be 'error_file' or 'omit', got {value!r}"
+                raise ValueError(msg)
+            new.cancel_unfinished = value
+        for provider, app in self._apps.items():
+            if provider in settings:
+                sub = settings[provider]
+                if not isinstance(sub, Mapping):
+                    msg = f"settings for {provider!r} must be an object, got {sub!r}"
+                    raise ValueError(msg)
+                app.configure(sub)
+        self.config = new
+
+    def reset(self) -> None:
+        """Forget all provider state, files, faults and the log; keep settings."""
+        for app in self._apps.values():
+            app.reset()
+        with self._lock:
+            self._faults.clear()
+        self._log.clear()
+        self.clock.reset()
+        self.blobs.clear()
+
+    def close(self) -> None:
+        """Release resources (the blob folder)."""
+        self.blobs.close()
+
+
+def _load_app(core: EmulatorCore, provider: str, module_name: str) -> App:
+    style = cast(ErrorStyle, provider if provider in ("openai", "anthropic", "gemini") else "plain")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name != module_name:  # a real import error inside the module: surface it
+            raise
+        return _Unavailable(provider, style)
+    factory = cast(Callable[[EmulatorCore], App], module.create_app)
+    return factory(core)
+
+
+# --------------------------------------------------------------------------------------
+# HTTP plumbing
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "batchata-df-emulator"
+    sys_version = ""
+
+    def setup(self) -> None:
+        super().setup()
+        # Small JSON answers on keep-alive connections would otherwise wait for the
+        # client's delayed ACK (Nagle), adding ~40 ms per request.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # the core keeps a structured log; stderr stays quiet
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_GET
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("transfer-encoding", "").lower():
+            parts: list[bytes] = []
+            while True:
+                size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return b"".join(parts)
+                parts.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("content-length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _dispatch(self) -> None:
+        server = cast(EmulatorServer, self.server)
+        raw_path, _, query_string = self.path.partition("?")
+        try:
+            body = self._read_body()
+        except (ValueError, OSError):
+            self.close_connection = True
+            return
+        request = Request(
+            method=self.command,
+            path=raw_path,
+            query=dict(parse_qsl(query_string, keep_blank_values=True)),
+            headers=Headers(self.headers.items()),
+            body=body,
+            base_url=server.url,
+            query_string=query_string,
+        )
+        response = server.core.handle(request)
+        if response is None:
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        try:
+            self._write(response)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def _write(self, response: Response) -> None:
+        self.send_response(response.status)
+        for key, value in response.headers.items():
+            self.send_header(key, value)
+        body = response.body
+        if isinstance(body, bytes | bytearray | memoryview):
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            if body:
+                self.wfile.write(body)  # one write, however large
+            return
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        for chunk in body:
+            if chunk:
+                self.wfile.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        self.wfile.write(b"0\r\n\r\n")
+
+
+class EmulatorServer(ThreadingHTTPServer):
+    """The HTTP server; bound to ``127.0.0.1`` only.
+
+    Parameters
+    ----------
+    port
+        TCP port; 0 picks a free one.
+    core
+        The routing core; a fresh one with the default providers when omitted.
+    """
+
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 128
+
+    def __init__(self, port: int = 0, core: EmulatorCore | None = None) -> None:
+        self.core = core or EmulatorCore()
+        super().__init__((LOOPBACK, port), _Handler)
+        self.url = f"http://{LOOPBACK}:{self.server_address[1]}"
+        self._thread: threading.Thread | None = None
+
+    def start_in_thread(self) -> EmulatorServer:
+        """Serve from a daemon thread of this process (for in-process use); returns self."""
+        self._thread = threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, close the socket and remove stored files."""
+        if self._thread is not None:
+            self.shutdown()
+            self._thread.join()
+            self._thread = None
+        self.server_close()
+        self.core.close()
+
+
+def make_server(
+    host: str = LOOPBACK,
+    port: int = 0,
+    *,
+    latency: float = 0.0,
+    load_providers: bool = True,
+) -> EmulatorServer:
+    """Create (but do not start) an emulator server.
+
+    Parameters
+    ----------
+    host
+        Must be ``127.0.0.1`` or ``localhost``: the emulator never listens on a network.
+    port
+        TCP port; 0 picks a free one.
+    latency
+        Initial batch latency in seconds.
+    load_providers
+        Mount the provider apps (default True).
+
+    Raises
+    ------
+    ValueError
+        ``host`` is not a loopback name.
+
+    Examples
+    --------
+    >>> make_server(host="0.0.0.0")
+    Traceback (most recent call last):
+    ...
+    ValueError: the emulator binds to 127.0.0.1 only, got host='0.0.0.0'
+    """
+    if host not in (LOOPBACK, "localhost"):
+        msg = f"the emulator binds to 127.0.0.1 only, got host={host!r}"
+        raise ValueError(msg)
+    core = EmulatorCore(EmulatorConfig(latency=float(latency)), load_providers=load_providers)
+    try:
+        return EmulatorServer(port, core)
+    except OSError:
+        core.close()
+        raise
