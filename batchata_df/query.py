@@ -1,0 +1,498 @@
+"""SQL over checkpoint folders with DuckDB.
+
+:func:`sql` runs a query against one or several checkpoint folders (see
+:mod:`batchata_df.state`) and returns a Polars frame; :func:`connect` returns the DuckDB
+connection itself for several queries over the same snapshot. Both define these views:
+
+``job_events``
+    Every job event, all columns of :data:`~batchata_df.state.JOB_EVENTS` (plus any extra
+    column a part carries), with ``run``: the checkpoint folder the event came from.
+``jobs``
+    One row per ``(run, job_id)``: the job's current state. ``status``, ``error``,
+    ``input_tokens``, ``output_tokens``, ``cached_tokens`` and ``cost_usd`` come from the
+    job's latest event (highest ``seq``), so a job re-``assigned`` after a failure shows as
+    in flight with no error, and a job ``completed`` after its ``assigned`` event shows its
+    answer's usage. ``provider``, ``model``, ``batch_key`` and ``provider_batch_id`` are the
+    latest *known* values (an event that does not repeat them does not erase them).
+    ``est_cost_usd`` is the latest known pre-submission estimate, or null when the
+    checkpoint has none. ``first_seen_at`` / ``updated_at`` are the first and latest event
+    times.
+``batch_events``
+    Every batch event, all columns of :data:`~batchata_df.state.BATCH_EVENTS`, with ``run``.
+``batches``
+    One row per ``(run, batch_key)``: ``status`` of the latest event, the latest known
+    ``provider``, ``model``, ``provider_batch_id``, ``provider_status``, ``n_jobs``,
+    ``n_bytes`` and ``detail``; ``submitted_at`` (first ``submitted`` event),
+    ``ended_at`` (first ``ended`` event), ``collected_at`` (first ``collected`` event),
+    ``duration_s`` (submitted to collected, null while in flight) and ``updated_at``.
+``runs``
+    One row per folder: ``run``, ``path`` (absolute), ``run_id``, ``format_version``,
+    ``created_at`` and ``fingerprint`` (JSON text) from its ``manifest.json``.
+
+The part files are listed once, when the views are created, and the views read exactly
+that list: parts that a running job writes afterwards are not seen, so every query over one
+connection sees the same consistent snapshot (parts are written under a hidden temporary
+name and renamed, and never rewritten). Call :func:`sql` again for a fresh snapshot.
+
+Ready-made queries: :data:`COST_BY_STATUS`, :data:`ESTIMATED_VS_ACTUAL`,
+:data:`FAILURES_BY_ERROR`, :data:`BATCH_DURATIONS` (SQL text, for :func:`sql` or the
+command line), and the functions :func:`cost_by_status`, :func:`estimated_vs_actual`,
+:func:`failures_by_error`, :func:`batch_durations`.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, TypeAlias
+
+import polars as pl
+
+from batchata_df.errors import StateError
+from batchata_df.state import BATCH_EVENTS, JOB_EVENTS
+
+if TYPE_CHECKING:
+    import duckdb
+
+__all__ = [
+    "BATCH_DURATIONS",
+    "COST_BY_STATUS",
+    "ESTIMATED_VS_ACTUAL",
+    "FAILURES_BY_ERROR",
+    "StatePaths",
+    "batch_durations",
+    "connect",
+    "cost_by_status",
+    "estimated_vs_actual",
+    "failures_by_error",
+    "sql",
+]
+
+StatePaths: TypeAlias = "str | os.PathLike[str] | Sequence[str | os.PathLike[str]]"
+"""One checkpoint folder, a glob pattern such as ``"runs/shard-*"``, or a list of them."""
+
+COST_BY_STATUS = """
+SELECT provider, model, status,
+       count(*) AS n_jobs,
+       sum(input_tokens)::BIGINT AS input_tokens,
+       sum(output_tokens)::BIGINT AS output_tokens,
+       sum(cost_usd) AS cost_usd
+FROM jobs
+GROUP BY ALL
+ORDER BY provider, model, status
+"""
+"""Jobs, tokens and cost in USD by provider, model and current status."""
+
+ESTIMATED_VS_ACTUAL = """
+SELECT provider, model,
+       count(*) AS n_jobs,
+       count(est_cost_usd) AS n_estimated,
+       sum(est_cost_usd) AS est_cost_usd,
+       sum(cost_usd) AS cost_usd,
+       sum(cost_usd) / nullif(sum(est_cost_usd), 0) AS actual_over_estimate
+FROM jobs
+WHERE status = 'completed'
+GROUP BY ALL
+ORDER BY provider, model
+"""
+"""Completed jobs' estimated (worst-case) against actual cost, by provider and model.
+
+``est_cost_usd`` and ``actual_over_estimate`` are null when the checkpoint holds no
+estimates.
+"""
+
+FAILURES_BY_ERROR = """
+SELECT split_part(error, ':', 1) AS error_class,
+       count(*) AS n_jobs,
+       any_value(error) AS example
+FROM jobs
+WHERE status = 'failed'
+GROUP BY ALL
+ORDER BY n_jobs DESC, error_class
+"""
+"""Failed jobs by error class (the part of ``error`` before the first ``:``)."""
+
+BATCH_DURATIONS = """
+SELECT run, batch_key, provider_batch_id, provider, model, status, provider_status,
+       n_jobs, submitted_at, collected_at, duration_s
+FROM batches
+ORDER BY submitted_at NULLS LAST, batch_key
+"""
+"""Every batch with its submission and collection times and duration in seconds."""
+
+
+def _import_duckdb() -> ModuleType:
+    try:
+        import duckdb
+    except ImportError as e:
+        msg = (
+            "querying checkpoints needs DuckDB, which is not installed; "
+            "install it with: pip install 'batchata-df[duckdb]'"
+        )
+        raise ModuleNotFoundError(msg) from e
+    return duckdb
+
+
+def _folders(state: StatePaths) -> list[tuple[str, Path]]:
+    """Resolve ``state`` to ``(label, folder)`` pairs; labels are the paths as given."""
+    items = [state] if isinstance(state, str | os.PathLike) else list(state)
+    if not items:
+        msg = "no checkpoint folder given; pass a folder path, a glob pattern or a list"
+        raise StateError(msg)
+    out: list[tuple[str, Path]] = []
+    for item in items:
+        text = os.fspath(item)
+        if Path(text).is_dir():
+            out.append((text, Path(text)))
+            continue
+        matches = sorted(m for m in glob.glob(text) if Path(m).is_dir())
+        if not matches:
+            msg = (
+                f"checkpoint folder {text!r} does not exist (nor matches any folder as a "
+                "glob pattern); pass the `state=` folder of a batch_llm run"
+            )
+            raise StateError(msg)
+        out.extend((m, Path(m)) for m in matches)
+    seen: set[str] = set()
+    unique = []
+    for label, folder in out:
+        if label not in seen:
+            seen.add(label)
+            unique.append((label, folder))
+    return unique
+
+
+def _parts(folder: Path, table: str) -> list[str]:
+    """The finished parts of one table; hidden ``.tmp-*`` files are still being written."""
+    try:
+        entries = list(os.scandir(folder / table))
+    except FileNotFoundError:
+        return []
+    return sorted(
+        os.path.abspath(e.path)
+        for e in entries
+        if e.name.startswith("part-") and e.name.endswith(".parquet") and e.is_file()
+    )
+
+
+_DUCK_TYPES: dict[type[pl.DataType], str] = {
+    pl.Int64: "BIGINT",
+    pl.Float64: "DOUBLE",
+    pl.String: "VARCHAR",
+    pl.Boolean: "BOOLEAN",
+}
+
+
+def _duck_type(dtype: pl.DataType) -> str:
+    if isinstance(dtype, pl.Datetime):
+        return "TIMESTAMPTZ" if dtype.time_zone else "TIMESTAMP"
+    name = _DUCK_TYPES.get(type(dtype))
+    if name is None:  # pragma: no cover - only reachable if the state schema changes
+        msg = f"no DuckDB type for checkpoint column dtype {dtype!r}"
+        raise TypeError(msg)
+    return name
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _events_view(name: str, schema: pl.Schema, files: list[tuple[str, str]]) -> str:
+    """SQL creating a view of every event: the typed empty schema, then the parts.
+
+    The empty typed row set fixes the columns and types whatever the parts hold (none, or
+    parts from a version without some column), and UNION ALL BY NAME keeps any extra column
+    that newer parts carry.
+    """
+    typed = ", ".join(
+        f"CAST(NULL AS {_duck_type(dtype)}) AS {name_}" for name_, dtype in schema.items()
+    )
+    empty = f"SELECT CAST(NULL AS VARCHAR) AS run, {typed} WHERE false"
+    if not files:
+        return f"CREATE VIEW {name} AS {empty}"
+    listing = ", ".join(_quote(path) for _, path in files)
+    data = (
+        f"SELECT f.run, p.* EXCLUDE (filename) FROM read_parquet([{listing}], "
+        "union_by_name = true, filename = true) AS p JOIN _parts AS f USING (filename)"
+    )
+    return f"CREATE VIEW {name} AS {empty} UNION ALL BY NAME {data}"
+
+
+_JOBS_VIEW = """
+CREATE VIEW jobs AS
+SELECT run, job_id,
+       arg_max(status, seq) AS status,
+       arg_max_null(error, seq) AS error,
+       arg_max(provider, seq) AS provider,
+       arg_max(model, seq) AS model,
+       arg_max(batch_key, seq) AS batch_key,
+       arg_max(provider_batch_id, seq) AS provider_batch_id,
+       arg_max_null(input_tokens, seq) AS input_tokens,
+       arg_max_null(output_tokens, seq) AS output_tokens,
+       arg_max_null(cached_tokens, seq) AS cached_tokens,
+       arg_max_null(cost_usd, seq) AS cost_usd,
+       {est} AS est_cost_usd,
+       min(ts) AS first_seen_at,
+       max(ts) AS updated_at
+FROM job_events
+GROUP BY run, job_id
+"""
+
+_BATCHES_VIEW = """
+CREATE VIEW batches AS
+SELECT *, epoch(collected_at) - epoch(submitted_at) AS duration_s
+FROM (
+    SELECT run, batch_key,
+           arg_max(status, seq) AS status,
+           arg_max(provider, seq) AS provider,
+           arg_max(model, seq) AS model,
+           arg_max(provider_batch_id, seq) AS provider_batch_id,
+           arg_max(provider_status, seq) AS provider_status,
+           arg_max(n_jobs, seq) AS n_jobs,
+           arg_max(n_bytes, seq) AS n_bytes,
+           arg_max(detail, seq) AS detail,
+           min(ts) FILTER (WHERE status = 'submitted') AS submitted_at,
+           min(ts) FILTER (WHERE status = 'ended') AS ended_at,
+           min(ts) FILTER (WHERE status = 'collected') AS collected_at,
+           max(ts) AS updated_at
+    FROM batch_events
+    GROUP BY run, batch_key
+)
+"""
+
+
+def connect(
+    state: StatePaths, *, connection: duckdb.DuckDBPyConnection | None = None
+) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the checkpoint views over a snapshot of ``state``.
+
+    Parameters
+    ----------
+    state
+        A checkpoint folder, a glob pattern matching several (``"runs/shard-*"``), or a
+        list of folders and patterns.
+    connection
+        Define the views on this connection instead of a new in-memory one. Its session
+        time zone is set to UTC.
+
+    Returns
+    -------
+    duckdb.DuckDBPyConnection
+        With the views ``jobs``, ``job_events``, ``batches``, ``batch_events`` and ``runs``
+        described in :mod:`batchata_df.query`.
+
+    Raises
+    ------
+    ModuleNotFoundError
+        DuckDB is not installed (``pip install 'batchata-df[duckdb]'``).
+    StateError
+        A folder does not exist.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import polars as pl
+    >>> from batchata_df.state import StateStore
+    >>> folder = tempfile.mkdtemp()
+    >>> store = StateStore(folder, {"model": "gpt-4.1-mini"})
+    >>> store.append_jobs(pl.DataFrame({"job_id": ["a", "b"], "status": "assigned"}))
+    >>> con = connect(folder)
+    >>> store.append_jobs(pl.DataFrame({"job_id": ["c"], "status": "assigned"}))
+    >>> con.execute("SELECT count(*) FROM jobs").fetchall()  # the snapshot ignores job "c"
+    [(2,)]
+    """
+    module = _import_duckdb()
+    folders = _folders(state)
+    con: duckdb.DuckDBPyConnection = (
+        connection if connection is not None else module.connect(":memory:")
+    )
+    con.execute("SET TimeZone = 'UTC'")
+
+    job_files = [(label, p) for label, folder in folders for p in _parts(folder, "jobs")]
+    batch_files = [(label, p) for label, folder in folders for p in _parts(folder, "batches")]
+    con.execute("CREATE OR REPLACE TEMP TABLE _parts (filename VARCHAR, run VARCHAR)")
+    rows = [(path, label) for label, path in job_files + batch_files]
+    if rows:
+        con.executemany("INSERT INTO _parts VALUES (?, ?)", rows)
+    for view in ("jobs", "batches", "job_events", "batch_events", "runs"):
+        con.execute(f"DROP VIEW IF EXISTS {view}")
+    con.execute(_events_view("job_events", JOB_EVENTS, job_files))
+    con.execute(_events_view("batch_events", BATCH_EVENTS, batch_files))
+    has_est = any(
+        row[0] == "est_cost_usd" for row in con.execute("DESCRIBE job_events").fetchall()
+    )
+    est = "arg_max(est_cost_usd, seq)" if has_est else "CAST(NULL AS DOUBLE)"
+    con.execute(_JOBS_VIEW.format(est=est))
+    con.execute(_BATCHES_VIEW)
+    _runs_view(con, folders)
+    return con
+
+
+def _runs_view(con: duckdb.DuckDBPyConnection, folders: list[tuple[str, Path]]) -> None:
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _runs (run VARCHAR, path VARCHAR, run_id VARCHAR, "
+        "format_version BIGINT, created_at TIMESTAMPTZ, fingerprint VARCHAR)"
+    )
+    rows = []
+    for label, folder in folders:
+        try:
+            manifest = json.loads((folder / "manifest.json").read_text())
+        except (OSError, ValueError):
+            manifest = {}
+        created = manifest.get("created_at")
+        rows.append(
+            (
+                label,
+                str(folder.resolve()),
+                manifest.get("run_id"),
+                manifest.get("format_version"),
+                float(created) if created is not None else None,
+                json.dumps(manifest.get("fingerprint"), sort_keys=True) if manifest else None,
+            )
+        )
+    con.executemany("INSERT INTO _runs VALUES (?, ?, ?, ?, to_timestamp(?), ?)", rows)
+    con.execute("CREATE VIEW runs AS SELECT * FROM _runs")
+
+
+def sql(query: str, state: StatePaths) -> pl.DataFrame:
+    """Run a DuckDB SQL query over checkpoint folders and return a Polars frame.
+
+    Parameters
+    ----------
+    query
+        SQL over the views ``jobs``, ``job_events``, ``batches``, ``batch_events`` and
+        ``runs`` (see :mod:`batchata_df.query` for their columns).
+    state
+        A checkpoint folder, a glob pattern matching several (``"runs/shard-*"``), or a
+        list of folders and patterns; each row says which folder in its ``run`` column.
+
+    Returns
+    -------
+    polars.DataFrame
+        The query's result, over a consistent snapshot of the parts present when called.
+
+    Raises
+    ------
+    ModuleNotFoundError
+        DuckDB is not installed (``pip install 'batchata-df[duckdb]'``).
+    StateError
+        A folder does not exist.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import polars as pl
+    >>> from batchata_df.state import StateStore
+    >>> folder = tempfile.mkdtemp()
+    >>> store = StateStore(folder, {"model": "gpt-4.1-mini"})
+    >>> store.append_jobs(pl.DataFrame({"job_id": ["a", "b"], "status": "assigned",
+    ...                                 "provider": "openai", "model": "gpt-4.1-mini"}))
+    >>> store.append_jobs(pl.DataFrame({"job_id": ["a", "b"], "status": ["completed", "failed"],
+    ...                                 "error": [None, "refusal: declined"],
+    ...                                 "cost_usd": [0.002, 0.0]}))
+    >>> sql("SELECT job_id, status, error, model, cost_usd FROM jobs ORDER BY job_id", folder)
+    shape: (2, 5)
+    ┌────────┬───────────┬───────────────────┬──────────────┬──────────┐
+    │ job_id ┆ status    ┆ error             ┆ model        ┆ cost_usd │
+    │ ---    ┆ ---       ┆ ---               ┆ ---          ┆ ---      │
+    │ str    ┆ str       ┆ str               ┆ str          ┆ f64      │
+    ╞════════╪═══════════╪═══════════════════╪══════════════╪══════════╡
+    │ a      ┆ completed ┆ null              ┆ gpt-4.1-mini ┆ 0.002    │
+    │ b      ┆ failed    ┆ refusal: declined ┆ gpt-4.1-mini ┆ 0.0      │
+    └────────┴───────────┴───────────────────┴──────────────┴──────────┘
+    """
+    con = connect(state)
+    try:
+        frame: pl.DataFrame = con.sql(query).pl()
+    finally:
+        con.close()
+    return frame
+
+
+def cost_by_status(state: StatePaths) -> pl.DataFrame:
+    """Jobs, tokens and cost by provider, model and status (:data:`COST_BY_STATUS`).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import polars as pl
+    >>> from batchata_df.state import StateStore
+    >>> folder = tempfile.mkdtemp()
+    >>> store = StateStore(folder, {})
+    >>> store.append_jobs(pl.DataFrame({"job_id": ["a", "b", "c"], "provider": "openai",
+    ...     "model": "gpt-4.1-mini", "status": ["completed", "completed", "failed"],
+    ...     "input_tokens": [100, 120, None], "output_tokens": [10, 12, None],
+    ...     "cost_usd": [0.001, 0.002, None]}))
+    >>> cost_by_status(folder).select("status", "n_jobs", "input_tokens", "cost_usd")
+    shape: (2, 4)
+    ┌───────────┬────────┬──────────────┬──────────┐
+    │ status    ┆ n_jobs ┆ input_tokens ┆ cost_usd │
+    │ ---       ┆ ---    ┆ ---          ┆ ---      │
+    │ str       ┆ i64    ┆ i64          ┆ f64      │
+    ╞═══════════╪════════╪══════════════╪══════════╡
+    │ completed ┆ 2      ┆ 220          ┆ 0.003    │
+    │ failed    ┆ 1      ┆ null         ┆ null     │
+    └───────────┴────────┴──────────────┴──────────┘
+    """
+    return sql(COST_BY_STATUS, state)
+
+
+def estimated_vs_actual(state: StatePaths) -> pl.DataFrame:
+    """Estimated against actual cost of completed jobs (:data:`ESTIMATED_VS_ACTUAL`).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import polars as pl
+    >>> from batchata_df.state import StateStore
+    >>> folder = tempfile.mkdtemp()
+    >>> store = StateStore(folder, {})
+    >>> store.append_jobs(pl.DataFrame({"job_id": ["a"], "provider": "openai",
+    ...     "model": "gpt-4.1-mini", "status": "completed", "cost_usd": [0.001]}))
+    >>> estimated_vs_actual(folder).select("n_jobs", "est_cost_usd", "cost_usd").row(0)
+    (1, None, 0.001)
+    """
+    return sql(ESTIMATED_VS_ACTUAL, state)
+
+
+def failures_by_error(state: StatePaths) -> pl.DataFrame:
+    """Failed jobs by error class (:data:`FAILURES_BY_ERROR`).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import polars as pl
+    >>> from batchata_df.state import StateStore
+    >>> folder = tempfile.mkdtemp()
+    >>> store = StateStore(folder, {})
+    >>> store.append_jobs(pl.DataFrame({"job_id": ["a", "b", "c"], "status": "failed",
+    ...     "error": ["expired: not done in 24h", "expired: not done in 24h", "refusal: no"]}))
+    >>> failures_by_error(folder).select("error_class", "n_jobs").rows()
+    [('expired', 2), ('refusal', 1)]
+    """
+    return sql(FAILURES_BY_ERROR, state)
+
+
+def batch_durations(state: StatePaths) -> pl.DataFrame:
+    """Every batch with its submission and collection times (:data:`BATCH_DURATIONS`).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from batchata_df.state import StateStore
+    >>> folder = tempfile.mkdtemp()
+    >>> store = StateStore(folder, {})
+    >>> store.append_batch(batch_key="k1", status="intent", n_jobs=2)
+    >>> store.append_batch(batch_key="k1", status="submitted", provider_batch_id="batch_1")
+    >>> store.append_batch(batch_key="k1", status="collected", provider_status="completed")
+    >>> out = batch_durations(folder)
+    >>> out.select("batch_key", "provider_batch_id", "status", "n_jobs").row(0)
+    ('k1', 'batch_1', 'collected', 2)
+    >>> out.item(0, "duration_s") >= 0
+    True
+    """
+    return sql(BATCH_DURATIONS, state)
