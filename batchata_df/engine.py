@@ -317,7 +317,18 @@ class Engine:
         self._count_done(jobs, terminal)
         planned = self._plan(todo)
         self._drive(planned, in_flight)
-        return self.store.job_state()
+        state = self.store.job_state()
+        batches = self.store.batch_state()
+        if batches.height == 0:
+            return state
+        # Jobs in flight have only their "assigned" event, written before the provider
+        # gave the batch its id: take the id from the batch events.
+        ids = batches.select("batch_key", pl.col("provider_batch_id").alias("_pbid"))
+        return (
+            state.join(ids, on="batch_key", how="left")
+            .with_columns(pl.coalesce("provider_batch_id", "_pbid").alias("provider_batch_id"))
+            .drop("_pbid")
+        )
 
     # -- recovery -----------------------------------------------------------------------------
 

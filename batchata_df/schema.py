@@ -27,6 +27,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import polars as pl
 from pydantic import BaseModel, ValidationError
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import core_schema
 
 from batchata_df.errors import SchemaError
 
@@ -187,6 +189,20 @@ def _strict(node: Any, defs: dict[str, Any]) -> Any:
     return out
 
 
+DECIMAL_PATTERN = r"^-?[0-9]+(\.[0-9]+)?$"
+
+
+class _StrictGenerator(GenerateJsonSchema):
+    """Pydantic's JSON Schema, with Decimal as a plain decimal string.
+
+    Pydantic allows ``number | string`` for Decimal; a model may then answer any string.
+    A pattern-constrained string keeps every digit and always validates.
+    """
+
+    def decimal_schema(self, schema: core_schema.DecimalSchema) -> JsonSchemaValue:
+        return {"type": "string", "pattern": DECIMAL_PATTERN}
+
+
 class AnswerSchema:
     """Everything the run needs to know about the answer format.
 
@@ -228,7 +244,7 @@ class AnswerSchema:
         assert isinstance(self._struct.final, pl.Struct)
         self.columns = [f.name for f in self._struct.final.fields]
         self.dtypes = {f.name: f.dtype for f in self._struct.final.fields}
-        raw = model.model_json_schema()
+        raw = model.model_json_schema(schema_generator=_StrictGenerator)
         defs = raw.get("$defs", {})
         strict = _strict(raw, defs)
         if "$defs" in strict:

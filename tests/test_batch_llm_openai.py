@@ -164,11 +164,15 @@ def test_prompt_templates_expressions_system_and_params(emu, tmp_path):
 
 
 def test_caller_mistakes_fail_before_any_request(emu, monkeypatch):
-    df = pl.DataFrame({"review_text": ["x"], "rating": [1]})
+    df = pl.DataFrame({"review_text": ["x"]})
     with pytest.raises(ColumnError, match="did you mean 'review_text'"):
         df.pipe(batch_llm, schema=Review, model="gpt-4.1-mini", prompt="{review_txt}")
     with pytest.raises(ColumnError, match="rating"):
-        df.pipe(batch_llm, schema=Review, model="gpt-4.1-mini", prompt="{review_text}")
+        df.with_columns(rating=1).pipe(
+            batch_llm, schema=Review, model="gpt-4.1-mini", prompt="{review_text}"
+        )
+    with pytest.raises(ColumnError, match="_status"):
+        df.with_columns(_status=1).pipe(batch_llm, model="gpt-4.1-mini", prompt="{review_text}")
     with pytest.raises(ModelError, match="openai:"):
         df.pipe(batch_llm, model="llama-3", prompt="{review_text}")
     with pytest.raises(SchemaError, match="dict"):
@@ -332,5 +336,5 @@ def test_crash_between_create_and_checkpoint_finds_the_orphan(emu, tmp_path):
     assert out["_status"].to_list() == ["completed"] * 7
     # The orphan was re-attached, only the two other batches were created.
     assert len(posts(emu)) == 3
-    created = [e for e in emu.log() if e["method"] == "GET" and "/batches?" in e["path"]]
+    created = [e for e in emu.log() if e["method"] == "GET" and e["path"].endswith("/batches")]
     assert created, "resume must list batches to look for the orphan"
