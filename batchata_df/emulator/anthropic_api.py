@@ -1,0 +1,860 @@
+"""Anthropic Message Batches as the emulator speaks it, per provider-wire.md §2.
+
+Mounted at ``/anthropic`` (the SDK appends ``/v1/...`` to its ``base_url``). Every route
+needs a key in ``x-api-key`` *or* ``Authorization: Bearer`` (the 2.x SDK sends the
+latter, curl and older SDKs the former); a key starting with ``sk-invalid`` is refused.
+Errors use the Anthropic envelope ``{"type": "error", "error": {type, message},
+"request_id"}``.
+
+Routes (below the mount prefix)
+-------------------------------
+``POST /v1/messages/batches`` (``{"requests": [{custom_id, params}, ...]}``),
+``GET /v1/messages/batches`` (``limit`` 1..1000, default 20; ``after_id`` / ``before_id``;
+newest first; ``has_more``, ``first_id``, ``last_id``), ``GET /v1/messages/batches/{id}``,
+``POST /v1/messages/batches/{id}/cancel``, ``DELETE /v1/messages/batches/{id}``,
+``GET /v1/messages/batches/{id}/results`` (JSONL, chunked, one object per line, no blank
+line), and ``POST /v1/messages`` for a real-time answer.
+
+Lifecycle
+---------
+A batch created with latency ``L`` (the shared ``latency`` setting at creation) is
+``in_progress`` until ``created + L``, then ``ended``; requests finish in request order,
+evenly over that span. ``request_counts.processing`` is the batch size until the batch
+ends, and the other four counts are zero until then, as documented. ``results_url`` is
+absolute and names the emulator's own ``http://127.0.0.1:PORT``: the SDK follows it
+as is. Results come in a fixed but scrambled order, so clients must key on ``custom_id``.
+With ``L`` over 24 h the batch ends at ``expires_at`` (created + 24 h) and the requests
+that had not run end ``expired``. After 29 days (simulated clock) ``archived_at`` is set
+and results are gone (404).
+
+``POST .../cancel`` answers ``canceling`` with ``cancel_initiated_at``; after the shared
+``cancel_delay`` setting the batch is ``ended``: requests that finished before the cancel
+keep their results, the rest are ``canceled``. Cancelling an ended batch is a 400;
+cancelling a canceling batch returns it unchanged. Only an ended batch can be deleted.
+
+Validation
+----------
+The create call rejects with 400 ``invalid_request_error`` what the real API rejects
+synchronously: a body without a non-empty ``requests`` list, more than 100,000 requests,
+a ``custom_id`` that is missing, duplicated or not ``^[a-zA-Z0-9_-]{1,64}$``, ``params``
+that is not an object, a missing/non-string ``model``, a missing/non-integer ``max_tokens``
+or one below 1, missing ``messages``, and ``stream: true``. A body over 256 MB is a 413
+``request_too_large`` (the status the real API gives any oversized body). Problems the
+real API only finds when it runs a request become ``errored`` results with an
+``invalid_request_error``: empty ``messages``, a malformed ``output_config.format``,
+citations together with ``output_config.format``, and a forced ``tool_choice`` on a model
+that always thinks.
+
+Answers
+-------
+``params.output_config.format = {"type": "json_schema", "schema": ...}`` gives one ``text``
+block with JSON that validates; a forced tool (``tool_choice: {"type": "tool"}``) gives a
+``tool_use`` block; otherwise plain text. Models whose name contains ``opus`` (and any
+request with ``thinking`` enabled) start their answer with an empty ``thinking`` block,
+as the always-thinking models do, so clients must select blocks by type. The markers of
+:mod:`batchata_df.emulator.answers` apply: ``[[emulator:error(:NNN)]]`` -> ``errored``
+(500 ``api_error``, 400 ``invalid_request_error``, 429 ``rate_limit_error``, 529
+``overloaded_error``, ...), ``[[emulator:invalid]]`` -> JSON that violates the schema,
+``[[emulator:truncate]]`` -> ``stop_reason: "max_tokens"`` and cut text,
+``[[emulator:refusal]]`` -> ``stop_reason: "refusal"``.
+
+Usage is the emulator's token estimate with ``service_tier: "batch"``. When the request
+marks its system prompt for caching (a ``cache_control`` on a system block, or top-level
+``cache_control``), the system prompt's tokens are billed as
+``cache_creation_input_tokens`` by the first such request of the batch and as
+``cache_read_input_tokens`` by the others, and are not part of ``input_tokens``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from batchata_df.emulator import answers
+from batchata_df.emulator.server import (
+    EmulatorCore,
+    Request,
+    Response,
+    error_envelope,
+    json_body,
+    json_response,
+)
+
+__all__ = ["AnthropicApp", "create_app", "rfc3339"]
+
+DAY: Final = 86_400
+MB: Final = 1024 * 1024
+RETENTION: Final = 29 * DAY
+DOCUMENT_TOKENS: Final = 85  # images and binary documents
+CHUNK: Final = 64 * 1024
+REFUSAL_TEXT: Final = "I can't help with that request."
+CUSTOM_ID: Final = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_DEFAULT_LIMITS: Final[dict[str, int]] = {"max_requests": 100_000, "max_bytes": 256 * MB}
+# HTTP status chosen by an [[emulator:error:NNN]] marker -> Anthropic error type. Only types
+# that the SDK's ErrorObject union knows may appear inside a result line.
+_ERROR_TYPES: Final = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def create_app(core: EmulatorCore) -> AnthropicApp:
+    """Build the Anthropic app for ``core`` (the server's provider-module entry point)."""
+    return AnthropicApp(core)
+
+
+def rfc3339(t: float) -> str:
+    """Format unix seconds as an RFC 3339 UTC timestamp with microseconds.
+
+    Examples
+    --------
+    >>> rfc3339(0.5)
+    '1970-01-01T00:00:00.500000Z'
+    """
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class _Invalid(Exception):
+    """An HTTP-level client error, turned into the Anthropic envelope."""
+
+    def __init__(self, status: int, message: str, error_type: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.error_type = error_type
+
+
+# --------------------------------------------------------------------------------------
+# Requests -> compact specs (decided at batch creation)
+
+
+@dataclass(slots=True)
+class _Spec:
+    """What the emulator keeps of one request: enough to render its result later."""
+
+    custom_id: str
+    model: str
+    prompt: str
+    input_tokens: int
+    cached_tokens: int  # system-prompt tokens marked for caching
+    mode: str  # "text" | "schema" | "tool"
+    gen: answers.AnswerGenerator | None
+    tool_name: str | None
+    max_tokens: int
+    thinking: bool
+    marker: str | None
+    error: tuple[str, str] | None  # (error type, message)
+
+
+def _blocks_text(content: object) -> tuple[str, int, bool]:
+    """Text of a ``content`` (str or blocks), tokens of binary blocks, citations flag."""
+    if isinstance(content, str):
+        return content, 0, False
+    if not isinstance(content, list):
+        return "", 0, False
+    texts: list[str] = []
+    extra = 0
+    cites = False
+    for block in content:
+        if not isinstance(block, dict):
+            continue
+        kind = block.get("type")
+        if kind == "text" and isinstance(block.get("text"), str):
+            texts.append(block["text"])
+        elif kind == "document":
+            citations = block.get("citations")
+            cites = cites or (isinstance(citations, dict) and citations.get("enabled") is True)
+            source = block.get("source")
+            source = source if isinstance(source, dict) else {}
+            if source.get("type") == "text" and isinstance(source.get("data"), str):
+                texts.append(source["data"])
+            elif source.get("type") == "content":
+                inner, more, _ = _blocks_text(source.get("content"))
+                texts.append(inner)
+                extra += more
+            else:
+                extra += DOCUMENT_TOKENS
+        elif kind == "tool_result":
+            inner, more, _ = _blocks_text(block.get("content"))
+            texts.append(inner)
+            extra += more
+        else:
+            extra += DOCUMENT_TOKENS
+    return "\n".join(texts), extra, cites
+
+
+def _system(params: Mapping[str, Any]) -> tuple[str, bool]:
+    """System prompt text and whether it is marked for prompt caching."""
+    system = params.get("system")
+    cached = isinstance(params.get("cache_control"), dict)
+    if isinstance(system, str):
+        return system, cached
+    if isinstance(system, list):
+        text, _, _ = _blocks_text(system)
+        marked = any(
+            isinstance(b, dict) and isinstance(b.get("cache_control"), dict) for b in system
+        )
+        return text, cached or marked
+    return "", False
+
+
+def _thinks(model: str, params: Mapping[str, Any]) -> bool:
+    thinking = params.get("thinking")
+    enabled = isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
+    return enabled or "opus" in model
+
+
+class _SpecBuilder:
+    """Turns request ``params`` into :class:`_Spec`; reuses the last schema's generator."""
+
+    def __init__(self) -> None:
+        self._last_schema: object = None
+        self._last_gen: answers.AnswerGenerator | None = None
+
+    def _generator(self, schema: Mapping[str, Any]) -> answers.AnswerGenerator:
+        # The requests of one batch nearly always share a schema: comparing dicts is far
+        # cheaper than the canonical-JSON cache key of generator_for.
+        if self._last_gen is None or schema != self._last_schema:
+            self._last_gen = answers.generator_for(schema)
+            self._last_schema = schema
+        return self._last_gen
+
+    def build(self, custom_id: str, params: Mapping[str, Any]) -> _Spec:
+        """Reduce a (synchronously validated) ``params`` object to a :class:`_Spec`."""
+        model = str(params["model"])
+        error: tuple[str, str] | None = None
+        system, cache = _system(params)
+        texts = [system] if system else []
+        extra = 0
+        cites = False
+        messages = params["messages"]
+        if not messages:
+            error = ("invalid_request_error", "messages: at least one message is required")
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+                error = error or (
+                    "invalid_request_error",
+                    f"messages.{i}.role: Input should be 'user' or 'assistant'",
+                )
+                continue
+            text, more, c = _blocks_text(message.get("content"))
+            texts.append(text)
+            extra += more
+            cites = cites or c
+        prompt = "\n".join(texts)
+        mode, gen, tool_name = "text", None, None
+        config = params.get("output_config")
+        fmt = config.get("format") if isinstance(config, dict) else None
+        if fmt is not None:
+            schema = fmt.get("schema") if isinstance(fmt, dict) else None
+            if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+                error = error or (
+                    "invalid_request_error",
+                    "output_config.format.type: Input should be 'json_schema'",
+                )
+            elif not isinstance(schema, dict):
+                error = error or (
+                    "invalid_request_error",
+                    "output_config.format.schema: Field required",
+                )
+            else:
+                mode, gen = "schema", self._generator(schema)
+            if cites:
+                error = error or (
+                    "invalid_request_error",
+                    "Citations are not supported together with output_config.format "
+                    "(structured outputs).",
+                )
+        thinking = _thinks(model, params)
+        choice = params.get("tool_choice")
+        if mode == "text" and isinstance(choice, dict) and choice.get("type") in ("tool", "any"):
+            tool = _forced_tool(params.get("tools"), choice)
+            if thinking:
+                error = error or (
+                    "invalid_request_error",
+                    "Thinking may not be enabled when tool_choice forces tool use.",
+                )
+            elif tool is None:
+                error = error or (
+                    "invalid_request_error",
+                    "tool_choice names a tool that is not in tools",
+                )
+            else:
+                tool_name, schema = tool
+                mode, gen = "tool", self._generator(schema)
+        tokens = answers.count_tokens(prompt) + extra + (gen.schema_tokens if gen else 0)
+        cached = answers.count_tokens(system) if cache and system else 0
+        marker = answers.find_marker(prompt)
+        if marker == answers.MARKER_ERROR and error is None:
+            status = answers.marker_status(prompt)
+            kind = _ERROR_TYPES.get(status, "api_error")
+            error = (kind, f"Emulated {kind} (HTTP {status}) for this request.")
+        return _Spec(
+            custom_id=custom_id,
+            model=model,
+            prompt=prompt,
+            input_tokens=max(1, tokens - cached),
+            cached_tokens=cached,
+            mode=mode,
+            gen=gen,
+            tool_name=tool_name,
+            max_tokens=int(params["max_tokens"]),
+            thinking=thinking,
+            marker=marker,
+            error=error,
+        )
+
+
+def _forced_tool(tools: object, choice: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    if not isinstance(tools, list):
+        return None
+    for tool in tools:
+        if not isinstance(tool, dict) or not isinstance(tool.get("input_schema"), dict):
+            continue
+        if choice.get("type") == "any" or tool.get("name") == choice.get("name"):
+            return str(tool.get("name")), tool["input_schema"]
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# Synchronous validation of the create body
+
+
+def _check_requests(body: Mapping[str, Any], max_requests: int) -> list[tuple[str, dict[str, Any]]]:
+    requests = body.get("requests")
+    if not isinstance(requests, list):
+        raise _Invalid(400, "requests: Field required" if requests is None else
+                       "requests: Input should be a valid list")  # fmt: skip
+    if not requests:
+        raise _Invalid(400, "requests: List should have at least 1 item after validation, not 0")
+    if len(requests) > max_requests:
+        raise _Invalid(
+            400,
+            f"requests: List should have at most {max_requests} items after validation, "
+            f"not {len(requests)}",
+        )
+    out: list[tuple[str, dict[str, Any]]] = []
+    seen: set[str] = set()
+    for i, item in enumerate(requests):
+        where = f"requests.{i}"
+        if not isinstance(item, dict):
+            raise _Invalid(400, f"{where}: Input should be a valid dictionary")
+        custom_id = item.get("custom_id")
+        if custom_id is None:
+            raise _Invalid(400, f"{where}.custom_id: Field required")
+        if not isinstance(custom_id, str) or not CUSTOM_ID.match(custom_id):
+            raise _Invalid(
+                400, f"{where}.custom_id: String should match pattern '{CUSTOM_ID.pattern}'"
+            )
+        if custom_id in seen:
+            raise _Invalid(
+                400,
+                f"{where}.custom_id: Duplicate custom_id {custom_id!r}; each request in a "
+                "batch must have a unique custom_id",
+            )
+        seen.add(custom_id)
+        params = item.get("params")
+        if not isinstance(params, dict):
+            raise _Invalid(400, f"{where}.params: " + (
+                "Field required" if params is None else "Input should be a valid dictionary"
+            ))  # fmt: skip
+        _check_params(params, f"{where}.params")
+        out.append((custom_id, params))
+    return out
+
+
+def _check_params(params: Mapping[str, Any], where: str) -> None:
+    model = params.get("model")
+    if model is None:
+        raise _Invalid(400, f"{where}.model: Field required")
+    if not isinstance(model, str) or not model:
+        raise _Invalid(400, f"{where}.model: Input should be a valid string")
+    max_tokens = params.get("max_tokens")
+    if max_tokens is None:
+        raise _Invalid(400, f"{where}.max_tokens: Field required")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
+        raise _Invalid(400, f"{where}.max_tokens: Input should be a valid integer")
+    if max_tokens < 1:
+        raise _Invalid(400, f"{where}.max_tokens: Input should be greater than or equal to 1")
+    messages = params.get("messages")
+    if messages is None:
+        raise _Invalid(400, f"{where}.messages: Field required")
+    if not isinstance(messages, list):
+        raise _Invalid(400, f"{where}.messages: Input should be a valid list")
+    if params.get("stream"):
+        raise _Invalid(400, f"{where}.stream: streaming is not supported in message batches")
+
+
+# --------------------------------------------------------------------------------------
+# Rendering results
+
+
+def _cut(text: str, must_break_json: bool, limit_chars: int | None = None) -> str:
+    cut = text[:limit_chars] if limit_chars is not None else text[: max(1, len(text) // 2)]
+    if must_break_json:
+        try:
+            json.loads(cut)
+        except ValueError:
+            return cut
+        return "{" + cut[:-1] if len(cut) > 1 else "{"
+    return cut
+
+
+def _answer(spec: _Spec) -> tuple[str, object, str]:
+    """Return (text, tool input or None, stop_reason) for a request that runs."""
+    seed = spec.custom_id + "\x1f" + spec.prompt
+    marker = spec.marker
+    if marker == answers.MARKER_REFUSAL:
+        return REFUSAL_TEXT, None, "refusal"
+    if spec.mode == "tool" and spec.gen is not None:
+        value = spec.gen.invalid(seed) if marker == answers.MARKER_INVALID else spec.gen.value(seed)
+        return "", value if isinstance(value, dict) else {"value": value}, "tool_use"
+    if spec.mode == "schema" and spec.gen is not None:
+        value = spec.gen.invalid(seed) if marker == answers.MARKER_INVALID else spec.gen.value(seed)
+        text = _compact(value)
+    else:
+        text = answers.fake_text(spec.prompt, seed)
+    stop = "end_turn"
+    if marker == answers.MARKER_TRUNCATE:
+        text, stop = _cut(text, spec.mode != "text"), "max_tokens"
+    if answers.count_tokens(text) > spec.max_tokens:
+        text, stop = _cut(text, spec.mode != "text", spec.max_tokens * 4), "max_tokens"
+    return text, None, stop
+
+
+def _usage(spec: _Spec, output_tokens: int, first_cache_write: bool) -> dict[str, Any]:
+    write = spec.cached_tokens if first_cache_write else 0
+    read = 0 if first_cache_write else spec.cached_tokens
+    return {
+        "input_tokens": spec.input_tokens,
+        "output_tokens": output_tokens,
+        "cache_creation_input_tokens": write,
+        "cache_read_input_tokens": read,
+        "cache_creation": {"ephemeral_5m_input_tokens": write, "ephemeral_1h_input_tokens": 0},
+        "server_tool_use": None,
+        "service_tier": "batch",
+        "inference_geo": None,
+    }
+
+
+def render_message(spec: _Spec, rid: str, *, first_cache_write: bool = False) -> dict[str, Any]:
+    """The ``Message`` a request that runs successfully answers with."""
+    text, tool_input, stop = _answer(spec)
+    content: list[dict[str, Any]] = []
+    if spec.thinking:
+        content.append({"type": "thinking", "thinking": "", "signature": f"emusig_{rid}"})
+    if tool_input is not None:
+        content.append(
+            {"type": "tool_use", "id": f"toolu_{rid}", "name": spec.tool_name, "input": tool_input}
+        )
+        out_tokens = answers.count_tokens(_compact(tool_input))
+    else:
+        content.append({"type": "text", "text": text, "citations": None})
+        out_tokens = answers.count_tokens(text)
+    if stop == "max_tokens":
+        out_tokens = spec.max_tokens
+    out_tokens = min(out_tokens, spec.max_tokens)
+    stop_details = {"type": "refusal", "category": None, "explanation": None} if (
+        stop == "refusal"
+    ) else None  # fmt: skip
+    return {
+        "id": f"msg_{rid}",
+        "type": "message",
+        "role": "assistant",
+        "model": spec.model,
+        "content": content,
+        "stop_reason": stop,
+        "stop_sequence": None,
+        "stop_details": stop_details,
+        "container": None,
+        "usage": _usage(spec, out_tokens, first_cache_write),
+    }
+
+
+def _errored(kind: str, message: str, rid: str) -> dict[str, Any]:
+    return {
+        "type": "errored",
+        "error": {
+            "type": "error",
+            "error": {"type": kind, "message": message},
+            "request_id": f"req_{rid}",
+        },
+    }
+
+
+# --------------------------------------------------------------------------------------
+# Batches
+
+
+@dataclass(slots=True)
+class _Batch:
+    id: str
+    seq: int
+    created: float
+    latency: float
+    n: int
+    specs: list[_Spec] | None
+    cancel_at: float | None = None
+    cancel_delay: float = 0.0
+    ended_at: float | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def end_time(self) -> float:
+        return self.created + min(self.latency, DAY)
+
+    def finished(self, t: float) -> int:
+        """Number of requests (in request order) that have run by time ``t``."""
+        if self.latency <= 0 or t >= self.created + self.latency:
+            return self.n
+        if t <= self.created:
+            return 0
+        return int(self.n * (t - self.created) / self.latency)
+
+
+class AnthropicApp:
+    """The Anthropic Message Batches app; see the module docstring.
+
+    Parameters
+    ----------
+    core
+        The emulator core that provides the clock, settings and blob storage.
+    """
+
+    provider = "anthropic"
+
+    def __init__(self, core: EmulatorCore) -> None:
+        self.core = core
+        self._lock = threading.Lock()
+        self._batches: dict[str, _Batch] = {}
+        self._seq = 0
+        self._limits = dict(_DEFAULT_LIMITS)
+
+    # ---- App protocol
+
+    def error_response(self, status: int, message: str) -> Response:
+        """Return an HTTP error in the Anthropic envelope."""
+        return json_response(error_envelope("anthropic", status, message), status)
+
+    def reset(self) -> None:
+        """Forget every batch."""
+        with self._lock:
+            for batch_id in self._batches:
+                self.core.blobs.delete(_blob_key(batch_id))
+            self._batches.clear()
+
+    def configure(self, settings: Mapping[str, object]) -> None:
+        """Set ``max_requests`` or ``max_bytes`` (per batch)."""
+        new = dict(self._limits)
+        for key, value in settings.items():
+            if key not in new:
+                msg = f"unknown anthropic setting {key!r}; valid: {sorted(new)!r}"
+                raise ValueError(msg)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                msg = f"anthropic setting {key!r} must be a positive integer, got {value!r}"
+                raise ValueError(msg)
+            new[key] = value
+        self._limits = new
+
+    def settings(self) -> dict[str, object]:
+        """The current limits."""
+        return dict(self._limits)
+
+    def handle(self, request: Request) -> Response:
+        """Serve one request below the Anthropic mount prefix."""
+        try:
+            self._check_auth(request)
+            return self._route(request)
+        except _Invalid as e:
+            envelope = error_envelope("anthropic", e.status, e.message, error_type=e.error_type)
+            return json_response(envelope, e.status, {"request-id": envelope["request_id"]})
+
+    # ---- routing
+
+    @staticmethod
+    def _check_auth(request: Request) -> None:
+        key = request.headers.get("x-api-key", "").strip()
+        if not key:
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            key = token.strip() if scheme.lower() == "bearer" else ""
+        if not key:
+            raise _Invalid(401, "x-api-key header is required (or Authorization: Bearer <key>)")
+        if key.startswith("sk-invalid"):
+            raise _Invalid(401, "invalid x-api-key")  # never echo the key itself
+
+    def _route(self, request: Request) -> Response:
+        parts = [p for p in request.route.split("/") if p]
+        method = request.method
+        handler: Callable[[], Response] | None = None
+        if parts[:3] != ["v1", "messages", "batches"]:
+            if parts == ["v1", "messages"]:
+                handler = {"POST": lambda: self._realtime(request)}.get(method)
+            else:
+                raise _Invalid(404, f"Not found: {method} {request.path}")
+        else:
+            rest = parts[3:]
+            if not rest:
+                handler = {
+                    "POST": lambda: self._create(request),
+                    "GET": lambda: self._list(request),
+                }.get(method)
+            elif len(rest) == 1:
+                handler = {
+                    "GET": lambda: json_response(self._view(self._batch(rest[0]), request)),
+                    "DELETE": lambda: self._delete(rest[0]),
+                }.get(method)
+            elif len(rest) == 2 and rest[1] == "cancel":
+                handler = {"POST": lambda: self._cancel(rest[0], request)}.get(method)
+            elif len(rest) == 2 and rest[1] == "results":
+                handler = {"GET": lambda: self._results(rest[0])}.get(method)
+            else:
+                raise _Invalid(404, f"Not found: {method} {request.path}")
+        if handler is None:
+            raise _Invalid(405, f"Method {method} is not allowed for {request.path}",
+                           "invalid_request_error")  # fmt: skip
+        return handler()
+
+    # ---- batches
+
+    def _create(self, request: Request) -> Response:
+        if len(request.body) > self._limits["max_bytes"]:
+            raise _Invalid(
+                413,
+                f"Request body is {len(request.body)} bytes; a message batch may be at most "
+                f"{self._limits['max_bytes']} bytes.",
+            )
+        try:
+            body = json_body(request)
+        except ValueError as e:
+            raise _Invalid(400, f"The request body is not valid JSON: {e}") from e
+        checked = _check_requests(body, self._limits["max_requests"])
+        builder = _SpecBuilder()
+        specs = [builder.build(custom_id, params) for custom_id, params in checked]
+        with self._lock:
+            self._seq += 1
+            batch = _Batch(
+                id=self.core.new_id("msgbatch_01", 11),
+                seq=self._seq,
+                created=self.core.clock.now(),
+                latency=self.core.config.latency,
+                n=len(specs),
+                specs=specs,
+            )
+            self._batches[batch.id] = batch
+        # A fresh batch always answers in_progress, as the real service does.
+        return json_response(self._view(batch, request, answer="in_progress"))
+
+    def _batch(self, batch_id: str) -> _Batch:
+        with self._lock:
+            batch = self._batches.get(batch_id)
+        if batch is None:
+            raise _Invalid(404, f"No message batch found with id '{batch_id}'.")
+        return batch
+
+    def _list(self, request: Request) -> Response:
+        raw = request.query.get("limit", "20")
+        try:
+            limit = int(raw)
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= 1000:
+            raise _Invalid(400, f"limit: Input should be between 1 and 1000, got {raw!r}")
+        after = request.query.get("after_id")
+        before = request.query.get("before_id")
+        if after and before:
+            raise _Invalid(400, "Only one of after_id and before_id may be given.")
+        with self._lock:
+            order = sorted(self._batches.values(), key=lambda b: b.seq, reverse=True)
+        ids = [b.id for b in order]
+        if after or before:
+            cursor = after or before
+            if cursor not in ids:
+                raise _Invalid(400, f"{'after_id' if after else 'before_id'}: no message "
+                               f"batch with id {cursor!r}")  # fmt: skip
+            pos = ids.index(str(cursor))
+        if after:
+            rest = order[pos + 1 :]
+            page, has_more = rest[:limit], len(rest) > limit
+        elif before:
+            rest = order[:pos]
+            page, has_more = rest[-limit:], len(rest) > limit
+        else:
+            page, has_more = order[:limit], len(order) > limit
+        data = [self._view(b, request) for b in page]
+        return json_response(
+            {
+                "data": data,
+                "has_more": has_more,
+                "first_id": page[0].id if page else None,
+                "last_id": page[-1].id if page else None,
+            }
+        )
+
+    def _cancel(self, batch_id: str, request: Request) -> Response:
+        batch = self._batch(batch_id)
+        with batch.lock:
+            status = self._status(batch, self.core.clock.now())
+            if status == "ended":
+                raise _Invalid(
+                    400, f"Message batch '{batch_id}' has already ended and cannot be canceled."
+                )
+            if batch.cancel_at is None:
+                batch.cancel_at = self.core.clock.now()
+                batch.cancel_delay = self.core.config.cancel_delay
+        return json_response(self._view(batch, request, answer="canceling"))
+
+    def _delete(self, batch_id: str) -> Response:
+        batch = self._batch(batch_id)
+        with batch.lock:
+            if self._status(batch, self.core.clock.now()) != "ended":
+                raise _Invalid(
+                    400,
+                    f"Message batch '{batch_id}' is still processing; cancel it and wait "
+                    "until it has ended before deleting it.",
+                )
+        with self._lock:
+            self._batches.pop(batch_id, None)
+        self.core.blobs.delete(_blob_key(batch_id))
+        return json_response({"id": batch_id, "type": "message_batch_deleted"})
+
+    def _results(self, batch_id: str) -> Response:
+        batch = self._batch(batch_id)
+        now = self.core.clock.now()
+        with batch.lock:
+            status = self._status(batch, now)
+        if status != "ended":
+            raise _Invalid(
+                400,
+                f"Results for message batch '{batch_id}' are not available: its "
+                f"processing_status is '{status}'.",
+            )
+        if now >= batch.created + RETENTION:
+            raise _Invalid(404, f"Results for message batch '{batch_id}' have been archived.")
+        try:
+            data = self.core.blobs.get(_blob_key(batch_id))
+        except KeyError as e:
+            raise _Invalid(404, f"No results for message batch '{batch_id}'.") from e
+
+        def chunks() -> Iterator[bytes]:
+            view = memoryview(data)
+            for start in range(0, len(data), CHUNK):
+                yield bytes(view[start : start + CHUNK])
+
+        headers = {"content-type": "application/binary"}
+        return Response(200, headers, chunks())
+
+    # ---- lifecycle
+
+    def _status(self, batch: _Batch, now: float) -> str:
+        """Current processing_status; writes the results the first time it is ``ended``."""
+        if batch.ended_at is not None:
+            return "ended"
+        if batch.cancel_at is not None:
+            if now < batch.cancel_at + batch.cancel_delay:
+                return "canceling"
+            ran = batch.finished(batch.cancel_at)
+            self._finish(batch, batch.cancel_at + batch.cancel_delay, ran, "canceled")
+            return "ended"
+        if batch.latency > DAY and now >= batch.created + DAY:
+            self._finish(batch, batch.created + DAY, batch.finished(batch.created + DAY), "expired")
+            return "ended"
+        if now >= batch.created + batch.latency:
+            self._finish(batch, batch.created + batch.latency, batch.n, "expired")  # all ran
+            return "ended"
+        return "in_progress"
+
+    def _finish(self, batch: _Batch, ended_at: float, ran: int, rest: str) -> None:
+        """Write the results of a batch whose first ``ran`` requests were executed."""
+        specs = batch.specs or []
+        key = batch.id[-12:]
+        counts = {"processing": 0, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
+        lines: list[str] = []
+        cache_written = False
+        for i, spec in enumerate(specs):
+            rid = f"{key}{i:06x}"
+            if i >= ran:
+                result: dict[str, Any] = {"type": rest}
+                counts[rest] += 1
+            elif spec.error is not None:
+                result = _errored(*spec.error, rid)
+                counts["errored"] += 1
+            else:
+                first = spec.cached_tokens > 0 and not cache_written
+                cache_written = cache_written or first
+                message = render_message(spec, rid, first_cache_write=first)
+                result = {"type": "succeeded", "message": message}
+                counts["succeeded"] += 1
+            lines.append(_compact({"custom_id": spec.custom_id, "result": result}))
+        # Results come "in arbitrary order": a fixed scramble makes clients key on custom_id.
+        order = sorted(range(len(lines)), key=lambda i: answers.seed_int(specs[i].custom_id))
+        payload = "".join(lines[i] + "\n" for i in order).encode("utf-8")
+        self.core.blobs.put(_blob_key(batch.id), payload)
+        batch.counts = counts
+        batch.specs = None  # the answers are on disk now
+        batch.ended_at = ended_at
+
+    def _view(
+        self, batch: _Batch, request: Request, *, answer: str | None = None
+    ) -> dict[str, Any]:
+        """The MessageBatch object; ``answer`` is the status a create/cancel call reports."""
+        now = self.core.clock.now()
+        with batch.lock:
+            status = answer if answer and batch.ended_at is None else self._status(batch, now)
+        ended = status == "ended"
+        if ended:
+            counts = dict(batch.counts)
+        else:
+            counts = {"processing": batch.n, "succeeded": 0, "errored": 0, "canceled": 0,
+                      "expired": 0}  # fmt: skip
+        archived = batch.created + RETENTION
+        prefix = request.path[: len(request.path) - len(request.route)] if request.route else ""
+        results_url = (
+            f"{request.base_url}{prefix}/v1/messages/batches/{batch.id}/results" if ended else None
+        )
+        return {
+            "id": batch.id,
+            "type": "message_batch",
+            "processing_status": status,
+            "request_counts": counts,
+            "created_at": rfc3339(batch.created),
+            "expires_at": rfc3339(batch.created + DAY),
+            "ended_at": rfc3339(batch.ended_at) if ended and batch.ended_at is not None else None,
+            "cancel_initiated_at": None if batch.cancel_at is None else rfc3339(batch.cancel_at),
+            "archived_at": rfc3339(archived) if ended and now >= archived else None,
+            "results_url": results_url,
+        }
+
+    # ---- real-time endpoint: the same answers, at once
+
+    def _realtime(self, request: Request) -> Response:
+        try:
+            params = json_body(request)
+        except ValueError as e:
+            raise _Invalid(400, f"The request body is not valid JSON: {e}") from e
+        _check_params(params, "body")
+        spec = _SpecBuilder().build("realtime", params)
+        rid = self.core.new_id("", 12)
+        if spec.error is not None:
+            kind, message = spec.error
+            status = next((s for s, k in _ERROR_TYPES.items() if k == kind), 500)
+            raise _Invalid(status, message, kind)
+        answer = render_message(spec, rid)
+        answer["usage"]["service_tier"] = "standard"
+        return json_response(answer, headers={"request-id": "req_" + rid})
+
+
+def _blob_key(batch_id: str) -> str:
+    return f"anthropic-{batch_id}"
