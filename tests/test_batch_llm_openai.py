@@ -338,3 +338,30 @@ def test_crash_between_create_and_checkpoint_finds_the_orphan(emu, tmp_path):
     assert len(posts(emu)) == 3
     created = [e for e in emu.log() if e["method"] == "GET" and e["path"].endswith("/batches")]
     assert created, "resume must list batches to look for the orphan"
+
+
+def test_split_by_bytes(emu, monkeypatch, tmp_path):
+    from batchata_df.providers.openai import OpenAIProvider
+
+    monkeypatch.setattr(OpenAIProvider, "max_bytes", 3000)
+    df = pl.DataFrame({"text": [f"{i} " + "x" * 400 for i in range(12)]})
+    out = df.pipe(batch_llm, schema=Review, model="gpt-4.1-mini", prompt="{text}",
+                  state=tmp_path / "s")
+    assert out["_status"].to_list() == ["completed"] * 12
+    uploads = [e for e in emu.log() if e["method"] == "POST" and e["path"].endswith("/files")]
+    assert out["_batch_id"].n_unique() == len(uploads) >= 4
+    sizes = pl.read_parquet(tmp_path / "s" / "batches" / "*.parquet").filter(
+        pl.col("status") == "submitted")["n_bytes"]
+    assert sizes.max() <= 3000 and sizes.sum() > 3000 * 3
+
+
+def test_transient_provider_errors_are_retried(emu):
+    emu.inject_fault(method="GET", path_regex=r"/openai/v1/batches/", status=503, times=1,
+                     retry_after_ms=10)
+    emu.inject_fault(method="POST", path_regex=r"/openai/v1/files$", status=429, times=1,
+                     retry_after_ms=10)
+    out = frame(3).pipe(batch_llm, schema=Review, model="gpt-4.1-mini", prompt="{text}")
+    assert out["_status"].to_list() == ["completed"] * 3
+    statuses = [e["status"] for e in emu.log()]
+    assert 503 in statuses and 429 in statuses
+    assert len(posts(emu)) == 1
