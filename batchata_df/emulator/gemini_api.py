@@ -1,0 +1,1092 @@
+"""Gemini batch mode (Developer API) as the emulator speaks it, per provider-wire.md §3.
+
+Mounted at ``/gemini``; both API versions ``v1`` (the google-genai default) and ``v1beta``
+(the published REST docs) are served. Every route needs ``x-goog-api-key: <key>`` (or
+``?key=``), except the upload URL handed out by a resumable-upload start, which the SDK
+calls without a key. A missing key is a 403 ``PERMISSION_DENIED``; a key starting with
+``invalid`` is a 400 ``INVALID_ARGUMENT`` "API key not valid", like the real service.
+
+Routes (below the mount prefix; ``{ver}`` is ``v1`` or ``v1beta``)
+-----------------------------------------------------------------
+``POST /{ver}/models/{model}:batchGenerateContent``
+    Body ``{"batch": {"displayName", "inputConfig": {"requests": {"requests": [{"request",
+    "metadata"}]}} | {"fileName": "files/..."}}}``; answers an Operation (state PENDING).
+    An inline body over 20 MB is a 400, as is a batch with both or neither input.
+``GET /{ver}/batches/{id}``, ``DELETE /{ver}/batches/{id}``, ``POST /{ver}/batches/{id}:cancel``
+``GET /{ver}/batches?pageSize=&pageToken=``
+    ``{"operations": [...], "nextPageToken": "..."}``, newest first.
+``POST /upload/{ver}/files``
+    Resumable upload: ``X-Goog-Upload-Command: start`` answers the ``x-goog-upload-url``
+    header; the bytes then go to that URL with ``upload`` / ``upload, finalize`` (the last
+    answers ``x-goog-upload-status: final`` and ``{"file": File}``). ``query`` reports the
+    bytes received so far.
+``GET /{ver}/files/{id}``, ``DELETE /{ver}/files/{id}``, ``GET /{ver}/files``
+``GET /{ver}/files/{id}:download?alt=media`` and ``GET /download/{ver}/files/{id}:download``
+    Raw bytes of a *generated* file (batch results). Uploaded files cannot be downloaded.
+
+The Operation
+-------------
+The SDK reads only ``name`` and ``metadata``: ``metadata.state`` is
+``BATCH_STATE_PENDING|RUNNING|SUCCEEDED|FAILED|CANCELLED|EXPIRED`` (the SDK turns it into
+``JOB_STATE_*``), and once a batch has results they are in ``metadata.output`` --
+``{"inlinedResponses": {"inlinedResponses": [{"response" | "error", "metadata"}]}}`` for
+inline input, ``{"responsesFile": "files/batch-..."}`` for file input -- mirrored in
+``response`` like the real service does. ``done`` is true in a final state.
+
+Lifecycle
+---------
+A batch created with latency ``L`` is ``PENDING`` for the first 10 % of ``L``, then
+``RUNNING``; requests finish in input order, evenly over the running span; at ``L`` it is
+``SUCCEEDED``. With ``L = 0`` the create answers ``PENDING`` and the first ``get``
+``SUCCEEDED``. Gemini expires a batch that is not done after 48 h: with ``L`` over 48 h the
+batch is ``EXPIRED`` at 48 h (simulated clock) and has **no results**. A batch whose file
+input holds no readable request line ends ``FAILED`` (no results; the Operation carries a
+batch-level ``error``).
+
+``:cancel`` answers ``{}``; the batch stays in its state for the ``cancel_delay`` setting,
+then is ``CANCELLED`` with the results of the requests that had finished. Requests that
+never ran get an error entry (code 499, "cancelled") with ``cancel_unfinished="error_file"``
+(the default) and no entry with ``"omit"``. Cancelling a batch in a final state is a 400
+``FAILED_PRECONDITION``.
+
+Answers
+-------
+Decided at creation from the request: ``generationConfig.responseJsonSchema`` (JSON Schema)
+or ``responseSchema`` (the OpenAPI subset with upper-case types) with ``responseMimeType``
+``application/json`` gives a schema-valid answer (:mod:`.answers`); ``application/json``
+alone gives ``{"answer": "..."}``; otherwise plain text. Markers in the prompt (any text
+part, system instruction included): ``[[emulator:error]]`` (``:NNN`` picks the code) gives a
+per-request ``error`` ``{code, message, details: [str]}`` (details are strings: the SDK's
+``JobError`` refuses anything else); ``[[emulator:invalid]]`` an answer that does not
+validate; ``[[emulator:truncate]]`` cut-off text with ``finishReason: MAX_TOKENS`` (so does
+an answer longer than ``maxOutputTokens``); ``[[emulator:refusal]]`` a candidate with
+``finishReason: SAFETY`` and no content. Thinking: with ``thinkingConfig.thinkingBudget > 0``
+or ``includeThoughts`` the usage reports ``thoughtsTokenCount``, and ``includeThoughts``
+adds a ``{"text", "thought": true}`` part before the answer.
+
+Usage is the emulator's estimate (``answers.count_tokens``): ``promptTokenCount`` covers the
+text parts and the schema, ``candidatesTokenCount`` the answer; ``cachedContentTokenCount``
+is 0.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import datetime as dt
+import hashlib
+import json
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from batchata_df.emulator import answers
+from batchata_df.emulator.server import (
+    EmulatorCore,
+    Request,
+    Response,
+    error_envelope,
+    json_body,
+    json_response,
+)
+
+__all__ = ["GeminiApp", "create_app", "openapi_to_json_schema"]
+
+VERSIONS: Final = ("v1", "v1beta")
+HOUR: Final = 3600
+EXPIRY_SECONDS: Final = 48 * HOUR
+FILE_TTL_SECONDS: Final = 48 * HOUR
+PHASE_PENDING: Final = 0.1
+MB: Final = 1024 * 1024
+CANCELLED_CODE: Final = 499
+DEFAULT_PAGE_SIZE: Final = 50
+MAX_PAGE_SIZE: Final = 1000
+_DEFAULT_LIMITS: Final[dict[str, int]] = {
+    "max_inline_bytes": 20 * MB,
+    "max_file_bytes": 2048 * MB,
+}
+_STATE_PREFIX: Final = "BATCH_STATE_"
+_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def create_app(core: EmulatorCore) -> GeminiApp:
+    """Build the Gemini app for ``core`` (the server's provider-module entry point)."""
+    return GeminiApp(core)
+
+
+def _rfc3339(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class _Invalid(Exception):
+    """An HTTP-level error, answered in the Google error envelope."""
+
+    def __init__(self, status: int, message: str, state: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.state = state
+
+
+# --------------------------------------------------------------------------------------
+# Schemas
+
+
+_OPENAPI_KEEP: Final = frozenset(
+    {
+        "format",
+        "description",
+        "enum",
+        "minimum",
+        "maximum",
+        "minItems",
+        "maxItems",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "required",
+        "title",
+    }
+)
+
+
+def openapi_to_json_schema(schema: object) -> object:
+    """Turn Gemini's OpenAPI-subset ``Schema`` (``responseSchema``) into JSON Schema.
+
+    Examples
+    --------
+    >>> s = openapi_to_json_schema({"type": "OBJECT", "properties": {"n": {"type": "INTEGER",
+    ...     "nullable": True}}, "required": ["n"]})
+    >>> s["type"], s["properties"]["n"]
+    ('object', {'anyOf': [{'type': 'integer'}, {'type': 'null'}]})
+    """
+    if not isinstance(schema, Mapping):
+        return schema
+    out: dict[str, Any] = {}
+    kind = schema.get("type")
+    if isinstance(kind, str):
+        out["type"] = kind.lower()
+    if "properties" in schema and isinstance(schema["properties"], Mapping):
+        out["properties"] = {k: openapi_to_json_schema(v) for k, v in schema["properties"].items()}
+    if "items" in schema:
+        out["items"] = openapi_to_json_schema(schema["items"])
+    if "anyOf" in schema and isinstance(schema["anyOf"], list):
+        out["anyOf"] = [openapi_to_json_schema(s) for s in schema["anyOf"]]
+    for key in _OPENAPI_KEEP:
+        if key in schema:
+            out[key] = schema[key]
+    if schema.get("nullable"):
+        return {"anyOf": [out, {"type": "null"}]}
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Requests -> compact specs (decided at batch creation)
+
+
+@dataclass(slots=True)
+class _Spec:
+    key: str | None
+    prompt: str
+    prompt_tokens: int
+    mode: str  # "text" | "schema" | "json"
+    gen: answers.AnswerGenerator | None
+    max_tokens: int | None
+    marker: str | None
+    thinking: bool
+    include_thoughts: bool
+    error: tuple[int, str] | None  # code, message
+    metadata: dict[str, str] | None = None  # inline requests: echoed verbatim
+
+
+def _content_text(content: object) -> str:
+    if not isinstance(content, Mapping):
+        return ""
+    parts = content.get("parts")
+    if not isinstance(parts, list):
+        return ""
+    return "\n".join(
+        p["text"] for p in parts if isinstance(p, Mapping) and isinstance(p.get("text"), str)
+    )
+
+
+class _SpecBuilder:
+    def __init__(self) -> None:
+        self._last_schema: object = None
+        self._last_gen: answers.AnswerGenerator | None = None
+
+    def _generator(self, schema: Mapping[str, Any]) -> answers.AnswerGenerator:
+        if self._last_gen is None or schema != self._last_schema:
+            self._last_gen = answers.generator_for(schema)
+            self._last_schema = schema
+        return self._last_gen
+
+    def build(self, key: str | None, request: object) -> _Spec:
+        if not isinstance(request, Mapping):
+            return self._failed(
+                key, "Invalid request: 'request' must be a GenerateContentRequest object."
+            )
+        contents = request.get("contents")
+        if not isinstance(contents, list) or not contents:
+            return self._failed(key, "* GenerateContentRequest.contents: contents is not specified")
+        texts = [_content_text(c) for c in contents]
+        system = request.get("systemInstruction", request.get("system_instruction"))
+        if system is not None:
+            texts.insert(0, _content_text(system))
+        prompt = "\n".join(texts)
+        config = request.get("generationConfig", request.get("generation_config")) or {}
+        if not isinstance(config, Mapping):
+            return self._failed(key, "Invalid JSON payload: 'generationConfig' must be an object.")
+        mime = config.get("responseMimeType", config.get("response_mime_type"))
+        json_schema = config.get("responseJsonSchema", config.get("response_json_schema"))
+        api_schema = config.get("responseSchema", config.get("response_schema"))
+        error: tuple[int, str] | None = None
+        mode, gen = "text", None
+        if json_schema is not None and api_schema is not None:
+            error = (400, "responseSchema and responseJsonSchema cannot both be set.")
+        elif json_schema is not None or api_schema is not None:
+            if mime != "application/json":
+                error = (
+                    400,
+                    "responseMimeType must be 'application/json' when a response schema is set.",
+                )
+            else:
+                schema = (
+                    json_schema if json_schema is not None else openapi_to_json_schema(api_schema)
+                )
+                if isinstance(schema, Mapping):
+                    mode, gen = "schema", self._generator(schema)
+                else:
+                    error = (400, "The response schema must be an object.")
+        elif mime == "application/json":
+            mode = "json"
+        thinking_cfg = config.get("thinkingConfig", config.get("thinking_config")) or {}
+        include = bool(isinstance(thinking_cfg, Mapping) and thinking_cfg.get("includeThoughts"))
+        budget = thinking_cfg.get("thinkingBudget") if isinstance(thinking_cfg, Mapping) else None
+        thinking = include or (isinstance(budget, int) and budget > 0)
+        limit = config.get("maxOutputTokens", config.get("max_output_tokens"))
+        max_tokens = (
+            limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
+        )
+        marker = answers.find_marker(prompt)
+        if marker == answers.MARKER_ERROR and error is None:
+            code = answers.marker_status(prompt)
+            error = (code, f"Emulated error (HTTP {code}) for this request.")
+        tokens = answers.count_tokens(prompt) + (gen.schema_tokens if gen is not None else 0)
+        return _Spec(key, prompt, tokens, mode, gen, max_tokens, marker, thinking, include, error)
+
+    @staticmethod
+    def _failed(key: str | None, message: str) -> _Spec:
+        return _Spec(key, "", 0, "text", None, None, None, False, False, (400, message))
+
+
+# --------------------------------------------------------------------------------------
+# Rendering answers
+
+
+def _cut(text: str, must_break_json: bool, *, keep: bool = False) -> str:
+    cut = text if keep else text[: max(1, len(text) // 2)]
+    if must_break_json:
+        try:
+            json.loads(cut)
+        except ValueError:
+            return cut
+        return "{" + cut[:-1] if len(cut) > 1 else "{"
+    return cut
+
+
+def _render(spec: _Spec, model: str, rid: str) -> tuple[dict[str, Any], int, int]:
+    """A GenerateContentResponse for a request that runs; plus (answer, thought) tokens."""
+    seed = (spec.key or "") + "\x1f" + spec.prompt
+    pt = spec.prompt_tokens
+    if spec.marker == answers.MARKER_REFUSAL:
+        usage = {
+            "promptTokenCount": pt,
+            "candidatesTokenCount": 0,
+            "totalTokenCount": pt,
+            "cachedContentTokenCount": 0,
+            "thoughtsTokenCount": 0,
+        }
+        body = {
+            "candidates": [
+                {
+                    "finishReason": "SAFETY",
+                    "index": 0,
+                    "safetyRatings": [
+                        {
+                            "category": "HARM_CATEGORY_DANGEROUS_CONTENT",
+                            "probability": "HIGH",
+                            "blocked": True,
+                        }
+                    ],
+                }
+            ],
+            "usageMetadata": usage,
+            "modelVersion": model,
+            "responseId": rid,
+        }
+        return body, 0, 0
+    if spec.mode == "schema" and spec.gen is not None:
+        value = (
+            spec.gen.invalid(seed)
+            if spec.marker == answers.MARKER_INVALID
+            else spec.gen.value(seed)
+        )
+        text = _compact(value)
+    elif spec.mode == "json":
+        text = _compact({"answer": answers.fake_text(spec.prompt, seed)})
+    else:
+        text = answers.fake_text(spec.prompt, seed)
+    truncated = False
+    if spec.marker == answers.MARKER_TRUNCATE:
+        text, truncated = _cut(text, spec.mode != "text"), True
+    if spec.max_tokens is not None and answers.count_tokens(text) > spec.max_tokens:
+        text, truncated = _cut(text[: spec.max_tokens * 4], spec.mode != "text", keep=True), True
+    ct = answers.count_tokens(text)
+    if spec.max_tokens is not None:
+        ct = min(ct, spec.max_tokens)
+    parts: list[dict[str, Any]] = []
+    tt = 0
+    if spec.thinking:
+        thought = "Thinking about " + answers.fake_text(spec.prompt, seed + "\x1ethought")
+        tt = answers.count_tokens(thought)
+        if spec.include_thoughts:
+            parts.append({"text": thought, "thought": True})
+    parts.append({"text": text})
+    body = {
+        "candidates": [
+            {
+                "content": {"parts": parts, "role": "model"},
+                "finishReason": "MAX_TOKENS" if truncated else "STOP",
+                "index": 0,
+            }
+        ],
+        "usageMetadata": {
+            "promptTokenCount": pt,
+            "candidatesTokenCount": ct,
+            "totalTokenCount": pt + ct + tt,
+            "cachedContentTokenCount": 0,
+            "thoughtsTokenCount": tt,
+            "promptTokensDetails": [{"modality": "TEXT", "tokenCount": pt}],
+        },
+        "modelVersion": model,
+        "responseId": rid,
+    }
+    return body, ct, tt
+
+
+def _error_json(code: int, message: str) -> dict[str, Any]:
+    return {
+        "code": code,
+        "message": message,
+        "details": [f"emulator: request failed with code {code}"],
+    }
+
+
+# --------------------------------------------------------------------------------------
+# Batches and files
+
+
+@dataclass(slots=True)
+class _Batch:
+    id: str
+    model: str
+    display_name: str | None
+    version: str
+    created: float
+    latency: float
+    n: int
+    specs: list[_Spec] | None
+    file_input: str | None  # files/... when created from a file
+    base: str  # absolute URL of the mount prefix, for generated file URIs
+    failure: str | None = None  # batch-level failure message (FAILED)
+    cancel_at: float | None = None
+    cancel_delay: float = 0.0
+    cancel_unfinished: str = "error_file"
+    final: str | None = None  # SUCCEEDED | CANCELLED | EXPIRED | FAILED once decided
+    end_time: float | None = None
+    output: dict[str, Any] | None = None
+    stats: dict[str, int] = field(default_factory=dict)
+    failing: list[int] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> float:
+        return self.created + PHASE_PENDING * self.latency
+
+    def done_at(self) -> float:
+        return self.created + self.latency
+
+    def finished(self, t: float) -> int:
+        start, end = self.start(), self.done_at()
+        if t < start:
+            return 0
+        if t >= end:
+            return self.n
+        return int(self.n * (t - start) / (end - start))
+
+
+@dataclass(slots=True)
+class _Upload:
+    display_name: str | None
+    mime_type: str
+    declared: int | None
+    name: str | None
+    version: str
+    chunks: list[bytes] = field(default_factory=list)
+    received: int = 0
+
+
+class GeminiApp:
+    """The Gemini batch-mode protocol app; see the module docstring.
+
+    Parameters
+    ----------
+    core
+        The emulator core that provides the clock, settings and blob storage.
+    """
+
+    provider = "gemini"
+
+    def __init__(self, core: EmulatorCore) -> None:
+        self.core = core
+        self._lock = threading.Lock()
+        self._files: dict[str, dict[str, Any]] = {}
+        self._uploads: dict[str, _Upload] = {}
+        self._batches: dict[str, _Batch] = {}
+        self._order: list[str] = []
+        self._limits = dict(_DEFAULT_LIMITS)
+
+    # ---- App protocol
+
+    def error_response(self, status: int, message: str) -> Response:
+        """Return an HTTP error in the Google envelope."""
+        return json_response(error_envelope("gemini", status, message), status)
+
+    def reset(self) -> None:
+        """Forget all files, uploads and batches."""
+        with self._lock:
+            self._files.clear()
+            self._uploads.clear()
+            self._batches.clear()
+            self._order.clear()
+
+    def configure(self, settings: Mapping[str, object]) -> None:
+        """Set ``max_inline_bytes`` or ``max_file_bytes``."""
+        new = dict(self._limits)
+        for key, value in settings.items():
+            if key not in new:
+                msg = f"unknown gemini setting {key!r}; valid: {sorted(new)!r}"
+                raise ValueError(msg)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                msg = f"gemini setting {key!r} must be a positive integer, got {value!r}"
+                raise ValueError(msg)
+            new[key] = value
+        self._limits = new
+
+    def settings(self) -> dict[str, object]:
+        """The current limits."""
+        return dict(self._limits)
+
+    def handle(self, request: Request) -> Response:
+        """Serve one request below the Gemini mount prefix."""
+        try:
+            return self._route(request)
+        except _Invalid as e:
+            body = error_envelope("gemini", e.status, e.message, error_type=e.state)
+            return json_response(body, e.status)
+
+    # ---- routing
+
+    def _route(self, request: Request) -> Response:
+        parts = [p for p in request.route.split("/") if p]
+        method = request.method
+        prefix = (
+            request.path[: len(request.path) - len(request.route)]
+            if request.route != "/"
+            else request.path
+        )
+        if (
+            len(parts) >= 2
+            and parts[0] == "upload"
+            and parts[1] in VERSIONS
+            and parts[2:] == ["files"]
+        ):
+            if method != "POST":
+                raise _Invalid(405, f"Method {method} is not allowed for {request.path}")
+            if "upload_id" in request.query:
+                return self._upload_chunk(request)  # the SDK sends no key here
+            self._check_auth(request)
+            return self._upload_start(request, prefix, parts[1])
+        if len(parts) >= 2 and parts[0] == "download" and parts[1] in VERSIONS:
+            self._check_auth(request)
+            rest = parts[2:]
+            if (
+                len(rest) == 2
+                and rest[0] == "files"
+                and rest[1].endswith(":download")
+                and method == "GET"
+            ):
+                return self._download(rest[1][: -len(":download")])
+            raise _Invalid(404, f"Invalid URL ({method} {request.path})", "NOT_FOUND")
+        if not parts or parts[0] not in VERSIONS:
+            raise _Invalid(
+                404, f"Invalid URL ({method} {request.path}): use /v1 or /v1beta", "NOT_FOUND"
+            )
+        self._check_auth(request)
+        ver, rest = parts[0], parts[1:]
+        handler: Callable[[], Response] | None = None
+        if len(rest) == 2 and rest[0] == "models" and rest[1].endswith(":batchGenerateContent"):
+            model = rest[1][: -len(":batchGenerateContent")]
+            handler = {"POST": lambda: self._create(request, model, ver)}.get(method)
+        elif rest == ["batches"]:
+            handler = {"GET": lambda: self._list(request)}.get(method)
+        elif len(rest) == 2 and rest[0] == "batches" and rest[1].endswith(":cancel"):
+            batch_id = rest[1][: -len(":cancel")]
+            handler = {"POST": lambda: self._cancel(batch_id)}.get(method)
+        elif len(rest) == 2 and rest[0] == "batches":
+            handler = {
+                "GET": lambda: json_response(self._view(self._batch(rest[1]), request.base_url)),
+                "DELETE": lambda: self._delete_batch(rest[1]),
+            }.get(method)
+        elif rest == ["files"]:
+            handler = {"GET": lambda: self._list_files()}.get(method)
+        elif len(rest) == 2 and rest[0] == "files" and rest[1].endswith(":download"):
+            handler = {"GET": lambda: self._download(rest[1][: -len(":download")])}.get(method)
+        elif len(rest) == 2 and rest[0] == "files":
+            handler = {
+                "GET": lambda: json_response(self._file(rest[1])),
+                "DELETE": lambda: self._delete_file(rest[1]),
+            }.get(method)
+        else:
+            raise _Invalid(404, f"Invalid URL ({method} {request.path})", "NOT_FOUND")
+        if handler is None:
+            raise _Invalid(405, f"Method {method} is not allowed for {request.path}")
+        return handler()
+
+    @staticmethod
+    def _check_auth(request: Request) -> None:
+        key = request.headers.get("x-goog-api-key") or request.query.get("key") or ""
+        if not key.strip():
+            msg = (
+                "Method doesn't allow unregistered callers (callers without established "
+                "identity). Please use API Key or other form of API consumer identity to call "
+                "this API."
+            )
+            raise _Invalid(403, msg, "PERMISSION_DENIED")
+        if key.strip().startswith("invalid"):
+            raise _Invalid(
+                400, "API key not valid. Please pass a valid API key.", "INVALID_ARGUMENT"
+            )
+
+    # ---- files
+
+    def _file_json(self, file_id: str) -> dict[str, Any]:
+        with self._lock:
+            meta = self._files.get(file_id)
+        if meta is None:
+            raise _Invalid(
+                403,
+                f"You do not have permission to access the File {file_id} or it may not exist.",
+                "PERMISSION_DENIED",
+            )
+        return meta
+
+    def _file(self, file_id: str) -> dict[str, Any]:
+        return {k: v for k, v in self._file_json(file_id).items() if not k.startswith("_")}
+
+    def _new_file(
+        self,
+        file_id: str,
+        data: bytes,
+        *,
+        display_name: str | None,
+        mime_type: str,
+        base: str,
+        version: str,
+        generated: bool,
+    ) -> dict[str, Any]:
+        size = self.core.blobs.put("gemini-" + file_id, data)
+        now = self.core.clock.now()
+        meta: dict[str, Any] = {
+            "name": f"files/{file_id}",
+            "mimeType": mime_type,
+            "sizeBytes": str(size),
+            "createTime": _rfc3339(now),
+            "updateTime": _rfc3339(now),
+            "expirationTime": _rfc3339(now + FILE_TTL_SECONDS),
+            "sha256Hash": base64.b64encode(hashlib.sha256(data).hexdigest().encode()).decode(),
+            "uri": f"{base}/{version}/files/{file_id}",
+            "state": "ACTIVE",
+            "source": "GENERATED" if generated else "UPLOADED",
+        }
+        if display_name is not None:
+            meta = {
+                "name": meta["name"],
+                "displayName": display_name,
+                **{k: v for k, v in meta.items() if k != "name"},
+            }
+        if generated:
+            meta["downloadUri"] = f"{base}/download/{version}/files/{file_id}:download?alt=media"
+        with self._lock:
+            self._files[file_id] = meta
+        return meta
+
+    def _upload_start(self, request: Request, prefix: str, version: str) -> Response:
+        if request.headers.get("x-goog-upload-protocol", "").lower() != "resumable":
+            raise _Invalid(
+                400,
+                "Only the resumable protocol is supported (X-Goog-Upload-Protocol: resumable).",
+            )
+        if request.headers.get("x-goog-upload-command", "").lower() != "start":
+            raise _Invalid(400, "A resumable upload starts with X-Goog-Upload-Command: start.")
+        try:
+            body = json_body(request)
+        except ValueError as e:
+            raise _Invalid(400, f"Invalid JSON payload received. {e}") from e
+        file = body.get("file") or {}
+        if not isinstance(file, Mapping):
+            raise _Invalid(400, "Invalid JSON payload: 'file' must be an object.")
+        mime = (
+            file.get("mime_type")
+            or file.get("mimeType")
+            or request.headers.get("x-goog-upload-header-content-type")
+            or ""
+        )
+        if not mime:
+            raise _Invalid(400, "The file's mime type is missing: set mime_type.")
+        declared_raw = request.headers.get("x-goog-upload-header-content-length") or file.get(
+            "size_bytes"
+        )
+        declared = (
+            int(declared_raw) if declared_raw is not None and str(declared_raw).isdigit() else None
+        )
+        if declared is not None and declared > self._limits["max_file_bytes"]:
+            raise _Invalid(
+                400,
+                f"File too large: {declared} bytes; the limit is {self._limits['max_file_bytes']}.",
+            )
+        name = file.get("name")
+        if isinstance(name, str) and name.startswith("files/"):
+            name = name[len("files/") :]
+        upload_id = self.core.new_id("", 16)
+        with self._lock:
+            self._uploads[upload_id] = _Upload(
+                display_name=file.get("display_name") or file.get("displayName"),
+                mime_type=str(mime),
+                declared=declared,
+                name=name if isinstance(name, str) and name else None,
+                version=version,
+            )
+        url = (
+            f"{request.base_url}{prefix}/upload/{version}/files"
+            f"?upload_id={upload_id}&upload_protocol=resumable"
+        )
+        return Response(
+            200,
+            {
+                "x-goog-upload-url": url,
+                "x-goog-upload-status": "active",
+                "x-goog-upload-chunk-granularity": str(8 * MB),
+                "content-type": "application/json",
+            },
+            b"{}",
+        )
+
+    def _upload_chunk(self, request: Request) -> Response:
+        upload_id = request.query["upload_id"]
+        with self._lock:
+            upload = self._uploads.get(upload_id)
+        if upload is None:
+            return Response(
+                404,
+                {"x-goog-upload-status": "final", "content-type": "application/json"},
+                _compact(error_envelope("gemini", 404, "No such upload session.")).encode(),
+            )
+        command = {
+            c.strip().lower() for c in request.headers.get("x-goog-upload-command", "").split(",")
+        }
+        if command == {"query"}:
+            return Response(
+                200,
+                {
+                    "x-goog-upload-status": "active",
+                    "x-goog-upload-size-received": str(upload.received),
+                },
+                b"",
+            )
+        if command == {"cancel"}:
+            with self._lock:
+                self._uploads.pop(upload_id, None)
+            return Response(200, {"x-goog-upload-status": "cancelled"}, b"")
+        if "upload" not in command:
+            raise _Invalid(
+                400,
+                "X-Goog-Upload-Command must be 'upload', 'upload, finalize', 'query' or 'cancel'.",
+            )
+        offset_raw = request.headers.get("x-goog-upload-offset", "")
+        if not offset_raw.isdigit() or int(offset_raw) != upload.received:
+            return Response(
+                400,
+                {
+                    "x-goog-upload-status": "active",
+                    "x-goog-upload-size-received": str(upload.received),
+                    "content-type": "application/json",
+                },
+                _compact(
+                    error_envelope(
+                        "gemini",
+                        400,
+                        f"Upload offset {offset_raw!r} does not match the "
+                        f"{upload.received} bytes received.",
+                    )
+                ).encode(),
+            )
+        upload.chunks.append(request.body)
+        upload.received += len(request.body)
+        if "finalize" not in command:
+            return Response(200, {"x-goog-upload-status": "active"}, b"")
+        with self._lock:
+            self._uploads.pop(upload_id, None)
+        version = upload.version
+        data = b"".join(upload.chunks)
+        if upload.declared is not None and upload.declared != len(data):
+            raise _Invalid(
+                400, f"The upload has {len(data)} bytes but {upload.declared} were declared."
+            )
+        prefix = request.path[: len(request.path) - len(request.route)]
+        meta = self._new_file(
+            upload.name or self.core.new_id("", 6),
+            data,
+            display_name=upload.display_name,
+            mime_type=upload.mime_type,
+            base=request.base_url + prefix,
+            version=version,
+            generated=False,
+        )
+        body = _compact({"file": meta}).encode()
+        return Response(
+            200, {"x-goog-upload-status": "final", "content-type": "application/json"}, body
+        )
+
+    def _list_files(self) -> Response:
+        with self._lock:
+            files = [
+                {k: v for k, v in f.items() if not k.startswith("_")} for f in self._files.values()
+            ]
+        files.reverse()
+        return json_response({"files": files} if files else {})
+
+    def _delete_file(self, file_id: str) -> Response:
+        self._file_json(file_id)
+        with self._lock:
+            self._files.pop(file_id, None)
+        self.core.blobs.delete("gemini-" + file_id)
+        return json_response({})
+
+    def _download(self, file_id: str) -> Response:
+        meta = self._file_json(file_id)
+        if meta.get("source") != "GENERATED":
+            raise _Invalid(
+                400,
+                "Only generated files can be downloaded; this file was uploaded.",
+                "INVALID_ARGUMENT",
+            )
+        try:
+            data = self.core.blobs.get("gemini-" + file_id)
+        except KeyError as e:
+            raise _Invalid(404, f"File files/{file_id} has no content.", "NOT_FOUND") from e
+        return Response(200, {"content-type": "application/octet-stream"}, data)
+
+    # ---- batches
+
+    def _create(self, request: Request, model: str, version: str) -> Response:
+        if len(request.body) > self._limits["max_inline_bytes"]:
+            raise _Invalid(
+                400,
+                f"Request payload size exceeds the limit: {self._limits['max_inline_bytes']} bytes",
+            )
+        try:
+            body = json_body(request)
+        except ValueError as e:
+            raise _Invalid(400, f"Invalid JSON payload received. {e}") from e
+        batch = body.get("batch")
+        if not isinstance(batch, Mapping):
+            raise _Invalid(400, "* BatchGenerateContentRequest.batch: batch is required")
+        config = batch.get("inputConfig", batch.get("input_config"))
+        if not isinstance(config, Mapping):
+            raise _Invalid(400, "* GenerateContentBatch.input_config: input_config is required")
+        file_name = config.get("fileName", config.get("file_name"))
+        inline = config.get("requests")
+        if (file_name is None) == (inline is None):
+            raise _Invalid(400, "* InputConfig: exactly one of file_name or requests must be set")
+        display = batch.get("displayName", batch.get("display_name"))
+        if display is not None and not isinstance(display, str):
+            raise _Invalid(400, "displayName must be a string.")
+        model_name = model if model.startswith(("models/", "tunedModels/")) else f"models/{model}"
+        builder = _SpecBuilder()
+        specs: list[_Spec] = []
+        failure: str | None = None
+        if inline is not None:
+            items = inline.get("requests") if isinstance(inline, Mapping) else None
+            if not isinstance(items, list) or not items:
+                raise _Invalid(400, "* InlinedRequests.requests: at least one request is required")
+            for i, item in enumerate(items):
+                if not isinstance(item, Mapping) or "request" not in item:
+                    raise _Invalid(400, f"* requests[{i}].request: request is required")
+                meta = item.get("metadata")
+                if meta is not None and not (
+                    isinstance(meta, Mapping) and all(isinstance(v, str) for v in meta.values())
+                ):
+                    raise _Invalid(
+                        400, f"* requests[{i}].metadata: metadata values must be strings"
+                    )
+                spec = builder.build(None, item["request"])
+                if meta is not None:
+                    spec.metadata = dict(meta)
+                    spec.key = meta.get("key")
+                specs.append(spec)
+        else:
+            if not isinstance(file_name, str) or not file_name.startswith("files/"):
+                raise _Invalid(400, f"fileName must look like 'files/<id>', got {file_name!r}.")
+            file_id = file_name[len("files/") :]
+            self._file_json(file_id)
+            data = self.core.blobs.get("gemini-" + file_id)
+            specs, failure = _plan_file(data, builder)
+        now = self.core.clock.now()
+        record = _Batch(
+            id=self.core.new_id("", 16),
+            model=model_name,
+            display_name=display,
+            version=version,
+            created=now,
+            latency=self.core.config.latency,
+            n=0 if failure else len(specs),
+            specs=None if failure else specs,
+            file_input=file_name if isinstance(file_name, str) else None,
+            base=request.base_url + request.path[: len(request.path) - len(request.route)],
+            failure=failure,
+            failing=[i for i, s in enumerate(specs) if s.error is not None],
+        )
+        with self._lock:
+            self._batches[record.id] = record
+            self._order.append(record.id)
+        return json_response(self._view(record, request.base_url, state_override="PENDING"))
+
+    def _batch(self, batch_id: str) -> _Batch:
+        with self._lock:
+            batch = self._batches.get(batch_id)
+        if batch is None:
+            raise _Invalid(404, f"Batch batches/{batch_id} not found.", "NOT_FOUND")
+        return batch
+
+    def _list(self, request: Request) -> Response:
+        raw = request.query.get("pageSize", str(DEFAULT_PAGE_SIZE))
+        try:
+            size = int(raw)
+        except ValueError as e:
+            raise _Invalid(400, f"Invalid value at 'page_size' (TYPE_INT32), {raw!r}") from e
+        size = DEFAULT_PAGE_SIZE if size <= 0 else min(size, MAX_PAGE_SIZE)
+        with self._lock:
+            order = list(reversed(self._order))
+        token = request.query.get("pageToken")
+        if token:
+            try:
+                after = base64.urlsafe_b64decode(token.encode()).decode()
+            except ValueError as e:
+                raise _Invalid(400, "Invalid page token.") from e
+            order = order[order.index(after) + 1 :] if after in order else []
+        page = order[:size]
+        out: dict[str, Any] = {
+            "operations": [self._view(self._batch(b), request.base_url) for b in page]
+        }
+        if len(order) > size:
+            out["nextPageToken"] = base64.urlsafe_b64encode(page[-1].encode()).decode()
+        return json_response(out if page else {})
+
+    def _cancel(self, batch_id: str) -> Response:
+        batch = self._batch(batch_id)
+        with batch.lock:
+            state = self._state(batch, self.core.clock.now())
+            if state in ("SUCCEEDED", "FAILED", "EXPIRED", "CANCELLED"):
+                raise _Invalid(
+                    400,
+                    f"Batch batches/{batch_id} is BATCH_STATE_{state}: it cannot be cancelled",
+                    "FAILED_PRECONDITION",
+                )
+            if batch.cancel_at is None:
+                batch.cancel_at = self.core.clock.now()
+                batch.cancel_delay = self.core.config.cancel_delay
+                batch.cancel_unfinished = self.core.config.cancel_unfinished
+        return json_response({})
+
+    def _delete_batch(self, batch_id: str) -> Response:
+        self._batch(batch_id)
+        with self._lock:
+            self._batches.pop(batch_id, None)
+            self._order.remove(batch_id)
+        return json_response({})
+
+    # ---- lifecycle
+
+    def _state(self, batch: _Batch, now: float) -> str:
+        """Current state (without prefix); writes the results the first time it is final."""
+        if batch.final is not None:
+            return batch.final
+        start = batch.start()
+        if batch.cancel_at is not None:
+            if now < batch.cancel_at + batch.cancel_delay:
+                return "RUNNING" if batch.cancel_at >= start else "PENDING"
+            ran = 0 if batch.failure else batch.finished(batch.cancel_at)
+            self._finish(batch, "CANCELLED", ran, batch.cancel_at + batch.cancel_delay)
+            return "CANCELLED"
+        if batch.failure is not None:
+            if now >= start:
+                batch.final, batch.end_time = "FAILED", start
+                return "FAILED"
+            return "PENDING"
+        if batch.latency > EXPIRY_SECONDS and now >= batch.created + EXPIRY_SECONDS:
+            batch.final, batch.end_time = "EXPIRED", batch.created + EXPIRY_SECONDS
+            batch.specs = None  # an expired batch has no results
+            return "EXPIRED"
+        if now >= batch.done_at():
+            self._finish(batch, "SUCCEEDED", batch.n, batch.done_at())
+            return "SUCCEEDED"
+        return "RUNNING" if now >= start else "PENDING"
+
+    def _finish(self, batch: _Batch, final: str, ran: int, end: float) -> None:
+        specs = batch.specs or []
+        entries: list[tuple[dict[str, Any], _Spec]] = []
+        ok = failed = 0
+        for i, spec in enumerate(specs):
+            entry: dict[str, Any] = {}
+            if i >= ran:
+                if batch.cancel_unfinished != "error_file":
+                    continue
+                entry["error"] = {
+                    "code": CANCELLED_CODE,
+                    "message": "cancelled: the batch was cancelled before this request ran.",
+                }
+                failed += 1
+            elif spec.error is not None:
+                entry["error"] = _error_json(*spec.error)
+                failed += 1
+            else:
+                entry["response"], _, _ = _render(
+                    spec, batch.model.rsplit("/", 1)[-1], f"{batch.id[:10]}{i:06x}"
+                )
+                ok += 1
+            entries.append((entry, spec))
+        batch.stats = {
+            "requestCount": batch.n,
+            "successfulRequestCount": ok,
+            "failedRequestCount": failed,
+            "pendingRequestCount": 0,
+        }
+        if batch.file_input is None:
+            items = []
+            for entry, spec in entries:
+                if spec.metadata is not None:
+                    entry["metadata"] = spec.metadata
+                items.append(entry)
+            batch.output = {"inlinedResponses": {"inlinedResponses": items}}
+        else:
+            lines = []
+            for entry, spec in entries:
+                line: dict[str, Any] = {"key": spec.key} if spec.key is not None else {}
+                line.update(entry)
+                lines.append(_compact(line))
+            file_id = f"batch-{batch.id}"
+            self._new_file(
+                file_id,
+                ("\n".join(lines) + "\n").encode() if lines else b"",
+                display_name=f"batch-{batch.id}-output",
+                mime_type="application/jsonl",
+                base=batch.base,
+                version=batch.version,
+                generated=True,
+            )
+            batch.output = {"responsesFile": f"files/{file_id}"}
+        batch.specs = None
+        batch.final, batch.end_time = final, end
+
+    def _view(
+        self, batch: _Batch, base_url: str, state_override: str | None = None
+    ) -> dict[str, Any]:
+        now = self.core.clock.now()
+        if state_override is not None:
+            state = state_override  # a fresh batch: not advanced by this view
+        else:
+            with batch.lock:
+                state = self._state(batch, now)
+        type_base = f"type.googleapis.com/google.ai.generativelanguage.{batch.version}"
+        name = f"batches/{batch.id}"
+        if batch.final is not None:
+            stats = batch.stats or {"requestCount": batch.n, "pendingRequestCount": batch.n}
+        else:
+            ran = batch.finished(now) if state == "RUNNING" else 0
+            ran = min(ran, batch.finished(batch.cancel_at)) if batch.cancel_at is not None else ran
+            stats = {"requestCount": batch.n, "pendingRequestCount": batch.n - ran}
+            if ran:
+                bad = bisect.bisect_left(batch.failing, ran)
+                stats.update(successfulRequestCount=ran - bad, failedRequestCount=bad)
+        meta: dict[str, Any] = {
+            "@type": f"{type_base}.GenerateContentBatch",
+            "model": batch.model,
+            "name": name,
+        }
+        if batch.display_name is not None:
+            meta["displayName"] = batch.display_name
+        meta["createTime"] = _rfc3339(batch.created)
+        meta["updateTime"] = _rfc3339(batch.end_time if batch.end_time is not None else now)
+        if batch.end_time is not None:
+            meta["endTime"] = _rfc3339(batch.end_time)
+        meta["batchStats"] = {k: str(v) for k, v in stats.items()}
+        meta["state"] = _STATE_PREFIX + state
+        out: dict[str, Any] = {"name": name, "metadata": meta}
+        if batch.output is not None:
+            meta["output"] = batch.output
+        if batch.final is not None:
+            out["done"] = True
+            if batch.output is not None:
+                out["response"] = {
+                    "@type": f"{type_base}.GenerateContentBatchOutput",
+                    **batch.output,
+                }
+            elif batch.final == "FAILED":
+                out["error"] = {"code": 3, "message": batch.failure or "The batch failed."}
+            elif batch.final == "EXPIRED":
+                out["error"] = {
+                    "code": 4,
+                    "message": "The batch expired: it was not done within 48 hours.",
+                }
+        return out
+
+
+def _plan_file(data: bytes, builder: _SpecBuilder) -> tuple[list[_Spec], str | None]:
+    """Reduce a JSONL input file to specs; a file with no readable request fails the batch."""
+    specs: list[_Spec] = []
+    bad = 0
+    for raw in data.split(b"\n"):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            bad += 1
+            continue
+        if not isinstance(obj, dict):
+            bad += 1
+            continue
+        key = obj.get("key")
+        key = key if isinstance(key, str) else None
+        if "request" not in obj:
+            spec = _SpecBuilder._failed(key, "* request: request is required")
+        else:
+            spec = builder.build(key, obj["request"])
+            spec.key = key
+        specs.append(spec)
+    if not specs:
+        reason = f"{bad} unreadable lines" if bad else "no lines"
+        return [], f"The input file has no valid GenerateContentRequest lines ({reason})."
+    return specs, None
