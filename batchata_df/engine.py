@@ -68,6 +68,7 @@ class RunOptions:
     wait: bool = True
     time_limit_s: float | None = None
     retry_failed: bool = False
+    max_cost_usd: float | None = None
     poll_initial_s: float = 1.0
     poll_max_s: float = 60.0
     poll_factor: float = 1.6
@@ -221,6 +222,25 @@ class _Planned:
     job_ids: pl.Series
     lines: pl.Series
     n_bytes: int
+    worst: pl.Series
+    """Worst-case cost in USD of each job (``max_tokens`` as output)."""
+
+    def head(self, n: int) -> _Planned:
+        """The first ``n`` jobs as a batch of their own."""
+        return _Planned(
+            _new_batch_key(), self.provider, self.model, self.job_ids.head(n),
+            self.lines.head(n), int(self.lines.head(n).str.len_bytes().sum()) + n,
+            self.worst.head(n),
+        )
+
+    def tail(self, n: int) -> _Planned:
+        """All but the first ``n`` jobs, as a batch of their own."""
+        rest = self.job_ids.len() - n
+        return _Planned(
+            _new_batch_key(), self.provider, self.model, self.job_ids.tail(rest),
+            self.lines.tail(rest), int(self.lines.tail(rest).str.len_bytes().sum()) + rest,
+            self.worst.tail(rest),
+        )
 
 
 @dataclass
@@ -234,6 +254,8 @@ class _InFlight:
     next_poll: float = 0.0
     cancel_reason: str | None = None
     status: str = "submitted"
+    reserved: float = 0.0
+    """Worst-case cost held against the cap until the batch's actual cost is known."""
 
 
 @dataclass
@@ -292,6 +314,9 @@ class Engine:
         self._started = time.monotonic()
         self._counters = _Counters()
         self._batch_status: dict[str, str] = {}
+        self._spent = 0.0
+        self._reserved = 0.0
+        self._worst: dict[str, float] = {}
 
     # -- public -------------------------------------------------------------------------------
 
@@ -315,6 +340,17 @@ class Engine:
             & ~pl.col("job_id").is_in(busy.implode())
         )
         self._count_done(jobs, terminal)
+        # The cap covers everything this state folder has paid for, earlier calls included.
+        self._spent = float(state.get_column("cost_usd").fill_null(0.0).sum())
+        if "worst_usd" in jobs.columns:
+            self._worst = dict(
+                zip(jobs.get_column("job_id").to_list(), jobs.get_column("worst_usd").to_list(),
+                    strict=True)
+            )
+        fallback = max(self._worst.values(), default=0.0)
+        for batch in in_flight:
+            batch.reserved = sum(self._worst.get(j, fallback) for j in batch.job_ids.to_list())
+            self._reserved += batch.reserved
         planned = self._plan(todo)
         self._drive(planned, in_flight)
         state = self.store.job_state()
@@ -348,10 +384,16 @@ class Engine:
             key, status = row["batch_key"], row["status"]
             provider = self.providers.get(row["provider"])
             if status == BatchPhase.INTENT and provider is not None:
+                members_of = member_map.get(key, pl.Series("job_id", [], pl.String))
                 tag = BatchTag(
                     run_id=self.store.manifest.run_id,
                     batch_key=key,
                     created_after=row["ts"].timestamp(),
+                    n_jobs=row["n_jobs"],
+                    job_ids=frozenset(members_of.to_list()),
+                    known_batch_ids=frozenset(
+                        batches.get_column("provider_batch_id").drop_nulls().to_list()
+                    ),
                 )
                 found = provider.find(tag)
                 if found is None:
@@ -406,6 +448,11 @@ class Engine:
             for offset in range(0, group.height, provider.max_requests):
                 chunk = group.slice(offset, provider.max_requests)
                 lines = provider.encode(chunk, self.spec)
+                worst = (
+                    chunk.get_column("worst_usd")
+                    if "worst_usd" in chunk.columns
+                    else pl.Series("worst_usd", [0.0] * chunk.height)
+                )
                 sizes = lines.str.len_bytes().cast(pl.Int64) + overhead
                 for start, end in split_sizes(
                     sizes, max_requests=limit, max_bytes=provider.max_bytes
@@ -417,6 +464,7 @@ class Engine:
                         job_ids=chunk.get_column("job_id").slice(start, end - start),
                         lines=lines.slice(start, end - start),
                         n_bytes=int(sizes.slice(start, end - start).sum()),
+                        worst=worst.slice(start, end - start),
                     )
 
     # -- the loop -----------------------------------------------------------------------------
@@ -429,29 +477,54 @@ class Engine:
             return "time_limit"
         return None
 
+    def _admit(self, plan: _Planned, in_flight: list[_InFlight]) -> _Planned | None:
+        """The part of ``plan`` that fits under the cost cap now (``None``: nothing does).
+
+        Worst case of everything in flight plus what was spent plus this batch must fit. A
+        batch that does not fit whole is split: its leading jobs that fit go now.
+        """
+        cap = self.options.max_cost_usd
+        if cap is None:
+            return plan
+        budget = cap - self._spent - self._reserved
+        cum = plan.worst.fill_null(0.0).cum_sum()
+        fit = int((cum <= budget + 1e-12).sum())
+        if fit == plan.job_ids.len():
+            return plan
+        if fit == 0:
+            return None
+        return plan.head(fit)
+
     def _drive(self, planned: Iterator[_Planned], in_flight: list[_InFlight]) -> None:
         opts = self.options
-        pending_plan: _Planned | None = next(planned, None)
+        pending: _Planned | None = next(planned, None)
         stop_reason: str | None = None
         while True:
             stop_reason = stop_reason or self._deadline_passed()
-            if stop_reason is not None:
-                self._stop(stop_reason, in_flight, pending_plan, planned)
-                pending_plan = None
-            # Submit while there is a free slot.
-            while (
-                stop_reason is None
-                and pending_plan is not None
-                and len(in_flight) < opts.max_parallel_batches
-            ):
-                in_flight.append(self._submit(pending_plan))
-                pending_plan = next(planned, None)
+            if stop_reason is not None and pending is not None:
+                self._stop(stop_reason, in_flight, pending, planned)
+                pending = None
+            elif stop_reason is not None:
+                self._stop(stop_reason, in_flight, None, iter(()))
+            # Submit while a slot is free and the cap admits the next jobs.
+            while pending is not None and len(in_flight) < opts.max_parallel_batches:
+                admitted = self._admit(pending, in_flight)
+                if admitted is None:
+                    break
+                in_flight.append(self._submit(admitted))
+                n = admitted.job_ids.len()
+                pending = (
+                    next(planned, None) if n == pending.job_ids.len() else pending.tail(n)
+                )
+            if pending is not None and not in_flight:
+                # Nothing in flight will free budget: what does not fit now never will.
+                self._end_unsent("cost_limit", pending, planned)
+                pending = None
             self._report("running")
             if not in_flight:
                 break
-            # Poll what is due.
             now = time.monotonic()
-            for batch in [b for b in in_flight if b.next_poll <= now]:
+            for batch in [b for b in in_flight if b.next_poll <= now or not opts.wait]:
                 poll = self._poll(batch)
                 if poll is None:
                     continue
@@ -460,11 +533,18 @@ class Engine:
                     continue
                 self._collect(batch, poll)
                 in_flight.remove(batch)
-            if not opts.wait and (pending_plan is None or len(in_flight) >= 1):
-                # Submit-now-collect-later: one pass of submits and polls, then return.
-                if pending_plan is None or len(in_flight) >= opts.max_parallel_batches:
-                    break
-                continue
+            if not opts.wait:
+                # Submit now, collect later: one round of polls and submits, then return.
+                while pending is not None and len(in_flight) < opts.max_parallel_batches:
+                    admitted = self._admit(pending, in_flight)
+                    if admitted is None:
+                        break
+                    in_flight.append(self._submit(admitted))
+                    n = admitted.job_ids.len()
+                    pending = (
+                        next(planned, None) if n == pending.job_ids.len() else pending.tail(n)
+                    )
+                break
             if in_flight:
                 wake = min(b.next_poll for b in in_flight)
                 self._sleep(max(0.0, wake - time.monotonic()))
@@ -487,7 +567,10 @@ class Engine:
         for batch in in_flight:
             if batch.cancel_reason is None:
                 batch.cancel_reason = reason
-                self.providers[batch.provider].cancel(batch.provider_batch_id)
+                try:
+                    self.providers[batch.provider].cancel(batch.provider_batch_id)
+                except ProviderError:
+                    pass  # it may have ended meanwhile; the next poll tells
                 self.store.append_batch(
                     batch_key=batch.batch_key,
                     provider=batch.provider,
@@ -497,22 +580,25 @@ class Engine:
                     detail=reason,
                 )
                 batch.next_poll = 0.0
-        rest = [p for p in ([pending_plan] if pending_plan else [])] + list(planned)
-        if rest:
-            ids = pl.concat([p.job_ids for p in rest])
-            self._write_terminal(
-                pl.DataFrame(
-                    {"job_id": ids, "status": "cancelled", "error": f"cancelled: {reason}"}
-                ),
-                batch_key=None,
-                provider=None,
-                model=None,
-                provider_batch_id=None,
-            )
+        if pending_plan is not None:
+            self._end_unsent(reason, pending_plan, planned)
+
+    def _end_unsent(self, reason: str, first: _Planned, planned: Iterator[_Planned]) -> None:
+        """End every job not yet submitted as ``cancelled`` with ``reason``."""
+        ids = pl.concat([first.job_ids, *[p.job_ids for p in planned]])
+        self._write_terminal(
+            pl.DataFrame({"job_id": ids, "status": "cancelled", "error": f"cancelled: {reason}"}),
+            batch_key=None,
+            provider=None,
+            model=None,
+            provider_batch_id=None,
+        )
 
     def _submit(self, plan: _Planned) -> _InFlight:
         provider = self.providers[plan.provider]
-        tag = BatchTag(self.store.manifest.run_id, plan.batch_key, time.time())
+        tag = BatchTag(
+            self.store.manifest.run_id, plan.batch_key, time.time(), n_jobs=plan.job_ids.len()
+        )
         self.store.append_batch(
             batch_key=plan.batch_key,
             provider=plan.provider,
@@ -529,6 +615,8 @@ class Engine:
                 pl.lit("assigned").alias("status"),
             )
         )
+        reserved = float(plan.worst.fill_null(0.0).sum())
+        self._reserved += reserved
         batch_id = provider.submit(plan.lines, model=plan.model, tag=tag)
         _failpoint("after_submit")
         self.store.append_batch(
@@ -548,6 +636,7 @@ class Engine:
             provider_batch_id=batch_id,
             job_ids=plan.job_ids,
             backoff=self._backoff(),
+            reserved=reserved,
         )
 
     def _poll(self, batch: _InFlight) -> BatchPoll | None:
@@ -576,13 +665,15 @@ class Engine:
             self.spec,
             cancel_reason=batch.cancel_reason,
         )
-        self._write_terminal(
+        actual = self._write_terminal(
             events,
             batch_key=batch.batch_key,
             provider=batch.provider,
             model=batch.model,
             provider_batch_id=batch.provider_batch_id,
         )
+        self._spent += actual
+        self._reserved = max(0.0, self._reserved - batch.reserved)
         self.store.append_batch(
             batch_key=batch.batch_key,
             provider=batch.provider,
@@ -603,7 +694,8 @@ class Engine:
         provider: str | None,
         model: str | None,
         provider_batch_id: str | None,
-    ) -> None:
+    ) -> float:
+        """Append terminal job events with their cost; return the cost they add."""
         price = self.prices.get(provider, model) if provider and model else None
         frame = events.with_columns(
             pl.lit(batch_key, dtype=pl.String).alias("batch_key"),
@@ -616,8 +708,11 @@ class Engine:
         self.store.append_jobs(frame)
         for status in TERMINAL_JOB:
             self._counters.done[status] += int((frame.get_column("status") == status).sum())
+        added = 0.0
         if "cost_usd" in frame.columns:
-            self._counters.cost += float(frame.get_column("cost_usd").fill_null(0.0).sum())
+            added = float(frame.get_column("cost_usd").fill_null(0.0).sum())
+            self._counters.cost += added
+        return added
 
     # -- progress -----------------------------------------------------------------------------
 
