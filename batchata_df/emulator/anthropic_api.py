@@ -464,8 +464,6 @@ def render_message(spec: _Spec, rid: str, *, first_cache_write: bool = False) ->
     else:
         content.append({"type": "text", "text": text, "citations": None})
         out_tokens = answers.count_tokens(text)
-    if stop == "max_tokens":
-        out_tokens = spec.max_tokens
     out_tokens = min(out_tokens, spec.max_tokens)
     stop_details = {"type": "refusal", "category": None, "explanation": None} if (
         stop == "refusal"

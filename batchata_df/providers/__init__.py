@@ -25,6 +25,7 @@ SUPPORTED_PARAMS: dict[str, frozenset[str]] = {
             "reasoning_effort",
         }
     ),
+    "anthropic": frozenset({"max_tokens", "temperature", "top_p", "top_k", "stop"}),
 }
 
 
@@ -34,5 +35,12 @@ def make_provider(name: str) -> Provider:
         from batchata_df.providers.openai import OpenAIProvider
 
         return OpenAIProvider()
-    msg = f"provider {name!r} is not available in this version; use an OpenAI model"
+    if name == "anthropic":
+        from batchata_df.providers.anthropic import AnthropicProvider
+
+        return AnthropicProvider()
+    msg = (
+        f"provider {name!r} is not available in this version; use an OpenAI or an Anthropic "
+        "(claude-...) model"
+    )
     raise ModelError(msg)

@@ -62,6 +62,12 @@ class BatchTag:
     batch_key: str
     created_after: float
     """Unix time just before the submit was attempted (bounds the search)."""
+    n_jobs: int | None = None
+    """Requests in the batch, for providers that can only match a batch by its size."""
+    job_ids: frozenset[str] = frozenset()
+    """The batch's ``custom_id`` s (set on resume), to confirm a candidate by its results."""
+    known_batch_ids: frozenset[str] = frozenset()
+    """Provider batch ids this run already recorded: never an orphan."""
 
 
 @dataclass(frozen=True)

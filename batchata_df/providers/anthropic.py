@@ -1,0 +1,447 @@
+"""Anthropic Message Batches through the official ``anthropic`` SDK.
+
+Wire facts relied on (see ``provider-wire.md`` §2): a batch is created from a list of
+``{custom_id, params}`` requests (at most 100,000 and 256 MB); it is ``in_progress``, then
+``canceling`` if cancelled, then ``ended``; results are JSONL lines keyed by ``custom_id``
+in no particular order, each ``succeeded`` (a full ``Message``), ``errored``,
+``canceled`` or ``expired``. A ``Message`` may start with ``thinking`` blocks, so the
+answer is the concatenation of its ``text`` blocks, selected by type. Batches carry no
+metadata: a batch created just before a crash is found by its creation time, its size
+and, once it has ended, the ``custom_id`` s in its results.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+import polars as pl
+
+from batchata_df.errors import (
+    CredentialsError,
+    OrphanedBatchError,
+    ProviderError,
+    SchemaError,
+)
+from batchata_df.providers.base import (
+    RESULTS,
+    BatchPoll,
+    BatchTag,
+    ProviderState,
+    RequestSpec,
+    empty_results,
+    json_string,
+)
+
+if TYPE_CHECKING:
+    import anthropic
+    from anthropic.types.messages import MessageBatch
+
+__all__ = ["AnthropicProvider", "decode_results"]
+
+# Our names for model parameters -> the Messages API names.
+_PARAM_NAMES = {
+    "max_tokens": "max_tokens",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "stop": "stop_sequences",
+}
+SUPPORTED_PARAMS = frozenset(_PARAM_NAMES)
+
+# How far the provider's clock may be behind ours when we look for a batch by its
+# creation time, and how long a submit (upload plus SDK retries) may have taken.
+CLOCK_SKEW_S = 600.0
+SUBMIT_WINDOW_S = 3600.0
+
+_LINE_SCHEMA = pl.Schema(
+    {
+        "custom_id": pl.String(),
+        "result": pl.Struct(
+            {
+                "type": pl.String(),
+                "message": pl.Struct(
+                    {
+                        "content": pl.List(pl.Struct({"type": pl.String(), "text": pl.String()})),
+                        "stop_reason": pl.String(),
+                        "usage": pl.Struct(
+                            {
+                                "input_tokens": pl.Int64(),
+                                "output_tokens": pl.Int64(),
+                                "cache_creation_input_tokens": pl.Int64(),
+                                "cache_read_input_tokens": pl.Int64(),
+                            }
+                        ),
+                    }
+                ),
+                "error": pl.Struct(
+                    {
+                        "error": pl.Struct({"type": pl.String(), "message": pl.String()}),
+                    }
+                ),
+            }
+        ),
+    }
+)
+
+T = TypeVar("T")
+
+
+class AnthropicProvider:
+    """Anthropic's Message Batches API with structured output (``output_config.format``).
+
+    Parameters
+    ----------
+    api_key, base_url
+        Default to ``ANTHROPIC_API_KEY`` and ``ANTHROPIC_BASE_URL``.
+    """
+
+    name: ClassVar[str] = "anthropic"
+    max_requests: ClassVar[int] = 100_000
+    max_bytes: ClassVar[int] = 256 * 1000 * 1000  # "256 MB"; decimal keeps a safety margin
+
+    def __init__(self, api_key: str | None = None, base_url: str | None = None) -> None:
+        key = api_key or os.environ.get("ANTHROPIC_API_KEY")
+        if not key:
+            msg = (
+                "no Anthropic API key: set the ANTHROPIC_API_KEY environment variable (or put "
+                "it in a .env file) before running a Claude model"
+            )
+            raise CredentialsError(msg)
+        self._api_key = key
+        self._base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
+        self._client: anthropic.Anthropic | None = None
+
+    def __repr__(self) -> str:  # never show the key
+        return f"AnthropicProvider(base_url={self._base_url!r})"
+
+    @property
+    def client(self) -> anthropic.Anthropic:
+        """The SDK client, created on first use."""
+        if self._client is None:
+            anthropic = _import_sdk()
+            # api_key is always explicit: without it the SDK walks a credential chain
+            # (profiles, workload identity) that must not leak into a batch run.
+            self._client = anthropic.Anthropic(
+                api_key=self._api_key, base_url=self._base_url, max_retries=5
+            )
+        return self._client
+
+    def close(self) -> None:
+        """Close the SDK client's connection pool."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # -- errors: the one place SDK exceptions are translated ----------------------------------
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        anthropic = _import_sdk()
+        try:
+            return fn()
+        except anthropic.AuthenticationError as e:
+            msg = f"Anthropic rejected the API key while trying to {what}: check ANTHROPIC_API_KEY"
+            raise CredentialsError(msg) from e
+        except anthropic.APIStatusError as e:
+            msg = f"Anthropic failed to {what}: HTTP {e.status_code}: {_error_message(e.body)}"
+            raise ProviderError(msg) from e
+        except anthropic.AnthropicError as e:
+            msg = f"Anthropic failed to {what}: {type(e).__name__}: {e}"
+            raise ProviderError(msg) from e
+
+    # -- encode -------------------------------------------------------------------------------
+
+    def request_params_constant(self, spec: RequestSpec) -> str:
+        """The JSON members after ``messages`` that every request of the run shares."""
+        extra: dict[str, Any] = {}
+        for ours, value in spec.params.items():
+            extra[_PARAM_NAMES[ours]] = value
+        if isinstance(extra.get("stop_sequences"), str):
+            extra["stop_sequences"] = [extra["stop_sequences"]]
+        if spec.schema.json_schema is not None:
+            anthropic = _import_sdk()
+            try:
+                schema = anthropic.transform_schema(spec.schema.json_schema)
+            except (ValueError, TypeError) as e:
+                msg = f"the answer schema cannot be sent to Anthropic as structured output: {e}"
+                raise SchemaError(msg) from e
+            extra["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+        return "".join(f",{json.dumps(k)}:{json.dumps(v)}" for k, v in extra.items())
+
+    def encode(self, jobs: pl.DataFrame, spec: RequestSpec) -> pl.Series:
+        """Build one ``{custom_id, params}`` JSON object per job, vectorised.
+
+        ``jobs`` has ``job_id``, ``model``, ``prompt``, ``system`` and optionally
+        ``content_json`` (a JSON array of Anthropic content blocks that replaces the prompt
+        text).
+        """
+        tail = self.request_params_constant(spec)
+        user_content = (
+            pl.col("content_json")
+            if "content_json" in jobs.columns
+            else json_string(pl.col("prompt"))
+        )
+        system = (
+            pl.when(pl.col("system").is_not_null())
+            .then(pl.concat_str([pl.lit(',"system":'), json_string(pl.col("system"))]))
+            .otherwise(pl.lit(""))
+        )
+        line = pl.concat_str(
+            [
+                pl.lit('{"custom_id":"'),
+                pl.col("job_id"),
+                pl.lit('","params":{"model":'),
+                json_string(pl.col("model")),
+                pl.lit(',"messages":[{"role":"user","content":'),
+                user_content,
+                pl.lit("}]"),
+                system,
+                pl.lit(tail),
+                pl.lit("}}"),
+            ]
+        )
+        return jobs.select(line.alias("line")).to_series()
+
+    def line_overhead(self) -> int:
+        """One comma per request in the ``requests`` array."""
+        return 1
+
+    # -- client -------------------------------------------------------------------------------
+
+    def submit(self, lines: pl.Series, *, model: str, tag: BatchTag) -> str:
+        """Create the batch, sending the encoded requests as they are (no re-serialising)."""
+        from anthropic.types.messages import MessageBatch
+
+        # The lines are already the JSON of each request: join them into the body instead
+        # of parsing them into dicts for the SDK to serialise again.
+        body = b'{"requests":[' + ",".join(lines.to_list()).encode() + b"]}"
+        batch = self._call(
+            "create the message batch",
+            lambda: self.client.post(
+                "/v1/messages/batches",
+                cast_to=MessageBatch,
+                content=body,
+                options={"headers": {"content-type": "application/json"}},
+            ),
+        )
+        return batch.id
+
+    def poll(self, batch_id: str) -> BatchPoll:
+        """Retrieve the batch and normalize its status."""
+        b = self._call(
+            "retrieve the message batch",
+            lambda: self.client.messages.batches.retrieve(batch_id),
+        )
+        return _poll_of(b)
+
+    def results(self, batch_id: str, spec: RequestSpec) -> pl.DataFrame:
+        """Stream the results JSONL of an ended batch and decode it."""
+
+        def fetch() -> bytes:
+            buffer = io.BytesIO()
+            with self.client.messages.batches.with_streaming_response.results(batch_id) as r:
+                for chunk in r.iter_bytes():
+                    buffer.write(chunk)
+            return buffer.getvalue()
+
+        return decode_results(self._call("download the batch results", fetch))
+
+    def cancel(self, batch_id: str) -> None:
+        """Ask Anthropic to cancel the batch (it answers ``canceling``)."""
+        self._call(
+            "cancel the message batch", lambda: self.client.messages.batches.cancel(batch_id)
+        )
+
+    def find(self, tag: BatchTag) -> str | None:
+        """Find a batch created for ``tag`` by a crashed run.
+
+        Anthropic batches carry no metadata, so candidates are the batches created in the
+        window of the submit (allowing for clock skew) with as many requests as ours, and
+        not already recorded by this run. An ended candidate is confirmed or ruled out by
+        the ``custom_id`` of its first result line; one still running cannot be checked.
+        Exactly one candidate left is ours; none means the submit never arrived; several
+        is an :class:`~batchata_df.errors.OrphanedBatchError`.
+        """
+        lo = tag.created_after - CLOCK_SKEW_S
+        hi = tag.created_after + SUBMIT_WINDOW_S + CLOCK_SKEW_S
+        candidates: list[MessageBatch] = []
+        for b in self._iter_batches():
+            created = b.created_at.timestamp()
+            if created < lo:
+                break  # listed newest first: nothing older can be ours
+            if created > hi or b.id in tag.known_batch_ids:
+                continue
+            c = b.request_counts
+            total = c.processing + c.succeeded + c.errored + c.canceled + c.expired
+            if tag.n_jobs is not None and total != tag.n_jobs:
+                continue
+            candidates.append(b)
+        confirmed: list[str] = []
+        unknown: list[str] = []
+        for b in candidates:
+            verdict = self._first_custom_id_matches(b, tag.job_ids)
+            if verdict is True:
+                confirmed.append(b.id)
+            elif verdict is None:
+                unknown.append(b.id)
+        if len(confirmed) == 1:
+            return confirmed[0]
+        possible = confirmed + unknown
+        if not possible:
+            return None
+        if len(possible) == 1:
+            return possible[0]
+        when = dt.datetime.fromtimestamp(tag.created_after, dt.UTC).isoformat(timespec="seconds")
+        msg = (
+            f"a previous run stopped right after submitting batch {tag.batch_key!r} "
+            f"({tag.n_jobs} requests, at {when}), and Anthropic has {len(possible)} batches "
+            f"that could be it: {possible!r}. Anthropic batches carry no tag, so batchata-df "
+            "cannot tell which one is this run's. Wait until these batches have ended (their "
+            "results name our requests) and run again, or cancel the ones that are not from "
+            "this run; nothing was submitted again so that nothing is paid twice"
+        )
+        raise OrphanedBatchError(msg)
+
+    def _first_custom_id_matches(self, batch: MessageBatch, job_ids: frozenset[str]) -> bool | None:
+        """Whether an ended batch's results are for ``job_ids``; ``None`` if unknowable."""
+        if batch.processing_status != "ended" or not batch.results_url or not job_ids:
+            return None
+
+        def first() -> str | None:
+            stream = self.client.messages.batches.with_streaming_response.results(batch.id)
+            with stream as r:
+                for line in r.iter_lines():
+                    if line.strip():
+                        return str(json.loads(line).get("custom_id"))
+            return None
+
+        try:
+            custom_id = self._call("read a candidate batch's results", first)
+        except ProviderError:
+            return None  # archived or unreadable: cannot rule it out
+        return None if custom_id is None else custom_id in job_ids
+
+    def _iter_batches(self) -> Iterator[MessageBatch]:
+        try:
+            page = self._call(
+                "list message batches", lambda: self.client.messages.batches.list(limit=100)
+            )
+            yield from page
+        except ProviderError as e:
+            msg = (
+                "a previous run may have created an Anthropic batch just before it stopped, "
+                f"but listing batches failed ({e}); retry later so that nothing is paid twice"
+            )
+            raise OrphanedBatchError(msg) from e
+
+
+def _import_sdk() -> Any:
+    try:
+        import anthropic
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        msg = (
+            "the Anthropic provider needs the anthropic package: "
+            "pip install 'batchata-df[anthropic]'"
+        )
+        raise ProviderError(msg) from e
+    return anthropic
+
+
+def _poll_of(b: MessageBatch) -> BatchPoll:
+    c = b.request_counts
+    counts = {
+        "total": c.processing + c.succeeded + c.errored + c.canceled + c.expired,
+        "processing": c.processing,
+        "succeeded": c.succeeded,
+        "errored": c.errored,
+        "canceled": c.canceled,
+        "expired": c.expired,
+    }
+    status = b.processing_status
+    if status != "ended":
+        return BatchPoll(ProviderState.RUNNING, status, None, counts)
+    if b.cancel_initiated_at is not None:
+        return BatchPoll(ProviderState.CANCELLED, status, "canceled", counts)
+    if c.expired:
+        detail = f"{c.expired} requests expired before the batch finished (24 h)"
+        return BatchPoll(ProviderState.EXPIRED, status, detail, counts)
+    return BatchPoll(ProviderState.ENDED, status, None, counts)
+
+
+def _error_message(body: object) -> str:
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict):
+            return f"{err.get('type', 'error')}: {err.get('message', err)}"
+    return str(body)
+
+
+def decode_results(data: bytes) -> pl.DataFrame:
+    r"""Decode Message Batch results JSONL into the normalized :data:`RESULTS` frame.
+
+    The answer text is the concatenation of the ``text`` blocks (``thinking`` and other
+    blocks are skipped by type); input tokens include cache reads and writes.
+
+    Examples
+    --------
+    >>> line = (
+    ...     b'{"custom_id":"a","result":{"type":"succeeded","message":{"content":['
+    ...     b'{"type":"thinking","thinking":"","signature":"s"},{"type":"text","text":"hi"}],'
+    ...     b'"stop_reason":"end_turn","usage":{"input_tokens":3,"output_tokens":1,'
+    ...     b'"cache_creation_input_tokens":0,"cache_read_input_tokens":4}}}}\n'
+    ...     b'{"custom_id":"b","result":{"type":"errored","error":{"type":"error",'
+    ...     b'"error":{"type":"api_error","message":"boom"}}}}\n'
+    ... )
+    >>> decode_results(line).select("job_id", "text", "error", "input_tokens").rows()
+    [('a', 'hi', None, 7), ('b', None, 'api_error: boom', None)]
+    """
+    if not data.strip():
+        return empty_results()
+    raw = pl.read_ndjson(io.BytesIO(data), schema=_LINE_SCHEMA)
+    result = pl.col("result")
+    kind = result.struct.field("type")
+    message = result.struct.field("message")
+    stop = message.struct.field("stop_reason")
+    usage = message.struct.field("usage")
+    texts = message.struct.field("content").list.eval(
+        pl.element().filter(pl.element().struct.field("type") == "text").struct.field("text")
+    )
+    text = pl.when(texts.list.len() > 0).then(texts.list.join(""))
+    err = result.struct.field("error").struct.field("error")
+    refused = (kind == "succeeded") & (stop == "refusal")
+    outcome = pl.when(refused).then(pl.lit("errored")).otherwise(kind)
+    error = (
+        pl.when(refused)
+        .then(pl.concat_str([pl.lit("refusal: "), text.fill_null("")]))
+        .when(kind == "errored")
+        .then(
+            pl.concat_str(
+                [
+                    err.struct.field("type").fill_null("error"),
+                    pl.lit(": "),
+                    err.struct.field("message").fill_null(""),
+                ]
+            )
+        )
+        .when(kind == "expired")
+        .then(pl.lit("expired: the batch expired (24 h) before this request ran"))
+        .when(kind == "canceled")
+        .then(pl.lit("cancelled: the batch was cancelled before this request ran"))
+    )
+    cache_read = usage.struct.field("cache_read_input_tokens").fill_null(0)
+    cache_write = usage.struct.field("cache_creation_input_tokens").fill_null(0)
+    out = raw.select(
+        pl.col("custom_id").alias("job_id"),
+        outcome.alias("outcome"),
+        pl.when(kind == "succeeded").then(text).alias("text"),
+        error.alias("error"),
+        (stop == "max_tokens").fill_null(False).alias("truncated"),
+        (usage.struct.field("input_tokens") + cache_read + cache_write).alias("input_tokens"),
+        usage.struct.field("output_tokens").alias("output_tokens"),
+        pl.when(usage.is_not_null()).then(cache_read).alias("cached_tokens"),
+    )
+    return out.cast(dict(RESULTS.items()))
