@@ -29,16 +29,23 @@ SUPPORTED_PARAMS: dict[str, frozenset[str]] = {
 }
 
 
-def make_provider(name: str) -> Provider:
-    """Create the provider called ``name`` with credentials from the environment."""
+def make_provider(name: str, *, offline: bool = False) -> Provider:
+    """Create the provider called ``name`` with credentials from the environment.
+
+    ``offline=True`` gives a provider that can only encode requests (for dry runs): it
+    needs no credentials and never opens a connection.
+    """
+    kw: dict[str, str] = {}
+    if offline:
+        kw = {"api_key": "offline", "base_url": "http://offline.invalid"}
     if name == "openai":
         from batchata_df.providers.openai import OpenAIProvider
 
-        return OpenAIProvider()
+        return OpenAIProvider(**kw)
     if name == "anthropic":
         from batchata_df.providers.anthropic import AnthropicProvider
 
-        return AnthropicProvider()
+        return AnthropicProvider(**kw)
     msg = (
         f"provider {name!r} is not available in this version; use an OpenAI or an Anthropic "
         "(claude-...) model"
