@@ -322,9 +322,7 @@ def connect(
         con.execute(f"DROP VIEW IF EXISTS {view}")
     con.execute(_events_view("job_events", JOB_EVENTS, job_files))
     con.execute(_events_view("batch_events", BATCH_EVENTS, batch_files))
-    has_est = any(
-        row[0] == "est_cost_usd" for row in con.execute("DESCRIBE job_events").fetchall()
-    )
+    has_est = any(row[0] == "est_cost_usd" for row in con.execute("DESCRIBE job_events").fetchall())
     est = "arg_max(est_cost_usd, seq)" if has_est else "CAST(NULL AS DOUBLE)"
     con.execute(_JOBS_VIEW.format(est=est))
     con.execute(_BATCHES_VIEW)

@@ -414,10 +414,7 @@ def estimate_image_tokens(
     distinct = sizes.unique().drop_nulls()
     table = distinct.with_columns(
         tokens=pl.Series(
-            [
-                image_tokens(w, h, provider, model, detail=detail)
-                for w, h in distinct.iter_rows()
-            ],
+            [image_tokens(w, h, provider, model, detail=detail) for w, h in distinct.iter_rows()],
             dtype=pl.Int64,
         )
     )
