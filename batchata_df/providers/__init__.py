@@ -46,8 +46,12 @@ def make_provider(name: str, *, offline: bool = False) -> Provider:
         from batchata_df.providers.anthropic import AnthropicProvider
 
         return AnthropicProvider(**kw)
+    if name == "gemini":
+        from batchata_df.providers.gemini import GeminiProvider
+
+        return GeminiProvider(**kw)
     msg = (
-        f"provider {name!r} is not available in this version; use an OpenAI or an Anthropic "
-        "(claude-...) model"
+        f"provider {name!r} is not available in this version; use an OpenAI, Anthropic "
+        "(claude-...) or Gemini (gemini-...) model"
     )
     raise ModelError(msg)

@@ -1,0 +1,607 @@
+"""Google Gemini batch mode (Developer API) through the official ``google-genai`` SDK.
+
+Wire facts relied on (``provider-wire.md`` §3, checked against google-genai 3.6.1):
+
+* a batch is created with ``POST /{ver}/models/{model}:batchGenerateContent``, either with
+  the requests inline (the whole request must stay under 20 MB) or from an uploaded JSONL
+  file (up to 2 GB) of ``{"key", "request"}`` lines;
+* the SDK reads only ``name`` and ``metadata`` of the Operation: the results are in
+  ``BatchJob.dest`` (``inlined_responses`` with our ``metadata.key``, or ``file_name`` of
+  a JSONL result file keyed by ``key``); ``batchStats`` and batch-level errors are not
+  mapped, and ``.parsed`` is never set -- we decode the answer text ourselves;
+* ``JOB_STATE_EXPIRED`` (not done within 48 h) comes with no results at all;
+* ``display_name`` is echoed by ``batches.list``: it carries the run id and batch key so
+  that a resumed run finds a batch created just before a crash;
+* the SDK retries nothing unless ``HttpOptions.retry_options`` is set, defaults to API
+  version ``v1`` (we pin ``v1beta``, the version of the published REST docs), and closes
+  its HTTP client when the ``Client`` object is garbage-collected, so the provider keeps
+  its client for its whole life;
+* ``responseJsonSchema`` accepts a subset of JSON Schema (``$defs``/``$ref``, ``anyOf``,
+  ``enum`` of strings and numbers, ``additionalProperties``, ``minimum``/``maximum``,
+  ``minItems``/``maxItems``, ``format``, ...): :func:`gemini_json_schema` rewrites the
+  strict schema into that subset, and answers are validated against the full model anyway.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+import polars as pl
+
+from batchata_df.errors import (
+    CredentialsError,
+    OrphanedBatchError,
+    ProviderError,
+    SchemaError,
+)
+from batchata_df.providers.base import (
+    RESULTS,
+    BatchPoll,
+    BatchTag,
+    ProviderState,
+    RequestSpec,
+    empty_results,
+    json_string,
+)
+
+if TYPE_CHECKING:
+    from google import genai
+    from google.genai import types
+
+__all__ = ["GeminiProvider", "decode_lines", "gemini_json_schema"]
+
+API_VERSION = "v1beta"
+INPUT_MIME_TYPE = "jsonl"  # what Google's batch docs upload with; .jsonl has no stdlib mime type
+CANCELLED_CODES = frozenset({1, 499})  # google.rpc.Code.CANCELLED and its HTTP form
+
+_STATES = {
+    "JOB_STATE_SUCCEEDED": ProviderState.ENDED,
+    "JOB_STATE_PARTIALLY_SUCCEEDED": ProviderState.ENDED,
+    "JOB_STATE_CANCELLED": ProviderState.CANCELLED,
+    "JOB_STATE_EXPIRED": ProviderState.EXPIRED,
+    "JOB_STATE_FAILED": ProviderState.FAILED,
+}  # every other state (PENDING, QUEUED, RUNNING, CANCELLING, ...) is still running
+
+# Our names for model parameters -> generationConfig fields.
+_PARAM_NAMES = {
+    "max_tokens": "maxOutputTokens",
+    "temperature": "temperature",
+    "top_p": "topP",
+    "top_k": "topK",
+    "stop": "stopSequences",
+    "seed": "seed",
+}
+SUPPORTED_PARAMS = frozenset(_PARAM_NAMES)
+
+# Keywords responseJsonSchema accepts (the SDK's GenerateContentConfig docstring).
+_SCHEMA_KEYWORDS = frozenset(
+    {"$id", "$defs", "$ref", "$anchor", "type", "format", "title", "description", "enum",
+     "items", "prefixItems", "minItems", "maxItems", "minimum", "maximum", "anyOf", "oneOf",
+     "properties", "additionalProperties", "required", "propertyOrdering"}
+)  # fmt: skip
+# Constraints Gemini cannot enforce: dropped from the schema, told to the model instead.
+_HINT_KEYWORDS = ("pattern", "minLength", "maxLength", "exclusiveMinimum", "exclusiveMaximum",
+                  "multipleOf", "uniqueItems")  # fmt: skip
+
+_PART = pl.Struct({"text": pl.String(), "thought": pl.Boolean()})
+_LINE_SCHEMA = pl.Schema(
+    {
+        "key": pl.String(),
+        "response": pl.Struct(
+            {
+                "candidates": pl.List(
+                    pl.Struct(
+                        {
+                            "content": pl.Struct({"parts": pl.List(_PART)}),
+                            "finishReason": pl.String(),
+                        }
+                    )
+                ),
+                "promptFeedback": pl.Struct({"blockReason": pl.String()}),
+                "usageMetadata": pl.Struct(
+                    {
+                        "promptTokenCount": pl.Int64(),
+                        "candidatesTokenCount": pl.Int64(),
+                        "cachedContentTokenCount": pl.Int64(),
+                        "thoughtsTokenCount": pl.Int64(),
+                    }
+                ),
+            }
+        ),
+        "error": pl.Struct({"code": pl.Int64(), "message": pl.String()}),
+    }
+)
+
+T = TypeVar("T")
+
+
+# -- schema dialect --------------------------------------------------------------------------
+
+
+def gemini_json_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """Rewrite a strict JSON Schema into the subset ``responseJsonSchema`` accepts.
+
+    ``const`` becomes a one-value ``enum`` (``type: boolean`` for booleans), type lists
+    become ``anyOf``, objects get ``propertyOrdering`` so answers keep the model's field
+    order, and constraints Gemini cannot enforce (``pattern``, ``minLength``, ...) move
+    into the ``description`` as hints. Recursive models are refused: Gemini only unrolls
+    cycles through optional properties, and strict schemas make every property required.
+
+    Raises
+    ------
+    SchemaError
+        The schema is recursive.
+
+    Examples
+    --------
+    >>> gemini_json_schema({"type": "object", "additionalProperties": False,
+    ...     "required": ["v"], "properties": {"v": {"const": "x"}}})["properties"]
+    {'v': {'enum': ['x']}}
+    >>> gemini_json_schema({"type": "string", "pattern": "^a+$"})
+    {'type': 'string', 'description': 'pattern: ^a+$'}
+    """
+    defs = schema.get("$defs", {})
+    _check_acyclic(defs)
+    out = _rewrite(schema)
+    assert isinstance(out, dict)
+    return out
+
+
+def _rewrite(node: object) -> object:
+    if isinstance(node, list):
+        return [_rewrite(n) for n in node]
+    if not isinstance(node, Mapping):
+        return node
+    if "$ref" in node:  # Gemini allows only $-keywords beside $ref
+        return {k: v for k, v in node.items() if k.startswith("$")}
+    out: dict[str, Any] = {}
+    hints: list[str] = []
+    for key, value in node.items():
+        if key in ("properties", "$defs"):
+            out[key] = {k: _rewrite(v) for k, v in value.items()}
+        elif key == "const":
+            if isinstance(value, bool):
+                out["type"] = "boolean"
+            elif value is None:
+                out["type"] = "null"
+            else:
+                out["enum"] = [value]
+        elif key == "enum" and all(isinstance(v, bool) for v in value):
+            out["type"] = "boolean"
+        elif key == "type" and isinstance(value, list):
+            out["anyOf"] = [{"type": t} for t in value]
+        elif key == "allOf" and isinstance(value, list):
+            for part in value:
+                rewritten = _rewrite(part)
+                if isinstance(rewritten, dict):
+                    for k, v in rewritten.items():
+                        out.setdefault(k, v)
+        elif key in _HINT_KEYWORDS:
+            hints.append(f"{key}: {value}")
+        elif key in _SCHEMA_KEYWORDS:
+            out[key] = _rewrite(value)
+    if hints:
+        hint = "; ".join(hints)
+        out["description"] = f"{out['description']} ({hint})" if "description" in out else hint
+    if isinstance(out.get("properties"), dict) and out["properties"]:
+        out["propertyOrdering"] = list(out["properties"])
+    return out
+
+
+def _refs(node: object) -> Iterator[str]:
+    if isinstance(node, Mapping):
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            yield ref.rsplit("/", 1)[-1]
+        for value in node.values():
+            yield from _refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _refs(value)
+
+
+def _check_acyclic(defs: Mapping[str, Any]) -> None:
+    edges = {name: set(_refs(body)) for name, body in defs.items()}
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in path:
+            cycle = " -> ".join((*path[path.index(name) :], name))
+            msg = (
+                f"the answer model is recursive ({cycle}); Gemini structured output cannot "
+                "express a recursive model whose fields are all required: give the nested "
+                "model a fixed depth (separate classes per level)"
+            )
+            raise SchemaError(msg)
+        if name in done:
+            return
+        for nxt in edges.get(name, ()):
+            visit(nxt, (*path, name))
+        done.add(name)
+
+    for name in edges:
+        visit(name, ())
+
+
+# -- the provider ----------------------------------------------------------------------------
+
+
+class GeminiProvider:
+    """Gemini batch mode with structured output (``responseJsonSchema``).
+
+    Parameters
+    ----------
+    api_key, base_url
+        Default to ``GOOGLE_API_KEY`` / ``GEMINI_API_KEY`` (the SDK's order: the first
+        wins) and ``GOOGLE_GEMINI_BASE_URL``.
+    """
+
+    name: ClassVar[str] = "gemini"
+    max_requests: ClassVar[int] = 100_000
+    max_bytes: ClassVar[int] = 2_000_000_000
+    """An uploaded input file holds at most 2 GB."""
+    inline_max_bytes: ClassVar[int] = 19 * 1024 * 1024
+    """Requests totalling fewer bytes are sent inline; larger ones go through a file upload.
+    The API refuses an inline request over 20 MB; the margin covers the JSON the SDK adds."""
+    retry_attempts: ClassVar[int] = 5
+    retry_initial_delay: ClassVar[float] = 1.0
+    retry_max_delay: ClassVar[float] = 30.0
+    timeout_ms: ClassVar[int] = 600_000
+
+    def __init__(self, api_key: str | None = None, base_url: str | None = None) -> None:
+        key = api_key or os.environ.get("GOOGLE_API_KEY") or os.environ.get("GEMINI_API_KEY")
+        if not key:
+            msg = (
+                "no Gemini API key: set the GEMINI_API_KEY (or GOOGLE_API_KEY) environment "
+                "variable (or put it in a .env file) before running a Gemini model"
+            )
+            raise CredentialsError(msg)
+        self._api_key = key
+        self._base_url = base_url or os.environ.get("GOOGLE_GEMINI_BASE_URL") or None
+        self._client: genai.Client | None = None
+        self._schema_cache: tuple[int, dict[str, Any]] | None = None
+
+    def __repr__(self) -> str:  # never show the key
+        return f"GeminiProvider(base_url={self._base_url!r})"
+
+    @property
+    def client(self) -> genai.Client:
+        """The SDK client, created on first use and kept (its finaliser closes HTTP)."""
+        if self._client is None:
+            try:
+                from google import genai
+                from google.genai import types
+            except ImportError as e:
+                msg = (
+                    "the Gemini provider needs the google-genai package: "
+                    "pip install 'batchata-df[gemini]'"
+                )
+                raise ProviderError(msg) from e
+            options = types.HttpOptions(
+                base_url=self._base_url,
+                api_version=API_VERSION,
+                timeout=self.timeout_ms,
+                retry_options=types.HttpRetryOptions(
+                    attempts=self.retry_attempts,
+                    initial_delay=self.retry_initial_delay,
+                    max_delay=self.retry_max_delay,
+                ),
+            )
+            self._client = genai.Client(api_key=self._api_key, vertexai=False, http_options=options)
+        return self._client
+
+    def close(self) -> None:
+        """Close the SDK client's HTTP connections."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # -- errors: the one place SDK exceptions are translated ----------------------------------
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        from google.genai import errors
+
+        try:
+            return fn()
+        except errors.APIError as e:
+            message = e.message or str(e)
+            if e.code in (401, 403) or "API key" in message:
+                msg = (
+                    f"Gemini rejected the API key while trying to {what}: check GEMINI_API_KEY "
+                    f"(or GOOGLE_API_KEY): HTTP {e.code} {e.status}"
+                )
+                raise CredentialsError(msg) from e
+            msg = f"Gemini failed to {what}: HTTP {e.code} {e.status}: {message}"
+            raise ProviderError(msg) from e
+        except _transport_errors() as e:
+            msg = f"Gemini failed to {what}: {type(e).__name__}: {e}"
+            raise ProviderError(msg) from e
+
+    # -- encode -------------------------------------------------------------------------------
+
+    def generation_config(self, spec: RequestSpec) -> str:
+        """The ``generationConfig`` JSON that every request of the run shares."""
+        config: dict[str, Any] = {}
+        if spec.schema.json_schema is not None:
+            config["responseMimeType"] = "application/json"
+            config["responseJsonSchema"] = self._gemini_schema(spec.schema.json_schema)
+        for ours, value in spec.params.items():
+            if ours == "stop" and isinstance(value, str):
+                value = [value]
+            config[_PARAM_NAMES[ours]] = value
+        return json.dumps(config, separators=(",", ":"), ensure_ascii=False)
+
+    def _gemini_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
+        if self._schema_cache is None or self._schema_cache[0] != id(schema):
+            self._schema_cache = (id(schema), gemini_json_schema(schema))
+        return self._schema_cache[1]
+
+    def encode(self, jobs: pl.DataFrame, spec: RequestSpec) -> pl.Series:
+        """Build one ``{"key", "request"}`` JSONL line per job, vectorised.
+
+        ``key`` is the job id; the same lines are uploaded as the input file, or sent
+        inline with the key as ``metadata.key``.
+        """
+        config = self.generation_config(spec)
+        system = (
+            pl.when(pl.col("system").is_not_null())
+            .then(
+                pl.concat_str(
+                    [
+                        pl.lit(',"systemInstruction":{"parts":[{"text":'),
+                        json_string(pl.col("system")),
+                        pl.lit("}]}"),
+                    ]
+                )
+            )
+            .otherwise(pl.lit(""))
+        )
+        line = pl.concat_str(
+            [
+                pl.lit('{"key":'),
+                json_string(pl.col("job_id")),
+                pl.lit(',"request":{"contents":[{"role":"user","parts":[{"text":'),
+                json_string(pl.col("prompt")),
+                pl.lit("}]}]"),
+                system,
+                pl.lit(f',"generationConfig":{config}}}}}'),
+            ]
+        )
+        return jobs.select(line.alias("line")).to_series()
+
+    def line_overhead(self) -> int:
+        """One newline per request line."""
+        return 1
+
+    # -- client -------------------------------------------------------------------------------
+
+    @staticmethod
+    def display_name(tag: BatchTag) -> str:
+        """The display name that lets :meth:`find` recognise the batch of ``tag``."""
+        return f"batchata-{tag.run_id}-{tag.batch_key}"
+
+    def submit(self, lines: pl.Series, *, model: str, tag: BatchTag) -> str:
+        """Create the batch inline, or from an uploaded file when it is large."""
+        from google.genai import types
+
+        size = int(lines.str.len_bytes().sum()) + lines.len()
+        config = types.CreateBatchJobConfig(display_name=self.display_name(tag))
+        src: Any
+        if size < self.inline_max_bytes:
+            src = [_inlined_request(line) for line in lines.to_list()]
+        else:
+            payload = io.BytesIO("\n".join(lines.to_list()).encode())
+            uploaded = self._call(
+                "upload the batch input file",
+                lambda: self.client.files.upload(
+                    file=payload,
+                    config=types.UploadFileConfig(
+                        mime_type=INPUT_MIME_TYPE,
+                        display_name=f"{self.display_name(tag)}-input",
+                    ),
+                ),
+            )
+            if not uploaded.name:  # pragma: no cover - the API always names files
+                msg = "Gemini accepted the input file upload but returned no file name"
+                raise ProviderError(msg)
+            src = uploaded.name
+        job = self._call(
+            "create the batch",
+            lambda: self.client.batches.create(model=model, src=src, config=config),
+        )
+        if not job.name:  # pragma: no cover - the API always names batches
+            msg = "Gemini created a batch but returned no batch name"
+            raise ProviderError(msg)
+        return job.name
+
+    def _get(self, batch_id: str) -> types.BatchJob:
+        return self._call("retrieve the batch", lambda: self.client.batches.get(name=batch_id))
+
+    def poll(self, batch_id: str) -> BatchPoll:
+        """Retrieve the batch and normalize its state."""
+        job = self._get(batch_id)
+        status = job.state.value if job.state is not None else "JOB_STATE_UNSPECIFIED"
+        state = _STATES.get(status, ProviderState.RUNNING)
+        detail = None
+        if job.error is not None:
+            detail = f"{job.error.code}: {job.error.message}"
+        elif state is ProviderState.FAILED:
+            detail = f"Gemini reported {status} (the Developer API gives no reason)"
+        return BatchPoll(state, status, detail)
+
+    def results(self, batch_id: str, spec: RequestSpec) -> pl.DataFrame:
+        """Decode the inlined responses or the downloaded result file of a batch."""
+        job = self._get(batch_id)
+        dest = job.dest
+        if dest is None:  # expired and failed batches have no results
+            return empty_results()
+        if dest.inlined_responses:
+            return decode_lines(_inlined_lines(dest.inlined_responses))
+        if dest.file_name:
+            name = dest.file_name
+            data = self._call(
+                "download the result file", lambda: self.client.files.download(file=name)
+            )
+            return decode_lines(data)
+        return empty_results()
+
+    def cancel(self, batch_id: str) -> None:
+        """Ask Gemini to cancel the batch; a batch that already ended is left as it is."""
+        from google.genai import errors
+
+        try:
+            self._call("cancel the batch", lambda: self.client.batches.cancel(name=batch_id))
+        except ProviderError as e:
+            cause = e.__cause__
+            if isinstance(cause, errors.ClientError) and cause.status == "FAILED_PRECONDITION":
+                return  # it ended meanwhile; the next poll collects it
+            raise
+
+    def find(self, tag: BatchTag) -> str | None:
+        """Find our batch by display name among batches created since the intent."""
+        from google.genai import types
+
+        wanted = self.display_name(tag)
+        horizon = tag.created_after - 600  # clock skew allowance
+        try:
+            pager = self._call(
+                "list batches",
+                lambda: self.client.batches.list(config=types.ListBatchJobsConfig(page_size=100)),
+            )
+            page = list(pager.page)
+            while True:
+                for job in page:
+                    if job.display_name == wanted and job.name:
+                        return job.name
+                # Listed newest first; a page entirely older than the intent ends the search.
+                times = [j.create_time.timestamp() for j in page if j.create_time is not None]
+                if not page or (times and max(times) < horizon):
+                    return None
+                if not pager.config.get("page_token"):
+                    return None
+                page = list(self._call("list batches", pager.next_page))
+        except ProviderError as e:
+            msg = (
+                "a previous run may have created a Gemini batch just before it stopped, but "
+                f"listing batches failed ({e}); retry later so that nothing is paid twice"
+            )
+            raise OrphanedBatchError(msg) from e
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Network errors of the HTTP stacks the SDK may use (httpx2 when installed, httpx)."""
+    found: list[type[BaseException]] = []
+    for module in ("httpx2", "httpx"):
+        try:
+            mod = __import__(module)
+        except ImportError:
+            continue
+        found.append(mod.HTTPError)
+    return tuple(found)
+
+
+def _inlined_request(line: str) -> dict[str, Any]:
+    """One encoded line as the SDK's ``InlinedRequest`` (camelCase keys are its aliases)."""
+    obj = json.loads(line)
+    request = obj["request"]
+    config = dict(request.get("generationConfig") or {})
+    if "systemInstruction" in request:
+        config["systemInstruction"] = request["systemInstruction"]
+    return {"contents": request["contents"], "config": config, "metadata": {"key": obj["key"]}}
+
+
+def _inlined_lines(responses: list[types.InlinedResponse]) -> bytes:
+    """Inlined responses (already parsed by the SDK) back as result-file lines."""
+    lines = []
+    for r in responses:
+        line: dict[str, Any] = {"key": (r.metadata or {}).get("key")}
+        if r.response is not None:
+            line["response"] = r.response.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if r.error is not None:
+            line["error"] = r.error.model_dump(mode="json", exclude_none=True)
+        lines.append(json.dumps(line, separators=(",", ":")))
+    return "\n".join(lines).encode()
+
+
+def decode_lines(data: bytes) -> pl.DataFrame:
+    """Decode Gemini result lines (``{"key", "response" | "error"}``) into RESULTS.
+
+    The answer is the concatenated text parts of the first candidate, without thought
+    parts. Usage: input = ``promptTokenCount``, output = ``candidatesTokenCount`` +
+    ``thoughtsTokenCount`` (thinking is billed as output), cached =
+    ``cachedContentTokenCount``.
+    """
+    data = data.strip()
+    if not data:
+        return empty_results()
+    raw = pl.read_ndjson(io.BytesIO(data), schema=_LINE_SCHEMA).filter(pl.col("key").is_not_null())
+    resp = pl.col("response")
+    candidate = resp.struct.field("candidates").list.first()
+    parts = candidate.struct.field("content").struct.field("parts")
+    text_parts = parts.list.eval(
+        pl.when(pl.element().struct.field("thought").fill_null(False).not_()).then(
+            pl.element().struct.field("text")
+        )
+    ).list.drop_nulls()
+    text = pl.when(text_parts.list.len() > 0).then(text_parts.list.join(""))
+    finish = candidate.struct.field("finishReason")
+    usage = resp.struct.field("usageMetadata")
+    err = pl.col("error")
+    err_code = err.struct.field("code")
+    blocked = resp.struct.field("promptFeedback").struct.field("blockReason")
+    ok = err.is_null() & text.is_not_null()
+    outcome = (
+        pl.when(ok)
+        .then(pl.lit("succeeded"))
+        .when(err_code.is_in(list(CANCELLED_CODES)))
+        .then(pl.lit("canceled"))
+        .otherwise(pl.lit("errored"))
+    )
+    error = (
+        pl.when(ok)
+        .then(pl.lit(None, dtype=pl.String))
+        .when(err.is_not_null())
+        .then(
+            pl.concat_str(
+                [
+                    pl.lit("error_"),
+                    err_code.cast(pl.String).fill_null("?"),
+                    pl.lit(": "),
+                    err.struct.field("message").fill_null("request failed"),
+                ]
+            )
+        )
+        .when(blocked.is_not_null())
+        .then(pl.concat_str([pl.lit("blocked: the prompt was blocked ("), blocked, pl.lit(")")]))
+        .otherwise(
+            pl.concat_str(
+                [
+                    pl.lit("no_answer: the model returned no text (finish reason "),
+                    finish.fill_null("unknown"),
+                    pl.lit(")"),
+                ]
+            )
+        )
+    )
+    out = raw.select(
+        pl.col("key").alias("job_id"),
+        outcome.alias("outcome"),
+        pl.when(ok).then(text).alias("text"),
+        error.alias("error"),
+        (finish == "MAX_TOKENS").fill_null(False).alias("truncated"),
+        usage.struct.field("promptTokenCount").alias("input_tokens"),
+        pl.when(usage.is_not_null())
+        .then(
+            usage.struct.field("candidatesTokenCount").fill_null(0)
+            + usage.struct.field("thoughtsTokenCount").fill_null(0)
+        )
+        .alias("output_tokens"),
+        pl.when(usage.is_not_null())
+        .then(usage.struct.field("cachedContentTokenCount").fill_null(0))
+        .alias("cached_tokens"),
+    )
+    return out.cast(dict(RESULTS.items()))
