@@ -191,7 +191,8 @@ def test_snapshot_is_consistent_while_parts_are_written(tmp_path: Path) -> None:
             again = con.execute("SELECT count(*) FROM job_events").fetchall()[0][0]
             assert again == n_events
             jobs, distinct = con.execute(
-                "SELECT (SELECT count(*) FROM jobs), (SELECT count(DISTINCT job_id) FROM job_events)"
+                "SELECT (SELECT count(*) FROM jobs), "
+                "(SELECT count(DISTINCT job_id) FROM job_events)"
             ).fetchall()[0]
             assert jobs == distinct
             assert n_events % 20 == 0  # whole parts only
