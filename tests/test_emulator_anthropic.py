@@ -73,8 +73,11 @@ def client(emu) -> Iterator[anthropic.Anthropic]:
 @pytest.fixture
 def settings_restored(emu) -> Iterator[None]:
     yield
-    emu.configure(latency=0.0, cancel_delay=0.0, anthropic={"max_requests": 100_000,
-                                                            "max_bytes": 256 * 1024 * 1024})
+    emu.configure(
+        latency=0.0,
+        cancel_delay=0.0,
+        anthropic={"max_requests": 100_000, "max_bytes": 256 * 1024 * 1024},
+    )
 
 
 def create_raw(client: anthropic.Anthropic, requests: list[dict[str, Any]]) -> MessageBatch:
@@ -87,7 +90,9 @@ def retrieve_raw(client: anthropic.Anthropic, batch_id: str) -> MessageBatch:
     return MessageBatch.model_validate(json.loads(raw.http_response.text))
 
 
-def result_lines(batch: MessageBatch, headers: dict[str, str] | None = None) -> list[dict[str, Any]]:
+def result_lines(
+    batch: MessageBatch, headers: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
     """Fetch results_url over plain HTTP and validate every line with the SDK types."""
     assert batch.results_url is not None
     with httpx2.stream(
@@ -124,30 +129,34 @@ def test_create_retrieve_and_results_validate_with_sdk_types(emu, client):
     assert batch.type == "message_batch"
     assert batch.id.startswith("msgbatch_")
     assert batch.request_counts.processing == 2
-    assert batch.results_url is None and batch.ended_at is None
+    assert batch.results_url is None
+    assert batch.ended_at is None
     assert (batch.expires_at - batch.created_at).total_seconds() == 24 * 3600
 
     ended = retrieve_raw(client, batch.id)
     assert ended.processing_status == "ended"
     counts = ended.request_counts
     assert (counts.processing, counts.succeeded, counts.errored) == (0, 2, 0)
-    assert ended.ended_at is not None and ended.ended_at >= ended.created_at
-    assert ended.archived_at is None and ended.cancel_initiated_at is None
+    assert ended.ended_at is not None
+    assert ended.ended_at >= ended.created_at
+    assert ended.archived_at is None
+    assert ended.cancel_initiated_at is None
     # Absolute, on the emulator's own host:port (the SDK follows it as is).
-    assert ended.results_url == (
-        f"{emu.anthropic_base_url}/v1/messages/batches/{batch.id}/results"
-    )
+    assert ended.results_url == (f"{emu.anthropic_base_url}/v1/messages/batches/{batch.id}/results")
 
     results = by_id(result_lines(ended))
     assert set(results) == {"a-1", "b_2"}
     message = Message.model_validate(results["a-1"]["message"])
-    assert message.role == "assistant" and message.stop_reason == "end_turn"
+    assert message.role == "assistant"
+    assert message.stop_reason == "end_turn"
     texts = [b.text for b in message.content if b.type == "text"]
     Answer.model_validate_json("".join(texts))
     usage = message.usage
     assert usage.service_tier == "batch"
-    assert usage.input_tokens > 0 and usage.output_tokens > 0
-    assert usage.cache_creation_input_tokens == 0 and usage.cache_read_input_tokens == 0
+    assert usage.input_tokens > 0
+    assert usage.output_tokens > 0
+    assert usage.cache_creation_input_tokens == 0
+    assert usage.cache_read_input_tokens == 0
     plain = Message.model_validate(results["b_2"]["message"])
     text = "".join(b.text for b in plain.content if b.type == "text")
     assert text.startswith("Emulated answer")
@@ -201,8 +210,12 @@ def test_both_auth_headers_are_accepted_and_missing_or_bad_keys_get_401(emu, cli
 def test_all_four_result_types_cancel_with_partial_results(emu, client, settings_restored):
     emu.configure(latency=100)
     batch = client.messages.batches.create(
-        requests=[structured("ok-0"), req("err-1", "[[emulator:error:429]]"),
-                  req("late-2"), req("late-3")]  # fmt: skip
+        requests=[
+            structured("ok-0"),
+            req("err-1", "[[emulator:error:429]]"),
+            req("late-2"),
+            req("late-3"),
+        ]
     )
     emu.advance(55)  # requests finish evenly over the latency: two have run
     canceled = MessageBatch.model_validate(
@@ -221,8 +234,10 @@ def test_all_four_result_types_cancel_with_partial_results(emu, client, settings
         "type": "errored",
         "error": {
             "type": "error",
-            "error": {"type": "rate_limit_error", "message": results["err-1"]["error"]["error"]
-                      ["message"]},
+            "error": {
+                "type": "rate_limit_error",
+                "message": results["err-1"]["error"]["error"]["message"],
+            },
             "request_id": results["err-1"]["error"]["request_id"],
         },
     }
@@ -239,7 +254,8 @@ def test_all_four_result_types_cancel_with_partial_results(emu, client, settings
     ended = retrieve_raw(client, slow.id)
     assert ended.processing_status == "ended"
     assert ended.ended_at == ended.expires_at
-    assert ended.request_counts.expired == 2 and ended.request_counts.succeeded == 2
+    assert ended.request_counts.expired == 2
+    assert ended.request_counts.succeeded == 2
     kinds = sorted(r["type"] for r in by_id(result_lines(ended)).values())
     assert kinds == ["expired", "expired", "succeeded", "succeeded"]
 
@@ -259,7 +275,8 @@ def test_cancel_delay_keeps_the_batch_canceling(emu, client, settings_restored):
     ended = retrieve_raw(client, batch.id)
     assert ended.processing_status == "ended"
     assert ended.request_counts.canceled == 2
-    assert ended.ended_at is not None and ended.cancel_initiated_at is not None
+    assert ended.ended_at is not None
+    assert ended.cancel_initiated_at is not None
     assert round((ended.ended_at - ended.cancel_initiated_at).total_seconds()) == 30
 
 
@@ -275,7 +292,8 @@ def test_in_progress_batches_show_only_processing_counts(emu, client, settings_r
         f"{emu.anthropic_base_url}/v1/messages/batches/{batch.id}/results",
         headers={"x-api-key": "k"},
     )
-    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    assert r.status_code == 400
+    assert r.json()["error"]["type"] == "invalid_request_error"
     emu.advance(51)
     assert retrieve_raw(client, batch.id).request_counts.succeeded == 3
 
@@ -288,14 +306,18 @@ def test_thinking_models_start_with_an_empty_thinking_block(emu, client):
         requests=[
             structured("opus", model="claude-opus-5-5"),
             structured("haiku", model="claude-haiku-4-5"),
-            req("think", model="claude-sonnet-4-5",
-                thinking={"type": "enabled", "budget_tokens": 1024}),  # fmt: skip
+            req(
+                "think",
+                model="claude-sonnet-4-5",
+                thinking={"type": "enabled", "budget_tokens": 1024},
+            ),
         ]
     )
     results = by_id(result_lines(retrieve_raw(client, batch.id)))
     opus = Message.model_validate(results["opus"]["message"])
     assert [b.type for b in opus.content] == ["thinking", "text"]
-    assert opus.content[0].type == "thinking" and opus.content[0].thinking == ""
+    assert opus.content[0].type == "thinking"
+    assert opus.content[0].thinking == ""
     assert opus.content[0].signature
     Answer.model_validate_json("".join(b.text for b in opus.content if b.type == "text"))
     haiku = Message.model_validate(results["haiku"]["message"])
@@ -324,7 +346,7 @@ def test_markers_truncate_invalid_refusal_and_max_tokens(emu, client):
 
     text, m = text_of("cut")
     assert m.stop_reason == "max_tokens"
-    with pytest.raises(ValueError, match="Invalid JSON|EOF|json"):
+    with pytest.raises(ValueError, match=r"Invalid JSON|EOF|json"):
         Answer.model_validate_json(text)
     text, m = text_of("inv")
     assert m.stop_reason == "end_turn"
@@ -333,9 +355,11 @@ def test_markers_truncate_invalid_refusal_and_max_tokens(emu, client):
         Answer.model_validate_json(text)
     _, m = text_of("no")
     assert m.stop_reason == "refusal"
-    assert m.stop_details is not None and m.stop_details.type == "refusal"
+    assert m.stop_details is not None
+    assert m.stop_details.type == "refusal"
     _, m = text_of("tiny")
-    assert m.stop_reason == "max_tokens" and m.usage.output_tokens <= 3
+    assert m.stop_reason == "max_tokens"
+    assert m.usage.output_tokens <= 3
     kinds = {cid: results[cid]["error"]["error"]["type"] for cid in ("e400", "e500", "e529")}
     assert kinds == {
         "e400": "invalid_request_error",
@@ -353,13 +377,24 @@ def test_errors_found_when_a_request_runs_are_errored_results(emu, client):
     tool = {"name": "rate", "input_schema": SCHEMA}
     batch = client.messages.batches.create(
         requests=[
-            {**structured("cite"), "params": {**structured("cite")["params"], "messages": [
-                {"role": "user", "content": [doc, {"type": "text", "text": "Colour?"}]}]}},
-            req("forced-opus", model="claude-opus-5-5", tools=[tool],
-                tool_choice={"type": "tool", "name": "rate"}),
+            {
+                **structured("cite"),
+                "params": {
+                    **structured("cite")["params"],
+                    "messages": [
+                        {"role": "user", "content": [doc, {"type": "text", "text": "Colour?"}]}
+                    ],
+                },
+            },
+            req(
+                "forced-opus",
+                model="claude-opus-5-5",
+                tools=[tool],
+                tool_choice={"type": "tool", "name": "rate"},
+            ),
             req("forced", tools=[tool], tool_choice={"type": "tool", "name": "rate"}),
             req("empty") | {"params": {**req("empty")["params"], "messages": []}},
-        ]  # fmt: skip
+        ]
     )
     ended = retrieve_raw(client, batch.id)
     assert ended.request_counts.errored == 3
@@ -370,7 +405,8 @@ def test_errors_found_when_a_request_runs_are_errored_results(emu, client):
     forced = Message.model_validate(results["forced"]["message"])
     assert forced.stop_reason == "tool_use"
     block = forced.content[0]
-    assert block.type == "tool_use" and block.name == "rate"
+    assert block.type == "tool_use"
+    assert block.name == "rate"
     Answer.model_validate(block.input)
 
 
@@ -386,8 +422,10 @@ def test_cached_system_prompt_usage(emu, client):
     ]
     writes = sorted(u.cache_creation_input_tokens or 0 for u in usages)
     reads = sorted(u.cache_read_input_tokens or 0 for u in usages)
-    assert writes[:2] == [0, 0] and writes[2] > 0
-    assert reads[0] == 0 and reads[1] == reads[2] == writes[2]
+    assert writes[:2] == [0, 0]
+    assert writes[2] > 0
+    assert reads[0] == 0
+    assert reads[1] == reads[2] == writes[2]
     assert all(u.service_tier == "batch" for u in usages)
 
 
@@ -418,7 +456,8 @@ def test_list_paginates_newest_first_with_cursors(emu, client):
     backwards = client.messages.batches.list(limit=2, before_id=newest_first[4])
     assert [b.id for b in backwards] == newest_first[2:4] + newest_first[0:2]
     default = httpx2.get(base, headers=h).json()
-    assert len(default["data"]) == 5 and default["has_more"] is False
+    assert len(default["data"]) == 5
+    assert default["has_more"] is False
     for bad in ({"limit": 0}, {"limit": 1001}, {"after_id": "msgbatch_nope"}):
         r = httpx2.get(base, params=bad, headers=h)
         assert r.status_code == 400, bad
@@ -481,7 +520,8 @@ def test_invalid_batches_are_rejected_with_400(emu, client, requests, match):
     assert info.value.status_code == 400
     body = info.value.body
     assert isinstance(body, dict)
-    assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+    assert body["type"] == "error"
+    assert body["error"]["type"] == "invalid_request_error"
     assert list(client.messages.batches.list()) == []
 
 
@@ -504,7 +544,8 @@ def test_unknown_routes_and_methods(emu, client):
     h = {"x-api-key": "k"}
     assert httpx2.get(f"{base}/v1/nothing", headers=h).status_code == 404
     r = httpx2.get(f"{base}/v1/messages/batches/msgbatch_missing", headers=h)
-    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
+    assert r.status_code == 404
+    assert r.json()["error"]["type"] == "not_found_error"
     assert httpx2.put(f"{base}/v1/messages/batches", headers=h).status_code == 405
 
 
@@ -514,9 +555,12 @@ def test_sdk_retries_overloaded_and_the_realtime_endpoint(emu, client):
                      retry_after_ms=10)  # fmt: skip
     assert client.messages.batches.retrieve(batch.id).processing_status == "ended"
     retried = [e for e in emu.log() if e["fault"] is not None]
-    assert len(retried) == 1 and retried[0]["status"] == 529
+    assert len(retried) == 1
+    assert retried[0]["status"] == 529
     message = client.messages.create(
-        model="claude-haiku-4-5", max_tokens=100, messages=[{"role": "user", "content": "hi"}],
+        model="claude-haiku-4-5",
+        max_tokens=100,
+        messages=[{"role": "user", "content": "hi"}],
         output_config={"format": {"type": "json_schema", "schema": SCHEMA}},
     )
     Answer.model_validate_json("".join(b.text for b in message.content if b.type == "text"))
