@@ -262,8 +262,11 @@ class _SpecBuilder:
         elif mime == "application/json":
             mode = "json"
         thinking_cfg = config.get("thinkingConfig", config.get("thinking_config")) or {}
-        include = bool(isinstance(thinking_cfg, Mapping) and thinking_cfg.get("includeThoughts"))
-        budget = thinking_cfg.get("thinkingBudget") if isinstance(thinking_cfg, Mapping) else None
+        # Proto JSON accepts both spellings, and the SDK sends nested configs in snake_case.
+        if not isinstance(thinking_cfg, Mapping):
+            thinking_cfg = {}
+        include = bool(thinking_cfg.get("includeThoughts", thinking_cfg.get("include_thoughts")))
+        budget = thinking_cfg.get("thinkingBudget", thinking_cfg.get("thinking_budget"))
         thinking = include or (isinstance(budget, int) and budget > 0)
         limit = config.get("maxOutputTokens", config.get("max_output_tokens"))
         max_tokens = (
