@@ -42,6 +42,7 @@ __all__ = [
     "ProgressSnapshot",
     "RunOptions",
     "outcomes_to_events",
+    "plan_batches",
     "split_sizes",
 ]
 
@@ -275,6 +276,46 @@ def _new_batch_key() -> str:
     return f"b{time.time_ns():x}{secrets.token_hex(3)}"
 
 
+def plan_batches(
+    todo: pl.DataFrame,
+    providers: Mapping[str, Provider],
+    spec: RequestSpec,
+    items_per_batch: int | None,
+) -> Iterator[_Planned]:
+    """Yield provider batches lazily: lines are encoded only when a batch is needed.
+
+    Jobs are grouped by provider and model (one model per provider batch), encoded in
+    slices of the provider's count limit, and each slice split by count and bytes.
+    """
+    for (provider_name, model), group in todo.group_by(
+        ["provider", "model"], maintain_order=True
+    ):
+        provider = providers[str(provider_name)]
+        limit = provider.max_requests
+        if items_per_batch:
+            limit = min(limit, items_per_batch)
+        overhead = provider.line_overhead()
+        for offset in range(0, group.height, provider.max_requests):
+            chunk = group.slice(offset, provider.max_requests)
+            lines = provider.encode(chunk, spec)
+            worst = (
+                chunk.get_column("worst_usd")
+                if "worst_usd" in chunk.columns
+                else pl.Series("worst_usd", [0.0] * chunk.height, dtype=pl.Float64)
+            )
+            sizes = lines.str.len_bytes().cast(pl.Int64) + overhead
+            for start, end in split_sizes(sizes, max_requests=limit, max_bytes=provider.max_bytes):
+                yield _Planned(
+                    batch_key=_new_batch_key(),
+                    provider=str(provider_name),
+                    model=str(model),
+                    job_ids=chunk.get_column("job_id").slice(start, end - start),
+                    lines=lines.slice(start, end - start),
+                    n_bytes=int(sizes.slice(start, end - start).sum()),
+                    worst=worst.slice(start, end - start),
+                )
+
+
 class Engine:
     """Drives provider batches for one run, checkpointing every step.
 
@@ -329,9 +370,10 @@ class Engine:
         self._counters.total = jobs.height
         in_flight = self._recover()
         state = self.store.job_state()
-        terminal = state.filter(pl.col("status").is_in(TERMINAL_JOB))
-        if self.options.retry_failed:
-            terminal = terminal.filter(pl.col("status") != "failed")
+        # Cancelled jobs (cost cap, time limit, interrupt, provider cancel) got no answer and
+        # cost nothing: a later call sends them again. Failed ones only with retry_failed.
+        keep = ["completed"] if self.options.retry_failed else ["completed", "failed"]
+        terminal = state.filter(pl.col("status").is_in(keep))
         busy = pl.concat([f.job_ids for f in in_flight]) if in_flight else pl.Series(
             "job_id", [], dtype=pl.String
         )
@@ -435,37 +477,7 @@ class Engine:
         return Backoff(o.poll_initial_s, o.poll_max_s, o.poll_factor)
 
     def _plan(self, todo: pl.DataFrame) -> Iterator[_Planned]:
-        """Yield provider batches lazily: lines are encoded only when a slot is free."""
-        for (provider_name, model), group in todo.group_by(
-            ["provider", "model"], maintain_order=True
-        ):
-            provider = self.providers[str(provider_name)]
-            limit = provider.max_requests
-            if self.options.items_per_batch:
-                limit = min(limit, self.options.items_per_batch)
-            overhead = provider.line_overhead()
-            # Encode in slices of the provider's count limit, then split each by bytes.
-            for offset in range(0, group.height, provider.max_requests):
-                chunk = group.slice(offset, provider.max_requests)
-                lines = provider.encode(chunk, self.spec)
-                worst = (
-                    chunk.get_column("worst_usd")
-                    if "worst_usd" in chunk.columns
-                    else pl.Series("worst_usd", [0.0] * chunk.height)
-                )
-                sizes = lines.str.len_bytes().cast(pl.Int64) + overhead
-                for start, end in split_sizes(
-                    sizes, max_requests=limit, max_bytes=provider.max_bytes
-                ):
-                    yield _Planned(
-                        batch_key=_new_batch_key(),
-                        provider=str(provider_name),
-                        model=str(model),
-                        job_ids=chunk.get_column("job_id").slice(start, end - start),
-                        lines=lines.slice(start, end - start),
-                        n_bytes=int(sizes.slice(start, end - start).sum()),
-                        worst=worst.slice(start, end - start),
-                    )
+        return plan_batches(todo, self.providers, self.spec, self.options.items_per_batch)
 
     # -- the loop -----------------------------------------------------------------------------
 

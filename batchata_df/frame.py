@@ -173,8 +173,10 @@ def batch_llm(
             "remove them"
         )
         raise ConfigError(msg)
-    if max_cost_usd is not None or dry_run:
-        msg = "max_cost_usd= and dry_run= are not available in this version"
+    if max_cost_usd is not None and not (
+        isinstance(max_cost_usd, int | float) and max_cost_usd > 0
+    ):
+        msg = f"max_cost_usd must be a positive number of US dollars, got {max_cost_usd!r}"
         raise ConfigError(msg)
     if items_per_batch is not None and items_per_batch < 1:
         msg = f"items_per_batch must be >= 1, got {items_per_batch!r}"
@@ -205,16 +207,32 @@ def batch_llm(
     run_params.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
     spec = RequestSpec(schema=answer, params=run_params)
 
+    sendable = (
+        jobs.filter(pl.col("input_error").is_null())
+        .unique("job_id", keep="first", maintain_order=True)
+        .drop("input_error")
+    )
+    if dry_run or max_cost_usd is not None:
+        why = "max_cost_usd" if max_cost_usd is not None else "dry_run"
+        sendable = with_estimates(sendable, spec, price_table, why=why)
+    options = RunOptions(
+        items_per_batch=items_per_batch,
+        max_parallel_batches=max_parallel_batches,
+        wait=wait,
+        time_limit_s=time_limit_s,
+        retry_failed=retry_failed,
+        max_cost_usd=max_cost_usd,
+    )
+    if dry_run:
+        from batchata_df.plan import dry_run_plan
+
+        return dry_run_plan(frame, jobs, sendable, spec, options, state, fingerprint)
+
     _load_dotenv()
     providers: dict[str, Provider] = {}
     try:
         for name in needed:
             providers[name] = make_provider(name)
-        sendable = (
-            jobs.filter(pl.col("input_error").is_null())
-            .unique("job_id", keep="first", maintain_order=True)
-            .drop("input_error")
-        )
         with _state_folder(state) as folder:
             store = StateStore(folder, fingerprint)
             engine = Engine(
@@ -222,14 +240,8 @@ def batch_llm(
                 providers,
                 spec,
                 price_table,
-                RunOptions(
-                    items_per_batch=items_per_batch,
-                    max_parallel_batches=max_parallel_batches,
-                    wait=wait,
-                    time_limit_s=time_limit_s,
-                    retry_failed=retry_failed,
-                ),
-                progress=_progress_callback(progress),
+                options,
+                progress=_progress_callback(progress, max_cost_usd),
             )
             results = engine.run(sendable)
     finally:
@@ -256,17 +268,63 @@ class _state_folder:
             self._tmp.cleanup()
 
 
-def _progress_callback(progress: ProgressArg) -> Callable[[ProgressSnapshot], None] | None:
+def _progress_callback(
+    progress: ProgressArg, max_cost_usd: float | None
+) -> Callable[[ProgressSnapshot], None] | None:
     if progress is False or progress is None:
         return None
     if progress is True:
         from batchata_df.progress import make_display
 
-        return make_display()
+        return make_display(max_cost_usd=max_cost_usd)
     if callable(progress):
         return progress
     msg = f"progress must be a bool or a callable, got {progress!r}"
     raise ConfigError(msg)
+
+
+def with_estimates(
+    jobs: pl.DataFrame, spec: RequestSpec, prices: PriceTable, *, why: str
+) -> pl.DataFrame:
+    """Add ``est_input_tokens``, ``est_output_tokens_max`` and ``worst_usd`` to jobs.
+
+    Input tokens are counted offline (exact for OpenAI, a conservative approximation for the
+    others) including the message framing and the JSON schema sent with every request;
+    output is taken at its worst, ``max_tokens``. Raises :class:`PriceError` naming the fix
+    when a model has no known price.
+    """
+    from batchata_df.tokens import estimate_request_tokens, estimate_tokens
+
+    max_tokens = int(spec.params["max_tokens"])
+    schema_text = json.dumps(spec.schema.json_schema) if spec.schema.json_schema else ""
+    parts = []
+    indexed = jobs.with_row_index("_order")
+    for (provider, model), group in indexed.group_by(["provider", "model"]):
+        price = prices.require(str(provider), str(model), why)
+        extra = 0
+        if schema_text:
+            extra = int(estimate_tokens(pl.Series([schema_text]), str(provider), str(model))[0])
+        est_in = estimate_request_tokens(
+            group.get_column("prompt"),
+            str(provider),
+            str(model),
+            system=group.get_column("system"),
+            extra_tokens=extra,
+        )
+        parts.append(
+            group.with_columns(
+                est_in.alias("est_input_tokens"),
+                pl.lit(max_tokens, dtype=pl.Int64).alias("est_output_tokens_max"),
+                ((est_in * price.input + max_tokens * price.output) / 1e6).alias("worst_usd"),
+            )
+        )
+    if not parts:
+        return jobs.with_columns(
+            pl.lit(None, dtype=pl.Int64).alias("est_input_tokens"),
+            pl.lit(None, dtype=pl.Int64).alias("est_output_tokens_max"),
+            pl.lit(None, dtype=pl.Float64).alias("worst_usd"),
+        )
+    return pl.concat(parts).sort("_order").drop("_order")
 
 
 def _check_collisions(input_columns: list[str], answer_columns: list[str]) -> None:

@@ -1,0 +1,179 @@
+"""Dry runs: the plan and its worst-case cost, without sending anything."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import polars as pl
+
+from batchata_df.engine import RunOptions, plan_batches
+from batchata_df.providers import make_provider
+from batchata_df.providers.base import RequestSpec
+from batchata_df.state import TERMINAL_JOB, StateStore
+
+__all__ = ["PLAN_COLUMNS", "dry_run_plan"]
+
+PLAN_COLUMNS = (
+    "_status",
+    "_job_id",
+    "_provider",
+    "_model",
+    "_est_input_tokens",
+    "_est_output_tokens_max",
+    "_est_cost_usd",
+    "_batch_index",
+    "_within_cap",
+)
+"""Columns a dry run appends to the input frame.
+
+``_status`` is ``planned`` (would be sent), ``duplicate`` (same request as an earlier row:
+sent once), ``done`` (already finished in the state folder), or ``failed`` (bad input,
+never sent). ``_est_cost_usd`` is the worst case: estimated input tokens plus
+``max_tokens`` of output at the model's batch price. ``_within_cap`` says whether the
+request fits under ``max_cost_usd`` (null without a cap).
+"""
+
+
+def _already_done(
+    state: str | os.PathLike[str] | None, fingerprint: dict[str, str]
+) -> tuple[set[str], float]:
+    """Finished job ids and the amount already spent, read from an existing state folder."""
+    if state is None or not (Path(state) / "manifest.json").is_file():
+        return set(), 0.0
+    store = StateStore(state, fingerprint)  # validates the fingerprint; writes nothing
+    current = store.job_state()
+    done = current.filter(pl.col("status").is_in(TERMINAL_JOB))
+    return set(done.get_column("job_id").to_list()), float(
+        current.get_column("cost_usd").fill_null(0.0).sum()
+    )
+
+
+def dry_run_plan(
+    frame: pl.DataFrame,
+    jobs: pl.DataFrame,
+    sendable: pl.DataFrame,
+    spec: RequestSpec,
+    options: RunOptions,
+    state: str | os.PathLike[str] | None,
+    fingerprint: dict[str, str],
+) -> pl.DataFrame:
+    """Plan the run, print a summary per model and per provider batch, return the plan."""
+    done, spent = _already_done(state, fingerprint)
+    todo = sendable.filter(~pl.col("job_id").is_in(list(done)))
+    providers = {
+        name: make_provider(name, offline=True)
+        for name in todo.get_column("provider").unique().to_list()
+    }
+    rows: list[pl.DataFrame] = []
+    batches: list[dict[str, object]] = []
+    for index, planned in enumerate(plan_batches(todo, providers, spec, options.items_per_batch)):
+        rows.append(
+            pl.DataFrame({"job_id": planned.job_ids}).with_columns(
+                pl.lit(index, dtype=pl.Int64).alias("batch_index")
+            )
+        )
+        batches.append(
+            {
+                "batch": index,
+                "provider": planned.provider,
+                "model": planned.model,
+                "jobs": planned.job_ids.len(),
+                "MB": round(planned.n_bytes / 1e6, 3),
+                "est_cost_usd": float(planned.worst.sum()),
+            }
+        )
+    index_of = (
+        pl.concat(rows)
+        if rows
+        else pl.DataFrame(schema={"job_id": pl.String, "batch_index": pl.Int64})
+    )
+    planned_jobs = todo.join(index_of, on="job_id", how="left").sort(
+        "batch_index", maintain_order=True
+    )
+    cap = options.max_cost_usd
+    within = (
+        (planned_jobs.get_column("worst_usd").cum_sum() + spent <= cap + 1e-12)
+        if cap is not None
+        else pl.Series([None] * planned_jobs.height, dtype=pl.Boolean)
+    )
+    planned_jobs = planned_jobs.with_columns(within.alias("within_cap"))
+
+    first = pl.col("job_id").is_first_distinct()
+    per_row = jobs.select("job_id", "input_error", "provider", "model").join(
+        planned_jobs.select(
+            "job_id",
+            "est_input_tokens",
+            "est_output_tokens_max",
+            "worst_usd",
+            "batch_index",
+            "within_cap",
+        ),
+        on="job_id",
+        how="left",
+        maintain_order="left",
+    )
+    status = (
+        pl.when(pl.col("input_error").is_not_null())
+        .then(pl.lit("failed"))
+        .when(pl.col("job_id").is_in(list(done)))
+        .then(pl.lit("done"))
+        .when(~first)
+        .then(pl.lit("duplicate"))
+        .otherwise(pl.lit("planned"))
+    )
+    sent = status == "planned"
+    out = per_row.select(
+        status.alias("_status"),
+        pl.when(pl.col("input_error").is_null()).then(pl.col("job_id")).alias("_job_id"),
+        pl.col("provider").alias("_provider"),
+        pl.col("model").alias("_model"),
+        pl.when(sent).then(pl.col("est_input_tokens")).otherwise(0).alias("_est_input_tokens"),
+        pl.when(sent)
+        .then(pl.col("est_output_tokens_max"))
+        .otherwise(0)
+        .alias("_est_output_tokens_max"),
+        pl.when(sent).then(pl.col("worst_usd")).otherwise(0.0).alias("_est_cost_usd"),
+        pl.when(sent).then(pl.col("batch_index")).alias("_batch_index"),
+        pl.when(sent).then(pl.col("within_cap")).alias("_within_cap"),
+    )
+    result = pl.concat([frame, out], how="horizontal")
+    _print_summary(result, batches, cap, spent)
+    return result
+
+
+def _print_summary(
+    plan: pl.DataFrame, batches: list[dict[str, object]], cap: float | None, spent: float
+) -> None:
+    planned = plan.filter(pl.col("_status") == "planned")
+    total = float(planned.get_column("_est_cost_usd").sum())
+    print("batchata-df dry run: nothing was sent.")
+    print(
+        plan.group_by("_status").len().sort("_status").rows(),
+        "rows by status",
+    )
+    by_model = planned.group_by("_provider", "_model").agg(
+        pl.len().alias("jobs"),
+        pl.col("_est_input_tokens").sum().alias("est_input_tokens"),
+        pl.col("_est_output_tokens_max").sum().alias("max_output_tokens"),
+        pl.col("_est_cost_usd").sum().alias("worst_case_usd"),
+    )
+    with pl.Config(tbl_rows=50, tbl_hide_dataframe_shape=True):
+        print("\nper model (worst case: every answer uses max_tokens):")
+        print(by_model.sort("_provider", "_model"))
+        if batches:
+            print("\nper provider batch:")
+            print(pl.DataFrame(batches))
+    line = f"\ntotal worst case ${total:.4f}"
+    if spent:
+        line += f" (+ ${spent:.4f} already spent in this state folder)"
+    if cap is not None:
+        over = total + spent > cap
+        fits = int(planned.get_column("_within_cap").sum())
+        line += f" against max_cost_usd=${cap:.4f}: " + (
+            f"over the cap, only {fits} of {planned.height} requests would be sent; the rest "
+            "would end cancelled (cost_limit)"
+            if over
+            else "within the cap"
+        )
+    print(line)

@@ -1,0 +1,109 @@
+"""Prices, estimates, dry run and the hard cost cap, end to end on the emulator."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import polars as pl
+import pytest
+from pydantic import BaseModel
+
+from batchata_df import PriceError, batch_llm
+from batchata_df.state import StateStore
+
+
+class Review(BaseModel):
+    sentiment: Literal["positive", "negative", "neutral"]
+    rating: int
+    summary: str
+
+
+def frame(n):
+    return pl.DataFrame({"text": [f"review {i}: it arrived late but works" for i in range(n)]})
+
+
+def test_dry_run_sends_nothing_and_plans_batches(emu, capsys):
+    df = pl.concat([frame(10), frame(2)])  # two duplicates
+    plan = df.pipe(batch_llm, schema=Review, model="gpt-4.1-mini", prompt="{text}",
+                   dry_run=True, items_per_batch=4, params={"max_tokens": 100})
+    assert emu.log() == []
+    assert plan.height == 12
+    assert plan["_status"].to_list() == ["planned"] * 10 + ["duplicate"] * 2
+    assert plan["_batch_index"].to_list()[:10] == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2]
+    assert (plan["_est_output_tokens_max"].head(10) == 100).all()
+    est_in = plan["_est_input_tokens"].head(10)
+    assert (est_in > 10).all()
+    expected = (est_in * 0.2 + 100 * 0.8) / 1e6  # gpt-4.1-mini batch prices
+    assert (plan["_est_cost_usd"].head(10) - expected).abs().max() < 1e-12
+    out = capsys.readouterr().out
+    assert "nothing was sent" in out and "per provider batch" in out
+
+
+def test_dry_run_estimate_bounds_actual_input_tokens(emu):
+    df = frame(20)
+    plan = df.pipe(batch_llm, schema=Review, model="gpt-4.1-mini", prompt="{text}",
+                   dry_run=True)
+    out = df.pipe(batch_llm, schema=Review, model="gpt-4.1-mini", prompt="{text}")
+    assert (out["_cost_usd"] <= plan["_est_cost_usd"]).all()
+
+
+def test_dry_run_needs_a_price(emu):
+    with pytest.raises(PriceError, match="prices="):
+        frame(2).pipe(batch_llm, model="openai:my-finetune", prompt="{text}", dry_run=True)
+    plan = frame(2).pipe(batch_llm, model="openai:my-finetune", prompt="{text}",
+                         dry_run=True, prices={"my-finetune": (1.0, 2.0)})
+    assert plan["_est_cost_usd"].sum() > 0
+
+
+def test_price_override_sets_cost(emu):
+    out = frame(2).pipe(batch_llm, schema=Review, model="gpt-4.1-mini", prompt="{text}",
+                        prices={"gpt-4.1-mini": (10.0, 20.0)})
+    expected = (out["_input_tokens"] * 10.0 + out["_output_tokens"] * 20.0) / 1e6
+    assert (out["_cost_usd"] - expected).abs().max() < 1e-12
+
+
+def test_cost_cap_is_never_exceeded(emu, tmp_path):
+    df = frame(30)
+    params = {"max_tokens": 200}
+    kwargs = {"schema": Review, "model": "gpt-4.1-mini", "prompt": "{text}", "params": params,
+              "items_per_batch": 8}
+    full = df.pipe(batch_llm, state=tmp_path / "uncapped", **kwargs)
+    cap = float(full["_cost_usd"].sum()) / 3  # the whole work costs 3x the cap
+    emu.reset()
+    out = df.pipe(batch_llm, max_cost_usd=cap, state=tmp_path / "s", **kwargs)
+    assert out["_cost_usd"].sum() <= cap
+    done = out.filter(pl.col("_status") == "completed").height
+    cancelled = out.filter(pl.col("_status") == "cancelled")
+    assert 0 < done < 30
+    assert cancelled.height > 0
+    assert cancelled["_error"].str.contains("cost_limit").all()
+    assert done + cancelled.height == 30
+    # What was sent never exceeded the cap even at its worst: requests whose worst case did
+    # not fit were never submitted.
+    sent = sum(int(e["path"].endswith("/batches")) for e in emu.log() if e["method"] == "POST")
+    assert sent >= 1
+    # Calling again does not spend the cap twice: the folder's earlier spend counts, so the
+    # cancelled rows are tried again but cannot fit.
+    emu.reset()
+    again = df.pipe(batch_llm, max_cost_usd=cap, state=tmp_path / "s", **kwargs)
+    assert again["_cost_usd"].sum() <= cap
+    assert again["_status"].to_list() == out["_status"].to_list()
+    assert not [e for e in emu.log() if e["method"] == "POST"]
+    # Raising the cap sends exactly the rows that were cancelled, and nothing else.
+    more = df.pipe(batch_llm, max_cost_usd=cap * 10, state=tmp_path / "s", **kwargs)
+    assert more["_status"].to_list() == ["completed"] * 30
+    assert more.filter(pl.col("_status") == "completed").height == 30
+
+
+def test_cap_splits_a_batch_that_does_not_fit_whole(emu):
+    df = frame(10)
+    params = {"max_tokens": 100}
+    plan = df.pipe(batch_llm, schema=Review, model="gpt-4.1-mini", prompt="{text}",
+                   dry_run=True, params=params)
+    cap = float(plan["_est_cost_usd"].head(4).sum()) + 1e-9
+    out = df.pipe(batch_llm, schema=Review, model="gpt-4.1-mini", prompt="{text}",
+                  params=params, max_cost_usd=cap)
+    # One batch of 10 did not fit: its first 4 went alone, then more as budget freed.
+    first_batch = out["_batch_id"][0]
+    assert (out["_batch_id"] == first_batch).sum() == 4
+    assert out["_cost_usd"].sum() <= cap
