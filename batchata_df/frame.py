@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import os
+import signal
+import sys
 import tempfile
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +239,7 @@ def batch_llm(
             providers[name] = make_provider(name)
         with _state_folder(state) as folder:
             store = StateStore(folder, fingerprint)
+            stop = threading.Event()
             engine = Engine(
                 store,
                 providers,
@@ -242,12 +247,44 @@ def batch_llm(
                 price_table,
                 options,
                 progress=_progress_callback(progress, max_cost_usd),
+                stop_event=stop,
             )
-            results = engine.run(sendable)
+            with _interrupt_sets(stop):
+                results = engine.run(sendable)
     finally:
         for provider in providers.values():
             provider.close()
     return _assemble(frame, jobs, results, answer)
+
+
+@contextlib.contextmanager
+def _interrupt_sets(stop: threading.Event) -> Iterator[None]:
+    """Turn the first Ctrl+C into a graceful stop; a second one aborts at once.
+
+    On the graceful stop nothing more is submitted, batches in flight are cancelled and
+    their finished rows collected; the rest end ``cancelled: interrupted``. Signal handlers
+    exist only in the main thread; elsewhere use ``time_limit`` (which works in any thread).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print(
+            "\nbatchata-df: stopping - cancelling batches in flight and keeping finished rows "
+            "(press Ctrl+C again to abort without waiting)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class _state_folder:
