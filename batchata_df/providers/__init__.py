@@ -26,6 +26,7 @@ SUPPORTED_PARAMS: dict[str, frozenset[str]] = {
         }
     ),
     "anthropic": frozenset({"max_tokens", "temperature", "top_p", "top_k", "stop"}),
+    "gemini": frozenset({"max_tokens", "temperature", "top_p", "top_k", "stop", "seed"}),
 }
 
 

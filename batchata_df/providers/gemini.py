@@ -83,7 +83,7 @@ _SCHEMA_KEYWORDS = frozenset(
      "items", "prefixItems", "minItems", "maxItems", "minimum", "maximum", "anyOf", "oneOf",
      "properties", "additionalProperties", "required", "propertyOrdering"}
 )  # fmt: skip
-# Constraints Gemini cannot enforce: dropped from the schema, told to the model instead.
+# Constraints Gemini does not enforce: kept, and also told to the model in the description.
 _HINT_KEYWORDS = ("pattern", "minLength", "maxLength", "exclusiveMinimum", "exclusiveMaximum",
                   "multipleOf", "uniqueItems")  # fmt: skip
 
@@ -123,13 +123,17 @@ T = TypeVar("T")
 
 
 def gemini_json_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
-    """Rewrite a strict JSON Schema into the subset ``responseJsonSchema`` accepts.
+    """Rewrite a strict JSON Schema for ``responseJsonSchema``.
 
-    ``const`` becomes a one-value ``enum`` (``type: boolean`` for booleans), type lists
-    become ``anyOf``, objects get ``propertyOrdering`` so answers keep the model's field
-    order, and constraints Gemini cannot enforce (``pattern``, ``minLength``, ...) move
-    into the ``description`` as hints. Recursive models are refused: Gemini only unrolls
-    cycles through optional properties, and strict schemas make every property required.
+    The API takes any JSON Schema but enforces only a subset (the SDK's
+    ``GenerateContentConfig.response_json_schema`` docstring lists it). So: ``const``
+    becomes a one-value ``enum`` (``type: boolean`` for booleans), type lists become
+    ``anyOf``, nothing but ``$``-keywords stays beside a ``$ref``, objects get
+    ``propertyOrdering`` so answers keep the model's field order, and constraints Gemini
+    does not enforce (``pattern``, ``minLength``, ...) stay but are also written into the
+    ``description`` for the model to read; other keywords are dropped. Recursive models are
+    refused: Gemini unrolls cycles only through optional properties, and strict schemas
+    make every property required.
 
     Raises
     ------
@@ -142,7 +146,7 @@ def gemini_json_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
     ...     "required": ["v"], "properties": {"v": {"const": "x"}}})["properties"]
     {'v': {'enum': ['x']}}
     >>> gemini_json_schema({"type": "string", "pattern": "^a+$"})
-    {'type': 'string', 'description': 'pattern: ^a+$'}
+    {'type': 'string', 'pattern': '^a+$', 'description': 'pattern: ^a+$'}
     """
     defs = schema.get("$defs", {})
     _check_acyclic(defs)
@@ -158,6 +162,15 @@ def _rewrite(node: object) -> object:
         return node
     if "$ref" in node:  # Gemini allows only $-keywords beside $ref
         return {k: v for k, v in node.items() if k.startswith("$")}
+    branches = node.get("anyOf")
+    if isinstance(branches, list) and any(_is_numeric(b) for b in branches):
+        # Decimal is `number | string matching a decimal pattern`; Gemini cannot enforce
+        # the pattern, so keep the number branch, which validates exactly.
+        kept = [b for b in branches if not _is_patterned_string(b)]
+        if len(kept) == 1 and isinstance(kept[0], Mapping):
+            rest = {k: v for k, v in node.items() if k != "anyOf"}
+            return _rewrite({**rest, **kept[0]})
+        node = {**node, "anyOf": kept}
     out: dict[str, Any] = {}
     hints: list[str] = []
     for key, value in node.items():
@@ -181,6 +194,9 @@ def _rewrite(node: object) -> object:
                     for k, v in rewritten.items():
                         out.setdefault(k, v)
         elif key in _HINT_KEYWORDS:
+            # The API takes the full JSON Schema but enforces only its subset: keep the
+            # constraint (a later model may honour it) and tell the model in words.
+            out[key] = value
             hints.append(f"{key}: {value}")
         elif key in _SCHEMA_KEYWORDS:
             out[key] = _rewrite(value)
@@ -190,6 +206,14 @@ def _rewrite(node: object) -> object:
     if isinstance(out.get("properties"), dict) and out["properties"]:
         out["propertyOrdering"] = list(out["properties"])
     return out
+
+
+def _is_numeric(node: object) -> bool:
+    return isinstance(node, Mapping) and node.get("type") in ("number", "integer")
+
+
+def _is_patterned_string(node: object) -> bool:
+    return isinstance(node, Mapping) and node.get("type") == "string" and "pattern" in node
 
 
 def _refs(node: object) -> Iterator[str]:
