@@ -22,6 +22,7 @@ from batchata_df.errors import (
     StateMismatchError,
 )
 from batchata_df.frame import batch_llm
+from batchata_df.query import sql
 
 __version__ = "0.1.0"
 
@@ -41,4 +42,5 @@ __all__ = [
     "StateMismatchError",
     "__version__",
     "batch_llm",
+    "sql",
 ]

@@ -225,6 +225,7 @@ class _Planned:
     n_bytes: int
     worst: pl.Series
     """Worst-case cost in USD of each job (``max_tokens`` as output)."""
+    has_estimates: bool = False
 
     def head(self, n: int) -> _Planned:
         """The first ``n`` jobs as a batch of their own."""
@@ -232,6 +233,7 @@ class _Planned:
             _new_batch_key(), self.provider, self.model, self.job_ids.head(n),
             self.lines.head(n), int(self.lines.head(n).str.len_bytes().sum()) + n,
             self.worst.head(n),
+            self.has_estimates,
         )
 
     def tail(self, n: int) -> _Planned:
@@ -241,6 +243,7 @@ class _Planned:
             _new_batch_key(), self.provider, self.model, self.job_ids.tail(rest),
             self.lines.tail(rest), int(self.lines.tail(rest).str.len_bytes().sum()) + rest,
             self.worst.tail(rest),
+            self.has_estimates,
         )
 
 
@@ -313,6 +316,7 @@ def plan_batches(
                     lines=lines.slice(start, end - start),
                     n_bytes=int(sizes.slice(start, end - start).sum()),
                     worst=worst.slice(start, end - start),
+                    has_estimates="worst_usd" in chunk.columns,
                 )
 
 
@@ -625,6 +629,7 @@ class Engine:
                 pl.lit(plan.provider).alias("provider"),
                 pl.lit(plan.model).alias("model"),
                 pl.lit("assigned").alias("status"),
+                plan.worst.alias("est_cost_usd") if plan.has_estimates else pl.lit(None),
             )
         )
         reserved = float(plan.worst.fill_null(0.0).sum())

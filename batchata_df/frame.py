@@ -234,6 +234,7 @@ def batch_llm(
 
     _load_dotenv()
     providers: dict[str, Provider] = {}
+    display = _progress_callback(progress, max_cost_usd)
     try:
         for name in needed:
             providers[name] = make_provider(name)
@@ -246,12 +247,15 @@ def batch_llm(
                 spec,
                 price_table,
                 options,
-                progress=_progress_callback(progress, max_cost_usd),
+                progress=display,
                 stop_event=stop,
             )
             with _interrupt_sets(stop):
                 results = engine.run(sendable)
     finally:
+        close = getattr(display, "close", None)
+        if callable(close):
+            close()
         for provider in providers.values():
             provider.close()
     return _assemble(frame, jobs, results, answer)

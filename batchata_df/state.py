@@ -13,7 +13,9 @@ never rewritten: the current state of a job or batch is its latest event (highes
 Writing costs O(events written), never O(run size), unlike a state file rewritten per
 batch.
 
-Job event statuses: ``assigned`` (put in a provider batch, written *before* submitting),
+``est_cost_usd`` is set on ``assigned`` events when the run had estimates (a cost cap or a
+dry run): the worst case (estimated input, ``max_tokens`` output) that admission control
+held against the cap. Job event statuses: ``assigned`` (put in a provider batch, written *before* submitting),
 ``completed``, ``failed``, ``cancelled``. Batch event statuses: ``intent`` (written before
 the provider is called), ``submitted`` (the provider's batch id, written right after),
 ``ended`` (the provider finished it; results not yet stored), ``collected`` (results
@@ -56,6 +58,7 @@ JOB_EVENTS = pl.Schema(
         "output_tokens": pl.Int64(),
         "cached_tokens": pl.Int64(),
         "cost_usd": pl.Float64(),
+        "est_cost_usd": pl.Float64(),
     }
 )
 """Schema of a job event part (public, versioned by ``FORMAT_VERSION``)."""
@@ -234,7 +237,11 @@ class StateStore:
         parts = sorted(p for p in (self.root / table).glob("part-*.parquet"))
         if not parts:
             return pl.DataFrame(schema=schema)
-        return _conform(pl.read_parquet(parts), schema)
+        # Parts written by older versions may lack newer columns (or carry dropped ones).
+        frame = pl.scan_parquet(
+            parts, schema=schema, missing_columns="insert", extra_columns="ignore"
+        ).collect()
+        return _conform(frame, schema)
 
     def job_events(self) -> pl.DataFrame:
         """Every job event ever written, in write order."""

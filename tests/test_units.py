@@ -140,3 +140,13 @@ def test_job_events_round_trip(tmp_path_factory, rows):
     back = store.job_events()
     assert back.select("job_id", "status", "answer", "input_tokens").to_dicts() == \
         frame.cast({"input_tokens": pl.Int64}).to_dicts()
+
+
+def test_parts_with_older_columns_stay_readable(tmp_path):
+    store = StateStore(tmp_path, {})
+    old = pl.DataFrame({"seq": [1], "job_id": ["a"], "status": ["completed"]})
+    old.write_parquet(tmp_path / "jobs" / "part-00000000000000000001-aaaaaa.parquet")
+    store.append_jobs(pl.DataFrame({"job_id": ["b"], "status": ["failed"], "est_cost_usd": [0.1]}))
+    events = store.job_events()
+    assert events["job_id"].to_list() == ["a", "b"]
+    assert events["est_cost_usd"].to_list() == [None, 0.1]
