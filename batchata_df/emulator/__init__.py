@@ -24,6 +24,7 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import selectors
@@ -33,7 +34,7 @@ import time
 import urllib.error
 import urllib.request
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -229,6 +230,31 @@ class Emulator:
             "GEMINI_API_KEY": "emulator-key",
             "NO_PROXY": "127.0.0.1,localhost",
         }
+
+    @contextlib.contextmanager
+    def environ(self) -> Iterator[dict[str, str]]:
+        """Set :meth:`env` in ``os.environ`` for the duration of a ``with`` block.
+
+        Previous values (or their absence) are restored on exit.
+
+        Examples
+        --------
+        >>> import os
+        >>> with Emulator() as emu, emu.environ():
+        ...     os.environ["OPENAI_BASE_URL"] == emu.openai_base_url
+        True
+        """
+        values = self.env()
+        saved = {key: os.environ.get(key) for key in values}
+        os.environ.update(values)
+        try:
+            yield values
+        finally:
+            for key, old in saved.items():
+                if old is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = old
 
     # ---- control endpoints
 

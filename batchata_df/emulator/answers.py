@@ -9,6 +9,7 @@ Schemas
 structured outputs (OpenAI strict mode, Anthropic ``output_config.format``, Gemini
 ``responseJsonSchema``): ``$ref``/``$defs`` (also ``definitions``, and recursive models),
 ``anyOf``/``oneOf``/``allOf``, type lists such as ``["string", "null"]``, ``enum``, ``const``,
+(``anyOf [number, string]``, pydantic's ``Decimal``, yields numbers or numeric strings),
 objects (``properties``, ``required``, ``additionalProperties``), arrays (``items``,
 ``prefixItems``, ``minItems``/``maxItems``, ``uniqueItems`` for enums), strings (``format``
 ``date``, ``date-time``, ``time``, ``email``, ``uuid``, ``uri``, ``duration``,
@@ -53,6 +54,7 @@ True
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import re
 import zlib
@@ -400,6 +402,13 @@ class _Compiler:
         return call
 
     def _union(self, branches: list[object]) -> _Gen:
+        numeric = any(
+            isinstance(b, Mapping) and b.get("type") in ("number", "integer") for b in branches
+        )
+        if numeric:
+            # anyOf [number, string] is how pydantic writes Decimal: its string branch must
+            # hold a number too, or the answer validates against the schema but not the model.
+            branches = [_NUMERIC_STRING if _is_bare_string(b) else b for b in branches]
         gens = [self.compile(b) for b in branches]
         nulls = [g for g, b in zip(gens, branches, strict=True) if _is_null(b)]
         others = [g for g, b in zip(gens, branches, strict=True) if not _is_null(b)]
@@ -497,6 +506,18 @@ def _infer_type(schema: Mapping[str, Any]) -> str | None:
     if "minimum" in schema or "maximum" in schema:
         return "number"
     return None
+
+
+_NUMERIC_STRING: Final = {"type": "string", "pattern": r"^-?\d+(\.\d+)?$"}
+_STRING_CONSTRAINTS: Final = ("format", "pattern", "enum", "const", "minLength", "maxLength")
+
+
+def _is_bare_string(schema: object) -> bool:
+    return (
+        isinstance(schema, Mapping)
+        and schema.get("type") == "string"
+        and not any(key in schema for key in _STRING_CONSTRAINTS)
+    )
 
 
 def _is_null(schema: object) -> bool:
@@ -672,11 +693,123 @@ def _pattern_source(pattern: str, fallback: Callable[[_Rng], str]) -> Callable[[
     except re.error:
         return fallback
     probe = _Rng(12345)
+    safe = fallback
     for candidate in (fallback, *_PATTERN_CANDIDATES):
-        # Check a few samples: a candidate must match for any seed, not just one.
+        # A candidate must match for any seed, not just one: check a few samples.
         if all(regex.search(candidate(probe)) for _ in range(8)):
-            return candidate
-    return fallback
+            safe = candidate
+            break
+    walk = _regex_walker(pattern)
+    if walk is None:
+        return safe
+
+    def gen(rng: _Rng) -> str:
+        # Build a string from the pattern itself; lookarounds and back-references are
+        # not modelled, so check the result and fall back to a known-good candidate.
+        for _ in range(4):
+            text = walk(rng)
+            if regex.search(text):
+                return text
+        return safe(rng)
+
+    return gen
+
+
+class _Unsupported(Exception):
+    pass
+
+
+_MAX_EXTRA_REPEATS: Final = 3
+
+
+def _regex_walker(pattern: str) -> Callable[[_Rng], str] | None:
+    """A generator of strings shaped by ``pattern``, from the stdlib's regex parser."""
+    try:
+        parser: Any = importlib.import_module("re._parser")
+        tree = list(parser.parse(pattern))
+    except Exception:  # a private stdlib module: if it moves, patterns use the candidates
+        return None
+
+    def emit(items: Any, rng: _Rng, out: list[str]) -> None:
+        for op, arg in items:
+            name = getattr(op, "name", str(op))
+            if name == "LITERAL":
+                out.append(chr(arg))
+            elif name == "NOT_LITERAL":
+                out.append("b" if arg == ord("a") else "a")
+            elif name == "ANY":
+                out.append(_WORDS[rng.below(len(_WORDS))][0])
+            elif name == "IN":
+                out.append(_class_char(arg, rng))
+            elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+                lo, hi, sub = arg
+                for _ in range(rng.between(lo, max(lo, min(hi, lo + _MAX_EXTRA_REPEATS)))):
+                    emit(sub, rng, out)
+            elif name in ("SUBPATTERN", "ATOMIC_GROUP"):
+                emit(arg[-1], rng, out)
+            elif name == "BRANCH":
+                branches = arg[1]
+                emit(branches[rng.below(len(branches))], rng, out)
+            elif name not in ("AT", "ASSERT", "ASSERT_NOT"):
+                raise _Unsupported(name)
+
+    def walk(rng: _Rng) -> str:
+        out: list[str] = []
+        try:
+            emit(tree, rng, out)
+        except _Unsupported:
+            return "\x00"  # never matches a sane pattern: the caller falls back
+        return "".join(out)
+
+    return walk
+
+
+_CATEGORY_CHARS: Final = {
+    "CATEGORY_DIGIT": "0123456789",
+    "CATEGORY_NOT_DIGIT": "abcxyz",
+    "CATEGORY_WORD": "abcdefghijklmnopqrstuvwxyz0123456789",
+    "CATEGORY_NOT_WORD": "-. ",
+    "CATEGORY_SPACE": " ",
+    "CATEGORY_NOT_SPACE": "abcxyz",
+}
+
+
+def _class_char(items: Any, rng: _Rng) -> str:
+    entries = list(items)
+    negate = bool(entries) and getattr(entries[0][0], "name", "") == "NEGATE"
+    if negate:
+        for ch in "xQ7_~-a":
+            if not _in_class(ch, entries[1:]):
+                return ch
+        msg = "NEGATE"
+        raise _Unsupported(msg)
+    op, arg = entries[rng.below(len(entries))]
+    name = getattr(op, "name", str(op))
+    if name == "LITERAL":
+        return chr(arg)
+    if name == "RANGE":
+        return chr(rng.between(arg[0], arg[1]))
+    if name == "CATEGORY":
+        chars = _CATEGORY_CHARS.get(getattr(arg, "name", str(arg)))
+        if chars:
+            return chars[rng.below(len(chars))]
+    raise _Unsupported(name)
+
+
+def _in_class(ch: str, entries: Any) -> bool:
+    code = ord(ch)
+    for op, arg in entries:
+        name = getattr(op, "name", str(op))
+        if name == "LITERAL" and arg == code:
+            return True
+        if name == "RANGE" and arg[0] <= code <= arg[1]:
+            return True
+        if name == "CATEGORY":
+            chars = _CATEGORY_CHARS.get(getattr(arg, "name", str(arg)), "")
+            positive = "NOT" not in getattr(arg, "name", "")
+            if (ch in chars) == positive and (positive or chars):
+                return True
+    return False
 
 
 # --------------------------------------------------------------------------------------
