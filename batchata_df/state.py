@@ -38,7 +38,7 @@ import polars as pl
 
 from batchata_df.errors import StateError, StateMismatchError
 
-__all__ = ["BATCH_EVENTS", "FORMAT_VERSION", "JOB_EVENTS", "StateStore"]
+__all__ = ["BATCH_EVENTS", "FORMAT_VERSION", "JOB_EVENTS", "StateStore", "spent_usd"]
 
 FORMAT_VERSION = 1
 
@@ -268,6 +268,21 @@ class StateStore:
             .drop("_pbid")
             .sort("seq")
         )
+
+
+def spent_usd(root: str | os.PathLike[str]) -> float:
+    """What the jobs recorded in a checkpoint folder cost (0 if it has none).
+
+    Reads the parts directly, without checking the manifest's fingerprint.
+    """
+    parts = sorted(Path(root, "jobs").glob("part-*.parquet"))
+    if not parts:
+        return 0.0
+    events = pl.scan_parquet(
+        parts, schema=JOB_EVENTS, missing_columns="insert", extra_columns="ignore"
+    ).collect()
+    latest = events.group_by("job_id").agg(pl.col("cost_usd").sort_by("seq").last())
+    return float(latest.get_column("cost_usd").fill_null(0.0).sum())
 
 
 def _conform(frame: pl.DataFrame, schema: pl.Schema) -> pl.DataFrame:
