@@ -12,10 +12,12 @@ and, once it has ended, the ``custom_id`` s in its results.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -57,6 +59,7 @@ SUPPORTED_PARAMS = frozenset(_PARAM_NAMES)
 # creation time, and how long a submit (upload plus SDK retries) may have taken.
 CLOCK_SKEW_S = 600.0
 SUBMIT_WINDOW_S = 3600.0
+CREATE_ATTEMPTS = 4
 
 _LINE_SCHEMA = pl.Schema(
     {
@@ -115,6 +118,7 @@ class AnthropicProvider:
         self._api_key = key
         self._base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
         self._client: anthropic.Anthropic | None = None
+        self._created: set[str] = set()  # batches this instance created: never an orphan
 
     def __repr__(self) -> str:  # never show the key
         return f"AnthropicProvider(base_url={self._base_url!r})"
@@ -213,22 +217,46 @@ class AnthropicProvider:
     # -- client -------------------------------------------------------------------------------
 
     def submit(self, lines: pl.Series, *, model: str, tag: BatchTag) -> str:
-        """Create the batch, sending the encoded requests as they are (no re-serialising)."""
+        """Create the batch, sending the encoded requests as they are (no re-serialising).
+
+        The SDK's automatic retries are off for this one call: a create that timed out or
+        failed with a 5xx may still have created the batch, and retrying it blindly would
+        pay twice. Before each retry, a batch that could be ours is looked up with
+        :meth:`find`; a 429/529 (refused before any work) is retried directly.
+        """
         from anthropic.types.messages import MessageBatch
 
         # The lines are already the JSON of each request: join them into the body instead
         # of parsing them into dicts for the SDK to serialise again.
         body = b'{"requests":[' + ",".join(lines.to_list()).encode() + b"]}"
-        batch = self._call(
-            "create the message batch",
-            lambda: self.client.post(
-                "/v1/messages/batches",
-                cast_to=MessageBatch,
-                content=body,
-                options={"headers": {"content-type": "application/json"}},
-            ),
-        )
-        return batch.id
+        ids = lines.str.extract(r'^\{"custom_id":"([^"]+)"', 1).drop_nulls()
+        tag = dataclasses.replace(tag, job_ids=frozenset(ids.to_list()), n_jobs=lines.len())
+        for attempt in range(CREATE_ATTEMPTS):
+            try:
+                batch = self._call(
+                    "create the message batch",
+                    lambda: self.client.post(
+                        "/v1/messages/batches",
+                        cast_to=MessageBatch,
+                        content=body,
+                        options={"headers": {"content-type": "application/json"}, "max_retries": 0},
+                    ),
+                )
+            except ProviderError as e:
+                verdict = _create_failure(e.__cause__)
+                if verdict == "final" or attempt == CREATE_ATTEMPTS - 1:
+                    raise
+                if verdict == "unknown":
+                    found = self.find(tag)
+                    if found is not None:
+                        self._created.add(found)
+                        return found
+                time.sleep(min(8.0, 0.5 * 2**attempt))
+                continue
+            self._created.add(batch.id)
+            return batch.id
+        msg = "unreachable: the create loop either returns or raises"  # pragma: no cover
+        raise AssertionError(msg)  # pragma: no cover
 
     def poll(self, batch_id: str) -> BatchPoll:
         """Retrieve the batch and normalize its status."""
@@ -273,7 +301,7 @@ class AnthropicProvider:
             created = b.created_at.timestamp()
             if created < lo:
                 break  # listed newest first: nothing older can be ours
-            if created > hi or b.id in tag.known_batch_ids:
+            if created > hi or b.id in tag.known_batch_ids or b.id in self._created:
                 continue
             c = b.request_counts
             total = c.processing + c.succeeded + c.errored + c.canceled + c.expired
@@ -349,6 +377,20 @@ def _import_sdk() -> Any:
         )
         raise ProviderError(msg) from e
     return anthropic
+
+
+def _create_failure(error: BaseException | None) -> str:
+    """Classify a failed create: ``final`` (do not retry), ``refused`` or ``unknown``."""
+    anthropic = _import_sdk()
+    if isinstance(error, anthropic.RateLimitError | anthropic.OverloadedError):
+        return "refused"  # turned away before any work was done
+    if isinstance(error, anthropic.APIConnectionError):
+        return "unknown"  # includes timeouts: the request may have arrived
+    if isinstance(error, anthropic.APIStatusError) and (
+        error.status_code >= 500 or error.status_code in (408, 409)
+    ):
+        return "unknown"
+    return "final"
 
 
 def _poll_of(b: MessageBatch) -> BatchPoll:
