@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Set up and run batchata-df's demo or test suite with nothing but Python 3.11+.
 
+Usage::
+
     python3 dev.py demo     # create .venv, install, run the demo on the bundled emulator
     python3 dev.py test     # create .venv, install with dev extras, lint, type-check, test
     python3 dev.py bench    # the benchmarks (slow; writes benchmarks/results/)
@@ -21,12 +23,14 @@ PY = BIN / "python"
 
 
 def sh(*args: str | Path) -> None:
+    """Run a command in the repository, echoing it; fail on a non-zero exit."""
     print("+", " ".join(str(a) for a in args), flush=True)
     subprocess.run([str(a) for a in args], cwd=ROOT, check=True)
 
 
 def setup(extra: str) -> None:
-    if sys.version_info < (3, 11):
+    """Create .venv if needed and install the package with ``extra`` when it changed."""
+    if sys.version_info < (3, 11):  # noqa: UP036 - users may run an older python3
         sys.exit(f"batchata-df needs Python 3.11+, this is {sys.version.split()[0]}")
     if not PY.exists():
         venv.create(VENV, with_pip=True)
@@ -38,6 +42,7 @@ def setup(extra: str) -> None:
 
 
 def main() -> None:
+    """Dispatch ``demo``, ``test`` or ``bench``."""
     what = sys.argv[1] if len(sys.argv) > 1 else "help"
     if what == "demo":
         setup("all")

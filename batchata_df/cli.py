@@ -1,11 +1,11 @@
-"""Command line: ``batchata-df run | status | sql | emulator | demo``.
+r"""Command line: ``batchata-df run | status | sql | emulator | demo``.
 
 Examples
 --------
 ::
 
-    batchata-df run reviews.parquet out.parquet --model gpt-4.1-mini \\
-        --prompt "Classify: {text}" --schema mypkg.models:Review --state runs/reviews \\
+    batchata-df run reviews.parquet out.parquet --model gpt-4.1-mini \
+        --prompt "Classify: {text}" --schema mypkg.models:Review --state runs/reviews \
         --max-cost-usd 5
     batchata-df status runs/reviews
     batchata-df sql "select status, count(*) from jobs group by all" runs/reviews

@@ -14,6 +14,7 @@ and records every step in the :class:`~batchata_df.state.StateStore` *before* ac
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import secrets
@@ -583,10 +584,9 @@ class Engine:
         for batch in in_flight:
             if batch.cancel_reason is None:
                 batch.cancel_reason = reason
-                try:
+                # It may have ended meanwhile; the next poll tells.
+                with contextlib.suppress(ProviderError):
                     self.providers[batch.provider].cancel(batch.provider_batch_id)
-                except ProviderError:
-                    pass  # it may have ended meanwhile; the next poll tells
                 self.store.append_batch(
                     batch_key=batch.batch_key,
                     provider=batch.provider,

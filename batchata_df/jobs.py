@@ -147,7 +147,9 @@ def build_jobs(
     system: str | pl.Expr | None,
     salt: str,
 ) -> pl.DataFrame:
-    """One job per row: ``job_id``, ``provider``, ``model``, ``prompt``, ``system``, ``input_error``.
+    """One job per row: ``job_id``, ``provider``, ``model``, ``prompt``, ``system``, errors.
+
+    ``input_error`` says why a row cannot be sent (it then fails without being sent).
 
     ``job_id`` is a content hash of provider, model, system and prompt plus ``salt`` (the
     run-level request settings), so identical rows share one job and are paid once.

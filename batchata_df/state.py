@@ -15,11 +15,13 @@ batch.
 
 ``est_cost_usd`` is set on ``assigned`` events when the run had estimates (a cost cap or a
 dry run): the worst case (estimated input, ``max_tokens`` output) that admission control
-held against the cap. Job event statuses: ``assigned`` (put in a provider batch, written *before* submitting),
+held against the cap.
+
+Job event statuses: ``assigned`` (put in a provider batch, written *before* submitting),
 ``completed``, ``failed``, ``cancelled``. Batch event statuses: ``intent`` (written before
 the provider is called), ``submitted`` (the provider's batch id, written right after),
-``ended`` (the provider finished it; results not yet stored), ``collected`` (results
-stored), ``abandoned`` (an intent that never reached the provider), ``cancel_requested``.
+``cancel_requested``, ``collected`` (results stored), ``abandoned`` (an intent that never
+reached the provider).
 """
 
 from __future__ import annotations

@@ -9,7 +9,6 @@ import pytest
 from pydantic import BaseModel
 
 from batchata_df import PriceError, batch_llm
-from batchata_df.state import StateStore
 
 
 class Review(BaseModel):
