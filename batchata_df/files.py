@@ -57,6 +57,7 @@ __all__ = [
     "FILE_PARTS",
     "LIMITS",
     "FileLimits",
+    "attach_files",
     "content_json_expr",
     "file_tokens",
     "files_key",
@@ -700,3 +701,39 @@ def content_json_expr(
     joined = files.list.eval(part).list.join(",").fill_null("")
     sep = pl.when(joined == "").then(pl.lit("")).otherwise(pl.lit(","))
     return pl.concat_str([pl.lit("["), joined, sep, *last, pl.lit("}]")])
+
+
+def attach_files(
+    jobs: pl.DataFrame,
+    frame: pl.DataFrame,
+    column: str,
+    *,
+    salt: str,
+    citations: bool = False,
+) -> pl.DataFrame:
+    """Load ``frame[column]`` and add the files to ``jobs`` (from :func:`build_jobs`).
+
+    Adds ``content_json`` (per row, in the row's provider's shape, see
+    :func:`content_json_expr`) and ``files`` (:data:`FILE_PARTS` without the bytes, for
+    token estimates), and recomputes ``job_id`` with :func:`files_key` as extra key
+    material. Raises :class:`~batchata_df.errors.FileInputError` before anything is sent.
+    """
+    from batchata_df.jobs import job_ids
+
+    files = load_files(frame, column, jobs.get_column("provider"))
+    jobs = jobs.with_columns(files.alias("files"))
+    key = jobs.select(files_key(pl.col("files"))).to_series()
+    jobs = jobs.with_columns(job_ids(jobs, salt, key))
+    pieces = []
+    for group in jobs.with_row_index("_order").partition_by("provider", maintain_order=True):
+        provider = group.get_column("provider")[0]
+        content = (
+            pl.lit(None, dtype=pl.String)
+            if provider is None
+            else content_json_expr(provider, pl.col("prompt"), pl.col("files"), citations=citations)
+        )
+        pieces.append(group.with_columns(content.alias("content_json")))
+    if not pieces:  # no rows
+        return jobs.with_columns(pl.lit(None, dtype=pl.String).alias("content_json"))
+    out = pieces[0] if len(pieces) == 1 else pl.concat(pieces).sort("_order")
+    return out.drop("_order").with_columns(slim(pl.col("files")))

@@ -115,8 +115,13 @@ def batch_llm(
         temporary folder deleted at the end (no resume).
     system
         A system prompt (string or ``pl.Expr``).
-    files, citations
-        File inputs and citations (not available for OpenAI in this version).
+    files
+        The name of a column holding per row a file path (``str`` or ``Path``), a list of
+        paths, or ``bytes``: PDF, text/Markdown, DOCX or PNG/JPEG/GIF/WebP images, sent
+        before the prompt (see :mod:`batchata_df.files` for the provider limits). Every
+        file is read and checked before anything is sent.
+    citations
+        Citations (not available in this version).
     params
         Model parameters: ``max_tokens`` (default 4096), ``temperature``, ``top_p``,
         ``seed``, ``stop``, ``frequency_penalty``, ``presence_penalty``,
@@ -171,11 +176,11 @@ def batch_llm(
         raise ConfigError(msg)
     answer = AnswerSchema(schema)
     _check_collisions(frame.columns, answer.columns)
-    if files is not None or citations:
-        msg = (
-            "files= and citations= are not supported by the OpenAI provider in this version; "
-            "remove them"
-        )
+    if citations:
+        msg = "citations= is not supported in this version; remove it"
+        raise ConfigError(msg)
+    if files is not None and not isinstance(files, str):
+        msg = f"files= takes the name of a column of paths or bytes, got {files!r}"
         raise ConfigError(msg)
     if max_cost_usd is not None and not (
         isinstance(max_cost_usd, int | float) and max_cost_usd > 0
@@ -210,6 +215,10 @@ def batch_llm(
     run_params = check_params(params, supported)
     run_params.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
     spec = RequestSpec(schema=answer, params=run_params)
+    if files is not None:
+        from batchata_df.files import attach_files
+
+        jobs = attach_files(jobs, frame, files, salt=salt, citations=citations)
 
     sendable = (
         jobs.filter(pl.col("input_error").is_null())
@@ -352,6 +361,10 @@ def with_estimates(
             system=group.get_column("system"),
             extra_tokens=extra,
         )
+        if "files" in group.columns:
+            from batchata_df.files import file_tokens
+
+            est_in = est_in + file_tokens(group.get_column("files"), str(provider), str(model))
         parts.append(
             group.with_columns(
                 est_in.alias("est_input_tokens"),

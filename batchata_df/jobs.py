@@ -20,6 +20,7 @@ from batchata_df.errors import ColumnError, ConfigError, ModelError
 __all__ = [
     "PROVIDERS",
     "build_jobs",
+    "job_ids",
     "parse_model",
     "render_template",
     "template_columns",
@@ -146,6 +147,7 @@ def build_jobs(
     prompt: str | pl.Expr,
     system: str | pl.Expr | None,
     salt: str,
+    extra_key: pl.Series | None = None,
 ) -> pl.DataFrame:
     """One job per row: ``job_id``, ``provider``, ``model``, ``prompt``, ``system``, errors.
 
@@ -153,6 +155,8 @@ def build_jobs(
 
     ``job_id`` is a content hash of provider, model, system and prompt plus ``salt`` (the
     run-level request settings), so identical rows share one job and are paid once.
+    ``extra_key`` is more content per row that the request carries (the files' hashes,
+    :func:`batchata_df.files.files_key`); see :func:`job_ids`.
     """
     columns = frame.columns
     exprs = [_as_expr(prompt, columns, "prompt").alias("prompt")]
@@ -186,23 +190,32 @@ def build_jobs(
         .then(pl.lit("input: the prompt is null (a column it uses is null in this row)"))
     )
     jobs = jobs.with_columns(input_error.alias("input_error"))
-    keys = jobs.select(
-        pl.concat_str(
-            [
-                pl.col("provider").fill_null(""),
-                pl.col("model").fill_null(""),
-                pl.col("system").fill_null("\x01"),
-                pl.col("prompt").fill_null(""),
-            ],
-            separator="\x00",
-        )
-    ).to_series()
+    return jobs.with_columns(job_ids(jobs, salt, extra_key))
+
+
+def job_ids(jobs: pl.DataFrame, salt: str, extra_key: pl.Series | None = None) -> pl.Series:
+    """The ``job_id`` of each job: a BLAKE2b hash of its content, keyed by ``salt``.
+
+    The content is provider, model, system and prompt; ``extra_key`` (one string per job,
+    e.g. :func:`batchata_df.files.files_key`) is appended when given, so that the same
+    prompt with other files is another job. Without it, ids are unchanged.
+    """
+    parts = [
+        pl.col("provider").fill_null(""),
+        pl.col("model").fill_null(""),
+        pl.col("system").fill_null("\x01"),
+        pl.col("prompt").fill_null(""),
+    ]
+    if extra_key is not None:
+        jobs = jobs.with_columns(extra_key.alias("_extra_key"))
+        parts.append(pl.col("_extra_key").fill_null(""))
+    keys = jobs.select(pl.concat_str(parts, separator="\x00")).to_series()
     salt_b = salt.encode()
     ids = [
         hashlib.blake2b(k.encode(), digest_size=12, key=salt_b[:64]).hexdigest()
         for k in keys.to_list()
     ]
-    return jobs.with_columns(pl.Series("job_id", ids, dtype=pl.String))
+    return pl.Series("job_id", ids, dtype=pl.String)
 
 
 def check_params(

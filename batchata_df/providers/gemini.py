@@ -368,9 +368,16 @@ class GeminiProvider:
         """Build one ``{"key", "request"}`` JSONL line per job, vectorised.
 
         ``key`` is the job id; the same lines are uploaded as the input file, or sent
-        inline with the key as ``metadata.key``.
+        inline with the key as ``metadata.key``. When ``jobs`` has ``content_json`` (a JSON
+        array of ``parts``, see :func:`batchata_df.files.content_json_expr`), it is the
+        user turn's parts instead of the prompt text.
         """
         config = self.generation_config(spec)
+        parts = (
+            pl.col("content_json")
+            if "content_json" in jobs.columns
+            else pl.concat_str([pl.lit('[{"text":'), json_string(pl.col("prompt")), pl.lit("}]")])
+        )
         system = (
             pl.when(pl.col("system").is_not_null())
             .then(
@@ -388,9 +395,9 @@ class GeminiProvider:
             [
                 pl.lit('{"key":'),
                 json_string(pl.col("job_id")),
-                pl.lit(',"request":{"contents":[{"role":"user","parts":[{"text":'),
-                json_string(pl.col("prompt")),
-                pl.lit("}]}]"),
+                pl.lit(',"request":{"contents":[{"role":"user","parts":'),
+                parts,
+                pl.lit("}]"),
                 system,
                 pl.lit(f',"generationConfig":{config}}}}}'),
             ]
