@@ -117,21 +117,28 @@ def jsonl(lines: list[dict[str, Any]]) -> bytes:
 # Fixtures and helpers
 
 
+DEFAULTS: dict[str, Any] = {
+    "latency": 0.0,
+    "cancel_delay": 0.0,
+    "cancel_unfinished": "error_file",
+    "openai": {"max_requests": 50_000, "max_file_bytes": 200 * 1024 * 1024},
+}
+
+
 @pytest.fixture
 def oa(emulator: Emulator) -> Iterator[OpenAI]:
-    """The session emulator, reset to defaults, and an SDK client pointed at it."""
+    """The session emulator, reset to defaults, and an SDK client pointed at it.
+
+    The settings are restored afterwards too: other test files share the emulator.
+    """
     emulator.reset()
     emulator.clear_faults()
-    emulator.configure(
-        latency=0.0,
-        cancel_delay=0.0,
-        cancel_unfinished="error_file",
-        openai={"max_requests": 50_000, "max_file_bytes": 200 * 1024 * 1024},
-    )
+    emulator.configure(**DEFAULTS)
     client = OpenAI(api_key="sk-test", base_url=emulator.openai_base_url, max_retries=2)
     yield client
     client.close()
     emulator.clear_faults()
+    emulator.configure(**DEFAULTS)
 
 
 def submit(
@@ -548,10 +555,10 @@ def test_latency_lifecycle_with_simulated_clock(oa: OpenAI, emulator: Emulator) 
 def test_latency_in_wall_clock_time(oa: OpenAI, emulator: Emulator) -> None:
     import time
 
-    emulator.configure(latency=0.6)
+    emulator.configure(latency=1.0)
     batch = submit(oa, [chat_line("a", "x", schema=Review)])
-    assert raw_batch(oa, batch.id).status in ("validating", "in_progress")
-    time.sleep(0.7)
+    assert raw_batch(oa, batch.id).status in ("validating", "in_progress", "finalizing")
+    time.sleep(1.1)
     assert raw_batch(oa, batch.id).status == "completed"
 
 
@@ -718,7 +725,7 @@ def test_faults_use_each_providers_envelope(oa: OpenAI, emulator: Emulator) -> N
     assert (status, body["error"]["code"], body["error"]["status"]) == (503, 503, "UNAVAILABLE")
 
 
-def test_fault_specs_are_validated(emulator: Emulator) -> None:
+def test_fault_specs_are_validated(oa: OpenAI, emulator: Emulator) -> None:
     with pytest.raises(EmulatorError, match="retry_after"):
         emulator.inject_fault(path_regex="x", retry_after=3600)
     with pytest.raises(EmulatorError, match="path_regex"):
@@ -918,3 +925,80 @@ def test_parse_multipart_edge_cases() -> None:
         parse_multipart(body, "multipart/form-data")
     with pytest.raises(ValueError, match="unterminated"):
         parse_multipart(body[:-12], "multipart/form-data; boundary=XyZ")
+
+
+def test_public_api_is_exactly_all() -> None:
+    import types
+
+    import batchata_df.emulator as package
+
+    defined_here = {
+        name
+        for name, value in vars(package).items()
+        if not name.startswith("_")
+        and not isinstance(value, types.ModuleType)
+        and getattr(value, "__module__", "") == package.__name__
+    }
+    assert sorted(package.__all__) == sorted(defined_here) == ["Emulator", "EmulatorError"]
+    for module in (answers, package.server, package.openai_api):
+        for name in module.__all__:
+            assert hasattr(module, name), f"{module.__name__}.__all__ lists missing {name!r}"
+
+
+class _Echo:
+    """A minimal provider app: what the Anthropic/Gemini modules plug in the same way."""
+
+    provider = "echo"
+
+    def handle(self, request: Any) -> Any:
+        from batchata_df.emulator.server import Response
+
+        if request.route == "/stream":
+            return Response(
+                200, {"content-type": "application/x-ndjson"}, iter([b'{"a":', b"1}\n"])
+            )
+        return Response(
+            200, {"content-type": "text/plain"}, f"{request.method} {request.route}".encode()
+        )
+
+    def error_response(self, status: int, message: str) -> Any:
+        from batchata_df.emulator.server import error_envelope, json_response
+
+        return json_response(error_envelope("plain", status, message), status)
+
+    def reset(self) -> None:
+        pass
+
+    def configure(self, settings: Any) -> None:
+        pass
+
+    def settings(self) -> dict[str, object]:
+        return {}
+
+
+def test_apps_register_by_prefix_and_may_stream() -> None:
+    from batchata_df.emulator.server import make_server
+
+    server = make_server(port=0, load_providers=False)
+    server.core.register("/echo", _Echo())
+    server.start_in_thread()
+    try:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(server.url + "/echo/a/b?x=1", timeout=10) as response:
+            assert response.read() == b"GET /a/b"
+        with opener.open(server.url + "/echo/stream", timeout=10) as response:
+            assert response.headers["transfer-encoding"] == "chunked"
+            assert json.loads(response.read()) == {"a": 1}
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            opener.open(server.url + "/nowhere", timeout=10)
+        missing.value.close()
+        assert missing.value.code == 404
+        with opener.open(server.url + "/_emulator/log", timeout=10) as response:
+            entries = json.loads(response.read())
+        assert [(e["path"], e["provider"], e["query"]) for e in entries] == [
+            ("/echo/a/b", "echo", "x=1"),
+            ("/echo/stream", "echo", ""),
+            ("/nowhere", None, ""),
+        ]
+    finally:
+        server.stop()

@@ -922,8 +922,11 @@ class OpenAIApp:
     def _work(self) -> None:
         while True:
             batch = self._queue.get()
+            with self._lock:
+                dropped = batch.id not in self._batches  # by a reset: skip the work
             try:
-                self._prepare(batch)
+                if not dropped:
+                    self._prepare(batch)
             except Exception as e:  # an emulator bug: fail the batch visibly, keep serving
                 traceback.print_exc(file=sys.stderr)
                 message = f"emulator internal error: {type(e).__name__}: {e}"
