@@ -52,7 +52,10 @@ requests), ``invalid_json_line``, ``missing_required_parameter`` (``custom_id``,
 (line ``url`` differs from the batch ``endpoint``), ``model_mismatch`` (more than one model),
 ``stream_unsupported`` (``body.stream`` true). Errors in a request's *body* (e.g. no
 ``messages``) are not batch failures: that request gets an error-file line with
-``status_code`` 400, as the real API reports them at execution time.
+``status_code`` 400, as the real API reports them at execution time. So do malformed
+``image_url`` / ``file`` parts: a data URL that is not base64, a MIME type that is not an
+image (or a ``file_data`` that is not ``data:application/pdf;base64,``), invalid base64,
+bytes that do not match the MIME type, a ``file_data`` without ``filename``.
 
 HTTP errors use the OpenAI envelope ``{"error": {message, type, param, code}}``: unknown
 ids are 404, bad ``endpoint``/``completion_window``/``metadata`` are 400.
@@ -60,8 +63,9 @@ ids are 404, bad ``endpoint``/``completion_window``/``metadata`` are 400.
 Usage
 -----
 Tokens are the emulator's deterministic estimate (``answers.count_tokens``): prompt
-tokens cover every text part of the request (plus 85 per image/file part) plus the JSON
-schema, completion tokens cover the answer text. ``cached_tokens`` and
+tokens cover every text part of the request, the images and PDFs (``media``: image tiles,
+1,000 per PDF page; 85 per web image URL or file id) plus the JSON schema; completion
+tokens cover the answer text. ``cached_tokens`` and
 ``reasoning_tokens`` are always 0. The batch's ``usage`` sums the successful requests and
 is filled in once the batch reaches a final status.
 """
@@ -78,7 +82,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
-from batchata_df.emulator import answers
+from batchata_df.emulator import answers, media
 from batchata_df.emulator.server import (
     EmulatorCore,
     Request,
@@ -247,8 +251,63 @@ def _parts_text(content: object) -> tuple[str, int]:
             if isinstance(text, str):
                 texts.append(text)
             else:
-                extra += IMAGE_TOKENS
+                extra += _media_tokens(part)
     return "\n".join(texts), extra
+
+
+def _media_tokens(part: Mapping[str, Any]) -> int:
+    """Tokens of a non-text chat part; :class:`media.MediaError` where OpenAI gives a 400.
+
+    ``image_url`` data URLs must be base64 PNG/JPEG/GIF/WebP matching their bytes; ``file``
+    parts need ``file_id``, or ``file_data`` (a ``data:application/pdf;base64,`` URL) with a
+    ``filename``. Web image URLs and file ids are not fetched (``IMAGE_TOKENS``).
+    """
+    kind = part.get("type")
+    if kind == "image_url":
+        spec = part.get("image_url")
+        url = spec.get("url") if isinstance(spec, dict) else None
+        if not isinstance(url, str) or not url:
+            msg = "Missing required parameter: 'image_url.url'."
+            raise media.MediaError(msg)
+        if not url.startswith("data:"):
+            return IMAGE_TOKENS
+        head, _, data = url.partition(",")
+        mime = head[5:].removesuffix(";base64")
+        if not head.endswith(";base64"):
+            msg = "Invalid image_url: a data URL must be base64 ('data:image/png;base64,...')."
+            raise media.MediaError(msg)
+        if mime not in media.IMAGE_TYPES:
+            msg = (
+                f"Invalid MIME type {mime!r} in image_url. Only image types are supported: "
+                + ", ".join(media.IMAGE_TYPES)
+            )
+            raise media.MediaError(msg)
+        width, height = media.check_image(media.decode_base64(data), mime)
+        return media.image_tokens("openai", width, height)
+    if kind == "file":
+        spec = part.get("file")
+        if not isinstance(spec, dict):
+            msg = "Missing required parameter: 'file'."
+            raise media.MediaError(msg)
+        if isinstance(spec.get("file_id"), str):
+            return IMAGE_TOKENS
+        data = spec.get("file_data")
+        if not isinstance(data, str):
+            msg = "Missing required parameter: 'file.file_data' (or 'file.file_id')."
+            raise media.MediaError(msg)
+        if not isinstance(spec.get("filename"), str) or not spec["filename"]:
+            msg = "Missing required parameter: 'file.filename'."
+            raise media.MediaError(msg)
+        prefix = "data:application/pdf;base64,"
+        if not data.startswith(prefix):
+            msg = (
+                "Invalid file data: expected a base64-encoded data URL with an application/pdf "
+                "MIME type (e.g. 'data:application/pdf;base64,SGVsbG8sIFdvcmxkIQ==')."
+            )
+            raise media.MediaError(msg)
+        pages = media.check_pdf(media.decode_base64(data[len(prefix) :]))
+        return pages * media.PDF_PAGE_TOKENS["openai"]
+    return IMAGE_TOKENS
 
 
 def _messages_text(messages: list[Any]) -> tuple[str, int]:
@@ -307,7 +366,10 @@ class _SpecBuilder:
                 "messages",
             )
         else:
-            prompt, extra = _messages_text(messages)
+            try:
+                prompt, extra = _messages_text(messages)
+            except media.MediaError as e:
+                error = (400, "invalid_value", str(e), "messages")
         mode, gen = "text", None
         fmt = body.get("response_format")
         if isinstance(fmt, dict):
@@ -331,7 +393,11 @@ class _SpecBuilder:
         if isinstance(raw, str):
             prompt, extra = raw, 0
         elif isinstance(raw, list) and raw:
-            prompt, extra = _messages_text(raw)
+            try:
+                prompt, extra = _messages_text(raw)
+            except media.MediaError as e:
+                prompt, extra = "", 0
+                error = (400, "invalid_value", str(e), "input")
         else:
             prompt, extra = "", 0
             error = (
