@@ -291,21 +291,21 @@ def _media_tokens(part: Mapping[str, Any]) -> int:
             raise media.MediaError(msg)
         if isinstance(spec.get("file_id"), str):
             return IMAGE_TOKENS
-        data = spec.get("file_data")
-        if not isinstance(data, str):
+        file_data = spec.get("file_data")
+        if not isinstance(file_data, str):
             msg = "Missing required parameter: 'file.file_data' (or 'file.file_id')."
             raise media.MediaError(msg)
         if not isinstance(spec.get("filename"), str) or not spec["filename"]:
             msg = "Missing required parameter: 'file.filename'."
             raise media.MediaError(msg)
         prefix = "data:application/pdf;base64,"
-        if not data.startswith(prefix):
+        if not file_data.startswith(prefix):
             msg = (
                 "Invalid file data: expected a base64-encoded data URL with an application/pdf "
                 "MIME type (e.g. 'data:application/pdf;base64,SGVsbG8sIFdvcmxkIQ==')."
             )
             raise media.MediaError(msg)
-        pages = media.check_pdf(media.decode_base64(data[len(prefix) :]))
+        pages = media.check_pdf(media.decode_base64(file_data[len(prefix) :]))
         return pages * media.PDF_PAGE_TOKENS["openai"]
     return IMAGE_TOKENS
 
