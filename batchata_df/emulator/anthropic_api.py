@@ -41,7 +41,10 @@ that is not an object, a missing/non-string ``model``, a missing/non-integer ``m
 or one below 1, missing ``messages``, and ``stream: true``. A body over 256 MB is a 413
 ``request_too_large`` (the status the real API gives any oversized body). Problems the
 real API only finds when it runs a request become ``errored`` results with an
-``invalid_request_error``: empty ``messages``, a malformed ``output_config.format``,
+``invalid_request_error``: empty ``messages``, a malformed ``document`` / ``image`` block
+(a base64 source whose ``media_type`` is not ``application/pdf`` / an image type, invalid
+base64, bytes that are not a PDF or do not match the image type, a ``text`` source that is
+not ``text/plain``), a malformed ``output_config.format``,
 citations together with ``output_config.format``, and a forced ``tool_choice`` on a model
 that always thinks.
 
@@ -58,9 +61,10 @@ as the always-thinking models do, so clients must select blocks by type. The mar
 ``[[emulator:truncate]]`` -> ``stop_reason: "max_tokens"`` and cut text,
 ``[[emulator:refusal]]`` -> ``stop_reason: "refusal"``.
 
-Usage is the emulator's token estimate with ``service_tier: "batch"``. When the request
-marks its system prompt for caching (a ``cache_control`` on a system block, or top-level
-``cache_control``), the system prompt's tokens are billed as
+Usage is the emulator's token estimate with ``service_tier: "batch"``; base64 PDFs and
+images are billed by :mod:`.media` (2,000 per PDF page, ``width * height / 750`` per
+image). When the request marks its system prompt for caching (a ``cache_control`` on a
+system block, or top-level ``cache_control``), the system prompt's tokens are billed as
 ``cache_creation_input_tokens`` by the first such request of the batch and as
 ``cache_read_input_tokens`` by the others, and are not part of ``input_tokens``.
 """
@@ -75,7 +79,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from batchata_df.emulator import answers
+from batchata_df.emulator import answers, media
 from batchata_df.emulator.server import (
     EmulatorCore,
     Request,
@@ -180,7 +184,12 @@ def _blocks_text(content: object) -> tuple[str, int, bool]:
             source = block.get("source")
             source = source if isinstance(source, dict) else {}
             if source.get("type") == "text" and isinstance(source.get("data"), str):
+                if source.get("media_type") != "text/plain":
+                    msg = "document.source.text.media_type: Input should be 'text/plain'"
+                    raise media.MediaError(msg)
                 texts.append(source["data"])
+            elif source.get("type") == "base64":
+                extra += _base64_tokens(source, "document")
             elif source.get("type") == "content":
                 inner, more, _ = _blocks_text(source.get("content"))
                 texts.append(inner)
@@ -191,9 +200,36 @@ def _blocks_text(content: object) -> tuple[str, int, bool]:
             inner, more, _ = _blocks_text(block.get("content"))
             texts.append(inner)
             extra += more
+        elif kind == "image":
+            source = block.get("source")
+            if isinstance(source, dict) and source.get("type") == "base64":
+                extra += _base64_tokens(source, "image")
+            else:
+                extra += DOCUMENT_TOKENS
         else:
             extra += DOCUMENT_TOKENS
     return "\n".join(texts), extra, cites
+
+
+def _base64_tokens(source: Mapping[str, Any], block: str) -> int:
+    """Tokens of a base64 ``document`` (PDF) or ``image`` source; MediaError if refused."""
+    kind = source.get("media_type")
+    if block == "document" and kind != "application/pdf":
+        msg = "document.source.base64.media_type: Input should be 'application/pdf'"
+        raise media.MediaError(msg)
+    if block == "image" and kind not in media.IMAGE_TYPES:
+        allowed = ", ".join(repr(t) for t in media.IMAGE_TYPES)
+        msg = f"image.source.base64.media_type: Input should be one of {allowed}"
+        raise media.MediaError(msg)
+    try:
+        raw = media.decode_base64(source.get("data"))
+        if block == "document":
+            return media.check_pdf(raw) * media.PDF_PAGE_TOKENS["anthropic"]
+        width, height = media.check_image(raw, str(kind))
+    except media.MediaError as e:
+        msg = f"{block}.source.base64: {e}"
+        raise media.MediaError(msg) from e
+    return media.image_tokens("anthropic", width, height)
 
 
 def _system(params: Mapping[str, Any]) -> tuple[str, bool]:
@@ -250,7 +286,11 @@ class _SpecBuilder:
                     f"messages.{i}.role: Input should be 'user' or 'assistant'",
                 )
                 continue
-            text, more, c = _blocks_text(message.get("content"))
+            try:
+                text, more, c = _blocks_text(message.get("content"))
+            except media.MediaError as e:
+                error = error or ("invalid_request_error", f"messages.{i}.content: {e}")
+                continue
             texts.append(text)
             extra += more
             cites = cites or c
