@@ -157,6 +157,8 @@ def outcomes_to_events(
     schema: a succeeded request whose answer does not validate ends ``failed``.
     """
     joined = members.select("job_id").join(results, on="job_id", how="left")
+    if "citations" not in joined.columns:  # results built without the optional column
+        joined = joined.with_columns(pl.lit(None, dtype=pl.String).alias("citations"))
     succeeded = joined.filter(pl.col("outcome") == "succeeded")
     canonical, errors = spec.schema.validate(succeeded.get_column("text").to_list())
     max_tokens = spec.params.get("max_tokens")
@@ -210,6 +212,7 @@ def outcomes_to_events(
         "input_tokens",
         "output_tokens",
         "cached_tokens",
+        pl.when(status == "completed").then(pl.col("citations")).alias("citations"),
     )
 
 

@@ -161,6 +161,7 @@ class Emulator:
                     msg = f"the emulator exited with code {code} before listening (see stderr)"
                     raise EmulatorError(msg)
                 if line.startswith(_READY_PREFIX):
+                    proc.stdout.close()  # the server writes nothing more to stdout
                     return line[len(_READY_PREFIX) :].decode().strip()
 
     def stop(self) -> None:

@@ -7,6 +7,8 @@ the socket accepts connections, then serves until SIGTERM or SIGINT.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import signal
 import sys
 import threading
@@ -67,6 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     server.start_in_thread()
     print(f"batchata-df emulator listening on {server.url}", flush=True)
+    # Nothing else goes to stdout: a parent that read the ready line from a pipe need
+    # not drain it, and a stray print can never fill the pipe and block the server.
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     try:
         while not stop.wait(0.5):
             pass
