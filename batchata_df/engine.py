@@ -89,6 +89,10 @@ class ProgressSnapshot:
     cost_usd: float
     elapsed_s: float
     phase: str
+    activity: str = ""
+    """The local step under way, e.g. ``"uploading batch 3/20 (180.2 MB)"``."""
+    projected_cost_usd: float | None = None
+    """Spent so far plus the remaining jobs at the average actual cost per finished job."""
 
 
 # -- pure logic --------------------------------------------------------------------------------
@@ -230,6 +234,8 @@ class _Planned:
     worst: pl.Series
     """Worst-case cost in USD of each job (``max_tokens`` as output)."""
     has_estimates: bool = False
+    est_input_usd: pl.Series | None = None
+    """The input part of ``worst``, which calibration scales by actual/estimated tokens."""
 
     def head(self, n: int) -> _Planned:
         """The first ``n`` jobs as a batch of their own."""
@@ -238,6 +244,7 @@ class _Planned:
             self.lines.head(n), int(self.lines.head(n).str.len_bytes().sum()) + n,
             self.worst.head(n),
             self.has_estimates,
+            None if self.est_input_usd is None else self.est_input_usd.head(n),
         )
 
     def tail(self, n: int) -> _Planned:
@@ -248,6 +255,7 @@ class _Planned:
             self.lines.tail(rest), int(self.lines.tail(rest).str.len_bytes().sum()) + rest,
             self.worst.tail(rest),
             self.has_estimates,
+            None if self.est_input_usd is None else self.est_input_usd.tail(rest),
         )
 
 
@@ -321,6 +329,11 @@ def plan_batches(
                     n_bytes=int(sizes.slice(start, end - start).sum()),
                     worst=worst.slice(start, end - start),
                     has_estimates="worst_usd" in chunk.columns,
+                    est_input_usd=(
+                        chunk.get_column("est_input_usd").slice(start, end - start)
+                        if "est_input_usd" in chunk.columns
+                        else None
+                    ),
                 )
 
 
@@ -366,6 +379,11 @@ class Engine:
         self._spent = 0.0
         self._reserved = 0.0
         self._worst: dict[str, float] = {}
+        self._est_input: dict[str, int] = {}
+        self._calibration: dict[tuple[str, str], tuple[int, int]] = {}
+        self._input_ratio: dict[tuple[str, str], float] = {}
+        self._activity = ""
+        self._n_submitted = 0
 
     # -- public -------------------------------------------------------------------------------
 
@@ -396,6 +414,14 @@ class Engine:
             self._worst = dict(
                 zip(jobs.get_column("job_id").to_list(), jobs.get_column("worst_usd").to_list(),
                     strict=True)
+            )
+        if "est_input_tokens" in jobs.columns:
+            self._est_input = dict(
+                zip(
+                    jobs.get_column("job_id").to_list(),
+                    jobs.get_column("est_input_tokens").to_list(),
+                    strict=True,
+                )
             )
         fallback = max(self._worst.values(), default=0.0)
         for batch in in_flight:
@@ -507,13 +533,41 @@ class Engine:
         if cap is None:
             return plan
         budget = cap - self._spent - self._reserved
-        cum = plan.worst.fill_null(0.0).cum_sum()
+        cum = self._calibrated_worst(plan).cum_sum()
         fit = int((cum <= budget + 1e-12).sum())
         if fit == plan.job_ids.len():
             return plan
         if fit == 0:
             return None
         return plan.head(fit)
+
+    def _calibrated_worst(self, plan: _Planned) -> pl.Series:
+        """Worst case of each job, its input part scaled up if estimates ran low so far.
+
+        Calibration only ever raises the worst case (never below the offline estimate), so
+        it can only make the cap safer.
+        """
+        worst = plan.worst.fill_null(0.0)
+        ratio = self._input_ratio.get((plan.provider, plan.model), 1.0)
+        if ratio <= 1.0 or plan.est_input_usd is None:
+            return worst
+        return worst + plan.est_input_usd.fill_null(0.0) * (ratio - 1.0)
+
+    def _calibrate(self, batch: _InFlight, events: pl.DataFrame) -> None:
+        """Learn actual/estimated input tokens per model from a collected batch."""
+        if not self._est_input:
+            return
+        usage = events.filter(pl.col("input_tokens").is_not_null()).select(
+            "job_id", "input_tokens"
+        )
+        est = sum(self._est_input.get(j, 0) for j in usage.get_column("job_id").to_list())
+        actual = int(usage.get_column("input_tokens").sum())
+        key = (batch.provider, batch.model)
+        seen_est, seen_actual = self._calibration.get(key, (0, 0))
+        seen_est, seen_actual = seen_est + est, seen_actual + actual
+        self._calibration[key] = (seen_est, seen_actual)
+        if seen_est > 0:
+            self._input_ratio[key] = seen_actual / seen_est
 
     def _drive(self, planned: Iterator[_Planned], in_flight: list[_InFlight]) -> None:
         opts = self.options
@@ -635,8 +689,14 @@ class Engine:
                 plan.worst.alias("est_cost_usd") if plan.has_estimates else pl.lit(None),
             )
         )
-        reserved = float(plan.worst.fill_null(0.0).sum())
+        reserved = float(self._calibrated_worst(plan).sum())
         self._reserved += reserved
+        self._n_submitted += 1
+        self._activity = (
+            f"uploading batch {self._n_submitted} to {plan.provider} "
+            f"({plan.job_ids.len():,} requests, {plan.n_bytes / 1e6:,.1f} MB)"
+        )
+        self._report("running")
         batch_id = provider.submit(plan.lines, model=plan.model, tag=tag)
         _failpoint("after_submit")
         self.store.append_batch(
@@ -677,6 +737,8 @@ class Engine:
 
             results = empty_results()
         else:
+            self._activity = f"downloading results of {batch.provider_batch_id}"
+            self._report("running")
             results = provider.results(batch.provider_batch_id, self.spec)
         events = outcomes_to_events(
             pl.DataFrame({"job_id": batch.job_ids}),
@@ -694,6 +756,8 @@ class Engine:
         )
         self._spent += actual
         self._reserved = max(0.0, self._reserved - batch.reserved)
+        self._calibrate(batch, events)
+        self._activity = ""
         self.store.append_batch(
             batch_key=batch.batch_key,
             provider=batch.provider,
@@ -750,6 +814,10 @@ class Engine:
         for s in self._batch_status.values():
             statuses[s] = statuses.get(s, 0) + 1
         finished = sum(c.done.values())
+        projected = None
+        if c.done["completed"] + c.done["failed"] > 0:
+            per_job = c.cost / (c.done["completed"] + c.done["failed"])
+            projected = c.cost + per_job * (c.total - finished)
         self.progress(
             ProgressSnapshot(
                 total=c.total,
@@ -761,6 +829,8 @@ class Engine:
                 cost_usd=c.cost,
                 elapsed_s=time.monotonic() - self._started,
                 phase=phase,
+                activity="" if phase == "done" else self._activity,
+                projected_cost_usd=projected,
             )
         )
 

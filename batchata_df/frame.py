@@ -370,6 +370,7 @@ def with_estimates(
                 est_in.alias("est_input_tokens"),
                 pl.lit(max_tokens, dtype=pl.Int64).alias("est_output_tokens_max"),
                 ((est_in * price.input + max_tokens * price.output) / 1e6).alias("worst_usd"),
+                (est_in * price.input / 1e6).alias("est_input_usd"),
             )
         )
     if not parts:

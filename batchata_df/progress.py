@@ -71,7 +71,7 @@ def format_line(s: ProgressSnapshot, max_cost_usd: float | None = None) -> str:
     return (
         f"{done}/{s.total} jobs (completed {s.completed}, failed {s.failed}, cancelled "
         f"{s.cancelled}) | batches: {_batches(s)} | cost {_cost(s, max_cost_usd)} | "
-        f"{_duration(s.elapsed_s)}"
+        f"{_duration(s.elapsed_s)}" + (f" | {s.activity}" if s.activity else "")
     )
 
 
@@ -104,6 +104,10 @@ def _panel(s: ProgressSnapshot, max_cost_usd: float | None) -> RenderableType:
     grid.add_row("batches", Text(_batches(s)))
     near_cap = max_cost_usd is not None and s.cost_usd >= 0.9 * max_cost_usd
     grid.add_row("cost", Text(_cost(s, max_cost_usd), style="bold red" if near_cap else ""))
+    if s.projected_cost_usd is not None and s.phase != "done":
+        grid.add_row("projected", Text(f"${s.projected_cost_usd:,.4f} at the current rate"))
+    if s.activity:
+        grid.add_row("now", Text(s.activity, style="cyan"))
     grid.add_row("elapsed", Text(_duration(s.elapsed_s) + ("  done" if s.phase == "done" else "")))
     return grid
 

@@ -106,3 +106,25 @@ def test_cap_splits_a_batch_that_does_not_fit_whole(emu):
     first_batch = out["_batch_id"][0]
     assert (out["_batch_id"] == first_batch).sum() == 4
     assert out["_cost_usd"].sum() <= cap
+
+
+def test_calibration_tightens_the_cap_when_estimates_run_low(emu, monkeypatch):
+    import batchata_df.tokens as tokens
+
+    df = pl.DataFrame({"text": [f"{i} " + "long input text " * 60 for i in range(16)]})
+    params = {"max_tokens": 20}
+    full = df.pipe(batch_llm, schema=Review, model="gpt-4.1-mini", prompt="{text}",
+                   params=params)
+    per_job = float(full["_cost_usd"].mean())
+    cap = per_job * 6.5
+    # Estimates that are far too low: one input token per request.
+    monkeypatch.setattr(tokens, "estimate_request_tokens",
+                        lambda prompt, *a, **k: pl.Series(prompt.name, [1] * prompt.len()))
+    emu.reset()
+    out = df.pipe(batch_llm, schema=Review, model="gpt-4.1-mini", prompt="{text}",
+                  params=params, max_cost_usd=cap, items_per_batch=2, max_parallel_batches=1)
+    # Only the first batch was admitted on the bad estimate; from then on actual usage
+    # calibrated the worst case and the cap held.
+    assert out["_cost_usd"].sum() <= cap
+    assert 2 <= (out["_status"] == "completed").sum() <= 6
+    assert (out["_status"] == "cancelled").sum() >= 10

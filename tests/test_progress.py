@@ -141,3 +141,25 @@ def test_importing_progress_does_not_import_rich() -> None:
     code = "import batchata_df.progress, sys; print('rich' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_snapshots_report_local_activity_and_projection(emu):
+    import polars as pl
+    from pydantic import BaseModel
+
+    from batchata_df import batch_llm
+
+    class A(BaseModel):
+        n: int
+
+    seen = []
+    pl.DataFrame({"t": [str(i) for i in range(6)]}).pipe(
+        batch_llm, schema=A, model="gpt-4.1-mini", prompt="{t}", items_per_batch=2,
+        max_parallel_batches=1, progress=seen.append,
+    )
+    activities = [s.activity for s in seen if s.activity]
+    assert any(a.startswith("uploading batch 1 to openai (2 requests") for a in activities)
+    assert any(a.startswith("downloading results of batch_") for a in activities)
+    assert seen[-1].phase == "done"
+    assert seen[-1].completed == 6
+    assert any(s.projected_cost_usd for s in seen[:-1])
