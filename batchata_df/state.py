@@ -17,6 +17,10 @@ batch.
 dry run): the worst case (estimated input, ``max_tokens`` output) that admission control
 held against the cap.
 
+``citations`` is set on ``completed`` events of runs with ``citations=True``: JSON text
+``{"field": [citation, ...]}`` (see :mod:`batchata_df.citations`); null otherwise. Parts
+written before it existed read as null.
+
 Job event statuses: ``assigned`` (put in a provider batch, written *before* submitting),
 ``completed``, ``failed``, ``cancelled``. Batch event statuses: ``intent`` (written before
 the provider is called), ``submitted`` (the provider's batch id, written right after),
@@ -61,6 +65,7 @@ JOB_EVENTS = pl.Schema(
         "cached_tokens": pl.Int64(),
         "cost_usd": pl.Float64(),
         "est_cost_usd": pl.Float64(),
+        "citations": pl.String(),
     }
 )
 """Schema of a job event part (public, versioned by ``FORMAT_VERSION``)."""

@@ -24,6 +24,7 @@ __all__ = [
     "Provider",
     "ProviderState",
     "RequestSpec",
+    "conform_results",
     "empty_results",
     "json_string",
 ]
@@ -76,6 +77,9 @@ class RequestSpec:
 
     schema: AnswerSchema
     params: dict[str, Any]
+    citations: bool = False
+    """Citations on: no structured output, the schema goes in the system prompt instead
+    and answers carry per-field citations (:mod:`batchata_df.citations`)."""
 
 
 RESULTS = pl.Schema(
@@ -88,6 +92,7 @@ RESULTS = pl.Schema(
         "input_tokens": pl.Int64(),
         "output_tokens": pl.Int64(),
         "cached_tokens": pl.Int64(),
+        "citations": pl.String(),  # JSON {"field": [citation, ...]}; null without citations
     }
 )
 """Normalized per-request results that every provider's ``results`` returns."""
@@ -96,6 +101,20 @@ RESULTS = pl.Schema(
 def empty_results() -> pl.DataFrame:
     """An empty frame with the :data:`RESULTS` schema."""
     return pl.DataFrame(schema=RESULTS)
+
+
+def conform_results(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with the :data:`RESULTS` columns in order and types; missing ones null.
+
+    Examples
+    --------
+    >>> conform_results(pl.DataFrame({"job_id": ["a"]})).columns[-1]
+    'citations'
+    """
+    return frame.select(
+        pl.col(name).cast(dtype) if name in frame.columns else pl.lit(None, dtype).alias(name)
+        for name, dtype in RESULTS.items()
+    )
 
 
 def json_string(expr: pl.Expr) -> pl.Expr:

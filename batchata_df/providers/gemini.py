@@ -39,11 +39,11 @@ from batchata_df.errors import (
     SchemaError,
 )
 from batchata_df.providers.base import (
-    RESULTS,
     BatchPoll,
     BatchTag,
     ProviderState,
     RequestSpec,
+    conform_results,
     empty_results,
     json_string,
 )
@@ -635,4 +635,4 @@ def decode_lines(data: bytes) -> pl.DataFrame:
         .then(usage.struct.field("cachedContentTokenCount").fill_null(0))
         .alias("cached_tokens"),
     )
-    return out.cast(dict(RESULTS.items()))
+    return conform_results(out)

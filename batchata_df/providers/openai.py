@@ -23,11 +23,11 @@ from batchata_df.errors import (
     ProviderError,
 )
 from batchata_df.providers.base import (
-    RESULTS,
     BatchPoll,
     BatchTag,
     ProviderState,
     RequestSpec,
+    conform_results,
     empty_results,
     json_string,
 )
@@ -393,6 +393,6 @@ def decode_lines(data: bytes) -> pl.DataFrame:
             "cached_tokens"
         ),
     )
-    return out.cast(dict(RESULTS.items()))
+    return conform_results(out)
 
 
