@@ -43,6 +43,12 @@ batch is ``EXPIRED`` at 48 h (simulated clock) and has **no results**. A batch w
 input holds no readable request line ends ``FAILED`` (no results; the Operation carries a
 batch-level ``error``).
 
+Inline data (``inlineData`` or ``inline_data``, ``mimeType`` or ``mime_type``) must be
+base64 (else the create is a 400 for inline requests, the line fails in a file); a PDF
+must be a PDF, a PNG/JPEG/WebP image must match its type, and the MIME type must be one
+Gemini takes (PDF, PNG, JPEG, WebP, HEIC, HEIF, ``text/*``, audio, video; not GIF), else
+the request gets a 400 error.
+
 ``:cancel`` answers ``{}``; the batch stays in its state for the ``cancel_delay`` setting,
 then is ``CANCELLED`` with the results of the requests that had finished. Requests that
 never ran get an error entry (code 499, "cancelled") with ``cancel_unfinished="error_file"``
@@ -65,7 +71,8 @@ or ``includeThoughts`` the usage reports ``thoughtsTokenCount``, and ``includeTh
 adds a ``{"text", "thought": true}`` part before the answer.
 
 Usage is the emulator's estimate (``answers.count_tokens``): ``promptTokenCount`` covers the
-text parts and the schema, ``candidatesTokenCount`` the answer; ``cachedContentTokenCount``
+text parts, the ``inlineData`` parts (:mod:`.media`: 258 per PDF page, 258 per image or
+768 px image tile) and the schema, ``candidatesTokenCount`` the answer; ``cachedContentTokenCount``
 is 0.
 """
 
@@ -81,7 +88,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from batchata_df.emulator import answers
+from batchata_df.emulator import answers, media
 from batchata_df.emulator.server import (
     EmulatorCore,
     Request,
@@ -211,6 +218,60 @@ def _content_text(content: object) -> str:
     )
 
 
+# Inline data Gemini accepts (image and document understanding guides); GIF is not one.
+_IMAGE_TYPES: Final = ("image/png", "image/jpeg", "image/webp", "image/heic", "image/heif")
+_MEDIA_PREFIXES: Final = ("text/", "audio/", "video/")
+
+
+class _Base64Error(media.MediaError):
+    """``inlineData.data`` is not base64: the whole JSON payload is refused."""
+
+
+def _media_tokens(content: object) -> int:
+    """Tokens of the ``inlineData`` parts of a ``Content``; MediaError if Gemini refuses one."""
+    parts = content.get("parts") if isinstance(content, Mapping) else None
+    if not isinstance(parts, list):
+        return 0
+    tokens = 0
+    for part in parts:
+        blob = (
+            part.get("inlineData", part.get("inline_data")) if isinstance(part, Mapping) else None
+        )
+        if blob is None:
+            continue
+        if not isinstance(blob, Mapping):
+            msg = "Invalid JSON payload: 'inlineData' must be an object."
+            raise _Base64Error(msg)
+        mime = blob.get("mimeType", blob.get("mime_type"))
+        try:
+            raw = media.decode_base64(blob.get("data"), urlsafe=True)
+        except media.MediaError as e:
+            msg = f"Invalid value at 'inline_data.data' (TYPE_BYTES), Base64 decoding failed: {e}"
+            raise _Base64Error(msg) from e
+        if not isinstance(mime, str) or not mime:
+            msg = "* GenerateContentRequest.contents.parts.inline_data.mime_type: required"
+            raise media.MediaError(msg)
+        if mime == "application/pdf":
+            try:
+                tokens += media.check_pdf(raw) * media.PDF_PAGE_TOKENS["gemini"]
+            except media.MediaError as e:
+                msg = "Unable to process input document: the document has no pages."
+                raise media.MediaError(msg) from e
+        elif mime in ("image/png", "image/jpeg", "image/webp"):
+            try:
+                width, height = media.check_image(raw, mime)
+            except media.MediaError as e:
+                msg = f"Unable to process input image ({e})."
+                raise media.MediaError(msg) from e
+            tokens += media.image_tokens("gemini", width, height)
+        elif mime in _IMAGE_TYPES or mime.startswith(_MEDIA_PREFIXES):
+            tokens += 258
+        else:
+            msg = f"Unsupported MIME type: {mime}"
+            raise media.MediaError(msg)
+    return tokens
+
+
 class _SpecBuilder:
     def __init__(self) -> None:
         self._last_schema: object = None
@@ -235,6 +296,12 @@ class _SpecBuilder:
         if system is not None:
             texts.insert(0, _content_text(system))
         prompt = "\n".join(texts)
+        try:
+            files = sum(_media_tokens(c) for c in contents)
+        except _Base64Error:
+            raise  # the caller decides: a 400 for inline requests, a failed line in a file
+        except media.MediaError as e:
+            return self._failed(key, str(e))
         config = request.get("generationConfig", request.get("generation_config")) or {}
         if not isinstance(config, Mapping):
             return self._failed(key, "Invalid JSON payload: 'generationConfig' must be an object.")
@@ -276,7 +343,7 @@ class _SpecBuilder:
         if marker == answers.MARKER_ERROR and error is None:
             code = answers.marker_status(prompt)
             error = (code, f"Emulated error (HTTP {code}) for this request.")
-        tokens = answers.count_tokens(prompt) + (gen.schema_tokens if gen is not None else 0)
+        tokens = answers.count_tokens(prompt) + files + (gen.schema_tokens if gen else 0)
         return _Spec(key, prompt, tokens, mode, gen, max_tokens, marker, thinking, include, error)
 
     @staticmethod
@@ -844,7 +911,10 @@ class GeminiApp:
                     raise _Invalid(
                         400, f"* requests[{i}].metadata: metadata values must be strings"
                     )
-                spec = builder.build(None, item["request"])
+                try:
+                    spec = builder.build(None, item["request"])
+                except _Base64Error as e:
+                    raise _Invalid(400, f"* requests[{i}].request: {e}") from e
                 if meta is not None:
                     spec.metadata = dict(meta)
                     spec.key = meta.get("key")
@@ -1086,7 +1156,10 @@ def _plan_file(data: bytes, builder: _SpecBuilder) -> tuple[list[_Spec], str | N
         if "request" not in obj:
             spec = _SpecBuilder._failed(key, "* request: request is required")
         else:
-            spec = builder.build(key, obj["request"])
+            try:
+                spec = builder.build(key, obj["request"])
+            except _Base64Error as e:
+                spec = _SpecBuilder._failed(key, str(e))
             spec.key = key
         specs.append(spec)
     if not specs:
