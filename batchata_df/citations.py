@@ -65,9 +65,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
-from json.decoder import scanstring
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
 
 import polars as pl
 
@@ -197,11 +196,17 @@ def _value(text: str, i: int, path: Path, out: list[tuple[Path, int, int]]) -> i
         out.append((path, i + 1, end - 1))
         return end
     _, end = _DECODER.raw_decode(text, i)  # a number, true, false or null
-    out.append((path, i, end))
-    return end
+    out.append((path, i, int(end)))
+    return int(end)
 
 
 _DECODER = json.JSONDecoder()
+# The stdlib's string scanner (C-accelerated): (value, index after the closing quote).
+# Typeshed does not declare it.
+scanstring = cast(
+    "Callable[[str, int], tuple[str, int]]",
+    json.decoder.scanstring,  # type: ignore[attr-defined]
+)
 
 
 def value_spans(text: str, start: int = 0) -> tuple[list[tuple[Path, int, int]], int]:

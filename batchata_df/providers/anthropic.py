@@ -30,11 +30,11 @@ from batchata_df.errors import (
     SchemaError,
 )
 from batchata_df.providers.base import (
-    RESULTS,
     BatchPoll,
     BatchTag,
     ProviderState,
     RequestSpec,
+    conform_results,
     empty_results,
     json_string,
 )
@@ -61,35 +61,61 @@ CLOCK_SKEW_S = 600.0
 SUBMIT_WINDOW_S = 3600.0
 CREATE_ATTEMPTS = 4
 
-_LINE_SCHEMA = pl.Schema(
+
+def _line_schema(block: pl.Struct) -> pl.Schema:
+    """The result line fields we read, with ``block`` as a content block's dtype."""
+    return pl.Schema(
+        {
+            "custom_id": pl.String(),
+            "result": pl.Struct(
+                {
+                    "type": pl.String(),
+                    "message": pl.Struct(
+                        {
+                            "content": pl.List(block),
+                            "stop_reason": pl.String(),
+                            "usage": pl.Struct(
+                                {
+                                    "input_tokens": pl.Int64(),
+                                    "output_tokens": pl.Int64(),
+                                    "cache_creation_input_tokens": pl.Int64(),
+                                    "cache_read_input_tokens": pl.Int64(),
+                                }
+                            ),
+                        }
+                    ),
+                    "error": pl.Struct(
+                        {
+                            "error": pl.Struct({"type": pl.String(), "message": pl.String()}),
+                        }
+                    ),
+                }
+            ),
+        }
+    )
+
+
+_LINE_SCHEMA = _line_schema(pl.Struct({"type": pl.String(), "text": pl.String()}))
+
+_CITATION_FIELDS = pl.Struct(
     {
-        "custom_id": pl.String(),
-        "result": pl.Struct(
-            {
-                "type": pl.String(),
-                "message": pl.Struct(
-                    {
-                        "content": pl.List(pl.Struct({"type": pl.String(), "text": pl.String()})),
-                        "stop_reason": pl.String(),
-                        "usage": pl.Struct(
-                            {
-                                "input_tokens": pl.Int64(),
-                                "output_tokens": pl.Int64(),
-                                "cache_creation_input_tokens": pl.Int64(),
-                                "cache_read_input_tokens": pl.Int64(),
-                            }
-                        ),
-                    }
-                ),
-                "error": pl.Struct(
-                    {
-                        "error": pl.Struct({"type": pl.String(), "message": pl.String()}),
-                    }
-                ),
-            }
-        ),
+        "type": pl.String(),
+        "cited_text": pl.String(),
+        "document_index": pl.Int64(),
+        "document_title": pl.String(),
+        "start_char_index": pl.Int64(),
+        "end_char_index": pl.Int64(),
+        "start_page_number": pl.Int64(),
+        "end_page_number": pl.Int64(),
+        "start_block_index": pl.Int64(),
+        "end_block_index": pl.Int64(),
     }
 )
+_CITED_BLOCK = pl.Struct(
+    {"type": pl.String(), "text": pl.String(), "citations": pl.List(_CITATION_FIELDS)}
+)
+# The same lines read with each text block's citations (only when citations are on).
+_CITED_SCHEMA = _line_schema(_CITED_BLOCK)
 
 T = TypeVar("T")
 
@@ -166,7 +192,9 @@ class AnthropicProvider:
             extra[_PARAM_NAMES[ours]] = value
         if isinstance(extra.get("stop_sequences"), str):
             extra["stop_sequences"] = [extra["stop_sequences"]]
-        if spec.schema.json_schema is not None:
+        if spec.schema.json_schema is not None and not spec.citations:
+            # With citations the schema goes in the system prompt instead: Anthropic
+            # refuses citations together with output_config.format (400).
             anthropic = _import_sdk()
             try:
                 schema = anthropic.transform_schema(spec.schema.json_schema)
@@ -181,7 +209,8 @@ class AnthropicProvider:
 
         ``jobs`` has ``job_id``, ``model``, ``prompt``, ``system`` and optionally
         ``content_json`` (a JSON array of Anthropic content blocks that replaces the prompt
-        text).
+        text). With ``spec.citations`` and a schema, the system prompt starts with
+        :func:`batchata_df.citations.instruction` (the caller's ``system`` follows it).
         """
         tail = self.request_params_constant(spec)
         user_content = (
@@ -194,6 +223,12 @@ class AnthropicProvider:
             .then(pl.concat_str([pl.lit(',"system":'), json_string(pl.col("system"))]))
             .otherwise(pl.lit(""))
         )
+        if spec.citations and spec.schema.json_schema is not None:
+            from batchata_df.citations import instruction
+
+            ours = pl.lit(instruction(spec.schema.json_schema))
+            theirs = pl.concat_str([pl.lit("\n\n"), pl.col("system")]).fill_null("")
+            system = pl.concat_str([pl.lit(',"system":'), json_string(ours + theirs)])
         line = pl.concat_str(
             [
                 pl.lit('{"custom_id":"'),
@@ -276,7 +311,7 @@ class AnthropicProvider:
                     buffer.write(chunk)
             return buffer.getvalue()
 
-        return decode_results(self._call("download the batch results", fetch))
+        return decode_results(self._call("download the batch results", fetch), spec)
 
     def cancel(self, batch_id: str) -> None:
         """Ask Anthropic to cancel the batch (it answers ``canceling``)."""
@@ -422,11 +457,14 @@ def _error_message(body: object) -> str:
     return str(body)
 
 
-def decode_results(data: bytes) -> pl.DataFrame:
+def decode_results(data: bytes, spec: RequestSpec | None = None) -> pl.DataFrame:
     r"""Decode Message Batch results JSONL into the normalized :data:`RESULTS` frame.
 
     The answer text is the concatenation of the ``text`` blocks (``thinking`` and other
-    blocks are skipped by type); input tokens include cache reads and writes.
+    blocks are skipped by type); input tokens include cache reads and writes. With
+    ``spec.citations``, the blocks' citations are given to the answer's fields
+    (:func:`batchata_df.citations.map_citations`: the ``citations`` column) and the text
+    is the answer's JSON without a code fence.
 
     Examples
     --------
@@ -443,7 +481,8 @@ def decode_results(data: bytes) -> pl.DataFrame:
     """
     if not data.strip():
         return empty_results()
-    raw = pl.read_ndjson(io.BytesIO(data), schema=_LINE_SCHEMA)
+    citations = spec is not None and spec.citations
+    raw = pl.read_ndjson(io.BytesIO(data), schema=_CITED_SCHEMA if citations else _LINE_SCHEMA)
     result = pl.col("result")
     kind = result.struct.field("type")
     message = result.struct.field("message")
@@ -486,4 +525,36 @@ def decode_results(data: bytes) -> pl.DataFrame:
         usage.struct.field("output_tokens").alias("output_tokens"),
         pl.when(usage.is_not_null()).then(cache_read).alias("cached_tokens"),
     )
-    return out.cast(dict(RESULTS.items()))
+    if citations and spec is not None:
+        out = _with_citations(out, raw, spec)
+    return conform_results(out)
+
+
+def _with_citations(out: pl.DataFrame, raw: pl.DataFrame, spec: RequestSpec) -> pl.DataFrame:
+    """Replace ``text`` by the fence-free answer and add the per-field ``citations``.
+
+    The position-tracking parse is per answer (Python); only succeeded rows are parsed.
+    """
+    from batchata_df.citations import map_citations
+
+    fields = spec.schema.columns
+    json_answer = spec.schema.json_schema is not None
+    content = raw.select(
+        pl.when(pl.col("result").struct.field("type") == "succeeded").then(
+            pl.col("result").struct.field("message").struct.field("content")
+        )
+    ).to_series()
+    texts: list[str | None] = []
+    cited: list[str | None] = []
+    for blocks, text in zip(content.to_list(), out.get_column("text").to_list(), strict=True):
+        if blocks is None or text is None:
+            texts.append(text)
+            cited.append(None)
+            continue
+        answer, mapping = map_citations(blocks, fields, json_answer=json_answer)
+        texts.append(answer)
+        cited.append(mapping)
+    return out.with_columns(
+        pl.Series("text", texts, dtype=pl.String),
+        pl.Series("citations", cited, dtype=pl.String),
+    )
