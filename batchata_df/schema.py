@@ -95,6 +95,12 @@ def _literal_type(values: Sequence[Any], where: str) -> _FieldType:
 
 def _field_type(tp: Any, where: str) -> _FieldType:
     """Map a Python annotation to its Polars representation."""
+    if isinstance(tp, str | typing.ForwardRef):
+        msg = (
+            f"{where}: the annotation {tp!r} is an unresolved forward reference; define the "
+            "types it names before the model, or call Model.model_rebuild() first"
+        )
+        raise SchemaError(msg)
     origin = get_origin(tp)
     if origin is typing.Annotated:
         return _field_type(get_args(tp)[0], where)
