@@ -18,6 +18,7 @@ from typing import Any
 import polars as pl
 from pydantic import BaseModel
 
+from batchata_df.citations import citation_columns, decode_citations, instruction
 from batchata_df.cost import PriceOverride, PriceTable
 from batchata_df.engine import Engine, ProgressSnapshot, RunOptions
 from batchata_df.errors import ColumnError, ConfigError
@@ -44,6 +45,9 @@ DEFAULT_MAX_TOKENS = 4096
 """``max_tokens`` sent when ``params`` does not set it, so worst-case costs are bounded."""
 
 ProgressArg = bool | Callable[[ProgressSnapshot], None]
+
+CITATION_PROVIDERS = frozenset({"anthropic"})
+"""Providers whose answers cite the given documents (``citations=True``)."""
 
 
 def _load_dotenv() -> None:
@@ -121,7 +125,13 @@ def batch_llm(
         before the prompt (see :mod:`batchata_df.files` for the provider limits). Every
         file is read and checked before anything is sent.
     citations
-        Citations (not available in this version).
+        Anthropic only, with ``files=``: enable citations on every document and add, after
+        the schema's columns, a ``<field>_citations`` column per top-level field: a list of
+        ``{cited_text, document_index, document_title, start_page, end_page, start_char,
+        end_char, start_block, end_block}`` (Anthropic's conventions: document index and
+        char/block indices 0-based, pages 1-based, every end exclusive; kinds that do not
+        apply are null). Null for rows that did not complete. How citations are given to
+        fields is described in :mod:`batchata_df.citations`.
     params
         Model parameters: ``max_tokens`` (default 4096), ``temperature``, ``top_p``,
         ``seed``, ``stop``, ``frequency_penalty``, ``presence_penalty``,
@@ -175,9 +185,13 @@ def batch_llm(
         msg = f"batch_llm takes a polars DataFrame or LazyFrame, got {type(df).__name__}"
         raise ConfigError(msg)
     answer = AnswerSchema(schema)
-    _check_collisions(frame.columns, answer.columns)
-    if citations:
-        msg = "citations= is not supported in this version; remove it"
+    cite_columns = citation_columns(answer.columns) if citations else []
+    _check_collisions(frame.columns, [*answer.columns, *cite_columns])
+    if citations and files is None:
+        msg = (
+            "citations=True needs documents to cite: pass files='<column of file paths>' "
+            "(PDF or text), or remove citations=True"
+        )
         raise ConfigError(msg)
     if files is not None and not isinstance(files, str):
         msg = f"files= takes the name of a column of paths or bytes, got {files!r}"
@@ -206,15 +220,25 @@ def batch_llm(
         "schema": answer.fingerprint,
         "params": _fingerprint_part(dict(params or {})),
     }
+    if citations:  # only when on, so that the ids of runs without citations do not change
+        fingerprint["citations"] = "on"
     salt = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
     jobs = build_jobs(frame, model=model, prompt=prompt, system=system, salt=salt)
     needed = sorted(set(jobs.get_column("provider").drop_nulls().to_list()))
     supported = frozenset.intersection(
         *[SUPPORTED_PARAMS.get(p, frozenset()) for p in needed]
     ) if needed else SUPPORTED_PARAMS["openai"]
+    if citations and any(p not in CITATION_PROVIDERS for p in needed):
+        other = [p for p in needed if p not in CITATION_PROVIDERS]
+        msg = (
+            f"citations=True is supported for {sorted(CITATION_PROVIDERS)!r} models only, but "
+            f"this run uses {other!r}; use a Claude model (e.g. model='claude-haiku-4-5') or "
+            "remove citations=True"
+        )
+        raise ConfigError(msg)
     run_params = check_params(params, supported)
     run_params.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
-    spec = RequestSpec(schema=answer, params=run_params)
+    spec = RequestSpec(schema=answer, params=run_params, citations=citations)
     if files is not None:
         from batchata_df.files import attach_files
 
@@ -267,7 +291,7 @@ def batch_llm(
             close()
         for provider in providers.values():
             provider.close()
-    return _assemble(frame, jobs, results, answer)
+    return _assemble(frame, jobs, results, answer, citations=citations)
 
 
 @contextlib.contextmanager
@@ -347,6 +371,8 @@ def with_estimates(
 
     max_tokens = int(spec.params["max_tokens"])
     schema_text = json.dumps(spec.schema.json_schema) if spec.schema.json_schema else ""
+    if spec.citations and spec.schema.json_schema:
+        schema_text = instruction(spec.schema.json_schema)  # sent as system prompt instead
     parts = []
     indexed = jobs.with_row_index("_order")
     for (provider, model), group in indexed.group_by(["provider", "model"]):
@@ -394,14 +420,22 @@ def _check_collisions(input_columns: list[str], answer_columns: list[str]) -> No
 
 
 def _assemble(
-    frame: pl.DataFrame, jobs: pl.DataFrame, results: pl.DataFrame, answer: AnswerSchema
+    frame: pl.DataFrame,
+    jobs: pl.DataFrame,
+    results: pl.DataFrame,
+    answer: AnswerSchema,
+    *,
+    citations: bool = False,
 ) -> pl.DataFrame:
     """Join job states back onto the rows, in input order, and decode the answers."""
+    if "citations" not in results.columns:
+        results = results.with_columns(pl.lit(None, dtype=pl.String).alias("citations"))
     state = results.select(
         "job_id",
         "status",
         "error",
         "answer",
+        "citations",
         "input_tokens",
         "output_tokens",
         "cost_usd",
@@ -440,8 +474,14 @@ def _assemble(
         pl.when(pl.col("input_error").is_null()).then(pl.col("job_id")).alias("_job_id"),
         pl.col("provider_batch_id").alias("_batch_id"),
     ]
-    answers = pl.when(pl.col("status") == "completed").then(pl.col("answer"))
-    out = joined.select([*answer.decode(answers), *meta])
+    completed = pl.col("status") == "completed"
+    answers = pl.when(completed).then(pl.col("answer"))
+    cited = (
+        decode_citations(pl.when(completed).then(pl.col("citations")), answer.columns)
+        if citations
+        else []
+    )
+    out = joined.select([*answer.decode(answers), *cited, *meta])
     return pl.concat([frame, out], how="horizontal")
 
 
