@@ -28,7 +28,8 @@ unless said otherwise:
                   support" and "Vision" guides).
     Gemini        inline data: the whole request at most 20 MB, base64 included (Gemini
                   "Document understanding" and "Image understanding" guides: larger
-                  inputs need the File API); a PDF at most 1,000 pages.
+                  inputs need the File API); a PDF at most 1,000 pages; no GIF
+                  images (PNG, JPEG, WebP only).
     ============  =====================================================================
 
 The Python dependencies are the ``files`` extra: ``pip install 'batchata-df[files]'``.
@@ -121,6 +122,7 @@ class FileLimits:
     request_pages: int | None
     encoded: bool
     source: str
+    image_types: tuple[str, ...] = ("image/png", "image/jpeg", "image/gif", "image/webp")
 
 
 LIMITS: dict[str, FileLimits] = {
@@ -150,6 +152,7 @@ LIMITS: dict[str, FileLimits] = {
         request_pages=None,
         encoded=True,
         source="Gemini document / image understanding guides (inline data)",
+        image_types=("image/png", "image/jpeg", "image/webp"),  # no GIF
     ),
 }
 """Per-provider limits on inline files (see the module docstring for the sources)."""
@@ -366,6 +369,12 @@ def _check_limits(
                 )
                 raise FileInputError(msg)
             pages += int(part["pages"])
+        elif part["kind"] == "image" and part["media_type"] not in limits.image_types:
+            msg = (
+                f"{where(label)}: {provider} does not take {part['media_type']} images "
+                f"(it takes {', '.join(limits.image_types)}); convert it to PNG"
+            )
+            raise FileInputError(msg)
         elif part["kind"] == "image" and size > limits.image_bytes:
             msg = (
                 f"{where(label)}: the image is {size / MB:.1f} MB; {provider} accepts at most "
@@ -467,7 +476,7 @@ def load_files(frame: pl.DataFrame, column: str, providers: pl.Series) -> pl.Ser
                     continue
                 else:
                     msg = (
-                        f"a {type(item).__name__} is not a file: give a path (str or "
+                        f"{type(item).__name__} {item!r} is not a file: give a path (str or "
                         "pathlib.Path), a list of paths, bytes, or null"
                     )
                     raise _Bad(msg)
