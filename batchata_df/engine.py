@@ -569,27 +569,32 @@ class Engine:
         if seen_est > 0:
             self._input_ratio[key] = seen_actual / seen_est
 
+    def _fill_slots(
+        self,
+        pending: _Planned | None,
+        planned: Iterator[_Planned],
+        in_flight: list[_InFlight],
+    ) -> _Planned | None:
+        """Submit while a slot is free and the cap admits the next jobs; return the rest."""
+        while pending is not None and len(in_flight) < self.options.max_parallel_batches:
+            admitted = self._admit(pending, in_flight)
+            if admitted is None:
+                break
+            in_flight.append(self._submit(admitted))
+            n = admitted.job_ids.len()
+            pending = next(planned, None) if n == pending.job_ids.len() else pending.tail(n)
+        return pending
+
     def _drive(self, planned: Iterator[_Planned], in_flight: list[_InFlight]) -> None:
         opts = self.options
         pending: _Planned | None = next(planned, None)
         stop_reason: str | None = None
         while True:
             stop_reason = stop_reason or self._deadline_passed()
-            if stop_reason is not None and pending is not None:
+            if stop_reason is not None:
                 self._stop(stop_reason, in_flight, pending, planned)
                 pending = None
-            elif stop_reason is not None:
-                self._stop(stop_reason, in_flight, None, iter(()))
-            # Submit while a slot is free and the cap admits the next jobs.
-            while pending is not None and len(in_flight) < opts.max_parallel_batches:
-                admitted = self._admit(pending, in_flight)
-                if admitted is None:
-                    break
-                in_flight.append(self._submit(admitted))
-                n = admitted.job_ids.len()
-                pending = (
-                    next(planned, None) if n == pending.job_ids.len() else pending.tail(n)
-                )
+            pending = self._fill_slots(pending, planned, in_flight)
             if pending is not None and not in_flight:
                 # Nothing in flight will free budget: what does not fit now never will.
                 self._end_unsent("cost_limit", pending, planned)
@@ -609,15 +614,8 @@ class Engine:
                 in_flight.remove(batch)
             if not opts.wait:
                 # Submit now, collect later: one round of polls and submits, then return.
-                while pending is not None and len(in_flight) < opts.max_parallel_batches:
-                    admitted = self._admit(pending, in_flight)
-                    if admitted is None:
-                        break
-                    in_flight.append(self._submit(admitted))
-                    n = admitted.job_ids.len()
-                    pending = (
-                        next(planned, None) if n == pending.job_ids.len() else pending.tail(n)
-                    )
+                if stop_reason is None:
+                    pending = self._fill_slots(pending, planned, in_flight)
                 break
             if in_flight:
                 wake = min(b.next_poll for b in in_flight)
