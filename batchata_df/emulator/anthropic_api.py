@@ -61,6 +61,12 @@ as the always-thinking models do, so clients must select blocks by type. The mar
 ``[[emulator:truncate]]`` -> ``stop_reason: "max_tokens"`` and cut text,
 ``[[emulator:refusal]]`` -> ``stop_reason: "refusal"``.
 
+Documents with ``citations: {"enabled": true}`` (and no ``output_config``) are answered as
+:mod:`batchata_df.emulator.cited` describes: several ``text`` blocks whose cited values
+carry ``char_location`` / ``page_location`` / ``content_block_location`` citations that
+point at exactly those values; a JSON object valid for the schema the system prompt
+carries between ``<answer_json_schema>`` tags, or cited prose without one.
+
 Usage is the emulator's token estimate with ``service_tier: "batch"``; base64 PDFs and
 images are billed by :mod:`.media` (2,000 per PDF page, ``width * height / 750`` per
 image). When the request marks its system prompt for caching (a ``cache_control`` on a
@@ -79,7 +85,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from batchata_df.emulator import answers, media
+from batchata_df.emulator import answers, cited, media
 from batchata_df.emulator.server import (
     EmulatorCore,
     Request,
@@ -161,6 +167,8 @@ class _Spec:
     thinking: bool
     marker: str | None
     error: tuple[str, str] | None  # (error type, message)
+    documents: list[dict[str, Any]] | None = None  # mode "cite": the request's documents
+    cite_schema: dict[str, Any] | None = None  # mode "cite": the schema in the system prompt
 
 
 def _blocks_text(content: object) -> tuple[str, int, bool]:
@@ -335,6 +343,10 @@ class _SpecBuilder:
             else:
                 tool_name, schema = tool
                 mode, gen = "tool", self._generator(schema)
+        documents, cite_schema = None, None
+        if cites and mode == "text":
+            mode, documents = "cite", cited.documents(messages)
+            cite_schema = cited.schema_from_system(system)
         tokens = answers.count_tokens(prompt) + extra + (gen.schema_tokens if gen else 0)
         cached = answers.count_tokens(system) if cache and system else 0
         marker = answers.find_marker(prompt)
@@ -355,6 +367,8 @@ class _SpecBuilder:
             thinking=thinking,
             marker=marker,
             error=error,
+            documents=documents,
+            cite_schema=cite_schema,
         )
 
 
@@ -502,7 +516,17 @@ def render_message(spec: _Spec, rid: str, *, first_cache_write: bool = False) ->
         )
         out_tokens = answers.count_tokens(_compact(tool_input))
     else:
-        content.append({"type": "text", "text": text, "citations": None})
+        blocks = [{"type": "text", "text": text, "citations": None}]
+        if spec.mode == "cite" and stop == "end_turn" and spec.marker is None:
+            seed = spec.custom_id + "\x1f" + spec.prompt
+            answer = cited.render(spec.documents or [], spec.cite_schema, seed)
+            whole = "".join(b["text"] for b in answer)
+            if answers.count_tokens(whole) <= spec.max_tokens:
+                blocks, text = answer, whole
+            else:
+                text, stop = _cut(whole, True, spec.max_tokens * 4), "max_tokens"
+                blocks = [{"type": "text", "text": text, "citations": None}]
+        content.extend(blocks)
         out_tokens = answers.count_tokens(text)
     out_tokens = min(out_tokens, spec.max_tokens)
     stop_details = {"type": "refusal", "category": None, "explanation": None} if (
