@@ -171,7 +171,9 @@ def build_jobs(
         parse_model(model)  # fail early, before touching rows
         exprs.append(pl.lit(model).alias("model_spec"))
     try:
-        jobs = frame.select(exprs)
+        # The row index keeps one job per row when every expression is a literal (a
+        # prompt without columns): a select of literals alone gives a single row.
+        jobs = frame.select(pl.int_range(pl.len()).alias("\u0000row"), *exprs).drop("\u0000row")
     except pl.exceptions.ColumnNotFoundError as e:
         msg = f"an expression refers to a column the frame does not have: {e}"
         raise ColumnError(msg) from e
