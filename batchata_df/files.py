@@ -441,9 +441,12 @@ def load_files(frame: pl.DataFrame, column: str, providers: pl.Series) -> pl.Ser
         raise ColumnError(msg)
     values = frame.get_column(column).to_list()
     provider_list = providers.to_list()
-    by_path: dict[str, dict[str, Any]] = {}
-    by_bytes: dict[bytes, dict[str, Any]] = {}
-    rows: list[list[dict[str, Any]]] = []
+    distinct: list[dict[str, Any]] = []  # each distinct file once, read once
+    by_value: dict[object, int] = {}  # str / bytes value as given -> index in distinct
+    by_path: dict[str, int] = {}  # absolute path -> index in distinct
+    checked: set[tuple[str | None, tuple[int, ...]]] = set()
+    row_ids: list[int] = []
+    file_ids: list[int] = []
     for index, value in enumerate(values):
 
         def where(item: object, index: int = index, value: object = value) -> str:
@@ -451,41 +454,80 @@ def load_files(frame: pl.DataFrame, column: str, providers: pl.Series) -> pl.Ser
             inner = "" if item is None or item == value else f" (file {_preview(item)})"
             return f"files column {column!r}, row {index}, value {shown}{inner}"
 
-        items: list[object]
         if value is None:
-            items = []
-        elif isinstance(value, list | tuple):
-            items = list(value)
-        else:
-            items = [value]
-        parts: list[dict[str, Any]] = []
+            continue
+        items: list[object] = list(value) if isinstance(value, list | tuple) else [value]
+        ids: list[int] = []
         for item in items:
+            hit = by_value.get(item) if isinstance(item, str | bytes) else None
+            if hit is not None:
+                ids.append(hit)
+                continue
             try:
-                if isinstance(item, str | os.PathLike):
-                    path = Path(os.fsdecode(item)).expanduser()
-                    key = str(path.absolute())
-                    if key not in by_path:
-                        by_path[key] = _from_path(path)
-                    parts.append(by_path[key])
-                elif isinstance(item, bytes | bytearray | memoryview):
-                    raw = bytes(item)
-                    if raw not in by_bytes:
-                        by_bytes[raw] = _from_bytes(raw)
-                    parts.append(by_bytes[raw])
-                elif item is None:
-                    continue
-                else:
-                    msg = (
-                        f"{type(item).__name__} {item!r} is not a file: give a path (str or "
-                        "pathlib.Path), a list of paths, bytes, or null"
-                    )
-                    raise _Bad(msg)
+                ids.append(_read_once(item, distinct, by_value, by_path))
             except _Bad as e:
                 msg = f"{where(item)}: {e}"
                 raise FileInputError(msg) from e.__cause__
-        _check_limits(parts, provider_list[index] if index < len(provider_list) else None, where)
-        rows.append(parts)
-    return pl.Series(column, rows, dtype=FILE_PARTS)
+            except _Skip:
+                continue
+        provider = provider_list[index] if index < len(provider_list) else None
+        if (provider, tuple(ids)) not in checked:  # rows repeat: check each combination once
+            _check_limits([distinct[i] for i in ids], provider, where)
+            checked.add((provider, tuple(ids)))
+        row_ids.extend([index] * len(ids))
+        file_ids.extend(ids)
+    return _assemble_parts(column, len(values), distinct, row_ids, file_ids)
+
+
+class _Skip(Exception):
+    """A null inside a list of files: nothing to send."""
+
+
+def _read_once(
+    item: object,
+    distinct: list[dict[str, Any]],
+    by_value: dict[object, int],
+    by_path: dict[str, int],
+) -> int:
+    """Index of ``item``'s file in ``distinct``, reading it on first sight; raises _Bad."""
+    if isinstance(item, str | os.PathLike):
+        path = Path(os.fsdecode(item)).expanduser()
+        key = str(path.absolute())
+        if key not in by_path:
+            by_path[key] = len(distinct)
+            distinct.append(_from_path(path))
+        if isinstance(item, str):
+            by_value[item] = by_path[key]
+        return by_path[key]
+    if isinstance(item, bytes | bytearray | memoryview):
+        raw = bytes(item)
+        if raw not in by_value:
+            by_value[raw] = len(distinct)
+            distinct.append(_from_bytes(raw))
+        return by_value[raw]
+    if item is None:
+        raise _Skip
+    msg = (
+        f"{type(item).__name__} {item!r} is not a file: give a path (str or pathlib.Path), a "
+        "list of paths, bytes, or null"
+    )
+    raise _Bad(msg)
+
+
+def _assemble_parts(
+    name: str, height: int, distinct: list[dict[str, Any]], row_ids: list[int], file_ids: list[int]
+) -> pl.Series:
+    """The FILE_PARTS column from distinct files and (row, file) pairs, without a row loop."""
+    table = pl.DataFrame(distinct, schema=pl.Schema(FILE_PART.to_schema()))
+    pairs = pl.DataFrame(
+        {"_row": row_ids, "_file": file_ids}, schema={"_row": pl.Int64, "_file": pl.Int64}
+    )
+    gathered = table.select(pl.struct(pl.all()).alias(name)).to_series().gather(pairs["_file"])
+    per_row = pairs.with_columns(gathered).group_by("_row", maintain_order=True).agg(pl.col(name))
+    every = pl.DataFrame({"_row": pl.int_range(height, dtype=pl.Int64, eager=True)})
+    out = every.join(per_row, on="_row", how="left", maintain_order="left")
+    empty = pl.lit(pl.Series([[]], dtype=FILE_PARTS))
+    return out.select(pl.col(name).fill_null(empty).cast(FILE_PARTS)).to_series()
 
 
 def slim(files: pl.Expr) -> pl.Expr:
