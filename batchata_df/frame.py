@@ -160,7 +160,8 @@ def batch_llm(
     -------
     pl.DataFrame
         The input rows in input order with all input columns, one column per schema field,
-        then ``_status``, ``_error``, ``_cost_usd``, ``_input_tokens``, ``_output_tokens``,
+        with ``citations=True`` one ``<field>_citations`` column per field, then
+        ``_status``, ``_error``, ``_cost_usd``, ``_input_tokens``, ``_output_tokens``,
         ``_job_id``, ``_batch_id``. Identical requests are sent once; their cost and tokens
         are on the first such row (0 on the others), so ``_cost_usd.sum()`` is what was paid.
 
