@@ -67,7 +67,7 @@ def schema_from_system(system: str) -> dict[str, Any] | None:
 
     Examples
     --------
-    >>> schema_from_system('Answer.\\n<answer_json_schema>\\n{"type": "object"}\\n'
+    >>> schema_from_system('Answer.\n<answer_json_schema>\n{"type": "object"}\n'
     ...                    '</answer_json_schema>')
     {'type': 'object'}
     """
