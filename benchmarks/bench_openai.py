@@ -3,7 +3,8 @@
 Both clients run as separate processes (imports included, like the anchors in
 ``shared/reference/anchors.md``) against ONE emulator process with zero latency, one after
 the other at each size, so their ratio is measured side by side in the same run. Recorded
-per run: wall seconds, peak RSS (MB, ``ru_maxrss`` of the child), µs per row.
+per run: wall seconds, client CPU seconds (user + system of the child: the client's own
+work, whatever the emulator is doing), peak RSS (MB, ``ru_maxrss`` of the child), µs per row.
 
 Workload: N chat requests (~150-character prompts) with strict structured output for a
 3-field model (str, float, 3-value enum), split into provider batches of at most 50,000.
@@ -107,7 +108,11 @@ def run_child(code: str, args: list[str], env: dict[str, str]) -> dict[str, floa
         if proc.returncode != 0:
             err.seek(0)
             raise SystemExit(f"benchmark child failed:\n{err.read().decode()[-3000:]}")
-    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024}
+    return {
+        "wall_s": wall,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+    }
 
 
 def main() -> None:
@@ -137,6 +142,9 @@ def main() -> None:
                     "ratio": round(ours["wall_s"] / floor["wall_s"], 3),
                     "floor_us_per_row": round(floor["wall_s"] / n * 1e6, 1),
                     "ours_us_per_row": round(ours["wall_s"] / n * 1e6, 1),
+                    "floor_cpu_s": round(floor["cpu_s"], 3),
+                    "ours_cpu_s": round(ours["cpu_s"], 3),
+                    "cpu_ratio": round(ours["cpu_s"] / floor["cpu_s"], 3),
                     "floor_peak_rss_mb": round(floor["peak_rss_mb"], 1),
                     "ours_peak_rss_mb": round(ours["peak_rss_mb"], 1),
                     "state_mb": round(state_mb, 2),
@@ -152,10 +160,12 @@ def main() -> None:
         for row in results:
             f.write(json.dumps(row) + "\n")
     print(f"\n{'rows':>9} {'floor s':>8} {'ours s':>8} {'ratio':>6} {'floor us/row':>13} "
-          f"{'ours us/row':>12} {'floor MB':>9} {'ours MB':>8}")
+          f"{'ours us/row':>12} {'floor cpu':>10} {'ours cpu':>9} {'cpu ratio':>9} "
+          f"{'floor MB':>9} {'ours MB':>8}")
     for r in results:
         print(f"{r['rows']:>9} {r['floor_wall_s']:>8} {r['ours_wall_s']:>8} {r['ratio']:>6} "
               f"{r['floor_us_per_row']:>13} {r['ours_us_per_row']:>12} "
+              f"{r['floor_cpu_s']:>10} {r['ours_cpu_s']:>9} {r['cpu_ratio']:>9} "
               f"{r['floor_peak_rss_mb']:>9} {r['ours_peak_rss_mb']:>8}")
 
 
