@@ -93,6 +93,7 @@ from batchata_df.emulator.server import (
     error_envelope,
     json_body,
     json_response,
+    updated_limits,
 )
 
 __all__ = ["AnthropicApp", "create_app", "rfc3339"]
@@ -620,16 +621,7 @@ class AnthropicApp:
 
     def configure(self, settings: Mapping[str, object]) -> None:
         """Set ``max_requests`` or ``max_bytes`` (per batch)."""
-        new = dict(self._limits)
-        for key, value in settings.items():
-            if key not in new:
-                msg = f"unknown anthropic setting {key!r}; valid: {sorted(new)!r}"
-                raise ValueError(msg)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                msg = f"anthropic setting {key!r} must be a positive integer, got {value!r}"
-                raise ValueError(msg)
-            new[key] = value
-        self._limits = new
+        self._limits = updated_limits("anthropic", self._limits, settings)
 
     def settings(self) -> dict[str, object]:
         """The current limits."""

@@ -96,6 +96,7 @@ from batchata_df.emulator.server import (
     error_envelope,
     json_body,
     json_response,
+    updated_limits,
 )
 
 __all__ = ["GeminiApp", "create_app", "openapi_to_json_schema"]
@@ -543,16 +544,7 @@ class GeminiApp:
 
     def configure(self, settings: Mapping[str, object]) -> None:
         """Set ``max_inline_bytes`` or ``max_file_bytes``."""
-        new = dict(self._limits)
-        for key, value in settings.items():
-            if key not in new:
-                msg = f"unknown gemini setting {key!r}; valid: {sorted(new)!r}"
-                raise ValueError(msg)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                msg = f"gemini setting {key!r} must be a positive integer, got {value!r}"
-                raise ValueError(msg)
-            new[key] = value
-        self._limits = new
+        self._limits = updated_limits("gemini", self._limits, settings)
 
     def settings(self) -> dict[str, object]:
         """The current limits."""

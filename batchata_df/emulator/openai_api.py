@@ -90,6 +90,7 @@ from batchata_df.emulator.server import (
     error_envelope,
     json_body,
     json_response,
+    updated_limits,
 )
 
 __all__ = ["OpenAIApp", "create_app", "parse_multipart"]
@@ -758,16 +759,7 @@ class OpenAIApp:
 
     def configure(self, settings: Mapping[str, object]) -> None:
         """Set ``max_requests``, ``max_file_bytes`` or ``max_upload_bytes``."""
-        new = dict(self._limits)
-        for key, value in settings.items():
-            if key not in new:
-                msg = f"unknown openai setting {key!r}; valid: {sorted(new)!r}"
-                raise ValueError(msg)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                msg = f"openai setting {key!r} must be a positive integer, got {value!r}"
-                raise ValueError(msg)
-            new[key] = value
-        self._limits = new
+        self._limits = updated_limits("openai", self._limits, settings)
 
     def settings(self) -> dict[str, object]:
         """The current limits."""

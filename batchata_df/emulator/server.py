@@ -88,6 +88,7 @@ __all__ = [
     "json_body",
     "json_response",
     "make_server",
+    "updated_limits",
 ]
 
 CONTROL_PREFIX: Final = "/_emulator"
@@ -227,6 +228,28 @@ def json_response(
     if headers:
         out.update(headers)
     return Response(status, out, _dumps_compact(obj).encode("utf-8"))
+
+
+def updated_limits(
+    provider: str, current: Mapping[str, int], settings: Mapping[str, object]
+) -> dict[str, int]:
+    """``current`` updated with ``settings``: known keys, positive integers only.
+
+    Examples
+    --------
+    >>> updated_limits("openai", {"max_requests": 50_000}, {"max_requests": 10})
+    {'max_requests': 10}
+    """
+    new = dict(current)
+    for key, value in settings.items():
+        if key not in new:
+            msg = f"unknown {provider} setting {key!r}; valid: {sorted(new)!r}"
+            raise ValueError(msg)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            msg = f"{provider} setting {key!r} must be a positive integer, got {value!r}"
+            raise ValueError(msg)
+        new[key] = value
+    return new
 
 
 def json_body(request: Request) -> dict[str, Any]:
