@@ -310,8 +310,22 @@ def plan_batches(
         if items_per_batch:
             limit = min(limit, items_per_batch)
         overhead = provider.line_overhead()
-        for offset in range(0, group.height, provider.max_requests):
-            chunk = group.slice(offset, provider.max_requests)
+        if "payload_bytes" in group.columns:
+            # Big per-job payloads (files): bound each slice by bytes before expanding it.
+            slices = split_sizes(
+                group.get_column("payload_bytes"),
+                max_requests=provider.max_requests,
+                max_bytes=provider.max_bytes,
+            )
+        else:
+            slices = [
+                (o, min(o + provider.max_requests, group.height))
+                for o in range(0, group.height, provider.max_requests)
+            ]
+        for offset, stop in slices:
+            chunk = group.slice(offset, stop - offset)
+            if spec.prepare is not None:
+                chunk = spec.prepare(chunk)
             lines = provider.encode(chunk, spec)
             worst = (
                 chunk.get_column("worst_usd")

@@ -760,14 +760,14 @@ def attach_files(
     column: str,
     *,
     salt: str,
-    citations: bool = False,
 ) -> pl.DataFrame:
     """Load ``frame[column]`` and add the files to ``jobs`` (from :func:`build_jobs`).
 
-    Adds ``content_json`` (per row, in the row's provider's shape, see
-    :func:`content_json_expr`) and ``files`` (:data:`FILE_PARTS` without the bytes, for
-    token estimates), and recomputes ``job_id`` with :func:`files_key` as extra key
-    material. Raises :class:`~batchata_df.errors.FileInputError` before anything is sent.
+    Adds ``files`` (:data:`FILE_PARTS`; rows that name the same file share its bytes in
+    memory) and ``payload_bytes`` (an upper bound of each request's encoded size, which
+    bounds the slices that :func:`content_preparer` expands), and recomputes ``job_id`` with
+    :func:`files_key` as extra key material. Raises
+    :class:`~batchata_df.errors.FileInputError` before anything is sent.
     """
     from batchata_df.jobs import job_ids
 
@@ -775,16 +775,37 @@ def attach_files(
     jobs = jobs.with_columns(files.alias("files"))
     key = jobs.select(files_key(pl.col("files"))).to_series()
     jobs = jobs.with_columns(job_ids(jobs, salt, key))
-    pieces = []
-    for group in jobs.with_row_index("_order").partition_by("provider", maintain_order=True):
-        provider = group.get_column("provider")[0]
-        content = (
-            pl.lit(None, dtype=pl.String)
-            if provider is None
-            else content_json_expr(provider, pl.col("prompt"), pl.col("files"), citations=citations)
-        )
-        pieces.append(group.with_columns(content.alias("content_json")))
-    if not pieces:  # no rows
-        return jobs.with_columns(pl.lit(None, dtype=pl.String).alias("content_json"))
-    out = pieces[0] if len(pieces) == 1 else pl.concat(pieces).sort("_order")
-    return out.drop("_order").with_columns(slim(pl.col("files")))
+    file_bytes = pl.col("files").list.eval(
+        pl.element().struct.field("data_b64").str.len_bytes().fill_null(0)
+        + pl.element().struct.field("text").str.len_bytes().fill_null(0) * 2
+        + 512
+    ).list.sum()
+    prompt_bytes = pl.col("prompt").str.len_bytes().fill_null(0) * 2 + 1024
+    return jobs.with_columns((file_bytes + prompt_bytes).cast(pl.Int64).alias("payload_bytes"))
+
+
+def content_preparer(*, citations: bool = False) -> Callable[[pl.DataFrame], pl.DataFrame]:
+    """A :attr:`~batchata_df.providers.base.RequestSpec.prepare` hook adding ``content_json``.
+
+    It is applied to one slice of jobs of one provider at a time, so the encoded file
+    content of a run never sits in memory all at once.
+    """
+
+    def prepare(chunk: pl.DataFrame) -> pl.DataFrame:
+        pieces = []
+        for group in chunk.with_row_index("_order").partition_by("provider", maintain_order=True):
+            provider = group.get_column("provider")[0]
+            content = (
+                pl.lit(None, dtype=pl.String)
+                if provider is None
+                else content_json_expr(
+                    provider, pl.col("prompt"), pl.col("files"), citations=citations
+                )
+            )
+            pieces.append(group.with_columns(content.alias("content_json")))
+        if not pieces:
+            return chunk.with_columns(pl.lit(None, dtype=pl.String).alias("content_json"))
+        out = pieces[0] if len(pieces) == 1 else pl.concat(pieces).sort("_order")
+        return out.drop("_order")
+
+    return prepare

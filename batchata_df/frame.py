@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -241,9 +242,10 @@ def batch_llm(
     run_params.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
     spec = RequestSpec(schema=answer, params=run_params, citations=citations)
     if files is not None:
-        from batchata_df.files import attach_files
+        from batchata_df.files import attach_files, content_preparer
 
-        jobs = attach_files(jobs, frame, files, salt=salt, citations=citations)
+        jobs = attach_files(jobs, frame, files, salt=salt)
+        spec = dataclasses.replace(spec, prepare=content_preparer(citations=citations))
 
     sendable = (
         jobs.filter(pl.col("input_error").is_null())

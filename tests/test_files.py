@@ -526,3 +526,33 @@ def test_gemini_emulator_validates_parts(emu, samples):
     }
     assert outcome == {"gif": "error", "notpdf": "error", "ok": "ok"}
     client.close()
+
+
+def test_file_payloads_are_expanded_one_bounded_slice_at_a_time(emu, tmp_path, monkeypatch):
+    import batchata_df.files as files_mod
+    from batchata_df.providers.openai import OpenAIProvider
+
+    blob = tmp_path / "big.txt"
+    blob.write_text("lorem ipsum dolor sit amet " * 2000)  # ~54 kB of text
+    monkeypatch.setattr(OpenAIProvider, "max_bytes", 150_000)
+    seen: list[int] = []
+    real = files_mod.content_preparer
+
+    def spy(**kw):
+        prepare = real(**kw)
+
+        def wrapped(chunk):
+            seen.append(chunk.height)
+            return prepare(chunk)
+
+        return wrapped
+
+    monkeypatch.setattr(files_mod, "content_preparer", spy)
+    df = pl.DataFrame({"q": [f"question {i}" for i in range(12)], "doc": [str(blob)] * 12})
+    out = df.pipe(batch_llm, model="gpt-4.1-mini", prompt="{q}", files="doc",
+                  state=tmp_path / "s")
+    assert out["_status"].to_list() == ["completed"] * 12
+    assert seen and max(seen) <= 2 and sum(seen) == 12  # never the whole run at once
+    sizes = pl.read_parquet(tmp_path / "s" / "batches" / "*.parquet").filter(
+        pl.col("status") == "submitted")["n_bytes"]
+    assert sizes.max() <= 150_000

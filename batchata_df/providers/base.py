@@ -10,6 +10,7 @@ the normalized :data:`RESULTS` frame. SDK exceptions are translated to
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -80,6 +81,10 @@ class RequestSpec:
     citations: bool = False
     """Citations on: no structured output, the schema goes in the system prompt instead
     and answers carry per-field citations (:mod:`batchata_df.citations`)."""
+    prepare: Callable[[pl.DataFrame], pl.DataFrame] | None = None
+    """Adds per-job columns that are too big to hold for every job at once (the
+    ``content_json`` of file inputs); called on each slice of jobs right before ``encode``,
+    so memory holds one slice's payload, not the run's."""
 
 
 RESULTS = pl.Schema(
