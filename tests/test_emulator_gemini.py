@@ -476,3 +476,15 @@ def test_sdk_retries_injected_503_when_configured(emu):
     plain = client(emu)
     with pytest.raises(errors.ServerError):
         plain.batches.get(name=job.name)  # the SDK's default: no retry
+
+
+def test_query_key_is_redacted_from_the_log(emu):
+    # The real API takes ``?key=``; the emulator's log must never keep its value.
+    status, _ = raw_json(emu, "GET", "/v1beta/batches?pageSize=1&key=AIzaSECRETKEY123", key=None)
+    assert status == 200
+    status, _ = raw_json(emu, "GET", "/v1beta/batches?Key=AIzaOTHER&access_token=tok", key=None)
+    entries = emu.log()
+    text = json.dumps(entries)
+    assert "SECRETKEY" not in text and "AIzaOTHER" not in text and "=tok" not in text
+    assert entries[0]["query"] == "pageSize=1&key=REDACTED"
+    assert all(e["auth"] is True for e in entries)

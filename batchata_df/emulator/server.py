@@ -22,8 +22,9 @@ Control endpoints (no auth, never logged)
     ``{"ok": true, "providers": {...}}``.
 ``GET /_emulator/log[?since=SEQ]`` / ``DELETE /_emulator/log``
     Every provider request: ``{seq, ts, method, path, query, status, provider, auth,
-    retry_count, fault}``. ``auth`` only says whether a credential header was present; key
-    values are never stored. ``status`` is 0 when a fault dropped the connection.
+    retry_count, fault}``. ``auth`` only says whether a credential (header or ``?key=``-like
+    query parameter) was present; key values are never stored: credential query
+    parameters are logged as ``key=REDACTED``. ``status`` is 0 when a fault dropped the connection.
 ``POST /_emulator/faults`` / ``GET`` / ``DELETE``
     Add, list or clear faults. A fault spec is ``{"method": "GET" | "*", "path_regex": str,
     "status": 503, "times": 1, "retry_after_ms": 20, "retry_after": 1, "body": {...} |
@@ -69,7 +70,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol, cast
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_plus
 
 __all__ = [
     "CONTROL_PREFIX",
@@ -627,6 +628,34 @@ def _parse_fault(spec: Mapping[str, Any], fault_id: int) -> Fault:
 
 
 _AUTH_HEADERS: Final = ("authorization", "x-api-key", "x-goog-api-key", "api-key")
+#: query parameters that carry a credential (Gemini accepts ``?key=``); matched
+#: case-insensitively, their values are replaced by ``REDACTED`` before logging
+_AUTH_QUERY_PARAMS: Final = frozenset(
+    {"key", "api_key", "apikey", "api-key", "access_token", "token", "auth", "password", "secret"}
+)
+_REDACTED: Final = "REDACTED"
+
+
+def _redact_query(query_string: str) -> tuple[str, bool]:
+    """Return ``query_string`` with credential values replaced, and whether one was present.
+
+    Examples
+    --------
+    >>> _redact_query("pageSize=2&key=AIzaSECRET")
+    ('pageSize=2&key=REDACTED', True)
+    >>> _redact_query("after=x")
+    ('after=x', False)
+    """
+    if not query_string:
+        return query_string, False
+    found = False
+    parts = query_string.split("&")
+    for i, part in enumerate(parts):
+        name, eq, _ = part.partition("=")
+        if unquote_plus(name).lower() in _AUTH_QUERY_PARAMS:
+            found = True
+            parts[i] = f"{name}{eq}{_REDACTED}" if eq else name
+    return "&".join(parts), found
 
 
 class EmulatorCore:
@@ -779,15 +808,16 @@ class EmulatorCore:
         self, request: Request, app: App | None, response: Response | None, fault: Fault | None
     ) -> None:
         retry = request.headers.get("x-stainless-retry-count")
+        query, query_auth = _redact_query(request.query_string)
         entry: dict[str, object] = {
             "seq": next(self._seq),
             "ts": time.time(),
             "method": request.method,
             "path": request.path,
-            "query": request.query_string,
+            "query": query,
             "status": 0 if response is None else response.status,
             "provider": app.provider if app is not None else None,
-            "auth": any(h in request.headers for h in _AUTH_HEADERS),
+            "auth": query_auth or any(h in request.headers for h in _AUTH_HEADERS),
             "retry_count": int(retry) if retry is not None and retry.isdigit() else None,
             "fault": fault.id if fault is not None else None,
         }
