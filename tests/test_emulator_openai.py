@@ -386,6 +386,219 @@ def test_request_body_errors_are_per_request_not_batch_failures(oa: OpenAI) -> N
     assert line["response"]["body"]["error"]["param"] == "messages"
 
 
+_LOOSE_SCHEMA = {
+    "type": "object",
+    "properties": {"a": {"type": "string"}, "b": {"type": "integer"}},
+    "required": ["a"],
+}
+_STRICT_SCHEMA = {
+    "type": "object",
+    "properties": {"a": {"type": "string"}},
+    "required": ["a"],
+    "additionalProperties": False,
+}
+_USER = [{"role": "user", "content": "hi"}]
+
+
+def _chat_body(**body: Any) -> dict[str, Any]:
+    return {"model": MODEL, "messages": _USER, **body}
+
+
+def _rf(schema: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {"strict": True, "schema": schema, **spec}}
+
+
+# The real API rejects each of these bodies with a 400 error-file line.
+@pytest.mark.parametrize(
+    ("body", "code", "param"),
+    [
+        (_chat_body(bogus_param=1), "unknown_parameter", "bogus_param"),
+        (_chat_body(temperature="hot"), "invalid_type", "temperature"),
+        (_chat_body(temperature=9), "decimal_above_max_value", "temperature"),
+        (_chat_body(top_p=-0.1), "decimal_below_min_value", "top_p"),
+        (_chat_body(max_tokens=-3), "integer_below_min_value", "max_tokens"),
+        (_chat_body(max_completion_tokens=0), "integer_below_min_value", "max_completion_tokens"),
+        (
+            _chat_body(messages=[{"role": "wizard", "content": "hi"}]),
+            "invalid_value",
+            "messages[0].role",
+        ),
+        (
+            _chat_body(messages=[{"role": "user", "content": "hi", "nick": "x"}]),
+            "unknown_parameter",
+            "messages[0].nick",
+        ),
+        (
+            _chat_body(messages=[{"role": "user", "content": [{"type": "txt", "text": "a"}]}]),
+            "invalid_value",
+            "messages[0].content[0].type",
+        ),
+        (_chat_body(messages=[]), "empty_array", "messages"),
+        (
+            _chat_body(response_format=_rf(_STRICT_SCHEMA)),
+            "missing_required_parameter",
+            "response_format.json_schema.name",
+        ),
+        (
+            _chat_body(response_format=_rf(_STRICT_SCHEMA, name="bad name!")),
+            "invalid_value",
+            "response_format.json_schema.name",
+        ),
+        (
+            _chat_body(response_format=_rf(_LOOSE_SCHEMA, name="x")),
+            "invalid_json_schema",
+            "response_format",
+        ),
+        (
+            _chat_body(
+                response_format=_rf(
+                    {**_STRICT_SCHEMA, "properties": {"a": {"type": "string", "minLength": 2}}},
+                    name="x",
+                )
+            ),
+            "invalid_json_schema",
+            "response_format",
+        ),
+        (
+            _chat_body(response_format=_rf({"type": "array", "items": {}}, name="x")),
+            "invalid_json_schema",
+            "response_format",
+        ),
+        (_chat_body(response_format={"type": "json_object"}), "invalid_value", "messages"),
+        (_chat_body(response_format={"type": "yaml"}), "invalid_value", "response_format.type"),
+    ],
+    ids=[
+        "unknown-key",
+        "temperature-type",
+        "temperature-range",
+        "top-p-range",
+        "max-tokens",
+        "max-completion-tokens",
+        "role",
+        "message-key",
+        "part-type",
+        "no-messages",
+        "schema-name-missing",
+        "schema-name-pattern",
+        "strict-not-closed",
+        "strict-keyword",
+        "strict-root-array",
+        "json-object-without-json",
+        "format-type",
+    ],
+)
+def test_chat_bodies_the_real_api_rejects(
+    oa: OpenAI, body: dict[str, Any], code: str, param: str
+) -> None:
+    line = {"custom_id": "bad", "method": "POST", "url": CHAT, "body": body}
+    good = chat_line("good", "fine", schema=Review)
+    batch = raw_batch(oa, submit(oa, [line, good]).id)
+    assert batch.status == "completed", batch.errors
+    (err,) = read_lines(oa, batch.error_file_id)
+    assert err["custom_id"] == "bad"
+    assert err["response"]["status_code"] == 400
+    error = err["response"]["body"]["error"]
+    assert (error["code"], error["param"], error["type"]) == (
+        code,
+        param,
+        "invalid_request_error",
+    ), error
+    assert error["message"]
+    assert [o["custom_id"] for o in read_lines(oa, batch.output_file_id)] == ["good"]
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "param"),
+    [
+        ({"model": MODEL, "input": "hi", "bogus": 1}, "unknown_parameter", "bogus"),
+        (
+            {"model": MODEL, "input": "hi", "max_output_tokens": 5},
+            "integer_below_min_value",
+            "max_output_tokens",
+        ),
+        (
+            {
+                "model": MODEL,
+                "input": "hi",
+                "text": {"format": {"type": "json_schema", "schema": _STRICT_SCHEMA}},
+            },
+            "missing_required_parameter",
+            "text.format.name",
+        ),
+        (
+            {
+                "model": MODEL,
+                "input": "hi",
+                "text": {
+                    "format": {
+                        "type": "json_schema",
+                        "name": "x",
+                        "strict": True,
+                        "schema": _LOOSE_SCHEMA,
+                    }
+                },
+            },
+            "invalid_json_schema",
+            "text.format.schema",
+        ),
+        (
+            {"model": MODEL, "input": [{"role": "user", "content": "hi", "extra": 1}]},
+            "unknown_parameter",
+            "input[0].extra",
+        ),
+        (
+            {"model": MODEL, "input": "hi", "text": {"format": {"type": "json_object"}}},
+            "invalid_value",
+            "input",
+        ),
+    ],
+    ids=["unknown-key", "max-output-tokens", "no-name", "strict", "item-key", "json"],
+)
+def test_responses_bodies_the_real_api_rejects(
+    oa: OpenAI, body: dict[str, Any], code: str, param: str
+) -> None:
+    line = {"custom_id": "bad", "method": "POST", "url": RESPONSES, "body": body}
+    batch = raw_batch(oa, submit(oa, [line, responses_line("ok", "fine")], RESPONSES).id)
+    (err,) = read_lines(oa, batch.error_file_id)
+    error = err["response"]["body"]["error"]
+    assert (error["code"], error["param"], error["type"]) == (
+        code,
+        param,
+        "invalid_request_error",
+    ), error
+
+
+def test_valid_bodies_still_pass(oa: OpenAI) -> None:
+    rich = _chat_body(
+        messages=[
+            {"role": "system", "content": "be terse"},
+            {"role": "user", "content": [{"type": "text", "text": "reply in json"}], "name": "u"},
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": "again"},
+        ],
+        temperature=0,
+        top_p=1,
+        max_completion_tokens=50,
+        seed=3,
+        response_format={"type": "json_object"},
+        metadata=None,
+    )
+    loose = _chat_body(
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "loose", "schema": _LOOSE_SCHEMA},
+        }
+    )
+    lines = [
+        {"custom_id": "rich", "method": "POST", "url": CHAT, "body": rich},
+        {"custom_id": "loose", "method": "POST", "url": CHAT, "body": loose},
+        chat_line("lib", "x", schema=Order),
+    ]
+    batch = raw_batch(oa, submit(oa, lines).id)
+    assert batch.error_file_id is None, read_lines(oa, batch.error_file_id)
+    assert len(read_lines(oa, batch.output_file_id)) == 3
+
+
 # --------------------------------------------------------------------------------------
 # Input validation
 

@@ -55,7 +55,14 @@ requests), ``invalid_json_line``, ``missing_required_parameter`` (``custom_id``,
 ``status_code`` 400, as the real API reports them at execution time. So do malformed
 ``image_url`` / ``file`` parts: a data URL that is not base64, a MIME type that is not an
 image (or a ``file_data`` that is not ``data:application/pdf;base64,``), invalid base64,
-bytes that do not match the MIME type, a ``file_data`` without ``filename``.
+bytes that do not match the MIME type, a ``file_data`` without ``filename``. Every body is
+also validated like the real API (:mod:`batchata_df.emulator.openai_checks`): against the
+SDK param types with unknown keys forbidden (``unknown_parameter``), missing keys
+(``missing_required_parameter``), wrong JSON types (``invalid_type``), value ranges
+(``decimal_above_max_value``, ``integer_below_min_value``, ...), roles and other
+enumerations (``invalid_value``), a ``name`` on every ``json_schema`` format, the strict
+structured-output schema subset (``invalid_json_schema``) and the word "json" in the
+messages for ``json_object``.
 
 HTTP errors use the OpenAI envelope ``{"error": {message, type, param, code}}``: unknown
 ids are 404, bad ``endpoint``/``completion_window``/``metadata`` are 400.
@@ -83,6 +90,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
 from batchata_df.emulator import answers, media
+from batchata_df.emulator.openai_checks import BodyChecker
 from batchata_df.emulator.server import (
     EmulatorCore,
     Request,
@@ -339,6 +347,7 @@ class _SpecBuilder:
         self._last_gen: answers.AnswerGenerator | None = None
         self._last_echo: dict[str, object] | None = None
         self._last_echo_text = ""
+        self._check = BodyChecker(endpoint)
 
     def _generator(self, schema: Mapping[str, Any]) -> answers.AnswerGenerator:
         # Lines of one batch almost always share a schema: a dict comparison is far
@@ -351,6 +360,9 @@ class _SpecBuilder:
     def build(self, custom_id: str, body: dict[str, Any]) -> _Spec:
         model = body.get("model")
         model = model if isinstance(model, str) else ""
+        invalid = self._check(body)
+        if invalid is not None:
+            return _Spec(custom_id, model, "", 0, "text", None, None, None, invalid, "")
         if self.endpoint == "/v1/responses":
             return self._responses(custom_id, model, body)
         return self._chat(custom_id, model, body)
@@ -385,6 +397,12 @@ class _SpecBuilder:
                     error = (400, "missing_required_parameter", msg, "response_format.json_schema")
             elif kind == "json_object":
                 mode = "json_object"
+                if error is None and "json" not in prompt.lower():
+                    msg = (
+                        "'messages' must contain the word 'json' in some form, to use "
+                        "'response_format' of type 'json_object'."
+                    )
+                    error = (400, "invalid_value", msg, "messages")
         limit = body.get("max_completion_tokens", body.get("max_tokens"))
         return self._spec(custom_id, model, prompt, extra, mode, gen, limit, error, "")
 
@@ -425,6 +443,12 @@ class _SpecBuilder:
                     error = (400, "missing_required_parameter", msg, "text.format")
             elif fmt.get("type") == "json_object":
                 mode = "json_object"
+                if error is None and "json" not in prompt.lower():
+                    msg = (
+                        "Response input messages must contain the word 'json' in some form "
+                        "to use 'text.format' of type 'json_object'."
+                    )
+                    error = (400, "invalid_value", msg, "input")
         limit = body.get("max_output_tokens")
         echo = self._echo(body, text_cfg, instructions, limit)
         return self._spec(custom_id, model, prompt, extra, mode, gen, limit, error, echo)
