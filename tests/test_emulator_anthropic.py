@@ -21,6 +21,7 @@ from anthropic.types.messages import (
 )
 from pydantic import BaseModel
 
+V = {"anthropic-version": "2023-06-01"}  # the real API refuses a request without it
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -96,7 +97,7 @@ def result_lines(
     """Fetch results_url over plain HTTP and validate every line with the SDK types."""
     assert batch.results_url is not None
     with httpx2.stream(
-        "GET", batch.results_url, headers=headers or {"x-api-key": "sk-ant-test"}
+        "GET", batch.results_url, headers=headers or {"x-api-key": "sk-ant-test", **V}
     ) as r:
         assert r.status_code == 200
         assert r.headers.get("transfer-encoding") == "chunked"
@@ -187,7 +188,7 @@ def test_results_are_not_in_request_order_and_split_across_chunks(emu, client):
 def test_both_auth_headers_are_accepted_and_missing_or_bad_keys_get_401(emu, client):
     batch = client.messages.batches.create(requests=[req("a")])  # SDK 2.x: Authorization: Bearer
     url = f"{emu.anthropic_base_url}/v1/messages/batches/{batch.id}"
-    for headers in ({"x-api-key": "sk-ant-1"}, {"Authorization": "Bearer sk-ant-2"}):
+    for headers in ({"x-api-key": "sk-ant-1", **V}, {"Authorization": "Bearer sk-ant-2", **V}):
         r = httpx2.get(url, headers=headers)
         assert r.status_code == 200
         MessageBatch.model_validate(r.json())
@@ -290,7 +291,7 @@ def test_in_progress_batches_show_only_processing_counts(emu, client, settings_r
     assert (c.processing, c.succeeded, c.errored, c.canceled, c.expired) == (3, 0, 0, 0, 0)
     r = httpx2.get(
         f"{emu.anthropic_base_url}/v1/messages/batches/{batch.id}/results",
-        headers={"x-api-key": "k"},
+        headers={"x-api-key": "k", **V},
     )
     assert r.status_code == 400
     assert r.json()["error"]["type"] == "invalid_request_error"
@@ -438,7 +439,7 @@ def test_list_paginates_newest_first_with_cursors(emu, client):
     # The SDK follows after_id=last_id page by page.
     assert [b.id for b in client.messages.batches.list(limit=2)] == newest_first
     base = f"{emu.anthropic_base_url}/v1/messages/batches"
-    h = {"x-api-key": "k"}
+    h = {"x-api-key": "k", **V}
     page = httpx2.get(base, params={"limit": 2}, headers=h).json()
     assert set(page) == {"data", "has_more", "first_id", "last_id"}
     for item in page["data"]:
@@ -506,12 +507,9 @@ def _without(request: dict[str, Any], key: str) -> dict[str, Any]:
         ([req("x" * 65)], "should match pattern"),
         ([req("")], "should match pattern"),
         ([{"params": req("a")["params"]}], "custom_id: Field required"),
-        ([req("a", max_tokens=0)], "max_tokens: Input should be greater than or equal to 1"),
-        ([_without(req("a"), "max_tokens")], "requests.0.params.max_tokens: Field required"),
-        ([req("a"), _without(req("b"), "model")], "requests.1.params.model: Field required"),
-        ([_without(req("a"), "messages")], "messages: Field required"),
-        ([req("a", stream=True)], "stream"),
         ([{"custom_id": "a"}], "params: Field required"),
+        ([{**req("a"), "extra": 1}], "requests.0.extra: Extra inputs are not permitted"),
+        ([{"custom_id": "a", "params": []}], "params: Input should be a valid dictionary"),
     ],
 )
 def test_invalid_batches_are_rejected_with_400(emu, client, requests, match):
@@ -523,6 +521,101 @@ def test_invalid_batches_are_rejected_with_400(emu, client, requests, match):
     assert body["type"] == "error"
     assert body["error"]["type"] == "invalid_request_error"
     assert list(client.messages.batches.list()) == []
+
+
+def test_unknown_top_level_key_is_a_400(emu, client):
+    with pytest.raises(anthropic.BadRequestError, match="also: Extra inputs are not permitted"):
+        client.messages.batches.create(requests=[req("a")], extra_body={"also": 2})
+
+
+_DOC = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "A."}}
+_LOOSE = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+
+
+# The real API runs each of these requests and reports it ``errored`` (the batch is created).
+@pytest.mark.parametrize(
+    ("request_", "match"),
+    [
+        (req("a", max_tokens=0), "max_tokens: Input should be greater than or equal to 1"),
+        (_without(req("a"), "max_tokens"), "max_tokens: Field required"),
+        (_without(req("a"), "model"), "model: Field required"),
+        (_without(req("a"), "messages"), "messages: Field required"),
+        (req("a", stream=True), "stream"),
+        (req("a", bogus=1), "bogus: Extra inputs are not permitted"),
+        (req("a", response_format={"type": "json"}), "response_format: Extra inputs"),
+        (req("a", temperature=3.5), "temperature: Input should be less than or equal to 1"),
+        (req("a", temperature="hot"), "temperature: Input should be a valid number"),
+        (req("a", top_k=-1), "top_k: Input should be greater than or equal to 0"),
+        (req("a", top_p=1.5), "top_p: Input should be less than or equal to 1"),
+        (
+            req("a", messages=[{"role": "system", "content": "x"}]),
+            "messages.0.role: Input should be 'user' or 'assistant'",
+        ),
+        (
+            req("a", messages=[{"role": "user", "content": "hi", "name": "bob"}]),
+            "messages.0.name: Extra inputs are not permitted",
+        ),
+        (
+            req("a", messages=[{"role": "user", "content": [{"type": "txt", "text": "x"}]}]),
+            "messages.0.content",
+        ),
+        (
+            req("a", output_config={"format": {"type": "json_schema", "schema": _LOOSE}}),
+            "'additionalProperties' must be explicitly set to false",
+        ),
+        (
+            req(
+                "a",
+                output_config={
+                    "format": {
+                        "type": "json_schema",
+                        "schema": {
+                            **SCHEMA,
+                            "properties": {"s": {"type": "string", "minLength": 3}},
+                            "required": ["s"],
+                        },
+                    }
+                },
+            ),
+            "Unsupported keyword 'minLength'",
+        ),
+        (
+            req(
+                "a",
+                messages=[
+                    {
+                        "role": "user",
+                        "content": [
+                            {**_DOC, "citations": {"enabled": True}},
+                            _DOC,
+                            {"type": "text", "text": "q"},
+                        ],
+                    }
+                ],
+            ),
+            "Citations must be enabled on all documents or on none",
+        ),
+    ],
+)
+def test_invalid_params_are_errored_results(emu, client, request_, match):
+    batch = client.messages.batches.create(requests=[request_, req("ok")])
+    ended = retrieve_raw(client, batch.id)
+    assert (ended.request_counts.errored, ended.request_counts.succeeded) == (1, 1)
+    result = by_id(result_lines(ended))["a"]
+    assert result["type"] == "errored"
+    error = result["error"]["error"]
+    assert error["type"] == "invalid_request_error"
+    assert match in error["message"]
+
+
+def test_version_header_is_required(emu):
+    base = emu.anthropic_base_url
+    r = httpx2.get(f"{base}/v1/messages/batches", headers={"x-api-key": "k"})
+    assert r.status_code == 400
+    body = r.json()
+    assert body["error"]["type"] == "invalid_request_error"
+    assert "anthropic-version" in body["error"]["message"]
+    assert httpx2.get(f"{base}/v1/messages/batches", headers={"x-api-key": "k", **V}).is_success
 
 
 def test_count_and_size_limits(emu, client, settings_restored):
@@ -541,7 +634,7 @@ def test_count_and_size_limits(emu, client, settings_restored):
 
 def test_unknown_routes_and_methods(emu, client):
     base = emu.anthropic_base_url
-    h = {"x-api-key": "k"}
+    h = {"x-api-key": "k", **V}
     assert httpx2.get(f"{base}/v1/nothing", headers=h).status_code == 404
     r = httpx2.get(f"{base}/v1/messages/batches/msgbatch_missing", headers=h)
     assert r.status_code == 404

@@ -34,19 +34,26 @@ cancelling a canceling batch returns it unchanged. Only an ended batch can be de
 
 Validation
 ----------
-The create call rejects with 400 ``invalid_request_error`` what the real API rejects
-synchronously: a body without a non-empty ``requests`` list, more than 100,000 requests,
-a ``custom_id`` that is missing, duplicated or not ``^[a-zA-Z0-9_-]{1,64}$``, ``params``
-that is not an object, a missing/non-string ``model``, a missing/non-integer ``max_tokens``
-or one below 1, missing ``messages``, and ``stream: true``. A body over 256 MB is a 413
-``request_too_large`` (the status the real API gives any oversized body). Problems the
-real API only finds when it runs a request become ``errored`` results with an
-``invalid_request_error``: empty ``messages``, a malformed ``document`` / ``image`` block
-(a base64 source whose ``media_type`` is not ``application/pdf`` / an image type, invalid
-base64, bytes that are not a PDF or do not match the image type, a ``text`` source that is
-not ``text/plain``), a malformed ``output_config.format``,
-citations together with ``output_config.format``, and a forced ``tool_choice`` on a model
-that always thinks.
+Every route needs an ``anthropic-version`` header (any value; the SDK always sends one):
+without it, 400 ``invalid_request_error``. The create call rejects with 400
+``invalid_request_error`` only what is wrong with the body's structure: a key other than
+``requests``, a body without a non-empty ``requests`` list, more than 100,000 requests,
+a request with a key other than ``custom_id`` / ``params``, a ``custom_id`` that is
+missing, duplicated or not ``^[a-zA-Z0-9_-]{1,64}$``, and ``params`` that is not an
+object. A body over 256 MB is a 413 ``request_too_large`` (the status the real API gives
+any oversized body). What is wrong inside ``params`` makes that request ``errored`` with
+an ``invalid_request_error`` (:mod:`batchata_df.emulator.anthropic_checks`): the SDK's
+``MessageCreateParamsNonStreaming`` with unknown keys forbidden at every level (missing
+``model`` / ``max_tokens`` / ``messages``, ``max_tokens`` below 1, ``stream: true``, roles
+other than ``user`` / ``assistant``...), ``temperature`` / ``top_p`` outside 0..1,
+``top_k`` below 0, empty ``messages``, citations enabled on some documents but not all, an
+``output_config.format`` schema outside the supported subset (every object needs
+``additionalProperties: false``; only the keywords ``anthropic.transform_schema`` keeps),
+a malformed ``document`` / ``image`` block (a base64 source whose ``media_type`` is not
+``application/pdf`` / an image type, invalid base64, bytes that are not a PDF or do not
+match the image type, a ``text`` source that is not ``text/plain``), citations together
+with ``output_config.format``, and a forced ``tool_choice`` on a model that always thinks.
+``POST /v1/messages`` answers the same problems with a 400.
 
 Answers
 -------
@@ -86,6 +93,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from batchata_df.emulator import answers, cited, media
+from batchata_df.emulator.anthropic_checks import ParamsChecker
 from batchata_df.emulator.server import (
     EmulatorCore,
     Request,
@@ -268,6 +276,7 @@ class _SpecBuilder:
     def __init__(self) -> None:
         self._last_schema: object = None
         self._last_gen: answers.AnswerGenerator | None = None
+        self.check = ParamsChecker()
 
     def _generator(self, schema: Mapping[str, Any]) -> answers.AnswerGenerator:
         # The requests of one batch nearly always share a schema: comparing dicts is far
@@ -278,7 +287,24 @@ class _SpecBuilder:
         return self._last_gen
 
     def build(self, custom_id: str, params: Mapping[str, Any]) -> _Spec:
-        """Reduce a (synchronously validated) ``params`` object to a :class:`_Spec`."""
+        """Reduce a ``params`` object to a :class:`_Spec` (``errored`` if it is invalid)."""
+        invalid = self.check(params)
+        if invalid is not None:
+            model = params.get("model")
+            return _Spec(
+                custom_id=custom_id,
+                model=model if isinstance(model, str) else "",
+                prompt="",
+                input_tokens=0,
+                cached_tokens=0,
+                mode="text",
+                gen=None,
+                tool_name=None,
+                max_tokens=0,
+                thinking=False,
+                marker=None,
+                error=("invalid_request_error", invalid),
+            )
         model = str(params["model"])
         error: tuple[str, str] | None = None
         system, cache = _system(params)
@@ -388,7 +414,17 @@ def _forced_tool(tools: object, choice: Mapping[str, Any]) -> tuple[str, dict[st
 # Synchronous validation of the create body
 
 
-def _check_requests(body: Mapping[str, Any], max_requests: int) -> list[tuple[str, dict[str, Any]]]:
+def _check_requests(body: object, max_requests: int) -> list[tuple[str, dict[str, Any]]]:
+    """The create body's structure: ``requests``, each ``{custom_id, params: {...}}``.
+
+    What is wrong *inside* ``params`` is not a create-time error: that request ends
+    ``errored`` (see :class:`ParamsChecker`).
+    """
+    if not isinstance(body, dict):
+        raise _Invalid(400, "Input should be a valid dictionary")
+    for key in body:
+        if key != "requests":
+            raise _Invalid(400, f"{key}: Extra inputs are not permitted")
     requests = body.get("requests")
     if not isinstance(requests, list):
         raise _Invalid(400, "requests: Field required" if requests is None else
@@ -407,6 +443,10 @@ def _check_requests(body: Mapping[str, Any], max_requests: int) -> list[tuple[st
         where = f"requests.{i}"
         if not isinstance(item, dict):
             raise _Invalid(400, f"{where}: Input should be a valid dictionary")
+        if len(item) != 2:
+            for key in item:
+                if key not in ("custom_id", "params"):
+                    raise _Invalid(400, f"{where}.{key}: Extra inputs are not permitted")
         custom_id = item.get("custom_id")
         if custom_id is None:
             raise _Invalid(400, f"{where}.custom_id: Field required")
@@ -426,31 +466,8 @@ def _check_requests(body: Mapping[str, Any], max_requests: int) -> list[tuple[st
             raise _Invalid(400, f"{where}.params: " + (
                 "Field required" if params is None else "Input should be a valid dictionary"
             ))  # fmt: skip
-        _check_params(params, f"{where}.params")
         out.append((custom_id, params))
     return out
-
-
-def _check_params(params: Mapping[str, Any], where: str) -> None:
-    model = params.get("model")
-    if model is None:
-        raise _Invalid(400, f"{where}.model: Field required")
-    if not isinstance(model, str) or not model:
-        raise _Invalid(400, f"{where}.model: Input should be a valid string")
-    max_tokens = params.get("max_tokens")
-    if max_tokens is None:
-        raise _Invalid(400, f"{where}.max_tokens: Field required")
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
-        raise _Invalid(400, f"{where}.max_tokens: Input should be a valid integer")
-    if max_tokens < 1:
-        raise _Invalid(400, f"{where}.max_tokens: Input should be greater than or equal to 1")
-    messages = params.get("messages")
-    if messages is None:
-        raise _Invalid(400, f"{where}.messages: Field required")
-    if not isinstance(messages, list):
-        raise _Invalid(400, f"{where}.messages: Input should be a valid list")
-    if params.get("stream"):
-        raise _Invalid(400, f"{where}.stream: streaming is not supported in message batches")
 
 
 # --------------------------------------------------------------------------------------
@@ -631,6 +648,10 @@ class AnthropicApp:
         """Serve one request below the Anthropic mount prefix."""
         try:
             self._check_auth(request)
+            if "anthropic-version" not in request.headers:
+                raise _Invalid(
+                    400, "anthropic-version: header is required", "invalid_request_error"
+                )
             return self._route(request)
         except _Invalid as e:
             envelope = error_envelope("anthropic", e.status, e.message, error_type=e.error_type)
@@ -898,8 +919,13 @@ class AnthropicApp:
             params = json_body(request)
         except ValueError as e:
             raise _Invalid(400, f"The request body is not valid JSON: {e}") from e
-        _check_params(params, "body")
-        spec = _SpecBuilder().build("realtime", params)
+        if not isinstance(params, dict):
+            raise _Invalid(400, "Input should be a valid dictionary")
+        builder = _SpecBuilder()
+        invalid = builder.check(params)
+        if invalid is not None:
+            raise _Invalid(400, invalid, "invalid_request_error")
+        spec = builder.build("realtime", params)
         rid = self.core.new_id("", 12)
         if spec.error is not None:
             kind, message = spec.error

@@ -1,0 +1,291 @@
+"""Validation of one Message Batches request's ``params``, as the real API does it.
+
+``params`` is validated against the SDK's ``MessageCreateParamsNonStreaming`` with unknown
+keys forbidden at every level (``temperature``, ``top_p`` and ``top_k``, which this SDK's
+type no longer lists, are checked by hand), plus what the type cannot say: ``temperature`` and
+``top_p`` in 0..1, ``top_k`` >= 0, at least one message, citations enabled on all
+documents or on none, and an ``output_config.format`` schema inside the subset the API
+compiles (the keywords :func:`anthropic.transform_schema` keeps; every object closed with
+``additionalProperties: false``). Messages are worded like the API's own:
+``"messages.0.role: Input should be 'user' or 'assistant'"``.
+
+The lines of a batch nearly always share everything but ``messages``: that part is
+validated once per distinct shape. Without the ``anthropic`` package installed only the
+hand-written rules apply.
+
+Examples
+--------
+>>> check = ParamsChecker()
+>>> ok = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+>>> check(ok) is None
+True
+>>> check({**ok, "temperature": 3.5})
+'temperature: Input should be less than or equal to 1'
+>>> check({**ok, "bogus": 1})
+'bogus: Extra inputs are not permitted'
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Final
+
+from pydantic_core import SchemaValidator, ValidationError
+
+from batchata_df.emulator.sdk_params import Problem, first_error, strict_validator
+
+__all__ = ["ParamsChecker", "schema_error"]
+
+_CACHE_LIMIT: Final = 256
+_SIMPLE_ROLES: Final = frozenset({"user", "assistant"})
+_RANGES: Final = (("temperature", 0, 1), ("top_p", 0, 1), ("top_k", 0, None))
+#: sampling parameters the API takes that this SDK's param type no longer lists
+_SAMPLING: Final = frozenset({"temperature", "top_p", "top_k"})
+
+#: the JSON Schema keywords ``output_config.format.schema`` may use
+SCHEMA_KEYWORDS: Final = frozenset(
+    {
+        "type",
+        "enum",
+        "const",
+        "anyOf",
+        "allOf",
+        "description",
+        "title",
+        "properties",
+        "additionalProperties",
+        "required",
+        "format",
+        "items",
+        "minItems",
+        "$defs",
+        "$ref",
+    }
+)
+STRING_FORMATS: Final = frozenset(
+    {
+        "date-time",
+        "time",
+        "date",
+        "duration",
+        "email",
+        "hostname",
+        "uri",
+        "ipv4",
+        "ipv6",
+        "uuid",
+    }
+)
+_TYPES: Final = frozenset({"object", "array", "string", "integer", "number", "boolean", "null"})
+
+_validators: dict[str, SchemaValidator | None] = {}
+
+
+def _validator(name: str) -> SchemaValidator | None:
+    if name in _validators:
+        return _validators[name]
+    try:
+        from anthropic.types import MessageParam
+        from anthropic.types.message_create_params import MessageCreateParamsNonStreaming
+    except ImportError:  # the optional SDK is missing: hand-written rules only
+        found = None
+    else:
+        tp = MessageCreateParamsNonStreaming if name == "params" else MessageParam
+        found = strict_validator(tp)
+    _validators[name] = found
+    return found
+
+
+def _dotted(path: tuple[str | int, ...]) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def _worded(problem: Problem, prefix: tuple[str | int, ...] = ()) -> str:
+    path = _dotted((*prefix, *problem.path))
+    if problem.kind == "unknown":
+        detail = "Extra inputs are not permitted"
+    elif problem.kind == "missing":
+        detail = "Field required"
+    else:
+        detail = problem.detail
+    return f"{path}: {detail}" if path else detail
+
+
+def schema_error(schema: object, ctx: str = "output_config.format.schema") -> str | None:
+    """Why ``schema`` is outside the structured-output subset, or ``None``.
+
+    Examples
+    --------
+    >>> schema_error({"type": "object", "properties": {}, "additionalProperties": False})
+    >>> schema_error({"type": "object", "properties": {"n": {"type": "integer"}}})
+    "output_config.format.schema: For 'object' type, 'additionalProperties' must be \
+explicitly set to false"
+    >>> schema_error({"type": "string", "minLength": 3})
+    "output_config.format.schema: Unsupported keyword 'minLength'"
+    """
+    if not isinstance(schema, dict):
+        return f"{ctx}: Input should be a valid dictionary"
+    for key in schema:
+        if key not in SCHEMA_KEYWORDS:
+            return f"{ctx}: Unsupported keyword {key!r}"
+    kind = schema.get("type")
+    kinds = kind if isinstance(kind, list) else [kind] if kind is not None else []
+    for k in kinds:
+        if k not in _TYPES:
+            return f"{ctx}: Unsupported type {k!r}"
+    if (
+        not kinds
+        and not any(k in schema for k in ("anyOf", "allOf", "enum", "const", "$ref"))
+        and ctx.endswith("schema")
+    ):
+        return f"{ctx}: Schema must have a 'type', 'anyOf', 'allOf', '$ref', 'const' or 'enum'"
+    fmt = schema.get("format")
+    if fmt is not None and fmt not in STRING_FORMATS:
+        return f"{ctx}: Unsupported string format {fmt!r}"
+    min_items = schema.get("minItems")
+    if min_items is not None and min_items not in (0, 1):
+        return f"{ctx}: minItems values other than 0 or 1 are not supported"
+    if "object" in kinds or "properties" in schema:
+        if schema.get("additionalProperties") is not False:
+            return (
+                f"{ctx}: For 'object' type, 'additionalProperties' must be explicitly set to false"
+            )
+        props = schema.get("properties", {})
+        if not isinstance(props, dict):
+            return f"{ctx}.properties: Input should be a valid dictionary"
+        for name, sub in props.items():
+            found = schema_error(sub, f"{ctx}.properties.{name}")
+            if found:
+                return found
+        required = schema.get("required", [])
+        if not isinstance(required, list) or any(r not in props for r in required):
+            return f"{ctx}.required: every required key must be one of 'properties'"
+    if "items" in schema:
+        found = schema_error(schema["items"], f"{ctx}.items")
+        if found:
+            return found
+    for key in ("anyOf", "allOf"):
+        variants = schema.get(key)
+        if variants is None:
+            continue
+        if not isinstance(variants, list) or not variants:
+            return f"{ctx}.{key}: Input should be a non-empty list"
+        for i, sub in enumerate(variants):
+            found = schema_error(sub, f"{ctx}.{key}.{i}")
+            if found:
+                return found
+    defs = schema.get("$defs")
+    if isinstance(defs, dict):
+        for name, sub in defs.items():
+            found = schema_error(sub, f"{ctx}.$defs.{name}")
+            if found:
+                return found
+    return None
+
+
+class ParamsChecker:
+    """``checker(params)``: the ``invalid_request_error`` message for ``params``, or None."""
+
+    def __init__(self) -> None:
+        self._last_rest: dict[str, Any] | None = None
+        self._last_error: str | None = None
+        self._cache: dict[str, str | None] = {}
+
+    def __call__(self, params: Mapping[str, Any]) -> str | None:
+        """The first problem of ``params``, worded like the API, or ``None``."""
+        rest = {k: v for k, v in params.items() if k != "messages"}
+        if rest != self._last_rest:
+            key = json.dumps(rest, sort_keys=True, default=str)
+            if key in self._cache:
+                error = self._cache[key]
+            else:
+                error = self._rest_error(rest)
+                if len(self._cache) >= _CACHE_LIMIT:
+                    self._cache.clear()
+                self._cache[key] = error
+            self._last_rest, self._last_error = rest, error
+        if self._last_error is not None:
+            return self._last_error
+        return self._messages_error(params.get("messages"))
+
+    @staticmethod
+    def _rest_error(rest: dict[str, Any]) -> str | None:
+        if "model" not in rest:
+            return "model: Field required"
+        if "max_tokens" not in rest:
+            return "max_tokens: Field required"
+        if rest.get("stream"):
+            return "stream: streaming is not supported in message batches"
+        validator = _validator("params")
+        if validator is not None:
+            probe = {k: v for k, v in rest.items() if k not in _SAMPLING}
+            probe["messages"] = [{"role": "user", "content": "x"}]
+            try:
+                validator.validate_python(probe, strict=True)
+            except ValidationError as e:
+                return _worded(first_error(e, probe))
+        model, max_tokens = rest["model"], rest["max_tokens"]
+        if not isinstance(model, str) or not model:
+            return "model: Input should be a valid string"
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
+            return "max_tokens: Input should be a valid integer"
+        if max_tokens < 1:
+            return "max_tokens: Input should be greater than or equal to 1"
+        for name, low, high in _RANGES:
+            value = rest.get(name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return f"{name}: Input should be a valid number"
+            if name == "top_k" and not isinstance(value, int):
+                return f"{name}: Input should be a valid integer"
+            if value < low:
+                return f"{name}: Input should be greater than or equal to {low}"
+            if high is not None and value > high:
+                return f"{name}: Input should be less than or equal to {high}"
+        config = rest.get("output_config")
+        fmt = config.get("format") if isinstance(config, dict) else None
+        if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+            return schema_error(fmt.get("schema"))
+        return None
+
+    @staticmethod
+    def _messages_error(messages: object) -> str | None:
+        if messages is None:
+            return "messages: Field required"
+        if not isinstance(messages, list):
+            return "messages: Input should be a valid list"
+        if not messages:
+            return "messages: at least one message is required"
+        documents: list[bool] = []
+        for i, message in enumerate(messages):
+            if (
+                type(message) is dict
+                and len(message) == 2
+                and type(message.get("content")) is str
+                and message.get("role") in _SIMPLE_ROLES
+            ):
+                continue
+            if not isinstance(message, dict):
+                return f"messages.{i}: Input should be a valid dictionary"
+            if message.get("role") not in _SIMPLE_ROLES:
+                return f"messages.{i}.role: Input should be 'user' or 'assistant'"
+            validator = _validator("message")
+            if validator is not None:
+                try:
+                    validator.validate_python(message, strict=True)
+                except ValidationError as e:
+                    return _worded(first_error(e, message), ("messages", i))
+            content = message.get("content")
+            if isinstance(content, list):
+                for block in content:
+                    if isinstance(block, dict) and block.get("type") == "document":
+                        cite = block.get("citations")
+                        documents.append(isinstance(cite, dict) and cite.get("enabled") is True)
+        if documents and any(documents) and not all(documents):
+            return (
+                "Citations must be enabled on all documents or on none: "
+                f"{sum(documents)} of {len(documents)} documents enable them."
+            )
+        return None
