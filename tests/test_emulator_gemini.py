@@ -6,6 +6,7 @@ into shapes the SDK would reject (e.g. object ``details`` in a per-request error
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import urllib.error
@@ -74,17 +75,24 @@ def check_operation(op: dict[str, Any]) -> types.BatchJob:
     assert op["name"].startswith("batches/")
     meta = op["metadata"]
     assert meta["state"].startswith("BATCH_STATE_")
-    job = types.BatchJob._from_response(response=genai_batches._BatchJob_from_mldev(op), kwargs={})
+    # The SDK drops unknown fields (e.g. an error's ``status``) in place: give it a copy.
+    sdk_view = genai_batches._BatchJob_from_mldev(copy.deepcopy(op))
+    job = types.BatchJob._from_response(response=sdk_view, kwargs={})
     output = meta.get("output")
     if output is not None:
         assert op["done"] is True
         assert {k: v for k, v in op["response"].items() if k != "@type"} == output
         for item in output.get("inlinedResponses", {}).get("inlinedResponses", []):
-            types.InlinedResponse.model_validate(item)  # extra fields forbidden
             if "error" in item:
-                types.JobError.model_validate(item["error"])
-                assert all(isinstance(d, str) for d in item["error"].get("details", []))
+                error = dict(item["error"])
+                # google.rpc.Status: code, message and the status name; no invented details
+                # (the real ones are typed objects the SDK's JobError cannot parse).
+                assert isinstance(error.pop("status"), str)
+                assert "details" not in error
+                types.JobError.model_validate(error)  # extra fields forbidden
+                types.InlinedResponse.model_validate({**item, "error": error})
             else:
+                types.InlinedResponse.model_validate(item)  # extra fields forbidden
                 types.GenerateContentResponseUsageMetadata.model_validate(
                     item["response"]["usageMetadata"]
                 )
@@ -148,7 +156,7 @@ def test_inline_batch(emu, ver):
         assert by_key[key].response.candidates[0].finish_reason == types.FinishReason.STOP
     assert by_key["err"].response is None
     assert by_key["err"].error.code == 400
-    assert by_key["err"].error.details
+    assert by_key["err"].error.details is None
     assert by_key["text"].response.text.startswith("Emulated answer")
     # The raw Operation validates with the SDK's types and mirrors the output in `response`.
     status, op = raw_json(emu, "GET", f"/{ver}/{job.name}")
@@ -234,7 +242,9 @@ def test_file_batch_with_resumable_upload_and_download(emu, ver):
     ok = types.GenerateContentResponse._from_response(response=out["k1"]["response"], kwargs={})
     Answer.model_validate_json(ok.text)
     types.GenerateContentResponse.model_validate(out["k1"]["response"])
-    types.JobError.model_validate(out["k2"]["error"])
+    error = dict(out["k2"]["error"])
+    assert error.pop("status") == {400: "INVALID_ARGUMENT", 500: "INTERNAL"}[error["code"]]
+    types.JobError.model_validate(error)
     assert out["k2"]["error"]["code"] == 500
     assert out["k3"]["response"]["candidates"][0]["finishReason"] == "MAX_TOKENS"
     with pytest.raises(ValueError, match=r"\w"):
@@ -377,16 +387,146 @@ def test_expired_batch_has_no_results(emu):
     assert op["error"]["message"]
 
 
-def test_unreadable_input_file_fails_the_batch(emu):
+def test_unreadable_input_lines_get_error_entries(emu):
+    # The real API never drops a line: each unreadable one is an error entry in the output.
     c = client(emu, "v1")
-    f = c.files.upload(file=io.BytesIO(b"not json\n{also not\n"), config={"mime_type": "jsonl"})
+    data = (
+        b'{"key":"good","request":{"contents":[{"parts":[{"text":"a"}]}]}}\n'
+        b'{"key":"bad","request":{"contents":[]} trailing\n'
+        b"not json\n"
+        b"[1,2]\n"
+        b'{"key":"unk","request":{"contents":[{"parts":[{"text":"a"}]}],'
+        b'"generation_config":{"not_a_field":"json"}}}\n'
+        b'{"key":"extra","request":{"contents":[{"parts":[{"text":"a"}]}]},"bogus":1}\n'
+    )
+    f = c.files.upload(file=io.BytesIO(data), config={"mime_type": "jsonl"})
+    job = c.batches.create(model="gemini-2.5-flash", src=f.name)
+    done = c.batches.get(name=job.name)
+    assert done.state == types.JobState.JOB_STATE_SUCCEEDED
+    lines = [json.loads(x) for x in c.files.download(file=done.dest.file_name).splitlines()]
+    assert len(lines) == 6
+    assert "response" in lines[0]
+    errors = lines[1:]
+    assert all(e["error"]["code"] == 400 for e in errors)
+    assert [e.get("key") for e in errors] == ["bad", None, None, "unk", "extra"]
+    assert (
+        "Unknown name \"not_a_field\" at 'request.generation_config'"
+        in (errors[3]["error"]["message"])
+    )
+    assert 'Unknown name "bogus"' in errors[4]["error"]["message"]
+    for e in errors:
+        assert e["error"]["status"] == "INVALID_ARGUMENT"
+        types.JobError.model_validate({k: v for k, v in e["error"].items() if k != "status"})
+
+
+def test_empty_input_file_fails_the_batch(emu):
+    c = client(emu, "v1")
+    f = c.files.upload(file=io.BytesIO(b"\n\n"), config={"mime_type": "jsonl"})
     job = c.batches.create(model="gemini-2.5-flash", src=f.name)
     failed = c.batches.get(name=job.name)
     assert failed.state == types.JobState.JOB_STATE_FAILED
-    assert failed.dest is None
     _status, op = raw_json(emu, "GET", f"/v1/{job.name}")
     check_operation(op)
     assert "no valid" in op["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("batch", "name", "where"),
+    [
+        ({"bogus": 1}, "bogus", "batch"),
+        (
+            {"inputConfig": {"requests": {"requests": [], "x": 1}}},
+            "x",
+            "batch.input_config.requests",
+        ),
+        (
+            {
+                "inputConfig": {
+                    "requests": {
+                        "requests": [
+                            {"request": {"contents": [{"parts": [{"text": "x"}]}], "unknownTop": 1}}
+                        ]
+                    }
+                }
+            },
+            "unknownTop",
+            "batch.input_config.requests.requests[0].request",
+        ),
+        (
+            {
+                "inputConfig": {
+                    "requests": {
+                        "requests": [
+                            {
+                                "request": {
+                                    "contents": [{"parts": [{"text": "x"}]}],
+                                    "generationConfig": {"notAField": 3},
+                                }
+                            }
+                        ]
+                    }
+                }
+            },
+            "notAField",
+            "batch.input_config.requests.requests[0].request.generation_config",
+        ),
+        (
+            {
+                "inputConfig": {
+                    "requests": {
+                        "requests": [
+                            {"request": {"contents": [{"parts": [{"text": "x", "zzz": 1}]}]}}
+                        ]
+                    }
+                }
+            },
+            "zzz",
+            "batch.input_config.requests.requests[0].request.contents[0].parts[0]",
+        ),
+        (
+            {
+                "inputConfig": {
+                    "requests": {
+                        "requests": [
+                            {"request": {"contents": [{"parts": [{"text": "x"}]}]}, "meta": {}}
+                        ]
+                    }
+                }
+            },
+            "meta",
+            "batch.input_config.requests.requests[0]",
+        ),
+    ],
+    ids=["batch", "requests", "request", "generation-config", "part", "item"],
+)
+def test_unknown_field_names_are_rejected(emu, batch, name, where):
+    # The real API: 400 INVALID_ARGUMENT for the whole create.
+    status, body = raw_json(
+        emu, "POST", "/v1beta/models/gemini-2.5-flash:batchGenerateContent", {"batch": batch}
+    )
+    assert status == 400
+    assert body["error"]["status"] == "INVALID_ARGUMENT"
+    assert body["error"]["message"] == (
+        f"Invalid JSON payload received. Unknown name \"{name}\" at '{where}': Cannot find field."
+    )
+
+
+def test_both_spellings_of_field_names_are_accepted(emu):
+    request = {
+        "contents": [{"role": "user", "parts": [{"text": "x"}]}],
+        "generation_config": {"response_mime_type": "application/json", "temperature": 0.5},
+        "systemInstruction": {"parts": [{"text": "be terse"}]},
+    }
+    batch = {
+        "display_name": "d",
+        "input_config": {
+            "requests": {"requests": [{"request": request, "metadata": {"key": "a"}}]}
+        },
+    }
+    status, op = raw_json(
+        emu, "POST", "/v1beta/models/gemini-2.5-flash:batchGenerateContent", {"batch": batch}
+    )
+    assert status == 200, op
 
 
 def test_auth_and_error_envelope(emu):

@@ -62,8 +62,8 @@ or ``responseSchema`` (the OpenAPI subset with upper-case types) with ``response
 ``application/json`` gives a schema-valid answer (:mod:`.answers`); ``application/json``
 alone gives ``{"answer": "..."}``; otherwise plain text. Markers in the prompt (any text
 part, system instruction included): ``[[emulator:error]]`` (``:NNN`` picks the code) gives a
-per-request ``error`` ``{code, message, details: [str]}`` (details are strings: the SDK's
-``JobError`` refuses anything else); ``[[emulator:invalid]]`` an answer that does not
+per-request ``error`` ``{code, message, status}`` (no ``details``: the real ones are typed
+objects the SDK's ``JobError`` cannot parse); ``[[emulator:invalid]]`` an answer that does not
 validate; ``[[emulator:truncate]]`` cut-off text with ``finishReason: MAX_TOKENS`` (so does
 an answer longer than ``maxOutputTokens``); ``[[emulator:refusal]]`` a candidate with
 ``finishReason: SAFETY`` and no content. Thinking: with ``thinkingConfig.thinkingBudget > 0``
@@ -83,13 +83,16 @@ import bisect
 import datetime as dt
 import hashlib
 import json
+import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from batchata_df.emulator import answers, media
+from batchata_df.emulator.gemini_checks import RequestChecker, snake, unknown_name
 from batchata_df.emulator.server import (
+    _GEMINI_STATUS,
     EmulatorCore,
     Request,
     Response,
@@ -448,11 +451,14 @@ def _render(spec: _Spec, model: str, rid: str) -> tuple[dict[str, Any], int, int
 
 
 def _error_json(code: int, message: str) -> dict[str, Any]:
-    return {
-        "code": code,
-        "message": message,
-        "details": [f"emulator: request failed with code {code}"],
-    }
+    """A per-request error: ``code``, ``message`` and the ``status`` name, no ``details``.
+
+    The real ``details`` are typed objects (``{"@type": ...}``) that the SDK's ``JobError``
+    (``details: list[str]``) cannot parse; inventing strings would be a shape the API never
+    sends, so they are left out.
+    """
+    status = "CANCELLED" if code == CANCELLED_CODE else _GEMINI_STATUS.get(code, "UNKNOWN")
+    return {"code": code, "message": message, "status": status}
 
 
 # --------------------------------------------------------------------------------------
@@ -872,12 +878,15 @@ class GeminiApp:
             body = json_body(request)
         except ValueError as e:
             raise _Invalid(400, f"Invalid JSON payload received. {e}") from e
+        _known_names(body, _CREATE_FIELDS, "")
         batch = body.get("batch")
         if not isinstance(batch, Mapping):
             raise _Invalid(400, "* BatchGenerateContentRequest.batch: batch is required")
+        _known_names(batch, _BATCH_FIELDS, "batch")
         config = batch.get("inputConfig", batch.get("input_config"))
         if not isinstance(config, Mapping):
             raise _Invalid(400, "* GenerateContentBatch.input_config: input_config is required")
+        _known_names(config, _INPUT_FIELDS, "batch.input_config")
         file_name = config.get("fileName", config.get("file_name"))
         inline = config.get("requests")
         if (file_name is None) == (inline is None):
@@ -891,11 +900,20 @@ class GeminiApp:
         failure: str | None = None
         if inline is not None:
             items = inline.get("requests") if isinstance(inline, Mapping) else None
+            if isinstance(inline, Mapping):
+                _known_names(inline, {"requests"}, "batch.input_config.requests")
             if not isinstance(items, list) or not items:
                 raise _Invalid(400, "* InlinedRequests.requests: at least one request is required")
+            check = RequestChecker()
             for i, item in enumerate(items):
                 if not isinstance(item, Mapping) or "request" not in item:
                     raise _Invalid(400, f"* requests[{i}].request: request is required")
+                where = f"batch.input_config.requests.requests[{i}]"
+                _known_names(item, {"request", "metadata"}, where)
+                if isinstance(item["request"], Mapping):
+                    problem = check(item["request"], where + ".request")
+                    if problem is not None:
+                        raise _Invalid(400, problem)
                 meta = item.get("metadata")
                 if meta is not None and not (
                     isinstance(meta, Mapping) and all(isinstance(v, str) for v in meta.values())
@@ -1028,10 +1046,9 @@ class GeminiApp:
             if i >= ran:
                 if batch.cancel_unfinished != "error_file":
                     continue
-                entry["error"] = {
-                    "code": CANCELLED_CODE,
-                    "message": "cancelled: the batch was cancelled before this request ran.",
-                }
+                entry["error"] = _error_json(
+                    CANCELLED_CODE, "cancelled: the batch was cancelled before this request ran."
+                )
                 failed += 1
             elif spec.error is not None:
                 entry["error"] = _error_json(*spec.error)
@@ -1128,24 +1145,84 @@ class GeminiApp:
         return out
 
 
+_CREATE_FIELDS: Final = frozenset({"batch"})
+_BATCH_FIELDS: Final = frozenset(
+    {
+        "name",
+        "displayName",
+        "model",
+        "inputConfig",
+        "output",
+        "createTime",
+        "endTime",
+        "updateTime",
+        "batchStats",
+        "state",
+        "priority",
+    }
+)
+_INPUT_FIELDS: Final = frozenset({"fileName", "requests"})
+_LINE_FIELDS: Final = frozenset({"key", "request", "metadata"})
+_KEY_IN_LINE: Final = re.compile(rb'"key"\s*:\s*"((?:[^"\\]|\\.)*)"')
+
+
+def _unknown(obj: Mapping[str, Any], known: frozenset[str] | set[str]) -> str | None:
+    """The first key of ``obj`` that is not a known field in either spelling."""
+    for name in obj:
+        if name not in known and snake(name) not in {snake(k) for k in known}:
+            return name
+    return None
+
+
+def _known_names(obj: Mapping[str, Any], known: frozenset[str] | set[str], where: str) -> None:
+    name = _unknown(obj, known)
+    if name is not None:
+        raise _Invalid(400, unknown_name(name, where))
+
+
+def _line_key(raw: bytes) -> str | None:
+    """The ``key`` of an unparseable line, when it can be read off the text."""
+    found = _KEY_IN_LINE.search(raw)
+    if found is None:
+        return None
+    try:
+        key = json.loads(b'"' + found.group(1) + b'"')
+    except ValueError:
+        return None
+    return key if isinstance(key, str) else None
+
+
 def _plan_file(data: bytes, builder: _SpecBuilder) -> tuple[list[_Spec], str | None]:
-    """Reduce a JSONL input file to specs; a file with no readable request fails the batch."""
+    """Reduce a JSONL input file to specs: one per non-blank line, an error entry if bad."""
     specs: list[_Spec] = []
-    bad = 0
+    check = RequestChecker()
     for raw in data.split(b"\n"):
         if not raw.strip():
             continue
         try:
             obj = json.loads(raw)
-        except ValueError:
-            bad += 1
+        except ValueError as e:
+            msg = f"Invalid JSON payload received. {e}."
+            specs.append(_SpecBuilder._failed(_line_key(raw), msg))
             continue
         if not isinstance(obj, dict):
-            bad += 1
+            msg = (
+                "Invalid JSON payload received. Each line must be a JSON object with "
+                "'key' and 'request'."
+            )
+            specs.append(_SpecBuilder._failed(None, msg))
             continue
         key = obj.get("key")
         key = key if isinstance(key, str) else None
-        if "request" not in obj:
+        extra = _unknown(obj, _LINE_FIELDS)
+        problem = None
+        if extra is not None:
+            problem = unknown_name(extra, "")
+        elif isinstance(obj.get("request"), Mapping):
+            problem = check(obj["request"], "request")
+        if problem is not None:
+            spec = _SpecBuilder._failed(key, problem)
+        elif "request" not in obj:
             spec = _SpecBuilder._failed(key, "* request: request is required")
         else:
             try:
@@ -1155,6 +1232,5 @@ def _plan_file(data: bytes, builder: _SpecBuilder) -> tuple[list[_Spec], str | N
             spec.key = key
         specs.append(spec)
     if not specs:
-        reason = f"{bad} unreadable lines" if bad else "no lines"
-        return [], f"The input file has no valid GenerateContentRequest lines ({reason})."
+        return [], "The input file has no valid GenerateContentRequest lines (no lines)."
     return specs, None
