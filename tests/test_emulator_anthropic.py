@@ -615,7 +615,10 @@ def test_version_header_is_required(emu):
     body = r.json()
     assert body["error"]["type"] == "invalid_request_error"
     assert "anthropic-version" in body["error"]["message"]
-    assert httpx2.get(f"{base}/v1/messages/batches", headers={"x-api-key": "k", **V}).is_success
+    assert r.headers["request-id"] == body["request_id"]
+    ok = httpx2.get(f"{base}/v1/messages/batches", headers={"x-api-key": "k", **V})
+    assert ok.is_success
+    assert ok.headers["request-id"].startswith("req_")  # on every answer, like the real API
 
 
 def test_count_and_size_limits(emu, client, settings_restored):

@@ -19,7 +19,7 @@ import pytest
 from openai import OpenAI
 from openai.lib._parsing._completions import type_to_response_format_param
 from openai.lib._parsing._responses import type_to_text_format_param
-from openai.types import Batch
+from openai.types import Batch, FileObject
 from openai.types.chat import ChatCompletion
 from openai.types.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -597,6 +597,137 @@ def test_valid_bodies_still_pass(oa: OpenAI) -> None:
     batch = raw_batch(oa, submit(oa, lines).id)
     assert batch.error_file_id is None, read_lines(oa, batch.error_file_id)
     assert len(read_lines(oa, batch.output_file_id)) == 3
+
+
+def _multipart(fields: dict[str, str], filename: str = "a.jsonl") -> bytes:
+    out = b""
+    for name, value in fields.items():
+        out += (f'--X\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n').encode()
+    out += (
+        f'--X\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n\r\n'
+    ).encode()
+    return out + b"{}\n\r\n--X--\r\n"
+
+
+@pytest.mark.parametrize(
+    ("fields", "filename", "code", "param"),
+    [
+        ({"purpose": "batch"}, "in.txt", "invalid_file_format", "file"),
+        (
+            {
+                "purpose": "batch",
+                "expires_after[anchor]": "bogus",
+                "expires_after[seconds]": "3600",
+            },
+            "a.jsonl",
+            "invalid_value",
+            "expires_after.anchor",
+        ),
+        (
+            {
+                "purpose": "batch",
+                "expires_after[anchor]": "created_at",
+                "expires_after[seconds]": "-5",
+            },
+            "a.jsonl",
+            "integer_below_min_value",
+            "expires_after.seconds",
+        ),
+        (
+            {
+                "purpose": "batch",
+                "expires_after[anchor]": "created_at",
+                "expires_after[seconds]": "2592001",
+            },
+            "a.jsonl",
+            "integer_above_max_value",
+            "expires_after.seconds",
+        ),
+    ],
+    ids=["txt", "anchor", "seconds-low", "seconds-high"],
+)
+def test_uploads_the_real_api_rejects(
+    oa: OpenAI, emulator: Emulator, fields: dict[str, str], filename: str, code: str, param: str
+) -> None:
+    status, headers, body = http(
+        emulator,
+        "POST",
+        "/openai/v1/files",
+        _multipart(fields, filename),
+        {"authorization": "Bearer sk-test", "content-type": "multipart/form-data; boundary=X"},
+    )
+    assert status == 400
+    assert body["error"]["type"] == "invalid_request_error"
+    assert (body["error"]["code"], body["error"]["param"]) == (code, param)
+    assert headers["x-request-id"].startswith("req_")
+    if filename == "in.txt":
+        assert body["error"]["message"] == "Invalid file format for Batch API. Must be .jsonl"
+
+
+def test_upload_with_valid_expiry(oa: OpenAI) -> None:
+    raw = oa.files.with_raw_response.create(
+        file=("in.jsonl", jsonl([chat_line("a", "x")])),
+        purpose="batch",
+        expires_after={"anchor": "created_at", "seconds": 3600},
+    )
+    data = json.loads(raw.http_response.text)
+    FileObject.model_validate(data, strict=True)
+    assert data["expires_at"] == data["created_at"] + 3600
+    assert raw.http_response.headers["x-request-id"]
+
+
+def test_create_rejects_unknown_and_missing_arguments(oa: OpenAI, emulator: Emulator) -> None:
+    upload = oa.files.create(file=("in.jsonl", jsonl([chat_line("a", "x")])), purpose="batch")
+    with pytest.raises(openai.BadRequestError) as info:
+        oa.batches.create(
+            input_file_id=upload.id,
+            endpoint=CHAT,
+            completion_window="24h",
+            extra_body={"totally_unknown": True},
+        )
+    error = info.value.body
+    assert isinstance(error, dict)
+    assert error["message"] == "Unrecognized request argument supplied: totally_unknown"
+    assert error["type"] == "invalid_request_error"
+    headers = {"authorization": "Bearer sk-test", "content-type": "application/json"}
+    status, _h, body = http(
+        emulator,
+        "POST",
+        "/openai/v1/batches",
+        json.dumps({"endpoint": CHAT, "completion_window": "24h"}).encode(),
+        headers,
+    )
+    assert status == 400
+    assert body["error"]["code"] == "missing_required_parameter"
+    assert body["error"]["param"] == "input_file_id"
+    # Every 4xx is an invalid_request_error; every answer carries x-request-id.
+    status, h, body = http(emulator, "GET", "/openai/v1/batches/batch_x/cancel", None, headers)
+    assert status == 405
+    assert body["error"]["type"] == "invalid_request_error"
+    assert h["x-request-id"]
+    status, h, _ = http(emulator, "GET", "/openai/v1/batches", None, headers)
+    assert status == 200
+    assert h["x-request-id"].startswith("req_")
+
+
+def test_raw_file_and_batch_objects_validate_strictly(oa: OpenAI, emulator: Emulator) -> None:
+    emulator.configure(latency=100)
+    raw = oa.files.with_raw_response.create(
+        file=("in.jsonl", jsonl([chat_line("a", "x")])), purpose="batch"
+    )
+    upload = FileObject.model_validate(json.loads(raw.http_response.text), strict=True)
+    raw = oa.batches.with_raw_response.create(
+        input_file_id=upload.id, endpoint=CHAT, completion_window="24h"
+    )
+    created = Batch.model_validate(json.loads(raw.http_response.text), strict=True)
+    assert created.status == "validating"
+    raw = oa.batches.with_raw_response.cancel(created.id)
+    cancelled = Batch.model_validate(json.loads(raw.http_response.text), strict=True)
+    assert cancelled.status == "cancelling"
+    FileObject.model_validate(
+        json.loads(oa.files.with_raw_response.retrieve(upload.id).http_response.text),
+        strict=True,
+    )
 
 
 # --------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import io
 import json
 import zipfile
 from pathlib import Path
@@ -434,7 +433,9 @@ def _openai_run(emu, content: list[object]) -> dict[str, object]:
     import openai
 
     client = openai.OpenAI()
-    upload = client.files.create(file=io.BytesIO(_openai_line(content).encode()), purpose="batch")
+    upload = client.files.create(
+        file=("in.jsonl", _openai_line(content).encode()), purpose="batch"
+    )  # the real API wants a .jsonl name for purpose=batch
     batch = client.batches.create(
         input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
     )

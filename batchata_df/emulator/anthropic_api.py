@@ -627,7 +627,8 @@ class AnthropicApp:
 
     def error_response(self, status: int, message: str) -> Response:
         """Return an HTTP error in the Anthropic envelope."""
-        return json_response(error_envelope("anthropic", status, message), status)
+        envelope = error_envelope("anthropic", status, message)
+        return json_response(envelope, status, {"request-id": envelope["request_id"]})
 
     def reset(self) -> None:
         """Forget every batch."""
@@ -652,10 +653,13 @@ class AnthropicApp:
                 raise _Invalid(
                     400, "anthropic-version: header is required", "invalid_request_error"
                 )
-            return self._route(request)
+            response = self._route(request)
         except _Invalid as e:
             envelope = error_envelope("anthropic", e.status, e.message, error_type=e.error_type)
             return json_response(envelope, e.status, {"request-id": envelope["request_id"]})
+        # Every real answer carries ``request-id`` (the SDK exposes it as ``_request_id``).
+        response.headers.setdefault("request-id", self.core.new_id("req_", 12))
+        return response
 
     # ---- routing
 

@@ -772,7 +772,13 @@ class OpenAIApp:
     def error_response(self, status: int, message: str) -> Response:
         """Return an HTTP error in the OpenAI envelope."""
         code = {429: "rate_limit_exceeded", 500: "server_error", 503: "server_error"}.get(status)
-        return json_response(error_envelope("openai", status, message, code=code), status)
+        response = json_response(error_envelope("openai", status, message, code=code), status)
+        return self._with_request_id(response)
+
+    def _with_request_id(self, response: Response) -> Response:
+        """Every real answer carries ``x-request-id`` (the SDK exposes it as ``_request_id``)."""
+        response.headers.setdefault("x-request-id", self.core.new_id("req_", 16))
+        return response
 
     def reset(self) -> None:
         """Forget all files and batches."""
@@ -793,13 +799,14 @@ class OpenAIApp:
         """Serve one request below the OpenAI mount prefix."""
         auth = self._check_auth(request)
         if auth is not None:
-            return auth
+            return self._with_request_id(auth)
         try:
-            return self._route(request)
+            response = self._route(request)
         except _Invalid as e:
-            return json_response(
+            response = json_response(
                 error_envelope("openai", e.status, e.message, param=e.param, code=e.code), e.status
             )
+        return self._with_request_id(response)
 
     # ---- routing
 
@@ -907,9 +914,13 @@ class OpenAIApp:
             try:
                 expires_in = int(bytes(form["expires_after[seconds]"][1]))
             except ValueError as e:
-                msg = "expires_after[seconds] must be an integer."
-                raise _Invalid(400, msg, param="expires_after") from e
+                msg = "Invalid type for 'expires_after.seconds': expected an integer."
+                raise _Invalid(400, msg, param="expires_after.seconds", code="invalid_type") from e
+        expires_in = _check_expires_after(form, expires_in)
         filename, data = form["file"]
+        if purpose == "batch" and not (filename or "").lower().endswith(".jsonl"):
+            msg = "Invalid file format for Batch API. Must be .jsonl"
+            raise _Invalid(400, msg, param="file", code="invalid_file_format")
         file_id, size = self._store(data)
         meta = self._register(file_id, size, filename or "upload.jsonl", purpose, expires_in)
         return json_response(meta)
@@ -951,9 +962,18 @@ class OpenAIApp:
             body = json_body(request)
         except ValueError as e:
             raise _Invalid(400, f"We could not parse the JSON body of your request: {e}") from e
+        for key in body:
+            if key not in _CREATE_KEYS:
+                msg = f"Unrecognized request argument supplied: {key}"
+                raise _Invalid(400, msg, param=key, code="unknown_parameter")
         for key in ("input_file_id", "endpoint", "completion_window"):
             if key not in body:
-                raise _Invalid(400, f"Missing required parameter: '{key}'.", param=key)
+                raise _Invalid(
+                    400,
+                    f"Missing required parameter: '{key}'.",
+                    param=key,
+                    code="missing_required_parameter",
+                )
         window = body["completion_window"]
         if window != "24h":
             msg = f"Invalid value: {window!r}. Supported values are: '24h'."
@@ -1287,6 +1307,45 @@ def _check_metadata(metadata: object) -> dict[str, str] | None:
                 400, f"metadata value for {key!r} is longer than 512 characters.", param="metadata"
             )
     return dict(metadata)
+
+
+_CREATE_KEYS: Final = frozenset(
+    {"input_file_id", "endpoint", "completion_window", "metadata", "output_expires_after"}
+)
+MIN_EXPIRES: Final = 3600
+MAX_EXPIRES: Final = 30 * DAY
+
+
+def _check_expires_after(
+    form: Mapping[str, tuple[str | None, memoryview]], seconds: int | None
+) -> int | None:
+    """Check a file upload's ``expires_after[anchor]`` / ``[seconds]``; return the seconds."""
+    anchor_part = form.get("expires_after[anchor]")
+    if anchor_part is None and seconds is None:
+        return None
+    if anchor_part is None:
+        msg = "Missing required parameter: 'expires_after.anchor'."
+        raise _Invalid(400, msg, param="expires_after.anchor", code="missing_required_parameter")
+    anchor = bytes(anchor_part[1]).decode("utf-8", "replace")
+    if anchor != "created_at":
+        msg = f"Invalid value: '{anchor}'. Supported values are: 'created_at'."
+        raise _Invalid(400, msg, param="expires_after.anchor", code="invalid_value")
+    if seconds is None:
+        msg = "Missing required parameter: 'expires_after.seconds'."
+        raise _Invalid(400, msg, param="expires_after.seconds", code="missing_required_parameter")
+    if seconds < MIN_EXPIRES:
+        msg = (
+            "Invalid 'expires_after.seconds': integer below minimum value. Expected a value "
+            f">= {MIN_EXPIRES}, but got {seconds} instead."
+        )
+        raise _Invalid(400, msg, param="expires_after.seconds", code="integer_below_min_value")
+    if seconds > MAX_EXPIRES:
+        msg = (
+            "Invalid 'expires_after.seconds': integer above maximum value. Expected a value "
+            f"<= {MAX_EXPIRES}, but got {seconds} instead."
+        )
+        raise _Invalid(400, msg, param="expires_after.seconds", code="integer_above_max_value")
+    return seconds
 
 
 def _check_output_expires(value: object) -> int | None:

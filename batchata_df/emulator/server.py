@@ -325,7 +325,11 @@ def error_envelope(
     'UNAVAILABLE'
     """
     if style == "openai":
-        kind = error_type or _OPENAI_TYPES.get(status, "server_error")
+        kind = (
+            error_type
+            or _OPENAI_TYPES.get(status)
+            or ("invalid_request_error" if 400 <= status < 500 else "server_error")
+        )
         return {"error": {"message": message, "type": kind, "param": param, "code": code}}
     if style == "anthropic":
         kind = error_type or _ANTHROPIC_TYPES.get(status, "api_error")
