@@ -660,3 +660,21 @@ def test_sdk_retries_overloaded_and_the_realtime_endpoint(emu, client):
         output_config={"format": {"type": "json_schema", "schema": SCHEMA}},
     )
     Answer.model_validate_json("".join(b.text for b in message.content if b.type == "text"))
+
+
+def test_unknown_model_is_an_errored_not_found(emu, client):
+    batch = client.messages.batches.create(
+        requests=[req("a", model="emulator-unknown-model"), req("b")]
+    )
+    results = by_id(result_lines(retrieve_raw(client, batch.id)))
+    assert results["a"]["type"] == "errored"
+    error = results["a"]["error"]["error"]
+    assert error["type"] == "not_found_error"
+    assert error["message"] == "model: emulator-unknown-model"
+    assert results["b"]["type"] == "succeeded"
+    with pytest.raises(anthropic.NotFoundError):
+        client.messages.create(
+            model="emulator-unknown-model",
+            max_tokens=10,
+            messages=[{"role": "user", "content": "hi"}],
+        )

@@ -628,3 +628,12 @@ def test_query_key_is_redacted_from_the_log(emu):
     assert "SECRETKEY" not in text and "AIzaOTHER" not in text and "=tok" not in text
     assert entries[0]["query"] == "pageSize=1&key=REDACTED"
     assert all(e["auth"] is True for e in entries)
+
+
+def test_unknown_model_is_a_404(emu):
+    c = client(emu)
+    with pytest.raises(errors.ClientError) as e:
+        c.batches.create(model="emulator-unknown-model", src=[{"contents": "x"}])
+    assert e.value.code == 404
+    assert e.value.status == "NOT_FOUND"
+    assert list(c.batches.list()) == []

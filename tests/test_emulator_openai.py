@@ -730,6 +730,19 @@ def test_raw_file_and_batch_objects_validate_strictly(oa: OpenAI, emulator: Emul
     )
 
 
+def test_unknown_model_is_model_not_found(oa: OpenAI) -> None:
+    lines = [chat_line(f"r{i}", "x", model="emulator-unknown-model") for i in range(2)]
+    batch = raw_batch(oa, submit(oa, lines).id)
+    assert batch.status == "completed"
+    assert batch.request_counts is not None and batch.request_counts.failed == 2
+    for line in read_lines(oa, batch.error_file_id):
+        assert line["response"]["status_code"] == 400
+        error = line["response"]["body"]["error"]
+        assert error["code"] == "model_not_found"
+        assert error["type"] == "invalid_request_error"
+        assert error["message"] == "The model `emulator-unknown-model` does not exist."
+
+
 # --------------------------------------------------------------------------------------
 # Input validation
 

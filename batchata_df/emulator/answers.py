@@ -67,6 +67,7 @@ __all__ = [
     "MARKER_REFUSAL",
     "MARKER_TRUNCATE",
     "POOL_SIZE",
+    "UNKNOWN_MODEL",
     "AnswerGenerator",
     "count_tokens",
     "fake_invalid_value",
@@ -82,6 +83,9 @@ MARKER_ERROR: Final = "error"
 MARKER_INVALID: Final = "invalid"
 MARKER_TRUNCATE: Final = "truncate"
 MARKER_REFUSAL: Final = "refusal"
+#: a model name every protocol answers as unknown (OpenAI ``model_not_found``, Anthropic
+#: ``not_found_error``, Gemini 404 ``NOT_FOUND``); any other name is accepted
+UNKNOWN_MODEL: Final = "emulator-unknown-model"
 _MARKER_PREFIX: Final = "[[emulator:"
 _MARKER_RE: Final = re.compile(r"\[\[emulator:(error|invalid|truncate|refusal)(?::(\d{3}))?\]\]")
 

@@ -53,7 +53,9 @@ a malformed ``document`` / ``image`` block (a base64 source whose ``media_type``
 ``application/pdf`` / an image type, invalid base64, bytes that are not a PDF or do not
 match the image type, a ``text`` source that is not ``text/plain``), citations together
 with ``output_config.format``, and a forced ``tool_choice`` on a model that always thinks.
-``POST /v1/messages`` answers the same problems with a 400.
+``POST /v1/messages`` answers the same problems with a 400. The model
+``emulator-unknown-model`` makes a request ``errored`` with ``not_found_error``
+(``model: emulator-unknown-model``), as an unknown model does.
 
 Answers
 -------
@@ -289,6 +291,9 @@ class _SpecBuilder:
     def build(self, custom_id: str, params: Mapping[str, Any]) -> _Spec:
         """Reduce a ``params`` object to a :class:`_Spec` (``errored`` if it is invalid)."""
         invalid = self.check(params)
+        kind = "invalid_request_error"
+        if invalid is None and params.get("model") == answers.UNKNOWN_MODEL:
+            invalid, kind = f"model: {answers.UNKNOWN_MODEL}", "not_found_error"
         if invalid is not None:
             model = params.get("model")
             return _Spec(
@@ -303,7 +308,7 @@ class _SpecBuilder:
                 max_tokens=0,
                 thinking=False,
                 marker=None,
-                error=("invalid_request_error", invalid),
+                error=(kind, invalid),
             )
         model = str(params["model"])
         error: tuple[str, str] | None = None

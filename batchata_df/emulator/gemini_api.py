@@ -869,6 +869,13 @@ class GeminiApp:
     # ---- batches
 
     def _create(self, request: Request, model: str, version: str) -> Response:
+        if model.removeprefix("models/") == answers.UNKNOWN_MODEL:
+            msg = (
+                f"models/{answers.UNKNOWN_MODEL} is not found for API version {version}, or "
+                "is not supported for batchGenerateContent. Call ListModels to see the list "
+                "of available models and their supported methods."
+            )
+            raise _Invalid(404, msg, "NOT_FOUND")
         if len(request.body) > self._limits["max_inline_bytes"]:
             raise _Invalid(
                 400,

@@ -62,7 +62,8 @@ SDK param types with unknown keys forbidden (``unknown_parameter``), missing key
 (``decimal_above_max_value``, ``integer_below_min_value``, ...), roles and other
 enumerations (``invalid_value``), a ``name`` on every ``json_schema`` format, the strict
 structured-output schema subset (``invalid_json_schema``) and the word "json" in the
-messages for ``json_object``.
+messages for ``json_object``. The model ``emulator-unknown-model`` gets a 400
+``model_not_found`` line ("The model `...` does not exist."), as an unknown model does.
 
 HTTP errors use the OpenAI envelope ``{"error": {message, type, param, code}}``: unknown
 ids are 404, bad ``endpoint``/``completion_window``/``metadata`` are 400.
@@ -361,6 +362,8 @@ class _SpecBuilder:
         model = body.get("model")
         model = model if isinstance(model, str) else ""
         invalid = self._check(body)
+        if invalid is None and model == answers.UNKNOWN_MODEL:
+            invalid = (400, "model_not_found", f"The model `{model}` does not exist.", "model")
         if invalid is not None:
             return _Spec(custom_id, model, "", 0, "text", None, None, None, invalid, "")
         if self.endpoint == "/v1/responses":
