@@ -71,6 +71,8 @@ class RunOptions:
     time_limit_s: float | None = None
     retry_failed: bool = False
     max_cost_usd: float | None = None
+    cancel_grace_s: float = 900.0
+    """After a stop, how long to wait for cancelled batches to end (OpenAI: up to 10 min)."""
     poll_initial_s: float = 1.0
     poll_max_s: float = 60.0
     poll_factor: float = 1.6
@@ -272,6 +274,8 @@ class _InFlight:
     status: str = "submitted"
     reserved: float = 0.0
     """Worst-case cost held against the cap until the batch's actual cost is known."""
+    failures: int = 0
+    """Consecutive failed polls or downloads."""
 
 
 @dataclass
@@ -379,6 +383,7 @@ class Engine:
         options: RunOptions,
         progress: Callable[[ProgressSnapshot], None] | None = None,
         stop_event: threading.Event | None = None,
+        make_provider: Callable[[str], Provider] | None = None,
     ) -> None:
         self.store = store
         self.providers = providers
@@ -387,6 +392,8 @@ class Engine:
         self.options = options
         self.progress = progress
         self.stop_event = stop_event or threading.Event()
+        self.make_provider = make_provider
+        self._stopped_at: float | None = None
         self._started = time.monotonic()
         self._counters = _Counters()
         self._batch_status: dict[str, str] = {}
@@ -422,8 +429,9 @@ class Engine:
             & ~pl.col("job_id").is_in(busy.implode())
         )
         self._count_done(jobs, terminal)
-        # The cap covers everything this state folder has paid for, earlier calls included.
-        self._spent = float(state.get_column("cost_usd").fill_null(0.0).sum())
+        # The cap covers everything this state folder has paid for, earlier calls and
+        # earlier attempts of retried jobs included.
+        self._spent = float(self.store.billed().get_column("cost_usd").fill_null(0.0).sum())
         if "worst_usd" in jobs.columns:
             self._worst = dict(
                 zip(jobs.get_column("job_id").to_list(), jobs.get_column("worst_usd").to_list(),
@@ -443,7 +451,12 @@ class Engine:
             self._reserved += batch.reserved
         planned = self._plan(todo)
         self._drive(planned, in_flight)
-        state = self.store.job_state()
+        # The latest event gives status and answer; cost and tokens add up every attempt.
+        state = (
+            self.store.job_state()
+            .drop("cost_usd", "input_tokens", "output_tokens")
+            .join(self.store.billed(), on="job_id", how="left")
+        )
         batches = self.store.batch_state()
         if batches.height == 0:
             return state
@@ -472,7 +485,7 @@ class Engine:
         out: list[_InFlight] = []
         for row in batches.iter_rows(named=True):
             key, status = row["batch_key"], row["status"]
-            provider = self.providers.get(row["provider"])
+            provider = self._provider_for(row["provider"], status)
             if status == BatchPhase.INTENT and provider is not None:
                 members_of = member_map.get(key, pl.Series("job_id", [], pl.String))
                 tag = BatchTag(
@@ -514,9 +527,26 @@ class Engine:
                         job_ids=member_map.get(key, pl.Series("job_id", [], pl.String)),
                         backoff=self._backoff(),
                         status=status,
+                        cancel_reason=(
+                            row["detail"] if status == BatchPhase.CANCEL_REQUESTED else None
+                        ),
                     )
                 )
         return out
+
+    def _provider_for(self, name: str | None, status: str) -> Provider | None:
+        """The provider of a recorded batch, created if this call's rows do not need it.
+
+        A batch in flight (or an unresolved intent) must be re-attached even when the
+        current frame has no rows for its provider: its worst case still counts against the
+        cap, and its orphan must still be looked for.
+        """
+        if name is None:
+            return None
+        needed = status in (BatchPhase.INTENT, *IN_FLIGHT)
+        if name not in self.providers and self.make_provider is not None and needed:
+            self.providers[name] = self.make_provider(name)  # type: ignore[index]
+        return self.providers.get(name)
 
     # -- planning -----------------------------------------------------------------------------
 
@@ -620,12 +650,19 @@ class Engine:
             for batch in [b for b in in_flight if b.next_poll <= now or not opts.wait]:
                 poll = self._poll(batch)
                 if poll is None:
+                    if batch.status == BatchPhase.COLLECTED:
+                        in_flight.remove(batch)
                     continue
                 if poll.state is ProviderState.RUNNING:
                     batch.next_poll = time.monotonic() + batch.backoff.next()
                     continue
-                self._collect(batch, poll)
-                in_flight.remove(batch)
+                if self._collect(batch, poll):
+                    in_flight.remove(batch)
+            if stop_reason is not None and self._past_grace(in_flight):
+                # Cancelled batches that will not end (or cannot be observed) in the grace
+                # period are left in flight: their rows stay pending and a later call with
+                # the same state folder collects them, so nothing is paid twice.
+                break
             if not opts.wait:
                 # Submit now, collect later: one round of polls and submits, then return.
                 if stop_reason is None:
@@ -636,10 +673,24 @@ class Engine:
                 self._sleep(max(0.0, wake - time.monotonic()))
         self._report("done")
 
+    def _past_grace(self, in_flight: list[_InFlight]) -> bool:
+        """After a stop, whether waiting for the cancelled batches has gone on long enough."""
+        if self._stopped_at is None:
+            self._stopped_at = time.monotonic()
+        waited = time.monotonic() - self._stopped_at
+        stuck = all(b.failures >= 5 for b in in_flight) and bool(in_flight)
+        return waited >= self.options.cancel_grace_s or stuck
+
     def _sleep(self, seconds: float) -> None:
+        """Sleep until the next poll, waking early at the deadline or on a stop request."""
+        if self.stop_event.is_set():
+            time.sleep(seconds)  # already stopping: the event would not block any more
+            return
         limit = self.options.time_limit_s
         if limit is not None:
-            seconds = min(seconds, max(0.0, self._started + limit - time.monotonic()) + 0.01)
+            left = self._started + limit - time.monotonic()
+            if left > 0:
+                seconds = min(seconds, left + 0.01)
         self.stop_event.wait(seconds)
 
     def _stop(
@@ -732,17 +783,46 @@ class Engine:
         )
 
     def _poll(self, batch: _InFlight) -> BatchPoll | None:
+        """Observe a batch; ``None`` when the provider could not tell this time."""
         try:
             poll = self.providers[batch.provider].poll(batch.provider_batch_id)
-        except ProviderError:
-            # A transient failure after the SDK's own retries: try again later, the batch
-            # is safe at the provider and its id is checkpointed.
+        except ProviderError as e:
+            if e.permanent:
+                # E.g. 404: the provider no longer knows the batch. Its rows cannot end
+                # otherwise; they fail with the reason (retry_failed sends them again).
+                self._end_batch(batch, f"provider_error: {e}")
+                return None
+            # Transient, after the SDK's own retries: try again later; the batch is safe
+            # at the provider and its id is checkpointed.
+            batch.failures += 1
             batch.next_poll = time.monotonic() + batch.backoff.next()
             return None
+        batch.failures = 0
         self._batch_status[batch.batch_key] = poll.provider_status
         return poll
 
-    def _collect(self, batch: _InFlight, poll: BatchPoll) -> None:
+    def _end_batch(self, batch: _InFlight, error: str) -> None:
+        """End every job of ``batch`` failed with ``error`` and record the batch ended."""
+        self._write_terminal(
+            pl.DataFrame({"job_id": batch.job_ids, "status": "failed", "error": error}),
+            batch_key=batch.batch_key,
+            provider=batch.provider,
+            model=batch.model,
+            provider_batch_id=batch.provider_batch_id,
+        )
+        self.store.append_batch(
+            batch_key=batch.batch_key,
+            provider=batch.provider,
+            model=batch.model,
+            provider_batch_id=batch.provider_batch_id,
+            status=BatchPhase.COLLECTED.value,
+            detail=error,
+        )
+        self._reserved = max(0.0, self._reserved - batch.reserved)
+        batch.status = BatchPhase.COLLECTED.value
+
+    def _collect(self, batch: _InFlight, poll: BatchPoll) -> bool:
+        """Store a finished batch's outcomes; ``False`` if its results must be fetched later."""
         provider = self.providers[batch.provider]
         if poll.state is ProviderState.FAILED:
             from batchata_df.providers.base import empty_results
@@ -751,7 +831,29 @@ class Engine:
         else:
             self._activity = f"downloading results of {batch.provider_batch_id}"
             self._report("running")
-            results = provider.results(batch.provider_batch_id, self.spec)
+            try:
+                results = provider.results(batch.provider_batch_id, self.spec)
+            except ProviderError as e:
+                if e.permanent:
+                    self._end_batch(batch, f"results_unavailable: {e}")
+                    return True
+                batch.failures += 1
+                batch.next_poll = time.monotonic() + batch.backoff.next()
+                return False
+            members = batch.job_ids.implode()
+            if results.height and not results.get_column("job_id").is_in(members).any():
+                # Adopted after a crash by size and time alone (Anthropic), and it is not
+                # ours: forget it; its jobs go back to the queue of the next call.
+                self.store.append_batch(
+                    batch_key=batch.batch_key,
+                    provider=batch.provider,
+                    model=batch.model,
+                    provider_batch_id=batch.provider_batch_id,
+                    status=BatchPhase.ABANDONED.value,
+                    detail="the batch found after a crash holds none of our requests",
+                )
+                self._reserved = max(0.0, self._reserved - batch.reserved)
+                return True
         events = outcomes_to_events(
             pl.DataFrame({"job_id": batch.job_ids}),
             results,
@@ -781,6 +883,7 @@ class Engine:
             detail=poll.detail,
         )
         self._batch_status[batch.batch_key] = poll.provider_status
+        return True
 
     def _write_terminal(
         self,

@@ -80,7 +80,21 @@ class StateMismatchError(StateError):
 
 
 class ProviderError(BatchataError):
-    """A provider call failed for a whole batch (not for a single row)."""
+    """A provider call failed for a whole batch (not for a single row).
+
+    ``status_code`` is the provider's HTTP status when it answered (``None`` for a
+    connection failure). :attr:`permanent` tells whether trying again can help.
+    """
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+    @property
+    def permanent(self) -> bool:
+        """A 4xx answer other than timeout (408), conflict (409) or rate limit (429)."""
+        code = self.status_code
+        return code is not None and 400 <= code < 500 and code not in (408, 409, 429)
 
 
 class OrphanedBatchError(ProviderError):

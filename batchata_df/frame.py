@@ -285,6 +285,7 @@ def batch_llm(
                 options,
                 progress=display,
                 stop_event=stop,
+                make_provider=make_provider,
             )
             with _interrupt_sets(stop):
                 results = engine.run(sendable)
@@ -433,6 +434,8 @@ def _assemble(
     """Join job states back onto the rows, in input order, and decode the answers."""
     if "citations" not in results.columns:
         results = results.with_columns(pl.lit(None, dtype=pl.String).alias("citations"))
+    if "attempts" not in results.columns:
+        results = results.with_columns(pl.lit(None, dtype=pl.Int64).alias("attempts"))
     state = results.select(
         "job_id",
         "status",
@@ -442,27 +445,30 @@ def _assemble(
         "input_tokens",
         "output_tokens",
         "cost_usd",
+        "attempts",
         "provider_batch_id",
     )
     joined = jobs.select("job_id", "input_error").join(
         state, on="job_id", how="left", maintain_order="left"
     )
-    terminal = pl.col("status").is_in(["completed", "failed", "cancelled"])
+    sendable = pl.col("input_error").is_null()
+    terminal = sendable & pl.col("status").is_in(["completed", "failed", "cancelled"])
     status = (
-        pl.when(pl.col("input_error").is_not_null())
+        pl.when(~sendable)
         .then(pl.lit("failed"))
         .when(terminal)
         .then(pl.col("status"))
         .otherwise(pl.lit("pending"))
     )
+    # Identical requests are one job: its bill goes on its first row, 0 on the others.
     first = pl.col("job_id").is_first_distinct()
-    charged = terminal & first & pl.col("input_error").is_null()
+    charged = sendable & first & pl.col("attempts").is_not_null()
 
     def billed(col: str, dtype: pl.DataType) -> pl.Expr:
         return (
             pl.when(charged)
             .then(pl.col(col))
-            .when(terminal | pl.col("input_error").is_not_null())
+            .when(terminal | ~sendable | (sendable & ~first))
             .then(pl.lit(0, dtype=dtype))
             .otherwise(pl.lit(None, dtype=dtype))
             .cast(dtype)
@@ -470,14 +476,18 @@ def _assemble(
 
     meta = [
         status.alias("_status"),
-        pl.coalesce("input_error", pl.when(terminal).then(pl.col("error"))).alias("_error"),
+        pl.when(~sendable)
+        .then(pl.col("input_error"))
+        .when(terminal)
+        .then(pl.col("error"))
+        .alias("_error"),
         billed("cost_usd", pl.Float64()).alias("_cost_usd"),
         billed("input_tokens", pl.Int64()).alias("_input_tokens"),
         billed("output_tokens", pl.Int64()).alias("_output_tokens"),
-        pl.when(pl.col("input_error").is_null()).then(pl.col("job_id")).alias("_job_id"),
-        pl.col("provider_batch_id").alias("_batch_id"),
+        pl.col("job_id").alias("_job_id"),
+        pl.when(sendable).then(pl.col("provider_batch_id")).alias("_batch_id"),
     ]
-    completed = pl.col("status") == "completed"
+    completed = terminal & (pl.col("status") == "completed")
     answers = pl.when(completed).then(pl.col("answer"))
     cited = (
         decode_citations(pl.when(completed).then(pl.col("citations")), answer.columns)

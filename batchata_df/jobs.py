@@ -198,7 +198,8 @@ def build_jobs(
 def job_ids(jobs: pl.DataFrame, salt: str, extra_key: pl.Series | None = None) -> pl.Series:
     """The ``job_id`` of each job: a BLAKE2b hash of its content, keyed by ``salt``.
 
-    The content is provider, model, system and prompt; ``extra_key`` (one string per job,
+    Rows with an ``input_error`` get a null id. The content is provider, model, system and
+    prompt; ``extra_key`` (one string per job,
     e.g. :func:`batchata_df.files.files_key`) is appended when given, so that the same
     prompt with other files is another job. Without it, ids are unchanged.
     """
@@ -217,7 +218,14 @@ def job_ids(jobs: pl.DataFrame, salt: str, extra_key: pl.Series | None = None) -
         hashlib.blake2b(k.encode(), digest_size=12, key=salt_b[:64]).hexdigest()
         for k in keys.to_list()
     ]
-    return pl.Series("job_id", ids, dtype=pl.String)
+    out = pl.Series("job_id", ids, dtype=pl.String)
+    if "input_error" in jobs.columns:
+        # A row that cannot be sent has no job: it must never share a real job's id (a null
+        # prompt would otherwise hash like an empty one).
+        out = jobs.select(
+            pl.when(pl.col("input_error").is_null()).then(out).alias("job_id")
+        ).to_series()
+    return out
 
 
 def check_params(

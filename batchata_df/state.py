@@ -260,6 +260,16 @@ class StateStore:
         latest = events.group_by("job_id").agg(pl.all().sort_by("seq").last())
         return latest.select(list(JOB_EVENTS)).sort("seq")
 
+    def billed(self) -> pl.DataFrame:
+        """What each job was billed over all its attempts.
+
+        Columns ``job_id``, ``cost_usd``, ``input_tokens``, ``output_tokens``, ``attempts``.
+        A job sent again (``retry_failed``, or after a cancel) has one terminal event per
+        provider batch it was in; each is billed. Re-collecting the same batch after a crash
+        writes the same events again, so events count once per (job, batch).
+        """
+        return billed_from_events(self.job_events())
+
     def batch_state(self) -> pl.DataFrame:
         """The latest event of every batch, with the first known provider batch id."""
         events = self._scan("batches", BATCH_EVENTS).sort("seq")
@@ -277,8 +287,29 @@ class StateStore:
         )
 
 
+def billed_from_events(events: pl.DataFrame) -> pl.DataFrame:
+    """Per job, the cost and tokens of every billed attempt, summed (see ``billed``)."""
+    terminal = events.filter(
+        pl.col("status").is_in(TERMINAL_JOB) & pl.col("batch_key").is_not_null()
+    )
+    per_attempt = terminal.group_by("job_id", "batch_key").agg(
+        pl.col("cost_usd", "input_tokens", "output_tokens").sort_by("seq").last()
+    )
+    def total(col: str) -> pl.Expr:
+        # Null when no attempt reported it (no price known, or no usage reported).
+        known = pl.col(col).null_count() < pl.len()
+        return pl.when(known).then(pl.col(col).sum()).alias(col)
+
+    return per_attempt.group_by("job_id").agg(
+        total("cost_usd"),
+        total("input_tokens"),
+        total("output_tokens"),
+        pl.len().cast(pl.Int64).alias("attempts"),
+    )
+
+
 def spent_usd(root: str | os.PathLike[str]) -> float:
-    """What the jobs recorded in a checkpoint folder cost (0 if it has none).
+    """What a checkpoint folder's jobs were billed, every attempt counted (0 if none).
 
     Reads the parts directly, without checking the manifest's fingerprint.
     """
@@ -288,8 +319,7 @@ def spent_usd(root: str | os.PathLike[str]) -> float:
     events = pl.scan_parquet(
         parts, schema=JOB_EVENTS, missing_columns="insert", extra_columns="ignore"
     ).collect()
-    latest = events.group_by("job_id").agg(pl.col("cost_usd").sort_by("seq").last())
-    return float(latest.get_column("cost_usd").fill_null(0.0).sum())
+    return float(billed_from_events(events).get_column("cost_usd").fill_null(0.0).sum())
 
 
 def _conform(frame: pl.DataFrame, schema: pl.Schema) -> pl.DataFrame:

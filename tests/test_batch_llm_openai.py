@@ -196,18 +196,19 @@ def test_resume_sends_nothing_again(emu, tmp_path):
         items_per_batch=4,
     )
     assert len(posts(emu)) == 2
+    emu.reset()
     again = frame(6).pipe(
         batch_llm, schema=Review, model="gpt-4.1-mini", prompt="{text}", state=state,
         items_per_batch=4,
     )
-    assert len(posts(emu)) == 2
+    assert emu.log() == []  # finished batches are not even polled again
     assert again.equals(first)
     # New rows: only they are sent.
     more = frame(8).pipe(
         batch_llm, schema=Review, model="gpt-4.1-mini", prompt="{text}", state=state,
         items_per_batch=4,
     )
-    assert len(posts(emu)) == 3
+    assert len(posts(emu)) == 1
     assert more.head(6).equals(first)
     assert (Path(state) / "manifest.json").is_file()
     assert list((Path(state) / "jobs").glob("*.parquet"))

@@ -178,7 +178,7 @@ class AnthropicProvider:
             raise CredentialsError(msg) from e
         except anthropic.APIStatusError as e:
             msg = f"Anthropic failed to {what}: HTTP {e.status_code}: {_error_message(e.body)}"
-            raise ProviderError(msg) from e
+            raise ProviderError(msg, status_code=e.status_code) from e
         except anthropic.AnthropicError as e:
             msg = f"Anthropic failed to {what}: {type(e).__name__}: {e}"
             raise ProviderError(msg) from e

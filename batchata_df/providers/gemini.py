@@ -340,7 +340,7 @@ class GeminiProvider:
                 )
                 raise CredentialsError(msg) from e
             msg = f"Gemini failed to {what}: HTTP {e.code} {e.status}: {message}"
-            raise ProviderError(msg) from e
+            raise ProviderError(msg, status_code=e.code) from e
         except _transport_errors() as e:
             msg = f"Gemini failed to {what}: {type(e).__name__}: {e}"
             raise ProviderError(msg) from e

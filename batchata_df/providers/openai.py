@@ -166,7 +166,7 @@ class OpenAIProvider:
             raise CredentialsError(msg) from e
         except openai.APIStatusError as e:
             msg = f"OpenAI failed to {what}: HTTP {e.status_code}: {_error_message(e.body)}"
-            raise ProviderError(msg) from e
+            raise ProviderError(msg, status_code=e.status_code) from e
         except openai.APIError as e:
             msg = f"OpenAI failed to {what}: {type(e).__name__}: {e.message}"
             raise ProviderError(msg) from e
