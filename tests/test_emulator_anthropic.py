@@ -88,7 +88,8 @@ def create_raw(client: anthropic.Anthropic, requests: list[dict[str, Any]]) -> M
 
 def retrieve_raw(client: anthropic.Anthropic, batch_id: str) -> MessageBatch:
     raw = client.messages.batches.with_raw_response.retrieve(batch_id)
-    return MessageBatch.model_validate(json.loads(raw.http_response.text))
+    # strict: no coercion (timestamps are RFC 3339 strings, which JSON-mode strict accepts)
+    return MessageBatch.model_validate_json(raw.http_response.text, strict=True)
 
 
 def result_lines(
@@ -110,9 +111,9 @@ def result_lines(
     out = []
     for line in lines:
         obj = json.loads(line)
-        MessageBatchIndividualResponse.model_validate(obj)
+        MessageBatchIndividualResponse.model_validate_json(line, strict=True)
         if obj["result"]["type"] == "succeeded":
-            Message.model_validate(obj["result"]["message"])
+            Message.model_validate(obj["result"]["message"], strict=True)
         out.append(obj)
     return out
 
