@@ -43,7 +43,9 @@ __all__ = [
     "ProgressSnapshot",
     "RunOptions",
     "outcomes_to_events",
+    "busy_jobs",
     "plan_batches",
+    "settled",
     "split_sizes",
 ]
 
@@ -219,6 +221,37 @@ def outcomes_to_events(
         "output_tokens",
         "cached_tokens",
         pl.when(status == "completed").then(pl.col("citations")).alias("citations"),
+    )
+
+
+def settled(state: pl.DataFrame, *, retry_failed: bool) -> pl.DataFrame:
+    """The jobs (latest events) a new call must not send again.
+
+    Completed jobs, and failed ones unless ``retry_failed``. Cancelled jobs (cost cap, time
+    limit, interrupt, provider cancel) got no answer and were not billed for it, so a later
+    call sends them again. The dry run uses the same rule.
+    """
+    keep = ["completed"] if retry_failed else ["completed", "failed"]
+    return state.filter(pl.col("status").is_in(keep))
+
+
+def busy_jobs(store: StateStore) -> pl.DataFrame:
+    """Jobs whose latest event puts them in a batch that may still be at the provider.
+
+    Columns ``job_id`` and ``est_cost_usd`` (the worst case held for it when it was sent).
+    Unresolved intents count as busy: offline, we cannot tell whether they reached the
+    provider.
+    """
+    batches = store.batch_state()
+    if batches.height == 0:
+        return pl.DataFrame(schema={"job_id": pl.String, "est_cost_usd": pl.Float64})
+    open_keys = batches.filter(
+        pl.col("status").is_in([*IN_FLIGHT, BatchPhase.INTENT.value])
+    ).get_column("batch_key")
+    return (
+        store.job_state()
+        .filter((pl.col("status") == "assigned") & pl.col("batch_key").is_in(open_keys.implode()))
+        .select("job_id", "est_cost_usd")
     )
 
 
@@ -417,10 +450,7 @@ class Engine:
         self._counters.total = jobs.height
         in_flight = self._recover()
         state = self.store.job_state()
-        # Cancelled jobs (cost cap, time limit, interrupt, provider cancel) got no answer and
-        # cost nothing: a later call sends them again. Failed ones only with retry_failed.
-        keep = ["completed"] if self.options.retry_failed else ["completed", "failed"]
-        terminal = state.filter(pl.col("status").is_in(keep))
+        terminal = settled(state, retry_failed=self.options.retry_failed)
         busy = pl.concat([f.job_ids for f in in_flight]) if in_flight else pl.Series(
             "job_id", [], dtype=pl.String
         )

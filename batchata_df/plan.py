@@ -7,10 +7,10 @@ from pathlib import Path
 
 import polars as pl
 
-from batchata_df.engine import RunOptions, plan_batches
+from batchata_df.engine import RunOptions, busy_jobs, plan_batches, settled
 from batchata_df.providers import make_provider
 from batchata_df.providers.base import RequestSpec
-from batchata_df.state import TERMINAL_JOB, StateStore
+from batchata_df.state import StateStore
 
 __all__ = ["PLAN_COLUMNS", "dry_run_plan"]
 
@@ -28,24 +28,34 @@ PLAN_COLUMNS = (
 """Columns a dry run appends to the input frame.
 
 ``_status`` is ``planned`` (would be sent), ``duplicate`` (same request as an earlier row:
-sent once), ``done`` (already finished in the state folder), or ``failed`` (bad input,
-never sent). ``_est_cost_usd`` is the worst case: estimated input tokens plus
-``max_tokens`` of output at the model's batch price. ``_within_cap`` says whether the
-request fits under ``max_cost_usd`` (null without a cap).
+sent once), ``done`` (already settled in the state folder: completed, or failed unless
+``retry_failed``), ``in_flight`` (in a batch that may still be running; a later call
+collects it), or ``failed`` (bad input, never sent). ``_est_cost_usd`` is the worst case:
+estimated input tokens plus ``max_tokens`` of output at the model's batch price.
+``_within_cap`` says whether the request fits under ``max_cost_usd`` (null without a cap).
 """
 
 
-def _already_done(
-    state: str | os.PathLike[str] | None, fingerprint: dict[str, str]
-) -> tuple[set[str], float]:
-    """Finished job ids and the amount already spent, read from an existing state folder."""
+def _recorded(
+    state: str | os.PathLike[str] | None, fingerprint: dict[str, str], retry_failed: bool
+) -> tuple[set[str], set[str], float]:
+    """From an existing state folder: settled job ids, busy job ids, and the money held.
+
+    The same rules as the engine (:func:`~batchata_df.engine.settled`,
+    :func:`~batchata_df.engine.busy_jobs`); held = billed so far plus the worst case of
+    batches that may still be running.
+    """
     if state is None or not (Path(state) / "manifest.json").is_file():
-        return set(), 0.0
+        return set(), set(), 0.0
     store = StateStore(state, fingerprint)  # validates the fingerprint; writes nothing
-    current = store.job_state()
-    done = current.filter(pl.col("status").is_in(TERMINAL_JOB))
-    return set(done.get_column("job_id").to_list()), float(
-        current.get_column("cost_usd").fill_null(0.0).sum()
+    done = settled(store.job_state(), retry_failed=retry_failed)
+    busy = busy_jobs(store)
+    held = float(store.billed().get_column("cost_usd").fill_null(0.0).sum())
+    held += float(busy.get_column("est_cost_usd").fill_null(0.0).sum())
+    return (
+        set(done.get_column("job_id").to_list()),
+        set(busy.get_column("job_id").to_list()),
+        held,
     )
 
 
@@ -59,8 +69,8 @@ def dry_run_plan(
     fingerprint: dict[str, str],
 ) -> pl.DataFrame:
     """Plan the run, print a summary per model and per provider batch, return the plan."""
-    done, spent = _already_done(state, fingerprint)
-    todo = sendable.filter(~pl.col("job_id").is_in(list(done)))
+    done, busy, spent = _recorded(state, fingerprint, options.retry_failed)
+    todo = sendable.filter(~pl.col("job_id").is_in(list(done | busy)))
     providers = {
         name: make_provider(name, offline=True)
         for name in todo.get_column("provider").unique().to_list()
@@ -118,6 +128,8 @@ def dry_run_plan(
         .then(pl.lit("failed"))
         .when(pl.col("job_id").is_in(list(done)))
         .then(pl.lit("done"))
+        .when(pl.col("job_id").is_in(list(busy)))
+        .then(pl.lit("in_flight"))
         .when(~first)
         .then(pl.lit("duplicate"))
         .otherwise(pl.lit("planned"))
@@ -166,7 +178,7 @@ def _print_summary(
             print(pl.DataFrame(batches))
     line = f"\ntotal worst case ${total:.4f}"
     if spent:
-        line += f" (+ ${spent:.4f} already spent in this state folder)"
+        line += f" (+ ${spent:.4f} already spent or held by batches in flight)"
     if cap is not None:
         over = total + spent > cap
         fits = int(planned.get_column("_within_cap").sum())

@@ -128,3 +128,32 @@ def test_calibration_tightens_the_cap_when_estimates_run_low(emu, monkeypatch):
     assert out["_cost_usd"].sum() <= cap
     assert 2 <= (out["_status"] == "completed").sum() <= 6
     assert (out["_status"] == "cancelled").sum() >= 10
+
+
+def test_dry_run_agrees_with_the_next_real_call(emu, tmp_path):
+    df = frame(6)
+    kwargs = {"schema": Review, "model": "gpt-4.1-mini", "prompt": "{text}",
+              "state": tmp_path / "s", "params": {"max_tokens": 50}}
+    plan = df.pipe(batch_llm, dry_run=True, **kwargs)
+    tiny = float(plan["_est_cost_usd"].head(2).sum()) + 1e-9
+    first = df.pipe(batch_llm, max_cost_usd=tiny, **kwargs)
+    assert (first["_status"] == "cancelled").sum() >= 1
+    again = df.pipe(batch_llm, dry_run=True, max_cost_usd=1.0, **kwargs)
+    # Cancelled rows are planned again, completed ones are done: like the real call.
+    expected = ["done" if s == "completed" else "planned" for s in first["_status"]]
+    assert again["_status"].to_list() == expected
+    emu.reset()
+    real = df.pipe(batch_llm, max_cost_usd=1.0, **kwargs)
+    assert real["_status"].to_list() == ["completed"] * 6
+    assert sum(1 for e in emu.log() if e["method"] == "POST" and e["path"].endswith("/batches")) \
+        == again["_batch_index"].drop_nulls().n_unique()
+
+
+def test_dry_run_marks_rows_in_flight(emu, tmp_path):
+    emu.configure(latency=30)
+    df = frame(3)
+    kwargs = {"schema": Review, "model": "gpt-4.1-mini", "prompt": "{text}",
+              "state": tmp_path / "s"}
+    df.head(2).pipe(batch_llm, wait=False, **kwargs)
+    plan = df.pipe(batch_llm, dry_run=True, **kwargs)
+    assert plan["_status"].to_list() == ["in_flight", "in_flight", "planned"]

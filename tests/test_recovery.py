@@ -1,0 +1,122 @@
+"""Edge cases of resume and failure handling found in review, each reproduced end to end."""
+
+from __future__ import annotations
+
+import time
+
+import polars as pl
+from pydantic import BaseModel
+
+from batchata_df import batch_llm
+from batchata_df.state import spent_usd
+
+
+class A(BaseModel):
+    label: str
+
+
+def posts(emu, suffix="/batches"):
+    return [e for e in emu.log() if e["method"] == "POST" and e["path"].endswith(suffix)]
+
+
+def test_retried_failures_are_billed_each_time_and_the_cap_holds(emu, tmp_path):
+    df = pl.DataFrame({"t": ["[[emulator:invalid]] always bad"]})
+    kwargs = {"schema": A, "model": "gpt-4.1-mini", "prompt": "{t}", "state": tmp_path / "s",
+              "prices": {"gpt-4.1-mini": (1000.0, 1000.0)}, "params": {"max_tokens": 16}}
+    first = df.pipe(batch_llm, **kwargs)
+    one = float(first["_cost_usd"][0])
+    assert first["_status"][0] == "failed" and one > 0
+    plan = df.pipe(batch_llm, dry_run=True, retry_failed=True, **kwargs)
+    assert plan["_status"][0] == "planned"  # the dry run applies the same retry rule
+    worst = float(plan["_est_cost_usd"][0])
+    assert worst >= one
+    cap = one + worst + one / 2  # room for exactly one retry at its worst case
+    for _ in range(4):
+        out = df.pipe(batch_llm, max_cost_usd=cap, retry_failed=True, **kwargs)
+    # Each attempt was billed; the cap admitted only what fits, counting all attempts.
+    assert spent_usd(tmp_path / "s") <= cap
+    assert len(posts(emu)) == 2  # the first run and one retry; the next did not fit
+    assert out["_cost_usd"][0] == spent_usd(tmp_path / "s")  # the row shows all it cost
+    assert out["_status"][0] == "cancelled"
+
+
+def test_null_prompt_never_borrows_an_empty_prompts_answer(emu):
+    df = pl.DataFrame({"t": ["x", None, ""]})
+    out = df.pipe(batch_llm, model="gpt-4.1-mini", prompt=pl.col("t"))
+    assert out["_status"].to_list() == ["completed", "failed", "completed"]
+    assert out["response"][1] is None and out["_batch_id"][1] is None
+    assert out["_job_id"][1] is None
+    assert out["_cost_usd"][2] > 0  # the empty prompt's job is billed on its own row
+
+
+def test_a_batch_the_provider_no_longer_knows_ends_failed_not_hanging(emu, tmp_path):
+    emu.configure(latency=30)
+    state = tmp_path / "s"
+    kwargs = {"schema": A, "model": "gpt-4.1-mini", "prompt": "{t}", "state": state}
+    df = pl.DataFrame({"t": ["a", "b"]})
+    df.pipe(batch_llm, wait=False, **kwargs)
+    emu.inject_fault(method="GET", path_regex=r"/openai/v1/batches/batch_", status=404,
+                     times=None)
+    t0 = time.monotonic()
+    out = df.pipe(batch_llm, time_limit=3, **kwargs)
+    assert time.monotonic() - t0 < 20
+    assert out["_status"].to_list() == ["failed", "failed"]
+    assert out["_error"].str.starts_with("provider_error:").all()
+    assert len(posts(emu)) == 1
+
+
+def test_a_failed_download_is_retried_and_other_batches_still_collected(emu, tmp_path):
+    emu.inject_fault(method="GET", path_regex=r"/openai/v1/files/.*/content", status=500,
+                     times=4)  # beyond the SDK's own retries once
+    df = pl.DataFrame({"t": [f"r{i}" for i in range(4)]})
+    out = df.pipe(batch_llm, schema=A, model="gpt-4.1-mini", prompt="{t}",
+                  items_per_batch=2, state=tmp_path / "s")
+    assert out["_status"].to_list() == ["completed"] * 4
+    assert len(posts(emu)) == 2
+
+
+def test_time_limit_reason_survives_a_crash_after_the_cancel_request(emu, tmp_path):
+    from batchata_df.state import StateStore
+
+    emu.configure(latency=30)
+    state = tmp_path / "s"
+    kwargs = {"schema": A, "model": "gpt-4.1-mini", "prompt": "{t}", "state": state}
+    df = pl.DataFrame({"t": ["a", "b"]})
+    df.pipe(batch_llm, wait=False, **kwargs)
+    # As if a run had asked to cancel at its time limit and then died.
+    store = StateStore.__new__(StateStore)
+    fresh = pl.read_parquet(state / "batches" / "*.parquet").sort("seq").row(-1, named=True)
+    import json
+
+    fp = json.loads((state / "manifest.json").read_text())["fingerprint"]
+    store = StateStore(state, fp)
+    store.append_batch(batch_key=fresh["batch_key"], provider="openai", model="gpt-4.1-mini",
+                       provider_batch_id=fresh["provider_batch_id"],
+                       status="cancel_requested", detail="time_limit")
+    emu.configure(latency=0)  # let the provider end it
+    emu.inject_fault(method="GET", path_regex=r"/openai/v1/batches/batch_", status=200,
+                     times=0) if False else None
+    import urllib.request
+
+    urllib.request.urlopen(urllib.request.Request(
+        f"{emu.openai_base_url}/batches/{fresh['provider_batch_id']}/cancel", method="POST",
+        headers={"Authorization": "Bearer sk-test"}, data=b""))
+    time.sleep(0.5)
+    out = df.pipe(batch_llm, **kwargs)
+    cancelled = out.filter(pl.col("_status") == "cancelled")
+    assert cancelled["_error"].str.contains("time_limit").all()
+
+
+def test_batches_of_a_provider_missing_from_this_frame_still_count(emu, tmp_path):
+    emu.configure(latency=2)
+    state = tmp_path / "s"
+    df = pl.DataFrame({"t": ["a", "b"], "m": ["gpt-4.1-mini", "claude-haiku-4-5"]})
+    kwargs = {"schema": A, "model": pl.col("m"), "prompt": "{t}", "state": state}
+    df.pipe(batch_llm, wait=False, **kwargs)
+    time.sleep(2.2)
+    # The next call passes only the OpenAI row: the Anthropic batch is still collected.
+    df.head(1).pipe(batch_llm, **kwargs)
+    out = df.pipe(batch_llm, **kwargs)
+    assert out["_status"].to_list() == ["completed", "completed"]
+    assert len(posts(emu, "/openai/v1/batches")) == 1
+    assert len(posts(emu, "/messages/batches")) == 1
