@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ from pydantic import BaseModel
 from batchata_df.engine import ProgressSnapshot
 from batchata_df.errors import ConfigError
 from batchata_df.frame import batch_llm
+from batchata_df.schema import AnswerSchema
 from batchata_df.state import spent_usd
 
 __all__ = ["Batch", "BatchRun", "JobResult"]
@@ -263,9 +265,13 @@ class Batch:
         """Run every job; one :func:`~batchata_df.batch_llm` call per compatible group."""
         groups: dict[str, list[_Job]] = {}
         for job in self._jobs:
+            model = job.response_model
             key_src = json.dumps(
                 [
-                    job.response_model.__qualname__ if job.response_model else None,
+                    # Name and shape: two models of the same name are different groups.
+                    f"{model.__module__}.{model.__qualname__}:{AnswerSchema(model).fingerprint}"
+                    if model
+                    else None,
                     job.citations,
                     job.params,
                     job.file is not None,
@@ -277,6 +283,7 @@ class Batch:
             groups.setdefault(key, []).append(job)
         root = self._state or (self.results_dir / "state")
         run = BatchRun()
+        started = time.monotonic()
         for key, jobs in groups.items():
             cap = self._cost_limit
             if cap is not None:
@@ -303,7 +310,12 @@ class Batch:
                 params=first.params or None,
                 state=root / key,
                 max_cost_usd=cap,
-                time_limit=self._time_limit,
+                # One time limit for the whole run, not one per group.
+                time_limit=(
+                    None
+                    if self._time_limit is None
+                    else max(self._time_limit - (time.monotonic() - started), 1e-3)
+                ),
                 dry_run=dry_run,
                 items_per_batch=self.items_per_batch,
                 max_parallel_batches=self.max_parallel_batches,

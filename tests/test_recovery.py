@@ -76,6 +76,9 @@ def test_a_failed_download_is_retried_and_other_batches_still_collected(emu, tmp
 
 
 def test_time_limit_reason_survives_a_crash_after_the_cancel_request(emu, tmp_path):
+    import json
+    import urllib.request
+
     from batchata_df.state import StateStore
 
     emu.configure(latency=30)
@@ -83,27 +86,23 @@ def test_time_limit_reason_survives_a_crash_after_the_cancel_request(emu, tmp_pa
     kwargs = {"schema": A, "model": "gpt-4.1-mini", "prompt": "{t}", "state": state}
     df = pl.DataFrame({"t": ["a", "b"]})
     df.pipe(batch_llm, wait=False, **kwargs)
-    # As if a run had asked to cancel at its time limit and then died.
-    store = StateStore.__new__(StateStore)
-    fresh = pl.read_parquet(state / "batches" / "*.parquet").sort("seq").row(-1, named=True)
-    import json
-
-    fp = json.loads((state / "manifest.json").read_text())["fingerprint"]
-    store = StateStore(state, fp)
-    store.append_batch(batch_key=fresh["batch_key"], provider="openai", model="gpt-4.1-mini",
-                       provider_batch_id=fresh["provider_batch_id"],
-                       status="cancel_requested", detail="time_limit")
-    emu.configure(latency=0)  # let the provider end it
-    emu.inject_fault(method="GET", path_regex=r"/openai/v1/batches/batch_", status=200,
-                     times=0) if False else None
-    import urllib.request
-
-    urllib.request.urlopen(urllib.request.Request(
-        f"{emu.openai_base_url}/batches/{fresh['provider_batch_id']}/cancel", method="POST",
-        headers={"Authorization": "Bearer sk-test"}, data=b""))
+    # As if a run had asked the provider to cancel at its time limit and then died.
+    last = pl.read_parquet(state / "batches" / "*.parquet").sort("seq").row(-1, named=True)
+    fingerprint = json.loads((state / "manifest.json").read_text())["fingerprint"]
+    StateStore(state, fingerprint).append_batch(
+        batch_key=last["batch_key"], provider="openai", model="gpt-4.1-mini",
+        provider_batch_id=last["provider_batch_id"], status="cancel_requested",
+        detail="time_limit",
+    )
+    request = urllib.request.Request(
+        f"{emu.openai_base_url}/batches/{last['provider_batch_id']}/cancel", method="POST",
+        headers={"Authorization": "Bearer sk-test"}, data=b"",
+    )
+    urllib.request.urlopen(request).close()
     time.sleep(0.5)
     out = df.pipe(batch_llm, **kwargs)
     cancelled = out.filter(pl.col("_status") == "cancelled")
+    assert cancelled.height == 2
     assert cancelled["_error"].str.contains("time_limit").all()
 
 

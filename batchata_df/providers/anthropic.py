@@ -393,7 +393,13 @@ class AnthropicProvider:
             page = self._call(
                 "list message batches", lambda: self.client.messages.batches.list(limit=100)
             )
-            yield from page
+            while True:
+                # Page by hand so that every request goes through the error translation.
+                yield from page.data
+                if not page.has_next_page():
+                    break
+                current = page
+                page = self._call("list message batches", lambda: current.get_next_page())
         except ProviderError as e:
             msg = (
                 "a previous run may have created an Anthropic batch just before it stopped, "

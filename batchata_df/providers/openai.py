@@ -309,7 +309,13 @@ class OpenAIProvider:
     def _iter_batches(self) -> Iterator[Any]:
         try:
             page = self._call("list batches", lambda: self.client.batches.list(limit=100))
-            yield from page
+            while True:
+                # Page by hand so that every request goes through the error translation.
+                yield from page.data
+                if not page.has_next_page():
+                    break
+                current = page
+                page = self._call("list batches", lambda: current.get_next_page())
         except ProviderError as e:
             msg = (
                 "a previous run may have created an OpenAI batch just before it stopped, but "
