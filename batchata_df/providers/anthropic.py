@@ -398,8 +398,7 @@ class AnthropicProvider:
                 yield from page.data
                 if not page.has_next_page():
                     break
-                current = page
-                page = self._call("list message batches", lambda: current.get_next_page())
+                page = self._call("list message batches", page.get_next_page)
         except ProviderError as e:
             msg = (
                 "a previous run may have created an Anthropic batch just before it stopped, "

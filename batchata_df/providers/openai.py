@@ -314,8 +314,7 @@ class OpenAIProvider:
                 yield from page.data
                 if not page.has_next_page():
                     break
-                current = page
-                page = self._call("list batches", lambda: current.get_next_page())
+                page = self._call("list batches", page.get_next_page)
         except ProviderError as e:
             msg = (
                 "a previous run may have created an OpenAI batch just before it stopped, but "
