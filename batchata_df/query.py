@@ -8,11 +8,11 @@ connection itself for several queries over the same snapshot. Both define these 
     Every job event, all columns of :data:`~batchata_df.state.JOB_EVENTS` (plus any extra
     column a part carries), with ``run``: the checkpoint folder the event came from.
 ``jobs``
-    One row per ``(run, job_id)``: the job's current state. ``status``, ``error``,
-    ``input_tokens``, ``output_tokens``, ``cached_tokens`` and ``cost_usd`` come from the
-    job's latest event (highest ``seq``), so a job re-``assigned`` after a failure shows as
-    in flight with no error, and a job ``completed`` after its ``assigned`` event shows its
-    answer's usage. ``provider``, ``model``, ``batch_key`` and ``provider_batch_id`` are the
+    One row per ``(run, job_id)``: the job's current state. ``status`` and ``error`` come
+    from the job's latest event (highest ``seq``), so a job re-``assigned`` after a failure
+    shows as in flight with no error. ``input_tokens``, ``output_tokens``,
+    ``cached_tokens`` and ``cost_usd`` add up every billed attempt (one per provider batch
+    the job was in; ``attempts`` counts them), so ``sum(cost_usd)`` is what was paid. ``provider``, ``model``, ``batch_key`` and ``provider_batch_id`` are the
     latest *known* values (an event that does not repeat them does not erase them).
     ``est_cost_usd`` is the latest known pre-submission estimate, or null when the
     checkpoint has none. ``first_seen_at`` / ``updated_at`` are the first and latest event
@@ -224,22 +224,47 @@ def _events_view(name: str, schema: pl.Schema, files: list[tuple[str, str]]) -> 
 
 _JOBS_VIEW = """
 CREATE VIEW jobs AS
-SELECT run, job_id,
-       arg_max(status, seq) AS status,
-       arg_max_null(error, seq) AS error,
-       arg_max(provider, seq) AS provider,
-       arg_max(model, seq) AS model,
-       arg_max(batch_key, seq) AS batch_key,
-       arg_max(provider_batch_id, seq) AS provider_batch_id,
-       arg_max_null(input_tokens, seq) AS input_tokens,
-       arg_max_null(output_tokens, seq) AS output_tokens,
-       arg_max_null(cached_tokens, seq) AS cached_tokens,
-       arg_max_null(cost_usd, seq) AS cost_usd,
-       {est} AS est_cost_usd,
-       min(ts) AS first_seen_at,
-       max(ts) AS updated_at
-FROM job_events
-GROUP BY run, job_id
+WITH attempts AS (
+    -- One row per billed attempt (job, provider batch); re-collecting a batch after a
+    -- crash repeats its events, which count once.
+    SELECT run, job_id, coalesce(batch_key, '') AS attempt,
+           arg_max_null(input_tokens, seq) AS input_tokens,
+           arg_max_null(output_tokens, seq) AS output_tokens,
+           arg_max_null(cached_tokens, seq) AS cached_tokens,
+           arg_max_null(cost_usd, seq) AS cost_usd
+    FROM job_events
+    WHERE status IN ('completed', 'failed', 'cancelled')
+      AND (batch_key IS NOT NULL OR cost_usd IS NOT NULL OR input_tokens IS NOT NULL)
+    GROUP BY run, job_id, attempt
+), billed AS (
+    SELECT run, job_id,
+           count(*) AS attempts,
+           sum(input_tokens)::BIGINT AS input_tokens,
+           sum(output_tokens)::BIGINT AS output_tokens,
+           sum(cached_tokens)::BIGINT AS cached_tokens,
+           sum(cost_usd) AS cost_usd
+    FROM attempts
+    GROUP BY run, job_id
+), latest AS (
+    SELECT run, job_id,
+           arg_max(status, seq) AS status,
+           arg_max_null(error, seq) AS error,
+           arg_max(provider, seq) AS provider,
+           arg_max(model, seq) AS model,
+           arg_max(batch_key, seq) AS batch_key,
+           arg_max(provider_batch_id, seq) AS provider_batch_id,
+           {est} AS est_cost_usd,
+           min(ts) AS first_seen_at,
+           max(ts) AS updated_at
+    FROM job_events
+    GROUP BY run, job_id
+)
+SELECT latest.run, latest.job_id, status, error, provider, model, batch_key,
+       provider_batch_id,
+       billed.input_tokens, billed.output_tokens, billed.cached_tokens, billed.cost_usd,
+       coalesce(billed.attempts, 0) AS attempts,
+       est_cost_usd, first_seen_at, updated_at
+FROM latest LEFT JOIN billed USING (run, job_id)
 """
 
 _BATCHES_VIEW = """

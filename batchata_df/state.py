@@ -289,8 +289,13 @@ class StateStore:
 
 def billed_from_events(events: pl.DataFrame) -> pl.DataFrame:
     """Per job, the cost and tokens of every billed attempt, summed (see ``billed``)."""
-    terminal = events.filter(
-        pl.col("status").is_in(TERMINAL_JOB) & pl.col("batch_key").is_not_null()
+    billable = (
+        pl.col("batch_key").is_not_null()
+        | pl.col("cost_usd").is_not_null()
+        | pl.col("input_tokens").is_not_null()
+    )
+    terminal = events.filter(pl.col("status").is_in(TERMINAL_JOB) & billable).with_columns(
+        pl.col("batch_key").fill_null("")
     )
     per_attempt = terminal.group_by("job_id", "batch_key").agg(
         pl.col("cost_usd", "input_tokens", "output_tokens").sort_by("seq").last()

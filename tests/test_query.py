@@ -71,7 +71,7 @@ def test_jobs_view_is_latest_event_per_job(tmp_path: Path) -> None:
     expected = {
         "run", "job_id", "status", "error", "provider", "model", "batch_key",
         "provider_batch_id", "input_tokens", "output_tokens", "cached_tokens", "cost_usd",
-        "est_cost_usd", "first_seen_at", "updated_at",
+        "attempts", "est_cost_usd", "first_seen_at", "updated_at",
     }  # fmt: skip
     assert set(jobs.columns) == expected
 
@@ -226,3 +226,21 @@ def test_importing_query_does_not_import_duckdb() -> None:
     code = "import batchata_df.query, sys; print('duckdb' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_jobs_view_adds_up_every_billed_attempt(tmp_path: Path) -> None:
+    store = StateStore(tmp_path, {"model": "m"})
+    for key, cost in (("k1", 0.5), ("k2", 0.25)):
+        store.append_jobs(pl.DataFrame({"job_id": ["a"], "status": ["assigned"],
+                                        "batch_key": [key]}))
+        store.append_jobs(pl.DataFrame({"job_id": ["a"], "status": ["failed"],
+                                        "batch_key": [key], "cost_usd": [cost],
+                                        "input_tokens": [10], "output_tokens": [5]}))
+    # A crash between writing the outcomes and the batch's "collected" event makes the
+    # resumed run write the same outcomes again: they count once.
+    store.append_jobs(pl.DataFrame({"job_id": ["a"], "status": ["failed"], "batch_key": ["k2"],
+                                    "cost_usd": [0.25], "input_tokens": [10],
+                                    "output_tokens": [5]}))
+    row = sql("SELECT * FROM jobs", tmp_path).row(0, named=True)
+    assert row["cost_usd"] == 0.75 and row["attempts"] == 2 and row["input_tokens"] == 20
+    assert store.billed()["cost_usd"].to_list() == [0.75]
