@@ -94,8 +94,9 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from batchata_df.emulator import answers, cited, media
+from batchata_df.emulator import answers, anthropic_checks, cited, media
 from batchata_df.emulator.anthropic_checks import ParamsChecker
+from batchata_df.emulator.sdk_params import warm_in_background
 from batchata_df.emulator.server import (
     EmulatorCore,
     Request,
@@ -623,6 +624,7 @@ class AnthropicApp:
 
     def __init__(self, core: EmulatorCore) -> None:
         self.core = core
+        warm_in_background(anthropic_checks.warm, "anthropic")
         self._lock = threading.Lock()
         self._batches: dict[str, _Batch] = {}
         self._seq = 0

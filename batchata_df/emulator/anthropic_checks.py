@@ -35,7 +35,7 @@ from pydantic_core import SchemaValidator, ValidationError
 
 from batchata_df.emulator.sdk_params import Problem, first_error, strict_validator
 
-__all__ = ["ParamsChecker", "schema_error"]
+__all__ = ["ParamsChecker", "schema_error", "warm"]
 
 _CACHE_LIMIT: Final = 256
 _SIMPLE_ROLES: Final = frozenset({"user", "assistant"})
@@ -182,6 +182,12 @@ explicitly set to false"
             if found:
                 return found
     return None
+
+
+def warm() -> None:
+    """Build the validators (see :func:`.warm_in_background`)."""
+    _validator("params")
+    _validator("message")
 
 
 class ParamsChecker:

@@ -89,8 +89,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from batchata_df.emulator import answers, media
+from batchata_df.emulator import answers, gemini_checks, media
 from batchata_df.emulator.gemini_checks import RequestChecker, snake, unknown_name
+from batchata_df.emulator.sdk_params import warm_in_background
 from batchata_df.emulator.server import (
     _GEMINI_STATUS,
     EmulatorCore,
@@ -527,6 +528,7 @@ class GeminiApp:
 
     def __init__(self, core: EmulatorCore) -> None:
         self.core = core
+        warm_in_background(gemini_checks.warm, "gemini")
         self._lock = threading.Lock()
         self._files: dict[str, dict[str, Any]] = {}
         self._uploads: dict[str, _Upload] = {}

@@ -32,7 +32,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from batchata_df.emulator.sdk_params import first_error
 
-__all__ = ["RequestChecker", "snake", "unknown_name"]
+__all__ = ["RequestChecker", "snake", "unknown_name", "warm"]
 
 _CAMEL: Final = re.compile(r"(?<!^)(?=[A-Z])")
 _CACHE_LIMIT: Final = 256
@@ -122,6 +122,12 @@ def _text_only(contents: object) -> bool:
             if type(part) is not dict or len(part) != 1 or type(part.get("text")) is not str:
                 return False
     return True
+
+
+def warm() -> None:
+    """Build the validators (see :func:`.warm_in_background`)."""
+    for kind in ("content", "contents", "generation_config"):
+        _adapter(kind)
 
 
 class RequestChecker:

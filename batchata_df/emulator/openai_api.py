@@ -90,8 +90,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
-from batchata_df.emulator import answers, media
+from batchata_df.emulator import answers, media, openai_checks
 from batchata_df.emulator.openai_checks import BodyChecker
+from batchata_df.emulator.sdk_params import warm_in_background
 from batchata_df.emulator.server import (
     EmulatorCore,
     Request,
@@ -762,6 +763,7 @@ class OpenAIApp:
 
     def __init__(self, core: EmulatorCore) -> None:
         self.core = core
+        warm_in_background(openai_checks.warm, "openai")
         self._lock = threading.Lock()
         self._files: dict[str, dict[str, Any]] = {}
         self._batches: dict[str, _Batch] = {}

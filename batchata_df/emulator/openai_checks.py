@@ -36,7 +36,7 @@ from pydantic_core import SchemaValidator, ValidationError
 
 from batchata_df.emulator.sdk_params import Problem, first_error, path_text, strict_validator
 
-__all__ = ["BodyChecker", "Error", "strict_schema_error"]
+__all__ = ["BodyChecker", "Error", "strict_schema_error", "warm"]
 
 Error = tuple[int, str, str, str | None]  # status, code, message, param
 
@@ -329,6 +329,13 @@ def _format_error(fmt: Mapping[str, Any], where: str, chat: bool) -> Error | Non
             msg = f"Invalid schema for response_format '{name}': {why}"
             return 400, "invalid_json_schema", msg, param
     return None
+
+
+def warm() -> None:
+    """Build the validators the common bodies need (see :func:`.warm_in_background`)."""
+    for endpoint in (CHAT, "/v1/responses"):
+        BodyChecker(endpoint)({"model": "m", "messages": [], "input": "x"})
+    _message_validator("user")
 
 
 class BodyChecker:
