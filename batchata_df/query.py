@@ -12,8 +12,9 @@ connection itself for several queries over the same snapshot. Both define these 
     from the job's latest event (highest ``seq``), so a job re-``assigned`` after a failure
     shows as in flight with no error. ``input_tokens``, ``output_tokens``,
     ``cached_tokens`` and ``cost_usd`` add up every billed attempt (one per provider batch
-    the job was in; ``attempts`` counts them), so ``sum(cost_usd)`` is what was paid. ``provider``, ``model``, ``batch_key`` and ``provider_batch_id`` are the
-    latest *known* values (an event that does not repeat them does not erase them).
+    the job was in; ``attempts`` counts them), so ``sum(cost_usd)`` is what was paid.
+    ``provider``, ``model``, ``batch_key`` and ``provider_batch_id`` are the latest *known*
+    values (an event that does not repeat them does not erase them).
     ``est_cost_usd`` is the latest known pre-submission estimate, or null when the
     checkpoint has none. ``first_seen_at`` / ``updated_at`` are the first and latest event
     times.

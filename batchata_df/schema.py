@@ -182,17 +182,42 @@ def _strict(node: Any, defs: dict[str, Any]) -> Any:
         merged = {**defs[name], **{k: v for k, v in node.items() if k != "$ref"}}
         return _strict(merged, defs)
     out: dict[str, Any] = {}
+    notes: list[str] = []
     for key, value in node.items():
         if key in ("default", "title"):
             continue
         if key in ("properties", "$defs"):
             out[key] = {k: _strict(v, defs) for k, v in value.items()}
+        elif key == "format" and value not in STRICT_FORMATS:
+            notes.append(f"format: {value}")
+        elif key not in STRICT_KEYWORDS:
+            # Strict mode rejects the keyword: tell the model in words instead. The answer
+            # is still validated against the Pydantic model, so the constraint holds.
+            notes.append(f"{key}: {json.dumps(value)}")
         else:
             out[key] = _strict(value, defs)
+    if notes:
+        described = out.get("description", "")
+        out["description"] = (described + " " if described else "") + f"({'; '.join(notes)})"
     if out.get("type") == "object" or "properties" in out:
         out["additionalProperties"] = False
         out["required"] = list(out.get("properties", {}))
     return out
+
+
+STRICT_KEYWORDS = frozenset(
+    {
+        "type", "properties", "required", "additionalProperties", "items", "enum", "const",
+        "anyOf", "$ref", "$defs", "description", "pattern", "format", "multipleOf",
+        "maximum", "exclusiveMaximum", "minimum", "exclusiveMinimum", "minItems", "maxItems",
+    }
+)  # fmt: skip
+"""JSON Schema keywords that strict structured outputs accept (OpenAI's published list);
+others (``minLength``, ``uniqueItems``, ...) move into the description."""
+
+STRICT_FORMATS = frozenset(
+    {"date-time", "time", "date", "duration", "email", "hostname", "ipv4", "ipv6", "uuid"}
+)
 
 
 DECIMAL_PATTERN = r"^-?[0-9]+(\.[0-9]+)?$"

@@ -150,3 +150,22 @@ def test_parts_with_older_columns_stay_readable(tmp_path):
     events = store.job_events()
     assert events["job_id"].to_list() == ["a", "b"]
     assert events["est_cost_usd"].to_list() == [None, 0.1]
+
+
+def test_constraints_strict_mode_rejects_move_into_the_description():
+    from pydantic import Field
+
+    class C(BaseModel):
+        code: str = Field(min_length=2, max_length=5, description="a short code")
+        tags: set[str]
+        n: int = Field(ge=1, le=5)
+
+    s = AnswerSchema(C).json_schema
+    code = s["properties"]["code"]
+    assert "minLength" not in code and "maxLength" not in code
+    assert code["description"] == "a short code (maxLength: 5; minLength: 2)"
+    assert "uniqueItems" not in s["properties"]["tags"]
+    assert s["properties"]["n"]["minimum"] == 1 and s["properties"]["n"]["maximum"] == 5
+    # Still enforced on answers, by the Pydantic model.
+    _, errors = AnswerSchema(C).validate(['{"code": "x", "tags": [], "n": 3}'])
+    assert errors[0].startswith("schema_validation: code")
