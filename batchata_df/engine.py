@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import polars as pl
 
@@ -737,11 +738,8 @@ class Engine:
                 # It may have ended meanwhile; the next poll tells.
                 with contextlib.suppress(ProviderError):
                     self.providers[batch.provider].cancel(batch.provider_batch_id)
-                self.store.append_batch(
-                    batch_key=batch.batch_key,
-                    provider=batch.provider,
-                    model=batch.model,
-                    provider_batch_id=batch.provider_batch_id,
+                self._record(
+                    batch,
                     status=BatchPhase.CANCEL_REQUESTED.value,
                     detail=reason,
                 )
@@ -812,6 +810,16 @@ class Engine:
             reserved=reserved,
         )
 
+    def _record(self, batch: _InFlight, **values: Any) -> None:
+        """Append a batch event for ``batch`` (its key, provider, model and id filled in)."""
+        self.store.append_batch(
+            batch_key=batch.batch_key,
+            provider=batch.provider,
+            model=batch.model,
+            provider_batch_id=batch.provider_batch_id,
+            **values,
+        )
+
     def _poll(self, batch: _InFlight) -> BatchPoll | None:
         """Observe a batch; ``None`` when the provider could not tell this time."""
         try:
@@ -840,11 +848,8 @@ class Engine:
             model=batch.model,
             provider_batch_id=batch.provider_batch_id,
         )
-        self.store.append_batch(
-            batch_key=batch.batch_key,
-            provider=batch.provider,
-            model=batch.model,
-            provider_batch_id=batch.provider_batch_id,
+        self._record(
+            batch,
             status=BatchPhase.COLLECTED.value,
             detail=error,
         )
@@ -874,11 +879,8 @@ class Engine:
             if results.height and not results.get_column("job_id").is_in(members).any():
                 # Adopted after a crash by size and time alone (Anthropic), and it is not
                 # ours: forget it; its jobs go back to the queue of the next call.
-                self.store.append_batch(
-                    batch_key=batch.batch_key,
-                    provider=batch.provider,
-                    model=batch.model,
-                    provider_batch_id=batch.provider_batch_id,
+                self._record(
+                    batch,
                     status=BatchPhase.ABANDONED.value,
                     detail="the batch found after a crash holds none of our requests",
                 )
@@ -902,11 +904,8 @@ class Engine:
         self._reserved = max(0.0, self._reserved - batch.reserved)
         self._calibrate(batch, events)
         self._activity = ""
-        self.store.append_batch(
-            batch_key=batch.batch_key,
-            provider=batch.provider,
-            model=batch.model,
-            provider_batch_id=batch.provider_batch_id,
+        self._record(
+            batch,
             status=BatchPhase.COLLECTED.value,
             provider_status=poll.provider_status,
             n_jobs=batch.job_ids.len(),
