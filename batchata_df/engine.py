@@ -450,7 +450,7 @@ class Engine:
         """
         self._counters.total = jobs.height
         in_flight = self._recover()
-        state = self.store.job_state()
+        state, billed = self.store.snapshot()
         terminal = settled(state, retry_failed=self.options.retry_failed)
         busy = pl.concat([f.job_ids for f in in_flight]) if in_flight else pl.Series(
             "job_id", [], dtype=pl.String
@@ -462,7 +462,7 @@ class Engine:
         self._count_done(jobs, terminal)
         # The cap covers everything this state folder has paid for, earlier calls and
         # earlier attempts of retried jobs included.
-        self._spent = float(self.store.billed().get_column("cost_usd").fill_null(0.0).sum())
+        self._spent = float(billed.get_column("cost_usd").fill_null(0.0).sum())
         if "worst_usd" in jobs.columns:
             self._worst = dict(
                 zip(jobs.get_column("job_id").to_list(), jobs.get_column("worst_usd").to_list(),
@@ -483,10 +483,9 @@ class Engine:
         planned = self._plan(todo)
         self._drive(planned, in_flight)
         # The latest event gives status and answer; cost and tokens add up every attempt.
-        state = (
-            self.store.job_state()
-            .drop("cost_usd", "input_tokens", "output_tokens")
-            .join(self.store.billed(), on="job_id", how="left")
+        latest, billed = self.store.snapshot()
+        state = latest.drop("cost_usd", "input_tokens", "output_tokens").join(
+            billed, on="job_id", how="left"
         )
         batches = self.store.batch_state()
         if batches.height == 0:

@@ -295,7 +295,10 @@ def batch_llm(
             close()
         for provider in providers.values():
             provider.close()
-    return _assemble(frame, jobs, results, answer, citations=citations)
+    # Only the keys are needed from here on: let the prompts (and file payloads) go.
+    keys = jobs.select("job_id", "input_error")
+    del jobs, sendable
+    return _assemble(frame, keys, results, answer, citations=citations)
 
 
 @contextlib.contextmanager

@@ -38,7 +38,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import polars as pl
 
@@ -240,25 +240,27 @@ class StateStore:
 
     # -- reading --------------------------------------------------------------------------
 
-    def _scan(self, table: str, schema: pl.Schema) -> pl.DataFrame:
+    def _lazy(self, table: str, schema: pl.Schema) -> pl.LazyFrame:
         parts = sorted(p for p in (self.root / table).glob("part-*.parquet"))
         if not parts:
-            return pl.DataFrame(schema=schema)
+            return pl.LazyFrame(schema=schema)
         # Parts written by older versions may lack newer columns (or carry dropped ones).
-        frame = pl.scan_parquet(
+        return pl.scan_parquet(
             parts, schema=schema, missing_columns="insert", extra_columns="ignore"
-        ).collect()
-        return _conform(frame, schema)
+        ).select(list(schema))
+
+    def _scan(self, table: str, schema: pl.Schema) -> pl.DataFrame:
+        return _conform(self._lazy(table, schema).collect(), schema)
 
     def job_events(self) -> pl.DataFrame:
         """Every job event ever written, in write order."""
         return self._scan("jobs", JOB_EVENTS).sort("seq")
 
-    def job_state(self) -> pl.DataFrame:
-        """The latest event of every job."""
-        events = self.job_events()
-        latest = events.group_by("job_id").agg(pl.all().sort_by("seq").last())
-        return latest.select(list(JOB_EVENTS)).sort("seq")
+    def job_state(self, events: pl.DataFrame | None = None) -> pl.DataFrame:
+        """The latest event of every job (from ``events`` if given, else read)."""
+        events = self.job_events() if events is None else events
+        # Events are sorted by seq: the last row of each job is its state.
+        return events.unique("job_id", keep="last", maintain_order=True)
 
     def billed(self) -> pl.DataFrame:
         """What each job was billed over all its attempts.
@@ -269,6 +271,21 @@ class StateStore:
         writes the same events again, so events count once per (job, batch).
         """
         return billed_from_events(self.job_events())
+
+    def snapshot(self) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """``(job_state(), billed())``, reading only what they need.
+
+        Only the latest event of each job is materialized with its answer, and billing reads
+        the usage columns alone, so a run of millions of jobs is not held in memory twice.
+        """
+        lazy = self._lazy("jobs", JOB_EVENTS)
+        last = lazy.group_by("job_id").agg(pl.col("seq").max())
+        latest = lazy.join(last, on=["job_id", "seq"], how="semi").sort("seq")
+        usage = lazy.select(
+            "seq", "job_id", "batch_key", "status", "cost_usd", "input_tokens", "output_tokens"
+        )
+        state, billed = pl.collect_all([latest, billed_from_events(usage)])
+        return _conform(state, JOB_EVENTS), billed
 
     def batch_state(self) -> pl.DataFrame:
         """The latest event of every batch, with the first known provider batch id."""
@@ -287,7 +304,11 @@ class StateStore:
         )
 
 
-def billed_from_events(events: pl.DataFrame) -> pl.DataFrame:
+@overload
+def billed_from_events(events: pl.DataFrame) -> pl.DataFrame: ...
+@overload
+def billed_from_events(events: pl.LazyFrame) -> pl.LazyFrame: ...
+def billed_from_events(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl.LazyFrame:
     """Per job, the cost and tokens of every billed attempt, summed (see ``billed``)."""
     billable = (
         pl.col("batch_key").is_not_null()
@@ -300,6 +321,7 @@ def billed_from_events(events: pl.DataFrame) -> pl.DataFrame:
     per_attempt = terminal.group_by("job_id", "batch_key").agg(
         pl.col("cost_usd", "input_tokens", "output_tokens").sort_by("seq").last()
     )
+
     def total(col: str) -> pl.Expr:
         # Null when no attempt reported it (no price known, or no usage reported).
         known = pl.col(col).null_count() < pl.len()
