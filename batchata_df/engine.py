@@ -313,6 +313,22 @@ class _InFlight:
 
 
 @dataclass
+class _Requeued:
+    """Jobs of a batch the provider refused for its queue limit, to plan again."""
+
+    job_ids: pl.Series
+    max_items: int
+    gate: int
+    """Plan them again once fewer than this many batches are in flight."""
+
+
+def _rate_limited(poll: BatchPoll) -> bool:
+    """Whether a failed batch was refused for a queue/rate limit (nothing ran)."""
+    detail = (poll.detail or "").lower()
+    return "token_limit_exceeded" in detail or "rate_limit" in detail
+
+
+@dataclass
 class _Counters:
     total: int = 0
     done: dict[str, int] = field(default_factory=lambda: {s: 0 for s in TERMINAL_JOB})
@@ -439,6 +455,9 @@ class Engine:
         self._input_ratio: dict[tuple[str, str], float] = {}
         self._activity = ""
         self._n_submitted = 0
+        self._requeue: list[_Requeued] = []
+        self._in_flight_view: list[_InFlight] = []
+        self._jobs = pl.DataFrame()
 
     # -- public -------------------------------------------------------------------------------
 
@@ -449,7 +468,9 @@ class Engine:
         because of ``wait=False`` have no row).
         """
         self._counters.total = jobs.height
+        self._jobs = jobs
         in_flight = self._recover()
+        self._in_flight_view = in_flight
         state, billed = self.store.snapshot()
         terminal = settled(state, retry_failed=self.options.retry_failed)
         busy = pl.concat([f.job_ids for f in in_flight]) if in_flight else pl.Series(
@@ -643,6 +664,34 @@ class Engine:
         if seen_est > 0:
             self._input_ratio[key] = seen_actual / seen_est
 
+    def _take_requeued(
+        self, in_flight: list[_InFlight], planned: Iterator[_Planned]
+    ) -> tuple[Iterator[_Planned], _Planned | None]:
+        """Plan requeued jobs again once the provider has room (fewer batches in flight)."""
+        if not self._requeue:
+            return planned, None
+        item = self._requeue[0]
+        if in_flight and len(in_flight) >= item.gate:
+            return planned, None
+        self._requeue.pop(0)
+        subset = self._jobs.filter(pl.col("job_id").is_in(item.job_ids.implode()))
+        fresh = plan_batches(subset, self.providers, self.spec, item.max_items)
+        return fresh, next(fresh, None)
+
+    def _drop_requeued(self, reason: str) -> None:
+        """End requeued jobs ``cancelled`` (a stop came before they could be sent again)."""
+        for item in self._requeue:
+            self._write_terminal(
+                pl.DataFrame(
+                    {"job_id": item.job_ids, "status": "cancelled", "error": f"cancelled: {reason}"}
+                ),
+                batch_key=None,
+                provider=None,
+                model=None,
+                provider_batch_id=None,
+            )
+        self._requeue.clear()
+
     def _fill_slots(
         self,
         pending: _Planned | None,
@@ -668,13 +717,16 @@ class Engine:
             if stop_reason is not None:
                 self._stop(stop_reason, in_flight, pending, planned)
                 pending = None
+                self._drop_requeued(stop_reason)
+            if pending is None and stop_reason is None:
+                planned, pending = self._take_requeued(in_flight, planned)
             pending = self._fill_slots(pending, planned, in_flight)
             if pending is not None and not in_flight:
                 # Nothing in flight will free budget: what does not fit now never will.
                 self._end_unsent("cost_limit", pending, planned)
                 pending = None
             self._report("running")
-            if not in_flight:
+            if not in_flight and not (self._requeue and stop_reason is None):
                 break
             now = time.monotonic()
             for batch in [b for b in in_flight if b.next_poll <= now or not opts.wait]:
@@ -840,8 +892,14 @@ class Engine:
 
     def _end_batch(self, batch: _InFlight, error: str) -> None:
         """End every job of ``batch`` failed with ``error`` and record the batch ended."""
+        nothing_ran = pl.lit(None, dtype=pl.Int64)  # no usage: costs 0 at a known price
+        events = pl.DataFrame({"job_id": batch.job_ids, "status": "failed", "error": error})
         self._write_terminal(
-            pl.DataFrame({"job_id": batch.job_ids, "status": "failed", "error": error}),
+            events.with_columns(
+                nothing_ran.alias("input_tokens"),
+                nothing_ran.alias("output_tokens"),
+                nothing_ran.alias("cached_tokens"),
+            ),
             batch_key=batch.batch_key,
             provider=batch.provider,
             model=batch.model,
@@ -858,6 +916,8 @@ class Engine:
     def _collect(self, batch: _InFlight, poll: BatchPoll) -> bool:
         """Store a finished batch's outcomes; ``False`` if its results must be fetched later."""
         provider = self.providers[batch.provider]
+        if poll.state is ProviderState.FAILED and _rate_limited(poll):
+            return self._requeue_batch(batch, poll)
         if poll.state is ProviderState.FAILED:
             from batchata_df.providers.base import empty_results
 
@@ -911,6 +971,29 @@ class Engine:
             detail=poll.detail,
         )
         self._batch_status[batch.batch_key] = poll.provider_status
+        return True
+
+    def _requeue_batch(self, batch: _InFlight, poll: BatchPoll) -> bool:
+        """A batch refused for the provider's queue limit: send its jobs again later.
+
+        Nothing was run or billed. With other batches in flight, the jobs wait until one of
+        them ends; alone, the batch was too big for the limit and is split in half. A single
+        request that does not fit even alone fails with the provider's reason.
+        """
+        others = len([b for b in self._in_flight_view if b is not batch])
+        n = batch.job_ids.len()
+        if others == 0 and n == 1:
+            self._end_batch(batch, f"rate_limited: {poll.detail}")
+            return True
+        self._record(batch, status=BatchPhase.COLLECTED.value, detail=f"requeued: {poll.detail}")
+        self._reserved = max(0.0, self._reserved - batch.reserved)
+        self._requeue.append(
+            _Requeued(
+                job_ids=batch.job_ids,
+                max_items=n if others else max(1, n // 2),
+                gate=others,
+            )
+        )
         return True
 
     def _write_terminal(

@@ -138,6 +138,10 @@ _DEFAULT_LIMITS: Final[dict[str, int]] = {
     "max_requests": 50_000,
     "max_file_bytes": 200 * MB,
     "max_upload_bytes": 512 * MB,
+    # The per-model "enqueued tokens" rate limit: input tokens of a model's batches that
+    # have not finished yet. A batch that would go over it fails validation with
+    # token_limit_exceeded. Real limits depend on the organization's tier.
+    "max_enqueued_tokens": 10**12,
 }
 
 _compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -692,6 +696,8 @@ class _Batch:
     error_file_id: str | None = None
     counts: dict[str, int] = field(default_factory=dict)
     usage: tuple[int, int] = (0, 0)
+    enqueued: int = 0
+    """Input tokens this batch holds against the enqueued-token limit until it ends."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -1055,6 +1061,23 @@ class OpenAIApp:
         batch.n = len(specs)
         batch.failing = [i for i, s in enumerate(specs) if s.error is not None]
         done = _render(specs, len(specs), batch.key, batch.answer_time, batch.endpoint)
+        limit = batch.limits.get("max_enqueued_tokens", 10**12)
+        held = self._enqueued(model, exclude=batch)
+        if held + done.input_tokens > limit:
+            batch.errors = [
+                {
+                    "code": "token_limit_exceeded",
+                    "line": None,
+                    "message": (
+                        f"Enqueued token limit reached for {model} in organization "
+                        f"org-emulator. Limit: {limit:,} enqueued tokens. Please try "
+                        "submitting your requests again later."
+                    ),
+                    "param": None,
+                }
+            ]
+            return
+        batch.enqueued = done.input_tokens
         out_id = err_id = None
         out_bytes = err_bytes = 0
         if done.out:
@@ -1070,6 +1093,20 @@ class OpenAIApp:
             len(done.err),
             (done.input_tokens, done.output_tokens),
         )
+
+    def _enqueued(self, model: str | None, *, exclude: _Batch) -> int:
+        """Input tokens of ``model``'s batches that are accepted and not finished yet."""
+        now = self.core.clock.now()
+        with self._lock:
+            batches = [self._batches[i] for i in self._order if i in self._batches]
+        held = 0
+        for b in batches:
+            if b is exclude or b.model != model or b.errors or b.enqueued == 0:
+                continue
+            if b.final is not None or b.cancel_at is not None or now >= b.times()[2]:
+                continue
+            held += b.enqueued
+        return held
 
     def _batch(self, batch_id: str) -> _Batch:
         with self._lock:
