@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 
@@ -62,6 +62,8 @@ class BatchPhase(enum.StrEnum):
 
 
 IN_FLIGHT = (BatchPhase.SUBMITTED.value, BatchPhase.CANCEL_REQUESTED.value)
+MAX_SUBMIT_RETRIES = 5
+"""Consecutive failed create calls (after the SDK's own retries) before a run gives up."""
 
 
 @dataclass(frozen=True)
@@ -456,6 +458,9 @@ class Engine:
         self._activity = ""
         self._n_submitted = 0
         self._requeue: list[_Requeued] = []
+        self._submit_failures = 0
+        self._retry_submit_at = 0.0
+        self._submit_backoff = self._backoff()
         self._in_flight_view: list[_InFlight] = []
         self._jobs = pl.DataFrame()
 
@@ -700,10 +705,18 @@ class Engine:
     ) -> _Planned | None:
         """Submit while a slot is free and the cap admits the next jobs; return the rest."""
         while pending is not None and len(in_flight) < self.options.max_parallel_batches:
+            if time.monotonic() < self._retry_submit_at:
+                break
             admitted = self._admit(pending, in_flight)
             if admitted is None:
                 break
-            in_flight.append(self._submit(admitted))
+            outcome = self._submit(admitted)
+            if outcome == "retry":
+                # Nothing reached the provider: the same jobs go again later, as a new batch.
+                pending = pending.head(pending.job_ids.len())
+                break
+            if isinstance(outcome, _InFlight):
+                in_flight.append(outcome)
             n = admitted.job_ids.len()
             pending = next(planned, None) if n == pending.job_ids.len() else pending.tail(n)
         return pending
@@ -721,12 +734,13 @@ class Engine:
             if pending is None and stop_reason is None:
                 planned, pending = self._take_requeued(in_flight, planned)
             pending = self._fill_slots(pending, planned, in_flight)
-            if pending is not None and not in_flight:
+            retrying = pending is not None and time.monotonic() < self._retry_submit_at
+            if pending is not None and not in_flight and not retrying:
                 # Nothing in flight will free budget: what does not fit now never will.
                 self._end_unsent("cost_limit", pending, planned)
                 pending = None
             self._report("running")
-            if not in_flight and not (self._requeue and stop_reason is None):
+            if not in_flight and not retrying and not (self._requeue and stop_reason is None):
                 break
             now = time.monotonic()
             for batch in [b for b in in_flight if b.next_poll <= now or not opts.wait]:
@@ -750,9 +764,11 @@ class Engine:
                 if stop_reason is None:
                     pending = self._fill_slots(pending, planned, in_flight)
                 break
-            if in_flight:
-                wake = min(b.next_poll for b in in_flight)
-                self._sleep(max(0.0, wake - time.monotonic()))
+            wakes = [b.next_poll for b in in_flight]
+            if retrying:
+                wakes.append(self._retry_submit_at)
+            if wakes:
+                self._sleep(max(0.0, min(wakes) - time.monotonic()))
         self._report("done")
 
     def _past_grace(self, in_flight: list[_InFlight]) -> bool:
@@ -809,7 +825,14 @@ class Engine:
             provider_batch_id=None,
         )
 
-    def _submit(self, plan: _Planned) -> _InFlight:
+    def _submit(self, plan: _Planned) -> _InFlight | Literal["retry", "ended"]:
+        """Record the intent, create the provider batch, record its id.
+
+        If the create call fails, the provider is asked whether the batch exists anyway
+        (a lost answer); if not, the intent is abandoned and the jobs are either sent again
+        later (a transient failure: ``"retry"``) or end failed with the provider's reason (a
+        permanent refusal of the whole batch: ``"ended"``).
+        """
         provider = self.providers[plan.provider]
         tag = BatchTag(
             self.store.manifest.run_id, plan.batch_key, time.time(), n_jobs=plan.job_ids.len()
@@ -839,7 +862,16 @@ class Engine:
             f"({plan.job_ids.len():,} requests, {plan.n_bytes / 1e6:,.1f} MB)"
         )
         self._report("running")
-        batch_id = provider.submit(plan.lines, model=plan.model, tag=tag)
+        try:
+            batch_id = provider.submit(plan.lines, model=plan.model, tag=tag)
+        except ProviderError as e:
+            self._reserved = max(0.0, self._reserved - reserved)
+            found = provider.find(tag)  # OrphanedBatchError: stop rather than pay twice
+            if found is None:
+                return self._submit_failed(plan, e)
+            self._reserved += reserved
+            batch_id = found
+        self._submit_failures = 0
         _failpoint("after_submit")
         self.store.append_batch(
             batch_key=plan.batch_key,
@@ -860,6 +892,38 @@ class Engine:
             backoff=self._backoff(),
             reserved=reserved,
         )
+
+    def _submit_failed(self, plan: _Planned, error: ProviderError) -> Literal["retry", "ended"]:
+        """The create call failed and no batch exists: abandon the intent, decide what next."""
+        self.store.append_batch(
+            batch_key=plan.batch_key,
+            provider=plan.provider,
+            model=plan.model,
+            status=BatchPhase.ABANDONED.value,
+            detail=f"submit failed: {error}",
+        )
+        if error.permanent:
+            nothing_ran = pl.lit(None, dtype=pl.Int64)
+            events = pl.DataFrame(
+                {"job_id": plan.job_ids, "status": "failed", "error": f"submit_failed: {error}"}
+            )
+            self._write_terminal(
+                events.with_columns(
+                    nothing_ran.alias("input_tokens"),
+                    nothing_ran.alias("output_tokens"),
+                    nothing_ran.alias("cached_tokens"),
+                ),
+                batch_key=plan.batch_key,
+                provider=plan.provider,
+                model=plan.model,
+                provider_batch_id=None,
+            )
+            return "ended"
+        self._submit_failures += 1
+        if self._submit_failures > MAX_SUBMIT_RETRIES:
+            raise error
+        self._retry_submit_at = time.monotonic() + self._submit_backoff.next()
+        return "retry"
 
     def _record(self, batch: _InFlight, **values: Any) -> None:
         """Append a batch event for ``batch`` (its key, provider, model and id filled in)."""

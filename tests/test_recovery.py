@@ -119,3 +119,55 @@ def test_batches_of_a_provider_missing_from_this_frame_still_count(emu, tmp_path
     assert out["_status"].to_list() == ["completed", "completed"]
     assert len(posts(emu, "/openai/v1/batches")) == 1
     assert len(posts(emu, "/messages/batches")) == 1
+
+
+def test_a_create_that_keeps_failing_is_sent_again_later(emu, tmp_path):
+    # The first two creates fail (we never let the SDK retry a create blindly).
+    emu.inject_fault(method="POST", path_regex=r"^/openai/v1/batches$", status=500, times=2)
+    df = pl.DataFrame({"t": ["a", "b"]})
+    out = df.pipe(batch_llm, schema=A, model="gpt-4.1-mini", prompt="{t}",
+                  state=tmp_path / "s")
+    assert out["_status"].to_list() == ["completed", "completed"]
+    ok = [e for e in posts(emu) if e["status"] == 200]
+    assert len(ok) == 1  # exactly one batch exists, and it is the one we collected
+    events = pl.read_parquet(tmp_path / "s" / "batches" / "*.parquet")
+    assert "abandoned" in events["status"].to_list()
+
+
+def test_a_lost_create_answer_is_found_not_resubmitted(emu, tmp_path):
+    # The provider creates the batch but the answer is lost (e.g. a dropped connection).
+    emu.inject_fault(method="POST", path_regex=r"^/openai/v1/batches$", status=500, times=1,
+                     when="after")
+    df = pl.DataFrame({"t": ["a", "b"]})
+    out = df.pipe(batch_llm, schema=A, model="gpt-4.1-mini", prompt="{t}",
+                  state=tmp_path / "s")
+    assert out["_status"].to_list() == ["completed", "completed"]
+    # One create reached the provider; no blind retry made a second (paid) batch.
+    assert len(posts(emu)) == 1
+    listed = [e for e in emu.log() if e["method"] == "GET" and e["path"] == "/openai/v1/batches"]
+    assert listed, "the failed create must be followed by a lookup"
+
+
+def test_a_batch_the_provider_refuses_outright_fails_its_rows(emu, tmp_path):
+    emu.inject_fault(method="POST", path_regex=r"^/openai/v1/batches$", status=400, times=1)
+    df = pl.DataFrame({"t": ["a", "b"]})
+    out = df.pipe(batch_llm, schema=A, model="gpt-4.1-mini", prompt="{t}",
+                  state=tmp_path / "s")
+    assert out["_status"].to_list() == ["failed", "failed"]
+    assert out["_error"].str.starts_with("submit_failed:").all()
+    assert (out["_cost_usd"] == 0).all()
+    again = df.pipe(batch_llm, schema=A, model="gpt-4.1-mini", prompt="{t}",
+                    state=tmp_path / "s", retry_failed=True)
+    assert again["_status"].to_list() == ["completed", "completed"]
+
+
+def test_a_lost_gemini_create_answer_is_found_by_display_name(emu, tmp_path):
+    emu.inject_fault(method="POST", path_regex=r":batchGenerateContent$", status=503, times=1,
+                     when="after")
+    df = pl.DataFrame({"t": ["a", "b"]})
+    out = df.pipe(batch_llm, schema=A, model="gemini-2.5-flash", prompt="{t}",
+                  state=tmp_path / "s")
+    assert out["_status"].to_list() == ["completed", "completed"]
+    created = [e for e in emu.log()
+               if e["method"] == "POST" and e["path"].endswith(":batchGenerateContent")]
+    assert len(created) == 1

@@ -420,7 +420,12 @@ class GeminiProvider:
         from google.genai import types
 
         size = int(lines.str.len_bytes().sum()) + lines.len()
-        config = types.CreateBatchJobConfig(display_name=self.display_name(tag))
+        config = types.CreateBatchJobConfig(
+            display_name=self.display_name(tag),
+            # Creating is not idempotent: a blind retry after a lost answer would create (and
+            # bill) a second batch. The engine looks the batch up by its display name first.
+            http_options=types.HttpOptions(retry_options=types.HttpRetryOptions(attempts=1)),
+        )
         src: Any
         if size < self.inline_max_bytes:
             src = [_inlined_request(line) for line in lines.to_list()]

@@ -246,7 +246,10 @@ class OpenAIProvider:
         )
         batch = self._call(
             "create the batch",
-            lambda: self.client.batches.create(
+            # No blind SDK retries: creating is not idempotent, and a retry after a lost
+            # answer would create (and bill) a second batch. On failure the engine looks
+            # the batch up by its metadata before trying again.
+            lambda: self.client.with_options(max_retries=0).batches.create(
                 input_file_id=upload.id,
                 endpoint=ENDPOINT,
                 completion_window="24h",
