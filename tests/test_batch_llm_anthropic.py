@@ -21,7 +21,6 @@ from batchata_df import (
     ConfigError,
     CredentialsError,
     OrphanedBatchError,
-    ProviderError,
     batch_llm,
 )
 from batchata_df.frame import META_COLUMNS
@@ -457,10 +456,11 @@ def test_overloaded_create_is_retried_and_a_rejected_one_stops_the_run(emu, tmp_
     emu.inject_fault(method="POST", path_regex=r"/v1/messages/batches$", status=400)
     state = tmp_path / "s"
     kw = {"schema": Review, "model": MODEL, "prompt": "{text}", "state": state}
-    with pytest.raises(ProviderError, match="HTTP 400"):
-        frame(2).pipe(batch_llm, **kw)
-    # The intent without a batch id is resolved on resume: nothing at the provider, so the
-    # jobs are submitted again.
-    out = frame(2).pipe(batch_llm, **kw)
+    # A refused create is looked up (nothing there), then its rows fail with the reason;
+    # the run goes on and the rows can be sent again.
+    failed = frame(2).pipe(batch_llm, **kw)
+    assert failed["_status"].to_list() == ["failed"] * 2
+    assert failed["_error"].str.contains("HTTP 400").all()
+    out = frame(2).pipe(batch_llm, retry_failed=True, **kw)
     assert out["_status"].to_list() == ["completed"] * 2
     assert [e["status"] for e in creates(emu)] == [400, 200]
