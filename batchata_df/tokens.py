@@ -8,8 +8,8 @@ Text
     * OpenAI: **exact** with the model's own BPE (``o200k_base`` for gpt-4o, gpt-4.1,
       gpt-4.5, gpt-5 and later, the o-series and gpt-oss; ``cl100k_base`` for gpt-4,
       gpt-3.5 and the text-embedding models), counted by the ``bpe-openai`` package that
-      ships both vocabularies (no download). Without it
-      (``pip install 'batchata-df[tokens]'``), the approximation below is used.
+      ships both vocabularies (no download; a core dependency). If it cannot be imported,
+      the approximation below is used.
     * Anthropic, Gemini (no offline tokenizer is published) and the OpenAI fallback:
       ``ceil(word_chars / BYTES_PER_TOKEN[provider]) + ascii_punctuation + letters_beyond_ascii
       + symbol_bytes_beyond_ascii``, where *word chars* are ASCII letters, digits and
