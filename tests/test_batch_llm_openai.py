@@ -366,3 +366,12 @@ def test_transient_provider_errors_are_retried(emu):
     statuses = [e["status"] for e in emu.log()]
     assert 503 in statuses and 429 in statuses
     assert len(posts(emu)) == 1
+
+
+def test_missing_provider_sdk_is_a_clear_error_before_anything_is_sent(emu, monkeypatch):
+    import batchata_df.providers as providers
+
+    monkeypatch.setattr(providers, "_installed", lambda module: module != "anthropic")
+    with pytest.raises(ConfigError, match=r"pip install 'batchata-df\[anthropic\]'"):
+        frame(2).pipe(batch_llm, model="claude-haiku-4-5", prompt="{text}")
+    assert emu.log() == []

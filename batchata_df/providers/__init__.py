@@ -6,7 +6,9 @@ imports a provider SDK.
 
 from __future__ import annotations
 
-from batchata_df.errors import ModelError
+import importlib.util
+
+from batchata_df.errors import ConfigError, ModelError
 from batchata_df.providers.base import Provider
 
 __all__ = ["SUPPORTED_PARAMS", "make_provider"]
@@ -30,12 +32,30 @@ SUPPORTED_PARAMS: dict[str, frozenset[str]] = {
 }
 
 
+# provider -> (module to import, distribution name) for the SDKs that are extras.
+_SDKS = {"anthropic": ("anthropic", "anthropic"), "gemini": ("google.genai", "google-genai")}
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a missing parent package
+        return False
+
+
 def make_provider(name: str, *, offline: bool = False) -> Provider:
     """Create the provider called ``name`` with credentials from the environment.
 
     ``offline=True`` gives a provider that can only encode requests (for dry runs): it
     needs no credentials and never opens a connection.
     """
+    sdk = _SDKS.get(name)
+    if sdk is not None and not _installed(sdk[0]):
+        msg = (
+            f"{name} models need the {sdk[1]!r} package, which is not installed: "
+            f"pip install 'batchata-df[{name}]'"
+        )
+        raise ConfigError(msg)
     kw: dict[str, str] = {}
     if offline:
         kw = {"api_key": "offline", "base_url": "http://offline.invalid"}
