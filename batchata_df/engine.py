@@ -15,8 +15,10 @@ and records every step in the :class:`~batchata_df.state.StateStore` *before* ac
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import os
+import re
 import secrets
 import threading
 import time
@@ -62,8 +64,8 @@ class BatchPhase(enum.StrEnum):
 
 
 IN_FLIGHT = (BatchPhase.SUBMITTED.value, BatchPhase.CANCEL_REQUESTED.value)
-MAX_SUBMIT_RETRIES = 5
-"""Consecutive failed create calls (after the SDK's own retries) before a run gives up."""
+RATE_LIMIT_PATIENCE_S = 900.0
+"""How long a request refused for a provider queue limit keeps waiting for room."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,9 @@ class RunOptions:
     retry_failed: bool = False
     max_cost_usd: float | None = None
     cancel_grace_s: float = 900.0
+    submit_patience_s: float = 600.0
+    """How long creates may keep failing (after the SDKs' own retries) before the unsent
+    rows of this call end ``cancelled: provider_unavailable``."""
     """After a stop, how long to wait for cancelled batches to end (OpenAI: up to 10 min)."""
     poll_initial_s: float = 1.0
     poll_max_s: float = 60.0
@@ -319,9 +324,12 @@ class _Requeued:
     """Jobs of a batch the provider refused for its queue limit, to plan again."""
 
     job_ids: pl.Series
+    provider: str
+    model: str
     max_items: int
     gate: int
-    """Plan them again once fewer than this many batches are in flight."""
+    """Plan them again once fewer than this many batches of the model are in flight."""
+    not_before: float
 
 
 def _rate_limited(poll: BatchPoll) -> bool:
@@ -458,7 +466,10 @@ class Engine:
         self._activity = ""
         self._n_submitted = 0
         self._requeue: list[_Requeued] = []
-        self._submit_failures = 0
+        self._first_submit_failure: float | None = None
+        self._rate_limited_since: dict[tuple[str, str], float] = {}
+        self._rate_backoff: dict[tuple[str, str], Backoff] = {}
+        self._submit_blocked: str | None = None
         self._retry_submit_at = 0.0
         self._submit_backoff = self._backoff()
         self._in_flight_view: list[_InFlight] = []
@@ -508,6 +519,7 @@ class Engine:
             self._reserved += batch.reserved
         planned = self._plan(todo)
         self._drive(planned, in_flight)
+        self._jobs = pl.DataFrame()  # the job table is only needed while driving
         # The latest event gives status and answer; cost and tokens add up every attempt.
         latest, billed = self.store.snapshot()
         state = latest.drop("cost_usd", "input_tokens", "output_tokens").join(
@@ -676,7 +688,8 @@ class Engine:
         if not self._requeue:
             return planned, None
         item = self._requeue[0]
-        if in_flight and len(in_flight) >= item.gate:
+        same = [b for b in in_flight if (b.provider, b.model) == (item.provider, item.model)]
+        if (same and len(same) >= item.gate) or time.monotonic() < item.not_before:
             return planned, None
         self._requeue.pop(0)
         subset = self._jobs.filter(pl.col("job_id").is_in(item.job_ids.implode()))
@@ -705,7 +718,7 @@ class Engine:
     ) -> _Planned | None:
         """Submit while a slot is free and the cap admits the next jobs; return the rest."""
         while pending is not None and len(in_flight) < self.options.max_parallel_batches:
-            if time.monotonic() < self._retry_submit_at:
+            if time.monotonic() < self._retry_submit_at or self._submit_blocked:
                 break
             admitted = self._admit(pending, in_flight)
             if admitted is None:
@@ -717,6 +730,7 @@ class Engine:
                 break
             if isinstance(outcome, _InFlight):
                 in_flight.append(outcome)
+            # "ended" and "blocked": the admitted jobs are settled or held by an open intent.
             n = admitted.job_ids.len()
             pending = next(planned, None) if n == pending.job_ids.len() else pending.tail(n)
         return pending
@@ -734,6 +748,11 @@ class Engine:
             if pending is None and stop_reason is None:
                 planned, pending = self._take_requeued(in_flight, planned)
             pending = self._fill_slots(pending, planned, in_flight)
+            if self._submit_blocked and pending is not None:
+                self._end_unsent(self._submit_blocked, pending, planned)
+                pending = None
+            if self._submit_blocked:
+                self._drop_requeued(self._submit_blocked)
             retrying = pending is not None and time.monotonic() < self._retry_submit_at
             if pending is not None and not in_flight and not retrying:
                 # Nothing in flight will free budget: what does not fit now never will.
@@ -767,6 +786,8 @@ class Engine:
             wakes = [b.next_poll for b in in_flight]
             if retrying:
                 wakes.append(self._retry_submit_at)
+            if self._requeue and stop_reason is None:
+                wakes.append(self._requeue[0].not_before)
             if wakes:
                 self._sleep(max(0.0, min(wakes) - time.monotonic()))
         self._report("done")
@@ -825,7 +846,7 @@ class Engine:
             provider_batch_id=None,
         )
 
-    def _submit(self, plan: _Planned) -> _InFlight | Literal["retry", "ended"]:
+    def _submit(self, plan: _Planned) -> _InFlight | Literal["retry", "ended", "blocked"]:
         """Record the intent, create the provider batch, record its id.
 
         If the create call fails, the provider is asked whether the batch exists anyway
@@ -862,16 +883,29 @@ class Engine:
             f"({plan.job_ids.len():,} requests, {plan.n_bytes / 1e6:,.1f} MB)"
         )
         self._report("running")
+        # The tag carries what a lookup needs to tell our batch from this run's others (the
+        # provider may look it up itself when a create fails).
+        tag = self._lookup_tag(tag, plan)
         try:
             batch_id = provider.submit(plan.lines, model=plan.model, tag=tag)
         except ProviderError as e:
             self._reserved = max(0.0, self._reserved - reserved)
-            found = provider.find(tag)  # OrphanedBatchError: stop rather than pay twice
+            found = None
+            if not e.permanent:  # a 4xx created nothing; otherwise the answer may be lost
+                try:
+                    found = provider.find(tag)
+                except ProviderError:  # OrphanedBatchError included
+                    # We cannot tell whether the batch exists: submit nothing more in this
+                    # call. Its jobs stay with the open intent, which the next call
+                    # resolves before sending anything.
+                    self._submit_blocked = "provider_unavailable"
+                    return "blocked"
             if found is None:
                 return self._submit_failed(plan, e)
             self._reserved += reserved
             batch_id = found
-        self._submit_failures = 0
+        self._first_submit_failure = None
+        self._submit_backoff = self._backoff()
         _failpoint("after_submit")
         self.store.append_batch(
             batch_key=plan.batch_key,
@@ -891,6 +925,14 @@ class Engine:
             job_ids=plan.job_ids,
             backoff=self._backoff(),
             reserved=reserved,
+        )
+
+    def _lookup_tag(self, tag: BatchTag, plan: _Planned) -> BatchTag:
+        """``tag`` with what a lookup needs to tell our batch from others of the same size."""
+        known = set(self.store.batch_state().get_column("provider_batch_id").drop_nulls())
+        known.update(b.provider_batch_id for b in self._in_flight_view)
+        return dataclasses.replace(
+            tag, job_ids=frozenset(plan.job_ids.to_list()), known_batch_ids=frozenset(known)
         )
 
     def _submit_failed(self, plan: _Planned, error: ProviderError) -> Literal["retry", "ended"]:
@@ -919,10 +961,15 @@ class Engine:
                 provider_batch_id=None,
             )
             return "ended"
-        self._submit_failures += 1
-        if self._submit_failures > MAX_SUBMIT_RETRIES:
-            raise error
-        self._retry_submit_at = time.monotonic() + self._submit_backoff.next()
+        now = time.monotonic()
+        if self._first_submit_failure is None:
+            self._first_submit_failure = now
+        if now - self._first_submit_failure > self.options.submit_patience_s:
+            # The provider has refused creates for too long: stop trying in this call; the
+            # unsent rows end cancelled (provider_unavailable) and a later call sends them.
+            self._submit_blocked = "provider_unavailable"
+            return "retry"
+        self._retry_submit_at = now + self._submit_backoff.next()
         return "retry"
 
     def _record(self, batch: _InFlight, **values: Any) -> None:
@@ -1026,6 +1073,8 @@ class Engine:
         self._spent += actual
         self._reserved = max(0.0, self._reserved - batch.reserved)
         self._calibrate(batch, events)
+        self._rate_limited_since.pop((batch.provider, batch.model), None)
+        self._rate_backoff.pop((batch.provider, batch.model), None)
         self._activity = ""
         self._record(
             batch,
@@ -1040,25 +1089,52 @@ class Engine:
     def _requeue_batch(self, batch: _InFlight, poll: BatchPoll) -> bool:
         """A batch refused for the provider's queue limit: send its jobs again later.
 
-        Nothing was run or billed. With other batches in flight, the jobs wait until one of
-        them ends; alone, the batch was too big for the limit and is split in half. A single
-        request that does not fit even alone fails with the provider's reason.
+        Nothing was run or billed. The limit is per model and may be shared with other
+        work, so the jobs wait: until one of this run's batches of the same model ends, or
+        on a growing timer when none is in flight (a batch alone is also halved, in case it
+        is too big for the limit by itself). After ``RATE_LIMIT_PATIENCE_S`` of refusals
+        the jobs fail with the provider's reason.
         """
-        others = len([b for b in self._in_flight_view if b is not batch])
+        key = (batch.provider, batch.model)
+        others = [
+            b
+            for b in self._in_flight_view
+            if b is not batch and (b.provider, b.model) == key
+        ]
         n = batch.job_ids.len()
-        if others == 0 and n == 1:
+        now = time.monotonic()
+        since = self._rate_limited_since.setdefault(key, now)
+        too_big = n == 1 and self._over_limit(batch, poll)
+        if too_big or now - since > RATE_LIMIT_PATIENCE_S:
             self._end_batch(batch, f"rate_limited: {poll.detail}")
             return True
         self._record(batch, status=BatchPhase.COLLECTED.value, detail=f"requeued: {poll.detail}")
         self._reserved = max(0.0, self._reserved - batch.reserved)
+        backoff = self._rate_backoff.setdefault(key, self._backoff())
         self._requeue.append(
             _Requeued(
                 job_ids=batch.job_ids,
+                provider=batch.provider,
+                model=batch.model,
                 max_items=n if others else max(1, n // 2),
-                gate=others,
+                gate=len(others),
+                not_before=now if others else now + backoff.next(),
             )
         )
         return True
+
+    def _over_limit(self, batch: _InFlight, poll: BatchPoll) -> bool:
+        """Whether a lone request is bigger than the limit the provider names (never fits)."""
+        match = re.search(r"Limit: ([\d,]+)", poll.detail or "")
+        row = self._jobs.filter(pl.col("job_id") == batch.job_ids[0])
+        if match is None or row.height == 0:
+            return False
+        from batchata_df.tokens import estimate_request_tokens
+
+        tokens = estimate_request_tokens(
+            row.get_column("prompt"), batch.provider, batch.model, system=row.get_column("system")
+        )
+        return int(tokens[0]) > int(match.group(1).replace(",", ""))
 
     def _write_terminal(
         self,

@@ -297,7 +297,7 @@ def batch_llm(
             provider.close()
     # Only the keys are needed from here on: let the prompts (and file payloads) go.
     keys = jobs.select("job_id", "input_error")
-    del jobs, sendable
+    del jobs, sendable, engine
     return _assemble(frame, keys, results, answer, citations=citations)
 
 

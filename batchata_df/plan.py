@@ -37,7 +37,10 @@ estimated input tokens plus ``max_tokens`` of output at the model's batch price.
 
 
 def _recorded(
-    state: str | os.PathLike[str] | None, fingerprint: dict[str, str], retry_failed: bool
+    state: str | os.PathLike[str] | None,
+    fingerprint: dict[str, str],
+    retry_failed: bool,
+    sendable: pl.DataFrame,
 ) -> tuple[set[str], set[str], float]:
     """From an existing state folder: settled job ids, busy job ids, and the money held.
 
@@ -51,7 +54,17 @@ def _recorded(
     done = settled(store.job_state(), retry_failed=retry_failed)
     busy = busy_jobs(store)
     held = float(store.billed().get_column("cost_usd").fill_null(0.0).sum())
-    held += float(busy.get_column("est_cost_usd").fill_null(0.0).sum())
+    # Busy jobs hold their worst case, priced now as the engine does (the recorded estimate
+    # is missing when the call that sent them had no cap).
+    if "worst_usd" in sendable.columns and busy.height:
+        worst = sendable.select("job_id", "worst_usd")
+        fallback = float(worst.get_column("worst_usd").max() or 0.0)  # type: ignore[arg-type]
+        priced = busy.join(worst, on="job_id", how="left").select(
+            pl.coalesce("worst_usd", "est_cost_usd", pl.lit(fallback))
+        )
+        held += float(priced.to_series().sum())
+    else:
+        held += float(busy.get_column("est_cost_usd").fill_null(0.0).sum())
     return (
         set(done.get_column("job_id").to_list()),
         set(busy.get_column("job_id").to_list()),
@@ -69,7 +82,7 @@ def dry_run_plan(
     fingerprint: dict[str, str],
 ) -> pl.DataFrame:
     """Plan the run, print a summary per model and per provider batch, return the plan."""
-    done, busy, spent = _recorded(state, fingerprint, options.retry_failed)
+    done, busy, spent = _recorded(state, fingerprint, options.retry_failed, sendable)
     todo = sendable.filter(~pl.col("job_id").is_in(list(done | busy)))
     providers = {
         name: make_provider(name, offline=True)

@@ -143,6 +143,9 @@ class StateStore:
             msg = f"cannot create the checkpoint folder {str(self.root)!r}: {e}"
             raise StateError(msg) from e
         self.manifest = self._open_manifest(dict(fingerprint))
+        # Order must survive a clock that is behind the one of an earlier call (another
+        # machine, an NTP step): new events always sort after every recorded one.
+        self._last_seq = max(self._max_seq("jobs"), self._max_seq("batches"))
 
     # -- manifest -------------------------------------------------------------------------
 
@@ -239,6 +242,13 @@ class StateStore:
         self._write_part("batches", frame)
 
     # -- reading --------------------------------------------------------------------------
+
+    def _max_seq(self, table: str) -> int:
+        parts = sorted((self.root / table).glob("part-*.parquet"))
+        if not parts:
+            return 0
+        top = pl.scan_parquet(parts).select(pl.col("seq").max()).collect().item()
+        return int(top or 0)
 
     def _lazy(self, table: str, schema: pl.Schema) -> pl.LazyFrame:
         parts = sorted(p for p in (self.root / table).glob("part-*.parquet"))

@@ -55,9 +55,9 @@ def test_a_batch_too_big_for_the_limit_is_split(emu, limited, tmp_path):
 
 
 def test_a_single_request_over_the_limit_fails_with_the_reason(emu, limited):
-    df = pl.DataFrame({"t": ["row 000"]})
+    df = pl.DataFrame({"t": ["row 000 " + "word " * 200]})
     tokens = per_job_tokens(emu, df)
-    limited(tokens - 1)
+    limited(tokens // 4)  # the request alone is several times the limit
     out = df.pipe(batch_llm, schema=A, model="gpt-4.1-mini", prompt="{t}")
     assert out["_status"].to_list() == ["failed"]
     assert out["_error"][0].startswith("rate_limited: token_limit_exceeded")
@@ -89,3 +89,21 @@ def test_emulator_refuses_a_batch_over_the_enqueued_limit_like_the_api(emu, limi
     assert b.status == "failed"
     assert b.errors.data[0].code == "token_limit_exceeded"
     assert "Enqueued token limit reached for gpt-4.1-mini" in b.errors.data[0].message
+
+
+def test_a_queue_filled_by_other_work_is_waited_for_not_failed(emu, limited, tmp_path,
+                                                              monkeypatch):
+    import batchata_df.engine as engine
+
+    monkeypatch.setattr(engine, "RATE_LIMIT_PATIENCE_S", 60.0)
+    df = pl.DataFrame({"t": [f"row {i:03d}" for i in range(4)]})
+    tokens = per_job_tokens(emu, df)
+    emu.configure(latency=2.0)
+    limited(tokens * 5)
+    # Another workload (another state folder) holds the queue for about two seconds.
+    other = pl.DataFrame({"t": [f"other {i:03d}" for i in range(4)]})
+    other.pipe(batch_llm, schema=A, model="gpt-4.1-mini", prompt="{t}", wait=False,
+               state=tmp_path / "other")
+    out = df.pipe(batch_llm, schema=A, model="gpt-4.1-mini", prompt="{t}",
+                  state=tmp_path / "mine")
+    assert out["_status"].to_list() == ["completed"] * 4

@@ -171,3 +171,71 @@ def test_a_lost_gemini_create_answer_is_found_by_display_name(emu, tmp_path):
     created = [e for e in emu.log()
                if e["method"] == "POST" and e["path"].endswith(":batchGenerateContent")]
     assert len(created) == 1
+
+
+def test_a_failed_create_never_adopts_this_runs_other_batches(emu, tmp_path):
+    # Anthropic batches carry no tag: the lookup after a failed create must not take a batch
+    # this state folder already knows (same size, same minutes) for the missing one.
+    emu.configure(latency=3.0)
+    state = tmp_path / "s"
+    kw = {"schema": A, "model": "claude-haiku-4-5", "prompt": "{t}", "state": state,
+          "items_per_batch": 3}
+    df = pl.DataFrame({"t": [f"row {i}" for i in range(6)]})
+    df.head(3).pipe(batch_llm, wait=False, **kw)
+    emu.inject_fault(method="POST", path_regex=r"/anthropic/v1/messages/batches$",
+                     status=500, times=1)
+    out = df.pipe(batch_llm, **kw)
+    assert out["_status"].to_list() == ["completed"] * 6
+    first, second = out["_batch_id"][0], out["_batch_id"][3]
+    assert first != second
+
+
+def test_lookup_failure_after_a_failed_create_stops_submitting_without_raising(emu, tmp_path):
+    state = tmp_path / "s"
+    emu.inject_fault(method="POST", path_regex=r"^/openai/v1/batches$", status=503, times=1)
+    emu.inject_fault(method="GET", path_regex=r"^/openai/v1/batches(\?.*)?$", status=503,
+                     times=None, retry_after_ms=1)
+    df = pl.DataFrame({"t": [f"r{i}" for i in range(6)]})
+    kw = {"schema": A, "model": "gpt-4.1-mini", "prompt": "{t}", "state": state,
+          "items_per_batch": 3, "max_parallel_batches": 1}
+    out = df.pipe(batch_llm, **kw)
+    # The batch whose create failed may exist: its rows stay pending with the open intent;
+    # the rest were not sent in this call.
+    assert out["_status"].to_list() == ["pending"] * 3 + ["cancelled"] * 3
+    assert out["_error"][3] == "cancelled: provider_unavailable"
+    emu.clear_faults()
+    again = df.pipe(batch_llm, **kw)  # resolves the intent first, then sends the rest
+    assert again["_status"].to_list() == ["completed"] * 6
+    assert len([e for e in posts(emu) if e["status"] == 200]) == 2
+
+
+CHILD = """
+import sys, time, polars as pl
+if float(sys.argv[2]):
+    real = time.time_ns
+    time.time_ns = lambda: real() - int(float(sys.argv[2]) * 1e9)  # this clock is behind
+from batchata_df import batch_llm
+limit = float(sys.argv[3]) or None
+out = pl.DataFrame({"t": ["a", "b", "c"]}).pipe(
+    batch_llm, model="gpt-4.1-mini", prompt="{t}", state=sys.argv[1], time_limit=limit)
+print(out["_status"].to_list())
+"""
+
+
+def test_a_clock_that_is_behind_does_not_reorder_events(emu, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    emu.configure(latency=0.2)
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    state = tmp_path / "s"
+    outputs = []
+    for skew, limit in [(0, 1e-6), (3600, 0), (0, 0)]:
+        r = subprocess.run([sys.executable, str(script), str(state), str(skew), str(limit)],
+                           capture_output=True, text=True, env=dict(os.environ), timeout=120)
+        assert r.returncode == 0, r.stderr
+        outputs.append(r.stdout.strip())
+    assert outputs[1] == outputs[2] == "['completed', 'completed', 'completed']"
+    assert len(posts(emu)) == 1  # never paid twice
