@@ -32,7 +32,8 @@ sent once), ``done`` (already settled in the state folder: completed, or failed 
 ``retry_failed``), ``in_flight`` (in a batch that may still be running; a later call
 collects it), or ``failed`` (bad input, never sent). ``_est_cost_usd`` is the worst case:
 estimated input tokens plus ``max_tokens`` of output at the model's batch price.
-``_within_cap`` says whether the request fits under ``max_cost_usd`` (null without a cap).
+``_within_cap`` says whether the request fits under ``max_cost_usd`` (null without a cap)
+at the worst case: a real run may fit more, as actual costs come in below the worst case.
 """
 
 
