@@ -35,9 +35,12 @@ def setup(extra: str) -> None:
     if not PY.exists():
         venv.create(VENV, with_pip=True)
     stamp = VENV / f".installed-{extra}"
-    pyproject = ROOT / "pyproject.toml"
-    if not stamp.exists() or stamp.stat().st_mtime < pyproject.stat().st_mtime:
-        sh(PY, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-e", f".[{extra}]")
+    inputs = [ROOT / "pyproject.toml", ROOT / "constraints.txt"]
+    if not stamp.exists() or any(stamp.stat().st_mtime < p.stat().st_mtime for p in inputs):
+        sh(
+            PY, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+            "-c", "constraints.txt", "-e", f".[{extra}]",
+        )
         stamp.touch()
 
 
