@@ -467,6 +467,9 @@ class Engine:
         self._n_submitted = 0
         self._requeue: list[_Requeued] = []
         self._first_submit_failure: float | None = None
+        # Every provider batch id this state folder has recorded, kept up to date in memory
+        # so that a submit never re-reads the batch parts (that would grow with the run).
+        self._known_ids: set[str] = set()
         self._rate_limited_since: dict[tuple[str, str], float] = {}
         self._rate_backoff: dict[tuple[str, str], Backoff] = {}
         self._submit_blocked: str | None = None
@@ -542,6 +545,7 @@ class Engine:
     def _recover(self) -> list[_InFlight]:
         """Re-attach batches in flight; resolve intents left by a crash before submitting."""
         batches = self.store.batch_state()
+        self._known_ids = set(batches.get_column("provider_batch_id").drop_nulls().to_list())
         if batches.height == 0:
             return []
         job_events = self.store.job_events().filter(pl.col("status") == "assigned")
@@ -562,9 +566,7 @@ class Engine:
                     created_after=row["ts"].timestamp(),
                     n_jobs=row["n_jobs"],
                     job_ids=frozenset(members_of.to_list()),
-                    known_batch_ids=frozenset(
-                        batches.get_column("provider_batch_id").drop_nulls().to_list()
-                    ),
+                    known_batch_ids=frozenset(self._known_ids),
                 )
                 found = provider.find(tag)
                 if found is None:
@@ -585,6 +587,7 @@ class Engine:
                     detail="found at the provider after a crash",
                 )
                 row["provider_batch_id"], status = found, BatchPhase.SUBMITTED.value
+                self._known_ids.add(found)
             if status in IN_FLIGHT and provider is not None:
                 out.append(
                     _InFlight(
@@ -906,6 +909,7 @@ class Engine:
             batch_id = found
         self._first_submit_failure = None
         self._submit_backoff = self._backoff()
+        self._known_ids.add(batch_id)
         _failpoint("after_submit")
         self.store.append_batch(
             batch_key=plan.batch_key,
@@ -929,10 +933,10 @@ class Engine:
 
     def _lookup_tag(self, tag: BatchTag, plan: _Planned) -> BatchTag:
         """``tag`` with what a lookup needs to tell our batch from others of the same size."""
-        known = set(self.store.batch_state().get_column("provider_batch_id").drop_nulls())
-        known.update(b.provider_batch_id for b in self._in_flight_view)
         return dataclasses.replace(
-            tag, job_ids=frozenset(plan.job_ids.to_list()), known_batch_ids=frozenset(known)
+            tag,
+            job_ids=frozenset(plan.job_ids.to_list()),
+            known_batch_ids=frozenset(self._known_ids),
         )
 
     def _submit_failed(self, plan: _Planned, error: ProviderError) -> Literal["retry", "ended"]:
