@@ -243,8 +243,8 @@ def settled(state: pl.DataFrame, *, retry_failed: bool) -> pl.DataFrame:
     return state.filter(pl.col("status").is_in(keep))
 
 
-def busy_jobs(store: StateStore) -> pl.DataFrame:
-    """Jobs whose latest event puts them in a batch that may still be at the provider.
+def busy_jobs(store: StateStore, state: pl.DataFrame) -> pl.DataFrame:
+    """Jobs whose latest event (``state``) puts them in a batch that may still be running.
 
     Columns ``job_id`` and ``est_cost_usd`` (the worst case held for it when it was sent).
     Unresolved intents count as busy: offline, we cannot tell whether they reached the
@@ -256,11 +256,9 @@ def busy_jobs(store: StateStore) -> pl.DataFrame:
     open_keys = batches.filter(
         pl.col("status").is_in([*IN_FLIGHT, BatchPhase.INTENT.value])
     ).get_column("batch_key")
-    return (
-        store.job_state()
-        .filter((pl.col("status") == "assigned") & pl.col("batch_key").is_in(open_keys.implode()))
-        .select("job_id", "est_cost_usd")
-    )
+    return state.filter(
+        (pl.col("status") == "assigned") & pl.col("batch_key").is_in(open_keys.implode())
+    ).select("job_id", "est_cost_usd")
 
 
 # -- the driver ---------------------------------------------------------------------------------

@@ -52,9 +52,10 @@ def _recorded(
     if state is None or not (Path(state) / "manifest.json").is_file():
         return set(), set(), 0.0
     store = StateStore(state, fingerprint)  # validates the fingerprint; writes nothing
-    done = settled(store.job_state(), retry_failed=retry_failed)
-    busy = busy_jobs(store)
-    held = float(store.billed().get_column("cost_usd").fill_null(0.0).sum())
+    current, billed = store.snapshot()
+    done = settled(current, retry_failed=retry_failed)
+    busy = busy_jobs(store, current)
+    held = float(billed.get_column("cost_usd").fill_null(0.0).sum())
     # Busy jobs hold their worst case, priced now as the engine does (the recorded estimate
     # is missing when the call that sent them had no cap).
     if "worst_usd" in sendable.columns and busy.height:
