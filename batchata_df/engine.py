@@ -947,16 +947,9 @@ class Engine:
             detail=f"submit failed: {error}",
         )
         if error.permanent:
-            nothing_ran = pl.lit(None, dtype=pl.Int64)
-            events = pl.DataFrame(
-                {"job_id": plan.job_ids, "status": "failed", "error": f"submit_failed: {error}"}
-            )
-            self._write_terminal(
-                events.with_columns(
-                    nothing_ran.alias("input_tokens"),
-                    nothing_ran.alias("output_tokens"),
-                    nothing_ran.alias("cached_tokens"),
-                ),
+            self._fail_unrun(
+                plan.job_ids,
+                f"submit_failed: {error}",
                 batch_key=plan.batch_key,
                 provider=plan.provider,
                 model=plan.model,
@@ -1003,16 +996,36 @@ class Engine:
         self._batch_status[batch.batch_key] = poll.provider_status
         return poll
 
-    def _end_batch(self, batch: _InFlight, error: str) -> None:
-        """End every job of ``batch`` failed with ``error`` and record the batch ended."""
-        nothing_ran = pl.lit(None, dtype=pl.Int64)  # no usage: costs 0 at a known price
-        events = pl.DataFrame({"job_id": batch.job_ids, "status": "failed", "error": error})
+    def _fail_unrun(
+        self,
+        job_ids: pl.Series,
+        error: str,
+        *,
+        batch_key: str,
+        provider: str,
+        model: str,
+        provider_batch_id: str | None,
+    ) -> None:
+        """End jobs that never ran ``failed``: no usage, so they cost 0 at a known price."""
+        nothing_ran = pl.lit(None, dtype=pl.Int64)
+        events = pl.DataFrame({"job_id": job_ids, "status": "failed", "error": error})
         self._write_terminal(
             events.with_columns(
                 nothing_ran.alias("input_tokens"),
                 nothing_ran.alias("output_tokens"),
                 nothing_ran.alias("cached_tokens"),
             ),
+            batch_key=batch_key,
+            provider=provider,
+            model=model,
+            provider_batch_id=provider_batch_id,
+        )
+
+    def _end_batch(self, batch: _InFlight, error: str) -> None:
+        """End every job of ``batch`` failed with ``error`` and record the batch ended."""
+        self._fail_unrun(
+            batch.job_ids,
+            error,
             batch_key=batch.batch_key,
             provider=batch.provider,
             model=batch.model,
