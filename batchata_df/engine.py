@@ -699,16 +699,8 @@ class Engine:
 
     def _drop_requeued(self, reason: str) -> None:
         """End requeued jobs ``cancelled`` (a stop came before they could be sent again)."""
-        for item in self._requeue:
-            self._write_terminal(
-                pl.DataFrame(
-                    {"job_id": item.job_ids, "status": "cancelled", "error": f"cancelled: {reason}"}
-                ),
-                batch_key=None,
-                provider=None,
-                model=None,
-                provider_batch_id=None,
-            )
+        if self._requeue:
+            self._cancel_unsent(pl.concat([item.job_ids for item in self._requeue]), reason)
         self._requeue.clear()
 
     def _fill_slots(
@@ -838,9 +830,15 @@ class Engine:
 
     def _end_unsent(self, reason: str, first: _Planned, planned: Iterator[_Planned]) -> None:
         """End every job not yet submitted as ``cancelled`` with ``reason``."""
-        ids = pl.concat([first.job_ids, *[p.job_ids for p in planned]])
+        self._cancel_unsent(pl.concat([first.job_ids, *[p.job_ids for p in planned]]), reason)
+
+    def _cancel_unsent(self, job_ids: pl.Series, reason: str) -> None:
+        """End jobs that are in no provider batch ``cancelled`` with ``reason``."""
+        events = pl.DataFrame(
+            {"job_id": job_ids, "status": "cancelled", "error": f"cancelled: {reason}"}
+        )
         self._write_terminal(
-            pl.DataFrame({"job_id": ids, "status": "cancelled", "error": f"cancelled: {reason}"}),
+            events,
             batch_key=None,
             provider=None,
             model=None,
