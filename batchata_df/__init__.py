@@ -19,6 +19,7 @@ from batchata_df.errors import (
     ProviderError,
     SchemaError,
     StateError,
+    StateLockedError,
     StateMismatchError,
 )
 from batchata_df.frame import batch_llm
@@ -39,6 +40,7 @@ __all__ = [
     "ProviderError",
     "SchemaError",
     "StateError",
+    "StateLockedError",
     "StateMismatchError",
     "__version__",
     "batch_llm",

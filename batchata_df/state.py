@@ -30,9 +30,13 @@ reached the provider).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import logging
+import math
 import os
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -42,9 +46,23 @@ from typing import Any, overload
 
 import polars as pl
 
-from batchata_df.errors import StateError, StateMismatchError
+from batchata_df.errors import ConfigError, StateError, StateLockedError, StateMismatchError
 
-__all__ = ["BATCH_EVENTS", "FORMAT_VERSION", "JOB_EVENTS", "StateStore", "spent_usd"]
+__all__ = [
+    "BATCH_EVENTS",
+    "FORMAT_VERSION",
+    "JOB_EVENTS",
+    "LOCK_FILE",
+    "LockHolder",
+    "StateStore",
+    "WriterLock",
+    "spent_usd",
+]
+
+log = logging.getLogger("batchata_df")
+
+LOCK_FILE = "writer.lock"
+"""The writer lock's file in a checkpoint folder (holds the holder's pid, host, start)."""
 
 FORMAT_VERSION = 1
 
@@ -111,6 +129,162 @@ class Manifest:
             indent=2,
             sort_keys=True,
         )
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """Who holds (or last held) a checkpoint folder's writer lock."""
+
+    pid: int
+    host: str
+    since: float
+    """When the lock was taken (seconds since the epoch)."""
+
+    def describe(self) -> str:
+        """``pid 123 on host h since 2026-11-28 18:50:01 UTC (12 s ago)``."""
+        when = dt.datetime.fromtimestamp(self.since, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        ago = max(0.0, time.time() - self.since)
+        return f"pid {self.pid} on host {self.host} since {when} ({ago:.0f} s ago)"
+
+    @staticmethod
+    def parse(text: str) -> LockHolder | None:
+        """The holder recorded in a lock file's text, or ``None`` if there is none."""
+        try:
+            raw = json.loads(text)
+            return LockHolder(int(raw["pid"]), str(raw["host"]), float(raw["since"]))
+        except (ValueError, TypeError, KeyError):
+            return None
+
+
+def check_lock_timeout(value: object) -> float | None:
+    """Validate ``lock_timeout``: seconds >= 0 (0 = refuse at once) or ``None`` (no limit)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) or (
+        value < 0
+    ):
+        msg = (
+            "lock_timeout must be a number of seconds >= 0 (0 refuses at once when another "
+            f"call is writing to the state folder) or None (wait as long as it takes), got "
+            f"{value!r}"
+        )
+        raise ConfigError(msg)
+    return float(value)
+
+
+class WriterLock:
+    """The exclusive writer lock of a checkpoint folder, held for a whole call.
+
+    Two calls writing one folder would both submit the rows neither has finished, and pay
+    twice; so a writing call holds this lock from before it reads the folder until it
+    returns. It is an OS lock (``flock`` through the maintained ``filelock`` package) on
+    ``<state>/writer.lock``: the kernel releases it when its process ends, however it ends,
+    so a lock left by a killed process is taken over by the next call without any stale-lock
+    guessing; the file keeps the holder's pid, host and start time for the error message.
+    Reading (:func:`batchata_df.sql`, ``batchata-df status``, ``dry_run=True``) never takes
+    it.
+
+    Parameters
+    ----------
+    root
+        The checkpoint folder (created if missing).
+    timeout
+        Seconds to wait for another holder: ``0`` refuses at once, ``None`` waits forever.
+
+    Raises
+    ------
+    StateLockedError
+        On entering, when another call (in this or another process) holds the lock past
+        ``timeout``; its ``holder`` names it.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> with WriterLock(folder):
+    ...     try:
+    ...         WriterLock(folder).acquire()
+    ...     except StateLockedError as e:
+    ...         print(e.holder.pid == os.getpid())
+    True
+    """
+
+    def __init__(self, root: str | os.PathLike[str], timeout: float | None = 0.0) -> None:
+        from filelock import FileLock
+
+        self.root = Path(root)
+        self.path = self.root / LOCK_FILE
+        self.timeout = timeout
+        self.previous: LockHolder | None = None
+        """The holder recorded by the last call before this one took the lock."""
+        self._lock = FileLock(
+            self.path,
+            timeout=-1 if timeout is None else timeout,
+            thread_local=False,
+            fallback_to_soft=False,  # a soft lock would outlive a killed process
+            preserve_lock_file=True,
+            on_acquired=self._record,
+        )
+
+    def _record(self, fd: int) -> None:
+        old = os.pread(fd, 4096, 0).decode("utf-8", "replace")
+        self.previous = LockHolder.parse(old)
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        data = json.dumps(me).encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+        os.fsync(fd)
+
+    def acquire(self) -> None:
+        """Take the lock (see the class); raises :class:`StateLockedError`."""
+        from filelock import Timeout
+
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._lock.acquire()
+        except Timeout:
+            holder = self.holder()
+            who = holder.describe() if holder else "another process (starting up)"
+            waited = "" if not self.timeout else f" after waiting {self.timeout:g} s"
+            msg = (
+                f"checkpoint folder {str(self.root)!r} is being written by another call: "
+                f"{who}{waited}. Two calls on one folder would send the same rows twice. "
+                "Let it finish, or pass lock_timeout=<seconds> (None: as long as it takes) "
+                "to wait for it, or use another state folder. Reading (batchata_df.sql, "
+                "`batchata-df status`, dry_run=True) works without waiting"
+            )
+            raise StateLockedError(msg, holder=holder) from None
+        except OSError as e:
+            msg = f"cannot lock the checkpoint folder {str(self.root)!r}: {e}"
+            raise StateError(msg) from e
+        previous = self.previous
+        if previous is not None and (previous.pid, previous.host) != (
+            os.getpid(),
+            socket.gethostname(),
+        ):
+            log.info(
+                "batchata-df: %s: took over the writer lock last held by %s (no longer held)",
+                self.root,
+                previous.describe(),
+            )
+
+    def release(self) -> None:
+        """Let the lock go (the holder record stays in the file, for diagnosis)."""
+        self._lock.release()
+
+    def holder(self) -> LockHolder | None:
+        """The holder recorded in the lock file (the current one while it is held)."""
+        try:
+            return LockHolder.parse(self.path.read_text())
+        except OSError:
+            return None
+
+    def __enter__(self) -> WriterLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 class StateStore:
