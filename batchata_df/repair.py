@@ -84,6 +84,8 @@ class RepairReport:
     """Batch key -> jobs missing from the folder (to list at the provider)."""
     reopened: list[str] = field(default_factory=list)
     """Collected batches whose results are downloaded again by the next call."""
+    found: dict[str, str] = field(default_factory=dict)
+    """Batch key -> provider batch id of an unresolved intent that lost jobs, found now."""
     pending: list[str] = field(default_factory=list)
     """What cannot be recovered yet (repair refuses to apply until it can)."""
     applied: bool = False
@@ -100,6 +102,7 @@ class RepairReport:
             or self.intents
             or self.to_list
             or self.reopened
+            or self.found
             or self.pending
         )
 
@@ -122,6 +125,8 @@ class RepairReport:
                 out.append(f"batch {key}: list its {n} lost job(s) at the provider")
             else:
                 out.append(f"batch {key}: restore {got} job(s) listed at the provider")
+        for key, pbid in sorted(self.found.items()):
+            out.append(f"batch {key}: record {pbid}, found at the provider (its intent lost jobs)")
         for key in self.reopened:
             out.append(f"batch {key}: collect its results again on the next call")
         return out
@@ -200,18 +205,20 @@ def _examine(root: Path, *, online: bool) -> RepairReport:
     batches = _read([p for p in good if p.parent.name == "batches"], BATCH_EVENTS)
 
     path = root / "manifest.json"
+    run_id = ""
     if path.exists():
         try:
-            read_manifest(path)
+            run_id = read_manifest(path).run_id
         except StateError as e:
             report.manifest_problem = str(e)
     elif good or report.damaged:
         report.manifest_problem = f"{path} is missing"
     if report.manifest_problem:
         report.manifest = _rebuild_manifest(report, good, batches, online=online)
+        run_id = report.manifest.run_id
 
     _lost_batches(report, jobs, batches)
-    _lost_jobs(report, jobs, batches, online=online)
+    _lost_jobs(report, jobs, batches, run_id, online=online)
     return report
 
 
@@ -322,7 +329,12 @@ def _lost_batches(report: RepairReport, jobs: pl.DataFrame, batches: pl.DataFram
 
 
 def _lost_jobs(
-    report: RepairReport, jobs: pl.DataFrame, batches: pl.DataFrame, *, online: bool
+    report: RepairReport,
+    jobs: pl.DataFrame,
+    batches: pl.DataFrame,
+    run_id: str,
+    *,
+    online: bool,
 ) -> None:
     """Batches with fewer known jobs than they were sent with; collected ones that lost some.
 
@@ -336,7 +348,9 @@ def _lost_jobs(
         pl.col("model").drop_nulls().first(),
         pl.col("provider_batch_id").drop_nulls().first(),
         pl.col("n_jobs").max(),
+        pl.col("ts").min(),
     )
+    known_ids = frozenset(batches.get_column("provider_batch_id").drop_nulls().to_list())
     members = jobs.filter(pl.col("batch_key").is_not_null()).group_by("batch_key").agg(
         pl.col("job_id").unique()
     )
@@ -348,9 +362,16 @@ def _lost_jobs(
     restored: dict[str, list[str]] = {}
     for row in per_batch.sort("batch_key").iter_rows(named=True):
         key, status = row["batch_key"], row["status"]
+        missing = int(row["n_jobs"] or 0) - len(member_map.get(key, set()))
+        if status == "intent" and missing > 0 and online:
+            # A crash left the submit unresolved and its job list was damaged: the engine
+            # would find the batch but not know all its jobs. Find it now.
+            found = _find_intent(row, run_id, member_map.get(key, set()), known_ids, report)
+            if found:
+                row["provider_batch_id"] = found
+                report.found[key] = found
         if status == "abandoned" or not row["provider_batch_id"]:
             continue
-        missing = int(row["n_jobs"] or 0) - len(member_map.get(key, set()))
         if missing > 0:
             report.to_list[key] = missing
             if online:
@@ -364,6 +385,41 @@ def _lost_jobs(
             report.reopened.append(key)
     report._members = restored
     report._batches = {r["batch_key"]: r for r in per_batch.iter_rows(named=True)}
+    for key, pbid in report.found.items():
+        report._batches[key]["provider_batch_id"] = pbid
+
+
+def _find_intent(
+    row: dict[str, Any],
+    run_id: str,
+    members: set[str],
+    known_ids: frozenset[str],
+    report: RepairReport,
+) -> str | None:
+    """The provider batch of an unresolved intent (the engine's orphan lookup)."""
+    from batchata_df.providers import make_provider
+    from batchata_df.providers.base import BatchTag
+
+    tag = BatchTag(
+        run_id=run_id,
+        batch_key=str(row["batch_key"]),
+        created_after=row["ts"].timestamp(),
+        n_jobs=row["n_jobs"],
+        job_ids=frozenset(members),
+        known_batch_ids=known_ids,
+    )
+    try:
+        provider = make_provider(str(row["provider"]))
+    except BatchataError as e:
+        report.pending.append(f"batch {row['batch_key']}: cannot ask {row['provider']}: {e}")
+        return None
+    try:
+        return provider.find(tag)
+    except BatchataError as e:
+        report.pending.append(f"batch {row['batch_key']}: lookup failed: {e}")
+        return None
+    finally:
+        provider.close()
 
 
 def _listed_jobs(row: dict[str, object], report: RepairReport) -> list[str] | None:
@@ -414,6 +470,17 @@ def _apply(report: RepairReport) -> None:
         StateStore._atomic_write(path, report.manifest.to_json().encode())
     manifest = read_manifest(path)
     store = StateStore(root, manifest.fingerprint)
+    for key, pbid in report.found.items():
+        row = report._batches[key]
+        store.append_batch(
+            batch_key=key,
+            provider=row["provider"],
+            model=row["model"],
+            provider_batch_id=pbid,
+            n_jobs=row["n_jobs"],
+            status="submitted",
+            detail="found at the provider by repair",
+        )
     for row in report._restore:
         common = {
             "batch_key": row["batch_key"],

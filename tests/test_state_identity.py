@@ -273,3 +273,25 @@ def test_doctor_and_repair_on_the_command_line(emu, tmp_path):
     assert f"done: write manifest.json with run id {run_id}" in r.stdout
     r = cli("doctor", str(state))
     assert r.returncode == 0 and "healthy" in r.stdout
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_an_unresolved_intent_that_lost_its_jobs_is_found_by_repair(emu, tmp_path, provider):
+    # A crash between "created" and our checkpoint, then the part listing the batch's jobs
+    # is damaged: the engine would find the batch but not know its jobs, and send them again.
+    model = MODELS[provider]
+    state = tmp_path / "s"
+    crash_after_first_create(tmp_path, state, model)
+    assert len(creates(emu)) == 1
+    key = pl.read_parquet(state / "batches" / "*.parquet")["batch_key"][0]
+    (victim,) = _parts_of(state, "jobs", key, ["assigned"])
+    DAMAGE["garbage part"](victim)
+    shown = repair(state)
+    pbid = creates(emu)[0]  # the only batch the provider holds
+    assert list(shown.found) == [key]
+    assert shown.recovered == {key: 2}
+    assert f"batch {key}: record {shown.found[key]}, found at the provider" in str(shown)
+    repair(state, apply=True)
+    out = frame().pipe(batch_llm, **kw(state, model))
+    assert out["_status"].to_list() == ["completed"] * 6
+    assert len(creates(emu)) == 3, pbid  # the found batch was not sent again

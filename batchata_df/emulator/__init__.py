@@ -294,6 +294,22 @@ class Emulator:
         entries: list[dict[str, Any]] = self._call("GET", f"log?since={int(since)}")
         return entries
 
+    def billing(self) -> list[dict[str, Any]]:
+        """The billing ledger: one ``{provider, batch_id, custom_id}`` per billed request.
+
+        Every request of every batch the provider accepted counts (a batch cancelled or
+        expired early: only the requests that ran), including batches nobody collected, so
+        a ``custom_id`` that appears twice was paid twice.
+
+        Examples
+        --------
+        >>> with Emulator() as emu:
+        ...     emu.billing()
+        []
+        """
+        entries: list[dict[str, Any]] = self._call("GET", "billing")
+        return entries
+
     def clear_log(self) -> None:
         """Empty the request log."""
         self._call("DELETE", "log")

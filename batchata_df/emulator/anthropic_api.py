@@ -99,6 +99,7 @@ from batchata_df.emulator.anthropic_checks import ParamsChecker
 from batchata_df.emulator.sdk_params import warm_in_background
 from batchata_df.emulator.server import (
     EmulatorCore,
+    LedgerEntry,
     Request,
     Response,
     error_envelope,
@@ -598,6 +599,7 @@ class _Batch:
     ended_at: float | None = None
     counts: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    ledger: LedgerEntry | None = None
 
     def end_time(self) -> float:
         return self.created + min(self.latency, DAY)
@@ -740,6 +742,7 @@ class AnthropicApp:
                 specs=specs,
             )
             self._batches[batch.id] = batch
+        batch.ledger = self.core.bill("anthropic", batch.id, [sp.custom_id for sp in specs])
         # A fresh batch always answers in_progress, as the real service does.
         return json_response(self._view(batch, request, answer="in_progress"))
 
@@ -865,6 +868,8 @@ class AnthropicApp:
     def _finish(self, batch: _Batch, ended_at: float, ran: int, rest: str) -> None:
         """Write the results of a batch whose first ``ran`` requests were executed."""
         specs = batch.specs or []
+        if batch.ledger is not None and ran < len(specs):
+            batch.ledger.ran = ran
         key = batch.id[-12:]
         counts = {"processing": 0, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
         lines: list[str] = []

@@ -95,6 +95,7 @@ from batchata_df.emulator.sdk_params import warm_in_background
 from batchata_df.emulator.server import (
     _GEMINI_STATUS,
     EmulatorCore,
+    LedgerEntry,
     Request,
     Response,
     error_envelope,
@@ -488,6 +489,7 @@ class _Batch:
     stats: dict[str, int] = field(default_factory=dict)
     failing: list[int] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    ledger: LedgerEntry | None = None
 
     def start(self) -> float:
         return self.created + PHASE_PENDING * self.latency
@@ -963,6 +965,9 @@ class GeminiApp:
         with self._lock:
             self._batches[record.id] = record
             self._order.append(record.id)
+        if not failure:
+            ids = [str(sp.key) for sp in specs]
+            record.ledger = self.core.bill("gemini", "batches/" + record.id, ids)
         return json_response(self._view(record, request.base_url, state_override="PENDING"))
 
     def _batch(self, batch_id: str) -> _Batch:
@@ -1048,6 +1053,8 @@ class GeminiApp:
 
     def _finish(self, batch: _Batch, final: str, ran: int, end: float) -> None:
         specs = batch.specs or []
+        if batch.ledger is not None and final != "SUCCEEDED":
+            batch.ledger.ran = ran
         entries: list[tuple[dict[str, Any], _Spec]] = []
         ok = failed = 0
         for i, spec in enumerate(specs):

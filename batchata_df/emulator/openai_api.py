@@ -95,6 +95,7 @@ from batchata_df.emulator.openai_checks import BodyChecker
 from batchata_df.emulator.sdk_params import warm_in_background
 from batchata_df.emulator.server import (
     EmulatorCore,
+    LedgerEntry,
     Request,
     Response,
     error_envelope,
@@ -699,6 +700,7 @@ class _Batch:
     enqueued: int = 0
     """Input tokens this batch holds against the enqueued-token limit until it ends."""
     lock: threading.Lock = field(default_factory=threading.Lock)
+    ledger: LedgerEntry | None = None
 
     @property
     def key(self) -> str:
@@ -1078,6 +1080,7 @@ class OpenAIApp:
             ]
             return
         batch.enqueued = done.input_tokens
+        batch.ledger = self.core.bill("openai", batch.id, [sp.custom_id for sp in specs])
         out_id = err_id = None
         out_bytes = err_bytes = 0
         if done.out:
@@ -1243,6 +1246,8 @@ class OpenAIApp:
         batch.counts = {"total": batch.n, "completed": completed, "failed": failed}
         batch.usage = usage
         batch.final = final
+        if batch.ledger is not None and final != "completed":
+            batch.ledger.ran = ran
 
     def _view(self, batch: _Batch, status_override: str | None = None) -> dict[str, Any]:
         now = self.core.clock.now()

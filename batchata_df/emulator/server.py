@@ -25,6 +25,10 @@ Control endpoints (no auth, never logged)
     retry_count, fault}``. ``auth`` only says whether a credential (header or ``?key=``-like
     query parameter) was present; key values are never stored: credential query
     parameters are logged as ``key=REDACTED``. ``status`` is 0 when a fault dropped the connection.
+``GET /_emulator/billing``
+    The billing ledger: one ``{provider, batch_id, custom_id}`` per request of every batch
+    the provider accepted (a cancelled or expired batch: only the requests that ran), so
+    tests can prove that nothing was paid twice: a ``custom_id`` twice is a double bill.
 ``POST /_emulator/faults`` / ``GET`` / ``DELETE``
     Add, list or clear faults. A fault spec is ``{"method": "GET" | "*", "path_regex": str,
     "status": 503, "times": 1, "retry_after_ms": 20, "retry_after": 1, "body": {...} |
@@ -662,6 +666,17 @@ def _redact_query(query_string: str) -> tuple[str, bool]:
     return "&".join(parts), found
 
 
+@dataclass(slots=True)
+class LedgerEntry:
+    """The requests of one accepted batch, for the billing ledger (``/_emulator/billing``)."""
+
+    provider: str
+    batch_id: str
+    custom_ids: list[str]
+    ran: int | None = None
+    """Requests executed when a cancel or expiry ended the batch early (``None``: all)."""
+
+
 class EmulatorCore:
     """Routing, request log, faults, settings and shared services for all provider apps.
 
@@ -686,6 +701,7 @@ class EmulatorCore:
         self._faults: list[Fault] = []
         self._fault_ids = itertools.count(1)
         self._lock = threading.Lock()
+        self._ledger: list[LedgerEntry] = []
         if load_providers:
             for provider, (module, prefixes) in PROVIDERS.items():
                 app = _load_app(self, provider, module)
@@ -724,6 +740,29 @@ class EmulatorCore:
         True
         """
         return prefix + uuid.uuid4().hex[: nbytes * 2]
+
+    # ---- billing
+
+    def bill(self, provider: str, batch_id: str, custom_ids: list[str]) -> LedgerEntry:
+        """Record the requests of a batch the provider accepted (and so will bill).
+
+        The returned entry's ``ran`` is set when a cancel or expiry ends the batch with only
+        its first ``ran`` requests executed; until then every accepted request counts.
+        """
+        entry = LedgerEntry(provider, batch_id, list(custom_ids))
+        with self._lock:
+            self._ledger.append(entry)
+        return entry
+
+    def billing(self) -> list[dict[str, object]]:
+        """Every billed request: ``{provider, batch_id, custom_id}``, in acceptance order."""
+        with self._lock:
+            entries = list(self._ledger)
+        return [
+            {"provider": e.provider, "batch_id": e.batch_id, "custom_id": cid}
+            for e in entries
+            for cid in (e.custom_ids if e.ran is None else e.custom_ids[: e.ran])
+        ]
 
     # ---- dispatch
 
@@ -846,6 +885,8 @@ class EmulatorCore:
                     return json_response({"ok": True})
             if name == "faults":
                 return self._control_faults(request)
+            if name == "billing" and method == "GET":
+                return json_response(self.billing())
             if name == "config":
                 if method == "POST":
                     self.configure(json_body(request))
@@ -930,6 +971,7 @@ class EmulatorCore:
             app.reset()
         with self._lock:
             self._faults.clear()
+            self._ledger.clear()
         self._log.clear()
         self.clock.reset()
         self.blobs.clear()
