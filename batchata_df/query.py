@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, TypeAlias
 import polars as pl
 
 from batchata_df.errors import StateError
-from batchata_df.state import BATCH_EVENTS, JOB_EVENTS
+from batchata_df.state import BATCH_EVENTS, JOB_EVENTS, damaged_error, find_damaged
 
 if TYPE_CHECKING:
     import duckdb
@@ -340,6 +340,10 @@ def connect(
 
     job_files = [(label, p) for label, folder in folders for p in _parts(folder, "jobs")]
     batch_files = [(label, p) for label, folder in folders for p in _parts(folder, "batches")]
+    for _, folder in folders:
+        damaged = find_damaged(folder)  # footers only: a clear error instead of DuckDB's
+        if damaged:
+            raise damaged_error(folder, damaged)
     con.execute("CREATE OR REPLACE TEMP TABLE _parts (filename VARCHAR, run VARCHAR)")
     rows = [(path, label) for label, path in job_files + batch_files]
     if rows:

@@ -569,9 +569,16 @@ def spent_usd(root: str | os.PathLike[str]) -> float:
     parts = sorted(Path(root, "jobs").glob("part-*.parquet"))
     if not parts:
         return 0.0
-    events = pl.scan_parquet(
-        parts, schema=JOB_EVENTS, missing_columns="insert", extra_columns="ignore"
-    ).collect()
+    try:
+        events = pl.scan_parquet(
+            parts, schema=JOB_EVENTS, missing_columns="insert", extra_columns="ignore"
+        ).collect()
+    except pl.exceptions.PolarsError as e:
+        damaged = find_damaged(root, deep=True)
+        if damaged:
+            raise damaged_error(Path(root), damaged) from e
+        msg = f"cannot read the checkpoint folder {str(root)!r}: {e}"
+        raise StateError(msg) from e
     return float(billed_from_events(events).get_column("cost_usd").fill_null(0.0).sum())
 
 

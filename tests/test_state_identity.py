@@ -295,3 +295,17 @@ def test_an_unresolved_intent_that_lost_its_jobs_is_found_by_repair(emu, tmp_pat
     out = frame().pipe(batch_llm, **kw(state, model))
     assert out["_status"].to_list() == ["completed"] * 6
     assert len(creates(emu)) == 3, pbid  # the found batch was not sent again
+
+
+def test_reading_a_damaged_folder_is_a_state_error_too(emu, tmp_path):
+    from batchata_df import sql
+    from batchata_df.state import spent_usd
+
+    state = tmp_path / "s"
+    frame(2).pipe(batch_llm, **kw(state))
+    victim = sorted((state / "jobs").glob("part-*.parquet"))[-1]
+    DAMAGE["truncated part"](victim)
+    for read in (lambda: sql("select count(*) from jobs", state), lambda: spent_usd(state)):
+        with pytest.raises(StateError, match="batchata-df repair") as caught:
+            read()
+        assert str(victim) in str(caught.value)

@@ -169,3 +169,44 @@ def test_lock_timeout_is_validated(emu, tmp_path, bad):
         pl.DataFrame({"t": ["a"]}).pipe(batch_llm, model="gpt-4.1-mini", prompt="{t}",
                                         state=tmp_path / "s", lock_timeout=bad)
     assert emu.log() == []
+
+
+
+def test_the_cli_is_refused_while_a_call_holds_the_folder(emu, tmp_path):
+    from batchata_df.state import WriterLock
+
+    src = tmp_path / "in.parquet"
+    pl.DataFrame({"t": ["a"]}).write_parquet(src)
+    state = tmp_path / "s"
+    with WriterLock(state):  # as if a run in this process held the folder
+        r = subprocess.run(
+            [sys.executable, "-m", "batchata_df.cli", "run", str(src), "--model",
+             "gpt-4.1-mini", "--prompt", "{t}", "--state", str(state), "--quiet"],
+            capture_output=True, text=True, timeout=120,
+        )
+    assert r.returncode == 2, r.stderr
+    assert f"pid {os.getpid()} on host {socket.gethostname()}" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert emu.log() == []
+
+
+def test_the_compat_batch_api_is_refused_beside_a_run(emu, tmp_path):
+    from batchata_df.compat import Batch
+
+    emu.configure(latency=30.0)
+    batch = Batch(results_dir=tmp_path / "out").set_default_params(model="gpt-4.1-mini")
+    batch.add_job(prompt="hello")
+    box: list[object] = []
+    run = threading.Thread(target=lambda: box.append(batch.run()))
+    run.start()
+    deadline = time.monotonic() + 30
+    while not creates(emu):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    try:
+        with pytest.raises(StateLockedError, match=rf"pid {os.getpid()}"):
+            batch.run()
+    finally:
+        emu.advance(30)
+        run.join(60)
+    assert box and len(creates(emu)) == 1
