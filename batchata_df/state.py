@@ -183,7 +183,9 @@ class WriterLock:
     so a lock left by a killed process is taken over by the next call without any stale-lock
     guessing; the file keeps the holder's pid, host and start time for the error message.
     Reading (:func:`batchata_df.sql`, ``batchata-df status``, ``dry_run=True``) never takes
-    it.
+    it. On a file system without ``flock`` (some network mounts) taking it fails with a
+    :class:`StateError` rather than running unprotected: ``filelock``'s soft-lock fallback
+    is off, because a soft lock left by a killed process would block every later call.
 
     Parameters
     ----------
