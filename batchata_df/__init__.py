@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from batchata_df import namespace as _namespace  # noqa: F401  (registers df.llm, lf.llm)
 from batchata_df.engine import ProgressSnapshot
 from batchata_df.errors import (
     BatchataError,
@@ -21,7 +22,7 @@ from batchata_df.errors import (
     StateError,
     StateMismatchError,
 )
-from batchata_df.frame import batch_llm
+from batchata_df.frame import batch_llm, reparse
 from batchata_df.query import sql
 
 __version__ = "0.1.0"
@@ -42,5 +43,6 @@ __all__ = [
     "StateMismatchError",
     "__version__",
     "batch_llm",
+    "reparse",
     "sql",
 ]

@@ -105,6 +105,15 @@ class ProgressSnapshot:
     """The local step under way, e.g. ``"uploading batch 3/20 (180.2 MB)"``."""
     projected_cost_usd: float | None = None
     """Spent so far plus the remaining jobs at the average actual cost per finished job."""
+    in_flight_done: int = 0
+    """Requests the providers report finished inside batches still running (their request
+    counts: OpenAI ``request_counts``, Gemini ``batchStats``; Anthropic reports them only
+    when a whole batch ends). Counted in ``pending`` until their batch is collected."""
+    eta_s: float | None = None
+    """Seconds left at the throughput observed since the first submit in this call; ``None``
+    until something has finished."""
+    stop_reason: str | None = None
+    """Why the run is stopping (``"interrupted"``, ``"time_limit"``), else ``None``."""
 
 
 # -- pure logic --------------------------------------------------------------------------------
@@ -229,6 +238,9 @@ def outcomes_to_events(
         "output_tokens",
         "cached_tokens",
         pl.when(status == "completed").then(pl.col("citations")).alias("citations"),
+        # What the provider returned, kept whatever the outcome (a refusal, a truncated or
+        # invalid answer was paid for): batch_llm(keep_raw=True), jobs.raw, reparse.
+        pl.col("text").alias("raw"),
     )
 
 
@@ -341,6 +353,21 @@ class _Counters:
     total: int = 0
     done: dict[str, int] = field(default_factory=lambda: {s: 0 for s in TERMINAL_JOB})
     cost: float = 0.0
+
+
+def _eta(*, progressed: int, left: int, seconds: float | None) -> float | None:
+    """Seconds left at the observed rate; ``None`` until there is a rate to go by.
+
+    Examples
+    --------
+    >>> _eta(progressed=50, left=150, seconds=10.0)
+    30.0
+    >>> _eta(progressed=0, left=150, seconds=10.0) is None
+    True
+    """
+    if seconds is None or seconds <= 0 or progressed <= 0:
+        return None
+    return max(left, 0) * seconds / progressed
 
 
 def _failpoint(name: str) -> None:
@@ -475,6 +502,12 @@ class Engine:
         self._submit_backoff = self._backoff()
         self._in_flight_view: list[_InFlight] = []
         self._jobs = pl.DataFrame()
+        # Progress only: the providers' request counts of batches still running, and when
+        # this call first submitted (throughput and ETA are measured from there).
+        self._in_flight_counts: dict[str, int] = {}
+        self._first_submit_at: float | None = None
+        self._done_at_start = 0
+        self._stop_reason: str | None = None
 
     # -- public -------------------------------------------------------------------------------
 
@@ -488,6 +521,8 @@ class Engine:
         self._jobs = jobs
         in_flight = self._recover()
         self._in_flight_view = in_flight
+        if in_flight:
+            self._first_submit_at = self._started
         state, billed = self.store.snapshot()
         terminal = settled(state, retry_failed=self.options.retry_failed)
         busy = pl.concat([f.job_ids for f in in_flight]) if in_flight else pl.Series(
@@ -813,6 +848,7 @@ class Engine:
         planned: Iterator[_Planned],
     ) -> None:
         """Stop submitting, cancel what is in flight, and end unsubmitted jobs cancelled."""
+        self._stop_reason = reason
         for batch in in_flight:
             if batch.cancel_reason is None:
                 batch.cancel_reason = reason
@@ -906,6 +942,8 @@ class Engine:
         self._first_submit_failure = None
         self._submit_backoff = self._backoff()
         self._known_ids.add(batch_id)
+        if self._first_submit_at is None:
+            self._first_submit_at = time.monotonic()
         _failpoint("after_submit")
         self.store.append_batch(
             batch_key=plan.batch_key,
@@ -917,6 +955,7 @@ class Engine:
             n_bytes=plan.n_bytes,
         )
         self._batch_status[plan.batch_key] = "submitted"
+        self._activity = ""  # uploaded: the "now" line must not go stale
         return _InFlight(
             batch_key=plan.batch_key,
             provider=plan.provider,
@@ -992,6 +1031,10 @@ class Engine:
             return None
         batch.failures = 0
         self._batch_status[batch.batch_key] = poll.provider_status
+        if poll.state is ProviderState.RUNNING:
+            self._in_flight_counts[batch.batch_key] = poll.finished
+        else:
+            self._in_flight_counts.pop(batch.batch_key, None)
         return poll
 
     def _fail_unrun(
@@ -1184,6 +1227,7 @@ class Engine:
         for status in TERMINAL_JOB:
             self._counters.done[status] = int((done.get_column("status") == status).sum())
         self._counters.cost = float(done.get_column("cost_usd").fill_null(0.0).sum())
+        self._done_at_start = sum(self._counters.done.values())
 
     def _report(self, phase: str) -> None:
         if self.progress is None:
@@ -1197,6 +1241,13 @@ class Engine:
         if c.done["completed"] + c.done["failed"] > 0:
             per_job = c.cost / (c.done["completed"] + c.done["failed"])
             projected = c.cost + per_job * (c.total - finished)
+        in_flight_done = min(sum(self._in_flight_counts.values()), c.total - finished)
+        now = time.monotonic()
+        eta = _eta(
+            progressed=finished - self._done_at_start + in_flight_done,
+            left=c.total - finished - in_flight_done,
+            seconds=None if self._first_submit_at is None else now - self._first_submit_at,
+        )
         self.progress(
             ProgressSnapshot(
                 total=c.total,
@@ -1206,10 +1257,13 @@ class Engine:
                 pending=c.total - finished,
                 batches=statuses,
                 cost_usd=c.cost,
-                elapsed_s=time.monotonic() - self._started,
+                elapsed_s=now - self._started,
                 phase=phase,
                 activity="" if phase == "done" else self._activity,
                 projected_cost_usd=projected,
+                in_flight_done=0 if phase == "done" else in_flight_done,
+                eta_s=None if phase == "done" or self._stop_reason else eta,
+                stop_reason=self._stop_reason,
             )
         )
 
