@@ -329,7 +329,7 @@ class ProgressDisplay:
         else:
             from IPython.display import display  # type: ignore[import-not-found, unused-ignore]
 
-            display(_NotebookView(plan_table(plan)))
+            display(_NotebookView(plan_table(plan)))  # type: ignore[no-untyped-call, unused-ignore]
 
     # -- modes ---------------------------------------------------------------------------------
 
@@ -365,8 +365,9 @@ class ProgressDisplay:
                 auto_refresh=self.refresh_s > 0,
                 refresh_per_second=1 / self.refresh_s if self.refresh_s > 0 else 1,
                 transient=False,
-                redirect_stdout=False,
-                redirect_stderr=False,
+                # print()s while the view is up (the Ctrl+C notice) go above it.
+                redirect_stdout=True,
+                redirect_stderr=True,
             )
             self._live.start()
         self._live.refresh()
@@ -376,7 +377,7 @@ class ProgressDisplay:
 
         view = _NotebookView(self.render())
         if self._handle is None:
-            self._handle = display(view, display_id=True)
+            self._handle = display(view, display_id=True)  # type: ignore[no-untyped-call, unused-ignore]
             if self.refresh_s > 0:
                 self._ticker = threading.Thread(
                     target=self._tick_loop, name="batchata-df-progress", daemon=True
