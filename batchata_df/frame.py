@@ -27,7 +27,7 @@ from batchata_df.jobs import build_jobs, check_params
 from batchata_df.providers import SUPPORTED_PARAMS, make_provider
 from batchata_df.providers.base import Provider, RequestSpec
 from batchata_df.schema import AnswerSchema
-from batchata_df.state import StateStore, adopt_schema
+from batchata_df.state import StateStore, WriterLock, adopt_schema, check_lock_timeout
 
 __all__ = ["DEFAULT_MAX_TOKENS", "META_COLUMNS", "RAW_COLUMN", "batch_llm", "reparse"]
 
@@ -106,6 +106,7 @@ def batch_llm(
     prices: Mapping[str, PriceOverride] | None = None,
     retry_failed: bool = False,
     keep_raw: bool = False,
+    lock_timeout: float | None = 0.0,
 ) -> pl.DataFrame:
     """Run one LLM job per row through the provider's batch API; return the typed answers.
 
@@ -173,6 +174,14 @@ def batch_llm(
         refusal). The checkpoint keeps it either way (``jobs.raw`` in
         :func:`~batchata_df.sql`); :func:`~batchata_df.reparse` re-validates it against a
         fixed schema without sending anything.
+    lock_timeout
+        A call holds the ``state`` folder's writer lock for its whole life, so that two
+        calls on one folder (a cell run twice, two cron jobs, a ``wait=False`` poller beside
+        a run) never send the same rows twice. When another call holds it, ``0`` (the
+        default) raises :class:`~batchata_df.errors.StateLockedError` at once, naming the
+        holder (pid, host, since when); a number of seconds waits at most that long;
+        ``None`` waits as long as it takes. A lock left by a killed process is taken over
+        at once. Dry runs and :func:`~batchata_df.sql` never need the lock.
 
     Returns
     -------
@@ -232,6 +241,7 @@ def batch_llm(
         msg = "wait=False needs state='some/folder' so that a later call can collect results"
         raise ConfigError(msg)
     time_limit_s = _time_limit_seconds(time_limit)
+    lock_wait = check_lock_timeout(lock_timeout)
     price_table = PriceTable(prices)
 
     fingerprint = _fingerprint(model, prompt, system, answer, params, citations=citations)
@@ -290,7 +300,7 @@ def batch_llm(
     try:
         for name in needed:
             providers[name] = make_provider(name)
-        with _state_folder(state) as folder:
+        with _state_folder(state) as folder, WriterLock(folder, lock_wait):
             store = StateStore(folder, fingerprint)
             stop = threading.Event()
             engine = Engine(
@@ -469,10 +479,23 @@ def reparse(
         from batchata_df.files import attach_files
 
         jobs = attach_files(jobs, frame, files, salt=salt)
-    adopt_schema(state, new, job_salt=salt)
-    store = StateStore(state, new)
+    # A writer: it must not interleave with a batch_llm call on the same folder.
+    with WriterLock(state, 0.0):
+        adopt_schema(state, new, job_salt=salt)
+        store = StateStore(state, new)
+        _revalidate(store, jobs.get_column("job_id"), answer)
+    latest, billed = store.snapshot()
+    results = latest.drop("cost_usd", "input_tokens", "output_tokens").join(
+        billed, on="job_id", how="left"
+    )
+    keys = jobs.select("job_id", "input_error")
+    return _assemble(frame, keys, results, answer, citations=citations, keep_raw=keep_raw)
+
+
+def _revalidate(store: StateStore, job_ids: pl.Series, answer: AnswerSchema) -> None:
+    """Validate the stored answers of ``job_ids`` with ``answer``; record the outcomes."""
     latest, _ = store.snapshot()
-    ours = latest.filter(pl.col("job_id").is_in(jobs.get_column("job_id").implode()))
+    ours = latest.filter(pl.col("job_id").is_in(job_ids.implode()))
     again = ours.filter(
         pl.col("raw").is_not_null()
         & (
@@ -500,12 +523,6 @@ def reparse(
         ).drop("seq", "ts")
         # Same batch_key and usage as the attempt they re-read: billed once, not twice.
         store.append_jobs(events)
-    latest, billed = store.snapshot()
-    results = latest.drop("cost_usd", "input_tokens", "output_tokens").join(
-        billed, on="job_id", how="left"
-    )
-    keys = jobs.select("job_id", "input_error")
-    return _assemble(frame, keys, results, answer, citations=citations, keep_raw=keep_raw)
 
 
 @contextlib.contextmanager
