@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from batchata_df import namespace as _namespace  # noqa: F401  (registers df.llm, lf.llm)
 from batchata_df.engine import ProgressSnapshot
 from batchata_df.errors import (
     BatchataError,
@@ -19,10 +20,12 @@ from batchata_df.errors import (
     ProviderError,
     SchemaError,
     StateError,
+    StateLockedError,
     StateMismatchError,
 )
-from batchata_df.frame import batch_llm
+from batchata_df.frame import batch_llm, reparse
 from batchata_df.query import sql
+from batchata_df.repair import RepairReport, doctor, repair
 
 __version__ = "0.1.0"
 
@@ -37,10 +40,15 @@ __all__ = [
     "PriceError",
     "ProgressSnapshot",
     "ProviderError",
+    "RepairReport",
     "SchemaError",
     "StateError",
+    "StateLockedError",
     "StateMismatchError",
     "__version__",
     "batch_llm",
+    "doctor",
+    "repair",
+    "reparse",
     "sql",
 ]
