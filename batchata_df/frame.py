@@ -22,10 +22,10 @@ from pydantic import BaseModel
 from batchata_df.citations import citation_columns, decode_citations, instruction
 from batchata_df.cost import PriceOverride, PriceTable
 from batchata_df.engine import Engine, ProgressSnapshot, RunOptions
-from batchata_df.errors import ColumnError, ConfigError
+from batchata_df.errors import ColumnError, ConfigError, SchemaError
 from batchata_df.jobs import build_jobs, check_params
 from batchata_df.models import DEFAULT_MAX_TOKENS as _DEFAULT_MAX_TOKENS
-from batchata_df.models import check_model_params, effective_params
+from batchata_df.models import check_model_params, effective_params, family_of
 from batchata_df.providers import SUPPORTED_PARAMS, make_provider
 from batchata_df.providers.base import Provider, RequestSpec
 from batchata_df.schema import AnswerSchema
@@ -114,7 +114,8 @@ def batch_llm(
         A Pydantic model describing the answer: each field becomes a typed column. ``None``
         gives one text column ``response``.
     model
-        ``"gpt-4.1-mini"`` (provider inferred from the name), ``"openai:<model>"``, or a
+        ``"gpt-6-luna"`` (provider inferred from the name; rules per model family:
+        :mod:`batchata_df.models`), ``"openai:<model>"``, or a
         ``pl.Expr`` giving a model per row.
     prompt
         A template over columns (``"Classify: {text}"``; ``{{``/``}}`` are literal braces)
@@ -251,7 +252,7 @@ def batch_llm(
         )
         raise ConfigError(msg)
     run_params = check_params(params, supported)
-    _check_models(jobs, run_params)
+    _check_models(jobs, run_params, structured=answer.json_schema is not None, citations=citations)
     spec = RequestSpec(schema=answer, params=run_params, citations=citations)
     if files is not None:
         from batchata_df.files import attach_files, content_preparer
@@ -428,11 +429,20 @@ def with_estimates(
     return pl.concat(parts).sort("_order").drop("_order")
 
 
-def _check_models(jobs: pl.DataFrame, params: Mapping[str, Any]) -> None:
-    """Every model of the run accepts ``params`` (:mod:`batchata_df.models`), before spend."""
+def _check_models(
+    jobs: pl.DataFrame, params: Mapping[str, Any], *, structured: bool, citations: bool
+) -> None:
+    """Every model of the run takes ``params`` and the features asked for, before spend."""
     pairs = jobs.select("provider", "model").drop_nulls().unique(maintain_order=True)
     for provider, model in pairs.iter_rows():
         check_model_params(str(provider), str(model), params)
+        family = family_of(str(provider), str(model))
+        if structured and not family.structured_output and not citations:
+            msg = (
+                f"model {model!r} ({family.name}) does not take structured output (a JSON "
+                "schema); use a newer model of the family, or schema=None for text answers"
+            )
+            raise SchemaError(msg)
 
 
 def _check_collisions(input_columns: list[str], answer_columns: list[str]) -> None:
