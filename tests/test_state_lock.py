@@ -98,15 +98,28 @@ def test_two_processes_on_one_folder_one_runs_the_other_is_refused(emu, tmp_path
     assert len(creates(emu)) == 3  # 6 rows / 2 per batch, sent once
 
 
-def test_a_poller_beside_a_run_is_refused_and_a_waiting_call_submits_nothing_again(
-    emu, tmp_path
-):
+def test_a_poller_told_to_wait_runs_after_the_run_and_submits_nothing_again(emu, tmp_path):
     emu.configure(latency=1.5)
     state = tmp_path / "s"
-    # One run, one wait=False poller told to wait for the lock: the poller runs after the
-    # run and finds everything done.
-    outs, _ = start_two(tmp_path, state, "gpt-4.1-mini", [("wait", "0"), ("nowait", "none")])
-    assert all(o.startswith("DONE") for o in outs), outs
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    (tmp_path / "go").write_text("")
+
+    def child(wait, timeout):
+        return subprocess.Popen(
+            [sys.executable, str(script), str(state), wait, timeout, str(tmp_path / "go"),
+             "gpt-4.1-mini"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=dict(os.environ))
+
+    run = child("wait", "0")
+    deadline = time.monotonic() + 60
+    while not creates(emu):  # the run holds the folder
+        assert time.monotonic() < deadline and run.poll() is None
+        time.sleep(0.02)
+    # A wait=False poller beside it, told to wait for the lock (lock_timeout=None).
+    poller = child("nowait", "none")
+    outs = [p.communicate(timeout=120)[0].strip().splitlines()[-1] for p in (run, poller)]
+    assert outs == ["DONE " + str(["completed"] * 6)] * 2  # the poller found it all done
     assert len(creates(emu)) == 3
 
 
