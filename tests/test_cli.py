@@ -113,7 +113,6 @@ def test_formats_come_from_the_extension(work, src, dst):
 
 
 def test_params_max_tokens_and_system_are_sent(work, emu):
-    emu.configure(log_bodies=True) if "log_bodies" in emu.settings() else None
     r = cli("run", "tickets.parquet", "out.parquet", "--model", "gpt-4.1-mini",
             "--prompt", "{text}", "--system", "You route tickets.",
             "--params", '{"temperature": 0.5, "seed": 3}', "--param", "temperature=0",
