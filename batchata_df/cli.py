@@ -1,4 +1,4 @@
-"""The ``batchata-df`` command: ``run``, ``status``, ``sql``, ``cancel``, ``emulator``, ``demo``.
+"""The ``batchata-df`` command: run, status, sql, cancel, doctor, repair, emulator, demo.
 
 Built on `click <https://click.palletsprojects.com>`_ (maintained, typed, the base that
 typer itself builds on; we need none of typer's extras, and click brings no further
@@ -322,6 +322,7 @@ Examples:
   batchata-df status out.parquet.state
   batchata-df sql "select status, count(*) from jobs group by all" out.parquet.state
   batchata-df cancel out.parquet.state
+  batchata-df doctor out.parquet.state
 
 Run 'batchata-df COMMAND --help' for a command's options and exit codes.""",
 )
@@ -414,6 +415,8 @@ Examples:
               help="Most provider batches in flight at once.")
 @click.option("--progress/--no-progress", default=None,
               help="Live progress on stderr [default: on when stderr is a terminal].")
+@click.option("--lock-timeout", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Seconds to wait when another call is writing the state folder.")
 @click.option("--write-partial", is_flag=True,
               help="After Ctrl+C, still write the rows so far to OUTPUT (unfinished ones "
               "'cancelled').")
@@ -439,6 +442,7 @@ def run(
     items_per_batch: int | None,
     max_parallel_batches: int,
     progress: bool | None,
+    lock_timeout: float,
     write_partial: bool,
 ) -> None:
     """Run each row of INPUT through a model; write the rows with typed answers to OUTPUT.
@@ -478,6 +482,7 @@ def run(
         wait=wait,
         progress=show,
         retry_failed=retry_failed,
+        lock_timeout=lock_timeout,
     )
     if dry_run:
         if output_path is not None:
@@ -619,14 +624,19 @@ def cancel_in_flight(folder: str | os.PathLike[str]) -> list[tuple[str, str, str
     batch; the next call on the folder collects the cancelled batch (rows that finished
     before the cancel are kept, the others end ``cancelled``).
     """
+    from batchata_df.state import StateStore, WriterLock
+
+    manifest = json.loads((Path(folder) / "manifest.json").read_text())
+    with WriterLock(folder):  # never beside a call writing the folder
+        return _cancel_locked(StateStore(folder, manifest.get("fingerprint", {})))
+
+
+def _cancel_locked(store: Any) -> list[tuple[str, str, str]]:
     from batchata_df.engine import BatchPhase
     from batchata_df.errors import ProviderError
     from batchata_df.frame import _load_dotenv
     from batchata_df.providers import make_provider
-    from batchata_df.state import StateStore
 
-    manifest = json.loads((Path(folder) / "manifest.json").read_text())
-    store = StateStore(folder, manifest.get("fingerprint", {}))
     batches = store.batch_state()
     if batches.height == 0:
         return []
@@ -657,6 +667,45 @@ def cancel_in_flight(folder: str | os.PathLike[str]) -> list[tuple[str, str, str
         for provider in providers.values():
             provider.close()
     return out
+
+
+def _folder(path: str) -> str:
+    if not Path(path).is_dir():
+        msg = f"{path!r} is not a folder; pass the --state folder of a run"
+        raise UsageProblem(msg)
+    return path
+
+
+@cli.command(short_help="Say what is wrong with a state folder (offline).", epilog="""\b
+Exit code 0 when the folder is healthy, 1 when it needs a repair.
+Example:
+  batchata-df doctor out.parquet.state""")
+@click.argument("state")
+@_debug_option
+def doctor(state: str) -> None:
+    """Check a state folder for damaged parts or manifest, offline; nothing is changed."""
+    from batchata_df.repair import doctor as check
+
+    report = check(_folder(state))
+    click.echo(report)
+    raise SystemExit(EXIT_OK if report.healthy else EXIT_ERROR)
+
+
+@cli.command(short_help="Repair a damaged state folder (--apply to do it).", epilog="""\b
+Without --apply it only shows what it would do (exit 1 if something is to do).
+Damaged files are moved aside, never deleted.
+Example:
+  batchata-df repair out.parquet.state --apply""")
+@click.argument("state")
+@click.option("--apply", "apply_", is_flag=True, help="Do it (else only show it).")
+@_debug_option
+def repair(state: str, apply_: bool) -> None:
+    """Repair a damaged state folder: move damage aside, recover from the provider."""
+    from batchata_df.repair import repair as fix
+
+    report = fix(_folder(state), apply=apply_)
+    click.echo(report)
+    raise SystemExit(EXIT_OK if report.healthy or report.applied else EXIT_ERROR)
 
 
 @cli.command(short_help="Serve the provider emulator on 127.0.0.1.")

@@ -330,7 +330,8 @@ def test_version_and_help_with_examples_without_rst(tmp_path):
 
     assert r.stdout.strip() == f"batchata-df, version {version('batchata-df')}"
     for args in ([], ["--help"], ["run"], ["run", "--help"], ["status", "--help"],
-                 ["sql", "--help"], ["cancel", "--help"]):
+                 ["sql", "--help"], ["cancel", "--help"], ["doctor", "--help"],
+                 ["repair", "--help"]):
         r = cli(*args, cwd=tmp_path)
         assert r.returncode == (2 if args in ([], ["run"]) else 0), (args, r.stderr)
         assert "Example" in r.stdout, args
