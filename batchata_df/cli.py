@@ -463,7 +463,8 @@ def run(
     frame = read_frame(input_path).collect()
     from batchata_df.frame import batch_llm
 
-    show = sys.stderr.isatty() if progress is None else progress
+    # A dry run is for reading its summary: shown unless --no-progress.
+    show = (dry_run or sys.stderr.isatty()) if progress is None else progress
     out = batch_llm(
         frame,
         schema=schema,
