@@ -389,6 +389,9 @@ Examples:
 @click.option("--files", "files_column", metavar="COLUMN",
               help="Column with a file path per row (PDF, text, DOCX, images) sent with the "
               "prompt.")
+@click.option("--history", "history_column", metavar="COLUMN",
+              help="Column with the earlier turns of a conversation per row: a list of "
+              "{role: user|assistant, content} (NDJSON or Parquet input).")
 @click.option("--citations", is_flag=True,
               help="Per-field citation columns (Claude models, with --files).")
 @click.option("--param", "param_pairs", multiple=True, metavar="NAME=VALUE",
@@ -415,6 +418,8 @@ Examples:
               help="Most provider batches in flight at once.")
 @click.option("--progress/--no-progress", default=None,
               help="Live progress on stderr [default: on when stderr is a terminal].")
+@click.option("--keep-raw", is_flag=True,
+              help="Add a _raw column: the model's own answer text, also for failed rows.")
 @click.option("--lock-timeout", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Seconds to wait when another call is writing the state folder.")
 @click.option("--write-partial", is_flag=True,
@@ -430,6 +435,7 @@ def run(
     system: str | None,
     state: str | None,
     files_column: str | None,
+    history_column: str | None,
     citations: bool,
     param_pairs: tuple[str, ...],
     params_json: str | None,
@@ -442,6 +448,7 @@ def run(
     items_per_batch: int | None,
     max_parallel_batches: int,
     progress: bool | None,
+    keep_raw: bool,
     lock_timeout: float,
     write_partial: bool,
 ) -> None:
@@ -484,6 +491,8 @@ def run(
         progress=show,
         retry_failed=retry_failed,
         lock_timeout=lock_timeout,
+        history=history_column,
+        keep_raw=keep_raw,
     )
     if dry_run:
         if output_path is not None:

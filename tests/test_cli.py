@@ -132,6 +132,20 @@ def test_params_max_tokens_and_system_are_sent(work, emu):
     assert body["messages"][1] == {"role": "user", "content": "refund please"}
 
 
+def test_history_and_keep_raw(work):
+    turns = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4."}]
+    pl.DataFrame({"q": ["Times3?", "[[emulator:invalid]]"], "h": [turns, []]}).write_ndjson(
+        work / "chat.jsonl")
+    r = cli("run", "chat.jsonl", "out.parquet", "--model", "claude-haiku-4-5",
+            "--schema", "models:Ticket", "--prompt", "{q}", "--system", "Terse.",
+            "--history", "h", "--keep-raw", cwd=work)
+    assert r.returncode == 3, r.stderr  # the second row does not validate
+    out = pl.read_parquet(work / "out.parquet")
+    assert out["_status"].to_list() == ["completed", "failed"]
+    assert out["_raw"].null_count() == 0  # the model's text, also of the failed row
+    assert json.loads(out["_raw"][0])["category"] == out["category"][0]
+
+
 def test_files_and_citations(work):
     docs = work / "docs"
     docs.mkdir()
@@ -342,7 +356,8 @@ def test_version_and_help_with_examples_without_rst(tmp_path):
     for option in ("--schema", "--files", "--citations", "--param", "--params", "--max-tokens",
                    "--max-cost-usd", "--time-limit", "--dry-run", "--no-wait", "--retry-failed",
                    "--state", "--system", "--items-per-batch", "--max-parallel-batches",
-                   "--no-progress", "--write-partial", "Exit codes", "130"):
+                   "--no-progress", "--write-partial", "--history", "--keep-raw",
+                   "Exit codes", "130"):
         assert option in r.stdout, option
     r = cli("emulator", "--help", cwd=tmp_path)
     assert r.returncode == 0 and "--latency" in r.stdout
