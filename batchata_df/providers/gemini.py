@@ -46,6 +46,7 @@ from batchata_df.providers.base import (
     RequestSpec,
     conform_results,
     empty_results,
+    history_messages,
     json_string,
 )
 
@@ -408,7 +409,9 @@ class GeminiProvider:
             [
                 pl.lit('{"key":'),
                 json_string(pl.col("job_id")),
-                pl.lit(',"request":{"contents":[{"role":"user","parts":'),
+                pl.lit(',"request":{"contents":['),
+                history_messages(jobs, gemini=True),
+                pl.lit('{"role":"user","parts":'),
                 parts,
                 pl.lit("}]"),
                 system,

@@ -30,6 +30,7 @@ from batchata_df.providers.base import (
     RequestSpec,
     conform_results,
     empty_results,
+    history_messages,
     json_string,
 )
 
@@ -233,6 +234,7 @@ class OpenAIProvider:
                 json_string(pl.col("model")),
                 pl.lit(',"messages":['),
                 system_msg,
+                history_messages(jobs),
                 pl.lit('{"role":"user","content":'),
                 user_content,
                 pl.lit("}]"),
