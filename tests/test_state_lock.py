@@ -193,8 +193,9 @@ def test_the_cli_is_refused_while_a_call_holds_the_folder(emu, tmp_path):
     state = tmp_path / "s"
     with WriterLock(state):  # as if a run in this process held the folder
         r = subprocess.run(
-            [sys.executable, "-m", "batchata_df.cli", "run", str(src), "--model",
-             "gpt-4.1-mini", "--prompt", "{t}", "--state", str(state), "--quiet"],
+            [sys.executable, "-m", "batchata_df.cli", "run", str(src),
+             str(tmp_path / "out.parquet"), "--model",
+             "gpt-4.1-mini", "--prompt", "{t}", "--state", str(state), "--no-progress"],
             capture_output=True, text=True, timeout=120,
         )
     assert r.returncode == 2, r.stderr
