@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import polars as pl
 
-from batchata_df.cost import PriceTable, cost_expr
+from batchata_df.cost import PriceTable, cost_expr, with_usage_columns
 from batchata_df.errors import ProviderError
 from batchata_df.providers.base import (
     BatchPoll,
@@ -228,6 +228,7 @@ def outcomes_to_events(
         "input_tokens",
         "output_tokens",
         "cached_tokens",
+        "cache_write_tokens",
         pl.when(status == "completed").then(pl.col("citations")).alias("citations"),
     )
 
@@ -1012,6 +1013,7 @@ class Engine:
                 nothing_ran.alias("input_tokens"),
                 nothing_ran.alias("output_tokens"),
                 nothing_ran.alias("cached_tokens"),
+                nothing_ran.alias("cache_write_tokens"),
             ),
             batch_key=batch_key,
             provider=provider,
@@ -1167,7 +1169,7 @@ class Engine:
             pl.lit(provider_batch_id, dtype=pl.String).alias("provider_batch_id"),
         )
         if "input_tokens" in frame.columns:
-            frame = frame.with_columns(cost_expr(price).alias("cost_usd"))
+            frame = with_usage_columns(frame).with_columns(cost_expr(price).alias("cost_usd"))
         self.store.append_jobs(frame)
         for status in TERMINAL_JOB:
             self._counters.done[status] += int((frame.get_column("status") == status).sum())

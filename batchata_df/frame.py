@@ -20,7 +20,7 @@ import polars as pl
 from pydantic import BaseModel
 
 from batchata_df.citations import citation_columns, decode_citations, instruction
-from batchata_df.cost import PriceOverride, PriceTable
+from batchata_df.cost import PriceOverride, PriceTable, estimate_expr
 from batchata_df.engine import Engine, ProgressSnapshot, RunOptions
 from batchata_df.errors import ColumnError, ConfigError
 from batchata_df.jobs import build_jobs, check_params
@@ -398,12 +398,16 @@ def with_estimates(
             from batchata_df.files import file_tokens
 
             est_in = est_in + file_tokens(group.get_column("files"), str(provider), str(model))
+        # Each row priced at the tier its own estimated input falls in (cost.estimate_expr).
+        with_est = group.with_columns(est_in.alias("est_input_tokens"))
+        worst, input_usd = estimate_expr(
+            price, pl.col("est_input_tokens"), pl.lit(max_tokens), provider=str(provider)
+        )
         parts.append(
-            group.with_columns(
-                est_in.alias("est_input_tokens"),
+            with_est.with_columns(
                 pl.lit(max_tokens, dtype=pl.Int64).alias("est_output_tokens_max"),
-                ((est_in * price.input + max_tokens * price.output) / 1e6).alias("worst_usd"),
-                (est_in * price.input / 1e6).alias("est_input_usd"),
+                worst.alias("worst_usd"),
+                input_usd.alias("est_input_usd"),
             )
         )
     if not parts:

@@ -529,6 +529,7 @@ def decode_results(data: bytes, spec: RequestSpec | None = None) -> pl.DataFrame
         (usage.struct.field("input_tokens") + cache_read + cache_write).alias("input_tokens"),
         usage.struct.field("output_tokens").alias("output_tokens"),
         pl.when(usage.is_not_null()).then(cache_read).alias("cached_tokens"),
+        pl.when(usage.is_not_null()).then(cache_write).alias("cache_write_tokens"),
     )
     if citations and spec is not None:
         out = _with_citations(out, raw, spec)

@@ -97,6 +97,7 @@ RESULTS = pl.Schema(
         "input_tokens": pl.Int64(),
         "output_tokens": pl.Int64(),
         "cached_tokens": pl.Int64(),
+        "cache_write_tokens": pl.Int64(),  # part of input_tokens written to the cache
         "citations": pl.String(),  # JSON {"field": [citation, ...]}; null without citations
     }
 )

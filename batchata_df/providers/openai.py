@@ -84,7 +84,10 @@ _LINE_SCHEMA = pl.Schema(
                                 "prompt_tokens": pl.Int64(),
                                 "completion_tokens": pl.Int64(),
                                 "prompt_tokens_details": pl.Struct(
-                                    {"cached_tokens": pl.Int64()}
+                                    {
+                                        "cached_tokens": pl.Int64(),
+                                        "cache_write_tokens": pl.Int64(),
+                                    }
                                 ),
                             }
                         ),
@@ -400,6 +403,15 @@ def decode_lines(data: bytes) -> pl.DataFrame:
         usage.struct.field("prompt_tokens_details").struct.field("cached_tokens").alias(
             "cached_tokens"
         ),
+        # openai 3.57 ``PromptTokensDetails.cache_write_tokens``: prompt tokens written to
+        # the cache (part of prompt_tokens; newer models bill them at a cache-write rate).
+        pl.when(usage.is_not_null())
+        .then(
+            usage.struct.field("prompt_tokens_details")
+            .struct.field("cache_write_tokens")
+            .fill_null(0)
+        )
+        .alias("cache_write_tokens"),
     )
     return conform_results(out)
 
