@@ -23,10 +23,13 @@ from batchata_df.errors import (
     ProviderError,
 )
 from batchata_df.providers.base import (
+    ORPHAN_SEARCH_MAX_LISTED,
+    ORPHAN_SEARCH_SECONDS,
     BatchPoll,
     BatchTag,
     ProviderState,
     RequestSpec,
+    bounded_listing,
     conform_results,
     empty_results,
     json_string,
@@ -298,18 +301,30 @@ class OpenAIProvider:
         """Ask OpenAI to cancel the batch (it answers ``cancelling``)."""
         self._call("cancel the batch", lambda: self.client.batches.cancel(batch_id))
 
+    MAX_LISTED: ClassVar[int] = ORPHAN_SEARCH_MAX_LISTED
+    SEARCH_SECONDS: ClassVar[float] = ORPHAN_SEARCH_SECONDS
+
     def find(self, tag: BatchTag) -> str | None:
-        """Find our batch by its metadata among batches created since the intent."""
-        horizon = tag.created_after - 600  # clock skew allowance
-        for b in self._iter_batches():
+        """Find our batch by its metadata, reading the whole batch list (bounded).
+
+        The list order is not documented (openai 3.57 ``resources/batches.py``: "List
+        your organization's batches."), so no batch's age ends the search; a count and a
+        time bound do (:func:`~batchata_df.providers.base.bounded_listing`).
+        """
+        what = f"metadata batchata_run={tag.run_id}, batchata_batch={tag.batch_key}"
+        for b in bounded_listing(
+            self._iter_batches(),
+            provider="OpenAI",
+            what=what,
+            max_listed=self.MAX_LISTED,
+            seconds=self.SEARCH_SECONDS,
+        ):
             meta = b.metadata or {}
             if (
                 meta.get("batchata_run") == tag.run_id
                 and meta.get("batchata_batch") == tag.batch_key
             ):
                 return str(b.id)
-            if b.created_at < horizon:
-                return None  # listed newest first: nothing older can be ours
         return None
 
     def _iter_batches(self) -> Iterator[Any]:
