@@ -27,6 +27,7 @@ from batchata_df.jobs import build_jobs, check_params
 from batchata_df.providers import SUPPORTED_PARAMS, make_provider
 from batchata_df.providers.base import Provider, RequestSpec
 from batchata_df.schema import AnswerSchema
+from batchata_df.schema_limits import check_schema_limits
 from batchata_df.state import StateStore
 
 __all__ = ["DEFAULT_MAX_TOKENS", "META_COLUMNS", "batch_llm"]
@@ -238,6 +239,7 @@ def batch_llm(
             "remove citations=True"
         )
         raise ConfigError(msg)
+    check_schema_limits(answer.json_schema, needed, name=answer.name)
     run_params = check_params(params, supported)
     run_params.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
     spec = RequestSpec(schema=answer, params=run_params, citations=citations)
