@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 from pydantic import BaseModel
 
-import batchata_df.engine
+import batchata_df.engine.clock
 import batchata_df.state
 from batchata_df import batch_llm
 from batchata_df.providers.base import BatchTag
@@ -87,7 +87,7 @@ def test_lost_create_is_found_whatever_the_list_order(emu, tmp_path, monkeypatch
     emu.advance(HOUR)
     # Our side's wall clock moves on by the same hour (sleeps and timers stay real).
     monkeypatch.setattr(batchata_df.state, "time", _Later())
-    monkeypatch.setattr(batchata_df.engine, "time", _Later())
+    monkeypatch.setattr(batchata_df.engine.clock, "time", _Later())
     emu.configure(list_order=order)
     try:
         before = len(_creates(emu, create_suffix))
