@@ -92,6 +92,9 @@ def outcomes_to_events(
         "cached_tokens",
         "cache_write_tokens",
         pl.when(status == "completed").then(pl.col("citations")).alias("citations"),
+        # What the provider returned, kept whatever the outcome (a refusal, a truncated or
+        # invalid answer was paid for): batch_llm(keep_raw=True), jobs.raw, reparse.
+        pl.col("text").alias("raw"),
     )
 
 
@@ -145,6 +148,10 @@ class Collector:
             return None
         batch.failures = 0
         self.state.batch_status[batch.batch_key] = poll.provider_status
+        if poll.state is ProviderState.RUNNING:
+            self.state.in_flight_finished[batch.batch_key] = poll.finished
+        else:
+            self.state.in_flight_finished.pop(batch.batch_key, None)
         return poll
 
     def _later(self, batch: InFlightBatch) -> None:
