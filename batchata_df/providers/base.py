@@ -129,6 +129,7 @@ RESULTS = pl.Schema(
         "output_tokens": pl.Int64(),
         "cached_tokens": pl.Int64(),
         "cache_write_tokens": pl.Int64(),  # part of input_tokens written to the cache
+        "reasoning_tokens": pl.Int64(),  # the thinking part of output_tokens
         "citations": pl.String(),  # JSON {"field": [citation, ...]}; null without citations
     }
 )
