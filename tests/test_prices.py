@@ -54,7 +54,7 @@ def _expected(out: pl.DataFrame, threshold: int, base, long) -> pl.Series:
 def test_each_request_is_billed_at_its_own_tier(emu, provider, model, threshold, base, long):
     df = _rows(threshold)
     out = df.pipe(batch_llm, schema=Summary, model=f"{provider}:{model}", prompt="{text}",
-                  params={"max_tokens": 200})
+                  params={"max_tokens": 4000})
     assert out["_status"].to_list() == ["completed"] * 3
     tokens = out["_input_tokens"].to_list()
     assert tokens[0] < threshold and tokens[1] < threshold and tokens[2] > threshold
@@ -73,7 +73,7 @@ def test_dry_run_and_cap_use_each_requests_tier(emu, tmp_path, provider, model, 
                                                 base, long):
     df = _rows(threshold)
     kwargs = {"schema": Summary, "model": f"{provider}:{model}", "prompt": "{text}",
-              "params": {"max_tokens": 200}}
+              "params": {"max_tokens": 4000}}
     plan = df.pipe(batch_llm, dry_run=True, **kwargs)
     est_in = plan["_est_input_tokens"]
     assert est_in[0] < threshold < est_in[2]
@@ -83,7 +83,7 @@ def test_dry_run_and_cap_use_each_requests_tier(emu, tmp_path, provider, model, 
     # worst case prices input at the higher of input and cache-write only for OpenAI.
     if provider == "openai":
         rate_in = rate_in * 1.25  # gpt-6-sol cache_write_mtok is 1.25x input (genai-prices)
-    expected = (est_in * rate_in + 200 * rate_out) / 1e6
+    expected = (est_in * rate_in + 4000 * rate_out) / 1e6
     assert (plan["_est_cost_usd"] - expected).abs().max() < 1e-12
 
     # The cap admits exactly what the dry run priced, row by row: each row alone runs
