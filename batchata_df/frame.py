@@ -12,7 +12,7 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +113,7 @@ def batch_llm(
     retry_failed: bool = False,
     keep_raw: bool = False,
     lock_timeout: float | None = 0.0,
+    history: str | None = None,
 ) -> pl.DataFrame:
     """Run one LLM job per row through the provider's batch API; return the typed answers.
 
@@ -194,6 +195,11 @@ def batch_llm(
         holder (pid, host, since when); a number of seconds waits at most that long;
         ``None`` waits as long as it takes. A lock left by a killed process is taken over
         at once. Dry runs and :func:`~batchata_df.sql` never need the lock.
+    history
+        The name of a column holding per row the earlier turns of a conversation, a list
+        of ``{"role": "user" | "assistant", "content": str}`` in order; they are sent
+        before the prompt (which is the last user turn), after the system prompt, on every
+        provider. A null or empty list sends the prompt alone. Part of each job's id.
 
     Returns
     -------
@@ -228,9 +234,14 @@ def batch_llm(
         raise ConfigError(msg)
     answer = AnswerSchema(schema)
     cite_columns = citation_columns(answer.columns) if citations else []
-    _check_collisions(
-        frame.columns, [*answer.columns, *cite_columns, *([RAW_COLUMN] if keep_raw else [])]
-    )
+    if dry_run:
+        from batchata_df.plan import PLAN_COLUMNS
+
+        _check_collisions(frame.columns, [], produced=PLAN_COLUMNS, what="dry-run plan")
+    else:
+        _check_collisions(
+            frame.columns, [*answer.columns, *cite_columns, *([RAW_COLUMN] if keep_raw else [])]
+        )
     if citations and files is None:
         msg = (
             "citations=True needs documents to cite: pass files='<column of file paths>' "
@@ -258,9 +269,13 @@ def batch_llm(
     lock_wait = check_lock_timeout(lock_timeout)
     price_table = PriceTable(prices)
 
-    fingerprint = _fingerprint(model, prompt, system, answer, params, citations=citations)
+    fingerprint = _fingerprint(
+        model, prompt, system, answer, params, citations=citations, history=history
+    )
     salt = _job_salt(state, fingerprint)
-    jobs = build_jobs(frame, model=model, prompt=prompt, system=system, salt=salt)
+    jobs = build_jobs(
+        frame, model=model, prompt=prompt, system=system, salt=salt, history=history
+    )
     needed = sorted(set(jobs.get_column("provider").drop_nulls().to_list()))
     supported = frozenset.intersection(
         *[SUPPORTED_PARAMS.get(p, frozenset()) for p in needed]
@@ -350,6 +365,7 @@ def _fingerprint(
     params: Mapping[str, Any] | None,
     *,
     citations: bool,
+    history: str | None = None,
 ) -> dict[str, str]:
     fingerprint = {
         "model": _fingerprint_part(model),
@@ -360,6 +376,8 @@ def _fingerprint(
     }
     if citations:  # only when on, so that the ids of runs without citations do not change
         fingerprint["citations"] = "on"
+    if history is not None:  # likewise
+        fingerprint["history"] = _fingerprint_part(history)
     return fingerprint
 
 
@@ -404,6 +422,7 @@ def reparse(
     citations: bool = False,
     params: Mapping[str, Any] | None = None,
     keep_raw: bool = False,
+    history: str | None = None,
 ) -> pl.DataFrame:
     """Validate the answers stored in ``state`` against a new ``schema``; send nothing.
 
@@ -430,6 +449,8 @@ def reparse(
         The checkpoint folder of that call.
     keep_raw
         Add the ``_raw`` column (see :func:`batch_llm`).
+    history
+        As given to the original call (see :func:`batch_llm`).
 
     Returns
     -------
@@ -477,7 +498,9 @@ def reparse(
             f"{str(state)!r} has no readable manifest.json"
         )
         raise StateError(msg)
-    new = _fingerprint(model, prompt, system, answer, params, citations=citations)
+    new = _fingerprint(
+        model, prompt, system, answer, params, citations=citations, history=history
+    )
     old = dict(manifest.get("fingerprint", {}))
     diff = sorted(k for k in set(old) | set(new) if k != "schema" and old.get(k) != new.get(k))
     if diff:
@@ -489,7 +512,9 @@ def reparse(
         raise StateMismatchError(msg)
     kept = manifest.get("job_salt")
     salt = kept if isinstance(kept, str) and kept else _salt_of(old)
-    jobs = build_jobs(frame, model=model, prompt=prompt, system=system, salt=salt)
+    jobs = build_jobs(
+        frame, model=model, prompt=prompt, system=system, salt=salt, history=history
+    )
     if files is not None:
         from batchata_df.files import attach_files
 
@@ -613,7 +638,7 @@ def with_estimates(
     output is taken at its worst, ``max_tokens``. Raises :class:`PriceError` naming the fix
     when a model has no known price.
     """
-    from batchata_df.tokens import estimate_request_tokens, estimate_tokens
+    from batchata_df.tokens import estimate_request_tokens, estimate_tokens, history_tokens
 
     schema_text = json.dumps(spec.schema.json_schema) if spec.schema.json_schema else ""
     if spec.citations and spec.schema.json_schema:
@@ -634,6 +659,10 @@ def with_estimates(
             system=group.get_column("system"),
             extra_tokens=extra,
         )
+        if "history" in group.columns:
+            est_in = est_in + history_tokens(
+                group.get_column("history"), str(provider), str(model)
+            )
         if "files" in group.columns:
             from batchata_df.files import file_tokens
 
@@ -675,13 +704,20 @@ def _check_models(
             raise SchemaError(msg)
 
 
-def _check_collisions(input_columns: list[str], answer_columns: list[str]) -> None:
-    produced = [*answer_columns, *META_COLUMNS]
-    clash = [c for c in produced if c in input_columns]
+def _check_collisions(
+    input_columns: list[str],
+    answer_columns: list[str],
+    *,
+    produced: Sequence[str] = META_COLUMNS,
+    what: str = "output",
+) -> None:
+    names = [*answer_columns, *produced]
+    clash = [c for c in names if c in input_columns]
     if clash:
+        example = ", ".join(f"{c!r}: {c.lstrip('_') + '_in'!r}" for c in clash)
         msg = (
-            f"the output would have columns {clash!r} twice: the input frame already has "
-            "them. Rename those input columns (df.rename({...})) or the schema fields"
+            f"the {what} would have columns {clash!r} twice: the input frame already has "
+            f"them. Rename those input columns (df.rename({{{example}}})) or the schema fields"
         )
         raise ColumnError(msg)
 

@@ -37,6 +37,7 @@ from batchata_df.providers.base import (
     RequestSpec,
     conform_results,
     empty_results,
+    history_messages,
     json_string,
 )
 
@@ -256,7 +257,9 @@ class AnthropicProvider:
                 pl.col("job_id"),
                 pl.lit('","params":{"model":'),
                 json_string(pl.col("model")),
-                pl.lit(',"messages":[{"role":"user","content":'),
+                pl.lit(',"messages":['),
+                history_messages(jobs),
+                pl.lit('{"role":"user","content":'),
                 user_content,
                 pl.lit("}]"),
                 system,

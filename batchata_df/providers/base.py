@@ -31,6 +31,7 @@ __all__ = [
     "RequestSpec",
     "conform_results",
     "empty_results",
+    "history_messages",
     "json_string",
 ]
 
@@ -169,6 +170,48 @@ def json_string(expr: pl.Expr) -> pl.Expr:
         .struct.json_encode()
         .str.strip_prefix('{"s":')
         .str.strip_suffix("}")
+    )
+
+
+def history_messages(jobs: pl.DataFrame, *, gemini: bool = False) -> pl.Expr:
+    """The earlier turns of each job as JSON messages, each followed by a comma.
+
+    ``""`` for jobs without a ``history`` column or with a null history. OpenAI and
+    Anthropic take ``{"role", "content"}`` messages as they are; Gemini takes
+    ``{"role": "user" | "model", "parts": [{"text": ...}]}``.
+
+    Examples
+    --------
+    >>> jobs = pl.DataFrame({"history": [[{"role": "assistant", "content": "hi"}], None]})
+    >>> jobs.select(history_messages(jobs, gemini=True)).to_series().to_list()
+    ['{"role":"model","parts":[{"text":"hi"}]},', '']
+    """
+    if "history" not in jobs.columns:
+        return pl.lit("")
+    turn = pl.element()
+    if gemini:
+        role = turn.struct.field("role").replace_strict(
+            {"user": "user", "assistant": "model"}, return_dtype=pl.String
+        )
+        encoded = pl.concat_str(
+            [
+                pl.lit('{"role":"'),
+                role,
+                pl.lit('","parts":[{"text":'),
+                json_string(turn.struct.field("content")),
+                pl.lit("}]}"),
+            ]
+        )
+    else:
+        encoded = pl.struct(
+            turn.struct.field("role").alias("role"),
+            turn.struct.field("content").alias("content"),
+        ).struct.json_encode()
+    joined = pl.col("history").list.eval(encoded).list.join(",")
+    return (
+        pl.when(pl.col("history").list.len() > 0)
+        .then(pl.concat_str([joined, pl.lit(",")]))
+        .otherwise(pl.lit(""))
     )
 
 

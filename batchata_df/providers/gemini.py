@@ -49,6 +49,7 @@ from batchata_df.providers.base import (
     bounded_listing,
     conform_results,
     empty_results,
+    history_messages,
     json_string,
 )
 
@@ -411,7 +412,9 @@ class GeminiProvider:
             [
                 pl.lit('{"key":'),
                 json_string(pl.col("job_id")),
-                pl.lit(',"request":{"contents":[{"role":"user","parts":'),
+                pl.lit(',"request":{"contents":['),
+                history_messages(jobs, gemini=True),
+                pl.lit('{"role":"user","parts":'),
                 parts,
                 pl.lit("}]"),
                 system,

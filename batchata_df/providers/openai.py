@@ -33,6 +33,7 @@ from batchata_df.providers.base import (
     bounded_listing,
     conform_results,
     empty_results,
+    history_messages,
     json_string,
 )
 
@@ -239,6 +240,7 @@ class OpenAIProvider:
                 json_string(pl.col("model")),
                 pl.lit(',"messages":['),
                 system_msg,
+                history_messages(jobs),
                 pl.lit('{"role":"user","content":'),
                 user_content,
                 pl.lit("}]"),
