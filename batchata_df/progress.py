@@ -60,10 +60,21 @@ def _batches(s: ProgressSnapshot) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(s.batches.items())) or "none yet"
 
 
+def _cap(usd: float) -> str:
+    """A cap as the user wrote it: ``$5.00``, ``$0.0006`` (never rounded to ``$0.00``).
+
+    Examples
+    --------
+    >>> _cap(5), _cap(1234.5), _cap(0.0006), _cap(0.002)
+    ('$5.00', '$1,234.50', '$0.0006', '$0.002')
+    """
+    return f"${usd:,.2f}" if round(usd, 2) == usd else f"${usd:,.6g}"
+
+
 def _cost(s: ProgressSnapshot, max_cost_usd: float | None) -> str:
     text = f"${s.cost_usd:,.4f}"
     if max_cost_usd is not None and max_cost_usd > 0:
-        text += f" of ${max_cost_usd:,.2f} cap ({s.cost_usd / max_cost_usd:.0%})"
+        text += f" of {_cap(max_cost_usd)} cap ({s.cost_usd / max_cost_usd:.0%})"
     return text
 
 
@@ -491,10 +502,10 @@ def _plan_lines(p: PlanSummary) -> list[str]:
         lines.append(f"already spent or held by batches in flight: ${p.held_usd:,.4f}")
     if p.max_cost_usd is not None:
         if p.within_cap >= planned:
-            lines.append(f"cap ${p.max_cost_usd:,.2f}: everything fits")
+            lines.append(f"cap {_cap(p.max_cost_usd)}: everything fits")
         else:
             lines.append(
-                f"cap ${p.max_cost_usd:,.2f}: {p.within_cap:,} of {planned:,} requests fit at the "
+                f"cap {_cap(p.max_cost_usd)}: {p.within_cap:,} of {planned:,} requests fit at the "
                 f"worst case; the rest would end cancelled (cost_limit) unless actual costs "
                 "come in lower"
             )
