@@ -88,6 +88,7 @@ def main() -> None:
         execute_notebooks(sys.argv[2:])
     elif what == "bench":
         setup("dev")
+        sh(PY, "benchmarks/bench_tokens.py")
         sh(PY, "benchmarks/bench_openai.py", *sys.argv[2:])
     else:
         print(__doc__)
