@@ -265,8 +265,9 @@ class ProgressDisplay:
         self._last_time = float("-inf")
         self._pending: ProgressSnapshot | None = None
         self._closed = False
-        self._snapshot: ProgressSnapshot | None = None
-        self._received = 0.0
+        # (snapshot, when it arrived), replaced as one object: render() reads it without a
+        # lock, because rich's refresh thread calls render() while holding Live's own lock.
+        self._latest: tuple[ProgressSnapshot, float] | None = None
         self._lock = threading.RLock()
         self._ticker: threading.Thread | None = None
         self._stop_ticking = threading.Event()
@@ -276,30 +277,30 @@ class ProgressDisplay:
         with self._lock:
             if self._closed:
                 return
-            self._snapshot, self._received = snapshot, self._clock()
+            self._latest = (snapshot, self._clock())
             if self.mode == "lines":
                 self._line(snapshot)
             elif self.mode == "terminal":
                 self._terminal()
             else:
                 self._notebook()
-            if snapshot.phase == "done":
-                self.close()
+        if snapshot.phase == "done":
+            self.close()
 
     def render(self) -> RenderableType:
         """The rich view of the latest snapshot, its clock moved to now."""
-        with self._lock:
-            s = self._snapshot
-            if s is None:
-                from rich.text import Text
+        latest = self._latest
+        if latest is None:
+            from rich.text import Text
 
-                return Text("batch_llm: starting")
-            return _panel(s, self.max_cost_usd, since=self._clock() - self._received)
+            return Text("batch_llm: starting")
+        s, received = latest
+        return _panel(s, self.max_cost_usd, since=self._clock() - received)
 
     def tick(self) -> None:
         """Redraw the latest snapshot with the time moved on (the refresh does this)."""
         with self._lock:
-            if self._closed or self._snapshot is None:
+            if self._closed or self._latest is None:
                 return
             if self.mode == "terminal" and self._live is not None:
                 self._live.refresh()
@@ -316,9 +317,10 @@ class ProgressDisplay:
             if self._pending is not None:
                 self._emit(format_line(self._pending, self.max_cost_usd))
                 self._pending = None
-            if self._live is not None:
-                self._live.stop()
-                self._live = None
+            live, self._live = self._live, None
+        if live is not None:
+            # Outside our lock: stop() joins rich's refresh thread, which may be drawing.
+            live.stop()
 
     def __enter__(self) -> ProgressDisplay:
         return self
