@@ -120,6 +120,23 @@ def test_emulator_refuses_claude_params_per_generation(emu, model, params, messa
     assert message in result.result.error.error.message
 
 
+def test_emulator_refuses_output_limits_above_the_models_ceiling(emu):
+    from batchata_df.emulator import model_rules
+
+    assert model_rules.openai_refusal("gpt-6-sol", {"max_completion_tokens": 128_001})[1] == (
+        "invalid_value"
+    )
+    assert model_rules.openai_refusal("gpt-6-sol", {"max_completion_tokens": 128_000}) is None
+    assert "64000" in str(model_rules.anthropic_refusal("claude-haiku-4-5", {"max_tokens": 64_001}))
+    assert model_rules.gemini_refusal("gemini-3.5-flash", {"maxOutputTokens": 70_000})
+    # The client's ceilings agree with the emulator's for every family both know.
+    for family in FAMILIES:
+        for example in family.examples:
+            theirs = model_rules.max_output(family.provider, example)
+            if theirs is not None:
+                assert family.max_output_tokens == theirs, example
+
+
 def test_emulator_accepts_what_each_claude_generation_takes(emu):
     client = anthropic.Anthropic()
     ok = [
