@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 import batchata_df
 from batchata_df import ParamError, batch_llm
-from batchata_df.cost import PriceTable
+from batchata_df.cost import PriceTable, estimate_expr
 from batchata_df.emulator.model_rules import THOUGHT_TOKENS
 from batchata_df.jobs import parse_model
 from batchata_df.models import (
@@ -381,9 +381,12 @@ def test_default_max_tokens_leaves_room_for_thinking(tmp_path):
     # The worst case the cap holds is priced on that output, thinking included.
     for i, model in enumerate(["gpt-6-sol", "gpt-4.1-mini"]):
         price = PriceTable().require("openai", model, "test")
-        expected = (plan["_est_input_tokens"][i] * price.input
-                    + plan["_est_output_tokens_max"][i] * price.output) / 1e6
-        assert plan["_est_cost_usd"][i] == pytest.approx(expected)
+        worst, _ = estimate_expr(
+            price, pl.lit(plan["_est_input_tokens"][i]), pl.lit(plan["_est_output_tokens_max"][i]),
+            provider="openai",
+        )
+        assert plan["_est_cost_usd"][i] == pytest.approx(pl.select(worst).item())
+        assert plan["_est_cost_usd"][i] > plan["_est_output_tokens_max"][i] * price.output / 1e6
     assert default_max_tokens(family_of("anthropic", "claude-opus-5-5"), {}) == 32_768
     assert default_max_tokens(family_of("gemini", "gemini-2.5-flash"),
                               {"reasoning_effort": "none"}) == 4096  # fmt: skip
