@@ -26,6 +26,7 @@ from batchata_df.errors import ColumnError, ConfigError
 from batchata_df.jobs import build_jobs, check_params
 from batchata_df.providers import SUPPORTED_PARAMS, make_provider
 from batchata_df.providers.base import Provider, RequestSpec
+from batchata_df.redact import scrubbed
 from batchata_df.schema import AnswerSchema
 from batchata_df.state import StateStore
 
@@ -78,6 +79,7 @@ def _time_limit_seconds(value: float | dt.timedelta | None) -> float | None:
     return seconds
 
 
+@scrubbed
 def batch_llm(
     df: pl.DataFrame | pl.LazyFrame,
     *,

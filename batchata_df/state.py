@@ -30,6 +30,7 @@ reached the provider).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -43,6 +44,7 @@ from typing import Any, overload
 import polars as pl
 
 from batchata_df.errors import StateError, StateMismatchError
+from batchata_df.redact import scrub_expr
 
 __all__ = ["BATCH_EVENTS", "FORMAT_VERSION", "JOB_EVENTS", "StateStore", "spent_usd"]
 
@@ -153,7 +155,15 @@ class StateStore:
         path = self.root / "manifest.json"
         if not path.exists():
             manifest = Manifest(run_id=secrets.token_hex(8), fingerprint=fingerprint)
-            self._atomic_write(path, manifest.to_json().encode())
+            try:
+                self._atomic_write(path, manifest.to_json().encode())
+            except OSError as e:
+                msg = (
+                    f"cannot write the manifest of the checkpoint folder {str(self.root)!r} "
+                    f"({type(e).__name__}: {e.strerror or e}); make the folder writable or "
+                    "pass another state="
+                )
+                raise StateError(msg) from e
             return manifest
         try:
             raw = json.loads(path.read_text())
@@ -206,10 +216,25 @@ class StateStore:
         name = f"part-{time.time_ns():020d}-{secrets.token_hex(3)}.parquet"
         final = self.root / table / name
         tmp = final.with_name(f".tmp-{name}")
-        frame.write_parquet(tmp, compression="zstd", statistics=False)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
+        # Messages are scrubbed of secrets before they reach the disk (batchata_df.redact).
+        frame = frame.with_columns(
+            scrub_expr(pl.col(c)) for c in ("error", "detail") if c in frame.columns
+        )
+        try:
+            frame.write_parquet(tmp, compression="zstd", statistics=False)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            msg = (
+                f"cannot write to the checkpoint folder {str(self.root)!r} "
+                f"({type(e).__name__}: {e.strerror or e}); make it writable again (or free "
+                "space) and call again with the same state: rows already sent are collected, "
+                "not paid twice"
+            )
+            raise StateError(msg) from e
 
     def append_jobs(self, events: pl.DataFrame) -> None:
         """Append job events; missing columns are filled with nulls."""

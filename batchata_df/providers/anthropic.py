@@ -38,6 +38,7 @@ from batchata_df.providers.base import (
     empty_results,
     json_string,
 )
+from batchata_df.redact import register_secret, scrubbing
 
 if TYPE_CHECKING:
     import anthropic
@@ -142,6 +143,7 @@ class AnthropicProvider:
             )
             raise CredentialsError(msg)
         self._api_key = key
+        register_secret(key)
         self._base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
         self._client: anthropic.Anthropic | None = None
         self._created: set[str] = set()  # batches this instance created: never an orphan
@@ -171,17 +173,21 @@ class AnthropicProvider:
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         anthropic = _import_sdk()
-        try:
-            return fn()
-        except anthropic.AuthenticationError as e:
-            msg = f"Anthropic rejected the API key while trying to {what}: check ANTHROPIC_API_KEY"
-            raise CredentialsError(msg) from e
-        except anthropic.APIStatusError as e:
-            msg = f"Anthropic failed to {what}: HTTP {e.status_code}: {_error_message(e.body)}"
-            raise ProviderError(msg, status_code=e.status_code) from e
-        except anthropic.AnthropicError as e:
-            msg = f"Anthropic failed to {what}: {type(e).__name__}: {e}"
-            raise ProviderError(msg) from e
+        with scrubbing():
+            try:
+                return fn()
+            except anthropic.AuthenticationError as e:
+                msg = (
+                    f"Anthropic rejected the API key while trying to {what}: check "
+                    "ANTHROPIC_API_KEY"
+                )
+                raise CredentialsError(msg) from e
+            except anthropic.APIStatusError as e:
+                msg = f"Anthropic failed to {what}: HTTP {e.status_code}: {_error_message(e.body)}"
+                raise ProviderError(msg, status_code=e.status_code) from e
+            except anthropic.AnthropicError as e:
+                msg = f"Anthropic failed to {what}: {type(e).__name__}: {e}"
+                raise ProviderError(msg) from e
 
     # -- encode -------------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from batchata_df.providers.base import (
     empty_results,
     json_string,
 )
+from batchata_df.redact import register_secret, scrubbing
 
 if TYPE_CHECKING:
     import openai
@@ -128,6 +129,7 @@ class OpenAIProvider:
             )
             raise CredentialsError(msg)
         self._api_key = key
+        register_secret(key)
         self._base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         self._client: openai.OpenAI | None = None
 
@@ -159,17 +161,18 @@ class OpenAIProvider:
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         import openai
 
-        try:
-            return fn()
-        except openai.AuthenticationError as e:
-            msg = f"OpenAI rejected the API key while trying to {what}: check OPENAI_API_KEY"
-            raise CredentialsError(msg) from e
-        except openai.APIStatusError as e:
-            msg = f"OpenAI failed to {what}: HTTP {e.status_code}: {_error_message(e.body)}"
-            raise ProviderError(msg, status_code=e.status_code) from e
-        except openai.APIError as e:
-            msg = f"OpenAI failed to {what}: {type(e).__name__}: {e.message}"
-            raise ProviderError(msg) from e
+        with scrubbing():
+            try:
+                return fn()
+            except openai.AuthenticationError as e:
+                msg = f"OpenAI rejected the API key while trying to {what}: check OPENAI_API_KEY"
+                raise CredentialsError(msg) from e
+            except openai.APIStatusError as e:
+                msg = f"OpenAI failed to {what}: HTTP {e.status_code}: {_error_message(e.body)}"
+                raise ProviderError(msg, status_code=e.status_code) from e
+            except openai.APIError as e:
+                msg = f"OpenAI failed to {what}: {type(e).__name__}: {e.message}"
+                raise ProviderError(msg) from e
 
     # -- encode -------------------------------------------------------------------------------
 
