@@ -23,12 +23,13 @@ from batchata_df.citations import citation_columns, decode_citations, instructio
 from batchata_df.cost import PriceOverride, PriceTable
 from batchata_df.engine import Engine, ProgressSnapshot, RunOptions
 from batchata_df.errors import ColumnError, ConfigError
-from batchata_df.jobs import build_jobs, check_params
+from batchata_df.jobs import build_jobs, check_param_values, check_params
 from batchata_df.providers import SUPPORTED_PARAMS, make_provider
 from batchata_df.providers.base import Provider, RequestSpec
 from batchata_df.redact import scrubbed
 from batchata_df.schema import AnswerSchema
 from batchata_df.state import StateStore
+from batchata_df.validate import check_run_arguments
 
 __all__ = ["DEFAULT_MAX_TOKENS", "META_COLUMNS", "batch_llm"]
 
@@ -67,16 +68,6 @@ def _fingerprint_part(value: object) -> str:
     else:
         text = json.dumps(value, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _time_limit_seconds(value: float | dt.timedelta | None) -> float | None:
-    if value is None:
-        return None
-    seconds = value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
-    if seconds <= 0:
-        msg = f"time_limit must be positive, got {value!r}"
-        raise ConfigError(msg)
-    return seconds
 
 
 @scrubbed
@@ -188,6 +179,20 @@ def batch_llm(
     if not isinstance(frame, pl.DataFrame):
         msg = f"batch_llm takes a polars DataFrame or LazyFrame, got {type(df).__name__}"
         raise ConfigError(msg)
+    time_limit_s = check_run_arguments(
+        max_cost_usd=max_cost_usd,
+        time_limit=time_limit,
+        items_per_batch=items_per_batch,
+        max_parallel_batches=max_parallel_batches,
+        flags={"wait": wait, "dry_run": dry_run, "retry_failed": retry_failed,
+               "citations": citations},
+        state=state,
+        prices=prices,
+        params=params,
+    )
+    if not wait and state is None:
+        msg = "wait=False needs state='some/folder' so that a later call can collect results"
+        raise ConfigError(msg)
     answer = AnswerSchema(schema)
     cite_columns = citation_columns(answer.columns) if citations else []
     _check_collisions(frame.columns, [*answer.columns, *cite_columns])
@@ -200,21 +205,6 @@ def batch_llm(
     if files is not None and not isinstance(files, str):
         msg = f"files= takes the name of a column of paths or bytes, got {files!r}"
         raise ConfigError(msg)
-    if max_cost_usd is not None and not (
-        isinstance(max_cost_usd, int | float) and max_cost_usd > 0
-    ):
-        msg = f"max_cost_usd must be a positive number of US dollars, got {max_cost_usd!r}"
-        raise ConfigError(msg)
-    if items_per_batch is not None and items_per_batch < 1:
-        msg = f"items_per_batch must be >= 1, got {items_per_batch!r}"
-        raise ConfigError(msg)
-    if max_parallel_batches < 1:
-        msg = f"max_parallel_batches must be >= 1, got {max_parallel_batches!r}"
-        raise ConfigError(msg)
-    if not wait and state is None:
-        msg = "wait=False needs state='some/folder' so that a later call can collect results"
-        raise ConfigError(msg)
-    time_limit_s = _time_limit_seconds(time_limit)
     price_table = PriceTable(prices)
 
     fingerprint = {
@@ -241,6 +231,7 @@ def batch_llm(
         )
         raise ConfigError(msg)
     run_params = check_params(params, supported)
+    check_param_values(run_params, needed)
     run_params.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
     spec = RequestSpec(schema=answer, params=run_params, citations=citations)
     if files is not None:
