@@ -12,6 +12,7 @@ import signal
 import sys
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,14 +23,14 @@ from pydantic import BaseModel
 from batchata_df.citations import citation_columns, decode_citations, instruction
 from batchata_df.cost import PriceOverride, PriceTable
 from batchata_df.engine import Engine, ProgressSnapshot, RunOptions
-from batchata_df.errors import ColumnError, ConfigError
+from batchata_df.errors import ColumnError, ConfigError, ProviderUnavailableWarning
 from batchata_df.jobs import build_jobs, check_param_values, check_params
 from batchata_df.providers import SUPPORTED_PARAMS, make_provider
 from batchata_df.providers.base import Provider, RequestSpec
-from batchata_df.redact import scrubbed
+from batchata_df.redact import scrub, scrubbed
 from batchata_df.schema import AnswerSchema
 from batchata_df.state import StateStore
-from batchata_df.validate import check_run_arguments
+from batchata_df.validate import check_patience, check_run_arguments
 
 __all__ = ["DEFAULT_MAX_TOKENS", "META_COLUMNS", "batch_llm"]
 
@@ -91,6 +92,7 @@ def batch_llm(
     wait: bool = True,
     prices: Mapping[str, PriceOverride] | None = None,
     retry_failed: bool = False,
+    provider_patience: float | dt.timedelta = 600.0,
 ) -> pl.DataFrame:
     """Run one LLM job per row through the provider's batch API; return the typed answers.
 
@@ -149,6 +151,16 @@ def batch_llm(
         the built-in price database.
     retry_failed
         Send rows that ended ``failed`` in an earlier call again.
+    provider_patience
+        Seconds (or a timedelta, default 10 minutes) a provider may stay unreachable --
+        creates, lookups, polls or downloads failing after the SDKs' own retries -- before
+        the call stops waiting and returns. Rows never sent end ``cancelled`` with
+        ``_error="cancelled: provider_unavailable: <last error>"``; rows whose batch may
+        exist at the provider stay ``pending`` with ``"provider_unavailable: <last
+        error>"`` (call again with the same ``state`` to collect them; nothing is paid
+        twice). The call then warns with
+        :class:`~batchata_df.errors.ProviderUnavailableWarning`. With ``wait=False`` there
+        is no waiting: the reasons are on the rows at once.
 
     Returns
     -------
@@ -179,6 +191,7 @@ def batch_llm(
     if not isinstance(frame, pl.DataFrame):
         msg = f"batch_llm takes a polars DataFrame or LazyFrame, got {type(df).__name__}"
         raise ConfigError(msg)
+    patience_s = check_patience(provider_patience)
     time_limit_s = check_run_arguments(
         max_cost_usd=max_cost_usd,
         time_limit=time_limit,
@@ -255,6 +268,7 @@ def batch_llm(
         time_limit_s=time_limit_s,
         retry_failed=retry_failed,
         max_cost_usd=max_cost_usd,
+        provider_patience_s=patience_s,
     )
     if dry_run:
         from batchata_df.plan import dry_run_plan
@@ -282,6 +296,7 @@ def batch_llm(
             )
             with _interrupt_sets(stop):
                 results = engine.run(sendable)
+            _warn_unavailable(results)
     finally:
         close = getattr(display, "close", None)
         if callable(close):
@@ -408,6 +423,24 @@ def with_estimates(
     return pl.concat(parts).sort("_order").drop("_order")
 
 
+def _warn_unavailable(results: pl.DataFrame) -> None:
+    """Warn when rows of this call could not be sent or collected (provider unreachable)."""
+    error = results.get_column("error")
+    hit = error.str.contains("provider_unavailable: ", literal=True).fill_null(False)
+    n = int(hit.sum())
+    if n == 0:
+        return
+    statuses = results.filter(hit).get_column("status").fill_null("pending")
+    pending = int((statuses != "cancelled").sum())
+    last = str(error.filter(hit)[-1])
+    msg = (
+        f"{n} rows could not be sent or collected because the provider was unreachable "
+        f"({pending} pending: call again with the same state to collect them; {n - pending} "
+        f"cancelled: a later call sends them). Last error: {last}"
+    )
+    warnings.warn(scrub(msg), ProviderUnavailableWarning, stacklevel=4)
+
+
 def _check_collisions(input_columns: list[str], answer_columns: list[str]) -> None:
     produced = [*answer_columns, *META_COLUMNS]
     clash = [c for c in produced if c in input_columns]
@@ -472,11 +505,8 @@ def _assemble(
 
     meta = [
         status.alias("_status"),
-        pl.when(~sendable)
-        .then(pl.col("input_error"))
-        .when(terminal)
-        .then(pl.col("error"))
-        .alias("_error"),
+        # Pending rows carry a reason only when the provider was unreachable.
+        pl.when(~sendable).then(pl.col("input_error")).otherwise(pl.col("error")).alias("_error"),
         billed("cost_usd", pl.Float64()).alias("_cost_usd"),
         billed("input_tokens", pl.Int64()).alias("_input_tokens"),
         billed("output_tokens", pl.Int64()).alias("_output_tokens"),

@@ -20,6 +20,7 @@ from batchata_df.errors import ConfigError
 __all__ = [
     "check_count",
     "check_flag",
+    "check_patience",
     "check_positive",
     "check_price_value",
     "check_run_arguments",
@@ -127,6 +128,16 @@ def check_price_value(model: str, part: str, value: object) -> float:
         )
         raise ConfigError(msg)
     return float(value)  # type: ignore[arg-type]
+
+
+def check_patience(value: object) -> float:
+    """``provider_patience`` in seconds: a finite number > 0 or a positive timedelta."""
+    if isinstance(value, dt.timedelta):
+        if value.total_seconds() <= 0:
+            msg = f"provider_patience must be positive, got {value!r}"
+            raise ConfigError(msg)
+        return value.total_seconds()
+    return check_positive("provider_patience", value, "seconds, or a datetime.timedelta")
 
 
 def _time_limit_seconds(value: Any) -> float | None:

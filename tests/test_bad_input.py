@@ -149,6 +149,7 @@ CASES: list[tuple[str, dict[str, Any], type[Exception], str]] = [
     ("files-int", {"files": 5}, ConfigError, r"files.*5"),
     ("wait-without-state", {"wait": False}, ConfigError, r"wait=False needs state"),
     ("schema-not-model", {"schema": int}, SchemaError, r"schema"),
+    ("patience-bool", {"provider_patience": True}, ConfigError, r"provider_patience.*True"),
 ]
 
 

@@ -133,6 +133,10 @@ class AnthropicProvider:
     name: ClassVar[str] = "anthropic"
     max_requests: ClassVar[int] = 100_000
     max_bytes: ClassVar[int] = 256 * 1000 * 1000  # "256 MB"; decimal keeps a safety margin
+    sdk_max_retries: ClassVar[int] = 5
+    """The SDK's own retries of idempotent calls (polls, lists, downloads)."""
+    create_retry_base_s: ClassVar[float] = 0.5
+    """First wait of our create retries (doubling, at most 8 s)."""
 
     def __init__(self, api_key: str | None = None, base_url: str | None = None) -> None:
         key = api_key or os.environ.get("ANTHROPIC_API_KEY")
@@ -159,7 +163,7 @@ class AnthropicProvider:
             # api_key is always explicit: without it the SDK walks a credential chain
             # (profiles, workload identity) that must not leak into a batch run.
             self._client = anthropic.Anthropic(
-                api_key=self._api_key, base_url=self._base_url, max_retries=5
+                api_key=self._api_key, base_url=self._base_url, max_retries=self.sdk_max_retries
             )
         return self._client
 
@@ -292,7 +296,7 @@ class AnthropicProvider:
                     if found is not None:
                         self._created.add(found)
                         return found
-                time.sleep(min(8.0, 0.5 * 2**attempt))
+                time.sleep(min(8.0, self.create_retry_base_s * 2**attempt))
                 continue
             self._created.add(batch.id)
             return batch.id

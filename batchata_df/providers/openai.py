@@ -119,6 +119,8 @@ class OpenAIProvider:
     name: ClassVar[str] = "openai"
     max_requests: ClassVar[int] = 50_000
     max_bytes: ClassVar[int] = 200 * 1024 * 1024
+    sdk_max_retries: ClassVar[int] = 5
+    """The SDK's own retries of idempotent calls (creates are never retried blindly)."""
 
     def __init__(self, api_key: str | None = None, base_url: str | None = None) -> None:
         key = api_key or os.environ.get("OPENAI_API_KEY")
@@ -146,7 +148,7 @@ class OpenAIProvider:
                 msg = "the OpenAI provider needs the openai package: pip install openai"
                 raise ProviderError(msg) from e
             self._client = openai.OpenAI(
-                api_key=self._api_key, base_url=self._base_url, max_retries=5
+                api_key=self._api_key, base_url=self._base_url, max_retries=self.sdk_max_retries
             )
         return self._client
 
