@@ -20,10 +20,12 @@ from batchata_df.errors import (
     ProviderUnavailableWarning,
     SchemaError,
     StateError,
+    StateLockedError,
     StateMismatchError,
 )
 from batchata_df.frame import batch_llm
 from batchata_df.query import sql
+from batchata_df.repair import RepairReport, doctor, repair
 
 __version__ = "0.1.0"
 
@@ -39,10 +41,14 @@ __all__ = [
     "ProgressSnapshot",
     "ProviderError",
     "ProviderUnavailableWarning",
+    "RepairReport",
     "SchemaError",
     "StateError",
+    "StateLockedError",
     "StateMismatchError",
     "__version__",
     "batch_llm",
+    "doctor",
+    "repair",
     "sql",
 ]

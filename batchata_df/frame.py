@@ -29,7 +29,7 @@ from batchata_df.providers import SUPPORTED_PARAMS, make_provider
 from batchata_df.providers.base import Provider, RequestSpec
 from batchata_df.redact import scrub, scrubbed
 from batchata_df.schema import AnswerSchema
-from batchata_df.state import StateStore
+from batchata_df.state import StateStore, WriterLock, check_lock_timeout
 from batchata_df.validate import check_patience, check_run_arguments
 
 __all__ = ["DEFAULT_MAX_TOKENS", "META_COLUMNS", "batch_llm"]
@@ -93,6 +93,7 @@ def batch_llm(
     prices: Mapping[str, PriceOverride] | None = None,
     retry_failed: bool = False,
     provider_patience: float | dt.timedelta = 600.0,
+    lock_timeout: float | None = 0.0,
 ) -> pl.DataFrame:
     """Run one LLM job per row through the provider's batch API; return the typed answers.
 
@@ -161,6 +162,14 @@ def batch_llm(
         twice). The call then warns with
         :class:`~batchata_df.errors.ProviderUnavailableWarning`. With ``wait=False`` there
         is no waiting: the reasons are on the rows at once.
+    lock_timeout
+        A call holds the ``state`` folder's writer lock for its whole life, so that two
+        calls on one folder (a cell run twice, two cron jobs, a ``wait=False`` poller beside
+        a run) never send the same rows twice. When another call holds it, ``0`` (the
+        default) raises :class:`~batchata_df.errors.StateLockedError` at once, naming the
+        holder (pid, host, since when); a number of seconds waits at most that long;
+        ``None`` waits as long as it takes. A lock left by a killed process is taken over
+        at once. Dry runs and :func:`~batchata_df.sql` never need the lock.
 
     Returns
     -------
@@ -218,6 +227,7 @@ def batch_llm(
     if files is not None and not isinstance(files, str):
         msg = f"files= takes the name of a column of paths or bytes, got {files!r}"
         raise ConfigError(msg)
+    lock_wait = check_lock_timeout(lock_timeout)
     price_table = PriceTable(prices)
 
     fingerprint = {
@@ -281,7 +291,7 @@ def batch_llm(
     try:
         for name in needed:
             providers[name] = make_provider(name)
-        with _state_folder(state) as folder:
+        with _state_folder(state) as folder, WriterLock(folder, lock_wait):
             store = StateStore(folder, fingerprint)
             stop = threading.Event()
             engine = Engine(
