@@ -73,7 +73,7 @@ def test_creates_refused_end_unsent_rows_cancelled_with_the_reason_and_warn(
     provider, emu, tmp_path
 ):
     down(emu, "POST", ROUTES[provider][1])
-    with pytest.warns(ProviderUnavailableWarning, match=r"4 rows.*provider_unavailable"):
+    with pytest.warns(ProviderUnavailableWarning, match=r"^4 rows .*0 pending.*4 cancelled"):
         out = run(provider, tmp_path / "s", provider_patience=0.5)
     assert out["_status"].to_list() == ["cancelled"] * 4
     assert out["_error"].str.starts_with("cancelled: provider_unavailable: ").all()
@@ -93,11 +93,14 @@ def test_a_provider_down_for_creates_and_lookups_returns_pending_rows_with_the_r
     _, create, listing, _, _ = ROUTES[provider]
     down(emu, "POST", create)
     down(emu, "GET", listing)
+    seen: list[str] = []
     with pytest.warns(ProviderUnavailableWarning, match="provider_unavailable"):
-        out = run(provider, tmp_path / "s", provider_patience=0.5)
+        out = run(provider, tmp_path / "s", provider_patience=0.5,
+                  progress=lambda snap: seen.append(snap.activity))
     assert out["_status"].to_list() == ["pending"] * 4
     assert out["_error"].str.starts_with("provider_unavailable: ").all(), out["_error"][0]
     assert out["_error"].str.contains("503").all()
+    assert any("unreachable" in a for a in seen)  # the display says so while it waits
     emu.clear_faults()
     again = run(provider, tmp_path / "s")  # resolves the open intent first: nothing twice
     assert again["_status"].to_list() == ["completed"] * 4
@@ -116,10 +119,13 @@ def test_a_provider_down_after_the_create_leaves_rows_pending_with_the_reason(
 ):
     _, _, _, poll, download = ROUTES[provider]
     down(emu, "GET", poll if step == "poll" else download)
+    seen: list[str] = []
     with pytest.warns(ProviderUnavailableWarning, match="provider_unavailable"):
-        out = run(provider, tmp_path / "s", provider_patience=0.5)
+        out = run(provider, tmp_path / "s", provider_patience=0.5,
+                  progress=lambda snap: seen.append(snap.activity))
     assert out["_status"].to_list() == ["pending"] * 4
     assert out["_error"].str.starts_with("provider_unavailable: ").all(), out["_error"][0]
+    assert any("unreachable" in a for a in seen)
     assert out["_batch_id"].is_not_null().all()  # the batch is at the provider...
     faulted = [e for e in emu.log() if e.get("fault")]
     assert faulted, f"the {step} fault never fired"
