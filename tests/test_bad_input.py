@@ -81,6 +81,7 @@ CASES: list[tuple[str, dict[str, Any], type[Exception], str]] = [
     ("wait-string", {"wait": "no", "state": "s"}, ConfigError, r"wait.*'no'"),
     ("dry-run-string", {"dry_run": "yes"}, ConfigError, r"dry_run.*'yes'"),
     ("retry-int", {"retry_failed": 1}, ConfigError, r"retry_failed.*1"),
+    ("keep-raw-string", {"keep_raw": "yes"}, ConfigError, r"keep_raw.*'yes'"),
     ("citations-string", {"citations": "yes"}, ConfigError, r"citations.*'yes'"),
     # -- prices
     ("price-negative", {"prices": {"gpt-4.1-mini": (-1.0, 2.0)}}, ConfigError,
