@@ -38,6 +38,13 @@ CHILD = textwrap.dedent(
     go = sys.argv[4]
     while not __import__("os").path.exists(go):  # start together
         pass
+    if timeout == "none":
+        # The waiting poller starts once the run holds the folder (its record is in the
+        # lock file); otherwise which of the two takes the lock first is a coin toss.
+        import os, time
+        lock = os.path.join(state, "writer.lock")
+        while not (os.path.exists(lock) and os.path.getsize(lock) > 0):
+            time.sleep(0.01)
     df = pl.DataFrame({"t": [f"row {i}" for i in range(6)]})
     try:
         out = df.pipe(batch_llm, schema=A, model=sys.argv[5], prompt="{t}", state=state,
