@@ -68,6 +68,42 @@ def _fingerprint_part(value: object) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def run_fingerprint(
+    *,
+    model: str | pl.Expr,
+    prompt: str | pl.Expr,
+    system: str | pl.Expr | None,
+    answer: AnswerSchema,
+    params: Mapping[str, Any] | None,
+    citations: bool,
+) -> tuple[dict[str, str], str]:
+    """The run's settings fingerprint (kept in the manifest) and the job-id salt made of it.
+
+    Every run-level setting that changes what is sent is in it (model, prompt template,
+    system, schema, params, citations), so a changed run neither resumes into an old
+    folder nor shares job ids with it.
+
+    Examples
+    --------
+    >>> a = AnswerSchema(None)
+    >>> fp, salt = run_fingerprint(model="gpt-4.1-mini", prompt="{t}", system=None,
+    ...                            answer=a, params=None, citations=False)
+    >>> sorted(fp), len(salt)
+    (['model', 'params', 'prompt', 'schema', 'system'], 64)
+    """
+    fingerprint = {
+        "model": _fingerprint_part(model),
+        "prompt": _fingerprint_part(prompt),
+        "system": _fingerprint_part(system),
+        "schema": answer.fingerprint,
+        "params": _fingerprint_part(dict(params or {})),
+    }
+    if citations:  # only when on, so that the ids of runs without citations do not change
+        fingerprint["citations"] = "on"
+    salt = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
+    return fingerprint, salt
+
+
 def _time_limit_seconds(value: float | dt.timedelta | None) -> float | None:
     if value is None:
         return None
@@ -215,16 +251,10 @@ def batch_llm(
     time_limit_s = _time_limit_seconds(time_limit)
     price_table = PriceTable(prices)
 
-    fingerprint = {
-        "model": _fingerprint_part(model),
-        "prompt": _fingerprint_part(prompt),
-        "system": _fingerprint_part(system),
-        "schema": answer.fingerprint,
-        "params": _fingerprint_part(dict(params or {})),
-    }
-    if citations:  # only when on, so that the ids of runs without citations do not change
-        fingerprint["citations"] = "on"
-    salt = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
+    fingerprint, salt = run_fingerprint(
+        model=model, prompt=prompt, system=system, answer=answer, params=params,
+        citations=citations,
+    )
     jobs = build_jobs(frame, model=model, prompt=prompt, system=system, salt=salt)
     needed = sorted(set(jobs.get_column("provider").drop_nulls().to_list()))
     supported = frozenset.intersection(

@@ -108,11 +108,36 @@ def template_columns(template: str) -> list[str]:
     return cols
 
 
-def render_template(template: str, columns: Sequence[str]) -> pl.Expr:
+def _as_text(name: str, dtype: pl.DataType | None) -> pl.Expr:
+    """Column ``name`` as the text ``str.format`` would put in a prompt (``str(value)``).
+
+    Text, integers and dates cast exactly; booleans become ``True``/``False``. Polars'
+    own cast writes floats (``1e-07``, ``NaN``), datetimes and other types differently
+    from Python, so those columns go through ``str`` value by value.
+    """
+    col = pl.col(name)
+    if dtype is None or dtype == pl.String or dtype.is_integer() or dtype == pl.Date:
+        return col.cast(pl.String)
+    if dtype == pl.Boolean:
+        return pl.when(col).then(pl.lit("True")).when(col.not_()).then(pl.lit("False"))
+    return col.map_elements(str, return_dtype=pl.String, skip_nulls=True)
+
+
+def render_template(
+    template: str, columns: Sequence[str], schema: Mapping[str, pl.DataType] | None = None
+) -> pl.Expr:
     """A vectorised expression rendering ``template`` over a frame's columns.
 
-    A null value in a referenced column gives a null prompt (that row then fails without
-    being sent).
+    Each row's prompt is exactly ``template.format(**row)`` (``{{``/``}}`` are literal
+    braces), given the frame's ``schema`` so that non-text columns render as Python's
+    ``str`` does. A null value in a referenced column gives a null prompt (that row then
+    fails without being sent).
+
+    Examples
+    --------
+    >>> df = pl.DataFrame({"text": ["good"], "n": [1.5e-7]})
+    >>> df.select(render_template("{{{text}}} {n}", df.columns, df.schema)).item()
+    '{good} 1.5e-07'
     """
     parts: list[pl.Expr] = []
     for literal, field_name, _, _ in string.Formatter().parse(template):
@@ -125,17 +150,19 @@ def render_template(template: str, columns: Sequence[str]) -> pl.Expr:
                     f"not have (columns: {list(columns)!r}){_did_you_mean(field_name, columns)}"
                 )
                 raise ColumnError(msg)
-            parts.append(pl.col(field_name).cast(pl.String))
+            parts.append(_as_text(field_name, None if schema is None else schema[field_name]))
     if not parts:
         return pl.lit("")
     return pl.concat_str(parts)
 
 
-def _as_expr(value: str | pl.Expr, columns: Sequence[str], what: str) -> pl.Expr:
+def _as_expr(
+    value: str | pl.Expr, columns: Sequence[str], what: str, schema: pl.Schema | None = None
+) -> pl.Expr:
     if isinstance(value, pl.Expr):
         return value.cast(pl.String)
     if isinstance(value, str):
-        return render_template(value, columns) if what == "prompt" else pl.lit(value)
+        return render_template(value, columns, schema) if what == "prompt" else pl.lit(value)
     msg = f"{what} must be a string template or a pl.Expr, got {type(value).__name__}"
     raise ConfigError(msg)
 
@@ -159,7 +186,7 @@ def build_jobs(
     :func:`batchata_df.files.files_key`); see :func:`job_ids`.
     """
     columns = frame.columns
-    exprs = [_as_expr(prompt, columns, "prompt").alias("prompt")]
+    exprs = [_as_expr(prompt, columns, "prompt", frame.schema).alias("prompt")]
     exprs.append(
         pl.lit(None, dtype=pl.String).alias("system")
         if system is None

@@ -280,6 +280,8 @@ class Emulator:
     def log(self, since: int = 0) -> list[dict[str, Any]]:
         """Every provider request so far: ``{seq, ts, method, path, query, status, provider, ...}``.
 
+        With ``configure(log_bodies=True)`` entries also hold ``body`` or ``lines``.
+
         Parameters
         ----------
         since
@@ -381,6 +383,7 @@ class Emulator:
         latency: float | None = None,
         cancel_delay: float | None = None,
         cancel_unfinished: Literal["error_file", "omit"] | None = None,
+        log_bodies: bool | None = None,
         openai: Mapping[str, object] | None = None,
         anthropic: Mapping[str, object] | None = None,
         gemini: Mapping[str, object] | None = None,
@@ -397,6 +400,10 @@ class Emulator:
             Seconds a cancelled batch stays ``cancelling``.
         cancel_unfinished
             ``"error_file"`` or ``"omit"``; see the class parameters.
+        log_bodies
+            Keep request bodies in :meth:`log` (``body``: parsed JSON; ``lines``: JSON
+            Lines such as an uploaded batch file), with credentials redacted. Off by
+            default (memory).
         openai, anthropic, gemini
             Provider settings, e.g. ``openai={"max_requests": 10}``.
 
@@ -411,6 +418,7 @@ class Emulator:
             ("latency", latency),
             ("cancel_delay", cancel_delay),
             ("cancel_unfinished", cancel_unfinished),
+            ("log_bodies", log_bodies),
             ("openai", None if openai is None else dict(openai)),
             ("anthropic", None if anthropic is None else dict(anthropic)),
             ("gemini", None if gemini is None else dict(gemini)),
