@@ -120,7 +120,13 @@ def _as_text(name: str, dtype: pl.DataType | None) -> pl.Expr:
         return col.cast(pl.String)
     if dtype == pl.Boolean:
         return pl.when(col).then(pl.lit("True")).when(col.not_()).then(pl.lit("False"))
-    return col.map_elements(str, return_dtype=pl.String, skip_nulls=True)
+    return col.map_batches(_python_str, return_dtype=pl.String)
+
+
+def _python_str(values: pl.Series) -> pl.Series:
+    return pl.Series(
+        values.name, [None if v is None else str(v) for v in values.to_list()], dtype=pl.String
+    )
 
 
 def render_template(
