@@ -93,7 +93,7 @@ def test_emulator_refuses_a_batch_over_the_enqueued_limit_like_the_api(emu, limi
 
 def test_a_queue_filled_by_other_work_is_waited_for_not_failed(emu, limited, tmp_path,
                                                               monkeypatch):
-    import batchata_df.engine as engine
+    import batchata_df.engine.planning as engine
 
     monkeypatch.setattr(engine, "RATE_LIMIT_PATIENCE_S", 60.0)
     df = pl.DataFrame({"t": [f"row {i:03d}" for i in range(4)]})

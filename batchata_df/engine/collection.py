@@ -1,0 +1,231 @@
+"""Collection: poll batches in flight, turn finished ones into terminal job events with cost.
+
+:func:`outcomes_to_events` is the pure part (provider results -> job outcomes, schema
+validation, no row lost). :class:`Collector` polls the batches that are due, downloads
+results, writes the events, settles the batch's reservation against its actual cost, and
+hands batches refused for a queue limit to the :class:`~batchata_df.engine.planning.Requeue`.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from batchata_df.engine.admission import Admission
+from batchata_df.engine.ledger import Ledger
+from batchata_df.engine.planning import Requeue, over_named_limit, queue_limit_refusal
+from batchata_df.engine.run import BatchPhase, InFlightBatch, RunContext, RunState, report
+from batchata_df.errors import ProviderError
+from batchata_df.providers.base import BatchPoll, ProviderState, RequestSpec, empty_results
+
+__all__ = ["Collector", "outcomes_to_events"]
+
+
+def outcomes_to_events(
+    members: pl.DataFrame,
+    results: pl.DataFrame,
+    poll: BatchPoll,
+    spec: RequestSpec,
+    *,
+    cancel_reason: str | None = None,
+) -> pl.DataFrame:
+    """Turn a finished batch's provider results into terminal job events.
+
+    ``members`` lists the batch's ``job_id`` s; a member with no result line ends according
+    to the batch's final state, so no row is ever lost. Answers are validated against the
+    schema: a succeeded request whose answer does not validate ends ``failed``.
+    """
+    joined = members.select("job_id").join(results, on="job_id", how="left")
+    if "citations" not in joined.columns:  # results built without the optional column
+        joined = joined.with_columns(pl.lit(None, dtype=pl.String).alias("citations"))
+    succeeded = joined.filter(pl.col("outcome") == "succeeded")
+    canonical, errors = spec.schema.validate(succeeded.get_column("text").to_list())
+    max_tokens = spec.params.get("max_tokens")
+    validated = succeeded.select("job_id").with_columns(
+        pl.Series("answer", canonical, dtype=pl.String),
+        pl.Series("verr", errors, dtype=pl.String),
+    )
+    joined = joined.join(validated, on="job_id", how="left")
+    if poll.state is ProviderState.FAILED:
+        missing_error = f"batch_failed: the provider rejected the batch: {poll.detail}"
+        missing_status = "failed"
+    elif poll.state is ProviderState.CANCELLED:
+        missing_error = f"cancelled: {cancel_reason or 'provider_cancelled'}"
+        missing_status = "cancelled"
+    elif poll.state is ProviderState.EXPIRED:
+        missing_error = "expired: the provider did not finish this request in its window"
+        missing_status = "failed"
+    else:
+        missing_error = "missing_result: the provider returned no result for this request"
+        missing_status = "failed"
+    truncated = pl.col("truncated").fill_null(False)
+    status = (
+        pl.when(pl.col("outcome").is_null())
+        .then(pl.lit(missing_status))
+        .when(pl.col("outcome") == "canceled")
+        .then(pl.lit("cancelled"))
+        .when((pl.col("outcome") == "succeeded") & pl.col("verr").is_null())
+        .then(pl.lit("completed"))
+        .otherwise(pl.lit("failed"))
+    )
+    truncated_msg = (
+        f"truncated: the answer hit max_tokens={max_tokens} before it was complete; "
+        "raise params={'max_tokens': ...}"
+    )
+    error = (
+        pl.when(pl.col("outcome").is_null())
+        .then(pl.lit(missing_error))
+        .when(pl.col("outcome") == "canceled")
+        .then(pl.lit(f"cancelled: {cancel_reason or 'provider_cancelled'}"))
+        .when((pl.col("outcome") == "succeeded") & pl.col("verr").is_not_null() & truncated)
+        .then(pl.lit(truncated_msg))
+        .when(pl.col("outcome") == "succeeded")
+        .then(pl.col("verr"))
+        .otherwise(pl.col("error"))
+    )
+    return joined.select(
+        "job_id",
+        status.alias("status"),
+        error.alias("error"),
+        pl.when(status == "completed").then(pl.col("answer")).alias("answer"),
+        "input_tokens",
+        "output_tokens",
+        "cached_tokens",
+        pl.when(status == "completed").then(pl.col("citations")).alias("citations"),
+    )
+
+
+class Collector:
+    """Polls batches in flight and stores the outcomes of finished ones."""
+
+    def __init__(
+        self,
+        ctx: RunContext,
+        state: RunState,
+        admission: Admission,
+        ledger: Ledger,
+        requeue: Requeue,
+    ) -> None:
+        self.ctx, self.state, self.admission = ctx, state, admission
+        self.ledger, self.requeue = ledger, requeue
+
+    def poll_due(self) -> None:
+        """Poll the batches that are due; collect finished ones and drop them from in_flight.
+
+        With ``wait=False`` every batch is due.
+        """
+        in_flight = self.state.in_flight
+        clock, wait = self.ctx.clock, self.ctx.options.wait
+        now = clock.monotonic()
+        for batch in [b for b in in_flight if b.next_poll <= now or not wait]:
+            poll = self.poll(batch)
+            if poll is None:
+                if batch.status == BatchPhase.COLLECTED:
+                    in_flight.remove(batch)
+                continue
+            if poll.state is ProviderState.RUNNING:
+                batch.next_poll = clock.monotonic() + batch.backoff.next()
+                continue
+            if self.collect(batch, poll):
+                in_flight.remove(batch)
+
+    def poll(self, batch: InFlightBatch) -> BatchPoll | None:
+        """Observe a batch; ``None`` when the provider could not tell this time."""
+        try:
+            poll = self.ctx.providers[batch.provider].poll(batch.provider_batch_id)
+        except ProviderError as e:
+            if e.permanent:
+                # E.g. 404: the provider no longer knows the batch. Its rows cannot end
+                # otherwise; they fail with the reason (retry_failed sends them again).
+                self.ledger.end_batch(batch, f"provider_error: {e}")
+                return None
+            # Transient, after the SDK's own retries: try again later; the batch is safe
+            # at the provider and its id is checkpointed.
+            self._later(batch)
+            return None
+        batch.failures = 0
+        self.state.batch_status[batch.batch_key] = poll.provider_status
+        return poll
+
+    def _later(self, batch: InFlightBatch) -> None:
+        batch.failures += 1
+        batch.next_poll = self.ctx.clock.monotonic() + batch.backoff.next()
+
+    def collect(self, batch: InFlightBatch, poll: BatchPoll) -> bool:
+        """Store a finished batch's outcomes; ``False`` if its results must be fetched later."""
+        if poll.state is ProviderState.FAILED and queue_limit_refusal(poll):
+            self._refused(batch, poll)
+            return True
+        if poll.state is ProviderState.FAILED:
+            results = empty_results()
+        else:
+            self.state.activity = f"downloading results of {batch.provider_batch_id}"
+            report(self.ctx, self.state, "running")
+            try:
+                results = self.ctx.providers[batch.provider].results(
+                    batch.provider_batch_id, self.ctx.spec
+                )
+            except ProviderError as e:
+                if e.permanent:
+                    self.ledger.end_batch(batch, f"results_unavailable: {e}")
+                    return True
+                self._later(batch)
+                return False
+            members = batch.job_ids.implode()
+            if results.height and not results.get_column("job_id").is_in(members).any():
+                # Adopted after a crash by size and time alone (Anthropic), and it is not
+                # ours: forget it; its jobs go back to the queue of the next call.
+                self.ledger.batch(
+                    batch,
+                    status=BatchPhase.ABANDONED.value,
+                    detail="the batch found after a crash holds none of our requests",
+                )
+                self.state.release(batch.reserved)
+                return True
+        events = outcomes_to_events(
+            pl.DataFrame({"job_id": batch.job_ids}),
+            results,
+            poll,
+            self.ctx.spec,
+            cancel_reason=batch.cancel_reason,
+        )
+        actual = self.ledger.terminal(
+            events,
+            batch_key=batch.batch_key,
+            provider=batch.provider,
+            model=batch.model,
+            provider_batch_id=batch.provider_batch_id,
+        )
+        self.admission.settle(batch, actual, events)
+        self.requeue.accepted(batch.provider, batch.model)
+        self.state.activity = ""
+        self.ledger.batch(
+            batch,
+            status=BatchPhase.COLLECTED.value,
+            provider_status=poll.provider_status,
+            n_jobs=batch.job_ids.len(),
+            detail=poll.detail,
+        )
+        self.state.batch_status[batch.batch_key] = poll.provider_status
+        return True
+
+    def _refused(self, batch: InFlightBatch, poll: BatchPoll) -> None:
+        """A batch refused for the provider's queue limit: its jobs wait or fail now."""
+        others = [
+            b
+            for b in self.state.in_flight
+            if b is not batch and (b.provider, b.model) == (batch.provider, batch.model)
+        ]
+        jobs = self.state.jobs
+        too_big = batch.job_ids.len() == 1 and over_named_limit(
+            jobs.filter(pl.col("job_id") == batch.job_ids[0]) if jobs.height else jobs,
+            batch.provider,
+            batch.model,
+            poll.detail,
+        )
+        if not self.requeue.refused(batch, others=len(others), too_big=too_big):
+            self.ledger.end_batch(batch, f"rate_limited: {poll.detail}")
+            return
+        self.ledger.batch(
+            batch, status=BatchPhase.COLLECTED.value, detail=f"requeued: {poll.detail}"
+        )
+        self.state.release(batch.reserved)

@@ -1,0 +1,202 @@
+"""The driver: one loop composing the units (recover, plan, admit, submit, collect, stop).
+
+Each round: stop if the time limit passed or a stop was asked for; give requeued jobs back
+to the planner when the provider has room; submit while slots are free and the cap admits;
+poll the batches that are due and collect finished ones; sleep until the next thing is due.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, MutableMapping
+from typing import Any
+
+import polars as pl
+
+from batchata_df.cost import PriceTable
+from batchata_df.engine.admission import Admission, Calibration
+from batchata_df.engine.clock import Clock, SystemClock
+from batchata_df.engine.collection import Collector
+from batchata_df.engine.ledger import Ledger
+from batchata_df.engine.planning import Planner, Requeue
+from batchata_df.engine.recovery import recover, settled
+from batchata_df.engine.run import (
+    ProgressSnapshot,
+    RunContext,
+    RunOptions,
+    RunState,
+    report,
+)
+from batchata_df.engine.stopping import Stopper
+from batchata_df.engine.submission import Submitter
+from batchata_df.providers.base import Provider, RequestSpec
+from batchata_df.state import StateStore
+
+__all__ = ["Engine"]
+
+
+class Engine:
+    """Drives provider batches for one run, checkpointing every step.
+
+    Parameters
+    ----------
+    store
+        The run's checkpoint store.
+    providers
+        Provider instances by name (``"openai"``, ...), created by the caller.
+    spec
+        The request spec shared by every job.
+    prices
+        Batch prices, for ``_cost_usd``.
+    options
+        Run options.
+    progress
+        Optional callback receiving :class:`ProgressSnapshot` s.
+    stop_event
+        Set it (from another thread or a signal handler) to stop gracefully.
+    make_provider
+        Creates a provider a recorded batch needs that this call's rows do not.
+    clock
+        Where time is read (a :class:`~batchata_df.engine.clock.FakeClock` in tests).
+    """
+
+    def __init__(
+        self,
+        store: StateStore,
+        providers: MutableMapping[str, Provider],
+        spec: RequestSpec,
+        prices: PriceTable,
+        options: RunOptions,
+        progress: Callable[[ProgressSnapshot], None] | None = None,
+        stop_event: threading.Event | None = None,
+        make_provider: Callable[[str], Provider] | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.ctx = RunContext(
+            store=store,
+            providers=providers,
+            spec=spec,
+            prices=prices,
+            options=options,
+            clock=clock or SystemClock(),
+            progress=progress,
+            make_provider=make_provider,
+        )
+        self.stop_event = stop_event or threading.Event()
+        self.state = RunState(started=self.ctx.clock.monotonic())
+
+    def run(self, jobs: pl.DataFrame) -> pl.DataFrame:
+        """Run ``jobs`` (unique ``job_id``, ``provider``, ``model``, ``prompt``, ``system``).
+
+        Returns the latest state of every job (one row per ``job_id``; jobs never submitted
+        because of ``wait=False`` have no row).
+        """
+        ctx, state = self.ctx, self.state
+        state.total, state.jobs = jobs.height, jobs
+        state.in_flight = recover(ctx, state)
+        recorded, billed = ctx.store.snapshot()
+        terminal = settled(recorded, retry_failed=ctx.options.retry_failed)
+        busy = pl.concat([f.job_ids for f in state.in_flight]) if state.in_flight else pl.Series(
+            "job_id", [], dtype=pl.String
+        )
+        todo = jobs.filter(
+            ~pl.col("job_id").is_in(terminal.get_column("job_id").implode())
+            & ~pl.col("job_id").is_in(busy.implode())
+        )
+        self._count_done(jobs, terminal)
+        # The cap covers everything this state folder has paid for, earlier calls and
+        # earlier attempts of retried jobs included.
+        state.spent = float(billed.get_column("cost_usd").fill_null(0.0).sum())
+        admission = Admission(
+            state,
+            ctx.options.max_cost_usd,
+            worst=_by_job(jobs, "worst_usd"),
+            calibration=Calibration(est_input=_by_job(jobs, "est_input_tokens")),
+        )
+        admission.hold_recovered(state.in_flight)
+        planner = Planner(ctx.providers, ctx.spec, ctx.options.items_per_batch)
+        planner.add(todo)
+        self._drive(planner, admission)
+        state.jobs = pl.DataFrame()  # the job table is only needed while driving
+        return _job_states(ctx.store)
+
+    def _drive(self, planner: Planner, admission: Admission) -> None:
+        ctx, state, opts = self.ctx, self.state, self.ctx.options
+        ledger = Ledger(ctx, state)
+        requeue = Requeue(ctx.clock, ctx.backoff)
+        submitter = Submitter(ctx, state, admission, ledger)
+        collector = Collector(ctx, state, admission, ledger, requeue)
+        stopper = Stopper(ctx, state, ledger, self.stop_event)
+        planner.current()  # encode the first batch before the first round
+        stop_reason: str | None = None
+        while True:
+            stop_reason = stop_reason or stopper.reason()
+            if stop_reason is not None:
+                stopper.stop(stop_reason, planner, requeue)
+            elif planner.current() is None and (again := requeue.take(state.in_flight)):
+                job_ids, max_items = again
+                subset = state.jobs.filter(pl.col("job_id").is_in(job_ids.implode()))
+                planner.add(subset, items_per_batch=max_items)
+            submitter.fill(planner)
+            if submitter.blocked:
+                stopper.cancel_unsent(submitter.blocked, planner, requeue)
+            retrying = planner.current() is not None and submitter.retrying()
+            if planner.current() is not None and not state.in_flight and not retrying:
+                # Nothing in flight will free budget: what does not fit now never will.
+                stopper.cancel_unsent("cost_limit", planner)
+            report(ctx, state, "running")
+            waiting_requeue = bool(requeue.items) and stop_reason is None
+            if not state.in_flight and not retrying and not waiting_requeue:
+                break
+            collector.poll_due()
+            if stop_reason is not None and stopper.past_grace():
+                # Cancelled batches that will not end (or cannot be observed) in the grace
+                # period are left in flight: their rows stay pending and a later call with
+                # the same state folder collects them, so nothing is paid twice.
+                break
+            if not opts.wait:
+                # Submit now, collect later: one round of polls and submits, then return.
+                if stop_reason is None:
+                    submitter.fill(planner)
+                break
+            wakes = [b.next_poll for b in state.in_flight]
+            if retrying:
+                wakes.append(submitter.retry_at)
+            if stop_reason is None and (first := requeue.next_wake()) is not None:
+                wakes.append(first)
+            if wakes:
+                stopper.sleep(max(0.0, min(wakes) - ctx.clock.monotonic()))
+        report(ctx, state, "done")
+
+    def _count_done(self, jobs: pl.DataFrame, terminal: pl.DataFrame) -> None:
+        done = terminal.filter(pl.col("job_id").is_in(jobs.get_column("job_id").implode()))
+        for status in self.state.done:
+            self.state.done[status] = int((done.get_column("status") == status).sum())
+        self.state.cost = float(done.get_column("cost_usd").fill_null(0.0).sum())
+
+
+def _by_job(jobs: pl.DataFrame, column: str) -> dict[str, Any]:
+    if column not in jobs.columns:
+        return {}
+    return dict(
+        zip(jobs.get_column("job_id").to_list(), jobs.get_column(column).to_list(), strict=True)
+    )
+
+
+def _job_states(store: StateStore) -> pl.DataFrame:
+    """The latest state of every job, with cost and tokens added up over every attempt."""
+    latest, billed = store.snapshot()
+    state = latest.drop("cost_usd", "input_tokens", "output_tokens").join(
+        billed, on="job_id", how="left"
+    )
+    batches = store.batch_state()
+    if batches.height == 0:
+        return state
+    # Jobs in flight have only their "assigned" event, written before the provider gave
+    # the batch its id: take the id from the batch events.
+    ids = batches.select("batch_key", pl.col("provider_batch_id").alias("_pbid"))
+    return (
+        state.join(ids, on="batch_key", how="left")
+        .with_columns(pl.coalesce("provider_batch_id", "_pbid").alias("provider_batch_id"))
+        .drop("_pbid")
+    )

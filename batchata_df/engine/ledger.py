@@ -1,0 +1,115 @@
+"""Writing what happened: terminal job events with their cost, and batch events.
+
+Every unit that ends jobs (collection, submission after a refusal, stopping) writes them
+through :class:`Ledger`, so the cost of each event and the progress counters are computed
+in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+from batchata_df.cost import cost_expr
+from batchata_df.engine.run import BatchPhase, InFlightBatch, RunContext, RunState
+from batchata_df.state import TERMINAL_JOB
+
+__all__ = ["Ledger"]
+
+
+class Ledger:
+    """Appends a run's job and batch events to its state store."""
+
+    def __init__(self, ctx: RunContext, state: RunState) -> None:
+        self.ctx, self.state = ctx, state
+
+    def terminal(
+        self,
+        events: pl.DataFrame,
+        *,
+        batch_key: str | None,
+        provider: str | None,
+        model: str | None,
+        provider_batch_id: str | None,
+    ) -> float:
+        """Append terminal job events with their cost; return the cost they add."""
+        price = self.ctx.prices.get(provider, model) if provider and model else None
+        frame = events.with_columns(
+            pl.lit(batch_key, dtype=pl.String).alias("batch_key"),
+            pl.lit(provider, dtype=pl.String).alias("provider"),
+            pl.lit(model, dtype=pl.String).alias("model"),
+            pl.lit(provider_batch_id, dtype=pl.String).alias("provider_batch_id"),
+        )
+        if "input_tokens" in frame.columns:
+            frame = frame.with_columns(cost_expr(price).alias("cost_usd"))
+        self.ctx.store.append_jobs(frame)
+        for status in TERMINAL_JOB:
+            self.state.done[status] += int((frame.get_column("status") == status).sum())
+        added = 0.0
+        if "cost_usd" in frame.columns:
+            added = float(frame.get_column("cost_usd").fill_null(0.0).sum())
+            self.state.cost += added
+        return added
+
+    def fail_unrun(
+        self,
+        job_ids: pl.Series,
+        error: str,
+        *,
+        batch_key: str,
+        provider: str,
+        model: str,
+        provider_batch_id: str | None,
+    ) -> None:
+        """End jobs that never ran ``failed``: no usage, so they cost 0 at a known price."""
+        nothing_ran = pl.lit(None, dtype=pl.Int64)
+        events = pl.DataFrame({"job_id": job_ids, "status": "failed", "error": error})
+        self.terminal(
+            events.with_columns(
+                nothing_ran.alias("input_tokens"),
+                nothing_ran.alias("output_tokens"),
+                nothing_ran.alias("cached_tokens"),
+            ),
+            batch_key=batch_key,
+            provider=provider,
+            model=model,
+            provider_batch_id=provider_batch_id,
+        )
+
+    def cancel_unsent(self, job_ids: pl.Series, reason: str) -> None:
+        """End jobs that are in no provider batch ``cancelled`` with ``reason``."""
+        events = pl.DataFrame(
+            {"job_id": job_ids, "status": "cancelled", "error": f"cancelled: {reason}"}
+        )
+        self.terminal(
+            events,
+            batch_key=None,
+            provider=None,
+            model=None,
+            provider_batch_id=None,
+        )
+
+    def batch(self, batch: InFlightBatch, **values: Any) -> None:
+        """Append a batch event for ``batch`` (its key, provider, model and id filled in)."""
+        self.ctx.store.append_batch(
+            batch_key=batch.batch_key,
+            provider=batch.provider,
+            model=batch.model,
+            provider_batch_id=batch.provider_batch_id,
+            **values,
+        )
+
+    def end_batch(self, batch: InFlightBatch, error: str) -> None:
+        """End every job of ``batch`` failed with ``error``; record it ended, release it."""
+        self.fail_unrun(
+            batch.job_ids,
+            error,
+            batch_key=batch.batch_key,
+            provider=batch.provider,
+            model=batch.model,
+            provider_batch_id=batch.provider_batch_id,
+        )
+        self.batch(batch, status=BatchPhase.COLLECTED.value, detail=error)
+        self.state.release(batch.reserved)
+        batch.status = BatchPhase.COLLECTED.value

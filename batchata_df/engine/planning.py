@@ -1,0 +1,341 @@
+"""Planning: jobs -> provider batches, lazily, and jobs refused for a queue limit again.
+
+Jobs are grouped by provider and model (one model per provider batch), encoded in slices
+of the provider's count limit, and each slice is split by count and bytes. Nothing here
+does I/O: :class:`Planner` is a queue that accepts jobs at any time (:meth:`Planner.add`)
+and hands out one planned batch at a time, encoding a slice only when it is needed;
+:class:`Requeue` holds the jobs of batches the provider refused for its queue limit until
+they may be planned again.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from batchata_df.engine.clock import Backoff, Clock
+from batchata_df.engine.run import InFlightBatch
+from batchata_df.providers.base import BatchPoll, Provider, RequestSpec
+
+__all__ = [
+    "RATE_LIMIT_PATIENCE_S",
+    "PlannedBatch",
+    "Planner",
+    "Requeue",
+    "Requeued",
+    "over_named_limit",
+    "plan_batches",
+    "queue_limit_refusal",
+    "split_sizes",
+]
+
+RATE_LIMIT_PATIENCE_S = 900.0
+"""How long a request refused for a provider queue limit keeps waiting for room."""
+
+
+def split_sizes(sizes: pl.Series, *, max_requests: int, max_bytes: int) -> list[tuple[int, int]]:
+    """Split consecutive items into ``[start, end)`` ranges by count and by bytes.
+
+    Every range holds at most ``max_requests`` items whose sizes sum to at most
+    ``max_bytes``; an item larger than ``max_bytes`` on its own gets a range of its own (the
+    provider will reject it, which fails that row only).
+
+    Examples
+    --------
+    >>> split_sizes(pl.Series([4, 4, 4, 4, 4]), max_requests=2, max_bytes=100)
+    [(0, 2), (2, 4), (4, 5)]
+    >>> split_sizes(pl.Series([6, 6, 6]), max_requests=10, max_bytes=12)
+    [(0, 2), (2, 3)]
+    """
+    n = sizes.len()
+    cum = pl.concat([pl.Series([0], dtype=pl.Int64), sizes.cast(pl.Int64).cum_sum()])
+    out: list[tuple[int, int]] = []
+    start = 0
+    while start < n:
+        limit = int(cum[start]) + max_bytes
+        by_bytes = int(cum.search_sorted(limit, side="right")) - 1
+        end = max(min(start + max_requests, by_bytes, n), start + 1)
+        out.append((start, end))
+        start = end
+    return out
+
+
+def new_batch_key() -> str:
+    """A fresh key naming one planned batch in the state folder."""
+    return f"b{time.time_ns():x}{secrets.token_hex(3)}"
+
+
+@dataclass
+class PlannedBatch:
+    """Encoded requests of one model, ready to be sent as one provider batch."""
+
+    batch_key: str
+    provider: str
+    model: str
+    job_ids: pl.Series
+    lines: pl.Series
+    n_bytes: int
+    worst: pl.Series
+    """Worst-case cost in USD of each job (``max_tokens`` as output)."""
+    has_estimates: bool = False
+    est_input_usd: pl.Series | None = None
+    """The input part of ``worst``, which calibration scales by actual/estimated tokens."""
+
+    def __len__(self) -> int:
+        return self.job_ids.len()
+
+    def head(self, n: int) -> PlannedBatch:
+        """The first ``n`` jobs as a batch of their own (a new key)."""
+        return PlannedBatch(
+            new_batch_key(), self.provider, self.model, self.job_ids.head(n),
+            self.lines.head(n), int(self.lines.head(n).str.len_bytes().sum()) + n,
+            self.worst.head(n),
+            self.has_estimates,
+            None if self.est_input_usd is None else self.est_input_usd.head(n),
+        )
+
+    def tail(self, n: int) -> PlannedBatch:
+        """All but the first ``n`` jobs, as a batch of their own (a new key)."""
+        rest = self.job_ids.len() - n
+        return PlannedBatch(
+            new_batch_key(), self.provider, self.model, self.job_ids.tail(rest),
+            self.lines.tail(rest), int(self.lines.tail(rest).str.len_bytes().sum()) + rest,
+            self.worst.tail(rest),
+            self.has_estimates,
+            None if self.est_input_usd is None else self.est_input_usd.tail(rest),
+        )
+
+
+def plan_batches(
+    todo: pl.DataFrame,
+    providers: Mapping[str, Provider],
+    spec: RequestSpec,
+    items_per_batch: int | None,
+) -> Iterator[PlannedBatch]:
+    """Yield provider batches lazily: lines are encoded only when a batch is needed.
+
+    Jobs are grouped by provider and model (one model per provider batch), encoded in
+    slices of the provider's count limit, and each slice split by count and bytes.
+    """
+    for (provider_name, model), group in todo.group_by(
+        ["provider", "model"], maintain_order=True
+    ):
+        provider = providers[str(provider_name)]
+        limit = provider.max_requests
+        if items_per_batch:
+            limit = min(limit, items_per_batch)
+        overhead = provider.line_overhead()
+        if "payload_bytes" in group.columns:
+            # Big per-job payloads (files): bound each slice by bytes before expanding it.
+            slices = split_sizes(
+                group.get_column("payload_bytes"),
+                max_requests=provider.max_requests,
+                max_bytes=provider.max_bytes,
+            )
+        else:
+            slices = [
+                (o, min(o + provider.max_requests, group.height))
+                for o in range(0, group.height, provider.max_requests)
+            ]
+        for offset, stop in slices:
+            chunk = group.slice(offset, stop - offset)
+            if spec.prepare is not None:
+                chunk = spec.prepare(chunk)
+            lines = provider.encode(chunk, spec)
+            worst = (
+                chunk.get_column("worst_usd")
+                if "worst_usd" in chunk.columns
+                else pl.Series("worst_usd", [0.0] * chunk.height, dtype=pl.Float64)
+            )
+            sizes = lines.str.len_bytes().cast(pl.Int64) + overhead
+            for start, end in split_sizes(sizes, max_requests=limit, max_bytes=provider.max_bytes):
+                yield PlannedBatch(
+                    batch_key=new_batch_key(),
+                    provider=str(provider_name),
+                    model=str(model),
+                    job_ids=chunk.get_column("job_id").slice(start, end - start),
+                    lines=lines.slice(start, end - start),
+                    n_bytes=int(sizes.slice(start, end - start).sum()),
+                    worst=worst.slice(start, end - start),
+                    has_estimates="worst_usd" in chunk.columns,
+                    est_input_usd=(
+                        chunk.get_column("est_input_usd").slice(start, end - start)
+                        if "est_input_usd" in chunk.columns
+                        else None
+                    ),
+                )
+
+
+class Planner:
+    """The jobs still to send, as a queue of planned batches.
+
+    :meth:`add` may be called at any time (jobs arriving in chunks); :meth:`current` is the
+    next batch to send, encoded on first use. After a send, :meth:`took` moves on by the
+    jobs that went; :meth:`resend` re-keys the current batch (nothing reached the provider);
+    :meth:`drain` hands back every unsent job id (a stop: they end cancelled).
+    """
+
+    def __init__(
+        self, providers: Mapping[str, Provider], spec: RequestSpec, items_per_batch: int | None
+    ) -> None:
+        self.providers, self.spec, self.items_per_batch = providers, spec, items_per_batch
+        self._sources: deque[Iterator[PlannedBatch]] = deque()
+        self._current: PlannedBatch | None = None
+
+    def add(self, jobs: pl.DataFrame, *, items_per_batch: int | None = None) -> None:
+        """Queue ``jobs`` to be sent after everything queued so far."""
+        per_batch = items_per_batch if items_per_batch is not None else self.items_per_batch
+        self._sources.append(plan_batches(jobs, self.providers, self.spec, per_batch))
+
+    def current(self) -> PlannedBatch | None:
+        """The next batch to send (``None``: nothing left)."""
+        while self._current is None and self._sources:
+            self._current = next(self._sources[0], None)
+            if self._current is None:
+                self._sources.popleft()
+        return self._current
+
+    def took(self, n: int) -> None:
+        """The first ``n`` jobs of the current batch were dealt with: move on."""
+        current = self._current
+        assert current is not None
+        if n == len(current):
+            self._current = None
+            self.current()  # encode the next batch now, as the run goes on to send it
+        else:
+            self._current = current.tail(n)
+
+    def resend(self) -> None:
+        """The current batch goes again later, under a new key (its create failed)."""
+        if self._current is not None:
+            self._current = self._current.head(len(self._current))
+
+    def drain(self) -> pl.Series | None:
+        """Every unsent job id (``None``: none), emptying the queue."""
+        first = self.current()
+        if first is None:
+            return None
+        rest = [p.job_ids for source in self._sources for p in source]
+        self._current = None
+        self._sources.clear()
+        return pl.concat([first.job_ids, *rest])
+
+
+def queue_limit_refusal(poll: BatchPoll) -> bool:
+    """Whether a failed batch was refused for a queue/rate limit (nothing ran)."""
+    detail = (poll.detail or "").lower()
+    return "token_limit_exceeded" in detail or "rate_limit" in detail
+
+
+def over_named_limit(job: pl.DataFrame, provider: str, model: str, detail: str | None) -> bool:
+    """Whether a lone request is bigger than the limit named in the refusal (never fits).
+
+    ``job`` is the request's row of the job table.
+    """
+    match = re.search(r"Limit: ([\d,]+)", detail or "")
+    if match is None or job.height == 0:
+        return False
+    from batchata_df.tokens import estimate_request_tokens
+
+    tokens = estimate_request_tokens(
+        job.get_column("prompt"), provider, model, system=job.get_column("system")
+    )
+    return int(tokens[0]) > int(match.group(1).replace(",", ""))
+
+
+@dataclass
+class Requeued:
+    """Jobs of a batch the provider refused for its queue limit, to plan again."""
+
+    job_ids: pl.Series
+    provider: str
+    model: str
+    max_items: int
+    gate: int
+    """Plan them again once fewer than this many batches of the model are in flight."""
+    not_before: float
+
+
+@dataclass
+class Requeue:
+    """Jobs refused for a provider's queue limit, waiting for room.
+
+    Nothing of a refused batch ran or was billed. The limit is per model and may be shared
+    with other work, so the jobs wait: until one of this run's batches of the same model
+    ends, or on a growing timer when none is in flight (a batch alone is also halved, in
+    case it is too big for the limit by itself). After ``patience_s`` of refusals of a
+    model (default :data:`RATE_LIMIT_PATIENCE_S`) the jobs fail with the provider's reason.
+    """
+
+    clock: Clock
+    new_backoff: Callable[[], Backoff]
+    patience_s: float | None = None
+    items: list[Requeued] = field(default_factory=list)
+    _since: dict[tuple[str, str], float] = field(default_factory=dict)
+    _backoff: dict[tuple[str, str], Backoff] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.patience_s is None:
+            self.patience_s = RATE_LIMIT_PATIENCE_S
+
+    def refused(self, batch: InFlightBatch, *, others: int, too_big: bool) -> bool:
+        """A batch was refused: ``True`` if its jobs wait to go again, ``False``: fail them.
+
+        They fail now if a lone request is too big for the limit or patience ran out.
+        ``others`` counts this run's other batches of the same model in flight.
+        """
+        key = (batch.provider, batch.model)
+        n = batch.job_ids.len()
+        now = self.clock.monotonic()
+        since = self._since.setdefault(key, now)
+        assert self.patience_s is not None
+        if too_big or now - since > self.patience_s:
+            return False
+        backoff = self._backoff.setdefault(key, self.new_backoff())
+        self.items.append(
+            Requeued(
+                job_ids=batch.job_ids,
+                provider=batch.provider,
+                model=batch.model,
+                max_items=n if others else max(1, n // 2),
+                gate=others,
+                not_before=now if others else now + backoff.next(),
+            )
+        )
+        return True
+
+    def accepted(self, provider: str, model: str) -> None:
+        """A batch of the model was collected: the queue had room; patience starts over."""
+        self._since.pop((provider, model), None)
+        self._backoff.pop((provider, model), None)
+
+    def take(
+        self, in_flight: Sequence[InFlightBatch]
+    ) -> tuple[pl.Series, int] | None:
+        """The first waiting jobs and their batch size, once the provider has room."""
+        if not self.items:
+            return None
+        item = self.items[0]
+        same = [b for b in in_flight if (b.provider, b.model) == (item.provider, item.model)]
+        if (same and len(same) >= item.gate) or self.clock.monotonic() < item.not_before:
+            return None
+        self.items.pop(0)
+        return item.job_ids, item.max_items
+
+    def next_wake(self) -> float | None:
+        """When the first waiting jobs may go at the earliest (a clock reading)."""
+        return self.items[0].not_before if self.items else None
+
+    def drain(self) -> pl.Series | None:
+        """Every waiting job id (``None``: none), emptying the queue."""
+        if not self.items:
+            return None
+        ids = pl.concat([item.job_ids for item in self.items])
+        self.items.clear()
+        return ids

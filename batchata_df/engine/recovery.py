@@ -1,0 +1,128 @@
+"""Recovery: what an earlier call left behind, before anything new is sent.
+
+Batches in flight are re-attached; an ``intent`` without a provider id (a crash between
+"created" and our checkpoint) is looked up at the provider (``find``) and either adopted
+or abandoned. :func:`settled` and :func:`busy_jobs` say which jobs a new call must not
+send again; the dry run uses the same rules.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from batchata_df.engine.run import IN_FLIGHT, BatchPhase, InFlightBatch, RunContext, RunState
+from batchata_df.providers.base import BatchTag, Provider
+from batchata_df.state import StateStore
+
+__all__ = ["busy_jobs", "recover", "settled"]
+
+
+def settled(state: pl.DataFrame, *, retry_failed: bool) -> pl.DataFrame:
+    """The jobs (latest events) a new call must not send again.
+
+    Completed jobs, and failed ones unless ``retry_failed``. Cancelled jobs (cost cap, time
+    limit, interrupt, provider cancel) got no answer and were not billed for it, so a later
+    call sends them again. The dry run uses the same rule.
+    """
+    keep = ["completed"] if retry_failed else ["completed", "failed"]
+    return state.filter(pl.col("status").is_in(keep))
+
+
+def busy_jobs(store: StateStore, state: pl.DataFrame) -> pl.DataFrame:
+    """Jobs whose latest event (``state``) puts them in a batch that may still be running.
+
+    Columns ``job_id`` and ``est_cost_usd`` (the worst case held for it when it was sent).
+    Unresolved intents count as busy: offline, we cannot tell whether they reached the
+    provider.
+    """
+    batches = store.batch_state()
+    if batches.height == 0:
+        return pl.DataFrame(schema={"job_id": pl.String, "est_cost_usd": pl.Float64})
+    open_keys = batches.filter(
+        pl.col("status").is_in([*IN_FLIGHT, BatchPhase.INTENT.value])
+    ).get_column("batch_key")
+    return state.filter(
+        (pl.col("status") == "assigned") & pl.col("batch_key").is_in(open_keys.implode())
+    ).select("job_id", "est_cost_usd")
+
+
+def recover(ctx: RunContext, state: RunState) -> list[InFlightBatch]:
+    """Re-attach batches in flight; resolve intents left by a crash before submitting.
+
+    Fills ``state.known_ids`` with every provider batch id recorded so far.
+    """
+    store = ctx.store
+    batches = store.batch_state()
+    state.known_ids = set(batches.get_column("provider_batch_id").drop_nulls().to_list())
+    if batches.height == 0:
+        return []
+    job_events = store.job_events().filter(pl.col("status") == "assigned")
+    members = job_events.group_by("batch_key").agg(pl.col("job_id"))
+    member_map = {
+        row[0]: pl.Series("job_id", row[1], dtype=pl.String) for row in members.iter_rows()
+    }
+    out: list[InFlightBatch] = []
+    for row in batches.iter_rows(named=True):
+        key, status = row["batch_key"], row["status"]
+        provider = provider_for(ctx, row["provider"], status)
+        if status == BatchPhase.INTENT and provider is not None:
+            members_of = member_map.get(key, pl.Series("job_id", [], pl.String))
+            tag = BatchTag(
+                run_id=store.manifest.run_id,
+                batch_key=key,
+                created_after=row["ts"].timestamp(),
+                n_jobs=row["n_jobs"],
+                job_ids=frozenset(members_of.to_list()),
+                known_batch_ids=frozenset(state.known_ids),
+            )
+            found = provider.find(tag)
+            if found is None:
+                store.append_batch(
+                    batch_key=key,
+                    provider=row["provider"],
+                    model=row["model"],
+                    status=BatchPhase.ABANDONED.value,
+                    detail="the submit never reached the provider",
+                )
+                continue
+            store.append_batch(
+                batch_key=key,
+                provider=row["provider"],
+                model=row["model"],
+                provider_batch_id=found,
+                status=BatchPhase.SUBMITTED.value,
+                detail="found at the provider after a crash",
+            )
+            row["provider_batch_id"], status = found, BatchPhase.SUBMITTED.value
+            state.known_ids.add(found)
+        if status in IN_FLIGHT and provider is not None:
+            out.append(
+                InFlightBatch(
+                    batch_key=key,
+                    provider=row["provider"],
+                    model=row["model"],
+                    provider_batch_id=row["provider_batch_id"],
+                    job_ids=member_map.get(key, pl.Series("job_id", [], pl.String)),
+                    backoff=ctx.backoff(),
+                    status=status,
+                    cancel_reason=(
+                        row["detail"] if status == BatchPhase.CANCEL_REQUESTED else None
+                    ),
+                )
+            )
+    return out
+
+
+def provider_for(ctx: RunContext, name: str | None, status: str) -> Provider | None:
+    """The provider of a recorded batch, created if this call's rows do not need it.
+
+    A batch in flight (or an unresolved intent) must be re-attached even when the current
+    frame has no rows for its provider: its worst case still counts against the cap, and
+    its orphan must still be looked for.
+    """
+    if name is None:
+        return None
+    needed = status in (BatchPhase.INTENT, *IN_FLIGHT)
+    if name not in ctx.providers and ctx.make_provider is not None and needed:
+        ctx.providers[name] = ctx.make_provider(name)
+    return ctx.providers.get(name)

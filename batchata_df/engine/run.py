@@ -1,0 +1,186 @@
+"""What the engine's units share: options, batch phases, and one run's context and state.
+
+:class:`RunContext` is what a run works *with* (store, providers, spec, prices, options,
+clock); :class:`RunState` is what it *changes* (the job table, the batches in flight, money
+spent and held, progress counters). Every unit takes both; nothing else is shared.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from batchata_df.cost import PriceTable
+from batchata_df.engine.clock import Backoff, Clock
+from batchata_df.providers.base import Provider, RequestSpec
+from batchata_df.state import TERMINAL_JOB, StateStore
+
+__all__ = [
+    "IN_FLIGHT",
+    "BatchPhase",
+    "InFlightBatch",
+    "ProgressSnapshot",
+    "RunContext",
+    "RunOptions",
+    "RunState",
+    "failpoint",
+    "report",
+]
+
+
+class BatchPhase(enum.StrEnum):
+    """Our view of a provider batch (the ``status`` of batch events)."""
+
+    INTENT = "intent"
+    SUBMITTED = "submitted"
+    CANCEL_REQUESTED = "cancel_requested"
+    COLLECTED = "collected"
+    ABANDONED = "abandoned"
+
+
+IN_FLIGHT = (BatchPhase.SUBMITTED.value, BatchPhase.CANCEL_REQUESTED.value)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Run-level knobs of :func:`~batchata_df.batch_llm` that the engine honours."""
+
+    items_per_batch: int | None = None
+    max_parallel_batches: int = 8
+    wait: bool = True
+    time_limit_s: float | None = None
+    retry_failed: bool = False
+    max_cost_usd: float | None = None
+    cancel_grace_s: float = 900.0
+    """After a stop, how long to wait for cancelled batches to end (OpenAI: up to 10 min)."""
+    submit_patience_s: float = 600.0
+    """How long creates may keep failing (after the SDKs' own retries) before the unsent
+    rows of this call end ``cancelled: provider_unavailable``."""
+    poll_initial_s: float = 1.0
+    poll_max_s: float = 60.0
+    poll_factor: float = 1.6
+
+
+@dataclass(frozen=True)
+class ProgressSnapshot:
+    """What a progress callback receives, after every poll round and state change."""
+
+    total: int
+    completed: int
+    failed: int
+    cancelled: int
+    pending: int
+    batches: dict[str, int]
+    cost_usd: float
+    elapsed_s: float
+    phase: str
+    activity: str = ""
+    """The local step under way, e.g. ``"uploading batch 3/20 (180.2 MB)"``."""
+    projected_cost_usd: float | None = None
+    """Spent so far plus the remaining jobs at the average actual cost per finished job."""
+
+
+@dataclass
+class InFlightBatch:
+    """A provider batch of this run that has an id and has not been collected yet."""
+
+    batch_key: str
+    provider: str
+    model: str
+    provider_batch_id: str
+    job_ids: pl.Series
+    backoff: Backoff
+    next_poll: float = 0.0
+    cancel_reason: str | None = None
+    status: str = "submitted"
+    reserved: float = 0.0
+    """Worst-case cost held against the cap until the batch's actual cost is known."""
+    failures: int = 0
+    """Consecutive failed polls or downloads."""
+
+
+@dataclass
+class RunContext:
+    """What one run works with; fixed for the run (a provider may be added on recovery)."""
+
+    store: StateStore
+    providers: MutableMapping[str, Provider]
+    spec: RequestSpec
+    prices: PriceTable
+    options: RunOptions
+    clock: Clock
+    progress: Callable[[ProgressSnapshot], None] | None = None
+    make_provider: Callable[[str], Provider] | None = None
+
+    def backoff(self) -> Backoff:
+        """A fresh polling backoff with the run's settings."""
+        o = self.options
+        return Backoff(o.poll_initial_s, o.poll_max_s, o.poll_factor)
+
+
+@dataclass
+class RunState:
+    """Everything one run changes as it goes, shared by the engine's units."""
+
+    started: float
+    """The clock's reading when the run began (time limit, elapsed time)."""
+    jobs: pl.DataFrame = field(default_factory=pl.DataFrame)
+    """The job table, while driving (requeued jobs are planned again from it)."""
+    in_flight: list[InFlightBatch] = field(default_factory=list)
+    known_ids: set[str] = field(default_factory=set)
+    """Every provider batch id this state folder has recorded, kept in memory so that a
+    submit never re-reads the batch parts (that would grow with the run)."""
+    spent: float = 0.0
+    """Billed so far by this state folder, earlier calls included."""
+    reserved: float = 0.0
+    """Worst case held for batches in flight (and the one being created)."""
+    total: int = 0
+    done: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TERMINAL_JOB, 0))
+    cost: float = 0.0
+    """Cost of this call's jobs (the progress display's figure)."""
+    batch_status: dict[str, str] = field(default_factory=dict)
+    activity: str = ""
+
+    def release(self, amount: float) -> None:
+        """Give back a reservation (the batch ended, was refused, or never got created)."""
+        self.reserved = max(0.0, self.reserved - amount)
+
+    def snapshot(self, phase: str, now: float) -> ProgressSnapshot:
+        """The progress figures at ``now`` (a clock reading)."""
+        statuses: dict[str, int] = {}
+        for s in self.batch_status.values():
+            statuses[s] = statuses.get(s, 0) + 1
+        finished = sum(self.done.values())
+        projected = None
+        if self.done["completed"] + self.done["failed"] > 0:
+            per_job = self.cost / (self.done["completed"] + self.done["failed"])
+            projected = self.cost + per_job * (self.total - finished)
+        return ProgressSnapshot(
+            total=self.total,
+            completed=self.done["completed"],
+            failed=self.done["failed"],
+            cancelled=self.done["cancelled"],
+            pending=self.total - finished,
+            batches=statuses,
+            cost_usd=self.cost,
+            elapsed_s=now - self.started,
+            phase=phase,
+            activity="" if phase == "done" else self.activity,
+            projected_cost_usd=projected,
+        )
+
+
+def report(ctx: RunContext, state: RunState, phase: str) -> None:
+    """Send a progress snapshot to the run's callback, if any."""
+    if ctx.progress is not None:
+        ctx.progress(state.snapshot(phase, ctx.clock.monotonic()))
+
+
+def failpoint(name: str) -> None:
+    """Die here if ``BATCHATA_DF_FAILPOINT`` names this point (crash-recovery tests)."""
+    if os.environ.get("BATCHATA_DF_FAILPOINT") == name:
+        os._exit(75)

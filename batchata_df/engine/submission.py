@@ -1,0 +1,191 @@
+"""Submission: create provider batches without ever paying twice.
+
+For each admitted batch: an ``intent`` batch event and ``assigned`` job events are written
+*before* the provider is called, the provider's batch id right after. If the create call
+fails, the provider is asked whether the batch exists anyway (a lost answer); if not, the
+intent is ``abandoned`` and the jobs either go again later as a new batch (a transient
+failure, with backoff, for up to ``submit_patience_s``) or end ``failed`` with the
+provider's reason (a permanent refusal of the whole batch). A lookup that cannot be
+answered stops submitting for this call (:attr:`Submitter.blocked`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import polars as pl
+
+from batchata_df.engine.admission import Admission
+from batchata_df.engine.ledger import Ledger
+from batchata_df.engine.planning import PlannedBatch, Planner
+from batchata_df.engine.run import (
+    BatchPhase,
+    InFlightBatch,
+    RunContext,
+    RunState,
+    failpoint,
+    report,
+)
+from batchata_df.errors import ProviderError
+from batchata_df.providers.base import BatchTag
+
+__all__ = ["SubmitOutcome", "Submitter"]
+
+SubmitOutcome = InFlightBatch | Literal["retry", "ended", "blocked"]
+"""What became of a batch sent to :meth:`Submitter.submit`: in flight, to be sent again
+(``"retry"``), its jobs ended failed (``"ended"``), or held by an open intent
+(``"blocked"``)."""
+
+
+class Submitter:
+    """Sends admitted batches to their providers, recording each step first."""
+
+    def __init__(
+        self, ctx: RunContext, state: RunState, admission: Admission, ledger: Ledger
+    ) -> None:
+        self.ctx, self.state, self.admission, self.ledger = ctx, state, admission, ledger
+        self.blocked: str | None = None
+        """Why nothing more may be submitted in this call (``"provider_unavailable"``)."""
+        self.retry_at = 0.0
+        """Clock reading before which no create is tried again (after a failed one)."""
+        self._first_failure: float | None = None
+        self._backoff = ctx.backoff()
+        self._n_submitted = 0
+
+    def retrying(self) -> bool:
+        """Whether a failed create is waiting for its next attempt."""
+        return self.ctx.clock.monotonic() < self.retry_at
+
+    def fill(self, planner: Planner) -> None:
+        """Submit while a slot is free and the cap admits the planner's next jobs."""
+        in_flight = self.state.in_flight
+        while (
+            plan := planner.current()
+        ) is not None and len(in_flight) < self.ctx.options.max_parallel_batches:
+            if self.retrying() or self.blocked:
+                break
+            admitted = self.admission.admit(plan)
+            if admitted is None:
+                break
+            outcome = self.submit(admitted)
+            if outcome == "retry":
+                # Nothing reached the provider: the same jobs go again later, as a new batch.
+                planner.resend()
+                break
+            if isinstance(outcome, InFlightBatch):
+                in_flight.append(outcome)
+            # "ended" and "blocked": the admitted jobs are settled or held by an open intent.
+            planner.took(len(admitted))
+
+    def submit(self, plan: PlannedBatch) -> SubmitOutcome:
+        """Record the intent, create the provider batch, record its id."""
+        ctx, store = self.ctx, self.ctx.store
+        provider = ctx.providers[plan.provider]
+        tag = BatchTag(store.manifest.run_id, plan.batch_key, ctx.clock.time(), n_jobs=len(plan))
+        store.append_batch(
+            batch_key=plan.batch_key,
+            provider=plan.provider,
+            model=plan.model,
+            status=BatchPhase.INTENT.value,
+            n_jobs=len(plan),
+            n_bytes=plan.n_bytes,
+        )
+        store.append_jobs(
+            pl.DataFrame({"job_id": plan.job_ids}).with_columns(
+                pl.lit(plan.batch_key).alias("batch_key"),
+                pl.lit(plan.provider).alias("provider"),
+                pl.lit(plan.model).alias("model"),
+                pl.lit("assigned").alias("status"),
+                plan.worst.alias("est_cost_usd") if plan.has_estimates else pl.lit(None),
+            )
+        )
+        reserved = self.admission.reserve(plan)
+        self._n_submitted += 1
+        self.state.activity = (
+            f"uploading batch {self._n_submitted} to {plan.provider} "
+            f"({len(plan):,} requests, {plan.n_bytes / 1e6:,.1f} MB)"
+        )
+        report(ctx, self.state, "running")
+        # The tag carries what a lookup needs to tell our batch from this run's others (the
+        # provider may look it up itself when a create fails).
+        tag = self.lookup_tag(tag, plan)
+        try:
+            batch_id = provider.submit(plan.lines, model=plan.model, tag=tag)
+        except ProviderError as e:
+            self.state.release(reserved)
+            found = None
+            if not e.permanent:  # a 4xx created nothing; otherwise the answer may be lost
+                try:
+                    found = provider.find(tag)
+                except ProviderError:  # OrphanedBatchError included
+                    # We cannot tell whether the batch exists: submit nothing more in this
+                    # call. Its jobs stay with the open intent, which the next call
+                    # resolves before sending anything.
+                    self.blocked = "provider_unavailable"
+                    return "blocked"
+            if found is None:
+                return self._failed(plan, e)
+            self.state.reserved += reserved
+            batch_id = found
+        self._first_failure = None
+        self._backoff = ctx.backoff()
+        self.state.known_ids.add(batch_id)
+        failpoint("after_submit")
+        store.append_batch(
+            batch_key=plan.batch_key,
+            provider=plan.provider,
+            model=plan.model,
+            provider_batch_id=batch_id,
+            status=BatchPhase.SUBMITTED.value,
+            n_jobs=len(plan),
+            n_bytes=plan.n_bytes,
+        )
+        self.state.batch_status[plan.batch_key] = "submitted"
+        return InFlightBatch(
+            batch_key=plan.batch_key,
+            provider=plan.provider,
+            model=plan.model,
+            provider_batch_id=batch_id,
+            job_ids=plan.job_ids,
+            backoff=ctx.backoff(),
+            reserved=reserved,
+        )
+
+    def lookup_tag(self, tag: BatchTag, plan: PlannedBatch) -> BatchTag:
+        """``tag`` with what a lookup needs to tell our batch from others of the same size."""
+        return dataclasses.replace(
+            tag,
+            job_ids=frozenset(plan.job_ids.to_list()),
+            known_batch_ids=frozenset(self.state.known_ids),
+        )
+
+    def _failed(self, plan: PlannedBatch, error: ProviderError) -> Literal["retry", "ended"]:
+        """The create call failed and no batch exists: abandon the intent, decide what next."""
+        self.ctx.store.append_batch(
+            batch_key=plan.batch_key,
+            provider=plan.provider,
+            model=plan.model,
+            status=BatchPhase.ABANDONED.value,
+            detail=f"submit failed: {error}",
+        )
+        if error.permanent:
+            self.ledger.fail_unrun(
+                plan.job_ids,
+                f"submit_failed: {error}",
+                batch_key=plan.batch_key,
+                provider=plan.provider,
+                model=plan.model,
+                provider_batch_id=None,
+            )
+            return "ended"
+        now = self.ctx.clock.monotonic()
+        if self._first_failure is None:
+            self._first_failure = now
+        if now - self._first_failure > self.ctx.options.submit_patience_s:
+            # The provider has refused creates for too long: stop trying in this call; the
+            # unsent rows end cancelled (provider_unavailable) and a later call sends them.
+            self.blocked = "provider_unavailable"
+            return "retry"
+        self.retry_at = now + self._backoff.next()
+        return "retry"
