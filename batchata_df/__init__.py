@@ -19,10 +19,12 @@ from batchata_df.errors import (
     ProviderError,
     SchemaError,
     StateError,
+    StateLockedError,
     StateMismatchError,
 )
 from batchata_df.frame import batch_llm
 from batchata_df.query import sql
+from batchata_df.repair import RepairReport, doctor, repair
 
 __version__ = "0.1.0"
 
@@ -37,10 +39,14 @@ __all__ = [
     "PriceError",
     "ProgressSnapshot",
     "ProviderError",
+    "RepairReport",
     "SchemaError",
     "StateError",
+    "StateLockedError",
     "StateMismatchError",
     "__version__",
     "batch_llm",
+    "doctor",
+    "repair",
     "sql",
 ]

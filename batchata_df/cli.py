@@ -1,4 +1,4 @@
-r"""Command line: ``batchata-df run | status | sql | emulator | demo``.
+r"""Command line: ``batchata-df run | status | sql | doctor | repair | emulator | demo``.
 
 Examples
 --------
@@ -8,6 +8,7 @@ Examples
         --prompt "Classify: {text}" --schema mypkg.models:Review --state runs/reviews \
         --max-cost-usd 5
     batchata-df status runs/reviews
+    batchata-df repair runs/reviews          # shows what it would do; --apply does it
     batchata-df sql "select status, count(*) from jobs group by all" runs/reviews
     batchata-df emulator --port 8765
 """
@@ -100,6 +101,16 @@ def _cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from batchata_df.repair import doctor, repair
+
+    report = repair(args.state, apply=args.apply) if args.command == "repair" else doctor(
+        args.state
+    )
+    print(report)
+    return 0 if report.healthy or report.applied else 1
+
+
 def _cmd_emulator(args: argparse.Namespace) -> int:
     from batchata_df.emulator.__main__ import main as emulator_main
 
@@ -146,6 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("query")
     sql.add_argument("state", nargs="+")
     sql.set_defaults(func=_cmd_sql)
+
+    for name, text in (
+        ("doctor", "say what is wrong with a checkpoint folder (offline; exit 1 if damaged)"),
+        ("repair", "show how a damaged checkpoint folder is repaired; --apply does it"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("state", help="checkpoint folder")
+        if name == "repair":
+            cmd.add_argument("--apply", action="store_true", help="do it (else only show it)")
+        cmd.set_defaults(func=_cmd_doctor, apply=False)
 
     emu = sub.add_parser("emulator", help="serve the provider emulator on 127.0.0.1")
     emu.add_argument("--port", type=int, default=8765)

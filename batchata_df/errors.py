@@ -11,7 +11,8 @@ The tree is designed so that a caller can tell *who* has to act::
     │   ├── PriceError                 a cost cap or dry run needs a price we do not have
     │   └── FileInputError             a file input is missing, unsupported or too large
     ├── StateError                     the checkpoint folder cannot be used for this run
-    │   └── StateMismatchError         written for another model / prompt / schema / params
+    │   ├── StateMismatchError         written for another model / prompt / schema / params
+    │   └── StateLockedError           another call is writing to the folder right now
     ├── ProviderError                  the provider refused or failed a whole batch call
     │   └── OrphanedBatchError         we cannot prove a crashed submit did not go through
     └── EmulatorError                  the bundled emulator could not start or answer
@@ -21,6 +22,11 @@ Failures of single rows are never exceptions: they become ``_status="failed"`` a
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from batchata_df.state import LockHolder
 
 __all__ = [
     "BatchataError",
@@ -35,6 +41,7 @@ __all__ = [
     "ProviderError",
     "SchemaError",
     "StateError",
+    "StateLockedError",
     "StateMismatchError",
 ]
 
@@ -77,6 +84,18 @@ class StateError(BatchataError):
 
 class StateMismatchError(StateError):
     """The checkpoint folder was written by a run with another fingerprint."""
+
+
+class StateLockedError(StateError):
+    """Another call holds the checkpoint folder's writer lock.
+
+    ``holder`` describes it (:class:`~batchata_df.state.LockHolder`: ``pid``, ``host``,
+    ``since``), or is ``None`` when the holder had not yet written its name.
+    """
+
+    def __init__(self, message: str, *, holder: LockHolder | None = None) -> None:
+        super().__init__(message)
+        self.holder = holder
 
 
 class ProviderError(BatchataError):

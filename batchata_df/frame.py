@@ -27,7 +27,7 @@ from batchata_df.jobs import build_jobs, check_params
 from batchata_df.providers import SUPPORTED_PARAMS, make_provider
 from batchata_df.providers.base import Provider, RequestSpec
 from batchata_df.schema import AnswerSchema
-from batchata_df.state import StateStore
+from batchata_df.state import StateStore, WriterLock, check_lock_timeout
 
 __all__ = ["DEFAULT_MAX_TOKENS", "META_COLUMNS", "batch_llm"]
 
@@ -134,6 +134,7 @@ def batch_llm(
     wait: bool = True,
     prices: Mapping[str, PriceOverride] | None = None,
     retry_failed: bool = False,
+    lock_timeout: float | None = 0.0,
 ) -> pl.DataFrame:
     """Run one LLM job per row through the provider's batch API; return the typed answers.
 
@@ -192,6 +193,14 @@ def batch_llm(
         the built-in price database.
     retry_failed
         Send rows that ended ``failed`` in an earlier call again.
+    lock_timeout
+        A call holds the ``state`` folder's writer lock for its whole life, so that two
+        calls on one folder (a cell run twice, two cron jobs, a ``wait=False`` poller beside
+        a run) never send the same rows twice. When another call holds it, ``0`` (the
+        default) raises :class:`~batchata_df.errors.StateLockedError` at once, naming the
+        holder (pid, host, since when); a number of seconds waits at most that long;
+        ``None`` waits as long as it takes. A lock left by a killed process is taken over
+        at once. Dry runs and :func:`~batchata_df.sql` never need the lock.
 
     Returns
     -------
@@ -249,6 +258,7 @@ def batch_llm(
         msg = "wait=False needs state='some/folder' so that a later call can collect results"
         raise ConfigError(msg)
     time_limit_s = _time_limit_seconds(time_limit)
+    lock_wait = check_lock_timeout(lock_timeout)
     price_table = PriceTable(prices)
 
     fingerprint, salt = run_fingerprint(
@@ -304,7 +314,7 @@ def batch_llm(
     try:
         for name in needed:
             providers[name] = make_provider(name)
-        with _state_folder(state) as folder:
+        with _state_folder(state) as folder, WriterLock(folder, lock_wait):
             store = StateStore(folder, fingerprint)
             stop = threading.Event()
             engine = Engine(

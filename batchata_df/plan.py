@@ -49,9 +49,10 @@ def _recorded(
     :func:`~batchata_df.engine.busy_jobs`); held = billed so far plus the worst case of
     batches that may still be running.
     """
-    if state is None or not (Path(state) / "manifest.json").is_file():
+    if state is None or not Path(state).is_dir():
         return set(), set(), 0.0
-    store = StateStore(state, fingerprint)  # validates the fingerprint; writes nothing
+    # Validates the fingerprint, refuses a damaged folder; writes nothing, needs no lock.
+    store = StateStore(state, fingerprint, readonly=True)
     current, billed = store.snapshot()
     done = settled(current, retry_failed=retry_failed)
     busy = busy_jobs(store, current)

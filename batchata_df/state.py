@@ -30,21 +30,40 @@ reached the provider).
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import json
+import logging
+import math
 import os
 import secrets
+import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, overload
 
 import polars as pl
 
-from batchata_df.errors import StateError, StateMismatchError
+from batchata_df.errors import ConfigError, StateError, StateLockedError, StateMismatchError
 
-__all__ = ["BATCH_EVENTS", "FORMAT_VERSION", "JOB_EVENTS", "StateStore", "spent_usd"]
+__all__ = [
+    "BATCH_EVENTS",
+    "FORMAT_VERSION",
+    "JOB_EVENTS",
+    "LOCK_FILE",
+    "LockHolder",
+    "StateStore",
+    "WriterLock",
+    "spent_usd",
+]
+
+log = logging.getLogger("batchata_df")
+
+LOCK_FILE = "writer.lock"
+"""The writer lock's file in a checkpoint folder (holds the holder's pid, host, start)."""
 
 FORMAT_VERSION = 1
 
@@ -113,6 +132,162 @@ class Manifest:
         )
 
 
+@dataclass(frozen=True)
+class LockHolder:
+    """Who holds (or last held) a checkpoint folder's writer lock."""
+
+    pid: int
+    host: str
+    since: float
+    """When the lock was taken (seconds since the epoch)."""
+
+    def describe(self) -> str:
+        """``pid 123 on host h since 2026-11-28 18:50:01 UTC (12 s ago)``."""
+        when = dt.datetime.fromtimestamp(self.since, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        ago = max(0.0, time.time() - self.since)
+        return f"pid {self.pid} on host {self.host} since {when} ({ago:.0f} s ago)"
+
+    @staticmethod
+    def parse(text: str) -> LockHolder | None:
+        """The holder recorded in a lock file's text, or ``None`` if there is none."""
+        try:
+            raw = json.loads(text)
+            return LockHolder(int(raw["pid"]), str(raw["host"]), float(raw["since"]))
+        except (ValueError, TypeError, KeyError):
+            return None
+
+
+def check_lock_timeout(value: object) -> float | None:
+    """Validate ``lock_timeout``: seconds >= 0 (0 = refuse at once) or ``None`` (no limit)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) or (
+        value < 0
+    ):
+        msg = (
+            "lock_timeout must be a number of seconds >= 0 (0 refuses at once when another "
+            f"call is writing to the state folder) or None (wait as long as it takes), got "
+            f"{value!r}"
+        )
+        raise ConfigError(msg)
+    return float(value)
+
+
+class WriterLock:
+    """The exclusive writer lock of a checkpoint folder, held for a whole call.
+
+    Two calls writing one folder would both submit the rows neither has finished, and pay
+    twice; so a writing call holds this lock from before it reads the folder until it
+    returns. It is an OS lock (``flock`` through the maintained ``filelock`` package) on
+    ``<state>/writer.lock``: the kernel releases it when its process ends, however it ends,
+    so a lock left by a killed process is taken over by the next call without any stale-lock
+    guessing; the file keeps the holder's pid, host and start time for the error message.
+    Reading (:func:`batchata_df.sql`, ``batchata-df status``, ``dry_run=True``) never takes
+    it.
+
+    Parameters
+    ----------
+    root
+        The checkpoint folder (created if missing).
+    timeout
+        Seconds to wait for another holder: ``0`` refuses at once, ``None`` waits forever.
+
+    Raises
+    ------
+    StateLockedError
+        On entering, when another call (in this or another process) holds the lock past
+        ``timeout``; its ``holder`` names it.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> with WriterLock(folder):
+    ...     try:
+    ...         WriterLock(folder).acquire()
+    ...     except StateLockedError as e:
+    ...         print(e.holder.pid == os.getpid())
+    True
+    """
+
+    def __init__(self, root: str | os.PathLike[str], timeout: float | None = 0.0) -> None:
+        from filelock import FileLock
+
+        self.root = Path(root)
+        self.path = self.root / LOCK_FILE
+        self.timeout = timeout
+        self.previous: LockHolder | None = None
+        """The holder recorded by the last call before this one took the lock."""
+        self._lock = FileLock(
+            self.path,
+            timeout=-1 if timeout is None else timeout,
+            thread_local=False,
+            fallback_to_soft=False,  # a soft lock would outlive a killed process
+            preserve_lock_file=True,
+            on_acquired=self._record,
+        )
+
+    def _record(self, fd: int) -> None:
+        old = os.pread(fd, 4096, 0).decode("utf-8", "replace")
+        self.previous = LockHolder.parse(old)
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        data = json.dumps(me).encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+        os.fsync(fd)
+
+    def acquire(self) -> None:
+        """Take the lock (see the class); raises :class:`StateLockedError`."""
+        from filelock import Timeout
+
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._lock.acquire()
+        except Timeout:
+            holder = self.holder()
+            who = holder.describe() if holder else "another process (starting up)"
+            waited = "" if not self.timeout else f" after waiting {self.timeout:g} s"
+            msg = (
+                f"checkpoint folder {str(self.root)!r} is being written by another call: "
+                f"{who}{waited}. Two calls on one folder would send the same rows twice. "
+                "Let it finish, or pass lock_timeout=<seconds> (None: as long as it takes) "
+                "to wait for it, or use another state folder. Reading (batchata_df.sql, "
+                "`batchata-df status`, dry_run=True) works without waiting"
+            )
+            raise StateLockedError(msg, holder=holder) from None
+        except OSError as e:
+            msg = f"cannot lock the checkpoint folder {str(self.root)!r}: {e}"
+            raise StateError(msg) from e
+        previous = self.previous
+        if previous is not None and (previous.pid, previous.host) != (
+            os.getpid(),
+            socket.gethostname(),
+        ):
+            log.info(
+                "batchata-df: %s: took over the writer lock last held by %s (no longer held)",
+                self.root,
+                previous.describe(),
+            )
+
+    def release(self) -> None:
+        """Let the lock go (the holder record stays in the file, for diagnosis)."""
+        self._lock.release()
+
+    def holder(self) -> LockHolder | None:
+        """The holder recorded in the lock file (the current one while it is held)."""
+        try:
+            return LockHolder.parse(self.path.read_text())
+        except OSError:
+            return None
+
+    def __enter__(self) -> WriterLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class StateStore:
     """Append-only Parquet checkpoint store for one run.
 
@@ -132,16 +307,27 @@ class StateStore:
     0
     """
 
-    def __init__(self, root: str | os.PathLike[str], fingerprint: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        fingerprint: Mapping[str, str],
+        *,
+        readonly: bool = False,
+    ) -> None:
         self.root = Path(root)
+        self.readonly = readonly
         self._lock = threading.Lock()
         self._last_seq = 0
-        try:
-            (self.root / "jobs").mkdir(parents=True, exist_ok=True)
-            (self.root / "batches").mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            msg = f"cannot create the checkpoint folder {str(self.root)!r}: {e}"
-            raise StateError(msg) from e
+        if not readonly:
+            try:
+                (self.root / "jobs").mkdir(parents=True, exist_ok=True)
+                (self.root / "batches").mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                msg = f"cannot create the checkpoint folder {str(self.root)!r}: {e}"
+                raise StateError(msg) from e
+        damaged = find_damaged(self.root)
+        if damaged:
+            raise damaged_error(self.root, damaged)
         self.manifest = self._open_manifest(dict(fingerprint))
         # Order must survive a clock that is behind the one of an earlier call (another
         # machine, an NTP step): new events always sort after every recorded one.
@@ -152,15 +338,22 @@ class StateStore:
     def _open_manifest(self, fingerprint: dict[str, str]) -> Manifest:
         path = self.root / "manifest.json"
         if not path.exists():
+            parts = list_parts(self.root)
+            if parts:
+                msg = (
+                    f"checkpoint folder {str(self.root)!r} holds {len(parts)} event parts but "
+                    "no manifest.json: its run id is needed to find batches a crash left at "
+                    "the provider, so starting a new run here could pay for rows twice. Run "
+                    f"`batchata-df repair {self.root}` to see how the manifest would be "
+                    "rebuilt from the parts, then the same command with --apply"
+                )
+                raise StateError(msg)
             manifest = Manifest(run_id=secrets.token_hex(8), fingerprint=fingerprint)
-            self._atomic_write(path, manifest.to_json().encode())
+            if not self.readonly:
+                self._atomic_write(path, manifest.to_json().encode())
             return manifest
-        try:
-            raw = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            msg = f"{str(path)!r} is not a readable batchata-df manifest: {e}"
-            raise StateError(msg) from e
-        version = raw.get("format_version")
+        old_manifest = read_manifest(path)
+        version = old_manifest.format_version
         if version != FORMAT_VERSION:
             msg = (
                 f"checkpoint folder {str(self.root)!r} has format version {version!r}; this "
@@ -168,7 +361,13 @@ class StateStore:
                 "batchata-df version that wrote it"
             )
             raise StateError(msg)
-        old = raw.get("fingerprint", {})
+        old = old_manifest.fingerprint
+        if not old and fingerprint and not self.readonly:
+            # Rebuilt by `repair` from parts that did not record the settings: the first
+            # run that opens the folder states them again.
+            old_manifest.fingerprint = dict(fingerprint)
+            self._atomic_write(path, old_manifest.to_json().encode())
+            return old_manifest
         diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
         if diff:
             msg = (
@@ -177,12 +376,7 @@ class StateStore:
                 "before, or use a new state folder (or delete this one) to start over"
             )
             raise StateMismatchError(msg)
-        return Manifest(
-            run_id=raw["run_id"],
-            fingerprint=old,
-            format_version=version,
-            created_at=raw.get("created_at", 0.0),
-        )
+        return old_manifest
 
     # -- writing --------------------------------------------------------------------------
 
@@ -203,10 +397,18 @@ class StateStore:
         os.replace(tmp, path)
 
     def _write_part(self, table: str, frame: pl.DataFrame) -> None:
+        if self.readonly:
+            msg = f"checkpoint folder {str(self.root)!r} was opened read-only"
+            raise StateError(msg)
         name = f"part-{time.time_ns():020d}-{secrets.token_hex(3)}.parquet"
         final = self.root / table / name
         tmp = final.with_name(f".tmp-{name}")
-        frame.write_parquet(tmp, compression="zstd", statistics=False)
+        # Every part names its run, so a lost manifest can be rebuilt (`repair`).
+        identity = {
+            PART_RUN_KEY: self.manifest.run_id,
+            PART_FINGERPRINT_KEY: json.dumps(self.manifest.fingerprint, sort_keys=True),
+        }
+        frame.write_parquet(tmp, compression="zstd", statistics=False, metadata=identity)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, final)
@@ -228,12 +430,11 @@ class StateStore:
         seq = self._next_seq(1)
         row = {name: values.get(name) for name in BATCH_EVENTS}
         row["seq"] = seq
+        ts = values.get("ts")  # set by `repair` for an intent it reconstructs
         row["ts"] = None
+        micros = int(ts.timestamp() * 1e6) if ts is not None else time.time_ns() // 1000
         frame = pl.DataFrame([row], schema=BATCH_EVENTS, orient="row").with_columns(
-            pl.lit(time.time_ns() // 1000)
-            .cast(pl.Datetime("us"))
-            .dt.replace_time_zone("UTC")
-            .alias("ts")
+            pl.lit(micros).cast(pl.Datetime("us")).dt.replace_time_zone("UTC").alias("ts")
         )
         unknown = set(values) - set(BATCH_EVENTS)
         if unknown:
@@ -247,8 +448,21 @@ class StateStore:
         parts = sorted((self.root / table).glob("part-*.parquet"))
         if not parts:
             return 0
-        top = pl.scan_parquet(parts).select(pl.col("seq").max()).collect().item()
+        with self._reading():
+            top = pl.scan_parquet(parts).select(pl.col("seq").max()).collect().item()
         return int(top or 0)
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Turn a Polars read error into a :class:`StateError` naming the damaged parts."""
+        try:
+            yield
+        except pl.exceptions.PolarsError as e:
+            damaged = find_damaged(self.root, deep=True)
+            if damaged:
+                raise damaged_error(self.root, damaged) from e
+            msg = f"cannot read the checkpoint folder {str(self.root)!r}: {e}"
+            raise StateError(msg) from e
 
     def _lazy(self, table: str, schema: pl.Schema) -> pl.LazyFrame:
         parts = sorted(p for p in (self.root / table).glob("part-*.parquet"))
@@ -260,7 +474,8 @@ class StateStore:
         ).select(list(schema))
 
     def _scan(self, table: str, schema: pl.Schema) -> pl.DataFrame:
-        return _conform(self._lazy(table, schema).collect(), schema)
+        with self._reading():
+            return _conform(self._lazy(table, schema).collect(), schema)
 
     def job_events(self) -> pl.DataFrame:
         """Every job event ever written, in write order."""
@@ -294,7 +509,8 @@ class StateStore:
         usage = lazy.select(
             "seq", "job_id", "batch_key", "status", "cost_usd", "input_tokens", "output_tokens"
         )
-        state, billed = pl.collect_all([latest, billed_from_events(usage)])
+        with self._reading():
+            state, billed = pl.collect_all([latest, billed_from_events(usage)])
         return _conform(state, JOB_EVENTS), billed
 
     def batch_state(self) -> pl.DataFrame:
@@ -357,6 +573,111 @@ def spent_usd(root: str | os.PathLike[str]) -> float:
         parts, schema=JOB_EVENTS, missing_columns="insert", extra_columns="ignore"
     ).collect()
     return float(billed_from_events(events).get_column("cost_usd").fill_null(0.0).sum())
+
+
+PART_RUN_KEY = "batchata_run"
+"""Parquet key-value metadata of every part: the run id of the folder's manifest."""
+PART_FINGERPRINT_KEY = "batchata_fingerprint"
+"""Parquet key-value metadata of every part: the manifest's fingerprint (JSON)."""
+
+TABLES = {"jobs": JOB_EVENTS, "batches": BATCH_EVENTS}
+REQUIRED = {"jobs": ("seq", "job_id", "status"), "batches": ("seq", "batch_key", "status")}
+
+
+def list_parts(root: str | os.PathLike[str]) -> list[Path]:
+    """Every event part of a checkpoint folder (not temporary files), jobs then batches."""
+    return [p for table in TABLES for p in sorted(Path(root, table).glob("part-*.parquet"))]
+
+
+@dataclass(frozen=True)
+class Damage:
+    """A file of a checkpoint folder that cannot be used, and why."""
+
+    path: Path
+    problem: str
+
+
+def check_part(path: Path, *, deep: bool = False) -> str | None:
+    """Why a part cannot be used (unreadable, or not an event part), or ``None``.
+
+    The footer and schema are always read; ``deep`` also reads every value.
+    """
+    table = path.parent.name
+    schema = TABLES[table]
+    try:
+        found = pl.read_parquet_schema(path)
+    except (OSError, pl.exceptions.PolarsError) as e:
+        return f"unreadable Parquet ({e})"
+    missing = [c for c in REQUIRED[table] if c not in found]
+    if missing:
+        return f"not a {table} event part: no column {', '.join(missing)}"
+    for name, dtype in found.items():
+        want = schema.get(name)
+        if want is not None and dtype != want and dtype != pl.Null():
+            return f"column {name!r} is {dtype}, not {want}"
+    if deep:
+        try:
+            pl.read_parquet(path)
+        except (OSError, pl.exceptions.PolarsError) as e:
+            return f"unreadable Parquet data ({e})"
+    return None
+
+
+def find_damaged(root: str | os.PathLike[str], *, deep: bool = False) -> list[Damage]:
+    """The event parts of a folder that cannot be read as events (see :func:`check_part`)."""
+    out = []
+    for path in list_parts(root):
+        problem = check_part(path, deep=deep)
+        if problem is not None:
+            out.append(Damage(path, problem))
+    return out
+
+
+def damaged_error(root: Path, damaged: list[Damage]) -> StateError:
+    """The error for damaged parts: names them and the fix."""
+    listed = "; ".join(f"{d.path}: {d.problem}" for d in damaged[:5])
+    more = f" (and {len(damaged) - 5} more)" if len(damaged) > 5 else ""
+    msg = (
+        f"checkpoint folder {str(root)!r} has {len(damaged)} damaged event part(s): "
+        f"{listed}{more}. Do not delete them by hand (their batches would be paid again): run "
+        f"`batchata-df repair {root}` to see what it will do, then with --apply to move them "
+        "aside and recover what they held from the provider"
+    )
+    return StateError(msg)
+
+
+def read_manifest(path: Path) -> Manifest:
+    """Read ``manifest.json``; any damage is a :class:`StateError` naming the file and fix."""
+    fix = (
+        f"run `batchata-df repair {path.parent}` to see how it would be rebuilt from the "
+        "event parts, then with --apply"
+    )
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        msg = f"{str(path)!r} is not a readable batchata-df manifest ({e}): {fix}"
+        raise StateError(msg) from e
+    if not isinstance(raw, dict):
+        msg = f"{str(path)!r} is not a batchata-df manifest (a JSON {type(raw).__name__}): {fix}"
+        raise StateError(msg)
+    run_id, fingerprint = raw.get("run_id"), raw.get("fingerprint", {})
+    if not isinstance(run_id, str) or not run_id:
+        msg = f"{str(path)!r} has no run_id: {fix}"
+        raise StateError(msg)
+    if fingerprint is None:
+        fingerprint = {}
+    if not isinstance(fingerprint, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in fingerprint.items()
+    ):
+        msg = f"{str(path)!r} has an unreadable fingerprint: {fix}"
+        raise StateError(msg)
+    created = raw.get("created_at", 0.0)
+    return Manifest(
+        run_id=run_id,
+        fingerprint=fingerprint,
+        format_version=raw.get("format_version"),  # type: ignore[arg-type]
+        created_at=float(created) if isinstance(created, int | float) else 0.0,
+    )
 
 
 def _conform(frame: pl.DataFrame, schema: pl.Schema) -> pl.DataFrame:

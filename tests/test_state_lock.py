@@ -1,0 +1,171 @@
+"""One writer per state folder: a second call is refused (or waits), never pays twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import polars as pl
+import pytest
+from pydantic import BaseModel
+
+from batchata_df import batch_llm, sql
+from batchata_df.errors import ConfigError, StateError, StateLockedError
+
+
+class A(BaseModel):
+    label: str
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys, json
+    import polars as pl
+    from pydantic import BaseModel
+    from batchata_df import batch_llm
+    from batchata_df.errors import StateLockedError
+
+    class A(BaseModel):
+        label: str
+
+    state, wait, timeout = sys.argv[1], sys.argv[2] == "wait", sys.argv[3]
+    go = sys.argv[4]
+    while not __import__("os").path.exists(go):  # start together
+        pass
+    df = pl.DataFrame({"t": [f"row {i}" for i in range(6)]})
+    try:
+        out = df.pipe(batch_llm, schema=A, model=sys.argv[5], prompt="{t}", state=state,
+                      items_per_batch=2, wait=wait,
+                      lock_timeout=None if timeout == "none" else float(timeout))
+    except StateLockedError as e:
+        print("LOCKED", json.dumps({"msg": str(e), "pid": e.holder.pid,
+                                    "host": e.holder.host, "since": e.holder.since}))
+    else:
+        print("DONE", out["_status"].to_list())
+    """
+)
+
+
+def creates(emu):
+    paths = ("/openai/v1/batches", "/messages/batches", ":batchGenerateContent")
+    return [e for e in emu.log() if e["method"] == "POST" and e["path"].endswith(paths)
+            and e["status"] == 200]
+
+
+def start_two(tmp_path, state, model, modes):
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    go = tmp_path / "go"
+    children = [
+        subprocess.Popen([sys.executable, str(script), str(state), wait, timeout, str(go), model],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=dict(os.environ))
+        for wait, timeout in modes
+    ]
+    time.sleep(0.3)
+    go.write_text("")
+    outs = []
+    for child in children:
+        out, err = child.communicate(timeout=120)
+        assert child.returncode == 0, err
+        outs.append(out.strip().splitlines()[-1])
+    return outs, [c.pid for c in children]
+
+
+# The chaos suite (tests/test_chaos.py) runs the same race for the other two providers.
+@pytest.mark.parametrize("model", ["gpt-4.1-mini"])
+def test_two_processes_on_one_folder_one_runs_the_other_is_refused(emu, tmp_path, model):
+    emu.configure(latency=1.5)
+    state = tmp_path / "s"
+    outs, pids = start_two(tmp_path, state, model, [("wait", "0"), ("wait", "0")])
+    done = [o for o in outs if o.startswith("DONE")]
+    locked = [o for o in outs if o.startswith("LOCKED")]
+    assert len(done) == 1 and len(locked) == 1, outs
+    assert done[0] == "DONE " + str(["completed"] * 6)
+    import json
+
+    info = json.loads(locked[0].split(" ", 1)[1])
+    winner = pids[outs.index(done[0])]
+    assert info["pid"] == winner and info["host"] == socket.gethostname()
+    assert f"pid {winner}" in info["msg"] and "lock_timeout" in info["msg"]
+    assert abs(info["since"] - time.time()) < 120
+    assert len(creates(emu)) == 3  # 6 rows / 2 per batch, sent once
+
+
+def test_a_poller_beside_a_run_is_refused_and_a_waiting_call_submits_nothing_again(
+    emu, tmp_path
+):
+    emu.configure(latency=1.5)
+    state = tmp_path / "s"
+    # One run, one wait=False poller told to wait for the lock: the poller runs after the
+    # run and finds everything done.
+    outs, _ = start_two(tmp_path, state, "gpt-4.1-mini", [("wait", "0"), ("nowait", "none")])
+    assert all(o.startswith("DONE") for o in outs), outs
+    assert len(creates(emu)) == 3
+
+
+def test_a_second_call_in_the_same_process_is_refused_at_once(emu, tmp_path):
+    emu.configure(latency=30.0)
+    state = tmp_path / "s"
+    df = pl.DataFrame({"t": ["a", "b"]})
+    kw = {"schema": A, "model": "gpt-4.1-mini", "prompt": "{t}", "state": state}
+    box: dict[str, object] = {}
+    run = threading.Thread(target=lambda: box.setdefault("out", df.pipe(batch_llm, **kw)))
+    run.start()
+    deadline = time.monotonic() + 30
+    while not creates(emu):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    with pytest.raises(StateLockedError, match=rf"pid {os.getpid()}") as caught:
+        df.pipe(batch_llm, wait=False, **kw)
+    assert time.monotonic() - t0 < 1.5  # at once, not after the run
+    assert isinstance(caught.value, StateError)
+    # Reading needs no lock: SQL and the dry run work beside the run.
+    assert sql("select count(*) as n from batches", state)["n"][0] == 1
+    plan = df.pipe(batch_llm, dry_run=True, **kw)
+    assert plan["_status"].to_list() == ["in_flight", "in_flight"]
+    emu.advance(30)
+    run.join(60)
+    assert box["out"]["_status"].to_list() == ["completed", "completed"]  # type: ignore[index]
+    assert len(creates(emu)) == 1
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over(emu, tmp_path):
+    emu.configure(latency=30.0)
+    state = tmp_path / "s"
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    (tmp_path / "go").write_text("")
+    child = subprocess.Popen(
+        [sys.executable, str(script), str(state), "wait", "0", str(tmp_path / "go"),
+         "gpt-4.1-mini"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ))
+    deadline = time.monotonic() + 60
+    while len(creates(emu)) < 3:
+        assert time.monotonic() < deadline and child.poll() is None
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.communicate()
+    holder = (state / "writer.lock").read_text()
+    assert str(child.pid) in holder  # the dead process's record is still there
+    emu.advance(30)
+    df = pl.DataFrame({"t": [f"row {i}" for i in range(6)]})
+    out = df.pipe(batch_llm, schema=A, model="gpt-4.1-mini", prompt="{t}", state=state,
+                  items_per_batch=2)
+    assert out["_status"].to_list() == ["completed"] * 6
+    assert len(creates(emu)) == 3  # resumed, nothing sent twice
+    assert str(os.getpid()) in (state / "writer.lock").read_text()
+
+
+@pytest.mark.parametrize("bad", [True, -1.0, float("nan"), "5"])
+def test_lock_timeout_is_validated(emu, tmp_path, bad):
+    with pytest.raises(ConfigError, match="lock_timeout"):
+        pl.DataFrame({"t": ["a"]}).pipe(batch_llm, model="gpt-4.1-mini", prompt="{t}",
+                                        state=tmp_path / "s", lock_timeout=bad)
+    assert emu.log() == []

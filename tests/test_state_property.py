@@ -1,0 +1,117 @@
+"""Property: any interleaving of events and crashes replays to the same checkpoint state.
+
+A crash while a part is written leaves a hidden ``.tmp-*`` file (half written, never
+renamed); a crash between writes leaves whole parts. Either way a store opened afterwards
+must read exactly the events whose parts were completed, in the order they were written.
+"""
+
+from __future__ import annotations
+
+import secrets
+import tempfile
+from pathlib import Path
+
+import polars as pl
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from batchata_df.repair import doctor
+from batchata_df.state import JOB_EVENTS, StateStore
+
+FP = {"model": "m", "prompt": "p"}
+JOBS = [f"j{i}" for i in range(6)]
+BATCHES = ["b0", "b1", "b2"]
+
+job_event = st.fixed_dictionaries(
+    {
+        "job_id": st.sampled_from(JOBS),
+        "batch_key": st.sampled_from(BATCHES),
+        "status": st.sampled_from(["assigned", "completed", "failed", "cancelled"]),
+        "cost_usd": st.one_of(st.none(), st.floats(0, 1, allow_nan=False)),
+        "answer": st.one_of(st.none(), st.text(max_size=8)),
+    }
+)
+op = st.one_of(
+    st.tuples(st.just("jobs"), st.lists(job_event, min_size=1, max_size=4)),
+    st.tuples(
+        st.just("batch"),
+        st.fixed_dictionaries(
+            {
+                "batch_key": st.sampled_from(BATCHES),
+                "status": st.sampled_from(["intent", "submitted", "collected", "abandoned"]),
+                "provider_batch_id": st.one_of(st.none(), st.sampled_from(["x1", "x2"])),
+            }
+        ),
+    ),
+    # A crash while writing a part: its events never count. `cut` is how much got written.
+    st.tuples(st.just("crash_in_write"), st.lists(job_event, min_size=1, max_size=3),
+              st.floats(0, 0.99)),
+    st.tuples(st.just("crash"), st.none()),  # between writes: the next call reopens
+)
+
+
+def _half_written(store: StateStore, events: list[dict[str, object]], cut: float) -> None:
+    """What a process killed inside ``_write_part`` leaves: a truncated hidden temp file."""
+    frame = pl.DataFrame(events).with_columns(pl.lit(1, dtype=pl.Int64).alias("seq"))
+    tmp = store.root / "jobs" / f".tmp-part-{secrets.token_hex(4)}.parquet"
+    frame.write_parquet(tmp)
+    data = tmp.read_bytes()
+    tmp.write_bytes(data[: int(len(data) * cut)])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(op, min_size=1, max_size=12))
+def test_any_interleaving_of_events_and_crashes_replays_to_the_same_state(ops):
+    with tempfile.TemporaryDirectory() as root:
+        store = StateStore(root, FP)
+        expected_jobs: dict[str, dict[str, object]] = {}
+        written: list[dict[str, object]] = []
+        expected_batches: dict[str, str] = {}
+        for kind, payload, *rest in ops:
+            if kind == "jobs":
+                store.append_jobs(pl.DataFrame(payload, schema_overrides={
+                    "cost_usd": pl.Float64, "answer": pl.String}))
+                for event in payload:
+                    expected_jobs[event["job_id"]] = event
+                    written.append(event)
+            elif kind == "batch":
+                store.append_batch(**payload)
+                expected_batches[payload["batch_key"]] = payload["status"]
+            elif kind == "crash_in_write":
+                _half_written(store, payload, rest[0])
+                store = StateStore(root, FP)
+            else:
+                store = StateStore(root, FP)
+
+        replayed = StateStore(root, FP)  # a fresh process reading the folder
+        state = replayed.job_state()
+        got = {r["job_id"]: r for r in state.iter_rows(named=True)}
+        assert set(got) == set(expected_jobs)
+        for job_id, event in expected_jobs.items():
+            for col in ("batch_key", "status", "cost_usd", "answer"):
+                assert got[job_id][col] == event[col], (job_id, col)
+        events = replayed.job_events()
+        assert events.height == len(written)
+        assert events["seq"].is_sorted() and events["seq"].n_unique() == events.height
+        assert events["job_id"].to_list() == [e["job_id"] for e in written]
+        snap_state, billed = replayed.snapshot()
+        assert snap_state.sort("job_id").equals(state.sort("job_id"))
+        assert snap_state.schema == JOB_EVENTS
+        batches = replayed.batch_state()
+        assert dict(zip(batches["batch_key"], batches["status"], strict=True)) == (
+            expected_batches
+        )
+        # Per (job, batch) the last terminal event is billed once.
+        want: dict[str, float] = {}
+        last: dict[tuple[str, str], dict[str, object]] = {}
+        for e in written:
+            if e["status"] != "assigned":
+                last[(e["job_id"], e["batch_key"])] = e
+        for (job_id, _), e in last.items():
+            want[job_id] = want.get(job_id, 0.0) + float(e["cost_usd"] or 0.0)
+        got_billed = dict(zip(billed["job_id"], billed["cost_usd"].fill_null(0.0), strict=True))
+        assert got_billed.keys() == want.keys()
+        for job_id, cost in want.items():
+            assert abs(got_billed[job_id] - cost) < 1e-9
+        # Leftover temp files are not damage: they are simply not part of the state.
+        assert doctor(Path(root)).damaged == []
