@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from batchata_df import namespace as _namespace  # noqa: F401  (registers df.llm, lf.llm)
 from batchata_df.engine import ProgressSnapshot
 from batchata_df.errors import (
     BatchataError,
@@ -22,7 +23,7 @@ from batchata_df.errors import (
     StateLockedError,
     StateMismatchError,
 )
-from batchata_df.frame import batch_llm
+from batchata_df.frame import batch_llm, reparse
 from batchata_df.query import sql
 from batchata_df.repair import RepairReport, doctor, repair
 
@@ -48,5 +49,6 @@ __all__ = [
     "batch_llm",
     "doctor",
     "repair",
+    "reparse",
     "sql",
 ]

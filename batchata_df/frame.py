@@ -22,14 +22,14 @@ from pydantic import BaseModel
 from batchata_df.citations import citation_columns, decode_citations, instruction
 from batchata_df.cost import PriceOverride, PriceTable
 from batchata_df.engine import Engine, ProgressSnapshot, RunOptions
-from batchata_df.errors import ColumnError, ConfigError
+from batchata_df.errors import ColumnError, ConfigError, StateError, StateMismatchError
 from batchata_df.jobs import build_jobs, check_params
 from batchata_df.providers import SUPPORTED_PARAMS, make_provider
 from batchata_df.providers.base import Provider, RequestSpec
 from batchata_df.schema import AnswerSchema
-from batchata_df.state import StateStore, WriterLock, check_lock_timeout
+from batchata_df.state import StateStore, WriterLock, adopt_schema, check_lock_timeout
 
-__all__ = ["DEFAULT_MAX_TOKENS", "META_COLUMNS", "batch_llm"]
+__all__ = ["DEFAULT_MAX_TOKENS", "META_COLUMNS", "RAW_COLUMN", "batch_llm", "reparse"]
 
 META_COLUMNS = (
     "_status",
@@ -41,6 +41,13 @@ META_COLUMNS = (
     "_batch_id",
 )
 """Metadata columns appended after the answer columns, in this order."""
+
+RAW_COLUMN = "_raw"
+"""With ``keep_raw=True``, the provider's text for the row, appended after the metadata."""
+
+REPARSED_ERRORS = ("schema_validation", "truncated")
+"""Failures of an answer that a new schema may accept: :func:`reparse` re-validates these
+(and completed answers); refusals and provider errors stay as they are."""
 
 DEFAULT_MAX_TOKENS = 4096
 """``max_tokens`` sent when ``params`` does not set it, so worst-case costs are bounded."""
@@ -66,42 +73,6 @@ def _fingerprint_part(value: object) -> str:
     else:
         text = json.dumps(value, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def run_fingerprint(
-    *,
-    model: str | pl.Expr,
-    prompt: str | pl.Expr,
-    system: str | pl.Expr | None,
-    answer: AnswerSchema,
-    params: Mapping[str, Any] | None,
-    citations: bool,
-) -> tuple[dict[str, str], str]:
-    """The run's settings fingerprint (kept in the manifest) and the job-id salt made of it.
-
-    Every run-level setting that changes what is sent is in it (model, prompt template,
-    system, schema, params, citations), so a changed run neither resumes into an old
-    folder nor shares job ids with it.
-
-    Examples
-    --------
-    >>> a = AnswerSchema(None)
-    >>> fp, salt = run_fingerprint(model="gpt-4.1-mini", prompt="{t}", system=None,
-    ...                            answer=a, params=None, citations=False)
-    >>> sorted(fp), len(salt)
-    (['model', 'params', 'prompt', 'schema', 'system'], 64)
-    """
-    fingerprint = {
-        "model": _fingerprint_part(model),
-        "prompt": _fingerprint_part(prompt),
-        "system": _fingerprint_part(system),
-        "schema": answer.fingerprint,
-        "params": _fingerprint_part(dict(params or {})),
-    }
-    if citations:  # only when on, so that the ids of runs without citations do not change
-        fingerprint["citations"] = "on"
-    salt = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
-    return fingerprint, salt
 
 
 def _time_limit_seconds(value: float | dt.timedelta | None) -> float | None:
@@ -134,6 +105,7 @@ def batch_llm(
     wait: bool = True,
     prices: Mapping[str, PriceOverride] | None = None,
     retry_failed: bool = False,
+    keep_raw: bool = False,
     lock_timeout: float | None = 0.0,
 ) -> pl.DataFrame:
     """Run one LLM job per row through the provider's batch API; return the typed answers.
@@ -184,7 +156,10 @@ def batch_llm(
     max_parallel_batches
         Most provider batches in flight at once.
     progress
-        ``True`` for a live display, or a callable receiving progress snapshots.
+        ``True`` for a live display (terminal or Jupyter; plain lines in logs), or a
+        callable receiving progress snapshots. With ``dry_run=True``, ``True`` shows the
+        plan's summary (counts, cost by model, batches, what the cap allows); otherwise a
+        dry run prints nothing and the plan is the returned frame.
     wait
         ``False`` submits and returns at once, unfinished rows ``_status="pending"``;
         call again with the same ``state`` to collect.
@@ -193,6 +168,12 @@ def batch_llm(
         the built-in price database.
     retry_failed
         Send rows that ended ``failed`` in an earlier call again.
+    keep_raw
+        Add a ``_raw`` column after the metadata: the text the provider returned for the
+        row, also when it failed (an answer that did not validate, a truncated answer, a
+        refusal). The checkpoint keeps it either way (``jobs.raw`` in
+        :func:`~batchata_df.sql`); :func:`~batchata_df.reparse` re-validates it against a
+        fixed schema without sending anything.
     lock_timeout
         A call holds the ``state`` folder's writer lock for its whole life, so that two
         calls on one folder (a cell run twice, two cron jobs, a ``wait=False`` poller beside
@@ -233,7 +214,9 @@ def batch_llm(
         raise ConfigError(msg)
     answer = AnswerSchema(schema)
     cite_columns = citation_columns(answer.columns) if citations else []
-    _check_collisions(frame.columns, [*answer.columns, *cite_columns])
+    _check_collisions(
+        frame.columns, [*answer.columns, *cite_columns, *([RAW_COLUMN] if keep_raw else [])]
+    )
     if citations and files is None:
         msg = (
             "citations=True needs documents to cite: pass files='<column of file paths>' "
@@ -261,10 +244,8 @@ def batch_llm(
     lock_wait = check_lock_timeout(lock_timeout)
     price_table = PriceTable(prices)
 
-    fingerprint, salt = run_fingerprint(
-        model=model, prompt=prompt, system=system, answer=answer, params=params,
-        citations=citations,
-    )
+    fingerprint = _fingerprint(model, prompt, system, answer, params, citations=citations)
+    salt = _job_salt(state, fingerprint)
     jobs = build_jobs(frame, model=model, prompt=prompt, system=system, salt=salt)
     needed = sorted(set(jobs.get_column("provider").drop_nulls().to_list()))
     supported = frozenset.intersection(
@@ -306,7 +287,12 @@ def batch_llm(
     if dry_run:
         from batchata_df.plan import dry_run_plan
 
-        return dry_run_plan(frame, jobs, sendable, spec, options, state, fingerprint)
+        show = None
+        if progress is True:
+            from batchata_df.progress import make_display
+
+            show = make_display(max_cost_usd=max_cost_usd).show_plan
+        return dry_run_plan(frame, jobs, sendable, spec, options, state, fingerprint, show)
 
     _load_dotenv()
     providers: dict[str, Provider] = {}
@@ -338,7 +324,205 @@ def batch_llm(
     # Only the keys are needed from here on: let the prompts (and file payloads) go.
     keys = jobs.select("job_id", "input_error")
     del jobs, sendable, engine
-    return _assemble(frame, keys, results, answer, citations=citations)
+    return _assemble(frame, keys, results, answer, citations=citations, keep_raw=keep_raw)
+
+
+def _fingerprint(
+    model: str | pl.Expr,
+    prompt: str | pl.Expr,
+    system: str | pl.Expr | None,
+    answer: AnswerSchema,
+    params: Mapping[str, Any] | None,
+    *,
+    citations: bool,
+) -> dict[str, str]:
+    fingerprint = {
+        "model": _fingerprint_part(model),
+        "prompt": _fingerprint_part(prompt),
+        "system": _fingerprint_part(system),
+        "schema": answer.fingerprint,
+        "params": _fingerprint_part(dict(params or {})),
+    }
+    if citations:  # only when on, so that the ids of runs without citations do not change
+        fingerprint["citations"] = "on"
+    return fingerprint
+
+
+def _salt_of(fingerprint: Mapping[str, str]) -> str:
+    return hashlib.sha256(json.dumps(dict(fingerprint), sort_keys=True).encode()).hexdigest()
+
+
+def _read_manifest(state: str | os.PathLike[str] | None) -> dict[str, Any] | None:
+    if state is None:
+        return None
+    path = Path(state) / "manifest.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # missing: a new folder; unreadable: StateStore says so
+    return data if isinstance(data, dict) else None
+
+
+def _job_salt(state: str | os.PathLike[str] | None, fingerprint: Mapping[str, str]) -> str:
+    """The key of this run's job ids: from the settings, or kept by a :func:`reparse`.
+
+    A reparse changes the folder's schema but must not change its job ids (they name the
+    answers already paid for), so it records the salt it used in the manifest.
+    """
+    manifest = _read_manifest(state)
+    if manifest is not None and manifest.get("fingerprint") == dict(fingerprint):
+        kept = manifest.get("job_salt")
+        if isinstance(kept, str) and kept:
+            return kept
+    return _salt_of(fingerprint)
+
+
+def reparse(
+    df: pl.DataFrame | pl.LazyFrame,
+    *,
+    schema: type[BaseModel] | None,
+    state: str | os.PathLike[str],
+    model: str | pl.Expr,
+    prompt: str | pl.Expr,
+    system: str | pl.Expr | None = None,
+    files: str | None = None,
+    citations: bool = False,
+    params: Mapping[str, Any] | None = None,
+    keep_raw: bool = False,
+) -> pl.DataFrame:
+    """Validate the answers stored in ``state`` against a new ``schema``; send nothing.
+
+    After a run whose rows failed ``schema_validation`` (the answers are kept in the
+    checkpoint, see ``keep_raw``), fix the schema and call ``reparse`` with the arguments
+    of the original call and the new schema: every stored answer (completed rows, and rows
+    that failed ``schema_validation`` or ``truncated``) is validated again, the results
+    are recorded in the folder, and the frame comes back as :func:`batch_llm` would give
+    it. No request is sent and nothing is billed again. Refusals and provider errors stay
+    failed (there is no answer to re-read); rows never answered stay as they were.
+
+    The folder adopts the new schema: later ``batch_llm`` calls with it resume the folder
+    (its job ids are kept), calls with the old schema are refused as a mismatch. With
+    ``citations=True`` the stored citations are kept as they were.
+
+    Parameters
+    ----------
+    df, model, prompt, system, files, citations, params
+        As given to the :func:`batch_llm` call that filled ``state`` (a difference is a
+        :class:`~batchata_df.errors.StateMismatchError`).
+    schema
+        The new answer schema.
+    state
+        The checkpoint folder of that call.
+    keep_raw
+        Add the ``_raw`` column (see :func:`batch_llm`).
+
+    Returns
+    -------
+    pl.DataFrame
+        The rows with the new schema's columns and the metadata columns.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import polars as pl
+    >>> from pydantic import BaseModel
+    >>> from batchata_df import batch_llm, reparse
+    >>> from batchata_df.emulator import Emulator
+    >>> class Strict(BaseModel):
+    ...     label: str
+    ...     score: int
+    >>> class Fixed(BaseModel):
+    ...     label: str | None = None    # the model sometimes leaves it out
+    ...     score: int
+    >>> df = pl.DataFrame({"text": ["great", "awful [[emulator:invalid]]"]})
+    >>> folder = tempfile.mkdtemp()
+    >>> with Emulator() as emu, emu.environ():
+    ...     first = df.pipe(batch_llm, schema=Strict, model="gpt-4.1-mini",
+    ...                     prompt="Rate: {text}", state=folder)
+    ...     fixed = df.pipe(reparse, schema=Fixed, model="gpt-4.1-mini",
+    ...                     prompt="Rate: {text}", state=folder)
+    ...     creates = [e for e in emu.log() if e["method"] == "POST"
+    ...                and e["path"].endswith("/batches")]
+    >>> first["_status"].to_list(), fixed["_status"].to_list(), len(creates)
+    (['completed', 'failed'], ['completed', 'completed'], 1)
+    """
+    frame = df.collect() if isinstance(df, pl.LazyFrame) else df
+    if not isinstance(frame, pl.DataFrame):
+        msg = f"reparse takes a polars DataFrame or LazyFrame, got {type(df).__name__}"
+        raise ConfigError(msg)
+    answer = AnswerSchema(schema)
+    cite_columns = citation_columns(answer.columns) if citations else []
+    _check_collisions(
+        frame.columns, [*answer.columns, *cite_columns, *([RAW_COLUMN] if keep_raw else [])]
+    )
+    manifest = _read_manifest(state)
+    if manifest is None:
+        msg = (
+            f"reparse needs the checkpoint folder of an earlier batch_llm call; "
+            f"{str(state)!r} has no readable manifest.json"
+        )
+        raise StateError(msg)
+    new = _fingerprint(model, prompt, system, answer, params, citations=citations)
+    old = dict(manifest.get("fingerprint", {}))
+    diff = sorted(k for k in set(old) | set(new) if k != "schema" and old.get(k) != new.get(k))
+    if diff:
+        msg = (
+            f"checkpoint folder {str(state)!r} was written for a run with a different "
+            f"{', '.join(diff)}; reparse needs the same arguments as that batch_llm call "
+            "(only the schema may change)"
+        )
+        raise StateMismatchError(msg)
+    kept = manifest.get("job_salt")
+    salt = kept if isinstance(kept, str) and kept else _salt_of(old)
+    jobs = build_jobs(frame, model=model, prompt=prompt, system=system, salt=salt)
+    if files is not None:
+        from batchata_df.files import attach_files
+
+        jobs = attach_files(jobs, frame, files, salt=salt)
+    # A writer: it must not interleave with a batch_llm call on the same folder.
+    with WriterLock(state, 0.0):
+        adopt_schema(state, new, job_salt=salt)
+        store = StateStore(state, new)
+        _revalidate(store, jobs.get_column("job_id"), answer)
+    latest, billed = store.snapshot()
+    results = latest.drop("cost_usd", "input_tokens", "output_tokens").join(
+        billed, on="job_id", how="left"
+    )
+    keys = jobs.select("job_id", "input_error")
+    return _assemble(frame, keys, results, answer, citations=citations, keep_raw=keep_raw)
+
+
+def _revalidate(store: StateStore, job_ids: pl.Series, answer: AnswerSchema) -> None:
+    """Validate the stored answers of ``job_ids`` with ``answer``; record the outcomes."""
+    latest, _ = store.snapshot()
+    ours = latest.filter(pl.col("job_id").is_in(job_ids.implode()))
+    again = ours.filter(
+        pl.col("raw").is_not_null()
+        & (
+            (pl.col("status") == "completed")
+            | (
+                (pl.col("status") == "failed")
+                & pl.col("error").str.extract(r"^([a-z_]+):", 1).is_in(list(REPARSED_ERRORS))
+            )
+        )
+    )
+    if again.height:
+        canonical, errors = answer.validate(again.get_column("raw").to_list())
+        ok = pl.Series("_err", errors, dtype=pl.String).is_null()
+        events = again.with_columns(
+            pl.Series("answer", canonical, dtype=pl.String),
+            pl.when(ok).then(pl.lit("completed")).otherwise(pl.lit("failed")).alias("status"),
+            pl.when(ok)
+            .then(pl.lit(None, dtype=pl.String))
+            # A truncated answer that still does not validate stays reported as truncated.
+            .when(pl.col("error").str.starts_with("truncated"))
+            .then(pl.col("error"))
+            .otherwise(pl.Series("_err", errors, dtype=pl.String))
+            .alias("error"),
+            pl.when(ok).then(pl.col("citations")).alias("citations"),
+        ).drop("seq", "ts")
+        # Same batch_key and usage as the attempt they re-read: billed once, not twice.
+        store.append_jobs(events)
 
 
 @contextlib.contextmanager
@@ -473,18 +657,22 @@ def _assemble(
     answer: AnswerSchema,
     *,
     citations: bool = False,
+    keep_raw: bool = False,
 ) -> pl.DataFrame:
     """Join job states back onto the rows, in input order, and decode the answers."""
     if "citations" not in results.columns:
         results = results.with_columns(pl.lit(None, dtype=pl.String).alias("citations"))
     if "attempts" not in results.columns:
         results = results.with_columns(pl.lit(None, dtype=pl.Int64).alias("attempts"))
+    if "raw" not in results.columns:
+        results = results.with_columns(pl.lit(None, dtype=pl.String).alias("raw"))
     state = results.select(
         "job_id",
         "status",
         "error",
         "answer",
         "citations",
+        "raw",
         "input_tokens",
         "output_tokens",
         "cost_usd",
@@ -530,6 +718,8 @@ def _assemble(
         pl.col("job_id").alias("_job_id"),
         pl.when(sendable).then(pl.col("provider_batch_id")).alias("_batch_id"),
     ]
+    if keep_raw:
+        meta.append(pl.when(terminal).then(pl.col("raw")).alias(RAW_COLUMN))
     completed = terminal & (pl.col("status") == "completed")
     answers = pl.when(completed).then(pl.col("answer"))
     cited = (

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -11,6 +13,9 @@ from batchata_df.engine import RunOptions, busy_jobs, plan_batches, settled
 from batchata_df.providers import make_provider
 from batchata_df.providers.base import RequestSpec
 from batchata_df.state import StateStore
+
+if TYPE_CHECKING:
+    from batchata_df.progress import PlanSummary
 
 __all__ = ["PLAN_COLUMNS", "dry_run_plan"]
 
@@ -83,8 +88,9 @@ def dry_run_plan(
     options: RunOptions,
     state: str | os.PathLike[str] | None,
     fingerprint: dict[str, str],
+    show: Callable[[PlanSummary], None] | None = None,
 ) -> pl.DataFrame:
-    """Plan the run, print a summary per model and per provider batch, return the plan."""
+    """Plan the run and return the plan; ``show`` receives a summary for people."""
     done, busy, spent = _recorded(state, fingerprint, options.retry_failed, sendable)
     todo = sendable.filter(~pl.col("job_id").is_in(list(done | busy)))
     providers = {
@@ -166,42 +172,52 @@ def dry_run_plan(
         pl.when(sent).then(pl.col("within_cap")).alias("_within_cap"),
     )
     result = pl.concat([frame, out], how="horizontal")
-    _print_summary(result, batches, cap, spent)
+    if show is not None:
+        show(summarize(result, batches, cap, spent))
     return result
 
 
-def _print_summary(
-    plan: pl.DataFrame, batches: list[dict[str, object]], cap: float | None, spent: float
-) -> None:
+def summarize(
+    plan: pl.DataFrame, batches: list[dict[str, object]], cap: float | None, held: float
+) -> PlanSummary:
+    """The figures a person reads from a plan (see :class:`~batchata_df.progress.PlanSummary`)."""
+    from batchata_df.progress import PlanSummary
+
     planned = plan.filter(pl.col("_status") == "planned")
-    total = float(planned.get_column("_est_cost_usd").sum())
-    print("batchata-df dry run: nothing was sent.")
-    print(
-        plan.group_by("_status").len().sort("_status").rows(),
-        "rows by status",
-    )
-    by_model = planned.group_by("_provider", "_model").agg(
-        pl.len().alias("jobs"),
-        pl.col("_est_input_tokens").sum().alias("est_input_tokens"),
-        pl.col("_est_output_tokens_max").sum().alias("max_output_tokens"),
-        pl.col("_est_cost_usd").sum().alias("worst_case_usd"),
-    )
-    with pl.Config(tbl_rows=50, tbl_hide_dataframe_shape=True):
-        print("\nper model (worst case: every answer uses max_tokens):")
-        print(by_model.sort("_provider", "_model"))
-        if batches:
-            print("\nper provider batch:")
-            print(pl.DataFrame(batches))
-    line = f"\ntotal worst case ${total:.4f}"
-    if spent:
-        line += f" (+ ${spent:.4f} already spent or held by batches in flight)"
-    if cap is not None:
-        over = total + spent > cap
-        fits = int(planned.get_column("_within_cap").sum())
-        line += f" against max_cost_usd=${cap:.4f}: " + (
-            f"over the cap, only {fits} of {planned.height} requests would be sent; the rest "
-            "would end cancelled (cost_limit)"
-            if over
-            else "within the cap"
+    order = ["planned", "duplicate", "done", "in_flight", "failed"]
+    counts = dict(plan.group_by("_status").len().iter_rows())
+    rows_by_status = {k: int(counts[k]) for k in order if counts.get(k)}
+    n_batches: dict[tuple[object, object], int] = {}
+    for b in batches:
+        key = (b["provider"], b["model"])
+        n_batches[key] = n_batches.get(key, 0) + 1
+    by_model = [
+        {
+            "provider": row["_provider"],
+            "model": row["_model"],
+            "jobs": int(row["jobs"]),
+            "batches": n_batches.get((row["_provider"], row["_model"]), 0),
+            "est_input_tokens": int(row["est_input_tokens"] or 0),
+            "max_output_tokens": int(row["max_output_tokens"] or 0),
+            "worst_case_usd": float(row["worst_case_usd"] or 0.0),
+        }
+        for row in planned.group_by("_provider", "_model")
+        .agg(
+            pl.len().alias("jobs"),
+            pl.col("_est_input_tokens").sum().alias("est_input_tokens"),
+            pl.col("_est_output_tokens_max").sum().alias("max_output_tokens"),
+            pl.col("_est_cost_usd").sum().alias("worst_case_usd"),
         )
-    print(line)
+        .sort("_provider", "_model")
+        .iter_rows(named=True)
+    ]
+    within = planned.get_column("_within_cap")
+    return PlanSummary(
+        rows_by_status=rows_by_status,
+        by_model=by_model,
+        n_batches=len(batches),
+        worst_case_usd=float(planned.get_column("_est_cost_usd").sum()),
+        held_usd=held,
+        max_cost_usd=cap,
+        within_cap=planned.height if cap is None else int(within.fill_null(False).sum()),
+    )

@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import io
 import sys
+import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Literal
 
@@ -32,7 +35,16 @@ if TYPE_CHECKING:
     from rich.console import Console, RenderableType
     from rich.live import Live
 
-__all__ = ["DisplayMode", "ProgressDisplay", "format_line", "make_display"]
+__all__ = [
+    "DisplayMode",
+    "PlanSummary",
+    "ProgressDisplay",
+    "format_line",
+    "make_display",
+    "outcome_line",
+    "plan_table",
+    "plan_text",
+]
 
 DisplayMode = Literal["terminal", "notebook", "lines"]
 
@@ -55,7 +67,43 @@ def _cost(s: ProgressSnapshot, max_cost_usd: float | None) -> str:
     return text
 
 
-def format_line(s: ProgressSnapshot, max_cost_usd: float | None = None) -> str:
+def _eta(s: ProgressSnapshot, since: float) -> str:
+    if s.phase == "done":
+        return ""
+    if s.stop_reason:
+        return f"stopping ({s.stop_reason})"
+    if s.eta_s is None:
+        return "unknown"
+    return "~" + _duration(max(s.eta_s - since, 0.0))
+
+
+def _finished(s: ProgressSnapshot) -> int:
+    """Requests finished: ended jobs plus those the providers report done in running batches."""
+    return s.completed + s.failed + s.cancelled + s.in_flight_done
+
+
+def outcome_line(s: ProgressSnapshot) -> str:
+    """The final line of a run: what became of its jobs, stated plainly.
+
+    Examples
+    --------
+    >>> from batchata_df.engine import ProgressSnapshot
+    >>> print(outcome_line(ProgressSnapshot(total=2000, completed=424, failed=0,
+    ...     cancelled=1576, pending=0, batches={}, cost_usd=0.0, elapsed_s=61.0,
+    ...     phase="done", stop_reason="interrupted")))
+    stopped (interrupted) after 1m01s: 424 of 2,000 jobs completed, 0 failed, 1,576 cancelled
+    """
+    how = f"stopped ({s.stop_reason})" if s.stop_reason else "finished"
+    text = (
+        f"{how} after {_duration(s.elapsed_s)}: {s.completed:,} of {s.total:,} jobs completed, "
+        f"{s.failed:,} failed, {s.cancelled:,} cancelled"
+    )
+    if s.pending:
+        text += f", {s.pending:,} pending (call again with the same state= to collect)"
+    return text
+
+
+def format_line(s: ProgressSnapshot, max_cost_usd: float | None = None, since: float = 0.0) -> str:
     """One plain-text line summarising a snapshot (the ``"lines"`` mode).
 
     Examples
@@ -63,34 +111,54 @@ def format_line(s: ProgressSnapshot, max_cost_usd: float | None = None) -> str:
     >>> from batchata_df.engine import ProgressSnapshot
     >>> snap = ProgressSnapshot(total=10, completed=6, failed=1, cancelled=0, pending=3,
     ...     batches={"in_progress": 1, "collected": 1}, cost_usd=0.25, elapsed_s=75.0,
-    ...     phase="running")
+    ...     phase="running", in_flight_done=1, eta_s=20.0)
     >>> print(format_line(snap, max_cost_usd=1.0))
-    7/10 jobs (completed 6, failed 1, cancelled 0) | batches: collected 1, in_progress 1 | cost $0.2500 of $1.00 cap (25%) | 1m15s
+    8/10 finished (completed 6, failed 1, cancelled 0, pending 3) | batches: collected 1, in_progress 1 | cost $0.2500 of $1.00 cap (25%) | ETA ~20s | 1m15s
     """  # noqa: E501
-    done = s.completed + s.failed + s.cancelled
+    if s.phase == "done":
+        return f"{outcome_line(s)} | cost {_cost(s, max_cost_usd)}"
     return (
-        f"{done}/{s.total} jobs (completed {s.completed}, failed {s.failed}, cancelled "
-        f"{s.cancelled}) | batches: {_batches(s)} | cost {_cost(s, max_cost_usd)} | "
-        f"{_duration(s.elapsed_s)}" + (f" | {s.activity}" if s.activity else "")
+        f"{_finished(s):,}/{s.total:,} finished (completed {s.completed:,}, failed {s.failed:,}, "
+        f"cancelled {s.cancelled:,}, pending {s.pending:,}) | batches: {_batches(s)} | "
+        f"cost {_cost(s, max_cost_usd)} | ETA {_eta(s, since)} | "
+        f"{_duration(s.elapsed_s + since)}" + (f" | {s.activity}" if s.activity else "")
     )
 
 
-def _panel(s: ProgressSnapshot, max_cost_usd: float | None) -> RenderableType:
-    """The rich view of a snapshot (terminal and notebook modes)."""
+def _panel(s: ProgressSnapshot, max_cost_usd: float | None, since: float = 0.0) -> RenderableType:
+    """The rich view of a snapshot (terminal and notebook modes).
+
+    ``since`` is the time since the snapshot arrived: the clock and the ETA move with it
+    between polls (which back off to a minute).
+    """
     from rich.progress_bar import ProgressBar
     from rich.table import Table
     from rich.text import Text
 
-    done = s.completed + s.failed + s.cancelled
+    done = s.phase == "done"
     grid = Table.grid(padding=(0, 1))
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column()
     bar = Table.grid(padding=(0, 1))
-    bar.add_row(
-        ProgressBar(total=max(s.total, 1), completed=done, width=40),
-        Text(f"{done:,}/{s.total:,} jobs" + (f" ({done / s.total:.0%})" if s.total else "")),
-    )
+    if done:
+        # Only answered jobs fill the bar: a stopped run must not look complete.
+        answered = s.completed + s.failed
+        pct = f" ({answered / s.total:.0%})" if s.total else ""
+        bar.add_row(
+            ProgressBar(total=max(s.total, 1), completed=answered, width=40),
+            Text(f"{answered:,}/{s.total:,} jobs answered{pct}"),
+        )
+    else:
+        finished = _finished(s)
+        pct = f" ({finished / s.total:.0%})" if s.total else ""
+        bar.add_row(
+            ProgressBar(total=max(s.total, 1), completed=finished, width=40),
+            Text(f"{finished:,}/{s.total:,} requests finished{pct}"),
+        )
     grid.add_row("batch_llm", bar)
+    if done:
+        style = "bold yellow" if s.stop_reason or s.pending else "bold green"
+        grid.add_row("result", Text(outcome_line(s), style=style))
     counts = Text.assemble(
         (f"completed {s.completed:,}", "green"),
         "  ",
@@ -100,15 +168,19 @@ def _panel(s: ProgressSnapshot, max_cost_usd: float | None) -> RenderableType:
         "  ",
         (f"pending {s.pending:,}", "dim"),
     )
+    if s.in_flight_done and not done:
+        counts.append(f"  (of which {s.in_flight_done:,} done in running batches)", "dim")
     grid.add_row("jobs", counts)
     grid.add_row("batches", Text(_batches(s)))
     near_cap = max_cost_usd is not None and s.cost_usd >= 0.9 * max_cost_usd
     grid.add_row("cost", Text(_cost(s, max_cost_usd), style="bold red" if near_cap else ""))
-    if s.projected_cost_usd is not None and s.phase != "done":
+    if s.projected_cost_usd is not None and not done:
         grid.add_row("projected", Text(f"${s.projected_cost_usd:,.4f} at the current rate"))
-    if s.activity:
+    if not done:
+        grid.add_row("ETA", Text(_eta(s, since)))
+    if s.activity and not done:
         grid.add_row("now", Text(s.activity, style="cyan"))
-    grid.add_row("elapsed", Text(_duration(s.elapsed_s) + ("  done" if s.phase == "done" else "")))
+    grid.add_row("elapsed", Text(_duration(s.elapsed_s + (0.0 if done else since))))
     return grid
 
 
@@ -140,7 +212,8 @@ class _NotebookView:
             color_system="truecolor",
         )
         console.print(renderable)
-        self.text = console.export_text(styles=False)
+        # Both exports read the record buffer: only the last may clear it.
+        self.text = console.export_text(styles=False, clear=False)
         self.html = console.export_html(
             inline_styles=True, code_format="<pre style='line-height:1.3'>{code}</pre>"
         )
@@ -152,7 +225,9 @@ class _NotebookView:
 class ProgressDisplay:
     """A progress callback that draws :class:`ProgressSnapshot` s (see module docs).
 
-    Make one with :func:`make_display`.
+    Make one with :func:`make_display`. Between snapshots (polls back off to a minute) the
+    terminal and notebook views are redrawn every ``refresh_s`` seconds, so the elapsed
+    time and the ETA keep moving; ``clock`` is the time source (tests pass a fake one).
     """
 
     def __init__(
@@ -163,10 +238,14 @@ class ProgressDisplay:
         console: Console | None = None,
         stream: IO[str] | None = None,
         min_interval_s: float = 5.0,
+        refresh_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.mode: DisplayMode = mode
         self.max_cost_usd = max_cost_usd
         self.min_interval_s = min_interval_s
+        self.refresh_s = refresh_s
+        self._clock = clock
         self._console = console
         self._stream = stream
         self._live: Live | None = None
@@ -175,31 +254,60 @@ class ProgressDisplay:
         self._last_time = float("-inf")
         self._pending: ProgressSnapshot | None = None
         self._closed = False
+        self._snapshot: ProgressSnapshot | None = None
+        self._received = 0.0
+        self._lock = threading.RLock()
+        self._ticker: threading.Thread | None = None
+        self._stop_ticking = threading.Event()
 
     def __call__(self, snapshot: ProgressSnapshot) -> None:
         """Show ``snapshot``; a ``phase="done"`` snapshot is shown and closes the display."""
-        if self._closed:
-            return
-        if self.mode == "lines":
-            self._line(snapshot)
-        elif self.mode == "terminal":
-            self._terminal(snapshot)
-        else:
-            self._notebook(snapshot)
-        if snapshot.phase == "done":
-            self.close()
+        with self._lock:
+            if self._closed:
+                return
+            self._snapshot, self._received = snapshot, self._clock()
+            if self.mode == "lines":
+                self._line(snapshot)
+            elif self.mode == "terminal":
+                self._terminal()
+            else:
+                self._notebook()
+            if snapshot.phase == "done":
+                self.close()
+
+    def render(self) -> RenderableType:
+        """The rich view of the latest snapshot, its clock moved to now."""
+        with self._lock:
+            s = self._snapshot
+            if s is None:
+                from rich.text import Text
+
+                return Text("batch_llm: starting")
+            return _panel(s, self.max_cost_usd, since=self._clock() - self._received)
+
+    def tick(self) -> None:
+        """Redraw the latest snapshot with the time moved on (the refresh does this)."""
+        with self._lock:
+            if self._closed or self._snapshot is None:
+                return
+            if self.mode == "terminal" and self._live is not None:
+                self._live.refresh()
+            elif self.mode == "notebook" and self._handle is not None:
+                self._handle.update(_NotebookView(self.render()))
 
     def close(self) -> None:
         """Stop updating in place, and print the last state if rate limiting held it back."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._pending is not None:
-            self._emit(format_line(self._pending, self.max_cost_usd))
-            self._pending = None
-        if self._live is not None:
-            self._live.stop()
-            self._live = None
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._stop_ticking.set()
+            if self._pending is not None:
+                self._emit(format_line(self._pending, self.max_cost_usd))
+                self._pending = None
+            if self._live is not None:
+                self._live.stop()
+                self._live = None
 
     def __enter__(self) -> ProgressDisplay:
         return self
@@ -211,6 +319,17 @@ class ProgressDisplay:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    def show_plan(self, plan: PlanSummary) -> None:
+        """Show a dry run's summary: a table in a terminal or notebook, plain text otherwise."""
+        if self.mode == "lines":
+            self._emit(plan_text(plan))
+        elif self.mode == "terminal" and self._console is not None:
+            self._console.print(plan_table(plan))
+        else:
+            from IPython.display import display  # type: ignore[import-not-found, unused-ignore]
+
+            display(_NotebookView(plan_table(plan)))  # type: ignore[no-untyped-call, unused-ignore]
 
     # -- modes ---------------------------------------------------------------------------------
 
@@ -226,32 +345,50 @@ class ProgressDisplay:
         if text == self._last_text:
             self._pending = None  # back to what is already printed
             return
-        now = time.monotonic()
+        now = self._clock()
         if s.phase != "done" and now - self._last_time < self.min_interval_s:
             self._pending = s
             return
         self._last_text, self._last_time, self._pending = text, now, None
         self._emit(text)
 
-    def _terminal(self, s: ProgressSnapshot) -> None:
+    def _terminal(self) -> None:
         from rich.live import Live
 
-        view = _panel(s, self.max_cost_usd)
         if self._live is None:
-            # No refresh thread: the view changes only when a snapshot arrives, and a run
-            # that dies without close() leaves nothing redrawing over the user's prompt.
-            self._live = Live(view, console=self._console, auto_refresh=False, transient=False)
+            # Live redraws from render() on its own thread every refresh_s: the clock moves
+            # between polls. batch_llm closes the display in a finally, so no refresh is
+            # left drawing over the prompt after a failure.
+            self._live = Live(
+                get_renderable=self.render,
+                console=self._console,
+                auto_refresh=self.refresh_s > 0,
+                refresh_per_second=1 / self.refresh_s if self.refresh_s > 0 else 1,
+                transient=False,
+                # print()s while the view is up (the Ctrl+C notice) go above it.
+                redirect_stdout=True,
+                redirect_stderr=True,
+            )
             self._live.start()
-        self._live.update(view, refresh=True)
+        self._live.refresh()
 
-    def _notebook(self, s: ProgressSnapshot) -> None:
+    def _notebook(self) -> None:
         from IPython.display import display  # type: ignore[import-not-found, unused-ignore]
 
-        view = _NotebookView(_panel(s, self.max_cost_usd))
+        view = _NotebookView(self.render())
         if self._handle is None:
-            self._handle = display(view, display_id=True)
+            self._handle = display(view, display_id=True)  # type: ignore[no-untyped-call, unused-ignore]
+            if self.refresh_s > 0:
+                self._ticker = threading.Thread(
+                    target=self._tick_loop, name="batchata-df-progress", daemon=True
+                )
+                self._ticker.start()
         else:
             self._handle.update(view)
+
+    def _tick_loop(self) -> None:
+        while not self._stop_ticking.wait(self.refresh_s):
+            self.tick()
 
 
 def make_display(
@@ -260,6 +397,8 @@ def make_display(
     mode: DisplayMode | None = None,
     console: Console | None = None,
     min_interval_s: float = 5.0,
+    refresh_s: float = 1.0,
+    clock: Callable[[], float] = time.monotonic,
 ) -> ProgressDisplay:
     """A live progress display for :func:`~batchata_df.batch_llm`.
 
@@ -275,6 +414,11 @@ def make_display(
         The rich console to draw on (default: standard error).
     min_interval_s
         In ``"lines"`` mode, the least time between two lines.
+    refresh_s
+        In the terminal and notebook modes, how often the view is redrawn between
+        snapshots (the clock and ETA move); ``0`` redraws only on snapshots.
+    clock
+        The time source for that redraw (``time.monotonic``).
 
     Examples
     --------
@@ -282,14 +426,14 @@ def make_display(
     >>> from rich.console import Console
     >>> from batchata_df.engine import ProgressSnapshot
     >>> out = io.StringIO()
-    >>> show = make_display(max_cost_usd=2.0, console=Console(file=out, width=100))
+    >>> show = make_display(max_cost_usd=2.0, console=Console(file=out, width=120))
     >>> show.mode
     'lines'
     >>> show(ProgressSnapshot(total=4, completed=4, failed=0, cancelled=0, pending=0,
     ...                       batches={"collected": 1}, cost_usd=0.5, elapsed_s=3.2,
     ...                       phase="done"))
     >>> print(out.getvalue().strip())
-    4/4 jobs (completed 4, failed 0, cancelled 0) | batches: collected 1 | cost $0.5000 of $2.00 cap (25%) | 3s
+    finished after 3s: 4 of 4 jobs completed, 0 failed, 0 cancelled | cost $0.5000 of $2.00 cap (25%)
     """  # noqa: E501
     try:
         from rich.console import Console
@@ -305,5 +449,115 @@ def make_display(
     if console is None:
         console = Console(stderr=True)
     return ProgressDisplay(
-        mode, max_cost_usd=max_cost_usd, console=console, min_interval_s=min_interval_s
+        mode,
+        max_cost_usd=max_cost_usd,
+        console=console,
+        min_interval_s=min_interval_s,
+        refresh_s=refresh_s,
+        clock=clock,
     )
+
+
+# -- dry runs ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlanSummary:
+    """What a dry run would do, for people (the plan itself is the returned frame)."""
+
+    rows_by_status: dict[str, int]
+    """Input rows by plan status: ``planned``, ``duplicate``, ``done``, ``in_flight``,
+    ``failed``."""
+    by_model: list[dict[str, Any]]
+    """Per provider and model: ``provider``, ``model``, ``jobs``, ``batches``,
+    ``est_input_tokens``, ``max_output_tokens``, ``worst_case_usd``."""
+    n_batches: int
+    worst_case_usd: float
+    held_usd: float
+    """Already spent, or held by batches in flight, in the state folder."""
+    max_cost_usd: float | None
+    within_cap: int
+    """Planned requests that fit under the cap at the worst case (all without a cap)."""
+
+
+def _plan_lines(p: PlanSummary) -> list[str]:
+    planned = p.rows_by_status.get("planned", 0)
+    lines = [
+        f"{planned:,} requests would be sent in {p.n_batches:,} provider "
+        f"batch{'es' if p.n_batches != 1 else ''}, worst case ${p.worst_case_usd:,.4f} "
+        "(every answer using max_tokens)"
+    ]
+    if p.held_usd:
+        lines.append(f"already spent or held by batches in flight: ${p.held_usd:,.4f}")
+    if p.max_cost_usd is not None:
+        if p.within_cap >= planned:
+            lines.append(f"cap ${p.max_cost_usd:,.2f}: everything fits")
+        else:
+            lines.append(
+                f"cap ${p.max_cost_usd:,.2f}: {p.within_cap:,} of {planned:,} requests fit at the "
+                f"worst case; the rest would end cancelled (cost_limit) unless actual costs "
+                "come in lower"
+            )
+    return lines
+
+
+def _rows(p: PlanSummary) -> str:
+    return ", ".join(f"{n:,} {status}" for status, n in p.rows_by_status.items())
+
+
+def plan_text(p: PlanSummary) -> str:
+    """A dry run's summary as plain text.
+
+    Examples
+    --------
+    >>> print(plan_text(PlanSummary(rows_by_status={"planned": 38, "duplicate": 2},
+    ...     by_model=[{"provider": "openai", "model": "gpt-5-mini", "jobs": 38, "batches": 1,
+    ...                "est_input_tokens": 1900, "max_output_tokens": 155648,
+    ...                "worst_case_usd": 0.1561}],
+    ...     n_batches=1, worst_case_usd=0.1561, held_usd=0.0, max_cost_usd=0.05,
+    ...     within_cap=12)))
+    dry run, nothing was sent. rows: 38 planned, 2 duplicate
+      openai gpt-5-mini: 38 jobs in 1 batch, ~1,900 input tokens, <= 155,648 output tokens, worst case $0.1561
+    38 requests would be sent in 1 provider batch, worst case $0.1561 (every answer using max_tokens)
+    cap $0.05: 12 of 38 requests fit at the worst case; the rest would end cancelled (cost_limit) unless actual costs come in lower
+    """  # noqa: E501
+    out = [f"dry run, nothing was sent. rows: {_rows(p)}"]
+    for m in p.by_model:
+        out.append(
+            f"  {m['provider']} {m['model']}: {m['jobs']:,} jobs in {m['batches']:,} "
+            f"batch{'es' if m['batches'] != 1 else ''}, ~{m['est_input_tokens']:,} input "
+            f"tokens, <= {m['max_output_tokens']:,} output tokens, worst case "
+            f"${m['worst_case_usd']:,.4f}"
+        )
+    out.extend(_plan_lines(p))
+    return "\n".join(out)
+
+
+def plan_table(p: PlanSummary) -> RenderableType:
+    """A dry run's summary as a rich table (terminal and notebook)."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=f"dry run, nothing was sent. rows: {_rows(p)}", title_justify="left")
+    for name, justify in (
+        ("provider", "left"),
+        ("model", "left"),
+        ("jobs", "right"),
+        ("batches", "right"),
+        ("est. input tokens", "right"),
+        ("max output tokens", "right"),
+        ("worst case USD", "right"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for m in p.by_model:
+        table.add_row(
+            str(m["provider"]),
+            str(m["model"]),
+            f"{m['jobs']:,}",
+            f"{m['batches']:,}",
+            f"{m['est_input_tokens']:,}",
+            f"{m['max_output_tokens']:,}",
+            f"${m['worst_case_usd']:,.4f}",
+        )
+    return Group(table, *(Text(line) for line in _plan_lines(p)))

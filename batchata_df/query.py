@@ -15,6 +15,9 @@ connection itself for several queries over the same snapshot. Both define these 
     the job was in; ``attempts`` counts them), so ``sum(cost_usd)`` is what was paid.
     ``provider``, ``model``, ``batch_key`` and ``provider_batch_id`` are the latest *known*
     values (an event that does not repeat them does not erase them).
+    ``answer`` (the validated answer as JSON, completed jobs) and ``raw`` (the text the
+    provider returned, also for failed jobs: an answer that did not validate, a truncated
+    one, a refusal) come from the latest event.
     ``est_cost_usd`` is the latest known pre-submission estimate, or null when the
     checkpoint has none. ``first_seen_at`` / ``updated_at`` are the first and latest event
     times.
@@ -254,6 +257,8 @@ WITH attempts AS (
            arg_max(model, seq) AS model,
            arg_max(batch_key, seq) AS batch_key,
            arg_max(provider_batch_id, seq) AS provider_batch_id,
+           arg_max_null(answer, seq) AS answer,
+           arg_max_null(raw, seq) AS raw,
            {est} AS est_cost_usd,
            min(ts) AS first_seen_at,
            max(ts) AS updated_at
@@ -261,7 +266,7 @@ WITH attempts AS (
     GROUP BY run, job_id
 )
 SELECT latest.run, latest.job_id, status, error, provider, model, batch_key,
-       provider_batch_id,
+       provider_batch_id, answer, raw,
        billed.input_tokens, billed.output_tokens, billed.cached_tokens, billed.cost_usd,
        coalesce(billed.attempts, 0) AS attempts,
        est_cost_usd, first_seen_at, updated_at

@@ -21,6 +21,12 @@ held against the cap.
 ``{"field": [citation, ...]}`` (see :mod:`batchata_df.citations`); null otherwise. Parts
 written before it existed read as null.
 
+``raw`` is the text the provider returned for the request, whatever became of it: the
+answer of a ``completed`` event (``answer`` holds it validated and canonical), and of a
+``failed`` one the answer that did not validate, was truncated, or (OpenAI, Anthropic) the
+refusal. Null when the provider returned no text. Parts written before it existed read as
+null.
+
 Job event statuses: ``assigned`` (put in a provider batch, written *before* submitting),
 ``completed``, ``failed``, ``cancelled``. Batch event statuses: ``intent`` (written before
 the provider is called), ``submitted`` (the provider's batch id, written right after),
@@ -56,6 +62,7 @@ __all__ = [
     "LOCK_FILE",
     "LockHolder",
     "StateStore",
+    "adopt_schema",
     "WriterLock",
     "spent_usd",
 ]
@@ -85,6 +92,7 @@ JOB_EVENTS = pl.Schema(
         "cost_usd": pl.Float64(),
         "est_cost_usd": pl.Float64(),
         "citations": pl.String(),
+        "raw": pl.String(),
     }
 )
 """Schema of a job event part (public, versioned by ``FORMAT_VERSION``)."""
@@ -559,6 +567,26 @@ def billed_from_events(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl
         total("output_tokens"),
         pl.len().cast(pl.Int64).alias("attempts"),
     )
+
+
+def adopt_schema(
+    root: str | os.PathLike[str], fingerprint: Mapping[str, str], *, job_salt: str
+) -> None:
+    """Rewrite a folder's manifest for a new answer schema (``batchata_df.reparse``).
+
+    The fingerprint becomes ``fingerprint``; ``job_salt`` records the key the folder's job
+    ids were made with, so that calls with the new schema find the same jobs. Every other
+    manifest field is kept. The file is replaced atomically.
+    """
+    path = Path(root) / "manifest.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        msg = f"{str(path)!r} is not a readable batchata-df manifest: {e}"
+        raise StateError(msg) from e
+    data["fingerprint"] = dict(fingerprint)
+    data["job_salt"] = job_salt
+    StateStore._atomic_write(path, json.dumps(data, indent=2, sort_keys=True).encode())
 
 
 def spent_usd(root: str | os.PathLike[str]) -> float:

@@ -34,8 +34,41 @@ def test_dry_run_sends_nothing_and_plans_batches(emu, capsys):
     assert (est_in > 10).all()
     expected = (est_in * 0.2 + 100 * 0.8) / 1e6  # gpt-4.1-mini batch prices
     assert (plan["_est_cost_usd"].head(10) - expected).abs().max() < 1e-12
-    out = capsys.readouterr().out
-    assert "nothing was sent" in out and "per provider batch" in out
+    # Quiet without progress=True: the plan is the returned frame.
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+def test_dry_run_summary_for_people(emu, capsys):
+    df = pl.concat([frame(10), frame(2)])  # two duplicates
+    df.pipe(batch_llm, schema=Review, model="gpt-4.1-mini", prompt="{text}", dry_run=True,
+            items_per_batch=4, params={"max_tokens": 100}, max_cost_usd=0.0004,
+            progress=True)
+    err = capsys.readouterr().err  # not a terminal here: plain text on standard error
+    assert "dry run, nothing was sent. rows: 10 planned, 2 duplicate" in err
+    assert "openai gpt-4.1-mini: 10 jobs in 3 batches" in err
+    assert "10 requests would be sent in 3 provider batches, worst case $" in err
+    assert "cap $0.00: " in err and " of 10 requests fit at the worst case" in err
+    assert "[(" not in err and "rows by status" not in err  # no Python reprs
+
+
+def test_dry_run_summary_rich_table_in_a_terminal(emu, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from batchata_df import progress
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=140, color_system=None)
+    real = progress.make_display
+    monkeypatch.setattr(progress, "make_display", lambda **kw: real(console=console, **kw))
+    frame(5).pipe(batch_llm, schema=Review, model="gpt-4.1-mini", prompt="{text}",
+                  dry_run=True, max_cost_usd=1.0, progress=True)
+    text = out.getvalue()
+    assert "┃ provider" in text and "worst case USD" in text  # a table with a header
+    assert "│ openai   │ gpt-4.1-mini │    5 │       1 │" in text
+    assert "cap $1.00: everything fits" in text
 
 
 def test_dry_run_estimate_bounds_actual_input_tokens(emu):

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from batchata_df.files import attach_files
-from batchata_df.frame import run_fingerprint
+from batchata_df.frame import _fingerprint as run_fingerprint
+from batchata_df.frame import _salt_of
 from batchata_df.jobs import build_jobs
 from batchata_df.schema import AnswerSchema
 
@@ -113,9 +114,11 @@ CHANGES: dict[str, list[Any]] = {
 
 def _ids(frame: pl.DataFrame, files: bool = False, **settings_: Any) -> list[str | None]:
     s = {**BASE, **settings_}
-    _, salt = run_fingerprint(
-        model=s["model"], prompt=s["prompt"], system=s["system"],
-        answer=AnswerSchema(s["schema"]), params=s["params"], citations=s["citations"],
+    salt = _salt_of(
+        run_fingerprint(
+            s["model"], s["prompt"], s["system"], AnswerSchema(s["schema"]), s["params"],
+            citations=s["citations"],
+        )
     )
     jobs = build_jobs(frame, model=s["model"], prompt=s["prompt"], system=s["system"], salt=salt)
     if files:
@@ -125,11 +128,10 @@ def _ids(frame: pl.DataFrame, files: bool = False, **settings_: Any) -> list[str
 
 def _fingerprint(**settings_: Any) -> dict[str, str]:
     s = {**BASE, **settings_}
-    fp, _ = run_fingerprint(
-        model=s["model"], prompt=s["prompt"], system=s["system"],
-        answer=AnswerSchema(s["schema"]), params=s["params"], citations=s["citations"],
+    return run_fingerprint(
+        s["model"], s["prompt"], s["system"], AnswerSchema(s["schema"]), s["params"],
+        citations=s["citations"],
     )
-    return fp
 
 
 SETTING = st.sampled_from([(k, v) for k, vs in CHANGES.items() for v in vs])

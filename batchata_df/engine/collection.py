@@ -91,6 +91,9 @@ def outcomes_to_events(
         "output_tokens",
         "cached_tokens",
         pl.when(status == "completed").then(pl.col("citations")).alias("citations"),
+        # What the provider returned, kept whatever the outcome (a refusal, a truncated or
+        # invalid answer was paid for): batch_llm(keep_raw=True), jobs.raw, reparse.
+        pl.col("text").alias("raw"),
     )
 
 
@@ -144,6 +147,10 @@ class Collector:
             return None
         batch.failures = 0
         self.state.batch_status[batch.batch_key] = poll.provider_status
+        if poll.state is ProviderState.RUNNING:
+            self.state.in_flight_finished[batch.batch_key] = poll.finished
+        else:
+            self.state.in_flight_finished.pop(batch.batch_key, None)
         return poll
 
     def _later(self, batch: InFlightBatch) -> None:

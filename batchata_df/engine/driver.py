@@ -94,6 +94,8 @@ class Engine:
         ctx, state = self.ctx, self.state
         state.total, state.jobs = jobs.height, jobs
         state.in_flight = recover(ctx, state)
+        if state.in_flight:  # throughput (ETA) counts from the start for re-attached batches
+            state.first_submit_at = state.started
         recorded, billed = ctx.store.snapshot()
         terminal = settled(recorded, retry_failed=ctx.options.retry_failed)
         busy = pl.concat([f.job_ids for f in state.in_flight]) if state.in_flight else pl.Series(
@@ -173,6 +175,7 @@ class Engine:
         for status in self.state.done:
             self.state.done[status] = int((done.get_column("status") == status).sum())
         self.state.cost = float(done.get_column("cost_usd").fill_null(0.0).sum())
+        self.state.done_at_start = sum(self.state.done.values())
 
 
 def _by_job(jobs: pl.DataFrame, column: str) -> dict[str, Any]:

@@ -82,6 +82,15 @@ class ProgressSnapshot:
     """The local step under way, e.g. ``"uploading batch 3/20 (180.2 MB)"``."""
     projected_cost_usd: float | None = None
     """Spent so far plus the remaining jobs at the average actual cost per finished job."""
+    in_flight_done: int = 0
+    """Requests the providers report finished inside batches still running (their request
+    counts: OpenAI ``request_counts``, Gemini ``batchStats``; Anthropic reports them only
+    when a whole batch ends). Counted in ``pending`` until their batch is collected."""
+    eta_s: float | None = None
+    """Seconds left at the throughput observed since this call's first submit; ``None``
+    until something has finished (and while stopping)."""
+    stop_reason: str | None = None
+    """Why the run stopped or is stopping (``"interrupted"``, ``"time_limit"``, ...)."""
 
 
 @dataclass
@@ -144,6 +153,13 @@ class RunState:
     """Cost of this call's jobs (the progress display's figure)."""
     batch_status: dict[str, str] = field(default_factory=dict)
     activity: str = ""
+    in_flight_finished: dict[str, int] = field(default_factory=dict)
+    """Per batch still running, the requests its provider reports finished (progress)."""
+    first_submit_at: float | None = None
+    """When this call first submitted (or re-attached) a batch: throughput counts from it."""
+    done_at_start: int = 0
+    """Jobs already ended before this call (they say nothing about throughput)."""
+    stop_reason: str | None = None
 
     def release(self, amount: float) -> None:
         """Give back a reservation (the batch ended, was refused, or never got created)."""
@@ -159,6 +175,13 @@ class RunState:
         if self.done["completed"] + self.done["failed"] > 0:
             per_job = self.cost / (self.done["completed"] + self.done["failed"])
             projected = self.cost + per_job * (self.total - finished)
+        in_flight_done = min(sum(self.in_flight_finished.values()), self.total - finished)
+        eta = _eta(
+            progressed=finished - self.done_at_start + in_flight_done,
+            left=self.total - finished - in_flight_done,
+            seconds=None if self.first_submit_at is None else now - self.first_submit_at,
+        )
+        done = phase == "done"
         return ProgressSnapshot(
             total=self.total,
             completed=self.done["completed"],
@@ -171,7 +194,25 @@ class RunState:
             phase=phase,
             activity="" if phase == "done" else self.activity,
             projected_cost_usd=projected,
+            in_flight_done=0 if done else in_flight_done,
+            eta_s=None if done or self.stop_reason else eta,
+            stop_reason=self.stop_reason,
         )
+
+
+def _eta(*, progressed: int, left: int, seconds: float | None) -> float | None:
+    """Seconds left at the observed rate; ``None`` until there is a rate to go by.
+
+    Examples
+    --------
+    >>> _eta(progressed=50, left=150, seconds=10.0)
+    30.0
+    >>> _eta(progressed=0, left=150, seconds=10.0) is None
+    True
+    """
+    if seconds is None or seconds <= 0 or progressed <= 0:
+        return None
+    return max(left, 0) * seconds / progressed
 
 
 def report(ctx: RunContext, state: RunState, phase: str) -> None:

@@ -45,6 +45,7 @@ class Stopper:
 
         Called on every round after the stop: a batch is asked to cancel once.
         """
+        self.state.stop_reason = reason
         for batch in self.state.in_flight:
             if batch.cancel_reason is None:
                 batch.cancel_reason = reason

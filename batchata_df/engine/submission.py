@@ -142,6 +142,9 @@ class Submitter:
             n_bytes=plan.n_bytes,
         )
         self.state.batch_status[plan.batch_key] = "submitted"
+        self.state.activity = ""  # uploaded: the "now" line must not go stale
+        if self.state.first_submit_at is None:
+            self.state.first_submit_at = ctx.clock.monotonic()
         return InFlightBatch(
             batch_key=plan.batch_key,
             provider=plan.provider,

@@ -54,6 +54,33 @@ class BatchPoll:
     provider_status: str
     detail: str | None = None
     counts: dict[str, int] = field(default_factory=dict)
+    """The provider's request counts as it names them (OpenAI ``total``/``completed``/
+    ``failed``; Anthropic ``processing``/``succeeded``/``errored``/``canceled``/``expired``
+    plus our ``total``; Gemini ``total``/``pending``/``completed``/``failed``); empty when
+    the provider reported none."""
+
+    @property
+    def finished(self) -> int:
+        """Requests the provider has finished so far (answered, errored, cancelled, expired).
+
+        Examples
+        --------
+        >>> BatchPoll(ProviderState.RUNNING, "in_progress",
+        ...           counts={"total": 10, "completed": 3, "failed": 1}).finished
+        4
+        >>> BatchPoll(ProviderState.RUNNING, "in_progress",
+        ...           counts={"total": 10, "processing": 10, "succeeded": 0}).finished
+        0
+        """
+        c = self.counts
+        if not c:
+            return 0
+        total = c.get("total", 0)
+        if "processing" in c:
+            return max(total - c["processing"], 0)
+        if "pending" in c:
+            return max(total - c["pending"], 0)
+        return c.get("completed", 0) + c.get("failed", 0)
 
 
 @dataclass(frozen=True)

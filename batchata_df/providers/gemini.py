@@ -467,7 +467,31 @@ class GeminiProvider:
             detail = f"{job.error.code}: {job.error.message}"
         elif state is ProviderState.FAILED:
             detail = f"Gemini reported {status} (the Developer API gives no reason)"
-        return BatchPoll(state, status, detail)
+        counts = self._batch_stats(batch_id) if state is ProviderState.RUNNING else {}
+        return BatchPoll(state, status, detail, counts)
+
+    def _batch_stats(self, batch_id: str) -> dict[str, int]:
+        """The batch's ``metadata.batchStats`` request counts; empty if unavailable.
+
+        google-genai 3.6.1 drops ``batchStats`` when it converts a Developer API batch into
+        ``types.BatchJob`` (``batches._BatchJob_from_mldev`` copies neither it nor
+        ``completionStats``), so the counts are read from the same GET through the SDK's
+        own HTTP client (its auth, base URL and retries). Only a progress display uses
+        them: any problem here yields no counts, never a failed poll.
+        """
+        try:
+            response = self.client._api_client.request("get", batch_id, {})
+            stats = json.loads(response.body or "{}").get("metadata", {}).get("batchStats", {})
+            total = int(stats.get("requestCount", 0))
+            pending = int(stats.get("pendingRequestCount", total))
+            return {
+                "total": total,
+                "pending": pending,
+                "completed": int(stats.get("successfulRequestCount", 0)),
+                "failed": int(stats.get("failedRequestCount", 0)),
+            }
+        except Exception:  # progress counts are best effort by design
+            return {}
 
     def results(self, batch_id: str, spec: RequestSpec) -> pl.DataFrame:
         """Decode the inlined responses or the downloaded result file of a batch."""

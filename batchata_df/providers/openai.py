@@ -392,7 +392,12 @@ def decode_lines(data: bytes) -> pl.DataFrame:
     out = raw.select(
         pl.col("custom_id").alias("job_id"),
         outcome.alias("outcome"),
-        pl.when(ok).then(message.struct.field("content")).alias("text"),
+        # A refusal's text too: it is kept as the row's raw answer (job_events.raw).
+        pl.when(ok)
+        .then(message.struct.field("content"))
+        .when(refusal.is_not_null())
+        .then(refusal)
+        .alias("text"),
         error.alias("error"),
         (finish == "length").fill_null(False).alias("truncated"),
         usage.struct.field("prompt_tokens").alias("input_tokens"),

@@ -1,0 +1,193 @@
+"""The live display as people see it: a real terminal (a pty, rendered by pyte) and a real
+Jupyter kernel (nbclient + ipykernel). Assertions read what was rendered, never timings."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import re
+import select
+import signal
+import struct
+import sys
+import termios
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+pyte = pytest.importorskip("pyte")
+
+COLS, ROWS = 140, 40
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    import polars as pl
+    from pydantic import BaseModel
+    from batchata_df import batch_llm
+
+    class A(BaseModel):
+        n: int
+
+    n = int(sys.argv[1])
+    out = pl.DataFrame({"t": [str(i) for i in range(n)]}).pipe(
+        batch_llm, schema=A, model="gpt-4.1-mini", prompt="{t}", items_per_batch=n // 2,
+        max_parallel_batches=2, progress=True, state=sys.argv[2],
+    )
+    print("CHILD-DONE", dict(out["_status"].value_counts().iter_rows()), flush=True)
+    """
+)
+
+
+class Terminal:
+    """A child process on a pty of COLS x ROWS, its output rendered by a VT emulator."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.screen = pyte.Screen(COLS, ROWS)
+        self.stream = pyte.ByteStream(self.screen)
+        self.raw = b""
+        pid, fd = pty.fork()
+        if pid == 0:  # the child: its stdin/stdout/stderr are the pty, it is the session leader
+            fcntl.ioctl(1, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, COLS, 0, 0))
+            os.execve(argv[0], argv, env)
+        self.pid, self.fd = pid, fd
+        self.status: int | None = None
+
+    def text(self) -> str:
+        return "\n".join(line.rstrip() for line in self.screen.display)
+
+    def read(self, timeout: float = 0.2) -> bool:
+        """Feed what the child wrote to the screen; False once it has closed the pty."""
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        if not ready:
+            return True
+        try:
+            data = os.read(self.fd, 65536)
+        except OSError:  # EIO: the child is gone
+            return False
+        if not data:
+            return False
+        self.raw += data
+        self.stream.feed(data)
+        return True
+
+    def wait_for(self, pattern: str, limit: float = 120.0) -> str:
+        """Read until the rendered screen matches ``pattern`` (the limit only guards a hang)."""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            if re.search(pattern, self.text()):
+                return self.text()
+            if not self.read():
+                break
+        raise AssertionError(f"{pattern!r} never appeared; screen:\n{self.text()}")
+
+    def finish(self, limit: float = 120.0) -> str:
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline and self.read():
+            pass
+        _, status = os.waitpid(self.pid, 0)
+        self.status = status
+        os.close(self.fd)
+        return self.text()
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
+def _child(tmp_path: Path, n: int) -> Terminal:
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "COLUMNS", "LINES")}
+    env["TERM"] = "xterm-256color"
+    return Terminal([sys.executable, str(script), str(n), str(tmp_path / "state")], env)
+
+
+def test_terminal_display_in_a_real_pty(emu, tmp_path):
+    term = _child(tmp_path, 30)
+    try:
+        first = term.wait_for(r"requests finished")
+        assert re.search(r"batch_llm\s+\S+\s+0/30 requests finished \(0%\)", first)
+        assert re.search(r"ETA\s+unknown", first)
+        screen = term.finish()
+    finally:
+        term.kill()
+    assert "CHILD-DONE {'completed': 30}" in screen
+    assert re.search(r"result\s+finished after \d+s: 30 of 30 jobs completed, 0 failed, "
+                     r"0 cancelled", screen)
+    assert re.search(r"batch_llm\s+━+\s+30/30 jobs answered \(100%\)", screen)
+    assert re.search(r"jobs\s+completed 30  failed 0  cancelled 0  pending 0", screen)
+    assert re.search(r"batches\s+completed 2", screen)
+    # Drawn in place: the panel appears once on the final screen, not once per update.
+    assert screen.count("result ") == 1 and screen.count("batch_llm ") == 1
+
+
+def test_ctrl_c_in_a_real_pty_reports_the_stop_truthfully(emu, tmp_path):
+    emu.configure(latency=1000.0, cancel_delay=0.0)
+    term = _child(tmp_path, 200)
+    try:
+        term.wait_for(r"batches\s+(in_progress|validating) 2")
+        emu.advance(400.0)  # about a third of each batch has run
+        term.wait_for(r"requests finished")
+        os.write(term.fd, b"\x03")  # Ctrl+C, typed into the terminal
+        screen = term.finish()
+    finally:
+        term.kill()
+    match = re.search(
+        r"result\s+stopped \(interrupted\) after \S+: (\d+) of 200 jobs completed, 0 failed, "
+        r"(\d+) cancelled", screen
+    )
+    assert match, screen
+    completed, cancelled = int(match.group(1)), int(match.group(2))
+    assert completed + cancelled == 200 and completed > 0 and cancelled > 0
+    assert "200/200" not in screen and "(100%)" not in screen
+    assert f"jobs answered ({completed / 200:.0%})" in screen
+    assert "batchata-df: stopping" in screen
+    assert f"'cancelled': {cancelled}" in screen and f"'completed': {completed}" in screen
+
+
+def test_jupyter_kernel_stores_the_panel_as_html(emu, tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            textwrap.dedent(
+                """
+                import polars as pl
+                from pydantic import BaseModel
+                from batchata_df import batch_llm
+
+                class A(BaseModel):
+                    n: int
+
+                out = pl.DataFrame({"t": [str(i) for i in range(20)]}).pipe(
+                    batch_llm, schema=A, model="gpt-4.1-mini", prompt="{t}",
+                    items_per_batch=10, progress=True, max_cost_usd=1.0,
+                )
+                """
+            )
+        ),
+        nbformat.v4.new_code_cell("out['_status'].to_list().count('completed')"),
+    ]
+    client = nbclient.NotebookClient(
+        nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
+    client.execute()
+    outputs = nb.cells[0].outputs
+    displays = [o for o in outputs if o.output_type == "display_data"]
+    assert len(displays) == 1, outputs  # one panel, updated in place
+    html = displays[0].data["text/html"]
+    text = displays[0].data["text/plain"]
+    assert "<pre" in html and len(html) > 500
+    for shown in (html, text):
+        assert "20 of 20 jobs completed, 0 failed, 0 cancelled" in shown
+        assert "completed 20" in shown and "pending 0" in shown
+        assert "of $1.00 cap" in shown
+    assert nb.cells[1].outputs[0].data["text/plain"] == "20"
