@@ -14,8 +14,8 @@ Two modes.
 
 ``targeted``
     Applies each hand-written mutation of :data:`TARGETED` (the ones issue 10 found
-    surviving the whole suite), runs the tests meant to kill it, checks that they fail,
-    and restores the file. Results go to ``benchmarks/results/mutation_targeted.json``.
+    surviving the whole suite) to a scratch copy, runs the tests meant to kill it and
+    checks that they fail. Results go to ``benchmarks/results/mutation_targeted.json``.
 
 Examples
 --------
@@ -78,6 +78,13 @@ def _scratch_copy(modules: list[str], tests: list[str], dest: Path) -> None:
         "pytest_add_cli_args_test_selection": tests,
         # no doctest collection of the whole package, no cache files in the copy
         "pytest_add_cli_args": ["-p", "no:cacheprovider", "-o", "addopts=", "-q"],
+        # Polars' thread pool does not survive a fork of a process that has used it (the
+        # child deadlocks): fork each mutant from a server that has imported nothing.
+        "process_isolation": "forkserver",
+        "forkserver_warmup": "none",
+        # so each mutant's run imports pytest, Polars and the tests itself: mutmut's CPU
+        # limit (15x the test's own time + a constant) must leave room for those seconds
+        "timeout_constant": 30.0,
     }
     lines = ["", "[tool.mutmut]"] + [f"{k} = {json.dumps(v)}" for k, v in config.items()]
     (dest / "pyproject.toml").write_text(pyproject + "\n".join(lines) + "\n", encoding="utf-8")
@@ -349,34 +356,49 @@ TARGETED: tuple[Mutation, ...] = (
 
 
 def run_targeted(only: str | None) -> list[dict[str, Any]]:
-    """Apply each mutation, run its tests (they must fail), restore; return the results."""
+    """Apply each mutation, run its tests (they must fail), restore; return the results.
+
+    Everything happens in a scratch copy of the package and the tests, so the work tree is
+    never modified (a test run in it meanwhile sees the real code).
+    """
     results: list[dict[str, Any]] = []
-    for mutation in TARGETED:
-        if only is not None and mutation.name != only:
-            continue
-        path = ROOT / mutation.path
-        original = path.read_text(encoding="utf-8")
-        count = original.count(mutation.old)
-        if count != 1:
-            results.append({"name": mutation.name, "what": mutation.what, "status": "stale",
-                            "detail": f"the original text occurs {count} times in {mutation.path}"})
-            continue
-        killed_by: list[dict[str, Any]] = []
-        try:
-            path.write_text(original.replace(mutation.old, mutation.new), encoding="utf-8")
-            for test in mutation.tests:
-                run = subprocess.run(
-                    [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-                     "-o", "addopts=", test],
-                    cwd=ROOT, capture_output=True, text=True, check=False,
-                )
-                killed_by.append({"test": test, "killed": run.returncode == 1})
-        finally:
-            path.write_text(original, encoding="utf-8")
-        status = "killed" if all(k["killed"] for k in killed_by) else "survived"
-        results.append({"name": mutation.name, "what": mutation.what, "path": mutation.path,
-                        "status": status, "tests": killed_by})
-        print(f"{status:8} {mutation.name}: {', '.join(t['test'] for t in killed_by)}")
+    with tempfile.TemporaryDirectory(prefix="batchata-targeted-") as tmp:
+        scratch = Path(tmp)
+        shutil.copytree(ROOT / "batchata_df", scratch / "batchata_df",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(ROOT / "tests", scratch / "tests",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy2(ROOT / "pyproject.toml", scratch / "pyproject.toml")
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        for mutation in TARGETED:
+            if only is not None and mutation.name != only:
+                continue
+            path = scratch / mutation.path
+            original = path.read_text(encoding="utf-8")
+            count = original.count(mutation.old)
+            if count != 1:
+                detail = f"the original text occurs {count} times in {mutation.path}"
+                results.append({"name": mutation.name, "what": mutation.what,
+                                "status": "stale", "detail": detail})
+                print(f"stale    {mutation.name}: {detail}")
+                continue
+            killed_by: list[dict[str, Any]] = []
+            try:
+                path.write_text(original.replace(mutation.old, mutation.new), encoding="utf-8")
+                for test in mutation.tests:
+                    run = subprocess.run(
+                        [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                         "-o", "addopts=", test],
+                        cwd=scratch, env=env, capture_output=True, text=True, check=False,
+                    )
+                    # exit code 1: tests ran and failed (a collection error would be 2)
+                    killed_by.append({"test": test, "killed": run.returncode == 1})
+            finally:
+                path.write_text(original, encoding="utf-8")
+            status = "killed" if all(k["killed"] for k in killed_by) else "survived"
+            results.append({"name": mutation.name, "what": mutation.what,
+                            "path": mutation.path, "status": status, "tests": killed_by})
+            print(f"{status:8} {mutation.name}: {', '.join(t['test'] for t in killed_by)}")
     return results
 
 
