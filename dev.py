@@ -57,6 +57,7 @@ def main() -> None:
         sh(PY, "-m", "pytest", *sys.argv[2:])
     elif what == "bench":
         setup("dev")
+        sh(PY, "benchmarks/bench_tokens.py")
         sh(PY, "benchmarks/bench_openai.py", *sys.argv[2:])
     else:
         print(__doc__)

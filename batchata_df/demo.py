@@ -58,20 +58,23 @@ def main(argv: list[str] | None = None) -> None:
         print(BANNER.format(url=emu.url))
         os.environ.update(emu.env())
         state = Path(args.state or tempfile.mkdtemp(prefix="batchata-demo-"))
-        print(f"\n{reviews.height} reviews -> gpt-4.1-mini batch, checkpoints in {state}\n")
+        print(f"\n{reviews.height} reviews -> gpt-6-luna batch, checkpoints in {state}\n")
         out = reviews.pipe(
             batch_llm,
             schema=Review,
-            model="gpt-4.1-mini",
+            model="gpt-6-luna",
             prompt="Classify this review of a {product}:\n\n{text}",
             system="You are a careful product analyst.",
+            # A reasoning model: little thinking is enough to classify a review. The
+            # thinking tokens are in _output_tokens (and _cost_usd) and in _reasoning_tokens.
+            params={"reasoning_effort": "low"},
             state=state,
             items_per_batch=15,
             progress=True,
         )
         with pl.Config(tbl_rows=12, tbl_cols=10, fmt_str_lengths=40, tbl_width_chars=160):
             print(out.select("review_id", "product", "sentiment", "rating", "summary",
-                             "issues", "_status", "_cost_usd"))
+                             "issues", "_status", "_reasoning_tokens", "_cost_usd"))
             print("\nschema of the result:")
             for name, dtype in out.schema.items():
                 print(f"  {name:<16} {dtype}")

@@ -7,6 +7,7 @@ The tree is designed so that a caller can tell *who* has to act::
     │   ├── ColumnError                a named column is missing or collides
     │   ├── SchemaError                the answer model cannot be expressed for a provider
     │   ├── ModelError                 unknown model / provider prefix
+    │   ├── ParamError                 a parameter the model refuses (names model and fix)
     │   ├── CredentialsError           no API key for the provider
     │   ├── PriceError                 a cost cap or dry run needs a price we do not have
     │   └── FileInputError             a file input is missing, unsupported or too large
@@ -37,6 +38,7 @@ __all__ = [
     "FileInputError",
     "ModelError",
     "OrphanedBatchError",
+    "ParamError",
     "PriceError",
     "ProviderError",
     "SchemaError",
@@ -64,6 +66,19 @@ class SchemaError(ConfigError):
 
 class ModelError(ConfigError):
     """The model name does not identify a supported provider."""
+
+
+class ParamError(ConfigError):
+    """A model parameter that this model refuses (or a value it does not take).
+
+    Raised before anything is sent; the message names the model, the parameter and the
+    fix. ``model`` and ``param`` hold them for programs.
+    """
+
+    def __init__(self, message: str, *, model: str | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.model = model
+        self.param = param
 
 
 class CredentialsError(ConfigError):

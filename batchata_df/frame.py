@@ -22,8 +22,10 @@ from pydantic import BaseModel
 from batchata_df.citations import citation_columns, decode_citations, instruction
 from batchata_df.cost import PriceOverride, PriceTable
 from batchata_df.engine import Engine, ProgressSnapshot, RunOptions
-from batchata_df.errors import ColumnError, ConfigError, StateError, StateMismatchError
+from batchata_df.errors import ColumnError, ConfigError, SchemaError, StateError, StateMismatchError
 from batchata_df.jobs import build_jobs, check_params
+from batchata_df.models import DEFAULT_MAX_TOKENS as _DEFAULT_MAX_TOKENS
+from batchata_df.models import check_model_params, effective_params, family_of
 from batchata_df.providers import SUPPORTED_PARAMS, make_provider
 from batchata_df.providers.base import Provider, RequestSpec
 from batchata_df.schema import AnswerSchema
@@ -37,6 +39,7 @@ META_COLUMNS = (
     "_cost_usd",
     "_input_tokens",
     "_output_tokens",
+    "_reasoning_tokens",
     "_job_id",
     "_batch_id",
 )
@@ -49,8 +52,10 @@ REPARSED_ERRORS = ("schema_validation", "truncated")
 """Failures of an answer that a new schema may accept: :func:`reparse` re-validates these
 (and completed answers); refusals and provider errors stay as they are."""
 
-DEFAULT_MAX_TOKENS = 4096
-"""``max_tokens`` sent when ``params`` does not set it, so worst-case costs are bounded."""
+DEFAULT_MAX_TOKENS = _DEFAULT_MAX_TOKENS
+"""``max_tokens`` sent when ``params`` does not set it to a model that does not think, so
+worst-case costs are bounded. Models that think get more room by default
+(:func:`batchata_df.models.default_max_tokens`)."""
 
 ProgressArg = bool | Callable[[ProgressSnapshot], None]
 
@@ -118,7 +123,8 @@ def batch_llm(
         A Pydantic model describing the answer: each field becomes a typed column. ``None``
         gives one text column ``response``.
     model
-        ``"gpt-4.1-mini"`` (provider inferred from the name), ``"openai:<model>"``, or a
+        ``"gpt-6-luna"`` (provider inferred from the name; rules per model family:
+        :mod:`batchata_df.models`), ``"openai:<model>"``, or a
         ``pl.Expr`` giving a model per row.
     prompt
         A template over columns (``"Classify: {text}"``; ``{{``/``}}`` are literal braces)
@@ -143,9 +149,14 @@ def batch_llm(
         apply are null). Null for rows that did not complete. How citations are given to
         fields is described in :mod:`batchata_df.citations`.
     params
-        Model parameters: ``max_tokens`` (default 4096), ``temperature``, ``top_p``,
-        ``seed``, ``stop``, ``frequency_penalty``, ``presence_penalty``,
-        ``reasoning_effort``. Unknown names are an error.
+        Model parameters: ``max_tokens`` (default 4096 for a model that does not think,
+        more for one that does: :func:`batchata_df.models.default_max_tokens`; thinking
+        counts against it), ``temperature``, ``top_p``, ``top_k``, ``seed``, ``stop``,
+        ``frequency_penalty``, ``presence_penalty``, and ``reasoning_effort`` (``"none"``,
+        ``"minimal"``, ``"low"``, ``"medium"``, ``"high"``, ``"xhigh"``, ``"max"``: one knob
+        mapped to each provider's thinking settings). Unknown names are an error, and so is
+        a parameter the model refuses (:class:`~batchata_df.errors.ParamError`, e.g.
+        ``temperature`` on a model that reasons), before anything is sent.
     max_cost_usd, dry_run
         Cost cap and cost plan (see the cost documentation).
     time_limit
@@ -188,9 +199,11 @@ def batch_llm(
     pl.DataFrame
         The input rows in input order with all input columns, one column per schema field,
         with ``citations=True`` one ``<field>_citations`` column per field, then
-        ``_status``, ``_error``, ``_cost_usd``, ``_input_tokens``, ``_output_tokens``,
-        ``_job_id``, ``_batch_id``. Identical requests are sent once; their cost and tokens
-        are on the first such row (0 on the others), so ``_cost_usd.sum()`` is what was paid.
+        ``_status``, ``_error``, ``_cost_usd``, ``_input_tokens``, ``_output_tokens``
+        (thinking included), ``_reasoning_tokens`` (the thinking part of
+        ``_output_tokens``), ``_job_id``, ``_batch_id``. Identical requests are sent once;
+        their cost and tokens are on the first such row (0 on the others), so
+        ``_cost_usd.sum()`` is what was paid.
 
     Examples
     --------
@@ -260,7 +273,7 @@ def batch_llm(
         )
         raise ConfigError(msg)
     run_params = check_params(params, supported)
-    run_params.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
+    _check_models(jobs, run_params, structured=answer.json_schema is not None, citations=citations)
     spec = RequestSpec(schema=answer, params=run_params, citations=citations)
     if files is not None:
         from batchata_df.files import attach_files, content_preparer
@@ -600,7 +613,6 @@ def with_estimates(
     """
     from batchata_df.tokens import estimate_request_tokens, estimate_tokens
 
-    max_tokens = int(spec.params["max_tokens"])
     schema_text = json.dumps(spec.schema.json_schema) if spec.schema.json_schema else ""
     if spec.citations and spec.schema.json_schema:
         schema_text = instruction(spec.schema.json_schema)  # sent as system prompt instead
@@ -608,6 +620,8 @@ def with_estimates(
     indexed = jobs.with_row_index("_order")
     for (provider, model), group in indexed.group_by(["provider", "model"]):
         price = prices.require(str(provider), str(model), why)
+        # The worst case is max_tokens of output, thinking included (it counts against it).
+        max_tokens = int(effective_params(str(provider), str(model), spec.params)["max_tokens"])
         extra = 0
         if schema_text:
             extra = int(estimate_tokens(pl.Series([schema_text]), str(provider), str(model))[0])
@@ -639,6 +653,22 @@ def with_estimates(
     return pl.concat(parts).sort("_order").drop("_order")
 
 
+def _check_models(
+    jobs: pl.DataFrame, params: Mapping[str, Any], *, structured: bool, citations: bool
+) -> None:
+    """Every model of the run takes ``params`` and the features asked for, before spend."""
+    pairs = jobs.select("provider", "model").drop_nulls().unique(maintain_order=True)
+    for provider, model in pairs.iter_rows():
+        check_model_params(str(provider), str(model), params)
+        family = family_of(str(provider), str(model))
+        if structured and not family.structured_output and not citations:
+            msg = (
+                f"model {model!r} ({family.name}) does not take structured output (a JSON "
+                "schema); use a newer model of the family, or schema=None for text answers"
+            )
+            raise SchemaError(msg)
+
+
 def _check_collisions(input_columns: list[str], answer_columns: list[str]) -> None:
     produced = [*answer_columns, *META_COLUMNS]
     clash = [c for c in produced if c in input_columns]
@@ -664,6 +694,8 @@ def _assemble(
         results = results.with_columns(pl.lit(None, dtype=pl.String).alias("citations"))
     if "attempts" not in results.columns:
         results = results.with_columns(pl.lit(None, dtype=pl.Int64).alias("attempts"))
+    if "reasoning_tokens" not in results.columns:
+        results = results.with_columns(pl.lit(None, dtype=pl.Int64).alias("reasoning_tokens"))
     if "raw" not in results.columns:
         results = results.with_columns(pl.lit(None, dtype=pl.String).alias("raw"))
     state = results.select(
@@ -675,6 +707,7 @@ def _assemble(
         "raw",
         "input_tokens",
         "output_tokens",
+        "reasoning_tokens",
         "cost_usd",
         "attempts",
         "provider_batch_id",
@@ -715,6 +748,7 @@ def _assemble(
         billed("cost_usd", pl.Float64()).alias("_cost_usd"),
         billed("input_tokens", pl.Int64()).alias("_input_tokens"),
         billed("output_tokens", pl.Int64()).alias("_output_tokens"),
+        billed("reasoning_tokens", pl.Int64()).alias("_reasoning_tokens"),
         pl.col("job_id").alias("_job_id"),
         pl.when(sendable).then(pl.col("provider_batch_id")).alias("_batch_id"),
     ]

@@ -17,6 +17,9 @@ batch.
 dry run): the worst case (estimated input, ``max_tokens`` output) that admission control
 held against the cap.
 
+``reasoning_tokens`` is the thinking part of ``output_tokens`` (which include it, as the
+providers bill it); parts written before it existed read as null.
+
 ``citations`` is set on ``completed`` events of runs with ``citations=True``: JSON text
 ``{"field": [citation, ...]}`` (see :mod:`batchata_df.citations`); null otherwise. Parts
 written before it existed read as null.
@@ -89,6 +92,7 @@ JOB_EVENTS = pl.Schema(
         "input_tokens": pl.Int64(),
         "output_tokens": pl.Int64(),
         "cached_tokens": pl.Int64(),
+        "reasoning_tokens": pl.Int64(),
         "cost_usd": pl.Float64(),
         "est_cost_usd": pl.Float64(),
         "citations": pl.String(),
@@ -498,7 +502,8 @@ class StateStore:
     def billed(self) -> pl.DataFrame:
         """What each job was billed over all its attempts.
 
-        Columns ``job_id``, ``cost_usd``, ``input_tokens``, ``output_tokens``, ``attempts``.
+        Columns ``job_id``, ``cost_usd``, ``input_tokens``, ``output_tokens``,
+        ``reasoning_tokens``, ``attempts``.
         A job sent again (``retry_failed``, or after a cancel) has one terminal event per
         provider batch it was in; each is billed. Re-collecting the same batch after a crash
         writes the same events again, so events count once per (job, batch).
@@ -515,7 +520,14 @@ class StateStore:
         last = lazy.group_by("job_id").agg(pl.col("seq").max())
         latest = lazy.join(last, on=["job_id", "seq"], how="semi").sort("seq")
         usage = lazy.select(
-            "seq", "job_id", "batch_key", "status", "cost_usd", "input_tokens", "output_tokens"
+            "seq",
+            "job_id",
+            "batch_key",
+            "status",
+            "cost_usd",
+            "input_tokens",
+            "output_tokens",
+            "reasoning_tokens",
         )
         with self._reading():
             state, billed = pl.collect_all([latest, billed_from_events(usage)])
@@ -553,7 +565,9 @@ def billed_from_events(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl
         pl.col("batch_key").fill_null("")
     )
     per_attempt = terminal.group_by("job_id", "batch_key").agg(
-        pl.col("cost_usd", "input_tokens", "output_tokens").sort_by("seq").last()
+        pl.col("cost_usd", "input_tokens", "output_tokens", "reasoning_tokens")
+        .sort_by("seq")
+        .last()
     )
 
     def total(col: str) -> pl.Expr:
@@ -565,6 +579,7 @@ def billed_from_events(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl
         total("cost_usd"),
         total("input_tokens"),
         total("output_tokens"),
+        total("reasoning_tokens"),
         pl.len().cast(pl.Int64).alias("attempts"),
     )
 

@@ -518,7 +518,7 @@ def test_emulator_cited_answers_validate_with_the_sdk_types(emu, docs):
             "custom_id": f"r{i}",
             "params": {
                 "model": model,
-                "max_tokens": 2000,
+                "max_tokens": 8000,  # room for thinking (Opus 5 thinks by default) and answer
                 "system": system,
                 "messages": [
                     {"role": "user", "content": [*documents, {"type": "text", "text": f"go {i}"}]}
@@ -528,7 +528,7 @@ def test_emulator_cited_answers_validate_with_the_sdk_types(emu, docs):
         for i, (model, system) in enumerate(
             [
                 (MODEL, instruction(schema)),
-                ("claude-opus-4-1", instruction(schema)),
+                ("claude-opus-5", instruction(schema)),
                 (MODEL, "no schema here"),
             ]
             + [(MODEL, instruction(schema))] * 6

@@ -306,12 +306,14 @@ def test_in_progress_batches_show_only_processing_counts(emu, client, settings_r
 def test_thinking_models_start_with_an_empty_thinking_block(emu, client):
     batch = client.messages.batches.create(
         requests=[
-            structured("opus", model="claude-opus-5-5"),
+            # Opus 5.5 always thinks (high effort) inside max_tokens: leave it room.
+            structured("opus", model="claude-opus-5-5", max_tokens=8192),
             structured("haiku", model="claude-haiku-4-5"),
             req(
                 "think",
                 model="claude-sonnet-4-5",
                 thinking={"type": "enabled", "budget_tokens": 1024},
+                max_tokens=2048,  # above the budget, as the API requires
             ),
         ]
     )

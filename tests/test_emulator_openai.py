@@ -25,6 +25,7 @@ from openai.types.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from batchata_df.emulator import Emulator, EmulatorError, answers
+from batchata_df.emulator.model_rules import THOUGHT_TOKENS
 from batchata_df.emulator.openai_api import parse_multipart
 
 CHAT = "/v1/chat/completions"
@@ -241,7 +242,9 @@ def test_chat_batch_full_lifecycle(oa: OpenAI, emulator: Emulator) -> None:
         assert usage.prompt_tokens_details is not None
         assert usage.prompt_tokens_details.cached_tokens == 0
         assert usage.completion_tokens_details is not None
-        assert usage.completion_tokens_details.reasoning_tokens == 0
+        # gpt-6-luna reasons by default (medium effort): reasoning is inside the completion.
+        assert usage.completion_tokens_details.reasoning_tokens == THOUGHT_TOKENS["medium"]
+        assert usage.completion_tokens > THOUGHT_TOKENS["medium"]
         prompt_tokens += usage.prompt_tokens
         completion_tokens += usage.completion_tokens
     assert batch.usage is not None
@@ -267,7 +270,8 @@ def test_responses_batch_full_lifecycle(oa: OpenAI) -> None:
         assert response.status == "completed"
         assert response.usage is not None
         assert response.usage.input_tokens_details.cached_tokens == 0
-        assert response.usage.output_tokens_details.reasoning_tokens == 0
+        # gpt-6-luna reasons by default (medium effort), inside the output tokens.
+        assert response.usage.output_tokens_details.reasoning_tokens == THOUGHT_TOKENS["medium"]
         assert response.usage.total_tokens == (
             response.usage.input_tokens + response.usage.output_tokens
         )
@@ -578,6 +582,7 @@ def test_valid_bodies_still_pass(oa: OpenAI) -> None:
         ],
         temperature=0,
         top_p=1,
+        reasoning_effort="none",  # gpt-6-luna takes sampling parameters only with this
         max_completion_tokens=50,
         seed=3,
         response_format={"type": "json_object"},

@@ -31,19 +31,32 @@ def posts(emu, suffix="/batches"):
 
 
 def test_time_limit_salvages_rows_finished_before_the_cancel(emu):
-    emu.configure(latency=4.0)
+    # Deterministic: the batch's progress is set on the emulator's clock, not left to how
+    # fast this machine is. With latency 1000 s, 20 requests run from 100 s to 900 s after
+    # creation; once the batch is submitted the emulator's clock jumps 500 s ahead, so
+    # exactly 10 have finished (the next one is 40 real seconds away) when the cancel
+    # arrives at the 2 s time limit.
+    emu.configure(latency=1000.0)
+    jumped = []
+
+    def on_progress(snapshot):
+        if snapshot.batches.get("submitted") and not jumped:
+            jumped.append(emu.advance(500.0))
+
     out = frame(40).pipe(
         batch_llm, schema=Review, model="gpt-4.1-mini", prompt="{text}",
-        items_per_batch=20, max_parallel_batches=1, time_limit=2.0,
+        items_per_batch=20, max_parallel_batches=1, time_limit=2.0, progress=on_progress,
     )
-    statuses = out["_status"].value_counts().sort("_status")
+    assert jumped
     completed = out.filter(pl.col("_status") == "completed")
     cancelled = out.filter(pl.col("_status") == "cancelled")
-    assert completed.height > 0, statuses  # partial output of the cancelled batch
-    assert cancelled.height > 20, statuses  # the rest of it, and the batch never sent
-    assert completed.height + cancelled.height == 40
-    assert cancelled["_error"].str.contains("time_limit").all()
+    # The first 10 rows finished before the cancel; the other 10 of that batch were
+    # cancelled, and the second batch of 20 was never sent.
+    assert completed["text"].to_list() == [f"review {i}" for i in range(10)]
+    assert cancelled["text"].to_list() == [f"review {i}" for i in range(10, 40)]
+    assert (cancelled["_error"] == "cancelled: time_limit").all()
     assert completed["rating"].null_count() == 0
+    assert completed["_cost_usd"].min() > 0 and cancelled["_cost_usd"].sum() == 0
     assert len(posts(emu)) == 1 and len(posts(emu, "/cancel")) == 1
 
 

@@ -61,9 +61,14 @@ Answers
 -------
 ``params.output_config.format = {"type": "json_schema", "schema": ...}`` gives one ``text``
 block with JSON that validates; a forced tool (``tool_choice: {"type": "tool"}``) gives a
-``tool_use`` block; otherwise plain text. Models whose name contains ``opus`` (and any
-request with ``thinking`` enabled) start their answer with an empty ``thinking`` block,
-as the always-thinking models do, so clients must select blocks by type. The markers of
+``tool_use`` block; otherwise plain text. Requests that think (:mod:`.model_rules`:
+``thinking`` enabled or adaptive, or a Claude 5 model that thinks by default) start their
+answer with a ``thinking`` block, so clients must select blocks by type; the thinking
+tokens (``model_rules.THOUGHT_TOKENS`` per effort, at most the budget) are inside
+``max_tokens`` and ``usage.output_tokens``, and in ``usage.output_tokens_details``.
+Parameters a model generation refuses (sampling parameters on Opus 4.7+ and Claude 5,
+temperature with top_p on 4.5/4.6, sampling while thinking, a thinking type the model
+does not take) make the request ``errored`` with ``invalid_request_error``. The markers of
 :mod:`batchata_df.emulator.answers` apply: ``[[emulator:error(:NNN)]]`` -> ``errored``
 (500 ``api_error``, 400 ``invalid_request_error``, 429 ``rate_limit_error``, 529
 ``overloaded_error``, ...), ``[[emulator:invalid]]`` -> JSON that violates the schema,
@@ -94,7 +99,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from batchata_df.emulator import answers, anthropic_checks, cited, media
+from batchata_df.emulator import answers, anthropic_checks, cited, media, model_rules
 from batchata_df.emulator.anthropic_checks import ParamsChecker
 from batchata_df.emulator.sdk_params import warm_in_background
 from batchata_df.emulator.server import (
@@ -181,6 +186,7 @@ class _Spec:
     error: tuple[str, str] | None  # (error type, message)
     documents: list[dict[str, Any]] | None = None  # mode "cite": the request's documents
     cite_schema: dict[str, Any] | None = None  # mode "cite": the schema in the system prompt
+    thinking_tokens: int = 0  # spent before the answer, inside max_tokens
 
 
 def _blocks_text(content: object) -> tuple[str, int, bool]:
@@ -267,10 +273,9 @@ def _system(params: Mapping[str, Any]) -> tuple[str, bool]:
     return "", False
 
 
-def _thinks(model: str, params: Mapping[str, Any]) -> bool:
-    thinking = params.get("thinking")
-    enabled = isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
-    return enabled or "opus" in model
+def _thinks(model: str, params: Mapping[str, Any]) -> int | None:
+    """Thinking tokens the request spends (:mod:`.model_rules`), None if it does not think."""
+    return model_rules.anthropic_thinking(model, dict(params))
 
 
 class _SpecBuilder:
@@ -292,6 +297,8 @@ class _SpecBuilder:
     def build(self, custom_id: str, params: Mapping[str, Any]) -> _Spec:
         """Reduce a ``params`` object to a :class:`_Spec` (``errored`` if it is invalid)."""
         invalid = self.check(params)
+        if invalid is None and isinstance(params.get("model"), str):
+            invalid = model_rules.anthropic_refusal(str(params["model"]), dict(params))
         kind = "invalid_request_error"
         if invalid is None and params.get("model") == answers.UNKNOWN_MODEL:
             invalid, kind = f"model: {answers.UNKNOWN_MODEL}", "not_found_error"
@@ -359,7 +366,8 @@ class _SpecBuilder:
                     "Citations are not supported together with output_config.format "
                     "(structured outputs).",
                 )
-        thinking = _thinks(model, params)
+        thought_tokens = _thinks(model, params)
+        thinking = thought_tokens is not None
         choice = params.get("tool_choice")
         if mode == "text" and isinstance(choice, dict) and choice.get("type") in ("tool", "any"):
             tool = _forced_tool(params.get("tools"), choice)
@@ -402,6 +410,7 @@ class _SpecBuilder:
             error=error,
             documents=documents,
             cite_schema=cite_schema,
+            thinking_tokens=thought_tokens or 0,
         )
 
 
@@ -508,8 +517,9 @@ def _answer(spec: _Spec) -> tuple[str, object, str]:
     stop = "end_turn"
     if marker == answers.MARKER_TRUNCATE:
         text, stop = _cut(text, spec.mode != "text"), "max_tokens"
-    if answers.count_tokens(text) > spec.max_tokens:
-        text, stop = _cut(text, spec.mode != "text", spec.max_tokens * 4), "max_tokens"
+    room = spec.max_tokens - spec.thinking_tokens
+    if answers.count_tokens(text) > room:
+        text, stop = _cut(text, spec.mode != "text", max(0, room) * 4), "max_tokens"
     return text, None, stop
 
 
@@ -530,10 +540,21 @@ def _usage(spec: _Spec, output_tokens: int, first_cache_write: bool) -> dict[str
 
 def render_message(spec: _Spec, rid: str, *, first_cache_write: bool = False) -> dict[str, Any]:
     """The ``Message`` a request that runs successfully answers with."""
-    text, tool_input, stop = _answer(spec)
     content: list[dict[str, Any]] = []
+    thought = min(spec.thinking_tokens, spec.max_tokens)
     if spec.thinking:
-        content.append({"type": "thinking", "thinking": "", "signature": f"emusig_{rid}"})
+        content.append(
+            {
+                "type": "thinking",
+                "thinking": "",  # display "omitted": the signature, not the text
+                "signature": f"emusig_{rid}",
+            }
+        )
+    if spec.thinking_tokens >= spec.max_tokens > 0:
+        # Thinking used the whole budget: no answer at all.
+        return _message(spec, rid, content, "max_tokens", spec.max_tokens, thought,
+                        first_cache_write)  # fmt: skip
+    text, tool_input, stop = _answer(spec)
     if tool_input is not None:
         content.append(
             {"type": "tool_use", "id": f"toolu_{rid}", "name": spec.tool_name, "input": tool_input}
@@ -552,10 +573,24 @@ def render_message(spec: _Spec, rid: str, *, first_cache_write: bool = False) ->
                 blocks = [{"type": "text", "text": text, "citations": None}]
         content.extend(blocks)
         out_tokens = answers.count_tokens(text)
-    out_tokens = min(out_tokens, spec.max_tokens)
+    out_tokens = min(out_tokens + thought, spec.max_tokens)
+    return _message(spec, rid, content, stop, out_tokens, thought, first_cache_write)
+
+
+def _message(
+    spec: _Spec,
+    rid: str,
+    content: list[dict[str, Any]],
+    stop: str,
+    out_tokens: int,
+    thought: int,
+    first_cache_write: bool,
+) -> dict[str, Any]:
     stop_details = {"type": "refusal", "category": None, "explanation": None} if (
         stop == "refusal"
     ) else None  # fmt: skip
+    usage = _usage(spec, out_tokens, first_cache_write)
+    usage["output_tokens_details"] = {"thinking_tokens": thought} if spec.thinking else None
     return {
         "id": f"msg_{rid}",
         "type": "message",
@@ -566,7 +601,7 @@ def render_message(spec: _Spec, rid: str, *, first_cache_write: bool = False) ->
         "stop_sequence": None,
         "stop_details": stop_details,
         "container": None,
-        "usage": _usage(spec, out_tokens, first_cache_write),
+        "usage": usage,
     }
 
 

@@ -66,9 +66,14 @@ per-request ``error`` ``{code, message, status}`` (no ``details``: the real ones
 objects the SDK's ``JobError`` cannot parse); ``[[emulator:invalid]]`` an answer that does not
 validate; ``[[emulator:truncate]]`` cut-off text with ``finishReason: MAX_TOKENS`` (so does
 an answer longer than ``maxOutputTokens``); ``[[emulator:refusal]]`` a candidate with
-``finishReason: SAFETY`` and no content. Thinking: with ``thinkingConfig.thinkingBudget > 0``
-or ``includeThoughts`` the usage reports ``thoughtsTokenCount``, and ``includeThoughts``
-adds a ``{"text", "thought": true}`` part before the answer.
+``finishReason: SAFETY`` and no content. Thinking follows the model's generation
+(:mod:`.model_rules`): 2.5 thinks by default (``thinkingBudget: 0`` turns it off, not on
+2.5 Pro), 3.x and 4 always think (``thinkingLevel``); the thinking tokens
+(``model_rules.THOUGHT_TOKENS`` per level, at most the budget) are reported as
+``thoughtsTokenCount`` (not in ``candidatesTokenCount``) and count against
+``maxOutputTokens``: thinking that uses all of it leaves no text part and ``finishReason:
+MAX_TOKENS``. ``includeThoughts`` adds a ``{"text", "thought": true}`` part before the
+answer. A thinking config the model refuses is a per-request error (400).
 
 Usage is the emulator's estimate (``answers.count_tokens``): ``promptTokenCount`` covers the
 text parts, the ``inlineData`` parts (:mod:`.media`: 258 per PDF page, 258 per image or
@@ -89,7 +94,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from batchata_df.emulator import answers, gemini_checks, media
+from batchata_df.emulator import answers, gemini_checks, media, model_rules
 from batchata_df.emulator.gemini_checks import RequestChecker, snake, unknown_name
 from batchata_df.emulator.sdk_params import warm_in_background
 from batchata_df.emulator.server import (
@@ -210,6 +215,7 @@ class _Spec:
     include_thoughts: bool
     error: tuple[int, str] | None  # code, message
     metadata: dict[str, str] | None = None  # inline requests: echoed verbatim
+    thoughts: int = 0  # thinking tokens spent before the answer, inside maxOutputTokens
 
 
 def _content_text(content: object) -> str:
@@ -278,7 +284,8 @@ def _media_tokens(content: object) -> int:
 
 
 class _SpecBuilder:
-    def __init__(self) -> None:
+    def __init__(self, model: str = "") -> None:
+        self.model = model  # the batch's model: its generation's rules apply (model_rules)
         self._last_schema: object = None
         self._last_gen: answers.AnswerGenerator | None = None
 
@@ -339,7 +346,15 @@ class _SpecBuilder:
             thinking_cfg = {}
         include = bool(thinking_cfg.get("includeThoughts", thinking_cfg.get("include_thoughts")))
         budget = thinking_cfg.get("thinkingBudget", thinking_cfg.get("thinking_budget"))
-        thinking = include or (isinstance(budget, int) and budget > 0)
+        thoughts = 0
+        if self.model:
+            refused = model_rules.gemini_refusal(self.model, dict(config))
+            if refused is not None and error is None:
+                error = (400, refused)
+            thoughts = model_rules.gemini_thoughts(self.model, dict(config))
+        elif include or (isinstance(budget, int) and budget > 0):
+            thoughts = model_rules.THOUGHT_TOKENS["low"]
+        thinking = thoughts > 0
         limit = config.get("maxOutputTokens", config.get("max_output_tokens"))
         max_tokens = (
             limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
@@ -349,7 +364,10 @@ class _SpecBuilder:
             code = answers.marker_status(prompt)
             error = (code, f"Emulated error (HTTP {code}) for this request.")
         tokens = answers.count_tokens(prompt) + files + (gen.schema_tokens if gen else 0)
-        return _Spec(key, prompt, tokens, mode, gen, max_tokens, marker, thinking, include, error)
+        return _Spec(
+            key, prompt, tokens, mode, gen, max_tokens, marker, thinking, include, error,
+            thoughts=thoughts,
+        )
 
     @staticmethod
     def _failed(key: str | None, message: str) -> _Spec:
@@ -414,21 +432,26 @@ def _render(spec: _Spec, model: str, rid: str) -> tuple[dict[str, Any], int, int
     else:
         text = answers.fake_text(spec.prompt, seed)
     truncated = False
+    tt = spec.thoughts if spec.thinking else 0
+    room = spec.max_tokens
+    if room is not None:
+        tt = min(tt, room)
+        room -= tt  # thinking counts against maxOutputTokens
     if spec.marker == answers.MARKER_TRUNCATE:
         text, truncated = _cut(text, spec.mode != "text"), True
-    if spec.max_tokens is not None and answers.count_tokens(text) > spec.max_tokens:
-        text, truncated = _cut(text[: spec.max_tokens * 4], spec.mode != "text", keep=True), True
-    ct = answers.count_tokens(text)
-    if spec.max_tokens is not None:
-        ct = min(ct, spec.max_tokens)
+    if room is not None and answers.count_tokens(text) > room:
+        text = _cut(text[: room * 4], spec.mode != "text", keep=True) if room > 0 else ""
+        truncated = True
+    ct = answers.count_tokens(text) if text else 0
+    if room is not None:
+        ct = min(ct, room)
     parts: list[dict[str, Any]] = []
-    tt = 0
     if spec.thinking:
         thought = "Thinking about " + answers.fake_text(spec.prompt, seed + "\x1ethought")
-        tt = answers.count_tokens(thought)
         if spec.include_thoughts:
             parts.append({"text": thought, "thought": True})
-    parts.append({"text": text})
+    if text:
+        parts.append({"text": text})
     body = {
         "candidates": [
             {
@@ -904,7 +927,7 @@ class GeminiApp:
         if display is not None and not isinstance(display, str):
             raise _Invalid(400, "displayName must be a string.")
         model_name = model if model.startswith(("models/", "tunedModels/")) else f"models/{model}"
-        builder = _SpecBuilder()
+        builder = _SpecBuilder(model)
         specs: list[_Spec] = []
         failure: str | None = None
         if inline is not None:

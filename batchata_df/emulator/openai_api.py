@@ -73,9 +73,15 @@ Usage
 Tokens are the emulator's deterministic estimate (``answers.count_tokens``): prompt
 tokens cover every text part of the request, the images and PDFs (``media``: image tiles,
 1,000 per PDF page; 85 per web image URL or file id) plus the JSON schema; completion
-tokens cover the answer text. ``cached_tokens`` and
-``reasoning_tokens`` are always 0. The batch's ``usage`` sums the successful requests and
-is filled in once the batch reaches a final status.
+tokens cover the answer text. ``cached_tokens`` is always 0. Reasoning models
+(:mod:`.model_rules`) spend ``model_rules.THOUGHT_TOKENS`` per effort first, inside
+``max_completion_tokens``: they are in ``completion_tokens`` and in
+``completion_tokens_details.reasoning_tokens``, and thinking that uses the whole limit
+leaves an empty answer with ``finish_reason: "length"``. Parameters a model generation
+refuses (sampling parameters while reasoning, ``max_tokens`` on reasoning models,
+``reasoning_effort`` values it does not take, or on models that do not reason) are
+``unsupported_parameter`` / ``unsupported_value`` error lines. The batch's ``usage`` sums
+the successful requests and is filled in once the batch reaches a final status.
 """
 
 from __future__ import annotations
@@ -90,7 +96,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
-from batchata_df.emulator import answers, media, openai_checks
+from batchata_df.emulator import answers, media, model_rules, openai_checks
 from batchata_df.emulator.openai_checks import BodyChecker
 from batchata_df.emulator.sdk_params import warm_in_background
 from batchata_df.emulator.server import (
@@ -248,6 +254,7 @@ class _Spec:
     marker: str | None
     error: tuple[int, str, str, str | None] | None  # status, code, message, param
     echo: str  # Responses API: pre-encoded fields echoed back from the request
+    reasoning: int = 0  # thinking tokens the model spends (model_rules.THOUGHT_TOKENS)
 
 
 def _parts_text(content: object) -> tuple[str, int]:
@@ -369,11 +376,22 @@ class _SpecBuilder:
         invalid = self._check(body)
         if invalid is None and model == answers.UNKNOWN_MODEL:
             invalid = (400, "model_not_found", f"The model `{model}` does not exist.", "model")
+        if invalid is None and self.endpoint == CHAT:
+            invalid = model_rules.openai_refusal(model, body)
         if invalid is not None:
             return _Spec(custom_id, model, "", 0, "text", None, None, None, invalid, "")
         if self.endpoint == "/v1/responses":
-            return self._responses(custom_id, model, body)
-        return self._chat(custom_id, model, body)
+            spec = self._responses(custom_id, model, body)
+            reasoning = body.get("reasoning")
+            effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
+            knob = {} if effort is None else {"reasoning_effort": effort}
+        else:
+            spec = self._chat(custom_id, model, body)
+            knob = body
+        effort = model_rules.openai_effort(model, knob)
+        if effort is not None and spec.error is None:
+            spec.reasoning = model_rules.THOUGHT_TOKENS[effort]
+        return spec
 
     def _chat(self, custom_id: str, model: str, body: dict[str, Any]) -> _Spec:
         messages = body.get("messages")
@@ -521,11 +539,18 @@ class _SpecBuilder:
 
 
 def _answer(spec: _Spec) -> tuple[str, str, bool, int]:
-    """Return (content as a JSON literal, refusal as a JSON literal, truncated, tokens)."""
+    """Return (content as a JSON literal, refusal as a JSON literal, truncated, tokens).
+
+    Reasoning comes first and counts against the limit: what it leaves is the answer's.
+    """
     seed = spec.custom_id + "\x1f" + spec.prompt
     marker = spec.marker
     gen = spec.gen
     limit = spec.max_tokens
+    if limit is not None and spec.reasoning:
+        if spec.reasoning >= limit:
+            return '""', "null", True, 0  # thinking used the whole budget
+        limit -= spec.reasoning
     if marker is None and gen is not None:
         text, quoted, tokens = gen.pooled(seed)
         if limit is None or tokens <= limit:
@@ -575,14 +600,17 @@ def _body(spec: _Spec, rid: str, created: int, model_q: str, endpoint: str) -> t
     """JSON text of a successful response body, and its completion tokens."""
     content, refusal, truncated, ct = _answer(spec)
     pt = spec.prompt_tokens
+    rt = spec.reasoning if spec.max_tokens is None else min(spec.reasoning, spec.max_tokens)
+    ct += rt  # reasoning is billed inside the completion tokens
     if endpoint == CHAT:
+        details = _CHAT_USAGE_DETAILS.replace('"reasoning_tokens":0', f'"reasoning_tokens":{rt}')
         return (
             f'{{"id":"chatcmpl-{rid}","object":"chat.completion","created":{created},'
             f'"model":{model_q},"choices":[{{"index":0,"message":{{"role":"assistant",'
             f'"content":{content},"refusal":{refusal},"annotations":[]}},"logprobs":null,'
             f'"finish_reason":"{"length" if truncated else "stop"}"}}],"usage":{{'
             f'"prompt_tokens":{pt},"completion_tokens":{ct},"total_tokens":{pt + ct},'
-            f'{_CHAT_USAGE_DETAILS}}},"service_tier":"default","system_fingerprint":"fp_emulator"}}'
+            f'{details}}},"service_tier":"default","system_fingerprint":"fp_emulator"}}'
         ), ct
     status = "incomplete" if truncated else "completed"
     if content != "null":
@@ -598,7 +626,7 @@ def _body(spec: _Spec, rid: str, created: int, model_q: str, endpoint: str) -> t
         '"tool_choice":"auto","tools":[],"truncation":"disabled","service_tier":"default",'
         f'"store":true,"usage":{{"input_tokens":{pt},"input_tokens_details":{{'
         f'"cached_tokens":0,"cache_write_tokens":0}},"output_tokens":{ct},'
-        f'"output_tokens_details":{{"reasoning_tokens":0}},"total_tokens":{pt + ct}}}}}'
+        f'"output_tokens_details":{{"reasoning_tokens":{rt}}},"total_tokens":{pt + ct}}}}}'
     ), ct
 
 

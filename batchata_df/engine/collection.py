@@ -27,8 +27,14 @@ def outcomes_to_events(
     spec: RequestSpec,
     *,
     cancel_reason: str | None = None,
+    provider: str | None = None,
+    model: str | None = None,
 ) -> pl.DataFrame:
     """Turn a finished batch's provider results into terminal job events.
+
+    ``provider`` and ``model`` (the batch's) give the ``max_tokens`` the requests were
+    sent with (:func:`batchata_df.models.effective_params`), named in truncation errors;
+    an answer cut off after thinking used most of it says so.
 
     ``members`` lists the batch's ``job_id`` s; a member with no result line ends according
     to the batch's final state, so no row is ever lost. Answers are validated against the
@@ -40,6 +46,12 @@ def outcomes_to_events(
     succeeded = joined.filter(pl.col("outcome") == "succeeded")
     canonical, errors = spec.schema.validate(succeeded.get_column("text").to_list())
     max_tokens = spec.params.get("max_tokens")
+    if provider is not None and model is not None:
+        from batchata_df.models import effective_params
+
+        max_tokens = effective_params(provider, model, spec.params)["max_tokens"]
+    if "reasoning_tokens" not in joined.columns:
+        joined = joined.with_columns(pl.lit(None, dtype=pl.Int64).alias("reasoning_tokens"))
     validated = succeeded.select("job_id").with_columns(
         pl.Series("answer", canonical, dtype=pl.String),
         pl.Series("verr", errors, dtype=pl.String),
@@ -67,9 +79,27 @@ def outcomes_to_events(
         .then(pl.lit("completed"))
         .otherwise(pl.lit("failed"))
     )
-    truncated_msg = (
+    truncated_msg = pl.lit(
         f"truncated: the answer hit max_tokens={max_tokens} before it was complete; "
         "raise params={'max_tokens': ...}"
+    )
+    reasoning = pl.col("reasoning_tokens").fill_null(0)
+    # Thinking counts against max_tokens: when it took most of it, say so and what to change.
+    thinking_msg = pl.concat_str(
+        [
+            pl.lit("truncated: thinking used "),
+            reasoning.cast(pl.String),
+            pl.lit(
+                f" of max_tokens={max_tokens} tokens before the answer was complete; raise "
+                "params={'max_tokens': ...} or lower params['reasoning_effort']"
+            ),
+        ]
+    )
+    # "Most of it": thinking took at least half of the limit.
+    truncated_msg = (
+        pl.when((reasoning > 0) & (reasoning * 2 >= (max_tokens or 0)))
+        .then(thinking_msg)
+        .otherwise(truncated_msg)
     )
     error = (
         pl.when(pl.col("outcome").is_null())
@@ -77,7 +107,9 @@ def outcomes_to_events(
         .when(pl.col("outcome") == "canceled")
         .then(pl.lit(f"cancelled: {cancel_reason or 'provider_cancelled'}"))
         .when((pl.col("outcome") == "succeeded") & pl.col("verr").is_not_null() & truncated)
-        .then(pl.lit(truncated_msg))
+        .then(truncated_msg)
+        .when((pl.col("outcome") == "errored") & truncated)  # no text at all (Gemini)
+        .then(truncated_msg)
         .when(pl.col("outcome") == "succeeded")
         .then(pl.col("verr"))
         .otherwise(pl.col("error"))
@@ -90,6 +122,7 @@ def outcomes_to_events(
         "input_tokens",
         "output_tokens",
         "cached_tokens",
+        "reasoning_tokens",
         pl.when(status == "completed").then(pl.col("citations")).alias("citations"),
         # What the provider returned, kept whatever the outcome (a refusal, a truncated or
         # invalid answer was paid for): batch_llm(keep_raw=True), jobs.raw, reparse.
@@ -194,6 +227,8 @@ class Collector:
             poll,
             self.ctx.spec,
             cancel_reason=batch.cancel_reason,
+            provider=batch.provider,
+            model=batch.model,
         )
         actual = self.ledger.terminal(
             events,

@@ -189,7 +189,7 @@ def _by_job(jobs: pl.DataFrame, column: str) -> dict[str, Any]:
 def _job_states(store: StateStore) -> pl.DataFrame:
     """The latest state of every job, with cost and tokens added up over every attempt."""
     latest, billed = store.snapshot()
-    state = latest.drop("cost_usd", "input_tokens", "output_tokens").join(
+    state = latest.drop("cost_usd", "input_tokens", "output_tokens", "reasoning_tokens").join(
         billed, on="job_id", how="left"
     )
     batches = store.batch_state()

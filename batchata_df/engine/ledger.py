@@ -70,6 +70,7 @@ class Ledger:
                 nothing_ran.alias("input_tokens"),
                 nothing_ran.alias("output_tokens"),
                 nothing_ran.alias("cached_tokens"),
+                nothing_ran.alias("reasoning_tokens"),
             ),
             batch_key=batch_key,
             provider=provider,

@@ -203,8 +203,10 @@ class Planner:
 
     def took(self, n: int) -> None:
         """The first ``n`` jobs of the current batch were dealt with: move on."""
-        current = self._current
-        assert current is not None
+        current = self.current()
+        if current is None:
+            msg = "took() with no batch planned"
+            raise RuntimeError(msg)
         if n == len(current):
             self._current = None
             self.current()  # encode the next batch now, as the run goes on to send it

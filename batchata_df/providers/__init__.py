@@ -27,8 +27,12 @@ SUPPORTED_PARAMS: dict[str, frozenset[str]] = {
             "reasoning_effort",
         }
     ),
-    "anthropic": frozenset({"max_tokens", "temperature", "top_p", "top_k", "stop"}),
-    "gemini": frozenset({"max_tokens", "temperature", "top_p", "top_k", "stop", "seed"}),
+    "anthropic": frozenset(
+        {"max_tokens", "temperature", "top_p", "top_k", "stop", "reasoning_effort"}
+    ),
+    "gemini": frozenset(
+        {"max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "reasoning_effort"}
+    ),
 }
 
 

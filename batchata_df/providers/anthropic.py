@@ -29,6 +29,7 @@ from batchata_df.errors import (
     ProviderError,
     SchemaError,
 )
+from batchata_df.models import effective_params, thinking_fields
 from batchata_df.providers.base import (
     BatchPoll,
     BatchTag,
@@ -52,6 +53,7 @@ _PARAM_NAMES = {
     "top_p": "top_p",
     "top_k": "top_k",
     "stop": "stop_sequences",
+    "reasoning_effort": "reasoning_effort",  # mapped to thinking / output_config.effort
 }
 SUPPORTED_PARAMS = frozenset(_PARAM_NAMES)
 
@@ -80,6 +82,9 @@ def _line_schema(block: pl.Struct) -> pl.Schema:
                                     "output_tokens": pl.Int64(),
                                     "cache_creation_input_tokens": pl.Int64(),
                                     "cache_read_input_tokens": pl.Int64(),
+                                    "output_tokens_details": pl.Struct(
+                                        {"thinking_tokens": pl.Int64()}
+                                    ),
                                 }
                             ),
                         }
@@ -185,11 +190,23 @@ class AnthropicProvider:
 
     # -- encode -------------------------------------------------------------------------------
 
-    def request_params_constant(self, spec: RequestSpec) -> str:
-        """The JSON members after ``messages`` that every request of the run shares."""
+    def request_params_constant(self, spec: RequestSpec, model: str | None = None) -> str:
+        """The JSON members after ``messages`` that every request of ``model`` shares.
+
+        With ``model``, its default ``max_tokens`` is filled in and ``reasoning_effort``
+        becomes ``thinking`` and ``output_config.effort`` (:mod:`batchata_df.models`).
+        """
+        params = spec.params if model is None else effective_params(self.name, model, spec.params)
         extra: dict[str, Any] = {}
-        for ours, value in spec.params.items():
+        for ours, value in params.items():
+            if ours == "reasoning_effort":
+                continue
             extra[_PARAM_NAMES[ours]] = value
+        effort = None
+        if model is not None:
+            thinking = thinking_fields(self.name, model, params)
+            effort = thinking.pop("effort", None)
+            extra.update(thinking)
         if isinstance(extra.get("stop_sequences"), str):
             extra["stop_sequences"] = [extra["stop_sequences"]]
         if spec.schema.json_schema is not None and not spec.citations:
@@ -202,6 +219,8 @@ class AnthropicProvider:
                 msg = f"the answer schema cannot be sent to Anthropic as structured output: {e}"
                 raise SchemaError(msg) from e
             extra["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+        if effort is not None:
+            extra.setdefault("output_config", {})["effort"] = effort
         return "".join(f",{json.dumps(k)}:{json.dumps(v)}" for k, v in extra.items())
 
     def encode(self, jobs: pl.DataFrame, spec: RequestSpec) -> pl.Series:
@@ -212,7 +231,9 @@ class AnthropicProvider:
         text). With ``spec.citations`` and a schema, the system prompt starts with
         :func:`batchata_df.citations.instruction` (the caller's ``system`` follows it).
         """
-        tail = self.request_params_constant(spec)
+        tail = self.request_params_constant(
+            spec, str(jobs.get_column("model")[0]) if jobs.height else None
+        )
         user_content = (
             pl.col("content_json")
             if "content_json" in jobs.columns
@@ -497,6 +518,12 @@ def decode_results(data: bytes, spec: RequestSpec | None = None) -> pl.DataFrame
         pl.element().filter(pl.element().struct.field("type") == "text").struct.field("text")
     )
     text = pl.when(texts.list.len() > 0).then(texts.list.join(""))
+    has_thinking = (
+        message.struct.field("content")
+        .list.eval(pl.element().struct.field("type").is_in(["thinking", "redacted_thinking"]))
+        .list.any()
+        .fill_null(False)
+    )
     err = result.struct.field("error").struct.field("error")
     refused = (kind == "succeeded") & (stop == "refusal")
     outcome = pl.when(refused).then(pl.lit("errored")).otherwise(kind)
@@ -529,6 +556,17 @@ def decode_results(data: bytes, spec: RequestSpec | None = None) -> pl.DataFrame
         (usage.struct.field("input_tokens") + cache_read + cache_write).alias("input_tokens"),
         usage.struct.field("output_tokens").alias("output_tokens"),
         pl.when(usage.is_not_null()).then(cache_read).alias("cached_tokens"),
+        # Thinking is billed inside output_tokens; usage.output_tokens_details breaks it
+        # out (anthropic 2.14 types/output_tokens_details.py). Without it: 0 when the
+        # answer has no thinking block, unknown (null) otherwise.
+        pl.when(usage.is_not_null())
+        .then(
+            pl.coalesce(
+                usage.struct.field("output_tokens_details").struct.field("thinking_tokens"),
+                pl.when(~has_thinking).then(pl.lit(0, dtype=pl.Int64)),
+            )
+        )
+        .alias("reasoning_tokens"),
     )
     if citations and spec is not None:
         out = _with_citations(out, raw, spec)

@@ -124,6 +124,7 @@ RESULTS = pl.Schema(
         "input_tokens": pl.Int64(),
         "output_tokens": pl.Int64(),
         "cached_tokens": pl.Int64(),
+        "reasoning_tokens": pl.Int64(),  # the thinking part of output_tokens
         "citations": pl.String(),  # JSON {"field": [citation, ...]}; null without citations
     }
 )

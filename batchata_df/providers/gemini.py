@@ -38,6 +38,7 @@ from batchata_df.errors import (
     ProviderError,
     SchemaError,
 )
+from batchata_df.models import effective_params, thinking_fields
 from batchata_df.providers.base import (
     BatchPoll,
     BatchTag,
@@ -74,6 +75,7 @@ _PARAM_NAMES = {
     "top_k": "topK",
     "stop": "stopSequences",
     "seed": "seed",
+    "reasoning_effort": "thinkingConfig",  # thinkingBudget (2.5) / thinkingLevel (3+)
 }
 SUPPORTED_PARAMS = frozenset(_PARAM_NAMES)
 
@@ -347,16 +349,25 @@ class GeminiProvider:
 
     # -- encode -------------------------------------------------------------------------------
 
-    def generation_config(self, spec: RequestSpec) -> str:
-        """The ``generationConfig`` JSON that every request of the run shares."""
+    def generation_config(self, spec: RequestSpec, model: str | None = None) -> str:
+        """The ``generationConfig`` JSON that every request of ``model`` shares.
+
+        With ``model``, its default ``max_tokens`` is filled in and ``reasoning_effort``
+        becomes ``thinkingConfig`` (:mod:`batchata_df.models`).
+        """
+        params = spec.params if model is None else effective_params(self.name, model, spec.params)
         config: dict[str, Any] = {}
         if spec.schema.json_schema is not None:
             config["responseMimeType"] = "application/json"
             config["responseJsonSchema"] = self._gemini_schema(spec.schema.json_schema)
-        for ours, value in spec.params.items():
+        for ours, value in params.items():
+            if ours == "reasoning_effort":
+                continue
             if ours == "stop" and isinstance(value, str):
                 value = [value]
             config[_PARAM_NAMES[ours]] = value
+        if model is not None:
+            config.update(thinking_fields(self.name, model, params))
         return json.dumps(config, separators=(",", ":"), ensure_ascii=False)
 
     def _gemini_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
@@ -372,7 +383,9 @@ class GeminiProvider:
         array of ``parts``, see :func:`batchata_df.files.content_json_expr`), it is the
         user turn's parts instead of the prompt text.
         """
-        config = self.generation_config(spec)
+        config = self.generation_config(
+            spec, str(jobs.get_column("model")[0]) if jobs.height else None
+        )
         parts = (
             pl.col("content_json")
             if "content_json" in jobs.columns
@@ -592,8 +605,10 @@ def decode_lines(data: bytes) -> pl.DataFrame:
 
     The answer is the concatenated text parts of the first candidate, without thought
     parts. Usage: input = ``promptTokenCount``, output = ``candidatesTokenCount`` +
-    ``thoughtsTokenCount`` (thinking is billed as output), cached =
-    ``cachedContentTokenCount``.
+    ``thoughtsTokenCount`` (thinking is billed as output, and ``candidatesTokenCount``
+    leaves it out: google-genai 3.6.1 ``types.py`` ``GenerateContentResponseUsageMetadata``,
+    whose total is prompt + candidates + tool-use prompt + thoughts), reasoning =
+    ``thoughtsTokenCount``, cached = ``cachedContentTokenCount``.
     """
     data = data.strip()
     if not data:
@@ -663,5 +678,8 @@ def decode_lines(data: bytes) -> pl.DataFrame:
         pl.when(usage.is_not_null())
         .then(usage.struct.field("cachedContentTokenCount").fill_null(0))
         .alias("cached_tokens"),
+        pl.when(usage.is_not_null())
+        .then(usage.struct.field("thoughtsTokenCount").fill_null(0))
+        .alias("reasoning_tokens"),
     )
     return conform_results(out)

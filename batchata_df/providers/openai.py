@@ -22,6 +22,7 @@ from batchata_df.errors import (
     OrphanedBatchError,
     ProviderError,
 )
+from batchata_df.models import effective_params, thinking_fields
 from batchata_df.providers.base import (
     BatchPoll,
     BatchTag,
@@ -85,6 +86,9 @@ _LINE_SCHEMA = pl.Schema(
                                 "completion_tokens": pl.Int64(),
                                 "prompt_tokens_details": pl.Struct(
                                     {"cached_tokens": pl.Int64()}
+                                ),
+                                "completion_tokens_details": pl.Struct(
+                                    {"reasoning_tokens": pl.Int64()}
                                 ),
                             }
                         ),
@@ -173,8 +177,13 @@ class OpenAIProvider:
 
     # -- encode -------------------------------------------------------------------------------
 
-    def request_body_constant(self, spec: RequestSpec) -> str:
-        """The JSON members after ``messages`` that every request of the run shares."""
+    def request_body_constant(self, spec: RequestSpec, model: str | None = None) -> str:
+        """The JSON members after ``messages`` that every request of ``model`` shares.
+
+        With ``model``, its default ``max_tokens`` is filled in and ``reasoning_effort`` is
+        sent only to models that reason (:mod:`batchata_df.models`).
+        """
+        params = spec.params if model is None else effective_params(self.name, model, spec.params)
         extra: dict[str, Any] = {}
         if spec.schema.json_schema is not None:
             extra["response_format"] = {
@@ -185,8 +194,12 @@ class OpenAIProvider:
                     "schema": spec.schema.json_schema,
                 },
             }
-        for ours, value in spec.params.items():
+        for ours, value in params.items():
+            if ours == "reasoning_effort" and model is not None:
+                continue
             extra[_PARAM_NAMES[ours]] = value
+        if model is not None:
+            extra.update(thinking_fields(self.name, model, params))
         return "".join(f",{json.dumps(k)}:{json.dumps(v)}" for k, v in extra.items())
 
     def encode(self, jobs: pl.DataFrame, spec: RequestSpec) -> pl.Series:
@@ -194,8 +207,9 @@ class OpenAIProvider:
 
         ``jobs`` has ``job_id``, ``model``, ``prompt``, ``system`` and optionally
         ``content_json`` (a JSON array of content parts that replaces the prompt text).
+        All jobs are of one model (the engine groups them so).
         """
-        tail = self.request_body_constant(spec)
+        tail = self.request_body_constant(spec, _model_of(jobs))
         user_content = (
             pl.col("content_json")
             if "content_json" in jobs.columns
@@ -326,6 +340,10 @@ class OpenAIProvider:
             raise OrphanedBatchError(msg) from e
 
 
+def _model_of(jobs: pl.DataFrame) -> str | None:
+    return str(jobs.get_column("model")[0]) if jobs.height else None
+
+
 def _error_message(body: object) -> str:
     if isinstance(body, dict):
         err = body.get("error", body)
@@ -405,6 +423,14 @@ def decode_lines(data: bytes) -> pl.DataFrame:
         usage.struct.field("prompt_tokens_details").struct.field("cached_tokens").alias(
             "cached_tokens"
         ),
+        # Reasoning is inside completion_tokens (billed as output); this is its share.
+        pl.when(usage.is_not_null())
+        .then(
+            usage.struct.field("completion_tokens_details")
+            .struct.field("reasoning_tokens")
+            .fill_null(0)
+        )
+        .alias("reasoning_tokens"),
     )
     return conform_results(out)
 

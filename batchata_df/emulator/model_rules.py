@@ -1,0 +1,287 @@
+"""The emulator's own picture of what each model generation accepts, and how it thinks.
+
+Kept apart from the client's table (:mod:`batchata_df.models`) on purpose: the suite runs
+the client against the emulator, so a wrong rule in the client's table shows up as a
+failed request here instead of being repeated on both sides. The rules are those of the
+providers' migration guides as of late 2026 (sources named per rule; the client's table
+cites the same facts independently):
+
+OpenAI (Chat Completions)
+    Reasoning models (o-series, GPT-5 and later) refuse ``temperature``, ``top_p``,
+    ``presence_penalty``, ``frequency_penalty`` and ``logprobs`` while they reason, and
+    ``max_tokens`` always (``max_completion_tokens`` instead): "Unsupported parameter:
+    'temperature' is not supported with this model." GPT-5.1 to 5.4 reason only when
+    ``reasoning_effort`` is set; GPT-5.5+, GPT-6 reason by default and accept ``none``;
+    GPT-5, o-series, GPT-6 Astra and GPT-6.1 Sol always reason. Chat Completions takes no
+    ``max``. Models that do not reason refuse ``reasoning_effort``.
+Anthropic
+    Claude Sonnet/Haiku/Opus 4.5 and Sonnet/Opus 4.6 take ``temperature`` or ``top_p``,
+    not both; Opus 4.7+ and every Claude 5 model take none of ``temperature``, ``top_p``,
+    ``top_k``. No sampling parameter while thinking. Claude 4.6+ and 5.x think
+    ``adaptive`` (budget thinking refused on 4.7+ and 5.x); Opus 5.5 cannot turn thinking
+    off; Sonnet 5.5 turns it off with ``between_tools``, not ``disabled``; ``budget_tokens``
+    must be below ``max_tokens``.
+Gemini
+    2.5 takes ``thinkingBudget`` (0 is off, except 2.5 Pro); 3.x and 4 take
+    ``thinkingLevel`` (3.5+ refuse ``thinkingBudget``); 3.7+ Flash, 3.x Pro and 4 have no
+    ``MINIMAL``.
+
+Thinking spends :data:`THOUGHT_TOKENS` per effort, inside the output limit.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final, Literal
+
+__all__ = [
+    "THOUGHT_TOKENS",
+    "Rules",
+    "anthropic_refusal",
+    "anthropic_rules",
+    "anthropic_thinking",
+    "gemini_refusal",
+    "gemini_rules",
+    "gemini_thoughts",
+    "openai_effort",
+    "openai_refusal",
+    "openai_rules",
+]
+
+THOUGHT_TOKENS: Final = {
+    "minimal": 64,
+    "low": 256,
+    "medium": 1024,
+    "high": 2048,
+    "xhigh": 4096,
+    "max": 8192,
+}
+"""Thinking tokens the emulator spends per effort (deterministic, so tests can count)."""
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What one model accepts."""
+
+    reasons: bool = False
+    default_effort: str | None = None
+    """The effort used when the request sets none (``None``: no thinking by default)."""
+    can_turn_off: bool = True
+    efforts: frozenset[str] = frozenset()
+    sampling: Literal["all", "one", "none"] = "all"
+    thinking: Literal["", "budget", "adaptive", "budget_or_adaptive", "level"] = ""
+    off_type: str = "disabled"
+
+
+_OPENAI_SAMPLING: Final = ("temperature", "top_p", "presence_penalty", "frequency_penalty",
+                           "logprobs", "top_logprobs", "logit_bias")  # fmt: skip
+
+_OPENAI: Final[tuple[tuple[str, Rules], ...]] = (
+    (r"gpt-6-astra|gpt-6\.1-sol", Rules(True, "medium", False,
+                                        frozenset({"low", "medium", "high", "xhigh"}))),
+    (r"gpt-6|gpt-5\.[5-9]", Rules(True, "medium", True,
+                                  frozenset({"low", "medium", "high", "xhigh"}))),
+    (r"gpt-5(\.\d+)?-pro", Rules(True, "high", False, frozenset({"medium", "high", "xhigh"}))),
+    (r"gpt-5\.[1-4]", Rules(True, None, True,
+                            frozenset({"minimal", "low", "medium", "high", "xhigh"}))),
+    (r"gpt-5", Rules(True, "medium", False, frozenset({"minimal", "low", "medium", "high"}))),
+    (r"o\d", Rules(True, "medium", False, frozenset({"low", "medium", "high"}))),
+)  # fmt: skip
+
+
+def openai_rules(model: str) -> Rules:
+    """The rules of an OpenAI model (models that do not reason take everything)."""
+    for pattern, rules in _OPENAI:
+        if re.match(pattern, model):
+            return rules
+    return Rules()
+
+
+def openai_refusal(model: str, body: dict[str, object]) -> tuple[int, str, str, str] | None:
+    """The error line a Chat Completions ``body`` gets for ``model``, or None."""
+    rules = openai_rules(model)
+    effort = body.get("reasoning_effort")
+    if not rules.reasons:
+        if effort is not None:
+            return _unsupported("reasoning_effort")
+        return None
+    if "max_tokens" in body:
+        return (400, "unsupported_parameter", "Unsupported parameter: 'max_tokens' is not "
+                "supported with this model. Use 'max_completion_tokens' instead.", "max_tokens")
+    if effort is not None and not (
+        effort in rules.efforts or (effort == "none" and rules.can_turn_off)
+    ):
+        order = ["none", *THOUGHT_TOKENS]
+        allowed = sorted(rules.efforts | ({"none"} if rules.can_turn_off else set()),
+                         key=order.index)
+        return (400, "unsupported_value", f"Unsupported value: 'reasoning_effort' does not "
+                f"support {effort!r} with this model. Supported values are: "
+                f"{', '.join(repr(a) for a in allowed)}.", "reasoning_effort")
+    if openai_effort(model, body) is not None:
+        for name in _OPENAI_SAMPLING:
+            if name in body:
+                return _unsupported(name)
+    return None
+
+
+def openai_effort(model: str, body: dict[str, object]) -> str | None:
+    """The effort a request runs at, or None when the model does not reason for it."""
+    rules = openai_rules(model)
+    if not rules.reasons:
+        return None
+    effort = body.get("reasoning_effort")
+    value = effort if isinstance(effort, str) else rules.default_effort
+    return None if value in (None, "none") else value
+
+
+def _unsupported(name: str) -> tuple[int, str, str, str]:
+    return (400, "unsupported_parameter",
+            f"Unsupported parameter: '{name}' is not supported with this model.", name)  # fmt: skip
+
+
+_ANTHROPIC: Final[tuple[tuple[str, Rules], ...]] = (
+    (r"claude-(opus-5-[5-9]|fable|mythos)",
+     Rules(True, "high", False, frozenset({"low", "medium", "high", "xhigh", "max"}), "none",
+           "adaptive")),
+    (r"claude-sonnet-5-[5-9]",
+     Rules(True, "high", True, frozenset({"low", "medium", "high", "xhigh", "max"}), "none",
+           "adaptive", "between_tools")),
+    (r"claude-(opus-5|sonnet-5|haiku-5)",
+     Rules(True, "high", True, frozenset({"low", "medium", "high", "xhigh", "max"}), "none",
+           "adaptive")),
+    (r"claude-opus-4-[7-9]",
+     Rules(True, None, True, frozenset({"low", "medium", "high", "xhigh", "max"}), "none",
+           "adaptive")),
+    (r"claude-(sonnet|opus)-4-6",
+     Rules(True, None, True, frozenset({"low", "medium", "high", "max"}), "one",
+           "budget_or_adaptive")),
+    (r"claude-(sonnet|haiku|opus)-4-5", Rules(True, None, True, frozenset(), "one", "budget")),
+    (r"claude-(opus-4|sonnet-4|3-7)", Rules(True, None, True, frozenset(), "all", "budget")),
+)  # fmt: skip
+
+
+def anthropic_rules(model: str) -> Rules:
+    """The rules of a Claude model (older ones take every parameter and do not think)."""
+    for pattern, rules in _ANTHROPIC:
+        if re.match(pattern, model):
+            return rules
+    return Rules()
+
+
+def anthropic_refusal(model: str, params: dict[str, object]) -> str | None:
+    """The ``invalid_request_error`` message for ``params`` on ``model``, or None."""
+    rules = anthropic_rules(model)
+    sampling = [p for p in ("temperature", "top_p", "top_k") if p in params]
+    thinking = params.get("thinking")
+    kind = thinking.get("type") if isinstance(thinking, dict) else None
+    config = params.get("output_config")
+    effort = config.get("effort") if isinstance(config, dict) else None
+    if sampling and rules.sampling == "none":
+        return f"{sampling[0]}: this model does not support sampling parameters; remove it."
+    if rules.sampling == "one" and "temperature" in params and "top_p" in params:
+        return "temperature and top_p cannot both be specified for this model. Please use only one."
+    if kind is not None and not rules.reasons:
+        return "thinking: this model does not support thinking."
+    if kind == "enabled" and rules.thinking == "adaptive":
+        return ("thinking.type.enabled is not supported for this model. Use thinking.type.adaptive"
+                " and output_config.effort to control thinking behavior.")
+    if kind == "adaptive" and rules.thinking == "budget":
+        return "thinking.type.adaptive is not supported for this model."
+    if kind in ("disabled", "between_tools") and (
+        not rules.can_turn_off or kind != rules.off_type
+    ):
+        return f"thinking.type.{kind} is not supported for this model."
+    if kind == "enabled":
+        budget = thinking.get("budget_tokens") if isinstance(thinking, dict) else None
+        max_tokens = params.get("max_tokens")
+        if isinstance(budget, int) and isinstance(max_tokens, int) and budget >= max_tokens:
+            return "`max_tokens` must be greater than `thinking.budget_tokens`."
+    if effort is not None and effort not in rules.efforts:
+        return f"output_config.effort: {effort!r} is not supported for this model."
+    if sampling and anthropic_thinking(model, params) is not None:
+        return (f"`{sampling[0]}` may only be set to 1 when thinking is enabled. Please consult"
+                " our documentation at https://docs.claude.com/en/docs/build-with-claude/"
+                "extended-thinking")
+    return None
+
+
+def anthropic_thinking(model: str, params: dict[str, object]) -> int | None:
+    """Thinking tokens a request spends, or None when the model does not think for it."""
+    rules = anthropic_rules(model)
+    if not rules.reasons:
+        return None
+    thinking = params.get("thinking")
+    kind = thinking.get("type") if isinstance(thinking, dict) else None
+    config = params.get("output_config")
+    effort = config.get("effort") if isinstance(config, dict) else None
+    if kind in ("disabled", "between_tools"):
+        return None
+    if kind == "enabled" and isinstance(thinking, dict):
+        budget = thinking.get("budget_tokens")
+        return min(int(budget), THOUGHT_TOKENS["medium"]) if isinstance(budget, int) else None
+    if kind == "adaptive" or rules.default_effort is not None:
+        return THOUGHT_TOKENS[str(effort or rules.default_effort or "high")]
+    return None
+
+
+_GEMINI: Final[tuple[tuple[str, Rules], ...]] = (
+    (r"gemini-2\.5-pro", Rules(True, "medium", False, frozenset(), "all", "budget")),
+    (r"gemini-2\.5-flash-image", Rules()),
+    (r"gemini-2\.5", Rules(True, "medium", True, frozenset(), "all", "budget")),
+    (r"gemini-(3[\d.]*-pro|4|3\.([7-9]|\d\d))",
+     Rules(True, "high", False, frozenset({"LOW", "MEDIUM", "HIGH"}), "all", "level")),
+    (r"gemini-3", Rules(True, "high", False, frozenset({"MINIMAL", "LOW", "MEDIUM", "HIGH"}),
+                        "all", "level")),
+)  # fmt: skip
+
+
+def gemini_rules(model: str) -> Rules:
+    """The rules of a Gemini model (2.0 and older do not think)."""
+    name = model.removeprefix("models/")
+    for pattern, rules in _GEMINI:
+        if re.match(pattern, name):
+            return rules
+    return Rules()
+
+
+def gemini_refusal(model: str, config: dict[str, object]) -> str | None:
+    """The per-request error message for a ``thinkingConfig`` on ``model``, or None."""
+    rules = gemini_rules(model)
+    budget, level = _gemini_thinking(config)
+    if (budget is not None or level is not None) and not rules.reasons:
+        return "Thinking is not enabled for this model."
+    if budget is not None and level is not None:
+        return "thinking_budget and thinking_level cannot both be set."
+    if level is not None and rules.thinking != "level":
+        return "Thinking level is not supported for this model."
+    if level is not None and str(level).upper() not in rules.efforts:
+        return f"Thinking level {str(level).upper()} is not supported for this model."
+    name = model.removeprefix("models/")
+    if budget is not None and rules.thinking == "level" and re.match(r"gemini-(3\.[5-9]|4)", name):
+        return "thinking_budget is not supported for this model; use thinking_level instead."
+    if budget == 0 and not rules.can_turn_off:
+        return "Budget 0 is invalid. This model only works in thinking mode."
+    return None
+
+
+def gemini_thoughts(model: str, config: dict[str, object]) -> int:
+    """Thinking tokens a request spends (0 when it does not think)."""
+    rules = gemini_rules(model)
+    if not rules.reasons:
+        return 0
+    budget, level = _gemini_thinking(config)
+    if budget is not None and budget >= 0:
+        return min(budget, THOUGHT_TOKENS["medium"])
+    if level is not None:
+        return THOUGHT_TOKENS[str(level).lower()]
+    return THOUGHT_TOKENS[str(rules.default_effort)]
+
+
+def _gemini_thinking(config: dict[str, object]) -> tuple[int | None, object]:
+    cfg = config.get("thinkingConfig", config.get("thinking_config"))
+    if not isinstance(cfg, dict):
+        return None, None
+    budget = cfg.get("thinkingBudget", cfg.get("thinking_budget"))
+    level = cfg.get("thinkingLevel", cfg.get("thinking_level"))
+    return (budget if isinstance(budget, int) else None), level

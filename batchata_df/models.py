@@ -1,0 +1,633 @@
+"""What each model accepts: one capability table per model family, applied before sending.
+
+Every request parameter a model refuses is a :class:`~batchata_df.errors.ParamError`
+raised before anything is sent (never dropped quietly: a run that asked for
+``temperature=0`` and silently got the model's default would change answers without
+anyone noticing, and a warning scrolls by unread in a pipeline; an error costs nothing
+before the batch is created and names the fix).
+
+The table
+---------
+:data:`FAMILIES` is the one place where we keep model facts by hand. A model name is
+matched against each family's ``pattern`` (a regular expression, ``re.match``) in order,
+so unknown new names (``gpt-6-terra``, ``claude-opus-5-9``) get the rules of their
+family; a name of a known provider that matches no family gets the permissive
+``*-other`` family of its provider (older models keep working as before). Each family
+records its ``sources``: the SDK file or documentation page each rule comes from.
+
+Why not a maintained source for everything: ``pydantic-ai-slim`` 2.68 (its
+``profiles/openai.py`` ``_REASONING_SUPPORT_BY_PREFIX``, ``profiles/anthropic.py``
+``anthropic_model_profile`` and ``profiles/google.py`` ``google_model_profile``) holds most
+of these facts, live-verified, and we read it for them (cited below). Depending on it for
+profiles alone would pull ~8 packages (httpx2, griffelib, opentelemetry-api,
+pydantic-graph, ...) into a data library, its profiles are private helpers
+(``_reasoning_support``) that change with its weekly releases, and it lacks facts we
+need (OpenAI/Gemini output ceilings, temperature XOR top_p on Claude 4.5/4.6, batch
+wire names). Context windows come from genai-prices (already a dependency; see
+:func:`context_window`).
+
+One reasoning knob
+------------------
+``params={"reasoning_effort": ...}`` with ``"none"`` (thinking off, where the model allows
+it), ``"minimal"``, ``"low"``, ``"medium"``, ``"high"``, ``"xhigh"``, ``"max"`` is mapped
+per family (:func:`thinking_fields`):
+
+* OpenAI: ``reasoning_effort`` as is (Chat Completions; ``openai`` 3.57
+  ``types/shared/reasoning_effort.py`` lists ``none`` ... ``max``).
+* Anthropic, adaptive families (Claude 4.6+ and 5.x): ``thinking={"type": "adaptive"}``
+  plus ``output_config.effort``; budget families (Claude 4.5 and older):
+  ``thinking={"type": "enabled", "budget_tokens": N}`` with N from
+  :data:`ANTHROPIC_BUDGETS`; ``"none"`` is ``{"type": "disabled"}`` (Sonnet 5.5:
+  ``{"type": "between_tools"}``) (``anthropic`` 2.14 ``types/thinking_config_*.py``,
+  ``types/output_config_param.py``).
+* Gemini 2.5: ``thinkingConfig.thinkingBudget`` (``0`` is off; 2.5 Pro cannot turn it
+  off); Gemini 3+: ``thinkingConfig.thinkingLevel`` (``google-genai`` 3.6.1
+  ``types.py`` ``ThinkingConfig``, ``ThinkingLevel``).
+
+Thinking tokens count against the output limit on all three providers, so the default
+``max_tokens`` (:func:`default_max_tokens`) leaves room for them: 4,096 for an answer
+without thinking, more with thinking (:data:`DEFAULT_MAX_TOKENS_BY_EFFORT`), never above
+the model's output ceiling.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Literal
+
+from batchata_df.errors import ParamError
+
+__all__ = [
+    "ANTHROPIC_BUDGETS",
+    "DEFAULT_MAX_TOKENS",
+    "DEFAULT_MAX_TOKENS_BY_EFFORT",
+    "EFFORTS",
+    "FAMILIES",
+    "Family",
+    "capabilities_table",
+    "check_model_params",
+    "context_window",
+    "default_max_tokens",
+    "effective_params",
+    "effort_of",
+    "family_of",
+    "thinking_fields",
+]
+
+Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
+EFFORTS: tuple[Effort, ...] = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+"""Values of ``params["reasoning_effort"]``, least thinking first."""
+
+DEFAULT_MAX_TOKENS = 4096
+"""``max_tokens`` of a model that does not think (and the answer's share otherwise)."""
+
+DEFAULT_MAX_TOKENS_BY_EFFORT: dict[str, int] = {
+    "none": 4096,
+    "minimal": 8192,
+    "low": 8192,
+    "medium": 16_384,
+    "high": 32_768,
+    "xhigh": 65_536,
+    "max": 65_536,
+}
+"""Default ``max_tokens`` when the model thinks at that effort: 4,096 for the answer plus
+room for thinking (capped at the model's output ceiling). Worst-case estimates and the
+cost cap use it, so thinking is always inside the worst case."""
+
+ANTHROPIC_BUDGETS: dict[str, int] = {
+    "minimal": 1024,
+    "low": 2048,
+    "medium": 8192,
+    "high": 16_384,
+    "xhigh": 32_768,
+    "max": 32_768,
+}
+"""``budget_tokens`` sent to Claude models with budget thinking (at least 1,024, the API's
+minimum: ``anthropic`` 2.14 ``types/thinking_config_enabled_param.py``)."""
+
+GEMINI_BUDGETS: dict[str, int] = {
+    "minimal": 512,
+    "low": 1024,
+    "medium": 8192,
+    "high": 24_576,
+    "xhigh": 24_576,
+    "max": 24_576,
+}
+"""``thinkingBudget`` sent to Gemini 2.5 models (24,576 is 2.5 Flash's most; 2.5 Pro takes
+128..32,768: https://ai.google.dev/gemini-api/docs/thinking)."""
+
+OPENAI_SAMPLING = ("temperature", "top_p", "frequency_penalty", "presence_penalty")
+"""Refused by OpenAI reasoning models while they reason (pydantic-ai-slim 2.68
+``profiles/openai.py`` ``SAMPLING_PARAMS``; https://platform.openai.com/docs/guides/reasoning)."""
+ANTHROPIC_SAMPLING = ("temperature", "top_p", "top_k")
+"""Claude sampling parameters (pydantic-ai-slim 2.68 ``profiles/anthropic.py``
+``ANTHROPIC_SAMPLING_PARAMS``)."""
+
+Thinking = Literal[
+    "none",  # the model does not think
+    "openai",  # reasoning_effort
+    "anthropic_budget",  # thinking enabled + budget_tokens
+    "anthropic_adaptive",  # thinking adaptive + output_config.effort
+    "gemini_budget",  # thinkingConfig.thinkingBudget
+    "gemini_level",  # thinkingConfig.thinkingLevel
+]
+Sampling = Literal[
+    "any",  # every sampling parameter
+    "one",  # temperature or top_p, not both (Claude 4.5 / 4.6)
+    "no",  # none at all (Claude Opus 4.7+, 5.x)
+    "not_thinking",  # only while the model does not think (OpenAI reasoning models)
+]
+
+
+@dataclass(frozen=True)
+class Family:
+    """The rules of one model family (see the module docstring)."""
+
+    provider: Literal["openai", "anthropic", "gemini"]
+    name: str
+    pattern: str
+    """Regular expression matched (``re.match``) against the model name."""
+    examples: tuple[str, ...]
+    thinking: Thinking = "none"
+    thinks_by_default: bool = False
+    """Thinks when ``reasoning_effort`` is not given."""
+    default_effort: Effort = "none"
+    """The effort the model uses when ``reasoning_effort`` is not given."""
+    can_disable: bool = True
+    """Accepts ``reasoning_effort="none"`` (thinking off)."""
+    efforts: tuple[Effort, ...] = ()
+    """Accepted ``reasoning_effort`` values other than ``"none"``."""
+    sampling: Sampling = "any"
+    off_switch: str = "disabled"
+    """Anthropic: the ``thinking.type`` that turns thinking off."""
+    max_output_tokens: int = 4096
+    structured_output: bool = True
+    pdf: bool = True
+    images: bool = True
+    citations: bool = False
+    sources: tuple[str, ...] = field(default=())
+
+    def matches(self, model: str) -> bool:
+        """Whether ``model`` belongs to this family."""
+        return re.match(self.pattern, model) is not None
+
+
+_PAI = "pydantic-ai-slim 2.68.0 pydantic_ai/profiles/"
+_OAI_DOCS = "https://developers.openai.com/api/docs/models/"
+_ALL_OPENAI: tuple[Effort, ...] = ("minimal", "low", "medium", "high", "xhigh")
+_OPENAI_5_6: tuple[Effort, ...] = ("low", "medium", "high", "xhigh")
+_ANTHROPIC_NEW: tuple[Effort, ...] = ("low", "medium", "high", "xhigh", "max")
+_ANTHROPIC_46: tuple[Effort, ...] = ("low", "medium", "high", "max")
+_ANTHROPIC_BUDGET: tuple[Effort, ...] = ("minimal", "low", "medium", "high", "xhigh", "max")
+_GEMINI_LEVELS_4: tuple[Effort, ...] = ("minimal", "low", "medium", "high")
+_GEMINI_LEVELS_3: tuple[Effort, ...] = ("low", "medium", "high")
+
+FAMILIES: tuple[Family, ...] = (
+    # ---- OpenAI (Chat Completions; `max_tokens` is always sent as max_completion_tokens,
+    # which every current model takes and reasoning models require: pydantic-ai-slim 2.68
+    # profiles/openai.py `openai_chat_supports_max_completion_tokens`).
+    Family(
+        "openai", "GPT-6 Astra, GPT-6.1 Sol", r"gpt-6(-astra|\.1-sol)",
+        ("gpt-6-astra", "gpt-6.1-sol"),
+        thinking="openai", thinks_by_default=True, default_effort="medium", can_disable=False,
+        efforts=_OPENAI_5_6, sampling="not_thinking", max_output_tokens=128_000,
+        sources=(f"{_PAI}openai.py _REASONING_SUPPORT_BY_PREFIX['gpt-6-astra'] (no effort "
+                 "'none'; Chat Completions rejects 'max': "
+                 "openai_chat_supports_max_reasoning_effort)",
+                 f"{_OAI_DOCS}gpt-6-sol (128,000 max output tokens)"),
+    ),
+    Family(
+        "openai", "GPT-6 (Sol, Luna, ...), GPT-6.1 Terra", r"gpt-6", ("gpt-6-sol", "gpt-6-luna"),
+        thinking="openai", thinks_by_default=True, default_effort="medium",
+        efforts=_OPENAI_5_6, sampling="not_thinking", max_output_tokens=128_000,
+        sources=(f"{_OAI_DOCS}gpt-6-sol (reasoning.effort none..max, medium default; "
+                 "128,000 max output tokens)",
+                 f"{_PAI}openai.py _REASONING_SUPPORT_BY_PREFIX['gpt-6-sol'], SAMPLING_PARAMS"),
+    ),
+    Family(
+        "openai", "GPT-5.x Pro", r"gpt-5(\.\d+)?-pro", ("gpt-5.5-pro",),
+        thinking="openai", thinks_by_default=True, default_effort="high", can_disable=False,
+        efforts=("medium", "high", "xhigh"), sampling="not_thinking", max_output_tokens=128_000,
+        sources=(f"{_PAI}openai.py _GPT_5_PRO_EFFORTS, _REASONING_SUPPORT_BY_PREFIX['gpt-5-pro']",),
+    ),
+    Family(
+        "openai", "GPT-5.5, GPT-5.6", r"gpt-5\.[5-9]", ("gpt-5.5", "gpt-5.6-sol"),
+        thinking="openai", thinks_by_default=True, default_effort="medium",
+        efforts=_OPENAI_5_6, sampling="not_thinking", max_output_tokens=128_000,
+        sources=(f"{_PAI}openai.py _REASONING_SUPPORT_BY_PREFIX['gpt-5.6'], ['gpt-5.5']",),
+    ),
+    Family(
+        "openai", "GPT-5.1 to GPT-5.4", r"gpt-5\.[1-4]", ("gpt-5.4", "gpt-5.4-mini"),
+        thinking="openai", thinks_by_default=False, default_effort="none",
+        efforts=_ALL_OPENAI, sampling="not_thinking", max_output_tokens=128_000,
+        sources=(f"{_PAI}openai.py _OPT_IN_REASONING (reasoning off by default, sampling "
+                 "parameters allowed with effort 'none')",),
+    ),
+    Family(
+        "openai", "GPT-5", r"gpt-5", ("gpt-5", "gpt-5-mini", "gpt-5-nano"),
+        thinking="openai", thinks_by_default=True, default_effort="medium", can_disable=False,
+        efforts=("minimal", "low", "medium", "high"), sampling="not_thinking",
+        max_output_tokens=128_000,
+        sources=(f"{_PAI}openai.py _REASONING_SUPPORT_BY_PREFIX['gpt-5']",
+                 "https://platform.openai.com/docs/guides/reasoning"),
+    ),
+    Family(
+        "openai", "o-series", r"o\d", ("o3", "o4-mini"),
+        thinking="openai", thinks_by_default=True, default_effort="medium", can_disable=False,
+        efforts=("low", "medium", "high"), sampling="not_thinking", max_output_tokens=100_000,
+        sources=(f"{_PAI}openai.py _O_SERIES_REASONING",),
+    ),
+    Family(
+        "openai", "GPT-4.1", r"gpt-4\.1", ("gpt-4.1", "gpt-4.1-mini"), max_output_tokens=32_768,
+        sources=(f"{_OAI_DOCS}gpt-4.1 (32,768 max output tokens; no reasoning)",),
+    ),
+    Family(
+        "openai", "other OpenAI models", r"", ("gpt-4o",), max_output_tokens=16_384,
+        sources=(f"{_OAI_DOCS}gpt-4o (16,384 max output tokens)",),
+    ),
+    # ---- Anthropic
+    Family(
+        "anthropic", "Claude Opus 5.5, Fable, Mythos", r"claude-(opus-5-[5-9]|fable-|mythos-)",
+        ("claude-opus-5-5",),
+        thinking="anthropic_adaptive", thinks_by_default=True, default_effort="high",
+        can_disable=False, efforts=_ANTHROPIC_NEW, sampling="no", max_output_tokens=128_000,
+        citations=True,
+        sources=(f"{_PAI}anthropic.py thinking_always_enabled, disallows_sampling_settings, "
+                 "max_output_tokens",),
+    ),
+    Family(
+        "anthropic", "Claude Sonnet 5.5", r"claude-sonnet-5-[5-9]", ("claude-sonnet-5-5",),
+        thinking="anthropic_adaptive", thinks_by_default=True, default_effort="high",
+        off_switch="between_tools", efforts=_ANTHROPIC_NEW, sampling="no",
+        max_output_tokens=128_000, citations=True,
+        sources=(f"{_PAI}anthropic.py disables_thinking_with_between_tools, "
+                 "disallows_sampling_settings",
+                 "anthropic 2.14 types/thinking_config_between_tools_param.py"),
+    ),
+    Family(
+        "anthropic", "Claude Opus 5, Sonnet 5, Haiku 5.5",
+        r"claude-(opus-5|sonnet-5|haiku-5)",
+        ("claude-opus-5", "claude-sonnet-5", "claude-haiku-5-5"),
+        thinking="anthropic_adaptive", thinks_by_default=True, default_effort="high",
+        efforts=_ANTHROPIC_NEW, sampling="no", max_output_tokens=128_000, citations=True,
+        sources=(f"{_PAI}anthropic.py thinking_enabled_by_default, disallows_sampling_settings, "
+                 "disallows_budget_thinking",),
+    ),
+    Family(
+        "anthropic", "Claude Opus 4.7, 4.8", r"claude-opus-4-[7-9]",
+        ("claude-opus-4-7", "claude-opus-4-8"),
+        thinking="anthropic_adaptive", efforts=_ANTHROPIC_NEW, sampling="no",
+        max_output_tokens=128_000, citations=True,
+        sources=(f"{_PAI}anthropic.py disallows_sampling_settings, disallows_budget_thinking "
+                 "(Opus 4.7/4.8: no temperature/top_p/top_k)",),
+    ),
+    Family(
+        "anthropic", "Claude Sonnet 4.6, Opus 4.6", r"claude-(sonnet|opus)-4-6",
+        ("claude-sonnet-4-6", "claude-opus-4-6"),
+        thinking="anthropic_adaptive", efforts=_ANTHROPIC_46, sampling="one",
+        max_output_tokens=128_000, citations=True,
+        sources=(f"{_PAI}anthropic.py supports_adaptive, supports_effort (no xhigh)",
+                 "https://github.com/browseros-ai/BrowserOS/issues/208 ('temperature and top_p "
+                 "cannot both be specified for this model')"),
+    ),
+    Family(
+        "anthropic", "Claude Sonnet 4.5, Haiku 4.5, Opus 4.5", r"claude-(sonnet|haiku|opus)-4-5",
+        ("claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-5"),
+        thinking="anthropic_budget", efforts=_ANTHROPIC_BUDGET, sampling="one",
+        max_output_tokens=64_000, citations=True,
+        sources=(f"{_PAI}anthropic.py max_output_tokens 64,000 (4.5)",
+                 "https://github.com/open-webui/functions/pull/9 (Claude 4.5: temperature XOR "
+                 "top_p)", "anthropic 2.14 types/thinking_config_enabled_param.py"),
+    ),
+    Family(
+        "anthropic", "Claude 4.0, 4.1, 3.7", r"claude-(opus-4|sonnet-4|3-7)",
+        ("claude-sonnet-4-0", "claude-opus-4-1"),
+        thinking="anthropic_budget", efforts=_ANTHROPIC_BUDGET, max_output_tokens=32_000,
+        citations=True,
+        sources=("https://platform.claude.com/docs/en/build-with-claude/extended-thinking",),
+    ),
+    Family(
+        "anthropic", "other Claude models", r"", ("claude-3-5-haiku-latest",),
+        max_output_tokens=8192, structured_output=False, citations=True,
+        sources=(f"{_PAI}anthropic.py models_that_support_json_schema_output",),
+    ),
+    # ---- Gemini
+    Family(
+        "gemini", "Gemini 2.5 Pro", r"gemini-2\.5-pro", ("gemini-2.5-pro",),
+        thinking="gemini_budget", thinks_by_default=True, default_effort="medium",
+        can_disable=False, efforts=("minimal", "low", "medium", "high"),
+        max_output_tokens=65_536,
+        sources=("https://ai.google.dev/gemini-api/docs/thinking (2.5 Pro cannot turn thinking "
+                 "off; budget 128..32,768)", f"{_PAI}google.py thinking_always_enabled"),
+    ),
+    Family(
+        "gemini", "Gemini 2.5 Flash, Flash-Lite", r"gemini-2\.5",
+        ("gemini-2.5-flash", "gemini-2.5-flash-lite"),
+        thinking="gemini_budget", thinks_by_default=True, default_effort="medium",
+        efforts=("minimal", "low", "medium", "high"), max_output_tokens=65_536,
+        sources=("https://ai.google.dev/gemini-api/docs/thinking (thinkingBudget 0 turns it off)",
+                 "google-genai 3.6.1 types.py ThinkingConfig.thinking_budget"),
+    ),
+    Family(
+        "gemini", "Gemini 3.x Pro, Gemini 4", r"gemini-(3[\d.]*-pro|4)",
+        ("gemini-3.1-pro-preview", "gemini-4-argon"),
+        thinking="gemini_level", thinks_by_default=True, default_effort="high", can_disable=False,
+        efforts=_GEMINI_LEVELS_3, max_output_tokens=65_536,
+        sources=(f"{_PAI}google.py _MODEL_THINKING_LEVELS (LOW/MEDIUM/HIGH), "
+                 "thinking_always_enabled", "google-genai 3.6.1 types.py ThinkingLevel"),
+    ),
+    Family(
+        "gemini", "Gemini 3.7+ Flash", r"gemini-3\.([7-9]|\d\d)", ("gemini-3.8-flash",),
+        thinking="gemini_level", thinks_by_default=True, default_effort="high", can_disable=False,
+        efforts=_GEMINI_LEVELS_3, max_output_tokens=65_536,
+        sources=(f"{_PAI}google.py _MODEL_THINKING_LEVELS['gemini-3.7-flash'] (no MINIMAL)",),
+    ),
+    Family(
+        "gemini", "Gemini 3.x Flash", r"gemini-3", ("gemini-3.5-flash", "gemini-3.1-flash-lite"),
+        thinking="gemini_level", thinks_by_default=True, default_effort="high", can_disable=False,
+        efforts=_GEMINI_LEVELS_4, max_output_tokens=65_536,
+        sources=("https://ai.google.dev/gemini-api/docs/thinking (thinkingLevel; Gemini 3 uses "
+                 "levels, not budgets; MINIMAL is the least)",
+                 "google-genai 3.6.1 types.py ThinkingLevel"),
+    ),
+    Family(
+        "gemini", "other Gemini models", r"", ("gemini-2.0-flash",), max_output_tokens=8192,
+        sources=(f"{_PAI}google.py (Gemini 2.0 and older do not think)",),
+    ),
+)  # fmt: skip
+"""Model families, most specific pattern first within each provider."""
+
+
+@lru_cache(maxsize=512)
+def family_of(provider: str, model: str) -> Family:
+    """The family whose rules apply to ``model``.
+
+    Examples
+    --------
+    >>> family_of("openai", "gpt-6-terra").name
+    'GPT-6 (Sol, Luna, ...), GPT-6.1 Terra'
+    >>> family_of("anthropic", "claude-opus-5-9").name
+    'Claude Opus 5.5, Fable, Mythos'
+    """
+    for family in FAMILIES:
+        if family.provider == provider and family.matches(model):
+            return family
+    msg = f"no model family for provider {provider!r}"  # pragma: no cover - catch-alls
+    raise AssertionError(msg)  # pragma: no cover
+
+
+def effort_of(family: Family, params: Mapping[str, Any]) -> str:
+    """The effort a request runs at: the knob's value, else the family's default."""
+    value = params.get("reasoning_effort")
+    return str(value) if value is not None else family.default_effort
+
+
+def thinks(family: Family, params: Mapping[str, Any]) -> bool:
+    """Whether the model thinks for a request with ``params``."""
+    return family.thinking != "none" and effort_of(family, params) != "none"
+
+
+def default_max_tokens(family: Family, params: Mapping[str, Any]) -> int:
+    """``max_tokens`` when ``params`` sets none: room for the answer and for thinking.
+
+    Examples
+    --------
+    >>> default_max_tokens(family_of("openai", "gpt-4.1-mini"), {})
+    4096
+    >>> default_max_tokens(family_of("openai", "gpt-6-sol"), {})  # thinks at medium
+    16384
+    >>> default_max_tokens(family_of("anthropic", "claude-sonnet-4-5"),
+    ...                    {"reasoning_effort": "medium"})  # budget 8,192 + 4,096
+    12288
+    """
+    if not thinks(family, params):
+        return min(DEFAULT_MAX_TOKENS, family.max_output_tokens)
+    effort = effort_of(family, params)
+    if family.thinking == "anthropic_budget":
+        value = ANTHROPIC_BUDGETS[effort] + DEFAULT_MAX_TOKENS
+    else:
+        value = DEFAULT_MAX_TOKENS_BY_EFFORT[effort]
+    return min(value, family.max_output_tokens)
+
+
+def effective_params(provider: str, model: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` with the model's default ``max_tokens`` filled in."""
+    out = dict(params)
+    if out.get("max_tokens") is None:
+        out["max_tokens"] = default_max_tokens(family_of(provider, model), params)
+    return out
+
+
+def _refuse(model: str, family: Family, param: str, why: str, fix: str) -> ParamError:
+    msg = f"model {model!r} ({family.name}) {why}: params[{param!r}]; {fix}"
+    return ParamError(msg, model=model, param=param)
+
+
+def check_model_params(provider: str, model: str, params: Mapping[str, Any]) -> None:
+    """Raise :class:`~batchata_df.errors.ParamError` if ``model`` refuses any of ``params``.
+
+    Checks which parameters the model accepts (not their value ranges): sampling
+    parameters of models that think, temperature with top_p where only one is allowed,
+    the reasoning knob's values, and ``max_tokens`` against the output ceiling and the
+    thinking budget.
+
+    Examples
+    --------
+    >>> check_model_params("openai", "gpt-4.1-mini", {"temperature": 0.2})
+    >>> check_model_params("openai", "gpt-6-sol", {"temperature": 0.2})
+    Traceback (most recent call last):
+    ...
+    batchata_df.errors.ParamError: model 'gpt-6-sol' (GPT-6 (Sol, Luna, ...), GPT-6.1 Terra) \
+does not accept sampling parameters while it reasons (it reasons unless \
+reasoning_effort='none'): params['temperature']; remove it, or pass \
+params={'reasoning_effort': 'none'} to turn reasoning off
+    """
+    family = family_of(provider, model)
+    effort = params.get("reasoning_effort")
+    if effort is not None:
+        _check_effort(model, family, effort)
+    thinking = thinks(family, params)
+    sampling_names = OPENAI_SAMPLING if provider == "openai" else ANTHROPIC_SAMPLING
+    given = [p for p in sampling_names if params.get(p) is not None]
+    if given and provider in ("openai", "anthropic"):
+        if family.sampling == "no":
+            raise _refuse(
+                model, family, given[0], "does not accept temperature, top_p or top_k",
+                "remove it (the model samples with its own settings)",
+            )
+        if thinking and (family.sampling == "not_thinking" or provider == "anthropic"):
+            if family.can_disable:
+                when = (
+                    "it reasons unless reasoning_effort='none'"
+                    if family.thinks_by_default
+                    else "reasoning_effort is set"
+                )
+                fix = (
+                    "remove it, or pass params={'reasoning_effort': 'none'} to turn "
+                    "reasoning off"
+                )
+            else:
+                when, fix = "it always reasons", "remove it"
+            raise _refuse(
+                model, family, given[0],
+                f"does not accept sampling parameters while it reasons ({when})", fix,
+            )
+        if family.sampling == "one" and "temperature" in given and "top_p" in given:
+            raise _refuse(
+                model, family, "top_p", "takes temperature or top_p, not both",
+                "remove one of them",
+            )
+    _check_max_tokens(model, family, params, thinking)
+
+
+def _check_effort(model: str, family: Family, effort: object) -> None:
+    if effort not in EFFORTS:
+        msg = (
+            f"params['reasoning_effort'] must be one of {list(EFFORTS)!r}, got {effort!r}"
+        )
+        raise ParamError(msg, model=model, param="reasoning_effort")
+    if family.thinking == "none":
+        if effort == "none":
+            return
+        raise _refuse(
+            model, family, "reasoning_effort", "does not think",
+            "remove it, or use a reasoning model",
+        )
+    if effort == "none":
+        if not family.can_disable:
+            lowest = family.efforts[0]
+            raise _refuse(
+                model, family, "reasoning_effort", "cannot turn thinking off ('none')",
+                f"use the lowest effort it takes, {lowest!r}",
+            )
+        return
+    if effort not in family.efforts:
+        raise _refuse(
+            model, family, "reasoning_effort", f"does not take {effort!r}",
+            f"use one of {list(family.efforts)!r}"
+            + (" or 'none'" if family.can_disable else ""),
+        )
+
+
+def _check_max_tokens(
+    model: str, family: Family, params: Mapping[str, Any], thinking: bool
+) -> None:
+    max_tokens = params.get("max_tokens")
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
+        return
+    if max_tokens > family.max_output_tokens:
+        raise _refuse(
+            model, family, "max_tokens",
+            f"generates at most {family.max_output_tokens:,} tokens per answer",
+            f"use max_tokens <= {family.max_output_tokens}",
+        )
+    if thinking and family.thinking == "anthropic_budget":
+        budget = ANTHROPIC_BUDGETS[effort_of(family, params)]
+        if max_tokens <= budget:
+            raise _refuse(
+                model, family, "max_tokens",
+                f"needs max_tokens above its thinking budget ({budget:,} tokens at "
+                f"reasoning_effort={effort_of(family, params)!r})",
+                f"raise max_tokens above {budget} or lower reasoning_effort",
+            )
+
+
+def thinking_fields(provider: str, model: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The provider's request fields for the reasoning knob (wire names).
+
+    OpenAI: ``{"reasoning_effort": ...}``; Anthropic: ``{"thinking": {...}}`` and
+    ``{"effort": ...}`` (the provider puts it in ``output_config``); Gemini:
+    ``{"thinkingConfig": {...}}``. Empty when the knob is not set (the model's default).
+
+    Examples
+    --------
+    >>> thinking_fields("anthropic", "claude-sonnet-4-5", {"reasoning_effort": "low"})
+    {'thinking': {'type': 'enabled', 'budget_tokens': 2048}}
+    >>> thinking_fields("anthropic", "claude-opus-4-7", {"reasoning_effort": "high"})
+    {'thinking': {'type': 'adaptive'}, 'effort': 'high'}
+    >>> thinking_fields("gemini", "gemini-2.5-flash", {"reasoning_effort": "none"})
+    {'thinkingConfig': {'thinkingBudget': 0}}
+    >>> thinking_fields("gemini", "gemini-3.5-flash", {"reasoning_effort": "low"})
+    {'thinkingConfig': {'thinkingLevel': 'LOW'}}
+    """
+    effort = params.get("reasoning_effort")
+    family = family_of(provider, model)
+    if effort is None or family.thinking == "none":
+        return {}
+    effort = str(effort)
+    if family.thinking == "openai":
+        return {"reasoning_effort": effort}
+    if family.thinking in ("anthropic_budget", "anthropic_adaptive"):
+        if effort == "none":
+            return {"thinking": {"type": family.off_switch}}
+        if family.thinking == "anthropic_budget":
+            return {"thinking": {"type": "enabled", "budget_tokens": ANTHROPIC_BUDGETS[effort]}}
+        return {"thinking": {"type": "adaptive"}, "effort": effort}
+    if family.thinking == "gemini_budget":
+        budget = 0 if effort == "none" else GEMINI_BUDGETS[effort]
+        return {"thinkingConfig": {"thinkingBudget": budget}}
+    return {"thinkingConfig": {"thinkingLevel": effort.upper()}}
+
+
+@lru_cache(maxsize=512)
+def context_window(provider: str, model: str) -> int | None:
+    """The model's context window in tokens, from genai-prices (``None`` if unknown).
+
+    Examples
+    --------
+    >>> context_window("openai", "gpt-6-sol")
+    1050000
+    """
+    try:
+        from genai_prices import Usage, calc_price
+    except ImportError:  # pragma: no cover - genai-prices is a core dependency
+        return None
+    provider_id = {"gemini": "google"}.get(provider, provider)
+    try:
+        found = calc_price(Usage(input_tokens=1), model_ref=model, provider_id=provider_id)
+    except LookupError:
+        return None
+    window = found.model.context_window
+    return int(window) if window is not None else None
+
+
+def capabilities_table(families: Iterable[Family] = FAMILIES) -> str:
+    """The README's table of model families and their rules, as Markdown.
+
+    ``tests/test_models.py`` checks that README.md contains exactly this text.
+    """
+    rows = [
+        "| provider | family (e.g.) | sampling parameters | `reasoning_effort` | default "
+        "`max_tokens` | max output | context | PDF / images / citations |",
+        "|---|---|---|---|---:|---:|---:|---|",
+    ]
+    for f in families:
+        sampling = {
+            "any": "all",
+            "one": "temperature **or** top_p",
+            "no": "none",
+            "not_thinking": "only with `reasoning_effort='none'`"
+            if f.can_disable
+            else "none (always reasons)",
+        }[f.sampling]
+        if f.provider == "anthropic" and f.thinking != "none" and f.sampling != "no":
+            sampling += " (not while thinking)"
+        if f.thinking == "none":
+            knob = "—"
+        else:
+            values = ([*(["none"] if f.can_disable else []), *f.efforts])
+            knob = ", ".join(values) + f" (default {f.default_effort})"
+        context = context_window(f.provider, f.examples[0])
+        docs = "/".join(
+            "yes" if v else "no" for v in (f.pdf, f.images, f.citations)
+        )
+        example = ", ".join(f"`{e}`" for e in f.examples)
+        rows.append(
+            f"| {f.provider} | {f.name} ({example}) | {sampling} | {knob} | "
+            f"{default_max_tokens(f, {}):,} | {f.max_output_tokens:,} | "
+            f"{f'{context:,}' if context else '?'} | {docs} |"
+        )
+    return "\n".join(rows)

@@ -1,0 +1,124 @@
+"""Admission under the cost cap: pure arithmetic first, then what is reserved and admitted."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+from engine_fakes import MODEL, SPEC, FakeProvider, in_flight, make_jobs, make_run
+
+from batchata_df.engine.admission import Admission, Calibration, fitting
+from batchata_df.engine.clock import FakeClock
+from batchata_df.engine.planning import PlannedBatch, plan_batches
+from batchata_df.engine.run import RunState
+
+
+def plan_of(jobs: pl.DataFrame) -> PlannedBatch:
+    return next(plan_batches(jobs, {"openai": FakeProvider(FakeClock())}, SPEC, None))
+
+
+@pytest.mark.parametrize(
+    ("worst", "room", "fit"),
+    [
+        ([0.25, 0.25, 0.25, 0.25], 1.0, 4),  # exactly at the cap fits
+        ([0.25, 0.25, 0.25, 0.25], 0.74, 2),
+        ([0.5, 0.1, 0.1], 0.55, 1),  # leading jobs only: no skipping ahead to cheaper ones
+        ([2.0], 1.0, 0),
+        ([0.1, 0.2], 0.0, 0),
+        ([0.1], -1.0, 0),  # overspent already
+    ],
+)
+def test_fitting_counts_the_leading_jobs_within_the_room(worst, room, fit):
+    assert fitting(pl.Series(worst), room) == fit
+
+
+def test_without_a_cap_everything_is_admitted_whatever_was_spent():
+    state = RunState(started=0.0, spent=100.0, reserved=100.0)
+    plan = plan_of(make_jobs(3, worst=1.0))
+    assert Admission(state, None).admit(plan) is plan
+
+
+def test_spent_plus_reserved_plus_this_batch_must_fit_the_cap():
+    state = RunState(started=0.0, spent=0.30, reserved=0.20)
+    admission = Admission(state, cap=1.0)
+    plan = plan_of(make_jobs(6, worst=0.1))
+    admitted = admission.admit(plan)
+    assert admitted is not None
+    assert admitted.job_ids.to_list() == ["j000", "j001", "j002", "j003", "j004"]
+    assert admitted.batch_key != plan.batch_key  # the head is a batch of its own
+    state.reserved = 0.25
+    assert len(admission.admit(plan) or []) == 4
+    state.spent = 0.75
+    assert admission.admit(plan) is None
+
+
+def test_a_whole_batch_that_fits_is_admitted_as_planned():
+    state = RunState(started=0.0, spent=0.4)
+    plan = plan_of(make_jobs(6, worst=0.1))
+    assert Admission(state, cap=1.0).admit(plan) is plan
+
+
+def test_reserving_holds_the_batch_worst_case_and_release_gives_it_back():
+    state = RunState(started=0.0, reserved=0.5)
+    admission = Admission(state, cap=10.0)
+    held = admission.reserve(plan_of(make_jobs(4, worst=0.25)))
+    assert held == pytest.approx(1.0)
+    assert state.reserved == pytest.approx(1.5)
+    state.release(held)
+    assert state.reserved == pytest.approx(0.5)
+    state.release(99.0)
+    assert state.reserved == 0.0  # never below zero
+
+
+def test_recovered_batches_hold_their_jobs_worst_case_unknown_jobs_the_largest(tmp_path):
+    ctx, state = make_run(tmp_path, FakeProvider(FakeClock()))
+    admission = Admission(state, cap=10.0, worst={"j000": 0.1, "j001": 0.3})
+    a = in_flight(ctx, "fb_1", ["j000", "j001"])
+    b = in_flight(ctx, "fb_2", ["j000", "zzz"])  # zzz: another call's job
+    admission.hold_recovered([a, b])
+    assert a.reserved == pytest.approx(0.4)
+    assert b.reserved == pytest.approx(0.1 + 0.3)
+    assert state.reserved == pytest.approx(0.8)
+
+
+def test_settling_replaces_the_reservation_by_the_actual_cost(tmp_path):
+    ctx, state = make_run(tmp_path, FakeProvider(FakeClock()))
+    state.spent, state.reserved = 1.0, 0.7
+    batch = in_flight(ctx, "fb_1", ["j000"], reserved=0.5)
+    events = pl.DataFrame({"job_id": ["j000"], "input_tokens": [10]})
+    Admission(state, cap=5.0).settle(batch, 0.02, events)
+    assert state.spent == pytest.approx(1.02)
+    assert state.reserved == pytest.approx(0.2)
+
+
+def test_calibration_scales_the_input_part_up_when_estimates_ran_low():
+    cal = Calibration(est_input={"a": 100, "b": 100, "c": 50})
+    worst, est_input = pl.Series([1.0, 1.0]), pl.Series([0.4, 0.2])
+    assert cal.worst("openai", MODEL, worst, est_input).to_list() == [1.0, 1.0]
+    cal.observe("openai", MODEL, {"a": 150, "b": 250})  # 400 actual / 200 estimated
+    assert cal.ratio("openai", MODEL) == 2.0
+    assert cal.worst("openai", MODEL, worst, est_input).to_list() == [1.4, 1.2]
+    assert cal.ratio("openai", "other-model") == 1.0  # per model
+    cal.observe("openai", MODEL, {"c": 50})  # cumulative: 450 / 250
+    assert cal.ratio("openai", MODEL) == pytest.approx(1.8)
+
+
+def test_calibration_never_lowers_the_offline_worst_case():
+    cal = Calibration(est_input={"a": 100})
+    cal.observe("openai", MODEL, {"a": 50})
+    assert cal.ratio("openai", MODEL) == 0.5
+    assert cal.worst("openai", MODEL, pl.Series([1.0]), pl.Series([0.4])).to_list() == [1.0]
+
+
+def test_a_collected_batch_that_ran_over_its_estimate_makes_admission_stricter(tmp_path):
+    ctx, state = make_run(tmp_path, FakeProvider(FakeClock()))
+    jobs = make_jobs(4, worst=0.2, est_input_tokens=100_000)  # input part $0.10 a job
+    admission = Admission(state, cap=0.9, calibration=Calibration(
+        est_input=dict.fromkeys(jobs["job_id"].to_list(), 100_000)))
+    plan = plan_of(jobs)
+    assert len(admission.admit(plan) or []) == 4  # 4 x 0.2 = 0.8 fits
+    events = pl.DataFrame({"job_id": ["j000", "j001"], "input_tokens": [300_000, 300_000]})
+    admission.settle(in_flight(ctx, "fb_1", ["j000", "j001"]), 0.0, events)
+    # Input ran 3x the estimate: each job's worst case is now 0.2 + 0.1 * 2 = 0.4.
+    assert admission.worst(plan).to_list() == pytest.approx([0.4] * 4)
+    assert len(admission.admit(plan) or []) == 2
+    assert admission.reserve(plan) == pytest.approx(1.6)

@@ -1,0 +1,197 @@
+"""Collection: polls -> results -> terminal job events with cost; what ends which way."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+from engine_fakes import (
+    COST_PER_JOB,
+    FakeProvider,
+    batch_events,
+    in_flight,
+    job_events,
+    make_jobs,
+    make_run,
+)
+
+from batchata_df.engine.admission import Admission
+from batchata_df.engine.clock import FakeClock
+from batchata_df.engine.collection import Collector
+from batchata_df.engine.ledger import Ledger
+from batchata_df.engine.planning import Requeue
+from batchata_df.engine.run import RunOptions
+from batchata_df.errors import ProviderError
+from batchata_df.providers.base import BatchTag, ProviderState
+from batchata_df.providers.base import empty_results as _empty
+
+JOBS = ["j000", "j001", "j002"]
+
+
+def setup(tmp_path, options=None, n_batches=1):
+    provider = FakeProvider(FakeClock())
+    ctx, state = make_run(tmp_path, provider, options)
+    state.jobs = make_jobs(10)
+    requeue = Requeue(ctx.clock, ctx.backoff)
+    admission = Admission(state, None)
+    collector = Collector(ctx, state, admission, Ledger(ctx, state), requeue)
+    for i in range(1, n_batches + 1):
+        members = [f"j{i * 100 + k:03d}" for k in range(3)] if i > 1 else JOBS
+        tag = BatchTag("r", f"k_fb_{i}", 0.0)
+        batch_id = provider.submit(
+            pl.Series([f'{{"custom_id":"{j}"}}' for j in members]), model="fake-model", tag=tag
+        )
+        state.in_flight.append(in_flight(ctx, batch_id, members, reserved=0.3))
+        state.reserved += 0.3
+    provider.calls.clear()
+    return provider, ctx, state, collector, requeue
+
+
+def test_an_ended_batch_becomes_completed_events_with_cost_and_frees_its_reservation(tmp_path):
+    provider, ctx, state, collector, _ = setup(tmp_path)
+    provider.end("fb_1")
+    collector.poll_due()
+    events = job_events(ctx)
+    assert events.select("job_id", "status", "answer", "provider_batch_id").rows() == [
+        (j, "completed", f"answer to {j}", "fb_1") for j in JOBS
+    ]
+    assert events["cost_usd"].to_list() == pytest.approx([COST_PER_JOB] * 3)
+    assert batch_events(ctx) == [("collected", "fb_1", None)]
+    assert state.in_flight == [] and state.reserved == 0.0
+    assert state.spent == pytest.approx(3 * COST_PER_JOB)
+    assert state.done["completed"] == 3
+    assert provider.methods() == ["poll", "results"]
+
+
+def test_only_due_batches_are_polled_and_running_ones_back_off(tmp_path):
+    provider, ctx, state, collector, _ = setup(tmp_path, n_batches=2)
+    collector.poll_due()
+    assert provider.methods() == ["poll", "poll"]
+    assert [b.next_poll for b in state.in_flight] == [1001.0, 1001.0]  # 1 s after now
+    provider.clock.advance(0.5)
+    collector.poll_due()
+    assert provider.methods() == ["poll", "poll"]  # nothing due yet
+    provider.clock.advance(0.5)
+    state.in_flight[1].next_poll = 5000.0
+    collector.poll_due()
+    assert provider.calls[-1] == ("poll", "fb_1")
+    assert state.in_flight[0].next_poll == 1001.0 + 1.6
+
+
+def test_without_waiting_every_batch_is_polled_once_per_round(tmp_path):
+    provider, ctx, state, collector, _ = setup(tmp_path, RunOptions(wait=False), n_batches=2)
+    for b in state.in_flight:
+        b.next_poll = 9e9
+    collector.poll_due()
+    assert provider.methods() == ["poll", "poll"]
+
+
+def test_a_transient_poll_failure_tries_again_later_a_permanent_one_fails_the_rows(tmp_path):
+    provider, ctx, state, collector, _ = setup(tmp_path)
+    provider.poll_errors.append(ProviderError("502", status_code=502))
+    collector.poll_due()
+    [batch] = state.in_flight
+    assert batch.failures == 1 and batch.next_poll == 1001.0
+    assert job_events(ctx).height == 0
+    provider.clock.advance(1.0)
+    provider.poll_errors.append(ProviderError("404 no such batch", status_code=404))
+    collector.poll_due()
+    assert state.in_flight == [] and state.reserved == 0.0
+    assert job_events(ctx).select("status", "error").unique().rows() == [
+        ("failed", "provider_error: 404 no such batch")
+    ]
+    assert batch_events(ctx) == [("collected", "fb_1", "provider_error: 404 no such batch")]
+
+
+def test_results_that_cannot_be_downloaded_now_are_fetched_later(tmp_path):
+    provider, ctx, state, collector, _ = setup(tmp_path)
+    provider.end("fb_1")
+    provider.results_errors.append(ProviderError("500", status_code=500))
+    collector.poll_due()
+    assert len(state.in_flight) == 1 and state.in_flight[0].failures == 1
+    provider.clock.advance(1.0)
+    provider.results_errors.append(ProviderError("403 gone", status_code=403))
+    collector.poll_due()
+    assert state.in_flight == []
+    assert set(job_events(ctx)["error"]) == {"results_unavailable: 403 gone"}
+
+
+def test_a_cancelled_batch_keeps_its_finished_rows_and_cancels_the_rest(tmp_path):
+    provider, ctx, state, collector, _ = setup(tmp_path)
+    provider.end("fb_1", ProviderState.CANCELLED, finished=1)
+    state.in_flight[0].cancel_reason = "time_limit"
+    collector.poll_due()
+    assert job_events(ctx).select("job_id", "status", "error").rows() == [
+        ("j000", "completed", None),
+        ("j001", "cancelled", "cancelled: time_limit"),
+        ("j002", "cancelled", "cancelled: time_limit"),
+    ]
+    assert job_events(ctx)["cost_usd"].to_list() == pytest.approx([COST_PER_JOB, 0.0, 0.0])
+
+
+def test_a_failed_batch_fails_every_row_with_the_provider_reason(tmp_path):
+    provider, ctx, state, collector, _ = setup(tmp_path)
+    provider.end("fb_1", ProviderState.FAILED, detail="invalid_request: bad line 2")
+    collector.poll_due()
+    assert set(job_events(ctx)["error"]) == {
+        "batch_failed: the provider rejected the batch: invalid_request: bad line 2"
+    }
+    assert "results" not in provider.methods()
+
+
+def test_a_batch_adopted_by_mistake_is_abandoned_and_writes_no_job_events(tmp_path):
+    provider, ctx, state, collector, _ = setup(tmp_path)
+    provider.batches["fb_1"].job_ids = ["x1", "x2", "x3"]  # someone else's requests
+    provider.end("fb_1")
+    collector.poll_due()
+    assert job_events(ctx).height == 0
+    assert batch_events(ctx) == [
+        ("abandoned", "fb_1", "the batch found after a crash holds none of our requests")
+    ]
+    assert state.in_flight == [] and state.reserved == 0.0 and state.spent == 0.0
+
+
+def test_a_queue_limit_refusal_requeues_the_jobs_unbilled(tmp_path):
+    provider, ctx, state, collector, requeue = setup(tmp_path)
+    detail = "token_limit_exceeded: Enqueued token limit reached. Limit: 90,000"
+    provider.end("fb_1", ProviderState.FAILED, detail=detail)
+    collector.poll_due()
+    assert job_events(ctx).height == 0
+    assert batch_events(ctx) == [("collected", "fb_1", f"requeued: {detail}")]
+    assert state.reserved == 0.0 and state.in_flight == []
+    [item] = requeue.items
+    assert item.job_ids.to_list() == JOBS and item.max_items == 1  # alone: halved
+
+
+def test_a_lone_request_bigger_than_the_named_limit_fails_rate_limited(tmp_path):
+    provider, ctx, state, collector, requeue = setup(tmp_path)
+    provider.batches["fb_1"].job_ids = ["j000"]
+    state.in_flight[0].job_ids = pl.Series("job_id", ["j000"])
+    state.jobs = make_jobs(1).with_columns(pl.lit("word " * 500).alias("prompt"))
+    detail = "token_limit_exceeded: Enqueued token limit reached. Limit: 100"
+    provider.end("fb_1", ProviderState.FAILED, detail=detail)
+    collector.poll_due()
+    assert requeue.items == []
+    assert job_events(ctx).select("status", "error").rows() == [
+        ("failed", f"rate_limited: {detail}")
+    ]
+
+
+def test_a_collected_batch_resets_the_model_s_rate_limit_patience(tmp_path):
+    provider, ctx, state, collector, requeue = setup(tmp_path)
+    requeue.patience_s = 10.0
+    batch = state.in_flight[0]
+    assert requeue.refused(batch, others=0, too_big=False)
+    provider.clock.advance(11.0)
+    provider.end("fb_1")
+    collector.poll_due()
+    assert requeue.refused(batch, others=0, too_big=False)  # patience started over
+
+
+def test_empty_results_of_an_ended_batch_fail_rows_as_missing(tmp_path, monkeypatch):
+    provider, ctx, state, collector, _ = setup(tmp_path)
+    provider.end("fb_1")
+    monkeypatch.setattr(provider, "results", lambda batch_id, spec: _empty())
+    collector.poll_due()
+    assert set(job_events(ctx)["error"]) == {
+        "missing_result: the provider returned no result for this request"
+    }

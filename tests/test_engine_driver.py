@@ -1,0 +1,183 @@
+"""The driver loop, end to end on an in-memory provider and a fake clock: no sleeps."""
+
+from __future__ import annotations
+
+import threading
+
+import polars as pl
+import pytest
+from engine_fakes import COST_PER_JOB, PRICES, SPEC, FakeProvider, make_jobs
+
+from batchata_df.engine import Engine, FakeClock, RunOptions
+from batchata_df.errors import ProviderError
+from batchata_df.state import StateStore
+
+
+def engine(tmp_path, provider, *, progress=None, stop=None, **options):
+    store = StateStore(tmp_path / "state", {"test": "1"})
+    return Engine(store, {"openai": provider}, SPEC, PRICES, RunOptions(**options),
+                  progress=progress, stop_event=stop, clock=provider.clock)
+
+
+def by_status(out: pl.DataFrame) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    for job_id, status in out.sort("job_id").select("job_id", "status").iter_rows():
+        groups.setdefault(status, []).append(job_id)
+    return groups
+
+
+def test_a_run_waits_on_the_poll_backoff_and_collects_everything(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=10.0)
+    out = engine(tmp_path, provider, items_per_batch=2).run(make_jobs(5))
+    assert by_status(out) == {"completed": [f"j00{i}" for i in range(5)]}
+    assert out["cost_usd"].to_list() == pytest.approx([COST_PER_JOB] * 5)
+    assert out["provider_batch_id"].drop_nulls().len() == 5
+    # Polls at 0, 1, 2.6, 5.16, 9.26, 15.8 s: ended at the first poll after 10 s.
+    assert provider.clock.waits == pytest.approx([1.0, 1.6, 2.56, 4.096, 6.5536])
+    assert provider.methods().count("submit") == 3
+
+
+def test_progress_reports_counts_and_elapsed_time_on_the_clock(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=3.0)
+    seen = []
+    engine(tmp_path, provider, progress=seen.append).run(make_jobs(4))
+    last = seen[-1]
+    assert last.phase == "done" and last.completed == 4 and last.pending == 0
+    assert last.elapsed_s == provider.clock.monotonic() - 1000.0 == pytest.approx(1.0 + 1.6 + 2.56)
+    assert last.cost_usd == pytest.approx(4 * COST_PER_JOB)
+    assert any(s.activity.startswith("uploading batch 1 to openai (4 requests") for s in seen)
+
+
+def test_the_time_limit_cancels_in_flight_keeps_finished_rows_cancels_unsent(tmp_path):
+    # Deterministic version of the emulator test: a batch runs 100 s, the limit is 30 s.
+    provider = FakeProvider(FakeClock(), latency=100.0)
+    out = engine(tmp_path, provider, items_per_batch=10, max_parallel_batches=1,
+                 time_limit_s=30.0).run(make_jobs(20))
+    groups = by_status(out)
+    # At 30.01 s, 3 of the first batch's 10 requests had run (30 %).
+    assert groups["completed"] == ["j000", "j001", "j002"]
+    assert groups["cancelled"] == [f"j{i:03d}" for i in range(3, 20)]
+    assert set(out.filter(pl.col("status") == "cancelled")["error"]) == {"cancelled: time_limit"}
+    assert provider.methods().count("submit") == 1 and provider.methods().count("cancel") == 1
+    assert provider.clock.monotonic() - 1000.0 == pytest.approx(30.01)
+
+
+def test_ctrl_c_stops_like_the_time_limit_with_its_own_reason(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=100.0)
+    stop = threading.Event()
+    provider.clock.on_wait.append(lambda now: stop.set() if now >= 1020.0 else None)
+    out = engine(tmp_path, provider, stop=stop, items_per_batch=10,
+                 max_parallel_batches=1).run(make_jobs(20))
+    assert set(out.filter(pl.col("status") == "cancelled")["error"]) == {"cancelled: interrupted"}
+    assert by_status(out)["completed"] == [f"j00{i}" for i in range(2)]  # 20.something s
+
+
+def test_cancelled_batches_that_do_not_end_are_left_pending_after_the_grace(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=100.0)
+    provider.cancel = lambda batch_id: None  # type: ignore[method-assign]  # never ends
+    out = engine(tmp_path, provider, time_limit_s=5.0, cancel_grace_s=60.0).run(make_jobs(3))
+    assert by_status(out) == {"assigned": ["j000", "j001", "j002"]}  # a later call collects
+    waited = provider.clock.monotonic() - 1000.0
+    assert 65.0 <= waited < 65.0 + 60.0
+
+
+def test_the_cap_sends_what_fits_and_cancels_what_never_can(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=2.0)
+    jobs = make_jobs(5, worst=0.3)
+    out = engine(tmp_path, provider, max_cost_usd=1.0, items_per_batch=5).run(jobs)
+    groups = by_status(out)
+    # 3 x 0.3 fit under $1; the other 2 wait until the first batch's actual cost
+    # ($0.00006) replaces its $0.9 reservation, then go in a second batch.
+    assert groups == {"completed": [f"j00{i}" for i in range(5)]}
+    assert [c[2] for c in provider.calls if c[0] == "submit"] == [3, 2]
+
+
+def test_jobs_that_can_never_fit_the_cap_end_cancelled_cost_limit(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=2.0)
+    # j000 fits; j001 and j002 alone would be over the cap even with nothing spent.
+    jobs = make_jobs(3, worst=0.6).with_columns(
+        pl.when(pl.col("job_id") == "j000").then(0.6).otherwise(1.2).alias("worst_usd"))
+    out = engine(tmp_path, provider, max_cost_usd=1.0).run(jobs)
+    groups = by_status(out)
+    assert groups["completed"] == ["j000"]
+    assert groups["cancelled"] == ["j001", "j002"]
+    assert set(out.filter(pl.col("status") == "cancelled")["error"]) == {"cancelled: cost_limit"}
+
+
+def test_a_failing_create_is_retried_on_the_clock_then_succeeds(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=0.0)
+    provider.submit_errors.extend([ProviderError("503", status_code=503)] * 3)
+    out = engine(tmp_path, provider).run(make_jobs(2))
+    assert by_status(out) == {"completed": ["j000", "j001"]}
+    assert provider.clock.waits[:3] == pytest.approx([1.0, 1.6, 2.56])
+    assert provider.methods().count("submit") == 4
+
+
+def test_creates_failing_beyond_the_patience_end_rows_provider_unavailable(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=0.0)
+    provider.submit_errors.extend([ProviderError("503", status_code=503)] * 100)
+    out = engine(tmp_path, provider, submit_patience_s=30.0, poll_max_s=10.0).run(make_jobs(2))
+    assert set(out["error"]) == {"cancelled: provider_unavailable"}
+    assert 30.0 < provider.clock.monotonic() - 1000.0 <= 40.0
+
+
+def test_without_waiting_one_round_submits_and_returns(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=100.0)
+    out = engine(tmp_path, provider, wait=False, items_per_batch=2).run(make_jobs(3))
+    assert by_status(out) == {"assigned": ["j000", "j001", "j002"]}
+    assert provider.methods() == ["submit", "submit", "poll", "poll"]
+    assert provider.clock.waits == []
+
+
+def test_a_second_call_collects_what_the_first_left_in_flight(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=100.0)
+    engine(tmp_path, provider, wait=False).run(make_jobs(3))
+    provider.clock.advance(100.0)
+    provider.calls.clear()
+    out = engine(tmp_path, provider).run(make_jobs(3))
+    assert by_status(out) == {"completed": ["j000", "j001", "j002"]}
+    assert "submit" not in provider.methods()  # never paid twice
+
+
+def test_queue_limit_refusals_go_again_when_the_provider_has_room(tmp_path):
+    from batchata_df.providers.base import ProviderState
+
+    provider = FakeProvider(FakeClock(), latency=5.0)
+    refuse = {"n": 1}
+    real_poll = provider.poll
+
+    def poll(batch_id):  # the provider refuses the first batch for its queue limit
+        if refuse["n"] and batch_id == "fb_1":
+            refuse["n"] -= 1
+            provider.end(batch_id, ProviderState.FAILED,
+                         detail="token_limit_exceeded: Enqueued token limit reached")
+        return real_poll(batch_id)
+
+    provider.poll = poll  # type: ignore[method-assign]
+    out = engine(tmp_path, provider).run(make_jobs(4))
+    assert by_status(out) == {"completed": ["j000", "j001", "j002", "j003"]}
+    sizes = [c[2] for c in provider.calls if c[0] == "submit"]
+    assert sizes == [4, 2, 2]  # alone, the refused batch is halved
+
+
+def test_a_later_call_sends_only_what_is_not_settled(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=0.0)
+    engine(tmp_path, provider).run(make_jobs(3))
+    provider.calls.clear()
+    out = engine(tmp_path, provider).run(make_jobs(5))
+    assert [c[2] for c in provider.calls if c[0] == "submit"] == [2]
+    assert provider.batches["fb_2"].job_ids == ["j003", "j004"]
+    assert by_status(out) == {"completed": [f"j00{i}" for i in range(5)]}
+
+
+def test_batches_left_in_flight_hold_their_worst_case_against_the_cap(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=10.0)
+    engine(tmp_path, provider, wait=False, max_cost_usd=1.0).run(make_jobs(3, worst=0.3))
+    provider.calls.clear()
+    jobs = make_jobs(5, worst=0.3)
+    out = engine(tmp_path, provider, max_cost_usd=1.0).run(jobs)
+    # 3 x 0.3 are still held when the call starts: the 2 new jobs wait for that batch.
+    submits = [(c[2], i) for i, c in enumerate(provider.calls) if c[0] == "submit"]
+    first_results = provider.calls.index(("results", "fb_1"))
+    assert submits[0][0] == 2 and submits[0][1] > first_results
+    assert by_status(out) == {"completed": [f"j00{i}" for i in range(5)]}

@@ -1,0 +1,190 @@
+"""Planning: jobs -> provider batches (lazily, incrementally), and the queue-limit requeue."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+from engine_fakes import MODEL, SPEC, FakeProvider, in_flight, make_jobs, make_run
+
+from batchata_df.engine.clock import Backoff, FakeClock
+from batchata_df.engine.planning import (
+    Planner,
+    Requeue,
+    over_named_limit,
+    plan_batches,
+    queue_limit_refusal,
+)
+from batchata_df.providers.base import BatchPoll, ProviderState
+
+
+@pytest.fixture
+def provider() -> FakeProvider:
+    return FakeProvider(FakeClock())
+
+
+def ids(series: pl.Series) -> list[str]:
+    return series.to_list()
+
+
+def test_batches_hold_one_model_each_in_input_order_split_by_count(provider):
+    jobs = pl.concat([make_jobs(3), make_jobs(2, model="other-model", start=3),
+                      make_jobs(2, start=5)])
+    planned = list(plan_batches(jobs, {"openai": provider}, SPEC, items_per_batch=2))
+    assert [(p.model, ids(p.job_ids)) for p in planned] == [
+        (MODEL, ["j000", "j001"]),
+        (MODEL, ["j002", "j005"]),
+        (MODEL, ["j006"]),
+        ("other-model", ["j003", "j004"]),
+    ]
+    first = planned[0]
+    assert [json.loads(line)["custom_id"] for line in first.lines] == ["j000", "j001"]
+    assert first.n_bytes == sum(len(line.encode()) + 1 for line in first.lines)
+    assert len({p.batch_key for p in planned}) == 4
+
+
+def test_batches_are_split_by_bytes(provider, monkeypatch):
+    line = len('{"custom_id":"j000","prompt":"prompt 0"}') + 1
+    monkeypatch.setattr(FakeProvider, "max_bytes", 2 * line)
+    planned = list(plan_batches(make_jobs(5), {"openai": provider}, SPEC, None))
+    assert [len(p) for p in planned] == [2, 2, 1]
+    assert all(p.n_bytes <= 2 * line for p in planned)
+
+
+def test_lines_are_encoded_only_when_a_batch_is_needed(provider, monkeypatch):
+    monkeypatch.setattr(FakeProvider, "max_requests", 10)
+    planner = Planner({"openai": provider}, SPEC, None)
+    planner.add(make_jobs(35))
+    assert provider.encoded == 0
+    first = planner.current()
+    assert first is not None and len(first) == 10
+    assert provider.encoded == 10  # one slice of the provider's count limit, not 35
+    planner.took(10)
+    assert provider.encoded == 20
+
+
+def test_jobs_added_later_are_planned_after_those_already_queued(provider):
+    planner = Planner({"openai": provider}, SPEC, 2)
+    planner.add(make_jobs(3))
+    batch = planner.current()
+    assert batch is not None
+    planner.took(len(batch))
+    planner.add(make_jobs(2, start=10))  # a later chunk of a stream
+    order = []
+    while (batch := planner.current()) is not None:
+        order.append(ids(batch.job_ids))
+        planner.took(len(batch))
+    assert order == [["j002"], ["j010", "j011"]]
+
+
+def test_a_partly_sent_batch_goes_on_with_its_rest_under_a_new_key(provider):
+    planner = Planner({"openai": provider}, SPEC, None)
+    planner.add(make_jobs(5))
+    first = planner.current()
+    assert first is not None
+    planner.took(2)
+    rest = planner.current()
+    assert rest is not None
+    assert ids(rest.job_ids) == ["j002", "j003", "j004"]
+    assert rest.batch_key != first.batch_key
+    assert ids(rest.lines.str.json_decode().struct.field("custom_id")) == ids(rest.job_ids)
+    planner.resend()
+    again = planner.current()
+    assert again is not None
+    assert ids(again.job_ids) == ids(rest.job_ids) and again.batch_key != rest.batch_key
+
+
+def test_drain_hands_back_every_unsent_job_in_order(provider):
+    planner = Planner({"openai": provider}, SPEC, 2)
+    planner.add(make_jobs(5))
+    planner.took(1)
+    planner.add(make_jobs(1, start=9))
+    assert ids(planner.drain()) == ["j001", "j002", "j003", "j004", "j009"]
+    assert planner.current() is None and planner.drain() is None
+
+
+# -- requeue after a queue-limit refusal ------------------------------------------------------
+
+
+def refused_batch(tmp_path, provider, job_ids, batch_id="fb_9"):
+    ctx, _ = make_run(tmp_path, provider)
+    return ctx, in_flight(ctx, batch_id, job_ids)
+
+
+def test_refused_jobs_wait_for_a_batch_of_the_same_model_to_end(tmp_path, provider):
+    clock = provider.clock
+    requeue = Requeue(clock, lambda: Backoff(5.0, 60.0, 2.0))
+    ctx, batch = refused_batch(tmp_path, provider, ["j000", "j001", "j002", "j003"])
+    other = in_flight(ctx, "fb_1", ["j010"])
+    assert requeue.refused(batch, others=1, too_big=False)
+    item = requeue.items[0]
+    assert (item.gate, item.max_items, item.not_before) == (1, 4, clock.monotonic())
+    assert requeue.take([other]) is None  # the other batch still holds the queue
+    job_ids, max_items = requeue.take([])  # type: ignore[misc]
+    assert ids(job_ids) == ["j000", "j001", "j002", "j003"] and max_items == 4
+    assert requeue.items == []
+
+
+def test_a_refused_batch_alone_is_halved_and_waits_on_a_growing_timer(tmp_path, provider):
+    clock = provider.clock
+    requeue = Requeue(clock, lambda: Backoff(5.0, 60.0, 2.0))
+    _, batch = refused_batch(tmp_path, provider, ["j000", "j001", "j002", "j003", "j004"])
+    assert requeue.refused(batch, others=0, too_big=False)
+    assert requeue.items[0].max_items == 2
+    assert requeue.next_wake() == clock.monotonic() + 5.0
+    clock.advance(4.9)
+    assert requeue.take([]) is None
+    clock.advance(0.1)
+    assert requeue.take([]) is not None
+    assert requeue.refused(batch, others=0, too_big=False)
+    assert requeue.next_wake() == clock.monotonic() + 10.0  # the timer grows
+
+
+def test_refusals_fail_after_the_patience_and_a_collected_batch_resets_it(tmp_path, provider):
+    clock = provider.clock
+    requeue = Requeue(clock, lambda: Backoff(1.0, 60.0, 2.0), patience_s=100.0)
+    _, batch = refused_batch(tmp_path, provider, ["j000", "j001"])
+    assert requeue.refused(batch, others=0, too_big=False)
+    clock.advance(100.0)
+    assert requeue.refused(batch, others=0, too_big=False)  # at the patience: still waits
+    clock.advance(0.5)
+    assert not requeue.refused(batch, others=0, too_big=False)
+    requeue.accepted("openai", MODEL)
+    assert requeue.refused(batch, others=0, too_big=False)
+    assert not requeue.refused(batch, others=0, too_big=True)
+
+
+def test_the_default_patience_is_the_module_constant(tmp_path, provider, monkeypatch):
+    import batchata_df.engine.planning as planning
+
+    monkeypatch.setattr(planning, "RATE_LIMIT_PATIENCE_S", 7.0)
+    assert Requeue(provider.clock, lambda: Backoff(1.0, 2.0, 2.0)).patience_s == 7.0
+
+
+def test_drain_returns_every_waiting_job(tmp_path, provider):
+    requeue = Requeue(provider.clock, lambda: Backoff(1.0, 60.0, 2.0))
+    ctx, a = refused_batch(tmp_path, provider, ["j000"], "fb_1")
+    b = in_flight(ctx, "fb_2", ["j001", "j002"])
+    requeue.refused(a, others=0, too_big=False)
+    requeue.refused(b, others=0, too_big=False)
+    assert ids(requeue.drain()) == ["j000", "j001", "j002"]
+    assert requeue.drain() is None and requeue.next_wake() is None
+
+
+def test_queue_limit_refusals_are_told_from_other_failures():
+    def failed(detail):
+        return BatchPoll(ProviderState.FAILED, "failed", detail)
+
+    assert queue_limit_refusal(failed("token_limit_exceeded: Enqueued token limit reached"))
+    assert queue_limit_refusal(failed("Rate_Limit hit"))
+    assert not queue_limit_refusal(failed("invalid_request: bad line"))
+    assert not queue_limit_refusal(failed(None))
+
+
+def test_a_lone_request_over_the_named_limit_never_fits():
+    job = make_jobs(1).with_columns(pl.lit("word " * 400).alias("prompt"))
+    detail = "token_limit_exceeded: Enqueued token limit reached for gpt-4o. Limit: 90"
+    assert over_named_limit(job, "openai", "gpt-4o", detail)
+    assert not over_named_limit(job, "openai", "gpt-4o", detail.replace("90", "90,000"))
+    assert not over_named_limit(job, "openai", "gpt-4o", "token_limit_exceeded")

@@ -1,0 +1,107 @@
+"""Recovery: re-attach batches in flight and resolve intents a crash left behind."""
+
+from __future__ import annotations
+
+import polars as pl
+from engine_fakes import MODEL, FakeProvider, batch_events, make_run
+
+from batchata_df.engine.clock import FakeClock
+from batchata_df.engine.recovery import busy_jobs, recover, settled
+from batchata_df.providers.base import BatchTag
+
+
+def assign(ctx, key, job_ids, *, status="intent", batch_id=None, detail=None, worst=None):
+    """What a run records for a batch: its batch event and its jobs' ``assigned`` events."""
+    ctx.store.append_batch(batch_key=key, provider="openai", model=MODEL, status=status,
+                           provider_batch_id=batch_id, n_jobs=len(job_ids), detail=detail)
+    ctx.store.append_jobs(pl.DataFrame({
+        "job_id": job_ids, "batch_key": key, "provider": "openai", "model": MODEL,
+        "status": "assigned", "est_cost_usd": worst,
+    }))
+
+
+def test_batches_in_flight_are_re_attached_with_their_jobs(tmp_path):
+    provider = FakeProvider(FakeClock())
+    ctx, state = make_run(tmp_path, provider)
+    assign(ctx, "k1", ["a", "b"], status="submitted", batch_id="fb_7")
+    assign(ctx, "k2", ["c"], status="cancel_requested", batch_id="fb_8", detail="time_limit")
+    assign(ctx, "k3", ["d"], status="collected", batch_id="fb_9")
+    out = recover(ctx, state)
+    assert [(b.batch_key, b.provider_batch_id, b.job_ids.to_list(), b.status, b.cancel_reason)
+            for b in out] == [
+        ("k1", "fb_7", ["a", "b"], "submitted", None),
+        ("k2", "fb_8", ["c"], "cancel_requested", "time_limit"),
+    ]
+    assert state.known_ids == {"fb_7", "fb_8", "fb_9"}
+    assert provider.calls == []  # nothing to look up
+
+
+def test_an_intent_whose_batch_exists_is_adopted_not_sent_again(tmp_path):
+    provider = FakeProvider(FakeClock())
+    ctx, state = make_run(tmp_path, provider)
+    assign(ctx, "k1", ["a", "b"])
+    # The crashed run's create reached the provider; its answer was lost.
+    provider.submit(pl.Series(['{"custom_id":"a"}', '{"custom_id":"b"}']), model=MODEL,
+                    tag=BatchTag("r", "k1", 0.0))
+    tags = []
+    provider_find = provider.find
+    provider.find = lambda tag: tags.append(tag) or provider_find(tag)  # type: ignore[method-assign]
+    [batch] = recover(ctx, state)
+    assert batch.provider_batch_id == "fb_1" and batch.job_ids.to_list() == ["a", "b"]
+    assert batch_events(ctx) == [
+        ("intent", None, None),
+        ("submitted", "fb_1", "found at the provider after a crash"),
+    ]
+    [tag] = tags
+    assert tag.batch_key == "k1" and tag.n_jobs == 2 and tag.job_ids == frozenset({"a", "b"})
+    assert tag.run_id == ctx.store.manifest.run_id and tag.created_after > 0
+    assert state.known_ids == {"fb_1"}
+
+
+def test_an_intent_that_never_reached_the_provider_is_abandoned(tmp_path):
+    provider = FakeProvider(FakeClock())
+    ctx, state = make_run(tmp_path, provider)
+    assign(ctx, "k1", ["a"])
+    assert recover(ctx, state) == []
+    assert batch_events(ctx) == [
+        ("intent", None, None),
+        ("abandoned", None, "the submit never reached the provider"),
+    ]
+
+
+def test_a_batch_of_a_provider_this_call_does_not_use_is_still_re_attached(tmp_path):
+    provider = FakeProvider(FakeClock())
+    ctx, state = make_run(tmp_path, provider)
+    ctx.providers = {}
+    made = []
+
+    def make(name):
+        made.append(name)
+        return provider
+
+    ctx.make_provider = make
+    ctx.store.append_batch(batch_key="k0", provider="gemini", model="g", status="collected",
+                           provider_batch_id="batches/0")
+    assign(ctx, "k1", ["a"], status="submitted", batch_id="fb_5")
+    [batch] = recover(ctx, state)
+    assert batch.provider_batch_id == "fb_5"
+    assert made == ["openai"]  # for the batch in flight; none for a collected one
+    assert ctx.providers == {"openai": provider}
+
+
+def test_settled_jobs_are_completed_and_failed_ones_unless_retried():
+    state = pl.DataFrame({"job_id": ["a", "b", "c", "d"],
+                          "status": ["completed", "failed", "cancelled", "assigned"]})
+    assert settled(state, retry_failed=False)["job_id"].to_list() == ["a", "b"]
+    assert settled(state, retry_failed=True)["job_id"].to_list() == ["a"]
+
+
+def test_busy_jobs_are_those_in_open_batches_and_unresolved_intents(tmp_path):
+    ctx, _ = make_run(tmp_path, FakeProvider(FakeClock()))
+    assign(ctx, "k1", ["a"], status="submitted", batch_id="fb_1", worst=0.5)
+    assign(ctx, "k2", ["b"], worst=0.25)  # intent: may have reached the provider
+    assign(ctx, "k3", ["c"], status="abandoned")
+    assign(ctx, "k4", ["d"], status="collected", batch_id="fb_4")
+    latest = ctx.store.job_state()
+    busy = busy_jobs(ctx.store, latest).sort("job_id")
+    assert busy.rows() == [("a", 0.5), ("b", 0.25)]

@@ -1,0 +1,191 @@
+"""Submission: intent and assigned events before the create call, the id after, and what
+happens when a create fails (lookup, retry with backoff, abandon, patience, blocked)."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+from engine_fakes import (
+    SPEC,
+    FakeProvider,
+    batch_events,
+    job_events,
+    make_jobs,
+    make_run,
+)
+
+from batchata_df.engine.admission import Admission
+from batchata_df.engine.clock import FakeClock
+from batchata_df.engine.ledger import Ledger
+from batchata_df.engine.planning import Planner
+from batchata_df.engine.run import InFlightBatch, RunOptions
+from batchata_df.engine.submission import Submitter
+from batchata_df.errors import OrphanedBatchError, ProviderError
+
+
+def setup(tmp_path, *, cap=None, options=None, jobs=None, per_batch=None):
+    provider = FakeProvider(FakeClock())
+    ctx, state = make_run(tmp_path, provider, options or RunOptions(max_cost_usd=cap))
+    admission = Admission(state, cap)
+    submitter = Submitter(ctx, state, admission, Ledger(ctx, state))
+    planner = Planner(ctx.providers, SPEC, per_batch)
+    planner.add(jobs if jobs is not None else make_jobs(3, worst=0.1))
+    return provider, ctx, state, submitter, planner
+
+
+def test_intent_and_assigned_are_recorded_before_the_create_call_and_the_id_after(tmp_path):
+    provider, ctx, state, submitter, planner = setup(tmp_path)
+    seen_at_create = []
+    provider.on_submit.append(
+        lambda tag: seen_at_create.append((batch_events(ctx), job_events(ctx)))
+    )
+    plan = planner.current()
+    outcome = submitter.submit(plan)
+    [(batches, jobs)] = seen_at_create
+    assert batches == [("intent", None, None)]
+    assert jobs.select("job_id", "status", "batch_key", "est_cost_usd").rows() == [
+        (j, "assigned", plan.batch_key, 0.1) for j in ["j000", "j001", "j002"]
+    ]
+    assert batch_events(ctx) == [("intent", None, None), ("submitted", "fb_1", None)]
+    assert isinstance(outcome, InFlightBatch)
+    assert outcome.provider_batch_id == "fb_1"
+    assert outcome.job_ids.to_list() == ["j000", "j001", "j002"]
+    assert outcome.reserved == pytest.approx(0.3) == state.reserved
+    assert state.known_ids == {"fb_1"}
+    assert state.batch_status == {plan.batch_key: "submitted"}
+
+
+def test_the_tag_lets_a_lookup_tell_this_batch_from_the_run_s_others(tmp_path):
+    provider, ctx, state, submitter, planner = setup(tmp_path)
+    state.known_ids.add("fb_old")
+    tags = []
+    provider.on_submit.append(tags.append)
+    provider.clock.advance(50.0)
+    plan = planner.current()
+    submitter.submit(plan)
+    [tag] = tags
+    assert tag.run_id == ctx.store.manifest.run_id and tag.batch_key == plan.batch_key
+    assert tag.created_after == provider.clock.time()
+    assert tag.n_jobs == 3 and tag.job_ids == frozenset({"j000", "j001", "j002"})
+    assert tag.known_batch_ids == frozenset({"fb_old"})
+
+
+def test_a_lost_create_answer_is_found_by_lookup_and_never_sent_twice(tmp_path):
+    provider, ctx, state, submitter, planner = setup(tmp_path)
+    provider.submit_errors.append(ProviderError("connection reset", status_code=None))
+    provider.created_despite_error = True
+    outcome = submitter.submit(planner.current())
+    assert isinstance(outcome, InFlightBatch) and outcome.provider_batch_id == "fb_1"
+    assert provider.methods() == ["submit", "find"]
+    assert len(provider.batches) == 1
+    assert batch_events(ctx) == [("intent", None, None), ("submitted", "fb_1", None)]
+    assert state.reserved == pytest.approx(0.3)
+
+
+def test_a_transient_failure_abandons_the_intent_and_retries_after_a_backoff(tmp_path):
+    provider, ctx, state, submitter, planner = setup(tmp_path)
+    provider.submit_errors.append(ProviderError("503 overloaded", status_code=503))
+    first = planner.current()
+    submitter.fill(planner)
+    assert provider.methods() == ["submit", "find"]
+    assert batch_events(ctx) == [
+        ("intent", None, None),
+        ("abandoned", None, "submit failed: 503 overloaded"),
+    ]
+    assert state.in_flight == [] and state.reserved == 0.0
+    assert submitter.retry_at == provider.clock.monotonic() + 1.0
+    again = planner.current()
+    assert again.job_ids.to_list() == first.job_ids.to_list()
+    assert again.batch_key != first.batch_key  # a new batch, never the abandoned key
+    submitter.fill(planner)  # too early: nothing is tried
+    assert provider.methods() == ["submit", "find"]
+    provider.clock.advance(1.0)
+    submitter.fill(planner)
+    assert [b.provider_batch_id for b in state.in_flight] == ["fb_1"]
+    assert provider.batches["fb_1"].tag.batch_key == again.batch_key
+    assert job_events(ctx).filter(pl.col("status") != "assigned").height == 0
+
+
+def test_a_permanent_refusal_fails_the_batch_rows_without_a_lookup(tmp_path):
+    provider, ctx, state, submitter, planner = setup(tmp_path)
+    provider.submit_errors.append(ProviderError("400 invalid model", status_code=400))
+    assert submitter.submit(planner.current()) == "ended"
+    assert provider.methods() == ["submit"]
+    ended = job_events(ctx).filter(pl.col("status") != "assigned")
+    assert ended.select("job_id", "status", "error", "cost_usd").rows() == [
+        (j, "failed", "submit_failed: 400 invalid model", 0.0)
+        for j in ["j000", "j001", "j002"]
+    ]
+    assert state.done["failed"] == 3 and state.reserved == 0.0
+
+
+def test_an_unanswerable_lookup_blocks_submitting_and_keeps_the_intent_open(tmp_path):
+    provider, ctx, state, submitter, planner = setup(tmp_path, per_batch=1)
+    provider.submit_errors.append(ProviderError("timeout", status_code=None))
+    provider.find_error = OrphanedBatchError("two candidates")
+    submitter.fill(planner)
+    assert submitter.blocked == "provider_unavailable"
+    assert batch_events(ctx) == [("intent", None, None)]  # resolved by the next call
+    assert provider.methods() == ["submit", "find"]
+    assert planner.current().job_ids.to_list() == ["j001"]  # j000 stays with its intent
+    submitter.fill(planner)
+    assert provider.methods() == ["submit", "find"]
+
+
+def test_creates_failing_past_the_patience_stop_submitting(tmp_path):
+    options = RunOptions(submit_patience_s=10.0, poll_initial_s=4.0, poll_factor=1.0)
+    provider, ctx, state, submitter, planner = setup(tmp_path, options=options)
+    provider.submit_errors.extend(ProviderError("503", status_code=503) for _ in range(4))
+    for _ in range(3):  # t = 0, 4, 8: within the patience
+        submitter.fill(planner)
+        assert submitter.blocked is None
+        provider.clock.advance(4.0)
+    submitter.fill(planner)  # t = 12: more than 10 s of failures
+    assert submitter.blocked == "provider_unavailable"
+    assert [s for s, _, _ in batch_events(ctx)].count("abandoned") == 4
+
+
+def test_a_success_resets_the_create_backoff(tmp_path):
+    provider, ctx, state, submitter, planner = setup(tmp_path, per_batch=1)
+    provider.submit_errors.extend([ProviderError("503", status_code=503)] * 2)
+    submitter.fill(planner)
+    provider.clock.advance(1.0)
+    submitter.fill(planner)
+    assert submitter.retry_at == provider.clock.monotonic() + 1.6  # growing
+    provider.clock.advance(1.6)
+    submitter.fill(planner)  # succeeds, then fills the other slots
+    assert len(state.in_flight) == 3
+    provider.submit_errors.append(ProviderError("503", status_code=503))
+    planner.add(make_jobs(1, start=7))
+    submitter.fill(planner)
+    assert submitter.retry_at == provider.clock.monotonic() + 1.0  # back to the start
+
+
+def test_fill_stops_at_the_parallel_limit_and_at_the_cap(tmp_path):
+    options = RunOptions(max_parallel_batches=2, max_cost_usd=0.25)
+    provider, ctx, state, submitter, planner = setup(
+        tmp_path, options=options, cap=0.25, jobs=make_jobs(6, worst=0.05), per_batch=2
+    )
+    submitter.fill(planner)
+    assert [b.job_ids.to_list() for b in state.in_flight] == [["j000", "j001"], ["j002", "j003"]]
+    assert state.reserved == pytest.approx(0.2)
+    state.in_flight.pop()  # a slot frees; only one more job fits under the cap
+    submitter.fill(planner)
+    assert state.in_flight[-1].job_ids.to_list() == ["j004"]
+    assert state.reserved == pytest.approx(0.25)
+    assert planner.current().job_ids.to_list() == ["j005"]
+    submitter.fill(planner)
+    assert len(provider.batches) == 3
+
+
+def test_a_success_restarts_the_patience_for_later_failures(tmp_path):
+    options = RunOptions(submit_patience_s=10.0)
+    provider, ctx, state, submitter, planner = setup(tmp_path, options=options, per_batch=1)
+    provider.submit_errors.append(ProviderError("503", status_code=503))
+    submitter.fill(planner)  # fails at t = 0
+    provider.clock.advance(1.0)
+    provider.submit_errors.extend([None, ProviderError("503", status_code=503)])
+    provider.clock.advance(60.0)
+    submitter.fill(planner)  # j000 goes, then j001 fails 61 s after the first failure
+    assert [b.job_ids.to_list() for b in state.in_flight] == [["j000"]]
+    assert submitter.blocked is None
