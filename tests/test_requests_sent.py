@@ -241,8 +241,10 @@ def test_anthropic_request_with_files_and_citations(emu) -> None:
 
 # ---- Gemini
 
+# gemini-2.5-flash thinks inside maxOutputTokens (the emulator spends thinking tokens
+# there since models-caps): room for thinking and the answer.
 GEMINI_PARAMS = {
-    "max_tokens": 300,
+    "max_tokens": 3000,
     "temperature": 0.2,
     "top_p": 0.9,
     "top_k": 5,
@@ -260,7 +262,7 @@ def _gemini_request(key: str, parts: list[dict[str, Any]]) -> dict[str, Any]:
                 "temperature": 0.2,
                 "topP": 0.9,
                 "topK": 5.0,  # the SDK's GenerationConfig.top_k is a float
-                "maxOutputTokens": 300,
+                "maxOutputTokens": 3000,
                 "stopSequences": ["END"],
                 "seed": 7,
                 "responseMimeType": "application/json",

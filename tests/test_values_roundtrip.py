@@ -204,6 +204,8 @@ TRUNCATED = (
     "truncated: the answer hit max_tokens=4096 before it was complete; "
     "raise params={'max_tokens': ...}"
 )
+# gemini-2.5-flash is a thinking model: its default max_tokens leaves room for thinking
+TRUNCATED_THINKING = TRUNCATED.replace("4096", "16384")
 ERRORS = {
     "gpt-4.1-mini": [
         "http_500: The server had an error while processing your request.",
@@ -226,7 +228,7 @@ ERRORS = {
         "error_400: Emulated error (HTTP 400) for this request.",
         "no_answer: the model returned no text (finish reason SAFETY)",
         "schema_validation: label: Field required",
-        TRUNCATED,
+        TRUNCATED_THINKING,
         None,
     ],
 }

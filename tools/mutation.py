@@ -261,8 +261,8 @@ TARGETED: tuple[Mutation, ...] = (
         "openai-only-max-tokens",
         "the OpenAI request drops every parameter but max_tokens",
         "batchata_df/providers/openai.py",
-        "        for ours, value in spec.params.items():\n",
-        '        for ours, value in spec.params.items():\n            if ours != "max_tokens":\n'
+        "        for ours, value in params.items():\n",
+        '        for ours, value in params.items():\n            if ours != "max_tokens":\n'
         "                continue\n",
         ("tests/test_requests_sent.py::test_openai_request_lines_are_exactly_the_documented_body",),
     ),
