@@ -12,14 +12,16 @@ import datetime as dt
 from typing import Any
 
 import polars as pl
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
+from batchata_df.errors import ConfigError
 from batchata_df.files import attach_files
 from batchata_df.frame import _fingerprint as run_fingerprint
 from batchata_df.frame import _salt_of
-from batchata_df.jobs import build_jobs
+from batchata_df.jobs import build_jobs, check_params, template_columns
 from batchata_df.schema import AnswerSchema
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -201,3 +203,62 @@ def test_file_bytes_change_the_job_id(data: bytes, more: bytes) -> None:
     no_files = _ids(frame.drop("doc"))
     assert no_files[0] != ids[0]
 
+
+
+# ---- templates and params that must be refused (found by mutation testing of jobs.py)
+
+
+@pytest.mark.parametrize(
+    ("template", "words"),
+    [
+        ("Rate {text", "malformed"),
+        ("Rate text}", "malformed"),
+        ("Rate {}", "bare column name"),
+        ("Rate {text!r}", "bare column name"),
+        ("Rate {text:>10}", "bare column name"),
+    ],
+)
+def test_templates_str_format_would_read_otherwise_are_refused(template: str, words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        template_columns(template)
+    message = str(info.value)
+    assert words in message and "write literal braces as {{ and }}" in message
+    assert repr(template) in message
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        ["a", None],
+        [1, None],
+        [1.5e-7, None],
+        [True, None],
+        [dt.datetime(2024, 1, 2, 3, 4, 5), None],
+    ],
+)
+def test_a_null_in_any_referenced_column_gives_a_null_prompt(values: list[Any]) -> None:
+    frame = pl.DataFrame({"a": values})
+    jobs = build_jobs(frame, model="gpt-4.1-mini", prompt="x {a}", system=None, salt="s")
+    assert jobs["prompt"].to_list() == [f"x {values[0]}", None]
+    assert jobs["input_error"].to_list()[0] is None
+    assert "prompt is null" in jobs["input_error"].to_list()[1]
+    assert jobs["job_id"].to_list()[1] is None
+
+
+def test_unknown_or_invalid_params_are_refused_with_the_fix() -> None:
+    supported = frozenset({"max_tokens", "temperature", "top_p"})
+    assert check_params(None, supported) == {}
+    assert check_params({"temperature": 0.0}, supported) == {"temperature": 0.0}
+    with pytest.raises(ConfigError) as info:
+        check_params({"temperatur": 1.0}, supported)
+    assert str(info.value) == (
+        "unknown model parameter 'temperatur'; supported: "
+        "['max_tokens', 'temperature', 'top_p']; did you mean 'temperature'?"
+    )
+    with pytest.raises(ConfigError) as info:
+        check_params({"zzz": 1}, supported)
+    assert "did you mean" not in str(info.value)
+    for bad in (0, -1, 1.5, "10"):
+        with pytest.raises(ConfigError, match="must be a positive int"):
+            check_params({"max_tokens": bad}, supported)
+    assert check_params({"max_tokens": 1}, supported) == {"max_tokens": 1}

@@ -19,10 +19,12 @@ Two modes.
 
 Examples
 --------
-One small module, its fast tests, one worker (CPU is shared)::
+One small module, its fast tests, one worker (CPU is shared), in sittings of 20 minutes
+that resume where the last one stopped::
 
     python tools/mutation.py mutmut --module batchata_df/jobs.py \\
-        --tests tests/test_properties_jobs.py tests/test_units.py --max-children 1
+        --tests tests/test_properties_jobs.py tests/test_units.py --max-children 1 \\
+        --workdir .mutation/jobs --time-budget 1200
 
 The 14 targeted mutations (or one of them)::
 
@@ -33,10 +35,12 @@ The 14 targeted mutations (or one of them)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -106,28 +110,61 @@ def _show(scratch: Path, name: str) -> str:
     return shown.stdout.strip()
 
 
+def _mutmut_run(scratch: Path, max_children: int, budget: float | None) -> bool:
+    """Run (or resume) mutmut in ``scratch``; False when the time budget stopped it."""
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    with subprocess.Popen(
+        [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)],
+        cwd=scratch, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    ) as proc:
+        try:
+            proc.wait(timeout=budget)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)  # mutmut and its workers, nothing else
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            return False
+    return True
+
+
 def run_mutmut(
-    modules: list[str], tests: list[str], max_children: int, label: str
+    modules: list[str],
+    tests: list[str],
+    max_children: int,
+    label: str,
+    *,
+    workdir: Path | None = None,
+    budget: float | None = None,
 ) -> dict[str, Any]:
-    """Run mutmut on ``modules`` with ``tests``; return this run's record."""
+    """Run mutmut on ``modules`` with ``tests``; return this run's record.
+
+    With ``workdir`` the scratch copy is kept there, and a later call with the same
+    ``workdir`` resumes (mutmut skips mutants it has results for): on a shared two-core
+    machine a module can be tested in several sittings of ``budget`` seconds each. A run
+    stopped by its budget is recorded with ``complete: false`` and its unchecked mutants.
+    """
     version = subprocess.run(
         [sys.executable, "-c", "import importlib.metadata as m; print(m.version('mutmut'))"],
         capture_output=True, text=True, check=True,
     ).stdout.strip()
-    with tempfile.TemporaryDirectory(prefix="batchata-mutation-") as tmp:
-        scratch = Path(tmp)
-        _scratch_copy(modules, tests, scratch)
-        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    with contextlib.ExitStack() as stack:
+        if workdir is None:
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mutation-")))
+        else:
+            scratch = workdir
+            scratch.mkdir(parents=True, exist_ok=True)
+        if not (scratch / "pyproject.toml").exists():
+            _scratch_copy(modules, tests, scratch)
         started = dt.datetime.now(dt.UTC)
-        run = subprocess.run(
-            [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)],
-            cwd=scratch, env=env, capture_output=True, text=True, check=False,
-        )
+        complete = _mutmut_run(scratch, max_children, budget)
         seconds = (dt.datetime.now(dt.UTC) - started).total_seconds()
         codes = _mutant_results(scratch)
         if not codes:
-            sys.stderr.write(run.stdout[-4000:] + run.stderr[-4000:])
-            msg = "mutmut produced no results (see its output above)"
+            msg = f"mutmut produced no results (run `python -m mutmut run` in {scratch})"
             raise SystemExit(msg)
         killed = sorted(k for k, c in codes.items() if c in _KILLED)
         survived = sorted(k for k, c in codes.items() if c in _SURVIVED)
@@ -136,7 +173,8 @@ def run_mutmut(
         other = sorted(
             k for k in codes if k not in {*killed, *survived, *timeout, *no_tests}
         )
-        # Timeouts count as detected (the mutant made the tests hang), as mutmut counts them.
+        # Timeouts count as detected (the mutant made the tests hang), as mutmut counts
+        # them; mutants that no selected test reaches count as survivors.
         checked = len(killed) + len(survived) + len(timeout) + len(no_tests)
         score = (len(killed) + len(timeout)) / checked if checked else 0.0
         return {
@@ -147,6 +185,7 @@ def run_mutmut(
             "date": started.isoformat(timespec="seconds"),
             "seconds": round(seconds, 1),
             "max_children": max_children,
+            "complete": complete and not other,
             "mutants": len(codes),
             "killed": len(killed),
             "timeout": len(timeout),
@@ -183,14 +222,16 @@ def render_markdown(data: dict[str, Any]) -> str:
         "Written by `tools/mutation.py mutmut` (do not edit by hand except the notes in",
         "`mutation.json`). Score = (killed + timeout) / checked mutants.",
         "",
-        "| run | modules | tests | mutants | killed | timeout | survived | no tests | score |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| run | modules | tests | mutants | killed | timeout | survived | no tests |"
+        " not checked | score |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, run in sorted(data["runs"].items()):
         out.append(
             f"| {label} | {', '.join(run['modules'])} | {', '.join(run['tests'])} | "
             f"{run['mutants']} | {run['killed']} | {run['timeout']} | {run['survived']} | "
-            f"{run['no_tests']} | {run['score']:.1%} |"
+            f"{run['no_tests']} | {run['not_checked']} | {run['score']:.1%}"
+            f"{'' if run.get('complete') else ' (partial)'} |"
         )
     for label, run in sorted(data["runs"].items()):
         if not run["survivors"]:
@@ -411,17 +452,23 @@ def main(argv: list[str] | None = None) -> int:
     mm.add_argument("--tests", nargs="+", required=True, help="test files or node ids")
     mm.add_argument("--max-children", type=int, default=1, help="parallel workers (default 1)")
     mm.add_argument("--label", help="name of this run in mutation.json (default: the modules)")
+    mm.add_argument("--workdir", type=Path,
+                    help="keep the scratch copy here; a later run with it resumes")
+    mm.add_argument("--time-budget", type=float,
+                    help="stop after this many seconds and record a partial result")
     tg = sub.add_parser("targeted", help="the hand-written mutations of issue 10")
     tg.add_argument("--only", help="one mutation by name")
     args = parser.parse_args(argv)
     if args.mode == "mutmut":
         label = args.label or "+".join(Path(m).stem for m in args.module)
-        record = run_mutmut(args.module, args.tests, args.max_children, label)
+        record = run_mutmut(args.module, args.tests, args.max_children, label,
+                            workdir=args.workdir, budget=args.time_budget)
         write_mutmut(record)
         print(
             f"{label}: {record['mutants']} mutants, {record['killed']} killed, "
             f"{record['timeout']} timeout, {record['survived']} survived, "
-            f"{record['no_tests']} without tests: score {record['score']:.1%}"
+            f"{record['no_tests']} without tests, {record['not_checked']} not checked yet: "
+            f"score {record['score']:.1%}{'' if record['complete'] else ' (partial)'}"
         )
         return 0
     results = run_targeted(args.only)
