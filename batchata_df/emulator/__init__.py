@@ -384,6 +384,7 @@ class Emulator:
         cancel_delay: float | None = None,
         cancel_unfinished: Literal["error_file", "omit"] | None = None,
         log_bodies: bool | None = None,
+        list_order: Literal["newest_first", "oldest_first", "shuffled"] | None = None,
         openai: Mapping[str, object] | None = None,
         anthropic: Mapping[str, object] | None = None,
         gemini: Mapping[str, object] | None = None,
@@ -404,6 +405,9 @@ class Emulator:
             Keep request bodies in :meth:`log` (``body``: parsed JSON; ``lines``: JSON
             Lines such as an uploaded batch file), with credentials redacted. Off by
             default (memory).
+        list_order
+            ``"newest_first"`` (default), ``"oldest_first"`` or ``"shuffled"``: the order
+            of the OpenAI and Gemini batch lists, which neither provider documents.
         openai, anthropic, gemini
             Provider settings, e.g. ``openai={"max_requests": 10}``.
 
@@ -419,6 +423,7 @@ class Emulator:
             ("cancel_delay", cancel_delay),
             ("cancel_unfinished", cancel_unfinished),
             ("log_bodies", log_bodies),
+            ("list_order", list_order),
             ("openai", None if openai is None else dict(openai)),
             ("anthropic", None if anthropic is None else dict(anthropic)),
             ("gemini", None if gemini is None else dict(gemini)),
