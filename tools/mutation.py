@@ -9,8 +9,8 @@ Two modes.
     never gets a ``mutants/`` folder). The score and every surviving mutant (with its
     diff) are merged into ``benchmarks/results/mutation.json`` and rendered as
     ``benchmarks/results/mutation.md``. A survivor's explanation (why it is equivalent, or
-    which test now kills it) is written by hand into the JSON's ``notes`` and kept by later
-    runs.
+    which test now kills it) is written by hand into the JSON's ``notes`` (keyed by mutant
+    name, or a name prefix ending in ``*``) and kept by later runs.
 
 ``targeted``
     Applies each hand-written mutation of :data:`TARGETED` (the ones issue 10 found
@@ -238,7 +238,11 @@ def render_markdown(data: dict[str, Any]) -> str:
             continue
         out += ["", f"## Survivors of `{label}` ({run['tool']}, {run['date']})", ""]
         for name, diff in run["survivors"].items():
-            note = notes.get(name, "not yet explained")
+            note = notes.get(name) or next(
+                (text for key, text in notes.items()
+                 if key.endswith("*") and name.startswith(key[:-1])),
+                "not yet explained",
+            )
             out += [f"### `{name}`", "", f"**Why:** {note}", "", "```diff", diff, "```", ""]
     return "\n".join(out).rstrip() + "\n"
 
