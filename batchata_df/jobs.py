@@ -182,8 +182,9 @@ def _check_text_column(name: str, dtype: pl.DataType, what: str) -> None:
     """Refuse columns that have no faithful text form (nested, bytes, Python objects).
 
     Numbers, booleans, dates, times, decimals, categoricals and enums render as Python's
-    ``str`` would (see :func:`_as_text`). A Struct would render as ``"{1}"`` and a List or Binary cannot
-    be cast at all, so they are refused with the expression that builds the text instead.
+    ``str`` would (see :func:`_as_text`). A Struct would render as ``"{1}"`` and a List or
+    Binary cannot be cast at all, so they are refused with the expression that builds the
+    text instead.
     """
     kind = dtype.base_type().__name__
     if kind in _NOT_TEXT_FIX:
