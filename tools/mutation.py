@@ -234,6 +234,9 @@ def render_markdown(data: dict[str, Any]) -> str:
             f"{'' if run.get('complete') else ' (partial)'} |"
         )
     for label, run in sorted(data["runs"].items()):
+        if run.get("remark"):
+            out += ["", f"**{label}:** {run['remark']}"]
+    for label, run in sorted(data["runs"].items()):
         if not run["survivors"]:
             continue
         out += ["", f"## Survivors of `{label}` ({run['tool']}, {run['date']})", ""]
