@@ -517,6 +517,12 @@ def _answer(spec: _Spec) -> tuple[str, object, str]:
     stop = "end_turn"
     if marker == answers.MARKER_TRUNCATE:
         text, stop = _cut(text, spec.mode != "text"), "max_tokens"
+    elif marker in (answers.MARKER_FILTER, answers.MARKER_RECITATION):
+        # Claude's safety stop: stop_reason "refusal" after part of the answer.
+        text, stop = _cut(text, spec.mode != "text"), "refusal"
+    elif marker == answers.MARKER_CONTEXT:
+        # anthropic 2.14 StopReason: the prompt and answer filled the context window.
+        text, stop = _cut(text, spec.mode != "text"), "model_context_window_exceeded"
     room = spec.max_tokens - spec.thinking_tokens
     if answers.count_tokens(text) > room:
         text, stop = _cut(text, spec.mode != "text", max(0, room) * 4), "max_tokens"

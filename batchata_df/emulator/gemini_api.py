@@ -438,8 +438,11 @@ def _render(spec: _Spec, model: str, rid: str) -> tuple[dict[str, Any], int, int
     if room is not None:
         tt = min(tt, room)
         room -= tt  # thinking counts against maxOutputTokens
-    if spec.marker == answers.MARKER_TRUNCATE:
-        text, truncated = _cut(text, spec.mode != "text"), True
+    stopped = {answers.MARKER_FILTER: "SAFETY", answers.MARKER_RECITATION: "RECITATION"}.get(
+        spec.marker or ""
+    )  # google-genai 3.6.1 FinishReason: the answer stopped part-way, partial text kept
+    if spec.marker in (answers.MARKER_TRUNCATE, answers.MARKER_CONTEXT) or stopped:
+        text, truncated = _cut(text, spec.mode != "text"), stopped is None
     if room is not None and answers.count_tokens(text) > room:
         text = _cut(text[: room * 4], spec.mode != "text", keep=True) if room > 0 else ""
         truncated = True
@@ -457,7 +460,7 @@ def _render(spec: _Spec, model: str, rid: str) -> tuple[dict[str, Any], int, int
         "candidates": [
             {
                 "content": {"parts": parts, "role": "model"},
-                "finishReason": "MAX_TOKENS" if truncated else "STOP",
+                "finishReason": stopped or ("MAX_TOKENS" if truncated else "STOP"),
                 "index": 0,
             }
         ],

@@ -647,7 +647,12 @@ def decode_lines(data: bytes) -> pl.DataFrame:
     err = pl.col("error")
     err_code = err.struct.field("code")
     blocked = resp.struct.field("promptFeedback").struct.field("blockReason")
-    ok = err.is_null() & text.is_not_null()
+    # A finish reason other than STOP / MAX_TOKENS (google-genai 3.6.1 FinishReason: SAFETY,
+    # RECITATION, BLOCKLIST, PROHIBITED_CONTENT, SPII, LANGUAGE, OTHER, ...) means Gemini
+    # stopped the answer: the row fails with that reason, partial text or not.
+    normal = ["STOP", "MAX_TOKENS", "FINISH_REASON_UNSPECIFIED"]
+    stopped = finish.is_not_null() & ~finish.is_in(normal)
+    ok = err.is_null() & text.is_not_null() & ~stopped.fill_null(False)
     outcome = (
         pl.when(ok)
         .then(pl.lit("succeeded"))
@@ -671,6 +676,17 @@ def decode_lines(data: bytes) -> pl.DataFrame:
         )
         .when(blocked.is_not_null())
         .then(pl.concat_str([pl.lit("blocked: the prompt was blocked ("), blocked, pl.lit(")")]))
+        .when(stopped)
+        .then(
+            pl.concat_str(
+                [
+                    finish.str.to_lowercase(),
+                    pl.lit(": Gemini stopped the answer (finishReason "),
+                    finish,
+                    pl.lit(")"),
+                ]
+            )
+        )
         .otherwise(
             pl.concat_str(
                 [
