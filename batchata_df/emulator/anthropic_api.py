@@ -237,6 +237,9 @@ def _blocks_text(content: object) -> tuple[str, int, bool]:
     return "\n".join(texts), extra, cites
 
 
+ANTHROPIC_IMAGE_B64_MAX: Final = 5 * 1024 * 1024
+
+
 def _base64_tokens(source: Mapping[str, Any], block: str) -> int:
     """Tokens of a base64 ``document`` (PDF) or ``image`` source; MediaError if refused."""
     kind = source.get("media_type")
@@ -247,8 +250,18 @@ def _base64_tokens(source: Mapping[str, Any], block: str) -> int:
         allowed = ", ".join(repr(t) for t in media.IMAGE_TYPES)
         msg = f"image.source.base64.media_type: Input should be one of {allowed}"
         raise media.MediaError(msg)
+    data = source.get("data")
+    if block == "image" and isinstance(data, str) and len(data) > ANTHROPIC_IMAGE_B64_MAX:
+        # The 5 MB limit is on the base64 string, as the API's 400 says: "messages.0.content.
+        # 0.image.source.base64: image exceeds 5 MB maximum: 8259148 bytes > 5242880 bytes"
+        # (quoted in anthropics/claude-code#19631 and lobehub/lobehub#14711).
+        msg = (
+            f"image.source.base64: image exceeds 5 MB maximum: {len(data)} bytes > "
+            f"{ANTHROPIC_IMAGE_B64_MAX} bytes"
+        )
+        raise media.MediaError(msg)
     try:
-        raw = media.decode_base64(source.get("data"))
+        raw = media.decode_base64(data)
         if block == "document":
             return media.check_pdf(raw) * media.PDF_PAGE_TOKENS["anthropic"]
         width, height = media.check_image(raw, str(kind))
