@@ -40,6 +40,10 @@ prompt text (any message, system prompt included):
     ``SAFETY``, each with the partial text.
 ``[[emulator:recitation]]``
     Gemini ``finishReason`` ``RECITATION`` with the partial text (the others: as ``filter``).
+``[[emulator:details]]``
+    Gemini: a per-request error whose ``details`` are the typed ``google.rpc`` objects the
+    API sends (``{"@type": ...}``), which google-genai 3.6.1's ``JobError`` (``details:
+    list[str]``) cannot parse. The others: as ``error``.
 ``[[emulator:context]]``
     Anthropic ``stop_reason`` ``model_context_window_exceeded`` with the partial text (the
     others have no such stop reason: as ``truncate``).
@@ -74,6 +78,7 @@ __all__ = [
     "MARKER_ERROR",
     "MARKER_INVALID",
     "MARKER_CONTEXT",
+    "MARKER_DETAILS",
     "MARKER_FILTER",
     "MARKER_RECITATION",
     "MARKER_REFUSAL",
@@ -98,12 +103,13 @@ MARKER_REFUSAL: Final = "refusal"
 MARKER_FILTER: Final = "filter"
 MARKER_RECITATION: Final = "recitation"
 MARKER_CONTEXT: Final = "context"
+MARKER_DETAILS: Final = "details"
 #: a model name every protocol answers as unknown (OpenAI ``model_not_found``, Anthropic
 #: ``not_found_error``, Gemini 404 ``NOT_FOUND``); any other name is accepted
 UNKNOWN_MODEL: Final = "emulator-unknown-model"
 _MARKER_PREFIX: Final = "[[emulator:"
 _MARKER_RE: Final = re.compile(
-    r"\[\[emulator:(error|invalid|truncate|refusal|filter|recitation|context)(?::(\d{3}))?\]\]"
+    r"\[\[emulator:(error|invalid|truncate|refusal|filter|recitation|context|details)(?::(\d{3}))?\]\]"
 )
 
 # How deep recursive schemas are expanded before the generator takes the shortest way

@@ -404,7 +404,7 @@ class _SpecBuilder:
         tokens = answers.count_tokens(prompt) + extra + (gen.schema_tokens if gen else 0)
         cached = answers.count_tokens(system) if cache and system else 0
         marker = answers.find_marker(prompt)
-        if marker == answers.MARKER_ERROR and error is None:
+        if marker in (answers.MARKER_ERROR, answers.MARKER_DETAILS) and error is None:
             status = answers.marker_status(prompt)
             kind = _ERROR_TYPES.get(status, "api_error")
             error = (kind, f"Emulated {kind} (HTTP {status}) for this request.")

@@ -515,7 +515,7 @@ class _SpecBuilder:
             limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
         )
         marker = answers.find_marker(prompt)
-        if marker == answers.MARKER_ERROR and error is None:
+        if marker in (answers.MARKER_ERROR, answers.MARKER_DETAILS) and error is None:
             status = answers.marker_status(prompt)
             if status == 500:
                 error = (
