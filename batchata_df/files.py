@@ -397,7 +397,7 @@ def _check_limits(
             )
             msg = (
                 f"{where(label)}: the image is {what}; {provider} accepts at most "
-                f"{limits.image_bytes / MB:.1f} MB per image"
+                f"{limits.image_bytes // MB} MB per image"
                 f"{' in base64' if limits.image_encoded else ''} ({limits.source}). "
                 "Downscale or recompress it"
             )

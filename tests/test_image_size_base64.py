@@ -58,7 +58,7 @@ def test_the_emulator_refuses_it_per_request_as_anthropic_does(emu, big_png, mon
 
 
 def test_the_client_refuses_it_before_anything_is_sent(emu, big_png):
-    with pytest.raises(FileInputError, match=r"base64.* 5\.0 MB per image"):
+    with pytest.raises(FileInputError, match=r"base64.* 5 MB per image in base64"):
         _run(big_png)
     assert emu.log() == []
     # OpenAI's 20 MB image limit is on the file itself: the same image is fine there.
