@@ -52,6 +52,7 @@ from batchata_df.providers.base import (
     history_messages,
     json_string,
 )
+from batchata_df.redact import register_secret, scrubbing
 
 if TYPE_CHECKING:
     from google import genai
@@ -291,6 +292,7 @@ class GeminiProvider:
             )
             raise CredentialsError(msg)
         self._api_key = key
+        register_secret(key)
         self._base_url = base_url or os.environ.get("GOOGLE_GEMINI_BASE_URL") or None
         self._client: genai.Client | None = None
         self._schema_cache: tuple[int, dict[str, Any]] | None = None
@@ -335,29 +337,31 @@ class GeminiProvider:
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         from google.genai import errors
 
-        try:
-            return fn()
-        except errors.APIError as e:
-            message = e.message or str(e)
-            if e.code in (401, 403) or "API key" in message:
-                msg = (
-                    f"Gemini rejected the API key while trying to {what}: check GEMINI_API_KEY "
-                    f"(or GOOGLE_API_KEY): HTTP {e.code} {e.status}"
-                )
-                raise CredentialsError(msg) from e
-            msg = f"Gemini failed to {what}: HTTP {e.code} {e.status}: {message}"
-            raise ProviderError(msg, status_code=e.code) from e
-        except _transport_errors() as e:
-            msg = f"Gemini failed to {what}: {type(e).__name__}: {e}"
-            raise ProviderError(msg) from e
-        except Exception as e:
-            # Anything else the SDK raises (an answer it cannot parse: pydantic's
-            # ValidationError, a KeyError as in googleapis/python-genai#1590, ...) is a
-            # reason, never a crash. It will not parse next time either, so it is permanent
-            # for a read (the batch's rows end failed with it); a create is not, so that
-            # the engine first looks for a batch the request may have made.
-            msg = f"Gemini failed to {what}: google-genai raised {type(e).__name__}: {e}"
-            raise ProviderError(msg, permanent=not what.startswith("create")) from e
+        with scrubbing():
+            try:
+                return fn()
+            except errors.APIError as e:
+                message = e.message or str(e)
+                if e.code in (401, 403) or "API key" in message:
+                    msg = (
+                        f"Gemini rejected the API key while trying to {what}: check GEMINI_API_KEY "
+                        f"(or GOOGLE_API_KEY): HTTP {e.code} {e.status}"
+                    )
+                    raise CredentialsError(msg) from e
+                msg = f"Gemini failed to {what}: HTTP {e.code} {e.status}: {message}"
+                raise ProviderError(msg, status_code=e.code) from e
+            except _transport_errors() as e:
+                msg = f"Gemini failed to {what}: {type(e).__name__}: {e}"
+                raise ProviderError(msg) from e
+            except Exception as e:
+                # Anything else the SDK raises (an answer it cannot parse: pydantic's
+                # ValidationError, a KeyError as in googleapis/python-genai#1590, ...) is a
+                # reason, never a crash. It will not parse next time either, so it is
+                # permanent for a read (the batch's rows end failed with it); a create is
+                # not (nor an upload), so that the engine first looks for a batch the request
+                # may have made and sends the rows again later.
+                msg = f"Gemini failed to {what}: google-genai raised {type(e).__name__}: {e}"
+                raise ProviderError(msg, permanent=not what.startswith(("create", "upload"))) from e
 
     # -- encode -------------------------------------------------------------------------------
 
