@@ -1,191 +1,787 @@
-r"""Command line: ``batchata-df run | status | sql | doctor | repair | emulator | demo``.
+"""The ``batchata-df`` command: run, status, sql, cancel, doctor, repair, emulator, demo.
 
-Examples
---------
-::
+Built on `click <https://click.palletsprojects.com>`_ (maintained, typed, the base that
+typer itself builds on; we need none of typer's extras, and click brings no further
+dependency).
 
-    batchata-df run reviews.parquet out.parquet --model gpt-4.1-mini \
-        --prompt "Classify: {text}" --schema mypkg.models:Review --state runs/reviews \
-        --max-cost-usd 5
-    batchata-df status runs/reviews
-    batchata-df repair runs/reviews          # shows what it would do; --apply does it
-    batchata-df sql "select status, count(*) from jobs group by all" runs/reviews
-    batchata-df emulator --port 8765
+Exit codes of ``batchata-df run`` (what a scheduler can act on):
+
+=====  =================================================================================
+0      every row completed (or a dry run, or a ``--no-wait`` submit with nothing pending)
+1      an unexpected error (a bug, or a provider/state problem): run again with ``--debug``
+2      a usage error: bad option, missing or unreadable input, unknown format, a column or
+       schema problem; nothing was sent
+3      finished, but some rows ``failed`` (see ``_error``; ``--retry-failed`` sends them
+       again)
+4      some rows were ``cancelled`` (cost cap, time limit, provider): run again to send them
+5      some rows are still ``pending`` (``--no-wait``, or batches still in flight): run the
+       same command again to collect them
+130    interrupted by Ctrl+C (finished rows are kept in the state folder; the output file is
+       written only with ``--write-partial``)
+=====  =================================================================================
+
+When several apply, the highest of 5, 4, 3 wins (pending, then cancelled, then failed).
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
+import importlib.util
+import json
+import os
+import re
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
 
+import click
 import polars as pl
 from pydantic import BaseModel
 
-from batchata_df.errors import BatchataError, ConfigError
+from batchata_df.errors import BatchataError, ConfigError, StateError
 
-__all__ = ["main"]
+__all__ = [
+    "EXIT_CANCELLED",
+    "EXIT_ERROR",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_PENDING",
+    "EXIT_USAGE",
+    "main",
+    "read_frame",
+    "write_frame",
+]
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_FAILED = 3
+EXIT_CANCELLED = 4
+EXIT_PENDING = 5
+EXIT_INTERRUPTED = 130
+
+FORMATS = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".csv": "csv",
+    ".ndjson": "ndjson",
+    ".jsonl": "ndjson",
+}
+"""File extensions the command reads and writes, and their format."""
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _load_schema(spec: str | None) -> type[BaseModel] | None:
-    if spec is None:
-        return None
-    module_name, _, attr = spec.partition(":")
-    if not attr:
-        msg = f"--schema must look like 'package.module:ClassName', got {spec!r}"
-        raise ConfigError(msg)
+class UsageProblem(Exception):
+    """A mistake on the command line or in its inputs: one line, exit code 2."""
+
+
+# -- files ------------------------------------------------------------------------------------
+
+
+def file_format(path: str | os.PathLike[str]) -> str:
+    """The format of ``path`` from its extension.
+
+    Examples
+    --------
+    >>> file_format("out.JSONL")
+    'ndjson'
+    >>> file_format("book.xlsx")
+    Traceback (most recent call last):
+    ...
+    batchata_df.cli.UsageProblem: 'book.xlsx': unsupported file type '.xlsx'; use .parquet, .pq, .csv, .ndjson or .jsonl
+    """  # noqa: E501
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        names = ", ".join(FORMATS)
+        names = names[: names.rfind(", ")] + " or " + names[names.rfind(", ") + 2 :]
+        shown = f"{suffix!r}" if suffix else "(none)"
+        msg = f"{os.fspath(path)!r}: unsupported file type {shown}; use {names}"
+        raise UsageProblem(msg)
+    return FORMATS[suffix]
+
+
+def read_frame(path: str | os.PathLike[str]) -> pl.LazyFrame:
+    """Scan an input file lazily; its format comes from the extension.
+
+    All reading of ``run`` goes through here (and all writing through :func:`write_frame`),
+    so that a streaming ``run`` can keep the LazyFrame and sink it.
+    """
+    kind = file_format(path)
+    path = Path(path)
+    if not path.is_file():
+        msg = f"input file {os.fspath(path)!r} does not exist"
+        raise UsageProblem(msg)
     try:
-        obj = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        msg = f"cannot load --schema {spec!r}: {e}"
-        raise ConfigError(msg) from e
+        if kind == "parquet":
+            lazy = pl.scan_parquet(path)
+        elif kind == "csv":
+            lazy = pl.scan_csv(path)
+        else:
+            lazy = pl.scan_ndjson(path)
+        lazy.collect_schema()  # reads the header/metadata: a broken file fails here
+    except (pl.exceptions.PolarsError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = f"cannot read {os.fspath(path)!r} as {kind}: {first}"
+        raise UsageProblem(msg) from e
+    return lazy
+
+
+def _json_text(column: str) -> pl.Expr:
+    """A nested column as JSON text (null stays null), for CSV."""
+    as_json = (
+        pl.struct(pl.col(column).alias("v"))
+        .struct.json_encode()
+        .str.strip_prefix('{"v":')
+        .str.strip_suffix("}")
+    )
+    return pl.when(pl.col(column).is_null()).then(None).otherwise(as_json).alias(column)
+
+
+def write_frame(frame: pl.DataFrame, path: str | os.PathLike[str]) -> None:
+    """Write ``frame`` in the format of ``path``'s extension, atomically.
+
+    CSV cannot hold nested values: list and struct columns (list fields, ``*_citations``)
+    are written as JSON text. The file appears under its name only when complete.
+    """
+    kind = file_format(path)
+    target = Path(path)
+    if target.parent and not target.parent.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        if kind == "parquet":
+            frame.write_parquet(tmp)
+        elif kind == "csv":
+            nested = [
+                name
+                for name, dtype in frame.schema.items()
+                if isinstance(dtype, pl.List | pl.Array | pl.Struct)
+            ]
+            frame.with_columns(_json_text(c) for c in nested).write_csv(tmp)
+        else:
+            frame.write_ndjson(tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# -- options ----------------------------------------------------------------------------------
+
+
+def load_schema(spec: str) -> type[BaseModel]:
+    """Import ``module:Class`` (or ``path/to/file.py:Class``); the working dir is importable."""
+    module_name, _, attr = spec.rpartition(":")
+    if not module_name or not attr:
+        msg = f"--schema must look like 'module:ClassName' (e.g. models:Ticket), got {spec!r}"
+        raise UsageProblem(msg)
+    try:
+        if module_name.endswith(".py"):
+            file = Path(module_name)
+            if not file.is_file():
+                msg = f"--schema {spec!r}: file {module_name!r} does not exist"
+                raise UsageProblem(msg)
+            loader_spec = importlib.util.spec_from_file_location(file.stem, file)
+            if loader_spec is None or loader_spec.loader is None:
+                msg = f"--schema {spec!r}: cannot load {module_name!r} as Python"
+                raise UsageProblem(msg)
+            module = importlib.util.module_from_spec(loader_spec)
+            sys.modules[file.stem] = module
+            loader_spec.loader.exec_module(module)
+        else:
+            # Like `python -m`: the working directory is importable, without PYTHONPATH.
+            cwd = os.getcwd()
+            if cwd not in sys.path:
+                sys.path.insert(0, cwd)
+            module = importlib.import_module(module_name)
+    except UsageProblem:
+        raise
+    except ImportError as e:
+        msg = (
+            f"--schema {spec!r}: cannot import {module_name!r} ({e}); run from the folder "
+            "that holds it, or give a file: --schema path/to/models.py:ClassName"
+        )
+        raise UsageProblem(msg) from e
+    except Exception as e:
+        msg = f"--schema {spec!r}: importing {module_name!r} failed: {type(e).__name__}: {e}"
+        raise UsageProblem(msg) from e
+    obj = getattr(module, attr, None)
+    if obj is None:
+        names = sorted(
+            n for n, v in vars(module).items()
+            if isinstance(v, type) and issubclass(v, BaseModel) and v is not BaseModel
+        )
+        msg = f"--schema {spec!r}: {module_name!r} has no {attr!r} (models there: {names!r})"
+        raise UsageProblem(msg)
     if not (isinstance(obj, type) and issubclass(obj, BaseModel)):
         msg = f"--schema {spec!r} is not a pydantic BaseModel subclass"
-        raise ConfigError(msg)
+        raise UsageProblem(msg)
     return obj
 
 
-def _read(path: str) -> pl.DataFrame:
-    if path.endswith(".csv"):
-        return pl.read_csv(path)
-    if path.endswith((".jsonl", ".ndjson")):
-        return pl.read_ndjson(path)
-    return pl.read_parquet(path)
+def parse_params(params_json: str | None, pairs: Sequence[str], max_tokens: int | None) -> dict[
+    str, Any
+]:
+    """``--params JSON``, then each ``--param k=v`` (v as JSON, else text), then ``--max-tokens``.
+
+    Examples
+    --------
+    >>> parse_params('{"temperature": 0.2}', ["seed=7", "stop=END"], 300)
+    {'temperature': 0.2, 'seed': 7, 'stop': 'END', 'max_tokens': 300}
+    """
+    out: dict[str, Any] = {}
+    if params_json:
+        try:
+            loaded = json.loads(params_json)
+        except ValueError as e:
+            msg = f"--params must be a JSON object like '{{\"temperature\": 0}}': {e}"
+            raise UsageProblem(msg) from e
+        if not isinstance(loaded, dict):
+            msg = (
+                f"--params must be a JSON object like '{{\"temperature\": 0}}', "
+                f"got {params_json!r}"
+            )
+            raise UsageProblem(msg)
+        out.update(loaded)
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            msg = f"--param takes NAME=VALUE (e.g. --param temperature=0), got {pair!r}"
+            raise UsageProblem(msg)
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        out[key.strip()] = value
+    if max_tokens is not None:
+        out["max_tokens"] = max_tokens
+    return out
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+class Duration(click.ParamType):  # type: ignore[type-arg]
+    """Seconds, or a number with ``s``, ``m`` or ``h`` (``90``, ``90s``, ``10m``, ``1.5h``)."""
+
+    name = "duration"
+    _units: ClassVar[dict[str, float]] = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        """Parse a duration into seconds."""
+        if isinstance(value, int | float):
+            return float(value)
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smh]?)\s*", str(value))
+        if not match or float(match.group(1)) <= 0:
+            self.fail(f"{value!r} is not a positive duration like 90, 90s, 10m or 1.5h", param, ctx)
+        return float(match.group(1)) * self._units[match.group(2)]
+
+
+def _debug_option(f: F) -> F:
+    return click.option(
+        "--debug",
+        is_flag=True,
+        default=False,
+        expose_value=False,
+        is_eager=True,
+        callback=_set_debug,
+        help="Print the full traceback on errors.",
+    )(f)
+
+
+def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.ensure_object(dict)["debug"] = True
+        os.environ["BATCHATA_DF_DEBUG"] = "1"
+
+
+def _debug() -> bool:
+    return os.environ.get("BATCHATA_DF_DEBUG", "") not in ("", "0")
+
+
+# -- the group --------------------------------------------------------------------------------
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("batchata-df")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "unknown"
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog="""\b
+Examples:
+  batchata-df run tickets.parquet out.parquet --schema models:Ticket \\
+      --model gpt-4.1-mini --prompt "Classify: {text}" --max-cost-usd 5
+  batchata-df status out.parquet.state
+  batchata-df sql "select status, count(*) from jobs group by all" out.parquet.state
+  batchata-df cancel out.parquet.state
+  batchata-df doctor out.parquet.state
+
+Run 'batchata-df COMMAND --help' for a command's options and exit codes.""",
+)
+@click.version_option(_version(), "--version", "-V", prog_name="batchata-df")
+@_debug_option
+def cli() -> None:
+    """Run the rows of a file through an LLM provider's batch API, at batch prices.
+
+    Parquet, CSV or NDJSON in and out; OpenAI, Anthropic and Gemini models; checkpoints,
+    resume without paying twice, and a hard cost cap.
+    """
+
+
+# -- run --------------------------------------------------------------------------------------
+
+_RUN_EPILOG = """\b
+Formats (from the extension): .parquet/.pq, .csv, .ndjson/.jsonl. In CSV output, list
+and struct columns (list fields, *_citations) are written as JSON text.
+
+\b
+Exit codes:
+  0    every row completed (also: a dry run)
+  1    unexpected error (run again with --debug for the traceback)
+  2    usage error: bad option, input, format, column or schema; nothing was sent
+  3    some rows failed (see the _error column; --retry-failed sends them again)
+  4    some rows were cancelled (cost cap, time limit, provider); run again to send them
+  5    some rows are still pending (--no-wait): run the same command again to collect
+  130  interrupted (Ctrl+C); the output is written only with --write-partial
+  When several apply, the highest of 5, 4, 3 wins.
+
+\b
+Examples:
+  # models.py in the current folder defines `class Ticket(BaseModel)`
+  batchata-df run tickets.parquet out.parquet --schema models:Ticket \\
+      --model gpt-4.1-mini --prompt "Route this ticket: {subject} {body}" \\
+      --param temperature=0 --max-tokens 500 --max-cost-usd 10
+  # one PDF path per row in column `path`, answers with citations
+  batchata-df run invoices.csv out.jsonl --schema models:Invoice \\
+      --model claude-haiku-4-5 --prompt "Extract the invoice" --files path --citations
+  # what would it cost?
+  batchata-df run big.parquet out.parquet --model gpt-4.1-mini --prompt "{text}" --dry-run
+  # submit and return; collect later with the same command
+  batchata-df run big.parquet out.parquet --model gpt-4.1-mini --prompt "{text}" --no-wait
+"""
+
+
+@cli.command(epilog=_RUN_EPILOG, no_args_is_help=True,
+             short_help="Run a Parquet/CSV/NDJSON file through a model, write the result.")
+@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False))
+@click.argument("output_path", metavar="[OUTPUT]", type=click.Path(dir_okay=False),
+                required=False)
+@click.option("--model", required=True, help="Model, e.g. gpt-4.1-mini, claude-haiku-4-5, "
+              "gemini-2.5-flash, or provider:model.")
+@click.option("--prompt", required=True,
+              help="Prompt template over the input's columns, e.g. 'Classify: {text}' "
+              "(write literal braces as {{ }}).")
+@click.option("--schema", "schema_spec", metavar="MODULE:CLASS",
+              help="Pydantic model of the answer, e.g. models:Ticket (models.py in the current "
+              "folder) or path/to/models.py:Ticket. Without it: one text column 'response'.")
+@click.option("--system", help="System prompt (a template over columns, like --prompt).")
+@click.option("--state", type=click.Path(file_okay=False),
+              help="Checkpoint folder; running again with it resumes without paying twice. "
+              "Default: OUTPUT.state next to the output.")
+@click.option("--files", "files_column", metavar="COLUMN",
+              help="Column with a file path per row (PDF, text, DOCX, images) sent with the "
+              "prompt.")
+@click.option("--history", "history_column", metavar="COLUMN",
+              help="Column with the earlier turns of a conversation per row: a list of "
+              "{role: user|assistant, content} (NDJSON or Parquet input).")
+@click.option("--citations", is_flag=True,
+              help="Per-field citation columns (Claude models, with --files).")
+@click.option("--param", "param_pairs", multiple=True, metavar="NAME=VALUE",
+              help="A model parameter; repeat it. VALUE is JSON when it parses "
+              "(temperature=0, stop='[\"END\"]'), else text.")
+@click.option("--params", "params_json", metavar="JSON",
+              help="Model parameters as a JSON object, e.g. '{\"temperature\": 0}'.")
+@click.option("--max-tokens", type=click.IntRange(min=1),
+              help="Output token limit per row (default 4096); bounds the worst-case cost.")
+@click.option("--max-cost-usd", type=click.FloatRange(min=0, min_open=True),
+              help="Hard cap on spend (this state folder's earlier calls count).")
+@click.option("--time-limit", type=Duration(),
+              help="Stop after this long (90, 90s, 10m, 1.5h): cancel batches in flight, keep "
+              "finished rows.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the plan and its worst-case cost; send nothing. With OUTPUT, write "
+              "the plan there.")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="--no-wait submits and returns; unfinished rows are 'pending' (exit 5).")
+@click.option("--retry-failed", is_flag=True,
+              help="Send rows that failed in an earlier call again.")
+@click.option("--items-per-batch", type=click.IntRange(min=1), help="Most rows per provider batch.")
+@click.option("--max-parallel-batches", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Most provider batches in flight at once.")
+@click.option("--progress/--no-progress", default=None,
+              help="Live progress on stderr [default: on when stderr is a terminal].")
+@click.option("--keep-raw", is_flag=True,
+              help="Add a _raw column: the model's own answer text, also for failed rows.")
+@click.option("--lock-timeout", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Seconds to wait when another call is writing the state folder.")
+@click.option("--write-partial", is_flag=True,
+              help="After Ctrl+C, still write the rows so far to OUTPUT (unfinished ones "
+              "'cancelled').")
+@_debug_option
+def run(
+    input_path: str,
+    output_path: str | None,
+    model: str,
+    prompt: str,
+    schema_spec: str | None,
+    system: str | None,
+    state: str | None,
+    files_column: str | None,
+    history_column: str | None,
+    citations: bool,
+    param_pairs: tuple[str, ...],
+    params_json: str | None,
+    max_tokens: int | None,
+    max_cost_usd: float | None,
+    time_limit: float | None,
+    dry_run: bool,
+    wait: bool,
+    retry_failed: bool,
+    items_per_batch: int | None,
+    max_parallel_batches: int,
+    progress: bool | None,
+    keep_raw: bool,
+    lock_timeout: float,
+    write_partial: bool,
+) -> None:
+    """Run each row of INPUT through a model; write the rows with typed answers to OUTPUT.
+
+    OUTPUT gets every input column, one column per schema field, then _status, _error,
+    _cost_usd, _input_tokens, _output_tokens, _job_id, _batch_id.
+    """
+    if output_path is None and not dry_run:
+        msg = "missing OUTPUT (the file to write the result to), e.g. out.parquet"
+        raise UsageProblem(msg)
+    file_format(input_path)
+    if output_path is not None:
+        file_format(output_path)
+    schema = load_schema(schema_spec) if schema_spec else None
+    params = parse_params(params_json, param_pairs, max_tokens)
+    if state is None and output_path is not None:
+        state = f"{output_path}.state"
+    frame = read_frame(input_path).collect()
     from batchata_df.frame import batch_llm
 
-    frame = _read(args.input)
+    # A dry run is for reading its summary: shown unless --no-progress.
+    show = (dry_run or sys.stderr.isatty()) if progress is None else progress
     out = batch_llm(
         frame,
-        schema=_load_schema(args.schema),
-        model=args.model,
-        prompt=args.prompt,
-        system=args.system,
-        state=args.state,
-        max_cost_usd=args.max_cost_usd,
-        time_limit=args.time_limit,
-        dry_run=args.dry_run,
-        items_per_batch=args.items_per_batch,
-        max_parallel_batches=args.max_parallel_batches,
-        wait=not args.no_wait,
-        progress=not args.quiet,
-        retry_failed=args.retry_failed,
+        schema=schema,
+        model=model,
+        prompt=prompt,
+        system=system,
+        state=state,
+        files=files_column,
+        citations=citations,
+        params=params or None,
+        max_cost_usd=max_cost_usd,
+        time_limit=time_limit,
+        dry_run=dry_run,
+        items_per_batch=items_per_batch,
+        max_parallel_batches=max_parallel_batches,
+        wait=wait,
+        progress=show,
+        retry_failed=retry_failed,
+        lock_timeout=lock_timeout,
+        history=history_column,
+        keep_raw=keep_raw,
     )
-    if args.output:
-        out.write_parquet(args.output)
-    counts = out.get_column("_status").value_counts().sort("_status")
-    print(counts)
-    return 0
+    if dry_run:
+        if output_path is not None:
+            write_frame(out, output_path)
+            _note(f"plan written to {output_path}")
+        raise SystemExit(EXIT_OK)
+    counts = dict(out.get_column("_status").value_counts().iter_rows())
+    interrupted = out.filter(pl.col("_error") == "cancelled: interrupted").height > 0
+    summary = ", ".join(f"{counts[k]} {k}" for k in sorted(counts))
+    cost = float(out.get_column("_cost_usd").fill_null(0.0).sum())
+    if interrupted and not write_partial:
+        _note(
+            f"interrupted: {summary} (${cost:.4f}); {output_path} was NOT written. Finished "
+            f"rows are kept in {state}: run the same command again to resume, or pass "
+            "--write-partial"
+        )
+        raise SystemExit(EXIT_INTERRUPTED)
+    assert output_path is not None
+    write_frame(out, output_path)
+    _note(f"{summary}; ${cost:.4f}; written to {output_path} (state: {state})")
+    if interrupted:
+        raise SystemExit(EXIT_INTERRUPTED)
+    if counts.get("pending"):
+        raise SystemExit(EXIT_PENDING)
+    if counts.get("cancelled"):
+        raise SystemExit(EXIT_CANCELLED)
+    if counts.get("failed"):
+        raise SystemExit(EXIT_FAILED)
+    raise SystemExit(EXIT_OK)
+
+
+def _note(text: str) -> None:
+    click.echo(f"batchata-df: {text}", err=True)
+
+
+# -- state folders ----------------------------------------------------------------------------
+
+
+def _checkpoints(paths: Sequence[str]) -> list[str]:
+    """Expand globs; every folder must be a checkpoint folder (has a manifest.json)."""
+    import glob
+
+    out: list[str] = []
+    for given in paths:
+        matches = [given] if Path(given).exists() else sorted(glob.glob(given))
+        if not matches:
+            msg = f"{given!r} does not exist (nor matches anything as a glob pattern)"
+            raise UsageProblem(msg)
+        for path in matches:
+            if not Path(path).is_dir():
+                msg = f"{path!r} is not a folder; pass the --state folder of a run"
+                raise UsageProblem(msg)
+            if not (Path(path) / "manifest.json").is_file():
+                msg = (
+                    f"{path!r} is not a batchata-df state folder (no manifest.json); pass the "
+                    "--state folder of a run (default: OUTPUT.state)"
+                )
+                raise UsageProblem(msg)
+            out.append(path)
+    return out
 
 
 def _print(frame: pl.DataFrame) -> None:
-    with pl.Config(tbl_rows=100, tbl_cols=30, fmt_str_lengths=60, tbl_width_chars=200):
-        print(frame)
+    with pl.Config(
+        tbl_rows=100, tbl_cols=30, fmt_str_lengths=60, tbl_width_chars=200,
+        tbl_hide_dataframe_shape=True,
+    ):
+        click.echo(frame)
 
 
-def _cmd_status(args: argparse.Namespace) -> int:
+@cli.command(short_help="Cost, rows and batches of state folder(s).", epilog="""\b
+Examples:
+  batchata-df status out.parquet.state
+  batchata-df status "runs/shard-*\"""")
+@click.argument("state", nargs=-1, required=True)
+@_debug_option
+def status(state: tuple[str, ...]) -> None:
+    """Cost and rows by status, and batch durations, of state folder(s) (globs allowed)."""
     from batchata_df.query import batch_durations, cost_by_status
 
-    _print(cost_by_status(args.state))
-    _print(batch_durations(args.state))
-    return 0
+    folders = _checkpoints(state)
+    click.echo("cost and rows by status:")
+    _print(cost_by_status(folders))
+    click.echo("\nprovider batches:")
+    _print(batch_durations(folders))
 
 
-def _cmd_sql(args: argparse.Namespace) -> int:
-    from batchata_df.query import sql
+@cli.command(short_help="DuckDB SQL over state folder(s).", epilog="""\b
+Views: jobs, job_events, batches, batch_events, runs.
+Examples:
+  batchata-df sql "select status, count(*) n, sum(cost_usd) usd from jobs group by all" runs/a
+  batchata-df sql "select error, count(*) from jobs where status='failed' group by 1" "runs/*"
+""")
+@click.argument("query")
+@click.argument("state", nargs=-1, required=True)
+@click.option("--csv", "as_csv", is_flag=True, help="Print the result as CSV.")
+@_debug_option
+def sql(query: str, state: tuple[str, ...], as_csv: bool) -> None:
+    """DuckDB SQL over state folder(s): views jobs, job_events, batches, batch_events, runs."""
+    import duckdb
 
-    _print(sql(args.query, args.state))
-    return 0
+    from batchata_df.query import sql as run_sql
+
+    folders = _checkpoints(state)
+    try:
+        result = run_sql(query, folders)
+    except duckdb.Error as e:
+        first = str(e).strip().splitlines()[0]
+        msg = f"SQL error: {first}"
+        raise UsageProblem(msg) from e
+    if as_csv:
+        click.echo(result.write_csv(), nl=False)
+    else:
+        _print(result)
 
 
-def _cmd_doctor(args: argparse.Namespace) -> int:
-    from batchata_df.repair import doctor, repair
+@cli.command(short_help="Cancel a state folder's batches in flight.", epilog="""\b
+The rows of cancelled batches end 'cancelled' when the folder is next run (finished
+rows are kept); running the same `run` command again sends them again.
+Example:
+  batchata-df cancel out.parquet.state""")
+@click.argument("state")
+@_debug_option
+def cancel(state: str) -> None:
+    """Cancel the state folder's batches in flight at the provider, and record it."""
+    (folder,) = _checkpoints([state])
+    done = cancel_in_flight(folder)
+    if not done:
+        _note(f"no batches in flight in {folder}; nothing to cancel")
+        return
+    for provider, batch_id, outcome in done:
+        click.echo(f"{provider} {batch_id}: {outcome}")
 
-    report = repair(args.state, apply=args.apply) if args.command == "repair" else doctor(
-        args.state
-    )
-    print(report)
-    return 0 if report.healthy or report.applied else 1
+
+def cancel_in_flight(folder: str | os.PathLike[str]) -> list[tuple[str, str, str]]:
+    """Cancel every batch of ``folder`` that is in flight, recording ``cancel_requested``.
+
+    Returns ``(provider, provider batch id, outcome)`` per batch. The rows stay in their
+    batch; the next call on the folder collects the cancelled batch (rows that finished
+    before the cancel are kept, the others end ``cancelled``).
+    """
+    from batchata_df.state import StateStore, WriterLock
+
+    manifest = json.loads((Path(folder) / "manifest.json").read_text())
+    with WriterLock(folder):  # never beside a call writing the folder
+        return _cancel_locked(StateStore(folder, manifest.get("fingerprint", {})))
 
 
-def _cmd_emulator(args: argparse.Namespace) -> int:
+def _cancel_locked(store: Any) -> list[tuple[str, str, str]]:
+    from batchata_df.engine import BatchPhase
+    from batchata_df.errors import ProviderError
+    from batchata_df.frame import _load_dotenv
+    from batchata_df.providers import make_provider
+
+    batches = store.batch_state()
+    if batches.height == 0:
+        return []
+    live = batches.filter(pl.col("status") == BatchPhase.SUBMITTED.value)
+    _load_dotenv()
+    out: list[tuple[str, str, str]] = []
+    providers: dict[str, Any] = {}
+    try:
+        for row in live.iter_rows(named=True):
+            name = row["provider"]
+            if name not in providers:
+                providers[name] = make_provider(name)
+            try:
+                providers[name].cancel(row["provider_batch_id"])
+            except ProviderError as e:
+                out.append((name, row["provider_batch_id"], f"not cancelled: {e}"))
+                continue
+            store.append_batch(
+                batch_key=row["batch_key"],
+                provider=name,
+                model=row["model"],
+                provider_batch_id=row["provider_batch_id"],
+                status=BatchPhase.CANCEL_REQUESTED.value,
+                detail="cancelled_by_user",
+            )
+            out.append((name, row["provider_batch_id"], "cancel requested"))
+    finally:
+        for provider in providers.values():
+            provider.close()
+    return out
+
+
+def _folder(path: str) -> str:
+    if not Path(path).is_dir():
+        msg = f"{path!r} is not a folder; pass the --state folder of a run"
+        raise UsageProblem(msg)
+    return path
+
+
+@cli.command(short_help="Say what is wrong with a state folder (offline).", epilog="""\b
+Exit code 0 when the folder is healthy, 1 when it needs a repair.
+Example:
+  batchata-df doctor out.parquet.state""")
+@click.argument("state")
+@_debug_option
+def doctor(state: str) -> None:
+    """Check a state folder for damaged parts or manifest, offline; nothing is changed."""
+    from batchata_df.repair import doctor as check
+
+    report = check(_folder(state))
+    click.echo(report)
+    raise SystemExit(EXIT_OK if report.healthy else EXIT_ERROR)
+
+
+@cli.command(short_help="Repair a damaged state folder (--apply to do it).", epilog="""\b
+Without --apply it only shows what it would do (exit 1 if something is to do).
+Damaged files are moved aside, never deleted.
+Example:
+  batchata-df repair out.parquet.state --apply""")
+@click.argument("state")
+@click.option("--apply", "apply_", is_flag=True, help="Do it (else only show it).")
+@_debug_option
+def repair(state: str, apply_: bool) -> None:
+    """Repair a damaged state folder: move damage aside, recover from the provider."""
+    from batchata_df.repair import repair as fix
+
+    report = fix(_folder(state), apply=apply_)
+    click.echo(report)
+    raise SystemExit(EXIT_OK if report.healthy or report.applied else EXIT_ERROR)
+
+
+@cli.command(short_help="Serve the provider emulator on 127.0.0.1.")
+@click.option("--port", type=int, default=8765, show_default=True, help="TCP port (0: any free).")
+@click.option("--latency", type=float, default=0.0, show_default=True,
+              help="Seconds from batch creation to completion.")
+@_debug_option
+def emulator(port: int, latency: float) -> None:
+    """Serve the provider emulator on 127.0.0.1 (point the SDKs at it with its env vars)."""
     from batchata_df.emulator.__main__ import main as emulator_main
 
-    argv = ["--port", str(args.port), "--latency", str(args.latency)]
-    result = emulator_main(argv)
-    return int(result or 0)
+    raise SystemExit(int(emulator_main(["--port", str(port), "--latency", str(latency)]) or 0))
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
+@cli.command(short_help="A demo run on the emulator (no API key needed).")
+@_debug_option
+def demo() -> None:
+    """A demo run on the bundled dataset against the emulator (no API key needed)."""
     from batchata_df.demo import main as demo_main
 
     demo_main([])
-    return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (exposed for tests and docs)."""
-    parser = argparse.ArgumentParser(prog="batchata-df", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+# -- entry point ------------------------------------------------------------------------------
 
-    run = sub.add_parser("run", help="run a Parquet/CSV/JSONL file through batch_llm")
-    run.add_argument("input")
-    run.add_argument("output", nargs="?", help="Parquet file for the result frame")
-    run.add_argument("--model", required=True)
-    run.add_argument("--prompt", required=True, help="template over columns, e.g. '{text}'")
-    run.add_argument("--schema", help="pydantic model as 'package.module:Class'")
-    run.add_argument("--system")
-    run.add_argument("--state", required=True, help="checkpoint folder")
-    run.add_argument("--max-cost-usd", type=float)
-    run.add_argument("--time-limit", type=float, help="seconds")
-    run.add_argument("--dry-run", action="store_true")
-    run.add_argument("--items-per-batch", type=int)
-    run.add_argument("--max-parallel-batches", type=int, default=8)
-    run.add_argument("--no-wait", action="store_true", help="submit and return")
-    run.add_argument("--retry-failed", action="store_true")
-    run.add_argument("--quiet", action="store_true", help="no progress display")
-    run.set_defaults(func=_cmd_run)
 
-    status = sub.add_parser("status", help="cost by status and batch durations")
-    status.add_argument("state", nargs="+", help="checkpoint folder(s) or globs")
-    status.set_defaults(func=_cmd_status)
-
-    sql = sub.add_parser("sql", help="DuckDB SQL over views jobs, batches, job_events, ...")
-    sql.add_argument("query")
-    sql.add_argument("state", nargs="+")
-    sql.set_defaults(func=_cmd_sql)
-
-    for name, text in (
-        ("doctor", "say what is wrong with a checkpoint folder (offline; exit 1 if damaged)"),
-        ("repair", "show how a damaged checkpoint folder is repaired; --apply does it"),
-    ):
-        cmd = sub.add_parser(name, help=text)
-        cmd.add_argument("state", help="checkpoint folder")
-        if name == "repair":
-            cmd.add_argument("--apply", action="store_true", help="do it (else only show it)")
-        cmd.set_defaults(func=_cmd_doctor, apply=False)
-
-    emu = sub.add_parser("emulator", help="serve the provider emulator on 127.0.0.1")
-    emu.add_argument("--port", type=int, default=8765)
-    emu.add_argument("--latency", type=float, default=0.0)
-    emu.set_defaults(func=_cmd_emulator)
-
-    demo = sub.add_parser("demo", help="the demo on the emulator")
-    demo.set_defaults(func=_cmd_demo)
-    return parser
+def _fail(message: str, code: int) -> int:
+    """Print ``message`` as one line on stderr (and the traceback with --debug)."""
+    line = " ".join(message.split()) or "unknown error"
+    click.echo(f"batchata-df: error: {line}", err=True)
+    if _debug():
+        traceback.print_exc()
+    elif code == EXIT_ERROR:
+        click.echo("batchata-df: run again with --debug for the full traceback", err=True)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``batchata-df`` command."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``batchata-df`` command; returns the exit code."""
     try:
-        return int(args.func(args))
+        result = cli.main(
+            args=list(argv) if argv is not None else None,
+            prog_name="batchata-df",
+            standalone_mode=False,
+        )
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_ERROR)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("batchata-df: interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except click.exceptions.NoArgsIsHelpError as e:
+        # Nothing asked: the help, and 2 (nothing was done), as click has it since 8.2.
+        click.echo(e.ctx.get_help() if e.ctx is not None else e.format_message())
+        return EXIT_USAGE
+    except click.UsageError as e:
+        where = e.ctx.command_path if e.ctx is not None else "batchata-df"
+        return _fail(f"{e.format_message()} (see '{where} --help')", EXIT_USAGE)
+    except click.ClickException as e:
+        return _fail(e.format_message(), e.exit_code)
+    except (UsageProblem, ConfigError, StateError) as e:
+        return _fail(str(e), EXIT_USAGE)
     except BatchataError as e:
-        print(f"batchata-df: error: {e}", file=sys.stderr)
-        return 2
+        return _fail(str(e), EXIT_ERROR)
+    except Exception as e:
+        return _fail(f"{type(e).__name__}: {e}", EXIT_ERROR)
+    return result if isinstance(result, int) else EXIT_OK
 
 
 if __name__ == "__main__":

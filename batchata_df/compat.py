@@ -1,9 +1,23 @@
 """The seed library's builder API (``Batch(...)...run().results()``) on our engine.
 
-For users moving from ``batchata``: the same calls, but results are never deleted, nothing
-is paid twice after a crash (the checkpoint folder is ``results_dir/state``), failed rows
-are kept, and cost limits are hard caps. Jobs with the same response model, citations flag
-and parameters run in one :func:`~batchata_df.batch_llm` call each.
+For users moving from ``batchata``: replace ``from batchata import Batch`` with
+``from batchata_df.compat import Batch`` and the seed's scripts run unchanged. What differs
+(all on the safe side):
+
+* State is a checkpoint *folder*: ``set_state(file="./state.json")`` keeps it in
+  ``./state/``. Running the script again resumes (``reuse_state=True``, the default): jobs
+  already answered are not sent or paid again. ``reuse_state=False`` starts afresh as the
+  seed does, but the earlier folder is moved aside to ``<name>.previous-<UTC time>``,
+  never deleted. Without ``set_state`` the checkpoint is ``results_dir/state``.
+* ``results_dir`` gets one ``<job_id>.json`` per job (:meth:`JobResult.to_dict`) and, with
+  ``raw_files`` (default: on), ``raw_files/responses/<job_id>_raw.json`` holding the
+  model's own answer text with its provider, batch id and usage. Nothing already there is
+  deleted.
+* Cost limits are hard caps (worst case held before submitting), failed rows are kept
+  with their error, and ``messages=`` histories are sent whole, every role in order.
+
+Jobs with the same response model, citations flag, parameters and kind of input run in
+one :func:`~batchata_df.batch_llm` call each (checkpoint sub-folder per group).
 
 Examples
 --------
@@ -26,7 +40,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import inspect
 import json
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,56 +55,127 @@ from pydantic import BaseModel
 from batchata_df.engine import ProgressSnapshot
 from batchata_df.errors import ConfigError
 from batchata_df.frame import batch_llm
+from batchata_df.jobs import parse_model
 from batchata_df.schema import AnswerSchema
 from batchata_df.state import spent_usd
 
-__all__ = ["Batch", "BatchRun", "JobResult"]
+__all__ = ["Batch", "BatchRun", "Citation", "JobResult"]
 
-_PARAM_KEYS = ("temperature", "max_tokens", "top_p", "seed", "stop")
+_PARAM_KEYS = (
+    "temperature",
+    "max_tokens",
+    "top_p",
+    "seed",
+    "stop",
+    "frequency_penalty",
+    "presence_penalty",
+    "reasoning_effort",
+)
+_ROLES = ("system", "user", "assistant")
+# Internal column names of the frames compat builds; they cannot collide with output columns.
+_PROMPT, _MODEL, _SYSTEM, _HISTORY, _FILE = (
+    "__compat_prompt",
+    "__compat_model",
+    "__compat_system",
+    "__compat_history",
+    "__compat_file",
+)
+
+
+@dataclass
+class Citation:
+    """A citation, like the seed library's ``Citation``.
+
+    ``text`` is the cited text, ``source`` the document (its title, or ``document <n>``),
+    ``page`` the first page cited (1-based; None for text documents) and ``metadata`` the
+    rest of what the provider said: document index, page/char/block ranges.
+    """
+
+    text: str
+    source: str
+    page: int | None = None
+    metadata: dict[str, Any] | None = None
+
+    @classmethod
+    def from_row(cls, item: dict[str, Any]) -> Citation:
+        """From one element of a ``<field>_citations`` column."""
+        title = item.get("document_title")
+        index = item.get("document_index")
+        meta = {k: v for k, v in item.items() if k not in ("cited_text",) and v is not None}
+        return cls(
+            text=str(item.get("cited_text") or ""),
+            source=str(title) if title else f"document {index}",
+            page=item.get("start_page"),
+            metadata=meta or None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {"text": self.text, "source": self.source, "page": self.page,
+                "metadata": self.metadata}
 
 
 @dataclass
 class JobResult:
-    """One job's outcome, like the seed library's ``JobResult``."""
+    """One job's outcome, with the seed library's fields and types.
+
+    ``raw_response`` is the model's own answer text (also when it failed validation),
+    ``parsed_response`` the ``response_model`` instance (None without one or when the job
+    did not complete), ``citations`` every citation of the answer and
+    ``citation_mappings`` the citations of each field.
+    """
 
     job_id: str
-    status: str
     raw_response: str | None = None
-    parsed_response: BaseModel | dict[str, Any] | str | None = None
-    citations: list[dict[str, Any]] | None = None
-    citation_mappings: dict[str, list[dict[str, Any]]] | None = None
+    parsed_response: BaseModel | dict[str, Any] | None = None
+    citations: list[Citation] | None = None
+    citation_mappings: dict[str, list[Citation]] | None = None
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
     error: str | None = None
     batch_id: str | None = None
+    status: str = "completed"
+    """``completed``, ``failed``, ``cancelled`` or ``pending`` (not in the seed)."""
 
     @property
     def is_success(self) -> bool:
         """Whether the job completed."""
-        return self.status == "completed"
+        return self.status == "completed" and self.error is None
+
+    @property
+    def total_tokens(self) -> int:
+        """Input plus output tokens."""
+        return self.input_tokens + self.output_tokens
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        parsed = self.parsed_response
+        """A JSON-ready dict (the seed's keys, plus ``status``)."""
+        parsed: Any = self.parsed_response
         if isinstance(parsed, BaseModel):
             parsed = parsed.model_dump(mode="json")
         return {
             "job_id": self.job_id,
-            "status": self.status,
             "raw_response": self.raw_response,
             "parsed_response": parsed,
-            "citation_mappings": self.citation_mappings,
+            "citations": None if self.citations is None
+            else [c.to_dict() for c in self.citations],
+            "citation_mappings": None if self.citation_mappings is None else {
+                name: [c.to_dict() for c in cites]
+                for name, cites in self.citation_mappings.items()
+            },
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "cost_usd": self.cost_usd,
             "error": self.error,
             "batch_id": self.batch_id,
+            "status": self.status,
         }
 
-    def save_to_json(self, path: str | Path) -> None:
-        """Write :meth:`to_dict` as JSON."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, default=str))
+    def save_to_json(self, filepath: str | Path, indent: int = 2) -> None:
+        """Write :meth:`to_dict` as JSON, creating the parent folders."""
+        path = Path(filepath)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=indent, default=str))
 
 
 @dataclass
@@ -100,6 +187,8 @@ class _Job:
     response_model: type[BaseModel] | None
     citations: bool
     params: dict[str, Any]
+    system: str | None = None
+    history: list[dict[str, str]] | None = None
 
 
 @dataclass
@@ -107,49 +196,232 @@ class BatchRun:
     """The outcome of :meth:`Batch.run`."""
 
     frames: list[tuple[list[_Job], pl.DataFrame]] = field(default_factory=list)
+    dry_run: bool = False
+    cost_limit_usd: float | None = None
+    results_dir: Path | None = None
+    raw_files: bool = False
 
     def results(self) -> dict[str, list[JobResult]]:
-        """``{"completed": [...], "failed": [...], "cancelled": [...]}`` (and ``pending``)."""
+        """``{"completed": [...], "failed": [...], "cancelled": [...]}`` (and ``pending``).
+
+        Empty lists after a dry run (nothing ran).
+        """
         out: dict[str, list[JobResult]] = {"completed": [], "failed": [], "cancelled": []}
+        if self.dry_run:
+            return out
         for jobs, frame in self.frames:
             for job, row in zip(jobs, frame.iter_rows(named=True), strict=True):
                 result = _to_result(job, row)
                 out.setdefault(result.status, []).append(result)
         return out
 
+    def status(self, print_status: bool = False) -> dict[str, Any]:
+        """Counts by status, cost, and whether every job has ended (as the seed's)."""
+        frame = self.to_polars()
+        counts = dict(frame.get_column("_status").value_counts().iter_rows()) if frame.height \
+            else {}
+        if self.dry_run:
+            stats: dict[str, Any] = {
+                "dry_run": True,
+                "total": frame.height,
+                "planned": counts.get("planned", 0),
+                "estimated_cost_usd": float(frame.get_column("_est_cost_usd").sum())
+                if frame.height else 0.0,
+                "cost_limit_usd": self.cost_limit_usd,
+            }
+        else:
+            stats = {
+                "total": frame.height,
+                "pending": counts.get("pending", 0),
+                "completed": counts.get("completed", 0),
+                "failed": counts.get("failed", 0),
+                "cancelled": counts.get("cancelled", 0),
+                "cost_usd": float(frame.get_column("_cost_usd").fill_null(0.0).sum())
+                if frame.height else 0.0,
+                "cost_limit_usd": self.cost_limit_usd,
+                "is_complete": counts.get("pending", 0) == 0,
+            }
+        if print_status:
+            print(json.dumps(stats, indent=2))
+        return stats
+
     def to_polars(self) -> pl.DataFrame:
         """All result frames stacked (columns that differ between groups are unioned)."""
+        if not self.frames:
+            return pl.DataFrame()
         return pl.concat([f for _, f in self.frames], how="diagonal_relaxed")
+
+    def _write_files(self) -> None:
+        """One ``<job_id>.json`` per ended job; raw answers under ``raw_files/responses``."""
+        if self.dry_run or self.results_dir is None:
+            return
+        raw_dir = self.results_dir / "raw_files" / "responses"
+        for jobs, frame in self.frames:
+            for job, row in zip(jobs, frame.iter_rows(named=True), strict=True):
+                result = _to_result(job, row)
+                if result.status == "pending":
+                    continue
+                result.save_to_json(self.results_dir / f"{result.job_id}.json")
+                if self.raw_files and row.get("_raw") is not None:
+                    raw_dir.mkdir(parents=True, exist_ok=True)
+                    (raw_dir / f"{result.job_id}_raw.json").write_text(
+                        json.dumps(
+                            {
+                                "job_id": result.job_id,
+                                "provider": parse_model(job.model)[0],
+                                "model": job.model,
+                                "batch_id": result.batch_id,
+                                "text": row["_raw"],
+                                "input_tokens": result.input_tokens,
+                                "output_tokens": result.output_tokens,
+                            },
+                            indent=2,
+                        )
+                    )
+
+
+def _citations_of(row: dict[str, Any], names: Sequence[str]) -> dict[str, list[Citation]]:
+    return {
+        name: [Citation.from_row(c) for c in (row.get(f"{name}_citations") or [])]
+        for name in names
+    }
 
 
 def _to_result(job: _Job, row: dict[str, Any]) -> JobResult:
     model = job.response_model
-    parsed: BaseModel | dict[str, Any] | str | None = None
-    raw: str | None = None
-    if row["_status"] == "completed":
+    parsed: BaseModel | None = None
+    completed = row["_status"] == "completed"
+    raw = row.get("_raw")
+    if completed and model is not None:
+        parsed = model.model_validate({name: row[name] for name in model.model_fields})
+    if completed and raw is None:  # an answer from a checkpoint written without raw text
+        raw = parsed.model_dump_json() if parsed is not None else row.get("response")
+    mappings = flat = None
+    if job.citations and completed:
+        names = list(model.model_fields) if model is not None else ["response"]
+        mappings = _citations_of(row, names)
+        seen: set[str] = set()
+        flat = []
+        for cites in mappings.values():
+            for c in cites:
+                key = json.dumps(c.to_dict(), sort_keys=True, default=str)
+                if key not in seen:
+                    seen.add(key)
+                    flat.append(c)
         if model is None:
-            parsed = raw = row.get("response")
-        else:
-            values = {name: row[name] for name in model.model_fields}
-            parsed = model.model_validate(values)
-            raw = parsed.model_dump_json()
-    mappings = None
-    if job.citations and model is not None:
-        mappings = {
-            name: row.get(f"{name}_citations") or [] for name in model.model_fields
-        }
+            mappings = None
     return JobResult(
         job_id=job.job_id,
-        status=row["_status"],
         raw_response=raw,
         parsed_response=parsed,
+        citations=flat,
         citation_mappings=mappings,
         input_tokens=row["_input_tokens"] or 0,
         output_tokens=row["_output_tokens"] or 0,
         cost_usd=row["_cost_usd"] or 0.0,
         error=row["_error"],
         batch_id=row["_batch_id"],
+        status=row["_status"],
     )
+
+
+def _seed_progress(
+    callback: Callable[..., Any],
+    interval: float,
+    cost_limit: float | None,
+    items_per_batch: int,
+) -> Callable[[ProgressSnapshot], None]:
+    """Adapt ``on_progress``: the seed's ``(stats, elapsed_s, batch_data)`` or ours.
+
+    A callable taking three positional arguments gets the seed's stats dict (``total``,
+    ``pending``, ``active``, ``completed``, ``failed``, ``cancelled``, ``cost_usd``,
+    ``cost_limit_usd``, ``is_complete``, ``batches_*``, ``items_per_batch``), the elapsed
+    seconds and the batch counts by state; one taking one argument gets the
+    :class:`~batchata_df.engine.ProgressSnapshot`. Calls come at most every ``interval``
+    seconds, and always for the last snapshot of a run.
+    """
+    try:
+        params = inspect.signature(callback).parameters.values()
+        positional = [
+            p for p in params
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+        ]
+        seed_style = len(positional) >= 3 or any(p.kind == p.VAR_POSITIONAL for p in params)
+    except (TypeError, ValueError):
+        seed_style = False
+    last = [-float("inf")]
+
+    def adapter(snap: ProgressSnapshot) -> None:
+        done = snap.pending == 0
+        now = time.monotonic()
+        if not done and now - last[0] < interval:
+            return
+        last[0] = now
+        if not seed_style:
+            callback(snap)
+            return
+        batches = dict(snap.batches)
+        finished = sum(v for k, v in batches.items() if k in ("ended", "collected", "failed",
+                                                              "cancelled", "expired"))
+        total_batches = sum(batches.values())
+        stats = {
+            "batch_id": None,
+            "total": snap.total,
+            "pending": snap.pending,
+            "active": snap.pending,
+            "completed": snap.completed,
+            "failed": snap.failed,
+            "cancelled": snap.cancelled,
+            "cost_usd": snap.cost_usd,
+            "cost_limit_usd": cost_limit,
+            "is_complete": done,
+            "batches_completed": finished,
+            "batches_total": total_batches,
+            "batches_pending": total_batches - finished,
+            "items_per_batch": items_per_batch,
+        }
+        callback(stats, snap.elapsed_s, batches)
+
+    return adapter
+
+
+def _split_messages(
+    messages: Sequence[dict[str, Any]],
+) -> tuple[str | None, list[dict[str, str]], str]:
+    """``messages`` as (system, earlier turns, last user message), checked."""
+    if not messages:
+        msg = "add_job(messages=...) needs at least one message"
+        raise ConfigError(msg)
+    checked: list[dict[str, str]] = []
+    for i, m in enumerate(messages):
+        role = m.get("role") if isinstance(m, dict) else None
+        content = m.get("content") if isinstance(m, dict) else None
+        if role not in _ROLES:
+            msg = (
+                f"messages[{i}] must be a dict with role 'system', 'user' or 'assistant', "
+                f"got {m!r}"
+            )
+            raise ConfigError(msg)
+        if not isinstance(content, str):
+            msg = (
+                f"messages[{i}]['content'] must be text; for documents use "
+                "add_job(file=..., prompt=...)"
+            )
+            raise ConfigError(msg)
+        checked.append({"role": str(role), "content": content})
+    system = None
+    if checked[0]["role"] == "system":
+        system = checked.pop(0)["content"]
+    if any(m["role"] == "system" for m in checked):
+        msg = (
+            "a system message may only come first in messages= (Anthropic and Gemini take one "
+            "system prompt per request); merge it into the first one"
+        )
+        raise ConfigError(msg)
+    if not checked or checked[-1]["role"] != "user":
+        msg = "the last of messages= must be a user message (the one the model answers)"
+        raise ConfigError(msg)
+    return system, checked[:-1], checked[-1]["content"]
 
 
 class Batch:
@@ -158,9 +430,13 @@ class Batch:
     Parameters
     ----------
     results_dir
-        Where checkpoints live (``results_dir/state``); never deleted by us.
+        Where ``<job_id>.json`` results (and raw answers) are written; the checkpoint is
+        ``results_dir/state`` unless :meth:`set_state` says otherwise. Never cleared.
     max_parallel_batches, items_per_batch
         As in :func:`~batchata_df.batch_llm`.
+    raw_files
+        Write ``raw_files/responses/<job_id>_raw.json`` with the model's own text; default
+        on when ``results_dir`` is set (as in the seed).
     """
 
     def __init__(
@@ -173,32 +449,44 @@ class Batch:
         self.results_dir = Path(results_dir)
         self.max_parallel_batches = max_parallel_batches
         self.items_per_batch = items_per_batch
+        self.raw_files = bool(str(results_dir).strip()) if raw_files is None else raw_files
         self._defaults: dict[str, Any] = {}
         self._state: Path | None = None
+        self._reuse_state = True
+        self._fresh_done = False
         self._cost_limit: float | None = None
         self._time_limit: float | None = None
         self._jobs: list[_Job] = []
 
     def set_default_params(self, **params: Any) -> Batch:
         """Defaults for every job: ``model``, ``temperature``, ``max_tokens``, ..."""
+        unknown = sorted(k for k in params if k != "model" and k not in _PARAM_KEYS)
+        if unknown:
+            msg = f"unknown parameters {unknown!r}; supported: ['model', *{list(_PARAM_KEYS)!r}]"
+            raise ConfigError(msg)
         self._defaults.update(params)
         return self
 
     def set_state(self, file: str | Path | None = None, reuse_state: bool = True) -> Batch:
-        """Where to checkpoint (a folder; a ``.json`` name is turned into a folder)."""
+        """Where to checkpoint, and whether to resume what an earlier run left there.
+
+        A ``.json`` name is turned into a folder (``state.json`` -> ``state/``).
+        ``reuse_state=True`` (default) resumes: answered jobs are not sent again.
+        ``reuse_state=False`` starts afresh at the first :meth:`run`: an existing folder is
+        moved aside to ``<folder>.previous-<UTC time>`` (kept, never deleted).
+        """
         if file is not None:
             path = Path(file)
             self._state = path.with_suffix("") if path.suffix == ".json" else path
-        if not reuse_state and self._state is not None and self._state.exists():
-            msg = (
-                f"reuse_state=False but {str(self._state)!r} exists; delete it yourself or "
-                "choose another state folder (we never delete results for you)"
-            )
-            raise ConfigError(msg)
+        self._reuse_state = bool(reuse_state)
+        self._fresh_done = False
         return self
 
     def add_cost_limit(self, usd: float) -> Batch:
         """A hard cap on spend for this batch."""
+        if not isinstance(usd, int | float) or usd <= 0:
+            msg = f"add_cost_limit(usd=...) must be a positive number, got {usd!r}"
+            raise ConfigError(msg)
         self._cost_limit = float(usd)
         return self
 
@@ -212,7 +500,10 @@ class Batch:
         return self
 
     def set_verbosity(self, level: str) -> Batch:
-        """Accepted for compatibility; use ``run(print_status=True)`` for a display."""
+        """Accepted for compatibility (``debug``, ``info``, ``warn``, ``error``)."""
+        if str(level).lower() not in ("debug", "info", "warn", "warning", "error"):
+            msg = f"verbosity must be 'debug', 'info', 'warn' or 'error', got {level!r}"
+            raise ConfigError(msg)
         return self
 
     def add_job(
@@ -225,23 +516,41 @@ class Batch:
         max_tokens: int | None = None,
         response_model: type[BaseModel] | None = None,
         enable_citations: bool = False,
+        **kwargs: Any,
     ) -> Batch:
-        """Add one job (a prompt, or the last user message of ``messages``)."""
-        if prompt is None and messages:
-            users = [m for m in messages if m.get("role") == "user"]
-            prompt = str(users[-1]["content"]) if users else None
+        """Add one job: ``messages=`` (a whole conversation), or ``prompt=`` with ``file=``.
+
+        ``messages`` may start with a system message, then alternate user/assistant turns,
+        and must end with the user message to answer; it is sent whole, in order.
+        """
+        system: str | None = None
+        history: list[dict[str, str]] | None = None
+        if messages is not None:
+            if prompt is not None or file is not None:
+                msg = "add_job takes messages= or prompt=/file=, not both"
+                raise ConfigError(msg)
+            system, earlier, prompt = _split_messages(messages)
+            history = earlier or None
         if prompt is None:
-            msg = "add_job needs prompt= or messages= with a user message"
+            msg = "add_job needs messages=, or prompt= (with or without file=)"
             raise ConfigError(msg)
         chosen = model or self._defaults.get("model")
         if not chosen:
             msg = "no model: pass model= or set_default_params(model=...)"
             raise ConfigError(msg)
         params = {k: v for k, v in self._defaults.items() if k in _PARAM_KEYS}
+        unknown = sorted(k for k in kwargs if k not in _PARAM_KEYS)
+        if unknown:
+            msg = f"add_job: unknown parameters {unknown!r}; supported: {list(_PARAM_KEYS)!r}"
+            raise ConfigError(msg)
+        params.update(kwargs)
         if temperature is not None:
             params["temperature"] = temperature
         if max_tokens is not None:
             params["max_tokens"] = max_tokens
+        if file is not None and not Path(file).is_file():
+            msg = f"add_job(file={str(file)!r}): no such file"
+            raise ConfigError(msg)
         self._jobs.append(
             _Job(
                 job_id=f"job-{len(self._jobs):06d}",
@@ -251,9 +560,29 @@ class Batch:
                 response_model=response_model,
                 citations=enable_citations,
                 params=params,
+                system=system,
+                history=history,
             )
         )
         return self
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def _state_root(self) -> Path:
+        root = self._state or (self.results_dir / "state")
+        if not self._reuse_state and not self._fresh_done:
+            if root.exists() and any(root.iterdir()):
+                stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+                aside = root.with_name(f"{root.name}.previous-{stamp}")
+                root.rename(aside)
+                print(
+                    f"batchata-df: reuse_state=False: starting afresh; the earlier state is "
+                    f"kept in {aside}",
+                    file=sys.stderr,
+                )
+            self._fresh_done = True
+        return root
 
     def run(
         self,
@@ -262,7 +591,16 @@ class Batch:
         print_status: bool = False,
         dry_run: bool = False,
     ) -> BatchRun:
-        """Run every job; one :func:`~batchata_df.batch_llm` call per compatible group."""
+        """Run every job (one :func:`~batchata_df.batch_llm` call per compatible group).
+
+        ``dry_run=True`` prints the plan and its worst-case cost and sends nothing.
+        ``on_progress`` may take the seed's ``(stats, elapsed_s, batch_data)`` or one
+        :class:`~batchata_df.engine.ProgressSnapshot`; it is called at most every
+        ``progress_interval`` seconds.
+        """
+        if not self._jobs:
+            msg = "no jobs: call add_job(...) before run()"
+            raise ConfigError(msg)
         groups: dict[str, list[_Job]] = {}
         for job in self._jobs:
             model = job.response_model
@@ -275,14 +613,21 @@ class Batch:
                     job.citations,
                     job.params,
                     job.file is not None,
+                    job.system is not None,
+                    job.history is not None,
                 ],
                 sort_keys=True,
                 default=str,
             )
             key = hashlib.sha256(key_src.encode()).hexdigest()[:12]
             groups.setdefault(key, []).append(job)
-        root = self._state or (self.results_dir / "state")
-        run = BatchRun()
+        root = self._state_root() if not dry_run else (self._state or self.results_dir / "state")
+        run = BatchRun(
+            dry_run=dry_run,
+            cost_limit_usd=self._cost_limit,
+            results_dir=self.results_dir,
+            raw_files=self.raw_files,
+        )
         started = time.monotonic()
         for key, jobs in groups.items():
             cap = self._cost_limit
@@ -292,20 +637,36 @@ class Batch:
                 cap = max(cap - others, 1e-12)
             first = jobs[0]
             data: dict[str, Any] = {
-                "_prompt": [j.prompt for j in jobs],
-                "_model": [j.model for j in jobs],
+                _PROMPT: [j.prompt for j in jobs],
+                _MODEL: [j.model for j in jobs],
             }
             if first.file is not None:
-                data["_file"] = [j.file for j in jobs]
-            progress: bool | Callable[[ProgressSnapshot], None] = print_status
+                data[_FILE] = [j.file for j in jobs]
+            if first.system is not None:
+                data[_SYSTEM] = [j.system for j in jobs]
+            frame = pl.DataFrame(data)
+            if first.history is not None:
+                frame = frame.with_columns(
+                    pl.Series(
+                        _HISTORY,
+                        [j.history for j in jobs],
+                        dtype=pl.List(pl.Struct({"role": pl.String, "content": pl.String})),
+                    )
+                )
+            # A dry run shows its cost estimates, as the seed's does.
+            progress: bool | Callable[[ProgressSnapshot], None] = print_status or dry_run
             if on_progress is not None:
-                progress = on_progress
-            frame = pl.DataFrame(data).pipe(
+                progress = _seed_progress(
+                    on_progress, progress_interval, self._cost_limit, self.items_per_batch
+                )
+            out = frame.pipe(
                 batch_llm,
                 schema=first.response_model,
-                model=pl.col("_model"),
-                prompt=pl.col("_prompt"),
-                files="_file" if first.file is not None else None,
+                model=pl.col(_MODEL),
+                prompt=pl.col(_PROMPT),
+                system=pl.col(_SYSTEM) if first.system is not None else None,
+                history=_HISTORY if first.history is not None else None,
+                files=_FILE if first.file is not None else None,
                 citations=first.citations,
                 params=first.params or None,
                 state=root / key,
@@ -320,6 +681,9 @@ class Batch:
                 items_per_batch=self.items_per_batch,
                 max_parallel_batches=self.max_parallel_batches,
                 progress=progress,
+                keep_raw=not dry_run,
             )
-            run.frames.append((jobs, frame))
+            internal = [c for c in out.columns if c.startswith("__compat_")]
+            run.frames.append((jobs, out.drop(internal)))
+        run._write_files()
         return run

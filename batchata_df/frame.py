@@ -12,7 +12,7 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import polars as pl
 from pydantic import BaseModel
 
 from batchata_df.citations import citation_columns, decode_citations, instruction
-from batchata_df.cost import PriceOverride, PriceTable
+from batchata_df.cost import PriceOverride, PriceTable, estimate_expr
 from batchata_df.engine import Engine, ProgressSnapshot, RunOptions
 from batchata_df.errors import ColumnError, ConfigError, SchemaError, StateError, StateMismatchError
 from batchata_df.jobs import build_jobs, check_params
@@ -29,6 +29,7 @@ from batchata_df.models import check_model_params, effective_params, family_of
 from batchata_df.providers import SUPPORTED_PARAMS, make_provider
 from batchata_df.providers.base import Provider, RequestSpec
 from batchata_df.schema import AnswerSchema
+from batchata_df.schema_limits import check_schema_limits
 from batchata_df.state import StateStore, WriterLock, adopt_schema, check_lock_timeout
 
 __all__ = ["DEFAULT_MAX_TOKENS", "META_COLUMNS", "RAW_COLUMN", "batch_llm", "reparse"]
@@ -112,6 +113,7 @@ def batch_llm(
     retry_failed: bool = False,
     keep_raw: bool = False,
     lock_timeout: float | None = 0.0,
+    history: str | None = None,
 ) -> pl.DataFrame:
     """Run one LLM job per row through the provider's batch API; return the typed answers.
 
@@ -193,6 +195,11 @@ def batch_llm(
         holder (pid, host, since when); a number of seconds waits at most that long;
         ``None`` waits as long as it takes. A lock left by a killed process is taken over
         at once. Dry runs and :func:`~batchata_df.sql` never need the lock.
+    history
+        The name of a column holding per row the earlier turns of a conversation, a list
+        of ``{"role": "user" | "assistant", "content": str}`` in order; they are sent
+        before the prompt (which is the last user turn), after the system prompt, on every
+        provider. A null or empty list sends the prompt alone. Part of each job's id.
 
     Returns
     -------
@@ -227,9 +234,14 @@ def batch_llm(
         raise ConfigError(msg)
     answer = AnswerSchema(schema)
     cite_columns = citation_columns(answer.columns) if citations else []
-    _check_collisions(
-        frame.columns, [*answer.columns, *cite_columns, *([RAW_COLUMN] if keep_raw else [])]
-    )
+    if dry_run:
+        from batchata_df.plan import PLAN_COLUMNS
+
+        _check_collisions(frame.columns, [], produced=PLAN_COLUMNS, what="dry-run plan")
+    else:
+        _check_collisions(
+            frame.columns, [*answer.columns, *cite_columns, *([RAW_COLUMN] if keep_raw else [])]
+        )
     if citations and files is None:
         msg = (
             "citations=True needs documents to cite: pass files='<column of file paths>' "
@@ -257,9 +269,13 @@ def batch_llm(
     lock_wait = check_lock_timeout(lock_timeout)
     price_table = PriceTable(prices)
 
-    fingerprint = _fingerprint(model, prompt, system, answer, params, citations=citations)
+    fingerprint = _fingerprint(
+        model, prompt, system, answer, params, citations=citations, history=history
+    )
     salt = _job_salt(state, fingerprint)
-    jobs = build_jobs(frame, model=model, prompt=prompt, system=system, salt=salt)
+    jobs = build_jobs(
+        frame, model=model, prompt=prompt, system=system, salt=salt, history=history
+    )
     needed = sorted(set(jobs.get_column("provider").drop_nulls().to_list()))
     supported = frozenset.intersection(
         *[SUPPORTED_PARAMS.get(p, frozenset()) for p in needed]
@@ -272,6 +288,7 @@ def batch_llm(
             "remove citations=True"
         )
         raise ConfigError(msg)
+    check_schema_limits(answer.json_schema, needed, name=answer.name)
     run_params = check_params(params, supported)
     _check_models(jobs, run_params, structured=answer.json_schema is not None, citations=citations)
     spec = RequestSpec(schema=answer, params=run_params, citations=citations)
@@ -348,6 +365,7 @@ def _fingerprint(
     params: Mapping[str, Any] | None,
     *,
     citations: bool,
+    history: str | None = None,
 ) -> dict[str, str]:
     fingerprint = {
         "model": _fingerprint_part(model),
@@ -358,6 +376,8 @@ def _fingerprint(
     }
     if citations:  # only when on, so that the ids of runs without citations do not change
         fingerprint["citations"] = "on"
+    if history is not None:  # likewise
+        fingerprint["history"] = _fingerprint_part(history)
     return fingerprint
 
 
@@ -402,6 +422,7 @@ def reparse(
     citations: bool = False,
     params: Mapping[str, Any] | None = None,
     keep_raw: bool = False,
+    history: str | None = None,
 ) -> pl.DataFrame:
     """Validate the answers stored in ``state`` against a new ``schema``; send nothing.
 
@@ -428,6 +449,8 @@ def reparse(
         The checkpoint folder of that call.
     keep_raw
         Add the ``_raw`` column (see :func:`batch_llm`).
+    history
+        As given to the original call (see :func:`batch_llm`).
 
     Returns
     -------
@@ -475,7 +498,9 @@ def reparse(
             f"{str(state)!r} has no readable manifest.json"
         )
         raise StateError(msg)
-    new = _fingerprint(model, prompt, system, answer, params, citations=citations)
+    new = _fingerprint(
+        model, prompt, system, answer, params, citations=citations, history=history
+    )
     old = dict(manifest.get("fingerprint", {}))
     diff = sorted(k for k in set(old) | set(new) if k != "schema" and old.get(k) != new.get(k))
     if diff:
@@ -487,7 +512,9 @@ def reparse(
         raise StateMismatchError(msg)
     kept = manifest.get("job_salt")
     salt = kept if isinstance(kept, str) and kept else _salt_of(old)
-    jobs = build_jobs(frame, model=model, prompt=prompt, system=system, salt=salt)
+    jobs = build_jobs(
+        frame, model=model, prompt=prompt, system=system, salt=salt, history=history
+    )
     if files is not None:
         from batchata_df.files import attach_files
 
@@ -611,7 +638,7 @@ def with_estimates(
     output is taken at its worst, ``max_tokens``. Raises :class:`PriceError` naming the fix
     when a model has no known price.
     """
-    from batchata_df.tokens import estimate_request_tokens, estimate_tokens
+    from batchata_df.tokens import estimate_request_tokens, estimate_tokens, history_tokens
 
     schema_text = json.dumps(spec.schema.json_schema) if spec.schema.json_schema else ""
     if spec.citations and spec.schema.json_schema:
@@ -632,16 +659,24 @@ def with_estimates(
             system=group.get_column("system"),
             extra_tokens=extra,
         )
+        if "history" in group.columns:
+            est_in = est_in + history_tokens(
+                group.get_column("history"), str(provider), str(model)
+            )
         if "files" in group.columns:
             from batchata_df.files import file_tokens
 
             est_in = est_in + file_tokens(group.get_column("files"), str(provider), str(model))
+        # Each row priced at the tier its own estimated input falls in (cost.estimate_expr).
+        with_est = group.with_columns(est_in.alias("est_input_tokens"))
+        worst, input_usd = estimate_expr(
+            price, pl.col("est_input_tokens"), pl.lit(max_tokens), provider=str(provider)
+        )
         parts.append(
-            group.with_columns(
-                est_in.alias("est_input_tokens"),
+            with_est.with_columns(
                 pl.lit(max_tokens, dtype=pl.Int64).alias("est_output_tokens_max"),
-                ((est_in * price.input + max_tokens * price.output) / 1e6).alias("worst_usd"),
-                (est_in * price.input / 1e6).alias("est_input_usd"),
+                worst.alias("worst_usd"),
+                input_usd.alias("est_input_usd"),
             )
         )
     if not parts:
@@ -669,13 +704,20 @@ def _check_models(
             raise SchemaError(msg)
 
 
-def _check_collisions(input_columns: list[str], answer_columns: list[str]) -> None:
-    produced = [*answer_columns, *META_COLUMNS]
-    clash = [c for c in produced if c in input_columns]
+def _check_collisions(
+    input_columns: list[str],
+    answer_columns: list[str],
+    *,
+    produced: Sequence[str] = META_COLUMNS,
+    what: str = "output",
+) -> None:
+    names = [*answer_columns, *produced]
+    clash = [c for c in names if c in input_columns]
     if clash:
+        example = ", ".join(f"{c!r}: {c.lstrip('_') + '_in'!r}" for c in clash)
         msg = (
-            f"the output would have columns {clash!r} twice: the input frame already has "
-            "them. Rename those input columns (df.rename({...})) or the schema fields"
+            f"the {what} would have columns {clash!r} twice: the input frame already has "
+            f"them. Rename those input columns (df.rename({{{example}}})) or the schema fields"
         )
         raise ColumnError(msg)
 

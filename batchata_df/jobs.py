@@ -19,7 +19,9 @@ from batchata_df.errors import ColumnError, ConfigError, ModelError
 
 __all__ = [
     "PROVIDERS",
+    "HISTORY_DTYPE",
     "build_jobs",
+    "history_expr",
     "job_ids",
     "parse_model",
     "render_template",
@@ -148,8 +150,12 @@ def build_jobs(
     system: str | pl.Expr | None,
     salt: str,
     extra_key: pl.Series | None = None,
+    history: str | None = None,
 ) -> pl.DataFrame:
     """One job per row: ``job_id``, ``provider``, ``model``, ``prompt``, ``system``, errors.
+
+    With ``history`` (a column of earlier conversation turns, see :func:`history_expr`)
+    the jobs also have a ``history`` column, part of the job's content and so of its id.
 
     ``input_error`` says why a row cannot be sent (it then fails without being sent).
 
@@ -170,6 +176,8 @@ def build_jobs(
     else:
         parse_model(model)  # fail early, before touching rows
         exprs.append(pl.lit(model).alias("model_spec"))
+    if history is not None:
+        exprs.append(history_expr(frame, history))
     try:
         # The row index keeps one job per row when every expression is a literal (a
         # prompt without columns): a select of literals alone gives a single row.
@@ -209,6 +217,13 @@ def job_ids(jobs: pl.DataFrame, salt: str, extra_key: pl.Series | None = None) -
         pl.col("system").fill_null("\x01"),
         pl.col("prompt").fill_null(""),
     ]
+    if "history" in jobs.columns:  # only then, so that ids of runs without it stay the same
+        parts.append(
+            pl.col("history")
+            .list.eval(pl.element().struct.json_encode())
+            .list.join("\x02")
+            .fill_null("")
+        )
     if extra_key is not None:
         jobs = jobs.with_columns(extra_key.alias("_extra_key"))
         parts.append(pl.col("_extra_key").fill_null(""))
@@ -226,6 +241,63 @@ def job_ids(jobs: pl.DataFrame, salt: str, extra_key: pl.Series | None = None) -
             pl.when(pl.col("input_error").is_null()).then(out).alias("job_id")
         ).to_series()
     return out
+
+
+HISTORY_DTYPE = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+"""The dtype of a ``history=`` column: earlier turns, in order."""
+
+
+def history_expr(frame: pl.DataFrame, column: str) -> pl.Expr:
+    """The checked ``history`` column of the jobs: earlier user/assistant turns, in order.
+
+    Raises :class:`ColumnError` naming the fix when the column is missing, is not a list
+    of ``{role, content}`` structs, or has a role other than ``user``/``assistant`` or a
+    null content. An empty list becomes null (the prompt alone is sent).
+
+    Examples
+    --------
+    >>> df = pl.DataFrame({"h": [[{"role": "user", "content": "hi"},
+    ...                          {"role": "assistant", "content": "hello"}], []]})
+    >>> df.select(history_expr(df, "h")).to_series().list.len().to_list()
+    [2, None]
+    """
+    if column not in frame.columns:
+        msg = (
+            f"history={column!r}: the frame has no such column (columns: "
+            f"{frame.columns!r}){_did_you_mean(column, frame.columns)}"
+        )
+        raise ColumnError(msg)
+    dtype = frame.schema[column]
+    inner = dtype.inner if isinstance(dtype, pl.List) else None
+    fields = {f.name for f in inner.fields} if isinstance(inner, pl.Struct) else set()
+    if not {"role", "content"} <= fields:
+        msg = (
+            f"history={column!r} must be a list of {{'role': ..., 'content': ...}} structs "
+            f"per row (earlier turns), got dtype {dtype}"
+        )
+        raise ColumnError(msg)
+    turns = frame.get_column(column).list.eval(
+        pl.struct(
+            pl.element().struct.field("role").cast(pl.String).alias("role"),
+            pl.element().struct.field("content").cast(pl.String).alias("content"),
+        )
+    )
+    flat = turns.explode().drop_nulls().struct.unnest()
+    bad = flat.filter(
+        ~pl.col("role").is_in(["user", "assistant"]) | pl.col("content").is_null()
+    )
+    if bad.height:
+        msg = (
+            f"history={column!r}: every turn needs role 'user' or 'assistant' and text "
+            f"content (the system prompt goes in system=), got {bad.row(0, named=True)!r}"
+        )
+        raise ColumnError(msg)
+    return (
+        pl.when(turns.list.len() > 0)
+        .then(pl.lit(turns))
+        .otherwise(pl.lit(None, dtype=HISTORY_DTYPE))
+        .alias("history")
+    )
 
 
 def check_params(

@@ -268,6 +268,32 @@ def estimate_request_tokens(
     return total.alias(prompt.name)
 
 
+def history_tokens(history: pl.Series, provider: str, model: str) -> pl.Series:
+    """Input tokens of the earlier turns of each request (``history=``), with framing.
+
+    ``history`` is a list of ``{role, content}`` structs per row (null: none).
+
+    Examples
+    --------
+    >>> h = pl.Series([[{"role": "user", "content": "hello world"}], None])
+    >>> history_tokens(h, "openai", "gpt-4.1").to_list()  # 2 + 3, none
+    [5, 0]
+    """
+    name = _provider(provider)
+    per_message = OPENAI_TOKENS_PER_MESSAGE if name == "openai" else APPROX_TOKENS_PER_MESSAGE
+    frame = pl.DataFrame({"h": history}).with_row_index("_row")
+    turns = frame.explode("h").filter(pl.col("h").is_not_null())
+    if turns.height == 0:
+        return pl.Series(history.name, [0] * len(history), dtype=pl.Int64)
+    contents = turns.get_column("h").struct.field("content")
+    counted = turns.select("_row").with_columns(
+        (estimate_tokens(contents, name, model) + per_message).alias("t")
+    )
+    per_row = counted.group_by("_row").agg(pl.col("t").sum())
+    out = frame.select("_row").join(per_row, on="_row", how="left", maintain_order="left")
+    return out.get_column("t").fill_null(0).cast(pl.Int64).alias(history.name)
+
+
 # -- images and PDF pages ---------------------------------------------------------------------
 
 # OpenAI tile models: an image costs base + per_tile * 512 px tiles (after fitting in

@@ -8,6 +8,9 @@ import pytest
 
 from batchata_df.emulator import Emulator
 
+# The seed README's examples are scripts that tests run in a subprocess, not test modules.
+collect_ignore = ["seed_examples"]
+
 
 @pytest.fixture(scope="session")
 def emulator() -> Iterator[Emulator]:

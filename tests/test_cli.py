@@ -1,43 +1,365 @@
-"""The command line, run as a real subprocess."""
+"""The installed ``batchata-df`` command, run as a real subprocess on real files.
+
+Every test runs ``.venv/bin/batchata-df`` (the console script pip installed) with the
+emulator's environment, from a working directory holding the files a user would have.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import polars as pl
+import pytest
+
+from batchata_df.state import JOB_EVENTS
+
+EXE = Path(sys.executable).with_name("batchata-df")
+
+MODELS = """\
+from typing import Literal
+from pydantic import BaseModel
+
+class Ticket(BaseModel):
+    category: Literal["billing", "bug", "other"]
+    urgent: bool
+    tags: list[str]
+"""
 
 
-def cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "batchata_df.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=120)
+def cli(*args, cwd, timeout=120):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run([str(EXE), *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
 
 
-def test_run_status_and_sql(emu, tmp_path):
-    src = tmp_path / "in.parquet"
-    pl.DataFrame({"text": ["a", "b", "c"]}).write_parquet(src)
-    (tmp_path / "schema_mod.py").write_text(
-        "from pydantic import BaseModel\nclass A(BaseModel):\n    label: str\n    n: int\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    out = tmp_path / "out.parquet"
-    r = cli("run", str(src), str(out), "--model", "gpt-4.1-mini", "--prompt", "{text}",
-            "--schema", "schema_mod:A", "--state", str(tmp_path / "s"), "--quiet", env=env)
+def one_line_error(r, code=2):
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert "Traceback" not in r.stderr
+    assert lines[0].startswith("batchata-df: error: ") or lines[0].startswith("Error: ")
+    return lines[0]
+
+
+@pytest.fixture
+def work(emu, tmp_path):
+    """A working folder with models.py and a tickets file, as a pipeline would have."""
+    (tmp_path / "models.py").write_text(MODELS)
+    pl.DataFrame({
+        "id": [1, 2, 3],
+        "text": ["refund please", "app crashes", "hello"],
+    }).write_parquet(tmp_path / "tickets.parquet")
+    return tmp_path
+
+
+def posts(emu, suffix):
+    return [e for e in emu.log() if e["method"] == "POST" and e["path"].endswith(suffix)]
+
+
+def test_installed_command_exists():
+    assert EXE.is_file(), "pip install -e . must install the batchata-df console script"
+
+
+def test_schema_module_from_the_working_directory_and_csv_output(work, emu):
+    """`--schema models:Ticket` with models.py in cwd works without PYTHONPATH; CSV output
+    JSON-encodes the list column."""
+    r = cli("run", "tickets.parquet", "out.csv", "--schema", "models:Ticket",
+            "--model", "gpt-4.1-mini", "--prompt", "Route: {text}", "--no-progress", cwd=work)
     assert r.returncode == 0, r.stderr
-    result = pl.read_parquet(out)
-    assert result["_status"].to_list() == ["completed"] * 3
-    assert result.schema["n"] == pl.Int64
-    r = cli("status", str(tmp_path / "s"), env=env)
-    assert r.returncode == 0 and "completed" in r.stdout
-    r = cli("sql", "select count(*) as n from jobs", str(tmp_path / "s"), env=env)
-    assert r.returncode == 0 and "3" in r.stdout
+    out = pl.read_csv(work / "out.csv")
+    assert out["_status"].to_list() == ["completed"] * 3
+    assert out["id"].to_list() == [1, 2, 3]
+    assert set(out["category"].to_list()) <= {"billing", "bug", "other"}
+    for cell in out["tags"].to_list():
+        assert isinstance(json.loads(cell), list)  # JSON text, not a Polars repr
+    assert out["_cost_usd"].sum() > 0
+    assert "3 completed" in r.stderr
+    # The default state folder sits next to the output: running again pays nothing twice.
+    assert (work / "out.csv.state" / "manifest.json").is_file()
+    before = len(posts(emu, "/batches"))
+    r = cli("run", "tickets.parquet", "out.csv", "--schema", "models:Ticket",
+            "--model", "gpt-4.1-mini", "--prompt", "Route: {text}", "--no-progress", cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert len(posts(emu, "/batches")) == before
 
 
-def test_errors_are_one_line_and_exit_2(emu, tmp_path):
-    src = tmp_path / "in.parquet"
-    pl.DataFrame({"text": ["a"]}).write_parquet(src)
-    r = cli("run", str(src), "--model", "gpt-4.1-mini", "--prompt", "{txt}",
-            "--state", str(tmp_path / "s"), "--quiet")
-    assert r.returncode == 2
-    assert "did you mean 'text'" in r.stderr and "Traceback" not in r.stderr
+def test_schema_as_a_file_path(work):
+    (work / "sub").mkdir()
+    (work / "sub" / "shapes.py").write_text(MODELS)
+    r = cli("run", "tickets.parquet", "out.parquet", "--schema", "sub/shapes.py:Ticket",
+            "--model", "gpt-4.1-mini", "--prompt", "{text}", "--no-progress", cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert pl.read_parquet(work / "out.parquet").schema["tags"] == pl.List(pl.String)
+
+
+@pytest.mark.parametrize(("src", "dst"), [("in.csv", "out.jsonl"), ("in.ndjson", "out.parquet"),
+                                          ("in.jsonl", "out.ndjson")])
+def test_formats_come_from_the_extension(work, src, dst):
+    frame = pl.DataFrame({"text": ["a", "b"]})
+    if src.endswith(".csv"):
+        frame.write_csv(work / src)
+    else:
+        frame.write_ndjson(work / src)
+    r = cli("run", src, dst, "--model", "gpt-4.1-mini", "--prompt", "{text}", cwd=work)
+    assert r.returncode == 0, r.stderr
+    out = pl.read_parquet(work / dst) if dst.endswith(".parquet") else pl.read_ndjson(work / dst)
+    assert out["_status"].to_list() == ["completed", "completed"]
+    assert out["response"].null_count() == 0
+
+
+def test_params_max_tokens_and_system_are_sent(work, emu):
+    r = cli("run", "tickets.parquet", "out.parquet", "--model", "gpt-4.1-mini",
+            "--prompt", "{text}", "--system", "You route tickets.",
+            "--params", '{"temperature": 0.5, "seed": 3}', "--param", "temperature=0",
+            "--param", 'stop=["END"]', "--max-tokens", "321", cwd=work)
+    assert r.returncode == 0, r.stderr
+    from openai import OpenAI
+
+    client = OpenAI()
+    (upload,) = client.files.list(purpose="batch").data
+    lines = [json.loads(x) for x in client.files.content(upload.id).text.splitlines()]
+    body = lines[0]["body"]
+    assert body["temperature"] == 0  # --param after --params wins
+    assert body["seed"] == 3
+    assert body["stop"] == ["END"]
+    assert body["max_completion_tokens"] == 321
+    assert body["messages"][0] == {"role": "system", "content": "You route tickets."}
+    assert body["messages"][1] == {"role": "user", "content": "refund please"}
+
+
+def test_history_and_keep_raw(work):
+    turns = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4."}]
+    pl.DataFrame({"q": ["Times3?", "[[emulator:invalid]]"], "h": [turns, []]}).write_ndjson(
+        work / "chat.jsonl")
+    r = cli("run", "chat.jsonl", "out.parquet", "--model", "claude-haiku-4-5",
+            "--schema", "models:Ticket", "--prompt", "{q}", "--system", "Terse.",
+            "--history", "h", "--keep-raw", cwd=work)
+    assert r.returncode == 3, r.stderr  # the second row does not validate
+    out = pl.read_parquet(work / "out.parquet")
+    assert out["_status"].to_list() == ["completed", "failed"]
+    assert out["_raw"].null_count() == 0  # the model's text, also of the failed row
+    assert json.loads(out["_raw"][0])["category"] == out["category"][0]
+
+
+def test_files_and_citations(work):
+    docs = work / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("Invoice INV-1 from Acme. Total 12.50 EUR.")
+    (work / "inv.py").write_text(
+        "from pydantic import BaseModel\nclass Invoice(BaseModel):\n    number: str\n"
+    )
+    pl.DataFrame({"path": [str(docs / "a.txt")]}).write_csv(work / "invoices.csv")
+    r = cli("run", "invoices.csv", "out.csv", "--schema", "inv:Invoice",
+            "--model", "claude-haiku-4-5", "--prompt", "Extract the invoice number",
+            "--files", "path", "--citations", cwd=work)
+    assert r.returncode == 0, r.stderr
+    out = pl.read_csv(work / "out.csv")
+    assert out["_status"].to_list() == ["completed"]
+    cites = json.loads(out["number_citations"][0])
+    assert isinstance(cites, list)
+    assert all("cited_text" in c for c in cites)
+
+
+def test_failed_rows_exit_3(work):
+    pl.DataFrame({"text": ["ok", "[[emulator:invalid]]"]}).write_parquet(work / "in.parquet")
+    r = cli("run", "in.parquet", "out.parquet", "--schema", "models:Ticket",
+            "--model", "gpt-4.1-mini", "--prompt", "{text}", cwd=work)
+    assert r.returncode == 3, r.stderr
+    out = pl.read_parquet(work / "out.parquet")
+    assert out["_status"].to_list() == ["completed", "failed"]
+
+
+def test_cost_cap_cancelled_rows_exit_4(work):
+    r = cli("run", "tickets.parquet", "out.parquet", "--model", "gpt-4.1-mini",
+            "--prompt", "{text}", "--max-cost-usd", "0.0000001", cwd=work)
+    assert r.returncode == 4, r.stderr
+    out = pl.read_parquet(work / "out.parquet")
+    assert set(out["_status"].to_list()) == {"cancelled"}
+    assert out["_error"][0].startswith("cancelled: cost_limit")
+
+
+def test_no_wait_pending_exit_5_then_collected_exit_0(work, emu):
+    emu.configure(latency=2.0)
+    args = ["run", "tickets.parquet", "out.parquet", "--model", "gpt-4.1-mini",
+            "--prompt", "{text}"]
+    r = cli(*args, "--no-wait", cwd=work)
+    assert r.returncode == 5, r.stderr
+    assert set(pl.read_parquet(work / "out.parquet")["_status"]) == {"pending"}
+    time.sleep(2.2)
+    r = cli(*args, cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert set(pl.read_parquet(work / "out.parquet")["_status"]) == {"completed"}
+    assert len(posts(emu, "/batches")) == 1  # collected, not sent again
+
+
+def test_time_limit_exit_4(work, emu):
+    emu.configure(latency=60.0)
+    r = cli("run", "tickets.parquet", "out.parquet", "--model", "gpt-4.1-mini",
+            "--prompt", "{text}", "--time-limit", "1s", cwd=work)
+    assert r.returncode == 4, r.stderr
+    out = pl.read_parquet(work / "out.parquet")
+    assert set(out["_error"].to_list()) == {"cancelled: time_limit"}
+
+
+def _interrupt(work, emu, *extra):
+    emu.configure(latency=60.0)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.Popen(
+        [str(EXE), "run", "tickets.parquet", "out.parquet", "--model", "gpt-4.1-mini",
+         "--prompt", "{text}", *extra],
+        cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not posts(emu, "/batches") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert posts(emu, "/batches"), "the batch was never submitted"
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    return proc.returncode, err
+
+
+def test_ctrl_c_exits_130_without_writing_the_output(work, emu):
+    code, err = _interrupt(work, emu)
+    assert code == 130, err
+    assert not (work / "out.parquet").exists()
+    assert "NOT written" in err and "Traceback" not in err
+    assert posts(emu, "/cancel")  # the batch in flight was cancelled at the provider
+
+
+def test_ctrl_c_with_write_partial_writes_cancelled_rows(work, emu):
+    code, err = _interrupt(work, emu, "--write-partial")
+    assert code == 130, err
+    out = pl.read_parquet(work / "out.parquet")
+    assert set(out["_error"].to_list()) == {"cancelled: interrupted"}
+    assert out["id"].to_list() == [1, 2, 3]
+
+
+def test_dry_run_sends_nothing(work, emu):
+    r = cli("run", "tickets.parquet", "--model", "gpt-4.1-mini", "--prompt", "{text}",
+            "--dry-run", cwd=work)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout + r.stderr
+    assert "dry run, nothing was sent" in out and "3 requests would be sent" in out
+    assert emu.log() == []
+    r = cli("run", "tickets.parquet", "plan.csv", "--model", "gpt-4.1-mini",
+            "--prompt", "{text}", "--dry-run", cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert pl.read_csv(work / "plan.csv")["_status"].to_list() == ["planned"] * 3
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["run", "missing.parquet", "out.parquet"], "'missing.parquet' does not exist"),
+        (["run", "book.xlsx", "out.parquet"], "unsupported file type '.xlsx'"),
+        (["run", "tickets.parquet", "out.xlsx"], "unsupported file type '.xlsx'"),
+        (["run", "tickets.parquet", "out.parquet", "--schema", "nomod:X"],
+         "cannot import 'nomod'"),
+        (["run", "tickets.parquet", "out.parquet", "--schema", "models:Nope"],
+         "has no 'Nope' (models there: ['Ticket'])"),
+        (["run", "tickets.parquet", "out.parquet", "--prompt2", "x"], "No such option"),
+        (["run", "tickets.parquet", "out.parquet", "--param", "temperature"], "NAME=VALUE"),
+        (["run", "tickets.parquet", "out.parquet", "--param", "temprature=0"],
+         "did you mean 'temperature'"),
+        (["run", "tickets.parquet", "out.parquet", "--time-limit", "soon"],
+         "not a positive duration"),
+    ],
+)
+def test_usage_errors_are_one_line_exit_2(work, emu, args, needle):
+    (work / "book.xlsx").write_bytes(b"PK\x03\x04")
+    if "--prompt" not in args and "--prompt2" not in args:
+        args = [*args, "--prompt", "{text}"]
+    if "--model" not in args:
+        args = [*args, "--model", "gpt-4.1-mini"]
+    r = cli(*args, cwd=work)
+    line = one_line_error(r)
+    assert needle in r.stderr, r.stderr
+    assert line
+    assert emu.log() == []
+
+
+def test_a_bad_column_is_one_line_and_debug_shows_the_traceback(work):
+    r = cli("run", "tickets.parquet", "out.parquet", "--model", "gpt-4.1-mini",
+            "--prompt", "{txt}", cwd=work)
+    assert "did you mean 'text'" in one_line_error(r)
+    r = cli("--debug", "run", "tickets.parquet", "out.parquet", "--model", "gpt-4.1-mini",
+            "--prompt", "{txt}", cwd=work)
+    assert r.returncode == 2 and "Traceback" in r.stderr and "ColumnError" in r.stderr
+    r = cli("run", "tickets.parquet", "out.parquet", "--model", "gpt-4.1-mini",
+            "--prompt", "{txt}", "--debug", cwd=work)
+    assert r.returncode == 2 and "Traceback" in r.stderr
+
+
+def test_status_sql_and_their_errors(work):
+    r = cli("run", "tickets.parquet", "out.parquet", "--model", "gpt-4.1-mini",
+            "--prompt", "{text}", "--state", "runs/a", cwd=work)
+    assert r.returncode == 0, r.stderr
+    r = cli("status", "runs/a", cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert "completed" in r.stdout and "gpt-4.1-mini" in r.stdout
+    r = cli("sql", "select status, count(*) as n from jobs group by all", "runs/*", "--csv",
+            cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["status,n", "completed,3"]
+    (work / "empty").mkdir()
+    for args in (["status", "empty"], ["sql", "select 1", "empty"], ["cancel", "empty"]):
+        assert "is not a batchata-df state folder" in one_line_error(cli(*args, cwd=work))
+    assert "does not exist" in one_line_error(cli("status", "nowhere", cwd=work))
+    line = one_line_error(cli("sql", "selec * from jobs", "runs/a", cwd=work))
+    assert "SQL error" in line and "selec" in line
+
+
+def test_cancel_cancels_batches_in_flight_and_records_it(work, emu):
+    emu.configure(latency=60.0)
+    args = ["run", "tickets.parquet", "out.parquet", "--model", "gpt-4.1-mini",
+            "--prompt", "{text}"]
+    assert cli(*args, "--no-wait", cwd=work).returncode == 5
+    r = cli("cancel", "out.parquet.state", cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert "cancel" in r.stdout
+    assert len(posts(emu, "/cancel")) == 1
+    events = pl.read_parquet(work / "out.parquet.state" / "batches" / "*.parquet")
+    assert "cancel_requested" in events["status"].to_list()
+    # The next run collects the cancelled batch: its rows end cancelled (exit 4).
+    r = cli(*args, "--time-limit", "30", cwd=work)
+    assert r.returncode == 4, r.stderr
+    out = pl.read_parquet(work / "out.parquet")
+    assert set(out["_status"].to_list()) == {"cancelled"}
+    assert len(posts(emu, "/batches")) == 1
+    r = cli("cancel", "out.parquet.state", cwd=work)
+    assert r.returncode == 0 and "nothing to cancel" in r.stderr
+    assert set(JOB_EVENTS) <= set(pl.read_parquet(
+        work / "out.parquet.state" / "jobs" / "*.parquet").columns)
+
+
+def test_version_and_help_with_examples_without_rst(tmp_path):
+    r = cli("--version", cwd=tmp_path)
+    assert r.returncode == 0
+    from importlib.metadata import version
+
+    assert r.stdout.strip() == f"batchata-df, version {version('batchata-df')}"
+    for args in ([], ["--help"], ["run"], ["run", "--help"], ["status", "--help"],
+                 ["sql", "--help"], ["cancel", "--help"], ["doctor", "--help"],
+                 ["repair", "--help"]):
+        r = cli(*args, cwd=tmp_path)
+        assert r.returncode == (2 if args in ([], ["run"]) else 0), (args, r.stderr)
+        assert "Example" in r.stdout, args
+        for markup in ("``", ":func:", ":class:", "::", ".. "):
+            assert markup not in r.stdout, (args, markup)
+    r = cli("run", "--help", cwd=tmp_path)
+    for option in ("--schema", "--files", "--citations", "--param", "--params", "--max-tokens",
+                   "--max-cost-usd", "--time-limit", "--dry-run", "--no-wait", "--retry-failed",
+                   "--state", "--system", "--items-per-batch", "--max-parallel-batches",
+                   "--no-progress", "--write-partial", "--history", "--keep-raw",
+                   "Exit codes", "130"):
+        assert option in r.stdout, option
+    r = cli("emulator", "--help", cwd=tmp_path)
+    assert r.returncode == 0 and "--latency" in r.stdout
+    r = cli("demo", "--help", cwd=tmp_path)
+    assert r.returncode == 0

@@ -1,15 +1,298 @@
-"""The seed library's builder API on top of batch_llm."""
+"""The seed library's builder API as a drop-in: its README examples run as scripts."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
 from pydantic import BaseModel
 
-from batchata_df.compat import Batch
+from batchata_df import batch_llm
+from batchata_df.compat import Batch, Citation, JobResult
+from batchata_df.errors import ColumnError, ConfigError
+from batchata_df.jobs import build_jobs
+from batchata_df.providers import make_provider
+from batchata_df.providers.base import RequestSpec
+from batchata_df.schema import AnswerSchema
+
+EXAMPLES = Path(__file__).parent / "seed_examples"
 
 
 class Invoice(BaseModel):
     number: str
     total: float
+
+
+def _pdf(path: Path, lines: list[str]) -> None:
+    from reportlab.lib.pagesizes import letter
+    from reportlab.pdfgen import canvas
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    c = canvas.Canvas(str(path), pagesize=letter)
+    for i, text in enumerate(lines):
+        c.drawString(72, 700, text)
+        if i < len(lines) - 1:
+            c.showPage()
+    c.save()
+
+
+def run_example(name: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    return subprocess.run(
+        [sys.executable, str(EXAMPLES / name)], cwd=cwd, env=env, capture_output=True,
+        text=True, timeout=240,
+    )
+
+
+def posts(emu, suffix):
+    return [e for e in emu.log() if e["method"] == "POST" and e["path"].endswith(suffix)]
+
+
+def test_seed_quick_start_runs_including_its_dry_run(emu, tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("Quarterly report: revenue up 4 percent.")
+    (tmp_path / "docs" / "b.txt").write_text("Minutes: the board met on Tuesday.")
+    r = run_example("quick_start.py", tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "dry run, nothing was sent. rows: 2 done" in r.stderr  # the plan: both answered
+    written = sorted(p.name for p in (tmp_path / "output").glob("*.json"))
+    assert written == ["job-000000.json", "job-000001.json"]
+    saved = json.loads((tmp_path / "output" / "job-000000.json").read_text())
+    assert saved["error"] is None and saved["raw_response"].startswith("Emulated answer")
+    assert len(posts(emu, "/messages/batches")) == 1  # the dry run sent nothing
+
+
+def test_seed_complete_example_runs_unchanged_and_again(emu, tmp_path):
+    for i in (1, 2, 3):
+        _pdf(tmp_path / "path" / "to" / f"invoice{i}.pdf", [
+            f"Invoice number INV-00{i}. Vendor: Acme Tools {i}.",
+            f"Total amount: {i}00.50 USD. Payment status: paid.",
+        ])
+    results_dir = tmp_path / "invoice_results"
+    results_dir.mkdir()
+    (results_dir / "my_notes.txt").write_text("keep me")
+    r = run_example("complete_example.py", tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("Invoice: ") == 3
+    assert "(page: [1" in r.stdout or "(page: [2" in r.stdout  # pages of the cited PDF
+    assert len(posts(emu, "/messages/batches")) == 1  # the second run() resumed
+    # One JSON per job, the raw answers, and nothing of the user's deleted.
+    assert (results_dir / "my_notes.txt").read_text() == "keep me"
+    names = sorted(p.name for p in results_dir.glob("job-*.json"))
+    assert names == ["job-000000.json", "job-000001.json", "job-000002.json"]
+    raws = sorted(p.name for p in (results_dir / "raw_files" / "responses").iterdir())
+    assert raws == ["job-000000_raw.json", "job-000001_raw.json", "job-000002_raw.json"]
+    raw = json.loads((results_dir / "raw_files" / "responses" / "job-000000_raw.json").read_text())
+    assert raw["provider"] == "anthropic" and raw["model"] == "claude-sonnet-4-20250514"
+    saved = json.loads((results_dir / "job-000000.json").read_text())
+    assert set(saved["parsed_response"]) == {
+        "invoice_number", "total_amount", "vendor", "payment_status"}
+    assert isinstance(saved["citations"], list) and saved["citations"]
+    assert {"text", "source", "page", "metadata"} == set(saved["citations"][0])
+    # The script a second time: reuse_state=False starts afresh (as in the seed) without
+    # raising, and keeps the earlier checkpoint aside instead of deleting it.
+    r = run_example("complete_example.py", tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("Invoice: ") == 3
+    assert len(posts(emu, "/messages/batches")) == 2
+    assert len(list(tmp_path.glob("invoice_state.previous-*"))) == 1
+    assert (tmp_path / "invoice_state").is_dir()
+
+
+def test_the_same_script_with_reuse_state_resumes_without_paying_twice(emu, tmp_path):
+    script = (EXAMPLES / "complete_example.py").read_text().replace(
+        "reuse_state=False", "reuse_state=True")
+    (EXAMPLES.parent / "seed_examples").exists()
+    for i in (1, 2, 3):
+        _pdf(tmp_path / "path" / "to" / f"invoice{i}.pdf", [f"Invoice INV-{i} total {i}.00"])
+    (tmp_path / "resume.py").write_text(script)
+    env = dict(os.environ)
+    for _ in range(2):
+        r = subprocess.run([sys.executable, "resume.py"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=240)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.count("Invoice: ") == 3
+    assert len(posts(emu, "/messages/batches")) == 1
+    assert not list(tmp_path.glob("invoice_state.previous-*"))
+
+
+def test_dotenv_example_imports(tmp_path):
+    r = run_example("dotenv_example.py", tmp_path)
+    assert r.returncode == 0, r.stderr
+
+
+def test_job_result_has_the_seed_types(emu, tmp_path):
+    doc = tmp_path / "inv.pdf"
+    _pdf(doc, ["Invoice number INV-7, total 12.50 EUR."])
+    batch = Batch(results_dir=tmp_path / "out").set_default_params(model="claude-haiku-4-5")
+    batch.add_job(file=doc, prompt="Extract", response_model=Invoice, enable_citations=True)
+    batch.add_job(prompt="[[emulator:invalid]]", response_model=Invoice)
+    batch.add_job(prompt="Say hi")
+    results = batch.run().results()
+    cited, plain = sorted(results["completed"], key=lambda r: r.job_id)
+    (failed,) = results["failed"]
+    # Structured, with citations: the flat list and the per-field lists are Citations.
+    assert isinstance(cited.parsed_response, Invoice)
+    assert json.loads(cited.raw_response) == cited.parsed_response.model_dump()
+    assert isinstance(cited.citations, list) and cited.citations
+    assert all(isinstance(c, Citation) for c in cited.citations)
+    assert set(cited.citation_mappings) == {"number", "total"}
+    for cites in cited.citation_mappings.values():
+        assert all(isinstance(c, Citation) for c in cites)
+        for c in cites:
+            assert c in cited.citations  # the flat list holds every field's citations
+    first = cited.citations[0]
+    assert first.page == 1 and first.text and first.source
+    assert cited.input_tokens > 0 and cited.output_tokens > 0 and cited.cost_usd > 0
+    assert cited.batch_id and cited.error is None and cited.is_success
+    # Failed validation: the model's own text is kept as raw_response.
+    assert failed.parsed_response is None and not failed.is_success
+    assert failed.error.startswith("schema_validation")
+    assert failed.raw_response is not None and json.loads(failed.raw_response)
+    # No response model: raw_response is the text; no parsed response (as in the seed).
+    assert plain.parsed_response is None
+    assert plain.raw_response.startswith("Emulated answer")
+    assert plain.citations is None and plain.citation_mappings is None
+    # save_to_json creates the folders.
+    cited.save_to_json(tmp_path / "deep" / "er" / "r.json")
+    saved = json.loads((tmp_path / "deep" / "er" / "r.json").read_text())
+    assert saved["parsed_response"] == cited.parsed_response.model_dump(mode="json")
+    assert saved["citation_mappings"]["number"][0].keys() == {"text", "source", "page",
+                                                               "metadata"}
+    assert isinstance(JobResult(job_id="x").to_dict(), dict)
+
+
+def test_status_and_dry_run_results(emu, tmp_path):
+    batch = Batch(results_dir=tmp_path / "out").set_default_params(model="gpt-4.1-mini")
+    batch.add_job(prompt="a", response_model=Invoice).add_job(prompt="b")
+    dry = batch.run(dry_run=True)
+    assert dry.results() == {"completed": [], "failed": [], "cancelled": []}
+    assert dry.status()["planned"] == 2 and dry.status()["estimated_cost_usd"] > 0
+    assert emu.log() == []
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("job-*.json"))
+    stats = batch.run().status()
+    assert stats["completed"] == 2 and stats["is_complete"] and stats["cost_usd"] > 0
+
+
+def test_batch_llm_dry_run_on_a_frame_with_plan_column_names(emu, tmp_path):
+    """A frame with a `_model` column used to crash the dry run with DuplicateError."""
+    frame = pl.DataFrame({"_model": ["gpt-4.1-mini"], "text": ["hi"]})
+    with pytest.raises(ColumnError, match=r"dry-run plan would have columns \['_model'\]"):
+        batch_llm(frame, model=pl.col("_model"), prompt="{text}", dry_run=True)
+    # Renamed as the message says, the dry run works; the real run works either way.
+    plan = batch_llm(frame.rename({"_model": "model_in"}), model=pl.col("model_in"),
+                     prompt="{text}", dry_run=True)
+    assert plan["_status"].to_list() == ["planned"]
+    out = batch_llm(frame, model=pl.col("_model"), prompt="{text}")
+    assert out["_status"].to_list() == ["completed"]
+    assert emu.log()  # only the real run sent anything
+
+
+# Short turns: the emulator's text answer quotes the first six words of the request.
+CONVERSATION = [
+    {"role": "system", "content": "Terse."},
+    {"role": "user", "content": "2+2?"},
+    {"role": "assistant", "content": "4."},
+    {"role": "user", "content": "Times3?"},
+]
+
+
+def _encoded(model: str) -> dict:
+    frame = pl.DataFrame({
+        "prompt": ["Times3?"], "system": ["Terse."],
+        "h": [CONVERSATION[1:3]],
+    })
+    jobs = build_jobs(frame, model=model, prompt=pl.col("prompt"), system=pl.col("system"),
+                      salt="s", history="h")
+    provider = make_provider(jobs["provider"][0], offline=True)
+    spec = RequestSpec(schema=AnswerSchema(None), params={"max_tokens": 50})
+    return json.loads(provider.encode(jobs, spec)[0])
+
+
+def test_history_is_encoded_whole_for_every_provider():
+    body = _encoded("gpt-4.1-mini")["body"]
+    assert body["messages"] == CONVERSATION
+    params = _encoded("claude-haiku-4-5")["params"]
+    assert params["system"] == "Terse."
+    assert params["messages"] == CONVERSATION[1:]
+    request = _encoded("gemini-2.5-flash")["request"]
+    assert request["systemInstruction"] == {"parts": [{"text": "Terse."}]}
+    assert request["contents"] == [
+        {"role": "user", "parts": [{"text": "2+2?"}]},
+        {"role": "model", "parts": [{"text": "4."}]},
+        {"role": "user", "parts": [{"text": "Times3?"}]},
+    ]
+
+
+@pytest.mark.parametrize("model", ["gpt-4.1-mini", "claude-haiku-4-5", "gemini-2.5-flash"])
+def test_messages_are_sent_whole_through_each_provider(emu, tmp_path, model):
+    batch = Batch(results_dir=tmp_path / "out").set_default_params(model=model)
+    batch.add_job(messages=CONVERSATION)
+    batch.add_job(messages=[{"role": "user", "content": "Only this"}])
+    results = batch.run().results()
+    answers = sorted(r.raw_response for r in results["completed"])
+    assert len(answers) == 2
+    # The emulator's text answer quotes the request's text, every message in order.
+    assert any("'Terse. 2+2? 4. Times3?'" in a for a in answers), answers
+    assert any("'Only this'" in a for a in answers), answers
+    if model.startswith("gpt"):
+        from openai import OpenAI
+
+        client = OpenAI()
+        bodies = [
+            json.loads(line)["body"]
+            for f in client.files.list(purpose="batch").data
+            for line in client.files.content(f.id).text.splitlines()
+        ]
+        sent = [b["messages"] for b in bodies]
+        assert CONVERSATION in sent
+        assert [{"role": "user", "content": "Only this"}] in sent
+
+
+def test_history_changes_the_job_and_resumes(emu, tmp_path):
+    frame = pl.DataFrame({"q": ["Times3?", "Times3?"],
+                          "h": [CONVERSATION[1:3], [CONVERSATION[1]]]})
+    out = batch_llm(frame, model="gpt-4.1-mini", prompt="{q}", history="h",
+                    state=tmp_path / "s")
+    assert out["_job_id"].n_unique() == 2  # another history is another request
+    assert out["_status"].to_list() == ["completed", "completed"]
+    before = len(posts(emu, "/batches"))
+    again = batch_llm(frame, model="gpt-4.1-mini", prompt="{q}", history="h",
+                      state=tmp_path / "s")
+    assert len(posts(emu, "/batches")) == before
+    assert again["response"].to_list() == out["response"].to_list()
+
+
+@pytest.mark.parametrize(
+    ("messages", "needle"),
+    [
+        ([], "at least one message"),
+        ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+         "last of messages= must be a user message"),
+        ([{"role": "user", "content": "a"}, {"role": "system", "content": "b"},
+          {"role": "user", "content": "c"}], "system message may only come first"),
+        ([{"role": "tool", "content": "a"}], "role 'system', 'user' or 'assistant'"),
+        ([{"role": "user", "content": [{"type": "text", "text": "a"}]}], "must be text"),
+    ],
+)
+def test_bad_messages_are_clear_errors(tmp_path, messages, needle):
+    batch = Batch(results_dir=tmp_path).set_default_params(model="gpt-4.1-mini")
+    with pytest.raises(ConfigError, match=needle):
+        batch.add_job(messages=messages)
+
+
+def test_bad_history_column_is_a_clear_error(emu):
+    frame = pl.DataFrame({"q": ["x"], "h": [[{"role": "system", "content": "s"}]]})
+    with pytest.raises(ColumnError, match="role 'user' or 'assistant'"):
+        batch_llm(frame, model="gpt-4.1-mini", prompt="{q}", history="h")
+    with pytest.raises(ColumnError, match="did you mean 'h'"):
+        batch_llm(frame, model="gpt-4.1-mini", prompt="{q}", history="hh")
+    assert emu.log() == []
 
 
 def test_builder_runs_jobs_and_keeps_failures(emu, tmp_path):
@@ -29,13 +312,24 @@ def test_builder_runs_jobs_and_keeps_failures(emu, tmp_path):
     assert len(results["failed"]) == 1
     assert isinstance(results["completed"][0].parsed_response, Invoice)
     assert results["failed"][0].error.startswith("schema_validation")
-    texts = [r for r in results["completed"] if isinstance(r.parsed_response, str)]
-    assert len(texts) == 1
-    r = results["completed"][0]
-    r.save_to_json(tmp_path / "r.json")
-    assert (tmp_path / "r.json").read_text().startswith("{")
+    texts = [r for r in results["completed"] if r.parsed_response is None]
+    assert len(texts) == 1 and texts[0].raw_response.startswith("Emulated answer")
     assert (tmp_path / "out" / "state").is_dir()  # results are never deleted
     # Running again pays nothing twice.
     before = len([e for e in emu.log() if e["method"] == "POST"])
     batch.run()
     assert len([e for e in emu.log() if e["method"] == "POST"]) == before
+
+
+def test_on_progress_with_the_seeds_three_arguments(emu, tmp_path):
+    seen = []
+    batch = Batch(results_dir=tmp_path / "out").set_default_params(model="gpt-4.1-mini")
+    batch.add_cost_limit(usd=1.0).add_job(prompt="a").add_job(prompt="b")
+    batch.run(on_progress=lambda s, t, b: seen.append((s, t, b)), progress_interval=0.0)
+    stats, elapsed, batches = seen[-1]
+    assert stats["completed"] == 2 and stats["total"] == 2 and stats["is_complete"]
+    assert stats["cost_limit_usd"] == 1.0 and stats["cost_usd"] > 0
+    assert stats["batches_total"] >= 1 and isinstance(batches, dict) and elapsed >= 0
+    snaps = []
+    batch.run(on_progress=snaps.append)
+    assert snaps[-1].completed == 2

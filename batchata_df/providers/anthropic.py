@@ -37,6 +37,7 @@ from batchata_df.providers.base import (
     RequestSpec,
     conform_results,
     empty_results,
+    history_messages,
     json_string,
 )
 
@@ -256,7 +257,9 @@ class AnthropicProvider:
                 pl.col("job_id"),
                 pl.lit('","params":{"model":'),
                 json_string(pl.col("model")),
-                pl.lit(',"messages":[{"role":"user","content":'),
+                pl.lit(',"messages":['),
+                history_messages(jobs),
+                pl.lit('{"role":"user","content":'),
                 user_content,
                 pl.lit("}]"),
                 system,
@@ -556,6 +559,7 @@ def decode_results(data: bytes, spec: RequestSpec | None = None) -> pl.DataFrame
         (usage.struct.field("input_tokens") + cache_read + cache_write).alias("input_tokens"),
         usage.struct.field("output_tokens").alias("output_tokens"),
         pl.when(usage.is_not_null()).then(cache_read).alias("cached_tokens"),
+        pl.when(usage.is_not_null()).then(cache_write).alias("cache_write_tokens"),
         # Thinking is billed inside output_tokens; usage.output_tokens_details breaks it
         # out (anthropic 2.14 types/output_tokens_details.py). Without it: 0 when the
         # answer has no thinking block, unknown (null) otherwise.
