@@ -58,18 +58,28 @@ def creates(emu):
             and e["status"] == 200]
 
 
-def start_two(tmp_path, state, model, modes):
+def start_two(tmp_path, state, model, modes, *, second_after_first_create=None):
+    """Start two children together, or (``second_after_first_create=emu``) the second once
+    the first holds the lock and has created a batch, so which one runs first is known."""
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     go = tmp_path / "go"
-    children = [
-        subprocess.Popen([sys.executable, str(script), str(state), wait, timeout, str(go), model],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=dict(os.environ))
-        for wait, timeout in modes
-    ]
+
+    def spawn(wait, timeout):
+        return subprocess.Popen(
+            [sys.executable, str(script), str(state), wait, timeout, str(go), model],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+
+    staged = second_after_first_create is not None
+    children = [spawn(*mode) for mode in (modes[:1] if staged else modes)]
     time.sleep(0.3)
     go.write_text("")
+    if staged:
+        deadline = time.monotonic() + 60
+        while not creates(second_after_first_create):
+            assert time.monotonic() < deadline and children[0].poll() is None
+            time.sleep(0.05)
+        children.append(spawn(*modes[1]))
     outs = []
     for child in children:
         out, err = child.communicate(timeout=120)
@@ -105,7 +115,8 @@ def test_a_poller_beside_a_run_is_refused_and_a_waiting_call_submits_nothing_aga
     state = tmp_path / "s"
     # One run, one wait=False poller told to wait for the lock: the poller runs after the
     # run and finds everything done.
-    outs, _ = start_two(tmp_path, state, "gpt-4.1-mini", [("wait", "0"), ("nowait", "none")])
+    outs, _ = start_two(tmp_path, state, "gpt-4.1-mini", [("wait", "0"), ("nowait", "none")],
+                        second_after_first_create=emu)
     assert all(o.startswith("DONE") for o in outs), outs
     assert len(creates(emu)) == 3
 
