@@ -34,6 +34,19 @@ prompt text (any message, system prompt included):
     JSON.
 ``[[emulator:refusal]]``
     The model refuses (OpenAI: ``message.refusal`` set and ``content`` null).
+``[[emulator:filter]]``
+    The provider's safety filter stops the answer part-way: OpenAI ``finish_reason``
+    ``content_filter``, Anthropic ``stop_reason`` ``refusal``, Gemini ``finishReason``
+    ``SAFETY``, each with the partial text.
+``[[emulator:recitation]]``
+    Gemini ``finishReason`` ``RECITATION`` with the partial text (the others: as ``filter``).
+``[[emulator:details]]``
+    Gemini: a per-request error whose ``details`` are the typed ``google.rpc`` objects the
+    API sends (``{"@type": ...}``), which google-genai 3.6.1's ``JobError`` (``details:
+    list[str]``) cannot parse. The others: as ``error``.
+``[[emulator:context]]``
+    Anthropic ``stop_reason`` ``model_context_window_exceeded`` with the partial text (the
+    others have no such stop reason: as ``truncate``).
 
 Examples
 --------
@@ -64,6 +77,10 @@ from typing import Any, Final
 __all__ = [
     "MARKER_ERROR",
     "MARKER_INVALID",
+    "MARKER_CONTEXT",
+    "MARKER_DETAILS",
+    "MARKER_FILTER",
+    "MARKER_RECITATION",
     "MARKER_REFUSAL",
     "MARKER_TRUNCATE",
     "POOL_SIZE",
@@ -83,11 +100,17 @@ MARKER_ERROR: Final = "error"
 MARKER_INVALID: Final = "invalid"
 MARKER_TRUNCATE: Final = "truncate"
 MARKER_REFUSAL: Final = "refusal"
+MARKER_FILTER: Final = "filter"
+MARKER_RECITATION: Final = "recitation"
+MARKER_CONTEXT: Final = "context"
+MARKER_DETAILS: Final = "details"
 #: a model name every protocol answers as unknown (OpenAI ``model_not_found``, Anthropic
 #: ``not_found_error``, Gemini 404 ``NOT_FOUND``); any other name is accepted
 UNKNOWN_MODEL: Final = "emulator-unknown-model"
 _MARKER_PREFIX: Final = "[[emulator:"
-_MARKER_RE: Final = re.compile(r"\[\[emulator:(error|invalid|truncate|refusal)(?::(\d{3}))?\]\]")
+_MARKER_RE: Final = re.compile(
+    r"\[\[emulator:(error|invalid|truncate|refusal|filter|recitation|context|details)(?::(\d{3}))?\]\]"
+)
 
 # How deep recursive schemas are expanded before the generator takes the shortest way
 # out (null branch, no optional properties, fewest array items).
