@@ -226,7 +226,7 @@ ERRORS = {
     "gemini-2.5-flash": [
         "error_500: Emulated error (HTTP 500) for this request.",
         "error_400: Emulated error (HTTP 400) for this request.",
-        "no_answer: the model returned no text (finish reason SAFETY)",
+        "safety: Gemini stopped the answer (finishReason SAFETY)",  # models-prices: finish reasons
         "schema_validation: label: Field required",
         TRUNCATED_THINKING,
         None,
