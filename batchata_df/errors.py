@@ -133,13 +133,22 @@ class ProviderError(BatchataError):
     connection failure). :attr:`permanent` tells whether trying again can help.
     """
 
-    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, status_code: int | None = None, permanent: bool | None = None
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
+        self._permanent = permanent
 
     @property
     def permanent(self) -> bool:
-        """A 4xx answer other than timeout (408), conflict (409) or rate limit (429)."""
+        """A 4xx answer other than timeout (408), conflict (409) or rate limit (429).
+
+        Or as the raiser decided (``permanent=``), e.g. an SDK that cannot parse an answer
+        will not parse it on the next try either.
+        """
+        if self._permanent is not None:
+            return self._permanent
         code = self.status_code
         return code is not None and 400 <= code < 500 and code not in (408, 409, 429)
 

@@ -43,7 +43,7 @@ import io
 import os
 import warnings
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,6 +123,8 @@ class FileLimits:
     encoded: bool
     source: str
     image_types: tuple[str, ...] = ("image/png", "image/jpeg", "image/gif", "image/webp")
+    image_encoded: bool = False
+    """``image_bytes`` limits the base64 string, not the file (Anthropic)."""
 
 
 LIMITS: dict[str, FileLimits] = {
@@ -143,6 +145,10 @@ LIMITS: dict[str, FileLimits] = {
         request_pages=100,
         encoded=True,
         source="Anthropic PDF support / vision guides",
+        # The API measures the base64 string: "image.source.base64: image exceeds 5 MB
+        # maximum: 5272940 bytes > 5242880 bytes" (as quoted in anthropics/claude-code
+        # #19631 and lobehub/lobehub#14711), so a 3.75-5 MB file is already too big.
+        image_encoded=True,
     ),
     "gemini": FileLimits(
         pdf_bytes=20 * MB,
@@ -344,6 +350,13 @@ def _preview(value: object) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
+def _limited_image_size(part: Mapping[str, Any], limits: FileLimits) -> int:
+    """The size the provider limits: the base64 string's length, or the file's size."""
+    if limits.image_encoded and part["data_b64"] is not None:
+        return len(part["data_b64"])
+    return int(part["size"])
+
+
 def _check_limits(
     parts: Sequence[dict[str, Any]], provider: str | None, where: Callable[[object], str]
 ) -> None:
@@ -375,10 +388,18 @@ def _check_limits(
                 f"(it takes {', '.join(limits.image_types)}); convert it to PNG"
             )
             raise FileInputError(msg)
-        elif part["kind"] == "image" and size > limits.image_bytes:
+        elif part["kind"] == "image" and _limited_image_size(part, limits) > limits.image_bytes:
+            measured = _limited_image_size(part, limits)
+            what = (
+                f"{measured / MB:.1f} MB in base64 ({size / MB:.1f} MB as a file)"
+                if limits.image_encoded
+                else f"{size / MB:.1f} MB"
+            )
             msg = (
-                f"{where(label)}: the image is {size / MB:.1f} MB; {provider} accepts at most "
-                f"{limits.image_bytes // MB} MB per image ({limits.source}). Downscale it"
+                f"{where(label)}: the image is {what}; {provider} accepts at most "
+                f"{limits.image_bytes // MB} MB per image"
+                f"{' in base64' if limits.image_encoded else ''} ({limits.source}). "
+                "Downscale or recompress it"
             )
             raise FileInputError(msg)
         if part["data_b64"] is not None:

@@ -284,7 +284,7 @@ def batch_llm(
     fingerprint = _fingerprint(
         model, prompt, system, answer, params, citations=citations, history=history
     )
-    salt = _job_salt(state, fingerprint)
+    fingerprint, salt = _job_salt(state, fingerprint)
     jobs = build_jobs(
         frame, model=model, prompt=prompt, system=system, salt=salt, history=history
     )
@@ -411,18 +411,29 @@ def _read_manifest(state: str | os.PathLike[str] | None) -> dict[str, Any] | Non
     return data if isinstance(data, dict) else None
 
 
-def _job_salt(state: str | os.PathLike[str] | None, fingerprint: Mapping[str, str]) -> str:
-    """The key of this run's job ids: from the settings, or kept by a :func:`reparse`.
+JOB_SALT_KEY = "job_salt"
+"""Fingerprint entry a :func:`reparse` adds: the key the folder's job ids were made with."""
 
-    A reparse changes the folder's schema but must not change its job ids (they name the
-    answers already paid for), so it records the salt it used in the manifest.
+
+def _job_salt(
+    state: str | os.PathLike[str] | None, fingerprint: Mapping[str, str]
+) -> tuple[dict[str, str], str]:
+    """The run's fingerprint and the key of its job ids.
+
+    Normally the key is a hash of the settings. A :func:`reparse` changes the folder's
+    schema but must not change its job ids (they name the answers already paid for), so it
+    records the key in the folder's fingerprint (``job_salt``), which every part also
+    carries (a manifest rebuilt by ``repair`` keeps it); a call whose settings match the
+    rest of that fingerprint uses it.
     """
     manifest = _read_manifest(state)
-    if manifest is not None and manifest.get("fingerprint") == dict(fingerprint):
-        kept = manifest.get("job_salt")
-        if isinstance(kept, str) and kept:
-            return kept
-    return _salt_of(fingerprint)
+    recorded = manifest.get("fingerprint") if manifest is not None else None
+    if isinstance(recorded, dict):
+        kept = recorded.get(JOB_SALT_KEY)
+        rest = {k: v for k, v in recorded.items() if k != JOB_SALT_KEY}
+        if isinstance(kept, str) and kept and rest == dict(fingerprint):
+            return {**fingerprint, JOB_SALT_KEY: kept}, kept
+    return dict(fingerprint), _salt_of(fingerprint)
 
 
 def reparse(
@@ -517,7 +528,8 @@ def reparse(
         model, prompt, system, answer, params, citations=citations, history=history
     )
     old = dict(manifest.get("fingerprint", {}))
-    diff = sorted(k for k in set(old) | set(new) if k != "schema" and old.get(k) != new.get(k))
+    ignored = ("schema", JOB_SALT_KEY)
+    diff = sorted(k for k in set(old) | set(new) if k not in ignored and old.get(k) != new.get(k))
     if diff:
         msg = (
             f"checkpoint folder {str(state)!r} was written for a run with a different "
@@ -525,8 +537,9 @@ def reparse(
             "(only the schema may change)"
         )
         raise StateMismatchError(msg)
-    kept = manifest.get("job_salt")
-    salt = kept if isinstance(kept, str) and kept else _salt_of(old)
+    kept = old.get(JOB_SALT_KEY)
+    salt = kept if kept else _salt_of(old)
+    new[JOB_SALT_KEY] = salt
     jobs = build_jobs(
         frame, model=model, prompt=prompt, system=system, salt=salt, history=history
     )
@@ -536,7 +549,7 @@ def reparse(
         jobs = attach_files(jobs, frame, files, salt=salt)
     # A writer: it must not interleave with a batch_llm call on the same folder.
     with WriterLock(state, 0.0):
-        adopt_schema(state, new, job_salt=salt)
+        adopt_schema(state, new)
         store = StateStore(state, new)
         _revalidate(store, jobs.get_column("job_id"), answer)
     latest, billed = store.snapshot()

@@ -144,6 +144,27 @@ closed (near 'a { b'); close the placeholder like {column}, or write a literal b
     return cols
 
 
+def _as_text(name: str, dtype: pl.DataType | None) -> pl.Expr:
+    """Column ``name`` as the text ``str.format`` would put in a prompt (``str(value)``).
+
+    Text, integers and dates cast exactly; booleans become ``True``/``False``. Polars'
+    own cast writes floats (``1e-07``, ``NaN``), datetimes and other types differently
+    from Python, so those columns go through ``str`` value by value.
+    """
+    col = pl.col(name)
+    if dtype is None or dtype == pl.String or dtype.is_integer() or dtype == pl.Date:
+        return col.cast(pl.String)
+    if dtype == pl.Boolean:
+        return pl.when(col).then(pl.lit("True")).when(col.not_()).then(pl.lit("False"))
+    return col.map_batches(_python_str, return_dtype=pl.String)
+
+
+def _python_str(values: pl.Series) -> pl.Series:
+    return pl.Series(
+        values.name, [None if v is None else str(v) for v in values.to_list()], dtype=pl.String
+    )
+
+
 _NOT_TEXT_FIX = {
     "Struct": "build the text yourself, e.g. pl.format('... {{}}', pl.col({c!r})"
     ".struct.json_encode()), or unnest it (df.unnest({c!r})) and name its fields",
@@ -160,9 +181,10 @@ _NOT_TEXT_FIX = {
 def _check_text_column(name: str, dtype: pl.DataType, what: str) -> None:
     """Refuse columns that have no faithful text form (nested, bytes, Python objects).
 
-    Numbers, booleans, dates, times, decimals, categoricals and enums render as Polars
-    casts them to ``String``. A Struct would render as ``"{1}"`` and a List or Binary cannot
-    be cast at all, so they are refused with the expression that builds the text instead.
+    Numbers, booleans, dates, times, decimals, categoricals and enums render as Python's
+    ``str`` would (see :func:`_as_text`). A Struct would render as ``"{1}"`` and a List or
+    Binary cannot be cast at all, so they are refused with the expression that builds the
+    text instead.
     """
     kind = dtype.base_type().__name__
     if kind in _NOT_TEXT_FIX:
@@ -179,9 +201,17 @@ def render_template(
 ) -> pl.Expr:
     """A vectorised expression rendering ``template`` over a frame's columns.
 
-    ``columns`` is the frame's schema (names and dtypes: non-text columns are refused) or
-    just its names. A null value in a referenced column gives a null prompt (that row then
-    fails without being sent).
+    ``columns`` is the frame's schema (names and dtypes: nested and binary columns are
+    refused) or just its names. Each row's text is exactly ``template.format(**row)``
+    (``{{``/``}}`` are literal braces): given the schema, non-text columns render as
+    Python's ``str`` does. A null value in a referenced column gives a null prompt (that
+    row then fails without being sent).
+
+    Examples
+    --------
+    >>> df = pl.DataFrame({"text": ["good"], "n": [1.5e-7]})
+    >>> df.select(render_template("{{{text}}} {n}", df.schema)).item()
+    '{good} 1.5e-07'
     """
     template_columns(template, what)
     names = list(columns)
@@ -196,9 +226,11 @@ def render_template(
                     f"not have (columns: {names!r}){_did_you_mean(field_name, names)}"
                 )
                 raise ColumnError(msg)
+            dtype = None
             if isinstance(columns, Mapping):
-                _check_text_column(field_name, columns[field_name], what)
-            parts.append(pl.col(field_name).cast(pl.String))
+                dtype = columns[field_name]
+                _check_text_column(field_name, dtype, what)
+            parts.append(_as_text(field_name, dtype))
     if not parts:
         return pl.lit("")
     return pl.concat_str(parts)

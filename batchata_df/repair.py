@@ -238,7 +238,9 @@ def _rebuild_manifest(
 ) -> Manifest:
     runs: Counter[str] = Counter()
     fingerprints: dict[str, dict[str, str]] = {}
-    for part in good:
+    # Oldest part first (names start with the write time), so each run keeps the
+    # fingerprint of its newest part: a folder's fingerprint can change (reparse).
+    for part in sorted(good, key=lambda p: p.name):
         meta = pl.read_parquet_metadata(part)
         run = meta.get(PART_RUN_KEY)
         if run:

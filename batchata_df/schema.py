@@ -57,6 +57,12 @@ def _datetime_convert(e: pl.Expr) -> pl.Expr:
     return pl.coalesce(aware, naive)
 
 
+def _time_convert(e: pl.Expr) -> pl.Expr:
+    # A time with an offset ("12:00:00+05:30", "...Z") is taken to UTC like a datetime
+    # (06:30:00): a Polars Time has no zone. A time without one is kept as it is.
+    return _datetime_convert(pl.concat_str([pl.lit("2000-01-01T"), e])).dt.time()
+
+
 def _scalar_type(tp: Any, where: str) -> _FieldType | None:
     if tp is bool:
         return _FieldType(pl.Boolean(), pl.Boolean(), None)
@@ -71,7 +77,7 @@ def _scalar_type(tp: Any, where: str) -> _FieldType | None:
     if tp is dt.date:
         return _FieldType(pl.Date(), pl.String(), lambda e: e.str.to_date("%Y-%m-%d"))
     if tp is dt.time:
-        return _FieldType(pl.Time(), pl.String(), lambda e: e.str.to_time("%H:%M:%S%.f"))
+        return _FieldType(pl.Time(), pl.String(), _time_convert)
     if tp is decimal.Decimal:
         target = pl.Decimal(38, 9)
         return _FieldType(target, pl.String(), lambda e: e.str.to_decimal(scale=9))

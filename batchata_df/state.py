@@ -611,14 +611,12 @@ def billed_from_events(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl
     )
 
 
-def adopt_schema(
-    root: str | os.PathLike[str], fingerprint: Mapping[str, str], *, job_salt: str
-) -> None:
+def adopt_schema(root: str | os.PathLike[str], fingerprint: Mapping[str, str]) -> None:
     """Rewrite a folder's manifest for a new answer schema (``batchata_df.reparse``).
 
-    The fingerprint becomes ``fingerprint``; ``job_salt`` records the key the folder's job
-    ids were made with, so that calls with the new schema find the same jobs. Every other
-    manifest field is kept. The file is replaced atomically.
+    The fingerprint becomes ``fingerprint`` (the new schema's, with the ``job_salt`` that
+    keeps the folder's job ids); every other manifest field is kept. The file is replaced
+    atomically; parts written from now on carry the new fingerprint.
     """
     path = Path(root) / "manifest.json"
     try:
@@ -627,7 +625,6 @@ def adopt_schema(
         msg = f"{str(path)!r} is not a readable batchata-df manifest: {e}"
         raise StateError(msg) from e
     data["fingerprint"] = dict(fingerprint)
-    data["job_salt"] = job_salt
     StateStore._atomic_write(path, json.dumps(data, indent=2, sort_keys=True).encode())
 
 

@@ -190,3 +190,41 @@ def test_namespace_is_registered_on_import():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "True", "False", "False"]
+
+
+def test_reparse_with_files_finds_the_same_jobs(emu, tmp_path):
+    """File contents are part of the job id: reparse re-reads them to find the jobs."""
+    notes = []
+    for i, text in enumerate(["a calm note", "[[emulator:invalid]] a loud note"]):
+        path = tmp_path / f"note{i}.txt"
+        path.write_text(text)
+        notes.append(str(path))
+    df = pl.DataFrame({"doc": notes})
+    args = {"model": "claude-haiku-4-5", "prompt": "Rate the note", "files": "doc",
+            "state": tmp_path / "s"}
+    first = df.pipe(batch_llm, schema=Review, **args)
+    assert first["_status"].to_list() == ["completed", "failed"]
+    calls = len(provider_calls(emu))
+    fixed = df.pipe(reparse, schema=FixedReview, **args)
+    assert len(provider_calls(emu)) == calls
+    assert fixed["_status"].to_list() == ["completed", "completed"]
+    assert fixed["_job_id"].to_list() == first["_job_id"].to_list()
+
+
+def test_reparsed_folder_keeps_its_job_ids_through_a_rebuilt_manifest(emu, tmp_path):
+    state = tmp_path / "s"
+    df = pl.DataFrame({"text": TEXTS[:2]})
+    args = {"model": "gpt-4.1-mini", "prompt": "{text}", "state": state}
+    df.pipe(batch_llm, schema=Review, **args)
+    df.pipe(reparse, schema=FixedReview, **args)
+    manifest = json.loads((state / "manifest.json").read_text())
+    assert manifest["fingerprint"]["job_salt"]
+    (state / "manifest.json").unlink()  # lost: repair rebuilds it from the parts
+    batchata_df.repair(state, apply=True)
+    assert json.loads((state / "manifest.json").read_text())["fingerprint"] == (
+        manifest["fingerprint"]
+    )
+    calls = len(provider_calls(emu))
+    again = df.pipe(batch_llm, schema=FixedReview, **args)
+    assert again["_status"].to_list() == ["completed", "completed"]
+    assert len([e for e in provider_calls(emu)[calls:] if e["method"] == "POST"]) == 0

@@ -280,6 +280,8 @@ class Emulator:
     def log(self, since: int = 0) -> list[dict[str, Any]]:
         """Every provider request so far: ``{seq, ts, method, path, query, status, provider, ...}``.
 
+        With ``configure(log_bodies=True)`` entries also hold ``body`` or ``lines``.
+
         Parameters
         ----------
         since
@@ -403,6 +405,7 @@ class Emulator:
         latency: float | None = None,
         cancel_delay: float | None = None,
         cancel_unfinished: Literal["error_file", "omit"] | None = None,
+        log_bodies: bool | None = None,
         list_order: Literal["newest_first", "oldest_first", "shuffled"] | None = None,
         openai: Mapping[str, object] | None = None,
         anthropic: Mapping[str, object] | None = None,
@@ -420,6 +423,10 @@ class Emulator:
             Seconds a cancelled batch stays ``cancelling``.
         cancel_unfinished
             ``"error_file"`` or ``"omit"``; see the class parameters.
+        log_bodies
+            Keep request bodies in :meth:`log` (``body``: parsed JSON; ``lines``: JSON
+            Lines such as an uploaded batch file), with credentials redacted. Off by
+            default (memory).
         list_order
             ``"newest_first"`` (default), ``"oldest_first"`` or ``"shuffled"``: the order
             of the OpenAI and Gemini batch lists, which neither provider documents.
@@ -437,6 +444,7 @@ class Emulator:
             ("latency", latency),
             ("cancel_delay", cancel_delay),
             ("cancel_unfinished", cancel_unfinished),
+            ("log_bodies", log_bodies),
             ("list_order", list_order),
             ("openai", None if openai is None else dict(openai)),
             ("anthropic", None if anthropic is None else dict(anthropic)),

@@ -34,6 +34,19 @@ prompt text (any message, system prompt included):
     JSON.
 ``[[emulator:refusal]]``
     The model refuses (OpenAI: ``message.refusal`` set and ``content`` null).
+``[[emulator:filter]]``
+    The provider's safety filter stops the answer part-way: OpenAI ``finish_reason``
+    ``content_filter``, Anthropic ``stop_reason`` ``refusal``, Gemini ``finishReason``
+    ``SAFETY``, each with the partial text.
+``[[emulator:recitation]]``
+    Gemini ``finishReason`` ``RECITATION`` with the partial text (the others: as ``filter``).
+``[[emulator:details]]``
+    Gemini: a per-request error whose ``details`` are the typed ``google.rpc`` objects the
+    API sends (``{"@type": ...}``), which google-genai 3.6.1's ``JobError`` (``details:
+    list[str]``) cannot parse. The others: as ``error``.
+``[[emulator:context]]``
+    Anthropic ``stop_reason`` ``model_context_window_exceeded`` with the partial text (the
+    others have no such stop reason: as ``truncate``).
 
 Examples
 --------
@@ -64,6 +77,10 @@ from typing import Any, Final
 __all__ = [
     "MARKER_ERROR",
     "MARKER_INVALID",
+    "MARKER_CONTEXT",
+    "MARKER_DETAILS",
+    "MARKER_FILTER",
+    "MARKER_RECITATION",
     "MARKER_REFUSAL",
     "MARKER_TRUNCATE",
     "POOL_SIZE",
@@ -83,11 +100,17 @@ MARKER_ERROR: Final = "error"
 MARKER_INVALID: Final = "invalid"
 MARKER_TRUNCATE: Final = "truncate"
 MARKER_REFUSAL: Final = "refusal"
+MARKER_FILTER: Final = "filter"
+MARKER_RECITATION: Final = "recitation"
+MARKER_CONTEXT: Final = "context"
+MARKER_DETAILS: Final = "details"
 #: a model name every protocol answers as unknown (OpenAI ``model_not_found``, Anthropic
 #: ``not_found_error``, Gemini 404 ``NOT_FOUND``); any other name is accepted
 UNKNOWN_MODEL: Final = "emulator-unknown-model"
 _MARKER_PREFIX: Final = "[[emulator:"
-_MARKER_RE: Final = re.compile(r"\[\[emulator:(error|invalid|truncate|refusal)(?::(\d{3}))?\]\]")
+_MARKER_RE: Final = re.compile(
+    r"\[\[emulator:(error|invalid|truncate|refusal|filter|recitation|context|details)(?::(\d{3}))?\]\]"
+)
 
 # How deep recursive schemas are expanded before the generator takes the shortest way
 # out (null branch, no optional properties, fewest array items).
@@ -467,7 +490,8 @@ class _Compiler:
             hi = min(hi, len(unique_pool))
 
         def gen(rng: _Rng, depth: int) -> list[object]:
-            n = lo if depth >= _MAX_DEPTH else rng.between(max(lo, min(1, hi)), max(lo, hi))
+            # Empty lists come up (one time in four, where allowed) as well as full ones.
+            n = lo if depth >= _MAX_DEPTH else rng.between(lo, max(lo, hi))
             if unique_pool is not None:
                 start = rng.below(len(unique_pool)) if unique_pool else 0
                 return [unique_pool[(start + i) % len(unique_pool)] for i in range(n)]
@@ -610,10 +634,14 @@ def _number(schema: Mapping[str, Any]) -> _Gen:
     hi = max(hi, lo)
 
     def gen(rng: _Rng, depth: int) -> object:
-        value = round(lo + (hi - lo) * rng.unit(), 2)
+        # Anything from whole numbers to full double precision.
+        value = round(lo + (hi - lo) * rng.unit(), _NUMBER_PLACES[rng.below(len(_NUMBER_PLACES))])
         return min(max(value, lo), hi)
 
     return gen
+
+
+_NUMBER_PLACES: Final = (0, 2, 5, 17)
 
 
 def _date(rng: _Rng) -> str:
@@ -622,6 +650,45 @@ def _date(rng: _Rng) -> str:
 
 def _time(rng: _Rng) -> str:
     return f"{rng.between(0, 23):02d}:{rng.between(0, 59):02d}:{rng.between(0, 59):02d}"
+
+
+#: RFC 3339 offsets answered for ``date-time`` and ``time``: UTC in its two spellings,
+#: half-hour and negative offsets, and the extremes.
+_OFFSETS: Final = ("Z", "+05:30", "-08:00", "+00:00", "+14:00", "-03:30", "+09:45")
+_FRACTIONS: Final = ("", "", ".5", ".123456", ".001")
+
+
+def _zoned_time(rng: _Rng) -> str:
+    fraction = _FRACTIONS[rng.below(len(_FRACTIONS))]
+    return _time(rng) + fraction + _OFFSETS[rng.below(len(_OFFSETS))]
+
+
+#: Text beyond ASCII that answers carry now and then: accents, combining marks, CJK,
+#: right-to-left, emoji (outside the BMP), quotes and backslashes, and the empty string.
+_UNICODE_WORDS: Final = (
+    "café", "naïve", "e\u0301", "日本語", "Ωmega", "שלום", "🎉 party", "a \"quote\"",
+    "back\\slash", "",
+)  # fmt: skip
+
+
+def _text(rng: _Rng) -> str:
+    """Free text: words, and one time in four a unicode or empty string."""
+    if rng.below(4) == 0:
+        return _UNICODE_WORDS[rng.below(len(_UNICODE_WORDS))]
+    return _words(rng)
+
+
+def _decimal(rng: _Rng) -> str:
+    """A decimal string: sign, 0 to 12 integer digits, 0 to 9 places (trailing zeros too)."""
+    sign = "-" if rng.below(4) == 0 else ""
+    whole = str(rng.between(0, 10 ** _DIGITS[rng.below(len(_DIGITS))] - 1))
+    places = rng.between(0, 9)
+    if places == 0:
+        return sign + whole
+    return f"{sign}{whole}.{rng.between(0, 10**places - 1):0{places}d}"
+
+
+_DIGITS: Final = (1, 3, 12)
 
 
 def _words(rng: _Rng) -> str:
@@ -634,8 +701,8 @@ def _words(rng: _Rng) -> str:
 
 _FORMATS: Final[dict[str, Callable[[_Rng], str]]] = {
     "date": _date,
-    "time": lambda rng: _time(rng) + "Z",
-    "date-time": lambda rng: f"{_date(rng)}T{_time(rng)}Z",
+    "time": _zoned_time,
+    "date-time": lambda rng: f"{_date(rng)}T{_zoned_time(rng)}",
     "email": lambda rng: f"{_WORDS[rng.below(len(_WORDS))]}{rng.below(100)}@example.com",
     "uuid": lambda rng: _uuid(rng),
     "uri": lambda rng: f"https://example.com/{_WORDS[rng.below(len(_WORDS))]}",
@@ -672,13 +739,15 @@ _PATTERN_CANDIDATES: Final[tuple[Callable[[_Rng], str], ...]] = (
 def _string(schema: Mapping[str, Any]) -> _Gen:
     min_len = int(schema.get("minLength", 0))
     max_len = schema.get("maxLength")
-    base: Callable[[_Rng], str] = _words
+    base: Callable[[_Rng], str] = _text
     fmt = schema.get("format")
     if isinstance(fmt, str) and fmt in _FORMATS:
         base = _FORMATS[fmt]
     pattern = schema.get("pattern")
+    if pattern is None:
+        pattern = _described_pattern(schema.get("description"))
     if isinstance(pattern, str):
-        base = _pattern_source(pattern, base)
+        base = _pattern_source(pattern, _words if base is _text else base)
 
     def gen(rng: _Rng, depth: int) -> object:
         text = base(rng)
@@ -691,12 +760,35 @@ def _string(schema: Mapping[str, Any]) -> _Gen:
     return gen
 
 
+_DESCRIBED: Final = re.compile(r"\{pattern: (.*?)(?:, [A-Za-z]+: .*)?\}\Z")
+
+
+def _described_pattern(description: object) -> str | None:
+    r"""A ``pattern`` the Anthropic SDK moved into the description (``{pattern: ...}``).
+
+    Anthropic's structured outputs take no ``pattern``; ``anthropic.transform_schema``
+    appends unsupported keywords to the description for the model to follow, and the
+    emulated model follows them.
+
+    Examples
+    --------
+    >>> _described_pattern("A price.\n\n{pattern: ^[0-9]+$, minLength: 1}")
+    '^[0-9]+$'
+    """
+    if not isinstance(description, str):
+        return None
+    match = _DESCRIBED.search(description.rpartition("\n")[2])
+    return match.group(1) if match else None
+
+
 def _pattern_source(pattern: str, fallback: Callable[[_Rng], str]) -> Callable[[_Rng], str]:
     try:
         regex = re.compile(pattern)
     except re.error:
         return fallback
     probe = _Rng(12345)
+    if all(regex.search(_decimal(probe)) for _ in range(32)):
+        return _decimal  # a decimal-number pattern (pydantic's Decimal): varied places
     safe = fallback
     for candidate in (fallback, *_PATTERN_CANDIDATES):
         # A candidate must match for any seed, not just one: check a few samples.

@@ -238,6 +238,9 @@ def _blocks_text(content: object) -> tuple[str, int, bool]:
     return "\n".join(texts), extra, cites
 
 
+ANTHROPIC_IMAGE_B64_MAX: Final = 5 * 1024 * 1024
+
+
 def _base64_tokens(source: Mapping[str, Any], block: str) -> int:
     """Tokens of a base64 ``document`` (PDF) or ``image`` source; MediaError if refused."""
     kind = source.get("media_type")
@@ -248,8 +251,18 @@ def _base64_tokens(source: Mapping[str, Any], block: str) -> int:
         allowed = ", ".join(repr(t) for t in media.IMAGE_TYPES)
         msg = f"image.source.base64.media_type: Input should be one of {allowed}"
         raise media.MediaError(msg)
+    data = source.get("data")
+    if block == "image" and isinstance(data, str) and len(data) > ANTHROPIC_IMAGE_B64_MAX:
+        # The 5 MB limit is on the base64 string, as the API's 400 says: "messages.0.content.
+        # 0.image.source.base64: image exceeds 5 MB maximum: 8259148 bytes > 5242880 bytes"
+        # (quoted in anthropics/claude-code#19631 and lobehub/lobehub#14711).
+        msg = (
+            f"image.source.base64: image exceeds 5 MB maximum: {len(data)} bytes > "
+            f"{ANTHROPIC_IMAGE_B64_MAX} bytes"
+        )
+        raise media.MediaError(msg)
     try:
-        raw = media.decode_base64(source.get("data"))
+        raw = media.decode_base64(data)
         if block == "document":
             return media.check_pdf(raw) * media.PDF_PAGE_TOKENS["anthropic"]
         width, height = media.check_image(raw, str(kind))
@@ -392,7 +405,7 @@ class _SpecBuilder:
         tokens = answers.count_tokens(prompt) + extra + (gen.schema_tokens if gen else 0)
         cached = answers.count_tokens(system) if cache and system else 0
         marker = answers.find_marker(prompt)
-        if marker == answers.MARKER_ERROR and error is None:
+        if marker in (answers.MARKER_ERROR, answers.MARKER_DETAILS) and error is None:
             status = answers.marker_status(prompt)
             kind = _ERROR_TYPES.get(status, "api_error")
             error = (kind, f"Emulated {kind} (HTTP {status}) for this request.")
@@ -518,6 +531,12 @@ def _answer(spec: _Spec) -> tuple[str, object, str]:
     stop = "end_turn"
     if marker == answers.MARKER_TRUNCATE:
         text, stop = _cut(text, spec.mode != "text"), "max_tokens"
+    elif marker in (answers.MARKER_FILTER, answers.MARKER_RECITATION):
+        # Claude's safety stop: stop_reason "refusal" after part of the answer.
+        text, stop = _cut(text, spec.mode != "text"), "refusal"
+    elif marker == answers.MARKER_CONTEXT:
+        # anthropic 2.14 StopReason: the prompt and answer filled the context window.
+        text, stop = _cut(text, spec.mode != "text"), "model_context_window_exceeded"
     room = spec.max_tokens - spec.thinking_tokens
     if answers.count_tokens(text) > room:
         text, stop = _cut(text, spec.mode != "text", max(0, room) * 4), "max_tokens"

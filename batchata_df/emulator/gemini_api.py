@@ -62,8 +62,9 @@ or ``responseSchema`` (the OpenAPI subset with upper-case types) with ``response
 ``application/json`` gives a schema-valid answer (:mod:`.answers`); ``application/json``
 alone gives ``{"answer": "..."}``; otherwise plain text. Markers in the prompt (any text
 part, system instruction included): ``[[emulator:error]]`` (``:NNN`` picks the code) gives a
-per-request ``error`` ``{code, message, status}`` (no ``details``: the real ones are typed
-objects the SDK's ``JobError`` cannot parse); ``[[emulator:invalid]]`` an answer that does not
+per-request ``error`` ``{code, message, status}``, and ``[[emulator:details]]`` the same
+with the typed ``google.rpc`` ``details`` objects the API sends (which the SDK's
+``JobError`` cannot parse); ``[[emulator:invalid]]`` an answer that does not
 validate; ``[[emulator:truncate]]`` cut-off text with ``finishReason: MAX_TOKENS`` (so does
 an answer longer than ``maxOutputTokens``); ``[[emulator:refusal]]`` a candidate with
 ``finishReason: SAFETY`` and no content. Thinking follows the model's generation
@@ -362,7 +363,7 @@ class _SpecBuilder:
             limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
         )
         marker = answers.find_marker(prompt)
-        if marker == answers.MARKER_ERROR and error is None:
+        if marker in (answers.MARKER_ERROR, answers.MARKER_DETAILS) and error is None:
             code = answers.marker_status(prompt)
             error = (code, f"Emulated error (HTTP {code}) for this request.")
         tokens = answers.count_tokens(prompt) + files + (gen.schema_tokens if gen else 0)
@@ -439,8 +440,11 @@ def _render(spec: _Spec, model: str, rid: str) -> tuple[dict[str, Any], int, int
     if room is not None:
         tt = min(tt, room)
         room -= tt  # thinking counts against maxOutputTokens
-    if spec.marker == answers.MARKER_TRUNCATE:
-        text, truncated = _cut(text, spec.mode != "text"), True
+    stopped = {answers.MARKER_FILTER: "SAFETY", answers.MARKER_RECITATION: "RECITATION"}.get(
+        spec.marker or ""
+    )  # google-genai 3.6.1 FinishReason: the answer stopped part-way, partial text kept
+    if spec.marker in (answers.MARKER_TRUNCATE, answers.MARKER_CONTEXT) or stopped:
+        text, truncated = _cut(text, spec.mode != "text"), stopped is None
     if room is not None and answers.count_tokens(text) > room:
         text = _cut(text[: room * 4], spec.mode != "text", keep=True) if room > 0 else ""
         truncated = True
@@ -458,7 +462,7 @@ def _render(spec: _Spec, model: str, rid: str) -> tuple[dict[str, Any], int, int
         "candidates": [
             {
                 "content": {"parts": parts, "role": "model"},
-                "finishReason": "MAX_TOKENS" if truncated else "STOP",
+                "finishReason": stopped or ("MAX_TOKENS" if truncated else "STOP"),
                 "index": 0,
             }
         ],
@@ -1092,6 +1096,15 @@ class GeminiApp:
                 failed += 1
             elif spec.error is not None:
                 entry["error"] = _error_json(*spec.error)
+                if spec.marker == answers.MARKER_DETAILS:
+                    entry["error"]["details"] = [
+                        {
+                            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                            "reason": "EMULATED_FAILURE",
+                            "domain": "generativelanguage.googleapis.com",
+                            "metadata": {"emulator": "details"},
+                        }
+                    ]
                 failed += 1
             else:
                 entry["response"], _, _ = _render(

@@ -516,7 +516,7 @@ class _SpecBuilder:
             limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
         )
         marker = answers.find_marker(prompt)
-        if marker == answers.MARKER_ERROR and error is None:
+        if marker in (answers.MARKER_ERROR, answers.MARKER_DETAILS) and error is None:
             status = answers.marker_status(prompt)
             if status == 500:
                 error = (
@@ -568,7 +568,7 @@ def _answer(spec: _Spec) -> tuple[str, str, bool, int]:
     else:
         text = answers.fake_text(spec.prompt, seed)
     truncated = False
-    if marker == answers.MARKER_TRUNCATE:
+    if marker in _CUT_MARKERS:
         text = _cut(text, spec.mode != "text")
         truncated = True
     if limit is not None and answers.count_tokens(text) > limit:
@@ -590,6 +590,13 @@ def _cut(text: str, must_break_json: bool, *, keep: bool = False) -> str:
 
 
 _REFUSAL_Q: Final = _quote(REFUSAL_TEXT)
+# Markers that stop the answer part-way; filter and recitation as OpenAI's content filter
+# (finish_reason "content_filter", openai 3.57 ChatCompletion Choice), context as a cut.
+_CUT_MARKERS: Final = frozenset(
+    {answers.MARKER_TRUNCATE, answers.MARKER_FILTER, answers.MARKER_RECITATION,
+     answers.MARKER_CONTEXT}
+)
+_FILTER_MARKERS: Final = frozenset({answers.MARKER_FILTER, answers.MARKER_RECITATION})
 _CHAT_USAGE_DETAILS: Final = (
     '"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},'
     '"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,'
@@ -601,6 +608,9 @@ _INCOMPLETE: Final = '{"reason":"max_output_tokens"}'
 def _body(spec: _Spec, rid: str, created: int, model_q: str, endpoint: str) -> tuple[str, int]:
     """JSON text of a successful response body, and its completion tokens."""
     content, refusal, truncated, ct = _answer(spec)
+    filtered = spec.marker in _FILTER_MARKERS
+    finish = "content_filter" if filtered else ("length" if truncated else "stop")
+    incomplete = '{"reason":"content_filter"}' if filtered else _INCOMPLETE
     pt = spec.prompt_tokens
     rt = spec.reasoning if spec.max_tokens is None else min(spec.reasoning, spec.max_tokens)
     ct += rt  # reasoning is billed inside the completion tokens
@@ -610,7 +620,7 @@ def _body(spec: _Spec, rid: str, created: int, model_q: str, endpoint: str) -> t
             f'{{"id":"chatcmpl-{rid}","object":"chat.completion","created":{created},'
             f'"model":{model_q},"choices":[{{"index":0,"message":{{"role":"assistant",'
             f'"content":{content},"refusal":{refusal},"annotations":[]}},"logprobs":null,'
-            f'"finish_reason":"{"length" if truncated else "stop"}"}}],"usage":{{'
+            f'"finish_reason":"{finish}"}}],"usage":{{'
             f'"prompt_tokens":{pt},"completion_tokens":{ct},"total_tokens":{pt + ct},'
             f'{details}}},"service_tier":"default","system_fingerprint":"fp_emulator"}}'
         ), ct
@@ -622,7 +632,7 @@ def _body(spec: _Spec, rid: str, created: int, model_q: str, endpoint: str) -> t
     return (
         f'{{"id":"resp_{rid}","object":"response","created_at":{created},"status":"{status}",'
         f'"completed_at":{"null" if truncated else created},"error":null,'
-        f'"incomplete_details":{_INCOMPLETE if truncated else "null"},{spec.echo},'
+        f'"incomplete_details":{incomplete if truncated else "null"},{spec.echo},'
         f'"model":{model_q},"output":[{{"id":"msg_{rid}","type":"message","status":"{status}",'
         f'"role":"assistant","content":[{part}]}}],"parallel_tool_calls":true,'
         '"tool_choice":"auto","tools":[],"truncation":"disabled","service_tier":"default",'

@@ -43,7 +43,7 @@ Control endpoints (no auth, never logged)
     for any ``Retry-After`` however large.
 ``GET|POST /_emulator/config``
     ``{"latency": s, "cancel_delay": s, "cancel_unfinished": "error_file" | "omit",
-    "<provider>": {...}}``. Unknown keys are a 400, never ignored.
+    "log_bodies": bool, "<provider>": {...}}``. Unknown keys are a 400, never ignored.
 ``POST /_emulator/reset``
     Drop all provider state, files, faults and the log, and reset the clock; settings stay.
 ``GET|POST /_emulator/clock``
@@ -436,6 +436,11 @@ class EmulatorConfig:
         What happens to requests that had not run when a batch was cancelled:
         ``"error_file"`` writes one error line per request (OpenAI code
         ``batch_cancelled``); ``"omit"`` leaves them out of every result file.
+    log_bodies
+        Keep each request's body in the log (parsed JSON as ``body``, JSON Lines, also
+        inside a multipart upload, as ``lines``), with any credential sent in the
+        request's headers or query replaced by ``REDACTED``. Off by default: a
+        million-row benchmark must not hold every request in memory.
     list_order
         Order of the OpenAI and Gemini batch lists: ``"newest_first"`` (what they do in
         practice), ``"oldest_first"`` or ``"shuffled"`` (stable while no batch is added).
@@ -446,6 +451,7 @@ class EmulatorConfig:
     latency: float = 0.0
     cancel_delay: float = 0.0
     cancel_unfinished: CancelUnfinished = "error_file"
+    log_bodies: bool = False
     list_order: ListOrder = "newest_first"
 
     def as_dict(self) -> dict[str, object]:
@@ -454,6 +460,7 @@ class EmulatorConfig:
             "latency": self.latency,
             "cancel_delay": self.cancel_delay,
             "cancel_unfinished": self.cancel_unfinished,
+            "log_bodies": self.log_bodies,
             "list_order": self.list_order,
         }
 
@@ -731,6 +738,73 @@ class LedgerEntry:
     """Requests executed when a cancel or expiry ended the batch early (``None``: all)."""
 
 
+def _credentials(request: Request) -> list[str]:
+    """The credential values a request carries (auth headers, key-like query parameters)."""
+    found: list[str] = []
+    for header in _AUTH_HEADERS:
+        value = request.headers.get(header)
+        if value:
+            found.append(value)
+            scheme, _, rest = value.partition(" ")
+            if rest and scheme.lower() in ("bearer", "basic", "token"):
+                found.append(rest.strip())
+    for name, value in parse_qsl(request.query_string, keep_blank_values=True):
+        if name.lower() in _AUTH_QUERY_PARAMS and value:
+            found.append(value)
+    return sorted({v for v in found if len(v) >= 4}, key=len, reverse=True)
+
+
+def _json_lines(text: str) -> list[object] | None:
+    lines = [line for line in text.splitlines() if line.strip()]
+    try:
+        return [json.loads(line) for line in lines]
+    except ValueError:
+        return None
+
+
+def _loggable_body(request: Request) -> dict[str, object]:
+    """``{"body": json}`` or ``{"lines": [json, ...]}`` (or ``{"body_text": str}``), redacted.
+
+    A multipart upload (OpenAI's ``/files``) is logged by its file part. Credentials the
+    request carried in headers or query are replaced by ``REDACTED`` wherever they appear
+    in the body, so a client that leaks its key into a request is visible in the log
+    without the log holding the key.
+
+    Examples
+    --------
+    >>> r = Request("POST", "/x", {}, Headers([("x-api-key", "sk-123456")]),
+    ...             b'{"a": "sk-123456"}')
+    >>> _loggable_body(r)
+    {'body': {'a': 'REDACTED'}}
+    """
+    raw = request.body
+    ctype = request.headers.get("content-type", "")
+    if ctype.lower().startswith("multipart/"):
+        from batchata_df.emulator.openai_api import parse_multipart
+
+        try:
+            parts = parse_multipart(raw, ctype)
+        except ValueError:
+            parts = {}
+        files = [bytes(data) for filename, data in parts.values() if filename is not None]
+        if files:
+            raw = files[0]
+    text = raw.decode("utf-8", "replace")
+    for secret in _credentials(request):
+        text = text.replace(secret, _REDACTED)
+    if raw is not request.body:  # an uploaded file: JSON Lines even when it has one line
+        lines = _json_lines(text)
+        return {"lines": lines} if lines is not None else {"body_text": text}
+    try:
+        return {"body": json.loads(text)}
+    except ValueError:
+        pass
+    lines = _json_lines(text)
+    if lines is not None:
+        return {"lines": lines}
+    return {"body_text": text}
+
+
 class EmulatorCore:
     """Routing, request log, faults, settings and shared services for all provider apps.
 
@@ -926,6 +1000,8 @@ class EmulatorCore:
             "retry_count": int(retry) if retry is not None and retry.isdigit() else None,
             "fault": fault.id if fault is not None else None,
         }
+        if self.config.log_bodies and request.body:
+            entry.update(_loggable_body(request))
         self._log.append(entry)  # list.append is atomic under the GIL
 
     # ---- control endpoints
@@ -1006,6 +1082,7 @@ class EmulatorCore:
             self.config.latency,
             self.config.cancel_delay,
             self.config.cancel_unfinished,
+            self.config.log_bodies,
             self.config.list_order,
         )
         for key in ("latency", "cancel_delay"):
@@ -1021,6 +1098,12 @@ class EmulatorCore:
                 msg = f"cancel_unfinished must be 'error_file' or 'omit', got {value!r}"
                 raise ValueError(msg)
             new.cancel_unfinished = value
+        if "log_bodies" in shared:
+            value = shared["log_bodies"]
+            if not isinstance(value, bool):
+                msg = f"log_bodies must be true or false, got {value!r}"
+                raise ValueError(msg)
+            new.log_bodies = value
         if "list_order" in shared:
             value = shared["list_order"]
             if value not in LIST_ORDERS:

@@ -539,10 +539,20 @@ def decode_results(data: bytes, spec: RequestSpec | None = None) -> pl.DataFrame
     )
     err = result.struct.field("error").struct.field("error")
     refused = (kind == "succeeded") & (stop == "refusal")
-    outcome = pl.when(refused).then(pl.lit("errored")).otherwise(kind)
+    # anthropic 2.14 StopReason "model_context_window_exceeded": the answer stopped because
+    # prompt and answer filled the context window; a failure with that reason.
+    overflow = (kind == "succeeded") & (stop == "model_context_window_exceeded")
+    outcome = pl.when(refused | overflow).then(pl.lit("errored")).otherwise(kind)
     error = (
         pl.when(refused)
         .then(pl.concat_str([pl.lit("refusal: "), text.fill_null("")]))
+        .when(overflow)
+        .then(
+            pl.lit(
+                "model_context_window_exceeded: the prompt and the answer filled the model's "
+                "context window before the answer was complete; shorten the prompt or files"
+            )
+        )
         .when(kind == "errored")
         .then(
             pl.concat_str(

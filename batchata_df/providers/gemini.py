@@ -353,6 +353,15 @@ class GeminiProvider:
             except _transport_errors() as e:
                 msg = f"Gemini failed to {what}: {type(e).__name__}: {e}"
                 raise ProviderError(msg) from e
+            except Exception as e:
+                # Anything else the SDK raises (an answer it cannot parse: pydantic's
+                # ValidationError, a KeyError as in googleapis/python-genai#1590, ...) is a
+                # reason, never a crash. It will not parse next time either, so it is
+                # permanent for a read (the batch's rows end failed with it); a create is
+                # not (nor an upload), so that the engine first looks for a batch the request
+                # may have made and sends the rows again later.
+                msg = f"Gemini failed to {what}: google-genai raised {type(e).__name__}: {e}"
+                raise ProviderError(msg, permanent=not what.startswith(("create", "upload"))) from e
 
     # -- encode -------------------------------------------------------------------------------
 
@@ -477,7 +486,29 @@ class GeminiProvider:
         return job.name
 
     def _get(self, batch_id: str) -> types.BatchJob:
-        return self._call("retrieve the batch", lambda: self.client.batches.get(name=batch_id))
+        from pydantic import ValidationError
+
+        try:
+            return self._call("retrieve the batch", lambda: self.client.batches.get(name=batch_id))
+        except ProviderError as e:
+            if not isinstance(e.__cause__, ValidationError):
+                raise
+            # The API sends per-request errors with google.rpc ``details`` objects, which
+            # google-genai 3.6.1's JobError (``details: list[str]``) cannot parse: read
+            # the same GET leniently instead, so the batch stays collectable.
+            return self._call("retrieve the batch", lambda: self._get_lenient(batch_id))
+
+    def _get_lenient(self, batch_id: str) -> types.BatchJob:
+        """``batches.get`` with error ``details`` turned into JSON strings before parsing.
+
+        Uses the SDK's own HTTP client and its Developer API converter (google-genai 3.6.1
+        ``batches._BatchJob_from_mldev``; pinned in constraints.txt).
+        """
+        from google.genai import batches, types
+
+        response = self.client._api_client.request("get", batch_id, {})
+        raw = _stringify_details(json.loads(response.body or "{}"))
+        return types.BatchJob._from_response(response=batches._BatchJob_from_mldev(raw), kwargs={})
 
     def poll(self, batch_id: str) -> BatchPoll:
         """Retrieve the batch and normalize its state."""
@@ -587,6 +618,27 @@ class GeminiProvider:
             raise OrphanedBatchError(msg) from e
 
 
+def _stringify_details(node: Any) -> Any:
+    """``node`` with every error's non-string ``details`` entries as JSON strings.
+
+    Examples
+    --------
+    >>> _stringify_details({"error": {"code": 5, "details": [{"@type": "x"}]}})
+    {'error': {'code': 5, 'details': ['{"@type": "x"}']}}
+    """
+    if isinstance(node, list):
+        return [_stringify_details(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _stringify_details(value) for key, value in node.items()}
+    error = out.get("error")
+    if isinstance(error, dict) and isinstance(error.get("details"), list):
+        error["details"] = [
+            d if isinstance(d, str) else json.dumps(d, sort_keys=True) for d in error["details"]
+        ]
+    return out
+
+
 def _transport_errors() -> tuple[type[BaseException], ...]:
     """Network errors of the HTTP stacks the SDK may use (httpx2 when installed, httpx)."""
     found: list[type[BaseException]] = []
@@ -650,7 +702,12 @@ def decode_lines(data: bytes) -> pl.DataFrame:
     err = pl.col("error")
     err_code = err.struct.field("code")
     blocked = resp.struct.field("promptFeedback").struct.field("blockReason")
-    ok = err.is_null() & text.is_not_null()
+    # A finish reason other than STOP / MAX_TOKENS (google-genai 3.6.1 FinishReason: SAFETY,
+    # RECITATION, BLOCKLIST, PROHIBITED_CONTENT, SPII, LANGUAGE, OTHER, ...) means Gemini
+    # stopped the answer: the row fails with that reason, partial text or not.
+    normal = ["STOP", "MAX_TOKENS", "FINISH_REASON_UNSPECIFIED"]
+    stopped = finish.is_not_null() & ~finish.is_in(normal)
+    ok = err.is_null() & text.is_not_null() & ~stopped.fill_null(False)
     outcome = (
         pl.when(ok)
         .then(pl.lit("succeeded"))
@@ -674,6 +731,17 @@ def decode_lines(data: bytes) -> pl.DataFrame:
         )
         .when(blocked.is_not_null())
         .then(pl.concat_str([pl.lit("blocked: the prompt was blocked ("), blocked, pl.lit(")")]))
+        .when(stopped)
+        .then(
+            pl.concat_str(
+                [
+                    finish.str.to_lowercase(),
+                    pl.lit(": Gemini stopped the answer (finishReason "),
+                    finish,
+                    pl.lit(")"),
+                ]
+            )
+        )
         .otherwise(
             pl.concat_str(
                 [

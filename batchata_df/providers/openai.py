@@ -393,7 +393,10 @@ def decode_lines(data: bytes) -> pl.DataFrame:
     refusal = message.struct.field("refusal")
     body_err = body.struct.field("error")
     line_err = pl.col("error")
-    ok = (status_code == 200) & refusal.is_null() & choice.is_not_null()
+    # finish_reason "content_filter" (openai 3.57 ChatCompletion Choice): the filter cut
+    # the answer; the row fails with that reason, not as a schema error of the partial text.
+    filtered = (finish == "content_filter").fill_null(False)
+    ok = (status_code == 200) & refusal.is_null() & choice.is_not_null() & ~filtered
     err_code = pl.coalesce(line_err.struct.field("code"), body_err.struct.field("code"))
     outcome = (
         pl.when(ok)
@@ -409,6 +412,13 @@ def decode_lines(data: bytes) -> pl.DataFrame:
         .then(pl.lit(None, dtype=pl.String))
         .when(refusal.is_not_null())
         .then(pl.concat_str([pl.lit("refusal: "), refusal]))
+        .when(filtered & (status_code == 200))
+        .then(
+            pl.lit(
+                "content_filter: OpenAI's content filter stopped the answer (finish_reason "
+                "content_filter); the partial answer is kept as the raw answer"
+            )
+        )
         .when(line_err.is_not_null())
         .then(
             pl.concat_str(
@@ -440,6 +450,8 @@ def decode_lines(data: bytes) -> pl.DataFrame:
         .then(message.struct.field("content"))
         .when(refusal.is_not_null())
         .then(refusal)
+        .when(filtered)
+        .then(message.struct.field("content"))
         .alias("text"),
         error.alias("error"),
         (finish == "length").fill_null(False).alias("truncated"),

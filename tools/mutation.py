@@ -1,0 +1,489 @@
+r"""Mutation testing for batchata-df: does the suite notice when the code is wrong.
+
+Two modes.
+
+``mutmut``
+    Runs `mutmut <https://github.com/boxed/mutmut>`_ (pinned in the ``mutation`` extra:
+    ``pip install -e '.[mutation]' -c constraints.txt``) on one or more modules with a
+    chosen, fast part of the suite, in a scratch copy of the repository (the work tree
+    never gets a ``mutants/`` folder). The score and every surviving mutant (with its
+    diff) are merged into ``benchmarks/results/mutation.json`` and rendered as
+    ``benchmarks/results/mutation.md``. A survivor's explanation (why it is equivalent, or
+    which test now kills it) is written by hand into the JSON's ``notes`` (keyed by mutant
+    name, or a name prefix ending in ``*``) and kept by later runs.
+
+``targeted``
+    Applies each hand-written mutation of :data:`TARGETED` (the ones issue 10 found
+    surviving the whole suite) to a scratch copy, runs the tests meant to kill it and
+    checks that they fail. Results go to ``benchmarks/results/mutation_targeted.json``.
+
+Examples
+--------
+One small module, its fast tests, one worker (CPU is shared), in sittings of 20 minutes
+that resume where the last one stopped::
+
+    python tools/mutation.py mutmut --module batchata_df/jobs.py \\
+        --tests tests/test_properties_jobs.py tests/test_units.py --max-children 1 \\
+        --workdir .mutation/jobs --time-budget 1200
+
+The 14 targeted mutations (or one of them)::
+
+    python tools/mutation.py targeted
+    python tools/mutation.py targeted --only openai-drops-system
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+MUTMUT_JSON = RESULTS / "mutation.json"
+MUTMUT_MD = RESULTS / "mutation.md"
+TARGETED_JSON = RESULTS / "mutation_targeted.json"
+
+#: How mutmut's worker exit codes read (mutmut.stats.status_by_exit_code, 3.8).
+_KILLED = {1, 3, 37}
+_SURVIVED = {0}
+_TIMEOUT = {36, -24, 24, 152, 255}
+_NO_TESTS = {5, 33}
+
+
+# --------------------------------------------------------------------------------------
+# mutmut
+
+
+def _scratch_copy(modules: list[str], tests: list[str], dest: Path) -> None:
+    shutil.copytree(
+        ROOT / "batchata_df", dest / "batchata_df", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    (dest / "tests").mkdir()
+    shutil.copy2(ROOT / "tests" / "conftest.py", dest / "tests" / "conftest.py")
+    for test in tests:
+        target = dest / test
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / test, target)
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    config = {
+        "source_paths": ["batchata_df"],
+        "only_mutate": modules,
+        "pytest_add_cli_args_test_selection": tests,
+        # no doctest collection of the whole package, no cache files in the copy
+        "pytest_add_cli_args": ["-p", "no:cacheprovider", "-o", "addopts=", "-q"],
+        # Polars' thread pool does not survive a fork of a process that has used it (the
+        # child deadlocks): fork each mutant from a server that has imported nothing.
+        "process_isolation": "forkserver",
+        "forkserver_warmup": "none",
+        # so each mutant's run imports pytest, Polars and the tests itself: mutmut's CPU
+        # limit (15x the test's own time + a constant) must leave room for those seconds
+        "timeout_constant": 30.0,
+    }
+    lines = ["", "[tool.mutmut]"] + [f"{k} = {json.dumps(v)}" for k, v in config.items()]
+    (dest / "pyproject.toml").write_text(pyproject + "\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _mutant_results(scratch: Path) -> dict[str, int | None]:
+    out: dict[str, int | None] = {}
+    for meta in (scratch / "mutants").rglob("*.meta"):
+        data = json.loads(meta.read_text(encoding="utf-8"))
+        out.update(data.get("exit_code_by_key", {}))
+    return out
+
+
+def _show(scratch: Path, name: str) -> str:
+    shown = subprocess.run(
+        [sys.executable, "-m", "mutmut", "show", name],
+        cwd=scratch, capture_output=True, text=True, timeout=120, check=False,
+    )
+    return shown.stdout.strip()
+
+
+def _mutmut_run(scratch: Path, max_children: int, budget: float | None) -> bool:
+    """Run (or resume) mutmut in ``scratch``; False when the time budget stopped it."""
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    with subprocess.Popen(
+        [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)],
+        cwd=scratch, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    ) as proc:
+        try:
+            proc.wait(timeout=budget)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)  # mutmut and its workers, nothing else
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            return False
+    return True
+
+
+def run_mutmut(
+    modules: list[str],
+    tests: list[str],
+    max_children: int,
+    label: str,
+    *,
+    workdir: Path | None = None,
+    budget: float | None = None,
+) -> dict[str, Any]:
+    """Run mutmut on ``modules`` with ``tests``; return this run's record.
+
+    With ``workdir`` the scratch copy is kept there, and a later call with the same
+    ``workdir`` resumes (mutmut skips mutants it has results for): on a shared two-core
+    machine a module can be tested in several sittings of ``budget`` seconds each. A run
+    stopped by its budget is recorded with ``complete: false`` and its unchecked mutants.
+    """
+    version = subprocess.run(
+        [sys.executable, "-c", "import importlib.metadata as m; print(m.version('mutmut'))"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    with contextlib.ExitStack() as stack:
+        if workdir is None:
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mutation-")))
+        else:
+            scratch = workdir
+            scratch.mkdir(parents=True, exist_ok=True)
+        if not (scratch / "pyproject.toml").exists():
+            _scratch_copy(modules, tests, scratch)
+        started = dt.datetime.now(dt.UTC)
+        complete = _mutmut_run(scratch, max_children, budget)
+        seconds = (dt.datetime.now(dt.UTC) - started).total_seconds()
+        codes = _mutant_results(scratch)
+        if not codes:
+            msg = f"mutmut produced no results (run `python -m mutmut run` in {scratch})"
+            raise SystemExit(msg)
+        killed = sorted(k for k, c in codes.items() if c in _KILLED)
+        survived = sorted(k for k, c in codes.items() if c in _SURVIVED)
+        timeout = sorted(k for k, c in codes.items() if c in _TIMEOUT)
+        no_tests = sorted(k for k, c in codes.items() if c in _NO_TESTS)
+        other = sorted(
+            k for k in codes if k not in {*killed, *survived, *timeout, *no_tests}
+        )
+        # Timeouts count as detected (the mutant made the tests hang), as mutmut counts
+        # them; mutants that no selected test reaches count as survivors.
+        checked = len(killed) + len(survived) + len(timeout) + len(no_tests)
+        score = (len(killed) + len(timeout)) / checked if checked else 0.0
+        return {
+            "label": label,
+            "tool": f"mutmut {version}",
+            "modules": modules,
+            "tests": tests,
+            "date": started.isoformat(timespec="seconds"),
+            "seconds": round(seconds, 1),
+            "max_children": max_children,
+            "complete": complete and not other,
+            "mutants": len(codes),
+            "killed": len(killed),
+            "timeout": len(timeout),
+            "survived": len(survived),
+            "no_tests": len(no_tests),
+            "not_checked": len(other),
+            "score": round(score, 4),
+            "survivors": {name: _show(scratch, name) for name in survived + no_tests},
+        }
+
+
+def _load(path: Path) -> dict[str, Any]:
+    if path.exists():
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return data
+    return {"runs": {}, "notes": {}}
+
+
+def write_mutmut(record: dict[str, Any]) -> None:
+    """Merge ``record`` into mutation.json (by label) and re-render mutation.md."""
+    data = _load(MUTMUT_JSON)
+    data["runs"][record["label"]] = record
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    MUTMUT_JSON.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", "utf-8")
+    MUTMUT_MD.write_text(render_markdown(data), "utf-8")
+
+
+def render_markdown(data: dict[str, Any]) -> str:
+    """The human summary: score per run, then each survivor with its note."""
+    notes: dict[str, str] = data.get("notes", {})
+    out = [
+        "# Mutation testing results",
+        "",
+        "Written by `tools/mutation.py mutmut` (do not edit by hand except the notes in",
+        "`mutation.json`). Score = (killed + timeout) / checked mutants.",
+        "",
+        "| run | modules | tests | mutants | killed | timeout | survived | no tests |"
+        " not checked | score |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, run in sorted(data["runs"].items()):
+        out.append(
+            f"| {label} | {', '.join(run['modules'])} | {', '.join(run['tests'])} | "
+            f"{run['mutants']} | {run['killed']} | {run['timeout']} | {run['survived']} | "
+            f"{run['no_tests']} | {run['not_checked']} | {run['score']:.1%}"
+            f"{'' if run.get('complete') else ' (partial)'} |"
+        )
+    for label, run in sorted(data["runs"].items()):
+        if run.get("remark"):
+            out += ["", f"**{label}:** {run['remark']}"]
+    for label, run in sorted(data["runs"].items()):
+        if not run["survivors"]:
+            continue
+        out += ["", f"## Survivors of `{label}` ({run['tool']}, {run['date']})", ""]
+        for name, diff in run["survivors"].items():
+            note = notes.get(name) or next(
+                (text for key, text in notes.items()
+                 if key.endswith("*") and name.startswith(key[:-1])),
+                "not yet explained",
+            )
+            out += [f"### `{name}`", "", f"**Why:** {note}", "", "```diff", diff, "```", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+# --------------------------------------------------------------------------------------
+# targeted mutations
+
+
+@dataclass(frozen=True)
+class Mutation:
+    """Replace ``old`` by ``new`` in ``path``; ``tests`` must then fail."""
+
+    name: str
+    what: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+TARGETED: tuple[Mutation, ...] = (
+    Mutation(
+        "template-drops-literal-text",
+        "the prompt template loses its literal text",
+        "batchata_df/jobs.py",
+        "        if literal:\n            parts.append(pl.lit(literal))",
+        "        pass",
+        (
+            "tests/test_properties_jobs.py::test_template_literal_text_and_escaped_braces_are_kept",
+            "tests/test_requests_sent.py::test_openai_request_lines_are_exactly_the_documented_body",
+        ),
+    ),
+    Mutation(
+        "job-id-ignores-model",
+        "the job id ignores the model",
+        "batchata_df/jobs.py",
+        '        pl.col("model").fill_null(""),\n',
+        "",
+        ("tests/test_properties_jobs.py::test_per_row_content_changes_only_that_rows_id",),
+    ),
+    Mutation(
+        "job-id-ignores-system",
+        "the job id ignores a per-row system prompt",
+        "batchata_df/jobs.py",
+        '        pl.col("system").fill_null("\\x01"),\n',
+        "",
+        (
+            "tests/test_properties_jobs.py::test_per_row_content_changes_only_that_rows_id",
+            "tests/test_requests_sent.py::test_per_row_system_and_model_are_sent_per_row",
+        ),
+    ),
+    Mutation(
+        "openai-drops-system",
+        "the OpenAI request drops the system message",
+        "batchata_df/providers/openai.py",
+        '            pl.when(pl.col("system").is_not_null())',
+        "            pl.when(pl.lit(value=False))",
+        ("tests/test_requests_sent.py::test_openai_request_lines_are_exactly_the_documented_body",),
+    ),
+    Mutation(
+        "openai-only-max-tokens",
+        "the OpenAI request drops every parameter but max_tokens",
+        "batchata_df/providers/openai.py",
+        "        for ours, value in params.items():\n",
+        '        for ours, value in params.items():\n            if ours != "max_tokens":\n'
+        "                continue\n",
+        ("tests/test_requests_sent.py::test_openai_request_lines_are_exactly_the_documented_body",),
+    ),
+    Mutation(
+        "decimal-two-places",
+        "Decimal values rounded to 2 places",
+        "batchata_df/schema.py",
+        "lambda e: e.str.to_decimal(scale=9)",
+        "lambda e: e.str.to_decimal(scale=9).round(2)",
+        ("tests/test_values_roundtrip.py::test_decoded_columns_equal_the_answered_values",),
+    ),
+    Mutation(
+        "datetime-offset-ignored",
+        "datetime offsets ignored",
+        "batchata_df/schema.py",
+        'aware = e.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f%#z", strict=False, time_zone="UTC")',
+        'aware = e.str.slice(0, 19).str.to_datetime("%Y-%m-%dT%H:%M:%S", strict=False)'
+        '.dt.replace_time_zone("UTC")',
+        ("tests/test_values_roundtrip.py::test_decoded_columns_equal_the_answered_values",),
+    ),
+    Mutation(
+        "fingerprint-ignores-system",
+        "the fingerprint ignores the system prompt",
+        "batchata_df/frame.py",
+        '"system": _fingerprint_part(system),',
+        '"system": _fingerprint_part(None),',
+        ("tests/test_properties_jobs.py::test_every_run_setting_changes_fingerprint_and_job_ids",),
+    ),
+    Mutation(
+        "fingerprint-ignores-citations",
+        "the fingerprint ignores citations=True",
+        "batchata_df/frame.py",
+        '        fingerprint["citations"] = "on"',
+        "        pass",
+        ("tests/test_properties_jobs.py::test_every_run_setting_changes_fingerprint_and_job_ids",),
+    ),
+    Mutation(
+        "openai-error-message-constant",
+        "OpenAI error lines' messages replaced by a constant",
+        "batchata_df/providers/openai.py",
+        '                        body_err.struct.field("message"), pl.lit("request failed")',
+        '                        pl.lit(None, dtype=pl.String), pl.lit("request failed")',
+        ("tests/test_values_roundtrip.py::test_error_classes_and_provider_messages_are_exact",),
+    ),
+    Mutation(
+        "openai-refusal-not-recognised",
+        "OpenAI refusals not recognised",
+        "batchata_df/providers/openai.py",
+        '    ok = (status_code == 200) & refusal.is_null() & choice.is_not_null()',
+        '    ok = (status_code == 200) & choice.is_not_null()',
+        ("tests/test_values_roundtrip.py::test_error_classes_and_provider_messages_are_exact",),
+    ),
+    Mutation(
+        "key-in-recovery-event",
+        "the key leaks into a batch event on the crash-recovery path",
+        "batchata_df/engine/recovery.py",
+        '                detail="found at the provider after a crash",',
+        '                detail="found at the provider after a crash by "'
+        ' + str(getattr(provider, "_api_key", "")),',
+        ("tests/test_requests_guarded.py::test_key_is_nowhere_after_crash_recovery",),
+    ),
+    Mutation(
+        "in-flight-worst-case-ignored",
+        "admission ignores the worst case of batches in flight",
+        "batchata_df/engine/admission.py",
+        "        room = self.cap - self.state.spent - self.state.reserved",
+        "        room = self.cap - self.state.spent",
+        ("tests/test_requests_guarded.py::test_batches_in_flight_hold_their_worst_case_under_the_cap",),
+    ),
+    Mutation(
+        "failed-rows-resent",
+        "failed rows are sent again without retry_failed",
+        "batchata_df/engine/recovery.py",
+        '    keep = ["completed"] if retry_failed else ["completed", "failed"]',
+        '    keep = ["completed"]',
+        ("tests/test_requests_guarded.py::test_failed_rows_are_sent_again_only_with_retry_failed",),
+    ),
+    Mutation(
+        "zero-prompt-estimate",
+        "the prompt-token estimate is zero",
+        "batchata_df/tokens.py",
+        "    total = estimate_tokens(prompt, name, model) + (",
+        "    total = estimate_tokens(prompt, name, model) * 0 + (",
+        (
+            "tests/test_requests_guarded.py::"
+            "test_openai_estimate_is_the_tokenizer_count_plus_framing_and_is_priced",
+            "tests/test_requests_guarded.py::test_approximate_estimates_grow_with_the_prompt",
+        ),
+    ),
+)
+
+
+def run_targeted(only: str | None) -> list[dict[str, Any]]:
+    """Apply each mutation, run its tests (they must fail), restore; return the results.
+
+    Everything happens in a scratch copy of the package and the tests, so the work tree is
+    never modified (a test run in it meanwhile sees the real code).
+    """
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="batchata-targeted-") as tmp:
+        scratch = Path(tmp)
+        shutil.copytree(ROOT / "batchata_df", scratch / "batchata_df",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(ROOT / "tests", scratch / "tests",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy2(ROOT / "pyproject.toml", scratch / "pyproject.toml")
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        for mutation in TARGETED:
+            if only is not None and mutation.name != only:
+                continue
+            path = scratch / mutation.path
+            original = path.read_text(encoding="utf-8")
+            count = original.count(mutation.old)
+            if count != 1:
+                detail = f"the original text occurs {count} times in {mutation.path}"
+                results.append({"name": mutation.name, "what": mutation.what,
+                                "status": "stale", "detail": detail})
+                print(f"stale    {mutation.name}: {detail}")
+                continue
+            killed_by: list[dict[str, Any]] = []
+            try:
+                path.write_text(original.replace(mutation.old, mutation.new), encoding="utf-8")
+                for test in mutation.tests:
+                    run = subprocess.run(
+                        [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                         "-o", "addopts=", test],
+                        cwd=scratch, env=env, capture_output=True, text=True, check=False,
+                    )
+                    # exit code 1: tests ran and failed (a collection error would be 2)
+                    killed_by.append({"test": test, "killed": run.returncode == 1})
+            finally:
+                path.write_text(original, encoding="utf-8")
+            status = "killed" if all(k["killed"] for k in killed_by) else "survived"
+            results.append({"name": mutation.name, "what": mutation.what,
+                            "path": mutation.path, "status": status, "tests": killed_by})
+            print(f"{status:8} {mutation.name}: {', '.join(t['test'] for t in killed_by)}")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    mm = sub.add_parser("mutmut", help="run mutmut on modules with a fast test subset")
+    mm.add_argument("--module", action="append", required=True, help="e.g. batchata_df/jobs.py")
+    mm.add_argument("--tests", nargs="+", required=True, help="test files or node ids")
+    mm.add_argument("--max-children", type=int, default=1, help="parallel workers (default 1)")
+    mm.add_argument("--label", help="name of this run in mutation.json (default: the modules)")
+    mm.add_argument("--workdir", type=Path,
+                    help="keep the scratch copy here; a later run with it resumes")
+    mm.add_argument("--time-budget", type=float,
+                    help="stop after this many seconds and record a partial result")
+    tg = sub.add_parser("targeted", help="the hand-written mutations of issue 10")
+    tg.add_argument("--only", help="one mutation by name")
+    args = parser.parse_args(argv)
+    if args.mode == "mutmut":
+        label = args.label or "+".join(Path(m).stem for m in args.module)
+        record = run_mutmut(args.module, args.tests, args.max_children, label,
+                            workdir=args.workdir, budget=args.time_budget)
+        write_mutmut(record)
+        print(
+            f"{label}: {record['mutants']} mutants, {record['killed']} killed, "
+            f"{record['timeout']} timeout, {record['survived']} survived, "
+            f"{record['no_tests']} without tests, {record['not_checked']} not checked yet: "
+            f"score {record['score']:.1%}{'' if record['complete'] else ' (partial)'}"
+        )
+        return 0
+    results = run_targeted(args.only)
+    if args.only is None:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        TARGETED_JSON.write_text(json.dumps(results, indent=2) + "\n", "utf-8")
+    return 0 if all(r["status"] == "killed" for r in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
