@@ -235,6 +235,7 @@ def test_messages_are_sent_whole_through_each_provider(emu, tmp_path, model):
     batch.add_job(messages=CONVERSATION)
     batch.add_job(messages=[{"role": "user", "content": "Only this"}])
     results = batch.run().results()
+    assert results["failed"] == [], [r.error for r in results["failed"]]
     answers = sorted(r.raw_response for r in results["completed"])
     assert len(answers) == 2
     # The emulator's text answer quotes the request's text, every message in order.
