@@ -7,52 +7,147 @@ offline price database that knows the providers' batch rates through its
 
 Meaning of the normalized usage (the same for every provider):
 
-* ``input_tokens`` -- every prompt token billed, cached ones included;
-* ``cached_tokens`` -- the part of ``input_tokens`` read from the provider's prompt cache,
-  billed at the cached rate where the provider reports it;
+* ``input_tokens`` -- every prompt token billed, cached ones and cache writes included;
+* ``cached_tokens`` -- the part of ``input_tokens`` read from the provider's prompt cache
+  (OpenAI ``prompt_tokens_details.cached_tokens``, Anthropic
+  ``cache_read_input_tokens``, Gemini ``cachedContentTokenCount``), billed at the cache-read
+  rate;
+* ``cache_write_tokens`` -- the part of ``input_tokens`` written to the prompt cache
+  (OpenAI ``prompt_tokens_details.cache_write_tokens``, openai 3.57
+  ``types/completion_usage.py``; Anthropic ``cache_creation_input_tokens``), billed at the
+  cache-write rate (Anthropic 1.25x input; newer OpenAI models list one too);
 * ``output_tokens`` -- every generated token billed (reasoning/thinking included).
 
-Tiered prices (some models bill long prompts at a higher rate) are not modelled: the base
-tier is used, which is documented as a limitation of estimates and costs.
+Price tiers
+-----------
+Some models bill a whole request at a higher rate when its prompt is long
+(claude-sonnet-4-5 above 200k input tokens, gemini-2.5-pro above 200k, gpt-5.4+ above
+272k, ...). genai-prices models this as :class:`genai_prices.types.TieredPrices`: a base
+price and tiers ``(start, price)``, where a request whose *total* input tokens exceed
+``start`` pays that tier's price for *all* its tokens of that kind
+(``genai_prices.types.calc_unit_price``; the threshold counts cache reads and writes, as
+genai-prices' ``input_tokens`` includes them). :class:`Price` keeps those tiers, derived
+from genai-prices' data, and every cost here is priced at the tier of the request's own
+input size: per row, as a Polars expression (:func:`cost_expr`), never with one rate for
+the whole run.
+
+Gemini bills cache hits of batch requests at the standard (not the halved) cache rate;
+genai-prices' batch variant of each Gemini model carries that rate (see its
+``price_comments``: "context caching stays at the standard rate"), so it is used as is.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from decimal import Decimal
 from functools import lru_cache
+from typing import Any
 
 import polars as pl
 
 from batchata_df.errors import ConfigError, PriceError
 
-__all__ = ["Price", "PriceTable", "cost_expr"]
+__all__ = ["Price", "PriceTable", "PriceTier", "cost_expr"]
 
 _PROVIDER_IDS = {"openai": "openai", "anthropic": "anthropic", "gemini": "google"}
+
+_RATE_FIELDS = ("input", "output", "cached_input", "cache_write")
+
+
+@dataclass(frozen=True)
+class PriceTier:
+    """The rates of a request whose input tokens exceed ``above``, in USD per million.
+
+    ``None`` for ``cached_input`` / ``cache_write`` means "the ``input`` rate".
+    """
+
+    above: int
+    input: float
+    output: float
+    cached_input: float | None = None
+    cache_write: float | None = None
 
 
 @dataclass(frozen=True)
 class Price:
-    """Batch prices of one model, in USD per million tokens.
+    """Batch prices of one model, in USD per million tokens, with its long-prompt tiers.
+
+    ``input``, ``output``, ``cached_input`` and ``cache_write`` are the base rates (a
+    request at or below every tier's threshold); ``tiers`` (ascending ``above``) replace
+    all of them for a request whose input tokens exceed ``above``.
 
     Examples
     --------
     >>> p = Price(input=0.2, output=0.8)
     >>> round(p.cost(input_tokens=1_000_000, output_tokens=500_000), 6)
     0.6
+    >>> t = Price(input=1.5, output=7.5, tiers=(PriceTier(200_000, 3.0, 11.25),))
+    >>> t.at(200_000).input, t.at(200_001).output
+    (1.5, 11.25)
     """
 
     input: float
     output: float
     cached_input: float | None = None
+    cache_write: float | None = None
     source: str = "override"
+    tiers: tuple[PriceTier, ...] = ()
 
-    def cost(self, *, input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> float:
-        """Cost in USD of one usage record."""
-        cached_rate = self.cached_input if self.cached_input is not None else self.input
-        uncached = max(input_tokens - cached_tokens, 0)
+    def at(self, input_tokens: int) -> Price:
+        """The flat price of one request with ``input_tokens`` prompt tokens."""
+        for tier in reversed(self.tiers):
+            if input_tokens > tier.above:
+                return Price(
+                    input=tier.input,
+                    output=tier.output,
+                    cached_input=tier.cached_input,
+                    cache_write=tier.cache_write,
+                    source=self.source,
+                )
+        return replace(self, tiers=())
+
+    def rate(self, name: str) -> float:
+        """The base rate ``name`` (cached_input and cache_write default to input)."""
+        value = getattr(self, name)
+        return float(self.input if value is None else value)
+
+    def rate_expr(self, name: str, input_tokens: pl.Expr) -> pl.Expr:
+        """Rate ``name`` per row, at the tier each row's ``input_tokens`` falls in.
+
+        Examples
+        --------
+        >>> t = Price(input=1.5, output=7.5, tiers=(PriceTier(200_000, 3.0, 11.25),))
+        >>> df = pl.DataFrame({"n": [10, 200_001]})
+        >>> df.select(t.rate_expr("input", pl.col("n"))).to_series().to_list()
+        [1.5, 3.0]
+        """
+        if not self.tiers:
+            return pl.lit(self.rate(name), dtype=pl.Float64)
+        expr: Any = pl
+        for tier in reversed(self.tiers):  # highest threshold first: the first match wins
+            value = getattr(tier, name)
+            rate = tier.input if value is None else value
+            expr = expr.when(input_tokens > tier.above).then(pl.lit(float(rate)))
+        return expr.otherwise(pl.lit(self.rate(name))).cast(pl.Float64)  # type: ignore[no-any-return]
+
+    def cost(
+        self,
+        *,
+        input_tokens: int,
+        output_tokens: int,
+        cached_tokens: int = 0,
+        cache_write_tokens: int = 0,
+    ) -> float:
+        """Cost in USD of one usage record, at the tier of its input size."""
+        flat = self.at(input_tokens)
+        uncached = max(input_tokens - cached_tokens - cache_write_tokens, 0)
         return (
-            uncached * self.input + cached_tokens * cached_rate + output_tokens * self.output
+            uncached * flat.input
+            + cached_tokens * flat.rate("cached_input")
+            + cache_write_tokens * flat.rate("cache_write")
+            + output_tokens * flat.output
         ) / 1e6
 
 
@@ -66,16 +161,88 @@ def _coerce(model: str, value: PriceOverride) -> Price:
         return Price(input=float(value[0]), output=float(value[1]))
     if isinstance(value, Mapping) and {"input", "output"} <= set(value):
         cached = value.get("cached_input")
+        write = value.get("cache_write")
         return Price(
             input=float(value["input"]),
             output=float(value["output"]),
             cached_input=None if cached is None else float(cached),
+            cache_write=None if write is None else float(write),
         )
     msg = (
         f"prices[{model!r}] = {value!r} is not a price; give (input_usd_per_mtok, "
-        "output_usd_per_mtok) or {'input': ..., 'output': ..., 'cached_input': ...}"
+        "output_usd_per_mtok) or {'input': ..., 'output': ..., 'cached_input': ..., "
+        "'cache_write': ...}"
     )
     raise ConfigError(msg)
+
+
+# genai-prices price keys (``genai_prices/data_units.py``) behind each of our rates.
+_PRICE_KEYS = {
+    "input": "input_mtok",
+    "output": "output_mtok",
+    "cached_input": "cache_read_mtok",
+    "cache_write": "cache_write_mtok",
+}
+
+
+def _rate_at(value: Any, input_tokens: int) -> float | None:
+    """One genai-prices price (``Decimal`` or ``TieredPrices``) for a request of that size.
+
+    The same rule as ``genai_prices.types.calc_unit_price``: the highest tier whose
+    ``start`` the request's input tokens exceed, else the base price.
+    """
+    from genai_prices.types import TieredPrices
+
+    if value is None:
+        return None
+    if isinstance(value, TieredPrices):
+        chosen: Decimal = value.base
+        for tier in reversed(value.tiers):
+            if input_tokens > tier.start:
+                chosen = tier.price
+                break
+        return float(chosen)
+    return float(value)
+
+
+def price_from_genai(model_price: Any, source: str) -> Price:
+    """A :class:`Price` with tiers from one resolved ``genai_prices.types.ModelPrice``.
+
+    Every threshold of any of the four rates starts a :class:`PriceTier` in which each
+    rate is evaluated just above it, so a model whose rates are tiered at different
+    thresholds is still priced exactly.
+    """
+    from genai_prices.types import TieredPrices
+
+    values = {name: getattr(model_price, key, None) for name, key in _PRICE_KEYS.items()}
+    starts = sorted(
+        {t.start for v in values.values() if isinstance(v, TieredPrices) for t in v.tiers}
+    )
+
+    def rates(tokens: int) -> dict[str, float | None]:
+        return {name: _rate_at(value, tokens) for name, value in values.items()}
+
+    base = rates(0)
+    tiers = []
+    for start in starts:
+        r = rates(start + 1)
+        tiers.append(
+            PriceTier(
+                above=start,
+                input=r["input"] or 0.0,
+                output=r["output"] or 0.0,
+                cached_input=r["cached_input"],
+                cache_write=r["cache_write"],
+            )
+        )
+    return Price(
+        input=base["input"] or 0.0,
+        output=base["output"] or 0.0,
+        cached_input=base["cached_input"],
+        cache_write=base["cache_write"],
+        source=source,
+        tiers=tuple(tiers),
+    )
 
 
 @lru_cache(maxsize=256)
@@ -85,29 +252,21 @@ def _lookup(provider: str, model: str) -> Price | None:
     except ImportError:  # pragma: no cover - genai-prices is a core dependency
         return None
     provider_id = _PROVIDER_IDS.get(provider, provider)
-    ctx = {"processing": "batch"}
-    mtok = 1_000_000
     try:
-        base = calc_price(
-            Usage(input_tokens=mtok, output_tokens=mtok),
+        # calc_price resolves the model, the batch price variant and the dated price
+        # the same way genai-prices bills; its ``model_price`` is that resolved data.
+        calc = calc_price(
+            Usage(input_tokens=1, output_tokens=1),
             model_ref=model,
             provider_id=provider_id,
-            price_context=ctx,
-        )
-        cached = calc_price(
-            Usage(input_tokens=mtok, cache_read_tokens=mtok, output_tokens=0),
-            model_ref=model,
-            provider_id=provider_id,
-            price_context=ctx,
+            price_context={"processing": "batch"},
+            genai_request_timestamp=datetime.now(tz=UTC),
         )
     except LookupError:
         return None
-    return Price(
-        input=float(base.input_price),
-        output=float(base.output_price),
-        cached_input=float(cached.input_price),
-        source=f"genai-prices:{base.model.id}",
-    )
+    if getattr(calc.model_price, "input_mtok", None) is None:
+        return None
+    return price_from_genai(calc.model_price, f"genai-prices:{calc.model.id}")
 
 
 class PriceTable:
@@ -149,26 +308,85 @@ class PriceTable:
 
 
 def cost_expr(price: Price | None) -> pl.Expr:
-    """Per-row cost in USD from the ``input_tokens``, ``cached_tokens``, ``output_tokens``.
+    """Per-row cost in USD from the usage columns, each row at its own price tier.
 
-    A row without usage (the request never ran) costs 0; an unknown price gives null.
+    Reads ``input_tokens``, ``cached_tokens``, ``output_tokens`` and, when the frame has
+    it, ``cache_write_tokens`` (use :func:`with_usage_columns` on frames that may lack
+    it). A row without usage (the request never ran) costs 0; an unknown price gives
+    null. The tier is chosen per row from ``input_tokens`` (vectorised, no Python loop).
 
     Examples
     --------
     >>> df = pl.DataFrame({"input_tokens": [1000, None], "output_tokens": [500, None],
-    ...                    "cached_tokens": [0, None]})
+    ...                    "cached_tokens": [0, None], "cache_write_tokens": [0, None]})
     >>> df.select(cost_expr(Price(input=1.0, output=2.0))).to_series().to_list()
     [0.002, 0.0]
+    >>> tiered = Price(input=1.5, output=7.5, tiers=(PriceTier(200_000, 3.0, 11.25),))
+    >>> df = pl.DataFrame({"input_tokens": [1_000, 300_000], "output_tokens": [100, 100],
+    ...                    "cached_tokens": [0, 0], "cache_write_tokens": [0, 0]})
+    >>> df.select(cost_expr(tiered)).to_series().round(6).to_list()
+    [0.00225, 0.901125]
     """
     if price is None:
         return pl.lit(None, dtype=pl.Float64)
-    cached_rate = price.cached_input if price.cached_input is not None else price.input
+    inp = pl.col("input_tokens").fill_null(0)
     has_usage = pl.col("input_tokens").is_not_null() | pl.col("output_tokens").is_not_null()
     cached = pl.col("cached_tokens").fill_null(0)
-    uncached = (pl.col("input_tokens").fill_null(0) - cached).clip(lower_bound=0)
+    written = pl.col("cache_write_tokens").fill_null(0)
+    uncached = (inp - cached - written).clip(lower_bound=0)
     cost = (
-        uncached * price.input
-        + cached * cached_rate
-        + pl.col("output_tokens").fill_null(0) * price.output
+        uncached * price.rate_expr("input", inp)
+        + cached * price.rate_expr("cached_input", inp)
+        + written * price.rate_expr("cache_write", inp)
+        + pl.col("output_tokens").fill_null(0) * price.rate_expr("output", inp)
     ) / 1e6
     return pl.when(has_usage).then(cost).otherwise(pl.lit(0.0))
+
+
+def with_usage_columns(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with the usage columns :func:`cost_expr` reads, null where missing.
+
+    Examples
+    --------
+    >>> with_usage_columns(pl.DataFrame({"input_tokens": [1]})).columns
+    ['input_tokens', 'output_tokens', 'cached_tokens', 'cache_write_tokens']
+    """
+    missing = [
+        pl.lit(None, dtype=pl.Int64).alias(name)
+        for name in ("input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens")
+        if name not in frame.columns
+    ]
+    return frame.with_columns(missing) if missing else frame
+
+
+# Providers that may bill a prompt as a cache write without being asked: OpenAI caches
+# prompts automatically (https://platform.openai.com/docs/guides/prompt-caching) and
+# openai 3.57 reports ``prompt_tokens_details.cache_write_tokens``; genai-prices lists a
+# cache-write rate above the input rate for gpt-5.6 and later. Anthropic writes only
+# blocks marked ``cache_control`` (we mark none); Gemini's implicit cache has no write fee.
+_WRITES_CACHE_UNASKED = frozenset({"openai"})
+
+
+def estimate_expr(
+    price: Price, est_input: pl.Expr, max_output: pl.Expr, *, provider: str
+) -> tuple[pl.Expr, pl.Expr]:
+    """Worst-case cost and its input part, per row, at each row's own price tier.
+
+    The tier is chosen from the estimated input tokens. Where the provider may bill a
+    prompt as a cache write on its own (OpenAI), the input is priced at the higher of the
+    input and cache-write rates, so the worst case stays a bound.
+
+    Examples
+    --------
+    >>> tiered = Price(input=1.5, output=7.5, tiers=(PriceTier(200_000, 3.0, 11.25),))
+    >>> df = pl.DataFrame({"est": [1_000, 250_000]})
+    >>> worst, _ = estimate_expr(tiered, pl.col("est"), pl.lit(1_000), provider="anthropic")
+    >>> df.select(worst).to_series().round(6).to_list()
+    [0.009, 0.76125]
+    """
+    in_rate = price.rate_expr("input", est_input)
+    if provider in _WRITES_CACHE_UNASKED:
+        in_rate = pl.max_horizontal(in_rate, price.rate_expr("cache_write", est_input))
+    input_usd = est_input * in_rate / 1e6
+    worst = input_usd + max_output * price.rate_expr("output", est_input) / 1e6
+    return worst, input_usd

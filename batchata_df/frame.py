@@ -20,7 +20,7 @@ import polars as pl
 from pydantic import BaseModel
 
 from batchata_df.citations import citation_columns, decode_citations, instruction
-from batchata_df.cost import PriceOverride, PriceTable
+from batchata_df.cost import PriceOverride, PriceTable, estimate_expr
 from batchata_df.engine import Engine, ProgressSnapshot, RunOptions
 from batchata_df.errors import ColumnError, ConfigError, SchemaError, StateError, StateMismatchError
 from batchata_df.jobs import build_jobs, check_params
@@ -29,6 +29,7 @@ from batchata_df.models import check_model_params, effective_params, family_of
 from batchata_df.providers import SUPPORTED_PARAMS, make_provider
 from batchata_df.providers.base import Provider, RequestSpec
 from batchata_df.schema import AnswerSchema
+from batchata_df.schema_limits import check_schema_limits
 from batchata_df.state import StateStore, WriterLock, adopt_schema, check_lock_timeout
 
 __all__ = ["DEFAULT_MAX_TOKENS", "META_COLUMNS", "RAW_COLUMN", "batch_llm", "reparse"]
@@ -287,6 +288,7 @@ def batch_llm(
             "remove citations=True"
         )
         raise ConfigError(msg)
+    check_schema_limits(answer.json_schema, needed, name=answer.name)
     run_params = check_params(params, supported)
     _check_models(jobs, run_params, structured=answer.json_schema is not None, citations=citations)
     spec = RequestSpec(schema=answer, params=run_params, citations=citations)
@@ -665,12 +667,16 @@ def with_estimates(
             from batchata_df.files import file_tokens
 
             est_in = est_in + file_tokens(group.get_column("files"), str(provider), str(model))
+        # Each row priced at the tier its own estimated input falls in (cost.estimate_expr).
+        with_est = group.with_columns(est_in.alias("est_input_tokens"))
+        worst, input_usd = estimate_expr(
+            price, pl.col("est_input_tokens"), pl.lit(max_tokens), provider=str(provider)
+        )
         parts.append(
-            group.with_columns(
-                est_in.alias("est_input_tokens"),
+            with_est.with_columns(
                 pl.lit(max_tokens, dtype=pl.Int64).alias("est_output_tokens_max"),
-                ((est_in * price.input + max_tokens * price.output) / 1e6).alias("worst_usd"),
-                (est_in * price.input / 1e6).alias("est_input_usd"),
+                worst.alias("worst_usd"),
+                input_usd.alias("est_input_usd"),
             )
         )
     if not parts:

@@ -119,9 +119,12 @@ GEMINI_BUDGETS: dict[str, int] = {
 """``thinkingBudget`` sent to Gemini 2.5 models (24,576 is 2.5 Flash's most; 2.5 Pro takes
 128..32,768: https://ai.google.dev/gemini-api/docs/thinking)."""
 
-OPENAI_SAMPLING = ("temperature", "top_p", "frequency_penalty", "presence_penalty")
+OPENAI_SAMPLING = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "stop")
 """Refused by OpenAI reasoning models while they reason (pydantic-ai-slim 2.68
-``profiles/openai.py`` ``SAMPLING_PARAMS``; https://platform.openai.com/docs/guides/reasoning)."""
+``profiles/openai.py`` ``SAMPLING_PARAMS``; https://platform.openai.com/docs/guides/reasoning;
+``stop``: "Unsupported parameter: 'stop' is not supported with this model." on gpt-5-mini,
+https://github.com/huggingface/smolagents/issues/1671, and accepted with
+``reasoning_effort='none'``, https://github.com/BerriAI/litellm/pull/28662)."""
 ANTHROPIC_SAMPLING = ("temperature", "top_p", "top_k")
 """Claude sampling parameters (pydantic-ai-slim 2.68 ``profiles/anthropic.py``
 ``ANTHROPIC_SAMPLING_PARAMS``)."""
@@ -441,7 +444,7 @@ def check_model_params(provider: str, model: str, params: Mapping[str, Any]) -> 
     Traceback (most recent call last):
     ...
     batchata_df.errors.ParamError: model 'gpt-6-sol' (GPT-6 (Sol, Luna, ...), GPT-6.1 Terra) \
-does not accept sampling parameters while it reasons (it reasons unless \
+does not accept temperature while it reasons (it reasons unless \
 reasoning_effort='none'): params['temperature']; remove it, or pass \
 params={'reasoning_effort': 'none'} to turn reasoning off
     """
@@ -473,7 +476,7 @@ params={'reasoning_effort': 'none'} to turn reasoning off
                 when, fix = "it always reasons", "remove it"
             raise _refuse(
                 model, family, given[0],
-                f"does not accept sampling parameters while it reasons ({when})", fix,
+                f"does not accept {given[0]} while it reasons ({when})", fix,
             )
         if family.sampling == "one" and "temperature" in given and "top_p" in given:
             raise _refuse(

@@ -11,9 +11,10 @@ connection itself for several queries over the same snapshot. Both define these 
     One row per ``(run, job_id)``: the job's current state. ``status`` and ``error`` come
     from the job's latest event (highest ``seq``), so a job re-``assigned`` after a failure
     shows as in flight with no error. ``input_tokens``, ``output_tokens`` (thinking
-    included), ``cached_tokens``, ``reasoning_tokens`` (the thinking part of
-    ``output_tokens``) and ``cost_usd`` add up every billed attempt (one per provider batch
-    the job was in; ``attempts`` counts them), so ``sum(cost_usd)`` is what was paid.
+    included), ``cached_tokens``, ``cache_write_tokens``, ``reasoning_tokens`` (the thinking
+    part of ``output_tokens``) and ``cost_usd`` add up every billed attempt (one per
+    provider batch the job was in; ``attempts`` counts them), so ``sum(cost_usd)`` is what
+    was paid.
     ``provider``, ``model``, ``batch_key`` and ``provider_batch_id`` are the latest *known*
     values (an event that does not repeat them does not erase them).
     ``answer`` (the validated answer as JSON, completed jobs) and ``raw`` (the text the
@@ -236,6 +237,7 @@ WITH attempts AS (
            arg_max_null(input_tokens, seq) AS input_tokens,
            arg_max_null(output_tokens, seq) AS output_tokens,
            arg_max_null(cached_tokens, seq) AS cached_tokens,
+           arg_max_null(cache_write_tokens, seq) AS cache_write_tokens,
            arg_max_null(reasoning_tokens, seq) AS reasoning_tokens,
            arg_max_null(cost_usd, seq) AS cost_usd
     FROM job_events
@@ -248,6 +250,7 @@ WITH attempts AS (
            sum(input_tokens)::BIGINT AS input_tokens,
            sum(output_tokens)::BIGINT AS output_tokens,
            sum(cached_tokens)::BIGINT AS cached_tokens,
+           sum(cache_write_tokens)::BIGINT AS cache_write_tokens,
            sum(reasoning_tokens)::BIGINT AS reasoning_tokens,
            sum(cost_usd) AS cost_usd
     FROM attempts
@@ -271,7 +274,7 @@ WITH attempts AS (
 SELECT latest.run, latest.job_id, status, error, provider, model, batch_key,
        provider_batch_id, answer, raw,
        billed.input_tokens, billed.output_tokens, billed.cached_tokens,
-       billed.reasoning_tokens, billed.cost_usd,
+       billed.cache_write_tokens, billed.reasoning_tokens, billed.cost_usd,
        coalesce(billed.attempts, 0) AS attempts,
        est_cost_usd, first_seen_at, updated_at
 FROM latest LEFT JOIN billed USING (run, job_id)

@@ -93,8 +93,11 @@ def _literal_type(values: Sequence[Any], where: str) -> _FieldType:
     raise SchemaError(msg)
 
 
-def _field_type(tp: Any, where: str) -> _FieldType:
-    """Map a Python annotation to its Polars representation."""
+def _field_type(tp: Any, where: str, seen: tuple[type[BaseModel], ...] = ()) -> _FieldType:
+    """Map a Python annotation to its Polars representation.
+
+    ``seen`` holds the models being mapped around this field, to catch a recursive model.
+    """
     if isinstance(tp, str | typing.ForwardRef):
         msg = (
             f"{where}: the annotation {tp!r} is an unresolved forward reference; define the "
@@ -103,11 +106,11 @@ def _field_type(tp: Any, where: str) -> _FieldType:
         raise SchemaError(msg)
     origin = get_origin(tp)
     if origin is typing.Annotated:
-        return _field_type(get_args(tp)[0], where)
+        return _field_type(get_args(tp)[0], where, seen)
     if origin in (Union, types.UnionType):
         members = [a for a in get_args(tp) if a is not type(None)]
         if len(members) == 1:
-            return _field_type(members[0], where)
+            return _field_type(members[0], where, seen)
         msg = (
             f"{where}: unions of several types ({tp!r}) have no single column type; "
             "use one type, Optional[T], or a Literal"
@@ -123,7 +126,7 @@ def _field_type(tp: Any, where: str) -> _FieldType:
         if not args:
             msg = f"{where}: give the item type of the list, e.g. list[str]"
             raise SchemaError(msg)
-        inner = _field_type(args[0], where + "[]")
+        inner = _field_type(args[0], where + "[]", seen)
         if inner.convert is None:
             return _FieldType(pl.List(inner.final), pl.List(inner.wire), None)
         conv = inner.convert
@@ -142,7 +145,16 @@ def _field_type(tp: Any, where: str) -> _FieldType:
         values = [m.value for m in tp]
         return _literal_type(values, where)
     if isinstance(tp, type) and issubclass(tp, BaseModel):
-        return _model_type(tp, where)
+        if tp in seen:
+            cycle = " -> ".join(m.__name__ for m in (*seen[seen.index(tp) :], tp))
+            msg = (
+                f"{where}: the answer model is recursive ({cycle}). A recursive model has no "
+                "fixed column type, and Anthropic's and Gemini's structured output refuse "
+                "recursive schemas; give the nesting a fixed depth (a separate class per "
+                "level, e.g. Node -> Child -> Leaf) or make the field a str holding JSON"
+            )
+            raise SchemaError(msg)
+        return _model_type(tp, where, seen)
     scalar = _scalar_type(tp, where)
     if scalar is not None:
         return scalar
@@ -153,8 +165,11 @@ def _field_type(tp: Any, where: str) -> _FieldType:
     raise SchemaError(msg)
 
 
-def _model_type(model: type[BaseModel], where: str) -> _FieldType:
-    fields = {name: _field_type(f.annotation, f"{where}.{name}") for name, f in
+def _model_type(
+    model: type[BaseModel], where: str, seen: tuple[type[BaseModel], ...] = ()
+) -> _FieldType:
+    inner = (*seen, model)
+    fields = {name: _field_type(f.annotation, f"{where}.{name}", inner) for name, f in
               model.model_fields.items()}
     final = pl.Struct({n: f.final for n, f in fields.items()})
     wire = pl.Struct({n: f.wire for n, f in fields.items()})

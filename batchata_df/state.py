@@ -92,6 +92,7 @@ JOB_EVENTS = pl.Schema(
         "input_tokens": pl.Int64(),
         "output_tokens": pl.Int64(),
         "cached_tokens": pl.Int64(),
+        "cache_write_tokens": pl.Int64(),
         "reasoning_tokens": pl.Int64(),
         "cost_usd": pl.Float64(),
         "est_cost_usd": pl.Float64(),

@@ -222,6 +222,8 @@ RULES: list[tuple[str, str, dict[str, Any], str | None]] = [
     ("openai", "gpt-5.4", {"temperature": 0.5, "reasoning_effort": "low"}, "temperature"),
     ("openai", "gpt-5-mini", {"reasoning_effort": "none"}, "reasoning_effort"),
     ("openai", "o4-mini", {"presence_penalty": 0.1}, "presence_penalty"),
+    ("openai", "gpt-5-mini", {"stop": "END"}, "stop"),
+    ("openai", "gpt-6-sol", {"stop": "END", "reasoning_effort": "none"}, None),
     ("openai", "o3", {"reasoning_effort": "minimal"}, "reasoning_effort"),
     ("openai", "gpt-6-sol", {"max_tokens": 200_000}, "max_tokens"),
     ("anthropic", "claude-haiku-4-5", {"temperature": 0.5}, None),
@@ -279,7 +281,10 @@ def test_model_names_in_tables_exist_in_genai_prices():
 
 
 def test_reasoning_effort_maps_to_each_providers_field():
-    assert sent("openai", "gpt-6-sol", {"reasoning_effort": "low"})["reasoning_effort"] == "low"
+    oa = sent("openai", "gpt-6-sol", {"reasoning_effort": "low"})
+    assert oa["reasoning_effort"] == "low"
+    assert oa["max_completion_tokens"] == 8192  # reasoning models refuse max_tokens
+    assert "max_tokens" not in oa
     assert "reasoning_effort" not in sent("openai", "gpt-4.1-mini", {"reasoning_effort": "none"})
     budget = sent("anthropic", "claude-sonnet-4-5", {"reasoning_effort": "medium"})
     assert budget["thinking"] == {"type": "enabled", "budget_tokens": 8192}
@@ -356,6 +361,12 @@ def test_default_max_tokens_leaves_room_for_thinking(tmp_path):
         pl.DataFrame({"text": ["b"], "m": ["gpt-4.1-mini"]})
     ).pipe(batch_llm, schema=Label, model=pl.col("m"), prompt="{text}", dry_run=True)
     assert plan["_est_output_tokens_max"].to_list() == [16_384, 4096]
+    # The worst case the cap holds is priced on that output, thinking included.
+    for i, model in enumerate(["gpt-6-sol", "gpt-4.1-mini"]):
+        price = PriceTable().require("openai", model, "test")
+        expected = (plan["_est_input_tokens"][i] * price.input
+                    + plan["_est_output_tokens_max"][i] * price.output) / 1e6
+        assert plan["_est_cost_usd"][i] == pytest.approx(expected)
     assert default_max_tokens(family_of("anthropic", "claude-opus-5-5"), {}) == 32_768
     assert default_max_tokens(family_of("gemini", "gemini-2.5-flash"),
                               {"reasoning_effort": "none"}) == 4096  # fmt: skip

@@ -381,6 +381,7 @@ class Emulator:
         latency: float | None = None,
         cancel_delay: float | None = None,
         cancel_unfinished: Literal["error_file", "omit"] | None = None,
+        list_order: Literal["newest_first", "oldest_first", "shuffled"] | None = None,
         openai: Mapping[str, object] | None = None,
         anthropic: Mapping[str, object] | None = None,
         gemini: Mapping[str, object] | None = None,
@@ -397,6 +398,9 @@ class Emulator:
             Seconds a cancelled batch stays ``cancelling``.
         cancel_unfinished
             ``"error_file"`` or ``"omit"``; see the class parameters.
+        list_order
+            ``"newest_first"`` (default), ``"oldest_first"`` or ``"shuffled"``: the order
+            of the OpenAI and Gemini batch lists, which neither provider documents.
         openai, anthropic, gemini
             Provider settings, e.g. ``openai={"max_requests": 10}``.
 
@@ -411,6 +415,7 @@ class Emulator:
             ("latency", latency),
             ("cancel_delay", cancel_delay),
             ("cancel_unfinished", cancel_unfinished),
+            ("list_order", list_order),
             ("openai", None if openai is None else dict(openai)),
             ("anthropic", None if anthropic is None else dict(anthropic)),
             ("gemini", None if gemini is None else dict(gemini)),

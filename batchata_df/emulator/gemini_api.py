@@ -105,6 +105,7 @@ from batchata_df.emulator.server import (
     error_envelope,
     json_body,
     json_response,
+    listed,
     updated_limits,
 )
 
@@ -1003,7 +1004,7 @@ class GeminiApp:
             raise _Invalid(400, f"Invalid value at 'page_size' (TYPE_INT32), {raw!r}") from e
         size = DEFAULT_PAGE_SIZE if size <= 0 else min(size, MAX_PAGE_SIZE)
         with self._lock:
-            order = list(reversed(self._order))
+            order = listed(self._order, self.core.config.list_order)
         token = request.query.get("pageToken")
         if token:
             try:

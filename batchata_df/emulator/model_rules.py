@@ -8,7 +8,8 @@ cites the same facts independently):
 
 OpenAI (Chat Completions)
     Reasoning models (o-series, GPT-5 and later) refuse ``temperature``, ``top_p``,
-    ``presence_penalty``, ``frequency_penalty`` and ``logprobs`` while they reason, and
+    ``presence_penalty``, ``frequency_penalty``, ``logprobs`` and ``stop`` while they
+    reason, and
     ``max_tokens`` always (``max_completion_tokens`` instead): "Unsupported parameter:
     'temperature' is not supported with this model." GPT-5.1 to 5.4 reason only when
     ``reasoning_effort`` is set; GPT-5.5+, GPT-6 reason by default and accept ``none``;
@@ -75,7 +76,7 @@ class Rules:
 
 
 _OPENAI_SAMPLING: Final = ("temperature", "top_p", "presence_penalty", "frequency_penalty",
-                           "logprobs", "top_logprobs", "logit_bias")  # fmt: skip
+                           "logprobs", "top_logprobs", "logit_bias", "stop")  # fmt: skip
 
 _OPENAI: Final[tuple[tuple[str, Rules], ...]] = (
     (r"gpt-6-astra|gpt-6\.1-sol", Rules(True, "medium", False,

@@ -106,6 +106,7 @@ from batchata_df.emulator.server import (
     error_envelope,
     json_body,
     json_response,
+    listed,
     updated_limits,
 )
 
@@ -1152,7 +1153,7 @@ class OpenAIApp:
         if not 1 <= limit <= 100:
             raise _Invalid(400, f"Invalid 'limit': {raw_limit!r}; expected 1..100.", param="limit")
         with self._lock:
-            order = list(reversed(self._order))  # newest first
+            order = listed(self._order, self.core.config.list_order)
         after = request.query.get("after")
         if after:
             try:

@@ -237,7 +237,96 @@ key in properties. Missing 'a'."
     if root_type != "object" or "anyOf" in schema:
         shown = json.dumps(root_type) if root_type is not None else "None"
         return f"schema must be a JSON Schema of 'type: \"object\"', got 'type: {shown}'."
-    return _strict_node(schema, ())
+    return _strict_node(schema, ()) or _size_error(schema)
+
+
+# The size limits of strict structured outputs (Structured Outputs guide, "Supported
+# schemas": 5,000 properties, 10 nesting levels, 120,000 characters of names and enum/const
+# values, 1,000 enum values, 15,000 characters for one string enum over 250 values). The
+# wording follows the API's own 400s as users quote them ("6 levels of nesting exceeds
+# limit of 5", tidyverse/ellmer#671; "Expected at most 500 enum values in total within a
+# single schema when using structured outputs, but received 520. ...", OpenAI community
+# forum, from before the limits were raised).
+_OPT_OUT = (
+    "Consider reducing the size of your schema, or use 'strict: false' to opt out of "
+    "structured outputs."
+)
+
+
+def _size_error(schema: Mapping[str, Any]) -> str | None:
+    defs = {**schema.get("definitions", {}), **schema.get("$defs", {})}
+    totals = {"props": 0, "enums": 0, "chars": sum(len(k) for k in defs), "big_enum": 0}
+    levels = 0
+    # Walk every node once (definitions where they are written), and every path from the
+    # root for the nesting depth (references followed, cycles cut).
+    stack: list[tuple[object, int, tuple[str, ...]]] = [(schema, 0, ())]
+    counted: set[int] = set()
+    while stack:
+        node, level, via = stack.pop()
+        if isinstance(node, list):
+            stack.extend((n, level, via) for n in node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            name = ref.rsplit("/", 1)[-1]
+            if name in defs and name not in via:
+                stack.append((defs[name], level, (*via, name)))
+            continue
+        if "properties" in node or node.get("type") == "object":
+            level += 1
+            levels = max(levels, level)
+        first = id(node) not in counted
+        counted.add(id(node))
+        if first:
+            props = node.get("properties")
+            if isinstance(props, dict):
+                totals["props"] += len(props)
+                totals["chars"] += sum(len(k) for k in props)
+            enum = node.get("enum")
+            if isinstance(enum, list):
+                totals["enums"] += len(enum)
+                chars = sum(len(v) for v in enum if isinstance(v, str))
+                totals["chars"] += chars
+                if len(enum) > 250:
+                    totals["big_enum"] = max(totals["big_enum"], chars)
+            if isinstance(node.get("const"), str):
+                totals["chars"] += len(node["const"])
+        for key, value in node.items():
+            if key in ("$defs", "definitions"):
+                if first and isinstance(value, dict):
+                    # Counted as written, not walked for depth (only references nest).
+                    for sub in value.values():
+                        stack.append((sub, -10**6, ("$defs",)))
+            elif key == "properties" and isinstance(value, dict):
+                stack.extend((v, level, via) for v in value.values())
+            elif key not in ("enum", "const"):
+                stack.append((value, level, via))
+    if levels > 10:
+        return f"{levels} levels of nesting exceeds limit of 10."
+    if totals["props"] > 5000:
+        return (
+            "Expected at most 5000 properties in total within a single schema when using "
+            f"structured outputs, but received {totals['props']}. {_OPT_OUT}"
+        )
+    if totals["enums"] > 1000:
+        return (
+            "Expected at most 1000 enum values in total within a single schema when using "
+            f"structured outputs, but received {totals['enums']}. {_OPT_OUT}"
+        )
+    if totals["big_enum"] > 15000:
+        return (
+            "Expected at most 15000 characters in total for the values of an enum with more "
+            f"than 250 values, but received {totals['big_enum']}. {_OPT_OUT}"
+        )
+    if totals["chars"] > 120000:
+        return (
+            "Expected at most 120000 characters in total for property names, definition "
+            "names, enum values and const values within a single schema, but received "
+            f"{totals['chars']}. {_OPT_OUT}"
+        )
+    return None
 
 
 def _strict_node(node: object, ctx: tuple[str, ...]) -> str | None:

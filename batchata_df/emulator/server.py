@@ -56,6 +56,7 @@ import contextlib
 import importlib
 import itertools
 import json
+import random
 import re
 import shutil
 import socket
@@ -106,6 +107,8 @@ PROVIDERS: Final[dict[str, tuple[str, tuple[str, ...]]]] = {
 
 ErrorStyle = Literal["openai", "anthropic", "gemini", "plain"]
 CancelUnfinished = Literal["error_file", "omit"]
+ListOrder = Literal["newest_first", "oldest_first", "shuffled"]
+LIST_ORDERS: tuple[str, ...] = ("newest_first", "oldest_first", "shuffled")
 
 
 # --------------------------------------------------------------------------------------
@@ -425,11 +428,17 @@ class EmulatorConfig:
         What happens to requests that had not run when a batch was cancelled:
         ``"error_file"`` writes one error line per request (OpenAI code
         ``batch_cancelled``); ``"omit"`` leaves them out of every result file.
+    list_order
+        Order of the OpenAI and Gemini batch lists: ``"newest_first"`` (what they do in
+        practice), ``"oldest_first"`` or ``"shuffled"`` (stable while no batch is added).
+        Neither provider documents the order, so clients must not rely on it; Anthropic
+        documents newest first and always lists so.
     """
 
     latency: float = 0.0
     cancel_delay: float = 0.0
     cancel_unfinished: CancelUnfinished = "error_file"
+    list_order: ListOrder = "newest_first"
 
     def as_dict(self) -> dict[str, object]:
         """The settings as JSON-ready data."""
@@ -437,7 +446,28 @@ class EmulatorConfig:
             "latency": self.latency,
             "cancel_delay": self.cancel_delay,
             "cancel_unfinished": self.cancel_unfinished,
+            "list_order": self.list_order,
         }
+
+
+def listed(ids: list[str], order: str) -> list[str]:
+    """``ids`` (oldest first, as created) in the configured list order.
+
+    Examples
+    --------
+    >>> listed(["a", "b", "c"], "newest_first")
+    ['c', 'b', 'a']
+    >>> sorted(listed(["a", "b", "c"], "shuffled"))
+    ['a', 'b', 'c']
+    """
+    if order == "oldest_first":
+        return list(ids)
+    if order == "shuffled":
+        out = list(ids)
+        # Seeded by the ids, so that paging through an unchanged list is consistent.
+        random.Random("\n".join(ids)).shuffle(out)
+        return out
+    return list(reversed(ids))
 
 
 class Clock:
@@ -900,7 +930,10 @@ class EmulatorCore:
             msg = f"unknown settings {unknown!r}; valid: {sorted(valid | set(self._apps))!r}"
             raise ValueError(msg)
         new = EmulatorConfig(
-            self.config.latency, self.config.cancel_delay, self.config.cancel_unfinished
+            self.config.latency,
+            self.config.cancel_delay,
+            self.config.cancel_unfinished,
+            self.config.list_order,
         )
         for key in ("latency", "cancel_delay"):
             if key in shared:
@@ -915,6 +948,12 @@ class EmulatorCore:
                 msg = f"cancel_unfinished must be 'error_file' or 'omit', got {value!r}"
                 raise ValueError(msg)
             new.cancel_unfinished = value
+        if "list_order" in shared:
+            value = shared["list_order"]
+            if value not in LIST_ORDERS:
+                msg = f"list_order must be one of {list(LIST_ORDERS)!r}, got {value!r}"
+                raise ValueError(msg)
+            new.list_order = value
         for provider, app in self._apps.items():
             if provider in settings:
                 sub = settings[provider]

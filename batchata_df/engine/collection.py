@@ -122,6 +122,7 @@ def outcomes_to_events(
         "input_tokens",
         "output_tokens",
         "cached_tokens",
+        "cache_write_tokens",
         "reasoning_tokens",
         pl.when(status == "completed").then(pl.col("citations")).alias("citations"),
         # What the provider returned, kept whatever the outcome (a refusal, a truncated or

@@ -11,7 +11,7 @@ from typing import Any
 
 import polars as pl
 
-from batchata_df.cost import cost_expr
+from batchata_df.cost import cost_expr, with_usage_columns
 from batchata_df.engine.run import BatchPhase, InFlightBatch, RunContext, RunState
 from batchata_df.state import TERMINAL_JOB
 
@@ -42,7 +42,7 @@ class Ledger:
             pl.lit(provider_batch_id, dtype=pl.String).alias("provider_batch_id"),
         )
         if "input_tokens" in frame.columns:
-            frame = frame.with_columns(cost_expr(price).alias("cost_usd"))
+            frame = with_usage_columns(frame).with_columns(cost_expr(price).alias("cost_usd"))
         self.ctx.store.append_jobs(frame)
         for status in TERMINAL_JOB:
             self.state.done[status] += int((frame.get_column("status") == status).sum())
@@ -70,6 +70,7 @@ class Ledger:
                 nothing_ran.alias("input_tokens"),
                 nothing_ran.alias("output_tokens"),
                 nothing_ran.alias("cached_tokens"),
+                nothing_ran.alias("cache_write_tokens"),
                 nothing_ran.alias("reasoning_tokens"),
             ),
             batch_key=batch_key,

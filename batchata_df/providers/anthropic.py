@@ -559,6 +559,7 @@ def decode_results(data: bytes, spec: RequestSpec | None = None) -> pl.DataFrame
         (usage.struct.field("input_tokens") + cache_read + cache_write).alias("input_tokens"),
         usage.struct.field("output_tokens").alias("output_tokens"),
         pl.when(usage.is_not_null()).then(cache_read).alias("cached_tokens"),
+        pl.when(usage.is_not_null()).then(cache_write).alias("cache_write_tokens"),
         # Thinking is billed inside output_tokens; usage.output_tokens_details breaks it
         # out (anthropic 2.14 types/output_tokens_details.py). Without it: 0 when the
         # answer has no thinking block, unknown (null) otherwise.

@@ -10,7 +10,8 @@ the normalized :data:`RESULTS` frame. SDK exceptions are translated to
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -19,6 +20,9 @@ import polars as pl
 from batchata_df.schema import AnswerSchema
 
 __all__ = [
+    "ORPHAN_SEARCH_MAX_LISTED",
+    "ORPHAN_SEARCH_SECONDS",
+    "bounded_listing",
     "RESULTS",
     "BatchPoll",
     "BatchTag",
@@ -125,6 +129,7 @@ RESULTS = pl.Schema(
         "input_tokens": pl.Int64(),
         "output_tokens": pl.Int64(),
         "cached_tokens": pl.Int64(),
+        "cache_write_tokens": pl.Int64(),  # part of input_tokens written to the cache
         "reasoning_tokens": pl.Int64(),  # the thinking part of output_tokens
         "citations": pl.String(),  # JSON {"field": [citation, ...]}; null without citations
     }
@@ -257,3 +262,36 @@ class Provider(Protocol):
     def close(self) -> None:
         """Release network resources."""
         ...
+
+
+ORPHAN_SEARCH_MAX_LISTED = 10_000
+"""At most this many listed batches are looked at when searching for a lost batch."""
+ORPHAN_SEARCH_SECONDS = 300.0
+"""... and for at most this long."""
+
+
+def bounded_listing(
+    batches: Iterable[Any], *, provider: str, what: str, max_listed: int, seconds: float
+) -> Iterator[Any]:
+    """Yield listed batches until the list ends; past the bounds, stop with an error.
+
+    OpenAI's and Gemini's batch lists do not document their order, so a search for a lost
+    batch cannot stop at the first batch older than the one it looks for: it reads the
+    list to its end, bounded by a count and a time. Past either bound it raises
+    :class:`~batchata_df.errors.OrphanedBatchError` instead of guessing "not there" (which
+    would submit, and pay for, the same rows again).
+    """
+    from batchata_df.errors import OrphanedBatchError
+
+    deadline = time.monotonic() + seconds
+    for n, batch in enumerate(batches):
+        if n >= max_listed or time.monotonic() > deadline:
+            msg = (
+                f"a previous run may have created a {provider} batch ({what}) just before it "
+                f"stopped; {n} batches were listed in the account without finding or ruling "
+                f"it out (the search stops after {max_listed} batches or {seconds:.0f} s). "
+                "Look for it in the provider's batch list: if it exists, let it finish and "
+                "run again later; if not, run again with a new state folder"
+            )
+            raise OrphanedBatchError(msg)
+        yield batch

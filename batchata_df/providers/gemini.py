@@ -40,10 +40,13 @@ from batchata_df.errors import (
 )
 from batchata_df.models import effective_params, thinking_fields
 from batchata_df.providers.base import (
+    ORPHAN_SEARCH_MAX_LISTED,
+    ORPHAN_SEARCH_SECONDS,
     BatchPoll,
     BatchTag,
     ProviderState,
     RequestSpec,
+    bounded_listing,
     conform_results,
     empty_results,
     history_messages,
@@ -537,28 +540,41 @@ class GeminiProvider:
                 return  # it ended meanwhile; the next poll collects it
             raise
 
+    MAX_LISTED: ClassVar[int] = ORPHAN_SEARCH_MAX_LISTED
+    SEARCH_SECONDS: ClassVar[float] = ORPHAN_SEARCH_SECONDS
+
     def find(self, tag: BatchTag) -> str | None:
-        """Find our batch by display name among batches created since the intent."""
+        """Find our batch by display name, reading the whole batch list (bounded).
+
+        google-genai 3.6.1 ``batches.list`` documents no order, so no page of older batches
+        ends the search; a count and a time bound do
+        (:func:`~batchata_df.providers.base.bounded_listing`).
+        """
+        wanted = self.display_name(tag)
+        for job in bounded_listing(
+            self._iter_batches(),
+            provider="Gemini",
+            what=f"display name {wanted}",
+            max_listed=self.MAX_LISTED,
+            seconds=self.SEARCH_SECONDS,
+        ):
+            if job.display_name == wanted and job.name:
+                return str(job.name)
+        return None
+
+    def _iter_batches(self) -> Iterator[Any]:
         from google.genai import types
 
-        wanted = self.display_name(tag)
-        horizon = tag.created_after - 600  # clock skew allowance
         try:
             pager = self._call(
                 "list batches",
                 lambda: self.client.batches.list(config=types.ListBatchJobsConfig(page_size=100)),
             )
             page = list(pager.page)
-            while True:
-                for job in page:
-                    if job.display_name == wanted and job.name:
-                        return job.name
-                # Listed newest first; a page entirely older than the intent ends the search.
-                times = [j.create_time.timestamp() for j in page if j.create_time is not None]
-                if not page or (times and max(times) < horizon):
-                    return None
+            while page:
+                yield from page
                 if not pager.config.get("page_token"):
-                    return None
+                    return
                 page = list(self._call("list batches", pager.next_page))
         except ProviderError as e:
             msg = (

@@ -24,10 +24,13 @@ from batchata_df.errors import (
 )
 from batchata_df.models import effective_params, thinking_fields
 from batchata_df.providers.base import (
+    ORPHAN_SEARCH_MAX_LISTED,
+    ORPHAN_SEARCH_SECONDS,
     BatchPoll,
     BatchTag,
     ProviderState,
     RequestSpec,
+    bounded_listing,
     conform_results,
     empty_results,
     history_messages,
@@ -86,7 +89,10 @@ _LINE_SCHEMA = pl.Schema(
                                 "prompt_tokens": pl.Int64(),
                                 "completion_tokens": pl.Int64(),
                                 "prompt_tokens_details": pl.Struct(
-                                    {"cached_tokens": pl.Int64()}
+                                    {
+                                        "cached_tokens": pl.Int64(),
+                                        "cache_write_tokens": pl.Int64(),
+                                    }
                                 ),
                                 "completion_tokens_details": pl.Struct(
                                     {"reasoning_tokens": pl.Int64()}
@@ -311,18 +317,30 @@ class OpenAIProvider:
         """Ask OpenAI to cancel the batch (it answers ``cancelling``)."""
         self._call("cancel the batch", lambda: self.client.batches.cancel(batch_id))
 
+    MAX_LISTED: ClassVar[int] = ORPHAN_SEARCH_MAX_LISTED
+    SEARCH_SECONDS: ClassVar[float] = ORPHAN_SEARCH_SECONDS
+
     def find(self, tag: BatchTag) -> str | None:
-        """Find our batch by its metadata among batches created since the intent."""
-        horizon = tag.created_after - 600  # clock skew allowance
-        for b in self._iter_batches():
+        """Find our batch by its metadata, reading the whole batch list (bounded).
+
+        The list order is not documented (openai 3.57 ``resources/batches.py``: "List
+        your organization's batches."), so no batch's age ends the search; a count and a
+        time bound do (:func:`~batchata_df.providers.base.bounded_listing`).
+        """
+        what = f"metadata batchata_run={tag.run_id}, batchata_batch={tag.batch_key}"
+        for b in bounded_listing(
+            self._iter_batches(),
+            provider="OpenAI",
+            what=what,
+            max_listed=self.MAX_LISTED,
+            seconds=self.SEARCH_SECONDS,
+        ):
             meta = b.metadata or {}
             if (
                 meta.get("batchata_run") == tag.run_id
                 and meta.get("batchata_batch") == tag.batch_key
             ):
                 return str(b.id)
-            if b.created_at < horizon:
-                return None  # listed newest first: nothing older can be ours
         return None
 
     def _iter_batches(self) -> Iterator[Any]:
@@ -425,6 +443,15 @@ def decode_lines(data: bytes) -> pl.DataFrame:
         usage.struct.field("prompt_tokens_details").struct.field("cached_tokens").alias(
             "cached_tokens"
         ),
+        # openai 3.57 ``PromptTokensDetails.cache_write_tokens``: prompt tokens written to
+        # the cache (part of prompt_tokens; newer models bill them at a cache-write rate).
+        pl.when(usage.is_not_null())
+        .then(
+            usage.struct.field("prompt_tokens_details")
+            .struct.field("cache_write_tokens")
+            .fill_null(0)
+        )
+        .alias("cache_write_tokens"),
         # Reasoning is inside completion_tokens (billed as output); this is its share.
         pl.when(usage.is_not_null())
         .then(
