@@ -6,6 +6,7 @@ Usage::
     python3 dev.py demo     # create .venv, install, run the demo on the bundled emulator
     python3 dev.py test     # create .venv, install with dev extras, lint, type-check, test
     python3 dev.py bench    # the benchmarks (slow; writes benchmarks/results/)
+    python3 dev.py notebooks [name ...]   # re-execute notebooks/*.ipynb, save with outputs
 """
 
 from __future__ import annotations
@@ -44,6 +45,31 @@ def setup(extra: str) -> None:
         stamp.touch()
 
 
+def execute_notebooks(names: list[str], folder: Path = ROOT / "notebooks") -> None:
+    """Execute notebooks in ``folder`` (all, or ``names``) in a Jupyter kernel; save them.
+
+    Each runs with ``folder`` as its working directory against the bundled emulator (the
+    notebooks start it), and is written back with its outputs.
+    """
+    import nbclient  # type: ignore[import-not-found, unused-ignore]
+    import nbformat  # type: ignore[import-not-found, unused-ignore]
+
+    paths = [folder / f"{n.removesuffix('.ipynb')}.ipynb" for n in names] or sorted(
+        folder.glob("*.ipynb")
+    )
+    for path in paths:
+        print(f"executing {path.relative_to(ROOT)}", flush=True)
+        nb = nbformat.read(path, as_version=4)
+        nbclient.NotebookClient(
+            nb,
+            timeout=300,
+            kernel_name="python3",
+            record_timing=False,
+            resources={"metadata": {"path": str(folder)}},
+        ).execute()
+        nbformat.write(nb, path)
+
+
 def main() -> None:
     """Dispatch ``demo``, ``test`` or ``bench``."""
     what = sys.argv[1] if len(sys.argv) > 1 else "help"
@@ -55,6 +81,11 @@ def main() -> None:
         sh(BIN / "ruff", "check", "batchata_df", "tests", "benchmarks", "dev.py")
         sh(BIN / "mypy")
         sh(PY, "-m", "pytest", *sys.argv[2:])
+    elif what == "notebooks":
+        setup("dev")
+        sh(PY, __file__, "_execute-notebooks", *sys.argv[2:])
+    elif what == "_execute-notebooks":  # runs inside .venv (needs nbclient)
+        execute_notebooks(sys.argv[2:])
     elif what == "bench":
         setup("dev")
         sh(PY, "benchmarks/bench_tokens.py")

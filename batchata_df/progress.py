@@ -60,10 +60,21 @@ def _batches(s: ProgressSnapshot) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(s.batches.items())) or "none yet"
 
 
+def _cap(usd: float) -> str:
+    """A cap as the user wrote it: ``$5.00``, ``$0.0006`` (never rounded to ``$0.00``).
+
+    Examples
+    --------
+    >>> _cap(5), _cap(1234.5), _cap(0.0006), _cap(0.002)
+    ('$5.00', '$1,234.50', '$0.0006', '$0.002')
+    """
+    return f"${usd:,.2f}" if round(usd, 2) == usd else f"${usd:,.6g}"
+
+
 def _cost(s: ProgressSnapshot, max_cost_usd: float | None) -> str:
     text = f"${s.cost_usd:,.4f}"
     if max_cost_usd is not None and max_cost_usd > 0:
-        text += f" of ${max_cost_usd:,.2f} cap ({s.cost_usd / max_cost_usd:.0%})"
+        text += f" of {_cap(max_cost_usd)} cap ({s.cost_usd / max_cost_usd:.0%})"
     return text
 
 
@@ -254,8 +265,9 @@ class ProgressDisplay:
         self._last_time = float("-inf")
         self._pending: ProgressSnapshot | None = None
         self._closed = False
-        self._snapshot: ProgressSnapshot | None = None
-        self._received = 0.0
+        # (snapshot, when it arrived), replaced as one object: render() reads it without a
+        # lock, because rich's refresh thread calls render() while holding Live's own lock.
+        self._latest: tuple[ProgressSnapshot, float] | None = None
         self._lock = threading.RLock()
         self._ticker: threading.Thread | None = None
         self._stop_ticking = threading.Event()
@@ -265,30 +277,30 @@ class ProgressDisplay:
         with self._lock:
             if self._closed:
                 return
-            self._snapshot, self._received = snapshot, self._clock()
+            self._latest = (snapshot, self._clock())
             if self.mode == "lines":
                 self._line(snapshot)
             elif self.mode == "terminal":
                 self._terminal()
             else:
                 self._notebook()
-            if snapshot.phase == "done":
-                self.close()
+        if snapshot.phase == "done":
+            self.close()
 
     def render(self) -> RenderableType:
         """The rich view of the latest snapshot, its clock moved to now."""
-        with self._lock:
-            s = self._snapshot
-            if s is None:
-                from rich.text import Text
+        latest = self._latest
+        if latest is None:
+            from rich.text import Text
 
-                return Text("batch_llm: starting")
-            return _panel(s, self.max_cost_usd, since=self._clock() - self._received)
+            return Text("batch_llm: starting")
+        s, received = latest
+        return _panel(s, self.max_cost_usd, since=self._clock() - received)
 
     def tick(self) -> None:
         """Redraw the latest snapshot with the time moved on (the refresh does this)."""
         with self._lock:
-            if self._closed or self._snapshot is None:
+            if self._closed or self._latest is None:
                 return
             if self.mode == "terminal" and self._live is not None:
                 self._live.refresh()
@@ -305,9 +317,10 @@ class ProgressDisplay:
             if self._pending is not None:
                 self._emit(format_line(self._pending, self.max_cost_usd))
                 self._pending = None
-            if self._live is not None:
-                self._live.stop()
-                self._live = None
+            live, self._live = self._live, None
+        if live is not None:
+            # Outside our lock: stop() joins rich's refresh thread, which may be drawing.
+            live.stop()
 
     def __enter__(self) -> ProgressDisplay:
         return self
@@ -491,10 +504,10 @@ def _plan_lines(p: PlanSummary) -> list[str]:
         lines.append(f"already spent or held by batches in flight: ${p.held_usd:,.4f}")
     if p.max_cost_usd is not None:
         if p.within_cap >= planned:
-            lines.append(f"cap ${p.max_cost_usd:,.2f}: everything fits")
+            lines.append(f"cap {_cap(p.max_cost_usd)}: everything fits")
         else:
             lines.append(
-                f"cap ${p.max_cost_usd:,.2f}: {p.within_cap:,} of {planned:,} requests fit at the "
+                f"cap {_cap(p.max_cost_usd)}: {p.within_cap:,} of {planned:,} requests fit at the "
                 f"worst case; the rest would end cancelled (cost_limit) unless actual costs "
                 "come in lower"
             )

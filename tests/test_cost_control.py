@@ -48,7 +48,7 @@ def test_dry_run_summary_for_people(emu, capsys):
     assert "dry run, nothing was sent. rows: 10 planned, 2 duplicate" in err
     assert "openai gpt-4.1-mini: 10 jobs in 3 batches" in err
     assert "10 requests would be sent in 3 provider batches, worst case $" in err
-    assert "cap $0.00: " in err and " of 10 requests fit at the worst case" in err
+    assert "cap $0.0004: " in err and " of 10 requests fit at the worst case" in err
     assert "[(" not in err and "rows by status" not in err  # no Python reprs
 
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 import batchata_df
 from batchata_df import ParamError, batch_llm
-from batchata_df.cost import PriceTable
+from batchata_df.cost import PriceTable, estimate_expr
 from batchata_df.emulator.model_rules import THOUGHT_TOKENS
 from batchata_df.jobs import parse_model
 from batchata_df.models import (
@@ -118,6 +118,23 @@ def test_emulator_refuses_claude_params_per_generation(emu, model, params, messa
     assert result.result.type == "errored"
     assert result.result.error.error.type == "invalid_request_error"
     assert message in result.result.error.error.message
+
+
+def test_emulator_refuses_output_limits_above_the_models_ceiling(emu):
+    from batchata_df.emulator import model_rules
+
+    assert model_rules.openai_refusal("gpt-6-sol", {"max_completion_tokens": 128_001})[1] == (
+        "invalid_value"
+    )
+    assert model_rules.openai_refusal("gpt-6-sol", {"max_completion_tokens": 128_000}) is None
+    assert "64000" in str(model_rules.anthropic_refusal("claude-haiku-4-5", {"max_tokens": 64_001}))
+    assert model_rules.gemini_refusal("gemini-3.5-flash", {"maxOutputTokens": 70_000})
+    # The client's ceilings agree with the emulator's for every family both know.
+    for family in FAMILIES:
+        for example in family.examples:
+            theirs = model_rules.max_output(family.provider, example)
+            if theirs is not None:
+                assert family.max_output_tokens == theirs, example
 
 
 def test_emulator_accepts_what_each_claude_generation_takes(emu):
@@ -364,9 +381,12 @@ def test_default_max_tokens_leaves_room_for_thinking(tmp_path):
     # The worst case the cap holds is priced on that output, thinking included.
     for i, model in enumerate(["gpt-6-sol", "gpt-4.1-mini"]):
         price = PriceTable().require("openai", model, "test")
-        expected = (plan["_est_input_tokens"][i] * price.input
-                    + plan["_est_output_tokens_max"][i] * price.output) / 1e6
-        assert plan["_est_cost_usd"][i] == pytest.approx(expected)
+        worst, _ = estimate_expr(
+            price, pl.lit(plan["_est_input_tokens"][i]), pl.lit(plan["_est_output_tokens_max"][i]),
+            provider="openai",
+        )
+        assert plan["_est_cost_usd"][i] == pytest.approx(pl.select(worst).item())
+        assert plan["_est_cost_usd"][i] > plan["_est_output_tokens_max"][i] * price.output / 1e6
     assert default_max_tokens(family_of("anthropic", "claude-opus-5-5"), {}) == 32_768
     assert default_max_tokens(family_of("gemini", "gemini-2.5-flash"),
                               {"reasoning_effort": "none"}) == 4096  # fmt: skip

@@ -58,18 +58,31 @@ def creates(emu):
             and e["status"] == 200]
 
 
-def start_two(tmp_path, state, model, modes):
+def start_two(tmp_path, state, model, modes, *, first_holds_lock=False):
+    """Start two calls together; with ``first_holds_lock`` the second starts only once the
+    first holds the folder's lock (otherwise which one wins is a race)."""
     script = tmp_path / "child.py"
     script.write_text(CHILD)
-    go = tmp_path / "go"
+    gos = [tmp_path / "go0", tmp_path / ("go1" if first_holds_lock else "go0")]
     children = [
         subprocess.Popen([sys.executable, str(script), str(state), wait, timeout, str(go), model],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env=dict(os.environ))
-        for wait, timeout in modes
+        for (wait, timeout), go in zip(modes, gos, strict=True)
     ]
     time.sleep(0.3)
-    go.write_text("")
+    gos[0].write_text("")
+    if first_holds_lock:
+        from batchata_df.state import LOCK_FILE, LockHolder
+
+        lock = state / LOCK_FILE
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            holder = LockHolder.parse(lock.read_text()) if lock.exists() else None
+            if holder is not None and holder.pid == children[0].pid:
+                break
+            time.sleep(0.02)
+        gos[1].write_text("")
     outs = []
     for child in children:
         out, err = child.communicate(timeout=120)
@@ -105,7 +118,8 @@ def test_a_poller_beside_a_run_is_refused_and_a_waiting_call_submits_nothing_aga
     state = tmp_path / "s"
     # One run, one wait=False poller told to wait for the lock: the poller runs after the
     # run and finds everything done.
-    outs, _ = start_two(tmp_path, state, "gpt-4.1-mini", [("wait", "0"), ("nowait", "none")])
+    outs, _ = start_two(tmp_path, state, "gpt-4.1-mini", [("wait", "0"), ("nowait", "none")],
+                        first_holds_lock=True)
     assert all(o.startswith("DONE") for o in outs), outs
     assert len(creates(emu)) == 3
 

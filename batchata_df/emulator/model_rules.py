@@ -27,7 +27,8 @@ Gemini
     ``thinkingLevel`` (3.5+ refuse ``thinkingBudget``); 3.7+ Flash, 3.x Pro and 4 have no
     ``MINIMAL``.
 
-Thinking spends :data:`THOUGHT_TOKENS` per effort, inside the output limit.
+Thinking spends :data:`THOUGHT_TOKENS` per effort, inside the output limit; an output
+limit above the model's ceiling (:func:`max_output`) is refused as the providers do.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ __all__ = [
     "gemini_refusal",
     "gemini_rules",
     "gemini_thoughts",
+    "max_output",
     "openai_effort",
     "openai_refusal",
     "openai_rules",
@@ -103,6 +105,12 @@ def openai_refusal(model: str, body: dict[str, object]) -> tuple[int, str, str, 
     """The error line a Chat Completions ``body`` gets for ``model``, or None."""
     rules = openai_rules(model)
     effort = body.get("reasoning_effort")
+    ceiling = max_output("openai", model)
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if ceiling is not None and isinstance(value, int) and value > ceiling:
+            return (400, "invalid_value", f"{name} is too large: {value}. This model supports "
+                    f"at most {ceiling} completion tokens, whereas you provided {value}.", name)
     if not rules.reasons:
         if effort is not None:
             return _unsupported("reasoning_effort")
@@ -123,6 +131,28 @@ def openai_refusal(model: str, body: dict[str, object]) -> tuple[int, str, str, 
         for name in _OPENAI_SAMPLING:
             if name in body:
                 return _unsupported(name)
+    return None
+
+
+_CEILINGS: Final[tuple[tuple[str, str, int], ...]] = (
+    # (provider, model pattern, most output tokens per answer, thinking included)
+    ("openai", r"gpt-6|gpt-5", 128_000),
+    ("openai", r"o\d", 100_000),
+    ("openai", r"gpt-4\.1", 32_768),
+    ("anthropic", r"claude-(opus|sonnet)-4-[6-9]|claude-(opus|sonnet|haiku)-5", 128_000),
+    ("anthropic", r"claude-(sonnet|haiku|opus)-4-5", 64_000),
+    ("gemini", r"gemini-(2\.5|3|4)", 65_536),
+)
+"""Output ceilings of the generations above (the providers' model pages); older models
+have none here."""
+
+
+def max_output(provider: str, model: str) -> int | None:
+    """The most output tokens ``model`` generates per answer, if the emulator knows it."""
+    name = model.removeprefix("models/")
+    for who, pattern, ceiling in _CEILINGS:
+        if who == provider and re.match(pattern, name):
+            return ceiling
     return None
 
 
@@ -173,6 +203,11 @@ def anthropic_rules(model: str) -> Rules:
 def anthropic_refusal(model: str, params: dict[str, object]) -> str | None:
     """The ``invalid_request_error`` message for ``params`` on ``model``, or None."""
     rules = anthropic_rules(model)
+    ceiling = max_output("anthropic", model)
+    max_tokens = params.get("max_tokens")
+    if ceiling is not None and isinstance(max_tokens, int) and max_tokens > ceiling:
+        return (f"max_tokens: {max_tokens} > {ceiling}, which is the maximum allowed number of "
+                f"output tokens for {model}")
     sampling = [p for p in ("temperature", "top_p", "top_k") if p in params]
     thinking = params.get("thinking")
     kind = thinking.get("type") if isinstance(thinking, dict) else None
@@ -249,6 +284,11 @@ def gemini_rules(model: str) -> Rules:
 def gemini_refusal(model: str, config: dict[str, object]) -> str | None:
     """The per-request error message for a ``thinkingConfig`` on ``model``, or None."""
     rules = gemini_rules(model)
+    ceiling = max_output("gemini", model)
+    limit = config.get("maxOutputTokens", config.get("max_output_tokens"))
+    if ceiling is not None and isinstance(limit, int) and limit > ceiling:
+        return (f"Unable to submit request because it has a maxOutputTokens value of {limit} but"
+                f" the supported range is from 1 (inclusive) to {ceiling + 1} (exclusive).")
     budget, level = _gemini_thinking(config)
     if (budget is not None or level is not None) and not rules.reasons:
         return "Thinking is not enabled for this model."

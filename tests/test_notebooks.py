@@ -1,0 +1,129 @@
+"""The example notebooks run top to bottom in a real Jupyter kernel against the bundled
+emulator, and the committed copies carry their outputs. The committed files are never
+rewritten here (``python3 dev.py notebooks`` does that)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+FOLDER = Path(__file__).parent.parent / "notebooks"
+NOTEBOOKS = ["quickstart", "documents", "cost_control", "long_runs"]
+
+# What each notebook must show when it runs (plain-text outputs, joined).
+EXPECTED = {
+    "quickstart": [
+        "38 of 38 jobs completed, 0 failed, 0 cancelled",
+        "provider batches created by the second call: 0",
+        "same answers: True",
+        "'sentiment': \"Enum(categories=['positive', 'negative', 'neutral'])\"",
+    ],
+    "documents": [
+        "3 of 3 jobs completed",
+        "supplier_audit.pdf",
+        "page 1",
+        "chars ",
+        "not cited",
+    ],
+    "cost_control": [
+        "dry run, nothing was sent. rows: 37 planned, 3 duplicate",
+        "cap $0.002: ",
+        "cancelled: cost_limit",
+        "stopped (time_limit)",
+        "cancelled: time_limit",
+        "gpt-5-mini",
+        "gemini-2.5-flash",
+    ],
+    "long_runs": [
+        "submit_failed",
+        "schema_validation",
+        "requests sent by reparse: 0",
+        "11 of 11 jobs completed, 0 failed, 0 cancelled",
+    ],
+}
+
+
+def _text(nb) -> str:
+    out = []
+    for cell in nb.cells:
+        for o in cell.get("outputs", []):
+            if o.output_type == "stream":
+                out.append(o.text)
+            elif "data" in o:
+                out.append(o.data.get("text/plain", ""))
+                out.append(o.data.get("text/html", ""))
+    return "\n".join(out)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_committed_notebook_carries_its_outputs(name):
+    nb = nbformat.read(FOLDER / f"{name}.ipynb", as_version=4)
+    intro = nb.cells[0].source
+    assert nb.cells[0].cell_type == "markdown" and "emulated" in intro
+    setup = nb.cells[1].source
+    assert "Emulator(" in setup and "_API_KEY" in setup  # the one line to change
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.execution_count is not None for c in code), "run python3 dev.py notebooks"
+    assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+    text = _text(nb)
+    for expected in EXPECTED[name]:
+        assert expected in text, expected
+    if name == "cost_control":  # a picture, not a table
+        assert any("image/png" in o.get("data", {}) for c in code for o in c.outputs)
+
+
+def _execute(name: str, work: Path) -> object:
+    nb = nbformat.read(work / f"{name}.ipynb", as_version=4)
+    for cell in nb.cells:  # run from a clean slate, not the committed outputs
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    client = nbclient.NotebookClient(
+        nb, timeout=300, kernel_name="python3", record_timing=False,
+        resources={"metadata": {"path": str(work)}},
+    )
+    # A loop of this thread's own, closed at the end (raises CellExecutionError on errors).
+    asyncio.run(client.async_execute())
+    return nb
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory) -> dict[str, object]:
+    """Every notebook executed on a copy, four kernels at once (they mostly wait on the
+    emulator's batch latency, so running them side by side saves minutes of the suite)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    work = tmp_path_factory.mktemp("nb") / "notebooks"
+    shutil.copytree(FOLDER, work, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    before = {n: _digest(FOLDER / f"{n}.ipynb") for n in NOTEBOOKS}
+    with ThreadPoolExecutor(len(NOTEBOOKS)) as pool:
+        futures = {n: pool.submit(_execute, n, work) for n in NOTEBOOKS}
+        out: dict[str, object] = {}
+        for n, f in futures.items():
+            try:
+                out[n] = f.result()
+            except Exception as e:  # reported by the test of that notebook
+                out[n] = e
+    # The committed notebooks were not touched.
+    assert {n: _digest(FOLDER / f"{n}.ipynb") for n in NOTEBOOKS} == before
+    return out
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_against_the_emulator(name, executed):
+    nb = executed[name]
+    if isinstance(nb, Exception):
+        raise nb
+    text = _text(nb)
+    for expected in EXPECTED[name]:
+        assert expected in text, expected
