@@ -157,16 +157,18 @@ PriceOverride = Price | tuple[float, float] | Mapping[str, float]
 def _coerce(model: str, value: PriceOverride) -> Price:
     if isinstance(value, Price):
         return value
+    from batchata_df.validate import check_price_value as num
+
     if isinstance(value, tuple) and len(value) == 2:
-        return Price(input=float(value[0]), output=float(value[1]))
+        return Price(input=num(model, "input", value[0]), output=num(model, "output", value[1]))
     if isinstance(value, Mapping) and {"input", "output"} <= set(value):
         cached = value.get("cached_input")
         write = value.get("cache_write")
         return Price(
-            input=float(value["input"]),
-            output=float(value["output"]),
-            cached_input=None if cached is None else float(cached),
-            cache_write=None if write is None else float(write),
+            input=num(model, "input", value["input"]),
+            output=num(model, "output", value["output"]),
+            cached_input=None if cached is None else num(model, "cached_input", cached),
+            cache_write=None if write is None else num(model, "cache_write", write),
         )
     msg = (
         f"prices[{model!r}] = {value!r} is not a price; give (input_usd_per_mtok, "

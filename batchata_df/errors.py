@@ -18,6 +18,9 @@ The tree is designed so that a caller can tell *who* has to act::
     │   └── OrphanedBatchError         we cannot prove a crashed submit did not go through
     └── EmulatorError                  the bundled emulator could not start or answer
 
+Warnings: :class:`ProviderUnavailableWarning` (a ``UserWarning``) when rows of a call could
+not be sent or collected because the provider was unreachable.
+
 Failures of single rows are never exceptions: they become ``_status="failed"`` and an
 ``_error`` message in the result frame.
 """
@@ -25,6 +28,8 @@ Failures of single rows are never exceptions: they become ``_status="failed"`` a
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+from batchata_df.redact import scrub
 
 if TYPE_CHECKING:
     from batchata_df.state import LockHolder
@@ -41,6 +46,7 @@ __all__ = [
     "ParamError",
     "PriceError",
     "ProviderError",
+    "ProviderUnavailableWarning",
     "SchemaError",
     "StateError",
     "StateLockedError",
@@ -49,7 +55,14 @@ __all__ = [
 
 
 class BatchataError(Exception):
-    """Base class of every exception raised by batchata-df."""
+    """Base class of every exception raised by batchata-df.
+
+    Messages are scrubbed of secrets (:func:`batchata_df.redact.scrub`) when the exception
+    is created, so that no API key echoed by a provider can be raised.
+    """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(scrub(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigError(BatchataError, ValueError):
@@ -137,3 +150,11 @@ class OrphanedBatchError(ProviderError):
 
 class EmulatorError(BatchataError):
     """The bundled emulator failed to start or to answer a control request."""
+
+
+class ProviderUnavailableWarning(UserWarning):
+    """Rows of this call could not be sent or collected: the provider was unreachable.
+
+    Those rows carry ``provider_unavailable: <last error>`` in ``_error``; calling again
+    with the same ``state`` folder sends or collects them (nothing is paid twice).
+    """

@@ -12,6 +12,7 @@ import signal
 import sys
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,15 +23,24 @@ from pydantic import BaseModel
 from batchata_df.citations import citation_columns, decode_citations, instruction
 from batchata_df.cost import PriceOverride, PriceTable, estimate_expr
 from batchata_df.engine import Engine, ProgressSnapshot, RunOptions
-from batchata_df.errors import ColumnError, ConfigError, SchemaError, StateError, StateMismatchError
-from batchata_df.jobs import build_jobs, check_params
+from batchata_df.errors import (
+    ColumnError,
+    ConfigError,
+    ProviderUnavailableWarning,
+    SchemaError,
+    StateError,
+    StateMismatchError,
+)
+from batchata_df.jobs import build_jobs, check_param_values, check_params
 from batchata_df.models import DEFAULT_MAX_TOKENS as _DEFAULT_MAX_TOKENS
 from batchata_df.models import check_model_params, effective_params, family_of
 from batchata_df.providers import SUPPORTED_PARAMS, make_provider
 from batchata_df.providers.base import Provider, RequestSpec
+from batchata_df.redact import scrub, scrubbed
 from batchata_df.schema import AnswerSchema
 from batchata_df.schema_limits import check_schema_limits
 from batchata_df.state import StateStore, WriterLock, adopt_schema, check_lock_timeout
+from batchata_df.validate import check_patience, check_run_arguments
 
 __all__ = ["DEFAULT_MAX_TOKENS", "META_COLUMNS", "RAW_COLUMN", "batch_llm", "reparse"]
 
@@ -81,16 +91,7 @@ def _fingerprint_part(value: object) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _time_limit_seconds(value: float | dt.timedelta | None) -> float | None:
-    if value is None:
-        return None
-    seconds = value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
-    if seconds <= 0:
-        msg = f"time_limit must be positive, got {value!r}"
-        raise ConfigError(msg)
-    return seconds
-
-
+@scrubbed
 def batch_llm(
     df: pl.DataFrame | pl.LazyFrame,
     *,
@@ -111,6 +112,7 @@ def batch_llm(
     wait: bool = True,
     prices: Mapping[str, PriceOverride] | None = None,
     retry_failed: bool = False,
+    provider_patience: float | dt.timedelta = 600.0,
     keep_raw: bool = False,
     lock_timeout: float | None = 0.0,
     history: str | None = None,
@@ -181,6 +183,16 @@ def batch_llm(
         the built-in price database.
     retry_failed
         Send rows that ended ``failed`` in an earlier call again.
+    provider_patience
+        Seconds (or a timedelta, default 10 minutes) a provider may stay unreachable --
+        creates, lookups, polls or downloads failing after the SDKs' own retries -- before
+        the call stops waiting and returns. Rows never sent end ``cancelled`` with
+        ``_error="cancelled: provider_unavailable: <last error>"``; rows whose batch may
+        exist at the provider stay ``pending`` with ``"provider_unavailable: <last
+        error>"`` (call again with the same ``state`` to collect them; nothing is paid
+        twice). The call then warns with
+        :class:`~batchata_df.errors.ProviderUnavailableWarning`. With ``wait=False`` there
+        is no waiting: the reasons are on the rows at once.
     keep_raw
         Add a ``_raw`` column after the metadata: the text the provider returned for the
         row, also when it failed (an answer that did not validate, a truncated answer, a
@@ -232,6 +244,21 @@ def batch_llm(
     if not isinstance(frame, pl.DataFrame):
         msg = f"batch_llm takes a polars DataFrame or LazyFrame, got {type(df).__name__}"
         raise ConfigError(msg)
+    patience_s = check_patience(provider_patience)
+    time_limit_s = check_run_arguments(
+        max_cost_usd=max_cost_usd,
+        time_limit=time_limit,
+        items_per_batch=items_per_batch,
+        max_parallel_batches=max_parallel_batches,
+        flags={"wait": wait, "dry_run": dry_run, "retry_failed": retry_failed,
+               "citations": citations, "keep_raw": keep_raw},
+        state=state,
+        prices=prices,
+        params=params,
+    )
+    if not wait and state is None:
+        msg = "wait=False needs state='some/folder' so that a later call can collect results"
+        raise ConfigError(msg)
     answer = AnswerSchema(schema)
     cite_columns = citation_columns(answer.columns) if citations else []
     if dry_run:
@@ -251,21 +278,6 @@ def batch_llm(
     if files is not None and not isinstance(files, str):
         msg = f"files= takes the name of a column of paths or bytes, got {files!r}"
         raise ConfigError(msg)
-    if max_cost_usd is not None and not (
-        isinstance(max_cost_usd, int | float) and max_cost_usd > 0
-    ):
-        msg = f"max_cost_usd must be a positive number of US dollars, got {max_cost_usd!r}"
-        raise ConfigError(msg)
-    if items_per_batch is not None and items_per_batch < 1:
-        msg = f"items_per_batch must be >= 1, got {items_per_batch!r}"
-        raise ConfigError(msg)
-    if max_parallel_batches < 1:
-        msg = f"max_parallel_batches must be >= 1, got {max_parallel_batches!r}"
-        raise ConfigError(msg)
-    if not wait and state is None:
-        msg = "wait=False needs state='some/folder' so that a later call can collect results"
-        raise ConfigError(msg)
-    time_limit_s = _time_limit_seconds(time_limit)
     lock_wait = check_lock_timeout(lock_timeout)
     price_table = PriceTable(prices)
 
@@ -290,6 +302,7 @@ def batch_llm(
         raise ConfigError(msg)
     check_schema_limits(answer.json_schema, needed, name=answer.name)
     run_params = check_params(params, supported)
+    check_param_values(run_params, needed)
     _check_models(jobs, run_params, structured=answer.json_schema is not None, citations=citations)
     spec = RequestSpec(schema=answer, params=run_params, citations=citations)
     if files is not None:
@@ -313,6 +326,7 @@ def batch_llm(
         time_limit_s=time_limit_s,
         retry_failed=retry_failed,
         max_cost_usd=max_cost_usd,
+        provider_patience_s=patience_s,
     )
     if dry_run:
         from batchata_df.plan import dry_run_plan
@@ -345,6 +359,7 @@ def batch_llm(
             )
             with _interrupt_sets(stop):
                 results = engine.run(sendable)
+            _warn_unavailable(results)
     finally:
         close = getattr(display, "close", None)
         if callable(close):
@@ -688,6 +703,22 @@ def with_estimates(
     return pl.concat(parts).sort("_order").drop("_order")
 
 
+def _warn_unavailable(results: pl.DataFrame) -> None:
+    """Warn when rows of this call could not be sent or collected (provider unreachable)."""
+    error = results.get_column("error")
+    hit = error.str.contains("provider_unavailable: ", literal=True).fill_null(False)
+    n = int(hit.sum())
+    if n == 0:
+        return
+    statuses = results.filter(hit).get_column("status").fill_null("pending")
+    pending = int((statuses != "cancelled").sum())
+    last = str(error.filter(hit)[-1])
+    msg = (
+        f"{n} rows could not be sent or collected because the provider was unreachable "
+        f"({pending} pending: call again with the same state to collect them; {n - pending} "
+        f"cancelled: a later call sends them). Last error: {last}"
+    )
+    warnings.warn(scrub(msg), ProviderUnavailableWarning, stacklevel=4)
 def _check_models(
     jobs: pl.DataFrame, params: Mapping[str, Any], *, structured: bool, citations: bool
 ) -> None:
@@ -782,11 +813,8 @@ def _assemble(
 
     meta = [
         status.alias("_status"),
-        pl.when(~sendable)
-        .then(pl.col("input_error"))
-        .when(terminal)
-        .then(pl.col("error"))
-        .alias("_error"),
+        # Pending rows carry a reason only when the provider was unreachable.
+        pl.when(~sendable).then(pl.col("input_error")).otherwise(pl.col("error")).alias("_error"),
         billed("cost_usd", pl.Float64()).alias("_cost_usd"),
         billed("input_tokens", pl.Int64()).alias("_input_tokens"),
         billed("output_tokens", pl.Int64()).alias("_output_tokens"),

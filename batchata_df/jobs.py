@@ -79,21 +79,55 @@ def _did_you_mean(name: str, choices: Sequence[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def template_columns(template: str) -> list[str]:
+def _check_braces(template: str, what: str) -> None:
+    """Refuse a stray ``{`` or ``}``, naming its position (``{{``/``}}`` are literals)."""
+    i, n = 0, len(template)
+    while i < n:
+        char = template[i]
+        if template.startswith(char * 2, i) and char in "{}":
+            i += 2
+            continue
+        if char == "{":
+            close = template.find("}", i + 1)
+            nested = template.find("{", i + 1)
+            if close == -1 or (nested != -1 and nested < close):
+                msg = (
+                    f"{what} template has a '{{' at position {i} that is never closed "
+                    f"(near {template[max(0, i - 10) : i + 10]!r}); close the placeholder like "
+                    "{column}, or write a literal brace as '{{'"
+                )
+                raise ConfigError(msg)
+            i = close + 1
+            continue
+        if char == "}":
+            msg = (
+                f"{what} template has a '}}' at position {i} that closes nothing "
+                f"(near {template[max(0, i - 10) : i + 10]!r}); write a literal brace as '}}}}'"
+            )
+            raise ConfigError(msg)
+        i += 1
+
+
+def template_columns(template: str, what: str = "prompt") -> list[str]:
     """The column names a ``str.format``-style template refers to.
+
+    A stray brace is a :class:`~batchata_df.errors.ConfigError` naming its position.
 
     Examples
     --------
     >>> template_columns("Rate {text} from {{0}} to {scale}")
     ['text', 'scale']
+    >>> template_columns("a { b")
+    Traceback (most recent call last):
+    ...
+    batchata_df.errors.ConfigError: prompt template has a '{' at position 2 that is never \
+closed (near 'a { b'); close the placeholder like {column}, or write a literal brace as '{{'
     """
+    _check_braces(template, what)
     try:
         parsed = list(string.Formatter().parse(template))
-    except ValueError as e:
-        msg = (
-            f"prompt template {template!r} is malformed ({e}); write literal braces as "
-            "{{ and }}"
-        )
+    except ValueError as e:  # pragma: no cover - _check_braces catches these first
+        msg = f"{what} template {template!r} is malformed ({e}); write literal braces twice"
         raise ConfigError(msg) from e
     cols = []
     for _, field_name, spec, conversion in parsed:
@@ -101,7 +135,7 @@ def template_columns(template: str) -> list[str]:
             continue
         if field_name == "" or spec or conversion:
             msg = (
-                f"prompt template {template!r}: each placeholder must be a bare column name "
+                f"{what} template {template!r}: each placeholder must be a bare column name "
                 "like {text} (no positional {}, format specs or conversions); write literal "
                 "braces as {{ and }}"
             )
@@ -110,34 +144,74 @@ def template_columns(template: str) -> list[str]:
     return cols
 
 
-def render_template(template: str, columns: Sequence[str]) -> pl.Expr:
+_NOT_TEXT_FIX = {
+    "Struct": "build the text yourself, e.g. pl.format('... {{}}', pl.col({c!r})"
+    ".struct.json_encode()), or unnest it (df.unnest({c!r})) and name its fields",
+    "List": "join it yourself, e.g. pl.col({c!r}).list.eval(pl.element().cast(pl.String))"
+    ".list.join(', '), and pass that expression (or a column made from it)",
+    "Array": "join it yourself, e.g. pl.col({c!r}).arr.join(', ') on a String array, and pass "
+    "that expression (or a column made from it)",
+    "Binary": "bytes are not text: send them as a file with files={c!r}, or decode them to a "
+    "String column first",
+    "Object": "convert it to a String column first",
+}
+
+
+def _check_text_column(name: str, dtype: pl.DataType, what: str) -> None:
+    """Refuse columns that have no faithful text form (nested, bytes, Python objects).
+
+    Numbers, booleans, dates, times, decimals, categoricals and enums render as Polars
+    casts them to ``String``. A Struct would render as ``"{1}"`` and a List or Binary cannot
+    be cast at all, so they are refused with the expression that builds the text instead.
+    """
+    kind = dtype.base_type().__name__
+    if kind in _NOT_TEXT_FIX:
+        fix = _NOT_TEXT_FIX[kind].format(c=name)
+        msg = (
+            f"{what} template uses column {name!r}, a {kind} column ({dtype}); a template "
+            f"renders text and a {kind} has no single text form: {fix}"
+        )
+        raise ColumnError(msg)
+
+
+def render_template(
+    template: str, columns: Sequence[str] | Mapping[str, pl.DataType], what: str = "prompt"
+) -> pl.Expr:
     """A vectorised expression rendering ``template`` over a frame's columns.
 
-    A null value in a referenced column gives a null prompt (that row then fails without
-    being sent).
+    ``columns`` is the frame's schema (names and dtypes: non-text columns are refused) or
+    just its names. A null value in a referenced column gives a null prompt (that row then
+    fails without being sent).
     """
+    template_columns(template, what)
+    names = list(columns)
     parts: list[pl.Expr] = []
     for literal, field_name, _, _ in string.Formatter().parse(template):
         if literal:
             parts.append(pl.lit(literal))
         if field_name is not None:
-            if field_name not in columns:
+            if field_name not in names:
                 msg = (
-                    f"prompt template refers to column {field_name!r}, which the frame does "
-                    f"not have (columns: {list(columns)!r}){_did_you_mean(field_name, columns)}"
+                    f"{what} template refers to column {field_name!r}, which the frame does "
+                    f"not have (columns: {names!r}){_did_you_mean(field_name, names)}"
                 )
                 raise ColumnError(msg)
+            if isinstance(columns, Mapping):
+                _check_text_column(field_name, columns[field_name], what)
             parts.append(pl.col(field_name).cast(pl.String))
     if not parts:
         return pl.lit("")
     return pl.concat_str(parts)
 
 
-def _as_expr(value: str | pl.Expr, columns: Sequence[str], what: str) -> pl.Expr:
+def _as_expr(
+    value: str | pl.Expr, columns: Sequence[str] | Mapping[str, pl.DataType], what: str
+) -> pl.Expr:
     if isinstance(value, pl.Expr):
         return value.cast(pl.String)
     if isinstance(value, str):
-        return render_template(value, columns) if what == "prompt" else pl.lit(value)
+        # The system prompt is a template like the prompt: {column} is filled per row.
+        return render_template(value, columns, what)
     msg = f"{what} must be a string template or a pl.Expr, got {type(value).__name__}"
     raise ConfigError(msg)
 
@@ -164,7 +238,7 @@ def build_jobs(
     ``extra_key`` is more content per row that the request carries (the files' hashes,
     :func:`batchata_df.files.files_key`); see :func:`job_ids`.
     """
-    columns = frame.columns
+    columns = frame.schema
     exprs = [_as_expr(prompt, columns, "prompt").alias("prompt")]
     exprs.append(
         pl.lit(None, dtype=pl.String).alias("system")
@@ -198,6 +272,8 @@ def build_jobs(
         .then(pl.lit("input: the model expression gave null for this row"))
         .when(pl.col("prompt").is_null())
         .then(pl.lit("input: the prompt is null (a column it uses is null in this row)"))
+        .when(pl.col("system").is_null() & pl.lit(isinstance(system, str)))
+        .then(pl.lit("input: the system prompt is null (a column it uses is null in this row)"))
     )
     jobs = jobs.with_columns(input_error.alias("input_error"))
     return jobs.with_columns(job_ids(jobs, salt, extra_key))
@@ -312,8 +388,86 @@ def check_params(
                 f"{_did_you_mean(name, sorted(supported))}"
             )
             raise ConfigError(msg)
-    max_tokens = out.get("max_tokens")
-    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
-        msg = f"params['max_tokens'] must be a positive int, got {max_tokens!r}"
-        raise ConfigError(msg)
     return out
+
+
+# Value rules per parameter and provider. Sources: the SDKs' own docstrings (openai 3.57
+# ``chat/completion_create_params.py``: temperature 0-2, penalties -2..2, "up to 4" stop
+# sequences; anthropic 2.14 no longer types the sampling knobs, whose documented ranges are
+# temperature 0-1 and top_p 0-1, top_k >= 0, as the emulator's anthropic_checks enforces),
+# and Google's GenerationConfig reference (temperature 0-2, top_p 0-1, at most 5
+# stopSequences). Which parameters a *model* accepts is a separate check (model caps).
+_RANGES: dict[str, dict[str, tuple[float, float]]] = {
+    "temperature": {"openai": (0, 2), "anthropic": (0, 1), "gemini": (0, 2)},
+    "top_p": {"openai": (0, 1), "anthropic": (0, 1), "gemini": (0, 1)},
+    "frequency_penalty": {"openai": (-2, 2)},
+    "presence_penalty": {"openai": (-2, 2)},
+}
+_MIN_INT = {"max_tokens": 1, "top_k": 0, "seed": None}
+_MAX_STOP = {"openai": 4, "gemini": 5}
+
+
+def check_param_values(params: Mapping[str, Any], providers: Sequence[str]) -> None:
+    """Check parameter *values* (types and ranges) for every provider the run uses.
+
+    Numbers must be real and finite (a boolean is not one); integers must be ``int``;
+    ``stop`` is a string or a list of strings within the provider's count limit. A run that
+    uses several providers gets the strictest range.
+
+    Examples
+    --------
+    >>> check_param_values({"temperature": 0.5, "stop": ["END"]}, ["openai"])
+    >>> try:
+    ...     check_param_values({"temperature": 1.5}, ["anthropic"])
+    ... except ConfigError as e:
+    ...     print(e)
+    params['temperature'] must be between 0 and 1 for anthropic, got 1.5
+    """
+    from batchata_df.validate import is_real
+
+    for name, value in params.items():
+        if name in _RANGES:
+            if not is_real(value):
+                msg = f"params[{name!r}] must be a finite number, got {value!r}"
+                raise ConfigError(msg)
+            for provider in providers:
+                bounds = _RANGES[name].get(provider)
+                if bounds is not None and not bounds[0] <= float(value) <= bounds[1]:
+                    msg = (
+                        f"params[{name!r}] must be between {bounds[0]:g} and {bounds[1]:g} "
+                        f"for {provider}, got {value!r}"
+                    )
+                    raise ConfigError(msg)
+        elif name in _MIN_INT:
+            low = _MIN_INT[name]
+            if isinstance(value, bool) or not isinstance(value, int) or (
+                low is not None and value < low
+            ):
+                need = "an int" if low is None else f"an int >= {low}"
+                msg = f"params[{name!r}] must be {need}, got {value!r}"
+                if isinstance(value, float) and value.is_integer():
+                    msg += f"; pass {int(value)}"
+                raise ConfigError(msg)
+        elif name == "stop":
+            _check_stop(value, providers)
+        elif name == "reasoning_effort" and not isinstance(value, str):
+            msg = f"params['reasoning_effort'] must be a string such as 'low', got {value!r}"
+            raise ConfigError(msg)
+
+
+def _check_stop(value: object, providers: Sequence[str]) -> None:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(v, str) and v for v in items):
+        msg = (
+            f"params['stop'] must be a non-empty string or a list of non-empty strings, "
+            f"got {value!r}"
+        )
+        raise ConfigError(msg)
+    for provider in providers:
+        most = _MAX_STOP.get(provider)
+        if most is not None and len(items) > most:
+            msg = (
+                f"params['stop'] may hold at most {most} sequences for {provider}, got "
+                f"{len(items)}; keep the {most} that matter most"
+            )
+            raise ConfigError(msg)

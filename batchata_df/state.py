@@ -57,6 +57,7 @@ from typing import Any, overload
 import polars as pl
 
 from batchata_df.errors import ConfigError, StateError, StateLockedError, StateMismatchError
+from batchata_df.redact import scrub_expr
 
 __all__ = [
     "BATCH_EVENTS",
@@ -363,7 +364,15 @@ class StateStore:
                 raise StateError(msg)
             manifest = Manifest(run_id=secrets.token_hex(8), fingerprint=fingerprint)
             if not self.readonly:
-                self._atomic_write(path, manifest.to_json().encode())
+                try:
+                    self._atomic_write(path, manifest.to_json().encode())
+                except OSError as e:
+                    msg = (
+                        f"cannot write the manifest of the checkpoint folder "
+                        f"{str(self.root)!r} ({type(e).__name__}: {e.strerror or e}); make "
+                        "the folder writable or pass another state="
+                    )
+                    raise StateError(msg) from e
             return manifest
         old_manifest = read_manifest(path)
         version = old_manifest.format_version
@@ -416,15 +425,30 @@ class StateStore:
         name = f"part-{time.time_ns():020d}-{secrets.token_hex(3)}.parquet"
         final = self.root / table / name
         tmp = final.with_name(f".tmp-{name}")
+        # Messages are scrubbed of secrets before they reach the disk (batchata_df.redact).
+        frame = frame.with_columns(
+            scrub_expr(pl.col(c)) for c in ("error", "detail") if c in frame.columns
+        )
         # Every part names its run, so a lost manifest can be rebuilt (`repair`).
         identity = {
             PART_RUN_KEY: self.manifest.run_id,
             PART_FINGERPRINT_KEY: json.dumps(self.manifest.fingerprint, sort_keys=True),
         }
-        frame.write_parquet(tmp, compression="zstd", statistics=False, metadata=identity)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
+        try:
+            frame.write_parquet(tmp, compression="zstd", statistics=False, metadata=identity)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            msg = (
+                f"cannot write to the checkpoint folder {str(self.root)!r} "
+                f"({type(e).__name__}: {e.strerror or e}); make it writable again (or free "
+                "space) and call again with the same state: rows already sent are collected, "
+                "not paid twice"
+            )
+            raise StateError(msg) from e
 
     def append_jobs(self, events: pl.DataFrame) -> None:
         """Append job events; missing columns are filled with nulls."""

@@ -116,8 +116,8 @@ def test_a_failing_create_is_retried_on_the_clock_then_succeeds(tmp_path):
 def test_creates_failing_beyond_the_patience_end_rows_provider_unavailable(tmp_path):
     provider = FakeProvider(FakeClock(), latency=0.0)
     provider.submit_errors.extend([ProviderError("503", status_code=503)] * 100)
-    out = engine(tmp_path, provider, submit_patience_s=30.0, poll_max_s=10.0).run(make_jobs(2))
-    assert set(out["error"]) == {"cancelled: provider_unavailable"}
+    out = engine(tmp_path, provider, provider_patience_s=30.0, poll_max_s=10.0).run(make_jobs(2))
+    assert set(out["error"]) == {"cancelled: provider_unavailable: 503"}
     assert 30.0 < provider.clock.monotonic() - 1000.0 <= 40.0
 
 
@@ -181,3 +181,31 @@ def test_batches_left_in_flight_hold_their_worst_case_against_the_cap(tmp_path):
     first_results = provider.calls.index(("results", "fb_1"))
     assert submits[0][0] == 2 and submits[0][1] > first_results
     assert by_status(out) == {"completed": [f"j00{i}" for i in range(5)]}
+
+
+@pytest.mark.parametrize("step", ["poll", "results"])
+def test_polls_or_downloads_failing_past_the_patience_leave_rows_pending_with_the_reason(
+    tmp_path, step
+):
+    provider = FakeProvider(FakeClock(), latency=0.0)
+    errors = provider.poll_errors if step == "poll" else provider.results_errors
+    errors.extend([ProviderError("503 down", status_code=503)] * 100)
+    out = engine(tmp_path, provider, provider_patience_s=30.0, poll_max_s=10.0).run(
+        make_jobs(2)
+    )
+    assert set(out["status"]) == {"assigned"}  # the batch is left at the provider
+    assert out["error"].str.starts_with("provider_unavailable: 503 down").all()
+    assert 30.0 <= provider.clock.monotonic() - 1000.0 <= 45.0  # gave up after the patience
+    provider.poll_errors.clear()
+    provider.results_errors.clear()
+    again = engine(tmp_path, provider).run(make_jobs(2))  # the next call collects it
+    assert by_status(again) == {"completed": ["j000", "j001"]}
+    assert provider.methods().count("submit") == 1
+
+
+def test_a_poll_that_recovers_within_the_patience_loses_nothing(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=0.0)
+    provider.poll_errors.extend([ProviderError("503 down", status_code=503)] * 3)
+    out = engine(tmp_path, provider, provider_patience_s=30.0).run(make_jobs(2))
+    assert by_status(out) == {"completed": ["j000", "j001"]}
+    assert out["error"].is_null().all()

@@ -120,20 +120,39 @@ def test_a_permanent_refusal_fails_the_batch_rows_without_a_lookup(tmp_path):
 
 
 def test_an_unanswerable_lookup_blocks_submitting_and_keeps_the_intent_open(tmp_path):
-    provider, ctx, state, submitter, planner = setup(tmp_path, per_batch=1)
+    # The lookup is asked again with backoff (t = 0, 4, 8, 12) for the provider patience.
+    options = RunOptions(provider_patience_s=10.0, poll_initial_s=4.0, poll_factor=1.0)
+    provider, ctx, state, submitter, planner = setup(tmp_path, per_batch=1, options=options)
     provider.submit_errors.append(ProviderError("timeout", status_code=None))
     provider.find_error = OrphanedBatchError("two candidates")
     submitter.fill(planner)
-    assert submitter.blocked == "provider_unavailable"
+    assert submitter.blocked == "provider_unavailable: two candidates"
     assert batch_events(ctx) == [("intent", None, None)]  # resolved by the next call
-    assert provider.methods() == ["submit", "find"]
+    assert provider.methods() == ["submit"] + ["find"] * 4
+    assert state.unavailable == {planner_key(ctx): "provider_unavailable: two candidates"}
     assert planner.current().job_ids.to_list() == ["j001"]  # j000 stays with its intent
     submitter.fill(planner)
+    assert provider.methods() == ["submit"] + ["find"] * 4
+
+
+def test_without_waiting_an_unanswerable_lookup_blocks_at_once(tmp_path):
+    provider, ctx, state, submitter, planner = setup(
+        tmp_path, per_batch=1, options=RunOptions(wait=False)
+    )
+    provider.submit_errors.append(ProviderError("timeout", status_code=None))
+    provider.find_error = OrphanedBatchError("two candidates")
+    submitter.fill(planner)
+    assert submitter.blocked == "provider_unavailable: two candidates"
     assert provider.methods() == ["submit", "find"]
+
+
+def planner_key(ctx) -> str:
+    """The batch key of the only intent recorded."""
+    return ctx.store.batch_state().get_column("batch_key")[0]
 
 
 def test_creates_failing_past_the_patience_stop_submitting(tmp_path):
-    options = RunOptions(submit_patience_s=10.0, poll_initial_s=4.0, poll_factor=1.0)
+    options = RunOptions(provider_patience_s=10.0, poll_initial_s=4.0, poll_factor=1.0)
     provider, ctx, state, submitter, planner = setup(tmp_path, options=options)
     provider.submit_errors.extend(ProviderError("503", status_code=503) for _ in range(4))
     for _ in range(3):  # t = 0, 4, 8: within the patience
@@ -141,7 +160,7 @@ def test_creates_failing_past_the_patience_stop_submitting(tmp_path):
         assert submitter.blocked is None
         provider.clock.advance(4.0)
     submitter.fill(planner)  # t = 12: more than 10 s of failures
-    assert submitter.blocked == "provider_unavailable"
+    assert submitter.blocked == "provider_unavailable: 503"
     assert [s for s, _, _ in batch_events(ctx)].count("abandoned") == 4
 
 
@@ -179,7 +198,7 @@ def test_fill_stops_at_the_parallel_limit_and_at_the_cap(tmp_path):
 
 
 def test_a_success_restarts_the_patience_for_later_failures(tmp_path):
-    options = RunOptions(submit_patience_s=10.0)
+    options = RunOptions(provider_patience_s=10.0)
     provider, ctx, state, submitter, planner = setup(tmp_path, options=options, per_batch=1)
     provider.submit_errors.append(ProviderError("503", status_code=503))
     submitter.fill(planner)  # fails at t = 0

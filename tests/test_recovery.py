@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 
 import polars as pl
+import pytest
 from pydantic import BaseModel
 
-from batchata_df import batch_llm
+from batchata_df import ProviderUnavailableWarning, batch_llm
 from batchata_df.state import spent_usd
 
 
@@ -198,11 +199,14 @@ def test_lookup_failure_after_a_failed_create_stops_submitting_without_raising(e
     df = pl.DataFrame({"t": [f"r{i}" for i in range(6)]})
     kw = {"schema": A, "model": "gpt-4.1-mini", "prompt": "{t}", "state": state,
           "items_per_batch": 3, "max_parallel_batches": 1}
-    out = df.pipe(batch_llm, **kw)
-    # The batch whose create failed may exist: its rows stay pending with the open intent;
-    # the rest were not sent in this call.
+    with pytest.warns(ProviderUnavailableWarning, match="3 pending.*3 cancelled"):
+        out = df.pipe(batch_llm, provider_patience=1.0, **kw)
+    # The batch whose create failed may exist: its rows stay pending with the open intent
+    # (and the reason); the rest were not sent in this call.
     assert out["_status"].to_list() == ["pending"] * 3 + ["cancelled"] * 3
-    assert out["_error"][3] == "cancelled: provider_unavailable"
+    assert out["_error"].str.contains("provider_unavailable: ").all()
+    assert out["_error"][3].startswith("cancelled: provider_unavailable: ")
+    assert "503" in out["_error"][0]
     emu.clear_faults()
     again = df.pipe(batch_llm, **kw)  # resolves the intent first, then sends the rest
     assert again["_status"].to_list() == ["completed"] * 6

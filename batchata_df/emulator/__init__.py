@@ -312,6 +312,7 @@ class Emulator:
         delay_ms: int = 0,
         action: Literal["error", "disconnect"] = "error",
         when: Literal["before", "after"] = "before",
+        echo_key: bool = False,
     ) -> dict[str, Any]:
         """Make the next ``times`` matching requests fail; returns the registered fault.
 
@@ -339,6 +340,9 @@ class Emulator:
         when
             ``"after"`` lets the request take effect (e.g. the batch *is* created) and
             then replaces the answer: the "provider accepted, client never heard" case.
+        echo_key
+            Echo the request's credential in the error, as some gateways do: the default
+            message ends with it and ``{key}`` in ``body`` is replaced by it.
 
         Examples
         --------
@@ -355,6 +359,8 @@ class Emulator:
             "action": action,
             "when": when,
         }
+        if echo_key:
+            spec["echo_key"] = True
         if retry_after_ms is not None:
             spec["retry_after_ms"] = retry_after_ms
         if retry_after is not None:

@@ -29,7 +29,11 @@ Control endpoints (no auth, never logged)
     Add, list or clear faults. A fault spec is ``{"method": "GET" | "*", "path_regex": str,
     "status": 503, "times": 1, "retry_after_ms": 20, "retry_after": 1, "body": {...} |
     str, "headers": {...}, "delay_ms": 0, "action": "error" | "disconnect",
-    "when": "before" | "after"}``; only ``path_regex`` is required. ``when="after"`` lets
+    "when": "before" | "after", "echo_key": false}``; only ``path_regex`` is required.
+    ``echo_key`` makes the error echo the request's credential (the ``Authorization``,
+    ``x-api-key`` or ``x-goog-api-key`` value, or ``?key=``), as some gateways and proxies
+    do: the default message then ends with it, and ``{key}`` in a custom ``body`` is
+    replaced by it. The request log still never holds it. ``when="after"`` lets
     the request take effect and then replaces the answer (the "created, but the client
     never heard" case). Retry hints are capped at 60 s because the Anthropic SDK sleeps
     for any ``Retry-After`` however large.
@@ -565,6 +569,7 @@ class Fault:
     delay_ms: int = 0
     action: Literal["error", "disconnect"] = "error"
     when: Literal["before", "after"] = "before"
+    echo_key: bool = False
     hits: int = 0
     pattern: re.Pattern[str] = field(default=re.compile(""), repr=False)
 
@@ -583,13 +588,14 @@ class Fault:
             "delay_ms": self.delay_ms,
             "action": self.action,
             "when": self.when,
+            "echo_key": self.echo_key,
             "hits": self.hits,
         }
 
 
 _FAULT_KEYS: Final = frozenset(
     {"method", "path_regex", "status", "times", "retry_after_ms", "retry_after", "body",
-     "headers", "delay_ms", "action", "when"}
+     "headers", "delay_ms", "action", "when", "echo_key"}
 )  # fmt: skip
 
 
@@ -636,6 +642,10 @@ def _parse_fault(spec: Mapping[str, Any], fault_id: int) -> Fault:
     if when not in ("before", "after"):
         msg = f"when must be 'before' or 'after', got {when!r}"
         raise ValueError(msg)
+    echo_key = spec.get("echo_key", False)
+    if not isinstance(echo_key, bool):
+        msg = f"echo_key must be true or false, got {echo_key!r}"
+        raise ValueError(msg)
     headers = spec.get("headers") or {}
     if not isinstance(headers, dict):
         msg = f"headers must be an object, got {headers!r}"
@@ -653,6 +663,7 @@ def _parse_fault(spec: Mapping[str, Any], fault_id: int) -> Fault:
         delay_ms=delay,
         action=action,
         when=when,
+        echo_key=echo_key,
         pattern=pattern,
     )
 
@@ -668,6 +679,19 @@ _AUTH_QUERY_PARAMS: Final = frozenset(
     {"key", "api_key", "apikey", "api-key", "access_token", "token", "auth", "password", "secret"}
 )
 _REDACTED: Final = "REDACTED"
+
+
+def _credential(request: Request) -> str:
+    """The credential a request carries (header or query parameter), for echoing faults."""
+    for name in _AUTH_HEADERS:
+        value = request.headers.get(name)
+        if value:
+            return value.removeprefix("Bearer ").removeprefix("bearer ")
+    for part in request.query_string.split("&"):
+        name, _, value = part.partition("=")
+        if unquote_plus(name).lower() in _AUTH_QUERY_PARAMS and value:
+            return unquote_plus(value)
+    return ""
 
 
 def _redact_query(query_string: str) -> tuple[str, bool]:
@@ -766,7 +790,7 @@ class EmulatorCore:
         fault = self._take_fault(request)
         response: Response | None
         if fault is not None and fault.when == "before":
-            response = self._fault_response(fault, app)
+            response = self._fault_response(fault, app, request)
         else:
             if routed is None:
                 response = json_response(
@@ -776,7 +800,7 @@ class EmulatorCore:
             else:
                 response = self._call_app(routed[0], request, routed[1])
             if fault is not None:
-                response = self._fault_response(fault, app)
+                response = self._fault_response(fault, app, request)
         self._record(request, app, response, fault)
         return response
 
@@ -814,23 +838,31 @@ class EmulatorCore:
         return None
 
     @staticmethod
-    def _fault_response(fault: Fault, app: App | None) -> Response | None:
+    def _fault_response(fault: Fault, app: App | None, request: Request) -> Response | None:
         if fault.delay_ms:
             time.sleep(fault.delay_ms / 1000)
         if fault.action == "disconnect":
             return None
         message = f"Emulated fault #{fault.id}: HTTP {fault.status}"
-        if fault.body is None:
+        body = fault.body
+        if fault.echo_key:
+            key = _credential(request)
+            message += f": the gateway refused credential {key}"
+            if isinstance(body, str):
+                body = body.replace("{key}", key)
+            elif body is not None:
+                body = json.loads(json.dumps(body).replace("{key}", key))
+        if body is None:
             if app is not None:
                 response = app.error_response(fault.status, message)
             else:
                 response = json_response(
                     error_envelope("plain", fault.status, message), fault.status
                 )
-        elif isinstance(fault.body, str):
-            response = Response(fault.status, {"content-type": "text/plain"}, fault.body.encode())
+        elif isinstance(body, str):
+            response = Response(fault.status, {"content-type": "text/plain"}, body.encode())
         else:
-            response = json_response(fault.body, fault.status)
+            response = json_response(body, fault.status)
         if fault.retry_after_ms is not None:
             response.headers["retry-after-ms"] = str(fault.retry_after_ms)
         if fault.retry_after is not None:

@@ -156,7 +156,11 @@ class Collector:
         for batch in [b for b in in_flight if b.next_poll <= now or not wait]:
             poll = self.poll(batch)
             if poll is None:
-                if batch.status == BatchPhase.COLLECTED:
+                if batch.status == BatchPhase.COLLECTED or (
+                    wait and batch.batch_key in self.state.unavailable
+                ):
+                    # Collected, or unreachable past the patience: its rows stay pending
+                    # (with the reason) and a later call with the same state collects it.
                     in_flight.remove(batch)
                 continue
             if poll.state is ProviderState.RUNNING:
@@ -177,9 +181,11 @@ class Collector:
                 return None
             # Transient, after the SDK's own retries: try again later; the batch is safe
             # at the provider and its id is checkpointed.
-            self._later(batch)
+            self._later(batch, e)
             return None
-        batch.failures = 0
+        if poll.state is ProviderState.RUNNING:
+            # An ended batch is reachable only once its results download too.
+            self._reachable(batch)
         self.state.batch_status[batch.batch_key] = poll.provider_status
         if poll.state is ProviderState.RUNNING:
             self.state.in_flight_finished[batch.batch_key] = poll.finished
@@ -187,9 +193,27 @@ class Collector:
             self.state.in_flight_finished.pop(batch.batch_key, None)
         return poll
 
-    def _later(self, batch: InFlightBatch) -> None:
+    def _later(self, batch: InFlightBatch, error: ProviderError) -> None:
+        """A poll or download failed transiently: try again later, within the patience."""
+        now = self.ctx.clock.monotonic()
         batch.failures += 1
-        batch.next_poll = self.ctx.clock.monotonic() + batch.backoff.next()
+        batch.next_poll = now + batch.backoff.next()
+        if batch.unreachable_since is None:
+            batch.unreachable_since = now
+        waited = now - batch.unreachable_since
+        self.state.activity = (
+            f"{batch.provider} unreachable for {waited:.0f}s (provider_unavailable: {error})"
+        )
+        if not self.ctx.options.wait or waited >= self.ctx.options.provider_patience_s:
+            self.state.unavailable[batch.batch_key] = (
+                f"provider_unavailable: {error}; batch {batch.provider_batch_id} is at the "
+                "provider: call again with the same state to collect it"
+            )
+
+    def _reachable(self, batch: InFlightBatch) -> None:
+        batch.failures = 0
+        batch.unreachable_since = None
+        self.state.unavailable.pop(batch.batch_key, None)
 
     def collect(self, batch: InFlightBatch, poll: BatchPoll) -> bool:
         """Store a finished batch's outcomes; ``False`` if its results must be fetched later."""
@@ -209,8 +233,10 @@ class Collector:
                 if e.permanent:
                     self.ledger.end_batch(batch, f"results_unavailable: {e}")
                     return True
-                self._later(batch)
-                return False
+                self._later(batch, e)
+                # Given up for this call (past the patience): its rows stay pending.
+                return self.ctx.options.wait and batch.batch_key in self.state.unavailable
+            self._reachable(batch)
             members = batch.job_ids.implode()
             if results.height and not results.get_column("job_id").is_in(members).any():
                 # Adopted after a crash by size and time alone (Anthropic), and it is not

@@ -118,17 +118,26 @@ class Engine:
         admission.hold_recovered(state.in_flight)
         planner = Planner(ctx.providers, ctx.spec, ctx.options.items_per_batch)
         planner.add(todo)
-        self._drive(planner, admission)
+        unsent = self._drive(planner, admission)
         state.jobs = pl.DataFrame()  # the job table is only needed while driving
-        return _job_states(ctx.store)
+        return with_unavailable(_job_states(ctx.store), state.unavailable, unsent)
 
-    def _drive(self, planner: Planner, admission: Admission) -> None:
+    def _drive(self, planner: Planner, admission: Admission) -> pl.DataFrame | None:
+        """Run the loop; return the jobs left unsent (``wait=False``) after failed creates.
+
+        Those have no event: the returned ``job_id`` / ``error`` frame gives their reason.
+        """
         ctx, state, opts = self.ctx, self.state, self.ctx.options
         ledger = Ledger(ctx, state)
         requeue = Requeue(ctx.clock, ctx.backoff)
-        submitter = Submitter(ctx, state, admission, ledger)
-        collector = Collector(ctx, state, admission, ledger, requeue)
         stopper = Stopper(ctx, state, ledger, self.stop_event)
+
+        def pause(seconds: float) -> bool:
+            stopper.sleep(seconds)
+            return stopper.reason() is not None
+
+        submitter = Submitter(ctx, state, admission, ledger, pause=pause)
+        collector = Collector(ctx, state, admission, ledger, requeue)
         planner.current()  # encode the first batch before the first round
         stop_reason: str | None = None
         while True:
@@ -169,6 +178,15 @@ class Engine:
             if wakes:
                 stopper.sleep(max(0.0, min(wakes) - ctx.clock.monotonic()))
         report(ctx, state, "done")
+        if submitter.last_error is not None and planner.current() is not None:
+            # wait=False after a failed create: these jobs go with the next call.
+            reason = f"provider_unavailable: {submitter.last_error}"
+            unsent = planner.drain()
+            assert unsent is not None  # the planner has a current batch
+            return pl.DataFrame({"job_id": unsent}).with_columns(
+                pl.lit(reason).alias("error")
+            )
+        return None
 
     def _count_done(self, jobs: pl.DataFrame, terminal: pl.DataFrame) -> None:
         done = terminal.filter(pl.col("job_id").is_in(jobs.get_column("job_id").implode()))
@@ -184,6 +202,37 @@ def _by_job(jobs: pl.DataFrame, column: str) -> dict[str, Any]:
     return dict(
         zip(jobs.get_column("job_id").to_list(), jobs.get_column(column).to_list(), strict=True)
     )
+
+
+def with_unavailable(
+    states: pl.DataFrame, unavailable: dict[str, str], unsent: pl.DataFrame | None
+) -> pl.DataFrame:
+    """``states`` with the reason on rows left pending because the provider was unreachable.
+
+    Rows of a batch (or open intent) in ``unavailable`` that are still ``assigned`` get its
+    reason in ``error``; ``unsent`` jobs (no event yet) are added with theirs.
+    """
+    if unavailable:
+        reasons = pl.DataFrame(
+            {"batch_key": list(unavailable), "_why": list(unavailable.values())},
+            schema={"batch_key": pl.String, "_why": pl.String},
+        )
+        states = (
+            states.join(reasons, on="batch_key", how="left")
+            .with_columns(
+                pl.when(pl.col("status") == "assigned")
+                .then(pl.col("_why"))
+                .otherwise(pl.col("error"))
+                .alias("error")
+            )
+            .drop("_why")
+        )
+    if unsent is not None and unsent.height:
+        states = pl.concat(
+            [states, unsent.filter(~pl.col("job_id").is_in(states["job_id"].implode()))],
+            how="diagonal_relaxed",
+        )
+    return states
 
 
 def _job_states(store: StateStore) -> pl.DataFrame:

@@ -57,9 +57,11 @@ class RunOptions:
     max_cost_usd: float | None = None
     cancel_grace_s: float = 900.0
     """After a stop, how long to wait for cancelled batches to end (OpenAI: up to 10 min)."""
-    submit_patience_s: float = 600.0
-    """How long creates may keep failing (after the SDKs' own retries) before the unsent
-    rows of this call end ``cancelled: provider_unavailable``."""
+    provider_patience_s: float = 600.0
+    """How long a provider may stay unreachable (creates, lookups, polls or downloads
+    failing after the SDKs' own retries) before this call gives up on what it could not
+    do: unsent rows end ``cancelled: provider_unavailable: <last error>``, rows whose batch
+    may exist stay ``pending`` with ``provider_unavailable: <last error>``."""
     poll_initial_s: float = 1.0
     poll_max_s: float = 60.0
     poll_factor: float = 1.6
@@ -110,6 +112,8 @@ class InFlightBatch:
     """Worst-case cost held against the cap until the batch's actual cost is known."""
     failures: int = 0
     """Consecutive failed polls or downloads."""
+    unreachable_since: float | None = None
+    """Clock reading of the first of the current run of failed polls or downloads."""
 
 
 @dataclass
@@ -153,6 +157,9 @@ class RunState:
     """Cost of this call's jobs (the progress display's figure)."""
     batch_status: dict[str, str] = field(default_factory=dict)
     activity: str = ""
+    unavailable: dict[str, str] = field(default_factory=dict)
+    """``batch_key`` -> ``provider_unavailable: <last error>`` for batches (or open
+    intents) whose rows stay pending because the provider could not be reached."""
     in_flight_finished: dict[str, int] = field(default_factory=dict)
     """Per batch still running, the requests its provider reports finished (progress)."""
     first_submit_at: float | None = None

@@ -4,14 +4,17 @@ For each admitted batch: an ``intent`` batch event and ``assigned`` job events a
 *before* the provider is called, the provider's batch id right after. If the create call
 fails, the provider is asked whether the batch exists anyway (a lost answer); if not, the
 intent is ``abandoned`` and the jobs either go again later as a new batch (a transient
-failure, with backoff, for up to ``submit_patience_s``) or end ``failed`` with the
+failure, with backoff, for up to ``provider_patience_s``) or end ``failed`` with the
 provider's reason (a permanent refusal of the whole batch). A lookup that cannot be
-answered stops submitting for this call (:attr:`Submitter.blocked`).
+answered is tried again with backoff for up to ``provider_patience_s`` (``wait=True``);
+then nothing more is submitted in this call (:attr:`Submitter.blocked`) and the rows of
+the open intent stay pending with ``provider_unavailable: <last error>``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Literal
 
 import polars as pl
@@ -42,16 +45,30 @@ class Submitter:
     """Sends admitted batches to their providers, recording each step first."""
 
     def __init__(
-        self, ctx: RunContext, state: RunState, admission: Admission, ledger: Ledger
+        self,
+        ctx: RunContext,
+        state: RunState,
+        admission: Admission,
+        ledger: Ledger,
+        pause: Callable[[float], bool] | None = None,
     ) -> None:
         self.ctx, self.state, self.admission, self.ledger = ctx, state, admission, ledger
+        self.pause = pause or self._sleep
+        """Waits between lookups; returns ``True`` when the run must stop instead."""
         self.blocked: str | None = None
-        """Why nothing more may be submitted in this call (``"provider_unavailable"``)."""
+        """Why nothing more may be submitted in this call
+        (``"provider_unavailable: <last error>"``)."""
         self.retry_at = 0.0
         """Clock reading before which no create is tried again (after a failed one)."""
         self._first_failure: float | None = None
+        self.last_error: ProviderError | None = None
+        """The last transient create failure (cleared by a successful create)."""
         self._backoff = ctx.backoff()
         self._n_submitted = 0
+
+    def _sleep(self, seconds: float) -> bool:
+        self.ctx.clock.sleep(seconds)
+        return False
 
     def retrying(self) -> bool:
         """Whether a failed create is waiting for its next attempt."""
@@ -117,18 +134,21 @@ class Submitter:
             found = None
             if not e.permanent:  # a 4xx created nothing; otherwise the answer may be lost
                 try:
-                    found = provider.find(tag)
-                except ProviderError:  # OrphanedBatchError included
+                    found = self._look_up(plan, tag)
+                except ProviderError as lost:  # OrphanedBatchError included
                     # We cannot tell whether the batch exists: submit nothing more in this
                     # call. Its jobs stay with the open intent, which the next call
                     # resolves before sending anything.
-                    self.blocked = "provider_unavailable"
+                    reason = f"provider_unavailable: {lost}"
+                    self.blocked = reason
+                    self.state.unavailable[plan.batch_key] = reason
                     return "blocked"
             if found is None:
                 return self._failed(plan, e)
             self.state.reserved += reserved
             batch_id = found
         self._first_failure = None
+        self.last_error = None
         self._backoff = ctx.backoff()
         self.state.known_ids.add(batch_id)
         failpoint("after_submit")
@@ -154,6 +174,30 @@ class Submitter:
             backoff=ctx.backoff(),
             reserved=reserved,
         )
+
+    def _look_up(self, plan: PlannedBatch, tag: BatchTag) -> str | None:
+        """Ask whether a failed create made the batch anyway, for up to the patience.
+
+        Raises the last :class:`ProviderError` when the provider stayed unreachable (at once
+        with ``wait=False``, or when the run is stopping).
+        """
+        ctx = self.ctx
+        since = ctx.clock.monotonic()
+        backoff = ctx.backoff()
+        while True:
+            try:
+                return ctx.providers[plan.provider].find(tag)
+            except ProviderError as e:
+                waited = ctx.clock.monotonic() - since
+                if not ctx.options.wait or waited >= ctx.options.provider_patience_s:
+                    raise
+                self.state.activity = (
+                    f"{plan.provider} unreachable for {waited:.0f}s (provider_unavailable: "
+                    f"{e}); checking whether batch {plan.batch_key} was created"
+                )
+                report(ctx, self.state, "running")
+                if self.pause(backoff.next()):
+                    raise
 
     def lookup_tag(self, tag: BatchTag, plan: PlannedBatch) -> BatchTag:
         """``tag`` with what a lookup needs to tell our batch from others of the same size."""
@@ -182,13 +226,15 @@ class Submitter:
                 provider_batch_id=None,
             )
             return "ended"
+        self.last_error = error
         now = self.ctx.clock.monotonic()
         if self._first_failure is None:
             self._first_failure = now
-        if now - self._first_failure > self.ctx.options.submit_patience_s:
+        if now - self._first_failure > self.ctx.options.provider_patience_s:
             # The provider has refused creates for too long: stop trying in this call; the
             # unsent rows end cancelled (provider_unavailable) and a later call sends them.
-            self.blocked = "provider_unavailable"
+            self.blocked = f"provider_unavailable: {error}"
             return "retry"
+        self.state.activity = f"{plan.provider} refused a create (provider_unavailable: {error})"
         self.retry_at = now + self._backoff.next()
         return "retry"

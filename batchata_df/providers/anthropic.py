@@ -40,6 +40,7 @@ from batchata_df.providers.base import (
     history_messages,
     json_string,
 )
+from batchata_df.redact import register_secret, scrubbing
 
 if TYPE_CHECKING:
     import anthropic
@@ -138,6 +139,10 @@ class AnthropicProvider:
     name: ClassVar[str] = "anthropic"
     max_requests: ClassVar[int] = 100_000
     max_bytes: ClassVar[int] = 256 * 1000 * 1000  # "256 MB"; decimal keeps a safety margin
+    sdk_max_retries: ClassVar[int] = 5
+    """The SDK's own retries of idempotent calls (polls, lists, downloads)."""
+    create_retry_base_s: ClassVar[float] = 0.5
+    """First wait of our create retries (doubling, at most 8 s)."""
 
     def __init__(self, api_key: str | None = None, base_url: str | None = None) -> None:
         key = api_key or os.environ.get("ANTHROPIC_API_KEY")
@@ -148,6 +153,7 @@ class AnthropicProvider:
             )
             raise CredentialsError(msg)
         self._api_key = key
+        register_secret(key)
         self._base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
         self._client: anthropic.Anthropic | None = None
         self._created: set[str] = set()  # batches this instance created: never an orphan
@@ -163,7 +169,7 @@ class AnthropicProvider:
             # api_key is always explicit: without it the SDK walks a credential chain
             # (profiles, workload identity) that must not leak into a batch run.
             self._client = anthropic.Anthropic(
-                api_key=self._api_key, base_url=self._base_url, max_retries=5
+                api_key=self._api_key, base_url=self._base_url, max_retries=self.sdk_max_retries
             )
         return self._client
 
@@ -177,17 +183,21 @@ class AnthropicProvider:
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         anthropic = _import_sdk()
-        try:
-            return fn()
-        except anthropic.AuthenticationError as e:
-            msg = f"Anthropic rejected the API key while trying to {what}: check ANTHROPIC_API_KEY"
-            raise CredentialsError(msg) from e
-        except anthropic.APIStatusError as e:
-            msg = f"Anthropic failed to {what}: HTTP {e.status_code}: {_error_message(e.body)}"
-            raise ProviderError(msg, status_code=e.status_code) from e
-        except anthropic.AnthropicError as e:
-            msg = f"Anthropic failed to {what}: {type(e).__name__}: {e}"
-            raise ProviderError(msg) from e
+        with scrubbing():
+            try:
+                return fn()
+            except anthropic.AuthenticationError as e:
+                msg = (
+                    f"Anthropic rejected the API key while trying to {what}: check "
+                    "ANTHROPIC_API_KEY"
+                )
+                raise CredentialsError(msg) from e
+            except anthropic.APIStatusError as e:
+                msg = f"Anthropic failed to {what}: HTTP {e.status_code}: {_error_message(e.body)}"
+                raise ProviderError(msg, status_code=e.status_code) from e
+            except anthropic.AnthropicError as e:
+                msg = f"Anthropic failed to {what}: {type(e).__name__}: {e}"
+                raise ProviderError(msg) from e
 
     # -- encode -------------------------------------------------------------------------------
 
@@ -310,7 +320,7 @@ class AnthropicProvider:
                     if found is not None:
                         self._created.add(found)
                         return found
-                time.sleep(min(8.0, 0.5 * 2**attempt))
+                time.sleep(min(8.0, self.create_retry_base_s * 2**attempt))
                 continue
             self._created.add(batch.id)
             return batch.id

@@ -52,6 +52,7 @@ from batchata_df.providers.base import (
     history_messages,
     json_string,
 )
+from batchata_df.redact import register_secret, scrubbing
 
 if TYPE_CHECKING:
     from google import genai
@@ -291,6 +292,7 @@ class GeminiProvider:
             )
             raise CredentialsError(msg)
         self._api_key = key
+        register_secret(key)
         self._base_url = base_url or os.environ.get("GOOGLE_GEMINI_BASE_URL") or None
         self._client: genai.Client | None = None
         self._schema_cache: tuple[int, dict[str, Any]] | None = None
@@ -335,21 +337,22 @@ class GeminiProvider:
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         from google.genai import errors
 
-        try:
-            return fn()
-        except errors.APIError as e:
-            message = e.message or str(e)
-            if e.code in (401, 403) or "API key" in message:
-                msg = (
-                    f"Gemini rejected the API key while trying to {what}: check GEMINI_API_KEY "
-                    f"(or GOOGLE_API_KEY): HTTP {e.code} {e.status}"
-                )
-                raise CredentialsError(msg) from e
-            msg = f"Gemini failed to {what}: HTTP {e.code} {e.status}: {message}"
-            raise ProviderError(msg, status_code=e.code) from e
-        except _transport_errors() as e:
-            msg = f"Gemini failed to {what}: {type(e).__name__}: {e}"
-            raise ProviderError(msg) from e
+        with scrubbing():
+            try:
+                return fn()
+            except errors.APIError as e:
+                message = e.message or str(e)
+                if e.code in (401, 403) or "API key" in message:
+                    msg = (
+                        f"Gemini rejected the API key while trying to {what}: check GEMINI_API_KEY "
+                        f"(or GOOGLE_API_KEY): HTTP {e.code} {e.status}"
+                    )
+                    raise CredentialsError(msg) from e
+                msg = f"Gemini failed to {what}: HTTP {e.code} {e.status}: {message}"
+                raise ProviderError(msg, status_code=e.code) from e
+            except _transport_errors() as e:
+                msg = f"Gemini failed to {what}: {type(e).__name__}: {e}"
+                raise ProviderError(msg) from e
 
     # -- encode -------------------------------------------------------------------------------
 

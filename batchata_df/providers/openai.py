@@ -36,6 +36,7 @@ from batchata_df.providers.base import (
     history_messages,
     json_string,
 )
+from batchata_df.redact import register_secret, scrubbing
 
 if TYPE_CHECKING:
     import openai
@@ -129,6 +130,8 @@ class OpenAIProvider:
     name: ClassVar[str] = "openai"
     max_requests: ClassVar[int] = 50_000
     max_bytes: ClassVar[int] = 200 * 1024 * 1024
+    sdk_max_retries: ClassVar[int] = 5
+    """The SDK's own retries of idempotent calls (creates are never retried blindly)."""
 
     def __init__(self, api_key: str | None = None, base_url: str | None = None) -> None:
         key = api_key or os.environ.get("OPENAI_API_KEY")
@@ -139,6 +142,7 @@ class OpenAIProvider:
             )
             raise CredentialsError(msg)
         self._api_key = key
+        register_secret(key)
         self._base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         self._client: openai.OpenAI | None = None
 
@@ -155,7 +159,7 @@ class OpenAIProvider:
                 msg = "the OpenAI provider needs the openai package: pip install openai"
                 raise ProviderError(msg) from e
             self._client = openai.OpenAI(
-                api_key=self._api_key, base_url=self._base_url, max_retries=5
+                api_key=self._api_key, base_url=self._base_url, max_retries=self.sdk_max_retries
             )
         return self._client
 
@@ -170,17 +174,18 @@ class OpenAIProvider:
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         import openai
 
-        try:
-            return fn()
-        except openai.AuthenticationError as e:
-            msg = f"OpenAI rejected the API key while trying to {what}: check OPENAI_API_KEY"
-            raise CredentialsError(msg) from e
-        except openai.APIStatusError as e:
-            msg = f"OpenAI failed to {what}: HTTP {e.status_code}: {_error_message(e.body)}"
-            raise ProviderError(msg, status_code=e.status_code) from e
-        except openai.APIError as e:
-            msg = f"OpenAI failed to {what}: {type(e).__name__}: {e.message}"
-            raise ProviderError(msg) from e
+        with scrubbing():
+            try:
+                return fn()
+            except openai.AuthenticationError as e:
+                msg = f"OpenAI rejected the API key while trying to {what}: check OPENAI_API_KEY"
+                raise CredentialsError(msg) from e
+            except openai.APIStatusError as e:
+                msg = f"OpenAI failed to {what}: HTTP {e.status_code}: {_error_message(e.body)}"
+                raise ProviderError(msg, status_code=e.status_code) from e
+            except openai.APIError as e:
+                msg = f"OpenAI failed to {what}: {type(e).__name__}: {e.message}"
+                raise ProviderError(msg) from e
 
     # -- encode -------------------------------------------------------------------------------
 

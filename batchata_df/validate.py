@@ -1,0 +1,153 @@
+"""Checks of ``batch_llm``'s run-level arguments, all made before anything is sent.
+
+Numbers are real numbers: a boolean is not a number (``max_cost_usd=True`` is not a $1
+cap), NaN and infinities are refused (``time_limit=nan`` is not "no limit"), counts are
+``int``. Flags are ``bool`` (``wait="no"`` is truthy). Each error names the argument, shows
+the bad value with ``!r`` and says what to pass instead.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import numbers
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from batchata_df.errors import ConfigError
+
+__all__ = [
+    "check_count",
+    "check_flag",
+    "check_patience",
+    "check_positive",
+    "check_price_value",
+    "check_run_arguments",
+    "is_real",
+]
+
+
+def is_real(value: object) -> bool:
+    """Whether ``value`` is a finite real number (not a boolean).
+
+    Examples
+    --------
+    >>> [is_real(v) for v in (1, 2.5, True, float("nan"), float("inf"), "1")]
+    [True, True, False, False, False, False]
+    """
+    return (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )
+
+
+def check_positive(name: str, value: object, hint: str) -> float:
+    """``value`` as a float if it is a finite number > 0; else a :class:`ConfigError`.
+
+    Examples
+    --------
+    >>> check_positive("max_cost_usd", 2, "US dollars")
+    2.0
+    >>> try:
+    ...     check_positive("max_cost_usd", True, "US dollars")
+    ... except ConfigError as e:
+    ...     print(e)
+    max_cost_usd must be a positive finite number (US dollars), got True (a bool)
+    """
+    if not is_real(value) or float(value) <= 0:  # type: ignore[arg-type]
+        kind = " (a bool)" if isinstance(value, bool) else ""
+        msg = f"{name} must be a positive finite number ({hint}), got {value!r}{kind}"
+        raise ConfigError(msg)
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_count(name: str, value: object, hint: str) -> int:
+    """``value`` if it is an ``int`` >= 1 (not a boolean, not a float)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 1:
+        msg = f"{name} must be a whole number >= 1 ({hint}), got {value!r}"
+        if isinstance(value, float) and value.is_integer() and value >= 1:
+            msg += f"; pass {int(value)}"
+        raise ConfigError(msg)
+    return int(value)
+
+
+def check_flag(name: str, value: object) -> bool:
+    """``value`` if it is a ``bool``; ``"no"``, ``1`` or ``None`` are refused."""
+    if not isinstance(value, bool):
+        msg = f"{name} must be True or False, got {value!r}"
+        raise ConfigError(msg)
+    return value
+
+
+def check_run_arguments(
+    *,
+    max_cost_usd: object,
+    time_limit: object,
+    items_per_batch: object,
+    max_parallel_batches: object,
+    flags: Mapping[str, object],
+    state: object,
+    prices: object,
+    params: object = None,
+) -> float | None:
+    """Check the run-level arguments; return ``time_limit`` in seconds (or ``None``)."""
+    if max_cost_usd is not None:
+        check_positive("max_cost_usd", max_cost_usd, "a cap in US dollars, e.g. 5.0")
+    if items_per_batch is not None:
+        check_count("items_per_batch", items_per_batch, "most jobs per provider batch")
+    check_count("max_parallel_batches", max_parallel_batches, "most batches in flight")
+    for name, value in flags.items():
+        check_flag(name, value)
+    if state is not None and not isinstance(state, str | os.PathLike):
+        msg = f"state must be a folder path (str or pathlib.Path) or None, got {state!r}"
+        raise ConfigError(msg)
+    if prices is not None and not isinstance(prices, Mapping):
+        msg = (
+            f"prices must be a mapping {{model: (input_usd_per_mtok, output_usd_per_mtok)}}, "
+            f"got {type(prices).__name__}: {prices!r}"
+        )
+        raise ConfigError(msg)
+    if params is not None and not isinstance(params, Mapping):
+        msg = (
+            f"params must be a mapping of parameter names to values, e.g. "
+            f"params={{'temperature': 0.2, 'max_tokens': 500}}, got {type(params).__name__}: "
+            f"{params!r}"
+        )
+        raise ConfigError(msg)
+    return _time_limit_seconds(time_limit)
+
+
+def check_price_value(model: str, part: str, value: object) -> float:
+    """A price in USD per million tokens: a finite number >= 0 (a boolean is not one)."""
+    if not is_real(value) or float(value) < 0:  # type: ignore[arg-type]
+        msg = (
+            f"prices[{model!r}] {part} must be a finite number >= 0 (USD per million "
+            f"tokens), got {value!r}"
+        )
+        raise ConfigError(msg)
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_patience(value: object) -> float:
+    """``provider_patience`` in seconds: a finite number > 0 or a positive timedelta."""
+    if isinstance(value, dt.timedelta):
+        if value.total_seconds() <= 0:
+            msg = f"provider_patience must be positive, got {value!r}"
+            raise ConfigError(msg)
+        return value.total_seconds()
+    return check_positive("provider_patience", value, "seconds, or a datetime.timedelta")
+
+
+def _time_limit_seconds(value: Any) -> float | None:
+    if value is None:
+        return None
+    hint = "seconds, or a datetime.timedelta"
+    if isinstance(value, dt.timedelta):
+        seconds = value.total_seconds()
+        if seconds <= 0:
+            msg = f"time_limit must be positive ({hint}), got {value!r}"
+            raise ConfigError(msg)
+        return seconds
+    return check_positive("time_limit", value, hint)
