@@ -7,8 +7,9 @@ dependency).
 Exit codes of ``batchata-df run`` (what a scheduler can act on):
 
 =====  =================================================================================
-0      every row completed (or a dry run, or a ``--no-wait`` submit with nothing pending)
-1      an unexpected error (a bug, or a provider/state problem): run again with ``--debug``
+0      every row completed (or a dry run)
+1      an error after checks passed: a damaged state folder (``batchata-df repair``), a
+       provider problem, an output that cannot be written, a bug (``--debug``)
 2      a usage error: bad option, missing or unreadable input, unknown format, a column or
        schema problem; nothing was sent
 3      finished, but some rows ``failed`` (see ``_error``; ``--retry-failed`` sends them
@@ -16,6 +17,7 @@ Exit codes of ``batchata-df run`` (what a scheduler can act on):
 4      some rows were ``cancelled`` (cost cap, time limit, provider): run again to send them
 5      some rows are still ``pending`` (``--no-wait``, or batches still in flight): run the
        same command again to collect them
+75     another call is writing the state folder (try again later, or ``--lock-timeout``)
 130    interrupted by Ctrl+C (finished rows are kept in the state folder; the output file is
        written only with ``--write-partial``)
 =====  =================================================================================
@@ -40,13 +42,19 @@ import click
 import polars as pl
 from pydantic import BaseModel
 
-from batchata_df.errors import BatchataError, ConfigError, StateError
+from batchata_df.errors import (
+    BatchataError,
+    ConfigError,
+    StateLockedError,
+    StateMismatchError,
+)
 
 __all__ = [
     "EXIT_CANCELLED",
     "EXIT_ERROR",
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
+    "EXIT_LOCKED",
     "EXIT_OK",
     "EXIT_PENDING",
     "EXIT_USAGE",
@@ -61,6 +69,7 @@ EXIT_USAGE = 2
 EXIT_FAILED = 3
 EXIT_CANCELLED = 4
 EXIT_PENDING = 5
+EXIT_LOCKED = 75
 EXIT_INTERRUPTED = 130
 
 FORMATS = {
@@ -345,11 +354,13 @@ and struct columns (list fields, *_citations) are written as JSON text.
 \b
 Exit codes:
   0    every row completed (also: a dry run)
-  1    unexpected error (run again with --debug for the traceback)
+  1    error after the checks: damaged state folder (see 'repair'), provider, output
+       not writable, bug (--debug shows the traceback)
   2    usage error: bad option, input, format, column or schema; nothing was sent
   3    some rows failed (see the _error column; --retry-failed sends them again)
   4    some rows were cancelled (cost cap, time limit, provider); run again to send them
   5    some rows are still pending (--no-wait): run the same command again to collect
+  75   another call is writing the state folder: try later, or --lock-timeout
   130  interrupted (Ctrl+C); the output is written only with --write-partial
   When several apply, the highest of 5, 4, 3 wins.
 
@@ -463,6 +474,7 @@ def run(
     file_format(input_path)
     if output_path is not None:
         file_format(output_path)
+        _check_writable(output_path)
     schema = load_schema(schema_spec) if schema_spec else None
     params = parse_params(params_json, param_pairs, max_tokens)
     if state is None and output_path is not None:
@@ -511,7 +523,14 @@ def run(
         )
         raise SystemExit(EXIT_INTERRUPTED)
     assert output_path is not None
-    write_frame(out, output_path)
+    try:
+        write_frame(out, output_path)
+    except OSError as e:
+        msg = (
+            f"cannot write {output_path}: {e}. The results are kept in {state}: run the same "
+            "command with a writable OUTPUT (nothing is sent or paid again)"
+        )
+        raise BatchataError(msg) from e
     _note(f"{summary}; ${cost:.4f}; written to {output_path} (state: {state})")
     if interrupted:
         raise SystemExit(EXIT_INTERRUPTED)
@@ -522,6 +541,16 @@ def run(
     if counts.get("failed"):
         raise SystemExit(EXIT_FAILED)
     raise SystemExit(EXIT_OK)
+
+
+def _check_writable(path: str) -> None:
+    """Refuse, before anything is sent, an OUTPUT whose folder cannot exist."""
+    for parent in Path(path).absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                msg = f"cannot write {path!r}: {str(parent)!r} is a file, not a folder"
+                raise UsageProblem(msg)
+            break
 
 
 def _note(text: str) -> None:
@@ -775,8 +804,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"{e.format_message()} (see '{where} --help')", EXIT_USAGE)
     except click.ClickException as e:
         return _fail(e.format_message(), e.exit_code)
-    except (UsageProblem, ConfigError, StateError) as e:
+    except (UsageProblem, ConfigError, StateMismatchError) as e:
         return _fail(str(e), EXIT_USAGE)
+    except StateLockedError as e:
+        return _fail(str(e), EXIT_LOCKED)
     except BatchataError as e:
         return _fail(str(e), EXIT_ERROR)
     except Exception as e:

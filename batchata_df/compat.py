@@ -590,13 +590,15 @@ class Batch:
         progress_interval: float = 1.0,
         print_status: bool = False,
         dry_run: bool = False,
+        wait: bool = True,
     ) -> BatchRun:
         """Run every job (one :func:`~batchata_df.batch_llm` call per compatible group).
 
         ``dry_run=True`` prints the plan and its worst-case cost and sends nothing.
         ``on_progress`` may take the seed's ``(stats, elapsed_s, batch_data)`` or one
         :class:`~batchata_df.engine.ProgressSnapshot`; it is called at most every
-        ``progress_interval`` seconds.
+        ``progress_interval`` seconds. ``wait=False`` (the seed's older README) submits and
+        returns: unfinished jobs are ``pending``; ``run()`` again collects them.
         """
         if not self._jobs:
             msg = "no jobs: call add_job(...) before run()"
@@ -681,6 +683,7 @@ class Batch:
                 items_per_batch=self.items_per_batch,
                 max_parallel_batches=self.max_parallel_batches,
                 progress=progress,
+                wait=wait,
                 keep_raw=not dry_run,
             )
             internal = [c for c in out.columns if c.startswith("__compat_")]

@@ -284,6 +284,38 @@ def test_usage_errors_are_one_line_exit_2(work, emu, args, needle):
     assert emu.log() == []
 
 
+def test_a_damaged_state_folder_exits_1_naming_the_repair(work):
+    args = ["run", "tickets.parquet", "out.parquet", "--model", "gpt-4.1-mini",
+            "--prompt", "{text}"]
+    assert cli(*args, cwd=work).returncode == 0
+    part = next((work / "out.parquet.state" / "jobs").glob("part-*.parquet"))
+    part.write_bytes(b"not parquet")
+    r = cli(*args, cwd=work)
+    line = one_line_error(r, code=1)
+    assert "damaged" in line and "batchata-df repair" in line
+    assert "--debug" in r.stderr  # the hint for the traceback
+
+
+def test_a_state_folder_being_written_exits_75(work, emu):
+    from batchata_df.state import WriterLock
+
+    args = ["run", "tickets.parquet", "out.parquet", "--model", "gpt-4.1-mini",
+            "--prompt", "{text}"]
+    with WriterLock(work / "out.parquet.state"):
+        r = cli(*args, cwd=work)
+    assert "is being written by another call" in one_line_error(r, code=75)
+    assert emu.log() == []
+    assert cli(*args, cwd=work).returncode == 0  # once it is free
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_sending(work, emu):
+    (work / "blocker").write_text("a file, not a folder")
+    r = cli("run", "tickets.parquet", "blocker/out.parquet", "--model", "gpt-4.1-mini",
+            "--prompt", "{text}", "--state", "s", cwd=work)
+    assert "is a file, not a folder" in one_line_error(r)
+    assert emu.log() == []
+
+
 def test_a_bad_column_is_one_line_and_debug_shows_the_traceback(work):
     r = cli("run", "tickets.parquet", "out.parquet", "--model", "gpt-4.1-mini",
             "--prompt", "{txt}", cwd=work)

@@ -235,6 +235,7 @@ def test_messages_are_sent_whole_through_each_provider(emu, tmp_path, model):
     batch.add_job(messages=CONVERSATION)
     batch.add_job(messages=[{"role": "user", "content": "Only this"}])
     results = batch.run().results()
+    assert results["failed"] == [], [r.error for r in results["failed"]]
     answers = sorted(r.raw_response for r in results["completed"])
     assert len(answers) == 2
     # The emulator's text answer quotes the request's text, every message in order.
@@ -333,3 +334,18 @@ def test_on_progress_with_the_seeds_three_arguments(emu, tmp_path):
     snaps = []
     batch.run(on_progress=snaps.append)
     assert snaps[-1].completed == 2
+
+
+def test_run_without_waiting_then_collect(emu, tmp_path):
+    emu.configure(latency=1.0)
+    batch = Batch(results_dir=tmp_path / "out").set_default_params(model="gpt-4.1-mini")
+    batch.add_job(prompt="a")
+    first = batch.run(wait=False)
+    assert first.status()["pending"] == 1 and first.results()["completed"] == []
+    assert not list((tmp_path / "out").glob("job-*.json"))  # nothing ended yet
+    import time
+
+    time.sleep(1.2)
+    second = batch.run()
+    assert [r.job_id for r in second.results()["completed"]] == ["job-000000"]
+    assert len(posts(emu, "/batches")) == 1

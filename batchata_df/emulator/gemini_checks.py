@@ -124,6 +124,30 @@ def _text_only(contents: object) -> bool:
     return True
 
 
+VALID_ROLES = ("user", "model")
+"""The roles Gemini takes in ``contents`` (``Content.role``: "Must be either 'user' or
+'model'", ai.google.dev/api/caching#Content); another one is a 400 INVALID_ARGUMENT with
+this message (as users of the API report it verbatim)."""
+
+
+def _role_error(contents: object) -> str | None:
+    """The 400 message for a ``contents`` turn whose role is not ``user``/``model``.
+
+    Examples
+    --------
+    >>> _role_error([{"role": "assistant", "parts": [{"text": "hi"}]}])
+    'Please use a valid role: user, model.'
+    >>> _role_error([{"parts": [{"text": "hi"}]}, {"role": "model", "parts": []}]) is None
+    True
+    """
+    if type(contents) is not list:
+        return None
+    for content in contents:
+        if type(content) is dict and "role" in content and content["role"] not in VALID_ROLES:
+            return "Please use a valid role: user, model."
+    return None
+
+
 def warm() -> None:
     """Build the validators (see :func:`.warm_in_background`)."""
     for kind in ("content", "contents", "generation_config"):
@@ -154,6 +178,9 @@ class RequestChecker:
         if self._last_error is not None:
             return self._relocated(self._last_error, where)
         contents = request.get("contents")
+        role_error = _role_error(contents)
+        if role_error is not None:
+            return role_error
         if contents is None or _text_only(contents):
             return None
         found = self._field_error("contents", "contents", contents)
