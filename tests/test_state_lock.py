@@ -211,7 +211,7 @@ def test_the_cli_is_refused_while_a_call_holds_the_folder(emu, tmp_path):
              "gpt-4.1-mini", "--prompt", "{t}", "--state", str(state), "--no-progress"],
             capture_output=True, text=True, timeout=120,
         )
-    assert r.returncode == 2, r.stderr
+    assert r.returncode == 75, r.stderr  # the CLI's documented "folder busy" exit code
     assert f"pid {os.getpid()} on host {socket.gethostname()}" in r.stderr
     assert "Traceback" not in r.stderr
     assert emu.log() == []
