@@ -258,6 +258,31 @@ def _probe(lf: pl.LazyFrame, model: str | pl.Expr) -> pl.DataFrame:
     )
 
 
+def _chunks(lf: pl.LazyFrame, rows: int, total: int) -> Iterator[pl.DataFrame]:
+    """The input in chunks of ``rows`` rows, in order.
+
+    A plain Parquet scan (or a frame in memory) is read by slices: Polars pushes each slice
+    into the scan (only the row groups it needs are read), which keeps memory at one chunk.
+    Any other plan goes through ``collect_batches`` (Polars' streaming engine, which reads
+    ahead a bounded amount), so it runs once whatever it does.
+    """
+    if _sliceable(lf):
+        for offset in range(0, total, rows):
+            yield lf.slice(offset, rows).collect()
+        return
+    yield from lf.collect_batches(chunk_size=rows, maintain_order=True)
+
+
+def _sliceable(lf: pl.LazyFrame) -> bool:
+    """Whether the optimized plan is one Parquet scan or in-memory frame, unfiltered."""
+    lines = [
+        line
+        for line in lf.explain().splitlines()
+        if line.strip() and not line.startswith(("PROJECT", "ESTIMATED ROWS"))
+    ]
+    return len(lines) == 1 and lines[0].startswith(("Parquet SCAN", "DF "))
+
+
 class ChunkSource:
     """A :class:`~batchata_df.engine.source.JobSource` over a LazyFrame, read in chunks.
 
@@ -278,9 +303,7 @@ class ChunkSource:
         self.expected_rows = expected_rows
         self.rows_seen = 0
         self.files: list[Path] = []
-        self._batches: Iterator[pl.DataFrame] = iter(
-            lf.collect_batches(chunk_size=chunk_rows, maintain_order=True)
-        )
+        self._batches = _chunks(lf, chunk_rows, expected_rows)
 
     def _read(self) -> tuple[pl.DataFrame, pl.DataFrame] | None:
         """Read, key and spill the next chunk: ``(chunk with keys, its jobs)``."""

@@ -78,22 +78,33 @@ def run_child(code: str, args: list[str], env: dict[str, str], watch: Path | Non
               ) -> dict[str, object]:
     """Run one client in a fresh process: wall, CPU and peak RSS of that process."""
     most_parts = 0
+    samples: list[tuple[float, float]] = []
     done = threading.Event()
+    pid = 0
 
-    def count_parts() -> None:
+    def watch_child() -> None:
+        """Every 10 s: the child's RSS (a curve, not only the peak) and the part count."""
         nonlocal most_parts
-        while not done.wait(1.0):
+        while not done.wait(10.0):
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+                rss = int(status.split("VmRSS:")[1].split()[0]) / 1024
+            except (OSError, IndexError, ValueError):
+                continue
+            samples.append((round(time.perf_counter() - t0, 1), round(rss, 1)))
+            print(f"  t={samples[-1][0]:>7}s rss={rss:8.1f} MB", file=sys.stderr, flush=True)
             if watch is not None:
                 with_parts = [watch / "jobs", watch / "batches"]
                 n = sum(len(list(d.glob("part-*.parquet"))) for d in with_parts if d.is_dir())
                 most_parts = max(most_parts, n)
 
-    watcher = threading.Thread(target=count_parts, daemon=True)
-    watcher.start()
+    watcher = threading.Thread(target=watch_child, daemon=True)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-c", code, *args], env=env, stdout=out,
                                 stderr=err)
+        pid = proc.pid
+        watcher.start()
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
         done.set()
@@ -107,6 +118,7 @@ def run_child(code: str, args: list[str], env: dict[str, str], watch: Path | Non
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
         "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
         "most_parts_while_running": most_parts,
+        "rss_mb_every_10s": samples,
         **reported,
     }
 
@@ -180,7 +192,7 @@ def main() -> None:
         env = {**os.environ, **emu.env()}
         for n in args.sizes:
             row = point(n, Path(scratch), emu, env)
-            print(json.dumps(row), flush=True)
+            print(json.dumps({k: v for k, v in row.items() if k != "run"}), flush=True)
             results = [r for r in results if r.get("rows") != n] + [row]
             results.sort(key=lambda r: int(r["rows"]))
             results_file.parent.mkdir(exist_ok=True)

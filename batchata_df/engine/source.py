@@ -116,8 +116,8 @@ class Feeder:
         """The chunk's jobs to send; counts the others as done (progress)."""
         ids = chunk.get_column("job_id")
         latest, _ = self.ctx.store.snapshot(ids)
-        terminal = settled(latest, retry_failed=self.ctx.options.retry_failed)
-        done = latest.filter(pl.col("status").is_in(list(self.state.done)))
+        # Settled jobs are done (cancelled ones, and failed ones with retry_failed, go again).
+        done = terminal = settled(latest, retry_failed=self.ctx.options.retry_failed)
         for status in self.state.done:
             self.state.done[status] += int((done.get_column("status") == status).sum())
         self.state.cost += float(done.get_column("cost_usd").fill_null(0.0).sum())
