@@ -99,6 +99,7 @@ JOB_EVENTS = pl.Schema(
         "est_cost_usd": pl.Float64(),
         "citations": pl.String(),
         "raw": pl.String(),
+        "response": pl.String(),
     }
 )
 """Schema of a job event part (public, versioned by ``FORMAT_VERSION``)."""
@@ -427,9 +428,10 @@ class StateStore:
         name = f"part-{time.time_ns():020d}-{secrets.token_hex(3)}.parquet"
         final = self.root / table / name
         tmp = final.with_name(f".tmp-{name}")
-        # Messages are scrubbed of secrets before they reach the disk (batchata_df.redact).
+        # Messages and the providers' own answers are scrubbed of secrets before they
+        # reach the disk (batchata_df.redact).
         frame = frame.with_columns(
-            scrub_expr(pl.col(c)) for c in ("error", "detail") if c in frame.columns
+            scrub_expr(pl.col(c)) for c in ("error", "detail", "response") if c in frame.columns
         )
         # Every part names its run, so a lost manifest can be rebuilt (`repair`).
         identity = {
