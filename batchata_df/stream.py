@@ -87,6 +87,7 @@ def stream_llm(
     keep_raw: bool,
     lock_timeout: float | None,
     history: str | None,
+    keep_responses: bool = False,
 ) -> pl.LazyFrame:
     """``batch_llm`` with ``sink=``: see :func:`batchata_df.batch_llm` and the module."""
     from batchata_df import frame as fr
@@ -115,7 +116,8 @@ def stream_llm(
         items_per_batch=items_per_batch,
         max_parallel_batches=max_parallel_batches,
         flags={"wait": wait, "dry_run": dry_run, "retry_failed": retry_failed,
-               "citations": citations, "keep_raw": keep_raw},
+               "citations": citations, "keep_raw": keep_raw,
+               "keep_responses": keep_responses},
         state=state,
         prices=prices,
         params=params,
@@ -127,7 +129,13 @@ def stream_llm(
     cite_columns = citation_columns(answer.columns) if citations else []
     columns = list(lf.collect_schema().names())
     fr._check_collisions(
-        columns, [*answer.columns, *cite_columns, *([fr.RAW_COLUMN] if keep_raw else [])]
+        columns,
+        [
+            *answer.columns,
+            *cite_columns,
+            *([fr.RAW_COLUMN] if keep_raw else []),
+            *([fr.RESPONSE_COLUMN] if keep_responses else []),
+        ],
     )
     if citations and files is None:
         msg = (
@@ -170,7 +178,9 @@ def stream_llm(
     fr._check_models(
         probe_jobs, run_params, structured=answer.json_schema is not None, citations=citations
     )
-    spec = RequestSpec(schema=answer, params=run_params, citations=citations)
+    spec = RequestSpec(
+        schema=answer, params=run_params, citations=citations, keep_responses=keep_responses
+    )
     if files is not None:
         from batchata_df.files import content_preparer
 
@@ -231,6 +241,7 @@ def stream_llm(
             flagged = _write_sink(
                 sink_path, source.files, store, engine.state.unavailable, unsent, answer,
                 pl.DataFrame(schema=lf.collect_schema()), citations=citations, keep_raw=keep_raw,
+                keep_responses=keep_responses,
             )
             store.compact()
             shutil.rmtree(spill, ignore_errors=True)
@@ -376,6 +387,7 @@ def _write_sink(
     *,
     citations: bool,
     keep_raw: bool,
+    keep_responses: bool,
 ) -> pl.DataFrame | None:
     """Assemble each spilled chunk with its jobs' states into ``sink``, in input order.
 
@@ -407,7 +419,7 @@ def _write_sink(
                 flagged.append(hit.select("status", "error"))
             out = fr._assemble(
                 chunk.drop(_JOB, _ERR, _LATER), keys, results, answer,
-                citations=citations, keep_raw=keep_raw,
+                citations=citations, keep_raw=keep_raw, keep_responses=keep_responses,
             )
             table = out.to_arrow()
             if writer is None:
@@ -418,7 +430,7 @@ def _write_sink(
             out = fr._assemble(
                 empty, pl.DataFrame(schema={"job_id": pl.String, "input_error": pl.String}),
                 pl.DataFrame(schema=dict(JOB_EVENTS)), answer,
-                citations=citations, keep_raw=keep_raw,
+                citations=citations, keep_raw=keep_raw, keep_responses=keep_responses,
             )
             writer = pq.ParquetWriter(tmp, out.to_arrow().schema, compression="zstd")
         writer.close()
