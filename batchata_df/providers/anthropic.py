@@ -39,6 +39,7 @@ from batchata_df.providers.base import (
     empty_results,
     history_messages,
     json_string,
+    read_jsonl,
 )
 from batchata_df.redact import register_secret, scrubbing
 
@@ -521,7 +522,7 @@ def decode_results(data: bytes, spec: RequestSpec | None = None) -> pl.DataFrame
     if not data.strip():
         return empty_results()
     citations = spec is not None and spec.citations
-    raw = pl.read_ndjson(io.BytesIO(data), schema=_CITED_SCHEMA if citations else _LINE_SCHEMA)
+    raw = read_jsonl(data, _CITED_SCHEMA if citations else _LINE_SCHEMA)
     result = pl.col("result")
     kind = result.struct.field("type")
     message = result.struct.field("message")

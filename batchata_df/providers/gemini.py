@@ -51,6 +51,7 @@ from batchata_df.providers.base import (
     empty_results,
     history_messages,
     json_string,
+    read_jsonl,
 )
 from batchata_df.redact import register_secret, scrubbing
 
@@ -687,7 +688,7 @@ def decode_lines(data: bytes) -> pl.DataFrame:
     data = data.strip()
     if not data:
         return empty_results()
-    raw = pl.read_ndjson(io.BytesIO(data), schema=_LINE_SCHEMA).filter(pl.col("key").is_not_null())
+    raw = read_jsonl(data, _LINE_SCHEMA).filter(pl.col("key").is_not_null())
     resp = pl.col("response")
     candidate = resp.struct.field("candidates").list.first()
     parts = candidate.struct.field("content").struct.field("parts")

@@ -8,7 +8,6 @@ which is how a resumed run finds a batch created just before a crash.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -35,6 +34,7 @@ from batchata_df.providers.base import (
     empty_results,
     history_messages,
     json_string,
+    read_jsonl,
 )
 from batchata_df.redact import register_secret, scrubbing
 
@@ -382,7 +382,7 @@ def decode_lines(data: bytes) -> pl.DataFrame:
     data = data.strip()
     if not data:
         return empty_results()
-    raw = pl.read_ndjson(io.BytesIO(data), schema=_LINE_SCHEMA)
+    raw = read_jsonl(data, _LINE_SCHEMA)
     resp = pl.col("response")
     body = resp.struct.field("body")
     choice = body.struct.field("choices").list.first()
