@@ -276,9 +276,12 @@ class GeminiProvider:
     max_requests: ClassVar[int] = 100_000
     max_bytes: ClassVar[int] = 2_000_000_000
     """An uploaded input file holds at most 2 GB."""
-    inline_max_bytes: ClassVar[int] = 19 * 1024 * 1024
+    inline_max_bytes: ClassVar[int] = 256 * 1024
     """Requests totalling fewer bytes are sent inline; larger ones go through a file upload.
-    The API refuses an inline request over 20 MB; the margin covers the JSON the SDK adds."""
+    The API refuses an inline request over 20 MB, but inline requests and responses pass
+    through google-genai's Pydantic models one by one (~1 ms of client CPU per request,
+    ``benchmarks/PROFILE.md``) where a file is uploaded and decoded column-wise (~30 us):
+    only small batches (a few hundred short requests) are worth the saved upload."""
     retry_attempts: ClassVar[int] = 5
     retry_initial_delay: ClassVar[float] = 1.0
     retry_max_delay: ClassVar[float] = 30.0
