@@ -40,6 +40,8 @@ only (``pip download batchata`` -> "No matching distribution"; recorded in the J
 
     python benchmarks/bench_overhead.py                          # 10k/100k/1M x 3 providers
     python benchmarks/bench_overhead.py --sizes 10000 --runs 1   # a quick look
+    python benchmarks/bench_overhead.py --providers gemini --out /tmp/g.json   # one provider
+    python benchmarks/bench_overhead.py --merge /tmp/o.json /tmp/a.json /tmp/g.json
     python benchmarks/report_overhead.py                         # plot + README table
 
 Results go to ``benchmarks/results/overhead.json`` (``--out``); 10M rows belong to the
@@ -272,18 +274,57 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _document(started: str, runs: int, points: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "benchmark": "bench_overhead",
+        "started_utc": started,
+        "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "note": "shared by several engineers while measured: see loadavg per point",
+            "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+        },
+        "workload": "N chat requests, ~150-char prompts, strict 3-field structured output; "
+        "emulator latency 0; checkpoints on for batch_llm",
+        "runs_per_point": runs,
+        "seed_library": SEED,
+        "points": points,
+    }
+
+
+def merge(paths: list[Path], out: Path) -> None:
+    """One document from several partial ones (e.g. one process per provider)."""
+    docs = [json.loads(p.read_text()) for p in paths]
+    points = sorted(
+        (pt for d in docs for pt in d["points"]),
+        key=lambda pt: (pt["rows"], list(PROVIDERS).index(pt["provider"])),
+    )
+    doc = _document(min(d["started_utc"] for d in docs), docs[0]["runs_per_point"], points)
+    doc["finished_utc"] = max(d["finished_utc"] for d in docs)
+    doc["machine"]["uptime"] = [d["machine"]["uptime"] for d in docs]
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--providers", nargs="+", default=list(PROVIDERS), choices=PROVIDERS)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "overhead.json")
+    parser.add_argument("--merge", type=Path, nargs="+", help="merge these partial results")
     args = parser.parse_args()
+    if args.merge:
+        merge(args.merge, args.out)
+        return
 
     from batchata_df.emulator import Emulator
 
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    points = []
+    points: list[dict[str, Any]] = []
+    args.out.parent.mkdir(exist_ok=True)
     with Emulator(latency=0.0) as emu:
         env = {**os.environ, **emu.env()}
         emu_pid = emu._proc.pid if emu._proc is not None else 0
@@ -313,25 +354,9 @@ def main() -> None:
                 }
                 points.append(point)
                 print(json.dumps({k: v for k, v in point.items() if k != "runs"}), flush=True)
-    result = {
-        "benchmark": "bench_overhead",
-        "started_utc": started,
-        "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "note": "shared by several engineers while measured: see loadavg per point",
-            "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
-        },
-        "workload": "N chat requests, ~150-char prompts, strict 3-field structured output; "
-        "emulator latency 0; checkpoints on for batch_llm",
-        "runs_per_point": args.runs,
-        "seed_library": SEED,
-        "points": points,
-    }
-    args.out.parent.mkdir(exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+                # Written after every point: a long run interrupted keeps what it measured.
+                args.out.write_text(json.dumps(_document(started, args.runs, points), indent=1)
+                                    + "\n")
     print(f"wrote {args.out}")
 
 
