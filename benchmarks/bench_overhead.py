@@ -301,6 +301,12 @@ def merge(paths: list[Path], out: Path) -> None:
         (pt for d in docs for pt in d["points"]),
         key=lambda pt: (pt["rows"], list(PROVIDERS).index(pt["provider"])),
     )
+    for pt in points:
+        pt.setdefault("n_runs", len(pt["runs"]))
+    keys = [(pt["provider"], pt["rows"]) for pt in points]
+    if len(set(keys)) != len(keys):
+        msg = f"the partial results overlap: {sorted(keys)}"
+        raise SystemExit(msg)
     doc = _document(min(d["started_utc"] for d in docs), docs[0]["runs_per_point"], points)
     doc["finished_utc"] = max(d["finished_utc"] for d in docs)
     doc["machine"]["uptime"] = [d["machine"]["uptime"] for d in docs]
@@ -332,7 +338,7 @@ def main() -> None:
             for provider in args.providers:
                 model = PROVIDERS[provider]
                 load_before = [round(x, 2) for x in os.getloadavg()]
-                runs = []
+                runs: list[dict[str, Any]] = []
                 for _ in range(args.runs):
                     emu.reset()
                     floor = run_child(FLOORS[provider], [str(n)], env, emu_pid)
@@ -343,20 +349,22 @@ def main() -> None:
                             sum(p.stat().st_size for p in Path(state).rglob("*")) / 1e6, 2
                         )
                     runs.append({"floor": floor, "ours": ours})
-                point = {
-                    "provider": provider,
-                    "model": model,
-                    "rows": n,
-                    "runs": runs,
-                    **summarise(runs),
-                    "loadavg_before": load_before,
-                    "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-                }
+                    point = {
+                        "provider": provider,
+                        "model": model,
+                        "rows": n,
+                        "n_runs": len(runs),
+                        "runs": runs,
+                        **summarise(runs),
+                        "loadavg_before": load_before,
+                        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+                    }
+                    # Written after every run: a long run interrupted keeps what it measured
+                    # (a point with fewer runs than asked says so in n_runs).
+                    doc = _document(started, args.runs, [*points, point])
+                    args.out.write_text(json.dumps(doc, indent=1) + "\n")
                 points.append(point)
                 print(json.dumps({k: v for k, v in point.items() if k != "runs"}), flush=True)
-                # Written after every point: a long run interrupted keeps what it measured.
-                args.out.write_text(json.dumps(_document(started, args.runs, points), indent=1)
-                                    + "\n")
     print(f"wrote {args.out}")
 
 
