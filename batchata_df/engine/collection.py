@@ -287,9 +287,8 @@ class Collector:
             for b in self.state.in_flight
             if b is not batch and (b.provider, b.model) == (batch.provider, batch.model)
         ]
-        jobs = self.state.jobs
         too_big = batch.job_ids.len() == 1 and over_named_limit(
-            jobs.filter(pl.col("job_id") == batch.job_ids[0]) if jobs.height else jobs,
+            self.state.job_rows(batch.job_ids),
             batch.provider,
             batch.model,
             poll.detail,

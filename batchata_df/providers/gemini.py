@@ -65,7 +65,15 @@ if TYPE_CHECKING:
 __all__ = ["GeminiProvider", "decode_lines", "gemini_json_schema"]
 
 API_VERSION = "v1beta"
-INPUT_MIME_TYPE = "jsonl"  # what Google's batch docs upload with; .jsonl has no stdlib mime type
+INPUT_MIME_TYPE = "text/plain"
+"""MIME type of the uploaded JSONL input. Google's batch docs upload with ``"jsonl"``, which
+the Files API has refused intermittently since October 2025 ("Unsupported MIME type: jsonl",
+googleapis/python-genai#1547; google-genai then raises ``KeyError('file')``, #1248, #1590),
+as it does ``application/jsonl`` and ``application/json-lines`` (google-gemini/cookbook#1008).
+``text/plain`` is among the Files API's documented text types and is what the workarounds
+in those threads settled on; the batch reads the file's lines whatever its declared type.
+google-genai 3.6.1 sends it as ``X-Goog-Upload-Header-Content-Type`` and ``file.mime_type``
+(``_extra_utils.prepare_resumable_upload``)."""
 CANCELLED_CODES = frozenset({1, 499})  # google.rpc.Code.CANCELLED and its HTTP form
 
 _STATES = {
