@@ -216,7 +216,7 @@ def stream_llm(
             return sendable
         return fr.with_estimates(sendable, spec, price_table, why=why)
 
-    expected = int(lf.select(pl.len()).collect().item())
+    expected = int(lf.select(pl.len()).collect(engine="streaming").item())
     if dry_run:
         show = None
         if progress is True:

@@ -377,8 +377,11 @@ def test_a_part_written_after_compaction_is_read_even_with_the_clock_behind(
 ):
     folder = events_folder(tmp_path)
     StateStore(folder, {"model": "m"}).compact()
+    (merged,) = table_parts(folder / "jobs")
+    first = int(merged.name.split("-")[1])  # part-<first ns>-<rand>~<last ns>-<rand>
     store = StateStore(folder, {"model": "m"})
-    monkeypatch.setattr(time, "time_ns", lambda: 1_000)  # a clock far behind the parts
+    # A clock stepped back into the merged part's range: the new part must not be hidden.
+    monkeypatch.setattr(time, "time_ns", lambda: first + 1)
     store.append_jobs(pl.DataFrame({"job_id": ["late"], "status": ["completed"]}))
     latest, _ = StateStore(folder, {"model": "m"}, readonly=True).snapshot()
     assert "late" in latest["job_id"].to_list()
