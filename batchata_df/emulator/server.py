@@ -926,7 +926,9 @@ class EmulatorCore:
         out: list[dict[str, object]] = []
         for e in entries:
             n = len(e.custom_ids) if e.ran is None else e.ran
-            keys: list[str | None] = list(e.requests or [None] * len(e.custom_ids))
+            keys: list[str | None] = [None] * len(e.custom_ids)
+            if e.requests is not None:
+                keys = list(e.requests)
             for cid, key in zip(e.custom_ids[:n], keys[:n], strict=True):
                 out.append(
                     {"provider": e.provider, "batch_id": e.batch_id, "custom_id": cid,
