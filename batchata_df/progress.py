@@ -491,6 +491,10 @@ class PlanSummary:
     max_cost_usd: float | None
     within_cap: int
     """Planned requests that fit under the cap at the worst case (all without a cap)."""
+    mode: str = "batch"
+    """How the planned requests would be sent: ``"batch"`` or ``"realtime"``."""
+    concurrency: int = 8
+    """Realtime requests in flight at once (``mode="realtime"``)."""
 
 
 def _plan_lines(p: PlanSummary) -> list[str]:
@@ -500,6 +504,11 @@ def _plan_lines(p: PlanSummary) -> list[str]:
         f"batch{'es' if p.n_batches != 1 else ''}, worst case ${p.worst_case_usd:,.4f} "
         "(every answer using max_tokens)"
     ]
+    if p.mode == "realtime":
+        lines = [
+            f"{planned:,} requests would be sent realtime ({p.concurrency} at a time, standard "
+            f"price), worst case ${p.worst_case_usd:,.4f} (every answer using max_tokens)"
+        ]
     if p.held_usd:
         lines.append(f"already spent or held by batches in flight: ${p.held_usd:,.4f}")
     if p.max_cost_usd is not None:

@@ -128,6 +128,9 @@ class RunContext:
     clock: Clock
     progress: Callable[[ProgressSnapshot], None] | None = None
     make_provider: Callable[[str], Provider] | None = None
+    stop_when: Callable[[RunState, float], str | None] | None = None
+    """A further stop rule, asked every round with the state and the clock's reading: a
+    reason to stop (``mode="auto"``: ``"deadline"``), or ``None``."""
 
     def backoff(self) -> Backoff:
         """A fresh polling backoff with the run's settings."""
