@@ -118,18 +118,19 @@ def test_cli_runs_realtime_and_auto(emu, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     base = [str(exe), "run", "in.parquet"]
     args = ["--model", "gpt-4.1-mini", "--prompt", "Say {t}", "--no-progress"]
-    rt = subprocess.run([*base, "rt.parquet", *args, "--mode", "realtime", "--concurrency", "2"],
-                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*base, *extra], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+
+    rt = run("rt.parquet", *args, "--mode", "realtime", "--concurrency", "2")
     assert rt.returncode == 0, rt.stderr
-    auto = subprocess.run([*base, "auto.parquet", *args, "--mode", "auto", "--deadline", "10m"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    auto = run("auto.parquet", *args, "--mode", "auto", "--deadline", "10m")
     assert auto.returncode == 0, auto.stderr
     for name in ("rt.parquet", "auto.parquet"):
         out = pl.read_parquet(tmp_path / name)
         assert out["_mode"].to_list() == ["realtime"] * 3
         assert out["_status"].to_list() == ["completed"] * 3
-    bad = subprocess.run([*base, "x.parquet", *args, "--deadline", "10m"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    bad = run("x.parquet", *args, "--deadline", "10m")
     assert bad.returncode == 2
     assert "deadline= is for mode='auto'" in bad.stderr
     assert batches_created(emu) == 0
