@@ -325,3 +325,50 @@ def test_bad_mode_arguments_are_refused_before_anything_is_sent(emu, kwargs, fix
     with pytest.raises(ConfigError, match=fix.replace("[", r"\[").replace("(", r"\(")):
         frame().pipe(batch_llm, model="gpt-4.1-mini", **{**KW, **kwargs})
     assert emu.log() == []
+
+
+def test_progress_shows_realtime_requests_in_flight(emu) -> None:
+    from batchata_df.progress import format_line
+
+    snaps = []
+    frame(4).pipe(batch_llm, model="gpt-4.1-mini", mode="realtime", concurrency=2,
+                  progress=snaps.append, **KW)  # fmt: skip
+    running = [s for s in snaps if s.phase == "running" and s.realtime_in_flight]
+    assert running and max(s.realtime_in_flight for s in running) == 2
+    line = format_line(running[0])
+    assert "realtime: 2 requests in flight (standard price)" in line
+    assert "batches:" not in line
+    assert snaps[-1].phase == "done" and snaps[-1].completed == 4
+
+
+def test_the_jobs_view_says_how_each_job_was_sent(emu, tmp_path) -> None:
+    from batchata_df import sql
+
+    state = tmp_path / "s"
+    frame(2).pipe(batch_llm, model="gpt-4.1-mini", mode="realtime", state=state, **KW)
+    out = frame(3).pipe(batch_llm, model="gpt-4.1-mini", state=state, **KW)
+    jobs = sql("select job_id, mode, cost_usd from jobs", state)
+    by_job = dict(zip(jobs["job_id"], jobs["mode"], strict=True))
+    assert [by_job[j] for j in out["_job_id"]] == ["realtime", "realtime", "batch"]
+    cost = dict(zip(jobs["job_id"], jobs["cost_usd"], strict=True))
+    assert [cost[j] for j in out["_job_id"]] == pytest.approx(out["_cost_usd"].to_list())
+
+
+class Facts(BaseModel):
+    company: str
+    city: str
+
+
+def test_citations_come_back_the_same_in_realtime(emu, tmp_path) -> None:
+    doc = tmp_path / "notes.txt"
+    doc.write_text("Acme Tools is based in Lyon. Acme Tools employs 120 people in Lyon.\n")
+    df = pl.DataFrame({"files": [str(doc)], "q": ["Extract the facts"]})
+    kw: dict[str, Any] = {"schema": Facts, "model": "claude-haiku-4-5", "prompt": "{q}",
+                          "files": "files", "citations": True}  # fmt: skip
+    rt = df.pipe(batch_llm, mode="realtime", state=tmp_path / "rt", **kw)
+    batch = df.pipe(batch_llm, state=tmp_path / "b", **kw)
+    assert rt["_status"].to_list() == ["completed"], rt["_error"].to_list()
+    cols = ["company", "city", "company_citations", "city_citations"]
+    assert rt.select(cols).to_dicts() == batch.select(cols).to_dicts()
+    assert rt["company_citations"][0].len() >= 1
+    assert rt["_mode"].to_list() == ["realtime"]

@@ -247,6 +247,7 @@ class RealtimeEngine:
                         # Nothing in flight will free budget: what does not fit never will.
                         stopper.cancel_unsent("cost_limit", planner)
                 self._activity(running, waiting)
+                state.realtime_in_flight = len(running)
                 report(ctx, state, "running")
                 if not running and not waiting and (reason or planner.current() is None):
                     break

@@ -93,6 +93,9 @@ class ProgressSnapshot:
     until something has finished (and while stopping)."""
     stop_reason: str | None = None
     """Why the run stopped or is stopping (``"interrupted"``, ``"time_limit"``, ...)."""
+    realtime_in_flight: int | None = None
+    """Realtime requests in flight (``mode="realtime"``, or the realtime phase of
+    ``mode="auto"``); ``None`` when nothing is sent realtime."""
 
 
 @dataclass
@@ -170,6 +173,8 @@ class RunState:
     done_at_start: int = 0
     """Jobs already ended before this call (they say nothing about throughput)."""
     stop_reason: str | None = None
+    realtime_in_flight: int | None = None
+    """Realtime requests in flight (``None``: this run sends none realtime)."""
 
     def release(self, amount: float) -> None:
         """Give back a reservation (the batch ended, was refused, or never got created)."""
@@ -207,6 +212,7 @@ class RunState:
             in_flight_done=0 if done else in_flight_done,
             eta_s=None if done or self.stop_reason else eta,
             stop_reason=self.stop_reason,
+            realtime_in_flight=self.realtime_in_flight,
         )
 
 
