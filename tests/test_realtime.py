@@ -188,13 +188,18 @@ def test_anthropic_529_overloaded_is_retried_with_backoff(emu, clock: FakeClock)
 
 
 def test_gemini_503_is_retried_and_a_rate_limit_pauses_the_provider(emu, clock) -> None:
+    emu.configure(log_bodies=True)
     emu.inject_fault(path_regex=r":generateContent$", status=503, times=1, retry_after=30)
     out = frame(3).pipe(batch_llm, model="gemini-2.5-flash", mode="realtime", concurrency=1,
                         **KW)  # fmt: skip
     assert out["_status"].to_list() == ["completed"] * 3
-    statuses = [e["status"] for e in realtime_posts(emu)]
-    assert statuses == [503, 200, 200, 200]
-    assert clock.waits == [30.0]  # nothing else was sent while the provider asked to wait
+    posts = realtime_posts(emu)
+    assert [e["status"] for e in posts] == [503, 200, 200, 200]
+    assert clock.waits == [30.0]
+    # Nothing new was sent while the provider asked to wait (a slot was free): the next
+    # request after the 503 is the one it refused.
+    texts = [e["body"]["contents"][0]["parts"][0]["text"] for e in posts]
+    assert texts[1] == texts[0] and len(set(texts)) == 3
 
 
 def test_rate_limited_past_the_patience_ends_rows_cancelled_unbilled(emu, clock) -> None:
