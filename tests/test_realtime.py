@@ -377,3 +377,14 @@ def test_citations_come_back_the_same_in_realtime(emu, tmp_path) -> None:
     assert rt.select(cols).to_dicts() == batch.select(cols).to_dicts()
     assert rt["company_citations"][0].len() >= 1
     assert rt["_mode"].to_list() == ["realtime"]
+
+
+def test_keep_responses_keeps_the_realtime_answer_body(emu) -> None:
+    import json
+
+    df = pl.DataFrame({"text": ["ok", "bad [[emulator:error:400]]"]})
+    out = df.pipe(batch_llm, model="gpt-4.1-mini", mode="realtime", keep_responses=True, **KW)
+    ok, bad = (json.loads(r) for r in out["_response"])
+    assert ok["object"] == "chat.completion"
+    assert json.loads(ok["choices"][0]["message"]["content"])["label"] == out["label"][0]
+    assert bad["error"]["message"].startswith("Emulated error (HTTP 400)")

@@ -32,6 +32,7 @@ from batchata_df.errors import (
 )
 from batchata_df.models import effective_params, thinking_fields
 from batchata_df.providers.base import (
+    LINE_COLUMN,
     BatchPoll,
     BatchTag,
     ProviderState,
@@ -42,8 +43,11 @@ from batchata_df.providers.base import (
     failure_kind,
     history_messages,
     json_string,
+    kept_response,
+    result_lines,
     retry_after_seconds,
     transport_failure,
+    with_result_lines,
 )
 from batchata_df.redact import register_secret, scrubbing
 
@@ -379,7 +383,8 @@ class AnthropicProvider:
         with scrubbing():
             try:
                 raw = client.messages.with_raw_response.create(**params)
-                message = json.loads(raw.http_response.text)
+                body_text = raw.http_response.text
+                message = json.loads(body_text)
             except anthropic.AuthenticationError as e:
                 msg = "Anthropic rejected the API key: check ANTHROPIC_API_KEY"
                 raise CredentialsError(msg) from e
@@ -401,11 +406,12 @@ class AnthropicProvider:
                         "error": {"type": "error", "error": {"type": kind_name, "message": text}},
                     },
                 }
-                return decode_results(json.dumps(result).encode(), spec)
+                decoded = decode_results(json.dumps(result).encode(), spec)
+                return kept_response(decoded, e.response.text, spec)
             except anthropic.APIConnectionError as e:  # APITimeoutError included
                 return transport_failure(e, "Anthropic")
         result = {"custom_id": custom_id, "result": {"type": "succeeded", "message": message}}
-        return decode_results(json.dumps(result).encode(), spec)
+        return kept_response(decode_results(json.dumps(result).encode(), spec), body_text, spec)
 
     def find(self, tag: BatchTag) -> str | None:
         """Find a batch created for ``tag`` by a crashed run.
@@ -575,7 +581,10 @@ def decode_results(data: bytes, spec: RequestSpec | None = None) -> pl.DataFrame
     if not data.strip():
         return empty_results()
     citations = spec is not None and spec.citations
+    responses = spec is not None and spec.keep_responses
     raw = pl.read_ndjson(io.BytesIO(data), schema=_CITED_SCHEMA if citations else _LINE_SCHEMA)
+    if responses:  # each line as Anthropic sent it
+        raw = with_result_lines(raw, result_lines(data))
     result = pl.col("result")
     kind = result.struct.field("type")
     message = result.struct.field("message")
@@ -645,6 +654,7 @@ def decode_results(data: bytes, spec: RequestSpec | None = None) -> pl.DataFrame
             )
         )
         .alias("reasoning_tokens"),
+        *([pl.col(LINE_COLUMN).alias("response")] if responses else []),
     )
     if citations and spec is not None:
         out = _with_citations(out, raw, spec)

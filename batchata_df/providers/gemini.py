@@ -41,6 +41,7 @@ from batchata_df.errors import (
 )
 from batchata_df.models import effective_params, thinking_fields
 from batchata_df.providers.base import (
+    LINE_COLUMN,
     ORPHAN_SEARCH_MAX_LISTED,
     ORPHAN_SEARCH_SECONDS,
     BatchPoll,
@@ -53,6 +54,8 @@ from batchata_df.providers.base import (
     empty_results,
     history_messages,
     json_string,
+    result_lines,
+    with_result_lines,
 )
 from batchata_df.redact import register_secret, scrubbing
 
@@ -559,15 +562,44 @@ class GeminiProvider:
         dest = job.dest
         if dest is None:  # expired and failed batches have no results
             return empty_results()
+        keep = spec.keep_responses
         if dest.inlined_responses:
-            return decode_lines(_inlined_lines(dest.inlined_responses))
+            decoded = decode_lines(_inlined_lines(dest.inlined_responses))
+            return self._with_inlined_responses(batch_id, decoded) if keep else decoded
         if dest.file_name:
             name = dest.file_name
             data = self._call(
                 "download the result file", lambda: self.client.files.download(file=name)
             )
-            return decode_lines(data)
+            return decode_lines(data, responses=keep)
         return empty_results()
+
+    def _with_inlined_responses(self, batch_id: str, decoded: pl.DataFrame) -> pl.DataFrame:
+        """``decoded`` with each request's inlined response as Gemini sent it.
+
+        google-genai 3.6.1 parses the batch's ``metadata.output.inlinedResponses`` into
+        ``InlinedResponse`` models (fields it does not know are dropped), so the response
+        objects are read from the batch resource itself, through the SDK's HTTP client
+        (its auth, base URL and retries), and matched by ``metadata.key``.
+        """
+
+        def fetch() -> Any:
+            return self.client._api_client.request("get", batch_id, {})
+
+        body = json.loads(self._call("retrieve the batch", fetch).body or "{}")
+        output = (body.get("metadata") or {}).get("output") or body.get("response") or {}
+        items = (output.get("inlinedResponses") or {}).get("inlinedResponses") or []
+        served = {
+            str((item.get("metadata") or {}).get("key")): json.dumps(
+                item, ensure_ascii=False, separators=(",", ":")
+            )
+            for item in items
+            if isinstance(item, dict)
+        }
+        return decoded.with_columns(
+            pl.col("job_id").replace_strict(served, default=None, return_dtype=pl.String)
+            .alias("response")
+        )
 
     def cancel(self, batch_id: str) -> None:
         """Ask Gemini to cancel the batch; a batch that already ended is left as it is."""
@@ -597,6 +629,7 @@ class GeminiProvider:
 
         from batchata_df.providers.base import (
             failure_kind,
+            kept_response,
             retry_after_seconds,
             transport_failure,
         )
@@ -629,11 +662,13 @@ class GeminiProvider:
                         kind, f"Gemini HTTP {e.code} {e.status}: {message}", after
                     )
                 line_out = {"key": key, "error": {"code": e.code, "message": message}}
-                return decode_lines(json.dumps(line_out).encode())
+                decoded = decode_lines(json.dumps(line_out).encode())
+                return kept_response(decoded, json.dumps(e.details), spec)
             except _transport_errors() as e:
                 return transport_failure(e, "Gemini")
         dumped = reply.model_dump(mode="json", by_alias=True, exclude_none=True)
-        return decode_lines(json.dumps({"key": key, "response": dumped}).encode())
+        decoded = decode_lines(json.dumps({"key": key, "response": dumped}).encode())
+        return kept_response(decoded, json.dumps(dumped), spec)
 
     MAX_LISTED: ClassVar[int] = ORPHAN_SEARCH_MAX_LISTED
     SEARCH_SECONDS: ClassVar[float] = ORPHAN_SEARCH_SECONDS
@@ -735,8 +770,10 @@ def _inlined_lines(responses: list[types.InlinedResponse]) -> bytes:
     return "\n".join(lines).encode()
 
 
-def decode_lines(data: bytes) -> pl.DataFrame:
+def decode_lines(data: bytes, *, responses: bool = False) -> pl.DataFrame:
     """Decode Gemini result lines (``{"key", "response" | "error"}``) into RESULTS.
+
+    With ``responses``, each row's ``response`` is its line as Gemini sent it.
 
     The answer is the concatenated text parts of the first candidate, without thought
     parts. Usage: input = ``promptTokenCount``, output = ``candidatesTokenCount`` +
@@ -748,7 +785,10 @@ def decode_lines(data: bytes) -> pl.DataFrame:
     data = data.strip()
     if not data:
         return empty_results()
-    raw = pl.read_ndjson(io.BytesIO(data), schema=_LINE_SCHEMA).filter(pl.col("key").is_not_null())
+    raw = pl.read_ndjson(io.BytesIO(data), schema=_LINE_SCHEMA)
+    if responses:
+        raw = with_result_lines(raw, result_lines(data))
+    raw = raw.filter(pl.col("key").is_not_null())
     resp = pl.col("response")
     candidate = resp.struct.field("candidates").list.first()
     parts = candidate.struct.field("content").struct.field("parts")
@@ -832,5 +872,6 @@ def decode_lines(data: bytes) -> pl.DataFrame:
         pl.when(usage.is_not_null())
         .then(usage.struct.field("thoughtsTokenCount").fill_null(0))
         .alias("reasoning_tokens"),
+        *([pl.col(LINE_COLUMN).alias("response")] if responses else []),
     )
     return conform_results(out)
