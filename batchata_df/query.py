@@ -272,8 +272,8 @@ WITH attempts AS (
            min(ts) AS first_seen_at,
            max(ts) AS updated_at,
            -- How the job was last sent: realtime events say so; batch events carry a key.
-           coalesce(arg_max_null(mode, seq),
-                    CASE WHEN arg_max_null(batch_key, seq) IS NOT NULL THEN 'batch' END) AS mode
+           arg_max(coalesce(mode, CASE WHEN batch_key IS NOT NULL THEN 'batch' END), seq)
+               AS mode
     FROM job_events
     GROUP BY run, job_id
 )
