@@ -504,10 +504,13 @@ def run(
     # beside OUTPUT as it goes (then renamed, or converted for CSV/NDJSON), so memory does
     # not grow with the input. A dry run plans in memory.
     sink = None if dry_run or output_path is None else _stream_target(output_path)
+    # Realtime and auto runs are not streamed (they answer in memory); their result is
+    # written to the same Parquet target so that what follows is the same.
+    streamed = sink is not None and mode == "batch"
     out = batch_llm(
-        lazy if sink is not None else lazy.collect(),
-        sink=sink,
-        chunk_rows=chunk_rows if sink is not None else None,
+        lazy if streamed else lazy.collect(),
+        sink=sink if streamed else None,
+        chunk_rows=chunk_rows if streamed else None,
         schema=schema,
         model=model,
         prompt=prompt,
@@ -538,6 +541,10 @@ def run(
         raise SystemExit(EXIT_OK)
     assert sink is not None
     assert output_path is not None
+    if not streamed:
+        assert isinstance(out, pl.DataFrame)
+        out.write_parquet(sink)
+        out = pl.scan_parquet(sink)
     totals = out.select(
         pl.col("_status").value_counts(),
         (pl.col("_error") == "cancelled: interrupted").any().alias("interrupted"),

@@ -303,11 +303,11 @@ def batch_llm(
         if sink is None:
             msg = "chunk_rows= is for streaming runs: pass sink='out.parquet' as well"
             raise ConfigError(msg)
-        if mode != "batch" or concurrency is not None or deadline is not None:
+        check_mode(mode, concurrency=concurrency, deadline=deadline, wait=wait)
+        if mode != "batch" or concurrency is not None:
             msg = (
-                f"mode={mode!r} (and concurrency=, deadline=) do not stream: a streaming run "
-                "(sink=) sends batches. Drop sink= to run realtime or auto on a frame, or "
-                "use mode='batch'"
+                f"mode={mode!r} does not stream: a streaming run (sink=) sends batches. Drop "
+                "sink= to run realtime or auto on a frame, or use mode='batch'"
             )
             raise ConfigError(msg)
         from batchata_df.stream import stream_llm

@@ -134,3 +134,11 @@ def test_cli_runs_realtime_and_auto(emu, tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert "deadline= is for mode='auto'" in bad.stderr
     assert batches_created(emu) == 0
+
+
+def test_a_streaming_run_refuses_realtime_before_sending(emu, tmp_path: Path) -> None:
+    from batchata_df.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="mode='realtime' does not stream"):
+        frame(3).lazy().pipe(batch_llm, mode="realtime", sink=tmp_path / "o.parquet", **KW)
+    assert emu.log() == []
