@@ -172,7 +172,7 @@ def stream_llm(
             "or remove citations=True"
         )
         raise ConfigError(msg)
-    check_schema_limits(answer.json_schema, needed, name=answer.name)
+    check_schema_limits(answer.json_schema, needed, name=answer.name, citations=citations)
     run_params = check_params(params, supported)
     check_param_values(run_params, needed)
     fr._check_models(
