@@ -45,7 +45,7 @@ def outcomes_to_events(
         if optional not in joined.columns:
             joined = joined.with_columns(pl.lit(None, dtype=pl.String).alias(optional))
     succeeded = joined.filter(pl.col("outcome") == "succeeded")
-    canonical, errors = spec.schema.validate(succeeded.get_column("text").to_list())
+    canonical, errors = spec.schema.validate(succeeded.get_column("text"))
     max_tokens = spec.params.get("max_tokens")
     if provider is not None and model is not None:
         from batchata_df.models import effective_params

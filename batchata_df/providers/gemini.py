@@ -52,6 +52,7 @@ from batchata_df.providers.base import (
     empty_results,
     history_messages,
     json_string,
+    read_jsonl,
     result_lines,
     with_result_lines,
 )
@@ -286,9 +287,12 @@ class GeminiProvider:
     max_requests: ClassVar[int] = 100_000
     max_bytes: ClassVar[int] = 2_000_000_000
     """An uploaded input file holds at most 2 GB."""
-    inline_max_bytes: ClassVar[int] = 19 * 1024 * 1024
+    inline_max_bytes: ClassVar[int] = 256 * 1024
     """Requests totalling fewer bytes are sent inline; larger ones go through a file upload.
-    The API refuses an inline request over 20 MB; the margin covers the JSON the SDK adds."""
+    The API refuses an inline request over 20 MB, but inline requests and responses pass
+    through google-genai's Pydantic models one by one (~1 ms of client CPU per request,
+    ``benchmarks/PROFILE.md``) where a file is uploaded and decoded column-wise (~30 us):
+    only small batches (a few hundred short requests) are worth the saved upload."""
     retry_attempts: ClassVar[int] = 5
     retry_initial_delay: ClassVar[float] = 1.0
     retry_max_delay: ClassVar[float] = 30.0
@@ -729,7 +733,7 @@ def decode_lines(data: bytes, *, responses: bool = False) -> pl.DataFrame:
     data = data.strip()
     if not data:
         return empty_results()
-    raw = pl.read_ndjson(io.BytesIO(data), schema=_LINE_SCHEMA)
+    raw = read_jsonl(data, _LINE_SCHEMA)
     if responses:
         raw = with_result_lines(raw, result_lines(data))
     raw = raw.filter(pl.col("key").is_not_null())
