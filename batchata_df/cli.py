@@ -33,6 +33,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -488,14 +489,21 @@ def run(
 
     # A dry run is for reading its summary: shown unless --no-progress.
     show = (dry_run or sys.stderr.isatty()) if progress is None else progress
-    # A run streams: the input is read in chunks and the result written to a Parquet file
-    # beside OUTPUT as it goes (then renamed, or converted for CSV/NDJSON), so memory does
-    # not grow with the input. A dry run plans in memory.
-    sink = None if dry_run or output_path is None else _stream_target(output_path)
+    # A run (and a dry run) streams: the input is read in chunks and the result written to
+    # a Parquet file beside OUTPUT as it goes (then renamed, or converted for CSV/NDJSON),
+    # so memory does not grow with the input. A dry run without OUTPUT writes its plan to a
+    # temporary file for the summary.
+    plan_dir = tempfile.TemporaryDirectory(prefix="batchata-df-plan-") if output_path is None \
+        else None
+    sink = (
+        _stream_target(output_path)
+        if output_path is not None
+        else str(Path(plan_dir.name if plan_dir else ".") / "plan.parquet")
+    )
     out = batch_llm(
-        lazy if sink is not None else lazy.collect(),
+        lazy,
         sink=sink,
-        chunk_rows=chunk_rows if sink is not None else None,
+        chunk_rows=chunk_rows,
         schema=schema,
         model=model,
         prompt=prompt,
@@ -518,10 +526,11 @@ def run(
     )
     if dry_run:
         if output_path is not None:
-            write_frame(out, output_path)
+            _finish_output(sink, output_path)
             _note(f"plan written to {output_path}")
+        if plan_dir is not None:
+            plan_dir.cleanup()
         raise SystemExit(EXIT_OK)
-    assert sink is not None
     assert output_path is not None
     totals = out.select(
         pl.col("_status").value_counts(),
