@@ -33,6 +33,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -500,13 +501,20 @@ def run(
 
     # A dry run is for reading its summary: shown unless --no-progress.
     show = (dry_run or sys.stderr.isatty()) if progress is None else progress
-    # A run streams: the input is read in chunks and the result written to a Parquet file
-    # beside OUTPUT as it goes (then renamed, or converted for CSV/NDJSON), so memory does
-    # not grow with the input. A dry run plans in memory.
-    sink = None if dry_run or output_path is None else _stream_target(output_path)
-    # Realtime and auto runs are not streamed (they answer in memory); their result is
-    # written to the same Parquet target so that what follows is the same.
-    streamed = sink is not None and mode == "batch"
+    # A run (and a dry run) streams: the input is read in chunks and the result written to
+    # a Parquet file beside OUTPUT as it goes (then renamed, or converted for CSV/NDJSON),
+    # so memory does not grow with the input. A dry run without OUTPUT writes its plan to a
+    # temporary file for the summary.
+    plan_dir = tempfile.TemporaryDirectory(prefix="batchata-df-plan-") if output_path is None \
+        else None
+    sink = (
+        _stream_target(output_path)
+        if output_path is not None
+        else str(Path(plan_dir.name if plan_dir else ".") / "plan.parquet")
+    )
+    # Realtime and auto runs are not streamed (they answer in memory); their result (or
+    # plan) is written to the same Parquet target so that what follows is the same.
+    streamed = mode == "batch"
     out = batch_llm(
         lazy if streamed else lazy.collect(),
         sink=sink if streamed else None,
@@ -534,17 +542,18 @@ def run(
         deadline=deadline,
         concurrency=concurrency,
     )
-    if dry_run:
-        if output_path is not None:
-            write_frame(out, output_path)
-            _note(f"plan written to {output_path}")
-        raise SystemExit(EXIT_OK)
-    assert sink is not None
-    assert output_path is not None
     if not streamed:
         assert isinstance(out, pl.DataFrame)
         out.write_parquet(sink)
         out = pl.scan_parquet(sink)
+    if dry_run:
+        if output_path is not None:
+            _finish_output(sink, output_path)
+            _note(f"plan written to {output_path}")
+        if plan_dir is not None:
+            plan_dir.cleanup()
+        raise SystemExit(EXIT_OK)
+    assert output_path is not None
     totals = out.select(
         pl.col("_status").value_counts(),
         (pl.col("_error") == "cancelled: interrupted").any().alias("interrupted"),

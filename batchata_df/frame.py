@@ -35,7 +35,7 @@ from batchata_df.errors import (
 )
 from batchata_df.jobs import build_jobs, check_param_values, check_params
 from batchata_df.models import DEFAULT_MAX_TOKENS as _DEFAULT_MAX_TOKENS
-from batchata_df.models import check_model_params, effective_params, family_of
+from batchata_df.models import check_endpoint, check_model_params, effective_params, family_of
 from batchata_df.providers import SUPPORTED_PARAMS, make_provider
 from batchata_df.providers.base import Provider, RequestSpec
 from batchata_df.redact import scrub, scrubbed
@@ -395,7 +395,7 @@ def batch_llm(
             "remove citations=True"
         )
         raise ConfigError(msg)
-    check_schema_limits(answer.json_schema, needed, name=answer.name)
+    check_schema_limits(answer.json_schema, needed, name=answer.name, citations=citations)
     run_params = check_params(params, supported)
     check_param_values(run_params, needed)
     _check_models(jobs, run_params, structured=answer.json_schema is not None, citations=citations)
@@ -887,6 +887,7 @@ def _check_models(
     """Every model of the run takes ``params`` and the features asked for, before spend."""
     pairs = jobs.select("provider", "model").drop_nulls().unique(maintain_order=True)
     for provider, model in pairs.iter_rows():
+        check_endpoint(str(provider), str(model))
         check_model_params(str(provider), str(model), params)
         family = family_of(str(provider), str(model))
         if structured and not family.structured_output and not citations:

@@ -310,6 +310,11 @@ class _SpecBuilder:
 
     def build(self, custom_id: str, params: Mapping[str, Any]) -> _Spec:
         """Reduce a ``params`` object to a :class:`_Spec` (``errored`` if it is invalid)."""
+        model = params.get("model")
+        with media.billing_model(model if isinstance(model, str) else ""):
+            return self._build(custom_id, params)
+
+    def _build(self, custom_id: str, params: Mapping[str, Any]) -> _Spec:
         invalid = self.check(params)
         if invalid is None and isinstance(params.get("model"), str):
             invalid = model_rules.anthropic_refusal(str(params["model"]), dict(params))

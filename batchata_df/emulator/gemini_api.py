@@ -320,6 +320,11 @@ class _SpecBuilder:
         return self._last_gen
 
     def build(self, key: str | None, request: object) -> _Spec:
+        """One request of the batch as a :class:`_Spec` (images billed by the batch's model)."""
+        with media.billing_model(self.model):
+            return self._build(key, request)
+
+    def _build(self, key: str | None, request: object) -> _Spec:
         if not isinstance(request, Mapping):
             return self._failed(
                 key, "Invalid request: 'request' must be a GenerateContentRequest object."
