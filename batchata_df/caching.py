@@ -189,7 +189,7 @@ def cache_plan(group: pl.DataFrame, provider: str, model: str) -> pl.DataFrame:
     ...     "prompt": [doc + "Q: who?", "Unrelated", doc + "Q: when?"]})
     >>> plan = cache_plan(jobs, "anthropic", "claude-sonnet-4-5")
     >>> plan.get_column("job_id").to_list(), plan.get_column("cache_split").to_list()
-    (['a', 'c', 'b'], [6003, 6003, None])
+    (['c', 'a', 'b'], [6003, 6003, None])
     """
     from batchata_df.tokens import estimate_tokens
 
