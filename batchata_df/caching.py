@@ -51,6 +51,7 @@ import polars as pl
 __all__ = [
     "CACHE_COLUMNS",
     "cache_plan",
+    "cache_sort",
     "caches_unasked",
     "min_cacheable_tokens",
 ]
@@ -171,6 +172,25 @@ def _key(*parts: str) -> str:
     return "bdf-" + h.hexdigest()
 
 
+def cache_sort(group: pl.DataFrame, *, keep_key: bool = False) -> pl.DataFrame:
+    """``group`` ordered so that jobs with the same system, files and prompt start are adjacent.
+
+    Stable (equal keys keep their order). With ``keep_key`` the files' key column
+    ``_files_key`` is kept.
+    """
+    if "files" in group.columns:
+        from batchata_df.files import files_key
+
+        group = group.with_columns(files_key(pl.col("files")).alias("_files_key"))
+    else:
+        group = group.with_columns(pl.lit("").alias("_files_key"))
+    group = group.sort(
+        [pl.col("system").fill_null(""), "_files_key", pl.col("prompt").fill_null("")],
+        maintain_order=True,
+    )
+    return group if keep_key else group.drop("_files_key")
+
+
 def cache_plan(group: pl.DataFrame, provider: str, model: str) -> pl.DataFrame:
     """Sort one provider+model group of jobs for caching and add :data:`CACHE_COLUMNS`.
 
@@ -194,16 +214,7 @@ def cache_plan(group: pl.DataFrame, provider: str, model: str) -> pl.DataFrame:
     from batchata_df.tokens import estimate_tokens
 
     minimum = min_cacheable_tokens(provider, model)
-    if "files" in group.columns:
-        from batchata_df.files import files_key
-
-        group = group.with_columns(files_key(pl.col("files")).alias("_files_key"))
-    else:
-        group = group.with_columns(pl.lit("").alias("_files_key"))
-    group = group.sort(
-        [pl.col("system").fill_null(""), "_files_key", pl.col("prompt").fill_null("")],
-        maintain_order=True,
-    )
+    group = cache_sort(group, keep_key=True)
     empty = group.with_columns(
         pl.lit(None, dtype=pl.Int64).alias("cache_split"),
         pl.lit(False).alias("cache_system"),
@@ -277,15 +288,22 @@ def cache_plan(group: pl.DataFrame, provider: str, model: str) -> pl.DataFrame:
         )
         .to_series()
     )
-    prefix_text = (
-        pl.DataFrame({"p": prompt, "c": split})
-        .select(pl.col("p").str.slice(0, pl.col("c").fill_null(0)))
+    # Tokens of each run's shared prompt part, estimated once per run.
+    cand = (
+        pl.DataFrame({"run": run_id, "c": split, "p": prompt})
+        .filter(pl.col("c").is_not_null())
+        .group_by("run", maintain_order=True)
+        .first()
+    )
+    cand_tokens = estimate_tokens(
+        cand.select(pl.col("p").str.slice(0, pl.col("c"))).to_series(), provider, model
+    ).cast(pl.Int64)
+    prefix_tokens = (
+        pl.DataFrame({"run": cand.get_column("run"), "t": cand_tokens})
+        .join(pl.DataFrame({"run": run_id}), on="run", how="right")
+        .select(pl.when(split.is_not_null()).then(pl.col("t")).otherwise(0).fill_null(0))
         .to_series()
     )
-    prefix_tokens = estimate_tokens(prefix_text, provider, model).cast(pl.Int64)
-    prefix_tokens = pl.select(
-        pl.when(split.is_not_null()).then(prefix_tokens).otherwise(0)
-    ).to_series()
     deep_tokens = head_tokens + prefix_tokens
     use_split = split.is_not_null() & (deep_tokens >= minimum)
     final_split = pl.select(pl.when(use_split).then(split)).to_series()
@@ -293,36 +311,32 @@ def cache_plan(group: pl.DataFrame, provider: str, model: str) -> pl.DataFrame:
     shared_tokens = pl.select(
         pl.when(use_split)
         .then(deep_tokens)
-        .when(cache_system | ((head_size >= 2) & (head_tokens >= minimum)))
+        .when((head_size >= 2) & (head_tokens >= minimum))
         .then(head_tokens)
         .otherwise(0)
     ).to_series()
-    keys_src = pl.DataFrame(
+    # One key per shared prefix: per head, and per run whose prompt part is marked.
+    units = pl.DataFrame(
         {
-            "s": system,
-            "f": fkey,
-            "pre": prefix_text,
-            "use": use_split,
+            "h": head_id,
+            "r": pl.select(pl.when(use_split).then(run_id)).to_series(),
             "t": shared_tokens,
+            "i": pl.int_range(group.height, eager=True),
         }
     )
-    unique_keys = keys_src.select(
-        pl.when(pl.col("t") > 0)
-        .then(
-            pl.concat_str(
-                [
-                    pl.col("s"),
-                    pl.col("f"),
-                    pl.when(pl.col("use")).then(pl.col("pre")).otherwise(pl.lit("")),
-                ],
-                separator="\x00",
-            )
-        )
-        .alias("k")
-    ).to_series()
-    distinct = unique_keys.drop_nulls().unique().to_list()
-    mapping = {k: _key(model, k) for k in distinct}
-    cache_key = unique_keys.replace_strict(mapping, default=None, return_dtype=pl.String)
+    firsts = units.filter(pl.col("t") > 0).group_by("h", "r", maintain_order=True).first()
+    keys = []
+    for i, r in zip(firsts.get_column("i").to_list(), firsts.get_column("r").to_list(),
+                    strict=True):  # fmt: skip
+        part = prompt[i][: split[i]] if r is not None else ""
+        keys.append(_key(model, system[i], fkey[i], part))
+    cache_key = (
+        firsts.select("h", "r")
+        .with_columns(pl.Series("k", keys, dtype=pl.String))
+        .join(units.select("h", "r"), on=["h", "r"], how="right", nulls_equal=True)
+        .select(pl.when(shared_tokens > 0).then(pl.col("k")))
+        .to_series()
+    )
     return group.with_columns(
         final_split.alias("cache_split"),
         cache_system.alias("cache_system"),

@@ -116,6 +116,7 @@ def batch_llm(
     keep_raw: bool = False,
     lock_timeout: float | None = 0.0,
     history: str | None = None,
+    prompt_caching: bool = True,
 ) -> pl.DataFrame:
     """Run one LLM job per row through the provider's batch API; return the typed answers.
 
@@ -212,6 +213,13 @@ def batch_llm(
         of ``{"role": "user" | "assistant", "content": str}`` in order; they are sent
         before the prompt (which is the last user turn), after the system prompt, on every
         provider. A null or empty list sends the prompt alone. Part of each job's id.
+    prompt_caching
+        ``True`` (the default): rows that share a leading part (the system prompt, the
+        same files, a common start of the prompt) are sent next to each other and marked
+        for the provider's prompt cache (Anthropic ``cache_control`` breakpoints, OpenAI
+        ``prompt_cache_key``, Gemini's implicit cache by order), so repeated prefixes are
+        billed at the cache-read rate (:mod:`batchata_df.caching`). The frame keeps its
+        input order and the answers do not change; ``False`` sends plain requests.
 
     Returns
     -------
@@ -251,7 +259,8 @@ def batch_llm(
         items_per_batch=items_per_batch,
         max_parallel_batches=max_parallel_batches,
         flags={"wait": wait, "dry_run": dry_run, "retry_failed": retry_failed,
-               "citations": citations, "keep_raw": keep_raw},
+               "citations": citations, "keep_raw": keep_raw,
+               "prompt_caching": prompt_caching},
         state=state,
         prices=prices,
         params=params,
@@ -304,7 +313,9 @@ def batch_llm(
     run_params = check_params(params, supported)
     check_param_values(run_params, needed)
     _check_models(jobs, run_params, structured=answer.json_schema is not None, citations=citations)
-    spec = RequestSpec(schema=answer, params=run_params, citations=citations)
+    spec = RequestSpec(
+        schema=answer, params=run_params, citations=citations, prompt_caching=prompt_caching
+    )
     if files is not None:
         from batchata_df.files import attach_files, content_preparer
 

@@ -75,6 +75,8 @@ def _cost(s: ProgressSnapshot, max_cost_usd: float | None) -> str:
     text = f"${s.cost_usd:,.4f}"
     if max_cost_usd is not None and max_cost_usd > 0:
         text += f" of {_cap(max_cost_usd)} cap ({s.cost_usd / max_cost_usd:.0%})"
+    if s.cache_saved_usd >= 0.00005:
+        text += f", ${s.cache_saved_usd:,.4f} saved by caching"
     return text
 
 

@@ -93,6 +93,8 @@ class ProgressSnapshot:
     until something has finished (and while stopping)."""
     stop_reason: str | None = None
     """Why the run stopped or is stopping (``"interrupted"``, ``"time_limit"``, ...)."""
+    cache_saved_usd: float = 0.0
+    """What the finished jobs would have cost more without the prompt cache."""
 
 
 @dataclass
@@ -155,6 +157,8 @@ class RunState:
     done: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TERMINAL_JOB, 0))
     cost: float = 0.0
     """Cost of this call's jobs (the progress display's figure)."""
+    cache_saved: float = 0.0
+    """What this call's jobs would have cost more without the prompt cache."""
     batch_status: dict[str, str] = field(default_factory=dict)
     activity: str = ""
     unavailable: dict[str, str] = field(default_factory=dict)
@@ -204,6 +208,7 @@ class RunState:
             in_flight_done=0 if done else in_flight_done,
             eta_s=None if done or self.stop_reason else eta,
             stop_reason=self.stop_reason,
+            cache_saved_usd=self.cache_saved,
         )
 
 
