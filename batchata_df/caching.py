@@ -124,14 +124,27 @@ _MIN_SHARED_CHARS: Final = 256
 """A shared prompt prefix shorter than this is not worth a breakpoint of its own."""
 
 
+_LCP_CHUNK: Final = 1024
+
+
 def _lcp_with_previous(text: pl.Series, same_group: pl.Series) -> pl.Series:
     """Exact longest common prefix (characters) of each string and the one before it.
 
-    Vectorised binary search: about log2(longest string) passes of slice comparisons.
-    0 for the first row and where ``same_group`` is false.
+    0 for the first row and where ``same_group`` is false. Vectorised in two phases, so
+    each row's characters are copied about twice, not once per step: equal chunks of
+    :data:`_LCP_CHUNK` characters (all rows still equal move to the next chunk together),
+    then a binary search inside the first chunk that differs.
+
+    Examples
+    --------
+    >>> t = pl.Series(["abcd", "abcx", "abcx", "zz"])
+    >>> _lcp_with_previous(t, pl.Series([False, True, True, True])).to_list()
+    [0, 3, 4, 0]
     """
+    n = text.len()
     frame = pl.DataFrame({"t": text, "same": same_group}).with_columns(
-        pl.col("t").shift(1).alias("p")
+        pl.col("t").shift(1).alias("p"),
+        pl.int_range(n, dtype=pl.Int64).alias("i"),
     )
     frame = frame.with_columns(
         pl.when(pl.col("same"))
@@ -139,30 +152,53 @@ def _lcp_with_previous(text: pl.Series, same_group: pl.Series) -> pl.Series:
         .otherwise(0)
         .fill_null(0)
         .cast(pl.Int64)
-        .alias("hi"),
-        pl.lit(0, dtype=pl.Int64).alias("lo"),
-    )
-    while True:
-        todo = frame.select((pl.col("lo") < pl.col("hi")).any()).item()
-        if not todo:
-            break
-        mid = (pl.col("lo") + pl.col("hi") + 1) // 2
-        eq = pl.col("t").str.slice(0, mid) == pl.col("p").str.slice(0, mid)
-        frame = frame.with_columns(
-            pl.when(pl.col("lo") >= pl.col("hi"))
-            .then(pl.col("lo"))
-            .when(eq)
-            .then(mid)
-            .otherwise(pl.col("lo"))
-            .alias("lo"),
-            pl.when(pl.col("lo") >= pl.col("hi"))
-            .then(pl.col("hi"))
-            .when(eq)
-            .then(pl.col("hi"))
-            .otherwise(mid - 1)
-            .alias("hi"),
+        .alias("lim"),
+    ).filter(pl.col("lim") > 0)
+    found: list[pl.DataFrame] = []
+    offset = 0
+    active = frame.select("i", "t", "p", "lim")
+    searching: list[pl.DataFrame] = []
+    while active.height:
+        active = active.with_columns(
+            (pl.col("t").str.slice(offset, _LCP_CHUNK) == pl.col("p").str.slice(offset, _LCP_CHUNK))
+            .alias("eq")
         )
-    return frame.get_column("lo")
+        end = offset + _LCP_CHUNK
+        done = active.filter(pl.col("eq") & (pl.col("lim") <= end))
+        found.append(done.select("i", pl.col("lim").alias("lcp")))
+        searching.append(
+            active.filter(~pl.col("eq")).select(
+                "i", "t", "p", pl.lit(offset, dtype=pl.Int64).alias("lo"),
+                pl.min_horizontal(pl.col("lim"), pl.lit(end)).cast(pl.Int64).alias("hi"),
+            )
+        )  # fmt: skip
+        active = active.filter(pl.col("eq") & (pl.col("lim") > end)).drop("eq")
+        offset = end
+    pending = pl.concat(searching) if searching else pl.DataFrame()
+    while pending.height:
+        mid = (pl.col("lo") + pl.col("hi") + 1) // 2
+        eq = pl.col("t").str.slice(pl.col("lo"), mid - pl.col("lo")) == pl.col("p").str.slice(
+            pl.col("lo"), mid - pl.col("lo")
+        )
+        pending = pending.with_columns(eq.alias("eq"), mid.alias("mid")).with_columns(
+            pl.when(pl.col("eq")).then(pl.col("mid")).otherwise(pl.col("lo")).alias("lo"),
+            pl.when(pl.col("eq")).then(pl.col("hi")).otherwise(pl.col("mid") - 1).alias("hi"),
+        )
+        settled = pending.filter(pl.col("lo") >= pl.col("hi"))
+        found.append(settled.select("i", pl.col("lo").alias("lcp")))
+        pending = pending.filter(pl.col("lo") < pl.col("hi")).drop("eq", "mid")
+    lcp = (
+        pl.concat(found)
+        if found
+        else pl.DataFrame(schema={"i": pl.Int64, "lcp": pl.Int64})
+    )
+    return (
+        pl.DataFrame({"i": pl.int_range(n, dtype=pl.Int64, eager=True)})
+        .join(lcp, on="i", how="left")
+        .get_column("lcp")
+        .fill_null(0)
+        .cast(pl.Int64)
+    )
 
 
 def _key(*parts: str) -> str:
@@ -300,8 +336,37 @@ def cache_plan(group: pl.DataFrame, provider: str, model: str) -> pl.DataFrame:
     ).to_series()
     runs = runs.with_columns(run_lcp.alias("m"))
     # Cut back to the last whitespace inside the shared part, so a block never splits a word.
-    shared = runs.select(pl.col("p").str.slice(0, pl.col("m").fill_null(0))).to_series()
-    cut = shared.str.len_chars() - shared.str.replace(r"(?s)^.*\s", "").str.len_chars()
+    # The shared part is the same text for every job of a run: cut it once per run, on
+    # its last 256 characters (the whitespace is near the end of the shared part).
+    firsts = (
+        runs.with_row_index("_r")
+        .filter(pl.col("in"))
+        .group_by("run", maintain_order=True)
+        .first()
+        .select(
+            "run",
+            pl.col("m").fill_null(0).alias("m"),
+            pl.col("p")
+            .str.slice(pl.max_horizontal(pl.col("m").fill_null(0) - 256, 0), 256)
+            .alias("tail"),
+        )
+        .with_columns(
+            (
+                pl.col("m")
+                - pl.col("tail").str.len_chars()
+                + pl.col("tail").str.len_chars()
+                - pl.col("tail").str.replace(r"(?s)^.*\s", "").str.len_chars()
+            ).alias("cut"),
+            pl.col("tail").str.contains(r"\s").alias("ws"),
+        )
+        .with_columns(pl.when(pl.col("ws")).then(pl.col("cut")).otherwise(0).alias("cut"))
+    )
+    cut = (
+        firsts.select("run", "cut")
+        .join(pl.DataFrame({"run": run_id}), on="run", how="right")
+        .get_column("cut")
+        .fill_null(0)
+    )
     split = (
         pl.DataFrame({"cut": cut, "in": in_run, "n": prompt.str.len_chars()})
         .select(
