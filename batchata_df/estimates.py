@@ -37,6 +37,7 @@ __all__ = [
     "Observed",
     "answer_tokens",
     "expected_cache_tokens",
+    "input_ratio",
     "observed_output",
     "suggest_max_tokens",
 ]
@@ -64,7 +65,7 @@ def answer_tokens(schema: Mapping[str, Any] | None, *, _depth: int = 0) -> int:
     --------
     >>> answer_tokens({"type": "object", "properties": {"label": {"enum": ["good", "bad"]},
     ...     "score": {"type": "number"}}})
-    14
+    13
     >>> answer_tokens(None)
     256
     """
@@ -116,6 +117,9 @@ class Observed:
     p99: int
     max: int
     reasoning_max: int
+    inputs: pl.DataFrame | None = None
+    """``job_id`` and billed ``input_tokens`` of those answers: the expected input is the
+    offline estimate scaled by actual/estimated tokens of the same jobs."""
 
 
 def observed_output(events: pl.DataFrame) -> dict[tuple[str, str], Observed]:
@@ -129,8 +133,8 @@ def observed_output(events: pl.DataFrame) -> dict[tuple[str, str], Observed]:
     >>> ev = pl.DataFrame({"provider": ["openai"] * 3, "model": ["m"] * 3,
     ...     "status": ["completed"] * 3, "output_tokens": [10, 30, 20],
     ...     "reasoning_tokens": [0, 5, 0]})
-    >>> observed_output(ev)[("openai", "m")]
-    Observed(n=3, mean=20.0, p99=30, max=30, reasoning_max=5)
+    >>> observed_output(ev)[("openai", "m")].max
+    30
     """
     needed = {"provider", "model", "status", "output_tokens"}
     if events.height == 0 or not needed <= set(events.columns):
@@ -155,14 +159,33 @@ def observed_output(events: pl.DataFrame) -> dict[tuple[str, str], Observed]:
         )
         .iter_rows(named=True)
     ):
+        inputs = None
+        if "job_id" in done.columns and "input_tokens" in done.columns:
+            inputs = done.filter(
+                (pl.col("provider") == row["provider"]) & (pl.col("model") == row["model"])
+                & pl.col("input_tokens").is_not_null()
+            ).select("job_id", "input_tokens")  # fmt: skip
         out[(str(row["provider"]), str(row["model"]))] = Observed(
             n=int(row["n"]),
             mean=float(row["mean"]),
             p99=int(row["p99"]),
             max=int(row["max"]),
             reasoning_max=int(row["rmax"] or 0),
+            inputs=inputs,
         )
     return out
+
+
+def input_ratio(observed: Observed | None, estimated: pl.DataFrame) -> float:
+    """Actual over estimated input tokens of the observed jobs (1.0: nothing to go by).
+
+    ``estimated`` has ``job_id`` and ``est_input_tokens`` (this call's estimates).
+    """
+    if observed is None or observed.inputs is None or observed.n < MIN_OBSERVED:
+        return 1.0
+    both = observed.inputs.join(estimated, on="job_id", how="inner")
+    est = float(both.get_column("est_input_tokens").sum())
+    return float(both.get_column("input_tokens").sum()) / est if est else 1.0
 
 
 def suggest_max_tokens(observed: Observed) -> int:

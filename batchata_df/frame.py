@@ -732,6 +732,7 @@ def with_estimates(
         THINKING_SHARE,
         answer_tokens,
         expected_cache_tokens,
+        input_ratio,
     )
     from batchata_df.models import thinks
     from batchata_df.tokens import estimate_request_tokens, estimate_tokens, history_tokens
@@ -789,9 +790,11 @@ def with_estimates(
                 source = "schema + thinking guess"
         expected_out = min(expected_out, max_tokens)
         read, written = expected_cache_tokens(group, str(provider))
-        est = pl.col("est_input_tokens")
-        read = pl.min_horizontal(read, est)
-        written = pl.min_horizontal(written, est - read)
+        # Expected input: the offline estimate scaled by what the same jobs were billed.
+        ratio = input_ratio(seen, with_est.select("job_id", "est_input_tokens"))
+        est = (pl.col("est_input_tokens") * ratio).round().cast(pl.Int64)
+        read = pl.min_horizontal((read * ratio).round().cast(pl.Int64), est)
+        written = pl.min_horizontal((written * ratio).round().cast(pl.Int64), est - read)
         rate = price.rate_expr
         expected = (
             (est - read - written) * rate("input", est)

@@ -575,11 +575,17 @@ def _plan_lines(p: PlanSummary) -> list[str]:
                 f"earlier batches to be collected (about {rounds:,} rounds instead of 1); the "
                 "expected cost fits the cap, so all are expected to be sent"
             )
-        else:
+        elif p.expected_usd is not None:
             lines.append(
                 f"cap {_cap(p.max_cost_usd)}: {p.within_cap:,} of {planned:,} requests fit at the "
                 "worst case at once; the expected cost is above the cap, so some would end "
                 "cancelled (cost_limit)"
+            )
+        else:
+            lines.append(
+                f"cap {_cap(p.max_cost_usd)}: {p.within_cap:,} of {planned:,} requests fit at the "
+                "worst case at once; the rest wait for earlier batches' actual costs and end "
+                "cancelled (cost_limit) if those leave no room"
             )
     lines.extend(p.advice)
     return lines
@@ -603,7 +609,7 @@ def plan_text(p: PlanSummary) -> str:
     dry run, nothing was sent. rows: 38 planned, 2 duplicate
       openai gpt-5-mini: 38 jobs in 1 batch, ~1,900 input tokens, <= 155,648 output tokens, worst case $0.1561
     38 requests would be sent in 1 provider batch, worst case $0.1561 (every answer using max_tokens)
-    cap $0.05: 12 of 38 requests fit at the worst case; the rest would end cancelled (cost_limit) unless actual costs come in lower
+    cap $0.05: 12 of 38 requests fit at the worst case at once; the rest wait for earlier batches' actual costs and end cancelled (cost_limit) if those leave no room
     """  # noqa: E501
     out = [f"dry run, nothing was sent. rows: {_rows(p)}"]
     for m in p.by_model:
