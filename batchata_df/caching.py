@@ -117,7 +117,9 @@ def caches_unasked(provider: str) -> bool:
     return provider == "openai"
 
 
-CACHE_COLUMNS: Final = ("cache_split", "cache_system", "cache_key", "cache_prefix_tokens")
+CACHE_COLUMNS: Final = (
+    "cache_split", "cache_system", "cache_files", "cache_key", "cache_prefix_tokens"
+)  # fmt: skip
 """Columns :func:`cache_plan` adds to the jobs (see the module docstring)."""
 
 _MIN_SHARED_CHARS: Final = 256
@@ -277,6 +279,7 @@ def cache_plan(group: pl.DataFrame, provider: str, model: str) -> pl.DataFrame:
     empty = group.with_columns(
         pl.lit(None, dtype=pl.Int64).alias("cache_split"),
         pl.lit(False).alias("cache_system"),
+        pl.lit(False).alias("cache_files"),
         pl.lit(None, dtype=pl.String).alias("cache_key"),
         pl.lit(0, dtype=pl.Int64).alias("cache_prefix_tokens"),
     ).drop("_files_key")
@@ -319,6 +322,9 @@ def cache_plan(group: pl.DataFrame, provider: str, model: str) -> pl.DataFrame:
     ) + file_tokens.fill_null(0)
     has_system = system.str.len_chars() > 0
     cache_system = (has_system & (head_size >= 2) & (head_tokens >= minimum)).fill_null(False)
+    # The same files (sent before the prompt) on several jobs: mark the last file block.
+    has_files = fkey.str.len_chars() > 0
+    cache_files = (has_files & (head_size >= 2) & (head_tokens >= minimum)).fill_null(False)
 
     # The prompt prefix shared within a head: runs of adjacent rows whose common prefix
     # is long enough; a run's common prefix is the smallest adjacent one in it (sorted).
@@ -428,6 +434,7 @@ def cache_plan(group: pl.DataFrame, provider: str, model: str) -> pl.DataFrame:
     planned = group.with_columns(
         final_split.alias("cache_split"),
         cache_system.alias("cache_system"),
+        cache_files.alias("cache_files"),
         cache_key.alias("cache_key"),
         shared_tokens.cast(pl.Int64).alias("cache_prefix_tokens"),
     ).drop("_files_key")

@@ -225,3 +225,25 @@ def test_progress_shows_what_caching_saved(emu, tmp_path: Path) -> None:
     assert final.cache_saved_usd > 0
     line = format_line(final, max_cost_usd=None)
     assert f"${saved:,.4f} saved by caching" in line
+
+
+def test_anthropic_marks_the_shared_files(emu, tmp_path: Path) -> None:
+    """Rows asking about the same document: the document block carries cache_control."""
+    emu.configure(log_bodies=True)
+    doc = ("Supply agreement. " + DOC).encode()
+    frame = pl.DataFrame({"q": ["Who signs?", "When?", "Where?"], "f": [doc, doc, doc]})
+    out = frame.pipe(
+        batch_llm, model="claude-sonnet-4-5", prompt="{q}", files="f", state=tmp_path / "s"
+    )
+    assert out["_status"].to_list() == ["completed"] * 3
+    (create,) = _posts(emu, "/messages/batches")
+    for request in create["body"]["requests"]:
+        document, question = request["params"]["messages"][0]["content"]
+        assert document["type"] == "document"
+        assert document["cache_control"] == {"type": "ephemeral"}
+        assert question == {"type": "text", "text": question["text"]}  # not marked
+    usage = _usage(tmp_path / "s")
+    writes = sorted(usage["cache_write_tokens"].to_list())
+    assert writes[:2] == [0, 0] and writes[2] > 1024
+    assert sorted(usage["cached_tokens"].to_list()) == [0, writes[2], writes[2]]
+    _check_billing(out, tmp_path / "s", "anthropic", "claude-sonnet-4-5")

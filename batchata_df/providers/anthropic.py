@@ -107,6 +107,8 @@ def _line_schema(block: pl.Struct) -> pl.Schema:
 
 
 _CACHE_MARK = '"cache_control":{"type":"ephemeral"}'
+_PROMPT_BLOCK = '},{"type":"text","text":'
+"""Where the last file block ends and the prompt's text block begins in a content array."""
 """Anthropic's marker of a cache breakpoint (5-minute cache; see batchata_df.caching)."""
 
 _LINE_SCHEMA = _line_schema(pl.Struct({"type": pl.String(), "text": pl.String()}))
@@ -251,8 +253,9 @@ class AnthropicProvider:
 
         Prompt caching (:func:`batchata_df.caching.cache_plan` columns, when present): a
         ``cache_system`` job sends its system prompt as one text block marked
-        ``cache_control``; a job with ``cache_split`` sends its prompt as two text blocks,
-        the shared leading part marked ``cache_control`` and the rest after it.
+        ``cache_control``; a ``cache_files`` job marks its last file block; a job with
+        ``cache_split`` sends its prompt as two text blocks, the shared leading part marked
+        ``cache_control`` and the rest after it.
         """
         tail = self.request_params_constant(
             spec, str(jobs.get_column("model")[0]) if jobs.height else None
@@ -288,6 +291,19 @@ class AnthropicProvider:
                 )
                 .otherwise(system)
             )
+            if "content_json" in jobs.columns and "cache_files" in jobs.columns:
+                # The prompt is the one top-level text block, after the files: the last
+                # file block ends right before it (quotes inside JSON strings are escaped,
+                # so this sequence cannot occur inside a value).
+                user_content = (
+                    pl.when(pl.col("cache_files"))
+                    .then(
+                        user_content.str.replace(
+                            _PROMPT_BLOCK, f",{_CACHE_MARK}}}" + _PROMPT_BLOCK[1:], literal=True
+                        )
+                    )
+                    .otherwise(user_content)
+                )
             if "content_json" not in jobs.columns:
                 split = pl.col("cache_split")
                 user_content = (
