@@ -11,8 +11,10 @@ For users moving from ``batchata``: replace ``from batchata import Batch`` with
   never deleted. Without ``set_state`` the checkpoint is ``results_dir/state``.
 * ``results_dir`` gets one ``<job_id>.json`` per job (:meth:`JobResult.to_dict`) and, with
   ``raw_files`` (default: on), ``raw_files/responses/<job_id>_raw.json`` holding the
-  model's own answer text with its provider, batch id and usage. Nothing already there is
-  deleted.
+  provider's own result for the job exactly as it was served (the OpenAI batch output or
+  error line, the Anthropic results line, the Gemini result line or inlined response;
+  secrets scrubbed): ``batch_llm(keep_responses=True)``. A job the provider never
+  answered (cancelled before it ran) has none. Nothing already there is deleted.
 * Cost limits are hard caps (worst case held before submitting), failed rows are kept
   with their error, and ``messages=`` histories are sent whole, every role in order.
 
@@ -55,7 +57,6 @@ from pydantic import BaseModel
 from batchata_df.engine import ProgressSnapshot
 from batchata_df.errors import ConfigError
 from batchata_df.frame import batch_llm
-from batchata_df.jobs import parse_model
 from batchata_df.schema import AnswerSchema
 from batchata_df.state import spent_usd
 
@@ -262,21 +263,14 @@ class BatchRun:
                 if result.status == "pending":
                     continue
                 result.save_to_json(self.results_dir / f"{result.job_id}.json")
-                if self.raw_files and row.get("_raw") is not None:
+                response = row.get("_response")
+                if self.raw_files and response is not None:
+                    # The provider's own result for the job, as it sent it (scrubbed of
+                    # secrets): an OpenAI output/error line, an Anthropic results line,
+                    # a Gemini result line or inlined response.
                     raw_dir.mkdir(parents=True, exist_ok=True)
                     (raw_dir / f"{result.job_id}_raw.json").write_text(
-                        json.dumps(
-                            {
-                                "job_id": result.job_id,
-                                "provider": parse_model(job.model)[0],
-                                "model": job.model,
-                                "batch_id": result.batch_id,
-                                "text": row["_raw"],
-                                "input_tokens": result.input_tokens,
-                                "output_tokens": result.output_tokens,
-                            },
-                            indent=2,
-                        )
+                        response, encoding="utf-8"
                     )
 
 
@@ -435,8 +429,8 @@ class Batch:
     max_parallel_batches, items_per_batch
         As in :func:`~batchata_df.batch_llm`.
     raw_files
-        Write ``raw_files/responses/<job_id>_raw.json`` with the model's own text; default
-        on when ``results_dir`` is set (as in the seed).
+        Write ``raw_files/responses/<job_id>_raw.json``: the provider's own result for
+        the job, as it sent it; default on when ``results_dir`` is set (as in the seed).
     """
 
     def __init__(
@@ -685,6 +679,7 @@ class Batch:
                 progress=progress,
                 wait=wait,
                 keep_raw=not dry_run,
+                keep_responses=self.raw_files and not dry_run,
             )
             internal = [c for c in out.columns if c.startswith("__compat_")]
             run.frames.append((jobs, out.drop(internal)))

@@ -42,7 +42,14 @@ from batchata_df.schema_limits import check_schema_limits
 from batchata_df.state import StateStore, WriterLock, adopt_schema, check_lock_timeout
 from batchata_df.validate import check_patience, check_run_arguments
 
-__all__ = ["DEFAULT_MAX_TOKENS", "META_COLUMNS", "RAW_COLUMN", "batch_llm", "reparse"]
+__all__ = [
+    "DEFAULT_MAX_TOKENS",
+    "META_COLUMNS",
+    "RAW_COLUMN",
+    "RESPONSE_COLUMN",
+    "batch_llm",
+    "reparse",
+]
 
 META_COLUMNS = (
     "_status",
@@ -58,6 +65,9 @@ META_COLUMNS = (
 
 RAW_COLUMN = "_raw"
 """With ``keep_raw=True``, the provider's text for the row, appended after the metadata."""
+
+RESPONSE_COLUMN = "_response"
+"""With ``keep_responses=True``, the provider's own result for the row (its JSON line)."""
 
 REPARSED_ERRORS = ("schema_validation", "truncated")
 """Failures of an answer that a new schema may accept: :func:`reparse` re-validates these
@@ -116,6 +126,7 @@ def batch_llm(
     keep_raw: bool = False,
     lock_timeout: float | None = 0.0,
     history: str | None = None,
+    keep_responses: bool = False,
 ) -> pl.DataFrame:
     """Run one LLM job per row through the provider's batch API; return the typed answers.
 
@@ -199,6 +210,13 @@ def batch_llm(
         refusal). The checkpoint keeps it either way (``jobs.raw`` in
         :func:`~batchata_df.sql`); :func:`~batchata_df.reparse` re-validates it against a
         fixed schema without sending anything.
+    keep_responses
+        Keep each request's result exactly as the provider sent it -- the OpenAI batch
+        output (or error) file line, the Anthropic results line, the Gemini result-file
+        line or inlined response object, JSON text, secrets scrubbed -- in the checkpoint
+        (``job_events.response``) and in a ``_response`` column after the metadata (null
+        for rows the provider never answered, and for rows collected by an earlier call
+        without it). Off by default: it roughly doubles what a checkpoint stores.
     lock_timeout
         A call holds the ``state`` folder's writer lock for its whole life, so that two
         calls on one folder (a cell run twice, two cron jobs, a ``wait=False`` poller beside
@@ -251,7 +269,8 @@ def batch_llm(
         items_per_batch=items_per_batch,
         max_parallel_batches=max_parallel_batches,
         flags={"wait": wait, "dry_run": dry_run, "retry_failed": retry_failed,
-               "citations": citations, "keep_raw": keep_raw},
+               "citations": citations, "keep_raw": keep_raw,
+               "keep_responses": keep_responses},
         state=state,
         prices=prices,
         params=params,
@@ -267,7 +286,13 @@ def batch_llm(
         _check_collisions(frame.columns, [], produced=PLAN_COLUMNS, what="dry-run plan")
     else:
         _check_collisions(
-            frame.columns, [*answer.columns, *cite_columns, *([RAW_COLUMN] if keep_raw else [])]
+            frame.columns,
+            [
+                *answer.columns,
+                *cite_columns,
+                *([RAW_COLUMN] if keep_raw else []),
+                *([RESPONSE_COLUMN] if keep_responses else []),
+            ],
         )
     if citations and files is None:
         msg = (
@@ -304,7 +329,9 @@ def batch_llm(
     run_params = check_params(params, supported)
     check_param_values(run_params, needed)
     _check_models(jobs, run_params, structured=answer.json_schema is not None, citations=citations)
-    spec = RequestSpec(schema=answer, params=run_params, citations=citations)
+    spec = RequestSpec(
+        schema=answer, params=run_params, citations=citations, keep_responses=keep_responses
+    )
     if files is not None:
         from batchata_df.files import attach_files, content_preparer
 
@@ -369,7 +396,15 @@ def batch_llm(
     # Only the keys are needed from here on: let the prompts (and file payloads) go.
     keys = jobs.select("job_id", "input_error")
     del jobs, sendable, engine
-    return _assemble(frame, keys, results, answer, citations=citations, keep_raw=keep_raw)
+    return _assemble(
+        frame,
+        keys,
+        results,
+        answer,
+        citations=citations,
+        keep_raw=keep_raw,
+        keep_responses=keep_responses,
+    )
 
 
 def _fingerprint(
@@ -774,6 +809,7 @@ def _assemble(
     *,
     citations: bool = False,
     keep_raw: bool = False,
+    keep_responses: bool = False,
 ) -> pl.DataFrame:
     """Join job states back onto the rows, in input order, and decode the answers."""
     if "citations" not in results.columns:
@@ -782,8 +818,9 @@ def _assemble(
         results = results.with_columns(pl.lit(None, dtype=pl.Int64).alias("attempts"))
     if "reasoning_tokens" not in results.columns:
         results = results.with_columns(pl.lit(None, dtype=pl.Int64).alias("reasoning_tokens"))
-    if "raw" not in results.columns:
-        results = results.with_columns(pl.lit(None, dtype=pl.String).alias("raw"))
+    for text in ("raw", "response"):
+        if text not in results.columns:
+            results = results.with_columns(pl.lit(None, dtype=pl.String).alias(text))
     state = results.select(
         "job_id",
         "status",
@@ -791,6 +828,7 @@ def _assemble(
         "answer",
         "citations",
         "raw",
+        "response",
         "input_tokens",
         "output_tokens",
         "reasoning_tokens",
@@ -837,6 +875,8 @@ def _assemble(
     ]
     if keep_raw:
         meta.append(pl.when(terminal).then(pl.col("raw")).alias(RAW_COLUMN))
+    if keep_responses:
+        meta.append(pl.when(terminal).then(pl.col("response")).alias(RESPONSE_COLUMN))
     completed = terminal & (pl.col("status") == "completed")
     answers = pl.when(completed).then(pl.col("answer"))
     cited = (

@@ -19,7 +19,8 @@ connection itself for several queries over the same snapshot. Both define these 
     values (an event that does not repeat them does not erase them).
     ``answer`` (the validated answer as JSON, completed jobs) and ``raw`` (the text the
     provider returned, also for failed jobs: an answer that did not validate, a truncated
-    one, a refusal) come from the latest event.
+    one, a refusal) come from the latest event, as does ``response`` (the provider's own
+    result line, kept with ``batch_llm(keep_responses=True)``, else null).
     ``est_cost_usd`` is the latest known pre-submission estimate, or null when the
     checkpoint has none. ``first_seen_at`` / ``updated_at`` are the first and latest event
     times.
@@ -265,6 +266,7 @@ WITH attempts AS (
            arg_max(provider_batch_id, seq) AS provider_batch_id,
            arg_max_null(answer, seq) AS answer,
            arg_max_null(raw, seq) AS raw,
+           arg_max_null(response, seq) AS response,
            {est} AS est_cost_usd,
            min(ts) AS first_seen_at,
            max(ts) AS updated_at
@@ -272,7 +274,7 @@ WITH attempts AS (
     GROUP BY run, job_id
 )
 SELECT latest.run, latest.job_id, status, error, provider, model, batch_key,
-       provider_batch_id, answer, raw,
+       provider_batch_id, answer, raw, response,
        billed.input_tokens, billed.output_tokens, billed.cached_tokens,
        billed.cache_write_tokens, billed.reasoning_tokens, billed.cost_usd,
        coalesce(billed.attempts, 0) AS attempts,

@@ -99,6 +99,7 @@ JOB_EVENTS = pl.Schema(
         "est_cost_usd": pl.Float64(),
         "citations": pl.String(),
         "raw": pl.String(),
+        "response": pl.String(),
     }
 )
 """Schema of a job event part (public, versioned by ``FORMAT_VERSION``)."""
@@ -144,6 +145,23 @@ class Manifest:
             indent=2,
             sort_keys=True,
         )
+
+
+_RECORD_WIDTH = 512
+"""Bytes of the holder record in the lock file (JSON padded with spaces)."""
+
+
+def _alive(holder: LockHolder) -> bool:
+    """Whether the recorded holder may still run (always true for another host)."""
+    if holder.host != socket.gethostname():
+        return True
+    try:
+        os.kill(holder.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @dataclass(frozen=True)
@@ -247,9 +265,12 @@ class WriterLock:
         old = os.pread(fd, 4096, 0).decode("utf-8", "replace")
         self.previous = LockHolder.parse(old)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-        data = json.dumps(me).encode()
-        os.ftruncate(fd, 0)
+        # One write of a fixed width over the old record (never truncate first): a reader
+        # sees the old holder or the new one, never an empty or half-written file.
+        data = json.dumps(me).encode().ljust(_RECORD_WIDTH)
         os.pwrite(fd, data, 0)
+        if os.fstat(fd).st_size > len(data):  # a longer file from elsewhere: drop its tail
+            os.ftruncate(fd, len(data))
         os.fsync(fd)
 
     def acquire(self) -> None:
@@ -260,7 +281,7 @@ class WriterLock:
             self.root.mkdir(parents=True, exist_ok=True)
             self._lock.acquire()
         except Timeout:
-            holder = self.holder()
+            holder = self._current_holder()
             who = holder.describe() if holder else "another process (starting up)"
             waited = "" if not self.timeout else f" after waiting {self.timeout:g} s"
             msg = (
@@ -288,6 +309,22 @@ class WriterLock:
     def release(self) -> None:
         """Let the lock go (the holder record stays in the file, for diagnosis)."""
         self._lock.release()
+
+    def _current_holder(self) -> LockHolder | None:
+        """The live holder, waiting briefly for it to record itself.
+
+        The winner writes its record just after the kernel grants it the lock, so a call
+        refused in between reads the previous holder (or nothing). A record naming a process
+        that is gone (on this host) is such a leftover; wait up to a second for the new one.
+        """
+        deadline = time.monotonic() + 1.0
+        while True:
+            holder = self.holder()
+            if holder is not None and _alive(holder):
+                return holder
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.01)
 
     def holder(self) -> LockHolder | None:
         """The holder recorded in the lock file (the current one while it is held)."""
@@ -427,9 +464,10 @@ class StateStore:
         name = f"part-{time.time_ns():020d}-{secrets.token_hex(3)}.parquet"
         final = self.root / table / name
         tmp = final.with_name(f".tmp-{name}")
-        # Messages are scrubbed of secrets before they reach the disk (batchata_df.redact).
+        # Messages and the providers' own answers are scrubbed of secrets before they
+        # reach the disk (batchata_df.redact).
         frame = frame.with_columns(
-            scrub_expr(pl.col(c)) for c in ("error", "detail") if c in frame.columns
+            scrub_expr(pl.col(c)) for c in ("error", "detail", "response") if c in frame.columns
         )
         # Every part names its run, so a lost manifest can be rebuilt (`repair`).
         identity = {

@@ -70,9 +70,9 @@ def test_jobs_view_is_latest_event_per_job(tmp_path: Path) -> None:
     assert jobs.get_column("est_cost_usd").null_count() == 3
     expected = {
         "run", "job_id", "status", "error", "provider", "model", "batch_key",
-        "provider_batch_id", "answer", "raw", "input_tokens", "output_tokens", "cached_tokens",
-        "cache_write_tokens", "reasoning_tokens", "cost_usd", "attempts", "est_cost_usd",
-        "first_seen_at", "updated_at",
+        "provider_batch_id", "answer", "raw", "response", "input_tokens", "output_tokens",
+        "cached_tokens", "cache_write_tokens", "reasoning_tokens", "cost_usd", "attempts",
+        "est_cost_usd", "first_seen_at", "updated_at",
     }  # fmt: skip
     assert set(jobs.columns) == expected
 

@@ -41,8 +41,9 @@ def outcomes_to_events(
     schema: a succeeded request whose answer does not validate ends ``failed``.
     """
     joined = members.select("job_id").join(results, on="job_id", how="left")
-    if "citations" not in joined.columns:  # results built without the optional column
-        joined = joined.with_columns(pl.lit(None, dtype=pl.String).alias("citations"))
+    for optional in ("citations", "response"):  # results built without optional columns
+        if optional not in joined.columns:
+            joined = joined.with_columns(pl.lit(None, dtype=pl.String).alias(optional))
     succeeded = joined.filter(pl.col("outcome") == "succeeded")
     canonical, errors = spec.schema.validate(succeeded.get_column("text").to_list())
     max_tokens = spec.params.get("max_tokens")
@@ -128,6 +129,8 @@ def outcomes_to_events(
         # What the provider returned, kept whatever the outcome (a refusal, a truncated or
         # invalid answer was paid for): batch_llm(keep_raw=True), jobs.raw, reparse.
         pl.col("text").alias("raw"),
+        # The provider's own result line (RequestSpec.keep_responses; else null).
+        "response",
     )
 
 

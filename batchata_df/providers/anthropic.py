@@ -31,6 +31,7 @@ from batchata_df.errors import (
 )
 from batchata_df.models import effective_params, thinking_fields
 from batchata_df.providers.base import (
+    LINE_COLUMN,
     BatchPoll,
     BatchTag,
     ProviderState,
@@ -39,6 +40,8 @@ from batchata_df.providers.base import (
     empty_results,
     history_messages,
     json_string,
+    result_lines,
+    with_result_lines,
 )
 from batchata_df.redact import register_secret, scrubbing
 
@@ -521,7 +524,10 @@ def decode_results(data: bytes, spec: RequestSpec | None = None) -> pl.DataFrame
     if not data.strip():
         return empty_results()
     citations = spec is not None and spec.citations
+    responses = spec is not None and spec.keep_responses
     raw = pl.read_ndjson(io.BytesIO(data), schema=_CITED_SCHEMA if citations else _LINE_SCHEMA)
+    if responses:  # each line as Anthropic sent it
+        raw = with_result_lines(raw, result_lines(data))
     result = pl.col("result")
     kind = result.struct.field("type")
     message = result.struct.field("message")
@@ -591,6 +597,7 @@ def decode_results(data: bytes, spec: RequestSpec | None = None) -> pl.DataFrame
             )
         )
         .alias("reasoning_tokens"),
+        *([pl.col(LINE_COLUMN).alias("response")] if responses else []),
     )
     if citations and spec is not None:
         out = _with_citations(out, raw, spec)

@@ -20,6 +20,7 @@ import polars as pl
 from batchata_df.schema import AnswerSchema
 
 __all__ = [
+    "LINE_COLUMN",
     "ORPHAN_SEARCH_MAX_LISTED",
     "ORPHAN_SEARCH_SECONDS",
     "bounded_listing",
@@ -33,6 +34,8 @@ __all__ = [
     "empty_results",
     "history_messages",
     "json_string",
+    "result_lines",
+    "with_result_lines",
 ]
 
 
@@ -113,6 +116,10 @@ class RequestSpec:
     citations: bool = False
     """Citations on: no structured output, the schema goes in the system prompt instead
     and answers carry per-field citations (:mod:`batchata_df.citations`)."""
+    keep_responses: bool = False
+    """Keep each request's result as the provider sent it (``RESULTS.response``: the
+    OpenAI output/error file line, the Anthropic results line, the Gemini result-file line
+    or inlined response); without it ``response`` is null and nothing extra is held."""
     prepare: Callable[[pl.DataFrame], pl.DataFrame] | None = None
     """Adds per-job columns that are too big to hold for every job at once (the
     ``content_json`` of file inputs); called on each slice of jobs right before ``encode``,
@@ -132,6 +139,7 @@ RESULTS = pl.Schema(
         "cache_write_tokens": pl.Int64(),  # part of input_tokens written to the cache
         "reasoning_tokens": pl.Int64(),  # the thinking part of output_tokens
         "citations": pl.String(),  # JSON {"field": [citation, ...]}; null without citations
+        "response": pl.String(),  # the provider's own result line for the request, verbatim
     }
 )
 """Normalized per-request results that every provider's ``results`` returns."""
@@ -148,12 +156,47 @@ def conform_results(frame: pl.DataFrame) -> pl.DataFrame:
     Examples
     --------
     >>> conform_results(pl.DataFrame({"job_id": ["a"]})).columns[-1]
-    'citations'
+    'response'
     """
     return frame.select(
         pl.col(name).cast(dtype) if name in frame.columns else pl.lit(None, dtype).alias(name)
         for name, dtype in RESULTS.items()
     )
+
+
+def result_lines(data: bytes) -> pl.Series:
+    r"""The non-blank lines of a JSONL results download, as they came (``response``).
+
+    The same lines, in the same order, that ``pl.read_ndjson`` decodes (it skips blank
+    lines), so the two line up row by row.
+
+    Examples
+    --------
+    >>> result_lines(b'{"a":1}\r\n\n  \n{"a": 2}\n').to_list()
+    ['{"a":1}', '{"a": 2}']
+    """
+    lines = (
+        pl.Series("response", [data.decode("utf-8", errors="replace")], dtype=pl.String)
+        .str.split("\n")
+        .explode()
+        .str.strip_suffix("\r")
+    )
+    return lines.filter(lines.str.strip_chars().str.len_bytes() > 0)
+
+
+LINE_COLUMN = "__result_line"
+"""The column :func:`with_result_lines` adds (decoders select it as ``response``)."""
+
+
+def with_result_lines(decoded: pl.DataFrame, lines: pl.Series) -> pl.DataFrame:
+    """``decoded`` (one row per line) with the verbatim line of each row (:data:`LINE_COLUMN`).
+
+    When the counts differ (a reader that skipped a line it could not read) the lines
+    cannot be matched and the column stays null rather than pointing at another row.
+    """
+    if decoded.height != lines.len():
+        return decoded.with_columns(pl.lit(None, dtype=pl.String).alias(LINE_COLUMN))
+    return decoded.with_columns(lines.alias(LINE_COLUMN))
 
 
 def json_string(expr: pl.Expr) -> pl.Expr:

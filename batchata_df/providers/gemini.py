@@ -40,6 +40,7 @@ from batchata_df.errors import (
 )
 from batchata_df.models import effective_params, thinking_fields
 from batchata_df.providers.base import (
+    LINE_COLUMN,
     ORPHAN_SEARCH_MAX_LISTED,
     ORPHAN_SEARCH_SECONDS,
     BatchPoll,
@@ -51,6 +52,8 @@ from batchata_df.providers.base import (
     empty_results,
     history_messages,
     json_string,
+    result_lines,
+    with_result_lines,
 )
 from batchata_df.redact import register_secret, scrubbing
 
@@ -552,15 +555,44 @@ class GeminiProvider:
         dest = job.dest
         if dest is None:  # expired and failed batches have no results
             return empty_results()
+        keep = spec.keep_responses
         if dest.inlined_responses:
-            return decode_lines(_inlined_lines(dest.inlined_responses))
+            decoded = decode_lines(_inlined_lines(dest.inlined_responses))
+            return self._with_inlined_responses(batch_id, decoded) if keep else decoded
         if dest.file_name:
             name = dest.file_name
             data = self._call(
                 "download the result file", lambda: self.client.files.download(file=name)
             )
-            return decode_lines(data)
+            return decode_lines(data, responses=keep)
         return empty_results()
+
+    def _with_inlined_responses(self, batch_id: str, decoded: pl.DataFrame) -> pl.DataFrame:
+        """``decoded`` with each request's inlined response as Gemini sent it.
+
+        google-genai 3.6.1 parses the batch's ``metadata.output.inlinedResponses`` into
+        ``InlinedResponse`` models (fields it does not know are dropped), so the response
+        objects are read from the batch resource itself, through the SDK's HTTP client
+        (its auth, base URL and retries), and matched by ``metadata.key``.
+        """
+
+        def fetch() -> Any:
+            return self.client._api_client.request("get", batch_id, {})
+
+        body = json.loads(self._call("retrieve the batch", fetch).body or "{}")
+        output = (body.get("metadata") or {}).get("output") or body.get("response") or {}
+        items = (output.get("inlinedResponses") or {}).get("inlinedResponses") or []
+        served = {
+            str((item.get("metadata") or {}).get("key")): json.dumps(
+                item, ensure_ascii=False, separators=(",", ":")
+            )
+            for item in items
+            if isinstance(item, dict)
+        }
+        return decoded.with_columns(
+            pl.col("job_id").replace_strict(served, default=None, return_dtype=pl.String)
+            .alias("response")
+        )
 
     def cancel(self, batch_id: str) -> None:
         """Ask Gemini to cancel the batch; a batch that already ended is left as it is."""
@@ -674,8 +706,10 @@ def _inlined_lines(responses: list[types.InlinedResponse]) -> bytes:
     return "\n".join(lines).encode()
 
 
-def decode_lines(data: bytes) -> pl.DataFrame:
+def decode_lines(data: bytes, *, responses: bool = False) -> pl.DataFrame:
     """Decode Gemini result lines (``{"key", "response" | "error"}``) into RESULTS.
+
+    With ``responses``, each row's ``response`` is its line as Gemini sent it.
 
     The answer is the concatenated text parts of the first candidate, without thought
     parts. Usage: input = ``promptTokenCount``, output = ``candidatesTokenCount`` +
@@ -687,7 +721,10 @@ def decode_lines(data: bytes) -> pl.DataFrame:
     data = data.strip()
     if not data:
         return empty_results()
-    raw = pl.read_ndjson(io.BytesIO(data), schema=_LINE_SCHEMA).filter(pl.col("key").is_not_null())
+    raw = pl.read_ndjson(io.BytesIO(data), schema=_LINE_SCHEMA)
+    if responses:
+        raw = with_result_lines(raw, result_lines(data))
+    raw = raw.filter(pl.col("key").is_not_null())
     resp = pl.col("response")
     candidate = resp.struct.field("candidates").list.first()
     parts = candidate.struct.field("content").struct.field("parts")
@@ -771,5 +808,6 @@ def decode_lines(data: bytes) -> pl.DataFrame:
         pl.when(usage.is_not_null())
         .then(usage.struct.field("thoughtsTokenCount").fill_null(0))
         .alias("reasoning_tokens"),
+        *([pl.col(LINE_COLUMN).alias("response")] if responses else []),
     )
     return conform_results(out)

@@ -24,6 +24,7 @@ from batchata_df.errors import (
 )
 from batchata_df.models import effective_params, thinking_fields
 from batchata_df.providers.base import (
+    LINE_COLUMN,
     ORPHAN_SEARCH_MAX_LISTED,
     ORPHAN_SEARCH_SECONDS,
     BatchPoll,
@@ -35,6 +36,8 @@ from batchata_df.providers.base import (
     empty_results,
     history_messages,
     json_string,
+    result_lines,
+    with_result_lines,
 )
 from batchata_df.redact import register_secret, scrubbing
 
@@ -312,9 +315,10 @@ class OpenAIProvider:
     def results(self, batch_id: str, spec: RequestSpec) -> pl.DataFrame:
         """Download and decode the output and error files of a finished batch."""
         b = self._call("retrieve the batch", lambda: self.client.batches.retrieve(batch_id))
+        keep = spec.keep_responses
         frames = [
-            decode_lines(self._content(b.output_file_id)),
-            decode_lines(self._content(b.error_file_id)),
+            decode_lines(self._content(b.output_file_id), responses=keep),
+            decode_lines(self._content(b.error_file_id), responses=keep),
         ]
         return pl.concat(frames, how="vertical")
 
@@ -377,12 +381,17 @@ def _error_message(body: object) -> str:
     return str(body)
 
 
-def decode_lines(data: bytes) -> pl.DataFrame:
-    """Decode OpenAI batch output/error JSONL into the normalized results frame."""
+def decode_lines(data: bytes, *, responses: bool = False) -> pl.DataFrame:
+    """Decode OpenAI batch output/error JSONL into the normalized results frame.
+
+    With ``responses``, each row's ``response`` is its line as OpenAI sent it.
+    """
     data = data.strip()
     if not data:
         return empty_results()
     raw = pl.read_ndjson(io.BytesIO(data), schema=_LINE_SCHEMA)
+    if responses:
+        raw = with_result_lines(raw, result_lines(data))
     resp = pl.col("response")
     body = resp.struct.field("body")
     choice = body.struct.field("choices").list.first()
@@ -477,6 +486,7 @@ def decode_lines(data: bytes) -> pl.DataFrame:
             .fill_null(0)
         )
         .alias("reasoning_tokens"),
+        *([pl.col(LINE_COLUMN).alias("response")] if responses else []),
     )
     return conform_results(out)
 
