@@ -19,7 +19,6 @@ from pathlib import Path
 import nbclient
 import nbformat
 import pyte
-import pytest
 
 COLS, ROWS = 140, 40
 

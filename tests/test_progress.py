@@ -19,7 +19,6 @@ from batchata_df.engine import ProgressSnapshot
 from batchata_df.progress import ProgressDisplay, format_line, make_display, outcome_line
 
 
-
 class A(BaseModel):
     n: int
 
