@@ -427,6 +427,9 @@ Examples:
 @click.option("--items-per-batch", type=click.IntRange(min=1), help="Most rows per provider batch.")
 @click.option("--max-parallel-batches", type=click.IntRange(min=1), default=8, show_default=True,
               help="Most provider batches in flight at once.")
+@click.option("--chunk-rows", type=click.IntRange(min=1), default=None,
+              help="Rows read, sent and written at a time (memory follows it) [default: "
+              "200000].")
 @click.option("--progress/--no-progress", default=None,
               help="Live progress on stderr [default: on when stderr is a terminal].")
 @click.option("--keep-raw", is_flag=True,
@@ -458,6 +461,7 @@ def run(
     retry_failed: bool,
     items_per_batch: int | None,
     max_parallel_batches: int,
+    chunk_rows: int | None,
     progress: bool | None,
     keep_raw: bool,
     lock_timeout: float,
@@ -479,13 +483,19 @@ def run(
     params = parse_params(params_json, param_pairs, max_tokens)
     if state is None and output_path is not None:
         state = f"{output_path}.state"
-    frame = read_frame(input_path).collect()
+    lazy = read_frame(input_path)
     from batchata_df.frame import batch_llm
 
     # A dry run is for reading its summary: shown unless --no-progress.
     show = (dry_run or sys.stderr.isatty()) if progress is None else progress
+    # A run streams: the input is read in chunks and the result written to a Parquet file
+    # beside OUTPUT as it goes (then renamed, or converted for CSV/NDJSON), so memory does
+    # not grow with the input. A dry run plans in memory.
+    sink = None if dry_run or output_path is None else _stream_target(output_path)
     out = batch_llm(
-        frame,
+        lazy if sink is not None else lazy.collect(),
+        sink=sink,
+        chunk_rows=chunk_rows if sink is not None else None,
         schema=schema,
         model=model,
         prompt=prompt,
@@ -511,20 +521,30 @@ def run(
             write_frame(out, output_path)
             _note(f"plan written to {output_path}")
         raise SystemExit(EXIT_OK)
-    counts = dict(out.get_column("_status").value_counts().iter_rows())
-    interrupted = out.filter(pl.col("_error") == "cancelled: interrupted").height > 0
+    assert sink is not None
+    assert output_path is not None
+    totals = out.select(
+        pl.col("_status").value_counts(),
+        (pl.col("_error") == "cancelled: interrupted").any().alias("interrupted"),
+        pl.col("_cost_usd").fill_null(0.0).sum().alias("cost"),
+    )
+    summed = totals.collect(engine="streaming")
+    counts = {
+        row["_status"]: row["count"] for row in summed.get_column("_status").to_list()
+    }
+    interrupted = bool(summed.get_column("interrupted")[0])
     summary = ", ".join(f"{counts[k]} {k}" for k in sorted(counts))
-    cost = float(out.get_column("_cost_usd").fill_null(0.0).sum())
+    cost = float(summed.get_column("cost")[0])
     if interrupted and not write_partial:
+        Path(sink).unlink(missing_ok=True)
         _note(
             f"interrupted: {summary} (${cost:.4f}); {output_path} was NOT written. Finished "
             f"rows are kept in {state}: run the same command again to resume, or pass "
             "--write-partial"
         )
         raise SystemExit(EXIT_INTERRUPTED)
-    assert output_path is not None
     try:
-        write_frame(out, output_path)
+        _finish_output(sink, output_path)
     except OSError as e:
         msg = (
             f"cannot write {output_path}: {e}. The results are kept in {state}: run the same "
@@ -541,6 +561,43 @@ def run(
     if counts.get("failed"):
         raise SystemExit(EXIT_FAILED)
     raise SystemExit(EXIT_OK)
+
+
+def _stream_target(output_path: str) -> str:
+    """Where a streaming run writes its Parquet result before it becomes OUTPUT."""
+    target = Path(output_path)
+    return str(target.with_name(f".{target.name}.stream-{os.getpid()}.parquet"))
+
+
+def _finish_output(sink: str, output_path: str) -> None:
+    """Make the streamed Parquet result OUTPUT: renamed, or converted (streaming).
+
+    CSV and NDJSON are converted by Polars' streaming sinks; OUTPUT appears under its name
+    only when complete.
+    """
+    kind = file_format(output_path)
+    try:
+        if kind == "parquet":
+            os.replace(sink, output_path)
+            return
+        target = Path(output_path)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        lazy = pl.scan_parquet(sink)
+        try:
+            if kind == "csv":
+                nested = [
+                    name
+                    for name, dtype in lazy.collect_schema().items()
+                    if isinstance(dtype, pl.List | pl.Array | pl.Struct)
+                ]
+                lazy.with_columns(_json_text(c) for c in nested).sink_csv(tmp)
+            else:
+                lazy.sink_ndjson(tmp)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+    finally:
+        Path(sink).unlink(missing_ok=True)
 
 
 def _check_writable(path: str) -> None:

@@ -34,6 +34,28 @@ the whole run.
 Gemini bills cache hits of batch requests at the standard (not the halved) cache rate;
 genai-prices' batch variant of each Gemini model carries that rate (see its
 ``price_comments``: "context caching stays at the standard rate"), so it is used as is.
+
+Models without a batch price
+----------------------------
+genai-prices 0.2.3 has no batch variant for some models it lists (gemini-3.5-flash,
+gemini-3.7-flash, gemini-3-pro-preview, gpt-5.3, claude-opus-4-1, ...): asked for the
+batch price, it answers the standard one, and a run would be priced (and capped) at twice
+what the provider bills. Every provider documents batch as half the standard price:
+
+* OpenAI: "50% cost discount compared to synchronous APIs"
+  (https://platform.openai.com/docs/guides/batch);
+* Anthropic: "all usage is charged at 50% of the standard API prices"
+  (https://docs.claude.com/en/docs/build-with-claude/batch-processing#pricing);
+* Gemini: "50% of the standard cost" (https://ai.google.dev/gemini-api/docs/batch-mode;
+  genai-prices' own note on gemini-3.5-flash: "Batch and Flex tiers offer 50% discount
+  on input/output").
+
+So where the batch lookup returns the standard price unchanged, :data:`BATCH_DISCOUNT`
+is applied (:func:`batch_discounted`): input and output rates are halved on every provider
+and Anthropic's cache rates too ("all usage"); cache reads stay at the standard rate on
+Gemini ("context caching stays at the standard rate", as genai-prices' batch variants have
+it) and on OpenAI (its batch price list rounds or omits them; the standard rate is the
+bound). The price's ``source`` then says so (``genai-prices:<model> (standard x 0.5)``).
 """
 
 from __future__ import annotations
@@ -49,7 +71,7 @@ import polars as pl
 
 from batchata_df.errors import ConfigError, PriceError
 
-__all__ = ["Price", "PriceTable", "PriceTier", "cost_expr"]
+__all__ = ["BATCH_DISCOUNT", "Price", "PriceTable", "PriceTier", "batch_discounted", "cost_expr"]
 
 _PROVIDER_IDS = {"openai": "openai", "anthropic": "anthropic", "gemini": "google"}
 
@@ -247,6 +269,50 @@ def price_from_genai(model_price: Any, source: str) -> Price:
     )
 
 
+BATCH_DISCOUNT = 0.5
+"""The batch price as a share of the standard one, on every provider (module docstring)."""
+
+# Rates the batch discount applies to, per provider (see the module docstring).
+_DISCOUNTED = {
+    "openai": ("input", "output"),
+    "anthropic": ("input", "output", "cached_input", "cache_write"),
+    "gemini": ("input", "output"),
+}
+
+
+def batch_discounted(price: Price, provider: str) -> Price:
+    """``price`` (a standard price) at the provider's documented batch discount.
+
+    Examples
+    --------
+    >>> p = batch_discounted(Price(input=1.5, output=9.0, cached_input=0.15), "gemini")
+    >>> p.input, p.output, p.cached_input
+    (0.75, 4.5, 0.15)
+    >>> batch_discounted(Price(input=3.0, output=15.0, cached_input=0.3), "anthropic").cached_input
+    0.15
+    """
+    names = _DISCOUNTED.get(provider, ("input", "output"))
+
+    def cut(rates: Any) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for name in _RATE_FIELDS:
+            value = getattr(rates, name)  # None stays None: "the (discounted) input rate"
+            out[name] = value * BATCH_DISCOUNT if name in names and value is not None else value
+        return out
+
+    tiers = tuple(PriceTier(above=t.above, **cut(t)) for t in price.tiers)  # type: ignore[arg-type]
+    base = cut(price)
+    return replace(
+        price,
+        input=float(base["input"] or 0.0),
+        output=float(base["output"] or 0.0),
+        cached_input=base["cached_input"],
+        cache_write=base["cache_write"],
+        tiers=tiers,
+        source=f"{price.source} (standard x {BATCH_DISCOUNT})",
+    )
+
+
 @lru_cache(maxsize=256)
 def _lookup(provider: str, model: str) -> Price | None:
     try:
@@ -254,6 +320,7 @@ def _lookup(provider: str, model: str) -> Price | None:
     except ImportError:  # pragma: no cover - genai-prices is a core dependency
         return None
     provider_id = _PROVIDER_IDS.get(provider, provider)
+    now = datetime.now(tz=UTC)
     try:
         # calc_price resolves the model, the batch price variant and the dated price
         # the same way genai-prices bills; its ``model_price`` is that resolved data.
@@ -262,13 +329,24 @@ def _lookup(provider: str, model: str) -> Price | None:
             model_ref=model,
             provider_id=provider_id,
             price_context={"processing": "batch"},
-            genai_request_timestamp=datetime.now(tz=UTC),
+            genai_request_timestamp=now,
+        )
+        standard = calc_price(
+            Usage(input_tokens=1, output_tokens=1),
+            model_ref=model,
+            provider_id=provider_id,
+            genai_request_timestamp=now,
         )
     except LookupError:
         return None
     if getattr(calc.model_price, "input_mtok", None) is None:
         return None
-    return price_from_genai(calc.model_price, f"genai-prices:{calc.model.id}")
+    price = price_from_genai(calc.model_price, f"genai-prices:{calc.model.id}")
+    if calc.model_price == standard.model_price:
+        # No batch variant in genai-prices: the standard price came back. Apply the
+        # provider's documented batch discount instead of billing twice the real price.
+        return batch_discounted(price, provider)
+    return price
 
 
 class PriceTable:

@@ -127,7 +127,9 @@ def batch_llm(
     lock_timeout: float | None = 0.0,
     history: str | None = None,
     keep_responses: bool = False,
-) -> pl.DataFrame:
+    sink: str | os.PathLike[str] | None = None,
+    chunk_rows: int | None = None,
+) -> Any:
     """Run one LLM job per row through the provider's batch API; return the typed answers.
 
     Parameters
@@ -230,10 +232,21 @@ def batch_llm(
         of ``{"role": "user" | "assistant", "content": str}`` in order; they are sent
         before the prompt (which is the last user turn), after the system prompt, on every
         provider. A null or empty list sends the prompt alone. Part of each job's id.
+    sink
+        A ``.parquet`` path: stream. The input (a LazyFrame, e.g.
+        ``pl.scan_parquet("in/*.parquet")``, is never collected whole) is read, keyed and
+        sent ``chunk_rows`` rows at a time, the result is written to ``sink`` chunk by
+        chunk in input order, and a ``LazyFrame`` scanning it is returned. Memory follows
+        the chunk, not the input; the state folder holds the answers (give ``state=`` to
+        resume a killed run: nothing is sent twice). See :mod:`batchata_df.stream`.
+    chunk_rows
+        Rows per chunk of a streaming run (default
+        :data:`batchata_df.stream.DEFAULT_CHUNK_ROWS`).
 
     Returns
     -------
     pl.DataFrame
+        (A ``pl.LazyFrame`` over ``sink`` with ``sink=``: the same columns.)
         The input rows in input order with all input columns, one column per schema field,
         with ``citations=True`` one ``<field>_citations`` column per field, then
         ``_status``, ``_error``, ``_cost_usd``, ``_input_tokens``, ``_output_tokens``
@@ -258,6 +271,24 @@ def batch_llm(
     >>> out.columns[:4], out["_status"].to_list()
     (['text', 'label', 'score', '_status'], ['completed', 'completed'])
     """
+    if sink is not None or chunk_rows is not None:
+        if not isinstance(df, pl.DataFrame | pl.LazyFrame):
+            msg = f"batch_llm takes a polars DataFrame or LazyFrame, got {type(df).__name__}"
+            raise ConfigError(msg)
+        if sink is None:
+            msg = "chunk_rows= is for streaming runs: pass sink='out.parquet' as well"
+            raise ConfigError(msg)
+        from batchata_df.stream import stream_llm
+
+        return stream_llm(
+            df.lazy(), sink=sink, chunk_rows=chunk_rows, schema=schema, model=model,
+            prompt=prompt, state=state, system=system, files=files, citations=citations,
+            params=params, max_cost_usd=max_cost_usd, time_limit=time_limit, dry_run=dry_run,
+            items_per_batch=items_per_batch, max_parallel_batches=max_parallel_batches,
+            progress=progress, wait=wait, prices=prices, retry_failed=retry_failed,
+            provider_patience=provider_patience, keep_raw=keep_raw, lock_timeout=lock_timeout,
+            history=history, keep_responses=keep_responses,
+        )
     frame = df.collect() if isinstance(df, pl.LazyFrame) else df
     if not isinstance(frame, pl.DataFrame):
         msg = f"batch_llm takes a polars DataFrame or LazyFrame, got {type(df).__name__}"
@@ -836,7 +867,9 @@ def _assemble(
         "attempts",
         "provider_batch_id",
     )
-    joined = jobs.select("job_id", "input_error").join(
+    # A streaming run marks rows whose request an earlier chunk already had (``later``).
+    later = ["later"] if "later" in jobs.columns else []
+    joined = jobs.select("job_id", "input_error", *later).join(
         state, on="job_id", how="left", maintain_order="left"
     )
     sendable = pl.col("input_error").is_null()
@@ -850,6 +883,8 @@ def _assemble(
     )
     # Identical requests are one job: its bill goes on its first row, 0 on the others.
     first = pl.col("job_id").is_first_distinct()
+    if later:
+        first = first & ~pl.col("later")
     charged = sendable & first & pl.col("attempts").is_not_null()
 
     def billed(col: str, dtype: pl.DataType) -> pl.Expr:

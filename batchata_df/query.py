@@ -60,7 +60,13 @@ from typing import TYPE_CHECKING, TypeAlias
 import polars as pl
 
 from batchata_df.errors import StateError
-from batchata_df.state import BATCH_EVENTS, JOB_EVENTS, damaged_error, find_damaged
+from batchata_df.state import (
+    BATCH_EVENTS,
+    JOB_EVENTS,
+    damaged_error,
+    find_damaged,
+    table_parts,
+)
 
 if TYPE_CHECKING:
     import duckdb
@@ -175,15 +181,7 @@ def _folders(state: StatePaths) -> list[tuple[str, Path]]:
 
 def _parts(folder: Path, table: str) -> list[str]:
     """The finished parts of one table; hidden ``.tmp-*`` files are still being written."""
-    try:
-        entries = list(os.scandir(folder / table))
-    except FileNotFoundError:
-        return []
-    return sorted(
-        os.path.abspath(e.path)
-        for e in entries
-        if e.name.startswith("part-") and e.name.endswith(".parquet") and e.is_file()
-    )
+    return [os.path.abspath(p) for p in table_parts(folder / table)]
 
 
 _DUCK_TYPES: dict[type[pl.DataType], str] = {

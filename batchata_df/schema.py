@@ -18,6 +18,7 @@ import decimal
 import enum
 import hashlib
 import json
+import re
 import types
 import typing
 import uuid
@@ -397,6 +398,7 @@ class AnswerSchema:
             self._struct: _FieldType | None = None
             self.columns = [TEXT_COLUMN]
             self.dtypes: dict[str, Any] = {TEXT_COLUMN: pl.String()}
+            self._fast: _FastPath | None = None
             return
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             msg = (
@@ -415,6 +417,7 @@ class AnswerSchema:
         if "$defs" in strict:
             strict["$defs"] = {k: _strict(v, defs) for k, v in defs.items()}
         self.json_schema = strict
+        self._fast = _FastPath.of(model)
 
     @property
     def fingerprint(self) -> str:
@@ -424,36 +427,45 @@ class AnswerSchema:
         blob = json.dumps(self.json_schema, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
-    def validate(self, texts: Sequence[str | None]) -> tuple[list[str | None], list[str | None]]:
+    def validate(
+        self, texts: Sequence[str | None] | pl.Series
+    ) -> tuple[list[str | None], list[str | None]]:
         """Validate raw answers; return canonical JSON (or text) and an error per answer.
 
         A valid answer gives ``(canonical, None)``; an invalid one ``(None, message)``.
+        For a flat model of plain fields, answers already in canonical form are
+        recognised column-wise (:class:`_FastPath`) and only the others go through
+        Pydantic one by one; the result is the same either way.
         """
         if self.model is None:
-            return list(texts), [None if t is not None else "empty answer" for t in texts]
+            values = texts.to_list() if isinstance(texts, pl.Series) else list(texts)
+            return values, [None if t is not None else "empty answer" for t in values]
+        series = texts if isinstance(texts, pl.Series) else pl.Series(texts, dtype=pl.String)
+        if self._fast is not None and series.len() > 0:
+            fast = self._fast.canonical(series)
+            todo = fast.is_null().arg_true().to_list()
+            canonical: list[str | None] = fast.to_list()
+        else:
+            todo = list(range(series.len()))
+            canonical = [None] * series.len()
+        errors: list[str | None] = [None] * len(canonical)
         model = self.model
-        canonical: list[str | None] = []
-        errors: list[str | None] = []
-        for text in texts:
+        for i, text in zip(todo, series.gather(todo).to_list(), strict=True):
             if text is None:
-                canonical.append(None)
-                errors.append("schema_validation: the answer is empty")
+                errors[i] = "schema_validation: the answer is empty"
                 continue
             try:
                 obj = model.model_validate_json(text)
             except ValidationError as e:
-                canonical.append(None)
-                errors.append(_describe(e))
+                errors[i] = _describe(e)
                 continue
             found = None if self._struct is None or self._struct.check is None else (
                 self._struct.check(obj)
             )
             if found is not None:  # valid, but its column cannot hold it: never cut it
-                canonical.append(None)
-                errors.append(f"schema_validation: {found[0] or '<root>'}: {found[1]}")
+                errors[i] = f"schema_validation: {found[0] or '<root>'}: {found[1]}"
                 continue
-            canonical.append(obj.model_dump_json())
-            errors.append(None)
+            canonical[i] = obj.model_dump_json()
         return canonical, errors
 
     def decode(self, canonical: pl.Expr) -> list[pl.Expr]:
@@ -469,6 +481,130 @@ class AnswerSchema:
     def empty_columns(self) -> list[pl.Expr]:
         """Typed all-null columns, for frames with no answers (e.g. a dry run)."""
         return [pl.lit(None, dtype=dt_).alias(name) for name, dt_ in self.dtypes.items()]
+
+
+_FAST_CONFIG = frozenset({"title", "json_schema_extra", "frozen", "use_attribute_docstrings"})
+"""``model_config`` keys that change neither validation nor the JSON dump."""
+
+_JSON_INT = r"-?(?:0|[1-9][0-9]*)"
+_JSON_NUMBER = _JSON_INT + r"(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"
+_PLAIN_STRING = r'"[^"\\\x00-\x1f\x7f]*"'  # no escapes, no control characters
+
+
+class _FastPath:
+    """Column-wise recognition of answers that are already what Pydantic would dump.
+
+    For a flat model whose fields are ``str``, ``int``, ``float``, ``bool`` or a
+    ``Literal`` of plain strings (each optionally ``| None``), with no constraints,
+    aliases, validators, serializers or computed fields, an answer that (1) matches a
+    regex of the canonical layout (keys in field order, no whitespace, strings without
+    escapes, numbers and literals of the field's JSON type) and (2) equals its own
+    ``str.json_decode`` -> ``struct.json_encode`` round trip is valid, and
+    ``model_validate_json(text).model_dump_json() == text``: Pydantic would accept it
+    and write it back unchanged (Polars and Pydantic write floats the same shortest
+    way; ``tests/test_fast_paths.py`` checks this against Pydantic). Everything else
+    (other layouts, ``5`` for a float, escapes, extra keys, wrong types) goes through
+    Pydantic as before, so values and error messages are the same either way.
+    """
+
+    def __init__(self, pattern: str, wire: pl.Struct) -> None:
+        self.pattern = pattern
+        self.wire = wire
+
+    @classmethod
+    def of(cls, model: type[BaseModel]) -> _FastPath | None:
+        """The fast path for ``model``, or ``None`` when it could change a value."""
+        if not set(model.model_config) <= _FAST_CONFIG:
+            return None
+        decorators = model.__pydantic_decorators__
+        if any(
+            getattr(decorators, kind)
+            for kind in (
+                "validators", "field_validators", "root_validators", "field_serializers",
+                "model_serializers", "model_validators", "computed_fields",
+            )
+        ):  # fmt: skip
+            return None
+        overridden = ("model_validate_json", "model_dump_json", "model_post_init")
+        for klass in model.__mro__:
+            if klass is not BaseModel and any(name in vars(klass) for name in overridden):
+                return None
+        parts: list[str] = []
+        wire: dict[str, pl.DataType] = {}
+        for name, field in model.model_fields.items():
+            if (
+                field.metadata
+                or field.alias is not None
+                or field.validation_alias is not None
+                or field.serialization_alias is not None
+                or field.exclude
+                or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name)
+            ):
+                return None
+            value = _fast_value(field.annotation)
+            if value is None:
+                return None
+            pattern, dtype = value
+            parts.append(f'"{name}":{pattern}')
+            wire[name] = dtype
+        if not parts:
+            return None
+        return cls("^\\{" + ",".join(parts) + "\\}$", pl.Struct(wire))
+
+    def canonical(self, texts: pl.Series) -> pl.Series:
+        """Each text that is already canonical, else null (to be validated by Pydantic)."""
+        frame = pl.DataFrame({"text": texts})
+        shaped = pl.col("text").str.contains(self.pattern).fill_null(False)
+        candidates = frame.with_row_index("i").filter(shaped)
+        if candidates.height == 0:
+            return pl.Series("text", [None] * texts.len(), dtype=pl.String)
+        try:
+            again = candidates.select(
+                "i",
+                pl.col("text")
+                .str.json_decode(self.wire)
+                .struct.json_encode()
+                .alias("again"),
+                "text",
+            )
+        except pl.exceptions.PolarsError:  # e.g. an integer past Int64: Pydantic decides
+            return pl.Series("text", [None] * texts.len(), dtype=pl.String)
+        same = again.filter(pl.col("again") == pl.col("text")).select("i", "text")
+        return (
+            frame.with_row_index("i")
+            .select("i")
+            .join(same, on="i", how="left", maintain_order="left")
+            .get_column("text")
+        )
+
+
+def _fast_value(tp: Any) -> tuple[str, pl.DataType] | None:
+    """The canonical JSON regex and wire dtype of a plain field type, else ``None``."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        members = [a for a in get_args(tp) if a is not type(None)]
+        if len(members) != 1 or len(get_args(tp)) != 2:
+            return None
+        inner = _fast_value(members[0])
+        if inner is None:
+            return None
+        return f"(?:null|{inner[0]})", inner[1]
+    if origin is Literal:
+        values = get_args(tp)
+        if not values or not all(
+            isinstance(v, str) and re.fullmatch(r'[^"\\\x00-\x1f\x7f]*', v) for v in values
+        ):
+            return None
+        return '"(?:' + "|".join(re.escape(v) for v in values) + ')"', pl.String()
+    if tp is bool:
+        return "(?:true|false)", pl.Boolean()
+    if tp is int:
+        return _JSON_INT, pl.Int64()
+    if tp is float:
+        return _JSON_NUMBER, pl.Float64()
+    if tp is str:
+        return _PLAIN_STRING, pl.String()
+    return None
 
 
 def _describe(e: ValidationError) -> str:

@@ -123,6 +123,9 @@ BATCH_EVENTS = pl.Schema(
 
 TERMINAL_JOB = ("completed", "failed", "cancelled")
 
+COMPACT_TARGET_BYTES = 256 * 1024 * 1024
+"""Size :meth:`StateStore.compact` merges parts up to."""
+
 
 @dataclass
 class Manifest:
@@ -371,6 +374,7 @@ class StateStore:
         self.readonly = readonly
         self._lock = threading.Lock()
         self._last_seq = 0
+        self._last_part_ns = 0
         if not readonly:
             try:
                 (self.root / "jobs").mkdir(parents=True, exist_ok=True)
@@ -385,6 +389,17 @@ class StateStore:
         # Order must survive a clock that is behind the one of an earlier call (another
         # machine, an NTP step): new events always sort after every recorded one.
         self._last_seq = max(self._max_seq("jobs"), self._max_seq("batches"))
+        self._last_part_ns = max(
+            (
+                r[1]
+                for t in TABLES
+                for p in _part_files(self.root / t)
+                if (r := _part_range(p.name)) is not None
+            ),
+            default=0,
+        )
+        if not readonly:
+            collect_compacted(self.root)
 
     # -- manifest -------------------------------------------------------------------------
 
@@ -461,7 +476,12 @@ class StateStore:
         if self.readonly:
             msg = f"checkpoint folder {str(self.root)!r} was opened read-only"
             raise StateError(msg)
-        name = f"part-{time.time_ns():020d}-{secrets.token_hex(3)}.parquet"
+        with self._lock:
+            # Names sort after every part already there, whatever the clock does: a
+            # compacted part hides the parts whose names fall in its range.
+            ns = max(time.time_ns(), self._last_part_ns + 1)
+            self._last_part_ns = ns
+        name = f"part-{ns:020d}-{secrets.token_hex(3)}.parquet"
         final = self.root / table / name
         tmp = final.with_name(f".tmp-{name}")
         # Messages and the providers' own answers are scrubbed of secrets before they
@@ -522,7 +542,7 @@ class StateStore:
     # -- reading --------------------------------------------------------------------------
 
     def _max_seq(self, table: str) -> int:
-        parts = sorted((self.root / table).glob("part-*.parquet"))
+        parts = table_parts(self.root / table)
         if not parts:
             return 0
         with self._reading():
@@ -542,7 +562,7 @@ class StateStore:
             raise StateError(msg) from e
 
     def _lazy(self, table: str, schema: pl.Schema) -> pl.LazyFrame:
-        parts = sorted(p for p in (self.root / table).glob("part-*.parquet"))
+        parts = table_parts(self.root / table)
         if not parts:
             return pl.LazyFrame(schema=schema)
         # Parts written by older versions may lack newer columns (or carry dropped ones).
@@ -575,13 +595,18 @@ class StateStore:
         """
         return billed_from_events(self.job_events())
 
-    def snapshot(self) -> tuple[pl.DataFrame, pl.DataFrame]:
+    def snapshot(self, job_ids: pl.Series | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
         """``(job_state(), billed())``, reading only what they need.
 
         Only the latest event of each job is materialized with its answer, and billing reads
         the usage columns alone, so a run of millions of jobs is not held in memory twice.
+        With ``job_ids``, only those jobs are read (a streaming run looks up one chunk at a
+        time: the filter is applied while scanning, so memory follows the chunk, not the
+        folder).
         """
         lazy = self._lazy("jobs", JOB_EVENTS)
+        if job_ids is not None:
+            lazy = lazy.filter(pl.col("job_id").is_in(job_ids.implode()))
         last = lazy.group_by("job_id").agg(pl.col("seq").max())
         latest = lazy.join(last, on=["job_id", "seq"], how="semi").sort("seq")
         usage = lazy.select(
@@ -598,6 +623,36 @@ class StateStore:
             state, billed = pl.collect_all([latest, billed_from_events(usage)])
         return _conform(state, JOB_EVENTS), billed
 
+    def spent(self) -> float:
+        """What every job of the folder was billed so far, all attempts (see ``billed``).
+
+        Aggregated while scanning: nothing per job is kept in memory.
+        """
+        usage = self._lazy("jobs", JOB_EVENTS).select(
+            "seq", "job_id", "batch_key", "status", "cost_usd", "input_tokens",
+            "output_tokens", "reasoning_tokens",
+        )
+        total = billed_from_events(usage).select(pl.col("cost_usd").fill_null(0.0).sum())
+        with self._reading():
+            return float(total.collect(engine="streaming").item() or 0.0)
+
+    def assigned(self, batch_keys: pl.Series) -> pl.DataFrame:
+        """The ``assigned`` events of ``batch_keys``: ``job_id``, ``batch_key``, ``est_cost_usd``.
+
+        Read with the filter applied while scanning (recovery needs the members of the few
+        batches still open, never the whole folder).
+        """
+        lazy = (
+            self._lazy("jobs", JOB_EVENTS)
+            .filter(
+                (pl.col("status") == "assigned")
+                & pl.col("batch_key").is_in(batch_keys.implode())
+            )
+            .select("seq", "job_id", "batch_key", "est_cost_usd")
+        )
+        with self._reading():
+            return lazy.collect().sort("seq").drop("seq")
+
     def batch_state(self) -> pl.DataFrame:
         """The latest event of every batch, with the first known provider batch id."""
         events = self._scan("batches", BATCH_EVENTS).sort("seq")
@@ -613,6 +668,83 @@ class StateStore:
             .drop("_pbid")
             .sort("seq")
         )
+
+    def compact(self, *, target_bytes: int = COMPACT_TARGET_BYTES) -> int:
+        """Merge each table's parts into few large ones; return how many parts were merged.
+
+        Every event is kept (same ``seq``, same values): only the number of files changes,
+        so a folder that took thousands of small parts during a run is read (and queried
+        with :func:`batchata_df.sql`) as a handful. Consecutive parts are merged into parts
+        of about ``target_bytes``.
+
+        Crash-safe: the merged part is written to a hidden temporary file, flushed, and
+        renamed to ``part-<first>~<last>.parquet``. From the rename on, it hides the parts
+        it replaced (:func:`table_parts`), which are deleted afterwards; a crash before the
+        rename leaves the old parts, a crash after it leaves parts that nobody reads and the
+        next writer deletes (:func:`collect_compacted`). Nothing is lost or read twice.
+        Call it holding the writer lock (``batch_llm`` does, when a run ends).
+        """
+        if self.readonly:
+            msg = f"checkpoint folder {str(self.root)!r} was opened read-only"
+            raise StateError(msg)
+        merged = 0
+        for table, schema in TABLES.items():
+            groups: list[list[Path]] = [[]]
+            size = 0
+            for part in table_parts(self.root / table):
+                if _part_range(part.name) is None:
+                    continue
+                part_size = part.stat().st_size
+                if groups[-1] and size + part_size > target_bytes:
+                    groups.append([])
+                    size = 0
+                groups[-1].append(part)
+                size += part_size
+            for group in groups:
+                if len(group) > 1:
+                    self._merge(table, schema, group)
+                    merged += len(group)
+        return merged
+
+    def _merge(self, table: str, schema: pl.Schema, group: list[Path]) -> None:
+        first, last = group[0].name, group[-1].name
+        lo = first[len("part-") : -len(".parquet")].split(COMPACTED_SEP)[0]
+        hi = last[len("part-") : -len(".parquet")].split(COMPACTED_SEP)[-1]
+        final = self.root / table / f"part-{lo}{COMPACTED_SEP}{hi}.parquet"
+        tmp = final.with_name(f".tmp-compact-{secrets.token_hex(4)}.parquet")
+        identity = {
+            PART_RUN_KEY: self.manifest.run_id,
+            PART_FINGERPRINT_KEY: json.dumps(self.manifest.fingerprint, sort_keys=True),
+        }
+        with self._reading():
+            pl.scan_parquet(
+                group, schema=schema, missing_columns="insert", extra_columns="ignore"
+            ).select(list(schema)).sink_parquet(
+                tmp, compression="zstd", statistics=False, metadata=identity
+            )
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        _failpoint("compact_before_rename")
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+        _failpoint("compact_after_rename")
+        for path in group:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def _failpoint(name: str) -> None:
+    """Die here if ``BATCHATA_DF_FAILPOINT`` names this point (crash tests)."""
+    if os.environ.get("BATCHATA_DF_FAILPOINT") == name:
+        os._exit(75)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @overload
@@ -671,7 +803,7 @@ def spent_usd(root: str | os.PathLike[str]) -> float:
 
     Reads the parts directly, without checking the manifest's fingerprint.
     """
-    parts = sorted(Path(root, "jobs").glob("part-*.parquet"))
+    parts = table_parts(Path(root, "jobs"))
     if not parts:
         return 0.0
     try:
@@ -696,9 +828,88 @@ TABLES = {"jobs": JOB_EVENTS, "batches": BATCH_EVENTS}
 REQUIRED = {"jobs": ("seq", "job_id", "status"), "batches": ("seq", "batch_key", "status")}
 
 
+COMPACTED_SEP = "~"
+"""A compacted part is named ``part-<first>~<last>.parquet`` after the first and last
+parts it replaced (``<ns>-<rand>`` each): it holds their events, and hides every part
+whose name falls in that range (see :func:`table_parts`)."""
+
+
+def _part_files(folder: Path) -> list[Path]:
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return []
+    return [
+        Path(e.path)
+        for e in entries
+        if e.name.startswith("part-") and e.name.endswith(".parquet") and e.is_file()
+    ]
+
+
+def _part_range(name: str) -> tuple[int, int] | None:
+    """The (first, last) nanosecond stamps a part name covers (equal for a plain part).
+
+    ``None`` for a name this version did not write (never hidden, never compacted).
+
+    Examples
+    --------
+    >>> _part_range("part-00000000000000000005-abc123.parquet")
+    (5, 5)
+    >>> _part_range("part-00000000000000000005-abc123~00000000000000000009-def456.parquet")
+    (5, 9)
+    """
+    stem = name[len("part-") : -len(".parquet")]
+    lo, _, hi = stem.partition(COMPACTED_SEP)
+    try:
+        first = int(lo.split("-", 1)[0])
+        return first, int(hi.split("-", 1)[0]) if hi else first
+    except ValueError:
+        return None
+
+
+def _hidden(parts: list[Path]) -> set[Path]:
+    """Parts replaced by a compacted part (it covers their name range)."""
+    ranges = {p: _part_range(p.name) for p in parts}
+    compacted = [(p, r) for p, r in ranges.items() if r is not None and COMPACTED_SEP in p.name]
+    out: set[Path] = set()
+    for p, r in ranges.items():
+        if r is None:
+            continue
+        for q, (qlo, qhi) in compacted:
+            if q != p and qlo <= r[0] and r[1] <= qhi:
+                out.add(p)
+                break
+    return out
+
+
+def table_parts(folder: str | os.PathLike[str]) -> list[Path]:
+    """The event parts of one table folder that hold its events, in name order.
+
+    Hidden ``.tmp-*`` files are still being written; parts a compacted part replaced
+    (left behind by a crash during compaction, before they were deleted) are not read.
+    """
+    parts = _part_files(Path(folder))
+    hidden = _hidden(parts)
+    return sorted((p for p in parts if p not in hidden), key=lambda p: p.name)
+
+
+def collect_compacted(root: str | os.PathLike[str]) -> int:
+    """Delete parts a compacted part replaced (a crash left them); returns how many.
+
+    Only a writer (holding the lock) calls this; readers skip such parts anyway.
+    """
+    n = 0
+    for table in TABLES:
+        for path in _hidden(_part_files(Path(root, table))):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                n += 1
+    return n
+
+
 def list_parts(root: str | os.PathLike[str]) -> list[Path]:
     """Every event part of a checkpoint folder (not temporary files), jobs then batches."""
-    return [p for table in TABLES for p in sorted(Path(root, table).glob("part-*.parquet"))]
+    return [p for table in TABLES for p in table_parts(Path(root, table))]
 
 
 @dataclass(frozen=True)

@@ -296,17 +296,23 @@ def history_tokens(history: pl.Series, provider: str, model: str) -> pl.Series:
 
 # -- images and PDF pages ---------------------------------------------------------------------
 
+# Image-token rules per model family. Each rule's source is given where it is encoded; the
+# worst-case estimate and the cost cap use them, so where sources disagree the larger count
+# is taken (an estimate must bound what is billed).
+#
 # OpenAI tile models: an image costs base + per_tile * 512 px tiles (after fitting in
-# 2048x2048 and scaling the short side to 768). Low detail costs base only.
+# 2048x2048 and scaling the short side to 768). Low detail costs base only. Source: the
+# vision guide's "Calculating costs" (platform.openai.com/docs/guides/images-vision).
 _OPENAI_TILES: list[tuple[str, int, int]] = [
     ("gpt-4o-mini", 2833, 5667),
-    ("gpt-5", 70, 140),
+    ("gpt-5", 70, 140),  # gpt-5 and gpt-5.1 (gpt-5.2 and later: patches, below)
     ("o1", 75, 150),
     ("o3", 75, 150),
     ("computer-use", 65, 129),
 ]
 _OPENAI_TILE_DEFAULT = (85, 170)  # gpt-4o, gpt-4.1, gpt-4.5, and unknown models
-# OpenAI patch models: 32x32 px patches, capped at 1536, times a multiplier.
+# OpenAI patch models: 32x32 px patches, capped at a budget (the image is scaled down to
+# fit it), times a multiplier. Same guide, "patch" models.
 _OPENAI_PATCHES: list[tuple[str, float]] = [
     ("gpt-5-mini", 1.62),
     ("gpt-5-nano", 2.46),
@@ -314,19 +320,52 @@ _OPENAI_PATCHES: list[tuple[str, float]] = [
     ("gpt-4.1-nano", 2.46),
     ("o4-mini", 1.72),
 ]
+_OPENAI_PATCH_BUDGET = 1536
+# GPT-5.2 and later (5.x) and GPT-6 and later: 32 px patches for every size of model.
+# * Full-size models: a budget of 10,000 patches at detail "original" -- which "auto" (we
+#   send no detail) is for these models -- and 2,500 at "high"; multiplier 1.2. Sources:
+#   the budget as OpenAI's own codex client encodes it from the vision guide's "model
+#   sizing behavior" (github.com/openai/codex pull 19865, ORIGINAL_IMAGE_MAX_PATCHES =
+#   10_000); 2,500 at "high" and the 1.2 multiplier measured on gpt-5.2/5.3/5.4 through the
+#   API (community.openai.com/t/1377015, 2026-03). GPT-6 and later: a 12 MP photo was
+#   billed 14,364 tokens at "auto" (11,970 patches x 1.2, over GPT-5.x's 10,000 budget;
+#   huggingface.co/datasets/JOHNISKING/image-token-cost, which also measures 11,868 for
+#   gpt-5.5 and 2,942 for gpt-6 at "high", both as computed here). No budget is published;
+#   we bound it at 16,384 patches (about 16.8 MP).
+# * mini/nano: the vision guide gives a 1,536-patch budget and a 1.62 multiplier
+#   (community.openai.com/t/1380539 quotes it); measured bills are lower (1.2), so 1.62 is
+#   the bound.
+_OPENAI_NEW_PATCH = re.compile(r"^gpt-(?:5\.(?:[2-9]|\d{2,})|(?:[6-9]|\d{2,})(?![\d]))")
+_OPENAI_NEW_SMALL = re.compile(r"-(?:mini|nano)(?:-|$)")
+_OPENAI_NEW_BUDGET = {"auto": 10_000, "original": 10_000, "high": 2_500, "low": 2_500}
+_OPENAI_6_BUDGET = 16_384
+_OPENAI_6 = re.compile(r"^gpt-(?:[6-9]|\d{2,})(?![\d])")
+_OPENAI_NEW_MULTIPLIER = 1.2
+
+
+def _patches(width: int, height: int, size: int, budget: int) -> int:
+    """``size`` px patches covering the image, scaled down to fit ``budget`` patches."""
+    patches = math.ceil(width / size) * math.ceil(height / size)
+    if patches <= budget:
+        return patches
+    shrink = math.sqrt(size * size * budget / (width * height))
+    w_patches = math.floor(width * shrink / size)
+    h_patches = math.floor(height * shrink / size)
+    return min(w_patches * h_patches, budget) if w_patches and h_patches else budget
 
 
 def _openai_image(width: int, height: int, model: str, detail: Detail) -> int:
     name = _bare_model(model)
+    if _OPENAI_NEW_PATCH.match(name):
+        if _OPENAI_NEW_SMALL.search(name):
+            return math.ceil(_patches(width, height, 32, _OPENAI_PATCH_BUDGET) * 1.62)
+        budget = _OPENAI_NEW_BUDGET.get(detail, 10_000)
+        if _OPENAI_6.match(name) and detail == "auto":
+            budget = _OPENAI_6_BUDGET
+        return math.ceil(_patches(width, height, 32, budget) * _OPENAI_NEW_MULTIPLIER)
     for prefix, multiplier in _OPENAI_PATCHES:
         if name.startswith(prefix):
-            patches = math.ceil(width / 32) * math.ceil(height / 32)
-            if patches > 1536:
-                shrink = math.sqrt(32 * 32 * 1536 / (width * height))
-                w_patches = math.floor(width * shrink / 32)
-                h_patches = math.floor(height * shrink / 32)
-                patches = min(w_patches * h_patches, 1536) if w_patches and h_patches else 1536
-            return math.ceil(patches * multiplier)
+            return math.ceil(_patches(width, height, 32, _OPENAI_PATCH_BUDGET) * multiplier)
     base, per_tile = next(
         ((b, t) for prefix, b, t in _OPENAI_TILES if name.startswith(prefix)),
         _OPENAI_TILE_DEFAULT,
@@ -341,16 +380,41 @@ def _openai_image(width: int, height: int, model: str, detail: Detail) -> int:
     return base + per_tile * math.ceil(w / 512) * math.ceil(h / 512)
 
 
-def _anthropic_image(width: int, height: int) -> int:
+# Claude Opus 4.7 and later, Claude 5.x: native resolution up to 2,576 px on the long edge
+# and about 3.75 megapixels (4,784 patches of 28x28 px); earlier models 1,568 px and about
+# 1.15 megapixels. An image costs ceil(w/28) * ceil(h/28) "visual tokens" after resizing
+# (the current vision guide, platform.claude.com/docs/en/build-with-claude/vision: "Each
+# patch is a 28x28 pixel block ... An image therefore costs ceil(width/28) x
+# ceil(height/28) visual tokens"); the earlier guide's width * height / 750 is the larger
+# count for most sizes, so the estimate takes the larger of the two. 2,576 px for Opus 4.7:
+# claudecodecamp.com/p/images-cost-3x-more-tokens-in-claude-opus-4-7 (measured with
+# count_tokens); 3.75 MP: the Opus 4.7 launch notes (apidog.com/blog/claude-opus-4-7-api).
+_CLAUDE_HIGH_RES = re.compile(r"^claude-(?:opus-4-[7-9]|[a-z]+-(?:[5-9]|\d{2,})(?:-|$))")
+_CLAUDE_LIMITS = {"high_res": (2576, 4784 * 28 * 28), "standard": (1568, 1_150_000)}
+
+
+def _anthropic_image(width: int, height: int, model: str = "") -> int:
+    high = bool(_CLAUDE_HIGH_RES.match(_bare_model(model)))
+    edge, pixels = _CLAUDE_LIMITS["high_res" if high else "standard"]
     w, h = float(width), float(height)
-    # Claude scales images down to at most 1568 px on the long edge and ~1.15 megapixels.
-    fit = min(1.0, 1568 / max(w, h), math.sqrt(1_150_000 / (w * h)))
-    return math.ceil(w * fit * h * fit / 750)
+    # Scaled down (aspect ratio kept) to the model's native resolution.
+    fit = min(1.0, edge / max(w, h), math.sqrt(pixels / (w * h)))
+    w, h = w * fit, h * fit
+    return max(math.ceil(w * h / 750), math.ceil(w / 28) * math.ceil(h / 28))
+
+
+# Gemini 3: media_resolution decides an image's tokens -- LOW 280, MEDIUM 560, HIGH 1,120,
+# ULTRA_HIGH 2,240 -- and HIGH is the default for images (MEDIUM for PDF pages); we send
+# none, so the default applies (ai.google.dev/gemini-api/docs/media-resolution, "Token
+# counts"). Gemini 2.5 and earlier: 258 tokens when both sides are at most 384 px, else
+# 258 per 768x768 tile (ai.google.dev/gemini-api/docs/image-understanding, "Technical
+# details").
+_GEMINI_3_IMAGE_TOKENS = 1120
 
 
 def _gemini_image(width: int, height: int, model: str) -> int:
     if _bare_model(model).startswith("gemini-3"):
-        return 1120  # media_resolution "high", the default for images on Gemini 3
+        return _GEMINI_3_IMAGE_TOKENS
     if width <= 384 and height <= 384:
         return 258
     # Larger images are cropped and scaled into 768x768 tiles of 258 tokens each.
@@ -364,12 +428,18 @@ def image_tokens(
 
     * OpenAI (vision guide): *tile* models fit the image in 2048x2048, scale its short side
       to 768 px and charge ``base + per_tile * n_512px_tiles`` -- 85 + 170 per tile for
-      gpt-4o/4.1/4.5 (and unknown models), 70 + 140 for gpt-5, 75 + 150 for o1/o3, 2833 +
-      5667 for gpt-4o-mini; ``detail="low"`` charges the base only. *Patch* models
+      gpt-4o/4.1/4.5 (and unknown models), 70 + 140 for gpt-5/5.1, 75 + 150 for o1/o3,
+      2833 + 5667 for gpt-4o-mini; ``detail="low"`` charges the base only. *Patch* models
       (gpt-4.1-mini/nano, gpt-5-mini/nano, o4-mini) charge 32x32 px patches, at most 1536,
-      times 1.62 / 2.46 / 1.72. ``"auto"`` is priced as ``"high"``.
-    * Anthropic (vision guide): ``width * height / 750`` after scaling to at most 1568 px
-      on the long edge and about 1.15 megapixels (so at most ~1,600 tokens).
+      times 1.62 / 2.46 / 1.72. GPT-5.2 and later and GPT-6: patches times 1.2, at most
+      10,000 (detail ``"auto"``/``"original"``) or 2,500 (``"high"``); their mini/nano
+      models at most 1,536 patches times 1.62 (GPT-6 at ``"auto"``: at most 16,384
+      patches, our bound). ``"auto"`` is priced as ``"high"`` on the
+      older models.
+    * Anthropic (vision guide): ``ceil(w/28) * ceil(h/28)`` visual tokens (or ``w * h /
+      750``, whichever is larger) after scaling to the model's native resolution: 1,568 px
+      on the long edge and ~1.15 megapixels, or 2,576 px and ~3.75 megapixels on Claude
+      Opus 4.7+ and Claude 5.x.
     * Gemini: 258 tokens when both sides are at most 384 px, else 258 per 768x768 tile;
       1,120 per image on Gemini 3 (default "high" media resolution).
 
@@ -379,10 +449,16 @@ def image_tokens(
     765
     >>> image_tokens(1024, 1024, "openai", "gpt-4o", detail="low")
     85
+    >>> image_tokens(1024, 1024, "openai", "gpt-6-sol")  # 32 x 32 patches x 1.2
+    1229
     >>> image_tokens(1000, 1000, "anthropic", "claude-sonnet-4-5")
     1334
+    >>> image_tokens(2000, 2000, "anthropic", "claude-opus-4-7")  # scaled to 3.75 MP
+    5001
     >>> image_tokens(300, 300, "gemini", "gemini-2.5-flash")
     258
+    >>> image_tokens(300, 300, "gemini", "gemini-3.5-flash")
+    1120
     """
     if width <= 0 or height <= 0:
         msg = f"image size must be positive, got {width}x{height}"
@@ -391,7 +467,7 @@ def image_tokens(
     if name == "openai":
         return _openai_image(width, height, model, detail)
     if name == "anthropic":
-        return _anthropic_image(width, height)
+        return _anthropic_image(width, height, model)
     return _gemini_image(width, height, model)
 
 

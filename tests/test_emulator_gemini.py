@@ -201,7 +201,7 @@ def test_file_batch_with_resumable_upload_and_download(emu, ver):
     ]
     payload = "\n".join(json.dumps(x) for x in lines).encode()
     uploaded = c.files.upload(
-        file=io.BytesIO(payload), config={"mime_type": "jsonl", "display_name": "probe-in"}
+        file=io.BytesIO(payload), config={"mime_type": "text/plain", "display_name": "probe-in"}
     )
     assert uploaded.name.startswith("files/")
     assert uploaded.display_name == "probe-in"
@@ -260,12 +260,12 @@ def test_resumable_upload_in_several_chunks(emu):
         emu,
         "POST",
         "/upload/v1beta/files",
-        {"file": {"display_name": "chunks", "mime_type": "jsonl"}},
+        {"file": {"display_name": "chunks", "mime_type": "text/plain"}},
         headers={
             "X-Goog-Upload-Protocol": "resumable",
             "X-Goog-Upload-Command": "start",
             "X-Goog-Upload-Header-Content-Length": str(len(body)),
-            "X-Goog-Upload-Header-Content-Type": "jsonl",
+            "X-Goog-Upload-Header-Content-Type": "text/plain",
         },
     )
     assert status == 200
@@ -399,7 +399,7 @@ def test_unreadable_input_lines_get_error_entries(emu):
         b'"generation_config":{"not_a_field":"json"}}}\n'
         b'{"key":"extra","request":{"contents":[{"parts":[{"text":"a"}]}]},"bogus":1}\n'
     )
-    f = c.files.upload(file=io.BytesIO(data), config={"mime_type": "jsonl"})
+    f = c.files.upload(file=io.BytesIO(data), config={"mime_type": "text/plain"})
     job = c.batches.create(model="gemini-2.5-flash", src=f.name)
     done = c.batches.get(name=job.name)
     assert done.state == types.JobState.JOB_STATE_SUCCEEDED
@@ -421,7 +421,7 @@ def test_unreadable_input_lines_get_error_entries(emu):
 
 def test_empty_input_file_fails_the_batch(emu):
     c = client(emu, "v1")
-    f = c.files.upload(file=io.BytesIO(b"\n\n"), config={"mime_type": "jsonl"})
+    f = c.files.upload(file=io.BytesIO(b"\n\n"), config={"mime_type": "text/plain"})
     job = c.batches.create(model="gemini-2.5-flash", src=f.name)
     failed = c.batches.get(name=job.name)
     assert failed.state == types.JobState.JOB_STATE_FAILED
@@ -637,3 +637,30 @@ def test_unknown_model_is_a_404(emu):
     assert e.value.code == 404
     assert e.value.status == "NOT_FOUND"
     assert list(c.batches.list()) == []
+
+
+@pytest.mark.parametrize("mime", ["jsonl", "application/jsonl", "application/json-lines",
+                                  "application/x-ndjson"])
+def test_a_jsonl_mime_type_is_refused_as_the_files_api_does(emu, mime):
+    # googleapis/python-genai#1547: the finalize answers an error body instead of the file,
+    # and google-genai 3.6.1 raises KeyError('file') (#1248, #1590).
+    c = client(emu)
+    with pytest.raises(KeyError, match="file"):
+        c.files.upload(file=io.BytesIO(b'{"key":"a"}\n'), config={"mime_type": mime})
+    assert list(c.files.list()) == []
+
+
+def test_our_batch_input_upload_uses_a_mime_type_the_api_accepts(emu, tmp_path, monkeypatch):
+    import polars as pl
+
+    from batchata_df import batch_llm
+    from batchata_df.providers.gemini import INPUT_MIME_TYPE, GeminiProvider
+
+    monkeypatch.setattr(GeminiProvider, "inline_max_bytes", 10)  # through a file
+    out = pl.DataFrame({"t": ["a", "b"]}).pipe(
+        batch_llm, model="gemini-2.5-flash", prompt="{t}", state=tmp_path / "s")
+    assert out["_status"].to_list() == ["completed", "completed"]
+    assert INPUT_MIME_TYPE == "text/plain"
+    c = client(emu)
+    (uploaded,) = [f for f in c.files.list() if f.source == types.FileSource.UPLOADED]
+    assert uploaded.mime_type == "text/plain"

@@ -124,8 +124,10 @@ def test_image_rules() -> None:
     # patch models: 1024x1024 -> 32*32 patches = 1024, times 1.62 for gpt-4.1-mini
     assert image_tokens(1024, 1024, "openai", "gpt-4.1-mini") == math.ceil(1024 * 1.62)
     assert image_tokens(4000, 4000, "openai", "gpt-4.1-mini") <= math.ceil(1536 * 1.62)
-    # Anthropic: w*h/750, at most ~1.15 MP
-    assert image_tokens(200, 200, "anthropic", "claude-sonnet-4-5") == 54
+    # Anthropic: ceil(w/28) * ceil(h/28) visual tokens (current vision guide) or w*h/750
+    # (the earlier guide), whichever is larger; at most ~1.15 MP before Opus 4.7.
+    assert image_tokens(200, 200, "anthropic", "claude-sonnet-4-5") == 8 * 8  # > 54 (/750)
+    assert image_tokens(1000, 1000, "anthropic", "claude-sonnet-4-5") == 1334  # > 36 * 36
     assert image_tokens(5000, 5000, "anthropic", "claude-sonnet-4-5") <= 1534
     # Gemini: 258 per small image, 258 per 768px tile otherwise
     assert image_tokens(384, 384, "gemini", "gemini-2.0-flash") == 258

@@ -43,6 +43,13 @@ batch is ``EXPIRED`` at 48 h (simulated clock) and has **no results**. A batch w
 input holds no readable request line ends ``FAILED`` (no results; the Operation carries a
 batch-level ``error``).
 
+Uploads declared as JSON Lines (``jsonl``, ``application/jsonl``, ``application/json-lines``,
+``application/x-ndjson``, ...) are refused with "Unsupported MIME type: <type>" in the
+finalize answer (HTTP 200, an error body instead of the file): the real Files API refuses
+them intermittently since October 2025 (googleapis/python-genai#1547, #1248;
+google-gemini/cookbook#1008), and the emulator refuses them always so that a client cannot
+pass by luck. ``text/plain`` and ``application/json`` are accepted.
+
 Inline data (``inlineData`` or ``inline_data``, ``mimeType`` or ``mime_type``) must be
 base64 (else the create is a 400 for inline requests, the line fails in a file); a PDF
 must be a PDF, a PNG/JPEG/WebP image must match its type, and the MIME type must be one
@@ -137,6 +144,20 @@ def create_app(core: EmulatorCore) -> GeminiApp:
 
 def _rfc3339(t: float) -> str:
     return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+REFUSED_UPLOAD_TYPES = frozenset(
+    {
+        "jsonl",
+        "application/jsonl",
+        "application/json-lines",
+        "application/jsonlines",
+        "application/x-jsonlines",
+        "application/x-ndjson",
+        "application/ndjson",
+    }
+)
+"""JSON Lines MIME types the Files API refuses (see the module docstring)."""
 
 
 class _Invalid(Exception):
@@ -853,6 +874,19 @@ class GeminiApp:
         if upload.declared is not None and upload.declared != len(data):
             raise _Invalid(
                 400, f"The upload has {len(data)} bytes but {upload.declared} were declared."
+            )
+        if upload.mime_type.strip().lower() in REFUSED_UPLOAD_TYPES:
+            # As the Files API answers it (googleapis/python-genai#1547): the finalize gets
+            # an error body instead of {"file": ...}; google-genai 3.6.1 then raises
+            # KeyError('file') (files.py ``return_file.json['file']``, #1248, #1590).
+            return Response(
+                200,
+                {"x-goog-upload-status": "final", "content-type": "application/json"},
+                _compact(
+                    error_envelope(
+                        "gemini", 400, f"Unsupported MIME type: {upload.mime_type}"
+                    )
+                ).encode(),
             )
         prefix = request.path[: len(request.path) - len(request.route)]
         meta = self._new_file(

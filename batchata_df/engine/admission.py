@@ -136,13 +136,16 @@ class Admission:
         self.state.reserved += amount
         return amount
 
-    def hold_recovered(self, batches: Iterable[InFlightBatch]) -> None:
+    def hold_recovered(
+        self, batches: Iterable[InFlightBatch], fallback: float | None = None
+    ) -> None:
         """Hold the worst case of batches re-attached after a crash.
 
         Their jobs' worst case comes from this call's job table; a job not in it (another
-        call's frame) is held at the largest worst case known.
+        call's frame) is held at ``fallback``, by default the largest worst case known.
         """
-        fallback = max(self.worst_by_job.values(), default=0.0)
+        if fallback is None:
+            fallback = max(self.worst_by_job.values(), default=0.0)
         for batch in batches:
             batch.reserved = sum(
                 self.worst_by_job.get(j, fallback) for j in batch.job_ids.to_list()

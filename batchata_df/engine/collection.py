@@ -45,7 +45,7 @@ def outcomes_to_events(
         if optional not in joined.columns:
             joined = joined.with_columns(pl.lit(None, dtype=pl.String).alias(optional))
     succeeded = joined.filter(pl.col("outcome") == "succeeded")
-    canonical, errors = spec.schema.validate(succeeded.get_column("text").to_list())
+    canonical, errors = spec.schema.validate(succeeded.get_column("text"))
     max_tokens = spec.params.get("max_tokens")
     if provider is not None and model is not None:
         from batchata_df.models import effective_params
@@ -287,9 +287,8 @@ class Collector:
             for b in self.state.in_flight
             if b is not batch and (b.provider, b.model) == (batch.provider, batch.model)
         ]
-        jobs = self.state.jobs
         too_big = batch.job_ids.len() == 1 and over_named_limit(
-            jobs.filter(pl.col("job_id") == batch.job_ids[0]) if jobs.height else jobs,
+            self.state.job_rows(batch.job_ids),
             batch.provider,
             batch.model,
             poll.detail,

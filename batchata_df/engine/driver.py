@@ -27,12 +27,13 @@ from batchata_df.engine.run import (
     RunState,
     report,
 )
+from batchata_df.engine.source import Feeder, JobSource
 from batchata_df.engine.stopping import Stopper
 from batchata_df.engine.submission import Submitter
 from batchata_df.providers.base import Provider, RequestSpec
 from batchata_df.state import StateStore
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "job_states_of"]
 
 
 class Engine:
@@ -122,10 +123,50 @@ class Engine:
         state.jobs = pl.DataFrame()  # the job table is only needed while driving
         return with_unavailable(_job_states(ctx.store), state.unavailable, unsent)
 
-    def _drive(self, planner: Planner, admission: Admission) -> pl.DataFrame | None:
+    def run_source(self, source: JobSource) -> pl.DataFrame | None:
+        """Run the jobs of ``source``, one chunk at a time (a streaming run).
+
+        Nothing per job of the whole input is held: each chunk is checked against the state
+        folder by its own job ids and planned when the previous one has gone. Results stay
+        in the state folder (read them back by job id: :func:`job_states_of`). Returns the
+        jobs left unsent after failed creates with ``wait=False`` (``job_id``, ``error``),
+        like :meth:`run`'s extra rows, or ``None``.
+        """
+        ctx, state = self.ctx, self.state
+        state.in_flight = recover(ctx, state)
+        if state.in_flight:
+            state.first_submit_at = state.started
+        state.spent = ctx.store.spent()
+        calibration = Calibration(est_input={})
+        planner = Planner(ctx.providers, ctx.spec, ctx.options.items_per_batch)
+        feeder = Feeder(ctx, state, source, planner, calibration)
+        feeder.feed()  # the first chunk: its worst cases price re-attached batches
+        keys = pl.Series([b.batch_key for b in state.in_flight], dtype=pl.String)
+        held = ctx.store.assigned(keys)
+        known = held.filter(pl.col("est_cost_usd").is_not_null())
+        worst = dict(
+            zip(
+                known.get_column("job_id").to_list(),
+                known.get_column("est_cost_usd").to_list(),
+                strict=True,
+            )
+        )
+        # Re-attached batches hold the worst case recorded when they were sent; jobs sent
+        # without a cap have none and are held at the largest worst case known.
+        admission = Admission(state, ctx.options.max_cost_usd, worst, calibration)
+        fallback = max([feeder.max_worst, *worst.values()])
+        admission.hold_recovered(state.in_flight, fallback=fallback)
+        admission.worst_by_job = {}  # nothing else reads it: let it go
+        return self._drive(planner, admission, feeder)
+
+    def _drive(
+        self, planner: Planner, admission: Admission, feeder: Feeder | None = None
+    ) -> pl.DataFrame | None:
         """Run the loop; return the jobs left unsent (``wait=False``) after failed creates.
 
         Those have no event: the returned ``job_id`` / ``error`` frame gives their reason.
+        With a ``feeder`` (streaming), the next chunk is planned whenever the planner runs
+        dry, and on a stop every chunk not yet read ends ``cancelled`` like unsent jobs.
         """
         ctx, state, opts = self.ctx, self.state, self.ctx.options
         ledger = Ledger(ctx, state)
@@ -144,21 +185,37 @@ class Engine:
             stop_reason = stop_reason or stopper.reason()
             if stop_reason is not None:
                 stopper.stop(stop_reason, planner, requeue)
+                while feeder is not None and feeder.feed():  # the chunks not read yet
+                    stopper.cancel_unsent(stop_reason, planner)
             elif planner.current() is None and (again := requeue.take(state.in_flight)):
                 job_ids, max_items = again
-                subset = state.jobs.filter(pl.col("job_id").is_in(job_ids.implode()))
-                planner.add(subset, items_per_batch=max_items)
+                planner.add(state.job_rows(job_ids), items_per_batch=max_items)
+            if stop_reason is None and feeder is not None and planner.current() is None:
+                feeder.feed()
             submitter.fill(planner)
+            while (
+                feeder is not None
+                and stop_reason is None
+                and planner.current() is None
+                and not submitter.blocked
+                and len(state.in_flight) < opts.max_parallel_batches
+                and feeder.feed()
+            ):
+                submitter.fill(planner)  # slots left: the next chunk goes this round
             if submitter.blocked:
                 stopper.cancel_unsent(submitter.blocked, planner, requeue)
             retrying = planner.current() is not None and submitter.retrying()
             if planner.current() is not None and not state.in_flight and not retrying:
                 # Nothing in flight will free budget: what does not fit now never will.
                 stopper.cancel_unsent("cost_limit", planner)
+                while feeder is not None and feeder.feed():  # nor will any later chunk
+                    stopper.cancel_unsent("cost_limit", planner)
             report(ctx, state, "running")
             waiting_requeue = bool(requeue.items) and stop_reason is None
             if not state.in_flight and not retrying and not waiting_requeue:
-                break
+                if feeder is None or feeder.exhausted or not opts.wait or planner.current():
+                    break
+                continue  # a chunk with nothing to send: read the next one
             collector.poll_due()
             if stop_reason is not None and stopper.past_grace():
                 # Cancelled batches that will not end (or cannot be observed) in the grace
@@ -235,9 +292,14 @@ def with_unavailable(
     return states
 
 
-def _job_states(store: StateStore) -> pl.DataFrame:
+def job_states_of(store: StateStore, job_ids: pl.Series | None = None) -> pl.DataFrame:
+    """The latest state of jobs (all, or ``job_ids``), cost and tokens over every attempt."""
+    return _job_states(store, job_ids)
+
+
+def _job_states(store: StateStore, job_ids: pl.Series | None = None) -> pl.DataFrame:
     """The latest state of every job, with cost and tokens added up over every attempt."""
-    latest, billed = store.snapshot()
+    latest, billed = store.snapshot(job_ids)
     state = latest.drop("cost_usd", "input_tokens", "output_tokens", "reasoning_tokens").join(
         billed, on="job_id", how="left"
     )

@@ -56,8 +56,15 @@ def recover(ctx: RunContext, state: RunState) -> list[InFlightBatch]:
     state.known_ids = set(batches.get_column("provider_batch_id").drop_nulls().to_list())
     if batches.height == 0:
         return []
-    job_events = store.job_events().filter(pl.col("status") == "assigned")
-    members = job_events.group_by("batch_key").agg(pl.col("job_id"))
+    # Only the members of batches still open are needed: read them alone, not the folder.
+    open_keys = batches.filter(
+        pl.col("status").is_in([*IN_FLIGHT, BatchPhase.INTENT.value])
+    ).get_column("batch_key")
+    members = (
+        store.assigned(open_keys)
+        .group_by("batch_key", maintain_order=True)
+        .agg(pl.col("job_id"))
+    )
     member_map = {
         row[0]: pl.Series("job_id", row[1], dtype=pl.String) for row in members.iter_rows()
     }

@@ -167,6 +167,17 @@ class RunState:
     done_at_start: int = 0
     """Jobs already ended before this call (they say nothing about throughput)."""
     stop_reason: str | None = None
+    lookup: Callable[[pl.Series], pl.DataFrame] | None = None
+    """Where job rows come from when ``jobs`` is not the whole table (a streaming run's
+    :class:`~batchata_df.engine.source.JobSource`); see :meth:`job_rows`."""
+
+    def job_rows(self, job_ids: pl.Series) -> pl.DataFrame:
+        """The job table's rows of ``job_ids`` (requeued jobs, a refused request)."""
+        if self.lookup is not None:
+            return self.lookup(job_ids)
+        if self.jobs.height == 0:
+            return self.jobs
+        return self.jobs.filter(pl.col("job_id").is_in(job_ids.implode()))
 
     def release(self, amount: float) -> None:
         """Give back a reservation (the batch ended, was refused, or never got created)."""

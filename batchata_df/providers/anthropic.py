@@ -40,6 +40,7 @@ from batchata_df.providers.base import (
     empty_results,
     history_messages,
     json_string,
+    read_jsonl,
     result_lines,
     with_result_lines,
 )
@@ -525,7 +526,7 @@ def decode_results(data: bytes, spec: RequestSpec | None = None) -> pl.DataFrame
         return empty_results()
     citations = spec is not None and spec.citations
     responses = spec is not None and spec.keep_responses
-    raw = pl.read_ndjson(io.BytesIO(data), schema=_CITED_SCHEMA if citations else _LINE_SCHEMA)
+    raw = read_jsonl(data, _CITED_SCHEMA if citations else _LINE_SCHEMA)
     if responses:  # each line as Anthropic sent it
         raw = with_result_lines(raw, result_lines(data))
     result = pl.col("result")

@@ -52,6 +52,7 @@ from batchata_df.providers.base import (
     empty_results,
     history_messages,
     json_string,
+    read_jsonl,
     result_lines,
     with_result_lines,
 )
@@ -64,7 +65,15 @@ if TYPE_CHECKING:
 __all__ = ["GeminiProvider", "decode_lines", "gemini_json_schema"]
 
 API_VERSION = "v1beta"
-INPUT_MIME_TYPE = "jsonl"  # what Google's batch docs upload with; .jsonl has no stdlib mime type
+INPUT_MIME_TYPE = "text/plain"
+"""MIME type of the uploaded JSONL input. Google's batch docs upload with ``"jsonl"``, which
+the Files API has refused intermittently since October 2025 ("Unsupported MIME type: jsonl",
+googleapis/python-genai#1547; google-genai then raises ``KeyError('file')``, #1248, #1590),
+as it does ``application/jsonl`` and ``application/json-lines`` (google-gemini/cookbook#1008).
+``text/plain`` is among the Files API's documented text types and is what the workarounds
+in those threads settled on; the batch reads the file's lines whatever its declared type.
+google-genai 3.6.1 sends it as ``X-Goog-Upload-Header-Content-Type`` and ``file.mime_type``
+(``_extra_utils.prepare_resumable_upload``)."""
 CANCELLED_CODES = frozenset({1, 499})  # google.rpc.Code.CANCELLED and its HTTP form
 
 _STATES = {
@@ -278,9 +287,12 @@ class GeminiProvider:
     max_requests: ClassVar[int] = 100_000
     max_bytes: ClassVar[int] = 2_000_000_000
     """An uploaded input file holds at most 2 GB."""
-    inline_max_bytes: ClassVar[int] = 19 * 1024 * 1024
+    inline_max_bytes: ClassVar[int] = 256 * 1024
     """Requests totalling fewer bytes are sent inline; larger ones go through a file upload.
-    The API refuses an inline request over 20 MB; the margin covers the JSON the SDK adds."""
+    The API refuses an inline request over 20 MB, but inline requests and responses pass
+    through google-genai's Pydantic models one by one (~1 ms of client CPU per request,
+    ``benchmarks/PROFILE.md``) where a file is uploaded and decoded column-wise (~30 us):
+    only small batches (a few hundred short requests) are worth the saved upload."""
     retry_attempts: ClassVar[int] = 5
     retry_initial_delay: ClassVar[float] = 1.0
     retry_max_delay: ClassVar[float] = 30.0
@@ -721,7 +733,7 @@ def decode_lines(data: bytes, *, responses: bool = False) -> pl.DataFrame:
     data = data.strip()
     if not data:
         return empty_results()
-    raw = pl.read_ndjson(io.BytesIO(data), schema=_LINE_SCHEMA)
+    raw = read_jsonl(data, _LINE_SCHEMA)
     if responses:
         raw = with_result_lines(raw, result_lines(data))
     raw = raw.filter(pl.col("key").is_not_null())

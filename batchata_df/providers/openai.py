@@ -8,7 +8,6 @@ which is how a resumed run finds a batch created just before a crash.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -36,6 +35,7 @@ from batchata_df.providers.base import (
     empty_results,
     history_messages,
     json_string,
+    read_jsonl,
     result_lines,
     with_result_lines,
 )
@@ -389,7 +389,7 @@ def decode_lines(data: bytes, *, responses: bool = False) -> pl.DataFrame:
     data = data.strip()
     if not data:
         return empty_results()
-    raw = pl.read_ndjson(io.BytesIO(data), schema=_LINE_SCHEMA)
+    raw = read_jsonl(data, _LINE_SCHEMA)
     if responses:
         raw = with_result_lines(raw, result_lines(data))
     resp = pl.col("response")

@@ -1,0 +1,128 @@
+"""Job sources: jobs arriving in chunks, for runs whose job table never fits in memory.
+
+A streaming run (``batch_llm(lf, ..., sink=...)``) does not hand the engine a job table; it
+hands it a :class:`JobSource`, and the engine pulls the next chunk only when everything
+before it is in a provider batch (:class:`Feeder`). Each chunk is checked against the
+state folder by its own job ids (completed, failed unless ``retry_failed``, or in a batch
+still open are not sent), so what the engine holds is one chunk plus the job ids of the
+batches in flight, whatever the size of the input.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import polars as pl
+
+from batchata_df.engine.admission import Calibration
+from batchata_df.engine.planning import Planner
+from batchata_df.engine.recovery import settled
+from batchata_df.engine.run import RunContext, RunState
+
+__all__ = ["Feeder", "JobSource"]
+
+
+class JobSource(Protocol):
+    """Where a streaming run's jobs come from, one chunk at a time."""
+
+    expected_rows: int
+    """Input rows expected in all (for the progress total before every chunk is seen)."""
+    rows_seen: int
+    """Input rows read so far."""
+
+    def next_chunk(self) -> pl.DataFrame | None:
+        """The next chunk's jobs (``None``: no more).
+
+        One row per job id not already given in an earlier chunk (identical requests are
+        one job across the whole input), with the job table's columns (``job_id``,
+        ``provider``, ``model``, ``prompt``, ``system``, and estimates with a cap).
+        """
+        ...
+
+    def lookup(self, job_ids: pl.Series) -> pl.DataFrame:
+        """The job table's rows of ``job_ids`` (requeued jobs are planned again from them)."""
+        ...
+
+
+class Feeder:
+    """Gives the planner the next chunk of a :class:`JobSource` when it runs dry.
+
+    Jobs already settled in the state folder or in a batch in flight are not queued; they
+    count as done at start (progress), like the rows of an in-memory run that resumes.
+    """
+
+    def __init__(
+        self,
+        ctx: RunContext,
+        state: RunState,
+        source: JobSource,
+        planner: Planner,
+        calibration: Calibration,
+    ) -> None:
+        self.ctx, self.state, self.source = ctx, state, source
+        self.planner, self.calibration = planner, calibration
+        self.exhausted = False
+        self.jobs_seen = 0
+        self.max_worst = 0.0
+        """The largest worst case seen (holds re-attached batches of unknown worst case)."""
+        state.lookup = source.lookup
+        self._total()
+
+    def _total(self) -> None:
+        left = max(0, self.source.expected_rows - self.source.rows_seen)
+        self.state.total = self.jobs_seen + left
+
+    def feed(self) -> bool:
+        """Queue the next chunk that has anything to send; ``False`` once there is none."""
+        while not self.exhausted:
+            chunk = self.source.next_chunk()
+            if chunk is None:
+                self.exhausted = True
+                break
+            todo = self._unsettled(chunk)
+            self.jobs_seen += chunk.height
+            self._total()
+            if todo.height:
+                if "worst_usd" in todo.columns:
+                    top = todo.get_column("worst_usd").max()
+                    self.max_worst = max(self.max_worst, float(top or 0.0))  # type: ignore[arg-type]
+                if "est_input_tokens" in todo.columns:
+                    self._estimates(todo)
+                self.planner.add(todo)
+                return True
+        self._total()
+        return False
+
+    def _estimates(self, todo: pl.DataFrame) -> None:
+        """Calibration's estimates: this chunk's and those of the batches still in flight.
+
+        The previous chunk has left the planner (sent or ended), so estimates of jobs no
+        longer in flight are dropped: memory follows the chunk. A requeued job without its
+        estimate only makes calibration more cautious (its actual tokens count, its
+        estimate does not).
+        """
+        keep = {j for b in self.state.in_flight for j in b.job_ids.to_list()}
+        est = {j: v for j, v in self.calibration.est_input.items() if j in keep}
+        est.update(
+            zip(
+                todo.get_column("job_id").to_list(),
+                todo.get_column("est_input_tokens").to_list(),
+                strict=True,
+            )
+        )
+        self.calibration.est_input = est
+
+    def _unsettled(self, chunk: pl.DataFrame) -> pl.DataFrame:
+        """The chunk's jobs to send; counts the others as done (progress)."""
+        ids = chunk.get_column("job_id")
+        latest, _ = self.ctx.store.snapshot(ids)
+        # Settled jobs are done (cancelled ones, and failed ones with retry_failed, go again).
+        done = terminal = settled(latest, retry_failed=self.ctx.options.retry_failed)
+        for status in self.state.done:
+            self.state.done[status] += int((done.get_column("status") == status).sum())
+        self.state.cost += float(done.get_column("cost_usd").fill_null(0.0).sum())
+        self.state.done_at_start += done.height
+        skip = terminal.get_column("job_id")
+        if self.state.in_flight:
+            skip = pl.concat([skip, *(b.job_ids for b in self.state.in_flight)])
+        return chunk.filter(~pl.col("job_id").is_in(skip.implode()))

@@ -1,0 +1,443 @@
+"""Streaming runs: a LazyFrame in chunks, the result written to a Parquet sink.
+
+``batch_llm(lf, ..., sink="out.parquet")`` never holds the input, the job table or the
+answers whole. It goes in two passes over bounded pieces:
+
+1. **Send and collect.** The input is read in chunks of ``chunk_rows`` rows
+   (``LazyFrame.collect_batches``: Polars' streaming engine). Each chunk's jobs are built
+   (job ids, prompts, estimates) and the chunk is spilled to the state folder
+   (``<state>/.stream-<call>/chunk-<k>.parquet``: the input rows with their job id, input
+   error and whether an earlier chunk had the same request). The engine pulls the next
+   chunk only when the previous one is in provider batches
+   (:class:`~batchata_df.engine.source.Feeder`); answers go to the state folder's
+   Parquet parts as usual.
+2. **Assemble.** Each spilled chunk is joined with the state of its own job ids (read with
+   the filter pushed into the scan) and appended to the sink as Parquet row groups
+   (``pyarrow.parquet.ParquetWriter``) in input order; the sink is written to a hidden
+   temporary name and renamed when complete. The state folder's parts are then compacted
+   (:meth:`~batchata_df.state.StateStore.compact`) and the spilled chunks removed.
+
+A killed run leaves its spilled chunks (removed by the next call, which holds the lock)
+and its state parts; the next call reads the input again chunk by chunk, sends only what
+the state folder does not have (nothing twice: the usual intents, ids and lookups), and
+writes the sink again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import shutil
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from pydantic import BaseModel
+
+from batchata_df.citations import citation_columns
+from batchata_df.cost import PriceOverride, PriceTable
+from batchata_df.engine import Engine, RunOptions
+from batchata_df.engine.driver import job_states_of, with_unavailable
+from batchata_df.errors import ConfigError
+from batchata_df.jobs import build_jobs, check_param_values, check_params
+from batchata_df.providers import SUPPORTED_PARAMS, make_provider
+from batchata_df.providers.base import Provider, RequestSpec
+from batchata_df.schema import AnswerSchema
+from batchata_df.schema_limits import check_schema_limits
+from batchata_df.state import JOB_EVENTS, StateStore, WriterLock, check_lock_timeout
+from batchata_df.validate import check_patience, check_run_arguments
+
+__all__ = ["DEFAULT_CHUNK_ROWS", "stream_llm"]
+
+DEFAULT_CHUNK_ROWS = 200_000
+"""Rows read, hashed and planned at a time by a streaming run (memory follows it)."""
+
+_JOB = "__batchata_job_id"
+_ERR = "__batchata_input_error"
+_LATER = "__batchata_later"
+_SPILL_PREFIX = ".stream-"
+
+
+def stream_llm(
+    lf: pl.LazyFrame,
+    *,
+    sink: str | os.PathLike[str],
+    chunk_rows: int | None,
+    schema: type[BaseModel] | None,
+    model: str | pl.Expr,
+    prompt: str | pl.Expr,
+    state: str | os.PathLike[str] | None,
+    system: str | pl.Expr | None,
+    files: str | None,
+    citations: bool,
+    params: Mapping[str, Any] | None,
+    max_cost_usd: float | None,
+    time_limit: Any,
+    dry_run: bool,
+    items_per_batch: int | None,
+    max_parallel_batches: int,
+    progress: Any,
+    wait: bool,
+    prices: Mapping[str, PriceOverride] | None,
+    retry_failed: bool,
+    provider_patience: Any,
+    keep_raw: bool,
+    lock_timeout: float | None,
+    history: str | None,
+    keep_responses: bool = False,
+) -> pl.LazyFrame:
+    """``batch_llm`` with ``sink=``: see :func:`batchata_df.batch_llm` and the module."""
+    from batchata_df import frame as fr
+
+    rows = DEFAULT_CHUNK_ROWS if chunk_rows is None else chunk_rows
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+        msg = f"chunk_rows must be a whole number of rows >= 1, got {chunk_rows!r}"
+        raise ConfigError(msg)
+    sink_path = Path(sink)
+    if sink_path.suffix.lower() != ".parquet":
+        msg = (
+            f"sink= writes Parquet: give a path ending in .parquet (got {str(sink)!r}), or "
+            "leave sink out to get a DataFrame back"
+        )
+        raise ConfigError(msg)
+    if dry_run:
+        msg = (
+            "dry_run=True plans in memory and returns the plan: leave sink= out for a dry "
+            "run (pass the LazyFrame: it is collected), then run again with sink="
+        )
+        raise ConfigError(msg)
+    patience_s = check_patience(provider_patience)
+    time_limit_s = check_run_arguments(
+        max_cost_usd=max_cost_usd,
+        time_limit=time_limit,
+        items_per_batch=items_per_batch,
+        max_parallel_batches=max_parallel_batches,
+        flags={"wait": wait, "dry_run": dry_run, "retry_failed": retry_failed,
+               "citations": citations, "keep_raw": keep_raw,
+               "keep_responses": keep_responses},
+        state=state,
+        prices=prices,
+        params=params,
+    )
+    if not wait and state is None:
+        msg = "wait=False needs state='some/folder' so that a later call can collect results"
+        raise ConfigError(msg)
+    answer = AnswerSchema(schema)
+    cite_columns = citation_columns(answer.columns) if citations else []
+    columns = list(lf.collect_schema().names())
+    fr._check_collisions(
+        columns,
+        [
+            *answer.columns,
+            *cite_columns,
+            *([fr.RAW_COLUMN] if keep_raw else []),
+            *([fr.RESPONSE_COLUMN] if keep_responses else []),
+        ],
+    )
+    if citations and files is None:
+        msg = (
+            "citations=True needs documents to cite: pass files='<column of file paths>' "
+            "(PDF or text), or remove citations=True"
+        )
+        raise ConfigError(msg)
+    if files is not None and not isinstance(files, str):
+        msg = f"files= takes the name of a column of paths or bytes, got {files!r}"
+        raise ConfigError(msg)
+    lock_wait = check_lock_timeout(lock_timeout)
+    price_table = PriceTable(prices)
+    fingerprint = fr._fingerprint(
+        model, prompt, system, answer, params, citations=citations, history=history
+    )
+    fingerprint, salt = fr._job_salt(state, fingerprint)
+
+    # Everything checkable is checked on one row per model before anything is read in
+    # full or sent: templates, columns, models, parameters (the models of a per-row model
+    # expression come from one streaming pass over that expression alone).
+    probe = _probe(lf, model)
+    probe_jobs = build_jobs(
+        probe, model=model, prompt=prompt, system=system, salt=salt, history=history
+    )
+    needed = sorted(set(probe_jobs.get_column("provider").drop_nulls().to_list()))
+    supported = frozenset.intersection(
+        *[SUPPORTED_PARAMS.get(p, frozenset()) for p in needed]
+    ) if needed else SUPPORTED_PARAMS["openai"]
+    if citations and any(p not in fr.CITATION_PROVIDERS for p in needed):
+        other = [p for p in needed if p not in fr.CITATION_PROVIDERS]
+        msg = (
+            f"citations=True is supported for {sorted(fr.CITATION_PROVIDERS)!r} models only, "
+            f"but this run uses {other!r}; use a Claude model (e.g. model='claude-haiku-4-5') "
+            "or remove citations=True"
+        )
+        raise ConfigError(msg)
+    check_schema_limits(answer.json_schema, needed, name=answer.name)
+    run_params = check_params(params, supported)
+    check_param_values(run_params, needed)
+    fr._check_models(
+        probe_jobs, run_params, structured=answer.json_schema is not None, citations=citations
+    )
+    spec = RequestSpec(
+        schema=answer, params=run_params, citations=citations, keep_responses=keep_responses
+    )
+    if files is not None:
+        from batchata_df.files import content_preparer
+
+        spec = dataclasses.replace(spec, prepare=content_preparer(citations=citations))
+    if max_cost_usd is not None:
+        # Prices are needed for the cap: a model without one fails here, before spending.
+        fr.with_estimates(
+            probe_jobs.filter(pl.col("input_error").is_null()), spec, price_table,
+            why="max_cost_usd",
+        )
+    options = RunOptions(
+        items_per_batch=items_per_batch,
+        max_parallel_batches=max_parallel_batches,
+        wait=wait,
+        time_limit_s=time_limit_s,
+        retry_failed=retry_failed,
+        max_cost_usd=max_cost_usd,
+        provider_patience_s=patience_s,
+    )
+
+    def jobs_of(chunk: pl.DataFrame) -> pl.DataFrame:
+        jobs = build_jobs(
+            chunk, model=model, prompt=prompt, system=system, salt=salt, history=history
+        )
+        if files is not None:
+            from batchata_df.files import attach_files
+
+            jobs = attach_files(jobs, chunk, files, salt=salt)
+        return jobs
+
+    def estimate(sendable: pl.DataFrame) -> pl.DataFrame:
+        if max_cost_usd is None:
+            return sendable
+        return fr.with_estimates(sendable, spec, price_table, why="max_cost_usd")
+
+    fr._load_dotenv()
+    providers: dict[str, Provider] = {}
+    display = fr._progress_callback(progress, max_cost_usd)
+    expected = int(lf.select(pl.len()).collect().item())
+    try:
+        for name in needed:
+            providers[name] = make_provider(name)
+        with fr._state_folder(state) as folder, WriterLock(folder, lock_wait):
+            store = StateStore(folder, fingerprint)
+            for stale in folder.glob(f"{_SPILL_PREFIX}*"):
+                shutil.rmtree(stale, ignore_errors=True)  # left by a killed call
+            spill = folder / f"{_SPILL_PREFIX}{secrets.token_hex(4)}"
+            spill.mkdir()
+            source = ChunkSource(lf, spill, rows, jobs_of, estimate, expected)
+            stop = threading.Event()
+            engine = Engine(
+                store, providers, spec, price_table, options,
+                progress=display, stop_event=stop, make_provider=make_provider,
+            )
+            with fr._interrupt_sets(stop):
+                unsent = engine.run_source(source)
+            source.read_rest()  # rows never read (wait=False, a stop): pending or cancelled
+            flagged = _write_sink(
+                sink_path, source.files, store, engine.state.unavailable, unsent, answer,
+                pl.DataFrame(schema=lf.collect_schema()), citations=citations, keep_raw=keep_raw,
+                keep_responses=keep_responses,
+            )
+            store.compact()
+            shutil.rmtree(spill, ignore_errors=True)
+    finally:
+        close = getattr(display, "close", None)
+        if callable(close):
+            close()
+        for provider in providers.values():
+            provider.close()
+    if flagged is not None:
+        fr._warn_unavailable(flagged)
+    return pl.scan_parquet(sink_path)
+
+
+def _probe(lf: pl.LazyFrame, model: str | pl.Expr) -> pl.DataFrame:
+    """One input row per distinct model (the first row, for a model given by name)."""
+    if not isinstance(model, pl.Expr):
+        return lf.head(1).collect()
+    key = "\u0000model"
+    return (
+        lf.with_columns(model.cast(pl.String).alias(key))
+        .unique(key, keep="first", maintain_order=True)
+        .drop(key)
+        .collect(engine="streaming")
+    )
+
+
+def _chunks(lf: pl.LazyFrame, rows: int, total: int) -> Iterator[pl.DataFrame]:
+    """The input in chunks of ``rows`` rows, in order.
+
+    A plain Parquet scan (or a frame in memory) is read by slices: Polars pushes each slice
+    into the scan (only the row groups it needs are read), which keeps memory at one chunk.
+    Any other plan goes through ``collect_batches`` (Polars' streaming engine, which reads
+    ahead a bounded amount), so it runs once whatever it does.
+    """
+    if _sliceable(lf):
+        for offset in range(0, total, rows):
+            yield lf.slice(offset, rows).collect()
+        return
+    yield from lf.collect_batches(chunk_size=rows, maintain_order=True)
+
+
+def _sliceable(lf: pl.LazyFrame) -> bool:
+    """Whether the optimized plan is one Parquet scan or in-memory frame, unfiltered."""
+    lines = [
+        line
+        for line in lf.explain().splitlines()
+        if line.strip() and not line.startswith(("PROJECT", "ESTIMATED ROWS"))
+    ]
+    return len(lines) == 1 and lines[0].startswith(("Parquet SCAN", "DF "))
+
+
+class ChunkSource:
+    """A :class:`~batchata_df.engine.source.JobSource` over a LazyFrame, read in chunks.
+
+    Each chunk is spilled to ``spill`` with its keys; identical requests in different
+    chunks are one job (a later chunk's copy is marked and not given to the engine).
+    """
+
+    def __init__(
+        self,
+        lf: pl.LazyFrame,
+        spill: Path,
+        chunk_rows: int,
+        jobs_of: Callable[[pl.DataFrame], pl.DataFrame],
+        estimate: Callable[[pl.DataFrame], pl.DataFrame],
+        expected_rows: int,
+    ) -> None:
+        self.spill, self.jobs_of, self.estimate = spill, jobs_of, estimate
+        self.expected_rows = expected_rows
+        self.rows_seen = 0
+        self.files: list[Path] = []
+        self._batches = _chunks(lf, chunk_rows, expected_rows)
+
+    def _read(self) -> tuple[pl.DataFrame, pl.DataFrame] | None:
+        """Read, key and spill the next chunk: ``(chunk with keys, its jobs)``."""
+        chunk = next(self._batches, None)
+        if chunk is None:
+            return None
+        jobs = self.jobs_of(chunk)
+        ids = jobs.get_column("job_id")
+        later = pl.Series(_LATER, [False] * chunk.height, dtype=pl.Boolean)
+        if self.files:
+            seen = (
+                pl.scan_parquet(self.files)
+                .select(pl.col(_JOB))
+                .filter(pl.col(_JOB).is_in(ids.unique().implode()))
+                .unique()
+                .collect()
+                .to_series()
+            )
+            if seen.len():
+                later = ids.is_in(seen.implode()).alias(_LATER)
+        keyed = chunk.with_columns(
+            ids.alias(_JOB), jobs.get_column("input_error").alias(_ERR), later
+        )
+        path = self.spill / f"chunk-{len(self.files):06d}.parquet"
+        keyed.write_parquet(path, compression="zstd", statistics=False)
+        self.files.append(path)
+        self.rows_seen += chunk.height
+        return keyed, jobs.with_columns(later)
+
+    def next_chunk(self) -> pl.DataFrame | None:
+        """The next chunk's jobs not given before (see the protocol)."""
+        read = self._read()
+        if read is None:
+            return None
+        _, jobs = read
+        sendable = (
+            jobs.filter(pl.col("input_error").is_null() & ~pl.col(_LATER))
+            .unique("job_id", keep="first", maintain_order=True)
+            .drop("input_error", _LATER)
+        )
+        return self.estimate(sendable)
+
+    def read_rest(self) -> None:
+        """Spill the chunks never read (their rows are written to the sink too)."""
+        while self._read() is not None:
+            pass
+
+    def lookup(self, job_ids: pl.Series) -> pl.DataFrame:
+        """Rebuild the job rows of ``job_ids`` from the spilled chunks."""
+        if not self.files:
+            return pl.DataFrame()
+        rows = (
+            pl.scan_parquet(self.files)
+            .filter(pl.col(_JOB).is_in(job_ids.implode()))
+            .unique(_JOB, keep="first", maintain_order=True)
+            .collect()
+        )
+        jobs = self.jobs_of(rows.drop(_JOB, _ERR, _LATER))
+        return self.estimate(jobs.filter(pl.col("input_error").is_null()).drop("input_error"))
+
+
+def _write_sink(
+    sink: Path,
+    chunks: list[Path],
+    store: StateStore,
+    unavailable: dict[str, str],
+    unsent: pl.DataFrame | None,
+    answer: AnswerSchema,
+    empty: pl.DataFrame,
+    *,
+    citations: bool,
+    keep_raw: bool,
+    keep_responses: bool,
+) -> pl.DataFrame | None:
+    """Assemble each spilled chunk with its jobs' states into ``sink``, in input order.
+
+    Returns the ``status``/``error`` of rows flagged ``provider_unavailable`` (for the
+    warning), or ``None``.
+    """
+    import pyarrow.parquet as pq  # type: ignore[import-untyped]
+
+    from batchata_df import frame as fr
+
+    sink.parent.mkdir(parents=True, exist_ok=True)
+    tmp = sink.with_name(f".tmp-{sink.name}-{secrets.token_hex(4)}")
+    writer: pq.ParquetWriter | None = None
+    flagged: list[pl.DataFrame] = []
+    try:
+        for path in chunks:
+            chunk = pl.read_parquet(path)
+            keys = chunk.select(
+                pl.col(_JOB).alias("job_id"),
+                pl.col(_ERR).alias("input_error"),
+                pl.col(_LATER).alias("later"),
+            )
+            ids = keys.filter(pl.col("input_error").is_null()).get_column("job_id").unique()
+            results = with_unavailable(job_states_of(store, ids), unavailable, unsent)
+            hit = results.filter(
+                pl.col("error").str.contains("provider_unavailable: ", literal=True)
+            )
+            if hit.height:
+                flagged.append(hit.select("status", "error"))
+            out = fr._assemble(
+                chunk.drop(_JOB, _ERR, _LATER), keys, results, answer,
+                citations=citations, keep_raw=keep_raw, keep_responses=keep_responses,
+            )
+            table = out.to_arrow()
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
+            writer.write_table(table.cast(writer.schema))
+            del chunk, keys, results, out, table
+        if writer is None:  # no input rows: an empty file with the output's columns
+            out = fr._assemble(
+                empty, pl.DataFrame(schema={"job_id": pl.String, "input_error": pl.String}),
+                pl.DataFrame(schema=dict(JOB_EVENTS)), answer,
+                citations=citations, keep_raw=keep_raw, keep_responses=keep_responses,
+            )
+            writer = pq.ParquetWriter(tmp, out.to_arrow().schema, compression="zstd")
+        writer.close()
+        writer = None
+        os.replace(tmp, sink)
+    finally:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+    return pl.concat(flagged) if flagged else None

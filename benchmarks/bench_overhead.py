@@ -1,0 +1,372 @@
+"""Client overhead of batch_llm beside the leanest floor, per provider and size (issue 14).
+
+Every client is a fresh process (imports included) against ONE emulator process with zero
+latency (``Emulator(latency=0.0)``, reset before every client). Per size and provider, the
+floor and batch_llm run alternately, ``--runs`` times each (default 3), so each ratio is
+measured side by side in the same run. Recorded per client run: wall seconds, client CPU
+seconds (user + system from the child's own ``rusage``: its work, whatever the emulator
+does), peak RSS (``ru_maxrss`` of the child), emulator CPU seconds during the run (from
+``/proc/<pid>/stat``) and, for batch_llm, the checkpoint folder's size. The load average
+(``os.getloadavg``) is recorded before and after every point: the machine is shared.
+
+Workload: N chat requests (~150-character prompts, built with a Polars expression in both
+clients) with strict structured output for a 3-field model (str, float, 3-value enum).
+
+**The floor** (``FLOORS``) is what a good engineer would write with the official SDK and
+Polars when nothing but speed matters, and no checkpoints:
+
+* request lines are one ``pl.concat_str`` over the frame (the prompt JSON-escaped with
+  ``struct.json_encode``), carrying the same body batch_llm sends (same model, schema and
+  output limit), 50,000 requests per batch, all batches submitted before polling;
+* each batch's input is one ``"\\n".join`` of the slice (the fastest join measured) sent
+  as bytes: OpenAI ``files.create``, Anthropic the SDK's ``client.post`` with the
+  pre-encoded body (``messages.batches.create`` would build one dict per request), Gemini
+  ``files.upload`` of a JSONL file (never inlined requests, which the SDK parses per row);
+* results are downloaded as bytes (OpenAI ``files.content``, Anthropic
+  ``with_streaming_response.results``, Gemini ``files.download``) and decoded column-wise:
+  lines split by Polars' CSV reader, then ``str.json_decode`` of only the fields needed,
+  5,000 lines at a time (``read_ndjson`` takes ~4x the CPU on these files, and one
+  ``json_decode`` over a whole 50k-line file holds several hundred MB at once);
+* the answers are decoded into typed columns with one more ``str.json_decode`` and put
+  beside the input rows in order (the custom id is the row number).
+
+batchata_df does the same work plus what the floor leaves out: job ids (content hashes),
+checkpoints (Parquet parts, manifest, lock), validation against the Pydantic model, cost
+and token columns, the status/error of every row.
+
+The seed library (``batchata`` on PyPI) is not measured: every release on PyPI declares
+``Requires-Python >=3.12`` and this machine, CI and Debian 12's packages have Python 3.11
+only (``pip download batchata`` -> "No matching distribution"; recorded in the JSON).
+
+    python benchmarks/bench_overhead.py                          # 10k/100k/1M x 3 providers
+    python benchmarks/bench_overhead.py --sizes 10000 --runs 1   # a quick look
+    python benchmarks/bench_overhead.py --providers gemini --out /tmp/g.json   # one provider
+    python benchmarks/bench_overhead.py --merge /tmp/o.json /tmp/a.json /tmp/g.json
+    python benchmarks/report_overhead.py                         # plot + README table
+
+Results go to ``benchmarks/results/overhead.json`` (``--out``); 10M rows belong to the
+streaming path (``benchmarks/bench_stream.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+PROVIDERS = {
+    "openai": "gpt-4.1-mini",
+    "anthropic": "claude-haiku-4-5",
+    "gemini": "gemini-2.5-flash",
+}
+
+FRAME = r'''
+import sys
+import polars as pl
+n = int(sys.argv[1])
+df = pl.select(
+    pl.concat_str([pl.lit("Review "), pl.int_range(n).cast(pl.String),
+                   pl.lit(": " + "the product arrived on time and works well, " * 3)])
+    .alias("text")
+)
+'''
+
+FLOOR_COMMON = FRAME + r'''
+import io, json, time
+SCHEMA = {"type": "object", "additionalProperties": False,
+          "required": ["summary", "score", "label"],
+          "properties": {"summary": {"type": "string"}, "score": {"type": "number"},
+                         "label": {"type": "string", "enum": ["pos", "neg", "neu"]}}}
+ANSWER = pl.Struct({"summary": pl.String, "score": pl.Float64,
+                    "label": pl.Enum(["pos", "neg", "neu"])})
+PER_BATCH = 50_000
+
+def quoted(e):
+    return pl.struct(e.alias("s")).struct.json_encode().str.strip_prefix('{"s":').str.strip_suffix("}")
+
+def lines_of(frame, head, tail):
+    return frame.with_row_index("i").select(pl.concat_str([
+        pl.lit(head[0]), pl.col("i").cast(pl.String), pl.lit(head[1]), quoted(pl.col("text")),
+        pl.lit(tail)])).to_series()
+
+def decode(data, line_dtype, pick):
+    """JSONL bytes -> (i, text) with only the fields needed, 5,000 lines at a time."""
+    lines = pl.read_csv(io.BytesIO(data), has_header=False, separator="\x1f", quote_char=None,
+                        schema={"l": pl.String})
+    return pl.concat([part.select(pick(pl.col("l").str.json_decode(line_dtype)))
+                      for part in lines.iter_slices(5_000)])
+
+def finish(parts):
+    got = pl.concat(parts).sort("i")
+    assert got.height == n and got["i"].to_list()[-1] == n - 1, got.height
+    out = df.hstack(got.select(pl.col("text").str.json_decode(ANSWER).alias("a")).unnest("a"))
+    assert out.height == n and out["label"].null_count() == 0
+    print(json.dumps({"rows": out.height}))
+'''
+
+FLOORS = {
+    "openai": FLOOR_COMMON + r'''
+from openai import OpenAI
+client = OpenAI()
+fmt = {"type": "json_schema", "json_schema": {"name": "Answer", "strict": True, "schema": SCHEMA}}
+lines = lines_of(df, ('{"custom_id":"', '","method":"POST","url":"/v1/chat/completions",'
+                      '"body":{"model":"gpt-4.1-mini","messages":[{"role":"user","content":'),
+                 '}],"response_format":' + json.dumps(fmt) + ',"max_completion_tokens":4096}}')
+ids = []
+for start in range(0, n, PER_BATCH):
+    payload = "\n".join(lines.slice(start, PER_BATCH).to_list()).encode()
+    f = client.files.create(file=("in.jsonl", payload), purpose="batch")
+    ids.append(client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                                     completion_window="24h").id)
+LINE = pl.Struct({"custom_id": pl.String, "response": pl.Struct({"body": pl.Struct({
+    "choices": pl.List(pl.Struct({"message": pl.Struct({"content": pl.String})}))})})})
+def pick(line):
+    return [line.struct.field("custom_id").cast(pl.Int64).alias("i"),
+            line.struct.field("response").struct.field("body").struct.field("choices")
+            .list.first().struct.field("message").struct.field("content").alias("text")]
+parts = []
+for bid in ids:
+    while (b := client.batches.retrieve(bid)).status != "completed":
+        time.sleep(0.2)
+    parts.append(decode(client.files.content(b.output_file_id).read(), LINE, pick))
+finish(parts)
+''',
+    "anthropic": FLOOR_COMMON + r'''
+from anthropic import Anthropic
+from anthropic.types.messages import MessageBatch
+client = Anthropic()
+fmt = {"format": {"type": "json_schema", "schema": SCHEMA}}
+lines = lines_of(df, ('{"custom_id":"', '","params":{"model":"claude-haiku-4-5",'
+                      '"messages":[{"role":"user","content":'),
+                 '}],"max_tokens":4096,"output_config":' + json.dumps(fmt) + '}}')
+ids = []
+for start in range(0, n, PER_BATCH):
+    body = b'{"requests":[' + ",".join(lines.slice(start, PER_BATCH).to_list()).encode() + b"]}"
+    ids.append(client.post("/v1/messages/batches", cast_to=MessageBatch, content=body,
+                           options={"headers": {"content-type": "application/json"}}).id)
+LINE = pl.Struct({"custom_id": pl.String, "result": pl.Struct({"message": pl.Struct({
+    "content": pl.List(pl.Struct({"type": pl.String, "text": pl.String}))})})})
+def pick(line):
+    blocks = line.struct.field("result").struct.field("message").struct.field("content")
+    return [line.struct.field("custom_id").cast(pl.Int64).alias("i"),
+            blocks.list.eval(pl.element().filter(pl.element().struct.field("type") == "text")
+                             .struct.field("text")).list.join("").alias("text")]
+parts = []
+for bid in ids:
+    while client.messages.batches.retrieve(bid).processing_status != "ended":
+        time.sleep(0.2)
+    with client.messages.batches.with_streaming_response.results(bid) as r:
+        parts.append(decode(r.read(), LINE, pick))
+finish(parts)
+''',
+    "gemini": FLOOR_COMMON + r'''
+from google import genai
+from google.genai import types
+client = genai.Client()
+config = {"responseMimeType": "application/json", "responseJsonSchema": SCHEMA,
+          "maxOutputTokens": 16384}
+lines = lines_of(df, ('{"key":"', '","request":{"contents":[{"role":"user","parts":[{"text":'),
+                 '}]}],"generationConfig":' + json.dumps(config) + '}}')
+names = []
+for start in range(0, n, PER_BATCH):
+    payload = io.BytesIO("\n".join(lines.slice(start, PER_BATCH).to_list()).encode())
+    up = client.files.upload(file=payload, config=types.UploadFileConfig(mime_type="jsonl"))
+    names.append(client.batches.create(model="gemini-2.5-flash", src=up.name).name)
+LINE = pl.Struct({"key": pl.String, "response": pl.Struct({"candidates": pl.List(pl.Struct({
+    "content": pl.Struct({"parts": pl.List(pl.Struct({"text": pl.String,
+                                                      "thought": pl.Boolean}))})}))})})
+def pick(line):
+    parts = (line.struct.field("response").struct.field("candidates").list.first()
+             .struct.field("content").struct.field("parts"))
+    return [line.struct.field("key").cast(pl.Int64).alias("i"),
+            parts.list.eval(pl.element().filter(~pl.element().struct.field("thought")
+                                                .fill_null(False)).struct.field("text"))
+            .list.join("").alias("text")]
+parts = []
+for name in names:
+    while (job := client.batches.get(name=name)).state.name != "JOB_STATE_SUCCEEDED":
+        assert job.state.name not in ("JOB_STATE_FAILED", "JOB_STATE_CANCELLED"), job.state
+        time.sleep(0.2)
+    parts.append(decode(client.files.download(file=job.dest.file_name), LINE, pick))
+finish(parts)
+''',
+}
+
+OURS = FRAME + r'''
+import json
+from typing import Literal
+from pydantic import BaseModel
+from batchata_df import batch_llm
+
+class Answer(BaseModel):
+    summary: str
+    score: float
+    label: Literal["pos", "neg", "neu"]
+
+out = df.pipe(batch_llm, schema=Answer, model=sys.argv[3], prompt="{text}", state=sys.argv[2],
+              max_parallel_batches=32, progress=False)
+assert out.height == n and (out["_status"] == "completed").all(), out["_status"].value_counts()
+print(json.dumps({"rows": out.height}))
+'''
+
+SEED = {
+    "measured": False,
+    "package": "batchata",
+    "why": (
+        "not installable here: every batchata release on PyPI declares Requires-Python "
+        ">=3.12 (pip download batchata: 'No matching distribution found'), and this "
+        "machine, CI and Debian 12's packages have Python 3.11 only"
+    ),
+}
+
+
+def _proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of a live process (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_child(code: str, args: list[str], env: dict[str, str], emu_pid: int) -> dict[str, float]:
+    """Run one client in a fresh process; its wall, CPU, peak RSS and the emulator's CPU."""
+    with tempfile.TemporaryFile() as err:
+        emu0 = _proc_cpu(emu_pid)
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, *args], env=env, stdout=subprocess.DEVNULL, stderr=err
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        emu_cpu = _proc_cpu(emu_pid) - emu0
+        if os.waitstatus_to_exitcode(status) != 0:
+            err.seek(0)
+            raise SystemExit(f"benchmark child failed:\n{err.read().decode()[-3000:]}")
+    return {
+        "wall_s": round(wall, 3),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "emulator_cpu_s": round(emu_cpu, 3),
+    }
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians per client and the medians of the per-run (side-by-side) ratios."""
+    out: dict[str, Any] = {}
+    for who in ("floor", "ours"):
+        out[who] = {
+            k: round(statistics.median(r[who][k] for r in runs), 3)
+            for k in ("wall_s", "cpu_s", "peak_rss_mb", "emulator_cpu_s")
+        }
+    out["ours"]["state_mb"] = round(statistics.median(r["ours"]["state_mb"] for r in runs), 2)
+    out["ratio"] = {
+        k: round(statistics.median(r["ours"][k] / r["floor"][k] for r in runs), 3)
+        for k in ("wall_s", "cpu_s", "peak_rss_mb")
+    }
+    return out
+
+
+def _document(started: str, runs: int, points: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "benchmark": "bench_overhead",
+        "started_utc": started,
+        "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "note": "shared by several engineers while measured: see loadavg per point",
+            "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+        },
+        "workload": "N chat requests, ~150-char prompts, strict 3-field structured output; "
+        "emulator latency 0; checkpoints on for batch_llm",
+        "runs_per_point": runs,
+        "seed_library": SEED,
+        "points": points,
+    }
+
+
+def merge(paths: list[Path], out: Path) -> None:
+    """One document from several partial ones (e.g. one process per provider)."""
+    docs = [json.loads(p.read_text()) for p in paths]
+    points = sorted(
+        (pt for d in docs for pt in d["points"]),
+        key=lambda pt: (pt["rows"], list(PROVIDERS).index(pt["provider"])),
+    )
+    for pt in points:
+        pt.setdefault("n_runs", len(pt["runs"]))
+    keys = [(pt["provider"], pt["rows"]) for pt in points]
+    if len(set(keys)) != len(keys):
+        msg = f"the partial results overlap: {sorted(keys)}"
+        raise SystemExit(msg)
+    doc = _document(min(d["started_utc"] for d in docs), docs[0]["runs_per_point"], points)
+    doc["finished_utc"] = max(d["finished_utc"] for d in docs)
+    doc["machine"]["uptime"] = [d["machine"]["uptime"] for d in docs]
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--providers", nargs="+", default=list(PROVIDERS), choices=PROVIDERS)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "overhead.json")
+    parser.add_argument("--merge", type=Path, nargs="+", help="merge these partial results")
+    args = parser.parse_args()
+    if args.merge:
+        merge(args.merge, args.out)
+        return
+
+    from batchata_df.emulator import Emulator
+
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    points: list[dict[str, Any]] = []
+    args.out.parent.mkdir(exist_ok=True)
+    with Emulator(latency=0.0) as emu:
+        env = {**os.environ, **emu.env()}
+        emu_pid = emu._proc.pid if emu._proc is not None else 0
+        for n in args.sizes:
+            for provider in args.providers:
+                model = PROVIDERS[provider]
+                load_before = [round(x, 2) for x in os.getloadavg()]
+                runs: list[dict[str, Any]] = []
+                for _ in range(args.runs):
+                    emu.reset()
+                    floor = run_child(FLOORS[provider], [str(n)], env, emu_pid)
+                    emu.reset()
+                    with tempfile.TemporaryDirectory() as state:
+                        ours = run_child(OURS, [str(n), state, model], env, emu_pid)
+                        ours["state_mb"] = round(
+                            sum(p.stat().st_size for p in Path(state).rglob("*")) / 1e6, 2
+                        )
+                    runs.append({"floor": floor, "ours": ours})
+                    point = {
+                        "provider": provider,
+                        "model": model,
+                        "rows": n,
+                        "n_runs": len(runs),
+                        "runs": runs,
+                        **summarise(runs),
+                        "loadavg_before": load_before,
+                        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+                    }
+                    # Written after every run: a long run interrupted keeps what it measured
+                    # (a point with fewer runs than asked says so in n_runs).
+                    doc = _document(started, args.runs, [*points, point])
+                    args.out.write_text(json.dumps(doc, indent=1) + "\n")
+                points.append(point)
+                print(json.dumps({k: v for k, v in point.items() if k != "runs"}), flush=True)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""Batch prices where genai-prices has none, and cache tokens priced as reported (issue 8).
+
+genai-prices 0.2.3 lists some current models without a batch price (asked for one, it
+answers the standard price): a run on gemini-3.5-flash was reported, estimated and capped
+at about twice what Gemini bills. The expected numbers here are computed from genai-prices'
+*standard* price and the providers' documented batch discount (50 %), independently of the
+batch lookup under test, and compared with what the emulator served (its usage, through
+``keep_responses``) and billed (its ledger).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import polars as pl
+import pytest
+from genai_prices import Usage, calc_price
+from pydantic import BaseModel
+
+from batchata_df import batch_llm
+from batchata_df.cost import PriceTable, cost_expr, with_usage_columns
+from batchata_df.providers import anthropic as anthropic_provider
+from batchata_df.providers import gemini as gemini_provider
+from batchata_df.providers import openai as openai_provider
+
+
+class Summary(BaseModel):
+    summary: str
+
+
+def _standard_usd(provider_id: str, model: str, **usage: int) -> float:
+    """What genai-prices says the usage costs at the *standard* (not batch) price."""
+    calc = calc_price(Usage(**usage), model_ref=model, provider_id=provider_id,
+                      genai_request_timestamp=datetime.now(tz=UTC))
+    return float(calc.total_price)
+
+
+# Models genai-prices 0.2.3 lists without a batch variant (its batch lookup returns the
+# standard price), one or more per provider.
+NO_BATCH_PRICE = [
+    ("gemini", "google", "gemini-3.5-flash"),
+    ("gemini", "google", "gemini-3.7-flash"),
+    ("openai", "openai", "gpt-5.3"),
+    ("anthropic", "anthropic", "claude-opus-4-1"),
+]
+
+
+@pytest.mark.parametrize(("provider", "provider_id", "model"), NO_BATCH_PRICE,
+                         ids=[m for _, _, m in NO_BATCH_PRICE])
+def test_models_without_a_batch_price_get_the_documented_discount(provider, provider_id, model):
+    price = PriceTable().get(provider, model)
+    assert price is not None
+    assert price.source.endswith("(standard x 0.5)")
+    standard = _standard_usd(provider_id, model, input_tokens=1_000_000, output_tokens=1_000_000)
+    assert price.cost(input_tokens=1_000_000, output_tokens=1_000_000) == pytest.approx(
+        standard / 2)
+
+
+def test_gemini_batch_cache_reads_stay_at_the_standard_rate_without_a_batch_price():
+    price = PriceTable().get("gemini", "gemini-3.5-flash")
+    assert price is not None
+    # Standard: 1.50 in, 9.00 out, 0.15 cache read (genai-prices 0.2.3, Gemini pricing page).
+    assert (price.input, price.output, price.cached_input) == (0.75, 4.5, 0.15)
+
+
+@pytest.mark.parametrize(("provider", "model"), [
+    ("gemini", "gemini-2.5-flash"), ("openai", "gpt-4.1-mini"),
+    ("anthropic", "claude-haiku-4-5"),
+])
+def test_models_with_a_batch_price_keep_it(provider, model):
+    price = PriceTable().get(provider, model)
+    assert price is not None and not price.source.endswith("(standard x 0.5)")
+
+
+def test_gemini_3_5_flash_run_costs_half_the_standard_price(emu, tmp_path):
+    df = pl.DataFrame({"text": ["the parcel came late", "great service, thanks", "meh"]})
+    out = df.pipe(batch_llm, schema=Summary, model="gemini-3.5-flash", prompt="{text}",
+                  state=tmp_path / "s", keep_responses=True)
+    assert out["_status"].to_list() == ["completed"] * 3
+    # What Gemini reported, priced at half the standard price (cache reads: standard).
+    expected = []
+    for line in out["_response"].to_list():
+        usage = json.loads(line)["response"]["usageMetadata"]
+        output = usage.get("candidatesTokenCount", 0) + usage.get("thoughtsTokenCount", 0)
+        expected.append(_standard_usd("google", "gemini-3.5-flash",
+                                      input_tokens=usage["promptTokenCount"],
+                                      output_tokens=output) / 2)
+    assert out["_cost_usd"].to_list() == pytest.approx(expected)
+    # One billed request per row at the provider, none twice.
+    billed = sorted(e["custom_id"] for e in emu.billing())
+    assert billed == sorted(out["_job_id"].to_list())
+    # The dry run and the cap price the same way: the worst case is under half the
+    # standard price of the same tokens.
+    plan = df.pipe(batch_llm, schema=Summary, model="gemini-3.5-flash", prompt="{text}",
+                   dry_run=True)
+    est_in, est_out = plan["_est_input_tokens"], plan["_est_output_tokens_max"]
+    for worst, i, o in zip(plan["_est_cost_usd"].to_list(), est_in.to_list(), est_out.to_list(),
+                           strict=True):
+        standard = _standard_usd("google", "gemini-3.5-flash", input_tokens=i, output_tokens=o)
+        assert worst == pytest.approx(standard / 2)
+
+
+# -- cache tokens reported by a provider are billed at the cache rates --------------------
+
+def _priced(results: pl.DataFrame, provider: str, model: str) -> float:
+    price = PriceTable().get(provider, model)
+    frame = with_usage_columns(results.select(
+        "input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens"))
+    return float(frame.select(cost_expr(price)).item())
+
+
+def test_openai_reported_cache_reads_and_writes_are_billed_at_their_rates():
+    line = {
+        "id": "batch_req_1", "custom_id": "a", "error": None,
+        "response": {"status_code": 200, "request_id": "r", "body": {
+            "id": "c", "object": "chat.completion", "created": 0, "model": "gpt-5.6",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": '{"summary":"x"}',
+                                     "refusal": None}}],
+            "usage": {"prompt_tokens": 10_000, "completion_tokens": 500,
+                      "total_tokens": 10_500,
+                      "prompt_tokens_details": {"cached_tokens": 6_000,
+                                                "cache_write_tokens": 3_000},
+                      "completion_tokens_details": {"reasoning_tokens": 200}}}},
+    }
+    results = openai_provider.decode_lines(json.dumps(line).encode())
+    price = PriceTable().get("openai", "gpt-5.6")
+    assert price is not None and price.cache_write is not None
+    expected = (1_000 * price.input + 6_000 * price.rate("cached_input")
+                + 3_000 * price.cache_write + 500 * price.output) / 1e6
+    assert _priced(results, "openai", "gpt-5.6") == pytest.approx(expected)
+    # Not the same as pricing every prompt token at the input rate.
+    assert expected != pytest.approx((10_000 * price.input + 500 * price.output) / 1e6)
+
+
+def test_anthropic_reported_cache_reads_and_writes_are_billed_at_their_rates():
+    line = {"custom_id": "a", "result": {"type": "succeeded", "message": {
+        "id": "m", "type": "message", "role": "assistant", "model": "claude-haiku-4-5",
+        "content": [{"type": "text", "text": '{"summary":"x"}'}],
+        "stop_reason": "end_turn", "stop_sequence": None,
+        "usage": {"input_tokens": 1_000, "output_tokens": 500,
+                  "cache_read_input_tokens": 6_000, "cache_creation_input_tokens": 3_000}}}}
+    results = anthropic_provider.decode_results(json.dumps(line).encode())
+    # genai-prices 0.2.3, claude-haiku-4-5 batch: 0.50 in, 2.50 out, 0.05 read, 0.625 write.
+    expected = (1_000 * 0.5 + 6_000 * 0.05 + 3_000 * 0.625 + 500 * 2.5) / 1e6
+    assert _priced(results, "anthropic", "claude-haiku-4-5") == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("model", "rates"), [
+    # (input, output, cache read) per MTok, batch; cache reads at the standard rate.
+    ("gemini-2.5-flash", (0.15, 1.25, 0.03)),
+    ("gemini-3.5-flash", (0.75, 4.5, 0.15)),
+])
+def test_gemini_reported_cache_hits_are_billed_at_the_standard_cache_rate(model, rates):
+    line = {"key": "a", "response": {
+        "candidates": [{"content": {"role": "model", "parts": [{"text": '{"summary":"x"}'}]},
+                        "finishReason": "STOP"}],
+        "usageMetadata": {"promptTokenCount": 10_000, "candidatesTokenCount": 400,
+                          "thoughtsTokenCount": 100, "cachedContentTokenCount": 6_000}}}
+    results = gemini_provider.decode_lines(json.dumps(line).encode())
+    i, o, c = rates
+    expected = (4_000 * i + 6_000 * c + 500 * o) / 1e6
+    assert _priced(results, "gemini", model) == pytest.approx(expected)

@@ -1,0 +1,385 @@
+"""Streaming runs: ``batch_llm(lf, ..., sink=...)`` against the emulator, real Parquet files.
+
+What is checked: the sink equals the in-memory run of the same rows (values, order, failed
+rows, duplicate requests across chunks billed once); a killed run (SIGKILL of a real
+process mid-stream) resumes without a request billed twice; the cost cap and the time
+limit reach every chunk; progress counts the whole input; bad input is refused before any
+request; compaction survives a crash at either side of its rename; the CLI streams.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+from pydantic import BaseModel
+
+from batchata_df import batch_llm, sql
+from batchata_df.errors import ColumnError, ConfigError, ModelError
+from batchata_df.state import StateStore, table_parts
+
+
+class Item(BaseModel):
+    label: str
+    score: int
+
+
+N = 120
+
+
+def rows(n: int = N) -> pl.DataFrame:
+    """Rows with repeats (within and across chunks), answers that fail, and null prompts."""
+    text = [
+        None if i % 41 == 7 else
+        f"item {i % 50}" + (" [[emulator:invalid]]" if i % 50 == 13 else "")
+        for i in range(n)
+    ]
+    return pl.DataFrame({"i": list(range(n)), "text": text})
+
+
+def write_input(folder: Path, frame: pl.DataFrame, files: int = 3) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    step = -(-frame.height // files)
+    for k in range(files):
+        frame.slice(k * step, step).write_parquet(folder / f"in-{k}.parquet")
+    return str(folder / "*.parquet")
+
+
+def creates(emu) -> int:
+    return sum(
+        1 for e in emu.log() if e["method"] == "POST" and e["path"] == "/openai/v1/batches"
+    )
+
+
+def requests(emu) -> int:
+    """Every request the emulator received (none may be sent for refused input)."""
+    return sum(1 for e in emu.log() if "/openai/" in e["path"])
+
+
+KW: dict[str, object] = {"schema": Item, "model": "gpt-4.1-mini", "prompt": "Rate: {text}"}
+
+
+def test_sink_equals_the_in_memory_run_in_order_with_failures_and_repeats(emu, tmp_path):
+    frame = rows()
+    kw = {**KW, "keep_raw": True, "keep_responses": True}
+    expected = batch_llm(frame, state=tmp_path / "mem", **kw)  # type: ignore[arg-type]
+    billed_in_memory = Counter(e["custom_id"] for e in emu.billing())
+    emu.reset()
+
+    source = write_input(tmp_path / "in", frame)
+    out = batch_llm(
+        pl.scan_parquet(source), sink=tmp_path / "out.parquet", chunk_rows=17,
+        items_per_batch=10, state=tmp_path / "st", **kw,  # type: ignore[arg-type]
+    )
+
+    assert isinstance(out, pl.LazyFrame)
+    got = out.collect()
+    # The provider's own lines carry its batch and request ids: they differ per batch.
+    assert_frame_equal(got.drop("_batch_id", "_response"),
+                       expected.drop("_batch_id", "_response"))
+    assert got["_raw"].null_count() == got["_response"].null_count() == 3  # never sent
+    assert got["_response"].str.contains(r'"custom_id"').fill_null(True).all()
+    assert got.equals(pl.read_parquet(tmp_path / "out.parquet"))
+    assert got["i"].to_list() == list(range(N))
+    statuses = Counter(got["_status"].to_list())
+    assert statuses == {"completed": 114, "failed": 6}, statuses  # 3 null, 3 invalid
+    failed = got.filter(pl.col("_status") == "failed")
+    assert failed.filter(pl.col("text").is_null())["_error"].str.starts_with("input:").all()
+    assert failed.filter(pl.col("text").is_not_null())["_error"].str.starts_with(
+        "schema_validation"
+    ).all()
+    # 50 distinct requests in 120 rows: each billed once, its cost on its first row only.
+    billed = Counter(e["custom_id"] for e in emu.billing())
+    assert len(billed) == 50
+    assert set(billed.values()) == {1}
+    assert sorted(billed_in_memory.values()) == sorted(billed.values())
+    paid = got.filter(pl.col("_cost_usd") > 0)
+    assert paid["_job_id"].n_unique() == paid.height == 50
+    assert got["_cost_usd"].sum() == pytest.approx(expected["_cost_usd"].sum())
+    # Many batches (10 requests each), compacted into one part per table at the end.
+    assert creates(emu) >= 5
+    assert len(table_parts(tmp_path / "st" / "jobs")) == 1
+    assert len(table_parts(tmp_path / "st" / "batches")) == 1
+    assert not list((tmp_path / "st").glob(".stream-*"))  # spilled chunks removed
+
+
+def test_a_finished_folder_sends_nothing_and_writes_the_same_sink(emu, tmp_path):
+    source = write_input(tmp_path / "in", rows())
+    sink = tmp_path / "out.parquet"
+    kw = {"sink": sink, "chunk_rows": 30, "state": tmp_path / "st", **KW}
+    first = batch_llm(pl.scan_parquet(source), **kw).collect()  # type: ignore[arg-type]
+    sent = requests(emu)
+    sink.unlink()
+
+    seen = []
+    again = batch_llm(
+        pl.scan_parquet(source), progress=seen.append, **kw  # type: ignore[arg-type]
+    ).collect()
+
+    assert requests(emu) == sent
+    assert_frame_equal(again, first)
+    # Counted as done at start: 49 answers, 1 that failed validation (50 distinct requests).
+    assert (seen[-1].completed, seen[-1].failed, seen[-1].pending) == (49, 1, 0)
+    assert seen[-1].total == 50
+
+
+def test_any_lazy_plan_streams_in_order(emu, tmp_path):
+    """A plan that is not a plain scan (here a filter and a derived column) is read once,
+    through Polars' streaming engine, in order."""
+    frame = rows()
+    source = write_input(tmp_path / "in", frame)
+    lf = pl.scan_parquet(source).filter(pl.col("i") % 3 != 0).with_columns(
+        pl.col("text").str.to_uppercase()
+    )
+    out = batch_llm(
+        lf, sink=tmp_path / "out.parquet", chunk_rows=11, **KW  # type: ignore[arg-type]
+    ).collect()
+    expected = batch_llm(lf.collect(), **KW)  # type: ignore[arg-type]
+    assert_frame_equal(out.drop("_batch_id"), expected.drop("_batch_id"))
+    assert out["i"].to_list() == [i for i in range(N) if i % 3 != 0]
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    import polars as pl
+    from pydantic import BaseModel
+    from batchata_df import batch_llm
+
+    class Item(BaseModel):
+        label: str
+        score: int
+
+    source, sink, state = sys.argv[1:4]
+    batch_llm(pl.scan_parquet(source), schema=Item, model="gpt-4.1-mini",
+              prompt="Rate: {text}", sink=sink, state=state, chunk_rows=20,
+              items_per_batch=10, max_parallel_batches=2)
+    """
+)
+
+
+def wait_for(condition: Callable[[], bool], what: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 120
+    while not condition():
+        assert proc.poll() is None, f"the child ended before {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_sigkill_mid_stream_resumes_without_paying_twice(emu, tmp_path):
+    frame = rows()
+    source = write_input(tmp_path / "in", frame)
+    sink, state = tmp_path / "out.parquet", tmp_path / "st"
+    emu.configure(latency=3600.0)  # batches finish only when the test moves the clock
+    with open(tmp_path / "child.err", "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CHILD, source, str(sink), str(state)],
+            env={**os.environ, **emu.env()},
+            stderr=err,
+        )
+    try:
+        wait_for(lambda: creates(emu) >= 2, "two batches were created", proc)
+        emu.advance(3600)  # the first chunk's batches finish
+        wait_for(lambda: creates(emu) >= 4, "the next chunk was sent", proc)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    before = Counter(e["custom_id"] for e in emu.billing())
+    assert not sink.exists()
+    assert list(state.glob(".stream-*"))  # the killed run's spilled chunks
+
+    emu.configure(latency=0.0)
+    emu.advance(3600)  # the batches the killed run left in flight finish too
+    out = batch_llm(
+        pl.scan_parquet(source), sink=sink, state=state, chunk_rows=20,
+        items_per_batch=10, max_parallel_batches=2, **KW,  # type: ignore[arg-type]
+    ).collect()
+
+    billed = Counter(e["custom_id"] for e in emu.billing())
+    assert set(billed.values()) == {1}, "a request was billed twice"
+    assert len(billed) == 50
+    assert before.keys() <= billed.keys()
+    assert len(before) >= 30  # four batches of ten had been created before the kill
+    assert out["i"].to_list() == list(range(N))
+    assert set(out["_status"].to_list()) == {"completed", "failed"}
+    assert out.filter(pl.col("_cost_usd") > 0)["_job_id"].n_unique() == 50
+    assert not list(state.glob(".stream-*"))  # the next call cleared them
+    emu.reset()
+    calm = batch_llm(frame, state=tmp_path / "calm", **KW)  # type: ignore[arg-type]
+    assert_frame_equal(out.drop("_batch_id"), calm.drop("_batch_id"))
+
+
+def test_cost_cap_reaches_every_chunk_and_is_never_passed(emu, tmp_path):
+    frame = pl.DataFrame({"i": list(range(60)), "text": [f"row {i}" for i in range(60)]})
+    source = write_input(tmp_path / "in", frame)
+    prices = {"gpt-4.1-mini": (1000.0, 1000.0)}
+    cap = 0.5
+    out = batch_llm(
+        pl.scan_parquet(source), sink=tmp_path / "out.parquet", chunk_rows=10,
+        items_per_batch=5, max_parallel_batches=1, max_cost_usd=cap, prices=prices,
+        params={"max_tokens": 20}, state=tmp_path / "st", **KW,  # type: ignore[arg-type]
+    ).collect()
+
+    assert out.height == 60
+    spent = float(out["_cost_usd"].sum())
+    assert 0 < spent <= cap
+    statuses = Counter(out["_status"].to_list())
+    assert statuses["completed"] == len(emu.billing()) > 0
+    assert statuses["cancelled"] == 60 - statuses["completed"]
+    cancelled = out.filter(pl.col("_status") == "cancelled")
+    assert (cancelled["_error"] == "cancelled: cost_limit").all()
+    assert cancelled["i"].max() == 59  # the last chunk too
+    assert cancelled["i"].min() > out.filter(pl.col("_status") == "completed")["i"].max()
+
+
+def test_time_limit_cancels_what_was_never_read(emu, tmp_path):
+    emu.configure(latency=3600.0)  # nothing finishes
+    source = write_input(tmp_path / "in", rows())
+    out = batch_llm(
+        pl.scan_parquet(source), sink=tmp_path / "out.parquet", chunk_rows=20,
+        items_per_batch=10, max_parallel_batches=2, time_limit=0.5,
+        state=tmp_path / "st", **KW,  # type: ignore[arg-type]
+    ).collect()
+
+    assert out["i"].to_list() == list(range(N))
+    sendable = out.filter(~pl.col("_error").str.starts_with("input:").fill_null(False))
+    assert set(sendable["_status"].to_list()) == {"cancelled"}
+    assert (sendable["_error"] == "cancelled: time_limit").all()
+    assert creates(emu) == 2  # the chunks after the first were never sent
+    assert emu.billing() == []
+
+
+def test_progress_counts_every_job_of_the_input(emu, tmp_path):
+    source = write_input(tmp_path / "in", rows())
+    seen = []
+    batch_llm(
+        pl.scan_parquet(source), sink=tmp_path / "out.parquet", chunk_rows=25,
+        items_per_batch=10, progress=seen.append, **KW,  # type: ignore[arg-type]
+    )
+    first, last = seen[0], seen[-1]
+    assert first.total >= 50  # the input's row count before the chunks are read
+    assert last.phase == "done"
+    assert last.total == 50  # distinct requests among the sendable rows
+    assert last.completed + last.failed == 50
+    assert last.pending == 0
+
+
+def test_bad_input_is_refused_before_any_request(emu, tmp_path):
+    source = write_input(tmp_path / "in", rows())
+    lf = pl.scan_parquet(source)
+    with pytest.raises(ColumnError, match="txt"):
+        batch_llm(lf, schema=Item, model="gpt-4.1-mini", prompt="Rate: {txt}",
+                  sink=tmp_path / "a.parquet")
+    # A model given per row: the one bad name is in the last rows, found before sending.
+    model = pl.when(pl.col("i") < 110).then(pl.lit("gpt-4.1-mini")).otherwise(pl.lit("llama-3"))
+    with pytest.raises(ModelError, match="llama-3"):
+        batch_llm(lf, schema=Item, model=model, prompt="Rate: {text}",
+                  sink=tmp_path / "b.parquet", chunk_rows=10)
+    with pytest.raises(ConfigError, match=r"\.parquet"):
+        batch_llm(lf, sink=tmp_path / "out.csv", **KW)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="chunk_rows"):
+        batch_llm(lf, sink=tmp_path / "c.parquet", chunk_rows=0, **KW)  # type: ignore[arg-type]
+    assert requests(emu) == 0
+    assert not (tmp_path / "b.parquet").exists()
+
+
+def test_cli_run_streams_parquet_to_parquet_and_to_csv(emu, tmp_path):
+    frame = rows()
+    source = tmp_path / "in.parquet"
+    frame.write_parquet(source)
+    models = tmp_path / "models.py"
+    models.write_text("from pydantic import BaseModel\n\nclass Item(BaseModel):\n"
+                      "    label: str\n    score: int\n")
+    exe = Path(sys.executable).with_name("batchata-df")
+    env = {**os.environ, **emu.env()}
+    for out in ("out.parquet", "out.csv"):
+        done = subprocess.run(
+            [str(exe), "run", str(source), str(tmp_path / out), "--model", "gpt-4.1-mini",
+             "--prompt", "Rate: {text}", "--schema", f"{models}:Item", "--chunk-rows", "15",
+             "--items-per-batch", "10", "--no-progress"],
+            env=env, capture_output=True, text=True, cwd=tmp_path, check=False,
+        )
+        assert done.returncode == 3, done.stderr  # EXIT_FAILED: some rows failed
+        assert "114 completed, 6 failed" in done.stderr
+    got = pl.read_parquet(tmp_path / "out.parquet")
+    csv = pl.read_csv(tmp_path / "out.csv")
+    assert got["i"].to_list() == csv["i"].to_list() == list(range(N))
+    assert got["label"].to_list() == csv["label"].to_list()
+    assert Counter(got["_status"].to_list())["failed"] == 6
+    assert not list(tmp_path.glob(".out.*"))  # no temporary files left beside the output
+    # Both runs shared nothing: one state folder per output, 50 requests billed each.
+    assert set(Counter(e["custom_id"] for e in emu.billing()).values()) == {2}
+
+
+COMPACT = textwrap.dedent(
+    """
+    import sys
+    from batchata_df.state import StateStore
+    StateStore(sys.argv[1], {"model": "m"}).compact()
+    """
+)
+
+
+def events_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "st"
+    store = StateStore(folder, {"model": "m"})
+    for k in range(12):
+        store.append_jobs(pl.DataFrame({
+            "job_id": [f"j{k}", f"j{k + 1}"], "batch_key": [f"b{k}", f"b{k}"],
+            "status": ["completed", "assigned"], "cost_usd": [0.5, None],
+        }))
+        store.append_batch(batch_key=f"b{k}", status="submitted", provider_batch_id=f"p{k}")
+    return folder
+
+
+def view(folder: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    store = StateStore(folder, {"model": "m"}, readonly=True)
+    latest, billed = store.snapshot()
+    jobs = sql("SELECT job_id, status, cost_usd FROM jobs ORDER BY job_id", str(folder))
+    return latest, billed.sort("job_id"), store.batch_state(), jobs
+
+
+@pytest.mark.parametrize("crash", ["compact_before_rename", "compact_after_rename", None])
+def test_compaction_killed_at_either_side_of_its_rename_loses_and_repeats_nothing(
+    tmp_path, crash
+):
+    folder = events_folder(tmp_path)
+    before = view(folder)
+    env = {**os.environ, "BATCHATA_DF_FAILPOINT": crash or ""}
+    done = subprocess.run([sys.executable, "-c", COMPACT, str(folder)], env=env, check=False)
+    assert done.returncode == (75 if crash else 0)
+    files = sorted(p.name for p in (folder / "jobs").glob("part-*.parquet"))
+    if crash == "compact_after_rename":
+        assert len(files) == 13  # the merged part beside the 12 it replaced
+    for got, want in zip(view(folder), before, strict=True):
+        assert_frame_equal(got, want)
+    assert before[3]["cost_usd"].sum() == 6.0
+    StateStore(folder, {"model": "m"}).compact()  # the next writer finishes the job
+    assert len(list((folder / "jobs").glob("part-*.parquet"))) == 1
+    assert len(list((folder / "batches").glob("part-*.parquet"))) == 1
+    for got, want in zip(view(folder), before, strict=True):
+        assert_frame_equal(got, want)
+
+
+def test_a_part_written_after_compaction_is_read_even_with_the_clock_behind(
+    tmp_path, monkeypatch
+):
+    folder = events_folder(tmp_path)
+    StateStore(folder, {"model": "m"}).compact()
+    store = StateStore(folder, {"model": "m"})
+    monkeypatch.setattr(time, "time_ns", lambda: 1_000)  # a clock far behind the parts
+    store.append_jobs(pl.DataFrame({"job_id": ["late"], "status": ["completed"]}))
+    latest, _ = StateStore(folder, {"model": "m"}, readonly=True).snapshot()
+    assert "late" in latest["job_id"].to_list()
+    assert len(table_parts(folder / "jobs")) == 2
