@@ -162,6 +162,12 @@ def test_estimate_is_a_bound_where_the_provider_may_write_the_cache_unasked() ->
     assert [usd(v) for v in got["ow"]] == [
         usd((1_000 * 1.25 + 100 * 10.0) / 1e6), usd((1_001 * 2.5 + 100 * 20.0) / 1e6)
     ]
+    # The bound never drops below the input rate, whatever the cache-write rate is.
+    cheap_write = Price(input=2.0, output=1.0, cache_write=0.5)
+    worst, input_usd = estimate_expr(cheap_write, pl.col("est"), pl.lit(0), provider="openai")
+    assert [usd(v) for v in est.select(input_usd).to_series()] == [
+        usd(1_000 * 2.0 / 1e6), usd(1_001 * 2.0 / 1e6)
+    ]
     # Anthropic writes only blocks marked for caching: the input rate
     assert [usd(v) for v in got["ai"]] == [usd(1_000 * 1.0 / 1e6), usd(1_001 * 2.0 / 1e6)]
     assert [usd(v) for v in got["aw"]] == [
@@ -185,6 +191,16 @@ def test_overrides_coerce_tuples_and_mappings_and_refuse_anything_else() -> None
             "output_usd_per_mtok) or {'input': ..., 'output': ..., 'cached_input': ..., "
             "'cache_write': ...}"
         )
+    with pytest.raises(ConfigError) as err:
+        _coerce("m", (-1, 2))
+    assert str(err.value) == (
+        "prices['m'] input must be a finite number >= 0 (USD per million tokens), got -1"
+    )
+    with pytest.raises(ConfigError) as err:
+        _coerce("m", (1, "x"))
+    assert str(err.value) == (
+        "prices['m'] output must be a finite number >= 0 (USD per million tokens), got 'x'"
+    )
     with pytest.raises(ConfigError, match="cached_input"):
         _coerce("m", {"input": 1, "output": 2, "cached_input": -1})
     with pytest.raises(ConfigError, match="cache_write"):
@@ -205,6 +221,9 @@ def test_table_prefers_overrides_and_names_the_fix_for_unknown_models() -> None:
         "output_usd_per_mtok)}"
     )
     assert PriceTable().get("openai", "gpt-4.1-mini") == _lookup("openai", "gpt-4.1-mini")
+    # A price is looked up at the provider the row goes to, not at whoever lists the name.
+    assert PriceTable().get("anthropic", "claude-sonnet-4-5") is not None
+    assert PriceTable().get("openai", "claude-sonnet-4-5") is None
 
 
 def test_database_prices_are_the_batch_rates_per_provider() -> None:
