@@ -201,10 +201,13 @@ def test_overrides_coerce_tuples_and_mappings_and_refuse_anything_else() -> None
     assert str(err.value) == (
         "prices['m'] output must be a finite number >= 0 (USD per million tokens), got 'x'"
     )
-    with pytest.raises(ConfigError, match="cached_input"):
-        _coerce("m", {"input": 1, "output": 2, "cached_input": -1})
-    with pytest.raises(ConfigError, match="cache_write"):
-        _coerce("m", {"input": 1, "output": 2, "cache_write": "x"})
+    good = {"input": 1, "output": 2, "cached_input": 0.1, "cache_write": 1.25}
+    for rate in good:
+        with pytest.raises(ConfigError) as err:
+            _coerce("m", {**good, rate: -1})
+        assert str(err.value) == (
+            f"prices['m'] {rate} must be a finite number >= 0 (USD per million tokens), got -1"
+        )
 
 
 def test_table_prefers_overrides_and_names_the_fix_for_unknown_models() -> None:
