@@ -105,6 +105,9 @@ class ProgressSnapshot:
     """Expected cost of what this call sends (with a cap or estimates; else ``None``)."""
     worst_case_usd: float | None = None
     """The worst case of what this call sends: every answer using ``max_tokens``."""
+    realtime_in_flight: int | None = None
+    """Realtime requests in flight (``mode="realtime"``, or the realtime phase of
+    ``mode="auto"``); ``None`` when nothing is sent realtime."""
 
 
 @dataclass
@@ -140,6 +143,9 @@ class RunContext:
     clock: Clock
     progress: Callable[[ProgressSnapshot], None] | None = None
     make_provider: Callable[[str], Provider] | None = None
+    stop_when: Callable[[RunState, float], str | None] | None = None
+    """A further stop rule, asked every round with the state and the clock's reading: a
+    reason to stop (``mode="auto"``: ``"deadline"``), or ``None``."""
 
     def backoff(self) -> Backoff:
         """A fresh polling backoff with the run's settings."""
@@ -195,6 +201,8 @@ class RunState:
     done_at_start: int = 0
     """Jobs already ended before this call (they say nothing about throughput)."""
     stop_reason: str | None = None
+    realtime_in_flight: int | None = None
+    """Realtime requests in flight (``None``: this run sends none realtime)."""
     lookup: Callable[[pl.Series], pl.DataFrame] | None = None
     """Where job rows come from when ``jobs`` is not the whole table (a streaming run's
     :class:`~batchata_df.engine.source.JobSource`); see :meth:`job_rows`."""
@@ -249,6 +257,7 @@ class RunState:
             cap_rounds=self.cap_rounds,
             expected_cost_usd=self.expected_usd,
             worst_case_usd=self.worst_usd,
+            realtime_in_flight=self.realtime_in_flight,
         )
 
 
