@@ -968,7 +968,9 @@ def _warn_serialised(
     from batchata_df.errors import CapSerialisedWarning
     from batchata_df.estimates import observed_output, suggest_max_tokens
 
-    state = getattr(engine, "state", None)
+    if not isinstance(engine, Engine):  # realtime and auto runs are not warned (yet)
+        return
+    state = engine.state
     if not isinstance(state, RunState):
         return
     if cap is None or state.cap_rounds == 0 or "worst_usd" not in sendable.columns:
