@@ -418,6 +418,15 @@ Examples:
 @click.option("--time-limit", type=Duration(),
               help="Stop after this long (90, 90s, 10m, 1.5h): cancel batches in flight, keep "
               "finished rows.")
+@click.option("--mode", type=click.Choice(["batch", "realtime", "auto"]), default="batch",
+              show_default=True,
+              help="batch: half price, minutes to hours. realtime: standard price, seconds. "
+              "auto: batch, but small jobs (<= 50 rows) and what a batch would not finish by "
+              "--deadline go realtime.")
+@click.option("--deadline", type=Duration(),
+              help="With --mode auto: answer every row within this long (90, 10m, 1.5h).")
+@click.option("--concurrency", type=click.IntRange(min=1),
+              help="Realtime requests in flight at once [default: 8].")
 @click.option("--dry-run", is_flag=True,
               help="Print the plan and its worst-case cost; send nothing. With OUTPUT, write "
               "the plan there.")
@@ -460,6 +469,9 @@ def run(
     max_tokens: int | None,
     max_cost_usd: float | None,
     time_limit: float | None,
+    mode: str,
+    deadline: float | None,
+    concurrency: int | None,
     dry_run: bool,
     wait: bool,
     retry_failed: bool,
@@ -475,7 +487,7 @@ def run(
     """Run each row of INPUT through a model; write the rows with typed answers to OUTPUT.
 
     OUTPUT gets every input column, one column per schema field, then _status, _error,
-    _cost_usd, _input_tokens, _output_tokens, _job_id, _batch_id.
+    _cost_usd, _input_tokens, _output_tokens, _job_id, _batch_id, _mode.
     """
     if output_path is None and not dry_run:
         msg = "missing OUTPUT (the file to write the result to), e.g. out.parquet"
@@ -504,10 +516,13 @@ def run(
         if output_path is not None
         else str(Path(plan_dir.name if plan_dir else ".") / "plan.parquet")
     )
+    # Realtime and auto runs are not streamed (they answer in memory); their result (or
+    # plan) is written to the same Parquet target so that what follows is the same.
+    streamed = mode == "batch"
     out = batch_llm(
-        lazy,
-        sink=sink,
-        chunk_rows=chunk_rows,
+        lazy if streamed else lazy.collect(),
+        sink=sink if streamed else None,
+        chunk_rows=chunk_rows if streamed else None,
         schema=schema,
         model=model,
         prompt=prompt,
@@ -528,7 +543,14 @@ def run(
         history=history_column,
         keep_raw=keep_raw,
         keep_responses=keep_responses,
+        mode=mode,  # type: ignore[arg-type]  # click.Choice checked it
+        deadline=deadline,
+        concurrency=concurrency,
     )
+    if not streamed:
+        assert isinstance(out, pl.DataFrame)
+        out.write_parquet(sink)
+        out = pl.scan_parquet(sink)
     if dry_run:
         if output_path is not None:
             _finish_output(sink, output_path)

@@ -604,6 +604,7 @@ def stream_plan(
                 pl.when(sent).then(pl.col("worst_usd")).otherwise(0.0).alias("_est_cost_usd"),
                 pl.when(sent).then(pl.col("batch_index")).alias("_batch_index"),
                 pl.when(sent).then(pl.col("within_cap")).alias("_within_cap"),
+                pl.when(sent).then(pl.lit("batch")).alias("_mode"),  # streaming sends batches
             )
             writer.write(pl.concat([chunk.drop(_JOB, _ERR, _LATER), out], how="horizontal"))
         writer.close(

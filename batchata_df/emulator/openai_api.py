@@ -563,7 +563,7 @@ def _answer(spec: _Spec) -> tuple[str, str, bool, int]:
 
     Reasoning comes first and counts against the limit: what it leaves is the answer's.
     """
-    seed = spec.custom_id + "\x1f" + spec.prompt
+    seed = answers.answer_seed(spec.prompt)
     marker = spec.marker
     gen = spec.gen
     limit = spec.max_tokens
@@ -1137,7 +1137,12 @@ class OpenAIApp:
             ]
             return
         batch.enqueued = done.input_tokens
-        batch.ledger = self.core.bill("openai", batch.id, [sp.custom_id for sp in specs])
+        batch.ledger = self.core.bill(
+            "openai",
+            batch.id,
+            [sp.custom_id for sp in specs],
+            [answers.request_key("openai", sp.model, sp.prompt) for sp in specs],
+        )
         out_id = err_id = None
         out_bytes = err_bytes = 0
         if done.out:
@@ -1369,12 +1374,16 @@ class OpenAIApp:
         model = body.get("model")
         if not isinstance(model, str):
             raise _Invalid(400, "Missing required parameter: 'model'.", param="model")
+        # The same checks and model rules as a batch line (refused parameters, thinking
+        # tokens inside max_completion_tokens), and the same answer for the same request.
         spec = _SpecBuilder(endpoint).build(self.core.new_id("rt-"), body)
         if spec.error is not None:
             text = _error_body(spec.error)
             return Response(spec.error[0], {"content-type": "application/json"}, text.encode())
-        rid = self.core.new_id("", 12)
-        text, _ = _body(spec, rid, int(self.core.clock.now()), _quote(model), endpoint)
+        with self.core.realtime_call():
+            rid = self.core.new_id("", 12)
+            text, _ = _body(spec, rid, int(self.core.clock.now()), _quote(model), endpoint)
+            self.core.bill_realtime("openai", answers.request_key("openai", model, spec.prompt))
         headers = {"content-type": "application/json", "x-request-id": "req_" + rid}
         return Response(200, headers, text.encode("utf-8"))
 
