@@ -180,7 +180,7 @@ lines = lines_of(df, ('{"key":"', '","request":{"contents":[{"role":"user","part
 names = []
 for start in range(0, n, PER_BATCH):
     payload = io.BytesIO("\n".join(lines.slice(start, PER_BATCH).to_list()).encode())
-    up = client.files.upload(file=payload, config=types.UploadFileConfig(mime_type="jsonl"))
+    up = client.files.upload(file=payload, config=types.UploadFileConfig(mime_type="text/plain"))
     names.append(client.batches.create(model="gemini-2.5-flash", src=up.name).name)
 LINE = pl.Struct({"key": pl.String, "response": pl.Struct({"candidates": pl.List(pl.Struct({
     "content": pl.Struct({"parts": pl.List(pl.Struct({"text": pl.String,
