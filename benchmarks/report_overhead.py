@@ -74,6 +74,9 @@ def table(result: dict[str, Any]) -> str:
         f"load average {min(loads):.1f} to {max(loads):.1f} before the points); "
         "`benchmarks/results/overhead.json` has every run."
     )
+    if result.get("note"):
+        lines.append("")
+        lines.append(result["note"])
     return "\n".join(lines)
 
 
