@@ -33,6 +33,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -417,6 +418,15 @@ Examples:
 @click.option("--time-limit", type=Duration(),
               help="Stop after this long (90, 90s, 10m, 1.5h): cancel batches in flight, keep "
               "finished rows.")
+@click.option("--mode", type=click.Choice(["batch", "realtime", "auto"]), default="batch",
+              show_default=True,
+              help="batch: half price, minutes to hours. realtime: standard price, seconds. "
+              "auto: batch, but small jobs (<= 50 rows) and what a batch would not finish by "
+              "--deadline go realtime.")
+@click.option("--deadline", type=Duration(),
+              help="With --mode auto: answer every row within this long (90, 10m, 1.5h).")
+@click.option("--concurrency", type=click.IntRange(min=1),
+              help="Realtime requests in flight at once [default: 8].")
 @click.option("--dry-run", is_flag=True,
               help="Print the plan and its worst-case cost; send nothing. With OUTPUT, write "
               "the plan there.")
@@ -456,6 +466,9 @@ def run(
     max_tokens: int | None,
     max_cost_usd: float | None,
     time_limit: float | None,
+    mode: str,
+    deadline: float | None,
+    concurrency: int | None,
     dry_run: bool,
     wait: bool,
     retry_failed: bool,
@@ -470,7 +483,7 @@ def run(
     """Run each row of INPUT through a model; write the rows with typed answers to OUTPUT.
 
     OUTPUT gets every input column, one column per schema field, then _status, _error,
-    _cost_usd, _input_tokens, _output_tokens, _job_id, _batch_id.
+    _cost_usd, _input_tokens, _output_tokens, _job_id, _batch_id, _mode.
     """
     if output_path is None and not dry_run:
         msg = "missing OUTPUT (the file to write the result to), e.g. out.parquet"
@@ -488,14 +501,24 @@ def run(
 
     # A dry run is for reading its summary: shown unless --no-progress.
     show = (dry_run or sys.stderr.isatty()) if progress is None else progress
-    # A run streams: the input is read in chunks and the result written to a Parquet file
-    # beside OUTPUT as it goes (then renamed, or converted for CSV/NDJSON), so memory does
-    # not grow with the input. A dry run plans in memory.
-    sink = None if dry_run or output_path is None else _stream_target(output_path)
+    # A run (and a dry run) streams: the input is read in chunks and the result written to
+    # a Parquet file beside OUTPUT as it goes (then renamed, or converted for CSV/NDJSON),
+    # so memory does not grow with the input. A dry run without OUTPUT writes its plan to a
+    # temporary file for the summary.
+    plan_dir = tempfile.TemporaryDirectory(prefix="batchata-df-plan-") if output_path is None \
+        else None
+    sink = (
+        _stream_target(output_path)
+        if output_path is not None
+        else str(Path(plan_dir.name if plan_dir else ".") / "plan.parquet")
+    )
+    # Realtime and auto runs are not streamed (they answer in memory); their result (or
+    # plan) is written to the same Parquet target so that what follows is the same.
+    streamed = mode == "batch"
     out = batch_llm(
-        lazy if sink is not None else lazy.collect(),
-        sink=sink,
-        chunk_rows=chunk_rows if sink is not None else None,
+        lazy if streamed else lazy.collect(),
+        sink=sink if streamed else None,
+        chunk_rows=chunk_rows if streamed else None,
         schema=schema,
         model=model,
         prompt=prompt,
@@ -515,13 +538,21 @@ def run(
         lock_timeout=lock_timeout,
         history=history_column,
         keep_raw=keep_raw,
+        mode=mode,  # type: ignore[arg-type]  # click.Choice checked it
+        deadline=deadline,
+        concurrency=concurrency,
     )
+    if not streamed:
+        assert isinstance(out, pl.DataFrame)
+        out.write_parquet(sink)
+        out = pl.scan_parquet(sink)
     if dry_run:
         if output_path is not None:
-            write_frame(out, output_path)
+            _finish_output(sink, output_path)
             _note(f"plan written to {output_path}")
+        if plan_dir is not None:
+            plan_dir.cleanup()
         raise SystemExit(EXIT_OK)
-    assert sink is not None
     assert output_path is not None
     totals = out.select(
         pl.col("_status").value_counts(),

@@ -314,7 +314,7 @@ def batch_discounted(price: Price, provider: str) -> Price:
 
 
 @lru_cache(maxsize=256)
-def _lookup(provider: str, model: str) -> Price | None:
+def _lookup(provider: str, model: str, processing: str = "batch") -> Price | None:
     try:
         from genai_prices import Usage, calc_price
     except ImportError:  # pragma: no cover - genai-prices is a core dependency
@@ -324,6 +324,7 @@ def _lookup(provider: str, model: str) -> Price | None:
     try:
         # calc_price resolves the model, the batch price variant and the dated price
         # the same way genai-prices bills; its ``model_price`` is that resolved data.
+        # Realtime requests (mode="realtime") pay the standard price (no price context).
         calc = calc_price(
             Usage(input_tokens=1, output_tokens=1),
             model_ref=model,
@@ -341,6 +342,8 @@ def _lookup(provider: str, model: str) -> Price | None:
         return None
     if getattr(calc.model_price, "input_mtok", None) is None:
         return None
+    if processing != "batch":  # realtime requests pay the standard price
+        return price_from_genai(standard.model_price, f"genai-prices:{standard.model.id}")
     price = price_from_genai(calc.model_price, f"genai-prices:{calc.model.id}")
     if calc.model_price == standard.model_price:
         # No batch variant in genai-prices: the standard price came back. Apply the
@@ -349,13 +352,23 @@ def _lookup(provider: str, model: str) -> Price | None:
     return price
 
 
+REALTIME_FACTOR = 1.0 / BATCH_DISCOUNT
+"""Standard (realtime) price over batch price: OpenAI, Anthropic and Google all document
+their batch APIs at 50% of the standard price. Used only for a model whose price the
+caller overrides (``prices=`` gives batch prices); genai-prices knows both prices."""
+
+
 class PriceTable:
-    """Batch prices per model, from overrides first, then genai-prices.
+    """Batch (or realtime) prices per model, from overrides first, then genai-prices.
 
     Parameters
     ----------
     overrides
-        ``{model: (input_usd_per_mtok, output_usd_per_mtok)}``; wins over the database.
+        ``{model: (input_usd_per_mtok, output_usd_per_mtok)}`` batch prices; win over the
+        database.
+    processing
+        ``"batch"`` (the default) or ``"realtime"``: genai-prices' standard price, and an
+        override at :data:`REALTIME_FACTOR` times its batch price.
 
     Examples
     --------
@@ -366,25 +379,64 @@ class PriceTable:
     0.2
     """
 
-    def __init__(self, overrides: Mapping[str, PriceOverride] | None = None) -> None:
+    def __init__(
+        self, overrides: Mapping[str, PriceOverride] | None = None, processing: str = "batch"
+    ) -> None:
         self._overrides = {m: _coerce(m, v) for m, v in (overrides or {}).items()}
+        self.processing = processing
+
+    def realtime(self) -> PriceTable:
+        """The same table at realtime (standard) prices.
+
+        Examples
+        --------
+        >>> t = PriceTable({"my-model": (1.0, 2.0)}).realtime()
+        >>> t.get("openai", "my-model").output, t.get("openai", "gpt-4.1-mini").input
+        (4.0, 0.4)
+        """
+        table = PriceTable(processing="realtime")
+        table._overrides = dict(self._overrides)
+        return table
 
     def get(self, provider: str, model: str) -> Price | None:
         """The price of ``model``, or ``None`` when nothing is known."""
         if model in self._overrides:
-            return self._overrides[model]
-        return _lookup(provider, model)
+            price = self._overrides[model]
+            return _scaled(price, REALTIME_FACTOR) if self.processing == "realtime" else price
+        return _lookup(provider, model, self.processing)
 
     def require(self, provider: str, model: str, why: str) -> Price:
         """The price of ``model``; raise :class:`PriceError` naming the fix if unknown."""
         price = self.get(provider, model)
         if price is None:
             msg = (
-                f"no batch price is known for model {model!r} ({provider}), and {why} needs "
+                f"no {self.processing} price is known for model {model!r} ({provider}), and "
+                f"{why} needs "
                 f"one; pass prices={{{model!r}: (input_usd_per_mtok, output_usd_per_mtok)}}"
             )
             raise PriceError(msg)
         return price
+
+
+def _scaled(price: Price, factor: float) -> Price:
+    """``price`` with every rate multiplied by ``factor``."""
+
+    def times(value: float | None) -> float | None:
+        return None if value is None else value * factor
+
+    tiers = tuple(
+        PriceTier(t.above, t.input * factor, t.output * factor, times(t.cached_input),
+                  times(t.cache_write))
+        for t in price.tiers
+    )  # fmt: skip
+    return Price(
+        input=price.input * factor,
+        output=price.output * factor,
+        cached_input=times(price.cached_input),
+        cache_write=times(price.cache_write),
+        source=f"{price.source} x{factor:g} (realtime)",
+        tiers=tiers,
+    )
 
 
 def cost_expr(price: Price | None) -> pl.Expr:

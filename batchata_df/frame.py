@@ -15,7 +15,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 from pydantic import BaseModel
@@ -23,6 +23,8 @@ from pydantic import BaseModel
 from batchata_df.citations import citation_columns, decode_citations, instruction
 from batchata_df.cost import PriceOverride, PriceTable, estimate_expr
 from batchata_df.engine import Engine, ProgressSnapshot, RunOptions
+from batchata_df.engine.auto import AutoEngine
+from batchata_df.engine.realtime import DEFAULT_CONCURRENCY, RealtimeEngine
 from batchata_df.errors import (
     ColumnError,
     ConfigError,
@@ -33,14 +35,14 @@ from batchata_df.errors import (
 )
 from batchata_df.jobs import build_jobs, check_param_values, check_params
 from batchata_df.models import DEFAULT_MAX_TOKENS as _DEFAULT_MAX_TOKENS
-from batchata_df.models import check_model_params, effective_params, family_of
+from batchata_df.models import check_endpoint, check_model_params, effective_params, family_of
 from batchata_df.providers import SUPPORTED_PARAMS, make_provider
 from batchata_df.providers.base import Provider, RequestSpec
 from batchata_df.redact import scrub, scrubbed
 from batchata_df.schema import AnswerSchema
 from batchata_df.schema_limits import check_schema_limits
 from batchata_df.state import StateStore, WriterLock, adopt_schema, check_lock_timeout
-from batchata_df.validate import check_patience, check_run_arguments
+from batchata_df.validate import check_mode, check_patience, check_run_arguments
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -60,8 +62,11 @@ META_COLUMNS = (
     "_reasoning_tokens",
     "_job_id",
     "_batch_id",
+    "_mode",
 )
 """Metadata columns appended after the answer columns, in this order."""
+
+Mode = Literal["batch", "realtime", "auto"]
 
 RAW_COLUMN = "_raw"
 """With ``keep_raw=True``, the provider's text for the row, appended after the metadata."""
@@ -126,6 +131,9 @@ def batch_llm(
     keep_raw: bool = False,
     lock_timeout: float | None = 0.0,
     history: str | None = None,
+    mode: Mode = "batch",
+    concurrency: int | None = None,
+    deadline: float | dt.timedelta | dt.datetime | None = None,
     keep_responses: bool = False,
     sink: str | os.PathLike[str] | None = None,
     chunk_rows: int | None = None,
@@ -232,6 +240,23 @@ def batch_llm(
         of ``{"role": "user" | "assistant", "content": str}`` in order; they are sent
         before the prompt (which is the last user turn), after the system prompt, on every
         provider. A null or empty list sends the prompt alone. Part of each job's id.
+    mode
+        ``"batch"`` (the default): provider batches at half the standard price, answered
+        in minutes to hours. ``"realtime"``: the same requests one at a time through the
+        providers' standard endpoints (OpenAI chat completions, Anthropic messages, Gemini
+        generateContent), answered in seconds at the standard price, with the same
+        columns, checkpoints, cap and statuses (see :mod:`batchata_df.engine.realtime`).
+        ``"auto"``: batches, except that a job of at most 50 rows to send goes realtime,
+        and with ``deadline=`` (or ``time_limit=``) what a batch would not finish in time
+        goes realtime (:mod:`batchata_df.engine.auto`). Each row's ``_mode`` says how it
+        was answered. A state folder may be used in any mode, in any order: a row answered
+        in one mode is never sent in the other.
+    concurrency
+        Realtime requests in flight at once (default 8). Rate-limit answers (HTTP 429,
+        503, 529) are retried after the provider's ``Retry-After``.
+    deadline
+        ``mode="auto"`` only: seconds (or a timedelta) from now, or an aware datetime, by
+        which every row should be answered.
     sink
         A ``.parquet`` path: stream. The input (a LazyFrame, e.g.
         ``pl.scan_parquet("in/*.parquet")``, is never collected whole) is read, keyed and
@@ -278,6 +303,13 @@ def batch_llm(
         if sink is None:
             msg = "chunk_rows= is for streaming runs: pass sink='out.parquet' as well"
             raise ConfigError(msg)
+        check_mode(mode, concurrency=concurrency, deadline=deadline, wait=wait)
+        if mode != "batch" or concurrency is not None:
+            msg = (
+                f"mode={mode!r} does not stream: a streaming run (sink=) sends batches. Drop "
+                "sink= to run realtime or auto on a frame, or use mode='batch'"
+            )
+            raise ConfigError(msg)
         from batchata_df.stream import stream_llm
 
         return stream_llm(
@@ -309,6 +341,11 @@ def batch_llm(
     if not wait and state is None:
         msg = "wait=False needs state='some/folder' so that a later call can collect results"
         raise ConfigError(msg)
+    run_mode, concurrency, deadline_s = check_mode(
+        mode, concurrency=concurrency, deadline=deadline, wait=wait
+    )
+    if run_mode == "auto" and deadline_s is None:
+        deadline_s = time_limit_s  # "a deadline (or time limit)"
     answer = AnswerSchema(schema)
     cite_columns = citation_columns(answer.columns) if citations else []
     if dry_run:
@@ -336,6 +373,8 @@ def batch_llm(
         raise ConfigError(msg)
     lock_wait = check_lock_timeout(lock_timeout)
     price_table = PriceTable(prices)
+    if run_mode == "realtime":
+        price_table = price_table.realtime()
 
     fingerprint = _fingerprint(
         model, prompt, system, answer, params, citations=citations, history=history
@@ -356,7 +395,7 @@ def batch_llm(
             "remove citations=True"
         )
         raise ConfigError(msg)
-    check_schema_limits(answer.json_schema, needed, name=answer.name)
+    check_schema_limits(answer.json_schema, needed, name=answer.name, citations=citations)
     run_params = check_params(params, supported)
     check_param_values(run_params, needed)
     _check_models(jobs, run_params, structured=answer.json_schema is not None, citations=citations)
@@ -374,8 +413,11 @@ def batch_llm(
         .unique("job_id", keep="first", maintain_order=True)
         .drop("input_error")
     )
+    realtime_jobs = None
     if dry_run or max_cost_usd is not None:
         why = "max_cost_usd" if max_cost_usd is not None else "dry_run"
+        if run_mode == "auto":  # a realtime phase holds realtime worst cases
+            realtime_jobs = with_estimates(sendable, spec, price_table.realtime(), why=why)
         sendable = with_estimates(sendable, spec, price_table, why=why)
     options = RunOptions(
         items_per_batch=items_per_batch,
@@ -394,7 +436,11 @@ def batch_llm(
             from batchata_df.progress import make_display
 
             show = make_display(max_cost_usd=max_cost_usd).show_plan
-        return dry_run_plan(frame, jobs, sendable, spec, options, state, fingerprint, show)
+        return dry_run_plan(
+            frame, jobs, sendable, spec, options, state, fingerprint, show,
+            mode=run_mode, realtime_jobs=realtime_jobs, concurrency=concurrency,
+            deadline_s=deadline_s,
+        )  # fmt: skip
 
     _load_dotenv()
     providers: dict[str, Provider] = {}
@@ -405,7 +451,8 @@ def batch_llm(
         with _state_folder(state) as folder, WriterLock(folder, lock_wait):
             store = StateStore(folder, fingerprint)
             stop = threading.Event()
-            engine = Engine(
+            engine = _engine(
+                run_mode,
                 store,
                 providers,
                 spec,
@@ -413,10 +460,14 @@ def batch_llm(
                 options,
                 progress=display,
                 stop_event=stop,
-                make_provider=make_provider,
+                concurrency=concurrency,
+                deadline_s=deadline_s,
             )
             with _interrupt_sets(stop):
-                results = engine.run(sendable)
+                if isinstance(engine, AutoEngine):
+                    results = engine.run(sendable, realtime_jobs)
+                else:
+                    results = engine.run(sendable)
             _warn_unavailable(results)
     finally:
         close = getattr(display, "close", None)
@@ -436,6 +487,38 @@ def batch_llm(
         keep_raw=keep_raw,
         keep_responses=keep_responses,
     )
+
+
+def _engine(
+    mode: str,
+    store: StateStore,
+    providers: dict[str, Provider],
+    spec: RequestSpec,
+    prices: PriceTable,
+    options: RunOptions,
+    *,
+    progress: Callable[[ProgressSnapshot], None] | None,
+    stop_event: threading.Event,
+    concurrency: int | None,
+    deadline_s: float | None,
+) -> Engine | RealtimeEngine | AutoEngine:
+    """The driver of ``mode``: batches, realtime requests, or both (``"auto"``)."""
+    common: dict[str, Any] = {
+        "progress": progress,
+        "stop_event": stop_event,
+        "make_provider": make_provider,
+    }
+    if mode == "batch":
+        return Engine(store, providers, spec, prices, options, **common)
+    concurrency = concurrency or DEFAULT_CONCURRENCY
+    if mode == "realtime":
+        return RealtimeEngine(
+            store, providers, spec, prices, options, concurrency=concurrency, **common
+        )
+    return AutoEngine(
+        store, providers, spec, prices, options, deadline_s=deadline_s,
+        concurrency=concurrency, **common,
+    )  # fmt: skip
 
 
 def _fingerprint(
@@ -804,6 +887,7 @@ def _check_models(
     """Every model of the run takes ``params`` and the features asked for, before spend."""
     pairs = jobs.select("provider", "model").drop_nulls().unique(maintain_order=True)
     for provider, model in pairs.iter_rows():
+        check_endpoint(str(provider), str(model))
         check_model_params(str(provider), str(model), params)
         family = family_of(str(provider), str(model))
         if structured and not family.structured_output and not citations:
@@ -849,7 +933,7 @@ def _assemble(
         results = results.with_columns(pl.lit(None, dtype=pl.Int64).alias("attempts"))
     if "reasoning_tokens" not in results.columns:
         results = results.with_columns(pl.lit(None, dtype=pl.Int64).alias("reasoning_tokens"))
-    for text in ("raw", "response"):
+    for text in ("raw", "response", "mode", "batch_key"):
         if text not in results.columns:
             results = results.with_columns(pl.lit(None, dtype=pl.String).alias(text))
     state = results.select(
@@ -866,6 +950,12 @@ def _assemble(
         "cost_usd",
         "attempts",
         "provider_batch_id",
+        # How the row was last sent: realtime events say so; batch events have a batch key.
+        pl.when(pl.col("mode").is_not_null())
+        .then(pl.col("mode"))
+        .when(pl.col("batch_key").is_not_null())
+        .then(pl.lit("batch"))
+        .alias("mode"),
     )
     # A streaming run marks rows whose request an earlier chunk already had (``later``).
     later = ["later"] if "later" in jobs.columns else []
@@ -907,6 +997,7 @@ def _assemble(
         billed("reasoning_tokens", pl.Int64()).alias("_reasoning_tokens"),
         pl.col("job_id").alias("_job_id"),
         pl.when(sendable).then(pl.col("provider_batch_id")).alias("_batch_id"),
+        pl.when(sendable).then(pl.col("mode")).alias("_mode"),
     ]
     if keep_raw:
         meta.append(pl.when(terminal).then(pl.col("raw")).alias(RAW_COLUMN))

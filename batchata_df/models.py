@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
-from batchata_df.errors import ParamError
+from batchata_df.errors import ModelError, ParamError
 
 __all__ = [
     "ANTHROPIC_BUDGETS",
@@ -68,6 +68,7 @@ __all__ = [
     "FAMILIES",
     "Family",
     "capabilities_table",
+    "check_endpoint",
     "check_model_params",
     "context_window",
     "default_max_tokens",
@@ -427,6 +428,42 @@ def effective_params(provider: str, model: str, params: Mapping[str, Any]) -> di
 def _refuse(model: str, family: Family, param: str, why: str, fix: str) -> ParamError:
     msg = f"model {model!r} ({family.name}) {why}: params[{param!r}]; {fix}"
     return ParamError(msg, model=model, param=param)
+
+
+OPENAI_RESPONSES_ONLY = re.compile(r"^(o1-pro|o3-pro|gpt-5(\.\d+)?-pro)(-|$)")
+"""OpenAI models served by the Responses API only: OpenAI's model pages for o1-pro, o3-pro
+and gpt-5-pro say each is "available in the Responses API only", and chat completions
+answer "This model is only supported in v1/responses and not in v1/chat/completions."
+(run-llama/llama_index pull 21922, which also lists gpt-5.2-pro and gpt-5.4-pro;
+langchain-ai/langchain pull 34306 for gpt-5.2-pro). batchata-df sends OpenAI batches to
+``/v1/chat/completions``."""
+
+
+def check_endpoint(provider: str, model: str) -> None:
+    """Raise :class:`~batchata_df.errors.ModelError` for a model our batch endpoint lacks.
+
+    Examples
+    --------
+    >>> check_endpoint("openai", "gpt-5.4")
+    >>> check_endpoint("openai", "gpt-5.4-pro")
+    Traceback (most recent call last):
+    ...
+    batchata_df.errors.ModelError: model 'gpt-5.4-pro' is served by OpenAI's Responses API \
+only, and batchata-df sends OpenAI batches to /v1/chat/completions, where every request \
+would fail after the batch ran; use 'gpt-5.4' with params={'reasoning_effort': 'high'} \
+(or 'xhigh') instead
+    """
+    name = model.strip().lower().removeprefix("openai:")
+    if provider != "openai" or not OPENAI_RESPONSES_ONLY.match(name):
+        return
+    base = re.sub(r"-pro(-.*)?$", "", name)
+    msg = (
+        f"model {model!r} is served by OpenAI's Responses API only, and batchata-df sends "
+        "OpenAI batches to /v1/chat/completions, where every request would fail after the "
+        f"batch ran; use {base!r} with params={{'reasoning_effort': 'high'}} (or 'xhigh') "
+        "instead"
+    )
+    raise ModelError(msg)
 
 
 def check_model_params(provider: str, model: str, params: Mapping[str, Any]) -> None:

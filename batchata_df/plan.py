@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,7 @@ PLAN_COLUMNS = (
     "_est_cost_usd",
     "_batch_index",
     "_within_cap",
+    "_mode",
 )
 """Columns a dry run appends to the input frame.
 
@@ -39,6 +41,10 @@ collects it), or ``failed`` (bad input, never sent). ``_est_cost_usd`` is the wo
 estimated input tokens plus ``max_tokens`` of output at the model's batch price.
 ``_within_cap`` says whether the request fits under ``max_cost_usd`` (null without a cap)
 at the worst case: a real run may fit more, as actual costs come in below the worst case.
+``_mode`` is how a planned request would be sent: ``"batch"`` or ``"realtime"`` (at the
+standard price; ``_batch_index`` is then null). With ``mode="auto"`` it is what the run
+would decide at the start (small jobs and a near deadline: realtime); batches still
+unfinished near the deadline go realtime later, which a plan cannot foresee.
 """
 
 
@@ -89,17 +95,42 @@ def dry_run_plan(
     state: str | os.PathLike[str] | None,
     fingerprint: dict[str, str],
     show: Callable[[PlanSummary], None] | None = None,
+    *,
+    mode: str = "batch",
+    realtime_jobs: pl.DataFrame | None = None,
+    concurrency: int | None = None,
+    deadline_s: float | None = None,
 ) -> pl.DataFrame:
-    """Plan the run and return the plan; ``show`` receives a summary for people."""
+    """Plan the run and return the plan; ``show`` receives a summary for people.
+
+    ``realtime_jobs`` are ``sendable`` priced at realtime rates (``mode="auto"``).
+    """
+    from batchata_df.engine.auto import AUTO_REALTIME_MAX_JOBS, realtime_seconds
+    from batchata_df.engine.realtime import DEFAULT_CONCURRENCY
+
     done, busy, spent = _recorded(state, fingerprint, options.retry_failed, sendable)
     todo = sendable.filter(~pl.col("job_id").is_in(list(done | busy)))
+    concurrency = concurrency or DEFAULT_CONCURRENCY
+    plan_mode = mode
+    if mode == "auto":
+        near = deadline_s is not None and realtime_seconds(todo.height, concurrency) >= deadline_s
+        plan_mode = "realtime" if todo.height <= AUTO_REALTIME_MAX_JOBS or near else "batch"
+        if plan_mode == "realtime" and realtime_jobs is not None:
+            sendable = realtime_jobs
+            todo = sendable.filter(~pl.col("job_id").is_in(list(done | busy)))
     providers = {
         name: make_provider(name, offline=True)
         for name in todo.get_column("provider").unique().to_list()
     }
     rows: list[pl.DataFrame] = []
     batches: list[dict[str, object]] = []
-    for index, planned in enumerate(plan_batches(todo, providers, spec, options.items_per_batch)):
+    planned_batches = plan_batches(todo, providers, spec, options.items_per_batch)
+    if plan_mode == "realtime":  # one request at a time: no batches to number
+        planned_batches = iter(())
+        rows.append(
+            todo.select("job_id").with_columns(pl.lit(None, dtype=pl.Int64).alias("batch_index"))
+        )
+    for index, planned in enumerate(planned_batches):
         rows.append(
             pl.DataFrame({"job_id": planned.job_ids}).with_columns(
                 pl.lit(index, dtype=pl.Int64).alias("batch_index")
@@ -120,9 +151,9 @@ def dry_run_plan(
         if rows
         else pl.DataFrame(schema={"job_id": pl.String, "batch_index": pl.Int64})
     )
-    planned_jobs = todo.join(index_of, on="job_id", how="left").sort(
-        "batch_index", maintain_order=True
-    )
+    planned_jobs = todo.join(index_of, on="job_id", how="left")
+    if plan_mode == "batch":
+        planned_jobs = planned_jobs.sort("batch_index", maintain_order=True)
     cap = options.max_cost_usd
     within = (
         (planned_jobs.get_column("worst_usd").cum_sum() + spent <= cap + 1e-12)
@@ -170,10 +201,12 @@ def dry_run_plan(
         pl.when(sent).then(pl.col("worst_usd")).otherwise(0.0).alias("_est_cost_usd"),
         pl.when(sent).then(pl.col("batch_index")).alias("_batch_index"),
         pl.when(sent).then(pl.col("within_cap")).alias("_within_cap"),
+        pl.when(sent).then(pl.lit(plan_mode)).alias("_mode"),
     )
     result = pl.concat([frame, out], how="horizontal")
     if show is not None:
-        show(summarize(result, batches, cap, spent))
+        summary = summarize(result, batches, cap, spent)
+        show(dataclasses.replace(summary, mode=plan_mode, concurrency=concurrency))
     return result
 
 

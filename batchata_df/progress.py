@@ -60,6 +60,22 @@ def _batches(s: ProgressSnapshot) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(s.batches.items())) or "none yet"
 
 
+def _realtime(s: ProgressSnapshot) -> str:
+    """The realtime part of a run, for the display (``mode="realtime"`` / ``"auto"``).
+
+    Examples
+    --------
+    >>> from batchata_df.engine import ProgressSnapshot
+    >>> snap = ProgressSnapshot(total=20, completed=12, failed=0, cancelled=0, pending=8,
+    ...     batches={}, cost_usd=0.01, elapsed_s=3.0, phase="running", realtime_in_flight=8)
+    >>> _realtime(snap)
+    '8 requests in flight (standard price)'
+    """
+    if s.phase == "done":
+        return "answered one request at a time (standard price)"
+    return f"{s.realtime_in_flight:,} requests in flight (standard price)"
+
+
 def _cap(usd: float) -> str:
     """A cap as the user wrote it: ``$5.00``, ``$0.0006`` (never rounded to ``$0.00``).
 
@@ -128,9 +144,13 @@ def format_line(s: ProgressSnapshot, max_cost_usd: float | None = None, since: f
     """  # noqa: E501
     if s.phase == "done":
         return f"{outcome_line(s)} | cost {_cost(s, max_cost_usd)}"
+    sending = (
+        f"realtime: {_realtime(s)}" if s.realtime_in_flight is not None and not s.batches
+        else f"batches: {_batches(s)}"
+    )
     return (
         f"{_finished(s):,}/{s.total:,} finished (completed {s.completed:,}, failed {s.failed:,}, "
-        f"cancelled {s.cancelled:,}, pending {s.pending:,}) | batches: {_batches(s)} | "
+        f"cancelled {s.cancelled:,}, pending {s.pending:,}) | {sending} | "
         f"cost {_cost(s, max_cost_usd)} | ETA {_eta(s, since)} | "
         f"{_duration(s.elapsed_s + since)}" + (f" | {s.activity}" if s.activity else "")
     )
@@ -182,7 +202,10 @@ def _panel(s: ProgressSnapshot, max_cost_usd: float | None, since: float = 0.0) 
     if s.in_flight_done and not done:
         counts.append(f"  (of which {s.in_flight_done:,} done in running batches)", "dim")
     grid.add_row("jobs", counts)
-    grid.add_row("batches", Text(_batches(s)))
+    if s.batches or s.realtime_in_flight is None:
+        grid.add_row("batches", Text(_batches(s)))
+    if s.realtime_in_flight is not None:
+        grid.add_row("realtime", Text(_realtime(s)))
     near_cap = max_cost_usd is not None and s.cost_usd >= 0.9 * max_cost_usd
     grid.add_row("cost", Text(_cost(s, max_cost_usd), style="bold red" if near_cap else ""))
     if s.projected_cost_usd is not None and not done:
@@ -491,6 +514,10 @@ class PlanSummary:
     max_cost_usd: float | None
     within_cap: int
     """Planned requests that fit under the cap at the worst case (all without a cap)."""
+    mode: str = "batch"
+    """How the planned requests would be sent: ``"batch"`` or ``"realtime"``."""
+    concurrency: int = 8
+    """Realtime requests in flight at once (``mode="realtime"``)."""
 
 
 def _plan_lines(p: PlanSummary) -> list[str]:
@@ -500,6 +527,11 @@ def _plan_lines(p: PlanSummary) -> list[str]:
         f"batch{'es' if p.n_batches != 1 else ''}, worst case ${p.worst_case_usd:,.4f} "
         "(every answer using max_tokens)"
     ]
+    if p.mode == "realtime":
+        lines = [
+            f"{planned:,} requests would be sent realtime ({p.concurrency} at a time, standard "
+            f"price), worst case ${p.worst_case_usd:,.4f} (every answer using max_tokens)"
+        ]
     if p.held_usd:
         lines.append(f"already spent or held by batches in flight: ${p.held_usd:,.4f}")
     if p.max_cost_usd is not None:

@@ -23,7 +23,8 @@ connection itself for several queries over the same snapshot. Both define these 
     result line, kept with ``batch_llm(keep_responses=True)``, else null).
     ``est_cost_usd`` is the latest known pre-submission estimate, or null when the
     checkpoint has none. ``first_seen_at`` / ``updated_at`` are the first and latest event
-    times.
+    times. ``mode`` is ``"batch"`` or ``"realtime"``: how the job was last sent (null if
+    it never was), as the frame's ``_mode``.
 ``batch_events``
     Every batch event, all columns of :data:`~batchata_df.state.BATCH_EVENTS`, with ``run``.
 ``batches``
@@ -267,7 +268,10 @@ WITH attempts AS (
            arg_max_null(response, seq) AS response,
            {est} AS est_cost_usd,
            min(ts) AS first_seen_at,
-           max(ts) AS updated_at
+           max(ts) AS updated_at,
+           -- How the job was last sent: realtime events say so; batch events carry a key.
+           arg_max(coalesce(mode, CASE WHEN batch_key IS NOT NULL THEN 'batch' END), seq)
+               AS mode
     FROM job_events
     GROUP BY run, job_id
 )
@@ -276,7 +280,7 @@ SELECT latest.run, latest.job_id, status, error, provider, model, batch_key,
        billed.input_tokens, billed.output_tokens, billed.cached_tokens,
        billed.cache_write_tokens, billed.reasoning_tokens, billed.cost_usd,
        coalesce(billed.attempts, 0) AS attempts,
-       est_cost_usd, first_seen_at, updated_at
+       est_cost_usd, first_seen_at, updated_at, mode
 FROM latest LEFT JOIN billed USING (run, job_id)
 """
 

@@ -18,11 +18,24 @@ with the same numbers by jsonschemaprofiles.unitvectorylabs.com/schemas/openai, 
 * for a single string enum of more than 250 values, at most 15,000 characters in total
   over its values.
 
-Anthropic publishes no numeric limit: its structured outputs refuse recursive schemas
-(which :class:`~batchata_df.schema.AnswerSchema` already refuses for every provider) and a
-schema whose "compiled grammar is too large" (the request's 400 message, e.g.
-github.com/TanStack/ai issue 682) -- a size it does not state, so it cannot be checked
-here. Gemini refuses recursive required fields (``providers.gemini._check_acyclic``).
+Anthropic structured outputs (``output_config.format``; the structured-outputs guide,
+https://platform.claude.com/docs/en/build-with-claude/structured-outputs, "Schema
+complexity limits", as quoted by hex.pm lang_schema 0.7.1 ``LangSchema.Converter.Anthropic``):
+
+* at most 24 optional parameters (properties not in ``required``) across the schema;
+* at most 16 parameters using ``anyOf`` or type arrays across the schema -- every
+  ``Optional[...]`` field is one (``anyOf: [T, null]``), so a model with 17 optional-valued
+  fields is refused by Claude;
+* (at most 20 strict tools per request: we send none.)
+
+Beyond these, Anthropic refuses a schema whose "compiled grammar is too large, which would
+cause performance issues" (anthropics/anthropic-sdk-python issue 1185, a 5-level schema;
+github.com/TanStack/ai issue 682) and publishes no size for it. Until it does, the OpenAI
+limits above are applied to Claude models as well, as a conservative bound (a schema within
+them is small; one beyond them is refused before spend rather than after the batch ran).
+Recursive schemas are refused for every provider by
+:class:`~batchata_df.schema.AnswerSchema`. Gemini refuses recursive required fields
+(``providers.gemini._check_acyclic``).
 """
 
 from __future__ import annotations
@@ -33,7 +46,14 @@ from typing import Any
 
 from batchata_df.errors import SchemaError
 
-__all__ = ["OPENAI_STRICT_LIMITS", "SchemaSize", "check_schema_limits", "measure"]
+__all__ = [
+    "ANTHROPIC_LIMITS",
+    "OPENAI_STRICT_LIMITS",
+    "SchemaSize",
+    "anthropic_counts",
+    "check_schema_limits",
+    "measure",
+]
 
 OPENAI_STRICT_LIMITS: Mapping[str, int] = {
     "properties": 5_000,
@@ -44,6 +64,59 @@ OPENAI_STRICT_LIMITS: Mapping[str, int] = {
     "large_enum_length": 15_000,
 }
 """OpenAI's strict structured-output limits (see the module docstring for the source)."""
+
+ANTHROPIC_LIMITS: Mapping[str, int] = {
+    "optional_properties": 24,
+    "union_properties": 16,
+}
+"""Anthropic's published structured-output limits (see the module docstring)."""
+
+
+def anthropic_counts(schema: Mapping[str, Any]) -> tuple[int, int]:
+    """``(optional, union-typed)`` properties of ``schema``, as Anthropic's limits count them.
+
+    Every ``properties`` entry at any level (definitions once each) counts: optional when
+    its object does not list it in ``required``, union-typed when its schema has ``anyOf``
+    or a list of types.
+
+    Examples
+    --------
+    >>> s = {"type": "object", "required": ["a"], "properties": {
+    ...     "a": {"anyOf": [{"type": "integer"}, {"type": "null"}]},
+    ...     "b": {"type": ["string", "null"]}, "c": {"type": "string"}}}
+    >>> anthropic_counts(s)
+    (2, 2)
+    """
+    optional = unions = 0
+
+    def walk(node: object) -> None:
+        nonlocal optional, unions
+        if isinstance(node, list):
+            for item in node:
+                walk(item)
+            return
+        if not isinstance(node, Mapping):
+            return
+        props = node.get("properties")
+        if isinstance(props, Mapping):
+            required = set(node.get("required") or [])
+            for name, sub in props.items():
+                optional += name not in required
+                if isinstance(sub, Mapping) and (
+                    "anyOf" in sub or isinstance(sub.get("type"), list)
+                ):
+                    unions += 1
+        for key, value in node.items():
+            if key in ("enum", "const"):
+                continue
+            if key in ("properties", "$defs", "definitions") and isinstance(value, Mapping):
+                for sub in value.values():
+                    walk(sub)
+            else:
+                walk(value)
+
+    walk(schema)
+    return optional, unions
 
 
 @dataclass(frozen=True)
@@ -141,9 +214,16 @@ def measure(schema: Mapping[str, Any]) -> SchemaSize:
 
 
 def check_schema_limits(
-    schema: Mapping[str, Any] | None, providers: Iterable[str], *, name: str
+    schema: Mapping[str, Any] | None,
+    providers: Iterable[str],
+    *,
+    name: str,
+    citations: bool = False,
 ) -> None:
     """Raise :class:`SchemaError` if ``schema`` breaks a limit of a provider in use.
+
+    With ``citations`` no schema is sent to Anthropic as structured output (it goes in the
+    prompt), so Anthropic's limits do not apply.
 
     Examples
     --------
@@ -155,43 +235,78 @@ def check_schema_limits(
     ... except SchemaError as e:
     ...     print(str(e)[:40])
     schema Deep nests objects 11 levels deep
-    >>> check_schema_limits(deep, ["anthropic"], name="Deep")  # no published limit
+    >>> check_schema_limits(deep, ["gemini"], name="Deep")  # no published limit
     """
-    if schema is None or "openai" not in set(providers):
+    if schema is None:
         return
-    size = measure(schema)
-    lim = OPENAI_STRICT_LIMITS
-    fix = "split the model into smaller ones run separately, or use a Claude or Gemini model"
-    problem = None
-    if size.depth > lim["depth"]:
-        problem = (
-            f"nests objects {size.depth} levels deep; OpenAI structured outputs allow at most "
-            f"{lim['depth']}; flatten the nested models (fewer levels of BaseModel fields)"
+    used = set(providers)
+    if "anthropic" in used and not citations:
+        _check_anthropic(schema, name)
+    if "openai" in used:
+        problem = _openai_problem(measure(schema), "OpenAI structured outputs")
+    elif "anthropic" in used and not citations:
+        problem = _openai_problem(
+            measure(schema),
+            "Anthropic publishes no size limit for its compiled schema grammar, so "
+            "batchata-df applies OpenAI's published limits as a conservative bound: they",
         )
-    elif size.properties > lim["properties"]:
-        problem = (
-            f"has {size.properties} object properties in total; OpenAI structured outputs "
-            f"allow at most {lim['properties']}; {fix}"
-        )
-    elif size.enum_values > lim["enum_values"]:
-        problem = (
-            f"has {size.enum_values} enum (Literal/Enum) values in total; OpenAI structured "
-            f"outputs allow at most {lim['enum_values']}; use a str field for the long "
-            "lists of choices (the prompt can name them), or split the model"
-        )
-    elif size.large_enum_length > lim["large_enum_length"]:
-        problem = (
-            f"has a Literal/Enum of more than {lim['large_enum_values']} values totalling "
-            f"{size.large_enum_length} characters; OpenAI structured outputs allow at most "
-            f"{lim['large_enum_length']} for such an enum; shorten the values or use a str "
-            "field"
-        )
-    elif size.string_length > lim["string_length"]:
-        problem = (
-            f"has {size.string_length} characters of property names, definition names and "
-            f"enum/const values; OpenAI structured outputs allow at most "
-            f"{lim['string_length']}; shorten names and values, or {fix}"
-        )
+    else:
+        problem = None
     if problem is not None:
         msg = f"schema {name} {problem}"
         raise SchemaError(msg)
+
+
+def _check_anthropic(schema: Mapping[str, Any], name: str) -> None:
+    optional, unions = anthropic_counts(schema)
+    lim = ANTHROPIC_LIMITS
+    if unions > lim["union_properties"]:
+        msg = (
+            f"schema {name} has {unions} fields whose type is a union (every Optional[...] "
+            f"field is one); Anthropic structured outputs allow at most "
+            f"{lim['union_properties']}; make some fields required (not Optional) or split "
+            "the model into smaller ones run separately"
+        )
+        raise SchemaError(msg)
+    if optional > lim["optional_properties"]:
+        msg = (
+            f"schema {name} has {optional} optional fields; Anthropic structured outputs allow "
+            f"at most {lim['optional_properties']}; make some fields required or split the "
+            "model"
+        )
+        raise SchemaError(msg)
+
+
+def _openai_problem(size: SchemaSize, who: str) -> str | None:
+    lim = OPENAI_STRICT_LIMITS
+    fix = "split the model into smaller ones run separately, or use a Gemini model"
+    if size.depth > lim["depth"]:
+        return (
+            f"nests objects {size.depth} levels deep; {who} allow at most "
+            f"{lim['depth']}; flatten the nested models (fewer levels of BaseModel fields)"
+        )
+    if size.properties > lim["properties"]:
+        return (
+            f"has {size.properties} object properties in total; {who} "
+            f"allow at most {lim['properties']}; {fix}"
+        )
+    if size.enum_values > lim["enum_values"]:
+        return (
+            f"has {size.enum_values} enum (Literal/Enum) values in total; {who} "
+            f"allow at most {lim['enum_values']}; use a str field for the long "
+            "lists of choices (the prompt can name them), or split the model"
+        )
+    if size.large_enum_length > lim["large_enum_length"]:
+        return (
+            f"has a Literal/Enum of more than {lim['large_enum_values']} values totalling "
+            f"{size.large_enum_length} characters; {who} allow at most "
+            f"{lim['large_enum_length']} for such an enum; shorten the values or use a str "
+            "field"
+        )
+    if size.string_length > lim["string_length"]:
+        return (
+            f"has {size.string_length} characters of property names, definition names and "
+            f"enum/const values; {who} allow at most "
+            f"{lim['string_length']}; shorten names and values, or {fix}"
+        )
+    return None

@@ -30,6 +30,14 @@ answer of a ``completed`` event (``answer`` holds it validated and canonical), a
 refusal. Null when the provider returned no text. Parts written before it existed read as
 null.
 
+``mode`` is ``"realtime"`` on the events of requests sent one by one through the
+providers' standard endpoints (``batch_llm(mode="realtime")``; their ``batch_key`` names
+the call's realtime requests of one model, ``provider_batch_id`` is null) and null on batch
+events (parts written before it existed read as null too). A ``realtime`` ``assigned``
+event is written before the request is sent; one left without a later event (the process
+died while the request was in flight) ends ``failed`` with ``lost:`` on the next call,
+because the provider may have billed it (see :mod:`batchata_df.engine.realtime`).
+
 Job event statuses: ``assigned`` (put in a provider batch, written *before* submitting),
 ``completed``, ``failed``, ``cancelled``. Batch event statuses: ``intent`` (written before
 the provider is called), ``submitted`` (the provider's batch id, written right after),
@@ -100,6 +108,7 @@ JOB_EVENTS = pl.Schema(
         "citations": pl.String(),
         "raw": pl.String(),
         "response": pl.String(),
+        "mode": pl.String(),
     }
 )
 """Schema of a job event part (public, versioned by ``FORMAT_VERSION``)."""

@@ -29,6 +29,7 @@ import dataclasses
 import os
 import secrets
 import shutil
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -103,12 +104,6 @@ def stream_llm(
             "leave sink out to get a DataFrame back"
         )
         raise ConfigError(msg)
-    if dry_run:
-        msg = (
-            "dry_run=True plans in memory and returns the plan: leave sink= out for a dry "
-            "run (pass the LazyFrame: it is collected), then run again with sink="
-        )
-        raise ConfigError(msg)
     patience_s = check_patience(provider_patience)
     time_limit_s = check_run_arguments(
         max_cost_usd=max_cost_usd,
@@ -128,15 +123,20 @@ def stream_llm(
     answer = AnswerSchema(schema)
     cite_columns = citation_columns(answer.columns) if citations else []
     columns = list(lf.collect_schema().names())
-    fr._check_collisions(
-        columns,
-        [
-            *answer.columns,
-            *cite_columns,
-            *([fr.RAW_COLUMN] if keep_raw else []),
-            *([fr.RESPONSE_COLUMN] if keep_responses else []),
-        ],
-    )
+    if dry_run:
+        from batchata_df.plan import PLAN_COLUMNS
+
+        fr._check_collisions(columns, [], produced=PLAN_COLUMNS, what="dry-run plan")
+    else:
+        fr._check_collisions(
+            columns,
+            [
+                *answer.columns,
+                *cite_columns,
+                *([fr.RAW_COLUMN] if keep_raw else []),
+                *([fr.RESPONSE_COLUMN] if keep_responses else []),
+            ],
+        )
     if citations and files is None:
         msg = (
             "citations=True needs documents to cite: pass files='<column of file paths>' "
@@ -172,7 +172,7 @@ def stream_llm(
             "or remove citations=True"
         )
         raise ConfigError(msg)
-    check_schema_limits(answer.json_schema, needed, name=answer.name)
+    check_schema_limits(answer.json_schema, needed, name=answer.name, citations=citations)
     run_params = check_params(params, supported)
     check_param_values(run_params, needed)
     fr._check_models(
@@ -185,11 +185,11 @@ def stream_llm(
         from batchata_df.files import content_preparer
 
         spec = dataclasses.replace(spec, prepare=content_preparer(citations=citations))
-    if max_cost_usd is not None:
+    why = "max_cost_usd" if max_cost_usd is not None else "dry_run"
+    if max_cost_usd is not None or dry_run:
         # Prices are needed for the cap: a model without one fails here, before spending.
         fr.with_estimates(
-            probe_jobs.filter(pl.col("input_error").is_null()), spec, price_table,
-            why="max_cost_usd",
+            probe_jobs.filter(pl.col("input_error").is_null()), spec, price_table, why=why
         )
     options = RunOptions(
         items_per_batch=items_per_batch,
@@ -212,14 +212,28 @@ def stream_llm(
         return jobs
 
     def estimate(sendable: pl.DataFrame) -> pl.DataFrame:
-        if max_cost_usd is None:
+        if max_cost_usd is None and not dry_run:
             return sendable
-        return fr.with_estimates(sendable, spec, price_table, why="max_cost_usd")
+        return fr.with_estimates(sendable, spec, price_table, why=why)
+
+    expected = int(lf.select(pl.len()).collect().item())
+    if dry_run:
+        show = None
+        if progress is True:
+            from batchata_df.progress import make_display
+
+            show = make_display(max_cost_usd=max_cost_usd).show_plan
+        with tempfile.TemporaryDirectory(prefix="batchata-df-plan-") as plan_dir:
+            source = ChunkSource(lf, Path(plan_dir), rows, jobs_of, estimate, expected)
+            stream_plan(
+                source, sink_path, spec, options, state, fingerprint, show,
+                pl.DataFrame(schema=lf.collect_schema()),
+            )
+        return pl.scan_parquet(sink_path)
 
     fr._load_dotenv()
     providers: dict[str, Provider] = {}
     display = fr._progress_callback(progress, max_cost_usd)
-    expected = int(lf.select(pl.len()).collect().item())
     try:
         for name in needed:
             providers[name] = make_provider(name)
@@ -316,6 +330,10 @@ class ChunkSource:
         self.files: list[Path] = []
         self._batches = _chunks(lf, chunk_rows, expected_rows)
 
+    def read(self) -> tuple[pl.DataFrame, pl.DataFrame] | None:
+        """The next chunk, keyed and spilled: ``(chunk with keys, its jobs)``."""
+        return self._read()
+
     def _read(self) -> tuple[pl.DataFrame, pl.DataFrame] | None:
         """Read, key and spill the next chunk: ``(chunk with keys, its jobs)``."""
         chunk = next(self._batches, None)
@@ -376,6 +394,42 @@ class ChunkSource:
         return self.estimate(jobs.filter(pl.col("input_error").is_null()).drop("input_error"))
 
 
+class SinkWriter:
+    """Appends frames to a Parquet file written under a hidden name, renamed when complete."""
+
+    def __init__(self, sink: Path) -> None:
+        import pyarrow.parquet as pq  # type: ignore[import-untyped]
+
+        self._pq = pq
+        self.sink = sink
+        sink.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = sink.with_name(f".tmp-{sink.name}-{secrets.token_hex(4)}")
+        self._writer: Any = None
+
+    def write(self, frame: pl.DataFrame) -> None:
+        """Append ``frame`` (the first one fixes the schema)."""
+        table = frame.to_arrow()
+        if self._writer is None:
+            self._writer = self._pq.ParquetWriter(self.tmp, table.schema, compression="zstd")
+        self._writer.write_table(table.cast(self._writer.schema))
+
+    def close(self, empty: pl.DataFrame) -> None:
+        """Finish: ``empty`` gives the columns when nothing was written; rename into place."""
+        if self._writer is None:
+            self.write(empty)
+        self._writer.close()
+        self._writer = None
+        os.replace(self.tmp, self.sink)
+
+    def __enter__(self) -> SinkWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self.tmp.unlink(missing_ok=True)
+
+
 def _write_sink(
     sink: Path,
     chunks: list[Path],
@@ -394,15 +448,10 @@ def _write_sink(
     Returns the ``status``/``error`` of rows flagged ``provider_unavailable`` (for the
     warning), or ``None``.
     """
-    import pyarrow.parquet as pq  # type: ignore[import-untyped]
-
     from batchata_df import frame as fr
 
-    sink.parent.mkdir(parents=True, exist_ok=True)
-    tmp = sink.with_name(f".tmp-{sink.name}-{secrets.token_hex(4)}")
-    writer: pq.ParquetWriter | None = None
     flagged: list[pl.DataFrame] = []
-    try:
+    with SinkWriter(sink) as writer:
         for path in chunks:
             chunk = pl.read_parquet(path)
             keys = chunk.select(
@@ -417,27 +466,202 @@ def _write_sink(
             )
             if hit.height:
                 flagged.append(hit.select("status", "error"))
-            out = fr._assemble(
-                chunk.drop(_JOB, _ERR, _LATER), keys, results, answer,
-                citations=citations, keep_raw=keep_raw, keep_responses=keep_responses,
+            writer.write(
+                fr._assemble(
+                    chunk.drop(_JOB, _ERR, _LATER), keys, results, answer,
+                    citations=citations, keep_raw=keep_raw, keep_responses=keep_responses,
+                )
             )
-            table = out.to_arrow()
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
-            writer.write_table(table.cast(writer.schema))
-            del chunk, keys, results, out, table
-        if writer is None:  # no input rows: an empty file with the output's columns
-            out = fr._assemble(
+            del chunk, keys, results
+        # No input rows: an empty file with the output's columns.
+        writer.close(
+            fr._assemble(
                 empty, pl.DataFrame(schema={"job_id": pl.String, "input_error": pl.String}),
                 pl.DataFrame(schema=dict(JOB_EVENTS)), answer,
                 citations=citations, keep_raw=keep_raw, keep_responses=keep_responses,
             )
-            writer = pq.ParquetWriter(tmp, out.to_arrow().schema, compression="zstd")
-        writer.close()
-        writer = None
-        os.replace(tmp, sink)
-    finally:
-        if writer is not None:
-            writer.close()
-        tmp.unlink(missing_ok=True)
+        )
     return pl.concat(flagged) if flagged else None
+
+
+def stream_plan(
+    source: ChunkSource,
+    sink: Path,
+    spec: RequestSpec,
+    options: RunOptions,
+    state: str | os.PathLike[str] | None,
+    fingerprint: dict[str, str],
+    show: Callable[[Any], None] | None,
+    empty: pl.DataFrame,
+) -> None:
+    """A dry run, chunk by chunk: the plan of every row written to ``sink`` in input order.
+
+    The same plan as :func:`batchata_df.plan.dry_run_plan` gives in memory, with the
+    batches a streaming run makes (planned per chunk, in order): ``_batch_index`` counts
+    on across chunks, ``_within_cap`` adds the worst cases up across chunks, a request an
+    earlier chunk already had is a ``duplicate``. Nothing is written to the state folder.
+    """
+    from batchata_df.engine import plan_batches, settled
+    from batchata_df.plan import PLAN_COLUMNS
+
+    store = None
+    held = 0.0
+    busy = pl.Series("job_id", [], dtype=pl.String)
+    if state is not None and Path(state).is_dir():
+        store = StateStore(state, fingerprint, readonly=True)
+        batches = store.batch_state()
+        if batches.height:
+            open_keys = batches.filter(
+                pl.col("status").is_in(["intent", "submitted", "cancel_requested"])
+            ).get_column("batch_key")
+            assigned = store.assigned(open_keys)
+            busy = assigned.get_column("job_id")
+            held += float(assigned.get_column("est_cost_usd").fill_null(0.0).sum())
+        held += store.spent()
+    providers: dict[str, Provider] = {}
+    cap = options.max_cost_usd
+    n_batches, running = 0, held
+    per_model: dict[tuple[str, str], dict[str, float]] = {}
+    with SinkWriter(sink) as writer:
+        while (read := source.read()) is not None:
+            chunk, jobs = read
+            ids = jobs.get_column("job_id")
+            done = pl.Series("job_id", [], dtype=pl.String)
+            if store is not None:
+                latest, _ = store.snapshot(ids)
+                done = settled(latest, retry_failed=options.retry_failed).get_column("job_id")
+            sendable = jobs.filter(pl.col("input_error").is_null())
+            todo = (
+                sendable.filter(
+                    ~pl.col(_LATER)
+                    & ~pl.col("job_id").is_in(done.implode())
+                    & ~pl.col("job_id").is_in(busy.implode())
+                )
+                .unique("job_id", keep="first", maintain_order=True)
+                .drop("input_error", _LATER)
+            )
+            todo = source.estimate(todo)
+            for name in todo.get_column("provider").unique().to_list():
+                if name not in providers:
+                    providers[name] = make_provider(name, offline=True)
+            index_of: list[pl.DataFrame] = []
+            for planned in plan_batches(todo, providers, spec, options.items_per_batch):
+                index_of.append(
+                    pl.DataFrame({"job_id": planned.job_ids}).with_columns(
+                        pl.lit(n_batches, dtype=pl.Int64).alias("batch_index")
+                    )
+                )
+                key = (planned.provider, planned.model)
+                figures = per_model.setdefault(key, {"batches": 0})
+                figures["batches"] += 1
+                n_batches += 1
+            indexed = (
+                pl.concat(index_of)
+                if index_of
+                else pl.DataFrame(schema={"job_id": pl.String, "batch_index": pl.Int64})
+            )
+            planned_jobs = todo.join(indexed, on="job_id", how="left").sort(
+                "batch_index", maintain_order=True
+            )
+            worst = planned_jobs.get_column("worst_usd").fill_null(0.0)
+            within = (
+                (worst.cum_sum() + running <= cap + 1e-12)
+                if cap is not None
+                else pl.Series([None] * planned_jobs.height, dtype=pl.Boolean)
+            )
+            running += float(worst.sum())
+            planned_jobs = planned_jobs.with_columns(within.alias("within_cap"))
+            per_row = jobs.select("job_id", "input_error", "provider", "model", _LATER).join(
+                planned_jobs.select(
+                    "job_id", "est_input_tokens", "est_output_tokens_max", "worst_usd",
+                    "batch_index", "within_cap",
+                ),
+                on="job_id",
+                how="left",
+                maintain_order="left",
+            )
+            status = (
+                pl.when(pl.col("input_error").is_not_null())
+                .then(pl.lit("failed"))
+                .when(pl.col("job_id").is_in(done.implode()))
+                .then(pl.lit("done"))
+                .when(pl.col("job_id").is_in(busy.implode()))
+                .then(pl.lit("in_flight"))
+                .when(~pl.col("job_id").is_first_distinct() | pl.col(_LATER))
+                .then(pl.lit("duplicate"))
+                .otherwise(pl.lit("planned"))
+            )
+            sent = status == "planned"
+            out = per_row.select(
+                status.alias("_status"),
+                pl.when(pl.col("input_error").is_null()).then(pl.col("job_id")).alias("_job_id"),
+                pl.col("provider").alias("_provider"),
+                pl.col("model").alias("_model"),
+                pl.when(sent).then(pl.col("est_input_tokens")).otherwise(0)
+                .alias("_est_input_tokens"),
+                pl.when(sent).then(pl.col("est_output_tokens_max")).otherwise(0)
+                .alias("_est_output_tokens_max"),
+                pl.when(sent).then(pl.col("worst_usd")).otherwise(0.0).alias("_est_cost_usd"),
+                pl.when(sent).then(pl.col("batch_index")).alias("_batch_index"),
+                pl.when(sent).then(pl.col("within_cap")).alias("_within_cap"),
+                pl.when(sent).then(pl.lit("batch")).alias("_mode"),  # streaming sends batches
+            )
+            writer.write(pl.concat([chunk.drop(_JOB, _ERR, _LATER), out], how="horizontal"))
+        writer.close(
+            empty.with_columns(
+                pl.lit(None, dtype=pl.String).alias(c) for c in PLAN_COLUMNS
+            )
+        )
+    if show is not None:
+        show(_summary(sink, per_model, n_batches, cap, held))
+
+
+def _summary(
+    sink: Path,
+    per_model: dict[tuple[str, str], dict[str, float]],
+    n_batches: int,
+    cap: float | None,
+    held: float,
+) -> Any:
+    """The dry run's summary for people, aggregated from the plan file while scanning."""
+    from batchata_df.progress import PlanSummary
+
+    plan = pl.scan_parquet(sink)
+    counts = dict(plan.group_by("_status").len().collect(engine="streaming").iter_rows())
+    order = ["planned", "duplicate", "done", "in_flight", "failed"]
+    planned = plan.filter(pl.col("_status") == "planned")
+    models = (
+        planned.group_by("_provider", "_model")
+        .agg(
+            pl.len().alias("jobs"),
+            pl.col("_est_input_tokens").sum().alias("est_input_tokens"),
+            pl.col("_est_output_tokens_max").sum().alias("max_output_tokens"),
+            pl.col("_est_cost_usd").sum().alias("worst_case_usd"),
+            pl.col("_within_cap").fill_null(cap is None).sum().alias("within"),
+        )
+        .sort("_provider", "_model")
+        .collect(engine="streaming")
+    )
+    by_model = [
+        {
+            "provider": row["_provider"],
+            "model": row["_model"],
+            "jobs": int(row["jobs"]),
+            "batches": int(per_model.get((row["_provider"], row["_model"]), {}).get(
+                "batches", 0
+            )),
+            "est_input_tokens": int(row["est_input_tokens"] or 0),
+            "max_output_tokens": int(row["max_output_tokens"] or 0),
+            "worst_case_usd": float(row["worst_case_usd"] or 0.0),
+        }
+        for row in models.iter_rows(named=True)
+    ]
+    return PlanSummary(
+        rows_by_status={k: int(counts[k]) for k in order if counts.get(k)},
+        by_model=by_model,
+        n_batches=n_batches,
+        worst_case_usd=float(models.get_column("worst_case_usd").sum()),
+        held_usd=held,
+        max_cost_usd=cap,
+        within_cap=int(models.get_column("within").sum()),
+    )

@@ -151,3 +151,63 @@ def _time_limit_seconds(value: Any) -> float | None:
             raise ConfigError(msg)
         return seconds
     return check_positive("time_limit", value, hint)
+
+
+MODES = ("batch", "realtime", "auto")
+
+
+def check_mode(
+    mode: object, *, concurrency: object, deadline: object, wait: object
+) -> tuple[str, int | None, float | None]:
+    """Check ``mode``, ``concurrency`` and ``deadline``; deadline in seconds from now.
+
+    ``deadline`` is seconds (or a ``timedelta``) from now, or a timezone-aware
+    ``datetime``; it only means something to ``mode="auto"``.
+
+    Examples
+    --------
+    >>> check_mode("auto", concurrency=4, deadline=dt.timedelta(minutes=5), wait=True)
+    ('auto', 4, 300.0)
+    """
+    if mode not in MODES:
+        msg = (
+            f"mode must be one of {list(MODES)!r}, got {mode!r}: 'batch' (half price, minutes "
+            "to hours), 'realtime' (standard price, seconds), 'auto' (batch, realtime for "
+            "small jobs and what a batch would not finish by deadline=)"
+        )
+        raise ConfigError(msg)
+    count = None
+    if concurrency is not None:
+        count = check_count("concurrency", concurrency, "most realtime requests in flight at once")
+    seconds: float | None = None
+    if deadline is not None:
+        if mode != "auto":
+            msg = (
+                f"deadline= is for mode='auto' (it decides what goes realtime), got "
+                f"mode={mode!r}; use time_limit= to stop a {mode} run at a time"
+            )
+            raise ConfigError(msg)
+        if isinstance(deadline, dt.datetime):
+            if deadline.tzinfo is None:
+                msg = (
+                    f"deadline={deadline!r} has no timezone; give an aware datetime, e.g. "
+                    "datetime.now(timezone.utc) + timedelta(hours=1)"
+                )
+                raise ConfigError(msg)
+            seconds = (deadline - dt.datetime.now(dt.UTC)).total_seconds()
+        elif isinstance(deadline, dt.timedelta):
+            seconds = deadline.total_seconds()
+        else:
+            seconds = check_positive(
+                "deadline", deadline, "seconds from now, a timedelta or an aware datetime"
+            )
+        if seconds <= 0:
+            msg = f"deadline={deadline!r} has already passed; give a time in the future"
+            raise ConfigError(msg)
+    if mode != "batch" and wait is False:
+        msg = (
+            f"wait=False is for mode='batch' (submit now, collect later); mode={mode!r} "
+            "answers while you wait. Use mode='batch' with wait=False, or wait=True"
+        )
+        raise ConfigError(msg)
+    return str(mode), count, seconds

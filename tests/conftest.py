@@ -22,7 +22,7 @@ def emulator() -> Iterator[Emulator]:
 def emu(emulator: Emulator, monkeypatch: pytest.MonkeyPatch, tmp_path) -> Iterator[Emulator]:
     """The session emulator, reset, with the provider env vars pointing at it."""
     emulator.reset()
-    emulator.configure(latency=0.0, log_bodies=False)
+    emulator.configure(latency=0.0, log_bodies=False, realtime_latency=0.0)
     for key, value in emulator.env().items():
         monkeypatch.setenv(key, value)
     for key in ("GOOGLE_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI", "HTTP_PROXY", "HTTPS_PROXY"):

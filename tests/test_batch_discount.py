@@ -64,6 +64,20 @@ def test_gemini_batch_cache_reads_stay_at_the_standard_rate_without_a_batch_pric
     assert (price.input, price.output, price.cached_input) == (0.75, 4.5, 0.15)
 
 
+def test_which_rates_the_discount_halves_per_provider():
+    table = PriceTable()
+    # Anthropic bills "all usage" of a batch at half price: claude-opus-4-1 standard
+    # 15 / 75 / 1.50 cache read / 18.75 cache write (genai-prices 0.2.3), all halved.
+    opus = table.get("anthropic", "claude-opus-4-1")
+    assert opus is not None
+    assert (opus.input, opus.output, opus.cached_input, opus.cache_write) == (
+        7.5, 37.5, 0.75, 9.375)
+    # OpenAI gpt-5.3 standard 1.75 / 14.00 / 0.175 cached: cached input kept (the bound).
+    gpt = table.get("openai", "gpt-5.3")
+    assert gpt is not None
+    assert (gpt.input, gpt.output, gpt.cached_input, gpt.cache_write) == (0.875, 7.0, 0.175, None)
+
+
 @pytest.mark.parametrize(("provider", "model"), [
     ("gemini", "gemini-2.5-flash"), ("openai", "gpt-4.1-mini"),
     ("anthropic", "claude-haiku-4-5"),

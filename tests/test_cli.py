@@ -184,13 +184,13 @@ def test_cost_cap_cancelled_rows_exit_4(work):
 
 
 def test_no_wait_pending_exit_5_then_collected_exit_0(work, emu):
-    emu.configure(latency=2.0)
+    emu.configure(latency=1000.0)
     args = ["run", "tickets.parquet", "out.parquet", "--model", "gpt-4.1-mini",
             "--prompt", "{text}"]
     r = cli(*args, "--no-wait", cwd=work)
     assert r.returncode == 5, r.stderr
     assert set(pl.read_parquet(work / "out.parquet")["_status"]) == {"pending"}
-    time.sleep(2.2)
+    emu.advance(1000.0)  # the batch ends on the emulator's clock
     r = cli(*args, cwd=work)
     assert r.returncode == 0, r.stderr
     assert set(pl.read_parquet(work / "out.parquet")["_status"]) == {"completed"}
@@ -214,11 +214,13 @@ def _interrupt(work, emu, *extra):
          "--prompt", "{text}", *extra],
         cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
+    def polled() -> bool:  # the run has its batch id (and checkpointed it): it polls
+        return any(e["method"] == "GET" and "/batches/batch_" in e["path"] for e in emu.log())
+
     deadline = time.monotonic() + 60
-    while not posts(emu, "/batches") and time.monotonic() < deadline:
+    while not polled() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.1)
-    assert posts(emu, "/batches"), "the batch was never submitted"
-    time.sleep(0.3)
+    assert polled(), "the batch was never submitted"
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     return proc.returncode, err

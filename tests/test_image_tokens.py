@@ -87,3 +87,16 @@ def test_dry_run_worst_case_counts_the_familys_image_tokens(emu, tmp_path, model
     assert out["_status"].to_list() == ["cancelled"]
     assert "cost_limit" in out["_error"][0]
     assert not [e for e in emu.log() if e["method"] == "POST"]
+
+
+@pytest.mark.parametrize(("model", "provider"), FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_the_emulator_bills_images_by_the_models_generation(emu, tmp_path, model, provider):
+    # The emulator bills what the provider's current rules say for that model; the
+    # estimate used by the worst case and the cap is that same count for the image.
+    img = tmp_path / "photo.png"
+    Image.new("RGB", (4000, 3000), (10, 20, 30)).save(img)
+    df = pl.DataFrame({"text": ["describe it", "describe it"], "file": [str(img), None]})
+    out = df.pipe(batch_llm, model=model, prompt="{text}", files="file")
+    assert out["_status"].to_list() == ["completed", "completed"], out["_error"].to_list()
+    billed_image = out["_input_tokens"][0] - out["_input_tokens"][1]
+    assert billed_image == image_tokens(4000, 3000, provider, model)

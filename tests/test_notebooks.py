@@ -9,13 +9,12 @@ import hashlib
 import shutil
 from pathlib import Path
 
+import nbclient
+import nbformat
 import pytest
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-
 FOLDER = Path(__file__).parent.parent / "notebooks"
-NOTEBOOKS = ["quickstart", "documents", "cost_control", "long_runs"]
+NOTEBOOKS = ["quickstart", "documents", "cost_control", "long_runs", "realtime"]
 
 # What each notebook must show when it runs (plain-text outputs, joined).
 EXPECTED = {
@@ -46,6 +45,15 @@ EXPECTED = {
         "schema_validation",
         "requests sent by reparse: 0",
         "11 of 11 jobs completed, 0 failed, 0 cancelled",
+    ],
+    "realtime": [
+        "20 rows realtime in ",
+        "s: {'completed': 20}",
+        "full frame in ",
+        "rows by mode: {'realtime': 21, 'batch': 19}",
+        "realtime requests sent by the batch call: 0",
+        "requests billed twice: 0",
+        "usd_per_request",
     ],
 }
 

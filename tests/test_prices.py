@@ -31,7 +31,14 @@ TIERED = [
     ("openai", "gpt-6-sol", 272_000, (1.0, 5.0), (2.0, 7.5)),
     # genai-prices 0.2.3: claude-haiku-5-5, 100k threshold.
     ("anthropic", "claude-haiku-5-5", 100_000, (0.05, 0.25), (0.25, 1.25)),
+    # genai-prices 0.2.3 batch: gpt-5.4 (and gpt-5.5/5.6), 272k threshold.
+    ("openai", "gpt-5.4", 272_000, (1.25, 7.5), (2.5, 11.25)),
+    # Gemini 3 Pro: genai-prices 0.2.3 has no batch price; standard 2.00/12.00 up to 200k,
+    # 4.00/18.00 above, halved by Gemini's documented batch discount.
+    ("gemini", "gemini-3-pro-preview", 200_000, (1.0, 6.0), (2.0, 9.0)),
 ]
+# The worst case prices OpenAI input at the higher of input and cache-write rates.
+WORST_INPUT_FACTOR = {"gpt-6-sol": 1.25}  # gpt-6-sol cache_write_mtok is 1.25x input
 
 
 def _rows(threshold: int) -> pl.DataFrame:
@@ -81,8 +88,7 @@ def test_dry_run_and_cap_use_each_requests_tier(emu, tmp_path, provider, model, 
     rate_out = pl.Series([long[1] if x > threshold else base[1] for x in est_in])
     # Anthropic and Gemini models here list a cache-write rate only for Anthropic; the
     # worst case prices input at the higher of input and cache-write only for OpenAI.
-    if provider == "openai":
-        rate_in = rate_in * 1.25  # gpt-6-sol cache_write_mtok is 1.25x input (genai-prices)
+    rate_in = rate_in * WORST_INPUT_FACTOR.get(model, 1.0)
     expected = (est_in * rate_in + 4000 * rate_out) / 1e6
     assert (plan["_est_cost_usd"] - expected).abs().max() < 1e-12
 

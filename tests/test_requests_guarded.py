@@ -132,11 +132,7 @@ PROMPTS = ["hello world", "naïve café ✓ " * 40, "日本語のテキスト", 
 
 
 def test_openai_estimate_is_the_tokenizer_count_plus_framing_and_is_priced() -> None:
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import bpe_openai
+    import bpe_openai
 
     encoding = bpe_openai.get_encoding("o200k_base")  # gpt-4.1's encoding
     frame = pl.DataFrame({"t": PROMPTS})

@@ -72,10 +72,10 @@ def test_too_deep_schema_is_refused_before_spend(emu):
     with pytest.raises(SchemaError, match="11 levels deep; OpenAI .* at most 10"):
         _run(emu, _deep(11))
     assert emu.log() == []
-    # Ten levels are within the limit and run; the limit is OpenAI's only.
+    # Ten levels are within the limit and run; Gemini publishes no such limit.
     assert _run(emu, _deep(10))["_status"].to_list() == ["completed"] * 2
     emu.reset()
-    assert _run(emu, _deep(11), model="claude-haiku-4-5")["_status"].to_list() == [
+    assert _run(emu, _deep(11), model="gemini-2.5-flash")["_status"].to_list() == [
         "completed"] * 2
 
 
@@ -115,3 +115,54 @@ def _schema(model):
     from batchata_df.schema import AnswerSchema
 
     return AnswerSchema(model).json_schema
+
+
+# -- Anthropic: published complexity limits, and OpenAI's as the bound for the grammar ----
+
+def _optional_fields(n: int, name: str = "Opt"):
+    return create_model(name, **{f"f{i}": (int | None, ...) for i in range(n)})
+
+
+def test_anthropic_union_typed_fields_limit_is_published_and_checked_before_spend(
+    emu, monkeypatch
+):
+    # Every Optional[...] field is anyOf [T, null]: 17 of them pass Anthropic's 16.
+    assert _run(emu, _optional_fields(16), model="claude-haiku-4-5")["_status"].to_list() == [
+        "completed"] * 2
+    emu.reset()
+    with pytest.raises(SchemaError, match="17 fields whose type is a union .* at most 16"):
+        _run(emu, _optional_fields(17), model="claude-haiku-4-5")
+    assert emu.log() == []
+    # What users saw without the check: every row failed after the batch ran.
+    original = batchata_df.frame.check_schema_limits
+    monkeypatch.setattr(batchata_df.frame, "check_schema_limits", lambda *a, **k: None)
+    out = _run(emu, _optional_fields(17), model="claude-haiku-4-5")
+    assert out["_status"].to_list() == ["failed", "failed"]
+    assert out["_error"].str.contains("too many parameters with union types").all()
+    # OpenAI and Gemini have no such limit: the same schema runs there.
+    monkeypatch.setattr(batchata_df.frame, "check_schema_limits", original)
+    emu.reset()
+    assert _run(emu, _optional_fields(17))["_status"].to_list() == ["completed"] * 2
+
+
+def test_anthropic_optional_fields_limit():
+    from batchata_df.schema_limits import anthropic_counts, check_schema_limits
+
+    props = {f"p{i}": {"type": "string"} for i in range(25)}
+    schema = {"type": "object", "properties": props, "required": [],
+              "additionalProperties": False}
+    assert anthropic_counts(schema) == (25, 0)
+    with pytest.raises(SchemaError, match="25 optional fields; Anthropic .* at most 24"):
+        check_schema_limits(schema, ["anthropic"], name="Loose")
+    # With citations the schema goes in the prompt: no structured-output limit applies.
+    check_schema_limits(schema, ["anthropic"], name="Loose", citations=True)
+    check_schema_limits(schema, ["gemini"], name="Loose")
+
+
+def test_anthropic_grammar_size_is_bounded_by_openais_limits(emu):
+    # Anthropic publishes no size for its compiled grammar; OpenAI's limits bound it.
+    with pytest.raises(SchemaError, match="11 levels deep; Anthropic publishes no size limit"):
+        _run(emu, _deep(11), model="claude-haiku-4-5")
+    assert emu.log() == []
+    assert _run(emu, _deep(10), model="claude-haiku-4-5")["_status"].to_list() == [
+        "completed"] * 2

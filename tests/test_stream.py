@@ -383,3 +383,52 @@ def test_a_part_written_after_compaction_is_read_even_with_the_clock_behind(
     latest, _ = StateStore(folder, {"model": "m"}, readonly=True).snapshot()
     assert "late" in latest["job_id"].to_list()
     assert len(table_parts(folder / "jobs")) == 2
+
+
+def test_dry_run_streams_the_same_plan_as_in_memory(emu, tmp_path, capsys):
+    frame = rows()
+    source = write_input(tmp_path / "in", frame)
+    state = tmp_path / "st"
+    # An earlier call answered the first 20 rows: the plan says they are done.
+    batch_llm(frame.head(20), state=state, params={"max_tokens": 50},
+              **KW)  # type: ignore[arg-type]
+    sent = requests(emu)
+    kw = {**KW, "state": state, "dry_run": True, "max_cost_usd": 0.01,
+          "prices": {"gpt-4.1-mini": (10.0, 10.0)}, "params": {"max_tokens": 50}}
+    expected = batch_llm(frame, **kw)  # type: ignore[arg-type]
+
+    plan = batch_llm(
+        pl.scan_parquet(source), sink=tmp_path / "plan.parquet", chunk_rows=13,
+        progress=True, **kw,  # type: ignore[arg-type]
+    ).collect()
+
+    assert requests(emu) == sent  # a dry run sends nothing
+    assert_frame_equal(plan.drop("_batch_index"), expected.drop("_batch_index"))
+    statuses = Counter(plan["_status"].to_list())
+    assert statuses["done"] > 0
+    assert statuses["duplicate"] > 0
+    assert 0 < plan["_within_cap"].sum() < statuses["planned"]  # the cap cuts across chunks
+    index = plan.filter(pl.col("_status") == "planned")["_batch_index"]
+    assert index.is_sorted() and index.n_unique() > 1  # batches counted on across chunks
+    shown = capsys.readouterr()
+    assert f"{statuses['planned']:,} requests would be sent" in shown.out + shown.err
+
+
+def test_wait_false_streams_submits_and_a_later_call_collects(emu, tmp_path):
+    emu.configure(latency=3600.0)
+    source = write_input(tmp_path / "in", rows())
+    kw = {"sink": tmp_path / "out.parquet", "state": tmp_path / "st", "chunk_rows": 20,
+          "items_per_batch": 10, "max_parallel_batches": 2, **KW}
+    first = batch_llm(pl.scan_parquet(source), wait=False, **kw).collect()  # type: ignore[arg-type]
+    assert first.height == N
+    pending = first.filter(pl.col("_status") == "pending")
+    assert pending.height == N - 3  # every sendable row (3 have no prompt)
+    assert creates(emu) == 2
+
+    emu.configure(latency=0.0)
+    emu.advance(3600)
+    out = batch_llm(pl.scan_parquet(source), **kw).collect()  # type: ignore[arg-type]
+    billed = Counter(e["custom_id"] for e in emu.billing())
+    assert set(billed.values()) == {1}
+    assert len(billed) == 50
+    assert Counter(out["_status"].to_list()) == {"completed": 114, "failed": 6}

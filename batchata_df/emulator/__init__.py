@@ -297,11 +297,14 @@ class Emulator:
         return entries
 
     def billing(self) -> list[dict[str, Any]]:
-        """The billing ledger: one ``{provider, batch_id, custom_id}`` per billed request.
+        """The billing ledger: one ``{provider, batch_id, custom_id, mode, request}`` per bill.
 
         Every request of every batch the provider accepted counts (a batch cancelled or
-        expired early: only the requests that ran), including batches nobody collected, so
-        a ``custom_id`` that appears twice was paid twice.
+        expired early: only the requests that ran), including batches nobody collected, and
+        every answered realtime request (``mode="realtime"``, billed at the standard price;
+        no batch or custom id). A ``custom_id`` that appears twice was paid twice; so was a
+        ``request`` (a digest of what was asked, the same in either mode) that appears
+        twice.
 
         Examples
         --------
@@ -311,6 +314,22 @@ class Emulator:
         """
         entries: list[dict[str, Any]] = self._call("GET", "billing")
         return entries
+
+    def realtime_stats(self) -> dict[str, int]:
+        """Realtime endpoints: ``{in_flight, max_in_flight, served}`` since the last reset.
+
+        ``max_in_flight`` is the most requests answered at once (with
+        ``configure(realtime_latency=...)`` each takes that long), so a test can check a
+        client's concurrency bound.
+
+        Examples
+        --------
+        >>> with Emulator() as emu:
+        ...     emu.realtime_stats()
+        {'in_flight': 0, 'max_in_flight': 0, 'served': 0}
+        """
+        stats: dict[str, int] = self._call("GET", "realtime")
+        return stats
 
     def clear_log(self) -> None:
         """Empty the request log."""
@@ -407,6 +426,7 @@ class Emulator:
         cancel_unfinished: Literal["error_file", "omit"] | None = None,
         log_bodies: bool | None = None,
         list_order: Literal["newest_first", "oldest_first", "shuffled"] | None = None,
+        realtime_latency: float | None = None,
         openai: Mapping[str, object] | None = None,
         anthropic: Mapping[str, object] | None = None,
         gemini: Mapping[str, object] | None = None,
@@ -430,6 +450,9 @@ class Emulator:
         list_order
             ``"newest_first"`` (default), ``"oldest_first"`` or ``"shuffled"``: the order
             of the OpenAI and Gemini batch lists, which neither provider documents.
+        realtime_latency
+            Real seconds each realtime answer takes (0 by default), so that a client's
+            concurrency shows in :meth:`realtime_stats`.
         openai, anthropic, gemini
             Provider settings, e.g. ``openai={"max_requests": 10}``.
 
@@ -446,6 +469,7 @@ class Emulator:
             ("cancel_unfinished", cancel_unfinished),
             ("log_bodies", log_bodies),
             ("list_order", list_order),
+            ("realtime_latency", realtime_latency),
             ("openai", None if openai is None else dict(openai)),
             ("anthropic", None if anthropic is None else dict(anthropic)),
             ("gemini", None if gemini is None else dict(gemini)),

@@ -224,6 +224,37 @@ def marker_status(text: str, default: int = 500) -> int:
     return status if 400 <= status <= 599 else default
 
 
+def answer_seed(prompt: str) -> str:
+    """The seed of the answer to a request whose text is ``prompt``, in any mode.
+
+    It depends on what was asked only (not on a batch's ``custom_id``), so a request gets
+    the same answer in a batch and from a realtime endpoint, as a deterministic model would.
+
+    Examples
+    --------
+    >>> answer_seed("Rate: great") == answer_seed("Rate: great") != answer_seed("Rate: bad")
+    True
+    """
+    return "\x1f" + prompt
+
+
+def request_key(provider: str, model: str, prompt: str) -> str:
+    """A short digest naming what a request asked (provider, model, text), in any mode.
+
+    The billing ledger records it for batch and realtime requests alike, so a test can
+    prove that no request was paid twice across modes.
+
+    Examples
+    --------
+    >>> request_key("openai", "m", "hi") == request_key("openai", "m", "hi")
+    True
+    >>> len(request_key("openai", "m", "hi"))
+    16
+    """
+    text = f"{provider}\x1f{model}\x1f{prompt}".encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(text, digest_size=8).hexdigest()
+
+
 def fake_text(prompt: str, seed: str) -> str:
     """Return a short deterministic plain-text answer to ``prompt``.
 

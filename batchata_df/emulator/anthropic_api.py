@@ -310,6 +310,11 @@ class _SpecBuilder:
 
     def build(self, custom_id: str, params: Mapping[str, Any]) -> _Spec:
         """Reduce a ``params`` object to a :class:`_Spec` (``errored`` if it is invalid)."""
+        model = params.get("model")
+        with media.billing_model(model if isinstance(model, str) else ""):
+            return self._build(custom_id, params)
+
+    def _build(self, custom_id: str, params: Mapping[str, Any]) -> _Spec:
         invalid = self.check(params)
         if invalid is None and isinstance(params.get("model"), str):
             invalid = model_rules.anthropic_refusal(str(params["model"]), dict(params))
@@ -516,7 +521,7 @@ def _cut(text: str, must_break_json: bool, limit_chars: int | None = None) -> st
 
 def _answer(spec: _Spec) -> tuple[str, object, str]:
     """Return (text, tool input or None, stop_reason) for a request that runs."""
-    seed = spec.custom_id + "\x1f" + spec.prompt
+    seed = answers.answer_seed(spec.prompt)
     marker = spec.marker
     if marker == answers.MARKER_REFUSAL:
         return REFUSAL_TEXT, None, "refusal"
@@ -583,7 +588,7 @@ def render_message(spec: _Spec, rid: str, *, first_cache_write: bool = False) ->
     else:
         blocks = [{"type": "text", "text": text, "citations": None}]
         if spec.mode == "cite" and stop == "end_turn" and spec.marker is None:
-            seed = spec.custom_id + "\x1f" + spec.prompt
+            seed = answers.answer_seed(spec.prompt)
             answer = cited.render(spec.documents or [], spec.cite_schema, seed)
             whole = "".join(b["text"] for b in answer)
             if answers.count_tokens(whole) <= spec.max_tokens:
@@ -796,7 +801,12 @@ class AnthropicApp:
                 specs=specs,
             )
             self._batches[batch.id] = batch
-        batch.ledger = self.core.bill("anthropic", batch.id, [sp.custom_id for sp in specs])
+        batch.ledger = self.core.bill(
+            "anthropic",
+            batch.id,
+            [sp.custom_id for sp in specs],
+            [answers.request_key("anthropic", sp.model, sp.prompt) for sp in specs],
+        )
         # A fresh batch always answers in_progress, as the real service does.
         return json_response(self._view(batch, request, answer="in_progress"))
 
@@ -1001,8 +1011,12 @@ class AnthropicApp:
             kind, message = spec.error
             status = next((s for s, k in _ERROR_TYPES.items() if k == kind), 500)
             raise _Invalid(status, message, kind)
-        answer = render_message(spec, rid)
-        answer["usage"]["service_tier"] = "standard"
+        with self.core.realtime_call():
+            answer = render_message(spec, rid)
+            answer["usage"]["service_tier"] = "standard"
+            self.core.bill_realtime(
+                "anthropic", answers.request_key("anthropic", spec.model, spec.prompt)
+            )
         return json_response(answer, headers={"request-id": "req_" + rid})
 
 

@@ -184,6 +184,64 @@ explicitly set to false"
     return None
 
 
+_COMPLEXITY = {"optional": 24, "union": 16}
+
+
+def complexity_error(schema: object) -> str | None:
+    """Anthropic's published schema complexity limits, or ``None`` when within them.
+
+    At most 24 optional parameters and 16 parameters using ``anyOf`` or type arrays across
+    the schema (structured-outputs guide, "Schema complexity limits"; see
+    :mod:`batchata_df.schema_limits`). The wording of the message is the emulator's; the
+    API's is not published.
+
+    Examples
+    --------
+    >>> many = {f"f{i}": {"anyOf": [{"type": "integer"}, {"type": "null"}]} for i in range(17)}
+    >>> complexity_error({"type": "object", "properties": many, "required": list(many),
+    ...                   "additionalProperties": False})[:60]
+    'output_config.format.schema: Schemas contains too many param'
+    """
+    if not isinstance(schema, dict):
+        return None
+    optional = unions = 0
+    stack: list[object] = [schema]
+    while stack:  # every object schema anywhere in the tree, definitions included
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        props = node.get("properties")
+        if isinstance(props, dict):
+            required = node.get("required") or []
+            optional += sum(1 for key in props if key not in required)
+            unions += sum(
+                1 for sub in props.values()
+                if isinstance(sub, dict) and ("anyOf" in sub or isinstance(sub.get("type"), list))
+            )
+        for key, value in node.items():
+            if key in ("properties", "$defs", "definitions") and isinstance(value, dict):
+                stack.extend(value.values())  # schemas by name
+            elif key not in ("enum", "const"):
+                stack.append(value)
+    if unions > _COMPLEXITY["union"]:
+        return (
+            "output_config.format.schema: Schemas contains too many parameters with union "
+            f"types ({unions} parameters with type arrays or anyOf). This would result in an "
+            "excessively large compiled grammar. Reduce to at most "
+            f"{_COMPLEXITY['union']} parameters with union types."
+        )
+    if optional > _COMPLEXITY["optional"]:
+        return (
+            f"output_config.format.schema: Schemas contains too many optional parameters "
+            f"({optional}). This would result in an excessively large compiled grammar. "
+            f"Reduce to at most {_COMPLEXITY['optional']} optional parameters."
+        )
+    return None
+
+
 def warm() -> None:
     """Build the validators (see :func:`.warm_in_background`)."""
     _validator("params")
@@ -253,7 +311,7 @@ class ParamsChecker:
         config = rest.get("output_config")
         fmt = config.get("format") if isinstance(config, dict) else None
         if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
-            return schema_error(fmt.get("schema"))
+            return schema_error(fmt.get("schema")) or complexity_error(fmt.get("schema"))
         return None
 
     @staticmethod

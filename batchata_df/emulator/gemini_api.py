@@ -320,6 +320,11 @@ class _SpecBuilder:
         return self._last_gen
 
     def build(self, key: str | None, request: object) -> _Spec:
+        """One request of the batch as a :class:`_Spec` (images billed by the batch's model)."""
+        with media.billing_model(self.model):
+            return self._build(key, request)
+
+    def _build(self, key: str | None, request: object) -> _Spec:
         if not isinstance(request, Mapping):
             return self._failed(
                 key, "Invalid request: 'request' must be a GenerateContentRequest object."
@@ -415,7 +420,7 @@ def _cut(text: str, must_break_json: bool, *, keep: bool = False) -> str:
 
 def _render(spec: _Spec, model: str, rid: str) -> tuple[dict[str, Any], int, int]:
     """A GenerateContentResponse for a request that runs; plus (answer, thought) tokens."""
-    seed = (spec.key or "") + "\x1f" + spec.prompt
+    seed = answers.answer_seed(spec.prompt)
     pt = spec.prompt_tokens
     if spec.marker == answers.MARKER_REFUSAL:
         usage = {
@@ -660,6 +665,9 @@ class GeminiApp:
         if len(rest) == 2 and rest[0] == "models" and rest[1].endswith(":batchGenerateContent"):
             model = rest[1][: -len(":batchGenerateContent")]
             handler = {"POST": lambda: self._create(request, model, ver)}.get(method)
+        elif len(rest) == 2 and rest[0] == "models" and rest[1].endswith(":generateContent"):
+            model = rest[1][: -len(":generateContent")]
+            handler = {"POST": lambda: self._generate(request, model)}.get(method)
         elif rest == ["batches"]:
             handler = {"GET": lambda: self._list(request)}.get(method)
         elif len(rest) == 2 and rest[0] == "batches" and rest[1].endswith(":cancel"):
@@ -1029,8 +1037,40 @@ class GeminiApp:
             self._order.append(record.id)
         if not failure:
             ids = [str(sp.key) for sp in specs]
-            record.ledger = self.core.bill("gemini", "batches/" + record.id, ids)
+            keys = [answers.request_key("gemini", model_name, sp.prompt) for sp in specs]
+            record.ledger = self.core.bill("gemini", "batches/" + record.id, ids, keys)
         return json_response(self._view(record, request.base_url, state_override="PENDING"))
+
+    # ---- the realtime endpoint: the same answers and rules, at once
+
+    def _generate(self, request: Request, model: str) -> Response:
+        """``POST /{ver}/models/{model}:generateContent``: one GenerateContentResponse.
+
+        The request is checked as an inline batch request is (field names, the model's
+        refused parameters and thinking), answered with the same answer a batch gives it,
+        and billed at the standard price.
+        """
+        try:
+            body = json_body(request)
+        except ValueError as e:
+            raise _Invalid(400, f"Invalid JSON payload received. {e}") from e
+        problem = RequestChecker()(body, "")
+        if problem is not None:
+            raise _Invalid(400, problem)
+        try:
+            spec = _SpecBuilder(model).build(None, body)
+        except _Base64Error as e:
+            raise _Invalid(400, str(e)) from e
+        if spec.error is not None:
+            code, message = spec.error
+            raise _Invalid(code, message, _GEMINI_STATUS.get(code, "UNKNOWN"))
+        model_name = model if model.startswith(("models/", "tunedModels/")) else f"models/{model}"
+        with self.core.realtime_call():
+            rid = self.core.new_id("", 12)
+            answer, _, _ = _render(spec, model_name.rsplit("/", 1)[-1], rid)
+            key = answers.request_key("gemini", model_name, spec.prompt)
+            self.core.bill_realtime("gemini", key)
+        return json_response(answer)
 
     def _batch(self, batch_id: str) -> _Batch:
         with self._lock:

@@ -7,7 +7,8 @@ Standard library only, like the rest of the emulator. Each provider module calls
 Billing, rough but shaped like the published rules (our own estimator in
 :mod:`batchata_df.tokens` is deliberately higher):
 
-* an image: OpenAI 85 + 170 per 512 px tile (after fitting in 2048 px and scaling the short
+* an image, by the generation of the request's model (:func:`image_tokens`): e.g. OpenAI
+  85 + 170 per 512 px tile (after fitting in 2048 px and scaling the short
   side to 768 px), Anthropic ``width * height / 750`` (after scaling to 1568 px and
   1.15 megapixels), Gemini 258 (both sides <= 384 px) or 258 per 768 px tile;
 * a PDF page: ``PDF_PAGE_TOKENS`` (OpenAI 1,000, Anthropic 2,000: text plus a page image;
@@ -19,15 +20,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import contextvars
 import math
 import re
 import struct
+from collections.abc import Iterator
 from typing import Final
 
 __all__ = [
     "IMAGE_TYPES",
     "PDF_PAGE_TOKENS",
     "MediaError",
+    "billing_model",
     "check_image",
     "check_pdf",
     "decode_base64",
@@ -164,8 +169,48 @@ def check_image(raw: bytes, media_type: str) -> tuple[int, int]:
     return width, height
 
 
+_MODEL: contextvars.ContextVar[str] = contextvars.ContextVar("emulator_model", default="")
+
+
+@contextlib.contextmanager
+def billing_model(model: str) -> Iterator[None]:
+    """Bill the images of the request built inside the block by ``model``'s rules."""
+    token = _MODEL.set(model.lower().removeprefix("models/"))
+    try:
+        yield
+    finally:
+        _MODEL.reset(token)
+
+
+def _patches(width: int, height: int, size: int, budget: int) -> int:
+    count = math.ceil(width / size) * math.ceil(height / size)
+    if count <= budget:
+        return count
+    scale = math.sqrt(budget * size * size / (width * height))
+    cols, rows = math.floor(width * scale / size), math.floor(height * scale / size)
+    return min(cols * rows, budget) if cols and rows else budget
+
+
+_OPENAI_PATCH_MODELS = (
+    ("gpt-4.1-mini", 1.62), ("gpt-4.1-nano", 2.46), ("gpt-5-mini", 1.62),
+    ("gpt-5-nano", 2.46), ("o4-mini", 1.72),
+)  # fmt: skip
+_OPENAI_TILE_MODELS = (
+    ("gpt-4o-mini", (2833, 5667)), ("gpt-5", (70, 140)), ("o1", (75, 150)),
+    ("o3", (75, 150)), ("computer-use", (65, 129)),
+)  # fmt: skip
+
+
 def image_tokens(provider: str, width: int, height: int) -> int:
-    """What the emulator bills for one image (see the module docstring).
+    """What the emulator bills for one image, by the generation of the request's model.
+
+    OpenAI GPT-5.2+ and GPT-6: 32 px patches x 1.2 (at most 10,000 patches; GPT-6 16,384;
+    mini/nano 1,536 patches x 1.62); gpt-4.1-mini/nano, gpt-5-mini/nano, o4-mini 1,536
+    patches x 1.62 / 2.46 / 1.72; other models base + per-tile per 512 px tile (85 + 170
+    for gpt-4o/4.1, 70 + 140 gpt-5/5.1, 75 + 150 o1/o3, 2833 + 5667 gpt-4o-mini). Claude Opus
+    4.7+ and 5.x: resized to 2,576 px / 3.75 MP, older ones to 1,568 px / 1.15 MP, then
+    ``w * h / 750``. Gemini 3: 1,120 per image (default media resolution); older 258, or
+    258 per 768 px tile. The request's model comes from :func:`billing_model`.
 
     Examples
     --------
@@ -173,17 +218,41 @@ def image_tokens(provider: str, width: int, height: int) -> int:
     (765, 1334)
     >>> image_tokens("gemini", 300, 300)
     258
+    >>> with billing_model("gemini-3.5-flash"):
+    ...     image_tokens("gemini", 300, 300)
+    1120
+    >>> with billing_model("gpt-6-sol"):
+    ...     image_tokens("openai", 1024, 1024)
+    1229
     """
+    model = _MODEL.get()
     w, h = float(width), float(height)
     if provider == "openai":
+        new = re.match(r"gpt-(5\.([2-9]|\d\d)|([6-9]|\d\d)(?!\d))", model)
+        if new:
+            if re.search(r"-(mini|nano)(-|$)", model):
+                return math.ceil(_patches(width, height, 32, 1536) * 1.62)
+            budget = 16_384 if new.group(3) else 10_000
+            return math.ceil(_patches(width, height, 32, budget) * 1.2)
+        # The vision guide's older families: patch models, then tile models.
+        for prefix, multiplier in _OPENAI_PATCH_MODELS:
+            if model.startswith(prefix):
+                return math.ceil(_patches(width, height, 32, 1536) * multiplier)
+        base, tile = next(
+            (bt for prefix, bt in _OPENAI_TILE_MODELS if model.startswith(prefix)), (85, 170)
+        )
         fit = min(1.0, 2048 / max(w, h))
         w, h = w * fit, h * fit
         short = min(1.0, 768 / min(w, h))
         w, h = w * short, h * short
-        return 85 + 170 * math.ceil(w / 512) * math.ceil(h / 512)
+        return base + tile * math.ceil(w / 512) * math.ceil(h / 512)
     if provider == "anthropic":
-        fit = min(1.0, 1568 / max(w, h), math.sqrt(1_150_000 / (w * h)))
+        high = re.match(r"claude-(opus-4-[7-9]|[a-z]+-([5-9]|\d\d)(-|$))", model)
+        edge, pixels = (2576, 3_750_656) if high else (1568, 1_150_000)
+        fit = min(1.0, edge / max(w, h), math.sqrt(pixels / (w * h)))
         return math.ceil(w * fit * h * fit / 750)
+    if model.startswith("gemini-3"):
+        return 1120
     if width <= 384 and height <= 384:
         return 258
     return 258 * math.ceil(width / 768) * math.ceil(height / 768)

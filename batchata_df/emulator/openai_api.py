@@ -89,6 +89,7 @@ from __future__ import annotations
 import bisect
 import json
 import queue
+import re
 import sys
 import threading
 import traceback
@@ -254,7 +255,7 @@ class _Spec:
     gen: answers.AnswerGenerator | None
     max_tokens: int | None
     marker: str | None
-    error: tuple[int, str, str, str | None] | None  # status, code, message, param
+    error: tuple[int, str | None, str, str | None] | None  # status, code, message, param
     echo: str  # Responses API: pre-encoded fields echoed back from the request
     reasoning: int = 0  # thinking tokens the model spends (model_rules.THOUGHT_TOKENS)
 
@@ -353,6 +354,9 @@ def _messages_text(messages: list[Any]) -> tuple[str, int]:
     return "\n".join(texts), extra
 
 
+_RESPONSES_ONLY = re.compile(r"^(o1-pro|o3-pro|gpt-5(\.\d+)?-pro)(-|$)")
+
+
 class _SpecBuilder:
     """Turns request bodies into :class:`_Spec`; remembers the last schema/echo to reuse."""
 
@@ -373,11 +377,25 @@ class _SpecBuilder:
         return self._last_gen
 
     def build(self, custom_id: str, body: dict[str, Any]) -> _Spec:
+        """Reduce one request body to a :class:`_Spec` (images billed by its model)."""
+        model = body.get("model")
+        with media.billing_model(model if isinstance(model, str) else ""):
+            return self._build(custom_id, body)
+
+    def _build(self, custom_id: str, body: dict[str, Any]) -> _Spec:
         model = body.get("model")
         model = model if isinstance(model, str) else ""
-        invalid = self._check(body)
+        invalid: tuple[int, str | None, str, str | None] | None = self._check(body)
         if invalid is None and model == answers.UNKNOWN_MODEL:
             invalid = (400, "model_not_found", f"The model `{model}` does not exist.", "model")
+        if invalid is None and self.endpoint == CHAT and _RESPONSES_ONLY.match(model):
+            # o1-pro, o3-pro, gpt-5(.x)-pro: "available in the Responses API only".
+            invalid = (
+                404,
+                None,
+                "This model is only supported in v1/responses and not in v1/chat/completions.",
+                "model",
+            )
         if invalid is None and self.endpoint == CHAT:
             invalid = model_rules.openai_refusal(model, body)
         if invalid is not None:
@@ -545,7 +563,7 @@ def _answer(spec: _Spec) -> tuple[str, str, bool, int]:
 
     Reasoning comes first and counts against the limit: what it leaves is the answer's.
     """
-    seed = spec.custom_id + "\x1f" + spec.prompt
+    seed = answers.answer_seed(spec.prompt)
     marker = spec.marker
     gen = spec.gen
     limit = spec.max_tokens
@@ -642,7 +660,7 @@ def _body(spec: _Spec, rid: str, created: int, model_q: str, endpoint: str) -> t
     ), ct
 
 
-def _error_body(error: tuple[int, str, str, str | None]) -> str:
+def _error_body(error: tuple[int, str | None, str, str | None]) -> str:
     status, code, message, param = error
     return _compact(error_envelope("openai", status, message, code=code, param=param))
 
@@ -1119,7 +1137,12 @@ class OpenAIApp:
             ]
             return
         batch.enqueued = done.input_tokens
-        batch.ledger = self.core.bill("openai", batch.id, [sp.custom_id for sp in specs])
+        batch.ledger = self.core.bill(
+            "openai",
+            batch.id,
+            [sp.custom_id for sp in specs],
+            [answers.request_key("openai", sp.model, sp.prompt) for sp in specs],
+        )
         out_id = err_id = None
         out_bytes = err_bytes = 0
         if done.out:
@@ -1351,12 +1374,16 @@ class OpenAIApp:
         model = body.get("model")
         if not isinstance(model, str):
             raise _Invalid(400, "Missing required parameter: 'model'.", param="model")
+        # The same checks and model rules as a batch line (refused parameters, thinking
+        # tokens inside max_completion_tokens), and the same answer for the same request.
         spec = _SpecBuilder(endpoint).build(self.core.new_id("rt-"), body)
         if spec.error is not None:
             text = _error_body(spec.error)
             return Response(spec.error[0], {"content-type": "application/json"}, text.encode())
-        rid = self.core.new_id("", 12)
-        text, _ = _body(spec, rid, int(self.core.clock.now()), _quote(model), endpoint)
+        with self.core.realtime_call():
+            rid = self.core.new_id("", 12)
+            text, _ = _body(spec, rid, int(self.core.clock.now()), _quote(model), endpoint)
+            self.core.bill_realtime("openai", answers.request_key("openai", model, spec.prompt))
         headers = {"content-type": "application/json", "x-request-id": "req_" + rid}
         return Response(200, headers, text.encode("utf-8"))
 

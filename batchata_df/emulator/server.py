@@ -26,9 +26,11 @@ Control endpoints (no auth, never logged)
     query parameter) was present; key values are never stored: credential query
     parameters are logged as ``key=REDACTED``. ``status`` is 0 when a fault dropped the connection.
 ``GET /_emulator/billing``
-    The billing ledger: one ``{provider, batch_id, custom_id}`` per request of every batch
-    the provider accepted (a cancelled or expired batch: only the requests that ran), so
-    tests can prove that nothing was paid twice: a ``custom_id`` twice is a double bill.
+    The billing ledger: one ``{provider, batch_id, custom_id, mode, request}`` per request
+    of every batch the provider accepted (a cancelled or expired batch: only the requests
+    that ran) and per answered realtime request (``mode="realtime"``, no batch or custom
+    id), so tests can prove that nothing was paid twice: a ``custom_id`` twice, or a
+    ``request`` key (what was asked, the same in both modes) twice, is a double bill.
 ``POST /_emulator/faults`` / ``GET`` / ``DELETE``
     Add, list or clear faults. A fault spec is ``{"method": "GET" | "*", "path_regex": str,
     "status": 503, "times": 1, "retry_after_ms": 20, "retry_after": 1, "body": {...} |
@@ -41,9 +43,13 @@ Control endpoints (no auth, never logged)
     the request take effect and then replaces the answer (the "created, but the client
     never heard" case). Retry hints are capped at 60 s because the Anthropic SDK sleeps
     for any ``Retry-After`` however large.
+``GET /_emulator/realtime``
+    ``{"in_flight", "max_in_flight", "served"}``: requests to the realtime endpoints being
+    answered now, the most at once, and how many were answered.
 ``GET|POST /_emulator/config``
     ``{"latency": s, "cancel_delay": s, "cancel_unfinished": "error_file" | "omit",
-    "log_bodies": bool, "<provider>": {...}}``. Unknown keys are a 400, never ignored.
+    "log_bodies": bool, "realtime_latency": s, "<provider>": {...}}``. Unknown keys are a
+    400, never ignored.
 ``POST /_emulator/reset``
     Drop all provider state, files, faults and the log, and reset the clock; settings stay.
 ``GET|POST /_emulator/clock``
@@ -441,6 +447,11 @@ class EmulatorConfig:
         inside a multipart upload, as ``lines``), with any credential sent in the
         request's headers or query replaced by ``REDACTED``. Off by default: a
         million-row benchmark must not hold every request in memory.
+    realtime_latency
+        Real seconds each answer of a realtime endpoint (OpenAI ``/chat/completions``
+        and ``/responses``, Anthropic ``/v1/messages``, Gemini ``:generateContent``)
+        takes, so that a client's concurrency can be observed
+        (``GET /_emulator/realtime``). 0 by default.
     list_order
         Order of the OpenAI and Gemini batch lists: ``"newest_first"`` (what they do in
         practice), ``"oldest_first"`` or ``"shuffled"`` (stable while no batch is added).
@@ -453,6 +464,7 @@ class EmulatorConfig:
     cancel_unfinished: CancelUnfinished = "error_file"
     log_bodies: bool = False
     list_order: ListOrder = "newest_first"
+    realtime_latency: float = 0.0
 
     def as_dict(self) -> dict[str, object]:
         """The settings as JSON-ready data."""
@@ -462,6 +474,7 @@ class EmulatorConfig:
             "cancel_unfinished": self.cancel_unfinished,
             "log_bodies": self.log_bodies,
             "list_order": self.list_order,
+            "realtime_latency": self.realtime_latency,
         }
 
 
@@ -732,10 +745,15 @@ class LedgerEntry:
     """The requests of one accepted batch, for the billing ledger (``/_emulator/billing``)."""
 
     provider: str
-    batch_id: str
-    custom_ids: list[str]
+    batch_id: str | None
+    custom_ids: list[str | None]
     ran: int | None = None
     """Requests executed when a cancel or expiry ended the batch early (``None``: all)."""
+    requests: list[str] | None = None
+    """Per request, its :func:`~batchata_df.emulator.answers.request_key` (what was asked,
+    whatever the mode): the same row billed in a batch and in realtime shows the same key."""
+    mode: str = "batch"
+    """``"batch"`` or ``"realtime"`` (billed at the provider's standard price)."""
 
 
 def _credentials(request: Request) -> list[str]:
@@ -830,6 +848,7 @@ class EmulatorCore:
         self._fault_ids = itertools.count(1)
         self._lock = threading.Lock()
         self._ledger: list[LedgerEntry] = []
+        self._rt_in_flight = self._rt_max = self._rt_served = 0
         if load_providers:
             for provider, (module, prefixes) in PROVIDERS.items():
                 app = _load_app(self, provider, module)
@@ -871,26 +890,81 @@ class EmulatorCore:
 
     # ---- billing
 
-    def bill(self, provider: str, batch_id: str, custom_ids: list[str]) -> LedgerEntry:
+    def bill(
+        self,
+        provider: str,
+        batch_id: str,
+        custom_ids: list[str],
+        requests: list[str] | None = None,
+    ) -> LedgerEntry:
         """Record the requests of a batch the provider accepted (and so will bill).
 
         The returned entry's ``ran`` is set when a cancel or expiry ends the batch with only
         its first ``ran`` requests executed; until then every accepted request counts.
+        ``requests`` are the requests' :func:`~batchata_df.emulator.answers.request_key` s.
         """
-        entry = LedgerEntry(provider, batch_id, list(custom_ids))
+        entry = LedgerEntry(provider, batch_id, list[str | None](custom_ids), requests=requests)
         with self._lock:
             self._ledger.append(entry)
         return entry
 
+    def bill_realtime(self, provider: str, request_key: str) -> None:
+        """Record one answered realtime request (billed at the standard price)."""
+        entry = LedgerEntry(provider, None, [None], requests=[request_key], mode="realtime")
+        with self._lock:
+            self._ledger.append(entry)
+
     def billing(self) -> list[dict[str, object]]:
-        """Every billed request: ``{provider, batch_id, custom_id}``, in acceptance order."""
+        """Every billed request, in acceptance order.
+
+        ``{provider, batch_id, custom_id, mode, request}``: realtime requests have no batch
+        id or custom id; ``request`` (:func:`~batchata_df.emulator.answers.request_key`)
+        names what was asked in either mode.
+        """
         with self._lock:
             entries = list(self._ledger)
-        return [
-            {"provider": e.provider, "batch_id": e.batch_id, "custom_id": cid}
-            for e in entries
-            for cid in (e.custom_ids if e.ran is None else e.custom_ids[: e.ran])
-        ]
+        out: list[dict[str, object]] = []
+        for e in entries:
+            n = len(e.custom_ids) if e.ran is None else e.ran
+            keys: list[str | None] = [None] * len(e.custom_ids)
+            if e.requests is not None:
+                keys = list(e.requests)
+            for cid, key in zip(e.custom_ids[:n], keys[:n], strict=True):
+                out.append(
+                    {"provider": e.provider, "batch_id": e.batch_id, "custom_id": cid,
+                     "mode": e.mode, "request": key}
+                )  # fmt: skip
+        return out
+
+    # ---- realtime endpoints
+
+    @contextlib.contextmanager
+    def realtime_call(self) -> Iterator[None]:
+        """Count one realtime request in flight while it is answered (its latency included).
+
+        ``GET /_emulator/realtime`` reports the count, the most seen at once and how many
+        were served, so a test can check a client's concurrency bound.
+        """
+        with self._lock:
+            self._rt_in_flight += 1
+            self._rt_max = max(self._rt_max, self._rt_in_flight)
+        try:
+            if self.config.realtime_latency:
+                time.sleep(self.config.realtime_latency)
+            yield
+        finally:
+            with self._lock:
+                self._rt_in_flight -= 1
+                self._rt_served += 1
+
+    def realtime_stats(self) -> dict[str, int]:
+        """``{in_flight, max_in_flight, served}`` of the realtime endpoints."""
+        with self._lock:
+            return {
+                "in_flight": self._rt_in_flight,
+                "max_in_flight": self._rt_max,
+                "served": self._rt_served,
+            }
 
     # ---- dispatch
 
@@ -1025,6 +1099,8 @@ class EmulatorCore:
                 return self._control_faults(request)
             if name == "billing" and method == "GET":
                 return json_response(self.billing())
+            if name == "realtime" and method == "GET":
+                return json_response(self.realtime_stats())
             if name == "config":
                 if method == "POST":
                     self.configure(json_body(request))
@@ -1084,8 +1160,9 @@ class EmulatorCore:
             self.config.cancel_unfinished,
             self.config.log_bodies,
             self.config.list_order,
+            self.config.realtime_latency,
         )
-        for key in ("latency", "cancel_delay"):
+        for key in ("latency", "cancel_delay", "realtime_latency"):
             if key in shared:
                 value = shared[key]
                 if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
@@ -1126,6 +1203,7 @@ class EmulatorCore:
         with self._lock:
             self._faults.clear()
             self._ledger.clear()
+            self._rt_in_flight = self._rt_max = self._rt_served = 0
         self._log.clear()
         self.clock.reset()
         self.blobs.clear()

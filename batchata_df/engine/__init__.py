@@ -11,7 +11,11 @@ One module per unit, each unit-tested on its own (``tests/test_engine_<unit>.py`
 * :mod:`~batchata_df.engine.collection` -- polls, results -> outcomes -> terminal events;
 * :mod:`~batchata_df.engine.recovery` -- re-attach batches in flight, resolve intents;
 * :mod:`~batchata_df.engine.stopping` -- time limit, Ctrl+C, cancel, grace period;
-* :mod:`~batchata_df.engine.driver` -- :class:`Engine`, the loop that composes them.
+* :mod:`~batchata_df.engine.driver` -- :class:`Engine`, the loop that composes them;
+* :mod:`~batchata_df.engine.realtime` -- ``RealtimeEngine`` (``mode="realtime"``), a second
+  driver composed from the same units: one request at a time, bounded concurrency;
+* :mod:`~batchata_df.engine.auto` -- ``AutoEngine`` (``mode="auto"``): batch, realtime
+  for small jobs and for what a deadline would not wait for.
 
 They share :class:`~batchata_df.engine.run.RunContext` (what a run works with) and
 :class:`~batchata_df.engine.run.RunState` (what it changes), and read time through a

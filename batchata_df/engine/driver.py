@@ -19,7 +19,7 @@ from batchata_df.engine.clock import Clock, SystemClock
 from batchata_df.engine.collection import Collector
 from batchata_df.engine.ledger import Ledger
 from batchata_df.engine.planning import Planner, Requeue
-from batchata_df.engine.recovery import recover, settled
+from batchata_df.engine.recovery import lost_spend, recover, resolve_lost, settled
 from batchata_df.engine.run import (
     ProgressSnapshot,
     RunContext,
@@ -59,6 +59,8 @@ class Engine:
         Creates a provider a recorded batch needs that this call's rows do not.
     clock
         Where time is read (a :class:`~batchata_df.engine.clock.FakeClock` in tests).
+    stop_when
+        A further stop rule (:attr:`RunContext.stop_when`).
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class Engine:
         stop_event: threading.Event | None = None,
         make_provider: Callable[[str], Provider] | None = None,
         clock: Clock | None = None,
+        stop_when: Callable[[RunState, float], str | None] | None = None,
     ) -> None:
         self.ctx = RunContext(
             store=store,
@@ -82,6 +85,7 @@ class Engine:
             clock=clock or SystemClock(),
             progress=progress,
             make_provider=make_provider,
+            stop_when=stop_when,
         )
         self.stop_event = stop_event or threading.Event()
         self.state = RunState(started=self.ctx.clock.monotonic())
@@ -98,6 +102,8 @@ class Engine:
         if state.in_flight:  # throughput (ETA) counts from the start for re-attached batches
             state.first_submit_at = state.started
         recorded, billed = ctx.store.snapshot()
+        # Realtime requests left in flight by a crash: never sent again blindly.
+        recorded = resolve_lost(ctx.store, recorded)
         terminal = settled(recorded, retry_failed=ctx.options.retry_failed)
         busy = pl.concat([f.job_ids for f in state.in_flight]) if state.in_flight else pl.Series(
             "job_id", [], dtype=pl.String
@@ -110,6 +116,7 @@ class Engine:
         # The cap covers everything this state folder has paid for, earlier calls and
         # earlier attempts of retried jobs included.
         state.spent = float(billed.get_column("cost_usd").fill_null(0.0).sum())
+        state.spent += lost_spend(recorded)
         admission = Admission(
             state,
             ctx.options.max_cost_usd,

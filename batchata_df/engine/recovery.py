@@ -14,7 +14,13 @@ from batchata_df.engine.run import IN_FLIGHT, BatchPhase, InFlightBatch, RunCont
 from batchata_df.providers.base import BatchTag, Provider
 from batchata_df.state import StateStore
 
-__all__ = ["busy_jobs", "recover", "settled"]
+__all__ = ["LOST", "busy_jobs", "lost_spend", "recover", "resolve_lost", "settled"]
+
+LOST = (
+    "lost: a realtime request was in flight when an earlier call stopped; the provider may "
+    "have answered and billed it, so it is not sent again automatically (retry_failed=True "
+    "sends it again)"
+)
 
 
 def settled(state: pl.DataFrame, *, retry_failed: bool) -> pl.DataFrame:
@@ -26,6 +32,46 @@ def settled(state: pl.DataFrame, *, retry_failed: bool) -> pl.DataFrame:
     """
     keep = ["completed"] if retry_failed else ["completed", "failed"]
     return state.filter(pl.col("status").is_in(keep))
+
+
+def resolve_lost(store: StateStore, latest: pl.DataFrame) -> pl.DataFrame:
+    """End realtime requests an earlier call left in flight ``failed`` with :data:`LOST`.
+
+    ``latest`` is the latest event of every job (``StateStore.snapshot``); the jobs whose
+    latest event is a realtime ``assigned`` get a ``failed`` event, and ``latest`` is
+    returned with it. A realtime request has no id to look up at the provider, so it is
+    never sent again blindly (that could pay twice), in either mode.
+    """
+    if "mode" not in latest.columns:
+        return latest
+    lost = (pl.col("status") == "assigned") & (pl.col("mode") == "realtime")
+    rows = latest.filter(lost)
+    if rows.height == 0:
+        return latest
+    events = rows.select("job_id", "batch_key", "provider", "model", "est_cost_usd").with_columns(
+        pl.lit("failed").alias("status"),
+        pl.lit(LOST).alias("error"),
+        pl.lit("realtime").alias("mode"),
+    )
+    store.append_jobs(events)
+    return latest.with_columns(
+        pl.when(lost).then(pl.lit("failed")).otherwise(pl.col("status")).alias("status"),
+        pl.when(lost).then(pl.lit(LOST)).otherwise(pl.col("error")).alias("error"),
+    )
+
+
+def lost_spend(latest: pl.DataFrame) -> float:
+    """The worst case of lost realtime requests: counted as spent under the cap.
+
+    The provider may have billed them, and how much is unknown; their worst case keeps the
+    ``max_cost_usd`` promise.
+    """
+    if "mode" not in latest.columns:
+        return 0.0
+    lost = latest.filter(
+        (pl.col("mode") == "realtime") & pl.col("error").str.starts_with("lost:").fill_null(False)
+    )
+    return float(lost.get_column("est_cost_usd").fill_null(0.0).sum())
 
 
 def busy_jobs(store: StateStore, state: pl.DataFrame) -> pl.DataFrame:

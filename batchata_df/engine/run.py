@@ -93,6 +93,9 @@ class ProgressSnapshot:
     until something has finished (and while stopping)."""
     stop_reason: str | None = None
     """Why the run stopped or is stopping (``"interrupted"``, ``"time_limit"``, ...)."""
+    realtime_in_flight: int | None = None
+    """Realtime requests in flight (``mode="realtime"``, or the realtime phase of
+    ``mode="auto"``); ``None`` when nothing is sent realtime."""
 
 
 @dataclass
@@ -128,6 +131,9 @@ class RunContext:
     clock: Clock
     progress: Callable[[ProgressSnapshot], None] | None = None
     make_provider: Callable[[str], Provider] | None = None
+    stop_when: Callable[[RunState, float], str | None] | None = None
+    """A further stop rule, asked every round with the state and the clock's reading: a
+    reason to stop (``mode="auto"``: ``"deadline"``), or ``None``."""
 
     def backoff(self) -> Backoff:
         """A fresh polling backoff with the run's settings."""
@@ -167,6 +173,8 @@ class RunState:
     done_at_start: int = 0
     """Jobs already ended before this call (they say nothing about throughput)."""
     stop_reason: str | None = None
+    realtime_in_flight: int | None = None
+    """Realtime requests in flight (``None``: this run sends none realtime)."""
     lookup: Callable[[pl.Series], pl.DataFrame] | None = None
     """Where job rows come from when ``jobs`` is not the whole table (a streaming run's
     :class:`~batchata_df.engine.source.JobSource`); see :meth:`job_rows`."""
@@ -215,6 +223,7 @@ class RunState:
             in_flight_done=0 if done else in_flight_done,
             eta_s=None if done or self.stop_reason else eta,
             stop_reason=self.stop_reason,
+            realtime_in_flight=self.realtime_in_flight,
         )
 
 

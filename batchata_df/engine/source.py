@@ -16,7 +16,7 @@ import polars as pl
 
 from batchata_df.engine.admission import Calibration
 from batchata_df.engine.planning import Planner
-from batchata_df.engine.recovery import settled
+from batchata_df.engine.recovery import resolve_lost, settled
 from batchata_df.engine.run import RunContext, RunState
 
 __all__ = ["Feeder", "JobSource"]
@@ -116,6 +116,8 @@ class Feeder:
         """The chunk's jobs to send; counts the others as done (progress)."""
         ids = chunk.get_column("job_id")
         latest, _ = self.ctx.store.snapshot(ids)
+        # Realtime requests a crash left in flight end lost, never sent again blindly.
+        latest = resolve_lost(self.ctx.store, latest)
         # Settled jobs are done (cancelled ones, and failed ones with retry_failed, go again).
         done = terminal = settled(latest, retry_failed=self.ctx.options.retry_failed)
         for status in self.state.done:

@@ -36,8 +36,11 @@ class Stopper:
         if self.stop_event.is_set():
             return "interrupted"
         limit = self.ctx.options.time_limit_s
-        if limit is not None and self.ctx.clock.monotonic() - self.state.started >= limit:
+        now = self.ctx.clock.monotonic()
+        if limit is not None and now - self.state.started >= limit:
             return "time_limit"
+        if self.ctx.stop_when is not None:
+            return self.ctx.stop_when(self.state, now)
         return None
 
     def stop(self, reason: str, planner: Planner, requeue: Requeue) -> None:

@@ -17,6 +17,7 @@ import datetime as dt
 import io
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -35,13 +36,18 @@ from batchata_df.providers.base import (
     BatchPoll,
     BatchTag,
     ProviderState,
+    RealtimeFailure,
     RequestSpec,
     conform_results,
     empty_results,
+    failure_kind,
     history_messages,
     json_string,
+    kept_response,
     read_jsonl,
     result_lines,
+    retry_after_seconds,
+    transport_failure,
     with_result_lines,
 )
 from batchata_df.redact import register_secret, scrubbing
@@ -160,6 +166,8 @@ class AnthropicProvider:
         register_secret(key)
         self._base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
         self._client: anthropic.Anthropic | None = None
+        # Realtime requests run in threads: one client, created once.
+        self._client_lock = threading.Lock()
         self._created: set[str] = set()  # batches this instance created: never an orphan
 
     def __repr__(self) -> str:  # never show the key
@@ -168,13 +176,14 @@ class AnthropicProvider:
     @property
     def client(self) -> anthropic.Anthropic:
         """The SDK client, created on first use."""
-        if self._client is None:
-            anthropic = _import_sdk()
-            # api_key is always explicit: without it the SDK walks a credential chain
-            # (profiles, workload identity) that must not leak into a batch run.
-            self._client = anthropic.Anthropic(
-                api_key=self._api_key, base_url=self._base_url, max_retries=self.sdk_max_retries
-            )
+        with self._client_lock:
+            if self._client is None:
+                anthropic = _import_sdk()
+                # api_key is always explicit: without it the SDK walks a credential chain
+                # (profiles, workload identity) that must not leak into a batch run.
+                self._client = anthropic.Anthropic(
+                    api_key=self._api_key, base_url=self._base_url, max_retries=self.sdk_max_retries
+                )
         return self._client
 
     def close(self) -> None:
@@ -356,6 +365,54 @@ class AnthropicProvider:
         self._call(
             "cancel the message batch", lambda: self.client.messages.batches.cancel(batch_id)
         )
+
+    # -- realtime (mode="realtime") -----------------------------------------------------------
+
+    def answer(
+        self, line: str, *, model: str, spec: RequestSpec
+    ) -> pl.DataFrame | RealtimeFailure:
+        """Send one request line's ``params`` to ``/v1/messages``; decode the answer.
+
+        The SDK's retries are off (the engine retries 429 and 529 ``overloaded_error`` with
+        its own clock, never a request that may have run); the answer is wrapped as a
+        batch result line and read by :func:`decode_results`, citations included.
+        """
+        anthropic = _import_sdk()
+        request = json.loads(line)
+        custom_id, params = request["custom_id"], request["params"]
+        client = self.client.with_options(max_retries=0)
+        with scrubbing():
+            try:
+                raw = client.messages.with_raw_response.create(**params)
+                body_text = raw.http_response.text
+                message = json.loads(body_text)
+            except anthropic.AuthenticationError as e:
+                msg = "Anthropic rejected the API key: check ANTHROPIC_API_KEY"
+                raise CredentialsError(msg) from e
+            except anthropic.APIStatusError as e:
+                kind = failure_kind(e.status_code)
+                text = _error_message(e.body)
+                if kind is not None:
+                    after = retry_after_seconds(e.response.headers)
+                    return RealtimeFailure(kind, f"Anthropic HTTP {e.status_code}: {text}", after)
+                body = e.body if isinstance(e.body, dict) else {}
+                error = body.get("error")
+                kind_name = f"http_{e.status_code}"
+                if isinstance(error, dict) and error.get("type"):
+                    kind_name = str(error["type"])
+                result: dict[str, Any] = {
+                    "custom_id": custom_id,
+                    "result": {
+                        "type": "errored",
+                        "error": {"type": "error", "error": {"type": kind_name, "message": text}},
+                    },
+                }
+                decoded = decode_results(json.dumps(result).encode(), spec)
+                return kept_response(decoded, e.response.text, spec)
+            except anthropic.APIConnectionError as e:  # APITimeoutError included
+                return transport_failure(e, "Anthropic")
+        result = {"custom_id": custom_id, "result": {"type": "succeeded", "message": message}}
+        return kept_response(decode_results(json.dumps(result).encode(), spec), body_text, spec)
 
     def find(self, tag: BatchTag) -> str | None:
         """Find a batch created for ``tag`` by a crashed run.

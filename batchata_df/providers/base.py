@@ -14,7 +14,7 @@ import io
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import polars as pl
 
@@ -27,11 +27,17 @@ __all__ = [
     "bounded_listing",
     "RESULTS",
     "BatchPoll",
+    "RealtimeFailure",
+    "RealtimeProvider",
+    "retry_after_seconds",
     "BatchTag",
     "Provider",
     "ProviderState",
     "RequestSpec",
     "conform_results",
+    "failure_kind",
+    "kept_response",
+    "transport_failure",
     "empty_results",
     "history_messages",
     "json_string",
@@ -351,6 +357,135 @@ class Provider(Protocol):
     def close(self) -> None:
         """Release network resources."""
         ...
+
+
+@dataclass(frozen=True)
+class RealtimeFailure:
+    """A realtime request the provider did not answer (no result row to record).
+
+    ``kind`` says what may be done about it:
+
+    * ``"rate_limited"`` -- refused before any work (HTTP 429, 503, Anthropic 529
+      ``overloaded_error``): send it again after ``retry_after`` (the provider's hint);
+    * ``"server_error"`` -- the provider failed it (500, 502, 504) and bills nothing: send
+      it again a few times;
+    * ``"unreachable"`` -- no connection was made, nothing was sent: send it again later;
+    * ``"lost"`` -- the request was sent but no answer came back (a timeout, a dropped
+      connection): the provider may have run and billed it, so it is never sent again
+      automatically (never pay twice); the row fails with the reason.
+    """
+
+    kind: Literal["rate_limited", "server_error", "unreachable", "lost"]
+    error: str
+    retry_after: float | None = None
+
+
+class RealtimeProvider(Protocol):
+    """A provider that also answers one request at a time (``mode="realtime"``).
+
+    The request is the very line :meth:`Provider.encode` built for a batch (OpenAI's
+    ``body``, Anthropic's ``params``, Gemini's ``request``), sent through the SDK's standard
+    endpoint with the SDK's own retries off (the engine retries with its clock). The answer
+    is decoded by the batch decoder, so values, citations, usage and errors are the same
+    in both modes.
+    """
+
+    name: ClassVar[str]
+
+    def answer(
+        self, line: str, *, model: str, spec: RequestSpec
+    ) -> pl.DataFrame | RealtimeFailure:
+        """Send one encoded request; one :data:`RESULTS` row, or why there is none.
+
+        A request the provider rejects on its own (HTTP 400, 404, 413, ...) is a result
+        row (``outcome="errored"``) exactly as in a batch; a bad API key raises
+        :class:`~batchata_df.errors.CredentialsError`.
+        """
+        ...
+
+
+def retry_after_seconds(headers: Any) -> float | None:
+    """The wait a response's ``retry-after-ms`` / ``retry-after`` headers ask for.
+
+    Seconds (fractions allowed) or an HTTP date; ``None`` when there is no usable hint.
+
+    Examples
+    --------
+    >>> retry_after_seconds({"retry-after": "2"}), retry_after_seconds({"retry-after-ms": "250"})
+    (2.0, 0.25)
+    >>> retry_after_seconds({}) is None
+    True
+    """
+    import email.utils
+
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(float(ms) / 1000, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+def kept_response(frame: pl.DataFrame, text: str, spec: RequestSpec) -> pl.DataFrame:
+    """A realtime result row with the provider's answer body as ``response`` (when kept).
+
+    With :attr:`RequestSpec.keep_responses` the ``response`` column holds the body the
+    standard endpoint returned (the counterpart of a batch's result line); else null.
+    """
+    value = text if spec.keep_responses else None
+    return frame.with_columns(pl.lit(value, dtype=pl.String).alias("response"))
+
+
+def failure_kind(status: int | None) -> Literal["rate_limited", "server_error"] | None:
+    """How a realtime HTTP error status is retried (``None``: it is the row's answer).
+
+    Examples
+    --------
+    >>> failure_kind(429), failure_kind(529), failure_kind(500), failure_kind(400)
+    ('rate_limited', 'rate_limited', 'server_error', None)
+    """
+    if status in (429, 503, 529):
+        return "rate_limited"
+    if status is not None and (status >= 500 or status in (408, 409)):
+        return "server_error"
+    return None
+
+
+def transport_failure(error: BaseException, provider: str) -> RealtimeFailure:
+    """A network error as a :class:`RealtimeFailure`: nothing sent, or sent and lost.
+
+    Only a failure to connect proves the request never left (``unreachable``); a timeout
+    or a dropped connection after sending may have been billed (``lost``).
+    """
+    cause: BaseException | None = error
+    connect = False
+    while cause is not None:
+        if type(cause).__name__ in ("ConnectError", "ConnectTimeout", "ConnectionRefusedError"):
+            connect = True
+            break
+        cause = cause.__cause__ or cause.__context__
+    text = f"{provider}: {type(error).__name__}: {error}"
+    if connect:
+        return RealtimeFailure("unreachable", text)
+    return RealtimeFailure(
+        "lost",
+        f"lost: the request was sent but no answer came back ({text}); the provider may "
+        "have billed it, so it is not sent again automatically (retry_failed=True sends it)",
+    )
 
 
 ORPHAN_SEARCH_MAX_LISTED = 10_000

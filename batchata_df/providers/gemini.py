@@ -27,6 +27,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -46,6 +47,7 @@ from batchata_df.providers.base import (
     BatchPoll,
     BatchTag,
     ProviderState,
+    RealtimeFailure,
     RequestSpec,
     bounded_listing,
     conform_results,
@@ -310,6 +312,8 @@ class GeminiProvider:
         register_secret(key)
         self._base_url = base_url or os.environ.get("GOOGLE_GEMINI_BASE_URL") or None
         self._client: genai.Client | None = None
+        # Realtime requests run in threads: one client, created once.
+        self._client_lock = threading.Lock()
         self._schema_cache: tuple[int, dict[str, Any]] | None = None
 
     def __repr__(self) -> str:  # never show the key
@@ -318,27 +322,30 @@ class GeminiProvider:
     @property
     def client(self) -> genai.Client:
         """The SDK client, created on first use and kept (its finaliser closes HTTP)."""
-        if self._client is None:
-            try:
-                from google import genai
-                from google.genai import types
-            except ImportError as e:
-                msg = (
-                    "the Gemini provider needs the google-genai package: "
-                    "pip install 'batchata-df[gemini]'"
+        with self._client_lock:
+            if self._client is None:
+                try:
+                    from google import genai
+                    from google.genai import types
+                except ImportError as e:
+                    msg = (
+                        "the Gemini provider needs the google-genai package: "
+                        "pip install 'batchata-df[gemini]'"
+                    )
+                    raise ProviderError(msg) from e
+                options = types.HttpOptions(
+                    base_url=self._base_url,
+                    api_version=API_VERSION,
+                    timeout=self.timeout_ms,
+                    retry_options=types.HttpRetryOptions(
+                        attempts=self.retry_attempts,
+                        initial_delay=self.retry_initial_delay,
+                        max_delay=self.retry_max_delay,
+                    ),
                 )
-                raise ProviderError(msg) from e
-            options = types.HttpOptions(
-                base_url=self._base_url,
-                api_version=API_VERSION,
-                timeout=self.timeout_ms,
-                retry_options=types.HttpRetryOptions(
-                    attempts=self.retry_attempts,
-                    initial_delay=self.retry_initial_delay,
-                    max_delay=self.retry_max_delay,
-                ),
-            )
-            self._client = genai.Client(api_key=self._api_key, vertexai=False, http_options=options)
+                self._client = genai.Client(
+                    api_key=self._api_key, vertexai=False, http_options=options
+                )
         return self._client
 
     def close(self) -> None:
@@ -617,6 +624,63 @@ class GeminiProvider:
             if isinstance(cause, errors.ClientError) and cause.status == "FAILED_PRECONDITION":
                 return  # it ended meanwhile; the next poll collects it
             raise
+
+    # -- realtime (mode="realtime") -----------------------------------------------------------
+
+    def answer(
+        self, line: str, *, model: str, spec: RequestSpec
+    ) -> pl.DataFrame | RealtimeFailure:
+        """Send one request line to ``models/{model}:generateContent``; decode the answer.
+
+        The request is the batch line's (``contents``, ``systemInstruction``,
+        ``generationConfig``), given to ``models.generate_content`` as the inline batch
+        request is given to ``batches.create``; the SDK's retries are off (one attempt: the
+        engine retries with its own clock). The answer is read by :func:`decode_lines`.
+        """
+        from google.genai import errors, types
+
+        from batchata_df.providers.base import (
+            failure_kind,
+            kept_response,
+            retry_after_seconds,
+            transport_failure,
+        )
+
+        request = json.loads(line)
+        key = request["key"]
+        inlined = _inlined_request(line)
+        config = types.GenerateContentConfig.model_validate(inlined["config"])
+        config.http_options = types.HttpOptions(retry_options=types.HttpRetryOptions(attempts=1))
+        with scrubbing():
+            try:
+                reply = self.client.models.generate_content(
+                    model=model,
+                    contents=inlined["contents"],
+                    config=config,
+                )
+            except errors.APIError as e:
+                message = e.message or str(e)
+                if e.code in (401, 403) or "API key" in message:
+                    msg = (
+                        "Gemini rejected the API key: check GEMINI_API_KEY (or GOOGLE_API_KEY): "
+                        f"HTTP {e.code} {e.status}"
+                    )
+                    raise CredentialsError(msg) from e
+                kind = failure_kind(e.code)
+                if kind is not None:
+                    headers = getattr(e.response, "headers", None)
+                    after = retry_after_seconds(headers)
+                    return RealtimeFailure(
+                        kind, f"Gemini HTTP {e.code} {e.status}: {message}", after
+                    )
+                line_out = {"key": key, "error": {"code": e.code, "message": message}}
+                decoded = decode_lines(json.dumps(line_out).encode())
+                return kept_response(decoded, json.dumps(e.details), spec)
+            except _transport_errors() as e:
+                return transport_failure(e, "Gemini")
+        dumped = reply.model_dump(mode="json", by_alias=True, exclude_none=True)
+        decoded = decode_lines(json.dumps({"key": key, "response": dumped}).encode())
+        return kept_response(decoded, json.dumps(dumped), spec)
 
     MAX_LISTED: ClassVar[int] = ORPHAN_SEARCH_MAX_LISTED
     SEARCH_SECONDS: ClassVar[float] = ORPHAN_SEARCH_SECONDS

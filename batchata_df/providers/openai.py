@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
@@ -29,14 +30,19 @@ from batchata_df.providers.base import (
     BatchPoll,
     BatchTag,
     ProviderState,
+    RealtimeFailure,
     RequestSpec,
     bounded_listing,
     conform_results,
     empty_results,
+    failure_kind,
     history_messages,
     json_string,
+    kept_response,
     read_jsonl,
     result_lines,
+    retry_after_seconds,
+    transport_failure,
     with_result_lines,
 )
 from batchata_df.redact import register_secret, scrubbing
@@ -148,6 +154,8 @@ class OpenAIProvider:
         register_secret(key)
         self._base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         self._client: openai.OpenAI | None = None
+        # Realtime requests run in threads: one client, created once.
+        self._client_lock = threading.Lock()
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAIProvider(base_url={self._base_url!r})"
@@ -155,15 +163,16 @@ class OpenAIProvider:
     @property
     def client(self) -> openai.OpenAI:
         """The SDK client, created on first use."""
-        if self._client is None:
-            try:
-                import openai
-            except ImportError as e:  # pragma: no cover - core dependency
-                msg = "the OpenAI provider needs the openai package: pip install openai"
-                raise ProviderError(msg) from e
-            self._client = openai.OpenAI(
-                api_key=self._api_key, base_url=self._base_url, max_retries=self.sdk_max_retries
-            )
+        with self._client_lock:
+            if self._client is None:
+                try:
+                    import openai
+                except ImportError as e:  # pragma: no cover - core dependency
+                    msg = "the OpenAI provider needs the openai package: pip install openai"
+                    raise ProviderError(msg) from e
+                self._client = openai.OpenAI(
+                    api_key=self._api_key, base_url=self._base_url, max_retries=self.sdk_max_retries
+                )
         return self._client
 
     def close(self) -> None:
@@ -325,6 +334,52 @@ class OpenAIProvider:
     def cancel(self, batch_id: str) -> None:
         """Ask OpenAI to cancel the batch (it answers ``cancelling``)."""
         self._call("cancel the batch", lambda: self.client.batches.cancel(batch_id))
+
+    # -- realtime (mode="realtime") -----------------------------------------------------------
+
+    def answer(
+        self, line: str, *, model: str, spec: RequestSpec
+    ) -> pl.DataFrame | RealtimeFailure:
+        """Send one request line's ``body`` to ``/v1/chat/completions``; decode the answer.
+
+        The SDK's retries are off (``max_retries=0``): the engine retries rate limits and
+        server errors with its own clock, and never a request that may have run. The raw
+        JSON answer is wrapped as a batch output line and read by :func:`decode_lines`, so
+        both modes decode alike.
+        """
+        import openai
+
+        request = json.loads(line)
+        custom_id, body = request["custom_id"], request["body"]
+        client = self.client.with_options(max_retries=0)
+        with scrubbing():
+            try:
+                raw = client.chat.completions.with_raw_response.create(**body)
+                text = raw.http_response.text
+            except openai.AuthenticationError as e:
+                msg = "OpenAI rejected the API key: check OPENAI_API_KEY"
+                raise CredentialsError(msg) from e
+            except openai.APIStatusError as e:
+                message = f"HTTP {e.status_code}: {_error_message(e.body)}"
+                kind = failure_kind(e.status_code)
+                if kind is not None:
+                    after = retry_after_seconds(e.response.headers)
+                    return RealtimeFailure(kind, f"OpenAI {message}", after)
+                result = {
+                    "custom_id": custom_id,
+                    "response": {
+                        "status_code": e.status_code,
+                        "body": {"error": {"message": _error_message(e.body)}},
+                    },
+                }
+                decoded = decode_lines(json.dumps(result).encode())
+                return kept_response(decoded, e.response.text, spec)
+            except openai.APIConnectionError as e:  # APITimeoutError included
+                return transport_failure(e, "OpenAI")
+        # Re-serialised on one line: the API may pretty-print, a batch line never is.
+        answered = {"status_code": 200, "body": json.loads(text)}
+        decoded = decode_lines(json.dumps({"custom_id": custom_id, "response": answered}).encode())
+        return kept_response(decoded, text, spec)
 
     MAX_LISTED: ClassVar[int] = ORPHAN_SEARCH_MAX_LISTED
     SEARCH_SECONDS: ClassVar[float] = ORPHAN_SEARCH_SECONDS

@@ -1,0 +1,487 @@
+"""Realtime: the same jobs, one request at a time through the providers' standard endpoints.
+
+``batch_llm(mode="realtime")`` answers in seconds at the standard (not the batch) price.
+:class:`RealtimeEngine` is its driver, composed from the batch engine's units rather than
+branching inside them:
+
+* **planning** -- the :class:`~batchata_df.engine.planning.Planner` encodes the very
+  request lines a batch would send (grouped by provider and model, small slices);
+* **admission** -- :class:`~batchata_df.engine.admission.Admission` holds each request's
+  worst case against ``max_cost_usd`` from before it is sent until its actual cost is
+  known, so requests in flight can never take spend past the cap;
+* **ledger** -- :class:`~batchata_df.engine.ledger.Ledger` writes terminal events with
+  their cost (realtime prices) exactly as collection does; answers are decoded by the
+  provider's batch decoder and judged by
+  :func:`~batchata_df.engine.collection.outcomes_to_events`, so typed columns, citations,
+  truncation and refusals read the same in both modes;
+* **stopping** -- :class:`~batchata_df.engine.stopping.Stopper` (time limit, Ctrl+C): nothing
+  more is sent, requests in flight finish, the rest end ``cancelled``.
+
+Never pay twice
+---------------
+Before a request is sent its job gets an ``assigned`` event with ``mode="realtime"``. A
+request has no id a later call could look up, so one still ``assigned`` when a call starts
+(the process died while it was in flight) ends ``failed`` with ``lost:`` -- the provider
+may have billed it -- instead of being sent again (:func:`resolve_lost`, run by both
+drivers; ``retry_failed=True`` sends it again on purpose). Likewise a request whose answer
+was lost on the way (a timeout or a dropped connection after sending) is never retried.
+Only answers that prove nothing ran are retried: HTTP 429, 503 and 529 (overloaded) after
+the provider's ``Retry-After`` (or a growing backoff) for up to ``provider_patience``,
+500/502/504 up to :data:`SERVER_ERROR_ATTEMPTS` times, and a refused connection. Jobs in a
+provider batch that may still be running are not sent here (their rows stay ``pending``);
+jobs answered in either mode are settled for both.
+
+Concurrency
+-----------
+At most ``concurrency`` requests are in flight at once (a thread pool running one blocking
+SDK call per request); a rate-limit answer pauses new requests to that provider until its
+``Retry-After`` has passed. Waits read time through the run's
+:class:`~batchata_df.engine.clock.Clock`, so tests replace it and never sleep.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, MutableMapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import polars as pl
+
+from batchata_df.cost import PriceTable
+from batchata_df.engine.admission import Admission, Calibration
+from batchata_df.engine.clock import Backoff, Clock, SystemClock
+from batchata_df.engine.collection import outcomes_to_events
+from batchata_df.engine.ledger import Ledger
+from batchata_df.engine.planning import Planner, new_batch_key
+from batchata_df.engine.recovery import busy_jobs, lost_spend, resolve_lost, settled
+from batchata_df.engine.run import (
+    InFlightBatch,
+    ProgressSnapshot,
+    RunContext,
+    RunOptions,
+    RunState,
+    report,
+)
+from batchata_df.engine.stopping import Stopper
+from batchata_df.errors import CredentialsError
+from batchata_df.providers.base import (
+    BatchPoll,
+    Provider,
+    ProviderState,
+    RealtimeFailure,
+    RealtimeProvider,
+    RequestSpec,
+)
+from batchata_df.state import StateStore
+
+__all__ = [
+    "DEFAULT_CONCURRENCY",
+    "SERVER_ERROR_ATTEMPTS",
+    "RealtimeEngine",
+]
+
+DEFAULT_CONCURRENCY = 8
+"""Realtime requests in flight at once unless ``concurrency=`` says otherwise: well inside
+the lowest tiers' request-per-minute limits of the three providers at typical latencies."""
+SERVER_ERROR_ATTEMPTS = 4
+"""Tries of a request the provider keeps failing with 500/502/504 before its row fails."""
+SLICE = 256
+"""Jobs encoded at a time (a realtime run sends a few at once; no need for big slices)."""
+_POLL_S = 0.5
+"""Longest real wait for answers in flight before the stop event is looked at again."""
+
+
+@dataclass
+class _Request:
+    """One job sent (or to be sent again) through a realtime endpoint."""
+
+    job_id: str
+    line: str
+    provider: str
+    model: str
+    batch_key: str
+    worst: float
+    backoff: Backoff
+    server_errors: int = 0
+    refused_since: float | None = None
+    not_before: float = 0.0
+
+
+@dataclass
+class _Finished:
+    """Results and endings of one round, written together (one part per model)."""
+
+    results: dict[tuple[str, str, str], list[pl.DataFrame]] = field(default_factory=dict)
+    requests: dict[tuple[str, str, str], list[_Request]] = field(default_factory=dict)
+    ended: list[tuple[_Request, str, str]] = field(default_factory=list)
+    """``(request, status, error)`` of requests that end without an answer."""
+
+
+class RealtimeEngine:
+    """Sends jobs one request at a time, at most ``concurrency`` at once, checkpointing.
+
+    Parameters
+    ----------
+    store, providers, spec, options, progress, stop_event, make_provider, clock
+        As for :class:`~batchata_df.engine.driver.Engine`.
+    prices
+        Realtime (standard) prices (:meth:`batchata_df.cost.PriceTable.realtime`).
+    concurrency
+        Most requests in flight at once.
+    """
+
+    def __init__(
+        self,
+        store: StateStore,
+        providers: MutableMapping[str, Provider],
+        spec: RequestSpec,
+        prices: PriceTable,
+        options: RunOptions,
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        progress: Callable[[ProgressSnapshot], None] | None = None,
+        stop_event: threading.Event | None = None,
+        make_provider: Callable[[str], Provider] | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.ctx = RunContext(
+            store=store,
+            providers=providers,
+            spec=spec,
+            prices=prices,
+            options=options,
+            clock=clock or SystemClock(),
+            progress=progress,
+            make_provider=make_provider,
+        )
+        self.concurrency = concurrency
+        self.stop_event = stop_event or threading.Event()
+        self.state = RunState(started=self.ctx.clock.monotonic())
+        self._paused: dict[str, float] = {}
+        self._keys: dict[tuple[str, str], str] = {}
+        self._fatal: BaseException | None = None
+        self.sent = 0
+        """Requests sent by this call (retries included)."""
+
+    def run(self, jobs: pl.DataFrame) -> pl.DataFrame:
+        """Send ``jobs`` (as :meth:`Engine.run <batchata_df.engine.driver.Engine.run>`).
+
+        Returns the latest state of every job; jobs held by a provider batch that may
+        still be running stay ``assigned`` with the reason in ``error``.
+        """
+        from batchata_df.engine.driver import _by_job, _job_states
+
+        ctx, state = self.ctx, self.state
+        state.total, state.jobs = jobs.height, jobs
+        recorded, billed = ctx.store.snapshot()
+        recorded = resolve_lost(ctx.store, recorded)
+        terminal = settled(recorded, retry_failed=ctx.options.retry_failed)
+        busy = busy_jobs(ctx.store, recorded).get_column("job_id")
+        todo = jobs.filter(
+            ~pl.col("job_id").is_in(terminal.get_column("job_id").implode())
+            & ~pl.col("job_id").is_in(busy.implode())
+        )
+        done = terminal.filter(pl.col("job_id").is_in(jobs.get_column("job_id").implode()))
+        for status in state.done:
+            state.done[status] = int((done.get_column("status") == status).sum())
+        state.cost = float(done.get_column("cost_usd").fill_null(0.0).sum())
+        state.done_at_start = sum(state.done.values())
+        state.spent = float(billed.get_column("cost_usd").fill_null(0.0).sum())
+        state.spent += lost_spend(recorded)
+        admission = Admission(
+            state,
+            ctx.options.max_cost_usd,
+            worst=_by_job(jobs, "worst_usd"),
+            calibration=Calibration(est_input=_by_job(jobs, "est_input_tokens")),
+        )
+        planner = Planner(ctx.providers, ctx.spec, SLICE)
+        planner.add(todo)
+        try:
+            self._drive(planner, admission)
+        finally:
+            state.jobs = pl.DataFrame()
+        if self._fatal is not None:
+            raise self._fatal
+        states = _job_states(ctx.store)
+        held = busy.filter(busy.is_in(jobs.get_column("job_id").implode()))
+        if held.len():
+            why = (
+                "in a provider batch that may still be running: call again with "
+                "mode='batch' (or 'auto') and the same state to collect it"
+            )
+            states = states.with_columns(
+                pl.when(pl.col("job_id").is_in(held.implode()) & (pl.col("status") == "assigned"))
+                .then(pl.lit(why))
+                .otherwise(pl.col("error"))
+                .alias("error")
+            )
+        return states
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def _drive(self, planner: Planner, admission: Admission) -> None:
+        ctx, state = self.ctx, self.state
+        ledger = Ledger(ctx, state)
+        stopper = Stopper(ctx, state, ledger, self.stop_event)
+        running: dict[Future[Any], _Request] = {}
+        waiting: list[_Request] = []
+        reserved: dict[str, float] = {}
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="batchata-rt") as pool:
+            while True:
+                reason = state.stop_reason or stopper.reason()
+                if self._fatal is not None and reason is None:
+                    reason = "error"
+                if reason is not None:
+                    state.stop_reason = reason
+                    stopper.cancel_unsent(reason, planner)
+                    for request in waiting:
+                        self._end([(request, "cancelled", f"cancelled: {reason}")], ledger,
+                                  admission, reserved)  # fmt: skip
+                    waiting.clear()
+                else:
+                    self._send_due(pool, running, waiting)
+                    self._send_new(pool, planner, admission, running, reserved)
+                    if planner.current() is not None and not running and not waiting:
+                        # Nothing in flight will free budget: what does not fit never will.
+                        stopper.cancel_unsent("cost_limit", planner)
+                self._activity(running, waiting)
+                state.realtime_in_flight = len(running)
+                report(ctx, state, "running")
+                if not running and not waiting and (reason or planner.current() is None):
+                    break
+                finished = self._wait(running, waiting, stopper)
+                self._record(finished, ledger, admission, reserved)
+        state.activity = ""
+        report(ctx, state, "done")
+
+    def _send_due(
+        self,
+        pool: ThreadPoolExecutor,
+        running: dict[Future[Any], _Request],
+        waiting: list[_Request],
+    ) -> None:
+        """Send again the requests whose retry time has come (free slots permitting)."""
+        now = self.ctx.clock.monotonic()
+        for request in sorted(waiting, key=lambda r: r.not_before):
+            if len(running) >= self.concurrency:
+                return
+            if request.not_before <= now and self._paused.get(request.provider, 0.0) <= now:
+                waiting.remove(request)
+                running[self._submit(pool, request)] = request
+
+    def _send_new(
+        self,
+        pool: ThreadPoolExecutor,
+        planner: Planner,
+        admission: Admission,
+        running: dict[Future[Any], _Request],
+        reserved: dict[str, float],
+    ) -> None:
+        """Admit and send planned jobs while slots are free and the cap allows."""
+        ctx, state = self.ctx, self.state
+        while (free := self.concurrency - len(running)) > 0:
+            plan = planner.current()
+            if plan is None:
+                return
+            if self._paused.get(plan.provider, 0.0) > ctx.clock.monotonic():
+                return
+            admitted = admission.admit(plan if len(plan) <= free else plan.head(free))
+            if admitted is None:
+                return
+            key = self._keys.setdefault((plan.provider, plan.model), "r" + new_batch_key())
+            worst = admission.worst(admitted)
+            ctx.store.append_jobs(
+                pl.DataFrame({"job_id": admitted.job_ids}).with_columns(
+                    pl.lit(key).alias("batch_key"),
+                    pl.lit(plan.provider).alias("provider"),
+                    pl.lit(plan.model).alias("model"),
+                    pl.lit("assigned").alias("status"),
+                    pl.lit("realtime").alias("mode"),
+                    worst.alias("est_cost_usd") if admitted.has_estimates else pl.lit(None),
+                )
+            )
+            admission.reserve(admitted)
+            if state.first_submit_at is None:
+                state.first_submit_at = ctx.clock.monotonic()
+            for job_id, line, amount in zip(
+                admitted.job_ids.to_list(),
+                admitted.lines.to_list(),
+                worst.to_list(),
+                strict=True,
+            ):
+                reserved[job_id] = float(amount or 0.0)
+                request = _Request(
+                    job_id, line, plan.provider, plan.model, key, float(amount or 0.0),
+                    ctx.backoff(),
+                )  # fmt: skip
+                running[self._submit(pool, request)] = request
+            planner.took(len(admitted))
+
+    def _submit(self, pool: ThreadPoolExecutor, request: _Request) -> Future[Any]:
+        provider = cast(RealtimeProvider, self.ctx.providers[request.provider])
+        self.sent += 1
+        return pool.submit(provider.answer, request.line, model=request.model, spec=self.ctx.spec)
+
+    def _wait(
+        self,
+        running: dict[Future[Any], _Request],
+        waiting: list[_Request],
+        stopper: Stopper,
+    ) -> _Finished:
+        """Wait for answers (or the next retry time); sort out what came back."""
+        clock = self.ctx.clock
+        finished = _Finished()
+        if running:
+            done, _ = wait(list(running), timeout=_POLL_S, return_when=FIRST_COMPLETED)
+        else:
+            wakes = [max(r.not_before, self._paused.get(r.provider, 0.0)) for r in waiting]
+            if wakes:
+                stopper.sleep(max(0.0, min(wakes) - clock.monotonic()))
+            return finished
+        now = clock.monotonic()
+        for future in done:
+            request = running.pop(future)
+            try:
+                outcome = future.result()
+            except CredentialsError as e:
+                # A bad key ends the call (as it does in batch mode); nothing ran for it.
+                self._fatal = self._fatal or e
+                finished.ended.append((request, "cancelled", f"cancelled: {e}"))
+                continue
+            except Exception as e:  # an answer the SDK could not read: that row only
+                error = f"client_error: {type(e).__name__}: {e}"
+                finished.ended.append((request, "failed", error))
+                continue
+            if isinstance(outcome, RealtimeFailure):
+                self._failed(request, outcome, now, waiting, finished)
+                continue
+            group = (request.provider, request.model, request.batch_key)
+            finished.results.setdefault(group, []).append(outcome)
+            finished.requests.setdefault(group, []).append(request)
+        return finished
+
+    def _failed(
+        self,
+        request: _Request,
+        failure: RealtimeFailure,
+        now: float,
+        waiting: list[_Request],
+        finished: _Finished,
+    ) -> None:
+        """Decide what a request the provider did not answer becomes."""
+        opts = self.ctx.options
+        if failure.kind == "lost":
+            finished.ended.append((request, "failed", failure.error))
+            return
+        if failure.kind == "server_error":
+            request.server_errors += 1
+            if request.server_errors >= SERVER_ERROR_ATTEMPTS:
+                error = f"server_error: {failure.error} ({request.server_errors} attempts)"
+                finished.ended.append((request, "failed", error))
+                return
+        else:  # rate_limited, unreachable: the provider as a whole; wait within patience
+            if request.refused_since is None:
+                request.refused_since = now
+            if now - request.refused_since >= opts.provider_patience_s:
+                error = f"cancelled: provider_unavailable: {failure.error}"
+                finished.ended.append((request, "cancelled", error))
+                return
+        delay = request.backoff.next()
+        if failure.retry_after is not None:
+            delay = max(failure.retry_after, 0.0)
+        request.not_before = now + delay
+        if failure.kind == "rate_limited":
+            paused = self._paused.get(request.provider, 0.0)
+            self._paused[request.provider] = max(paused, request.not_before)
+        self.state.activity = f"{request.provider}: {failure.error}; retrying in {delay:.0f}s"
+        waiting.append(request)
+
+    # -- recording ------------------------------------------------------------------------
+
+    def _record(
+        self,
+        finished: _Finished,
+        ledger: Ledger,
+        admission: Admission,
+        reserved: dict[str, float],
+    ) -> None:
+        """Write this round's answers (one part per model) and endings; settle their money."""
+        answered = BatchPoll(ProviderState.ENDED, "answered")
+        for (provider, model, key), frames in finished.results.items():
+            requests = finished.requests[(provider, model, key)]
+            members = pl.DataFrame({"job_id": [r.job_id for r in requests]})
+            events = outcomes_to_events(
+                members, pl.concat(frames), answered, self.ctx.spec,
+                provider=provider, model=model,
+            )  # fmt: skip
+            actual = ledger.terminal(
+                events.with_columns(pl.lit("realtime").alias("mode")),
+                batch_key=key,
+                provider=provider,
+                model=model,
+                provider_batch_id=None,
+            )
+            held = sum(reserved.pop(r.job_id, 0.0) for r in requests)
+            admission.settle(
+                InFlightBatch(key, provider, model, "", members.get_column("job_id"),
+                              self.ctx.backoff(), reserved=held),
+                actual,
+                events,
+            )  # fmt: skip
+        if finished.ended:
+            self._end(finished.ended, ledger, admission, reserved)
+
+    def _end(
+        self,
+        ended: list[tuple[_Request, str, str]],
+        ledger: Ledger,
+        admission: Admission,
+        reserved: dict[str, float],
+    ) -> None:
+        """End requests without an answer; a lost one keeps its worst case as spent."""
+        del admission
+        by_group: dict[tuple[str, str, str], list[tuple[_Request, str, str]]] = {}
+        for item in ended:
+            r = item[0]
+            by_group.setdefault((r.provider, r.model, r.batch_key), []).append(item)
+        nothing = pl.lit(None, dtype=pl.Int64)
+        for (provider, model, key), items in by_group.items():
+            events = pl.DataFrame(
+                {
+                    "job_id": [r.job_id for r, _, _ in items],
+                    "status": [s for _, s, _ in items],
+                    "error": [e for _, _, e in items],
+                    "est_cost_usd": [r.worst for r, _, _ in items],
+                }
+            ).with_columns(
+                nothing.alias("input_tokens"),
+                nothing.alias("output_tokens"),
+                nothing.alias("cached_tokens"),
+                nothing.alias("cache_write_tokens"),
+                nothing.alias("reasoning_tokens"),
+                pl.lit("realtime").alias("mode"),
+            )
+            ledger.terminal(
+                events, batch_key=key, provider=provider, model=model, provider_batch_id=None
+            )
+            for r, _, error in items:
+                held = reserved.pop(r.job_id, 0.0)
+                self.state.release(held)
+                if error.startswith("lost:"):
+                    # It may have been billed: count its worst case as spent (the cap).
+                    self.state.spent += held
+
+    def _activity(self, running: dict[Future[Any], _Request], waiting: list[_Request]) -> None:
+        if self.state.stop_reason:
+            self.state.activity = (
+                f"stopping ({self.state.stop_reason}): {len(running)} realtime requests "
+                "finishing"
+            )
+            return
+        if running or waiting:
+            text = f"realtime: {len(running)} requests in flight (at most {self.concurrency})"
+            if waiting:
+                text += f", {len(waiting)} waiting to retry"
+            self.state.activity = text

@@ -1,0 +1,144 @@
+"""``mode="auto"``: small jobs and what a batch would not finish by the deadline go realtime.
+
+The deadline switch runs on an injected clock (the emulator's batches never finish on
+their own: latency one hour), so the test decides when "late" is without waiting.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import polars as pl
+import pytest
+from pydantic import BaseModel
+
+import batchata_df.engine.auto as auto_module
+from batchata_df import batch_llm
+from batchata_df.engine.auto import AUTO_REALTIME_MAX_JOBS, realtime_seconds
+from batchata_df.engine.clock import FakeClock
+
+
+class Answer(BaseModel):
+    label: str
+
+
+KW = {"schema": Answer, "prompt": "Say {t}", "model": "gpt-4.1-mini"}
+
+
+def frame(n: int) -> pl.DataFrame:
+    return pl.DataFrame({"t": [f"row {i}" for i in range(n)]})
+
+
+def batches_created(emu) -> int:
+    return len([e for e in emu.log() if e["method"] == "POST" and e["path"].endswith("/batches")])
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(auto_module, "SystemClock", lambda: fake)
+    return fake
+
+
+def test_a_job_too_small_for_a_batch_goes_realtime(emu) -> None:
+    out = frame(AUTO_REALTIME_MAX_JOBS).pipe(batch_llm, mode="auto", **KW)
+    assert out["_status"].to_list() == ["completed"] * AUTO_REALTIME_MAX_JOBS
+    assert out["_mode"].to_list() == ["realtime"] * AUTO_REALTIME_MAX_JOBS
+    assert batches_created(emu) == 0
+
+
+def test_a_larger_job_without_deadline_goes_by_batch(emu) -> None:
+    n = AUTO_REALTIME_MAX_JOBS + 1
+    out = frame(n).pipe(batch_llm, mode="auto", **KW)
+    assert out["_mode"].to_list() == ["batch"] * n
+    assert batches_created(emu) == 1
+    assert [e["mode"] for e in emu.billing()] == ["batch"] * n
+
+
+def test_a_deadline_too_near_for_a_batch_sends_everything_realtime(emu) -> None:
+    n = 60
+    assert realtime_seconds(n, 8) > 200
+    out = frame(n).pipe(batch_llm, mode="auto", deadline=200, **KW)
+    assert out["_mode"].to_list() == ["realtime"] * n
+    assert batches_created(emu) == 0
+
+
+def test_batches_late_for_the_deadline_are_cancelled_and_the_rest_sent_realtime(
+    emu, tmp_path: Path, clock: FakeClock
+) -> None:
+    emu.configure(latency=3600)  # the batch will not finish by itself
+    n, deadline = 60, 1000.0
+    switch = deadline - realtime_seconds(n, 8)
+    state = tmp_path / "s"
+    out = frame(n).pipe(batch_llm, mode="auto", deadline=deadline, state=state, **KW)
+    assert out["_status"].to_list() == ["completed"] * n
+    assert out["_mode"].to_list() == ["realtime"] * n
+    # It waited for the batch until the last moment that leaves time to answer in realtime.
+    assert switch <= clock.now - 1000.0 < switch + 61
+    cancels = [e for e in emu.log() if e["path"].endswith("/cancel")]
+    assert batches_created(emu) == 1 and len(cancels) == 1
+    assert Counter(e["mode"] for e in emu.billing()) == {"realtime": n}  # none ran in batch
+    again = frame(n).pipe(batch_llm, mode="auto", deadline=deadline, state=state, **KW)
+    assert again.equals(out)
+    assert len(emu.billing()) == n
+
+
+def test_rows_answered_by_the_batch_before_the_switch_are_not_sent_again(
+    emu, tmp_path: Path, clock: FakeClock
+) -> None:
+    n = 60
+    emu.configure(latency=3600)
+    state = tmp_path / "s"
+    first = frame(n).pipe(batch_llm, state=state, wait=False, **KW)  # half the rows ...
+    assert first["_status"].to_list() == ["pending"] * n
+    emu.advance(3600)  # ... answered by a batch
+    more = frame(2 * n)
+    out = more.pipe(batch_llm, mode="auto", deadline=1000.0, state=state, **KW)
+    assert out["_status"].to_list() == ["completed"] * (2 * n)
+    assert out["_mode"].to_list() == ["batch"] * n + ["realtime"] * n
+    counts = Counter(e["request"] for e in emu.billing())
+    assert max(counts.values()) == 1 and len(counts) == 2 * n
+
+
+def test_auto_dry_run_says_which_rows_would_go_realtime(emu) -> None:
+    small = frame(10).pipe(batch_llm, mode="auto", dry_run=True, **KW)
+    big = frame(60).pipe(batch_llm, mode="auto", dry_run=True, **KW)
+    assert small["_mode"].to_list() == ["realtime"] * 10
+    assert big["_mode"].to_list() == ["batch"] * 60
+    assert emu.log() == []
+
+
+def test_cli_runs_realtime_and_auto(emu, tmp_path: Path) -> None:
+    exe = Path(sys.executable).with_name("batchata-df")
+    frame(3).write_parquet(tmp_path / "in.parquet")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    base = [str(exe), "run", "in.parquet"]
+    args = ["--model", "gpt-4.1-mini", "--prompt", "Say {t}", "--no-progress"]
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*base, *extra], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+
+    rt = run("rt.parquet", *args, "--mode", "realtime", "--concurrency", "2")
+    assert rt.returncode == 0, rt.stderr
+    auto = run("auto.parquet", *args, "--mode", "auto", "--deadline", "10m")
+    assert auto.returncode == 0, auto.stderr
+    for name in ("rt.parquet", "auto.parquet"):
+        out = pl.read_parquet(tmp_path / name)
+        assert out["_mode"].to_list() == ["realtime"] * 3
+        assert out["_status"].to_list() == ["completed"] * 3
+    bad = run("x.parquet", *args, "--deadline", "10m")
+    assert bad.returncode == 2
+    assert "deadline= is for mode='auto'" in bad.stderr
+    assert batches_created(emu) == 0
+
+
+def test_a_streaming_run_refuses_realtime_before_sending(emu, tmp_path: Path) -> None:
+    from batchata_df.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="mode='realtime' does not stream"):
+        frame(3).lazy().pipe(batch_llm, mode="realtime", sink=tmp_path / "o.parquet", **KW)
+    assert emu.log() == []
