@@ -146,6 +146,19 @@ def test_history_and_keep_raw(work):
     assert json.loads(out["_raw"][0])["category"] == out["category"][0]
 
 
+def test_keep_responses_writes_the_providers_own_result(work):
+    pl.DataFrame({"q": ["refund please", "where is my parcel"]}).write_csv(work / "t.csv")
+    r = cli("run", "t.csv", "out.parquet", "--model", "gpt-4.1-mini", "--schema",
+            "models:Ticket", "--prompt", "{q}", "--keep-responses", cwd=work)
+    assert r.returncode == 0, r.stderr
+    out = pl.read_parquet(work / "out.parquet")
+    lines = [json.loads(x) for x in out["_response"].to_list()]
+    # OpenAI's batch output line for each row: its custom_id is the row's job id.
+    assert [x["custom_id"] for x in lines] == out["_job_id"].to_list()
+    assert [json.loads(x["response"]["body"]["choices"][0]["message"]["content"])["category"]
+            for x in lines] == out["category"].to_list()
+
+
 def test_files_and_citations(work):
     docs = work / "docs"
     docs.mkdir()
@@ -391,7 +404,7 @@ def test_version_and_help_with_examples_without_rst(tmp_path):
                    "--max-cost-usd", "--time-limit", "--dry-run", "--no-wait", "--retry-failed",
                    "--state", "--system", "--items-per-batch", "--max-parallel-batches",
                    "--no-progress", "--write-partial", "--history", "--keep-raw",
-                   "Exit codes", "130"):
+                   "--keep-responses", "Exit codes", "130"):
         assert option in r.stdout, option
     r = cli("emulator", "--help", cwd=tmp_path)
     assert r.returncode == 0 and "--latency" in r.stdout
