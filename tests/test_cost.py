@@ -274,3 +274,16 @@ def test_price_from_genai_makes_a_tier_at_every_threshold_of_any_rate() -> None:
     assert usd(price.cost(input_tokens=301, output_tokens=1)) == usd((301 * 2.0 + 30.0) / 1e6)
     empty = price_from_genai(ModelPrice(), "genai-prices:free")
     assert empty == Price(input=0.0, output=0.0, source="genai-prices:free")
+    # A rate the model does not list (an embedding model's output) bills 0 in every tier.
+    embedding = price_from_genai(
+        ModelPrice(input_mtok=TieredPrices(base=Decimal("1"),
+                                           tiers=[Tier(start=100, price=Decimal("2"))])),
+        "genai-prices:e",
+    )
+    assert embedding.tiers == (PriceTier(above=100, input=2.0, output=0.0),)
+    output_only = price_from_genai(
+        ModelPrice(output_mtok=TieredPrices(base=Decimal("5"),
+                                            tiers=[Tier(start=100, price=Decimal("6"))])),
+        "genai-prices:o",
+    )
+    assert output_only.tiers == (PriceTier(above=100, input=0.0, output=6.0),)
