@@ -90,6 +90,7 @@ def main() -> None:
         setup("dev")
         sh(PY, "benchmarks/bench_tokens.py")
         sh("nice", "-n", "19", str(PY), "benchmarks/bench_overhead.py", *sys.argv[2:])
+        sh(PY, "benchmarks/report_overhead.py")
     else:
         print(__doc__)
         sys.exit(0 if what in ("help", "-h", "--help") else 2)

@@ -444,6 +444,9 @@ Examples:
               help="Live progress on stderr [default: on when stderr is a terminal].")
 @click.option("--keep-raw", is_flag=True,
               help="Add a _raw column: the model's own answer text, also for failed rows.")
+@click.option("--keep-responses", is_flag=True,
+              help="Keep each request's result as the provider sent it (checkpoint and a "
+              "_response column).")
 @click.option("--lock-timeout", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Seconds to wait when another call is writing the state folder.")
 @click.option("--write-partial", is_flag=True,
@@ -477,6 +480,7 @@ def run(
     chunk_rows: int | None,
     progress: bool | None,
     keep_raw: bool,
+    keep_responses: bool,
     lock_timeout: float,
     write_partial: bool,
 ) -> None:
@@ -538,6 +542,7 @@ def run(
         lock_timeout=lock_timeout,
         history=history_column,
         keep_raw=keep_raw,
+        keep_responses=keep_responses,
         mode=mode,  # type: ignore[arg-type]  # click.Choice checked it
         deadline=deadline,
         concurrency=concurrency,

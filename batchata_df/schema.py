@@ -41,13 +41,83 @@ TEXT_COLUMN = "response"
 Converter = Callable[[pl.Expr], pl.Expr]
 
 
+Check = Callable[[Any], "tuple[str, str] | None"]
+"""Asked about a validated value: ``None`` when its column holds it, else
+``(location, problem)`` with the location as Pydantic writes it (``items.0.price``)."""
+
+
 @dataclass(frozen=True)
 class _FieldType:
-    """The final dtype of a value, its dtype as decoded from JSON, and the conversion."""
+    """The final dtype of a value, its dtype as decoded from JSON, and the conversion.
+
+    ``check`` (when set) is asked about each validated value and names what the column
+    cannot hold (``None``: it fits), so the row fails instead of the value being cut.
+    """
 
     final: pl.DataType
     wire: pl.DataType
     convert: Converter | None  # None: wire dtype is already final
+    check: Check | None = None
+
+
+DECIMAL_PRECISION = 38
+"""Digits a Polars decimal holds at most (and the precision of a Decimal column)."""
+
+DECIMAL_SCALE = 9
+"""Places after the point of a Decimal field that declares no ``decimal_places``."""
+
+
+def _decimal_type(where: str, metadata: Sequence[Any]) -> _FieldType:
+    """``Decimal(precision, scale)`` sized by the field's ``max_digits``/``decimal_places``.
+
+    Without ``decimal_places`` the column keeps 9 places; an answer with more (or with more
+    digits before the point than the column holds) fails its row naming the declaration
+    that keeps it, rather than being rounded or nulled when decoded.
+    """
+    limits: dict[str, int] = {}
+    for item in metadata:
+        for source in (item, *getattr(item, "metadata", ())):
+            for key in ("max_digits", "decimal_places"):
+                value = getattr(source, key, None)
+                if isinstance(value, int):
+                    limits[key] = value
+    scale = limits.get("decimal_places", DECIMAL_SCALE)
+    max_digits = limits.get("max_digits")
+    precision = max(DECIMAL_PRECISION if max_digits is None else max_digits, scale)
+    if precision > DECIMAL_PRECISION:
+        msg = (
+            f"{where}: a Decimal column holds at most {DECIMAL_PRECISION} digits, the field "
+            f"declares {precision} (max_digits={max_digits}, decimal_places={scale}); "
+            f"declare at most {DECIMAL_PRECISION}, or make the field a str"
+        )
+        raise SchemaError(msg)
+    target = pl.Decimal(precision, scale)
+    whole = precision - scale
+
+    def check(value: Any) -> tuple[str, str] | None:
+        if not isinstance(value, decimal.Decimal) or not value.is_finite():
+            return None
+        _, digits, exponent = value.normalize().as_tuple()
+        assert isinstance(exponent, int)
+        places = max(-exponent, 0)
+        before = max(len(digits) + exponent, 0)
+        shown = format(value, "f")  # as answered, never 1E-10
+        if places > scale:
+            return "", (
+                f"{shown} has {places} decimal places, the {target} column keeps {scale}: "
+                f"declare the field with Field(decimal_places={places}) (then reparse(): "
+                "nothing is sent again)"
+            )
+        if before > whole:
+            return "", (
+                f"{shown} has {before} digits before the point, the {target} column holds "
+                f"{whole}: declare a larger max_digits or fewer decimal_places"
+            )
+        return None
+
+    return _FieldType(
+        target, pl.String(), lambda e: e.str.to_decimal(scale=scale).cast(target), check
+    )
 
 
 def _datetime_convert(e: pl.Expr) -> pl.Expr:
@@ -64,7 +134,7 @@ def _time_convert(e: pl.Expr) -> pl.Expr:
     return _datetime_convert(pl.concat_str([pl.lit("2000-01-01T"), e])).dt.time()
 
 
-def _scalar_type(tp: Any, where: str) -> _FieldType | None:
+def _scalar_type(tp: Any, where: str, metadata: Sequence[Any] = ()) -> _FieldType | None:
     if tp is bool:
         return _FieldType(pl.Boolean(), pl.Boolean(), None)
     if tp is int:
@@ -80,8 +150,7 @@ def _scalar_type(tp: Any, where: str) -> _FieldType | None:
     if tp is dt.time:
         return _FieldType(pl.Time(), pl.String(), _time_convert)
     if tp is decimal.Decimal:
-        target = pl.Decimal(38, 9)
-        return _FieldType(target, pl.String(), lambda e: e.str.to_decimal(scale=9))
+        return _decimal_type(where, metadata)
     return None
 
 
@@ -100,10 +169,13 @@ def _literal_type(values: Sequence[Any], where: str) -> _FieldType:
     raise SchemaError(msg)
 
 
-def _field_type(tp: Any, where: str, seen: tuple[type[BaseModel], ...] = ()) -> _FieldType:
+def _field_type(
+    tp: Any, where: str, seen: tuple[type[BaseModel], ...] = (), metadata: Sequence[Any] = ()
+) -> _FieldType:
     """Map a Python annotation to its Polars representation.
 
-    ``seen`` holds the models being mapped around this field, to catch a recursive model.
+    ``seen`` holds the models being mapped around this field, to catch a recursive model;
+    ``metadata`` the field's constraints (``Field(decimal_places=...)`` sizes a Decimal).
     """
     if isinstance(tp, str | typing.ForwardRef):
         msg = (
@@ -113,11 +185,12 @@ def _field_type(tp: Any, where: str, seen: tuple[type[BaseModel], ...] = ()) -> 
         raise SchemaError(msg)
     origin = get_origin(tp)
     if origin is typing.Annotated:
-        return _field_type(get_args(tp)[0], where, seen)
+        inner, *extra = get_args(tp)
+        return _field_type(inner, where, seen, (*metadata, *extra))
     if origin in (Union, types.UnionType):
         members = [a for a in get_args(tp) if a is not type(None)]
         if len(members) == 1:
-            return _field_type(members[0], where, seen)
+            return _field_type(members[0], where, seen, metadata)
         msg = (
             f"{where}: unions of several types ({tp!r}) have no single column type; "
             "use one type, Optional[T], or a Literal"
@@ -134,13 +207,15 @@ def _field_type(tp: Any, where: str, seen: tuple[type[BaseModel], ...] = ()) -> 
             msg = f"{where}: give the item type of the list, e.g. list[str]"
             raise SchemaError(msg)
         inner = _field_type(args[0], where + "[]", seen)
+        list_check = None if inner.check is None else _list_check(inner.check)
         if inner.convert is None:
-            return _FieldType(pl.List(inner.final), pl.List(inner.wire), None)
+            return _FieldType(pl.List(inner.final), pl.List(inner.wire), None, list_check)
         conv = inner.convert
         return _FieldType(
             pl.List(inner.final),
             pl.List(inner.wire),
             lambda e: e.list.eval(conv(pl.element())),
+            list_check,
         )
     if origin in (dict, typing.Mapping) or tp is dict:
         msg = (
@@ -162,7 +237,7 @@ def _field_type(tp: Any, where: str, seen: tuple[type[BaseModel], ...] = ()) -> 
             )
             raise SchemaError(msg)
         return _model_type(tp, where, seen)
-    scalar = _scalar_type(tp, where)
+    scalar = _scalar_type(tp, where, metadata)
     if scalar is not None:
         return scalar
     msg = (
@@ -176,20 +251,53 @@ def _model_type(
     model: type[BaseModel], where: str, seen: tuple[type[BaseModel], ...] = ()
 ) -> _FieldType:
     inner = (*seen, model)
-    fields = {name: _field_type(f.annotation, f"{where}.{name}", inner) for name, f in
-              model.model_fields.items()}
+    fields = {
+        name: _field_type(f.annotation, f"{where}.{name}", inner, f.metadata)
+        for name, f in model.model_fields.items()
+    }
     final = pl.Struct({n: f.final for n, f in fields.items()})
     wire = pl.Struct({n: f.wire for n, f in fields.items()})
     conversions = {n: f.convert for n, f in fields.items() if f.convert is not None}
+    checks = {n: f.check for n, f in fields.items() if f.check is not None}
+    model_check = _model_check(checks) if checks else None
     if not conversions:
-        return _FieldType(final, wire, None)
+        return _FieldType(final, wire, None, model_check)
 
     def convert(e: pl.Expr) -> pl.Expr:
         return e.struct.with_fields(
             *[conv(pl.field(name)).alias(name) for name, conv in conversions.items()]
         )
 
-    return _FieldType(final, wire, convert)
+    return _FieldType(final, wire, convert, model_check)
+
+
+def _within(step: str, found: tuple[str, str]) -> tuple[str, str]:
+    where, problem = found
+    return (f"{step}.{where}" if where else step), problem
+
+
+def _list_check(check: Check) -> Check:
+    def each(values: Any) -> tuple[str, str] | None:
+        for i, value in enumerate(values or ()):
+            found = check(value)
+            if found is not None:
+                return _within(str(i), found)
+        return None
+
+    return each
+
+
+def _model_check(checks: dict[str, Check]) -> Check:
+    def each(obj: Any) -> tuple[str, str] | None:
+        if obj is None:
+            return None
+        for name, check in checks.items():
+            found = check(getattr(obj, name))
+            if found is not None:
+                return _within(name, found)
+        return None
+
+    return each
 
 
 def _strict(node: Any, defs: dict[str, Any]) -> Any:
@@ -242,18 +350,23 @@ STRICT_FORMATS = frozenset(
 )
 
 
-DECIMAL_PATTERN = r"^-?[0-9]+(\.[0-9]+)?$"
+DECIMAL_PATTERN = r"^-?[0-9]+(\.[0-9]{1,%d})?$"
+"""A decimal string with at most as many places as its column keeps (``% scale``)."""
 
 
 class _StrictGenerator(GenerateJsonSchema):
     """Pydantic's JSON Schema, with Decimal as a plain decimal string.
 
     Pydantic allows ``number | string`` for Decimal; a model may then answer any string.
-    A pattern-constrained string keeps every digit and always validates.
+    A pattern-constrained string keeps every digit and always validates; its places are
+    limited to what the column keeps (``decimal_places``, else 9), so that structured
+    output does not produce an answer the row would then fail for.
     """
 
     def decimal_schema(self, schema: core_schema.DecimalSchema) -> JsonSchemaValue:
-        return {"type": "string", "pattern": DECIMAL_PATTERN}
+        places = schema.get("decimal_places")
+        scale = places if isinstance(places, int) else DECIMAL_SCALE
+        return {"type": "string", "pattern": DECIMAL_PATTERN % scale}
 
 
 class AnswerSchema:
@@ -345,6 +458,12 @@ class AnswerSchema:
                 obj = model.model_validate_json(text)
             except ValidationError as e:
                 errors[i] = _describe(e)
+                continue
+            found = None if self._struct is None or self._struct.check is None else (
+                self._struct.check(obj)
+            )
+            if found is not None:  # valid, but its column cannot hold it: never cut it
+                errors[i] = f"schema_validation: {found[0] or '<root>'}: {found[1]}"
                 continue
             canonical[i] = obj.model_dump_json()
         return canonical, errors

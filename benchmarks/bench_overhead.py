@@ -180,7 +180,7 @@ lines = lines_of(df, ('{"key":"', '","request":{"contents":[{"role":"user","part
 names = []
 for start in range(0, n, PER_BATCH):
     payload = io.BytesIO("\n".join(lines.slice(start, PER_BATCH).to_list()).encode())
-    up = client.files.upload(file=payload, config=types.UploadFileConfig(mime_type="jsonl"))
+    up = client.files.upload(file=payload, config=types.UploadFileConfig(mime_type="text/plain"))
     names.append(client.batches.create(model="gemini-2.5-flash", src=up.name).name)
 LINE = pl.Struct({"key": pl.String, "response": pl.Struct({"candidates": pl.List(pl.Struct({
     "content": pl.Struct({"parts": pl.List(pl.Struct({"text": pl.String,
@@ -294,7 +294,7 @@ def _document(started: str, runs: int, points: list[dict[str, Any]]) -> dict[str
     }
 
 
-def merge(paths: list[Path], out: Path) -> None:
+def merge(paths: list[Path], out: Path, note: str | None = None) -> None:
     """One document from several partial ones (e.g. one process per provider)."""
     docs = [json.loads(p.read_text()) for p in paths]
     points = sorted(
@@ -310,6 +310,8 @@ def merge(paths: list[Path], out: Path) -> None:
     doc = _document(min(d["started_utc"] for d in docs), docs[0]["runs_per_point"], points)
     doc["finished_utc"] = max(d["finished_utc"] for d in docs)
     doc["machine"]["uptime"] = [d["machine"]["uptime"] for d in docs]
+    if note:
+        doc["note"] = note
     out.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {out}")
 
@@ -321,9 +323,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "overhead.json")
     parser.add_argument("--merge", type=Path, nargs="+", help="merge these partial results")
+    parser.add_argument("--note", help="with --merge: what the reader must know (recorded)")
     args = parser.parse_args()
     if args.merge:
-        merge(args.merge, args.out)
+        merge(args.merge, args.out, args.note)
         return
 
     from batchata_df.emulator import Emulator

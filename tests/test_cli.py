@@ -146,6 +146,19 @@ def test_history_and_keep_raw(work):
     assert json.loads(out["_raw"][0])["category"] == out["category"][0]
 
 
+def test_keep_responses_writes_the_providers_own_result(work):
+    pl.DataFrame({"q": ["refund please", "where is my parcel"]}).write_csv(work / "t.csv")
+    r = cli("run", "t.csv", "out.parquet", "--model", "gpt-4.1-mini", "--schema",
+            "models:Ticket", "--prompt", "{q}", "--keep-responses", cwd=work)
+    assert r.returncode == 0, r.stderr
+    out = pl.read_parquet(work / "out.parquet")
+    lines = [json.loads(x) for x in out["_response"].to_list()]
+    # OpenAI's batch output line for each row: its custom_id is the row's job id.
+    assert [x["custom_id"] for x in lines] == out["_job_id"].to_list()
+    assert [json.loads(x["response"]["body"]["choices"][0]["message"]["content"])["category"]
+            for x in lines] == out["category"].to_list()
+
+
 def test_files_and_citations(work):
     docs = work / "docs"
     docs.mkdir()
@@ -184,13 +197,13 @@ def test_cost_cap_cancelled_rows_exit_4(work):
 
 
 def test_no_wait_pending_exit_5_then_collected_exit_0(work, emu):
-    emu.configure(latency=2.0)
+    emu.configure(latency=1000.0)
     args = ["run", "tickets.parquet", "out.parquet", "--model", "gpt-4.1-mini",
             "--prompt", "{text}"]
     r = cli(*args, "--no-wait", cwd=work)
     assert r.returncode == 5, r.stderr
     assert set(pl.read_parquet(work / "out.parquet")["_status"]) == {"pending"}
-    time.sleep(2.2)
+    emu.advance(1000.0)  # the batch ends on the emulator's clock
     r = cli(*args, cwd=work)
     assert r.returncode == 0, r.stderr
     assert set(pl.read_parquet(work / "out.parquet")["_status"]) == {"completed"}
@@ -214,11 +227,13 @@ def _interrupt(work, emu, *extra):
          "--prompt", "{text}", *extra],
         cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
+    def polled() -> bool:  # the run has its batch id (and checkpointed it): it polls
+        return any(e["method"] == "GET" and "/batches/batch_" in e["path"] for e in emu.log())
+
     deadline = time.monotonic() + 60
-    while not posts(emu, "/batches") and time.monotonic() < deadline:
+    while not polled() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.1)
-    assert posts(emu, "/batches"), "the batch was never submitted"
-    time.sleep(0.3)
+    assert polled(), "the batch was never submitted"
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     return proc.returncode, err
@@ -389,7 +404,7 @@ def test_version_and_help_with_examples_without_rst(tmp_path):
                    "--max-cost-usd", "--time-limit", "--dry-run", "--no-wait", "--retry-failed",
                    "--state", "--system", "--items-per-batch", "--max-parallel-batches",
                    "--no-progress", "--write-partial", "--history", "--keep-raw",
-                   "Exit codes", "130"):
+                   "--keep-responses", "Exit codes", "130"):
         assert option in r.stdout, option
     r = cli("emulator", "--help", cwd=tmp_path)
     assert r.returncode == 0 and "--latency" in r.stdout

@@ -339,15 +339,13 @@ def test_on_progress_with_the_seeds_three_arguments(emu, tmp_path):
 
 
 def test_run_without_waiting_then_collect(emu, tmp_path):
-    emu.configure(latency=1.0)
+    emu.configure(latency=1000.0)
     batch = Batch(results_dir=tmp_path / "out").set_default_params(model="gpt-4.1-mini")
     batch.add_job(prompt="a")
     first = batch.run(wait=False)
     assert first.status()["pending"] == 1 and first.results()["completed"] == []
     assert not list((tmp_path / "out").glob("job-*.json"))  # nothing ended yet
-    import time
-
-    time.sleep(1.2)
+    emu.advance(1000.0)  # the batch ends on the emulator's clock
     second = batch.run()
     assert [r.job_id for r in second.results()["completed"]] == ["job-000000"]
     assert len(posts(emu, "/batches")) == 1

@@ -16,9 +16,9 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
-
-pyte = pytest.importorskip("pyte")
+import nbclient
+import nbformat
+import pyte
 
 COLS, ROWS = 140, 40
 
@@ -153,8 +153,6 @@ def test_ctrl_c_in_a_real_pty_reports_the_stop_truthfully(emu, tmp_path):
 
 
 def test_jupyter_kernel_stores_the_panel_as_html(emu, tmp_path):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
     nb = nbformat.v4.new_notebook()
     nb.cells = [
         nbformat.v4.new_code_cell(

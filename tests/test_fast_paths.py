@@ -267,3 +267,39 @@ def test_shouting_answer_is_the_validators_value() -> None:
     canonical, errors = AnswerSchema(Shouting).validate(['{"word":"abc"}'])
     assert canonical == ['{"word":"ABC"}']
     assert errors == [None]
+
+
+class Review(BaseModel):
+    summary: str
+    score: float
+    stars: int
+    recommend: bool
+    label: Literal["pos", "neg", "neu"]
+    note: str | None
+
+
+@pytest.mark.parametrize("model", ["gpt-4.1-mini", "claude-haiku-4-5", "gemini-2.5-flash"])
+def test_stored_answers_are_pydantics_canonical_json_end_to_end(emu, tmp_path, model) -> None:
+    # Through the SDKs and the emulator: every stored answer (the fast path's output, or
+    # Pydantic's for rows it left) is what Pydantic makes of the raw answer, and the typed
+    # columns hold the same values.
+    from batchata_df import batch_llm, sql
+
+    assert AnswerSchema(Review)._fast is not None
+    df = pl.DataFrame({"text": [f"review {i}: fine, é 🙂" for i in range(40)]})
+    state = tmp_path / "run"
+    out = batch_llm(df, schema=Review, model=model, prompt="{text}", state=state,
+                    progress=False)
+    assert out["_status"].to_list() == ["completed"] * 40
+    stored = sql("select job_id, raw, answer from jobs", state)
+    assert stored.height == 40
+    fast = AnswerSchema(Review)._fast
+    assert fast is not None
+    taken = fast.canonical(stored.get_column("raw")).drop_nulls().len()
+    assert taken > 0  # the emulator's answers (like the providers') are mostly canonical
+    for raw, answer in stored.select("raw", "answer").iter_rows():
+        assert answer == Review.model_validate_json(raw).model_dump_json()
+    by_job = dict(stored.select("job_id", "answer").iter_rows())
+    for row in out.iter_rows(named=True):
+        want = Review.model_validate_json(by_job[row["_job_id"]]).model_dump()
+        assert {k: row[k] for k in want} == want

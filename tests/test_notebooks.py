@@ -9,10 +9,9 @@ import hashlib
 import shutil
 from pathlib import Path
 
+import nbclient
+import nbformat
 import pytest
-
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
 
 FOLDER = Path(__file__).parent.parent / "notebooks"
 NOTEBOOKS = ["quickstart", "documents", "cost_control", "long_runs", "realtime"]

@@ -11,13 +11,12 @@ from typing import Any
 
 import polars as pl
 import pytest
+import rich.console as rich_console
 from pydantic import BaseModel
 
 from batchata_df import batch_llm
 from batchata_df.engine import ProgressSnapshot
 from batchata_df.progress import ProgressDisplay, format_line, make_display, outcome_line
-
-rich_console = pytest.importorskip("rich.console")
 
 
 class A(BaseModel):
@@ -227,9 +226,27 @@ def test_notebook_view_carries_the_panel_in_html_and_text(monkeypatch: pytest.Mo
     assert "of $5.00 cap" in bundle["text/html"]
 
 
-def test_display_is_a_progress_callable() -> None:
-    show: ProgressDisplay = make_display(console=rich_console.Console(file=io.StringIO()))
-    assert callable(show)
+def test_display_is_a_progress_callable(emu) -> None:
+    """A display made by hand is accepted as ``progress=`` and draws the real run's outcome."""
+    out = io.StringIO()
+    show: ProgressDisplay = make_display(
+        max_cost_usd=1.0, console=rich_console.Console(file=out, width=300), min_interval_s=0
+    )
+    result = pl.DataFrame({"t": ["1", "2", "3"]}).pipe(
+        batch_llm, schema=A, model="gpt-4.1-mini", prompt="{t}", progress=show,
+        max_cost_usd=1.0,
+    )
+    assert result["_status"].to_list() == ["completed"] * 3
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("0/3 finished (completed 0, failed 0, cancelled 0, pending 3)")
+    cost = result["_cost_usd"].sum()
+    assert lines[-1].startswith("finished after ")
+    assert lines[-1].endswith(
+        f": 3 of 3 jobs completed, 0 failed, 0 cancelled | cost ${cost:.4f} of $1.00 cap "
+        f"({cost / 1.0:.0%})"
+    ), lines[-1]
+    show(snap(1))  # the run's last snapshot closed it: nothing more is drawn
+    assert out.getvalue().splitlines() == lines
 
 
 def test_importing_progress_does_not_import_rich() -> None:

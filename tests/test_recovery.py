@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import polars as pl
 import pytest
 from pydantic import BaseModel
@@ -58,9 +56,8 @@ def test_a_batch_the_provider_no_longer_knows_ends_failed_not_hanging(emu, tmp_p
     df.pipe(batch_llm, wait=False, **kwargs)
     emu.inject_fault(method="GET", path_regex=r"/openai/v1/batches/batch_", status=404,
                      times=None)
-    t0 = time.monotonic()
     out = df.pipe(batch_llm, time_limit=3, **kwargs)
-    assert time.monotonic() - t0 < 20
+    # failed, not cancelled at the time limit: the run gave the batch up, it did not hang
     assert out["_status"].to_list() == ["failed", "failed"]
     assert out["_error"].str.starts_with("provider_error:").all()
     assert len(posts(emu)) == 1
@@ -100,7 +97,6 @@ def test_time_limit_reason_survives_a_crash_after_the_cancel_request(emu, tmp_pa
         headers={"Authorization": "Bearer sk-test"}, data=b"",
     )
     urllib.request.urlopen(request).close()
-    time.sleep(0.5)
     out = df.pipe(batch_llm, **kwargs)
     cancelled = out.filter(pl.col("_status") == "cancelled")
     assert cancelled.height == 2
@@ -108,12 +104,12 @@ def test_time_limit_reason_survives_a_crash_after_the_cancel_request(emu, tmp_pa
 
 
 def test_batches_of_a_provider_missing_from_this_frame_still_count(emu, tmp_path):
-    emu.configure(latency=2)
+    emu.configure(latency=1000)
     state = tmp_path / "s"
     df = pl.DataFrame({"t": ["a", "b"], "m": ["gpt-4.1-mini", "claude-haiku-4-5"]})
     kwargs = {"schema": A, "model": pl.col("m"), "prompt": "{t}", "state": state}
     df.pipe(batch_llm, wait=False, **kwargs)
-    time.sleep(2.2)
+    emu.advance(1000)  # both batches end on the emulator's clock
     # The next call passes only the OpenAI row: the Anthropic batch is still collected.
     df.head(1).pipe(batch_llm, **kwargs)
     out = df.pipe(batch_llm, **kwargs)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 import sys
 
+# bpe-openai is a dependency: imported here so that an install without it fails these
+# tests loudly (the estimates below would silently become approximations).
+import bpe_openai  # noqa: F401
 import polars as pl
 import pytest
 
@@ -18,8 +21,6 @@ from batchata_df.tokens import (
     openai_encoding_name,
     pdf_page_tokens,
 )
-
-pytest.importorskip("bpe_openai")
 
 
 @pytest.mark.parametrize(

@@ -55,7 +55,8 @@ MUTMUT_MD = RESULTS / "mutation.md"
 TARGETED_JSON = RESULTS / "mutation_targeted.json"
 
 #: How mutmut's worker exit codes read (mutmut.stats.status_by_exit_code, 3.8).
-_KILLED = {1, 3, 37}
+_KILLED = {1, 3}
+_TYPE_CHECK = {37}
 _SURVIVED = {0}
 _TIMEOUT = {36, -24, 24, 152, 255}
 _NO_TESTS = {5, 33}
@@ -64,13 +65,20 @@ _NO_TESTS = {5, 33}
 # --------------------------------------------------------------------------------------
 # mutmut
 
+#: Copied beside the package: tests that check the README's tables read them.
+DOCS = ("README.md", "ARCHITECTURE.md")
+
 
 def _scratch_copy(modules: list[str], tests: list[str], dest: Path) -> None:
     shutil.copytree(
         ROOT / "batchata_df", dest / "batchata_df", ignore=shutil.ignore_patterns("__pycache__")
     )
     (dest / "tests").mkdir()
-    shutil.copy2(ROOT / "tests" / "conftest.py", dest / "tests" / "conftest.py")
+    for helper in (ROOT / "tests").glob("*.py"):  # conftest.py, engine_fakes.py, ...
+        if not helper.name.startswith("test_"):
+            shutil.copy2(helper, dest / "tests" / helper.name)
+    for doc in DOCS:
+        shutil.copy2(ROOT / doc, dest / doc)
     for test in tests:
         target = dest / test
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -84,11 +92,21 @@ def _scratch_copy(modules: list[str], tests: list[str], dest: Path) -> None:
         "pytest_add_cli_args": ["-p", "no:cacheprovider", "-o", "addopts=", "-q"],
         # Polars' thread pool does not survive a fork of a process that has used it (the
         # child deadlocks): fork each mutant from a server that has imported nothing.
+        # (Preloading libraries with forkserver_warmup="import" made every worker fail in
+        # mutmut 3.8.1 here; a mutant's time is its tests' anyway.)
         "process_isolation": "forkserver",
         "forkserver_warmup": "none",
         # so each mutant's run imports pytest, Polars and the tests itself: mutmut's CPU
         # limit (15x the test's own time + a constant) must leave room for those seconds
         "timeout_constant": 30.0,
+        "also_copy": list(DOCS),
+        # The project's own type check (mypy strict, as CI runs it) first: a mutant it
+        # rejects could never land, and needs no test run.
+        "type_check_command": [
+            sys.executable, "-m", "mypy", "--config-file", str(dest.resolve() / "pyproject.toml"),
+            "--output", "json", "--no-warn-unused-ignores",  # mutmut's own ignores
+            "batchata_df",
+        ],
     }
     lines = ["", "[tool.mutmut]"] + [f"{k} = {json.dumps(v)}" for k, v in config.items()]
     (dest / "pyproject.toml").write_text(pyproject + "\n".join(lines) + "\n", encoding="utf-8")
@@ -169,14 +187,17 @@ def run_mutmut(
         killed = sorted(k for k, c in codes.items() if c in _KILLED)
         survived = sorted(k for k, c in codes.items() if c in _SURVIVED)
         timeout = sorted(k for k, c in codes.items() if c in _TIMEOUT)
+        typed = sorted(k for k, c in codes.items() if c in _TYPE_CHECK)
         no_tests = sorted(k for k, c in codes.items() if c in _NO_TESTS)
         other = sorted(
-            k for k in codes if k not in {*killed, *survived, *timeout, *no_tests}
+            k for k in codes if k not in {*killed, *survived, *timeout, *typed, *no_tests}
         )
         # Timeouts count as detected (the mutant made the tests hang), as mutmut counts
-        # them; mutants that no selected test reaches count as survivors.
-        checked = len(killed) + len(survived) + len(timeout) + len(no_tests)
-        score = (len(killed) + len(timeout)) / checked if checked else 0.0
+        # them, and so do mutants mypy --strict rejects (CI would); mutants that no
+        # selected test reaches count as survivors.
+        detected = len(killed) + len(timeout) + len(typed)
+        checked = detected + len(survived) + len(no_tests)
+        score = detected / checked if checked else 0.0
         return {
             "label": label,
             "tool": f"mutmut {version}",
@@ -189,6 +210,7 @@ def run_mutmut(
             "mutants": len(codes),
             "killed": len(killed),
             "timeout": len(timeout),
+            "type_check": len(typed),
             "survived": len(survived),
             "no_tests": len(no_tests),
             "not_checked": len(other),
@@ -220,16 +242,18 @@ def render_markdown(data: dict[str, Any]) -> str:
         "# Mutation testing results",
         "",
         "Written by `tools/mutation.py mutmut` (do not edit by hand except the notes in",
-        "`mutation.json`). Score = (killed + timeout) / checked mutants.",
+        "`mutation.json`). Score = (killed + timeout + type check) / checked mutants;",
+        "\"type check\" are mutants `mypy --strict` (run by CI) rejects before any test.",
         "",
-        "| run | modules | tests | mutants | killed | timeout | survived | no tests |"
-        " not checked | score |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| run | modules | tests | mutants | killed | timeout | type check | survived |"
+        " no tests | not checked | score |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, run in sorted(data["runs"].items()):
         out.append(
             f"| {label} | {', '.join(run['modules'])} | {', '.join(run['tests'])} | "
-            f"{run['mutants']} | {run['killed']} | {run['timeout']} | {run['survived']} | "
+            f"{run['mutants']} | {run['killed']} | {run['timeout']} | "
+            f"{run.get('type_check', 0)} | {run['survived']} | "
             f"{run['no_tests']} | {run['not_checked']} | {run['score']:.1%}"
             f"{'' if run.get('complete') else ' (partial)'} |"
         )
@@ -318,8 +342,8 @@ TARGETED: tuple[Mutation, ...] = (
         "decimal-two-places",
         "Decimal values rounded to 2 places",
         "batchata_df/schema.py",
-        "lambda e: e.str.to_decimal(scale=9)",
-        "lambda e: e.str.to_decimal(scale=9).round(2)",
+        "lambda e: e.str.to_decimal(scale=scale).cast(target)",
+        "lambda e: e.str.to_decimal(scale=scale).round(2).cast(target)",
         ("tests/test_values_roundtrip.py::test_decoded_columns_equal_the_answered_values",),
     ),
     Mutation(
@@ -473,7 +497,8 @@ def main(argv: list[str] | None = None) -> int:
         write_mutmut(record)
         print(
             f"{label}: {record['mutants']} mutants, {record['killed']} killed, "
-            f"{record['timeout']} timeout, {record['survived']} survived, "
+            f"{record['timeout']} timeout, {record['type_check']} rejected by mypy, "
+            f"{record['survived']} survived, "
             f"{record['no_tests']} without tests, {record['not_checked']} not checked yet: "
             f"score {record['score']:.1%}{'' if record['complete'] else ' (partial)'}"
         )

@@ -1,0 +1,76 @@
+"""The README's overhead table is the one generated from the committed benchmark JSON.
+
+``benchmarks/report_overhead.py`` renders ``benchmarks/results/overhead.json``; this test
+fails when someone edits the numbers by hand or commits new results without the table.
+No test measures time: the numbers themselves come from ``benchmarks/bench_overhead.py``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _report():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location(
+        "report_overhead", ROOT / "benchmarks" / "report_overhead.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_table_is_generated_from_the_json() -> None:
+    report = _report()
+    result = json.loads(report.RESULTS.read_text())
+    text = report.README.read_text()
+    assert report.readme_with(text, report.table(result)) == text
+    assert "benchmarks/results/overhead.png" in text
+
+
+def test_results_hold_three_runs_and_same_run_ratios() -> None:
+    report = _report()
+    result = json.loads(report.RESULTS.read_text())
+    assert result["seed_library"]["measured"] is False or result["seed_library"].get("points")
+    for point in result["points"]:
+        assert len(point["runs"]) == point["n_runs"] >= 1
+        for run in point["runs"]:
+            for who in ("floor", "ours"):
+                assert set(run[who]) >= {"wall_s", "cpu_s", "peak_rss_mb", "emulator_cpu_s"}
+        ratios = [r["ours"]["cpu_s"] / r["floor"]["cpu_s"] for r in point["runs"]]
+        assert point["ratio"]["cpu_s"] == round(statistics.median(ratios), 3)
+        cpu = [r["ours"]["cpu_s"] for r in point["runs"]]
+        assert point["ours"]["cpu_s"] == round(statistics.median(cpu), 3)
+
+
+def test_table_rows_follow_the_json() -> None:
+    report = _report()
+    result = {
+        "runs_per_point": 1,
+        "started_utc": "s",
+        "finished_utc": "f",
+        "machine": {"cpus": 2},
+        "points": [
+            {
+                "provider": "openai",
+                "rows": 1000,
+                "n_runs": 1,
+                "loadavg_before": [1.0, 1.0, 1.0],
+                "floor": {"cpu_s": 1.0, "peak_rss_mb": 100.0, "wall_s": 2.0,
+                          "emulator_cpu_s": 0.5},
+                "ours": {"cpu_s": 1.25, "peak_rss_mb": 150.0, "wall_s": 2.5,
+                         "emulator_cpu_s": 0.6},
+                "ratio": {"cpu_s": 1.25, "peak_rss_mb": 1.5, "wall_s": 1.25},
+            }
+        ],
+    }
+    row = report.table(result).splitlines()[2]
+    assert row == (
+        "| openai | 1,000 | 1 | 1.00 | 1.25 | 1.25x | 1250 | 100 | 150 | 1.50x | 2.0 / 2.5 "
+        "| 0.5 / 0.6 |"
+    )
