@@ -309,7 +309,10 @@ def _resume(state):
 
 def _submitted(state):
     """How many batches the state folder holds as submitted (parts are renamed in whole)."""
-    parts = sorted((state / "batches").glob("*.parquet")) if state.exists() else []
+    # (not the hidden .tmp-* names a part is written under before its rename)
+    parts = sorted(
+        p for p in (state / "batches").glob("*.parquet") if not p.name.startswith(".")
+    ) if (state / "batches").exists() else []
     if not parts:
         return 0
     events = pl.concat([pl.read_parquet(p, columns=["batch_key", "status"]) for p in parts])
