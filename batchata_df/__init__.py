@@ -10,6 +10,7 @@ from batchata_df import namespace as _namespace  # noqa: F401  (registers df.llm
 from batchata_df.engine import ProgressSnapshot
 from batchata_df.errors import (
     BatchataError,
+    CapSerialisedWarning,
     ColumnError,
     ConfigError,
     CredentialsError,
@@ -44,6 +45,7 @@ __all__ = [
     "ProgressSnapshot",
     "ProviderError",
     "ProviderUnavailableWarning",
+    "CapSerialisedWarning",
     "RepairReport",
     "SchemaError",
     "StateError",

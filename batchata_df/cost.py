@@ -500,13 +500,20 @@ _WRITES_CACHE_UNASKED = frozenset({"openai"})
 
 
 def estimate_expr(
-    price: Price, est_input: pl.Expr, max_output: pl.Expr, *, provider: str
+    price: Price,
+    est_input: pl.Expr,
+    max_output: pl.Expr,
+    *,
+    provider: str,
+    marked: pl.Expr | None = None,
 ) -> tuple[pl.Expr, pl.Expr]:
     """Worst-case cost and its input part, per row, at each row's own price tier.
 
     The tier is chosen from the estimated input tokens. Where the provider may bill a
-    prompt as a cache write on its own (OpenAI), the input is priced at the higher of the
-    input and cache-write rates, so the worst case stays a bound.
+    prompt as a cache write on its own (OpenAI), or the row's request marks part of its
+    prompt for caching (``marked``: Anthropic ``cache_control``, written at 1.25x the input
+    rate when the cache misses), the input is priced at the higher of the input and
+    cache-write rates, so the worst case stays a bound.
 
     Examples
     --------
@@ -517,8 +524,11 @@ def estimate_expr(
     [0.009, 0.76125]
     """
     in_rate = price.rate_expr("input", est_input)
+    written = pl.max_horizontal(in_rate, price.rate_expr("cache_write", est_input))
     if provider in _WRITES_CACHE_UNASKED:
-        in_rate = pl.max_horizontal(in_rate, price.rate_expr("cache_write", est_input))
+        in_rate = written
+    elif marked is not None:
+        in_rate = pl.when(marked).then(written).otherwise(in_rate)
     input_usd = est_input * in_rate / 1e6
     worst = input_usd + max_output * price.rate_expr("output", est_input) / 1e6
     return worst, input_usd

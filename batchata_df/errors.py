@@ -47,6 +47,7 @@ __all__ = [
     "PriceError",
     "ProviderError",
     "ProviderUnavailableWarning",
+    "CapSerialisedWarning",
     "SchemaError",
     "StateError",
     "StateLockedError",
@@ -159,6 +160,14 @@ class OrphanedBatchError(ProviderError):
 
 class EmulatorError(BatchataError):
     """The bundled emulator failed to start or to answer a control request."""
+
+
+class CapSerialisedWarning(UserWarning):
+    """The cost cap's worst-case reservation made requests wait for earlier batches.
+
+    The message says how many requests could go at once, how often the rest waited, and
+    which ``max_tokens`` the observed answers (reasoning included) fit with a margin.
+    """
 
 
 class ProviderUnavailableWarning(UserWarning):

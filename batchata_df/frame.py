@@ -135,6 +135,7 @@ def batch_llm(
     concurrency: int | None = None,
     deadline: float | dt.timedelta | dt.datetime | None = None,
     keep_responses: bool = False,
+    prompt_caching: bool = True,
     sink: str | os.PathLike[str] | None = None,
     chunk_rows: int | None = None,
 ) -> Any:
@@ -240,6 +241,13 @@ def batch_llm(
         of ``{"role": "user" | "assistant", "content": str}`` in order; they are sent
         before the prompt (which is the last user turn), after the system prompt, on every
         provider. A null or empty list sends the prompt alone. Part of each job's id.
+    prompt_caching
+        ``True`` (the default): rows that share a leading part (the system prompt, the
+        same files, a common start of the prompt) are sent next to each other and marked
+        for the provider's prompt cache (Anthropic ``cache_control`` breakpoints, OpenAI
+        ``prompt_cache_key``, Gemini's implicit cache by order), so repeated prefixes are
+        billed at the cache-read rate (:mod:`batchata_df.caching`). The frame keeps its
+        input order and the answers do not change; ``False`` sends plain requests.
     mode
         ``"batch"`` (the default): provider batches at half the standard price, answered
         in minutes to hours. ``"realtime"``: the same requests one at a time through the
@@ -319,7 +327,7 @@ def batch_llm(
             items_per_batch=items_per_batch, max_parallel_batches=max_parallel_batches,
             progress=progress, wait=wait, prices=prices, retry_failed=retry_failed,
             provider_patience=provider_patience, keep_raw=keep_raw, lock_timeout=lock_timeout,
-            history=history, keep_responses=keep_responses,
+            history=history, keep_responses=keep_responses, prompt_caching=prompt_caching,
         )
     frame = df.collect() if isinstance(df, pl.LazyFrame) else df
     if not isinstance(frame, pl.DataFrame):
@@ -333,7 +341,7 @@ def batch_llm(
         max_parallel_batches=max_parallel_batches,
         flags={"wait": wait, "dry_run": dry_run, "retry_failed": retry_failed,
                "citations": citations, "keep_raw": keep_raw,
-               "keep_responses": keep_responses},
+               "keep_responses": keep_responses, "prompt_caching": prompt_caching},
         state=state,
         prices=prices,
         params=params,
@@ -400,7 +408,11 @@ def batch_llm(
     check_param_values(run_params, needed)
     _check_models(jobs, run_params, structured=answer.json_schema is not None, citations=citations)
     spec = RequestSpec(
-        schema=answer, params=run_params, citations=citations, keep_responses=keep_responses
+        schema=answer,
+        params=run_params,
+        citations=citations,
+        keep_responses=keep_responses,
+        prompt_caching=prompt_caching,
     )
     if files is not None:
         from batchata_df.files import attach_files, content_preparer
@@ -416,9 +428,12 @@ def batch_llm(
     realtime_jobs = None
     if dry_run or max_cost_usd is not None:
         why = "max_cost_usd" if max_cost_usd is not None else "dry_run"
+        observed = _observed(state, fingerprint)
         if run_mode == "auto":  # a realtime phase holds realtime worst cases
-            realtime_jobs = with_estimates(sendable, spec, price_table.realtime(), why=why)
-        sendable = with_estimates(sendable, spec, price_table, why=why)
+            realtime_jobs = with_estimates(
+                sendable, spec, price_table.realtime(), why=why, observed=observed
+            )
+        sendable = with_estimates(sendable, spec, price_table, why=why, observed=observed)
     options = RunOptions(
         items_per_batch=items_per_batch,
         max_parallel_batches=max_parallel_batches,
@@ -469,6 +484,7 @@ def batch_llm(
                 else:
                     results = engine.run(sendable)
             _warn_unavailable(results)
+            _warn_serialised(engine, sendable, results, max_cost_usd)
     finally:
         close = getattr(display, "close", None)
         if callable(close):
@@ -806,15 +822,34 @@ def _progress_callback(
 
 
 def with_estimates(
-    jobs: pl.DataFrame, spec: RequestSpec, prices: PriceTable, *, why: str
+    jobs: pl.DataFrame,
+    spec: RequestSpec,
+    prices: PriceTable,
+    *,
+    why: str,
+    observed: Mapping[tuple[str, str], Any] | None = None,
 ) -> pl.DataFrame:
-    """Add ``est_input_tokens``, ``est_output_tokens_max`` and ``worst_usd`` to jobs.
+    """Add the worst-case and the expected estimates to jobs.
+
+    Columns: ``est_input_tokens``, ``est_output_tokens_max``, ``worst_usd``,
+    ``est_input_usd``, ``est_output_tokens_expected``, ``expected_usd``,
+    ``expected_cache_saved_usd`` and ``expected_source``.
 
     Input tokens are counted offline (exact for OpenAI, a conservative approximation for the
     others) including the message framing and the JSON schema sent with every request;
-    output is taken at its worst, ``max_tokens``. Raises :class:`PriceError` naming the fix
-    when a model has no known price.
+    output is taken at its worst, ``max_tokens``. The expected output is the mean of the
+    answers already observed for the model (``observed``, :mod:`batchata_df.estimates`) or
+    the schema's answer size; expected input accounts for prompt caching. Raises
+    :class:`PriceError` naming the fix when a model has no known price.
     """
+    from batchata_df.estimates import (
+        MIN_OBSERVED,
+        THINKING_SHARE,
+        answer_tokens,
+        expected_cache_tokens,
+        input_ratio,
+    )
+    from batchata_df.models import thinks
     from batchata_df.tokens import estimate_request_tokens, estimate_tokens, history_tokens
 
     schema_text = json.dumps(spec.schema.json_schema) if spec.schema.json_schema else ""
@@ -822,8 +857,13 @@ def with_estimates(
         schema_text = instruction(spec.schema.json_schema)  # sent as system prompt instead
     parts = []
     indexed = jobs.with_row_index("_order")
+    answer = answer_tokens(spec.schema.json_schema)
     for (provider, model), group in indexed.group_by(["provider", "model"]):
         price = prices.require(str(provider), str(model), why)
+        if spec.prompt_caching:
+            from batchata_df.caching import cache_plan
+
+            group = cache_plan(group, str(provider), str(model))  # send order, cache columns
         # The worst case is max_tokens of output, thinking included (it counts against it).
         max_tokens = int(effective_params(str(provider), str(model), spec.params)["max_tokens"])
         extra = 0
@@ -846,14 +886,50 @@ def with_estimates(
             est_in = est_in + file_tokens(group.get_column("files"), str(provider), str(model))
         # Each row priced at the tier its own estimated input falls in (cost.estimate_expr).
         with_est = group.with_columns(est_in.alias("est_input_tokens"))
-        worst, input_usd = estimate_expr(
-            price, pl.col("est_input_tokens"), pl.lit(max_tokens), provider=str(provider)
+        marked = (
+            pl.col("cache_key").is_not_null()
+            if provider == "anthropic" and "cache_key" in group.columns
+            else None
         )
+        worst, input_usd = estimate_expr(
+            price, pl.col("est_input_tokens"), pl.lit(max_tokens), provider=str(provider),
+            marked=marked,
+        )  # fmt: skip
+        seen = (observed or {}).get((str(provider), str(model)))
+        if seen is not None and seen.n >= MIN_OBSERVED:
+            expected_out, source = round(seen.mean), f"observed ({seen.n:,} answers)"
+        else:
+            expected_out, source = answer, "schema"
+            if thinks(family_of(str(provider), str(model)), spec.params):
+                expected_out += round(THINKING_SHARE * max(max_tokens - answer, 0))
+                source = "schema + thinking guess"
+        expected_out = min(expected_out, max_tokens)
+        read, written = expected_cache_tokens(group, str(provider))
+        # Expected input: the offline estimate scaled by what the same jobs were billed.
+        ratio = input_ratio(seen, with_est.select("job_id", "est_input_tokens"))
+        est = (pl.col("est_input_tokens") * ratio).round().cast(pl.Int64)
+        read = pl.min_horizontal((read * ratio).round().cast(pl.Int64), est)
+        written = pl.min_horizontal((written * ratio).round().cast(pl.Int64), est - read)
+        rate = price.rate_expr
+        expected = (
+            (est - read - written) * rate("input", est)
+            + read * rate("cached_input", est)
+            + written * rate("cache_write", est)
+            + expected_out * rate("output", est)
+        ) / 1e6
+        saved = (
+            read * (rate("input", est) - rate("cached_input", est))
+            - written * (rate("cache_write", est) - rate("input", est))
+        ) / 1e6
         parts.append(
             with_est.with_columns(
                 pl.lit(max_tokens, dtype=pl.Int64).alias("est_output_tokens_max"),
                 worst.alias("worst_usd"),
                 input_usd.alias("est_input_usd"),
+                pl.lit(expected_out, dtype=pl.Int64).alias("est_output_tokens_expected"),
+                expected.alias("expected_usd"),
+                saved.alias("expected_cache_saved_usd"),
+                pl.lit(source).alias("expected_source"),
             )
         )
     if not parts:
@@ -862,7 +938,78 @@ def with_estimates(
             pl.lit(None, dtype=pl.Int64).alias("est_output_tokens_max"),
             pl.lit(None, dtype=pl.Float64).alias("worst_usd"),
         )
-    return pl.concat(parts).sort("_order").drop("_order")
+    return pl.concat(parts, how="diagonal_relaxed").sort("_order").drop("_order")
+
+
+def _observed(
+    state: str | os.PathLike[str] | None, fingerprint: dict[str, str]
+) -> dict[tuple[str, str], Any]:
+    """Output tokens of the answers already in the state folder, per model (estimates)."""
+    from batchata_df.errors import BatchataError
+    from batchata_df.estimates import observed_output
+
+    if state is None or not Path(state).is_dir() or not (Path(state) / "manifest.json").exists():
+        return {}
+    try:
+        current, _ = StateStore(state, fingerprint, readonly=True).snapshot()
+    except BatchataError:
+        return {}  # the run itself reports what is wrong with the folder
+    return observed_output(current)
+
+
+def _warn_serialised(
+    engine: object, sendable: pl.DataFrame, results: pl.DataFrame, cap: float | None
+) -> None:
+    """Warn when the cap's worst case serialised the run, with a ``max_tokens`` that fits.
+
+    Batch runs only (the engine's admission counts the rounds it made jobs wait).
+    """
+    from batchata_df.engine.run import RunState
+    from batchata_df.errors import CapSerialisedWarning
+    from batchata_df.estimates import observed_output, suggest_max_tokens
+
+    if not isinstance(engine, Engine):  # realtime and auto runs are not warned (yet)
+        return
+    state = engine.state
+    if not isinstance(state, RunState):
+        return
+    if cap is None or state.cap_rounds == 0 or "worst_usd" not in sendable.columns:
+        return
+    observed = observed_output(results)
+    if state.todo_ids is not None:
+        sendable = sendable.filter(pl.col("job_id").is_in(state.todo_ids.implode()))
+    room = cap - state.spent_at_start
+    lines = [
+        f"max_cost_usd={cap:g} serialised this run: the cap holds the worst case of every "
+        "batch in flight (each request's input plus max_tokens of output), so only "
+        f"{state.cap_first_fit or 0:,} of {sendable.height:,} requests could be sent at once "
+        f"and the rest went in {state.cap_rounds:,} more round(s), each waiting for earlier "
+        "batches to be collected."
+    ]
+    for (provider, model), group in sendable.group_by(["provider", "model"]):
+        seen = observed.get((str(provider), str(model)))
+        if seen is None:
+            continue
+        current = int(group.get_column("est_output_tokens_max").max() or 0)  # type: ignore[arg-type]
+        suggested = suggest_max_tokens(seen)
+        if suggested >= current:
+            continue
+        inp = group.get_column("est_input_usd").fill_null(0.0)
+        out = group.get_column("worst_usd").fill_null(0.0) - inp
+        worst_then = float((inp + out * suggested / max(current, 1)).sum())
+        fits = (
+            f"all {group.height:,} requests of this call fit under the cap at once"
+            if worst_then <= room
+            else f"this call's {group.height:,} requests would need ${worst_then:,.4f} of "
+            f"room under the cap at once (${max(room, 0.0):,.4f} was left)"
+        )
+        lines.append(
+            f"{model}: the answers used at most {seen.max:,} output tokens (99th percentile "
+            f"{seen.p99:,}, reasoning included, up to {seen.reasoning_max:,} of it thinking) "
+            f"of max_tokens={current:,}; params={{'max_tokens': {suggested}}} fits them with "
+            f"a 25% margin, and at that worst case {fits}."
+        )
+    warnings.warn(" ".join(lines), CapSerialisedWarning, stacklevel=3)
 
 
 def _warn_unavailable(results: pl.DataFrame) -> None:

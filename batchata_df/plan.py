@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -27,7 +27,9 @@ PLAN_COLUMNS = (
     "_model",
     "_est_input_tokens",
     "_est_output_tokens_max",
+    "_est_output_tokens_expected",
     "_est_cost_usd",
+    "_expected_cost_usd",
     "_batch_index",
     "_within_cap",
     "_mode",
@@ -38,7 +40,11 @@ PLAN_COLUMNS = (
 sent once), ``done`` (already settled in the state folder: completed, or failed unless
 ``retry_failed``), ``in_flight`` (in a batch that may still be running; a later call
 collects it), or ``failed`` (bad input, never sent). ``_est_cost_usd`` is the worst case:
-estimated input tokens plus ``max_tokens`` of output at the model's batch price.
+estimated input tokens plus ``max_tokens`` of output at the model's batch price (what the cap
+reserves). ``_expected_cost_usd`` is the expected cost: ``_est_output_tokens_expected``
+output tokens (the mean of the answers already in the state folder for the model, else the
+schema's answer size) and the expected prompt-cache reads and writes
+(:mod:`batchata_df.estimates`).
 ``_within_cap`` says whether the request fits under ``max_cost_usd`` (null without a cap)
 at the worst case: a real run may fit more, as actual costs come in below the worst case.
 ``_mode`` is how a planned request would be sent: ``"batch"`` or ``"realtime"`` (at the
@@ -109,6 +115,9 @@ def dry_run_plan(
     from batchata_df.engine.realtime import DEFAULT_CONCURRENCY
 
     done, busy, spent = _recorded(state, fingerprint, options.retry_failed, sendable)
+    from batchata_df.frame import _observed
+
+    observed = _observed(state, fingerprint)
     todo = sendable.filter(~pl.col("job_id").is_in(list(done | busy)))
     concurrency = concurrency or DEFAULT_CONCURRENCY
     plan_mode = mode
@@ -169,6 +178,10 @@ def dry_run_plan(
             "est_input_tokens",
             "est_output_tokens_max",
             "worst_usd",
+            "est_output_tokens_expected",
+            "expected_usd",
+            "expected_cache_saved_usd",
+            "expected_source",
             "batch_index",
             "within_cap",
         ),
@@ -198,20 +211,34 @@ def dry_run_plan(
         .then(pl.col("est_output_tokens_max"))
         .otherwise(0)
         .alias("_est_output_tokens_max"),
+        pl.when(sent)
+        .then(pl.col("est_output_tokens_expected"))
+        .otherwise(0)
+        .alias("_est_output_tokens_expected"),
         pl.when(sent).then(pl.col("worst_usd")).otherwise(0.0).alias("_est_cost_usd"),
+        pl.when(sent).then(pl.col("expected_usd")).otherwise(0.0).alias("_expected_cost_usd"),
         pl.when(sent).then(pl.col("batch_index")).alias("_batch_index"),
         pl.when(sent).then(pl.col("within_cap")).alias("_within_cap"),
         pl.when(sent).then(pl.lit(plan_mode)).alias("_mode"),
     )
     result = pl.concat([frame, out], how="horizontal")
     if show is not None:
-        summary = summarize(result, batches, cap, spent)
+        extra = per_row.filter(status == "planned").select(
+            "provider", "model", "expected_cache_saved_usd", "expected_source"
+        )
+        summary = summarize(result, batches, cap, spent, extra=extra, observed=observed)
         show(dataclasses.replace(summary, mode=plan_mode, concurrency=concurrency))
     return result
 
 
 def summarize(
-    plan: pl.DataFrame, batches: list[dict[str, object]], cap: float | None, held: float
+    plan: pl.DataFrame,
+    batches: list[dict[str, object]],
+    cap: float | None,
+    held: float,
+    *,
+    extra: pl.DataFrame | None = None,
+    observed: Mapping[tuple[str, str], Any] | None = None,
 ) -> PlanSummary:
     """The figures a person reads from a plan (see :class:`~batchata_df.progress.PlanSummary`)."""
     from batchata_df.progress import PlanSummary
@@ -244,7 +271,38 @@ def summarize(
         .sort("_provider", "_model")
         .iter_rows(named=True)
     ]
+    sources: dict[tuple[str, str], str] = {}
+    saved = 0.0
+    if extra is not None and extra.height:
+        saved = float(extra.get_column("expected_cache_saved_usd").fill_null(0.0).sum())
+        for row in extra.group_by("provider", "model").agg(
+            pl.col("expected_source").first()
+        ).iter_rows(named=True):
+            sources[(str(row["provider"]), str(row["model"]))] = str(row["expected_source"])
+    for m in by_model:
+        m["expected_source"] = sources.get((str(m["provider"]), str(m["model"])), "")
+    advice = []
+    from batchata_df.estimates import MIN_OBSERVED, suggest_max_tokens
+
+    for m in by_model:
+        seen = (observed or {}).get((str(m["provider"]), str(m["model"])))
+        if seen is None or seen.n < MIN_OBSERVED or not m["jobs"]:
+            continue
+        current = int(m["max_output_tokens"]) // int(m["jobs"])
+        suggested = suggest_max_tokens(seen)
+        if suggested < current:
+            advice.append(
+                f"{m['model']}: the {seen.n:,} answers in the folder used at most {seen.max:,} "
+                f"output tokens (reasoning included); params={{'max_tokens': {suggested}}} "
+                f"fits them with a 25% margin (now {current:,})"
+            )
     within = planned.get_column("_within_cap")
+    expected = (
+        float(planned.get_column("_expected_cost_usd").fill_null(0.0).sum())
+        if "_expected_cost_usd" in planned.columns
+        and planned.get_column("_expected_cost_usd").null_count() < planned.height
+        else None
+    )
     return PlanSummary(
         rows_by_status=rows_by_status,
         by_model=by_model,
@@ -253,4 +311,7 @@ def summarize(
         held_usd=held,
         max_cost_usd=cap,
         within_cap=planned.height if cap is None else int(within.fill_null(False).sum()),
+        expected_usd=expected,
+        expected_cache_saved_usd=saved,
+        advice=tuple(advice),
     )

@@ -91,7 +91,30 @@ def _cost(s: ProgressSnapshot, max_cost_usd: float | None) -> str:
     text = f"${s.cost_usd:,.4f}"
     if max_cost_usd is not None and max_cost_usd > 0:
         text += f" of {_cap(max_cost_usd)} cap ({s.cost_usd / max_cost_usd:.0%})"
+    if s.reserved_usd > 0:
+        text += f", ${s.reserved_usd:,.4f} held (worst case in flight)"
+    if s.cache_saved_usd >= 0.00005:
+        text += f", ${s.cache_saved_usd:,.4f} saved by caching"
     return text
+
+
+def cap_line(s: ProgressSnapshot) -> str:
+    """What the cap's worst-case reservation is doing to the run ("" when nothing).
+
+    Examples
+    --------
+    >>> from batchata_df.engine import ProgressSnapshot
+    >>> print(cap_line(ProgressSnapshot(total=500, completed=96, failed=0, cancelled=0,
+    ...     pending=404, batches={}, cost_usd=0.1, elapsed_s=9.0, phase="running",
+    ...     cap_waiting=404, cap_rounds=1)))
+    cap serialises the run: 404 requests wait for the worst case held by batches in flight
+    """
+    if s.cap_waiting and s.phase != "done":
+        return (
+            f"cap serialises the run: {s.cap_waiting:,} requests wait for the worst case "
+            "held by batches in flight"
+        )
+    return ""
 
 
 def _eta(s: ProgressSnapshot, since: float) -> str:
@@ -153,6 +176,24 @@ def format_line(s: ProgressSnapshot, max_cost_usd: float | None = None, since: f
         f"cancelled {s.cancelled:,}, pending {s.pending:,}) | {sending} | "
         f"cost {_cost(s, max_cost_usd)} | ETA {_eta(s, since)} | "
         f"{_duration(s.elapsed_s + since)}" + (f" | {s.activity}" if s.activity else "")
+        + (f" | {cap_line(s)}" if cap_line(s) else "")
+    )
+
+
+def estimate_text(s: ProgressSnapshot) -> str:
+    """The call's expected cost beside its worst case (what the cap reserves).
+
+    Examples
+    --------
+    >>> from batchata_df.engine import ProgressSnapshot
+    >>> print(estimate_text(ProgressSnapshot(total=1, completed=0, failed=0, cancelled=0,
+    ...     pending=1, batches={}, cost_usd=0.0, elapsed_s=0.0, phase="running",
+    ...     expected_cost_usd=0.012, worst_case_usd=0.9)))
+    expected $0.0120, worst case $0.9000 (what the cap reserves)
+    """
+    return (
+        f"expected ${s.expected_cost_usd or 0.0:,.4f}, worst case ${s.worst_case_usd or 0.0:,.4f} "
+        "(what the cap reserves)"
     )
 
 
@@ -210,6 +251,10 @@ def _panel(s: ProgressSnapshot, max_cost_usd: float | None, since: float = 0.0) 
     grid.add_row("cost", Text(_cost(s, max_cost_usd), style="bold red" if near_cap else ""))
     if s.projected_cost_usd is not None and not done:
         grid.add_row("projected", Text(f"${s.projected_cost_usd:,.4f} at the current rate"))
+    if s.expected_cost_usd is not None and not done:
+        grid.add_row("estimate", Text(estimate_text(s)))
+    if cap_line(s):
+        grid.add_row("cap", Text(cap_line(s), style="yellow"))
     if not done:
         grid.add_row("ETA", Text(_eta(s, since)))
     if s.activity and not done:
@@ -514,6 +559,12 @@ class PlanSummary:
     max_cost_usd: float | None
     within_cap: int
     """Planned requests that fit under the cap at the worst case (all without a cap)."""
+    expected_usd: float | None = None
+    """Expected cost of the planned requests (:mod:`batchata_df.estimates`)."""
+    expected_cache_saved_usd: float = 0.0
+    """What prompt caching is expected to save on them."""
+    advice: tuple[str, ...] = ()
+    """Per model, a ``max_tokens`` the answers observed in the folder fit with a margin."""
     mode: str = "batch"
     """How the planned requests would be sent: ``"batch"`` or ``"realtime"``."""
     concurrency: int = 8
@@ -532,17 +583,43 @@ def _plan_lines(p: PlanSummary) -> list[str]:
             f"{planned:,} requests would be sent realtime ({p.concurrency} at a time, standard "
             f"price), worst case ${p.worst_case_usd:,.4f} (every answer using max_tokens)"
         ]
+    if p.expected_usd is not None:
+        sources = sorted({str(m.get("expected_source", "")) for m in p.by_model} - {""})
+        text = f"expected ${p.expected_usd:,.4f} (answer sizes: {', '.join(sources) or 'n/a'})"
+        if p.expected_cache_saved_usd > 0:
+            text += f", of which prompt caching saves ~${p.expected_cache_saved_usd:,.4f}"
+        lines.append(text)
     if p.held_usd:
         lines.append(f"already spent or held by batches in flight: ${p.held_usd:,.4f}")
     if p.max_cost_usd is not None:
         if p.within_cap >= planned:
             lines.append(f"cap {_cap(p.max_cost_usd)}: everything fits")
+        elif p.within_cap == 0:
+            lines.append(
+                f"cap {_cap(p.max_cost_usd)}: not one request fits at its worst case; they "
+                "would end cancelled (cost_limit): raise the cap or lower max_tokens"
+            )
+        elif p.expected_usd is not None and p.expected_usd + p.held_usd <= p.max_cost_usd:
+            rounds = -(-planned // p.within_cap)
+            lines.append(
+                f"cap {_cap(p.max_cost_usd)} serialises the run: at the worst case only "
+                f"{p.within_cap:,} of {planned:,} requests fit at once, so the rest wait for "
+                f"earlier batches to be collected (about {rounds:,} rounds instead of 1); the "
+                "expected cost fits the cap, so all are expected to be sent"
+            )
+        elif p.expected_usd is not None:
+            lines.append(
+                f"cap {_cap(p.max_cost_usd)}: {p.within_cap:,} of {planned:,} requests fit at the "
+                "worst case at once; the expected cost is above the cap, so some would end "
+                "cancelled (cost_limit)"
+            )
         else:
             lines.append(
                 f"cap {_cap(p.max_cost_usd)}: {p.within_cap:,} of {planned:,} requests fit at the "
-                f"worst case; the rest would end cancelled (cost_limit) unless actual costs "
-                "come in lower"
+                "worst case at once; the rest wait for earlier batches' actual costs and end "
+                "cancelled (cost_limit) if those leave no room"
             )
+    lines.extend(p.advice)
     return lines
 
 
@@ -564,7 +641,7 @@ def plan_text(p: PlanSummary) -> str:
     dry run, nothing was sent. rows: 38 planned, 2 duplicate
       openai gpt-5-mini: 38 jobs in 1 batch, ~1,900 input tokens, <= 155,648 output tokens, worst case $0.1561
     38 requests would be sent in 1 provider batch, worst case $0.1561 (every answer using max_tokens)
-    cap $0.05: 12 of 38 requests fit at the worst case; the rest would end cancelled (cost_limit) unless actual costs come in lower
+    cap $0.05: 12 of 38 requests fit at the worst case at once; the rest wait for earlier batches' actual costs and end cancelled (cost_limit) if those leave no room
     """  # noqa: E501
     out = [f"dry run, nothing was sent. rows: {_rows(p)}"]
     for m in p.by_model:

@@ -12,7 +12,9 @@ connection itself for several queries over the same snapshot. Both define these 
     from the job's latest event (highest ``seq``), so a job re-``assigned`` after a failure
     shows as in flight with no error. ``input_tokens``, ``output_tokens`` (thinking
     included), ``cached_tokens``, ``cache_write_tokens``, ``reasoning_tokens`` (the thinking
-    part of ``output_tokens``) and ``cost_usd`` add up every billed attempt (one per
+    part of ``output_tokens``), ``cost_usd`` and ``cache_saved_usd`` (what the prompt
+    cache saved: the same usage at the input rate minus ``cost_usd``) add up every billed
+    attempt (one per
     provider batch the job was in; ``attempts`` counts them), so ``sum(cost_usd)`` is what
     was paid.
     ``provider``, ``model``, ``batch_key`` and ``provider_batch_id`` are the latest *known*
@@ -239,7 +241,8 @@ WITH attempts AS (
            arg_max_null(cached_tokens, seq) AS cached_tokens,
            arg_max_null(cache_write_tokens, seq) AS cache_write_tokens,
            arg_max_null(reasoning_tokens, seq) AS reasoning_tokens,
-           arg_max_null(cost_usd, seq) AS cost_usd
+           arg_max_null(cost_usd, seq) AS cost_usd,
+           arg_max_null(cache_saved_usd, seq) AS cache_saved_usd
     FROM job_events
     WHERE status IN ('completed', 'failed', 'cancelled')
       AND (batch_key IS NOT NULL OR cost_usd IS NOT NULL OR input_tokens IS NOT NULL)
@@ -252,7 +255,8 @@ WITH attempts AS (
            sum(cached_tokens)::BIGINT AS cached_tokens,
            sum(cache_write_tokens)::BIGINT AS cache_write_tokens,
            sum(reasoning_tokens)::BIGINT AS reasoning_tokens,
-           sum(cost_usd) AS cost_usd
+           sum(cost_usd) AS cost_usd,
+           sum(cache_saved_usd) AS cache_saved_usd
     FROM attempts
     GROUP BY run, job_id
 ), latest AS (
@@ -279,7 +283,7 @@ SELECT latest.run, latest.job_id, status, error, provider, model, batch_key,
        provider_batch_id, answer, raw, response,
        billed.input_tokens, billed.output_tokens, billed.cached_tokens,
        billed.cache_write_tokens, billed.reasoning_tokens, billed.cost_usd,
-       coalesce(billed.attempts, 0) AS attempts,
+       billed.cache_saved_usd, coalesce(billed.attempts, 0) AS attempts,
        est_cost_usd, first_seen_at, updated_at, mode
 FROM latest LEFT JOIN billed USING (run, job_id)
 """

@@ -105,6 +105,7 @@ JOB_EVENTS = pl.Schema(
         "reasoning_tokens": pl.Int64(),
         "cost_usd": pl.Float64(),
         "est_cost_usd": pl.Float64(),
+        "cache_saved_usd": pl.Float64(),  # cost without the prompt cache minus cost_usd
         "citations": pl.String(),
         "raw": pl.String(),
         "response": pl.String(),

@@ -89,6 +89,7 @@ def stream_llm(
     lock_timeout: float | None,
     history: str | None,
     keep_responses: bool = False,
+    prompt_caching: bool = True,
 ) -> pl.LazyFrame:
     """``batch_llm`` with ``sink=``: see :func:`batchata_df.batch_llm` and the module."""
     from batchata_df import frame as fr
@@ -112,7 +113,7 @@ def stream_llm(
         max_parallel_batches=max_parallel_batches,
         flags={"wait": wait, "dry_run": dry_run, "retry_failed": retry_failed,
                "citations": citations, "keep_raw": keep_raw,
-               "keep_responses": keep_responses},
+               "keep_responses": keep_responses, "prompt_caching": prompt_caching},
         state=state,
         prices=prices,
         params=params,
@@ -179,8 +180,9 @@ def stream_llm(
         probe_jobs, run_params, structured=answer.json_schema is not None, citations=citations
     )
     spec = RequestSpec(
-        schema=answer, params=run_params, citations=citations, keep_responses=keep_responses
-    )
+        schema=answer, params=run_params, citations=citations, keep_responses=keep_responses,
+        prompt_caching=prompt_caching,
+    )  # fmt: skip
     if files is not None:
         from batchata_df.files import content_preparer
 
@@ -216,7 +218,7 @@ def stream_llm(
             return sendable
         return fr.with_estimates(sendable, spec, price_table, why=why)
 
-    expected = int(lf.select(pl.len()).collect().item())
+    expected = int(lf.select(pl.len()).collect(engine="streaming").item())
     if dry_run:
         show = None
         if progress is True:

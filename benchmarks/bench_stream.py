@@ -8,7 +8,9 @@ child process against one emulator process (latency 0), then, in further fresh c
 * ``sql``: ``batchata_df.sql`` of cost and status over the folder.
 
 Recorded per point: wall and client CPU seconds (user + system of the child), the child's
-peak RSS (``ru_maxrss`` from ``wait4``), the emulator's CPU seconds (``/proc/<pid>/stat``),
+peak RSS (``vm_hwm_mb``: ``VmHWM`` of its own address space; ``ru_maxrss`` from ``wait4``
+is kept too but overstates it: Linux carries the parent's high-water mark over fork+exec),
+its RSS every 10 s, the emulator's CPU seconds (``/proc/<pid>/stat``),
 the state folder's size and part count after the run (compacted) and the biggest part count
 seen while it ran, the input and output sizes, and requests the emulator billed (must equal
 the rows: every row is a distinct request).
@@ -36,7 +38,17 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-RUN = r'''
+# The child's own peak: VmHWM of its address space. (ru_maxrss from wait4 is not used as
+# the peak: Linux carries the parent's high-water mark over fork+exec into it.)
+HWM = r'''
+def HWM():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return {"vm_hwm_mb": round(int(line.split()[1]) / 1024, 1)}
+    return {}
+'''
+
+RUN = HWM + r'''
 import json, sys, time
 from typing import Literal
 import polars as pl
@@ -54,16 +66,16 @@ out = batch_llm(pl.scan_parquet(src), schema=Answer, model="gpt-4.1-mini", promp
                 state=state, sink=sink, max_parallel_batches=32)
 counts = out.group_by("_status").len().collect(engine="streaming")
 print(json.dumps({"seconds": time.perf_counter() - t0,
-                  "status": dict(counts.iter_rows())}))
+                  "status": dict(counts.iter_rows()), **HWM()}))
 '''
 
-SQL = r'''
+SQL = HWM + r'''
 import json, sys, time
 from batchata_df import sql
 t0 = time.perf_counter()
 r = sql("SELECT status, count(*) AS n, sum(cost_usd) AS usd FROM jobs GROUP BY status",
         sys.argv[1])
-print(json.dumps({"seconds": time.perf_counter() - t0, "rows": r.to_dicts()}))
+print(json.dumps({"seconds": time.perf_counter() - t0, "rows": r.to_dicts(), **HWM()}))
 '''
 
 
@@ -116,7 +128,7 @@ def run_child(code: str, args: list[str], env: dict[str, str], watch: Path | Non
     return {
         "wall_s": round(wall, 2),
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
-        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "ru_maxrss_mb": round(usage.ru_maxrss / 1024, 1),
         "most_parts_while_running": most_parts,
         "rss_mb_every_10s": samples,
         **reported,

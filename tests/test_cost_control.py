@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Literal
 
 import polars as pl
 import pytest
 from pydantic import BaseModel
 
-from batchata_df import PriceError, batch_llm
+from batchata_df import CapSerialisedWarning, PriceError, batch_llm
 
 
 class Review(BaseModel):
@@ -102,7 +104,15 @@ def test_cost_cap_is_never_exceeded(emu, tmp_path):
     full = df.pipe(batch_llm, state=tmp_path / "uncapped", **kwargs)
     cap = float(full["_cost_usd"].sum()) / 3  # the whole work costs 3x the cap
     emu.reset()
-    out = df.pipe(batch_llm, max_cost_usd=cap, state=tmp_path / "s", **kwargs)
+    # Batches of 8 under a cap that holds about one batch's worst case: the run is
+    # serialised, and the call says so, with a max_tokens the answers fit.
+    with pytest.warns(CapSerialisedWarning, match="serialised this run") as caught:
+        out = df.pipe(batch_llm, max_cost_usd=cap, state=tmp_path / "s", **kwargs)
+    longest = int(out["_output_tokens"].max())  # type: ignore[arg-type]
+    suggested = max(64, math.ceil(longest * 1.25 / 64) * 64)
+    message = str(caught[0].message)
+    assert f"at most {longest:,} output tokens" in message
+    assert f"params={{'max_tokens': {suggested}}}" in message
     assert out["_cost_usd"].sum() <= cap
     done = out.filter(pl.col("_status") == "completed").height
     cancelled = out.filter(pl.col("_status") == "cancelled")
@@ -122,7 +132,9 @@ def test_cost_cap_is_never_exceeded(emu, tmp_path):
     assert again["_status"].to_list() == out["_status"].to_list()
     assert not [e for e in emu.log() if e["method"] == "POST"]
     # Raising the cap sends exactly the rows that were cancelled, and nothing else.
-    more = df.pipe(batch_llm, max_cost_usd=cap * 10, state=tmp_path / "s", **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CapSerialisedWarning)  # it may still serialise
+        more = df.pipe(batch_llm, max_cost_usd=cap * 10, state=tmp_path / "s", **kwargs)
     assert more["_status"].to_list() == ["completed"] * 30
     assert more.filter(pl.col("_status") == "completed").height == 30
 
@@ -133,8 +145,9 @@ def test_cap_splits_a_batch_that_does_not_fit_whole(emu):
     plan = df.pipe(batch_llm, schema=Review, model="gpt-4.1-mini", prompt="{text}",
                    dry_run=True, params=params)
     cap = float(plan["_est_cost_usd"].head(4).sum()) + 1e-9
-    out = df.pipe(batch_llm, schema=Review, model="gpt-4.1-mini", prompt="{text}",
-                  params=params, max_cost_usd=cap)
+    with pytest.warns(CapSerialisedWarning, match=r"only 4 of 10 requests could be sent"):
+        out = df.pipe(batch_llm, schema=Review, model="gpt-4.1-mini", prompt="{text}",
+                      params=params, max_cost_usd=cap)
     # One batch of 10 did not fit: its first 4 went alone, then more as budget freed.
     first_batch = out["_batch_id"][0]
     assert (out["_batch_id"] == first_batch).sum() == 4
@@ -169,7 +182,8 @@ def test_dry_run_agrees_with_the_next_real_call(emu, tmp_path):
               "state": tmp_path / "s", "params": {"max_tokens": 50}}
     plan = df.pipe(batch_llm, dry_run=True, **kwargs)
     tiny = float(plan["_est_cost_usd"].head(2).sum()) + 1e-9
-    first = df.pipe(batch_llm, max_cost_usd=tiny, **kwargs)
+    with pytest.warns(CapSerialisedWarning):  # 2 at a time, then more as budget frees
+        first = df.pipe(batch_llm, max_cost_usd=tiny, **kwargs)
     assert (first["_status"] == "cancelled").sum() >= 1
     again = df.pipe(batch_llm, dry_run=True, max_cost_usd=1.0, **kwargs)
     # Cancelled rows are planned again, completed ones are done: like the real call.

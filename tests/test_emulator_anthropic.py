@@ -414,23 +414,84 @@ def test_errors_found_when_a_request_runs_are_errored_results(emu, client):
     Answer.model_validate(block.input)
 
 
+LONG = "You rate things carefully and explain nothing. " * 400  # 19,200 chars: 4,800 tokens
+
+
+def _usages(client: anthropic.Anthropic, batch_id: str) -> dict[str, Any]:
+    return {
+        cid: Message.model_validate(r["message"]).usage
+        for cid, r in by_id(result_lines(retrieve_raw(client, batch_id))).items()
+    }
+
+
 def test_cached_system_prompt_usage(emu, client):
-    system = [{"type": "text", "text": "You rate things. " * 40,
-               "cache_control": {"type": "ephemeral"}}]  # fmt: skip
+    """A marked system prompt above the model's minimum: one write, then reads."""
+    system = [{"type": "text", "text": LONG, "cache_control": {"type": "ephemeral"}}]
     batch = client.messages.batches.create(
         requests=[req(f"c{i}", f"item {i}", system=system) for i in range(3)]
     )
-    usages = [
-        Message.model_validate(r["message"]).usage
-        for r in by_id(result_lines(retrieve_raw(client, batch.id))).values()
-    ]
-    writes = sorted(u.cache_creation_input_tokens or 0 for u in usages)
-    reads = sorted(u.cache_read_input_tokens or 0 for u in usages)
-    assert writes[:2] == [0, 0]
-    assert writes[2] > 0
-    assert reads[0] == 0
-    assert reads[1] == reads[2] == writes[2]
-    assert all(u.service_tier == "batch" for u in usages)
+    usages = _usages(client, batch.id)
+    prefix = len(LONG) // 4
+    # In batch (file) order: the first request writes the prefix, the others read it.
+    assert [usages[f"c{i}"].cache_creation_input_tokens for i in range(3)] == [prefix, 0, 0]
+    assert [usages[f"c{i}"].cache_read_input_tokens for i in range(3)] == [0, prefix, prefix]
+    assert usages["c0"].cache_creation.ephemeral_5m_input_tokens == prefix
+    # input_tokens are only what follows the breakpoint ("item 0" and the separator).
+    assert all(u.input_tokens < 10 for u in usages.values())
+    assert all(u.service_tier == "batch" for u in usages.values())
+    # A later batch within the cache's lifetime reads it too.
+    again = client.messages.batches.create(requests=[req("d", "other", system=system)])
+    later = _usages(client, again.id)["d"]
+    assert (later.cache_read_input_tokens, later.cache_creation_input_tokens) == (prefix, 0)
+
+
+def test_cache_needs_a_marker_and_the_model_minimum(emu, client):
+    """Strict: unmarked prefixes and marked ones under the minimum are not cached."""
+    unmarked = [{"type": "text", "text": LONG}]
+    short = [{"type": "text", "text": LONG[:8000], "cache_control": {"type": "ephemeral"}}]
+    batch = client.messages.batches.create(
+        requests=[req(f"u{i}", system=unmarked) for i in range(2)]
+        + [req(f"s{i}", system=short) for i in range(2)]  # 2,000 tokens < 4,096 (Haiku 4.5)
+        + [req(f"n{i}", model="claude-sonnet-4-5", system=short) for i in range(2)]  # >= 1,024
+    )
+    usages = _usages(client, batch.id)
+    for cid in ("u0", "u1", "s0", "s1"):
+        assert usages[cid].cache_creation_input_tokens == 0, cid
+        assert usages[cid].cache_read_input_tokens == 0, cid
+        assert usages[cid].input_tokens >= 2000, cid
+    assert usages["n0"].cache_creation_input_tokens == 2000
+    assert usages["n1"].cache_read_input_tokens == 2000
+
+
+def test_cache_breakpoint_in_the_user_turn_and_a_different_prefix(emu, client):
+    """A marked leading user block caches system + that block; another text misses."""
+    doc = "Clause: the supplier delivers on time. " * 500
+    def ask(cid: str, text: str, question: str) -> dict[str, Any]:
+        content = [{"type": "text", "text": text, "cache_control": {"type": "ephemeral"}},
+                   {"type": "text", "text": question}]  # fmt: skip
+        r = req(cid, system="Answer briefly.")
+        r["params"]["messages"] = [{"role": "user", "content": content}]
+        return r
+    batch = client.messages.batches.create(
+        requests=[ask("a", doc, "Who?"), ask("b", doc, "When?"), ask("c", doc + "x", "Who?")]
+    )
+    usages = _usages(client, batch.id)
+    prefix = (len("Answer briefly.") + 1 + len(doc)) // 4
+    assert usages["a"].cache_creation_input_tokens == prefix
+    assert usages["b"].cache_read_input_tokens == prefix
+    assert usages["c"].cache_read_input_tokens == 0
+    assert usages["c"].cache_creation_input_tokens > 0
+
+
+def test_more_than_four_breakpoints_is_an_error(emu, client):
+    mark = {"cache_control": {"type": "ephemeral"}}
+    system = [{"type": "text", "text": f"part {i}", **mark} for i in range(5)]
+    batch = client.messages.batches.create(requests=[req("x", system=system)])
+    result = by_id(result_lines(retrieve_raw(client, batch.id)))["x"]
+    assert result["type"] == "errored"
+    assert result["error"]["error"]["message"] == (
+        "A maximum of 4 blocks with cache_control may be provided. Found 5."
+    )
 
 
 # -- list, delete -------------------------------------------------------------------------------

@@ -639,6 +639,43 @@ def test_unknown_model_is_a_404(emu):
     assert list(c.batches.list()) == []
 
 
+def _cached_counts(emu, model, prompts, system=None):
+    c = client(emu)
+    config = types.GenerateContentConfig(system_instruction=system) if system else None
+    job = c.batches.create(
+        model=model,
+        src=[
+            types.InlinedRequest(contents=p, metadata={"key": str(i)}, config=config)
+            for i, p in enumerate(prompts)
+        ],
+    )
+    done = c.batches.get(name=job.name)
+    return [r.response.usage_metadata for r in done.dest.inlined_responses]
+
+
+def test_implicit_cache_reports_the_shared_prefix_above_the_model_minimum(emu):
+    manual = "Section: all returns need a receipt. " * 300  # 11,100 chars: 2,775 tokens
+    usages = _cached_counts(
+        emu, "gemini-2.5-flash", [manual + "Q: receipts?", manual + "Q: refunds?", "Q: hello"]
+    )
+    shared = len(manual + "Q: re") // 4
+    assert [u.cached_content_token_count for u in usages] == [0, shared, 0]
+    assert usages[1].prompt_token_count > shared  # cached tokens are part of the prompt
+    # Gemini 3 needs 4,096 tokens: the same 2,775-token prefix is not cached there.
+    usages = _cached_counts(emu, "gemini-3-flash", [manual + "Q: a?", manual + "Q: b?"])
+    assert [u.cached_content_token_count for u in usages] == [0, 0]
+    # Models before 2.5 have no implicit caching.
+    usages = _cached_counts(emu, "gemini-2.0-flash", [manual + "Q: a?", manual + "Q: b?"])
+    assert [u.cached_content_token_count for u in usages] == [0, 0]
+
+
+def test_implicit_cache_covers_the_system_instruction(emu):
+    system = "You are a careful clerk. " * 400  # 10,000 chars: 2,500 tokens
+    usages = _cached_counts(emu, "gemini-2.5-pro", ["one", "two"], system=system)
+    assert usages[0].cached_content_token_count == 0
+    assert usages[1].cached_content_token_count == (len(system) + 1) // 4
+
+
 @pytest.mark.parametrize("mime", ["jsonl", "application/jsonl", "application/json-lines",
                                   "application/x-ndjson"])
 def test_a_jsonl_mime_type_is_refused_as_the_files_api_does(emu, mime):

@@ -1368,3 +1368,51 @@ def test_apps_register_by_prefix_and_may_stream() -> None:
         ]
     finally:
         server.stop()
+
+
+# --------------------------------------------------------------------------------------
+# Prompt caching: strict (a key, 1,024 tokens, 128-token steps)
+
+SHARED = "Policy: refunds within thirty days of delivery only. " * 100  # 5,300 chars
+
+
+def _cached(line: dict[str, Any]) -> int:
+    body = line["response"]["body"]
+    if "usage" in body and "prompt_tokens_details" in body["usage"]:
+        usage = ChatCompletion.model_validate(body, strict=True).usage
+        assert usage is not None and usage.prompt_tokens_details is not None
+        return int(usage.prompt_tokens_details.cached_tokens or 0)
+    response = Response.model_validate(body, strict=True)
+    assert response.usage is not None
+    return int(response.usage.input_tokens_details.cached_tokens)
+
+
+def test_cached_tokens_for_a_shared_prefix_under_one_prompt_cache_key(oa: OpenAI) -> None:
+    lines = [
+        chat_line(f"k{i}", SHARED + f"Question {i}?", schema=None, prompt_cache_key="policy")
+        for i in range(3)
+    ]
+    lines.append(chat_line("nokey", SHARED + "Question 9?", schema=None))
+    lines.append(chat_line("other", SHARED + "Question 8?", schema=None, prompt_cache_key="x"))
+    lines.append(responses_line("resp", SHARED + "Question 7?", schema=None,
+                                prompt_cache_key="policy"))  # fmt: skip
+    batch = submit(oa, lines[:5], CHAT)
+    out = by_id(read_lines(oa, raw_batch(oa, batch.id).output_file_id))
+    shared_tokens = len(SHARED + "Question ") // 4  # 1,326: 1,024 + 2 steps of 128 = 1,280
+    assert [_cached(out[f"k{i}"]) for i in range(3)] == [0, 1280, 1280]
+    assert shared_tokens >= 1280
+    assert _cached(out["nokey"]) == 0  # no key: no shared cache
+    assert _cached(out["other"]) == 0  # a key nobody used before
+    resp = submit(oa, lines[5:], RESPONSES)
+    out = by_id(read_lines(oa, raw_batch(oa, resp.id).output_file_id))
+    assert _cached(out["resp"]) == 1280  # same model, key and prefix: a later batch reads it
+
+
+def test_no_cached_tokens_below_1024(oa: OpenAI) -> None:
+    short = SHARED[:3000]  # 750 tokens
+    lines = [
+        chat_line(f"s{i}", short + f"Q{i}", schema=None, prompt_cache_key="k") for i in range(2)
+    ]
+    batch = submit(oa, lines, CHAT)
+    out = by_id(read_lines(oa, raw_batch(oa, batch.id).output_file_id))
+    assert [_cached(out["s0"]), _cached(out["s1"])] == [0, 0]

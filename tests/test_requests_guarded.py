@@ -22,7 +22,7 @@ import polars as pl
 import pytest
 from pydantic import BaseModel
 
-from batchata_df import batch_llm, sql
+from batchata_df import CapSerialisedWarning, batch_llm, sql
 
 SECRETS = {
     "gpt-4.1-mini": ("OPENAI_API_KEY", "sk-SECRET-recovery-0123456789"),
@@ -115,7 +115,8 @@ def test_batches_in_flight_hold_their_worst_case_under_the_cap(emu) -> None:
     worst = plan["_est_cost_usd"].max()
     assert isinstance(worst, float) and worst > 0
     # Room for two worst cases (and a little of a third): two batches in flight at most.
-    out = frame.pipe(batch_llm, max_cost_usd=2.5 * worst, **kw)
+    with pytest.warns(CapSerialisedWarning, match="only 2 of 6 requests could be sent at once"):
+        out = frame.pipe(batch_llm, max_cost_usd=2.5 * worst, **kw)
     assert out["_status"].to_list() == ["completed"] * 6
     in_flight = 0
     most = 0

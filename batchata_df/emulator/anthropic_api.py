@@ -83,15 +83,18 @@ carries between ``<answer_json_schema>`` tags, or cited prose without one.
 
 Usage is the emulator's token estimate with ``service_tier: "batch"``; base64 PDFs and
 images are billed by :mod:`.media` (2,000 per PDF page, ``width * height / 750`` per
-image). When the request marks its system prompt for caching (a ``cache_control`` on a
-system block, or top-level ``cache_control``), the system prompt's tokens are billed as
-``cache_creation_input_tokens`` by the first such request of the batch and as
-``cache_read_input_tokens`` by the others, and are not part of ``input_tokens``.
+image). Prompt caching is as strict as the service (:mod:`.prompt_cache`): only prefixes
+ending at a block marked ``cache_control`` (or, with a top-level ``cache_control``, at the
+last block) count, at most 4 breakpoints (a 5th is a 400), and only when the prefix holds
+at least the model's minimum cacheable length; the first request with a prefix reports it
+as ``cache_creation_input_tokens``, later ones (in this batch or a later one, within the
+cache's lifetime) as ``cache_read_input_tokens``; neither is part of ``input_tokens``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import re
 import threading
@@ -101,6 +104,7 @@ from typing import Any, Final
 
 from batchata_df.emulator import answers, anthropic_checks, cited, media, model_rules
 from batchata_df.emulator.anthropic_checks import ParamsChecker
+from batchata_df.emulator.prompt_cache import PromptCaches
 from batchata_df.emulator.sdk_params import warm_in_background
 from batchata_df.emulator.server import (
     EmulatorCore,
@@ -176,8 +180,7 @@ class _Spec:
     custom_id: str
     model: str
     prompt: str
-    input_tokens: int
-    cached_tokens: int  # system-prompt tokens marked for caching
+    input_tokens: int  # every prompt token, cached or not
     mode: str  # "text" | "schema" | "tool"
     gen: answers.AnswerGenerator | None
     tool_name: str | None
@@ -188,6 +191,8 @@ class _Spec:
     documents: list[dict[str, Any]] | None = None  # mode "cite": the request's documents
     cite_schema: dict[str, Any] | None = None  # mode "cite": the schema in the system prompt
     thinking_tokens: int = 0  # spent before the answer, inside max_tokens
+    breakpoints: list[tuple[str, int, str]] = field(default_factory=list)
+    """Marked prefixes: (hash, tokens up to and including the block, ttl), in order."""
 
 
 def _blocks_text(content: object) -> tuple[str, int, bool]:
@@ -273,7 +278,7 @@ def _base64_tokens(source: Mapping[str, Any], block: str) -> int:
 
 
 def _system(params: Mapping[str, Any]) -> tuple[str, bool]:
-    """System prompt text and whether it is marked for prompt caching."""
+    """System prompt text, and whether the request asks for prompt caching at all."""
     system = params.get("system")
     cached = isinstance(params.get("cache_control"), dict)
     if isinstance(system, str):
@@ -284,7 +289,86 @@ def _system(params: Mapping[str, Any]) -> tuple[str, bool]:
             isinstance(b, dict) and isinstance(b.get("cache_control"), dict) for b in system
         )
         return text, cached or marked
-    return "", False
+    return "", cached
+
+
+MAX_BREAKPOINTS: Final = 4
+
+
+def _cache_control(value: object, where: str) -> str:
+    """The ttl of a valid ``cache_control``; raises ValueError with the API's message."""
+    if not isinstance(value, dict) or value.get("type") != "ephemeral":
+        msg = f"{where}.cache_control.type: Input should be 'ephemeral'"
+        raise ValueError(msg)
+    ttl = value.get("ttl", "5m")
+    if ttl not in ("5m", "1h"):
+        msg = f"{where}.cache_control.ttl: Input should be '5m' or '1h'"
+        raise ValueError(msg)
+    return str(ttl)
+
+
+def _cache_breakpoints(params: Mapping[str, Any]) -> list[tuple[str, int, str]]:
+    """The marked prefixes of a request: tools, then system, then messages, block by block.
+
+    Each prefix is identified by a hash of every block up to and including the marked one
+    (without the markers) and counted as the emulator counts tokens. A top-level
+    ``cache_control`` marks the last block. Raises ValueError for a bad marker or more
+    than :data:`MAX_BREAKPOINTS`.
+    """
+    blocks: list[tuple[str, Any]] = []
+    tools = params.get("tools")
+    if isinstance(tools, list):
+        blocks += [(f"tools.{i}", t) for i, t in enumerate(tools)]
+    system = params.get("system")
+    if isinstance(system, str) and system:
+        blocks.append(("system", {"type": "text", "text": system}))
+    elif isinstance(system, list):
+        blocks += [(f"system.{i}", b) for i, b in enumerate(system)]
+    for m, message in enumerate(params.get("messages") or []):
+        content = message.get("content") if isinstance(message, dict) else None
+        role = message.get("role") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            blocks.append((f"messages.{m}", {"type": "text", "text": content, "role": role}))
+        elif isinstance(content, list):
+            blocks += [(f"messages.{m}.content.{i}", b) for i, b in enumerate(content)]
+    top = params.get("cache_control")
+    marked = sum(1 for _, b in blocks if isinstance(b, dict) and "cache_control" in b)
+    if top is not None:
+        _cache_control(top, "")
+        marked += 1
+    if marked > MAX_BREAKPOINTS:
+        msg = (
+            f"A maximum of {MAX_BREAKPOINTS} blocks with cache_control may be provided. "
+            f"Found {marked}."
+        )
+        raise ValueError(msg)
+    if not marked:
+        return []
+    digest = hashlib.blake2b(digest_size=16)
+    chars, extra, out = 0, 0, []
+    for n, (where, block) in enumerate(blocks):
+        plain = (
+            {k: v for k, v in block.items() if k != "cache_control"}
+            if isinstance(block, dict)
+            else block
+        )
+        digest.update(json.dumps(plain, sort_keys=True, separators=(",", ":")).encode())
+        if where.startswith("tools"):
+            chars += len(json.dumps(plain))
+        else:
+            try:
+                text, more, _ = _blocks_text([plain])
+            except media.MediaError:
+                text, more = "", 0  # reported by the request's own checks
+            chars += len(text) + (1 if n else 0)
+            extra += more
+        mark = block.get("cache_control") if isinstance(block, dict) else None
+        if mark is None and top is not None and n == len(blocks) - 1:
+            mark = top
+        if mark is not None:
+            ttl = _cache_control(mark, where)
+            out.append((digest.copy().hexdigest(), chars // 4 + extra, ttl))
+    return out
 
 
 def _thinks(model: str, params: Mapping[str, Any]) -> int | None:
@@ -328,7 +412,6 @@ class _SpecBuilder:
                 model=model if isinstance(model, str) else "",
                 prompt="",
                 input_tokens=0,
-                cached_tokens=0,
                 mode="text",
                 gen=None,
                 tool_name=None,
@@ -339,7 +422,11 @@ class _SpecBuilder:
             )
         model = str(params["model"])
         error: tuple[str, str] | None = None
-        system, cache = _system(params)
+        system, _ = _system(params)
+        try:
+            breakpoints = _cache_breakpoints(params)
+        except ValueError as e:
+            breakpoints, error = [], ("invalid_request_error", str(e))
         texts = [system] if system else []
         extra = 0
         cites = False
@@ -408,7 +495,6 @@ class _SpecBuilder:
             mode, documents = "cite", cited.documents(messages)
             cite_schema = cited.schema_from_system(system)
         tokens = answers.count_tokens(prompt) + extra + (gen.schema_tokens if gen else 0)
-        cached = answers.count_tokens(system) if cache and system else 0
         marker = answers.find_marker(prompt)
         if marker in (answers.MARKER_ERROR, answers.MARKER_DETAILS) and error is None:
             status = answers.marker_status(prompt)
@@ -418,8 +504,7 @@ class _SpecBuilder:
             custom_id=custom_id,
             model=model,
             prompt=prompt,
-            input_tokens=max(1, tokens - cached),
-            cached_tokens=cached,
+            input_tokens=max(1, tokens),
             mode=mode,
             gen=gen,
             tool_name=tool_name,
@@ -430,6 +515,7 @@ class _SpecBuilder:
             documents=documents,
             cite_schema=cite_schema,
             thinking_tokens=thought_tokens or 0,
+            breakpoints=breakpoints,
         )
 
 
@@ -548,23 +634,29 @@ def _answer(spec: _Spec) -> tuple[str, object, str]:
     return text, None, stop
 
 
-def _usage(spec: _Spec, output_tokens: int, first_cache_write: bool) -> dict[str, Any]:
-    write = spec.cached_tokens if first_cache_write else 0
-    read = 0 if first_cache_write else spec.cached_tokens
+def _usage(spec: _Spec, output_tokens: int, cache: tuple[int, int]) -> dict[str, Any]:
+    read, write = cache
+    ttl = spec.breakpoints[-1][2] if spec.breakpoints else "5m"
     return {
-        "input_tokens": spec.input_tokens,
+        "input_tokens": max(0, spec.input_tokens - read - write),
         "output_tokens": output_tokens,
         "cache_creation_input_tokens": write,
         "cache_read_input_tokens": read,
-        "cache_creation": {"ephemeral_5m_input_tokens": write, "ephemeral_1h_input_tokens": 0},
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": write if ttl == "5m" else 0,
+            "ephemeral_1h_input_tokens": write if ttl == "1h" else 0,
+        },
         "server_tool_use": None,
         "service_tier": "batch",
         "inference_geo": None,
     }
 
 
-def render_message(spec: _Spec, rid: str, *, first_cache_write: bool = False) -> dict[str, Any]:
-    """The ``Message`` a request that runs successfully answers with."""
+def render_message(spec: _Spec, rid: str, *, cache: tuple[int, int] = (0, 0)) -> dict[str, Any]:
+    """The ``Message`` a request that runs successfully answers with.
+
+    ``cache`` is the (read, written) prompt-cache tokens of the request.
+    """
     content: list[dict[str, Any]] = []
     thought = min(spec.thinking_tokens, spec.max_tokens)
     if spec.thinking:
@@ -577,8 +669,7 @@ def render_message(spec: _Spec, rid: str, *, first_cache_write: bool = False) ->
         )
     if spec.thinking_tokens >= spec.max_tokens > 0:
         # Thinking used the whole budget: no answer at all.
-        return _message(spec, rid, content, "max_tokens", spec.max_tokens, thought,
-                        first_cache_write)  # fmt: skip
+        return _message(spec, rid, content, "max_tokens", spec.max_tokens, thought, cache)
     text, tool_input, stop = _answer(spec)
     if tool_input is not None:
         content.append(
@@ -599,7 +690,7 @@ def render_message(spec: _Spec, rid: str, *, first_cache_write: bool = False) ->
         content.extend(blocks)
         out_tokens = answers.count_tokens(text)
     out_tokens = min(out_tokens + thought, spec.max_tokens)
-    return _message(spec, rid, content, stop, out_tokens, thought, first_cache_write)
+    return _message(spec, rid, content, stop, out_tokens, thought, cache)
 
 
 def _message(
@@ -609,12 +700,12 @@ def _message(
     stop: str,
     out_tokens: int,
     thought: int,
-    first_cache_write: bool,
+    cache: tuple[int, int],
 ) -> dict[str, Any]:
     stop_details = {"type": "refusal", "category": None, "explanation": None} if (
         stop == "refusal"
     ) else None  # fmt: skip
-    usage = _usage(spec, out_tokens, first_cache_write)
+    usage = _usage(spec, out_tokens, cache)
     usage["output_tokens_details"] = {"thinking_tokens": thought} if spec.thinking else None
     return {
         "id": f"msg_{rid}",
@@ -690,6 +781,7 @@ class AnthropicApp:
         self._batches: dict[str, _Batch] = {}
         self._seq = 0
         self._limits = dict(_DEFAULT_LIMITS)
+        self.caches = PromptCaches()
 
     # ---- App protocol
 
@@ -699,7 +791,8 @@ class AnthropicApp:
         return json_response(envelope, status, {"request-id": envelope["request_id"]})
 
     def reset(self) -> None:
-        """Forget every batch."""
+        """Forget every batch (and the prompt cache)."""
+        self.caches = PromptCaches()
         with self._lock:
             for batch_id in self._batches:
                 self.core.blobs.delete(_blob_key(batch_id))
@@ -937,7 +1030,6 @@ class AnthropicApp:
         key = batch.id[-12:]
         counts = {"processing": 0, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
         lines: list[str] = []
-        cache_written = False
         for i, spec in enumerate(specs):
             rid = f"{key}{i:06x}"
             if i >= ran:
@@ -947,9 +1039,8 @@ class AnthropicApp:
                 result = _errored(*spec.error, rid)
                 counts["errored"] += 1
             else:
-                first = spec.cached_tokens > 0 and not cache_written
-                cache_written = cache_written or first
-                message = render_message(spec, rid, first_cache_write=first)
+                cache = self.caches.anthropic(spec.model, spec.breakpoints, ended_at)
+                message = render_message(spec, rid, cache=cache)
                 result = {"type": "succeeded", "message": message}
                 counts["succeeded"] += 1
             lines.append(_compact({"custom_id": spec.custom_id, "result": result}))
@@ -1012,7 +1103,8 @@ class AnthropicApp:
             status = next((s for s, k in _ERROR_TYPES.items() if k == kind), 500)
             raise _Invalid(status, message, kind)
         with self.core.realtime_call():
-            answer = render_message(spec, rid)
+            cache = self.caches.anthropic(spec.model, spec.breakpoints, self.core.clock.now())
+            answer = render_message(spec, rid, cache=cache)
             answer["usage"]["service_tier"] = "standard"
             self.core.bill_realtime(
                 "anthropic", answers.request_key("anthropic", spec.model, spec.prompt)

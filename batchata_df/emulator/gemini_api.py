@@ -85,8 +85,11 @@ answer. A thinking config the model refuses is a per-request error (400).
 
 Usage is the emulator's estimate (``answers.count_tokens``): ``promptTokenCount`` covers the
 text parts, the ``inlineData`` parts (:mod:`.media`: 258 per PDF page, 258 per image or
-768 px image tile) and the schema, ``candidatesTokenCount`` the answer; ``cachedContentTokenCount``
-is 0.
+768 px image tile) and the schema, ``candidatesTokenCount`` the answer;
+``cachedContentTokenCount`` is what implicit caching served (:mod:`.prompt_cache`): the
+longest exact prefix (system instruction, then contents) shared with an earlier request of
+the same model, when it reaches the model's minimum (2,048 tokens for Gemini 2.5, 4,096
+for 3.x; none before 2.5). It is part of ``promptTokenCount``.
 """
 
 from __future__ import annotations
@@ -104,6 +107,7 @@ from typing import Any, Final
 
 from batchata_df.emulator import answers, gemini_checks, media, model_rules
 from batchata_df.emulator.gemini_checks import RequestChecker, snake, unknown_name
+from batchata_df.emulator.prompt_cache import PromptCaches
 from batchata_df.emulator.sdk_params import warm_in_background
 from batchata_df.emulator.server import (
     _GEMINI_STATUS,
@@ -240,6 +244,22 @@ class _Spec:
     error: tuple[int, str] | None  # code, message
     metadata: dict[str, str] | None = None  # inline requests: echoed verbatim
     thoughts: int = 0  # thinking tokens spent before the answer, inside maxOutputTokens
+    signature: str = ""  # the prompt as implicit caching compares it (binary parts hashed)
+
+
+def _signature(system: object, contents: list[Any]) -> str:
+    """System instruction then contents, text as is and other parts as digests."""
+    out: list[str] = []
+    for content in [system, *contents] if system is not None else contents:
+        parts = content.get("parts") if isinstance(content, Mapping) else None
+        for part in parts if isinstance(parts, list) else []:
+            text = part.get("text") if isinstance(part, Mapping) else None
+            if isinstance(text, str):
+                out.append(text)
+            else:
+                raw = json.dumps(part, sort_keys=True, default=str).encode()
+                out.append("\x00" + hashlib.blake2b(raw, digest_size=8).hexdigest())
+    return "\n".join(out)
 
 
 def _content_text(content: object) -> str:
@@ -395,7 +415,7 @@ class _SpecBuilder:
         tokens = answers.count_tokens(prompt) + files + (gen.schema_tokens if gen else 0)
         return _Spec(
             key, prompt, tokens, mode, gen, max_tokens, marker, thinking, include, error,
-            thoughts=thoughts,
+            thoughts=thoughts, signature=_signature(system, contents),
         )
 
     @staticmethod
@@ -418,8 +438,13 @@ def _cut(text: str, must_break_json: bool, *, keep: bool = False) -> str:
     return cut
 
 
-def _render(spec: _Spec, model: str, rid: str) -> tuple[dict[str, Any], int, int]:
-    """A GenerateContentResponse for a request that runs; plus (answer, thought) tokens."""
+def _render(
+    spec: _Spec, model: str, rid: str, cached: int = 0
+) -> tuple[dict[str, Any], int, int]:
+    """A GenerateContentResponse for a request that runs; plus (answer, thought) tokens.
+
+    ``cached`` is the request's ``cachedContentTokenCount`` (implicit caching).
+    """
     seed = answers.answer_seed(spec.prompt)
     pt = spec.prompt_tokens
     if spec.marker == answers.MARKER_REFUSAL:
@@ -427,7 +452,7 @@ def _render(spec: _Spec, model: str, rid: str) -> tuple[dict[str, Any], int, int
             "promptTokenCount": pt,
             "candidatesTokenCount": 0,
             "totalTokenCount": pt,
-            "cachedContentTokenCount": 0,
+            "cachedContentTokenCount": cached,
             "thoughtsTokenCount": 0,
         }
         body = {
@@ -496,7 +521,7 @@ def _render(spec: _Spec, model: str, rid: str) -> tuple[dict[str, Any], int, int
             "promptTokenCount": pt,
             "candidatesTokenCount": ct,
             "totalTokenCount": pt + ct + tt,
-            "cachedContentTokenCount": 0,
+            "cachedContentTokenCount": cached,
             "thoughtsTokenCount": tt,
             "promptTokensDetails": [{"modality": "TEXT", "tokenCount": pt}],
         },
@@ -589,6 +614,7 @@ class GeminiApp:
         self._files: dict[str, dict[str, Any]] = {}
         self._uploads: dict[str, _Upload] = {}
         self._batches: dict[str, _Batch] = {}
+        self.caches = PromptCaches()
         self._order: list[str] = []
         self._limits = dict(_DEFAULT_LIMITS)
 
@@ -599,7 +625,8 @@ class GeminiApp:
         return json_response(error_envelope("gemini", status, message), status)
 
     def reset(self) -> None:
-        """Forget all files, uploads and batches."""
+        """Forget all files, uploads and batches (and the implicit cache)."""
+        self.caches = PromptCaches()
         with self._lock:
             self._files.clear()
             self._uploads.clear()
@@ -1181,8 +1208,10 @@ class GeminiApp:
                     ]
                 failed += 1
             else:
+                model = batch.model.rsplit("/", 1)[-1]
+                cached = self.caches.gemini(model, spec.signature, spec.prompt_tokens, end)
                 entry["response"], _, _ = _render(
-                    spec, batch.model.rsplit("/", 1)[-1], f"{batch.id[:10]}{i:06x}"
+                    spec, model, f"{batch.id[:10]}{i:06x}", cached
                 )
                 ok += 1
             entries.append((entry, spec))

@@ -73,7 +73,10 @@ Usage
 Tokens are the emulator's deterministic estimate (``answers.count_tokens``): prompt
 tokens cover every text part of the request, the images and PDFs (``media``: image tiles,
 1,000 per PDF page; 85 per web image URL or file id) plus the JSON schema; completion
-tokens cover the answer text. ``cached_tokens`` is always 0. Reasoning models
+tokens cover the answer text. ``cached_tokens`` is what the prompt cache served
+(:mod:`.prompt_cache`): the longest exact prefix, of at least 1,024 tokens in 128-token
+steps, shared with an earlier request of the same model under the same
+``prompt_cache_key`` (0 without a key: nothing routes the requests to one cache). Reasoning models
 (:mod:`.model_rules`) spend ``model_rules.THOUGHT_TOKENS`` per effort first, inside
 ``max_completion_tokens``: they are in ``completion_tokens`` and in
 ``completion_tokens_details.reasoning_tokens``, and thinking that uses the whole limit
@@ -87,6 +90,7 @@ the successful requests and is filled in once the batch reaches a final status.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 import queue
 import re
@@ -99,6 +103,7 @@ from typing import Any, Final, cast
 
 from batchata_df.emulator import answers, media, model_rules, openai_checks
 from batchata_df.emulator.openai_checks import BodyChecker
+from batchata_df.emulator.prompt_cache import PromptCaches
 from batchata_df.emulator.sdk_params import warm_in_background
 from batchata_df.emulator.server import (
     EmulatorCore,
@@ -258,6 +263,28 @@ class _Spec:
     error: tuple[int, str | None, str, str | None] | None  # status, code, message, param
     echo: str  # Responses API: pre-encoded fields echoed back from the request
     reasoning: int = 0  # thinking tokens the model spends (model_rules.THOUGHT_TOKENS)
+    cache_key: str | None = None  # prompt_cache_key
+    signature: str = ""  # the prompt as the cache compares it (only with a cache key)
+
+
+def _signature(messages: object, instructions: object = None) -> str:
+    """The request's content in order, binary parts as digests (prefix comparison)."""
+    out: list[str] = [instructions] if isinstance(instructions, str) else []
+    if isinstance(messages, str):
+        return "\n".join([*out, messages])
+    for message in messages if isinstance(messages, list) else []:
+        content = message.get("content") if isinstance(message, dict) else message
+        if isinstance(content, str):
+            out.append(content)
+            continue
+        for part in content if isinstance(content, list) else []:
+            text = part.get("text") if isinstance(part, dict) else part
+            if isinstance(text, str):
+                out.append(text)
+            else:
+                raw = json.dumps(part, sort_keys=True).encode()
+                out.append("\x00" + hashlib.blake2b(raw, digest_size=8).hexdigest())
+    return "\n".join(out)
 
 
 def _parts_text(content: object) -> tuple[str, int]:
@@ -411,6 +438,13 @@ class _SpecBuilder:
         effort = model_rules.openai_effort(model, knob)
         if effort is not None and spec.error is None:
             spec.reasoning = model_rules.THOUGHT_TOKENS[effort]
+        key = body.get("prompt_cache_key")
+        if isinstance(key, str) and spec.error is None:
+            spec.cache_key = key
+            if self.endpoint == "/v1/responses":
+                spec.signature = _signature(body.get("input"), body.get("instructions"))
+            else:
+                spec.signature = _signature(body.get("messages"))
         return spec
 
     def _chat(self, custom_id: str, model: str, body: dict[str, Any]) -> _Spec:
@@ -623,7 +657,9 @@ _CHAT_USAGE_DETAILS: Final = (
 _INCOMPLETE: Final = '{"reason":"max_output_tokens"}'
 
 
-def _body(spec: _Spec, rid: str, created: int, model_q: str, endpoint: str) -> tuple[str, int]:
+def _body(
+    spec: _Spec, rid: str, created: int, model_q: str, endpoint: str, cached: int = 0
+) -> tuple[str, int]:
     """JSON text of a successful response body, and its completion tokens."""
     content, refusal, truncated, ct = _answer(spec)
     filtered = spec.marker in _FILTER_MARKERS
@@ -634,6 +670,8 @@ def _body(spec: _Spec, rid: str, created: int, model_q: str, endpoint: str) -> t
     ct += rt  # reasoning is billed inside the completion tokens
     if endpoint == CHAT:
         details = _CHAT_USAGE_DETAILS.replace('"reasoning_tokens":0', f'"reasoning_tokens":{rt}')
+        if cached:
+            details = details.replace('"cached_tokens":0', f'"cached_tokens":{cached}')
         return (
             f'{{"id":"chatcmpl-{rid}","object":"chat.completion","created":{created},'
             f'"model":{model_q},"choices":[{{"index":0,"message":{{"role":"assistant",'
@@ -655,7 +693,7 @@ def _body(spec: _Spec, rid: str, created: int, model_q: str, endpoint: str) -> t
         f'"role":"assistant","content":[{part}]}}],"parallel_tool_calls":true,'
         '"tool_choice":"auto","tools":[],"truncation":"disabled","service_tier":"default",'
         f'"store":true,"usage":{{"input_tokens":{pt},"input_tokens_details":{{'
-        f'"cached_tokens":0,"cache_write_tokens":0}},"output_tokens":{ct},'
+        f'"cached_tokens":{cached},"cache_write_tokens":0}},"output_tokens":{ct},'
         f'"output_tokens_details":{{"reasoning_tokens":{rt}}},"total_tokens":{pt + ct}}}}}'
     ), ct
 
@@ -673,8 +711,18 @@ class _Rendered:
     output_tokens: int = 0
 
 
-def _render(specs: list[_Spec], ran: int, key: str, created: int, endpoint: str) -> _Rendered:
-    """Output and error lines for the first ``ran`` requests (in file order)."""
+def _render(
+    specs: list[_Spec],
+    ran: int,
+    key: str,
+    created: int,
+    endpoint: str,
+    cached: list[int] | None = None,
+) -> _Rendered:
+    """Output and error lines for the first ``ran`` requests (in file order).
+
+    ``cached`` is each request's ``cached_tokens`` (decided once per batch, in file order).
+    """
     result = _Rendered([], [])
     out = result.out
     err = result.err
@@ -690,7 +738,7 @@ def _render(specs: list[_Spec], ran: int, key: str, created: int, endpoint: str)
                 f'"body":{_error_body(spec.error)}}},"error":null}}'
             )
             continue
-        body, ct = _body(spec, rid, created, model_q, endpoint)
+        body, ct = _body(spec, rid, created, model_q, endpoint, cached[i] if cached else 0)
         input_tokens += spec.prompt_tokens
         output_tokens += ct
         out.append(
@@ -758,6 +806,8 @@ class _Batch:
     """Input tokens this batch holds against the enqueued-token limit until it ends."""
     lock: threading.Lock = field(default_factory=threading.Lock)
     ledger: LedgerEntry | None = None
+    cached: list[int] | None = None
+    """Each request's ``cached_tokens``, decided in file order when the batch is prepared."""
 
     @property
     def key(self) -> str:
@@ -834,6 +884,7 @@ class OpenAIApp:
         self._batches: dict[str, _Batch] = {}
         self._order: list[str] = []
         self._limits = dict(_DEFAULT_LIMITS)
+        self.caches = PromptCaches()
         self._queue: queue.SimpleQueue[_Batch] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
 
@@ -851,7 +902,8 @@ class OpenAIApp:
         return response
 
     def reset(self) -> None:
-        """Forget all files and batches."""
+        """Forget all files and batches (and the prompt cache)."""
+        self.caches = PromptCaches()
         with self._lock:
             self._files.clear()
             self._batches.clear()
@@ -1119,7 +1171,15 @@ class OpenAIApp:
             return
         batch.n = len(specs)
         batch.failing = [i for i, s in enumerate(specs) if s.error is not None]
-        done = _render(specs, len(specs), batch.key, batch.answer_time, batch.endpoint)
+        now = self.core.clock.now()
+        batch.cached = [
+            0 if sp.error is not None or sp.cache_key is None
+            else self.caches.openai(sp.model, sp.cache_key, sp.signature, sp.prompt_tokens, now)
+            for sp in specs
+        ]  # fmt: skip
+        done = _render(
+            specs, len(specs), batch.key, batch.answer_time, batch.endpoint, batch.cached
+        )
         limit = batch.limits.get("max_enqueued_tokens", 10**12)
         held = self._enqueued(model, exclude=batch)
         if held + done.input_tokens > limit:
@@ -1275,7 +1335,9 @@ class OpenAIApp:
                     self.core.blobs.delete("openai-" + stale)
             data = self.core.blobs.get("openai-" + batch.input_file_id)
             specs = _plan(data, batch.endpoint, batch.limits)[0]
-            part = _render(specs, ran, batch.key, batch.answer_time, batch.endpoint)
+            part = _render(
+                specs, ran, batch.key, batch.answer_time, batch.endpoint, batch.cached
+            )
             completed, failed = len(part.out), len(part.err)
             if ran < len(specs) and (final == "expired" or batch.cancel_unfinished == "error_file"):
                 if final == "expired":
@@ -1382,7 +1444,14 @@ class OpenAIApp:
             return Response(spec.error[0], {"content-type": "application/json"}, text.encode())
         with self.core.realtime_call():
             rid = self.core.new_id("", 12)
-            text, _ = _body(spec, rid, int(self.core.clock.now()), _quote(model), endpoint)
+            now = self.core.clock.now()
+            cached = (
+                0 if spec.cache_key is None
+                else self.caches.openai(
+                    model, spec.cache_key, spec.signature, spec.prompt_tokens, now
+                )
+            )  # fmt: skip
+            text, _ = _body(spec, rid, int(now), _quote(model), endpoint, cached)
             self.core.bill_realtime("openai", answers.request_key("openai", model, spec.prompt))
         headers = {"content-type": "application/json", "x-request-id": "req_" + rid}
         return Response(200, headers, text.encode("utf-8"))

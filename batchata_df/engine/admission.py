@@ -124,8 +124,22 @@ class Admission:
             return plan
         room = self.cap - self.state.spent - self.state.reserved
         fit = fitting(self.worst(plan), room)
+        waited = self.state.cap_waiting > 0
         if fit == len(plan):
+            if waited:  # jobs the cap had held back go now: one more serialised round
+                self.state.cap_rounds += 1
+            self.state.cap_waiting = 0
             return plan
+        # The cap holds jobs back: they wait for batches in flight to free their reservation
+        # (the run is serialised by the worst case), or, with nothing in flight and nothing
+        # fitting, never fit (the driver ends them cancelled: cost_limit).
+        if fit > 0 and waited:
+            self.state.cap_rounds += 1
+        if fit > 0 or self.state.in_flight:
+            if self.state.cap_first_fit is None:
+                in_flight = sum(len(b.job_ids) for b in self.state.in_flight)
+                self.state.cap_first_fit = in_flight + fit
+            self.state.cap_waiting = len(plan) - fit
         if fit == 0:
             return None
         return plan.head(fit)

@@ -113,10 +113,15 @@ class Engine:
             & ~pl.col("job_id").is_in(busy.implode())
         )
         self._count_done(jobs, terminal)
+        state.todo_ids = todo.get_column("job_id")
+        if "expected_usd" in todo.columns:  # the estimates of what is still to send
+            state.expected_usd = float(todo.get_column("expected_usd").fill_null(0.0).sum())
+            state.worst_usd = float(todo.get_column("worst_usd").fill_null(0.0).sum())
         # The cap covers everything this state folder has paid for, earlier calls and
         # earlier attempts of retried jobs included.
         state.spent = float(billed.get_column("cost_usd").fill_null(0.0).sum())
         state.spent += lost_spend(recorded)
+        state.spent_at_start = state.spent
         admission = Admission(
             state,
             ctx.options.max_cost_usd,
@@ -144,6 +149,7 @@ class Engine:
         if state.in_flight:
             state.first_submit_at = state.started
         state.spent = ctx.store.spent()
+        state.spent_at_start = state.spent
         calibration = Calibration(est_input={})
         planner = Planner(ctx.providers, ctx.spec, ctx.options.items_per_batch)
         feeder = Feeder(ctx, state, source, planner, calibration)

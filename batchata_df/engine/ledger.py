@@ -43,6 +43,19 @@ class Ledger:
         )
         if "input_tokens" in frame.columns:
             frame = with_usage_columns(frame).with_columns(cost_expr(price).alias("cost_usd"))
+            # What the same usage would have cost without the prompt cache (cache reads and
+            # writes at the input rate): "saved by caching" (negative if writes went unread).
+            uncached = with_usage_columns(
+                frame.with_columns(
+                    pl.col("cached_tokens").fill_null(0) * 0,
+                    pl.col("cache_write_tokens").fill_null(0) * 0,
+                )
+            ).select(cost_expr(price)).to_series()
+            frame = frame.with_columns(
+                pl.when(pl.col("cost_usd").is_not_null())
+                .then(uncached - pl.col("cost_usd"))
+                .alias("cache_saved_usd")
+            )
         self.ctx.store.append_jobs(frame)
         for status in TERMINAL_JOB:
             self.state.done[status] += int((frame.get_column("status") == status).sum())
@@ -50,6 +63,8 @@ class Ledger:
         if "cost_usd" in frame.columns:
             added = float(frame.get_column("cost_usd").fill_null(0.0).sum())
             self.state.cost += added
+            saved = frame.get_column("cache_saved_usd").fill_null(0.0).sum()
+            self.state.cache_saved += float(saved)
         return added
 
     def fail_unrun(

@@ -126,6 +126,14 @@ def plan_batches(
     for (provider_name, model), group in todo.group_by(
         ["provider", "model"], maintain_order=True
     ):
+        if spec.prompt_caching:
+            from batchata_df.caching import cache_plan, cluster_order
+
+            # Shared prefixes next to each other (and marked): see batchata_df.caching.
+            if "cache_key" in group.columns:
+                group = cluster_order(group)
+            else:
+                group = cache_plan(group, str(provider_name), str(model))
         provider = providers[str(provider_name)]
         limit = provider.max_requests
         if items_per_batch:

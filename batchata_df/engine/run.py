@@ -93,6 +93,18 @@ class ProgressSnapshot:
     until something has finished (and while stopping)."""
     stop_reason: str | None = None
     """Why the run stopped or is stopping (``"interrupted"``, ``"time_limit"``, ...)."""
+    cache_saved_usd: float = 0.0
+    """What the finished jobs would have cost more without the prompt cache."""
+    reserved_usd: float = 0.0
+    """The worst case the cap holds for batches in flight (``max_tokens`` per request)."""
+    cap_waiting: int = 0
+    """Requests of the next batch the cap holds back until reservations free up."""
+    cap_rounds: int = 0
+    """Times the cap made requests wait for batches in flight (the run was serialised)."""
+    expected_cost_usd: float | None = None
+    """Expected cost of what this call sends (with a cap or estimates; else ``None``)."""
+    worst_case_usd: float | None = None
+    """The worst case of what this call sends: every answer using ``max_tokens``."""
     realtime_in_flight: int | None = None
     """Realtime requests in flight (``mode="realtime"``, or the realtime phase of
     ``mode="auto"``); ``None`` when nothing is sent realtime."""
@@ -161,6 +173,22 @@ class RunState:
     done: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TERMINAL_JOB, 0))
     cost: float = 0.0
     """Cost of this call's jobs (the progress display's figure)."""
+    cache_saved: float = 0.0
+    """What this call's jobs would have cost more without the prompt cache."""
+    cap_waiting: int = 0
+    """Jobs of the next planned batch that the cap holds back right now (0: none)."""
+    cap_rounds: int = 0
+    """Times the cap made planned jobs wait for batches in flight (serialised rounds)."""
+    cap_first_fit: int | None = None
+    """Jobs in flight or admitted when the cap first held jobs back (what fit at once)."""
+    todo_ids: pl.Series | None = None
+    """The jobs this call set out to send (not settled or in flight when it started)."""
+    spent_at_start: float = 0.0
+    """What the state folder had billed when this call started."""
+    expected_usd: float | None = None
+    """Expected cost of the jobs this call sends (estimates, :mod:`batchata_df.estimates`)."""
+    worst_usd: float | None = None
+    """Their worst case (``max_tokens`` of output each): what the cap would reserve."""
     batch_status: dict[str, str] = field(default_factory=dict)
     activity: str = ""
     unavailable: dict[str, str] = field(default_factory=dict)
@@ -223,6 +251,12 @@ class RunState:
             in_flight_done=0 if done else in_flight_done,
             eta_s=None if done or self.stop_reason else eta,
             stop_reason=self.stop_reason,
+            cache_saved_usd=self.cache_saved,
+            reserved_usd=0.0 if done else self.reserved,
+            cap_waiting=0 if done else self.cap_waiting,
+            cap_rounds=self.cap_rounds,
+            expected_cost_usd=self.expected_usd,
+            worst_case_usd=self.worst_usd,
             realtime_in_flight=self.realtime_in_flight,
         )
 

@@ -112,6 +112,11 @@ def _line_schema(block: pl.Struct) -> pl.Schema:
     )
 
 
+_CACHE_MARK = '"cache_control":{"type":"ephemeral"}'
+_PROMPT_BLOCK = '},{"type":"text","text":'
+"""Where the last file block ends and the prompt's text block begins in a content array."""
+"""Anthropic's marker of a cache breakpoint (5-minute cache; see batchata_df.caching)."""
+
 _LINE_SCHEMA = _line_schema(pl.Struct({"type": pl.String(), "text": pl.String()}))
 
 _CITATION_FIELDS = pl.Struct(
@@ -254,26 +259,77 @@ class AnthropicProvider:
         ``content_json`` (a JSON array of Anthropic content blocks that replaces the prompt
         text). With ``spec.citations`` and a schema, the system prompt starts with
         :func:`batchata_df.citations.instruction` (the caller's ``system`` follows it).
+
+        Prompt caching (:func:`batchata_df.caching.cache_plan` columns, when present): a
+        ``cache_system`` job sends its system prompt as one text block marked
+        ``cache_control``; a ``cache_files`` job marks its last file block; a job with
+        ``cache_split`` sends its prompt as two text blocks, the shared leading part marked
+        ``cache_control`` and the rest after it.
         """
         tail = self.request_params_constant(
             spec, str(jobs.get_column("model")[0]) if jobs.height else None
         )
-        user_content = (
+        user_content: pl.Expr = (
             pl.col("content_json")
             if "content_json" in jobs.columns
             else json_string(pl.col("prompt"))
         )
-        system = (
-            pl.when(pl.col("system").is_not_null())
-            .then(pl.concat_str([pl.lit(',"system":'), json_string(pl.col("system"))]))
-            .otherwise(pl.lit(""))
-        )
+        system_text = pl.col("system")
         if spec.citations and spec.schema.json_schema is not None:
             from batchata_df.citations import instruction
 
             ours = pl.lit(instruction(spec.schema.json_schema))
             theirs = pl.concat_str([pl.lit("\n\n"), pl.col("system")]).fill_null("")
-            system = pl.concat_str([pl.lit(',"system":'), json_string(ours + theirs)])
+            system_text = ours + theirs
+        system = (
+            pl.when(system_text.is_not_null())
+            .then(pl.concat_str([pl.lit(',"system":'), json_string(system_text)]))
+            .otherwise(pl.lit(""))
+        )
+        if "cache_split" in jobs.columns:
+            system = (
+                pl.when(pl.col("cache_system") & system_text.is_not_null())
+                .then(
+                    pl.concat_str(
+                        [
+                            pl.lit(',"system":[{"type":"text","text":'),
+                            json_string(system_text),
+                            pl.lit(f",{_CACHE_MARK}}}]"),
+                        ]
+                    )
+                )
+                .otherwise(system)
+            )
+            if "content_json" in jobs.columns and "cache_files" in jobs.columns:
+                # The prompt is the one top-level text block, after the files: the last
+                # file block ends right before it (quotes inside JSON strings are escaped,
+                # so this sequence cannot occur inside a value).
+                user_content = (
+                    pl.when(pl.col("cache_files"))
+                    .then(
+                        user_content.str.replace(
+                            _PROMPT_BLOCK, f",{_CACHE_MARK}}}" + _PROMPT_BLOCK[1:], literal=True
+                        )
+                    )
+                    .otherwise(user_content)
+                )
+            if "content_json" not in jobs.columns:
+                split = pl.col("cache_split")
+                user_content = (
+                    pl.when(split.is_not_null())
+                    .then(
+                        pl.concat_str(
+                            [
+                                pl.lit('[{"type":"text","text":'),
+                                json_string(pl.col("prompt").str.slice(0, split)),
+                                pl.lit(f',{_CACHE_MARK}}},{{"type":"text","text":'),
+                                json_string(pl.col("prompt").str.slice(split)),
+                                pl.lit("}]"),
+                            ]
+                        )
+                    )
+                    .otherwise(user_content)
+                )
         line = pl.concat_str(
             [
                 pl.lit('{"custom_id":"'),

@@ -131,6 +131,9 @@ class RequestSpec:
     """Adds per-job columns that are too big to hold for every job at once (the
     ``content_json`` of file inputs); called on each slice of jobs right before ``encode``,
     so memory holds one slice's payload, not the run's."""
+    prompt_caching: bool = True
+    """Order jobs so that shared prefixes are adjacent and mark them for the provider's
+    prompt cache (:mod:`batchata_df.caching`); the answers do not depend on it."""
 
 
 RESULTS = pl.Schema(

@@ -231,13 +231,23 @@ class OpenAIProvider:
 
         ``jobs`` has ``job_id``, ``model``, ``prompt``, ``system`` and optionally
         ``content_json`` (a JSON array of content parts that replaces the prompt text).
-        All jobs are of one model (the engine groups them so).
+        All jobs are of one model (the engine groups them so). A job with a ``cache_key``
+        (:func:`batchata_df.caching.cache_plan`: it shares a prefix of at least 1,024
+        tokens with other jobs) carries it as ``prompt_cache_key``, so that those requests
+        reach the same prompt cache.
         """
         tail = self.request_body_constant(spec, _model_of(jobs))
         user_content = (
             pl.col("content_json")
             if "content_json" in jobs.columns
             else json_string(pl.col("prompt"))
+        )
+        cache_key = (
+            pl.when(pl.col("cache_key").is_not_null())
+            .then(pl.concat_str([pl.lit(',"prompt_cache_key":'), json_string(pl.col("cache_key"))]))
+            .otherwise(pl.lit(""))
+            if "cache_key" in jobs.columns
+            else pl.lit("")
         )
         system_msg = (
             pl.when(pl.col("system").is_not_null())
@@ -261,6 +271,7 @@ class OpenAIProvider:
                 pl.lit('{"role":"user","content":'),
                 user_content,
                 pl.lit("}]"),
+                cache_key,
                 pl.lit(tail),
                 pl.lit("}}"),
             ]

@@ -1,0 +1,170 @@
+"""Estimates people can plan with: expected cost beside the worst case, and cap advice.
+
+The dry run and the progress display show the hard worst case (what the cap reserves) and
+an expected cost: from the schema's answer size, then from the answers observed in the
+state folder. When the cap serialises a run, the call says so (a warning and a display
+line) with a ``max_tokens`` the observed answers fit. The cap itself never moves: spend
+stays under it, also with prompt-cache writes billed above the input rate.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+import pytest
+from pydantic import BaseModel
+
+from batchata_df import CapSerialisedWarning, batch_llm, sql
+from batchata_df.cost import PriceTable
+from batchata_df.estimates import answer_tokens
+from batchata_df.progress import cap_line, format_line
+
+
+class Review(BaseModel):
+    sentiment: Literal["positive", "negative", "neutral"]
+    score: int
+    summary: str
+
+
+def reviews(n: int) -> pl.DataFrame:
+    return pl.DataFrame({"text": [f"Review number {i}: the product was fine, mostly." for i in
+                                  range(n)]})  # fmt: skip
+
+
+KW: dict[str, Any] = {"schema": Review, "model": "gpt-4.1-mini", "prompt": "Rate: {text}"}
+PRICE = PriceTable().get("openai", "gpt-4.1-mini")
+
+
+def test_dry_run_shows_the_expected_cost_from_the_schema_beside_the_worst_case(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    plan = reviews(20).pipe(batch_llm, dry_run=True, progress=True, **KW)
+    schema = {
+        "type": "object",
+        "properties": {
+            "sentiment": {"enum": ["positive", "negative", "neutral"]},
+            "score": {"type": "integer"},
+            "summary": {"type": "string"},
+        },
+    }
+    expected_out = answer_tokens(schema)  # 2 + (2+2+3) + (2+1+3) + (2+1+12) = 30
+    assert expected_out == 30
+    assert plan["_est_output_tokens_expected"].to_list() == [expected_out] * 20
+    assert PRICE is not None
+    for est_in, worst, expected in plan.select(
+        "_est_input_tokens", "_est_cost_usd", "_expected_cost_usd"
+    ).iter_rows():
+        # OpenAI may bill a prompt as a cache write unasked: the worst case takes the higher
+        # rate; the expected case the input rate.
+        assert worst == pytest.approx((est_in * PRICE.input + 4096 * PRICE.output) / 1e6)
+        assert expected == pytest.approx((est_in * PRICE.input + 30 * PRICE.output) / 1e6)
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    total = plan["_expected_cost_usd"].sum()
+    assert f"expected ${total:,.4f} (answer sizes: schema)" in text
+    assert f"worst case ${plan['_est_cost_usd'].sum():,.4f}" in text
+
+
+def test_observed_answers_replace_the_schema_guess_and_predict_the_next_run(
+    emu, tmp_path: Path
+) -> None:
+    state = tmp_path / "s"
+    frame = reviews(60)
+    sample = frame.head(10).pipe(batch_llm, state=state, **KW)  # a sample first
+    observed_mean = sample["_output_tokens"].mean()
+    plan = frame.pipe(batch_llm, dry_run=True, state=state, **KW)
+    todo = plan.filter(pl.col("_status") == "planned")
+    assert todo.height == 50
+    assert todo["_est_output_tokens_expected"].to_list() == [round(observed_mean)] * 50  # type: ignore[arg-type]
+    out = frame.pipe(batch_llm, state=state, **KW)
+    actual = out.tail(50)["_cost_usd"].sum()
+    expected = todo["_expected_cost_usd"].sum()
+    worst = todo["_est_cost_usd"].sum()
+    # The expected cost is close to what was paid; the worst case is a bound far above it.
+    assert expected == pytest.approx(actual, rel=0.15)
+    assert worst > 20 * actual
+
+
+def test_cap_serialising_the_run_is_reported_with_a_max_tokens_that_fits(
+    emu, tmp_path: Path
+) -> None:
+    state = tmp_path / "s"
+    frame = reviews(40)
+    frame.head(10).pipe(batch_llm, state=state, **KW)  # answers to learn from
+    plan = frame.pipe(batch_llm, dry_run=True, state=state, **KW)
+    worst_one = float(plan["_est_cost_usd"].max())  # type: ignore[arg-type]
+    spent = sql("SELECT sum(cost_usd) AS c FROM jobs", state)["c"].item()
+    cap = spent + 8.5 * worst_one + plan["_expected_cost_usd"].sum()  # 8 worst cases at once
+    # The dry run says it: serialised, with advice from the observed answers.
+    summary: list[Any] = []
+    import batchata_df.progress as progress_module
+    from batchata_df.progress import plan_text
+
+    class Capture:
+        def show_plan(self, p: Any) -> None:
+            summary.append(p)
+
+    original = progress_module.make_display
+    progress_module.make_display = lambda **_: Capture()  # type: ignore[assignment,misc]
+    try:
+        frame.pipe(batch_llm, dry_run=True, state=state, max_cost_usd=cap, progress=True,
+                   items_per_batch=4, **KW)  # fmt: skip
+    finally:
+        progress_module.make_display = original
+    text = plan_text(summary[0])
+    assert "serialises the run: at the worst case only 8 of 30 requests fit at once" in text
+    assert "about 4 rounds instead of 1" in text
+    longest = sql("SELECT max(output_tokens) AS m FROM jobs", state)["m"].item()
+    suggested = max(64, math.ceil(longest * 1.25 / 64) * 64)
+    assert f"params={{'max_tokens': {suggested}}} fits them with a 25% margin" in text
+    # The real call: a warning saying by how much, the same advice, a display line, and
+    # spend under the cap.
+    snaps: list[Any] = []
+    with pytest.warns(CapSerialisedWarning) as caught:
+        out = frame.pipe(batch_llm, state=state, max_cost_usd=cap, items_per_batch=4,
+                         progress=snaps.append, **KW)  # fmt: skip
+    message = str(caught[0].message)
+    assert "only 8 of 30 requests could be sent at once" in message
+    assert f"params={{'max_tokens': {suggested}}}" in message
+    assert "all 30 requests of this call fit under the cap at once" in message
+    assert out["_status"].to_list() == ["completed"] * 40
+    assert sql("SELECT sum(cost_usd) AS c FROM jobs", state)["c"].item() <= cap
+    waiting = [s for s in snaps if s.cap_waiting]
+    assert waiting, "the display never said the cap held requests back"
+    assert cap_line(waiting[0]).startswith("cap serialises the run: ")
+    assert "cap serialises the run" in format_line(waiting[0], max_cost_usd=cap)
+    running = [s for s in snaps if s.phase == "running"]
+    assert running[0].worst_case_usd == pytest.approx(plan.tail(30)["_est_cost_usd"].sum())
+    assert running[0].expected_cost_usd == pytest.approx(
+        plan.tail(30)["_expected_cost_usd"].sum()
+    )
+    assert "worst case" in format_line(running[0]) or running[0].expected_cost_usd
+
+
+DOC = "The supplier shall deliver the goods within thirty days of the order date. " * 150
+
+
+def test_cache_writes_stay_inside_the_worst_case_and_the_cap(emu, tmp_path: Path) -> None:
+    """A marked prefix may be billed as a cache write (1.25x input): the cap still holds."""
+    frame = pl.DataFrame({"q": [f"Question {i}?" for i in range(8)]})
+    kw: dict[str, Any] = {"model": "claude-sonnet-4-5", "prompt": DOC + "\n{q}",
+                          "params": {"max_tokens": 50}}  # fmt: skip
+    plan = frame.pipe(batch_llm, dry_run=True, **kw)
+    price = PriceTable().get("anthropic", "claude-sonnet-4-5")
+    assert price is not None
+    for est_in, worst in plan.select("_est_input_tokens", "_est_cost_usd").iter_rows():
+        assert worst == pytest.approx((est_in * price.cache_write + 50 * price.output) / 1e6)  # type: ignore[operator]
+    # Expected: the first request writes the shared prefix, the others read it.
+    assert plan["_expected_cost_usd"].sum() < 0.5 * plan["_est_cost_usd"].sum()
+    cap = float(plan["_est_cost_usd"].head(3).sum())  # three worst cases at once
+    with pytest.warns(CapSerialisedWarning):
+        out = frame.pipe(batch_llm, max_cost_usd=cap, items_per_batch=2, state=tmp_path / "s",
+                         **kw)  # fmt: skip
+    assert out["_status"].to_list() == ["completed"] * 8
+    usage = sql("SELECT sum(cost_usd) AS c, sum(cache_write_tokens) AS w, "
+                "sum(cached_tokens) AS r FROM jobs", tmp_path / "s")  # fmt: skip
+    assert usage["c"].item() <= cap
+    assert usage["w"].item() > 0 and usage["r"].item() > 0

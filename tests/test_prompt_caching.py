@@ -1,0 +1,249 @@
+"""Prompt caching inside batches, per provider: what is sent, what is reported, what is billed.
+
+Rows share a long leading part of their prompt (questions about one contract). The rows
+are interleaved with unrelated ones in the input: the requests must put the sharing rows
+next to each other and mark the shared part (Anthropic ``cache_control``, OpenAI
+``prompt_cache_key``, Gemini by order alone); the emulator reports cache reads the way each
+provider does (strictly: markers, keys and minimum lengths); ``_cost_usd`` bills them at
+the cache rates and the ``jobs`` view says what caching saved. The same frame with
+``prompt_caching=False`` sends plain requests and pays more, by exactly that saving
+(Anthropic, OpenAI; Gemini's implicit cache needs nothing from the request).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from batchata_df import batch_llm, sql
+from batchata_df.cost import PriceTable
+
+DOC = "The supplier shall deliver the goods within thirty days of the order date. " * 150
+PREFIX = "Read this contract:\n" + DOC + "\n\nQuestion: "  # the shared, marked part
+FRAME = pl.DataFrame(
+    {
+        "doc": [DOC, "A short note.", DOC, DOC, "Another note.", DOC],
+        "q": ["Amount?", "Sender?", "Date?", "Place?", "Tone?", "Signer?"],
+    }
+)
+TEMPLATE = "Read this contract:\n{doc}\n\nQuestion: {q}"
+# The input rows that share PREFIX, in the order they are sent: moved up next to the first
+# of them (input order among themselves), the unrelated rows after them in input order.
+SENT_ORDER = [0, 2, 3, 5]
+SHARED_AT = slice(0, 4)
+UNRELATED_AT = slice(4, 6)
+
+
+def _run(emu, model: str, state: Path, **kwargs: Any) -> pl.DataFrame:
+    emu.configure(log_bodies=True)
+    emu.clear_log()
+    out = FRAME.pipe(
+        batch_llm, model=model, prompt=TEMPLATE, state=state, params={"max_tokens": 3000},
+        **kwargs,
+    )  # fmt: skip
+    assert out["_status"].to_list() == ["completed"] * FRAME.height, out["_error"].to_list()
+    assert out["doc"].to_list() == FRAME["doc"].to_list()  # input order kept
+    return out
+
+
+def _posts(emu, suffix: str) -> list[dict[str, Any]]:
+    return [e for e in emu.log() if e["method"] == "POST" and e["path"].endswith(suffix)]
+
+
+def _usage(state: Path) -> pl.DataFrame:
+    return sql(
+        "SELECT job_id, input_tokens, output_tokens, cached_tokens, cache_write_tokens, "
+        "cost_usd, cache_saved_usd FROM jobs",
+        state,
+    )
+
+
+def _check_billing(out: pl.DataFrame, state: Path, provider: str, model: str) -> pl.DataFrame:
+    """Every row's _cost_usd is its usage at the model's batch cache rates."""
+    price = PriceTable().get(provider, model)
+    assert price is not None
+    usage = _usage(state)
+    rows = out.select("_job_id", "_cost_usd", "_input_tokens", "_output_tokens").join(
+        usage, left_on="_job_id", right_on="job_id"
+    )
+    for r in rows.iter_rows(named=True):
+        expected = price.cost(
+            input_tokens=r["input_tokens"],
+            output_tokens=r["output_tokens"],
+            cached_tokens=r["cached_tokens"] or 0,
+            cache_write_tokens=r["cache_write_tokens"] or 0,
+        )
+        assert r["_cost_usd"] == pytest.approx(expected, rel=1e-12)
+        saved = (r["cached_tokens"] or 0) * (price.rate("input") - price.rate("cached_input"))
+        saved -= (r["cache_write_tokens"] or 0) * (
+            price.rate("cache_write") - price.rate("input")
+        )
+        assert r["cache_saved_usd"] == pytest.approx(saved / 1e6, rel=1e-9, abs=1e-15)
+    return rows
+
+
+def _plain_run_costs_more_by_the_saving(emu, tmp_path: Path, model: str, cached: float) -> None:
+    """The same rows without caching: nothing read or written, and the input costs more.
+
+    The answers (and so the output tokens) may differ a little between the two runs, as
+    the request text differs (one text block or two), so the input side is compared.
+    """
+    plain = _run(emu, model, tmp_path / "plain", prompt_caching=False)
+    assert plain["_cost_usd"].sum() > cached
+    usage = _usage(tmp_path / "plain")
+    assert usage["cached_tokens"].fill_null(0).sum() == 0
+    assert usage["cache_write_tokens"].fill_null(0).sum() == 0
+    provider = "anthropic" if model.startswith("claude") else "openai"
+    price = PriceTable().get(provider, model)
+    assert price is not None
+    with_cache = _usage(tmp_path / "cached")
+    def input_cost(u: pl.DataFrame) -> float:
+        return sum(
+            price.cost(input_tokens=r["input_tokens"], output_tokens=0,
+                       cached_tokens=r["cached_tokens"] or 0,
+                       cache_write_tokens=r["cache_write_tokens"] or 0)
+            for r in u.iter_rows(named=True)
+        )  # fmt: skip
+    saved = with_cache["cache_saved_usd"].sum()
+    assert saved > 0
+    assert input_cost(usage) - input_cost(with_cache) == pytest.approx(saved, rel=0.01)
+
+
+def test_anthropic_marks_the_shared_prefix_and_bills_cache_reads(emu, tmp_path: Path) -> None:
+    model = "claude-sonnet-4-5"  # minimum cacheable prompt: 1,024 tokens
+    out = _run(emu, model, tmp_path / "cached")
+    (create,) = _posts(emu, "/messages/batches")
+    requests = create["body"]["requests"]
+    ids = out["_job_id"].to_list()
+    assert [r["custom_id"] for r in requests[SHARED_AT]] == [ids[i] for i in SENT_ORDER]
+    for i, request in zip(SENT_ORDER, requests[SHARED_AT], strict=True):
+        assert request["params"]["messages"] == [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": PREFIX, "cache_control": {"type": "ephemeral"}},
+                    {"type": "text", "text": FRAME["q"][i]},
+                ],
+            }
+        ]
+        assert "system" not in request["params"]
+    for request in requests[UNRELATED_AT]:  # unrelated rows: plain text, nothing marked
+        assert isinstance(request["params"]["messages"][0]["content"], str)
+    rows = _check_billing(out, tmp_path / "cached", "anthropic", model)
+    prefix_tokens = len(PREFIX) // 4  # as the emulator counts
+    by_id = {r["_job_id"]: r for r in rows.iter_rows(named=True)}
+    writes = [by_id[ids[i]]["cache_write_tokens"] for i in SENT_ORDER]
+    reads = [by_id[ids[i]]["cached_tokens"] for i in SENT_ORDER]
+    assert writes == [prefix_tokens, 0, 0, 0]
+    assert reads == [0, prefix_tokens, prefix_tokens, prefix_tokens]
+    _plain_run_costs_more_by_the_saving(emu, tmp_path, model, out["_cost_usd"].sum())
+
+
+def test_anthropic_marks_a_long_shared_system_prompt(emu, tmp_path: Path) -> None:
+    system = "You are a meticulous contracts clerk; answer in one word. " * 100  # 1,450 tok
+    emu.configure(log_bodies=True)
+    frame = pl.DataFrame({"q": ["one", "two", "three"]})
+    out = frame.pipe(
+        batch_llm, model="claude-sonnet-4-5", prompt="{q}", system=system,
+        state=tmp_path / "s",
+    )  # fmt: skip
+    (create,) = _posts(emu, "/messages/batches")
+    for request in create["body"]["requests"]:
+        assert request["params"]["system"] == [
+            {"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}
+        ]
+        assert isinstance(request["params"]["messages"][0]["content"], str)
+    usage = _usage(tmp_path / "s")
+    assert sorted(usage["cache_write_tokens"].to_list()) == [0, 0, len(system) // 4]
+    assert sorted(usage["cached_tokens"].to_list()) == [0, len(system) // 4, len(system) // 4]
+    _check_billing(out, tmp_path / "s", "anthropic", "claude-sonnet-4-5")
+
+
+def test_anthropic_does_not_mark_prefixes_below_the_model_minimum(emu, tmp_path: Path) -> None:
+    emu.configure(log_bodies=True)
+    frame = pl.DataFrame({"q": ["one", "two"]})
+    frame.pipe(
+        batch_llm, model="claude-haiku-4-5", prompt="{q}", system="Short system. " * 100,
+        state=tmp_path / "s",
+    )  # fmt: skip  # 1,400 chars: far below Haiku 4.5's 4,096 tokens
+    (create,) = _posts(emu, "/messages/batches")
+    for request in create["body"]["requests"]:
+        assert isinstance(request["params"]["system"], str)
+
+
+def test_openai_sends_one_prompt_cache_key_for_the_shared_prefix(emu, tmp_path: Path) -> None:
+    model = "gpt-4.1-mini"
+    out = _run(emu, model, tmp_path / "cached")
+    (upload,) = _posts(emu, "/files")
+    lines = upload["lines"]
+    ids = out["_job_id"].to_list()
+    assert [line["custom_id"] for line in lines[SHARED_AT]] == [ids[i] for i in SENT_ORDER]
+    keys = {line["body"].get("prompt_cache_key") for line in lines[SHARED_AT]}
+    assert len(keys) == 1
+    (key,) = keys
+    assert key is not None and key.startswith("bdf-")
+    for line in lines[SHARED_AT]:  # the prompt itself is sent whole: the key only routes it
+        assert isinstance(line["body"]["messages"][0]["content"], str)
+    assert all("prompt_cache_key" not in line["body"] for line in lines[UNRELATED_AT])
+    rows = _check_billing(out, tmp_path / "cached", "openai", model)
+    by_id = {r["_job_id"]: r for r in rows.iter_rows(named=True)}
+    shared = len(PREFIX) // 4
+    step = 1024 + (shared - 1024) // 128 * 128
+    assert [by_id[ids[i]]["cached_tokens"] for i in SENT_ORDER] == [0, step, step, step]
+    _plain_run_costs_more_by_the_saving(emu, tmp_path, model, out["_cost_usd"].sum())
+
+
+def test_gemini_orders_rows_for_implicit_caching(emu, tmp_path: Path) -> None:
+    model = "gemini-2.5-flash"  # implicit caching from 2,048 tokens
+    out = _run(emu, model, tmp_path / "cached")
+    (create,) = _posts(emu, f"/models/{model}:batchGenerateContent")
+    requests = create["body"]["batch"]["inputConfig"]["requests"]["requests"]
+    ids = out["_job_id"].to_list()
+    assert [r["metadata"]["key"] for r in requests[SHARED_AT]] == [ids[i] for i in SENT_ORDER]
+    for i, request in zip(SENT_ORDER, requests[SHARED_AT], strict=True):
+        parts = request["request"]["contents"][0]["parts"]
+        assert parts == [{"text": PREFIX + FRAME["q"][i]}]  # nothing to mark: order alone
+    rows = _check_billing(out, tmp_path / "cached", "gemini", model)
+    by_id = {r["_job_id"]: r for r in rows.iter_rows(named=True)}
+    shared = len(PREFIX) // 4
+    assert [by_id[ids[i]]["cached_tokens"] for i in SENT_ORDER] == [0, shared, shared, shared]
+    # No plain-run comparison here: Gemini's implicit cache needs no marker, so a plain run
+    # that happens to repeat a prefix soon enough is read from the cache too.
+
+
+def test_progress_shows_what_caching_saved(emu, tmp_path: Path) -> None:
+    from batchata_df.progress import format_line
+
+    snaps: list[Any] = []
+    _run(emu, "claude-sonnet-4-5", tmp_path / "cached", progress=snaps.append)
+    final = snaps[-1]
+    saved = _usage(tmp_path / "cached")["cache_saved_usd"].sum()
+    assert final.cache_saved_usd == pytest.approx(saved, rel=1e-9)
+    assert final.cache_saved_usd > 0
+    line = format_line(final, max_cost_usd=None)
+    assert f"${saved:,.4f} saved by caching" in line
+
+
+def test_anthropic_marks_the_shared_files(emu, tmp_path: Path) -> None:
+    """Rows asking about the same document: the document block carries cache_control."""
+    emu.configure(log_bodies=True)
+    doc = ("Supply agreement. " + DOC).encode()
+    frame = pl.DataFrame({"q": ["Who signs?", "When?", "Where?"], "f": [doc, doc, doc]})
+    out = frame.pipe(
+        batch_llm, model="claude-sonnet-4-5", prompt="{q}", files="f", state=tmp_path / "s"
+    )
+    assert out["_status"].to_list() == ["completed"] * 3
+    (create,) = _posts(emu, "/messages/batches")
+    for request in create["body"]["requests"]:
+        document, question = request["params"]["messages"][0]["content"]
+        assert document["type"] == "document"
+        assert document["cache_control"] == {"type": "ephemeral"}
+        assert question == {"type": "text", "text": question["text"]}  # not marked
+    usage = _usage(tmp_path / "s")
+    writes = sorted(usage["cache_write_tokens"].to_list())
+    assert writes[:2] == [0, 0] and writes[2] > 1024
+    assert sorted(usage["cached_tokens"].to_list()) == [0, writes[2], writes[2]]
+    _check_billing(out, tmp_path / "s", "anthropic", "claude-sonnet-4-5")
