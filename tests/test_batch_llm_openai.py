@@ -323,15 +323,17 @@ def test_sigkill_after_submission_then_resume_submits_nothing_twice(emu, tmp_pat
     emu.configure(latency=4.0)
     state = tmp_path / "killed"
     child = _run_child(tmp_path, state, {})
-    deadline = time.monotonic() + 60
-    # 7 rows / 3 per batch = 3 batches, each checkpointed as submitted before the kill
-    while len(posts(emu)) < 3 or _submitted(state) < 3:
-        assert time.monotonic() < deadline, child.stderr.read() if child.poll() else "slow"
-        time.sleep(0.05)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    child.stdout.close()
-    child.stderr.close()
+    try:
+        deadline = time.monotonic() + 60
+        # 7 rows / 3 per batch = 3 batches, each checkpointed as submitted before the kill
+        while len(posts(emu)) < 3 or _submitted(state) < 3:
+            assert time.monotonic() < deadline, child.stderr.read() if child.poll() else "slow"
+            time.sleep(0.05)
+    finally:  # killed here also when the wait failed: no child outlives the test
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        child.stdout.close()
+        child.stderr.close()
     out = _resume(state)
     assert out["_status"].to_list() == ["completed"] * 7
     assert len(posts(emu)) == 3
