@@ -49,7 +49,7 @@ from batchata_df.providers.base import Provider, RequestSpec
 from batchata_df.schema import AnswerSchema
 from batchata_df.schema_limits import check_schema_limits
 from batchata_df.state import JOB_EVENTS, StateStore, WriterLock, check_lock_timeout
-from batchata_df.validate import check_patience, check_run_arguments
+from batchata_df.validate import check_run_arguments
 
 __all__ = ["DEFAULT_CHUNK_ROWS", "stream_llm"]
 
@@ -105,8 +105,7 @@ def stream_llm(
             "leave sink out to get a DataFrame back"
         )
         raise ConfigError(msg)
-    patience_s = check_patience(provider_patience)
-    time_limit_s = check_run_arguments(
+    time_limit_s, patience_s = check_run_arguments(
         max_cost_usd=max_cost_usd,
         time_limit=time_limit,
         items_per_batch=items_per_batch,
@@ -117,10 +116,8 @@ def stream_llm(
         state=state,
         prices=prices,
         params=params,
+        provider_patience=provider_patience,
     )
-    if not wait and state is None:
-        msg = "wait=False needs state='some/folder' so that a later call can collect results"
-        raise ConfigError(msg)
     answer = AnswerSchema(schema)
     cite_columns = citation_columns(answer.columns) if citations else []
     columns = list(lf.collect_schema().names())
