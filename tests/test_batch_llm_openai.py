@@ -255,7 +255,7 @@ def test_split_by_count_and_parallel_limit(emu):
     assert out.group_by("_batch_id").len()["len"].sort().to_list() == [1, 3, 3, 3]
 
 
-def test_time_limit_cancels_and_ends_rows_cancelled(emu):
+def test_time_limit_cancels_and_ends_rows_cancelled(emu, engine_clock):
     emu.configure(latency=30)
     out = frame(6).pipe(
         batch_llm, schema=Review, model="gpt-4.1-mini", prompt="{text}",
