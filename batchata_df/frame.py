@@ -930,10 +930,15 @@ def with_estimates(
             )
         )
     if not parts:
-        return jobs.with_columns(
+        return jobs.with_columns(  # no jobs: the same columns, so plans can select them
             pl.lit(None, dtype=pl.Int64).alias("est_input_tokens"),
             pl.lit(None, dtype=pl.Int64).alias("est_output_tokens_max"),
             pl.lit(None, dtype=pl.Float64).alias("worst_usd"),
+            pl.lit(None, dtype=pl.Float64).alias("est_input_usd"),
+            pl.lit(None, dtype=pl.Int64).alias("est_output_tokens_expected"),
+            pl.lit(None, dtype=pl.Float64).alias("expected_usd"),
+            pl.lit(None, dtype=pl.Float64).alias("expected_cache_saved_usd"),
+            pl.lit(None, dtype=pl.String).alias("expected_source"),
         )
     return pl.concat(parts, how="diagonal_relaxed").sort("_order").drop("_order")
 
