@@ -42,7 +42,7 @@ from batchata_df.redact import scrub, scrubbed
 from batchata_df.schema import AnswerSchema
 from batchata_df.schema_limits import check_schema_limits
 from batchata_df.state import StateStore, WriterLock, adopt_schema, check_lock_timeout
-from batchata_df.validate import check_mode, check_patience, check_run_arguments
+from batchata_df.validate import check_mode, check_run_arguments
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -333,8 +333,7 @@ def batch_llm(
     if not isinstance(frame, pl.DataFrame):
         msg = f"batch_llm takes a polars DataFrame or LazyFrame, got {type(df).__name__}"
         raise ConfigError(msg)
-    patience_s = check_patience(provider_patience)
-    time_limit_s = check_run_arguments(
+    time_limit_s, patience_s = check_run_arguments(
         max_cost_usd=max_cost_usd,
         time_limit=time_limit,
         items_per_batch=items_per_batch,
@@ -345,10 +344,8 @@ def batch_llm(
         state=state,
         prices=prices,
         params=params,
+        provider_patience=provider_patience,
     )
-    if not wait and state is None:
-        msg = "wait=False needs state='some/folder' so that a later call can collect results"
-        raise ConfigError(msg)
     run_mode, concurrency, deadline_s = check_mode(
         mode, concurrency=concurrency, deadline=deadline, wait=wait
     )
@@ -933,10 +930,15 @@ def with_estimates(
             )
         )
     if not parts:
-        return jobs.with_columns(
+        return jobs.with_columns(  # no jobs: the same columns, so plans can select them
             pl.lit(None, dtype=pl.Int64).alias("est_input_tokens"),
             pl.lit(None, dtype=pl.Int64).alias("est_output_tokens_max"),
             pl.lit(None, dtype=pl.Float64).alias("worst_usd"),
+            pl.lit(None, dtype=pl.Float64).alias("est_input_usd"),
+            pl.lit(None, dtype=pl.Int64).alias("est_output_tokens_expected"),
+            pl.lit(None, dtype=pl.Float64).alias("expected_usd"),
+            pl.lit(None, dtype=pl.Float64).alias("expected_cache_saved_usd"),
+            pl.lit(None, dtype=pl.String).alias("expected_source"),
         )
     return pl.concat(parts, how="diagonal_relaxed").sort("_order").drop("_order")
 

@@ -49,7 +49,7 @@ from batchata_df.providers.base import Provider, RequestSpec
 from batchata_df.schema import AnswerSchema
 from batchata_df.schema_limits import check_schema_limits
 from batchata_df.state import JOB_EVENTS, StateStore, WriterLock, check_lock_timeout
-from batchata_df.validate import check_patience, check_run_arguments
+from batchata_df.validate import check_run_arguments
 
 __all__ = ["DEFAULT_CHUNK_ROWS", "stream_llm"]
 
@@ -105,8 +105,7 @@ def stream_llm(
             "leave sink out to get a DataFrame back"
         )
         raise ConfigError(msg)
-    patience_s = check_patience(provider_patience)
-    time_limit_s = check_run_arguments(
+    time_limit_s, patience_s = check_run_arguments(
         max_cost_usd=max_cost_usd,
         time_limit=time_limit,
         items_per_batch=items_per_batch,
@@ -117,10 +116,8 @@ def stream_llm(
         state=state,
         prices=prices,
         params=params,
+        provider_patience=provider_patience,
     )
-    if not wait and state is None:
-        msg = "wait=False needs state='some/folder' so that a later call can collect results"
-        raise ConfigError(msg)
     answer = AnswerSchema(schema)
     cite_columns = citation_columns(answer.columns) if citations else []
     columns = list(lf.collect_schema().names())
@@ -213,10 +210,13 @@ def stream_llm(
             jobs = attach_files(jobs, chunk, files, salt=salt)
         return jobs
 
+    # A dry run's expected cost learns from the answers already in the folder, as in memory.
+    observed = fr._observed(state, fingerprint) if dry_run else None
+
     def estimate(sendable: pl.DataFrame) -> pl.DataFrame:
         if max_cost_usd is None and not dry_run:
             return sendable
-        return fr.with_estimates(sendable, spec, price_table, why=why)
+        return fr.with_estimates(sendable, spec, price_table, why=why, observed=observed)
 
     expected = int(lf.select(pl.len()).collect(engine="streaming").item())
     if dry_run:
@@ -576,7 +576,7 @@ def stream_plan(
             per_row = jobs.select("job_id", "input_error", "provider", "model", _LATER).join(
                 planned_jobs.select(
                     "job_id", "est_input_tokens", "est_output_tokens_max", "worst_usd",
-                    "batch_index", "within_cap",
+                    "est_output_tokens_expected", "expected_usd", "batch_index", "within_cap",
                 ),
                 on="job_id",
                 how="left",
@@ -603,7 +603,11 @@ def stream_plan(
                 .alias("_est_input_tokens"),
                 pl.when(sent).then(pl.col("est_output_tokens_max")).otherwise(0)
                 .alias("_est_output_tokens_max"),
+                pl.when(sent).then(pl.col("est_output_tokens_expected")).otherwise(0)
+                .alias("_est_output_tokens_expected"),
                 pl.when(sent).then(pl.col("worst_usd")).otherwise(0.0).alias("_est_cost_usd"),
+                pl.when(sent).then(pl.col("expected_usd")).otherwise(0.0)
+                .alias("_expected_cost_usd"),
                 pl.when(sent).then(pl.col("batch_index")).alias("_batch_index"),
                 pl.when(sent).then(pl.col("within_cap")).alias("_within_cap"),
                 pl.when(sent).then(pl.lit("batch")).alias("_mode"),  # streaming sends batches

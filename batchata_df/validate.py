@@ -13,7 +13,7 @@ import math
 import numbers
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from batchata_df.errors import ConfigError
 
@@ -23,6 +23,7 @@ __all__ = [
     "check_patience",
     "check_positive",
     "check_price_value",
+    "RunArguments",
     "check_run_arguments",
     "is_real",
 ]
@@ -81,6 +82,13 @@ def check_flag(name: str, value: object) -> bool:
     return value
 
 
+class RunArguments(NamedTuple):
+    """The run-level arguments in seconds, as :func:`check_run_arguments` returns them."""
+
+    time_limit_s: float | None
+    patience_s: float
+
+
 def check_run_arguments(
     *,
     max_cost_usd: object,
@@ -91,8 +99,16 @@ def check_run_arguments(
     state: object,
     prices: object,
     params: object = None,
-) -> float | None:
-    """Check the run-level arguments; return ``time_limit`` in seconds (or ``None``)."""
+    provider_patience: object,
+) -> RunArguments:
+    """Check the run-level arguments shared by the in-memory and the streaming call.
+
+    Returns
+    -------
+    RunArguments
+        ``time_limit`` and ``provider_patience`` in seconds.
+    """
+    patience_s = check_patience(provider_patience)
     if max_cost_usd is not None:
         check_positive("max_cost_usd", max_cost_usd, "a cap in US dollars, e.g. 5.0")
     if items_per_batch is not None:
@@ -116,7 +132,11 @@ def check_run_arguments(
             f"{params!r}"
         )
         raise ConfigError(msg)
-    return _time_limit_seconds(time_limit)
+    time_limit_s = _time_limit_seconds(time_limit)
+    if flags.get("wait") is False and state is None:
+        msg = "wait=False needs state='some/folder' so that a later call can collect results"
+        raise ConfigError(msg)
+    return RunArguments(time_limit_s, patience_s)
 
 
 def check_price_value(model: str, part: str, value: object) -> float:

@@ -29,3 +29,18 @@ def emu(emulator: Emulator, monkeypatch: pytest.MonkeyPatch, tmp_path) -> Iterat
         monkeypatch.delenv(key, raising=False)
     monkeypatch.chdir(tmp_path)
     yield emulator
+
+
+@pytest.fixture
+def engine_clock(monkeypatch: pytest.MonkeyPatch):
+    """The batch engine on a :class:`FakeClock`: its time moves only when it waits.
+
+    A test of ``time_limit`` then sees the first submissions happen "at once" however slow
+    the machine is (a real half-second limit can pass before the first batch is created).
+    """
+    from batchata_df.engine import driver
+    from batchata_df.engine.clock import FakeClock
+
+    fake = FakeClock()
+    monkeypatch.setattr(driver, "SystemClock", lambda: fake)
+    return fake

@@ -193,7 +193,7 @@ def test_resume_sends_nothing_again(emu, tmp_path):
     assert more.head(6).equals(first)
 
 
-def test_time_limit_cancels_and_salvages(emu):
+def test_time_limit_cancels_and_salvages(emu, engine_clock):
     emu.configure(latency=30)
     out = frame(6).pipe(
         batch_llm,

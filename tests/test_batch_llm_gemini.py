@@ -188,7 +188,7 @@ def test_expired_batch_ends_rows_failed(emu, tmp_path):
     assert len(creates(emu)) == 1
 
 
-def test_time_limit_cancels_the_batch(emu):
+def test_time_limit_cancels_the_batch(emu, engine_clock):
     emu.configure(latency=60)
     out = run(frame(3), time_limit=0.5)
     assert out["_status"].to_list() == ["cancelled"] * 3

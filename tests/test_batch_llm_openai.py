@@ -255,7 +255,7 @@ def test_split_by_count_and_parallel_limit(emu):
     assert out.group_by("_batch_id").len()["len"].sort().to_list() == [1, 3, 3, 3]
 
 
-def test_time_limit_cancels_and_ends_rows_cancelled(emu):
+def test_time_limit_cancels_and_ends_rows_cancelled(emu, engine_clock):
     emu.configure(latency=30)
     out = frame(6).pipe(
         batch_llm, schema=Review, model="gpt-4.1-mini", prompt="{text}",
@@ -309,7 +309,10 @@ def _resume(state):
 
 def _submitted(state):
     """How many batches the state folder holds as submitted (parts are renamed in whole)."""
-    parts = sorted((state / "batches").glob("*.parquet")) if state.exists() else []
+    # (not the hidden .tmp-* names a part is written under before its rename)
+    parts = sorted(
+        p for p in (state / "batches").glob("*.parquet") if not p.name.startswith(".")
+    ) if (state / "batches").exists() else []
     if not parts:
         return 0
     events = pl.concat([pl.read_parquet(p, columns=["batch_key", "status"]) for p in parts])
@@ -320,15 +323,17 @@ def test_sigkill_after_submission_then_resume_submits_nothing_twice(emu, tmp_pat
     emu.configure(latency=4.0)
     state = tmp_path / "killed"
     child = _run_child(tmp_path, state, {})
-    deadline = time.monotonic() + 60
-    # 7 rows / 3 per batch = 3 batches, each checkpointed as submitted before the kill
-    while len(posts(emu)) < 3 or _submitted(state) < 3:
-        assert time.monotonic() < deadline, child.stderr.read() if child.poll() else "slow"
-        time.sleep(0.05)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    child.stdout.close()
-    child.stderr.close()
+    try:
+        deadline = time.monotonic() + 60
+        # 7 rows / 3 per batch = 3 batches, each checkpointed as submitted before the kill
+        while len(posts(emu)) < 3 or _submitted(state) < 3:
+            assert time.monotonic() < deadline, child.stderr.read() if child.poll() else "slow"
+            time.sleep(0.05)
+    finally:  # killed here also when the wait failed: no child outlives the test
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        child.stdout.close()
+        child.stderr.close()
     out = _resume(state)
     assert out["_status"].to_list() == ["completed"] * 7
     assert len(posts(emu)) == 3

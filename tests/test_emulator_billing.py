@@ -34,7 +34,7 @@ def test_every_accepted_request_is_billed_and_a_resend_shows_twice(emu, tmp_path
     assert set(Counter(e["custom_id"] for e in emu.billing()).values()) == {2}
 
 
-def test_a_cancelled_batch_bills_only_the_requests_that_ran(emu, tmp_path):
+def test_a_cancelled_batch_bills_only_the_requests_that_ran(emu, tmp_path, engine_clock):
     emu.configure(latency=600.0)
     out = frame(2).pipe(batch_llm, schema=A, model=pl.col("m"), prompt="{t}", time_limit=1.0)
     assert out["_status"].to_list() == ["cancelled"] * 6

@@ -101,7 +101,10 @@ def test_sigkill_mid_realtime_then_resume_in_batch_bills_no_row_twice(emu, tmp_p
     by_status = Counter(zip(out["_mode"], out["_status"], strict=True))
     lost = out.filter(pl.col("_error").str.starts_with("lost:").fill_null(False))
     assert by_status[("batch", "completed")] == modes["batch"] == len(batch_ids)
-    assert by_status[("realtime", "completed")] + lost.height == modes["realtime"]
+    # A lost row was marked sent before its request left; the kill may come before or after
+    # the provider got (and billed) it, so the bills lie between the two counts.
+    done_rt = by_status[("realtime", "completed")]
+    assert done_rt <= modes["realtime"] <= done_rt + lost.height
     assert lost["_mode"].to_list() == ["realtime"] * lost.height
     assert sum(by_status.values()) == N
     assert set(out["_status"]) <= {"completed", "failed"}
