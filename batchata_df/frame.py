@@ -352,30 +352,10 @@ def batch_llm(
     if run_mode == "auto" and deadline_s is None:
         deadline_s = time_limit_s  # "a deadline (or time limit)"
     answer = AnswerSchema(schema)
-    cite_columns = citation_columns(answer.columns) if citations else []
-    if dry_run:
-        from batchata_df.plan import PLAN_COLUMNS
-
-        _check_collisions(frame.columns, [], produced=PLAN_COLUMNS, what="dry-run plan")
-    else:
-        _check_collisions(
-            frame.columns,
-            [
-                *answer.columns,
-                *cite_columns,
-                *([RAW_COLUMN] if keep_raw else []),
-                *([RESPONSE_COLUMN] if keep_responses else []),
-            ],
-        )
-    if citations and files is None:
-        msg = (
-            "citations=True needs documents to cite: pass files='<column of file paths>' "
-            "(PDF or text), or remove citations=True"
-        )
-        raise ConfigError(msg)
-    if files is not None and not isinstance(files, str):
-        msg = f"files= takes the name of a column of paths or bytes, got {files!r}"
-        raise ConfigError(msg)
+    _check_outputs(
+        frame.columns, answer, dry_run=dry_run, citations=citations, files=files,
+        keep_raw=keep_raw, keep_responses=keep_responses,
+    )  # fmt: skip
     lock_wait = check_lock_timeout(lock_timeout)
     price_table = PriceTable(prices)
     if run_mode == "realtime":
@@ -1046,6 +1026,46 @@ def _check_models(
             )
             raise SchemaError(msg)
 
+
+
+def _check_outputs(
+    columns: list[str],
+    answer: AnswerSchema,
+    *,
+    dry_run: bool,
+    citations: bool,
+    files: object,
+    keep_raw: bool,
+    keep_responses: bool,
+) -> None:
+    """Check the columns a call would add and its ``files``/``citations`` pairing.
+
+    Shared by the in-memory and the streaming call.
+    """
+    cite_columns = citation_columns(answer.columns) if citations else []
+    if dry_run:
+        from batchata_df.plan import PLAN_COLUMNS
+
+        _check_collisions(columns, [], produced=PLAN_COLUMNS, what="dry-run plan")
+    else:
+        _check_collisions(
+            columns,
+            [
+                *answer.columns,
+                *cite_columns,
+                *([RAW_COLUMN] if keep_raw else []),
+                *([RESPONSE_COLUMN] if keep_responses else []),
+            ],
+        )
+    if citations and files is None:
+        msg = (
+            "citations=True needs documents to cite: pass files='<column of file paths>' "
+            "(PDF or text), or remove citations=True"
+        )
+        raise ConfigError(msg)
+    if files is not None and not isinstance(files, str):
+        msg = f"files= takes the name of a column of paths or bytes, got {files!r}"
+        raise ConfigError(msg)
 
 def _check_collisions(
     input_columns: list[str],

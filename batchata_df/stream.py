@@ -38,7 +38,6 @@ from typing import Any
 import polars as pl
 from pydantic import BaseModel
 
-from batchata_df.citations import citation_columns
 from batchata_df.cost import PriceOverride, PriceTable
 from batchata_df.engine import Engine, RunOptions
 from batchata_df.engine.driver import job_states_of, with_unavailable
@@ -119,31 +118,11 @@ def stream_llm(
         provider_patience=provider_patience,
     )
     answer = AnswerSchema(schema)
-    cite_columns = citation_columns(answer.columns) if citations else []
     columns = list(lf.collect_schema().names())
-    if dry_run:
-        from batchata_df.plan import PLAN_COLUMNS
-
-        fr._check_collisions(columns, [], produced=PLAN_COLUMNS, what="dry-run plan")
-    else:
-        fr._check_collisions(
-            columns,
-            [
-                *answer.columns,
-                *cite_columns,
-                *([fr.RAW_COLUMN] if keep_raw else []),
-                *([fr.RESPONSE_COLUMN] if keep_responses else []),
-            ],
-        )
-    if citations and files is None:
-        msg = (
-            "citations=True needs documents to cite: pass files='<column of file paths>' "
-            "(PDF or text), or remove citations=True"
-        )
-        raise ConfigError(msg)
-    if files is not None and not isinstance(files, str):
-        msg = f"files= takes the name of a column of paths or bytes, got {files!r}"
-        raise ConfigError(msg)
+    fr._check_outputs(
+        columns, answer, dry_run=dry_run, citations=citations, files=files,
+        keep_raw=keep_raw, keep_responses=keep_responses,
+    )  # fmt: skip
     lock_wait = check_lock_timeout(lock_timeout)
     price_table = PriceTable(prices)
     fingerprint = fr._fingerprint(
