@@ -189,19 +189,47 @@ def dry_run_plan(
         how="left",
         maintain_order="left",
     )
-    status = (
+    status = plan_status(
+        pl.Series(list(done), dtype=pl.String), pl.Series(list(busy), dtype=pl.String), ~first
+    )
+    out = per_row.select(plan_columns(status, plan_mode))
+    result = pl.concat([frame, out], how="horizontal")
+    if show is not None:
+        extra = per_row.filter(status == "planned").select(
+            "provider", "model", "expected_cache_saved_usd", "expected_source"
+        )
+        summary = summarize(result, batches, cap, spent, extra=extra, observed=observed)
+        show(dataclasses.replace(summary, mode=plan_mode, concurrency=concurrency))
+    return result
+
+
+
+def plan_status(done: pl.Series, busy: pl.Series, repeated: pl.Expr) -> pl.Expr:
+    """A plan row's ``_status`` (see :data:`PLAN_COLUMNS`) over a frame of jobs.
+
+    ``done`` and ``busy`` are job ids settled or in flight in the state folder; ``repeated``
+    marks rows whose request an earlier row already has.
+    """
+    return (
         pl.when(pl.col("input_error").is_not_null())
         .then(pl.lit("failed"))
-        .when(pl.col("job_id").is_in(list(done)))
+        .when(pl.col("job_id").is_in(done.implode()))
         .then(pl.lit("done"))
-        .when(pl.col("job_id").is_in(list(busy)))
+        .when(pl.col("job_id").is_in(busy.implode()))
         .then(pl.lit("in_flight"))
-        .when(~first)
+        .when(repeated)
         .then(pl.lit("duplicate"))
         .otherwise(pl.lit("planned"))
     )
+
+
+def plan_columns(status: pl.Expr, mode: str) -> list[pl.Expr]:
+    """The :data:`PLAN_COLUMNS`, in order, from jobs joined with their estimates.
+
+    Estimates and batch figures count only on rows that would be sent (``planned``).
+    """
     sent = status == "planned"
-    out = per_row.select(
+    return [
         status.alias("_status"),
         pl.when(pl.col("input_error").is_null()).then(pl.col("job_id")).alias("_job_id"),
         pl.col("provider").alias("_provider"),
@@ -219,17 +247,8 @@ def dry_run_plan(
         pl.when(sent).then(pl.col("expected_usd")).otherwise(0.0).alias("_expected_cost_usd"),
         pl.when(sent).then(pl.col("batch_index")).alias("_batch_index"),
         pl.when(sent).then(pl.col("within_cap")).alias("_within_cap"),
-        pl.when(sent).then(pl.lit(plan_mode)).alias("_mode"),
-    )
-    result = pl.concat([frame, out], how="horizontal")
-    if show is not None:
-        extra = per_row.filter(status == "planned").select(
-            "provider", "model", "expected_cache_saved_usd", "expected_source"
-        )
-        summary = summarize(result, batches, cap, spent, extra=extra, observed=observed)
-        show(dataclasses.replace(summary, mode=plan_mode, concurrency=concurrency))
-    return result
-
+        pl.when(sent).then(pl.lit(mode)).alias("_mode"),
+    ]
 
 def summarize(
     plan: pl.DataFrame,

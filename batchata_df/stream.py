@@ -483,7 +483,7 @@ def stream_plan(
     earlier chunk already had is a ``duplicate``. Nothing is written to the state folder.
     """
     from batchata_df.engine import plan_batches, settled
-    from batchata_df.plan import PLAN_COLUMNS
+    from batchata_df.plan import PLAN_COLUMNS, plan_columns, plan_status
 
     store = None
     held = 0.0
@@ -561,36 +561,8 @@ def stream_plan(
                 how="left",
                 maintain_order="left",
             )
-            status = (
-                pl.when(pl.col("input_error").is_not_null())
-                .then(pl.lit("failed"))
-                .when(pl.col("job_id").is_in(done.implode()))
-                .then(pl.lit("done"))
-                .when(pl.col("job_id").is_in(busy.implode()))
-                .then(pl.lit("in_flight"))
-                .when(~pl.col("job_id").is_first_distinct() | pl.col(_LATER))
-                .then(pl.lit("duplicate"))
-                .otherwise(pl.lit("planned"))
-            )
-            sent = status == "planned"
-            out = per_row.select(
-                status.alias("_status"),
-                pl.when(pl.col("input_error").is_null()).then(pl.col("job_id")).alias("_job_id"),
-                pl.col("provider").alias("_provider"),
-                pl.col("model").alias("_model"),
-                pl.when(sent).then(pl.col("est_input_tokens")).otherwise(0)
-                .alias("_est_input_tokens"),
-                pl.when(sent).then(pl.col("est_output_tokens_max")).otherwise(0)
-                .alias("_est_output_tokens_max"),
-                pl.when(sent).then(pl.col("est_output_tokens_expected")).otherwise(0)
-                .alias("_est_output_tokens_expected"),
-                pl.when(sent).then(pl.col("worst_usd")).otherwise(0.0).alias("_est_cost_usd"),
-                pl.when(sent).then(pl.col("expected_usd")).otherwise(0.0)
-                .alias("_expected_cost_usd"),
-                pl.when(sent).then(pl.col("batch_index")).alias("_batch_index"),
-                pl.when(sent).then(pl.col("within_cap")).alias("_within_cap"),
-                pl.when(sent).then(pl.lit("batch")).alias("_mode"),  # streaming sends batches
-            )
+            status = plan_status(done, busy, ~pl.col("job_id").is_first_distinct() | pl.col(_LATER))
+            out = per_row.select(plan_columns(status, "batch"))  # streaming sends batches
             writer.write(pl.concat([chunk.drop(_JOB, _ERR, _LATER), out], how="horizontal"))
         writer.close(
             empty.with_columns(
