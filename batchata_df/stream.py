@@ -432,6 +432,7 @@ def _write_sink(
     from batchata_df import frame as fr
 
     flagged: list[pl.DataFrame] = []
+    batches = store.batch_state()  # read once: the ids of batches, for every chunk
     with SinkWriter(sink) as writer:
         for path in chunks:
             chunk = pl.read_parquet(path)
@@ -441,7 +442,7 @@ def _write_sink(
                 pl.col(_LATER).alias("later"),
             )
             ids = keys.filter(pl.col("input_error").is_null()).get_column("job_id").unique()
-            results = with_unavailable(job_states_of(store, ids), unavailable, unsent)
+            results = with_unavailable(job_states_of(store, ids, batches), unavailable, unsent)
             hit = results.filter(
                 pl.col("error").str.contains("provider_unavailable: ", literal=True)
             )
