@@ -80,9 +80,10 @@ def _scratch_copy(modules: list[str], tests: list[str], dest: Path) -> None:
     for doc in DOCS:
         shutil.copy2(ROOT / doc, dest / doc)
     for test in tests:
-        target = dest / test
+        path = test.split("::", 1)[0]  # a node id names its file first
+        target = dest / path
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / test, target)
+        shutil.copy2(ROOT / path, target)
     pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     config = {
         "source_paths": ["batchata_df"],
