@@ -883,3 +883,225 @@ def test_bounded_listing_stops_with_an_error_past_its_bounds() -> None:
     timed = base.bounded_listing(range(5), provider="p", what="w", max_listed=10, seconds=-1)
     with pytest.raises(OrphanedBatchError):
         next(timed)
+
+
+# ============================================================================ SDK errors
+# The one place SDK exceptions become our typed errors: real SDK exception objects (built
+# from an httpx response, as the SDKs build them), never a network call.
+
+KEY = "sk-codecs-test-not-a-secret-1234567890"
+
+
+def _response(status: int, body: dict[str, Any]) -> Any:
+    import httpx2 as httpx
+
+    request = httpx.Request("POST", "http://127.0.0.1:9/v1/x")
+    return httpx.Response(status, json=body, request=request)
+
+
+def _raise(error: BaseException) -> Any:
+    def fn() -> Any:
+        raise error
+
+    return fn
+
+
+def test_openai_sdk_errors_become_typed_errors_naming_the_fix() -> None:
+    import openai
+
+    from batchata_df.errors import CredentialsError, ProviderError
+
+    provider = openai_mod.OpenAIProvider(api_key=KEY, base_url="http://127.0.0.1:9/v1")
+    assert provider._call("list batches", lambda: 7) == 7
+    auth = openai.AuthenticationError(
+        "bad key", response=_response(401, {"error": {"message": "bad key"}}), body=None)
+    with pytest.raises(CredentialsError) as info:
+        provider._call("create a batch", _raise(auth))
+    assert str(info.value) == (
+        "OpenAI rejected the API key while trying to create a batch: check OPENAI_API_KEY")
+    body = {"error": {"message": "Too many requests", "type": "rate_limit"}}
+    limited = openai.RateLimitError("x", response=_response(429, body), body=body)
+    with pytest.raises(ProviderError) as info:
+        provider._call("upload the input file", _raise(limited))
+    assert str(info.value) == (
+        "OpenAI failed to upload the input file: HTTP 429: Too many requests")
+    assert (info.value.status_code, info.value.permanent) == (429, False)
+    body = {"error": {"message": "No such batch"}}
+    missing = openai.NotFoundError("x", response=_response(404, body), body=body)
+    with pytest.raises(ProviderError) as info:
+        provider._call("poll", _raise(missing))
+    assert (info.value.status_code, info.value.permanent) == (404, True)
+    import httpx2 as httpx
+
+    lost = openai.APIConnectionError(request=httpx.Request("GET", "http://127.0.0.1:9"))
+    with pytest.raises(ProviderError) as info:
+        provider._call("poll", _raise(lost))
+    assert str(info.value) == "OpenAI failed to poll: APIConnectionError: Connection error."
+    assert info.value.status_code is None
+    with pytest.raises(KeyError):  # not an SDK error: not ours to translate
+        provider._call("poll", _raise(KeyError("x")))
+
+
+def test_anthropic_sdk_errors_become_typed_errors_and_creates_are_classified() -> None:
+    import anthropic
+    import httpx2 as httpx
+
+    from batchata_df.errors import CredentialsError, ProviderError
+
+    provider = anthropic_mod.AnthropicProvider(api_key=KEY, base_url="http://127.0.0.1:9")
+    assert provider._call("list batches", lambda: "ok") == "ok"
+
+    def status(cls: Any, code: int, kind: str, message: str) -> Any:
+        body = {"type": "error", "error": {"type": kind, "message": message}}
+        return cls(message, response=_response(code, body), body=body)
+
+    with pytest.raises(CredentialsError) as info:
+        provider._call("create a batch", _raise(status(
+            anthropic.AuthenticationError, 401, "authentication_error", "invalid x-api-key")))
+    assert str(info.value) == (
+        "Anthropic rejected the API key while trying to create a batch: check "
+        "ANTHROPIC_API_KEY")
+    overloaded = status(anthropic.InternalServerError, 529, "overloaded_error", "Overloaded")
+    with pytest.raises(ProviderError) as info:
+        provider._call("poll", _raise(overloaded))
+    assert str(info.value) == "Anthropic failed to poll: HTTP 529: overloaded_error: Overloaded"
+    assert info.value.status_code == 529
+    lost = anthropic.APIConnectionError(request=httpx.Request("GET", "http://127.0.0.1:9"))
+    with pytest.raises(ProviderError) as info:
+        provider._call("poll", _raise(lost))
+    assert str(info.value) == "Anthropic failed to poll: APIConnectionError: Connection error."
+    assert info.value.status_code is None
+
+    classify = anthropic_mod._create_failure
+    assert classify(status(anthropic.RateLimitError, 429, "rate_limit_error", "m")) == "refused"
+    assert classify(status(anthropic.OverloadedError, 529, "overloaded_error", "m")) == "refused"
+    assert classify(lost) == "unknown"
+    assert classify(anthropic.APITimeoutError(request=httpx.Request("GET", "http://x"))) == (
+        "unknown")
+    for code, expected in ((500, "unknown"), (503, "unknown"), (408, "unknown"),
+                           (409, "unknown"), (400, "final"), (413, "final"), (499, "final")):
+        error = status(anthropic.APIStatusError, code, "e", "m")
+        assert classify(error) == expected, code
+    assert classify(None) == "final"
+    assert classify(ValueError("x")) == "final"
+
+
+def test_gemini_sdk_errors_become_typed_errors_and_unparsable_reads_are_permanent() -> None:
+    import httpx2 as httpx
+    from google.genai import errors
+
+    from batchata_df.errors import CredentialsError, ProviderError
+
+    provider = gemini_mod.GeminiProvider(api_key=KEY, base_url="http://127.0.0.1:9")
+    assert provider._call("poll", lambda: 1) == 1
+
+    def api(code: int, status: str, message: str) -> Any:
+        return errors.APIError(code, {"error": {"code": code, "status": status,
+                                                "message": message}})
+
+    for error in (api(403, "PERMISSION_DENIED", "denied"),
+                  api(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid key.")):
+        with pytest.raises(CredentialsError) as info:
+            provider._call("create a batch", _raise(error))
+        assert str(info.value) == (
+            "Gemini rejected the API key while trying to create a batch: check "
+            f"GEMINI_API_KEY (or GOOGLE_API_KEY): HTTP {error.code} {error.status}")
+    with pytest.raises(CredentialsError):
+        provider._call("poll", _raise(api(401, "UNAUTHENTICATED", "who")))
+    with pytest.raises(ProviderError) as info:
+        provider._call("poll", _raise(api(429, "RESOURCE_EXHAUSTED", "quota")))
+    assert str(info.value) == "Gemini failed to poll: HTTP 429 RESOURCE_EXHAUSTED: quota"
+    assert (info.value.status_code, info.value.permanent) == (429, False)
+    with pytest.raises(ProviderError) as info:
+        provider._call("poll", _raise(errors.APIError(500, {})))
+    assert str(info.value) == "Gemini failed to poll: HTTP 500 None: 500 None. {}"
+    lost = httpx.ConnectError("refused")
+    with pytest.raises(ProviderError) as info:
+        provider._call("poll", _raise(lost))
+    assert str(info.value) == "Gemini failed to poll: ConnectError: refused"
+    assert (info.value.status_code, info.value.permanent) == (None, False)
+    for what, permanent in (("poll", True), ("download results", True),
+                            ("create a batch", False), ("upload the input", False)):
+        with pytest.raises(ProviderError) as info:
+            provider._call(what, _raise(KeyError("file")))
+        assert str(info.value) == (
+            f"Gemini failed to {what}: google-genai raised KeyError: 'file'")
+        assert info.value.permanent is permanent
+    assert httpx.HTTPError in gemini_mod._transport_errors()  # httpx2, what the SDK uses
+
+
+def test_providers_need_a_key_never_show_it_and_configure_the_sdk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from batchata_df.errors import ConfigError, CredentialsError, ModelError
+
+    for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GOOGLE_API_KEY", "GEMINI_API_KEY",
+                 "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL", "GOOGLE_GEMINI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    messages = {
+        openai_mod.OpenAIProvider: "no OpenAI API key: set the OPENAI_API_KEY environment "
+        "variable (or put it in a .env file) before running an OpenAI model",
+        anthropic_mod.AnthropicProvider: "no Anthropic API key: set the ANTHROPIC_API_KEY "
+        "environment variable (or put it in a .env file) before running a Claude model",
+        gemini_mod.GeminiProvider: "no Gemini API key: set the GEMINI_API_KEY (or "
+        "GOOGLE_API_KEY) environment variable (or put it in a .env file) before running a "
+        "Gemini model",
+    }
+    for cls, message in messages.items():
+        with pytest.raises(CredentialsError) as info:
+            cls()
+        assert str(info.value) == message
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    monkeypatch.setenv("GEMINI_API_KEY", KEY)
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", "http://127.0.0.1:8")
+    oa = openai_mod.OpenAIProvider()
+    an = anthropic_mod.AnthropicProvider(base_url="http://127.0.0.1:7")
+    ge = gemini_mod.GeminiProvider()
+    assert [repr(p) for p in (oa, an, ge)] == [
+        "OpenAIProvider(base_url='http://127.0.0.1:9/v1')",
+        "AnthropicProvider(base_url='http://127.0.0.1:7')",
+        "GeminiProvider(base_url='http://127.0.0.1:8')",
+    ]
+    assert repr(anthropic_mod.AnthropicProvider()) == "AnthropicProvider(base_url=None)"
+    monkeypatch.delenv("GEMINI_API_KEY")
+    monkeypatch.setenv("GOOGLE_API_KEY", KEY + "g")
+    assert gemini_mod.GeminiProvider()._api_key == KEY + "g"  # the SDK's order: GOOGLE first
+    # The SDK clients get the key, the base URL and our retry settings (no request made).
+    assert oa.client.api_key == KEY
+    assert str(oa.client.base_url) == "http://127.0.0.1:9/v1/"
+    assert oa.client.max_retries == openai_mod.OpenAIProvider.sdk_max_retries == 5
+    assert oa.client is oa.client
+    assert an.client.api_key == KEY
+    assert str(an.client.base_url) == "http://127.0.0.1:7"
+    assert an.client.max_retries == 5
+    assert ge.client._api_client.api_key == KEY
+    assert ge.client._api_client._http_options.base_url == "http://127.0.0.1:8"
+    assert ge.client is ge.client
+    for p in (oa, an, ge):
+        p.close()
+        assert p._client is None
+        p.close()  # closing twice is harmless
+    assert gemini_mod.GeminiProvider.display_name(
+        base.BatchTag(run_id="r1", batch_key="k2", created_after=0.0)) == "batchata-r1-k2"
+    # make_provider: offline providers need no key; unknown names say what exists
+    offline = make_provider("gemini", offline=True)
+    assert repr(offline) == "GeminiProvider(base_url='http://offline.invalid')"
+    with pytest.raises(ModelError) as info:
+        make_provider("mistral")
+    assert str(info.value) == (
+        "provider 'mistral' is not available in this version; use an OpenAI, Anthropic "
+        "(claude-...) or Gemini (gemini-...) model")
+    from batchata_df import providers
+
+    assert providers._installed("polars") is True
+    assert providers._installed("no_such_module_x") is False
+    assert providers._installed("no_such_parent.child") is False
+    monkeypatch.setattr(providers, "_installed", lambda module: False)
+    with pytest.raises(ConfigError) as info:
+        make_provider("anthropic")
+    assert str(info.value) == (
+        "anthropic models need the 'anthropic' package, which is not installed: "
+        "pip install 'batchata-df[anthropic]'")
+    assert isinstance(make_provider("openai", offline=True), openai_mod.OpenAIProvider)

@@ -294,6 +294,14 @@ def test_history_column_is_checked_and_empty_histories_become_null() -> None:
         assert str(info.value) == (
             "history='h': every turn needs role 'user' or 'assistant' and text content (the "
             f"system prompt goes in system=), got {turn!r}")
+    # with several bad turns the message names the first one
+    two = pl.DataFrame(
+        {"h": [[{"role": "tool", "content": "1"}], [{"role": "bot", "content": "2"}]]},
+        schema={"h": HISTORY_DTYPE},
+    )
+    with pytest.raises(ColumnError) as info:
+        history_expr(two, "h")
+    assert str(info.value).endswith("got {'role': 'tool', 'content': '1'}")
     # extra fields are dropped and roles/contents of other string-like types are cast
     extra = pl.DataFrame(
         {"h": [[{"role": "user", "content": "a", "name": "n"}]]},
