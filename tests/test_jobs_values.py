@@ -139,6 +139,11 @@ def test_expressions_and_their_errors() -> None:
     with pytest.raises(ConfigError) as info:
         build_jobs(frame, model="gpt-4.1", prompt="{q}", system=b"x", salt="k")  # type: ignore[arg-type]
     assert str(info.value) == "system must be a string template or a pl.Expr, got bytes"
+    with pytest.raises(ColumnError) as info:  # a system template's errors say "system"
+        build_jobs(frame, model="gpt-4.1", prompt="{q}", system="Be {tone}", salt="k")
+    assert str(info.value) == (
+        "system template refers to column 'tone', which the frame does not have (columns: "
+        "['q', 'n'])")
     with pytest.raises(ModelError):
         build_jobs(frame, model="nobody", prompt="{q}", system=None, salt="k")
     with pytest.raises(ModelError):  # a bad per-row model name is refused before any request
