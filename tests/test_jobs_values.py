@@ -115,6 +115,9 @@ def test_rows_that_cannot_be_sent_say_why_and_have_no_id() -> None:
 def test_a_prompt_without_columns_is_one_job_per_row() -> None:
     frame = pl.DataFrame({"x": [1, 2, 3]})
     jobs = build_jobs(frame, model="gpt-4.1", prompt="Same text", system=None, salt="k")
+    # every column is text, also the absent system prompt (jobs of several calls concatenate)
+    assert jobs.schema == pl.Schema({c: pl.String for c in (
+        "prompt", "system", "provider", "model", "input_error", "job_id")})
     assert jobs["prompt"].to_list() == ["Same text"] * 3
     assert jobs["job_id"].n_unique() == 1
     assert jobs.height == 3
