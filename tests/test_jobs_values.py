@@ -82,6 +82,12 @@ def test_history_and_extra_key_are_part_of_the_id_and_absent_ones_change_nothing
     ]
     plain = build_jobs(frame, model="gpt-4.1", prompt="{q}", system=None, salt="k")
     assert plain["job_id"].to_list() == [_blake(base, "k")] * 3
+    # build_jobs passes its extra_key (the files' hashes) on to the ids
+    keyed = build_jobs(frame, model="gpt-4.1", prompt="{q}", system=None, salt="k",
+                       extra_key=pl.Series(["f1", "f2", "f1"]))
+    assert keyed["job_id"].to_list() == [_blake(base + "\x00f1", "k"),
+                                         _blake(base + "\x00f2", "k"),
+                                         _blake(base + "\x00f1", "k")]
     extra = job_ids(plain, "k", pl.Series(["f1", None, "f1"]))
     assert extra.name == "job_id"
     assert extra.to_list() == [_blake(base + "\x00f1", "k"), _blake(base + "\x00", "k"),
