@@ -195,3 +195,62 @@ def test_empty_results_of_an_ended_batch_fail_rows_as_missing(tmp_path, monkeypa
     assert set(job_events(ctx)["error"]) == {
         "missing_result: the provider returned no result for this request"
     }
+
+
+def test_rows_of_an_ended_batch_are_recorded_failed_with_its_ids_unbilled(tmp_path):
+    provider, ctx, state, collector, _ = setup(tmp_path)
+    batch = state.in_flight[0]
+    Ledger(ctx, state).end_batch(batch, "provider_error: 404 no such batch")
+    rows = job_events(ctx).select(
+        "job_id", "status", "error", "batch_key", "provider", "model", "provider_batch_id",
+        "input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens",
+        "reasoning_tokens", "cost_usd", "cache_saved_usd",
+    ).rows()
+    assert rows == [
+        (j, "failed", "provider_error: 404 no such batch", "k_fb_1", "openai", "fake-model",
+         "fb_1", None, None, None, None, None, 0.0, 0.0)
+        for j in JOBS
+    ]
+    assert batch_events(ctx) == [("collected", "fb_1", "provider_error: 404 no such batch")]
+    assert state.done == {"completed": 0, "failed": 3, "cancelled": 0}
+    assert state.reserved == pytest.approx(0.0) and batch.status == "collected"
+    assert state.cost == 0.0
+
+
+def test_a_batch_unreachable_for_exactly_the_patience_is_left_pending_with_the_reason(tmp_path):
+    options = RunOptions(provider_patience_s=4.0, poll_initial_s=2.0, poll_factor=1.0)
+    provider, ctx, state, collector, _ = setup(tmp_path, options)
+    for failed in (1, 2):  # t = 1000, 1002: within the patience
+        provider.poll_errors.append(ProviderError("502 bad gateway", status_code=502))
+        collector.poll_due()
+        assert [b.failures for b in state.in_flight] == [failed]
+        assert state.unavailable == {}
+        provider.clock.advance(2.0)
+    provider.poll_errors.append(ProviderError("502 bad gateway", status_code=502))
+    collector.poll_due()  # t = 1004: unreachable for the whole patience
+    assert state.unavailable == {
+        "k_fb_1": "provider_unavailable: 502 bad gateway; batch fb_1 is at the provider: "
+        "call again with the same state to collect it"
+    }
+    assert state.in_flight == [] and job_events(ctx).height == 0  # rows stay pending
+
+
+def test_a_refused_batch_beside_others_of_its_model_waits_for_one_of_them_whole(tmp_path):
+    provider, ctx, state, collector, requeue = setup(tmp_path, n_batches=2)
+    detail = "token_limit_exceeded: Enqueued token limit reached. Limit: 90,000"
+    provider.end("fb_1", ProviderState.FAILED, detail=detail)
+    collector.poll_due()
+    [item] = requeue.items
+    assert item.job_ids.to_list() == JOBS
+    assert (item.gate, item.max_items) == (1, 3)  # not halved: fb_2 of the model runs
+
+
+def test_a_lone_request_within_the_named_limit_waits_instead_of_failing(tmp_path):
+    provider, ctx, state, collector, requeue = setup(tmp_path)
+    provider.batches["fb_1"].job_ids = ["j000"]
+    state.in_flight[0].job_ids = pl.Series("job_id", ["j000"])
+    detail = "token_limit_exceeded: Enqueued token limit reached. Limit: 90,000"
+    provider.end("fb_1", ProviderState.FAILED, detail=detail)
+    collector.poll_due()
+    [item] = requeue.items
+    assert item.job_ids.to_list() == ["j000"] and job_events(ctx).height == 0

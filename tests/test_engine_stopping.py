@@ -84,6 +84,7 @@ def test_a_stop_cancels_each_batch_once_and_ends_every_unsent_job(tmp_path):
     assert ended["batch_key"].null_count() == 5
     assert state.done["cancelled"] == 5
     assert planner.current() is None and requeue.items == []
+    assert state.snapshot("stopping", ctx.clock.monotonic()).stop_reason == "time_limit"
 
 
 def test_a_batch_that_ended_before_the_cancel_is_still_collected(tmp_path):

@@ -200,6 +200,7 @@ def run_mutmut(
         score = detected / checked if checked else 0.0
         return {
             "label": label,
+            "per_module": _per_module(codes) if len(modules) > 1 else None,
             "tool": f"mutmut {version}",
             "modules": modules,
             "tests": tests,
@@ -217,6 +218,27 @@ def run_mutmut(
             "score": round(score, 4),
             "survivors": {name: _show(scratch, name) for name in survived + no_tests},
         }
+
+
+def _per_module(codes: dict[str, int | None]) -> dict[str, dict[str, Any]]:
+    """The same counts and score for each module of a run on several modules."""
+    by_module: dict[str, dict[str, int | None]] = {}
+    for name, code in codes.items():  # batchata_df.engine.ledger.xǁLedgerǁadd__mutmut_3
+        by_module.setdefault(name.rsplit(".", 1)[0], {})[name] = code
+    out: dict[str, dict[str, Any]] = {}
+    for module, mine in sorted(by_module.items()):
+        counts = {
+            what: sum(1 for c in mine.values() if c in codes_)
+            for what, codes_ in (("killed", _KILLED), ("timeout", _TIMEOUT),
+                                 ("type_check", _TYPE_CHECK), ("survived", _SURVIVED),
+                                 ("no_tests", _NO_TESTS))
+        }
+        detected = counts["killed"] + counts["timeout"] + counts["type_check"]
+        checked = detected + counts["survived"] + counts["no_tests"]
+        out[module] = {"mutants": len(mine), **counts,
+                       "not_checked": len(mine) - checked,
+                       "score": round(detected / checked, 4) if checked else 0.0}
+    return out
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -257,6 +279,18 @@ def render_markdown(data: dict[str, Any]) -> str:
             f"{run['no_tests']} | {run['not_checked']} | {run['score']:.1%}"
             f"{'' if run.get('complete') else ' (partial)'} |"
         )
+    for label, run in sorted(data["runs"].items()):
+        if not run.get("per_module"):
+            continue
+        out += ["", f"Per module, `{label}`:", "",
+                "| module | mutants | killed | timeout | type check | survived | no tests |"
+                " not checked | score |", "|---|---|---|---|---|---|---|---|---|"]
+        for module, m in run["per_module"].items():
+            out.append(
+                f"| {module} | {m['mutants']} | {m['killed']} | {m['timeout']} | "
+                f"{m['type_check']} | {m['survived']} | {m['no_tests']} | "
+                f"{m['not_checked']} | {m['score']:.1%} |"
+            )
     for label, run in sorted(data["runs"].items()):
         if run.get("remark"):
             out += ["", f"**{label}:** {run['remark']}"]
