@@ -6,6 +6,7 @@ import polars as pl
 import pytest
 from engine_fakes import (
     COST_PER_JOB,
+    SPEC,
     FakeProvider,
     batch_events,
     in_flight,
@@ -16,13 +17,14 @@ from engine_fakes import (
 
 from batchata_df.engine.admission import Admission
 from batchata_df.engine.clock import FakeClock
-from batchata_df.engine.collection import Collector
+from batchata_df.engine.collection import Collector, outcomes_to_events
 from batchata_df.engine.ledger import Ledger
 from batchata_df.engine.planning import Requeue
 from batchata_df.engine.run import RunOptions
 from batchata_df.errors import ProviderError
-from batchata_df.providers.base import BatchTag, ProviderState
+from batchata_df.providers.base import BatchPoll, BatchTag, ProviderState, RequestSpec
 from batchata_df.providers.base import empty_results as _empty
+from batchata_df.schema import AnswerSchema
 
 JOBS = ["j000", "j001", "j002"]
 
@@ -254,3 +256,42 @@ def test_a_lone_request_within_the_named_limit_waits_instead_of_failing(tmp_path
     collector.poll_due()
     [item] = requeue.items
     assert item.job_ids.to_list() == ["j000"] and job_events(ctx).height == 0
+
+
+def _results(**extra):
+    """A provider's results for members a (answered) and b (cut off): c has no line."""
+    return pl.DataFrame({
+        "job_id": ["a", "b"], "outcome": ["succeeded", "errored"], "text": ["hi", None],
+        "truncated": [False, True], "error": [None, "cut off"], "input_tokens": [10, 20],
+        "output_tokens": [5, 100], "cached_tokens": [0, 0],
+        "cache_write_tokens": pl.Series([None, None], dtype=pl.Int64), **extra,
+    })
+
+
+def test_results_without_optional_columns_become_complete_events_by_value():
+    members = pl.DataFrame({"job_id": ["a", "b", "c"]})
+    ended = BatchPoll(ProviderState.ENDED, "ended", None)
+    cut = ("truncated: the answer hit max_tokens={} before it was complete; "
+           "raise params={{'max_tokens': ...}}")
+    missing = "missing_result: the provider returned no result for this request"
+    # No citations, response or reasoning columns: they come back null, typed.
+    out = outcomes_to_events(members, _results(), ended, SPEC)
+    assert out.schema == pl.Schema({
+        "job_id": pl.String, "status": pl.String, "error": pl.String, "answer": pl.String,
+        "input_tokens": pl.Int64, "output_tokens": pl.Int64, "cached_tokens": pl.Int64,
+        "cache_write_tokens": pl.Int64, "reasoning_tokens": pl.Int64, "citations": pl.String,
+        "raw": pl.String, "response": pl.String,
+    })
+    assert out.rows() == [
+        ("a", "completed", None, "hi", 10, 5, 0, None, None, None, "hi", None),
+        ("b", "failed", cut.format(100), None, 20, 100, 0, None, None, None, None, None),
+        ("c", "failed", missing, None, None, None, None, None, None, None, None, None),
+    ]
+    # Reasoning tokens the provider reported are kept.
+    out = outcomes_to_events(members, _results(reasoning_tokens=[7, 10]), ended, SPEC)
+    assert out["reasoning_tokens"].to_list() == [7, 10, None]
+    # The batch's model gives the max_tokens named when the call did not set one.
+    no_limit = RequestSpec(schema=AnswerSchema(None), params={})
+    out = outcomes_to_events(members, _results(), ended, no_limit,
+                             provider="anthropic", model="claude-sonnet-4-5")
+    assert out["error"][1] == cut.format(4096)  # the model's default (models.py)
