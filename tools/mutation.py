@@ -157,6 +157,7 @@ def run_mutmut(
     *,
     workdir: Path | None = None,
     budget: float | None = None,
+    record_only: bool = False,
 ) -> dict[str, Any]:
     """Run mutmut on ``modules`` with ``tests``; return this run's record.
 
@@ -164,6 +165,8 @@ def run_mutmut(
     ``workdir`` resumes (mutmut skips mutants it has results for): on a shared two-core
     machine a module can be tested in several sittings of ``budget`` seconds each. A run
     stopped by its budget is recorded with ``complete: false`` and its unchecked mutants.
+    With ``record_only`` nothing is run: the results already in ``workdir`` are recorded
+    (a sitting stopped from outside, or mutants re-run by hand with ``mutmut run <names>``).
     """
     version = subprocess.run(
         [sys.executable, "-c", "import importlib.metadata as m; print(m.version('mutmut'))"],
@@ -178,7 +181,7 @@ def run_mutmut(
         if not (scratch / "pyproject.toml").exists():
             _scratch_copy(modules, tests, scratch)
         started = dt.datetime.now(dt.UTC)
-        complete = _mutmut_run(scratch, max_children, budget)
+        complete = record_only or _mutmut_run(scratch, max_children, budget)
         seconds = (dt.datetime.now(dt.UTC) - started).total_seconds()
         codes = _mutant_results(scratch)
         if not codes:
@@ -521,13 +524,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="keep the scratch copy here; a later run with it resumes")
     mm.add_argument("--time-budget", type=float,
                     help="stop after this many seconds and record a partial result")
+    mm.add_argument("--record-only", action="store_true",
+                    help="run nothing: record the results already in --workdir")
     tg = sub.add_parser("targeted", help="the hand-written mutations of issue 10")
     tg.add_argument("--only", help="one mutation by name")
     args = parser.parse_args(argv)
     if args.mode == "mutmut":
         label = args.label or "+".join(Path(m).stem for m in args.module)
         record = run_mutmut(args.module, args.tests, args.max_children, label,
-                            workdir=args.workdir, budget=args.time_budget)
+                            workdir=args.workdir, budget=args.time_budget,
+                            record_only=args.record_only)
         write_mutmut(record)
         print(
             f"{label}: {record['mutants']} mutants, {record['killed']} killed, "
