@@ -96,7 +96,11 @@ def test_history_and_extra_key_are_part_of_the_id_and_absent_ones_change_nothing
     bare = pl.DataFrame({"provider": [None], "model": [None], "system": [None],
                          "prompt": [None]}, schema={c: pl.String for c in
                                                     ("provider", "model", "system", "prompt")})
-    assert job_ids(bare, "k").to_list() == [_blake("\x00\x00\x01\x00", "k")]
+    bare_ids = job_ids(bare, "k")
+    assert bare_ids.to_list() == [_blake("\x00\x00\x01\x00", "k")]
+    assert (bare_ids.name, bare_ids.dtype) == ("job_id", pl.String)
+    none = job_ids(bare.clear(), "k")  # no jobs: still a String column of ids
+    assert (none.name, none.dtype, none.len()) == ("job_id", pl.String, 0)
 
 
 def test_rows_that_cannot_be_sent_say_why_and_have_no_id() -> None:
