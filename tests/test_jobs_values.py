@@ -152,6 +152,12 @@ def test_expressions_and_their_errors() -> None:
     with pytest.raises(ConfigError) as info:
         build_jobs(frame, model="gpt-4.1", prompt="{q}", system=b"x", salt="k")  # type: ignore[arg-type]
     assert str(info.value) == "system must be a string template or a pl.Expr, got bytes"
+    with pytest.raises(ConfigError) as info:  # a stray brace is refused before rendering
+        build_jobs(frame, model="gpt-4.1", prompt="Rate {q", system=None, salt="k")
+    assert str(info.value).startswith("prompt template has a '{' at position 5 that is never")
+    with pytest.raises(ConfigError) as info:
+        build_jobs(frame, model="gpt-4.1", prompt="{q}", system="Be }", salt="k")
+    assert str(info.value).startswith("system template has a '}' at position 3 that closes")
     with pytest.raises(ColumnError) as info:  # a system template's errors say "system"
         build_jobs(frame, model="gpt-4.1", prompt="{q}", system="Be {tone}", salt="k")
     assert str(info.value) == (
