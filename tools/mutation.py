@@ -180,6 +180,7 @@ def run_mutmut(
     workdir: Path | None = None,
     budget: float | None = None,
     rerun: list[str] | None = None,
+    record_only: bool = False,
 ) -> dict[str, Any]:
     """Run mutmut on ``modules`` with ``tests``; return this run's record.
 
@@ -189,6 +190,8 @@ def run_mutmut(
     stopped by its budget is recorded with ``complete: false`` and its unchecked mutants.
     ``rerun`` (mutant name patterns, with ``workdir``) checks the matching mutants that no
     test killed yet again, e.g. after tests were added for them.
+    With ``record_only`` nothing is run: the results already in ``workdir`` are recorded
+    (a sitting stopped from outside, or mutants re-run by hand with ``mutmut run <names>``).
     """
     version = subprocess.run(
         [sys.executable, "-c", "import importlib.metadata as m; print(m.version('mutmut'))"],
@@ -204,7 +207,10 @@ def run_mutmut(
             _scratch_copy(modules, tests, scratch)
         started = dt.datetime.now(dt.UTC)
         names = _pending(scratch, rerun) if rerun else None
-        complete = True if names == [] else _mutmut_run(scratch, max_children, budget, names)
+        if record_only:
+            complete = True
+        else:
+            complete = True if names == [] else _mutmut_run(scratch, max_children, budget, names)
         seconds = (dt.datetime.now(dt.UTC) - started).total_seconds()
         codes = _mutant_results(scratch)
         if not codes:
@@ -226,6 +232,7 @@ def run_mutmut(
         score = detected / checked if checked else 0.0
         return {
             "label": label,
+            "per_module": _per_module(codes) if len(modules) > 1 else None,
             "tool": f"mutmut {version}",
             "modules": modules,
             "tests": tests,
@@ -246,6 +253,27 @@ def run_mutmut(
             "survivors": {name: _show(scratch, name) for name in survived},
             "no_tests_mutants": no_tests,
         }
+
+
+def _per_module(codes: dict[str, int | None]) -> dict[str, dict[str, Any]]:
+    """The same counts and score for each module of a run on several modules."""
+    by_module: dict[str, dict[str, int | None]] = {}
+    for name, code in codes.items():  # batchata_df.engine.ledger.xǁLedgerǁadd__mutmut_3
+        by_module.setdefault(name.rsplit(".", 1)[0], {})[name] = code
+    out: dict[str, dict[str, Any]] = {}
+    for module, mine in sorted(by_module.items()):
+        counts = {
+            what: sum(1 for c in mine.values() if c in codes_)
+            for what, codes_ in (("killed", _KILLED), ("timeout", _TIMEOUT),
+                                 ("type_check", _TYPE_CHECK), ("survived", _SURVIVED),
+                                 ("no_tests", _NO_TESTS))
+        }
+        detected = counts["killed"] + counts["timeout"] + counts["type_check"]
+        checked = detected + counts["survived"] + counts["no_tests"]
+        out[module] = {"mutants": len(mine), **counts,
+                       "not_checked": len(mine) - checked,
+                       "score": round(detected / checked, 4) if checked else 0.0}
+    return out
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -286,6 +314,18 @@ def render_markdown(data: dict[str, Any]) -> str:
             f"{run['no_tests']} | {run['not_checked']} | {run['score']:.1%}"
             f"{'' if run.get('complete') else ' (partial)'} |"
         )
+    for label, run in sorted(data["runs"].items()):
+        if not run.get("per_module"):
+            continue
+        out += ["", f"Per module, `{label}`:", "",
+                "| module | mutants | killed | timeout | type check | survived | no tests |"
+                " not checked | score |", "|---|---|---|---|---|---|---|---|---|"]
+        for module, m in run["per_module"].items():
+            out.append(
+                f"| {module} | {m['mutants']} | {m['killed']} | {m['timeout']} | "
+                f"{m['type_check']} | {m['survived']} | {m['no_tests']} | "
+                f"{m['not_checked']} | {m['score']:.1%} |"
+            )
     for label, run in sorted(data["runs"].items()):
         if run.get("remark"):
             out += ["", f"**{label}:** {run['remark']}"]
@@ -531,13 +571,16 @@ def main(argv: list[str] | None = None) -> int:
     mm.add_argument("--rerun", nargs="+", metavar="PATTERN",
                     help="with --workdir: check the mutants matching these fnmatch patterns "
                     "that survived or had no tests again (after adding tests for them)")
+    mm.add_argument("--record-only", action="store_true",
+                    help="run nothing: record the results already in --workdir")
     tg = sub.add_parser("targeted", help="the hand-written mutations of issue 10")
     tg.add_argument("--only", help="one mutation by name")
     args = parser.parse_args(argv)
     if args.mode == "mutmut":
         label = args.label or "+".join(Path(m).stem for m in args.module)
         record = run_mutmut(args.module, args.tests, args.max_children, label,
-                            workdir=args.workdir, budget=args.time_budget, rerun=args.rerun)
+                            workdir=args.workdir, budget=args.time_budget, rerun=args.rerun,
+                            record_only=args.record_only)
         write_mutmut(record)
         print(
             f"{label}: {record['mutants']} mutants, {record['killed']} killed, "
