@@ -83,6 +83,8 @@ df = pl.select(
 
 FLOOR_COMMON = FRAME + r'''
 import io, json, time
+import pyarrow as pa
+import pyarrow.json as pj
 SCHEMA = {"type": "object", "additionalProperties": False,
           "required": ["summary", "score", "label"],
           "properties": {"summary": {"type": "string"}, "score": {"type": "number"},
@@ -94,17 +96,19 @@ PER_BATCH = 50_000
 def quoted(e):
     return pl.struct(e.alias("s")).struct.json_encode().str.strip_prefix('{"s":').str.strip_suffix("}")
 
-def lines_of(frame, head, tail):
-    return frame.with_row_index("i").select(pl.concat_str([
+def lines_of(start, head, tail):
+    """The request lines of one batch: rows start .. start + PER_BATCH, one concat_str."""
+    return df.slice(start, PER_BATCH).with_row_index("i", offset=start).select(pl.concat_str([
         pl.lit(head[0]), pl.col("i").cast(pl.String), pl.lit(head[1]), quoted(pl.col("text")),
         pl.lit(tail)])).to_series()
 
-def decode(data, line_dtype, pick):
-    """JSONL bytes -> (i, text) with only the fields needed, 5,000 lines at a time."""
-    lines = pl.read_csv(io.BytesIO(data), has_header=False, separator="\x1f", quote_char=None,
-                        schema={"l": pl.String})
-    return pl.concat([part.select(pick(pl.col("l").str.json_decode(line_dtype)))
-                      for part in lines.iter_slices(5_000)])
+def decode(data, line_schema, pick):
+    """JSONL bytes -> (i, text): pyarrow's JSON reader with only the fields needed."""
+    table = pj.read_json(
+        io.BytesIO(data), read_options=pj.ReadOptions(use_threads=False, block_size=1 << 20),
+        parse_options=pj.ParseOptions(explicit_schema=line_schema,
+                                      unexpected_field_behavior="ignore"))
+    return pl.from_arrow(table).select(pick())
 
 def finish(parts):
     got = pl.concat(parts).sort("i")
@@ -119,20 +123,20 @@ FLOORS = {
 from openai import OpenAI
 client = OpenAI()
 fmt = {"type": "json_schema", "json_schema": {"name": "Answer", "strict": True, "schema": SCHEMA}}
-lines = lines_of(df, ('{"custom_id":"', '","method":"POST","url":"/v1/chat/completions",'
-                      '"body":{"model":"gpt-4.1-mini","messages":[{"role":"user","content":'),
-                 '}],"response_format":' + json.dumps(fmt) + ',"max_completion_tokens":4096}}')
+head = ('{"custom_id":"', '","method":"POST","url":"/v1/chat/completions",'
+        '"body":{"model":"gpt-4.1-mini","messages":[{"role":"user","content":')
+tail = '}],"response_format":' + json.dumps(fmt) + ',"max_completion_tokens":4096}}'
 ids = []
 for start in range(0, n, PER_BATCH):
-    payload = "\n".join(lines.slice(start, PER_BATCH).to_list()).encode()
+    payload = "\n".join(lines_of(start, head, tail).to_list()).encode()
     f = client.files.create(file=("in.jsonl", payload), purpose="batch")
     ids.append(client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
                                      completion_window="24h").id)
-LINE = pl.Struct({"custom_id": pl.String, "response": pl.Struct({"body": pl.Struct({
-    "choices": pl.List(pl.Struct({"message": pl.Struct({"content": pl.String})}))})})})
-def pick(line):
-    return [line.struct.field("custom_id").cast(pl.Int64).alias("i"),
-            line.struct.field("response").struct.field("body").struct.field("choices")
+LINE = pa.schema({"custom_id": pa.string(), "response": pa.struct({"body": pa.struct({
+    "choices": pa.list_(pa.struct({"message": pa.struct({"content": pa.string()})}))})})})
+def pick():
+    return [pl.col("custom_id").cast(pl.Int64).alias("i"),
+            pl.col("response").struct.field("body").struct.field("choices")
             .list.first().struct.field("message").struct.field("content").alias("text")]
 parts = []
 for bid in ids:
@@ -146,19 +150,19 @@ from anthropic import Anthropic
 from anthropic.types.messages import MessageBatch
 client = Anthropic()
 fmt = {"format": {"type": "json_schema", "schema": SCHEMA}}
-lines = lines_of(df, ('{"custom_id":"', '","params":{"model":"claude-haiku-4-5",'
-                      '"messages":[{"role":"user","content":'),
-                 '}],"max_tokens":4096,"output_config":' + json.dumps(fmt) + '}}')
+head = ('{"custom_id":"', '","params":{"model":"claude-haiku-4-5",'
+        '"messages":[{"role":"user","content":')
+tail = '}],"max_tokens":4096,"output_config":' + json.dumps(fmt) + '}}'
 ids = []
 for start in range(0, n, PER_BATCH):
-    body = b'{"requests":[' + ",".join(lines.slice(start, PER_BATCH).to_list()).encode() + b"]}"
+    body = b'{"requests":[' + ",".join(lines_of(start, head, tail).to_list()).encode() + b"]}"
     ids.append(client.post("/v1/messages/batches", cast_to=MessageBatch, content=body,
                            options={"headers": {"content-type": "application/json"}}).id)
-LINE = pl.Struct({"custom_id": pl.String, "result": pl.Struct({"message": pl.Struct({
-    "content": pl.List(pl.Struct({"type": pl.String, "text": pl.String}))})})})
-def pick(line):
-    blocks = line.struct.field("result").struct.field("message").struct.field("content")
-    return [line.struct.field("custom_id").cast(pl.Int64).alias("i"),
+LINE = pa.schema({"custom_id": pa.string(), "result": pa.struct({"message": pa.struct({
+    "content": pa.list_(pa.struct({"type": pa.string(), "text": pa.string()}))})})})
+def pick():
+    blocks = pl.col("result").struct.field("message").struct.field("content")
+    return [pl.col("custom_id").cast(pl.Int64).alias("i"),
             blocks.list.eval(pl.element().filter(pl.element().struct.field("type") == "text")
                              .struct.field("text")).list.join("").alias("text")]
 parts = []
@@ -175,20 +179,20 @@ from google.genai import types
 client = genai.Client()
 config = {"responseMimeType": "application/json", "responseJsonSchema": SCHEMA,
           "maxOutputTokens": 16384}
-lines = lines_of(df, ('{"key":"', '","request":{"contents":[{"role":"user","parts":[{"text":'),
-                 '}]}],"generationConfig":' + json.dumps(config) + '}}')
+head = ('{"key":"', '","request":{"contents":[{"role":"user","parts":[{"text":')
+tail = '}]}],"generationConfig":' + json.dumps(config) + '}}'
 names = []
 for start in range(0, n, PER_BATCH):
-    payload = io.BytesIO("\n".join(lines.slice(start, PER_BATCH).to_list()).encode())
+    payload = io.BytesIO("\n".join(lines_of(start, head, tail).to_list()).encode())
     up = client.files.upload(file=payload, config=types.UploadFileConfig(mime_type="text/plain"))
     names.append(client.batches.create(model="gemini-2.5-flash", src=up.name).name)
-LINE = pl.Struct({"key": pl.String, "response": pl.Struct({"candidates": pl.List(pl.Struct({
-    "content": pl.Struct({"parts": pl.List(pl.Struct({"text": pl.String,
-                                                      "thought": pl.Boolean}))})}))})})
-def pick(line):
-    parts = (line.struct.field("response").struct.field("candidates").list.first()
+LINE = pa.schema({"key": pa.string(), "response": pa.struct({"candidates": pa.list_(pa.struct({
+    "content": pa.struct({"parts": pa.list_(pa.struct({"text": pa.string(),
+                                                      "thought": pa.bool_()}))})}))})})
+def pick():
+    parts = (pl.col("response").struct.field("candidates").list.first()
              .struct.field("content").struct.field("parts"))
-    return [line.struct.field("key").cast(pl.Int64).alias("i"),
+    return [pl.col("key").cast(pl.Int64).alias("i"),
             parts.list.eval(pl.element().filter(~pl.element().struct.field("thought")
                                                 .fill_null(False)).struct.field("text"))
             .list.join("").alias("text")]
