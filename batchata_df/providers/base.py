@@ -226,9 +226,9 @@ def _read_jsonl_polars(data: bytes, schema: pl.Schema) -> pl.DataFrame:
     return pl.concat(parts)
 
 
-def _arrow_type(dtype: pl.DataType) -> Any:
+def _arrow_type(dtype: Any) -> Any:
     """The Arrow type pyarrow's JSON reader is given for a Polars dtype of a line schema."""
-    import pyarrow as pa
+    import pyarrow as pa  # type: ignore[import-untyped]
 
     if isinstance(dtype, pl.Struct):
         return pa.struct([(f.name, _arrow_type(f.dtype)) for f in dtype.fields])
@@ -250,7 +250,7 @@ def _read_jsonl_arrow(data: bytes, schema: pl.Schema) -> pl.DataFrame | None:
     """
     try:
         import pyarrow as pa
-        import pyarrow.json as pj
+        import pyarrow.json as pj  # type: ignore[import-untyped]
     except ImportError:  # pragma: no cover - pyarrow is a dependency
         return None
     arrow_schema = pa.schema([(name, _arrow_type(dtype)) for name, dtype in schema.items()])
@@ -266,7 +266,7 @@ def _read_jsonl_arrow(data: bytes, schema: pl.Schema) -> pl.DataFrame | None:
         return None
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
-    return frame.cast(dict(schema))
+    return frame.cast(schema)
 
 
 def result_lines(data: bytes) -> pl.Series:
