@@ -15,33 +15,40 @@ clients) with strict structured output for a 3-field model (str, float, 3-value 
 **The floor** (``FLOORS``) is what a good engineer would write with the official SDK and
 Polars when nothing but speed matters, and no checkpoints:
 
-* request lines are one ``pl.concat_str`` over the frame (the prompt JSON-escaped with
+* request lines are one ``pl.concat_str`` per batch (the prompt JSON-escaped with
   ``struct.json_encode``), carrying the same body batch_llm sends (same model, schema and
-  output limit), 50,000 requests per batch, all batches submitted before polling;
-* each batch's input is one ``"\\n".join`` of the slice (the fastest join measured) sent
+  output limit), 50,000 requests per batch, all batches submitted before polling; only
+  one batch's lines exist at a time (encoding all of a run's lines at once held ~0.7 GB
+  more at 1M rows);
+* each batch's input is one ``"\\n".join`` of the lines (the fastest join measured) sent
   as bytes: OpenAI ``files.create``, Anthropic the SDK's ``client.post`` with the
   pre-encoded body (``messages.batches.create`` would build one dict per request), Gemini
   ``files.upload`` of a JSONL file (never inlined requests, which the SDK parses per row);
 * results are downloaded as bytes (OpenAI ``files.content``, Anthropic
-  ``with_streaming_response.results``, Gemini ``files.download``) and decoded column-wise:
-  lines split by Polars' CSV reader, then ``str.json_decode`` of only the fields needed,
-  5,000 lines at a time (``read_ndjson`` takes ~4x the CPU on these files, and one
-  ``json_decode`` over a whole 50k-line file holds several hundred MB at once);
-* the answers are decoded into typed columns with one more ``str.json_decode`` and put
+  ``with_streaming_response.results``, Gemini ``files.download``) and decoded by
+  pyarrow's JSON reader against an explicit schema of only the fields needed, on one
+  thread (about half the CPU of Polars' ``str.json_decode`` of the same fields, a quarter
+  of ``read_ndjson``'s: ``benchmarks/PROFILE.md``);
+* the answers are decoded into typed columns with one ``str.json_decode`` and put
   beside the input rows in order (the custom id is the row number).
 
 batchata_df does the same work plus what the floor leaves out: job ids (content hashes),
 checkpoints (Parquet parts, manifest, lock), validation against the Pydantic model, cost
-and token columns, the status/error of every row.
+and token columns, the status/error of every row, prompt-cache planning.
 
-The seed library (``batchata`` on PyPI) is not measured: every release on PyPI declares
-``Requires-Python >=3.12`` and this machine, CI and Debian 12's packages have Python 3.11
-only (``pip download batchata`` -> "No matching distribution"; recorded in the JSON).
+**The seed library** (``batchata`` 0.4.7 on PyPI, ``--seed``): every release declares
+``Requires-Python >=3.12`` but the wheel is pure Python and runs on 3.11, so it is
+downloaded for 3.12 and installed with ``--ignore-requires-python`` into a venv of its own
+(``SEED_INSTALL``; never a dependency of batchata_df). It runs beside batch_llm on the
+same emulator with a model it knows (``SEED_MODELS``), its state file and results
+directory on, at 1k and 10k rows (its per-job Python objects and one JSON file per result
+make larger runs take hours here); results in ``benchmarks/results/overhead_seed.json``.
 
     python benchmarks/bench_overhead.py                          # 10k/100k/1M x 3 providers
     python benchmarks/bench_overhead.py --sizes 10000 --runs 1   # a quick look
     python benchmarks/bench_overhead.py --providers gemini --out /tmp/g.json   # one provider
     python benchmarks/bench_overhead.py --merge /tmp/o.json /tmp/a.json /tmp/g.json
+    python benchmarks/bench_overhead.py --seed                   # beside batchata, 1k/10k
     python benchmarks/report_overhead.py                         # plot + README table
 
 Results go to ``benchmarks/results/overhead.json`` (``--out``); 10M rows belong to the
@@ -223,15 +230,83 @@ assert out.height == n and (out["_status"] == "completed").all(), out["_status"]
 print(json.dumps({"rows": out.height}))
 '''
 
-SEED = {
-    "measured": False,
-    "package": "batchata",
-    "why": (
-        "not installable here: every batchata release on PyPI declares Requires-Python "
-        ">=3.12 (pip download batchata: 'No matching distribution found'), and this "
-        "machine, CI and Debian 12's packages have Python 3.11 only"
-    ),
+SEED_VERSION = "0.4.7"
+SEED_MODELS = {
+    # batchata 0.4.7 knows these model names only (its providers/*/models.py); batch_llm
+    # runs the same model beside it.
+    "openai": "gpt-4.1-nano-2025-04-14",
+    "anthropic": "claude-3-5-haiku-20241022",
+    "gemini": "gemini-2.5-flash",
 }
+SEED_INSTALL = [
+    # Every batchata release declares Requires-Python >=3.12; its wheel is pure Python and
+    # imports on 3.11, so it is fetched for 3.12 and installed without that check into a
+    # venv of its own (never a dependency of batchata_df), SDKs pinned as ours.
+    "python3 -m venv {venv}",
+    "{venv}/bin/pip download --no-deps --python-version 3.12 --only-binary=:all: "
+    f"batchata=={SEED_VERSION} -d {{venv}}/wheels",
+    "{venv}/bin/pip install -c constraints.txt --ignore-requires-python "
+    f"{{venv}}/wheels/batchata-{SEED_VERSION}-py3-none-any.whl polars",
+]
+
+SEED_CLIENT = FRAME + r'''
+import json
+from typing import Literal
+from pydantic import BaseModel
+from batchata import Batch
+
+class Answer(BaseModel):
+    summary: str
+    score: float
+    label: Literal["pos", "neg", "neu"]
+
+state, model = sys.argv[2], sys.argv[3]
+batch = (
+    Batch(results_dir=state + "/results", max_parallel_batches=32,
+          items_per_batch=min(n, 50_000))
+    .set_state(file=state + "/state.json", reuse_state=False)  # its checkpoint
+    .set_default_params(model=model, max_tokens=4096)
+    .set_verbosity("error")
+)
+for text in df.get_column("text").to_list():
+    batch.add_job(messages=[{"role": "user", "content": text}], response_model=Answer)
+ids = [job.id for job in batch.jobs]
+results = batch.run().results()
+assert not results["failed"] and not results["cancelled"], results["failed"][:2]
+by_id = {r.job_id: r.parsed_response for r in results["completed"]}
+assert len(by_id) == n, len(by_id)
+# batchata asks Anthropic for JSON in the system prompt (no structured output), so the
+# emulator's Claude answers in prose and those rows come back unparsed (None or a dict):
+# they become nulls here, as a user would get them.
+empty = {"summary": None, "score": None, "label": None}
+rows = [by_id[i].model_dump() if isinstance(by_id[i], BaseModel) else empty for i in ids]
+out = df.hstack(pl.DataFrame(rows, schema={"summary": pl.String, "score": pl.Float64,
+                                           "label": pl.String}))
+assert out.height == n
+print(json.dumps({"rows": out.height, "parsed": n - out["label"].null_count()}))
+'''
+
+SEED = {
+    "package": "batchata",
+    "version": SEED_VERSION,
+    "install": SEED_INSTALL,
+    "models": SEED_MODELS,
+    "runtime_downloads": (
+        "none: tokencost 0.1.26 (its price library) reads its bundled model_prices.json; "
+        "it fetches prices only when refresh_prices() is called, which batchata does not"
+    ),
+    "results": "benchmarks/results/overhead_seed.json (python benchmarks/bench_overhead.py --seed)",
+}
+
+
+def seed_python(venv: Path) -> Path:
+    """The seed library's interpreter: a venv of its own, created on first use."""
+    python = venv / "bin" / "python"
+    if not python.exists():
+        for step in SEED_INSTALL:
+            cmd = step.format(venv=venv, python=sys.executable).split()
+            subprocess.run(cmd, check=True, cwd=HERE.parent)
+    return python
 
 
 def _proc_cpu(pid: int) -> float:
@@ -240,13 +315,16 @@ def _proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_child(code: str, args: list[str], env: dict[str, str], emu_pid: int) -> dict[str, float]:
+def run_child(
+    code: str, args: list[str], env: dict[str, str], emu_pid: int, python: str | Path = ""
+) -> dict[str, float]:
     """Run one client in a fresh process; its wall, CPU, peak RSS and the emulator's CPU."""
     with tempfile.TemporaryFile() as err:
         emu0 = _proc_cpu(emu_pid)
         t0 = time.perf_counter()
         proc = subprocess.Popen(
-            [sys.executable, "-c", code, *args], env=env, stdout=subprocess.DEVNULL, stderr=err
+            [str(python or sys.executable), "-c", code, *args], env=env,
+            stdout=subprocess.DEVNULL, stderr=err,
         )
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
@@ -320,6 +398,61 @@ def merge(paths: list[Path], out: Path, note: str | None = None) -> None:
     print(f"wrote {out}")
 
 
+def run_seed(sizes: list[int], providers: list[str], runs: int, out: Path, venv: Path) -> None:
+    """batch_llm beside the seed library (same model, both checkpointing), alternating."""
+    from batchata_df.emulator import Emulator
+
+    python = seed_python(venv)
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    points: list[dict[str, Any]] = []
+    with Emulator(latency=0.0) as emu:
+        env = {**os.environ, **emu.env()}
+        # batchata's Gemini provider reads GOOGLE_API_KEY (and is silently left out
+        # without it); google-genai takes the emulator's GOOGLE_GEMINI_BASE_URL.
+        seed_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+        seed_env["GOOGLE_API_KEY"] = env["GEMINI_API_KEY"]
+        emu_pid = emu._proc.pid if emu._proc is not None else 0
+        for n in sizes:
+            for provider in providers:
+                model = SEED_MODELS[provider]
+                load_before = [round(x, 2) for x in os.getloadavg()]
+                pairs: list[dict[str, Any]] = []
+                for _ in range(runs):
+                    emu.reset()
+                    with tempfile.TemporaryDirectory() as state:
+                        seed = run_child(SEED_CLIENT, [str(n), state, model], seed_env, emu_pid,
+                                         python)  # fmt: skip
+                    emu.reset()
+                    with tempfile.TemporaryDirectory() as state:
+                        ours = run_child(OURS, [str(n), state, model], env, emu_pid)
+                    pairs.append({"seed": seed, "ours": ours})
+                    point = {
+                        "provider": provider, "model": model, "rows": n, "n_runs": len(pairs),
+                        "runs": pairs,
+                        **{who: {k: round(statistics.median(r[who][k] for r in pairs), 3)
+                                 for k in ("wall_s", "cpu_s", "peak_rss_mb", "emulator_cpu_s")}
+                           for who in ("seed", "ours")},
+                        "ratio_seed_to_ours": {
+                            k: round(statistics.median(r["seed"][k] / r["ours"][k] for r in pairs), 3)
+                            for k in ("wall_s", "cpu_s", "peak_rss_mb")
+                        },
+                        "loadavg_before": load_before,
+                        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+                    }  # fmt: skip
+                    doc = {
+                        "benchmark": "bench_overhead --seed",
+                        "started_utc": started,
+                        "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        "machine": _document(started, runs, [])["machine"],
+                        "seed_library": {k: v for k, v in SEED.items() if k != "results"},
+                        "points": [*points, point],
+                    }
+                    out.write_text(json.dumps(doc, indent=1) + "\n")
+                points.append(point)
+                print(json.dumps({k: v for k, v in point.items() if k != "runs"}), flush=True)
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
@@ -328,7 +461,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "results" / "overhead.json")
     parser.add_argument("--merge", type=Path, nargs="+", help="merge these partial results")
     parser.add_argument("--note", help="with --merge: what the reader must know (recorded)")
+    parser.add_argument("--seed", action="store_true",
+                        help="batch_llm beside the seed library (default sizes 1k, 10k)")
+    parser.add_argument("--seed-venv", type=Path, default=Path(tempfile.gettempdir()) / "batchata-seed")
     args = parser.parse_args()
+    if args.seed:
+        sizes = args.sizes if args.sizes != parser.get_default("sizes") else [1_000, 10_000]
+        out = args.out if args.out != parser.get_default("out") else (
+            HERE / "results" / "overhead_seed.json"
+        )
+        run_seed(sizes, args.providers, args.runs, out, args.seed_venv)
+        return
     if args.merge:
         merge(args.merge, args.out, args.note)
         return
