@@ -224,13 +224,19 @@ class Answer(BaseModel):
     score: float
     label: Literal["pos", "neg", "neu"]
 
-out = df.pipe(batch_llm, schema=Answer, model=sys.argv[3], prompt="{text}", state=sys.argv[2],
+# "text" (the seed comparison on a model without structured output): answers as text.
+schema = None if sys.argv[4:] == ["text"] else Answer
+out = df.pipe(batch_llm, schema=schema, model=sys.argv[3], prompt="{text}", state=sys.argv[2],
               max_parallel_batches=32, progress=False)
 assert out.height == n and (out["_status"] == "completed").all(), out["_status"].value_counts()
 print(json.dumps({"rows": out.height}))
 '''
 
 SEED_VERSION = "0.4.7"
+SEED_TEXT = {"anthropic"}
+"""Where batch_llm runs with ``schema=None``: batchata knows no Claude model that takes
+structured output (it asks for JSON in the system prompt), and batch_llm refuses a JSON
+schema for claude-3-5-haiku, which has no structured output."""
 SEED_MODELS = {
     # batchata 0.4.7 knows these model names only (its providers/*/models.py); batch_llm
     # runs the same model beside it.
@@ -296,6 +302,15 @@ SEED = {
         "it fetches prices only when refresh_prices() is called, which batchata does not"
     ),
     "results": "benchmarks/results/overhead_seed.json (python benchmarks/bench_overhead.py --seed)",
+    "not_measured": {
+        "gemini": (
+            "batchata's GeminiProvider.estimate_cost calls google-genai models.count_tokens "
+            "(POST models/{model}:countTokens) once per job before each batch is sent; the "
+            "emulator does not serve countTokens (404 NOT_FOUND), so the run fails before "
+            "anything is sent. It also needs GOOGLE_API_KEY (without it batchata silently "
+            "registers no Gemini models)"
+        ),
+    },
 }
 
 
@@ -424,10 +439,12 @@ def run_seed(sizes: list[int], providers: list[str], runs: int, out: Path, venv:
                                          python)  # fmt: skip
                     emu.reset()
                     with tempfile.TemporaryDirectory() as state:
-                        ours = run_child(OURS, [str(n), state, model], env, emu_pid)
+                        text = ["text"] if provider in SEED_TEXT else []
+                        ours = run_child(OURS, [str(n), state, model, *text], env, emu_pid)
                     pairs.append({"seed": seed, "ours": ours})
                     point = {
                         "provider": provider, "model": model, "rows": n, "n_runs": len(pairs),
+                        "batch_llm_schema": None if provider in SEED_TEXT else "Answer",
                         "runs": pairs,
                         **{who: {k: round(statistics.median(r[who][k] for r in pairs), 3)
                                  for k in ("wall_s", "cpu_s", "peak_rss_mb", "emulator_cpu_s")}
