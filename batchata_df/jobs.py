@@ -394,8 +394,10 @@ def history_expr(frame: pl.DataFrame, column: str) -> pl.Expr:
         )
     )
     flat = turns.explode().drop_nulls().struct.unnest()
+    # (a null role must fail too: is_in gives null for it, which filter would drop)
     bad = flat.filter(
-        ~pl.col("role").is_in(["user", "assistant"]) | pl.col("content").is_null()
+        ~pl.col("role").is_in(["user", "assistant"]).fill_null(False)
+        | pl.col("content").is_null()
     )
     if bad.height:
         msg = (

@@ -133,6 +133,21 @@ BATCH_EVENTS = pl.Schema(
 
 TERMINAL_JOB = ("completed", "failed", "cancelled")
 
+USAGE_COLUMNS = (
+    "seq", "job_id", "batch_key", "status", "cost_usd", "input_tokens", "output_tokens",
+    "reasoning_tokens",
+)
+"""The columns billing reads (:func:`billed_from_events`)."""
+
+STATUS_COLUMNS = (
+    "seq", "job_id", "batch_key", "provider", "model", "status", "error", "cost_usd",
+    "est_cost_usd", "mode",
+)
+"""The columns :meth:`StateStore.latest_status` reads: everything but the answers."""
+
+SPENT_SLICE_EVENTS = 2_000_000
+"""Events :meth:`StateStore.spent` de-duplicates at a time (bounds its memory)."""
+
 COMPACT_TARGET_BYTES = 256 * 1024 * 1024
 """Size :meth:`StateStore.compact` merges parts up to."""
 
@@ -610,9 +625,9 @@ class StateStore:
 
         Only the latest event of each job is materialized with its answer, and billing reads
         the usage columns alone, so a run of millions of jobs is not held in memory twice.
-        With ``job_ids``, only those jobs are read (a streaming run looks up one chunk at a
-        time: the filter is applied while scanning, so memory follows the chunk, not the
-        folder).
+        With ``job_ids``, only those jobs are read, in one scan with the filter applied while
+        scanning (a streaming run looks up one chunk at a time: memory follows the chunk,
+        not the folder).
         """
         lazy = self._lazy("jobs", JOB_EVENTS)
         if job_ids is not None:
@@ -629,18 +644,30 @@ class StateStore:
         )
         return _conform(latest, JOB_EVENTS), _billed_sorted(events)
 
+    def latest_status(self, job_ids: pl.Series) -> pl.DataFrame:
+        """The latest event of each of ``job_ids`` without its answer (:data:`STATUS_COLUMNS`).
+
+        What a streaming run needs to know of a chunk before sending it (settled, lost
+        realtime, in flight): only the small columns are read (never ``answer``, ``raw``,
+        ``response`` or ``citations``), with the filter applied while scanning, so resuming a
+        finished run does not read its answers back into memory.
+        """
+        lazy = (
+            self._lazy("jobs", JOB_EVENTS)
+            .select(*STATUS_COLUMNS)
+            .filter(pl.col("job_id").is_in(job_ids.implode()))
+        )
+        with self._reading():
+            events = lazy.collect()
+        return events.sort("seq").unique("job_id", keep="last", maintain_order=True)
+
     def spent(self) -> float:
         """What every job of the folder was billed so far, all attempts (see ``billed``).
 
-        Aggregated while scanning: nothing per job is kept in memory.
+        Bounded memory whatever the folder's size: see :func:`spent_usd`.
         """
-        usage = self._lazy("jobs", JOB_EVENTS).select(
-            "seq", "job_id", "batch_key", "status", "cost_usd", "input_tokens",
-            "output_tokens", "reasoning_tokens",
-        )
-        total = billed_from_events(usage).select(pl.col("cost_usd").fill_null(0.0).sum())
         with self._reading():
-            return float(total.collect(engine="streaming").item() or 0.0)
+            return _billed_total(self.root)
 
     def assigned(self, batch_keys: pl.Series) -> pl.DataFrame:
         """The ``assigned`` events of ``batch_keys``: ``job_id``, ``batch_key``, ``est_cost_usd``.
@@ -828,22 +855,39 @@ def adopt_schema(root: str | os.PathLike[str], fingerprint: Mapping[str, str]) -
 def spent_usd(root: str | os.PathLike[str]) -> float:
     """What a checkpoint folder's jobs were billed, every attempt counted (0 if none).
 
-    Reads the parts directly, without checking the manifest's fingerprint.
+    Reads the parts directly, without checking the manifest's fingerprint. Aggregated while
+    scanning the usage columns alone; counting each (job, batch) once needs a table of the
+    jobs, so a folder of more than :data:`SPENT_SLICE_EVENTS` events is added up in slices
+    of its jobs (by a hash of ``job_id``, one scan each): memory stays bounded whatever the
+    folder's size.
     """
-    parts = table_parts(Path(root, "jobs"))
-    if not parts:
-        return 0.0
     try:
-        events = pl.scan_parquet(
-            parts, schema=JOB_EVENTS, missing_columns="insert", extra_columns="ignore"
-        ).collect()
+        return _billed_total(Path(root))
     except pl.exceptions.PolarsError as e:
         damaged = find_damaged(root, deep=True)
         if damaged:
             raise damaged_error(Path(root), damaged) from e
         msg = f"cannot read the checkpoint folder {str(root)!r}: {e}"
         raise StateError(msg) from e
-    return float(billed_from_events(events).get_column("cost_usd").fill_null(0.0).sum())
+
+
+def _billed_total(root: Path) -> float:
+    parts = table_parts(root / "jobs")
+    if not parts:
+        return 0.0
+    n_events = int(pl.scan_parquet(parts).select(pl.len()).collect().item())
+    slices = max(1, -(-n_events // SPENT_SLICE_EVENTS))
+    usage = pl.scan_parquet(
+        parts, schema=JOB_EVENTS, missing_columns="insert", extra_columns="ignore"
+    ).select(*USAGE_COLUMNS)
+    total = 0.0
+    for i in range(slices):
+        part = usage
+        if slices > 1:
+            part = usage.filter((pl.col("job_id").hash(seed=0) % slices).fill_null(0) == i)
+        summed = billed_from_events(part).select(pl.col("cost_usd").fill_null(0.0).sum())
+        total += float(summed.collect(engine="streaming").item() or 0.0)
+    return total
 
 
 PART_RUN_KEY = "batchata_run"

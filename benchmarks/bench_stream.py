@@ -1,24 +1,34 @@
-"""Streaming Parquet -> Parquet at 1M and 10M rows: peak RSS, CPU, state folder, sql time.
+"""Streaming Parquet -> Parquet at 1M and 10M rows: peak RSS, CPU, state folder, sql.
 
-Each point runs ``batch_llm(pl.scan_parquet(IN), ..., sink=OUT, state=STATE)`` in a fresh
-child process against one emulator process (latency 0), then, in further fresh children:
+Each point calls ``batch_llm(pl.scan_parquet(IN), ..., sink=OUT, state=STATE)`` in fresh
+child processes against one emulator process (latency 0):
 
-* ``resume``: the same call again on the finished state folder (sends nothing; reads the
-  input again chunk by chunk and rewrites the sink);
+* ``run`` (unless ``--no-clean-run``): one uninterrupted run on a folder of its own;
+* ``killed``: a run on a fresh folder (the emulator reset), killed with SIGKILL as soon as
+  half its job event parts are written (each batch writes two: its jobs ``assigned``, then
+  their results; a point of progress, not of time, so a busy machine does not move it);
+* ``kill_resumed``: the same call again, in a fresh process: it finishes the run. Recorded:
+  its peak RSS, the requests the emulator billed over both processes (must equal the rows:
+  nothing sent twice) and how many were distinct, and the output's row count and order
+  (the input's row numbers, read back from the sink, must be 0..N-1 in order);
+* ``resume_finished``: the same call once more on that finished folder (sends nothing;
+  reads the input again chunk by chunk and rewrites the sink);
 * ``sql``: ``batchata_df.sql`` of cost and status over the folder.
 
-Recorded per point: wall and client CPU seconds (user + system of the child), the child's
-peak RSS (``vm_hwm_mb``: ``VmHWM`` of its own address space; ``ru_maxrss`` from ``wait4``
-is kept too but overstates it: Linux carries the parent's high-water mark over fork+exec),
-its RSS every 10 s, the emulator's CPU seconds (``/proc/<pid>/stat``),
-the state folder's size and part count after the run (compacted) and the biggest part count
-seen while it ran, the input and output sizes, and requests the emulator billed (must equal
-the rows: every row is a distinct request).
+Recorded per process: wall and client CPU seconds (user + system of the child), the
+child's peak RSS (``vm_hwm_mb``: ``VmHWM`` of its own address space; ``ru_maxrss`` from
+``wait4`` is kept too but overstates it: Linux carries the parent's high-water mark over
+fork+exec), its RSS every 10 s; per point the emulator's CPU seconds of the clean run
+(``/proc/<pid>/stat``), the state folder's size and part count after a run (compacted) and
+the biggest part count seen while it ran, the input and output sizes, requests billed, and
+the machine's load average before each phase (other work on the machine slows the
+timings, not the memory figures). Each phase is written to the JSON as soon as it ends,
+so a point cut short keeps what finished.
 
 Workload: N distinct ~150-character prompts with strict structured output for a 3-field
 model, batches of at most 50,000 (OpenAI's limit), 32 batches in flight.
 
-    nice -n 19 python benchmarks/bench_stream.py --sizes 1000000 10000000
+    python benchmarks/bench_stream.py --sizes 1000000 10000000 [--no-clean-run]
 
 Results: ``benchmarks/results/bench_stream.json`` (one object per point, replaced per size).
 """
@@ -26,14 +36,17 @@ Results: ``benchmarks/results/bench_stream.json`` (one object per point, replace
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -79,6 +92,21 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "rows": r.to_dicts(), **H
 '''
 
 
+CHECK = r'''
+import json, sys
+import polars as pl
+out = pl.scan_parquet(sys.argv[1])
+n = pl.len()
+row = out.select(
+    n.alias("rows"),
+    (pl.col("text").str.extract(r"^Review (\d+):").cast(pl.Int64) == pl.int_range(n))
+    .all().alias("in_order"),
+    (pl.col("_status") == "completed").sum().alias("completed"),
+).collect(engine="streaming").row(0, named=True)
+print(json.dumps(row))
+'''
+
+
 def _cpu_of(pid: int) -> float:
     """User + system CPU seconds of a running process (and its waited-for children)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -86,18 +114,42 @@ def _cpu_of(pid: int) -> float:
     return sum(int(v) for v in fields[11:15]) / ticks
 
 
-def run_child(code: str, args: list[str], env: dict[str, str], watch: Path | None = None
-              ) -> dict[str, object]:
-    """Run one client in a fresh process: wall, CPU and peak RSS of that process."""
+def run_child(code: str, args: list[str], env: dict[str, str], watch: Path | None = None,
+              kill_at_parts: int | None = None) -> dict[str, object]:
+    """Run one client in a fresh process: wall, CPU and peak RSS of that process.
+
+    With ``kill_at_parts``, the process is killed with SIGKILL as soon as the state folder
+    ``watch`` holds that many job event parts (a crash mid-run, at a point of progress
+    rather than of time, so a busy machine does not move it); the figures are then those
+    up to the kill.
+    """
     most_parts = 0
     samples: list[tuple[float, float]] = []
+    at_kill: dict[str, float] = {}
     done = threading.Event()
     pid = 0
 
+    def parts(table: str) -> int:
+        folder = watch / table if watch is not None else None
+        return len(list(folder.glob("part-*.parquet"))) if folder and folder.is_dir() else 0
+
     def watch_child() -> None:
-        """Every 10 s: the child's RSS (a curve, not only the peak) and the part count."""
+        """Every 10 s: the child's RSS (a curve, not only the peak) and the part count;
+        every second the part count, when it decides the kill."""
         nonlocal most_parts
-        while not done.wait(10.0):
+        last = 0.0
+        while not done.wait(10.0 if kill_at_parts is None else 1.0):
+            if kill_at_parts is not None and parts("jobs") >= kill_at_parts:
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    status = Path(f"/proc/{pid}/status").read_text()
+                    at_kill["vm_hwm_mb_at_kill"] = round(
+                        int(status.split("VmHWM:")[1].split()[0]) / 1024, 1)
+                at_kill["job_parts_at_kill"] = parts("jobs")
+                os.kill(pid, signal.SIGKILL)
+                return
+            if time.perf_counter() - last < 10.0:
+                continue
+            last = time.perf_counter()
             try:
                 status = Path(f"/proc/{pid}/status").read_text()
                 rss = int(status.split("VmRSS:")[1].split()[0]) / 1024
@@ -105,10 +157,7 @@ def run_child(code: str, args: list[str], env: dict[str, str], watch: Path | Non
                 continue
             samples.append((round(time.perf_counter() - t0, 1), round(rss, 1)))
             print(f"  t={samples[-1][0]:>7}s rss={rss:8.1f} MB", file=sys.stderr, flush=True)
-            if watch is not None:
-                with_parts = [watch / "jobs", watch / "batches"]
-                n = sum(len(list(d.glob("part-*.parquet"))) for d in with_parts if d.is_dir())
-                most_parts = max(most_parts, n)
+            most_parts = max(most_parts, parts("jobs") + parts("batches"))
 
     watcher = threading.Thread(target=watch_child, daemon=True)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -120,6 +169,11 @@ def run_child(code: str, args: list[str], env: dict[str, str], watch: Path | Non
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
         done.set()
+        if kill_at_parts is not None and os.waitstatus_to_exitcode(status) == -signal.SIGKILL:
+            return {"wall_s": round(wall, 2),
+                    "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+                    "killed_after_s": round(wall, 1), **at_kill,
+                    "rss_mb_every_10s": samples}
         if os.waitstatus_to_exitcode(status) != 0:
             err.seek(0)
             raise SystemExit(f"benchmark child failed:\n{err.read().decode()[-3000:]}")
@@ -156,36 +210,84 @@ def make_input(n: int, folder: Path) -> Path:
     return folder
 
 
-def point(n: int, work: Path, emu: object, env: dict[str, str]) -> dict[str, object]:
-    """One size: run, resume, sql."""
-    emu.reset()  # type: ignore[attr-defined]
+def _billing(emu: object) -> dict[str, int]:
+    """Requests the emulator billed, and how many distinct requests they were."""
+    bills = emu.billing()  # type: ignore[attr-defined]
+    return {"billed": len(bills), "distinct": len({b["request"] for b in bills})}
+
+
+def point(n: int, work: Path, emu: object, env: dict[str, str],
+          save: Callable[[dict[str, object]], None], *, clean_run: bool) -> dict[str, object]:
+    """One size: a run killed at half and resumed, the finished folder resumed, sql.
+
+    With ``clean_run``, first an uninterrupted run on a folder of its own (its figures under
+    ``run``). Each phase is saved as soon as it ends.
+    """
     src = make_input(n, work / f"in-{n}")
-    state, sink = work / f"state-{n}", work / f"out-{n}.parquet"
-    pid = emu._proc.pid  # type: ignore[attr-defined]
-    emu_cpu0 = _cpu_of(pid)
-    first = run_child(RUN, [str(src / "*.parquet"), str(sink), str(state)], env, watch=state)
-    emu_cpu = _cpu_of(pid) - emu_cpu0
-    billed = len(emu.billing())  # type: ignore[attr-defined]
-    parts = {t: len(list((state / t).glob("part-*.parquet"))) for t in ("jobs", "batches")}
-    folder_mb = _size_mb(state)
-    resumed = run_child(RUN, [str(src / "*.parquet"), str(sink), str(state)], env)
-    billed_after_resume = len(emu.billing())  # type: ignore[attr-defined]
-    query = run_child(SQL, [str(state)], env)
-    return {
+    args = [str(src / "*.parquet")]
+    row: dict[str, object] = {
         "rows": n,
-        "run": first,
-        "emulator_cpu_s": round(emu_cpu, 2),
-        "billed_requests": billed,
-        "billed_after_resume": billed_after_resume,
-        "state_mb": folder_mb,
-        "state_parts_after_run": parts,
-        "input_mb": _size_mb(src),
-        "output_mb": round(sink.stat().st_size / 1e6, 2),
-        "resume_finished": resumed,
-        "sql": query,
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "input_mb": _size_mb(src),
+    }
+    pid = emu._proc.pid  # type: ignore[attr-defined]
+    if clean_run:
+        emu.reset()  # type: ignore[attr-defined]
+        state, sink = work / f"state-{n}", work / f"out-{n}.parquet"
+        row["loadavg_before_run"] = [round(x, 2) for x in os.getloadavg()]
+        emu_cpu0 = _cpu_of(pid)
+        row["run"] = run_child(RUN, [*args, str(sink), str(state)], env, watch=state)
+        row["emulator_cpu_s"] = round(_cpu_of(pid) - emu_cpu0, 2)
+        row.update(_finished(state, sink, emu, env))
+        save(row)
+
+    # A crash mid-stream: SIGKILL once half the job event parts are written (every batch
+    # writes two: its jobs assigned, then their results), then the same call again.
+    emu.reset()  # type: ignore[attr-defined]
+    state, sink = work / f"killed-{n}", work / f"killed-{n}.parquet"
+    call = [*args, str(sink), str(state)]
+    batches = -(-n // 50_000)
+    row["loadavg_before_killed_run"] = [round(x, 2) for x in os.getloadavg()]
+    killed = run_child(RUN, call, env, watch=state, kill_at_parts=batches)
+    killed["billed_at_kill"] = _billing(emu)["billed"]
+    row["killed"] = killed
+    save(row)
+    row["loadavg_before_kill_resume"] = [round(x, 2) for x in os.getloadavg()]
+    resumed = run_child(RUN, call, env, watch=state)
+    billed = _billing(emu)
+    resumed["billed_both_processes"] = billed["billed"]
+    resumed["distinct_requests"] = billed["distinct"]
+    row["kill_resumed"] = resumed
+    after = _finished(state, sink, emu, env)
+    resumed["output_check"] = after.pop("output_check")
+    row["after_kill_resume"] = after
+    save(row)
+
+    # The finished folder (the resumed one), resumed again: sends nothing.
+    row["loadavg_before_resume_finished"] = [round(x, 2) for x in os.getloadavg()]
+    row["resume_finished"] = run_child(RUN, call, env)
+    row["billed_after_resume_finished"] = _billing(emu)["billed"]
+    save(row)
+    row["loadavg_before_sql"] = [round(x, 2) for x in os.getloadavg()]
+    row["sql"] = run_child(SQL, [str(state)], env)
+    save(row)
+    return row
+
+
+def _finished(state: Path, sink: Path, emu: object, env: dict[str, str]) -> dict[str, object]:
+    """A finished folder and output: billing, parts, sizes, the output's rows and order."""
+    billed = _billing(emu)
+    return {
+        "billed_requests": billed["billed"],
+        "distinct_requests": billed["distinct"],
+        "state_parts_after_run": {
+            t: len(list((state / t).glob("part-*.parquet"))) for t in ("jobs", "batches")
+        },
+        "state_mb": _size_mb(state),
+        "output_mb": round(sink.stat().st_size / 1e6, 2),
+        "output_check": run_child(CHECK, [str(sink)], env),
     }
 
 
@@ -194,6 +296,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (large)")
+    parser.add_argument("--no-clean-run", action="store_true",
+                        help="skip the uninterrupted run (the killed run is always made)")
     args = parser.parse_args()
 
     from batchata_df.emulator import Emulator
@@ -203,12 +307,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.work) as scratch, Emulator(latency=0.0) as emu:
         env = {**os.environ, **emu.env()}
         for n in args.sizes:
-            row = point(n, Path(scratch), emu, env)
+
+            def save(row: dict[str, object], n: int = n) -> None:
+                nonlocal results
+                results = [r for r in results if r.get("rows") != n] + [row]
+                results.sort(key=lambda r: int(r["rows"]))  # type: ignore[call-overload]
+                results_file.parent.mkdir(exist_ok=True)
+                results_file.write_text(json.dumps(results, indent=2) + "\n")
+
+            row = point(n, Path(scratch), emu, env, save, clean_run=not args.no_clean_run)
             print(json.dumps({k: v for k, v in row.items() if k != "run"}), flush=True)
-            results = [r for r in results if r.get("rows") != n] + [row]
-            results.sort(key=lambda r: int(r["rows"]))
-            results_file.parent.mkdir(exist_ok=True)
-            results_file.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

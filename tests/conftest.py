@@ -14,7 +14,9 @@ collect_ignore = ["seed_examples"]
 
 @pytest.fixture(scope="session")
 def emulator() -> Iterator[Emulator]:
-    with Emulator(latency=0.0) as emu:
+    # A generous start-up wait: a loaded CI host can take more than the 30 s default to
+    # import the emulator; a healthy one answers in about a second either way.
+    with Emulator(latency=0.0, startup_timeout=120.0) as emu:
         yield emu
 
 

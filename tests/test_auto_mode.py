@@ -120,7 +120,7 @@ def test_cli_runs_realtime_and_auto(emu, tmp_path: Path) -> None:
     args = ["--model", "gpt-4.1-mini", "--prompt", "Say {t}", "--no-progress"]
     def run(*extra: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*base, *extra], cwd=tmp_path, env=env, capture_output=True,
-                              text=True, timeout=120)  # fmt: skip
+                              text=True, timeout=240)  # fmt: skip
 
     rt = run("rt.parquet", *args, "--mode", "realtime", "--concurrency", "2")
     assert rt.returncode == 0, rt.stderr

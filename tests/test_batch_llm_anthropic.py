@@ -331,7 +331,7 @@ def _crash_after_submit(tmp_path: Path, state: Path) -> None:
     script.write_text(SCRIPT)
     env = {**os.environ, "BATCHATA_DF_FAILPOINT": "after_submit"}
     child = subprocess.run(
-        [sys.executable, str(script), str(state)], env=env, capture_output=True, timeout=60
+        [sys.executable, str(script), str(state)], env=env, capture_output=True, timeout=240
     )
     assert child.returncode != 0, child.stdout
     assert b"FINISHED" not in child.stdout

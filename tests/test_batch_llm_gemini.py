@@ -324,7 +324,7 @@ def test_crash_between_create_and_checkpoint_finds_the_orphan(emu, tmp_path):
         [sys.executable, str(script), str(state)],
         env={**os.environ, "BATCHATA_DF_FAILPOINT": "after_submit"},
         capture_output=True,
-        timeout=120,
+        timeout=240,
         check=False,
     )
     assert child.returncode != 0, child.stderr

@@ -343,7 +343,7 @@ def test_crash_between_create_and_checkpoint_finds_the_orphan(emu, tmp_path):
     emu.configure(latency=0.5)
     state = tmp_path / "orphan"
     child = _run_child(tmp_path, state, {"BATCHATA_DF_FAILPOINT": "after_submit"})
-    _, err = child.communicate(timeout=60)
+    _, err = child.communicate(timeout=240)
     assert child.returncode != 0
     assert len(posts(emu)) == 1  # the provider accepted one batch; we never recorded its id
     out = _resume(state)

@@ -32,7 +32,7 @@ class Ticket(BaseModel):
 """
 
 
-def cli(*args, cwd, timeout=120):
+def cli(*args, cwd, timeout=240):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     return subprocess.run([str(EXE), *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
@@ -235,7 +235,7 @@ def _interrupt(work, emu, *extra):
         time.sleep(0.1)
     assert polled(), "the batch was never submitted"
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=240)
     return proc.returncode, err
 
 

@@ -1207,7 +1207,7 @@ def test_server_refuses_non_loopback_hosts() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "batchata_df.emulator", "--host", "0.0.0.0"],
         capture_output=True,
-        timeout=60,
+        timeout=240,
         check=False,
     )
     assert result.returncode == 2

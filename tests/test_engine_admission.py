@@ -122,3 +122,11 @@ def test_a_collected_batch_that_ran_over_its_estimate_makes_admission_stricter(t
     assert admission.worst(plan).to_list() == pytest.approx([0.4] * 4)
     assert len(admission.admit(plan) or []) == 2
     assert admission.reserve(plan) == pytest.approx(1.6)
+
+
+def test_calibration_learns_only_from_jobs_it_has_an_estimate_for():
+    cal = Calibration(est_input={"a": 1, "b": 100})
+    cal.observe("openai", MODEL, {"zzz": 500})  # another call's job: nothing to compare
+    assert cal.ratio("openai", MODEL) == 1.0
+    cal.observe("openai", "other-model", {"a": 3})  # even a one-token estimate is a ratio
+    assert cal.ratio("openai", "other-model") == 3.0

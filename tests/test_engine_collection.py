@@ -6,6 +6,7 @@ import polars as pl
 import pytest
 from engine_fakes import (
     COST_PER_JOB,
+    SPEC,
     FakeProvider,
     batch_events,
     in_flight,
@@ -16,13 +17,14 @@ from engine_fakes import (
 
 from batchata_df.engine.admission import Admission
 from batchata_df.engine.clock import FakeClock
-from batchata_df.engine.collection import Collector
+from batchata_df.engine.collection import Collector, outcomes_to_events
 from batchata_df.engine.ledger import Ledger
 from batchata_df.engine.planning import Requeue
 from batchata_df.engine.run import RunOptions
 from batchata_df.errors import ProviderError
-from batchata_df.providers.base import BatchTag, ProviderState
+from batchata_df.providers.base import BatchPoll, BatchTag, ProviderState, RequestSpec
 from batchata_df.providers.base import empty_results as _empty
+from batchata_df.schema import AnswerSchema
 
 JOBS = ["j000", "j001", "j002"]
 
@@ -195,3 +197,101 @@ def test_empty_results_of_an_ended_batch_fail_rows_as_missing(tmp_path, monkeypa
     assert set(job_events(ctx)["error"]) == {
         "missing_result: the provider returned no result for this request"
     }
+
+
+def test_rows_of_an_ended_batch_are_recorded_failed_with_its_ids_unbilled(tmp_path):
+    provider, ctx, state, collector, _ = setup(tmp_path)
+    batch = state.in_flight[0]
+    Ledger(ctx, state).end_batch(batch, "provider_error: 404 no such batch")
+    rows = job_events(ctx).select(
+        "job_id", "status", "error", "batch_key", "provider", "model", "provider_batch_id",
+        "input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens",
+        "reasoning_tokens", "cost_usd", "cache_saved_usd",
+    ).rows()
+    assert rows == [
+        (j, "failed", "provider_error: 404 no such batch", "k_fb_1", "openai", "fake-model",
+         "fb_1", None, None, None, None, None, 0.0, 0.0)
+        for j in JOBS
+    ]
+    assert batch_events(ctx) == [("collected", "fb_1", "provider_error: 404 no such batch")]
+    assert state.done == {"completed": 0, "failed": 3, "cancelled": 0}
+    assert state.reserved == pytest.approx(0.0) and batch.status == "collected"
+    assert state.cost == 0.0
+
+
+def test_a_batch_unreachable_for_exactly_the_patience_is_left_pending_with_the_reason(tmp_path):
+    options = RunOptions(provider_patience_s=4.0, poll_initial_s=2.0, poll_factor=1.0)
+    provider, ctx, state, collector, _ = setup(tmp_path, options)
+    for failed in (1, 2):  # t = 1000, 1002: within the patience
+        provider.poll_errors.append(ProviderError("502 bad gateway", status_code=502))
+        collector.poll_due()
+        assert [b.failures for b in state.in_flight] == [failed]
+        assert state.unavailable == {}
+        provider.clock.advance(2.0)
+    provider.poll_errors.append(ProviderError("502 bad gateway", status_code=502))
+    collector.poll_due()  # t = 1004: unreachable for the whole patience
+    assert state.unavailable == {
+        "k_fb_1": "provider_unavailable: 502 bad gateway; batch fb_1 is at the provider: "
+        "call again with the same state to collect it"
+    }
+    assert state.in_flight == [] and job_events(ctx).height == 0  # rows stay pending
+
+
+def test_a_refused_batch_beside_others_of_its_model_waits_for_one_of_them_whole(tmp_path):
+    provider, ctx, state, collector, requeue = setup(tmp_path, n_batches=2)
+    detail = "token_limit_exceeded: Enqueued token limit reached. Limit: 90,000"
+    provider.end("fb_1", ProviderState.FAILED, detail=detail)
+    collector.poll_due()
+    [item] = requeue.items
+    assert item.job_ids.to_list() == JOBS
+    assert (item.gate, item.max_items) == (1, 3)  # not halved: fb_2 of the model runs
+
+
+def test_a_lone_request_within_the_named_limit_waits_instead_of_failing(tmp_path):
+    provider, ctx, state, collector, requeue = setup(tmp_path)
+    provider.batches["fb_1"].job_ids = ["j000"]
+    state.in_flight[0].job_ids = pl.Series("job_id", ["j000"])
+    detail = "token_limit_exceeded: Enqueued token limit reached. Limit: 90,000"
+    provider.end("fb_1", ProviderState.FAILED, detail=detail)
+    collector.poll_due()
+    [item] = requeue.items
+    assert item.job_ids.to_list() == ["j000"] and job_events(ctx).height == 0
+
+
+def _results(**extra):
+    """A provider's results for members a (answered) and b (cut off): c has no line."""
+    return pl.DataFrame({
+        "job_id": ["a", "b"], "outcome": ["succeeded", "errored"], "text": ["hi", None],
+        "truncated": [False, True], "error": [None, "cut off"], "input_tokens": [10, 20],
+        "output_tokens": [5, 100], "cached_tokens": [0, 0],
+        "cache_write_tokens": pl.Series([None, None], dtype=pl.Int64), **extra,
+    })
+
+
+def test_results_without_optional_columns_become_complete_events_by_value():
+    members = pl.DataFrame({"job_id": ["a", "b", "c"]})
+    ended = BatchPoll(ProviderState.ENDED, "ended", None)
+    cut = ("truncated: the answer hit max_tokens={} before it was complete; "
+           "raise params={{'max_tokens': ...}}")
+    missing = "missing_result: the provider returned no result for this request"
+    # No citations, response or reasoning columns: they come back null, typed.
+    out = outcomes_to_events(members, _results(), ended, SPEC)
+    assert out.schema == pl.Schema({
+        "job_id": pl.String, "status": pl.String, "error": pl.String, "answer": pl.String,
+        "input_tokens": pl.Int64, "output_tokens": pl.Int64, "cached_tokens": pl.Int64,
+        "cache_write_tokens": pl.Int64, "reasoning_tokens": pl.Int64, "citations": pl.String,
+        "raw": pl.String, "response": pl.String,
+    })
+    assert out.rows() == [
+        ("a", "completed", None, "hi", 10, 5, 0, None, None, None, "hi", None),
+        ("b", "failed", cut.format(100), None, 20, 100, 0, None, None, None, None, None),
+        ("c", "failed", missing, None, None, None, None, None, None, None, None, None),
+    ]
+    # Reasoning tokens the provider reported are kept.
+    out = outcomes_to_events(members, _results(reasoning_tokens=[7, 10]), ended, SPEC)
+    assert out["reasoning_tokens"].to_list() == [7, 10, None]
+    # The batch's model gives the max_tokens named when the call did not set one.
+    no_limit = RequestSpec(schema=AnswerSchema(None), params={})
+    out = outcomes_to_events(members, _results(), ended, no_limit,
+                             provider="anthropic", model="claude-sonnet-4-5")
+    assert out["error"][1] == cut.format(4096)  # the model's default (models.py)

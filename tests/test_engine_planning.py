@@ -188,3 +188,35 @@ def test_a_lone_request_over_the_named_limit_never_fits():
     assert over_named_limit(job, "openai", "gpt-4o", detail)
     assert not over_named_limit(job, "openai", "gpt-4o", detail.replace("90", "90,000"))
     assert not over_named_limit(job, "openai", "gpt-4o", "token_limit_exceeded")
+
+
+def test_the_named_limit_counts_the_system_prompt_and_a_request_at_the_limit_fits():
+    from batchata_df.tokens import estimate_request_tokens
+
+    job = make_jobs(1).with_columns(
+        pl.lit("short question").alias("prompt"), pl.lit("word " * 300).alias("system")
+    )
+    tokens = int(estimate_request_tokens(job["prompt"], "openai", "gpt-4o",
+                                         system=job["system"])[0])
+    alone = int(estimate_request_tokens(job["prompt"], "openai", "gpt-4o")[0])
+    assert alone < tokens - 250  # the system prompt is most of the request
+    limit = "token_limit_exceeded: Enqueued token limit reached for gpt-4o. Limit: {:,}"
+    # Over the limit only with its system prompt counted: it never fits.
+    assert over_named_limit(job, "openai", "gpt-4o", limit.format(tokens - 1))
+    # Exactly at the limit it fits (it waits instead of failing).
+    assert not over_named_limit(job, "openai", "gpt-4o", limit.format(tokens))
+
+
+def test_a_split_batch_keeps_its_bytes_worst_case_and_input_part(provider):
+    jobs = make_jobs(5, worst=0.2, est_input_tokens=100_000)
+    [plan] = plan_batches(jobs, {"openai": provider}, SPEC, None)
+    head, tail = plan.head(2), plan.tail(2)
+    # Each line's bytes plus the provider's framing (1 byte per line for the fake).
+    assert head.n_bytes == sum(len(line.encode()) + 1 for line in plan.lines[:2])
+    assert tail.n_bytes == sum(len(line.encode()) + 1 for line in plan.lines[2:])
+    assert head.n_bytes + tail.n_bytes == plan.n_bytes
+    assert (head.worst.to_list(), tail.worst.to_list()) == ([0.2] * 2, [0.2] * 3)
+    # The input part stays with the jobs, so calibration can still scale their worst case.
+    assert head.est_input_usd is not None and tail.est_input_usd is not None
+    assert (head.est_input_usd.to_list(), tail.est_input_usd.to_list()) == ([0.1] * 2, [0.1] * 3)
+    assert head.has_estimates and tail.has_estimates

@@ -105,3 +105,13 @@ def test_busy_jobs_are_those_in_open_batches_and_unresolved_intents(tmp_path):
     latest = ctx.store.job_state()
     busy = busy_jobs(ctx.store, latest).sort("job_id")
     assert busy.rows() == [("a", 0.5), ("b", 0.25)]
+
+
+def test_a_folder_with_one_open_batch_has_its_jobs_busy_and_one_without_batches_none(tmp_path):
+    ctx, _ = make_run(tmp_path, FakeProvider(FakeClock()))
+    none = busy_jobs(ctx.store, ctx.store.job_state())
+    assert none.schema == pl.Schema({"job_id": pl.String, "est_cost_usd": pl.Float64})
+    assert none.height == 0
+    assign(ctx, "k1", ["a", "b"], status="submitted", batch_id="fb_1", worst=0.5)
+    busy = busy_jobs(ctx.store, ctx.store.job_state()).sort("job_id")
+    assert busy.rows() == [("a", 0.5), ("b", 0.5)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import polars as pl
+import pytest
 from engine_fakes import (
     SPEC,
     FakeProvider,
@@ -84,6 +85,7 @@ def test_a_stop_cancels_each_batch_once_and_ends_every_unsent_job(tmp_path):
     assert ended["batch_key"].null_count() == 5
     assert state.done["cancelled"] == 5
     assert planner.current() is None and requeue.items == []
+    assert state.snapshot("stopping", ctx.clock.monotonic()).stop_reason == "time_limit"
 
 
 def test_a_batch_that_ended_before_the_cancel_is_still_collected(tmp_path):
@@ -136,3 +138,14 @@ def test_after_a_stop_the_sleep_still_waits_instead_of_spinning(tmp_path):
     # Already stopping: the event would not block, so the sleep is a plain sleep.
     stopper.sleep(5.0)
     assert provider.clock.monotonic() == stop_time + 5.0
+
+
+def test_sleep_is_cut_to_the_deadline_under_a_second_before_it_and_not_at_it(tmp_path):
+    provider, ctx, state, stopper, stop = setup(tmp_path, time_limit_s=10.0)
+    provider.clock.advance(9.5)
+    stopper.sleep(60.0)  # half a second left: woken at the deadline
+    assert provider.clock.waits == [pytest.approx(0.51)]
+    provider, ctx, state, stopper, stop = setup(tmp_path / "at", time_limit_s=10.0)
+    provider.clock.advance(10.0)
+    stopper.sleep(60.0)  # at the deadline already: the stop is under way, a plain wait
+    assert provider.clock.waits == [60.0]

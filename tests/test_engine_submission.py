@@ -208,3 +208,49 @@ def test_a_success_restarts_the_patience_for_later_failures(tmp_path):
     submitter.fill(planner)  # j000 goes, then j001 fails 61 s after the first failure
     assert [b.job_ids.to_list() for b in state.in_flight] == [["j000"]]
     assert submitter.blocked is None
+
+
+def test_an_abandoned_intent_names_its_batch_provider_and_model(tmp_path):
+    provider, ctx, state, submitter, planner = setup(tmp_path)
+    error = ProviderError("503 overloaded", status_code=503)
+    provider.submit_errors.append(error)
+    plan = planner.current()
+    assert submitter.submit(plan) == "retry"
+    events = ctx.store._scan("batches", ctx.store.batch_state().schema).sort("seq")
+    assert events.select("batch_key", "provider", "model", "status", "detail").rows() == [
+        (plan.batch_key, "openai", "fake-model", "intent", None),
+        (plan.batch_key, "openai", "fake-model", "abandoned", "submit failed: 503 overloaded"),
+    ]
+    assert submitter.last_error is error  # what the rows are told if creates never work
+
+
+def test_creates_failing_for_exactly_the_patience_are_still_retried(tmp_path):
+    options = RunOptions(provider_patience_s=8.0, poll_initial_s=4.0, poll_factor=1.0)
+    provider, ctx, state, submitter, planner = setup(tmp_path, options=options)
+    provider.submit_errors.extend(ProviderError("503", status_code=503) for _ in range(4))
+    for _ in range(3):  # t = 0, 4, 8: 8 s of failures is within a patience of 8 s
+        submitter.fill(planner)
+        assert submitter.blocked is None
+        provider.clock.advance(4.0)
+    submitter.fill(planner)  # t = 12
+    assert submitter.blocked == "provider_unavailable: 503"
+
+
+def test_a_lookup_unanswered_for_exactly_the_patience_gives_up_and_reports_progress(tmp_path):
+    options = RunOptions(provider_patience_s=8.0, poll_initial_s=4.0, poll_factor=1.0)
+    provider, ctx, state, submitter, planner = setup(tmp_path, per_batch=1, options=options)
+    seen = []
+    ctx.progress = lambda snap: seen.append((snap.phase, snap.activity))
+    provider.submit_errors.append(ProviderError("timeout", status_code=None))
+    provider.find_error = OrphanedBatchError("two candidates")
+    submitter.fill(planner)
+    # Looked up at t = 0, 4 and 8; at 8 s unanswered the patience is used up.
+    assert provider.methods() == ["submit"] + ["find"] * 3
+    assert submitter.blocked == "provider_unavailable: two candidates"
+    key = planner_key(ctx)
+    assert seen[1:] == [
+        ("running", f"openai unreachable for {t}s (provider_unavailable: two candidates); "
+                    f"checking whether batch {key} was created")
+        for t in (0, 4)
+    ]
+    assert seen[0][0] == "running" and seen[0][1].startswith("uploading batch 1 to openai")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
 from pathlib import Path
 
 # The duckdb extra is installed for the tests: a missing one must fail, not skip.
-import duckdb  # noqa: F401
+import duckdb
 import polars as pl
 import pytest
 
@@ -249,3 +250,70 @@ def test_jobs_view_adds_up_every_billed_attempt(tmp_path: Path) -> None:
     row = sql("SELECT * FROM jobs", tmp_path).row(0, named=True)
     assert row["cost_usd"] == 0.75 and row["attempts"] == 2 and row["input_tokens"] == 20
     assert store.billed()["cost_usd"].to_list() == [0.75]
+
+
+def _many_jobs(folder: Path, n: int) -> StateStore:
+    """``n`` jobs, each assigned then completed, a tenth of them collected twice."""
+    store = StateStore(folder, {"model": "gpt-4.1-mini"})
+    ids = pl.Series("job_id", [f"job-{i:07d}" for i in range(n)])
+    base = pl.DataFrame({"job_id": ids, "batch_key": "k1", "provider": "openai",
+                         "model": "gpt-4.1-mini"})
+    store.append_jobs(base.with_columns(pl.lit("assigned").alias("status")))
+    done = base.with_columns(
+        pl.lit("completed").alias("status"),
+        pl.concat_str(pl.lit('{"label": "'), pl.col("job_id"), pl.lit('"}')).alias("answer"),
+        pl.lit(1000).alias("input_tokens"),
+        pl.lit(100).alias("output_tokens"),
+        pl.lit(0.25).alias("cost_usd"),
+    )
+    store.append_jobs(done)
+    store.append_jobs(done.head(n // 10))  # re-collected after a crash: billed once
+    return store
+
+
+def test_connections_are_memory_bounded_and_spill_with_the_same_answers(
+    tmp_path: Path,
+) -> None:
+    """A connection we create has a memory limit and a private spill folder; a query that
+    does not fit spills and gives the same answer; the folder goes with the connection."""
+    import tempfile
+
+    n = 400_000
+    _many_jobs(tmp_path / "st", n)
+    query = "SELECT status, count(*) AS n, sum(cost_usd) AS usd FROM jobs GROUP BY status"
+    con = connect(tmp_path / "st")
+    limit, spill, ordered = con.execute(
+        "SELECT current_setting('memory_limit'), current_setting('temp_directory'), "
+        "current_setting('preserve_insertion_order')"
+    ).fetchone()  # type: ignore[misc]
+    assert limit == "953.6 MiB"  # 1GB, as DuckDB prints it
+    assert Path(spill).parent == Path(tempfile.gettempdir())
+    assert Path(spill).name.startswith("batchata-df-duckdb-")
+    assert ordered is False
+    roomy = con.execute(query).fetchall()
+    # Squeezed well below what grouping every job needs in memory (more than 100MB here):
+    # without a place to spill it fails, with the spill folder it gives the same answer.
+    squeeze = ["SET memory_limit = '60MB'", "SET threads = 1"]
+    nowhere = connect(tmp_path / "st")
+    for setting in [*squeeze, "SET temp_directory = ''"]:
+        nowhere.execute(setting)
+    with pytest.raises(duckdb.OutOfMemoryException):
+        nowhere.execute(query).fetchall()
+    nowhere.close()
+    for setting in squeeze:
+        con.execute(setting)
+    squeezed = con.execute(query).fetchall()
+    assert roomy == squeezed == [("completed", n, pytest.approx(0.25 * n))]
+    assert Path(spill).is_dir()
+    con.close()
+    assert not Path(spill).exists()
+    assert sql(query, tmp_path / "st").rows() == roomy
+    assert not list(Path(tempfile.gettempdir()).glob(f"batchata-df-duckdb-{os.getpid()}-*"))
+
+
+def test_a_connection_passed_in_keeps_its_settings(tmp_path: Path) -> None:
+    _run(tmp_path)
+    own = duckdb.connect(":memory:", config={"memory_limit": "3GB"})
+    con = connect(tmp_path, connection=own)
+    assert con.execute("SELECT current_setting('memory_limit')").fetchone() == ("2.7 GiB",)
+    assert con.execute("SELECT count(*) FROM jobs").fetchone() == (3,)

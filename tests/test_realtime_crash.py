@@ -70,7 +70,7 @@ def test_sigkill_mid_realtime_then_resume_in_batch_bills_no_row_twice(emu, tmp_p
             raise AssertionError(f"the realtime run never got going: {emu.realtime_stats()}")
         child.send_signal(signal.SIGKILL)
     finally:
-        child.wait(timeout=60)
+        child.wait(timeout=240)
     assert child.returncode == -signal.SIGKILL
     # Let the requests the dead process left in flight finish (the provider bills them).
     give_up = time.monotonic() + 60

@@ -234,7 +234,7 @@ def test_a_clock_that_is_behind_does_not_reorder_events(emu, tmp_path):
     outputs = []
     for skew, limit in [(0, 1e-6), (3600, 0), (0, 0)]:
         r = subprocess.run([sys.executable, str(script), str(state), str(skew), str(limit)],
-                           capture_output=True, text=True, env=dict(os.environ), timeout=120)
+                           capture_output=True, text=True, env=dict(os.environ), timeout=240)
         assert r.returncode == 0, r.stderr
         outputs.append(r.stdout.strip())
     assert outputs[1] == outputs[2] == "['completed', 'completed', 'completed']"

@@ -66,7 +66,7 @@ def test_key_is_nowhere_after_crash_recovery(emu, tmp_path: Path, monkeypatch) -
     env = {**os.environ, "BATCHATA_DF_FAILPOINT": "after_submit"}
     child = subprocess.run(
         [sys.executable, str(script), str(state), model],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env, capture_output=True, text=True, timeout=240,
     )
     assert child.returncode == 75, child.stderr  # died between "created" and checkpoint
     out = pl.DataFrame({"t": ["a", "b"]}).pipe(

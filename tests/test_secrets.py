@@ -147,7 +147,7 @@ def test_a_key_echoed_during_the_orphan_lookup_after_a_crash_is_scrubbed(
     script.write_text(CRASH_CHILD)
     env = {**os.environ, "BATCHATA_DF_FAILPOINT": "after_submit"}
     child = subprocess.run([sys.executable, str(script), str(state), model], env=env,
-                           capture_output=True, text=True, timeout=120)
+                           capture_output=True, text=True, timeout=240)
     assert child.returncode == 75, child.stderr  # died between "created" and our checkpoint
     # The lookup of the orphan is refused by a gateway that echoes the key.
     emu.inject_fault(method="GET", path_regex=listing, status=400, echo_key=True)

@@ -63,7 +63,7 @@ def crash_after_first_create(tmp_path, state, model):
     script.write_text(CRASH)
     child = subprocess.run(
         [sys.executable, str(script), str(state), model], capture_output=True, text=True,
-        env={**os.environ, "BATCHATA_DF_FAILPOINT": "after_submit"}, timeout=120,
+        env={**os.environ, "BATCHATA_DF_FAILPOINT": "after_submit"}, timeout=240,
     )
     assert child.returncode != 0
 
@@ -261,7 +261,7 @@ def test_doctor_and_repair_on_the_command_line(emu, tmp_path):
 
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "batchata_df.cli", *args],
-                              capture_output=True, text=True, timeout=120)
+                              capture_output=True, text=True, timeout=240)
 
     r = cli("doctor", str(state))
     assert r.returncode == 1 and "manifest.json is missing" in r.stdout

@@ -88,7 +88,7 @@ def start_two(tmp_path, state, model, modes, *, first_holds_lock=False):
     outs = []
     with reaped(*children):
         for child in children:
-            out, err = child.communicate(timeout=120)
+            out, err = child.communicate(timeout=240)
             assert child.returncode == 0, err
             outs.append(out.strip().splitlines()[-1])
     return outs, [c.pid for c in children]
@@ -149,7 +149,7 @@ def test_a_poller_told_to_wait_runs_after_the_run_and_submits_nothing_again(emu,
         # A wait=False poller beside it, told to wait for the lock (lock_timeout=None).
         poller = child("nowait", "none")
         with reaped(poller):
-            outs = [p.communicate(timeout=120)[0].strip().splitlines()[-1]
+            outs = [p.communicate(timeout=240)[0].strip().splitlines()[-1]
                     for p in (run, poller)]
     assert outs == ["DONE " + str(["completed"] * 6)] * 2  # the poller found it all done
     assert len(creates(emu)) == 3
@@ -259,7 +259,7 @@ def test_the_cli_is_refused_while_a_call_holds_the_folder(emu, tmp_path):
             [sys.executable, "-m", "batchata_df.cli", "run", str(src),
              str(tmp_path / "out.parquet"), "--model",
              "gpt-4.1-mini", "--prompt", "{t}", "--state", str(state), "--no-progress"],
-            capture_output=True, text=True, timeout=120,
+            capture_output=True, text=True, timeout=240,
         )
     assert r.returncode == 75, r.stderr  # the CLI's documented "folder busy" exit code
     assert f"pid {os.getpid()} on host {socket.gethostname()}" in r.stderr

@@ -105,7 +105,7 @@ def test_ctrl_c_cancels_and_returns_the_frame(emu, tmp_path):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     child.send_signal(signal.SIGINT)
-    out, err = child.communicate(timeout=60)
+    out, err = child.communicate(timeout=240)
     assert child.returncode == 0, err
     assert "STATUSES ['cancelled']" in out
     assert "cancelled: interrupted" in out

@@ -446,3 +446,82 @@ def test_wait_false_streams_submits_and_a_later_call_collects(emu, tmp_path):
     assert set(billed.values()) == {1}
     assert len(billed) == 50
     assert Counter(out["_status"].to_list()) == {"completed": 114, "failed": 6}
+
+
+ANSWER_COLUMNS = {"answer", "raw", "response", "citations"}
+
+
+def test_resuming_a_finished_folder_reads_each_chunks_answers_once_and_no_more(
+    emu, tmp_path, monkeypatch
+):
+    """What a resume holds: deciding what to send reads status columns only; answers are
+    read once per chunk, by that chunk's job ids, to write it to the sink; nothing reads
+    the whole folder's events, and without a cap nothing adds up what was spent."""
+    source = write_input(tmp_path / "in", rows())
+    kw = {"sink": tmp_path / "out.parquet", "chunk_rows": 30, "state": tmp_path / "st",
+          "items_per_batch": 10, **KW}
+    first = batch_llm(pl.scan_parquet(source), **kw).collect()  # type: ignore[arg-type]
+    sent = requests(emu)
+
+    reads: list[tuple[str, int | None, set[str]]] = []
+
+    def spy(name: str) -> None:
+        original = getattr(StateStore, name)
+
+        def wrapped(self: StateStore, *args: object, **kwargs: object) -> object:
+            out = original(self, *args, **kwargs)
+            ids = args[0] if args else kwargs.get("job_ids")
+            frame = out[0] if isinstance(out, tuple) else out
+            columns = set(frame.columns) if isinstance(frame, pl.DataFrame) else set()
+            reads.append((name, None if ids is None else len(ids), columns))  # type: ignore[arg-type]
+            return out
+
+        monkeypatch.setattr(StateStore, name, wrapped)
+
+    for name in ("snapshot", "latest_status", "job_events", "job_state", "billed", "spent"):
+        spy(name)
+    again = batch_llm(pl.scan_parquet(source), **kw).collect()  # type: ignore[arg-type]
+
+    assert requests(emu) == sent
+    assert_frame_equal(again, first)
+    by_name = Counter(name for name, _, _ in reads)
+    # 120 rows in chunks of 30: four status lookups to decide, four answer reads to write.
+    assert by_name == {"latest_status": 4, "snapshot": 4}, by_name
+    for name, n_ids, columns in reads:
+        assert n_ids is not None and n_ids <= 30, (name, n_ids)  # one chunk's jobs, never all
+        if name == "latest_status":
+            assert not columns & ANSWER_COLUMNS, columns
+
+
+def test_spent_adds_up_in_slices_of_jobs_to_the_same_total(tmp_path, monkeypatch):
+    """A big folder is added up a slice of its jobs at a time: every billed attempt once
+    (a retry in another batch counts, a batch collected twice does not), as in one go."""
+    from batchata_df import state as state_module
+    from batchata_df.state import billed_from_events, spent_usd
+
+    store = StateStore(tmp_path / "st", {"model": "m"})
+    ids = [f"{i:024x}" for i in range(60)]
+    for key in ("b1", "b2"):  # every job billed in two batches (a retry)
+        store.append_jobs(pl.DataFrame({"job_id": ids, "batch_key": key, "status": "assigned"}))
+        done = pl.DataFrame({
+            "job_id": ids, "batch_key": key, "status": "completed",
+            "cost_usd": [0.01 * (i + 1) for i in range(60)],
+        })
+        store.append_jobs(done)
+        store.append_jobs(done.head(25))  # collected again after a crash: billed once
+    whole = float(billed_from_events(store.job_events())["cost_usd"].sum())
+    assert whole == pytest.approx(2 * 0.01 * 60 * 61 / 2)
+
+    filters: list[str] = []
+    collect = pl.LazyFrame.collect
+
+    def seen(lf: pl.LazyFrame, *args: object, **kwargs: object) -> pl.DataFrame:
+        filters.append(lf.explain())
+        return collect(lf, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(state_module, "SPENT_SLICE_EVENTS", 50)
+    monkeypatch.setattr(pl.LazyFrame, "collect", seen)
+    assert store.spent() == pytest.approx(whole)
+    assert spent_usd(tmp_path / "st") == pytest.approx(whole)
+    sliced = [plan for plan in filters if "hash" in plan]
+    assert len(sliced) == 2 * 6  # 290 events in slices of at most 50 events: 6, twice

@@ -80,9 +80,10 @@ def _scratch_copy(modules: list[str], tests: list[str], dest: Path) -> None:
     for doc in DOCS:
         shutil.copy2(ROOT / doc, dest / doc)
     for test in tests:
-        target = dest / test
+        path = test.split("::", 1)[0]  # a node id names its file first
+        target = dest / path
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / test, target)
+        shutil.copy2(ROOT / path, target)
     pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     config = {
         "source_paths": ["batchata_df"],
@@ -128,11 +129,32 @@ def _show(scratch: Path, name: str) -> str:
     return shown.stdout.strip()
 
 
-def _mutmut_run(scratch: Path, max_children: int, budget: float | None) -> bool:
-    """Run (or resume) mutmut in ``scratch``; False when the time budget stopped it."""
+def _pending(scratch: Path, patterns: list[str]) -> list[str]:
+    """Mutants matching ``patterns`` (fnmatch) without a verdict that tests decided.
+
+    That is: not yet checked, survived, or reached by no test (after tests were added, a
+    mutant is checked again by naming it); killed, timed out and mypy-rejected ones stay.
+    """
+    import fnmatch
+
+    decided = _KILLED | _TIMEOUT | _TYPE_CHECK
+    return sorted(
+        name for name, code in _mutant_results(scratch).items()
+        if code not in decided and any(fnmatch.fnmatchcase(name, p) for p in patterns)
+    )
+
+
+def _mutmut_run(
+    scratch: Path, max_children: int, budget: float | None, names: list[str] | None = None
+) -> bool:
+    """Run (or resume) mutmut in ``scratch``; False when the time budget stopped it.
+
+    With ``names``, only those mutants are run (again).
+    """
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     with subprocess.Popen(
-        [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)],
+        [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children),
+         *(names or [])],
         cwd=scratch, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,
     ) as proc:
@@ -157,6 +179,8 @@ def run_mutmut(
     *,
     workdir: Path | None = None,
     budget: float | None = None,
+    rerun: list[str] | None = None,
+    record_only: bool = False,
 ) -> dict[str, Any]:
     """Run mutmut on ``modules`` with ``tests``; return this run's record.
 
@@ -164,6 +188,10 @@ def run_mutmut(
     ``workdir`` resumes (mutmut skips mutants it has results for): on a shared two-core
     machine a module can be tested in several sittings of ``budget`` seconds each. A run
     stopped by its budget is recorded with ``complete: false`` and its unchecked mutants.
+    ``rerun`` (mutant name patterns, with ``workdir``) checks the matching mutants that no
+    test killed yet again, e.g. after tests were added for them.
+    With ``record_only`` nothing is run: the results already in ``workdir`` are recorded
+    (a sitting stopped from outside, or mutants re-run by hand with ``mutmut run <names>``).
     """
     version = subprocess.run(
         [sys.executable, "-c", "import importlib.metadata as m; print(m.version('mutmut'))"],
@@ -178,7 +206,11 @@ def run_mutmut(
         if not (scratch / "pyproject.toml").exists():
             _scratch_copy(modules, tests, scratch)
         started = dt.datetime.now(dt.UTC)
-        complete = _mutmut_run(scratch, max_children, budget)
+        names = _pending(scratch, rerun) if rerun else None
+        if record_only:
+            complete = True
+        else:
+            complete = True if names == [] else _mutmut_run(scratch, max_children, budget, names)
         seconds = (dt.datetime.now(dt.UTC) - started).total_seconds()
         codes = _mutant_results(scratch)
         if not codes:
@@ -200,6 +232,7 @@ def run_mutmut(
         score = detected / checked if checked else 0.0
         return {
             "label": label,
+            "per_module": _per_module(codes) if len(modules) > 1 else None,
             "tool": f"mutmut {version}",
             "modules": modules,
             "tests": tests,
@@ -215,8 +248,32 @@ def run_mutmut(
             "no_tests": len(no_tests),
             "not_checked": len(other),
             "score": round(score, 4),
-            "survivors": {name: _show(scratch, name) for name in survived + no_tests},
+            # A diff per survivor (one `mutmut show` each); mutants no selected test reaches
+            # by name only (a run on a module with I/O code can have a thousand of them).
+            "survivors": {name: _show(scratch, name) for name in survived},
+            "no_tests_mutants": no_tests,
         }
+
+
+def _per_module(codes: dict[str, int | None]) -> dict[str, dict[str, Any]]:
+    """The same counts and score for each module of a run on several modules."""
+    by_module: dict[str, dict[str, int | None]] = {}
+    for name, code in codes.items():  # batchata_df.engine.ledger.xǁLedgerǁadd__mutmut_3
+        by_module.setdefault(name.rsplit(".", 1)[0], {})[name] = code
+    out: dict[str, dict[str, Any]] = {}
+    for module, mine in sorted(by_module.items()):
+        counts = {
+            what: sum(1 for c in mine.values() if c in codes_)
+            for what, codes_ in (("killed", _KILLED), ("timeout", _TIMEOUT),
+                                 ("type_check", _TYPE_CHECK), ("survived", _SURVIVED),
+                                 ("no_tests", _NO_TESTS))
+        }
+        detected = counts["killed"] + counts["timeout"] + counts["type_check"]
+        checked = detected + counts["survived"] + counts["no_tests"]
+        out[module] = {"mutants": len(mine), **counts,
+                       "not_checked": len(mine) - checked,
+                       "score": round(detected / checked, 4) if checked else 0.0}
+    return out
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -258,8 +315,32 @@ def render_markdown(data: dict[str, Any]) -> str:
             f"{'' if run.get('complete') else ' (partial)'} |"
         )
     for label, run in sorted(data["runs"].items()):
+        if not run.get("per_module"):
+            continue
+        out += ["", f"Per module, `{label}`:", "",
+                "| module | mutants | killed | timeout | type check | survived | no tests |"
+                " not checked | score |", "|---|---|---|---|---|---|---|---|---|"]
+        for module, m in run["per_module"].items():
+            out.append(
+                f"| {module} | {m['mutants']} | {m['killed']} | {m['timeout']} | "
+                f"{m['type_check']} | {m['survived']} | {m['no_tests']} | "
+                f"{m['not_checked']} | {m['score']:.1%} |"
+            )
+    for label, run in sorted(data["runs"].items()):
         if run.get("remark"):
             out += ["", f"**{label}:** {run['remark']}"]
+    for label, run in sorted(data["runs"].items()):
+        unreached: dict[str, int] = {}
+        for name in run.get("no_tests_mutants", []):
+            function = name.rsplit("__mutmut_", 1)[0]
+            unreached[function] = unreached.get(function, 0) + 1
+        if unreached:
+            out += ["", f"## Not reached by the tests of `{label}` (no tests), per function", "",
+                    "| function | mutants |", "|---|---|"]
+            out += [f"| `{f}` | {n} |" for f, n in sorted(unreached.items())]
+            note = next((text for key, text in notes.items() if key == f"{label}:no_tests"), "")
+            if note:
+                out += ["", f"**Why:** {note}"]
     for label, run in sorted(data["runs"].items()):
         if not run["survivors"]:
             continue
@@ -487,13 +568,19 @@ def main(argv: list[str] | None = None) -> int:
                     help="keep the scratch copy here; a later run with it resumes")
     mm.add_argument("--time-budget", type=float,
                     help="stop after this many seconds and record a partial result")
+    mm.add_argument("--rerun", nargs="+", metavar="PATTERN",
+                    help="with --workdir: check the mutants matching these fnmatch patterns "
+                    "that survived or had no tests again (after adding tests for them)")
+    mm.add_argument("--record-only", action="store_true",
+                    help="run nothing: record the results already in --workdir")
     tg = sub.add_parser("targeted", help="the hand-written mutations of issue 10")
     tg.add_argument("--only", help="one mutation by name")
     args = parser.parse_args(argv)
     if args.mode == "mutmut":
         label = args.label or "+".join(Path(m).stem for m in args.module)
         record = run_mutmut(args.module, args.tests, args.max_children, label,
-                            workdir=args.workdir, budget=args.time_budget)
+                            workdir=args.workdir, budget=args.time_budget, rerun=args.rerun,
+                            record_only=args.record_only)
         write_mutmut(record)
         print(
             f"{label}: {record['mutants']} mutants, {record['killed']} killed, "

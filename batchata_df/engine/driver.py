@@ -148,7 +148,8 @@ class Engine:
         state.in_flight = recover(ctx, state)
         if state.in_flight:
             state.first_submit_at = state.started
-        state.spent = ctx.store.spent()
+        # Only the cap reads what was spent: without one, resuming does not add it up.
+        state.spent = ctx.store.spent() if ctx.options.max_cost_usd is not None else 0.0
         state.spent_at_start = state.spent
         calibration = Calibration(est_input={})
         planner = Planner(ctx.providers, ctx.spec, ctx.options.items_per_batch)
@@ -305,18 +306,27 @@ def with_unavailable(
     return states
 
 
-def job_states_of(store: StateStore, job_ids: pl.Series | None = None) -> pl.DataFrame:
-    """The latest state of jobs (all, or ``job_ids``), cost and tokens over every attempt."""
-    return _job_states(store, job_ids)
+def job_states_of(
+    store: StateStore, job_ids: pl.Series | None = None, batches: pl.DataFrame | None = None
+) -> pl.DataFrame:
+    """The latest state of jobs (all, or ``job_ids``), cost and tokens over every attempt.
+
+    ``batches`` is ``store.batch_state()`` when the caller already has it (a streaming run
+    reads it once for all its chunks).
+    """
+    return _job_states(store, job_ids, batches)
 
 
-def _job_states(store: StateStore, job_ids: pl.Series | None = None) -> pl.DataFrame:
+def _job_states(
+    store: StateStore, job_ids: pl.Series | None = None, batches: pl.DataFrame | None = None
+) -> pl.DataFrame:
     """The latest state of every job, with cost and tokens added up over every attempt."""
     latest, billed = store.snapshot(job_ids)
     state = latest.drop("cost_usd", "input_tokens", "output_tokens", "reasoning_tokens").join(
         billed, on="job_id", how="left"
     )
-    batches = store.batch_state()
+    if batches is None:
+        batches = store.batch_state()
     if batches.height == 0:
         return state
     # Jobs in flight have only their "assigned" event, written before the provider gave

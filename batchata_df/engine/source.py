@@ -115,7 +115,7 @@ class Feeder:
     def _unsettled(self, chunk: pl.DataFrame) -> pl.DataFrame:
         """The chunk's jobs to send; counts the others as done (progress)."""
         ids = chunk.get_column("job_id")
-        latest, _ = self.ctx.store.snapshot(ids)
+        latest = self.ctx.store.latest_status(ids)  # never the answers: memory is the chunk
         # Realtime requests a crash left in flight end lost, never sent again blindly.
         latest = resolve_lost(self.ctx.store, latest)
         # Settled jobs are done (cancelled ones, and failed ones with retry_failed, go again).
