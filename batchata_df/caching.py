@@ -294,8 +294,8 @@ def _too_short(group: pl.DataFrame, minimum: int) -> bool:
         return False
     longest = group.select(
         (
-            pl.col("system").str.len_bytes().fill_null(0)
-            + pl.col("prompt").str.len_bytes().fill_null(0)
+            pl.col("system").cast(pl.String).str.len_bytes().fill_null(0)
+            + pl.col("prompt").cast(pl.String).str.len_bytes().fill_null(0)
         ).max()
     ).item()
     return longest is None or int(longest) < minimum
