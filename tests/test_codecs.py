@@ -169,6 +169,15 @@ def test_openai_content_parts_replace_the_prompt_and_reasoning_models_get_their_
     ]
     # Without a model (a plan of no jobs) the parameters are passed through by name.
     assert provider.request_body_constant(spec) == ',"reasoning_effort":"low"'
+    # A model that does not reason is not sent the effort (it would refuse the request).
+    (line, _) = _lines(provider.encode(_jobs("gpt-4.1-mini"), spec))
+    assert line["body"] == {
+        "model": "gpt-4.1-mini",
+        "messages": [{"role": "system", "content": "Be terse."},
+                     {"role": "user", "content": 'Say "x" ✓\n'}],
+        "max_completion_tokens": effective_params("openai", "gpt-4.1-mini", spec.params)[
+            "max_tokens"],
+    }
     assert provider.encode(jobs.clear(), spec).to_list() == []
     assert provider.line_overhead() == 1
 

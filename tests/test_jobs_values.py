@@ -96,7 +96,11 @@ def test_history_and_extra_key_are_part_of_the_id_and_absent_ones_change_nothing
     bare = pl.DataFrame({"provider": [None], "model": [None], "system": [None],
                          "prompt": [None]}, schema={c: pl.String for c in
                                                     ("provider", "model", "system", "prompt")})
-    assert job_ids(bare, "k").to_list() == [_blake("\x00\x00\x01\x00", "k")]
+    bare_ids = job_ids(bare, "k")
+    assert bare_ids.to_list() == [_blake("\x00\x00\x01\x00", "k")]
+    assert (bare_ids.name, bare_ids.dtype) == ("job_id", pl.String)
+    none = job_ids(bare.clear(), "k")  # no jobs: still a String column of ids
+    assert (none.name, none.dtype, none.len()) == ("job_id", pl.String, 0)
 
 
 def test_rows_that_cannot_be_sent_say_why_and_have_no_id() -> None:
@@ -148,6 +152,12 @@ def test_expressions_and_their_errors() -> None:
     with pytest.raises(ConfigError) as info:
         build_jobs(frame, model="gpt-4.1", prompt="{q}", system=b"x", salt="k")  # type: ignore[arg-type]
     assert str(info.value) == "system must be a string template or a pl.Expr, got bytes"
+    with pytest.raises(ConfigError) as info:  # a stray brace is refused before rendering
+        build_jobs(frame, model="gpt-4.1", prompt="Rate {q", system=None, salt="k")
+    assert str(info.value).startswith("prompt template has a '{' at position 5 that is never")
+    with pytest.raises(ConfigError) as info:
+        build_jobs(frame, model="gpt-4.1", prompt="{q}", system="Be }", salt="k")
+    assert str(info.value).startswith("system template has a '}' at position 3 that closes")
     with pytest.raises(ColumnError) as info:  # a system template's errors say "system"
         build_jobs(frame, model="gpt-4.1", prompt="{q}", system="Be {tone}", salt="k")
     assert str(info.value) == (
