@@ -272,9 +272,50 @@ def cache_plan(group: pl.DataFrame, provider: str, model: str) -> pl.DataFrame:
     >>> plan.get_column("job_id").to_list(), plan.get_column("cache_split").to_list()
     (['a', 'c', 'b'], [6003, 6003, None])
     """
+    minimum = min_cacheable_tokens(provider, model)
+    if minimum is not None and group.height >= 2 and _too_short(group, minimum):
+        # Nothing can be shared: the plan below would find nothing to mark and keep the
+        # input order, so skip the sort, the prefix search and the tokenizer.
+        return _unmarked(group)
+    return _plan(group, provider, model, minimum)
+
+
+def _too_short(group: pl.DataFrame, minimum: int) -> bool:
+    """Whether no job's system prompt and prompt together can reach ``minimum`` tokens.
+
+    Every token estimate is at most the text's UTF-8 byte count (an OpenAI BPE token is
+    at least one byte; :func:`batchata_df.tokens.estimate_tokens`' approximation counts
+    at most one token per byte), and a shared prefix is made of the system prompt, the
+    files and a leading part of the prompt (history turns are never part of it). So
+    without files, when every row's system + prompt is shorter than ``minimum`` bytes,
+    no prefix is worth marking and :func:`cache_plan` marks nothing.
+    """
+    if "files" in group.columns:
+        return False
+    longest = group.select(
+        (
+            pl.col("system").cast(pl.String).str.len_bytes().fill_null(0)
+            + pl.col("prompt").cast(pl.String).str.len_bytes().fill_null(0)
+        ).max()
+    ).item()
+    return longest is None or int(longest) < minimum
+
+
+def _unmarked(group: pl.DataFrame) -> pl.DataFrame:
+    """``group`` in input order with :data:`CACHE_COLUMNS` saying nothing is shared."""
+    return group.with_columns(
+        pl.lit(None, dtype=pl.Int64).alias("cache_split"),
+        pl.lit(False).alias("cache_system"),
+        pl.lit(False).alias("cache_files"),
+        pl.lit(None, dtype=pl.String).alias("cache_key"),
+        pl.lit(0, dtype=pl.Int64).alias("cache_prefix_tokens"),
+    )
+
+
+def _plan(group: pl.DataFrame, provider: str, model: str, minimum: int | None) -> pl.DataFrame:
+    """:func:`cache_plan` without the shortcut for groups too short to share anything."""
     from batchata_df.tokens import estimate_tokens
 
-    minimum = min_cacheable_tokens(provider, model)
     group = cache_sort(group.with_row_index("_input_order"), keep_key=True)
     empty = group.with_columns(
         pl.lit(None, dtype=pl.Int64).alias("cache_split"),

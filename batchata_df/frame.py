@@ -1111,8 +1111,9 @@ def _assemble(
         "error",
         "answer",
         "citations",
-        "raw",
-        "response",
+        # The raw texts only when asked for (a join moves every selected string).
+        *(["raw"] if keep_raw else []),
+        *(["response"] if keep_responses else []),
         "input_tokens",
         "output_tokens",
         "reasoning_tokens",
@@ -1179,7 +1180,7 @@ def _assemble(
         if citations
         else []
     )
-    out = joined.select([*answer.decode(answers), *cited, *meta])
+    out = answer.expand(joined.select(answer.decoded(answers), *cited, *meta))
     return pl.concat([frame, out], how="horizontal")
 
 

@@ -469,19 +469,41 @@ class AnswerSchema:
         return canonical, errors
 
     def decode(self, canonical: pl.Expr) -> list[pl.Expr]:
-        """Expressions turning a column of canonical answers into the typed field columns."""
+        """Expressions turning a column of canonical answers into the typed field columns.
+
+        Each field's expression decodes the JSON again: for a frame, select
+        :meth:`decoded` once and :meth:`expand` it.
+        """
         if self._struct is None:
-            return [canonical.alias(TEXT_COLUMN)]
+            return [self.decoded(canonical)]
+        return [self.decoded(canonical).struct.field(name).alias(name) for name in self.columns]
+
+    def decoded(self, canonical: pl.Expr) -> pl.Expr:
+        """One expression turning canonical answers into the typed answer.
+
+        A struct of the field columns named :data:`DECODED` (expand it with
+        :meth:`expand`), or for ``schema=None`` the text column itself. One struct, not one
+        expression per field: an eager ``select`` would decode the JSON once per field.
+        """
+        if self._struct is None:
+            return canonical.alias(TEXT_COLUMN)
         struct = self._struct
         decoded = canonical.str.json_decode(struct.wire)
         if struct.convert is not None:
             decoded = struct.convert(decoded)
-        return [decoded.struct.field(name).alias(name) for name in self.columns]
+        return decoded.alias(DECODED)
+
+    def expand(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """``frame`` with the :meth:`decode` struct replaced, in place, by the field columns."""
+        return frame if self._struct is None else frame.unnest(DECODED)
 
     def empty_columns(self) -> list[pl.Expr]:
         """Typed all-null columns, for frames with no answers (e.g. a dry run)."""
         return [pl.lit(None, dtype=dt_).alias(name) for name, dt_ in self.dtypes.items()]
 
+
+DECODED = "\x00answer"
+"""The name of :meth:`AnswerSchema.decode`'s struct column (never an input column)."""
 
 _FAST_CONFIG = frozenset({"title", "json_schema_extra", "frozen", "use_attribute_docstrings"})
 """``model_config`` keys that change neither validation nor the JSON dump."""

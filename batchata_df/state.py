@@ -631,17 +631,18 @@ class StateStore:
         """
         lazy = self._lazy("jobs", JOB_EVENTS)
         if job_ids is not None:
-            with self._reading():
-                events = lazy.filter(pl.col("job_id").is_in(job_ids.implode())).collect()
-            events = events.sort("seq")
-            latest_of = events.unique("job_id", keep="last", maintain_order=True)
-            return _conform(latest_of, JOB_EVENTS), billed_from_events(events)
-        last = lazy.group_by("job_id").agg(pl.col("seq").max())
-        latest = lazy.join(last, on=["job_id", "seq"], how="semi").sort("seq")
-        usage = lazy.select(*USAGE_COLUMNS)
+            lazy = lazy.filter(pl.col("job_id").is_in(job_ids.implode()))
         with self._reading():
-            state, billed = pl.collect_all([latest, billed_from_events(usage)])
-        return _conform(state, JOB_EVENTS), billed
+            events = lazy.collect()
+        # Parts are read in name order, which is write order: already sorted but after a
+        # clock step or a compaction of older parts; sort only then (strings are moved).
+        if not events.get_column("seq").is_sorted():
+            events = events.sort("seq")
+        # One pass over the events, in seq order: each job's last event is its state.
+        latest = events.filter(
+            pl.col("job_id").is_last_distinct() & pl.col("job_id").is_not_null()
+        )
+        return _conform(latest, JOB_EVENTS), _billed_sorted(events)
 
     def latest_status(self, job_ids: pl.Series) -> pl.DataFrame:
         """The latest event of each of ``job_ids`` without its answer (:data:`STATUS_COLUMNS`).
@@ -811,6 +812,27 @@ def billed_from_events(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl
         total("reasoning_tokens"),
         pl.len().cast(pl.Int64).alias("attempts"),
     )
+
+
+def _billed_sorted(events: pl.DataFrame) -> pl.DataFrame:
+    """:func:`billed_from_events`, without grouping when no job was billed twice.
+
+    A job with one billed attempt (almost every job) is billed that attempt's own values,
+    which is what the grouping gives for one attempt; only a folder where some job has
+    several terminal events (retries, a batch collected twice) is grouped.
+    """
+    billable = (
+        pl.col("batch_key").is_not_null()
+        | pl.col("cost_usd").is_not_null()
+        | pl.col("input_tokens").is_not_null()
+    )
+    usage = ["job_id", "cost_usd", "input_tokens", "output_tokens", "reasoning_tokens"]
+    terminal = events.select("seq", "batch_key", "status", *usage).filter(
+        pl.col("status").is_in(TERMINAL_JOB) & billable
+    )
+    if terminal.get_column("job_id").n_unique() < terminal.height:
+        return billed_from_events(terminal)
+    return terminal.select(*usage, pl.lit(1, dtype=pl.Int64).alias("attempts"))
 
 
 def adopt_schema(root: str | os.PathLike[str], fingerprint: Mapping[str, str]) -> None:

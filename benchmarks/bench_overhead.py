@@ -15,33 +15,40 @@ clients) with strict structured output for a 3-field model (str, float, 3-value 
 **The floor** (``FLOORS``) is what a good engineer would write with the official SDK and
 Polars when nothing but speed matters, and no checkpoints:
 
-* request lines are one ``pl.concat_str`` over the frame (the prompt JSON-escaped with
+* request lines are one ``pl.concat_str`` per batch (the prompt JSON-escaped with
   ``struct.json_encode``), carrying the same body batch_llm sends (same model, schema and
-  output limit), 50,000 requests per batch, all batches submitted before polling;
-* each batch's input is one ``"\\n".join`` of the slice (the fastest join measured) sent
+  output limit), 50,000 requests per batch, all batches submitted before polling; only
+  one batch's lines exist at a time (encoding all of a run's lines at once held ~0.7 GB
+  more at 1M rows);
+* each batch's input is one ``"\\n".join`` of the lines (the fastest join measured) sent
   as bytes: OpenAI ``files.create``, Anthropic the SDK's ``client.post`` with the
   pre-encoded body (``messages.batches.create`` would build one dict per request), Gemini
   ``files.upload`` of a JSONL file (never inlined requests, which the SDK parses per row);
 * results are downloaded as bytes (OpenAI ``files.content``, Anthropic
-  ``with_streaming_response.results``, Gemini ``files.download``) and decoded column-wise:
-  lines split by Polars' CSV reader, then ``str.json_decode`` of only the fields needed,
-  5,000 lines at a time (``read_ndjson`` takes ~4x the CPU on these files, and one
-  ``json_decode`` over a whole 50k-line file holds several hundred MB at once);
-* the answers are decoded into typed columns with one more ``str.json_decode`` and put
+  ``with_streaming_response.results``, Gemini ``files.download``) and decoded by
+  pyarrow's JSON reader against an explicit schema of only the fields needed, on one
+  thread (about half the CPU of Polars' ``str.json_decode`` of the same fields, a quarter
+  of ``read_ndjson``'s: ``benchmarks/PROFILE.md``);
+* the answers are decoded into typed columns with one ``str.json_decode`` and put
   beside the input rows in order (the custom id is the row number).
 
 batchata_df does the same work plus what the floor leaves out: job ids (content hashes),
 checkpoints (Parquet parts, manifest, lock), validation against the Pydantic model, cost
-and token columns, the status/error of every row.
+and token columns, the status/error of every row, prompt-cache planning.
 
-The seed library (``batchata`` on PyPI) is not measured: every release on PyPI declares
-``Requires-Python >=3.12`` and this machine, CI and Debian 12's packages have Python 3.11
-only (``pip download batchata`` -> "No matching distribution"; recorded in the JSON).
+**The seed library** (``batchata`` 0.4.7 on PyPI, ``--seed``): every release declares
+``Requires-Python >=3.12`` but the wheel is pure Python and runs on 3.11, so it is
+downloaded for 3.12 and installed with ``--ignore-requires-python`` into a venv of its own
+(``SEED_INSTALL``; never a dependency of batchata_df). It runs beside batch_llm on the
+same emulator with a model it knows (``SEED_MODELS``), its state file and results
+directory on, at 1k and 10k rows (its per-job Python objects and one JSON file per result
+make larger runs take hours here); results in ``benchmarks/results/overhead_seed.json``.
 
     python benchmarks/bench_overhead.py                          # 10k/100k/1M x 3 providers
     python benchmarks/bench_overhead.py --sizes 10000 --runs 1   # a quick look
     python benchmarks/bench_overhead.py --providers gemini --out /tmp/g.json   # one provider
     python benchmarks/bench_overhead.py --merge /tmp/o.json /tmp/a.json /tmp/g.json
+    python benchmarks/bench_overhead.py --seed                   # beside batchata, 1k/10k
     python benchmarks/report_overhead.py                         # plot + README table
 
 Results go to ``benchmarks/results/overhead.json`` (``--out``); 10M rows belong to the
@@ -83,6 +90,8 @@ df = pl.select(
 
 FLOOR_COMMON = FRAME + r'''
 import io, json, time
+import pyarrow as pa
+import pyarrow.json as pj
 SCHEMA = {"type": "object", "additionalProperties": False,
           "required": ["summary", "score", "label"],
           "properties": {"summary": {"type": "string"}, "score": {"type": "number"},
@@ -94,17 +103,19 @@ PER_BATCH = 50_000
 def quoted(e):
     return pl.struct(e.alias("s")).struct.json_encode().str.strip_prefix('{"s":').str.strip_suffix("}")
 
-def lines_of(frame, head, tail):
-    return frame.with_row_index("i").select(pl.concat_str([
+def lines_of(start, head, tail):
+    """The request lines of one batch: rows start .. start + PER_BATCH, one concat_str."""
+    return df.slice(start, PER_BATCH).with_row_index("i", offset=start).select(pl.concat_str([
         pl.lit(head[0]), pl.col("i").cast(pl.String), pl.lit(head[1]), quoted(pl.col("text")),
         pl.lit(tail)])).to_series()
 
-def decode(data, line_dtype, pick):
-    """JSONL bytes -> (i, text) with only the fields needed, 5,000 lines at a time."""
-    lines = pl.read_csv(io.BytesIO(data), has_header=False, separator="\x1f", quote_char=None,
-                        schema={"l": pl.String})
-    return pl.concat([part.select(pick(pl.col("l").str.json_decode(line_dtype)))
-                      for part in lines.iter_slices(5_000)])
+def decode(data, line_schema, pick):
+    """JSONL bytes -> (i, text): pyarrow's JSON reader with only the fields needed."""
+    table = pj.read_json(
+        io.BytesIO(data), read_options=pj.ReadOptions(use_threads=False, block_size=1 << 20),
+        parse_options=pj.ParseOptions(explicit_schema=line_schema,
+                                      unexpected_field_behavior="ignore"))
+    return pl.from_arrow(table).select(pick())
 
 def finish(parts):
     got = pl.concat(parts).sort("i")
@@ -119,20 +130,20 @@ FLOORS = {
 from openai import OpenAI
 client = OpenAI()
 fmt = {"type": "json_schema", "json_schema": {"name": "Answer", "strict": True, "schema": SCHEMA}}
-lines = lines_of(df, ('{"custom_id":"', '","method":"POST","url":"/v1/chat/completions",'
-                      '"body":{"model":"gpt-4.1-mini","messages":[{"role":"user","content":'),
-                 '}],"response_format":' + json.dumps(fmt) + ',"max_completion_tokens":4096}}')
+head = ('{"custom_id":"', '","method":"POST","url":"/v1/chat/completions",'
+        '"body":{"model":"gpt-4.1-mini","messages":[{"role":"user","content":')
+tail = '}],"response_format":' + json.dumps(fmt) + ',"max_completion_tokens":4096}}'
 ids = []
 for start in range(0, n, PER_BATCH):
-    payload = "\n".join(lines.slice(start, PER_BATCH).to_list()).encode()
+    payload = "\n".join(lines_of(start, head, tail).to_list()).encode()
     f = client.files.create(file=("in.jsonl", payload), purpose="batch")
     ids.append(client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
                                      completion_window="24h").id)
-LINE = pl.Struct({"custom_id": pl.String, "response": pl.Struct({"body": pl.Struct({
-    "choices": pl.List(pl.Struct({"message": pl.Struct({"content": pl.String})}))})})})
-def pick(line):
-    return [line.struct.field("custom_id").cast(pl.Int64).alias("i"),
-            line.struct.field("response").struct.field("body").struct.field("choices")
+LINE = pa.schema({"custom_id": pa.string(), "response": pa.struct({"body": pa.struct({
+    "choices": pa.list_(pa.struct({"message": pa.struct({"content": pa.string()})}))})})})
+def pick():
+    return [pl.col("custom_id").cast(pl.Int64).alias("i"),
+            pl.col("response").struct.field("body").struct.field("choices")
             .list.first().struct.field("message").struct.field("content").alias("text")]
 parts = []
 for bid in ids:
@@ -146,19 +157,19 @@ from anthropic import Anthropic
 from anthropic.types.messages import MessageBatch
 client = Anthropic()
 fmt = {"format": {"type": "json_schema", "schema": SCHEMA}}
-lines = lines_of(df, ('{"custom_id":"', '","params":{"model":"claude-haiku-4-5",'
-                      '"messages":[{"role":"user","content":'),
-                 '}],"max_tokens":4096,"output_config":' + json.dumps(fmt) + '}}')
+head = ('{"custom_id":"', '","params":{"model":"claude-haiku-4-5",'
+        '"messages":[{"role":"user","content":')
+tail = '}],"max_tokens":4096,"output_config":' + json.dumps(fmt) + '}}'
 ids = []
 for start in range(0, n, PER_BATCH):
-    body = b'{"requests":[' + ",".join(lines.slice(start, PER_BATCH).to_list()).encode() + b"]}"
+    body = b'{"requests":[' + ",".join(lines_of(start, head, tail).to_list()).encode() + b"]}"
     ids.append(client.post("/v1/messages/batches", cast_to=MessageBatch, content=body,
                            options={"headers": {"content-type": "application/json"}}).id)
-LINE = pl.Struct({"custom_id": pl.String, "result": pl.Struct({"message": pl.Struct({
-    "content": pl.List(pl.Struct({"type": pl.String, "text": pl.String}))})})})
-def pick(line):
-    blocks = line.struct.field("result").struct.field("message").struct.field("content")
-    return [line.struct.field("custom_id").cast(pl.Int64).alias("i"),
+LINE = pa.schema({"custom_id": pa.string(), "result": pa.struct({"message": pa.struct({
+    "content": pa.list_(pa.struct({"type": pa.string(), "text": pa.string()}))})})})
+def pick():
+    blocks = pl.col("result").struct.field("message").struct.field("content")
+    return [pl.col("custom_id").cast(pl.Int64).alias("i"),
             blocks.list.eval(pl.element().filter(pl.element().struct.field("type") == "text")
                              .struct.field("text")).list.join("").alias("text")]
 parts = []
@@ -175,20 +186,20 @@ from google.genai import types
 client = genai.Client()
 config = {"responseMimeType": "application/json", "responseJsonSchema": SCHEMA,
           "maxOutputTokens": 16384}
-lines = lines_of(df, ('{"key":"', '","request":{"contents":[{"role":"user","parts":[{"text":'),
-                 '}]}],"generationConfig":' + json.dumps(config) + '}}')
+head = ('{"key":"', '","request":{"contents":[{"role":"user","parts":[{"text":')
+tail = '}]}],"generationConfig":' + json.dumps(config) + '}}'
 names = []
 for start in range(0, n, PER_BATCH):
-    payload = io.BytesIO("\n".join(lines.slice(start, PER_BATCH).to_list()).encode())
+    payload = io.BytesIO("\n".join(lines_of(start, head, tail).to_list()).encode())
     up = client.files.upload(file=payload, config=types.UploadFileConfig(mime_type="text/plain"))
     names.append(client.batches.create(model="gemini-2.5-flash", src=up.name).name)
-LINE = pl.Struct({"key": pl.String, "response": pl.Struct({"candidates": pl.List(pl.Struct({
-    "content": pl.Struct({"parts": pl.List(pl.Struct({"text": pl.String,
-                                                      "thought": pl.Boolean}))})}))})})
-def pick(line):
-    parts = (line.struct.field("response").struct.field("candidates").list.first()
+LINE = pa.schema({"key": pa.string(), "response": pa.struct({"candidates": pa.list_(pa.struct({
+    "content": pa.struct({"parts": pa.list_(pa.struct({"text": pa.string(),
+                                                      "thought": pa.bool_()}))})}))})})
+def pick():
+    parts = (pl.col("response").struct.field("candidates").list.first()
              .struct.field("content").struct.field("parts"))
-    return [line.struct.field("key").cast(pl.Int64).alias("i"),
+    return [pl.col("key").cast(pl.Int64).alias("i"),
             parts.list.eval(pl.element().filter(~pl.element().struct.field("thought")
                                                 .fill_null(False)).struct.field("text"))
             .list.join("").alias("text")]
@@ -213,21 +224,104 @@ class Answer(BaseModel):
     score: float
     label: Literal["pos", "neg", "neu"]
 
-out = df.pipe(batch_llm, schema=Answer, model=sys.argv[3], prompt="{text}", state=sys.argv[2],
+# "text" (the seed comparison on a model without structured output): answers as text.
+schema = None if sys.argv[4:] == ["text"] else Answer
+out = df.pipe(batch_llm, schema=schema, model=sys.argv[3], prompt="{text}", state=sys.argv[2],
               max_parallel_batches=32, progress=False)
 assert out.height == n and (out["_status"] == "completed").all(), out["_status"].value_counts()
 print(json.dumps({"rows": out.height}))
 '''
 
-SEED = {
-    "measured": False,
-    "package": "batchata",
-    "why": (
-        "not installable here: every batchata release on PyPI declares Requires-Python "
-        ">=3.12 (pip download batchata: 'No matching distribution found'), and this "
-        "machine, CI and Debian 12's packages have Python 3.11 only"
-    ),
+SEED_VERSION = "0.4.7"
+SEED_TEXT = {"anthropic"}
+"""Where batch_llm runs with ``schema=None``: batchata knows no Claude model that takes
+structured output (it asks for JSON in the system prompt), and batch_llm refuses a JSON
+schema for claude-3-5-haiku, which has no structured output."""
+SEED_MODELS = {
+    # batchata 0.4.7 knows these model names only (its providers/*/models.py); batch_llm
+    # runs the same model beside it.
+    "openai": "gpt-4.1-nano-2025-04-14",
+    "anthropic": "claude-3-5-haiku-20241022",
+    "gemini": "gemini-2.5-flash",
 }
+SEED_INSTALL = [
+    # Every batchata release declares Requires-Python >=3.12; its wheel is pure Python and
+    # imports on 3.11, so it is fetched for 3.12 and installed without that check into a
+    # venv of its own (never a dependency of batchata_df), SDKs pinned as ours.
+    "python3 -m venv {venv}",
+    "{venv}/bin/pip download --no-deps --python-version 3.12 --only-binary=:all: "
+    f"batchata=={SEED_VERSION} -d {{venv}}/wheels",
+    "{venv}/bin/pip install -c constraints.txt --ignore-requires-python "
+    f"{{venv}}/wheels/batchata-{SEED_VERSION}-py3-none-any.whl polars",
+]
+
+SEED_CLIENT = FRAME + r'''
+import json
+from typing import Literal
+from pydantic import BaseModel
+from batchata import Batch
+
+class Answer(BaseModel):
+    summary: str
+    score: float
+    label: Literal["pos", "neg", "neu"]
+
+state, model = sys.argv[2], sys.argv[3]
+batch = (
+    Batch(results_dir=state + "/results", max_parallel_batches=32,
+          items_per_batch=min(n, 50_000))
+    .set_state(file=state + "/state.json", reuse_state=False)  # its checkpoint
+    .set_default_params(model=model, max_tokens=4096)
+    .set_verbosity("error")
+)
+for text in df.get_column("text").to_list():
+    batch.add_job(messages=[{"role": "user", "content": text}], response_model=Answer)
+ids = [job.id for job in batch.jobs]
+results = batch.run().results()
+assert not results["failed"] and not results["cancelled"], results["failed"][:2]
+by_id = {r.job_id: r.parsed_response for r in results["completed"]}
+assert len(by_id) == n, len(by_id)
+# batchata asks Anthropic for JSON in the system prompt (no structured output), so the
+# emulator's Claude answers in prose and those rows come back unparsed (None or a dict):
+# they become nulls here, as a user would get them.
+empty = {"summary": None, "score": None, "label": None}
+rows = [by_id[i].model_dump() if isinstance(by_id[i], BaseModel) else empty for i in ids]
+out = df.hstack(pl.DataFrame(rows, schema={"summary": pl.String, "score": pl.Float64,
+                                           "label": pl.String}))
+assert out.height == n
+print(json.dumps({"rows": out.height, "parsed": n - out["label"].null_count()}))
+'''
+
+SEED = {
+    "package": "batchata",
+    "version": SEED_VERSION,
+    "install": SEED_INSTALL,
+    "models": SEED_MODELS,
+    "runtime_downloads": (
+        "none: tokencost 0.1.26 (its price library) reads its bundled model_prices.json; "
+        "it fetches prices only when refresh_prices() is called, which batchata does not"
+    ),
+    "results": "benchmarks/results/overhead_seed.json (python benchmarks/bench_overhead.py --seed)",
+    "not_measured": {
+        "gemini": (
+            "batchata's GeminiProvider.estimate_cost calls google-genai models.count_tokens "
+            "(POST models/{model}:countTokens) once per job before each batch is sent; the "
+            "emulator does not serve countTokens (404 NOT_FOUND), so the run fails before "
+            "anything is sent. It also needs GOOGLE_API_KEY (without it batchata silently "
+            "registers no Gemini models)"
+        ),
+    },
+}
+
+
+def seed_python(venv: Path) -> Path:
+    """The seed library's interpreter: a venv of its own, created on first use."""
+    python = venv / "bin" / "python"
+    if not python.exists():
+        for step in SEED_INSTALL:
+            cmd = step.format(venv=venv, python=sys.executable).split()
+            subprocess.run(cmd, check=True, cwd=HERE.parent)
+    return python
 
 
 def _proc_cpu(pid: int) -> float:
@@ -236,13 +330,16 @@ def _proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_child(code: str, args: list[str], env: dict[str, str], emu_pid: int) -> dict[str, float]:
+def run_child(
+    code: str, args: list[str], env: dict[str, str], emu_pid: int, python: str | Path = ""
+) -> dict[str, float]:
     """Run one client in a fresh process; its wall, CPU, peak RSS and the emulator's CPU."""
     with tempfile.TemporaryFile() as err:
         emu0 = _proc_cpu(emu_pid)
         t0 = time.perf_counter()
         proc = subprocess.Popen(
-            [sys.executable, "-c", code, *args], env=env, stdout=subprocess.DEVNULL, stderr=err
+            [str(python or sys.executable), "-c", code, *args], env=env,
+            stdout=subprocess.DEVNULL, stderr=err,
         )
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
@@ -316,6 +413,63 @@ def merge(paths: list[Path], out: Path, note: str | None = None) -> None:
     print(f"wrote {out}")
 
 
+def run_seed(sizes: list[int], providers: list[str], runs: int, out: Path, venv: Path) -> None:
+    """batch_llm beside the seed library (same model, both checkpointing), alternating."""
+    from batchata_df.emulator import Emulator
+
+    python = seed_python(venv)
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    points: list[dict[str, Any]] = []
+    with Emulator(latency=0.0) as emu:
+        env = {**os.environ, **emu.env()}
+        # batchata's Gemini provider reads GOOGLE_API_KEY (and is silently left out
+        # without it); google-genai takes the emulator's GOOGLE_GEMINI_BASE_URL.
+        seed_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+        seed_env["GOOGLE_API_KEY"] = env["GEMINI_API_KEY"]
+        emu_pid = emu._proc.pid if emu._proc is not None else 0
+        for n in sizes:
+            for provider in providers:
+                model = SEED_MODELS[provider]
+                load_before = [round(x, 2) for x in os.getloadavg()]
+                pairs: list[dict[str, Any]] = []
+                for _ in range(runs):
+                    emu.reset()
+                    with tempfile.TemporaryDirectory() as state:
+                        seed = run_child(SEED_CLIENT, [str(n), state, model], seed_env, emu_pid,
+                                         python)  # fmt: skip
+                    emu.reset()
+                    with tempfile.TemporaryDirectory() as state:
+                        text = ["text"] if provider in SEED_TEXT else []
+                        ours = run_child(OURS, [str(n), state, model, *text], env, emu_pid)
+                    pairs.append({"seed": seed, "ours": ours})
+                    point = {
+                        "provider": provider, "model": model, "rows": n, "n_runs": len(pairs),
+                        "batch_llm_schema": None if provider in SEED_TEXT else "Answer",
+                        "runs": pairs,
+                        **{who: {k: round(statistics.median(r[who][k] for r in pairs), 3)
+                                 for k in ("wall_s", "cpu_s", "peak_rss_mb", "emulator_cpu_s")}
+                           for who in ("seed", "ours")},
+                        "ratio_seed_to_ours": {
+                            k: round(statistics.median(r["seed"][k] / r["ours"][k] for r in pairs), 3)
+                            for k in ("wall_s", "cpu_s", "peak_rss_mb")
+                        },
+                        "loadavg_before": load_before,
+                        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+                    }  # fmt: skip
+                    doc = {
+                        "benchmark": "bench_overhead --seed",
+                        "started_utc": started,
+                        "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        "machine": _document(started, runs, [])["machine"],
+                        "seed_library": {k: v for k, v in SEED.items() if k != "results"},
+                        "points": [*points, point],
+                    }
+                    out.write_text(json.dumps(doc, indent=1) + "\n")
+                points.append(point)
+                print(json.dumps({k: v for k, v in point.items() if k != "runs"}), flush=True)
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
@@ -324,7 +478,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "results" / "overhead.json")
     parser.add_argument("--merge", type=Path, nargs="+", help="merge these partial results")
     parser.add_argument("--note", help="with --merge: what the reader must know (recorded)")
+    parser.add_argument("--seed", action="store_true",
+                        help="batch_llm beside the seed library (default sizes 1k, 10k)")
+    parser.add_argument("--seed-venv", type=Path, default=Path(tempfile.gettempdir()) / "batchata-seed")
     args = parser.parse_args()
+    if args.seed:
+        sizes = args.sizes if args.sizes != parser.get_default("sizes") else [1_000, 10_000]
+        out = args.out if args.out != parser.get_default("out") else (
+            HERE / "results" / "overhead_seed.json"
+        )
+        run_seed(sizes, args.providers, args.runs, out, args.seed_venv)
+        return
     if args.merge:
         merge(args.merge, args.out, args.note)
         return

@@ -36,7 +36,8 @@ def test_readme_table_is_generated_from_the_json() -> None:
 def test_results_hold_three_runs_and_same_run_ratios() -> None:
     report = _report()
     result = json.loads(report.RESULTS.read_text())
-    assert result["seed_library"]["measured"] is False or result["seed_library"].get("points")
+    seed = result["seed_library"]
+    assert seed["package"] == "batchata" and seed["install"] and seed["models"]
     for point in result["points"]:
         assert len(point["runs"]) == point["n_runs"] >= 1
         for run in point["runs"]:
@@ -74,3 +75,18 @@ def test_table_rows_follow_the_json() -> None:
         "| openai | 1,000 | 1 | 1.00 | 1.25 | 1.25x | 1250 | 100 | 150 | 1.50x | 2.0 / 2.5 "
         "| 0.5 / 0.6 |"
     )
+
+
+def test_seed_results_hold_same_run_ratios() -> None:
+    # The seed library (batchata) beside batch_llm: medians and same-run ratios as stated.
+    report = _report()
+    seed = json.loads(report.SEED_RESULTS.read_text())
+    assert seed["seed_library"]["version"]
+    assert seed["points"]
+    for point in seed["points"]:
+        assert len(point["runs"]) == point["n_runs"] >= 1
+        ratios = [r["seed"]["cpu_s"] / r["ours"]["cpu_s"] for r in point["runs"]]
+        assert point["ratio_seed_to_ours"]["cpu_s"] == round(statistics.median(ratios), 3)
+        assert point["seed"]["cpu_s"] == round(
+            statistics.median(r["seed"]["cpu_s"] for r in point["runs"]), 3
+        )

@@ -31,7 +31,7 @@ from pydantic import (
 from batchata_df.providers import anthropic as anthropic_provider
 from batchata_df.providers import gemini as gemini_provider
 from batchata_df.providers import openai as openai_provider
-from batchata_df.providers.base import read_jsonl
+from batchata_df.providers.base import _read_jsonl_arrow, _read_jsonl_polars, read_jsonl
 from batchata_df.schema import AnswerSchema, _describe
 
 text = st.text(
@@ -79,6 +79,11 @@ def test_read_jsonl_equals_read_ndjson(
         return
     want = pl.read_ndjson(io.BytesIO(data), schema=schema)
     assert_frame_equal(got, want)
+    # Both decoders read_jsonl chooses between give that frame (pyarrow takes these lines).
+    arrow = _read_jsonl_arrow(data, schema)
+    assert arrow is not None
+    assert_frame_equal(arrow, want)
+    assert_frame_equal(_read_jsonl_polars(data, schema), want)
     assert got.get_column("custom_id").to_list() == [r[0] for r in rows]
     assert got.get_column("response").struct.field("body").struct.field("choices").list.first(
     ).struct.field("message").struct.field("content").to_list() == [r[1] for r in rows]
@@ -91,6 +96,49 @@ def test_read_jsonl_spans_slices(monkeypatch: pytest.MonkeyPatch) -> None:
     got = read_jsonl(data, pl.Schema({"id": pl.String, "n": pl.Int64}))
     assert got.get_column("id").to_list() == [f"r{i}" for i in range(500)]
     assert got.get_column("n").to_list() == list(range(500))
+
+
+_json_value = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(
+    allow_nan=False, allow_infinity=False
+) | text | st.lists(st.integers(0, 3), max_size=2) | st.fixed_dictionaries({"x": st.integers()})
+
+
+@settings(max_examples=80, deadline=None)
+@given(rows=st.lists(st.tuples(_json_value, _json_value, _json_value), min_size=1, max_size=6))
+def test_read_jsonl_with_values_of_other_types_is_the_polars_decoder(
+    rows: list[tuple[Any, Any, Any]],
+) -> None:
+    # Values of another JSON type than the schema's (which pyarrow refuses and
+    # str.json_decode may convert: false -> 0, 5 -> "5"), integers past Int64, nested
+    # values where a scalar is expected: read_jsonl gives what the Polars decoder gives
+    # (the pyarrow reader only where it agrees), or fails as it fails.
+    schema = pl.Schema(
+        {"s": pl.String, "n": pl.Int64, "o": pl.Struct({"x": pl.Int64, "l": pl.List(pl.Int64)})}
+    )
+    data = "\n".join(
+        json.dumps({"s": a, "n": b, "o": {"x": c, "l": c}}, ensure_ascii=False)
+        for a, b, c in rows
+    ).encode()
+    try:
+        want = _read_jsonl_polars(data, schema)
+    except pl.exceptions.PolarsError as e:
+        with pytest.raises(type(e)):
+            read_jsonl(data, schema)
+        return
+    assert_frame_equal(read_jsonl(data, schema), want)
+    arrow = _read_jsonl_arrow(data, schema)
+    if arrow is not None:
+        assert_frame_equal(arrow, want)
+
+
+def test_provider_result_files_take_the_arrow_decoder() -> None:
+    # The faster decoder is the one used for ordinary result lines (not the fallback).
+    data = "\n".join(
+        json.dumps(_openai_line(str(i), '{"a": 1}', 7)) for i in range(3)
+    ).encode()
+    got = _read_jsonl_arrow(data, openai_provider._LINE_SCHEMA)
+    assert got is not None
+    assert got.get_column("custom_id").to_list() == ["0", "1", "2"]
 
 
 def test_read_jsonl_malformed_line_raises_like_read_ndjson() -> None:

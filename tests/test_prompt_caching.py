@@ -17,8 +17,11 @@ from typing import Any
 
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
 
-from batchata_df import batch_llm, sql
+from batchata_df import batch_llm, caching, sql
 from batchata_df.cost import PriceTable
 
 DOC = "The supplier shall deliver the goods within thirty days of the order date. " * 150
@@ -247,3 +250,63 @@ def test_anthropic_marks_the_shared_files(emu, tmp_path: Path) -> None:
     assert writes[:2] == [0, 0] and writes[2] > 1024
     assert sorted(usage["cached_tokens"].to_list()) == [0, writes[2], writes[2]]
     _check_billing(out, tmp_path / "s", "anthropic", "claude-sonnet-4-5")
+
+
+# -- the shortcut for jobs too short to share a cacheable prefix (issue 14, CPU) ----------
+
+_short_text = st.text(st.sampled_from("ab é漢🙂\n"), max_size=12) | st.none()
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    rows=st.lists(st.tuples(_short_text, _short_text), min_size=2, max_size=8),
+    provider_model=st.sampled_from(
+        [("openai", "gpt-4.1-mini"), ("anthropic", "claude-opus-5"), ("gemini", "gemini-2.5-flash")]
+    ),
+    minimum=st.integers(1, 60),
+    history=st.booleans(),
+)
+def test_plan_of_short_jobs_is_the_full_plan(
+    rows: list[tuple[str | None, str | None]],
+    provider_model: tuple[str, str],
+    minimum: int,
+    history: bool,
+) -> None:
+    """Where the shortcut applies, it gives exactly the frame the full plan gives."""
+    provider, model = provider_model
+    jobs = pl.DataFrame(
+        {
+            "job_id": [f"j{i}" for i in range(len(rows))],
+            "system": [s for s, _ in rows],
+            "prompt": [p for _, p in rows],
+        },
+        schema={"job_id": pl.String, "system": pl.String, "prompt": pl.String},
+    )
+    if history:
+        jobs = jobs.with_columns(pl.lit(None, dtype=pl.List(pl.String)).alias("history"))
+    full = caching._plan(jobs, provider, model, minimum)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(caching, "min_cacheable_tokens", lambda p, m: minimum)
+        assert_frame_equal(caching.cache_plan(jobs, provider, model), full)
+
+
+def test_short_jobs_are_planned_without_the_tokenizer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A million 150-character prompts cannot reach 1,024 tokens: nothing is counted."""
+    import batchata_df.tokens
+
+    def refuse(*args: object) -> None:
+        raise AssertionError("estimate_tokens called for prompts too short to cache")
+
+    monkeypatch.setattr(batchata_df.tokens, "estimate_tokens", refuse)
+    jobs = pl.DataFrame(
+        {"job_id": ["b", "a", "c"], "system": ["s" * 500, "s" * 500, None],
+         "prompt": ["x" * 523, "x" * 523, "y"]}  # 500 + 523 = 1,023 bytes: one short
+    )  # fmt: skip
+    plan = caching.cache_plan(jobs, "openai", "gpt-4.1-mini")
+    assert plan.get_column("job_id").to_list() == ["b", "a", "c"]  # input order
+    assert plan.get_column("cache_key").null_count() == 3
+    assert plan.get_column("cache_prefix_tokens").to_list() == [0, 0, 0]
+    # One byte more and the plan must look: the shortcut is bounded by bytes, not guessed.
+    longer = jobs.with_columns(pl.col("prompt").str.replace("^x{523}$", "x" * 524))
+    with pytest.raises(AssertionError, match="estimate_tokens called"):
+        caching.cache_plan(longer, "openai", "gpt-4.1-mini")

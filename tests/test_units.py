@@ -97,6 +97,28 @@ def test_job_ids_are_content_hashes():
     assert a["job_id"][0] != c["job_id"][0]
 
 
+def test_job_ids_are_the_keyed_blake2b_that_older_folders_hold():
+    # A checkpoint resumes by job id: the id of a row must never change between versions.
+    # It is BLAKE2b (12 bytes, keyed by the run's salt) of provider, model, system (\x01
+    # when none) and prompt joined by NUL, whatever way it is computed.
+    import hashlib
+
+    df = pl.DataFrame({"t": ["x", "é 漢 🙂", "", "a\x00b"]})
+    jobs = build_jobs(df, model="gpt-4.1-mini", prompt="Q: {t}", system=None, salt="s" * 70)
+    want = [
+        hashlib.blake2b(
+            f"openai\x00gpt-4.1-mini\x00\x01\x00Q: {t}".encode(),
+            digest_size=12,
+            key=("s" * 70).encode()[:64],
+        ).hexdigest()
+        for t in df["t"]
+    ]
+    assert jobs["job_id"].to_list() == want
+    one = build_jobs(pl.DataFrame({"t": ["x"]}), model="gpt-4.1-mini", prompt="{t}",
+                     system="sys", salt="salt")  # fmt: skip
+    assert one["job_id"].to_list() == ["4238ce54363b0cc898e1b6a8"]  # main before this change
+
+
 def test_state_store_append_and_latest(tmp_path):
     store = StateStore(tmp_path, {"model": "m"})
     store.append_jobs(pl.DataFrame({"job_id": ["a", "b"], "status": ["assigned", "assigned"]}))
