@@ -44,6 +44,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,13 +149,17 @@ def _pending(scratch: Path, patterns: list[str]) -> list[str]:
 
 
 def _mutmut_run(
-    scratch: Path, max_children: int, budget: float | None, names: list[str] | None = None
+    scratch: Path,
+    max_children: int,
+    budget: float | None,
+    names: list[str] | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> bool:
     """Run (or resume) mutmut in ``scratch``; False when the time budget stopped it.
 
     With ``names``, only those mutants are run (again).
     """
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **(extra_env or {})}
     with subprocess.Popen(
         [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children),
          *(names or [])],
@@ -174,6 +179,23 @@ def _mutmut_run(
     return True
 
 
+@contextlib.contextmanager
+def _running_emulators(count: int) -> Iterator[dict[str, str]]:
+    """Start ``count`` emulators; yield the environment that lets test sessions attach."""
+    sys.path.insert(0, str(ROOT))
+    from batchata_df.emulator import Emulator
+
+    with contextlib.ExitStack() as stack:
+        emus = [
+            stack.enter_context(Emulator(latency=0.0, startup_timeout=120.0))
+            for _ in range(count)
+        ]
+        yield {
+            "BATCHATA_DF_TEST_EMULATORS": ",".join(e.url for e in emus),
+            "BATCHATA_DF_TEST_EMULATOR_SETTINGS": json.dumps(emus[0].settings()),
+        }
+
+
 def run_mutmut(
     modules: list[str],
     tests: list[str],
@@ -184,6 +206,7 @@ def run_mutmut(
     budget: float | None = None,
     rerun: list[str] | None = None,
     record_only: bool = False,
+    emulators: int = 0,
 ) -> dict[str, Any]:
     """Run mutmut on ``modules`` with ``tests``; return this run's record.
 
@@ -195,6 +218,10 @@ def run_mutmut(
     test killed yet again, e.g. after tests were added for them.
     With ``record_only`` nothing is run: the results already in ``workdir`` are recorded
     (a sitting stopped from outside, or mutants re-run by hand with ``mutmut run <names>``).
+    With ``emulators`` (one per worker), that many emulators are started once and every
+    test session attaches to one of them (``tests/conftest.py``) instead of starting its
+    own: then tests that drive the emulator through the SDKs cost only their requests per
+    mutant, and the providers' client code can be mutation-tested.
     """
     version = subprocess.run(
         [sys.executable, "-c", "import importlib.metadata as m; print(m.version('mutmut'))"],
@@ -210,10 +237,13 @@ def run_mutmut(
             _scratch_copy(modules, tests, scratch)
         started = dt.datetime.now(dt.UTC)
         names = _pending(scratch, rerun) if rerun else None
-        if record_only:
+        if record_only or names == []:
             complete = True
         else:
-            complete = True if names == [] else _mutmut_run(scratch, max_children, budget, names)
+            extra_env = (
+                stack.enter_context(_running_emulators(emulators)) if emulators else None
+            )
+            complete = _mutmut_run(scratch, max_children, budget, names, extra_env)
         seconds = (dt.datetime.now(dt.UTC) - started).total_seconds()
         codes = _mutant_results(scratch)
         if not codes:
@@ -574,6 +604,9 @@ def main(argv: list[str] | None = None) -> int:
     mm.add_argument("--rerun", nargs="+", metavar="PATTERN",
                     help="with --workdir: check the mutants matching these fnmatch patterns "
                     "that survived or had no tests again (after adding tests for them)")
+    mm.add_argument("--emulators", type=int, default=0, metavar="N",
+                    help="start N emulators (one per worker) that the tests attach to, "
+                    "for tests that drive the emulator")
     mm.add_argument("--record-only", action="store_true",
                     help="run nothing: record the results already in --workdir")
     tg = sub.add_parser("targeted", help="the hand-written mutations of issue 10")
@@ -583,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
         label = args.label or "+".join(Path(m).stem for m in args.module)
         record = run_mutmut(args.module, args.tests, args.max_children, label,
                             workdir=args.workdir, budget=args.time_budget, rerun=args.rerun,
-                            record_only=args.record_only)
+                            record_only=args.record_only, emulators=args.emulators)
         write_mutmut(record)
         print(
             f"{label}: {record['mutants']} mutants, {record['killed']} killed, "
