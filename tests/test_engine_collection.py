@@ -366,3 +366,23 @@ def test_answers_that_do_not_validate_fail_with_the_reason_or_the_truncation():
     assert out["error"][1].startswith("truncated: the answer hit max_tokens=100 ")
     # No answer validated: the answer column is still typed text, all null.
     assert out.schema["answer"] == pl.String and out["answer"].to_list() == [None, None]
+
+
+def test_collecting_reports_the_download_and_records_the_batch_and_its_rows_by_value(tmp_path):
+    provider, ctx, state, collector, _ = setup(tmp_path)
+    seen = []
+    ctx.progress = lambda snap: seen.append((snap.phase, snap.activity))
+    batch = state.in_flight[0]
+    batch.failures, batch.unreachable_since = 2, 990.0  # it had been unreachable
+    provider.end("fb_1", detail="3 of 3 done")
+    collector.poll_due()
+    assert ("running", "downloading results of fb_1") in seen
+    assert state.activity == ""
+    assert (batch.failures, batch.unreachable_since) == (0, None)
+    events = job_events(ctx)
+    assert events.select("batch_key", "provider", "model", "provider_batch_id").unique().rows() \
+        == [("k_fb_1", "openai", "fake-model", "fb_1")]
+    batches = ctx.store.batch_state()
+    assert batches.select("batch_key", "status", "provider_status", "n_jobs", "detail").rows() \
+        == [("k_fb_1", "collected", "ended", 3, "3 of 3 done")]
+    assert state.batch_status == {"k_fb_1": "ended"}
