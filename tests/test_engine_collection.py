@@ -383,6 +383,17 @@ def test_collecting_reports_the_download_and_records_the_batch_and_its_rows_by_v
     assert events.select("batch_key", "provider", "model", "provider_batch_id").unique().rows() \
         == [("k_fb_1", "openai", "fake-model", "fb_1")]
     batches = ctx.store.batch_state()
-    assert batches.select("batch_key", "status", "provider_status", "n_jobs", "detail").rows() \
-        == [("k_fb_1", "collected", "ended", 3, "3 of 3 done")]
+    assert batches.select("batch_key", "provider", "model", "status", "provider_status",
+                          "n_jobs", "detail").rows() \
+        == [("k_fb_1", "openai", "fake-model", "collected", "ended", 3, "3 of 3 done")]
     assert state.batch_status == {"k_fb_1": "ended"}
+
+
+def test_a_batch_that_answers_a_poll_again_is_reachable_again(tmp_path):
+    provider, _, state, collector, _ = setup(tmp_path)
+    batch = state.in_flight[0]
+    batch.failures, batch.unreachable_since = 3, 990.0
+    state.unavailable[batch.batch_key] = "provider_unavailable: x"
+    collector.poll_due()  # still running, but it answered
+    assert (batch.failures, batch.unreachable_since) == (0, None)
+    assert state.unavailable == {} and state.in_flight == [batch]

@@ -148,3 +148,30 @@ def test_realtime_requests_left_in_flight_end_failed_lost_and_nothing_else_chang
     no_mode = again.drop("mode")
     assert resolve_lost(ctx.store, no_mode) is no_mode
     assert lost_spend(no_mode) == 0.0
+
+
+def test_recovery_goes_on_past_an_abandoned_intent_and_records_whose_batches_they_were(tmp_path):
+    provider = FakeProvider(FakeClock())
+    ctx, state = make_run(tmp_path, provider)
+    assign(ctx, "k0", ["z"], status="submitted", batch_id="fb_0")
+    assign(ctx, "k1", ["a"])  # never reached the provider
+    assign(ctx, "k2", ["b", "c"])  # reached it
+    provider.submit(pl.Series(['{"custom_id":"b"}', '{"custom_id":"c"}']), model=MODEL,
+                    tag=BatchTag("r", "k2", 0.0))
+    tags = []
+    provider_find = provider.find
+    provider.find = lambda tag: tags.append(tag) or provider_find(tag)  # type: ignore[method-assign]
+    out = recover(ctx, state)
+    assert [(b.batch_key, b.provider, b.model, b.provider_batch_id, b.job_ids.to_list())
+            for b in out] == [("k0", "openai", MODEL, "fb_0", ["z"]),
+                              ("k2", "openai", MODEL, "fb_1", ["b", "c"])]
+    # What find was told: the ids this folder already knows are not the orphan.
+    assert [(t.batch_key, t.known_batch_ids) for t in tags] == [
+        ("k1", frozenset({"fb_0"})), ("k2", frozenset({"fb_0"}))]
+    last = ctx.store.batch_state().sort("batch_key").select(
+        "batch_key", "provider", "model", "status", "provider_batch_id")
+    assert last.rows() == [
+        ("k0", "openai", MODEL, "submitted", "fb_0"),
+        ("k1", "openai", MODEL, "abandoned", None),
+        ("k2", "openai", MODEL, "submitted", "fb_1"),
+    ]
