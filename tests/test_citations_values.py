@@ -173,7 +173,7 @@ def test_compact_json_escapes_and_empty_strings_have_exact_spans() -> None:
 
 def test_citations_follow_the_block_positions_across_many_blocks() -> None:
     # The cited block is the fourth: its span starts after all the text before it.
-    blocks = [
+    blocks: list[dict[str, Any]] = [
         {"type": "text", "text": '{"a": "x", '},
         {"type": "text", "text": '"b": '},
         {"type": "text", "text": '"'},
@@ -187,7 +187,7 @@ def test_citations_follow_the_block_positions_across_many_blocks() -> None:
         "a": [], "b": ["YY"], "c": []}
     # A cited block that starts exactly where a value ends (its closing quote) does not
     # support that value, only the next one it overlaps.
-    starting = [
+    starting: list[dict[str, Any]] = [
         {"type": "text", "text": '{"a": "x'},
         {"type": "text", "text": '", "b": 7}', "citations": [_cite("7", 4)]},
     ]
