@@ -121,6 +121,28 @@ def _scratch_copy(modules: list[str], tests: list[str], dest: Path) -> None:
     (dest / "pyproject.toml").write_text(pyproject + "\n".join(lines) + "\n", encoding="utf-8")
 
 
+def _refresh(tests: list[str], dest: Path) -> list[str]:
+    """Bring ``dest`` (a kept scratch copy) up to date with the work tree; return what changed.
+
+    The package, the test helpers, the docs and the selected test files, each only when its
+    content differs. mutmut then regenerates the mutants of a changed module (resetting the
+    results of the functions whose code changed) and collects stats for tests it has not
+    seen, so that re-run mutants are checked against today's code with today's tests.
+    """
+    pairs = [(p, dest / p.relative_to(ROOT)) for p in (ROOT / "batchata_df").rglob("*")
+             if p.is_file() and "__pycache__" not in p.parts]
+    pairs += [(h, dest / "tests" / h.name) for h in (ROOT / "tests").glob("*.py")
+              if not h.name.startswith("test_")]
+    pairs += [(ROOT / p, dest / p) for p in (*DOCS, *(t.split("::", 1)[0] for t in tests))]
+    changed = []
+    for src, dst in pairs:
+        if not dst.exists() or dst.read_bytes() != src.read_bytes():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+            changed.append(str(dst.relative_to(dest)))
+    return changed
+
+
 def _mutant_results(scratch: Path) -> dict[str, int | None]:
     out: dict[str, int | None] = {}
     for meta in (scratch / "mutants").rglob("*.meta"):
@@ -220,7 +242,8 @@ def run_mutmut(
     machine a module can be tested in several sittings of ``budget`` seconds each. A run
     stopped by its budget is recorded with ``complete: false`` and its unchecked mutants.
     ``rerun`` (mutant name patterns, with ``workdir``) checks the matching mutants that no
-    test killed yet again, e.g. after tests were added for them.
+    test killed yet again, e.g. after tests were added for them; the kept copy's package and
+    tests are refreshed from the work tree first (:func:`_refresh`).
     With ``record_only`` nothing is run: the results already in ``workdir`` are recorded
     (a sitting stopped from outside, or mutants re-run by hand with ``mutmut run <names>``).
     With ``emulators`` (one per worker), that many emulators are started once and every
@@ -243,6 +266,9 @@ def run_mutmut(
             scratch.mkdir(parents=True, exist_ok=True)
         if not (scratch / "pyproject.toml").exists():
             _scratch_copy(modules, tests, scratch)
+        elif rerun and not record_only:
+            for path in _refresh(tests, scratch):
+                print(f"refreshed {path}")
         started = dt.datetime.now(dt.UTC)
         extra_env = (
             stack.enter_context(_running_emulators(emulators))
