@@ -279,8 +279,10 @@ def run_mutmut(
             if not _mutant_results(scratch):  # mutmut creates the mutants (and runs none)
                 _mutmut_run(scratch, max_children, None, ["__no_such_mutant__"], extra_env)
             everything = sorted(_mutant_results(scratch))
-            drawn = set(random.Random(SAMPLE_SEED).sample(everything,
-                                                          min(sample, len(everything))))
+            # One fixed shuffle, and its first ``sample``: a smaller sample is a prefix of a
+            # larger one, so a later sitting with another size keeps the results it shares.
+            random.Random(SAMPLE_SEED).shuffle(everything)
+            drawn = set(everything[:sample])
         names = _pending(scratch, rerun) if rerun else None
         if drawn is not None:
             decided = _KILLED | _TIMEOUT | _TYPE_CHECK | _SURVIVED | _NO_TESTS
