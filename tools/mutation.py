@@ -195,14 +195,21 @@ def _mutmut_run(
         try:
             proc.wait(timeout=budget)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGTERM)  # mutmut and its workers, nothing else
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            _stop_group(proc)
             return False
+        except BaseException:  # Ctrl-C or SIGTERM (see main): mutmut's workers go too
+            _stop_group(proc)
+            raise
     return True
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)  # mutmut and its workers, nothing else
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 @contextlib.contextmanager
@@ -692,6 +699,8 @@ def main(argv: list[str] | None = None) -> int:
     tg = sub.add_parser("targeted", help="the hand-written mutations of issue 10")
     tg.add_argument("--only", help="one mutation by name")
     args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C: mutmut's process group and the emulators are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.mode == "mutmut":
         label = args.label or "+".join(Path(m).stem for m in args.module)
         record = run_mutmut(args.module, args.tests, args.max_children, label,
