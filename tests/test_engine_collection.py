@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import polars as pl
 import pytest
 from engine_fakes import (
@@ -16,6 +18,7 @@ from engine_fakes import (
 )
 from pydantic import BaseModel
 
+from batchata_df.cost import Price
 from batchata_df.engine.admission import Admission
 from batchata_df.engine.clock import FakeClock
 from batchata_df.engine.collection import Collector, outcomes_to_events
@@ -397,3 +400,36 @@ def test_a_batch_that_answers_a_poll_again_is_reachable_again(tmp_path):
     collector.poll_due()  # still running, but it answered
     assert (batch.failures, batch.unreachable_since) == (0, None)
     assert state.unavailable == {} and state.in_flight == [batch]
+
+
+def test_terminal_rows_are_priced_and_add_cost_and_cache_savings_by_value(tmp_path):
+    ctx, state = make_run(tmp_path, FakeProvider(FakeClock()))
+    price = Price(input=1.0, output=2.0, cached_input=0.25, cache_write=1.25)
+    ctx.prices = SimpleNamespace(get=lambda provider, model: price)  # type: ignore[assignment]
+    ledger = Ledger(ctx, state)
+    events = pl.DataFrame({
+        "job_id": ["a", "b"], "status": ["completed", "failed"], "error": [None, "x"],
+        "input_tokens": [1_000_000, 1_000_000], "output_tokens": [0, 1_000_000],
+        "cached_tokens": [400_000, None], "cache_write_tokens": [None, 200_000],
+    })
+    added = ledger.terminal(events, batch_key="k", provider="openai", model="m",
+                            provider_batch_id="fb")
+    # a: 600k at 1.0 + 400k cached at 0.25 = 0.70 (1.00 uncached: saved 0.30);
+    # b: 800k at 1.0 + 200k written at 1.25 + 1M out at 2.0 = 3.05 (3.00: saved -0.05).
+    assert added == pytest.approx(3.75)
+    stored = job_events(ctx).select("job_id", "cost_usd", "cache_saved_usd").rows()
+    assert [(j, round(c, 9), round(s, 9)) for j, c, s in stored] == [
+        ("a", 0.7, 0.3), ("b", 3.05, -0.05)]
+    assert (state.cost, state.cache_saved) == (pytest.approx(3.75), pytest.approx(0.25))
+    assert (state.done["completed"], state.done["failed"]) == (1, 1)
+    # A second call adds to the totals; rows of an unknown price add nothing.
+    again = events.head(1).with_columns(job_id=pl.lit("c"))
+    ledger.terminal(again, batch_key="k", provider="openai", model="m", provider_batch_id="fb")
+    assert (state.cost, state.cache_saved) == (pytest.approx(4.45), pytest.approx(0.55))
+    unpriced = ledger.terminal(again.with_columns(job_id=pl.lit("d")), batch_key="k",
+                               provider=None, model=None, provider_batch_id=None)
+    unsent = ledger.terminal(pl.DataFrame({"job_id": ["e"], "status": ["cancelled"]}),
+                             batch_key=None, provider=None, model=None, provider_batch_id=None)
+    assert (unpriced, unsent) == (0.0, 0.0)
+    assert (state.cost, state.cache_saved) == (pytest.approx(4.45), pytest.approx(0.55))
+    assert state.done["cancelled"] == 1

@@ -220,3 +220,10 @@ def test_a_split_batch_keeps_its_bytes_worst_case_and_input_part(provider):
     assert head.est_input_usd is not None and tail.est_input_usd is not None
     assert (head.est_input_usd.to_list(), tail.est_input_usd.to_list()) == ([0.1] * 2, [0.1] * 3)
     assert head.has_estimates and tail.has_estimates
+
+
+def test_taking_from_an_empty_plan_is_a_bug_named_as_such(provider):
+    planner = Planner({"openai": provider}, SPEC, None)
+    with pytest.raises(RuntimeError) as raised:
+        planner.took(1)
+    assert str(raised.value) == "took() with no batch planned"
