@@ -175,3 +175,14 @@ def test_recovery_goes_on_past_an_abandoned_intent_and_records_whose_batches_the
         ("k1", "openai", MODEL, "abandoned", None),
         ("k2", "openai", MODEL, "submitted", "fb_1"),
     ]
+
+
+def test_re_attached_batches_carry_typed_job_id_series_even_when_their_rows_are_gone(tmp_path):
+    ctx, state = make_run(tmp_path, FakeProvider(FakeClock()))
+    assign(ctx, "k1", ["a", "b"], status="submitted", batch_id="fb_1")
+    ctx.store.append_batch(batch_key="k2", provider="openai", model=MODEL, status="submitted",
+                           provider_batch_id="fb_2", n_jobs=1)  # its job parts were lost
+    first, second = recover(ctx, state)
+    for batch, ids in ((first, ["a", "b"]), (second, [])):
+        assert (batch.job_ids.name, batch.job_ids.dtype, batch.job_ids.to_list()) \
+            == ("job_id", pl.String, ids)
