@@ -186,10 +186,10 @@ def _mutmut_run(
     With ``names``, only those mutants are run (again).
     """
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **(extra_env or {})}
-    with subprocess.Popen(
+    with (scratch / "mutmut.log").open("ab") as log, subprocess.Popen(
         [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children),
          *(names or [])],
-        cwd=scratch, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=scratch, env=env, stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True,
     ) as proc:
         try:
