@@ -241,6 +241,7 @@ def run_mutmut(
     record_only: bool = False,
     emulators: int = 0,
     sample: int | None = None,
+    only: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run mutmut on ``modules`` with ``tests``; return this run's record.
 
@@ -260,6 +261,8 @@ def run_mutmut(
     With ``sample``, only that many mutants, drawn at random with a fixed seed (the same
     ones in every sitting), are checked and scored, with a 95 % interval for the score of
     all of them: for modules whose tests are too slow to run every mutant in one session.
+    With ``only`` (fnmatch patterns), only the (drawn) mutants matching them are run and
+    scored: e.g. the functions another run's tests never reach, with the tests that do.
     """
     version = subprocess.run(
         [sys.executable, "-c", "import importlib.metadata as m; print(m.version('mutmut'))"],
@@ -290,6 +293,15 @@ def run_mutmut(
             # larger one, so a later sitting with another size keeps the results it shares.
             random.Random(SAMPLE_SEED).shuffle(everything)
             drawn = set(everything[:sample])
+        if only:
+            import fnmatch
+
+            if not _mutant_results(scratch):
+                _mutmut_run(scratch, max_children, None, ["__no_such_mutant__"], extra_env)
+            drawn = {
+                name for name in (drawn or set(_mutant_results(scratch)))
+                if any(fnmatch.fnmatchcase(name, p) for p in only)
+            }
         names = _pending(scratch, rerun) if rerun else None
         if drawn is not None:
             decided = _KILLED | _TIMEOUT | _TYPE_CHECK | _SURVIVED | _NO_TESTS
@@ -340,7 +352,8 @@ def run_mutmut(
             "no_tests": len(no_tests),
             "not_checked": len(other),
             "score": round(score, 4),
-            "sample": None if drawn is None else {
+            "only": only,
+            "sample": None if drawn is None or sample is None else {
                 "drawn": len(drawn), "of": population, "seed": SAMPLE_SEED,
                 "interval_95": [round(x, 4) for x in _wilson(detected, checked)],
             },
@@ -694,6 +707,8 @@ def main(argv: list[str] | None = None) -> int:
     mm.add_argument("--sample", type=int, metavar="N",
                     help="check and score only N mutants drawn at random (fixed seed), "
                     "with a 95 %% interval for the whole module's score")
+    mm.add_argument("--only", nargs="+", metavar="PATTERN",
+                    help="run and score only the mutants matching these fnmatch patterns")
     mm.add_argument("--record-only", action="store_true",
                     help="run nothing: record the results already in --workdir")
     tg = sub.add_parser("targeted", help="the hand-written mutations of issue 10")
@@ -706,7 +721,7 @@ def main(argv: list[str] | None = None) -> int:
         record = run_mutmut(args.module, args.tests, args.max_children, label,
                             workdir=args.workdir, budget=args.time_budget, rerun=args.rerun,
                             record_only=args.record_only, emulators=args.emulators,
-                            sample=args.sample)
+                            sample=args.sample, only=args.only)
         write_mutmut(record)
         print(
             f"{label}: {record['mutants']} mutants, {record['killed']} killed, "
