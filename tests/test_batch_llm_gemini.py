@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from typing import Literal
 
 import polars as pl
@@ -17,7 +18,7 @@ from pydantic import BaseModel
 
 from batchata_df import CredentialsError, SchemaError, batch_llm
 from batchata_df.frame import META_COLUMNS
-from batchata_df.providers.base import RequestSpec
+from batchata_df.providers.base import BatchTag, RequestSpec
 from batchata_df.providers.gemini import GeminiProvider, gemini_json_schema
 from batchata_df.schema import AnswerSchema
 
@@ -340,3 +341,28 @@ def test_crash_between_create_and_checkpoint_finds_the_orphan(emu, tmp_path):
     assert listed, "resume must list batches to look for the orphan"
     orphan_batch = out["_batch_id"][0]
     assert (out["_batch_id"] == orphan_batch).sum() == 3
+
+
+def test_a_running_batch_reports_its_request_counts_from_batch_stats(emu):
+    emu.configure(latency=100)
+    provider = GeminiProvider()
+    spec = RequestSpec(AnswerSchema(None), {"max_tokens": 50})
+    jobs = pl.DataFrame({
+        "job_id": ["a", "b", "c"], "model": [MODEL] * 3, "system": [None] * 3,
+        "prompt": ["x", "[[emulator:error:400]] y", "z"],
+    })
+    tag = BatchTag("run", "k1", time.time(), n_jobs=3)
+    batch_id = provider.submit(provider.encode(jobs, spec), model=MODEL, tag=tag)
+    seen = [provider.poll(batch_id).counts]
+    for step in (50, 49):
+        emu.advance(step)
+        seen.append(provider.poll(batch_id).counts)
+    emu.advance(1)
+    ended = provider.poll(batch_id)
+    provider.close()
+    assert seen == [
+        {"total": 3, "pending": 3, "completed": 0, "failed": 0},
+        {"total": 3, "pending": 2, "completed": 1, "failed": 0},
+        {"total": 3, "pending": 1, "completed": 1, "failed": 1},
+    ]
+    assert ended.counts == {}  # only a running batch is counted

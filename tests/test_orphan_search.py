@@ -147,3 +147,27 @@ def test_search_is_bounded_by_count(emu, tmp_path, monkeypatch):
             provider.find(tag)
     finally:
         provider.close()
+
+
+@pytest.mark.parametrize(("name", "article", "path", "what"), [
+    ("OpenAI", "an", r"/openai/v1/batches(\?|$)", "list batches"),
+    ("Anthropic", "an", r"/anthropic/v1/messages/batches(\?|$)", "list message batches"),
+    ("Gemini", "a", r"/gemini/v1beta/batches(\?|$)", "list batches"),
+])
+def test_a_batch_list_that_cannot_be_read_stops_the_search_and_says_why(emu, name, article,
+                                                                        path, what):
+    from batchata_df.errors import OrphanedBatchError
+    from batchata_df.providers import make_provider
+
+    emu.inject_fault(path_regex=path, method="GET", status=400, times=None)
+    provider = make_provider(name.lower())
+    try:
+        with pytest.raises(OrphanedBatchError) as info:
+            provider.find(BatchTag(run_id="r", batch_key="b0", created_after=time.time()))
+    finally:
+        provider.close()
+    message = str(info.value)
+    assert message.startswith(
+        f"a previous run may have created {article} {name} batch just before it stopped, "
+        f"but listing batches failed ({name} failed to {what}: HTTP 400")
+    assert message.endswith("); retry later so that nothing is paid twice")
