@@ -130,3 +130,24 @@ def test_calibration_learns_only_from_jobs_it_has_an_estimate_for():
     assert cal.ratio("openai", MODEL) == 1.0
     cal.observe("openai", "other-model", {"a": 3})  # even a one-token estimate is a ratio
     assert cal.ratio("openai", "other-model") == 3.0
+
+
+def test_the_cap_counts_the_jobs_it_holds_back_and_each_round_that_releases_some():
+    state = RunState(started=0.0)
+    admission = Admission(state, cap=0.35)
+    plan = plan_of(make_jobs(6, worst=0.1))
+    first = admission.admit(plan)  # 3 fit, 3 wait (tail(n): all but the first n)
+    assert first is not None and len(first) == 3
+    assert (state.cap_waiting, state.cap_rounds, state.cap_first_fit) == (3, 0, 3)
+    state.reserved = 0.3  # the first three are in flight
+    assert admission.admit(plan.tail(3)) is None  # nothing fits: all three wait
+    assert (state.cap_waiting, state.cap_rounds) == (3, 0)
+    state.reserved = 0.15
+    part = admission.admit(plan.tail(3))  # room for two after waiting: a round
+    assert part is not None and len(part) == 2
+    assert (state.cap_waiting, state.cap_rounds) == (1, 1)
+    state.reserved = 0.0
+    assert admission.admit(plan.tail(5)) is not None  # the last one, whole: another round
+    assert (state.cap_waiting, state.cap_rounds, state.cap_first_fit) == (0, 2, 3)
+    assert admission.admit(plan.tail(5)) is not None  # nothing was waiting: no round
+    assert (state.cap_waiting, state.cap_rounds) == (0, 2)

@@ -21,6 +21,7 @@ from batchata_df.engine.planning import Planner
 from batchata_df.engine.run import InFlightBatch, RunOptions
 from batchata_df.engine.submission import Submitter
 from batchata_df.errors import OrphanedBatchError, ProviderError
+from batchata_df.state import BATCH_EVENTS
 
 
 def setup(tmp_path, *, cap=None, options=None, jobs=None, per_batch=None):
@@ -254,3 +255,26 @@ def test_a_lookup_unanswered_for_exactly_the_patience_gives_up_and_reports_progr
         for t in (0, 4)
     ]
     assert seen[0][0] == "running" and seen[0][1].startswith("uploading batch 1 to openai")
+
+
+def test_both_batch_events_carry_who_and_how_big_and_the_upload_shows_while_it_runs(tmp_path):
+    provider, ctx, state, submitter, planner = setup(tmp_path)
+    seen = []
+    ctx.progress = lambda snap: seen.append(snap.activity)
+    plan = planner.current()
+    provider.clock.advance(5.0)
+    submitter.submit(plan)
+    events = ctx.store._scan("batches", BATCH_EVENTS).sort("seq").select(
+        "status", "provider", "model", "n_jobs", "n_bytes").rows()
+    assert events == [("intent", "openai", "fake-model", 3, plan.n_bytes),
+                      ("submitted", "openai", "fake-model", 3, plan.n_bytes)]
+    assert plan.n_bytes > 0
+    mb = f"{plan.n_bytes / 1e6:,.1f}"
+    assert seen == [f"uploading batch 1 to openai (3 requests, {mb} MB)"]
+    assert state.activity == ""
+    assert state.first_submit_at == provider.clock.monotonic()
+    provider.clock.advance(5.0)
+    planner.took(len(plan))
+    planner.add(make_jobs(1, worst=0.1, start=3))
+    submitter.submit(planner.current())  # a later batch keeps the first time
+    assert state.first_submit_at == provider.clock.monotonic() - 5.0
