@@ -388,3 +388,34 @@ def test_keep_responses_keeps_the_realtime_answer_body(emu) -> None:
     assert ok["object"] == "chat.completion"
     assert json.loads(ok["choices"][0]["message"]["content"])["label"] == out["label"][0]
     assert bad["error"]["message"].startswith("Emulated error (HTTP 400)")
+
+
+@pytest.mark.parametrize(("model", "error"), [
+    ("gpt-4.1-mini", "http_400: Emulated error (HTTP 400) for this request."),
+    ("claude-haiku-4-5",
+     "invalid_request_error: Emulated invalid_request_error (HTTP 400) for this request."),
+    ("gemini-2.5-flash", "error_400: Emulated error (HTTP 400) for this request."),
+])
+def test_a_refused_request_fails_its_row_with_the_same_error_as_in_a_batch(emu, model, error):
+    df = pl.DataFrame({"text": ["ok", "bad [[emulator:error:400]]"]})
+    realtime = df.pipe(batch_llm, model=model, mode="realtime", **KW)
+    batch = df.pipe(batch_llm, model=model, **KW)
+    assert realtime["_status"].to_list() == ["completed", "failed"]
+    assert realtime["_error"].to_list() == [None, error] == batch["_error"].to_list()
+
+
+@pytest.mark.parametrize(("model", "message"), [
+    ("gpt-4.1-mini", "OpenAI rejected the API key: check OPENAI_API_KEY"),
+    ("claude-haiku-4-5", "Anthropic rejected the API key: check ANTHROPIC_API_KEY"),
+    ("gemini-2.5-flash",
+     "Gemini rejected the API key: check GEMINI_API_KEY (or GOOGLE_API_KEY): "
+     "HTTP 401 UNAUTHENTICATED"),
+])
+def test_a_rejected_key_stops_a_realtime_run_with_the_fix(emu, model, message):
+    from batchata_df import CredentialsError
+
+    emu.inject_fault(path_regex=r"(/chat/completions|/v1/messages|:generateContent)$",
+                     status=401, times=None)
+    with pytest.raises(CredentialsError) as raised:
+        pl.DataFrame({"text": ["x"]}).pipe(batch_llm, model=model, mode="realtime", **KW)
+    assert str(raised.value) == message

@@ -456,11 +456,16 @@ class AnthropicProvider:
                 kind_name = f"http_{e.status_code}"
                 if isinstance(error, dict) and error.get("type"):
                     kind_name = str(error["type"])
+                # The line a batch would hold: decode_results prefixes the type itself.
+                said = error.get("message") if isinstance(error, dict) else None
                 result: dict[str, Any] = {
                     "custom_id": custom_id,
                     "result": {
                         "type": "errored",
-                        "error": {"type": "error", "error": {"type": kind_name, "message": text}},
+                        "error": {
+                            "type": "error",
+                            "error": {"type": kind_name, "message": said or text},
+                        },
                     },
                 }
                 decoded = decode_results(json.dumps(result).encode(), spec)
