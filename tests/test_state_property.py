@@ -16,7 +16,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batchata_df.repair import doctor
-from batchata_df.state import JOB_EVENTS, StateStore
+from batchata_df.state import (
+    JOB_EVENTS,
+    StateStore,
+    _billed_sorted,
+    _conform,
+    billed_from_events,
+)
 
 FP = {"model": "m", "prompt": "p"}
 JOBS = [f"j{i}" for i in range(6)]
@@ -115,3 +121,51 @@ def test_any_interleaving_of_events_and_crashes_replays_to_the_same_state(ops):
             assert abs(got_billed[job_id] - cost) < 1e-9
         # Leftover temp files are not damage: they are simply not part of the state.
         assert doctor(Path(root)).damaged == []
+
+
+billing_event_keys = ["job_id", "batch_key", "status", "cost_usd", "input_tokens",
+                      "output_tokens", "reasoning_tokens"]
+billing_event = st.fixed_dictionaries(
+    {
+        "job_id": st.one_of(st.sampled_from(JOBS), st.none()),
+        "batch_key": st.one_of(st.sampled_from(BATCHES), st.none()),
+        "status": st.sampled_from(["assigned", "completed", "failed", "cancelled"]),
+        "cost_usd": st.one_of(st.none(), st.floats(0, 1, allow_nan=False)),
+        "input_tokens": st.one_of(st.none(), st.integers(0, 10**6)),
+        "output_tokens": st.one_of(st.none(), st.integers(0, 10**6)),
+        "reasoning_tokens": st.one_of(st.none(), st.integers(0, 10**3)),
+    }
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(events=st.lists(billing_event, max_size=14), once=st.booleans())
+def test_snapshot_bill_without_hashing_ids_equals_the_grouped_bill(events, once):
+    """``snapshot``'s bill skips the id count when each job's only bill is its last event.
+
+    Whatever the events (retries, a batch collected twice, nulls, events without a batch
+    or a job id), the bill is the grouped one of :func:`billed_from_events`; ``once``
+    draws folders where every job has one event, the case the shortcut takes.
+    """
+    if once:  # one event per job: the shortcut's case (and null ids, which it must refuse)
+        seen: set[object] = set()
+        events = [e for e in events if not (e["job_id"] in seen or seen.add(e["job_id"]))]
+    frame = _conform(
+        pl.DataFrame(events, schema={k: JOB_EVENTS[k] for k in billing_event_keys}).with_columns(
+            pl.int_range(pl.len(), dtype=pl.Int64).alias("seq")
+        ),
+        JOB_EVENTS,
+    )
+    latest = frame.filter(pl.col("job_id").is_last_distinct() & pl.col("job_id").is_not_null())
+    got = _billed_sorted(frame, latest).sort("job_id", nulls_last=True)
+    want = billed_from_events(frame).sort("job_id", nulls_last=True)
+    assert got.schema == want.schema
+    assert got.to_dicts() == want.to_dicts() or _close(got, want)
+
+
+def _close(got: pl.DataFrame, want: pl.DataFrame) -> bool:
+    """Equal but for float rounding of summed costs."""
+    if got.drop("cost_usd").to_dicts() != want.drop("cost_usd").to_dicts():
+        return False
+    pairs = zip(got["cost_usd"].to_list(), want["cost_usd"].to_list(), strict=True)
+    return all((a is None) == (b is None) and (a is None or abs(a - b) < 1e-9) for a, b in pairs)
