@@ -14,6 +14,7 @@ from pathlib import Path
 import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
 
 from batchata_df.repair import doctor
 from batchata_df.state import (
@@ -22,6 +23,7 @@ from batchata_df.state import (
     _billed_sorted,
     _conform,
     billed_from_events,
+    join_by_job,
 )
 
 FP = {"model": "m", "prompt": "p"}
@@ -169,3 +171,30 @@ def _close(got: pl.DataFrame, want: pl.DataFrame) -> bool:
         return False
     pairs = zip(got["cost_usd"].to_list(), want["cost_usd"].to_list(), strict=True)
     return all((a is None) == (b is None) and (a is None or abs(a - b) < 1e-9) for a, b in pairs)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    left_ids=st.lists(st.one_of(st.sampled_from(JOBS), st.none()), max_size=8),
+    data=st.data(),
+)
+def test_join_by_job_equals_the_left_join(left_ids, data):
+    """Aligned ids (the shortcut), permuted, missing, extra, duplicated or null: same frame."""
+    how = data.draw(st.sampled_from(["aligned", "permuted", "any"]))
+    if how == "any":
+        right_ids = data.draw(st.lists(st.sampled_from(JOBS), unique=True, max_size=6))
+    else:
+        unique = list(dict.fromkeys(i for i in left_ids if i is not None))
+        right_ids = unique if how == "aligned" else data.draw(st.permutations(unique))
+        if how == "aligned":
+            left_ids = unique  # each job once, in the right's order: the shortcut's case
+    left = pl.DataFrame(
+        {"job_id": left_ids, "x": list(range(len(left_ids)))},
+        schema={"job_id": pl.String, "x": pl.Int64},
+    )
+    right = pl.DataFrame(
+        {"job_id": right_ids, "y": [f"v{i}" for i in right_ids], "z": [1.5] * len(right_ids)},
+        schema={"job_id": pl.String, "y": pl.String, "z": pl.Float64},
+    )
+    want = left.join(right, on="job_id", how="left", maintain_order="left")
+    assert_frame_equal(join_by_job(left, right), want)
