@@ -225,6 +225,16 @@ def test_template_errors_name_the_position_and_the_fix() -> None:
     assert template_columns("") == []
 
 
+def test_a_brace_opened_inside_a_placeholder_is_refused_whatever_follows() -> None:
+    # The first '{' after an opening one decides, not the last: later placeholders do not
+    # make "{a{b}" a valid one.
+    with pytest.raises(ConfigError) as info:
+        template_columns("{a{b} and {c}")
+    assert str(info.value) == (
+        "prompt template has a '{' at position 0 that is never closed (near '{a{b} and '); "
+        "close the placeholder like {column}, or write a literal brace as '{{'")
+
+
 def test_unknown_or_untextual_columns_are_refused_naming_the_fix() -> None:
     with pytest.raises(ColumnError) as info:
         render_template("{txet}", {"text": pl.String, "n": pl.Int64}, "system")
