@@ -235,6 +235,14 @@ def test_a_brace_opened_inside_a_placeholder_is_refused_whatever_follows() -> No
         "close the placeholder like {column}, or write a literal brace as '{{'")
 
 
+def test_a_stray_closing_brace_near_the_start_is_quoted_from_the_first_character() -> None:
+    with pytest.raises(ConfigError) as info:
+        template_columns("x} then {a}", "system")
+    assert str(info.value) == (
+        "system template has a '}' at position 1 that closes nothing (near 'x} then {a}'); "
+        "write a literal brace as '}}'")
+
+
 def test_unknown_or_untextual_columns_are_refused_naming_the_fix() -> None:
     with pytest.raises(ColumnError) as info:
         render_template("{txet}", {"text": pl.String, "n": pl.Int64}, "system")
