@@ -243,6 +243,20 @@ def test_a_stray_closing_brace_near_the_start_is_quoted_from_the_first_character
         "write a literal brace as '}}'")
 
 
+@pytest.mark.parametrize(
+    ("template", "problem"),
+    [("{a[}", "expected '}' before end of string"), ("{a!}", "unmatched '{' in format spec")],
+)
+def test_balanced_braces_around_a_malformed_field_are_a_config_error(
+    template: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        template_columns(template, "system")
+    assert str(info.value) == (
+        f"system template {template!r} is malformed ({problem}); write literal braces twice")
+    assert isinstance(info.value.__cause__, ValueError)
+
+
 def test_unknown_or_untextual_columns_are_refused_naming_the_fix() -> None:
     with pytest.raises(ColumnError) as info:
         render_template("{txet}", {"text": pl.String, "n": pl.Int64}, "system")
