@@ -112,7 +112,8 @@ def _child(tmp_path: Path, n: int) -> Terminal:
 def test_terminal_display_in_a_real_pty(emu, tmp_path):
     term = _child(tmp_path, 30)
     try:
-        first = term.wait_for(r"requests finished")
+        # the whole first frame (its last line is the ETA), not a frame half painted
+        first = term.wait_for(r"requests finished[\s\S]*ETA\s+\S")
         assert re.search(r"batch_llm\s+\S+\s+0/30 requests finished \(0%\)", first)
         assert re.search(r"ETA\s+unknown", first)
         screen = term.finish()
