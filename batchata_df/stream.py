@@ -43,6 +43,7 @@ from batchata_df.cost import PriceOverride, PriceTable
 from batchata_df.engine import Engine, RunOptions
 from batchata_df.engine.driver import job_states_of, with_unavailable
 from batchata_df.errors import ConfigError
+from batchata_df.jobindex import JobIndex
 from batchata_df.jobs import build_jobs, check_param_values, check_params
 from batchata_df.providers import SUPPORTED_PARAMS, make_provider
 from batchata_df.providers.base import Provider, RequestSpec
@@ -436,6 +437,7 @@ def _write_sink(
 
     flagged: list[pl.DataFrame] = []
     batches = store.batch_state()  # read once: the ids of batches, for every chunk
+    index = store.job_index()  # one scan of the job ids; each chunk reads its row groups
     with SinkWriter(sink) as writer:
         for path in chunks:
             chunk = pl.read_parquet(path)
@@ -445,7 +447,8 @@ def _write_sink(
                 pl.col(_LATER).alias("later"),
             )
             ids = keys.filter(pl.col("input_error").is_null()).get_column("job_id").unique()
-            results = with_unavailable(job_states_of(store, ids, batches), unavailable, unsent)
+            states = job_states_of(store, ids, batches, index)
+            results = with_unavailable(states, unavailable, unsent)
             hit = results.filter(
                 pl.col("error").str.contains("provider_unavailable: ", literal=True)
             )
@@ -490,10 +493,12 @@ def stream_plan(
     from batchata_df.plan import PLAN_COLUMNS, plan_columns, plan_status
 
     store = None
+    index: JobIndex | None = None
     held = 0.0
     busy = pl.Series("job_id", [], dtype=pl.String)
     if state is not None and Path(state).is_dir():
         store = StateStore(state, fingerprint, readonly=True)
+        index = store.job_index()
         batches = store.batch_state()
         if batches.height:
             open_keys = batches.filter(
@@ -513,7 +518,7 @@ def stream_plan(
             ids = jobs.get_column("job_id")
             done = pl.Series("job_id", [], dtype=pl.String)
             if store is not None:
-                latest, _ = store.snapshot(ids)
+                latest, _ = store.snapshot(ids, index)
                 done = settled(latest, retry_failed=options.retry_failed).get_column("job_id")
             sendable = jobs.filter(pl.col("input_error").is_null())
             todo = (
