@@ -76,22 +76,23 @@ class JobIndex:
         if total == 0:
             self.words = np.zeros(0, dtype=np.uint64)
             return
-        # One scan of the job ids, hashed while scanning (only 8 bytes per event held).
-        hashed = (
-            pl.scan_parquet(
-                self.parts, schema={"job_id": pl.String()}, missing_columns="insert",
+        # One scan of the job ids, hashed a million at a time into one array: what is held
+        # is 8 bytes per event, plus a million ids while they are hashed.
+        words = np.empty(total, dtype=np.uint64)
+        shift = np.uint64(self.row_bits)
+        for part, path in enumerate(self.parts):
+            at = int(self.offsets[part])
+            scan = pl.scan_parquet(
+                path, schema={"job_id": pl.String()}, missing_columns="insert",
                 extra_columns="ignore",
-            )
-            .select(pl.col("job_id").hash(seed=HASH_SEED))
-            .collect()
-            .to_series()
-            .to_numpy(writable=True)  # shifted in place below (copied only if shared)
-        )
-        words = np.asarray(hashed, dtype=np.uint64)
-        del hashed
-        words >>= np.uint64(self.row_bits)
-        words <<= np.uint64(self.row_bits)
-        words |= np.arange(total, dtype=np.uint64)
+            ).select(pl.col("job_id").hash(seed=HASH_SEED))
+            for batch in scan.collect_batches(chunk_size=1 << 20, maintain_order=True):
+                n = batch.height
+                block = words[at : at + n]
+                np.right_shift(batch.to_series().to_numpy(), shift, out=block)
+                block <<= shift
+                block |= np.arange(at, at + n, dtype=np.uint64)
+                at += n
         words.sort()
         self.words = words
 
@@ -112,6 +113,7 @@ class JobIndex:
         hashed = job_ids.drop_nulls().unique().hash(seed=HASH_SEED).to_numpy()
         shift = np.uint64(self.row_bits)
         keys = (np.asarray(hashed, dtype=np.uint64) >> shift) << shift
+        keys.sort()  # searched in order, the binary searches stay near each other in memory
         lo = np.searchsorted(self.words, keys, side="left")
         hi = np.searchsorted(self.words, keys | self._mask, side="right")
         counts = hi - lo
@@ -136,20 +138,16 @@ class JobIndex:
             local = found[part_of == part] - self.offsets[part]
             starts = self.group_starts[part]
             group_of = np.searchsorted(starts, local, side="right") - 1
-            groups = np.unique(group_of)
-            # Position of each wanted row within the concatenation of the groups read.
-            sizes = starts[groups + 1] - starts[groups]
-            base = np.cumsum(sizes) - sizes
-            at = local - starts[group_of] + base[np.searchsorted(groups, group_of)]
             present = [c for c in wanted if c in self.columns[part]]
-            table = self._files[part].read_row_groups(groups.tolist(), columns=present)
-            frame = pl.from_arrow(table.take(at))
-            assert isinstance(frame, pl.DataFrame)
-            frames.append(
-                frame.with_columns(
-                    pl.lit(None).alias(c) for c in wanted if c not in self.columns[part]
-                ).select(wanted)
-            )
+            absent = [pl.lit(None).alias(c) for c in wanted if c not in self.columns[part]]
+            # One row group at a time, taking its rows at once: what is held is one group
+            # of the columns asked for, plus the rows found.
+            for group in np.unique(group_of):
+                table = self._files[part].read_row_groups([int(group)], columns=present)
+                frame = pl.from_arrow(table.take(local[group_of == group] - starts[group]))
+                del table
+                assert isinstance(frame, pl.DataFrame)
+                frames.append(frame.with_columns(absent).select(wanted))
         if not frames:
             return pl.DataFrame({c: [] for c in wanted})
         events = pl.concat(frames, how="vertical_relaxed")

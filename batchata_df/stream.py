@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 from pydantic import BaseModel
 
@@ -235,6 +236,7 @@ def stream_llm(
             with fr._interrupt_sets(stop):
                 unsent = engine.run_source(source)
             source.read_rest()  # rows never read (wait=False, a stop): pending or cancelled
+            source.seen = None  # not needed to write the sink: let it go
             # Compacted first: each chunk's lookup below then scans a few parts, not the
             # thousand a 10M-row run leaves (faster, and less held per scan).
             store.compact()
@@ -313,6 +315,8 @@ class ChunkSource:
         self.expected_rows = expected_rows
         self.rows_seen = 0
         self.files: list[Path] = []
+        self.seen: SeenIds | None = SeenIds()
+        """Job ids of the chunks read so far (a later chunk's copy of a request is marked)."""
         self._batches = _chunks(lf, chunk_rows, expected_rows)
 
     def read(self) -> tuple[pl.DataFrame, pl.DataFrame] | None:
@@ -328,16 +332,22 @@ class ChunkSource:
         ids = jobs.get_column("job_id")
         later = pl.Series(_LATER, [False] * chunk.height, dtype=pl.Boolean)
         if self.files:
-            seen = (
-                pl.scan_parquet(self.files)
-                .select(pl.col(_JOB))
-                .filter(pl.col(_JOB).is_in(ids.unique().implode()))
-                .unique()
-                .collect()
-                .to_series()
-            )
-            if seen.len():
-                later = ids.is_in(seen.implode()).alias(_LATER)
+            hit = self.seen.contains(ids) if self.seen is not None else None
+            if hit is None:  # ids this class cannot key exactly: look in the spilled chunks
+                seen = (
+                    pl.scan_parquet(self.files)
+                    .select(pl.col(_JOB))
+                    .filter(pl.col(_JOB).is_in(ids.unique().implode()))
+                    .unique()
+                    .collect()
+                    .to_series()
+                )
+                if seen.len():
+                    later = ids.is_in(seen.implode()).alias(_LATER)
+            elif hit.any():
+                later = ids.is_in(ids.filter(hit).implode()).alias(_LATER)
+        if self.seen is not None and not self.seen.add(ids):
+            self.seen = None  # from now on, the spilled chunks are searched
         keyed = chunk.with_columns(
             ids.alias(_JOB), jobs.get_column("input_error").alias(_ERR), later
         )
@@ -377,6 +387,68 @@ class ChunkSource:
         )
         jobs = self.jobs_of(rows.drop(_JOB, _ERR, _LATER))
         return self.estimate(jobs.filter(pl.col("input_error").is_null()).drop("input_error"))
+
+
+class SeenIds:
+    """A set of job ids in bounded memory: each id as its exact 96-bit value.
+
+    Job ids are 24 hex digits (:func:`batchata_df.jobs.job_ids`): kept as a 64-bit and a
+    32-bit integer (12 bytes an id, 120 MB for ten million), in sorted segments merged as
+    they grow (binary-counter style, so adding ``n`` ids costs ``O(n log n)`` in all), and
+    looked up by binary search: a chunk's ids are checked against every earlier chunk
+    without reading them back (which cost a scan of every spilled chunk per chunk).
+    """
+
+    def __init__(self) -> None:
+        self.segments: list[tuple[np.ndarray, np.ndarray]] = []
+
+    @staticmethod
+    def _keys(ids: pl.Series) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(high 64 bits, low 32 bits)`` of each non-null id (``None``: one is not hex)."""
+        ids = ids.drop_nulls()
+        if not ids.str.contains(r"^[0-9a-f]{24}$").all():
+            return None
+        hi = ids.str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64).to_numpy()
+        lo = ids.str.slice(16, 8).str.to_integer(base=16, dtype=pl.UInt32).to_numpy()
+        return np.asarray(hi, dtype=np.uint64), np.asarray(lo, dtype=np.uint32)
+
+    def add(self, ids: pl.Series) -> bool:
+        """Add ``ids`` (nulls are ignored); ``False`` (nothing added) if one is not hex."""
+        keys = self._keys(ids)
+        if keys is None:
+            return False
+        hi, lo = keys
+        if hi.size == 0:
+            return True
+        order = np.lexsort((lo, hi))
+        self.segments.append((hi[order], lo[order]))
+        segs = self.segments
+        while len(segs) > 1 and segs[-2][0].size <= 2 * segs[-1][0].size:
+            (h2, l2), (h1, l1) = self.segments.pop(), self.segments.pop()
+            h, lo_ = np.concatenate([h1, h2]), np.concatenate([l1, l2])
+            order = np.lexsort((lo_, h))
+            self.segments.append((h[order], lo_[order]))
+        return True
+
+    def contains(self, ids: pl.Series) -> pl.Series | None:
+        """Whether each id was added (null ids: ``False``); ``None`` if one is not hex."""
+        nonnull = ids.is_not_null().to_numpy()
+        keys = self._keys(ids)
+        if keys is None:
+            return None
+        hi, lo = keys
+        found = np.zeros(hi.size, dtype=bool)
+        for seg_hi, seg_lo in self.segments:
+            left = np.searchsorted(seg_hi, hi, side="left")
+            right = np.searchsorted(seg_hi, hi, side="right")
+            one = right - left == 1
+            at = np.minimum(left, max(seg_hi.size - 1, 0))
+            found |= one & (seg_lo[at] == lo)
+            for i in np.flatnonzero(right - left > 1):  # equal high bits: compare the rest
+                found[i] |= bool((seg_lo[left[i] : right[i]] == lo[i]).any())
+        out = np.zeros(ids.len(), dtype=bool)
+        out[nonnull] = found
+        return pl.Series(_LATER, out, dtype=pl.Boolean)
 
 
 class SinkWriter:

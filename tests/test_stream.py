@@ -531,8 +531,9 @@ def _job_part_reads(monkeypatch, state: Path) -> tuple[list[str], list[int]]:
     """Spy on every read of ``state``'s job event parts.
 
     Returns ``(scans, rows)``: the plans of Polars queries that scan job parts (each reads
-    the columns it needs of every part it lists), and the rows of each row-group read
-    (``pyarrow.parquet.ParquetFile.read_row_groups``: a lookup by position).
+    the columns it needs of every part it lists; collected whole or in batches), and the
+    rows of each row-group read (``pyarrow.parquet.ParquetFile.read_row_groups``: a lookup
+    by position).
     """
     import pyarrow.parquet as pq
 
@@ -553,7 +554,16 @@ def _job_part_reads(monkeypatch, state: Path) -> tuple[list[str], list[int]]:
         rows.append(table.num_rows)
         return table
 
+    collect_batches = pl.LazyFrame.collect_batches
+
+    def seen_batches(lf: pl.LazyFrame, *args: object, **kwargs: object) -> object:
+        plan = lf.explain()
+        if jobs_dir in plan:
+            scans.append(plan)
+        return collect_batches(lf, *args, **kwargs)  # type: ignore[arg-type]
+
     monkeypatch.setattr(pl.LazyFrame, "collect", seen_collect)
+    monkeypatch.setattr(pl.LazyFrame, "collect_batches", seen_batches)
     monkeypatch.setattr(pq.ParquetFile, "read_row_groups", seen_groups)
     return scans, rows
 
@@ -619,3 +629,23 @@ def test_a_reattached_batch_collected_before_its_rows_are_read_is_not_sent_again
     assert creates(emu) == 6
     assert out["i"].to_list() == list(range(59, -1, -1))
     assert set(out["_status"].to_list()) == {"completed"}
+
+
+def test_seen_ids_are_exact_across_segments_and_fall_back_for_other_ids():
+    """The set of job ids a streaming run keeps to mark a later chunk's repeats: exact on
+    all 96 bits (ids equal in their first 64 bits are told apart), across merged
+    segments, nulls never seen; ids that are not 24 hex digits are refused (the run then
+    searches the spilled chunks)."""
+    from batchata_df.stream import SeenIds
+
+    seen = SeenIds()
+    first = [f"{i:016x}{j:08x}" for i in range(50) for j in (1, 2)]
+    for k in range(0, 100, 7):  # many small additions: segments merge as they grow
+        assert seen.add(pl.Series([*first[k : k + 7], None]))
+    assert len(seen.segments) < 8
+    asked = pl.Series([first[0], f"{0:016x}{3:08x}", None, first[99], f"{99:016x}{1:08x}"])
+    hit = seen.contains(asked)
+    assert hit is not None
+    assert hit.to_list() == [True, False, False, True, False]
+    assert seen.contains(pl.Series(["not-a-job-id"])) is None
+    assert not seen.add(pl.Series(["not-a-job-id"]))
