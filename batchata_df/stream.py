@@ -331,9 +331,11 @@ class ChunkSource:
         jobs = self.jobs_of(chunk)
         ids = jobs.get_column("job_id")
         later = pl.Series(_LATER, [False] * chunk.height, dtype=pl.Boolean)
+        hit = self.seen.check_and_add(ids) if self.seen is not None else None
+        if hit is None:
+            self.seen = None  # an id it cannot key exactly: the spilled chunks are searched
         if self.files:
-            hit = self.seen.contains(ids) if self.seen is not None else None
-            if hit is None:  # ids this class cannot key exactly: look in the spilled chunks
+            if hit is None:
                 seen = (
                     pl.scan_parquet(self.files)
                     .select(pl.col(_JOB))
@@ -346,8 +348,6 @@ class ChunkSource:
                     later = ids.is_in(seen.implode()).alias(_LATER)
             elif hit.any():
                 later = ids.is_in(ids.filter(hit).implode()).alias(_LATER)
-        if self.seen is not None and not self.seen.add(ids):
-            self.seen = None  # from now on, the spilled chunks are searched
         keyed = chunk.with_columns(
             ids.alias(_JOB), jobs.get_column("input_error").alias(_ERR), later
         )
@@ -414,25 +414,17 @@ class SeenIds:
 
     def add(self, ids: pl.Series) -> bool:
         """Add ``ids`` (nulls are ignored); ``False`` (nothing added) if one is not hex."""
-        keys = self._keys(ids)
-        if keys is None:
-            return False
-        hi, lo = keys
-        if hi.size == 0:
-            return True
-        order = np.lexsort((lo, hi))
-        self.segments.append((hi[order], lo[order]))
-        segs = self.segments
-        while len(segs) > 1 and segs[-2][0].size <= 2 * segs[-1][0].size:
-            (h2, l2), (h1, l1) = self.segments.pop(), self.segments.pop()
-            h, lo_ = np.concatenate([h1, h2]), np.concatenate([l1, l2])
-            order = np.lexsort((lo_, h))
-            self.segments.append((h[order], lo_[order]))
-        return True
+        return self.check_and_add(ids) is not None
 
     def contains(self, ids: pl.Series) -> pl.Series | None:
         """Whether each id was added (null ids: ``False``); ``None`` if one is not hex."""
-        nonnull = ids.is_not_null().to_numpy()
+        return self.check_and_add(ids, add=False)
+
+    def check_and_add(self, ids: pl.Series, *, add: bool = True) -> pl.Series | None:
+        """Whether each id was added before (null ids: ``False``), then add them.
+
+        ``None`` (and nothing added) if an id is not 24 lowercase hex digits.
+        """
         keys = self._keys(ids)
         if keys is None:
             return None
@@ -447,7 +439,16 @@ class SeenIds:
             for i in np.flatnonzero(right - left > 1):  # equal high bits: compare the rest
                 found[i] |= bool((seg_lo[left[i] : right[i]] == lo[i]).any())
         out = np.zeros(ids.len(), dtype=bool)
-        out[nonnull] = found
+        out[ids.is_not_null().to_numpy()] = found
+        if add and hi.size:
+            order = np.argsort(hi, kind="stable")  # by the high bits; equal ones: see above
+            self.segments.append((hi[order], lo[order]))
+            segs = self.segments
+            while len(segs) > 1 and segs[-2][0].size <= 2 * segs[-1][0].size:
+                (h2, l2), (h1, l1) = segs.pop(), segs.pop()
+                h, low = np.concatenate([h1, h2]), np.concatenate([l1, l2])
+                order = np.argsort(h, kind="stable")  # two sorted runs: merged in linear time
+                segs.append((h[order], low[order]))
         return pl.Series(_LATER, out, dtype=pl.Boolean)
 
 
