@@ -78,6 +78,7 @@ __all__ = [
     "LockHolder",
     "StateStore",
     "adopt_schema",
+    "join_by_job",
     "WriterLock",
     "spent_usd",
 ]
@@ -157,6 +158,12 @@ COMPACT_TARGET_BYTES = 256 * 1024 * 1024
 COMPACT_ROW_GROUP_ROWS = 65_536
 """Rows per row group of a compacted part: the unit a lookup by job id reads
 (:class:`~batchata_df.jobindex.JobIndex`), and of DuckDB's parallel scans."""
+
+PART_ZSTD_LEVEL = 1
+"""zstd level of the Parquet parts. Level 1 wrote a 50,000-event part in 60 % of the CPU
+time of Polars' default level (3) and the file came out no larger (1.01 against
+1.03 MB for answered jobs; ``benchmarks/PROFILE.md``): the answers are short, varied JSON
+texts and the ids random hex, which higher levels do not compress further."""
 
 
 @dataclass
@@ -527,7 +534,13 @@ class StateStore:
             PART_FINGERPRINT_KEY: json.dumps(self.manifest.fingerprint, sort_keys=True),
         }
         try:
-            frame.write_parquet(tmp, compression="zstd", statistics=False, metadata=identity)
+            frame.write_parquet(
+                tmp,
+                compression="zstd",
+                compression_level=PART_ZSTD_LEVEL,
+                statistics=False,
+                metadata=identity,
+            )
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, final)
@@ -677,7 +690,7 @@ class StateStore:
         latest = events.filter(
             pl.col("job_id").is_last_distinct() & pl.col("job_id").is_not_null()
         )
-        return _conform(latest, JOB_EVENTS), _billed_sorted(events)
+        return _conform(latest, JOB_EVENTS), _billed_sorted(events, latest)
 
     def latest_status(self, job_ids: pl.Series, index: JobIndex | None = None) -> pl.DataFrame:
         """The latest event of each of ``job_ids`` without its answer (:data:`STATUS_COLUMNS`).
@@ -794,7 +807,11 @@ class StateStore:
             pl.scan_parquet(
                 group, schema=schema, missing_columns="insert", extra_columns="ignore"
             ).select(list(schema)).sink_parquet(
-                tmp, compression="zstd", statistics=False, metadata=identity,
+                tmp,
+                compression="zstd",
+                compression_level=PART_ZSTD_LEVEL,
+                statistics=False,
+                metadata=identity,
                 row_group_size=COMPACT_ROW_GROUP_ROWS,
             )
         with open(tmp, "rb+") as f:
@@ -856,12 +873,18 @@ def billed_from_events(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl
     )
 
 
-def _billed_sorted(events: pl.DataFrame) -> pl.DataFrame:
+def _billed_sorted(events: pl.DataFrame, latest: pl.DataFrame | None = None) -> pl.DataFrame:
     """:func:`billed_from_events`, without grouping when no job was billed twice.
 
     A job with one billed attempt (almost every job) is billed that attempt's own values,
     which is what the grouping gives for one attempt; only a folder where some job has
     several terminal events (retries, a batch collected twice) is grouped.
+
+    ``latest`` (each job's last event, as :meth:`StateStore.snapshot` has it) spares
+    hashing the ids to find out: each job whose last event is terminal and billable has
+    at least one such event, so when their number equals the number of terminal billable
+    events, no job has two (and none has one that is not its last). When the counts
+    differ, the ids are counted as before.
     """
     billable = (
         pl.col("batch_key").is_not_null()
@@ -872,9 +895,40 @@ def _billed_sorted(events: pl.DataFrame) -> pl.DataFrame:
     terminal = events.select("seq", "batch_key", "status", *usage).filter(
         pl.col("status").is_in(TERMINAL_JOB) & billable
     )
+    if latest is not None:
+        ends = latest.filter(pl.col("status").is_in(TERMINAL_JOB) & billable).height
+        if ends == terminal.height:
+            return terminal.select(*usage, pl.lit(1, dtype=pl.Int64).alias("attempts"))
     if terminal.get_column("job_id").n_unique() < terminal.height:
         return billed_from_events(terminal)
     return terminal.select(*usage, pl.lit(1, dtype=pl.Int64).alias("attempts"))
+
+
+def join_by_job(left: pl.DataFrame, right: pl.DataFrame) -> pl.DataFrame:
+    """``left.join(right, on="job_id", how="left", maintain_order="left")``, ``right``'s ids unique.
+
+    When ``right`` holds exactly ``left``'s ids in the same order (a run whose batches
+    came back in the order they went, each job once), the join is ``right``'s columns put
+    beside ``left``'s: one comparison of the id columns instead of hashing both and
+    gathering every column. Otherwise it is that join.
+
+    Examples
+    --------
+    >>> left = pl.DataFrame({"job_id": ["a", "b"], "x": [1, 2]})
+    >>> join_by_job(left, pl.DataFrame({"job_id": ["a", "b"], "y": [3, 4]})).rows()
+    [('a', 1, 3), ('b', 2, 4)]
+    >>> join_by_job(left, pl.DataFrame({"job_id": ["b", "a"], "y": [4, 3]})).rows()
+    [('a', 1, 3), ('b', 2, 4)]
+    """
+    ids, theirs = left.get_column("job_id"), right.get_column("job_id")
+    if (
+        left.height == right.height
+        and ids.dtype == theirs.dtype
+        and ids.null_count() == 0
+        and ids.equals(theirs, check_names=False)
+    ):
+        return pl.concat([left, right.drop("job_id")], how="horizontal")
+    return left.join(right, on="job_id", how="left", maintain_order="left")
 
 
 def adopt_schema(root: str | os.PathLike[str], fingerprint: Mapping[str, str]) -> None:

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+from filelock import FileLock, Timeout
 
 from batchata_df.emulator import Emulator
 
@@ -12,12 +19,57 @@ from batchata_df.emulator import Emulator
 collect_ignore = ["seed_examples"]
 
 
+#: Emulators already running (``http://127.0.0.1:PORT``, comma-separated) for this session
+#: to use instead of starting its own; ``tools/mutation.py`` sets it, since a mutation run
+#: is thousands of short test sessions and one emulator start costs more than their tests.
+ATTACH_ENV = "BATCHATA_DF_TEST_EMULATORS"
+#: Their settings when they started (JSON, as ``Emulator.settings()`` gives them): each
+#: session restores them, as if its emulator were new (``reset()`` keeps settings).
+SETTINGS_ENV = "BATCHATA_DF_TEST_EMULATOR_SETTINGS"
+
+
 @pytest.fixture(scope="session")
 def emulator() -> Iterator[Emulator]:
+    urls = [u for u in os.environ.get(ATTACH_ENV, "").split(",") if u]
+    if urls:
+        with _leased(urls) as url:
+            emu = Emulator.attach(url)
+            emu.configure(**json.loads(os.environ.get(SETTINGS_ENV, "{}")))
+            yield emu
+        return
     # A generous start-up wait: a loaded CI host can take more than the 30 s default to
     # import the emulator; a healthy one answers in about a second either way.
     with Emulator(latency=0.0, startup_timeout=120.0) as emu:
         yield emu
+
+
+@contextlib.contextmanager
+def _leased(urls: list[str]) -> Iterator[str]:
+    """One of ``urls`` that no other test session uses while this one runs.
+
+    Sessions running at once (mutmut's workers) each reset the emulator for every test, so
+    they must never share one: each holds a file lock on its emulator for its lifetime.
+    """
+    locks = [
+        FileLock(Path(tempfile.gettempdir()) / f"batchata-df-emulator-{urlsplit(u).port}.lock")
+        for u in urls
+    ]
+    index = next((i for i, lock in enumerate(locks) if _try_acquire(lock)), None)
+    if index is None:  # all busy: wait for one
+        index = os.getpid() % len(locks)
+        locks[index].acquire()
+    try:
+        yield urls[index]
+    finally:
+        locks[index].release()
+
+
+def _try_acquire(lock: FileLock) -> bool:
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return False
+    return True
 
 
 @pytest.fixture

@@ -152,3 +152,55 @@ def test_instruction_text_is_the_documented_prompt() -> None:
         f"{SCHEMA_CLOSE}"
     )
     assert (SCHEMA_OPEN, SCHEMA_CLOSE) == ("<answer_json_schema>", "</answer_json_schema>")
+
+
+def test_compact_json_escapes_and_empty_strings_have_exact_spans() -> None:
+    # No whitespace after ':' or ',' (what models usually write), an empty string, an escape
+    # first in a string, a number of several digits after a comma.
+    text = '{"a":1,"b":[2,34],"c":"","d":"\\"q","e":[""]}'
+    leaves, end = value_spans(text)
+    assert [(path, text[lo:hi]) for path, lo, hi in leaves] == [
+        (("a",), "1"),
+        (("b", 0), "2"),
+        (("b", 1), "34"),
+        (("c",), ""),
+        (("d",), '\\"q'),
+        (("e", 0), ""),
+    ]
+    assert [(lo, hi) for _, lo, hi in leaves][3] == (23, 23)
+    assert end == len(text)
+
+
+def test_citations_follow_the_block_positions_across_many_blocks() -> None:
+    # The cited block is the fourth: its span starts after all the text before it.
+    blocks: list[dict[str, Any]] = [
+        {"type": "text", "text": '{"a": "x", '},
+        {"type": "text", "text": '"b": '},
+        {"type": "text", "text": '"'},
+        {"type": "text", "text": "YY", "citations": [_cite("YY", 3)]},
+        {"type": "text", "text": '", "c": "z"}'},
+    ]
+    text, cited = map_citations(blocks, ["a", "b", "c"])
+    assert text == '{"a": "x", "b": "YY", "c": "z"}'
+    found = json.loads(cited or "")
+    assert {f: [c["cited_text"] for c in cs] for f, cs in found.items()} == {
+        "a": [], "b": ["YY"], "c": []}
+    # A cited block that starts exactly where a value ends (its closing quote) does not
+    # support that value, only the next one it overlaps.
+    starting: list[dict[str, Any]] = [
+        {"type": "text", "text": '{"a": "x'},
+        {"type": "text", "text": '", "b": 7}', "citations": [_cite("7", 4)]},
+    ]
+    found = json.loads(map_citations(starting, ["a", "b"])[1] or "")
+    assert {f: [c["cited_text"] for c in cs] for f, cs in found.items()} == {
+        "a": [], "b": ["7"]}
+
+
+@pytest.mark.parametrize("tail", [" ", "\n\t ", "\r\n\n"])
+def test_any_amount_of_trailing_whitespace_is_trimmed(tail: str) -> None:
+    block = {"type": "text", "text": '{"a": "v"}' + tail, "citations": [_cite("v", 0)]}
+    text, cited = map_citations([block], ["a"])
+    assert text == '{"a": "v"}'
+    assert [c["cited_text"] for c in json.loads(cited or "")["a"]] == ["v"]
+    fenced = {"type": "text", "text": "```json\n" + '{"a": "v"}' + tail + "```"}
+    assert map_citations([fenced], ["a"]) == ('{"a": "v"}', '{"a": []}')

@@ -14,6 +14,7 @@ from engine_fakes import (
     make_jobs,
     make_run,
 )
+from pydantic import BaseModel
 
 from batchata_df.engine.admission import Admission
 from batchata_df.engine.clock import FakeClock
@@ -295,3 +296,104 @@ def test_results_without_optional_columns_become_complete_events_by_value():
     out = outcomes_to_events(members, _results(), ended, no_limit,
                              provider="anthropic", model="claude-sonnet-4-5")
     assert out["error"][1] == cut.format(4096)  # the model's default (models.py)
+
+
+class _Score(BaseModel):
+    score: int
+
+
+def _ends(poll, results, *, spec=SPEC, members=("a", "b", "c"), **kw):
+    out = outcomes_to_events(pl.DataFrame({"job_id": list(members)}), results, poll, spec, **kw)
+    return out.select("job_id", "status", "error").rows()
+
+
+@pytest.mark.parametrize(("state", "detail", "reason", "missing"), [
+    (ProviderState.EXPIRED, None, None,
+     ("failed", "expired: the provider did not finish this request in its window")),
+    (ProviderState.FAILED, "bad jsonl", None,
+     ("failed", "batch_failed: the provider rejected the batch: bad jsonl")),
+    (ProviderState.CANCELLED, None, None, ("cancelled", "cancelled: provider_cancelled")),
+    (ProviderState.CANCELLED, None, "time_limit", ("cancelled", "cancelled: time_limit")),
+])
+def test_a_member_without_a_result_line_ends_as_its_batch_did(state, detail, reason, missing):
+    poll = BatchPoll(state, state.value, detail)
+    rows = _ends(poll, _results(), cancel_reason=reason)
+    assert rows[2] == ("c", *missing)
+    assert rows[0] == ("a", "completed", None)
+
+
+def test_a_canceled_line_ends_cancelled_with_the_reason():
+    results = _results().with_columns(outcome=pl.Series(["canceled", "errored"]),
+                                      text=pl.Series([None, None], dtype=pl.String))
+    ended = BatchPoll(ProviderState.CANCELLED, "cancelled", None)
+    assert _ends(ended, results, members=("a",)) == [
+        ("a", "cancelled", "cancelled: provider_cancelled")]
+    assert _ends(ended, results, members=("a",), cancel_reason="cost_limit") == [
+        ("a", "cancelled", "cancelled: cost_limit")]
+
+
+def test_truncation_names_thinking_only_when_it_took_half_the_limit_or_more():
+    ended = BatchPoll(ProviderState.ENDED, "ended", None)
+    tail = " of max_tokens=100 tokens before the answer was complete; raise " \
+        "params={'max_tokens': ...} or lower params['reasoning_effort']"
+    plain = ("truncated: the answer hit max_tokens=100 before it was complete; "
+             "raise params={'max_tokens': ...}")
+    for used, error in ((50, "truncated: thinking used 50" + tail), (49, plain), (0, plain)):
+        rows = _ends(ended, _results(reasoning_tokens=[None, used]), members=("b",))
+        assert rows == [("b", "failed", error)]
+    # Unknown thinking (null) counts as none, even against a tiny limit.
+    tiny = RequestSpec(schema=AnswerSchema(None), params={"max_tokens": 2})
+    rows = _ends(ended, _results(reasoning_tokens=[None, None]), spec=tiny, members=("b",))
+    assert rows == [("b", "failed", plain.replace("=100", "=2"))]
+    # A line that does not say whether it was cut off was not.
+    unknown = _results().with_columns(truncated=pl.Series([None, None], dtype=pl.Boolean))
+    assert _ends(ended, unknown, members=("b",)) == [("b", "failed", "cut off")]
+
+
+def test_answers_that_do_not_validate_fail_with_the_reason_or_the_truncation():
+    ended = BatchPoll(ProviderState.ENDED, "ended", None)
+    spec = RequestSpec(schema=AnswerSchema(_Score), params={"max_tokens": 100})
+    results = pl.DataFrame({
+        "job_id": ["a", "b"], "outcome": ["succeeded", "succeeded"],
+        "text": ['{"score": "high"}', '{"score": 1'], "truncated": [False, True],
+        "error": [None, None], "input_tokens": [1, 1], "output_tokens": [1, 100],
+        "cached_tokens": [0, 0], "cache_write_tokens": pl.Series([None, None], dtype=pl.Int64),
+    })
+    out = outcomes_to_events(pl.DataFrame({"job_id": ["a", "b"]}), results, ended, spec)
+    assert out["status"].to_list() == ["failed", "failed"]
+    assert out["error"][0] == ("schema_validation: score: Input should be a valid integer, "
+                               "unable to parse string as an integer")
+    assert out["error"][1].startswith("truncated: the answer hit max_tokens=100 ")
+    # No answer validated: the answer column is still typed text, all null.
+    assert out.schema["answer"] == pl.String and out["answer"].to_list() == [None, None]
+
+
+def test_collecting_reports_the_download_and_records_the_batch_and_its_rows_by_value(tmp_path):
+    provider, ctx, state, collector, _ = setup(tmp_path)
+    seen = []
+    ctx.progress = lambda snap: seen.append((snap.phase, snap.activity))
+    batch = state.in_flight[0]
+    batch.failures, batch.unreachable_since = 2, 990.0  # it had been unreachable
+    provider.end("fb_1", detail="3 of 3 done")
+    collector.poll_due()
+    assert ("running", "downloading results of fb_1") in seen
+    assert state.activity == ""
+    assert (batch.failures, batch.unreachable_since) == (0, None)
+    events = job_events(ctx)
+    assert events.select("batch_key", "provider", "model", "provider_batch_id").unique().rows() \
+        == [("k_fb_1", "openai", "fake-model", "fb_1")]
+    batches = ctx.store.batch_state()
+    assert batches.select("batch_key", "provider", "model", "status", "provider_status",
+                          "n_jobs", "detail").rows() \
+        == [("k_fb_1", "openai", "fake-model", "collected", "ended", 3, "3 of 3 done")]
+    assert state.batch_status == {"k_fb_1": "ended"}
+
+
+def test_a_batch_that_answers_a_poll_again_is_reachable_again(tmp_path):
+    provider, _, state, collector, _ = setup(tmp_path)
+    batch = state.in_flight[0]
+    batch.failures, batch.unreachable_since = 3, 990.0
+    state.unavailable[batch.batch_key] = "provider_unavailable: x"
+    collector.poll_due()  # still running, but it answered
+    assert (batch.failures, batch.unreachable_since) == (0, None)
+    assert state.unavailable == {} and state.in_flight == [batch]

@@ -6,7 +6,7 @@ import polars as pl
 from engine_fakes import MODEL, FakeProvider, batch_events, make_run
 
 from batchata_df.engine.clock import FakeClock
-from batchata_df.engine.recovery import busy_jobs, recover, settled
+from batchata_df.engine.recovery import LOST, busy_jobs, lost_spend, recover, resolve_lost, settled
 from batchata_df.providers.base import BatchTag
 
 
@@ -115,3 +115,63 @@ def test_a_folder_with_one_open_batch_has_its_jobs_busy_and_one_without_batches_
     assign(ctx, "k1", ["a", "b"], status="submitted", batch_id="fb_1", worst=0.5)
     busy = busy_jobs(ctx.store, ctx.store.job_state()).sort("job_id")
     assert busy.rows() == [("a", 0.5), ("b", 0.5)]
+
+
+def test_realtime_requests_left_in_flight_end_failed_lost_and_nothing_else_changes(tmp_path):
+    ctx, _ = make_run(tmp_path, FakeProvider(FakeClock()))
+    ctx.store.append_jobs(pl.DataFrame({
+        "job_id": ["rt", "bt", "done", "gone"], "batch_key": ["rk", "bk", "rk", "bk"],
+        "provider": "openai", "model": MODEL,
+        "status": ["assigned", "assigned", "completed", "failed"],
+        "mode": ["realtime", "batch", "realtime", "batch"],
+        "est_cost_usd": [0.5, 0.25, 0.125, 0.25], "error": [None, None, None, "expired: x"],
+    }))
+    latest, _ = ctx.store.snapshot()
+    out = resolve_lost(ctx.store, latest.sort("job_id"))
+    assert out.select("job_id", "status", "error").rows() == [
+        ("bt", "assigned", None), ("done", "completed", None), ("gone", "failed", "expired: x"),
+        ("rt", "failed", LOST),
+    ]
+    assert out.columns == latest.columns
+    # One event, for the lost request alone, keeping what it was held for.
+    [event] = ctx.store.job_events().sort("seq").tail(1).select(
+        "job_id", "status", "error", "mode", "batch_key", "provider", "model", "est_cost_usd"
+    ).rows()
+    assert event == ("rt", "failed", LOST, "realtime", "rk", "openai", MODEL, 0.5)
+    assert ctx.store.job_events().height == 5
+    assert LOST.startswith("lost: a realtime request was in flight when an earlier call ")
+    assert lost_spend(out) == 0.5  # its worst case counts as spent
+    # Nothing lost: the same frame back and nothing written.
+    again, _ = ctx.store.snapshot()
+    assert resolve_lost(ctx.store, again).equals(again)
+    assert ctx.store.job_events().height == 5
+    no_mode = again.drop("mode")
+    assert resolve_lost(ctx.store, no_mode) is no_mode
+    assert lost_spend(no_mode) == 0.0
+
+
+def test_recovery_goes_on_past_an_abandoned_intent_and_records_whose_batches_they_were(tmp_path):
+    provider = FakeProvider(FakeClock())
+    ctx, state = make_run(tmp_path, provider)
+    assign(ctx, "k0", ["z"], status="submitted", batch_id="fb_0")
+    assign(ctx, "k1", ["a"])  # never reached the provider
+    assign(ctx, "k2", ["b", "c"])  # reached it
+    provider.submit(pl.Series(['{"custom_id":"b"}', '{"custom_id":"c"}']), model=MODEL,
+                    tag=BatchTag("r", "k2", 0.0))
+    tags = []
+    provider_find = provider.find
+    provider.find = lambda tag: tags.append(tag) or provider_find(tag)  # type: ignore[method-assign]
+    out = recover(ctx, state)
+    assert [(b.batch_key, b.provider, b.model, b.provider_batch_id, b.job_ids.to_list())
+            for b in out] == [("k0", "openai", MODEL, "fb_0", ["z"]),
+                              ("k2", "openai", MODEL, "fb_1", ["b", "c"])]
+    # What find was told: the ids this folder already knows are not the orphan.
+    assert [(t.batch_key, t.known_batch_ids) for t in tags] == [
+        ("k1", frozenset({"fb_0"})), ("k2", frozenset({"fb_0"}))]
+    last = ctx.store.batch_state().sort("batch_key").select(
+        "batch_key", "provider", "model", "status", "provider_batch_id")
+    assert last.rows() == [
+        ("k0", "openai", MODEL, "submitted", "fb_0"),
+        ("k1", "openai", MODEL, "abandoned", None),
+        ("k2", "openai", MODEL, "submitted", "fb_1"),
+    ]

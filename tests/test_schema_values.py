@@ -469,3 +469,214 @@ def test_models_the_fast_path_cannot_vouch_for() -> None:
         ',"n":(?:null|-?(?:0|[1-9][0-9]*)),"ok":(?:true|false),'
         '"note":"[^"\\\\\\x00-\\x1f\\x7f]*"\\}$'
     )
+
+
+class Sized(BaseModel):
+    prices: list[Annotated[decimal.Decimal, Field(max_digits=6, decimal_places=2)]]
+    maybe: Optional[decimal.Decimal] = Field(default=None, decimal_places=2)
+    cents: decimal.Decimal = Field(decimal_places=0)
+    frac: decimal.Decimal = Field(max_digits=2, decimal_places=2)
+
+
+def test_decimal_sizes_reach_list_items_optionals_and_edge_scales() -> None:
+    # A Decimal's declaration is found inside list[Annotated[...]] and through Optional;
+    # whole numbers fit a column with no places, and 0.05 one with no digits before the point.
+    s = AnswerSchema(Sized)
+    assert s.dtypes == {
+        "prices": pl.List(pl.Decimal(6, 2)),
+        "maybe": pl.Decimal(38, 2),
+        "cents": pl.Decimal(38, 0),
+        "frac": pl.Decimal(2, 2),
+    }
+    texts = [
+        '{"prices":["1.25","-9999.99"],"maybe":null,"cents":"5","frac":"0.05"}',
+        '{"prices":[],"maybe":"1.5","cents":"-120","frac":"-0.5"}',
+        '{"prices":["1.234"],"maybe":null,"cents":"0","frac":"0.1"}',
+    ]
+    canonical, errors = s.validate(texts)
+    assert errors == [
+        None,
+        None,
+        "schema_validation: prices.0: Decimal input should have no more than 2 decimal places",
+    ]
+    assert canonical[:2] == texts[:2]
+    frame = pl.DataFrame({"c": canonical[:2]}).select(s.decode(pl.col("c")))
+    assert frame.to_dicts() == [
+        {"prices": [decimal.Decimal("1.25"), decimal.Decimal("-9999.99")], "maybe": None,
+         "cents": decimal.Decimal(5), "frac": decimal.Decimal("0.05")},
+        {"prices": [], "maybe": decimal.Decimal("1.50"), "cents": decimal.Decimal(-120),
+         "frac": decimal.Decimal("-0.50")},
+    ]
+
+
+class CycleRoot(BaseModel):
+    a: CycleA
+
+
+class CycleA(BaseModel):
+    b: list[CycleB]
+
+
+class CycleB(BaseModel):
+    back: Optional[CycleA] = None
+
+
+CycleRoot.model_rebuild()
+CycleA.model_rebuild()
+
+
+def test_recursion_through_several_models_names_the_whole_cycle() -> None:
+    with pytest.raises(SchemaError) as info:
+        AnswerSchema(CycleRoot)
+    assert str(info.value) == (
+        "CycleRoot.a.b[].back: the answer model is recursive (CycleA -> CycleB -> CycleA). "
+        "A recursive model has no fixed column type, and Anthropic's and Gemini's structured "
+        "output refuse recursive schemas; give the nesting a fixed depth (a separate class "
+        "per level, e.g. Node -> Child -> Leaf) or make the field a str holding JSON"
+    )
+
+
+def test_the_fast_path_stands_aside_for_models_that_parse_or_dump_differently() -> None:
+    class ValidationAliased(BaseModel):
+        a: str = Field(validation_alias="v")
+
+    class SerializationAliased(BaseModel):
+        a: str = Field(serialization_alias="S")
+
+    class Excluded(BaseModel):
+        a: str
+        b: str = Field(exclude=True)
+
+    class ParsesItself(BaseModel):
+        a: str
+
+        @classmethod
+        def model_validate_json(cls, json_data: Any, **kw: Any) -> ParsesItself:
+            return cls(a=json.loads(json_data)["a"].strip())
+
+    class PostInit(BaseModel):
+        a: str
+
+        def model_post_init(self, context: Any, /) -> None:
+            self.a = self.a.upper()
+
+    class Mixed(BaseModel):
+        a: int | str
+
+    for model in (ValidationAliased, SerializationAliased, Excluded, ParsesItself, PostInit,
+                  Mixed):
+        assert _FastPath.of(model) is None, model
+    # What Pydantic makes of an answer the fast path would have passed through unchanged:
+    assert AnswerSchema(ValidationAliased).validate(['{"a":"x"}']) == (
+        [None], ["schema_validation: v: Field required"])
+    assert AnswerSchema(Excluded).validate(['{"a":"x","b":"y"}']) == (['{"a":"x"}'], [None])
+    assert AnswerSchema(ParsesItself).validate(['{"a":" x "}']) == (['{"a":"x"}'], [None])
+    assert AnswerSchema(PostInit).validate(['{"a":"x"}']) == (['{"a":"X"}'], [None])
+
+
+def test_the_fast_path_takes_harmless_config_and_any_identifier_case() -> None:
+    class Harmless(BaseModel):
+        model_config = ConfigDict(title="T", json_schema_extra={"examples": []}, frozen=True,
+                                  use_attribute_docstrings=True)
+        Upper: str
+        """A field with a docstring."""
+
+    fast = _FastPath.of(Harmless)
+    assert fast is not None
+    assert fast.pattern == '^\\{"Upper":"[^"\\\\\\x00-\\x1f\\x7f]*"\\}$'
+    assert fast.canonical(pl.Series(['{"Upper":"x"}'])).to_list() == ['{"Upper":"x"}']
+
+
+def test_fast_path_batches_of_any_shape_give_one_result_per_answer() -> None:
+    s = AnswerSchema(Flat)
+    assert s._fast is not None
+    plain = '{"label":"pos","score":0.5,"n":null,"ok":true,"note":"plain"}'
+    spaced = '{"label": "neg","score":0.5,"n":1,"ok":false,"note":"spaced"}'
+    # exactly one candidate: recognised
+    assert s._fast.canonical(pl.Series([plain])).to_list() == [plain]
+    # no candidate at all, or only empty answers: every answer still gets its result
+    assert s.validate([spaced]) == ([Flat.model_validate_json(spaced).model_dump_json()], [None])
+    assert s.validate([None, None]) == (
+        [None, None], ["schema_validation: the answer is empty"] * 2)
+    # a number Polars cannot decode (past float64) sends the whole batch to Pydantic, which
+    # decides each answer as it always does
+    huge = '{"label":"pos","score":1e400,"n":1,"ok":true,"note":"x"}'
+    assert s._fast.canonical(pl.Series([huge, plain])).to_list() == [None, None]
+    assert s.validate([huge, plain]) == (
+        [Flat.model_validate_json(huge).model_dump_json(), plain], [None, None])
+
+
+class Times(BaseModel):
+    at: dt.datetime
+    ats: list[dt.datetime]
+
+
+def test_naive_and_aware_datetimes_in_any_order_decode_to_utc() -> None:
+    # The first value of a column must not decide how the others are read.
+    s = AnswerSchema(Times)
+    texts = [
+        '{"at":"2024-01-01T00:00:00","ats":["2024-01-01T08:00:00","2024-01-01T08:00:00-03:00"]}',
+        '{"at":"2024-03-01T23:30:00.5+05:30","ats":["2024-06-01T00:00:00Z"]}',
+    ]
+    canonical, errors = s.validate(texts)
+    assert errors == [None, None]
+    frame = pl.DataFrame({"c": canonical}).select(s.decode(pl.col("c")))
+    utc = dt.UTC
+    assert frame.to_dicts() == [
+        {"at": dt.datetime(2024, 1, 1, tzinfo=utc),
+         "ats": [dt.datetime(2024, 1, 1, 8, tzinfo=utc), dt.datetime(2024, 1, 1, 11, tzinfo=utc)]},
+        {"at": dt.datetime(2024, 3, 1, 18, 0, 0, 500000, tzinfo=utc),
+         "ats": [dt.datetime(2024, 6, 1, tzinfo=utc)]},
+    ]
+
+
+def test_every_object_node_becomes_closed_with_all_properties_required() -> None:
+    # Pydantic writes "type": "object" and "properties" together; the rule holds for either.
+    from batchata_df.schema import _strict
+
+    assert _strict({"type": "object"}, {}) == {
+        "type": "object", "additionalProperties": False, "required": []}
+    assert _strict({"properties": {"a": {"type": "string", "title": "A"}}}, {}) == {
+        "properties": {"a": {"type": "string"}}, "additionalProperties": False,
+        "required": ["a"]}
+    assert _strict({"type": "string"}, {}) == {"type": "string"}
+
+
+def test_expand_puts_the_fields_where_the_answer_struct_was() -> None:
+    s = AnswerSchema(Priced)
+    frame = pl.DataFrame(
+        {"id": [1, 2], "c": ['{"price":"1.5"}', None], "meta": [{"k": 1}, {"k": 2}]}
+    ).select("id", s.decoded(pl.col("c")), "meta")
+    out = s.expand(frame)
+    assert out.columns == ["id", "price", "meta"]
+    assert out.to_dicts() == [
+        {"id": 1, "price": decimal.Decimal("1.5"), "meta": {"k": 1}},
+        {"id": 2, "price": None, "meta": {"k": 2}},
+    ]
+    text = AnswerSchema(None)
+    plain = pl.DataFrame({"c": ["hi"], "meta": [{"k": 1}]}).select(
+        text.decoded(pl.col("c")), "meta")
+    assert text.expand(plain).to_dicts() == [{"response": "hi", "meta": {"k": 1}}]
+
+
+def test_nested_models_may_be_named_like_json_schema_keywords() -> None:
+    # Definitions are keyed by class name; a class named "format" or "type" is still a
+    # definition, not a keyword.
+    from pydantic import create_model
+
+    fmt = create_model("format", x=(int, ...))
+    typ = create_model("type", y=(str, ...))
+    outer = create_model("Outer", a=(fmt, ...), b=(list[typ], ...))  # type: ignore[valid-type]
+    closed = {"type": "object", "additionalProperties": False}
+    s = AnswerSchema(outer)
+    assert s.json_schema == {
+        "$defs": {
+            "format": {"properties": {"x": {"type": "integer"}}, "required": ["x"], **closed},
+            "type": {"properties": {"y": {"type": "string"}}, "required": ["y"], **closed},
+        },
+        "properties": {"a": {"$ref": "#/$defs/format"},
+                       "b": {"items": {"$ref": "#/$defs/type"}, "type": "array"}},
+        "required": ["a", "b"],
+        **closed,
+    }
+    assert s.dtypes == {"a": pl.Struct({"x": pl.Int64}), "b": pl.List(pl.Struct({"y": pl.String}))}

@@ -38,12 +38,15 @@ import argparse
 import contextlib
 import datetime as dt
 import json
+import math
 import os
+import random
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +63,8 @@ _TYPE_CHECK = {37}
 _SURVIVED = {0}
 _TIMEOUT = {36, -24, 24, 152, 255}
 _NO_TESTS = {5, 33}
+#: Which mutants ``--sample`` draws (fixed, so that sittings and re-runs agree).
+SAMPLE_SEED = 20261129
 
 
 # --------------------------------------------------------------------------------------
@@ -116,6 +121,28 @@ def _scratch_copy(modules: list[str], tests: list[str], dest: Path) -> None:
     (dest / "pyproject.toml").write_text(pyproject + "\n".join(lines) + "\n", encoding="utf-8")
 
 
+def _refresh(tests: list[str], dest: Path) -> list[str]:
+    """Bring ``dest`` (a kept scratch copy) up to date with the work tree; return what changed.
+
+    The package, the test helpers, the docs and the selected test files, each only when its
+    content differs. mutmut then regenerates the mutants of a changed module (resetting the
+    results of the functions whose code changed) and collects stats for tests it has not
+    seen, so that re-run mutants are checked against today's code with today's tests.
+    """
+    pairs = [(p, dest / p.relative_to(ROOT)) for p in (ROOT / "batchata_df").rglob("*")
+             if p.is_file() and "__pycache__" not in p.parts]
+    pairs += [(h, dest / "tests" / h.name) for h in (ROOT / "tests").glob("*.py")
+              if not h.name.startswith("test_")]
+    pairs += [(ROOT / p, dest / p) for p in (*DOCS, *(t.split("::", 1)[0] for t in tests))]
+    changed = []
+    for src, dst in pairs:
+        if not dst.exists() or dst.read_bytes() != src.read_bytes():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+            changed.append(str(dst.relative_to(dest)))
+    return changed
+
+
 def _mutant_results(scratch: Path) -> dict[str, int | None]:
     out: dict[str, int | None] = {}
     for meta in (scratch / "mutants").rglob("*.meta"):
@@ -148,13 +175,17 @@ def _pending(scratch: Path, patterns: list[str]) -> list[str]:
 
 
 def _mutmut_run(
-    scratch: Path, max_children: int, budget: float | None, names: list[str] | None = None
+    scratch: Path,
+    max_children: int,
+    budget: float | None,
+    names: list[str] | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> bool:
     """Run (or resume) mutmut in ``scratch``; False when the time budget stopped it.
 
     With ``names``, only those mutants are run (again).
     """
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **(extra_env or {})}
     with subprocess.Popen(
         [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children),
          *(names or [])],
@@ -174,6 +205,23 @@ def _mutmut_run(
     return True
 
 
+@contextlib.contextmanager
+def _running_emulators(count: int) -> Iterator[dict[str, str]]:
+    """Start ``count`` emulators; yield the environment that lets test sessions attach."""
+    sys.path.insert(0, str(ROOT))
+    from batchata_df.emulator import Emulator
+
+    with contextlib.ExitStack() as stack:
+        emus = [
+            stack.enter_context(Emulator(latency=0.0, startup_timeout=120.0))
+            for _ in range(count)
+        ]
+        yield {
+            "BATCHATA_DF_TEST_EMULATORS": ",".join(e.url for e in emus),
+            "BATCHATA_DF_TEST_EMULATOR_SETTINGS": json.dumps(emus[0].settings()),
+        }
+
+
 def run_mutmut(
     modules: list[str],
     tests: list[str],
@@ -184,6 +232,8 @@ def run_mutmut(
     budget: float | None = None,
     rerun: list[str] | None = None,
     record_only: bool = False,
+    emulators: int = 0,
+    sample: int | None = None,
 ) -> dict[str, Any]:
     """Run mutmut on ``modules`` with ``tests``; return this run's record.
 
@@ -192,9 +242,17 @@ def run_mutmut(
     machine a module can be tested in several sittings of ``budget`` seconds each. A run
     stopped by its budget is recorded with ``complete: false`` and its unchecked mutants.
     ``rerun`` (mutant name patterns, with ``workdir``) checks the matching mutants that no
-    test killed yet again, e.g. after tests were added for them.
+    test killed yet again, e.g. after tests were added for them; the kept copy's package and
+    tests are refreshed from the work tree first (:func:`_refresh`).
     With ``record_only`` nothing is run: the results already in ``workdir`` are recorded
     (a sitting stopped from outside, or mutants re-run by hand with ``mutmut run <names>``).
+    With ``emulators`` (one per worker), that many emulators are started once and every
+    test session attaches to one of them (``tests/conftest.py``) instead of starting its
+    own: then tests that drive the emulator through the SDKs cost only their requests per
+    mutant, and the providers' client code can be mutation-tested.
+    With ``sample``, only that many mutants, drawn at random with a fixed seed (the same
+    ones in every sitting), are checked and scored, with a 95 % interval for the score of
+    all of them: for modules whose tests are too slow to run every mutant in one session.
     """
     version = subprocess.run(
         [sys.executable, "-c", "import importlib.metadata as m; print(m.version('mutmut'))"],
@@ -208,14 +266,36 @@ def run_mutmut(
             scratch.mkdir(parents=True, exist_ok=True)
         if not (scratch / "pyproject.toml").exists():
             _scratch_copy(modules, tests, scratch)
+        elif rerun and not record_only:
+            for path in _refresh(tests, scratch):
+                print(f"refreshed {path}")
         started = dt.datetime.now(dt.UTC)
+        extra_env = (
+            stack.enter_context(_running_emulators(emulators))
+            if emulators and not record_only else None
+        )
+        drawn: set[str] | None = None
+        if sample is not None:
+            if not _mutant_results(scratch):  # mutmut creates the mutants (and runs none)
+                _mutmut_run(scratch, max_children, None, ["__no_such_mutant__"], extra_env)
+            everything = sorted(_mutant_results(scratch))
+            drawn = set(random.Random(SAMPLE_SEED).sample(everything,
+                                                          min(sample, len(everything))))
         names = _pending(scratch, rerun) if rerun else None
-        if record_only:
+        if drawn is not None:
+            decided = _KILLED | _TIMEOUT | _TYPE_CHECK | _SURVIVED | _NO_TESTS
+            todo = {k for k, c in _mutant_results(scratch).items()
+                    if k in drawn and c not in decided}
+            names = sorted(todo if names is None else todo | (set(names) & drawn))
+        if record_only or names == []:
             complete = True
         else:
-            complete = True if names == [] else _mutmut_run(scratch, max_children, budget, names)
+            complete = _mutmut_run(scratch, max_children, budget, names, extra_env)
         seconds = (dt.datetime.now(dt.UTC) - started).total_seconds()
         codes = _mutant_results(scratch)
+        population = len(codes)
+        if drawn is not None:
+            codes = {k: c for k, c in codes.items() if k in drawn}
         if not codes:
             msg = f"mutmut produced no results (run `python -m mutmut run` in {scratch})"
             raise SystemExit(msg)
@@ -251,11 +331,27 @@ def run_mutmut(
             "no_tests": len(no_tests),
             "not_checked": len(other),
             "score": round(score, 4),
+            "sample": None if drawn is None else {
+                "drawn": len(drawn), "of": population, "seed": SAMPLE_SEED,
+                "interval_95": [round(x, 4) for x in _wilson(detected, checked)],
+            },
             # A diff per survivor (one `mutmut show` each); mutants no selected test reaches
             # by name only (a run on a module with I/O code can have a thousand of them).
             "survivors": {name: _show(scratch, name) for name in survived},
             "no_tests_mutants": no_tests,
         }
+
+
+def _wilson(detected: int, checked: int) -> tuple[float, float]:
+    """95 % Wilson interval of a proportion (the score of all mutants, from a sample)."""
+    if not checked:
+        return (0.0, 1.0)
+    z = 1.959963984540054
+    p = detected / checked
+    centre = (p + z * z / (2 * checked)) / (1 + z * z / checked)
+    half = z / (1 + z * z / checked) * math.sqrt(
+        p * (1 - p) / checked + z * z / (4 * checked * checked))
+    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def _per_module(codes: dict[str, int | None]) -> dict[str, dict[str, Any]]:
@@ -295,6 +391,15 @@ def write_mutmut(record: dict[str, Any]) -> None:
     MUTMUT_MD.write_text(render_markdown(data), "utf-8")
 
 
+def _sampled(run: dict[str, Any]) -> str:
+    sample = run.get("sample")
+    if not sample:
+        return ""
+    low, high = sample["interval_95"]
+    return (f" (a random sample of {sample['drawn']} of {sample['of']} mutants; all of them: "
+            f"{low:.1%} to {high:.1%} with 95 % confidence)")
+
+
 def render_markdown(data: dict[str, Any]) -> str:
     """The human summary: score per run, then each survivor with its note."""
     notes: dict[str, str] = data.get("notes", {})
@@ -315,7 +420,7 @@ def render_markdown(data: dict[str, Any]) -> str:
             f"{run['mutants']} | {run['killed']} | {run['timeout']} | "
             f"{run.get('type_check', 0)} | {run['survived']} | "
             f"{run['no_tests']} | {run['not_checked']} | {run['score']:.1%}"
-            f"{'' if run.get('complete') else ' (partial)'} |"
+            f"{'' if run.get('complete') else ' (partial)'}{_sampled(run)} |"
         )
     for label, run in sorted(data["runs"].items()):
         if not run.get("per_module"):
@@ -574,6 +679,12 @@ def main(argv: list[str] | None = None) -> int:
     mm.add_argument("--rerun", nargs="+", metavar="PATTERN",
                     help="with --workdir: check the mutants matching these fnmatch patterns "
                     "that survived or had no tests again (after adding tests for them)")
+    mm.add_argument("--emulators", type=int, default=0, metavar="N",
+                    help="start N emulators (one per worker) that the tests attach to, "
+                    "for tests that drive the emulator")
+    mm.add_argument("--sample", type=int, metavar="N",
+                    help="check and score only N mutants drawn at random (fixed seed), "
+                    "with a 95 %% interval for the whole module's score")
     mm.add_argument("--record-only", action="store_true",
                     help="run nothing: record the results already in --workdir")
     tg = sub.add_parser("targeted", help="the hand-written mutations of issue 10")
@@ -583,7 +694,8 @@ def main(argv: list[str] | None = None) -> int:
         label = args.label or "+".join(Path(m).stem for m in args.module)
         record = run_mutmut(args.module, args.tests, args.max_children, label,
                             workdir=args.workdir, budget=args.time_budget, rerun=args.rerun,
-                            record_only=args.record_only)
+                            record_only=args.record_only, emulators=args.emulators,
+                            sample=args.sample)
         write_mutmut(record)
         print(
             f"{label}: {record['mutants']} mutants, {record['killed']} killed, "

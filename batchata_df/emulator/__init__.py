@@ -143,6 +143,34 @@ class Emulator:
             raise
         return self
 
+    @classmethod
+    def attach(cls, url: str, latency: float = 0.0) -> Emulator:
+        """An emulator that another process runs at ``url``, controlled but not owned.
+
+        ``stop()`` then only forgets the address; the server keeps running. Tools that
+        run the test suite many times (mutation testing) start the emulator once and let
+        each run attach to it instead of starting its own.
+
+        Parameters
+        ----------
+        url
+            ``http://127.0.0.1:PORT`` as :attr:`url` of the running emulator gives it.
+        latency
+            The latency that emulator was started with (for :attr:`latency` only).
+
+        Examples
+        --------
+        >>> with Emulator() as owner:
+        ...     guest = Emulator.attach(owner.url)
+        ...     guest.reset()
+        ...     guest.stop()
+        ...     owner.running
+        True
+        """
+        emu = cls(latency)
+        emu._url = url.rstrip("/")
+        return emu
+
     def _wait_ready(self, proc: subprocess.Popen[bytes]) -> str:
         assert proc.stdout is not None
         deadline = time.monotonic() + self.startup_timeout

@@ -31,7 +31,7 @@ from batchata_df.engine.source import Feeder, JobSource
 from batchata_df.engine.stopping import Stopper
 from batchata_df.engine.submission import Submitter
 from batchata_df.providers.base import Provider, RequestSpec
-from batchata_df.state import StateStore
+from batchata_df.state import StateStore, join_by_job
 
 if TYPE_CHECKING:
     from batchata_df.jobindex import JobIndex
@@ -336,9 +336,11 @@ def _job_states(
 ) -> pl.DataFrame:
     """The latest state of every job, with cost and tokens added up over every attempt."""
     latest, billed = store.snapshot(job_ids, index)
-    state = latest.drop("cost_usd", "input_tokens", "output_tokens", "reasoning_tokens").join(
-        billed, on="job_id", how="left"
+    state = join_by_job(
+        latest.drop("cost_usd", "input_tokens", "output_tokens", "reasoning_tokens"), billed
     )
+    if state.get_column("provider_batch_id").null_count() == 0:
+        return state  # every job has its batch's id already: nothing to take from batches
     if batches is None:
         batches = store.batch_state()
     if batches.height == 0:

@@ -78,16 +78,14 @@ class Ledger:
         provider_batch_id: str | None,
     ) -> None:
         """End jobs that never ran ``failed``: no usage, so they cost 0 at a known price."""
-        nothing_ran = pl.lit(None, dtype=pl.Int64)
-        events = pl.DataFrame({"job_id": job_ids, "status": "failed", "error": error})
+        # A usage column, null: the cost is then known and 0 (``terminal`` prices frames that
+        # carry usage; the other usage columns it adds itself, null).
+        events = pl.DataFrame(
+            {"job_id": job_ids, "status": "failed", "error": error, "input_tokens": None},
+            schema_overrides={"input_tokens": pl.Int64},
+        )
         self.terminal(
-            events.with_columns(
-                nothing_ran.alias("input_tokens"),
-                nothing_ran.alias("output_tokens"),
-                nothing_ran.alias("cached_tokens"),
-                nothing_ran.alias("cache_write_tokens"),
-                nothing_ran.alias("reasoning_tokens"),
-            ),
+            events,
             batch_key=batch_key,
             provider=provider,
             model=model,
