@@ -126,7 +126,7 @@ closed (near 'a { b'); close the placeholder like {column}, or write a literal b
     _check_braces(template, what)
     try:
         parsed = list(string.Formatter().parse(template))
-    except ValueError as e:  # pragma: no cover - _check_braces catches these first
+    except ValueError as e:  # braces balanced, field malformed: '{a[}', '{a!}'
         msg = f"{what} template {template!r} is malformed ({e}); write literal braces twice"
         raise ConfigError(msg) from e
     cols = []
