@@ -41,7 +41,13 @@ from batchata_df.providers.base import Provider, RequestSpec
 from batchata_df.redact import scrub, scrubbed
 from batchata_df.schema import AnswerSchema
 from batchata_df.schema_limits import check_schema_limits
-from batchata_df.state import StateStore, WriterLock, adopt_schema, check_lock_timeout
+from batchata_df.state import (
+    StateStore,
+    WriterLock,
+    adopt_schema,
+    check_lock_timeout,
+    join_by_job,
+)
 from batchata_df.validate import check_mode, check_run_arguments
 
 __all__ = [
@@ -1129,9 +1135,7 @@ def _assemble(
     )
     # A streaming run marks rows whose request an earlier chunk already had (``later``).
     later = ["later"] if "later" in jobs.columns else []
-    joined = jobs.select("job_id", "input_error", *later).join(
-        state, on="job_id", how="left", maintain_order="left"
-    )
+    joined = join_by_job(jobs.select("job_id", "input_error", *later), state)
     sendable = pl.col("input_error").is_null()
     terminal = sendable & pl.col("status").is_in(["completed", "failed", "cancelled"])
     status = (

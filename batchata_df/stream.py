@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 from pydantic import BaseModel
 
@@ -43,6 +44,7 @@ from batchata_df.cost import PriceOverride, PriceTable
 from batchata_df.engine import Engine, RunOptions
 from batchata_df.engine.driver import job_states_of, with_unavailable
 from batchata_df.errors import ConfigError
+from batchata_df.jobindex import JobIndex
 from batchata_df.jobs import build_jobs, check_param_values, check_params
 from batchata_df.providers import SUPPORTED_PARAMS, make_provider
 from batchata_df.providers.base import Provider, RequestSpec
@@ -234,6 +236,7 @@ def stream_llm(
             with fr._interrupt_sets(stop):
                 unsent = engine.run_source(source)
             source.read_rest()  # rows never read (wait=False, a stop): pending or cancelled
+            source.seen = None  # not needed to write the sink: let it go
             # Compacted first: each chunk's lookup below then scans a few parts, not the
             # thousand a 10M-row run leaves (faster, and less held per scan).
             store.compact()
@@ -312,6 +315,8 @@ class ChunkSource:
         self.expected_rows = expected_rows
         self.rows_seen = 0
         self.files: list[Path] = []
+        self.seen: SeenIds | None = SeenIds()
+        """Job ids of the chunks read so far (a later chunk's copy of a request is marked)."""
         self._batches = _chunks(lf, chunk_rows, expected_rows)
 
     def read(self) -> tuple[pl.DataFrame, pl.DataFrame] | None:
@@ -326,17 +331,23 @@ class ChunkSource:
         jobs = self.jobs_of(chunk)
         ids = jobs.get_column("job_id")
         later = pl.Series(_LATER, [False] * chunk.height, dtype=pl.Boolean)
+        hit = self.seen.check_and_add(ids) if self.seen is not None else None
+        if hit is None:
+            self.seen = None  # an id it cannot key exactly: the spilled chunks are searched
         if self.files:
-            seen = (
-                pl.scan_parquet(self.files)
-                .select(pl.col(_JOB))
-                .filter(pl.col(_JOB).is_in(ids.unique().implode()))
-                .unique()
-                .collect()
-                .to_series()
-            )
-            if seen.len():
-                later = ids.is_in(seen.implode()).alias(_LATER)
+            if hit is None:
+                seen = (
+                    pl.scan_parquet(self.files)
+                    .select(pl.col(_JOB))
+                    .filter(pl.col(_JOB).is_in(ids.unique().implode()))
+                    .unique()
+                    .collect()
+                    .to_series()
+                )
+                if seen.len():
+                    later = ids.is_in(seen.implode()).alias(_LATER)
+            elif hit.any():
+                later = ids.is_in(ids.filter(hit).implode()).alias(_LATER)
         keyed = chunk.with_columns(
             ids.alias(_JOB), jobs.get_column("input_error").alias(_ERR), later
         )
@@ -376,6 +387,69 @@ class ChunkSource:
         )
         jobs = self.jobs_of(rows.drop(_JOB, _ERR, _LATER))
         return self.estimate(jobs.filter(pl.col("input_error").is_null()).drop("input_error"))
+
+
+class SeenIds:
+    """A set of job ids in bounded memory: each id as its exact 96-bit value.
+
+    Job ids are 24 hex digits (:func:`batchata_df.jobs.job_ids`): kept as a 64-bit and a
+    32-bit integer (12 bytes an id, 120 MB for ten million), in sorted segments merged as
+    they grow (binary-counter style, so adding ``n`` ids costs ``O(n log n)`` in all), and
+    looked up by binary search: a chunk's ids are checked against every earlier chunk
+    without reading them back (which cost a scan of every spilled chunk per chunk).
+    """
+
+    def __init__(self) -> None:
+        self.segments: list[tuple[np.ndarray, np.ndarray]] = []
+
+    @staticmethod
+    def _keys(ids: pl.Series) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(high 64 bits, low 32 bits)`` of each non-null id (``None``: one is not hex)."""
+        ids = ids.drop_nulls()
+        if not ids.str.contains(r"^[0-9a-f]{24}$").all():
+            return None
+        hi = ids.str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64).to_numpy()
+        lo = ids.str.slice(16, 8).str.to_integer(base=16, dtype=pl.UInt32).to_numpy()
+        return np.asarray(hi, dtype=np.uint64), np.asarray(lo, dtype=np.uint32)
+
+    def add(self, ids: pl.Series) -> bool:
+        """Add ``ids`` (nulls are ignored); ``False`` (nothing added) if one is not hex."""
+        return self.check_and_add(ids) is not None
+
+    def contains(self, ids: pl.Series) -> pl.Series | None:
+        """Whether each id was added (null ids: ``False``); ``None`` if one is not hex."""
+        return self.check_and_add(ids, add=False)
+
+    def check_and_add(self, ids: pl.Series, *, add: bool = True) -> pl.Series | None:
+        """Whether each id was added before (null ids: ``False``), then add them.
+
+        ``None`` (and nothing added) if an id is not 24 lowercase hex digits.
+        """
+        keys = self._keys(ids)
+        if keys is None:
+            return None
+        hi, lo = keys
+        found = np.zeros(hi.size, dtype=bool)
+        for seg_hi, seg_lo in self.segments:
+            left = np.searchsorted(seg_hi, hi, side="left")
+            right = np.searchsorted(seg_hi, hi, side="right")
+            one = right - left == 1
+            at = np.minimum(left, max(seg_hi.size - 1, 0))
+            found |= one & (seg_lo[at] == lo)
+            for i in np.flatnonzero(right - left > 1):  # equal high bits: compare the rest
+                found[i] |= bool((seg_lo[left[i] : right[i]] == lo[i]).any())
+        out = np.zeros(ids.len(), dtype=bool)
+        out[ids.is_not_null().to_numpy()] = found
+        if add and hi.size:
+            order = np.argsort(hi, kind="stable")  # by the high bits; equal ones: see above
+            self.segments.append((hi[order], lo[order]))
+            segs = self.segments
+            while len(segs) > 1 and segs[-2][0].size <= 2 * segs[-1][0].size:
+                (h2, l2), (h1, l1) = segs.pop(), segs.pop()
+                h, low = np.concatenate([h1, h2]), np.concatenate([l1, l2])
+                order = np.argsort(h, kind="stable")  # two sorted runs: merged in linear time
+                segs.append((h[order], low[order]))
+        return pl.Series(_LATER, out, dtype=pl.Boolean)
 
 
 class SinkWriter:
@@ -436,6 +510,7 @@ def _write_sink(
 
     flagged: list[pl.DataFrame] = []
     batches = store.batch_state()  # read once: the ids of batches, for every chunk
+    index = store.job_index()  # one scan of the job ids; each chunk reads its row groups
     with SinkWriter(sink) as writer:
         for path in chunks:
             chunk = pl.read_parquet(path)
@@ -445,7 +520,8 @@ def _write_sink(
                 pl.col(_LATER).alias("later"),
             )
             ids = keys.filter(pl.col("input_error").is_null()).get_column("job_id").unique()
-            results = with_unavailable(job_states_of(store, ids, batches), unavailable, unsent)
+            states = job_states_of(store, ids, batches, index)
+            results = with_unavailable(states, unavailable, unsent)
             hit = results.filter(
                 pl.col("error").str.contains("provider_unavailable: ", literal=True)
             )
@@ -490,10 +566,12 @@ def stream_plan(
     from batchata_df.plan import PLAN_COLUMNS, plan_columns, plan_status
 
     store = None
+    index: JobIndex | None = None
     held = 0.0
     busy = pl.Series("job_id", [], dtype=pl.String)
     if state is not None and Path(state).is_dir():
         store = StateStore(state, fingerprint, readonly=True)
+        index = store.job_index()
         batches = store.batch_state()
         if batches.height:
             open_keys = batches.filter(
@@ -513,7 +591,7 @@ def stream_plan(
             ids = jobs.get_column("job_id")
             done = pl.Series("job_id", [], dtype=pl.String)
             if store is not None:
-                latest, _ = store.snapshot(ids)
+                latest, _ = store.snapshot(ids, index)
                 done = settled(latest, retry_failed=options.retry_failed).get_column("job_id")
             sendable = jobs.filter(pl.col("input_error").is_null())
             todo = (

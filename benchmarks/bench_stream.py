@@ -298,13 +298,19 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (large)")
     parser.add_argument("--no-clean-run", action="store_true",
                         help="skip the uninterrupted run (the killed run is always made)")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="work in this folder and keep it (inputs, state folders, sinks)")
     args = parser.parse_args()
 
     from batchata_df.emulator import Emulator
 
     results_file = HERE / "results" / "bench_stream.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else []
-    with tempfile.TemporaryDirectory(dir=args.work) as scratch, Emulator(latency=0.0) as emu:
+    keep = contextlib.nullcontext(str(args.keep)) if args.keep else None
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    scratch_dir = keep or tempfile.TemporaryDirectory(dir=args.work)
+    with scratch_dir as scratch, Emulator(latency=0.0) as emu:
         env = {**os.environ, **emu.env()}
         for n in args.sizes:
 

@@ -31,7 +31,13 @@ from pydantic import (
 from batchata_df.providers import anthropic as anthropic_provider
 from batchata_df.providers import gemini as gemini_provider
 from batchata_df.providers import openai as openai_provider
-from batchata_df.providers.base import _read_jsonl_arrow, _read_jsonl_polars, read_jsonl
+from batchata_df.providers.base import (
+    RequestSpec,
+    _read_jsonl_arrow,
+    _read_jsonl_polars,
+    read_jsonl,
+    strip_ends,
+)
 from batchata_df.schema import AnswerSchema, _describe
 
 text = st.text(
@@ -167,6 +173,70 @@ def test_read_jsonl_nulls_for_every_provider_schema(module: Any, schema_name: st
         {name: None for name in schema}
     ).encode()
     assert_frame_equal(read_jsonl(data, schema), pl.read_ndjson(io.BytesIO(data), schema=schema))
+
+
+_RESULT_LINES = {
+    "openai": (
+        b'{"custom_id":"a","response":{"status_code":200,"body":{"choices":[{"message":'
+        b'{"content":"{\\"x\\": 1}","refusal":null},"finish_reason":"stop"}],"usage":'
+        b'{"prompt_tokens":7,"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":2},'
+        b'"completion_tokens_details":{"reasoning_tokens":1}}}},"error":null}\n'
+        b'{"custom_id":"b","response":{"status_code":500,"body":{"error":{"message":"boom"}}},'
+        b'"error":null}'
+    ),
+    "anthropic": (
+        b'{"custom_id":"a","result":{"type":"succeeded","message":{"content":[{"type":"text",'
+        b'"text":"hi"}],"stop_reason":"end_turn","usage":{"input_tokens":3,"output_tokens":1,'
+        b'"cache_creation_input_tokens":0,"cache_read_input_tokens":4}}}}\n'
+        b'{"custom_id":"b","result":{"type":"errored","error":{"type":"error",'
+        b'"error":{"type":"api_error","message":"boom"}}}}'
+    ),
+    "gemini": (
+        b'{"key":"a","response":{"candidates":[{"content":{"parts":[{"text":"hi"}]},'
+        b'"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":5,'
+        b'"candidatesTokenCount":2}}}\n'
+        b'{"key":"b","error":{"code":400,"message":"bad"}}'
+    ),
+}
+
+
+def _decode(provider: str, data: bytes, *, responses: bool) -> pl.DataFrame:
+    if provider == "openai":
+        return openai_provider.decode_lines(data, responses=responses)
+    if provider == "gemini":
+        return gemini_provider.decode_lines(data, responses=responses)
+    spec = RequestSpec(schema=AnswerSchema(None), params={}, keep_responses=responses)
+    return anthropic_provider.decode_results(data, spec)
+
+
+@pytest.mark.parametrize("responses", [False, True])
+@pytest.mark.parametrize("provider", sorted(_RESULT_LINES))
+@pytest.mark.parametrize(
+    ("head", "tail"),
+    [(b"", b"\n"), (b"", b""), (b" \r\n\n\t", b"\r\n \n\n"), (b"\n", b" \n"), (b"", b"\r\n")],
+)
+def test_result_files_decode_as_their_stripped_text(
+    provider: str, responses: bool, head: bytes, tail: bytes
+) -> None:
+    # A download ending in one newline is decoded without the copy data.strip() made; any
+    # download gives the frame its stripped text gave, verbatim lines included.
+    data = head + _RESULT_LINES[provider] + tail
+    got = _decode(provider, data, responses=responses)
+    assert got.height == 2 and got["job_id"].to_list() == ["a", "b"]
+    assert got["outcome"].to_list() == ["succeeded", "errored"]
+    if provider != "anthropic":  # which never stripped (a line keeps its own whitespace)
+        assert_frame_equal(got, _decode(provider, data.strip(), responses=responses))
+        if responses:
+            assert got["response"].to_list() == _RESULT_LINES[provider].decode().split("\n")
+    for blank in (b"", b"\n", b" \r\n\t \n"):
+        assert _decode(provider, blank, responses=responses).height == 0
+
+
+def test_strip_ends_copies_only_when_more_than_a_final_newline_goes() -> None:
+    for data in (b'{"a":1}\n', b'{"a":1}', b'{"a":1}\n{"a":2}\n'):
+        assert strip_ends(data) is data
+    for data in (b"", b"\n", b" \n", b'\n{"a":1}\n', b'{"a":1}\r\n', b'{"a":1}\n\n', b'{"a":1} '):
+        assert strip_ends(data) == data.strip()
 
 
 # -- schema validation: the column-wise fast path gives what Pydantic gives, row by row -----

@@ -225,6 +225,38 @@ def test_template_errors_name_the_position_and_the_fix() -> None:
     assert template_columns("") == []
 
 
+def test_a_brace_opened_inside_a_placeholder_is_refused_whatever_follows() -> None:
+    # The first '{' after an opening one decides, not the last: later placeholders do not
+    # make "{a{b}" a valid one.
+    with pytest.raises(ConfigError) as info:
+        template_columns("{a{b} and {c}")
+    assert str(info.value) == (
+        "prompt template has a '{' at position 0 that is never closed (near '{a{b} and '); "
+        "close the placeholder like {column}, or write a literal brace as '{{'")
+
+
+def test_a_stray_closing_brace_near_the_start_is_quoted_from_the_first_character() -> None:
+    with pytest.raises(ConfigError) as info:
+        template_columns("x} then {a}", "system")
+    assert str(info.value) == (
+        "system template has a '}' at position 1 that closes nothing (near 'x} then {a}'); "
+        "write a literal brace as '}}'")
+
+
+@pytest.mark.parametrize(
+    ("template", "problem"),
+    [("{a[}", "expected '}' before end of string"), ("{a!}", "unmatched '{' in format spec")],
+)
+def test_balanced_braces_around_a_malformed_field_are_a_config_error(
+    template: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        template_columns(template, "system")
+    assert str(info.value) == (
+        f"system template {template!r} is malformed ({problem}); write literal braces twice")
+    assert isinstance(info.value.__cause__, ValueError)
+
+
 def test_unknown_or_untextual_columns_are_refused_naming_the_fix() -> None:
     with pytest.raises(ColumnError) as info:
         render_template("{txet}", {"text": pl.String, "n": pl.Int64}, "system")

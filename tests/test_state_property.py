@@ -14,9 +14,17 @@ from pathlib import Path
 import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
 
 from batchata_df.repair import doctor
-from batchata_df.state import JOB_EVENTS, StateStore
+from batchata_df.state import (
+    JOB_EVENTS,
+    StateStore,
+    _billed_sorted,
+    _conform,
+    billed_from_events,
+    join_by_job,
+)
 
 FP = {"model": "m", "prompt": "p"}
 JOBS = [f"j{i}" for i in range(6)]
@@ -115,3 +123,78 @@ def test_any_interleaving_of_events_and_crashes_replays_to_the_same_state(ops):
             assert abs(got_billed[job_id] - cost) < 1e-9
         # Leftover temp files are not damage: they are simply not part of the state.
         assert doctor(Path(root)).damaged == []
+
+
+billing_event_keys = ["job_id", "batch_key", "status", "cost_usd", "input_tokens",
+                      "output_tokens", "reasoning_tokens"]
+billing_event = st.fixed_dictionaries(
+    {
+        "job_id": st.one_of(st.sampled_from(JOBS), st.none()),
+        "batch_key": st.one_of(st.sampled_from(BATCHES), st.none()),
+        "status": st.sampled_from(["assigned", "completed", "failed", "cancelled"]),
+        "cost_usd": st.one_of(st.none(), st.floats(0, 1, allow_nan=False)),
+        "input_tokens": st.one_of(st.none(), st.integers(0, 10**6)),
+        "output_tokens": st.one_of(st.none(), st.integers(0, 10**6)),
+        "reasoning_tokens": st.one_of(st.none(), st.integers(0, 10**3)),
+    }
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(events=st.lists(billing_event, max_size=14), once=st.booleans())
+def test_snapshot_bill_without_hashing_ids_equals_the_grouped_bill(events, once):
+    """``snapshot``'s bill skips the id count when each job's only bill is its last event.
+
+    Whatever the events (retries, a batch collected twice, nulls, events without a batch
+    or a job id), the bill is the grouped one of :func:`billed_from_events`; ``once``
+    draws folders where every job has one event, the case the shortcut takes.
+    """
+    if once:  # one event per job: the shortcut's case (and null ids, which it must refuse)
+        seen: set[object] = set()
+        events = [e for e in events if not (e["job_id"] in seen or seen.add(e["job_id"]))]
+    frame = _conform(
+        pl.DataFrame(events, schema={k: JOB_EVENTS[k] for k in billing_event_keys}).with_columns(
+            pl.int_range(pl.len(), dtype=pl.Int64).alias("seq")
+        ),
+        JOB_EVENTS,
+    )
+    latest = frame.filter(pl.col("job_id").is_last_distinct() & pl.col("job_id").is_not_null())
+    got = _billed_sorted(frame, latest).sort("job_id", nulls_last=True)
+    want = billed_from_events(frame).sort("job_id", nulls_last=True)
+    assert got.schema == want.schema
+    assert got.to_dicts() == want.to_dicts() or _close(got, want)
+
+
+def _close(got: pl.DataFrame, want: pl.DataFrame) -> bool:
+    """Equal but for float rounding of summed costs."""
+    if got.drop("cost_usd").to_dicts() != want.drop("cost_usd").to_dicts():
+        return False
+    pairs = zip(got["cost_usd"].to_list(), want["cost_usd"].to_list(), strict=True)
+    return all((a is None) == (b is None) and (a is None or abs(a - b) < 1e-9) for a, b in pairs)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    left_ids=st.lists(st.one_of(st.sampled_from(JOBS), st.none()), max_size=8),
+    data=st.data(),
+)
+def test_join_by_job_equals_the_left_join(left_ids, data):
+    """Aligned ids (the shortcut), permuted, missing, extra, duplicated or null: same frame."""
+    how = data.draw(st.sampled_from(["aligned", "permuted", "any"]))
+    if how == "any":
+        right_ids = data.draw(st.lists(st.sampled_from(JOBS), unique=True, max_size=6))
+    else:
+        unique = list(dict.fromkeys(i for i in left_ids if i is not None))
+        right_ids = unique if how == "aligned" else data.draw(st.permutations(unique))
+        if how == "aligned":
+            left_ids = unique  # each job once, in the right's order: the shortcut's case
+    left = pl.DataFrame(
+        {"job_id": left_ids, "x": list(range(len(left_ids)))},
+        schema={"job_id": pl.String, "x": pl.Int64},
+    )
+    right = pl.DataFrame(
+        {"job_id": right_ids, "y": [f"v{i}" for i in right_ids], "z": [1.5] * len(right_ids)},
+        schema={"job_id": pl.String, "y": pl.String, "z": pl.Float64},
+    )
+    want = left.join(right, on="job_id", how="left", maintain_order="left")
+    assert_frame_equal(join_by_job(left, right), want)

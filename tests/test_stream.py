@@ -525,3 +525,127 @@ def test_spent_adds_up_in_slices_of_jobs_to_the_same_total(tmp_path, monkeypatch
     assert spent_usd(tmp_path / "st") == pytest.approx(whole)
     sliced = [plan for plan in filters if "hash" in plan]
     assert len(sliced) == 2 * 6  # 290 events in slices of at most 50 events: 6, twice
+
+
+def _job_part_reads(monkeypatch, state: Path) -> tuple[list[str], list[int]]:
+    """Spy on every read of ``state``'s job event parts.
+
+    Returns ``(scans, rows)``: the plans of Polars queries that scan job parts (each reads
+    the columns it needs of every part it lists; collected whole or in batches), and the
+    rows of each row-group read (``pyarrow.parquet.ParquetFile.read_row_groups``: a lookup
+    by position).
+    """
+    import pyarrow.parquet as pq
+
+    jobs_dir = str(state / "jobs")
+    scans: list[str] = []
+    rows: list[int] = []
+    collect = pl.LazyFrame.collect
+    read_row_groups = pq.ParquetFile.read_row_groups
+
+    def seen_collect(lf: pl.LazyFrame, *args: object, **kwargs: object) -> pl.DataFrame:
+        plan = lf.explain()
+        if jobs_dir in plan:
+            scans.append(plan)
+        return collect(lf, *args, **kwargs)  # type: ignore[arg-type]
+
+    def seen_groups(self: pq.ParquetFile, *args: object, **kwargs: object) -> object:
+        table = read_row_groups(self, *args, **kwargs)
+        rows.append(table.num_rows)
+        return table
+
+    collect_batches = pl.LazyFrame.collect_batches
+
+    def seen_batches(lf: pl.LazyFrame, *args: object, **kwargs: object) -> object:
+        plan = lf.explain()
+        if jobs_dir in plan:
+            scans.append(plan)
+        return collect_batches(lf, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pl.LazyFrame, "collect", seen_collect)
+    monkeypatch.setattr(pl.LazyFrame, "collect_batches", seen_batches)
+    monkeypatch.setattr(pq.ParquetFile, "read_row_groups", seen_groups)
+    return scans, rows
+
+
+@pytest.mark.parametrize("chunk_rows", [10, 60])
+def test_resuming_a_finished_folder_scans_its_job_ids_per_call_not_per_chunk(
+    emu, tmp_path, monkeypatch, chunk_rows
+):
+    """Resuming a finished folder costs O(folder), not O(folder x chunks): the job parts
+    are scanned a fixed number of times per call (an index of their job ids is built),
+    and each chunk then reads only the row groups that hold its own jobs' events."""
+    from batchata_df import state as state_module
+
+    monkeypatch.setattr(state_module, "COMPACT_ROW_GROUP_ROWS", 20, raising=False)
+    frame = pl.DataFrame({"i": range(120), "text": [f"distinct {i}" for i in range(120)]})
+    source = write_input(tmp_path / "in", frame)
+    state = tmp_path / "st"
+    kw = {"sink": tmp_path / "out.parquet", "chunk_rows": 10, "state": state,
+          "items_per_batch": 10, **KW}
+    first = batch_llm(pl.scan_parquet(source), **kw).collect()  # type: ignore[arg-type]
+    sent = requests(emu)
+    events = pl.scan_parquet(table_parts(state / "jobs")).select(pl.len()).collect().item()
+    assert events == 240  # assigned + completed, 120 distinct jobs
+
+    scans, rows_read = _job_part_reads(monkeypatch, state)
+    kw["chunk_rows"] = chunk_rows  # 12 chunks or 2: the scans must not follow
+    again = batch_llm(pl.scan_parquet(source), **kw).collect()  # type: ignore[arg-type]
+
+    assert requests(emu) == sent
+    assert_frame_equal(again, first)
+    # The index of job ids, built before sending and again (after compaction) before
+    # writing the sink, and the folder's highest seq: whatever the number of chunks.
+    assert len(scans) <= 3, [s.splitlines()[0] for s in scans]
+    # Each chunk's 10 jobs have 20 events in the compacted part (their assigned part and
+    # their batch's results, each contiguous), so at most 4 row groups of 20 per chunk and
+    # pass: never the whole folder per chunk.
+    assert sum(rows_read) <= 2 * 120 // 10 * 4 * 20
+    assert sum(rows_read) < 12 * events
+
+
+def test_a_reattached_batch_collected_before_its_rows_are_read_is_not_sent_again(
+    emu, tmp_path
+):
+    """The index of the folder is taken when a call starts; a batch an earlier call left in
+    flight is collected during the call, and when its rows come in a later chunk (here the
+    input is read in the opposite order) they are settled, not sent and billed again."""
+    emu.configure(latency=3600.0)
+    frame = pl.DataFrame({"i": range(60), "text": [f"distinct {i}" for i in range(60)]})
+    kw = {"sink": tmp_path / "out.parquet", "state": tmp_path / "st", "chunk_rows": 10,
+          "items_per_batch": 10, "max_parallel_batches": 1, **KW}
+    first = batch_llm(frame.lazy(), wait=False, **kw).collect()  # type: ignore[arg-type]
+    assert creates(emu) == 1  # rows 0-9 in flight, the rest pending
+    assert first.filter(pl.col("_batch_id").is_not_null())["i"].to_list() == list(range(10))
+
+    emu.configure(latency=0.0)
+    emu.advance(3600)
+    backwards = frame.reverse().lazy()  # rows 0-9 are the last chunk read
+    out = batch_llm(backwards, **kw).collect()  # type: ignore[arg-type]
+
+    billed = Counter(e["custom_id"] for e in emu.billing())
+    assert set(billed.values()) == {1}, "a request was billed twice"
+    assert len(billed) == 60
+    assert creates(emu) == 6
+    assert out["i"].to_list() == list(range(59, -1, -1))
+    assert set(out["_status"].to_list()) == {"completed"}
+
+
+def test_seen_ids_are_exact_across_segments_and_fall_back_for_other_ids():
+    """The set of job ids a streaming run keeps to mark a later chunk's repeats: exact on
+    all 96 bits (ids equal in their first 64 bits are told apart), across merged
+    segments, nulls never seen; ids that are not 24 hex digits are refused (the run then
+    searches the spilled chunks)."""
+    from batchata_df.stream import SeenIds
+
+    seen = SeenIds()
+    first = [f"{i:016x}{j:08x}" for i in range(50) for j in (1, 2)]
+    for k in range(0, 100, 7):  # many small additions: segments merge as they grow
+        assert seen.add(pl.Series([*first[k : k + 7], None]))
+    assert len(seen.segments) < 8
+    asked = pl.Series([first[0], f"{0:016x}{3:08x}", None, first[99], f"{99:016x}{1:08x}"])
+    hit = seen.contains(asked)
+    assert hit is not None
+    assert hit.to_list() == [True, False, False, True, False]
+    assert seen.contains(pl.Series(["not-a-job-id"])) is None
+    assert not seen.add(pl.Series(["not-a-job-id"]))

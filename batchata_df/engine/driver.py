@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -31,7 +31,10 @@ from batchata_df.engine.source import Feeder, JobSource
 from batchata_df.engine.stopping import Stopper
 from batchata_df.engine.submission import Submitter
 from batchata_df.providers.base import Provider, RequestSpec
-from batchata_df.state import StateStore
+from batchata_df.state import StateStore, join_by_job
+
+if TYPE_CHECKING:
+    from batchata_df.jobindex import JobIndex
 
 __all__ = ["Engine", "job_states_of"]
 
@@ -156,7 +159,11 @@ class Engine:
         feeder = Feeder(ctx, state, source, planner, calibration)
         feeder.feed()  # the first chunk: its worst cases price re-attached batches
         keys = pl.Series([b.batch_key for b in state.in_flight], dtype=pl.String)
-        held = ctx.store.assigned(keys)
+        held = (
+            ctx.store.assigned(keys)
+            if keys.len()
+            else pl.DataFrame(schema={"job_id": pl.String, "est_cost_usd": pl.Float64})
+        )
         known = held.filter(pl.col("est_cost_usd").is_not_null())
         worst = dict(
             zip(
@@ -307,24 +314,33 @@ def with_unavailable(
 
 
 def job_states_of(
-    store: StateStore, job_ids: pl.Series | None = None, batches: pl.DataFrame | None = None
+    store: StateStore,
+    job_ids: pl.Series | None = None,
+    batches: pl.DataFrame | None = None,
+    index: JobIndex | None = None,
 ) -> pl.DataFrame:
     """The latest state of jobs (all, or ``job_ids``), cost and tokens over every attempt.
 
     ``batches`` is ``store.batch_state()`` when the caller already has it (a streaming run
-    reads it once for all its chunks).
+    reads it once for all its chunks); ``index`` is ``store.job_index()``, to read only
+    the row groups of ``job_ids`` (see :meth:`StateStore.snapshot`).
     """
-    return _job_states(store, job_ids, batches)
+    return _job_states(store, job_ids, batches, index)
 
 
 def _job_states(
-    store: StateStore, job_ids: pl.Series | None = None, batches: pl.DataFrame | None = None
+    store: StateStore,
+    job_ids: pl.Series | None = None,
+    batches: pl.DataFrame | None = None,
+    index: JobIndex | None = None,
 ) -> pl.DataFrame:
     """The latest state of every job, with cost and tokens added up over every attempt."""
-    latest, billed = store.snapshot(job_ids)
-    state = latest.drop("cost_usd", "input_tokens", "output_tokens", "reasoning_tokens").join(
-        billed, on="job_id", how="left"
+    latest, billed = store.snapshot(job_ids, index)
+    state = join_by_job(
+        latest.drop("cost_usd", "input_tokens", "output_tokens", "reasoning_tokens"), billed
     )
+    if state.get_column("provider_batch_id").null_count() == 0:
+        return state  # every job has its batch's id already: nothing to take from batches
     if batches is None:
         batches = store.batch_state()
     if batches.height == 0:

@@ -106,6 +106,8 @@ def recover(ctx: RunContext, state: RunState) -> list[InFlightBatch]:
     open_keys = batches.filter(
         pl.col("status").is_in([*IN_FLIGHT, BatchPhase.INTENT.value])
     ).get_column("batch_key")
+    if open_keys.len() == 0:  # every batch ended: nothing to re-attach or resolve
+        return []
     members = (
         store.assigned(open_keys)
         .group_by("batch_key", maintain_order=True)

@@ -60,6 +60,17 @@ class Feeder:
         calibration: Calibration,
     ) -> None:
         self.ctx, self.state, self.source = ctx, state, source
+        # The folder's job events as this call found them, indexed once (one scan of the
+        # job ids, not one per chunk): a chunk's jobs cannot have events this call wrote,
+        # since a job is given to the engine in its first chunk only, except the members
+        # of the batches re-attached at start (collected during the call): those are read
+        # from the folder as it is now.
+        self.index = ctx.store.job_index()
+        self.reattached = (
+            pl.concat([b.job_ids for b in state.in_flight])
+            if state.in_flight
+            else pl.Series("job_id", [], dtype=pl.String)
+        )
         self.planner, self.calibration = planner, calibration
         self.exhausted = False
         self.jobs_seen = 0
@@ -115,7 +126,14 @@ class Feeder:
     def _unsettled(self, chunk: pl.DataFrame) -> pl.DataFrame:
         """The chunk's jobs to send; counts the others as done (progress)."""
         ids = chunk.get_column("job_id")
-        latest = self.ctx.store.latest_status(ids)  # never the answers: memory is the chunk
+        # Never the answers: memory is the chunk.
+        latest = self.ctx.store.latest_status(ids, self.index)
+        fresh = ids.filter(ids.is_in(self.reattached.implode()))
+        if fresh.len():
+            now = self.ctx.store.latest_status(fresh)
+            latest = pl.concat(
+                [latest.filter(~pl.col("job_id").is_in(fresh.implode())), now]
+            )
         # Realtime requests a crash left in flight end lost, never sent again blindly.
         latest = resolve_lost(self.ctx.store, latest)
         # Settled jobs are done (cancelled ones, and failed ones with retry_failed, go again).

@@ -42,6 +42,7 @@ from batchata_df.providers.base import (
     empty_results,
     failure_kind,
     history_messages,
+    is_blank,
     json_string,
     kept_response,
     read_jsonl,
@@ -640,7 +641,7 @@ def decode_results(data: bytes, spec: RequestSpec | None = None) -> pl.DataFrame
     >>> decode_results(line).select("job_id", "text", "error", "input_tokens").rows()
     [('a', 'hi', None, 7), ('b', None, 'api_error: boom', None)]
     """
-    if not data.strip():
+    if is_blank(data):  # data.strip() would copy the whole download
         return empty_results()
     citations = spec is not None and spec.citations
     responses = spec is not None and spec.keep_responses

@@ -200,6 +200,38 @@ def read_jsonl(data: bytes, schema: pl.Schema) -> pl.DataFrame:
     return fast if fast is not None else _read_jsonl_polars(data, schema)
 
 
+def is_blank(data: bytes) -> bool:
+    r"""Whether ``data`` is empty or only whitespace, without copying it (``not data.strip()``).
+
+    A results download is tens of MB: ``data.strip()`` copies all of it to test the ends.
+
+    Examples
+    --------
+    >>> is_blank(b""), is_blank(b" \r\n"), is_blank(b'\n{"a":1}\n')
+    (True, True, False)
+    """
+    return not data or data.isspace()
+
+
+def strip_ends(data: bytes) -> bytes:
+    r"""``data.strip()``, without copying ``data`` when only a final newline would go.
+
+    A results download is tens of MB and ends in one ``\n``: the lines (:func:`read_jsonl`,
+    :func:`result_lines`) are the same with or without it, so it is kept rather than copy
+    the download; any other whitespace at either end is stripped as before.
+
+    Examples
+    --------
+    >>> data = b'{"a":1}\n'
+    >>> strip_ends(data) is data, strip_ends(b' {"a":1}\r\n'), strip_ends(b"\n")
+    (True, b'{"a":1}', b'')
+    """
+    last, before = data[-1:], data[-2:-1]
+    if data[:1].isspace() or before.isspace() or (last.isspace() and last != b"\n"):
+        return data.strip()
+    return data
+
+
 def _read_jsonl_polars(data: bytes, schema: pl.Schema) -> pl.DataFrame:
     """:func:`read_jsonl` with Polars alone (CSV line split, ``str.json_decode``)."""
     dtype = pl.Struct(schema)

@@ -56,6 +56,7 @@ from batchata_df.providers.base import (
     json_string,
     read_jsonl,
     result_lines,
+    strip_ends,
     with_result_lines,
 )
 from batchata_df.redact import register_secret, scrubbing
@@ -794,7 +795,7 @@ def decode_lines(data: bytes, *, responses: bool = False) -> pl.DataFrame:
     whose total is prompt + candidates + tool-use prompt + thoughts), reasoning =
     ``thoughtsTokenCount``, cached = ``cachedContentTokenCount``.
     """
-    data = data.strip()
+    data = strip_ends(data)  # data.strip() without copying the download to drop its "\n"
     if not data:
         return empty_results()
     raw = read_jsonl(data, _LINE_SCHEMA)

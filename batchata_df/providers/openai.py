@@ -42,6 +42,7 @@ from batchata_df.providers.base import (
     read_jsonl,
     result_lines,
     retry_after_seconds,
+    strip_ends,
     transport_failure,
     with_result_lines,
 )
@@ -452,7 +453,7 @@ def decode_lines(data: bytes, *, responses: bool = False) -> pl.DataFrame:
 
     With ``responses``, each row's ``response`` is its line as OpenAI sent it.
     """
-    data = data.strip()
+    data = strip_ends(data)  # data.strip() without copying the download to drop its "\n"
     if not data:
         return empty_results()
     raw = read_jsonl(data, _LINE_SCHEMA)

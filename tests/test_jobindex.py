@@ -1,0 +1,120 @@
+"""The per-call index of a folder's job events by job id (:mod:`batchata_df.jobindex`).
+
+Checked against the plain filtered scan it replaces, on real Parquet parts: several parts
+and row groups, jobs retried in another batch, a part written by an older version without
+the newer columns, ids absent from the folder, and hash collisions (every event a
+candidate) that must never return another job's rows.
+"""
+
+from __future__ import annotations
+
+import random
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from batchata_df import state as state_module
+from batchata_df.jobindex import JobIndex
+from batchata_df.state import JOB_EVENTS, STATUS_COLUMNS, StateStore, table_parts
+
+
+def _folder(tmp_path, n: int = 90) -> StateStore:
+    store = StateStore(tmp_path / "st", {"model": "m"})
+    ids = [f"{i:024x}" for i in range(n)]
+    # A part an older version wrote: no reasoning_tokens, citations, raw, response, mode.
+    old = pl.DataFrame({
+        "seq": [1, 2], "job_id": [ids[0], ids[1]], "status": ["assigned", "assigned"],
+        "batch_key": ["b0", "b0"],
+    })
+    old.write_parquet(tmp_path / "st" / "jobs" / "part-00000000000000000001-aaaaaa.parquet")
+    for start in range(0, n, 30):
+        chunk = ids[start : start + 30]
+        store.append_jobs(pl.DataFrame({"job_id": chunk, "batch_key": f"b{start}",
+                                        "status": "assigned"}))
+        store.append_jobs(pl.DataFrame({
+            "job_id": chunk, "batch_key": f"b{start}", "status": "completed",
+            "answer": [f'{{"n": {i}}}' for i in range(start, start + len(chunk))],
+            "cost_usd": 0.5, "reasoning_tokens": 3,
+        }))
+    # Retried in another batch: two billed attempts.
+    store.append_jobs(pl.DataFrame({"job_id": ids[5:9], "batch_key": "retry",
+                                    "status": "completed", "cost_usd": 0.25}))
+    return StateStore(tmp_path / "st", {"model": "m"})
+
+
+@pytest.mark.parametrize("compacted", [False, True])
+def test_snapshot_and_status_through_the_index_equal_the_filtered_scan(
+    tmp_path, monkeypatch, compacted
+):
+    monkeypatch.setattr(state_module, "COMPACT_ROW_GROUP_ROWS", 16)
+    store = _folder(tmp_path)
+    if compacted:
+        assert store.compact() > 1
+    index = store.job_index()
+    assert index.n_events == 2 + 180 + 4
+    everyone = [f"{i:024x}" for i in range(90)]
+    rng = random.Random(7)
+    for _ in range(5):
+        ids = pl.Series("job_id", [*rng.sample(everyone, 25), "not-in-the-folder"])
+        latest, billed = store.snapshot(ids, index)
+        want_latest, want_billed = store.snapshot(ids)
+        assert latest.height == 25
+        assert_frame_equal(latest, want_latest)
+        assert_frame_equal(billed.sort("job_id"), want_billed.sort("job_id"))
+        assert_frame_equal(store.latest_status(ids, index), store.latest_status(ids))
+    retried = store.snapshot(pl.Series([everyone[6]]), index)[1]
+    assert retried.row(0, named=True)["cost_usd"] == 0.75  # both attempts billed
+    assert retried.row(0, named=True)["attempts"] == 2
+
+
+def test_a_lookup_reads_only_the_row_groups_of_its_ids(tmp_path, monkeypatch):
+    monkeypatch.setattr(state_module, "COMPACT_ROW_GROUP_ROWS", 16)
+    store = _folder(tmp_path)
+    store.compact()
+    index = store.job_index()
+    groups = [len(g) - 1 for g in index.group_starts]
+    assert sum(groups) >= 12  # 186 events in groups of 16
+
+    import pyarrow.parquet as pq
+
+    read: list[int] = []
+    original = pq.ParquetFile.read_row_groups
+
+    def spy(self, groups, *args, **kwargs):  # type: ignore[no-untyped-def]
+        read.append(len(groups))
+        return original(self, groups, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_groups", spy)
+    ids = pl.Series([f"{i:024x}" for i in range(60, 64)])  # 4 jobs of one batch
+    events = index.events(ids, ["job_id", "status", "answer"])
+    assert events.height == 8
+    assert sum(read) <= 2 * 2  # their assigned events and their results, 2 groups each
+
+
+def test_hash_collisions_never_return_another_jobs_events(tmp_path, monkeypatch):
+    store = _folder(tmp_path)
+    index = store.job_index()
+    # Every event a candidate (as if every id hashed alike): the ids themselves decide.
+    monkeypatch.setattr(
+        JobIndex, "positions", lambda self, ids: pl.int_range(0, self.n_events, eager=True)
+        .cast(pl.Int64).to_numpy()
+    )
+    ids = pl.Series([f"{i:024x}" for i in (3, 40)])
+    events = index.events(ids, list(STATUS_COLUMNS))
+    assert sorted(set(events["job_id"].to_list())) == ids.sort().to_list()
+    assert events.height == 4
+
+
+def test_an_empty_folder_and_an_empty_lookup(tmp_path):
+    store = StateStore(tmp_path / "st", {"model": "m"})
+    index = store.job_index()
+    assert index.n_events == 0
+    latest, billed = store.snapshot(pl.Series(["a"]), index)
+    assert latest.height == 0 and latest.schema == JOB_EVENTS
+    assert billed.height == 0
+    assert table_parts(tmp_path / "st" / "jobs") == []
+    store.append_jobs(pl.DataFrame({"job_id": ["a"], "status": "assigned"}))
+    index = store.job_index()
+    assert store.latest_status(pl.Series([], dtype=pl.String), index).height == 0
+    assert store.latest_status(pl.Series(["a"]), index)["status"].to_list() == ["assigned"]
