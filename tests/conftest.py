@@ -44,20 +44,21 @@ def emulator() -> Iterator[Emulator]:
 
 
 @contextlib.contextmanager
-def _leased(urls: list[str]) -> Iterator[str]:
+def _leased(urls: list[str], where: Path | None = None) -> Iterator[str]:
     """One of ``urls`` that no other test session uses while this one runs.
 
     Sessions running at once (mutmut's workers) each reset the emulator for every test, so
     they must never share one: each holds a file lock on its emulator for its lifetime.
     """
     locks = [
-        FileLock(Path(tempfile.gettempdir()) / f"batchata-df-emulator-{urlsplit(u).port}.lock")
+        FileLock((where or Path(tempfile.gettempdir()))
+                 / f"batchata-df-emulator-{urlsplit(u).port}.lock")
         for u in urls
     ]
     index = next((i for i, lock in enumerate(locks) if _try_acquire(lock)), None)
     if index is None:  # all busy: wait for one
         index = os.getpid() % len(locks)
-        locks[index].acquire()
+        locks[index].acquire(timeout=600)  # a Timeout fails the session, never hangs it
     try:
         yield urls[index]
     finally:

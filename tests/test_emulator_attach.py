@@ -10,7 +10,7 @@ from batchata_df.emulator import Emulator
 
 
 def test_an_attached_emulator_is_controlled_but_never_stopped():
-    with Emulator() as owner:
+    with Emulator(startup_timeout=120.0) as owner:
         guest = Emulator.attach(owner.url + "/")
         assert guest.url == owner.url
         guest.configure(latency=7.0)
@@ -20,12 +20,12 @@ def test_an_attached_emulator_is_controlled_but_never_stopped():
         assert owner.settings()["latency"] == 7.0  # still serving
 
 
-def test_sessions_at_once_lease_different_emulators_and_a_third_waits():
+def test_sessions_at_once_lease_different_emulators_and_a_third_waits(tmp_path):
     urls = ["http://127.0.0.1:9", "http://127.0.0.1:13"]  # only their lock files are used
     got: list[str] = []
-    with _leased(urls) as first, _leased(urls) as second:
+    with _leased(urls, tmp_path) as first, _leased(urls, tmp_path) as second:
         assert {first, second} == set(urls)
-        waiter = threading.Thread(target=lambda: got.extend(_lease_once(urls)))
+        waiter = threading.Thread(target=lambda: got.extend(_lease_once(urls, tmp_path)))
         waiter.start()
         waiter.join(timeout=0.2)
         assert got == []  # both are held: it cannot have one
@@ -33,6 +33,6 @@ def test_sessions_at_once_lease_different_emulators_and_a_third_waits():
     assert got and got[0] in urls
 
 
-def _lease_once(urls: list[str]) -> list[str]:
-    with _leased(urls) as url:
+def _lease_once(urls: list[str], where) -> list[str]:
+    with _leased(urls, where) as url:
         return [url]

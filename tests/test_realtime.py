@@ -419,3 +419,18 @@ def test_a_rejected_key_stops_a_realtime_run_with_the_fix(emu, model, message):
     with pytest.raises(CredentialsError) as raised:
         pl.DataFrame({"text": ["x"]}).pipe(batch_llm, model=model, mode="realtime", **KW)
     assert str(raised.value) == message
+
+
+@pytest.mark.parametrize(("body", "error"), [
+    ({"type": "error", "error": {"type": "invalid_request_error", "message": ""}},
+     "invalid_request_error: "),
+    ({"type": "error", "error": {"type": "invalid_request_error", "message": {"why": "x"}}},
+     'invalid_request_error: {"why": "x"}'),
+    ({"type": "error", "error": {"type": "invalid_request_error"}},
+     "invalid_request_error: invalid_request_error: {'type': 'invalid_request_error'}"),
+])
+def test_an_anthropic_refusal_of_any_shape_becomes_the_row_error(emu, body, error):
+    emu.inject_fault(path_regex=r"/v1/messages$", status=400, times=None, body=body)
+    out = pl.DataFrame({"text": ["x"]}).pipe(
+        batch_llm, model="claude-haiku-4-5", mode="realtime", **KW)
+    assert out.select("_status", "_error").rows() == [("failed", error)]

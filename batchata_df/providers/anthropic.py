@@ -459,13 +459,17 @@ class AnthropicProvider:
                     kind_name = str(error["type"])
                 # The line a batch would hold: decode_results prefixes the type itself.
                 said = error.get("message") if isinstance(error, dict) else None
+                if said is None:
+                    said = text  # no message of its own: the whole body's text
+                elif not isinstance(said, str):
+                    said = json.dumps(said, ensure_ascii=False)
                 result: dict[str, Any] = {
                     "custom_id": custom_id,
                     "result": {
                         "type": "errored",
                         "error": {
                             "type": "error",
-                            "error": {"type": kind_name, "message": said or text},
+                            "error": {"type": kind_name, "message": said},
                         },
                     },
                 }
