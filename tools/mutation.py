@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import fnmatch
 import json
 import math
 import os
@@ -172,8 +173,6 @@ def _pending(scratch: Path, patterns: list[str]) -> list[str]:
     That is: not yet checked, survived, or reached by no test (after tests were added, a
     mutant is checked again by naming it); killed, timed out and mypy-rejected ones stay.
     """
-    import fnmatch
-
     decided = _KILLED | _TIMEOUT | _TYPE_CHECK
     return sorted(
         name for name, code in _mutant_results(scratch).items()
@@ -292,24 +291,19 @@ def run_mutmut(
             stack.enter_context(_running_emulators(emulators))
             if emulators and not record_only else None
         )
+        if (sample is not None or only) and not _mutant_results(scratch):
+            # mutmut creates the mutants (and runs none), so that they can be drawn from
+            _mutmut_run(scratch, max_children, None, ["__no_such_mutant__"], extra_env)
         drawn: set[str] | None = None
         if sample is not None:
-            if not _mutant_results(scratch):  # mutmut creates the mutants (and runs none)
-                _mutmut_run(scratch, max_children, None, ["__no_such_mutant__"], extra_env)
             everything = sorted(_mutant_results(scratch))
             # One fixed shuffle, and its first ``sample``: a smaller sample is a prefix of a
             # larger one, so a later sitting with another size keeps the results it shares.
             random.Random(SAMPLE_SEED).shuffle(everything)
             drawn = set(everything[:sample])
         if only:
-            import fnmatch
-
-            if not _mutant_results(scratch):
-                _mutmut_run(scratch, max_children, None, ["__no_such_mutant__"], extra_env)
-            drawn = {
-                name for name in (drawn or set(_mutant_results(scratch)))
-                if any(fnmatch.fnmatchcase(name, p) for p in only)
-            }
+            pool = set(_mutant_results(scratch)) if drawn is None else drawn
+            drawn = {n for n in pool if any(fnmatch.fnmatchcase(n, p) for p in only)}
         names = _pending(scratch, rerun) if rerun else None
         if drawn is not None:
             decided = _KILLED | _TIMEOUT | _TYPE_CHECK | _SURVIVED | _NO_TESTS
