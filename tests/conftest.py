@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,17 @@ import pytest
 from filelock import FileLock, Timeout
 
 from batchata_df.emulator import Emulator
+
+
+def pytest_make_parametrize_id(config: pytest.Config, val: object, argname: str) -> str | None:
+    """Test ids without whitespace: a node id can then be passed on any command line.
+
+    mutmut (``tools/mutation.py``) and shell loops select tests by node id; an id such as
+    ``[kwargs0-mode must be one of ...]`` would be split into several arguments.
+    """
+    if isinstance(val, str) and any(c.isspace() for c in val):
+        return re.sub(r"\s", "_", val)
+    return None
 
 # The seed README's examples are scripts that tests run in a subprocess, not test modules.
 collect_ignore = ["seed_examples"]
