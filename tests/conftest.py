@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +22,10 @@ def pytest_make_parametrize_id(config: pytest.Config, val: object, argname: str)
     mutmut (``tools/mutation.py``) and shell loops select tests by node id; an id such as
     ``[kwargs0-mode must be one of ...]`` would be split into several arguments.
     """
-    if isinstance(val, str) and any(c.isspace() for c in val):
-        return re.sub(r"\s", "_", val)
+    text = val.decode("latin-1") if isinstance(val, bytes) else val
+    if isinstance(text, str) and any(c.isspace() for c in text):
+        # as pytest shows it (escapes), with each space an underscore
+        return text.encode("unicode_escape").decode("ascii").replace(" ", "_")
     return None
 
 # The seed README's examples are scripts that tests run in a subprocess, not test modules.
