@@ -479,7 +479,11 @@ class AnswerSchema:
         if self.model is None:
             values = texts.to_list() if isinstance(texts, pl.Series) else list(texts)
             return values, [None if t is not None else "empty answer" for t in values]
-        series = texts if isinstance(texts, pl.Series) else pl.Series(texts, dtype=pl.String)
+        # a Series of nothing but nulls may come typed Null: it is still answers (none)
+        series = (
+            texts.cast(pl.String) if isinstance(texts, pl.Series)
+            else pl.Series(texts, dtype=pl.String)
+        )
         if self._fast is not None and series.len() > 0:
             fast = self._fast.canonical(series)
             todo = fast.is_null().arg_true().to_list()

@@ -722,3 +722,10 @@ def test_the_largest_numbers_a_column_holds_are_kept_by_value():
         {"score": 1.7976931348623157e308, "n": 2**63 - 1, "xs": [], "maybe": -5e-324},
         {"score": -1.5, "n": -(2**63), "xs": [0.1], "maybe": None},
     ]
+
+
+def test_a_series_of_only_nulls_typed_null_is_answers_that_are_empty():
+    # pl.Series([None, None]) is typed Null, not String: the fast path refused it
+    canonical, errors = AnswerSchema(_Numbers).validate(pl.Series([None, None]))
+    assert canonical == [None, None]
+    assert errors == ["schema_validation: the answer is empty"] * 2
