@@ -490,3 +490,11 @@ def test_an_unreachable_provider_in_realtime_is_named_in_the_rows(emu, monkeypat
     assert out["_status"].to_list() == ["cancelled"]
     assert out["_error"][0].startswith(f"cancelled: provider_unavailable: {name}: "), \
         out["_error"][0]
+
+
+def test_anthropic_429_is_retried_after_its_retry_after(emu, clock: FakeClock) -> None:
+    emu.inject_fault(path_regex=r"/v1/messages$", status=429, times=2, retry_after=7)
+    out = frame(1).pipe(batch_llm, model="claude-haiku-4-5", mode="realtime", **KW)
+    assert out["_status"].to_list() == ["completed"]
+    assert [e["status"] for e in realtime_posts(emu)] == [429, 429, 200]
+    assert [round(w, 6) for w in clock.waits] == [7.0, 7.0]
