@@ -709,6 +709,10 @@ def test_a_number_its_column_cannot_hold_fails_the_row_instead_of_becoming_null(
     canonical, errors = AnswerSchema(_Numbers).validate([answer])
     assert canonical == [None]
     assert errors[0] is not None and errors[0].startswith(f"schema_validation: {error}"), errors
+    # and each names what to do
+    fix = ("): make the field a Decimal or a str" if "Int64" in error
+           else ": a value beyond a float, or NaN); ask again with retry_failed=True")
+    assert errors[0].endswith(fix), errors
 
 
 def test_the_largest_numbers_a_column_holds_are_kept_by_value():
