@@ -157,18 +157,18 @@ def test_read_jsonl_malformed_line_raises_like_read_ndjson() -> None:
 
 
 @pytest.mark.parametrize(
-    ("module", "schema_name"),
+    "schema",
     [
-        (openai_provider, "_LINE_SCHEMA"),
-        (anthropic_provider, "_LINE_SCHEMA"),
-        (anthropic_provider, "_CITED_SCHEMA"),
-        (gemini_provider, "_LINE_SCHEMA"),
+        openai_provider._LINE_SCHEMA,
+        anthropic_provider._line_schema(anthropic_provider._TEXT_BLOCK),
+        anthropic_provider._line_schema(anthropic_provider._CITED_BLOCK),
+        gemini_provider._LINE_SCHEMA,
     ],
+    ids=["openai", "anthropic", "anthropic-cited", "gemini"],
 )
-def test_read_jsonl_nulls_for_every_provider_schema(module: Any, schema_name: str) -> None:
+def test_read_jsonl_nulls_for_every_provider_schema(schema: pl.Schema) -> None:
     # Lines that miss every field, or give nulls, decode to all-null rows of the full
     # nested schema, as read_ndjson decodes them.
-    schema = getattr(module, schema_name)
     data = b'{}\n{"unrelated": {"x": [1, "y"]}}\n' + json.dumps(
         {name: None for name in schema}
     ).encode()
