@@ -465,3 +465,44 @@ def test_overloaded_create_is_retried_and_a_rejected_one_stops_the_run(emu, tmp_
     out = frame(2).pipe(batch_llm, retry_failed=True, **kw)
     assert out["_status"].to_list() == ["completed"] * 2
     assert [e["status"] for e in creates(emu)] == [400, 200]
+
+
+def test_find_reads_past_newer_batches_and_other_sizes_down_to_the_window_start(emu):
+    # Listed newest first: a batch created after the window and one of another size come
+    # before ours and are passed over, not where the search stops; a batch created exactly
+    # at the window's start (created_after - CLOCK_SKEW_S) is still a candidate.
+    import math
+
+    from batchata_df.providers.anthropic import CLOCK_SKEW_S, SUBMIT_WINDOW_S
+
+    spec = RequestSpec(AnswerSchema(None), {"max_tokens": 50})
+
+    def jobs(n: int, prefix: str) -> pl.DataFrame:
+        return pl.DataFrame({"job_id": [f"{prefix}{i}" for i in range(n)], "model": [MODEL] * n,
+                             "prompt": ["x"] * n, "system": [None] * n})
+
+    maker = AnthropicProvider()
+    tag = BatchTag("run", "b1", time.time(), n_jobs=2, job_ids=frozenset({"ours0", "ours1"}))
+    ours = maker.submit(maker.encode(jobs(2, "ours"), spec), model=MODEL, tag=tag)
+    emu.advance(10)
+    maker.submit(maker.encode(jobs(3, "bigger"), spec), model=MODEL, tag=tag)
+    emu.advance(SUBMIT_WINDOW_S + 3 * CLOCK_SKEW_S)  # past hi = after + window + skew
+    maker.submit(maker.encode(jobs(2, "later"), spec), model=MODEL, tag=tag)
+    client = anthropic.Anthropic(base_url=emu.anthropic_base_url)
+    created = client.messages.batches.retrieve(ours).created_at.timestamp()
+    client.close()
+    maker.close()
+    # created_after whose window starts exactly at our batch's creation
+    after = created + CLOCK_SKEW_S
+    for _ in range(64):
+        if after - CLOCK_SKEW_S == created:
+            break
+        after = math.nextafter(after, math.inf if after - CLOCK_SKEW_S < created else -math.inf)
+    assert after - CLOCK_SKEW_S == created
+    fresh = AnthropicProvider()  # a resumed run: it created none of them
+    try:
+        found = fresh.find(BatchTag("run", "b1", after, n_jobs=2,
+                                    job_ids=frozenset({"ours0", "ours1"})))
+    finally:
+        fresh.close()
+    assert found == ours

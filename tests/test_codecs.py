@@ -1145,3 +1145,19 @@ def test_result_lines_that_cannot_be_matched_to_rows_are_a_typed_null_column():
     assert out[base.LINE_COLUMN].to_list() == [None, None]
     both = base.with_result_lines(decoded, pl.Series(["x", "y"]))
     assert both[base.LINE_COLUMN].to_list() == ["x", "y"]
+
+
+def test_gemini_one_provider_encodes_each_schema_with_its_own_rewrite() -> None:
+    # The rewrite is cached per schema object: a second schema must not get the first's.
+    class First(BaseModel):
+        a: int
+
+    class Second(BaseModel):
+        b: str
+
+    provider = make_provider("gemini", offline=True)
+    jobs = _jobs("gemini-2.5-flash")
+    for model, field in ((First, "a"), (Second, "b"), (First, "a")):
+        spec = RequestSpec(AnswerSchema(model), {"max_tokens": 10})
+        config = _lines(provider.encode(jobs, spec))[0]["request"]["generationConfig"]
+        assert list(config["responseJsonSchema"]["properties"]) == [field]

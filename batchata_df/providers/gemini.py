@@ -315,7 +315,9 @@ class GeminiProvider:
         self._client: genai.Client | None = None
         # Realtime requests run in threads: one client, created once.
         self._client_lock = threading.Lock()
-        self._schema_cache: tuple[int, dict[str, Any]] | None = None
+        # (the schema, its Gemini rewrite): the schema object itself is held, so that the
+        # cache can never match another schema allocated where a freed one was
+        self._schema_cache: tuple[dict[str, Any], dict[str, Any]] | None = None
 
     def __repr__(self) -> str:  # never show the key
         return f"GeminiProvider(base_url={self._base_url!r})"
@@ -410,8 +412,8 @@ class GeminiProvider:
         return json.dumps(config, separators=(",", ":"), ensure_ascii=False)
 
     def _gemini_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
-        if self._schema_cache is None or self._schema_cache[0] != id(schema):
-            self._schema_cache = (id(schema), gemini_json_schema(schema))
+        if self._schema_cache is None or self._schema_cache[0] is not schema:
+            self._schema_cache = (schema, gemini_json_schema(schema))
         return self._schema_cache[1]
 
     def encode(self, jobs: pl.DataFrame, spec: RequestSpec) -> pl.Series:
