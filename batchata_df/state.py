@@ -477,11 +477,13 @@ class StateStore:
             )
             raise StateError(msg)
         old = old_manifest.fingerprint
-        if not old and fingerprint and not self.readonly:
+        if not old and fingerprint:
             # Rebuilt by `repair` from parts that did not record the settings: the first
-            # run that opens the folder states them again.
+            # run that opens the folder states them again (a reader, such as a dry run,
+            # takes them as that run would, and writes nothing).
             old_manifest.fingerprint = dict(fingerprint)
-            self._atomic_write(path, old_manifest.to_json().encode())
+            if not self.readonly:
+                self._atomic_write(path, old_manifest.to_json().encode())
             return old_manifest
         diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
         if diff:

@@ -336,3 +336,305 @@ def test_taking_over_a_lock_left_by_another_process_is_logged(tmp_path, caplog):
         pass  # last held by this process: nothing taken over
     assert caplog.records == []
     assert socket.gethostname() != "elsewhere"
+
+
+def test_spent_in_slices_of_jobs_equals_spent_in_one_pass(tmp_path, monkeypatch):
+    """A folder of more events than one slice is added up in slices by a hash of the job
+    id: every job's attempts land in one slice, so nothing is counted twice or dropped."""
+    store = StateStore(tmp_path / "st", FP)
+    ids = [f"j{i}" for i in range(12)]
+    store.append_jobs(pl.DataFrame({"job_id": ids, "batch_key": "b1", "status": "completed",
+                                    "cost_usd": [0.5 * (i + 1) for i in range(12)]}))
+    # Re-collected after a crash (same batch: counted once) and retried (another batch).
+    store.append_jobs(pl.DataFrame({"job_id": ids[:4], "batch_key": "b1", "status": "completed",
+                                    "cost_usd": [0.5 * (i + 1) for i in range(4)]}))
+    store.append_jobs(pl.DataFrame({"job_id": ids[:3], "batch_key": "b2", "status": "completed",
+                                    "cost_usd": 0.25}))
+    # An event without a job id is still billed (it lands in the first slice).
+    store.append_jobs(pl.DataFrame({"job_id": [None], "batch_key": ["b3"], "status": "failed",
+                                    "cost_usd": [2.0]}, schema_overrides={"job_id": pl.String}))
+    want = sum(0.5 * (i + 1) for i in range(12)) + 3 * 0.25 + 2.0
+    assert spent_usd(store.root) == pytest.approx(want)
+    for events_per_slice in (1, 5, 19, 20):  # 20 events: 20, 4, 2 and 1 slices
+        monkeypatch.setattr(state_module, "SPENT_SLICE_EVENTS", events_per_slice)
+        assert spent_usd(store.root) == pytest.approx(want), events_per_slice
+    assert spent_usd(tmp_path / "nothing-here") == 0.0
+
+
+def test_parts_are_zstd_without_statistics_and_name_their_run(tmp_path, monkeypatch):
+    """The physical layout of the parts (what DuckDB and the job index read): zstd at the
+    chosen level, no column statistics, the run id and fingerprint in the metadata; a
+    compacted part in row groups of COMPACT_ROW_GROUP_ROWS rows."""
+    import pyarrow.parquet as pq
+
+    store = StateStore(tmp_path / "st", FP)
+    for start in (0, 3):
+        store.append_jobs(pl.DataFrame({"job_id": [f"j{i}" for i in range(start, start + 3)],
+                                        "status": "assigned"}))
+    store.append_batch(batch_key="k", status="intent")
+    identity = {
+        b"batchata_run": store.manifest.run_id.encode(),
+        b"batchata_fingerprint": b'{"model": "m", "prompt": "p"}',
+    }
+    parts = sorted((tmp_path / "st" / "jobs").glob("part-*.parquet"))
+    for part in [*parts, *(tmp_path / "st" / "batches").glob("part-*.parquet")]:
+        meta = pq.ParquetFile(part).metadata
+        assert {k: v for k, v in meta.metadata.items() if k.startswith(b"batchata")} == identity
+        column = meta.row_group(0).column(0)
+        assert (column.compression, column.is_stats_set) == ("ZSTD", False)
+    monkeypatch.setattr(state_module, "COMPACT_ROW_GROUP_ROWS", 2)
+    assert store.compact() == 2
+    (merged,) = (tmp_path / "st" / "jobs").glob("part-*.parquet")
+    assert merged.name == f"part-{parts[0].name[5:-8]}~{parts[1].name[5:-8]}.parquet"
+    meta = pq.ParquetFile(merged).metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [2, 2, 2]
+    assert {k: v for k, v in meta.metadata.items() if k.startswith(b"batchata")} == identity
+    column = meta.row_group(0).column(0)
+    assert (column.compression, column.is_stats_set) == ("ZSTD", False)
+    assert store.job_events()["job_id"].to_list() == [f"j{i}" for i in range(6)]
+
+
+def test_compaction_merges_consecutive_parts_up_to_the_target_size(tmp_path):
+    store = StateStore(tmp_path / "st", FP)
+    for i in range(5):
+        store.append_jobs(pl.DataFrame({"job_id": [f"j{i}"], "status": "assigned"}))
+    jobs = tmp_path / "st" / "jobs"
+    parts = sorted(jobs.glob("part-*.parquet"))
+    size = max(p.stat().st_size for p in parts)
+    assert store.compact(target_bytes=size) == 0  # no two fit together: nothing to merge
+    assert sorted(jobs.glob("part-*.parquet")) == parts
+    assert store.compact(target_bytes=2 * size) == 4  # [0, 1], [2, 3], [4]
+    stem = [p.name[5:-8] for p in parts]
+    assert sorted(p.name for p in jobs.glob("part-*.parquet")) == [
+        f"part-{stem[0]}~{stem[1]}.parquet", f"part-{stem[2]}~{stem[3]}.parquet",
+        parts[4].name]
+    merged = sorted(jobs.glob("part-*.parquet"))
+    assert store.compact() == 3  # compacted parts merge again: one range over all five
+    (whole,) = jobs.glob("part-*.parquet")
+    assert whole.name == f"part-{stem[0]}~{stem[4]}.parquet"
+    assert whole not in merged
+    assert store.job_events()["job_id"].to_list() == [f"j{i}" for i in range(5)]
+    assert store.compact() == 0
+
+
+def test_parts_hidden_by_a_compacted_part_are_skipped_then_collected(tmp_path):
+    """A crash after a compacted part was renamed leaves the parts it replaced: readers skip
+    them, the next writer deletes them; hidden temporary files and foreign names stay."""
+    store = StateStore(tmp_path / "st", FP)
+    for i in range(3):
+        store.append_jobs(pl.DataFrame({"job_id": [f"j{i}"], "status": "assigned"}))
+    jobs = tmp_path / "st" / "jobs"
+    p0, p1, p2 = sorted(jobs.glob("part-*.parquet"))
+    store.compact()
+    (merged,) = jobs.glob("part-*.parquet")
+    # As if the process died before deleting what it merged: all three come back.
+    for p in (p0, p1, p2):
+        pl.read_parquet(merged).filter(pl.col("job_id") == "j0").write_parquet(p)
+    foreign = jobs / "part-from-elsewhere.parquet"
+    pl.read_parquet(merged).head(0).write_parquet(foreign)
+    (jobs / f".tmp-{p2.name}").write_bytes(b"half written")
+    (jobs / "notes.txt").write_text("not a part")
+    assert state_module.table_parts(jobs) == sorted([merged, foreign])
+    assert state_module.list_parts(tmp_path / "st") == sorted([merged, foreign])
+    assert state_module._hidden([p0, p1, p2, merged, foreign]) == {p0, p1, p2}
+    assert StateStore(tmp_path / "st", FP, readonly=True).job_events().height == 3
+    assert {p.name for p in jobs.iterdir()} >= {p0.name, p1.name, p2.name}  # a reader keeps them
+    assert state_module.collect_compacted(tmp_path / "st") == 3
+    assert sorted(jobs.iterdir()) == sorted(
+        [merged, foreign, jobs / f".tmp-{p2.name}", jobs / "notes.txt"])
+    assert state_module.collect_compacted(tmp_path / "st") == 0
+
+
+def test_part_names_give_their_range_and_foreign_names_none():
+    part_range = state_module._part_range
+    assert part_range("part-00000000000000000042-abc123.parquet") == (42, 42)
+    assert part_range("part-00000000000000000005-abc~00000000000000000009-def.parquet") == (5, 9)
+    assert part_range("part-x-abc.parquet") is None
+    assert part_range("part-00000000000000000005-a~y-b.parquet") is None
+    hidden = state_module._hidden
+    from pathlib import Path
+
+    a, b, c = (Path(f"part-{n:020d}-aa.parquet") for n in (4, 5, 10))
+    big = Path(f"part-{5:020d}-aa~{9:020d}-bb.parquet")
+    inner = Path(f"part-{6:020d}-aa~{7:020d}-bb.parquet")
+    assert hidden([a, b, c, big, inner]) == {b, inner}
+
+
+def test_a_new_part_sorts_after_the_folders_parts_whatever_the_clock(tmp_path, monkeypatch):
+    store = StateStore(tmp_path / "st", FP)
+    jobs = tmp_path / "st" / "jobs"
+    late = 9_000_000_000_000_000_000
+    _part(jobs, late, pl.DataFrame({"seq": [late], "job_id": ["a"], "status": ["assigned"]}))
+    batches = tmp_path / "st" / "batches"
+    _part(batches, late + 5, pl.DataFrame({"seq": [late + 7], "batch_key": ["k"],
+                                           "status": ["intent"]}))
+    monkeypatch.setattr(state_module.time, "time_ns", lambda: 1_000)  # a clock far behind
+    store = StateStore(tmp_path / "st", FP)
+    store.append_jobs(pl.DataFrame({"job_id": ["a"], "status": "completed"}))
+    names = sorted(p.name for p in jobs.glob("part-*.parquet"))
+    assert names[0].startswith(f"part-{late:020d}-")
+    assert names[1].startswith(f"part-{late + 6:020d}-")
+    assert store.job_events().select("seq", "status").rows() == [
+        (late, "assigned"), (late + 8, "completed")]
+    assert store.job_state()["status"].to_list() == ["completed"]
+
+
+def test_job_events_keep_their_ts_and_batch_events_a_given_ts(tmp_path, monkeypatch):
+    import datetime as dt
+
+    store = StateStore(tmp_path / "st", FP)
+    monkeypatch.setattr(state_module.time, "time_ns", lambda: 1_700_000_000_123_456_789)
+    store.append_jobs(pl.DataFrame({"job_id": ["a"], "status": "assigned"}))
+    store.append_jobs(pl.DataFrame({"job_id": [], "status": []},
+                                   schema={"job_id": pl.String, "status": pl.String}))
+    assert len(list((tmp_path / "st" / "jobs").glob("part-*"))) == 1  # nothing empty written
+    now = dt.datetime(2023, 11, 14, 22, 13, 20, 123456, tzinfo=dt.UTC)
+    assert store.job_events()["ts"].to_list() == [now]
+    given = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
+    store.append_batch(batch_key="k", provider="openai", status="intent", ts=given, n_jobs=3)
+    store.append_batch(batch_key="j", provider="openai", status="intent")
+    got = store.batch_state().select("batch_key", "ts", "n_jobs", "provider").rows()
+    assert got == [("k", given, 3, "openai"), ("j", now, None, "openai")]
+
+
+def test_assigned_lists_the_members_of_the_batches_asked_in_write_order(tmp_path):
+    store = StateStore(tmp_path / "st", FP)
+    store.append_jobs(pl.DataFrame({"job_id": ["c", "a"], "batch_key": "b1",
+                                    "status": "assigned", "est_cost_usd": [0.5, 0.25]}))
+    store.append_jobs(pl.DataFrame({"job_id": ["b", "d"], "batch_key": ["b2", "b3"],
+                                    "status": "assigned"}))
+    store.append_jobs(pl.DataFrame({"job_id": ["c"], "batch_key": "b1", "status": "completed"}))
+    got = store.assigned(pl.Series(["b1", "b2"]))
+    assert got.columns == ["job_id", "batch_key", "est_cost_usd"]
+    assert got.rows() == [("c", "b1", 0.5), ("a", "b1", 0.25), ("b", "b2", None)]
+
+
+def test_batch_state_keeps_the_first_provider_id_and_orders_by_latest_event(tmp_path):
+    store = StateStore(tmp_path / "st", FP)
+    store.append_batch(batch_key="k1", status="intent")
+    store.append_batch(batch_key="k2", status="intent")
+    store.append_batch(batch_key="k1", status="submitted", provider_batch_id="pb1")
+    store.append_batch(batch_key="k2", status="submitted", provider_batch_id="pb2")
+    store.append_batch(batch_key="k1", status="collected", provider_status="ended")
+    got = store.batch_state()
+    assert sorted(got.columns) == sorted(state_module.BATCH_EVENTS)
+    assert got.select("batch_key", "status", "provider_batch_id", "provider_status").rows() == [
+        ("k2", "submitted", "pb2", None), ("k1", "collected", "pb1", "ended")]
+    assert StateStore(tmp_path / "empty", FP).batch_state().schema == state_module.BATCH_EVENTS
+
+
+def test_messages_and_answers_of_providers_are_scrubbed_before_they_reach_disk(tmp_path):
+    store = StateStore(tmp_path / "st", FP)
+    key = "sk-proj-" + "a1b2c3d4" * 4
+    store.append_jobs(pl.DataFrame({"job_id": ["a"], "status": "failed",
+                                    "error": [f"auth: bad key {key}"],
+                                    "response": [f'{{"key": "{key}"}}'],
+                                    "answer": ["kept as answered"]}))
+    store.append_batch(batch_key="k", status="abandoned", detail=f"refused {key}")
+    raw = b"".join(p.read_bytes() for p in (tmp_path / "st").rglob("part-*.parquet"))
+    assert key.encode() not in raw
+    row = store.job_events().row(0, named=True)
+    assert (row["error"], row["response"], row["answer"]) == (
+        "auth: bad key [redacted]", '{"key": "[redacted]"}', "kept as answered")
+    assert store.batch_state()["detail"].to_list() == ["refused [redacted]"]
+
+
+def test_a_read_only_store_writes_nothing(tmp_path):
+    store = StateStore(tmp_path / "st", FP, readonly=True)
+    assert not (tmp_path / "st").exists()  # not even the manifest
+    with pytest.raises(StateError, match="was opened read-only"):
+        store.append_jobs(pl.DataFrame({"job_id": ["a"], "status": "assigned"}))
+    with pytest.raises(StateError, match="was opened read-only"):
+        store.compact()
+    assert not (tmp_path / "st").exists()
+
+
+def test_an_unwritable_folder_is_a_state_error_that_names_the_fix(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(StateError, match=r"^cannot create the checkpoint folder '.*file/st'"):
+        StateStore(tmp_path / "file" / "st", FP)
+    store = StateStore(tmp_path / "st", FP)
+    (tmp_path / "st" / "jobs").rmdir()
+    (tmp_path / "st" / "jobs").write_text("in the way")  # writes fail with NotADirectoryError
+    with pytest.raises(StateError) as caught:
+        store.append_jobs(pl.DataFrame({"job_id": ["a"], "status": "assigned"}))
+    msg = str(caught.value)
+    assert msg.startswith(
+        f"cannot write to the checkpoint folder {str(tmp_path / 'st')!r} (OSError: Not a "
+        "directory")
+    assert msg.endswith(
+        "); make it writable again (or free space) and call again with the same state: rows "
+        "already sent are collected, not paid twice")
+    assert isinstance(caught.value.__cause__, OSError)
+
+
+def test_opening_a_folder_checks_parts_manifest_and_fingerprint(tmp_path):
+    root = tmp_path / "st"
+    store = StateStore(root, FP)
+    store.append_jobs(pl.DataFrame({"job_id": ["a"], "status": "assigned"}))
+    with pytest.raises(state_module.StateMismatchError) as caught:
+        StateStore(root, {"model": "m2", "prompt": "p2", "extra": "x"})
+    assert str(caught.value).startswith(
+        f"checkpoint folder {str(root)!r} was written for a run with a different extra, "
+        "model, prompt; resuming it would mix answers")
+    manifest = (root / "manifest.json").read_text()
+    # A manifest rebuilt by `repair` without the settings: the next run states them again.
+    restated = json.loads(manifest) | {"fingerprint": {}}
+    (root / "manifest.json").write_text(json.dumps(restated))
+    # A reader (dry run, status) takes the settings as the run would, and writes nothing.
+    assert StateStore(root, {"model": "m"}, readonly=True).manifest.fingerprint == {"model": "m"}
+    assert json.loads((root / "manifest.json").read_text())["fingerprint"] == {}
+    again = StateStore(root, {"model": "m"})
+    assert again.manifest == Manifest(store.manifest.run_id, {"model": "m"}, 1,
+                                      store.manifest.created_at)
+    assert read_manifest(root / "manifest.json") == again.manifest
+    (root / "manifest.json").unlink()
+    with pytest.raises(StateError) as caught:
+        StateStore(root, FP)
+    assert str(caught.value).startswith(
+        f"checkpoint folder {str(root)!r} holds 1 event parts but no manifest.json: its run id")
+    assert str(caught.value).endswith(
+        f"Run `batchata-df repair {root}` to see how the manifest would be rebuilt from the "
+        "parts, then the same command with --apply")
+
+
+def test_lock_timeouts_holders_and_liveness(monkeypatch):
+    check = state_module.check_lock_timeout
+    assert (check(None), check(0), check(5), check(2.5)) == (None, 0.0, 5.0, 2.5)
+    assert isinstance(check(0), float)
+    for bad in (True, -1, -0.5, float("nan"), "5"):
+        with pytest.raises(state_module.ConfigError) as caught:
+            check(bad)
+        assert str(caught.value).endswith(f"or None (wait as long as it takes), got {bad!r}")
+    holder = state_module.LockHolder
+    assert holder.parse('{"pid": "12", "host": 5, "since": 3}') == holder(12, "5", 3.0)
+    for text in ("", "{", "[]", '{"pid": 1, "host": "h"}', '{"pid": "x", "host": "h", "since": 1}'):
+        assert holder.parse(text) is None
+    monkeypatch.setattr(state_module.time, "time", lambda: 1_764_356_000.0)
+    assert holder(123, "h", 1_764_355_988.4).describe() == (
+        "pid 123 on host h since 2025-11-28 18:53:08 UTC (12 s ago)")
+    assert holder(7, "h", 1_764_356_100.0).describe().endswith("(0 s ago)")  # clock behind
+    here = socket.gethostname()
+    assert state_module._alive(holder(os.getpid(), here, 0.0))
+    assert state_module._alive(holder(os.getpid() + 10**7, "another-host", 0.0))
+    assert not state_module._alive(holder(2**22 + 12345, here, 0.0))  # no such process
+
+
+def test_a_dry_run_on_a_folder_repaired_without_its_settings_plans_like_the_run(tmp_path):
+    """``repair`` rebuilds a manifest with an empty fingerprint from parts that did not
+    record the settings; the next run states them again. A dry run before it must plan as
+    that run would, not refuse the folder as written "for a different model"."""
+    from pydantic import BaseModel
+
+    from batchata_df import batch_llm
+
+    class A(BaseModel):
+        label: str
+
+    root = tmp_path / "st"
+    StateStore(root, {}).append_jobs(pl.DataFrame({"job_id": ["elsewhere"], "status": "assigned"}))
+    manifest = (root / "manifest.json").read_text()
+    plan = pl.DataFrame({"t": ["a", "b"]}).pipe(
+        batch_llm, schema=A, model="gpt-4.1-mini", prompt="{t}", state=root, dry_run=True)
+    assert plan["_status"].to_list() == ["planned", "planned"]
+    assert (root / "manifest.json").read_text() == manifest  # a dry run writes nothing
