@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import socket
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -452,8 +453,6 @@ def test_part_names_give_their_range_and_foreign_names_none():
     assert part_range("part-x-abc.parquet") is None
     assert part_range("part-00000000000000000005-a~y-b.parquet") is None
     hidden = state_module._hidden
-    from pathlib import Path
-
     a, b, c = (Path(f"part-{n:020d}-aa.parquet") for n in (4, 5, 10))
     big = Path(f"part-{5:020d}-aa~{9:020d}-bb.parquet")
     inner = Path(f"part-{6:020d}-aa~{7:020d}-bb.parquet")
@@ -638,3 +637,40 @@ def test_a_dry_run_on_a_folder_repaired_without_its_settings_plans_like_the_run(
         batch_llm, schema=A, model="gpt-4.1-mini", prompt="{t}", state=root, dry_run=True)
     assert plan["_status"].to_list() == ["planned", "planned"]
     assert (root / "manifest.json").read_text() == manifest  # a dry run writes nothing
+
+
+def test_every_file_is_on_disk_before_it_is_renamed_into_place(tmp_path, monkeypatch):
+    """Crash safety needs the data of a part, manifest or compacted part flushed before the
+    rename that makes it visible (and the folder after a compaction's rename), and the
+    lock's holder record flushed: the calls are recorded, then made for real."""
+    calls: list[tuple[str, ...]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src: object, dst: object) -> None:
+        calls.append(("replace", str(src), str(dst)))
+        real_replace(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    root = tmp_path / "st"
+    with WriterLock(root):
+        assert calls == [("fsync", str(root / LOCK_FILE))]
+        calls.clear()
+        store = StateStore(root, FP)
+        store.append_jobs(pl.DataFrame({"job_id": ["a"], "status": "assigned"}))
+        store.append_batch(batch_key="k", status="intent")
+        store.append_jobs(pl.DataFrame({"job_id": ["a"], "status": "completed"}))
+        store.compact()
+    renames = [c for c in calls if c[0] == "replace"]
+    assert [Path(dst).parent.name for _, _, dst in renames] == [
+        "st", "jobs", "batches", "jobs", "jobs"]
+    for _, src, dst in renames:
+        at = calls.index(("replace", src, dst))
+        assert ("fsync", src) in calls[:at], src
+    (merged,) = (root / "jobs").glob("part-*~*.parquet")
+    assert calls[-1] == ("fsync", str(root / "jobs"))
+    assert calls[-2] == ("replace", calls[-2][1], str(merged))
