@@ -976,11 +976,13 @@ def _billed_total(root: Path) -> float:
     parts = table_parts(root / "jobs")
     if not parts:
         return 0.0
-    n_events = int(pl.scan_parquet(parts).select(pl.len()).collect().item())
-    slices = max(1, -(-n_events // SPENT_SLICE_EVENTS))
+    # Parts written by other versions have other columns: read with the schema, whatever
+    # else they hold (a plain scan refuses a folder whose parts' columns differ).
     usage = pl.scan_parquet(
         parts, schema=JOB_EVENTS, missing_columns="insert", extra_columns="ignore"
     ).select(*USAGE_COLUMNS)
+    n_events = int(usage.select(pl.len()).collect().item())
+    slices = max(1, -(-n_events // SPENT_SLICE_EVENTS))
     total = 0.0
     for i in range(slices):
         part = usage

@@ -103,6 +103,24 @@ def test_snapshot_bills_what_billed_bills_and_keeps_each_jobs_last_event(tmp_pat
     ]
 
 
+def test_a_job_sent_again_and_still_in_flight_keeps_the_bill_of_its_finished_attempt(tmp_path):
+    """Its last event is not terminal, so the count of billed jobs by last event differs
+    from the count of terminal events; each job still has one billed attempt."""
+    store = StateStore(tmp_path / "st", FP)
+    store.append_jobs(pl.DataFrame({"job_id": ["a", "b"], "batch_key": "b1",
+                                    "status": "completed", "cost_usd": [0.5, 0.25],
+                                    "input_tokens": [10, 20], "output_tokens": [1, 2]}))
+    store.append_jobs(pl.DataFrame({"job_id": ["a"], "batch_key": "b2", "status": "assigned"}))
+    state, billed = store.snapshot()
+    want = BILLED.head(0).vstack(pl.DataFrame(
+        {"job_id": ["a", "b"], "cost_usd": [0.5, 0.25], "input_tokens": [10, 20],
+         "output_tokens": [1, 2], "reasoning_tokens": [None, None], "attempts": [1, 1]},
+        schema=BILLED.schema))
+    assert_frame_equal(billed.sort("job_id"), want)
+    assert_frame_equal(store.billed().sort("job_id"), want)
+    assert state.sort("job_id")["status"].to_list() == ["assigned", "completed"]
+
+
 @pytest.mark.parametrize("billable", ["cost_usd", "input_tokens"])
 def test_an_event_without_batch_key_is_billed_by_either_its_cost_or_its_tokens(tmp_path, billable):
     store = StateStore(tmp_path / "st", FP)
@@ -191,6 +209,36 @@ def test_compaction_keeps_the_events_of_parts_written_before_newer_columns(tmp_p
     assert_frame_equal(after, before)
     assert after.select("job_id", "reasoning_tokens", "mode").rows() == [
         ("old", None, None), ("new", 4, "realtime")]
+
+
+def test_spent_counts_the_parts_an_older_version_wrote(tmp_path):
+    """A folder started by an older version (parts without ``ts``, ``mode``, ``raw`` ...) and
+    resumed with a cost cap: what was spent must be read, not refused as unreadable."""
+    store = StateStore(tmp_path / "st", FP)
+    _part(tmp_path / "st" / "jobs", 1, pl.DataFrame({
+        "seq": [1], "job_id": ["a"], "batch_key": ["b0"], "status": ["completed"],
+        "cost_usd": [0.5]}))
+    store.append_jobs(pl.DataFrame({"job_id": ["b"], "batch_key": "b1", "status": "completed",
+                                    "cost_usd": 0.25}))
+    assert store.spent() == 0.75
+    assert spent_usd(tmp_path / "st") == 0.75
+
+
+def test_a_part_carrying_a_column_this_version_does_not_know_reads_without_it(tmp_path):
+    store = StateStore(tmp_path / "st", FP)
+    _part(tmp_path / "st" / "jobs", 1, pl.DataFrame({
+        "seq": [1], "job_id": ["a"], "batch_key": ["b0"], "status": ["completed"],
+        "cost_usd": [0.5], "dropped_column": ["x"]}))
+    store = StateStore(tmp_path / "st", FP)
+    store.append_jobs(pl.DataFrame({"job_id": ["b"], "batch_key": "b1", "status": "assigned"}))
+    assert store.job_events().schema == JOB_EVENTS
+    assert store.job_events().select("seq", "job_id", "status").rows()[0] == (1, "a", "completed")
+    state, billed = store.snapshot(pl.Series(["a"]))
+    assert state.select("job_id", "status").rows() == [("a", "completed")]
+    assert billed.select("job_id", "cost_usd").rows() == [("a", 0.5)]
+    assert store.latest_status(pl.Series(["a", "b"])).select("job_id", "status").rows() == [
+        ("a", "completed"), ("b", "assigned")]
+    assert store.spent() == 0.5
 
 
 # -- damage -------------------------------------------------------------------------------
@@ -438,6 +486,7 @@ def test_parts_hidden_by_a_compacted_part_are_skipped_then_collected(tmp_path):
     assert state_module.table_parts(jobs) == sorted([merged, foreign])
     assert state_module.list_parts(tmp_path / "st") == sorted([merged, foreign])
     assert state_module._hidden([p0, p1, p2, merged, foreign]) == {p0, p1, p2}
+    assert state_module._hidden([foreign, p0, merged, p1, p2]) == {p0, p1, p2}  # any order
     assert StateStore(tmp_path / "st", FP, readonly=True).job_events().height == 3
     assert {p.name for p in jobs.iterdir()} >= {p0.name, p1.name, p2.name}  # a reader keeps them
     assert state_module.collect_compacted(tmp_path / "st") == 3
