@@ -723,3 +723,18 @@ def test_every_file_is_on_disk_before_it_is_renamed_into_place(tmp_path, monkeyp
     (merged,) = (root / "jobs").glob("part-*~*.parquet")
     assert calls[-1] == ("fsync", str(root / "jobs"))
     assert calls[-2] == ("replace", calls[-2][1], str(merged))
+
+
+def test_latest_events_come_in_the_order_they_were_written(tmp_path):
+    """``job_state`` and ``latest_status`` are deterministic: one row per job, in the order
+    of each job's latest event."""
+    store = StateStore(tmp_path / "st", FP)
+    ids = ["c", "a", "b", "e", "d", "f", "h", "g"]
+    store.append_jobs(pl.DataFrame({"job_id": ids, "batch_key": "b1", "status": "assigned"}))
+    store.append_jobs(pl.DataFrame({"job_id": ["a", "e", "c", "g"], "batch_key": "b1",
+                                    "status": "completed"}))
+    want = ["b", "d", "f", "h", "a", "e", "c", "g"]
+    assert store.job_state()["job_id"].to_list() == want
+    assert store.job_state(store.job_events())["status"].to_list() == ["assigned"] * 4 + [
+        "completed"] * 4
+    assert store.latest_status(pl.Series(ids))["job_id"].to_list() == want
