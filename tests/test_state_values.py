@@ -251,6 +251,11 @@ def test_a_part_with_a_column_of_the_wrong_type_is_damaged(tmp_path):
     pl.DataFrame({"seq": [5], "job_id": ["b"], "status": ["completed"],
                   "cost_usd": ["0.5"]}).write_parquet(bad)
     assert check_part(bad) == "column 'cost_usd' is String, not Float64"
+    batch = tmp_path / "st" / "batches" / "part-99999999999999999999-abcdef.parquet"
+    pl.DataFrame({"seq": [5], "status": ["intent"], "detail": [None]}).write_parquet(batch)
+    assert check_part(batch) == "not a batches event part: no column batch_key"
+    assert check_part(batch.with_name("nothing.parquet")).startswith("unreadable Parquet (")
+    batch.unlink()
     assert find_damaged(tmp_path / "st") == [state_module.Damage(bad, check_part(bad))]
     with pytest.raises(StateError, match="1 damaged event part"):
         StateStore(tmp_path / "st", FP)
