@@ -265,9 +265,12 @@ def test_a_damaged_part_error_lists_five_parts_and_counts_the_rest(tmp_path):
     damage = [state_module.Damage(tmp_path / f"p{i}", f"problem {i}") for i in range(7)]
     msg = str(damaged_error(tmp_path, damage))
     listed = "; ".join(f"{tmp_path / f'p{i}'}: problem {i}" for i in range(5))
-    assert f"has 7 damaged event part(s): {listed} (and 2 more). Do not delete" in msg
+    assert msg == (
+        f"checkpoint folder {str(tmp_path)!r} has 7 damaged event part(s): {listed} (and 2 "
+        "more). Do not delete them by hand (their batches would be paid again): run "
+        f"`batchata-df repair {tmp_path}` to see what it will do, then with --apply to move "
+        "them aside and recover what they held from the provider")
     assert "p5" not in msg and "problem 6" not in msg
-    assert f"`batchata-df repair {tmp_path}`" in msg
     five = str(damaged_error(tmp_path, damage[:5]))
     assert "more)" not in five and "problem 4. Do not delete" in five
 
@@ -743,3 +746,20 @@ def test_latest_events_come_in_the_order_they_were_written(tmp_path):
     assert store.job_state(store.job_events())["status"].to_list() == ["assigned"] * 4 + [
         "completed"] * 4
     assert store.latest_status(pl.Series(ids))["job_id"].to_list() == want
+
+
+def test_a_manifest_that_cannot_be_written_is_a_state_error_that_names_the_fix(
+    tmp_path, monkeypatch
+):
+    """The manifest goes through a temporary file first; a folder where it cannot be made
+    (here a directory is in the way of the temporary name) is refused before anything runs."""
+    monkeypatch.setattr(state_module.secrets, "token_hex", lambda n: "f" * (2 * n))
+    root = tmp_path / "st"
+    (root / ".tmp-manifest.json-ffffffff").mkdir(parents=True)
+    with pytest.raises(StateError) as caught:
+        StateStore(root, FP)
+    assert str(caught.value) == (
+        f"cannot write the manifest of the checkpoint folder {str(root)!r} (IsADirectoryError: "
+        "Is a directory); make the folder writable or pass another state=")
+    assert isinstance(caught.value.__cause__, IsADirectoryError)
+    assert not (root / "manifest.json").exists()
