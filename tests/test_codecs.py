@@ -1161,3 +1161,12 @@ def test_gemini_one_provider_encodes_each_schema_with_its_own_rewrite() -> None:
         spec = RequestSpec(AnswerSchema(model), {"max_tokens": 10})
         config = _lines(provider.encode(jobs, spec))[0]["request"]["generationConfig"]
         assert list(config["responseJsonSchema"]["properties"]) == [field]
+
+
+def test_openai_a_200_without_choices_is_a_failed_request_not_a_content_filter() -> None:
+    # No choice means no finish_reason: that is not OpenAI's content filter.
+    line = {"custom_id": "a", "response": {"status_code": 200, "body": {"choices": []}},
+            "error": None}
+    decoded = openai_mod.decode_lines(json.dumps(line).encode())
+    assert decoded.select("outcome", "text", "error").rows() == [
+        ("errored", None, "http_200: request failed")]

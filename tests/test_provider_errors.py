@@ -216,3 +216,66 @@ def test_an_ambiguous_orphan_message_says_when_the_batch_was_submitted(emu):
     when = dt.datetime.fromtimestamp(created_after, dt.UTC).isoformat(timespec="seconds")
     assert f"submitting batch 'b0' (2 requests, at {when})" in str(info.value), info.value
     assert when.endswith("+00:00")
+
+
+def test_anthropic_create_turned_away_is_retried_with_doubling_waits_and_no_lookup(emu,
+                                                                                   monkeypatch):
+    # 529 overloaded: nothing was created, so the create is sent again (after 1x, 2x the
+    # base wait) without listing batches first; a 500 may have created it and is looked up.
+    from batchata_df.providers import anthropic as anthropic_mod
+
+    waits: list[float] = []
+    monkeypatch.setattr(anthropic_mod.time, "sleep", waits.append)
+    emu.inject_fault(method="POST", path_regex=r"/messages/batches$", status=529, times=2)
+    p = make_provider("anthropic")
+    try:
+        batch_id = p.submit(lines_for("anthropic", 2), model=CASES["anthropic"].model,
+                            tag=BatchTag("run", "b0", time.time(), n_jobs=2))
+    finally:
+        p.close()
+    assert batch_id.startswith("msgbatch_")
+    base = anthropic_mod.AnthropicProvider.create_retry_base_s
+    assert waits == [base, 2 * base]
+    assert not [e for e in emu.log() if e["method"] == "GET"]  # no lookup
+
+
+def test_anthropic_lost_create_is_found_among_batches_of_other_sizes(emu):
+    # The create's answer is lost (500 after it took effect) while another client's batch
+    # of another size runs in the same window: the lookup before the retry tells them
+    # apart by size, and adopts ours instead of stopping as ambiguous.
+    import anthropic
+
+    emu.configure(latency=1000.0)  # neither ends: results cannot tell them apart
+    other = anthropic.Anthropic(base_url=emu.anthropic_base_url)
+    decoy = other.messages.batches.create(requests=[
+        {"custom_id": f"o{i}", "params": {"model": CASES["anthropic"].model, "max_tokens": 10,
+                                          "messages": [{"role": "user", "content": "x"}]}}
+        for i in range(3)
+    ])
+    other.close()
+    emu.inject_fault(method="POST", path_regex=r"/messages/batches$", status=500, when="after")
+    p = make_provider("anthropic")
+    try:
+        batch_id = p.submit(lines_for("anthropic", 2), model=CASES["anthropic"].model,
+                            tag=BatchTag("run", "b0", time.time() - 1, n_jobs=2))
+    finally:
+        p.close()
+    posts = [e["status"] for e in emu.log() if e["method"] == "POST"]
+    assert posts == [200, 500]  # the other client's, ours (its answer lost), no second one
+    assert batch_id.startswith("msgbatch_") and batch_id != decoy.id
+
+
+def test_gemini_a_failed_batch_reports_the_providers_reason(emu, monkeypatch):
+    # A batch whose input file holds no valid request fails as a whole. google-genai 3.6.1
+    # drops the Operation's error for the Developer API, so the poll says that there is no
+    # reason rather than nothing (the rows fail with it).
+    monkeypatch.setattr(GeminiProvider, "inline_max_bytes", 0)  # through a file
+    p = make_provider("gemini")
+    try:
+        batch_id = p.submit(pl.Series([" "]), model=CASES["gemini"].model,
+                            tag=BatchTag("run", "b0", time.time(), n_jobs=1))
+        poll = p.poll(batch_id)
+    finally:
+        p.close()
+    assert poll.state.name == "FAILED"
+    assert poll.detail == "Gemini reported JOB_STATE_FAILED (the Developer API gives no reason)"
