@@ -209,3 +209,61 @@ def test_a_poll_that_recovers_within_the_patience_loses_nothing(tmp_path):
     out = engine(tmp_path, provider, provider_patience_s=30.0).run(make_jobs(2))
     assert by_status(out) == {"completed": ["j000", "j001"]}
     assert out["error"].is_null().all()
+
+
+def test_progress_gives_the_expected_and_worst_cost_of_what_this_call_still_sends(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=1.0)
+    jobs = make_jobs(4).with_columns(
+        pl.Series("expected_usd", [0.1, 0.2, 0.3, None]),
+        pl.Series("worst_usd", [1.0, 2.0, 3.0, 4.0]),
+    )
+    engine(tmp_path, provider).run(jobs.head(1))  # j000 is settled before the second call
+    seen = []
+    engine(tmp_path, provider, progress=seen.append).run(jobs)
+    # j001..j003 only; an expected cost that is missing adds nothing.
+    assert [(s.expected_cost_usd, s.worst_case_usd) for s in seen] == [
+        (pytest.approx(0.2 + 0.3), pytest.approx(2.0 + 3.0 + 4.0))
+    ] * len(seen)
+    # Without estimates there is nothing to say.
+    seen.clear()
+    engine(tmp_path / "plain", provider, progress=seen.append).run(make_jobs(2))
+    assert seen and {(s.expected_cost_usd, s.worst_case_usd) for s in seen} == {(None, None)}
+
+
+class ListSource:
+    """A streaming run's jobs, from a list of chunks (``engine.source.JobSource``)."""
+
+    def __init__(self, chunks: list[pl.DataFrame]) -> None:
+        self.chunks = list(chunks)
+        self.expected_rows = sum(c.height for c in chunks)
+        self.rows_seen = 0
+        self.all = pl.concat(chunks)
+
+    def next_chunk(self) -> pl.DataFrame | None:
+        if not self.chunks:
+            return None
+        chunk = self.chunks.pop(0)
+        self.rows_seen += chunk.height
+        return chunk
+
+    def lookup(self, job_ids: pl.Series) -> pl.DataFrame:
+        return self.all.filter(pl.col("job_id").is_in(job_ids.implode()))
+
+
+def test_a_streaming_call_holds_re_attached_batches_at_the_worst_case_they_were_sent_with(
+    tmp_path,
+):
+    provider = FakeProvider(FakeClock())  # batches run until the test ends them
+    sent = make_jobs(2).with_columns(pl.Series("worst_usd", [0.1, 0.5]))
+    engine(tmp_path, provider, wait=False, max_cost_usd=10.0).run(sent)
+    assert provider.methods().count("submit") == 1
+    # The next call streams other rows of a larger worst case; the batch in flight is held
+    # at what its own rows were sent with (0.1 + 0.5), not at the largest worst case known.
+    more = make_jobs(1, start=2, worst=0.7)
+    resumed = engine(tmp_path, provider, wait=False, max_cost_usd=10.0)
+    resumed.run_source(ListSource([more]))
+    (old, new) = sorted(resumed.state.in_flight, key=lambda b: b.provider_batch_id)
+    assert old.job_ids.to_list() == ["j000", "j001"]
+    assert old.reserved == pytest.approx(0.6)
+    assert new.reserved == pytest.approx(0.7)
+    assert resumed.state.reserved == pytest.approx(1.3)
