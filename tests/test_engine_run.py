@@ -1,16 +1,19 @@
 """The progress figures of a run (:meth:`RunState.snapshot`), value by value, on set states.
 
 Each test builds a :class:`RunState` by hand and reads one snapshot at a given clock
-reading: no engine, no clock, no I/O.
+reading: no engine, no clock, no I/O. And the crash-test hook (:func:`failpoint`).
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
 
-from batchata_df.engine.run import RunState, _eta
+from batchata_df.engine.run import RunState, _eta, failpoint
 
 
 def state(**kw: Any) -> RunState:
@@ -87,3 +90,22 @@ def test_the_eta_is_the_time_left_at_the_observed_rate(
     progressed: int, left: int, seconds: float | None, eta: float | None
 ) -> None:
     assert _eta(progressed=progressed, left=left, seconds=seconds) == eta
+
+
+def test_a_failpoint_kills_the_process_with_exit_code_75_only_where_it_is_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("BATCHATA_DF_FAILPOINT", raising=False)
+    failpoint("after_submit")  # not asked for: nothing happens
+    code = (
+        "from batchata_df.engine.run import failpoint\n"
+        "failpoint('before_submit')\n"
+        "print('passed the other point', flush=True)\n"
+        "failpoint('after_submit')\n"
+        "print('alive')\n"
+    )
+    env = {**os.environ, "BATCHATA_DF_FAILPOINT": "after_submit"}
+    child = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                           text=True, timeout=120, check=False)  # fmt: skip
+    # 75 is what the crash tests look for (``returncode == 75``): died at the point named.
+    assert (child.returncode, child.stdout) == (75, "passed the other point\n"), child.stderr
