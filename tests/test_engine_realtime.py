@@ -57,6 +57,11 @@ def test_a_request_that_never_answers_ends_at_a_known_zero_cost_recorded_as_real
         ("j001", "failed", "server_error: HTTP 500 boom (4 attempts)", "realtime", "openai",
          MODEL, 0.0, None, None, None, None),
     ]  # fmt: skip
+    # Both under the key their requests were assigned with (one per provider and model).
+    keys = events(tmp_path).group_by("status").agg(pl.col("batch_key").unique())
+    assert {k for ks in keys["batch_key"] for k in ks} == {
+        events(tmp_path).filter(pl.col("status") == "assigned")["batch_key"][0]
+    }
 
 
 def test_each_request_is_assigned_to_its_provider_and_model_before_it_is_sent(tmp_path):
