@@ -18,6 +18,7 @@ import decimal
 import enum
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -134,13 +135,51 @@ def _time_convert(e: pl.Expr) -> pl.Expr:
     return _datetime_convert(pl.concat_str([pl.lit("2000-01-01T"), e])).dt.time()
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _int64_check(value: Any) -> tuple[str, str] | None:
+    """An int answer outside Int64 fails its row (decoding would make it null).
+
+    >>> _int64_check(2**63)[1].split(":")[0]
+    '9223372036854775808 does not fit an Int64 column (-9223372036854775808 to 9223372036854775807)'
+    >>> _int64_check(-(2**63)) is None
+    True
+    """
+    if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+        return "", (
+            f"{value} does not fit an Int64 column ({INT64_MIN} to {INT64_MAX}): make the "
+            "field a Decimal or a str"
+        )
+    return None
+
+
+def _finite_check(value: Any) -> tuple[str, str] | None:
+    """A float answer that is not finite fails its row (its JSON would be null).
+
+    Pydantic reads ``1e400`` as ``inf`` (and ``NaN``, ``Infinity`` as such) and writes
+    them as JSON ``null``, so the column would get a null the model never answered.
+
+    >>> _finite_check(float("inf"))[1].split(";")[0]
+    'the answer is not a finite number (inf: a value beyond a float, or NaN)'
+    >>> _finite_check(1e308) is None
+    True
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return "", (
+            f"the answer is not a finite number ({value}: a value beyond a float, or NaN); "
+            "ask again with retry_failed=True"
+        )
+    return None
+
+
 def _scalar_type(tp: Any, where: str, metadata: Sequence[Any] = ()) -> _FieldType | None:
     if tp is bool:
         return _FieldType(pl.Boolean(), pl.Boolean(), None)
     if tp is int:
-        return _FieldType(pl.Int64(), pl.Int64(), None)
+        return _FieldType(pl.Int64(), pl.Int64(), None, _int64_check)
     if tp is float:
-        return _FieldType(pl.Float64(), pl.Float64(), None)
+        return _FieldType(pl.Float64(), pl.Float64(), None, _finite_check)
     if tp is str or tp is uuid.UUID:
         return _FieldType(pl.String(), pl.String(), None)
     if tp is dt.datetime:
@@ -440,7 +479,11 @@ class AnswerSchema:
         if self.model is None:
             values = texts.to_list() if isinstance(texts, pl.Series) else list(texts)
             return values, [None if t is not None else "empty answer" for t in values]
-        series = texts if isinstance(texts, pl.Series) else pl.Series(texts, dtype=pl.String)
+        # a Series of nothing but nulls may come typed Null: it is still answers (none)
+        series = (
+            texts.cast(pl.String) if isinstance(texts, pl.Series)
+            else pl.Series(texts, dtype=pl.String)
+        )
         if self._fast is not None and series.len() > 0:
             fast = self._fast.canonical(series)
             todo = fast.is_null().arg_true().to_list()

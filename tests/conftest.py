@@ -15,6 +15,19 @@ from filelock import FileLock, Timeout
 
 from batchata_df.emulator import Emulator
 
+
+def pytest_make_parametrize_id(config: pytest.Config, val: object, argname: str) -> str | None:
+    """Test ids without whitespace: a node id can then be passed on any command line.
+
+    mutmut (``tools/mutation.py``) and shell loops select tests by node id; an id such as
+    ``[kwargs0-mode must be one of ...]`` would be split into several arguments.
+    """
+    text = val.decode("latin-1") if isinstance(val, bytes) else val
+    if isinstance(text, str) and any(c.isspace() for c in text):
+        # as pytest shows it (escapes), with each space an underscore
+        return text.encode("unicode_escape").decode("ascii").replace(" ", "_")
+    return None
+
 # The seed README's examples are scripts that tests run in a subprocess, not test modules.
 collect_ignore = ["seed_examples"]
 

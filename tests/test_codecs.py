@@ -866,6 +866,21 @@ def test_realtime_failure_classification() -> None:
         "provider may have billed it, so it is not sent again automatically "
         "(retry_failed=True sends it)",
     )
+    # A connect timeout and a refused connection (in any link of the chain) also prove that
+    # nothing was sent, as the SDKs raise them (httpx, or the socket error underneath).
+    class ConnectTimeout(Exception):  # httpx's name for it
+        pass
+
+    assert base.transport_failure(ConnectTimeout("t"), "anthropic").kind == "unreachable"
+    try:
+        try:
+            raise ConnectionRefusedError(111, "Connection refused")
+        except ConnectionRefusedError:
+            raise OSError("the connection failed") from None
+    except OSError as e:  # the refusal is only the context here, not the cause
+        refused = e
+    assert refused.__cause__ is None and isinstance(refused.__context__, ConnectionRefusedError)
+    assert base.transport_failure(refused, "gemini").kind == "unreachable"
     row = pl.DataFrame({"job_id": ["a"]})
     assert base.kept_response(row, "{}", _spec({}, keep_responses=True))["response"].to_list() \
         == ["{}"]
@@ -1114,3 +1129,19 @@ def test_providers_need_a_key_never_show_it_and_configure_the_sdk(
         "anthropic models need the 'anthropic' package, which is not installed: "
         "pip install 'batchata-df[anthropic]'")
     assert isinstance(make_provider("openai", offline=True), openai_mod.OpenAIProvider)
+
+
+def test_result_lines_of_a_download_that_is_not_utf8_are_kept_with_replacement_characters():
+    # A byte that is not UTF-8 must not lose the line (or the download): it reads as U+FFFD.
+    assert base.result_lines(b'{"a":"caf\xe9"}\n{"a":"ok"}\n').to_list() == [
+        '{"a":"caf\ufffd"}', '{"a":"ok"}']
+
+
+def test_result_lines_that_cannot_be_matched_to_rows_are_a_typed_null_column():
+    decoded = pl.DataFrame({"job_id": ["a", "b"]})
+    one_line = pl.Series(["x"], dtype=pl.String)
+    out = base.with_result_lines(decoded, one_line)
+    assert out.schema[base.LINE_COLUMN] == pl.String
+    assert out[base.LINE_COLUMN].to_list() == [None, None]
+    both = base.with_result_lines(decoded, pl.Series(["x", "y"]))
+    assert both[base.LINE_COLUMN].to_list() == ["x", "y"]

@@ -169,3 +169,22 @@ def test_a_secret_in_a_provider_answer_is_scrubbed_before_it_is_stored(emu, tmp_
     stored = _job_events(tmp_path / "s").get_column("response")
     assert "gpt-4.1-mini" not in stored.drop_nulls().item()
     assert "[redacted]" in out.get_column("_response").item()
+
+
+def test_gemini_inlined_responses_are_kept_like_result_file_lines(emu, tmp_path):
+    # An inline batch has no result file: each inlined response is kept as the line a file
+    # would hold (compact JSON, non-ASCII text as it is), so what a user stores does not
+    # depend on the batch's size.
+    out = pl.DataFrame({"t": ["Zürich, 5 €", "naïve café"]}).pipe(  # text answers quote it
+        batch_llm, model="gemini-2.5-flash", prompt="About {t}", state=tmp_path / "s",
+        keep_responses=True,
+    )
+    served = _gemini_served()
+    assert all(not isinstance(v, str) for v in served.values())  # inline, not a file
+    kept = out.get_column("_response").to_list()
+    expected = [
+        json.dumps(served[j], ensure_ascii=False, separators=(",", ":"))
+        for j in out.get_column("_job_id").to_list()
+    ]
+    assert kept == expected
+    assert any(not s.isascii() for s in kept), kept  # the test has something to escape

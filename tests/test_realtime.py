@@ -434,3 +434,67 @@ def test_an_anthropic_refusal_of_any_shape_becomes_the_row_error(emu, body, erro
     out = pl.DataFrame({"text": ["x"]}).pipe(
         batch_llm, model="claude-haiku-4-5", mode="realtime", **KW)
     assert out.select("_status", "_error").rows() == [("failed", error)]
+
+
+@pytest.mark.parametrize(("model", "answer_text"), [
+    ("claude-haiku-4-5", lambda r: r["content"][0]["text"]),
+    ("gemini-2.5-flash", lambda r: r["candidates"][0]["content"]["parts"][-1]["text"]),
+])
+def test_keep_responses_keeps_the_realtime_answer_body_of_every_provider(emu, model,
+                                                                         answer_text):
+    import json
+
+    out = frame(1).pipe(batch_llm, model=model, mode="realtime", keep_responses=True, **KW)
+    kept = json.loads(out["_response"][0])
+    assert json.loads(answer_text(kept)) == {"label": out["label"][0], "score": out["score"][0]}
+
+
+def test_gemini_realtime_401_without_the_words_api_key_is_still_a_rejected_key(emu) -> None:
+    # Google answers an invalid credential with 401 UNAUTHENTICATED and a message that
+    # need not mention an API key: the status alone says so.
+    from batchata_df import CredentialsError
+
+    emu.inject_fault(path_regex=r":generateContent$", status=401, times=None, body={"error": {
+        "code": 401, "status": "UNAUTHENTICATED",
+        "message": "Request had invalid authentication credentials."}})
+    with pytest.raises(CredentialsError, match=r"HTTP 401 UNAUTHENTICATED$"):
+        frame(1).pipe(batch_llm, model="gemini-2.5-flash", mode="realtime", **KW)
+
+
+def test_gemini_realtime_error_without_a_message_fails_the_row_with_the_whole_error(emu):
+    emu.inject_fault(path_regex=r":generateContent$", status=400, times=None,
+                     body={"error": {"code": 400, "status": "INVALID_ARGUMENT"}})
+    out = frame(1).pipe(batch_llm, model="gemini-2.5-flash", mode="realtime", **KW)
+    assert out["_status"].to_list() == ["failed"]
+    assert out["_error"][0].startswith("error_400: 400 INVALID_ARGUMENT."), out["_error"][0]
+
+
+@pytest.mark.parametrize(("model", "name"), [
+    ("gpt-4.1-mini", "OpenAI"), ("claude-haiku-4-5", "Anthropic"), ("gemini-2.5-flash", "Gemini"),
+])
+def test_an_unreachable_provider_in_realtime_is_named_in_the_rows(emu, monkeypatch, clock,
+                                                                 model, name):
+    import socket
+
+    from batchata_df.errors import ProviderUnavailableWarning
+
+    with socket.socket() as sock:  # a port nothing listens on: connection refused
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    monkeypatch.setenv("OPENAI_BASE_URL", dead + "/v1")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", dead)
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", dead)
+    with pytest.warns(ProviderUnavailableWarning):
+        out = frame(1).pipe(batch_llm, model=model, mode="realtime", provider_patience=30,
+                            **KW)
+    assert out["_status"].to_list() == ["cancelled"]
+    assert out["_error"][0].startswith(f"cancelled: provider_unavailable: {name}: "), \
+        out["_error"][0]
+
+
+def test_anthropic_429_is_retried_after_its_retry_after(emu, clock: FakeClock) -> None:
+    emu.inject_fault(path_regex=r"/v1/messages$", status=429, times=2, retry_after=7)
+    out = frame(1).pipe(batch_llm, model="claude-haiku-4-5", mode="realtime", **KW)
+    assert out["_status"].to_list() == ["completed"]
+    assert [e["status"] for e in realtime_posts(emu)] == [429, 429, 200]
+    assert [round(w, 6) for w in clock.waits] == [7.0, 7.0]

@@ -599,11 +599,14 @@ def test_fast_path_batches_of_any_shape_give_one_result_per_answer() -> None:
     assert s.validate([None, None]) == (
         [None, None], ["schema_validation: the answer is empty"] * 2)
     # a number Polars cannot decode (past float64) sends the whole batch to Pydantic, which
-    # decides each answer as it always does
+    # decides each answer as it always does (and the number past a float fails its row)
     huge = '{"label":"pos","score":1e400,"n":1,"ok":true,"note":"x"}'
     assert s._fast.canonical(pl.Series([huge, plain])).to_list() == [None, None]
-    assert s.validate([huge, plain]) == (
-        [Flat.model_validate_json(huge).model_dump_json(), plain], [None, None])
+    canonical, errors = s.validate([huge, plain])
+    assert canonical == [None, plain]
+    assert errors[1] is None
+    assert errors[0] is not None
+    assert errors[0].startswith("schema_validation: score: the answer is not a finite number")
 
 
 class Times(BaseModel):
@@ -680,3 +683,53 @@ def test_nested_models_may_be_named_like_json_schema_keywords() -> None:
         **closed,
     }
     assert s.dtypes == {"a": pl.Struct({"x": pl.Int64}), "b": pl.List(pl.Struct({"y": pl.String}))}
+
+
+class _Numbers(BaseModel):
+    score: float
+    n: int
+    xs: list[float] = []
+    maybe: float | None = None
+
+
+@pytest.mark.parametrize(("answer", "error"), [
+    ('{"score":1e400,"n":1}', "score: the answer is not a finite number (inf"),
+    ('{"score":-1e400,"n":1}', "score: the answer is not a finite number (-inf"),
+    ('{"score":NaN,"n":1}', "score: the answer is not a finite number (nan"),
+    ('{"score":1.5,"n":1,"maybe":Infinity}', "maybe: the answer is not a finite number (inf"),
+    ('{"score":1.5,"n":1,"xs":[1.0,1e999]}', "xs.1: the answer is not a finite number (inf"),
+    ('{"score":1.5,"n":9223372036854775808}',
+     "n: 9223372036854775808 does not fit an Int64 column"),
+    ('{"score":1.5,"n":-9223372036854775809}',
+     "n: -9223372036854775809 does not fit an Int64 column"),
+])
+def test_a_number_its_column_cannot_hold_fails_the_row_instead_of_becoming_null(answer, error):
+    # Pydantic reads 1e400 as inf and writes it as JSON null; Int64 cannot hold 2**63: both
+    # decoded to a null the model never answered, with no error.
+    canonical, errors = AnswerSchema(_Numbers).validate([answer])
+    assert canonical == [None]
+    assert errors[0] is not None and errors[0].startswith(f"schema_validation: {error}"), errors
+    # and each names what to do
+    fix = ("): make the field a Decimal or a str" if "Int64" in error
+           else ": a value beyond a float, or NaN); ask again with retry_failed=True")
+    assert errors[0].endswith(fix), errors
+
+
+def test_the_largest_numbers_a_column_holds_are_kept_by_value():
+    schema = AnswerSchema(_Numbers)
+    answers = ['{"score":1.7976931348623157e308,"n":9223372036854775807,"maybe":-5e-324}',
+               '{"score":-1.5,"n":-9223372036854775808,"xs":[0.1]}']
+    canonical, errors = schema.validate(answers)
+    assert errors == [None, None]
+    frame = pl.DataFrame({"c": canonical}).select(schema.decode(pl.col("c")))
+    assert frame.to_dicts() == [
+        {"score": 1.7976931348623157e308, "n": 2**63 - 1, "xs": [], "maybe": -5e-324},
+        {"score": -1.5, "n": -(2**63), "xs": [0.1], "maybe": None},
+    ]
+
+
+def test_a_series_of_only_nulls_typed_null_is_answers_that_are_empty():
+    # pl.Series([None, None]) is typed Null, not String: the fast path refused it
+    canonical, errors = AnswerSchema(_Numbers).validate(pl.Series([None, None]))
+    assert canonical == [None, None]
+    assert errors == ["schema_validation: the answer is empty"] * 2

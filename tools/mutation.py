@@ -141,7 +141,8 @@ def _write_config(
     if not type_check:
         # mutmut 3.8.1 cannot map some mypy errors back to a mutant (an @overload whose
         # implementation is trampolined: "An overloaded function outside a stub file must
-        # have an implementation", state.py) and then stops; such modules run every mutant.
+        # have an implementation"; state.py had one, now a constrained TypeVar) and then
+        # stops; such modules run every mutant.
         del config["type_check_command"]
     lines = ["", "[tool.mutmut]"] + [f"{k} = {json.dumps(v)}" for k, v in config.items()]
     (dest / "pyproject.toml").write_text(pyproject + "\n".join(lines) + "\n", encoding="utf-8")
