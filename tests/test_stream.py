@@ -649,3 +649,68 @@ def test_seen_ids_are_exact_across_segments_and_fall_back_for_other_ids():
     assert hit.to_list() == [True, False, False, True, False]
     assert seen.contains(pl.Series(["not-a-job-id"])) is None
     assert not seen.add(pl.Series(["not-a-job-id"]))
+
+
+def test_the_sink_is_assembled_in_bounded_slices_with_repeats_billed_once(
+    emu, tmp_path, monkeypatch
+):
+    """The sink pass holds one slice of rows at a time (a slice's answers read, joined,
+    decoded and written before the next), whatever the chunk: its memory is bounded by the
+    slice, not the chunk. A request repeated later in the same chunk, in another slice,
+    still has its bill on its first row only, as in memory."""
+    from batchata_df import stream
+
+    frame = rows()
+    expected = batch_llm(frame, state=tmp_path / "mem", **KW)  # type: ignore[arg-type]
+    emu.reset()
+    monkeypatch.setattr(stream, "SINK_SLICE_ROWS", 7)
+    looked_up: list[int] = []
+    original = stream.job_states_of
+
+    def spy(store: StateStore, job_ids: pl.Series, *args: object) -> pl.DataFrame:
+        looked_up.append(job_ids.len())
+        return original(store, job_ids, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(stream, "job_states_of", spy)
+    written: list[int] = []
+    write = stream.SinkWriter.write
+
+    def count(self: stream.SinkWriter, frame: pl.DataFrame) -> None:
+        written.append(frame.height)
+        write(self, frame)
+
+    monkeypatch.setattr(stream.SinkWriter, "write", count)
+    source = write_input(tmp_path / "in", frame)
+    # Chunks of 60 rows: "item k" comes back 50 rows later in the same chunk, 7 slices on.
+    got = batch_llm(
+        pl.scan_parquet(source), sink=tmp_path / "out.parquet", chunk_rows=60,
+        items_per_batch=10, state=tmp_path / "st", **KW,  # type: ignore[arg-type]
+    ).collect()
+
+    assert_frame_equal(got.drop("_batch_id"), expected.drop("_batch_id"))
+    assert written == [7] * 8 + [4] + [7] * 8 + [4]  # two chunks of 60, slices of 7
+    assert max(looked_up) <= 7 and sum(looked_up) >= 100
+    paid = got.filter(pl.col("_cost_usd") > 0)
+    assert paid["_job_id"].n_unique() == paid.height == 50  # each request billed on one row
+    assert got["_cost_usd"].sum() == pytest.approx(expected["_cost_usd"].sum())
+
+
+def test_seen_ids_segments_merge_like_a_stable_sort():
+    """Merging two sorted segments of job-id keys (in linear time, without sorting their
+    concatenation again) gives what a stable sort of the concatenation gives: equal high
+    bits keep the older segment's keys first, the low bits travel with their keys."""
+    import numpy as np
+
+    from batchata_df.stream import _merge_sorted
+
+    rng = np.random.default_rng(14)
+    for _ in range(300):
+        sizes = rng.integers(0, 40, 2)
+        hi = [np.sort(rng.integers(0, 25, n).astype(np.uint64)) for n in sizes]
+        lo = [rng.integers(0, 1 << 32, n, dtype=np.uint64).astype(np.uint32) for n in sizes]
+        merged_hi, merged_lo = _merge_sorted((hi[0], lo[0]), (hi[1], lo[1]))
+        both_hi, both_lo = np.concatenate(hi), np.concatenate(lo)
+        order = np.argsort(both_hi, kind="stable")
+        assert merged_hi.dtype == np.uint64 and merged_lo.dtype == np.uint32
+        assert merged_hi.tolist() == both_hi[order].tolist()
+        assert merged_lo.tolist() == both_lo[order].tolist()
