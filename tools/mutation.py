@@ -92,6 +92,24 @@ def _scratch_copy(
         target = dest / path
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / path, target)
+    _write_config(modules, tests, dest, type_check=type_check)
+
+
+def _selection(dest: Path) -> list[str] | None:
+    """The tests a kept scratch copy's mutmut config selects."""
+    import tomllib
+
+    config = tomllib.loads((dest / "pyproject.toml").read_text(encoding="utf-8"))
+    selected: list[str] | None = config.get("tool", {}).get("mutmut", {}).get(
+        "pytest_add_cli_args_test_selection"
+    )
+    return selected
+
+
+def _write_config(
+    modules: list[str], tests: list[str], dest: Path, *, type_check: bool = True
+) -> None:
+    """The work tree's pyproject.toml with mutmut's settings for this run, into ``dest``."""
     pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     config = {
         "source_paths": ["batchata_df"],
@@ -287,6 +305,11 @@ def run_mutmut(
         elif rerun and not record_only:
             for path in _refresh(tests, scratch):
                 print(f"refreshed {path}")
+            if _selection(scratch) != tests:
+                # mutmut then resets every result (a changed selection can change any
+                # verdict) and this sitting checks the whole sample (or module) again.
+                _write_config(modules, tests, scratch, type_check=type_check)
+                print("test selection changed: every mutant is checked again")
         started = dt.datetime.now(dt.UTC)
         extra_env = (
             stack.enter_context(_running_emulators(emulators))
@@ -297,11 +320,7 @@ def run_mutmut(
             _mutmut_run(scratch, max_children, None, ["__no_such_mutant__"], extra_env)
         drawn: set[str] | None = None
         if sample is not None:
-            everything = sorted(_mutant_results(scratch))
-            # One fixed shuffle, and its first ``sample``: a smaller sample is a prefix of a
-            # larger one, so a later sitting with another size keeps the results it shares.
-            random.Random(SAMPLE_SEED).shuffle(everything)
-            drawn = set(everything[:sample])
+            drawn = set(_sample_order(scratch)[:sample])
         if only:
             pool = set(_mutant_results(scratch)) if drawn is None else drawn
             drawn = {n for n in pool if any(fnmatch.fnmatchcase(n, p) for p in only)}
@@ -365,6 +384,28 @@ def run_mutmut(
             "survivors": {name: _show(scratch, name) for name in survived},
             "no_tests_mutants": no_tests,
         }
+
+
+def _sample_order(scratch: Path) -> list[str]:
+    """Every mutant in the order ``--sample`` draws them: its first N are the sample.
+
+    One fixed shuffle (:data:`SAMPLE_SEED`) of the mutants as first seen, kept in the
+    scratch copy (``sample-order.json``), so that a smaller sample is a prefix of a larger
+    one and the sample stays the same after the code changes: mutants that no longer exist
+    drop out (the next ones in the order take their places) and new ones are shuffled in
+    after all the others. mutmut names a function's mutants by number, so those of a
+    changed function are redrawn at random too; their results were reset anyway.
+    """
+    everything = sorted(_mutant_results(scratch))
+    kept = scratch / "sample-order.json"
+    order: list[str] = json.loads(kept.read_text(encoding="utf-8")) if kept.exists() else []
+    known = set(order)
+    new = [name for name in everything if name not in known]
+    random.Random(SAMPLE_SEED).shuffle(new)
+    present = set(everything)
+    order = [name for name in order if name in present] + new
+    kept.write_text(json.dumps(order, ensure_ascii=False) + "\n", encoding="utf-8")
+    return order
 
 
 def _wilson(detected: int, checked: int) -> tuple[float, float]:
