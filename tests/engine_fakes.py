@@ -8,6 +8,8 @@ The end-to-end behaviour against the official SDKs is tested on the emulator els
 
 from __future__ import annotations
 
+import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,6 +24,7 @@ from batchata_df.providers.base import (
     BatchPoll,
     BatchTag,
     ProviderState,
+    RealtimeFailure,
     RequestSpec,
     conform_results,
     empty_results,
@@ -71,6 +74,10 @@ class FakeProvider:
     """Callables ``f(tag)`` run when ``submit`` is called, before anything is created."""
     encoded: int = 0
     """Rows encoded so far (lazy planning)."""
+    realtime_failures: dict[str, list[RealtimeFailure]] = field(default_factory=dict)
+    """Per job id, what its next realtime requests get instead of an answer, one each."""
+    answered_on: list[str] = field(default_factory=list)
+    """The name of the thread each realtime request was sent from."""
 
     def encode(self, jobs: pl.DataFrame, spec: RequestSpec) -> pl.Series:
         self.encoded += jobs.height
@@ -99,6 +106,30 @@ class FakeProvider:
         if error is not None:
             raise error
         return batch_id
+
+    def answer(
+        self, line: str, *, model: str, spec: RequestSpec
+    ) -> pl.DataFrame | RealtimeFailure:
+        """A realtime request: the row its batch would have had, or a scripted failure."""
+        job_id = json.loads(line)["custom_id"]
+        self.calls.append(("answer", job_id))  # list.append: safe from the engine's threads
+        self.answered_on.append(threading.current_thread().name)
+        failures = self.realtime_failures.get(job_id)
+        if failures:
+            return failures.pop(0)
+        return conform_results(
+            pl.DataFrame(
+                {
+                    "job_id": [job_id],
+                    "outcome": "succeeded",
+                    "text": f"answer to {job_id}",
+                    "truncated": False,
+                    "input_tokens": 10,
+                    "output_tokens": 5,
+                    "cached_tokens": 0,
+                }
+            )
+        )
 
     def _advance(self, batch: FakeBatch) -> None:
         if (

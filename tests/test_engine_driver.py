@@ -46,6 +46,7 @@ def test_progress_reports_counts_and_elapsed_time_on_the_clock(tmp_path):
     assert last.elapsed_s == provider.clock.monotonic() - 1000.0 == pytest.approx(1.0 + 1.6 + 2.56)
     assert last.cost_usd == pytest.approx(4 * COST_PER_JOB)
     assert any(s.activity.startswith("uploading batch 1 to openai (4 requests") for s in seen)
+    assert [s.phase for s in seen] == ["running"] * (len(seen) - 1) + ["done"]
 
 
 def test_the_time_limit_cancels_in_flight_keeps_finished_rows_cancels_unsent(tmp_path):
@@ -121,12 +122,16 @@ def test_creates_failing_beyond_the_patience_end_rows_provider_unavailable(tmp_p
     assert 30.0 < provider.clock.monotonic() - 1000.0 <= 40.0
 
 
-def test_without_waiting_one_round_submits_and_returns(tmp_path):
+def test_without_waiting_one_round_submits_and_returns_rows_with_their_batch_ids(tmp_path):
     provider = FakeProvider(FakeClock(), latency=100.0)
     out = engine(tmp_path, provider, wait=False, items_per_batch=2).run(make_jobs(3))
     assert by_status(out) == {"assigned": ["j000", "j001", "j002"]}
     assert provider.methods() == ["submit", "submit", "poll", "poll"]
     assert provider.clock.waits == []
+    # Only "assigned" events (written before the provider named the batch): the id comes
+    # from the batch events.
+    assert out.sort("job_id")["provider_batch_id"].to_list() == ["fb_1", "fb_1", "fb_2"]
+    assert "provider_batch_id" in out.columns and len(out.columns) == len(set(out.columns))
 
 
 def test_a_second_call_collects_what_the_first_left_in_flight(tmp_path):
@@ -209,3 +214,88 @@ def test_a_poll_that_recovers_within_the_patience_loses_nothing(tmp_path):
     out = engine(tmp_path, provider, provider_patience_s=30.0).run(make_jobs(2))
     assert by_status(out) == {"completed": ["j000", "j001"]}
     assert out["error"].is_null().all()
+
+
+def test_progress_gives_the_expected_and_worst_cost_of_what_this_call_still_sends(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=1.0)
+    jobs = make_jobs(4).with_columns(
+        pl.Series("expected_usd", [0.1, 0.2, 0.3, None]),
+        pl.Series("worst_usd", [1.0, 2.0, 3.0, 4.0]),
+    )
+    engine(tmp_path, provider).run(jobs.head(1))  # j000 is settled before the second call
+    seen = []
+    engine(tmp_path, provider, progress=seen.append).run(jobs)
+    # j001..j003 only; an expected cost that is missing adds nothing.
+    assert [(s.expected_cost_usd, s.worst_case_usd) for s in seen] == [
+        (pytest.approx(0.2 + 0.3), pytest.approx(2.0 + 3.0 + 4.0))
+    ] * len(seen)
+    # Without estimates there is nothing to say.
+    seen.clear()
+    engine(tmp_path / "plain", provider, progress=seen.append).run(make_jobs(2))
+    assert seen and {(s.expected_cost_usd, s.worst_case_usd) for s in seen} == {(None, None)}
+
+
+class ListSource:
+    """A streaming run's jobs, from a list of chunks (``engine.source.JobSource``)."""
+
+    def __init__(self, chunks: list[pl.DataFrame]) -> None:
+        self.chunks = list(chunks)
+        self.expected_rows = sum(c.height for c in chunks)
+        self.rows_seen = 0
+        self.all = pl.concat(chunks)
+
+    def next_chunk(self) -> pl.DataFrame | None:
+        if not self.chunks:
+            return None
+        chunk = self.chunks.pop(0)
+        self.rows_seen += chunk.height
+        return chunk
+
+    def lookup(self, job_ids: pl.Series) -> pl.DataFrame:
+        return self.all.filter(pl.col("job_id").is_in(job_ids.implode()))
+
+
+def test_a_streaming_call_holds_re_attached_batches_at_the_worst_case_they_were_sent_with(
+    tmp_path,
+):
+    provider = FakeProvider(FakeClock())  # batches run until the test ends them
+    sent = make_jobs(2).with_columns(pl.Series("worst_usd", [0.1, 0.5]))
+    engine(tmp_path, provider, wait=False, max_cost_usd=10.0).run(sent)
+    assert provider.methods().count("submit") == 1
+    # The next call streams other rows of a larger worst case; the batch in flight is held
+    # at what its own rows were sent with (0.1 + 0.5), not at the largest worst case known.
+    more = make_jobs(1, start=2, worst=0.7)
+    resumed = engine(tmp_path, provider, wait=False, max_cost_usd=10.0)
+    resumed.run_source(ListSource([more]))
+    (old, new) = sorted(resumed.state.in_flight, key=lambda b: b.provider_batch_id)
+    assert old.job_ids.to_list() == ["j000", "j001"]
+    assert old.reserved == pytest.approx(0.6)
+    assert new.reserved == pytest.approx(0.7)
+    assert resumed.state.reserved == pytest.approx(1.3)
+
+
+def test_polls_due_in_under_a_second_wait_exactly_that_long(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=1.0)
+    out = engine(tmp_path, provider, poll_initial_s=0.25, poll_factor=2.0).run(make_jobs(1))
+    assert by_status(out) == {"completed": ["j000"]}
+    # Polls at 0, 0.25, 0.75 and 1.75 s: ended at the first poll after 1 s.
+    assert provider.clock.waits == pytest.approx([0.25, 0.5, 1.0])
+
+
+def test_rows_left_pending_by_an_unreachable_provider_leave_other_rows_errors_alone(tmp_path):
+    from batchata_df.providers.base import ProviderState
+
+    provider = FakeProvider(FakeClock())  # batches run until the test ends them
+    engine(tmp_path, provider, wait=False).run(make_jobs(1))
+    provider.end("fb_1", ProviderState.FAILED, detail="input file invalid")
+    failed = engine(tmp_path, provider).run(make_jobs(1))
+    (error,) = failed["error"].to_list()
+    assert error is not None and "input file invalid" in error
+    # The next call's new batch cannot be polled for longer than the patience.
+    provider.poll_errors.extend([ProviderError("503 down", status_code=503)] * 100)
+    out = engine(tmp_path, provider, provider_patience_s=30.0, poll_max_s=10.0).run(
+        make_jobs(2)
+    ).sort("job_id")
+    assert out.select("job_id", "status").rows() == [("j000", "failed"), ("j001", "assigned")]
+    assert out["error"][0] == error  # the earlier failure keeps its reason
+    assert out["error"][1].startswith("provider_unavailable: 503 down")

@@ -763,3 +763,39 @@ def test_a_manifest_that_cannot_be_written_is_a_state_error_that_names_the_fix(
         "Is a directory); make the folder writable or pass another state=")
     assert isinstance(caught.value.__cause__, IsADirectoryError)
     assert not (root / "manifest.json").exists()
+
+
+def test_a_refused_call_waits_for_the_winner_to_record_itself(tmp_path, monkeypatch):
+    """Between the kernel granting the lock and the winner writing its record, the file
+    names the previous (ended) holder: the refused call reads again until the record names
+    a live process, so the refusal names the winner rather than "starting up"."""
+    import fcntl
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    here = socket.gethostname()
+    (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": dead.pid, "host": here, "since": 1.0}))
+
+    def winner_records_itself(_seconds: float) -> None:  # what happens while it waits
+        (tmp_path / LOCK_FILE).write_text(
+            json.dumps({"pid": os.getpid(), "host": here, "since": 2.0}))
+
+    monkeypatch.setattr(state_module.time, "sleep", winner_records_itself)
+    monkeypatch.setattr(state_module.time, "monotonic", lambda: 50.0)  # well within a second
+    with open(tmp_path / LOCK_FILE, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(StateLockedError) as caught:
+            WriterLock(tmp_path).acquire()
+    assert caught.value.holder == state_module.LockHolder(os.getpid(), here, 2.0)
+    assert f"another call: pid {os.getpid()} on host {here} since 1970-01-01" in str(caught.value)
+
+
+def test_a_folder_that_cannot_be_locked_is_a_state_error_naming_it(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    root = tmp_path / "file" / "st"
+    with pytest.raises(StateError) as caught:
+        WriterLock(root).acquire()
+    assert str(caught.value).startswith(f"cannot lock the checkpoint folder {str(root)!r}: ")
+    assert isinstance(caught.value.__cause__, OSError)

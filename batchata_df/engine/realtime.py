@@ -446,22 +446,19 @@ class RealtimeEngine:
         for item in ended:
             r = item[0]
             by_group.setdefault((r.provider, r.model, r.batch_key), []).append(item)
-        nothing = pl.lit(None, dtype=pl.Int64)
         for (provider, model, key), items in by_group.items():
+            # A usage column, null: the cost is then known and 0 (``terminal`` prices frames
+            # that carry usage; the other usage columns it adds itself, null).
             events = pl.DataFrame(
                 {
                     "job_id": [r.job_id for r, _, _ in items],
                     "status": [s for _, s, _ in items],
                     "error": [e for _, _, e in items],
                     "est_cost_usd": [r.worst for r, _, _ in items],
-                }
-            ).with_columns(
-                nothing.alias("input_tokens"),
-                nothing.alias("output_tokens"),
-                nothing.alias("cached_tokens"),
-                nothing.alias("cache_write_tokens"),
-                nothing.alias("reasoning_tokens"),
-                pl.lit("realtime").alias("mode"),
+                    "input_tokens": None,
+                    "mode": "realtime",
+                },
+                schema_overrides={"input_tokens": pl.Int64},
             )
             ledger.terminal(
                 events, batch_key=key, provider=provider, model=model, provider_batch_id=None

@@ -1,0 +1,137 @@
+"""The realtime engine and ``mode="auto"``'s choice, on the in-memory provider: no I/O.
+
+What each request leaves in the state folder (the events, value by value), how a resumed
+call counts what earlier calls did, and what a stop or a crash before this call does to
+the realtime phase of ``mode="auto"``. The same paths through the official SDKs and the
+emulator are in ``test_realtime.py`` and ``test_auto_mode.py``.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import polars as pl
+import pytest
+from engine_fakes import COST_PER_JOB, MODEL, PRICES, SPEC, FakeProvider, make_jobs
+
+from batchata_df.engine.auto import AUTO_REALTIME_MAX_JOBS, AutoEngine
+from batchata_df.engine.clock import FakeClock
+from batchata_df.engine.realtime import SERVER_ERROR_ATTEMPTS, RealtimeEngine
+from batchata_df.engine.recovery import LOST
+from batchata_df.engine.run import ProgressSnapshot, RunOptions
+from batchata_df.providers.base import RealtimeFailure
+from batchata_df.state import StateStore
+
+
+def store(tmp_path) -> StateStore:
+    return StateStore(tmp_path / "state", {"test": "1"})
+
+
+def realtime(tmp_path, provider, *, progress=None, **options) -> RealtimeEngine:
+    return RealtimeEngine(store(tmp_path), {"openai": provider}, SPEC, PRICES.realtime(),
+                          RunOptions(**options), progress=progress, clock=provider.clock,
+                          concurrency=2)  # fmt: skip
+
+
+def events(tmp_path) -> pl.DataFrame:
+    return store(tmp_path).job_events().sort("seq")
+
+
+def test_a_request_that_never_answers_ends_at_a_known_zero_cost_recorded_as_realtime(tmp_path):
+    provider = FakeProvider(FakeClock())
+    failure = RealtimeFailure("server_error", "HTTP 500 boom")
+    provider.realtime_failures["j001"] = [failure] * SERVER_ERROR_ATTEMPTS
+    out = realtime(tmp_path, provider).run(make_jobs(2)).sort("job_id")
+    assert out.select("job_id", "status").rows() == [("j000", "completed"), ("j001", "failed")]
+    assert [c for c in provider.calls if c[0] == "answer"].count(("answer", "j001")) == 4
+    cols = ["job_id", "status", "error", "mode", "provider", "model", "cost_usd",
+            "input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens"]  # fmt: skip
+    ended = events(tmp_path).filter(pl.col("status") != "assigned").sort("job_id").select(cols)
+    realtime_cost = PRICES.realtime().get("openai", MODEL)
+    assert realtime_cost is not None
+    assert ended.rows() == [
+        ("j000", "completed", None, "realtime", "openai", MODEL,
+         pytest.approx((10 * realtime_cost.input + 5 * realtime_cost.output) / 1e6), 10, 5, 0,
+         None),
+        # No usage, yet a known price: it cost nothing (null would read "unknown").
+        ("j001", "failed", "server_error: HTTP 500 boom (4 attempts)", "realtime", "openai",
+         MODEL, 0.0, None, None, None, None),
+    ]  # fmt: skip
+    # Both under the key their requests were assigned with (one per provider and model).
+    keys = events(tmp_path).group_by("status").agg(pl.col("batch_key").unique())
+    assert {k for ks in keys["batch_key"] for k in ks} == {
+        events(tmp_path).filter(pl.col("status") == "assigned")["batch_key"][0]
+    }
+
+
+def test_each_request_is_assigned_to_its_provider_and_model_before_it_is_sent(tmp_path):
+    provider = FakeProvider(FakeClock())
+    realtime(tmp_path, provider, max_cost_usd=1.0).run(make_jobs(3, worst=0.01))
+    assigned = events(tmp_path).filter(pl.col("status") == "assigned")
+    cols = ["job_id", "provider", "model", "mode", "est_cost_usd"]
+    assert assigned.sort("job_id").select(cols).rows() == [
+        (f"j00{i}", "openai", MODEL, "realtime", 0.01) for i in range(3)
+    ]
+    assert assigned["batch_key"].str.starts_with("r").all()
+    assert assigned["batch_key"].n_unique() == 1  # one key per provider and model
+    # Sent from the engine's own named pool, never from the caller's thread.
+    assert len(provider.answered_on) == 3
+    assert all(name.startswith("batchata-rt") for name in provider.answered_on)
+
+
+def test_a_resumed_call_counts_earlier_rows_at_their_known_cost_and_unknown_as_zero(tmp_path):
+    provider = FakeProvider(FakeClock())
+    # Rows of a model without a price: answered, at an unknown (null) cost.
+    unpriced = make_jobs(2, model="unpriced-model")
+    realtime(tmp_path, provider).run(pl.concat([make_jobs(2, start=2), unpriced]))
+    assert events(tmp_path).filter(pl.col("status") == "completed")["cost_usd"].null_count() == 2
+    seen: list[ProgressSnapshot] = []
+    realtime(tmp_path, provider, progress=seen.append).run(
+        pl.concat([make_jobs(2, start=2), unpriced, make_jobs(1, start=4)])
+    )
+    first = seen[0]
+    assert (first.total, first.completed, first.pending) == (5, 4, 1)
+    rate = PRICES.realtime().get("openai", MODEL)
+    assert rate is not None
+    known = 2 * (10 * rate.input + 5 * rate.output) / 1e6
+    assert first.cost_usd == pytest.approx(known)  # the unknown ones add nothing
+    assert seen[-1].cost_usd == pytest.approx(known * 1.5)
+    assert seen[-1].completed == 5
+
+
+# ---- mode="auto"
+
+
+def auto(tmp_path, provider, *, stop=None, **options) -> AutoEngine:
+    return AutoEngine(store(tmp_path), {"openai": provider}, SPEC, PRICES, RunOptions(**options),
+                      deadline_s=None, stop_event=stop, clock=provider.clock)  # fmt: skip
+
+
+def test_a_stop_before_the_realtime_phase_sends_nothing_and_cancels_every_row(tmp_path):
+    provider = FakeProvider(FakeClock())
+    stop = threading.Event()
+    stop.set()  # Ctrl+C as the call starts
+    engine = auto(tmp_path, provider, stop=stop)
+    out = engine.run(make_jobs(3))
+    assert engine.decision.endswith("realtime")
+    assert set(out["status"]) == {"cancelled"}
+    assert set(out["error"]) == {"cancelled: interrupted"}
+    assert provider.calls == []
+
+
+def test_requests_a_crash_left_in_flight_are_not_counted_as_left_to_send(tmp_path):
+    n = AUTO_REALTIME_MAX_JOBS + 2
+    provider = FakeProvider(FakeClock(), latency=1.0)  # (batches, if any, end at once)
+    # An earlier call died with two realtime requests in flight: they are not sent again,
+    # so what is left (50) is small enough for realtime.
+    store(tmp_path).append_jobs(pl.DataFrame({
+        "job_id": ["j000", "j001"], "batch_key": "rk", "provider": "openai", "model": MODEL,
+        "status": "assigned", "mode": "realtime", "est_cost_usd": 0.5,
+    }))  # fmt: skip
+    engine = auto(tmp_path, provider)
+    out = engine.run(make_jobs(n)).sort("job_id")
+    assert engine.decision == f"{AUTO_REALTIME_MAX_JOBS} jobs to send: at most 50, realtime"
+    assert out.head(2).select("status", "error").rows() == [("failed", LOST)] * 2
+    assert out.tail(n - 2)["status"].to_list() == ["completed"] * (n - 2)
+    assert sorted(c[1] for c in provider.calls) == [f"j{i:03d}" for i in range(2, n)]
+    assert out.tail(n - 2)["cost_usd"].to_list() == pytest.approx([COST_PER_JOB * 2] * (n - 2))
