@@ -151,3 +151,12 @@ def test_the_cap_counts_the_jobs_it_holds_back_and_each_round_that_releases_some
     assert (state.cap_waiting, state.cap_rounds, state.cap_first_fit) == (0, 2, 3)
     assert admission.admit(plan.tail(5)) is not None  # nothing was waiting: no round
     assert (state.cap_waiting, state.cap_rounds) == (0, 2)
+
+
+def test_a_job_without_an_input_estimate_keeps_its_worst_case_after_calibration():
+    # Only the estimated input part is scaled up: a job with no estimate adds nothing.
+    cal = Calibration({"a": 100, "b": 100})
+    cal.observe("openai", "m", {"a": 200, "b": 200})
+    assert cal.ratio("openai", "m") == 2.0
+    worst = cal.worst("openai", "m", pl.Series([1.0, 1.0, None]), pl.Series([0.25, None, 0.5]))
+    assert worst.to_list() == [1.25, 1.0, 0.5]

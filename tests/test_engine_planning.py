@@ -227,3 +227,12 @@ def test_taking_from_an_empty_plan_is_a_bug_named_as_such(provider):
     with pytest.raises(RuntimeError) as raised:
         planner.took(1)
     assert str(raised.value) == "took() with no batch planned"
+
+
+def test_each_split_batch_carries_the_input_estimates_of_its_own_jobs(provider):
+    jobs = make_jobs(5, worst=1.0).with_columns(
+        pl.Series("est_input_usd", [0.1, 0.2, 0.3, 0.4, 0.5]))
+    planned = list(plan_batches(jobs, {"openai": provider}, SPEC, items_per_batch=2))
+    assert [ids(p.job_ids) for p in planned] == [["j000", "j001"], ["j002", "j003"], ["j004"]]
+    assert [p.est_input_usd.to_list() for p in planned] == [[0.1, 0.2], [0.3, 0.4], [0.5]]
+    assert [p.worst.to_list() for p in planned] == [[1.0, 1.0], [1.0, 1.0], [1.0]]
