@@ -226,6 +226,7 @@ def test_progress_gives_the_expected_and_worst_cost_of_what_this_call_still_send
     seen = []
     engine(tmp_path, provider, progress=seen.append).run(jobs)
     # j001..j003 only; an expected cost that is missing adds nothing.
+    assert seen
     assert [(s.expected_cost_usd, s.worst_case_usd) for s in seen] == [
         (pytest.approx(0.2 + 0.3), pytest.approx(2.0 + 3.0 + 4.0))
     ] * len(seen)

@@ -478,15 +478,17 @@ def test_an_unreachable_provider_in_realtime_is_named_in_the_rows(emu, monkeypat
 
     from batchata_df.errors import ProviderUnavailableWarning
 
-    with socket.socket() as sock:  # a port nothing listens on: connection refused
+    # A port bound but not listening, kept for the whole call (no other process can take
+    # it meanwhile): every connection is refused.
+    with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    monkeypatch.setenv("OPENAI_BASE_URL", dead + "/v1")
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", dead)
-    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", dead)
-    with pytest.warns(ProviderUnavailableWarning):
-        out = frame(1).pipe(batch_llm, model=model, mode="realtime", provider_patience=30,
-                            **KW)
+        monkeypatch.setenv("OPENAI_BASE_URL", dead + "/v1")
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", dead)
+        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", dead)
+        with pytest.warns(ProviderUnavailableWarning):
+            out = frame(1).pipe(batch_llm, model=model, mode="realtime",
+                                provider_patience=30, **KW)
     assert out["_status"].to_list() == ["cancelled"]
     assert out["_error"][0].startswith(f"cancelled: provider_unavailable: {name}: "), \
         out["_error"][0]

@@ -714,3 +714,23 @@ def test_seen_ids_segments_merge_like_a_stable_sort():
         assert merged_hi.dtype == np.uint64 and merged_lo.dtype == np.uint32
         assert merged_hi.tolist() == both_hi[order].tolist()
         assert merged_lo.tolist() == both_lo[order].tolist()
+
+
+def test_a_provider_down_is_warned_once_per_row_of_the_input(emu, tmp_path, monkeypatch):
+    # Every unsent row is counted once, whichever chunk and slice of the sink it is in.
+    from batchata_df import ProviderUnavailableWarning, stream
+
+    monkeypatch.setattr(stream, "SINK_SLICE_ROWS", 4)
+    emu.inject_fault(method="POST", path_regex=r"^/openai/v1/batches$", status=503, times=None,
+                     retry_after_ms=1)
+    frame = pl.DataFrame({"i": list(range(12)), "text": [f"row {i}" for i in range(12)]})
+    source = write_input(tmp_path / "in", frame)
+    with pytest.warns(ProviderUnavailableWarning) as caught:
+        out = batch_llm(pl.scan_parquet(source), sink=tmp_path / "out.parquet", chunk_rows=6,
+                        provider_patience=0.3, **KW)  # type: ignore[arg-type]
+    (warning,) = [w for w in caught if w.category is ProviderUnavailableWarning]
+    assert str(warning.message).startswith(
+        "12 rows could not be sent or collected because the provider was unreachable "
+        "(0 pending: call again with the same state to collect them; 12 cancelled"), \
+        str(warning.message)
+    assert out.collect()["_status"].to_list() == ["cancelled"] * 12
