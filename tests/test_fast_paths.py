@@ -23,6 +23,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     computed_field,
     field_validator,
@@ -316,6 +317,43 @@ def test_fast_validation_equals_pydantic(texts: list[str | None]) -> None:
     assert schema.validate(pl.Series(texts, dtype=pl.String)) == _pydantic_only(Flat, texts)
 
 
+def test_polars_escapes_every_character_as_pydantic_does() -> None:
+    # The fast path takes an escaped string when Polars' decode -> encode gives it back
+    # unchanged; that is Pydantic's own spelling only if both encoders escape every
+    # character alike. All of Unicode (surrogates aside), one string per character.
+    chars = [chr(i) for i in range(0x110000) if not 0xD800 <= i < 0xE000]
+    dumped = TypeAdapter(list[str]).dump_json(chars).decode()
+    decoder, theirs, at = json.JSONDecoder(), [], 1
+    while at < len(dumped) - 1:
+        _, end = decoder.raw_decode(dumped, at)
+        theirs.append(dumped[at:end])
+        at = end + 1
+    ours = (
+        pl.DataFrame({"s": chars})
+        .select(pl.struct("s").struct.json_encode().str.slice(5).str.strip_suffix("}"))
+        .to_series()
+        .to_list()
+    )
+    assert len(theirs) == len(chars)
+    assert [c for c, a, b in zip(chars, theirs, ours, strict=True) if a != b] == []
+
+
+def test_fast_validation_series_equals_the_lists() -> None:
+    texts = [
+        '{"summary":"a \\"q\\"","score":1.5,"count":1,"ok":true,"label":"pos","maybe":null}',
+        '{"summary":"a","score":1,"count":1,"ok":true,"label":"pos","maybe":null}',
+        None,
+        '{"summary":"a"}',
+    ]
+    schema = AnswerSchema(Flat)
+    canonical, errors = schema.validate_series(pl.Series(texts))
+    assert (canonical.name, errors.name) == ("answer", "error")
+    assert (canonical.to_list(), errors.to_list()) == _pydantic_only(Flat, texts)
+    assert canonical.to_list()[1] == texts[1].replace('"score":1,', '"score":1.0,')
+    text_only = AnswerSchema(None).validate_series(pl.Series(["x", None]))
+    assert [s.to_list() for s in text_only] == [["x", None], [None, "empty answer"]]
+
+
 def test_fast_validation_takes_canonical_answers_without_pydantic() -> None:
     texts = [
         Flat(summary=f"é {i} 🙂", score=i / 7, count=i, ok=i % 2 == 0, label="a b-c.",
@@ -325,14 +363,24 @@ def test_fast_validation_takes_canonical_answers_without_pydantic() -> None:
     schema = AnswerSchema(Flat)
     assert schema._fast is not None
     assert schema._fast.canonical(pl.Series(texts)).to_list() == texts
-    # Not canonical (an int for a float, spaces, escapes): left to Pydantic.
+    # Escaped the way Pydantic escapes (quotes, backslashes, controls): canonical too.
+    escaped = [
+        Flat(summary=t, score=1.5, count=1, ok=True, label="pos", maybe=None).model_dump_json()
+        for t in ['a "quote"', "back\\slash", "line\nbreak\ttab", "\x00\x1f\x7f", "a/b"]
+    ]
+    assert all("\\" in t for t in escaped[:4])
+    assert schema._fast.canonical(pl.Series(escaped)).to_list() == escaped
+    # Not canonical (an int for a float, spaces, escapes Pydantic does not write): left
+    # to Pydantic.
     others = ['{"summary":"a","score":1,"count":1,"ok":true,"label":"pos","maybe":null}',
               '{"summary": "a", "score": 1.5, "count": 1, "ok": true, "label": "pos", '
               '"maybe": null}',
-              '{"summary":"a\\nb","score":1.5,"count":1,"ok":true,"label":"pos","maybe":null}',
+              '{"summary":"a\\/b\\u00e9","score":1.5,"count":1,"ok":true,"label":"pos",'
+              '"maybe":null}',
               '{"summary":"a","score":1.5,"count":99999999999999999999,"ok":true,'
               '"label":"pos","maybe":null}']
     assert schema._fast.canonical(pl.Series(others)).to_list() == [None] * 4
+    assert schema._fast.canonical(pl.Series(others[:3])).to_list() == [None] * 3
     canonical, errors = schema.validate(texts + others)
     expected, no_errors = _pydantic_only(Flat, texts + others[:3])
     assert (canonical[:-1], errors[:-1]) == (expected, no_errors)

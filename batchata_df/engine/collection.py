@@ -45,7 +45,7 @@ def outcomes_to_events(
         if optional not in joined.columns:
             joined = joined.with_columns(pl.lit(None, dtype=pl.String).alias(optional))
     succeeded = joined.filter(pl.col("outcome") == "succeeded")
-    canonical, errors = spec.schema.validate(succeeded.get_column("text"))
+    canonical, errors = spec.schema.validate_series(succeeded.get_column("text"))
     max_tokens = spec.params.get("max_tokens")
     if provider is not None and model is not None:
         from batchata_df.models import effective_params
@@ -53,10 +53,7 @@ def outcomes_to_events(
         max_tokens = effective_params(provider, model, spec.params)["max_tokens"]
     if "reasoning_tokens" not in joined.columns:
         joined = joined.with_columns(pl.lit(None, dtype=pl.Int64).alias("reasoning_tokens"))
-    validated = succeeded.select("job_id").with_columns(
-        pl.Series("answer", canonical, dtype=pl.String),
-        pl.Series("verr", errors, dtype=pl.String),
-    )
+    validated = succeeded.select("job_id").with_columns(canonical, errors.alias("verr"))
     joined = joined.join(validated, on="job_id", how="left")
     if poll.state is ProviderState.FAILED:
         missing_error = f"batch_failed: the provider rejected the batch: {poll.detail}"
