@@ -477,3 +477,70 @@ def test_stored_answers_are_pydantics_canonical_json_end_to_end(emu, tmp_path, m
     for row in out.iter_rows(named=True):
         want = Review.model_validate_json(by_job[row["_job_id"]]).model_dump()
         assert {k: row[k] for k in want} == want
+
+
+# -- outcomes: results in request order are put beside the members without a join ------------
+
+
+class _Pair(BaseModel):
+    word: str
+    n: int
+
+
+result_row = st.fixed_dictionaries(
+    {
+        "outcome": st.sampled_from(["succeeded", "succeeded", "errored", "canceled", "expired"]),
+        "text": st.sampled_from(['{"word":"a","n":1}', '{"n":1,"word":"a"}', '{"word":1}',
+                                 "not json", None]),
+        "error": st.one_of(st.none(), st.just("boom")),
+        "truncated": st.booleans(),
+        "input_tokens": st.one_of(st.none(), st.integers(0, 99)),
+    }
+)  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(result_row, max_size=6), data=st.data())
+def test_outcomes_in_request_order_equal_the_joined_outcomes(rows, data) -> None:
+    from batchata_df.engine.collection import outcomes_to_events
+    from batchata_df.providers.base import BatchPoll, ProviderState, RequestSpec, conform_results
+
+    ids = [f"j{i}" for i in range(len(rows))]
+    members = pl.DataFrame({"job_id": ids}, schema={"job_id": pl.String})
+    results = conform_results(
+        pl.DataFrame([{"job_id": i, **r} for i, r in zip(ids, rows, strict=True)],
+                     schema_overrides={"text": pl.String, "error": pl.String,
+                                       "input_tokens": pl.Int64})
+        if rows else pl.DataFrame({"job_id": []}, schema={"job_id": pl.String})
+    )  # fmt: skip
+    # The same results in another order, some missing, or one twice: joined as before.
+    order = data.draw(st.permutations(range(len(rows))))
+    drop = data.draw(st.sets(st.sampled_from(range(len(rows))), max_size=2) if rows
+                     else st.just(set()))
+    other = results[[i for i in order if i not in drop]]
+    spec = RequestSpec(schema=AnswerSchema(_Pair), params={"max_tokens": 64})
+    poll = BatchPoll(ProviderState.ENDED, "completed", None, None)
+
+    def events(res: pl.DataFrame) -> pl.DataFrame:
+        out = outcomes_to_events(members, res, poll, spec, provider="openai", model="gpt-4.1")
+        return out.sort("job_id")
+
+    lined = events(results)
+    joined = members.join(results, on="job_id", how="left")  # the definition: a left join
+    assert lined.height == joined.height == len(ids)
+    assert_frame_equal(lined, events(results.reverse()) if len(rows) > 1 else lined)
+    by_id = {r["job_id"]: r for r in lined.iter_rows(named=True)}
+    for r in joined.iter_rows(named=True):
+        valid = r["text"] in ('{"word":"a","n":1}', '{"n":1,"word":"a"}')
+        done = r["outcome"] == "succeeded" and valid
+        assert (by_id[r["job_id"]]["status"] == "completed") == done, r
+        assert by_id[r["job_id"]]["answer"] == ('{"word":"a","n":1}' if done else None)
+        assert by_id[r["job_id"]]["raw"] == r["text"]
+    # Results missing: those members end failed (no row lost), the others as above.
+    partial = events(other)
+    assert partial.height == len(ids)
+    for r in partial.iter_rows(named=True):
+        if int(r["job_id"][1:]) in drop:
+            assert (r["status"], r["answer"]) == ("failed", None)
+        else:
+            assert r == by_id[r["job_id"]]
