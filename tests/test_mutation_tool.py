@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import random
 import sys
 from collections import Counter
@@ -65,3 +66,21 @@ def test_new_mutants_go_in_at_uniform_positions_and_reach_the_sample():
 def test_the_wilson_interval(detected, checked, low, high):
     got = mutation._wilson(detected, checked)
     assert got == pytest.approx((low, high), abs=0.0015)
+
+
+def test_a_new_record_keeps_its_label_s_hand_written_remark(tmp_path, monkeypatch):
+    monkeypatch.setattr(mutation, "RESULTS", tmp_path)
+    monkeypatch.setattr(mutation, "MUTMUT_JSON", tmp_path / "mutation.json")
+    monkeypatch.setattr(mutation, "MUTMUT_MD", tmp_path / "mutation.md")
+    record = {"label": "x", "modules": ["m.py"], "tests": ["t.py"], "mutants": 2,
+              "killed": 2, "timeout": 0, "type_check": 0, "survived": 0, "no_tests": 0,
+              "not_checked": 0, "score": 1.0, "complete": True, "survivors": {},
+              "tool": "mutmut", "date": "d"}
+    mutation.write_mutmut({**record, "remark": "why this run is what it is"})
+    mutation.write_mutmut({**record, "date": "later"})
+    data = json.loads((tmp_path / "mutation.json").read_text(encoding="utf-8"))
+    assert data["runs"]["x"]["date"] == "later"
+    assert data["runs"]["x"]["remark"] == "why this run is what it is"
+    assert "**x:** why this run is what it is" in (tmp_path / "mutation.md").read_text()
+    mutation.write_mutmut({**record, "remark": "replaced"})
+    assert json.loads((tmp_path / "mutation.json").read_text())["runs"]["x"]["remark"] == "replaced"

@@ -481,6 +481,10 @@ def _load(path: Path) -> dict[str, Any]:
 def write_mutmut(record: dict[str, Any]) -> None:
     """Merge ``record`` into mutation.json (by label) and re-render mutation.md."""
     data = _load(MUTMUT_JSON)
+    previous = data["runs"].get(record["label"], {})
+    if "remark" in previous and "remark" not in record:
+        # The remark is written by hand: the history of the label's runs, kept.
+        record = {**record, "remark": previous["remark"]}
     data["runs"][record["label"]] = record
     RESULTS.mkdir(parents=True, exist_ok=True)
     MUTMUT_JSON.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", "utf-8")
