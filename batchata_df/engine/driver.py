@@ -318,14 +318,16 @@ def job_states_of(
     job_ids: pl.Series | None = None,
     batches: pl.DataFrame | None = None,
     index: JobIndex | None = None,
+    events: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """The latest state of jobs (all, or ``job_ids``), cost and tokens over every attempt.
 
     ``batches`` is ``store.batch_state()`` when the caller already has it (a streaming run
     reads it once for all its chunks); ``index`` is ``store.job_index()``, to read only
-    the row groups of ``job_ids`` (see :meth:`StateStore.snapshot`).
+    the row groups of ``job_ids`` (see :meth:`StateStore.snapshot`); ``events``, those
+    jobs' events already read (then nothing is read).
     """
-    return _job_states(store, job_ids, batches, index)
+    return _job_states(store, job_ids, batches, index, events)
 
 
 def _job_states(
@@ -333,9 +335,10 @@ def _job_states(
     job_ids: pl.Series | None = None,
     batches: pl.DataFrame | None = None,
     index: JobIndex | None = None,
+    events: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """The latest state of every job, with cost and tokens added up over every attempt."""
-    latest, billed = store.snapshot(job_ids, index)
+    latest, billed = store.snapshot(job_ids, index, events)
     state = join_by_job(
         latest.drop("cost_usd", "input_tokens", "output_tokens", "reasoning_tokens"), billed
     )
