@@ -39,6 +39,12 @@ connection itself for several queries over the same snapshot. Both define these 
     One row per folder: ``run``, ``path`` (absolute), ``run_id``, ``format_version``,
     ``created_at`` and ``fingerprint`` (JSON text) from its ``manifest.json``.
 
+A folder that a streaming run finished has a summary of the ``jobs`` view
+(``summary/jobs.parquet``, :mod:`batchata_df.summary`): its jobs are read from it, not
+grouped from the events, while it is valid (it names the job parts it summarizes, and
+they are the folder's parts now). Over ten million jobs a query of ``jobs`` takes a
+fraction of a second instead of 26 s of CPU; the rows are the same.
+
 Memory is bounded: the ``jobs`` view groups every event by job, and over a folder of
 millions of jobs DuckDB's default (80 % of the machine's memory, nothing spilled) held 4.5
 GB for a ten-million-job folder. A connection this module creates is limited to
