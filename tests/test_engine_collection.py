@@ -433,3 +433,36 @@ def test_terminal_rows_are_priced_and_add_cost_and_cache_savings_by_value(tmp_pa
     assert (unpriced, unsent) == (0.0, 0.0)
     assert (state.cost, state.cache_saved) == (pytest.approx(4.45), pytest.approx(0.55))
     assert state.done["cancelled"] == 1
+
+
+def test_a_collected_truncation_names_the_limit_the_batch_s_model_was_sent_with(tmp_path):
+    """The call set no ``max_tokens``: the message names the model's own default, the one
+    the requests went out with, found from the batch's provider and model."""
+    from batchata_df.models import effective_params
+
+    provider, ctx, _, collector, _ = setup(tmp_path)
+    ctx.spec = RequestSpec(schema=AnswerSchema(None), params={})
+    sent_with = effective_params("openai", "fake-model", {})["max_tokens"]
+    assert isinstance(sent_with, int)
+    provider.results = lambda batch_id, spec: _results().with_columns(  # type: ignore[method-assign]
+        job_id=pl.Series(["j000", "j001"])
+    )
+    provider.end("fb_1")
+    collector.poll_due()
+    assert job_events(ctx).select("job_id", "status", "error").rows() == [
+        ("j000", "completed", None),
+        ("j001", "failed", f"truncated: the answer hit max_tokens={sent_with} before it was "
+                           "complete; raise params={'max_tokens': ...}"),
+        ("j002", "failed", "missing_result: the provider returned no result for this request"),
+    ]
+
+
+def test_citations_are_kept_for_completed_rows_only():
+    ended = BatchPoll(ProviderState.ENDED, "ended", None)
+    cited = '[{"field": "x", "text": "quoted", "start": 0, "end": 6}]'
+    results = _results(citations=[cited, cited])
+    out = outcomes_to_events(pl.DataFrame({"job_id": ["a", "b"]}), results, ended, SPEC)
+    assert out.select("job_id", "status", "citations").rows() == [
+        ("a", "completed", cited),
+        ("b", "failed", None),  # cut off: what it cited is not an answer
+    ]

@@ -327,3 +327,26 @@ def test_rows_left_pending_by_an_unreachable_provider_leave_other_rows_errors_al
     assert out.select("job_id", "status").rows() == [("j000", "failed"), ("j001", "assigned")]
     assert out["error"][0] == error  # the earlier failure keeps its reason
     assert out["error"][1].startswith("provider_unavailable: 503 down")
+
+
+def test_a_streamed_resume_counts_the_rows_settled_earlier_in_its_progress_by_value(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=1.0)
+    engine(tmp_path, provider).run(make_jobs(2))
+    seen = []
+    resumed = engine(tmp_path, provider, progress=seen.append)
+    # Two chunks: the first is the two rows already answered plus one new, then one more.
+    resumed.run_source(ListSource([make_jobs(3), make_jobs(1, start=3)]))
+    assert provider.methods().count("submit") == 3  # 1 earlier, then one per new row
+    last = seen[-1]
+    assert last.phase == "done"
+    assert (last.completed, last.pending, last.failed) == (4, 0, 0)
+    assert last.cost_usd == pytest.approx(4 * COST_PER_JOB)
+    # The first report already holds what the earlier call paid for, never less.
+    assert seen[0].cost_usd == pytest.approx(2 * COST_PER_JOB)
+    assert min(s.cost_usd for s in seen) == pytest.approx(2 * COST_PER_JOB)
+    # The time left is paced by this call's own rows only: the two settled earlier took
+    # none of its time (the batch went out at the call's start, on the fake clock).
+    paced = [s for s in seen if s.eta_s is not None]
+    assert paced
+    for s in paced:
+        assert s.eta_s == pytest.approx(s.pending * s.elapsed_s / (s.completed - 2))

@@ -236,3 +236,48 @@ def test_each_split_batch_carries_the_input_estimates_of_its_own_jobs(provider):
     assert [ids(p.job_ids) for p in planned] == [["j000", "j001"], ["j002", "j003"], ["j004"]]
     assert [p.est_input_usd.to_list() for p in planned] == [[0.1, 0.2], [0.3, 0.4], [0.5]]
     assert [p.worst.to_list() for p in planned] == [[1.0, 1.0], [1.0, 1.0], [1.0]]
+
+
+def test_models_are_planned_in_the_order_their_first_row_appears(provider):
+    """Many models, first seen in an order no hash or sort would give: batches follow it."""
+    models = [f"m{(i * 7) % 12:02d}" for i in range(12)]
+    jobs = pl.concat(
+        [make_jobs(1, model=m, start=i) for i, m in enumerate(models)]
+        + [make_jobs(1, model=m, start=12 + i) for i, m in enumerate(reversed(models))]
+    )
+    planned = list(plan_batches(jobs, {"openai": provider}, SPEC, None))
+    assert [p.model for p in planned] == models
+    assert [ids(p.job_ids) for p in planned] == [
+        [f"j{i:03d}", f"j{23 - i:03d}"] for i in range(12)
+    ]
+
+
+def test_without_estimates_every_job_of_a_batch_has_a_zero_worst_case(provider):
+    """``worst`` is per job, as long as the batch, even when nothing was estimated; a split
+    keeps it aligned with its jobs."""
+    planned = list(plan_batches(make_jobs(5), {"openai": provider}, SPEC, 3))
+    assert [(ids(p.job_ids), p.worst.to_list(), p.has_estimates) for p in planned] == [
+        (["j000", "j001", "j002"], [0.0, 0.0, 0.0], False),
+        (["j003", "j004"], [0.0, 0.0], False),
+    ]
+    first = planned[0]
+    assert first.tail(1).worst.to_list() == [0.0, 0.0]
+    assert first.head(1).worst.to_list() == [0.0]
+
+
+@pytest.mark.parametrize(("model", "order"), [
+    # 1,024 tokens at least for Sonnet 4.5: the two prompts sharing a ~1,600-token contract
+    # go side by side, the unrelated one after them.
+    ("claude-sonnet-4-5", ["j000", "j002", "j001"]),
+    # 4,096 for Haiku 4.5: nothing is worth caching, the input order stays.
+    ("claude-haiku-4-5", ["j000", "j001", "j002"]),
+])
+def test_the_prompt_cache_plan_uses_the_batch_s_own_model_minimum(provider, model, order):
+    doc = "Contract text. " * 400
+    jobs = make_jobs(3, model=model).with_columns(
+        pl.lit("anthropic").alias("provider"),
+        pl.Series("prompt", [doc + "Q: who?", "Unrelated", doc + "Q: when?"]),
+    )
+    [planned] = plan_batches(jobs, {"anthropic": provider}, SPEC, None)
+    assert SPEC.prompt_caching
+    assert (planned.model, ids(planned.job_ids)) == (model, order)

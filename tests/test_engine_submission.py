@@ -278,3 +278,26 @@ def test_both_batch_events_carry_who_and_how_big_and_the_upload_shows_while_it_r
     planner.add(make_jobs(1, worst=0.1, start=3))
     submitter.submit(planner.current())  # a later batch keeps the first time
     assert state.first_submit_at == provider.clock.monotonic() - 5.0
+
+
+class _Died(Exception):
+    """Stands in for the process exit at a crash point."""
+
+
+def test_the_after_submit_crash_point_falls_between_the_create_call_and_its_checkpoint(
+    tmp_path, monkeypatch
+):
+    """The crash-recovery tests kill a child at ``after_submit``: that must be after the
+    provider created the batch and before its id is checkpointed (an orphan to find)."""
+    import batchata_df.engine.run as run
+
+    def die(code: int) -> None:
+        raise _Died(code)
+
+    monkeypatch.setenv("BATCHATA_DF_FAILPOINT", "after_submit")
+    monkeypatch.setattr(run.os, "_exit", die)
+    provider, ctx, _, submitter, planner = setup(tmp_path)
+    with pytest.raises(_Died, match="75"):
+        submitter.submit(planner.current())
+    assert provider.methods() == ["submit"] and list(provider.batches) == ["fb_1"]
+    assert batch_events(ctx) == [("intent", None, None)]

@@ -38,6 +38,7 @@ import argparse
 import contextlib
 import datetime as dt
 import fnmatch
+import hashlib
 import json
 import math
 import os
@@ -47,7 +48,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -391,21 +392,50 @@ def _sample_order(scratch: Path) -> list[str]:
 
     One fixed shuffle (:data:`SAMPLE_SEED`) of the mutants as first seen, kept in the
     scratch copy (``sample-order.json``), so that a smaller sample is a prefix of a larger
-    one and the sample stays the same after the code changes: mutants that no longer exist
-    drop out (the next ones in the order take their places) and new ones are shuffled in
-    after all the others. mutmut names a function's mutants by number, so those of a
-    changed function are redrawn at random too; their results were reset anyway.
+    one and the sample stays the same when the code changes: see :func:`extend_order`.
     """
-    everything = sorted(_mutant_results(scratch))
     kept = scratch / "sample-order.json"
     order: list[str] = json.loads(kept.read_text(encoding="utf-8")) if kept.exists() else []
-    known = set(order)
-    new = [name for name in everything if name not in known]
-    random.Random(SAMPLE_SEED).shuffle(new)
-    present = set(everything)
-    order = [name for name in order if name in present] + new
+    order = extend_order(order, _mutant_results(scratch))
     kept.write_text(json.dumps(order, ensure_ascii=False) + "\n", encoding="utf-8")
     return order
+
+
+def extend_order(order: list[str], everything: Iterable[str]) -> list[str]:
+    """A kept draw order brought up to today's mutants, still a uniform random order.
+
+    Mutants that no longer exist drop out (the next ones take their places). The first
+    draw is one shuffle of all of them (:data:`SAMPLE_SEED`); after that, each new mutant
+    (say, of code added since) goes in at a position drawn uniformly among the ones the
+    order then has, from a keyed hash of its name, one after the other. Inserting at
+    uniform positions keeps a uniform random order uniform, so a sample (a prefix) stays
+    a fair draw of today's mutants: new code is as likely to be in it as old code, and
+    the old mutants it pushes past the end leave the sample. mutmut names a function's
+    mutants by number, so those of a changed function are redrawn too; their results
+    were reset anyway.
+
+    Examples
+    --------
+    >>> first = extend_order([], [f"m{i}" for i in range(5)])
+    >>> sorted(first) == [f"m{i}" for i in range(5)]
+    True
+    >>> later = extend_order(first, [f"m{i}" for i in range(1, 7)])  # m0 gone, m5, m6 new
+    >>> [m for m in later if m not in ("m5", "m6")] == [m for m in first if m != "m0"]
+    True
+    >>> len(later)
+    6
+    """
+    present = set(everything)
+    if not order:
+        fresh = sorted(present)
+        random.Random(SAMPLE_SEED).shuffle(fresh)
+        return fresh
+    known = set(order)
+    kept = [name for name in order if name in present]
+    for name in sorted(present - known):
+        digest = hashlib.blake2b(name.encode(), key=str(SAMPLE_SEED).encode(), digest_size=8)
+        kept.insert(int.from_bytes(digest.digest(), "big") % (len(kept) + 1), name)
+    return kept
 
 
 def _wilson(detected: int, checked: int) -> tuple[float, float]:
@@ -451,6 +481,10 @@ def _load(path: Path) -> dict[str, Any]:
 def write_mutmut(record: dict[str, Any]) -> None:
     """Merge ``record`` into mutation.json (by label) and re-render mutation.md."""
     data = _load(MUTMUT_JSON)
+    previous = data["runs"].get(record["label"], {})
+    if "remark" in previous and "remark" not in record:
+        # The remark is written by hand: the history of the label's runs, kept.
+        record = {**record, "remark": previous["remark"]}
     data["runs"][record["label"]] = record
     RESULTS.mkdir(parents=True, exist_ok=True)
     MUTMUT_JSON.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", "utf-8")

@@ -1,0 +1,86 @@
+"""tools/mutation.py's sampling: a kept draw order stays a fair draw as the code changes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parents[1] / "tools" / "mutation.py"
+_spec = importlib.util.spec_from_file_location("mutation_tool", _PATH)
+assert _spec is not None and _spec.loader is not None
+mutation = importlib.util.module_from_spec(_spec)
+sys.modules["mutation_tool"] = mutation
+_spec.loader.exec_module(mutation)
+
+
+def names(prefix: str, n: int) -> list[str]:
+    return [f"{prefix}{i:05d}" for i in range(n)]
+
+
+def test_the_first_draw_is_the_seeded_shuffle_of_every_mutant():
+    everything = names("m", 50)
+    expected = sorted(everything)
+    random.Random(mutation.SAMPLE_SEED).shuffle(expected)
+    assert mutation.extend_order([], reversed(everything)) == expected
+
+
+def test_gone_mutants_drop_out_and_the_others_keep_their_order():
+    first = mutation.extend_order([], names("m", 30))
+    gone = set(first[::3])
+    later = mutation.extend_order(first, [m for m in first if m not in gone])
+    assert later == [m for m in first if m not in gone]
+    # Unchanged code: the same order, whatever order the names come in.
+    assert mutation.extend_order(first, sorted(first)) == first
+
+
+def test_new_mutants_go_in_at_uniform_positions_and_reach_the_sample():
+    old = mutation.extend_order([], names("old", 1000))
+    new = names("new", 100)
+    later = mutation.extend_order(old, old + new)
+    assert [m for m in later if not m.startswith("new")] == old
+    assert sorted(m for m in later if m.startswith("new")) == new
+    # A sample of 150 of 1,100 should hold ~13.6 of the 100 new mutants (the old order
+    # put them all after the others: none); deterministic, the positions are hashed.
+    in_sample = sum(m.startswith("new") for m in later[:150])
+    assert 6 <= in_sample <= 24
+    # One new mutant into an order of 9 lands in each of the 10 places about equally.
+    places = Counter(
+        mutation.extend_order(old[:9], [*old[:9], name]).index(name)
+        for name in names("x", 2000)
+    )
+    assert sorted(places) == list(range(10))
+    assert all(140 <= count <= 260 for count in places.values()), places
+
+
+@pytest.mark.parametrize(("detected", "checked", "low", "high"), [
+    (289, 300, 0.936, 0.979),  # the providers' sample
+    (0, 0, 0.0, 1.0),
+    (10, 10, 0.722, 1.0),
+])
+def test_the_wilson_interval(detected, checked, low, high):
+    got = mutation._wilson(detected, checked)
+    assert got == pytest.approx((low, high), abs=0.0015)
+
+
+def test_a_new_record_keeps_its_label_s_hand_written_remark(tmp_path, monkeypatch):
+    monkeypatch.setattr(mutation, "RESULTS", tmp_path)
+    monkeypatch.setattr(mutation, "MUTMUT_JSON", tmp_path / "mutation.json")
+    monkeypatch.setattr(mutation, "MUTMUT_MD", tmp_path / "mutation.md")
+    record = {"label": "x", "modules": ["m.py"], "tests": ["t.py"], "mutants": 2,
+              "killed": 2, "timeout": 0, "type_check": 0, "survived": 0, "no_tests": 0,
+              "not_checked": 0, "score": 1.0, "complete": True, "survivors": {},
+              "tool": "mutmut", "date": "d"}
+    mutation.write_mutmut({**record, "remark": "why this run is what it is"})
+    mutation.write_mutmut({**record, "date": "later"})
+    data = json.loads((tmp_path / "mutation.json").read_text(encoding="utf-8"))
+    assert data["runs"]["x"]["date"] == "later"
+    assert data["runs"]["x"]["remark"] == "why this run is what it is"
+    assert "**x:** why this run is what it is" in (tmp_path / "mutation.md").read_text()
+    mutation.write_mutmut({**record, "remark": "replaced"})
+    assert json.loads((tmp_path / "mutation.json").read_text())["runs"]["x"]["remark"] == "replaced"
