@@ -116,7 +116,7 @@ class _TwoHashBits(JobIndex):
 def test_ids_sharing_a_hash_key_return_each_event_once(tmp_path):
     # Over 20 million events a slice of 50,000 ids held two sharing a key about one time
     # in two: their events came back twice (and the folder's summary was not written).
-    store = _folder(tmp_path)
+    _folder(tmp_path)
     index = _TwoHashBits(table_parts(tmp_path / "st" / "jobs"))
     assert index.row_bits == 62
     ids = pl.Series([f"{i:024x}" for i in range(10, 30)])  # 20 ids, 4 keys: they share
