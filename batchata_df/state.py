@@ -665,7 +665,10 @@ class StateStore:
             return JobIndex(table_parts(self.root / "jobs"))
 
     def snapshot(
-        self, job_ids: pl.Series | None = None, index: JobIndex | None = None
+        self,
+        job_ids: pl.Series | None = None,
+        index: JobIndex | None = None,
+        events: pl.DataFrame | None = None,
     ) -> tuple[pl.DataFrame, pl.DataFrame]:
         """``(job_state(), billed())``, reading only what they need.
 
@@ -675,11 +678,13 @@ class StateStore:
         scanning (a streaming run looks up one chunk at a time: memory follows the chunk,
         not the folder). With an ``index`` (:meth:`job_index`) as well, only the row groups
         holding those jobs' events are read, not a scan of the folder's ``job_id`` column.
+        ``events`` (every event of some jobs, :data:`JOB_EVENTS`' columns) are used instead
+        of reading (a caller that needs them for something else reads them once).
         """
-        if job_ids is not None and index is not None:
+        if events is None and job_ids is not None and index is not None:
             with self._reading():
                 events = _conform(index.events(job_ids, list(JOB_EVENTS)), JOB_EVENTS)
-        else:
+        elif events is None:
             lazy = self._lazy("jobs", JOB_EVENTS)
             if job_ids is not None:
                 lazy = lazy.filter(pl.col("job_id").is_in(job_ids.implode()))
