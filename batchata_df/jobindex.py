@@ -54,6 +54,10 @@ class JobIndex:
     ['assigned', 'completed']
     """
 
+    min_row_bits = 1
+    """Fewest low bits of a word kept for the position (more leave fewer for the hash: a
+    subclass raising it makes ids share hash keys, as a big folder's ids sometimes do)."""
+
     def __init__(self, parts: Sequence[Path]) -> None:
         import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
@@ -71,7 +75,7 @@ class JobIndex:
         ]
         self.columns = [set(f.schema_arrow.names) for f in self._files]
         total = int(self.offsets[-1])
-        self.row_bits = max(1, total.bit_length())
+        self.row_bits = max(self.min_row_bits, total.bit_length())
         self._mask = np.uint64((1 << self.row_bits) - 1)
         if total == 0:
             self.words = np.zeros(0, dtype=np.uint64)
@@ -113,7 +117,10 @@ class JobIndex:
         hashed = job_ids.drop_nulls().unique().hash(seed=HASH_SEED).to_numpy()
         shift = np.uint64(self.row_bits)
         keys = (np.asarray(hashed, dtype=np.uint64) >> shift) << shift
-        keys.sort()  # searched in order, the binary searches stay near each other in memory
+        # Distinct ids can share a key (their hashes' high bits: over a ten-million-event
+        # folder, about one slice of 50,000 ids in two): each key is searched once, or its
+        # events would come back twice. Sorted, the searches stay near each other in memory.
+        keys = np.unique(keys)
         lo = np.searchsorted(self.words, keys, side="left")
         hi = np.searchsorted(self.words, keys | self._mask, side="right")
         counts = hi - lo

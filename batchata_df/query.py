@@ -39,6 +39,12 @@ connection itself for several queries over the same snapshot. Both define these 
     One row per folder: ``run``, ``path`` (absolute), ``run_id``, ``format_version``,
     ``created_at`` and ``fingerprint`` (JSON text) from its ``manifest.json``.
 
+A folder that a streaming run finished has a summary of the ``jobs`` view
+(``summary/jobs.parquet``, :mod:`batchata_df.summary`): its jobs are read from it, not
+grouped from the events, while it is valid (it names the job parts it summarizes, and
+they are the folder's parts now). Over ten million jobs a query of ``jobs`` takes a
+fraction of a second instead of 26 s of CPU; the rows are the same.
+
 Memory is bounded: the ``jobs`` view groups every event by job, and over a folder of
 millions of jobs DuckDB's default (80 % of the machine's memory, nothing spilled) held 4.5
 GB for a ten-million-job folder. A connection this module creates is limited to
@@ -77,6 +83,7 @@ from batchata_df.state import (
     find_damaged,
     table_parts,
 )
+from batchata_df.summary import SUMMARY, valid_summary
 
 if TYPE_CHECKING:
     import duckdb
@@ -243,8 +250,15 @@ def _events_view(name: str, schema: pl.Schema, files: list[tuple[str, str]]) -> 
     return f"CREATE VIEW {name} AS {empty} UNION ALL BY NAME {data}"
 
 
+_JOBS_COLUMNS = (
+    "run, job_id, status, error, provider, model, batch_key, provider_batch_id, answer, raw, "
+    "response, input_tokens, output_tokens, cached_tokens, cache_write_tokens, "
+    "reasoning_tokens, cost_usd, cache_saved_usd, attempts, est_cost_usd, first_seen_at, "
+    "updated_at, mode"
+)
+
 _JOBS_VIEW = """
-CREATE VIEW jobs AS
+CREATE VIEW _jobs_grouped AS
 WITH attempts AS (
     -- One row per billed attempt (job, provider batch); re-collecting a batch after a
     -- crash repeats its events, which count once.
@@ -256,7 +270,7 @@ WITH attempts AS (
            arg_max_null(reasoning_tokens, seq) AS reasoning_tokens,
            arg_max_null(cost_usd, seq) AS cost_usd,
            arg_max_null(cache_saved_usd, seq) AS cache_saved_usd
-    FROM job_events
+    FROM _grouped_events
     WHERE status IN ('completed', 'failed', 'cancelled')
       AND (batch_key IS NOT NULL OR cost_usd IS NOT NULL OR input_tokens IS NOT NULL)
     GROUP BY run, job_id, attempt
@@ -289,7 +303,7 @@ WITH attempts AS (
            -- How the job was last sent: realtime events say so; batch events carry a key.
            arg_max(coalesce(mode, CASE WHEN batch_key IS NOT NULL THEN 'batch' END), seq)
                AS mode
-    FROM job_events
+    FROM _grouped_events
     GROUP BY run, job_id
 )
 SELECT latest.run, latest.job_id, status, error, provider, model, batch_key,
@@ -374,21 +388,34 @@ def connect(
 
     job_files = [(label, p) for label, folder in folders for p in _parts(folder, "jobs")]
     batch_files = [(label, p) for label, folder in folders for p in _parts(folder, "batches")]
+    # Folders whose summary is valid: their jobs are read from it, not grouped from events.
+    summaries = {label: os.path.abspath(path) for label, folder in folders
+                 if (path := valid_summary(folder)) is not None}  # fmt: skip
+    grouped_files = [(label, p) for label, p in job_files if label not in summaries]
     for _, folder in folders:
         damaged = find_damaged(folder)  # footers only: a clear error instead of DuckDB's
         if damaged:
             raise damaged_error(folder, damaged)
     con.execute("CREATE OR REPLACE TEMP TABLE _parts (filename VARCHAR, run VARCHAR)")
-    rows = [(path, label) for label, path in job_files + batch_files]
+    summary_files = list(summaries.items())
+    rows = [(path, label) for label, path in job_files + batch_files + summary_files]
     if rows:
         con.executemany("INSERT INTO _parts VALUES (?, ?)", rows)
-    for view in ("jobs", "batches", "job_events", "batch_events", "runs"):
+    views = ("jobs", "batches", "job_events", "batch_events", "runs", "_jobs_grouped",
+             "_grouped_events", "_jobs_summary")  # fmt: skip
+    for view in views:
         con.execute(f"DROP VIEW IF EXISTS {view}")
     con.execute(_events_view("job_events", JOB_EVENTS, job_files))
+    con.execute(_events_view("_grouped_events", JOB_EVENTS, grouped_files))
     con.execute(_events_view("batch_events", BATCH_EVENTS, batch_files))
+    con.execute(_events_view("_jobs_summary", SUMMARY, summary_files))
     has_est = any(row[0] == "est_cost_usd" for row in con.execute("DESCRIBE job_events").fetchall())
     est = "arg_max(est_cost_usd, seq)" if has_est else "CAST(NULL AS DOUBLE)"
     con.execute(_JOBS_VIEW.format(est=est))
+    con.execute(
+        f"CREATE VIEW jobs AS SELECT {_JOBS_COLUMNS} FROM _jobs_grouped "
+        f"UNION ALL SELECT {_JOBS_COLUMNS} FROM _jobs_summary"
+    )
     con.execute(_BATCHES_VIEW)
     _runs_view(con, folders)
     return con

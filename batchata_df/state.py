@@ -79,6 +79,7 @@ __all__ = [
     "StateStore",
     "adopt_schema",
     "join_by_job",
+    "lined_up",
     "WriterLock",
     "spent_usd",
 ]
@@ -664,7 +665,10 @@ class StateStore:
             return JobIndex(table_parts(self.root / "jobs"))
 
     def snapshot(
-        self, job_ids: pl.Series | None = None, index: JobIndex | None = None
+        self,
+        job_ids: pl.Series | None = None,
+        index: JobIndex | None = None,
+        events: pl.DataFrame | None = None,
     ) -> tuple[pl.DataFrame, pl.DataFrame]:
         """``(job_state(), billed())``, reading only what they need.
 
@@ -674,11 +678,13 @@ class StateStore:
         scanning (a streaming run looks up one chunk at a time: memory follows the chunk,
         not the folder). With an ``index`` (:meth:`job_index`) as well, only the row groups
         holding those jobs' events are read, not a scan of the folder's ``job_id`` column.
+        ``events`` (every event of some jobs, :data:`JOB_EVENTS`' columns) are used instead
+        of reading (a caller that needs them for something else reads them once).
         """
-        if job_ids is not None and index is not None:
+        if events is None and job_ids is not None and index is not None:
             with self._reading():
                 events = _conform(index.events(job_ids, list(JOB_EVENTS)), JOB_EVENTS)
-        else:
+        elif events is None:
             lazy = self._lazy("jobs", JOB_EVENTS)
             if job_ids is not None:
                 lazy = lazy.filter(pl.col("job_id").is_in(job_ids.implode()))
@@ -925,15 +931,29 @@ def join_by_job(left: pl.DataFrame, right: pl.DataFrame) -> pl.DataFrame:
     >>> join_by_job(left, pl.DataFrame({"job_id": ["b", "a"], "y": [4, 3]})).rows()
     [('a', 1, 3), ('b', 2, 4)]
     """
+    if lined_up(left, right):
+        return pl.concat([left, right.drop("job_id")], how="horizontal")
+    return left.join(right, on="job_id", how="left", maintain_order="left")
+
+
+def lined_up(left: pl.DataFrame, right: pl.DataFrame) -> bool:
+    """Whether ``right`` holds exactly ``left``'s ``job_id`` s in the same order, none null.
+
+    Then a left join of ``right`` (its ids unique) onto ``left`` is the two side by side.
+
+    Examples
+    --------
+    >>> ids = pl.DataFrame({"job_id": ["a", "b"]})
+    >>> lined_up(ids, ids), lined_up(ids, ids.reverse()), lined_up(ids, ids.head(1))
+    (True, False, False)
+    """
     ids, theirs = left.get_column("job_id"), right.get_column("job_id")
-    if (
+    return (
         left.height == right.height
         and ids.dtype == theirs.dtype
         and ids.null_count() == 0
         and ids.equals(theirs, check_names=False)
-    ):
-        return pl.concat([left, right.drop("job_id")], how="horizontal")
-    return left.join(right, on="job_id", how="left", maintain_order="left")
+    )
 
 
 def adopt_schema(root: str | os.PathLike[str], fingerprint: Mapping[str, str]) -> None:

@@ -26,6 +26,7 @@ writes the sink again.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import secrets
@@ -533,11 +534,17 @@ def _write_sink(
     warning), or ``None``.
     """
     from batchata_df import frame as fr
+    from batchata_df.state import _conform
+    from batchata_df.summary import SummaryWriter, summarize
 
     flagged: list[pl.DataFrame] = []
     batches = store.batch_state()  # read once: the ids of batches, for every chunk
     index = store.job_index()  # one scan of the job ids; each slice reads its row groups
-    with SinkWriter(sink) as writer:
+    # The jobs' summary for `sql` (batchata_df.summary), from the events read for the sink.
+    summary = SummaryWriter(store.root, index.parts, index.n_events)
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(summary.discard)  # nothing half-written stays (no-op once closed)
+        writer = cleanup.enter_context(SinkWriter(sink))
         for path in chunks:
             whole = pl.read_parquet(path)
             # A repeat of a request earlier in the chunk is marked like one of an earlier
@@ -554,7 +561,14 @@ def _write_sink(
                     pl.col(_LATER).alias("later"),
                 )
                 ids = keys.filter(pl.col("input_error").is_null()).get_column("job_id").unique()
-                states = job_states_of(store, ids, batches, index)
+                with store._reading():
+                    events = _conform(index.events(ids, list(JOB_EVENTS)), JOB_EVENTS)
+                states = job_states_of(store, ids, batches, index, events)
+                # Each job once: at its first row (the bill's row), as in the sink.
+                first = keys.filter(pl.col("input_error").is_null() & ~pl.col("later"))
+                summary.add(
+                    summarize(events.filter(pl.col("job_id").is_in(first["job_id"].implode())))
+                )
                 results = with_unavailable(states, unavailable, unsent)
                 hit = results.filter(
                     pl.col("error").str.contains("provider_unavailable: ", literal=True)
@@ -567,7 +581,7 @@ def _write_sink(
                         citations=citations, keep_raw=keep_raw, keep_responses=keep_responses,
                     )
                 )
-                del chunk, keys, states, results
+                del chunk, keys, states, results, events
             del whole
         # No input rows: an empty file with the output's columns.
         writer.close(
@@ -577,6 +591,7 @@ def _write_sink(
                 citations=citations, keep_raw=keep_raw, keep_responses=keep_responses,
             )
         )
+        summary.close()
     return pl.concat(flagged) if flagged else None
 
 

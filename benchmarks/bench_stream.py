@@ -3,7 +3,9 @@
 Each point calls ``batch_llm(pl.scan_parquet(IN), ..., sink=OUT, state=STATE)`` in fresh
 child processes against one emulator process (latency 0):
 
-* ``run`` (unless ``--no-clean-run``): one uninterrupted run on a folder of its own;
+* ``run``: one uninterrupted run on a folder of its own; besides the figures below, the
+  child's peak RSS in each phase of the call (``peak_rss_mb_by_phase``: ``send`` (reading,
+  sending and collecting), ``compact``, ``job_index``, ``write_sink``), sampled every 0.5 s;
 * ``killed``: a run on a fresh folder (the emulator reset), killed with SIGKILL as soon as
   half its job event parts are written (each batch writes two: its jobs ``assigned``, then
   their results; a point of progress, not of time, so a busy machine does not move it);
@@ -28,9 +30,12 @@ so a point cut short keeps what finished.
 Workload: N distinct ~150-character prompts with strict structured output for a 3-field
 model, batches of at most 50,000 (OpenAI's limit), 32 batches in flight.
 
-    python benchmarks/bench_stream.py --sizes 1000000 10000000 [--no-clean-run]
+    python benchmarks/bench_stream.py --sizes 1000000 10000000 \
+        [--phases run killed resume_finished sql] [--model claude-haiku-4-5]
 
-Results: ``benchmarks/results/bench_stream.json`` (one object per point, replaced per size).
+Results: ``benchmarks/results/bench_stream.json``: one object per size and model, replaced
+when measured again (the one it replaces kept under ``previous``). ``--phases`` measures
+some phases only (``sql`` then reads the clean run's folder unless ``killed`` is asked).
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -73,13 +78,46 @@ class Answer(BaseModel):
     score: float
     label: Literal["pos", "neg", "neu"]
 
-src, sink, state = sys.argv[1:4]
+# The peak RSS of each phase of the call (sampled every 0.5 s in this process, and at
+# each phase's end): sending and collecting, compaction, the job-id index, the sink pass.
+import threading
+from batchata_df import stream
+from batchata_df.state import StateStore
+PHASE, PEAK = ["send"], {}
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+def sample(stop):
+    while not stop.wait(0.5):
+        PEAK[PHASE[0]] = max(PEAK.get(PHASE[0], 0.0), rss())
+def mark(obj, attr, name):
+    inner = getattr(obj, attr)
+    def wrapped(*a, **k):
+        before, PHASE[0] = PHASE[0], name
+        try:
+            return inner(*a, **k)
+        finally:
+            PEAK[name] = max(PEAK.get(name, 0.0), rss())
+            PHASE[0] = before
+    setattr(obj, attr, wrapped)
+mark(StateStore, "compact", "compact")
+mark(StateStore, "job_index", "job_index")
+mark(stream, "_write_sink", "write_sink")
+stop = threading.Event()
+threading.Thread(target=sample, args=(stop,), daemon=True).start()
+
+src, sink, state, model = sys.argv[1:5]
 t0 = time.perf_counter()
-out = batch_llm(pl.scan_parquet(src), schema=Answer, model="gpt-4.1-mini", prompt="{text}",
+out = batch_llm(pl.scan_parquet(src), schema=Answer, model=model, prompt="{text}",
                 state=state, sink=sink, max_parallel_batches=32)
+PHASE[0] = "after"
 counts = out.group_by("_status").len().collect(engine="streaming")
+stop.set()
 print(json.dumps({"seconds": time.perf_counter() - t0,
-                  "status": dict(counts.iter_rows()), **HWM()}))
+                  "status": dict(counts.iter_rows()), **HWM(),
+                  "peak_rss_mb_by_phase": {k: round(v, 1) for k, v in PEAK.items()}}))
 '''
 
 SQL = HWM + r'''
@@ -219,64 +257,77 @@ def _billing(emu: object) -> dict[str, int]:
     return {"billed": len(bills), "distinct": len({b["request"] for b in bills})}
 
 
-def point(n: int, work: Path, emu: object, env: dict[str, str],
-          save: Callable[[dict[str, object]], None], *, clean_run: bool) -> dict[str, object]:
-    """One size: a run killed at half and resumed, the finished folder resumed, sql.
+PHASES = ("run", "killed", "resume_finished", "sql")
+"""``run``: the uninterrupted run; ``killed``: killed at half and resumed; then the
+finished folder resumed; then ``sql`` (over the killed-and-resumed folder, or the clean
+run's when ``killed`` is not asked for)."""
 
-    With ``clean_run``, first an uninterrupted run on a folder of its own (its figures under
-    ``run``). Each phase is saved as soon as it ends.
+
+def point(n: int, work: Path, emu: object, env: dict[str, str],
+          save: Callable[[dict[str, object]], None], *, phases: Sequence[str],
+          model: str) -> dict[str, object]:
+    """One size and model: the ``phases`` asked for (see :data:`PHASES`), in that order.
+
+    Each phase is saved as soon as it ends.
     """
     src = make_input(n, work / f"in-{n}")
     args = [str(src / "*.parquet")]
     row: dict[str, object] = {
         "rows": n,
+        "model": model,
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "input_mb": _size_mb(src),
+        "phases": list(phases),
     }
     pid = emu._proc.pid  # type: ignore[attr-defined]
-    if clean_run:
+    state = work / f"state-{n}-{model}"
+    if "run" in phases:
         emu.reset()  # type: ignore[attr-defined]
-        state, sink = work / f"state-{n}", work / f"out-{n}.parquet"
+        sink = work / f"out-{n}-{model}.parquet"
         row["loadavg_before_run"] = [round(x, 2) for x in os.getloadavg()]
         emu_cpu0 = _cpu_of(pid)
-        row["run"] = run_child(RUN, [*args, str(sink), str(state)], env, watch=state)
+        row["run"] = run_child(RUN, [*args, str(sink), str(state), model], env, watch=state)
         row["emulator_cpu_s"] = round(_cpu_of(pid) - emu_cpu0, 2)
         save(row)  # before the checks: a check that fails does not lose the run's figures
         row.update(_finished(state, sink, emu, env))
         save(row)
 
-    # A crash mid-stream: SIGKILL once half the job event parts are written (every batch
-    # writes two: its jobs assigned, then their results), then the same call again.
-    emu.reset()  # type: ignore[attr-defined]
-    state, sink = work / f"killed-{n}", work / f"killed-{n}.parquet"
-    call = [*args, str(sink), str(state)]
-    batches = -(-n // 50_000)
-    row["loadavg_before_killed_run"] = [round(x, 2) for x in os.getloadavg()]
-    killed = run_child(RUN, call, env, watch=state, kill_at_parts=batches)
-    killed["billed_at_kill"] = _billing(emu)["billed"]
-    row["killed"] = killed
-    save(row)
-    row["loadavg_before_kill_resume"] = [round(x, 2) for x in os.getloadavg()]
-    resumed = run_child(RUN, call, env, watch=state)
-    billed = _billing(emu)
-    resumed["billed_both_processes"] = billed["billed"]
-    resumed["distinct_requests"] = billed["distinct"]
-    row["kill_resumed"] = resumed
-    after = _finished(state, sink, emu, env)
-    resumed["output_check"] = after.pop("output_check")
-    row["after_kill_resume"] = after
-    save(row)
+    if "killed" in phases:
+        # A crash mid-stream: SIGKILL once half the job event parts are written (every
+        # batch writes two: its jobs assigned, then their results), then the same call.
+        emu.reset()  # type: ignore[attr-defined]
+        state, sink = work / f"killed-{n}-{model}", work / f"killed-{n}-{model}.parquet"
+        call = [*args, str(sink), str(state), model]
+        batches = -(-n // 50_000)
+        row["loadavg_before_killed_run"] = [round(x, 2) for x in os.getloadavg()]
+        killed = run_child(RUN, call, env, watch=state, kill_at_parts=batches)
+        killed["billed_at_kill"] = _billing(emu)["billed"]
+        row["killed"] = killed
+        save(row)
+        row["loadavg_before_kill_resume"] = [round(x, 2) for x in os.getloadavg()]
+        resumed = run_child(RUN, call, env, watch=state)
+        billed = _billing(emu)
+        resumed["billed_both_processes"] = billed["billed"]
+        resumed["distinct_requests"] = billed["distinct"]
+        row["kill_resumed"] = resumed
+        after = _finished(state, sink, emu, env)
+        resumed["output_check"] = after.pop("output_check")
+        row["after_kill_resume"] = after
+        save(row)
 
-    # The finished folder (the resumed one), resumed again: sends nothing.
-    row["loadavg_before_resume_finished"] = [round(x, 2) for x in os.getloadavg()]
-    row["resume_finished"] = run_child(RUN, call, env)
-    row["billed_after_resume_finished"] = _billing(emu)["billed"]
-    save(row)
-    row["loadavg_before_sql"] = [round(x, 2) for x in os.getloadavg()]
-    row["sql"] = run_child(SQL, [str(state)], env)
-    save(row)
+    if "resume_finished" in phases:
+        # The finished folder, resumed again: sends nothing.
+        sink = work / f"again-{n}-{model}.parquet"
+        row["loadavg_before_resume_finished"] = [round(x, 2) for x in os.getloadavg()]
+        row["resume_finished"] = run_child(RUN, [*args, str(sink), str(state), model], env)
+        row["billed_after_resume_finished"] = _billing(emu)["billed"]
+        save(row)
+    if "sql" in phases:
+        row["loadavg_before_sql"] = [round(x, 2) for x in os.getloadavg()]
+        row["sql"] = run_child(SQL, [str(state)], env)
+        save(row)
     return row
 
 
@@ -300,8 +351,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (large)")
-    parser.add_argument("--no-clean-run", action="store_true",
-                        help="skip the uninterrupted run (the killed run is always made)")
+    parser.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES),
+                        help="which measurements, in this order (default: all)")
+    parser.add_argument("--model", default="gpt-4.1-mini",
+                        help="model (so provider) of the run, e.g. claude-haiku-4-5")
     parser.add_argument("--keep", type=Path, default=None,
                         help="work in this folder and keep it (inputs, state folders, sinks)")
     args = parser.parse_args()
@@ -317,17 +370,27 @@ def main() -> None:
     with scratch_dir as scratch, Emulator(latency=0.0) as emu:
         env = {**os.environ, **emu.env()}
         for n in args.sizes:
+            key = (n, args.model)
+            # The entry this point replaces is kept under "previous" (one level deep).
+            old = next((r for r in results if _key(r) == key), None)
+            previous = {k: v for k, v in old.items() if k != "previous"} if old else None
 
-            def save(row: dict[str, object], n: int = n) -> None:
+            def save(row: dict[str, object], key: tuple[int, str] = key,
+                     previous: dict[str, object] | None = previous) -> None:
                 nonlocal results
-                results = [r for r in results if r.get("rows") != n] + [row]
-                results.sort(key=lambda r: int(r["rows"]))  # type: ignore[call-overload]
+                entry = {**row, "previous": previous} if previous else row
+                results = [r for r in results if _key(r) != key] + [entry]
+                results.sort(key=_key)
                 results_file.parent.mkdir(exist_ok=True)
                 results_file.write_text(json.dumps(results, indent=2) + "\n")
 
-            row = point(n, Path(scratch), emu, env, save, clean_run=not args.no_clean_run)
+            row = point(n, Path(scratch), emu, env, save, phases=args.phases, model=args.model)
             print(json.dumps({k: v for k, v in row.items() if k != "run"}), flush=True)
 
+
+def _key(entry: dict[str, object]) -> tuple[int, str]:
+    """Results are one entry per size and model (older entries: OpenAI's gpt-4.1-mini)."""
+    return int(entry["rows"]), str(entry.get("model", "gpt-4.1-mini"))  # type: ignore[call-overload]
 
 if __name__ == "__main__":
     main()

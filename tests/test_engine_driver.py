@@ -275,6 +275,33 @@ def test_a_streaming_call_holds_re_attached_batches_at_the_worst_case_they_were_
     assert resumed.state.reserved == pytest.approx(1.3)
 
 
+def test_re_attached_batches_are_priced_from_their_records_and_their_ids_not_copied(tmp_path):
+    from batchata_df.engine.admission import Calibration
+    from batchata_df.engine.driver import recorded_worst
+    from batchata_df.engine.planning import Planner
+    from batchata_df.engine.recovery import recover
+    from batchata_df.engine.source import Feeder
+
+    provider = FakeProvider(FakeClock())  # batches run until the test ends them
+    sent = make_jobs(3).with_columns(pl.Series("worst_usd", [0.1, 0.5, 0.25]))
+    engine(tmp_path, provider, wait=False, max_cost_usd=10.0, items_per_batch=2).run(sent)
+    resumed = engine(tmp_path, provider, wait=False)
+    in_flight = recover(resumed.ctx, resumed.state)
+    assert len(in_flight) == 2
+
+    # What each job was sent with.
+    assert recorded_worst(resumed.ctx.store, in_flight) == {"j000": 0.1, "j001": 0.5,
+                                                            "j002": 0.25}
+    assert recorded_worst(resumed.ctx.store, []) == {}
+    # The feeder's list of re-attached ids is the batches' own columns, not a copy.
+    resumed.state.in_flight = in_flight
+    planner = Planner(resumed.ctx.providers, resumed.ctx.spec, None)
+    feeder = Feeder(resumed.ctx, resumed.state, ListSource([make_jobs(1, start=9)]), planner,
+                    Calibration(est_input={}))  # fmt: skip
+    assert sorted(feeder.reattached.to_list()) == ["j000", "j001", "j002"]
+    assert feeder.reattached.n_chunks() == 2
+
+
 def test_polls_due_in_under_a_second_wait_exactly_that_long(tmp_path):
     provider = FakeProvider(FakeClock(), latency=1.0)
     out = engine(tmp_path, provider, poll_initial_s=0.25, poll_factor=2.0).run(make_jobs(1))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
@@ -104,6 +105,25 @@ def test_hash_collisions_never_return_another_jobs_events(tmp_path, monkeypatch)
     events = index.events(ids, list(STATUS_COLUMNS))
     assert sorted(set(events["job_id"].to_list())) == ids.sort().to_list()
     assert events.height == 4
+
+
+class _TwoHashBits(JobIndex):
+    """Only two bits of each id's hash kept: every few ids share a key."""
+
+    min_row_bits = 62
+
+
+def test_ids_sharing_a_hash_key_return_each_event_once(tmp_path):
+    # Over 20 million events a slice of 50,000 ids held two sharing a key about one time
+    # in two: their events came back twice (and the folder's summary was not written).
+    _folder(tmp_path)
+    index = _TwoHashBits(table_parts(tmp_path / "st" / "jobs"))
+    assert index.row_bits == 62
+    ids = pl.Series([f"{i:024x}" for i in range(10, 30)])  # 20 ids, 4 keys: they share
+    events = index.events(ids, ["job_id", "seq", "status"])
+    assert events.height == 40  # assigned and completed, once each
+    assert events["seq"].n_unique() == 40
+    assert index.positions(ids).size == np.unique(index.positions(ids)).size
 
 
 def test_an_empty_folder_and_an_empty_lookup(tmp_path):

@@ -1,0 +1,251 @@
+"""The per-job summary a streaming run writes for ``sql`` (``batchata_df.summary``).
+
+What is checked: over any history of job events (retries, failures, cancellations,
+re-collected batches, realtime jobs, jobs in flight, missing values), the summary's rows
+are the rows the ``jobs`` view groups from the events (hypothesis, against real DuckDB
+over real Parquet parts); a streaming run writes a valid summary and ``sql`` reads it (and
+gives what the grouping gives); a part written afterwards makes it stale, and the view
+groups the events again; a folder holding jobs that the call's input did not have gets no
+summary; a summary is read per folder, beside folders without one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
+from pydantic import BaseModel
+
+from batchata_df import batch_llm, sql
+from batchata_df.jobindex import JobIndex
+from batchata_df.state import JOB_EVENTS, StateStore, table_parts
+from batchata_df.summary import SUMMARY_DIR, SUMMARY_FILE, SummaryWriter, summarize, valid_summary
+
+ALL = "SELECT * FROM jobs ORDER BY run, job_id"
+
+
+def _summary_path(folder: Path) -> Path:
+    return folder / SUMMARY_DIR / SUMMARY_FILE
+
+
+def write_summary(folder: Path) -> bool:
+    """Summarize every event of ``folder`` (as a streaming run's sink pass does, per job)."""
+    parts = table_parts(folder / "jobs")
+    index = JobIndex(parts)
+    writer = SummaryWriter(folder, parts, index.n_events)
+    events = StateStore(folder, {"model": "m"}).job_events()
+    ids = events.get_column("job_id").drop_nulls().unique(maintain_order=True)
+    for start in range(0, ids.len(), 3):  # in slices of jobs, as the sink pass does
+        some = ids.slice(start, 3)
+        writer.add(summarize(events.filter(pl.col("job_id").is_in(some.implode()))))
+    return writer.close()
+
+
+def grouped(folder: Path) -> pl.DataFrame:
+    """The jobs view grouped from the events (any summary moved out of the way)."""
+    path = _summary_path(folder)
+    aside = path.with_name("aside.parquet")
+    if path.exists():
+        path.rename(aside)
+    try:
+        assert valid_summary(folder) is None
+        return sql(ALL, folder)
+    finally:
+        if aside.exists():
+            aside.rename(path)
+
+
+def assert_same_jobs(got: pl.DataFrame, expected: pl.DataFrame) -> None:
+    # Sums of several attempts' costs may differ in the last bit (addition order).
+    assert_frame_equal(got, expected, check_exact=False, rel_tol=1e-12, abs_tol=1e-15)
+
+
+# -- any event history: summary rows == the view's grouping ---------------------------
+
+STATUS = st.sampled_from(["assigned", "completed", "failed", "cancelled", None])
+MAYBE_TEXT = st.one_of(st.none(), st.sampled_from(["x", "y", "refusal: no", '{"a":1}']))
+MAYBE_INT = st.one_of(st.none(), st.integers(0, 1000))
+MAYBE_USD = st.one_of(st.none(), st.floats(0, 1, allow_nan=False).map(lambda v: round(v, 6)))
+EVENT = st.fixed_dictionaries(
+    {
+        "job_id": st.sampled_from(["a", "b", "c", "d"]),
+        "status": STATUS,
+        "batch_key": st.one_of(st.none(), st.sampled_from(["k1", "k2", "k3"])),
+        "provider": st.one_of(st.none(), st.sampled_from(["openai", "anthropic"])),
+        "model": st.one_of(st.none(), st.sampled_from(["m1", "m2"])),
+        "provider_batch_id": st.one_of(st.none(), st.sampled_from(["batch_1", "batch_2"])),
+        "error": MAYBE_TEXT,
+        "answer": MAYBE_TEXT,
+        "raw": MAYBE_TEXT,
+        "response": MAYBE_TEXT,
+        "input_tokens": MAYBE_INT,
+        "output_tokens": MAYBE_INT,
+        "cached_tokens": MAYBE_INT,
+        "cache_write_tokens": MAYBE_INT,
+        "reasoning_tokens": MAYBE_INT,
+        "cost_usd": MAYBE_USD,
+        "est_cost_usd": MAYBE_USD,
+        "cache_saved_usd": MAYBE_USD,
+        "mode": st.one_of(st.none(), st.just("realtime")),
+    }
+)
+FAST = settings(max_examples=40, deadline=None, suppress_health_check=[
+    HealthCheck.too_slow, HealthCheck.function_scoped_fixture])  # fmt: skip
+
+
+@FAST
+@given(parts=st.lists(st.lists(EVENT, min_size=1, max_size=6), min_size=1, max_size=4))
+def test_summary_rows_equal_the_jobs_view_over_any_event_history(tmp_path_factory, parts):
+    folder = tmp_path_factory.mktemp("s")
+    store = StateStore(folder, {"model": "m"})
+    for events in parts:  # each list one part, written in order (seq and ts increase)
+        store.append_jobs(pl.DataFrame(events, schema=JOB_EVENTS, orient="row").drop("seq", "ts"))
+    expected = grouped(folder)
+
+    assert write_summary(folder)
+    assert valid_summary(folder) == _summary_path(folder)
+    got = sql(ALL, folder)
+
+    assert got.height == expected.height == len({e["job_id"] for p in parts for e in p})
+    assert_same_jobs(got, expected)
+
+
+def test_a_job_billed_in_two_batches_and_recollected_once_adds_each_batch_once(tmp_path):
+    """The grouped path of :func:`summarize` (a job with two billed attempts), by hand."""
+    store = StateStore(tmp_path, {"model": "m"})
+    base = {"job_id": "a", "provider": "openai", "model": "m1"}
+    store.append_jobs(pl.DataFrame([{**base, "status": "assigned", "batch_key": "k1",
+                                     "est_cost_usd": 0.5}]))  # fmt: skip
+    failed = {**base, "status": "failed", "batch_key": "k1", "error": "expired: late",
+              "cost_usd": 0.25, "input_tokens": 10}  # fmt: skip
+    store.append_jobs(pl.DataFrame([failed]))
+    store.append_jobs(pl.DataFrame([failed]))  # the batch collected again after a crash
+    store.append_jobs(pl.DataFrame([{**base, "status": "assigned", "batch_key": "k2"}]))
+    store.append_jobs(pl.DataFrame([{**base, "status": "completed", "batch_key": "k2",
+                                     "answer": "{}", "cost_usd": 0.5, "input_tokens": 12}]))
+    summary = summarize(store.job_events()).row(0, named=True)
+    assert summary["attempts"] == 2
+    assert summary["cost_usd"] == 0.75
+    assert summary["input_tokens"] == 22
+    assert summary["status"] == "completed"
+    assert summary["error"] is None
+    assert summary["est_cost_usd"] == 0.5
+    assert summary["batch_key"] == "k2"
+    assert summary["n_events"] == 5
+    assert write_summary(tmp_path)
+    assert_same_jobs(sql(ALL, tmp_path), grouped(tmp_path))
+
+
+# -- written by streaming runs, read by sql -------------------------------------------
+
+
+class Item(BaseModel):
+    label: str
+    score: int
+
+
+KW: dict[str, object] = {"schema": Item, "model": "gpt-4.1-mini", "prompt": "Rate: {text}"}
+
+
+def rows(n: int = 60) -> pl.DataFrame:
+    """Repeats within and across chunks, answers that fail, null prompts."""
+    text = [
+        None if i % 23 == 7 else
+        f"item {i % 25}" + (" [[emulator:invalid]]" if i % 25 == 13 else "")
+        for i in range(n)
+    ]
+    return pl.DataFrame({"i": list(range(n)), "text": text})
+
+
+def distinct(source: pl.DataFrame) -> int:
+    """Distinct requests (jobs) of some input rows."""
+    return source.get_column("text").drop_nulls().n_unique()
+
+
+def stream(source: pl.DataFrame, tmp_path: Path, **kw: object) -> pl.DataFrame:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    src = tmp_path / "in.parquet"
+    source.write_parquet(src)
+    out = batch_llm(
+        pl.scan_parquet(src), sink=tmp_path / "out.parquet", chunk_rows=17,
+        items_per_batch=10, state=tmp_path / "st", **{**KW, **kw},  # type: ignore[arg-type]
+    )
+    return out.collect()
+
+
+def test_a_streaming_run_writes_a_summary_that_sql_reads_with_the_same_rows(emu, tmp_path):
+    out = stream(rows(), tmp_path)
+    folder = tmp_path / "st"
+
+    assert valid_summary(folder) == _summary_path(folder)
+    summary = pl.read_parquet(_summary_path(folder))
+    assert summary.height == summary["job_id"].n_unique() == 25  # each job once
+    got = sql(ALL, folder)
+    assert_same_jobs(got, grouped(folder))
+    # The sink's cost and statuses add up to the same as the view's.
+    assert got["cost_usd"].sum() == pytest.approx(out["_cost_usd"].sum())
+    assert dict(got.group_by("status").len().iter_rows()) == {"completed": 24, "failed": 1}
+    assert not list((folder / SUMMARY_DIR).glob(".tmp-*"))
+
+
+def test_retrying_failed_rows_rewrites_the_summary_with_both_attempts(emu, tmp_path):
+    stream(rows(), tmp_path)
+    stream(rows(), tmp_path, retry_failed=True)
+    folder = tmp_path / "st"
+
+    assert valid_summary(folder) is not None
+    got = sql(ALL, folder)
+    assert_same_jobs(got, grouped(folder))
+    assert got.filter(pl.col("status") == "failed")["attempts"].to_list() == [2]
+
+
+def test_a_part_written_after_the_summary_makes_sql_group_the_events_again(emu, tmp_path):
+    stream(rows(), tmp_path)
+    folder = tmp_path / "st"
+    job = sql("SELECT job_id FROM jobs WHERE status = 'completed' LIMIT 1", folder).item()
+    assert valid_summary(folder) is not None
+
+    _append(folder, job)
+
+    assert valid_summary(folder) is None
+    row = sql(f"SELECT status, attempts FROM jobs WHERE job_id = '{job}'", folder).row(0)
+    assert row == ("cancelled", 2)
+
+
+def _append(folder: Path, job: str) -> None:
+    import json
+
+    fingerprint = json.loads((folder / "manifest.json").read_text())["fingerprint"]
+    StateStore(folder, fingerprint).append_jobs(
+        pl.DataFrame({"job_id": [job], "status": ["cancelled"], "batch_key": ["late"],
+                      "cost_usd": [1.0]})
+    )
+
+
+def test_no_summary_when_the_folder_has_jobs_the_input_did_not(emu, tmp_path):
+    stream(rows(), tmp_path)
+    folder = tmp_path / "st"
+    assert valid_summary(folder) is not None
+
+    stream(rows().head(20), tmp_path)  # a subset: the folder holds jobs it does not
+
+    assert not _summary_path(folder).exists()
+    got = sql(ALL, folder)
+    assert got.height == 25
+    assert_same_jobs(got, grouped(folder))
+
+
+def test_folders_with_and_without_a_summary_are_queried_together(emu, tmp_path):
+    stream(rows(), tmp_path / "a")
+    stream(rows().head(30), tmp_path / "b")
+    (tmp_path / "b" / "st" / SUMMARY_DIR / SUMMARY_FILE).unlink()
+
+    got = sql(ALL, tmp_path / "*" / "st")
+    assert dict(got.group_by("run").len().iter_rows()) == {
+        str(tmp_path / "a" / "st"): 25, str(tmp_path / "b" / "st"): distinct(rows().head(30))}
+    expected = pl.concat([grouped(tmp_path / "a" / "st"), grouped(tmp_path / "b" / "st")])
+    assert_same_jobs(got, expected)
