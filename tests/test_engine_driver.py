@@ -382,3 +382,19 @@ def test_a_streamed_call_holds_batches_sent_without_estimates_at_the_largest_wor
     # chunk read (0.3), not at nothing.
     assert old.reserved == pytest.approx(0.6)
     assert resumed.state.reserved == pytest.approx(0.6 + 0.3 + 0.7)
+
+
+def test_a_streamed_call_holds_batches_without_estimates_at_the_largest_recorded_worst_case(
+    tmp_path,
+):
+    provider = FakeProvider(FakeClock())  # batches run until the test ends them
+    # fb_1 went out under a cap (its worst case, 0.9, is recorded); fb_2 without one.
+    engine(tmp_path, provider, wait=False, max_cost_usd=10.0).run(make_jobs(1, worst=0.9))
+    engine(tmp_path, provider, wait=False).run(make_jobs(1, start=1))
+    resumed = engine(tmp_path, provider, wait=False, max_cost_usd=10.0)
+    resumed.run_source(ListSource([make_jobs(1, start=2, worst=0.1)]))
+    held = {b.provider_batch_id: b.reserved for b in resumed.state.in_flight}
+    # fb_2's job is held at the largest worst case known, recorded ones included (0.9),
+    # not only at the largest this call read (0.1).
+    assert held == {"fb_1": pytest.approx(0.9), "fb_2": pytest.approx(0.9),
+                    "fb_3": pytest.approx(0.1)}

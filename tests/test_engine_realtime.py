@@ -282,3 +282,87 @@ def test_a_batch_late_for_the_deadline_goes_on_realtime_and_both_phases_report(t
     # Progress came from the batch phase (a batch submitted) and from the realtime phase.
     assert any(s.batches.get("submitted") for s in seen)
     assert any(s.realtime_in_flight for s in seen)
+
+
+def test_every_answer_of_a_round_is_read_and_a_bad_key_among_them_ends_the_call(tmp_path):
+    """Answers that came back together are all sorted out in that round: one unreadable
+    answer does not leave the others (a bad key among them) for later."""
+    from concurrent.futures import Future
+
+    from batchata_df.engine.ledger import Ledger
+    from batchata_df.engine.realtime import _Request
+    from batchata_df.engine.stopping import Stopper
+    from batchata_df.errors import CredentialsError
+
+    provider = FakeProvider(FakeClock())
+    engine = realtime(tmp_path, provider)
+    running = {}
+    for job_id, error in [("a", ValueError("unreadable")), ("b", CredentialsError("bad key")),
+                          ("c", ValueError("unreadable too"))]:  # fmt: skip
+        future: Future[object] = Future()
+        future.set_exception(error)
+        running[future] = _Request(job_id, "{}", "openai", MODEL, "rk", 0.1,
+                                   engine.ctx.backoff())  # fmt: skip
+    stopper = Stopper(engine.ctx, engine.state, Ledger(engine.ctx, engine.state),
+                      engine.stop_event)  # fmt: skip
+    finished = engine._wait(running, [], stopper)
+    assert running == {}
+    assert sorted((r.job_id, status, error) for r, status, error in finished.ended) == [
+        ("a", "failed", "client_error: ValueError: unreadable"),
+        ("b", "cancelled", "cancelled: bad key"),
+        ("c", "failed", "client_error: ValueError: unreadable too"),
+    ]
+    assert isinstance(engine._fatal, CredentialsError)
+
+
+def test_under_the_cap_a_request_waiting_to_retry_keeps_the_rest_waiting_not_cancelled(tmp_path):
+    """j000 (0.1) fails once and waits to retry while holding its worst case; j001 (0.2)
+    does not fit beside it, but will once j000 is answered: it must wait, not end."""
+    provider = FakeProvider(FakeClock())
+    provider.realtime_failures["j000"] = [RealtimeFailure("server_error", "HTTP 500 once")]
+    jobs = make_jobs(2, worst=0.1).with_columns(pl.Series("worst_usd", [0.1, 0.2]))
+    out = realtime(tmp_path, provider, max_cost_usd=0.25).run(jobs).sort("job_id")
+    assert out.select("job_id", "status", "error").rows() == [
+        ("j000", "completed", None), ("j001", "completed", None)]
+    assert [c[1] for c in provider.calls if c[0] == "answer"] == ["j000", "j000", "j001"]
+
+
+def _late_batch(tmp_path, provider, **options):
+    """Auto mode with a deadline in an hour; the batch never ends by itself."""
+    n = AUTO_REALTIME_MAX_JOBS + 10
+    engine = AutoEngine(store(tmp_path), {"openai": provider}, SPEC, PRICES,
+                        RunOptions(**options), deadline_s=3600.0, clock=provider.clock)  # fmt: skip
+    return engine, engine.run(make_jobs(n)).sort("job_id")
+
+
+def test_the_time_limit_counts_from_the_call_s_start_in_the_realtime_phase(tmp_path):
+    provider = FakeProvider(FakeClock())
+    # Every request is refused for 100 s first: by then the call's 3,330 s are up.
+    for i in range(AUTO_REALTIME_MAX_JOBS + 10):
+        provider.realtime_failures[f"j{i:03d}"] = [
+            RealtimeFailure("rate_limited", "HTTP 429", retry_after=100.0)]
+    engine, out = _late_batch(tmp_path, provider, time_limit_s=3330.0)
+    assert engine.decision == "batch, then realtime for what the deadline would not wait for"
+    switched = engine.realtime.state.started - 1000.0  # the fake clock starts at 1000
+    assert 3330.0 - 100.0 < switched < 3330.0  # retrying would pass the call's limit
+    assert set(out["status"]) == {"cancelled"}
+    assert set(out["error"]) == {"cancelled: time_limit"}
+    assert provider.clock.monotonic() - 1000.0 <= 3330.0 + 1.0
+
+
+class _Uncancellable(FakeProvider):
+    """A provider whose batches go on running after a cancel."""
+
+    def cancel(self, batch_id: str) -> None:
+        self.calls.append(("cancel", batch_id))
+
+
+def test_the_deadline_switch_waits_at_most_a_minute_for_a_cancelled_batch(tmp_path):
+    provider = _Uncancellable(FakeClock())
+    engine, out = _late_batch(tmp_path, provider)
+    assert "cancel" in provider.methods()
+    # The batch is still running: its rows stay with it (never sent twice), and the call
+    # gave up waiting for it after DEADLINE_CANCEL_GRACE_S, not the default 900 s.
+    assert set(out["status"]) == {"assigned"}
+    # (The switch comes ~360 s before the deadline; 900 s of grace would end past it.)
+    assert provider.clock.monotonic() - 1000.0 <= 3600.0

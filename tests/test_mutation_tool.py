@@ -80,7 +80,10 @@ def test_a_new_record_keeps_its_label_s_hand_written_remark(tmp_path, monkeypatc
     mutation.write_mutmut({**record, "date": "later"})
     data = json.loads((tmp_path / "mutation.json").read_text(encoding="utf-8"))
     assert data["runs"]["x"]["date"] == "later"
-    assert data["runs"]["x"]["remark"] == "why this run is what it is"
-    assert "**x:** why this run is what it is" in (tmp_path / "mutation.md").read_text()
+    kept = "[Written for the run of d, before the run of later:] why this run is what it is"
+    assert data["runs"]["x"]["remark"] == kept
+    assert f"**x:** {kept}" in (tmp_path / "mutation.md").read_text()
+    mutation.write_mutmut({**record, "date": "even later"})  # marked once, not again
+    assert json.loads((tmp_path / "mutation.json").read_text())["runs"]["x"]["remark"] == kept
     mutation.write_mutmut({**record, "remark": "replaced"})
     assert json.loads((tmp_path / "mutation.json").read_text())["runs"]["x"]["remark"] == "replaced"

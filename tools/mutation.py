@@ -57,6 +57,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 MUTMUT_JSON = RESULTS / "mutation.json"
 MUTMUT_MD = RESULTS / "mutation.md"
+STALE_REMARK = "[Written for the run of"
+"""How a kept remark starts until someone brings it up to date with the run it describes."""
 TARGETED_JSON = RESULTS / "mutation_targeted.json"
 
 #: How mutmut's worker exit codes read (mutmut.stats.status_by_exit_code, 3.8).
@@ -483,8 +485,13 @@ def write_mutmut(record: dict[str, Any]) -> None:
     data = _load(MUTMUT_JSON)
     previous = data["runs"].get(record["label"], {})
     if "remark" in previous and "remark" not in record:
-        # The remark is written by hand: the history of the label's runs, kept.
-        record = {**record, "remark": previous["remark"]}
+        # The remark is written by hand: the history of the label's runs, kept, and marked
+        # as written before this run (whose counts it may not match) until it is updated.
+        remark = str(previous["remark"])
+        if not remark.startswith(STALE_REMARK):
+            when = f"{previous.get('date')}, before the run of {record.get('date')}"
+            remark = f"{STALE_REMARK} {when}:] {remark}"
+        record = {**record, "remark": remark}
     data["runs"][record["label"]] = record
     RESULTS.mkdir(parents=True, exist_ok=True)
     MUTMUT_JSON.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", "utf-8")
