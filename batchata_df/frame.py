@@ -1091,6 +1091,10 @@ def _check_collisions(
         raise ColumnError(msg)
 
 
+_FIRST = "\x00first"
+""":func:`_assemble`'s working column: the row is the first of its job (never an output)."""
+
+
 def _assemble(
     frame: pl.DataFrame,
     jobs: pl.DataFrame,
@@ -1146,9 +1150,20 @@ def _assemble(
         .otherwise(pl.lit("pending"))
     )
     # Identical requests are one job: its bill goes on its first row, 0 on the others.
-    first = pl.col("job_id").is_first_distinct()
+    # Computed once (each billed column would hash the ids again); when the states lined
+    # up with the rows (``join_by_job``: no null id, the same ids in the same order, and
+    # the states hold each job once), every row is its job's first.
+    ids = joined.get_column("job_id")
+    aligned = (
+        ids.null_count() == 0
+        and ids.len() == state.height
+        and ids.equals(state.get_column("job_id"), check_names=False)
+    )
+    first = pl.lit(True) if aligned else pl.col("job_id").is_first_distinct()
     if later:
         first = first & ~pl.col("later")
+    joined = joined.with_columns(first.alias(_FIRST))
+    first = pl.col(_FIRST)
     charged = sendable & first & pl.col("attempts").is_not_null()
 
     def billed(col: str, dtype: pl.DataType) -> pl.Expr:

@@ -474,41 +474,64 @@ class AnswerSchema:
         A valid answer gives ``(canonical, None)``; an invalid one ``(None, message)``.
         For a flat model of plain fields, answers already in canonical form are
         recognised column-wise (:class:`_FastPath`) and only the others go through
-        Pydantic one by one; the result is the same either way.
+        Pydantic one by one; the result is the same either way. :meth:`validate_series`
+        gives the same as two columns.
         """
-        if self.model is None:
-            values = texts.to_list() if isinstance(texts, pl.Series) else list(texts)
-            return values, [None if t is not None else "empty answer" for t in values]
+        canonical, errors = self.validate_series(texts)
+        return canonical.to_list(), errors.to_list()
+
+    def validate_series(
+        self, texts: Sequence[str | None] | pl.Series
+    ) -> tuple[pl.Series, pl.Series]:
+        """:meth:`validate` as two String columns (``answer``, ``error``), one row per text.
+
+        The column-wise path for a run's answers: the answers the fast path takes never
+        become Python objects, only the others (Pydantic's) are put in place.
+        """
         # a Series of nothing but nulls may come typed Null: it is still answers (none)
         series = (
             texts.cast(pl.String) if isinstance(texts, pl.Series)
             else pl.Series(texts, dtype=pl.String)
         )
-        if self._fast is not None and series.len() > 0:
-            fast = self._fast.canonical(series)
-            todo = fast.is_null().arg_true().to_list()
-            canonical: list[str | None] = fast.to_list()
-        else:
-            todo = list(range(series.len()))
-            canonical = [None] * series.len()
-        errors: list[str | None] = [None] * len(canonical)
-        model = self.model
-        for i, text in zip(todo, series.gather(todo).to_list(), strict=True):
-            if text is None:
-                errors[i] = "schema_validation: the answer is empty"
-                continue
-            try:
-                obj = model.model_validate_json(text)
-            except ValidationError as e:
-                errors[i] = _describe(e)
-                continue
-            found = None if self._struct is None or self._struct.check is None else (
-                self._struct.check(obj)
+        if self.model is None:
+            return series.alias("answer"), (
+                pl.select(
+                    pl.when(pl.lit(series).is_null()).then(pl.lit("empty answer", pl.String))
+                ).to_series().alias("error")
             )
-            if found is not None:  # valid, but its column cannot hold it: never cut it
-                errors[i] = f"schema_validation: {found[0] or '<root>'}: {found[1]}"
-                continue
-            canonical[i] = obj.model_dump_json()
+        if self._fast is not None and series.len() > 0:
+            canonical = self._fast.canonical(series).alias("answer")
+        else:
+            canonical = pl.Series("answer", [None] * series.len(), dtype=pl.String)
+        errors = pl.Series("error", [None] * series.len(), dtype=pl.String)
+        todo = canonical.is_null().arg_true()
+        if todo.len() == 0:
+            return canonical, errors
+        done: list[str | None] = []
+        why: list[str | None] = []
+        model = self.model
+        for text in series.gather(todo).to_list():
+            value: str | None = None
+            error: str | None = None
+            if text is None:
+                error = "schema_validation: the answer is empty"
+            else:
+                try:
+                    obj = model.model_validate_json(text)
+                except ValidationError as e:
+                    error = _describe(e)
+                else:
+                    found = None if self._struct is None or self._struct.check is None else (
+                        self._struct.check(obj)
+                    )
+                    if found is not None:  # valid, but its column cannot hold it: never cut it
+                        error = f"schema_validation: {found[0] or '<root>'}: {found[1]}"
+                    else:
+                        value = obj.model_dump_json()
+            done.append(value)
+            why.append(error)
+        canonical = canonical.scatter(todo, pl.Series(done, dtype=pl.String))
+        errors = errors.scatter(todo, pl.Series(why, dtype=pl.String))
         return canonical, errors
 
     def decode(self, canonical: pl.Expr) -> list[pl.Expr]:
@@ -553,7 +576,11 @@ _FAST_CONFIG = frozenset({"title", "json_schema_extra", "frozen", "use_attribute
 
 _JSON_INT = r"-?(?:0|[1-9][0-9]*)"
 _JSON_NUMBER = _JSON_INT + r"(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"
-_PLAIN_STRING = r'"[^"\\\x00-\x1f\x7f]*"'  # no escapes, no control characters
+_JSON_STRING = r'"(?:[^"\\\x00-\x1f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*"'
+"""A JSON string: raw characters but controls, ``"`` and ``\\``, or escapes. Whether
+it is Pydantic's own spelling is left to the round trip: Polars' encoder escapes every
+character as Pydantic's does (``tests/test_fast_paths.py`` compares all of Unicode), so
+a string that comes back unchanged from a decode and encode is what Pydantic writes."""
 
 
 class _FastPath:
@@ -562,8 +589,8 @@ class _FastPath:
     For a flat model whose fields are ``str``, ``int``, ``float``, ``bool`` or a
     ``Literal`` of plain strings (each optionally ``| None``), with no constraints,
     aliases, validators, serializers or computed fields, an answer that (1) matches a
-    regex of the canonical layout (keys in field order, no whitespace, strings without
-    escapes, numbers and literals of the field's JSON type) and (2) equals its own
+    regex of the canonical layout (keys in field order, no whitespace, strings with
+    JSON's escapes only, numbers and literals of the field's JSON type) and (2) equals its own
     ``str.json_decode`` -> ``struct.json_encode`` round trip is valid, and
     ``model_validate_json(text).model_dump_json() == text``: Pydantic would accept it
     and write it back unchanged (Polars and Pydantic write floats the same shortest
@@ -617,30 +644,23 @@ class _FastPath:
         return cls("^\\{" + ",".join(parts) + "\\}$", pl.Struct(wire))
 
     def canonical(self, texts: pl.Series) -> pl.Series:
-        """Each text that is already canonical, else null (to be validated by Pydantic)."""
-        frame = pl.DataFrame({"text": texts})
-        shaped = pl.col("text").str.contains(self.pattern).fill_null(False)
-        candidates = frame.with_row_index("i").filter(shaped)
-        if candidates.height == 0:
-            return pl.Series("text", [None] * texts.len(), dtype=pl.String)
+        """Each text that is already canonical, else null (to be validated by Pydantic).
+
+        One pass over the column: texts that do not match the layout are nulled before
+        the decode (so no malformed JSON reaches it), the rest are decoded, encoded again
+        and kept where that gives them back unchanged.
+        """
+        text = pl.col("text")
+        shaped = pl.when(text.str.contains(self.pattern)).then(text)
+        again = shaped.str.json_decode(self.wire).struct.json_encode()
         try:
-            again = candidates.select(
-                "i",
-                pl.col("text")
-                .str.json_decode(self.wire)
-                .struct.json_encode()
-                .alias("again"),
-                "text",
+            return (
+                pl.DataFrame({"text": texts})
+                .select(pl.when(again == text).then(text).alias("text"))
+                .get_column("text")
             )
         except pl.exceptions.PolarsError:  # e.g. an integer past Int64: Pydantic decides
             return pl.Series("text", [None] * texts.len(), dtype=pl.String)
-        same = again.filter(pl.col("again") == pl.col("text")).select("i", "text")
-        return (
-            frame.with_row_index("i")
-            .select("i")
-            .join(same, on="i", how="left", maintain_order="left")
-            .get_column("text")
-        )
 
 
 def _fast_value(tp: Any) -> tuple[str, pl.DataType] | None:
@@ -668,7 +688,7 @@ def _fast_value(tp: Any) -> tuple[str, pl.DataType] | None:
     if tp is float:
         return _JSON_NUMBER, pl.Float64()
     if tp is str:
-        return _PLAIN_STRING, pl.String()
+        return _JSON_STRING, pl.String()
     return None
 
 

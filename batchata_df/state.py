@@ -79,6 +79,7 @@ __all__ = [
     "StateStore",
     "adopt_schema",
     "join_by_job",
+    "lined_up",
     "WriterLock",
     "spent_usd",
 ]
@@ -930,15 +931,29 @@ def join_by_job(left: pl.DataFrame, right: pl.DataFrame) -> pl.DataFrame:
     >>> join_by_job(left, pl.DataFrame({"job_id": ["b", "a"], "y": [4, 3]})).rows()
     [('a', 1, 3), ('b', 2, 4)]
     """
+    if lined_up(left, right):
+        return pl.concat([left, right.drop("job_id")], how="horizontal")
+    return left.join(right, on="job_id", how="left", maintain_order="left")
+
+
+def lined_up(left: pl.DataFrame, right: pl.DataFrame) -> bool:
+    """Whether ``right`` holds exactly ``left``'s ``job_id`` s in the same order, none null.
+
+    Then a left join of ``right`` (its ids unique) onto ``left`` is the two side by side.
+
+    Examples
+    --------
+    >>> ids = pl.DataFrame({"job_id": ["a", "b"]})
+    >>> lined_up(ids, ids), lined_up(ids, ids.reverse()), lined_up(ids, ids.head(1))
+    (True, False, False)
+    """
     ids, theirs = left.get_column("job_id"), right.get_column("job_id")
-    if (
+    return (
         left.height == right.height
         and ids.dtype == theirs.dtype
         and ids.null_count() == 0
         and ids.equals(theirs, check_names=False)
-    ):
-        return pl.concat([left, right.drop("job_id")], how="horizontal")
-    return left.join(right, on="job_id", how="left", maintain_order="left")
+    )
 
 
 def adopt_schema(root: str | os.PathLike[str], fingerprint: Mapping[str, str]) -> None:

@@ -23,6 +23,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     computed_field,
     field_validator,
@@ -316,6 +317,43 @@ def test_fast_validation_equals_pydantic(texts: list[str | None]) -> None:
     assert schema.validate(pl.Series(texts, dtype=pl.String)) == _pydantic_only(Flat, texts)
 
 
+def test_polars_escapes_every_character_as_pydantic_does() -> None:
+    # The fast path takes an escaped string when Polars' decode -> encode gives it back
+    # unchanged; that is Pydantic's own spelling only if both encoders escape every
+    # character alike. All of Unicode (surrogates aside), one string per character.
+    chars = [chr(i) for i in range(0x110000) if not 0xD800 <= i < 0xE000]
+    dumped = TypeAdapter(list[str]).dump_json(chars).decode()
+    decoder, theirs, at = json.JSONDecoder(), [], 1
+    while at < len(dumped) - 1:
+        _, end = decoder.raw_decode(dumped, at)
+        theirs.append(dumped[at:end])
+        at = end + 1
+    ours = (
+        pl.DataFrame({"s": chars})
+        .select(pl.struct("s").struct.json_encode().str.slice(5).str.strip_suffix("}"))
+        .to_series()
+        .to_list()
+    )
+    assert len(theirs) == len(chars)
+    assert [c for c, a, b in zip(chars, theirs, ours, strict=True) if a != b] == []
+
+
+def test_fast_validation_series_equals_the_lists() -> None:
+    texts = [
+        '{"summary":"a \\"q\\"","score":1.5,"count":1,"ok":true,"label":"pos","maybe":null}',
+        '{"summary":"a","score":1,"count":1,"ok":true,"label":"pos","maybe":null}',
+        None,
+        '{"summary":"a"}',
+    ]
+    schema = AnswerSchema(Flat)
+    canonical, errors = schema.validate_series(pl.Series(texts))
+    assert (canonical.name, errors.name) == ("answer", "error")
+    assert (canonical.to_list(), errors.to_list()) == _pydantic_only(Flat, texts)
+    assert canonical.to_list()[1] == texts[1].replace('"score":1,', '"score":1.0,')
+    text_only = AnswerSchema(None).validate_series(pl.Series(["x", None]))
+    assert [s.to_list() for s in text_only] == [["x", None], [None, "empty answer"]]
+
+
 def test_fast_validation_takes_canonical_answers_without_pydantic() -> None:
     texts = [
         Flat(summary=f"é {i} 🙂", score=i / 7, count=i, ok=i % 2 == 0, label="a b-c.",
@@ -325,14 +363,24 @@ def test_fast_validation_takes_canonical_answers_without_pydantic() -> None:
     schema = AnswerSchema(Flat)
     assert schema._fast is not None
     assert schema._fast.canonical(pl.Series(texts)).to_list() == texts
-    # Not canonical (an int for a float, spaces, escapes): left to Pydantic.
+    # Escaped the way Pydantic escapes (quotes, backslashes, controls): canonical too.
+    escaped = [
+        Flat(summary=t, score=1.5, count=1, ok=True, label="pos", maybe=None).model_dump_json()
+        for t in ['a "quote"', "back\\slash", "line\nbreak\ttab", "\x00\x1f\x7f", "a/b"]
+    ]
+    assert all("\\" in t for t in escaped[:4])
+    assert schema._fast.canonical(pl.Series(escaped)).to_list() == escaped
+    # Not canonical (an int for a float, spaces, escapes Pydantic does not write): left
+    # to Pydantic.
     others = ['{"summary":"a","score":1,"count":1,"ok":true,"label":"pos","maybe":null}',
               '{"summary": "a", "score": 1.5, "count": 1, "ok": true, "label": "pos", '
               '"maybe": null}',
-              '{"summary":"a\\nb","score":1.5,"count":1,"ok":true,"label":"pos","maybe":null}',
+              '{"summary":"a\\/b\\u00e9","score":1.5,"count":1,"ok":true,"label":"pos",'
+              '"maybe":null}',
               '{"summary":"a","score":1.5,"count":99999999999999999999,"ok":true,'
               '"label":"pos","maybe":null}']
     assert schema._fast.canonical(pl.Series(others)).to_list() == [None] * 4
+    assert schema._fast.canonical(pl.Series(others[:3])).to_list() == [None] * 3
     canonical, errors = schema.validate(texts + others)
     expected, no_errors = _pydantic_only(Flat, texts + others[:3])
     assert (canonical[:-1], errors[:-1]) == (expected, no_errors)
@@ -429,3 +477,70 @@ def test_stored_answers_are_pydantics_canonical_json_end_to_end(emu, tmp_path, m
     for row in out.iter_rows(named=True):
         want = Review.model_validate_json(by_job[row["_job_id"]]).model_dump()
         assert {k: row[k] for k in want} == want
+
+
+# -- outcomes: results in request order are put beside the members without a join ------------
+
+
+class _Pair(BaseModel):
+    word: str
+    n: int
+
+
+result_row = st.fixed_dictionaries(
+    {
+        "outcome": st.sampled_from(["succeeded", "succeeded", "errored", "canceled", "expired"]),
+        "text": st.sampled_from(['{"word":"a","n":1}', '{"n":1,"word":"a"}', '{"word":1}',
+                                 "not json", None]),
+        "error": st.one_of(st.none(), st.just("boom")),
+        "truncated": st.booleans(),
+        "input_tokens": st.one_of(st.none(), st.integers(0, 99)),
+    }
+)  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(result_row, max_size=6), data=st.data())
+def test_outcomes_in_request_order_equal_the_joined_outcomes(rows, data) -> None:
+    from batchata_df.engine.collection import outcomes_to_events
+    from batchata_df.providers.base import BatchPoll, ProviderState, RequestSpec, conform_results
+
+    ids = [f"j{i}" for i in range(len(rows))]
+    members = pl.DataFrame({"job_id": ids}, schema={"job_id": pl.String})
+    results = conform_results(
+        pl.DataFrame([{"job_id": i, **r} for i, r in zip(ids, rows, strict=True)],
+                     schema_overrides={"text": pl.String, "error": pl.String,
+                                       "input_tokens": pl.Int64})
+        if rows else pl.DataFrame({"job_id": []}, schema={"job_id": pl.String})
+    )  # fmt: skip
+    # The same results in another order, some missing, or one twice: joined as before.
+    order = data.draw(st.permutations(range(len(rows))))
+    drop = data.draw(st.sets(st.sampled_from(range(len(rows))), max_size=2) if rows
+                     else st.just(set()))
+    other = results[[i for i in order if i not in drop]]
+    spec = RequestSpec(schema=AnswerSchema(_Pair), params={"max_tokens": 64})
+    poll = BatchPoll(ProviderState.ENDED, "completed", None, None)
+
+    def events(res: pl.DataFrame) -> pl.DataFrame:
+        out = outcomes_to_events(members, res, poll, spec, provider="openai", model="gpt-4.1")
+        return out.sort("job_id")
+
+    lined = events(results)
+    joined = members.join(results, on="job_id", how="left")  # the definition: a left join
+    assert lined.height == joined.height == len(ids)
+    assert_frame_equal(lined, events(results.reverse()) if len(rows) > 1 else lined)
+    by_id = {r["job_id"]: r for r in lined.iter_rows(named=True)}
+    for r in joined.iter_rows(named=True):
+        valid = r["text"] in ('{"word":"a","n":1}', '{"n":1,"word":"a"}')
+        done = r["outcome"] == "succeeded" and valid
+        assert (by_id[r["job_id"]]["status"] == "completed") == done, r
+        assert by_id[r["job_id"]]["answer"] == ('{"word":"a","n":1}' if done else None)
+        assert by_id[r["job_id"]]["raw"] == r["text"]
+    # Results missing: those members end failed (no row lost), the others as above.
+    partial = events(other)
+    assert partial.height == len(ids)
+    for r in partial.iter_rows(named=True):
+        if int(r["job_id"][1:]) in drop:
+            assert (r["status"], r["answer"]) == ("failed", None)
+        else:
+            assert r == by_id[r["job_id"]]

@@ -16,6 +16,7 @@ from batchata_df.engine.planning import Requeue, over_named_limit, queue_limit_r
 from batchata_df.engine.run import BatchPhase, InFlightBatch, RunContext, RunState, report
 from batchata_df.errors import ProviderError
 from batchata_df.providers.base import BatchPoll, ProviderState, RequestSpec, empty_results
+from batchata_df.state import lined_up
 
 __all__ = ["Collector", "outcomes_to_events"]
 
@@ -40,12 +41,19 @@ def outcomes_to_events(
     to the batch's final state, so no row is ever lost. Answers are validated against the
     schema: a succeeded request whose answer does not validate ends ``failed``.
     """
-    joined = members.select("job_id").join(results, on="job_id", how="left")
+    ids = members.select("job_id")
+    # Results usually come in the order the requests went: then they are put beside the
+    # members as they are (the same rows a join gives, without hashing the ids twice).
+    aligned = lined_up(ids, results)
+    if aligned:
+        joined = pl.concat([ids, results.drop("job_id")], how="horizontal")
+    else:
+        joined = ids.join(results, on="job_id", how="left")
     for optional in ("citations", "response"):  # results built without optional columns
         if optional not in joined.columns:
             joined = joined.with_columns(pl.lit(None, dtype=pl.String).alias(optional))
     succeeded = joined.filter(pl.col("outcome") == "succeeded")
-    canonical, errors = spec.schema.validate(succeeded.get_column("text"))
+    canonical, errors = spec.schema.validate_series(succeeded.get_column("text"))
     max_tokens = spec.params.get("max_tokens")
     if provider is not None and model is not None:
         from batchata_df.models import effective_params
@@ -53,11 +61,11 @@ def outcomes_to_events(
         max_tokens = effective_params(provider, model, spec.params)["max_tokens"]
     if "reasoning_tokens" not in joined.columns:
         joined = joined.with_columns(pl.lit(None, dtype=pl.Int64).alias("reasoning_tokens"))
-    validated = succeeded.select("job_id").with_columns(
-        pl.Series("answer", canonical, dtype=pl.String),
-        pl.Series("verr", errors, dtype=pl.String),
-    )
-    joined = joined.join(validated, on="job_id", how="left")
+    if aligned and succeeded.height == joined.height:  # every row succeeded, in order
+        joined = joined.with_columns(canonical, errors.alias("verr"))
+    else:
+        validated = succeeded.select("job_id").with_columns(canonical, errors.alias("verr"))
+        joined = joined.join(validated, on="job_id", how="left")
     if poll.state is ProviderState.FAILED:
         missing_error = f"batch_failed: the provider rejected the batch: {poll.detail}"
         missing_status = "failed"
