@@ -396,18 +396,27 @@ class ChunkSource:
         return self.estimate(jobs.filter(pl.col("input_error").is_null()).drop("input_error"))
 
 
+SEEN_SEGMENT_IDS = 1 << 21
+"""Most ids :class:`SeenIds` merges into one segment (2,097,152: 25 MB). A merge holds both
+segments and the result at once: merging everything into one segment held about 25 bytes
+per id read so far at its peak (250 MB at ten million rows, the growth of a ten-million-row
+run's sending phase over a million-row one); capped, a merge holds at most 50 MB more."""
+
+
 class SeenIds:
     """A set of job ids in bounded memory: each id as its exact 96-bit value.
 
     Job ids are 24 hex digits (:func:`batchata_df.jobs.job_ids`): kept as a 64-bit and a
     32-bit integer (12 bytes an id, 120 MB for ten million), in sorted segments merged as
-    they grow (binary-counter style, so adding ``n`` ids costs ``O(n log n)`` in all), and
-    looked up by binary search: a chunk's ids are checked against every earlier chunk
-    without reading them back (which cost a scan of every spilled chunk per chunk).
+    they grow (binary-counter style, up to :data:`SEEN_SEGMENT_IDS` ids a segment), and
+    looked up by binary search, the asked ids sorted first so that the searches walk each
+    segment in order: a chunk's ids are checked against every earlier chunk without
+    reading them back (which cost a scan of every spilled chunk per chunk).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_segment: int = SEEN_SEGMENT_IDS) -> None:
         self.segments: list[tuple[np.ndarray, np.ndarray]] = []
+        self.max_segment = max_segment
 
     @staticmethod
     def _keys(ids: pl.Series) -> tuple[np.ndarray, np.ndarray] | None:
@@ -435,23 +444,36 @@ class SeenIds:
         keys = self._keys(ids)
         if keys is None:
             return None
-        hi, lo = keys
+        order = np.argsort(keys[0], kind="stable")  # by the high bits; equal ones: below
+        hi, lo = keys[0][order], keys[1][order]
         found = np.zeros(hi.size, dtype=bool)
         for seg_hi, seg_lo in self.segments:
+            if not seg_hi.size:
+                continue
             left = np.searchsorted(seg_hi, hi, side="left")
-            right = np.searchsorted(seg_hi, hi, side="right")
-            one = right - left == 1
-            at = np.minimum(left, max(seg_hi.size - 1, 0))
-            found |= one & (seg_lo[at] == lo)
-            for i in np.flatnonzero(right - left > 1):  # equal high bits: compare the rest
-                found[i] |= bool((seg_lo[left[i] : right[i]] == lo[i]).any())
+            there = np.flatnonzero(seg_hi[np.minimum(left, seg_hi.size - 1)] == hi)
+            if not there.size:
+                continue
+            # The high bits are there: compare the low bits (a loop only where several
+            # keys of the segment share the high bits).
+            start = left[there]
+            count = np.searchsorted(seg_hi, hi[there], side="right") - start
+            one = count == 1
+            found[there[one]] |= seg_lo[start[one]] == lo[there[one]]
+            for i, a, n in zip(there[~one], start[~one], count[~one], strict=True):
+                found[i] |= bool((seg_lo[a : a + n] == lo[i]).any())
         out = np.zeros(ids.len(), dtype=bool)
-        out[ids.is_not_null().to_numpy()] = found
+        unsorted = np.empty_like(found)
+        unsorted[order] = found
+        out[ids.is_not_null().to_numpy()] = unsorted
         if add and hi.size:
-            order = np.argsort(hi, kind="stable")  # by the high bits; equal ones: see above
-            self.segments.append((hi[order], lo[order]))
+            self.segments.append((hi, lo))
             segs = self.segments
-            while len(segs) > 1 and segs[-2][0].size <= 2 * segs[-1][0].size:
+            while (
+                len(segs) > 1
+                and segs[-2][0].size <= 2 * segs[-1][0].size
+                and segs[-2][0].size + segs[-1][0].size <= self.max_segment
+            ):
                 newer, older = segs.pop(), segs.pop()
                 segs.append(_merge_sorted(older, newer))
         return pl.Series(_LATER, out, dtype=pl.Boolean)

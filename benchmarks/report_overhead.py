@@ -122,6 +122,8 @@ def _stream_points() -> list[tuple[str, int, float]]:
         return []
     points: list[tuple[str, int, float]] = []
     for r in json.loads(STREAM_RESULTS.read_text()):
+        if r.get("model", "gpt-4.1-mini") != "gpt-4.1-mini":
+            continue  # the table is OpenAI's; other providers' streamed points are not
         if "cpu_s" in r.get("run", {}):
             points.append(("stream (`sink=`)", r["rows"], r["run"]["cpu_s"]))
         elif "cpu_s" in r.get("kill_resumed", {}):

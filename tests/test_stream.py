@@ -695,6 +695,29 @@ def test_the_sink_is_assembled_in_bounded_slices_with_repeats_billed_once(
     assert got["_cost_usd"].sum() == pytest.approx(expected["_cost_usd"].sum())
 
 
+def test_seen_ids_answer_like_a_set_with_segments_capped_and_ids_in_any_order():
+    """Against a Python set: ids asked in random order, repeats within a call, many equal
+    high 64 bits (then the low bits decide), segments never merged past their cap."""
+    import numpy as np
+
+    from batchata_df.stream import SeenIds
+
+    rng = np.random.default_rng(3)
+    seen, reference = SeenIds(max_segment=40), set()
+    for _ in range(60):
+        n = int(rng.integers(0, 25))
+        ids = [f"{h:016x}{lo:08x}" for h, lo in zip(rng.integers(0, 12, n),
+                                                    rng.integers(0, 6, n), strict=True)]
+        got = seen.check_and_add(pl.Series(ids, dtype=pl.String))
+        assert got is not None
+        assert got.to_list() == [i in reference for i in ids]
+        reference.update(ids)
+        assert all(h.size <= 40 for h, _ in seen.segments)
+        assert all((np.diff(h.astype(np.int64)) >= 0).all() for h, _ in seen.segments)
+    assert sum(h.size for h, _ in seen.segments) > 40  # more than one segment's worth
+    assert len(seen.segments) > 1
+
+
 def test_seen_ids_segments_merge_like_a_stable_sort():
     """Merging two sorted segments of job-id keys (in linear time, without sorting their
     concatenation again) gives what a stable sort of the concatenation gives: equal high
