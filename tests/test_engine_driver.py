@@ -398,3 +398,16 @@ def test_a_streamed_call_holds_batches_without_estimates_at_the_largest_recorded
     # not only at the largest this call read (0.1).
     assert held == {"fb_1": pytest.approx(0.9), "fb_2": pytest.approx(0.9),
                     "fb_3": pytest.approx(0.1)}
+
+
+def test_a_streamed_run_calibrates_on_batches_sent_from_an_earlier_chunk(tmp_path):
+    """Chunk 1's batch is still running when chunk 2 is read: its jobs' input estimates
+    (5 tokens) are kept, so when it is collected (10 tokens used) chunk 2's worst cases
+    are raised (by 5e-6 each) before they are admitted."""
+    provider = FakeProvider(FakeClock(), latency=10.0)
+    chunks = [make_jobs(2, worst=0.1, est_input_tokens=5),
+              make_jobs(2, start=2, worst=0.1, est_input_tokens=5)]
+    # Room for chunk 1 (0.2), then for 0.2 + 5e-6 but not for the raised 0.2 + 1e-5.
+    cap = 0.2 + 2 * COST_PER_JOB + 5e-6
+    engine(tmp_path, provider, max_cost_usd=cap).run_source(ListSource(chunks))
+    assert [c[2] for c in provider.calls if c[0] == "submit"] == [2, 1, 1]
