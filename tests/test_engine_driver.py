@@ -411,3 +411,18 @@ def test_a_streamed_run_calibrates_on_batches_sent_from_an_earlier_chunk(tmp_pat
     cap = 0.2 + 2 * COST_PER_JOB + 5e-6
     engine(tmp_path, provider, max_cost_usd=cap).run_source(ListSource(chunks))
     assert [c[2] for c in provider.calls if c[0] == "submit"] == [2, 1, 1]
+
+
+def test_a_streamed_resume_counts_earlier_rows_of_unknown_cost_as_nothing(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=1.0)
+    unpriced = make_jobs(2, model="unpriced-model").with_columns(
+        pl.Series("job_id", ["u000", "u001"]))  # answered at an unknown (null) cost
+    engine(tmp_path, provider).run(pl.concat([make_jobs(1), unpriced]))
+    seen = []
+    resumed = engine(tmp_path, provider, progress=seen.append)
+    # j000 and the unpriced rows were answered before; j001 is new.
+    resumed.run_source(ListSource([pl.concat([make_jobs(2), unpriced])]))
+    assert provider.methods().count("submit") == 3  # 2 before (one per model), then j001
+    assert seen[0].cost_usd == pytest.approx(COST_PER_JOB)
+    assert seen[-1].cost_usd == pytest.approx(2 * COST_PER_JOB)
+    assert (seen[-1].completed, seen[-1].total) == (4, 4)
