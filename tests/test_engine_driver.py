@@ -9,6 +9,7 @@ import pytest
 from engine_fakes import COST_PER_JOB, PRICES, SPEC, FakeProvider, make_jobs
 
 from batchata_df.engine import Engine, FakeClock, RunOptions
+from batchata_df.engine.driver import job_states_of
 from batchata_df.errors import ProviderError
 from batchata_df.state import StateStore
 
@@ -426,3 +427,14 @@ def test_a_streamed_resume_counts_earlier_rows_of_unknown_cost_as_nothing(tmp_pa
     assert seen[0].cost_usd == pytest.approx(COST_PER_JOB)
     assert seen[-1].cost_usd == pytest.approx(2 * COST_PER_JOB)
     assert (seen[-1].completed, seen[-1].total) == (4, 4)
+
+
+def test_a_streamed_chunk_with_nothing_left_to_send_goes_on_to_the_next_chunk(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=1.0)
+    engine(tmp_path, provider).run(make_jobs(2))
+    resumed = engine(tmp_path, provider)
+    # The first chunk was all answered before; the second is new.
+    resumed.run_source(ListSource([make_jobs(2), make_jobs(2, start=2)]))
+    assert provider.methods().count("submit") == 2
+    assert job_states_of(resumed.ctx.store, pl.Series([f"j{i:03d}" for i in range(4)])).sort(
+        "job_id")["status"].to_list() == ["completed"] * 4

@@ -407,3 +407,20 @@ def test_the_deadline_switch_counts_only_the_jobs_left_down_to_the_last_one(tmp_
     assert engine.realtime is not None
     switched = engine.realtime.state.started - 1000.0
     assert 3600.0 - 150.0 - 60.0 - 60.0 <= switched <= 3600.0  # the poll, the cancel grace
+
+
+def test_a_capped_realtime_resume_counts_what_earlier_calls_were_billed(tmp_path):
+    provider = FakeProvider(FakeClock())
+    store(tmp_path).append_jobs(pl.DataFrame({
+        "job_id": ["j000"], "batch_key": "rk", "provider": "openai", "model": MODEL,
+        "status": "completed", "mode": "realtime", "cost_usd": 0.5, "input_tokens": 10,
+        "output_tokens": 5,
+    }))  # fmt: skip
+    # 0.5 of the 0.7 cap was billed before: the two 0.15 requests go one after the other.
+    out = realtime(tmp_path, provider, max_cost_usd=0.7).run(make_jobs(3, worst=0.15))
+    assert out.sort("job_id")["status"].to_list() == ["completed"] * 3
+    assert [c[1] for c in provider.calls if c[0] == "answer"] == ["j001", "j002"]
+    assigned = events(tmp_path).filter(pl.col("status") == "assigned")
+    ended = events(tmp_path).filter(pl.col("status") == "completed")
+    assert assigned.filter(pl.col("job_id") == "j002")["seq"][0] > ended.filter(
+        pl.col("job_id") == "j001")["seq"][0]
