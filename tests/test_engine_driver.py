@@ -350,3 +350,51 @@ def test_a_streamed_resume_counts_the_rows_settled_earlier_in_its_progress_by_va
     assert paced
     for s in paced:
         assert s.eta_s == pytest.approx(s.pending * s.elapsed_s / (s.completed - 2))
+
+
+def test_a_capped_batch_call_counts_a_lost_realtime_request_at_its_worst_case(tmp_path):
+    """A realtime request a crash left in flight may have been billed: a later batch call
+    holds its worst case as spent, so less of the cap is left for batches."""
+    provider = FakeProvider(FakeClock(), latency=1.0)
+    StateStore(tmp_path / "state", {"test": "1"}).append_jobs(pl.DataFrame({
+        "job_id": ["j000"], "batch_key": "rk", "provider": "openai", "model": "fake-model",
+        "status": "assigned", "mode": "realtime", "est_cost_usd": 0.5,
+    }))  # fmt: skip
+    out = engine(tmp_path, provider, max_cost_usd=0.7).run(
+        make_jobs(3, worst=0.15)
+    ).sort("job_id")
+    assert out.select("job_id", "status").rows() == [
+        ("j000", "failed"), ("j001", "completed"), ("j002", "completed")]
+    # 0.2 of the cap was left: one 0.15 job per batch, never both at once.
+    assert [c[2] for c in provider.calls if c[0] == "submit"] == [1, 1]
+
+
+def test_a_streamed_call_holds_batches_sent_without_estimates_at_the_largest_worst_case_read(
+    tmp_path,
+):
+    provider = FakeProvider(FakeClock())  # batches run until the test ends them
+    engine(tmp_path, provider, wait=False).run(make_jobs(2))  # no estimates recorded
+    resumed = engine(tmp_path, provider, wait=False, max_cost_usd=10.0)
+    chunks = [make_jobs(1, start=2, worst=0.3), make_jobs(1, start=3, worst=0.7)]
+    resumed.run_source(ListSource(chunks))
+    old = next(b for b in resumed.state.in_flight if b.provider_batch_id == "fb_1")
+    # Its two jobs have no recorded worst case: each is held at the largest one the first
+    # chunk read (0.3), not at nothing.
+    assert old.reserved == pytest.approx(0.6)
+    assert resumed.state.reserved == pytest.approx(0.6 + 0.3 + 0.7)
+
+
+def test_a_streamed_call_holds_batches_without_estimates_at_the_largest_recorded_worst_case(
+    tmp_path,
+):
+    provider = FakeProvider(FakeClock())  # batches run until the test ends them
+    # fb_1 went out under a cap (its worst case, 0.9, is recorded); fb_2 without one.
+    engine(tmp_path, provider, wait=False, max_cost_usd=10.0).run(make_jobs(1, worst=0.9))
+    engine(tmp_path, provider, wait=False).run(make_jobs(1, start=1))
+    resumed = engine(tmp_path, provider, wait=False, max_cost_usd=10.0)
+    resumed.run_source(ListSource([make_jobs(1, start=2, worst=0.1)]))
+    held = {b.provider_batch_id: b.reserved for b in resumed.state.in_flight}
+    # fb_2's job is held at the largest worst case known, recorded ones included (0.9),
+    # not only at the largest this call read (0.1).
+    assert held == {"fb_1": pytest.approx(0.9), "fb_2": pytest.approx(0.9),
+                    "fb_3": pytest.approx(0.1)}

@@ -8,6 +8,7 @@ emulator are in ``test_realtime.py`` and ``test_auto_mode.py``.
 
 from __future__ import annotations
 
+import re
 import threading
 
 import polars as pl
@@ -135,3 +136,233 @@ def test_requests_a_crash_left_in_flight_are_not_counted_as_left_to_send(tmp_pat
     assert out.tail(n - 2)["status"].to_list() == ["completed"] * (n - 2)
     assert sorted(c[1] for c in provider.calls) == [f"j{i:03d}" for i in range(2, n)]
     assert out.tail(n - 2)["cost_usd"].to_list() == pytest.approx([COST_PER_JOB * 2] * (n - 2))
+
+
+# ---- stopping, the cap and progress in realtime (value tests for the mutation survivors)
+
+
+class _SlowFirst(FakeProvider):
+    """j000's answer waits until the test lets it go (or 30 s, a test failure)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.release = threading.Event()
+        self.order: list[str] = []
+
+    def answer(self, line, *, model, spec):  # type: ignore[no-untyped-def]
+        if '"j000"' in line:
+            self.order.append("released" if self.release.wait(30) else "gave up waiting")
+        return super().answer(line, model=model, spec=spec)
+
+
+def test_a_stop_is_seen_while_a_request_is_still_in_flight_and_the_rest_is_cancelled(tmp_path):
+    provider = _SlowFirst(FakeClock())
+    stop = threading.Event()
+    seen: list[ProgressSnapshot] = []
+
+    def progress(snap: ProgressSnapshot) -> None:
+        seen.append(snap)
+        if snap.realtime_in_flight == 1 and not stop.is_set():
+            stop.set()  # Ctrl+C while j000 is still waiting for its answer
+        elif snap.activity.startswith("stopping") and not provider.release.is_set():
+            provider.order.append("stop seen")
+            provider.release.set()
+
+    engine = RealtimeEngine(store(tmp_path), {"openai": provider}, SPEC, PRICES.realtime(),
+                            RunOptions(), progress=progress, stop_event=stop,
+                            clock=provider.clock, concurrency=1)  # fmt: skip
+    out = engine.run(make_jobs(3)).sort("job_id")
+    # The stop was noticed while the answer was still out (not only once it came back).
+    assert provider.order == ["stop seen", "released"]
+    assert out.select("job_id", "status", "error").rows() == [
+        ("j000", "completed", None),  # in flight: it finishes and is kept
+        ("j001", "cancelled", "cancelled: interrupted"),
+        ("j002", "cancelled", "cancelled: interrupted"),
+    ]
+    assert [c for c in provider.calls if c[0] == "answer"] == [("answer", "j000")]
+    assert "stopping (interrupted): 1 realtime requests finishing" in [s.activity for s in seen]
+    assert seen[-1].phase == "done" and seen[-1].stop_reason == "interrupted"
+
+
+def test_a_request_that_can_never_fit_the_cap_ends_cancelled_cost_limit(tmp_path):
+    provider = FakeProvider(FakeClock())
+    jobs = make_jobs(2, worst=0.1).with_columns(pl.Series("worst_usd", [0.1, 0.5]))
+    out = realtime(tmp_path, provider, max_cost_usd=0.3).run(jobs).sort("job_id")
+    assert out.select("job_id", "status", "error").rows() == [
+        ("j000", "completed", None),
+        ("j001", "cancelled", "cancelled: cost_limit"),
+    ]
+    assert [c[1] for c in provider.calls if c[0] == "answer"] == ["j000"]
+
+
+def test_the_cap_counts_earlier_answers_of_unpriced_models_as_nothing_spent(tmp_path):
+    provider = FakeProvider(FakeClock())
+    realtime(tmp_path, provider).run(make_jobs(2, model="unpriced-model"))
+    assert events(tmp_path).filter(pl.col("status") == "completed")["cost_usd"].null_count() == 2
+    # A capped call on the same folder: the unknown costs are not taken as spent money.
+    out = realtime(tmp_path, provider, max_cost_usd=0.25).run(make_jobs(2, start=2, worst=0.1))
+    assert out.sort("job_id")["status"].to_list() == ["completed"] * 4
+
+
+def test_a_capped_resume_counts_a_lost_request_at_its_worst_case(tmp_path):
+    """A request a crash left in flight may have been billed: its worst case is spent."""
+    provider = FakeProvider(FakeClock())
+    store(tmp_path).append_jobs(pl.DataFrame({
+        "job_id": ["j000"], "batch_key": "rk", "provider": "openai", "model": MODEL,
+        "status": "assigned", "mode": "realtime", "est_cost_usd": 0.5,
+    }))  # fmt: skip
+    # 0.5 of the 0.7 cap is gone: one more 0.15 request fits at a time, never two at once.
+    jobs = make_jobs(3, worst=0.15)
+    out = realtime(tmp_path, provider, max_cost_usd=0.7).run(jobs).sort("job_id")
+    assert out.select("job_id", "status").rows() == [
+        ("j000", "failed"), ("j001", "completed"), ("j002", "completed")]
+    assert [c[1] for c in provider.calls if c[0] == "answer"] == ["j001", "j002"]
+    # j001 and j002 went one after the other: never both held against the cap.
+    assigned = events(tmp_path).filter(
+        (pl.col("status") == "assigned") & (pl.col("job_id") != "j000"))
+    ended = events(tmp_path).filter(pl.col("status") == "completed")
+    assert assigned.filter(pl.col("job_id") == "j002")["seq"][0] > ended.filter(
+        pl.col("job_id") == "j001")["seq"][0]
+
+
+def test_realtime_worst_cases_are_raised_by_the_input_tokens_actually_used(tmp_path):
+    """Estimates said 5 input tokens, answers used 10: later requests are held higher."""
+    provider = FakeProvider(FakeClock())
+    jobs = make_jobs(3, worst=0.1, est_input_tokens=5)
+    engine = RealtimeEngine(store(tmp_path), {"openai": provider}, SPEC, PRICES.realtime(),
+                            RunOptions(max_cost_usd=10.0), clock=provider.clock,
+                            concurrency=1)  # fmt: skip
+    engine.run(jobs)
+    assigned = events(tmp_path).filter(pl.col("status") == "assigned").sort("seq")
+    est_input_usd = 5 * 1.0 / 1e6  # make_jobs: est_input_usd = tokens * 1.0 / 1e6
+    assert assigned.select("job_id", "est_cost_usd").rows() == [
+        ("j000", pytest.approx(0.1)),  # nothing learnt yet
+        ("j001", pytest.approx(0.1 + est_input_usd * (10 / 5 - 1))),
+        ("j002", pytest.approx(0.1 + est_input_usd * (10 / 5 - 1))),
+    ]
+
+
+def test_activity_names_requests_in_flight_and_those_waiting_to_retry(tmp_path):
+    provider = FakeProvider(FakeClock())
+    provider.realtime_failures["j000"] = [RealtimeFailure("server_error", "HTTP 500 once")]
+    seen: list[ProgressSnapshot] = []
+    out = realtime(tmp_path, provider, progress=seen.append).run(make_jobs(3))
+    assert out["status"].to_list() == ["completed"] * 3
+    both = [s.activity for s in seen if "waiting to retry" in s.activity]
+    assert both
+    for text in both:
+        assert re.fullmatch(
+            r"realtime: [012] requests in flight \(at most 2\), 1 waiting to retry", text
+        ), text
+
+
+def test_auto_mode_s_realtime_phase_waits_on_the_call_s_clock(tmp_path):
+    provider = FakeProvider(FakeClock())
+    provider.realtime_failures["j000"] = [
+        RealtimeFailure("rate_limited", "HTTP 429", retry_after=5.0)]
+    engine = auto(tmp_path, provider)
+    out = engine.run(make_jobs(2))
+    assert engine.decision == "2 jobs to send: at most 50, realtime"
+    assert out["status"].to_list() == ["completed"] * 2
+    assert provider.clock.waits == [5.0]  # the retry waited on the fake clock, not in real time
+
+
+def test_a_batch_late_for_the_deadline_goes_on_realtime_and_both_phases_report(tmp_path):
+    n = AUTO_REALTIME_MAX_JOBS + 10
+    provider = FakeProvider(FakeClock())  # the batch never ends by itself
+    seen: list[ProgressSnapshot] = []
+    engine = AutoEngine(store(tmp_path), {"openai": provider}, SPEC, PRICES, RunOptions(),
+                        deadline_s=3600.0, progress=seen.append, clock=provider.clock)  # fmt: skip
+    out = engine.run(make_jobs(n))
+    assert engine.decision == "batch, then realtime for what the deadline would not wait for"
+    assert out["status"].to_list() == ["completed"] * n
+    assert provider.methods().count("submit") == 1 and "cancel" in provider.methods()
+    assert sorted(c[1] for c in provider.calls if c[0] == "answer") == [
+        f"j{i:03d}" for i in range(n)]
+    # Progress came from the batch phase (a batch submitted) and from the realtime phase.
+    assert any(s.batches.get("submitted") for s in seen)
+    assert any(s.realtime_in_flight for s in seen)
+
+
+def test_every_answer_of_a_round_is_read_and_a_bad_key_among_them_ends_the_call(tmp_path):
+    """Answers that came back together are all sorted out in that round: one unreadable
+    answer does not leave the others (a bad key among them) for later."""
+    from concurrent.futures import Future
+
+    from batchata_df.engine.ledger import Ledger
+    from batchata_df.engine.realtime import _Request
+    from batchata_df.engine.stopping import Stopper
+    from batchata_df.errors import CredentialsError
+
+    provider = FakeProvider(FakeClock())
+    engine = realtime(tmp_path, provider)
+    running = {}
+    for job_id, error in [("a", ValueError("unreadable")), ("b", CredentialsError("bad key")),
+                          ("c", ValueError("unreadable too"))]:  # fmt: skip
+        future: Future[object] = Future()
+        future.set_exception(error)
+        running[future] = _Request(job_id, "{}", "openai", MODEL, "rk", 0.1,
+                                   engine.ctx.backoff())  # fmt: skip
+    stopper = Stopper(engine.ctx, engine.state, Ledger(engine.ctx, engine.state),
+                      engine.stop_event)  # fmt: skip
+    finished = engine._wait(running, [], stopper)
+    assert running == {}
+    assert sorted((r.job_id, status, error) for r, status, error in finished.ended) == [
+        ("a", "failed", "client_error: ValueError: unreadable"),
+        ("b", "cancelled", "cancelled: bad key"),
+        ("c", "failed", "client_error: ValueError: unreadable too"),
+    ]
+    assert isinstance(engine._fatal, CredentialsError)
+
+
+def test_under_the_cap_a_request_waiting_to_retry_keeps_the_rest_waiting_not_cancelled(tmp_path):
+    """j000 (0.1) fails once and waits to retry while holding its worst case; j001 (0.2)
+    does not fit beside it, but will once j000 is answered: it must wait, not end."""
+    provider = FakeProvider(FakeClock())
+    provider.realtime_failures["j000"] = [RealtimeFailure("server_error", "HTTP 500 once")]
+    jobs = make_jobs(2, worst=0.1).with_columns(pl.Series("worst_usd", [0.1, 0.2]))
+    out = realtime(tmp_path, provider, max_cost_usd=0.25).run(jobs).sort("job_id")
+    assert out.select("job_id", "status", "error").rows() == [
+        ("j000", "completed", None), ("j001", "completed", None)]
+    assert [c[1] for c in provider.calls if c[0] == "answer"] == ["j000", "j000", "j001"]
+
+
+def _late_batch(tmp_path, provider, **options):
+    """Auto mode with a deadline in an hour; the batch never ends by itself."""
+    n = AUTO_REALTIME_MAX_JOBS + 10
+    engine = AutoEngine(store(tmp_path), {"openai": provider}, SPEC, PRICES,
+                        RunOptions(**options), deadline_s=3600.0, clock=provider.clock)  # fmt: skip
+    return engine, engine.run(make_jobs(n)).sort("job_id")
+
+
+def test_the_time_limit_counts_from_the_call_s_start_in_the_realtime_phase(tmp_path):
+    provider = FakeProvider(FakeClock())
+    # Every request is refused for 100 s first: by then the call's 3,330 s are up.
+    for i in range(AUTO_REALTIME_MAX_JOBS + 10):
+        provider.realtime_failures[f"j{i:03d}"] = [
+            RealtimeFailure("rate_limited", "HTTP 429", retry_after=100.0)]
+    engine, out = _late_batch(tmp_path, provider, time_limit_s=3330.0)
+    assert engine.decision == "batch, then realtime for what the deadline would not wait for"
+    switched = engine.realtime.state.started - 1000.0  # the fake clock starts at 1000
+    assert 3330.0 - 100.0 < switched < 3330.0  # retrying would pass the call's limit
+    assert set(out["status"]) == {"cancelled"}
+    assert set(out["error"]) == {"cancelled: time_limit"}
+    assert provider.clock.monotonic() - 1000.0 <= 3330.0 + 1.0
+
+
+class _Uncancellable(FakeProvider):
+    """A provider whose batches go on running after a cancel."""
+
+    def cancel(self, batch_id: str) -> None:
+        self.calls.append(("cancel", batch_id))
+
+
+def test_the_deadline_switch_waits_at_most_a_minute_for_a_cancelled_batch(tmp_path):
+    provider = _Uncancellable(FakeClock())
+    engine, out = _late_batch(tmp_path, provider)
+    assert "cancel" in provider.methods()
+    # The batch is still running: its rows stay with it (never sent twice), and the call
+    # gave up waiting for it after DEADLINE_CANCEL_GRACE_S, not the default 900 s.
+    assert set(out["status"]) == {"assigned"}
+    # (The switch comes ~360 s before the deadline; 900 s of grace would end past it.)
+    assert provider.clock.monotonic() - 1000.0 <= 3600.0

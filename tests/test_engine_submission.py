@@ -301,3 +301,15 @@ def test_the_after_submit_crash_point_falls_between_the_create_call_and_its_chec
         submitter.submit(planner.current())
     assert provider.methods() == ["submit"] and list(provider.batches) == ["fb_1"]
     assert batch_events(ctx) == [("intent", None, None)]
+
+
+def test_the_upload_size_is_shown_in_megabytes_of_a_million_bytes(tmp_path, monkeypatch):
+    monkeypatch.setattr(FakeProvider, "max_bytes", 2_000_000)
+    job = make_jobs(1, worst=0.1).with_columns(pl.lit("x" * 1_049_967).alias("prompt"))
+    provider, ctx, _, submitter, planner = setup(tmp_path, jobs=job)
+    seen = []
+    ctx.progress = lambda snap: seen.append(snap.activity)
+    plan = planner.current()
+    assert plan.n_bytes == 1_050_000  # 1.05 MB: shown rounded to 1.1
+    submitter.submit(plan)
+    assert seen == ["uploading batch 1 to openai (1 requests, 1.1 MB)"]

@@ -80,7 +80,24 @@ def test_a_new_record_keeps_its_label_s_hand_written_remark(tmp_path, monkeypatc
     mutation.write_mutmut({**record, "date": "later"})
     data = json.loads((tmp_path / "mutation.json").read_text(encoding="utf-8"))
     assert data["runs"]["x"]["date"] == "later"
-    assert data["runs"]["x"]["remark"] == "why this run is what it is"
-    assert "**x:** why this run is what it is" in (tmp_path / "mutation.md").read_text()
+    kept = "[Written for the run of d, before the run of later:] why this run is what it is"
+    assert data["runs"]["x"]["remark"] == kept
+    assert f"**x:** {kept}" in (tmp_path / "mutation.md").read_text()
+    mutation.write_mutmut({**record, "date": "even later"})  # marked once, not again
+    assert json.loads((tmp_path / "mutation.json").read_text())["runs"]["x"]["remark"] == kept
     mutation.write_mutmut({**record, "remark": "replaced"})
     assert json.loads((tmp_path / "mutation.json").read_text())["runs"]["x"]["remark"] == "replaced"
+
+
+def test_the_summary_gives_the_tests_own_score_and_names_a_hold_out_sample():
+    run = {"label": "x", "modules": ["m.py"], "tests": ["t.py"], "mutants": 20, "killed": 9,
+           "timeout": 0, "type_check": 10, "survived": 1, "no_tests": 0, "not_checked": 0,
+           "score": 0.95, "complete": True, "survivors": {}, "tool": "mutmut", "date": "d",
+           "sample": {"drawn": 20, "of": 500, "seed": 1, "skipped": 300,
+                      "interval_95": [0.76, 0.99]}}
+    text = mutation.render_markdown({"runs": {"x": run}, "notes": {}})
+    row = next(line for line in text.splitlines() if line.startswith("| x |"))
+    assert row.endswith("| 95.0% (a hold-out sample (the 20 drawn after the first 300, which "
+                        "tests were written against) of 20 of 500 mutants; all of them: 76.0% "
+                        "to 99.0% with 95 % confidence) | 90.0% |")
+    assert mutation.score_of_tests(run) == 0.9

@@ -57,6 +57,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 MUTMUT_JSON = RESULTS / "mutation.json"
 MUTMUT_MD = RESULTS / "mutation.md"
+STALE_REMARK = "[Written for the run of"
+"""How a kept remark starts until someone brings it up to date with the run it describes."""
 TARGETED_JSON = RESULTS / "mutation_targeted.json"
 
 #: How mutmut's worker exit codes read (mutmut.stats.status_by_exit_code, 3.8).
@@ -267,6 +269,7 @@ def run_mutmut(
     record_only: bool = False,
     emulators: int = 0,
     sample: int | None = None,
+    skip: int = 0,
     only: list[str] | None = None,
     type_check: bool = True,
 ) -> dict[str, Any]:
@@ -321,7 +324,7 @@ def run_mutmut(
             _mutmut_run(scratch, max_children, None, ["__no_such_mutant__"], extra_env)
         drawn: set[str] | None = None
         if sample is not None:
-            drawn = set(_sample_order(scratch)[:sample])
+            drawn = set(_sample_order(scratch)[skip : skip + sample])
         if only:
             pool = set(_mutant_results(scratch)) if drawn is None else drawn
             drawn = {n for n in pool if any(fnmatch.fnmatchcase(n, p) for p in only)}
@@ -378,6 +381,7 @@ def run_mutmut(
             "only": only,
             "sample": None if drawn is None or sample is None else {
                 "drawn": len(drawn), "of": population, "seed": SAMPLE_SEED,
+                **({"skipped": skip} if skip else {}),
                 "interval_95": [round(x, 4) for x in _wilson(detected, checked)],
             },
             # A diff per survivor (one `mutmut show` each); mutants no selected test reaches
@@ -483,8 +487,13 @@ def write_mutmut(record: dict[str, Any]) -> None:
     data = _load(MUTMUT_JSON)
     previous = data["runs"].get(record["label"], {})
     if "remark" in previous and "remark" not in record:
-        # The remark is written by hand: the history of the label's runs, kept.
-        record = {**record, "remark": previous["remark"]}
+        # The remark is written by hand: the history of the label's runs, kept, and marked
+        # as written before this run (whose counts it may not match) until it is updated.
+        remark = str(previous["remark"])
+        if not remark.startswith(STALE_REMARK):
+            when = f"{previous.get('date')}, before the run of {record.get('date')}"
+            remark = f"{STALE_REMARK} {when}:] {remark}"
+        record = {**record, "remark": remark}
     data["runs"][record["label"]] = record
     RESULTS.mkdir(parents=True, exist_ok=True)
     MUTMUT_JSON.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", "utf-8")
@@ -496,8 +505,31 @@ def _sampled(run: dict[str, Any]) -> str:
     if not sample:
         return ""
     low, high = sample["interval_95"]
-    return (f" (a random sample of {sample['drawn']} of {sample['of']} mutants; all of them: "
+    which = "a random sample"
+    if sample.get("skipped"):
+        which = (f"a hold-out sample (the {sample['drawn']} drawn after the first "
+                 f"{sample['skipped']}, which tests were written against)")
+    return (f" ({which} of {sample['drawn']} of {sample['of']} mutants; all of them: "
             f"{low:.1%} to {high:.1%} with 95 % confidence)")
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def score_of_tests(run: dict[str, Any]) -> float | None:
+    """The score among mutants mypy accepts: what the tests alone detect.
+
+    Examples
+    --------
+    >>> score_of_tests({"killed": 8, "timeout": 1, "survived": 1, "no_tests": 0})
+    0.9
+    >>> score_of_tests({"killed": 0, "timeout": 0, "survived": 0, "no_tests": 0}) is None
+    True
+    """
+    detected = run["killed"] + run["timeout"]
+    ran = detected + run["survived"] + run["no_tests"]
+    return detected / ran if ran else None
 
 
 def render_markdown(data: dict[str, Any]) -> str:
@@ -509,10 +541,12 @@ def render_markdown(data: dict[str, Any]) -> str:
         "Written by `tools/mutation.py mutmut` (do not edit by hand except the notes in",
         "`mutation.json`). Score = (killed + timeout + type check) / checked mutants;",
         "\"type check\" are mutants `mypy --strict` (run by CI) rejects before any test.",
+        "The score of the tests alone leaves those out: (killed + timeout) / (killed +",
+        "timeout + survived + no tests).",
         "",
         "| run | modules | tests | mutants | killed | timeout | type check | survived |"
-        " no tests | not checked | score |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        " no tests | not checked | score | score of the tests alone |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, run in sorted(data["runs"].items()):
         out.append(
@@ -520,7 +554,8 @@ def render_markdown(data: dict[str, Any]) -> str:
             f"{run['mutants']} | {run['killed']} | {run['timeout']} | "
             f"{run.get('type_check', 0)} | {run['survived']} | "
             f"{run['no_tests']} | {run['not_checked']} | {run['score']:.1%}"
-            f"{'' if run.get('complete') else ' (partial)'}{_sampled(run)} |"
+            f"{'' if run.get('complete') else ' (partial)'}{_sampled(run)} | "
+            f"{_percent(score_of_tests(run))} |"
         )
     for label, run in sorted(data["runs"].items()):
         if not run.get("per_module"):
@@ -785,6 +820,9 @@ def main(argv: list[str] | None = None) -> int:
     mm.add_argument("--sample", type=int, metavar="N",
                     help="check and score only N mutants drawn at random (fixed seed), "
                     "with a 95 %% interval for the whole module's score")
+    mm.add_argument("--skip", type=int, default=0, metavar="K",
+                    help="with --sample: draw the N mutants after the first K of the kept "
+                    "order, a hold-out sample no test was written against yet")
     mm.add_argument("--only", nargs="+", metavar="PATTERN",
                     help="run and score only the mutants matching these fnmatch patterns")
     mm.add_argument("--no-type-check", dest="type_check", action="store_false",
@@ -802,7 +840,7 @@ def main(argv: list[str] | None = None) -> int:
         record = run_mutmut(args.module, args.tests, args.max_children, label,
                             workdir=args.workdir, budget=args.time_budget, rerun=args.rerun,
                             record_only=args.record_only, emulators=args.emulators,
-                            sample=args.sample, only=args.only,
+                            sample=args.sample, skip=args.skip, only=args.only,
                             type_check=args.type_check)
         write_mutmut(record)
         print(
