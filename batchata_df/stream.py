@@ -398,9 +398,9 @@ class ChunkSource:
 
 SEEN_SEGMENT_IDS = 1 << 21
 """Most ids :class:`SeenIds` merges into one segment (2,097,152: 25 MB). A merge holds both
-segments and the result at once: merging everything into one segment held about 25 bytes
-per id read so far at its peak (250 MB at ten million rows, the growth of a ten-million-row
-run's sending phase over a million-row one); capped, a merge holds at most 50 MB more."""
+segments and the result at once (about 25 bytes per id merged): uncapped, the last merges
+took the whole set; capped, a merge holds at most 50 MB more. Measured apart, ten million
+ids added 200,000 at a time peaked at 197 MB capped against 245 MB uncapped."""
 
 
 class SeenIds:

@@ -9,6 +9,7 @@ import pytest
 from engine_fakes import COST_PER_JOB, PRICES, SPEC, FakeProvider, make_jobs
 
 from batchata_df.engine import Engine, FakeClock, RunOptions
+from batchata_df.engine.driver import job_states_of
 from batchata_df.errors import ProviderError
 from batchata_df.state import StateStore
 
@@ -398,3 +399,42 @@ def test_a_streamed_call_holds_batches_without_estimates_at_the_largest_recorded
     # not only at the largest this call read (0.1).
     assert held == {"fb_1": pytest.approx(0.9), "fb_2": pytest.approx(0.9),
                     "fb_3": pytest.approx(0.1)}
+
+
+def test_a_streamed_run_calibrates_on_batches_sent_from_an_earlier_chunk(tmp_path):
+    """Chunk 1's batch is still running when chunk 2 is read: its jobs' input estimates
+    (5 tokens) are kept, so when it is collected (10 tokens used) chunk 2's worst cases
+    are raised (by 5e-6 each) before they are admitted."""
+    provider = FakeProvider(FakeClock(), latency=10.0)
+    chunks = [make_jobs(2, worst=0.1, est_input_tokens=5),
+              make_jobs(2, start=2, worst=0.1, est_input_tokens=5)]
+    # Room for chunk 1 (0.2), then for 0.2 + 5e-6 but not for the raised 0.2 + 1e-5.
+    cap = 0.2 + 2 * COST_PER_JOB + 5e-6
+    engine(tmp_path, provider, max_cost_usd=cap).run_source(ListSource(chunks))
+    assert [c[2] for c in provider.calls if c[0] == "submit"] == [2, 1, 1]
+
+
+def test_a_streamed_resume_counts_earlier_rows_of_unknown_cost_as_nothing(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=1.0)
+    unpriced = make_jobs(2, model="unpriced-model").with_columns(
+        pl.Series("job_id", ["u000", "u001"]))  # answered at an unknown (null) cost
+    engine(tmp_path, provider).run(pl.concat([make_jobs(1), unpriced]))
+    seen = []
+    resumed = engine(tmp_path, provider, progress=seen.append)
+    # j000 and the unpriced rows were answered before; j001 is new.
+    resumed.run_source(ListSource([pl.concat([make_jobs(2), unpriced])]))
+    assert provider.methods().count("submit") == 3  # 2 before (one per model), then j001
+    assert seen[0].cost_usd == pytest.approx(COST_PER_JOB)
+    assert seen[-1].cost_usd == pytest.approx(2 * COST_PER_JOB)
+    assert (seen[-1].completed, seen[-1].total) == (4, 4)
+
+
+def test_a_streamed_chunk_with_nothing_left_to_send_goes_on_to_the_next_chunk(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=1.0)
+    engine(tmp_path, provider).run(make_jobs(2))
+    resumed = engine(tmp_path, provider)
+    # The first chunk was all answered before; the second is new.
+    resumed.run_source(ListSource([make_jobs(2), make_jobs(2, start=2)]))
+    assert provider.methods().count("submit") == 2
+    assert job_states_of(resumed.ctx.store, pl.Series([f"j{i:03d}" for i in range(4)])).sort(
+        "job_id")["status"].to_list() == ["completed"] * 4

@@ -366,3 +366,61 @@ def test_the_deadline_switch_waits_at_most_a_minute_for_a_cancelled_batch(tmp_pa
     assert set(out["status"]) == {"assigned"}
     # (The switch comes ~360 s before the deadline; 900 s of grace would end past it.)
     assert provider.clock.monotonic() - 1000.0 <= 3600.0
+
+
+def test_a_request_whose_answer_was_lost_counts_its_worst_case_against_the_cap(tmp_path):
+    provider = FakeProvider(FakeClock())
+    lost = ("lost: the request was sent but no answer came back (timeout); the provider may "
+            "have billed it")  # fmt: skip
+    provider.realtime_failures["j000"] = [RealtimeFailure("lost", lost)]
+    # 0.15 lets one 0.1 request out at a time; j000 may have been billed its 0.1.
+    out = realtime(tmp_path, provider, max_cost_usd=0.15).run(make_jobs(2, worst=0.1))
+    assert out.sort("job_id").select("job_id", "status", "error").rows() == [
+        ("j000", "failed", lost),
+        ("j001", "cancelled", "cancelled: cost_limit"),  # 0.1 + 0.1 would pass 0.15
+    ]
+    assert [c[1] for c in provider.calls if c[0] == "answer"] == ["j000"]
+
+
+class _SecondBatchNeverEnds(FakeProvider):
+    """fb_1 ends at its first poll; fb_2 runs until it is cancelled."""
+
+    def poll(self, batch_id: str):  # type: ignore[no-untyped-def]
+        if batch_id == "fb_1":
+            self.end("fb_1")
+        return super().poll(batch_id)
+
+
+def test_the_deadline_switch_counts_only_the_jobs_left_down_to_the_last_one(tmp_path):
+    """50 of 51 jobs are answered by the batch; the last one is switched to realtime when
+    the deadline is as near as one realtime request takes (30 s + 120 s margin)."""
+    provider = _SecondBatchNeverEnds(FakeClock())
+    n = AUTO_REALTIME_MAX_JOBS + 1
+    engine = AutoEngine(store(tmp_path), {"openai": provider}, SPEC, PRICES,
+                        RunOptions(items_per_batch=AUTO_REALTIME_MAX_JOBS, time_limit_s=7200.0),
+                        deadline_s=3600.0, clock=provider.clock)  # fmt: skip
+    out = engine.run(make_jobs(n)).sort("job_id")
+    assert engine.decision == "batch, then realtime for what the deadline would not wait for"
+    assert out["status"].to_list() == ["completed"] * n
+    assert [c[1] for c in provider.calls if c[0] == "answer"] == [f"j{n - 1:03d}"]
+    # Switched when 150 s were left (a poll late at most), not earlier: 1 job left, not 51+.
+    assert engine.realtime is not None
+    switched = engine.realtime.state.started - 1000.0
+    assert 3600.0 - 150.0 - 60.0 - 60.0 <= switched <= 3600.0  # the poll, the cancel grace
+
+
+def test_a_capped_realtime_resume_counts_what_earlier_calls_were_billed(tmp_path):
+    provider = FakeProvider(FakeClock())
+    store(tmp_path).append_jobs(pl.DataFrame({
+        "job_id": ["j000"], "batch_key": "rk", "provider": "openai", "model": MODEL,
+        "status": "completed", "mode": "realtime", "cost_usd": 0.5, "input_tokens": 10,
+        "output_tokens": 5,
+    }))  # fmt: skip
+    # 0.5 of the 0.7 cap was billed before: the two 0.15 requests go one after the other.
+    out = realtime(tmp_path, provider, max_cost_usd=0.7).run(make_jobs(3, worst=0.15))
+    assert out.sort("job_id")["status"].to_list() == ["completed"] * 3
+    assert [c[1] for c in provider.calls if c[0] == "answer"] == ["j001", "j002"]
+    assigned = events(tmp_path).filter(pl.col("status") == "assigned")
+    ended = events(tmp_path).filter(pl.col("status") == "completed")
+    assert assigned.filter(pl.col("job_id") == "j002")["seq"][0] > ended.filter(
+        pl.col("job_id") == "j001")["seq"][0]

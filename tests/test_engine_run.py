@@ -109,3 +109,16 @@ def test_a_failpoint_kills_the_process_with_exit_code_75_only_where_it_is_named(
                            text=True, timeout=120, check=False)  # fmt: skip
     # 75 is what the crash tests look for (``returncode == 75``): died at the point named.
     assert (child.returncode, child.stdout) == (75, "passed the other point\n"), child.stderr
+
+
+def test_the_fake_clock_moves_only_forward_by_what_was_waited_and_keeps_wall_time_in_step():
+    from batchata_df.engine.clock import FakeClock
+
+    clock = FakeClock(start=1000.0, wall=1_800_000_000.0)
+    clock.sleep(5.0)
+    clock.sleep(2.5)
+    clock.sleep(-3.0)  # a negative wait waits nothing
+    clock.advance(0.5)
+    assert clock.monotonic() == 1008.0
+    assert clock.time() == 1_800_000_008.0
+    assert clock.waits == [5.0, 2.5, -3.0]

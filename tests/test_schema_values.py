@@ -737,3 +737,27 @@ def test_a_series_of_only_nulls_typed_null_is_answers_that_are_empty():
     canonical, errors = AnswerSchema(_Numbers).validate(pl.Series([None, None]))
     assert canonical == [None, None]
     assert errors == ["schema_validation: the answer is empty"] * 2
+
+
+@pytest.mark.parametrize("schema", [AnswerSchema(None), AnswerSchema(Flat), AnswerSchema(Item)],
+                         ids=["text", "fast-path", "pydantic-only"])
+@pytest.mark.parametrize("as_series", [False, True], ids=["list", "series"])
+def test_validate_series_gives_named_string_columns_equal_to_validate(schema, as_series) -> None:
+    """The column-wise form of validate: an ``answer`` and an ``error`` String column with
+    the same values, whatever came in (a list, a Series, nothing, only nulls typed Null)."""
+    flat_ok = '{"label":"pos","score":0.5,"n":null,"ok":true,"note":"x"}'
+    item_ok = '{"name":"a","price":"1.250","at":"2026-01-02T03:04:05Z"}'
+    cases: list[list[str | None]] = [
+        [], [None], [None, None], [flat_ok], [item_ok], ["plain text", None, "{"],
+        [flat_ok, item_ok, None, '{"label":"pos"}', flat_ok],
+    ]
+    for texts in cases:
+        given = pl.Series(texts, dtype=pl.String) if as_series else texts
+        answer, error = schema.validate_series(given)
+        assert (answer.name, answer.dtype, error.name, error.dtype) == (
+            "answer", pl.String, "error", pl.String), texts
+        assert (answer.to_list(), error.to_list()) == schema.validate(texts), texts
+    # A Series of only nulls may come typed Null: the same answers.
+    answer, error = schema.validate_series(pl.Series([None, None]))
+    assert (answer.dtype, error.dtype) == (pl.String, pl.String)
+    assert (answer.to_list(), error.to_list()) == schema.validate([None, None])
