@@ -656,7 +656,9 @@ class _FastPath:
         try:
             return (
                 pl.DataFrame({"text": texts})
-                .select(pl.when(again == text).then(text).alias("text"))
+                # Against the shaped text, not the raw one: a text nulled for not matching
+                # the layout must not count as canonical because null encodes as "null".
+                .select(pl.when(again == shaped).then(text).alias("text"))
                 .get_column("text")
             )
         except pl.exceptions.PolarsError:  # e.g. an integer past Int64: Pydantic decides

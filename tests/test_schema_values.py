@@ -18,10 +18,10 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 import polars as pl
 import pytest
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from batchata_df.errors import SchemaError
-from batchata_df.schema import TEXT_COLUMN, AnswerSchema, _FastPath
+from batchata_df.schema import TEXT_COLUMN, AnswerSchema, _describe, _FastPath
 
 
 class Color(enum.Enum):
@@ -761,3 +761,16 @@ def test_validate_series_gives_named_string_columns_equal_to_validate(schema, as
     answer, error = schema.validate_series(pl.Series([None, None]))
     assert (answer.dtype, error.dtype) == (pl.String, pl.String)
     assert (answer.to_list(), error.to_list()) == schema.validate([None, None])
+
+
+@pytest.mark.parametrize("text", ["null", " null", "true", "1", '"x"', "[]", "{}"])
+def test_an_answer_that_is_not_an_object_fails_like_pydantic_says(text) -> None:
+    """A bare JSON null (or any non-object) is not an answer: the fast path must not take
+    it as canonical (its decode gives a null row that encodes back to ``null``)."""
+    schema = AnswerSchema(Flat)
+    assert schema._fast is not None  # the column-wise path is the one under test
+    canonical, errors = schema.validate([text])
+    assert canonical == [None]
+    with pytest.raises(ValidationError) as refused:
+        Flat.model_validate_json(text)
+    assert errors == [_describe(refused.value)]
