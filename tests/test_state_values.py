@@ -799,3 +799,16 @@ def test_a_folder_that_cannot_be_locked_is_a_state_error_naming_it(tmp_path):
         WriterLock(root).acquire()
     assert str(caught.value).startswith(f"cannot lock the checkpoint folder {str(root)!r}: ")
     assert isinstance(caught.value.__cause__, OSError)
+
+
+def test_ids_line_up_only_when_they_are_the_same_ids_in_the_same_order_none_null() -> None:
+    from batchata_df.state import lined_up
+
+    ids = pl.DataFrame({"job_id": ["a", "b", "c"]})
+    assert lined_up(ids, ids.with_columns(pl.lit(1).alias("x")))
+    assert not lined_up(ids, ids.reverse())  # same height, another order
+    assert not lined_up(ids, pl.DataFrame({"job_id": ["a", "b", "d"]}))
+    assert not lined_up(ids, ids.head(2)) and not lined_up(ids.head(2), ids)
+    nulls = pl.DataFrame({"job_id": ["a", None]})
+    assert not lined_up(nulls, nulls)  # a null id matches nothing in a join
+    assert not lined_up(ids, ids.with_columns(pl.col("job_id").cast(pl.Categorical)))
