@@ -557,7 +557,7 @@ def _write_sink(
     """
     from batchata_df import frame as fr
     from batchata_df.state import _conform
-    from batchata_df.summary import SummaryWriter, summarize
+    from batchata_df.summary import SummaryWriter
 
     flagged: list[pl.DataFrame] = []
     batches = store.batch_state()  # read once: the ids of batches, for every chunk
@@ -588,9 +588,7 @@ def _write_sink(
                 states = job_states_of(store, ids, batches, index, events)
                 # Each job once: at its first row (the bill's row), as in the sink.
                 first = keys.filter(pl.col("input_error").is_null() & ~pl.col("later"))
-                summary.add(
-                    summarize(events.filter(pl.col("job_id").is_in(first["job_id"].implode())))
-                )
+                summary.add(events.filter(pl.col("job_id").is_in(first["job_id"].implode())))
                 results = with_unavailable(states, unavailable, unsent)
                 hit = results.filter(
                     pl.col("error").str.contains("provider_unavailable: ", literal=True)
