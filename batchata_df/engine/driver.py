@@ -166,7 +166,10 @@ class Engine:
         fallback = max([feeder.max_worst, *worst.values()])
         admission.hold_recovered(state.in_flight, fallback=fallback)
         admission.worst_by_job = {}  # nothing else reads it: let it go
-        return self._drive(planner, admission, feeder)
+        try:
+            return self._drive(planner, admission, feeder)
+        finally:
+            feeder.index.close()  # its spilled partitions, if any
 
     def _drive(
         self, planner: Planner, admission: Admission, feeder: Feeder | None = None
