@@ -438,3 +438,63 @@ def test_a_streamed_chunk_with_nothing_left_to_send_goes_on_to_the_next_chunk(tm
     assert provider.methods().count("submit") == 2
     assert job_states_of(resumed.ctx.store, pl.Series([f"j{i:03d}" for i in range(4)])).sort(
         "job_id")["status"].to_list() == ["completed"] * 4
+
+
+def test_an_in_memory_resume_counts_earlier_rows_of_unknown_cost_as_nothing(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=1.0)
+    unpriced = make_jobs(2, model="unpriced-model").with_columns(
+        pl.Series("job_id", ["u000", "u001"]))  # answered at an unknown (null) cost
+    engine(tmp_path, provider).run(pl.concat([make_jobs(1), unpriced]))
+    seen = []
+    # j000 and the unpriced rows were answered before; j001 is new.
+    engine(tmp_path, provider, progress=seen.append).run(pl.concat([make_jobs(2), unpriced]))
+    assert provider.methods().count("submit") == 3  # 2 before (one per model), then j001
+    assert (seen[0].completed, seen[0].pending) == (3, 1)
+    assert seen[0].cost_usd == pytest.approx(COST_PER_JOB)
+    assert seen[-1].cost_usd == pytest.approx(2 * COST_PER_JOB)
+    assert (seen[-1].completed, seen[-1].total) == (4, 4)
+
+
+def test_a_streamed_call_never_resends_nor_counts_twice_the_rows_of_a_re_attached_batch(
+    tmp_path,
+):
+    """j003 was answered by an earlier call; j000 and j001 were left in a batch (fb_2) that
+    this call re-attaches and collects before it reads the chunk holding them beside j003.
+    None of them is sent again, and each counts once in the progress."""
+    provider = FakeProvider(FakeClock(), latency=5.0)
+    engine(tmp_path, provider).run(make_jobs(1, start=3))  # fb_1: j003, completed
+    engine(tmp_path, provider, wait=False).run(make_jobs(2))  # fb_2: j000, j001, in flight
+    provider.calls.clear()
+    seen = []
+    resumed = engine(tmp_path, provider, progress=seen.append, max_parallel_batches=2,
+                     items_per_batch=1)  # fmt: skip
+    # Chunk 1 (j002, j004) keeps the planner busy until fb_2 has been collected.
+    chunks = [pl.concat([make_jobs(1, start=2), make_jobs(1, start=4)]),
+              pl.concat([make_jobs(2), make_jobs(1, start=3)])]  # fmt: skip
+    resumed.run_source(ListSource(chunks))
+    submitted = [provider.batches[b].job_ids for b in sorted(provider.batches)][2:]
+    assert submitted == [["j002"], ["j004"]]
+    assert provider.methods().count("submit") == 2
+    assert provider.calls.index(("results", "fb_2")) < provider.calls.index(
+        ("submit", provider.batches["fb_4"].tag.batch_key, 1))
+    last = seen[-1]
+    assert (last.total, last.completed, last.pending) == (5, 5, 0)
+    assert last.cost_usd == pytest.approx(5 * COST_PER_JOB)
+    states = job_states_of(resumed.ctx.store, pl.Series([f"j{i:03d}" for i in range(5)]))
+    assert states.sort("job_id")["status"].to_list() == ["completed"] * 5
+
+
+def test_a_streamed_call_whose_creates_are_blocked_cancels_every_later_chunk_too(tmp_path):
+    """Creates refused past the patience block submitting for the call: the first chunk's
+    rows end cancelled, and so do those of every chunk read after it (none is left with
+    no event and no reason)."""
+    provider = FakeProvider(FakeClock(), latency=0.0)
+    provider.submit_errors.extend([ProviderError("503", status_code=503)] * 100)
+    resumed = engine(tmp_path, provider, provider_patience_s=30.0, poll_max_s=10.0)
+    chunks = [make_jobs(1), make_jobs(1, start=1), make_jobs(1, start=2)]
+    resumed.run_source(ListSource(chunks))
+    states = job_states_of(resumed.ctx.store, pl.Series(["j000", "j001", "j002"]))
+    assert states.sort("job_id").select("job_id", "status", "error").rows() == [
+        (f"j00{i}", "cancelled", "cancelled: provider_unavailable: 503") for i in range(3)
+    ]
+    assert provider.batches == {}  # nothing was created

@@ -122,3 +122,12 @@ def test_the_fake_clock_moves_only_forward_by_what_was_waited_and_keeps_wall_tim
     assert clock.monotonic() == 1008.0
     assert clock.time() == 1_800_000_008.0
     assert clock.waits == [5.0, 2.5, -3.0]
+
+
+def test_one_answered_row_is_already_an_average_for_the_projected_cost() -> None:
+    # 1 completed row cost $2: 3 rows left at $2 each.
+    one = state(total=4, cost=2.0, done={"completed": 1}).snapshot("running", now=110.0)
+    assert one.projected_cost_usd == pytest.approx(2.0 + 2.0 * 3)
+    # A failed row is answered too (its cost counts in the average).
+    failed = state(total=4, cost=1.0, done={"failed": 1}).snapshot("running", now=110.0)
+    assert failed.projected_cost_usd == pytest.approx(1.0 + 1.0 * 3)
