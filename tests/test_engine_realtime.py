@@ -424,3 +424,112 @@ def test_a_capped_realtime_resume_counts_what_earlier_calls_were_billed(tmp_path
     ended = events(tmp_path).filter(pl.col("status") == "completed")
     assert assigned.filter(pl.col("job_id") == "j002")["seq"][0] > ended.filter(
         pl.col("job_id") == "j001")["seq"][0]
+
+
+# ---- value tests for the gaps the hold-out samples found
+
+
+def test_the_deadline_switch_comes_when_the_time_left_is_exactly_what_realtime_needs(tmp_path):
+    from batchata_df.engine.auto import realtime_seconds
+    from batchata_df.engine.run import RunState
+
+    provider = FakeProvider(FakeClock())
+    engine = AutoEngine(store(tmp_path), {"openai": provider}, SPEC, PRICES, RunOptions(),
+                        deadline_s=3600.0, concurrency=8, clock=provider.clock)  # fmt: skip
+    rule = engine._switch_rule()
+    deadline = 1000.0 + 3600.0  # the fake clock starts at 1000
+    # 20 jobs, 4 ended and 6 reported finished inside a running batch: 10 left.
+    state = RunState(started=1000.0, total=20, in_flight_finished={"k": 6})
+    state.done.update({"completed": 3, "cancelled": 1})
+    needed = realtime_seconds(10, 8)
+    assert needed == 2 * 30.0 + 120.0
+    assert rule(state, deadline - needed) == "deadline"  # exactly at the boundary
+    assert rule(state, deadline - needed - 0.5) is None  # half a second earlier: not yet
+    assert rule(state, deadline + 10.0) == "deadline"  # late: at once
+    # 17 left need 3 latencies (not 2): the switch comes 30 s earlier.
+    state.in_flight_finished = {}
+    state.done.update({"completed": 2, "cancelled": 1})
+    assert rule(state, deadline - realtime_seconds(17, 8)) == "deadline"
+    assert rule(state, deadline - needed) == "deadline"
+    assert rule(state, deadline - realtime_seconds(17, 8) - 0.5) is None
+    # Running batches reporting more finished than is left count only what is left.
+    state.in_flight_finished = {"k": 50}
+    assert rule(state, deadline) is None  # nothing left: nothing to switch
+
+
+def test_realtime_progress_has_an_eta_paced_from_the_first_request_sent(tmp_path):
+    provider = FakeProvider(FakeClock())
+    # j000 is refused for 5 s: the clock moves, so there is a rate to go by.
+    provider.realtime_failures["j000"] = [
+        RealtimeFailure("rate_limited", "HTTP 429", retry_after=5.0)]
+    seen: list[ProgressSnapshot] = []
+    engine = RealtimeEngine(store(tmp_path), {"openai": provider}, SPEC, PRICES.realtime(),
+                            RunOptions(), progress=seen.append, clock=provider.clock,
+                            concurrency=1)  # fmt: skip
+    out = engine.run(make_jobs(3))
+    assert out["status"].to_list() == ["completed"] * 3
+    assert engine.state.first_submit_at == 1000.0  # the first request, at the start
+    paced = [s for s in seen if s.eta_s is not None]
+    # j000 answered at 5 s, 2 left: 10 s; j001 at 5 s as well: 1 left, 2.5 s; then none.
+    assert [(s.completed, s.eta_s) for s in paced] == [(1, 10.0), (2, 2.5), (3, 0.0)]
+    assert seen[-1].phase == "done" and seen[-1].eta_s is None
+
+
+def test_realtime_leaves_rows_of_a_batch_still_running_assigned_with_the_reason(tmp_path):
+    from batchata_df.engine.driver import Engine
+
+    provider = FakeProvider(FakeClock())  # the batch runs until the test ends it
+    Engine(store(tmp_path), {"openai": provider}, SPEC, PRICES, RunOptions(wait=False),
+           clock=provider.clock).run(make_jobs(2))  # fmt: skip
+    provider.calls.clear()
+    out = realtime(tmp_path, provider).run(make_jobs(3)).sort("job_id")
+    why = ("in a provider batch that may still be running: call again with mode='batch' "
+           "(or 'auto') and the same state to collect it")  # fmt: skip
+    assert out.select("job_id", "status", "error").rows() == [
+        ("j000", "assigned", why),
+        ("j001", "assigned", why),
+        ("j002", "completed", None),
+    ]
+    assert provider.calls == [("answer", "j002")]  # never sent twice
+
+
+def test_activity_names_the_requests_in_flight_when_none_waits(tmp_path):
+    provider = FakeProvider(FakeClock())
+    seen: list[ProgressSnapshot] = []
+    out = realtime(tmp_path, provider, progress=seen.append).run(make_jobs(3))
+    assert out["status"].to_list() == ["completed"] * 3
+    running = [s.activity for s in seen if s.phase == "running"]
+    assert running[0] == "realtime: 2 requests in flight (at most 2)"
+    assert set(running) <= {f"realtime: {n} requests in flight (at most 2)" for n in (1, 2)}
+    assert seen[-1].activity == ""
+
+
+def test_auto_mode_s_batch_phase_re_attaches_a_batch_of_a_provider_the_call_does_not_use(
+    tmp_path,
+):
+    from batchata_df.engine.driver import Engine
+
+    openai = FakeProvider(FakeClock(), latency=1.0)
+    Engine(store(tmp_path), {"openai": openai}, SPEC, PRICES, RunOptions(wait=False),
+           clock=openai.clock).run(make_jobs(2))  # fmt: skip
+    assert openai.methods() == ["submit", "poll"]
+    # The next call's rows all go to another provider, by batch (more than 50).
+    other = FakeProvider(openai.clock, latency=1.0)
+    made: list[str] = []
+
+    def make(name: str) -> FakeProvider:
+        made.append(name)
+        return openai
+
+    jobs = make_jobs(AUTO_REALTIME_MAX_JOBS + 1, start=100).with_columns(
+        pl.lit("other").alias("provider"))  # fmt: skip
+    engine = AutoEngine(store(tmp_path), {"other": other}, SPEC, PRICES, RunOptions(),
+                        deadline_s=None, make_provider=make, clock=openai.clock)  # fmt: skip
+    out = engine.run(jobs).sort("job_id")
+    assert engine.decision == "batch"
+    assert made == ["openai"]
+    assert ("results", "fb_1") in openai.calls  # the earlier batch was collected
+    assert out.head(2).select("job_id", "status").rows() == [
+        ("j000", "completed"), ("j001", "completed")]
+    assert out.height == 2 + AUTO_REALTIME_MAX_JOBS + 1
+    assert set(out.tail(AUTO_REALTIME_MAX_JOBS + 1)["status"]) == {"completed"}
