@@ -533,3 +533,92 @@ def test_auto_mode_s_batch_phase_re_attaches_a_batch_of_a_provider_the_call_does
         ("j000", "completed"), ("j001", "completed")]
     assert out.height == 2 + AUTO_REALTIME_MAX_JOBS + 1
     assert set(out.tail(AUTO_REALTIME_MAX_JOBS + 1)["status"]) == {"completed"}
+
+
+def test_realtime_seconds_count_one_latency_per_round_of_requests_plus_the_margin():
+    from batchata_df.engine.auto import realtime_seconds
+
+    assert realtime_seconds(80, 8) == 10 * 30.0 + 120.0
+    assert realtime_seconds(81, 8) == 11 * 30.0 + 120.0  # a partial round is a round
+    assert realtime_seconds(1, 8) == 30.0 + 120.0
+    assert realtime_seconds(10, 8, latency_s=10.0) == 2 * 10.0 + 120.0
+    assert realtime_seconds(0, 8) == 0.0  # nothing to send takes no time
+    assert realtime_seconds(-1, 8) == 0.0
+
+
+def _auto(tmp_path, provider, *, deadline_s=None, concurrency=8, progress=None, stop=None,
+          **options) -> AutoEngine:  # fmt: skip
+    return AutoEngine(store(tmp_path), {"openai": provider}, SPEC, PRICES, RunOptions(**options),
+                      deadline_s=deadline_s, concurrency=concurrency, progress=progress,
+                      stop_event=stop, clock=provider.clock)  # fmt: skip
+
+
+def test_auto_goes_realtime_when_the_deadline_is_exactly_what_realtime_needs(tmp_path):
+    n = AUTO_REALTIME_MAX_JOBS + 1  # 7 rounds of 8: 7 x 30 s + 120 s = 330 s
+    provider = FakeProvider(FakeClock())
+    engine = _auto(tmp_path, provider, deadline_s=330.0)
+    out = engine.run(make_jobs(n))
+    assert engine.decision == (
+        f"{n} jobs need about 330s realtime and the deadline is in 330s: realtime")
+    assert "submit" not in provider.methods()
+    assert out["status"].to_list() == ["completed"] * n
+    # A second more and a batch goes first.
+    later = FakeProvider(FakeClock(), latency=7200.0)  # (ends, should the switch not come)
+    engine = _auto(tmp_path / "later", later, deadline_s=331.0)
+    engine.run(make_jobs(n))
+    assert later.methods()[0] == "submit"
+    assert engine.decision.startswith("batch")
+
+
+def test_ctrl_c_stops_auto_mode_s_batch_phase_and_sends_nothing_realtime(tmp_path):
+    n = AUTO_REALTIME_MAX_JOBS + 1
+    provider = FakeProvider(FakeClock(), latency=100.0)
+    stop = threading.Event()
+    provider.clock.on_wait.append(lambda now: stop.set() if now >= 1020.0 else None)
+    engine = _auto(tmp_path, provider, stop=stop)
+    out = engine.run(make_jobs(n))
+    assert engine.decision == "batch"
+    assert "answer" not in provider.methods()
+    cancelled = out.filter(pl.col("status") == "cancelled")
+    assert cancelled.height > n // 2  # 20 s of a 100 s batch had run
+    assert set(cancelled["error"]) == {"cancelled: interrupted"}
+    assert provider.clock.monotonic() < 1100.0  # not waited out until the batch ended
+
+
+def test_auto_mode_s_realtime_phase_sends_at_the_call_s_concurrency(tmp_path):
+    provider = FakeProvider(FakeClock())
+    seen: list[ProgressSnapshot] = []
+    _auto(tmp_path, provider, concurrency=3, progress=seen.append).run(make_jobs(5))
+    assert seen[0].activity == "realtime: 3 requests in flight (at most 3)"
+    assert max(s.realtime_in_flight or 0 for s in seen) == 3
+
+
+def test_auto_counts_as_left_only_jobs_not_settled_nor_in_a_running_batch(tmp_path):
+    from batchata_df.engine.driver import Engine
+
+    n = AUTO_REALTIME_MAX_JOBS + 3
+    provider = FakeProvider(FakeClock())  # batches run until the test ends them
+    # j000 was answered, j001 failed, j002 is in a batch still running: 50 left.
+    Engine(store(tmp_path), {"openai": provider}, SPEC, PRICES, RunOptions(wait=False),
+           clock=provider.clock).run(make_jobs(2))  # fmt: skip
+    provider.end("fb_1")
+    Engine(store(tmp_path), {"openai": provider}, SPEC, PRICES, RunOptions(),
+           clock=provider.clock).run(make_jobs(2))  # fmt: skip
+    store(tmp_path).append_jobs(pl.DataFrame({
+        "job_id": ["j001"], "batch_key": "rk", "provider": "openai", "model": MODEL,
+        "status": "failed", "error": "refused", "mode": "realtime", "input_tokens": 0,
+    }))  # fmt: skip
+    Engine(store(tmp_path), {"openai": provider}, SPEC, PRICES, RunOptions(wait=False),
+           clock=provider.clock).run(make_jobs(3))  # fmt: skip
+    assert provider.batches["fb_2"].job_ids == ["j002"]
+    provider.calls.clear()
+    provider.latency = 1000.0  # (so that a wrong turn to batch mode ends, on the fake clock)
+    engine = _auto(tmp_path, provider)
+    out = engine.run(make_jobs(n)).sort("job_id")
+    assert engine.decision == f"{AUTO_REALTIME_MAX_JOBS} jobs to send: at most 50, realtime"
+    assert out.head(3).select("job_id", "status").rows() == [
+        ("j000", "completed"), ("j001", "failed"), ("j002", "assigned")]
+    assert sorted(c[1] for c in provider.calls) == [f"j{i:03d}" for i in range(3, n)]
+    # Now all is settled but j002 (still in its batch); with retry_failed, j001 is left.
+    assert _auto(tmp_path, provider)._left(make_jobs(n)) == 0
+    assert _auto(tmp_path, provider, retry_failed=True)._left(make_jobs(n)) == 1
