@@ -252,7 +252,9 @@ def test_activity_names_requests_in_flight_and_those_waiting_to_retry(tmp_path):
     assert both
     for text in both:
         assert re.fullmatch(
-            r"realtime: [012] requests in flight \(at most 2\), 1 waiting to retry", text
+            r"realtime: [012] requests in flight \(at most 2\), 1 waiting to retry "
+            r"\(openai: HTTP 500 once; retrying in 1s\)",
+            text,
         ), text
 
 
@@ -498,9 +500,12 @@ def test_activity_names_the_requests_in_flight_when_none_waits(tmp_path):
     seen: list[ProgressSnapshot] = []
     out = realtime(tmp_path, provider, progress=seen.append).run(make_jobs(3))
     assert out["status"].to_list() == ["completed"] * 3
-    running = [s.activity for s in seen if s.phase == "running"]
-    assert running[0] == "realtime: 2 requests in flight (at most 2)"
-    assert set(running) <= {f"realtime: {n} requests in flight (at most 2)" for n in (1, 2)}
+    running = [s for s in seen if s.phase == "running"]
+    assert running[0].activity == "realtime: 2 requests in flight (at most 2)"
+    for snap in running:  # the line agrees with the count reported beside it
+        n = snap.realtime_in_flight
+        assert snap.activity == (f"realtime: {n} requests in flight (at most 2)" if n else "")
+    assert running[-1].realtime_in_flight == 0  # all answered before the last report
     assert seen[-1].activity == ""
 
 
@@ -622,3 +627,157 @@ def test_auto_counts_as_left_only_jobs_not_settled_nor_in_a_running_batch(tmp_pa
     # Now all is settled but j002 (still in its batch); with retry_failed, j001 is left.
     assert _auto(tmp_path, provider)._left(make_jobs(n)) == 0
     assert _auto(tmp_path, provider, retry_failed=True)._left(make_jobs(n)) == 1
+
+
+class _Timed(FakeProvider):
+    """Records when (on the fake clock, from the start) each realtime request was sent."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.sent_at: list[tuple[str, float]] = []
+
+    def answer(self, line, *, model, spec):  # type: ignore[no-untyped-def]
+        self.sent_at.append((line.split('"')[3], self.clock.monotonic() - 1000.0))
+        return super().answer(line, model=model, spec=spec)
+
+
+def _one_at_a_time(tmp_path, provider, *, progress=None, **options) -> RealtimeEngine:
+    return RealtimeEngine(store(tmp_path), {"openai": provider}, SPEC, PRICES.realtime(),
+                          RunOptions(**options), progress=progress, clock=provider.clock,
+                          concurrency=1)  # fmt: skip
+
+
+def test_a_rate_limit_holds_every_request_to_the_provider_a_server_error_only_its_own(tmp_path):
+    limited = _Timed(FakeClock())
+    limited.realtime_failures["j000"] = [
+        RealtimeFailure("rate_limited", "HTTP 429", retry_after=5.0)]
+    _one_at_a_time(tmp_path, limited).run(make_jobs(3))
+    # Nothing goes to the provider for the 5 s it asked for; j000 goes first again.
+    assert limited.sent_at == [("j000", 0.0), ("j000", 5.0), ("j001", 5.0), ("j002", 5.0)]
+    failing = _Timed(FakeClock())
+    failing.realtime_failures["j000"] = [RealtimeFailure("server_error", "HTTP 500")]
+    engine = _one_at_a_time(tmp_path / "500", failing)
+    out = engine.run(make_jobs(3))
+    # The others go on at once; j000 again after the poll backoff's first step (1 s).
+    assert failing.sent_at == [("j000", 0.0), ("j001", 0.0), ("j002", 0.0), ("j000", 1.0)]
+    assert out["status"].to_list() == ["completed"] * 3
+    assert engine.sent == 4  # retries count
+
+
+def test_a_provider_refusing_for_the_whole_patience_ends_the_row_cancelled(tmp_path):
+    provider = _Timed(FakeClock())
+    provider.realtime_failures["j000"] = [
+        RealtimeFailure("unreachable", "connection refused", retry_after=5.0)] * 10
+    out = _one_at_a_time(tmp_path, provider, provider_patience_s=10.0).run(make_jobs(1))
+    # Refused at 0, 5 and 10 s: 10 s is the patience, so no fourth try.
+    assert provider.sent_at == [("j000", 0.0), ("j000", 5.0), ("j000", 10.0)]
+    assert out.select("status", "error", "cost_usd").rows() == [
+        ("cancelled", "cancelled: provider_unavailable: connection refused", 0.0)]
+
+
+def test_a_retry_after_of_zero_is_retried_at_once(tmp_path):
+    provider = _Timed(FakeClock())
+    provider.realtime_failures["j000"] = [
+        RealtimeFailure("rate_limited", "HTTP 429", retry_after=0.0)]
+    out = _one_at_a_time(tmp_path, provider).run(make_jobs(1))
+    assert provider.sent_at == [("j000", 0.0), ("j000", 0.0)]
+    assert out["status"].to_list() == ["completed"]
+
+
+def test_a_request_that_fails_gives_its_worst_case_back_to_the_cap(tmp_path):
+    provider = FakeProvider(FakeClock())
+    provider.realtime_failures["j000"] = [
+        RealtimeFailure("server_error", "HTTP 500")] * SERVER_ERROR_ATTEMPTS
+    # 0.15 holds one 0.1 request at a time: j001 goes once j000 has failed for good.
+    out = realtime(tmp_path, provider, max_cost_usd=0.15).run(make_jobs(2, worst=0.1))
+    assert out.sort("job_id").select("job_id", "status").rows() == [
+        ("j000", "failed"), ("j001", "completed")]
+    assert [c[1] for c in provider.calls] == ["j000"] * SERVER_ERROR_ATTEMPTS + ["j001"]
+
+
+def test_a_lost_answer_is_recorded_at_its_worst_case_and_a_later_capped_call_counts_it(
+    tmp_path,
+):
+    provider = FakeProvider(FakeClock())
+    lost = "lost: the request was sent but no answer came back (timeout)"
+    provider.realtime_failures["j000"] = [RealtimeFailure("lost", lost)]
+    realtime(tmp_path, provider, max_cost_usd=1.0).run(make_jobs(1, worst=0.1))
+    ended = events(tmp_path).filter(pl.col("status") != "assigned")
+    assert ended.select("job_id", "status", "error", "est_cost_usd", "cost_usd").rows() == [
+        ("j000", "failed", lost, 0.1, 0.0)]
+    # The next call may spend 0.15: 0.1 of it may be gone already, so j001 (0.1) cannot go.
+    out = realtime(tmp_path, provider, max_cost_usd=0.15).run(make_jobs(1, start=1, worst=0.1))
+    assert out.filter(pl.col("job_id") == "j001").select("status", "error").rows() == [
+        ("cancelled", "cancelled: cost_limit")]
+
+
+def test_requests_sent_without_estimates_record_no_worst_case(tmp_path):
+    provider = FakeProvider(FakeClock())
+    realtime(tmp_path, provider).run(make_jobs(2))
+    assigned = events(tmp_path).filter(pl.col("status") == "assigned")
+    assert assigned.height == 2 and assigned["est_cost_usd"].null_count() == 2
+
+
+def test_failed_rows_are_sent_again_in_realtime_only_with_retry_failed(tmp_path):
+    provider = FakeProvider(FakeClock())
+    provider.realtime_failures["j000"] = [
+        RealtimeFailure("server_error", "HTTP 500")] * SERVER_ERROR_ATTEMPTS
+    realtime(tmp_path, provider).run(make_jobs(1))
+    provider.calls.clear()
+    out = realtime(tmp_path, provider).run(make_jobs(1))
+    assert provider.calls == [] and out["status"].to_list() == ["failed"]
+    out = realtime(tmp_path, provider, retry_failed=True).run(make_jobs(1))
+    assert provider.calls == [("answer", "j000")]
+    assert out.select("status", "error").rows() == [("completed", None)]
+
+
+def test_a_bad_key_ends_the_realtime_call_with_the_error_and_cancels_the_rest(tmp_path):
+    from batchata_df.errors import CredentialsError
+
+    class _BadKey(FakeProvider):
+        def answer(self, line, *, model, spec):  # type: ignore[no-untyped-def]
+            if '"j000"' in line:
+                self.calls.append(("answer", "j000"))
+                raise CredentialsError("openai: the API key was refused")
+            return super().answer(line, model=model, spec=spec)
+
+    provider = _BadKey(FakeClock())
+    with pytest.raises(CredentialsError, match="the API key was refused"):
+        _one_at_a_time(tmp_path, provider).run(make_jobs(3))
+    latest = (events(tmp_path).filter(pl.col("status") != "assigned").sort("job_id")
+              .select("job_id", "status", "error"))  # fmt: skip
+    assert latest.rows() == [
+        ("j000", "cancelled", "cancelled: openai: the API key was refused"),
+        ("j001", "cancelled", "cancelled: error"),
+        ("j002", "cancelled", "cancelled: error"),
+    ]
+    assert provider.calls == [("answer", "j000")]
+
+
+def test_a_resumed_realtime_call_paces_its_eta_by_its_own_rows(tmp_path):
+    provider = FakeProvider(FakeClock())
+    realtime(tmp_path, provider).run(make_jobs(2))
+    provider.realtime_failures["j002"] = [
+        RealtimeFailure("rate_limited", "HTTP 429", retry_after=4.0)]
+    seen: list[ProgressSnapshot] = []
+    _one_at_a_time(tmp_path, provider, progress=seen.append).run(make_jobs(5))
+    # 2 settled before; this call's 3 took 4 s in all (the 429's wait).
+    paced = [(s.completed, s.pending, s.eta_s) for s in seen if s.eta_s is not None]
+    assert paced == [(3, 2, 2 * 4.0 / 1), (4, 1, 1 * 4.0 / 2), (5, 0, 0.0)]
+
+
+def test_activity_says_why_requests_wait_to_retry(tmp_path):
+    provider = FakeProvider(FakeClock())
+    provider.realtime_failures["j000"] = [
+        RealtimeFailure("rate_limited", "HTTP 429 too many requests", retry_after=5.0)]
+    seen: list[ProgressSnapshot] = []
+    _one_at_a_time(tmp_path, provider, progress=seen.append).run(make_jobs(1))
+    assert [s.activity for s in seen] == [
+        "realtime: 1 requests in flight (at most 1)",
+        "realtime: 0 requests in flight (at most 1), 1 waiting to retry "
+        "(openai: HTTP 429 too many requests; retrying in 5s)",
+        "realtime: 1 requests in flight (at most 1)",
+        "",  # answered: nothing in flight, nothing waiting (not a stale "1 in flight")
+        "",  # the last report, phase done
+    ]
+    assert [s.phase for s in seen] == ["running"] * 4 + ["done"]
