@@ -498,3 +498,97 @@ def test_a_streamed_call_whose_creates_are_blocked_cancels_every_later_chunk_too
         (f"j00{i}", "cancelled", "cancelled: provider_unavailable: 503") for i in range(3)
     ]
     assert provider.batches == {}  # nothing was created
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_call_that_only_collects_re_attached_batches_has_an_eta_from_its_start(
+    tmp_path, streamed
+):
+    provider = FakeProvider(FakeClock(), latency=10.0)
+    engine(tmp_path, provider, wait=False, items_per_batch=2).run(make_jobs(2))  # fb_1 at 0 s
+    provider.clock.advance(5.0)
+    engine(tmp_path, provider, wait=False, items_per_batch=2).run(make_jobs(4))  # fb_2 at 5 s
+    provider.calls.clear()
+    seen = []
+    collect = engine(tmp_path, provider, progress=seen.append)  # sends nothing: collects both
+    if streamed:
+        collect.run_source(ListSource([make_jobs(4)]))
+    else:
+        collect.run(make_jobs(4))
+    assert "submit" not in provider.methods()
+    assert seen[-1].completed == 4
+    # fb_1 ended at 10 s: 2 rows in the call's first ~5 s, 2 left.
+    paced = [s for s in seen if s.eta_s is not None]
+    assert paced and paced[0].completed == 2 and paced[0].pending == 2
+    for s in paced:
+        assert s.eta_s == pytest.approx(s.pending * s.elapsed_s / s.completed)
+
+
+def test_a_capped_streamed_resume_counts_what_earlier_calls_were_billed(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=1.0)
+    StateStore(tmp_path / "state", {"test": "1"}).append_jobs(pl.DataFrame({
+        "job_id": ["j000"], "batch_key": "rk", "provider": "openai", "model": "fake-model",
+        "status": "completed", "mode": "realtime", "cost_usd": 0.5, "input_tokens": 10,
+        "output_tokens": 5,
+    }))  # fmt: skip
+    # 0.5 of the 0.7 cap was billed before: j001 and j002 (0.15 each) go one at a time.
+    engine(tmp_path, provider, max_cost_usd=0.7).run_source(
+        ListSource([make_jobs(3, worst=0.15)]))  # fmt: skip
+    assert [c[2] for c in provider.calls if c[0] == "submit"] == [1, 1]
+    assert [b.job_ids for b in provider.batches.values()] == [["j001"], ["j002"]]
+
+
+def test_a_stop_ends_every_chunk_not_read_yet_cancelled_with_its_reason(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=100.0)
+    chunks = [make_jobs(1), make_jobs(1, start=1), make_jobs(1, start=2)]
+    run = engine(tmp_path, provider, time_limit_s=30.0, max_parallel_batches=1)
+    run.run_source(ListSource(chunks))
+    states = job_states_of(run.ctx.store, pl.Series(["j000", "j001", "j002"])).sort("job_id")
+    assert states.select("job_id", "status").rows() == [
+        ("j000", "cancelled"), ("j001", "cancelled"), ("j002", "cancelled")]
+    assert states["error"][1:].to_list() == ["cancelled: time_limit"] * 2
+    assert provider.methods().count("submit") == 1  # only chunk 1 went out
+
+
+def test_a_streamed_cap_that_nothing_fits_ends_the_later_chunks_as_the_in_memory_run_does(
+    tmp_path,
+):
+    jobs = make_jobs(3, worst=0.1).with_columns(pl.Series("worst_usd", [2.0, 0.1, 0.1]))
+    provider = FakeProvider(FakeClock(), latency=1.0)
+    in_memory = engine(tmp_path / "mem", provider, max_cost_usd=1.0).run(jobs)
+    run = engine(tmp_path / "stream", provider, max_cost_usd=1.0)
+    run.run_source(ListSource([jobs.slice(i, 1) for i in range(3)]))
+    streamed = job_states_of(run.ctx.store, jobs["job_id"])
+    cols = ["job_id", "status", "error"]
+    assert streamed.sort("job_id").select(cols).rows() == in_memory.sort("job_id").select(
+        cols).rows() == [(f"j00{i}", "cancelled", "cancelled: cost_limit") for i in range(3)]
+    assert "submit" not in provider.methods()
+
+
+def test_without_waiting_a_slot_freed_by_the_round_s_poll_is_used_before_returning(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=0.0)
+    out = engine(tmp_path, provider, wait=False, items_per_batch=2,
+                 max_parallel_batches=1).run(make_jobs(3))  # fmt: skip
+    assert provider.methods() == ["submit", "poll", "results", "submit"]
+    assert out.sort("job_id").select("job_id", "status").rows() == [
+        ("j000", "completed"), ("j001", "completed"), ("j002", "assigned")]
+
+
+def test_an_in_memory_resume_counts_only_this_call_s_rows_settled_before(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=1.0)
+    engine(tmp_path, provider).run(make_jobs(3))  # j000..j002 answered
+    StateStore(tmp_path / "state", {"test": "1"}).append_jobs(pl.DataFrame({
+        "job_id": ["j009"], "batch_key": "rk", "provider": "openai", "model": "fake-model",
+        "status": "failed", "error": "refused", "input_tokens": 0,
+    }))  # fmt: skip
+    seen = []
+    resumed = engine(tmp_path, provider, progress=seen.append)
+    # j000 (answered) and j009 (failed) were settled before; j001 and j002 are not asked.
+    resumed.run(pl.concat([make_jobs(1), make_jobs(2, start=9)]))
+    first = seen[0]
+    assert (first.total, first.completed, first.failed, first.pending) == (3, 1, 1, 1)
+    assert first.cost_usd == pytest.approx(COST_PER_JOB)
+    assert resumed.state.todo_ids is not None and resumed.state.todo_ids.to_list() == ["j010"]
+    # What the folder had billed when the call started: every earlier row, asked or not.
+    assert resumed.state.spent_at_start == pytest.approx(3 * COST_PER_JOB)
+    assert (seen[-1].completed, seen[-1].failed, seen[-1].pending) == (2, 1, 0)
