@@ -592,3 +592,60 @@ def test_an_in_memory_resume_counts_only_this_call_s_rows_settled_before(tmp_pat
     # What the folder had billed when the call started: every earlier row, asked or not.
     assert resumed.state.spent_at_start == pytest.approx(3 * COST_PER_JOB)
     assert (seen[-1].completed, seen[-1].failed, seen[-1].pending) == (2, 1, 0)
+
+
+def test_an_in_memory_run_calibrates_later_batches_on_the_input_tokens_actually_used(tmp_path):
+    """As the streamed test above, in one job table: batch 1 used 10 input tokens where 5
+    were estimated, so batch 2's worst cases are raised (by 5e-6 each) before admission."""
+    provider = FakeProvider(FakeClock(), latency=10.0)
+    jobs = make_jobs(4, worst=0.1, est_input_tokens=5)
+    cap = 0.2 + 2 * COST_PER_JOB + 5e-6
+    run = engine(tmp_path, provider, max_cost_usd=cap, items_per_batch=2)
+    run.run(jobs)
+    assert [c[2] for c in provider.calls if c[0] == "submit"] == [2, 1, 1]
+    assert run.state.jobs.height == 0  # the job table is let go once the run is driven
+
+
+def test_a_streamed_run_plans_jobs_refused_for_a_queue_limit_again_from_its_source(tmp_path):
+    from batchata_df.providers.base import ProviderState
+
+    provider = FakeProvider(FakeClock(), latency=5.0)
+    refuse = {"n": 1}
+    real_poll = provider.poll
+
+    def poll(batch_id):  # the provider refuses the first batch for its queue limit
+        if refuse["n"] and batch_id == "fb_1":
+            refuse["n"] -= 1
+            provider.end(batch_id, ProviderState.FAILED,
+                         detail="token_limit_exceeded: Enqueued token limit reached")  # fmt: skip
+        return real_poll(batch_id)
+
+    provider.poll = poll  # type: ignore[method-assign]
+    run = engine(tmp_path, provider)
+    run.run_source(ListSource([make_jobs(4)]))
+    assert [c[2] for c in provider.calls if c[0] == "submit"] == [4, 2, 2]
+    assert sorted(j for b in list(provider.batches.values())[1:] for j in b.job_ids) == [
+        "j000", "j001", "j002", "j003"]
+    states = job_states_of(run.ctx.store, pl.Series([f"j00{i}" for i in range(4)]))
+    assert states["status"].to_list() == ["completed"] * 4
+
+
+def test_a_streamed_run_sends_the_next_chunks_in_the_same_round_while_slots_are_free(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=10.0)
+    chunks = [make_jobs(1), make_jobs(1, start=1), make_jobs(1, start=2)]
+    engine(tmp_path, provider, max_parallel_batches=2).run_source(ListSource(chunks))
+    # Two slots: chunks 1 and 2 go before the first poll, chunk 3 when a slot frees up.
+    methods = provider.methods()
+    assert methods[:3] == ["submit", "submit", "poll"]
+    assert methods.count("submit") == 3
+    assert methods.index("submit", 2) > methods.index("results")
+
+
+def test_a_streamed_total_is_the_jobs_read_when_the_input_had_more_than_expected(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=1.0)
+    source = ListSource([make_jobs(1), make_jobs(2, start=1)])
+    source.expected_rows = 1  # an estimate below what came
+    seen = []
+    engine(tmp_path, provider, progress=seen.append).run_source(source)
+    assert seen[0].total == 1  # at first, as expected
+    assert (seen[-1].total, seen[-1].completed, seen[-1].pending) == (3, 3, 0)

@@ -781,3 +781,53 @@ def test_activity_says_why_requests_wait_to_retry(tmp_path):
         "",  # the last report, phase done
     ]
     assert [s.phase for s in seen] == ["running"] * 4 + ["done"]
+
+
+def test_a_paused_provider_holds_a_retry_due_earlier_until_the_pause_ends(tmp_path):
+    provider = _Timed(FakeClock())
+    provider.realtime_failures["j000"] = [
+        RealtimeFailure("rate_limited", "HTTP 429", retry_after=5.0)]
+    provider.realtime_failures["j001"] = [RealtimeFailure("server_error", "HTTP 500")]
+    out = realtime(tmp_path, provider).run(make_jobs(2))
+    assert out["status"].to_list() == ["completed"] * 2
+    # j001 would be due after 1 s, but the provider asked for 5: one wait, then both.
+    assert provider.clock.waits == [5.0]
+    assert sorted(provider.sent_at) == [("j000", 0.0), ("j000", 5.0), ("j001", 0.0),
+                                        ("j001", 5.0)]  # fmt: skip
+
+
+def test_retries_due_go_earliest_first_and_only_into_free_slots(tmp_path):
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from batchata_df.engine.realtime import _Request
+
+    provider = FakeProvider(FakeClock())
+    engine = realtime(tmp_path, provider)  # concurrency 2
+    now = provider.clock.monotonic()
+
+    def request(job_id: str, not_before: float) -> _Request:
+        line = f'{{"custom_id":"{job_id}","prompt":"p"}}'
+        r = _Request(job_id, line, "openai", MODEL, "rk", 0.0, engine.ctx.backoff())
+        r.not_before = not_before
+        return r
+
+    busy: Future[object] = Future()
+    late, early, exact = request("late", now - 1.0), request("early", now - 5.0), request(
+        "exact", now)
+    running = {busy: request("busy", 0.0)}
+    waiting = [late, early, exact]
+    with ThreadPoolExecutor(2) as pool:
+        engine._send_due(pool, running, waiting)  # one slot free: the earliest goes
+        assert [r.job_id for r in running.values()] == ["busy", "early"]
+        assert waiting == [late, exact]
+        engine._send_due(pool, running, waiting)  # no slot free: nothing goes
+        assert waiting == [late, exact]
+        del running[busy]
+        running.pop(next(iter(running)))
+        engine._paused["openai"] = now + 1.0  # the provider asked for a pause
+        engine._send_due(pool, running, waiting)
+        assert waiting == [late, exact] and running == {}
+        engine._paused["openai"] = now  # the pause ends now: both are due (one exactly)
+        engine._send_due(pool, running, waiting)
+        assert sorted(r.job_id for r in running.values()) == ["exact", "late"]
+        assert waiting == []

@@ -226,3 +226,10 @@ def test_the_fake_clock_waits_only_for_an_event_not_yet_set() -> None:
     assert clock.wait(event, 3.0) is True  # set during the wait
     assert clock.wait(event, 3.0) is True  # set already: no time passes
     assert (clock.monotonic(), clock.waits) == (1005.0, [2.0, 3.0])
+
+
+def test_a_backoff_starting_above_its_maximum_waits_the_maximum() -> None:
+    from batchata_df.engine.clock import Backoff
+
+    b = Backoff(5.0, 2.0, 2.0)
+    assert [b.next(), b.next()] == [2.0, 2.0]
