@@ -135,6 +135,27 @@ def test_without_waiting_one_round_submits_and_returns_rows_with_their_batch_ids
     assert "provider_batch_id" in out.columns and len(out.columns) == len(set(out.columns))
 
 
+def test_without_waiting_a_failed_create_leaves_every_row_it_kept_pending_with_the_reason(
+    tmp_path,
+):
+    # The first create fails (transient): its row has an intent (assigned) and the rows
+    # behind it were never planned into a batch. All three say why they are still pending,
+    # and the next call sends each of them once.
+    provider = FakeProvider(FakeClock(), latency=0.0)
+    provider.submit_errors.append(ProviderError("503 down", status_code=503))
+    out = engine(tmp_path, provider, wait=False, items_per_batch=1).run(make_jobs(3))
+    assert out.sort("job_id").select("job_id", "status", "error").rows() == [
+        ("j000", "assigned", "provider_unavailable: 503 down"),
+        ("j001", None, "provider_unavailable: 503 down"),
+        ("j002", None, "provider_unavailable: 503 down"),
+    ]
+    assert provider.methods() == ["submit", "find"]
+    again = engine(tmp_path, provider, items_per_batch=1).run(make_jobs(3))
+    assert by_status(again) == {"completed": ["j000", "j001", "j002"]}
+    assert again["error"].null_count() == 3
+    assert provider.methods().count("submit") == 1 + 3
+
+
 def test_a_second_call_collects_what_the_first_left_in_flight(tmp_path):
     provider = FakeProvider(FakeClock(), latency=100.0)
     engine(tmp_path, provider, wait=False).run(make_jobs(3))
@@ -438,3 +459,214 @@ def test_a_streamed_chunk_with_nothing_left_to_send_goes_on_to_the_next_chunk(tm
     assert provider.methods().count("submit") == 2
     assert job_states_of(resumed.ctx.store, pl.Series([f"j{i:03d}" for i in range(4)])).sort(
         "job_id")["status"].to_list() == ["completed"] * 4
+
+
+def test_an_in_memory_resume_counts_earlier_rows_of_unknown_cost_as_nothing(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=1.0)
+    unpriced = make_jobs(2, model="unpriced-model").with_columns(
+        pl.Series("job_id", ["u000", "u001"]))  # answered at an unknown (null) cost
+    engine(tmp_path, provider).run(pl.concat([make_jobs(1), unpriced]))
+    seen = []
+    # j000 and the unpriced rows were answered before; j001 is new.
+    engine(tmp_path, provider, progress=seen.append).run(pl.concat([make_jobs(2), unpriced]))
+    assert provider.methods().count("submit") == 3  # 2 before (one per model), then j001
+    assert (seen[0].completed, seen[0].pending) == (3, 1)
+    assert seen[0].cost_usd == pytest.approx(COST_PER_JOB)
+    assert seen[-1].cost_usd == pytest.approx(2 * COST_PER_JOB)
+    assert (seen[-1].completed, seen[-1].total) == (4, 4)
+
+
+def test_a_streamed_call_never_resends_nor_counts_twice_the_rows_of_a_re_attached_batch(
+    tmp_path,
+):
+    """j003 was answered by an earlier call; j000 and j001 were left in a batch (fb_2) that
+    this call re-attaches and collects before it reads the chunk holding them beside j003.
+    None of them is sent again, and each counts once in the progress."""
+    provider = FakeProvider(FakeClock(), latency=5.0)
+    engine(tmp_path, provider).run(make_jobs(1, start=3))  # fb_1: j003, completed
+    engine(tmp_path, provider, wait=False).run(make_jobs(2))  # fb_2: j000, j001, in flight
+    provider.calls.clear()
+    seen = []
+    resumed = engine(tmp_path, provider, progress=seen.append, max_parallel_batches=2,
+                     items_per_batch=1)  # fmt: skip
+    # Chunk 1 (j002, j004) keeps the planner busy until fb_2 has been collected.
+    chunks = [pl.concat([make_jobs(1, start=2), make_jobs(1, start=4)]),
+              pl.concat([make_jobs(2), make_jobs(1, start=3)])]  # fmt: skip
+    resumed.run_source(ListSource(chunks))
+    submitted = [provider.batches[b].job_ids for b in sorted(provider.batches)][2:]
+    assert submitted == [["j002"], ["j004"]]
+    assert provider.methods().count("submit") == 2
+    assert provider.calls.index(("results", "fb_2")) < provider.calls.index(
+        ("submit", provider.batches["fb_4"].tag.batch_key, 1))
+    last = seen[-1]
+    assert (last.total, last.completed, last.pending) == (5, 5, 0)
+    assert last.cost_usd == pytest.approx(5 * COST_PER_JOB)
+    states = job_states_of(resumed.ctx.store, pl.Series([f"j{i:03d}" for i in range(5)]))
+    assert states.sort("job_id")["status"].to_list() == ["completed"] * 5
+
+
+def test_a_streamed_call_whose_creates_are_blocked_cancels_every_later_chunk_too(tmp_path):
+    """Creates refused past the patience block submitting for the call: the first chunk's
+    rows end cancelled, and so do those of every chunk read after it (none is left with
+    no event and no reason)."""
+    provider = FakeProvider(FakeClock(), latency=0.0)
+    provider.submit_errors.extend([ProviderError("503", status_code=503)] * 100)
+    resumed = engine(tmp_path, provider, provider_patience_s=30.0, poll_max_s=10.0)
+    chunks = [make_jobs(1), make_jobs(1, start=1), make_jobs(1, start=2)]
+    resumed.run_source(ListSource(chunks))
+    states = job_states_of(resumed.ctx.store, pl.Series(["j000", "j001", "j002"]))
+    assert states.sort("job_id").select("job_id", "status", "error").rows() == [
+        (f"j00{i}", "cancelled", "cancelled: provider_unavailable: 503") for i in range(3)
+    ]
+    assert provider.batches == {}  # nothing was created
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_call_that_only_collects_re_attached_batches_has_an_eta_from_its_start(
+    tmp_path, streamed
+):
+    provider = FakeProvider(FakeClock(), latency=10.0)
+    engine(tmp_path, provider, wait=False, items_per_batch=2).run(make_jobs(2))  # fb_1 at 0 s
+    provider.clock.advance(5.0)
+    engine(tmp_path, provider, wait=False, items_per_batch=2).run(make_jobs(4))  # fb_2 at 5 s
+    provider.calls.clear()
+    seen = []
+    collect = engine(tmp_path, provider, progress=seen.append)  # sends nothing: collects both
+    if streamed:
+        collect.run_source(ListSource([make_jobs(4)]))
+    else:
+        collect.run(make_jobs(4))
+    assert "submit" not in provider.methods()
+    assert seen[-1].completed == 4
+    # fb_1 ended at 10 s: 2 rows in the call's first ~5 s, 2 left.
+    paced = [s for s in seen if s.eta_s is not None]
+    assert paced and paced[0].completed == 2 and paced[0].pending == 2
+    for s in paced:
+        assert s.eta_s == pytest.approx(s.pending * s.elapsed_s / s.completed)
+
+
+def test_a_capped_streamed_resume_counts_what_earlier_calls_were_billed(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=1.0)
+    StateStore(tmp_path / "state", {"test": "1"}).append_jobs(pl.DataFrame({
+        "job_id": ["j000"], "batch_key": "rk", "provider": "openai", "model": "fake-model",
+        "status": "completed", "mode": "realtime", "cost_usd": 0.5, "input_tokens": 10,
+        "output_tokens": 5,
+    }))  # fmt: skip
+    # 0.5 of the 0.7 cap was billed before: j001 and j002 (0.15 each) go one at a time.
+    engine(tmp_path, provider, max_cost_usd=0.7).run_source(
+        ListSource([make_jobs(3, worst=0.15)]))  # fmt: skip
+    assert [c[2] for c in provider.calls if c[0] == "submit"] == [1, 1]
+    assert [b.job_ids for b in provider.batches.values()] == [["j001"], ["j002"]]
+
+
+def test_a_stop_ends_every_chunk_not_read_yet_cancelled_with_its_reason(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=100.0)
+    chunks = [make_jobs(1), make_jobs(1, start=1), make_jobs(1, start=2)]
+    run = engine(tmp_path, provider, time_limit_s=30.0, max_parallel_batches=1)
+    run.run_source(ListSource(chunks))
+    states = job_states_of(run.ctx.store, pl.Series(["j000", "j001", "j002"])).sort("job_id")
+    assert states.select("job_id", "status").rows() == [
+        ("j000", "cancelled"), ("j001", "cancelled"), ("j002", "cancelled")]
+    assert states["error"][1:].to_list() == ["cancelled: time_limit"] * 2
+    assert provider.methods().count("submit") == 1  # only chunk 1 went out
+
+
+def test_a_streamed_cap_that_nothing_fits_ends_the_later_chunks_as_the_in_memory_run_does(
+    tmp_path,
+):
+    jobs = make_jobs(3, worst=0.1).with_columns(pl.Series("worst_usd", [2.0, 0.1, 0.1]))
+    provider = FakeProvider(FakeClock(), latency=1.0)
+    in_memory = engine(tmp_path / "mem", provider, max_cost_usd=1.0).run(jobs)
+    run = engine(tmp_path / "stream", provider, max_cost_usd=1.0)
+    run.run_source(ListSource([jobs.slice(i, 1) for i in range(3)]))
+    streamed = job_states_of(run.ctx.store, jobs["job_id"])
+    cols = ["job_id", "status", "error"]
+    assert streamed.sort("job_id").select(cols).rows() == in_memory.sort("job_id").select(
+        cols).rows() == [(f"j00{i}", "cancelled", "cancelled: cost_limit") for i in range(3)]
+    assert "submit" not in provider.methods()
+
+
+def test_without_waiting_a_slot_freed_by_the_round_s_poll_is_used_before_returning(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=0.0)
+    out = engine(tmp_path, provider, wait=False, items_per_batch=2,
+                 max_parallel_batches=1).run(make_jobs(3))  # fmt: skip
+    assert provider.methods() == ["submit", "poll", "results", "submit"]
+    assert out.sort("job_id").select("job_id", "status").rows() == [
+        ("j000", "completed"), ("j001", "completed"), ("j002", "assigned")]
+
+
+def test_an_in_memory_resume_counts_only_this_call_s_rows_settled_before(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=1.0)
+    engine(tmp_path, provider).run(make_jobs(3))  # j000..j002 answered
+    StateStore(tmp_path / "state", {"test": "1"}).append_jobs(pl.DataFrame({
+        "job_id": ["j009"], "batch_key": "rk", "provider": "openai", "model": "fake-model",
+        "status": "failed", "error": "refused", "input_tokens": 0,
+    }))  # fmt: skip
+    seen = []
+    resumed = engine(tmp_path, provider, progress=seen.append)
+    # j000 (answered) and j009 (failed) were settled before; j001 and j002 are not asked.
+    resumed.run(pl.concat([make_jobs(1), make_jobs(2, start=9)]))
+    first = seen[0]
+    assert (first.total, first.completed, first.failed, first.pending) == (3, 1, 1, 1)
+    assert first.cost_usd == pytest.approx(COST_PER_JOB)
+    assert resumed.state.todo_ids is not None and resumed.state.todo_ids.to_list() == ["j010"]
+    # What the folder had billed when the call started: every earlier row, asked or not.
+    assert resumed.state.spent_at_start == pytest.approx(3 * COST_PER_JOB)
+    assert (seen[-1].completed, seen[-1].failed, seen[-1].pending) == (2, 1, 0)
+
+
+def test_an_in_memory_run_calibrates_later_batches_on_the_input_tokens_actually_used(tmp_path):
+    """As the streamed test above, in one job table: batch 1 used 10 input tokens where 5
+    were estimated, so batch 2's worst cases are raised (by 5e-6 each) before admission."""
+    provider = FakeProvider(FakeClock(), latency=10.0)
+    jobs = make_jobs(4, worst=0.1, est_input_tokens=5)
+    cap = 0.2 + 2 * COST_PER_JOB + 5e-6
+    run = engine(tmp_path, provider, max_cost_usd=cap, items_per_batch=2)
+    run.run(jobs)
+    assert [c[2] for c in provider.calls if c[0] == "submit"] == [2, 1, 1]
+    assert run.state.jobs.height == 0  # the job table is let go once the run is driven
+
+
+def test_a_streamed_run_plans_jobs_refused_for_a_queue_limit_again_from_its_source(tmp_path):
+    from batchata_df.providers.base import ProviderState
+
+    provider = FakeProvider(FakeClock(), latency=5.0)
+    refuse = {"n": 1}
+    real_poll = provider.poll
+
+    def poll(batch_id):  # the provider refuses the first batch for its queue limit
+        if refuse["n"] and batch_id == "fb_1":
+            refuse["n"] -= 1
+            provider.end(batch_id, ProviderState.FAILED,
+                         detail="token_limit_exceeded: Enqueued token limit reached")  # fmt: skip
+        return real_poll(batch_id)
+
+    provider.poll = poll  # type: ignore[method-assign]
+    run = engine(tmp_path, provider)
+    run.run_source(ListSource([make_jobs(4)]))
+    assert [c[2] for c in provider.calls if c[0] == "submit"] == [4, 2, 2]
+    assert sorted(j for b in list(provider.batches.values())[1:] for j in b.job_ids) == [
+        "j000", "j001", "j002", "j003"]
+    states = job_states_of(run.ctx.store, pl.Series([f"j00{i}" for i in range(4)]))
+    assert states["status"].to_list() == ["completed"] * 4
+
+
+def test_a_streamed_run_sends_the_next_chunks_in_the_same_round_while_slots_are_free(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=10.0)
+    chunks = [make_jobs(1), make_jobs(1, start=1), make_jobs(1, start=2)]
+    engine(tmp_path, provider, max_parallel_batches=2).run_source(ListSource(chunks))
+    # Two slots: chunks 1 and 2 go before the first poll, chunk 3 when a slot frees up.
+    methods = provider.methods()
+    assert methods[:3] == ["submit", "submit", "poll"]
+    assert methods.count("submit") == 3
+    assert methods.index("submit", 2) > methods.index("results")
+
+
+def test_a_streamed_total_is_the_jobs_read_when_the_input_had_more_than_expected(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=1.0)
+    source = ListSource([make_jobs(1), make_jobs(2, start=1)])
+    source.expected_rows = 1  # an estimate below what came
+    seen = []
+    engine(tmp_path, provider, progress=seen.append).run_source(source)
+    assert seen[0].total == 1  # at first, as expected
+    assert (seen[-1].total, seen[-1].completed, seen[-1].pending) == (3, 3, 0)

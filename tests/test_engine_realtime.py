@@ -252,7 +252,9 @@ def test_activity_names_requests_in_flight_and_those_waiting_to_retry(tmp_path):
     assert both
     for text in both:
         assert re.fullmatch(
-            r"realtime: [012] requests in flight \(at most 2\), 1 waiting to retry", text
+            r"realtime: [012] requests in flight \(at most 2\), 1 waiting to retry "
+            r"\(openai: HTTP 500 once; retrying in 1s\)",
+            text,
         ), text
 
 
@@ -424,3 +426,408 @@ def test_a_capped_realtime_resume_counts_what_earlier_calls_were_billed(tmp_path
     ended = events(tmp_path).filter(pl.col("status") == "completed")
     assert assigned.filter(pl.col("job_id") == "j002")["seq"][0] > ended.filter(
         pl.col("job_id") == "j001")["seq"][0]
+
+
+# ---- value tests for the gaps the hold-out samples found
+
+
+def test_the_deadline_switch_comes_when_the_time_left_is_exactly_what_realtime_needs(tmp_path):
+    from batchata_df.engine.auto import realtime_seconds
+    from batchata_df.engine.run import RunState
+
+    provider = FakeProvider(FakeClock())
+    engine = AutoEngine(store(tmp_path), {"openai": provider}, SPEC, PRICES, RunOptions(),
+                        deadline_s=3600.0, concurrency=8, clock=provider.clock)  # fmt: skip
+    rule = engine._switch_rule()
+    deadline = 1000.0 + 3600.0  # the fake clock starts at 1000
+    # 20 jobs, 4 ended and 6 reported finished inside a running batch: 10 left.
+    state = RunState(started=1000.0, total=20, in_flight_finished={"k": 6})
+    state.done.update({"completed": 3, "cancelled": 1})
+    needed = realtime_seconds(10, 8)
+    assert needed == 2 * 30.0 + 120.0
+    assert rule(state, deadline - needed) == "deadline"  # exactly at the boundary
+    assert rule(state, deadline - needed - 0.5) is None  # half a second earlier: not yet
+    assert rule(state, deadline + 10.0) == "deadline"  # late: at once
+    # 17 left need 3 latencies (not 2): the switch comes 30 s earlier.
+    state.in_flight_finished = {}
+    state.done.update({"completed": 2, "cancelled": 1})
+    assert rule(state, deadline - realtime_seconds(17, 8)) == "deadline"
+    assert rule(state, deadline - needed) == "deadline"
+    assert rule(state, deadline - realtime_seconds(17, 8) - 0.5) is None
+    # Running batches reporting more finished than is left count only what is left.
+    state.in_flight_finished = {"k": 50}
+    assert rule(state, deadline) is None  # nothing left: nothing to switch
+
+
+def test_realtime_progress_has_an_eta_paced_from_the_first_request_sent(tmp_path):
+    provider = FakeProvider(FakeClock())
+    # j000 is refused for 5 s: the clock moves, so there is a rate to go by.
+    provider.realtime_failures["j000"] = [
+        RealtimeFailure("rate_limited", "HTTP 429", retry_after=5.0)]
+    seen: list[ProgressSnapshot] = []
+    engine = RealtimeEngine(store(tmp_path), {"openai": provider}, SPEC, PRICES.realtime(),
+                            RunOptions(), progress=seen.append, clock=provider.clock,
+                            concurrency=1)  # fmt: skip
+    out = engine.run(make_jobs(3))
+    assert out["status"].to_list() == ["completed"] * 3
+    assert engine.state.first_submit_at == 1000.0  # the first request, at the start
+    paced = [s for s in seen if s.eta_s is not None]
+    # j000 answered at 5 s, 2 left: 10 s; j001 at 5 s as well: 1 left, 2.5 s; then none.
+    assert [(s.completed, s.eta_s) for s in paced] == [(1, 10.0), (2, 2.5), (3, 0.0)]
+    assert seen[-1].phase == "done" and seen[-1].eta_s is None
+
+
+def test_realtime_leaves_rows_of_a_batch_still_running_assigned_with_the_reason(tmp_path):
+    from batchata_df.engine.driver import Engine
+
+    provider = FakeProvider(FakeClock())  # the batch runs until the test ends it
+    Engine(store(tmp_path), {"openai": provider}, SPEC, PRICES, RunOptions(wait=False),
+           clock=provider.clock).run(make_jobs(2))  # fmt: skip
+    provider.calls.clear()
+    out = realtime(tmp_path, provider).run(make_jobs(3)).sort("job_id")
+    why = ("in a provider batch that may still be running: call again with mode='batch' "
+           "(or 'auto') and the same state to collect it")  # fmt: skip
+    assert out.select("job_id", "status", "error").rows() == [
+        ("j000", "assigned", why),
+        ("j001", "assigned", why),
+        ("j002", "completed", None),
+    ]
+    assert provider.calls == [("answer", "j002")]  # never sent twice
+
+
+def test_activity_names_the_requests_in_flight_when_none_waits(tmp_path):
+    provider = FakeProvider(FakeClock())
+    seen: list[ProgressSnapshot] = []
+    out = realtime(tmp_path, provider, progress=seen.append).run(make_jobs(3))
+    assert out["status"].to_list() == ["completed"] * 3
+    running = [s for s in seen if s.phase == "running"]
+    assert running[0].activity == "realtime: 2 requests in flight (at most 2)"
+    for snap in running:  # the line agrees with the count reported beside it
+        n = snap.realtime_in_flight
+        assert snap.activity == (f"realtime: {n} requests in flight (at most 2)" if n else "")
+    assert running[-1].realtime_in_flight == 0  # all answered before the last report
+    assert seen[-1].activity == ""
+
+
+def test_auto_mode_s_batch_phase_re_attaches_a_batch_of_a_provider_the_call_does_not_use(
+    tmp_path,
+):
+    from batchata_df.engine.driver import Engine
+
+    openai = FakeProvider(FakeClock(), latency=1.0)
+    Engine(store(tmp_path), {"openai": openai}, SPEC, PRICES, RunOptions(wait=False),
+           clock=openai.clock).run(make_jobs(2))  # fmt: skip
+    assert openai.methods() == ["submit", "poll"]
+    # The next call's rows all go to another provider, by batch (more than 50).
+    other = FakeProvider(openai.clock, latency=1.0)
+    made: list[str] = []
+
+    def make(name: str) -> FakeProvider:
+        made.append(name)
+        return openai
+
+    jobs = make_jobs(AUTO_REALTIME_MAX_JOBS + 1, start=100).with_columns(
+        pl.lit("other").alias("provider"))  # fmt: skip
+    engine = AutoEngine(store(tmp_path), {"other": other}, SPEC, PRICES, RunOptions(),
+                        deadline_s=None, make_provider=make, clock=openai.clock)  # fmt: skip
+    out = engine.run(jobs).sort("job_id")
+    assert engine.decision == "batch"
+    assert made == ["openai"]
+    assert ("results", "fb_1") in openai.calls  # the earlier batch was collected
+    assert out.head(2).select("job_id", "status").rows() == [
+        ("j000", "completed"), ("j001", "completed")]
+    assert out.height == 2 + AUTO_REALTIME_MAX_JOBS + 1
+    assert set(out.tail(AUTO_REALTIME_MAX_JOBS + 1)["status"]) == {"completed"}
+
+
+def test_realtime_seconds_count_one_latency_per_round_of_requests_plus_the_margin():
+    from batchata_df.engine.auto import realtime_seconds
+
+    assert realtime_seconds(80, 8) == 10 * 30.0 + 120.0
+    assert realtime_seconds(81, 8) == 11 * 30.0 + 120.0  # a partial round is a round
+    assert realtime_seconds(1, 8) == 30.0 + 120.0
+    assert realtime_seconds(10, 8, latency_s=10.0) == 2 * 10.0 + 120.0
+    assert realtime_seconds(0, 8) == 0.0  # nothing to send takes no time
+    assert realtime_seconds(-1, 8) == 0.0
+
+
+def _auto(tmp_path, provider, *, deadline_s=None, concurrency=8, progress=None, stop=None,
+          **options) -> AutoEngine:  # fmt: skip
+    return AutoEngine(store(tmp_path), {"openai": provider}, SPEC, PRICES, RunOptions(**options),
+                      deadline_s=deadline_s, concurrency=concurrency, progress=progress,
+                      stop_event=stop, clock=provider.clock)  # fmt: skip
+
+
+def test_auto_goes_realtime_when_the_deadline_is_exactly_what_realtime_needs(tmp_path):
+    n = AUTO_REALTIME_MAX_JOBS + 1  # 7 rounds of 8: 7 x 30 s + 120 s = 330 s
+    provider = FakeProvider(FakeClock())
+    engine = _auto(tmp_path, provider, deadline_s=330.0)
+    out = engine.run(make_jobs(n))
+    assert engine.decision == (
+        f"{n} jobs need about 330s realtime and the deadline is in 330s: realtime")
+    assert "submit" not in provider.methods()
+    assert out["status"].to_list() == ["completed"] * n
+    # A second more and a batch goes first.
+    later = FakeProvider(FakeClock(), latency=7200.0)  # (ends, should the switch not come)
+    engine = _auto(tmp_path / "later", later, deadline_s=331.0)
+    engine.run(make_jobs(n))
+    assert later.methods()[0] == "submit"
+    assert engine.decision.startswith("batch")
+
+
+def test_ctrl_c_stops_auto_mode_s_batch_phase_and_sends_nothing_realtime(tmp_path):
+    n = AUTO_REALTIME_MAX_JOBS + 1
+    provider = FakeProvider(FakeClock(), latency=100.0)
+    stop = threading.Event()
+    provider.clock.on_wait.append(lambda now: stop.set() if now >= 1020.0 else None)
+    engine = _auto(tmp_path, provider, stop=stop)
+    out = engine.run(make_jobs(n))
+    assert engine.decision == "batch"
+    assert "answer" not in provider.methods()
+    cancelled = out.filter(pl.col("status") == "cancelled")
+    assert cancelled.height > n // 2  # 20 s of a 100 s batch had run
+    assert set(cancelled["error"]) == {"cancelled: interrupted"}
+    assert provider.clock.monotonic() < 1100.0  # not waited out until the batch ended
+
+
+def test_auto_mode_s_realtime_phase_sends_at_the_call_s_concurrency(tmp_path):
+    provider = FakeProvider(FakeClock())
+    seen: list[ProgressSnapshot] = []
+    _auto(tmp_path, provider, concurrency=3, progress=seen.append).run(make_jobs(5))
+    assert seen[0].activity == "realtime: 3 requests in flight (at most 3)"
+    assert max(s.realtime_in_flight or 0 for s in seen) == 3
+
+
+def test_auto_counts_as_left_only_jobs_not_settled_nor_in_a_running_batch(tmp_path):
+    from batchata_df.engine.driver import Engine
+
+    n = AUTO_REALTIME_MAX_JOBS + 3
+    provider = FakeProvider(FakeClock())  # batches run until the test ends them
+    # j000 was answered, j001 failed, j002 is in a batch still running: 50 left.
+    Engine(store(tmp_path), {"openai": provider}, SPEC, PRICES, RunOptions(wait=False),
+           clock=provider.clock).run(make_jobs(2))  # fmt: skip
+    provider.end("fb_1")
+    Engine(store(tmp_path), {"openai": provider}, SPEC, PRICES, RunOptions(),
+           clock=provider.clock).run(make_jobs(2))  # fmt: skip
+    store(tmp_path).append_jobs(pl.DataFrame({
+        "job_id": ["j001"], "batch_key": "rk", "provider": "openai", "model": MODEL,
+        "status": "failed", "error": "refused", "mode": "realtime", "input_tokens": 0,
+    }))  # fmt: skip
+    Engine(store(tmp_path), {"openai": provider}, SPEC, PRICES, RunOptions(wait=False),
+           clock=provider.clock).run(make_jobs(3))  # fmt: skip
+    assert provider.batches["fb_2"].job_ids == ["j002"]
+    provider.calls.clear()
+    provider.latency = 1000.0  # (so that a wrong turn to batch mode ends, on the fake clock)
+    engine = _auto(tmp_path, provider)
+    out = engine.run(make_jobs(n)).sort("job_id")
+    assert engine.decision == f"{AUTO_REALTIME_MAX_JOBS} jobs to send: at most 50, realtime"
+    assert out.head(3).select("job_id", "status").rows() == [
+        ("j000", "completed"), ("j001", "failed"), ("j002", "assigned")]
+    assert sorted(c[1] for c in provider.calls) == [f"j{i:03d}" for i in range(3, n)]
+    # Now all is settled but j002 (still in its batch); with retry_failed, j001 is left.
+    assert _auto(tmp_path, provider)._left(make_jobs(n)) == 0
+    assert _auto(tmp_path, provider, retry_failed=True)._left(make_jobs(n)) == 1
+
+
+class _Timed(FakeProvider):
+    """Records when (on the fake clock, from the start) each realtime request was sent."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.sent_at: list[tuple[str, float]] = []
+
+    def answer(self, line, *, model, spec):  # type: ignore[no-untyped-def]
+        self.sent_at.append((line.split('"')[3], self.clock.monotonic() - 1000.0))
+        return super().answer(line, model=model, spec=spec)
+
+
+def _one_at_a_time(tmp_path, provider, *, progress=None, **options) -> RealtimeEngine:
+    return RealtimeEngine(store(tmp_path), {"openai": provider}, SPEC, PRICES.realtime(),
+                          RunOptions(**options), progress=progress, clock=provider.clock,
+                          concurrency=1)  # fmt: skip
+
+
+def test_a_rate_limit_holds_every_request_to_the_provider_a_server_error_only_its_own(tmp_path):
+    limited = _Timed(FakeClock())
+    limited.realtime_failures["j000"] = [
+        RealtimeFailure("rate_limited", "HTTP 429", retry_after=5.0)]
+    _one_at_a_time(tmp_path, limited).run(make_jobs(3))
+    # Nothing goes to the provider for the 5 s it asked for; j000 goes first again.
+    assert limited.sent_at == [("j000", 0.0), ("j000", 5.0), ("j001", 5.0), ("j002", 5.0)]
+    failing = _Timed(FakeClock())
+    failing.realtime_failures["j000"] = [RealtimeFailure("server_error", "HTTP 500")]
+    engine = _one_at_a_time(tmp_path / "500", failing)
+    out = engine.run(make_jobs(3))
+    # The others go on at once; j000 again after the poll backoff's first step (1 s).
+    assert failing.sent_at == [("j000", 0.0), ("j001", 0.0), ("j002", 0.0), ("j000", 1.0)]
+    assert out["status"].to_list() == ["completed"] * 3
+    assert engine.sent == 4  # retries count
+
+
+def test_a_provider_refusing_for_the_whole_patience_ends_the_row_cancelled(tmp_path):
+    provider = _Timed(FakeClock())
+    provider.realtime_failures["j000"] = [
+        RealtimeFailure("unreachable", "connection refused", retry_after=5.0)] * 10
+    out = _one_at_a_time(tmp_path, provider, provider_patience_s=10.0).run(make_jobs(1))
+    # Refused at 0, 5 and 10 s: 10 s is the patience, so no fourth try.
+    assert provider.sent_at == [("j000", 0.0), ("j000", 5.0), ("j000", 10.0)]
+    assert out.select("status", "error", "cost_usd").rows() == [
+        ("cancelled", "cancelled: provider_unavailable: connection refused", 0.0)]
+
+
+def test_a_retry_after_of_zero_is_retried_at_once(tmp_path):
+    provider = _Timed(FakeClock())
+    provider.realtime_failures["j000"] = [
+        RealtimeFailure("rate_limited", "HTTP 429", retry_after=0.0)]
+    out = _one_at_a_time(tmp_path, provider).run(make_jobs(1))
+    assert provider.sent_at == [("j000", 0.0), ("j000", 0.0)]
+    assert out["status"].to_list() == ["completed"]
+
+
+def test_a_request_that_fails_gives_its_worst_case_back_to_the_cap(tmp_path):
+    provider = FakeProvider(FakeClock())
+    provider.realtime_failures["j000"] = [
+        RealtimeFailure("server_error", "HTTP 500")] * SERVER_ERROR_ATTEMPTS
+    # 0.15 holds one 0.1 request at a time: j001 goes once j000 has failed for good.
+    out = realtime(tmp_path, provider, max_cost_usd=0.15).run(make_jobs(2, worst=0.1))
+    assert out.sort("job_id").select("job_id", "status").rows() == [
+        ("j000", "failed"), ("j001", "completed")]
+    assert [c[1] for c in provider.calls] == ["j000"] * SERVER_ERROR_ATTEMPTS + ["j001"]
+
+
+def test_a_lost_answer_is_recorded_at_its_worst_case_and_a_later_capped_call_counts_it(
+    tmp_path,
+):
+    provider = FakeProvider(FakeClock())
+    lost = "lost: the request was sent but no answer came back (timeout)"
+    provider.realtime_failures["j000"] = [RealtimeFailure("lost", lost)]
+    realtime(tmp_path, provider, max_cost_usd=1.0).run(make_jobs(1, worst=0.1))
+    ended = events(tmp_path).filter(pl.col("status") != "assigned")
+    assert ended.select("job_id", "status", "error", "est_cost_usd", "cost_usd").rows() == [
+        ("j000", "failed", lost, 0.1, 0.0)]
+    # The next call may spend 0.15: 0.1 of it may be gone already, so j001 (0.1) cannot go.
+    out = realtime(tmp_path, provider, max_cost_usd=0.15).run(make_jobs(1, start=1, worst=0.1))
+    assert out.filter(pl.col("job_id") == "j001").select("status", "error").rows() == [
+        ("cancelled", "cancelled: cost_limit")]
+
+
+def test_requests_sent_without_estimates_record_no_worst_case(tmp_path):
+    provider = FakeProvider(FakeClock())
+    realtime(tmp_path, provider).run(make_jobs(2))
+    assigned = events(tmp_path).filter(pl.col("status") == "assigned")
+    assert assigned.height == 2 and assigned["est_cost_usd"].null_count() == 2
+
+
+def test_failed_rows_are_sent_again_in_realtime_only_with_retry_failed(tmp_path):
+    provider = FakeProvider(FakeClock())
+    provider.realtime_failures["j000"] = [
+        RealtimeFailure("server_error", "HTTP 500")] * SERVER_ERROR_ATTEMPTS
+    realtime(tmp_path, provider).run(make_jobs(1))
+    provider.calls.clear()
+    out = realtime(tmp_path, provider).run(make_jobs(1))
+    assert provider.calls == [] and out["status"].to_list() == ["failed"]
+    out = realtime(tmp_path, provider, retry_failed=True).run(make_jobs(1))
+    assert provider.calls == [("answer", "j000")]
+    assert out.select("status", "error").rows() == [("completed", None)]
+
+
+def test_a_bad_key_ends_the_realtime_call_with_the_error_and_cancels_the_rest(tmp_path):
+    from batchata_df.errors import CredentialsError
+
+    class _BadKey(FakeProvider):
+        def answer(self, line, *, model, spec):  # type: ignore[no-untyped-def]
+            if '"j000"' in line:
+                self.calls.append(("answer", "j000"))
+                raise CredentialsError("openai: the API key was refused")
+            return super().answer(line, model=model, spec=spec)
+
+    provider = _BadKey(FakeClock())
+    with pytest.raises(CredentialsError, match="the API key was refused"):
+        _one_at_a_time(tmp_path, provider).run(make_jobs(3))
+    latest = (events(tmp_path).filter(pl.col("status") != "assigned").sort("job_id")
+              .select("job_id", "status", "error"))  # fmt: skip
+    assert latest.rows() == [
+        ("j000", "cancelled", "cancelled: openai: the API key was refused"),
+        ("j001", "cancelled", "cancelled: error"),
+        ("j002", "cancelled", "cancelled: error"),
+    ]
+    assert provider.calls == [("answer", "j000")]
+
+
+def test_a_resumed_realtime_call_paces_its_eta_by_its_own_rows(tmp_path):
+    provider = FakeProvider(FakeClock())
+    realtime(tmp_path, provider).run(make_jobs(2))
+    provider.realtime_failures["j002"] = [
+        RealtimeFailure("rate_limited", "HTTP 429", retry_after=4.0)]
+    seen: list[ProgressSnapshot] = []
+    _one_at_a_time(tmp_path, provider, progress=seen.append).run(make_jobs(5))
+    # 2 settled before; this call's 3 took 4 s in all (the 429's wait).
+    paced = [(s.completed, s.pending, s.eta_s) for s in seen if s.eta_s is not None]
+    assert paced == [(3, 2, 2 * 4.0 / 1), (4, 1, 1 * 4.0 / 2), (5, 0, 0.0)]
+
+
+def test_activity_says_why_requests_wait_to_retry(tmp_path):
+    provider = FakeProvider(FakeClock())
+    provider.realtime_failures["j000"] = [
+        RealtimeFailure("rate_limited", "HTTP 429 too many requests", retry_after=5.0)]
+    seen: list[ProgressSnapshot] = []
+    _one_at_a_time(tmp_path, provider, progress=seen.append).run(make_jobs(1))
+    assert [s.activity for s in seen] == [
+        "realtime: 1 requests in flight (at most 1)",
+        "realtime: 0 requests in flight (at most 1), 1 waiting to retry "
+        "(openai: HTTP 429 too many requests; retrying in 5s)",
+        "realtime: 1 requests in flight (at most 1)",
+        "",  # answered: nothing in flight, nothing waiting (not a stale "1 in flight")
+        "",  # the last report, phase done
+    ]
+    assert [s.phase for s in seen] == ["running"] * 4 + ["done"]
+
+
+def test_a_paused_provider_holds_a_retry_due_earlier_until_the_pause_ends(tmp_path):
+    provider = _Timed(FakeClock())
+    provider.realtime_failures["j000"] = [
+        RealtimeFailure("rate_limited", "HTTP 429", retry_after=5.0)]
+    provider.realtime_failures["j001"] = [RealtimeFailure("server_error", "HTTP 500")]
+    out = realtime(tmp_path, provider).run(make_jobs(2))
+    assert out["status"].to_list() == ["completed"] * 2
+    # j001 would be due after 1 s, but the provider asked for 5: one wait, then both.
+    assert provider.clock.waits == [5.0]
+    assert sorted(provider.sent_at) == [("j000", 0.0), ("j000", 5.0), ("j001", 0.0),
+                                        ("j001", 5.0)]  # fmt: skip
+
+
+def test_retries_due_go_earliest_first_and_only_into_free_slots(tmp_path):
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from batchata_df.engine.realtime import _Request
+
+    provider = FakeProvider(FakeClock())
+    engine = realtime(tmp_path, provider)  # concurrency 2
+    now = provider.clock.monotonic()
+
+    def request(job_id: str, not_before: float) -> _Request:
+        line = f'{{"custom_id":"{job_id}","prompt":"p"}}'
+        r = _Request(job_id, line, "openai", MODEL, "rk", 0.0, engine.ctx.backoff())
+        r.not_before = not_before
+        return r
+
+    busy: Future[object] = Future()
+    late, early, exact = request("late", now - 1.0), request("early", now - 5.0), request(
+        "exact", now)
+    running = {busy: request("busy", 0.0)}
+    waiting = [late, early, exact]
+    with ThreadPoolExecutor(2) as pool:
+        engine._send_due(pool, running, waiting)  # one slot free: the earliest goes
+        assert [r.job_id for r in running.values()] == ["busy", "early"]
+        assert waiting == [late, exact]
+        engine._send_due(pool, running, waiting)  # no slot free: nothing goes
+        assert waiting == [late, exact]
+        del running[busy]
+        running.pop(next(iter(running)))
+        engine._paused["openai"] = now + 1.0  # the provider asked for a pause
+        engine._send_due(pool, running, waiting)
+        assert waiting == [late, exact] and running == {}
+        engine._paused["openai"] = now  # the pause ends now: both are due (one exactly)
+        engine._send_due(pool, running, waiting)
+        assert sorted(r.job_id for r in running.values()) == ["exact", "late"]
+        assert waiting == []

@@ -122,3 +122,114 @@ def test_the_fake_clock_moves_only_forward_by_what_was_waited_and_keeps_wall_tim
     assert clock.monotonic() == 1008.0
     assert clock.time() == 1_800_000_008.0
     assert clock.waits == [5.0, 2.5, -3.0]
+
+
+def test_one_answered_row_is_already_an_average_for_the_projected_cost() -> None:
+    # 1 completed row cost $2: 3 rows left at $2 each.
+    one = state(total=4, cost=2.0, done={"completed": 1}).snapshot("running", now=110.0)
+    assert one.projected_cost_usd == pytest.approx(2.0 + 2.0 * 3)
+    # A failed row is answered too (its cost counts in the average).
+    failed = state(total=4, cost=1.0, done={"failed": 1}).snapshot("running", now=110.0)
+    assert failed.projected_cost_usd == pytest.approx(1.0 + 1.0 * 3)
+
+
+def test_a_running_snapshot_carries_every_figure_of_the_run_by_value() -> None:
+    from batchata_df.engine.run import ProgressSnapshot
+
+    s = state(total=10, done={"completed": 3, "failed": 1, "cancelled": 1}, cost=4.0,
+              cache_saved=0.5, reserved=0.25, cap_waiting=2, cap_rounds=3, expected_usd=1.5,
+              worst_usd=3.0, realtime_in_flight=4, activity="polling 3 batches",
+              batch_status={"k1": "submitted", "k2": "submitted", "k3": "cancel_requested"},
+              in_flight_finished={"k1": 2}, first_submit_at=110.0, done_at_start=1)  # fmt: skip
+    # 5 ended, 4 of them answered for $4: $1 a row, 5 rows left. 1 ended before this call,
+    # 4 since its first submit 20 s ago and 2 inside a running batch: 6 in 20 s, 3 left.
+    assert s.snapshot("running", now=130.0) == ProgressSnapshot(
+        total=10, completed=3, failed=1, cancelled=1, pending=5,
+        batches={"submitted": 2, "cancel_requested": 1}, cost_usd=4.0, elapsed_s=30.0,
+        phase="running", activity="polling 3 batches", projected_cost_usd=4.0 + 1.0 * 5,
+        in_flight_done=2, eta_s=3 * 20.0 / 6, stop_reason=None, cache_saved_usd=0.5,
+        reserved_usd=0.25, cap_waiting=2, cap_rounds=3, expected_cost_usd=1.5,
+        worst_case_usd=3.0, realtime_in_flight=4,
+    )  # fmt: skip
+    # The last one keeps what happened and clears what only a running call has.
+    s.stop_reason = "time_limit"
+    assert s.snapshot("done", now=140.0) == ProgressSnapshot(
+        total=10, completed=3, failed=1, cancelled=1, pending=5,
+        batches={"submitted": 2, "cancel_requested": 1}, cost_usd=4.0, elapsed_s=40.0,
+        phase="done", activity="", projected_cost_usd=9.0, in_flight_done=0, eta_s=None,
+        stop_reason="time_limit", cache_saved_usd=0.5, reserved_usd=0.0, cap_waiting=0,
+        cap_rounds=3, expected_cost_usd=1.5, worst_case_usd=3.0, realtime_in_flight=4,
+    )  # fmt: skip
+
+
+def test_a_release_gives_back_what_was_held_and_never_goes_below_nothing() -> None:
+    s = state(reserved=1.0)
+    s.release(0.25)
+    assert s.reserved == 0.75
+    s.release(2.0)  # more than is held (a batch priced above its reservation)
+    assert s.reserved == 0.0
+
+
+def test_job_rows_come_from_the_job_table_or_from_the_source_s_lookup() -> None:
+    import polars as pl
+
+    jobs = pl.DataFrame({"job_id": ["a", "b", "c"], "prompt": ["1", "2", "3"]})
+    s = state(jobs=jobs)
+    assert s.job_rows(pl.Series(["c", "a"])).rows() == [("a", "1"), ("c", "3")]
+    assert state().job_rows(pl.Series(["a"])).height == 0  # no table (after the run)
+    asked: list[list[str]] = []
+
+    def lookup(ids: pl.Series) -> pl.DataFrame:
+        asked.append(ids.to_list())
+        return jobs.head(1)
+
+    streamed = state(jobs=jobs, lookup=lookup)
+    assert streamed.job_rows(pl.Series(["b"])).rows() == [("a", "1")]  # the lookup's answer
+    assert asked == [["b"]]
+
+
+def test_run_options_default_to_what_batch_llm_and_the_docs_promise() -> None:
+    import inspect
+
+    from batchata_df import batch_llm
+    from batchata_df.engine.run import RunContext, RunOptions
+
+    o = RunOptions()
+    assert (o.items_per_batch, o.max_parallel_batches, o.wait, o.time_limit_s,
+            o.retry_failed, o.max_cost_usd) == (None, 8, True, None, False, None)  # fmt: skip
+    defaults = inspect.signature(batch_llm).parameters
+    assert o.max_parallel_batches == defaults["max_parallel_batches"].default
+    assert o.wait == defaults["wait"].default
+    assert o.retry_failed == defaults["retry_failed"].default
+    # OpenAI takes up to 10 minutes to cancel; a provider may be down 10 minutes.
+    assert (o.cancel_grace_s, o.provider_patience_s) == (900.0, 600.0)
+    # Polls 1 s after a submit, then 1.6 times further apart, at most a minute.
+    ctx = RunContext(store=None, providers={}, spec=None, prices=None, options=o,  # type: ignore[arg-type]
+                     clock=None)  # type: ignore[arg-type]  # fmt: skip
+    backoff = ctx.backoff()
+    waits = [backoff.next() for _ in range(12)]
+    assert waits[:3] == pytest.approx([1.0, 1.6, 2.56])
+    assert waits[-3:] == [60.0, 60.0, 60.0]
+    assert 40.0 < waits[-4] < 60.0
+
+
+def test_the_fake_clock_waits_only_for_an_event_not_yet_set() -> None:
+    import threading
+
+    from batchata_df.engine.clock import FakeClock
+
+    clock = FakeClock()
+    event = threading.Event()
+    assert clock.wait(event, 2.0) is False  # not set: the whole wait passes
+    assert (clock.monotonic(), clock.waits) == (1002.0, [2.0])
+    clock.on_wait.append(lambda now: event.set() if now >= 1005.0 else None)
+    assert clock.wait(event, 3.0) is True  # set during the wait
+    assert clock.wait(event, 3.0) is True  # set already: no time passes
+    assert (clock.monotonic(), clock.waits) == (1005.0, [2.0, 3.0])
+
+
+def test_a_backoff_starting_above_its_maximum_waits_the_maximum() -> None:
+    from batchata_df.engine.clock import Backoff
+
+    b = Backoff(5.0, 2.0, 2.0)
+    assert [b.next(), b.next()] == [2.0, 2.0]

@@ -162,6 +162,8 @@ class RealtimeEngine:
         self._paused: dict[str, float] = {}
         self._keys: dict[tuple[str, str], str] = {}
         self._fatal: BaseException | None = None
+        self._retry_why = ""
+        """Why the latest request waiting to retry was not answered (the activity line)."""
         self.sent = 0
         """Requests sent by this call (retries included)."""
 
@@ -395,7 +397,7 @@ class RealtimeEngine:
         if failure.kind == "rate_limited":
             paused = self._paused.get(request.provider, 0.0)
             self._paused[request.provider] = max(paused, request.not_before)
-        self.state.activity = f"{request.provider}: {failure.error}; retrying in {delay:.0f}s"
+        self._retry_why = f"{request.provider}: {failure.error}; retrying in {delay:.0f}s"
         waiting.append(request)
 
     # -- recording ------------------------------------------------------------------------
@@ -477,8 +479,9 @@ class RealtimeEngine:
                 "finishing"
             )
             return
+        text = ""  # nothing in flight or waiting: no stale "in flight" line
         if running or waiting:
             text = f"realtime: {len(running)} requests in flight (at most {self.concurrency})"
             if waiting:
-                text += f", {len(waiting)} waiting to retry"
-            self.state.activity = text
+                text += f", {len(waiting)} waiting to retry ({self._retry_why})"
+        self.state.activity = text

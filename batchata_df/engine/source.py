@@ -63,8 +63,8 @@ class Feeder:
         # The folder's job events as this call found them, indexed once (one scan of the
         # job ids, not one per chunk): a chunk's jobs cannot have events this call wrote,
         # since a job is given to the engine in its first chunk only, except the members
-        # of the batches re-attached at start (collected during the call): those are read
-        # from the folder as it is now.
+        # of the batches re-attached at start (collected during the call): those are
+        # never sent from a chunk, and collection counts them (see _unsettled).
         self.index = ctx.store.job_index()
         self.reattached = (
             pl.concat([b.job_ids for b in state.in_flight])
@@ -128,12 +128,10 @@ class Feeder:
         ids = chunk.get_column("job_id")
         # Never the answers: memory is the chunk.
         latest = self.ctx.store.latest_status(ids, self.index)
-        fresh = ids.filter(ids.is_in(self.reattached.implode()))
-        if fresh.len():
-            now = self.ctx.store.latest_status(fresh)
-            latest = pl.concat(
-                [latest.filter(~pl.col("job_id").is_in(fresh.implode())), now]
-            )
+        # Members of batches re-attached at start are never sent from a chunk, nor counted
+        # here: collection counts them when their batch ends, perhaps before this chunk is
+        # read (the index, taken at start, still has them "assigned", so not settled).
+        reattached = ids.filter(ids.is_in(self.reattached.implode()))
         # Realtime requests a crash left in flight end lost, never sent again blindly.
         latest = resolve_lost(self.ctx.store, latest)
         # Settled jobs are done (cancelled ones, and failed ones with retry_failed, go again).
@@ -142,7 +140,7 @@ class Feeder:
             self.state.done[status] += int((done.get_column("status") == status).sum())
         self.state.cost += float(done.get_column("cost_usd").fill_null(0.0).sum())
         self.state.done_at_start += done.height
-        skip = terminal.get_column("job_id")
+        skip = pl.concat([terminal.get_column("job_id"), reattached])
         if self.state.in_flight:
             skip = pl.concat([skip, *(b.job_ids for b in self.state.in_flight)])
         return chunk.filter(~pl.col("job_id").is_in(skip.implode()))
