@@ -156,3 +156,18 @@ def test_provider_patience_is_validated(emu):
     with pytest.raises(ConfigError, match="provider_patience"):
         run("openai", None, provider_patience=float("nan"))
     assert emu.log() == []
+
+
+def test_without_waiting_every_row_of_a_refused_create_says_why_it_is_pending(emu, tmp_path):
+    """wait=False after a refused create: the rows of the refused batch (whose intent was
+    abandoned) carry the reason like the rows never tried, not an empty error."""
+    down(emu, "POST", ROUTES["openai"][1])
+    with pytest.warns(ProviderUnavailableWarning, match="provider_unavailable"):
+        out = run("openai", tmp_path / "s", wait=False, items_per_batch=2)
+    assert out["_status"].to_list() == ["pending"] * 4
+    assert out["_error"].str.starts_with("provider_unavailable: ").all(), out["_error"].to_list()
+    assert out["_error"].str.contains("503").all()
+    emu.clear_faults()
+    again = run("openai", tmp_path / "s")
+    assert again["_status"].to_list() == ["completed"] * 4
+    assert len([e for e in creates(emu, "openai") if e["status"] == 200]) == 1

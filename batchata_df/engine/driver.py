@@ -276,7 +276,8 @@ def with_unavailable(
     """``states`` with the reason on rows left pending because the provider was unreachable.
 
     Rows of a batch (or open intent) in ``unavailable`` that are still ``assigned`` get its
-    reason in ``error``; ``unsent`` jobs (no event yet) are added with theirs.
+    reason in ``error``; ``unsent`` jobs get theirs: added when they have no event yet, on
+    their row when a refused create left them ``assigned`` to its abandoned intent.
     """
     if unavailable:
         reasons = pl.DataFrame(
@@ -294,6 +295,19 @@ def with_unavailable(
             .drop("_why")
         )
     if unsent is not None and unsent.height:
+        # Jobs of a refused create have an "assigned" event (its intent was abandoned): they
+        # get their reason like the jobs never tried, which are added.
+        why = unsent.select("job_id", pl.col("error").alias("_unsent"))
+        states = (
+            states.join(why, on="job_id", how="left")
+            .with_columns(
+                pl.when(pl.col("status") == "assigned")
+                .then(pl.coalesce("_unsent", "error"))
+                .otherwise(pl.col("error"))
+                .alias("error")
+            )
+            .drop("_unsent")
+        )
         states = pl.concat(
             [states, unsent.filter(~pl.col("job_id").is_in(states["job_id"].implode()))],
             how="diagonal_relaxed",
