@@ -25,6 +25,7 @@ from batchata_df.errors import (
     StateError,
     StateLockedError,
     StateMismatchError,
+    SummaryWarning,
 )
 from batchata_df.frame import batch_llm, reparse
 from batchata_df.query import sql
@@ -51,6 +52,7 @@ __all__ = [
     "StateError",
     "StateLockedError",
     "StateMismatchError",
+    "SummaryWarning",
     "__version__",
     "batch_llm",
     "doctor",

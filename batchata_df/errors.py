@@ -19,7 +19,9 @@ The tree is designed so that a caller can tell *who* has to act::
     └── EmulatorError                  the bundled emulator could not start or answer
 
 Warnings: :class:`ProviderUnavailableWarning` (a ``UserWarning``) when rows of a call could
-not be sent or collected because the provider was unreachable.
+not be sent or collected because the provider was unreachable; :class:`SummaryWarning` when
+a streaming run could not write the folder's summary for ``sql`` (the run's results are
+complete; ``sql`` groups the events instead).
 
 Failures of single rows are never exceptions: they become ``_status="failed"`` and an
 ``_error`` message in the result frame.
@@ -52,6 +54,7 @@ __all__ = [
     "StateError",
     "StateLockedError",
     "StateMismatchError",
+    "SummaryWarning",
 ]
 
 
@@ -175,4 +178,13 @@ class ProviderUnavailableWarning(UserWarning):
 
     Those rows carry ``provider_unavailable: <last error>`` in ``_error``; calling again
     with the same ``state`` folder sends or collects them (nothing is paid twice).
+    """
+
+
+class SummaryWarning(UserWarning):
+    """A streaming run could not write its folder's summary (``summary/jobs.parquet``).
+
+    The summary only makes :func:`batchata_df.sql` faster: the sink and the state folder
+    are complete, and ``sql`` groups the job events instead. The message names the error
+    (e.g. a full disk).
     """

@@ -9,8 +9,18 @@ its job id, the low bits its position in the folder (part, row). Sorted, it answ
 are the events of these ids" by binary search; each part is then read only in the row
 groups that hold them (``pyarrow.parquet.ParquetFile.read_row_groups``), and the rows are
 checked against the ids themselves, so a hash collision costs a row read, never a wrong
-row. Memory: 8 bytes per event (160 MB for 20 million events: ten million jobs, each
-``assigned`` then ``completed``), plus each part's row-group boundaries.
+row.
+
+Memory does not grow with the folder: up to :data:`INDEX_PARTITION_WORDS` events (a
+million jobs) the words are held (8 bytes an event, 16 MB); past that they are spilled to
+files (``<dir>/.stream-index-<random>/``), partitioned by the top bits of the hash so that
+each partition holds about :data:`INDEX_PARTITION_WORDS` words or fewer, each sorted on
+its own. A lookup then reads one partition at a time (into one reused buffer) and keeps
+only what it found: what is held is one partition, the ids asked for and their events'
+positions, whatever the size of the folder (held whole, twenty million events took 160
+MB). Each lookup reads every partition its ids hash into (all of them, for more than a few
+ids): a caller with many small lookups over the same ids asks once for all of them
+(:meth:`JobIndex.prefetch`) and then looks up subsets of them from what was found.
 
 The index sees the parts present when it was built; parts written later are not in it
 (a streaming run builds one before sending, whose chunks' jobs no later part of the call
@@ -20,6 +30,9 @@ before writing the sink).
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,10 +40,14 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-__all__ = ["HASH_SEED", "JobIndex"]
+__all__ = ["HASH_SEED", "INDEX_PARTITION_WORDS", "JobIndex"]
 
 HASH_SEED = 0x5EED
 """Seed of the job-id hash (Polars' ``Series.hash``; stable within one process)."""
+
+INDEX_PARTITION_WORDS = 1 << 21
+"""Most index words (events) held in memory (16 MB); a bigger folder's index is spilled to
+partitions of about this many words or fewer (see the module)."""
 
 
 class JobIndex:
@@ -58,7 +75,7 @@ class JobIndex:
     """Fewest low bits of a word kept for the position (more leave fewer for the hash: a
     subclass raising it makes ids share hash keys, as a big folder's ids sometimes do)."""
 
-    def __init__(self, parts: Sequence[Path]) -> None:
+    def __init__(self, parts: Sequence[Path], spill: str | Path | None = None) -> None:
         import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
         self.parts = list(parts)
@@ -77,28 +94,94 @@ class JobIndex:
         total = int(self.offsets[-1])
         self.row_bits = max(self.min_row_bits, total.bit_length())
         self._mask = np.uint64((1 << self.row_bits) - 1)
+        # Partitions by the top bits of the hash: a power of two, each about
+        # INDEX_PARTITION_WORDS words or fewer (one, held in memory, for a small folder).
+        n_partitions = 1
+        while total > n_partitions * INDEX_PARTITION_WORDS and n_partitions < 1 << 16:
+            n_partitions *= 2
+        self.partition_bits = n_partitions.bit_length() - 1
+        self.words = np.zeros(0, dtype=np.uint64)
+        """The sorted words, when held in memory (one partition); else empty."""
+        self.partition_sizes = np.zeros(n_partitions, dtype=np.int64)
+        self.spilled = n_partitions > 1
+        """Whether the words are in partition files rather than in memory."""
+        self._dir: Path | None = None
+        self._cleanup: weakref.finalize[Any, Any] | None = None
+        self._found: tuple[np.ndarray, np.ndarray] | None = None
         if total == 0:
-            self.words = np.zeros(0, dtype=np.uint64)
             return
-        # One scan of the job ids, hashed a million at a time into one array: what is held
-        # is 8 bytes per event, plus a million ids while they are hashed.
-        words = np.empty(total, dtype=np.uint64)
+        if n_partitions == 1:
+            self.words = self._scan(total)
+            self.words.sort()
+            self.partition_sizes[0] = total
+            return
+        self._dir = Path(tempfile.mkdtemp(prefix=".stream-index-", dir=spill))
+        # Removed on close, or when the index is collected (a killed process leaves it:
+        # the next streaming call on the folder removes every ".stream-*").
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self._dir, ignore_errors=True)
+        self._spill(total, n_partitions)
+
+    def _batches(self) -> Any:
+        """The words of every event, part by part, a million at a time (unsorted)."""
         shift = np.uint64(self.row_bits)
-        for part, path in enumerate(self.parts):
-            at = int(self.offsets[part])
+        at = 0
+        for path in self.parts:
             scan = pl.scan_parquet(
                 path, schema={"job_id": pl.String()}, missing_columns="insert",
                 extra_columns="ignore",
             ).select(pl.col("job_id").hash(seed=HASH_SEED))
             for batch in scan.collect_batches(chunk_size=1 << 20, maintain_order=True):
                 n = batch.height
-                block = words[at : at + n]
-                np.right_shift(batch.to_series().to_numpy(), shift, out=block)
+                block = np.right_shift(batch.to_series().to_numpy(), shift)
                 block <<= shift
                 block |= np.arange(at, at + n, dtype=np.uint64)
                 at += n
-        words.sort()
-        self.words = words
+                yield block
+
+    def _scan(self, total: int) -> np.ndarray:
+        """Every word in one array (a small folder): 8 bytes per event."""
+        words = np.empty(total, dtype=np.uint64)
+        at = 0
+        for block in self._batches():
+            words[at : at + block.size] = block
+            at += block.size
+        return words
+
+    def _path(self, partition: int) -> Path:
+        if self._dir is None:
+            msg = "this job index was closed: its spilled partitions are gone"
+            raise RuntimeError(msg)
+        return self._dir / f"{partition:05d}.u64"
+
+    def _spill(self, total: int, n_partitions: int) -> None:
+        """Append each batch's words to its partition's file, then sort each file."""
+        top = np.uint64(64 - self.partition_bits)
+        bounds = np.arange(n_partitions + 1, dtype=np.uint64)
+        files = [open(self._path(p), "wb") for p in range(n_partitions)]  # noqa: SIM115
+        try:
+            for block in self._batches():
+                block.sort()  # partitions are then runs of it
+                cuts = np.searchsorted(block >> top, bounds[1:-1], side="left")
+                for p, run in enumerate(np.split(block, cuts)):
+                    if run.size:
+                        files[p].write(run.tobytes())
+                        self.partition_sizes[p] += run.size
+        finally:
+            for f in files:
+                f.close()
+        # Each partition sorted on its own (its runs are sorted: a stable sort merges them).
+        for p in range(n_partitions):
+            words = np.fromfile(self._path(p), dtype=np.uint64)
+            words.sort(kind="stable")
+            words.tofile(self._path(p))
+            del words
+
+    def close(self) -> None:
+        """Remove the spilled partitions (also done when the index is garbage collected)."""
+        self._found = None
+        if self._cleanup is not None:
+            self._cleanup()
+            self._dir = self._cleanup = None
 
     @property
     def n_events(self) -> int:
@@ -108,28 +191,74 @@ class JobIndex:
     @property
     def nbytes(self) -> int:
         """Bytes the index holds."""
-        return int(self.words.nbytes) + sum(int(g.nbytes) for g in self.group_starts)
+        found = sum(int(a.nbytes) for a in self._found) if self._found is not None else 0
+        return int(self.words.nbytes) + found + sum(int(g.nbytes) for g in self.group_starts)
 
-    def positions(self, job_ids: pl.Series) -> np.ndarray:
-        """Global positions (sorted) of the events whose job id hashes like one of ``job_ids``."""
-        if self.words.size == 0 or job_ids.len() == 0:
-            return np.zeros(0, dtype=np.int64)
+    def _keys(self, job_ids: pl.Series) -> np.ndarray:
+        """The distinct hash keys of ``job_ids`` (high bits of the hash), sorted."""
         hashed = job_ids.drop_nulls().unique().hash(seed=HASH_SEED).to_numpy()
         shift = np.uint64(self.row_bits)
-        keys = (np.asarray(hashed, dtype=np.uint64) >> shift) << shift
         # Distinct ids can share a key (their hashes' high bits: over a ten-million-event
         # folder, about one slice of 50,000 ids in two): each key is searched once, or its
         # events would come back twice. Sorted, the searches stay near each other in memory.
-        keys = np.unique(keys)
-        lo = np.searchsorted(self.words, keys, side="left")
-        hi = np.searchsorted(self.words, keys | self._mask, side="right")
+        return np.unique((np.asarray(hashed, dtype=np.uint64) >> shift) << shift)
+
+    def _search(self, words: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        """The words of ``words`` (sorted) whose key is one of ``keys`` (sorted), sorted."""
+        lo = np.searchsorted(words, keys, side="left")
+        hi = np.searchsorted(words, keys | self._mask, side="right")
         counts = hi - lo
         n = int(counts.sum())
         if n == 0:
-            return np.zeros(0, dtype=np.int64)
+            return np.zeros(0, dtype=np.uint64)
         starts = np.repeat(lo - np.cumsum(counts) + counts, counts)
-        found = self.words[starts + np.arange(n)] & self._mask
-        return np.sort(found.astype(np.int64))
+        return words[starts + np.arange(n)]
+
+    def _lookup(self, keys: np.ndarray) -> np.ndarray:
+        """The words of ``keys`` (sorted, distinct), sorted: read partition by partition."""
+        if not self.spilled:
+            return self._search(self.words, keys)
+        top = np.uint64(64 - self.partition_bits)
+        of = keys >> top
+        cuts = np.searchsorted(of, np.arange(1, self.partition_sizes.size, dtype=np.uint64))
+        buffer = np.empty(int(self.partition_sizes.max()), dtype=np.uint64)
+        found: list[np.ndarray] = []
+        for p, part_keys in enumerate(np.split(keys, cuts)):
+            size = int(self.partition_sizes[p])
+            if not part_keys.size or not size:
+                continue
+            words = buffer[:size]
+            with open(self._path(p), "rb") as f:
+                f.readinto(words.data.cast("B"))
+            found.append(self._search(words, part_keys))
+        del buffer
+        return np.concatenate(found) if found else np.zeros(0, dtype=np.uint64)
+
+    def prefetch(self, job_ids: pl.Series) -> None:
+        """Look ``job_ids`` up now: later lookups of any of them are answered from this.
+
+        For a spilled index, which reads every partition per lookup: a caller about to
+        look up many subsets of some ids (a chunk, slice by slice) reads the partitions
+        once. What is kept is each found event's key and position (16 bytes an event).
+        Replaces the previous prefetch; ids outside it are looked up as usual.
+        """
+        if not self.spilled:
+            return
+        self._found = None
+        keys = self._keys(job_ids)
+        self._found = (keys, self._lookup(keys))
+
+    def positions(self, job_ids: pl.Series) -> np.ndarray:
+        """Global positions (sorted) of the events whose job id hashes like one of ``job_ids``."""
+        if self.n_events == 0 or job_ids.len() == 0:
+            return np.zeros(0, dtype=np.int64)
+        keys = self._keys(job_ids)
+        if self._found is not None and _within(keys, self._found[0]):
+            # Its words are sorted (by key, then position): searched like a partition.
+            found = self._search(self._found[1], keys)
+        else:
+            found = self._lookup(keys)
+        return np.sort((found & self._mask).astype(np.int64))
 
     def events(self, job_ids: pl.Series, columns: Sequence[str]) -> pl.DataFrame:
         """The events of ``job_ids`` (``columns`` of them), in folder order.
@@ -159,3 +288,13 @@ class JobIndex:
             return pl.DataFrame({c: [] for c in wanted})
         events = pl.concat(frames, how="vertical_relaxed")
         return events.filter(pl.col("job_id").is_in(job_ids.implode())).select(list(columns))
+
+
+def _within(keys: np.ndarray, known: np.ndarray) -> bool:
+    """Whether every one of ``keys`` is in ``known`` (both sorted)."""
+    if not keys.size:
+        return True
+    if not known.size:
+        return False
+    at = np.minimum(np.searchsorted(known, keys), known.size - 1)
+    return bool((known[at] == keys).all())

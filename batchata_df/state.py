@@ -657,12 +657,17 @@ class StateStore:
 
         Built with one scan of the ``job_id`` column; :meth:`snapshot` and
         :meth:`latest_status` given it read only the row groups holding the ids asked for.
-        Parts written after it was built are not in it.
+        Parts written after it was built are not in it. A big folder's index is spilled to
+        ``<folder>/.stream-index-<random>/`` (removed when the index is closed or collected;
+        a killed call's is removed by the next streaming call), or to the system's
+        temporary folder for a read-only store.
         """
         from batchata_df.jobindex import JobIndex
 
         with self._reading():
-            return JobIndex(table_parts(self.root / "jobs"))
+            return JobIndex(
+                table_parts(self.root / "jobs"), spill=None if self.readonly else self.root
+            )
 
     def snapshot(
         self,

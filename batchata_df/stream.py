@@ -322,7 +322,7 @@ class ChunkSource:
         self.expected_rows = expected_rows
         self.rows_seen = 0
         self.files: list[Path] = []
-        self.seen: SeenIds | None = SeenIds()
+        self.seen: SeenIds | None = SeenIds(spill=spill / "seen")
         """Job ids of the chunks read so far (a later chunk's copy of a request is marked)."""
         self._batches = _chunks(lf, chunk_rows, expected_rows)
 
@@ -402,21 +402,71 @@ segments and the result at once (about 25 bytes per id merged): uncapped, the la
 took the whole set; capped, a merge holds at most 50 MB more. Measured apart, ten million
 ids added 200,000 at a time peaked at 197 MB capped against 245 MB uncapped."""
 
+SEEN_SPILL_IDS = 1 << 20
+"""Segments of :class:`SeenIds` this big or bigger (1,048,576 ids: 12 MB) are written to its
+spill folder and read back one at a time when looked up: what is held stays under a few
+such segments whatever the number of ids (held whole, ten million ids took 120 MB)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _OnDisk:
+    """A segment of :class:`SeenIds` in a file: its high words, then its low words."""
+
+    path: Path
+    size: int
+
+    @staticmethod
+    def write(path: Path, hi: np.ndarray, lo: np.ndarray) -> _OnDisk:
+        with open(path, "wb") as f:
+            f.write(hi.tobytes())
+            f.write(lo.tobytes())
+        return _OnDisk(path, int(hi.size))
+
+    def read(self) -> tuple[np.ndarray, np.ndarray]:
+        hi = np.fromfile(self.path, dtype=np.uint64, count=self.size)
+        lo = np.fromfile(self.path, dtype=np.uint32, count=self.size, offset=8 * self.size)
+        return hi, lo
+
+
+_Segment = tuple[np.ndarray, np.ndarray] | _OnDisk
+
 
 class SeenIds:
     """A set of job ids in bounded memory: each id as its exact 96-bit value.
 
     Job ids are 24 hex digits (:func:`batchata_df.jobs.job_ids`): kept as a 64-bit and a
-    32-bit integer (12 bytes an id, 120 MB for ten million), in sorted segments merged as
-    they grow (binary-counter style, up to :data:`SEEN_SEGMENT_IDS` ids a segment), and
-    looked up by binary search, the asked ids sorted first so that the searches walk each
-    segment in order: a chunk's ids are checked against every earlier chunk without
-    reading them back (which cost a scan of every spilled chunk per chunk).
+    32-bit integer (12 bytes an id), in sorted segments merged as they grow
+    (binary-counter style, up to :data:`SEEN_SEGMENT_IDS` ids a segment), and looked up by
+    binary search, the asked ids sorted first so that the searches walk each segment in
+    order: a chunk's ids are checked against every earlier chunk without reading them back
+    (which cost a scan of every spilled chunk per chunk). With a ``spill`` folder, segments
+    of :data:`SEEN_SPILL_IDS` ids or more are kept in files there and read one at a time
+    (each lookup reads them all: 120 MB for ten million ids, from the page cache), so what
+    is held does not grow with the ids; without one, every segment is held.
     """
 
-    def __init__(self, max_segment: int = SEEN_SEGMENT_IDS) -> None:
-        self.segments: list[tuple[np.ndarray, np.ndarray]] = []
+    def __init__(self, max_segment: int = SEEN_SEGMENT_IDS, spill: Path | None = None) -> None:
+        self.segments: list[_Segment] = []
         self.max_segment = max_segment
+        self.spill = spill
+        self._files = 0
+        if spill is not None:
+            spill.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def _size(segment: _Segment) -> int:
+        return segment.size if isinstance(segment, _OnDisk) else int(segment[0].size)
+
+    @staticmethod
+    def _held(segment: _Segment) -> tuple[np.ndarray, np.ndarray]:
+        return segment.read() if isinstance(segment, _OnDisk) else segment
+
+    def _keep(self, hi: np.ndarray, lo: np.ndarray) -> _Segment:
+        """The segment as kept: in a file if it is big and there is a spill folder."""
+        if self.spill is None or hi.size < SEEN_SPILL_IDS:
+            return hi, lo
+        self._files += 1
+        return _OnDisk.write(self.spill / f"seen-{self._files:06d}.bin", hi, lo)
 
     @staticmethod
     def _keys(ids: pl.Series) -> tuple[np.ndarray, np.ndarray] | None:
@@ -447,9 +497,10 @@ class SeenIds:
         order = np.argsort(keys[0], kind="stable")  # by the high bits; equal ones: below
         hi, lo = keys[0][order], keys[1][order]
         found = np.zeros(hi.size, dtype=bool)
-        for seg_hi, seg_lo in self.segments:
-            if not seg_hi.size:
+        for segment in self.segments:
+            if not self._size(segment):
                 continue
+            seg_hi, seg_lo = self._held(segment)  # one segment read at a time
             left = np.searchsorted(seg_hi, hi, side="left")
             there = np.flatnonzero(seg_hi[np.minimum(left, seg_hi.size - 1)] == hi)
             if not there.size:
@@ -462,20 +513,26 @@ class SeenIds:
             found[there[one]] |= seg_lo[start[one]] == lo[there[one]]
             for i, a, n in zip(there[~one], start[~one], count[~one], strict=True):
                 found[i] |= bool((seg_lo[a : a + n] == lo[i]).any())
+            del seg_hi, seg_lo
         out = np.zeros(ids.len(), dtype=bool)
         unsorted = np.empty_like(found)
         unsorted[order] = found
         out[ids.is_not_null().to_numpy()] = unsorted
         if add and hi.size:
-            self.segments.append((hi, lo))
+            self.segments.append(self._keep(hi, lo))
             segs = self.segments
             while (
                 len(segs) > 1
-                and segs[-2][0].size <= 2 * segs[-1][0].size
-                and segs[-2][0].size + segs[-1][0].size <= self.max_segment
+                and self._size(segs[-2]) <= 2 * self._size(segs[-1])
+                and self._size(segs[-2]) + self._size(segs[-1]) <= self.max_segment
             ):
                 newer, older = segs.pop(), segs.pop()
-                segs.append(_merge_sorted(older, newer))
+                merged = _merge_sorted(self._held(older), self._held(newer))
+                for gone in (older, newer):
+                    if isinstance(gone, _OnDisk):
+                        gone.path.unlink(missing_ok=True)
+                segs.append(self._keep(*merged))
+                del merged
         return pl.Series(_LATER, out, dtype=pl.Boolean)
 
 
@@ -557,7 +614,7 @@ def _write_sink(
     """
     from batchata_df import frame as fr
     from batchata_df.state import _conform
-    from batchata_df.summary import SummaryWriter, summarize
+    from batchata_df.summary import SummaryWriter
 
     flagged: list[pl.DataFrame] = []
     batches = store.batch_state()  # read once: the ids of batches, for every chunk
@@ -565,6 +622,7 @@ def _write_sink(
     # The jobs' summary for `sql` (batchata_df.summary), from the events read for the sink.
     summary = SummaryWriter(store.root, index.parts, index.n_events)
     with contextlib.ExitStack() as cleanup:
+        cleanup.callback(index.close)  # its spilled partitions, if any
         cleanup.callback(summary.discard)  # nothing half-written stays (no-op once closed)
         writer = cleanup.enter_context(SinkWriter(sink))
         for path in chunks:
@@ -575,6 +633,8 @@ def _write_sink(
             whole = whole.with_columns(
                 (pl.col(_LATER) | ~pl.col(_JOB).is_first_distinct()).alias(_LATER)
             )
+            # A spilled index reads its partitions once for the chunk, not once per slice.
+            index.prefetch(whole.filter(pl.col(_ERR).is_null()).get_column(_JOB))
             for start in range(0, whole.height, SINK_SLICE_ROWS):
                 chunk = whole.slice(start, SINK_SLICE_ROWS)
                 keys = chunk.select(
@@ -588,9 +648,7 @@ def _write_sink(
                 states = job_states_of(store, ids, batches, index, events)
                 # Each job once: at its first row (the bill's row), as in the sink.
                 first = keys.filter(pl.col("input_error").is_null() & ~pl.col("later"))
-                summary.add(
-                    summarize(events.filter(pl.col("job_id").is_in(first["job_id"].implode())))
-                )
+                summary.add(events.filter(pl.col("job_id").is_in(first["job_id"].implode())))
                 results = with_unavailable(states, unavailable, unsent)
                 hit = results.filter(
                     pl.col("error").str.contains("provider_unavailable: ", literal=True)

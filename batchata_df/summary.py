@@ -33,9 +33,11 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -166,9 +168,17 @@ class SummaryWriter:
 
     ``parts`` are the job event parts the summary is of (nothing may write one while it is
     written: the run holds the writer lock) and ``n_events`` the events they hold.
-    :meth:`add` takes the summary rows of jobs not added before (:func:`summarize`);
-    :meth:`close` renames the file into place if the rows summarize all ``n_events``
-    events, and otherwise removes it and any older summary.
+    :meth:`add` takes the events of jobs not added before (each job's whole history) and
+    appends their summary rows; :meth:`close` renames the file into place if the rows
+    summarize all ``n_events`` events, and otherwise removes it and any older summary.
+
+    The summary is an optimisation: the sink and the state folder are the truth. A failure
+    writing it (a full disk, a ``summary`` path that is not a folder, anything raised while
+    summarizing) never fails the run: the writer stops, removes what it wrote, and
+    :meth:`close` warns once (:class:`~batchata_df.errors.SummaryWarning`); ``sql`` then
+    groups the events as for a folder without a summary. Hidden temporary files that a
+    killed run left in the summary folder are removed when a writer starts (the caller
+    holds the folder's writer lock, so no other writer is using them).
     """
 
     def __init__(self, root: str | os.PathLike[str], parts: list[Path], n_events: int) -> None:
@@ -178,10 +188,29 @@ class SummaryWriter:
         self.parts = sorted(p.name for p in parts)
         self.n_events = n_events
         self.events = 0
+        self.error: Exception | None = None
+        """What stopped the writer (the summary is then not written)."""
         self._writer: Any = None
+        if self.folder.is_dir():
+            for stale in self.folder.glob(".tmp-*"):  # left by a killed run
+                self._guard(lambda stale=stale: stale.unlink(missing_ok=True))
 
-    def add(self, rows: pl.DataFrame) -> None:
-        """Append summary rows (with their ``n_events``)."""
+    def _guard(self, step: Any) -> Any:
+        """Run ``step``; on any error, stop writing (see the class) and return ``None``."""
+        try:
+            return step()
+        except Exception as error:  # an optimisation must not fail the run
+            if self.error is None:
+                self.error = error
+            self.discard()
+            return None
+
+    def add(self, events: pl.DataFrame) -> None:
+        """Summarize ``events`` (every event of the jobs they hold) and append the rows."""
+        if self.error is None:
+            self._guard(lambda: self._append(summarize(events)))
+
+    def _append(self, rows: pl.DataFrame) -> None:
         import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
         if rows.height == 0:
@@ -195,10 +224,28 @@ class SummaryWriter:
         self._writer.write_table(table.cast(self._writer.schema))
 
     def close(self) -> bool:
-        """Finish: keep the summary if it covers every event of the parts; ``True`` if kept."""
-        if self._writer is None or self.events != self.n_events:
+        """Finish: keep the summary if it covers every event of the parts; ``True`` if kept.
+
+        Warns (:class:`~batchata_df.errors.SummaryWarning`) if writing it failed.
+        """
+        kept = self.error is None and bool(self._guard(self._finish))
+        if not kept:
             self.discard()
-            self.final.unlink(missing_ok=True)  # a stale one would never be read: tidy up
+            with contextlib.suppress(OSError):
+                self.final.unlink(missing_ok=True)  # a stale one would never be read: tidy up
+        if self.error is not None:
+            from batchata_df.errors import SummaryWarning
+
+            msg = (
+                f"the folder's summary for sql (summary/{SUMMARY_FILE}) was not written "
+                f"({type(self.error).__name__}: {self.error}); the sink and the state folder "
+                "are complete, and sql groups the job events instead (slower on big folders)"
+            )
+            warnings.warn(msg, SummaryWarning, stacklevel=2)
+        return kept
+
+    def _finish(self) -> bool:
+        if self._writer is None or self.events != self.n_events:
             return False
         self._writer.close()
         self._writer = None
@@ -209,10 +256,12 @@ class SummaryWriter:
 
     def discard(self) -> None:
         """Stop without keeping what was written (an error while writing the sink)."""
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-        self.tmp.unlink(missing_ok=True)
+        writer, self._writer = self._writer, None
+        with contextlib.suppress(Exception):
+            if writer is not None:
+                writer.close()
+        with contextlib.suppress(OSError):
+            self.tmp.unlink(missing_ok=True)
 
 
 def valid_summary(root: str | os.PathLike[str]) -> Path | None:

@@ -135,6 +135,27 @@ def test_without_waiting_one_round_submits_and_returns_rows_with_their_batch_ids
     assert "provider_batch_id" in out.columns and len(out.columns) == len(set(out.columns))
 
 
+def test_without_waiting_a_failed_create_leaves_every_row_it_kept_pending_with_the_reason(
+    tmp_path,
+):
+    # The first create fails (transient): its row has an intent (assigned) and the rows
+    # behind it were never planned into a batch. All three say why they are still pending,
+    # and the next call sends each of them once.
+    provider = FakeProvider(FakeClock(), latency=0.0)
+    provider.submit_errors.append(ProviderError("503 down", status_code=503))
+    out = engine(tmp_path, provider, wait=False, items_per_batch=1).run(make_jobs(3))
+    assert out.sort("job_id").select("job_id", "status", "error").rows() == [
+        ("j000", "assigned", "provider_unavailable: 503 down"),
+        ("j001", None, "provider_unavailable: 503 down"),
+        ("j002", None, "provider_unavailable: 503 down"),
+    ]
+    assert provider.methods() == ["submit", "find"]
+    again = engine(tmp_path, provider, items_per_batch=1).run(make_jobs(3))
+    assert by_status(again) == {"completed": ["j000", "j001", "j002"]}
+    assert again["error"].null_count() == 3
+    assert provider.methods().count("submit") == 1 + 3
+
+
 def test_a_second_call_collects_what_the_first_left_in_flight(tmp_path):
     provider = FakeProvider(FakeClock(), latency=100.0)
     engine(tmp_path, provider, wait=False).run(make_jobs(3))
@@ -649,20 +670,3 @@ def test_a_streamed_total_is_the_jobs_read_when_the_input_had_more_than_expected
     engine(tmp_path, provider, progress=seen.append).run_source(source)
     assert seen[0].total == 1  # at first, as expected
     assert (seen[-1].total, seen[-1].completed, seen[-1].pending) == (3, 3, 0)
-
-
-def test_without_waiting_the_rows_of_a_refused_create_say_why_like_those_never_tried(tmp_path):
-    provider = FakeProvider(FakeClock(), latency=0.0)
-    provider.submit_errors.append(ProviderError("503 busy", status_code=503))
-    out = engine(tmp_path, provider, wait=False, items_per_batch=2).run(make_jobs(3))
-    # j000 and j001 were in the refused create (their intent is abandoned); j002 was never
-    # tried. All three go with the next call, and each says why it is still pending.
-    assert out.sort("job_id").select("job_id", "status", "error").rows() == [
-        ("j000", "assigned", "provider_unavailable: 503 busy"),
-        ("j001", "assigned", "provider_unavailable: 503 busy"),
-        ("j002", None, "provider_unavailable: 503 busy"),
-    ]
-    assert provider.methods() == ["submit", "find"]
-    again = engine(tmp_path, provider).run(make_jobs(3))
-    assert by_status(again) == {"completed": ["j000", "j001", "j002"]}
-    assert again["error"].is_null().all()

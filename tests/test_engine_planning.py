@@ -38,10 +38,26 @@ def test_batches_hold_one_model_each_in_input_order_split_by_count(provider):
         (MODEL, ["j006"]),
         ("other-model", ["j003", "j004"]),
     ]
-    first = planned[0]
-    assert [json.loads(line)["custom_id"] for line in first.lines] == ["j000", "j001"]
-    assert first.n_bytes == sum(len(line.encode()) + 1 for line in first.lines)
+    for p in planned:  # each batch carries exactly its own jobs' lines
+        assert [json.loads(line)["custom_id"] for line in p.lines] == ids(p.job_ids)
+        assert p.n_bytes == sum(len(line.encode()) + 1 for line in p.lines)
     assert len({p.batch_key for p in planned}) == 4
+
+
+def test_jobs_with_big_payloads_are_sliced_by_their_payload_bytes_before_encoding(
+    provider, monkeypatch
+):
+    # Files make a job's request far bigger than its row: the slices are bounded by the
+    # payload bytes first (one encode each), then split by the encoded lines' bytes.
+    monkeypatch.setattr(FakeProvider, "max_bytes", 130)
+    jobs = make_jobs(4).with_columns(payload_bytes=pl.Series([100, 100, 10, 10]))
+    planned = list(plan_batches(jobs, {"openai": provider}, SPEC, None))
+    assert [ids(p.job_ids) for p in planned] == [["j000"], ["j001", "j002", "j003"]]
+    assert provider.encoded == 4
+    # Without the payload sizes the same jobs split by their lines alone.
+    assert [len(p) for p in plan_batches(make_jobs(4), {"openai": provider}, SPEC, None)] == [
+        3, 1,
+    ]
 
 
 def test_batches_are_split_by_bytes(provider, monkeypatch):

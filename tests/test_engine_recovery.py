@@ -36,6 +36,18 @@ def test_batches_in_flight_are_re_attached_with_their_jobs(tmp_path):
     assert provider.calls == []  # nothing to look up
 
 
+def test_a_batch_found_after_a_crash_is_re_attached_later_with_no_cancel_reason(tmp_path):
+    # Its last event carries a detail ("found at the provider after a crash"), which is not
+    # a cancel reason: a stop must still ask the provider to cancel it (Stopper.stop asks
+    # only batches without one) and its unanswered rows must say the stop's reason.
+    provider = FakeProvider(FakeClock())
+    ctx, state = make_run(tmp_path, provider)
+    assign(ctx, "k1", ["a"], status="submitted", batch_id="fb_7",
+           detail="found at the provider after a crash")
+    [batch] = recover(ctx, state)
+    assert (batch.status, batch.cancel_reason) == ("submitted", None)
+
+
 def test_an_intent_whose_batch_exists_is_adopted_not_sent_again(tmp_path):
     provider = FakeProvider(FakeClock())
     ctx, state = make_run(tmp_path, provider)
@@ -148,6 +160,17 @@ def test_realtime_requests_left_in_flight_end_failed_lost_and_nothing_else_chang
     no_mode = again.drop("mode")
     assert resolve_lost(ctx.store, no_mode) is no_mode
     assert lost_spend(no_mode) == 0.0
+
+
+def test_a_lost_request_without_a_recorded_worst_case_counts_as_nothing_spent():
+    # Sent without estimates (no cap then), its worst case is unknown: it adds nothing,
+    # not a made-up amount, to what a later capped call counts as spent.
+    latest = pl.DataFrame({
+        "job_id": ["x", "y", "z"], "mode": ["realtime", "realtime", "batch"],
+        "status": ["failed"] * 3, "error": [LOST, LOST, LOST],
+        "est_cost_usd": [0.25, None, 4.0],
+    })
+    assert lost_spend(latest) == 0.25
 
 
 def test_recovery_goes_on_past_an_abandoned_intent_and_records_whose_batches_they_were(tmp_path):

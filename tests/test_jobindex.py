@@ -15,9 +15,19 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from batchata_df import jobindex as jobindex_module
 from batchata_df import state as state_module
 from batchata_df.jobindex import JobIndex
 from batchata_df.state import JOB_EVENTS, STATUS_COLUMNS, StateStore, table_parts
+
+
+@pytest.fixture(params=["held", "spilled"])
+def spilled(request, monkeypatch) -> bool:
+    """Each test with the index held in memory, and spilled to partition files."""
+    if request.param == "spilled":
+        # 186 events in partitions of about 16 or fewer: 16 partitions.
+        monkeypatch.setattr(jobindex_module, "INDEX_PARTITION_WORDS", 16)
+    return request.param == "spilled"
 
 
 def _folder(tmp_path, n: int = 90) -> StateStore:
@@ -46,7 +56,7 @@ def _folder(tmp_path, n: int = 90) -> StateStore:
 
 @pytest.mark.parametrize("compacted", [False, True])
 def test_snapshot_and_status_through_the_index_equal_the_filtered_scan(
-    tmp_path, monkeypatch, compacted
+    tmp_path, monkeypatch, compacted, spilled
 ):
     monkeypatch.setattr(state_module, "COMPACT_ROW_GROUP_ROWS", 16)
     store = _folder(tmp_path)
@@ -54,6 +64,7 @@ def test_snapshot_and_status_through_the_index_equal_the_filtered_scan(
         assert store.compact() > 1
     index = store.job_index()
     assert index.n_events == 2 + 180 + 4
+    assert index.spilled is spilled
     everyone = [f"{i:024x}" for i in range(90)]
     rng = random.Random(7)
     for _ in range(5):
@@ -69,7 +80,7 @@ def test_snapshot_and_status_through_the_index_equal_the_filtered_scan(
     assert retried.row(0, named=True)["attempts"] == 2
 
 
-def test_a_lookup_reads_only_the_row_groups_of_its_ids(tmp_path, monkeypatch):
+def test_a_lookup_reads_only_the_row_groups_of_its_ids(tmp_path, monkeypatch, spilled):
     monkeypatch.setattr(state_module, "COMPACT_ROW_GROUP_ROWS", 16)
     store = _folder(tmp_path)
     store.compact()
@@ -93,7 +104,7 @@ def test_a_lookup_reads_only_the_row_groups_of_its_ids(tmp_path, monkeypatch):
     assert sum(read) <= 2 * 2  # their assigned events and their results, 2 groups each
 
 
-def test_hash_collisions_never_return_another_jobs_events(tmp_path, monkeypatch):
+def test_hash_collisions_never_return_another_jobs_events(tmp_path, monkeypatch, spilled):
     store = _folder(tmp_path)
     index = store.job_index()
     # Every event a candidate (as if every id hashed alike): the ids themselves decide.
@@ -113,7 +124,7 @@ class _TwoHashBits(JobIndex):
     min_row_bits = 62
 
 
-def test_ids_sharing_a_hash_key_return_each_event_once(tmp_path):
+def test_ids_sharing_a_hash_key_return_each_event_once(tmp_path, spilled):
     # Over 20 million events a slice of 50,000 ids held two sharing a key about one time
     # in two: their events came back twice (and the folder's summary was not written).
     _folder(tmp_path)
@@ -126,7 +137,7 @@ def test_ids_sharing_a_hash_key_return_each_event_once(tmp_path):
     assert index.positions(ids).size == np.unique(index.positions(ids)).size
 
 
-def test_an_empty_folder_and_an_empty_lookup(tmp_path):
+def test_an_empty_folder_and_an_empty_lookup(tmp_path, spilled):
     store = StateStore(tmp_path / "st", {"model": "m"})
     index = store.job_index()
     assert index.n_events == 0
@@ -138,3 +149,56 @@ def test_an_empty_folder_and_an_empty_lookup(tmp_path):
     index = store.job_index()
     assert store.latest_status(pl.Series([], dtype=pl.String), index).height == 0
     assert store.latest_status(pl.Series(["a"]), index)["status"].to_list() == ["assigned"]
+
+
+def test_a_big_folders_index_is_spilled_sorted_partitions_and_answers_like_one_array(
+    tmp_path, monkeypatch
+):
+    store = _folder(tmp_path)
+    held = store.job_index()
+    assert not held.spilled and held.words.size == 186
+    monkeypatch.setattr(jobindex_module, "INDEX_PARTITION_WORDS", 16)
+
+    index = store.job_index()
+
+    assert index.spilled and index.words.size == 0  # nothing per event held
+    folder = tmp_path / "st"
+    (spill,) = folder.glob(".stream-index-*")  # in the state folder: the next call clears it
+    files = sorted(spill.iterdir())
+    assert len(files) == index.partition_sizes.size == 16  # 186 / 16 -> 12 -> 16, a power of 2
+    words = [np.fromfile(f, dtype=np.uint64) for f in files]
+    assert [w.size for w in words] == index.partition_sizes.tolist()
+    assert all((np.diff(w.astype(np.float64)) >= 0).all() for w in words)  # each sorted
+    assert_frame_equal(pl.Series(np.concatenate(words)).to_frame(),
+                       pl.Series(held.words).to_frame())  # together: the held array
+    everyone = pl.Series([f"{i:024x}" for i in range(90)])
+    rng = random.Random(3)
+    for _ in range(5):
+        some = pl.Series(rng.sample(everyone.to_list(), 20))
+        assert (index.positions(some) == held.positions(some)).all()
+
+    index.close()
+    assert not spill.exists()
+
+
+def test_a_prefetch_answers_its_subsets_without_reading_the_partitions_again(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(jobindex_module, "INDEX_PARTITION_WORDS", 16)
+    store = _folder(tmp_path)
+    index = store.job_index()
+    chunk = pl.Series([f"{i:024x}" for i in range(20, 80)])
+    index.prefetch(chunk)
+    reads: list[str] = []
+    monkeypatch.setattr(JobIndex, "_lookup", lambda self, keys: reads.append("read"))
+
+    for start in range(0, 60, 7):  # slices of the chunk
+        some = chunk.slice(start, 7)
+        events = index.events(some, ["job_id", "status"])
+        assert sorted(set(events["job_id"].to_list())) == some.sort().to_list()
+        want = store.latest_status(some)
+        assert_frame_equal(store.latest_status(some, index), want)
+    assert reads == []  # every slice answered from the prefetch
+    with pytest.raises(TypeError):  # an id outside it is looked up (the spy returns None)
+        index.positions(pl.Series([f"{5:024x}"]))
+    assert reads == ["read"]

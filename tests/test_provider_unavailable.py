@@ -108,6 +108,27 @@ def test_a_provider_down_for_creates_and_lookups_returns_pending_rows_with_the_r
     assert len([e for e in creates(emu, provider) if e["status"] == 200]) == 1
 
 
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_without_waiting_a_refused_create_leaves_each_row_pending_with_the_reason(
+    provider, emu, tmp_path
+):
+    # Creates are refused; wait=False returns after the first round. The row whose create
+    # failed (it has an intent) and the rows behind it all say why they were not sent, and
+    # the next call sends each of them once.
+    down(emu, "POST", ROUTES[provider][1])
+    with pytest.warns(ProviderUnavailableWarning, match=r"^4 rows .*4 pending.*0 cancelled"):
+        out = run(provider, tmp_path / "s", wait=False, items_per_batch=2)
+    assert out["_status"].to_list() == ["pending"] * 4
+    assert out["_error"].str.starts_with("provider_unavailable: ").all(), out["_error"].to_list()
+    assert out["_error"].str.contains("503").all()
+    assert {e["status"] for e in creates(emu, provider)} == {503}
+    emu.clear_faults()
+    again = run(provider, tmp_path / "s", items_per_batch=2)
+    assert again["_status"].to_list() == ["completed"] * 4
+    assert again["_error"].is_null().all()
+    assert len([e for e in creates(emu, provider) if e["status"] == 200]) == 2
+
+
 @pytest.mark.parametrize(
     ("provider", "step"),
     # Gemini returns a small batch's results inline in the batch itself, so its download
@@ -156,18 +177,3 @@ def test_provider_patience_is_validated(emu):
     with pytest.raises(ConfigError, match="provider_patience"):
         run("openai", None, provider_patience=float("nan"))
     assert emu.log() == []
-
-
-def test_without_waiting_every_row_of_a_refused_create_says_why_it_is_pending(emu, tmp_path):
-    """wait=False after a refused create: the rows of the refused batch (whose intent was
-    abandoned) carry the reason like the rows never tried, not an empty error."""
-    down(emu, "POST", ROUTES["openai"][1])
-    with pytest.warns(ProviderUnavailableWarning, match="provider_unavailable"):
-        out = run("openai", tmp_path / "s", wait=False, items_per_batch=2)
-    assert out["_status"].to_list() == ["pending"] * 4
-    assert out["_error"].str.starts_with("provider_unavailable: ").all(), out["_error"].to_list()
-    assert out["_error"].str.contains("503").all()
-    emu.clear_faults()
-    again = run("openai", tmp_path / "s")
-    assert again["_status"].to_list() == ["completed"] * 4
-    assert len([e for e in creates(emu, "openai") if e["status"] == 200]) == 1

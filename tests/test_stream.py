@@ -69,7 +69,45 @@ def requests(emu) -> int:
 KW: dict[str, object] = {"schema": Item, "model": "gpt-4.1-mini", "prompt": "Rate: {text}"}
 
 
-def test_sink_equals_the_in_memory_run_in_order_with_failures_and_repeats(emu, tmp_path):
+@pytest.fixture(params=["held", "spilled"])
+def spilled(request, monkeypatch) -> Counter[str]:
+    """The test as it runs over a small input (the job-id index and the set of ids seen
+    held in memory), and as over a big one: the index in partition files of 8 events and
+    every segment of 4 ids or more of the id set in a file (read back when looked up).
+    Counts what was spilled (``index``, ``seen``); ``on`` is 1 when spilling."""
+    from batchata_df import jobindex, stream
+
+    used: Counter[str] = Counter()
+    if request.param == "spilled":
+        used["on"] = 1
+        monkeypatch.setattr(jobindex, "INDEX_PARTITION_WORDS", 8)
+        monkeypatch.setattr(stream, "SEEN_SPILL_IDS", 4)
+    spill_index, write_seen = jobindex.JobIndex._spill, stream._OnDisk.write
+
+    def index(self: jobindex.JobIndex, *args: int) -> None:
+        used["index"] += 1
+        spill_index(self, *args)
+
+    def seen(*args: object) -> object:
+        used["seen"] += 1
+        return write_seen(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(jobindex.JobIndex, "_spill", index)
+    monkeypatch.setattr(stream._OnDisk, "write", staticmethod(seen))
+    return used
+
+
+def check_spilled(used: Counter[str], *what: str) -> None:
+    """Each of ``what`` was spilled if the test spills, and nothing if it does not."""
+    if used["on"]:
+        assert all(used[w] for w in what), used
+    else:
+        assert not used["index"] and not used["seen"], used
+
+
+def test_sink_equals_the_in_memory_run_in_order_with_failures_and_repeats(
+    emu, tmp_path, spilled
+):
     frame = rows()
     kw = {**KW, "keep_raw": True, "keep_responses": True}
     expected = batch_llm(frame, state=tmp_path / "mem", **kw)  # type: ignore[arg-type]
@@ -111,9 +149,10 @@ def test_sink_equals_the_in_memory_run_in_order_with_failures_and_repeats(emu, t
     assert len(table_parts(tmp_path / "st" / "jobs")) == 1
     assert len(table_parts(tmp_path / "st" / "batches")) == 1
     assert not list((tmp_path / "st").glob(".stream-*"))  # spilled chunks removed
+    check_spilled(spilled, "index", "seen")
 
 
-def test_a_finished_folder_sends_nothing_and_writes_the_same_sink(emu, tmp_path):
+def test_a_finished_folder_sends_nothing_and_writes_the_same_sink(emu, tmp_path, spilled):
     source = write_input(tmp_path / "in", rows())
     sink = tmp_path / "out.parquet"
     kw = {"sink": sink, "chunk_rows": 30, "state": tmp_path / "st", **KW}
@@ -131,6 +170,7 @@ def test_a_finished_folder_sends_nothing_and_writes_the_same_sink(emu, tmp_path)
     # Counted as done at start: 49 answers, 1 that failed validation (50 distinct requests).
     assert (seen[-1].completed, seen[-1].failed, seen[-1].pending) == (49, 1, 0)
     assert seen[-1].total == 50
+    check_spilled(spilled, "index", "seen")
 
 
 def test_any_lazy_plan_streams_in_order(emu, tmp_path):
@@ -176,7 +216,7 @@ def wait_for(condition: Callable[[], bool], what: str, proc: subprocess.Popen[by
         time.sleep(0.05)
 
 
-def test_sigkill_mid_stream_resumes_without_paying_twice(emu, tmp_path):
+def test_sigkill_mid_stream_resumes_without_paying_twice(emu, tmp_path, spilled):
     frame = rows()
     source = write_input(tmp_path / "in", frame)
     sink, state = tmp_path / "out.parquet", tmp_path / "st"
@@ -215,6 +255,7 @@ def test_sigkill_mid_stream_resumes_without_paying_twice(emu, tmp_path):
     assert set(out["_status"].to_list()) == {"completed", "failed"}
     assert out.filter(pl.col("_cost_usd") > 0)["_job_id"].n_unique() == 50
     assert not list(state.glob(".stream-*"))  # the next call cleared them
+    check_spilled(spilled, "index", "seen")
     emu.reset()
     calm = batch_llm(frame, state=tmp_path / "calm", **KW)  # type: ignore[arg-type]
     assert_frame_equal(out.drop("_batch_id"), calm.drop("_batch_id"))
@@ -695,15 +736,24 @@ def test_the_sink_is_assembled_in_bounded_slices_with_repeats_billed_once(
     assert got["_cost_usd"].sum() == pytest.approx(expected["_cost_usd"].sum())
 
 
-def test_seen_ids_answer_like_a_set_with_segments_capped_and_ids_in_any_order():
+@pytest.mark.parametrize("spill", [False, True])
+def test_seen_ids_answer_like_a_set_with_segments_capped_and_ids_in_any_order(
+    tmp_path, monkeypatch, spill
+):
     """Against a Python set: ids asked in random order, repeats within a call, many equal
-    high 64 bits (then the low bits decide), segments never merged past their cap."""
+    high 64 bits (then the low bits decide), segments never merged past their cap; with a
+    spill folder, segments of SEEN_SPILL_IDS ids or more are files (nothing else held),
+    merged from and into files, the replaced files removed."""
     import numpy as np
 
+    from batchata_df import stream
     from batchata_df.stream import SeenIds
 
+    monkeypatch.setattr(stream, "SEEN_SPILL_IDS", 10)
     rng = np.random.default_rng(3)
-    seen, reference = SeenIds(max_segment=40), set()
+    folder = tmp_path / "seen" if spill else None
+    seen, reference = SeenIds(max_segment=40, spill=folder), set()
+    most_files = 0
     for _ in range(60):
         n = int(rng.integers(0, 25))
         ids = [f"{h:016x}{lo:08x}" for h, lo in zip(rng.integers(0, 12, n),
@@ -712,10 +762,21 @@ def test_seen_ids_answer_like_a_set_with_segments_capped_and_ids_in_any_order():
         assert got is not None
         assert got.to_list() == [i in reference for i in ids]
         reference.update(ids)
-        assert all(h.size <= 40 for h, _ in seen.segments)
-        assert all((np.diff(h.astype(np.int64)) >= 0).all() for h, _ in seen.segments)
-    assert sum(h.size for h, _ in seen.segments) > 40  # more than one segment's worth
+        held = [seen._held(s) for s in seen.segments]
+        assert all(h.size <= 40 for h, _ in held)
+        assert all((np.diff(h.astype(np.int64)) >= 0).all() for h, _ in held)
+        on_disk = [s for s in seen.segments if isinstance(s, stream._OnDisk)]
+        if spill:
+            assert all(isinstance(s, stream._OnDisk) for s in seen.segments
+                       if seen._size(s) >= 10)
+            assert sorted(p.name for p in folder.iterdir()) == sorted(  # type: ignore[union-attr]
+                s.path.name for s in on_disk)  # merged-away files are gone
+            most_files = max(most_files, len(on_disk))
+        else:
+            assert not on_disk
+    assert sum(seen._size(s) for s in seen.segments) > 40  # more than one segment's worth
     assert len(seen.segments) > 1
+    assert most_files > 1 or not spill
 
 
 def test_seen_ids_segments_merge_like_a_stable_sort():

@@ -41,7 +41,7 @@ def write_summary(folder: Path) -> bool:
     ids = events.get_column("job_id").drop_nulls().unique(maintain_order=True)
     for start in range(0, ids.len(), 3):  # in slices of jobs, as the sink pass does
         some = ids.slice(start, 3)
-        writer.add(summarize(events.filter(pl.col("job_id").is_in(some.implode()))))
+        writer.add(events.filter(pl.col("job_id").is_in(some.implode())))
     return writer.close()
 
 
@@ -249,3 +249,79 @@ def test_folders_with_and_without_a_summary_are_queried_together(emu, tmp_path):
         str(tmp_path / "a" / "st"): 25, str(tmp_path / "b" / "st"): distinct(rows().head(30))}
     expected = pl.concat([grouped(tmp_path / "a" / "st"), grouped(tmp_path / "b" / "st")])
     assert_same_jobs(got, expected)
+
+
+# -- leftovers and failures: the summary is an optimisation, the sink and state the truth
+
+
+def test_a_half_written_summary_left_by_a_killed_run_is_removed_by_the_next_run(emu, tmp_path):
+    folder = tmp_path / "st"
+    (folder / SUMMARY_DIR).mkdir(parents=True)
+    # What a run SIGKILLed in its sink pass leaves: the summary's hidden temporary file.
+    stale = folder / SUMMARY_DIR / f".tmp-0badcafe-{SUMMARY_FILE}"
+    stale.write_bytes(b"PAR1 half a file")
+
+    stream(rows(), tmp_path)
+
+    assert not list((folder / SUMMARY_DIR).glob(".tmp-*"))
+    assert valid_summary(folder) == _summary_path(folder)
+    assert_same_jobs(sql(ALL, folder), grouped(folder))
+
+
+def test_a_summary_that_cannot_be_written_warns_and_the_sink_and_sql_are_still_right(
+    emu, tmp_path
+):
+    from batchata_df import SummaryWarning
+
+    expected = stream(rows(), tmp_path / "calm")
+    folder = tmp_path / "st"
+    folder.mkdir(parents=True)
+    (folder / SUMMARY_DIR).write_text("a file where the summary folder goes")  # mkdir fails
+
+    wording = r"summary.*not written.*groups the job events"
+    with pytest.warns(SummaryWarning, match=wording) as caught:
+        out = stream(rows(), tmp_path)
+
+    assert len(caught) == 1
+    assert_frame_equal(out.drop("_batch_id"), expected.drop("_batch_id"))
+    assert valid_summary(folder) is None
+    # The events grouped: the same jobs, answers and bills as the folder with a summary.
+    same = ["job_id", "status", "error", "answer", "cost_usd", "input_tokens", "attempts"]
+    got = sql(ALL, folder).select(same)
+    assert got.height == 25
+    assert_same_jobs(got, sql(ALL, tmp_path / "calm" / "st").select(same))
+
+
+@pytest.mark.parametrize("step", ["summarize", "add", "close"])
+def test_a_failure_at_any_step_of_the_summary_leaves_no_summary_and_fails_nothing(
+    emu, tmp_path, monkeypatch, step
+):
+    from batchata_df import SummaryWarning
+    from batchata_df import summary as summary_module
+
+    stream(rows(), tmp_path)  # a valid summary from an earlier call
+    folder = tmp_path / "st"
+    assert valid_summary(folder) is not None
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    if step == "summarize":
+        monkeypatch.setattr(summary_module, "summarize", boom)
+    elif step == "add":
+        monkeypatch.setattr(summary_module.SummaryWriter, "_append", boom)
+    else:
+        import os
+        import types
+
+        # The rename into place fails (only the summary's: the module sees this os).
+        monkeypatch.setattr(summary_module, "os", types.SimpleNamespace(
+            **{**{k: getattr(os, k) for k in dir(os) if not k.startswith("__")}, "replace": boom}))
+
+    with pytest.warns(SummaryWarning, match="No space left on device"):
+        out = stream(rows(), tmp_path, retry_failed=True)  # new parts: a new summary due
+
+    assert out.height == 60
+    assert not list((folder / SUMMARY_DIR).glob(".tmp-*"))
+    assert valid_summary(folder) is None  # the old one summarizes other parts
+    assert_same_jobs(sql(ALL, folder), grouped(folder))

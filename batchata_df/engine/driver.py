@@ -166,7 +166,10 @@ class Engine:
         fallback = max([feeder.max_worst, *worst.values()])
         admission.hold_recovered(state.in_flight, fallback=fallback)
         admission.worst_by_job = {}  # nothing else reads it: let it go
-        return self._drive(planner, admission, feeder)
+        try:
+            return self._drive(planner, admission, feeder)
+        finally:
+            feeder.index.close()  # its spilled partitions, if any
 
     def _drive(
         self, planner: Planner, admission: Admission, feeder: Feeder | None = None
@@ -276,8 +279,8 @@ def with_unavailable(
     """``states`` with the reason on rows left pending because the provider was unreachable.
 
     Rows of a batch (or open intent) in ``unavailable`` that are still ``assigned`` get its
-    reason in ``error``; ``unsent`` jobs get theirs: added when they have no event yet, on
-    their row when a refused create left them ``assigned`` to its abandoned intent.
+    reason in ``error``; ``unsent`` jobs get theirs: added when they have no event yet,
+    and on their ``assigned`` row when their batch's create failed.
     """
     if unavailable:
         reasons = pl.DataFrame(
@@ -295,14 +298,14 @@ def with_unavailable(
             .drop("_why")
         )
     if unsent is not None and unsent.height:
-        # Jobs of a refused create have an "assigned" event (its intent was abandoned): they
-        # get their reason like the jobs never tried, which are added.
+        # A job whose create failed has an intent (``assigned``) but no batch: it is as
+        # unsent as the jobs planned behind it, and says why in the same words.
         why = unsent.select("job_id", pl.col("error").alias("_unsent"))
         states = (
             states.join(why, on="job_id", how="left")
             .with_columns(
-                pl.when(pl.col("status") == "assigned")
-                .then(pl.coalesce("_unsent", "error"))
+                pl.when((pl.col("status") == "assigned") & pl.col("_unsent").is_not_null())
+                .then(pl.col("_unsent"))
                 .otherwise(pl.col("error"))
                 .alias("error")
             )
