@@ -848,3 +848,17 @@ def test_realtime_sends_eight_requests_at_once_unless_told_otherwise(tmp_path):
         seen: list[ProgressSnapshot] = []
         make(provider, seen).run(make_jobs(9))
         assert seen[0].activity == "realtime: 8 requests in flight (at most 8)", name
+
+
+def test_with_a_deadline_the_batch_phase_waits_at_most_a_minute_for_cancelled_batches(tmp_path):
+    n = AUTO_REALTIME_MAX_JOBS + 1
+    grace = {}
+    for name, deadline, given in [("deadline", 3600.0, 900.0), ("shorter given", 3600.0, 30.0),
+                                  ("no deadline", None, 900.0)]:  # fmt: skip
+        provider = FakeProvider(FakeClock(), latency=1.0)
+        engine = _auto(tmp_path / name.replace(" ", "_"), provider, deadline_s=deadline,
+                       cancel_grace_s=given)  # fmt: skip
+        engine.run(make_jobs(n))
+        assert engine.batch is not None
+        grace[name] = engine.batch.ctx.options.cancel_grace_s
+    assert grace == {"deadline": 60.0, "shorter given": 30.0, "no deadline": 900.0}
