@@ -324,6 +324,15 @@ def seed_python(venv: Path) -> Path:
     return python
 
 
+def _code() -> str:
+    """The commit measured (short hash), with ``+dirty`` when the work tree has changes."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, cwd=HERE).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "batchata_df"],
+                           capture_output=True, text=True, cwd=HERE).stdout.strip()
+    return head + ("+dirty" if dirty else "")
+
+
 def _proc_cpu(pid: int) -> float:
     """User + system CPU seconds of a live process (all its threads)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -391,8 +400,44 @@ def _document(started: str, runs: int, points: list[dict[str, Any]]) -> dict[str
     }
 
 
-def merge(paths: list[Path], out: Path, note: str | None = None) -> None:
-    """One document from several partial ones (e.g. one process per provider)."""
+def _pooled(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Points of the same provider and size made one: their runs together, medians again.
+
+    For a point measured in several sittings (e.g. a third run added later). Each run
+    keeps the load average and the code of its sitting (``loadavg_before``, ``code``); the
+    point's ``loadavg_before`` is the highest of them.
+    """
+    by_key: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for pt in points:
+        by_key.setdefault((pt["provider"], pt["rows"]), []).append(pt)
+    pooled: list[dict[str, Any]] = []
+    for group in by_key.values():
+        if len(group) == 1:
+            pooled.append(group[0])
+            continue
+        runs = [
+            {**run, "loadavg_before": run.get("loadavg_before", pt["loadavg_before"]),
+             "code": run.get("code", pt.get("code"))}
+            for pt in group for run in pt["runs"]
+        ]  # fmt: skip
+        first = group[0]
+        pooled.append({
+            "provider": first["provider"], "model": first["model"], "rows": first["rows"],
+            "n_runs": len(runs), "runs": runs, **summarise(runs),
+            "loadavg_before": max((pt["loadavg_before"] for pt in group), key=lambda x: x[0]),
+            "loadavg_after": max((pt["loadavg_after"] for pt in group), key=lambda x: x[0]),
+            "code": "+".join(dict.fromkeys(str(pt.get("code")) for pt in group)),
+        })  # fmt: skip
+    return pooled
+
+
+def merge(
+    paths: list[Path], out: Path, note: str | None = None, *, pool: bool = False
+) -> None:
+    """One document from several partial ones (e.g. one process per provider).
+
+    With ``pool``, points of the same provider and size are made one (:func:`_pooled`).
+    """
     docs = [json.loads(p.read_text()) for p in paths]
     points = sorted(
         (pt for d in docs for pt in d["points"]),
@@ -402,8 +447,10 @@ def merge(paths: list[Path], out: Path, note: str | None = None) -> None:
         pt.setdefault("n_runs", len(pt["runs"]))
     keys = [(pt["provider"], pt["rows"]) for pt in points]
     if len(set(keys)) != len(keys):
-        msg = f"the partial results overlap: {sorted(keys)}"
-        raise SystemExit(msg)
+        if not pool:
+            msg = f"the partial results overlap (pool them with --pool): {sorted(keys)}"
+            raise SystemExit(msg)
+        points = _pooled(points)
     doc = _document(min(d["started_utc"] for d in docs), docs[0]["runs_per_point"], points)
     doc["finished_utc"] = max(d["finished_utc"] for d in docs)
     doc["machine"]["uptime"] = [d["machine"]["uptime"] for d in docs]
@@ -478,6 +525,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "results" / "overhead.json")
     parser.add_argument("--merge", type=Path, nargs="+", help="merge these partial results")
     parser.add_argument("--note", help="with --merge: what the reader must know (recorded)")
+    parser.add_argument("--pool", action="store_true",
+                        help="with --merge: pool the runs of points measured more than once")
     parser.add_argument("--seed", action="store_true",
                         help="batch_llm beside the seed library (default sizes 1k, 10k)")
     parser.add_argument("--seed-venv", type=Path, default=Path(tempfile.gettempdir()) / "batchata-seed")
@@ -490,7 +539,7 @@ def main() -> None:
         run_seed(sizes, args.providers, args.runs, out, args.seed_venv)
         return
     if args.merge:
-        merge(args.merge, args.out, args.note)
+        merge(args.merge, args.out, args.note, pool=args.pool)
         return
 
     from batchata_df.emulator import Emulator
@@ -525,6 +574,7 @@ def main() -> None:
                         **summarise(runs),
                         "loadavg_before": load_before,
                         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+                        "code": _code(),
                     }
                     # Written after every run: a long run interrupted keeps what it measured
                     # (a point with fewer runs than asked says so in n_runs).

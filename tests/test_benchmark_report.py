@@ -12,6 +12,8 @@ import json
 import statistics
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -90,3 +92,48 @@ def test_seed_results_hold_same_run_ratios() -> None:
         assert point["seed"]["cpu_s"] == round(
             statistics.median(r["seed"]["cpu_s"] for r in point["runs"]), 3
         )
+
+
+def _bench():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location(
+        "bench_overhead", ROOT / "benchmarks" / "bench_overhead.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_point_measured_in_two_sittings_is_pooled_with_each_runs_load(tmp_path: Path) -> None:
+    # A third run added later (``--merge --pool``): one point, its medians and same-run
+    # ratios over all three runs, each run keeping the load and code of its sitting.
+    bench = _bench()
+
+    def run(floor: float, ours: float) -> dict[str, dict[str, float]]:
+        base = {"wall_s": 1.0, "peak_rss_mb": 100.0, "emulator_cpu_s": 0.1}
+        return {"floor": {**base, "cpu_s": floor}, "ours": {**base, "cpu_s": ours,
+                                                             "state_mb": 1.0}}
+
+    def doc(runs: list[dict[str, dict[str, float]]], load: float, code: str) -> dict[str, object]:
+        point = {"provider": "anthropic", "model": "m", "rows": 10, "n_runs": len(runs),
+                 "runs": runs, **bench.summarise(runs), "loadavg_before": [load, 0, 0],
+                 "loadavg_after": [load + 1, 0, 0], "code": code}
+        return {**bench._document("2026-01-01T00:00:00Z", 3, [point]),
+                "finished_utc": "2026-01-01T01:00:00Z"}
+
+    first = tmp_path / "a.json"
+    first.write_text(json.dumps(doc([run(1.0, 2.0), run(1.0, 4.0)], 5.0, "aaa")))
+    second = tmp_path / "b.json"
+    second.write_text(json.dumps(doc([run(2.0, 3.0)], 1.0, "bbb")))
+    out = tmp_path / "out.json"
+    bench.merge([first, second], out, pool=True)
+    (point,) = json.loads(out.read_text())["points"]
+    assert point["n_runs"] == 3
+    assert [r["loadavg_before"][0] for r in point["runs"]] == [5.0, 5.0, 1.0]
+    assert [r["code"] for r in point["runs"]] == ["aaa", "aaa", "bbb"]
+    assert point["ratio"]["cpu_s"] == 2.0  # median of 2.0, 4.0 and 1.5
+    assert point["ours"]["cpu_s"] == 3.0 and point["floor"]["cpu_s"] == 1.0
+    assert point["loadavg_before"][0] == 5.0 and point["code"] == "aaa+bbb"
+    # Without --pool, overlapping points are refused.
+    with pytest.raises(SystemExit, match="overlap"):
+        bench.merge([first, second], out)
