@@ -484,11 +484,12 @@ def test_realtime_leaves_rows_of_a_batch_still_running_assigned_with_the_reason(
     Engine(store(tmp_path), {"openai": provider}, SPEC, PRICES, RunOptions(wait=False),
            clock=provider.clock).run(make_jobs(2))  # fmt: skip
     provider.calls.clear()
-    out = realtime(tmp_path, provider).run(make_jobs(3)).sort("job_id")
+    # This call asks for j001 and j002; j000 (same batch) is the folder's, not the call's.
+    out = realtime(tmp_path, provider).run(make_jobs(2, start=1)).sort("job_id")
     why = ("in a provider batch that may still be running: call again with mode='batch' "
            "(or 'auto') and the same state to collect it")  # fmt: skip
     assert out.select("job_id", "status", "error").rows() == [
-        ("j000", "assigned", why),
+        ("j000", "assigned", None),
         ("j001", "assigned", why),
         ("j002", "completed", None),
     ]
@@ -889,3 +890,33 @@ def test_requests_held_back_by_the_cap_while_others_run_are_shown_waiting(tmp_pa
     assert out.sort("job_id")["status"].to_list() == ["completed"] * 3
     assert {s.cap_waiting for s in seen if s.cap_waiting} == {1}
     assert seen[-1].cap_waiting == 0 and seen[-1].cap_rounds == 1
+
+
+def test_realtime_sends_eight_requests_at_once_unless_told_otherwise(tmp_path):
+    """The documented default (README: ``concurrency``, default 8), in both modes."""
+    for name, make in [
+        ("realtime", lambda p, seen: RealtimeEngine(
+            store(tmp_path / "rt"), {"openai": p}, SPEC, PRICES.realtime(), RunOptions(),
+            progress=seen.append, clock=p.clock)),
+        ("auto", lambda p, seen: AutoEngine(
+            store(tmp_path / "auto"), {"openai": p}, SPEC, PRICES, RunOptions(),
+            deadline_s=None, progress=seen.append, clock=p.clock)),
+    ]:  # fmt: skip
+        provider = FakeProvider(FakeClock())
+        seen: list[ProgressSnapshot] = []
+        make(provider, seen).run(make_jobs(9))
+        assert seen[0].activity == "realtime: 8 requests in flight (at most 8)", name
+
+
+def test_with_a_deadline_the_batch_phase_waits_at_most_a_minute_for_cancelled_batches(tmp_path):
+    n = AUTO_REALTIME_MAX_JOBS + 1
+    grace = {}
+    for name, deadline, given in [("deadline", 3600.0, 900.0), ("shorter given", 3600.0, 30.0),
+                                  ("no deadline", None, 900.0)]:  # fmt: skip
+        provider = FakeProvider(FakeClock(), latency=1.0)
+        engine = _auto(tmp_path / name.replace(" ", "_"), provider, deadline_s=deadline,
+                       cancel_grace_s=given)  # fmt: skip
+        engine.run(make_jobs(n))
+        assert engine.batch is not None
+        grace[name] = engine.batch.ctx.options.cancel_grace_s
+    assert grace == {"deadline": 60.0, "shorter given": 30.0, "no deadline": 900.0}
