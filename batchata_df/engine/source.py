@@ -140,7 +140,6 @@ class Feeder:
             self.state.done[status] += int((done.get_column("status") == status).sum())
         self.state.cost += float(done.get_column("cost_usd").fill_null(0.0).sum())
         self.state.done_at_start += done.height
+        # (Jobs of batches this call sent came in earlier chunks: never in this one.)
         skip = pl.concat([terminal.get_column("job_id"), reattached])
-        if self.state.in_flight:
-            skip = pl.concat([skip, *(b.job_ids for b in self.state.in_flight)])
         return chunk.filter(~pl.col("job_id").is_in(skip.implode()))
