@@ -139,9 +139,13 @@ def test_the_cap_counts_the_jobs_it_holds_back_and_each_round_that_releases_some
     first = admission.admit(plan)  # 3 fit, 3 wait (tail(n): all but the first n)
     assert first is not None and len(first) == 3
     assert (state.cap_waiting, state.cap_rounds, state.cap_first_fit) == (3, 0, 3)
-    state.reserved = 0.3  # the first three are in flight
-    assert admission.admit(plan.tail(3)) is None  # nothing fits: all three wait
+    state.reserved = 0.3  # the first three hold the budget (requests, not batches here)
+    assert admission.admit(plan.tail(3), holding=True) is None  # nothing fits: all wait
     assert (state.cap_waiting, state.cap_rounds) == (3, 0)
+    # With nothing holding budget, what does not fit never will: nothing is waiting.
+    assert admission.admit(plan.tail(3)) is None
+    assert (state.cap_waiting, state.cap_rounds) == (0, 0)
+    assert admission.admit(plan.tail(3), holding=True) is None
     state.reserved = 0.15
     part = admission.admit(plan.tail(3))  # room for two after waiting: a round
     assert part is not None and len(part) == 2

@@ -99,11 +99,17 @@ def test_jobs_that_can_never_fit_the_cap_end_cancelled_cost_limit(tmp_path):
     # j000 fits; j001 and j002 alone would be over the cap even with nothing spent.
     jobs = make_jobs(3, worst=0.6).with_columns(
         pl.when(pl.col("job_id") == "j000").then(0.6).otherwise(1.2).alias("worst_usd"))
-    out = engine(tmp_path, provider, max_cost_usd=1.0).run(jobs)
+    seen = []
+    out = engine(tmp_path, provider, max_cost_usd=1.0, progress=seen.append).run(jobs)
     groups = by_status(out)
     assert groups["completed"] == ["j000"]
     assert groups["cancelled"] == ["j001", "j002"]
     assert set(out.filter(pl.col("status") == "cancelled")["error"]) == {"cancelled: cost_limit"}
+    # The progress says the two wait while j000's batch holds the budget, and stops saying
+    # so once nothing is left in flight to free any (they are cancelled, not waiting).
+    waits = [(s.phase, s.cap_waiting, s.cancelled) for s in seen]
+    assert ("running", 2, 0) in waits
+    assert [w for w in waits if w[2] == 2] and all(w[1] == 0 for w in waits if w[2] == 2)
 
 
 def test_a_failing_create_is_retried_on_the_clock_then_succeeds(tmp_path):
@@ -420,6 +426,19 @@ def test_a_streamed_call_holds_batches_without_estimates_at_the_largest_recorded
     # not only at the largest this call read (0.1).
     assert held == {"fb_1": pytest.approx(0.9), "fb_2": pytest.approx(0.9),
                     "fb_3": pytest.approx(0.1)}
+
+
+def test_a_streamed_call_of_a_free_model_holds_batches_without_estimates_at_nothing(tmp_path):
+    # A model priced at 0 (prices={model: (0, 0)} is accepted) gives every row a worst case
+    # of 0.0: a batch sent earlier without estimates is held at that, not at a made-up
+    # dollar that would keep this call's rows from going under a small cap.
+    provider = FakeProvider(FakeClock())  # batches run until the test ends them
+    engine(tmp_path, provider, wait=False).run(make_jobs(2))  # no cap: nothing recorded
+    resumed = engine(tmp_path, provider, wait=False, max_cost_usd=0.5)
+    resumed.run_source(ListSource([make_jobs(2, start=2, worst=0.0)]))
+    held = {b.provider_batch_id: b.reserved for b in resumed.state.in_flight}
+    assert held == {"fb_1": 0.0, "fb_2": 0.0}
+    assert provider.methods().count("submit") == 2
 
 
 def test_a_streamed_run_calibrates_on_batches_sent_from_an_earlier_chunk(tmp_path):

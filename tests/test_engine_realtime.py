@@ -834,6 +834,64 @@ def test_retries_due_go_earliest_first_and_only_into_free_slots(tmp_path):
         assert waiting == []
 
 
+class _AllAtOnce(FakeProvider):
+    """Answers only once ``n`` requests are being answered at the same time."""
+
+    def __init__(self, clock: FakeClock, n: int) -> None:
+        super().__init__(clock)
+        self.together = threading.Barrier(n, timeout=20.0)
+
+    def answer(self, line, *, model, spec):  # type: ignore[no-untyped-def]
+        self.together.wait()  # raises BrokenBarrierError if fewer ever run at once
+        return super().answer(line, model=model, spec=spec)
+
+
+def test_as_many_requests_run_at_once_as_the_concurrency_asks(tmp_path):
+    # 40 is above any default thread pool (min(32, cpus + 4)): the pool must be sized by
+    # the call's concurrency, or fewer requests run at once than the progress says.
+    provider = _AllAtOnce(FakeClock(), 40)
+    engine = RealtimeEngine(store(tmp_path), {"openai": provider}, SPEC, PRICES.realtime(),
+                            RunOptions(), clock=provider.clock, concurrency=40)  # fmt: skip
+    out = engine.run(make_jobs(40))
+    assert out["status"].to_list() == ["completed"] * 40
+    assert not provider.together.broken
+
+
+class _HeldUntil(FakeProvider):
+    """Holds the answer to ``job_id`` until ``release`` is set (at most 20 s)."""
+
+    def __init__(self, clock: FakeClock, job_id: str) -> None:
+        super().__init__(clock)
+        self.job_id, self.release = job_id, threading.Event()
+
+    def answer(self, line, *, model, spec):  # type: ignore[no-untyped-def]
+        if f'"custom_id":"{self.job_id}"' in line:
+            self.release.wait(20.0)
+        return super().answer(line, model=model, spec=spec)
+
+
+def test_requests_held_back_by_the_cap_while_others_run_are_shown_waiting(tmp_path):
+    # Worst case w per request, actual cost 2/3 w, cap 2.5 w: j000 and j001 go; when j000
+    # is answered (2/3 w spent, j001's w held) j002 does not fit and waits for j001, and the
+    # progress says so. j001 is answered only once the progress has said it.
+    rate = PRICES.realtime().get("openai", MODEL)
+    assert rate is not None
+    worst = 1.5 * (10 * rate.input + 5 * rate.output) / 1e6
+    provider = _HeldUntil(FakeClock(), "j001")
+    seen: list[ProgressSnapshot] = []
+
+    def progress(snap: ProgressSnapshot) -> None:
+        seen.append(snap)
+        if snap.cap_waiting:
+            provider.release.set()
+
+    out = realtime(tmp_path, provider, progress=progress, max_cost_usd=2.5 * worst).run(
+        make_jobs(3, worst=worst))
+    assert out.sort("job_id")["status"].to_list() == ["completed"] * 3
+    assert {s.cap_waiting for s in seen if s.cap_waiting} == {1}
+    assert seen[-1].cap_waiting == 0 and seen[-1].cap_rounds == 1
+
+
 def test_realtime_sends_eight_requests_at_once_unless_told_otherwise(tmp_path):
     """The documented default (README: ``concurrency``, default 8), in both modes."""
     for name, make in [

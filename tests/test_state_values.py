@@ -294,6 +294,24 @@ def test_spent_on_a_part_whose_data_is_damaged_names_the_part(tmp_path):
         store.spent()
 
 
+def test_spent_on_a_sound_folder_that_fails_to_scan_names_the_folder_and_the_error(
+    tmp_path, monkeypatch
+):
+    """A read error with no damaged part behind it (e.g. out of memory, a file changed
+    under the scan) is a StateError naming the folder and Polars' own message."""
+    StateStore(tmp_path / "st", FP).append_jobs(
+        pl.DataFrame({"job_id": ["a"], "status": "completed", "cost_usd": 0.5}))
+
+    def fails(root):
+        raise pl.exceptions.ComputeError("the scan broke")
+
+    monkeypatch.setattr(state_module, "_billed_total", fails)
+    with pytest.raises(StateError) as caught:
+        spent_usd(tmp_path / "st")
+    assert str(caught.value) == (
+        f"cannot read the checkpoint folder {str(tmp_path / 'st')!r}: the scan broke")
+
+
 # -- manifest -----------------------------------------------------------------------------
 
 
@@ -313,6 +331,10 @@ def test_read_manifest_gives_back_every_field_written(tmp_path):
     path = tmp_path / "m.json"
     path.write_text(json.dumps({"run_id": "r", "created_at": 7, "format_version": 1}))
     assert read_manifest(path) == Manifest("r", {}, 1, 7.0)
+    # A creation time that is not a number (null, text) reads as unknown (0), not an error.
+    for created in (None, "2026-11-29"):
+        path.write_text(json.dumps({"run_id": "r", "created_at": created, "format_version": 1}))
+        assert read_manifest(path) == Manifest("r", {}, 1, 0.0)
 
 
 @pytest.mark.parametrize(
@@ -472,6 +494,18 @@ def test_compaction_merges_consecutive_parts_up_to_the_target_size(tmp_path):
     assert whole not in merged
     assert store.job_events()["job_id"].to_list() == [f"j{i}" for i in range(5)]
     assert store.compact() == 0
+
+
+def test_compaction_merges_the_parts_it_wrote_around_a_foreign_one_that_sorts_first(tmp_path):
+    store = StateStore(tmp_path / "st", FP)
+    for i in range(2):
+        store.append_jobs(pl.DataFrame({"job_id": [f"j{i}"], "status": "assigned"}))
+    jobs = tmp_path / "st" / "jobs"
+    foreign = jobs / "part--by-hand.parquet"  # '-' sorts before every digit
+    pl.read_parquet(next(jobs.glob("part-0*.parquet"))).head(0).write_parquet(foreign)
+    assert state_module.table_parts(jobs)[0] == foreign
+    assert store.compact() == 2  # the foreign part is skipped, not the end of the list
+    assert len(list(jobs.glob("part-0*~*.parquet"))) == 1 and foreign.exists()
 
 
 def test_parts_hidden_by_a_compacted_part_are_skipped_then_collected(tmp_path):

@@ -114,11 +114,14 @@ class Admission:
         """The calibrated worst case of each job of ``plan``."""
         return self.calibration.worst(plan.provider, plan.model, plan.worst, plan.est_input_usd)
 
-    def admit(self, plan: PlannedBatch) -> PlannedBatch | None:
+    def admit(self, plan: PlannedBatch, *, holding: bool = False) -> PlannedBatch | None:
         """The part of ``plan`` that fits under the cap now (``None``: nothing does).
 
         Worst case of everything in flight plus what was spent plus this batch must fit. A
         batch that does not fit whole is split: its leading jobs that fit go now.
+        ``holding``: budget is also held by requests that are not batches in flight (the
+        realtime engine's, running or waiting to retry), so jobs that do not fit wait for
+        them (and the progress says so) instead of never fitting.
         """
         if self.cap is None:
             return plan
@@ -135,11 +138,13 @@ class Admission:
         # fitting, never fit (the driver ends them cancelled: cost_limit).
         if fit > 0 and waited:
             self.state.cap_rounds += 1
-        if fit > 0 or self.state.in_flight:
+        if fit > 0 or self.state.in_flight or holding:
             if self.state.cap_first_fit is None:
                 in_flight = sum(len(b.job_ids) for b in self.state.in_flight)
                 self.state.cap_first_fit = in_flight + fit
             self.state.cap_waiting = len(plan) - fit
+        else:  # nothing holds budget: nothing waits, the driver ends these cost_limit
+            self.state.cap_waiting = 0
         if fit == 0:
             return None
         return plan.head(fit)

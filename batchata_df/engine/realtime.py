@@ -289,7 +289,9 @@ class RealtimeEngine:
                 return
             if self._paused.get(plan.provider, 0.0) > ctx.clock.monotonic():
                 return
-            admitted = admission.admit(plan if len(plan) <= free else plan.head(free))
+            admitted = admission.admit(
+                plan if len(plan) <= free else plan.head(free), holding=bool(reserved)
+            )
             if admitted is None:
                 return
             key = self._keys.setdefault((plan.provider, plan.model), "r" + new_batch_key())
