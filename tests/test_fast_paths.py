@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import polars as pl
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 from pydantic import (
@@ -556,3 +556,43 @@ def test_outcomes_in_request_order_equal_the_joined_outcomes(rows, data) -> None
             assert (r["status"], r["answer"]) == ("failed", None)
         else:
             assert r == by_id[r["job_id"]]
+
+
+_gemini_part = st.fixed_dictionaries(
+    {"text": st.sampled_from(["", "4", "2", '{"a":1}', "é"])},
+    optional={"thought": st.none() | st.booleans()},
+) | st.fixed_dictionaries({}, optional={"text": st.none(), "thought": st.booleans()})
+_gemini_parts = st.none() | st.lists(_gemini_part, max_size=3)
+
+
+def _gemini_answer(parts: list[dict[str, Any]] | None) -> str | None:
+    """The documented answer: the text parts that are not thoughts, joined; else null."""
+    texts = [
+        p["text"] for p in parts or [] if not p.get("thought") and p.get("text") is not None
+    ]
+    return "".join(texts) if texts else None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_gemini_parts, max_size=8), st.booleans())
+@example([[{"text": "4"}, {"text": "2"}]], False)
+@example([[{"text": "t", "thought": True}, {"text": "4"}], [{"text": "2"}]], False)
+def test_gemini_answers_equal_the_joined_non_thought_parts(
+    answers: list[list[dict[str, Any]] | None], single: bool
+) -> None:
+    # Files whose answers are one part at most take the one-part path; any line with more
+    # takes the general one: the text is the same either way.
+    if single:
+        answers = [None if a is None else a[:1] for a in answers]
+    lines = []
+    for i, parts in enumerate(answers):
+        content = {} if parts is None else {"content": {"role": "model", "parts": parts}}
+        lines.append({"key": f"k{i}", "response": {"candidates": [{**content,
+                                                                    "finishReason": "STOP"}]}})
+    data = "\n".join(json.dumps(line) for line in lines).encode()
+    decoded = gemini_provider.decode_lines(data)
+    expected = [_gemini_answer(parts) for parts in answers]
+    assert decoded.get_column("text").to_list() == expected
+    assert decoded.get_column("outcome").to_list() == [
+        "succeeded" if e is not None else "errored" for e in expected
+    ]

@@ -785,6 +785,48 @@ def _inlined_lines(responses: list[types.InlinedResponse]) -> bytes:
     return "\n".join(lines).encode()
 
 
+_TEXT = "\x00text"
+"""The decoded answer's column while :func:`decode_lines` normalises (never a line field)."""
+
+
+def answer_text(raw: pl.DataFrame) -> pl.Series:
+    """The answer of each decoded result line: its first candidate's text parts, joined.
+
+    Thought parts and parts without text are left out; null when no text part is left.
+    Nearly every answer is one part: when no line has more, the one part's text is taken
+    without evaluating a list per line (a quarter of the CPU of the general expression,
+    the same values).
+
+    Examples
+    --------
+    >>> line = {"response": {"candidates": [{"content": {"parts": [
+    ...     {"text": "plan", "thought": True}, {"text": "4"}, {"text": "2"}]}}]}}
+    >>> answer_text(pl.DataFrame([line])).to_list()
+    ['42']
+    """
+    parts = raw.select(
+        pl.col("response")
+        .struct.field("candidates")
+        .list.first()
+        .struct.field("content")
+        .struct.field("parts")
+    ).to_series()
+    if (parts.list.len().max() or 0) <= 1:  # type: ignore[operator]
+        part = pl.col("parts").list.first()
+        text = pl.when(~part.struct.field("thought").fill_null(False)).then(
+            part.struct.field("text")
+        )
+    else:
+        thought = pl.element().struct.field("thought").fill_null(False)
+        texts = (
+            pl.col("parts")
+            .list.eval(pl.when(~thought).then(pl.element().struct.field("text")))
+            .list.drop_nulls()
+        )
+        text = pl.when(texts.list.len() > 0).then(texts.list.join(""))
+    return parts.alias("parts").to_frame().select(text.alias("text")).to_series()
+
+
 def decode_lines(data: bytes, *, responses: bool = False) -> pl.DataFrame:
     """Decode Gemini result lines (``{"key", "response" | "error"}``) into RESULTS.
 
@@ -804,15 +846,12 @@ def decode_lines(data: bytes, *, responses: bool = False) -> pl.DataFrame:
     if responses:
         raw = with_result_lines(raw, result_lines(data))
     raw = raw.filter(pl.col("key").is_not_null())
+    # The answer once, as a column: an eager select evaluates an expression once per use,
+    # and the text is used four times below.
+    raw = raw.with_columns(answer_text(raw).alias(_TEXT))
+    text = pl.col(_TEXT)
     resp = pl.col("response")
     candidate = resp.struct.field("candidates").list.first()
-    parts = candidate.struct.field("content").struct.field("parts")
-    text_parts = parts.list.eval(
-        pl.when(pl.element().struct.field("thought").fill_null(False).not_()).then(
-            pl.element().struct.field("text")
-        )
-    ).list.drop_nulls()
-    text = pl.when(text_parts.list.len() > 0).then(text_parts.list.join(""))
     finish = candidate.struct.field("finishReason")
     usage = resp.struct.field("usageMetadata")
     err = pl.col("error")
