@@ -8,6 +8,7 @@ emulator are in ``test_realtime.py`` and ``test_auto_mode.py``.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 
@@ -920,3 +921,36 @@ def test_with_a_deadline_the_batch_phase_waits_at_most_a_minute_for_cancelled_ba
         assert engine.batch is not None
         grace[name] = engine.batch.ctx.options.cancel_grace_s
     assert grace == {"deadline": 60.0, "shorter given": 30.0, "no deadline": 900.0}
+
+
+class _CutOff(FakeProvider):
+    """Every realtime answer stops at the output limit (4,096 tokens: the model's default)."""
+
+    def answer(self, line, *, model, spec):  # type: ignore[no-untyped-def]
+        from batchata_df.providers.base import conform_results
+
+        job_id = json.loads(line)["custom_id"]
+        return conform_results(pl.DataFrame({
+            "job_id": [job_id], "outcome": "errored", "text": None, "truncated": True,
+            "error": "cut off", "input_tokens": 10, "output_tokens": 4096, "cached_tokens": 0,
+        }))  # fmt: skip
+
+
+def test_a_truncated_realtime_answer_names_the_model_s_own_output_limit(tmp_path):
+    # The call set no max_tokens: the message names the limit the request was sent with
+    # (the model's default, effective_params), not "max_tokens=None".
+    from batchata_df.models import effective_params
+    from batchata_df.providers.base import RequestSpec
+    from batchata_df.schema import AnswerSchema
+
+    limit = effective_params("openai", MODEL, {})["max_tokens"]
+    provider = _CutOff(FakeClock())
+    spec = RequestSpec(schema=AnswerSchema(None), params={})
+    engine = RealtimeEngine(store(tmp_path), {"openai": provider}, spec, PRICES.realtime(),
+                            RunOptions(), clock=provider.clock, concurrency=2)  # fmt: skip
+    out = engine.run(make_jobs(1))
+    assert out.select("status", "error").rows() == [(
+        "failed",
+        f"truncated: the answer hit max_tokens={limit} before it was complete; "
+        "raise params={'max_tokens': ...}",
+    )]

@@ -96,6 +96,18 @@ def test_read_jsonl_equals_read_ndjson(
     ).struct.field("message").struct.field("content").to_list() == [r[1] for r in rows]
 
 
+def test_a_results_file_starting_with_a_null_line_never_reaches_pyarrow() -> None:
+    # pyarrow 26's JSON reader kills the process (SIGSEGV) on it; the Polars path reads it
+    # (the null line has no id: collection ends its row as missing, nothing crashes).
+    schema = pl.Schema({"id": pl.String, "n": pl.Int64})
+    for data in (b'null\n{"id":"a","n":1}\n', b"null", b' \nnull\n'):
+        assert _read_jsonl_arrow(data, schema) is None
+        assert_frame_equal(read_jsonl(data, schema), _read_jsonl_polars(data, schema))
+    assert read_jsonl(b'null\n{"id":"a","n":1}\n', schema).drop_nulls().rows() == [("a", 1)]
+    # Data that starts with an object (after blank space) still goes to pyarrow.
+    assert _read_jsonl_arrow(b' \r\n{"id":"a","n":1}', schema) is not None
+
+
 def test_read_jsonl_spans_slices(monkeypatch: pytest.MonkeyPatch) -> None:
     # Many slices of a few lines each: every line is kept once, in order.
     monkeypatch.setattr("batchata_df.providers.base.JSONL_SLICE_BYTES", 50)

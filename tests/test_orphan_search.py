@@ -171,3 +171,31 @@ def test_a_batch_list_that_cannot_be_read_stops_the_search_and_says_why(emu, nam
         f"a previous run may have created {article} {name} batch just before it stopped, "
         f"but listing batches failed ({name} failed to {what}: HTTP 400")
     assert message.endswith("); retry later so that nothing is paid twice")
+
+
+@pytest.mark.parametrize("order", ["newest_first", "oldest_first"])
+def test_openai_lookup_matches_run_and_batch_key_both(emu, tmp_path, order):
+    """Two batches of one run (one state folder, two calls): the lookup of either batch key
+    finds that batch, never its sibling that shares the run id."""
+    from batchata_df.providers.openai import OpenAIProvider
+    from batchata_df.state import read_manifest
+
+    for row in ("row 0", "row 1"):
+        pl.DataFrame({"t": [row]}).pipe(batch_llm, schema=A, model="gpt-4.1-mini",
+                                        prompt="{t}", state=tmp_path / "s", wait=False)
+    run_id = read_manifest(tmp_path / "s" / "manifest.json").run_id
+    sent = (pl.read_parquet(tmp_path / "s" / "batches" / "*.parquet")
+            .drop_nulls("provider_batch_id").unique(["batch_key", "provider_batch_id"]))
+    ids = dict(zip(sent["batch_key"], sent["provider_batch_id"], strict=True))
+    assert len(ids) == 2
+    provider = OpenAIProvider()
+    emu.configure(list_order=order)
+    try:
+        for key, batch_id in ids.items():
+            tag = BatchTag(run_id=run_id, batch_key=key, created_after=0.0)
+            assert provider.find(tag) == batch_id
+        other = BatchTag(run_id=run_id, batch_key="b-not-sent", created_after=0.0)
+        assert provider.find(other) is None
+    finally:
+        emu.configure(list_order="newest_first")
+        provider.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import io
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -271,6 +272,9 @@ def _arrow_type(dtype: Any) -> Any:
     return pl.Series([], dtype=dtype).to_arrow().type
 
 
+_OBJECT_FIRST = re.compile(rb"\s*\{")
+
+
 def _read_jsonl_arrow(data: bytes, schema: pl.Schema) -> pl.DataFrame | None:
     """:func:`read_jsonl` through pyarrow's JSON reader, or ``None`` if it refuses the data.
 
@@ -284,6 +288,10 @@ def _read_jsonl_arrow(data: bytes, schema: pl.Schema) -> pl.DataFrame | None:
         import pyarrow as pa
         import pyarrow.json as pj  # type: ignore[import-untyped]
     except ImportError:  # pragma: no cover - pyarrow is a dependency
+        return None
+    if _OBJECT_FIRST.match(data) is None:
+        # pyarrow 26 crashes the process (SIGSEGV) on a file whose first line is `null`:
+        # only data that starts with a JSON object goes to it.
         return None
     arrow_schema = pa.schema([(name, _arrow_type(dtype)) for name, dtype in schema.items()])
     try:
