@@ -954,3 +954,17 @@ def test_a_truncated_realtime_answer_names_the_model_s_own_output_limit(tmp_path
         f"truncated: the answer hit max_tokens={limit} before it was complete; "
         "raise params={'max_tokens': ...}",
     )]
+
+
+def test_auto_mode_s_realtime_phase_sends_nothing_once_the_time_limit_is_spent(tmp_path):
+    # The time limit counts from the call's start: if it is spent when the realtime phase
+    # begins (here 20 s of a 10 s limit went before it), no request goes out.
+    provider = FakeProvider(FakeClock())
+    engine = _auto(tmp_path, provider, time_limit_s=10.0)
+    provider.clock.sleep(20.0)  # what an earlier phase took
+    out = engine.run(make_jobs(2))
+    assert out.sort("job_id").select("job_id", "status", "error").rows() == [
+        ("j000", "cancelled", "cancelled: time_limit"),
+        ("j001", "cancelled", "cancelled: time_limit"),
+    ]
+    assert [c for c in provider.calls if c[0] == "answer"] == []

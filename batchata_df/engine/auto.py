@@ -191,10 +191,11 @@ class AutoEngine:
     def _realtime(self, jobs: pl.DataFrame) -> pl.DataFrame:
         options = self.options
         if options.time_limit_s is not None:
-            # The time limit counts from the call's start, not from this phase's.
+            # The time limit counts from the call's start, not from this phase's; once it
+            # is spent (0 left), the phase stops before sending anything.
             spent = self.clock.monotonic() - self.started
             options = dataclasses.replace(
-                options, time_limit_s=max(options.time_limit_s - spent, 1e-3)
+                options, time_limit_s=max(options.time_limit_s - spent, 0.0)
             )
         self.realtime = RealtimeEngine(
             self.store,
