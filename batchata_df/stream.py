@@ -594,6 +594,29 @@ class SinkWriter:
         self.tmp.unlink(missing_ok=True)
 
 
+
+def _unsent_in(
+    ids: pl.Series, states: pl.DataFrame, unsent: pl.DataFrame | None
+) -> pl.DataFrame | None:
+    """The jobs of one sink slice left unsent after a refused create (``wait=False``).
+
+    Those the engine planned (``unsent``) and, with them, the slice's jobs it never read
+    (no event at all): every one of them goes with the next call, for the same reason.
+    Only this slice's jobs, so that each is flagged (and counted) once.
+    """
+    if unsent is None or unsent.height == 0:
+        return None
+    reason = unsent.get_column("error")[0]
+    planned = unsent.filter(pl.col("job_id").is_in(ids.implode()))
+    never = ids.filter(
+        ~ids.is_in(states.get_column("job_id").implode()) & ~ids.is_in(planned["job_id"].implode())
+    )
+    return pl.concat([
+        planned.select("job_id", "error"),
+        never.to_frame("job_id").with_columns(pl.lit(reason, dtype=pl.String).alias("error")),
+    ])
+
+
 def _write_sink(
     sink: Path,
     chunks: list[Path],
@@ -649,7 +672,7 @@ def _write_sink(
                 # Each job once: at its first row (the bill's row), as in the sink.
                 first = keys.filter(pl.col("input_error").is_null() & ~pl.col("later"))
                 summary.add(events.filter(pl.col("job_id").is_in(first["job_id"].implode())))
-                results = with_unavailable(states, unavailable, unsent)
+                results = with_unavailable(states, unavailable, _unsent_in(ids, states, unsent))
                 hit = results.filter(
                     pl.col("error").str.contains("provider_unavailable: ", literal=True)
                 )

@@ -33,6 +33,7 @@ from batchata_df.providers import anthropic as anthropic_provider
 from batchata_df.providers import gemini as gemini_provider
 from batchata_df.providers import openai as openai_provider
 from batchata_df.providers.base import (
+    JSONL_SLICE_BYTES,
     RequestSpec,
     _read_jsonl_arrow,
     _read_jsonl_polars,
@@ -104,6 +105,11 @@ def test_a_results_file_starting_with_a_null_line_never_reaches_pyarrow() -> Non
         assert _read_jsonl_arrow(data, schema) is None
         assert_frame_equal(read_jsonl(data, schema), _read_jsonl_polars(data, schema))
     assert read_jsonl(b'null\n{"id":"a","n":1}\n', schema).drop_nulls().rows() == [("a", 1)]
+    # A null line anywhere crashes it too once it starts a block (here: just past 1 MiB).
+    line = b'{"id":"a","n":1}\n'
+    big = line * (JSONL_SLICE_BYTES // len(line) + 1) + b"null\n" + line
+    assert _read_jsonl_arrow(big, schema) is None
+    assert read_jsonl(big, schema).drop_nulls().height == big.count(b'"id"')
     # Data that starts with an object (after blank space) still goes to pyarrow.
     assert _read_jsonl_arrow(b' \r\n{"id":"a","n":1}', schema) is not None
 

@@ -177,3 +177,32 @@ def test_provider_patience_is_validated(emu):
     with pytest.raises(ConfigError, match="provider_patience"):
         run("openai", None, provider_patience=float("nan"))
     assert emu.log() == []
+
+
+@pytest.mark.parametrize("slice_rows", [50_000, 2])
+def test_a_streamed_call_without_waiting_flags_each_row_a_refused_create_left_once(
+    emu, tmp_path, monkeypatch, slice_rows
+):
+    # Creates are refused; wait=False returns after the first round. The rows of the chunk
+    # it read (the refused batch's and the ones behind it) and the rows of the chunk it
+    # never read all say why, and the warning counts each row once, whatever the size of
+    # the sink's slices.
+    import batchata_df.stream
+
+    monkeypatch.setattr(batchata_df.stream, "SINK_SLICE_ROWS", slice_rows)
+    model, create = ROUTES["openai"][0], ROUTES["openai"][1]
+    down(emu, "POST", create)
+    lf = pl.LazyFrame({"t": [f"row {i}" for i in range(6)]})
+    with pytest.warns(ProviderUnavailableWarning, match=r"^6 rows .*6 pending.*0 cancelled"):
+        out = batch_llm(lf, schema=A, model=model, prompt="{t}", state=tmp_path / "s",
+                        wait=False, items_per_batch=2, sink=tmp_path / "o.parquet",
+                        chunk_rows=4).collect()
+    assert out["_status"].to_list() == ["pending"] * 6
+    assert out["_error"].null_count() == 0
+    assert out["_error"].str.starts_with("provider_unavailable: ").all()
+    emu.clear_faults()
+    again = batch_llm(pl.LazyFrame({"t": [f"row {i}" for i in range(6)]}), schema=A,
+                      model=model, prompt="{t}", state=tmp_path / "s", items_per_batch=2,
+                      sink=tmp_path / "o2.parquet", chunk_rows=4).collect()
+    assert again["_status"].to_list() == ["completed"] * 6
+    assert len([e for e in creates(emu, "openai") if e["status"] == 200]) == 3

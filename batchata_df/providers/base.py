@@ -273,6 +273,7 @@ def _arrow_type(dtype: Any) -> Any:
 
 
 _OBJECT_FIRST = re.compile(rb"\s*\{")
+_NULL_LINES = (b"\nnull", b"\n null", b"\n\tnull")
 
 
 def _read_jsonl_arrow(data: bytes, schema: pl.Schema) -> pl.DataFrame | None:
@@ -289,9 +290,11 @@ def _read_jsonl_arrow(data: bytes, schema: pl.Schema) -> pl.DataFrame | None:
         import pyarrow.json as pj  # type: ignore[import-untyped]
     except ImportError:  # pragma: no cover - pyarrow is a dependency
         return None
-    if _OBJECT_FIRST.match(data) is None:
-        # pyarrow 26 crashes the process (SIGSEGV) on a file whose first line is `null`:
-        # only data that starts with a JSON object goes to it.
+    if _OBJECT_FIRST.match(data) is None or any(line in data for line in _NULL_LINES):
+        # pyarrow 26 crashes the process (SIGSEGV) on a `null` line at the start of a
+        # block (the file's first line, or one after a block boundary): data with such a
+        # line goes to Polars. A raw newline never occurs inside a JSON string, so these
+        # only match lines that are `null`.
         return None
     arrow_schema = pa.schema([(name, _arrow_type(dtype)) for name, dtype in schema.items()])
     try:
