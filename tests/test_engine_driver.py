@@ -172,14 +172,15 @@ def test_a_second_call_collects_what_the_first_left_in_flight(tmp_path):
     assert "submit" not in provider.methods()  # never paid twice
 
 
-def test_queue_limit_refusals_go_again_when_the_provider_has_room(tmp_path):
+def _refusing_the_first_batch_once() -> FakeProvider:
+    """A provider that refuses its first batch once for its queue limit, then takes all."""
     from batchata_df.providers.base import ProviderState
 
     provider = FakeProvider(FakeClock(), latency=5.0)
     refuse = {"n": 1}
     real_poll = provider.poll
 
-    def poll(batch_id):  # the provider refuses the first batch for its queue limit
+    def poll(batch_id):
         if refuse["n"] and batch_id == "fb_1":
             refuse["n"] -= 1
             provider.end(batch_id, ProviderState.FAILED,
@@ -187,6 +188,11 @@ def test_queue_limit_refusals_go_again_when_the_provider_has_room(tmp_path):
         return real_poll(batch_id)
 
     provider.poll = poll  # type: ignore[method-assign]
+    return provider
+
+
+def test_queue_limit_refusals_go_again_when_the_provider_has_room(tmp_path):
+    provider = _refusing_the_first_batch_once()
     out = engine(tmp_path, provider).run(make_jobs(4))
     assert by_status(out) == {"completed": ["j000", "j001", "j002", "j003"]}
     sizes = [c[2] for c in provider.calls if c[0] == "submit"]
@@ -647,20 +653,7 @@ def test_an_in_memory_run_calibrates_later_batches_on_the_input_tokens_actually_
 
 
 def test_a_streamed_run_plans_jobs_refused_for_a_queue_limit_again_from_its_source(tmp_path):
-    from batchata_df.providers.base import ProviderState
-
-    provider = FakeProvider(FakeClock(), latency=5.0)
-    refuse = {"n": 1}
-    real_poll = provider.poll
-
-    def poll(batch_id):  # the provider refuses the first batch for its queue limit
-        if refuse["n"] and batch_id == "fb_1":
-            refuse["n"] -= 1
-            provider.end(batch_id, ProviderState.FAILED,
-                         detail="token_limit_exceeded: Enqueued token limit reached")  # fmt: skip
-        return real_poll(batch_id)
-
-    provider.poll = poll  # type: ignore[method-assign]
+    provider = _refusing_the_first_batch_once()
     run = engine(tmp_path, provider)
     run.run_source(ListSource([make_jobs(4)]))
     assert [c[2] for c in provider.calls if c[0] == "submit"] == [4, 2, 2]
