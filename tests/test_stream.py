@@ -672,6 +672,49 @@ def test_a_reattached_batch_collected_before_its_rows_are_read_is_not_sent_again
     assert set(out["_status"].to_list()) == {"completed"}
 
 
+def test_resuming_with_batches_in_flight_holds_their_ids_once_and_sends_nothing_twice(
+    emu, tmp_path, monkeypatch, spilled
+):
+    """A killed 10M-row run leaves 32 batches of 50,000 in flight. The resumed call holds
+    their job ids in the batches it re-attaches; the feeder held them all a second time (to
+    skip their rows when a chunk brings them), which put the resumed call's peak 1.3x above
+    an uninterrupted run's. It now tells them by the batch of their latest event, so it
+    holds the batches' keys, never their ids; and still sends none of them again though
+    their batches are collected before a chunk brings their rows (the input reversed)."""
+    from batchata_df.engine import driver, source
+
+    feeders: list[source.Feeder] = []
+
+    class Watched(source.Feeder):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            feeders.append(self)
+
+    emu.configure(latency=3600.0)
+    frame = pl.DataFrame({"i": range(60), "text": [f"distinct {i}" for i in range(60)]})
+    kw = {"sink": tmp_path / "out.parquet", "state": tmp_path / "st", "chunk_rows": 20,
+          "items_per_batch": 10, "max_parallel_batches": 3, **KW}
+    first = batch_llm(frame.lazy(), wait=False, **kw).collect()  # type: ignore[arg-type]
+    in_flight = first.filter(pl.col("_batch_id").is_not_null())["i"].to_list()
+    assert in_flight == list(range(30)) and creates(emu) == 3
+
+    monkeypatch.setattr(driver, "Feeder", Watched)
+    emu.configure(latency=0.0)
+    emu.advance(3600)  # they finish: collected by the resumed call before their rows come
+    out = batch_llm(frame.reverse().lazy(), **kw).collect()  # type: ignore[arg-type]
+
+    [feeder] = feeders
+    held = {name: len(value) for name, value in vars(feeder).items()
+            if isinstance(value, (pl.Series, pl.DataFrame))}
+    assert sum(held.values()) <= 3, held  # the three batches' keys at most: no job id
+    billed = Counter(e["custom_id"] for e in emu.billing())
+    assert set(billed.values()) == {1}, "a request was billed twice"
+    assert len(billed) == 60
+    assert creates(emu) == 6  # the 30 rows never sent, in three batches; none again
+    assert out["i"].to_list() == list(range(59, -1, -1))
+    assert set(out["_status"].to_list()) == {"completed"}
+
+
 def test_seen_ids_are_exact_across_segments_and_fall_back_for_other_ids():
     """The set of job ids a streaming run keeps to mark a later chunk's repeats: exact on
     all 96 bits (ids equal in their first 64 bits are told apart), across merged

@@ -108,14 +108,16 @@ def recover(ctx: RunContext, state: RunState) -> list[InFlightBatch]:
     ).get_column("batch_key")
     if open_keys.len() == 0:  # every batch ended: nothing to re-attach or resolve
         return []
-    members = (
-        store.assigned(open_keys)
-        .group_by("batch_key", maintain_order=True)
-        .agg(pl.col("job_id"))
-    )
+    # Each batch's members straight into its Series: never a Python object per job id (a
+    # killed 10M-row run leaves 1.6M ids in flight: as Python strings, 200 MB at the peak).
+    members = store.assigned(open_keys).select("batch_key", "job_id")
     member_map = {
-        row[0]: pl.Series("job_id", row[1], dtype=pl.String) for row in members.iter_rows()
+        str(key): part.get_column("job_id")
+        for (key,), part in members.partition_by(
+            "batch_key", as_dict=True, maintain_order=True, include_key=False
+        ).items()
     }
+    del members
     out: list[InFlightBatch] = []
     for row in batches.iter_rows(named=True):
         key, status = row["batch_key"], row["status"]
