@@ -715,6 +715,79 @@ def test_resuming_with_batches_in_flight_holds_their_ids_once_and_sends_nothing_
     assert set(out["_status"].to_list()) == {"completed"}
 
 
+WRITING_CHILD = textwrap.dedent(
+    """
+    import sys
+    import polars as pl
+    from pydantic import BaseModel
+    from batchata_df import batch_llm, stream
+
+    class Item(BaseModel):
+        label: str
+        score: int
+
+    write = stream.SinkWriter.write
+
+    def write_then_hang(self, frame):
+        write(self, frame)
+        print(self.tmp, flush=True)  # the sink's first slice is in its hidden file
+        sys.stdin.readline()  # never answered: the test kills this process here
+
+    stream.SinkWriter.write = write_then_hang
+    source, sink, state = sys.argv[1:4]
+    batch_llm(pl.scan_parquet(source), schema=Item, model="gpt-4.1-mini",
+              prompt="Rate: {text}", sink=sink, state=state, chunk_rows=20)
+    """
+)
+
+
+def test_a_killed_calls_hidden_sink_file_goes_with_the_next_call_never_a_live_ones(
+    emu, tmp_path
+):
+    """The sink is written under a hidden name (``.tmp-<sink>-<random>``) and renamed when
+    complete. A call killed while writing it left that file beside the output for good (a
+    10M-row sink: 212 MB). The next call writing the same sink removes it; a hidden file
+    whose writer is alive (another call on another state folder, which that folder's lock
+    does not cover) is left alone: each writer holds an OS lock on its file."""
+    frame = rows()
+    source = write_input(tmp_path / "in", frame)
+    sink, state = tmp_path / "out.parquet", tmp_path / "st"
+    hidden = lambda: sorted(p.name for p in tmp_path.glob(".tmp-out.parquet-*"))  # noqa: E731
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITING_CHILD, source, str(sink), str(state)],
+        env={**os.environ, **emu.env()}, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        tmp = Path(proc.stdout.readline().decode().strip())
+        assert tmp.parent == tmp_path and hidden() == [tmp.name], hidden()
+        size = tmp.stat().st_size
+        billed = len(emu.billing())
+        # Another call writes the same sink meanwhile: the live writer's file stays.
+        other = batch_llm(
+            pl.scan_parquet(source), sink=sink, state=tmp_path / "other", chunk_rows=20,
+            **KW,  # type: ignore[arg-type]
+        ).collect()
+        assert other["i"].to_list() == list(range(N))
+        assert hidden() == [tmp.name] and tmp.stat().st_size == size
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert hidden() == [tmp.name]  # what the killed call left
+
+    sent = len(emu.billing())
+    out = batch_llm(
+        pl.scan_parquet(source), sink=sink, state=state, chunk_rows=20,
+        **KW,  # type: ignore[arg-type]
+    ).collect()
+    assert hidden() == []
+    assert len(emu.billing()) == sent  # the killed call had sent everything: nothing again
+    assert billed == 50  # its 50 distinct requests, once
+    assert out["i"].to_list() == list(range(N))
+    assert set(out["_status"].to_list()) == {"completed", "failed"}
+
+
 def test_seen_ids_are_exact_across_segments_and_fall_back_for_other_ids():
     """The set of job ids a streaming run keeps to mark a later chunk's repeats: exact on
     all 96 bits (ids equal in their first 64 bits are told apart), across merged
