@@ -753,6 +753,25 @@ class StateStore:
         with self._reading():
             return lazy.collect().sort("seq").drop("seq")
 
+    def results_stored(self, batch_keys: pl.Series) -> set[str]:
+        """Those of ``batch_keys`` whose jobs already have terminal events in the folder.
+
+        A batch's outcomes are one part (written whole), so one such event means all of
+        them are stored. Recovery asks this of the batches still open: a crash between
+        storing a batch's results and recording it collected leaves such a batch.
+        """
+        lazy = (
+            self._lazy("jobs", JOB_EVENTS)
+            .filter(
+                pl.col("status").is_in(list(TERMINAL_JOB))
+                & pl.col("batch_key").is_in(batch_keys.implode())
+            )
+            .select("batch_key")
+            .unique()
+        )
+        with self._reading():
+            return set(lazy.collect().get_column("batch_key").to_list())
+
     def batch_state(self) -> pl.DataFrame:
         """The latest event of every batch, with the first known provider batch id."""
         events = self._scan("batches", BATCH_EVENTS).sort("seq")

@@ -95,6 +95,10 @@ def busy_jobs(store: StateStore, state: pl.DataFrame) -> pl.DataFrame:
 def recover(ctx: RunContext, state: RunState) -> list[InFlightBatch]:
     """Re-attach batches in flight; resolve intents left by a crash before submitting.
 
+    A batch whose outcomes are already stored (a crash before its ``collected`` event) is
+    recorded collected instead of re-attached: its results are not fetched again and its
+    jobs are not counted twice.
+
     Fills ``state.known_ids`` with every provider batch id recorded so far.
     """
     store = ctx.store
@@ -108,6 +112,9 @@ def recover(ctx: RunContext, state: RunState) -> list[InFlightBatch]:
     ).get_column("batch_key")
     if open_keys.len() == 0:  # every batch ended: nothing to re-attach or resolve
         return []
+    # A crash after a batch's outcomes were stored, before it was recorded collected:
+    # record it collected now, so that its results are neither fetched nor counted again.
+    stored = store.results_stored(open_keys)
     members = (
         store.assigned(open_keys)
         .group_by("batch_key", maintain_order=True)
@@ -119,6 +126,17 @@ def recover(ctx: RunContext, state: RunState) -> list[InFlightBatch]:
     out: list[InFlightBatch] = []
     for row in batches.iter_rows(named=True):
         key, status = row["batch_key"], row["status"]
+        if key in stored and status in IN_FLIGHT:
+            store.append_batch(
+                batch_key=key,
+                provider=row["provider"],
+                model=row["model"],
+                provider_batch_id=row["provider_batch_id"],
+                status=BatchPhase.COLLECTED.value,
+                n_jobs=row["n_jobs"],
+                detail="its results were stored before a crash; recorded collected on resume",
+            )
+            continue
         provider = provider_for(ctx, row["provider"], status)
         if status == BatchPhase.INTENT and provider is not None:
             members_of = member_map.get(key, pl.Series("job_id", [], pl.String))
