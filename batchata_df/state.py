@@ -753,12 +753,12 @@ class StateStore:
         with self._reading():
             return lazy.collect().sort("seq").drop("seq")
 
-    def results_stored(self, batch_keys: pl.Series) -> set[str]:
-        """Those of ``batch_keys`` whose jobs already have terminal events in the folder.
+    def outcomes_of(self, batch_keys: pl.Series) -> pl.DataFrame:
+        """The jobs with a terminal event under one of ``batch_keys``: ``batch_key``, ``job_id``.
 
-        A batch's outcomes are one part (written whole), so one such event means all of
-        them are stored. Recovery asks this of the batches still open: a crash between
-        storing a batch's results and recording it collected leaves such a batch.
+        Read with the filter applied while scanning. Recovery asks this of the batches
+        still open: a crash between storing a batch's outcomes and recording it collected
+        leaves a batch whose every job already has one.
         """
         lazy = (
             self._lazy("jobs", JOB_EVENTS)
@@ -766,11 +766,11 @@ class StateStore:
                 pl.col("status").is_in(list(TERMINAL_JOB))
                 & pl.col("batch_key").is_in(batch_keys.implode())
             )
-            .select("batch_key")
+            .select("batch_key", "job_id")
             .unique()
         )
         with self._reading():
-            return set(lazy.collect().get_column("batch_key").to_list())
+            return lazy.collect()
 
     def batch_state(self) -> pl.DataFrame:
         """The latest event of every batch, with the first known provider batch id."""

@@ -39,20 +39,25 @@ def test_batches_in_flight_are_re_attached_with_their_jobs(tmp_path):
 def test_a_batch_whose_outcomes_were_stored_before_a_crash_is_recorded_collected(tmp_path):
     # The crash fell between the batch's terminal job events and its "collected" event: it
     # must not be re-attached (its results would be fetched and counted a second time).
-    # A batch whose jobs have outcomes under another batch's key (k3: "d" under k0), or
-    # only their assigned events (k4), is still re-attached.
+    # A batch whose jobs have outcomes under another batch's key (k3: "d" under k0), only
+    # their assigned events (k4), or outcomes for some of them (k5) is still re-attached.
     provider = FakeProvider(FakeClock())
     ctx, state = make_run(tmp_path, provider)
     assign(ctx, "k1", ["a", "b"], status="submitted", batch_id="fb_7")
     assign(ctx, "k2", ["c"], status="cancel_requested", batch_id="fb_8", detail="time_limit")
     assign(ctx, "k3", ["d"], status="submitted", batch_id="fb_9")
     assign(ctx, "k4", ["e"], status="submitted", batch_id="fb_10")
+    assign(ctx, "k5", ["f", "g"], status="submitted", batch_id="fb_11")
     ctx.store.append_jobs(pl.DataFrame({
-        "job_id": ["a", "b", "c", "d"], "batch_key": ["k1", "k1", "k2", "k0"],
-        "status": ["completed", "failed", "cancelled", "completed"],
+        "job_id": ["a", "b", "c", "d", "g"], "batch_key": ["k1", "k1", "k2", "k0", "k5"],
+        "status": ["completed", "failed", "cancelled", "completed", "completed"],
     }))
     out = recover(ctx, state)
-    assert [(b.batch_key, b.job_ids.to_list()) for b in out] == [("k3", ["d"]), ("k4", ["e"])]
+    # k5: "f" has no outcome yet (e.g. a batch reopened by repair after a damaged part):
+    # collected again, or "f" would be sent and paid a second time.
+    assert [(b.batch_key, b.job_ids.to_list()) for b in out] == [
+        ("k3", ["d"]), ("k4", ["e"]), ("k5", ["f", "g"])
+    ]
     events = batch_events(ctx)
     assert events[-2:] == [
         ("collected", "fb_7",
@@ -65,7 +70,7 @@ def test_a_batch_whose_outcomes_were_stored_before_a_crash_is_recorded_collected
     ).sort("batch_key").rows() == [("k1", 2), ("k2", 1)]
     assert provider.calls == []
     # Recorded once: a second recovery re-attaches the same two and records nothing more.
-    assert [b.batch_key for b in recover(ctx, state)] == ["k3", "k4"]
+    assert [b.batch_key for b in recover(ctx, state)] == ["k3", "k4", "k5"]
     assert len(batch_events(ctx)) == len(events)
 
 

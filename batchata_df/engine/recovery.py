@@ -112,14 +112,9 @@ def recover(ctx: RunContext, state: RunState) -> list[InFlightBatch]:
     ).get_column("batch_key")
     if open_keys.len() == 0:  # every batch ended: nothing to re-attach or resolve
         return []
-    # A crash after a batch's outcomes were stored, before it was recorded collected:
-    # record it collected now, so that its results are neither fetched nor counted again.
-    stored = store.results_stored(open_keys)
-    members = (
-        store.assigned(open_keys)
-        .group_by("batch_key", maintain_order=True)
-        .agg(pl.col("job_id"))
-    )
+    assigned = store.assigned(open_keys)
+    stored = _outcomes_stored(assigned, store.outcomes_of(open_keys))
+    members = assigned.group_by("batch_key", maintain_order=True).agg(pl.col("job_id"))
     member_map = {
         row[0]: pl.Series("job_id", row[1], dtype=pl.String) for row in members.iter_rows()
     }
@@ -184,6 +179,21 @@ def recover(ctx: RunContext, state: RunState) -> list[InFlightBatch]:
                 )
             )
     return out
+
+
+def _outcomes_stored(assigned: pl.DataFrame, outcomes: pl.DataFrame) -> set[str]:
+    """The batches whose every job has a terminal event under the batch's key.
+
+    A crash after a batch's outcomes were stored (one part, written whole), before it was
+    recorded collected, leaves such a batch: it is recorded collected on resume, so that
+    its results are neither fetched nor counted again. A batch with some jobs still
+    without one (e.g. reopened by ``repair`` after a damaged part) is collected again.
+    """
+    if outcomes.height == 0:
+        return set()
+    missing = assigned.join(outcomes, on=["batch_key", "job_id"], how="anti")
+    keys = set(outcomes.get_column("batch_key").to_list())
+    return keys - set(missing.get_column("batch_key").to_list())
 
 
 def provider_for(ctx: RunContext, name: str | None, status: str) -> Provider | None:
