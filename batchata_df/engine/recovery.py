@@ -112,8 +112,8 @@ def recover(ctx: RunContext, state: RunState) -> list[InFlightBatch]:
     ).get_column("batch_key")
     if open_keys.len() == 0:  # every batch ended: nothing to re-attach or resolve
         return []
-    assigned = store.assigned(open_keys)
-    stored = _outcomes_stored(assigned, store.outcomes_of(open_keys))
+    assigned, outcomes = store.members_and_outcomes(open_keys)
+    stored = _outcomes_stored(assigned, outcomes)
     members = assigned.group_by("batch_key", maintain_order=True).agg(pl.col("job_id"))
     member_map = {
         row[0]: pl.Series("job_id", row[1], dtype=pl.String) for row in members.iter_rows()
