@@ -618,10 +618,12 @@ rename it while open): a file open by its writer cannot be deleted there."""
 
 
 def _locked_file(path: Path) -> int | None:
-    """Create ``path`` already locked: the descriptor holding its lock (``None``: Windows).
+    """Create ``path`` already locked: the descriptor holding its lock (``None``: unlocked).
 
     The file is created and locked under another name, then renamed to ``path``, so that
-    no other writer can see it under ``path`` unlocked (and take it for a dead one's).
+    no other writer can see it under ``path`` unlocked (and take it for a dead one's). On
+    Windows, or a file system that refuses locks (some network mounts), it is created
+    unlocked: there no writer can take a lock on it either, so none removes it.
     """
     if not _LOCKS:
         return None
@@ -629,14 +631,18 @@ def _locked_file(path: Path) -> int | None:
 
     fd, fresh = tempfile.mkstemp(dir=path.parent, prefix=".batchata-new-")
     try:
-        if not lock_descriptor(fd, blocking=False):  # a new file: nobody else has it
-            msg = f"could not lock the new file {fresh}"
-            raise OSError(msg)
+        try:
+            locked = lock_descriptor(fd, blocking=False)  # a new file: nobody else has it
+        except OSError:  # no locks on this file system
+            locked = False
         os.replace(fresh, path)
     except BaseException:
         os.close(fd)
         Path(fresh).unlink(missing_ok=True)
         raise
+    if not locked:
+        os.close(fd)
+        return None
     return fd
 
 

@@ -788,6 +788,31 @@ def test_a_killed_calls_hidden_sink_file_goes_with_the_next_call_never_a_live_on
     assert set(out["_status"].to_list()) == {"completed", "failed"}
 
 
+def test_a_sink_on_a_file_system_without_locks_is_written_and_never_taken_for_a_dead_ones(
+    tmp_path, monkeypatch
+):
+    """Where the file system refuses locks (some network mounts), the sink is still written
+    (unlocked), and no other writer removes a hidden file it cannot lock."""
+    import errno
+
+    import filelock
+
+    from batchata_df import stream
+
+    def no_locks(fd: int, *, blocking: bool = True) -> bool:
+        raise OSError(errno.ENOSYS, "no locks here")
+
+    monkeypatch.setattr(filelock, "lock_descriptor", no_locks)
+    sink = tmp_path / "out.parquet"
+    with stream.SinkWriter(sink) as writer:
+        writer.write(pl.DataFrame({"a": [1, 2]}))
+        assert stream.remove_stale_sink_files(sink) == []  # another writer's look
+        assert writer.tmp.exists()
+        writer.close(pl.DataFrame({"a": []}))
+    assert pl.read_parquet(sink)["a"].to_list() == [1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.parquet"]
+
+
 def test_seen_ids_are_exact_across_segments_and_fall_back_for_other_ids():
     """The set of job ids a streaming run keeps to mark a later chunk's repeats: exact on
     all 96 bits (ids equal in their first 64 bits are told apart), across merged
