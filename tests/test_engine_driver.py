@@ -682,3 +682,60 @@ def test_a_streamed_total_is_the_jobs_read_when_the_input_had_more_than_expected
     engine(tmp_path, provider, progress=seen.append).run_source(source)
     assert seen[0].total == 1  # at first, as expected
     assert (seen[-1].total, seen[-1].completed, seen[-1].pending) == (3, 3, 0)
+
+
+def _spoiled_by_a_permanent_poll_error(provider: FakeProvider) -> None:
+    real_poll = provider.poll
+
+    def poll(batch_id):
+        if batch_id == "fb_2":
+            raise ProviderError("not found", status_code=404)
+        return real_poll(batch_id)
+
+    provider.poll = poll
+
+
+RUNS = {
+    # name: (provider setup, engine options, jobs, the final states come from what the call wrote)
+    "plain, batches collected while others wait for a slot": (
+        lambda p: None, {"items_per_batch": 2, "max_parallel_batches": 2}, 7, True),
+    "creates failing, then sent again": (
+        lambda p: p.submit_errors.extend([ProviderError("503", status_code=503)] * 2),
+        {"items_per_batch": 3}, 7, True),
+    "a batch refused for the queue limit, sent again": (None, {}, 4, True),
+    "a batch the provider lost (permanent poll error)": (
+        _spoiled_by_a_permanent_poll_error, {"items_per_batch": 2}, 5, True),
+    "the time limit: cancelled in flight and unsent": (
+        lambda p: setattr(p, "latency", 100.0),
+        {"items_per_batch": 3, "max_parallel_batches": 1, "time_limit_s": 30.0}, 9, True),
+    "the cap cancels what never fits": (lambda p: None, {"max_cost_usd": 1.0}, 3, True),
+    "without waiting: rows left in flight": (
+        lambda p: setattr(p, "latency", 100.0), {"wait": False, "items_per_batch": 2}, 3, False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_the_final_states_from_what_the_call_wrote_equal_the_folder_read_back(tmp_path, name):
+    # A call on an empty folder writes every event of it: its final states come from the
+    # events it wrote (no read-back, no search of each job's latest event) when every job
+    # ended once, and they are what a fresh reader of the folder finds, whatever happened.
+    from polars.testing import assert_frame_equal
+
+    setup, options, n, shortcut = RUNS[name]
+    provider = _refusing_the_first_batch_once() if setup is None else FakeProvider(
+        FakeClock(), latency=5.0)
+    if setup is not None:
+        setup(provider)
+    jobs = make_jobs(n)
+    if name.startswith("the cap"):
+        jobs = jobs.with_columns(
+            pl.when(pl.col("job_id") == "j000").then(0.6).otherwise(1.2).alias("worst_usd"))
+    run = engine(tmp_path, provider, **options)
+    answered = []
+    real = run.ctx.store.written_states
+    run.ctx.store.written_states = lambda ids: answered.append(real(ids)) or answered[-1]
+    out = run.run(jobs)
+    assert (answered[0] is not None) == shortcut
+    reader = StateStore(tmp_path / "state", {"test": "1"}, readonly=True)
+    assert_frame_equal(out, job_states_of(reader))
+    assert out.height == n

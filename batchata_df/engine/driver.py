@@ -135,9 +135,18 @@ class Engine:
         admission.hold_recovered(state.in_flight)
         planner = Planner(ctx.providers, ctx.spec, ctx.options.items_per_batch)
         planner.add(todo)
-        unsent = self._drive(planner, admission)
+        # A folder with no job events yet: every event is this call's, so the final states
+        # can come from the events it writes, without searching the folder for each job's
+        # latest one (StateStore.written_states says when that is exact).
+        ctx.store.record_jobs()
+        try:
+            unsent = self._drive(planner, admission)
+            known = ctx.store.written_states(jobs.get_column("job_id"))
+        finally:
+            ctx.store.record_jobs_stop()
         state.jobs = pl.DataFrame()  # the job table is only needed while driving
-        return with_unavailable(_job_states(ctx.store), state.unavailable, unsent)
+        states = _job_states(ctx.store, known=known)
+        return with_unavailable(states, state.unavailable, unsent)
 
     def run_source(self, source: JobSource) -> pl.DataFrame | None:
         """Run the jobs of ``source``, one chunk at a time (a streaming run).
@@ -361,9 +370,15 @@ def _job_states(
     batches: pl.DataFrame | None = None,
     index: JobIndex | None = None,
     events: pl.DataFrame | None = None,
+    *,
+    known: tuple[pl.DataFrame, pl.DataFrame] | None = None,
 ) -> pl.DataFrame:
-    """The latest state of every job, with cost and tokens added up over every attempt."""
-    latest, billed = store.snapshot(job_ids, index, events)
+    """The latest state of every job, with cost and tokens added up over every attempt.
+
+    ``known`` is the ``(latest, billed)`` pair of :meth:`StateStore.snapshot` when the
+    caller has it (:meth:`StateStore.written_states`): then the folder is not read.
+    """
+    latest, billed = known if known is not None else store.snapshot(job_ids, index, events)
     state = join_by_job(
         latest.drop("cost_usd", "input_tokens", "output_tokens", "reasoning_tokens"), billed
     )
