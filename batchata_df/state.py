@@ -831,13 +831,33 @@ class StateStore:
         Read with the filter applied while scanning (recovery needs the members of the few
         batches still open, never the whole folder).
         """
+        return self._events_of(batch_keys, ["assigned"]).drop("status")
+
+    def members_and_outcomes(self, batch_keys: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """:meth:`assigned` of ``batch_keys``, and the jobs with a terminal event under one.
+
+        One scan of the folder. The second frame has ``batch_key`` and ``job_id``, once
+        each. Recovery asks this of the batches still open: a crash between storing a
+        batch's outcomes and recording it collected leaves a batch whose every job has one.
+        """
+        events = self._events_of(batch_keys, ["assigned", *TERMINAL_JOB])
+        assigned = events.filter(pl.col("status") == "assigned").drop("status")
+        outcomes = (
+            events.filter(pl.col("status") != "assigned")
+            .select("batch_key", "job_id")
+            .unique(maintain_order=True)
+        )
+        return assigned, outcomes
+
+    def _events_of(self, batch_keys: pl.Series, statuses: list[str]) -> pl.DataFrame:
+        """Job events of ``batch_keys`` with one of ``statuses``, in write order."""
         lazy = (
             self._lazy("jobs", JOB_EVENTS)
             .filter(
-                (pl.col("status") == "assigned")
+                pl.col("status").is_in(statuses)
                 & pl.col("batch_key").is_in(batch_keys.implode())
             )
-            .select("seq", "job_id", "batch_key", "est_cost_usd")
+            .select("seq", "job_id", "batch_key", "est_cost_usd", "status")
         )
         with self._reading():
             return lazy.collect().sort("seq").drop("seq")

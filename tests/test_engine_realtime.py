@@ -893,6 +893,30 @@ def test_requests_held_back_by_the_cap_while_others_run_are_shown_waiting(tmp_pa
     assert seen[-1].cap_waiting == 0 and seen[-1].cap_rounds == 1
 
 
+def test_every_request_the_cap_holds_back_is_counted_not_only_the_free_slots_share(tmp_path):
+    # As above with 5 requests, 2 at once: when j000 is answered one slot is free but the
+    # cap admits nothing, and all three requests still to send wait for the budget j001
+    # holds (as in batch mode, where the whole next batch is counted), not just one.
+    rate = PRICES.realtime().get("openai", MODEL)
+    assert rate is not None
+    worst = 1.5 * (10 * rate.input + 5 * rate.output) / 1e6
+    provider = _HeldUntil(FakeClock(), "j001")
+    seen: list[ProgressSnapshot] = []
+
+    def progress(snap: ProgressSnapshot) -> None:
+        seen.append(snap)
+        if snap.cap_waiting:
+            provider.release.set()
+
+    out = realtime(tmp_path, provider, progress=progress, max_cost_usd=2.5 * worst).run(
+        make_jobs(5, worst=worst))
+    first = next(s for s in seen if s.cap_waiting)
+    assert (first.completed, first.pending, first.cap_waiting) == (1, 4, 3)
+    # 5 answers at 2/3 of the worst case would pass the cap: the last ones end cost_limit.
+    statuses = out.sort("job_id")["status"].to_list()
+    assert statuses[:3] == ["completed"] * 3 and seen[-1].cap_waiting == 0
+
+
 def test_realtime_sends_eight_requests_at_once_unless_told_otherwise(tmp_path):
     """The documented default (README: ``concurrency``, default 8), in both modes."""
     for name, make in [

@@ -36,6 +36,44 @@ def test_batches_in_flight_are_re_attached_with_their_jobs(tmp_path):
     assert provider.calls == []  # nothing to look up
 
 
+def test_a_batch_whose_outcomes_were_stored_before_a_crash_is_recorded_collected(tmp_path):
+    # The crash fell between the batch's terminal job events and its "collected" event: it
+    # must not be re-attached (its results would be fetched and counted a second time).
+    # A batch whose jobs have outcomes under another batch's key (k3: "d" under k0), only
+    # their assigned events (k4), or outcomes for some of them (k5) is still re-attached.
+    provider = FakeProvider(FakeClock())
+    ctx, state = make_run(tmp_path, provider)
+    assign(ctx, "k1", ["a", "b"], status="submitted", batch_id="fb_7")
+    assign(ctx, "k2", ["c"], status="cancel_requested", batch_id="fb_8", detail="time_limit")
+    assign(ctx, "k3", ["d"], status="submitted", batch_id="fb_9")
+    assign(ctx, "k4", ["e"], status="submitted", batch_id="fb_10")
+    assign(ctx, "k5", ["f", "g"], status="submitted", batch_id="fb_11")
+    ctx.store.append_jobs(pl.DataFrame({
+        "job_id": ["a", "b", "c", "d", "g"], "batch_key": ["k1", "k1", "k2", "k0", "k5"],
+        "status": ["completed", "failed", "cancelled", "completed", "completed"],
+    }))
+    out = recover(ctx, state)
+    # k5: "f" has no outcome yet (e.g. a batch reopened by repair after a damaged part):
+    # collected again, or "f" would be sent and paid a second time.
+    assert [(b.batch_key, b.job_ids.to_list()) for b in out] == [
+        ("k3", ["d"]), ("k4", ["e"]), ("k5", ["f", "g"])
+    ]
+    events = batch_events(ctx)
+    assert events[-2:] == [
+        ("collected", "fb_7",
+         "its results were stored before a crash; recorded collected on resume"),
+        ("collected", "fb_8",
+         "its results were stored before a crash; recorded collected on resume"),
+    ]
+    assert ctx.store.batch_state().filter(pl.col("status") == "collected").select(
+        "batch_key", "n_jobs"
+    ).sort("batch_key").rows() == [("k1", 2), ("k2", 1)]
+    assert provider.calls == []
+    # Recorded once: a second recovery re-attaches the same two and records nothing more.
+    assert [b.batch_key for b in recover(ctx, state)] == ["k3", "k4", "k5"]
+    assert len(batch_events(ctx)) == len(events)
+
+
 def test_a_batch_found_after_a_crash_is_re_attached_later_with_no_cancel_reason(tmp_path):
     # Its last event carries a detail ("found at the provider after a crash"), which is not
     # a cancel reason: a stop must still ask the provider to cancel it (Stopper.stop asks

@@ -13,7 +13,14 @@ import polars as pl
 from batchata_df.engine.admission import Admission
 from batchata_df.engine.ledger import Ledger
 from batchata_df.engine.planning import Requeue, over_named_limit, queue_limit_refusal
-from batchata_df.engine.run import BatchPhase, InFlightBatch, RunContext, RunState, report
+from batchata_df.engine.run import (
+    BatchPhase,
+    InFlightBatch,
+    RunContext,
+    RunState,
+    failpoint,
+    report,
+)
 from batchata_df.errors import ProviderError
 from batchata_df.providers.base import BatchPoll, ProviderState, RequestSpec, empty_results
 from batchata_df.state import lined_up
@@ -275,6 +282,7 @@ class Collector:
             model=batch.model,
             provider_batch_id=batch.provider_batch_id,
         )
+        failpoint("after_results")  # stored, not yet recorded collected (crash tests)
         self.admission.settle(batch, actual, events)
         self.requeue.accepted(batch.provider, batch.model)
         self.state.activity = ""

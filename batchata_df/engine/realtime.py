@@ -289,9 +289,10 @@ class RealtimeEngine:
                 return
             if self._paused.get(plan.provider, 0.0) > ctx.clock.monotonic():
                 return
-            admitted = admission.admit(
-                plan if len(plan) <= free else plan.head(free), holding=bool(reserved)
-            )
+            head = plan if len(plan) <= free else plan.head(free)
+            admitted = admission.admit(head, holding=bool(reserved))
+            if state.cap_waiting:  # the cap holds back the rest of the plan too, as in
+                state.cap_waiting += len(plan) - len(head)  # batch mode, not one slot's share
             if admitted is None:
                 return
             key = self._keys.setdefault((plan.provider, plan.model), "r" + new_batch_key())

@@ -95,6 +95,10 @@ def busy_jobs(store: StateStore, state: pl.DataFrame) -> pl.DataFrame:
 def recover(ctx: RunContext, state: RunState) -> list[InFlightBatch]:
     """Re-attach batches in flight; resolve intents left by a crash before submitting.
 
+    A batch whose outcomes are already stored (a crash before its ``collected`` event) is
+    recorded collected instead of re-attached: its results are not fetched again and its
+    jobs are not counted twice.
+
     Fills ``state.known_ids`` with every provider batch id recorded so far.
     """
     store = ctx.store
@@ -108,17 +112,26 @@ def recover(ctx: RunContext, state: RunState) -> list[InFlightBatch]:
     ).get_column("batch_key")
     if open_keys.len() == 0:  # every batch ended: nothing to re-attach or resolve
         return []
-    members = (
-        store.assigned(open_keys)
-        .group_by("batch_key", maintain_order=True)
-        .agg(pl.col("job_id"))
-    )
+    assigned, outcomes = store.members_and_outcomes(open_keys)
+    stored = _outcomes_stored(assigned, outcomes)
+    members = assigned.group_by("batch_key", maintain_order=True).agg(pl.col("job_id"))
     member_map = {
         row[0]: pl.Series("job_id", row[1], dtype=pl.String) for row in members.iter_rows()
     }
     out: list[InFlightBatch] = []
     for row in batches.iter_rows(named=True):
         key, status = row["batch_key"], row["status"]
+        if key in stored and status in IN_FLIGHT:
+            store.append_batch(
+                batch_key=key,
+                provider=row["provider"],
+                model=row["model"],
+                provider_batch_id=row["provider_batch_id"],
+                status=BatchPhase.COLLECTED.value,
+                n_jobs=row["n_jobs"],
+                detail="its results were stored before a crash; recorded collected on resume",
+            )
+            continue
         provider = provider_for(ctx, row["provider"], status)
         if status == BatchPhase.INTENT and provider is not None:
             members_of = member_map.get(key, pl.Series("job_id", [], pl.String))
@@ -166,6 +179,21 @@ def recover(ctx: RunContext, state: RunState) -> list[InFlightBatch]:
                 )
             )
     return out
+
+
+def _outcomes_stored(assigned: pl.DataFrame, outcomes: pl.DataFrame) -> set[str]:
+    """The batches whose every job has a terminal event under the batch's key.
+
+    A crash after a batch's outcomes were stored (one part, written whole), before it was
+    recorded collected, leaves such a batch: it is recorded collected on resume, so that
+    its results are neither fetched nor counted again. A batch with some jobs still
+    without one (e.g. reopened by ``repair`` after a damaged part) is collected again.
+    """
+    if outcomes.height == 0:
+        return set()
+    missing = assigned.join(outcomes, on=["batch_key", "job_id"], how="anti")
+    keys = set(outcomes.get_column("batch_key").to_list())
+    return keys - set(missing.get_column("batch_key").to_list())
 
 
 def provider_for(ctx: RunContext, name: str | None, status: str) -> Provider | None:
