@@ -66,6 +66,7 @@ import polars as pl
 
 from batchata_df.errors import ConfigError, StateError, StateLockedError, StateMismatchError
 from batchata_df.redact import scrub_expr
+from batchata_df.schema import DECODED
 
 if TYPE_CHECKING:
     from batchata_df.jobindex import JobIndex
@@ -391,6 +392,8 @@ class WrittenJobs:
     parts: list[Path] = field(default_factory=list)
     terminal: list[pl.DataFrame] = field(default_factory=list)
     """The parts of terminal events, as written, in write order."""
+    decoded: list[pl.Series | None] = field(default_factory=list)
+    """Beside each terminal part, its completed answers decoded (if the writer had them)."""
     late: list[pl.DataFrame] = field(default_factory=list)
     """``job_id``, ``seq`` of the other events written after the first terminal part."""
     early_seq: int = -1
@@ -398,18 +401,40 @@ class WrittenJobs:
     mixed: bool = False
     """A part held terminal and other events: the shortcut is not taken."""
 
-    def add(self, path: Path, frame: pl.DataFrame) -> None:
-        """Record a job event part ``path`` holding ``frame``."""
+    def add(self, path: Path, frame: pl.DataFrame, decoded: pl.Series | None = None) -> None:
+        """Record a job event part ``path`` holding ``frame`` (and its answers ``decoded``)."""
         self.parts.append(path)
         ended = int(frame.get_column("status").is_in(TERMINAL_JOB).sum())
         if ended == frame.height:
             self.terminal.append(frame)
+            self.decoded.append(decoded)
         elif ended:
             self.mixed = True
         elif self.terminal:
             self.late.append(frame.select("job_id", "seq"))
         else:
             self.early_seq = max(self.early_seq, int(frame.select(pl.col("seq").max()).item() or 0))
+
+    def answers(self) -> pl.Series | None:
+        """The terminal parts' answers decoded, row for row, or ``None`` if some lack them.
+
+        A part written without them (jobs failed or cancelled without an answer) gets
+        nulls; one with a completed answer and nothing decoded gives ``None``.
+        """
+        given = [d for d in self.decoded if d is not None]
+        if not given:
+            return None
+        dtype = given[0].dtype
+        columns: list[pl.Series] = []
+        for frame, decoded in zip(self.terminal, self.decoded, strict=True):
+            if decoded is None:
+                if (frame.get_column("status") == "completed").any():
+                    return None
+                decoded = pl.Series(DECODED, [None] * frame.height, dtype=dtype)
+            if decoded.dtype != dtype or decoded.len() != frame.height:
+                return None
+            columns.append(decoded)
+        return pl.concat(columns).alias(DECODED)
 
 
 class StateStore:
@@ -601,7 +626,8 @@ class StateStore:
         )
         path, written = self._write_part("jobs", _conform(frame, JOB_EVENTS))
         if self._written is not None:
-            self._written.add(path, written)
+            decoded = events.get_column(DECODED) if DECODED in events.columns else None
+            self._written.add(path, written, decoded)
 
     def append_batch(self, **values: Any) -> None:
         """Append one batch event."""
@@ -752,6 +778,11 @@ class StateStore:
         self._written = WrittenJobs()
         return True
 
+    @property
+    def recording(self) -> bool:
+        """Whether :meth:`record_jobs` is keeping what this store writes."""
+        return self._written is not None
+
     def record_jobs_stop(self) -> None:
         """Stop recording (:meth:`record_jobs`) and let go of what was kept."""
         self._written = None
@@ -767,7 +798,10 @@ class StateStore:
         written before the first terminal part trivially; later ones are checked against
         the terminal events' ``seq``). Each job's latest event is then its one terminal
         event, in write order, and billed once: what the snapshot finds by searching the
-        folder's events (``tests/test_state_property.py`` compares the two). Otherwise
+        folder's events (``tests/test_state_property.py`` compares the two). When the
+        writer gave each terminal part's answers decoded (``DECODED`` column of the events
+        appended), they come as one more column, :data:`~batchata_df.schema.DECODED`, so
+        the output need not decode them again. Otherwise
         ``None``: read the folder (:meth:`snapshot`). ``job_ids`` are unique (a run's jobs).
         """
         log, self._written = self._written, None
@@ -792,7 +826,11 @@ class StateStore:
             )
             if not (late.get_column("_end") > late.get_column("seq")).fill_null(False).all():
                 return None
-        return ended, _billed_sorted(ended, ended)
+        billed = _billed_sorted(ended, ended)
+        decoded = log.answers()
+        if decoded is not None:
+            ended = ended.with_columns(decoded)
+        return ended, billed
 
     def latest_status(self, job_ids: pl.Series, index: JobIndex | None = None) -> pl.DataFrame:
         """The latest event of each of ``job_ids`` without its answer (:data:`STATUS_COLUMNS`).
