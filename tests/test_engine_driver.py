@@ -529,6 +529,37 @@ def test_a_streamed_call_never_resends_nor_counts_twice_the_rows_of_a_re_attache
     assert states.sort("job_id")["status"].to_list() == ["completed"] * 5
 
 
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_batch_reopened_with_some_outcomes_left_counts_each_row_once(tmp_path, streamed):
+    """fb_1 (j000, j001) was collected, then ``repair`` reopened it after a damaged part:
+    j001's outcome survived (a reparse part, say), j000's did not. The call collects the
+    batch again (j000 must not be sent twice) and counts each row once, not j001 twice."""
+    provider = FakeProvider(FakeClock(), latency=0.0)
+    first = engine(tmp_path, provider)
+    first.run(make_jobs(2))
+    store = first.ctx.store
+    events = store.job_events()
+    j001 = events.filter((pl.col("job_id") == "j001") & (pl.col("status") == "completed"))
+    for part in (tmp_path / "state" / "jobs").glob("*.parquet"):  # the damaged part, gone
+        if pl.read_parquet(part, columns=["status"])["status"].eq("completed").any():
+            part.unlink()
+    store.append_jobs(j001.drop("seq", "ts"))  # the surviving outcome
+    store.append_batch(batch_key=j001["batch_key"][0], provider="openai",
+                       model=j001["model"][0], provider_batch_id="fb_1", status="submitted",
+                       n_jobs=2, detail="reopened by repair: its results are collected again")
+    provider.calls.clear()
+    seen = []
+    resumed = engine(tmp_path, provider, progress=seen.append)
+    if streamed:
+        resumed.run_source(ListSource([make_jobs(2)]))
+    else:
+        resumed.run(make_jobs(2))
+    assert provider.methods() == ["poll", "results"]  # collected again, nothing sent
+    last = seen[-1]
+    assert (last.total, last.completed, last.pending) == (2, 2, 0)
+    assert last.cost_usd == pytest.approx(2 * COST_PER_JOB)
+
+
 def test_a_streamed_call_whose_creates_are_blocked_cancels_every_later_chunk_too(tmp_path):
     """Creates refused past the patience block submitting for the call: the first chunk's
     rows end cancelled, and so do those of every chunk read after it (none is left with

@@ -116,7 +116,9 @@ class Engine:
             ~pl.col("job_id").is_in(terminal.get_column("job_id").implode())
             & ~pl.col("job_id").is_in(busy.implode())
         )
-        self._count_done(jobs, terminal)
+        # Rows of re-attached batches are counted when their batch is collected, even one
+        # with an outcome already (a batch reopened by ``repair`` with some outcomes left).
+        self._count_done(jobs, terminal.filter(~pl.col("job_id").is_in(busy.implode())))
         state.todo_ids = todo.get_column("job_id")
         if "expected_usd" in todo.columns:  # the estimates of what is still to send
             state.expected_usd = float(todo.get_column("expected_usd").fill_null(0.0).sum())
