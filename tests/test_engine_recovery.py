@@ -253,8 +253,8 @@ def test_re_attached_batches_carry_typed_job_id_series_even_when_their_rows_are_
 
 def test_re_attaching_batches_makes_no_python_object_per_job_id(tmp_path):
     """A killed 10M-row run leaves 32 batches of 50,000 in flight: their 1.6M ids were
-    turned into Python strings once (``iter_rows``) on the way to their Series, 200 MB at
-    the resumed call's peak. The members go from the folder to each batch's Series in
+    turned into Python strings once (``iter_rows``) on the way to their Series (+202 MB of
+    peak, measured apart). The members go from the folder to each batch's Series in
     Polars: what Python allocates does not follow the number of members. (One batch has
     its outcomes stored, as a kill right after a results part leaves: it is recorded
     collected, and telling it apart makes no Python object per member either.)"""
