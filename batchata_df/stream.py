@@ -559,7 +559,16 @@ def _merge_sorted(
 
 
 class SinkWriter:
-    """Appends frames to a Parquet file written under a hidden name, renamed when complete."""
+    """Appends frames to a Parquet file written under a hidden name, renamed when complete.
+
+    The hidden name is ``.tmp-<sink>-<8 hex digits>`` beside the sink. While it is written
+    its writer holds an OS lock on it (``filelock.lock_descriptor``: ``flock`` on POSIX),
+    which the kernel releases when the process ends, however it ends. A new writer first
+    removes the hidden files of the same sink whose lock it can take: those of calls killed
+    while writing it (they stayed for good: 212 MB for a 10M-row sink), never one a live
+    call is writing (whatever its state folder: that folder's writer lock does not cover
+    another folder's call writing the same sink).
+    """
 
     def __init__(self, sink: Path) -> None:
         import pyarrow.parquet as pq  # type: ignore[import-untyped]
@@ -567,7 +576,9 @@ class SinkWriter:
         self._pq = pq
         self.sink = sink
         sink.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_sink_files(sink)
         self.tmp = sink.with_name(f".tmp-{sink.name}-{secrets.token_hex(4)}")
+        self._lock = _locked_file(self.tmp)
         self._writer: Any = None
 
     def write(self, frame: pl.DataFrame) -> None:
@@ -583,7 +594,13 @@ class SinkWriter:
             self.write(empty)
         self._writer.close()
         self._writer = None
-        os.replace(self.tmp, self.sink)
+        os.replace(self.tmp, self.sink)  # still locked: no other writer may take it first
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def __enter__(self) -> SinkWriter:
         return self
@@ -592,7 +609,84 @@ class SinkWriter:
         if self._writer is not None:
             self._writer.close()
         self.tmp.unlink(missing_ok=True)
+        self._release()
 
+
+_LOCKS = os.name != "nt"
+"""Whether a writer locks its hidden file. On Windows it does not need to (and could not
+rename it while open): a file open by its writer cannot be deleted there."""
+
+
+def _locked_file(path: Path) -> int | None:
+    """Create ``path`` already locked: the descriptor holding its lock (``None``: unlocked).
+
+    The file is created and locked under another name, then renamed to ``path``, so that
+    no other writer can see it under ``path`` unlocked (and take it for a dead one's). On
+    Windows, or a file system that refuses locks (some network mounts), it is created
+    unlocked: there no writer can take a lock on it either, so none removes it.
+    """
+    if not _LOCKS:
+        return None
+    from filelock import lock_descriptor
+
+    fd, fresh = tempfile.mkstemp(dir=path.parent, prefix=".batchata-new-")
+    try:
+        try:
+            locked = lock_descriptor(fd, blocking=False)  # a new file: nobody else has it
+        except OSError:  # no locks on this file system
+            locked = False
+        os.replace(fresh, path)
+    except BaseException:
+        os.close(fd)
+        Path(fresh).unlink(missing_ok=True)
+        raise
+    if not locked:
+        os.close(fd)
+        return None
+    return fd
+
+
+def remove_stale_sink_files(sink: Path) -> list[Path]:
+    """Remove the hidden files of ``sink`` that writers killed while writing it left.
+
+    Returns the files removed. A file whose lock is held (a live writer, in this process
+    or another) is left alone; so is any other name.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / ".tmp-out.parquet-0badcafe").write_bytes(b"PAR1")  # a dead writer's
+    >>> _ = (folder / ".tmp-out.parquet-notes").write_bytes(b"")  # not such a name
+    >>> [p.name for p in remove_stale_sink_files(folder / "out.parquet")]
+    ['.tmp-out.parquet-0badcafe']
+    >>> sorted(p.name for p in folder.iterdir())
+    ['.tmp-out.parquet-notes']
+    """
+    import re
+
+    from filelock import lock_descriptor
+
+    name = re.compile(rf"\.tmp-{re.escape(sink.name)}-[0-9a-f]{{8}}")
+    removed: list[Path] = []
+    if not sink.parent.is_dir():
+        return removed
+    for path in sink.parent.iterdir():
+        if not name.fullmatch(path.name):
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:  # gone meanwhile (another call removed it), or not a file
+            continue
+        try:
+            if lock_descriptor(fd, blocking=False):  # its writer is gone
+                path.unlink()
+                removed.append(path)
+        except OSError:  # on Windows: open by its writer
+            pass
+        finally:
+            os.close(fd)
+    return removed
 
 
 def _unsent_in(

@@ -28,7 +28,8 @@ timings, not the memory figures). Each phase is written to the JSON as soon as i
 so a point cut short keeps what finished.
 
 Workload: N distinct ~150-character prompts with strict structured output for a 3-field
-model, batches of at most 50,000 (OpenAI's limit), 32 batches in flight.
+model, batches of the provider's most (OpenAI 50,000; Anthropic and Gemini 100,000), 32
+batches in flight. ``killed`` kills at half the provider's batch count in job parts.
 
     python benchmarks/bench_stream.py --sizes 1000000 10000000 \
         [--phases run killed resume_finished sql] [--model claude-haiku-4-5]
@@ -300,7 +301,7 @@ def point(n: int, work: Path, emu: object, env: dict[str, str],
         emu.reset()  # type: ignore[attr-defined]
         state, sink = work / f"killed-{n}-{model}", work / f"killed-{n}-{model}.parquet"
         call = [*args, str(sink), str(state), model]
-        batches = -(-n // 50_000)
+        batches = -(-n // _batch_size(model))
         row["loadavg_before_killed_run"] = [round(x, 2) for x in os.getloadavg()]
         killed = run_child(RUN, call, env, watch=state, kill_at_parts=batches)
         killed["billed_at_kill"] = _billing(emu)["billed"]
@@ -329,6 +330,19 @@ def point(n: int, work: Path, emu: object, env: dict[str, str],
         row["sql"] = run_child(SQL, [str(state)], env)
         save(row)
     return row
+
+
+def _batch_size(model: str) -> int:
+    """Most requests in one batch of the model's provider (OpenAI 50,000; others 100,000)."""
+    from batchata_df.providers.anthropic import AnthropicProvider
+    from batchata_df.providers.gemini import GeminiProvider
+    from batchata_df.providers.openai import OpenAIProvider
+
+    if model.startswith("claude"):
+        return AnthropicProvider.max_requests
+    if model.startswith("gemini"):
+        return GeminiProvider.max_requests
+    return OpenAIProvider.max_requests
 
 
 def _finished(state: Path, sink: Path, emu: object, env: dict[str, str]) -> dict[str, object]:

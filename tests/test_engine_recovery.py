@@ -247,3 +247,32 @@ def test_re_attached_batches_carry_typed_job_id_series_even_when_their_rows_are_
     for batch, ids in ((first, ["a", "b"]), (second, [])):
         assert (batch.job_ids.name, batch.job_ids.dtype, batch.job_ids.to_list()) \
             == ("job_id", pl.String, ids)
+
+
+def test_re_attaching_batches_makes_no_python_object_per_job_id(tmp_path):
+    """A killed 10M-row run leaves 32 batches of 50,000 in flight: their 1.6M ids were
+    turned into Python strings once (``iter_rows``) on the way to their Series, 200 MB at
+    the resumed call's peak. The members go from the folder to each batch's Series in
+    Polars: what Python allocates does not follow the number of members. (One batch has
+    its outcomes stored, as a kill right after a results part leaves: it is recorded
+    collected, and telling it apart makes no Python object per member either.)"""
+    import tracemalloc
+
+    ctx, state = make_run(tmp_path, FakeProvider(FakeClock()))
+    ids = [f"{i:024x}" for i in range(20_000)]
+    for k in range(4):
+        assign(ctx, f"k{k}", ids[k::4], status="submitted", batch_id=f"fb_{k}")
+    ctx.store.append_jobs(pl.DataFrame({
+        "job_id": ids[3::4], "batch_key": "k3", "provider": "openai", "model": MODEL,
+        "status": "completed",
+    }))
+    tracemalloc.start()
+    try:
+        batches = recover(ctx, state)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [b.job_ids.to_list() for b in batches] == [ids[k::4] for k in range(3)]
+    assert batch_events(ctx)[-1][0] == "collected"  # k3: its outcomes were stored
+    # 20,000 ids as Python strings are 1.5 MB (73 bytes each) and their lists 0.2 MB.
+    assert peak < 400_000, peak

@@ -672,6 +672,147 @@ def test_a_reattached_batch_collected_before_its_rows_are_read_is_not_sent_again
     assert set(out["_status"].to_list()) == {"completed"}
 
 
+def test_resuming_with_batches_in_flight_holds_their_ids_once_and_sends_nothing_twice(
+    emu, tmp_path, monkeypatch, spilled
+):
+    """A killed 10M-row run leaves 32 batches of 50,000 in flight. The resumed call holds
+    their job ids in the batches it re-attaches; the feeder kept a list of them all too (the
+    batches' buffers, not a copy) and hashed the 1.6M of them into a set for every chunk it
+    read, to skip their rows. It now tells them by the batch of their latest event, so it
+    holds the batches' keys, never their ids; and still sends none of them again though
+    their batches are collected before a chunk brings their rows (the input reversed)."""
+    from batchata_df.engine import driver, source
+
+    feeders: list[source.Feeder] = []
+
+    class Watched(source.Feeder):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            feeders.append(self)
+
+    emu.configure(latency=3600.0)
+    frame = pl.DataFrame({"i": range(60), "text": [f"distinct {i}" for i in range(60)]})
+    kw = {"sink": tmp_path / "out.parquet", "state": tmp_path / "st", "chunk_rows": 20,
+          "items_per_batch": 10, "max_parallel_batches": 3, **KW}
+    first = batch_llm(frame.lazy(), wait=False, **kw).collect()  # type: ignore[arg-type]
+    in_flight = first.filter(pl.col("_batch_id").is_not_null())["i"].to_list()
+    assert in_flight == list(range(30)) and creates(emu) == 3
+
+    monkeypatch.setattr(driver, "Feeder", Watched)
+    emu.configure(latency=0.0)
+    emu.advance(3600)  # they finish: collected by the resumed call before their rows come
+    out = batch_llm(frame.reverse().lazy(), **kw).collect()  # type: ignore[arg-type]
+
+    [feeder] = feeders
+    held = {name: len(value) for name, value in vars(feeder).items()
+            if isinstance(value, (pl.Series, pl.DataFrame))}
+    assert sum(held.values()) <= 3, held  # the three batches' keys at most: no job id
+    billed = Counter(e["custom_id"] for e in emu.billing())
+    assert set(billed.values()) == {1}, "a request was billed twice"
+    assert len(billed) == 60
+    assert creates(emu) == 6  # the 30 rows never sent, in three batches; none again
+    assert out["i"].to_list() == list(range(59, -1, -1))
+    assert set(out["_status"].to_list()) == {"completed"}
+
+
+WRITING_CHILD = textwrap.dedent(
+    """
+    import sys
+    import polars as pl
+    from pydantic import BaseModel
+    from batchata_df import batch_llm, stream
+
+    class Item(BaseModel):
+        label: str
+        score: int
+
+    write = stream.SinkWriter.write
+
+    def write_then_hang(self, frame):
+        write(self, frame)
+        print(self.tmp, flush=True)  # the sink's first slice is in its hidden file
+        sys.stdin.readline()  # never answered: the test kills this process here
+
+    stream.SinkWriter.write = write_then_hang
+    source, sink, state = sys.argv[1:4]
+    batch_llm(pl.scan_parquet(source), schema=Item, model="gpt-4.1-mini",
+              prompt="Rate: {text}", sink=sink, state=state, chunk_rows=20)
+    """
+)
+
+
+def test_a_killed_calls_hidden_sink_file_goes_with_the_next_call_never_a_live_ones(
+    emu, tmp_path
+):
+    """The sink is written under a hidden name (``.tmp-<sink>-<random>``) and renamed when
+    complete. A call killed while writing it left that file beside the output for good (a
+    10M-row sink: 212 MB). The next call writing the same sink removes it; a hidden file
+    whose writer is alive (another call on another state folder, which that folder's lock
+    does not cover) is left alone: each writer holds an OS lock on its file."""
+    frame = rows()
+    source = write_input(tmp_path / "in", frame)
+    sink, state = tmp_path / "out.parquet", tmp_path / "st"
+    hidden = lambda: sorted(p.name for p in tmp_path.glob(".tmp-out.parquet-*"))  # noqa: E731
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITING_CHILD, source, str(sink), str(state)],
+        env={**os.environ, **emu.env()}, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        tmp = Path(proc.stdout.readline().decode().strip())
+        assert tmp.parent == tmp_path and hidden() == [tmp.name], hidden()
+        size = tmp.stat().st_size
+        billed = len(emu.billing())
+        # Another call writes the same sink meanwhile: the live writer's file stays.
+        other = batch_llm(
+            pl.scan_parquet(source), sink=sink, state=tmp_path / "other", chunk_rows=20,
+            **KW,  # type: ignore[arg-type]
+        ).collect()
+        assert other["i"].to_list() == list(range(N))
+        assert hidden() == [tmp.name] and tmp.stat().st_size == size
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert hidden() == [tmp.name]  # what the killed call left
+
+    sent = len(emu.billing())
+    out = batch_llm(
+        pl.scan_parquet(source), sink=sink, state=state, chunk_rows=20,
+        **KW,  # type: ignore[arg-type]
+    ).collect()
+    assert hidden() == []
+    assert len(emu.billing()) == sent  # the killed call had sent everything: nothing again
+    assert billed == 50  # its 50 distinct requests, once
+    assert out["i"].to_list() == list(range(N))
+    assert set(out["_status"].to_list()) == {"completed", "failed"}
+
+
+def test_a_sink_on_a_file_system_without_locks_is_written_and_never_taken_for_a_dead_ones(
+    tmp_path, monkeypatch
+):
+    """Where the file system refuses locks (some network mounts), the sink is still written
+    (unlocked), and no other writer removes a hidden file it cannot lock."""
+    import errno
+
+    import filelock
+
+    from batchata_df import stream
+
+    def no_locks(fd: int, *, blocking: bool = True) -> bool:
+        raise OSError(errno.ENOSYS, "no locks here")
+
+    monkeypatch.setattr(filelock, "lock_descriptor", no_locks)
+    sink = tmp_path / "out.parquet"
+    with stream.SinkWriter(sink) as writer:
+        writer.write(pl.DataFrame({"a": [1, 2]}))
+        assert stream.remove_stale_sink_files(sink) == []  # another writer's look
+        assert writer.tmp.exists()
+        writer.close(pl.DataFrame({"a": []}))
+    assert pl.read_parquet(sink)["a"].to_list() == [1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.parquet"]
+
+
 def test_seen_ids_are_exact_across_segments_and_fall_back_for_other_ids():
     """The set of job ids a streaming run keeps to mark a later chunk's repeats: exact on
     all 96 bits (ids equal in their first 64 bits are told apart), across merged

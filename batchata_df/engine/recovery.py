@@ -114,10 +114,17 @@ def recover(ctx: RunContext, state: RunState) -> list[InFlightBatch]:
         return []
     assigned, outcomes = store.members_and_outcomes(open_keys)
     stored = _outcomes_stored(assigned, outcomes)
-    members = assigned.group_by("batch_key", maintain_order=True).agg(pl.col("job_id"))
+    # Each batch's members straight into its Series: never a Python object per job id (a
+    # killed 10M-row run leaves 1.6M ids in flight: as Python strings, 200 MB at the peak).
+    members = assigned.select("batch_key", "job_id")
+    del assigned, outcomes
     member_map = {
-        row[0]: pl.Series("job_id", row[1], dtype=pl.String) for row in members.iter_rows()
+        str(key): part.get_column("job_id")
+        for (key,), part in members.partition_by(
+            "batch_key", as_dict=True, maintain_order=True, include_key=False
+        ).items()
     }
+    del members
     out: list[InFlightBatch] = []
     for row in batches.iter_rows(named=True):
         key, status = row["batch_key"], row["status"]
@@ -192,8 +199,9 @@ def _outcomes_stored(assigned: pl.DataFrame, outcomes: pl.DataFrame) -> set[str]
     if outcomes.height == 0:
         return set()
     missing = assigned.join(outcomes, on=["batch_key", "job_id"], how="anti")
-    keys = set(outcomes.get_column("batch_key").to_list())
-    return keys - set(missing.get_column("batch_key").to_list())
+    # The batches' keys, each once (not a Python string per member: 1.6M at 10M rows).
+    keys = set(outcomes.get_column("batch_key").unique().to_list())
+    return keys - set(missing.get_column("batch_key").unique().to_list())
 
 
 def provider_for(ctx: RunContext, name: str | None, status: str) -> Provider | None:

@@ -66,10 +66,11 @@ class Feeder:
         # of the batches re-attached at start (collected during the call): those are
         # never sent from a chunk, and collection counts them (see _unsettled).
         self.index = ctx.store.job_index()
-        self.reattached = (
-            pl.concat([b.job_ids for b in state.in_flight])
-            if state.in_flight
-            else pl.Series("job_id", [], dtype=pl.String)
+        # Their jobs are told by the batch of their latest event (as the index has it), so
+        # the feeder holds the re-attached batches' keys, not a list of their ids to hash
+        # into a set for every chunk (a killed 10M-row run leaves 1.6M of them in flight).
+        self.reattached = pl.Series(
+            "batch_key", [b.batch_key for b in state.in_flight], dtype=pl.String
         )
         self.planner, self.calibration = planner, calibration
         self.exhausted = False
@@ -130,8 +131,11 @@ class Feeder:
         latest = self.ctx.store.latest_status(ids, self.index)
         # Members of batches re-attached at start are never sent from a chunk, nor counted
         # here: collection counts them when their batch ends, perhaps before this chunk is
-        # read (the index, taken at start, still has them "assigned", so not settled).
-        reattached = ids.filter(ids.is_in(self.reattached.implode()))
+        # read (the index, taken at start, still has them "assigned" to that batch, so not
+        # settled). Their latest event is of their batch: it is how they are told apart.
+        reattached = latest.filter(
+            pl.col("batch_key").is_in(self.reattached.implode())
+        ).get_column("job_id")
         # Realtime requests a crash left in flight end lost, never sent again blindly.
         latest = resolve_lost(self.ctx.store, latest)
         # Settled jobs are done (cancelled ones, and failed ones with retry_failed, go again).
