@@ -39,7 +39,7 @@ from batchata_df.models import check_endpoint, check_model_params, effective_par
 from batchata_df.providers import SUPPORTED_PARAMS, make_provider
 from batchata_df.providers.base import Provider, RequestSpec
 from batchata_df.redact import scrub, scrubbed
-from batchata_df.schema import AnswerSchema
+from batchata_df.schema import DECODED, AnswerSchema
 from batchata_df.schema_limits import check_schema_limits
 from batchata_df.state import (
     StateStore,
@@ -1136,6 +1136,8 @@ def _assemble(
         .when(pl.col("batch_key").is_not_null())
         .then(pl.lit("batch"))
         .alias("mode"),
+        # The answers the run's validation decoded already (StateStore.written_states).
+        *([DECODED] if DECODED in results.columns else []),
     )
     # A streaming run marks rows whose request an earlier chunk already had (``later``).
     later = ["later"] if "later" in jobs.columns else []
@@ -1193,13 +1195,16 @@ def _assemble(
     if keep_responses:
         meta.append(pl.when(terminal).then(pl.col("response")).alias(RESPONSE_COLUMN))
     completed = terminal & (pl.col("status") == "completed")
-    answers = pl.when(completed).then(pl.col("answer"))
+    if DECODED in state.columns:  # decoded once, by the validation: the same struct
+        typed = answer.typed(pl.when(completed).then(pl.col(DECODED)))
+    else:
+        typed = answer.decoded(pl.when(completed).then(pl.col("answer")))
     cited = (
         decode_citations(pl.when(completed).then(pl.col("citations")), answer.columns)
         if citations
         else []
     )
-    out = answer.expand(joined.select(answer.decoded(answers), *cited, *meta))
+    out = answer.expand(joined.select(typed, *cited, *meta))
     return pl.concat([frame, out], how="horizontal")
 
 

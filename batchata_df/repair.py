@@ -299,8 +299,13 @@ def _run_id_from_provider(batches: pl.DataFrame) -> tuple[str, str] | None:
 
 
 def _lost_batches(report: RepairReport, jobs: pl.DataFrame, batches: pl.DataFrame) -> None:
-    """Batches that jobs name but no batch event describes: restore their intent."""
+    """Batches that jobs name but no batch event describes: restore their intent.
+
+    Realtime requests' keys are not batches: they are never restored.
+    """
     known = set(batches.get_column("batch_key").to_list())
+    # A realtime call's requests name a key of their own ("r..."), never a provider batch.
+    known |= set(jobs.filter(pl.col("mode") == "realtime").get_column("batch_key").to_list())
     named = jobs.filter(pl.col("batch_key").is_not_null() & ~pl.col("batch_key").is_in(known))
     if named.height == 0:
         return

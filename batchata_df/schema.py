@@ -488,25 +488,52 @@ class AnswerSchema:
         The column-wise path for a run's answers: the answers the fast path takes never
         become Python objects, only the others (Pydantic's) are put in place.
         """
+        canonical, errors, _ = self._validated(texts, keep_decoded=False)
+        return canonical, errors
+
+    def validate_decoded(
+        self, texts: Sequence[str | None] | pl.Series
+    ) -> tuple[pl.Series, pl.Series, pl.Series | None]:
+        """:meth:`validate_series` and each valid answer's JSON decoded, when it is free.
+
+        The fast path decodes the answers to check them (:class:`_FastPath`); the third
+        column is that struct (and, for the answers Pydantic validated, their canonical
+        text decoded), so the output need not decode the same text again: it equals
+        ``canonical.str.json_decode(wire)`` row for row (null where the answer is), and
+        :meth:`typed` turns it into the typed answer as :meth:`decoded` turns the text.
+        ``None`` when there is no fast path for the model (the output decodes the text).
+        """
+        return self._validated(texts, keep_decoded=True)
+
+    def _validated(
+        self, texts: Sequence[str | None] | pl.Series, *, keep_decoded: bool
+    ) -> tuple[pl.Series, pl.Series, pl.Series | None]:
         # a Series of nothing but nulls may come typed Null: it is still answers (none)
         series = (
             texts.cast(pl.String) if isinstance(texts, pl.Series)
             else pl.Series(texts, dtype=pl.String)
         )
         if self.model is None:
-            return series.alias("answer"), (
-                pl.select(
-                    pl.when(pl.lit(series).is_null()).then(pl.lit("empty answer", pl.String))
-                ).to_series().alias("error")
-            )
-        if self._fast is not None and series.len() > 0:
-            canonical = self._fast.canonical(series).alias("answer")
+            empty = pl.select(
+                pl.when(pl.lit(series).is_null()).then(pl.lit("empty answer", pl.String))
+            ).to_series()
+            return series.alias("answer"), empty.alias("error"), None
+        fast = self._fast
+        struct = self._struct
+        keep = keep_decoded and fast is not None and struct is not None and (
+            fast.wire == struct.wire
+        )
+        decoded: pl.Series | None = None
+        if fast is not None and series.len() > 0:
+            canonical, decoded = fast.checked(series, keep_decoded=keep)
+            canonical = canonical.alias("answer")
         else:
             canonical = pl.Series("answer", [None] * series.len(), dtype=pl.String)
         errors = pl.Series("error", [None] * series.len(), dtype=pl.String)
         todo = canonical.is_null().arg_true()
         if todo.len() == 0:
-            return canonical, errors
+            return canonical, errors, (decoded.alias(DECODED) if keep and decoded is not None
+                                       else None)
         done: list[str | None] = []
         why: list[str | None] = []
         model = self.model
@@ -530,9 +557,22 @@ class AnswerSchema:
                         value = obj.model_dump_json()
             done.append(value)
             why.append(error)
+        taken = canonical.is_not_null()  # by the fast path
         canonical = canonical.scatter(todo, pl.Series(done, dtype=pl.String))
         errors = errors.scatter(todo, pl.Series(why, dtype=pl.String))
-        return canonical, errors
+        if not keep or decoded is None or struct is None:
+            return canonical, errors, None
+        # Pydantic's answers (few): their canonical text decoded as the output would.
+        try:
+            decoded = pl.select(
+                pl.when(pl.lit(taken))
+                .then(pl.lit(decoded))
+                .otherwise(pl.when(~pl.lit(taken)).then(pl.lit(canonical)).str.json_decode(
+                    struct.wire))
+            ).to_series()
+        except pl.exceptions.PolarsError:
+            return canonical, errors, None
+        return canonical, errors, decoded.alias(DECODED)
 
     def decode(self, canonical: pl.Expr) -> list[pl.Expr]:
         """Expressions turning a column of canonical answers into the typed field columns.
@@ -555,6 +595,16 @@ class AnswerSchema:
             return canonical.alias(TEXT_COLUMN)
         struct = self._struct
         decoded = canonical.str.json_decode(struct.wire)
+        if struct.convert is not None:
+            decoded = struct.convert(decoded)
+        return decoded.alias(DECODED)
+
+    def typed(self, decoded: pl.Expr) -> pl.Expr:
+        """:meth:`decoded` from answers already decoded (:meth:`validate_decoded`)."""
+        struct = self._struct
+        if struct is None:
+            msg = "a text answer has nothing decoded"
+            raise TypeError(msg)
         if struct.convert is not None:
             decoded = struct.convert(decoded)
         return decoded.alias(DECODED)
@@ -650,19 +700,31 @@ class _FastPath:
         the decode (so no malformed JSON reaches it), the rest are decoded, encoded again
         and kept where that gives them back unchanged.
         """
+        return self.checked(texts, keep_decoded=False)[0]
+
+    def checked(
+        self, texts: pl.Series, *, keep_decoded: bool = True
+    ) -> tuple[pl.Series, pl.Series | None]:
+        """:meth:`canonical`, and the decoded struct of each text it keeps (else null)."""
         text = pl.col("text")
         shaped = pl.when(text.str.contains(self.pattern)).then(text)
-        again = shaped.str.json_decode(self.wire).struct.json_encode()
         try:
-            return (
-                pl.DataFrame({"text": texts})
-                # Against the shaped text, not the raw one: a text nulled for not matching
-                # the layout must not count as canonical because null encodes as "null".
-                .select(pl.when(again == shaped).then(text).alias("text"))
-                .get_column("text")
+            # Decoded once, in a column of its own: an eager select evaluates an
+            # expression again for each use.
+            frame = pl.DataFrame({"text": texts}).with_columns(shaped.alias("shaped"))
+            frame = frame.with_columns(pl.col("shaped").str.json_decode(self.wire).alias("d"))
+            # Against the shaped text, not the raw one: a text nulled for not matching the
+            # layout must not count as canonical because null encodes as "null".
+            same = (pl.col("d").struct.json_encode() == pl.col("shaped")).alias("same")
+            frame = frame.with_columns(same)
+            kept = pl.when(pl.col("same")).then(pl.col("d")).alias("decoded")
+            out = frame.select(
+                pl.when(pl.col("same")).then(text).alias("text"),
+                *([kept] if keep_decoded else []),
             )
         except pl.exceptions.PolarsError:  # e.g. an integer past Int64: Pydantic decides
-            return pl.Series("text", [None] * texts.len(), dtype=pl.String)
+            return pl.Series("text", [None] * texts.len(), dtype=pl.String), None
+        return out.get_column("text"), out.get_column("decoded") if keep_decoded else None
 
 
 def _fast_value(tp: Any) -> tuple[str, pl.DataType] | None:

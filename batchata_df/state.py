@@ -66,6 +66,7 @@ import polars as pl
 
 from batchata_df.errors import ConfigError, StateError, StateLockedError, StateMismatchError
 from batchata_df.redact import scrub_expr
+from batchata_df.schema import DECODED
 
 if TYPE_CHECKING:
     from batchata_df.jobindex import JobIndex
@@ -384,6 +385,58 @@ class WriterLock:
         self.release()
 
 
+@dataclass
+class WrittenJobs:
+    """The job event parts a store wrote while recording (:meth:`StateStore.record_jobs`)."""
+
+    parts: list[Path] = field(default_factory=list)
+    terminal: list[pl.DataFrame] = field(default_factory=list)
+    """The parts of terminal events, as written, in write order."""
+    decoded: list[pl.Series | None] = field(default_factory=list)
+    """Beside each terminal part, its completed answers decoded (if the writer had them)."""
+    late: list[pl.DataFrame] = field(default_factory=list)
+    """``job_id``, ``seq`` of the other events written after the first terminal part."""
+    early_seq: int = -1
+    """The largest ``seq`` of the other events written before the first terminal part."""
+    mixed: bool = False
+    """A part held terminal and other events: the shortcut is not taken."""
+
+    def add(self, path: Path, frame: pl.DataFrame, decoded: pl.Series | None = None) -> None:
+        """Record a job event part ``path`` holding ``frame`` (and its answers ``decoded``)."""
+        self.parts.append(path)
+        ended = int(frame.get_column("status").is_in(TERMINAL_JOB).sum())
+        if ended == frame.height:
+            self.terminal.append(frame)
+            self.decoded.append(decoded)
+        elif ended:
+            self.mixed = True
+        elif self.terminal:
+            self.late.append(frame.select("job_id", "seq"))
+        else:
+            self.early_seq = max(self.early_seq, int(frame.select(pl.col("seq").max()).item() or 0))
+
+    def answers(self) -> pl.Series | None:
+        """The terminal parts' answers decoded, row for row, or ``None`` if some lack them.
+
+        A part written without them (jobs failed or cancelled without an answer) gets
+        nulls; one with a completed answer and nothing decoded gives ``None``.
+        """
+        given = [d for d in self.decoded if d is not None]
+        if not given:
+            return None
+        dtype = given[0].dtype
+        columns: list[pl.Series] = []
+        for frame, decoded in zip(self.terminal, self.decoded, strict=True):
+            if decoded is None:
+                if (frame.get_column("status") == "completed").any():
+                    return None
+                decoded = pl.Series(DECODED, [None] * frame.height, dtype=dtype)
+            if decoded.dtype != dtype or decoded.len() != frame.height:
+                return None
+            columns.append(decoded)
+        return pl.concat(columns).alias(DECODED)
+
+
 class StateStore:
     """Append-only Parquet checkpoint store for one run.
 
@@ -413,6 +466,7 @@ class StateStore:
         self.root = Path(root)
         self.readonly = readonly
         self._lock = threading.Lock()
+        self._written: WrittenJobs | None = None
         self._last_seq = 0
         self._last_part_ns = 0
         if not readonly:
@@ -514,7 +568,8 @@ class StateStore:
             os.fsync(f.fileno())
         os.replace(tmp, path)
 
-    def _write_part(self, table: str, frame: pl.DataFrame) -> None:
+    def _write_part(self, table: str, frame: pl.DataFrame) -> tuple[Path, pl.DataFrame]:
+        """Write ``frame`` as a new part of ``table``; the part's path and what it holds."""
         if self.readonly:
             msg = f"checkpoint folder {str(self.root)!r} was opened read-only"
             raise StateError(msg)
@@ -547,6 +602,7 @@ class StateStore:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, final)
+            return final, frame
         except OSError as e:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
@@ -568,7 +624,10 @@ class StateStore:
             pl.int_range(start, start + events.height, dtype=pl.Int64).alias("seq"),
             now.alias("ts"),
         )
-        self._write_part("jobs", _conform(frame, JOB_EVENTS))
+        path, written = self._write_part("jobs", _conform(frame, JOB_EVENTS))
+        if self._written is not None:
+            decoded = events.get_column(DECODED) if DECODED in events.columns else None
+            self._written.add(path, written, decoded)
 
     def append_batch(self, **values: Any) -> None:
         """Append one batch event."""
@@ -704,6 +763,74 @@ class StateStore:
             pl.col("job_id").is_last_distinct() & pl.col("job_id").is_not_null()
         )
         return _conform(latest, JOB_EVENTS), _billed_sorted(events, latest)
+
+    def record_jobs(self) -> bool:
+        """Keep what this store writes from now on, when the folder has no job events yet.
+
+        Returns whether recording started. Then every job event of the folder is one this
+        store writes, and :meth:`written_states` can give the final states without reading
+        the folder back or searching each job's latest event (for the run's own events, as
+        written, in memory: the terminal events of a call that ends every job).
+        """
+        self._written = None
+        if self.readonly or table_parts(self.root / "jobs"):
+            return False
+        self._written = WrittenJobs()
+        return True
+
+    @property
+    def recording(self) -> bool:
+        """Whether :meth:`record_jobs` is keeping what this store writes."""
+        return self._written is not None
+
+    def record_jobs_stop(self) -> None:
+        """Stop recording (:meth:`record_jobs`) and let go of what was kept."""
+        self._written = None
+
+    def written_states(self, job_ids: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame] | None:
+        """:meth:`snapshot` from what this store wrote since :meth:`record_jobs`, or ``None``.
+
+        Stops the recording. Given only when it is what :meth:`snapshot` reads, by
+        construction: the folder's job parts are exactly the ones recorded (no other
+        writer, no compaction, none removed); every part held either only terminal events
+        or none; the terminal events hold each of ``job_ids`` (unique) exactly once and
+        nothing else; and every other event of a job came before its terminal one (parts
+        written before the first terminal part trivially; later ones are checked against
+        the terminal events' ``seq``). Each job's latest event is then its one terminal
+        event, in write order, and billed once: what the snapshot finds by searching the
+        folder's events (``tests/test_state_property.py`` compares the two). When the
+        writer gave each terminal part's answers decoded (``DECODED`` column of the events
+        appended), they come as one more column, :data:`~batchata_df.schema.DECODED`, so
+        the output need not decode them again. Otherwise
+        ``None``: read the folder (:meth:`snapshot`). ``job_ids`` are unique (a run's jobs).
+        """
+        log, self._written = self._written, None
+        if log is None or log.mixed or not log.terminal:
+            return None
+        if set(table_parts(self.root / "jobs")) != set(log.parts):
+            return None
+        ended = pl.concat(log.terminal)
+        ids = ended.get_column("job_id")
+        if ended.height != job_ids.len() or ids.null_count() or job_ids.null_count():
+            return None
+        if not ids.equals(job_ids, check_names=False) and not (
+            ids.is_in(job_ids.implode()).all()
+            and ids.n_unique() == ended.height == job_ids.n_unique()
+        ):
+            return None
+        if log.early_seq >= int(ended.select(pl.col("seq").min()).item() or 0):
+            return None
+        if log.late:
+            late = pl.concat(log.late).join(
+                ended.select("job_id", pl.col("seq").alias("_end")), on="job_id", how="left"
+            )
+            if not (late.get_column("_end") > late.get_column("seq")).fill_null(False).all():
+                return None
+        billed = _billed_sorted(ended, ended)
+        decoded = log.answers()
+        if decoded is not None:
+            ended = ended.with_columns(decoded)
+        return ended, billed
 
     def latest_status(self, job_ids: pl.Series, index: JobIndex | None = None) -> pl.DataFrame:
         """The latest event of each of ``job_ids`` without its answer (:data:`STATUS_COLUMNS`).

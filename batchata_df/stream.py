@@ -824,7 +824,10 @@ def stream_plan(
             open_keys = batches.filter(
                 pl.col("status").is_in(["intent", "submitted", "cancel_requested"])
             ).get_column("batch_key")
-            assigned = store.assigned(open_keys)
+            # As the engine: a job with an outcome under its open batch's key (a crash after
+            # the batch's outcomes were stored) is not in flight, nor held under the cap.
+            assigned, outcomes = store.members_and_outcomes(open_keys)
+            assigned = assigned.join(outcomes, on=["batch_key", "job_id"], how="anti")
             busy = assigned.get_column("job_id")
             held += float(assigned.get_column("est_cost_usd").fill_null(0.0).sum())
         held += store.spent()

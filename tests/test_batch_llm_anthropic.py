@@ -382,6 +382,33 @@ def test_orphan_is_told_apart_from_a_lookalike_by_its_results(emu, tmp_path):
     assert len(creates(emu)) == 4  # orphan, decoy, and the two batches never submitted
 
 
+def test_a_lost_create_is_told_apart_from_a_lookalike_by_the_batch_s_own_ids(emu):
+    # The create's answer is lost (500 after it took effect) while someone else's ended
+    # batch of the same size sits in the same window: the lookup before the retry reads
+    # each candidate's first result and keeps the one holding our requests. The engine
+    # gives the batch's ids as its column (a set is made only for this lookup).
+    client = anthropic.Anthropic(api_key="sk-ant-other", base_url=emu.anthropic_base_url)
+    decoy = client.messages.batches.create(
+        requests=[
+            {
+                "custom_id": f"other-{i}",
+                "params": {
+                    "model": MODEL,
+                    "max_tokens": 10,
+                    "messages": [{"role": "user", "content": "x"}],
+                },
+            }
+            for i in range(3)
+        ]
+    )
+    client.close()
+    emu.inject_fault(method="POST", path_regex=r"/v1/messages/batches$", status=500, when="after")
+    out = frame(3).pipe(batch_llm, schema=Review, model=MODEL, prompt="{text}")
+    assert out["_status"].to_list() == ["completed"] * 3
+    assert out["_batch_id"].n_unique() == 1 and decoy.id not in out["_batch_id"].to_list()
+    assert [e["status"] for e in creates(emu)] == [200, 500]  # the decoy, ours: no second
+
+
 def test_ambiguous_orphan_stops_before_paying_twice(emu, tmp_path):
     emu.configure(latency=100)
     state = tmp_path / "orphan"

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from typing import Literal
 
 import polars as pl
@@ -20,6 +21,8 @@ from pydantic import BaseModel
 
 from batchata_df import batch_llm
 from batchata_df.engine.run import ProgressSnapshot
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = textwrap.dedent(
     """
@@ -33,16 +36,22 @@ CHILD = textwrap.dedent(
         rating: int
 
     df = pl.DataFrame({"text": [f"review {i}" for i in range(7)]})
+    cap = float(sys.argv[3]) if sys.argv[3] else None
     if sys.argv[2] == "sink":
         batch_llm(df.lazy(), schema=Review, model="gpt-4.1-mini", prompt="{text}",
                   state=sys.argv[1], items_per_batch=3, sink=sys.argv[1] + ".out.parquet",
-                  chunk_rows=7)
+                  chunk_rows=7, max_cost_usd=cap)
     else:
         df.pipe(batch_llm, schema=Review, model="gpt-4.1-mini", prompt="{text}",
-                state=sys.argv[1], items_per_batch=3)
+                state=sys.argv[1], items_per_batch=3, max_cost_usd=cap)
     print("FINISHED")
     """
 )
+
+
+class Review(BaseModel):
+    sentiment: Literal["positive", "negative", "neutral"]
+    rating: int
 
 
 def _downloads(emu) -> list[str]:
@@ -65,28 +74,33 @@ def _terminal_events(state) -> pl.DataFrame:
     )
 
 
-@pytest.mark.parametrize("path", ["frame", "sink"])
-def test_a_crash_after_storing_results_counts_and_downloads_them_once(emu, tmp_path, path):
-    class Review(BaseModel):
-        sentiment: Literal["positive", "negative", "neutral"]
-        rating: int
-
-    state = tmp_path / "state"
+def _crash(state: Path, path: str, tmp_path: Path, cap: float | None = None) -> None:
+    """Run the child until it dies at ``after_results``; check what that left behind."""
     script = tmp_path / "child.py"
     script.write_text(CHILD)
-    env = {**os.environ, "BATCHATA_DF_FAILPOINT": "after_results"}
-    child = subprocess.run(
-        [sys.executable, str(script), str(state), path], env=env, capture_output=True,
-        text=True, timeout=240,
-    )
+    env = {
+        **os.environ,
+        "BATCHATA_DF_FAILPOINT": "after_results",
+        "PYTHONPATH": str(ROOT),  # this checkout's package, whatever the venv points at
+    }
+    args = [sys.executable, str(script), str(state), path, str(cap or "")]
+    child = subprocess.run(args, env=env, capture_output=True, text=True, timeout=240)
     assert child.returncode == 75, child.stderr  # died at the failpoint
     assert "FINISHED" not in child.stdout
-    assert len(_downloads(emu)) == 1  # one batch's results stored, then the crash
     stored = pl.read_parquet(state / "jobs" / "*.parquet")
     first = stored.filter(pl.col("status") == "completed")
-    assert first.height == 3  # the first batch: 3 answers with their cost, no "collected"
-    crashed_cost = first["cost_usd"].sum()
-    assert crashed_cost > 0
+    assert first.height == 3  # the first batch: 3 answers with their cost
+    assert first["cost_usd"].sum() > 0
+    batches = pl.read_parquet(state / "batches" / "*.parquet")
+    assert batches.filter(pl.col("status") == "submitted").height == 3
+    assert batches.filter(pl.col("status") == "collected").height == 0  # not recorded yet
+
+
+@pytest.mark.parametrize("path", ["frame", "sink"])
+def test_a_crash_after_storing_results_counts_and_downloads_them_once(emu, tmp_path, path):
+    state = tmp_path / "state"
+    _crash(state, path, tmp_path)
+    assert len(_downloads(emu)) == 1  # one batch's results stored, then the crash
 
     seen: list[ProgressSnapshot] = []
     df = pl.DataFrame({"text": [f"review {i}" for i in range(7)]})
@@ -115,3 +129,35 @@ def test_a_crash_after_storing_results_counts_and_downloads_them_once(emu, tmp_p
     collected = batches.filter(pl.col("status") == "collected")
     assert collected["batch_key"].n_unique() == 3
     assert collected.height == 3
+
+
+def test_dry_runs_after_a_crash_after_storing_results_agree_with_the_engine(emu, tmp_path):
+    """In memory and streamed, a dry run counts the stored batch's rows done, not in
+    flight, and does not hold their worst case under the cap (its cost is spent), as the
+    engine does: with a cap that just fits 3 new rows, both plan them within the cap."""
+    state = tmp_path / "state"
+    _crash(state, "sink", tmp_path, cap=10.0)
+    df = pl.DataFrame({"text": [f"review {i}" for i in range(10)]})  # 3 new rows
+    kw = dict(schema=Review, model="gpt-4.1-mini", prompt="{text}", state=state,
+              items_per_batch=3, dry_run=True)  # fmt: skip
+    plan = df.pipe(batch_llm, **kw)
+    events = pl.read_parquet(state / "jobs" / "*.parquet")
+    spent = events.filter(pl.col("status") == "completed")["cost_usd"].sum()
+    in_flight = events.filter(
+        (pl.col("status") == "assigned")
+        & ~pl.col("job_id").is_in(events.filter(pl.col("status") == "completed")["job_id"])
+    )["est_cost_usd"].sum()
+    new = plan.filter(pl.col("_status") == "planned")["_est_cost_usd"].sum()
+    cap = (spent + in_flight + new) * 1.0001
+    memory = df.pipe(batch_llm, **kw, max_cost_usd=cap)
+    streamed = batch_llm(
+        df.lazy(), **kw, max_cost_usd=cap, sink=tmp_path / "plan.parquet", chunk_rows=7
+    ).collect()
+    expected = [("done", None)] * 3 + [("in_flight", None)] * 4 + [("planned", True)] * 3
+    assert memory.select("_status", "_within_cap").rows() == expected
+    assert streamed.select("_status", "_within_cap").rows() == expected
+    out = batch_llm(
+        df.lazy(), schema=Review, model="gpt-4.1-mini", prompt="{text}", state=state,
+        items_per_batch=3, max_cost_usd=cap, sink=tmp_path / "out.parquet", chunk_rows=7,
+    ).collect()
+    assert out["_status"].to_list() == ["completed"] * 10

@@ -529,6 +529,37 @@ def test_a_streamed_call_never_resends_nor_counts_twice_the_rows_of_a_re_attache
     assert states.sort("job_id")["status"].to_list() == ["completed"] * 5
 
 
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_batch_reopened_with_some_outcomes_left_counts_each_row_once(tmp_path, streamed):
+    """fb_1 (j000, j001) was collected, then ``repair`` reopened it after a damaged part:
+    j001's outcome survived (a reparse part, say), j000's did not. The call collects the
+    batch again (j000 must not be sent twice) and counts each row once, not j001 twice."""
+    provider = FakeProvider(FakeClock(), latency=0.0)
+    first = engine(tmp_path, provider)
+    first.run(make_jobs(2))
+    store = first.ctx.store
+    events = store.job_events()
+    j001 = events.filter((pl.col("job_id") == "j001") & (pl.col("status") == "completed"))
+    for part in (tmp_path / "state" / "jobs").glob("*.parquet"):  # the damaged part, gone
+        if pl.read_parquet(part, columns=["status"])["status"].eq("completed").any():
+            part.unlink()
+    store.append_jobs(j001.drop("seq", "ts"))  # the surviving outcome
+    store.append_batch(batch_key=j001["batch_key"][0], provider="openai",
+                       model=j001["model"][0], provider_batch_id="fb_1", status="submitted",
+                       n_jobs=2, detail="reopened by repair: its results are collected again")
+    provider.calls.clear()
+    seen = []
+    resumed = engine(tmp_path, provider, progress=seen.append)
+    if streamed:
+        resumed.run_source(ListSource([make_jobs(2)]))
+    else:
+        resumed.run(make_jobs(2))
+    assert provider.methods() == ["poll", "results"]  # collected again, nothing sent
+    last = seen[-1]
+    assert (last.total, last.completed, last.pending) == (2, 2, 0)
+    assert last.cost_usd == pytest.approx(2 * COST_PER_JOB)
+
+
 def test_a_streamed_call_whose_creates_are_blocked_cancels_every_later_chunk_too(tmp_path):
     """Creates refused past the patience block submitting for the call: the first chunk's
     rows end cancelled, and so do those of every chunk read after it (none is left with
@@ -681,3 +712,60 @@ def test_a_streamed_total_is_the_jobs_read_when_the_input_had_more_than_expected
     engine(tmp_path, provider, progress=seen.append).run_source(source)
     assert seen[0].total == 1  # at first, as expected
     assert (seen[-1].total, seen[-1].completed, seen[-1].pending) == (3, 3, 0)
+
+
+def _spoiled_by_a_permanent_poll_error(provider: FakeProvider) -> None:
+    real_poll = provider.poll
+
+    def poll(batch_id):
+        if batch_id == "fb_2":
+            raise ProviderError("not found", status_code=404)
+        return real_poll(batch_id)
+
+    provider.poll = poll
+
+
+RUNS = {
+    # name: (provider setup, engine options, jobs, the final states come from what the call wrote)
+    "plain, batches collected while others wait for a slot": (
+        lambda p: None, {"items_per_batch": 2, "max_parallel_batches": 2}, 7, True),
+    "creates failing, then sent again": (
+        lambda p: p.submit_errors.extend([ProviderError("503", status_code=503)] * 2),
+        {"items_per_batch": 3}, 7, True),
+    "a batch refused for the queue limit, sent again": (None, {}, 4, True),
+    "a batch the provider lost (permanent poll error)": (
+        _spoiled_by_a_permanent_poll_error, {"items_per_batch": 2}, 5, True),
+    "the time limit: cancelled in flight and unsent": (
+        lambda p: setattr(p, "latency", 100.0),
+        {"items_per_batch": 3, "max_parallel_batches": 1, "time_limit_s": 30.0}, 9, True),
+    "the cap cancels what never fits": (lambda p: None, {"max_cost_usd": 1.0}, 3, True),
+    "without waiting: rows left in flight": (
+        lambda p: setattr(p, "latency", 100.0), {"wait": False, "items_per_batch": 2}, 3, False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_the_final_states_from_what_the_call_wrote_equal_the_folder_read_back(tmp_path, name):
+    # A call on an empty folder writes every event of it: its final states come from the
+    # events it wrote (no read-back, no search of each job's latest event) when every job
+    # ended once, and they are what a fresh reader of the folder finds, whatever happened.
+    from polars.testing import assert_frame_equal
+
+    setup, options, n, shortcut = RUNS[name]
+    provider = _refusing_the_first_batch_once() if setup is None else FakeProvider(
+        FakeClock(), latency=5.0)
+    if setup is not None:
+        setup(provider)
+    jobs = make_jobs(n)
+    if name.startswith("the cap"):
+        jobs = jobs.with_columns(
+            pl.when(pl.col("job_id") == "j000").then(0.6).otherwise(1.2).alias("worst_usd"))
+    run = engine(tmp_path, provider, **options)
+    answered = []
+    real = run.ctx.store.written_states
+    run.ctx.store.written_states = lambda ids: answered.append(real(ids)) or answered[-1]
+    out = run.run(jobs)
+    assert (answered[0] is not None) == shortcut
+    reader = StateStore(tmp_path / "state", {"test": "1"}, readonly=True)
+    assert_frame_equal(out, job_states_of(reader))
+    assert out.height == n

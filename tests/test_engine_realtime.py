@@ -992,3 +992,20 @@ def test_auto_mode_s_realtime_phase_sends_nothing_once_the_time_limit_is_spent(t
         ("j001", "cancelled", "cancelled: time_limit"),
     ]
     assert [c for c in provider.calls if c[0] == "answer"] == []
+
+
+def test_doctor_finds_a_realtime_folder_healthy_and_repair_restores_nothing(tmp_path):
+    # Realtime requests name a call's "r..." key that no batch event describes (they are
+    # not provider batches): doctor must not take it for a batch whose intent was lost.
+    from batchata_df.repair import doctor, repair
+
+    provider = FakeProvider(FakeClock())
+    out = realtime(tmp_path, provider).run(make_jobs(3))
+    assert out["status"].to_list() == ["completed"] * 3
+    report = doctor(store(tmp_path).root)
+    assert report.healthy, str(report)
+    assert report.intents == {}
+    before = events(tmp_path).height
+    repair(store(tmp_path).root, apply=True)
+    assert events(tmp_path).height == before
+    assert store(tmp_path).batch_state().height == 0

@@ -44,7 +44,9 @@ def test_a_batch_whose_outcomes_were_stored_before_a_crash_is_recorded_collected
     provider = FakeProvider(FakeClock())
     ctx, state = make_run(tmp_path, provider)
     assign(ctx, "k1", ["a", "b"], status="submitted", batch_id="fb_7")
-    assign(ctx, "k2", ["c"], status="cancel_requested", batch_id="fb_8", detail="time_limit")
+    assign(ctx, "k2", ["c"], status="submitted", batch_id="fb_8")
+    ctx.store.append_batch(batch_key="k2", provider="openai", model=MODEL,  # as Stopper does
+                           provider_batch_id="fb_8", status="cancel_requested", detail="time_limit")
     assign(ctx, "k3", ["d"], status="submitted", batch_id="fb_9")
     assign(ctx, "k4", ["e"], status="submitted", batch_id="fb_10")
     assign(ctx, "k5", ["f", "g"], status="submitted", batch_id="fb_11")

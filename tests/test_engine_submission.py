@@ -67,7 +67,9 @@ def test_the_tag_lets_a_lookup_tell_this_batch_from_the_run_s_others(tmp_path):
     [tag] = tags
     assert tag.run_id == ctx.store.manifest.run_id and tag.batch_key == plan.batch_key
     assert tag.created_after == provider.clock.time()
-    assert tag.n_jobs == 3 and tag.job_ids == frozenset({"j000", "j001", "j002"})
+    assert tag.n_jobs == 3 and tag.member_ids() == frozenset({"j000", "j001", "j002"})
+    # The members travel as the plan's column: no set is made for a batch that is just sent.
+    assert tag.job_ids == frozenset() and tag.members is plan.job_ids
     assert tag.known_batch_ids == frozenset({"fb_old"})
 
 

@@ -18,7 +18,7 @@ import polars as pl
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from polars.testing import assert_frame_equal
+from polars.testing import assert_frame_equal, assert_series_equal
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -352,6 +352,39 @@ def test_fast_validation_equals_pydantic(texts: list[str | None]) -> None:
     assert schema.validate(pl.Series(texts, dtype=pl.String)) == _pydantic_only(Flat, texts)
 
 
+_CANONICAL = '{"summary":"a","score":1.5,"count":2,"ok":true,"label":"pos","maybe":null}'
+_REWRITTEN = '{"summary": "a", "score": 1, "count": 2, "ok": true, "label": "pos", "maybe": 0}'
+
+
+@settings(max_examples=200, deadline=None)
+@given(texts=st.lists(answers(), max_size=20))
+@example([_CANONICAL, _REWRITTEN, None, "{", _REWRITTEN.replace("2", '"2"')])  # Pydantic's too
+@example([_REWRITTEN])  # no answer the fast path takes
+def test_answers_decoded_by_the_validation_equal_the_output_s_decode(
+    texts: list[str | None],
+) -> None:
+    # The run keeps the struct the fast path decoded (and decodes Pydantic's answers) so
+    # that the output does not decode the canonical answers again: row for row it is what
+    # the output's own decode of the canonical text gives, typed the same way.
+    schema = AnswerSchema(Flat)
+    canonical, errors, decoded = schema.validate_decoded(pl.Series(texts, dtype=pl.String))
+    assert (canonical.to_list(), errors.to_list()) == _pydantic_only(Flat, texts)
+    if not texts:
+        assert decoded is None  # nothing to carry: the output decodes (nothing)
+        return
+    assert decoded is not None
+    from_text = pl.select(schema.decoded(pl.lit(canonical))).to_series()
+    from_struct = pl.select(schema.typed(pl.lit(decoded))).to_series()
+    assert from_struct.to_list() == from_text.to_list()
+    assert_series_equal(from_struct, from_text)
+
+
+def test_without_a_fast_path_nothing_decoded_is_kept() -> None:
+    # A model the fast path cannot vouch for, or text answers: the output decodes the text.
+    assert AnswerSchema(Nested).validate_decoded(['{"inner":{"x":1}}'])[2] is None
+    assert AnswerSchema(None).validate_decoded(["x"])[2] is None
+
+
 def test_polars_escapes_every_character_as_pydantic_does() -> None:
     # The fast path takes an escaped string when Polars' decode -> encode gives it back
     # unchanged; that is Pydantic's own spelling only if both encoders escape every
@@ -512,6 +545,42 @@ def test_stored_answers_are_pydantics_canonical_json_end_to_end(emu, tmp_path, m
     for row in out.iter_rows(named=True):
         want = Review.model_validate_json(by_job[row["_job_id"]]).model_dump()
         assert {k: row[k] for k in want} == want
+
+
+@pytest.mark.parametrize("model", ["gpt-4.1-mini", "claude-haiku-4-5"])
+def test_the_output_from_answers_decoded_once_equals_the_output_decoding_them(
+    emu, tmp_path, model, monkeypatch
+) -> None:
+    # A fresh folder: the output takes the answers the validation decoded (carried with
+    # the events the call wrote) instead of decoding the stored text again. The same run
+    # without them (the stored text decoded, as before) gives the same frame, value for
+    # value, with answers the fast path takes, answers Pydantic rewrites (invalid ones fail).
+    from batchata_df import batch_llm
+    from batchata_df.schema import DECODED
+    from batchata_df.state import StateStore
+
+    marks = ["", "", "", "[[emulator:invalid]]", "[[emulator:error]]", "[[emulator:truncate]]"]
+    df = pl.DataFrame(
+        {"text": [f'review {i}: "fine", é 🙂\\ \n{marks[i % 6]}' for i in range(40)]}
+    )
+    kw = {"schema": Review, "model": model, "prompt": "{text}", "progress": False,
+          "items_per_batch": 7}  # several batches, each its answers
+    carried: list[bool] = []
+    real = StateStore.written_states
+
+    def spy(self, job_ids):  # type: ignore[no-untyped-def]
+        got = real(self, job_ids)
+        carried.append(got is not None and DECODED in got[0].columns)
+        return got
+
+    monkeypatch.setattr(StateStore, "written_states", spy)
+    once = batch_llm(df, state=tmp_path / "once", **kw)
+    assert carried == [True]
+    monkeypatch.setattr(StateStore, "record_jobs", lambda self: False)  # read back, decode
+    twice = batch_llm(df, state=tmp_path / "twice", **kw)
+    assert set(once["_status"]) == {"completed", "failed"}  # both kinds of rows
+    assert once["_batch_id"].null_count() == twice["_batch_id"].null_count() == 0
+    assert_frame_equal(once.drop("_batch_id"), twice.drop("_batch_id"))  # ids: other batches
 
 
 # -- outcomes: results in request order are put beside the members without a join ------------

@@ -198,3 +198,111 @@ def test_join_by_job_equals_the_left_join(left_ids, data):
     )
     want = left.join(right, on="job_id", how="left", maintain_order="left")
     assert_frame_equal(join_by_job(left, right), want)
+
+
+# -- the final read-back from what a call wrote (StateStore.written_states) ------------------
+
+end_event = st.fixed_dictionaries(
+    {
+        "status": st.sampled_from(["completed", "failed", "cancelled"]),
+        "batch_key": st.one_of(st.none(), st.sampled_from(BATCHES)),
+        "cost_usd": st.one_of(st.none(), st.floats(0, 1, allow_nan=False)),
+        "input_tokens": st.one_of(st.none(), st.integers(0, 10**6)),
+        "answer": st.one_of(st.none(), st.text(max_size=8)),
+        "error": st.one_of(st.none(), st.sampled_from(["x", "key sk-abcdefghijklmnopqrstuv"])),
+    }
+)
+JOB_SCHEMA = {"job_id": pl.String, "status": pl.String, "batch_key": pl.String,
+              "cost_usd": pl.Float64, "input_tokens": pl.Int64, "answer": pl.String,
+              "error": pl.String}
+
+
+def _a_run(data: st.DataObject, n: int) -> list[tuple[str, object]]:
+    """A call's writes: each job assigned (maybe again after a failed create), then ended
+    once, in batches, in any order; the ends of a batch in any order."""
+    jobs = [f"j{i}" for i in range(n)]
+    order = data.draw(st.permutations(jobs))
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(n - 1, 1)), max_size=3)))
+    batches = [order[a:b] for a, b in zip([0, *cuts], [*cuts, n], strict=True) if order[a:b]]
+    ops: list[tuple[str, object]] = []
+    pending: list[list[str]] = []
+    for batch in batches:
+        if data.draw(st.booleans()):  # a create that failed: assigned once more, later
+            ops.append(("assign", batch))
+        ops.append(("assign", batch))
+        pending.append(batch)
+        while pending and data.draw(st.booleans()):  # collected before the next is sent
+            done = pending.pop(data.draw(st.integers(0, len(pending) - 1)))
+            ops.append(("end", data.draw(st.permutations(done))))
+    for done in pending:
+        ops.append(("end", data.draw(st.permutations(done))))
+    return ops
+
+
+spoiler = st.sampled_from([
+    "none", "none", "none",  # the case the shortcut is for, most of the time
+    "earlier_call", "other_writer", "compact", "twice", "assigned_after_end", "mixed",
+    "unended", "stranger", "removed",
+])
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(1, 7), spoil=spoiler, data=st.data())
+def test_the_states_a_call_wrote_equal_the_folder_s_snapshot(n, spoil, data):
+    """``written_states`` (no read, no search) is exactly ``snapshot`` whenever it answers.
+
+    A call's writes (assigned parts, failed creates assigned again, terminal parts in any
+    order, batches collected before others are sent) are given it, and then one thing that
+    breaks its premises: events of an earlier call, another writer, a compaction, a job
+    ended twice, an assigned event after a job's end, a part mixing both, a job never
+    ended, a job that is not the call's, a part removed. Whenever it answers, it is what a
+    fresh reader's ``snapshot`` of the folder gives; without a spoiler it must answer.
+    """
+    with tempfile.TemporaryDirectory() as root:
+        store = StateStore(root, FP)
+        ids = [f"j{i}" for i in range(n)]
+        ops = _a_run(data, n)
+        if spoil == "earlier_call":
+            store.append_jobs(pl.DataFrame({"job_id": [ids[0]], "status": ["failed"]}))
+        recording = store.record_jobs()
+        assert recording == (spoil != "earlier_call")
+        # Where the spoiler goes: anywhere; an event after the call's last one (another
+        # writer's, or an assigned one) at the end, where it changes a job's latest event.
+        late_spoil = spoil in ("other_writer", "assigned_after_end")
+        spoil_at = len(ops) if late_spoil else data.draw(st.integers(0, len(ops)))
+        for i, (kind, job_ids) in enumerate([*ops, ("", [])]):
+            if i == spoil_at:
+                victim = data.draw(st.sampled_from(ids))
+                if spoil == "other_writer":
+                    StateStore(root, FP).append_jobs(
+                        pl.DataFrame({"job_id": [victim], "status": ["assigned"]}))
+                elif spoil == "compact":
+                    store.compact()
+                elif spoil == "twice":
+                    store.append_jobs(pl.DataFrame({"job_id": [victim], "status": ["failed"]}))
+                elif spoil == "assigned_after_end":
+                    store.append_jobs(pl.DataFrame({"job_id": [victim], "status": ["assigned"]}))
+                elif spoil == "mixed":
+                    store.append_jobs(pl.DataFrame(
+                        {"job_id": [victim, victim], "status": ["assigned", "completed"]}))
+                elif spoil == "stranger":
+                    store.append_jobs(pl.DataFrame({"job_id": ["zz"], "status": ["failed"]}))
+            if kind == "assign":
+                store.append_jobs(pl.DataFrame(
+                    {"job_id": job_ids, "status": "assigned", "batch_key": "b0"}))
+            elif kind == "end":
+                if spoil == "unended" and i == spoil_at:
+                    job_ids = job_ids[1:]
+                events = [{"job_id": j, **data.draw(end_event)} for j in job_ids]
+                if events:
+                    store.append_jobs(pl.DataFrame(events, schema=JOB_SCHEMA))
+        if spoil == "removed":
+            data.draw(st.sampled_from(sorted(Path(root, "jobs").glob("part-*.parquet")))).unlink()
+        got = store.written_states(pl.Series("job_id", ids))
+        assert store.written_states(pl.Series("job_id", ids)) is None  # it stopped recording
+        if spoil == "none":
+            assert got is not None
+        if got is not None:
+            latest, billed = StateStore(root, FP, readonly=True).snapshot()
+            assert_frame_equal(got[0], latest)
+            assert_frame_equal(got[1], billed)

@@ -23,6 +23,7 @@ from batchata_df.engine.run import (
 )
 from batchata_df.errors import ProviderError
 from batchata_df.providers.base import BatchPoll, ProviderState, RequestSpec, empty_results
+from batchata_df.schema import DECODED
 from batchata_df.state import lined_up
 
 __all__ = ["Collector", "outcomes_to_events"]
@@ -37,8 +38,13 @@ def outcomes_to_events(
     cancel_reason: str | None = None,
     provider: str | None = None,
     model: str | None = None,
+    keep_decoded: bool = False,
 ) -> pl.DataFrame:
     """Turn a finished batch's provider results into terminal job events.
+
+    With ``keep_decoded``, a :data:`~batchata_df.schema.DECODED` column is added when the
+    validation decoded the answers anyway (:meth:`AnswerSchema.validate_decoded`): each
+    completed answer decoded, so that the output need not decode it again.
 
     ``provider`` and ``model`` (the batch's) give the ``max_tokens`` the requests were
     sent with (:func:`batchata_df.models.effective_params`), named in truncation errors;
@@ -60,7 +66,13 @@ def outcomes_to_events(
         if optional not in joined.columns:
             joined = joined.with_columns(pl.lit(None, dtype=pl.String).alias(optional))
     succeeded = joined.filter(pl.col("outcome") == "succeeded")
-    canonical, errors = spec.schema.validate_series(succeeded.get_column("text"))
+    texts = succeeded.get_column("text")
+    decoded: pl.Series | None = None
+    if keep_decoded:
+        canonical, errors, decoded = spec.schema.validate_decoded(texts)
+    else:
+        canonical, errors = spec.schema.validate_series(texts)
+    checked = [canonical, errors.alias("verr"), *([] if decoded is None else [decoded])]
     max_tokens = spec.params.get("max_tokens")
     if provider is not None and model is not None:
         from batchata_df.models import effective_params
@@ -69,9 +81,9 @@ def outcomes_to_events(
     if "reasoning_tokens" not in joined.columns:
         joined = joined.with_columns(pl.lit(None, dtype=pl.Int64).alias("reasoning_tokens"))
     if aligned and succeeded.height == joined.height:  # every row succeeded, in order
-        joined = joined.with_columns(canonical, errors.alias("verr"))
+        joined = joined.with_columns(checked)
     else:
-        validated = succeeded.select("job_id").with_columns(canonical, errors.alias("verr"))
+        validated = succeeded.select("job_id").with_columns(checked)
         joined = joined.join(validated, on="job_id", how="left")
     if poll.state is ProviderState.FAILED:
         missing_error = f"batch_failed: the provider rejected the batch: {poll.detail}"
@@ -146,6 +158,11 @@ def outcomes_to_events(
         pl.col("text").alias("raw"),
         # The provider's own result line (RequestSpec.keep_responses; else null).
         "response",
+        *(
+            []
+            if decoded is None
+            else [pl.when(status == "completed").then(pl.col(DECODED)).alias(DECODED)]
+        ),
     )
 
 
@@ -274,6 +291,9 @@ class Collector:
             cancel_reason=batch.cancel_reason,
             provider=batch.provider,
             model=batch.model,
+            # The answers decoded by the validation go with the events the store keeps for
+            # the final states (StateStore.record_jobs), if it keeps them.
+            keep_decoded=self.ctx.store.recording,
         )
         actual = self.ledger.terminal(
             events,

@@ -116,7 +116,9 @@ class Engine:
             ~pl.col("job_id").is_in(terminal.get_column("job_id").implode())
             & ~pl.col("job_id").is_in(busy.implode())
         )
-        self._count_done(jobs, terminal)
+        # Rows of re-attached batches are counted when their batch is collected, even one
+        # with an outcome already (a batch reopened by ``repair`` with some outcomes left).
+        self._count_done(jobs, terminal.filter(~pl.col("job_id").is_in(busy.implode())))
         state.todo_ids = todo.get_column("job_id")
         if "expected_usd" in todo.columns:  # the estimates of what is still to send
             state.expected_usd = float(todo.get_column("expected_usd").fill_null(0.0).sum())
@@ -135,9 +137,18 @@ class Engine:
         admission.hold_recovered(state.in_flight)
         planner = Planner(ctx.providers, ctx.spec, ctx.options.items_per_batch)
         planner.add(todo)
-        unsent = self._drive(planner, admission)
+        # A folder with no job events yet: every event is this call's, so the final states
+        # can come from the events it writes, without searching the folder for each job's
+        # latest one (StateStore.written_states says when that is exact).
+        ctx.store.record_jobs()
+        try:
+            unsent = self._drive(planner, admission)
+            known = ctx.store.written_states(jobs.get_column("job_id"))
+        finally:
+            ctx.store.record_jobs_stop()
         state.jobs = pl.DataFrame()  # the job table is only needed while driving
-        return with_unavailable(_job_states(ctx.store), state.unavailable, unsent)
+        states = _job_states(ctx.store, known=known)
+        return with_unavailable(states, state.unavailable, unsent)
 
     def run_source(self, source: JobSource) -> pl.DataFrame | None:
         """Run the jobs of ``source``, one chunk at a time (a streaming run).
@@ -361,9 +372,15 @@ def _job_states(
     batches: pl.DataFrame | None = None,
     index: JobIndex | None = None,
     events: pl.DataFrame | None = None,
+    *,
+    known: tuple[pl.DataFrame, pl.DataFrame] | None = None,
 ) -> pl.DataFrame:
-    """The latest state of every job, with cost and tokens added up over every attempt."""
-    latest, billed = store.snapshot(job_ids, index, events)
+    """The latest state of every job, with cost and tokens added up over every attempt.
+
+    ``known`` is the ``(latest, billed)`` pair of :meth:`StateStore.snapshot` when the
+    caller has it (:meth:`StateStore.written_states`): then the folder is not read.
+    """
+    latest, billed = known if known is not None else store.snapshot(job_ids, index, events)
     state = join_by_job(
         latest.drop("cost_usd", "input_tokens", "output_tokens", "reasoning_tokens"), billed
     )

@@ -135,7 +135,7 @@ def recover(ctx: RunContext, state: RunState) -> list[InFlightBatch]:
                 model=row["model"],
                 provider_batch_id=row["provider_batch_id"],
                 status=BatchPhase.COLLECTED.value,
-                n_jobs=row["n_jobs"],
+                n_jobs=member_map[key].len(),
                 detail="its results were stored before a crash; recorded collected on resume",
             )
             continue

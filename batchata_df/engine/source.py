@@ -139,7 +139,10 @@ class Feeder:
         # Realtime requests a crash left in flight end lost, never sent again blindly.
         latest = resolve_lost(self.ctx.store, latest)
         # Settled jobs are done (cancelled ones, and failed ones with retry_failed, go again).
-        done = terminal = settled(latest, retry_failed=self.ctx.options.retry_failed)
+        terminal = settled(latest, retry_failed=self.ctx.options.retry_failed)
+        # A re-attached batch's rows that have an outcome already (a batch reopened by
+        # ``repair`` with some outcomes left) are counted when the batch is collected.
+        done = terminal.filter(~pl.col("batch_key").is_in(self.reattached.implode()))
         for status in self.state.done:
             self.state.done[status] += int((done.get_column("status") == status).sum())
         self.state.cost += float(done.get_column("cost_usd").fill_null(0.0).sum())

@@ -200,10 +200,14 @@ class Submitter:
                     raise
 
     def lookup_tag(self, tag: BatchTag, plan: PlannedBatch) -> BatchTag:
-        """``tag`` with what a lookup needs to tell our batch from others of the same size."""
+        """``tag`` with what a lookup needs to tell our batch from others of the same size.
+
+        The members go as the column the plan has: a provider makes a set of them only
+        when it looks a batch up (:meth:`BatchTag.member_ids`).
+        """
         return dataclasses.replace(
             tag,
-            job_ids=frozenset(plan.job_ids.to_list()),
+            members=plan.job_ids,
             known_batch_ids=frozenset(self.state.known_ids),
         )
 

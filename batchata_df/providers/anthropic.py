@@ -368,8 +368,10 @@ class AnthropicProvider:
         # The lines are already the JSON of each request: join them into the body instead
         # of parsing them into dicts for the SDK to serialise again.
         body = b'{"requests":[' + ",".join(lines.to_list()).encode() + b"]}"
-        ids = lines.str.extract(r'^\{"custom_id":"([^"]+)"', 1).drop_nulls()
-        tag = dataclasses.replace(tag, job_ids=frozenset(ids.to_list()), n_jobs=lines.len())
+        if tag.members is None and not tag.job_ids:  # a caller that did not say (tests)
+            ids = lines.str.extract(r'^\{"custom_id":"([^"]+)"', 1).drop_nulls()
+            tag = dataclasses.replace(tag, members=ids)
+        tag = dataclasses.replace(tag, n_jobs=lines.len())
         for attempt in range(CREATE_ATTEMPTS):
             try:
                 batch = self._call(
@@ -506,8 +508,9 @@ class AnthropicProvider:
             candidates.append(b)
         confirmed: list[str] = []
         unknown: list[str] = []
+        ids = tag.member_ids() if candidates else frozenset()
         for b in candidates:
-            verdict = self._first_custom_id_matches(b, tag.job_ids)
+            verdict = self._first_custom_id_matches(b, ids)
             if verdict is True:
                 confirmed.append(b.id)
             elif verdict is None:

@@ -113,6 +113,23 @@ class BatchTag:
     """The batch's ``custom_id`` s (set on resume), to confirm a candidate by its results."""
     known_batch_ids: frozenset[str] = frozenset()
     """Provider batch ids this run already recorded: never an orphan."""
+    members: pl.Series | None = field(default=None, compare=False, repr=False)
+    """The same ``custom_id`` s as the column the engine has (a batch being sent): made a
+    set only when a lookup needs one (:meth:`member_ids`), i.e. after a failed create,
+    not for every batch sent (a set of 50,000 ids costs ~10 ms; ``benchmarks/PROFILE.md``)."""
+
+    def member_ids(self) -> frozenset[str]:
+        """The batch's ``custom_id`` s: ``job_ids`` and ``members`` together.
+
+        Examples
+        --------
+        >>> tag = BatchTag("run", "b1", 0.0, members=pl.Series(["a", "b"]))
+        >>> sorted(tag.member_ids())
+        ['a', 'b']
+        """
+        if self.members is None:
+            return self.job_ids
+        return self.job_ids | frozenset(self.members.drop_nulls().to_list())
 
 
 @dataclass(frozen=True)
