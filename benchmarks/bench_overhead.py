@@ -53,6 +53,14 @@ make larger runs take hours here); results in ``benchmarks/results/overhead_seed
 
 Results go to ``benchmarks/results/overhead.json`` (``--out``); 10M rows belong to the
 streaming path (``benchmarks/bench_stream.py``).
+
+**Bytecode.** Before any client runs, batchata_df's modules are byte-compiled
+(:func:`compile_bytecode`), as ``pip install`` does for every package it installs: the SDKs,
+Polars and pyarrow the floor loads were compiled when they were installed, but batchata_df
+is installed editable from the work tree, and where ``PYTHONDONTWRITEBYTECODE`` is set (it
+is on the team's machines) every batch_llm child compiled its ~40 modules from source,
+0.06-0.1 s of CPU per run that no user of the installed package pays
+(``benchmarks/PROFILE.md``, seventh pass). The children still write no bytecode.
 """
 
 from __future__ import annotations
@@ -324,6 +332,24 @@ def seed_python(venv: Path) -> Path:
     return python
 
 
+def compile_bytecode(package: Path = HERE.parent / "batchata_df") -> None:
+    """Byte-compile ``package`` (its ``__pycache__``), as ``pip install`` does on install.
+
+    The children then load batchata_df's bytecode, as they load the SDKs' (see the module
+    docstring), also where ``PYTHONDONTWRITEBYTECODE`` keeps them from writing it.
+    """
+    import compileall
+
+    if not compileall.compile_dir(package, quiet=1):
+        raise SystemExit(f"could not byte-compile {package}")
+
+
+def child_env(emulator_env: dict[str, str]) -> dict[str, str]:
+    """The clients' environment (this one and the emulator's), batchata_df byte-compiled."""
+    compile_bytecode()
+    return {**os.environ, **emulator_env}
+
+
 def _code() -> str:
     """The commit measured (short hash), with ``+dirty`` when the work tree has changes."""
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -427,6 +453,7 @@ def _pooled(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "loadavg_before": max((pt["loadavg_before"] for pt in group), key=lambda x: x[0]),
             "loadavg_after": max((pt["loadavg_after"] for pt in group), key=lambda x: x[0]),
             "code": "+".join(dict.fromkeys(str(pt.get("code")) for pt in group)),
+            "bytecode": "+".join(dict.fromkeys(pt.get("bytecode", "source") for pt in group)),
         })  # fmt: skip
     return pooled
 
@@ -468,7 +495,7 @@ def run_seed(sizes: list[int], providers: list[str], runs: int, out: Path, venv:
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     points: list[dict[str, Any]] = []
     with Emulator(latency=0.0) as emu:
-        env = {**os.environ, **emu.env()}
+        env = child_env(emu.env())
         # batchata's Gemini provider reads GOOGLE_API_KEY (and is silently left out
         # without it); google-genai takes the emulator's GOOGLE_GEMINI_BASE_URL.
         seed_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
@@ -548,7 +575,7 @@ def main() -> None:
     points: list[dict[str, Any]] = []
     args.out.parent.mkdir(exist_ok=True)
     with Emulator(latency=0.0) as emu:
-        env = {**os.environ, **emu.env()}
+        env = child_env(emu.env())
         emu_pid = emu._proc.pid if emu._proc is not None else 0
         for n in args.sizes:
             for provider in args.providers:
@@ -575,6 +602,9 @@ def main() -> None:
                         "loadavg_before": load_before,
                         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
                         "code": _code(),
+                        # batchata_df's bytecode: "compiled" before the runs (points of
+                        # earlier sittings have no key: loaded from source, see docstring)
+                        "bytecode": "compiled",
                     }
                     # Written after every run: a long run interrupted keeps what it measured
                     # (a point with fewer runs than asked says so in n_runs).

@@ -137,3 +137,60 @@ def test_a_point_measured_in_two_sittings_is_pooled_with_each_runs_load(tmp_path
     # Without --pool, overlapping points are refused.
     with pytest.raises(SystemExit, match="overlap"):
         bench.merge([first, second], out)
+
+
+
+_SPY = r"""
+import importlib._bootstrap_external as be, json
+compiled = []
+original = be.SourceLoader.source_to_code
+def spy(self, data, path, *args, **kwargs):
+    compiled.append(str(path))
+    return original(self, data, path, *args, **kwargs)
+be.SourceLoader.source_to_code = spy
+import fresh
+print(json.dumps(sorted(compiled)))
+"""
+
+
+def test_benchmark_clients_load_batchata_df_as_bytecode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The SDKs the floor loads were byte-compiled by pip; batchata_df (installed editable)
+    # must be too, or every batch_llm child pays for compiling it from source where
+    # PYTHONDONTWRITEBYTECODE is set.
+    import inspect
+    import os
+    import subprocess
+    import sys
+
+    import batchata_df
+
+    bench = _bench()
+    compiled: list[Path] = []
+    monkeypatch.setattr(bench, "compile_bytecode", lambda: compiled.append(Path("default")))
+    env = bench.child_env({"SOME_SDK_URL": "http://127.0.0.1:1"})
+    assert compiled == [Path("default")]  # the clients' environment comes after compiling
+    assert env["SOME_SDK_URL"] == "http://127.0.0.1:1" and env["PATH"] == os.environ["PATH"]
+    monkeypatch.undo()
+    default = inspect.signature(bench.compile_bytecode).parameters["package"].default
+    assert default == Path(batchata_df.__file__).parent
+
+    # What compiling does: a child that may not write bytecode compiles a fresh package
+    # module by module from source, and nothing once it is compiled.
+    package = tmp_path / "fresh"
+    package.mkdir()
+    (package / "__init__.py").write_text("from fresh import mod\n")
+    (package / "mod.py").write_text("X = 1\n")
+    child = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(tmp_path)}
+    child.pop("PYTHONPYCACHEPREFIX", None)
+
+    def from_source() -> list[str]:
+        run = subprocess.run([sys.executable, "-c", _SPY], env=child, capture_output=True,
+                             text=True, check=True, cwd=tmp_path)  # fmt: skip
+        return list(json.loads(run.stdout))
+
+    assert from_source() == [str(package / "__init__.py"), str(package / "mod.py")]
+    assert from_source() == [str(package / "__init__.py"), str(package / "mod.py")]
+    bench.compile_bytecode(package)
+    assert from_source() == []

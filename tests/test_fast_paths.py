@@ -114,6 +114,23 @@ def test_a_results_file_starting_with_a_null_line_never_reaches_pyarrow() -> Non
     assert _read_jsonl_arrow(b' \r\n{"id":"a","n":1}', schema) is not None
 
 
+@pytest.mark.parametrize("spelling", [b"null", b" null", b"\tnull"])
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+def test_a_null_line_in_any_spelling_never_reaches_pyarrow(spelling: bytes, newline: bytes) -> None:
+    # Every spelling of a `null` line pyarrow is kept from (it crashes on one that starts a
+    # block), wherever it is, goes to the Polars path; `null` values inside lines do not
+    # (those files stay on the fast path). The guard is one search, not one per spelling.
+    schema = pl.Schema({"id": pl.String, "n": pl.Int64})
+    line = b'{"id":"a","n":null}' + newline
+    assert _read_jsonl_arrow(line * 3, schema) is not None
+    for at in (1, JSONL_SLICE_BYTES // len(line) + 1):
+        data = line * at + spelling + newline + line
+        assert _read_jsonl_arrow(data, schema) is None, (spelling, at)
+        got = read_jsonl(data, schema)
+        assert_frame_equal(got, _read_jsonl_polars(data, schema))
+        assert got.drop_nulls("id").height == at + 1
+
+
 def test_read_jsonl_spans_slices(monkeypatch: pytest.MonkeyPatch) -> None:
     # Many slices of a few lines each: every line is kept once, in order.
     monkeypatch.setattr("batchata_df.providers.base.JSONL_SLICE_BYTES", 50)
