@@ -45,23 +45,24 @@ def _uploads(seen: list[ProgressSnapshot]) -> list[float]:
     return [s.reserved_usd for s in seen if s.activity.startswith("uploading batch")]
 
 
-def _one_token_estimates(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Estimates far too low: one input token per request."""
+def _low_estimates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Estimates far too low, and different for every row: a token per 50 characters."""
     import batchata_df.tokens as tokens
 
     monkeypatch.setattr(tokens, "estimate_request_tokens",
-                        lambda prompt, *a, **k: pl.Series(prompt.name, [1] * prompt.len()))
+                        lambda prompt, *a, **k: prompt.str.len_chars().cast(pl.Int64) // 50)
 
 
 def test_each_collected_batch_calibrates_the_next_reservation_by_the_billed_input(
     emu, monkeypatch
 ):
-    _one_token_estimates(monkeypatch)
+    _low_estimates(monkeypatch)
     df = _texts(8)
     kwargs = {"schema": Review, "model": MODEL, "prompt": "{text}",
               "params": {"max_tokens": 20}, "items_per_batch": 2, "max_parallel_batches": 1}
     plan = df.pipe(batch_llm, dry_run=True, **kwargs)
-    assert plan["_est_input_tokens"].to_list() == [1] * 8
+    est = plan["_est_input_tokens"].to_list()
+    assert est == [len(t) // 50 for t in df["text"]] and len(set(est)) == 8
     worst = plan["_est_cost_usd"].to_list()  # the offline worst case of each row
 
     seen: list[ProgressSnapshot] = []
@@ -71,21 +72,24 @@ def test_each_collected_batch_calibrates_the_next_reservation_by_the_billed_inpu
     assert len(batches) == 4
     assert out["_batch_id"].to_list() == [b for b in batches for _ in range(2)]
     billed = out["_input_tokens"].to_list()
-    assert min(billed) > 50  # far over the one-token estimates
+    assert all(b > 5 * e for b, e in zip(billed, est, strict=True))  # estimates ran low
 
     # Batch k is held at its rows' worst case with the input part scaled by the ratio of
-    # input billed / estimated over batches 1..k-1 (1 token estimated per row).
+    # input billed / estimated over batches 1..k-1.
     expected, ratios = [], []
     for k in range(4):
-        ratio = max(1.0, sum(billed[: 2 * k]) / (2 * k)) if k else 1.0
+        ratio = max(1.0, sum(billed[: 2 * k]) / sum(est[: 2 * k])) if k else 1.0
         ratios.append(ratio)
-        expected.append(sum(worst[j] + INPUT_USD * (ratio - 1.0) for j in (2 * k, 2 * k + 1)))
-    assert ratios[1] > 50 and len(set(ratios)) == 4  # each batch moved the ratio
+        expected.append(
+            sum(worst[j] + INPUT_USD * est[j] * (ratio - 1.0) for j in (2 * k, 2 * k + 1))
+        )
+    assert ratios[1] > 5 and len(set(ratios)) == 4  # each batch moved the ratio
     assert _uploads(seen) == pytest.approx(expected, rel=1e-9)
     assert seen[-1].reserved_usd == 0.0  # every reservation settled
 
-    # What the cap admits follows: a cap with room, after the first batch's cost, for one
-    # and a half calibrated rows of the second batch admits one of its rows, then the rest.
+    # What the cap admits follows: a cap with room, after the first batch's cost, for 3/4
+    # of the second batch's calibrated worst case admits one of its rows (row 2, the
+    # smaller), then nothing fits with nothing in flight: the rest end cancelled.
     emu.reset()
     first_cost = float(out["_cost_usd"].head(2).sum())
     cap = first_cost + 0.75 * expected[1]
@@ -96,7 +100,7 @@ def test_each_collected_batch_calibrates_the_next_reservation_by_the_billed_inpu
     assert sizes == [2, 1]
     assert again["_status"].to_list() == ["completed"] * 3 + ["cancelled"] * 5
     assert _uploads(capped)[:2] == pytest.approx(
-        [expected[0], worst[2] + INPUT_USD * (ratios[1] - 1.0)], rel=1e-9
+        [expected[0], worst[2] + INPUT_USD * est[2] * (ratios[1] - 1.0)], rel=1e-9
     )
     assert float(again["_cost_usd"].sum()) <= cap
 
