@@ -252,8 +252,10 @@ def make_run(
 
 
 def in_flight(ctx: RunContext, batch_id: str, job_ids: list[str], *, reserved: float = 0.0,
-              model: str = MODEL, key: str | None = None) -> InFlightBatch:
-    """An in-flight record for a batch the fake provider holds."""
+              model: str = MODEL, key: str | None = None,
+              est_input: list[int] | None = None) -> InFlightBatch:
+    """An in-flight record for a batch the fake provider holds (``est_input``: its jobs'
+    estimated input tokens)."""
     return InFlightBatch(
         batch_key=key or f"k_{batch_id}",
         provider="openai",
@@ -262,6 +264,7 @@ def in_flight(ctx: RunContext, batch_id: str, job_ids: list[str], *, reserved: f
         job_ids=pl.Series("job_id", job_ids, dtype=pl.String),
         backoff=ctx.backoff(),
         reserved=reserved,
+        est_input=None if est_input is None else pl.Series(est_input, dtype=pl.Int64),
     )
 
 

@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 from engine_fakes import MODEL, SPEC, FakeProvider, in_flight, make_jobs, make_run
 
-from batchata_df.engine.admission import Admission, Calibration, fitting
+from batchata_df.engine.admission import Admission, Calibration, billed_input, fitting
 from batchata_df.engine.clock import FakeClock
 from batchata_df.engine.planning import PlannedBatch, plan_batches
 from batchata_df.engine.run import RunState
@@ -71,13 +71,31 @@ def test_reserving_holds_the_batch_worst_case_and_release_gives_it_back():
 
 def test_recovered_batches_hold_their_jobs_worst_case_unknown_jobs_the_largest(tmp_path):
     ctx, state = make_run(tmp_path, FakeProvider(FakeClock()))
-    admission = Admission(state, cap=10.0, worst={"j000": 0.1, "j001": 0.3})
-    a = in_flight(ctx, "fb_1", ["j000", "j001"])
+    admission = Admission(state, cap=10.0)
+    known = pl.DataFrame({"job_id": ["j000", "j001", "j002"], "worst_usd": [0.1, 0.3, 0.2],
+                          "est_input_tokens": [7, 9, 11]})  # fmt: skip
+    a = in_flight(ctx, "fb_1", ["j001", "j000"])
     b = in_flight(ctx, "fb_2", ["j000", "zzz"])  # zzz: another call's job
-    admission.hold_recovered([a, b])
+    admission.hold_recovered([a, b], known)
     assert a.reserved == pytest.approx(0.4)
     assert b.reserved == pytest.approx(0.1 + 0.3)
     assert state.reserved == pytest.approx(0.8)
+    # Each carries its jobs' input estimates, in its own order (none for another call's).
+    assert a.est_input is not None and a.est_input.to_list() == [9, 7]
+    assert b.est_input is not None and b.est_input.to_list() == [7, None]
+
+
+def test_recovered_batches_fall_back_to_the_given_worst_case_without_estimates(tmp_path):
+    ctx, state = make_run(tmp_path, FakeProvider(FakeClock()))
+    recorded = pl.DataFrame({"job_id": ["j000"], "worst_usd": [0.1]})
+    a = in_flight(ctx, "fb_1", ["j000", "j001", "j002"])
+    Admission(state, cap=10.0).hold_recovered([a], recorded, fallback=0.25)
+    assert a.reserved == pytest.approx(0.1 + 2 * 0.25)
+    assert a.est_input is None  # nothing to calibrate with: its billed input counts only
+    empty = pl.DataFrame(schema={"job_id": pl.String, "worst_usd": pl.Float64})
+    b = in_flight(ctx, "fb_2", ["j000"])
+    Admission(state, cap=10.0).hold_recovered([b], empty)
+    assert b.reserved == 0.0  # nothing known at all: the largest known is nothing
 
 
 def test_settling_replaces_the_reservation_by_the_actual_cost(tmp_path):
@@ -91,20 +109,20 @@ def test_settling_replaces_the_reservation_by_the_actual_cost(tmp_path):
 
 
 def test_calibration_scales_the_input_part_up_when_estimates_ran_low():
-    cal = Calibration(est_input={"a": 100, "b": 100, "c": 50})
+    cal = Calibration()
     worst, est_input = pl.Series([1.0, 1.0]), pl.Series([0.4, 0.2])
     assert cal.worst("openai", MODEL, worst, est_input).to_list() == [1.0, 1.0]
-    cal.observe("openai", MODEL, {"a": 150, "b": 250})  # 400 actual / 200 estimated
+    cal.observe("openai", MODEL, estimated=200, actual=400)
     assert cal.ratio("openai", MODEL) == 2.0
     assert cal.worst("openai", MODEL, worst, est_input).to_list() == [1.4, 1.2]
     assert cal.ratio("openai", "other-model") == 1.0  # per model
-    cal.observe("openai", MODEL, {"c": 50})  # cumulative: 450 / 250
+    cal.observe("openai", MODEL, estimated=50, actual=50)  # cumulative: 450 / 250
     assert cal.ratio("openai", MODEL) == pytest.approx(1.8)
 
 
 def test_calibration_never_lowers_the_offline_worst_case():
-    cal = Calibration(est_input={"a": 100})
-    cal.observe("openai", MODEL, {"a": 50})
+    cal = Calibration()
+    cal.observe("openai", MODEL, estimated=100, actual=50)
     assert cal.ratio("openai", MODEL) == 0.5
     assert cal.worst("openai", MODEL, pl.Series([1.0]), pl.Series([0.4])).to_list() == [1.0]
 
@@ -112,24 +130,49 @@ def test_calibration_never_lowers_the_offline_worst_case():
 def test_a_collected_batch_that_ran_over_its_estimate_makes_admission_stricter(tmp_path):
     ctx, state = make_run(tmp_path, FakeProvider(FakeClock()))
     jobs = make_jobs(4, worst=0.2, est_input_tokens=100_000)  # input part $0.10 a job
-    admission = Admission(state, cap=0.9, calibration=Calibration(
-        est_input=dict.fromkeys(jobs["job_id"].to_list(), 100_000)))
+    admission = Admission(state, cap=0.9)
     plan = plan_of(jobs)
+    assert plan.est_input is not None and plan.est_input.to_list() == [100_000] * 4
     assert len(admission.admit(plan) or []) == 4  # 4 x 0.2 = 0.8 fits
     events = pl.DataFrame({"job_id": ["j000", "j001"], "input_tokens": [300_000, 300_000]})
-    admission.settle(in_flight(ctx, "fb_1", ["j000", "j001"]), 0.0, events)
+    sent = plan.head(2)
+    admission.settle(in_flight(ctx, "fb_1", sent.job_ids.to_list(),
+                               est_input=sent.est_input.to_list()), 0.0, events)  # fmt: skip
     # Input ran 3x the estimate: each job's worst case is now 0.2 + 0.1 * 2 = 0.4.
     assert admission.worst(plan).to_list() == pytest.approx([0.4] * 4)
     assert len(admission.admit(plan) or []) == 2
     assert admission.reserve(plan) == pytest.approx(1.6)
 
 
-def test_calibration_learns_only_from_jobs_it_has_an_estimate_for():
-    cal = Calibration(est_input={"a": 1, "b": 100})
-    cal.observe("openai", MODEL, {"zzz": 500})  # another call's job: nothing to compare
-    assert cal.ratio("openai", MODEL) == 1.0
-    cal.observe("openai", "other-model", {"a": 3})  # even a one-token estimate is a ratio
+def test_calibration_learns_only_from_jobs_it_has_an_estimate_for(tmp_path):
+    ctx, state = make_run(tmp_path, FakeProvider(FakeClock()))
+    admission, cal = Admission(state, cap=1.0), Calibration()
+    admission.calibration = cal
+    other = in_flight(ctx, "fb_1", ["zzz"])  # another call's job: no estimate
+    admission.settle(other, 0.0, pl.DataFrame({"job_id": ["zzz"], "input_tokens": [500]}))
+    assert cal.ratio("openai", MODEL) == 1.0  # nothing to compare
+    one = in_flight(ctx, "fb_2", ["a", "b"], model="other-model", est_input=[1, 100])
+    # Even a one-token estimate is a ratio; b was not billed (no usage): not compared.
+    events = pl.DataFrame({"job_id": ["a", "b"], "input_tokens": [3, None]})
+    admission.settle(one, 0.0, events)
     assert cal.ratio("openai", "other-model") == 3.0
+    # The billed input of a job without an estimate still counts (more cautious).
+    mixed = in_flight(ctx, "fb_3", ["c", "zzz2"], est_input=[10, None])
+    admission.settle(mixed, 0.0, pl.DataFrame({"job_id": ["c", "zzz2"],
+                                               "input_tokens": [20, 30]}))  # fmt: skip
+    assert cal.ratio("openai", MODEL) == (500 + 20 + 30) / 10
+
+
+def test_the_billed_input_is_matched_to_the_estimates_by_job_id_in_any_order(tmp_path):
+    ctx, _ = make_run(tmp_path, FakeProvider(FakeClock()))
+    batch = in_flight(ctx, "fb_1", ["a", "b", "c"], est_input=[10, 20, 30])
+    lined = pl.DataFrame({"job_id": ["a", "b", "c"], "input_tokens": [11, 22, None]})
+    assert billed_input(batch, lined) == (30, 33)
+    # Out of order, with a job given twice (its last event counts, once) and one unknown.
+    shuffled = pl.DataFrame({"job_id": ["c", "a", "c", "x"],
+                             "input_tokens": [1, 11, 33, 5]})  # fmt: skip
+    assert billed_input(batch, shuffled) == (40, 11 + 33 + 5)
+    assert billed_input(in_flight(ctx, "fb_2", ["a"]), lined.head(1)) == (0, 11)
 
 
 def test_the_cap_counts_the_jobs_it_holds_back_and_each_round_that_releases_some():
@@ -159,8 +202,8 @@ def test_the_cap_counts_the_jobs_it_holds_back_and_each_round_that_releases_some
 
 def test_a_job_without_an_input_estimate_keeps_its_worst_case_after_calibration():
     # Only the estimated input part is scaled up: a job with no estimate adds nothing.
-    cal = Calibration({"a": 100, "b": 100})
-    cal.observe("openai", "m", {"a": 200, "b": 200})
+    cal = Calibration()
+    cal.observe("openai", "m", estimated=200, actual=400)
     assert cal.ratio("openai", "m") == 2.0
     worst = cal.worst("openai", "m", pl.Series([1.0, 1.0, None]), pl.Series([0.25, None, 0.5]))
     assert worst.to_list() == [1.25, 1.0, 0.5]

@@ -310,7 +310,6 @@ def test_a_streaming_call_holds_re_attached_batches_at_the_worst_case_they_were_
 
 
 def test_re_attached_batches_are_priced_from_their_records_and_their_ids_not_copied(tmp_path):
-    from batchata_df.engine.admission import Calibration
     from batchata_df.engine.driver import recorded_worst
     from batchata_df.engine.planning import Planner
     from batchata_df.engine.recovery import recover
@@ -324,14 +323,13 @@ def test_re_attached_batches_are_priced_from_their_records_and_their_ids_not_cop
     assert len(in_flight) == 2
 
     # What each job was sent with.
-    assert recorded_worst(resumed.ctx.store, in_flight) == {"j000": 0.1, "j001": 0.5,
-                                                            "j002": 0.25}
-    assert recorded_worst(resumed.ctx.store, []) == {}
+    recorded = recorded_worst(resumed.ctx.store, in_flight).sort("job_id")
+    assert recorded.rows() == [("j000", 0.1), ("j001", 0.5), ("j002", 0.25)]
+    assert recorded_worst(resumed.ctx.store, []).height == 0
     # The feeder keeps the re-attached batches' keys, not their ids (the batches hold those).
     resumed.state.in_flight = in_flight
     planner = Planner(resumed.ctx.providers, resumed.ctx.spec, None)
-    feeder = Feeder(resumed.ctx, resumed.state, ListSource([make_jobs(1, start=9)]), planner,
-                    Calibration(est_input={}))  # fmt: skip
+    feeder = Feeder(resumed.ctx, resumed.state, ListSource([make_jobs(1, start=9)]), planner)
     assert sorted(feeder.reattached.to_list()) == sorted(b.batch_key for b in in_flight)
 
 

@@ -7,15 +7,16 @@ worst case while it is in flight.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import polars as pl
 
 from batchata_df.engine.planning import PlannedBatch
 from batchata_df.engine.run import InFlightBatch, RunState
+from batchata_df.state import lined_up
 
-__all__ = ["Admission", "Calibration", "fitting"]
+__all__ = ["Admission", "Calibration", "billed_input", "fitting"]
 
 
 def fitting(worst: pl.Series, room: float) -> int:
@@ -38,20 +39,20 @@ class Calibration:
     """Actual/estimated input tokens per model, learned from collected batches.
 
     Calibration only ever raises a worst case (never below the offline estimate), so it
-    can only make the cap safer.
+    can only make the cap safer. It keeps two sums per model, nothing per job: each batch
+    carries its own jobs' estimates (:attr:`InFlightBatch.est_input`), and
+    :func:`billed_input` compares them with what was billed when it is collected.
 
     Examples
     --------
-    >>> cal = Calibration({"a": 100, "b": 100})
-    >>> cal.observe("openai", "m", {"a": 150, "b": 150})
+    >>> cal = Calibration()
+    >>> cal.observe("openai", "m", estimated=200, actual=300)
     >>> cal.ratio("openai", "m")
     1.5
     >>> cal.worst("openai", "m", pl.Series([1.0]), pl.Series([0.2])).to_list()
     [1.1]
     """
 
-    est_input: Mapping[str, int] = field(default_factory=dict)
-    """Estimated input tokens per job id."""
     _seen: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
     _ratio: dict[tuple[str, str], float] = field(default_factory=dict)
 
@@ -59,14 +60,16 @@ class Calibration:
         """Actual over estimated input tokens seen so far for the model (1.0: none yet)."""
         return self._ratio.get((provider, model), 1.0)
 
-    def observe(self, provider: str, model: str, actual: Mapping[str, int]) -> None:
-        """Learn from the actual input tokens of collected jobs (job id -> tokens)."""
-        if not self.est_input:
-            return
-        est = sum(self.est_input.get(j, 0) for j in actual)
+    def observe(self, provider: str, model: str, *, estimated: int, actual: int) -> None:
+        """Learn from collected jobs: their estimated and actual input tokens, summed.
+
+        ``actual`` counts every collected job with billed input, ``estimated`` those of
+        them that have an estimate (a job without one, e.g. another call's, only makes
+        calibration more cautious: its tokens count, its estimate does not).
+        """
         key = (provider, model)
         seen_est, seen_actual = self._seen.get(key, (0, 0))
-        seen_est, seen_actual = seen_est + est, seen_actual + sum(actual.values())
+        seen_est, seen_actual = seen_est + estimated, seen_actual + actual
         self._seen[key] = (seen_est, seen_actual)
         if seen_est > 0:
             self._ratio[key] = seen_actual / seen_est
@@ -82,6 +85,40 @@ class Calibration:
         return worst + est_input_usd.fill_null(0.0) * (ratio - 1.0)
 
 
+def billed_input(batch: InFlightBatch, events: pl.DataFrame) -> tuple[int, int]:
+    """The estimated and the billed input tokens of a collected batch's jobs.
+
+    Both over the jobs of ``events`` (``job_id``, ``input_tokens``) with billed input, one
+    per job (the last event of a job given twice); a job's estimate is its entry in the
+    batch's :attr:`~InFlightBatch.est_input` (none: 0). Column sums, no Python per job.
+
+    Examples
+    --------
+    >>> from batchata_df.engine.clock import Backoff
+    >>> batch = InFlightBatch("k", "openai", "m", "id", pl.Series(["a", "b", "c"]),
+    ...                       Backoff(1, 1, 1), est_input=pl.Series([10, 20, 30]))
+    >>> billed_input(batch, pl.DataFrame({"job_id": ["a", "b", "c"],
+    ...                                   "input_tokens": [15, None, 40]}))
+    (40, 55)
+    >>> billed_input(batch, pl.DataFrame({"job_id": ["c", "zzz"], "input_tokens": [40, 9]}))
+    (30, 49)
+    """
+    usage = events.select("job_id", "input_tokens")
+    billed = usage.get_column("input_tokens").is_not_null()
+    ids = pl.DataFrame({"job_id": batch.job_ids})
+    if lined_up(ids, usage):  # events in the batch's order (as collection writes them)
+        actual = usage.get_column("input_tokens").sum()
+        if batch.est_input is None:
+            return 0, int(actual)
+        return int(batch.est_input.filter(billed).sum()), int(actual)
+    usage = usage.filter(billed).unique("job_id", keep="last", maintain_order=True)
+    actual = usage.get_column("input_tokens").sum()
+    if batch.est_input is None:
+        return 0, int(actual)
+    collected = batch.job_ids.is_in(usage.get_column("job_id").implode())
+    return int(batch.est_input.filter(collected).sum()), int(actual)
+
+
 class Admission:
     """Decides what part of a planned batch may be sent under the cap, and holds its cost.
 
@@ -92,9 +129,6 @@ class Admission:
     cap
         ``max_cost_usd`` (``None``: everything is admitted; reservations are still kept,
         for the progress figures and the dry run's agreement).
-    worst
-        The worst case per job id (from the job table), for batches re-attached after a
-        crash, whose worst case is not in a plan.
     calibration
         Learned input-token ratios.
     """
@@ -103,11 +137,9 @@ class Admission:
         self,
         state: RunState,
         cap: float | None,
-        worst: Mapping[str, float] | None = None,
         calibration: Calibration | None = None,
     ) -> None:
         self.state, self.cap = state, cap
-        self.worst_by_job = dict(worst or {})
         self.calibration = calibration or Calibration()
 
     def worst(self, plan: PlannedBatch) -> pl.Series:
@@ -156,36 +188,41 @@ class Admission:
         return amount
 
     def hold_recovered(
-        self, batches: Iterable[InFlightBatch], fallback: float | None = None
+        self,
+        batches: Iterable[InFlightBatch],
+        known: pl.DataFrame,
+        fallback: float | None = None,
     ) -> None:
-        """Hold the worst case of batches re-attached after a crash.
+        """Hold the worst case of batches re-attached after a crash; give them estimates.
 
-        Their jobs' worst case comes from this call's job table; a job not in it (another
-        call's frame) is held at ``fallback``, by default the largest worst case known.
+        ``known`` has ``job_id`` and ``worst_usd`` of the jobs whose worst case is known
+        (this call's job table, or the worst cases recorded when the batches were sent),
+        and ``est_input_tokens`` where this call has input estimates for them (the
+        batches then carry those for calibration, as planned batches do). A member not
+        in ``known`` is held at ``fallback``, by default the largest worst case known.
         """
         if fallback is None:
-            fallback = max(self.worst_by_job.values(), default=0.0)
+            top = known.get_column("worst_usd").max() if known.height else None
+            fallback = 0.0 if top is None else float(top)  # type: ignore[arg-type]
+        columns = ["job_id", "worst_usd"]
+        estimates = "est_input_tokens" in known.columns
+        if estimates:
+            columns.append("est_input_tokens")
+        known = known.select(columns)
         for batch in batches:
-            batch.reserved = sum(
-                self.worst_by_job.get(j, fallback) for j in batch.job_ids.to_list()
+            theirs = pl.DataFrame({"job_id": batch.job_ids}).join(
+                known, on="job_id", how="left", maintain_order="left"
             )
+            batch.reserved = float(theirs.get_column("worst_usd").fill_null(fallback).sum())
+            if estimates:
+                batch.est_input = theirs.get_column("est_input_tokens")
             self.state.reserved += batch.reserved
 
     def settle(self, batch: InFlightBatch, actual: float, events: pl.DataFrame) -> None:
         """A batch was collected: its actual cost replaces its reservation; learn from it."""
         self.state.spent += actual
         self.state.release(batch.reserved)
-        if not self.calibration.est_input:
+        if "input_tokens" not in events.columns:
             return
-        usage = events.filter(pl.col("input_tokens").is_not_null())
-        self.calibration.observe(
-            batch.provider,
-            batch.model,
-            dict(
-                zip(
-                    usage.get_column("job_id").to_list(),
-                    usage.get_column("input_tokens").to_list(),
-                    strict=True,
-                )
-            ),
-        )
+        estimated, billed = billed_input(batch, events)
+        self.calibration.observe(batch.provider, batch.model, estimated=estimated, actual=billed)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -128,13 +128,10 @@ class Engine:
         state.spent = float(billed.get_column("cost_usd").fill_null(0.0).sum())
         state.spent += lost_spend(recorded)
         state.spent_at_start = state.spent
-        admission = Admission(
-            state,
-            ctx.options.max_cost_usd,
-            worst=_by_job(jobs, "worst_usd"),
-            calibration=Calibration(est_input=_by_job(jobs, "est_input_tokens")),
-        )
-        admission.hold_recovered(state.in_flight)
+        admission = Admission(state, ctx.options.max_cost_usd, Calibration())
+        # Re-attached batches are held at their jobs' worst case in this call's table (by a
+        # join; a job not in it at the largest one) and carry their input estimates.
+        admission.hold_recovered(state.in_flight, _known(jobs))
         planner = Planner(ctx.providers, ctx.spec, ctx.options.items_per_batch)
         planner.add(todo)
         # A folder with no job events yet: every event is this call's, so the final states
@@ -166,17 +163,15 @@ class Engine:
         # Only the cap reads what was spent: without one, resuming does not add it up.
         state.spent = ctx.store.spent() if ctx.options.max_cost_usd is not None else 0.0
         state.spent_at_start = state.spent
-        calibration = Calibration(est_input={})
         planner = Planner(ctx.providers, ctx.spec, ctx.options.items_per_batch)
-        feeder = Feeder(ctx, state, source, planner, calibration)
+        feeder = Feeder(ctx, state, source, planner)
         feeder.feed()  # the first chunk: its worst cases price re-attached batches
-        worst = recorded_worst(ctx.store, state.in_flight)
         # Re-attached batches hold the worst case recorded when they were sent; jobs sent
-        # without a cap have none and are held at the largest worst case known.
-        admission = Admission(state, ctx.options.max_cost_usd, worst, calibration)
-        fallback = max([feeder.max_worst, *worst.values()])
-        admission.hold_recovered(state.in_flight, fallback=fallback)
-        admission.worst_by_job = {}  # nothing else reads it: let it go
+        # without a cap have none and are held at the largest worst case known. Their jobs
+        # have no estimates here (none of them is sent from a chunk): calibration counts
+        # their billed input only.
+        admission = Admission(state, ctx.options.max_cost_usd, Calibration())
+        _hold_recorded(admission, ctx.store, state.in_flight, feeder.max_worst)
         try:
             return self._drive(planner, admission, feeder)
         finally:
@@ -276,12 +271,12 @@ class Engine:
         self.state.done_at_start = sum(self.state.done.values())
 
 
-def _by_job(jobs: pl.DataFrame, column: str) -> dict[str, Any]:
-    if column not in jobs.columns:
-        return {}
-    return dict(
-        zip(jobs.get_column("job_id").to_list(), jobs.get_column(column).to_list(), strict=True)
-    )
+def _known(jobs: pl.DataFrame) -> pl.DataFrame:
+    """The job table's worst cases and input estimates, for re-attached batches (columns)."""
+    if "worst_usd" not in jobs.columns:
+        return pl.DataFrame(schema={"job_id": pl.String, "worst_usd": pl.Float64})
+    estimates = [c for c in ["est_input_tokens"] if c in jobs.columns]
+    return jobs.select("job_id", "worst_usd", *estimates)
 
 
 def with_unavailable(
@@ -329,24 +324,38 @@ def with_unavailable(
     return states
 
 
-def recorded_worst(store: StateStore, in_flight: list[InFlightBatch]) -> dict[str, float]:
+def recorded_worst(store: StateStore, in_flight: list[InFlightBatch]) -> pl.DataFrame:
     """The worst case recorded for each job of ``in_flight`` when it was sent (none: absent).
 
-    A function of its own so that the members' ``assigned`` events it reads (one row per
-    job of every batch re-attached: 1.6 million at 32 batches of 50,000) are let go before
-    the run goes on, instead of staying referenced while it drives.
+    ``job_id`` and ``worst_usd``, one row per job (its last ``assigned`` event of those
+    batches that recorded one).
     """
     keys = pl.Series([b.batch_key for b in in_flight], dtype=pl.String)
     if not keys.len():
-        return {}
-    known = store.assigned(keys).filter(pl.col("est_cost_usd").is_not_null())
-    return dict(
-        zip(
-            known.get_column("job_id").to_list(),
-            known.get_column("est_cost_usd").to_list(),
-            strict=True,
-        )
+        return pl.DataFrame(schema={"job_id": pl.String, "worst_usd": pl.Float64})
+    return (
+        store.assigned(keys)
+        .filter(pl.col("est_cost_usd").is_not_null())
+        .select("job_id", pl.col("est_cost_usd").cast(pl.Float64).alias("worst_usd"))
+        .unique("job_id", keep="last", maintain_order=True)
     )
+
+
+def _hold_recorded(
+    admission: Admission, store: StateStore, in_flight: list[InFlightBatch], largest: float
+) -> None:
+    """Hold re-attached batches at their recorded worst cases (a streaming call's start).
+
+    Jobs without one are held at the largest worst case known: ``largest`` (the first
+    chunk's) or a recorded one. A function of its own so that the members' ``assigned``
+    events it reads (one row per job of every batch re-attached: 1.6 million at 32 batches
+    of 50,000) are let go before the run goes on, instead of staying referenced while it
+    drives.
+    """
+    recorded = recorded_worst(store, in_flight)
+    top = recorded.get_column("worst_usd").max()
+    fallback = largest if top is None else max(largest, float(top))  # type: ignore[arg-type]
+    admission.hold_recovered(in_flight, recorded, fallback=fallback)
 
 
 def job_states_of(

@@ -86,6 +86,8 @@ class PlannedBatch:
     has_estimates: bool = False
     est_input_usd: pl.Series | None = None
     """The input part of ``worst``, which calibration scales by actual/estimated tokens."""
+    est_input: pl.Series | None = None
+    """Estimated input tokens of each job (calibration compares them with those billed)."""
 
     def __len__(self) -> int:
         return self.job_ids.len()
@@ -98,6 +100,7 @@ class PlannedBatch:
             self.worst.head(n),
             self.has_estimates,
             None if self.est_input_usd is None else self.est_input_usd.head(n),
+            None if self.est_input is None else self.est_input.head(n),
         )
 
     def tail(self, n: int) -> PlannedBatch:
@@ -109,6 +112,7 @@ class PlannedBatch:
             self.worst.tail(rest),
             self.has_estimates,
             None if self.est_input_usd is None else self.est_input_usd.tail(rest),
+            None if self.est_input is None else self.est_input.tail(rest),
         )
 
 
@@ -175,6 +179,11 @@ def plan_batches(
                     est_input_usd=(
                         chunk.get_column("est_input_usd").slice(start, end - start)
                         if "est_input_usd" in chunk.columns
+                        else None
+                    ),
+                    est_input=(
+                        chunk.get_column("est_input_tokens").slice(start, end - start)
+                        if "est_input_tokens" in chunk.columns
                         else None
                     ),
                 )

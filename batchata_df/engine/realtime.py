@@ -107,6 +107,8 @@ class _Request:
     server_errors: int = 0
     refused_since: float | None = None
     not_before: float = 0.0
+    est_input: int | None = None
+    """Its estimated input tokens (calibration), ``None`` without estimates."""
 
 
 @dataclass
@@ -173,7 +175,7 @@ class RealtimeEngine:
         Returns the latest state of every job; jobs held by a provider batch that may
         still be running stay ``assigned`` with the reason in ``error``.
         """
-        from batchata_df.engine.driver import _by_job, _job_states
+        from batchata_df.engine.driver import _job_states
 
         ctx, state = self.ctx, self.state
         state.total, state.jobs = jobs.height, jobs
@@ -192,12 +194,9 @@ class RealtimeEngine:
         state.done_at_start = sum(state.done.values())
         state.spent = float(billed.get_column("cost_usd").fill_null(0.0).sum())
         state.spent += lost_spend(recorded)
-        admission = Admission(
-            state,
-            ctx.options.max_cost_usd,
-            worst=_by_job(jobs, "worst_usd"),
-            calibration=Calibration(est_input=_by_job(jobs, "est_input_tokens")),
-        )
+        # Each request carries its input estimate (calibration): nothing per job of the
+        # whole table here; requests held by batches in flight are never sent (busy).
+        admission = Admission(state, ctx.options.max_cost_usd, Calibration())
         planner = Planner(ctx.providers, ctx.spec, SLICE)
         planner.add(todo)
         try:
@@ -310,16 +309,22 @@ class RealtimeEngine:
             admission.reserve(admitted)
             if state.first_submit_at is None:
                 state.first_submit_at = ctx.clock.monotonic()
-            for job_id, line, amount in zip(
+            estimates = (
+                admitted.est_input.to_list()
+                if admitted.est_input is not None
+                else [None] * len(admitted)
+            )
+            for job_id, line, amount, est in zip(
                 admitted.job_ids.to_list(),
                 admitted.lines.to_list(),
                 worst.to_list(),
+                estimates,
                 strict=True,
             ):
                 reserved[job_id] = float(amount or 0.0)
                 request = _Request(
                     job_id, line, plan.provider, plan.model, key, float(amount or 0.0),
-                    ctx.backoff(),
+                    ctx.backoff(), est_input=est,
                 )  # fmt: skip
                 running[self._submit(pool, request)] = request
             planner.took(len(admitted))
@@ -429,9 +434,10 @@ class RealtimeEngine:
                 provider_batch_id=None,
             )
             held = sum(reserved.pop(r.job_id, 0.0) for r in requests)
+            estimates = pl.Series([r.est_input for r in requests], dtype=pl.Int64)
             admission.settle(
                 InFlightBatch(key, provider, model, "", members.get_column("job_id"),
-                              self.ctx.backoff(), reserved=held),
+                              self.ctx.backoff(), reserved=held, est_input=estimates),
                 actual,
                 events,
             )  # fmt: skip

@@ -125,6 +125,9 @@ class InFlightBatch:
     status: str = "submitted"
     reserved: float = 0.0
     """Worst-case cost held against the cap until the batch's actual cost is known."""
+    est_input: pl.Series | None = None
+    """Estimated input tokens of each job, in ``job_ids``' order (``None``: no estimates);
+    calibration compares them with the billed ones when the batch is collected."""
     failures: int = 0
     """Consecutive failed polls or downloads."""
     unreachable_since: float | None = None

@@ -5,7 +5,8 @@ hands it a :class:`JobSource`, and the engine pulls the next chunk only when eve
 before it is in a provider batch (:class:`Feeder`). Each chunk is checked against the
 state folder by its own job ids (completed, failed unless ``retry_failed``, or in a batch
 still open are not sent), so what the engine holds is one chunk plus the job ids of the
-batches in flight, whatever the size of the input.
+batches in flight (with their input estimates, as columns beside the ids), whatever the
+size of the input.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from typing import Protocol
 
 import polars as pl
 
-from batchata_df.engine.admission import Calibration
 from batchata_df.engine.planning import Planner
 from batchata_df.engine.recovery import resolve_lost, settled
 from batchata_df.engine.run import RunContext, RunState
@@ -57,7 +57,6 @@ class Feeder:
         state: RunState,
         source: JobSource,
         planner: Planner,
-        calibration: Calibration,
     ) -> None:
         self.ctx, self.state, self.source = ctx, state, source
         # The folder's job events as this call found them, indexed once (one scan of the
@@ -72,7 +71,7 @@ class Feeder:
         self.reattached = pl.Series(
             "batch_key", [b.batch_key for b in state.in_flight], dtype=pl.String
         )
-        self.planner, self.calibration = planner, calibration
+        self.planner = planner
         self.exhausted = False
         self.jobs_seen = 0
         self.max_worst = 0.0
@@ -98,31 +97,10 @@ class Feeder:
                 if "worst_usd" in todo.columns:
                     top = todo.get_column("worst_usd").max()
                     self.max_worst = max(self.max_worst, float(top or 0.0))  # type: ignore[arg-type]
-                if "est_input_tokens" in todo.columns:
-                    self._estimates(todo)
                 self.planner.add(todo)
                 return True
         self._total()
         return False
-
-    def _estimates(self, todo: pl.DataFrame) -> None:
-        """Calibration's estimates: this chunk's and those of the batches still in flight.
-
-        The previous chunk has left the planner (sent or ended), so estimates of jobs no
-        longer in flight are dropped: memory follows the chunk. A requeued job without its
-        estimate only makes calibration more cautious (its actual tokens count, its
-        estimate does not).
-        """
-        keep = {j for b in self.state.in_flight for j in b.job_ids.to_list()}
-        est = {j: v for j, v in self.calibration.est_input.items() if j in keep}
-        est.update(
-            zip(
-                todo.get_column("job_id").to_list(),
-                todo.get_column("est_input_tokens").to_list(),
-                strict=True,
-            )
-        )
-        self.calibration.est_input = est
 
     def _unsettled(self, chunk: pl.DataFrame) -> pl.DataFrame:
         """The chunk's jobs to send; counts the others as done (progress)."""

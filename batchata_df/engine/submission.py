@@ -173,6 +173,7 @@ class Submitter:
             job_ids=plan.job_ids,
             backoff=ctx.backoff(),
             reserved=reserved,
+            est_input=plan.est_input,
         )
 
     def _look_up(self, plan: PlannedBatch, tag: BatchTag) -> str | None:
