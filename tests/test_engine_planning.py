@@ -247,11 +247,19 @@ def test_taking_from_an_empty_plan_is_a_bug_named_as_such(provider):
 
 def test_each_split_batch_carries_the_input_estimates_of_its_own_jobs(provider):
     jobs = make_jobs(5, worst=1.0).with_columns(
-        pl.Series("est_input_usd", [0.1, 0.2, 0.3, 0.4, 0.5]))
+        pl.Series("est_input_usd", [0.1, 0.2, 0.3, 0.4, 0.5]),
+        pl.Series("est_input_tokens", [10, 20, 30, 40, 50]))
     planned = list(plan_batches(jobs, {"openai": provider}, SPEC, items_per_batch=2))
     assert [ids(p.job_ids) for p in planned] == [["j000", "j001"], ["j002", "j003"], ["j004"]]
     assert [p.est_input_usd.to_list() for p in planned] == [[0.1, 0.2], [0.3, 0.4], [0.5]]
     assert [p.worst.to_list() for p in planned] == [[1.0, 1.0], [1.0, 1.0], [1.0]]
+    # The tokens calibration compares with the billed ones: beside the same jobs, also
+    # when the cap sends a batch's head and keeps its tail.
+    assert [p.est_input.to_list() for p in planned] == [[10, 20], [30, 40], [50]]
+    head, tail = planned[0].head(1), planned[0].tail(1)
+    assert (head.est_input.to_list(), tail.est_input.to_list()) == ([10], [20])
+    assert plan_batches(make_jobs(1), {"openai": provider}, SPEC, None).__next__().est_input \
+        is None  # no estimates: nothing to compare
 
 
 def test_models_are_planned_in_the_order_their_first_row_appears(provider):
