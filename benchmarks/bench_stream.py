@@ -32,10 +32,13 @@ model, batches of the provider's most (OpenAI 50,000; Anthropic and Gemini 100,0
 batches in flight. ``killed`` kills at half the provider's batch count in job parts.
 
     python benchmarks/bench_stream.py --sizes 1000000 10000000 \
-        [--phases run killed resume_finished sql] [--model claude-haiku-4-5]
+        [--phases run killed resume_finished sql] [--model claude-haiku-4-5] [--cap 1e9]
 
-Results: ``benchmarks/results/bench_stream.json``: one object per size and model, replaced
-when measured again (the one it replaces kept under ``previous``). ``--phases`` measures
+``--cap USD`` runs every call with ``max_cost_usd=USD`` (``1e9``: a cap that never binds,
+to measure what the cap's estimates, admission and calibration cost).
+
+Results: ``benchmarks/results/bench_stream.json``: one object per size, model and cap
+(``max_cost_usd``, absent without one), replaced when measured again (the one it replaces kept under ``previous``). ``--phases`` measures
 some phases only (``sql`` then reads the clean run's folder unless ``killed`` is asked).
 """
 
@@ -110,9 +113,10 @@ stop = threading.Event()
 threading.Thread(target=sample, args=(stop,), daemon=True).start()
 
 src, sink, state, model = sys.argv[1:5]
+cap = float(sys.argv[5]) if sys.argv[5:] and sys.argv[5] else None
 t0 = time.perf_counter()
 out = batch_llm(pl.scan_parquet(src), schema=Answer, model=model, prompt="{text}",
-                state=state, sink=sink, max_parallel_batches=32)
+                state=state, sink=sink, max_parallel_batches=32, max_cost_usd=cap)
 PHASE[0] = "after"
 counts = out.group_by("_status").len().collect(engine="streaming")
 stop.set()
@@ -266,16 +270,19 @@ run's when ``killed`` is not asked for)."""
 
 def point(n: int, work: Path, emu: object, env: dict[str, str],
           save: Callable[[dict[str, object]], None], *, phases: Sequence[str],
-          model: str) -> dict[str, object]:
+          model: str, cap: float | None = None) -> dict[str, object]:
     """One size and model: the ``phases`` asked for (see :data:`PHASES`), in that order.
 
-    Each phase is saved as soon as it ends.
+    Each phase is saved as soon as it ends. ``cap``: every call runs with
+    ``max_cost_usd=cap`` (the cap's admission, estimates and calibration measured).
     """
     src = make_input(n, work / f"in-{n}")
     args = [str(src / "*.parquet")]
+    tail = [] if cap is None else [repr(cap)]  # the RUN child's max_cost_usd
     row: dict[str, object] = {
         "rows": n,
         "model": model,
+        **({} if cap is None else {"max_cost_usd": cap}),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -289,7 +296,8 @@ def point(n: int, work: Path, emu: object, env: dict[str, str],
         sink = work / f"out-{n}-{model}.parquet"
         row["loadavg_before_run"] = [round(x, 2) for x in os.getloadavg()]
         emu_cpu0 = _cpu_of(pid)
-        row["run"] = run_child(RUN, [*args, str(sink), str(state), model], env, watch=state)
+        row["run"] = run_child(RUN, [*args, str(sink), str(state), model, *tail], env,
+                               watch=state)
         row["emulator_cpu_s"] = round(_cpu_of(pid) - emu_cpu0, 2)
         save(row)  # before the checks: a check that fails does not lose the run's figures
         row.update(_finished(state, sink, emu, env))
@@ -300,7 +308,7 @@ def point(n: int, work: Path, emu: object, env: dict[str, str],
         # batch writes two: its jobs assigned, then their results), then the same call.
         emu.reset()  # type: ignore[attr-defined]
         state, sink = work / f"killed-{n}-{model}", work / f"killed-{n}-{model}.parquet"
-        call = [*args, str(sink), str(state), model]
+        call = [*args, str(sink), str(state), model, *tail]
         batches = -(-n // _batch_size(model))
         row["loadavg_before_killed_run"] = [round(x, 2) for x in os.getloadavg()]
         killed = run_child(RUN, call, env, watch=state, kill_at_parts=batches)
@@ -322,7 +330,8 @@ def point(n: int, work: Path, emu: object, env: dict[str, str],
         # The finished folder, resumed again: sends nothing.
         sink = work / f"again-{n}-{model}.parquet"
         row["loadavg_before_resume_finished"] = [round(x, 2) for x in os.getloadavg()]
-        row["resume_finished"] = run_child(RUN, [*args, str(sink), str(state), model], env)
+        row["resume_finished"] = run_child(RUN, [*args, str(sink), str(state), model, *tail],
+                                           env)
         row["billed_after_resume_finished"] = _billing(emu)["billed"]
         save(row)
     if "sql" in phases:
@@ -369,6 +378,9 @@ def main() -> None:
                         help="which measurements, in this order (default: all)")
     parser.add_argument("--model", default="gpt-4.1-mini",
                         help="model (so provider) of the run, e.g. claude-haiku-4-5")
+    parser.add_argument("--cap", type=float, default=None, metavar="USD",
+                        help="run every call with max_cost_usd=USD (a separate entry of the "
+                             "results, beside the uncapped one of the same size and model)")
     parser.add_argument("--keep", type=Path, default=None,
                         help="work in this folder and keep it (inputs, state folders, sinks)")
     args = parser.parse_args()
@@ -384,27 +396,37 @@ def main() -> None:
     with scratch_dir as scratch, Emulator(latency=0.0) as emu:
         env = {**os.environ, **emu.env()}
         for n in args.sizes:
-            key = (n, args.model)
+            key = (n, args.model, args.cap)
             # The entry this point replaces is kept under "previous" (one level deep).
             old = next((r for r in results if _key(r) == key), None)
             previous = {k: v for k, v in old.items() if k != "previous"} if old else None
 
-            def save(row: dict[str, object], key: tuple[int, str] = key,
+            def save(row: dict[str, object], key: tuple[int, str, float | None] = key,
                      previous: dict[str, object] | None = previous) -> None:
                 nonlocal results
                 entry = {**row, "previous": previous} if previous else row
                 results = [r for r in results if _key(r) != key] + [entry]
-                results.sort(key=_key)
+                results.sort(key=_order)
                 results_file.parent.mkdir(exist_ok=True)
                 results_file.write_text(json.dumps(results, indent=2) + "\n")
 
-            row = point(n, Path(scratch), emu, env, save, phases=args.phases, model=args.model)
+            row = point(n, Path(scratch), emu, env, save, phases=args.phases, model=args.model,
+                        cap=args.cap)
             print(json.dumps({k: v for k, v in row.items() if k != "run"}), flush=True)
 
 
-def _key(entry: dict[str, object]) -> tuple[int, str]:
-    """Results are one entry per size and model (older entries: OpenAI's gpt-4.1-mini)."""
-    return int(entry["rows"]), str(entry.get("model", "gpt-4.1-mini"))  # type: ignore[call-overload]
+def _key(entry: dict[str, object]) -> tuple[int, str, float | None]:
+    """Results are one entry per size, model and cap (older entries: OpenAI's gpt-4.1-mini,
+    no cap)."""
+    cap = entry.get("max_cost_usd")
+    return (int(entry["rows"]), str(entry.get("model", "gpt-4.1-mini")),  # type: ignore[call-overload]
+            None if cap is None else float(cap))  # type: ignore[arg-type]
+
+
+def _order(entry: dict[str, object]) -> tuple[int, str, float]:
+    """The file's order: by size, model, then uncapped before capped."""
+    rows, model, cap = _key(entry)
+    return rows, model, -1.0 if cap is None else cap
 
 if __name__ == "__main__":
     main()
