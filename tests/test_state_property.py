@@ -308,10 +308,22 @@ def _part(rows: list[Row]) -> pl.DataFrame:
 
 
 AB = [("j0", "assigned"), ("j1", "assigned")]
+ENDED: list[Write] = [("jobs", AB), ("jobs", [("j0", "completed"), ("j1", "failed")])]
+"""j0 and j1 assigned, then ended: what each example below spoils."""
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=a_call())
+# The shortcut's own case, an error holding a key: it answers, scrubbed as written.
+@example(case=(2, "none", [("jobs", AB), ("jobs", [
+    ("j0", "completed"), ("j1", "failed", {"error": "key sk-abcdefghijklmnopqrstuv"})])]))
+# Another writer's event after the ends, or a part removed: the parts check.
+@example(case=(2, "other_writer", [*ENDED, ("other", [("j0", "assigned")])]))
+@example(case=(2, "removed", [*ENDED, ("remove", 1)]))
+# j0 assigned again after its end: the late events' seq check.
+@example(case=(2, "assigned_after_end", [*ENDED, ("jobs", [("j0", "assigned")])]))
+# A stranger assigned after the ends: a late event with no end to compare (fill_null).
+@example(case=(2, "stranger", [*ENDED, ("jobs", [("zz", "assigned")])]))
 # A part holding an end (j1) and another job's assigned event (j0): the mixed-part check.
 @example(case=(2, "mixed", [("jobs", AB), ("jobs", [("j0", "completed"), ("j1", "completed")]),
                             ("jobs", [("j1", "failed"), ("j0", "assigned")])]))
@@ -320,9 +332,6 @@ AB = [("j0", "assigned"), ("j1", "assigned")]
                             ("jobs", [("j0", "failed")])]))
 # A stranger ends, j1 never: as many distinct ends as jobs (the membership check).
 @example(case=(2, "stranger", [("jobs", AB), ("jobs", [("j0", "completed"), ("zz", "failed")])]))
-# A stranger assigned after the ends: a late event with no end to compare (fill_null).
-@example(case=(2, "stranger", [("jobs", AB), ("jobs", [("j0", "completed"), ("j1", "failed")]),
-                               ("jobs", [("zz", "assigned")])]))
 def test_the_states_a_call_wrote_equal_the_folder_s_snapshot(case: Case) -> None:
     """``written_states`` (no read, no search) is exactly ``snapshot`` whenever it answers.
 
