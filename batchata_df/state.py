@@ -396,8 +396,6 @@ class WrittenJobs:
     """Beside each terminal part, its completed answers decoded (if the writer had them)."""
     late: list[pl.DataFrame] = field(default_factory=list)
     """``job_id``, ``seq`` of the other events written after the first terminal part."""
-    early_seq: int = -1
-    """The largest ``seq`` of the other events written before the first terminal part."""
     mixed: bool = False
     """A part held terminal and other events: the shortcut is not taken."""
 
@@ -412,8 +410,6 @@ class WrittenJobs:
             self.mixed = True
         elif self.terminal:
             self.late.append(frame.select("job_id", "seq"))
-        else:
-            self.early_seq = max(self.early_seq, int(frame.select(pl.col("seq").max()).item() or 0))
 
     def answers(self) -> pl.Series | None:
         """The terminal parts' answers decoded, row for row, or ``None`` if some lack them.
@@ -817,8 +813,6 @@ class StateStore:
             ids.is_in(job_ids.implode()).all()
             and ids.n_unique() == ended.height == job_ids.n_unique()
         ):
-            return None
-        if log.early_seq >= int(ended.select(pl.col("seq").min()).item() or 0):
             return None
         if log.late:
             late = pl.concat(log.late).join(

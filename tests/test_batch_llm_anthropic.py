@@ -344,6 +344,27 @@ def _resume(state: Path) -> pl.DataFrame:
     )
 
 
+def _decoy_batch(emu) -> anthropic.types.messages.MessageBatch:
+    """Another batch of the same size (3 requests), created in the same window by someone
+    else (with another key)."""
+    client = anthropic.Anthropic(api_key="sk-ant-other", base_url=emu.anthropic_base_url)
+    batch = client.messages.batches.create(
+        requests=[
+            {
+                "custom_id": f"other-{i}",
+                "params": {
+                    "model": MODEL,
+                    "max_tokens": 10,
+                    "messages": [{"role": "user", "content": "x"}],
+                },
+            }
+            for i in range(3)
+        ]
+    )
+    client.close()
+    return batch
+
+
 def test_crash_between_create_and_checkpoint_finds_the_orphan(emu, tmp_path):
     emu.configure(latency=0.5)
     state = tmp_path / "orphan"
@@ -360,22 +381,7 @@ def test_crash_between_create_and_checkpoint_finds_the_orphan(emu, tmp_path):
 def test_orphan_is_told_apart_from_a_lookalike_by_its_results(emu, tmp_path):
     state = tmp_path / "orphan"
     _crash_after_submit(tmp_path, state)
-    # Another batch of the same size, created in the same window by someone else.
-    client = anthropic.Anthropic(api_key="sk-ant-other", base_url=emu.anthropic_base_url)
-    decoy = client.messages.batches.create(
-        requests=[
-            {
-                "custom_id": f"other-{i}",
-                "params": {
-                    "model": MODEL,
-                    "max_tokens": 10,
-                    "messages": [{"role": "user", "content": "x"}],
-                },
-            }
-            for i in range(3)
-        ]
-    )
-    client.close()
+    decoy = _decoy_batch(emu)
     out = _resume(state)
     assert out["_status"].to_list() == ["completed"] * 7
     assert decoy.id not in out["_batch_id"].to_list()
@@ -387,21 +393,7 @@ def test_a_lost_create_is_told_apart_from_a_lookalike_by_the_batch_s_own_ids(emu
     # batch of the same size sits in the same window: the lookup before the retry reads
     # each candidate's first result and keeps the one holding our requests. The engine
     # gives the batch's ids as its column (a set is made only for this lookup).
-    client = anthropic.Anthropic(api_key="sk-ant-other", base_url=emu.anthropic_base_url)
-    decoy = client.messages.batches.create(
-        requests=[
-            {
-                "custom_id": f"other-{i}",
-                "params": {
-                    "model": MODEL,
-                    "max_tokens": 10,
-                    "messages": [{"role": "user", "content": "x"}],
-                },
-            }
-            for i in range(3)
-        ]
-    )
-    client.close()
+    decoy = _decoy_batch(emu)
     emu.inject_fault(method="POST", path_regex=r"/v1/messages/batches$", status=500, when="after")
     out = frame(3).pipe(batch_llm, schema=Review, model=MODEL, prompt="{text}")
     assert out["_status"].to_list() == ["completed"] * 3
@@ -413,21 +405,7 @@ def test_ambiguous_orphan_stops_before_paying_twice(emu, tmp_path):
     emu.configure(latency=100)
     state = tmp_path / "orphan"
     _crash_after_submit(tmp_path, state)
-    client = anthropic.Anthropic(api_key="sk-ant-other", base_url=emu.anthropic_base_url)
-    decoy = client.messages.batches.create(
-        requests=[
-            {
-                "custom_id": f"other-{i}",
-                "params": {
-                    "model": MODEL,
-                    "max_tokens": 10,
-                    "messages": [{"role": "user", "content": "x"}],
-                },
-            }
-            for i in range(3)
-        ]
-    )
-    client.close()
+    decoy = _decoy_batch(emu)
     with pytest.raises(OrphanedBatchError, match="Wait until these batches have ended") as info:
         _resume(state)
     assert decoy.id in str(info.value)

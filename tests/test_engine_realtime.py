@@ -871,10 +871,10 @@ class _HeldUntil(FakeProvider):
         return super().answer(line, model=model, spec=spec)
 
 
-def test_requests_held_back_by_the_cap_while_others_run_are_shown_waiting(tmp_path):
-    # Worst case w per request, actual cost 2/3 w, cap 2.5 w: j000 and j001 go; when j000
-    # is answered (2/3 w spent, j001's w held) j002 does not fit and waits for j001, and the
-    # progress says so. j001 is answered only once the progress has said it.
+def _held_by_the_cap(tmp_path, n: int) -> tuple[pl.DataFrame, list[ProgressSnapshot]]:
+    """``n`` requests, 2 at once, each of worst case w, under a cap of 2.5 w; j001 is
+    answered only once the progress says a request waits for the cap. The output and
+    every progress snapshot."""
     rate = PRICES.realtime().get("openai", MODEL)
     assert rate is not None
     worst = 1.5 * (10 * rate.input + 5 * rate.output) / 1e6
@@ -887,7 +887,15 @@ def test_requests_held_back_by_the_cap_while_others_run_are_shown_waiting(tmp_pa
             provider.release.set()
 
     out = realtime(tmp_path, provider, progress=progress, max_cost_usd=2.5 * worst).run(
-        make_jobs(3, worst=worst))
+        make_jobs(n, worst=worst))
+    return out, seen
+
+
+def test_requests_held_back_by_the_cap_while_others_run_are_shown_waiting(tmp_path):
+    # Worst case w per request, actual cost 2/3 w, cap 2.5 w: j000 and j001 go; when j000
+    # is answered (2/3 w spent, j001's w held) j002 does not fit and waits for j001, and the
+    # progress says so. j001 is answered only once the progress has said it.
+    out, seen = _held_by_the_cap(tmp_path, 3)
     assert out.sort("job_id")["status"].to_list() == ["completed"] * 3
     assert {s.cap_waiting for s in seen if s.cap_waiting} == {1}
     assert seen[-1].cap_waiting == 0 and seen[-1].cap_rounds == 1
@@ -897,19 +905,7 @@ def test_every_request_the_cap_holds_back_is_counted_not_only_the_free_slots_sha
     # As above with 5 requests, 2 at once: when j000 is answered one slot is free but the
     # cap admits nothing, and all three requests still to send wait for the budget j001
     # holds (as in batch mode, where the whole next batch is counted), not just one.
-    rate = PRICES.realtime().get("openai", MODEL)
-    assert rate is not None
-    worst = 1.5 * (10 * rate.input + 5 * rate.output) / 1e6
-    provider = _HeldUntil(FakeClock(), "j001")
-    seen: list[ProgressSnapshot] = []
-
-    def progress(snap: ProgressSnapshot) -> None:
-        seen.append(snap)
-        if snap.cap_waiting:
-            provider.release.set()
-
-    out = realtime(tmp_path, provider, progress=progress, max_cost_usd=2.5 * worst).run(
-        make_jobs(5, worst=worst))
+    out, seen = _held_by_the_cap(tmp_path, 5)
     first = next(s for s in seen if s.cap_waiting)
     assert (first.completed, first.pending, first.cap_waiting) == (1, 4, 3)
     # 5 answers at 2/3 of the worst case would pass the cap: the last ones end cost_limit.

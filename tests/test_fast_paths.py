@@ -583,6 +583,61 @@ def test_the_output_from_answers_decoded_once_equals_the_output_decoding_them(
     assert_frame_equal(once.drop("_batch_id"), twice.drop("_batch_id"))  # ids: other batches
 
 
+@pytest.mark.parametrize("model", ["gpt-4.1-mini", "claude-haiku-4-5", "gemini-2.5-flash"])
+def test_a_batch_with_nothing_decoded_comes_out_decoded_from_its_stored_answers(
+    emu, tmp_path, model, monkeypatch
+) -> None:
+    # One answer holds 1e400 (past a double): Polars refuses the decode of its whole batch,
+    # so Pydantic decides each answer there (that one fails, the others complete) and the
+    # batch keeps nothing decoded, while the other batch keeps its struct. The states still
+    # come from what the call wrote; the output must decode that batch's stored answers
+    # (not give its completed rows null fields).
+    from batchata_df import batch_llm, sql
+    from batchata_df.schema import DECODED
+    from batchata_df.state import StateStore, WrittenJobs
+
+    overflow = 9
+    df = pl.DataFrame({"text": [f"review {i}" + (" [[emulator:overflow]]" if i == overflow else "")
+                                for i in range(14)]})
+    kept: list[list[bool]] = []
+    carried: list[tuple[bool, bool]] = []
+    real_answers, real_states = WrittenJobs.answers, StateStore.written_states
+
+    def answers_spy(self):  # type: ignore[no-untyped-def]
+        kept.append(sorted(d is not None for d in self.decoded))
+        return real_answers(self)
+
+    def states_spy(self, job_ids):  # type: ignore[no-untyped-def]
+        got = real_states(self, job_ids)
+        carried.append((got is not None, got is not None and DECODED in got[0].columns))
+        return got
+
+    monkeypatch.setattr(WrittenJobs, "answers", answers_spy)
+    monkeypatch.setattr(StateStore, "written_states", states_spy)
+    state = tmp_path / "run"
+    out = batch_llm(df, schema=Review, model=model, prompt="{text}", state=state,
+                    progress=False, items_per_batch=7)
+    stored = sql("select job_id, raw from jobs where status <> 'assigned'", state)
+    raw = dict(stored.iter_rows())
+    fields = list(Review.model_fields)
+    for i, row in enumerate(out.iter_rows(named=True)):
+        if i == overflow:
+            assert '"score":1e400' in raw[row["_job_id"]]
+            assert row["_status"] == "failed"
+            assert row["_error"].startswith(
+                "schema_validation: score: the answer is not a finite number (inf")
+            assert all(row[f] is None for f in fields)
+        else:
+            assert row["_status"] == "completed", row
+            want = Review.model_validate_json(raw[row["_job_id"]]).model_dump()
+            assert {f: row[f] for f in fields} == want
+            assert row["summary"] is not None
+    # What was asserted came by the path named: one batch decoded, one not; the states
+    # from the call's writes, without the decoded answers.
+    assert kept == [[False, True]]
+    assert carried == [(True, False)]
+
+
 # -- outcomes: results in request order are put beside the members without a join ------------
 
 

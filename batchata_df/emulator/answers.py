@@ -29,6 +29,11 @@ prompt text (any message, system prompt included):
 ``[[emulator:invalid]]``
     The model answers with JSON that parses but does **not** validate against the schema
     (a required field is missing, or a value has the wrong type).
+``[[emulator:overflow]]``
+    The answer's first number is ``1e400``, past what a double holds, the rest valid: JSON
+    sets no limit on numbers and a schema without bounds allows any, so a model may write
+    one (a decoder reads it as infinity, or refuses it). Structured answers in text only (an
+    Anthropic tool call's input stays valid).
 ``[[emulator:truncate]]``
     The answer is cut off: finish reason ``length`` (OpenAI) and text that is not valid
     JSON.
@@ -77,6 +82,7 @@ from typing import Any, Final
 __all__ = [
     "MARKER_ERROR",
     "MARKER_INVALID",
+    "MARKER_OVERFLOW",
     "MARKER_CONTEXT",
     "MARKER_DETAILS",
     "MARKER_FILTER",
@@ -98,6 +104,7 @@ __all__ = [
 
 MARKER_ERROR: Final = "error"
 MARKER_INVALID: Final = "invalid"
+MARKER_OVERFLOW: Final = "overflow"
 MARKER_TRUNCATE: Final = "truncate"
 MARKER_REFUSAL: Final = "refusal"
 MARKER_FILTER: Final = "filter"
@@ -109,7 +116,7 @@ MARKER_DETAILS: Final = "details"
 UNKNOWN_MODEL: Final = "emulator-unknown-model"
 _MARKER_PREFIX: Final = "[[emulator:"
 _MARKER_RE: Final = re.compile(
-    r"\[\[emulator:(error|invalid|truncate|refusal|filter|recitation|context|details)(?::(\d{3}))?\]\]"
+    r"\[\[emulator:(error|invalid|overflow|truncate|refusal|filter|recitation|context|details)(?::(\d{3}))?\]\]"
 )
 
 # How deep recursive schemas are expanded before the generator takes the shortest way
@@ -119,6 +126,7 @@ _MASK64: Final = (1 << 64) - 1
 #: Distinct answers per schema that batch rows draw from (see AnswerGenerator.pooled).
 POOL_SIZE: Final = 4096
 _compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_OVERFLOW: Final = "\x00overflow"  # stands for 1e400 while a value is encoded: no answer holds it
 _quote = json.JSONEncoder(ensure_ascii=False).encode
 
 _WORDS: Final = (
@@ -329,6 +337,28 @@ class AnswerGenerator:
     def invalid(self, seed: str) -> object:
         """Return a value that parses as JSON but is *not* valid for the schema."""
         return _invalidate(self.schema, self.value(seed))
+
+    def overflowed(self, seed: str) -> str:
+        """The compact JSON of :meth:`value` with its first number field written ``1e400``.
+
+        A value that is not an object, or has no number field, is written as it is.
+
+        Examples
+        --------
+        >>> gen = AnswerGenerator({"type": "object", "required": ["a", "x", "y"],
+        ...                        "properties": {"a": {"enum": ["k"]}, "x": {"type": "number"},
+        ...                                       "y": {"type": "integer"}}})
+        >>> text = gen.overflowed("s")
+        >>> text.startswith('{"a":"k","x":1e400,"y":'), json.loads(text)["x"]
+        (True, inf)
+        """
+        value = self.value(seed)
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(item, int | float) and not isinstance(item, bool):
+                    text = _compact({**value, key: _OVERFLOW})
+                    return text.replace(_compact(_OVERFLOW), "1e400", 1)
+        return _compact(value)
 
 
 _CACHE: dict[str, AnswerGenerator] = {}

@@ -615,8 +615,12 @@ def _answer(spec: _Spec) -> tuple[str, object, str]:
         value = spec.gen.invalid(seed) if marker == answers.MARKER_INVALID else spec.gen.value(seed)
         return "", value if isinstance(value, dict) else {"value": value}, "tool_use"
     if spec.mode == "schema" and spec.gen is not None:
-        value = spec.gen.invalid(seed) if marker == answers.MARKER_INVALID else spec.gen.value(seed)
-        text = _compact(value)
+        if marker == answers.MARKER_OVERFLOW:
+            text = spec.gen.overflowed(seed)
+        elif marker == answers.MARKER_INVALID:
+            text = _compact(spec.gen.invalid(seed))
+        else:
+            text = _compact(spec.gen.value(seed))
     else:
         text = answers.fake_text(spec.prompt, seed)
     stop = "end_turn"

@@ -475,12 +475,12 @@ def _render(
         }
         return body, 0, 0
     if spec.mode == "schema" and spec.gen is not None:
-        value = (
-            spec.gen.invalid(seed)
-            if spec.marker == answers.MARKER_INVALID
-            else spec.gen.value(seed)
-        )
-        text = _compact(value)
+        if spec.marker == answers.MARKER_OVERFLOW:
+            text = spec.gen.overflowed(seed)
+        elif spec.marker == answers.MARKER_INVALID:
+            text = _compact(spec.gen.invalid(seed))
+        else:
+            text = _compact(spec.gen.value(seed))
     elif spec.mode == "json":
         text = _compact({"answer": answers.fake_text(spec.prompt, seed)})
     else:

@@ -612,9 +612,12 @@ def _answer(spec: _Spec) -> tuple[str, str, bool, int]:
     elif marker == answers.MARKER_REFUSAL:
         return "null", _REFUSAL_Q, False, answers.count_tokens(REFUSAL_TEXT)
     if spec.mode == "schema" and gen is not None:
-        text = (
-            _compact(gen.invalid(seed)) if marker == answers.MARKER_INVALID else gen.pooled(seed)[0]
-        )
+        if marker == answers.MARKER_INVALID:
+            text = _compact(gen.invalid(seed))
+        elif marker == answers.MARKER_OVERFLOW:
+            text = gen.overflowed(seed)
+        else:
+            text = gen.pooled(seed)[0]
     elif spec.mode == "json_object":
         text = _compact({"answer": answers.fake_text(spec.prompt, seed)})
     else:
