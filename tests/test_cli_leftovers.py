@@ -238,3 +238,49 @@ def test_a_live_runs_files_are_never_removed_by_another_run_in_the_same_folder(
     assert _left(work).keys() == {"in.parquet", "out.parquet", "other.csv"}
     assert sorted(p.name for p in work.iterdir() if p.is_dir()) == [
         "other.csv.state", "other.state", "out.parquet.state"]
+
+
+def test_write_frame_removes_a_dead_writers_hidden_folder_never_a_live_ones(tmp_path: Path):
+    """``write_frame`` (the command's one writer of whole frames) writes through the same
+    hidden folder: a killed process's folder for the same file goes, a live one's (held
+    here, in this process: the lock is per open descriptor) and another file's stay."""
+    from batchata_df.cli import write_frame
+    from batchata_df.stream import hidden_folder
+
+    target = tmp_path / "out.csv"
+    dead = tmp_path / ".tmp-out.csv-0badcafe"  # a folder nobody holds: a killed run's
+    dead.mkdir()
+    (dead / "result.parquet").write_bytes(b"PAR1")
+    elsewhere = tmp_path / ".tmp-other.csv-0badcafe"  # another OUTPUT's: not this writer's
+    elsewhere.mkdir()
+    with hidden_folder(target) as live:
+        (live / "result.parquet").write_bytes(b"PAR1")
+        write_frame(pl.DataFrame({"a": [1, 2], "b": [["x"], []]}), target)
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+            ["out.csv", live.name, elsewhere.name])
+        assert (live / "result.parquet").read_bytes() == b"PAR1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out.csv", elsewhere.name])
+    assert pl.read_csv(target).to_dicts() == [{"a": 1, "b": '["x"]'}, {"a": 2, "b": "[]"}]
+
+
+def test_a_hidden_folder_where_locks_are_refused_is_used_and_never_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """On a file system that refuses locks (some network mounts) the folder is still made
+    and removed at the end; another writer, unable to lock it, leaves it alone."""
+    import errno
+
+    import filelock
+
+    from batchata_df.stream import hidden_folder, remove_stale_sink_files
+
+    def no_locks(fd: int, *, blocking: bool = True) -> bool:
+        raise OSError(errno.ENOSYS, "no locks here")
+
+    monkeypatch.setattr(filelock, "lock_descriptor", no_locks)
+    target = tmp_path / "out.parquet"
+    with hidden_folder(target) as folder:
+        assert folder.is_dir() and folder.parent == tmp_path
+        assert remove_stale_sink_files(target) == []
+        assert folder.is_dir()
+    assert list(tmp_path.iterdir()) == []
