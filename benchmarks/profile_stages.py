@@ -1,0 +1,175 @@
+"""Where one client's CPU, system CPU and page faults go, stage by stage (issue 14, point 3).
+
+Runs one client of ``bench_overhead.py`` (batch_llm, or ``--floor``) in a fresh process
+against the emulator (latency 0), with wrappers around its stages that add up, per stage,
+user CPU, system CPU and minor page faults (``getrusage`` of the whole process, Polars'
+threads included), *exclusive* of the stages nested inside it. ``TOTAL`` is the process.
+
+    python benchmarks/profile_stages.py --provider openai --rows 1000000
+    python benchmarks/profile_stages.py --provider openai --rows 1000000 --floor
+    python benchmarks/profile_stages.py --provider openai --rows 1000000 --cap 1e9
+
+The floor's own steps are module code, not functions: for it only the SDK's upload and
+download, pyarrow's JSON reader and ``Series.to_list`` are timed. ``benchmarks/PROFILE.md``
+(eighth pass) has what it showed. Take the benchmark mutex on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+STAGES = {
+    # name: (module, class or "", attribute)
+    "job ids": ("batchata_df.jobs", "", "job_ids"),
+    "build jobs (rest)": ("batchata_df.jobs", "", "build_jobs"),
+    "estimates (cap)": ("batchata_df.frame", "", "with_estimates"),
+    "encode lines": ("batchata_df.providers.{p}", "{P}Provider", "encode"),
+    "submit (join, upload, create)": ("batchata_df.providers.{p}", "{P}Provider", "submit"),
+    "results (normalise)": ("batchata_df.providers.{p}", "{P}Provider", "results"),
+    "read_jsonl (rest)": ("batchata_df.providers.base", "", "read_jsonl"),
+    "outcomes_to_events (validation)": ("batchata_df.engine.collection", "", "outcomes_to_events"),
+    "Ledger.terminal (cost)": ("batchata_df.engine.ledger", "Ledger", "terminal"),
+    "Admission.settle": ("batchata_df.engine.admission", "Admission", "settle"),
+    "part writes": ("batchata_df.state", "StateStore", "_write_part"),
+    "polls": ("batchata_df.engine.collection", "Collector", "poll"),
+    "final states": ("batchata_df.state", "StateStore", "written_states"),
+    "snapshot": ("batchata_df.state", "StateStore", "snapshot"),
+    "Engine.run (rest)": ("batchata_df.engine.driver", "Engine", "run"),
+    "output frame": ("batchata_df.frame", "", "_assemble"),
+    "batch_llm (rest)": ("batchata_df.frame", "", "batch_llm"),
+}
+"""batchata_df's stages; ``{p}``/``{P}``: the provider's module / class name."""
+
+LIBRARY = {
+    "SDK upload": ("openai.resources.files", "Files", "create"),
+    "SDK download": ("openai.resources.files", "Files", "content"),
+    "pyarrow read_json": ("pyarrow.json", "", "read_json"),
+    "Series.to_list": ("polars", "Series", "to_list"),
+}
+"""Library calls both clients make (the SDK's only for OpenAI)."""
+
+# Runs in the client's process, before the client's code (``exec``'d with its path).
+WRAPPER = r'''
+import collections, functools, importlib, resource, sys
+
+_acc = collections.defaultdict(lambda: [0.0, 0.0, 0, 0])
+_stack = []
+
+def _usage():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return (r.ru_utime, r.ru_stime, r.ru_minflt)
+
+def _wrap(name, f):
+    @functools.wraps(f)
+    def timed(*a, **k):
+        t0 = _usage()
+        _stack.append([0.0, 0.0, 0])
+        try:
+            return f(*a, **k)
+        finally:
+            t1, inner = _usage(), _stack.pop()
+            d = [t1[i] - t0[i] for i in range(3)]
+            for i in range(3):
+                _acc[name][i] += d[i] - inner[i]
+                if _stack:
+                    _stack[-1][i] += d[i]
+            _acc[name][3] += 1
+    return timed
+
+def _patch_everywhere(orig, new):
+    # Every module that imported the function by name gets the wrapper too.
+    for module in list(sys.modules.values()):
+        for key, value in list(getattr(module, "__dict__", {}).items()):
+            if value is orig:
+                setattr(module, key, new)
+
+def _install(stages):
+    import pkgutil
+    import batchata_df
+    for info in pkgutil.walk_packages(batchata_df.__path__, "batchata_df."):
+        if not any(s in info.name for s in ("emulator", "demo", "cli", "notebook")):
+            try:
+                importlib.import_module(info.name)
+            except Exception:
+                pass
+    for name, (mod, cls, attr) in stages.items():
+        try:
+            module = importlib.import_module(mod)
+        except ImportError:
+            continue
+        owner = getattr(module, cls, None) if cls else module
+        if owner is None or not hasattr(owner, attr):
+            continue
+        if cls:
+            setattr(owner, attr, _wrap(name, getattr(owner, attr)))
+        else:
+            _patch_everywhere(getattr(owner, attr), _wrap(name, getattr(owner, attr)))
+
+def _report():
+    total = _usage()
+    print(f"{'stage':34} {'user s':>7} {'sys s':>7} {'minor faults':>13} {'calls':>6}",
+          file=sys.stderr)
+    for name, (u, s, f, n) in sorted(_acc.items(), key=lambda kv: -(kv[1][0] + kv[1][1])):
+        print(f"{name:34} {u:7.2f} {s:7.2f} {f:13d} {n:6d}", file=sys.stderr)
+    print(f"{'TOTAL (process)':34} {total[0]:7.2f} {total[1]:7.2f} {total[2]:13d}",
+          file=sys.stderr)
+'''
+
+
+def main() -> None:
+    sys.path.insert(0, str(HERE))
+    import bench_overhead as bo
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--provider", choices=list(bo.PROVIDERS), default="openai")
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--floor", action="store_true", help="profile the floor instead")
+    parser.add_argument("--cap", type=float, default=None, help="batch_llm's max_cost_usd")
+    args = parser.parse_args()
+
+    from batchata_df.emulator import Emulator
+
+    provider = args.provider
+    title = {"openai": "OpenAI", "anthropic": "Anthropic", "gemini": "Gemini"}[provider]
+    stages = {} if args.floor else {
+        name: (mod.format(p=provider), cls.format(P=title), attr)
+        for name, (mod, cls, attr) in STAGES.items()
+    }  # fmt: skip
+    stages.update(LIBRARY)
+    client = bo.FLOORS[provider] if args.floor else bo.OURS
+    if args.cap is not None and not args.floor:
+        client = client.replace("progress=False", f"progress=False, max_cost_usd={args.cap!r}")
+    bo.compile_bytecode()
+    with Emulator(latency=0.0) as emu, tempfile.TemporaryDirectory() as work:
+        script = Path(work) / "client.py"
+        script.write_text(
+            WRAPPER + f"\n_install({stages!r})\nimport atexit\natexit.register(_report)\n"
+            + client
+        )
+        state = str(Path(work) / "state")
+        argv = [str(args.rows)] if args.floor else [str(args.rows), state,
+                                                    bo.PROVIDERS[provider]]
+        proc = subprocess.Popen(
+            [sys.executable, str(script), *argv], env=bo.child_env(emu.env()),
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit("the client failed (its error is above)")
+    print(
+        f"{'floor' if args.floor else 'batch_llm'} {provider} {args.rows:,} rows: "
+        f"user {usage.ru_utime:.2f} s, system {usage.ru_stime:.2f} s, "
+        f"{usage.ru_minflt:,} minor faults, peak RSS {usage.ru_maxrss / 1024:,.0f} MB, "
+        f"load {os.getloadavg()[0]:.1f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
