@@ -27,6 +27,7 @@ When several apply, the highest of 5, 4, 3 wins (pending, then cancelled, then f
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -35,7 +36,7 @@ import re
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -155,14 +156,16 @@ def write_frame(frame: pl.DataFrame, path: str | os.PathLike[str]) -> None:
     """Write ``frame`` in the format of ``path``'s extension, atomically.
 
     CSV cannot hold nested values: list and struct columns (list fields, ``*_citations``)
-    are written as JSON text. The file appears under its name only when complete.
+    are written as JSON text. The file appears under its name only when complete; until
+    then it is in a hidden folder beside it, which a process killed meanwhile leaves and
+    the next writer of the same file removes (:func:`batchata_df.stream.hidden_folder`).
     """
+    from batchata_df.stream import hidden_folder
+
     kind = file_format(path)
     target = Path(path)
-    if target.parent and not target.parent.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
+    with hidden_folder(target) as folder:
+        tmp = folder / target.name
         if kind == "parquet":
             frame.write_parquet(tmp)
         elif kind == "csv":
@@ -175,8 +178,6 @@ def write_frame(frame: pl.DataFrame, path: str | os.PathLike[str]) -> None:
         else:
             frame.write_ndjson(tmp)
         os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # -- options ----------------------------------------------------------------------------------
@@ -506,134 +507,135 @@ def run(
     # A dry run is for reading its summary: shown unless --no-progress.
     show = (dry_run or sys.stderr.isatty()) if progress is None else progress
     # A run (and a dry run) streams: the input is read in chunks and the result written to
-    # a Parquet file beside OUTPUT as it goes (then renamed, or converted for CSV/NDJSON),
-    # so memory does not grow with the input. A dry run without OUTPUT writes its plan to a
-    # temporary file for the summary.
-    plan_dir = tempfile.TemporaryDirectory(prefix="batchata-df-plan-") if output_path is None \
-        else None
-    sink = (
-        _stream_target(output_path)
-        if output_path is not None
-        else str(Path(plan_dir.name if plan_dir else ".") / "plan.parquet")
-    )
-    # Realtime and auto runs are not streamed (they answer in memory); their result (or
-    # plan) is written to the same Parquet target so that what follows is the same.
-    streamed = mode == "batch"
-    out = batch_llm(
-        lazy if streamed else lazy.collect(),
-        sink=sink if streamed else None,
-        chunk_rows=chunk_rows if streamed else None,
-        schema=schema,
-        model=model,
-        prompt=prompt,
-        system=system,
-        state=state,
-        files=files_column,
-        citations=citations,
-        params=params or None,
-        max_cost_usd=max_cost_usd,
-        time_limit=time_limit,
-        dry_run=dry_run,
-        items_per_batch=items_per_batch,
-        max_parallel_batches=max_parallel_batches,
-        wait=wait,
-        progress=show,
-        retry_failed=retry_failed,
-        lock_timeout=lock_timeout,
-        history=history_column,
-        keep_raw=keep_raw,
-        keep_responses=keep_responses,
-        mode=mode,  # type: ignore[arg-type]  # click.Choice checked it
-        deadline=deadline,
-        concurrency=concurrency,
-    )
-    if not streamed:
-        assert isinstance(out, pl.DataFrame)
-        out.write_parquet(sink)
-        out = pl.scan_parquet(sink)
-    if dry_run:
-        if output_path is not None:
+    # a Parquet file as it goes (then renamed to OUTPUT, or converted for CSV/NDJSON), so
+    # memory does not grow with the input. That file is in a hidden folder beside OUTPUT,
+    # removed when the run ends; a run killed meanwhile leaves it and the next run writing
+    # OUTPUT removes it, never a live run's (see `_scratch`). A dry run without OUTPUT
+    # writes its plan to a temporary folder for the summary.
+    with _scratch(output_path) as folder:
+        sink = str(folder / "result.parquet")
+        # Realtime and auto runs are not streamed (they answer in memory); their result (or
+        # plan) is written to the same Parquet target so that what follows is the same.
+        streamed = mode == "batch"
+        out = batch_llm(
+            lazy if streamed else lazy.collect(),
+            sink=sink if streamed else None,
+            chunk_rows=chunk_rows if streamed else None,
+            schema=schema,
+            model=model,
+            prompt=prompt,
+            system=system,
+            state=state,
+            files=files_column,
+            citations=citations,
+            params=params or None,
+            max_cost_usd=max_cost_usd,
+            time_limit=time_limit,
+            dry_run=dry_run,
+            items_per_batch=items_per_batch,
+            max_parallel_batches=max_parallel_batches,
+            wait=wait,
+            progress=show,
+            retry_failed=retry_failed,
+            lock_timeout=lock_timeout,
+            history=history_column,
+            keep_raw=keep_raw,
+            keep_responses=keep_responses,
+            mode=mode,  # type: ignore[arg-type]  # click.Choice checked it
+            deadline=deadline,
+            concurrency=concurrency,
+        )
+        if not streamed:
+            assert isinstance(out, pl.DataFrame)
+            out.write_parquet(sink)
+            out = pl.scan_parquet(sink)
+        if dry_run:
+            if output_path is not None:
+                _finish_output(sink, output_path)
+                _note(f"plan written to {output_path}")
+            raise SystemExit(EXIT_OK)
+        assert output_path is not None
+        totals = out.select(
+            pl.col("_status").value_counts(),
+            (pl.col("_error") == "cancelled: interrupted").any().alias("interrupted"),
+            pl.col("_cost_usd").fill_null(0.0).sum().alias("cost"),
+        )
+        summed = totals.collect(engine="streaming")
+        counts = {
+            row["_status"]: row["count"] for row in summed.get_column("_status").to_list()
+        }
+        interrupted = bool(summed.get_column("interrupted")[0])
+        summary = ", ".join(f"{counts[k]} {k}" for k in sorted(counts))
+        cost = float(summed.get_column("cost")[0])
+        if interrupted and not write_partial:
+            _note(
+                f"interrupted: {summary} (${cost:.4f}); {output_path} was NOT written. Finished "
+                f"rows are kept in {state}: run the same command again to resume, or pass "
+                "--write-partial"
+            )
+            raise SystemExit(EXIT_INTERRUPTED)
+        try:
             _finish_output(sink, output_path)
-            _note(f"plan written to {output_path}")
-        if plan_dir is not None:
-            plan_dir.cleanup()
+        except OSError as e:
+            msg = (
+                f"cannot write {output_path}: {e}. The results are kept in {state}: run the same "
+                "command with a writable OUTPUT (nothing is sent or paid again)"
+            )
+            raise BatchataError(msg) from e
+        _note(f"{summary}; ${cost:.4f}; written to {output_path} (state: {state})")
+        if interrupted:
+            raise SystemExit(EXIT_INTERRUPTED)
+        if counts.get("pending"):
+            raise SystemExit(EXIT_PENDING)
+        if counts.get("cancelled"):
+            raise SystemExit(EXIT_CANCELLED)
+        if counts.get("failed"):
+            raise SystemExit(EXIT_FAILED)
         raise SystemExit(EXIT_OK)
-    assert output_path is not None
-    totals = out.select(
-        pl.col("_status").value_counts(),
-        (pl.col("_error") == "cancelled: interrupted").any().alias("interrupted"),
-        pl.col("_cost_usd").fill_null(0.0).sum().alias("cost"),
-    )
-    summed = totals.collect(engine="streaming")
-    counts = {
-        row["_status"]: row["count"] for row in summed.get_column("_status").to_list()
-    }
-    interrupted = bool(summed.get_column("interrupted")[0])
-    summary = ", ".join(f"{counts[k]} {k}" for k in sorted(counts))
-    cost = float(summed.get_column("cost")[0])
-    if interrupted and not write_partial:
-        Path(sink).unlink(missing_ok=True)
-        _note(
-            f"interrupted: {summary} (${cost:.4f}); {output_path} was NOT written. Finished "
-            f"rows are kept in {state}: run the same command again to resume, or pass "
-            "--write-partial"
-        )
-        raise SystemExit(EXIT_INTERRUPTED)
-    try:
-        _finish_output(sink, output_path)
-    except OSError as e:
-        msg = (
-            f"cannot write {output_path}: {e}. The results are kept in {state}: run the same "
-            "command with a writable OUTPUT (nothing is sent or paid again)"
-        )
-        raise BatchataError(msg) from e
-    _note(f"{summary}; ${cost:.4f}; written to {output_path} (state: {state})")
-    if interrupted:
-        raise SystemExit(EXIT_INTERRUPTED)
-    if counts.get("pending"):
-        raise SystemExit(EXIT_PENDING)
-    if counts.get("cancelled"):
-        raise SystemExit(EXIT_CANCELLED)
-    if counts.get("failed"):
-        raise SystemExit(EXIT_FAILED)
-    raise SystemExit(EXIT_OK)
 
 
-def _stream_target(output_path: str) -> str:
-    """Where a streaming run writes its Parquet result before it becomes OUTPUT."""
-    target = Path(output_path)
-    return str(target.with_name(f".{target.name}.stream-{os.getpid()}.parquet"))
+@contextlib.contextmanager
+def _scratch(output_path: str | None) -> Iterator[Path]:
+    """The folder a run writes its result in before it becomes OUTPUT (removed after).
+
+    Beside OUTPUT (so that the result is renamed to it, never half written under its
+    name): :func:`batchata_df.stream.hidden_folder`, locked while the run lives, which the
+    next run (or streaming call) writing OUTPUT removes if this one is killed. Without
+    OUTPUT (a dry run's summary) a temporary folder.
+    """
+    if output_path is None:
+        with tempfile.TemporaryDirectory(prefix="batchata-df-plan-") as plan:
+            yield Path(plan)
+        return
+    from batchata_df.stream import hidden_folder
+
+    with hidden_folder(output_path) as folder:
+        yield folder
 
 
 def _finish_output(sink: str, output_path: str) -> None:
     """Make the streamed Parquet result OUTPUT: renamed, or converted (streaming).
 
-    CSV and NDJSON are converted by Polars' streaming sinks; OUTPUT appears under its name
-    only when complete.
+    CSV and NDJSON are converted by Polars' streaming sinks into the folder of the result
+    (see :func:`_scratch`); OUTPUT appears under its name only when complete.
     """
     kind = file_format(output_path)
-    try:
-        if kind == "parquet":
-            os.replace(sink, output_path)
-            return
-        target = Path(output_path)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        lazy = pl.scan_parquet(sink)
-        try:
-            if kind == "csv":
-                nested = [
-                    name
-                    for name, dtype in lazy.collect_schema().items()
-                    if isinstance(dtype, pl.List | pl.Array | pl.Struct)
-                ]
-                lazy.with_columns(_json_text(c) for c in nested).sink_csv(tmp)
-            else:
-                lazy.sink_ndjson(tmp)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-    finally:
-        Path(sink).unlink(missing_ok=True)
+    target = Path(output_path)
+    if kind == "parquet":
+        os.replace(sink, target)
+        return
+    tmp = Path(sink).with_name(target.name)
+    lazy = pl.scan_parquet(sink)
+    if kind == "csv":
+        nested = [
+            name
+            for name, dtype in lazy.collect_schema().items()
+            if isinstance(dtype, pl.List | pl.Array | pl.Struct)
+        ]
+        lazy.with_columns(_json_text(c) for c in nested).sink_csv(tmp)
+    else:
+        lazy.sink_ndjson(tmp)
+    os.replace(tmp, target)
 
 
 def _check_writable(path: str) -> None:

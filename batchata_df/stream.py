@@ -575,10 +575,7 @@ class SinkWriter:
 
         self._pq = pq
         self.sink = sink
-        sink.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_sink_files(sink)
-        self.tmp = sink.with_name(f".tmp-{sink.name}-{secrets.token_hex(4)}")
-        self._lock = _locked_file(self.tmp)
+        self.tmp, self._lock = _claim(sink)
         self._writer: Any = None
 
     def write(self, frame: pl.DataFrame) -> None:
@@ -617,19 +614,26 @@ _LOCKS = os.name != "nt"
 rename it while open): a file open by its writer cannot be deleted there."""
 
 
-def _locked_file(path: Path) -> int | None:
-    """Create ``path`` already locked: the descriptor holding its lock (``None``: unlocked).
+def _locked_file(path: Path, *, folder: bool = False) -> int | None:
+    """Create ``path`` (a file, or a folder) locked: the descriptor holding the lock, or None.
 
-    The file is created and locked under another name, then renamed to ``path``, so that
-    no other writer can see it under ``path`` unlocked (and take it for a dead one's). On
-    Windows, or a file system that refuses locks (some network mounts), it is created
-    unlocked: there no writer can take a lock on it either, so none removes it.
+    It is created and locked under another name, then renamed to ``path``, so that no other
+    writer can see it under ``path`` unlocked (and take it for a dead one's). On Windows, or
+    a file system that refuses locks (some network mounts), it is created unlocked (a file:
+    not at all, its writer creates it) and ``None`` is returned: there no writer can take a
+    lock on it either, so none removes it.
     """
     if not _LOCKS:
+        if folder:
+            path.mkdir()
         return None
     from filelock import lock_descriptor
 
-    fd, fresh = tempfile.mkstemp(dir=path.parent, prefix=".batchata-new-")
+    if folder:
+        fresh = tempfile.mkdtemp(dir=path.parent, prefix=".batchata-new-")
+        fd = os.open(fresh, os.O_RDONLY)  # a folder's descriptor takes the lock as a file's
+    else:
+        fd, fresh = tempfile.mkstemp(dir=path.parent, prefix=".batchata-new-")
     try:
         try:
             locked = lock_descriptor(fd, blocking=False)  # a new file: nobody else has it
@@ -638,7 +642,7 @@ def _locked_file(path: Path) -> int | None:
         os.replace(fresh, path)
     except BaseException:
         os.close(fd)
-        Path(fresh).unlink(missing_ok=True)
+        _remove(Path(fresh))
         raise
     if not locked:
         os.close(fd)
@@ -646,20 +650,79 @@ def _locked_file(path: Path) -> int | None:
     return fd
 
 
+def _remove(path: Path) -> None:
+    """Remove a hidden file, or a hidden folder with what is in it."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _claim(target: Path, *, folder: bool = False) -> tuple[Path, int | None]:
+    """A new hidden file (or folder) of ``target`` beside it, locked: ``(path, lock)``.
+
+    Named ``.tmp-<target>-<8 hex digits>``; the hidden files and folders of ``target`` that
+    writers killed while writing it left are removed first (:func:`remove_stale_sink_files`).
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_sink_files(target)
+    path = target.with_name(f".tmp-{target.name}-{secrets.token_hex(4)}")
+    return path, _locked_file(path, folder=folder)
+
+
+@contextlib.contextmanager
+def hidden_folder(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """A private folder beside ``target`` for what is written before ``target`` is.
+
+    The folder (``.tmp-<target>-<8 hex digits>``, the name a :class:`SinkWriter` gives its
+    hidden file) is locked as that file is while the ``with`` block runs, and removed with
+    what is in it when the block ends, however it ends. A process killed in the block
+    leaves it; the next writer of ``target`` (another ``hidden_folder`` or ``SinkWriter``)
+    removes it, never the folder of a live one. A file written in it is renamed to
+    ``target`` when complete: ``target`` never appears half written.
+
+    The ``batchata-df run`` command writes its result there before it becomes OUTPUT (with
+    the process id in their names, its files stayed beside OUTPUT for good when it was
+    killed: gigabytes at 10M rows).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> target = Path(tempfile.mkdtemp()) / "out.csv"
+    >>> with hidden_folder(target) as folder:
+    ...     _ = (folder / "out.csv").write_text("a,b")
+    ...     os.replace(folder / "out.csv", target)
+    ...     folder.name.startswith(".tmp-out.csv-")
+    True
+    >>> [p.name for p in target.parent.iterdir()]
+    ['out.csv']
+    """
+    path, lock = _claim(Path(target), folder=True)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)  # still locked: no other writer takes it
+        if lock is not None:
+            os.close(lock)
+
+
 def remove_stale_sink_files(sink: Path) -> list[Path]:
     """Remove the hidden files of ``sink`` that writers killed while writing it left.
 
-    Returns the files removed. A file whose lock is held (a live writer, in this process
-    or another) is left alone; so is any other name.
+    Returns the files (and :func:`hidden_folder` folders, with what is in them) removed.
+    One whose lock is held (a live writer, in this process or another) is left alone; so
+    is any other name.
 
     Examples
     --------
     >>> import tempfile
     >>> folder = Path(tempfile.mkdtemp())
     >>> _ = (folder / ".tmp-out.parquet-0badcafe").write_bytes(b"PAR1")  # a dead writer's
+    >>> (folder / ".tmp-out.parquet-5ca1ab1e").mkdir()  # a dead run's hidden folder
+    >>> _ = (folder / ".tmp-out.parquet-5ca1ab1e" / "result.parquet").write_bytes(b"PAR1")
     >>> _ = (folder / ".tmp-out.parquet-notes").write_bytes(b"")  # not such a name
-    >>> [p.name for p in remove_stale_sink_files(folder / "out.parquet")]
-    ['.tmp-out.parquet-0badcafe']
+    >>> sorted(p.name for p in remove_stale_sink_files(folder / "out.parquet"))
+    ['.tmp-out.parquet-0badcafe', '.tmp-out.parquet-5ca1ab1e']
     >>> sorted(p.name for p in folder.iterdir())
     ['.tmp-out.parquet-notes']
     """
@@ -676,11 +739,11 @@ def remove_stale_sink_files(sink: Path) -> list[Path]:
             continue
         try:
             fd = os.open(path, os.O_RDONLY)
-        except OSError:  # gone meanwhile (another call removed it), or not a file
+        except OSError:  # gone meanwhile (another call removed it), or (Windows) a folder
             continue
         try:
             if lock_descriptor(fd, blocking=False):  # its writer is gone
-                path.unlink()
+                _remove(path)
                 removed.append(path)
         except OSError:  # on Windows: open by its writer
             pass

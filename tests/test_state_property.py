@@ -332,6 +332,8 @@ ENDED: list[Write] = [("jobs", AB), ("jobs", [("j0", "completed"), ("j1", "faile
                             ("jobs", [("j0", "failed")])]))
 # A stranger ends, j1 never: as many distinct ends as jobs (the membership check).
 @example(case=(2, "stranger", [("jobs", AB), ("jobs", [("j0", "completed"), ("zz", "failed")])]))
+# An end without a job id, j1 never: Polars' all() would skip the null (the null-id check).
+@example(case=(2, "stranger", [("jobs", AB), ("jobs", [("j0", "completed"), (None, "failed")])]))
 def test_the_states_a_call_wrote_equal_the_folder_s_snapshot(case: Case) -> None:
     """``written_states`` (no read, no search) is exactly ``snapshot`` whenever it answers.
 

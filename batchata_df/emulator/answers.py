@@ -30,10 +30,12 @@ prompt text (any message, system prompt included):
     The model answers with JSON that parses but does **not** validate against the schema
     (a required field is missing, or a value has the wrong type).
 ``[[emulator:overflow]]``
-    The answer's first number is ``1e400``, past what a double holds, the rest valid: JSON
-    sets no limit on numbers and a schema without bounds allows any, so a model may write
-    one (a decoder reads it as infinity, or refuses it). Structured answers in text only (an
-    Anthropic tool call's input stays valid).
+    The answer's first unbounded number (no bound, ``multipleOf``, ``enum`` or ``const`` in
+    its schema; nested objects searched too) is ``1e400``, past what a double holds, the
+    rest valid: JSON sets no limit on numbers and such a schema allows any, so a model may
+    write one (a decoder reads it as infinity, or refuses it). An answer without such a
+    number is left valid. Structured answers in text only (an Anthropic tool call's input
+    stays valid).
 ``[[emulator:truncate]]``
     The answer is cut off: finish reason ``length`` (OpenAI) and text that is not valid
     JSON.
@@ -71,6 +73,7 @@ True
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 import json
@@ -339,26 +342,75 @@ class AnswerGenerator:
         return _invalidate(self.schema, self.value(seed))
 
     def overflowed(self, seed: str) -> str:
-        """The compact JSON of :meth:`value` with its first number field written ``1e400``.
+        """The compact JSON of :meth:`value` with its first free number written ``1e400``.
 
-        A value that is not an object, or has no number field, is written as it is.
+        A free number is one whose schema sets no bound, ``multipleOf``, ``enum`` or
+        ``const`` (a decoder constrained to the schema could not write ``1e400`` anywhere
+        else), found depth first through the object's properties, nested objects included.
+        A value without one is written as it is.
 
         Examples
         --------
-        >>> gen = AnswerGenerator({"type": "object", "required": ["a", "x", "y"],
-        ...                        "properties": {"a": {"enum": ["k"]}, "x": {"type": "number"},
+        >>> gen = AnswerGenerator({"type": "object", "required": ["a", "b", "x", "y"],
+        ...                        "properties": {"a": {"enum": [1, 2]},
+        ...                                       "b": {"type": "integer", "maximum": 5},
+        ...                                       "x": {"type": "number"},
         ...                                       "y": {"type": "integer"}}})
         >>> text = gen.overflowed("s")
-        >>> text.startswith('{"a":"k","x":1e400,"y":'), json.loads(text)["x"]
-        (True, inf)
+        >>> json.loads(text)["x"], '"x":1e400,' in text
+        (inf, True)
+        >>> nested = AnswerGenerator({"type": "object", "required": ["n"], "properties": {
+        ...     "n": {"type": "object", "required": ["y"], "properties": {
+        ...         "y": {"type": "number"}}}}})
+        >>> nested.overflowed("s")
+        '{"n":{"y":1e400}}'
         """
         value = self.value(seed)
-        if isinstance(value, dict):
-            for key, item in value.items():
-                if isinstance(item, int | float) and not isinstance(item, bool):
-                    text = _compact({**value, key: _OVERFLOW})
-                    return text.replace(_compact(_OVERFLOW), "1e400", 1)
-        return _compact(value)
+        path = _free_number(self.schema, self.schema, value)
+        if not path:  # none (an empty path would be a bare number: not an object's field)
+            return _compact(value)
+        marked = copy.deepcopy(value)
+        holder = marked
+        for key in path[:-1]:
+            holder = holder[key]  # type: ignore[index]
+        holder[path[-1]] = _OVERFLOW  # type: ignore[index]
+        return _compact(marked).replace(_compact(_OVERFLOW), "1e400", 1)
+
+
+_BOUNDS: Final = (
+    "enum", "const", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
+)  # fmt: skip
+
+
+def _free_number(root: Mapping[str, Any], schema: object, value: object) -> list[str] | None:
+    """The path to the first number in ``value`` whose schema leaves it unbounded."""
+    for _ in range(64):  # a chain of $refs, followed (a cycle ends it)
+        if not (isinstance(schema, Mapping) and "$ref" in schema):
+            break
+        schema = _resolve_pointer(root, str(schema["$ref"]))
+    if not isinstance(schema, Mapping):
+        return None
+    if isinstance(value, dict):
+        props = schema.get("properties")
+        if not isinstance(props, Mapping):
+            return None
+        for key, item in value.items():
+            if key in props:
+                found = _free_number(root, props[key], item)
+                if found is not None:
+                    return [key, *found]
+        return None
+    kinds = schema.get("type")
+    kinds = [kinds] if isinstance(kinds, str) else kinds
+    if (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and isinstance(kinds, list)
+        and {"number", "integer"} & set(kinds)
+        and not any(k in schema for k in _BOUNDS)
+    ):
+        return []
+    return None
 
 
 _CACHE: dict[str, AnswerGenerator] = {}
