@@ -124,6 +124,8 @@ def _stream_points() -> list[tuple[str, int, float]]:
     for r in json.loads(STREAM_RESULTS.read_text()):
         if r.get("model", "gpt-4.1-mini") != "gpt-4.1-mini":
             continue  # the table is OpenAI's; other providers' streamed points are not
+        if r.get("max_cost_usd") is not None:
+            continue  # a capped run (``bench_stream.py --cap``) measures the cap, not rows
         if "cpu_s" in r.get("run", {}):
             points.append(("stream (`sink=`)", r["rows"], r["run"]["cpu_s"]))
         elif "cpu_s" in r.get("kill_resumed", {}):
