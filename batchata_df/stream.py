@@ -220,7 +220,7 @@ def stream_llm(
                 source, sink_path, spec, options, state, fingerprint, show,
                 pl.DataFrame(schema=lf.collect_schema()),
             )
-        return pl.scan_parquet(sink_path)
+        return pl.scan_parquet(sink_path, glob=False)
 
     fr._load_dotenv()
     providers: dict[str, Provider] = {}
@@ -261,7 +261,7 @@ def stream_llm(
             provider.close()
     if flagged is not None:
         fr._warn_unavailable(flagged)
-    return pl.scan_parquet(sink_path)
+    return pl.scan_parquet(sink_path, glob=False)
 
 
 def _probe(lf: pl.LazyFrame, model: str | pl.Expr) -> pl.DataFrame:
@@ -344,7 +344,7 @@ class ChunkSource:
         if self.files:
             if hit is None:
                 seen = (
-                    pl.scan_parquet(self.files)
+                    pl.scan_parquet(self.files, glob=False)
                     .select(pl.col(_JOB))
                     .filter(pl.col(_JOB).is_in(ids.unique().implode()))
                     .unique()
@@ -387,7 +387,7 @@ class ChunkSource:
         if not self.files:
             return pl.DataFrame()
         rows = (
-            pl.scan_parquet(self.files)
+            pl.scan_parquet(self.files, glob=False)
             .filter(pl.col(_JOB).is_in(job_ids.implode()))
             .unique(_JOB, keep="first", maintain_order=True)
             .collect()
@@ -806,7 +806,7 @@ def _write_sink(
         cleanup.callback(summary.discard)  # nothing half-written stays (no-op once closed)
         writer = cleanup.enter_context(SinkWriter(sink))
         for path in chunks:
-            whole = pl.read_parquet(path)
+            whole = pl.read_parquet(path, glob=False)
             # A repeat of a request earlier in the chunk is marked like one of an earlier
             # chunk before the chunk is cut into slices, so its bill stays on the first row
             # whichever slice that is.
@@ -978,7 +978,7 @@ def _summary(
     """The dry run's summary for people, aggregated from the plan file while scanning."""
     from batchata_df.progress import PlanSummary
 
-    plan = pl.scan_parquet(sink)
+    plan = pl.scan_parquet(sink, glob=False)
     counts = dict(plan.group_by("_status").len().collect(engine="streaming").iter_rows())
     order = ["planned", "duplicate", "done", "in_flight", "failed"]
     planned = plan.filter(pl.col("_status") == "planned")
