@@ -12,6 +12,7 @@ emulator; every run must finish, write every row in order and bill each request 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -22,7 +23,7 @@ import pytest
 from pydantic import BaseModel
 
 from batchata_df import batch_llm, doctor, sql
-from batchata_df.state import find_damaged
+from batchata_df.state import find_damaged, read_manifest, spent_usd
 
 EXE = Path(sys.executable).with_name("batchata-df")
 REPO = Path(__file__).resolve().parents[1]
@@ -115,25 +116,27 @@ def test_cli_run_with_glob_characters_in_names(emu, tmp_path, source, output, st
     assert r.returncode == 0, r.stderr + r.stdout
 
 
+@pytest.mark.parametrize("name", ["a[1]*?", "b*?"])
 @pytest.mark.parametrize("streamed", [True, False], ids=["sink", "in-memory"])
-def test_library_state_and_sink_with_glob_characters_resume_and_sql(emu, tmp_path, streamed):
+def test_library_state_and_sink_with_glob_characters_resume_and_sql(
+    emu, tmp_path, streamed, name
+):
     """`batch_llm(..., state=, sink=)` with glob characters in both names: the first call
-    bills each row once, the second sends nothing and gives the same rows, `sql` and
-    `doctor` read the folder's parts."""
-    runs = tmp_path / "runs[1]"
-    state = runs / "a[1]*?"
-    # A folder and parts the pattern `a[1]*?` would match (`a1xy`), from another run.
-    decoy = runs / "a1xy"
-    frame = _rows()
+    bills each row once, the second sends nothing and gives the same rows, a third with
+    five more rows sends those five; `sql`, `spent_usd`, `doctor` and a manifest rebuilt by
+    `doctor` read the folder's own parts. A copy of the folder whose name the state name
+    matches as a pattern sits beside it: read as patterns, ``runs[1]/a[1]*?`` names only the
+    copy's parts (``runs1/a1xy``) and ``runs/b*?`` both folders' (``runs/bxy``)."""
+    runs = tmp_path / ("runs[1]" if "[" in name else "runs")
+    state = runs / name
+    # runs[1]/a[1]*? as a pattern matches runs1/a1xy (only); runs/b*? matches runs/bxy too.
+    copy = tmp_path / "runs1" / "a1xy" if "[" in name else runs / "bxy"
+    sink = tmp_path / "out[1]*?.parquet"
     kw = {"schema": Item, "model": "gpt-4.1-mini", "prompt": "Rate: {text}", "progress": False,
-          "max_cost_usd": 5.0}  # a cap: the folder's spend is read back before each send
-    batch_llm(_rows(4), state=decoy, **kw)  # type: ignore[arg-type]
-    emu.reset()
-    emu.configure(latency=0.0, log_bodies=False, realtime_latency=0.0)
+          "max_cost_usd": 5.0}  # a cap: the folder's spend is read back before sending
 
-    def call() -> pl.DataFrame:
+    def call(frame: pl.DataFrame) -> pl.DataFrame:
         if streamed:
-            sink = tmp_path / "out[1]*?.parquet"
             lf = batch_llm(frame.lazy(), state=state, sink=sink, chunk_rows=7, **kw)
             assert isinstance(lf, pl.LazyFrame)
             return lf.collect()
@@ -141,24 +144,38 @@ def test_library_state_and_sink_with_glob_characters_resume_and_sql(emu, tmp_pat
         assert isinstance(got, pl.DataFrame)
         return got
 
-    first = call()
+    first = call(_rows())
     assert first["id"].to_list() == list(range(N))
     assert first["_status"].to_list() == ["completed"] * N
     assert first["score"].null_count() == 0
     _billed_once(emu, N)
-    second = call()
+    shutil.copytree(state, copy)  # a backup, under a name the pattern would match
+    second = call(_rows())
     _billed_once(emu, N)  # resumed from the folder: nothing sent again
     assert second.select("id", "label", "score").equals(first.select("id", "label", "score"))
+    third = call(_rows(N + 5))
+    assert third["_status"].to_list() == ["completed"] * (N + 5)
+    _billed_once(emu, N + 5)  # only the five new rows were sent
     counts = sql(
         "SELECT count(*) AS n, count(DISTINCT job_id) AS jobs, sum(cost_usd) AS cost "
         "FROM jobs WHERE status = 'completed'",
         state=state,
     )
-    assert counts["n"].item() == N  # this folder's jobs, not the decoy's four
-    assert counts["jobs"].item() == N
-    assert counts["cost"].item() == pytest.approx(first["_cost_usd"].sum())
+    assert counts["n"].item() == N + 5  # this folder's jobs, once each
+    assert counts["jobs"].item() == N + 5
+    assert counts["cost"].item() == pytest.approx(third["_cost_usd"].sum())
+    assert spent_usd(state) == pytest.approx(third["_cost_usd"].sum())
+    for table in ("job_events", "batch_events"):  # events numbered on from the last one
+        seqs = sql(f"SELECT count(*) AS n, count(DISTINCT seq) AS d FROM {table}", state=state)
+        assert seqs["n"].item() == seqs["d"].item() > 0
     assert find_damaged(state, deep=True) == []
     assert doctor(state).healthy
+    run_id = read_manifest(state / "manifest.json").run_id
+    (state / "manifest.json").unlink()
+    report = doctor(state)
+    assert report.manifest is not None
+    assert report.manifest.run_id == run_id
+    assert report.run_id_source.startswith("recorded in")
 
 
 def test_cli_dry_run_with_glob_characters_in_names(emu, tmp_path):
@@ -173,3 +190,39 @@ def test_cli_dry_run_with_glob_characters_in_names(emu, tmp_path):
     assert plan["_status"].to_list() == ["planned"] * N
     assert "30" in r.stderr  # the summary counted the plan's rows
     assert emu.billing() == []
+
+
+def test_library_dry_run_sink_with_glob_characters(emu, tmp_path):
+    """`batch_llm(lf, sink=..., dry_run=True)` returns the plan read back from the sink."""
+    plan = batch_llm(
+        _rows().lazy(), schema=Item, model="gpt-4.1-mini", prompt="Rate: {text}",
+        sink=tmp_path / "plan[1]*?.parquet", state=tmp_path / "s[1]", dry_run=True,
+        progress=False,
+    )
+    assert isinstance(plan, pl.LazyFrame)
+    got = plan.collect()
+    assert got["id"].to_list() == list(range(N))
+    assert got["_status"].to_list() == ["planned"] * N
+    assert emu.billing() == []
+
+
+def test_streamed_jobs_sent_again_are_rebuilt_from_chunks_under_such_names(emu, tmp_path):
+    """Batches refused for the queue limit are sent again: their jobs are rebuilt from the
+    streaming chunks spilled in a state folder named with glob characters."""
+    frame = pl.DataFrame({"id": list(range(8)), "text": [f"row {i:03d}" for i in range(8)]})
+    kw = {"schema": Item, "model": "gpt-4.1-mini", "prompt": "{text}", "progress": False}
+    one = batch_llm(frame.head(1), **kw)  # type: ignore[arg-type]
+    tokens = int(one["_input_tokens"][0])
+    emu.reset()
+    emu.configure(openai={"max_enqueued_tokens": tokens * 3})  # room for 3 requests
+    try:
+        lf = batch_llm(frame.lazy(), state=tmp_path / "q[1]*?", sink=tmp_path / "q[1].parquet",
+                       **kw)
+        assert isinstance(lf, pl.LazyFrame)
+        out = lf.collect()
+    finally:
+        emu.configure(openai={"max_enqueued_tokens": 10**12})
+    assert out["id"].to_list() == list(range(8))
+    assert out["_status"].to_list() == ["completed"] * 8
+    assert out.group_by("_batch_id").len()["len"].max() <= 3  # refused, split, sent again
+    _billed_once(emu, 8)
