@@ -28,6 +28,7 @@ When several apply, the highest of 5, 4, 3 wins (pending, then cancelled, then f
 from __future__ import annotations
 
 import contextlib
+import glob
 import importlib
 import importlib.util
 import json
@@ -127,12 +128,15 @@ def read_frame(path: str | os.PathLike[str]) -> pl.LazyFrame:
         msg = f"input file {os.fspath(path)!r} does not exist"
         raise UsageProblem(msg)
     try:
+        # The file exists under this very name (checked above): never a pattern, so
+        # ``in[1].parquet`` is read as itself, not as ``in1.parquet``.
         if kind == "parquet":
-            lazy = pl.scan_parquet(path)
+            lazy = pl.scan_parquet(path, glob=False)
         elif kind == "csv":
-            lazy = pl.scan_csv(path)
+            lazy = pl.scan_csv(path, glob=False)
         else:
-            lazy = pl.scan_ndjson(path)
+            # scan_ndjson has no ``glob=False`` (polars 2.1): the name goes in escaped.
+            lazy = pl.scan_ndjson(glob.escape(os.fspath(path)))
         lazy.collect_schema()  # reads the header/metadata: a broken file fails here
     except (pl.exceptions.PolarsError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -548,7 +552,7 @@ def run(
         if not streamed:
             assert isinstance(out, pl.DataFrame)
             out.write_parquet(sink)
-            out = pl.scan_parquet(sink)
+            out = pl.scan_parquet(sink, glob=False)
         if dry_run:
             if output_path is not None:
                 _finish_output(sink, output_path)
@@ -625,7 +629,7 @@ def _finish_output(sink: str, output_path: str) -> None:
         os.replace(sink, target)
         return
     tmp = Path(sink).with_name(target.name)
-    lazy = pl.scan_parquet(sink)
+    lazy = pl.scan_parquet(sink, glob=False)
     if kind == "csv":
         nested = [
             name
@@ -657,8 +661,6 @@ def _note(text: str) -> None:
 
 def _checkpoints(paths: Sequence[str]) -> list[str]:
     """Expand globs; every folder must be a checkpoint folder (has a manifest.json)."""
-    import glob
-
     out: list[str] = []
     for given in paths:
         matches = [given] if Path(given).exists() else sorted(glob.glob(given))

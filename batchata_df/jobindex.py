@@ -128,7 +128,7 @@ class JobIndex:
         for path in self.parts:
             scan = pl.scan_parquet(
                 path, schema={"job_id": pl.String()}, missing_columns="insert",
-                extra_columns="ignore",
+                extra_columns="ignore", glob=False,
             ).select(pl.col("job_id").hash(seed=HASH_SEED))
             for batch in scan.collect_batches(chunk_size=1 << 20, maintain_order=True):
                 n = batch.height

@@ -242,7 +242,11 @@ def _events_view(name: str, schema: pl.Schema, files: list[tuple[str, str]]) -> 
     empty = f"SELECT CAST(NULL AS VARCHAR) AS run, {typed} WHERE false"
     if not files:
         return f"CREATE VIEW {name} AS {empty}"
-    listing = ", ".join(_quote(path) for _, path in files)
+    # DuckDB expands ``*``, ``?`` and ``[`` in every path it is given, so a folder named
+    # ``runs[1]`` matched nothing and ``x?`` also read ``xy``: each part's name goes in
+    # escaped (``[[]``, ``[*]``, ``[?]`` match the character itself); the ``filename``
+    # DuckDB reports is the file's real name, as ``_parts`` holds it.
+    listing = ", ".join(_quote(glob.escape(path)) for _, path in files)
     data = (
         f"SELECT f.run, p.* EXCLUDE (filename) FROM read_parquet([{listing}], "
         "union_by_name = true, filename = true) AS p JOIN _parts AS f USING (filename)"

@@ -226,7 +226,9 @@ def _read(parts: list[Path], schema: pl.Schema) -> pl.DataFrame:
     if not parts:
         return pl.DataFrame(schema=schema)
     return (
-        pl.scan_parquet(parts, schema=schema, missing_columns="insert", extra_columns="ignore")
+        pl.scan_parquet(
+            parts, schema=schema, missing_columns="insert", extra_columns="ignore", glob=False
+        )
         .select(list(schema))
         .collect()
         .sort("seq")
@@ -241,7 +243,8 @@ def _rebuild_manifest(
     # Oldest part first (names start with the write time), so each run keeps the
     # fingerprint of its newest part: a folder's fingerprint can change (reparse).
     for part in sorted(good, key=lambda p: p.name):
-        meta = pl.read_parquet_metadata(part)
+        with part.open("rb") as file:  # not the path: Polars would expand ``[`` etc. in it
+            meta = pl.read_parquet_metadata(file)
         run = meta.get(PART_RUN_KEY)
         if run:
             runs[run] += 1

@@ -653,7 +653,7 @@ class StateStore:
             top = (
                 pl.scan_parquet(
                     parts, schema={"seq": pl.Int64()}, missing_columns="insert",
-                    extra_columns="ignore",
+                    extra_columns="ignore", glob=False,
                 )
                 .select(pl.col("seq").max())
                 .collect()
@@ -679,7 +679,8 @@ class StateStore:
             return pl.LazyFrame(schema=schema)
         # Parts written by older versions may lack newer columns (or carry dropped ones).
         return pl.scan_parquet(
-            parts, schema=schema, missing_columns="insert", extra_columns="ignore"
+            parts, schema=schema, missing_columns="insert", extra_columns="ignore",
+            glob=False,
         ).select(list(schema))
 
     def _scan(self, table: str, schema: pl.Schema) -> pl.DataFrame:
@@ -959,7 +960,8 @@ class StateStore:
         }
         with self._reading():
             pl.scan_parquet(
-                group, schema=schema, missing_columns="insert", extra_columns="ignore"
+                group, schema=schema, missing_columns="insert", extra_columns="ignore",
+                glob=False,
             ).select(list(schema)).sink_parquet(
                 tmp,
                 compression="zstd",
@@ -1145,7 +1147,8 @@ def _billed_total(root: Path) -> float:
     # Parts written by other versions have other columns: read with the schema, whatever
     # else they hold (a plain scan refuses a folder whose parts' columns differ).
     usage = pl.scan_parquet(
-        parts, schema=JOB_EVENTS, missing_columns="insert", extra_columns="ignore"
+        parts, schema=JOB_EVENTS, missing_columns="insert", extra_columns="ignore",
+        glob=False,
     ).select(*USAGE_COLUMNS)
     n_events = int(usage.select(pl.len()).collect().item())
     slices = max(1, -(-n_events // SPENT_SLICE_EVENTS))
@@ -1268,7 +1271,10 @@ def check_part(path: Path, *, deep: bool = False) -> str | None:
     table = path.parent.name
     schema = TABLES[table]
     try:
-        found = pl.read_parquet_schema(path)
+        # From an open file: given a path, Polars would expand ``[``, ``*``, ``?`` in it
+        # (a folder named ``runs[1]`` matched nothing, and every part looked damaged).
+        with path.open("rb") as file:
+            found = pl.read_parquet_schema(file)
     except (OSError, pl.exceptions.PolarsError) as e:
         return f"unreadable Parquet ({e})"
     missing = [c for c in REQUIRED[table] if c not in found]
@@ -1280,7 +1286,7 @@ def check_part(path: Path, *, deep: bool = False) -> str | None:
             return f"column {name!r} is {dtype}, not {want}"
     if deep:
         try:
-            pl.read_parquet(path)
+            pl.read_parquet(path, glob=False)
         except (OSError, pl.exceptions.PolarsError) as e:
             return f"unreadable Parquet data ({e})"
     return None

@@ -31,6 +31,7 @@ import dataclasses
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -220,7 +221,7 @@ def stream_llm(
                 source, sink_path, spec, options, state, fingerprint, show,
                 pl.DataFrame(schema=lf.collect_schema()),
             )
-        return pl.scan_parquet(sink_path)
+        return pl.scan_parquet(sink_path, glob=False)
 
     fr._load_dotenv()
     providers: dict[str, Provider] = {}
@@ -261,7 +262,7 @@ def stream_llm(
             provider.close()
     if flagged is not None:
         fr._warn_unavailable(flagged)
-    return pl.scan_parquet(sink_path)
+    return pl.scan_parquet(sink_path, glob=False)
 
 
 def _probe(lf: pl.LazyFrame, model: str | pl.Expr) -> pl.DataFrame:
@@ -344,7 +345,7 @@ class ChunkSource:
         if self.files:
             if hit is None:
                 seen = (
-                    pl.scan_parquet(self.files)
+                    pl.scan_parquet(self.files, glob=False)
                     .select(pl.col(_JOB))
                     .filter(pl.col(_JOB).is_in(ids.unique().implode()))
                     .unique()
@@ -387,7 +388,7 @@ class ChunkSource:
         if not self.files:
             return pl.DataFrame()
         rows = (
-            pl.scan_parquet(self.files)
+            pl.scan_parquet(self.files, glob=False)
             .filter(pl.col(_JOB).is_in(job_ids.implode()))
             .unique(_JOB, keep="first", maintain_order=True)
             .collect()
@@ -614,13 +615,21 @@ _LOCKS = os.name != "nt"
 rename it while open): a file open by its writer cannot be deleted there."""
 
 
+FOLDER_LOCK = ".lock"
+"""The file inside a :func:`hidden_folder` that its writer holds the lock on. Not the
+folder itself: on NFS a lock on a folder's descriptor is local to one machine (Linux's
+NFS client locks files through the server, folders only in the local kernel), so another
+host would take a live run's folder for a dead one's."""
+
+
 def _locked_file(path: Path, *, folder: bool = False) -> int | None:
     """Create ``path`` (a file, or a folder) locked: the descriptor holding the lock, or None.
 
-    It is created and locked under another name, then renamed to ``path``, so that no other
-    writer can see it under ``path`` unlocked (and take it for a dead one's). On Windows, or
-    a file system that refuses locks (some network mounts), it is created unlocked (a file:
-    not at all, its writer creates it) and ``None`` is returned: there no writer can take a
+    A folder's lock is held on the file :data:`FOLDER_LOCK` in it. It is created and
+    locked under another name, then renamed to ``path``, so that no other writer can see
+    it under ``path`` unlocked (and take it for a dead one's). On Windows, or a file
+    system that refuses locks (some network mounts), it is created unlocked (a file: not
+    at all, its writer creates it) and ``None`` is returned: there no writer can take a
     lock on it either, so none removes it.
     """
     if not _LOCKS:
@@ -631,7 +640,11 @@ def _locked_file(path: Path, *, folder: bool = False) -> int | None:
 
     if folder:
         fresh = tempfile.mkdtemp(dir=path.parent, prefix=".batchata-new-")
-        fd = os.open(fresh, os.O_RDONLY)  # a folder's descriptor takes the lock as a file's
+        try:
+            fd = os.open(Path(fresh, FOLDER_LOCK), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except BaseException:
+            _remove(Path(fresh))
+            raise
     else:
         fd, fresh = tempfile.mkstemp(dir=path.parent, prefix=".batchata-new-")
     try:
@@ -719,12 +732,18 @@ def remove_stale_sink_files(sink: Path) -> list[Path]:
     >>> folder = Path(tempfile.mkdtemp())
     >>> _ = (folder / ".tmp-out.parquet-0badcafe").write_bytes(b"PAR1")  # a dead writer's
     >>> (folder / ".tmp-out.parquet-5ca1ab1e").mkdir()  # a dead run's hidden folder
+    >>> _ = (folder / ".tmp-out.parquet-5ca1ab1e" / FOLDER_LOCK).write_bytes(b"")
     >>> _ = (folder / ".tmp-out.parquet-5ca1ab1e" / "result.parquet").write_bytes(b"PAR1")
-    >>> _ = (folder / ".tmp-out.parquet-notes").write_bytes(b"")  # not such a name
+    >>> (folder / ".tmp-out.parquet-abcdef12").mkdir()  # a folder no writer made (no lock)
+    >>> for other in ("notes", "0badcafe.bak", "0badcafe1", "DEADBEEF"):  # not such names
+    ...     _ = (folder / f".tmp-out.parquet-{other}").write_bytes(b"")
+    >>> _ = (folder / ".tmp-outXparquet-0badcafe").write_bytes(b"")  # another sink's
     >>> sorted(p.name for p in remove_stale_sink_files(folder / "out.parquet"))
     ['.tmp-out.parquet-0badcafe', '.tmp-out.parquet-5ca1ab1e']
-    >>> sorted(p.name for p in folder.iterdir())
-    ['.tmp-out.parquet-notes']
+    >>> sorted(p.name for p in folder.iterdir())  # doctest: +NORMALIZE_WHITESPACE
+    ['.tmp-out.parquet-0badcafe.bak', '.tmp-out.parquet-0badcafe1',
+     '.tmp-out.parquet-DEADBEEF', '.tmp-out.parquet-abcdef12', '.tmp-out.parquet-notes',
+     '.tmp-outXparquet-0badcafe']
     """
     import re
 
@@ -738,9 +757,15 @@ def remove_stale_sink_files(sink: Path) -> list[Path]:
         if not name.fullmatch(path.name):
             continue
         try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:  # gone meanwhile (another call removed it), or (Windows) a folder
-            continue
+            kind = os.lstat(path).st_mode
+            if stat.S_ISDIR(kind):  # a hidden folder: its writer locks the file in it
+                fd = os.open(path / FOLDER_LOCK, os.O_RDONLY)
+            elif stat.S_ISREG(kind):
+                fd = os.open(path, os.O_RDONLY)
+            else:  # a link, a pipe (opening one would wait for a writer): never ours
+                continue
+        except OSError:  # gone meanwhile (another call removed it), or a folder without
+            continue  # its lock file: not one a writer made, left alone
         try:
             if lock_descriptor(fd, blocking=False):  # its writer is gone
                 _remove(path)
@@ -806,7 +831,7 @@ def _write_sink(
         cleanup.callback(summary.discard)  # nothing half-written stays (no-op once closed)
         writer = cleanup.enter_context(SinkWriter(sink))
         for path in chunks:
-            whole = pl.read_parquet(path)
+            whole = pl.read_parquet(path, glob=False)
             # A repeat of a request earlier in the chunk is marked like one of an earlier
             # chunk before the chunk is cut into slices, so its bill stays on the first row
             # whichever slice that is.
@@ -978,7 +1003,7 @@ def _summary(
     """The dry run's summary for people, aggregated from the plan file while scanning."""
     from batchata_df.progress import PlanSummary
 
-    plan = pl.scan_parquet(sink)
+    plan = pl.scan_parquet(sink, glob=False)
     counts = dict(plan.group_by("_status").len().collect(engine="streaming").iter_rows())
     order = ["planned", "duplicate", "done", "in_flight", "failed"]
     planned = plan.filter(pl.col("_status") == "planned")

@@ -240,27 +240,88 @@ def test_a_live_runs_files_are_never_removed_by_another_run_in_the_same_folder(
         "other.csv.state", "other.state", "out.parquet.state"]
 
 
-def test_write_frame_removes_a_dead_writers_hidden_folder_never_a_live_ones(tmp_path: Path):
+def _dead_folder(target: Path, hex8: str = "0badcafe") -> Path:
+    """The hidden folder a run killed while writing ``target`` leaves (its lock file in it,
+    held by nobody)."""
+    from batchata_df.stream import FOLDER_LOCK
+
+    dead = target.with_name(f".tmp-{target.name}-{hex8}")
+    dead.mkdir()
+    (dead / FOLDER_LOCK).write_bytes(b"")
+    (dead / "result.parquet").write_bytes(b"PAR1")
+    return dead
+
+
+@pytest.mark.parametrize("name", ["out.csv", "(x)+ é.csv"])
+def test_write_frame_removes_a_dead_writers_hidden_folder_never_a_live_ones(
+    tmp_path: Path, name: str
+):
     """``write_frame`` (the command's one writer of whole frames) writes through the same
-    hidden folder: a killed process's folder for the same file goes, a live one's (held
-    here, in this process: the lock is per open descriptor) and another file's stay."""
+    hidden folder: a killed process's folder for the same file goes (whatever characters
+    the name holds), a live one's (held here, in this process: the lock is per open
+    descriptor) and another file's stay."""
     from batchata_df.cli import write_frame
     from batchata_df.stream import hidden_folder
 
-    target = tmp_path / "out.csv"
-    dead = tmp_path / ".tmp-out.csv-0badcafe"  # a folder nobody holds: a killed run's
-    dead.mkdir()
-    (dead / "result.parquet").write_bytes(b"PAR1")
-    elsewhere = tmp_path / ".tmp-other.csv-0badcafe"  # another OUTPUT's: not this writer's
-    elsewhere.mkdir()
+    target = tmp_path / "new" / name  # a folder that does not exist yet: made
+    frame = pl.DataFrame({"a": [1, 2], "b": [["x"], []]})
+    write_frame(frame, target)
+    folder = target.parent
+    assert [p.name for p in folder.iterdir()] == [name]
+    _dead_folder(target)
+    elsewhere = _dead_folder(folder / "other.csv")  # another OUTPUT's: not this writer's
+    write_frame(frame, target)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([name, elsewhere.name])
     with hidden_folder(target) as live:
         (live / "result.parquet").write_bytes(b"PAR1")
-        write_frame(pl.DataFrame({"a": [1, 2], "b": [["x"], []]}), target)
-        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-            ["out.csv", live.name, elsewhere.name])
+        write_frame(frame, target)
+        assert sorted(p.name for p in folder.iterdir()) == sorted(
+            [name, live.name, elsewhere.name])
         assert (live / "result.parquet").read_bytes() == b"PAR1"
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out.csv", elsewhere.name])
-    assert pl.read_csv(target).to_dicts() == [{"a": 1, "b": '["x"]'}, {"a": 2, "b": "[]"}]
+    assert sorted(p.name for p in folder.iterdir()) == sorted([name, elsewhere.name])
+    assert pl.read_csv(target.read_bytes()).to_dicts() == [
+        {"a": 1, "b": '["x"]'}, {"a": 2, "b": "[]"}]
+
+
+def test_a_hidden_folders_lock_is_on_a_file_in_it_which_nfs_shares_between_hosts(
+    tmp_path: Path,
+):
+    """The lock a live run holds is on a regular file in its folder, not on the folder: on
+    NFS a lock on a folder's descriptor is local to one machine (Linux's NFS client has no
+    flock for folders), so a run on another host would take a live folder for a dead one.
+    A folder whose lock file is missing is no writer's: it is left alone."""
+    from filelock import lock_descriptor
+
+    from batchata_df.stream import FOLDER_LOCK, hidden_folder, remove_stale_sink_files
+
+    target = tmp_path / "out.parquet"
+    with hidden_folder(target) as folder:
+        fd = os.open(folder / FOLDER_LOCK, os.O_RDONLY)
+        try:
+            assert lock_descriptor(fd, blocking=False) is False  # held by the live run
+        finally:
+            os.close(fd)
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            assert lock_descriptor(fd, blocking=False) is True  # the folder itself: not
+        finally:
+            os.close(fd)
+        assert remove_stale_sink_files(target) == []
+    unlocked = target.with_name(f".tmp-{target.name}-abcdef12")
+    unlocked.mkdir()
+    assert remove_stale_sink_files(target) == []
+    assert unlocked.is_dir()
+
+
+def test_a_pipe_with_a_hidden_name_is_left_alone_without_waiting(tmp_path: Path):
+    """Opening a named pipe for reading waits for a writer: the cleanup must not."""
+    from batchata_df.stream import remove_stale_sink_files
+
+    target = tmp_path / "out.parquet"
+    pipe = target.with_name(f".tmp-{target.name}-0badcafe")
+    os.mkfifo(pipe)
+    assert remove_stale_sink_files(target) == []
+    assert pipe.exists()
 
 
 def test_a_hidden_folder_where_locks_are_refused_is_used_and_never_taken(
