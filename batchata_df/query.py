@@ -229,6 +229,25 @@ def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def _literal(path: str) -> str:
+    r"""``path`` as DuckDB's ``read_parquet`` reads it literally.
+
+    Glob characters are escaped (``glob.escape``), except in a POSIX path holding a
+    backslash: DuckDB 2.0's glob matches nothing through one (escaped or not) and then
+    reads the path as a literal name, which is what is wanted.
+
+    Examples
+    --------
+    >>> _literal("runs[1]/jobs/part-1.parquet")
+    'runs[[]1]/jobs/part-1.parquet'
+    >>> print(_literal("a\\b[1]/p.parquet"))
+    a\b[1]/p.parquet
+    """
+    if os.sep == "/" and "\\" in path:
+        return path
+    return glob.escape(path)
+
+
 def _events_view(name: str, schema: pl.Schema, files: list[tuple[str, str]]) -> str:
     """SQL creating a view of every event: the typed empty schema, then the parts.
 
@@ -242,11 +261,11 @@ def _events_view(name: str, schema: pl.Schema, files: list[tuple[str, str]]) -> 
     empty = f"SELECT CAST(NULL AS VARCHAR) AS run, {typed} WHERE false"
     if not files:
         return f"CREATE VIEW {name} AS {empty}"
-    # DuckDB expands ``*``, ``?`` and ``[`` in every path it is given, so a folder named
-    # ``runs[1]`` matched nothing and ``x?`` also read ``xy``: each part's name goes in
+    # DuckDB expands ``*``, ``?`` and ``[`` in every path it is given, so ``runs[1]`` read a
+    # folder ``runs1`` beside it and ``x?`` also read ``xy``: each part's name goes in
     # escaped (``[[]``, ``[*]``, ``[?]`` match the character itself); the ``filename``
     # DuckDB reports is the file's real name, as ``_parts`` holds it.
-    listing = ", ".join(_quote(glob.escape(path)) for _, path in files)
+    listing = ", ".join(_quote(_literal(path)) for _, path in files)
     data = (
         f"SELECT f.run, p.* EXCLUDE (filename) FROM read_parquet([{listing}], "
         "union_by_name = true, filename = true) AS p JOIN _parts AS f USING (filename)"

@@ -226,3 +226,23 @@ def test_streamed_jobs_sent_again_are_rebuilt_from_chunks_under_such_names(emu, 
     assert out["_status"].to_list() == ["completed"] * 8
     assert out.group_by("_batch_id").len()["len"].max() <= 3  # refused, split, sent again
     _billed_once(emu, 8)
+
+
+def test_sql_reads_a_state_folder_whose_name_holds_a_backslash_and_glob_characters(
+    emu, tmp_path
+):
+    """DuckDB's glob matches nothing through a backslash, escaped or not: such a folder's
+    parts are read as literal names, never a copy whose name the pattern would match, and
+    a quote and a percent sign in the name are read as themselves too."""
+    for name in ["b\\s[1]?", "it's 100%[*]"]:
+        state = tmp_path / name
+        out = batch_llm(_rows(10), schema=Item, model="gpt-4.1-mini", prompt="Rate: {text}",
+                        progress=False, state=state)
+        assert out["_status"].to_list() == ["completed"] * 10
+        decoy = tmp_path / ("b\\s1x" if "\\" in name else "it's 100%*")
+        shutil.copytree(state, decoy)
+        batch_llm(_rows(13), schema=Item, model="gpt-4.1-mini", prompt="Rate: {text}",
+                  progress=False, state=decoy)  # 13 jobs there, 10 here
+        got = sql("SELECT count(DISTINCT job_id) AS jobs, min(run) AS run FROM jobs "
+                  "WHERE status = 'completed'", state)
+        assert got.rows() == [(10, str(state))]
