@@ -112,3 +112,22 @@ def engine_clock(monkeypatch: pytest.MonkeyPatch):
     fake = FakeClock()
     monkeypatch.setattr(driver, "SystemClock", lambda: fake)
     return fake
+
+
+@pytest.fixture
+def settled(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[str], list[int], tuple[int, int]]]:
+    """Every collected batch's calibration input, in order: its job ids, the input estimates
+    it carries beside them, and what ``billed_input`` gave (estimated, billed tokens)."""
+    from batchata_df.engine import admission
+
+    seen: list[tuple[list[str], list[int], tuple[int, int]]] = []
+    real = admission.billed_input
+
+    def spy(batch, events):  # type: ignore[no-untyped-def]
+        got = real(batch, events)
+        est = batch.est_input.to_list() if batch.est_input is not None else []
+        seen.append((batch.job_ids.to_list(), est, got))
+        return got
+
+    monkeypatch.setattr(admission, "billed_input", spy)
+    return seen

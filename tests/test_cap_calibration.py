@@ -192,30 +192,19 @@ def test_a_batch_re_attached_after_a_kill_is_held_at_its_jobs_worst_case(
 
 
 def test_a_streamed_batch_refused_for_the_queue_limit_is_calibrated_with_its_estimates(
-    emu, monkeypatch, tmp_path
+    emu, monkeypatch, tmp_path, settled
 ):
     """Jobs refused for the provider's queue limit are planned again from the spilled
     chunks (``ChunkSource.lookup``), estimates included: every collected batch sets its
     billed input beside the estimates of exactly its jobs, the dry run's."""
-    from batchata_df.engine import admission
-
     _low_estimates(monkeypatch)
-    seen: list[tuple[list[str], tuple[int, int]]] = []
-    real = admission.billed_input
-
-    def spy(batch, events):
-        got = real(batch, events)
-        seen.append((batch.job_ids.to_list(), got))
-        return got
-
-    monkeypatch.setattr(admission, "billed_input", spy)
     df = _texts(6)
     kwargs = {"schema": Review, "model": MODEL, "prompt": "{text}",
               "params": {"max_tokens": 20}, "items_per_batch": 3}
     dry = df.pipe(batch_llm, dry_run=True, **kwargs)
     one = int(df.head(1).pipe(batch_llm, **kwargs)["_input_tokens"][0])
     emu.reset()
-    seen.clear()  # that call's batch
+    settled.clear()  # that call's batch
     emu.configure(latency=1.0, openai={"max_enqueued_tokens": 4 * one})  # one batch at a time
     try:
         out = batch_llm(df.lazy(), state=tmp_path / "s", sink=tmp_path / "out.parquet",
@@ -228,6 +217,7 @@ def test_a_streamed_batch_refused_for_the_queue_limit_is_calibrated_with_its_est
     assert len(creates) > 2  # a batch was refused and sent again
     est = dict(zip(out["_job_id"], dry["_est_input_tokens"], strict=True))
     billed = dict(zip(out["_job_id"], out["_input_tokens"], strict=True))
-    assert sorted(j for ids, _ in seen for j in ids) == sorted(est)  # each collected once
-    for ids, got in seen:
+    assert sorted(j for ids, _, _ in settled for j in ids) == sorted(est)  # each once
+    for ids, estimates, got in settled:
+        assert estimates == [est[j] for j in ids]
         assert got == (sum(est[j] for j in ids), sum(billed[j] for j in ids))

@@ -692,24 +692,11 @@ def test_a_streamed_run_plans_jobs_refused_for_a_queue_limit_again_from_its_sour
 
 
 @pytest.mark.parametrize("path", ["requeued", "requeued, streamed", "create failed"])
-def test_a_batch_sent_again_is_calibrated_with_its_own_jobs_estimates(
-    tmp_path, monkeypatch, path
-):
+def test_a_batch_sent_again_is_calibrated_with_its_own_jobs_estimates(tmp_path, settled, path):
     """A batch refused for the queue limit (planned again from the job table, or streamed
     from its source) or whose create failed is sent again with its jobs' input estimates:
     each collected batch sets the billed input beside the estimates of exactly its jobs
     (without them calibration would see billed tokens with no estimate: a wrong ratio)."""
-    from batchata_df.engine import admission
-
-    seen: list[tuple[list[str], tuple[int, int]]] = []
-    real = admission.billed_input
-
-    def spy(batch, events):
-        got = real(batch, events)
-        seen.append((batch.job_ids.to_list(), got))
-        return got
-
-    monkeypatch.setattr(admission, "billed_input", spy)
     jobs = make_jobs(4, worst=0.01, est_input_tokens=1).with_columns(
         pl.Series("est_input_tokens", [3, 5, 7, 11], dtype=pl.Int64))
     est = dict(zip(jobs["job_id"], jobs["est_input_tokens"], strict=True))
@@ -725,10 +712,11 @@ def test_a_batch_sent_again_is_calibrated_with_its_own_jobs_estimates(
         run.run(jobs)
     sizes = [c[2] for c in provider.calls if c[0] == "submit"]
     assert sizes == ([4, 4] if path == "create failed" else [4, 2, 2])
-    assert sorted(j for ids, _ in seen for j in ids) == sorted(est)  # each collected once
-    assert len(seen) == (1 if path == "create failed" else 2)
-    for ids, (estimated, billed) in seen:
-        assert (estimated, billed) == (sum(est[j] for j in ids), 10 * len(ids))
+    assert sorted(j for ids, _, _ in settled for j in ids) == sorted(est)  # each once
+    assert len(settled) == (1 if path == "create failed" else 2)
+    for ids, estimates, got in settled:
+        assert estimates == [est[j] for j in ids]
+        assert got == (sum(est[j] for j in ids), 10 * len(ids))
 
 
 def test_a_streamed_run_sends_the_next_chunks_in_the_same_round_while_slots_are_free(tmp_path):

@@ -243,21 +243,9 @@ def test_realtime_worst_cases_are_raised_by_the_input_tokens_actually_used(tmp_p
     ]
 
 
-def test_each_realtime_answer_is_calibrated_with_its_own_request_s_estimate(
-    tmp_path, monkeypatch
-):
+def test_each_realtime_answer_is_calibrated_with_its_own_request_s_estimate(tmp_path, settled):
     """Requests sent together (concurrency 3) are settled with each one's own input
     estimate beside its job, however their answers are grouped into rounds."""
-    from batchata_df.engine import admission
-
-    seen: list[tuple[list[str], list[int]]] = []
-    real = admission.billed_input
-
-    def spy(batch, events):
-        seen.append((batch.job_ids.to_list(), batch.est_input.to_list()))
-        return real(batch, events)
-
-    monkeypatch.setattr(admission, "billed_input", spy)
     provider = FakeProvider(FakeClock())
     jobs = make_jobs(7, worst=0.1, est_input_tokens=1).with_columns(
         pl.Series("est_input_tokens", [3, 5, 7, 11, 13, 17, 19], dtype=pl.Int64))
@@ -266,9 +254,10 @@ def test_each_realtime_answer_is_calibrated_with_its_own_request_s_estimate(
                             RunOptions(max_cost_usd=10.0), clock=provider.clock,
                             concurrency=3)  # fmt: skip
     engine.run(jobs)
-    assert sorted(j for ids, _ in seen for j in ids) == sorted(est)  # each settled once
-    for ids, estimates in seen:
+    assert sorted(j for ids, _, _ in settled for j in ids) == sorted(est)  # each once
+    for ids, estimates, got in settled:
         assert estimates == [est[j] for j in ids]
+        assert got == (sum(estimates), 10 * len(ids))
 
 
 def test_activity_names_requests_in_flight_and_those_waiting_to_retry(tmp_path):
