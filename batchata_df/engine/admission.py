@@ -104,19 +104,18 @@ def billed_input(batch: InFlightBatch, events: pl.DataFrame) -> tuple[int, int]:
     (30, 49)
     """
     usage = events.select("job_id", "input_tokens")
-    billed = usage.get_column("input_tokens").is_not_null()
-    ids = pl.DataFrame({"job_id": batch.job_ids})
-    if lined_up(ids, usage):  # events in the batch's order (as collection writes them)
-        actual = usage.get_column("input_tokens").sum()
-        if batch.est_input is None:
-            return 0, int(actual)
-        return int(batch.est_input.filter(billed).sum()), int(actual)
-    usage = usage.filter(billed).unique("job_id", keep="last", maintain_order=True)
-    actual = usage.get_column("input_tokens").sum()
+    if lined_up(pl.DataFrame({"job_id": batch.job_ids}), usage):
+        # Events in the batch's order (as collection writes them): a mask by position.
+        collected = usage.get_column("input_tokens").is_not_null()
+    else:
+        usage = usage.filter(pl.col("input_tokens").is_not_null()).unique(
+            "job_id", keep="last", maintain_order=True
+        )
+        collected = batch.job_ids.is_in(usage.get_column("job_id").implode())
+    actual = int(usage.get_column("input_tokens").sum())
     if batch.est_input is None:
-        return 0, int(actual)
-    collected = batch.job_ids.is_in(usage.get_column("job_id").implode())
-    return int(batch.est_input.filter(collected).sum()), int(actual)
+        return 0, actual
+    return int(batch.est_input.filter(collected).sum()), actual
 
 
 class Admission:
