@@ -417,19 +417,22 @@ def cli() -> None:
 # -- run --------------------------------------------------------------------------------------
 
 _RUN_EPILOG = """\b
-Formats (from the extension): .parquet/.pq, .csv, .ndjson/.jsonl. In CSV output, list
-and struct columns (list fields, *_citations) are written as JSON text.
+Formats (from the extension): .parquet/.pq, .csv, .ndjson/.jsonl. CSV input is read as
+text, every column as the file has it (00501 stays 00501). In CSV output, list and struct
+columns (list fields, *_citations) are written as JSON text.
 
 \b
 Exit codes:
   0    every row completed (also: a dry run)
   1    error after the checks: damaged state folder (see 'repair'), provider, output
        not writable, bug (--debug shows the traceback)
-  2    usage error: bad option, input, format, column or schema; nothing was sent
+  2    usage error: bad option, input, format, column, schema, price, OUTPUT not
+       writable or the INPUT itself; nothing was sent
   3    some rows failed (see the _error column; --retry-failed sends them again)
   4    some rows were cancelled (cost cap, time limit, provider); run again to send them
   5    some rows are still pending (--no-wait): run the same command again to collect
-  75   another call is writing the state folder: try later, or --lock-timeout
+  75   another call is writing the state folder, or another run OUTPUT: try later, or
+       --lock-timeout SECONDS
   130  interrupted (Ctrl+C); the output is written only with --write-partial
   When several apply, the highest of 5, 4, 3 wins.
 

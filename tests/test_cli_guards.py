@@ -104,7 +104,7 @@ def test_a_second_run_on_the_same_output_refuses_before_sending_or_waits(emu, wo
     _wait_for(lambda: batch_posts(emu) == 1, first, "run A never submitted its batch")
     assert sum(billed(emu).values()) == N
 
-    r = cli(emu, *RUN, "--state", "s2", cwd=work)
+    r = cli(emu, *RUN, "--state", "s2", "--no-wait", cwd=work)  # were it sent: exit 5 at once
     line = one_line_error(r, 75)
     assert "'out.parquet' is being written by another run" in line
     assert f"pid {first.pid} " in line and "s1" in line  # names the other run
