@@ -127,11 +127,60 @@ def file_format(path: str | os.PathLike[str]) -> str:
     return FORMATS[suffix]
 
 
+def input_files(path: str | os.PathLike[str]) -> tuple[str, list[Path]]:
+    """The format and the files of INPUT: a file, a folder of Parquet files, or a glob.
+
+    A file that exists under the very name given is that file, whatever characters its
+    name holds (``in[1].parquet`` is itself, not ``in1.parquet``). Else a folder is its
+    ``.parquet``/``.pq`` files (not those in folders inside it), and a name with glob
+    characters the files it matches; either in sorted order (the rows come in that order).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> for name in ("b.parquet", "a.parquet", "notes.txt"):
+    ...     _ = (folder / name).write_bytes(b"")
+    >>> kind, files = input_files(folder)
+    >>> kind, [f.name for f in files]
+    ('parquet', ['a.parquet', 'b.parquet'])
+    >>> [f.name for f in input_files(folder / "*.parquet")[1]]
+    ['a.parquet', 'b.parquet']
+    """
+    given = Path(path)
+    shown = os.fspath(path)
+    if given.is_file():
+        return file_format(given), [given]
+    if given.is_dir():
+        files = sorted(
+            f for f in given.iterdir() if f.suffix.lower() in (".parquet", ".pq") and f.is_file()
+        )
+        if not files:
+            msg = f"input folder {shown!r} holds no .parquet (or .pq) files"
+            raise UsageProblem(msg)
+        return "parquet", files
+    kind = file_format(given)
+    if not glob.has_magic(shown):
+        msg = f"input file {shown!r} does not exist"
+        raise UsageProblem(msg)
+    files = sorted(Path(f) for f in glob.glob(shown) if Path(f).is_file())
+    if not files:
+        msg = f"input {shown!r} does not exist, nor matches any file as a glob pattern"
+        raise UsageProblem(msg)
+    others = [f.name for f in files if file_format(f) != kind]
+    if others:
+        msg = f"input {shown!r} matches files of another format than {kind}: {others[:3]!r}"
+        raise UsageProblem(msg)
+    return kind, files
+
+
 def read_frame(path: str | os.PathLike[str]) -> pl.LazyFrame:
-    r"""Scan an input file lazily; its format comes from the extension.
+    r"""Scan INPUT lazily; its format comes from the extension.
 
     All reading of ``run`` goes through here (and all writing through :func:`write_frame`),
-    so that a streaming ``run`` can keep the LazyFrame and sink it.
+    so that a streaming ``run`` can keep the LazyFrame and sink it. INPUT is a file, a
+    folder of Parquet files or a glob (:func:`input_files`); each file is read as itself,
+    never as a pattern.
 
     A CSV file is read without type inference: every column is text, exactly as the file
     has it. A prompt then says what the file says (a zip code ``00501`` stays ``00501``,
@@ -147,25 +196,34 @@ def read_frame(path: str | os.PathLike[str]) -> pl.LazyFrame:
     >>> read_frame(csv).collect().row(0)
     ('00501', '1.0')
     """
-    kind = file_format(path)
-    path = Path(path)
-    if not path.is_file():
-        msg = f"input file {os.fspath(path)!r} does not exist"
-        raise UsageProblem(msg)
+    kind, files = input_files(path)
+    shown = os.fspath(path)
     try:
-        # The file exists under this very name (checked above): never a pattern, so
-        # ``in[1].parquet`` is read as itself, not as ``in1.parquet``.
         if kind == "parquet":
-            lazy = pl.scan_parquet(path, glob=False)
+            lazy = pl.scan_parquet(files, glob=False)
         elif kind == "csv":
-            lazy = pl.scan_csv(path, glob=False, infer_schema=False)
+            lazy = pl.scan_csv(files, glob=False, infer_schema=False)
         else:
-            # scan_ndjson has no ``glob=False`` (polars 2.1): the name goes in escaped.
-            lazy = pl.scan_ndjson(glob.escape(os.fspath(path)))
-        lazy.collect_schema()  # reads the header/metadata: a broken file fails here
+            # scan_ndjson has no ``glob=False`` (polars 2.1): the names go in escaped.
+            lazy = pl.scan_ndjson([glob.escape(os.fspath(f)) for f in files])
+        schema = lazy.collect_schema()  # reads the header/metadata: a broken file fails here
+        if kind != "ndjson":  # every file's columns, up front: never a failure halfway
+            for file in files[1:]:
+                scan = (
+                    pl.scan_parquet(file, glob=False)
+                    if kind == "parquet"
+                    else pl.scan_csv(file, glob=False, infer_schema=False)
+                )
+                if scan.collect_schema() != schema:
+                    msg = (
+                        f"{os.fspath(file)!r} has other columns than {os.fspath(files[0])!r} "
+                        f"(the first file of {shown!r}): {dict(scan.collect_schema())!r} "
+                        f"against {dict(schema)!r}"
+                    )
+                    raise UsageProblem(msg)
     except (pl.exceptions.PolarsError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        msg = f"cannot read {os.fspath(path)!r} as {kind}: {first}"
+        msg = f"cannot read {shown!r} as {kind}: {first}"
         raise UsageProblem(msg) from e
     return lazy
 
@@ -454,7 +512,7 @@ Examples:
 
 @cli.command(epilog=_RUN_EPILOG, no_args_is_help=True,
              short_help="Run a Parquet/CSV/NDJSON file through a model, write the result.")
-@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False))
+@click.argument("input_path", metavar="INPUT", type=click.Path())
 @click.argument("output_path", metavar="[OUTPUT]", type=click.Path(dir_okay=False),
                 required=False)
 @click.option("--model", required=True, help="Model, e.g. gpt-4.1-mini, claude-haiku-4-5, "
@@ -569,11 +627,11 @@ def run(
     if output_path is None and not dry_run:
         msg = "missing OUTPUT (the file to write the result to), e.g. out.parquet"
         raise UsageProblem(msg)
-    file_format(input_path)
+    _, inputs = input_files(input_path)
     if output_path is not None:
         file_format(output_path)
         _check_writable(output_path)
-        _check_not_input(input_path, output_path)
+        _check_not_input(inputs, output_path)
     schema = load_schema(schema_spec) if schema_spec else None
     params = parse_params(params_json, param_pairs, max_tokens)
     prices = parse_prices(price_specs)
@@ -905,18 +963,20 @@ def _cost_text(cost: float, unpriced: int, priced: int, model: str) -> str:
     return f"${cost:.4f} for {priced} {'row' if priced == 1 else 'rows'}, {unknown}"
 
 
-def _check_not_input(input_path: str, output_path: str) -> None:
-    """Refuse an OUTPUT that is INPUT itself (links resolved): the run would replace it."""
-    same = Path(input_path).resolve() == Path(output_path).resolve()
-    if not same:
-        with contextlib.suppress(OSError):  # either missing: not the same file
-            same = os.path.samefile(input_path, output_path)
-    if same:
-        msg = (
-            f"OUTPUT {output_path!r} is the INPUT file {input_path!r}: the result would "
-            "replace the input. Write it to another file"
-        )
-        raise UsageProblem(msg)
+def _check_not_input(inputs: Sequence[Path], output_path: str) -> None:
+    """Refuse an OUTPUT that is an INPUT file (links resolved): the run would replace it."""
+    target = Path(output_path).resolve()
+    for given in inputs:
+        same = given.resolve() == target
+        if not same:
+            with contextlib.suppress(OSError):  # OUTPUT missing: not the same file
+                same = os.path.samefile(given, output_path)
+        if same:
+            msg = (
+                f"OUTPUT {output_path!r} is the INPUT file {os.fspath(given)!r}: the result "
+                "would replace the input. Write it to another file"
+            )
+            raise UsageProblem(msg)
 
 
 def _finish_output(sink: str, output_path: str) -> None:

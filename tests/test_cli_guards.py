@@ -265,3 +265,47 @@ def test_a_model_without_a_price_is_cost_unknown_never_zero_and_price_gives_one(
         line = one_line_error(cli(emu, *args, "--price", bad, cwd=work), 2)
         assert "--price takes MODEL=INPUT,OUTPUT" in line and repr(bad) in line
     assert sum(billed(emu).values()) == 2 * N
+
+
+# -- INPUT as a folder of Parquet files, or a glob ------------------------------------------
+
+
+def test_input_as_a_folder_or_a_glob_streams_every_file_in_name_order(work, emu):
+    """`run in/ OUT` said "is a directory", `run 'in/*.parquet' OUT` "does not exist"; both
+    read every file (sorted by name), each billed once. A literal file name still wins over
+    a pattern reading (tests/test_glob_names.py); OUTPUT among the matches is refused."""
+    (work / "in").mkdir()
+    for part in (2, 0, 1):
+        pl.DataFrame({"id": [part * 10 + j for j in range(3)],
+                      "text": [f"part {part} row {j}" for j in range(3)]}).write_parquet(
+            work / "in" / f"p{part}.parquet")
+    (work / "in" / "notes.txt").write_text("not an input")
+    ids = [0, 1, 2, 10, 11, 12, 20, 21, 22]
+    for source, output in (("in", "a.parquet"), ("in/*.parquet", "b.csv"),
+                           ("in/p[01].parquet", "c.parquet")):
+        r = cli(emu, "run", source, output, "--model", "gpt-4.1-mini", "--prompt", "{text}",
+                "--chunk-rows", "2", cwd=work)
+        assert r.returncode == 0, r.stderr
+        out = pl.read_parquet(work / output) if output.endswith(".parquet") else pl.read_csv(
+            work / output)
+        assert out["id"].to_list() == (ids[:6] if "[" in source else ids)
+        assert set(out["_status"]) == {"completed"}
+    # Each run its own state folder: 9 + 9 + 6 rows, each row once per run.
+    assert sum(billed(emu).values()) == 24 and len(billed(emu)) == 9
+
+    (work / "empty").mkdir()
+    pl.DataFrame({"other": [1]}).write_parquet(work / "odd.parquet")
+    (work / "mixed").mkdir()
+    for name in ("a.parquet", "b.parquet"):
+        (work / "mixed" / name).write_bytes((work / ("in/p0.parquet" if name[0] == "a"
+                                                     else "odd.parquet")).read_bytes())
+    for source, output, needle in (
+        ("nowhere/*.parquet", "x.parquet", "does not exist, nor matches any file"),
+        ("empty", "x.parquet", "input folder 'empty' holds no .parquet"),
+        ("mixed", "x.parquet", "'mixed/b.parquet' has other columns than 'mixed/a.parquet'"),
+        ("in/*.parquet", "in/p1.parquet", "OUTPUT 'in/p1.parquet' is the INPUT file"),
+    ):
+        line = one_line_error(cli(emu, "run", source, output, "--model", "gpt-4.1-mini",
+                                  "--prompt", "{text}", cwd=work), 2)
+        assert needle in line, line
+    assert len(emu.billing()) == 24
