@@ -11,7 +11,8 @@ Exit codes of ``batchata-df run`` (what a scheduler can act on):
 1      an error after checks passed: a damaged state folder (``batchata-df repair``), a
        provider problem, an output that cannot be written, a bug (``--debug``)
 2      a usage error: bad option, missing or unreadable input, unknown format, a column or
-       schema problem; nothing was sent
+       schema problem, a missing ``--price``, OUTPUT's folder not writable, OUTPUT naming
+       an INPUT file; nothing was sent
 3      finished, but some rows ``failed`` (see ``_error``; ``--retry-failed`` sends them
        again)
 4      some rows were ``cancelled`` (cost cap, time limit, provider): run again to send them
@@ -621,7 +622,8 @@ def run(
 ) -> None:
     """Run each row of INPUT through a model; write the rows with typed answers to OUTPUT.
 
-    OUTPUT gets every input column, one column per schema field, then _status, _error,
+    INPUT is a file, a folder of Parquet files, or a quoted glob ('in/*.parquet'). OUTPUT
+    gets every input column, one column per schema field, then _status, _error,
     _cost_usd, _input_tokens, _output_tokens, _job_id, _batch_id, _mode.
     """
     if output_path is None and not dry_run:
