@@ -323,7 +323,7 @@ IdScheme = Literal["blake2b", "hmac-sha256"]
 
 ``"hmac-sha256"``
     HMAC-SHA256 keyed by the salt (UTF-8), the first 12 bytes in hex. Computed by
-    polars-hash, compiled and vectorised (~5x less CPU than a hash per row in Python), or,
+    polars-hash, compiled and vectorised (half the CPU of ``"blake2b"`` in Python), or,
     where that cannot be imported or fails, by :mod:`hmac` per row: slower, the same ids.
     What new checkpoint folders use, and calls without one; the folder records it
     (``batchata_df.frame.ID_SCHEME_KEY``).
