@@ -8,6 +8,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -447,46 +448,49 @@ def batch_llm(
     try:
         for name in needed:
             providers[name] = make_provider(name)
-        with _state_folder(state) as folder, WriterLock(folder, lock_wait):
-            store = StateStore(folder, fingerprint)
-            stop = threading.Event()
-            engine = _engine(
-                run_mode,
-                store,
-                providers,
-                spec,
-                price_table,
-                options,
-                progress=display,
-                stop_event=stop,
-                concurrency=concurrency,
-                deadline_s=deadline_s,
+        # The folder outlives the lock until the output is assembled: a failure there
+        # keeps a temporary folder's paid answers too (_state_folder).
+        with _state_folder(state) as folder:
+            with WriterLock(folder, lock_wait):
+                store = StateStore(folder, fingerprint)
+                stop = threading.Event()
+                engine = _engine(
+                    run_mode,
+                    store,
+                    providers,
+                    spec,
+                    price_table,
+                    options,
+                    progress=display,
+                    stop_event=stop,
+                    concurrency=concurrency,
+                    deadline_s=deadline_s,
+                )
+                with _interrupt_sets(stop):
+                    if isinstance(engine, AutoEngine):
+                        results = engine.run(sendable, realtime_jobs)
+                    else:
+                        results = engine.run(sendable)
+                _warn_unavailable(results)
+                _warn_serialised(engine, sendable, results, max_cost_usd)
+            # Only the keys are needed from here on: let the prompts (and file payloads) go.
+            keys = jobs.select("job_id", "input_error")
+            del jobs, sendable, engine
+            return _assemble(
+                frame,
+                keys,
+                results,
+                answer,
+                citations=citations,
+                keep_raw=keep_raw,
+                keep_responses=keep_responses,
             )
-            with _interrupt_sets(stop):
-                if isinstance(engine, AutoEngine):
-                    results = engine.run(sendable, realtime_jobs)
-                else:
-                    results = engine.run(sendable)
-            _warn_unavailable(results)
-            _warn_serialised(engine, sendable, results, max_cost_usd)
     finally:
         close = getattr(display, "close", None)
         if callable(close):
             close()
         for provider in providers.values():
             provider.close()
-    # Only the keys are needed from here on: let the prompts (and file payloads) go.
-    keys = jobs.select("job_id", "input_error")
-    del jobs, sendable, engine
-    return _assemble(
-        frame,
-        keys,
-        results,
-        answer,
-        citations=citations,
-        keep_raw=keep_raw,
-        keep_responses=keep_responses,
-    )
 
 
 def _engine(
@@ -816,21 +820,39 @@ def _interrupt_sets(stop: threading.Event) -> Iterator[None]:
 
 
 class _state_folder:
-    """The caller's folder, or a temporary one removed afterwards."""
+    """The caller's folder, or a temporary one removed afterwards.
+
+    A call that fails after it wrote a part (it sent, or was about to send, a batch) keeps
+    its temporary folder: the answers it paid for are there, and the error gets a note
+    naming the folder to pass as ``state=`` to collect them without paying again.
+    """
 
     def __init__(self, state: str | os.PathLike[str] | None) -> None:
         self._state = state
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._tmp: str | None = None
 
     def __enter__(self) -> Path:
         if self._state is not None:
             return Path(self._state)
-        self._tmp = tempfile.TemporaryDirectory(prefix="batchata-df-")
-        return Path(self._tmp.name)
+        self._tmp = tempfile.mkdtemp(prefix="batchata-df-")
+        return Path(self._tmp)
 
-    def __exit__(self, *exc: object) -> None:
-        if self._tmp is not None:
-            self._tmp.cleanup()
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: object
+    ) -> None:
+        if self._tmp is None:
+            return
+        folder = Path(self._tmp)
+        written = any(any((folder / t).glob("part-*")) for t in ("jobs", "batches"))
+        if error is not None and written:
+            error.add_note(
+                f"batchata-df: this call had sent or recorded batches; their answers are "
+                f"kept in {self._tmp!r}: call again with state={self._tmp!r} to collect "
+                "them without paying again (or pass state= from the start to choose the "
+                "folder)"
+            )
+            return
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _progress_callback(
