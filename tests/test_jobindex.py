@@ -88,20 +88,22 @@ def test_a_lookup_reads_only_the_row_groups_of_its_ids(tmp_path, monkeypatch, sp
     groups = [len(g) - 1 for g in index.group_starts]
     assert sum(groups) >= 12  # 186 events in groups of 16
 
-    import pyarrow.parquet as pq
-
     read: list[int] = []
-    original = pq.ParquetFile.read_row_groups
+    original = JobIndex._read
 
-    def spy(self, groups, *args, **kwargs):  # type: ignore[no-untyped-def]
-        read.append(len(groups))
-        return original(self, groups, *args, **kwargs)
+    def spy(self, part, start, stop, columns):  # type: ignore[no-untyped-def]
+        frame = original(self, part, start, stop, columns)
+        assert frame.height == stop - start  # whole groups
+        assert start in index.group_starts[part] and stop in index.group_starts[part]
+        read.append(frame.height)
+        return frame
 
-    monkeypatch.setattr(pq.ParquetFile, "read_row_groups", spy)
+    monkeypatch.setattr(JobIndex, "_read", spy)
     ids = pl.Series([f"{i:024x}" for i in range(60, 64)])  # 4 jobs of one batch
     events = index.events(ids, ["job_id", "status", "answer"])
     assert events.height == 8
-    assert sum(read) <= 2 * 2  # their assigned events and their results, 2 groups each
+    # Their assigned events and their results, 2 groups of 16 each at most.
+    assert sum(read) <= 2 * 2 * 16
 
 
 def test_hash_collisions_never_return_another_jobs_events(tmp_path, monkeypatch, spilled):

@@ -573,27 +573,32 @@ def _job_part_reads(monkeypatch, state: Path) -> tuple[list[str], list[int]]:
 
     Returns ``(scans, rows)``: the plans of Polars queries that scan job parts (each reads
     the columns it needs of every part it lists; collected whole or in batches), and the
-    rows of each row-group read (``pyarrow.parquet.ParquetFile.read_row_groups``: a lookup
-    by position).
+    rows of each lookup by position (``JobIndex._read``: a range of whole row groups of
+    one part, the only read that is not such a scan).
     """
-    import pyarrow.parquet as pq
+    from batchata_df.jobindex import JobIndex
 
     jobs_dir = str(state / "jobs")
     scans: list[str] = []
     rows: list[int] = []
+    positioned = [False]
     collect = pl.LazyFrame.collect
-    read_row_groups = pq.ParquetFile.read_row_groups
+    read = JobIndex._read
 
     def seen_collect(lf: pl.LazyFrame, *args: object, **kwargs: object) -> pl.DataFrame:
         plan = lf.explain()
-        if jobs_dir in plan:
+        if jobs_dir in plan and not positioned[0]:
             scans.append(plan)
         return collect(lf, *args, **kwargs)  # type: ignore[arg-type]
 
-    def seen_groups(self: pq.ParquetFile, *args: object, **kwargs: object) -> object:
-        table = read_row_groups(self, *args, **kwargs)
-        rows.append(table.num_rows)
-        return table
+    def seen_read(self: JobIndex, *args: object, **kwargs: object) -> pl.DataFrame:
+        positioned[0] = True
+        try:
+            frame = read(self, *args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            positioned[0] = False
+        rows.append(frame.height)
+        return frame
 
     collect_batches = pl.LazyFrame.collect_batches
 
@@ -605,7 +610,7 @@ def _job_part_reads(monkeypatch, state: Path) -> tuple[list[str], list[int]]:
 
     monkeypatch.setattr(pl.LazyFrame, "collect", seen_collect)
     monkeypatch.setattr(pl.LazyFrame, "collect_batches", seen_batches)
-    monkeypatch.setattr(pq.ParquetFile, "read_row_groups", seen_groups)
+    monkeypatch.setattr(JobIndex, "_read", seen_read)
     return scans, rows
 
 
