@@ -658,9 +658,8 @@ def test_the_sink_pass_reads_each_event_about_once_at_the_library_s_proportions(
     scaled down here by the same factor, reads each event about once. Groups as large as
     a slice read each event 2.6 times at 1M rows (``benchmarks/PROFILE.md``, ninth pass).
     The output equals the in-memory run's, read back through many windows of groups."""
-    from batchata_df import jobindex
+    from batchata_df import jobindex, stream
     from batchata_df import state as state_module
-    from batchata_df import stream
 
     scale = 200  # 50,000-row slices and batches -> 250
     slice_rows = 50_000 // scale
