@@ -676,7 +676,7 @@ def _locked_file(path: Path, *, folder: bool = False) -> int | None:
             _remove(Path(fresh))
             raise
     else:
-        fd, fresh = tempfile.mkstemp(dir=path.parent, prefix=".batchata-new-")
+        fd, fresh = _new_file(path.parent)
     try:
         try:
             locked = lock_descriptor(fd, blocking=False)  # a new file: nobody else has it
@@ -691,6 +691,28 @@ def _locked_file(path: Path, *, folder: bool = False) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+def _new_file(folder: Path) -> tuple[int, str]:
+    """Create a new hidden file in ``folder``: its descriptor and path.
+
+    Like :func:`tempfile.mkstemp`, but with the mode a file the user writes gets (0666
+    less the umask), not 0600: the file becomes the output, which others in the user's
+    group may have to read, as they can read the state folder's parts.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> fd, name = _new_file(Path(tempfile.mkdtemp()))
+    >>> os.close(fd); Path(name).name.startswith(".batchata-new-")
+    True
+    """
+    while True:
+        name = str(folder / f".batchata-new-{secrets.token_hex(8)}")
+        try:
+            return os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666), name
+        except FileExistsError:  # pragma: no cover - 64 random bits taken
+            continue
 
 
 def _remove(path: Path) -> None:
