@@ -230,12 +230,12 @@ def stream_llm(
     try:
         for name in needed:
             providers[name] = make_provider(name)
-        with fr._state_folder(state) as folder, WriterLock(folder, lock_wait):
+        with (
+            fr._state_folder(state) as folder,
+            WriterLock(folder, lock_wait),
+            _spill_folder(folder) as spill,
+        ):
             store = StateStore(folder, fingerprint)
-            for stale in folder.glob(f"{_SPILL_PREFIX}*"):
-                shutil.rmtree(stale, ignore_errors=True)  # left by a killed call
-            spill = folder / f"{_SPILL_PREFIX}{secrets.token_hex(4)}"
-            spill.mkdir()
             source = ChunkSource(lf, spill, rows, jobs_of, estimate, expected)
             stop = threading.Event()
             engine = Engine(
@@ -254,7 +254,6 @@ def stream_llm(
                 pl.DataFrame(schema=lf.collect_schema()), citations=citations, keep_raw=keep_raw,
                 keep_responses=keep_responses,
             )
-            shutil.rmtree(spill, ignore_errors=True)
     finally:
         close = getattr(display, "close", None)
         if callable(close):
@@ -264,6 +263,23 @@ def stream_llm(
     if flagged is not None:
         fr._warn_unavailable(flagged)
     return pl.scan_parquet(sink_path, glob=False)
+
+
+@contextlib.contextmanager
+def _spill_folder(folder: Path) -> Iterator[Path]:
+    """A new spill folder in the state folder, removed when the call ends, however it ends.
+
+    Those a killed call left (a kill runs no ``finally``) are removed first: the caller
+    holds the folder's writer lock, so none of them is a live call's.
+    """
+    for stale in folder.glob(f"{_SPILL_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    spill = folder / f"{_SPILL_PREFIX}{secrets.token_hex(4)}"
+    spill.mkdir()
+    try:
+        yield spill
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
 
 
 def _check_writable(sink: Path) -> None:

@@ -1,4 +1,6 @@
-"""``wait=False`` on a stream: each call fills every free slot, reading chunks as needed.
+"""What one streamed call sends, and what it leaves in the state folder.
+
+``wait=False``: each call fills every free slot, reading chunks as needed.
 
 A scheduler that calls ``batch_llm(..., wait=False)`` every few hours must not lose a
 cycle: when a call's polls free slots, the rows of later chunks go into them in the same
@@ -12,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import polars as pl
+import pytest
 from pydantic import BaseModel
 
 from batchata_df import batch_llm
@@ -52,3 +55,25 @@ def test_each_no_wait_call_fills_the_slots_its_polls_free_from_later_chunks(
     assert len(billed) == 200 and set(billed.values()) == {1}
     assert out.get_column("i").to_list() == list(range(200))
     assert out.get_column("_status").to_list() == ["completed"] * 200
+
+
+def test_an_interrupted_call_leaves_no_spilled_chunks(
+    emu, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second Ctrl+C raises KeyboardInterrupt through the call: its spill folder (the
+    chunks read so far) goes with it, as when the call ends (reviewer's finding: an empty
+    ``.stream-*`` folder stayed until the next call)."""
+    from batchata_df.state import StateStore
+
+    def interrupted(self: StateStore) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(StateStore, "compact", interrupted)  # after sending, before the sink
+    frame = pl.DataFrame({"text": [f"row {i}" for i in range(30)]})
+    with pytest.raises(KeyboardInterrupt):
+        batch_llm(frame.lazy(), sink=tmp_path / "out.parquet", state=tmp_path / "st",
+                  chunk_rows=10, **KW)  # type: ignore[arg-type]
+    assert len(emu.billing()) == 30  # it got as far as sending
+    left = sorted(p.name for p in (tmp_path / "st").iterdir())
+    assert "jobs" in left  # the folder itself stays, with what was paid for
+    assert not [n for n in left if n.startswith(".stream-")], left
