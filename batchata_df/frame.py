@@ -799,16 +799,39 @@ class _state_folder:
         if self._tmp is None:
             return
         folder = Path(self._tmp)
-        written = any(any((folder / t).glob("part-*")) for t in ("jobs", "batches"))
-        if error is not None and written:
+        if error is not None and _paid_for(folder):
             error.add_note(
-                f"batchata-df: this call had sent or recorded batches; their answers are "
+                f"batchata-df: this call had batches accepted or answers billed; they are "
                 f"kept in {self._tmp!r}: call again with state={self._tmp!r} to collect "
                 "them without paying again (or pass state= from the start to choose the "
                 "folder)"
             )
             return
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _paid_for(folder: Path) -> bool:
+    """Whether a state folder records a batch a provider accepted, or billed usage.
+
+    A batch that failed to be created, or a request refused (a rejected key), leaves
+    events too, but nothing to collect. When the parts cannot be read, ``True``: keeping
+    a folder costs disk, losing one costs what was paid.
+    """
+    try:
+        batches = list((folder / "batches").glob("part-*.parquet"))
+        if batches and pl.scan_parquet(batches, glob=False).select(
+            pl.col("provider_batch_id").is_not_null().any()
+        ).collect().item():
+            return True
+        jobs = list((folder / "jobs").glob("part-*.parquet"))
+        usage = pl.any_horizontal(
+            pl.col("input_tokens") > 0, pl.col("output_tokens") > 0, pl.col("cost_usd") > 0
+        )
+        return bool(jobs) and bool(
+            pl.scan_parquet(jobs, glob=False).select(usage.any()).collect().item()
+        )
+    except Exception:  # see the docstring
+        return True
 
 
 def _progress_callback(
