@@ -140,14 +140,15 @@ def stream_llm(
     fingerprint = fr._fingerprint(
         model, prompt, system, answer, params, citations=citations, history=history
     )
-    fingerprint, salt = fr._job_salt(state, fingerprint)
+    fingerprint, salt, scheme = fr._job_salt(state, fingerprint)
 
     # Everything checkable is checked on one row per model before anything is read in
     # full or sent: templates, columns, models, parameters (the models of a per-row model
     # expression come from one streaming pass over that expression alone).
     probe = _probe(lf, model)
     probe_jobs = build_jobs(
-        probe, model=model, prompt=prompt, system=system, salt=salt, history=history
+        probe, model=model, prompt=prompt, system=system, salt=salt, scheme=scheme,
+        history=history,
     )
     needed = sorted(set(probe_jobs.get_column("provider").drop_nulls().to_list()))
     supported = frozenset.intersection(
@@ -193,12 +194,13 @@ def stream_llm(
 
     def jobs_of(chunk: pl.DataFrame) -> pl.DataFrame:
         jobs = build_jobs(
-            chunk, model=model, prompt=prompt, system=system, salt=salt, history=history
+            chunk, model=model, prompt=prompt, system=system, salt=salt, scheme=scheme,
+            history=history,
         )
         if files is not None:
             from batchata_df.files import attach_files
 
-            jobs = attach_files(jobs, chunk, files, salt=salt)
+            jobs = attach_files(jobs, chunk, files, salt=salt, scheme=scheme)
         return jobs
 
     # A dry run's expected cost learns from the answers already in the folder, as in memory.
