@@ -615,16 +615,30 @@ def _job_salt(
 def _id_scheme(
     recorded: Mapping[str, object], state: str | os.PathLike[str] | None
 ) -> IdScheme:
-    """The job id scheme a folder's fingerprint names; ``"blake2b"`` when it names none."""
-    scheme = recorded.get(ID_SCHEME_KEY, "blake2b")
-    for known in ID_SCHEMES:
-        if scheme == known:
-            return known
-    msg = (
-        f"checkpoint folder {str(state)!r} holds job ids of scheme {scheme!r}, which this "
-        f"batchata-df does not know (it knows {', '.join(ID_SCHEMES)}); use the "
-        "batchata-df version that wrote it, or a new state folder"
-    )
+    """The job id scheme a folder's fingerprint names; ``"blake2b"`` when it names none.
+
+    Only a folder that names no scheme holds ``"blake2b"`` ids: their key was made from a
+    fingerprint without the entry, so a folder naming ``"blake2b"`` (an edited manifest)
+    would get other ids and pay for every row again. It is refused, like a scheme this
+    version does not know.
+    """
+    if ID_SCHEME_KEY not in recorded:
+        return "blake2b"
+    scheme = recorded[ID_SCHEME_KEY]
+    if scheme == ID_SCHEME:
+        return ID_SCHEME
+    if scheme == "blake2b":
+        msg = (
+            f"checkpoint folder {str(state)!r} names job id scheme 'blake2b', which no "
+            f"batchata-df writes (a folder of BLAKE2b ids names none); remove the "
+            f"{ID_SCHEME_KEY!r} entry from the fingerprint in its manifest.json"
+        )
+    else:
+        msg = (
+            f"checkpoint folder {str(state)!r} holds job ids of scheme {scheme!r}, which "
+            f"this batchata-df does not know (it knows {', '.join(ID_SCHEMES)}); use the "
+            "batchata-df version that wrote it (or a newer one), or a new state folder"
+        )
     raise StateError(msg)
 
 
