@@ -115,6 +115,7 @@ def stream_llm(
             "leave sink out to get a DataFrame back"
         )
         raise ConfigError(msg)
+    _check_writable(sink_path)
     time_limit_s, patience_s = check_run_arguments(
         max_cost_usd=max_cost_usd,
         time_limit=time_limit,
@@ -139,14 +140,15 @@ def stream_llm(
     fingerprint = fr._fingerprint(
         model, prompt, system, answer, params, citations=citations, history=history
     )
-    fingerprint, salt = fr._job_salt(state, fingerprint)
+    fingerprint, salt, scheme = fr._job_salt(state, fingerprint)
 
     # Everything checkable is checked on one row per model before anything is read in
     # full or sent: templates, columns, models, parameters (the models of a per-row model
     # expression come from one streaming pass over that expression alone).
     probe = _probe(lf, model)
     probe_jobs = build_jobs(
-        probe, model=model, prompt=prompt, system=system, salt=salt, history=history
+        probe, model=model, prompt=prompt, system=system, salt=salt, scheme=scheme,
+        history=history,
     )
     needed = sorted(set(probe_jobs.get_column("provider").drop_nulls().to_list()))
     supported = frozenset.intersection(
@@ -192,12 +194,13 @@ def stream_llm(
 
     def jobs_of(chunk: pl.DataFrame) -> pl.DataFrame:
         jobs = build_jobs(
-            chunk, model=model, prompt=prompt, system=system, salt=salt, history=history
+            chunk, model=model, prompt=prompt, system=system, salt=salt, scheme=scheme,
+            history=history,
         )
         if files is not None:
             from batchata_df.files import attach_files
 
-            jobs = attach_files(jobs, chunk, files, salt=salt)
+            jobs = attach_files(jobs, chunk, files, salt=salt, scheme=scheme)
         return jobs
 
     # A dry run's expected cost learns from the answers already in the folder, as in memory.
@@ -229,12 +232,12 @@ def stream_llm(
     try:
         for name in needed:
             providers[name] = make_provider(name)
-        with fr._state_folder(state) as folder, WriterLock(folder, lock_wait):
+        with (
+            fr._state_folder(state) as folder,
+            WriterLock(folder, lock_wait),
+            _spill_folder(folder) as spill,
+        ):
             store = StateStore(folder, fingerprint)
-            for stale in folder.glob(f"{_SPILL_PREFIX}*"):
-                shutil.rmtree(stale, ignore_errors=True)  # left by a killed call
-            spill = folder / f"{_SPILL_PREFIX}{secrets.token_hex(4)}"
-            spill.mkdir()
             source = ChunkSource(lf, spill, rows, jobs_of, estimate, expected)
             stop = threading.Event()
             engine = Engine(
@@ -253,7 +256,6 @@ def stream_llm(
                 pl.DataFrame(schema=lf.collect_schema()), citations=citations, keep_raw=keep_raw,
                 keep_responses=keep_responses,
             )
-            shutil.rmtree(spill, ignore_errors=True)
     finally:
         close = getattr(display, "close", None)
         if callable(close):
@@ -263,6 +265,52 @@ def stream_llm(
     if flagged is not None:
         fr._warn_unavailable(flagged)
     return pl.scan_parquet(sink_path, glob=False)
+
+
+@contextlib.contextmanager
+def _spill_folder(folder: Path) -> Iterator[Path]:
+    """A new spill folder in the state folder, removed when the call ends, however it ends.
+
+    Those a killed call left (a kill runs no ``finally``) are removed first: the caller
+    holds the folder's writer lock, so none of them is a live call's.
+    """
+    for stale in folder.glob(f"{_SPILL_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    spill = folder / f"{_SPILL_PREFIX}{secrets.token_hex(4)}"
+    spill.mkdir()
+    try:
+        yield spill
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
+
+
+def _check_writable(sink: Path) -> None:
+    """Raise :class:`ConfigError` unless a file can be created in ``sink``'s folder.
+
+    Checked before anything is sent: the sink is written at the end, after paying.
+    A missing folder is created, as the sink's writer would.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> _check_writable(Path(tempfile.mkdtemp()) / "new" / "out.parquet")
+    >>> _check_writable(Path(__file__) / "out.parquet")
+    Traceback (most recent call last):
+    ...
+    batchata_df.errors.ConfigError: sink=...
+    """
+    folder = sink.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".batchata-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        msg = (
+            f"sink={str(sink)!r}: cannot write in {str(folder)!r} "
+            f"({e.strerror or e}); choose a folder you can write to. Nothing was sent"
+        )
+        raise ConfigError(msg) from e
 
 
 def _probe(lf: pl.LazyFrame, model: str | pl.Expr) -> pl.DataFrame:
@@ -646,7 +694,7 @@ def _locked_file(path: Path, *, folder: bool = False) -> int | None:
             _remove(Path(fresh))
             raise
     else:
-        fd, fresh = tempfile.mkstemp(dir=path.parent, prefix=".batchata-new-")
+        fd, fresh = _new_file(path.parent)
     try:
         try:
             locked = lock_descriptor(fd, blocking=False)  # a new file: nobody else has it
@@ -661,6 +709,28 @@ def _locked_file(path: Path, *, folder: bool = False) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+def _new_file(folder: Path) -> tuple[int, str]:
+    """Create a new hidden file in ``folder``: its descriptor and path.
+
+    Like :func:`tempfile.mkstemp`, but with the mode a file the user writes gets (0666
+    less the umask), not 0600: the file becomes the output, which others in the user's
+    group may have to read, as they can read the state folder's parts.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> fd, name = _new_file(Path(tempfile.mkdtemp()))
+    >>> os.close(fd); Path(name).name.startswith(".batchata-new-")
+    True
+    """
+    while True:
+        name = str(folder / f".batchata-new-{secrets.token_hex(8)}")
+        try:
+            return os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666), name
+        except FileExistsError:  # pragma: no cover - 64 random bits taken
+            continue
 
 
 def _remove(path: Path) -> None:
