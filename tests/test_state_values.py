@@ -629,6 +629,39 @@ def test_messages_and_answers_of_providers_are_scrubbed_before_they_reach_disk(t
     assert store.batch_state()["detail"].to_list() == ["refused [redacted]"]
 
 
+def test_a_column_with_some_secrets_among_nulls_is_scrubbed_and_one_of_nulls_stays_null(
+    tmp_path, monkeypatch
+):
+    # Columns of nulls are not searched for secrets (nothing to find); a column holding
+    # one secret among nulls still is, wherever the secret sits, with keys in the
+    # environment (each searched literally) and shaped like a key (the pattern).
+    env_key = "tok-" + "e5f6a7b8" * 3
+    monkeypatch.setenv("EXAMPLE_SERVICE_TOKEN", env_key)
+    store = StateStore(tmp_path / "st", FP)
+    key = "sk-proj-" + "a1b2c3d4" * 4
+    n = 1000
+    errors = [None] * n
+    errors[0], errors[n - 1] = f"bad key {key}", f"bad token {env_key}"
+    responses: list[str | None] = [None] * n
+    responses[n // 2] = f'{{"key": "{key}", "token": "{env_key}"}}'
+    store.append_jobs(pl.DataFrame({
+        "job_id": [f"j{i}" for i in range(n)], "status": "failed", "error": errors,
+        "response": responses,
+    }))
+    store.append_jobs(pl.DataFrame({"job_id": ["k"], "status": "completed"}))
+    store.append_batch(batch_key="k", status="collected", detail=None)
+    events = store.job_events()
+    assert events["error"].to_list() == (
+        ["bad key [redacted]"] + [None] * (n - 2) + ["bad token [redacted]"] + [None]
+    )
+    assert events["response"].to_list()[n // 2] == (
+        '{"key": "[redacted]", "token": "[redacted]"}'
+    )
+    assert events["response"].null_count() == n
+    assert events.filter(pl.col("job_id") == "k")["error"].to_list() == [None]
+    assert store.batch_state()["detail"].to_list() == [None]
+
+
 def test_a_read_only_store_writes_nothing(tmp_path):
     store = StateStore(tmp_path / "st", FP, readonly=True)
     assert not (tmp_path / "st").exists()  # not even the manifest
