@@ -46,12 +46,15 @@ import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from batchata_df.errors import ColumnError, FileInputError
 from batchata_df.providers.base import json_string
+
+if TYPE_CHECKING:
+    from batchata_df.jobs import IdScheme
 
 __all__ = [
     "FILE_PART",
@@ -781,13 +784,15 @@ def attach_files(
     column: str,
     *,
     salt: str,
+    scheme: IdScheme,
 ) -> pl.DataFrame:
     """Load ``frame[column]`` and add the files to ``jobs`` (from :func:`build_jobs`).
 
     Adds ``files`` (:data:`FILE_PARTS`; rows that name the same file share its bytes in
     memory) and ``payload_bytes`` (an upper bound of each request's encoded size, which
     bounds the slices that :func:`content_preparer` expands), and recomputes ``job_id`` with
-    :func:`files_key` as extra key material. Raises
+    :func:`files_key` as extra key material (``salt`` and ``scheme`` as given to
+    :func:`build_jobs`). Raises
     :class:`~batchata_df.errors.FileInputError` before anything is sent.
     """
     from batchata_df.jobs import job_ids
@@ -795,7 +800,7 @@ def attach_files(
     files = load_files(frame, column, jobs.get_column("provider"))
     jobs = jobs.with_columns(files.alias("files"))
     key = jobs.select(files_key(pl.col("files"))).to_series()
-    jobs = jobs.with_columns(job_ids(jobs, salt, key))
+    jobs = jobs.with_columns(job_ids(jobs, salt, key, scheme=scheme))
     file_bytes = pl.col("files").list.eval(
         pl.element().struct.field("data_b64").str.len_bytes().fill_null(0)
         + pl.element().struct.field("text").str.len_bytes().fill_null(0) * 2

@@ -8,6 +8,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -33,7 +34,7 @@ from batchata_df.errors import (
     StateError,
     StateMismatchError,
 )
-from batchata_df.jobs import build_jobs, check_param_values, check_params
+from batchata_df.jobs import ID_SCHEMES, IdScheme, build_jobs, check_param_values, check_params
 from batchata_df.models import DEFAULT_MAX_TOKENS as _DEFAULT_MAX_TOKENS
 from batchata_df.models import check_endpoint, check_model_params, effective_params, family_of
 from batchata_df.providers import SUPPORTED_PARAMS, make_provider
@@ -370,9 +371,10 @@ def batch_llm(
     fingerprint = _fingerprint(
         model, prompt, system, answer, params, citations=citations, history=history
     )
-    fingerprint, salt = _job_salt(state, fingerprint)
+    fingerprint, salt, scheme = _job_salt(state, fingerprint)
     jobs = build_jobs(
-        frame, model=model, prompt=prompt, system=system, salt=salt, history=history
+        frame, model=model, prompt=prompt, system=system, salt=salt, scheme=scheme,
+        history=history,
     )
     needed = sorted(set(jobs.get_column("provider").drop_nulls().to_list()))
     supported = frozenset.intersection(
@@ -400,7 +402,7 @@ def batch_llm(
     if files is not None:
         from batchata_df.files import attach_files, content_preparer
 
-        jobs = attach_files(jobs, frame, files, salt=salt)
+        jobs = attach_files(jobs, frame, files, salt=salt, scheme=scheme)
         spec = dataclasses.replace(spec, prepare=content_preparer(citations=citations))
 
     sendable = (
@@ -446,46 +448,49 @@ def batch_llm(
     try:
         for name in needed:
             providers[name] = make_provider(name)
-        with _state_folder(state) as folder, WriterLock(folder, lock_wait):
-            store = StateStore(folder, fingerprint)
-            stop = threading.Event()
-            engine = _engine(
-                run_mode,
-                store,
-                providers,
-                spec,
-                price_table,
-                options,
-                progress=display,
-                stop_event=stop,
-                concurrency=concurrency,
-                deadline_s=deadline_s,
+        # The folder outlives the lock until the output is assembled: a failure there
+        # keeps a temporary folder's paid answers too (_state_folder).
+        with _state_folder(state) as folder:
+            with WriterLock(folder, lock_wait):
+                store = StateStore(folder, fingerprint)
+                stop = threading.Event()
+                engine = _engine(
+                    run_mode,
+                    store,
+                    providers,
+                    spec,
+                    price_table,
+                    options,
+                    progress=display,
+                    stop_event=stop,
+                    concurrency=concurrency,
+                    deadline_s=deadline_s,
+                )
+                with _interrupt_sets(stop):
+                    if isinstance(engine, AutoEngine):
+                        results = engine.run(sendable, realtime_jobs)
+                    else:
+                        results = engine.run(sendable)
+                _warn_unavailable(results)
+                _warn_serialised(engine, sendable, results, max_cost_usd)
+            # Only the keys are needed from here on: let the prompts (and file payloads) go.
+            keys = jobs.select("job_id", "input_error")
+            del jobs, sendable, engine
+            return _assemble(
+                frame,
+                keys,
+                results,
+                answer,
+                citations=citations,
+                keep_raw=keep_raw,
+                keep_responses=keep_responses,
             )
-            with _interrupt_sets(stop):
-                if isinstance(engine, AutoEngine):
-                    results = engine.run(sendable, realtime_jobs)
-                else:
-                    results = engine.run(sendable)
-            _warn_unavailable(results)
-            _warn_serialised(engine, sendable, results, max_cost_usd)
     finally:
         close = getattr(display, "close", None)
         if callable(close):
             close()
         for provider in providers.values():
             provider.close()
-    # Only the keys are needed from here on: let the prompts (and file payloads) go.
-    keys = jobs.select("job_id", "input_error")
-    del jobs, sendable, engine
-    return _assemble(
-        frame,
-        keys,
-        results,
-        answer,
-        citations=citations,
-        keep_raw=keep_raw,
-        keep_responses=keep_responses,
-    )
 
 
 def _engine(
@@ -562,26 +567,65 @@ def _read_manifest(state: str | os.PathLike[str] | None) -> dict[str, Any] | Non
 JOB_SALT_KEY = "job_salt"
 """Fingerprint entry a :func:`reparse` adds: the key the folder's job ids were made with."""
 
+ID_SCHEME_KEY = "job_ids"
+"""Fingerprint entry naming the scheme of the folder's job ids (:data:`~batchata_df.jobs.IdScheme`).
+
+Folders record it since the ``"hmac-sha256"`` scheme; a folder without it holds
+``"blake2b"`` ids (it was written before), and keeps them.
+"""
+
+ID_SCHEME: IdScheme = "hmac-sha256"
+"""The scheme of new folders and of calls without one."""
+
 
 def _job_salt(
     state: str | os.PathLike[str] | None, fingerprint: Mapping[str, str]
-) -> tuple[dict[str, str], str]:
-    """The run's fingerprint and the key of its job ids.
+) -> tuple[dict[str, str], str, IdScheme]:
+    """The run's fingerprint, the key of its job ids and their scheme.
 
     Normally the key is a hash of the settings. A :func:`reparse` changes the folder's
     schema but must not change its job ids (they name the answers already paid for), so it
     records the key in the folder's fingerprint (``job_salt``), which every part also
     carries (a manifest rebuilt by ``repair`` keeps it); a call whose settings match the
     rest of that fingerprint uses it.
+
+    The scheme is the folder's too (:data:`ID_SCHEME_KEY`): a new folder, or a call
+    without one, takes :data:`ID_SCHEME` and its fingerprint names it (so does the key,
+    a hash of that fingerprint). A folder whose manifest names none was written with
+    ``"blake2b"`` ids: the fingerprint stays without the entry, as the folder's is (it
+    must not look like other settings), and the ids stay what they were.
     """
     manifest = _read_manifest(state)
-    recorded = manifest.get("fingerprint") if manifest is not None else None
-    if isinstance(recorded, dict):
-        kept = recorded.get(JOB_SALT_KEY)
-        rest = {k: v for k, v in recorded.items() if k != JOB_SALT_KEY}
-        if isinstance(kept, str) and kept and rest == dict(fingerprint):
-            return {**fingerprint, JOB_SALT_KEY: kept}, kept
-    return dict(fingerprint), _salt_of(fingerprint)
+    if manifest is None:  # no folder, or a new one (StateStore refuses unreadable ones)
+        fingerprint = {**fingerprint, ID_SCHEME_KEY: ID_SCHEME}
+        return fingerprint, _salt_of(fingerprint), ID_SCHEME
+    recorded = manifest.get("fingerprint")
+    recorded = recorded if isinstance(recorded, dict) else {}
+    scheme = _id_scheme(recorded, state)
+    fingerprint = dict(fingerprint)
+    if ID_SCHEME_KEY in recorded:
+        fingerprint[ID_SCHEME_KEY] = scheme
+    kept = recorded.get(JOB_SALT_KEY)
+    rest = {k: v for k, v in recorded.items() if k != JOB_SALT_KEY}
+    if isinstance(kept, str) and kept and rest == fingerprint:
+        return {**fingerprint, JOB_SALT_KEY: kept}, kept, scheme
+    return fingerprint, _salt_of(fingerprint), scheme
+
+
+def _id_scheme(
+    recorded: Mapping[str, object], state: str | os.PathLike[str] | None
+) -> IdScheme:
+    """The job id scheme a folder's fingerprint names; ``"blake2b"`` when it names none."""
+    scheme = recorded.get(ID_SCHEME_KEY, "blake2b")
+    for known in ID_SCHEMES:
+        if scheme == known:
+            return known
+    msg = (
+        f"checkpoint folder {str(state)!r} holds job ids of scheme {scheme!r}, which this "
+        f"batchata-df does not know (it knows {', '.join(ID_SCHEMES)}); use the "
+        "batchata-df version that wrote it, or a new state folder"
+    )
+    raise StateError(msg)
 
 
 def reparse(
@@ -676,7 +720,7 @@ def reparse(
         model, prompt, system, answer, params, citations=citations, history=history
     )
     old = dict(manifest.get("fingerprint", {}))
-    ignored = ("schema", JOB_SALT_KEY)
+    ignored = ("schema", JOB_SALT_KEY, ID_SCHEME_KEY)
     diff = sorted(k for k in set(old) | set(new) if k not in ignored and old.get(k) != new.get(k))
     if diff:
         msg = (
@@ -688,13 +732,17 @@ def reparse(
     kept = old.get(JOB_SALT_KEY)
     salt = kept if kept else _salt_of(old)
     new[JOB_SALT_KEY] = salt
+    scheme = _id_scheme(old, state)
+    if ID_SCHEME_KEY in old:  # kept, or the folder would look like a "blake2b" one
+        new[ID_SCHEME_KEY] = scheme
     jobs = build_jobs(
-        frame, model=model, prompt=prompt, system=system, salt=salt, history=history
+        frame, model=model, prompt=prompt, system=system, salt=salt, scheme=scheme,
+        history=history,
     )
     if files is not None:
         from batchata_df.files import attach_files
 
-        jobs = attach_files(jobs, frame, files, salt=salt)
+        jobs = attach_files(jobs, frame, files, salt=salt, scheme=scheme)
     # A writer: it must not interleave with a batch_llm call on the same folder.
     with WriterLock(state, 0.0):
         adopt_schema(state, new)
@@ -772,21 +820,39 @@ def _interrupt_sets(stop: threading.Event) -> Iterator[None]:
 
 
 class _state_folder:
-    """The caller's folder, or a temporary one removed afterwards."""
+    """The caller's folder, or a temporary one removed afterwards.
+
+    A call that fails after it wrote a part (it sent, or was about to send, a batch) keeps
+    its temporary folder: the answers it paid for are there, and the error gets a note
+    naming the folder to pass as ``state=`` to collect them without paying again.
+    """
 
     def __init__(self, state: str | os.PathLike[str] | None) -> None:
         self._state = state
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._tmp: str | None = None
 
     def __enter__(self) -> Path:
         if self._state is not None:
             return Path(self._state)
-        self._tmp = tempfile.TemporaryDirectory(prefix="batchata-df-")
-        return Path(self._tmp.name)
+        self._tmp = tempfile.mkdtemp(prefix="batchata-df-")
+        return Path(self._tmp)
 
-    def __exit__(self, *exc: object) -> None:
-        if self._tmp is not None:
-            self._tmp.cleanup()
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: object
+    ) -> None:
+        if self._tmp is None:
+            return
+        folder = Path(self._tmp)
+        written = any(any((folder / t).glob("part-*")) for t in ("jobs", "batches"))
+        if error is not None and written:
+            error.add_note(
+                f"batchata-df: this call had sent or recorded batches; their answers are "
+                f"kept in {self._tmp!r}: call again with state={self._tmp!r} to collect "
+                "them without paying again (or pass state= from the start to choose the "
+                "folder)"
+            )
+            return
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _progress_callback(

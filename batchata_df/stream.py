@@ -115,6 +115,7 @@ def stream_llm(
             "leave sink out to get a DataFrame back"
         )
         raise ConfigError(msg)
+    _check_writable(sink_path)
     time_limit_s, patience_s = check_run_arguments(
         max_cost_usd=max_cost_usd,
         time_limit=time_limit,
@@ -139,14 +140,15 @@ def stream_llm(
     fingerprint = fr._fingerprint(
         model, prompt, system, answer, params, citations=citations, history=history
     )
-    fingerprint, salt = fr._job_salt(state, fingerprint)
+    fingerprint, salt, scheme = fr._job_salt(state, fingerprint)
 
     # Everything checkable is checked on one row per model before anything is read in
     # full or sent: templates, columns, models, parameters (the models of a per-row model
     # expression come from one streaming pass over that expression alone).
     probe = _probe(lf, model)
     probe_jobs = build_jobs(
-        probe, model=model, prompt=prompt, system=system, salt=salt, history=history
+        probe, model=model, prompt=prompt, system=system, salt=salt, scheme=scheme,
+        history=history,
     )
     needed = sorted(set(probe_jobs.get_column("provider").drop_nulls().to_list()))
     supported = frozenset.intersection(
@@ -192,12 +194,13 @@ def stream_llm(
 
     def jobs_of(chunk: pl.DataFrame) -> pl.DataFrame:
         jobs = build_jobs(
-            chunk, model=model, prompt=prompt, system=system, salt=salt, history=history
+            chunk, model=model, prompt=prompt, system=system, salt=salt, scheme=scheme,
+            history=history,
         )
         if files is not None:
             from batchata_df.files import attach_files
 
-            jobs = attach_files(jobs, chunk, files, salt=salt)
+            jobs = attach_files(jobs, chunk, files, salt=salt, scheme=scheme)
         return jobs
 
     # A dry run's expected cost learns from the answers already in the folder, as in memory.
@@ -263,6 +266,35 @@ def stream_llm(
     if flagged is not None:
         fr._warn_unavailable(flagged)
     return pl.scan_parquet(sink_path, glob=False)
+
+
+def _check_writable(sink: Path) -> None:
+    """Raise :class:`ConfigError` unless a file can be created in ``sink``'s folder.
+
+    Checked before anything is sent: the sink is written at the end, after paying.
+    A missing folder is created, as the sink's writer would.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> _check_writable(Path(tempfile.mkdtemp()) / "new" / "out.parquet")
+    >>> _check_writable(Path(__file__) / "out.parquet")
+    Traceback (most recent call last):
+    ...
+    batchata_df.errors.ConfigError: sink=...
+    """
+    folder = sink.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".batchata-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        msg = (
+            f"sink={str(sink)!r}: cannot write in {str(folder)!r} "
+            f"({e.strerror or e}); choose a folder you can write to. Nothing was sent"
+        )
+        raise ConfigError(msg) from e
 
 
 def _probe(lf: pl.LazyFrame, model: str | pl.Expr) -> pl.DataFrame:

@@ -210,7 +210,7 @@ def _encoded(model: str) -> dict:
         "h": [CONVERSATION[1:3]],
     })
     jobs = build_jobs(frame, model=model, prompt=pl.col("prompt"), system=pl.col("system"),
-                      salt="s", history="h")
+                      salt="s", scheme="hmac-sha256", history="h")
     provider = make_provider(jobs["provider"][0], offline=True)
     spec = RequestSpec(schema=AnswerSchema(None), params={"max_tokens": 50})
     return json.loads(provider.encode(jobs, spec)[0])

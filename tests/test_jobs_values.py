@@ -1,9 +1,10 @@
 """jobs.py by value: job ids, histories, typed errors that name the fix, parameter checks.
 
 Fast (no emulator): the mutation run of ``jobs.py`` (``tools/mutation.py``) uses these with
-``test_properties_jobs.py``. Job ids are checked against the documented recipe (a keyed
-BLAKE2b-96 of the job's content): a checkpoint written by one version must be found by the
-next, so the recipe itself is the contract, not an implementation detail.
+``test_properties_jobs.py``. Job ids are checked against the documented recipes of both
+schemes (a keyed BLAKE2b-96, and HMAC-SHA256 cut to 96 bits, of the job's content): a
+checkpoint written by one version must be found by the next, so the recipe itself is the
+contract, not an implementation detail.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import hashlib
+import hmac
 from typing import Any
 
 import polars as pl
@@ -19,6 +21,8 @@ import pytest
 from batchata_df.errors import ColumnError, ConfigError, ModelError
 from batchata_df.jobs import (
     HISTORY_DTYPE,
+    ID_SCHEMES,
+    IdScheme,
     build_jobs,
     check_param_values,
     history_expr,
@@ -31,83 +35,122 @@ from batchata_df.jobs import (
 TURNS = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello ✓"}]
 
 
-def _blake(content: str, salt: str) -> str:
-    return hashlib.blake2b(content.encode(), digest_size=12, key=salt.encode()[:64]).hexdigest()
+def _digest(scheme: IdScheme, content: str, salt: str) -> str:
+    """The id of ``content`` by the scheme's documented recipe, with hashlib/hmac alone."""
+    if scheme == "blake2b":
+        return hashlib.blake2b(content.encode(), digest_size=12,
+                               key=salt.encode()[:64]).hexdigest()
+    assert scheme == "hmac-sha256"
+    return hmac.new(salt.encode(), content.encode(), hashlib.sha256).hexdigest()[:24]
+
+
+#: The scheme of tests about something other than the ids.
+NEW: IdScheme = "hmac-sha256"
 
 
 # ---- job ids
 
 
-def test_job_id_is_the_keyed_hash_of_provider_model_system_prompt() -> None:
+@pytest.mark.parametrize("scheme", ID_SCHEMES)
+def test_job_id_is_the_keyed_hash_of_provider_model_system_prompt(scheme: IdScheme) -> None:
     frame = pl.DataFrame({"q": ["What?", "Why ✓"], "s": ["Be brief.", None]})
     jobs = build_jobs(frame, model="claude-haiku-4-5", prompt="Q: {q}", system=pl.col("s"),
-                      salt="run-salt")
+                      salt="run-salt", scheme=scheme)
     assert jobs.columns == ["prompt", "system", "provider", "model", "input_error", "job_id"]
     assert jobs.rows() == [
         ("Q: What?", "Be brief.", "anthropic", "claude-haiku-4-5", None,
-         _blake("anthropic\x00claude-haiku-4-5\x00Be brief.\x00Q: What?", "run-salt")),
+         _digest(scheme, "anthropic\x00claude-haiku-4-5\x00Be brief.\x00Q: What?", "run-salt")),
         # no system prompt hashes apart from an empty one ("\x01" stands for none)
         ("Q: Why ✓", None, "anthropic", "claude-haiku-4-5", None,
-         _blake("anthropic\x00claude-haiku-4-5\x00\x01\x00Q: Why ✓", "run-salt")),
+         _digest(scheme, "anthropic\x00claude-haiku-4-5\x00\x01\x00Q: Why ✓", "run-salt")),
     ]
     empty_system = build_jobs(frame.head(1), model="claude-haiku-4-5", prompt="Q: {q}",
-                              system="", salt="run-salt")
-    assert empty_system["job_id"].item() == _blake(
-        "anthropic\x00claude-haiku-4-5\x00\x00Q: What?", "run-salt")
+                              system="", salt="run-salt", scheme=scheme)
+    assert empty_system["job_id"].item() == _digest(
+        scheme, "anthropic\x00claude-haiku-4-5\x00\x00Q: What?", "run-salt")
 
 
-def test_job_id_keys_only_the_first_64_bytes_of_a_long_salt() -> None:
+def test_a_blake2b_id_keys_only_the_first_64_bytes_of_a_long_salt() -> None:
     salt = "s" * 64
     frame = pl.DataFrame({"q": ["x"]})
-    a = build_jobs(frame, model="gpt-4.1", prompt="{q}", system=None, salt=salt)
-    b = build_jobs(frame, model="gpt-4.1", prompt="{q}", system=None, salt=salt + "more")
-    assert a["job_id"].item() == b["job_id"].item() == _blake(
-        "openai\x00gpt-4.1\x00\x01\x00x", salt)
+    a = build_jobs(frame, model="gpt-4.1", prompt="{q}", system=None, salt=salt,
+                   scheme="blake2b")
+    b = build_jobs(frame, model="gpt-4.1", prompt="{q}", system=None, salt=salt + "more",
+                   scheme="blake2b")
+    assert a["job_id"].item() == b["job_id"].item() == _digest(
+        "blake2b", "openai\x00gpt-4.1\x00\x01\x00x", salt)
 
 
-def test_history_and_extra_key_are_part_of_the_id_and_absent_ones_change_nothing() -> None:
+def test_an_hmac_id_keys_the_whole_salt_however_long() -> None:
+    # HMAC hashes a key of more than 64 bytes (its block) down to a digest first.
+    salt = "é" * 64  # 128 UTF-8 bytes
+    frame = pl.DataFrame({"q": ["x"]})
+    a = build_jobs(frame, model="gpt-4.1", prompt="{q}", system=None, salt=salt,
+                   scheme="hmac-sha256")
+    b = build_jobs(frame, model="gpt-4.1", prompt="{q}", system=None, salt=salt + "more",
+                   scheme="hmac-sha256")
+    assert a["job_id"].item() == _digest("hmac-sha256", "openai\x00gpt-4.1\x00\x01\x00x", salt)
+    assert b["job_id"].item() == _digest(
+        "hmac-sha256", "openai\x00gpt-4.1\x00\x01\x00x", salt + "more")
+    assert a["job_id"].item() != b["job_id"].item()
+
+
+def test_an_unknown_scheme_is_refused() -> None:
+    frame = pl.DataFrame({"q": ["x"]})
+    with pytest.raises(ValueError, match="unknown job id scheme 'md5'"):
+        build_jobs(frame, model="gpt-4.1", prompt="{q}", system=None, salt="k",
+                   scheme="md5")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("scheme", ID_SCHEMES)
+def test_history_and_extra_key_are_part_of_the_id_and_absent_ones_change_nothing(
+    scheme: IdScheme,
+) -> None:
     frame = pl.DataFrame(
         {"q": ["x", "x", "x"], "h": [TURNS, TURNS[:1], []]},
         schema_overrides={"h": HISTORY_DTYPE},
     )
-    jobs = build_jobs(frame, model="gpt-4.1", prompt="{q}", system=None, salt="k",
+    jobs = build_jobs(frame, model="gpt-4.1", prompt="{q}", system=None, salt="k", scheme=scheme,
                       history="h")
     base = "openai\x00gpt-4.1\x00\x01\x00x"
     turns = ['{"role":"user","content":"hi"}', '{"role":"assistant","content":"hello ✓"}']
     assert jobs["history"].to_list() == [TURNS, TURNS[:1], None]
     assert jobs["job_id"].to_list() == [
-        _blake(base + "\x00" + "\x02".join(turns), "k"),
-        _blake(base + "\x00" + turns[0], "k"),
-        _blake(base + "\x00", "k"),
+        _digest(scheme, base + "\x00" + "\x02".join(turns), "k"),
+        _digest(scheme, base + "\x00" + turns[0], "k"),
+        _digest(scheme, base + "\x00", "k"),
     ]
-    plain = build_jobs(frame, model="gpt-4.1", prompt="{q}", system=None, salt="k")
-    assert plain["job_id"].to_list() == [_blake(base, "k")] * 3
+    plain = build_jobs(frame, model="gpt-4.1", prompt="{q}", system=None, salt="k", scheme=scheme)
+    assert plain["job_id"].to_list() == [_digest(scheme, base, "k")] * 3
     # build_jobs passes its extra_key (the files' hashes) on to the ids
-    keyed = build_jobs(frame, model="gpt-4.1", prompt="{q}", system=None, salt="k",
+    keyed = build_jobs(frame, model="gpt-4.1", prompt="{q}", system=None, salt="k", scheme=scheme,
                        extra_key=pl.Series(["f1", "f2", "f1"]))
-    assert keyed["job_id"].to_list() == [_blake(base + "\x00f1", "k"),
-                                         _blake(base + "\x00f2", "k"),
-                                         _blake(base + "\x00f1", "k")]
-    extra = job_ids(plain, "k", pl.Series(["f1", None, "f1"]))
+    assert keyed["job_id"].to_list() == [_digest(scheme, base + "\x00f1", "k"),
+                                         _digest(scheme, base + "\x00f2", "k"),
+                                         _digest(scheme, base + "\x00f1", "k")]
+    extra = job_ids(plain, "k", pl.Series(["f1", None, "f1"]), scheme=scheme)
     assert extra.name == "job_id"
-    assert extra.to_list() == [_blake(base + "\x00f1", "k"), _blake(base + "\x00", "k"),
-                               _blake(base + "\x00f1", "k")]
+    assert extra.to_list() == [_digest(scheme, base + "\x00f1", "k"),
+                               _digest(scheme, base + "\x00", "k"),
+                               _digest(scheme, base + "\x00f1", "k")]
     # without input_error (a bare jobs frame) every row gets an id
     bare = pl.DataFrame({"provider": [None], "model": [None], "system": [None],
                          "prompt": [None]}, schema={c: pl.String for c in
                                                     ("provider", "model", "system", "prompt")})
-    bare_ids = job_ids(bare, "k")
-    assert bare_ids.to_list() == [_blake("\x00\x00\x01\x00", "k")]
+    bare_ids = job_ids(bare, "k", scheme=scheme)
+    assert bare_ids.to_list() == [_digest(scheme, "\x00\x00\x01\x00", "k")]
     assert (bare_ids.name, bare_ids.dtype) == ("job_id", pl.String)
-    none = job_ids(bare.clear(), "k")  # no jobs: still a String column of ids
+    none = job_ids(bare.clear(), "k", scheme=scheme)  # no jobs: still a String column of ids
     assert (none.name, none.dtype, none.len()) == ("job_id", pl.String, 0)
 
 
-def test_rows_that_cannot_be_sent_say_why_and_have_no_id() -> None:
+@pytest.mark.parametrize("scheme", ID_SCHEMES)
+def test_rows_that_cannot_be_sent_say_why_and_have_no_id(scheme: IdScheme) -> None:
     frame = pl.DataFrame({"q": ["a", None, "c", "d"], "m": ["gpt-4.1", "gpt-4.1", None,
                                                                "gemini:x"],
                           "s": ["s", "s", "s", None]})
-    jobs = build_jobs(frame, model=pl.col("m"), prompt="{q}", system="{s}", salt="k")
+    jobs = build_jobs(frame, model=pl.col("m"), prompt="{q}", system="{s}", salt="k",
+                      scheme=scheme)
     assert jobs.select("provider", "model", "input_error").rows() == [
         ("openai", "gpt-4.1", None),
         ("openai", "gpt-4.1", "input: the prompt is null (a column it uses is null in this row)"),
@@ -117,56 +160,56 @@ def test_rows_that_cannot_be_sent_say_why_and_have_no_id() -> None:
     assert [i is None for i in jobs["job_id"].to_list()] == [False, True, True, True]
     # a system *expression* that is null is no system prompt, not an error
     by_expr = build_jobs(frame.tail(1), model="gpt-4.1", prompt="{q}", system=pl.col("s"),
-                         salt="k")
+                         salt="k", scheme=scheme)
     assert by_expr.select("system", "input_error").rows() == [(None, None)]
     assert by_expr["job_id"].item() is not None
 
 
 def test_a_prompt_without_columns_is_one_job_per_row() -> None:
     frame = pl.DataFrame({"x": [1, 2, 3]})
-    jobs = build_jobs(frame, model="gpt-4.1", prompt="Same text", system=None, salt="k")
+    jobs = build_jobs(frame, model="gpt-4.1", prompt="Same text", system=None, salt="k", scheme=NEW)
     # every column is text, also the absent system prompt (jobs of several calls concatenate)
     assert jobs.schema == pl.Schema({c: pl.String for c in (
         "prompt", "system", "provider", "model", "input_error", "job_id")})
     assert jobs["prompt"].to_list() == ["Same text"] * 3
     assert jobs["job_id"].n_unique() == 1
     assert jobs.height == 3
-    assert build_jobs(frame, model="gpt-4.1", prompt="", system=None, salt="k")[
+    assert build_jobs(frame, model="gpt-4.1", prompt="", system=None, salt="k", scheme=NEW)[
         "prompt"].to_list() == [""] * 3
 
 
 def test_expressions_and_their_errors() -> None:
     frame = pl.DataFrame({"q": ["a"], "n": [2]})
     jobs = build_jobs(frame, model=pl.lit("claude-x"), prompt=pl.col("n"),
-                      system=pl.col("q") + "!", salt="k")
+                      system=pl.col("q") + "!", salt="k", scheme=NEW)
     assert jobs.select("prompt", "system", "provider", "model").rows() == [
         ("2", "a!", "anthropic", "claude-x")]
     with pytest.raises(ColumnError) as info:
-        build_jobs(frame, model="gpt-4.1", prompt=pl.col("nope"), system=None, salt="k")
+        build_jobs(frame, model="gpt-4.1", prompt=pl.col("nope"), system=None, salt="k", scheme=NEW)
     assert str(info.value).startswith(
         "an expression refers to a column the frame does not have: ")
     assert "nope" in str(info.value)
     with pytest.raises(ConfigError) as info:
-        build_jobs(frame, model="gpt-4.1", prompt=3, system=None, salt="k")  # type: ignore[arg-type]
+        build_jobs(frame, model="gpt-4.1", prompt=3, system=None, salt="k", scheme=NEW)  # type: ignore[arg-type]
     assert str(info.value) == "prompt must be a string template or a pl.Expr, got int"
     with pytest.raises(ConfigError) as info:
-        build_jobs(frame, model="gpt-4.1", prompt="{q}", system=b"x", salt="k")  # type: ignore[arg-type]
+        build_jobs(frame, model="gpt-4.1", prompt="{q}", system=b"x", salt="k", scheme=NEW)  # type: ignore[arg-type]
     assert str(info.value) == "system must be a string template or a pl.Expr, got bytes"
     with pytest.raises(ConfigError) as info:  # a stray brace is refused before rendering
-        build_jobs(frame, model="gpt-4.1", prompt="Rate {q", system=None, salt="k")
+        build_jobs(frame, model="gpt-4.1", prompt="Rate {q", system=None, salt="k", scheme=NEW)
     assert str(info.value).startswith("prompt template has a '{' at position 5 that is never")
     with pytest.raises(ConfigError) as info:
-        build_jobs(frame, model="gpt-4.1", prompt="{q}", system="Be }", salt="k")
+        build_jobs(frame, model="gpt-4.1", prompt="{q}", system="Be }", salt="k", scheme=NEW)
     assert str(info.value).startswith("system template has a '}' at position 3 that closes")
     with pytest.raises(ColumnError) as info:  # a system template's errors say "system"
-        build_jobs(frame, model="gpt-4.1", prompt="{q}", system="Be {tone}", salt="k")
+        build_jobs(frame, model="gpt-4.1", prompt="{q}", system="Be {tone}", salt="k", scheme=NEW)
     assert str(info.value) == (
         "system template refers to column 'tone', which the frame does not have (columns: "
         "['q', 'n'])")
     with pytest.raises(ModelError):
-        build_jobs(frame, model="nobody", prompt="{q}", system=None, salt="k")
+        build_jobs(frame, model="nobody", prompt="{q}", system=None, salt="k", scheme=NEW)
     with pytest.raises(ModelError):  # a bad per-row model name is refused before any request
-        build_jobs(frame, model=pl.lit("nobody"), prompt="{q}", system=None, salt="k")
+        build_jobs(frame, model=pl.lit("nobody"), prompt="{q}", system=None, salt="k", scheme=NEW)
 
 
 # ---- models
@@ -309,13 +352,14 @@ def test_values_of_every_scalar_type_render_as_str_would() -> None:
         schema_overrides={"u": pl.UInt64, "dec": pl.Decimal(10, 2), "cat": pl.Categorical},
     )
     template = " ".join("{" + k + "}" for k in values)
-    jobs = build_jobs(frame, model="gpt-4.1", prompt=template, system=template, salt="k")
+    jobs = build_jobs(frame, model="gpt-4.1", prompt=template, system=template, salt="k",
+                      scheme=NEW)
     expected = " ".join(str(v) for v in frame.row(0))
     assert jobs["prompt"].item() == expected == jobs["system"].item()
     assert expected.startswith("-9223372036854775808 18446744073709551615 1e-07 nan True False "
                                "2024-02-29 2024-01-02 03:04:05.006000 2024-01-02 03:04:05+00:00")
     nulls = pl.DataFrame({"b": [None, True]}, schema={"b": pl.Boolean})
-    assert build_jobs(nulls, model="gpt-4.1", prompt="{b}", system=None, salt="k")[
+    assert build_jobs(nulls, model="gpt-4.1", prompt="{b}", system=None, salt="k", scheme=NEW)[
         "prompt"].to_list() == [None, "True"]
 
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from batchata_df.errors import ConfigError
 from batchata_df.files import attach_files
 from batchata_df.frame import _fingerprint as run_fingerprint
-from batchata_df.frame import _salt_of
+from batchata_df.frame import _job_salt
 from batchata_df.jobs import build_jobs, check_params, template_columns
 from batchata_df.schema import AnswerSchema
 
@@ -41,7 +41,8 @@ TEMPLATE = st.lists(
 
 
 def _render(template: str, frame: pl.DataFrame) -> list[str | None]:
-    jobs = build_jobs(frame, model="gpt-4.1-mini", prompt=template, system=None, salt="s")
+    jobs = build_jobs(frame, model="gpt-4.1-mini", prompt=template, system=None, salt="s",
+                      scheme="hmac-sha256")
     return jobs["prompt"].to_list()
 
 
@@ -116,15 +117,17 @@ CHANGES: dict[str, list[Any]] = {
 
 def _ids(frame: pl.DataFrame, files: bool = False, **settings_: Any) -> list[str | None]:
     s = {**BASE, **settings_}
-    salt = _salt_of(
+    _, salt, scheme = _job_salt(  # as a call without a state folder keys them
+        None,
         run_fingerprint(
             s["model"], s["prompt"], s["system"], AnswerSchema(s["schema"]), s["params"],
             citations=s["citations"],
-        )
+        ),
     )
-    jobs = build_jobs(frame, model=s["model"], prompt=s["prompt"], system=s["system"], salt=salt)
+    jobs = build_jobs(frame, model=s["model"], prompt=s["prompt"], system=s["system"],
+                      salt=salt, scheme=scheme)
     if files:
-        jobs = attach_files(jobs, frame, "doc", salt=salt)
+        jobs = attach_files(jobs, frame, "doc", salt=salt, scheme=scheme)
     return jobs["job_id"].to_list()
 
 
@@ -240,7 +243,8 @@ def test_templates_str_format_would_read_otherwise_are_refused(template: str, wo
 )
 def test_a_null_in_any_referenced_column_gives_a_null_prompt(values: list[Any]) -> None:
     frame = pl.DataFrame({"a": values})
-    jobs = build_jobs(frame, model="gpt-4.1-mini", prompt="x {a}", system=None, salt="s")
+    jobs = build_jobs(frame, model="gpt-4.1-mini", prompt="x {a}", system=None, salt="s",
+                      scheme="hmac-sha256")
     assert jobs["prompt"].to_list() == [f"x {values[0]}", None]
     assert jobs["input_error"].to_list()[0] is None
     assert "prompt is null" in jobs["input_error"].to_list()[1]

@@ -87,11 +87,12 @@ def test_parse_model_and_templates():
     assert template_columns("{a} {{b}} {c}") == ["a", "c"]
 
 
-def test_job_ids_are_content_hashes():
+@pytest.mark.parametrize("scheme", ["blake2b", "hmac-sha256"])
+def test_job_ids_are_content_hashes(scheme):
     df = pl.DataFrame({"t": ["x", "y", "x"]})
-    a = build_jobs(df, model="gpt-4.1-mini", prompt="{t}", system=None, salt="s1")
-    b = build_jobs(df, model="gpt-4.1-mini", prompt="{t}", system=None, salt="s1")
-    c = build_jobs(df, model="gpt-4.1-mini", prompt="{t}", system=None, salt="s2")
+    a = build_jobs(df, model="gpt-4.1-mini", prompt="{t}", system=None, salt="s1", scheme=scheme)
+    b = build_jobs(df, model="gpt-4.1-mini", prompt="{t}", system=None, salt="s1", scheme=scheme)
+    c = build_jobs(df, model="gpt-4.1-mini", prompt="{t}", system=None, salt="s2", scheme=scheme)
     assert a["job_id"].to_list() == b["job_id"].to_list()
     assert a["job_id"][0] == a["job_id"][2] != a["job_id"][1]
     assert a["job_id"][0] != c["job_id"][0]
@@ -104,7 +105,8 @@ def test_job_ids_are_the_keyed_blake2b_that_older_folders_hold():
     import hashlib
 
     df = pl.DataFrame({"t": ["x", "é 漢 🙂", "", "a\x00b"]})
-    jobs = build_jobs(df, model="gpt-4.1-mini", prompt="Q: {t}", system=None, salt="s" * 70)
+    jobs = build_jobs(df, model="gpt-4.1-mini", prompt="Q: {t}", system=None, salt="s" * 70,
+                      scheme="blake2b")
     want = [
         hashlib.blake2b(
             f"openai\x00gpt-4.1-mini\x00\x01\x00Q: {t}".encode(),
@@ -115,7 +117,7 @@ def test_job_ids_are_the_keyed_blake2b_that_older_folders_hold():
     ]
     assert jobs["job_id"].to_list() == want
     one = build_jobs(pl.DataFrame({"t": ["x"]}), model="gpt-4.1-mini", prompt="{t}",
-                     system="sys", salt="salt")  # fmt: skip
+                     system="sys", salt="salt", scheme="blake2b")  # fmt: skip
     assert one["job_id"].to_list() == ["4238ce54363b0cc898e1b6a8"]  # main before this change
 
 

@@ -1,0 +1,334 @@
+"""Job id schemes: a folder keeps the scheme it was written with; new ones use HMAC-SHA256.
+
+A checkpoint folder's job ids are its keys: a call that computed other ids for a folder
+would send (and pay for) every row again. Folders written before the scheme was recorded
+hold BLAKE2b ids and must keep them, whatever path resumes them (in memory, ``sink=``,
+``reparse``, ``retry_failed``, a manifest rebuilt by ``repair``). New folders record
+``"hmac-sha256"``, computed by polars-hash (compiled) or, where that is missing or fails,
+by :mod:`hmac`, with the same ids byte for byte.
+
+The emulator's billing ledger (every request of every accepted batch) is what proves that
+nothing was sent twice. Literal ids pin both recipes: the BLAKE2b ones are what main wrote
+before this scheme existed (e1ef122), so a change of the old path fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel
+
+import batchata_df.frame as fr
+import batchata_df.jobs as jobs_module
+from batchata_df import batch_llm, repair, reparse
+from batchata_df.errors import StateError, StateMismatchError
+from batchata_df.jobs import HISTORY_DTYPE, IdScheme, build_jobs, job_ids
+from batchata_df.state import StateStore
+
+
+class A(BaseModel):
+    label: str
+    n: int
+
+
+class Loose(BaseModel):
+    label: str | None = None
+    n: int
+
+
+TEXTS = ["good", "bad [[emulator:error]]", "good", "ok ✓ 漢", None]
+TURNS = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello ✓"}]
+
+
+def frame(variant: str = "plain") -> pl.DataFrame:
+    df = pl.DataFrame({"t": TEXTS})
+    if variant == "history":
+        df = df.with_columns(pl.Series("h", [TURNS, [], TURNS[:1], TURNS, None],
+                                       dtype=HISTORY_DTYPE))
+    if variant == "files":
+        df = df.with_columns(pl.Series("doc", [b"doc one", b"doc two", b"doc one", b"", b"x"],
+                                       dtype=pl.Binary))
+    return df
+
+
+def kw(state: Path, variant: str = "plain", **more: Any) -> dict[str, Any]:
+    extra: dict[str, Any] = {"history": "h"} if variant == "history" else (
+        {"files": "doc"} if variant == "files" else {})
+    return {"schema": A, "model": "gpt-4.1-mini", "prompt": "Rate: {t}", "state": state,
+            **extra, **more}
+
+
+def creates(emu: Any) -> int:
+    return sum(1 for e in emu.log() if e["method"] == "POST"
+               and e["path"].endswith("/openai/v1/batches") and e["status"] == 200)
+
+
+def billed(emu: Any) -> int:
+    return len(emu.billing())
+
+
+def manifest_fingerprint(state: Path) -> dict[str, str]:
+    fingerprint: dict[str, str] = json.loads((state / "manifest.json").read_text())[
+        "fingerprint"]
+    return fingerprint
+
+
+def stored_ids(state: Path) -> list[str]:
+    latest, _ = StateStore(state, manifest_fingerprint(state), readonly=True).snapshot()
+    return sorted(latest.get_column("job_id").to_list())
+
+
+def _blake2b_era_job_salt(
+    state: str | os.PathLike[str] | None, fingerprint: Mapping[str, str]
+) -> tuple[dict[str, str], str, IdScheme]:
+    """``frame._job_salt`` as main had it before schemes were recorded (e1ef122)."""
+    manifest = fr._read_manifest(state)
+    recorded = manifest.get("fingerprint") if manifest is not None else None
+    if isinstance(recorded, dict):
+        kept = recorded.get(fr.JOB_SALT_KEY)
+        rest = {k: v for k, v in recorded.items() if k != fr.JOB_SALT_KEY}
+        if isinstance(kept, str) and kept and rest == dict(fingerprint):
+            return {**fingerprint, fr.JOB_SALT_KEY: kept}, kept, "blake2b"
+    return dict(fingerprint), fr._salt_of(fingerprint), "blake2b"
+
+
+@contextmanager
+def blake2b_era() -> Iterator[None]:
+    """Calls inside write folders as the previous release did (no scheme, BLAKE2b ids)."""
+    with mock.patch.object(fr, "_job_salt", _blake2b_era_job_salt):
+        yield
+
+
+@contextmanager
+def without_polars_hash() -> Iterator[None]:
+    """polars_hash cannot be imported (``import`` raises ImportError), as if not installed."""
+    jobs_module._compiled_hmac_agrees.cache_clear()
+    try:
+        with mock.patch.dict("sys.modules", {"polars_hash": None}):
+            yield
+    finally:
+        jobs_module._compiled_hmac_agrees.cache_clear()
+
+
+# What main (e1ef122, BLAKE2b) wrote for ``frame(variant)`` with ``kw``: the ids of its
+# sendable rows, sorted ("good" twice is one job; the null row has none).
+BLAKE2B_IDS = {
+    "plain": ["064869a66dbae64fefa4bed0", "0a57e947edd50842a7c4c41b", "11630986074943122df8c457"],
+    "history": ["22f9e918419da044d8a02258", "53bac6f45041526432752084",
+                "cc568514728ff05764bfe3c8", "cdc5ac051e0bafcd014cd77e"],
+    "files": ["34e468ef641992ea824789da", "66b4a0bf45837249ce33e9be", "d62dcdd10de9db1f8f48dba7"],
+}
+# The same rows' ids in a new folder ("hmac-sha256"), as this change first wrote them.
+HMAC_IDS = {
+    "plain": ["546c143952f9a81337cc4b96", "cebb5e25769e2ab6951b3b8b", "e04730602ccfd91c4aa35703"],
+}
+
+
+# ---- compiled == Python, byte for byte
+
+AWKWARD = st.text(
+    alphabet=st.one_of(st.sampled_from("\x00\x01\x02 é漢🙂\u0301\n{}"),
+                       st.characters(codec="utf-8")),  # any text a frame can hold
+    max_size=20,
+)
+SALTS = st.one_of(AWKWARD, st.text(min_size=60, max_size=200), st.just(""))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rows=st.lists(
+        st.tuples(st.one_of(st.none(), AWKWARD), st.one_of(st.none(), AWKWARD),
+                  st.sampled_from(["gpt-4.1-mini", "claude-haiku-4-5", None]),
+                  st.one_of(st.none(), AWKWARD), st.lists(AWKWARD, max_size=3)),
+        min_size=1, max_size=6,
+    ),
+    salt=SALTS,
+    history=st.booleans(),
+    files=st.booleans(),
+)
+def test_compiled_ids_are_the_python_ids_byte_for_byte(
+    rows: list[tuple[str | None, str | None, str | None, str | None, list[str]]],
+    salt: str, history: bool, files: bool,
+) -> None:
+    # null prompts, systems and models are rows with an input error (and a null id)
+    df = pl.DataFrame(
+        {"q": [r[0] for r in rows], "s": [r[1] for r in rows], "m": [r[2] for r in rows],
+         "f": [r[3] for r in rows],
+         "h": [[{"role": "user" if i % 2 == 0 else "assistant", "content": c}
+                for i, c in enumerate(r[4])] for r in rows]},
+        schema={"q": pl.String, "s": pl.String, "m": pl.String, "f": pl.String,
+                "h": HISTORY_DTYPE},
+    )
+    jobs = build_jobs(df, model=pl.col("m"), prompt="{q}", system="{s}", salt=salt,
+                      scheme="hmac-sha256", history="h" if history else None)
+    extra = df.get_column("f") if files else None
+    assert jobs_module._compiled_hmac_agrees()  # the compiled path is the one tested
+    compiled = job_ids(jobs, salt, extra, scheme="hmac-sha256")
+    with mock.patch.object(jobs_module, "_compiled_hmac_agrees", return_value=False):
+        python = job_ids(jobs, salt, extra, scheme="hmac-sha256")
+    assert compiled.dtype == python.dtype == pl.String
+    assert compiled.to_list() == python.to_list()
+    assert compiled.null_count() == jobs.get_column("input_error").is_not_null().sum()
+    assert all(len(i) == 24 for i in compiled.drop_nulls().to_list())
+    blake = job_ids(jobs, salt, extra, scheme="blake2b")  # another scheme, other ids
+    assert compiled.drop_nulls().len() == 0 or blake.to_list() != compiled.to_list()
+
+
+def test_a_polars_hash_that_disagrees_with_hmac_is_not_used() -> None:
+    # e.g. a later polars-hash that encodes keys otherwise: slower ids, never other ones
+    def wrong(keys: pl.Series, salt: str) -> pl.Series:
+        return pl.Series("job_id", ["0" * 24] * keys.len(), dtype=pl.String)
+
+    df = pl.DataFrame({"q": ["a", "b"]})
+    right = build_jobs(df, model="gpt-4.1-mini", prompt="{q}", system=None, salt="s",
+                       scheme="hmac-sha256")["job_id"].to_list()
+    jobs_module._compiled_hmac_agrees.cache_clear()
+    try:
+        with mock.patch.object(jobs_module, "_compiled_hmac_ids", wrong):
+            assert not jobs_module._compiled_hmac_agrees()
+            got = build_jobs(df, model="gpt-4.1-mini", prompt="{q}", system=None, salt="s",
+                             scheme="hmac-sha256")["job_id"].to_list()
+    finally:
+        jobs_module._compiled_hmac_agrees.cache_clear()
+    assert got == right
+
+
+def test_a_polars_hash_that_fails_at_run_time_falls_back_to_the_same_ids() -> None:
+    def broken(keys: pl.Series, salt: str) -> pl.Series:
+        msg = "plugin built for another Polars"
+        raise pl.exceptions.ComputeError(msg)
+
+    df = pl.DataFrame({"q": ["a", "b", "a"]})
+    right = build_jobs(df, model="gpt-4.1-mini", prompt="{q}", system=None, salt="s",
+                       scheme="hmac-sha256")["job_id"].to_list()
+    assert jobs_module._compiled_hmac_agrees()  # checked before: the failure comes later
+    with mock.patch.object(jobs_module, "_compiled_hmac_ids", broken):
+        got = build_jobs(df, model="gpt-4.1-mini", prompt="{q}", system=None, salt="s",
+                         scheme="hmac-sha256")["job_id"].to_list()
+    assert got == right
+
+
+# ---- folders written before schemes were recorded keep BLAKE2b
+
+
+@pytest.mark.parametrize("variant", ["plain", "history", "files"])
+def test_an_old_folder_resumes_in_memory_with_nothing_sent_twice(emu, tmp_path, variant):
+    state = tmp_path / "s"
+    with blake2b_era():
+        first = frame(variant).pipe(batch_llm, **kw(state, variant))
+    assert fr.ID_SCHEME_KEY not in manifest_fingerprint(state)
+    assert stored_ids(state) == BLAKE2B_IDS[variant]
+    sent, paid = creates(emu), billed(emu)
+
+    again = frame(variant).pipe(batch_llm, **kw(state, variant))
+    assert (creates(emu), billed(emu)) == (sent, paid)
+    assert again["_status"].to_list() == first["_status"].to_list()
+    assert fr.ID_SCHEME_KEY not in manifest_fingerprint(state)  # it stays an old folder
+    # with retry_failed only the failed row goes again (not the completed ones)
+    retried = frame(variant).pipe(batch_llm, **kw(state, variant, retry_failed=True))
+    assert billed(emu) == paid + 1
+    assert retried["_status"].to_list() == first["_status"].to_list()
+    assert stored_ids(state) == BLAKE2B_IDS[variant]
+
+
+def test_an_old_folder_resumes_streaming_and_by_reparse_with_nothing_sent_twice(
+    emu, tmp_path
+):
+    state = tmp_path / "s"
+    with blake2b_era():
+        first = frame().pipe(batch_llm, **kw(state))
+    sent, paid = creates(emu), billed(emu)
+
+    sink = tmp_path / "out.parquet"
+    frame().lazy().pipe(batch_llm, sink=sink, chunk_rows=2, **kw(state))
+    assert (creates(emu), billed(emu)) == (sent, paid)
+    assert pl.read_parquet(sink)["_status"].to_list() == first["_status"].to_list()
+
+    fixed = frame().pipe(reparse, **{**kw(state), "schema": Loose})
+    del fixed  # reparse sends nothing by construction; what matters is the folder after it
+    assert fr.ID_SCHEME_KEY not in manifest_fingerprint(state)
+    again = frame().pipe(batch_llm, **{**kw(state), "schema": Loose})
+    assert (creates(emu), billed(emu)) == (sent, paid)
+    assert again["_status"].to_list() == first["_status"].to_list()
+
+    # a manifest rebuilt by repair from the parts stays an old folder's
+    (state / "manifest.json").unlink()
+    repair(state, apply=True)
+    assert fr.ID_SCHEME_KEY not in manifest_fingerprint(state)
+    frame().lazy().pipe(batch_llm, sink=sink, **{**kw(state), "schema": Loose})
+    assert (creates(emu), billed(emu)) == (sent, paid)
+    assert stored_ids(state) == BLAKE2B_IDS["plain"]
+
+
+# ---- new folders record the scheme
+
+
+def test_a_new_folder_records_hmac_and_resumes_with_nothing_sent_twice(emu, tmp_path):
+    state = tmp_path / "s"
+    first = frame().pipe(batch_llm, **kw(state))
+    assert manifest_fingerprint(state)[fr.ID_SCHEME_KEY] == "hmac-sha256"
+    assert stored_ids(state) == HMAC_IDS["plain"]
+    sent, paid = creates(emu), billed(emu)
+
+    again = frame().pipe(batch_llm, **kw(state))
+    sink = tmp_path / "out.parquet"
+    frame().lazy().pipe(batch_llm, sink=sink, chunk_rows=2, **kw(state))
+    assert (creates(emu), billed(emu)) == (sent, paid)
+    assert again["_status"].to_list() == first["_status"].to_list()
+
+    frame().pipe(reparse, **{**kw(state), "schema": Loose})
+    assert manifest_fingerprint(state)[fr.ID_SCHEME_KEY] == "hmac-sha256"  # kept
+    frame().pipe(batch_llm, **{**kw(state), "schema": Loose})
+    (state / "manifest.json").unlink()
+    repair(state, apply=True)
+    assert manifest_fingerprint(state)[fr.ID_SCHEME_KEY] == "hmac-sha256"
+    frame().lazy().pipe(batch_llm, sink=sink, **{**kw(state), "schema": Loose})
+    assert (creates(emu), billed(emu)) == (sent, paid)
+    retried = frame().pipe(batch_llm, **{**kw(state), "schema": Loose, "retry_failed": True})
+    assert billed(emu) == paid + 1
+    assert retried["_status"].to_list() == first["_status"].to_list()
+    assert stored_ids(state) == HMAC_IDS["plain"]
+
+
+def test_a_folder_written_without_polars_hash_is_the_same_folder(emu, tmp_path):
+    state, other = tmp_path / "s", tmp_path / "other"
+    with without_polars_hash():
+        assert not jobs_module._compiled_hmac_agrees()
+        first = frame().pipe(batch_llm, **kw(state))
+    assert manifest_fingerprint(state)[fr.ID_SCHEME_KEY] == "hmac-sha256"
+    assert stored_ids(state) == HMAC_IDS["plain"]
+    sent, paid = creates(emu), billed(emu)
+    assert jobs_module._compiled_hmac_agrees()
+    again = frame().pipe(batch_llm, **kw(state))  # compiled now: finds every job
+    assert (creates(emu), billed(emu)) == (sent, paid)
+    assert again["_status"].to_list() == first["_status"].to_list()
+    frame().pipe(batch_llm, **kw(other))
+    assert stored_ids(other) == stored_ids(state)
+
+
+def test_the_scheme_is_part_of_the_settings_check(emu, tmp_path):
+    state = tmp_path / "s"
+    frame().pipe(batch_llm, **kw(state))
+    manifest = json.loads((state / "manifest.json").read_text())
+    # another setting is still a mismatch, named without the scheme
+    with pytest.raises(StateMismatchError, match=r"different prompt; resuming"):
+        frame().pipe(batch_llm, **{**kw(state), "prompt": "Other: {t}"})
+    # a scheme this version does not know is refused before anything is sent
+    manifest["fingerprint"][fr.ID_SCHEME_KEY] = "blake3"
+    (state / "manifest.json").write_text(json.dumps(manifest))
+    sent = creates(emu)
+    with pytest.raises(StateError, match=r"job ids of scheme 'blake3'"):
+        frame().pipe(batch_llm, **kw(state))
+    with pytest.raises(StateError, match=r"job ids of scheme 'blake3'"):
+        frame().pipe(reparse, **{**kw(state), "schema": Loose})
+    assert creates(emu) == sent

@@ -1,0 +1,130 @@
+"""``state=None`` (the default): what a call that fails after paying leaves to the user.
+
+Without a folder of the user's, a call checkpoints into a temporary one. When it fails
+after it sent batches, that folder holds answers already paid for: it is kept, and the
+error names it, so that the same call with ``state=`` that folder collects them without
+paying again. A call that fails before writing anything leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from batchata_df import batch_llm
+from batchata_df import frame as fr
+from batchata_df.errors import ConfigError
+
+NOTE = "call again with state="
+
+
+@pytest.fixture
+def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The folder temporary state folders go to (so a test can see what is left)."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def _kept(error: BaseException, scratch: Path) -> Path:
+    notes = [n for n in getattr(error, "__notes__", []) if NOTE in n]
+    assert len(notes) == 1, getattr(error, "__notes__", None)
+    kept = [p for p in scratch.iterdir() if p.name.startswith("batchata-df-")]
+    assert len(kept) == 1
+    assert repr(str(kept[0])) in notes[0]
+    return kept[0]
+
+
+def _billed(emu) -> Counter[str]:
+    billed = Counter(e["custom_id"] for e in emu.billing())
+    assert set(billed.values()) <= {1}, "a request was billed twice"
+    return billed
+
+
+def test_a_streamed_call_that_fails_after_paying_keeps_its_answers_for_a_call_with_state(
+    emu, tmp_path: Path, scratch: Path
+) -> None:
+    # The third file's column has another type: the scan fails when it reaches it, after
+    # the first two files' rows were sent and paid for.
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(2):
+        pl.DataFrame({"text": [f"row {i}-{j}" for j in range(30)]}).write_parquet(
+            src / f"p{i}.parquet"
+        )
+    pl.DataFrame({"text": list(range(30))}).write_parquet(src / "p2.parquet")
+    lf = pl.scan_parquet(src / "*.parquet")
+    with pytest.raises(pl.exceptions.PolarsError) as failed:
+        batch_llm(lf, model="gpt-4.1-mini", prompt="Say: {text}", sink=tmp_path / "o.parquet",
+                  chunk_rows=30)
+    kept = _kept(failed.value, scratch)
+    paid = _billed(emu)
+    assert len(paid) >= 30
+
+    (src / "p2.parquet").unlink()
+    pl.DataFrame({"text": [str(j) for j in range(30)]}).write_parquet(src / "p2.parquet")
+    out = batch_llm(pl.scan_parquet(src / "*.parquet"), model="gpt-4.1-mini",
+                    prompt="Say: {text}", sink=tmp_path / "o.parquet", chunk_rows=30,
+                    state=kept).collect()
+    assert out.height == 90
+    assert out.get_column("_status").to_list() == ["completed"] * 90
+    again = _billed(emu)
+    assert sum(again.values()) == 90  # the first call's rows were not sent again
+
+
+def test_an_in_memory_call_that_fails_after_paying_keeps_its_answers(
+    emu, scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    df = pl.DataFrame({"text": [f"t{i}" for i in range(12)]})
+    real = fr._assemble
+
+    def broken(*args: object, **kwargs: object) -> pl.DataFrame:
+        raise RuntimeError("disk full while assembling")
+
+    monkeypatch.setattr(fr, "_assemble", broken)
+    with pytest.raises(RuntimeError) as failed:
+        batch_llm(df, model="gpt-4.1-mini", prompt="Say: {text}")
+    kept = _kept(failed.value, scratch)
+    assert sum(_billed(emu).values()) == 12
+
+    monkeypatch.setattr(fr, "_assemble", real)
+    out = batch_llm(df, model="gpt-4.1-mini", prompt="Say: {text}", state=kept)
+    assert out.get_column("_status").to_list() == ["completed"] * 12
+    assert sum(_billed(emu).values()) == 12
+
+
+def test_a_call_that_fails_before_writing_anything_leaves_no_folder(
+    emu, scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("stopped before sending")
+
+    monkeypatch.setattr(fr.Engine, "run", refuse)
+    with pytest.raises(RuntimeError) as failed:
+        batch_llm(pl.DataFrame({"text": ["a"]}), model="gpt-4.1-mini", prompt="{text}")
+    assert not getattr(failed.value, "__notes__", None)
+    assert list(scratch.iterdir()) == []
+    assert emu.billing() == []
+
+
+def test_a_successful_call_leaves_no_folder(emu, scratch: Path) -> None:
+    out = batch_llm(pl.DataFrame({"text": ["a"]}), model="gpt-4.1-mini", prompt="{text}")
+    assert out.get_column("_status").item() == "completed"
+    assert list(scratch.iterdir()) == []
+
+
+def test_a_sink_that_cannot_be_written_is_refused_before_anything_is_sent(
+    emu, tmp_path: Path
+) -> None:
+    (tmp_path / "a-file").write_text("")
+    lf = pl.LazyFrame({"text": ["a", "b"]})
+    with pytest.raises(ConfigError, match="cannot write in .*a-file.*Nothing was sent"):
+        batch_llm(lf, model="gpt-4.1-mini", prompt="{text}",
+                  sink=tmp_path / "a-file" / "out.parquet")
+    assert emu.billing() == []
+    assert emu.log() == []  # no provider request at all
