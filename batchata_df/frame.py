@@ -615,16 +615,30 @@ def _job_salt(
 def _id_scheme(
     recorded: Mapping[str, object], state: str | os.PathLike[str] | None
 ) -> IdScheme:
-    """The job id scheme a folder's fingerprint names; ``"blake2b"`` when it names none."""
-    scheme = recorded.get(ID_SCHEME_KEY, "blake2b")
-    for known in ID_SCHEMES:
-        if scheme == known:
-            return known
-    msg = (
-        f"checkpoint folder {str(state)!r} holds job ids of scheme {scheme!r}, which this "
-        f"batchata-df does not know (it knows {', '.join(ID_SCHEMES)}); use the "
-        "batchata-df version that wrote it, or a new state folder"
-    )
+    """The job id scheme a folder's fingerprint names; ``"blake2b"`` when it names none.
+
+    Only a folder that names no scheme holds ``"blake2b"`` ids: their key was made from a
+    fingerprint without the entry, so a folder naming ``"blake2b"`` (an edited manifest)
+    would get other ids and pay for every row again. It is refused, like a scheme this
+    version does not know.
+    """
+    if ID_SCHEME_KEY not in recorded:
+        return "blake2b"
+    scheme = recorded[ID_SCHEME_KEY]
+    if scheme == ID_SCHEME:
+        return ID_SCHEME
+    if scheme == "blake2b":
+        msg = (
+            f"checkpoint folder {str(state)!r} names job id scheme 'blake2b', which no "
+            f"batchata-df writes (a folder of BLAKE2b ids names none); remove the "
+            f"{ID_SCHEME_KEY!r} entry from the fingerprint in its manifest.json"
+        )
+    else:
+        msg = (
+            f"checkpoint folder {str(state)!r} holds job ids of scheme {scheme!r}, which "
+            f"this batchata-df does not know (it knows {', '.join(ID_SCHEMES)}); use the "
+            "batchata-df version that wrote it (or a newer one), or a new state folder"
+        )
     raise StateError(msg)
 
 
@@ -843,16 +857,39 @@ class _state_folder:
         if self._tmp is None:
             return
         folder = Path(self._tmp)
-        written = any(any((folder / t).glob("part-*")) for t in ("jobs", "batches"))
-        if error is not None and written:
+        if error is not None and _paid_for(folder):
             error.add_note(
-                f"batchata-df: this call had sent or recorded batches; their answers are "
+                f"batchata-df: this call had batches accepted or answers billed; they are "
                 f"kept in {self._tmp!r}: call again with state={self._tmp!r} to collect "
                 "them without paying again (or pass state= from the start to choose the "
                 "folder)"
             )
             return
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _paid_for(folder: Path) -> bool:
+    """Whether a state folder records a batch a provider accepted, or billed usage.
+
+    A batch that failed to be created, or a request refused (a rejected key), leaves
+    events too, but nothing to collect. When the parts cannot be read, ``True``: keeping
+    a folder costs disk, losing one costs what was paid.
+    """
+    try:
+        batches = list((folder / "batches").glob("part-*.parquet"))
+        if batches and pl.scan_parquet(batches, glob=False).select(
+            pl.col("provider_batch_id").is_not_null().any()
+        ).collect().item():
+            return True
+        jobs = list((folder / "jobs").glob("part-*.parquet"))
+        usage = pl.any_horizontal(
+            pl.col("input_tokens") > 0, pl.col("output_tokens") > 0, pl.col("cost_usd") > 0
+        )
+        return bool(jobs) and bool(
+            pl.scan_parquet(jobs, glob=False).select(usage.any()).collect().item()
+        )
+    except Exception:  # see the docstring
+        return True
 
 
 def _progress_callback(

@@ -232,12 +232,12 @@ def stream_llm(
     try:
         for name in needed:
             providers[name] = make_provider(name)
-        with fr._state_folder(state) as folder, WriterLock(folder, lock_wait):
+        with (
+            fr._state_folder(state) as folder,
+            WriterLock(folder, lock_wait),
+            _spill_folder(folder) as spill,
+        ):
             store = StateStore(folder, fingerprint)
-            for stale in folder.glob(f"{_SPILL_PREFIX}*"):
-                shutil.rmtree(stale, ignore_errors=True)  # left by a killed call
-            spill = folder / f"{_SPILL_PREFIX}{secrets.token_hex(4)}"
-            spill.mkdir()
             source = ChunkSource(lf, spill, rows, jobs_of, estimate, expected)
             stop = threading.Event()
             engine = Engine(
@@ -256,7 +256,6 @@ def stream_llm(
                 pl.DataFrame(schema=lf.collect_schema()), citations=citations, keep_raw=keep_raw,
                 keep_responses=keep_responses,
             )
-            shutil.rmtree(spill, ignore_errors=True)
     finally:
         close = getattr(display, "close", None)
         if callable(close):
@@ -266,6 +265,23 @@ def stream_llm(
     if flagged is not None:
         fr._warn_unavailable(flagged)
     return pl.scan_parquet(sink_path, glob=False)
+
+
+@contextlib.contextmanager
+def _spill_folder(folder: Path) -> Iterator[Path]:
+    """A new spill folder in the state folder, removed when the call ends, however it ends.
+
+    Those a killed call left (a kill runs no ``finally``) are removed first: the caller
+    holds the folder's writer lock, so none of them is a live call's.
+    """
+    for stale in folder.glob(f"{_SPILL_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    spill = folder / f"{_SPILL_PREFIX}{secrets.token_hex(4)}"
+    spill.mkdir()
+    try:
+        yield spill
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
 
 
 def _check_writable(sink: Path) -> None:
@@ -678,7 +694,7 @@ def _locked_file(path: Path, *, folder: bool = False) -> int | None:
             _remove(Path(fresh))
             raise
     else:
-        fd, fresh = tempfile.mkstemp(dir=path.parent, prefix=".batchata-new-")
+        fd, fresh = _new_file(path.parent)
     try:
         try:
             locked = lock_descriptor(fd, blocking=False)  # a new file: nobody else has it
@@ -693,6 +709,28 @@ def _locked_file(path: Path, *, folder: bool = False) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+def _new_file(folder: Path) -> tuple[int, str]:
+    """Create a new hidden file in ``folder``: its descriptor and path.
+
+    Like :func:`tempfile.mkstemp`, but with the mode a file the user writes gets (0666
+    less the umask), not 0600: the file becomes the output, which others in the user's
+    group may have to read, as they can read the state folder's parts.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> fd, name = _new_file(Path(tempfile.mkdtemp()))
+    >>> os.close(fd); Path(name).name.startswith(".batchata-new-")
+    True
+    """
+    while True:
+        name = str(folder / f".batchata-new-{secrets.token_hex(8)}")
+        try:
+            return os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666), name
+        except FileExistsError:  # pragma: no cover - 64 random bits taken
+            continue
 
 
 def _remove(path: Path) -> None:

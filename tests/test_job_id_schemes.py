@@ -270,6 +270,29 @@ def test_an_old_folder_resumes_streaming_and_by_reparse_with_nothing_sent_twice(
     assert stored_ids(state) == BLAKE2B_IDS["plain"]
 
 
+def test_an_old_folder_with_files_resumes_streaming_and_by_reparse_with_its_answers(
+    emu, tmp_path
+):
+    """The ``files=`` paths of the stream and of ``reparse`` keep the folder's scheme too
+    (reviewer's finding: either forced to the new scheme passed every other test; the
+    stream then paid for every row again, ``reparse`` returned every row pending)."""
+    state = tmp_path / "s"
+    with blake2b_era():
+        first = frame("files").pipe(batch_llm, **kw(state, "files"))
+    sent, paid = creates(emu), billed(emu)
+
+    sink = tmp_path / "out.parquet"
+    frame("files").lazy().pipe(batch_llm, sink=sink, chunk_rows=2, **kw(state, "files"))
+    assert (creates(emu), billed(emu)) == (sent, paid)
+    assert pl.read_parquet(sink)["_status"].to_list() == first["_status"].to_list()
+
+    fixed = frame("files").pipe(reparse, **{**kw(state, "files"), "schema": Loose})
+    assert fixed["_status"].to_list() == first["_status"].to_list()
+    assert fixed["n"].to_list() == first["n"].to_list()
+    assert (creates(emu), billed(emu)) == (sent, paid)
+    assert stored_ids(state) == BLAKE2B_IDS["files"]
+
+
 # ---- new folders record the scheme
 
 
@@ -330,5 +353,13 @@ def test_the_scheme_is_part_of_the_settings_check(emu, tmp_path):
     with pytest.raises(StateError, match=r"job ids of scheme 'blake3'"):
         frame().pipe(batch_llm, **kw(state))
     with pytest.raises(StateError, match=r"job ids of scheme 'blake3'"):
+        frame().pipe(reparse, **{**kw(state), "schema": Loose})
+    # nor is 'blake2b' named: its ids were keyed without the entry (reviewer's finding:
+    # taken as named, every row was paid for again)
+    manifest["fingerprint"][fr.ID_SCHEME_KEY] = "blake2b"
+    (state / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StateError, match=r"names job id scheme 'blake2b'.*remove the"):
+        frame().pipe(batch_llm, **kw(state))
+    with pytest.raises(StateError, match=r"names job id scheme 'blake2b'"):
         frame().pipe(reparse, **{**kw(state), "schema": Loose})
     assert creates(emu) == sent

@@ -128,3 +128,20 @@ def test_a_sink_that_cannot_be_written_is_refused_before_anything_is_sent(
                   sink=tmp_path / "a-file" / "out.parquet")
     assert emu.billing() == []
     assert emu.log() == []  # no provider request at all
+
+
+def test_a_call_refused_before_anything_was_billed_leaves_no_folder(
+    emu, scratch: Path
+) -> None:
+    # The key is rejected when the batch is created: the call recorded its intent (events),
+    # but no provider accepted a batch and nothing was billed: nothing to keep.
+    from batchata_df.errors import CredentialsError
+
+    emu.inject_fault(path_regex=r"/openai/v1/batches$", status=401, times=None, body={
+        "error": {"message": "Incorrect API key provided", "type": "invalid_request_error",
+                  "code": "invalid_api_key"}})
+    with pytest.raises(CredentialsError) as failed:
+        batch_llm(pl.DataFrame({"text": ["a", "b"]}), model="gpt-4.1-mini", prompt="{text}")
+    assert not getattr(failed.value, "__notes__", None)
+    assert list(scratch.iterdir()) == []
+    assert emu.billing() == []

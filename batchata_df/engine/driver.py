@@ -198,6 +198,19 @@ class Engine:
         submitter = Submitter(ctx, state, admission, ledger, pause=pause)
         collector = Collector(ctx, state, admission, ledger, requeue)
         planner.current()  # encode the first batch before the first round
+
+        def fill() -> None:
+            """Send what fits; while slots are left and the planner runs dry, read on."""
+            submitter.fill(planner)
+            while (
+                feeder is not None
+                and planner.current() is None
+                and not submitter.blocked
+                and len(state.in_flight) < opts.max_parallel_batches
+                and feeder.feed()
+            ):
+                submitter.fill(planner)  # slots left: the next chunk goes this round
+
         stop_reason: str | None = None
         while True:
             stop_reason = stop_reason or stopper.reason()
@@ -210,16 +223,10 @@ class Engine:
                 planner.add(state.job_rows(job_ids), items_per_batch=max_items)
             if stop_reason is None and feeder is not None and planner.current() is None:
                 feeder.feed()
-            submitter.fill(planner)
-            while (
-                feeder is not None
-                and stop_reason is None
-                and planner.current() is None
-                and not submitter.blocked
-                and len(state.in_flight) < opts.max_parallel_batches
-                and feeder.feed()
-            ):
-                submitter.fill(planner)  # slots left: the next chunk goes this round
+            if stop_reason is None:
+                fill()
+            else:
+                submitter.fill(planner)
             if submitter.blocked:
                 stopper.cancel_unsent(submitter.blocked, planner, requeue)
             retrying = planner.current() is not None and submitter.retrying()
@@ -241,9 +248,10 @@ class Engine:
                 # the same state folder collects them, so nothing is paid twice.
                 break
             if not opts.wait:
-                # Submit now, collect later: one round of polls and submits, then return.
+                # Submit now, collect later: one round of polls and submits, then return;
+                # the slots the polls freed are filled, from later chunks too.
                 if stop_reason is None:
-                    submitter.fill(planner)
+                    fill()
                 break
             wakes = [b.next_poll for b in state.in_flight]
             if retrying:
