@@ -7,9 +7,9 @@ a finished ten-million-row folder cost as much CPU as running it. :class:`JobInd
 the ``job_id`` column once and keeps, per event, one 64-bit word: the high bits a hash of
 its job id, the low bits its position in the folder (part, row). Sorted, it answers "where
 are the events of these ids" by binary search; each part is then read only in the row
-groups that hold them (``pyarrow.parquet.ParquetFile.read_row_groups``), and the rows are
-checked against the ids themselves, so a hash collision costs a row read, never a wrong
-row.
+groups that hold them (Polars' reader, those groups' rows pushed into the scan), and the
+rows are checked against the ids themselves, so a hash collision costs a row read, never a
+wrong row.
 
 Memory does not grow with the folder: up to :data:`INDEX_PARTITION_WORDS` events (a
 million jobs) the words are held (8 bytes an event, 16 MB); past that they are spilled to
@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-__all__ = ["HASH_SEED", "INDEX_PARTITION_WORDS", "JobIndex"]
+__all__ = ["HASH_SEED", "INDEX_PARTITION_WORDS", "READ_WINDOW_ROWS", "JobIndex"]
 
 HASH_SEED = 0x5EED
 """Seed of the job-id hash (Polars' ``Series.hash``; stable within one process)."""
@@ -48,6 +48,11 @@ HASH_SEED = 0x5EED
 INDEX_PARTITION_WORDS = 1 << 21
 """Most index words (events) held in memory (16 MB); a bigger folder's index is spilled to
 partitions of about this many words or fewer (see the module)."""
+
+READ_WINDOW_ROWS = 1 << 16
+"""Most rows of a part :meth:`JobIndex.events` reads at once (more if one row group is
+larger): neighbouring row groups that hold events asked for are read together up to this
+(one read of Polars' reader per window, not per group)."""
 
 
 class JobIndex:
@@ -271,23 +276,45 @@ class JobIndex:
         frames: list[pl.DataFrame] = []
         part_of = np.searchsorted(self.offsets, found, side="right") - 1
         for part in np.unique(part_of):
-            local = found[part_of == part] - self.offsets[part]
-            starts = self.group_starts[part]
-            group_of = np.searchsorted(starts, local, side="right") - 1
+            local = found[part_of == part] - self.offsets[part]  # sorted
             present = [c for c in wanted if c in self.columns[part]]
             absent = [pl.lit(None).alias(c) for c in wanted if c not in self.columns[part]]
-            # One row group at a time, taking its rows at once: what is held is one group
-            # of the columns asked for, plus the rows found.
-            for group in np.unique(group_of):
-                table = self._files[part].read_row_groups([int(group)], columns=present)
-                frame = pl.from_arrow(table.take(local[group_of == group] - starts[group]))
-                del table
-                assert isinstance(frame, pl.DataFrame)
+            # One window of row groups at a time, taking its rows at once: what is held is
+            # one window of the columns asked for, plus the rows found.
+            for start, stop in self._windows(int(part), local):
+                lo, hi = np.searchsorted(local, [start, stop], side="left")
+                frame = self._read(int(part), start, stop, present)[local[lo:hi] - start]
                 frames.append(frame.with_columns(absent).select(wanted))
         if not frames:
             return pl.DataFrame({c: [] for c in wanted})
         events = pl.concat(frames, how="vertical_relaxed")
         return events.filter(pl.col("job_id").is_in(job_ids.implode())).select(list(columns))
+
+    def _windows(self, part: int, local: np.ndarray) -> list[tuple[int, int]]:
+        """Row ranges of ``part`` to read for its rows ``local`` (sorted).
+
+        Whole row groups, neighbours merged while a range stays within
+        :data:`READ_WINDOW_ROWS` rows.
+        """
+        starts = self.group_starts[part]
+        windows: list[tuple[int, int]] = []
+        for group in np.unique(np.searchsorted(starts, local, side="right") - 1):
+            lo, hi = int(starts[group]), int(starts[group + 1])
+            if windows and windows[-1][1] == lo and hi - windows[-1][0] <= READ_WINDOW_ROWS:
+                windows[-1] = (windows[-1][0], hi)
+            else:
+                windows.append((lo, hi))
+        return windows
+
+    def _read(self, part: int, start: int, stop: int, columns: list[str]) -> pl.DataFrame:
+        """Rows ``start`` to ``stop`` of ``part`` (whole row groups), ``columns`` of them.
+
+        Polars' reader, the slice pushed into the scan (only those row groups are read):
+        for the same rows it took a third of the CPU of pyarrow's ``read_row_groups`` and
+        the conversion of its table (``benchmarks/PROFILE.md``, ninth pass).
+        """
+        scan = pl.scan_parquet(self.parts[part], glob=False).select(columns)
+        return scan.slice(start, stop - start).collect()
 
 
 def _within(keys: np.ndarray, known: np.ndarray) -> bool:

@@ -157,9 +157,14 @@ SPENT_SLICE_EVENTS = 2_000_000
 COMPACT_TARGET_BYTES = 256 * 1024 * 1024
 """Size :meth:`StateStore.compact` merges parts up to."""
 
-COMPACT_ROW_GROUP_ROWS = 65_536
+COMPACT_ROW_GROUP_ROWS = 16_384
 """Rows per row group of a compacted part: the unit a lookup by job id reads
-(:class:`~batchata_df.jobindex.JobIndex`), and of DuckDB's parallel scans."""
+(:class:`~batchata_df.jobindex.JobIndex`), and of DuckDB's parallel scans. A streaming
+run's sink pass looks up 50,000 jobs at a time (:data:`batchata_df.stream.SINK_SLICE_ROWS`),
+whose events lie in two runs (their batch's ``assigned`` part and its results); each run
+reads its row groups whole, so groups much smaller than a slice keep what is read near
+what is needed: 65,536-row groups read each event 2.6 times over a 1M-row run (the
+largest stage of its sink pass, ``benchmarks/PROFILE.md``, ninth pass)."""
 
 PART_ZSTD_LEVEL = 1
 """zstd level of the Parquet parts. Level 1 wrote a 50,000-event part in 60 % of the CPU

@@ -8,6 +8,10 @@ threads included), *exclusive* of the stages nested inside it. ``TOTAL`` is the 
     python benchmarks/profile_stages.py --provider openai --rows 1000000
     python benchmarks/profile_stages.py --provider openai --rows 1000000 --floor
     python benchmarks/profile_stages.py --provider openai --rows 1000000 --cap 1e9
+    python benchmarks/profile_stages.py --rows 1000000 --stream
+
+``--stream`` profiles the streaming child of ``bench_stream.py`` (``RUN``: Parquet in,
+``sink=`` Parquet out, OpenAI) with the streaming path's stages added (:data:`STREAM`).
 
 The floor's own steps are module code, not functions: for it only the SDK's upload and
 download, pyarrow's JSON reader and ``Series.to_list`` are timed. ``benchmarks/PROFILE.md``
@@ -46,6 +50,27 @@ STAGES = {
     "batch_llm (rest)": ("batchata_df.frame", "", "batch_llm"),
 }
 """batchata_df's stages; ``{p}``/``{P}``: the provider's module / class name."""
+
+STREAM = {
+    "stream: read input chunk (rest)": ("batchata_df.stream", "ChunkSource", "_read"),
+    "stream: spill chunk (write_parquet)": ("polars", "DataFrame", "write_parquet"),
+    "stream: SeenIds (later)": ("batchata_df.stream", "SeenIds", "check_and_add"),
+    "stream: next_chunk (rest)": ("batchata_df.stream", "ChunkSource", "next_chunk"),
+    "feeder: latest_status": ("batchata_df.state", "StateStore", "latest_status"),
+    "feeder: _unsettled (rest)": ("batchata_df.engine.source", "Feeder", "_unsettled"),
+    "job index (build)": ("batchata_df.state", "StateStore", "job_index"),
+    "job index: events": ("batchata_df.jobindex", "JobIndex", "events"),
+    "job index: prefetch": ("batchata_df.jobindex", "JobIndex", "prefetch"),
+    "compact": ("batchata_df.state", "StateStore", "compact"),
+    "sink: job_states_of": ("batchata_df.engine.driver", "", "job_states_of"),
+    "sink: summary": ("batchata_df.summary", "SummaryWriter", "add"),
+    "sink: summary close": ("batchata_df.summary", "SummaryWriter", "close"),
+    "sink: ParquetWriter": ("batchata_df.stream", "SinkWriter", "write"),
+    "sink: _write_sink (rest)": ("batchata_df.stream", "", "_write_sink"),
+    "Engine.run_source (rest)": ("batchata_df.engine.driver", "Engine", "run_source"),
+    "stream_llm (rest)": ("batchata_df.stream", "", "stream_llm"),
+}
+"""The streaming path's stages (``--stream``), besides :data:`STAGES`."""
 
 LIBRARY = {
     "SDK upload": ("openai.resources.files", "Files", "create"),
@@ -132,7 +157,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--floor", action="store_true", help="profile the floor instead")
     parser.add_argument("--cap", type=float, default=None, help="batch_llm's max_cost_usd")
+    parser.add_argument("--stream", action="store_true",
+                        help="profile bench_stream.py's streaming child (sink=) instead")
     args = parser.parse_args()
+    if args.stream:
+        stream(args.rows, args.cap)
+        return
 
     from batchata_df.emulator import Emulator
 
@@ -168,6 +198,45 @@ def main() -> None:
         f"user {usage.ru_utime:.2f} s, system {usage.ru_stime:.2f} s, "
         f"{usage.ru_minflt:,} minor faults, peak RSS {usage.ru_maxrss / 1024:,.0f} MB, "
         f"load {os.getloadavg()[0]:.1f}"
+    )
+
+
+def stream(rows: int, cap: float | None) -> None:
+    """Profile ``bench_stream.RUN`` (OpenAI, ``rows`` distinct prompts, Parquet to Parquet)."""
+    sys.path.insert(0, str(HERE))
+    import bench_overhead as bo
+    import bench_stream as bs
+
+    from batchata_df.emulator import Emulator
+
+    stages = {
+        name: (mod.format(p="openai"), cls.format(P="OpenAI"), attr)
+        for name, (mod, cls, attr) in {**STAGES, **STREAM}.items()
+    }
+    stages.update(LIBRARY)
+    bo.compile_bytecode()
+    with Emulator(latency=0.0) as emu, tempfile.TemporaryDirectory() as work:
+        src = bs.make_input(rows, Path(work) / "in")
+        script = Path(work) / "client.py"
+        script.write_text(
+            WRAPPER + f"\n_install({stages!r})\nimport atexit\natexit.register(_report)\n"
+            + bs.RUN
+        )
+        argv = [str(src / "*.parquet"), str(Path(work) / "out.parquet"),
+                str(Path(work) / "state"), "gpt-4.1-mini", *([] if cap is None else [repr(cap)])]
+        with tempfile.TemporaryFile() as out:
+            proc = subprocess.Popen([sys.executable, str(script), *argv],
+                                    env=bo.child_env(emu.env()), stdout=out)
+            _, status, usage = os.wait4(proc.pid, 0)
+            out.seek(0)
+            reported = out.read().decode().strip().splitlines()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit("the client failed (its error is above)")
+    print(reported[-1])
+    print(
+        f"batch_llm sink= openai {rows:,} rows: user {usage.ru_utime:.2f} s, system "
+        f"{usage.ru_stime:.2f} s, {usage.ru_minflt:,} minor faults, peak RSS "
+        f"{usage.ru_maxrss / 1024:,.0f} MB, load {os.getloadavg()[0]:.1f}"
     )
 
 

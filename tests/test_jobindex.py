@@ -88,20 +88,46 @@ def test_a_lookup_reads_only_the_row_groups_of_its_ids(tmp_path, monkeypatch, sp
     groups = [len(g) - 1 for g in index.group_starts]
     assert sum(groups) >= 12  # 186 events in groups of 16
 
-    import pyarrow.parquet as pq
+    read: list[tuple[int, int, int]] = []
+    original = JobIndex._read
 
-    read: list[int] = []
-    original = pq.ParquetFile.read_row_groups
+    def spy(self, part, start, stop, columns):  # type: ignore[no-untyped-def]
+        frame = original(self, part, start, stop, columns)
+        assert frame.height == stop - start
+        read.append((part, start, stop))
+        return frame
 
-    def spy(self, groups, *args, **kwargs):  # type: ignore[no-untyped-def]
-        read.append(len(groups))
-        return original(self, groups, *args, **kwargs)
-
-    monkeypatch.setattr(pq.ParquetFile, "read_row_groups", spy)
+    monkeypatch.setattr(JobIndex, "_read", spy)
     ids = pl.Series([f"{i:024x}" for i in range(60, 64)])  # 4 jobs of one batch
     events = index.events(ids, ["job_id", "status", "answer"])
     assert events.height == 8
-    assert sum(read) <= 2 * 2  # their assigned events and their results, 2 groups each
+    # Exactly the row groups holding their events (their assigned events and their
+    # results), each once: no group between them, none twice.
+    holding = set()
+    for at in index.positions(ids):
+        part = int(np.searchsorted(index.offsets, at, side="right") - 1)
+        starts = index.group_starts[part]
+        group = int(np.searchsorted(starts, at - index.offsets[part], side="right") - 1)
+        holding.add((part, int(starts[group]), int(starts[group + 1])))
+    assert 2 <= len(holding) <= 4
+    groups_read = [
+        (part, int(lo), int(hi))
+        for part, start, stop in read
+        for lo, hi in zip(index.group_starts[part][:-1], index.group_starts[part][1:], strict=True)
+        if start <= lo and hi <= stop
+    ]
+    assert sorted(groups_read) == sorted(holding)
+    # A whole batch: its 30 assigned events, then its 30 results, span neighbouring groups,
+    # read together (one read of Polars' reader, not one per group).
+    read.clear()
+    batch = pl.Series([f"{i:024x}" for i in range(60, 90)])
+    assert index.events(batch, ["job_id", "status"]).height == 60
+    assert len(read) == 1 and read[0][2] - read[0][1] >= 60
+    # ... up to READ_WINDOW_ROWS rows at once (what a lookup holds of the folder).
+    monkeypatch.setattr(jobindex_module, "READ_WINDOW_ROWS", 32)
+    read.clear()
+    assert index.events(batch, ["job_id", "status"]).height == 60
+    assert len(read) >= 2 and all(stop - start <= 32 for _, start, stop in read)
 
 
 def test_hash_collisions_never_return_another_jobs_events(tmp_path, monkeypatch, spilled):

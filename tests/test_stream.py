@@ -573,27 +573,32 @@ def _job_part_reads(monkeypatch, state: Path) -> tuple[list[str], list[int]]:
 
     Returns ``(scans, rows)``: the plans of Polars queries that scan job parts (each reads
     the columns it needs of every part it lists; collected whole or in batches), and the
-    rows of each row-group read (``pyarrow.parquet.ParquetFile.read_row_groups``: a lookup
-    by position).
+    rows of each lookup by position (``JobIndex._read``: a range of whole row groups of
+    one part, the only read that is not such a scan).
     """
-    import pyarrow.parquet as pq
+    from batchata_df.jobindex import JobIndex
 
     jobs_dir = str(state / "jobs")
     scans: list[str] = []
     rows: list[int] = []
+    positioned = [False]
     collect = pl.LazyFrame.collect
-    read_row_groups = pq.ParquetFile.read_row_groups
+    read = JobIndex._read
 
     def seen_collect(lf: pl.LazyFrame, *args: object, **kwargs: object) -> pl.DataFrame:
         plan = lf.explain()
-        if jobs_dir in plan:
+        if jobs_dir in plan and not positioned[0]:
             scans.append(plan)
         return collect(lf, *args, **kwargs)  # type: ignore[arg-type]
 
-    def seen_groups(self: pq.ParquetFile, *args: object, **kwargs: object) -> object:
-        table = read_row_groups(self, *args, **kwargs)
-        rows.append(table.num_rows)
-        return table
+    def seen_read(self: JobIndex, *args: object, **kwargs: object) -> pl.DataFrame:
+        positioned[0] = True
+        try:
+            frame = read(self, *args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            positioned[0] = False
+        rows.append(frame.height)
+        return frame
 
     collect_batches = pl.LazyFrame.collect_batches
 
@@ -605,7 +610,7 @@ def _job_part_reads(monkeypatch, state: Path) -> tuple[list[str], list[int]]:
 
     monkeypatch.setattr(pl.LazyFrame, "collect", seen_collect)
     monkeypatch.setattr(pl.LazyFrame, "collect_batches", seen_batches)
-    monkeypatch.setattr(pq.ParquetFile, "read_row_groups", seen_groups)
+    monkeypatch.setattr(JobIndex, "_read", seen_read)
     return scans, rows
 
 
@@ -643,6 +648,50 @@ def test_resuming_a_finished_folder_scans_its_job_ids_per_call_not_per_chunk(
     # pass: never the whole folder per chunk.
     assert sum(rows_read) <= 2 * 120 // 10 * 4 * 20
     assert sum(rows_read) < 12 * events
+
+
+def test_the_sink_pass_reads_each_event_about_once_at_the_library_s_proportions(
+    emu, tmp_path, monkeypatch
+):
+    """The sink pass reads its slices' events by row groups of the compacted parts: the
+    library's group size against its slice and batch sizes (50,000 each, OpenAI's batch),
+    scaled down here by the same factor, reads each event about once. Groups as large as
+    a slice read each event 2.6 times at 1M rows (``benchmarks/PROFILE.md``, ninth pass).
+    The output equals the in-memory run's, read back through many windows of groups."""
+    from batchata_df import jobindex, stream
+    from batchata_df import state as state_module
+
+    scale = 200  # 50,000-row slices and batches -> 250
+    slice_rows = 50_000 // scale
+    monkeypatch.setattr(stream, "SINK_SLICE_ROWS", slice_rows)
+    monkeypatch.setattr(
+        state_module, "COMPACT_ROW_GROUP_ROWS", state_module.COMPACT_ROW_GROUP_ROWS // scale
+    )
+    monkeypatch.setattr(jobindex, "READ_WINDOW_ROWS", jobindex.READ_WINDOW_ROWS // scale)
+    n = 16 * slice_rows
+    frame = pl.DataFrame({"i": range(n), "text": [f"distinct {i}" for i in range(n)]})
+    state = tmp_path / "st"
+    kw = {"sink": tmp_path / "out.parquet", "chunk_rows": 4 * slice_rows, "state": state,
+          "items_per_batch": slice_rows, "max_parallel_batches": 32, **KW}
+    read: list[int] = []
+    write_sink = stream._write_sink
+
+    def counted(*args: object, **kwargs: object) -> object:
+        _, rows = _job_part_reads(monkeypatch, state)
+        try:
+            return write_sink(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            read.extend(rows)
+
+    monkeypatch.setattr(stream, "_write_sink", counted)
+    out = batch_llm(frame.lazy(), **kw).collect()  # type: ignore[arg-type]
+
+    assert out["i"].to_list() == list(range(n))
+    assert (out["_status"] == "completed").all()
+    events = 2 * n  # each job assigned, then completed
+    assert events <= sum(read) <= 1.6 * events, sum(read) / events
+    expected = batch_llm(frame, state=tmp_path / "mem", **KW)  # type: ignore[arg-type]
+    assert_frame_equal(out.drop("_batch_id"), expected.drop("_batch_id"))
 
 
 def test_a_reattached_batch_collected_before_its_rows_are_read_is_not_sent_again(
