@@ -705,26 +705,59 @@ class _FastPath:
     def checked(
         self, texts: pl.Series, *, keep_decoded: bool = True
     ) -> tuple[pl.Series, pl.Series | None]:
-        """:meth:`canonical`, and the decoded struct of each text it keeps (else null)."""
-        text = pl.col("text")
-        shaped = pl.when(text.str.contains(self.pattern)).then(text)
+        """:meth:`canonical`, and the decoded struct of each text it keeps (else null).
+
+        The decode goes :data:`DECODE_SLICE_ROWS` texts at a time (the same values, in
+        chunks). When every text matches the layout and every one comes back unchanged
+        (a run's answers, as a rule), the texts and the decoded struct are returned as
+        they are rather than copied through a mask.
+        """
+        n = texts.len()
         try:
-            # Decoded once, in a column of its own: an eager select evaluates an
-            # expression again for each use.
-            frame = pl.DataFrame({"text": texts}).with_columns(shaped.alias("shaped"))
-            frame = frame.with_columns(pl.col("shaped").str.json_decode(self.wire).alias("d"))
+            matches = texts.str.contains(self.pattern)
+            if matches.all():  # every text but the nulls: nothing to null before the decode
+                shaped = texts
+            else:
+                shaped = pl.select(pl.when(pl.lit(matches)).then(pl.lit(texts))).to_series()
+            decoded = _decode_in_slices(shaped, self.wire)
             # Against the shaped text, not the raw one: a text nulled for not matching the
             # layout must not count as canonical because null encodes as "null".
-            same = (pl.col("d").struct.json_encode() == pl.col("shaped")).alias("same")
-            frame = frame.with_columns(same)
-            kept = pl.when(pl.col("same")).then(pl.col("d")).alias("decoded")
-            out = frame.select(
-                pl.when(pl.col("same")).then(text).alias("text"),
-                *([kept] if keep_decoded else []),
-            )
+            same = decoded.struct.json_encode() == shaped
         except pl.exceptions.PolarsError:  # e.g. an integer past Int64: Pydantic decides
-            return pl.Series("text", [None] * texts.len(), dtype=pl.String), None
-        return out.get_column("text"), out.get_column("decoded") if keep_decoded else None
+            return pl.Series("text", [None] * n, dtype=pl.String), None
+        if shaped is texts and same.all():  # null only where the text is null
+            return texts.alias("text"), decoded.alias("decoded") if keep_decoded else None
+        kept = pl.select(
+            pl.when(pl.lit(same)).then(pl.lit(texts)).alias("text"),
+            *([pl.when(pl.lit(same)).then(pl.lit(decoded)).alias("decoded")]
+              if keep_decoded else []),
+        )
+        return kept.get_column("text"), kept.get_column("decoded") if keep_decoded else None
+
+
+DECODE_SLICE_ROWS = 5_000
+"""Answers :meth:`_FastPath.checked` decodes at a time. Polars' ``str.json_decode`` takes a
+working buffer in proportion to what it is given: 50,000 answers at once (a batch) faulted
+in ~3,000 fresh pages each time, 5,000 at a time ~400, and took less CPU (user 33 -> 26 ms,
+system 11 -> 1.5 ms per 50,000 three-field answers; ``benchmarks/PROFILE.md``, ninth pass)."""
+
+
+def _decode_in_slices(texts: pl.Series, wire: pl.Struct) -> pl.Series:
+    """``texts.str.json_decode(wire)``, :data:`DECODE_SLICE_ROWS` rows at a time.
+
+    The slices' structs are put in one chunk (a copy of the decoded values, ~1 ms for a
+    batch): kept in chunks, the run's decoded answers (held to the end for the output)
+    raised a 1M-row call's peak RSS from ~950 to ~1,150 MB; in one chunk it stays as it
+    was (``benchmarks/PROFILE.md``, ninth pass).
+    """
+    n = texts.len()
+    if n <= DECODE_SLICE_ROWS:
+        return texts.str.json_decode(wire)
+    return pl.concat(
+        [texts.slice(i, DECODE_SLICE_ROWS).str.json_decode(wire)
+         for i in range(0, n, DECODE_SLICE_ROWS)],
+        rechunk=True,
+    )
 
 
 def _fast_value(tp: Any) -> tuple[str, pl.DataType] | None:

@@ -629,6 +629,94 @@ def test_messages_and_answers_of_providers_are_scrubbed_before_they_reach_disk(t
     assert store.batch_state()["detail"].to_list() == ["refused [redacted]"]
 
 
+def test_a_column_with_some_secrets_among_nulls_is_scrubbed_and_one_of_nulls_stays_null(
+    tmp_path, monkeypatch
+):
+    # Columns of nulls are not searched for secrets (nothing to find); a column holding
+    # one secret among nulls still is, wherever the secret sits, with keys in the
+    # environment (each searched literally) and shaped like a key (the pattern).
+    env_key = "tok-" + "e5f6a7b8" * 3
+    monkeypatch.setenv("EXAMPLE_SERVICE_TOKEN", env_key)
+    store = StateStore(tmp_path / "st", FP)
+    key = "sk-proj-" + "a1b2c3d4" * 4
+    n = 1000
+    errors = [None] * n
+    errors[0], errors[n - 1] = f"bad key {key}", f"bad token {env_key}"
+    responses: list[str | None] = [None] * n
+    responses[n // 2] = f'{{"key": "{key}", "token": "{env_key}"}}'
+    store.append_jobs(pl.DataFrame({
+        "job_id": [f"j{i}" for i in range(n)], "status": "failed", "error": errors,
+        "response": responses,
+    }))
+    store.append_jobs(pl.DataFrame({"job_id": ["k"], "status": "completed"}))
+    store.append_batch(batch_key="k", status="collected", detail=None)
+    events = store.job_events()
+    assert events["error"].to_list() == (
+        ["bad key [redacted]"] + [None] * (n - 2) + ["bad token [redacted]"] + [None]
+    )
+    assert events["response"].to_list()[n // 2] == (
+        '{"key": "[redacted]", "token": "[redacted]"}'
+    )
+    assert events["response"].null_count() == n
+    assert events.filter(pl.col("job_id") == "k")["error"].to_list() == [None]
+    assert store.batch_state()["detail"].to_list() == [None]
+
+
+def _previous_part(store: StateStore, path: Path, frame: pl.DataFrame) -> None:
+    """``frame`` written as ``_write_part`` wrote it before columns of nulls were skipped by
+    the secrets scrub (main at e1ef122): every message column scrubbed, same options."""
+    from batchata_df.redact import scrub_expr
+
+    frame.with_columns(
+        scrub_expr(pl.col(c)) for c in ("error", "detail", "response") if c in frame.columns
+    ).write_parquet(
+        path, compression="zstd", compression_level=state_module.PART_ZSTD_LEVEL,
+        statistics=False, metadata={
+            state_module.PART_RUN_KEY: store.manifest.run_id,
+            state_module.PART_FINGERPRINT_KEY: json.dumps(store.manifest.fingerprint,
+                                                          sort_keys=True),
+        },
+    )
+
+
+def test_a_part_is_the_file_the_previous_writer_wrote_and_folders_mixing_both_read_back(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("EXAMPLE_SERVICE_TOKEN", "tok-" + "e5f6a7b8" * 3)
+    store = StateStore(tmp_path / "st", FP)
+    events = state_module._conform(pl.DataFrame({
+        "seq": [1, 2, 3], "job_id": ["a", "b", "c"], "batch_key": "b1", "status": "completed",
+        "answer": ['{"x":1}', '{"x":2}', None], "error": [None, None, "bad"],
+        "input_tokens": [5, 6, 7], "cost_usd": [0.5, 0.25, 0.125],
+    }), JOB_EVENTS)
+    # the same frame, written now and as before: the same file, byte for byte
+    path, _ = store._write_part("jobs", events)
+    old = tmp_path / "old.parquet"
+    _previous_part(store, old, events)
+    assert path.read_bytes() == old.read_bytes()
+    path.unlink()
+    # A folder holding a part of the previous writer (first) and parts of this one
+    _previous_part(store, tmp_path / "st" / "jobs" / f"part-{1:020d}-abcdef.parquet",
+                   events.with_columns(pl.lit("assigned").alias("status"),
+                                       pl.lit(None, pl.Float64).alias("cost_usd")))
+    store = StateStore(tmp_path / "st", FP)
+    store.append_jobs(events.drop("seq", "ts"))
+    states, billed = store.snapshot()
+    assert states.select("job_id", "status", "answer", "error").rows() == [
+        ("a", "completed", '{"x":1}', None), ("b", "completed", '{"x":2}', None),
+        ("c", "completed", None, "bad")]
+    assert billed.sort("job_id")["cost_usd"].to_list() == [0.5, 0.25, 0.125]
+    assert store.job_events()["status"].to_list() == ["assigned"] * 3 + ["completed"] * 3
+    from batchata_df.query import sql
+
+    got = sql("SELECT job_id, status, cost_usd FROM jobs ORDER BY job_id", tmp_path / "st")
+    assert got.rows() == [("a", "completed", 0.5), ("b", "completed", 0.25),
+                          ("c", "completed", 0.125)]
+    index = store.job_index()
+    assert index.events(pl.Series(["b"]), ["job_id", "status"])["status"].to_list() == [
+        "assigned", "completed"]
+
+
 def test_a_read_only_store_writes_nothing(tmp_path):
     store = StateStore(tmp_path / "st", FP, readonly=True)
     assert not (tmp_path / "st").exists()  # not even the manifest
