@@ -228,3 +228,19 @@ def test_a_prefetch_answers_its_subsets_without_reading_the_partitions_again(
     with pytest.raises(TypeError):  # an id outside it is looked up (the spy returns None)
         index.positions(pl.Series([f"{5:024x}"]))
     assert reads == ["read"]
+
+
+def test_an_index_reads_parts_a_writer_compacted_away_after_it_was_built(tmp_path):
+    """A read-only caller (a streamed dry run beside a run) keeps an index while the run
+    ends and compacts: the parts it points at are gone by name, and are read through the
+    handles the index opened (reviewer's finding: FileNotFoundError)."""
+    store = StateStore(tmp_path, {"model": "m"})
+    for k in range(5):
+        store.append_jobs(pl.DataFrame({"job_id": [f"j{k}", "x"], "status": "assigned"}))
+    index = StateStore(tmp_path, {"model": "m"}, readonly=True).job_index()
+    before = index.events(pl.Series(["x", "j3"]), ["job_id", "status"])
+    store.compact()
+    assert not set(index.parts) & set(table_parts(tmp_path / "jobs"))  # all gone by name
+    after = index.events(pl.Series(["x", "j3"]), ["job_id", "status"])
+    assert_frame_equal(after, before)
+    assert sorted(after.get_column("job_id").to_list()) == ["j3", "x", "x", "x", "x", "x"]
