@@ -11,13 +11,15 @@ Exit codes of ``batchata-df run`` (what a scheduler can act on):
 1      an error after checks passed: a damaged state folder (``batchata-df repair``), a
        provider problem, an output that cannot be written, a bug (``--debug``)
 2      a usage error: bad option, missing or unreadable input, unknown format, a column or
-       schema problem; nothing was sent
+       schema problem, a missing ``--price``, OUTPUT's folder not writable, OUTPUT naming
+       an INPUT file; nothing was sent
 3      finished, but some rows ``failed`` (see ``_error``; ``--retry-failed`` sends them
        again)
 4      some rows were ``cancelled`` (cost cap, time limit, provider): run again to send them
 5      some rows are still ``pending`` (``--no-wait``, or batches still in flight): run the
        same command again to collect them
-75     another call is writing the state folder (try again later, or ``--lock-timeout``)
+75     another call is writing the state folder, or another run is writing OUTPUT (try again
+       later, or ``--lock-timeout SECONDS``)
 130    interrupted by Ctrl+C (finished rows are kept in the state folder; the output file is
        written only with ``--write-partial``)
 =====  =================================================================================
@@ -32,10 +34,15 @@ import glob
 import importlib
 import importlib.util
 import json
+import math
 import os
+import random
 import re
+import socket
+import stat
 import sys
 import tempfile
+import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -48,6 +55,7 @@ from pydantic import BaseModel
 from batchata_df.errors import (
     BatchataError,
     ConfigError,
+    PriceError,
     StateLockedError,
     StateMismatchError,
 )
@@ -91,6 +99,10 @@ class UsageProblem(Exception):
     """A mistake on the command line or in its inputs: one line, exit code 2."""
 
 
+class Busy(Exception):
+    """Another run is writing the same OUTPUT (or state folder): one line, exit code 75."""
+
+
 # -- files ------------------------------------------------------------------------------------
 
 
@@ -116,31 +128,103 @@ def file_format(path: str | os.PathLike[str]) -> str:
     return FORMATS[suffix]
 
 
+def input_files(path: str | os.PathLike[str]) -> tuple[str, list[Path]]:
+    """The format and the files of INPUT: a file, a folder of Parquet files, or a glob.
+
+    A file that exists under the very name given is that file, whatever characters its
+    name holds (``in[1].parquet`` is itself, not ``in1.parquet``). Else a folder is its
+    ``.parquet``/``.pq`` files (not those in folders inside it), and a name with glob
+    characters the files it matches; either in sorted order (the rows come in that order).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> for name in ("b.parquet", "a.parquet", "notes.txt"):
+    ...     _ = (folder / name).write_bytes(b"")
+    >>> kind, files = input_files(folder)
+    >>> kind, [f.name for f in files]
+    ('parquet', ['a.parquet', 'b.parquet'])
+    >>> [f.name for f in input_files(folder / "*.parquet")[1]]
+    ['a.parquet', 'b.parquet']
+    """
+    given = Path(path)
+    shown = os.fspath(path)
+    if given.is_file():
+        return file_format(given), [given]
+    if given.is_dir():
+        files = sorted(
+            f for f in given.iterdir() if f.suffix.lower() in (".parquet", ".pq") and f.is_file()
+        )
+        if not files:
+            msg = f"input folder {shown!r} holds no .parquet (or .pq) files"
+            raise UsageProblem(msg)
+        return "parquet", files
+    kind = file_format(given)
+    if not glob.has_magic(shown):
+        msg = f"input file {shown!r} does not exist"
+        raise UsageProblem(msg)
+    files = sorted(Path(f) for f in glob.glob(shown) if Path(f).is_file())
+    if not files:
+        msg = f"input {shown!r} does not exist, nor matches any file as a glob pattern"
+        raise UsageProblem(msg)
+    others = [f.name for f in files if file_format(f) != kind]
+    if others:
+        msg = f"input {shown!r} matches files of another format than {kind}: {others[:3]!r}"
+        raise UsageProblem(msg)
+    return kind, files
+
+
 def read_frame(path: str | os.PathLike[str]) -> pl.LazyFrame:
-    """Scan an input file lazily; its format comes from the extension.
+    r"""Scan INPUT lazily; its format comes from the extension.
 
     All reading of ``run`` goes through here (and all writing through :func:`write_frame`),
-    so that a streaming ``run`` can keep the LazyFrame and sink it.
+    so that a streaming ``run`` can keep the LazyFrame and sink it. INPUT is a file, a
+    folder of Parquet files or a glob (:func:`input_files`); each file is read as itself,
+    never as a pattern.
+
+    A CSV file is read without type inference: every column is text, exactly as the file
+    has it. A prompt then says what the file says (a zip code ``00501`` stays ``00501``,
+    not ``501``), the output gets the same text back, and a value far down a column that
+    does not fit the type its first rows suggest cannot fail the run halfway. NDJSON and
+    Parquet carry their own types (``"00501"`` is a JSON string) and are read as typed.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> csv = Path(tempfile.mkdtemp()) / "in.csv"
+    >>> _ = csv.write_text("zip,n\n00501,1.0\n")
+    >>> read_frame(csv).collect().row(0)
+    ('00501', '1.0')
     """
-    kind = file_format(path)
-    path = Path(path)
-    if not path.is_file():
-        msg = f"input file {os.fspath(path)!r} does not exist"
-        raise UsageProblem(msg)
+    kind, files = input_files(path)
+    shown = os.fspath(path)
     try:
-        # The file exists under this very name (checked above): never a pattern, so
-        # ``in[1].parquet`` is read as itself, not as ``in1.parquet``.
         if kind == "parquet":
-            lazy = pl.scan_parquet(path, glob=False)
+            lazy = pl.scan_parquet(files, glob=False)
         elif kind == "csv":
-            lazy = pl.scan_csv(path, glob=False)
+            lazy = pl.scan_csv(files, glob=False, infer_schema=False)
         else:
-            # scan_ndjson has no ``glob=False`` (polars 2.1): the name goes in escaped.
-            lazy = pl.scan_ndjson(glob.escape(os.fspath(path)))
-        lazy.collect_schema()  # reads the header/metadata: a broken file fails here
+            # scan_ndjson has no ``glob=False`` (polars 2.1): the names go in escaped.
+            lazy = pl.scan_ndjson([glob.escape(os.fspath(f)) for f in files])
+        schema = lazy.collect_schema()  # reads the header/metadata: a broken file fails here
+        if kind != "ndjson":  # every file's columns, up front: never a failure halfway
+            for file in files[1:]:
+                scan = (
+                    pl.scan_parquet(file, glob=False)
+                    if kind == "parquet"
+                    else pl.scan_csv(file, glob=False, infer_schema=False)
+                )
+                if scan.collect_schema() != schema:
+                    msg = (
+                        f"{os.fspath(file)!r} has other columns than {os.fspath(files[0])!r} "
+                        f"(the first file of {shown!r}): {dict(scan.collect_schema())!r} "
+                        f"against {dict(schema)!r}"
+                    )
+                    raise UsageProblem(msg)
     except (pl.exceptions.PolarsError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        msg = f"cannot read {os.fspath(path)!r} as {kind}: {first}"
+        msg = f"cannot read {shown!r} as {kind}: {first}"
         raise UsageProblem(msg) from e
     return lazy
 
@@ -276,6 +360,44 @@ def parse_params(params_json: str | None, pairs: Sequence[str], max_tokens: int 
     return out
 
 
+def parse_prices(specs: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """Each ``--price MODEL=INPUT,OUTPUT`` (batch USD per million tokens) as ``prices=``.
+
+    Examples
+    --------
+    >>> parse_prices(["gpt-6-terra=1.25,10", "my-model=0,0.5"])
+    {'gpt-6-terra': (1.25, 10.0), 'my-model': (0.0, 0.5)}
+    >>> parse_prices(["gpt-6-terra=1.25"])
+    Traceback (most recent call last):
+    ...
+    batchata_df.cli.UsageProblem: --price takes MODEL=INPUT,OUTPUT in USD per million tokens (batch prices), e.g. --price gpt-6-terra=1.25,10; got 'gpt-6-terra=1.25'
+    """  # noqa: E501
+    out: dict[str, tuple[float, float]] = {}
+    for spec in specs:
+        model, sep, rates = spec.rpartition("=")
+        parts = rates.split(",")
+        try:
+            values = tuple(float(x) for x in parts)
+        except ValueError:
+            values = ()
+        if not sep or not model.strip() or len(values) != 2 or not all(
+            math.isfinite(v) and v >= 0 for v in values
+        ):
+            msg = (
+                "--price takes MODEL=INPUT,OUTPUT in USD per million tokens (batch prices), "
+                f"e.g. --price gpt-6-terra=1.25,10; got {spec!r}"
+            )
+            raise UsageProblem(msg)
+        out[model.strip()] = (values[0], values[1])
+    return out
+
+
+def _bare_model(model: str) -> str:
+    """``model`` without a ``provider:`` prefix (the name prices are keyed by)."""
+    provider, sep, name = model.partition(":")
+    return name if sep and provider in ("openai", "anthropic", "gemini") else model
+
+
 class Duration(click.ParamType):  # type: ignore[type-arg]
     """Seconds, or a number with ``s``, ``m`` or ``h`` (``90``, ``90s``, ``10m``, ``1.5h``)."""
 
@@ -354,19 +476,22 @@ def cli() -> None:
 # -- run --------------------------------------------------------------------------------------
 
 _RUN_EPILOG = """\b
-Formats (from the extension): .parquet/.pq, .csv, .ndjson/.jsonl. In CSV output, list
-and struct columns (list fields, *_citations) are written as JSON text.
+Formats (from the extension): .parquet/.pq, .csv, .ndjson/.jsonl. CSV input is read as
+text, every column as the file has it (00501 stays 00501). In CSV output, list and struct
+columns (list fields, *_citations) are written as JSON text.
 
 \b
 Exit codes:
   0    every row completed (also: a dry run)
   1    error after the checks: damaged state folder (see 'repair'), provider, output
        not writable, bug (--debug shows the traceback)
-  2    usage error: bad option, input, format, column or schema; nothing was sent
+  2    usage error: bad option, input, format, column, schema, price, OUTPUT not
+       writable or the INPUT itself; nothing was sent
   3    some rows failed (see the _error column; --retry-failed sends them again)
   4    some rows were cancelled (cost cap, time limit, provider); run again to send them
   5    some rows are still pending (--no-wait): run the same command again to collect
-  75   another call is writing the state folder: try later, or --lock-timeout
+  75   another call is writing the state folder, or another run OUTPUT: try later, or
+       --lock-timeout SECONDS
   130  interrupted (Ctrl+C); the output is written only with --write-partial
   When several apply, the highest of 5, 4, 3 wins.
 
@@ -388,7 +513,7 @@ Examples:
 
 @cli.command(epilog=_RUN_EPILOG, no_args_is_help=True,
              short_help="Run a Parquet/CSV/NDJSON file through a model, write the result.")
-@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False))
+@click.argument("input_path", metavar="INPUT", type=click.Path())
 @click.argument("output_path", metavar="[OUTPUT]", type=click.Path(dir_okay=False),
                 required=False)
 @click.option("--model", required=True, help="Model, e.g. gpt-4.1-mini, claude-haiku-4-5, "
@@ -420,6 +545,10 @@ Examples:
               help="Output token limit per row (default 4096); bounds the worst-case cost.")
 @click.option("--max-cost-usd", type=click.FloatRange(min=0, min_open=True),
               help="Hard cap on spend (this state folder's earlier calls count).")
+@click.option("--price", "price_specs", multiple=True, metavar="MODEL=INPUT,OUTPUT",
+              help="Batch price of a model in USD per million input and output tokens, for a "
+              "model the built-in prices lack (or to replace them); repeat it. E.g. "
+              "--price gpt-6-terra=1.25,10.")
 @click.option("--time-limit", type=Duration(),
               help="Stop after this long (90, 90s, 10m, 1.5h): cancel batches in flight, keep "
               "finished rows.")
@@ -453,7 +582,8 @@ Examples:
               help="Keep each request's result as the provider sent it (checkpoint and a "
               "_response column).")
 @click.option("--lock-timeout", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Seconds to wait when another call is writing the state folder.")
+              help="Seconds to wait when another call is writing the state folder, or another "
+              "run is writing OUTPUT.")
 @click.option("--write-partial", is_flag=True,
               help="After Ctrl+C, still write the rows so far to OUTPUT (unfinished ones "
               "'cancelled').")
@@ -473,6 +603,7 @@ def run(
     params_json: str | None,
     max_tokens: int | None,
     max_cost_usd: float | None,
+    price_specs: tuple[str, ...],
     time_limit: float | None,
     mode: str,
     deadline: float | None,
@@ -491,18 +622,21 @@ def run(
 ) -> None:
     """Run each row of INPUT through a model; write the rows with typed answers to OUTPUT.
 
-    OUTPUT gets every input column, one column per schema field, then _status, _error,
+    INPUT is a file, a folder of Parquet files, or a quoted glob ('in/*.parquet'). OUTPUT
+    gets every input column, one column per schema field, then _status, _error,
     _cost_usd, _input_tokens, _output_tokens, _job_id, _batch_id, _mode.
     """
     if output_path is None and not dry_run:
         msg = "missing OUTPUT (the file to write the result to), e.g. out.parquet"
         raise UsageProblem(msg)
-    file_format(input_path)
+    _, inputs = input_files(input_path)
     if output_path is not None:
         file_format(output_path)
         _check_writable(output_path)
+        _check_not_input(inputs, output_path)
     schema = load_schema(schema_spec) if schema_spec else None
     params = parse_params(params_json, param_pairs, max_tokens)
+    prices = parse_prices(price_specs)
     if state is None and output_path is not None:
         state = f"{output_path}.state"
     lazy = read_frame(input_path)
@@ -516,39 +650,41 @@ def run(
     # removed when the run ends; a run killed meanwhile leaves it and the next run writing
     # OUTPUT removes it, never a live run's (see `_scratch`). A dry run without OUTPUT
     # writes its plan to a temporary folder for the summary.
-    with _scratch(output_path) as folder:
+    with _scratch(output_path, state=state, lock_timeout=lock_timeout) as folder:
         sink = str(folder / "result.parquet")
         # Realtime and auto runs are not streamed (they answer in memory); their result (or
         # plan) is written to the same Parquet target so that what follows is the same.
         streamed = mode == "batch"
-        out = batch_llm(
-            lazy if streamed else lazy.collect(),
-            sink=sink if streamed else None,
-            chunk_rows=chunk_rows if streamed else None,
-            schema=schema,
-            model=model,
-            prompt=prompt,
-            system=system,
-            state=state,
-            files=files_column,
-            citations=citations,
-            params=params or None,
-            max_cost_usd=max_cost_usd,
-            time_limit=time_limit,
-            dry_run=dry_run,
-            items_per_batch=items_per_batch,
-            max_parallel_batches=max_parallel_batches,
-            wait=wait,
-            progress=show,
-            retry_failed=retry_failed,
-            lock_timeout=lock_timeout,
-            history=history_column,
-            keep_raw=keep_raw,
-            keep_responses=keep_responses,
-            mode=mode,  # type: ignore[arg-type]  # click.Choice checked it
-            deadline=deadline,
-            concurrency=concurrency,
-        )
+        with _in_cli_words(state, lock_timeout):
+            out = batch_llm(
+                lazy if streamed else lazy.collect(),
+                sink=sink if streamed else None,
+                chunk_rows=chunk_rows if streamed else None,
+                schema=schema,
+                model=model,
+                prompt=prompt,
+                system=system,
+                state=state,
+                files=files_column,
+                citations=citations,
+                params=params or None,
+                max_cost_usd=max_cost_usd,
+                time_limit=time_limit,
+                dry_run=dry_run,
+                items_per_batch=items_per_batch,
+                max_parallel_batches=max_parallel_batches,
+                wait=wait,
+                progress=show,
+                retry_failed=retry_failed,
+                lock_timeout=lock_timeout,
+                history=history_column,
+                keep_raw=keep_raw,
+                keep_responses=keep_responses,
+                mode=mode,  # type: ignore[arg-type]  # click.Choice checked it
+                deadline=deadline,
+                concurrency=concurrency,
+                prices=prices or None,
+            )
         if not streamed:
             assert isinstance(out, pl.DataFrame)
             out.write_parquet(sink)
@@ -559,10 +695,17 @@ def run(
                 _note(f"plan written to {output_path}")
             raise SystemExit(EXIT_OK)
         assert output_path is not None
+        # A row the provider answered (it has token counts) without a cost: no price is
+        # known for its model. Its cost is unknown, not $0.
+        unpriced = pl.col("_cost_usd").is_null() & pl.col("_input_tokens").is_not_null()
         totals = out.select(
             pl.col("_status").value_counts(),
             (pl.col("_error") == "cancelled: interrupted").any().alias("interrupted"),
             pl.col("_cost_usd").fill_null(0.0).sum().alias("cost"),
+            unpriced.sum().alias("unpriced"),
+            (pl.col("_cost_usd").is_not_null() & pl.col("_input_tokens").is_not_null())
+            .sum()
+            .alias("priced"),
         )
         summed = totals.collect(engine="streaming")
         counts = {
@@ -570,10 +713,15 @@ def run(
         }
         interrupted = bool(summed.get_column("interrupted")[0])
         summary = ", ".join(f"{counts[k]} {k}" for k in sorted(counts))
-        cost = float(summed.get_column("cost")[0])
+        cost = _cost_text(
+            float(summed.get_column("cost")[0]),
+            int(summed.get_column("unpriced")[0]),
+            int(summed.get_column("priced")[0]),
+            _bare_model(model),
+        )
         if interrupted and not write_partial:
             _note(
-                f"interrupted: {summary} (${cost:.4f}); {output_path} was NOT written. Finished "
+                f"interrupted: {summary} ({cost}); {output_path} was NOT written. Finished "
                 f"rows are kept in {state}: run the same command again to resume, or pass "
                 "--write-partial"
             )
@@ -586,7 +734,7 @@ def run(
                 "command with a writable OUTPUT (nothing is sent or paid again)"
             )
             raise BatchataError(msg) from e
-        _note(f"{summary}; ${cost:.4f}; written to {output_path} (state: {state})")
+        _note(f"{summary}; {cost}; written to {output_path} (state: {state})")
         if interrupted:
             raise SystemExit(EXIT_INTERRUPTED)
         if counts.get("pending"):
@@ -598,23 +746,239 @@ def run(
         raise SystemExit(EXIT_OK)
 
 
+RUN_RECORD = "run.json"
+"""The file in a run's hidden folder beside OUTPUT naming the run (pid, host, start time,
+state folder), for the message another run writing the same OUTPUT gets."""
+
+
 @contextlib.contextmanager
-def _scratch(output_path: str | None) -> Iterator[Path]:
+def _scratch(
+    output_path: str | None, *, state: str | None = None, lock_timeout: float = 0.0
+) -> Iterator[Path]:
     """The folder a run writes its result in before it becomes OUTPUT (removed after).
 
     Beside OUTPUT (so that the result is renamed to it, never half written under its
     name): :func:`batchata_df.stream.hidden_folder`, locked while the run lives, which the
     next run (or streaming call) writing OUTPUT removes if this one is killed. Without
     OUTPUT (a dry run's summary) a temporary folder.
+
+    Two runs writing one OUTPUT with different state folders would each send every row
+    (and the last rename wins): so a run that finds another live writer of OUTPUT (its
+    locked hidden folder, or a ``sink=`` call's locked hidden file) gives its own folder
+    up and waits up to ``lock_timeout`` seconds for it to finish, then raises
+    :class:`Busy`, before anything is sent. Each run makes its folder *before* it looks
+    for others, so of two starting at once at least one sees the other (both may, and
+    then both wait or refuse; never both send).
+
+    Raises
+    ------
+    UsageProblem
+        OUTPUT's folder cannot be written (or created): nothing was sent.
+    Busy
+        Another run is writing OUTPUT past ``lock_timeout``.
     """
     if output_path is None:
         with tempfile.TemporaryDirectory(prefix="batchata-df-plan-") as plan:
             yield Path(plan)
         return
+    target = Path(output_path)
+    deadline = time.monotonic() + lock_timeout
+    waiting = False
+    while True:
+        with contextlib.ExitStack() as stack:
+            folder = _claim(stack, target)
+            _record_run(folder, state)
+            others = _live_writers(target, folder)
+            if not others:
+                yield folder
+                return
+        # Our folder is gone again: the other run's OUTPUT is not touched.
+        who = _describe_writer(others[0])
+        if time.monotonic() >= deadline:
+            waited = f" after waiting {lock_timeout:g} s" if lock_timeout else ""
+            msg = (
+                f"OUTPUT {output_path!r} is being written by another run: {who}{waited}. Two "
+                "runs writing one OUTPUT would each send every row and pay for it. Let it "
+                "finish, or pass --lock-timeout SECONDS to wait for it, or write another OUTPUT"
+            )
+            raise Busy(msg)
+        if not waiting:
+            _note(
+                f"{output_path} is being written by another run: {who}; waiting up to "
+                f"{lock_timeout:g} s for it to finish"
+            )
+            waiting = True
+        # Jittered, so that two runs that saw each other do not retry in step.
+        time.sleep(min(random.uniform(0.1, 0.5), max(0.0, deadline - time.monotonic())))
+
+
+def _claim(stack: contextlib.ExitStack, target: Path) -> Path:
+    """Make the run's hidden folder beside ``target``; a usage error if it cannot be made."""
     from batchata_df.stream import hidden_folder
 
-    with hidden_folder(output_path) as folder:
-        yield folder
+    try:
+        return stack.enter_context(hidden_folder(target))
+    except OSError as e:
+        folder = target.absolute().parent
+        what = "is not writable" if folder.is_dir() else "cannot be created"
+        reason = e.strerror or str(e)
+        msg = (
+            f"cannot write OUTPUT {os.fspath(target)!r}: its folder {str(folder)!r} {what} "
+            f"({reason}); give an OUTPUT in a folder you can write to. Nothing was sent"
+        )
+        raise UsageProblem(msg) from e
+
+
+def _record_run(folder: Path, state: str | None) -> None:
+    """Name this run in its hidden folder (:data:`RUN_RECORD`), for another run's message."""
+    record = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": time.time(),
+        "state": None if state is None else os.path.abspath(state),
+    }
+    tmp = folder / f"{RUN_RECORD}.tmp"
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, folder / RUN_RECORD)  # never read half written
+
+
+def _live_writers(target: Path, mine: Path) -> list[Path]:
+    """The hidden folders and files of ``target`` (other than ``mine``) a live writer holds.
+
+    The names and locks of :func:`batchata_df.stream.remove_stale_sink_files`: a folder's
+    lock is on its :data:`~batchata_df.stream.FOLDER_LOCK` file, a ``sink=`` call's hidden
+    file is locked itself. A lock this process can take is a dead writer's (taken only for
+    the look, and let go at once). Where locks are refused (Windows, some network mounts),
+    nothing can be told and nothing is reported.
+    """
+    from filelock import lock_descriptor
+
+    from batchata_df.stream import FOLDER_LOCK
+
+    name = re.compile(rf"\.tmp-{re.escape(target.name)}-[0-9a-f]{{8}}")
+    live: list[Path] = []
+    for path in sorted(target.parent.iterdir()):
+        if path.name == mine.name or not name.fullmatch(path.name):
+            continue
+        try:
+            kind = os.lstat(path).st_mode
+            if stat.S_ISDIR(kind):
+                fd = os.open(path / FOLDER_LOCK, os.O_RDONLY)
+            elif stat.S_ISREG(kind):
+                fd = os.open(path, os.O_RDONLY)
+            else:  # a link, a pipe: no writer's
+                continue
+        except OSError:  # gone meanwhile, or a folder no writer made
+            continue
+        try:
+            if not lock_descriptor(fd, blocking=False):
+                live.append(path)
+        except OSError:  # no locks here: cannot tell
+            pass
+        finally:
+            os.close(fd)
+    return live
+
+
+def _describe_writer(path: Path) -> str:
+    """Who writes through ``path`` (a run's hidden folder, or a ``sink=`` call's file)."""
+    from batchata_df.state import LockHolder
+
+    if not path.is_dir():
+        return f"a batch_llm(sink=...) call (its hidden file {path.name!r})"
+    try:
+        text = (path / RUN_RECORD).read_text()
+    except OSError:
+        text = ""
+    holder = LockHolder.parse(text)
+    if holder is None:
+        return f"a run starting up (its hidden folder {path.name!r})"
+    state = json.loads(text).get("state")
+    with_state = f", state folder {state!r}" if state else ""
+    return f"batchata-df run, {holder.describe()}{with_state} (its hidden folder {path.name!r})"
+
+
+@contextlib.contextmanager
+def _in_cli_words(state: str | None, lock_timeout: float) -> Iterator[None]:
+    """The library's errors whose fix is an argument, reworded with the command's option.
+
+    A busy state folder (:class:`~batchata_df.errors.StateLockedError`) names
+    ``--lock-timeout`` and ``--state``; a missing price
+    (:class:`~batchata_df.errors.PriceError`) names ``--price`` (and the option that
+    needs it), not ``lock_timeout=`` or ``prices=``.
+    """
+    try:
+        yield
+    except StateLockedError as e:
+        raise Busy(_state_busy(e, state, lock_timeout, "--lock-timeout SECONDS")) from e
+    except PriceError as e:
+        if e.model is None:
+            raise
+        needs = {"max_cost_usd": "--max-cost-usd", "dry_run": "--dry-run"}.get(
+            e.needed_by or "", e.needed_by or "this run"
+        )
+        msg = (
+            f"no batch price is known for model {e.model!r} ({e.provider}), and {needs} "
+            f"needs one; pass --price {e.model}=INPUT,OUTPUT (batch USD per million input "
+            "and output tokens)"
+        )
+        raise UsageProblem(msg) from e
+
+
+def _state_busy(
+    e: StateLockedError, state: str | os.PathLike[str] | None, timeout: float, wait: str | None
+) -> str:
+    """The command's message for a state folder another call is writing."""
+    who = e.holder.describe() if e.holder else "another process (starting up)"
+    waited = f" after waiting {timeout:g} s" if timeout else ""
+    how = f"pass {wait} to wait for it" if wait else "try again when it has finished"
+    shown = os.fspath(state) if state is not None else "the state folder"
+    return (
+        f"state folder {shown!r} is being written by another call: {who}{waited}. Two calls "
+        f"on one folder would send the same rows twice. Let it finish, or {how}, or use "
+        "another --state folder. `batchata-df status` and `batchata-df sql` read it "
+        "without waiting"
+    )
+
+
+def _cost_text(cost: float, unpriced: int, priced: int, model: str) -> str:
+    """What the rows cost, for the summary line; never $0 for rows with no known price.
+
+    Examples
+    --------
+    >>> _cost_text(0.0123, 0, 3, "gpt-4.1-mini")
+    '$0.0123'
+    >>> _cost_text(0.0, 3, 0, "gpt-6-terra")
+    'cost unknown for 3 rows (no price for gpt-6-terra; --price gpt-6-terra=INPUT,OUTPUT gives one)'
+    >>> _cost_text(0.5, 1, 2, "m")
+    '$0.5000 for 2 rows, cost unknown for 1 row (no price for m; --price m=INPUT,OUTPUT gives one)'
+    """
+    if not unpriced:
+        return f"${cost:.4f}"
+    rows = "row" if unpriced == 1 else "rows"
+    unknown = (
+        f"cost unknown for {unpriced} {rows} (no price for {model}; --price "
+        f"{model}=INPUT,OUTPUT gives one)"
+    )
+    if not priced:
+        return unknown
+    return f"${cost:.4f} for {priced} {'row' if priced == 1 else 'rows'}, {unknown}"
+
+
+def _check_not_input(inputs: Sequence[Path], output_path: str) -> None:
+    """Refuse an OUTPUT that is an INPUT file (links resolved): the run would replace it."""
+    target = Path(output_path).resolve()
+    for given in inputs:
+        same = given.resolve() == target
+        if not same:
+            with contextlib.suppress(OSError):  # OUTPUT missing: not the same file
+                same = os.path.samefile(given, output_path)
+        if same:
+            msg = (
+                f"OUTPUT {output_path!r} is the INPUT file {os.fspath(given)!r}: the result "
+                "would replace the input. Write it to another file"
+            )
+            raise UsageProblem(msg)
 
 
 def _finish_output(sink: str, output_path: str) -> None:
@@ -763,8 +1127,15 @@ def cancel_in_flight(folder: str | os.PathLike[str]) -> list[tuple[str, str, str
     from batchata_df.state import StateStore, WriterLock
 
     manifest = json.loads((Path(folder) / "manifest.json").read_text())
-    with WriterLock(folder):  # never beside a call writing the folder
+    lock = WriterLock(folder)
+    try:
+        lock.acquire()  # never beside a call writing the folder
+    except StateLockedError as e:
+        raise Busy(_state_busy(e, folder, 0.0, None)) from e
+    try:
         return _cancel_locked(StateStore(folder, manifest.get("fingerprint", {})))
+    finally:
+        lock.release()
 
 
 def _cancel_locked(store: Any) -> list[tuple[str, str, str]]:
@@ -903,7 +1274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(e.format_message(), e.exit_code)
     except (UsageProblem, ConfigError, StateMismatchError) as e:
         return _fail(str(e), EXIT_USAGE)
-    except StateLockedError as e:
+    except (StateLockedError, Busy) as e:
         return _fail(str(e), EXIT_LOCKED)
     except BatchataError as e:
         return _fail(str(e), EXIT_ERROR)

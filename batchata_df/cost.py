@@ -414,7 +414,7 @@ class PriceTable:
                 f"{why} needs "
                 f"one; pass prices={{{model!r}: (input_usd_per_mtok, output_usd_per_mtok)}}"
             )
-            raise PriceError(msg)
+            raise PriceError(msg, model=model, provider=provider, needed_by=why)
         return price
 
 

@@ -103,7 +103,25 @@ class CredentialsError(ConfigError):
 
 
 class PriceError(ConfigError):
-    """A cost estimate or cost cap needs the price of a model that has none."""
+    """A cost estimate or cost cap needs the price of a model that has none.
+
+    ``model``, ``provider`` and ``needed_by`` (the argument that needs the price,
+    ``"max_cost_usd"`` or ``"dry_run"``) name it when known, so that a caller with other
+    words for the fix (the command line's ``--price``) can say it in them.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        model: str | None = None,
+        provider: str | None = None,
+        needed_by: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.model = model
+        self.provider = provider
+        self.needed_by = needed_by
 
 
 class FileInputError(ConfigError):

@@ -213,9 +213,10 @@ def test_a_run_killed_while_writing_output_leaves_files_the_next_run_removes(
 def test_a_live_runs_files_are_never_removed_by_another_run_in_the_same_folder(
     emu, work, killed
 ):
-    """While a run writes its result (paused there), other runs in the same folder, one
-    writing the same OUTPUT (another state folder) and one another OUTPUT, finish without
-    touching its files; once it is killed, the next run on its OUTPUT removes them."""
+    """While a run writes its result (paused there), other runs in the same folder never
+    touch its files: one writing the same OUTPUT (another state folder) refuses (exit 75,
+    nothing sent: two runs on one OUTPUT would each pay for every row), one writing another
+    OUTPUT finishes; once it is killed, the next run on its OUTPUT removes them."""
     proc = _start(emu, work, "out.parquet", "sink")
     killed.append(proc)
     at = _paused_at(proc, work)
@@ -224,12 +225,14 @@ def test_a_live_runs_files_are_never_removed_by_another_run_in_the_same_folder(
     assert mine and all(Path(p).parts[0].startswith(".") for p in mine), before
     assert any((work / p).resolve() == at.resolve() for p in mine), (at, mine)
 
+    sent = len(_billed_once(emu))
     same = _run(emu, work, "out.parquet", "--state", "other.state")
-    assert same.returncode == 0, same.stderr
+    assert same.returncode == 75, same.stderr
+    assert "is being written by another run" in same.stderr
+    assert len(_billed_once(emu)) == sent
     other = _run(emu, work, "other.csv")
     assert other.returncode == 0, other.stderr
-    assert _left(work) == {**before, "out.parquet": (work / "out.parquet").stat().st_size,
-                           "other.csv": (work / "other.csv").stat().st_size}
+    assert _left(work) == {**before, "other.csv": (work / "other.csv").stat().st_size}
     assert proc.poll() is None  # it was alive all along
 
     _kill(proc)
@@ -237,7 +240,7 @@ def test_a_live_runs_files_are_never_removed_by_another_run_in_the_same_folder(
     assert r.returncode == 0, r.stderr
     assert _left(work).keys() == {"in.parquet", "out.parquet", "other.csv"}
     assert sorted(p.name for p in work.iterdir() if p.is_dir()) == [
-        "other.csv.state", "other.state", "out.parquet.state"]
+        "other.csv.state", "out.parquet.state"]
 
 
 def _dead_folder(target: Path, hex8: str = "0badcafe") -> Path:

@@ -1,0 +1,311 @@
+"""``batchata-df run`` guards a new user's mistakes before anything is sent.
+
+A reviewer's findings, each through the installed command in a subprocess against the
+emulator, counting what the emulator billed: two runs writing one OUTPUT, an OUTPUT whose
+folder cannot be written, OUTPUT naming INPUT, CSV values changed by type inference, and a
+model without a price shown as costing $0.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+EXE = Path(sys.executable).with_name("batchata-df")
+REPO = Path(__file__).resolve().parents[1]
+N = 20
+
+
+def _env(emu) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(emu.env())
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+def cli(emu, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(EXE), *map(str, args)], cwd=cwd,
+                          env=_env(emu), capture_output=True, text=True, timeout=240)
+
+
+def one_line_error(r: subprocess.CompletedProcess[str], code: int) -> str:
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("batchata-df: error: "), lines
+    return lines[0]
+
+
+def billed(emu) -> Counter[str]:
+    return Counter(e["custom_id"] for e in emu.billing())
+
+
+def batch_posts(emu) -> int:
+    return len([e for e in emu.log() if e["method"] == "POST" and e["path"].endswith("/batches")])
+
+
+@pytest.fixture
+def work(emu, tmp_path: Path) -> Path:
+    pl.DataFrame({"id": range(N), "text": [f"ticket {i}" for i in range(N)]}).write_parquet(
+        tmp_path / "in.parquet"
+    )
+    return tmp_path
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[str]]]:
+    """Children still running at the end of a test (a failed assertion) are killed."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=60)
+
+
+RUN = ["run", "in.parquet", "out.parquet", "--model", "gpt-4.1-mini", "--prompt", "{text}",
+       "--no-progress"]
+
+
+def _start(emu, work: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([str(EXE), *RUN, *extra], cwd=work,
+                            env=_env(emu), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _wait_for(what, proc: subprocess.Popen[str], message: str) -> None:
+    deadline = time.monotonic() + 120
+    while not what():
+        assert proc.poll() is None, proc.communicate(timeout=60)
+        assert time.monotonic() < deadline, message
+        time.sleep(0.05)
+
+
+# -- 1. two runs writing one OUTPUT ---------------------------------------------------------
+
+
+def test_a_second_run_on_the_same_output_refuses_before_sending_or_waits(emu, work, procs):
+    """Run A (state s1) has its batch in flight; run B on the same OUTPUT with another state
+    folder sent every row again and paid twice (the last rename won). Now B exits 75 at
+    once naming A and the fixes, having sent nothing; with --lock-timeout it waits for A,
+    and with A's state folder it then pays nothing again."""
+    emu.configure(latency=1000.0)
+    first = _start(emu, work, "--state", "s1")
+    procs.append(first)
+    _wait_for(lambda: batch_posts(emu) == 1, first, "run A never submitted its batch")
+    assert sum(billed(emu).values()) == N
+
+    r = cli(emu, *RUN, "--state", "s2", "--no-wait", cwd=work)  # were it sent: exit 5 at once
+    line = one_line_error(r, 75)
+    assert "'out.parquet' is being written by another run" in line
+    assert f"pid {first.pid} " in line and "s1" in line  # names the other run
+    assert "--lock-timeout SECONDS" in line and "another OUTPUT" in line
+    assert batch_posts(emu) == 1 and sum(billed(emu).values()) == N  # B sent nothing
+    assert not (work / "s2").exists()
+
+    # Waiting: B says so, then runs once A is done; with A's state folder nothing is paid.
+    second = _start(emu, work, "--state", "s1", "--lock-timeout", "600")
+    procs.append(second)
+    assert second.stderr is not None
+    note = second.stderr.readline()
+    assert "is being written by another run" in note and "waiting up to 600 s" in note, note
+    assert first.poll() is None and batch_posts(emu) == 1
+    emu.advance(1000.0)
+    _, err = first.communicate(timeout=240)
+    assert first.returncode == 0, err
+    _, err = second.communicate(timeout=240)
+    assert second.returncode == 0, err
+    assert batch_posts(emu) == 1
+    assert set(billed(emu).values()) == {1} and len(billed(emu)) == N
+    out = pl.read_parquet(work / "out.parquet")
+    assert out["id"].to_list() == list(range(N))
+    assert set(out["_status"]) == {"completed"}
+    assert sorted(p.name for p in work.iterdir()) == ["in.parquet", "out.parquet", "s1"]
+
+
+def test_a_busy_state_folder_names_the_commands_option(work, emu):
+    """The library's message says `lock_timeout=<seconds>`; the command's says its flag."""
+    from batchata_df.state import WriterLock
+
+    assert cli(emu, *RUN, "--no-wait", cwd=work).returncode == 0  # a state folder to cancel
+    sent = len(emu.log())
+    with WriterLock(work / "out.parquet.state"):
+        line = one_line_error(cli(emu, *RUN, cwd=work), 75)
+        assert "is being written by another call" in line
+        assert "--lock-timeout SECONDS" in line and "--state" in line
+        assert "lock_timeout=" not in line
+        line = one_line_error(cli(emu, "cancel", "out.parquet.state", cwd=work), 75)
+        assert "try again when it has finished" in line and "lock_timeout=" not in line
+    assert len(emu.log()) == sent
+
+
+# -- 2. OUTPUT's folder cannot be written ---------------------------------------------------
+
+
+def _output_in(kind: str, work: Path) -> tuple[str, str]:
+    """OUTPUT in a folder that cannot be written, and that folder as the message names it."""
+    if kind == "proc":
+        return "/proc/out.parquet", "/proc"
+    if kind == "under-proc":
+        return "/proc/batchata-df-nowhere/out.parquet", "/proc/batchata-df-nowhere"
+    if os.geteuid() == 0:
+        pytest.skip("root writes into a chmod 0555 folder; /proc stands for it here")
+    folder = work / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return str(folder / "out.parquet"), str(folder)
+
+
+@pytest.mark.parametrize("kind", ["proc", "under-proc", "chmod-0555"])
+def test_an_output_folder_that_cannot_be_written_is_a_usage_error(work, emu, kind):
+    """It was `error: OSError: [Errno 30] Read-only file system: '/ro/.batchata-new-...'`,
+    exit 1; now exit 2 (nothing sent) naming OUTPUT's folder and the fix."""
+    output, folder = _output_in(kind, work)
+    r = cli(emu, "run", "in.parquet", output, "--model", "gpt-4.1-mini", "--prompt", "{text}",
+            "--state", "s", cwd=work)
+    line = one_line_error(r, 2)
+    assert f"cannot write OUTPUT {output!r}: its folder {folder!r}" in line
+    assert "give an OUTPUT in a folder you can write to" in line
+    assert "OSError" not in line and ".batchata-new-" not in line
+    assert emu.log() == []
+    assert not (work / "s").exists()
+
+
+# -- 3. OUTPUT is INPUT ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("output", ["in.parquet", "./in.parquet", "sub/../in.parquet",
+                                    "link.parquet", "hard.parquet"])
+def test_output_naming_the_input_file_is_refused(work, emu, output):
+    """`run x.parquet x.parquet` replaced the input with the result; by any name (a path
+    through another folder, a symbolic link, a hard link) it is refused."""
+    (work / "sub").mkdir()
+    (work / "link.parquet").symlink_to("in.parquet")
+    os.link(work / "in.parquet", work / "hard.parquet")
+    before = (work / "in.parquet").read_bytes()
+    r = cli(emu, "run", "in.parquet", output, "--model", "gpt-4.1-mini", "--prompt", "{text}",
+            cwd=work)
+    line = one_line_error(r, 2)
+    assert f"OUTPUT {output!r} is the INPUT file 'in.parquet'" in line
+    assert (work / "in.parquet").read_bytes() == before
+    assert emu.log() == []
+
+
+# -- 4. CSV as the file says it -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("output", ["out.csv", "out.parquet"])
+def test_csv_values_are_sent_and_written_as_the_file_has_them(work, emu, output):
+    """A zip code `00501` was sent as `Zip 501` and written back as `501` (type inference);
+    a non-integer far down an integer-looking column failed the run. Every CSV column is
+    text now, in every chunk."""
+    rows = 300  # past Polars' inference window (100 rows), in chunks of 40
+    zips = [f"{i:05d}" for i in range(rows)]
+    counts = [str(i) for i in range(rows - 1)] + ["1.5"]
+    flags = ["true"] * rows
+    frame = pl.DataFrame({"zip": zips, "count": counts, "flag": flags})
+    frame.write_csv(work / "in.csv")
+    r = cli(emu, "run", "in.csv", output, "--model", "gpt-4.1-mini",
+            "--prompt", "Zip {zip}, count {count}", "--chunk-rows", "40", cwd=work)
+    assert r.returncode == 0, r.stderr
+    if output.endswith(".csv"):
+        out = pl.read_csv(work / output, infer_schema=False)
+        assert (work / output).read_text().splitlines()[1].startswith("00000,0,true,")
+    else:
+        out = pl.read_parquet(work / output)
+    assert out.select("zip", "count", "flag").equals(frame)
+    assert out["response"][1].startswith("Emulated answer about 'Zip 00001, count 1'")
+    assert out["response"][rows - 1].startswith(
+        f"Emulated answer about 'Zip {rows - 1:05d}, count 1.5'")
+    assert len(billed(emu)) == rows
+
+
+# -- 5. a model without a price -------------------------------------------------------------
+
+
+def test_a_model_without_a_price_is_cost_unknown_never_zero_and_price_gives_one(work, emu):
+    """`2 completed, 1 failed; $0.0000` while `_cost_usd` was null; the cap's error said
+    `pass prices={...}`, which the command lacks. Now the summary says the cost is unknown,
+    the errors name --price, and --price gives the model a price."""
+    args = ["run", "in.parquet", "out.parquet", "--model", "gpt-6-terra", "--prompt", "{text}"]
+    r = cli(emu, *args, cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert "$0" not in r.stderr
+    assert f"cost unknown for {N} rows (no price for gpt-6-terra" in r.stderr, r.stderr
+    assert "--price gpt-6-terra=INPUT,OUTPUT" in r.stderr
+    assert pl.read_parquet(work / "out.parquet")["_cost_usd"].null_count() == N
+
+    for extra, option in ((["--max-cost-usd", "1"], "--max-cost-usd"),
+                          (["--dry-run"], "--dry-run")):
+        line = one_line_error(cli(emu, *args, "--state", "other", *extra, cwd=work), 2)
+        assert f"{option} needs one; pass --price gpt-6-terra=INPUT,OUTPUT" in line, line
+        assert "prices=" not in line
+
+    assert sum(billed(emu).values()) == N  # the first run's; the refused ones sent nothing
+    r = cli(emu, *args[:2], "priced.parquet", *args[3:], "--max-cost-usd", "1",
+            "--price", "gpt-6-terra=1.5,10", "--price", "other-model=1,1", cwd=work)
+    assert r.returncode == 0, r.stderr
+    out = pl.read_parquet(work / "priced.parquet")
+    expected = (out["_input_tokens"] * 1.5 + out["_output_tokens"] * 10) / 1e6
+    assert (out["_cost_usd"] - expected).abs().max() < 1e-12
+    assert f"${out['_cost_usd'].sum():.4f};" in r.stderr and "unknown" not in r.stderr
+    assert sum(billed(emu).values()) == 2 * N
+
+    for bad in ("gpt-6-terra=1.5", "gpt-6-terra", "=1,2", "gpt-6-terra=a,b", "m=-1,2",
+                "m=nan,1"):
+        line = one_line_error(cli(emu, *args, "--price", bad, cwd=work), 2)
+        assert "--price takes MODEL=INPUT,OUTPUT" in line and repr(bad) in line
+    assert sum(billed(emu).values()) == 2 * N
+
+
+# -- INPUT as a folder of Parquet files, or a glob ------------------------------------------
+
+
+def test_input_as_a_folder_or_a_glob_streams_every_file_in_name_order(work, emu):
+    """`run in/ OUT` said "is a directory", `run 'in/*.parquet' OUT` "does not exist"; both
+    read every file (sorted by name), each billed once. A literal file name still wins over
+    a pattern reading (tests/test_glob_names.py); OUTPUT among the matches is refused."""
+    (work / "in").mkdir()
+    for part in (2, 0, 1):
+        pl.DataFrame({"id": [part * 10 + j for j in range(3)],
+                      "text": [f"part {part} row {j}" for j in range(3)]}).write_parquet(
+            work / "in" / f"p{part}.parquet")
+    (work / "in" / "notes.txt").write_text("not an input")
+    ids = [0, 1, 2, 10, 11, 12, 20, 21, 22]
+    for source, output in (("in", "a.parquet"), ("in/*.parquet", "b.csv"),
+                           ("in/p[01].parquet", "c.parquet")):
+        r = cli(emu, "run", source, output, "--model", "gpt-4.1-mini", "--prompt", "{text}",
+                "--chunk-rows", "2", cwd=work)
+        assert r.returncode == 0, r.stderr
+        out = pl.read_parquet(work / output) if output.endswith(".parquet") else pl.read_csv(
+            work / output)
+        assert out["id"].to_list() == (ids[:6] if "[" in source else ids)
+        assert set(out["_status"]) == {"completed"}
+    # Each run its own state folder: 9 + 9 + 6 rows, each row once per run.
+    assert sum(billed(emu).values()) == 24 and len(billed(emu)) == 9
+
+    (work / "empty").mkdir()
+    pl.DataFrame({"other": [1]}).write_parquet(work / "odd.parquet")
+    (work / "mixed").mkdir()
+    for name in ("a.parquet", "b.parquet"):
+        (work / "mixed" / name).write_bytes((work / ("in/p0.parquet" if name[0] == "a"
+                                                     else "odd.parquet")).read_bytes())
+    for source, output, needle in (
+        ("nowhere/*.parquet", "x.parquet", "does not exist, nor matches any file"),
+        ("empty", "x.parquet", "input folder 'empty' holds no .parquet"),
+        ("mixed", "x.parquet", "'mixed/b.parquet' has other columns than 'mixed/a.parquet'"),
+        ("in/*.parquet", "in/p1.parquet", "OUTPUT 'in/p1.parquet' is the INPUT file"),
+    ):
+        line = one_line_error(cli(emu, "run", source, output, "--model", "gpt-4.1-mini",
+                                  "--prompt", "{text}", cwd=work), 2)
+        assert needle in line, line
+    assert len(emu.billing()) == 24
