@@ -30,6 +30,7 @@ When several apply, the highest of 5, 4, 3 wins (pending, then cancelled, then f
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import glob
 import importlib
 import importlib.util
@@ -154,7 +155,11 @@ def input_files(path: str | os.PathLike[str]) -> tuple[str, list[Path]]:
         return file_format(given), [given]
     if given.is_dir():
         files = sorted(
-            f for f in given.iterdir() if f.suffix.lower() in (".parquet", ".pq") and f.is_file()
+            f
+            for f in given.iterdir()
+            if f.suffix.lower() in (".parquet", ".pq")
+            and not f.name.startswith(".")  # as a glob skips them (macOS's ._ files)
+            and f.is_file()
         )
         if not files:
             msg = f"input folder {shown!r} holds no .parquet (or .pq) files"
@@ -203,7 +208,7 @@ def read_frame(path: str | os.PathLike[str]) -> pl.LazyFrame:
         if kind == "parquet":
             lazy = pl.scan_parquet(files, glob=False)
         elif kind == "csv":
-            lazy = pl.scan_csv(files, glob=False, infer_schema=False)
+            lazy = pl.scan_csv(files, glob=False, infer_schema=False, empty_string_is_null=False)
         else:
             # scan_ndjson has no ``glob=False`` (polars 2.1): the names go in escaped.
             lazy = pl.scan_ndjson([glob.escape(os.fspath(f)) for f in files])
@@ -213,7 +218,9 @@ def read_frame(path: str | os.PathLike[str]) -> pl.LazyFrame:
                 scan = (
                     pl.scan_parquet(file, glob=False)
                     if kind == "parquet"
-                    else pl.scan_csv(file, glob=False, infer_schema=False)
+                    else pl.scan_csv(
+                        file, glob=False, infer_schema=False, empty_string_is_null=False
+                    )
                 )
                 if scan.collect_schema() != schema:
                     msg = (
@@ -634,6 +641,11 @@ def run(
         file_format(output_path)
         _check_writable(output_path)
         _check_not_input(inputs, output_path)
+        if os.path.islink(output_path):
+            # The file it names is OUTPUT: written in place (the link stays), and locked
+            # under that name, as a run given the file's own name locks it.
+            output_path = os.path.realpath(output_path)
+        _check_not_matched(input_path, output_path)
     schema = load_schema(schema_spec) if schema_spec else None
     params = parse_params(params_json, param_pairs, max_tokens)
     prices = parse_prices(price_specs)
@@ -699,7 +711,7 @@ def run(
         # known for its model. Its cost is unknown, not $0.
         unpriced = pl.col("_cost_usd").is_null() & pl.col("_input_tokens").is_not_null()
         totals = out.select(
-            pl.col("_status").value_counts(),
+            pl.col("_status").value_counts().implode(),  # one row, even for no rows
             (pl.col("_error") == "cancelled: interrupted").any().alias("interrupted"),
             pl.col("_cost_usd").fill_null(0.0).sum().alias("cost"),
             unpriced.sum().alias("unpriced"),
@@ -709,7 +721,7 @@ def run(
         )
         summed = totals.collect(engine="streaming")
         counts = {
-            row["_status"]: row["count"] for row in summed.get_column("_status").to_list()
+            row["_status"]: row["count"] for row in summed.get_column("_status")[0].to_list()
         }
         interrupted = bool(summed.get_column("interrupted")[0])
         summary = ", ".join(f"{counts[k]} {k}" for k in sorted(counts))
@@ -979,6 +991,42 @@ def _check_not_input(inputs: Sequence[Path], output_path: str) -> None:
                 "would replace the input. Write it to another file"
             )
             raise UsageProblem(msg)
+
+
+def _check_not_matched(input_path: str, output_path: str) -> None:
+    """Refuse an OUTPUT that INPUT, a folder or a glob, would read on the next run.
+
+    The first run would pass (OUTPUT does not exist yet), and "run the same command
+    again" would then read its own output as input.
+
+    Examples
+    --------
+    >>> _check_not_matched("in/*.parquet", "out/a.parquet")
+    >>> _check_not_matched("in/*.parquet", "in/out.parquet")
+    Traceback (most recent call last):
+    ...
+    batchata_df.cli.UsageProblem: OUTPUT 'in/out.parquet' would be read as INPUT ...
+    """
+    given, target = Path(input_path), Path(output_path)
+    if given.is_file():
+        return
+    if given.is_dir():
+        matched = (
+            target.absolute().parent == given.absolute()
+            and target.suffix.lower() in (".parquet", ".pq")
+            and not target.name.startswith(".")
+        )
+    else:
+        matched = glob.has_magic(input_path) and fnmatch.fnmatchcase(
+            os.path.normpath(os.path.abspath(output_path)),
+            os.path.normpath(os.path.abspath(input_path)),
+        )
+    if matched:
+        msg = (
+            f"OUTPUT {output_path!r} would be read as INPUT by {input_path!r} when the "
+            "command runs again (to collect, or resume): write it outside INPUT"
+        )
+        raise UsageProblem(msg)
 
 
 def _finish_output(sink: str, output_path: str) -> None:

@@ -309,3 +309,80 @@ def test_input_as_a_folder_or_a_glob_streams_every_file_in_name_order(work, emu)
                                   "--prompt", "{text}", cwd=work), 2)
         assert needle in line, line
     assert len(emu.billing()) == 24
+
+
+# -- second review: links, OUTPUT inside INPUT, empty fields, no rows, dot files -------------
+
+
+def test_an_output_named_through_a_link_is_the_file_it_names(work, emu, procs):
+    """A symbolic link to OUTPUT skipped the one-run-per-OUTPUT check (the hidden folder
+    was named after the link): two runs 0.2 s apart both paid. The link's file is OUTPUT:
+    locked under its name, written in place, the link kept."""
+    (work / "out.parquet").write_bytes(b"")
+    (work / "link.parquet").symlink_to("out.parquet")
+    emu.configure(latency=1000.0)
+    first = _start(emu, work, "--state", "s1")  # writes out.parquet
+    procs.append(first)
+    _wait_for(lambda: batch_posts(emu) == 1, first, "run A never submitted its batch")
+    r = cli(emu, "run", "in.parquet", "link.parquet", "--model", "gpt-4.1-mini",
+            "--prompt", "{text}", "--state", "s2", "--no-wait", cwd=work)
+    assert "is being written by another run" in one_line_error(r, 75)
+    assert batch_posts(emu) == 1 and sum(billed(emu).values()) == N
+    emu.advance(1000.0)
+    _, err = first.communicate(timeout=240)
+    assert first.returncode == 0, err
+
+    emu.configure(latency=0.0)
+    r = cli(emu, "run", "in.parquet", "link.parquet", "--model", "gpt-4.1-mini",
+            "--prompt", "{text}", "--state", "s1", cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert (work / "link.parquet").is_symlink()  # still the link, to the result
+    assert pl.read_parquet(work / "link.parquet")["id"].to_list() == list(range(N))
+    assert sum(billed(emu).values()) == N
+
+
+@pytest.mark.parametrize("given", ["folder", "glob"])
+def test_an_output_that_input_would_read_next_time_is_refused(work, emu, given):
+    """`run gd gd/out.parquet --no-wait` passed, then "run the same command again" was
+    refused (OUTPUT was now an INPUT file): refused the first time, before sending."""
+    (work / "gd").mkdir()
+    (work / "in.parquet").rename(work / "gd" / "a.parquet")
+    source = "gd" if given == "folder" else "gd/*.parquet"
+    r = cli(emu, "run", source, "gd/out.parquet", "--model", "gpt-4.1-mini",
+            "--prompt", "Route: {text}", cwd=work)
+    line = one_line_error(r, 2)
+    assert "would be read as INPUT" in line and "write it outside INPUT" in line
+    assert emu.log() == []
+    # elsewhere it runs, and a dot file in the folder (macOS's ._ files) is not an input
+    (work / "gd" / "._a.parquet").write_bytes(b"\x00\x05junk")
+    r = cli(emu, "run", source, "out.parquet", "--model", "gpt-4.1-mini",
+            "--prompt", "Route: {text}", cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert pl.read_parquet(work / "out.parquet")["id"].to_list() == list(range(N))
+
+
+def test_an_empty_csv_field_is_empty_text_as_the_file_has_it(work, emu):
+    """Spreadsheets write blanks unquoted: such a field was read as null and its row
+    failed ("the prompt is null") while `""` was sent."""
+    (work / "blank.csv").write_text('id,text\n1,hi\n2,\n3,""\n')
+    r = cli(emu, "run", "blank.csv", "o.csv", "--model", "gpt-4.1-mini",
+            "--prompt", "Say: [{text}]", cwd=work)
+    assert r.returncode == 0, r.stderr
+    out = pl.read_csv(work / "o.csv", infer_schema=False)
+    assert out["_status"].to_list() == ["completed"] * 3
+    assert out["text"].to_list()[0] == "hi"
+    assert [r.startswith("Emulated answer about 'Say: []'") for r in out["response"]] == [
+        False, True, True]
+
+
+@pytest.mark.parametrize("output", ["out.parquet", "out.csv"])
+def test_an_input_without_rows_writes_an_output_without_rows(work, emu, output):
+    """A header-only CSV or an empty Parquet file crashed with IndexError (exit 1)."""
+    pl.DataFrame(schema={"id": pl.Int64, "text": pl.String}).write_parquet(work / "e.parquet")
+    r = cli(emu, "run", "e.parquet", output, "--model", "gpt-4.1-mini",
+            "--prompt", "Route: {text}", cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    assert pl.scan_parquet(work / output).collect().height == 0 if output.endswith(
+        "parquet") else (work / output).read_text().splitlines()[0].startswith("id,text")
+    assert emu.billing() == []
