@@ -13,7 +13,10 @@ import math
 import numbers
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, NamedTuple
+
+import polars as pl
 
 from batchata_df.errors import ConfigError
 
@@ -132,11 +135,49 @@ def check_run_arguments(
             f"{params!r}"
         )
         raise ConfigError(msg)
+    if max_cost_usd is not None and state is not None:
+        check_spend_is_priced(state)
     time_limit_s = _time_limit_seconds(time_limit)
     if flags.get("wait") is False and state is None:
         msg = "wait=False needs state='some/folder' so that a later call can collect results"
         raise ConfigError(msg)
     return RunArguments(time_limit_s, patience_s)
+
+
+def check_spend_is_priced(state: str | os.PathLike[str]) -> None:
+    """Refuse a cap on a folder that holds usage billed without a known price.
+
+    A call without a cap may run a model the price tables do not know (its cost is left
+    unknown). A cap counts what the folder has spent, and would count those answers as
+    $0: it would let a capped call spend past the cap. Raises :class:`ConfigError` before
+    anything is sent; a folder that cannot be read is left to the call (which says why).
+    """
+    from batchata_df.state import JOB_EVENTS, table_parts
+
+    parts = table_parts(Path(state) / "jobs")
+    if not parts:
+        return
+    try:
+        unpriced = (
+            pl.scan_parquet(parts, schema=JOB_EVENTS, missing_columns="insert",
+                            extra_columns="ignore", glob=False)
+            .filter(pl.col("cost_usd").is_null() & (pl.col("input_tokens") > 0))
+            .group_by("model")
+            .agg(pl.col("job_id").n_unique().alias("n"))
+            .sort("model")
+            .collect()
+        )
+    except (pl.exceptions.PolarsError, OSError):
+        return
+    if unpriced.height:
+        what = ", ".join(f"{n} of {m}" for m, n in unpriced.iter_rows())
+        msg = (
+            f"max_cost_usd: the state folder {os.fspath(state)!r} holds answers billed "
+            f"without a known price ({what}: an earlier call ran without a price for "
+            "that model), so a cap cannot count what the folder has spent. Run this folder "
+            "without a cap, or give the capped call a new state folder. Nothing was sent"
+        )
+        raise ConfigError(msg)
 
 
 def check_price_value(model: str, part: str, value: object) -> float:

@@ -145,3 +145,30 @@ def test_a_call_refused_before_anything_was_billed_leaves_no_folder(
     assert not getattr(failed.value, "__notes__", None)
     assert list(scratch.iterdir()) == []
     assert emu.billing() == []
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_cap_is_refused_on_a_folder_holding_spend_without_a_price(
+    emu, tmp_path: Path, streamed: bool
+) -> None:
+    """An uncapped call ran a model without a price (its cost unknown); a capped call on
+    the same folder counted those answers as $0 and spent past its cap (CLI reviewer's
+    finding: $1.24 spent under a 0.9 cap). Refused before anything is sent."""
+    state = tmp_path / "st"
+    first = pl.DataFrame({"text": [f"a{i}" for i in range(5)]})
+    batch_llm(first, model="gpt-6-terra", prompt="{text}", state=state)
+    paid = len(emu.billing())
+    assert paid == 5
+    more = pl.DataFrame({"text": [f"a{i}" for i in range(10)]})
+    kw: dict[str, object] = {"model": "gpt-6-terra", "prompt": "{text}", "state": state,
+                             "max_cost_usd": 0.9, "prices": {"gpt-6-terra": (1000.0, 1000.0)}}
+    with pytest.raises(ConfigError, match=r"billed without a known price \(5 of gpt-6-terra"):
+        if streamed:
+            batch_llm(more.lazy(), sink=tmp_path / "o.parquet", **kw)  # type: ignore[arg-type]
+        else:
+            batch_llm(more, **kw)  # type: ignore[arg-type]
+    assert len(emu.billing()) == paid
+    # without the cap the folder is used as before: the five answers are not paid again
+    out = batch_llm(more, model="gpt-6-terra", prompt="{text}", state=state)
+    assert out.get_column("_status").to_list() == ["completed"] * 10
+    assert len(emu.billing()) == paid + 5
