@@ -648,7 +648,14 @@ def run(
         _check_not_matched(input_path, output_path)
     schema = load_schema(schema_spec) if schema_spec else None
     params = parse_params(params_json, param_pairs, max_tokens)
-    prices = parse_prices(price_specs)
+    prices = {_bare_model(k): v for k, v in parse_prices(price_specs).items()}
+    stray = sorted(set(prices) - {_bare_model(model)})
+    if stray:
+        msg = (
+            f"--price {stray[0]}=...: this run's model is {_bare_model(model)!r} (--model); "
+            "a price for another model would be ignored. Name the model as --model does"
+        )
+        raise UsageProblem(msg)
     if state is None and output_path is not None:
         state = f"{output_path}.state"
     lazy = read_frame(input_path)

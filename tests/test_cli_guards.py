@@ -252,7 +252,7 @@ def test_a_model_without_a_price_is_cost_unknown_never_zero_and_price_gives_one(
 
     assert sum(billed(emu).values()) == N  # the first run's; the refused ones sent nothing
     r = cli(emu, *args[:2], "priced.parquet", *args[3:], "--max-cost-usd", "1",
-            "--price", "gpt-6-terra=1.5,10", "--price", "other-model=1,1", cwd=work)
+            "--price", "openai:gpt-6-terra=1.5,10", cwd=work)  # named as --model may name it
     assert r.returncode == 0, r.stderr
     out = pl.read_parquet(work / "priced.parquet")
     expected = (out["_input_tokens"] * 1.5 + out["_output_tokens"] * 10) / 1e6
@@ -264,6 +264,11 @@ def test_a_model_without_a_price_is_cost_unknown_never_zero_and_price_gives_one(
                 "m=nan,1"):
         line = one_line_error(cli(emu, *args, "--price", bad, cwd=work), 2)
         assert "--price takes MODEL=INPUT,OUTPUT" in line and repr(bad) in line
+    # a price for a model the run does not use was ignored without a word (second review)
+    for stray in ("other-model=1,2", "GPT-6-TERRA=1,2"):
+        line = one_line_error(cli(emu, *args, "--price", "gpt-6-terra=1,2", "--price", stray,
+                                  cwd=work), 2)
+        assert f"--price {stray.split('=')[0]}=...: this run's model is 'gpt-6-terra'" in line
     assert sum(billed(emu).values()) == 2 * N
 
 
