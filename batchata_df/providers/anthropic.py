@@ -35,6 +35,7 @@ from batchata_df.providers.base import (
     LINE_COLUMN,
     BatchPoll,
     BatchTag,
+    JoinedLines,
     ProviderState,
     RealtimeFailure,
     RequestSpec,
@@ -366,13 +367,15 @@ class AnthropicProvider:
         from anthropic.types.messages import MessageBatch
 
         # The lines are already the JSON of each request: join them into the body instead
-        # of parsing them into dicts for the SDK to serialise again.
-        body = b'{"requests":[' + ",".join(lines.to_list()).encode() + b"]}"
+        # of parsing them into dicts for the SDK to serialise again, in one buffer that the
+        # HTTP client reads as it sends (JoinedLines).
+        body = JoinedLines(lines, ",", prefix=b'{"requests":[', suffix=b"]}")
         if tag.members is None and not tag.job_ids:  # a caller that did not say (tests)
             ids = lines.str.extract(r'^\{"custom_id":"([^"]+)"', 1).drop_nulls()
             tag = dataclasses.replace(tag, members=ids)
         tag = dataclasses.replace(tag, n_jobs=lines.len())
         for attempt in range(CREATE_ATTEMPTS):
+            body.seek(0)  # each attempt sends the body from its start
             try:
                 batch = self._call(
                     "create the message batch",

@@ -24,7 +24,6 @@ Wire facts relied on (``provider-wire.md`` §3, checked against google-genai 3.6
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import threading
@@ -46,6 +45,7 @@ from batchata_df.providers.base import (
     ORPHAN_SEARCH_SECONDS,
     BatchPoll,
     BatchTag,
+    JoinedLines,
     ProviderState,
     RealtimeFailure,
     RequestSpec,
@@ -486,7 +486,7 @@ class GeminiProvider:
         if size < self.inline_max_bytes:
             src = [_inlined_request(line) for line in lines.to_list()]
         else:
-            payload = io.BytesIO("\n".join(lines.to_list()).encode())
+            payload = JoinedLines(lines, "\n")  # one buffer, read as it is sent
             uploaded = self._call(
                 "upload the batch input file",
                 lambda: self.client.files.upload(

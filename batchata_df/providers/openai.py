@@ -13,7 +13,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, cast
 
 import polars as pl
 
@@ -29,6 +29,7 @@ from batchata_df.providers.base import (
     ORPHAN_SEARCH_SECONDS,
     BatchPoll,
     BatchTag,
+    JoinedLines,
     ProviderState,
     RealtimeFailure,
     RequestSpec,
@@ -287,7 +288,9 @@ class OpenAIProvider:
 
     def submit(self, lines: pl.Series, *, model: str, tag: BatchTag) -> str:
         """Upload the JSONL file and create the batch, tagged with run and batch keys."""
-        payload = "\n".join(lines.to_list()).encode()
+        # One buffer, read as it is sent (a file to the SDK: an io.IOBase, which typeshed
+        # does not count as IO[bytes]).
+        payload = cast("IO[bytes]", JoinedLines(lines, "\n"))
         upload = self._call(
             "upload the batch input file",
             lambda: self.client.files.create(
