@@ -308,7 +308,8 @@ class Emulator:
     def log(self, since: int = 0) -> list[dict[str, Any]]:
         """Every provider request so far: ``{seq, ts, method, path, query, status, provider, ...}``.
 
-        With ``configure(log_bodies=True)`` entries also hold ``body`` or ``lines``.
+        With ``configure(log_bodies=True)`` entries also hold ``body`` or ``lines``, and
+        ``sha256``: the hex SHA-256 of the body (of an upload's file part) as it arrived.
 
         Parameters
         ----------
@@ -473,8 +474,8 @@ class Emulator:
             ``"error_file"`` or ``"omit"``; see the class parameters.
         log_bodies
             Keep request bodies in :meth:`log` (``body``: parsed JSON; ``lines``: JSON
-            Lines such as an uploaded batch file), with credentials redacted. Off by
-            default (memory).
+            Lines such as an uploaded batch file; ``sha256``: of its bytes), with credentials
+            redacted. Off by default (memory).
         list_order
             ``"newest_first"`` (default), ``"oldest_first"`` or ``"shuffled"``: the order
             of the OpenAI and Gemini batch lists, which neither provider documents.

@@ -67,6 +67,7 @@ True
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import itertools
 import json
@@ -786,14 +787,18 @@ def _loggable_body(request: Request) -> dict[str, object]:
     A multipart upload (OpenAI's ``/files``) is logged by its file part. Credentials the
     request carried in headers or query are replaced by ``REDACTED`` wherever they appear
     in the body, so a client that leaks its key into a request is visible in the log
-    without the log holding the key.
+    without the log holding the key. ``sha256`` is the hex SHA-256 of the (redacted) body
+    or file part as it arrived, byte for byte: the parsed JSON cannot show a byte that
+    differs without changing the value (an escape, a space, the order of the lines).
 
     Examples
     --------
     >>> r = Request("POST", "/x", {}, Headers([("x-api-key", "sk-123456")]),
     ...             b'{"a": "sk-123456"}')
-    >>> _loggable_body(r)
-    {'body': {'a': 'REDACTED'}}
+    >>> _loggable_body(r)["body"]
+    {'a': 'REDACTED'}
+    >>> _loggable_body(r)["sha256"] == hashlib.sha256(b'{"a": "REDACTED"}').hexdigest()
+    True
     """
     raw = request.body
     ctype = request.headers.get("content-type", "")
@@ -810,17 +815,20 @@ def _loggable_body(request: Request) -> dict[str, object]:
     text = raw.decode("utf-8", "replace")
     for secret in _credentials(request):
         text = text.replace(secret, _REDACTED)
+    digest = hashlib.sha256(text.encode()).hexdigest()
     if raw is not request.body:  # an uploaded file: JSON Lines even when it has one line
         lines = _json_lines(text)
-        return {"lines": lines} if lines is not None else {"body_text": text}
+        if lines is not None:
+            return {"lines": lines, "sha256": digest}
+        return {"body_text": text, "sha256": digest}
     try:
-        return {"body": json.loads(text)}
+        return {"body": json.loads(text), "sha256": digest}
     except ValueError:
         pass
     lines = _json_lines(text)
     if lines is not None:
-        return {"lines": lines}
-    return {"body_text": text}
+        return {"lines": lines, "sha256": digest}
+    return {"body_text": text, "sha256": digest}
 
 
 class EmulatorCore:

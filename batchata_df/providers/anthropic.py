@@ -39,6 +39,8 @@ from batchata_df.providers.base import (
     ProviderState,
     RealtimeFailure,
     RequestSpec,
+    all_null,
+    column_json_string,
     conform_results,
     empty_results,
     failure_kind,
@@ -46,6 +48,7 @@ from batchata_df.providers.base import (
     is_blank,
     json_string,
     kept_response,
+    none_true,
     read_jsonl,
     result_lines,
     retry_after_seconds,
@@ -277,32 +280,39 @@ class AnthropicProvider:
             else json_string(pl.col("prompt"))
         )
         system_text = pl.col("system")
+        # What no row uses is left out of the expression: a when/then computes its branch
+        # for every row, taken or not (the same lines; tests/test_encode_bytes.py).
+        no_system = all_null(jobs, "system")
         if spec.citations and spec.schema.json_schema is not None:
             from batchata_df.citations import instruction
 
             ours = pl.lit(instruction(spec.schema.json_schema))
             theirs = pl.concat_str([pl.lit("\n\n"), pl.col("system")]).fill_null("")
             system_text = ours + theirs
-        system = (
-            pl.when(system_text.is_not_null())
+            no_system = False
+        system: pl.Expr = (
+            pl.lit("")
+            if no_system
+            else pl.when(system_text.is_not_null())
             .then(pl.concat_str([pl.lit(',"system":'), json_string(system_text)]))
             .otherwise(pl.lit(""))
         )
         if "cache_split" in jobs.columns:
-            system = (
-                pl.when(pl.col("cache_system") & system_text.is_not_null())
-                .then(
-                    pl.concat_str(
-                        [
-                            pl.lit(',"system":[{"type":"text","text":'),
-                            json_string(system_text),
-                            pl.lit(f",{_CACHE_MARK}}}]"),
-                        ]
+            if not no_system and not none_true(jobs, "cache_system"):
+                system = (
+                    pl.when(pl.col("cache_system") & system_text.is_not_null())
+                    .then(
+                        pl.concat_str(
+                            [
+                                pl.lit(',"system":[{"type":"text","text":'),
+                                json_string(system_text),
+                                pl.lit(f",{_CACHE_MARK}}}]"),
+                            ]
+                        )
                     )
+                    .otherwise(system)
                 )
-                .otherwise(system)
-            )
-            if "content_json" in jobs.columns and "cache_files" in jobs.columns:
+            if "content_json" in jobs.columns and not none_true(jobs, "cache_files"):
                 # The prompt is the one top-level text block, after the files: the last
                 # file block ends right before it (quotes inside JSON strings are escaped,
                 # so this sequence cannot occur inside a value).
@@ -315,7 +325,7 @@ class AnthropicProvider:
                     )
                     .otherwise(user_content)
                 )
-            if "content_json" not in jobs.columns:
+            if "content_json" not in jobs.columns and not all_null(jobs, "cache_split"):
                 split = pl.col("cache_split")
                 user_content = (
                     pl.when(split.is_not_null())
@@ -337,7 +347,7 @@ class AnthropicProvider:
                 pl.lit('{"custom_id":"'),
                 pl.col("job_id"),
                 pl.lit('","params":{"model":'),
-                json_string(pl.col("model")),
+                column_json_string(jobs, "model"),
                 pl.lit(',"messages":['),
                 history_messages(jobs),
                 pl.lit('{"role":"user","content":'),

@@ -42,7 +42,10 @@ __all__ = [
     "transport_failure",
     "empty_results",
     "history_messages",
+    "all_null",
+    "column_json_string",
     "json_string",
+    "none_true",
     "result_lines",
     "with_result_lines",
 ]
@@ -383,6 +386,57 @@ def json_string(expr: pl.Expr) -> pl.Expr:
         .str.strip_prefix('{"s":')
         .str.strip_suffix("}")
     )
+
+
+def column_json_string(jobs: pl.DataFrame, name: str) -> pl.Expr:
+    r""":func:`json_string` of column ``name``, a literal when every row holds one value.
+
+    The engine encodes the jobs of one model at a time, so the ``model`` column holds one
+    value: encoding it once (with :func:`json_string` itself, so the bytes are the same)
+    spares a JSON encoding and two copies of a column per batch.
+
+    Examples
+    --------
+    >>> jobs = pl.DataFrame({"model": ["m\"1", "m\"1"], "mixed": ["a", "b"]})
+    >>> jobs.with_columns(column_json_string(jobs, "model").alias("m"))["m"].to_list()
+    ['"m\\"1"', '"m\\"1"']
+    >>> jobs.with_columns(column_json_string(jobs, "mixed").alias("m"))["m"].to_list()
+    ['"a"', '"b"']
+    """
+    column = jobs.get_column(name)
+    if column.len() and not column.null_count():
+        first = column[0]
+        if (column == first).all():
+            one = pl.select(json_string(pl.lit(first, dtype=pl.String))).item()
+            return pl.lit(one, dtype=pl.String)
+    return json_string(pl.col(name))
+
+
+def all_null(jobs: pl.DataFrame, name: str) -> bool:
+    """Whether column ``name`` is missing or null in every row (a null count: no pass).
+
+    An encoder leaves out what such a column would add to the lines (a ``when`` branch is
+    computed for every row, taken or not).
+
+    Examples
+    --------
+    >>> jobs = pl.DataFrame({"system": [None, None], "cache_key": ["k", None]})
+    >>> all_null(jobs, "system"), all_null(jobs, "cache_key"), all_null(jobs, "history")
+    (True, False, True)
+    """
+    return name not in jobs.columns or jobs.get_column(name).null_count() == jobs.height
+
+
+def none_true(jobs: pl.DataFrame, name: str) -> bool:
+    """Whether boolean column ``name`` is missing or true in no row (a ``when`` never taken).
+
+    Examples
+    --------
+    >>> jobs = pl.DataFrame({"a": [False, None], "b": [None, True]})
+    >>> none_true(jobs, "a"), none_true(jobs, "b"), none_true(jobs, "c")
+    (True, False, True)
+    """
+    return name not in jobs.columns or not jobs.get_column(name).any()
 
 
 class JoinedLines(io.RawIOBase):

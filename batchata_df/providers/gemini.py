@@ -49,6 +49,7 @@ from batchata_df.providers.base import (
     ProviderState,
     RealtimeFailure,
     RequestSpec,
+    all_null,
     bounded_listing,
     conform_results,
     empty_results,
@@ -432,8 +433,12 @@ class GeminiProvider:
             if "content_json" in jobs.columns
             else pl.concat_str([pl.lit('[{"text":'), json_string(pl.col("prompt")), pl.lit("}]")])
         )
+        # A system prompt no row has is left out of the expression: a when/then computes
+        # its branch for every row, taken or not (the same lines; tests/test_encode_bytes.py).
         system = (
-            pl.when(pl.col("system").is_not_null())
+            pl.lit("")
+            if all_null(jobs, "system")
+            else pl.when(pl.col("system").is_not_null())
             .then(
                 pl.concat_str(
                     [

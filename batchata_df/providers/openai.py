@@ -33,7 +33,9 @@ from batchata_df.providers.base import (
     ProviderState,
     RealtimeFailure,
     RequestSpec,
+    all_null,
     bounded_listing,
+    column_json_string,
     conform_results,
     empty_results,
     failure_kind,
@@ -244,15 +246,19 @@ class OpenAIProvider:
             if "content_json" in jobs.columns
             else json_string(pl.col("prompt"))
         )
+        # What no row uses is left out of the expression: a when/then computes its branch
+        # for every row, taken or not (the same lines; tests/test_encode_bytes.py).
         cache_key = (
-            pl.when(pl.col("cache_key").is_not_null())
+            pl.lit("")
+            if all_null(jobs, "cache_key")
+            else pl.when(pl.col("cache_key").is_not_null())
             .then(pl.concat_str([pl.lit(',"prompt_cache_key":'), json_string(pl.col("cache_key"))]))
             .otherwise(pl.lit(""))
-            if "cache_key" in jobs.columns
-            else pl.lit("")
         )
         system_msg = (
-            pl.when(pl.col("system").is_not_null())
+            pl.lit("")
+            if all_null(jobs, "system")
+            else pl.when(pl.col("system").is_not_null())
             .then(
                 pl.concat_str(
                     [pl.lit('{"role":"system","content":'), json_string(pl.col("system")),
@@ -266,7 +272,7 @@ class OpenAIProvider:
                 pl.lit('{"custom_id":"'),
                 pl.col("job_id"),
                 pl.lit(f'","method":"POST","url":"{ENDPOINT}","body":{{"model":'),
-                json_string(pl.col("model")),
+                column_json_string(jobs, "model"),
                 pl.lit(',"messages":['),
                 system_msg,
                 history_messages(jobs),
