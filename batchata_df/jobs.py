@@ -388,9 +388,10 @@ def job_ids(
     else:
         msg = f"unknown job id scheme {scheme!r}; expected one of {ID_SCHEMES!r}"
         raise ValueError(msg)
-    if "input_error" in jobs.columns:
+    if "input_error" in jobs.columns and jobs.get_column("input_error").null_count() < jobs.height:
         # A row that cannot be sent has no job: it must never share a real job's id (a null
-        # prompt would otherwise hash like an empty one).
+        # prompt would otherwise hash like an empty one). Without such a row (a null count,
+        # no pass) the ids are kept as they are, not copied by a when/then.
         out = jobs.select(
             pl.when(pl.col("input_error").is_null()).then(out).alias("job_id")
         ).to_series()
