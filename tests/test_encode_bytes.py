@@ -174,15 +174,23 @@ def test_encoded_lines_are_main_s_lines_byte_for_byte(name: str, data: st.DataOb
     suffix=st.binary(max_size=3),
     sizes=st.lists(st.integers(-1, 40), min_size=1, max_size=12),
     chunked=st.booleans(),
+    piece=st.none() | st.integers(1, 60),
 )
 def test_joined_lines_read_the_bytes_of_a_plain_join(
-    lines: list[str], sep: str, prefix: bytes, suffix: bytes, sizes: list[int], chunked: bool
+    lines: list[str],
+    sep: str,
+    prefix: bytes,
+    suffix: bytes,
+    sizes: list[int],
+    chunked: bool,
+    piece: int | None,
 ) -> None:
+    """In reads of any size, after seeks anywhere, with lines joined a few at a time."""
     series = pl.Series(lines, dtype=pl.String)
     if chunked and len(lines) > 1:  # lines of several chunks, as a batch sliced from a frame
         series = pl.concat([series.head(1), series.tail(len(lines) - 1)], rechunk=False)
     expected = prefix + sep.join(lines).encode() + suffix
-    body = JoinedLines(series, sep, prefix=prefix, suffix=suffix)
+    body = JoinedLines(series, sep, prefix=prefix, suffix=suffix, piece_bytes=piece)
     assert len(body) == len(expected)
     got = b""
     for size in sizes:
@@ -196,6 +204,9 @@ def test_joined_lines_read_the_bytes_of_a_plain_join(
     buffer = bytearray(len(expected) + 3)
     body.seek(0)
     assert body.readinto(buffer) == len(expected) and bytes(buffer[: len(expected)]) == expected
+    for at in sorted({0, len(expected) // 2, len(expected) // 3, len(expected)}, reverse=True):
+        assert body.seek(at) == at and body.read(7) == expected[at : at + 7]
+        assert body.seek(at // 2) == at // 2 and body.read() == expected[at // 2 :]
 
 
 def test_joined_lines_refuse_a_null_line() -> None:
@@ -222,6 +233,9 @@ def test_the_bodies_the_emulator_received_are_the_joined_lines(
 ) -> None:
     """Payloads over 64 KB (the HTTP client's read size), in batches of several sizes."""
     from batchata_df.providers import anthropic, gemini, openai
+
+    if kind == "plain":  # lines joined 7,000 bytes at a time: many pieces per read
+        monkeypatch.setattr(JoinedLines, "PIECE_BYTES", 7_000)
 
     cls = {"openai": openai.OpenAIProvider, "anthropic": anthropic.AnthropicProvider,
            "gemini": gemini.GeminiProvider}[name]  # fmt: skip

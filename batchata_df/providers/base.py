@@ -440,16 +440,16 @@ def none_true(jobs: pl.DataFrame, name: str) -> bool:
 
 
 class JoinedLines(io.RawIOBase):
-    r"""A batch's request lines joined into one request body, read in pieces.
+    r"""A batch's request lines joined into one request body, read in pieces as it is sent.
 
-    The lines are joined by Polars (``Series.str.join``: one pass, into one buffer) and
-    the body is read from that buffer as it is sent, ``prefix`` first and ``suffix`` last.
-    The same bytes as ``prefix + sep.join(lines.to_list()).encode() + suffix``, without the
-    list of one Python string per line, the joined ``str``, its encoded copy and the
-    copies that add ``prefix`` and ``suffix`` (at 1M rows those copies were most of the
-    submit's system time: every one is a fresh buffer of a batch's size, faulted in page by
-    page). The SDKs take it as a file: ``read`` and ``seek`` (HTTP clients read 64 KB at a
-    time and learn the length with ``seek``).
+    The same bytes as ``prefix + sep.join(lines.to_list()).encode() + suffix``, without
+    that list of one Python string per line, the joined ``str``, its encoded copy and the
+    copies that add ``prefix`` and ``suffix``: at 1M rows those copies were most of the
+    submit's system time, every one a fresh buffer of a batch's size faulted in page by
+    page. Instead Polars joins about ``piece_bytes`` of lines at a time
+    (``Series.str.join``), as the HTTP client reads: buffers of that size are reused by the
+    allocators, none of a batch's size is made. The SDKs take it as a file (``read``, and
+    ``seek`` to learn the length; a seek back to the start reads the lines again).
 
     Parameters
     ----------
@@ -459,6 +459,8 @@ class JoinedLines(io.RawIOBase):
         What goes between two lines.
     prefix, suffix
         Bytes before the first line and after the last.
+    piece_bytes
+        About how many bytes of lines Polars joins at a time.
 
     Examples
     --------
@@ -469,24 +471,48 @@ class JoinedLines(io.RawIOBase):
     (0, b'[{}', b',{"a":1}]')
     """
 
+    PIECE_BYTES: ClassVar[int] = 1 << 20
+
     def __init__(
-        self, lines: pl.Series, sep: str, *, prefix: bytes = b"", suffix: bytes = b""
+        self,
+        lines: pl.Series,
+        sep: str,
+        *,
+        prefix: bytes = b"",
+        suffix: bytes = b"",
+        piece_bytes: int | None = None,
     ) -> None:
         super().__init__()
         if lines.null_count():
             msg = f"a request line is null ({lines.null_count()} of {lines.len()})"
             raise ValueError(msg)
-        joined = _utf8_view(lines.str.join(sep))
-        self._parts = [memoryview(prefix), joined, memoryview(suffix)]
-        self._ends: list[int] = []
-        end = 0
-        for part in self._parts:
-            end += part.nbytes
-            self._ends.append(end)
-        self._pos = 0
+        self._lines, self._sep = lines, sep
+        self._prefix, self._suffix = prefix, suffix
+        n = lines.len()
+        body = int(lines.str.len_bytes().sum() or 0) + len(sep.encode()) * max(n - 1, 0)
+        self._len = len(prefix) + body + len(suffix)
+        per_line = max(1, body // n) if n else 1
+        self._rows = max(1, (piece_bytes or self.PIECE_BYTES) // per_line)
+        self._pos = 0  # where the caller is
+        self._restart()
+
+    def _restart(self) -> None:
+        self._pieces = self._iter_pieces()
+        self._piece = memoryview(b"")
+        self._at = 0  # in the current piece
+        self._stream = 0  # where the pieces are: bytes given out or skipped so far
+
+    def _iter_pieces(self) -> Iterator[memoryview]:
+        yield memoryview(self._prefix)
+        sep = memoryview(self._sep.encode())
+        for start in range(0, self._lines.len(), self._rows):
+            if start:
+                yield sep
+            yield _utf8_view(self._lines.slice(start, self._rows).str.join(self._sep))
+        yield memoryview(self._suffix)
 
     def __len__(self) -> int:
-        return self._ends[-1]
+        return self._len
 
     def readable(self) -> bool:
         """Always readable."""
@@ -502,25 +528,39 @@ class JoinedLines(io.RawIOBase):
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         """Move to ``offset`` from the start, the current position or the end."""
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self)}[whence]
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._len}[whence]
         if base + offset < 0:
             msg = f"negative seek position {base + offset}"
             raise ValueError(msg)
         self._pos = base + offset
         return self._pos
 
+    def _take(self, n: int, out: list[bytes] | None) -> None:
+        """Move the pieces on by ``n`` bytes, appending them to ``out`` unless ``None``."""
+        while n > 0:
+            left = self._piece.nbytes - self._at
+            if not left:
+                self._piece, self._at = next(self._pieces), 0
+                continue
+            take = min(left, n)
+            if out is not None:
+                out.append(bytes(self._piece[self._at : self._at + take]))
+            self._at += take
+            self._stream += take
+            n -= take
+
     def read(self, size: int | None = -1) -> bytes:
         """Up to ``size`` bytes from the current position (all that is left if negative)."""
-        stop = len(self) if size is None or size < 0 else min(len(self), self._pos + size)
-        pieces: list[bytes] = []
-        start = 0
-        for part, end in zip(self._parts, self._ends, strict=True):
-            lo, hi = max(self._pos, start), min(stop, end)
-            if lo < hi:
-                pieces.append(bytes(part[lo - start : hi - start]))
-            start = end
-        self._pos = max(self._pos, stop)
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        stop = self._len if size is None or size < 0 else min(self._len, self._pos + size)
+        if stop <= self._pos:
+            return b""
+        if self._pos < self._stream:  # a seek back: the pieces again, from the start
+            self._restart()
+        self._take(self._pos - self._stream, None)
+        out: list[bytes] = []
+        self._take(stop - self._pos, out)
+        self._pos = stop
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def readall(self) -> bytes:
         """Everything from the current position to the end."""
