@@ -19,8 +19,10 @@ batch is joined by Polars into one buffer that the SDKs read as a file
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
+import weakref
 from typing import Any, Literal
 
 import encode_reference as ref
@@ -207,6 +209,23 @@ def test_joined_lines_read_the_bytes_of_a_plain_join(
     for at in sorted({0, len(expected) // 2, len(expected) // 3, len(expected)}, reverse=True):
         assert body.seek(at) == at and body.read(7) == expected[at : at + 7]
         assert body.seek(at // 2) == at // 2 and body.read() == expected[at // 2 :]
+
+
+def test_joined_lines_are_freed_without_the_cycle_collector() -> None:
+    """A body read, half read or not read at all is freed when its last reference goes:
+    a reference cycle (its piece generator holding it) kept batches' lines alive."""
+    lines = pl.Series([f'{{"n":{i}}}' for i in range(50)])
+    gc.disable()
+    try:
+        for read in (None, 40, -1):
+            body = JoinedLines(lines, "\n", piece_bytes=30)
+            if read is not None:
+                body.read(read)
+            gone = weakref.ref(body)
+            del body
+            assert gone() is None
+    finally:
+        gc.enable()
 
 
 def test_joined_lines_refuse_a_null_line() -> None:
