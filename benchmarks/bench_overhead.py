@@ -80,6 +80,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 
+NAMES = {"openai": "OpenAI", "anthropic": "Anthropic", "gemini": "Gemini"}
 PROVIDERS = {
     "openai": "gpt-4.1-mini",
     "anthropic": "claude-haiku-4-5",
@@ -517,7 +518,7 @@ def replace(paths: list[Path], out: Path, context: str = "") -> None:
                 for o in old
             ) or "a new point"
             sentences.append(
-                f"{pt['provider'].capitalize()} at {pt['rows']:,}: re-measured "
+                f"{NAMES.get(pt['provider'], pt['provider'])} at {pt['rows']:,}: re-measured "
                 f"{new['started_utc']} to {new['finished_utc']} on {pt.get('code')}, "
                 f"{pt['n_runs']} runs, load {pt['loadavg_before'][0]} before, "
                 f"{pt['loadavg_after'][0]} after: {pt['ratio']['cpu_s']:.3f}x the floor's CPU "
