@@ -10,9 +10,9 @@ Exit codes of ``batchata-df run`` (what a scheduler can act on):
 0      every row completed (or a dry run)
 1      an error after checks passed: a damaged state folder (``batchata-df repair``), a
        provider problem, an output that cannot be written, a bug (``--debug``)
-2      a usage error: bad option, missing or unreadable input, unknown format, a column or
-       schema problem, a missing ``--price``, OUTPUT's folder not writable, OUTPUT naming
-       an INPUT file; nothing was sent
+2      a usage error: bad option, missing or unreadable input (a broken CSV line), unknown
+       format, a column or schema problem, a missing ``--price``, OUTPUT's folder or the
+       ``--state`` folder not writable, OUTPUT naming an INPUT file; nothing was sent
 3      finished, but some rows ``failed`` (see ``_error``; ``--retry-failed`` sends them
        again)
 4      some rows were ``cancelled`` (cost cap, time limit, provider): run again to send them
@@ -193,6 +193,10 @@ def read_frame(path: str | os.PathLike[str]) -> pl.LazyFrame:
     not ``501``), the output gets the same text back, and a value far down a column that
     does not fit the type its first rows suggest cannot fail the run halfway. NDJSON and
     Parquet carry their own types (``"00501"`` is a JSON string) and are read as typed.
+    A CSV file is also parsed whole once here (a streaming pass over every field), so
+    that a broken line anywhere in it (a row with more fields than the header, an
+    unclosed quote, bytes that are not UTF-8) is a :class:`UsageProblem` before anything
+    is sent, not an error after the chunks before it were paid for.
 
     Examples
     --------
@@ -229,9 +233,19 @@ def read_frame(path: str | os.PathLike[str]) -> pl.LazyFrame:
                         f"against {dict(schema)!r}"
                     )
                     raise UsageProblem(msg)
+        if kind == "csv":
+            # Every field parsed once, before anything is sent (a streaming pass: ~0.1 s
+            # of CPU for 1M rows): a broken line far down the file would otherwise fail
+            # the run after the chunks before it were paid for.
+            lazy.select(pl.all().null_count()).collect(engine="streaming")
     except (pl.exceptions.PolarsError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         msg = f"cannot read {shown!r} as {kind}: {first}"
+        if kind == "csv":
+            msg += (
+                "; fix the file (UTF-8 text, quotes closed, no row with more fields than "
+                "the header) and run again. Nothing was sent"
+            )
         raise UsageProblem(msg) from e
     return lazy
 
@@ -492,8 +506,8 @@ Exit codes:
   0    every row completed (also: a dry run)
   1    error after the checks: damaged state folder (see 'repair'), provider, output
        not writable, bug (--debug shows the traceback)
-  2    usage error: bad option, input, format, column, schema, price, OUTPUT not
-       writable or the INPUT itself; nothing was sent
+  2    usage error: bad option, input (a broken CSV line), format, column, schema,
+       price, OUTPUT or --state not writable, OUTPUT the INPUT itself; nothing was sent
   3    some rows failed (see the _error column; --retry-failed sends them again)
   4    some rows were cancelled (cost cap, time limit, provider); run again to send them
   5    some rows are still pending (--no-wait): run the same command again to collect
@@ -658,6 +672,8 @@ def run(
         raise UsageProblem(msg)
     if state is None and output_path is not None:
         state = f"{output_path}.state"
+    if state is not None and not dry_run:  # a dry run only reads the folder
+        _check_state_writable(state)
     lazy = read_frame(input_path)
     from batchata_df.frame import batch_llm
 
@@ -1069,6 +1085,53 @@ def _check_writable(path: str) -> None:
                 msg = f"cannot write {path!r}: {str(parent)!r} is a file, not a folder"
                 raise UsageProblem(msg)
             break
+
+
+def _check_state_writable(state: str) -> None:
+    """Refuse, before anything is sent, a ``--state`` folder that cannot be written.
+
+    The folder is written from the start of the run (its lock, the run's record), so one
+    that cannot be made or written failed the run with exit 1. Probed with a file made
+    and removed in it, or, if it does not exist yet, a folder made and removed in its
+    nearest existing parent (it is not created here: a run refused later by another
+    check leaves nothing behind). A folder where only some files can be written (a
+    damaged one) is left to the run, which names the file.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> _check_state_writable(os.path.join(tempfile.mkdtemp(), "new", "out.state"))
+    >>> _check_state_writable(__file__ + "/out.state")
+    Traceback (most recent call last):
+    ...
+    batchata_df.cli.UsageProblem: cannot write the state folder ...
+    """
+    given = Path(state).absolute()
+    folder = given
+    while not folder.exists() and not folder.is_symlink() and folder != folder.parent:
+        folder = folder.parent
+    why: str | None = None
+    if folder == given and not folder.is_dir():
+        why = "it is not a folder"
+    elif not folder.is_dir():
+        why = f"{str(folder)!r} is a file, not a folder"
+    else:
+        try:
+            if folder == given:
+                fd, probe = tempfile.mkstemp(dir=folder, prefix=".batchata-probe-")
+                os.close(fd)
+                os.unlink(probe)
+            else:
+                os.rmdir(tempfile.mkdtemp(dir=folder, prefix=".batchata-probe-"))
+        except OSError as e:
+            what = "is not writable" if folder == given else f"cannot be made in {str(folder)!r}"
+            why = f"it {what} ({e.strerror or e})"
+    if why is not None:
+        msg = (
+            f"cannot write the state folder {state!r}: {why}; pass --state FOLDER in a "
+            "place you can write to (default: OUTPUT.state beside OUTPUT). Nothing was sent"
+        )
+        raise UsageProblem(msg)
 
 
 def _note(text: str) -> None:

@@ -180,6 +180,32 @@ def test_an_output_folder_that_cannot_be_written_is_a_usage_error(work, emu, kin
     assert not (work / "s").exists()
 
 
+@pytest.mark.parametrize("state", ["/proc/batchata-df.state", "/proc/x/y/s", "afile/s",
+                                   "afile"])
+def test_a_state_folder_that_cannot_be_written_is_a_usage_error(work, emu, state):
+    """A --state folder that could not be made (under /proc, under a file, a file itself)
+    failed the run with exit 1 (`cannot lock the checkpoint folder ...`); it is a usage
+    error (exit 2) naming the folder and the fix, before anything is sent. A dry run only
+    reads the folder: it is not refused."""
+    (work / "afile").write_text("not a folder")
+    args = ["run", "in.parquet", "out.parquet", "--model", "gpt-4.1-mini", "--prompt",
+            "{text}", "--state", state]
+    if state == "afile":  # click refuses --state naming a file; OUTPUT.state is not checked
+        args = [*args[:2], "afile.parquet", *args[3:-2]]
+        (work / "afile.parquet.state").write_text("not a folder")
+        state = "afile.parquet.state"
+    line = one_line_error(cli(emu, *args, cwd=work), 2)
+    assert f"cannot write the state folder {state!r}: " in line, line
+    assert "pass --state FOLDER in a place you can write to" in line
+    assert "Nothing was sent" in line
+    assert emu.log() == []
+    assert sorted(p.name for p in work.iterdir() if not p.name.startswith("afile")) == [
+        "in.parquet"]
+    r = cli(emu, *args, "--dry-run", "--no-progress", cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert emu.log() == []
+
+
 # -- 3. OUTPUT is INPUT ---------------------------------------------------------------------
 
 
@@ -227,6 +253,33 @@ def test_csv_values_are_sent_and_written_as_the_file_has_them(work, emu, output)
     assert out["response"][rows - 1].startswith(
         f"Emulated answer about 'Zip {rows - 1:05d}, count 1.5'")
     assert len(billed(emu)) == rows
+
+
+BROKEN_CSV = {
+    "more fields than the header": b"250,ticket 250,extra\n",
+    "an unclosed quote": b'250,"ticket 250\n',
+    "bytes that are not UTF-8": b"250,ticket \xff\xfe 250\n",
+}
+
+
+@pytest.mark.parametrize("broken", sorted(BROKEN_CSV))
+def test_a_broken_csv_line_far_down_is_a_usage_error_before_anything_is_sent(
+    work, emu, broken
+):
+    """A broken line at row 250 failed the run with exit 1 (`ComputeError: ...`) after the
+    chunks before it were sent and paid for; the file is parsed whole first, and the run
+    is refused (exit 2) naming the file and the fix, before anything is sent."""
+    lines = [b"id,text\n"] + [f"{i},ticket {i}\n".encode() for i in range(300)]
+    lines[251] = BROKEN_CSV[broken]
+    (work / "in.csv").write_bytes(b"".join(lines))
+    r = cli(emu, "run", "in.csv", "out.parquet", "--model", "gpt-4.1-mini",
+            "--prompt", "{text}", "--chunk-rows", "40", cwd=work)
+    line = one_line_error(r, 2)
+    assert "cannot read 'in.csv' as csv: " in line, line
+    assert "fix the file (UTF-8 text, quotes closed, no row with more fields" in line
+    assert "Nothing was sent" in line
+    assert emu.log() == []
+    assert sorted(p.name for p in work.iterdir()) == ["in.csv", "in.parquet"]
 
 
 # -- 5. a model without a price -------------------------------------------------------------
