@@ -976,6 +976,26 @@ def _state_busy(
     )
 
 
+def _usd(cost: float) -> str:
+    """A cost in dollars for people: four decimals, more for a cost too small to show.
+
+    A known non-zero cost never reads as zero: below $0.001 it is shown to two
+    significant digits. Zero is ``$0.0000``.
+
+    Examples
+    --------
+    >>> _usd(0.0123), _usd(0.0), _usd(1234.5)
+    ('$0.0123', '$0.0000', '$1234.5000')
+    >>> _usd(0.00012), _usd(3.456e-06), _usd(9.996e-07), _usd(0.00099999)
+    ('$0.00012', '$0.0000035', '$0.0000010', '$0.0010')
+    """
+    shown = float(f"{cost:.1e}") if cost > 0 and math.isfinite(cost) else cost
+    if shown <= 0 or not math.isfinite(shown) or shown >= 0.001:
+        return f"${cost:.4f}"
+    decimals = 1 - math.floor(math.log10(shown))  # two significant digits
+    return f"${shown:.{decimals}f}"
+
+
 def _cost_text(cost: float, unpriced: int, priced: int, model: str) -> str:
     """What the rows cost, for the summary line; never $0 for rows with no known price.
 
@@ -989,7 +1009,7 @@ def _cost_text(cost: float, unpriced: int, priced: int, model: str) -> str:
     '$0.5000 for 2 rows, cost unknown for 1 row (no price for m; --price m=INPUT,OUTPUT gives one)'
     """
     if not unpriced:
-        return f"${cost:.4f}"
+        return _usd(cost)
     rows = "row" if unpriced == 1 else "rows"
     unknown = (
         f"cost unknown for {unpriced} {rows} (no price for {model}; --price "
@@ -997,7 +1017,7 @@ def _cost_text(cost: float, unpriced: int, priced: int, model: str) -> str:
     )
     if not priced:
         return unknown
-    return f"${cost:.4f} for {priced} {'row' if priced == 1 else 'rows'}, {unknown}"
+    return f"{_usd(cost)} for {priced} {'row' if priced == 1 else 'rows'}, {unknown}"
 
 
 def _check_not_input(inputs: Sequence[Path], output_path: str) -> None:

@@ -325,6 +325,30 @@ def test_a_model_without_a_price_is_cost_unknown_never_zero_and_price_gives_one(
     assert sum(billed(emu).values()) == 2 * N
 
 
+def _summary_cost(stderr: str) -> str:
+    """The cost the summary line shows (``N completed; $X; written to ...``)."""
+    line = next(x for x in stderr.splitlines() if "; written to " in x)
+    return line.split("; ")[1]
+
+
+@pytest.mark.parametrize(("rates", "zero"), [("0.001,0.001", False), ("0.00001,0", False),
+                                             ("0,0", True)])
+def test_a_tiny_known_cost_never_reads_as_zero_and_zero_does(work, emu, rates, zero):
+    """`$0.0000` was printed for a known cost below $0.00005 (twenty rows at $0.001 per
+    million tokens): shown to two significant digits now; a cost of zero is $0.0000."""
+    r = cli(emu, "run", "in.parquet", "out.parquet", "--model", "gpt-6-terra",
+            "--prompt", "{text}", "--price", f"gpt-6-terra={rates}", cwd=work)
+    assert r.returncode == 0, r.stderr
+    paid = pl.read_parquet(work / "out.parquet")["_cost_usd"].sum()
+    shown = _summary_cost(r.stderr)
+    assert shown.startswith("$"), r.stderr
+    if zero:
+        assert paid == 0 and shown == "$0.0000"
+    else:
+        assert 0 < paid < 0.00005  # what four decimals showed as $0.0000
+        assert float(shown[1:]) == float(f"{paid:.1e}"), (shown, paid)
+
+
 # -- INPUT as a folder of Parquet files, or a glob ------------------------------------------
 
 
