@@ -30,6 +30,7 @@ When several apply, the highest of 5, 4, 3 wins (pending, then cancelled, then f
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
 import glob
 import importlib
@@ -675,6 +676,10 @@ def run(
     if state is not None and not dry_run:  # a dry run only reads the folder
         _check_state_writable(state)
     lazy = read_frame(input_path)
+    bare = _bare_model(model)
+    # What the folder had billed before this run: the summary tells this run's spending
+    # from the folder's in all (a resumed run's earlier answers were not paid by it).
+    before = Bill() if dry_run or state is None else folder_bill(state, bare, prices)
     from batchata_df.frame import batch_llm
 
     # A dry run is for reading its summary: shown unless --no-progress.
@@ -732,15 +737,9 @@ def run(
         assert output_path is not None
         # A row the provider answered (it has token counts) without a cost: no price is
         # known for its model. Its cost is unknown, not $0.
-        unpriced = pl.col("_cost_usd").is_null() & pl.col("_input_tokens").is_not_null()
         totals = out.select(
             pl.col("_status").value_counts().implode(),  # one row, even for no rows
             (pl.col("_error") == "cancelled: interrupted").any().alias("interrupted"),
-            pl.col("_cost_usd").fill_null(0.0).sum().alias("cost"),
-            unpriced.sum().alias("unpriced"),
-            (pl.col("_cost_usd").is_not_null() & pl.col("_input_tokens").is_not_null())
-            .sum()
-            .alias("priced"),
         )
         summed = totals.collect(engine="streaming")
         counts = {
@@ -748,12 +747,8 @@ def run(
         }
         interrupted = bool(summed.get_column("interrupted")[0])
         summary = ", ".join(f"{counts[k]} {k}" for k in sorted(counts))
-        cost = _cost_text(
-            float(summed.get_column("cost")[0]),
-            int(summed.get_column("unpriced")[0]),
-            int(summed.get_column("priced")[0]),
-            _bare_model(model),
-        )
+        assert state is not None  # OUTPUT.state without --state
+        cost = _cost_summary(before, folder_bill(state, bare, prices), bare)
         if interrupted and not write_partial:
             _note(
                 f"interrupted: {summary} ({cost}); {output_path} was NOT written. Finished "
@@ -996,28 +991,180 @@ def _usd(cost: float) -> str:
     return f"${shown:.{decimals}f}"
 
 
-def _cost_text(cost: float, unpriced: int, priced: int, model: str) -> str:
-    """What the rows cost, for the summary line; never $0 for rows with no known price.
+@dataclasses.dataclass(frozen=True)
+class Bill:
+    """What a state folder's billed answers cost, for the summary line.
+
+    An answer is one billed attempt of a job (a job sent twice, ``--retry-failed``, is
+    two). Fields add up, so what one run spent is the folder's bill after it minus the
+    folder's bill before it.
+    """
+
+    priced: int = 0
+    """Billed answers whose cost is stored."""
+    cost: float = 0.0
+    """Their cost in USD."""
+    from_price: int = 0
+    """Billed answers stored without a cost (no price was known then), priced here from
+    ``--price`` (the stored parts are not rewritten)."""
+    from_price_usd: float = 0.0
+    """Their cost at ``--price``."""
+    unknown: int = 0
+    """Billed answers whose cost is unknown (no price, then or now)."""
+
+    def __sub__(self, other: Bill) -> Bill:
+        """Field by field: what was billed between ``other`` and this."""
+        return Bill(**{
+            f.name: getattr(self, f.name) - getattr(other, f.name)
+            for f in dataclasses.fields(self)
+        })
+
+    @property
+    def answers(self) -> int:
+        """Every billed answer, priced or not."""
+        return self.priced + self.from_price + self.unknown
+
+
+_BILL_COLUMNS = (
+    "seq", "job_id", "batch_key", "status", "model", "mode", "input_tokens", "output_tokens",
+    "cached_tokens", "cache_write_tokens", "cost_usd",
+)
+
+
+def folder_bill(
+    state: str | os.PathLike[str], model: str, prices: dict[str, tuple[float, float]]
+) -> Bill:
+    """The bill of a state folder's answers; those stored without a cost priced by ``prices``.
+
+    Every billed attempt counts once (its latest terminal event), as
+    :func:`batchata_df.state.spent_usd` counts them. An answer stored without a cost (a
+    model no price was known for when it was collected) whose model is ``model`` and has
+    a price in ``prices`` (``--price``) is priced at it (realtime answers at the realtime
+    rate), exactly as an answer collected now would be; nothing is written. Read in
+    slices of the folder's jobs, as ``spent_usd`` is: bounded memory.
+    """
+    from batchata_df.errors import StateError
+    from batchata_df.state import damaged_error, find_damaged
+
+    try:
+        return _folder_bill(state, model, prices)
+    except pl.exceptions.PolarsError as e:
+        damaged = find_damaged(state, deep=True)
+        if damaged:
+            raise damaged_error(Path(state), damaged) from e
+        msg = f"cannot read the checkpoint folder {os.fspath(state)!r}: {e}"
+        raise StateError(msg) from e
+
+
+def _folder_bill(
+    state: str | os.PathLike[str], model: str, prices: dict[str, tuple[float, float]]
+) -> Bill:
+    from batchata_df.cost import PriceTable, cost_expr
+    from batchata_df.state import JOB_EVENTS, SPENT_SLICE_EVENTS, TERMINAL_JOB, table_parts
+
+    parts = table_parts(Path(state) / "jobs")
+    if not parts:
+        return Bill()
+    events = pl.scan_parquet(
+        parts, schema=JOB_EVENTS, missing_columns="insert", extra_columns="ignore",
+        glob=False,
+    ).select(*_BILL_COLUMNS)
+    table = PriceTable(prices)
+    batch_price = table.get("", model) if model in prices else None
+    realtime_price = table.realtime().get("", model) if model in prices else None
+    stored = pl.col("cost_usd").is_not_null() & pl.col("input_tokens").is_not_null()
+    missing = pl.col("cost_usd").is_null() & pl.col("input_tokens").is_not_null()
+    priceable = missing & (pl.col("model") == model) & pl.lit(batch_price is not None)
+    at_price = (
+        pl.when(pl.col("mode") == "realtime")
+        .then(cost_expr(realtime_price))
+        .otherwise(cost_expr(batch_price))
+    )
+    billable = (
+        pl.col("batch_key").is_not_null()
+        | pl.col("cost_usd").is_not_null()
+        | pl.col("input_tokens").is_not_null()
+    )
+    n_events = int(events.select(pl.len()).collect().item())
+    slices = max(1, -(-n_events // SPENT_SLICE_EVENTS))
+    total = Bill()
+    for i in range(slices):
+        part = events
+        if slices > 1:
+            part = events.filter((pl.col("job_id").hash(seed=0) % slices).fill_null(0) == i)
+        attempts = (
+            part.filter(pl.col("status").is_in(TERMINAL_JOB) & billable)
+            .with_columns(pl.col("batch_key").fill_null(""))
+            .group_by("job_id", "batch_key")
+            .agg(pl.all().sort_by("seq").last())
+        )
+        row = attempts.select(
+            stored.sum().alias("priced"),
+            pl.col("cost_usd").fill_null(0.0).sum().alias("cost"),
+            priceable.sum().alias("from_price"),
+            pl.when(priceable).then(at_price).otherwise(0.0).sum().alias("from_price_usd"),
+            (missing & ~priceable).sum().alias("unknown"),
+        ).collect(engine="streaming").row(0, named=True)
+        total = Bill(
+            priced=total.priced + int(row["priced"] or 0),
+            cost=total.cost + float(row["cost"] or 0.0),
+            from_price=total.from_price + int(row["from_price"] or 0),
+            from_price_usd=total.from_price_usd + float(row["from_price_usd"] or 0.0),
+            unknown=total.unknown + int(row["unknown"] or 0),
+        )
+    return total
+
+
+def _answers(n: int) -> str:
+    return f"{n} answer" if n == 1 else f"{n} answers"
+
+
+def _bill_text(bill: Bill, model: str) -> str:
+    """What ``bill`` costs, in words; never $0 for answers with no known price.
 
     Examples
     --------
-    >>> _cost_text(0.0123, 0, 3, "gpt-4.1-mini")
+    >>> _bill_text(Bill(priced=3, cost=0.0123), "gpt-4.1-mini")
     '$0.0123'
-    >>> _cost_text(0.0, 3, 0, "gpt-6-terra")
-    'cost unknown for 3 rows (no price for gpt-6-terra; --price gpt-6-terra=INPUT,OUTPUT gives one)'
-    >>> _cost_text(0.5, 1, 2, "m")
-    '$0.5000 for 2 rows, cost unknown for 1 row (no price for m; --price m=INPUT,OUTPUT gives one)'
-    """
-    if not unpriced:
-        return _usd(cost)
-    rows = "row" if unpriced == 1 else "rows"
+    >>> _bill_text(Bill(unknown=3), "gpt-6-terra")
+    'cost unknown for 3 answers (no price for gpt-6-terra; --price gpt-6-terra=INPUT,OUTPUT gives one)'
+    >>> _bill_text(Bill(priced=2, cost=0.5, unknown=1), "m")
+    '$0.5000 for 2 answers, cost unknown for 1 answer (no price for m; --price m=INPUT,OUTPUT gives one)'
+    >>> _bill_text(Bill(priced=2, cost=0.5, from_price=1, from_price_usd=0.25), "m")
+    '$0.7500 ($0.2500 of it for 1 answer stored without a cost, priced from --price)'
+    """  # noqa: E501
+    known = bill.priced + bill.from_price
+    text = _usd(bill.cost + bill.from_price_usd)
+    if bill.from_price:
+        text += (
+            f" ({_usd(bill.from_price_usd)} of it for {_answers(bill.from_price)} stored "
+            "without a cost, priced from --price)"
+        )
+    if not bill.unknown:
+        return text
     unknown = (
-        f"cost unknown for {unpriced} {rows} (no price for {model}; --price "
+        f"cost unknown for {_answers(bill.unknown)} (no price for {model}; --price "
         f"{model}=INPUT,OUTPUT gives one)"
     )
-    if not priced:
-        return unknown
-    return f"{_usd(cost)} for {priced} {'row' if priced == 1 else 'rows'}, {unknown}"
+    return f"{text} for {_answers(known)}, {unknown}" if known else unknown
+
+
+def _cost_summary(before: Bill, after: Bill, model: str) -> str:
+    """The summary's cost: this run's, and the folder's in all when it held answers before.
+
+    Examples
+    --------
+    >>> _cost_summary(Bill(), Bill(priced=2, cost=0.02), "m")
+    '$0.0200'
+    >>> _cost_summary(Bill(priced=2, cost=0.02), Bill(priced=3, cost=0.03), "m")
+    'this run $0.0100; the state folder in all, with earlier runs: $0.0300'
+    """
+    if not before.answers:
+        return _bill_text(after, model)
+    return (
+        f"this run {_bill_text(after - before, model)}; the state folder in all, with "
+        f"earlier runs: {_bill_text(after, model)}"
+    )
 
 
 def _check_not_input(inputs: Sequence[Path], output_path: str) -> None:

@@ -9,6 +9,7 @@ model without a price shown as costing $0.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -293,7 +294,7 @@ def test_a_model_without_a_price_is_cost_unknown_never_zero_and_price_gives_one(
     r = cli(emu, *args, cwd=work)
     assert r.returncode == 0, r.stderr
     assert "$0" not in r.stderr
-    assert f"cost unknown for {N} rows (no price for gpt-6-terra" in r.stderr, r.stderr
+    assert f"cost unknown for {N} answers (no price for gpt-6-terra" in r.stderr, r.stderr
     assert "--price gpt-6-terra=INPUT,OUTPUT" in r.stderr
     assert pl.read_parquet(work / "out.parquet")["_cost_usd"].null_count() == N
 
@@ -310,7 +311,8 @@ def test_a_model_without_a_price_is_cost_unknown_never_zero_and_price_gives_one(
     out = pl.read_parquet(work / "priced.parquet")
     expected = (out["_input_tokens"] * 1.5 + out["_output_tokens"] * 10) / 1e6
     assert (out["_cost_usd"] - expected).abs().max() < 1e-12
-    assert f"${out['_cost_usd'].sum():.4f};" in r.stderr and "unknown" not in r.stderr
+    assert _near(float(_summary_cost(r.stderr)[1:]), out["_cost_usd"].sum()), r.stderr
+    assert "unknown" not in r.stderr
     assert sum(billed(emu).values()) == 2 * N
 
     for bad in ("gpt-6-terra=1.5", "gpt-6-terra", "=1,2", "gpt-6-terra=a,b", "m=-1,2",
@@ -347,6 +349,66 @@ def test_a_tiny_known_cost_never_reads_as_zero_and_zero_does(work, emu, rates, z
     else:
         assert 0 < paid < 0.00005  # what four decimals showed as $0.0000
         assert float(shown[1:]) == float(f"{paid:.1e}"), (shown, paid)
+
+
+def _dollars(text: str) -> list[float]:
+    return [float(x) for x in re.findall(r"\$([0-9.]+)", text)]
+
+
+def _near(shown: float, paid: float) -> bool:
+    """``shown`` is ``paid`` as the summary rounds it (4 decimals, or 2 digits below $0.001)."""
+    return abs(shown - paid) <= max(0.00005, 0.05 * paid)
+
+
+def test_a_resumed_runs_summary_says_what_this_run_spent_and_the_folder_in_all(work, emu):
+    """A run resumed on a folder holding earlier answers printed the folder's total as its
+    own cost; now it says what this run spent and what the folder holds in all."""
+    from batchata_df import sql
+
+    pl.read_parquet(work / "in.parquet").head(N // 2).write_parquet(work / "half.parquet")
+    args = ["out.parquet", "--model", "gpt-4.1-mini", "--prompt", "{text}", "--state", "s"]
+    first = cli(emu, "run", "half.parquet", *args, cwd=work)
+    assert first.returncode == 0, first.stderr
+    earlier = sql("select sum(cost_usd) as usd from jobs", work / "s")["usd"][0]
+    assert _near(float(_summary_cost(first.stderr)[1:]), earlier)  # a first run: one figure
+    second = cli(emu, "run", "in.parquet", *args, cwd=work)
+    assert second.returncode == 0, second.stderr
+    in_all = sql("select sum(cost_usd) as usd from jobs", work / "s")["usd"][0]
+    line = next(x for x in second.stderr.splitlines() if "; written to " in x)
+    assert "; this run $" in line and "; the state folder in all, with earlier runs: $" in line
+    this_run, total = _dollars(line.split("; written to ")[0])
+    assert _near(this_run, in_all - earlier) and _near(total, in_all), (line, earlier, in_all)
+    assert 0 < in_all - earlier < in_all
+    assert sum(billed(emu).values()) == N  # each row paid once, half of them by each run
+
+
+def test_a_resume_with_price_prices_the_folders_answers_stored_without_a_cost(work, emu):
+    """After a run of a model without a price, a resume with --price still said "cost
+    unknown" for the earlier answers (their stored cost stays null). The summary prices
+    them from --price, says so, and the stored parts are not rewritten."""
+    from batchata_df import sql
+
+    pl.read_parquet(work / "in.parquet").head(N // 2).write_parquet(work / "half.parquet")
+    args = ["out.parquet", "--model", "gpt-6-terra", "--prompt", "{text}", "--state", "s"]
+    first = cli(emu, "run", "half.parquet", *args, cwd=work)
+    assert first.returncode == 0, first.stderr
+    assert "cost unknown for 10 answers" in first.stderr
+    second = cli(emu, "run", "in.parquet", *args, "--price", "gpt-6-terra=1.5,10", cwd=work)
+    assert second.returncode == 0, second.stderr
+    line = next(x for x in second.stderr.splitlines() if "; written to " in x)
+    assert "unknown" not in line, line
+    assert "of it for 10 answers stored without a cost, priced from --price)" in line, line
+    jobs = sql("select input_tokens, output_tokens, cost_usd from jobs", work / "s")
+    stored = jobs.filter(pl.col("cost_usd").is_not_null())
+    unpriced = jobs.filter(pl.col("cost_usd").is_null())  # kept as they were
+    assert stored.height == unpriced.height == N // 2
+    at_price = float(((unpriced["input_tokens"] * 1.5 + unpriced["output_tokens"] * 10)
+                      / 1e6).sum())
+    this_run, total, from_price = _dollars(line.split("; written to ")[0])
+    assert _near(this_run, stored["cost_usd"].sum()), line
+    assert _near(from_price, at_price), (line, at_price)
+    assert _near(total, stored["cost_usd"].sum() + at_price), line
+    assert sum(billed(emu).values()) == N
 
 
 # -- INPUT as a folder of Parquet files, or a glob ------------------------------------------
