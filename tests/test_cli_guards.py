@@ -411,6 +411,27 @@ def test_a_resume_with_price_prices_the_folders_answers_stored_without_a_cost(wo
     assert sum(billed(emu).values()) == N
 
 
+def test_the_folders_bill_read_in_slices_is_the_bill_read_whole(work, emu, monkeypatch):
+    """A big folder's bill is added up in slices of its jobs (bounded memory): the same."""
+    from batchata_df import cli as cli_module
+    from batchata_df import state
+
+    pl.read_parquet(work / "in.parquet").head(N // 2).write_parquet(work / "half.parquet")
+    args = ["out.parquet", "--model", "gpt-6-terra", "--prompt", "{text}", "--state", "s"]
+    assert cli(emu, "run", "half.parquet", *args, cwd=work).returncode == 0
+    r = cli(emu, "run", "in.parquet", *args, "--price", "gpt-6-terra=1.5,10", cwd=work)
+    assert r.returncode == 0, r.stderr
+    prices = {"gpt-6-terra": (1.5, 10.0)}
+    whole = cli_module.folder_bill(work / "s", "gpt-6-terra", prices)
+    assert (whole.priced, whole.from_price, whole.unknown) == (N // 2, N // 2, 0)
+    assert cli_module.folder_bill(work / "s", "gpt-6-terra", {}).unknown == N // 2
+    monkeypatch.setattr(state, "SPENT_SLICE_EVENTS", 7)
+    sliced = cli_module.folder_bill(work / "s", "gpt-6-terra", prices)
+    assert (sliced.priced, sliced.from_price, sliced.unknown) == (N // 2, N // 2, 0)
+    assert sliced.cost == pytest.approx(whole.cost, rel=1e-12)
+    assert sliced.from_price_usd == pytest.approx(whole.from_price_usd, rel=1e-12)
+
+
 # -- INPUT as a folder of Parquet files, or a glob ------------------------------------------
 
 
