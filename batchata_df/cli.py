@@ -40,8 +40,6 @@ import math
 import os
 import random
 import re
-import socket
-import stat
 import sys
 import tempfile
 import time
@@ -776,11 +774,6 @@ def run(
         raise SystemExit(EXIT_OK)
 
 
-RUN_RECORD = "run.json"
-"""The file in a run's hidden folder beside OUTPUT naming the run (pid, host, start time,
-state folder), for the message another run writing the same OUTPUT gets."""
-
-
 @contextlib.contextmanager
 def _scratch(
     output_path: str | None, *, state: str | None = None, lock_timeout: float = 0.0
@@ -807,6 +800,8 @@ def _scratch(
     Busy
         Another run is writing OUTPUT past ``lock_timeout``.
     """
+    from batchata_df.stream import describe_writer, live_writers, record_writer
+
     if output_path is None:
         with tempfile.TemporaryDirectory(prefix="batchata-df-plan-") as plan:
             yield Path(plan)
@@ -817,13 +812,13 @@ def _scratch(
     while True:
         with contextlib.ExitStack() as stack:
             folder = _claim(stack, target)
-            _record_run(folder, state)
-            others = _live_writers(target, folder)
+            record_writer(folder, state, "batchata-df run")
+            others = live_writers(target, folder)
             if not others:
                 yield folder
                 return
         # Our folder is gone again: the other run's OUTPUT is not touched.
-        who = _describe_writer(others[0])
+        who, _ = describe_writer(others[0])
         if time.monotonic() >= deadline:
             waited = f" after waiting {lock_timeout:g} s" if lock_timeout else ""
             msg = (
@@ -857,75 +852,6 @@ def _claim(stack: contextlib.ExitStack, target: Path) -> Path:
             f"({reason}); give an OUTPUT in a folder you can write to. Nothing was sent"
         )
         raise UsageProblem(msg) from e
-
-
-def _record_run(folder: Path, state: str | None) -> None:
-    """Name this run in its hidden folder (:data:`RUN_RECORD`), for another run's message."""
-    record = {
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-        "since": time.time(),
-        "state": None if state is None else os.path.abspath(state),
-    }
-    tmp = folder / f"{RUN_RECORD}.tmp"
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, folder / RUN_RECORD)  # never read half written
-
-
-def _live_writers(target: Path, mine: Path) -> list[Path]:
-    """The hidden folders and files of ``target`` (other than ``mine``) a live writer holds.
-
-    The names and locks of :func:`batchata_df.stream.remove_stale_sink_files`: a folder's
-    lock is on its :data:`~batchata_df.stream.FOLDER_LOCK` file, a ``sink=`` call's hidden
-    file is locked itself. A lock this process can take is a dead writer's (taken only for
-    the look, and let go at once). Where locks are refused (Windows, some network mounts),
-    nothing can be told and nothing is reported.
-    """
-    from filelock import lock_descriptor
-
-    from batchata_df.stream import FOLDER_LOCK
-
-    name = re.compile(rf"\.tmp-{re.escape(target.name)}-[0-9a-f]{{8}}")
-    live: list[Path] = []
-    for path in sorted(target.parent.iterdir()):
-        if path.name == mine.name or not name.fullmatch(path.name):
-            continue
-        try:
-            kind = os.lstat(path).st_mode
-            if stat.S_ISDIR(kind):
-                fd = os.open(path / FOLDER_LOCK, os.O_RDONLY)
-            elif stat.S_ISREG(kind):
-                fd = os.open(path, os.O_RDONLY)
-            else:  # a link, a pipe: no writer's
-                continue
-        except OSError:  # gone meanwhile, or a folder no writer made
-            continue
-        try:
-            if not lock_descriptor(fd, blocking=False):
-                live.append(path)
-        except OSError:  # no locks here: cannot tell
-            pass
-        finally:
-            os.close(fd)
-    return live
-
-
-def _describe_writer(path: Path) -> str:
-    """Who writes through ``path`` (a run's hidden folder, or a ``sink=`` call's file)."""
-    from batchata_df.state import LockHolder
-
-    if not path.is_dir():
-        return f"a batch_llm(sink=...) call (its hidden file {path.name!r})"
-    try:
-        text = (path / RUN_RECORD).read_text()
-    except OSError:
-        text = ""
-    holder = LockHolder.parse(text)
-    if holder is None:
-        return f"a run starting up (its hidden folder {path.name!r})"
-    state = json.loads(text).get("state")
-    with_state = f", state folder {state!r}" if state else ""
-    return f"batchata-df run, {holder.describe()}{with_state} (its hidden folder {path.name!r})"
 
 
 @contextlib.contextmanager
