@@ -56,6 +56,7 @@ from batchata_df.errors import (
     BatchataError,
     ConfigError,
     PriceError,
+    SinkLockedError,
     StateLockedError,
     StateMismatchError,
 )
@@ -787,7 +788,8 @@ def _scratch(
 
     Two runs writing one OUTPUT with different state folders would each send every row
     (and the last rename wins): so a run that finds another live writer of OUTPUT (its
-    locked hidden folder, or a ``sink=`` call's locked hidden file) gives its own folder
+    locked hidden folder, a ``sink=`` call's, which it holds for the whole call, or a
+    ``sink=`` call's locked hidden file) gives its own folder
     up and waits up to ``lock_timeout`` seconds for it to finish, then raises
     :class:`Busy`, before anything is sent. Each run makes its folder *before* it looks
     for others, so of two starting at once at least one sees the other (both may, and
@@ -1485,7 +1487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(e.format_message(), e.exit_code)
     except (UsageProblem, ConfigError, StateMismatchError) as e:
         return _fail(str(e), EXIT_USAGE)
-    except (StateLockedError, Busy) as e:
+    except (StateLockedError, SinkLockedError, Busy) as e:
         return _fail(str(e), EXIT_LOCKED)
     except BatchataError as e:
         return _fail(str(e), EXIT_ERROR)
