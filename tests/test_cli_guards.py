@@ -102,8 +102,10 @@ def test_a_second_run_on_the_same_output_refuses_before_sending_or_waits(emu, wo
     emu.configure(latency=1000.0)
     first = _start(emu, work, "--state", "s1")
     procs.append(first)
-    _wait_for(lambda: batch_posts(emu) == 1, first, "run A never submitted its batch")
-    assert sum(billed(emu).values()) == N
+    # The request is logged when it arrives and billed as it is handled: wait for both (a
+    # loaded machine showed the log entry before the bill).
+    _wait_for(lambda: batch_posts(emu) == 1 and sum(billed(emu).values()) == N, first,
+              "run A never submitted its batch")
 
     r = cli(emu, *RUN, "--state", "s2", "--no-wait", cwd=work)  # were it sent: exit 5 at once
     line = one_line_error(r, 75)
@@ -488,7 +490,8 @@ def test_an_output_named_through_a_link_is_the_file_it_names(work, emu, procs):
     emu.configure(latency=1000.0)
     first = _start(emu, work, "--state", "s1")  # writes out.parquet
     procs.append(first)
-    _wait_for(lambda: batch_posts(emu) == 1, first, "run A never submitted its batch")
+    _wait_for(lambda: batch_posts(emu) == 1 and sum(billed(emu).values()) == N, first,
+              "run A never submitted its batch")  # logged on arrival, billed when handled
     r = cli(emu, "run", "in.parquet", "link.parquet", "--model", "gpt-4.1-mini",
             "--prompt", "{text}", "--state", "s2", "--no-wait", cwd=work)
     assert "is being written by another run" in one_line_error(r, 75)
