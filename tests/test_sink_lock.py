@@ -88,9 +88,12 @@ def _billed(emu) -> Counter[str]:
 
 
 def _in_flight(emu, proc: subprocess.Popen[str]) -> None:
-    """Wait until ``proc`` has its batch in flight (the emulator holds it: latency)."""
+    """Wait until ``proc`` has its batch in flight (the emulator holds it: latency).
+
+    The request is logged when it arrives and billed as it is handled: both are waited for.
+    """
     deadline = time.monotonic() + 120
-    while _batch_posts(emu) < 1:
+    while _batch_posts(emu) < 1 or sum(_billed(emu).values()) < N:
         assert proc.poll() is None, proc.communicate(timeout=60)
         assert time.monotonic() < deadline, "the first writer never submitted its batch"
         time.sleep(0.05)
