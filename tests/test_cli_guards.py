@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
@@ -60,17 +59,6 @@ def work(emu, tmp_path: Path) -> Path:
         tmp_path / "in.parquet"
     )
     return tmp_path
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    """Children still running at the end of a test (a failed assertion) are killed."""
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=60)
 
 
 RUN = ["run", "in.parquet", "out.parquet", "--model", "gpt-4.1-mini", "--prompt", "{text}",

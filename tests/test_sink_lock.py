@@ -164,14 +164,3 @@ def test_two_sink_calls_on_one_file_one_refuses_or_waits(emu, work, procs):
     assert set(_billed(emu).values()) == {1} and len(_billed(emu)) == N
     assert sorted(p.name for p in work.iterdir()) == [
         "in.parquet", "library.py", "out.parquet", "s1"]
-
-
-@pytest.fixture
-def procs():
-    """Children still running at the end of a test (a failed assertion) are killed."""
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=60)
