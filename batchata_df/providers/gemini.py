@@ -787,6 +787,8 @@ def _inlined_lines(responses: list[types.InlinedResponse]) -> bytes:
 
 _TEXT = "\x00text"
 """The decoded answer's column while :func:`decode_lines` normalises (never a line field)."""
+_FINISH = "\x00finish"
+"""The first candidate's finish reason while :func:`decode_lines` normalises."""
 
 
 def answer_text(raw: pl.DataFrame) -> pl.Series:
@@ -848,11 +850,15 @@ def decode_lines(data: bytes, *, responses: bool = False) -> pl.DataFrame:
     raw = raw.filter(pl.col("key").is_not_null())
     # The answer once, as a column: an eager select evaluates an expression once per use,
     # and the text is used four times below.
-    raw = raw.with_columns(answer_text(raw).alias(_TEXT))
-    text = pl.col(_TEXT)
     resp = pl.col("response")
-    candidate = resp.struct.field("candidates").list.first()
-    finish = candidate.struct.field("finishReason")
+    # ... and so is the finish reason (six uses), each of which took the list's first
+    # candidate again.
+    raw = raw.with_columns(
+        answer_text(raw).alias(_TEXT),
+        resp.struct.field("candidates").list.first().struct.field("finishReason").alias(_FINISH),
+    )
+    text = pl.col(_TEXT)
+    finish = pl.col(_FINISH)
     usage = resp.struct.field("usageMetadata")
     err = pl.col("error")
     err_code = err.struct.field("code")
