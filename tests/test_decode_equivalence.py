@@ -297,11 +297,18 @@ def test_the_null_line_guard_past_re2_s_size_is_python_s(monkeypatch: pytest.Mon
     assert has_null_line(b'{"a":1}\n null') and not has_null_line(b'{"a":1}\nnul')
 
 
+@pytest.mark.parametrize("block", [None, 4096])
 @pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini"])
-def test_real_downloads_decode_as_before_on_the_arrow_path(provider: str) -> None:
+def test_real_downloads_decode_as_before_on_the_arrow_path(
+    provider: str, block: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Lines as the emulator sends them (every field a real download has), a few hundred:
-    # they take pyarrow's reader, and the frame is the previous decoder's.
+    # they take pyarrow's reader, in one block or in many, and the frame is the previous
+    # decoder's (which read them in blocks of 1 MiB).
     from test_fast_paths import _RESULT_LINES
+
+    if block is not None:
+        monkeypatch.setattr("batchata_df.providers.base.ARROW_BLOCK_BYTES", block)
 
     data = b"\n".join([_RESULT_LINES[provider]] * 200) + b"\n"
     schemas = {"openai": openai._LINE_SCHEMA, "gemini": gemini._LINE_SCHEMA,

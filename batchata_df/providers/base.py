@@ -194,7 +194,11 @@ def conform_results(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 JSONL_SLICE_BYTES = 1 << 20
-"""Bytes of JSON Lines decoded at a time by :func:`read_jsonl` (whole lines)."""
+"""Bytes of JSON Lines decoded at a time by :func:`read_jsonl`'s Polars path (whole lines)."""
+ARROW_BLOCK_BYTES = 8 << 20
+"""Bytes of JSON Lines pyarrow's reader parses at a time in :func:`read_jsonl` (its block
+size). Each block is a chunk of every column: 8 MiB took 5-15 % less CPU per download than
+1 MiB blocks (``benchmarks/PROFILE.md``, tenth pass), for ~8 MiB more working memory."""
 
 
 def read_jsonl(data: bytes, schema: pl.Schema) -> pl.DataFrame:
@@ -332,7 +336,8 @@ def _read_jsonl_arrow(data: bytes, schema: pl.Schema) -> pl.DataFrame | None:
     """:func:`read_jsonl` through pyarrow's JSON reader, or ``None`` if it refuses the data.
 
     pyarrow parses JSON Lines against an explicit schema about 1.5x faster than
-    ``str.json_decode`` (``benchmarks/PROFILE.md``), in blocks of 1 MB on this thread.
+    ``str.json_decode`` (``benchmarks/PROFILE.md``), in blocks of
+    :data:`ARROW_BLOCK_BYTES` on this thread.
     It is stricter (a value of another JSON type than the schema's, an integer past
     Int64, a malformed line are errors): on any error the caller decodes with Polars,
     which gives the same frame or the error ``read_ndjson`` would give.
@@ -352,7 +357,7 @@ def _read_jsonl_arrow(data: bytes, schema: pl.Schema) -> pl.DataFrame | None:
     try:
         table = pj.read_json(
             pa.BufferReader(data),  # the download in place: io.BytesIO copied each block
-            read_options=pj.ReadOptions(use_threads=False, block_size=JSONL_SLICE_BYTES),
+            read_options=pj.ReadOptions(use_threads=False, block_size=ARROW_BLOCK_BYTES),
             parse_options=pj.ParseOptions(
                 explicit_schema=arrow_schema, unexpected_field_behavior="ignore"
             ),
