@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any
 
 import decode_reference as ref
@@ -26,7 +27,12 @@ from polars.testing import assert_frame_equal
 from pydantic import BaseModel
 
 from batchata_df.providers import anthropic, gemini, openai
-from batchata_df.providers.base import RequestSpec, _read_jsonl_arrow, has_null_line
+from batchata_df.providers.base import (
+    DownloadBuffer,
+    RequestSpec,
+    _read_jsonl_arrow,
+    has_null_line,
+)
 from batchata_df.schema import AnswerSchema
 
 _text = st.text(
@@ -322,3 +328,95 @@ def test_real_downloads_decode_as_before_on_the_arrow_path(
            "gemini": lambda d: ref.gemini_decode_lines(d, responses=True),
            "anthropic": lambda d: ref.anthropic_decode_results(d, spec)}[provider]
     assert_frame_equal(new(data), old(data))
+
+
+# -- downloads written into reused memory (DownloadBuffer) ---------------------------------------
+
+
+def test_a_download_buffer_gives_each_download_s_bytes_whatever_came_before() -> None:
+    buffer = DownloadBuffer()
+    for chunks in ([b"abc", b"def"], [b"0123456789" * 3], [b"x"], [], [b"yz", b"", b"w"]):
+        with buffer.receive() as sink:
+            for chunk in chunks:
+                assert sink.write(chunk) == len(chunk)
+            assert sink.getvalue() == b"".join(chunks)
+    # A view of the previous download kept past its block: the next one gets fresh memory,
+    # whether it is longer (the buffer cannot grow) or shorter (it cannot shrink).
+    for longer in (True, False):
+        with buffer.receive() as sink:
+            sink.write(b"0123456789")
+            held = memoryview(sink.getvalue())
+        with buffer.receive() as sink:
+            sink.write(b"abcdefghijklmnop" if longer else b"abc")
+            assert sink.getvalue() == (b"abcdefghijklmnop" if longer else b"abc")
+        held.release()
+    # Another thread downloading meanwhile gets memory of its own.
+    with buffer.receive() as outer, buffer.receive() as inner:
+        outer.write(b"outer")
+        inner.write(b"in")
+        assert (outer.getvalue(), inner.getvalue()) == (b"outer", b"in")
+    buffer.release()
+    with buffer.receive() as sink:
+        sink.write(b"after")
+        assert sink.getvalue() == b"after"
+
+
+_MARKED = ["", "[[emulator:error]] ", "[[emulator:refusal]] ", "[[emulator:truncate]] ",
+           "[[emulator:recitation]] ", "[[emulator:filter]] "]
+
+
+def _jobs(model: str, n: int, tag: str) -> pl.DataFrame:
+    return pl.DataFrame({
+        "job_id": [f"{tag}{i}" for i in range(n)],
+        "model": [model] * n,
+        "prompt": [f"{_MARKED[i % len(_MARKED)]}{tag} prompt {i} " + "words " * (i % 7)
+                   for i in range(n)],
+        "system": [None] * n,
+    })
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "gemini"])
+def test_results_downloaded_into_reused_memory_are_each_batch_s_own(emu, provider: str) -> None:
+    # Three batches of different sizes downloaded one after the other through one provider
+    # (so into the same memory, grown and shrunk), the first again at the end: each frame
+    # is the previous decoder's frame of the batch's own download (fetched apart with the
+    # SDK), verbatim lines included, and a frame is unchanged by the downloads after it.
+    from batchata_df.providers import make_provider
+    from batchata_df.providers.base import BatchTag, ProviderState
+
+    model = {"anthropic": "claude-haiku-4-5", "gemini": "gemini-2.5-flash"}[provider]
+    p = make_provider(provider)
+    if provider == "gemini":
+        p.inline_max_bytes = 0  # type: ignore[attr-defined]  # result files, not inlined
+    spec = RequestSpec(AnswerSchema(None), {}, keep_responses=True)
+    batches = []
+    for n, tag in ((12, "a"), (60, "b"), (2, "c")):
+        jobs = _jobs(model, n, tag)
+        bid = p.submit(p.encode(jobs, spec), model=model,
+                       tag=BatchTag("run", tag, time.time(), n_jobs=n, members=jobs["job_id"]))
+        while p.poll(bid).state is ProviderState.RUNNING:
+            time.sleep(0.05)
+        batches.append(bid)
+
+    def downloaded(bid: str) -> bytes:
+        if provider == "anthropic":
+            client = p.client.messages.batches.with_streaming_response  # type: ignore[attr-defined]
+            with client.results(bid) as r:
+                return bytes(r.read())
+        return bytes(p.client.files.download(file=p._get(bid).dest.file_name))  # type: ignore[attr-defined]
+
+    def reference(bid: str) -> pl.DataFrame:
+        data = downloaded(bid)
+        if provider == "anthropic":
+            return ref.anthropic_decode_results(data, spec)
+        return ref.gemini_decode_lines(data, responses=True)
+
+    first = p.results(batches[0], spec)
+    first_rows = first.rows()
+    frames = [first] + [p.results(bid, spec) for bid in batches[1:]] + [p.results(batches[0], spec)]
+    assert first.rows() == first_rows  # the later downloads rewrote the memory, not the frame
+    for frame, bid in zip(frames, [*batches, batches[0]], strict=True):
+        assert_frame_equal(frame, reference(bid))
+    assert [f.height for f in frames] == [12, 60, 2, 12]
+    assert set(frames[0]["outcome"]) == {"succeeded", "errored"}, frames[0]["error"].to_list()
+    p.close()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import io
 import json
 import os
 import threading
@@ -35,6 +34,8 @@ from batchata_df.providers.base import (
     LINE_COLUMN,
     BatchPoll,
     BatchTag,
+    Download,
+    DownloadBuffer,
     ProviderState,
     RealtimeFailure,
     RequestSpec,
@@ -175,6 +176,7 @@ class AnthropicProvider:
         # Realtime requests run in threads: one client, created once.
         self._client_lock = threading.Lock()
         self._created: set[str] = set()  # batches this instance created: never an orphan
+        self._downloads = DownloadBuffer()
 
     def __repr__(self) -> str:  # never show the key
         return f"AnthropicProvider(base_url={self._base_url!r})"
@@ -193,7 +195,8 @@ class AnthropicProvider:
         return self._client
 
     def close(self) -> None:
-        """Close the SDK client's connection pool."""
+        """Close the SDK client's connection pool; give the downloads' memory back."""
+        self._downloads.release()
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -408,16 +411,20 @@ class AnthropicProvider:
         return _poll_of(b)
 
     def results(self, batch_id: str, spec: RequestSpec) -> pl.DataFrame:
-        """Stream the results JSONL of an ended batch and decode it."""
+        """Stream the results JSONL of an ended batch and decode it.
 
-        def fetch() -> bytes:
-            buffer = io.BytesIO()
-            with self.client.messages.batches.with_streaming_response.results(batch_id) as r:
-                for chunk in r.iter_bytes():
-                    buffer.write(chunk)
-            return buffer.getvalue()
+        The download is written into the memory the previous one used
+        (:class:`~batchata_df.providers.base.DownloadBuffer`) and decoded there.
+        """
+        with self._downloads.receive() as sink:
 
-        return decode_results(self._call("download the batch results", fetch), spec)
+            def fetch() -> bytearray:
+                with self.client.messages.batches.with_streaming_response.results(batch_id) as r:
+                    for chunk in r.iter_bytes():
+                        sink.write(chunk)
+                return sink.getvalue()
+
+            return decode_results(self._call("download the batch results", fetch), spec)
 
     def cancel(self, batch_id: str) -> None:
         """Ask Anthropic to cancel the batch (it answers ``canceling``)."""
@@ -667,7 +674,7 @@ def answer_columns(raw: pl.DataFrame) -> list[pl.Series]:
     return [out.get_column(_TEXT), out.get_column(_THINKING)]
 
 
-def decode_results(data: bytes, spec: RequestSpec | None = None) -> pl.DataFrame:
+def decode_results(data: Download, spec: RequestSpec | None = None) -> pl.DataFrame:
     r"""Decode Message Batch results JSONL into the normalized :data:`RESULTS` frame.
 
     The answer text is the concatenation of the ``text`` blocks (``thinking`` and other

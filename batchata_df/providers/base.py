@@ -13,8 +13,10 @@ import enum
 import io
 import re
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -33,6 +35,9 @@ __all__ = [
     "RealtimeProvider",
     "retry_after_seconds",
     "BatchTag",
+    "Download",
+    "DownloadBuffer",
+    "DownloadSink",
     "Provider",
     "ProviderState",
     "RequestSpec",
@@ -193,6 +198,9 @@ def conform_results(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+Download = bytes | bytearray
+"""A results download: ``bytes``, or the memory of a :class:`DownloadBuffer`."""
+
 JSONL_SLICE_BYTES = 1 << 20
 """Bytes of JSON Lines decoded at a time by :func:`read_jsonl`'s Polars path (whole lines)."""
 ARROW_BLOCK_BYTES = 8 << 20
@@ -201,7 +209,7 @@ size). Each block is a chunk of every column: 8 MiB took 5-15 % less CPU per dow
 1 MiB blocks (``benchmarks/PROFILE.md``, tenth pass), for ~8 MiB more working memory."""
 
 
-def read_jsonl(data: bytes, schema: pl.Schema) -> pl.DataFrame:
+def read_jsonl(data: Download, schema: pl.Schema) -> pl.DataFrame:
     r"""Parse JSON Lines into a frame of ``schema``, the same frame ``pl.read_ndjson`` gives.
 
     pyarrow's JSON reader is tried first (:func:`_read_jsonl_arrow`); when it refuses the
@@ -223,7 +231,7 @@ def read_jsonl(data: bytes, schema: pl.Schema) -> pl.DataFrame:
     return fast if fast is not None else _read_jsonl_polars(data, schema)
 
 
-def is_blank(data: bytes) -> bool:
+def is_blank(data: Download) -> bool:
     r"""Whether ``data`` is empty or only whitespace, without copying it (``not data.strip()``).
 
     A results download is tens of MB: ``data.strip()`` copies all of it to test the ends.
@@ -236,7 +244,7 @@ def is_blank(data: bytes) -> bool:
     return not data or data.isspace()
 
 
-def strip_ends(data: bytes) -> bytes:
+def strip_ends(data: Download) -> Download:
     r"""``data.strip()``, without copying ``data`` when only a final newline would go.
 
     A results download is tens of MB and ends in one ``\n``: the lines (:func:`read_jsonl`,
@@ -255,7 +263,7 @@ def strip_ends(data: bytes) -> bytes:
     return data
 
 
-def _read_jsonl_polars(data: bytes, schema: pl.Schema) -> pl.DataFrame:
+def _read_jsonl_polars(data: Download, schema: pl.Schema) -> pl.DataFrame:
     """:func:`read_jsonl` with Polars alone (CSV line split, ``str.json_decode``)."""
     dtype = pl.Struct(schema)
     view = memoryview(data)
@@ -306,7 +314,7 @@ _OFFSETS = struct.Struct("<qq")
 """The offsets buffer of a one-value ``large_binary`` array: 0 and the value's length."""
 
 
-def has_null_line(data: bytes) -> bool:
+def has_null_line(data: Download) -> bool:
     r"""Whether a line of ``data`` after the first is ``null`` (:data:`_NULL_LINE` occurs).
 
     The same answer as ``_NULL_LINE.search(data) is not None``, searched by Arrow's RE2 over
@@ -332,7 +340,7 @@ def has_null_line(data: bytes) -> bool:
     return bool(pc.match_substring_regex(whole, _NULL_LINE.pattern.decode())[0].as_py())
 
 
-def _read_jsonl_arrow(data: bytes, schema: pl.Schema) -> pl.DataFrame | None:
+def _read_jsonl_arrow(data: Download, schema: pl.Schema) -> pl.DataFrame | None:
     """:func:`read_jsonl` through pyarrow's JSON reader, or ``None`` if it refuses the data.
 
     pyarrow parses JSON Lines against an explicit schema about 1.5x faster than
@@ -371,7 +379,87 @@ def _read_jsonl_arrow(data: bytes, schema: pl.Schema) -> pl.DataFrame | None:
     return frame if frame.schema == schema else frame.cast(schema)
 
 
-def result_lines(data: bytes) -> pl.Series:
+class DownloadBuffer:
+    r"""The memory of a provider's results downloads, kept from one download to the next.
+
+    A download of 40 to 70 MB written into a fresh ``bytes`` has all its pages faulted in
+    by the kernel for every batch (the allocator maps a block that large afresh and unmaps
+    it when freed): ~16,000 minor faults and ~0.04 s of system CPU per 67 MB, ~0.4 s per
+    1M rows (``benchmarks/PROFILE.md``, tenth pass). Written where the previous download
+    was, its pages are faulted in once per provider. :meth:`receive` lends the buffer to
+    one download at a time: its bytes are valid inside the ``with`` block only, and the
+    decoders copy what they keep (pyarrow's reader, the Polars path and ``result_lines``
+    all do), so a frame never refers to it. A second thread, or a buffer still exported
+    (a view kept past its block), gets fresh memory instead. :meth:`release` (the
+    provider's ``close``) gives the memory back.
+
+    Examples
+    --------
+    >>> buffer = DownloadBuffer()
+    >>> with buffer.receive() as sink:
+    ...     _ = sink.write(b'{"a":1}\n'), sink.write(b'{"a":2}\n')
+    ...     sink.getvalue()
+    bytearray(b'{"a":1}\n{"a":2}\n')
+    >>> with buffer.receive() as sink:
+    ...     _ = sink.write(b"{}")
+    ...     bytes(sink.getvalue())
+    b'{}'
+    """
+
+    def __init__(self) -> None:
+        self._memory = bytearray()
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def receive(self) -> Iterator[DownloadSink]:
+        """A sink to write one download into (``write`` its chunks, then ``getvalue``)."""
+        if not self._lock.acquire(blocking=False):  # another thread's download: fresh memory
+            yield DownloadSink(bytearray())
+            return
+        try:
+            sink = DownloadSink(self._memory)
+            yield sink
+            self._memory = sink.memory
+        finally:
+            self._lock.release()
+
+    def release(self) -> None:
+        """Give the kept memory back (the next download starts from fresh memory)."""
+        with self._lock:
+            self._memory = bytearray()
+
+
+class DownloadSink:
+    """One download written into :class:`DownloadBuffer` memory: a file-like ``write``."""
+
+    def __init__(self, memory: bytearray) -> None:
+        self.memory = memory
+        self._size = 0
+
+    def write(self, chunk: bytes) -> int:
+        """Append ``chunk`` after what was written before."""
+        end = self._size + len(chunk)
+        try:
+            if end <= len(self.memory):
+                self.memory[self._size : end] = chunk  # same length: copied in place
+            else:
+                self.memory[self._size :] = chunk  # grows the buffer
+        except BufferError:  # a view of the previous download still exists: fresh memory
+            self.memory = bytearray(self.memory[: self._size]) + chunk
+        self._size = end
+        return len(chunk)
+
+    def getvalue(self) -> bytearray:
+        """The download's bytes (valid until the next download through the same buffer)."""
+        if len(self.memory) != self._size:
+            try:
+                del self.memory[self._size :]
+            except BufferError:
+                self.memory = self.memory[: self._size]
+        return self.memory
+
+
+def result_lines(data: Download) -> pl.Series:
     r"""The non-blank lines of a JSONL results download, as they came (``response``).
 
     The same lines, in the same order, that ``pl.read_ndjson`` decodes (it skips blank

@@ -29,6 +29,7 @@ from batchata_df.providers.base import (
     ORPHAN_SEARCH_SECONDS,
     BatchPoll,
     BatchTag,
+    Download,
     ProviderState,
     RealtimeFailure,
     RequestSpec,
@@ -454,7 +455,7 @@ _OK = "\x00ok"
 """Whether the line is an answer, while :func:`decode_lines` normalises."""
 
 
-def decode_lines(data: bytes, *, responses: bool = False) -> pl.DataFrame:
+def decode_lines(data: Download, *, responses: bool = False) -> pl.DataFrame:
     """Decode OpenAI batch output/error JSONL into the normalized results frame.
 
     With ``responses``, each row's ``response`` is its line as OpenAI sent it.
