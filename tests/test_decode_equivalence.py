@@ -294,12 +294,22 @@ def test_gemini_decode_equals_the_previous_decoder(data: bytes, responses: bool)
 @example(data=b"\n  null")
 @example(data=b"\xff\nnull")
 def test_the_null_line_guard_equals_the_regular_expression(data: bytes) -> None:
-    # Arrow's RE2 over the bytes in place answers as Python's re did, bytes not UTF-8 too.
-    assert has_null_line(data) == (ref._NULL_LINE.search(data) is not None)
+    # Arrow's RE2 over the bytes in place answers as Python's re did, bytes not UTF-8 too
+    # (RE2 takes any size here; it is given downloads of 16 MiB or more).
+    from unittest import mock
+
+    with mock.patch("batchata_df.providers.base._RE2_MIN_BYTES", 0):
+        assert has_null_line(data) == (ref._NULL_LINE.search(data) is not None)
 
 
-def test_the_null_line_guard_past_re2_s_size_is_python_s(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_null_line_guard_outside_re2_s_sizes_is_python_s(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("batchata_df.providers.base._RE2_MIN_BYTES", 0)
     monkeypatch.setattr("batchata_df.providers.base._RE2_MAX_BYTES", 4)
+    assert has_null_line(b'{"a":1}\n null') and not has_null_line(b'{"a":1}\nnul')
+    monkeypatch.setattr("batchata_df.providers.base._RE2_MIN_BYTES", 1 << 20)
+    monkeypatch.setattr("batchata_df.providers.base._RE2_MAX_BYTES", 1 << 30)
     assert has_null_line(b'{"a":1}\n null') and not has_null_line(b'{"a":1}\nnul')
 
 

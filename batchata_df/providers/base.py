@@ -308,6 +308,9 @@ _NULL_LINE = re.compile(rb"\n[ \t]?null")
 three ``in`` tests it replaces scanned a 40 MB download three times (~55 ms per 50,000-line
 file, against ~12 ms; ``benchmarks/PROFILE.md``, seventh pass)."""
 
+_RE2_MIN_BYTES = 16 << 20
+"""Smallest download :func:`has_null_line` gives to Arrow's RE2: below it, Python's ``re``
+(~0.5 ms per MB) costs less than importing ``pyarrow.compute`` (~30 ms, once per process)."""
 _RE2_MAX_BYTES = 1 << 30
 """Largest download :func:`has_null_line` gives to Arrow's RE2 (beyond: Python's ``re``)."""
 _OFFSETS = struct.Struct("<qq")
@@ -317,18 +320,18 @@ _OFFSETS = struct.Struct("<qq")
 def has_null_line(data: Download) -> bool:
     r"""Whether a line of ``data`` after the first is ``null`` (:data:`_NULL_LINE` occurs).
 
-    The same answer as ``_NULL_LINE.search(data) is not None``, searched by Arrow's RE2 over
-    the download in place (a one-value binary array on its buffer, no copy): about 5x less
-    CPU than Python's ``re`` on a results download (~7 against ~35 ms per 67 MB;
-    ``benchmarks/PROFILE.md``, tenth pass). RE2's unanchored search steps over any byte, so
-    bytes that are not UTF-8 do not hide a match.
+    The same answer as ``_NULL_LINE.search(data) is not None``. A download of
+    :data:`_RE2_MIN_BYTES` or more is searched by Arrow's RE2 in place (a one-value binary
+    array on its buffer, no copy): about 5x less CPU than Python's ``re`` (~7 against ~35
+    ms per 67 MB; ``benchmarks/PROFILE.md``, tenth pass). RE2's unanchored search steps
+    over any byte, so bytes that are not UTF-8 do not hide a match.
 
     Examples
     --------
     >>> has_null_line(b'{"a":null}\r\n\tnull\n'), has_null_line(b'{"a":null}\n  null')
     (True, False)
     """
-    if len(data) > _RE2_MAX_BYTES:
+    if not _RE2_MIN_BYTES <= len(data) <= _RE2_MAX_BYTES:
         return _NULL_LINE.search(data) is not None
     try:
         import pyarrow as pa
