@@ -476,6 +476,12 @@ def parse_params(params_json: str | None, pairs: Sequence[str], max_tokens: int 
     return out
 
 
+MAX_PRICE_PER_MTOK = 100_000.0
+"""The largest ``--price`` rate taken, USD per million tokens: far above any model's (the
+dearest listed are hundreds), low enough that a typo like ``1e308`` is refused, not
+turned into a summary of ``$inf``."""
+
+
 def parse_prices(specs: Sequence[str]) -> dict[str, tuple[float, float]]:
     """Each ``--price MODEL=INPUT,OUTPUT`` (batch USD per million tokens) as ``prices=``.
 
@@ -487,6 +493,10 @@ def parse_prices(specs: Sequence[str]) -> dict[str, tuple[float, float]]:
     Traceback (most recent call last):
     ...
     batchata_df.cli.UsageProblem: --price takes MODEL=INPUT,OUTPUT in USD per million tokens (batch prices), e.g. --price gpt-6-terra=1.25,10; got 'gpt-6-terra=1.25'
+    >>> parse_prices(["m=1e308,1e308"])
+    Traceback (most recent call last):
+    ...
+    batchata_df.cli.UsageProblem: --price takes MODEL=INPUT,OUTPUT in USD per million tokens (batch prices), e.g. --price gpt-6-terra=1.25,10; got 'm=1e308,1e308'
     """  # noqa: E501
     out: dict[str, tuple[float, float]] = {}
     for spec in specs:
@@ -496,8 +506,8 @@ def parse_prices(specs: Sequence[str]) -> dict[str, tuple[float, float]]:
             values = tuple(float(x) for x in parts)
         except ValueError:
             values = ()
-        if not sep or not model.strip() or len(values) != 2 or not all(
-            math.isfinite(v) and v >= 0 for v in values
+        if not sep or not model.strip() or len(values) != 2 or "_" in rates or not all(
+            math.isfinite(v) and 0 <= v <= MAX_PRICE_PER_MTOK for v in values
         ):
             msg = (
                 "--price takes MODEL=INPUT,OUTPUT in USD per million tokens (batch prices), "

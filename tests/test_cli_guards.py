@@ -383,7 +383,7 @@ def test_a_model_without_a_price_is_cost_unknown_never_zero_and_price_gives_one(
     assert sum(billed(emu).values()) == 2 * N
 
     for bad in ("gpt-6-terra=1.5", "gpt-6-terra", "=1,2", "gpt-6-terra=a,b", "m=-1,2",
-                "m=nan,1"):
+                "m=nan,1", "gpt-6-terra=1e308,1e308", "gpt-6-terra=1_000,1"):  # $inf; 1000
         line = one_line_error(cli(emu, *args, "--price", bad, cwd=work), 2)
         assert "--price takes MODEL=INPUT,OUTPUT" in line and repr(bad) in line
     # a price for a model the run does not use was ignored without a word (second review)
