@@ -25,6 +25,7 @@ from batchata_df.citations import citation_columns, decode_citations, instructio
 from batchata_df.cost import PriceOverride, PriceTable, estimate_expr
 from batchata_df.engine import Engine, ProgressSnapshot, RunOptions
 from batchata_df.engine.auto import AutoEngine
+from batchata_df.engine.planning import only_model
 from batchata_df.engine.realtime import DEFAULT_CONCURRENCY, RealtimeEngine
 from batchata_df.errors import (
     ColumnError,
@@ -1116,6 +1117,8 @@ def _warn_unavailable(results: pl.DataFrame) -> None:
         f"cancelled: a later call sends them). Last error: {last}"
     )
     warnings.warn(scrub(msg), ProviderUnavailableWarning, stacklevel=4)
+
+
 def _sendable(jobs: pl.DataFrame) -> pl.DataFrame:
     """The jobs to run: rows without an input error, each ``job_id`` once (its first row).
 
@@ -1138,12 +1141,30 @@ def _sendable(jobs: pl.DataFrame) -> pl.DataFrame:
     return ok.drop("input_error")
 
 
+def _model_pairs(jobs: pl.DataFrame) -> list[tuple[object, object]]:
+    """The distinct non-null ``(provider, model)`` pairs of ``jobs``, first seen first.
+
+    ``jobs.select("provider", "model").drop_nulls().unique(maintain_order=True)``'s rows;
+    a table of one model is told by comparisons, without hashing every row's pair (0.04 s
+    at 1M rows).
+
+    Examples
+    --------
+    >>> jobs = pl.DataFrame({"provider": ["openai", None, "openai"], "model": ["m", "m", "n"]})
+    >>> _model_pairs(jobs)
+    [('openai', 'm'), ('openai', 'n')]
+    """
+    only = only_model(jobs)
+    if only is not None:
+        return [only]
+    return jobs.select("provider", "model").drop_nulls().unique(maintain_order=True).rows()
+
+
 def _check_models(
     jobs: pl.DataFrame, params: Mapping[str, Any], *, structured: bool, citations: bool
 ) -> None:
     """Every model of the run takes ``params`` and the features asked for, before spend."""
-    pairs = jobs.select("provider", "model").drop_nulls().unique(maintain_order=True)
-    for provider, model in pairs.iter_rows():
+    for provider, model in _model_pairs(jobs):
         check_endpoint(str(provider), str(model))
         check_model_params(str(provider), str(model), params)
         family = family_of(str(provider), str(model))

@@ -22,7 +22,7 @@ from batchata_df import batch_llm
 from batchata_df.engine import collection
 from batchata_df.engine.collection import holds_any, outcomes_to_events
 from batchata_df.engine.planning import groups_by_model
-from batchata_df.frame import _sendable
+from batchata_df.frame import _model_pairs, _sendable
 from batchata_df.providers.base import RESULTS, BatchPoll, ProviderState, RequestSpec
 from batchata_df.schema import AnswerSchema
 
@@ -174,6 +174,10 @@ def test_groups_by_model_equal_polars_group_by(
 
     assert listed(groups_by_model(jobs)) == listed(
         iter(jobs.group_by(["provider", "model"], maintain_order=True))
+    )
+    # The run's model checks go over the same pairs, nulls left out.
+    assert _model_pairs(jobs) == (
+        jobs.select("provider", "model").drop_nulls().unique(maintain_order=True).rows()
     )
 
 

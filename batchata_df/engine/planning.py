@@ -30,6 +30,7 @@ __all__ = [
     "Requeue",
     "Requeued",
     "groups_by_model",
+    "only_model",
     "over_named_limit",
     "plan_batches",
     "queue_limit_refusal",
@@ -136,19 +137,40 @@ def groups_by_model(
     >>> [(key, group.height) for key, group in groups_by_model(mixed)]
     [(('openai', 'm'), 1), (('openai', 'n'), 1)]
     """
-    if todo.height:
-        provider, model = todo.get_column("provider"), todo.get_column("model")
-        key = (provider[0], model[0])
-        if (
-            None not in key
-            and provider.null_count() == 0
-            and model.null_count() == 0
-            and bool((provider == key[0]).all())
-            and bool((model == key[1]).all())
-        ):
-            yield key, todo
-            return
+    key = only_model(todo)
+    if key is not None:
+        yield key, todo
+        return
     yield from todo.group_by(["provider", "model"], maintain_order=True)
+
+
+def only_model(jobs: pl.DataFrame) -> tuple[object, object] | None:
+    """The one ``(provider, model)`` of every row of ``jobs``, or ``None``.
+
+    ``None`` when there are no rows, two pairs, or a null in either column. Two
+    comparisons per row: what :func:`groups_by_model` and the run's model checks ask before
+    they hash every row's pair.
+
+    Examples
+    --------
+    >>> only_model(pl.DataFrame({"provider": ["openai"] * 2, "model": ["m", "m"]}))
+    ('openai', 'm')
+    >>> only_model(pl.DataFrame({"provider": ["openai"] * 2, "model": ["m", None]})) is None
+    True
+    """
+    if not jobs.height:
+        return None
+    provider, model = jobs.get_column("provider"), jobs.get_column("model")
+    key = (provider[0], model[0])
+    if (
+        None not in key
+        and provider.null_count() == 0
+        and model.null_count() == 0
+        and bool((provider == key[0]).all())
+        and bool((model == key[1]).all())
+    ):
+        return key
+    return None
 
 
 def plan_batches(
