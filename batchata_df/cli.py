@@ -10,9 +10,9 @@ Exit codes of ``batchata-df run`` (what a scheduler can act on):
 0      every row completed (or a dry run)
 1      an error after checks passed: a damaged state folder (``batchata-df repair``), a
        provider problem, an output that cannot be written, a bug (``--debug``)
-2      a usage error: bad option, missing or unreadable input, unknown format, a column or
-       schema problem, a missing ``--price``, OUTPUT's folder not writable, OUTPUT naming
-       an INPUT file; nothing was sent
+2      a usage error: bad option, missing or unreadable input (a broken CSV line), unknown
+       format, a column or schema problem, a missing ``--price``, OUTPUT's folder or the
+       ``--state`` folder not writable, OUTPUT naming an INPUT file; nothing was sent
 3      finished, but some rows ``failed`` (see ``_error``; ``--retry-failed`` sends them
        again)
 4      some rows were ``cancelled`` (cost cap, time limit, provider): run again to send them
@@ -30,6 +30,7 @@ When several apply, the highest of 5, 4, 3 wins (pending, then cancelled, then f
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
 import glob
 import importlib
@@ -193,6 +194,10 @@ def read_frame(path: str | os.PathLike[str]) -> pl.LazyFrame:
     not ``501``), the output gets the same text back, and a value far down a column that
     does not fit the type its first rows suggest cannot fail the run halfway. NDJSON and
     Parquet carry their own types (``"00501"`` is a JSON string) and are read as typed.
+    A CSV file is also parsed whole once here (a streaming pass over every field), so
+    that a broken line anywhere in it (a row with more fields than the header, an
+    unclosed quote, bytes that are not UTF-8) is a :class:`UsageProblem` before anything
+    is sent, not an error after the chunks before it were paid for.
 
     Examples
     --------
@@ -229,9 +234,19 @@ def read_frame(path: str | os.PathLike[str]) -> pl.LazyFrame:
                         f"against {dict(schema)!r}"
                     )
                     raise UsageProblem(msg)
+        if kind == "csv":
+            # Every field parsed once, before anything is sent (a streaming pass: ~0.1 s
+            # of CPU for 1M rows): a broken line far down the file would otherwise fail
+            # the run after the chunks before it were paid for.
+            lazy.select(pl.all().null_count()).collect(engine="streaming")
     except (pl.exceptions.PolarsError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         msg = f"cannot read {shown!r} as {kind}: {first}"
+        if kind == "csv":
+            msg += (
+                "; fix the file (UTF-8 text, quotes closed, no row with more fields than "
+                "the header) and run again. Nothing was sent"
+            )
         raise UsageProblem(msg) from e
     return lazy
 
@@ -492,8 +507,8 @@ Exit codes:
   0    every row completed (also: a dry run)
   1    error after the checks: damaged state folder (see 'repair'), provider, output
        not writable, bug (--debug shows the traceback)
-  2    usage error: bad option, input, format, column, schema, price, OUTPUT not
-       writable or the INPUT itself; nothing was sent
+  2    usage error: bad option, input (a broken CSV line), format, column, schema,
+       price, OUTPUT or --state not writable, OUTPUT the INPUT itself; nothing was sent
   3    some rows failed (see the _error column; --retry-failed sends them again)
   4    some rows were cancelled (cost cap, time limit, provider); run again to send them
   5    some rows are still pending (--no-wait): run the same command again to collect
@@ -658,7 +673,13 @@ def run(
         raise UsageProblem(msg)
     if state is None and output_path is not None:
         state = f"{output_path}.state"
+    if state is not None and not dry_run:  # a dry run only reads the folder
+        _check_state_writable(state)
     lazy = read_frame(input_path)
+    bare = _bare_model(model)
+    # What the folder had billed before this run: the summary tells this run's spending
+    # from the folder's in all (a resumed run's earlier answers were not paid by it).
+    before = Bill() if dry_run or state is None else folder_bill(state, bare, prices)
     from batchata_df.frame import batch_llm
 
     # A dry run is for reading its summary: shown unless --no-progress.
@@ -716,15 +737,9 @@ def run(
         assert output_path is not None
         # A row the provider answered (it has token counts) without a cost: no price is
         # known for its model. Its cost is unknown, not $0.
-        unpriced = pl.col("_cost_usd").is_null() & pl.col("_input_tokens").is_not_null()
         totals = out.select(
             pl.col("_status").value_counts().implode(),  # one row, even for no rows
             (pl.col("_error") == "cancelled: interrupted").any().alias("interrupted"),
-            pl.col("_cost_usd").fill_null(0.0).sum().alias("cost"),
-            unpriced.sum().alias("unpriced"),
-            (pl.col("_cost_usd").is_not_null() & pl.col("_input_tokens").is_not_null())
-            .sum()
-            .alias("priced"),
         )
         summed = totals.collect(engine="streaming")
         counts = {
@@ -732,12 +747,8 @@ def run(
         }
         interrupted = bool(summed.get_column("interrupted")[0])
         summary = ", ".join(f"{counts[k]} {k}" for k in sorted(counts))
-        cost = _cost_text(
-            float(summed.get_column("cost")[0]),
-            int(summed.get_column("unpriced")[0]),
-            int(summed.get_column("priced")[0]),
-            _bare_model(model),
-        )
+        assert state is not None  # OUTPUT.state without --state
+        cost = _cost_summary(before, folder_bill(state, bare, prices), bare)
         if interrupted and not write_partial:
             _note(
                 f"interrupted: {summary} ({cost}); {output_path} was NOT written. Finished "
@@ -960,28 +971,200 @@ def _state_busy(
     )
 
 
-def _cost_text(cost: float, unpriced: int, priced: int, model: str) -> str:
-    """What the rows cost, for the summary line; never $0 for rows with no known price.
+def _usd(cost: float) -> str:
+    """A cost in dollars for people: four decimals, more for a cost too small to show.
+
+    A known non-zero cost never reads as zero: below $0.001 it is shown to two
+    significant digits. Zero is ``$0.0000``.
 
     Examples
     --------
-    >>> _cost_text(0.0123, 0, 3, "gpt-4.1-mini")
-    '$0.0123'
-    >>> _cost_text(0.0, 3, 0, "gpt-6-terra")
-    'cost unknown for 3 rows (no price for gpt-6-terra; --price gpt-6-terra=INPUT,OUTPUT gives one)'
-    >>> _cost_text(0.5, 1, 2, "m")
-    '$0.5000 for 2 rows, cost unknown for 1 row (no price for m; --price m=INPUT,OUTPUT gives one)'
+    >>> _usd(0.0123), _usd(0.0), _usd(1234.5)
+    ('$0.0123', '$0.0000', '$1234.5000')
+    >>> _usd(0.00012), _usd(3.456e-06), _usd(9.996e-07), _usd(0.00099999)
+    ('$0.00012', '$0.0000035', '$0.0000010', '$0.0010')
     """
-    if not unpriced:
+    shown = float(f"{cost:.1e}") if cost > 0 and math.isfinite(cost) else cost
+    if shown <= 0 or not math.isfinite(shown) or shown >= 0.001:
         return f"${cost:.4f}"
-    rows = "row" if unpriced == 1 else "rows"
+    decimals = 1 - math.floor(math.log10(shown))  # two significant digits
+    return f"${shown:.{decimals}f}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Bill:
+    """What a state folder's billed answers cost, for the summary line.
+
+    An answer is one billed attempt of a job (a job sent twice, ``--retry-failed``, is
+    two). Fields add up, so what one run spent is the folder's bill after it minus the
+    folder's bill before it.
+    """
+
+    priced: int = 0
+    """Billed answers whose cost is stored."""
+    cost: float = 0.0
+    """Their cost in USD."""
+    from_price: int = 0
+    """Billed answers stored without a cost (no price was known then), priced here from
+    ``--price`` (the stored parts are not rewritten)."""
+    from_price_usd: float = 0.0
+    """Their cost at ``--price``."""
+    unknown: int = 0
+    """Billed answers whose cost is unknown (no price, then or now)."""
+
+    def __sub__(self, other: Bill) -> Bill:
+        """Field by field: what was billed between ``other`` and this."""
+        return Bill(**{
+            f.name: getattr(self, f.name) - getattr(other, f.name)
+            for f in dataclasses.fields(self)
+        })
+
+    @property
+    def answers(self) -> int:
+        """Every billed answer, priced or not."""
+        return self.priced + self.from_price + self.unknown
+
+
+_BILL_COLUMNS = (
+    "seq", "job_id", "batch_key", "status", "model", "mode", "input_tokens", "output_tokens",
+    "cached_tokens", "cache_write_tokens", "cost_usd",
+)
+
+
+def folder_bill(
+    state: str | os.PathLike[str], model: str, prices: dict[str, tuple[float, float]]
+) -> Bill:
+    """The bill of a state folder's answers; those stored without a cost priced by ``prices``.
+
+    Every billed attempt counts once (its latest terminal event), as
+    :func:`batchata_df.state.spent_usd` counts them. An answer stored without a cost (a
+    model no price was known for when it was collected) whose model is ``model`` and has
+    a price in ``prices`` (``--price``) is priced at it (realtime answers at the realtime
+    rate), exactly as an answer collected now would be; nothing is written. Read in
+    slices of the folder's jobs, as ``spent_usd`` is: bounded memory.
+    """
+    from batchata_df.errors import StateError
+    from batchata_df.state import damaged_error, find_damaged
+
+    try:
+        return _folder_bill(state, model, prices)
+    except pl.exceptions.PolarsError as e:
+        damaged = find_damaged(state, deep=True)
+        if damaged:
+            raise damaged_error(Path(state), damaged) from e
+        msg = f"cannot read the checkpoint folder {os.fspath(state)!r}: {e}"
+        raise StateError(msg) from e
+
+
+def _folder_bill(
+    state: str | os.PathLike[str], model: str, prices: dict[str, tuple[float, float]]
+) -> Bill:
+    from batchata_df.cost import PriceTable, cost_expr
+    from batchata_df.state import JOB_EVENTS, SPENT_SLICE_EVENTS, TERMINAL_JOB, table_parts
+
+    parts = table_parts(Path(state) / "jobs")
+    if not parts:
+        return Bill()
+    events = pl.scan_parquet(
+        parts, schema=JOB_EVENTS, missing_columns="insert", extra_columns="ignore",
+        glob=False,
+    ).select(*_BILL_COLUMNS)
+    table = PriceTable(prices)
+    batch_price = table.get("", model) if model in prices else None
+    realtime_price = table.realtime().get("", model) if model in prices else None
+    stored = pl.col("cost_usd").is_not_null() & pl.col("input_tokens").is_not_null()
+    missing = pl.col("cost_usd").is_null() & pl.col("input_tokens").is_not_null()
+    priceable = missing & (pl.col("model") == model) & pl.lit(batch_price is not None)
+    at_price = (
+        pl.when(pl.col("mode") == "realtime")
+        .then(cost_expr(realtime_price))
+        .otherwise(cost_expr(batch_price))
+    )
+    billable = (
+        pl.col("batch_key").is_not_null()
+        | pl.col("cost_usd").is_not_null()
+        | pl.col("input_tokens").is_not_null()
+    )
+    n_events = int(events.select(pl.len()).collect().item())
+    slices = max(1, -(-n_events // SPENT_SLICE_EVENTS))
+    total = Bill()
+    for i in range(slices):
+        part = events
+        if slices > 1:
+            part = events.filter((pl.col("job_id").hash(seed=0) % slices).fill_null(0) == i)
+        attempts = (
+            part.filter(pl.col("status").is_in(TERMINAL_JOB) & billable)
+            .with_columns(pl.col("batch_key").fill_null(""))
+            .group_by("job_id", "batch_key")
+            .agg(pl.all().sort_by("seq").last())
+        )
+        row = attempts.select(
+            stored.sum().alias("priced"),
+            pl.col("cost_usd").fill_null(0.0).sum().alias("cost"),
+            priceable.sum().alias("from_price"),
+            pl.when(priceable).then(at_price).otherwise(0.0).sum().alias("from_price_usd"),
+            (missing & ~priceable).sum().alias("unknown"),
+        ).collect(engine="streaming").row(0, named=True)
+        total = Bill(
+            priced=total.priced + int(row["priced"] or 0),
+            cost=total.cost + float(row["cost"] or 0.0),
+            from_price=total.from_price + int(row["from_price"] or 0),
+            from_price_usd=total.from_price_usd + float(row["from_price_usd"] or 0.0),
+            unknown=total.unknown + int(row["unknown"] or 0),
+        )
+    return total
+
+
+def _answers(n: int) -> str:
+    return f"{n} answer" if n == 1 else f"{n} answers"
+
+
+def _bill_text(bill: Bill, model: str) -> str:
+    """What ``bill`` costs, in words; never $0 for answers with no known price.
+
+    Examples
+    --------
+    >>> _bill_text(Bill(priced=3, cost=0.0123), "gpt-4.1-mini")
+    '$0.0123'
+    >>> _bill_text(Bill(unknown=3), "gpt-6-terra")
+    'cost unknown for 3 answers (no price for gpt-6-terra; --price gpt-6-terra=INPUT,OUTPUT gives one)'
+    >>> _bill_text(Bill(priced=2, cost=0.5, unknown=1), "m")
+    '$0.5000 for 2 answers, cost unknown for 1 answer (no price for m; --price m=INPUT,OUTPUT gives one)'
+    >>> _bill_text(Bill(priced=2, cost=0.5, from_price=1, from_price_usd=0.25), "m")
+    '$0.7500 ($0.2500 of it for 1 answer stored without a cost, priced from --price)'
+    """  # noqa: E501
+    known = bill.priced + bill.from_price
+    text = _usd(bill.cost + bill.from_price_usd)
+    if bill.from_price:
+        text += (
+            f" ({_usd(bill.from_price_usd)} of it for {_answers(bill.from_price)} stored "
+            "without a cost, priced from --price)"
+        )
+    if not bill.unknown:
+        return text
     unknown = (
-        f"cost unknown for {unpriced} {rows} (no price for {model}; --price "
+        f"cost unknown for {_answers(bill.unknown)} (no price for {model}; --price "
         f"{model}=INPUT,OUTPUT gives one)"
     )
-    if not priced:
-        return unknown
-    return f"${cost:.4f} for {priced} {'row' if priced == 1 else 'rows'}, {unknown}"
+    return f"{text} for {_answers(known)}, {unknown}" if known else unknown
+
+
+def _cost_summary(before: Bill, after: Bill, model: str) -> str:
+    """The summary's cost: this run's, and the folder's in all when it held answers before.
+
+    Examples
+    --------
+    >>> _cost_summary(Bill(), Bill(priced=2, cost=0.02), "m")
+    '$0.0200'
+    >>> _cost_summary(Bill(priced=2, cost=0.02), Bill(priced=3, cost=0.03), "m")
+    'this run $0.0100; the state folder in all, with earlier runs: $0.0300'
+    """
+    if not before.answers:
+        return _bill_text(after, model)
+    return (
+        f"this run {_bill_text(after - before, model)}; the state folder in all, with "
+        f"earlier runs: {_bill_text(after, model)}"
+    )
 
 
 def _check_not_input(inputs: Sequence[Path], output_path: str) -> None:
@@ -1069,6 +1252,53 @@ def _check_writable(path: str) -> None:
                 msg = f"cannot write {path!r}: {str(parent)!r} is a file, not a folder"
                 raise UsageProblem(msg)
             break
+
+
+def _check_state_writable(state: str) -> None:
+    """Refuse, before anything is sent, a ``--state`` folder that cannot be written.
+
+    The folder is written from the start of the run (its lock, the run's record), so one
+    that cannot be made or written failed the run with exit 1. Probed with a file made
+    and removed in it, or, if it does not exist yet, a folder made and removed in its
+    nearest existing parent (it is not created here: a run refused later by another
+    check leaves nothing behind). A folder where only some files can be written (a
+    damaged one) is left to the run, which names the file.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> _check_state_writable(os.path.join(tempfile.mkdtemp(), "new", "out.state"))
+    >>> _check_state_writable(__file__ + "/out.state")
+    Traceback (most recent call last):
+    ...
+    batchata_df.cli.UsageProblem: cannot write the state folder ...
+    """
+    given = Path(state).absolute()
+    folder = given
+    while not folder.exists() and not folder.is_symlink() and folder != folder.parent:
+        folder = folder.parent
+    why: str | None = None
+    if folder == given and not folder.is_dir():
+        why = "it is not a folder"
+    elif not folder.is_dir():
+        why = f"{str(folder)!r} is a file, not a folder"
+    else:
+        try:
+            if folder == given:
+                fd, probe = tempfile.mkstemp(dir=folder, prefix=".batchata-probe-")
+                os.close(fd)
+                os.unlink(probe)
+            else:
+                os.rmdir(tempfile.mkdtemp(dir=folder, prefix=".batchata-probe-"))
+        except OSError as e:
+            what = "is not writable" if folder == given else f"cannot be made in {str(folder)!r}"
+            why = f"it {what} ({e.strerror or e})"
+    if why is not None:
+        msg = (
+            f"cannot write the state folder {state!r}: {why}; pass --state FOLDER in a "
+            "place you can write to (default: OUTPUT.state beside OUTPUT). Nothing was sent"
+        )
+        raise UsageProblem(msg)
 
 
 def _note(text: str) -> None:
