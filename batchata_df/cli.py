@@ -40,8 +40,6 @@ import math
 import os
 import random
 import re
-import socket
-import stat
 import sys
 import tempfile
 import time
@@ -58,6 +56,7 @@ from batchata_df.errors import (
     BatchataError,
     ConfigError,
     PriceError,
+    SinkLockedError,
     StateLockedError,
     StateMismatchError,
 )
@@ -193,7 +192,8 @@ def read_frame(path: str | os.PathLike[str]) -> pl.LazyFrame:
     has it. A prompt then says what the file says (a zip code ``00501`` stays ``00501``,
     not ``501``), the output gets the same text back, and a value far down a column that
     does not fit the type its first rows suggest cannot fail the run halfway. NDJSON and
-    Parquet carry their own types (``"00501"`` is a JSON string) and are read as typed.
+    Parquet carry their own types (``"00501"`` is a JSON string) and are read as typed,
+    NDJSON's inferred from every line (:func:`_scan_ndjson`), not the first 100.
     A CSV file is also parsed whole once here (a streaming pass over every field), so
     that a broken line anywhere in it (a row with more fields than the header, an
     unclosed quote, bytes that are not UTF-8) is a :class:`UsageProblem` before anything
@@ -215,8 +215,7 @@ def read_frame(path: str | os.PathLike[str]) -> pl.LazyFrame:
         elif kind == "csv":
             lazy = pl.scan_csv(files, glob=False, infer_schema=False, empty_string_is_null=False)
         else:
-            # scan_ndjson has no ``glob=False`` (polars 2.1): the names go in escaped.
-            lazy = pl.scan_ndjson([glob.escape(os.fspath(f)) for f in files])
+            lazy = _scan_ndjson(files, shown)
         schema = lazy.collect_schema()  # reads the header/metadata: a broken file fails here
         if kind != "ndjson":  # every file's columns, up front: never a failure halfway
             for file in files[1:]:
@@ -249,6 +248,37 @@ def read_frame(path: str | os.PathLike[str]) -> pl.LazyFrame:
             )
         raise UsageProblem(msg) from e
     return lazy
+
+
+def _scan_ndjson(files: Sequence[Path], shown: str) -> pl.LazyFrame:
+    """Scan NDJSON ``files`` with each column's type inferred from every line of every file.
+
+    Polars infers from the first 100 lines (of the first file) by default: a column of
+    integers that holds a string, or a float, further down failed the run halfway, after
+    the chunks before it were paid for. Inferred from the whole input (one parsing pass
+    before anything is sent, ~0.5 s of CPU per million short lines), such a column takes
+    the type that holds every value (integers and strings: text, ``118`` as ``"118"``;
+    integers and floats: floats), and a line that is not JSON is found before sending.
+    NDJSON is not read as text as CSV is: it carries nested values (``--history``) and
+    its numbers are numbers.
+    """
+    # scan_ndjson has no ``glob=False`` (polars 2.1): the names go in escaped.
+    names = [glob.escape(os.fspath(f)) for f in files]
+    schemas = [pl.scan_ndjson(n, infer_schema_length=None).collect_schema() for n in names]
+    first = schemas[0]
+    for file, schema in zip(files[1:], schemas[1:], strict=True):
+        if set(schema) != set(first):
+            msg = (
+                f"{os.fspath(file)!r} has other columns than {os.fspath(files[0])!r} "
+                f"(the first file of {shown!r}): {list(schema)!r} against {list(first)!r}"
+            )
+            raise UsageProblem(msg)
+    # The type that holds every file's values (as one file's inference would pick it).
+    merged = pl.concat(
+        [pl.DataFrame(schema={c: s[c] for c in first}) for s in schemas],
+        how="vertical_relaxed",
+    ).schema
+    return pl.scan_ndjson(names, schema=merged)
 
 
 def _json_text(column: str) -> pl.Expr:
@@ -776,11 +806,6 @@ def run(
         raise SystemExit(EXIT_OK)
 
 
-RUN_RECORD = "run.json"
-"""The file in a run's hidden folder beside OUTPUT naming the run (pid, host, start time,
-state folder), for the message another run writing the same OUTPUT gets."""
-
-
 @contextlib.contextmanager
 def _scratch(
     output_path: str | None, *, state: str | None = None, lock_timeout: float = 0.0
@@ -794,7 +819,8 @@ def _scratch(
 
     Two runs writing one OUTPUT with different state folders would each send every row
     (and the last rename wins): so a run that finds another live writer of OUTPUT (its
-    locked hidden folder, or a ``sink=`` call's locked hidden file) gives its own folder
+    locked hidden folder, a ``sink=`` call's, which it holds for the whole call, or a
+    ``sink=`` call's locked hidden file) gives its own folder
     up and waits up to ``lock_timeout`` seconds for it to finish, then raises
     :class:`Busy`, before anything is sent. Each run makes its folder *before* it looks
     for others, so of two starting at once at least one sees the other (both may, and
@@ -807,6 +833,8 @@ def _scratch(
     Busy
         Another run is writing OUTPUT past ``lock_timeout``.
     """
+    from batchata_df.stream import describe_writer, live_writers, record_writer
+
     if output_path is None:
         with tempfile.TemporaryDirectory(prefix="batchata-df-plan-") as plan:
             yield Path(plan)
@@ -817,13 +845,13 @@ def _scratch(
     while True:
         with contextlib.ExitStack() as stack:
             folder = _claim(stack, target)
-            _record_run(folder, state)
-            others = _live_writers(target, folder)
+            record_writer(folder, state, "batchata-df run")
+            others = live_writers(target, folder)
             if not others:
                 yield folder
                 return
         # Our folder is gone again: the other run's OUTPUT is not touched.
-        who = _describe_writer(others[0])
+        who, _ = describe_writer(others[0])
         if time.monotonic() >= deadline:
             waited = f" after waiting {lock_timeout:g} s" if lock_timeout else ""
             msg = (
@@ -857,75 +885,6 @@ def _claim(stack: contextlib.ExitStack, target: Path) -> Path:
             f"({reason}); give an OUTPUT in a folder you can write to. Nothing was sent"
         )
         raise UsageProblem(msg) from e
-
-
-def _record_run(folder: Path, state: str | None) -> None:
-    """Name this run in its hidden folder (:data:`RUN_RECORD`), for another run's message."""
-    record = {
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-        "since": time.time(),
-        "state": None if state is None else os.path.abspath(state),
-    }
-    tmp = folder / f"{RUN_RECORD}.tmp"
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, folder / RUN_RECORD)  # never read half written
-
-
-def _live_writers(target: Path, mine: Path) -> list[Path]:
-    """The hidden folders and files of ``target`` (other than ``mine``) a live writer holds.
-
-    The names and locks of :func:`batchata_df.stream.remove_stale_sink_files`: a folder's
-    lock is on its :data:`~batchata_df.stream.FOLDER_LOCK` file, a ``sink=`` call's hidden
-    file is locked itself. A lock this process can take is a dead writer's (taken only for
-    the look, and let go at once). Where locks are refused (Windows, some network mounts),
-    nothing can be told and nothing is reported.
-    """
-    from filelock import lock_descriptor
-
-    from batchata_df.stream import FOLDER_LOCK
-
-    name = re.compile(rf"\.tmp-{re.escape(target.name)}-[0-9a-f]{{8}}")
-    live: list[Path] = []
-    for path in sorted(target.parent.iterdir()):
-        if path.name == mine.name or not name.fullmatch(path.name):
-            continue
-        try:
-            kind = os.lstat(path).st_mode
-            if stat.S_ISDIR(kind):
-                fd = os.open(path / FOLDER_LOCK, os.O_RDONLY)
-            elif stat.S_ISREG(kind):
-                fd = os.open(path, os.O_RDONLY)
-            else:  # a link, a pipe: no writer's
-                continue
-        except OSError:  # gone meanwhile, or a folder no writer made
-            continue
-        try:
-            if not lock_descriptor(fd, blocking=False):
-                live.append(path)
-        except OSError:  # no locks here: cannot tell
-            pass
-        finally:
-            os.close(fd)
-    return live
-
-
-def _describe_writer(path: Path) -> str:
-    """Who writes through ``path`` (a run's hidden folder, or a ``sink=`` call's file)."""
-    from batchata_df.state import LockHolder
-
-    if not path.is_dir():
-        return f"a batch_llm(sink=...) call (its hidden file {path.name!r})"
-    try:
-        text = (path / RUN_RECORD).read_text()
-    except OSError:
-        text = ""
-    holder = LockHolder.parse(text)
-    if holder is None:
-        return f"a run starting up (its hidden folder {path.name!r})"
-    state = json.loads(text).get("state")
-    with_state = f", state folder {state!r}" if state else ""
-    return f"batchata-df run, {holder.describe()}{with_state} (its hidden folder {path.name!r})"
 
 
 @contextlib.contextmanager
@@ -1559,7 +1518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(e.format_message(), e.exit_code)
     except (UsageProblem, ConfigError, StateMismatchError) as e:
         return _fail(str(e), EXIT_USAGE)
-    except (StateLockedError, Busy) as e:
+    except (StateLockedError, SinkLockedError, Busy) as e:
         return _fail(str(e), EXIT_LOCKED)
     except BatchataError as e:
         return _fail(str(e), EXIT_ERROR)

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
@@ -60,17 +59,6 @@ def work(emu, tmp_path: Path) -> Path:
         tmp_path / "in.parquet"
     )
     return tmp_path
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    """Children still running at the end of a test (a failed assertion) are killed."""
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=60)
 
 
 RUN = ["run", "in.parquet", "out.parquet", "--model", "gpt-4.1-mini", "--prompt", "{text}",
@@ -283,6 +271,46 @@ def test_a_broken_csv_line_far_down_is_a_usage_error_before_anything_is_sent(
     assert "Nothing was sent" in line
     assert emu.log() == []
     assert sorted(p.name for p in work.iterdir()) == ["in.csv", "in.parquet"]
+
+
+@pytest.mark.parametrize("files", [1, 2])
+def test_an_ndjson_column_whose_type_changes_far_down_is_read_whole(work, emu, files):
+    """A column of integers holding a string (or a float) after line 100 failed the run
+    (`ComputeError: cannot parse 'X250' (string) as Int64`, exit 1) after the chunks before
+    it were paid for: Polars inferred the types from the first 100 lines of the first file.
+    Every line of every file is read for the types now; a line that is not JSON is refused
+    before anything is sent (exit 2)."""
+    import json
+
+    rows = 300
+    lines = [json.dumps({"id": i, "code": i if i < 250 else f"X{i}",
+                         "x": i if i < 260 else 1.5}) for i in range(rows)]
+    if files == 1:
+        (work / "in.ndjson").write_text("\n".join(lines) + "\n")
+        source = "in.ndjson"
+    else:  # the second file alone has the strings and floats
+        (work / "nd").mkdir()
+        (work / "nd" / "a.ndjson").write_text("\n".join(lines[:200]) + "\n")
+        (work / "nd" / "b.ndjson").write_text("\n".join(lines[200:]) + "\n")
+        source = "nd/*.ndjson"
+    r = cli(emu, "run", source, "out.parquet", "--model", "gpt-4.1-mini",
+            "--prompt", "Code {code}, x {x}", "--chunk-rows", "40", cwd=work)
+    assert r.returncode == 0, r.stderr
+    out = pl.read_parquet(work / "out.parquet")
+    assert out.schema["code"] == pl.String and out.schema["x"] == pl.Float64
+    assert out["code"].to_list() == [str(i) for i in range(250)] + [
+        f"X{i}" for i in range(250, rows)]
+    assert out["x"].to_list() == [float(i) for i in range(260)] + [1.5] * (rows - 260)
+    assert set(out["_status"]) == {"completed"}
+    assert out["response"][rows - 1].startswith("Emulated answer about 'Code X299, x 1.5'")
+    assert set(billed(emu).values()) == {1} and len(billed(emu)) == rows
+
+    lines[280] = '{"id": 280, "code":'
+    (work / "broken.ndjson").write_text("\n".join(lines) + "\n")
+    line = one_line_error(cli(emu, "run", "broken.ndjson", "b.parquet", "--model",
+                              "gpt-4.1-mini", "--prompt", "{code}", cwd=work), 2)
+    assert "cannot read 'broken.ndjson' as ndjson" in line
+    assert len(billed(emu)) == rows  # nothing more sent
 
 
 # -- 5. a model without a price -------------------------------------------------------------
