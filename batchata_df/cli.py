@@ -29,6 +29,7 @@ When several apply, the highest of 5, 4, 3 wins (pending, then cancelled, then f
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import dataclasses
 import fnmatch
@@ -217,6 +218,10 @@ def read_frame(path: str | os.PathLike[str]) -> pl.LazyFrame:
         else:
             lazy = _scan_ndjson(files, shown)
         schema = lazy.collect_schema()  # reads the header/metadata: a broken file fails here
+        if kind == "csv":
+            for file in files:
+                _check_csv_header(file)
+            _check_csv_names(schema.names(), shown)
         if kind != "ndjson":  # every file's columns, up front: never a failure halfway
             for file in files[1:]:
                 scan = (
@@ -248,6 +253,65 @@ def read_frame(path: str | os.PathLike[str]) -> pl.LazyFrame:
             )
         raise UsageProblem(msg) from e
     return lazy
+
+
+CSV_HEADER_PROBE_BYTES = 1 << 20
+"""Bytes read from the start of a CSV file to check that its header line is UTF-8 text."""
+
+
+def _check_csv_header(file: Path) -> None:
+    r"""Refuse a CSV file whose header line is not UTF-8 text (Polars would rename it).
+
+    A header byte that is not UTF-8 became U+FFFD in the column's name, and the run went
+    on with a column the user never named; the rows are checked by the parse that follows.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> csv = Path(tempfile.mkdtemp()) / "in.csv"
+    >>> _ = csv.write_bytes(b"id,caf\xe9\n1,2\n")
+    >>> _check_csv_header(csv)
+    Traceback (most recent call last):
+    ...
+    batchata_df.cli.UsageProblem: the header line of ...in.csv' is not UTF-8 text ...
+    """
+    with open(file, "rb") as handle:
+        head = handle.read(CSV_HEADER_PROBE_BYTES)
+    line, newline, _ = head.partition(b"\n")
+    try:  # no newline in the probe: it may end inside a character, which is not an error
+        codecs.getincrementaldecoder("utf-8")().decode(line, final=bool(newline))
+    except UnicodeDecodeError as e:
+        msg = (
+            f"the header line of {os.fspath(file)!r} is not UTF-8 text (byte {e.start}); "
+            "save the file as UTF-8 and run again. Nothing was sent"
+        )
+        raise UsageProblem(msg) from None
+
+
+def _check_csv_names(names: Sequence[str], shown: str) -> None:
+    r"""Refuse a CSV header that ran into the rows: a column name holding a line break.
+
+    An unclosed quote in the header line, or lines ended by a bare CR (``\r``), made
+    Polars read the whole file as the header: no rows, and the run ended with exit 0
+    having written an empty OUTPUT.
+
+    Examples
+    --------
+    >>> _check_csv_names(["id", "text"], "in.csv")
+    >>> _check_csv_names(["id", "text\r0"], "in.csv")
+    Traceback (most recent call last):
+    ...
+    batchata_df.cli.UsageProblem: the header of 'in.csv' runs into its rows ...
+    """
+    broken = [name for name in names if "\n" in name or "\r" in name]
+    if broken:
+        msg = (
+            f"the header of {shown!r} runs into its rows (a column named "
+            f"{broken[0][:40]!r}...): the header line has an unclosed quote, or the lines end "
+            "with a bare CR (\\r) and not LF or CRLF; fix the file and run again. Nothing "
+            "was sent"
+        )
+        raise UsageProblem(msg)
 
 
 def _scan_ndjson(files: Sequence[Path], shown: str) -> pl.LazyFrame:
@@ -701,15 +765,18 @@ def run(
             "a price for another model would be ignored. Name the model as --model does"
         )
         raise UsageProblem(msg)
+    if state is not None and not state.strip():
+        msg = (
+            "--state '' names no folder (it would be the working folder); pass --state "
+            "FOLDER, or leave it out for OUTPUT.state beside OUTPUT. Nothing was sent"
+        )
+        raise UsageProblem(msg)
     if state is None and output_path is not None:
         state = f"{output_path}.state"
     if state is not None and not dry_run:  # a dry run only reads the folder
         _check_state_writable(state)
     lazy = read_frame(input_path)
     bare = _bare_model(model)
-    # What the folder had billed before this run: the summary tells this run's spending
-    # from the folder's in all (a resumed run's earlier answers were not paid by it).
-    before = Bill() if dry_run or state is None else folder_bill(state, bare, prices)
     from batchata_df.frame import batch_llm
 
     # A dry run is for reading its summary: shown unless --no-progress.
@@ -726,6 +793,11 @@ def run(
         # plan) is written to the same Parquet target so that what follows is the same.
         streamed = mode == "batch"
         with _in_cli_words(state, lock_timeout):
+            # What the folder had billed before this run: the summary tells this run's
+            # spending from the folder's in all. Read with OUTPUT held (above) and the
+            # folder's writer lock (waited for as the run would): a run that waited for
+            # another one counted that one's answers as its own.
+            before = _bill_before(state, bare, prices, dry_run=dry_run, wait=lock_timeout)
             out = batch_llm(
                 lazy if streamed else lazy.collect(),
                 sink=sink if streamed else None,
@@ -972,11 +1044,24 @@ class Bill:
     """Billed answers whose cost is unknown (no price, then or now)."""
 
     def __sub__(self, other: Bill) -> Bill:
-        """Field by field: what was billed between ``other`` and this."""
-        return Bill(**{
+        """Field by field: what was billed between ``other`` and this.
+
+        The folder's sums are float sums in no fixed order, so the same folder read twice
+        can differ in the last bits: a difference is rounded to 1e-12 USD (a cost
+        without an answer billed is zero, never ``$-0.0000``).
+
+        Examples
+        --------
+        >>> (Bill(priced=2, cost=0.043512800000000004) - Bill(priced=2, cost=0.0435128)).cost
+        0.0
+        """
+        fields = {
             f.name: getattr(self, f.name) - getattr(other, f.name)
             for f in dataclasses.fields(self)
-        })
+        }
+        for name in ("cost", "from_price_usd"):
+            fields[name] = round(fields[name], 12) + 0.0  # + 0.0: -0.0 becomes 0.0
+        return Bill(**fields)
 
     @property
     def answers(self) -> int:
@@ -1013,6 +1098,27 @@ def folder_bill(
             raise damaged_error(Path(state), damaged) from e
         msg = f"cannot read the checkpoint folder {os.fspath(state)!r}: {e}"
         raise StateError(msg) from e
+
+
+def _bill_before(
+    state: str | None,
+    model: str,
+    prices: dict[str, tuple[float, float]],
+    *,
+    dry_run: bool,
+    wait: float | None,
+) -> Bill:
+    """The folder's bill before this run, read holding its writer lock (then released).
+
+    The run takes the lock again at once; a third run taking it in between is waited for
+    like any other (the summary would count that run's answers: display only).
+    """
+    from batchata_df.state import WriterLock
+
+    if dry_run or state is None or not (Path(state) / "jobs").is_dir():
+        return Bill()
+    with WriterLock(state, wait):
+        return folder_bill(state, model, prices)
 
 
 def _folder_bill(

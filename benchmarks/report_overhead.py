@@ -34,8 +34,8 @@ def table(result: dict[str, Any]) -> str:
     lines = [
         "| provider | rows | runs | floor CPU s | batch_llm CPU s | CPU ratio | batch_llm µs/row "
         "| floor RSS MB | batch_llm RSS MB | RSS ratio | wall floor / ours s "
-        "| emulator CPU floor / ours s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| emulator CPU floor / ours s | code | load before / after |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     points = sorted(result["points"], key=lambda p: (p["provider"], p["rows"]))
     for p in points:
@@ -45,7 +45,8 @@ def table(result: dict[str, Any]) -> str:
             f"| {ratio['cpu_s']:.2f}x | {ours['cpu_s'] / p['rows'] * 1e6:.0f} "
             f"| {floor['peak_rss_mb']:,.0f} | {ours['peak_rss_mb']:,.0f} "
             f"| {ratio['peak_rss_mb']:.2f}x | {floor['wall_s']:.1f} / {ours['wall_s']:.1f} "
-            f"| {floor['emulator_cpu_s']:.1f} / {ours['emulator_cpu_s']:.1f} |"
+            f"| {floor['emulator_cpu_s']:.1f} / {ours['emulator_cpu_s']:.1f} "
+            f"| {p.get('code', '?')} | {_load(p)} |"
         )
     lines.append("")
     lines.append(
@@ -80,11 +81,21 @@ def table(result: dict[str, Any]) -> str:
     )
     if result.get("note"):
         lines.append("")
-        lines.append(result["note"])
+        lines.append(
+            "How and when each point was measured, and the points re-measured since (kept "
+            "under `replaced_points`), is told in `overhead.json`'s `note` and in "
+            "`benchmarks/PROFILE.md`."
+        )
     if SEED_RESULTS.exists():
         lines.append("")
         lines.extend(seed_table(json.loads(SEED_RESULTS.read_text())))
     return "\n".join(lines)
+
+
+def _load(point: dict[str, Any]) -> str:
+    """The 1-minute load average before and after a point, ``"?"`` where not recorded."""
+    before, after = point.get("loadavg_before"), point.get("loadavg_after")
+    return " / ".join(f"{x[0]:.1f}" if x else "?" for x in (before, after))
 
 
 MODELS = {"openai": "gpt-4.1-mini", "anthropic": "claude-haiku-4-5", "gemini": "gemini-2.5-flash"}

@@ -75,7 +75,7 @@ def test_table_rows_follow_the_json() -> None:
     row = report.table(result).splitlines()[2]
     assert row == (
         "| openai | 1,000 | 1 | 1.00 | 1.25 | 1.25x | 1250 | 100 | 150 | 1.50x | 2.0 / 2.5 "
-        "| 0.5 / 0.6 |"
+        "| 0.5 / 0.6 | ? | 1.0 / ? |"
     )
 
 

@@ -115,6 +115,9 @@ def test_a_second_run_on_the_same_output_refuses_before_sending_or_waits(emu, wo
     assert first.returncode == 0, err
     _, err = second.communicate(timeout=240)
     assert second.returncode == 0, err
+    # B paid nothing, and says so: the folder's bill before B is read once B holds
+    # OUTPUT and the folder (read earlier, it counted A's answers as B's spending).
+    assert "this run $0.0000; the state folder in all, with earlier runs: $0.0" in err, err
     assert batch_posts(emu) == 1
     assert set(billed(emu).values()) == {1} and len(billed(emu)) == N
     out = pl.read_parquet(work / "out.parquet")
@@ -271,6 +274,40 @@ def test_a_broken_csv_line_far_down_is_a_usage_error_before_anything_is_sent(
     assert "Nothing was sent" in line
     assert emu.log() == []
     assert sorted(p.name for p in work.iterdir()) == ["in.csv", "in.parquet"]
+
+
+BROKEN_HEADERS = {
+    "unclosed quote": (b'id,text,"note\n', b"\n", "runs into its rows"),
+    "bare CR line ends": (b"id,text,note\r", b"\r", "runs into its rows"),
+    "not UTF-8": (b"id,text,caf\xe9\n", b"\n", "is not UTF-8 text"),
+}
+
+
+@pytest.mark.parametrize("broken", BROKEN_HEADERS)
+def test_a_broken_csv_header_is_a_usage_error_before_anything_is_sent(work, emu, broken):
+    """A header line with an unclosed quote, or lines ended by a bare CR, made the whole
+    file the header: no rows, exit 0 and an empty OUTPUT (the rows were lost without a
+    word); a header byte that is not UTF-8 renamed the column (`caf\ufffd`). Each is a
+    usage error now, naming the file and the fix, before anything is sent."""
+    header, end, says = BROKEN_HEADERS[broken]
+    body = b"".join(f"{i},ticket {i},n".encode() + end for i in range(300))
+    (work / "in.csv").write_bytes(header + body)
+    r = cli(emu, "run", "in.csv", "out.parquet", "--model", "gpt-4.1-mini",
+            "--prompt", "{id}", cwd=work)
+    line = one_line_error(r, 2)
+    assert says in line and "'in.csv'" in line and "Nothing was sent" in line, line
+    assert len(line) < 400  # names the file, never quotes it whole
+    assert emu.log() == []
+    assert not (work / "out.parquet").exists()
+
+
+def test_an_empty_state_option_is_refused_not_the_working_folder(work, emu):
+    """`--state ""` made the working folder the state folder (jobs/, batches/ and a
+    manifest written beside the user's files, exit 0)."""
+    r = cli(emu, *RUN, "--state", "", cwd=work)
+    assert "--state '' names no folder" in one_line_error(r, 2)
+    assert emu.log() == []
+    assert sorted(p.name for p in work.iterdir()) == ["in.parquet"]
 
 
 @pytest.mark.parametrize("files", [1, 2])
