@@ -132,6 +132,19 @@ def test_a_null_line_in_any_spelling_never_reaches_pyarrow(spelling: bytes, newl
         assert got.drop_nulls("id").height == at + 1
 
 
+def test_a_null_line_after_a_bare_cr_never_reaches_pyarrow() -> None:
+    # pyarrow splits its blocks at a bare CR too: `}\rnull` at a block's start killed the
+    # process (SIGSEGV; the guard looked for `\nnull` only; decode review, tenth pass).
+    # Providers end lines with LF, so such a file is damaged: an error, never a crash.
+    schema = pl.Schema({"id": pl.String, "n": pl.Int64})
+    line = b'{"id":"a","n":null}\r'
+    for at in (1, ARROW_BLOCK_BYTES // len(line) + 1):
+        data = line * at + b"null\r" + line
+        assert _read_jsonl_arrow(data, schema) is None, at
+        with pytest.raises(pl.exceptions.ComputeError):
+            read_jsonl(data, schema)
+
+
 def test_read_jsonl_spans_slices(monkeypatch: pytest.MonkeyPatch) -> None:
     # Many slices of a few lines each: every line is kept once, in order.
     monkeypatch.setattr("batchata_df.providers.base.JSONL_SLICE_BYTES", 50)

@@ -303,8 +303,9 @@ def _arrow_type(dtype: Any) -> Any:
 
 
 _OBJECT_FIRST = re.compile(rb"\s*\{")
-_NULL_LINE = re.compile(rb"\n[ \t]?null")
-"""A ``null`` line after the first (after at most one space or tab). One search: the
+_NULL_LINE = re.compile(rb"[\r\n][ \t]?null")
+"""A ``null`` line after the first (after at most one space or tab; after LF, or a bare CR,
+which pyarrow also takes for a line end). One search: the
 three ``in`` tests it replaces scanned a 40 MB download three times (~55 ms per 50,000-line
 file, against ~12 ms; ``benchmarks/PROFILE.md``, seventh pass)."""
 
@@ -330,6 +331,8 @@ def has_null_line(data: Download) -> bool:
     --------
     >>> has_null_line(b'{"a":null}\r\n\tnull\n'), has_null_line(b'{"a":null}\n  null')
     (True, False)
+    >>> has_null_line(b'{"a":1}\rnull')  # a bare CR ends a line for pyarrow too
+    True
     """
     if not _RE2_MIN_BYTES <= len(data) <= _RE2_MAX_BYTES:
         return _NULL_LINE.search(data) is not None
@@ -393,8 +396,11 @@ class DownloadBuffer:
     one download at a time: its bytes are valid inside the ``with`` block only, and the
     decoders copy what they keep (pyarrow's reader, the Polars path and ``result_lines``
     all do), so a frame never refers to it. A second thread, or a buffer still exported
-    (a view kept past its block), gets fresh memory instead. :meth:`release` (the
-    provider's ``close``) gives the memory back.
+    (a view kept past its block, when the next download must grow or shrink the memory),
+    gets fresh memory instead; a view kept past its block is otherwise overwritten by the
+    next download, so a decoder must never keep one (none does:
+    ``tests/test_decode_equivalence.py`` checks each batch's frame after the later
+    downloads). :meth:`release` (the provider's ``close``) gives the memory back.
 
     Examples
     --------
