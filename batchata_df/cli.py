@@ -10,9 +10,9 @@ Exit codes of ``batchata-df run`` (what a scheduler can act on):
 0      every row completed (or a dry run)
 1      an error after checks passed: a damaged state folder (``batchata-df repair``), a
        provider problem, an output that cannot be written, a bug (``--debug``)
-2      a usage error: bad option, missing or unreadable input, unknown format, a column or
-       schema problem, a missing ``--price``, OUTPUT's folder not writable, OUTPUT naming
-       an INPUT file; nothing was sent
+2      a usage error: bad option, missing or unreadable input (a broken CSV line), unknown
+       format, a column or schema problem, a missing ``--price``, OUTPUT's folder or the
+       ``--state`` folder not writable, OUTPUT naming an INPUT file; nothing was sent
 3      finished, but some rows ``failed`` (see ``_error``; ``--retry-failed`` sends them
        again)
 4      some rows were ``cancelled`` (cost cap, time limit, provider): run again to send them
@@ -29,7 +29,9 @@ When several apply, the highest of 5, 4, 3 wins (pending, then cancelled, then f
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import dataclasses
 import fnmatch
 import glob
 import importlib
@@ -39,8 +41,6 @@ import math
 import os
 import random
 import re
-import socket
-import stat
 import sys
 import tempfile
 import time
@@ -57,6 +57,7 @@ from batchata_df.errors import (
     BatchataError,
     ConfigError,
     PriceError,
+    SinkLockedError,
     StateLockedError,
     StateMismatchError,
 )
@@ -192,7 +193,12 @@ def read_frame(path: str | os.PathLike[str]) -> pl.LazyFrame:
     has it. A prompt then says what the file says (a zip code ``00501`` stays ``00501``,
     not ``501``), the output gets the same text back, and a value far down a column that
     does not fit the type its first rows suggest cannot fail the run halfway. NDJSON and
-    Parquet carry their own types (``"00501"`` is a JSON string) and are read as typed.
+    Parquet carry their own types (``"00501"`` is a JSON string) and are read as typed,
+    NDJSON's inferred from every line (:func:`_scan_ndjson`), not the first 100.
+    A CSV file is also parsed whole once here (a streaming pass over every field), so
+    that a broken line anywhere in it (a row with more fields than the header, an
+    unclosed quote, bytes that are not UTF-8) is a :class:`UsageProblem` before anything
+    is sent, not an error after the chunks before it were paid for.
 
     Examples
     --------
@@ -210,9 +216,12 @@ def read_frame(path: str | os.PathLike[str]) -> pl.LazyFrame:
         elif kind == "csv":
             lazy = pl.scan_csv(files, glob=False, infer_schema=False, empty_string_is_null=False)
         else:
-            # scan_ndjson has no ``glob=False`` (polars 2.1): the names go in escaped.
-            lazy = pl.scan_ndjson([glob.escape(os.fspath(f)) for f in files])
+            lazy = _scan_ndjson(files, shown)
         schema = lazy.collect_schema()  # reads the header/metadata: a broken file fails here
+        if kind == "csv":
+            for file in files:
+                _check_csv_header(file)
+            _check_csv_names(schema.names(), shown)
         if kind != "ndjson":  # every file's columns, up front: never a failure halfway
             for file in files[1:]:
                 scan = (
@@ -229,11 +238,111 @@ def read_frame(path: str | os.PathLike[str]) -> pl.LazyFrame:
                         f"against {dict(schema)!r}"
                     )
                     raise UsageProblem(msg)
+        if kind == "csv":
+            # Every field parsed once, before anything is sent (a streaming pass: ~0.1 s
+            # of CPU for 1M rows): a broken line far down the file would otherwise fail
+            # the run after the chunks before it were paid for.
+            lazy.select(pl.all().null_count()).collect(engine="streaming")
     except (pl.exceptions.PolarsError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         msg = f"cannot read {shown!r} as {kind}: {first}"
+        if kind == "csv":
+            msg += (
+                "; fix the file (UTF-8 text, quotes closed, no row with more fields than "
+                "the header) and run again. Nothing was sent"
+            )
         raise UsageProblem(msg) from e
     return lazy
+
+
+CSV_HEADER_PROBE_BYTES = 1 << 20
+"""Bytes read from the start of a CSV file to check that its header line is UTF-8 text."""
+
+
+def _check_csv_header(file: Path) -> None:
+    r"""Refuse a CSV file whose header line is not UTF-8 text (Polars would rename it).
+
+    A header byte that is not UTF-8 became U+FFFD in the column's name, and the run went
+    on with a column the user never named; the rows are checked by the parse that follows.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> csv = Path(tempfile.mkdtemp()) / "in.csv"
+    >>> _ = csv.write_bytes(b"id,caf\xe9\n1,2\n")
+    >>> _check_csv_header(csv)
+    Traceback (most recent call last):
+    ...
+    batchata_df.cli.UsageProblem: the header line of ...in.csv' is not UTF-8 text ...
+    """
+    with open(file, "rb") as handle:
+        head = handle.read(CSV_HEADER_PROBE_BYTES)
+    line, newline, _ = head.partition(b"\n")
+    try:  # no newline in the probe: it may end inside a character, which is not an error
+        codecs.getincrementaldecoder("utf-8")().decode(line, final=bool(newline))
+    except UnicodeDecodeError as e:
+        msg = (
+            f"the header line of {os.fspath(file)!r} is not UTF-8 text (byte {e.start}); "
+            "save the file as UTF-8 and run again. Nothing was sent"
+        )
+        raise UsageProblem(msg) from None
+
+
+def _check_csv_names(names: Sequence[str], shown: str) -> None:
+    r"""Refuse a CSV header that ran into the rows: a column name holding a line break.
+
+    An unclosed quote in the header line, or lines ended by a bare CR (``\r``), made
+    Polars read the whole file as the header: no rows, and the run ended with exit 0
+    having written an empty OUTPUT.
+
+    Examples
+    --------
+    >>> _check_csv_names(["id", "text"], "in.csv")
+    >>> _check_csv_names(["id", "text\r0"], "in.csv")
+    Traceback (most recent call last):
+    ...
+    batchata_df.cli.UsageProblem: the header of 'in.csv' runs into its rows ...
+    """
+    broken = [name for name in names if "\n" in name or "\r" in name]
+    if broken:
+        msg = (
+            f"the header of {shown!r} runs into its rows (a column named "
+            f"{broken[0][:40]!r}...): the header line has an unclosed quote, or the lines end "
+            "with a bare CR (\\r) and not LF or CRLF; fix the file and run again. Nothing "
+            "was sent"
+        )
+        raise UsageProblem(msg)
+
+
+def _scan_ndjson(files: Sequence[Path], shown: str) -> pl.LazyFrame:
+    """Scan NDJSON ``files`` with each column's type inferred from every line of every file.
+
+    Polars infers from the first 100 lines (of the first file) by default: a column of
+    integers that holds a string, or a float, further down failed the run halfway, after
+    the chunks before it were paid for. Inferred from the whole input (one parsing pass
+    before anything is sent, ~0.5 s of CPU per million short lines), such a column takes
+    the type that holds every value (integers and strings: text, ``118`` as ``"118"``;
+    integers and floats: floats), and a line that is not JSON is found before sending.
+    NDJSON is not read as text as CSV is: it carries nested values (``--history``) and
+    its numbers are numbers.
+    """
+    # scan_ndjson has no ``glob=False`` (polars 2.1): the names go in escaped.
+    names = [glob.escape(os.fspath(f)) for f in files]
+    schemas = [pl.scan_ndjson(n, infer_schema_length=None).collect_schema() for n in names]
+    first = schemas[0]
+    for file, schema in zip(files[1:], schemas[1:], strict=True):
+        if set(schema) != set(first):
+            msg = (
+                f"{os.fspath(file)!r} has other columns than {os.fspath(files[0])!r} "
+                f"(the first file of {shown!r}): {list(schema)!r} against {list(first)!r}"
+            )
+            raise UsageProblem(msg)
+    # The type that holds every file's values (as one file's inference would pick it).
+    merged = pl.concat(
+        [pl.DataFrame(schema={c: s[c] for c in first}) for s in schemas],
+        how="vertical_relaxed",
+    ).schema
+    return pl.scan_ndjson(names, schema=merged)
 
 
 def _json_text(column: str) -> pl.Expr:
@@ -367,6 +476,12 @@ def parse_params(params_json: str | None, pairs: Sequence[str], max_tokens: int 
     return out
 
 
+MAX_PRICE_PER_MTOK = 100_000.0
+"""The largest ``--price`` rate taken, USD per million tokens: far above any model's (the
+dearest listed are hundreds), low enough that a typo like ``1e308`` is refused, not
+turned into a summary of ``$inf``."""
+
+
 def parse_prices(specs: Sequence[str]) -> dict[str, tuple[float, float]]:
     """Each ``--price MODEL=INPUT,OUTPUT`` (batch USD per million tokens) as ``prices=``.
 
@@ -378,6 +493,10 @@ def parse_prices(specs: Sequence[str]) -> dict[str, tuple[float, float]]:
     Traceback (most recent call last):
     ...
     batchata_df.cli.UsageProblem: --price takes MODEL=INPUT,OUTPUT in USD per million tokens (batch prices), e.g. --price gpt-6-terra=1.25,10; got 'gpt-6-terra=1.25'
+    >>> parse_prices(["m=1e308,1e308"])
+    Traceback (most recent call last):
+    ...
+    batchata_df.cli.UsageProblem: --price takes MODEL=INPUT,OUTPUT in USD per million tokens (batch prices), e.g. --price gpt-6-terra=1.25,10; got 'm=1e308,1e308'
     """  # noqa: E501
     out: dict[str, tuple[float, float]] = {}
     for spec in specs:
@@ -387,8 +506,8 @@ def parse_prices(specs: Sequence[str]) -> dict[str, tuple[float, float]]:
             values = tuple(float(x) for x in parts)
         except ValueError:
             values = ()
-        if not sep or not model.strip() or len(values) != 2 or not all(
-            math.isfinite(v) and v >= 0 for v in values
+        if not sep or not model.strip() or len(values) != 2 or "_" in rates or not all(
+            math.isfinite(v) and 0 <= v <= MAX_PRICE_PER_MTOK for v in values
         ):
             msg = (
                 "--price takes MODEL=INPUT,OUTPUT in USD per million tokens (batch prices), "
@@ -492,8 +611,8 @@ Exit codes:
   0    every row completed (also: a dry run)
   1    error after the checks: damaged state folder (see 'repair'), provider, output
        not writable, bug (--debug shows the traceback)
-  2    usage error: bad option, input, format, column, schema, price, OUTPUT not
-       writable or the INPUT itself; nothing was sent
+  2    usage error: bad option, input (a broken CSV line), format, column, schema,
+       price, OUTPUT or --state not writable, OUTPUT the INPUT itself; nothing was sent
   3    some rows failed (see the _error column; --retry-failed sends them again)
   4    some rows were cancelled (cost cap, time limit, provider); run again to send them
   5    some rows are still pending (--no-wait): run the same command again to collect
@@ -656,9 +775,18 @@ def run(
             "a price for another model would be ignored. Name the model as --model does"
         )
         raise UsageProblem(msg)
+    if state is not None and not state.strip():
+        msg = (
+            "--state '' names no folder (it would be the working folder); pass --state "
+            "FOLDER, or leave it out for OUTPUT.state beside OUTPUT. Nothing was sent"
+        )
+        raise UsageProblem(msg)
     if state is None and output_path is not None:
         state = f"{output_path}.state"
+    if state is not None and not dry_run:  # a dry run only reads the folder
+        _check_state_writable(state)
     lazy = read_frame(input_path)
+    bare = _bare_model(model)
     from batchata_df.frame import batch_llm
 
     # A dry run is for reading its summary: shown unless --no-progress.
@@ -675,6 +803,11 @@ def run(
         # plan) is written to the same Parquet target so that what follows is the same.
         streamed = mode == "batch"
         with _in_cli_words(state, lock_timeout):
+            # What the folder had billed before this run: the summary tells this run's
+            # spending from the folder's in all. Read with OUTPUT held (above) and the
+            # folder's writer lock (waited for as the run would): a run that waited for
+            # another one counted that one's answers as its own.
+            before = _bill_before(state, bare, prices, dry_run=dry_run, wait=lock_timeout)
             out = batch_llm(
                 lazy if streamed else lazy.collect(),
                 sink=sink if streamed else None,
@@ -716,15 +849,9 @@ def run(
         assert output_path is not None
         # A row the provider answered (it has token counts) without a cost: no price is
         # known for its model. Its cost is unknown, not $0.
-        unpriced = pl.col("_cost_usd").is_null() & pl.col("_input_tokens").is_not_null()
         totals = out.select(
             pl.col("_status").value_counts().implode(),  # one row, even for no rows
             (pl.col("_error") == "cancelled: interrupted").any().alias("interrupted"),
-            pl.col("_cost_usd").fill_null(0.0).sum().alias("cost"),
-            unpriced.sum().alias("unpriced"),
-            (pl.col("_cost_usd").is_not_null() & pl.col("_input_tokens").is_not_null())
-            .sum()
-            .alias("priced"),
         )
         summed = totals.collect(engine="streaming")
         counts = {
@@ -732,12 +859,8 @@ def run(
         }
         interrupted = bool(summed.get_column("interrupted")[0])
         summary = ", ".join(f"{counts[k]} {k}" for k in sorted(counts))
-        cost = _cost_text(
-            float(summed.get_column("cost")[0]),
-            int(summed.get_column("unpriced")[0]),
-            int(summed.get_column("priced")[0]),
-            _bare_model(model),
-        )
+        assert state is not None  # OUTPUT.state without --state
+        cost = _cost_summary(before, folder_bill(state, bare, prices), bare)
         if interrupted and not write_partial:
             _note(
                 f"interrupted: {summary} ({cost}); {output_path} was NOT written. Finished "
@@ -765,11 +888,6 @@ def run(
         raise SystemExit(EXIT_OK)
 
 
-RUN_RECORD = "run.json"
-"""The file in a run's hidden folder beside OUTPUT naming the run (pid, host, start time,
-state folder), for the message another run writing the same OUTPUT gets."""
-
-
 @contextlib.contextmanager
 def _scratch(
     output_path: str | None, *, state: str | None = None, lock_timeout: float = 0.0
@@ -783,7 +901,8 @@ def _scratch(
 
     Two runs writing one OUTPUT with different state folders would each send every row
     (and the last rename wins): so a run that finds another live writer of OUTPUT (its
-    locked hidden folder, or a ``sink=`` call's locked hidden file) gives its own folder
+    locked hidden folder, a ``sink=`` call's, which it holds for the whole call, or a
+    ``sink=`` call's locked hidden file) gives its own folder
     up and waits up to ``lock_timeout`` seconds for it to finish, then raises
     :class:`Busy`, before anything is sent. Each run makes its folder *before* it looks
     for others, so of two starting at once at least one sees the other (both may, and
@@ -796,6 +915,8 @@ def _scratch(
     Busy
         Another run is writing OUTPUT past ``lock_timeout``.
     """
+    from batchata_df.stream import describe_writer, live_writers, record_writer
+
     if output_path is None:
         with tempfile.TemporaryDirectory(prefix="batchata-df-plan-") as plan:
             yield Path(plan)
@@ -806,13 +927,13 @@ def _scratch(
     while True:
         with contextlib.ExitStack() as stack:
             folder = _claim(stack, target)
-            _record_run(folder, state)
-            others = _live_writers(target, folder)
+            record_writer(folder, state, "batchata-df run")
+            others = live_writers(target, folder)
             if not others:
                 yield folder
                 return
         # Our folder is gone again: the other run's OUTPUT is not touched.
-        who = _describe_writer(others[0])
+        who, _ = describe_writer(others[0])
         if time.monotonic() >= deadline:
             waited = f" after waiting {lock_timeout:g} s" if lock_timeout else ""
             msg = (
@@ -846,75 +967,6 @@ def _claim(stack: contextlib.ExitStack, target: Path) -> Path:
             f"({reason}); give an OUTPUT in a folder you can write to. Nothing was sent"
         )
         raise UsageProblem(msg) from e
-
-
-def _record_run(folder: Path, state: str | None) -> None:
-    """Name this run in its hidden folder (:data:`RUN_RECORD`), for another run's message."""
-    record = {
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-        "since": time.time(),
-        "state": None if state is None else os.path.abspath(state),
-    }
-    tmp = folder / f"{RUN_RECORD}.tmp"
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, folder / RUN_RECORD)  # never read half written
-
-
-def _live_writers(target: Path, mine: Path) -> list[Path]:
-    """The hidden folders and files of ``target`` (other than ``mine``) a live writer holds.
-
-    The names and locks of :func:`batchata_df.stream.remove_stale_sink_files`: a folder's
-    lock is on its :data:`~batchata_df.stream.FOLDER_LOCK` file, a ``sink=`` call's hidden
-    file is locked itself. A lock this process can take is a dead writer's (taken only for
-    the look, and let go at once). Where locks are refused (Windows, some network mounts),
-    nothing can be told and nothing is reported.
-    """
-    from filelock import lock_descriptor
-
-    from batchata_df.stream import FOLDER_LOCK
-
-    name = re.compile(rf"\.tmp-{re.escape(target.name)}-[0-9a-f]{{8}}")
-    live: list[Path] = []
-    for path in sorted(target.parent.iterdir()):
-        if path.name == mine.name or not name.fullmatch(path.name):
-            continue
-        try:
-            kind = os.lstat(path).st_mode
-            if stat.S_ISDIR(kind):
-                fd = os.open(path / FOLDER_LOCK, os.O_RDONLY)
-            elif stat.S_ISREG(kind):
-                fd = os.open(path, os.O_RDONLY)
-            else:  # a link, a pipe: no writer's
-                continue
-        except OSError:  # gone meanwhile, or a folder no writer made
-            continue
-        try:
-            if not lock_descriptor(fd, blocking=False):
-                live.append(path)
-        except OSError:  # no locks here: cannot tell
-            pass
-        finally:
-            os.close(fd)
-    return live
-
-
-def _describe_writer(path: Path) -> str:
-    """Who writes through ``path`` (a run's hidden folder, or a ``sink=`` call's file)."""
-    from batchata_df.state import LockHolder
-
-    if not path.is_dir():
-        return f"a batch_llm(sink=...) call (its hidden file {path.name!r})"
-    try:
-        text = (path / RUN_RECORD).read_text()
-    except OSError:
-        text = ""
-    holder = LockHolder.parse(text)
-    if holder is None:
-        return f"a run starting up (its hidden folder {path.name!r})"
-    state = json.loads(text).get("state")
-    with_state = f", state folder {state!r}" if state else ""
-    return f"batchata-df run, {holder.describe()}{with_state} (its hidden folder {path.name!r})"
 
 
 @contextlib.contextmanager
@@ -960,28 +1012,234 @@ def _state_busy(
     )
 
 
-def _cost_text(cost: float, unpriced: int, priced: int, model: str) -> str:
-    """What the rows cost, for the summary line; never $0 for rows with no known price.
+def _usd(cost: float) -> str:
+    """A cost in dollars for people: four decimals, more for a cost too small to show.
+
+    A known non-zero cost never reads as zero: below $0.001 it is shown to two
+    significant digits. Zero is ``$0.0000``.
 
     Examples
     --------
-    >>> _cost_text(0.0123, 0, 3, "gpt-4.1-mini")
-    '$0.0123'
-    >>> _cost_text(0.0, 3, 0, "gpt-6-terra")
-    'cost unknown for 3 rows (no price for gpt-6-terra; --price gpt-6-terra=INPUT,OUTPUT gives one)'
-    >>> _cost_text(0.5, 1, 2, "m")
-    '$0.5000 for 2 rows, cost unknown for 1 row (no price for m; --price m=INPUT,OUTPUT gives one)'
+    >>> _usd(0.0123), _usd(0.0), _usd(1234.5)
+    ('$0.0123', '$0.0000', '$1234.5000')
+    >>> _usd(0.00012), _usd(3.456e-06), _usd(9.996e-07), _usd(0.00099999)
+    ('$0.00012', '$0.0000035', '$0.0000010', '$0.0010')
     """
-    if not unpriced:
+    shown = float(f"{cost:.1e}") if cost > 0 and math.isfinite(cost) else cost
+    if shown <= 0 or not math.isfinite(shown) or shown >= 0.001:
         return f"${cost:.4f}"
-    rows = "row" if unpriced == 1 else "rows"
+    decimals = 1 - math.floor(math.log10(shown))  # two significant digits
+    return f"${shown:.{decimals}f}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Bill:
+    """What a state folder's billed answers cost, for the summary line.
+
+    An answer is one billed attempt of a job (a job sent twice, ``--retry-failed``, is
+    two). Fields add up, so what one run spent is the folder's bill after it minus the
+    folder's bill before it.
+    """
+
+    priced: int = 0
+    """Billed answers whose cost is stored."""
+    cost: float = 0.0
+    """Their cost in USD."""
+    from_price: int = 0
+    """Billed answers stored without a cost (no price was known then), priced here from
+    ``--price`` (the stored parts are not rewritten)."""
+    from_price_usd: float = 0.0
+    """Their cost at ``--price``."""
+    unknown: int = 0
+    """Billed answers whose cost is unknown (no price, then or now)."""
+
+    def __sub__(self, other: Bill) -> Bill:
+        """Field by field: what was billed between ``other`` and this.
+
+        The folder's sums are float sums in no fixed order, so the same folder read twice
+        can differ in the last bits: a difference is rounded to 1e-12 USD (a cost
+        without an answer billed is zero, never ``$-0.0000``).
+
+        Examples
+        --------
+        >>> (Bill(priced=2, cost=0.043512800000000004) - Bill(priced=2, cost=0.0435128)).cost
+        0.0
+        """
+        fields = {
+            f.name: getattr(self, f.name) - getattr(other, f.name)
+            for f in dataclasses.fields(self)
+        }
+        for name in ("cost", "from_price_usd"):
+            fields[name] = round(fields[name], 12) + 0.0  # + 0.0: -0.0 becomes 0.0
+        return Bill(**fields)
+
+    @property
+    def answers(self) -> int:
+        """Every billed answer, priced or not."""
+        return self.priced + self.from_price + self.unknown
+
+
+_BILL_COLUMNS = (
+    "seq", "job_id", "batch_key", "status", "model", "mode", "input_tokens", "output_tokens",
+    "cached_tokens", "cache_write_tokens", "cost_usd",
+)
+
+
+def folder_bill(
+    state: str | os.PathLike[str], model: str, prices: dict[str, tuple[float, float]]
+) -> Bill:
+    """The bill of a state folder's answers; those stored without a cost priced by ``prices``.
+
+    Every billed attempt counts once (its latest terminal event), as
+    :func:`batchata_df.state.spent_usd` counts them. An answer stored without a cost (a
+    model no price was known for when it was collected) whose model is ``model`` and has
+    a price in ``prices`` (``--price``) is priced at it (realtime answers at the realtime
+    rate), exactly as an answer collected now would be; nothing is written. Read in
+    slices of the folder's jobs, as ``spent_usd`` is: bounded memory.
+    """
+    from batchata_df.errors import StateError
+    from batchata_df.state import damaged_error, find_damaged
+
+    try:
+        return _folder_bill(state, model, prices)
+    except pl.exceptions.PolarsError as e:
+        damaged = find_damaged(state, deep=True)
+        if damaged:
+            raise damaged_error(Path(state), damaged) from e
+        msg = f"cannot read the checkpoint folder {os.fspath(state)!r}: {e}"
+        raise StateError(msg) from e
+
+
+def _bill_before(
+    state: str | None,
+    model: str,
+    prices: dict[str, tuple[float, float]],
+    *,
+    dry_run: bool,
+    wait: float | None,
+) -> Bill:
+    """The folder's bill before this run, read holding its writer lock (then released).
+
+    The run takes the lock again at once; a third run taking it in between is waited for
+    like any other (the summary would count that run's answers: display only).
+    """
+    from batchata_df.state import WriterLock
+
+    if dry_run or state is None or not (Path(state) / "jobs").is_dir():
+        return Bill()
+    with WriterLock(state, wait):
+        return folder_bill(state, model, prices)
+
+
+def _folder_bill(
+    state: str | os.PathLike[str], model: str, prices: dict[str, tuple[float, float]]
+) -> Bill:
+    from batchata_df.cost import PriceTable, cost_expr
+    from batchata_df.state import JOB_EVENTS, SPENT_SLICE_EVENTS, TERMINAL_JOB, table_parts
+
+    parts = table_parts(Path(state) / "jobs")
+    if not parts:
+        return Bill()
+    events = pl.scan_parquet(
+        parts, schema=JOB_EVENTS, missing_columns="insert", extra_columns="ignore",
+        glob=False,
+    ).select(*_BILL_COLUMNS)
+    table = PriceTable(prices)
+    batch_price = table.get("", model) if model in prices else None
+    realtime_price = table.realtime().get("", model) if model in prices else None
+    stored = pl.col("cost_usd").is_not_null() & pl.col("input_tokens").is_not_null()
+    missing = pl.col("cost_usd").is_null() & pl.col("input_tokens").is_not_null()
+    priceable = missing & (pl.col("model") == model) & pl.lit(batch_price is not None)
+    at_price = (
+        pl.when(pl.col("mode") == "realtime")
+        .then(cost_expr(realtime_price))
+        .otherwise(cost_expr(batch_price))
+    )
+    billable = (
+        pl.col("batch_key").is_not_null()
+        | pl.col("cost_usd").is_not_null()
+        | pl.col("input_tokens").is_not_null()
+    )
+    n_events = int(events.select(pl.len()).collect().item())
+    slices = max(1, -(-n_events // SPENT_SLICE_EVENTS))
+    total = Bill()
+    for i in range(slices):
+        part = events
+        if slices > 1:
+            part = events.filter((pl.col("job_id").hash(seed=0) % slices).fill_null(0) == i)
+        attempts = (
+            part.filter(pl.col("status").is_in(TERMINAL_JOB) & billable)
+            .with_columns(pl.col("batch_key").fill_null(""))
+            .group_by("job_id", "batch_key")
+            .agg(pl.all().sort_by("seq").last())
+        )
+        row = attempts.select(
+            stored.sum().alias("priced"),
+            pl.col("cost_usd").fill_null(0.0).sum().alias("cost"),
+            priceable.sum().alias("from_price"),
+            pl.when(priceable).then(at_price).otherwise(0.0).sum().alias("from_price_usd"),
+            (missing & ~priceable).sum().alias("unknown"),
+        ).collect(engine="streaming").row(0, named=True)
+        total = Bill(
+            priced=total.priced + int(row["priced"] or 0),
+            cost=total.cost + float(row["cost"] or 0.0),
+            from_price=total.from_price + int(row["from_price"] or 0),
+            from_price_usd=total.from_price_usd + float(row["from_price_usd"] or 0.0),
+            unknown=total.unknown + int(row["unknown"] or 0),
+        )
+    return total
+
+
+def _answers(n: int) -> str:
+    return f"{n} answer" if n == 1 else f"{n} answers"
+
+
+def _bill_text(bill: Bill, model: str) -> str:
+    """What ``bill`` costs, in words; never $0 for answers with no known price.
+
+    Examples
+    --------
+    >>> _bill_text(Bill(priced=3, cost=0.0123), "gpt-4.1-mini")
+    '$0.0123'
+    >>> _bill_text(Bill(unknown=3), "gpt-6-terra")
+    'cost unknown for 3 answers (no price for gpt-6-terra; --price gpt-6-terra=INPUT,OUTPUT gives one)'
+    >>> _bill_text(Bill(priced=2, cost=0.5, unknown=1), "m")
+    '$0.5000 for 2 answers, cost unknown for 1 answer (no price for m; --price m=INPUT,OUTPUT gives one)'
+    >>> _bill_text(Bill(priced=2, cost=0.5, from_price=1, from_price_usd=0.25), "m")
+    '$0.7500 ($0.2500 of it for 1 answer stored without a cost, priced from --price)'
+    """  # noqa: E501
+    known = bill.priced + bill.from_price
+    text = _usd(bill.cost + bill.from_price_usd)
+    if bill.from_price:
+        text += (
+            f" ({_usd(bill.from_price_usd)} of it for {_answers(bill.from_price)} stored "
+            "without a cost, priced from --price)"
+        )
+    if not bill.unknown:
+        return text
     unknown = (
-        f"cost unknown for {unpriced} {rows} (no price for {model}; --price "
+        f"cost unknown for {_answers(bill.unknown)} (no price for {model}; --price "
         f"{model}=INPUT,OUTPUT gives one)"
     )
-    if not priced:
-        return unknown
-    return f"${cost:.4f} for {priced} {'row' if priced == 1 else 'rows'}, {unknown}"
+    return f"{text} for {_answers(known)}, {unknown}" if known else unknown
+
+
+def _cost_summary(before: Bill, after: Bill, model: str) -> str:
+    """The summary's cost: this run's, and the folder's in all when it held answers before.
+
+    Examples
+    --------
+    >>> _cost_summary(Bill(), Bill(priced=2, cost=0.02), "m")
+    '$0.0200'
+    >>> _cost_summary(Bill(priced=2, cost=0.02), Bill(priced=3, cost=0.03), "m")
+    'this run $0.0100; the state folder in all, with earlier runs: $0.0300'
+    """
+    if not before.answers:
+        return _bill_text(after, model)
+    return (
+        f"this run {_bill_text(after - before, model)}; the state folder in all, with "
+        f"earlier runs: {_bill_text(after, model)}"
+    )
 
 
 def _check_not_input(inputs: Sequence[Path], output_path: str) -> None:
@@ -1069,6 +1327,53 @@ def _check_writable(path: str) -> None:
                 msg = f"cannot write {path!r}: {str(parent)!r} is a file, not a folder"
                 raise UsageProblem(msg)
             break
+
+
+def _check_state_writable(state: str) -> None:
+    """Refuse, before anything is sent, a ``--state`` folder that cannot be written.
+
+    The folder is written from the start of the run (its lock, the run's record), so one
+    that cannot be made or written failed the run with exit 1. Probed with a file made
+    and removed in it, or, if it does not exist yet, a folder made and removed in its
+    nearest existing parent (it is not created here: a run refused later by another
+    check leaves nothing behind). A folder where only some files can be written (a
+    damaged one) is left to the run, which names the file.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> _check_state_writable(os.path.join(tempfile.mkdtemp(), "new", "out.state"))
+    >>> _check_state_writable(__file__ + "/out.state")
+    Traceback (most recent call last):
+    ...
+    batchata_df.cli.UsageProblem: cannot write the state folder ...
+    """
+    given = Path(state).absolute()
+    folder = given
+    while not folder.exists() and not folder.is_symlink() and folder != folder.parent:
+        folder = folder.parent
+    why: str | None = None
+    if folder == given and not folder.is_dir():
+        why = "it is not a folder"
+    elif not folder.is_dir():
+        why = f"{str(folder)!r} is a file, not a folder"
+    else:
+        try:
+            if folder == given:
+                fd, probe = tempfile.mkstemp(dir=folder, prefix=".batchata-probe-")
+                os.close(fd)
+                os.unlink(probe)
+            else:
+                os.rmdir(tempfile.mkdtemp(dir=folder, prefix=".batchata-probe-"))
+        except OSError as e:
+            what = "is not writable" if folder == given else f"cannot be made in {str(folder)!r}"
+            why = f"it {what} ({e.strerror or e})"
+    if why is not None:
+        msg = (
+            f"cannot write the state folder {state!r}: {why}; pass --state FOLDER in a "
+            "place you can write to (default: OUTPUT.state beside OUTPUT). Nothing was sent"
+        )
+        raise UsageProblem(msg)
 
 
 def _note(text: str) -> None:
@@ -1329,7 +1634,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(e.format_message(), e.exit_code)
     except (UsageProblem, ConfigError, StateMismatchError) as e:
         return _fail(str(e), EXIT_USAGE)
-    except (StateLockedError, Busy) as e:
+    except (StateLockedError, SinkLockedError, Busy) as e:
         return _fail(str(e), EXIT_LOCKED)
     except BatchataError as e:
         return _fail(str(e), EXIT_ERROR)

@@ -14,6 +14,7 @@ The tree is designed so that a caller can tell *who* has to act::
     ├── StateError                     the checkpoint folder cannot be used for this run
     │   ├── StateMismatchError         written for another model / prompt / schema / params
     │   └── StateLockedError           another call is writing to the folder right now
+    ├── SinkLockedError                another call or run is writing the same sink= file
     ├── ProviderError                  the provider refused or failed a whole batch call
     │   └── OrphanedBatchError         we cannot prove a crashed submit did not go through
     └── EmulatorError                  the bundled emulator could not start or answer
@@ -51,6 +52,7 @@ __all__ = [
     "ProviderUnavailableWarning",
     "CapSerialisedWarning",
     "SchemaError",
+    "SinkLockedError",
     "StateError",
     "StateLockedError",
     "StateMismatchError",
@@ -145,6 +147,25 @@ class StateLockedError(StateError):
 
     def __init__(self, message: str, *, holder: LockHolder | None = None) -> None:
         super().__init__(message)
+        self.holder = holder
+
+
+class SinkLockedError(BatchataError):
+    """Another live call (``batch_llm(sink=...)``) or ``batchata-df run`` writes the same file.
+
+    Two calls writing one sink with different state folders would each send every row and
+    pay for it (and the last rename would win), so a ``sink=`` call refuses before anything
+    is sent. ``writer`` describes the other (what it is, ``pid``, ``host``, start time,
+    state folder, its hidden folder beside the sink); ``holder`` is its
+    :class:`~batchata_df.state.LockHolder`, or ``None`` when it had not yet written its
+    name.
+    """
+
+    def __init__(
+        self, message: str, *, writer: str, holder: LockHolder | None = None
+    ) -> None:
+        super().__init__(message)
+        self.writer = writer
         self.holder = holder
 
 

@@ -52,7 +52,13 @@ from batchata_df.providers import SUPPORTED_PARAMS, make_provider
 from batchata_df.providers.base import Provider, RequestSpec
 from batchata_df.schema import AnswerSchema
 from batchata_df.schema_limits import check_schema_limits
-from batchata_df.state import JOB_EVENTS, StateStore, WriterLock, check_lock_timeout
+from batchata_df.state import (
+    JOB_EVENTS,
+    LockHolder,
+    StateStore,
+    WriterLock,
+    check_lock_timeout,
+)
 from batchata_df.validate import check_run_arguments
 
 __all__ = ["DEFAULT_CHUNK_ROWS", "stream_llm"]
@@ -233,6 +239,8 @@ def stream_llm(
         for name in needed:
             providers[name] = make_provider(name)
         with (
+            # Before the state folder's lock: a call waiting for the sink holds nothing.
+            claim_sink(sink_path, state=state, lock_timeout=lock_wait),
             fr._state_folder(state) as folder,
             WriterLock(folder, lock_wait),
             _spill_folder(folder) as spill,
@@ -845,6 +853,139 @@ def remove_stale_sink_files(sink: Path) -> list[Path]:
         finally:
             os.close(fd)
     return removed
+
+
+WRITER_RECORD = "run.json"
+"""The file in a writer's :func:`hidden_folder` naming it (what it is, pid, host, start
+time, state folder), for the message another writer of the same target gets."""
+
+
+def record_writer(folder: Path, state: str | os.PathLike[str] | None, by: str) -> None:
+    """Name this process in its hidden ``folder`` (:data:`WRITER_RECORD`).
+
+    ``by`` says what it is (``"batchata-df run"``, ``"batch_llm(sink=...)"``).
+    """
+    import json
+    import socket
+    import time
+
+    record = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": time.time(),
+        "state": None if state is None else os.path.abspath(state),
+        "by": by,
+    }
+    tmp = folder / f"{WRITER_RECORD}.tmp"
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, folder / WRITER_RECORD)  # never read half written
+
+
+def live_writers(target: Path, mine: Path | None) -> list[Path]:
+    """The hidden folders and files of ``target`` (other than ``mine``) a live writer holds.
+
+    The names and locks of :func:`remove_stale_sink_files`: a folder's lock is on its
+    :data:`FOLDER_LOCK` file, a :class:`SinkWriter`'s hidden file is locked itself. A lock
+    this process can take is a dead writer's (taken only for the look, and let go at
+    once). Where locks are refused (Windows, some network mounts), nothing can be told and
+    nothing is reported.
+    """
+    import re
+
+    from filelock import lock_descriptor
+
+    name = re.compile(rf"\.tmp-{re.escape(target.name)}-[0-9a-f]{{8}}")
+    live: list[Path] = []
+    if not target.parent.is_dir():
+        return live
+    for path in sorted(target.parent.iterdir()):
+        if (mine is not None and path.name == mine.name) or not name.fullmatch(path.name):
+            continue
+        try:
+            kind = os.lstat(path).st_mode
+            if stat.S_ISDIR(kind):
+                fd = os.open(path / FOLDER_LOCK, os.O_RDONLY)
+            elif stat.S_ISREG(kind):
+                fd = os.open(path, os.O_RDONLY)
+            else:  # a link, a pipe: no writer's
+                continue
+        except OSError:  # gone meanwhile, or a folder no writer made
+            continue
+        try:
+            if not lock_descriptor(fd, blocking=False):
+                live.append(path)
+        except OSError:  # no locks here: cannot tell
+            pass
+        finally:
+            os.close(fd)
+    return live
+
+
+def describe_writer(path: Path) -> tuple[str, LockHolder | None]:
+    """Who writes through ``path`` (a hidden folder, or a :class:`SinkWriter`'s file).
+
+    Also its :class:`~batchata_df.state.LockHolder` (``None`` if it has not named itself).
+    """
+    import json
+
+    if not path.is_dir():
+        return f"a batch_llm(sink=...) call (its hidden file {path.name!r})", None
+    try:
+        text = (path / WRITER_RECORD).read_text()
+    except OSError:
+        text = ""
+    holder = LockHolder.parse(text)
+    if holder is None:
+        return f"a run or call starting up (its hidden folder {path.name!r})", None
+    record = json.loads(text)
+    state = record.get("state")
+    with_state = f", state folder {state!r}" if state else ""
+    by = record.get("by") or "batchata-df run"
+    return f"{by}, {holder.describe()}{with_state} (its hidden folder {path.name!r})", holder
+
+
+@contextlib.contextmanager
+def claim_sink(
+    sink: Path, *, state: str | os.PathLike[str] | None, lock_timeout: float | None
+) -> Iterator[Path]:
+    """Hold ``sink`` for a whole ``sink=`` call, as ``batchata-df run`` holds OUTPUT.
+
+    A :func:`hidden_folder` beside the sink, locked and named (:func:`record_writer`) for
+    the whole call, so that another call or run writing the same file sees this one; and
+    before anything is sent, a look for another live writer of the sink (a run's hidden
+    folder, another call's, a :class:`SinkWriter`'s file). Each makes its folder before it
+    looks, so of two starting at once at least one sees the other (both may, and then
+    both wait or refuse; never both send). One found: this call gives its folder up and
+    waits for it up to ``lock_timeout`` seconds (``None``: as long as it takes), then
+    raises :class:`~batchata_df.errors.SinkLockedError`.
+    """
+    import random
+    import time
+
+    from batchata_df.errors import SinkLockedError
+
+    deadline = None if lock_timeout is None else time.monotonic() + lock_timeout
+    while True:
+        with contextlib.ExitStack() as stack:
+            folder = stack.enter_context(hidden_folder(sink))
+            record_writer(folder, state, "batch_llm(sink=...)")
+            others = live_writers(sink, folder)
+            if not others:
+                yield folder
+                return
+        who, holder = describe_writer(others[0])
+        if deadline is not None and time.monotonic() >= deadline:
+            waited = f" after waiting {lock_timeout:g} s" if lock_timeout else ""
+            msg = (
+                f"sink={str(sink)!r} is being written by another call or run: {who}{waited}. "
+                "Two calls writing one sink would each send every row and pay for it. Let "
+                "it finish, or pass lock_timeout=<seconds> (None: as long as it takes) to "
+                "wait for it, or write another sink. Nothing was sent"
+            )
+            raise SinkLockedError(msg, writer=who, holder=holder)
+        # Jittered, so that two calls that saw each other do not retry in step.
+        left = 0.5 if deadline is None else max(0.0, deadline - time.monotonic())
+        time.sleep(min(random.uniform(0.1, 0.5), left))
 
 
 def _unsent_in(

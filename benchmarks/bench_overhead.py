@@ -48,6 +48,7 @@ make larger runs take hours here); results in ``benchmarks/results/overhead_seed
     python benchmarks/bench_overhead.py --sizes 10000 --runs 1   # a quick look
     python benchmarks/bench_overhead.py --providers gemini --out /tmp/g.json   # one provider
     python benchmarks/bench_overhead.py --merge /tmp/o.json /tmp/a.json /tmp/g.json
+    python benchmarks/bench_overhead.py --replace /tmp/g.json --note "what the commit is"
     python benchmarks/bench_overhead.py --seed                   # beside batchata, 1k/10k
     python benchmarks/report_overhead.py                         # plot + README table
 
@@ -79,6 +80,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 
+NAMES = {"openai": "OpenAI", "anthropic": "Anthropic", "gemini": "Gemini"}
 PROVIDERS = {
     "openai": "gpt-4.1-mini",
     "anthropic": "claude-haiku-4-5",
@@ -487,6 +489,53 @@ def merge(
     print(f"wrote {out}")
 
 
+def replace(paths: list[Path], out: Path, context: str = "") -> None:
+    """New points into an existing results document, each replacing its provider and size.
+
+    The point replaced moves to ``replaced_points`` (nothing measured is dropped), and a
+    sentence per new point is appended to ``note``: when it was measured, on which commit,
+    the load before and after, its ratios per run and what it replaced, with ``context``
+    (what the commit is, what ran beside it) said once for all of them.
+    """
+    doc = json.loads(out.read_text())
+    doc.setdefault("replaced_points", [])
+    sentences: list[str] = []
+    for path in paths:
+        new = json.loads(path.read_text())
+        for pt in new["points"]:
+            pt.setdefault("n_runs", len(pt["runs"]))
+            key = (pt["provider"], pt["rows"])
+            old = [p for p in doc["points"] if (p["provider"], p["rows"]) == key]
+            doc["points"] = [p for p in doc["points"] if (p["provider"], p["rows"]) != key]
+            doc["replaced_points"].extend(old)
+            doc["points"].append(pt)
+            per_run = " / ".join(
+                f"{r['ours']['cpu_s'] / r['floor']['cpu_s']:.2f}x" for r in pt["runs"]
+            )
+            was = "; ".join(
+                f"the point it replaces, {o.get('code')}: {o['ratio']['cpu_s']:.3f}x, RSS "
+                f"{o['ratio']['peak_rss_mb']:.3f}x, is kept under replaced_points"
+                for o in old
+            ) or "a new point"
+            sentences.append(
+                f"{NAMES.get(pt['provider'], pt['provider'])} at {pt['rows']:,}: re-measured "
+                f"{new['started_utc']} to {new['finished_utc']} on {pt.get('code')}, "
+                f"{pt['n_runs']} runs, load {pt['loadavg_before'][0]} before, "
+                f"{pt['loadavg_after'][0]} after: {pt['ratio']['cpu_s']:.3f}x the floor's CPU "
+                f"({per_run}), peak RSS {pt['ratio']['peak_rss_mb']:.3f}x ({was})."
+            )
+        doc["started_utc"] = min(doc["started_utc"], new["started_utc"])
+        doc["finished_utc"] = max(doc["finished_utc"], new["finished_utc"])
+        uptime = doc["machine"].get("uptime")
+        doc["machine"]["uptime"] = [*(uptime if isinstance(uptime, list) else [uptime]),
+                                    new["machine"]["uptime"]]  # fmt: skip
+    doc["points"].sort(key=lambda pt: (pt["rows"], list(PROVIDERS).index(pt["provider"])))
+    text = " ".join([*([context] if context else []), *sentences])
+    doc["note"] = f"{doc['note']} {text}" if doc.get("note") else text
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"wrote {out}: {len(sentences)} points replaced or added")
+
+
 def run_seed(sizes: list[int], providers: list[str], runs: int, out: Path, venv: Path) -> None:
     """batch_llm beside the seed library (same model, both checkpointing), alternating."""
     from batchata_df.emulator import Emulator
@@ -551,7 +600,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "overhead.json")
     parser.add_argument("--merge", type=Path, nargs="+", help="merge these partial results")
-    parser.add_argument("--note", help="with --merge: what the reader must know (recorded)")
+    parser.add_argument("--note", help="with --merge or --replace: what the reader must know "
+                        "(recorded; --replace appends it to the document's note)")
+    parser.add_argument("--replace", type=Path, nargs="+",
+                        help="put these results' points into --out, each replacing the point "
+                        "of its provider and size (kept under replaced_points)")
     parser.add_argument("--pool", action="store_true",
                         help="with --merge: pool the runs of points measured more than once")
     parser.add_argument("--seed", action="store_true",
@@ -567,6 +620,9 @@ def main() -> None:
         return
     if args.merge:
         merge(args.merge, args.out, args.note, pool=args.pool)
+        return
+    if args.replace:
+        replace(args.replace, args.out, args.note or "")
         return
 
     from batchata_df.emulator import Emulator

@@ -9,6 +9,7 @@ threads included), *exclusive* of the stages nested inside it. ``TOTAL`` is the 
     python benchmarks/profile_stages.py --provider openai --rows 1000000 --floor
     python benchmarks/profile_stages.py --provider openai --rows 1000000 --cap 1e9
     python benchmarks/profile_stages.py --rows 1000000 --stream
+    python benchmarks/profile_stages.py --provider anthropic --rows 1000000 --fine
 
 ``--stream`` profiles the streaming child of ``bench_stream.py`` (``RUN``: Parquet in,
 ``sink=`` Parquet out, OpenAI) with the streaming path's stages added (:data:`STREAM`).
@@ -71,6 +72,52 @@ STREAM = {
     "stream_llm (rest)": ("batchata_df.stream", "", "stream_llm"),
 }
 """The streaming path's stages (``--stream``), besides :data:`STAGES`."""
+
+FINE = {
+    # Engine.run's own steps (the tenth pass: "Engine.run (rest)" taken apart).
+    "run: recover": ("batchata_df.engine.recovery", "", "recover"),
+    "run: resolve_lost": ("batchata_df.engine.recovery", "", "resolve_lost"),
+    "run: settled": ("batchata_df.engine.recovery", "", "settled"),
+    "run: _count_done": ("batchata_df.engine.driver", "Engine", "_count_done"),
+    "run: Admission.hold_recovered": ("batchata_df.engine.admission", "Admission",
+                                      "hold_recovered"),
+    "run: Planner.add": ("batchata_df.engine.planning", "Planner", "add"),
+    "run: _job_states": ("batchata_df.engine.driver", "", "_job_states"),
+    "run: with_unavailable": ("batchata_df.engine.driver", "", "with_unavailable"),
+    "drive: Planner.current (rest)": ("batchata_df.engine.planning", "Planner", "current"),
+    "drive: Planner.took": ("batchata_df.engine.planning", "Planner", "took"),
+    "drive: Admission.admit": ("batchata_df.engine.admission", "Admission", "admit"),
+    "drive: Submitter.submit (rest)": ("batchata_df.engine.submission", "Submitter", "submit"),
+    "drive: Submitter.fill (rest)": ("batchata_df.engine.submission", "Submitter", "fill"),
+    "drive: Collector.collect (rest)": ("batchata_df.engine.collection", "Collector",
+                                        "collect"),
+    "drive: Collector.poll_due (rest)": ("batchata_df.engine.collection", "Collector",
+                                         "poll_due"),
+    "drive: report": ("batchata_df.engine.run", "", "report"),
+    "drive: Engine._drive (rest)": ("batchata_df.engine.driver", "Engine", "_drive"),
+    "store: append_jobs (rest)": ("batchata_df.state", "StateStore", "append_jobs"),
+    "store: append_batch (rest)": ("batchata_df.state", "StateStore", "append_batch"),
+    "store: _conform": ("batchata_df.state", "", "_conform"),
+    "store: WrittenJobs.add": ("batchata_df.state", "WrittenJobs", "add"),
+    "store: WrittenJobs.answers": ("batchata_df.state", "WrittenJobs", "answers"),
+    "store: write_parquet": ("polars", "DataFrame", "write_parquet"),
+    "store: os.fsync": ("os", "", "fsync"),
+    "store: StateStore()": ("batchata_df.state", "StateStore", "__init__"),
+    "validation: _FastPath.checked": ("batchata_df.schema", "_FastPath", "checked"),
+    "validation: _decode_in_slices": ("batchata_df.schema", "", "_decode_in_slices"),
+    "cost: with_usage_columns": ("batchata_df.cost", "", "with_usage_columns"),
+    # batch_llm's own steps ("batch_llm (rest)").
+    "batch_llm: _check_models": ("batchata_df.frame", "", "_check_models"),
+    "batch_llm: _warn_serialised": ("batchata_df.frame", "", "_warn_serialised"),
+    "batch_llm: _warn_unavailable": ("batchata_df.frame", "", "_warn_unavailable"),
+    "batch_llm: _job_salt": ("batchata_df.frame", "", "_job_salt"),
+    "batch_llm: check_run_arguments": ("batchata_df.frame", "", "check_run_arguments"),
+    "any: DataFrame.unique": ("polars", "DataFrame", "unique"),
+    "any: DataFrame.filter": ("polars", "DataFrame", "filter"),
+    "batch_llm: make_provider": ("batchata_df.frame", "", "make_provider"),
+}
+"""Finer stages (``--fine``): what "Engine.run (rest)" and "batch_llm (rest)" are made of.
+``DataFrame.unique`` / ``filter`` and ``os.fsync`` count wherever they are called."""
 
 LIBRARY = {
     "SDK upload": ("openai.resources.files", "Files", "create"),
@@ -157,6 +204,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--floor", action="store_true", help="profile the floor instead")
     parser.add_argument("--cap", type=float, default=None, help="batch_llm's max_cost_usd")
+    parser.add_argument("--fine", action="store_true",
+                        help="add the finer stages of Engine.run and batch_llm (FINE)")
     parser.add_argument("--stream", action="store_true",
                         help="profile bench_stream.py's streaming child (sink=) instead")
     args = parser.parse_args()
@@ -168,9 +217,10 @@ def main() -> None:
 
     provider = args.provider
     title = {"openai": "OpenAI", "anthropic": "Anthropic", "gemini": "Gemini"}[provider]
+    chosen = {**STAGES, **(FINE if args.fine else {})}
     stages = {} if args.floor else {
         name: (mod.format(p=provider), cls.format(P=title), attr)
-        for name, (mod, cls, attr) in STAGES.items()
+        for name, (mod, cls, attr) in chosen.items()
     }  # fmt: skip
     stages.update(LIBRARY)
     client = bo.FLOORS[provider] if args.floor else bo.OURS

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,6 +98,18 @@ def emu(emulator: Emulator, monkeypatch: pytest.MonkeyPatch, tmp_path) -> Iterat
         monkeypatch.delenv(key, raising=False)
     monkeypatch.chdir(tmp_path)
     yield emulator
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[str]]]:
+    """Child processes a test starts (append them): those still running when it ends (a
+    failed assertion) are killed, so that no run outlives its test and its emulator."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=60)
 
 
 @pytest.fixture

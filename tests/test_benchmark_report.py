@@ -75,7 +75,7 @@ def test_table_rows_follow_the_json() -> None:
     row = report.table(result).splitlines()[2]
     assert row == (
         "| openai | 1,000 | 1 | 1.00 | 1.25 | 1.25x | 1250 | 100 | 150 | 1.50x | 2.0 / 2.5 "
-        "| 0.5 / 0.6 |"
+        "| 0.5 / 0.6 | ? | 1.0 / ? |"
     )
 
 
@@ -194,3 +194,88 @@ def test_benchmark_clients_load_batchata_df_as_bytecode(
     assert from_source() == [str(package / "__init__.py"), str(package / "mod.py")]
     bench.compile_bytecode(package)
     assert from_source() == []
+
+
+def test_new_points_replace_their_provider_and_size_and_the_old_ones_are_kept(
+    tmp_path: Path,
+) -> None:
+    # ``--replace``: a re-measured point takes its provider and size's place; the point it
+    # replaces moves to replaced_points and the note says what, when, on which code, at
+    # which load and what it replaced.
+    bench = _bench()
+    base = {"wall_s": 1.0, "peak_rss_mb": 100.0, "emulator_cpu_s": 0.1}
+
+    def point(provider: str, rows: int, ours: float, code: str, load: float) -> dict[str, object]:
+        runs = [{"floor": {**base, "cpu_s": 1.0}, "ours": {**base, "cpu_s": ours,
+                                                            "state_mb": 1.0}}]
+        return {"provider": provider, "model": "m", "rows": rows, "n_runs": 1, "runs": runs,
+                **bench.summarise(runs), "loadavg_before": [load, 0, 0],
+                "loadavg_after": [load + 1, 0, 0], "code": code}
+
+    def doc(points: list[dict[str, object]], start: str, end: str) -> dict[str, object]:
+        return {**bench._document(start, 3, points), "finished_utc": end}
+
+    out = tmp_path / "overhead.json"
+    old = [point("openai", 10, 2.0, "aaa", 1.0), point("gemini", 10, 3.0, "aaa", 1.0),
+           point("openai", 100, 4.0, "aaa", 1.0)]
+    out.write_text(json.dumps({**doc(old, "2026-01-01T00:00:00Z", "2026-01-01T01:00:00Z"),
+                               "note": "Before.", "replaced_points": [{"older": True}]}))
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps(doc([point("gemini", 10, 1.5, "bbb", 2.5)],
+                                  "2026-01-02T00:00:00Z", "2026-01-02T00:05:00Z")))
+    bench.replace([new], out, "Main after the pass.")
+    result = json.loads(out.read_text())
+    assert [(p["provider"], p["rows"], p["code"]) for p in result["points"]] == [
+        ("openai", 10, "aaa"), ("gemini", 10, "bbb"), ("openai", 100, "aaa")]
+    assert result["replaced_points"] == [{"older": True}, old[1]]
+    assert result["note"].startswith("Before. Main after the pass. Gemini at 10: re-measured "
+                                     "2026-01-02T00:00:00Z to 2026-01-02T00:05:00Z on bbb")
+    assert "load 2.5 before, 3.5 after: 1.500x the floor's CPU (1.50x)" in result["note"]
+    assert "the point it replaces, aaa: 3.000x" in result["note"]
+    assert result["started_utc"] == "2026-01-01T00:00:00Z"
+    assert result["finished_utc"] == "2026-01-02T00:05:00Z"
+
+
+def test_flatness_is_the_spread_of_marginals_per_path_streamed_pairs_of_one_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 14 point 3's "per-row CPU flat ±20 %": the marginal CPU per extra row between
+    # successive sizes, in memory from overhead.json's medians, streamed from runs of one
+    # code only (a slope across two versions of the code is not taken); the spread is the
+    # half-width of the narrowest band holding them.
+    report = _report()
+    assert report._band([16.0, 14.0]) == pytest.approx(2 / 30)
+    assert report._band([12.0, 18.0]) == pytest.approx(0.2)  # 15 ± 20 %: met, just
+
+    def pt(rows: int, ours: float, floor: float) -> dict[str, object]:
+        return {"provider": "openai", "rows": rows, "code": "ccc",
+                "loadavg_before": [1.0, 0, 0], "ours": {"cpu_s": ours},
+                "floor": {"cpu_s": floor}}
+
+    result = {"points": [pt(10_000, 1.0, 0.9), pt(100_000, 2.8, 1.8),
+                         pt(1_000_000, 16.3, 8.1)]}
+
+    def run(rows: int, cpu: float, code: str, when: str) -> dict[str, object]:
+        return {"rows": rows, "model": "gpt-4.1-mini", "code": code, "when": when,
+                "loadavg_before_run": [2.0, 0, 0], "run": {"cpu_s": cpu}}
+
+    stream = tmp_path / "bench_stream.json"
+    stream.write_text(json.dumps([
+        {**run(1_000_000, 22.0, "new", "2026-01-02"),
+         "previous": run(1_000_000, 20.0, "old", "2026-01-01")},
+        run(10_000_000, 245.0, "old", "2026-01-01"),  # pairs with the previous 1M only
+        {**run(10_000_000, 1.0, "capped", "2026-01-03"), "max_cost_usd": 1e9},
+    ]))
+    monkeypatch.setattr(report, "STREAM_RESULTS", stream)
+    slopes = report.marginals(result)
+    assert [(m["path"], m["rows"], m["code"], round(m["ours"], 1)) for m in slopes] == [
+        ("in memory", (10_000, 100_000), "ccc", 20.0),
+        ("in memory", (100_000, 1_000_000), "ccc", 15.0),
+        ("streamed", (1_000_000, 10_000_000), "old", 25.0),
+    ]
+    assert round(slopes[0]["floor"], 1) == 10.0
+    text = "\n".join(report.flatness(result))
+    assert "20.0 → 15.0 µs, ±14 %, met" in text
+    assert "20.0 → 15.0 → 25.0 µs, ±25 %, **not met** (ccc, old)" in text
+    assert "20.0 → 24.5 (+23 %, old)" in text
+    assert "1,000,000 → 10,000,000 only: 25.0 µs, one span, no spread (old)" in text

@@ -9,11 +9,11 @@ model without a price shown as costing $0.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
@@ -61,17 +61,6 @@ def work(emu, tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    """Children still running at the end of a test (a failed assertion) are killed."""
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=60)
-
-
 RUN = ["run", "in.parquet", "out.parquet", "--model", "gpt-4.1-mini", "--prompt", "{text}",
        "--no-progress"]
 
@@ -101,8 +90,10 @@ def test_a_second_run_on_the_same_output_refuses_before_sending_or_waits(emu, wo
     emu.configure(latency=1000.0)
     first = _start(emu, work, "--state", "s1")
     procs.append(first)
-    _wait_for(lambda: batch_posts(emu) == 1, first, "run A never submitted its batch")
-    assert sum(billed(emu).values()) == N
+    # The request is logged when it arrives and billed as it is handled: wait for both (a
+    # loaded machine showed the log entry before the bill).
+    _wait_for(lambda: batch_posts(emu) == 1 and sum(billed(emu).values()) == N, first,
+              "run A never submitted its batch")
 
     r = cli(emu, *RUN, "--state", "s2", "--no-wait", cwd=work)  # were it sent: exit 5 at once
     line = one_line_error(r, 75)
@@ -124,6 +115,9 @@ def test_a_second_run_on_the_same_output_refuses_before_sending_or_waits(emu, wo
     assert first.returncode == 0, err
     _, err = second.communicate(timeout=240)
     assert second.returncode == 0, err
+    # B paid nothing, and says so: the folder's bill before B is read once B holds
+    # OUTPUT and the folder (read earlier, it counted A's answers as B's spending).
+    assert "this run $0.0000; the state folder in all, with earlier runs: $0.0" in err, err
     assert batch_posts(emu) == 1
     assert set(billed(emu).values()) == {1} and len(billed(emu)) == N
     out = pl.read_parquet(work / "out.parquet")
@@ -180,6 +174,32 @@ def test_an_output_folder_that_cannot_be_written_is_a_usage_error(work, emu, kin
     assert not (work / "s").exists()
 
 
+@pytest.mark.parametrize("state", ["/proc/batchata-df.state", "/proc/x/y/s", "afile/s",
+                                   "afile"])
+def test_a_state_folder_that_cannot_be_written_is_a_usage_error(work, emu, state):
+    """A --state folder that could not be made (under /proc, under a file, a file itself)
+    failed the run with exit 1 (`cannot lock the checkpoint folder ...`); it is a usage
+    error (exit 2) naming the folder and the fix, before anything is sent. A dry run only
+    reads the folder: it is not refused."""
+    (work / "afile").write_text("not a folder")
+    args = ["run", "in.parquet", "out.parquet", "--model", "gpt-4.1-mini", "--prompt",
+            "{text}", "--state", state]
+    if state == "afile":  # click refuses --state naming a file; OUTPUT.state is not checked
+        args = [*args[:2], "afile.parquet", *args[3:-2]]
+        (work / "afile.parquet.state").write_text("not a folder")
+        state = "afile.parquet.state"
+    line = one_line_error(cli(emu, *args, cwd=work), 2)
+    assert f"cannot write the state folder {state!r}: " in line, line
+    assert "pass --state FOLDER in a place you can write to" in line
+    assert "Nothing was sent" in line
+    assert emu.log() == []
+    assert sorted(p.name for p in work.iterdir() if not p.name.startswith("afile")) == [
+        "in.parquet"]
+    r = cli(emu, *args, "--dry-run", "--no-progress", cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert emu.log() == []
+
+
 # -- 3. OUTPUT is INPUT ---------------------------------------------------------------------
 
 
@@ -229,6 +249,107 @@ def test_csv_values_are_sent_and_written_as_the_file_has_them(work, emu, output)
     assert len(billed(emu)) == rows
 
 
+BROKEN_CSV = {
+    "more fields than the header": b"250,ticket 250,extra\n",
+    "an unclosed quote": b'250,"ticket 250\n',
+    "bytes that are not UTF-8": b"250,ticket \xff\xfe 250\n",
+}
+
+
+@pytest.mark.parametrize("broken", sorted(BROKEN_CSV))
+def test_a_broken_csv_line_far_down_is_a_usage_error_before_anything_is_sent(
+    work, emu, broken
+):
+    """A broken line at row 250 failed the run with exit 1 (`ComputeError: ...`) after the
+    chunks before it were sent and paid for; the file is parsed whole first, and the run
+    is refused (exit 2) naming the file and the fix, before anything is sent."""
+    lines = [b"id,text\n"] + [f"{i},ticket {i}\n".encode() for i in range(300)]
+    lines[251] = BROKEN_CSV[broken]
+    (work / "in.csv").write_bytes(b"".join(lines))
+    r = cli(emu, "run", "in.csv", "out.parquet", "--model", "gpt-4.1-mini",
+            "--prompt", "{text}", "--chunk-rows", "40", cwd=work)
+    line = one_line_error(r, 2)
+    assert "cannot read 'in.csv' as csv: " in line, line
+    assert "fix the file (UTF-8 text, quotes closed, no row with more fields" in line
+    assert "Nothing was sent" in line
+    assert emu.log() == []
+    assert sorted(p.name for p in work.iterdir()) == ["in.csv", "in.parquet"]
+
+
+BROKEN_HEADERS = {
+    "unclosed quote": (b'id,text,"note\n', b"\n", "runs into its rows"),
+    "bare CR line ends": (b"id,text,note\r", b"\r", "runs into its rows"),
+    "not UTF-8": (b"id,text,caf\xe9\n", b"\n", "is not UTF-8 text"),
+}
+
+
+@pytest.mark.parametrize("broken", BROKEN_HEADERS)
+def test_a_broken_csv_header_is_a_usage_error_before_anything_is_sent(work, emu, broken):
+    """A header line with an unclosed quote, or lines ended by a bare CR, made the whole
+    file the header: no rows, exit 0 and an empty OUTPUT (the rows were lost without a
+    word); a header byte that is not UTF-8 renamed the column (`caf\ufffd`). Each is a
+    usage error now, naming the file and the fix, before anything is sent."""
+    header, end, says = BROKEN_HEADERS[broken]
+    body = b"".join(f"{i},ticket {i},n".encode() + end for i in range(300))
+    (work / "in.csv").write_bytes(header + body)
+    r = cli(emu, "run", "in.csv", "out.parquet", "--model", "gpt-4.1-mini",
+            "--prompt", "{id}", cwd=work)
+    line = one_line_error(r, 2)
+    assert says in line and "'in.csv'" in line and "Nothing was sent" in line, line
+    assert len(line) < 400  # names the file, never quotes it whole
+    assert emu.log() == []
+    assert not (work / "out.parquet").exists()
+
+
+def test_an_empty_state_option_is_refused_not_the_working_folder(work, emu):
+    """`--state ""` made the working folder the state folder (jobs/, batches/ and a
+    manifest written beside the user's files, exit 0)."""
+    r = cli(emu, *RUN, "--state", "", cwd=work)
+    assert "--state '' names no folder" in one_line_error(r, 2)
+    assert emu.log() == []
+    assert sorted(p.name for p in work.iterdir()) == ["in.parquet"]
+
+
+@pytest.mark.parametrize("files", [1, 2])
+def test_an_ndjson_column_whose_type_changes_far_down_is_read_whole(work, emu, files):
+    """A column of integers holding a string (or a float) after line 100 failed the run
+    (`ComputeError: cannot parse 'X250' (string) as Int64`, exit 1) after the chunks before
+    it were paid for: Polars inferred the types from the first 100 lines of the first file.
+    Every line of every file is read for the types now; a line that is not JSON is refused
+    before anything is sent (exit 2)."""
+    import json
+
+    rows = 300
+    lines = [json.dumps({"id": i, "code": i if i < 250 else f"X{i}",
+                         "x": i if i < 260 else 1.5}) for i in range(rows)]
+    if files == 1:
+        (work / "in.ndjson").write_text("\n".join(lines) + "\n")
+        source = "in.ndjson"
+    else:  # the second file alone has the strings and floats
+        (work / "nd").mkdir()
+        (work / "nd" / "a.ndjson").write_text("\n".join(lines[:200]) + "\n")
+        (work / "nd" / "b.ndjson").write_text("\n".join(lines[200:]) + "\n")
+        source = "nd/*.ndjson"
+    r = cli(emu, "run", source, "out.parquet", "--model", "gpt-4.1-mini",
+            "--prompt", "Code {code}, x {x}", "--chunk-rows", "40", cwd=work)
+    assert r.returncode == 0, r.stderr
+    out = pl.read_parquet(work / "out.parquet")
+    assert out.schema["code"] == pl.String and out.schema["x"] == pl.Float64
+    assert out["code"].to_list() == [str(i) for i in range(250)] + [
+        f"X{i}" for i in range(250, rows)]
+    assert out["x"].to_list() == [float(i) for i in range(260)] + [1.5] * (rows - 260)
+    assert set(out["_status"]) == {"completed"}
+    assert out["response"][rows - 1].startswith("Emulated answer about 'Code X299, x 1.5'")
+    assert set(billed(emu).values()) == {1} and len(billed(emu)) == rows
+
+    lines[280] = '{"id": 280, "code":'
+    (work / "broken.ndjson").write_text("\n".join(lines) + "\n")
+    line = one_line_error(cli(emu, "run", "broken.ndjson", "b.parquet", "--model",
+                              "gpt-4.1-mini", "--prompt", "{code}", cwd=work), 2)
+    assert "cannot read 'broken.ndjson' as ndjson" in line
+    assert len(billed(emu)) == rows  # nothing more sent
+
+
 # -- 5. a model without a price -------------------------------------------------------------
 
 
@@ -240,7 +361,7 @@ def test_a_model_without_a_price_is_cost_unknown_never_zero_and_price_gives_one(
     r = cli(emu, *args, cwd=work)
     assert r.returncode == 0, r.stderr
     assert "$0" not in r.stderr
-    assert f"cost unknown for {N} rows (no price for gpt-6-terra" in r.stderr, r.stderr
+    assert f"cost unknown for {N} answers (no price for gpt-6-terra" in r.stderr, r.stderr
     assert "--price gpt-6-terra=INPUT,OUTPUT" in r.stderr
     assert pl.read_parquet(work / "out.parquet")["_cost_usd"].null_count() == N
 
@@ -257,11 +378,12 @@ def test_a_model_without_a_price_is_cost_unknown_never_zero_and_price_gives_one(
     out = pl.read_parquet(work / "priced.parquet")
     expected = (out["_input_tokens"] * 1.5 + out["_output_tokens"] * 10) / 1e6
     assert (out["_cost_usd"] - expected).abs().max() < 1e-12
-    assert f"${out['_cost_usd'].sum():.4f};" in r.stderr and "unknown" not in r.stderr
+    assert _near(float(_summary_cost(r.stderr)[1:]), out["_cost_usd"].sum()), r.stderr
+    assert "unknown" not in r.stderr
     assert sum(billed(emu).values()) == 2 * N
 
     for bad in ("gpt-6-terra=1.5", "gpt-6-terra", "=1,2", "gpt-6-terra=a,b", "m=-1,2",
-                "m=nan,1"):
+                "m=nan,1", "gpt-6-terra=1e308,1e308", "gpt-6-terra=1_000,1"):  # $inf; 1000
         line = one_line_error(cli(emu, *args, "--price", bad, cwd=work), 2)
         assert "--price takes MODEL=INPUT,OUTPUT" in line and repr(bad) in line
     # a price for a model the run does not use was ignored without a word (second review)
@@ -270,6 +392,111 @@ def test_a_model_without_a_price_is_cost_unknown_never_zero_and_price_gives_one(
                                   cwd=work), 2)
         assert f"--price {stray.split('=')[0]}=...: this run's model is 'gpt-6-terra'" in line
     assert sum(billed(emu).values()) == 2 * N
+
+
+def _summary_cost(stderr: str) -> str:
+    """The cost the summary line shows (``N completed; $X; written to ...``)."""
+    line = next(x for x in stderr.splitlines() if "; written to " in x)
+    return line.split("; ")[1]
+
+
+@pytest.mark.parametrize(("rates", "zero"), [("0.001,0.001", False), ("0.00001,0", False),
+                                             ("0,0", True)])
+def test_a_tiny_known_cost_never_reads_as_zero_and_zero_does(work, emu, rates, zero):
+    """`$0.0000` was printed for a known cost below $0.00005 (twenty rows at $0.001 per
+    million tokens): shown to two significant digits now; a cost of zero is $0.0000."""
+    r = cli(emu, "run", "in.parquet", "out.parquet", "--model", "gpt-6-terra",
+            "--prompt", "{text}", "--price", f"gpt-6-terra={rates}", cwd=work)
+    assert r.returncode == 0, r.stderr
+    paid = pl.read_parquet(work / "out.parquet")["_cost_usd"].sum()
+    shown = _summary_cost(r.stderr)
+    assert shown.startswith("$"), r.stderr
+    if zero:
+        assert paid == 0 and shown == "$0.0000"
+    else:
+        assert 0 < paid < 0.00005  # what four decimals showed as $0.0000
+        assert float(shown[1:]) == float(f"{paid:.1e}"), (shown, paid)
+
+
+def _dollars(text: str) -> list[float]:
+    return [float(x) for x in re.findall(r"\$([0-9.]+)", text)]
+
+
+def _near(shown: float, paid: float) -> bool:
+    """``shown`` is ``paid`` as the summary rounds it (4 decimals, or 2 digits below $0.001)."""
+    return abs(shown - paid) <= max(0.00005, 0.05 * paid)
+
+
+def test_a_resumed_runs_summary_says_what_this_run_spent_and_the_folder_in_all(work, emu):
+    """A run resumed on a folder holding earlier answers printed the folder's total as its
+    own cost; now it says what this run spent and what the folder holds in all."""
+    from batchata_df import sql
+
+    pl.read_parquet(work / "in.parquet").head(N // 2).write_parquet(work / "half.parquet")
+    args = ["out.parquet", "--model", "gpt-4.1-mini", "--prompt", "{text}", "--state", "s"]
+    first = cli(emu, "run", "half.parquet", *args, cwd=work)
+    assert first.returncode == 0, first.stderr
+    earlier = sql("select sum(cost_usd) as usd from jobs", work / "s")["usd"][0]
+    assert _near(float(_summary_cost(first.stderr)[1:]), earlier)  # a first run: one figure
+    second = cli(emu, "run", "in.parquet", *args, cwd=work)
+    assert second.returncode == 0, second.stderr
+    in_all = sql("select sum(cost_usd) as usd from jobs", work / "s")["usd"][0]
+    line = next(x for x in second.stderr.splitlines() if "; written to " in x)
+    assert "; this run $" in line and "; the state folder in all, with earlier runs: $" in line
+    this_run, total = _dollars(line.split("; written to ")[0])
+    assert _near(this_run, in_all - earlier) and _near(total, in_all), (line, earlier, in_all)
+    assert 0 < in_all - earlier < in_all
+    assert sum(billed(emu).values()) == N  # each row paid once, half of them by each run
+
+
+def test_a_resume_with_price_prices_the_folders_answers_stored_without_a_cost(work, emu):
+    """After a run of a model without a price, a resume with --price still said "cost
+    unknown" for the earlier answers (their stored cost stays null). The summary prices
+    them from --price, says so, and the stored parts are not rewritten."""
+    from batchata_df import sql
+
+    pl.read_parquet(work / "in.parquet").head(N // 2).write_parquet(work / "half.parquet")
+    args = ["out.parquet", "--model", "gpt-6-terra", "--prompt", "{text}", "--state", "s"]
+    first = cli(emu, "run", "half.parquet", *args, cwd=work)
+    assert first.returncode == 0, first.stderr
+    assert "cost unknown for 10 answers" in first.stderr
+    second = cli(emu, "run", "in.parquet", *args, "--price", "gpt-6-terra=1.5,10", cwd=work)
+    assert second.returncode == 0, second.stderr
+    line = next(x for x in second.stderr.splitlines() if "; written to " in x)
+    assert "unknown" not in line, line
+    assert "of it for 10 answers stored without a cost, priced from --price)" in line, line
+    jobs = sql("select input_tokens, output_tokens, cost_usd from jobs", work / "s")
+    stored = jobs.filter(pl.col("cost_usd").is_not_null())
+    unpriced = jobs.filter(pl.col("cost_usd").is_null())  # kept as they were
+    assert stored.height == unpriced.height == N // 2
+    at_price = float(((unpriced["input_tokens"] * 1.5 + unpriced["output_tokens"] * 10)
+                      / 1e6).sum())
+    this_run, total, from_price = _dollars(line.split("; written to ")[0])
+    assert _near(this_run, stored["cost_usd"].sum()), line
+    assert _near(from_price, at_price), (line, at_price)
+    assert _near(total, stored["cost_usd"].sum() + at_price), line
+    assert sum(billed(emu).values()) == N
+
+
+def test_the_folders_bill_read_in_slices_is_the_bill_read_whole(work, emu, monkeypatch):
+    """A big folder's bill is added up in slices of its jobs (bounded memory): the same."""
+    from batchata_df import cli as cli_module
+    from batchata_df import state
+
+    pl.read_parquet(work / "in.parquet").head(N // 2).write_parquet(work / "half.parquet")
+    args = ["out.parquet", "--model", "gpt-6-terra", "--prompt", "{text}", "--state", "s"]
+    assert cli(emu, "run", "half.parquet", *args, cwd=work).returncode == 0
+    r = cli(emu, "run", "in.parquet", *args, "--price", "gpt-6-terra=1.5,10", cwd=work)
+    assert r.returncode == 0, r.stderr
+    prices = {"gpt-6-terra": (1.5, 10.0)}
+    whole = cli_module.folder_bill(work / "s", "gpt-6-terra", prices)
+    assert (whole.priced, whole.from_price, whole.unknown) == (N // 2, N // 2, 0)
+    assert cli_module.folder_bill(work / "s", "gpt-6-terra", {}).unknown == N // 2
+    monkeypatch.setattr(state, "SPENT_SLICE_EVENTS", 7)
+    sliced = cli_module.folder_bill(work / "s", "gpt-6-terra", prices)
+    assert (sliced.priced, sliced.from_price, sliced.unknown) == (N // 2, N // 2, 0)
+    assert sliced.cost == pytest.approx(whole.cost, rel=1e-12)
+    assert sliced.from_price_usd == pytest.approx(whole.from_price_usd, rel=1e-12)
 
 
 # -- INPUT as a folder of Parquet files, or a glob ------------------------------------------
@@ -328,7 +555,8 @@ def test_an_output_named_through_a_link_is_the_file_it_names(work, emu, procs):
     emu.configure(latency=1000.0)
     first = _start(emu, work, "--state", "s1")  # writes out.parquet
     procs.append(first)
-    _wait_for(lambda: batch_posts(emu) == 1, first, "run A never submitted its batch")
+    _wait_for(lambda: batch_posts(emu) == 1 and sum(billed(emu).values()) == N, first,
+              "run A never submitted its batch")  # logged on arrival, billed when handled
     r = cli(emu, "run", "in.parquet", "link.parquet", "--model", "gpt-4.1-mini",
             "--prompt", "{text}", "--state", "s2", "--no-wait", cwd=work)
     assert "is being written by another run" in one_line_error(r, 75)

@@ -17,7 +17,6 @@ import sys
 import textwrap
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
@@ -134,26 +133,15 @@ def _billed_once(emu) -> Counter[str]:
     return billed
 
 
-@pytest.fixture
-def killed() -> Iterator[list[subprocess.Popen[str]]]:
-    """Children still running at the end of a test are killed (a failed assertion)."""
-    procs: list[subprocess.Popen[str]] = []
-    yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=60)
-
-
 @pytest.mark.parametrize("output", ["out.parquet", "out.csv"])
 def test_a_run_killed_while_its_batches_are_in_flight_resumes_and_leaves_only_output(
-    emu, work, killed, output
+    emu, work, procs, output
 ):
     """SIGKILL once the state folder shows every batch submitted; the same command again
     collects them (nothing sent twice) and OUTPUT's folder then holds OUTPUT only."""
     emu.configure(latency=1000.0)
     proc = _start(emu, work, output, None)
-    killed.append(proc)
+    procs.append(proc)
     state = work / f"{output}.state"
     deadline = time.monotonic() + 120
     while True:  # poll what the child has checkpointed (reading needs no lock)
@@ -184,14 +172,14 @@ def test_a_run_killed_while_its_batches_are_in_flight_resumes_and_leaves_only_ou
     [("out.parquet", "sink"), ("out.csv", "sink"), ("out.csv", "convert")],
 )
 def test_a_run_killed_while_writing_output_leaves_files_the_next_run_removes(
-    emu, work, killed, output, pause
+    emu, work, procs, output, pause
 ):
     """SIGKILL while the result is written beside OUTPUT (assembled as Parquet, or converted
     to CSV): its hidden files stay until the next run writing OUTPUT, which removes them
     (they were gigabytes at 10M rows, and each kill added more); OUTPUT itself never
     appears half written."""
     proc = _start(emu, work, output, pause)
-    killed.append(proc)
+    procs.append(proc)
     at = _paused_at(proc, work)
     assert at.exists()
     _kill(proc)
@@ -211,14 +199,14 @@ def test_a_run_killed_while_writing_output_leaves_files_the_next_run_removes(
 
 
 def test_a_live_runs_files_are_never_removed_by_another_run_in_the_same_folder(
-    emu, work, killed
+    emu, work, procs
 ):
     """While a run writes its result (paused there), other runs in the same folder never
     touch its files: one writing the same OUTPUT (another state folder) refuses (exit 75,
     nothing sent: two runs on one OUTPUT would each pay for every row), one writing another
     OUTPUT finishes; once it is killed, the next run on its OUTPUT removes them."""
     proc = _start(emu, work, "out.parquet", "sink")
-    killed.append(proc)
+    procs.append(proc)
     at = _paused_at(proc, work)
     before = _left(work)
     mine = {p: size for p, size in before.items() if p != "in.parquet"}

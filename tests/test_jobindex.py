@@ -244,3 +244,41 @@ def test_an_index_reads_parts_a_writer_compacted_away_after_it_was_built(tmp_pat
     after = index.events(pl.Series(["x", "j3"]), ["job_id", "status"])
     assert_frame_equal(after, before)
     assert sorted(after.get_column("job_id").to_list()) == ["j3", "x", "x", "x", "x", "x"]
+
+
+def test_the_read_window_default_and_its_limit_are_pinned(tmp_path, monkeypatch):
+    """READ_WINDOW_ROWS is 65,536 rows (what one read holds of a part: ARCHITECTURE.md and
+    the ninth pass of benchmarks/PROFILE.md measured it), and neighbouring row groups are
+    read together while the window stays at or under it: a window of exactly the limit is
+    one read, one row more is two."""
+    assert jobindex_module.READ_WINDOW_ROWS == 1 << 16  # change it on purpose, with numbers
+    monkeypatch.setattr(state_module, "COMPACT_ROW_GROUP_ROWS", 16)
+    store = StateStore(tmp_path / "st", {"model": "m"})
+    ids = [f"{i:024x}" for i in range(64)]
+    for start in (0, 32):
+        store.append_jobs(pl.DataFrame({"job_id": ids[start : start + 32], "status": "assigned"}))
+    store.compact()
+    index = store.job_index()
+    assert [g.tolist() for g in index.group_starts] == [[0, 16, 32, 48, 64]]
+
+    read: list[tuple[int, int]] = []
+    original = JobIndex._read
+
+    def spy(self, part, start, stop, columns):  # type: ignore[no-untyped-def]
+        read.append((start, stop))
+        return original(self, part, start, stop, columns)
+
+    monkeypatch.setattr(JobIndex, "_read", spy)
+    every = pl.Series(ids)
+    for limit, windows in (
+        (32, [(0, 32), (32, 64)]),  # two groups of 16: exactly the limit, read together
+        (31, [(0, 16), (16, 32), (32, 48), (48, 64)]),  # one row over: each group alone
+        (47, [(0, 32), (32, 64)]),
+        (48, [(0, 48), (48, 64)]),
+        (64, [(0, 64)]),
+    ):
+        monkeypatch.setattr(jobindex_module, "READ_WINDOW_ROWS", limit)
+        read.clear()
+        events = index.events(every, ["job_id", "status"])
+        assert sorted(events["job_id"].to_list()) == ids
+        assert read == windows, (limit, read)

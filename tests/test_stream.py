@@ -25,7 +25,7 @@ from polars.testing import assert_frame_equal
 from pydantic import BaseModel
 
 from batchata_df import batch_llm, sql
-from batchata_df.errors import ColumnError, ConfigError, ModelError
+from batchata_df.errors import ColumnError, ConfigError, ModelError, SinkLockedError
 from batchata_df.state import StateStore, table_parts
 
 
@@ -809,21 +809,26 @@ def test_a_killed_calls_hidden_sink_file_goes_with_the_next_call_never_a_live_on
     try:
         assert proc.stdout is not None
         tmp = Path(proc.stdout.readline().decode().strip())
-        assert tmp.parent == tmp_path and hidden() == [tmp.name], hidden()
+        # Its hidden file, and the hidden folder it holds for the whole call (which tells
+        # other writers of the sink that it is alive: tests/test_sink_lock.py).
+        left = hidden()
+        assert tmp.parent == tmp_path and tmp.name in left and len(left) == 2, left
         size = tmp.stat().st_size
         billed = len(emu.billing())
-        # Another call writes the same sink meanwhile: the live writer's file stays.
-        other = batch_llm(
-            pl.scan_parquet(source), sink=sink, state=tmp_path / "other", chunk_rows=20,
-            **KW,  # type: ignore[arg-type]
-        ).collect()
-        assert other["i"].to_list() == list(range(N))
-        assert hidden() == [tmp.name] and tmp.stat().st_size == size
+        # Another call on the same sink meanwhile (another state folder) is refused before
+        # sending (it would pay for every row again); the live writer's files stay.
+        with pytest.raises(SinkLockedError, match="is being written by another call"):
+            batch_llm(
+                pl.scan_parquet(source), sink=sink, state=tmp_path / "other", chunk_rows=20,
+                **KW,  # type: ignore[arg-type]
+            )
+        assert len(emu.billing()) == billed
+        assert hidden() == left and tmp.stat().st_size == size
     finally:
         proc.kill()
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    assert hidden() == [tmp.name]  # what the killed call left
+    assert hidden() == left  # what the killed call left
 
     sent = len(emu.billing())
     out = batch_llm(

@@ -26,7 +26,7 @@ from batchata_df.providers.base import BatchPoll, ProviderState, RequestSpec, em
 from batchata_df.schema import DECODED
 from batchata_df.state import lined_up
 
-__all__ = ["Collector", "outcomes_to_events"]
+__all__ = ["Collector", "holds_any", "outcomes_to_events"]
 
 
 def outcomes_to_events(
@@ -80,7 +80,10 @@ def outcomes_to_events(
         max_tokens = effective_params(provider, model, spec.params)["max_tokens"]
     if "reasoning_tokens" not in joined.columns:
         joined = joined.with_columns(pl.lit(None, dtype=pl.Int64).alias("reasoning_tokens"))
-    if aligned and succeeded.height == joined.height:  # every row succeeded, in order
+    if succeeded.height == joined.height and (aligned or _one_row_each(ids, joined)):
+        # Every row succeeded, each job on one row: the validated columns go beside them
+        # as they are. (Results in another order than the members, as Anthropic's come,
+        # were joined onto them again by job id: 0.13 s at 1M rows; PROFILE.md, tenth pass.)
         joined = joined.with_columns(checked)
     else:
         validated = succeeded.select("job_id").with_columns(checked)
@@ -164,6 +167,36 @@ def outcomes_to_events(
             else [pl.when(status == "completed").then(pl.col(DECODED)).alias(DECODED)]
         ),
     )
+
+
+def _one_row_each(ids: pl.DataFrame, joined: pl.DataFrame) -> bool:
+    """Whether ``joined`` (``ids`` left-joined with results) holds each of ``ids`` once.
+
+    ``ids``' job ids distinct and no more rows joined than ids: no job met two results.
+    A join of ``joined`` with columns computed from its own rows, by job id, then gives
+    them back in place.
+    """
+    return joined.height == ids.height and ids.get_column("job_id").n_unique() == ids.height
+
+
+def holds_any(ids: pl.Series, members: pl.Series) -> bool:
+    """``ids.is_in(members).any()``: whether any of ``ids`` is one of ``members``.
+
+    The first id is looked for first, with one comparison per member: a batch's results
+    hold its members, so that settles it without hashing both columns (0.1 s of CPU at
+    1M rows); else every id is looked up.
+
+    Examples
+    --------
+    >>> members = pl.Series(["a", "b"])
+    >>> holds_any(pl.Series(["b", "x"]), members), holds_any(pl.Series(["x", "a"]), members)
+    (True, True)
+    >>> holds_any(pl.Series(["x", None]), members)
+    False
+    """
+    if ids.len() and ids[0] is not None and (members == ids[0]).any():
+        return True
+    return bool(ids.is_in(members.implode()).any())
 
 
 class Collector:
@@ -272,8 +305,7 @@ class Collector:
                 # Given up for this call (past the patience): its rows stay pending.
                 return self.ctx.options.wait and batch.batch_key in self.state.unavailable
             self._reachable(batch)
-            members = batch.job_ids.implode()
-            if results.height and not results.get_column("job_id").is_in(members).any():
+            if results.height and not holds_any(results.get_column("job_id"), batch.job_ids):
                 # Adopted after a crash by size and time alone (Anthropic), and it is not
                 # ours: forget it; its jobs go back to the queue of the next call.
                 self.ledger.batch(

@@ -272,7 +272,12 @@ class Engine:
         return None
 
     def _count_done(self, jobs: pl.DataFrame, terminal: pl.DataFrame) -> None:
-        done = terminal.filter(pl.col("job_id").is_in(jobs.get_column("job_id").implode()))
+        # A folder with no settled job (every first call) counts nothing: the filter would
+        # still hash every id of the call's table (0.19 s of CPU at 1M rows; PROFILE.md,
+        # tenth pass) to keep none of the no rows it filters.
+        done = terminal if terminal.height == 0 else terminal.filter(
+            pl.col("job_id").is_in(jobs.get_column("job_id").implode())
+        )
         for status in self.state.done:
             self.state.done[status] = int((done.get_column("status") == status).sum())
         self.state.cost = float(done.get_column("cost_usd").fill_null(0.0).sum())

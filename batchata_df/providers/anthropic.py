@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import io
 import json
 import os
 import threading
@@ -35,6 +34,8 @@ from batchata_df.providers.base import (
     LINE_COLUMN,
     BatchPoll,
     BatchTag,
+    Download,
+    DownloadBuffer,
     JoinedLines,
     ProviderState,
     RealtimeFailure,
@@ -61,7 +62,7 @@ if TYPE_CHECKING:
     import anthropic
     from anthropic.types.messages import MessageBatch
 
-__all__ = ["AnthropicProvider", "decode_results"]
+__all__ = ["AnthropicProvider", "answer_columns", "decode_results"]
 
 # Our names for model parameters -> the Messages API names.
 _PARAM_NAMES = {
@@ -179,6 +180,7 @@ class AnthropicProvider:
         # Realtime requests run in threads: one client, created once.
         self._client_lock = threading.Lock()
         self._created: set[str] = set()  # batches this instance created: never an orphan
+        self._downloads = DownloadBuffer()
 
     def __repr__(self) -> str:  # never show the key
         return f"AnthropicProvider(base_url={self._base_url!r})"
@@ -197,7 +199,8 @@ class AnthropicProvider:
         return self._client
 
     def close(self) -> None:
-        """Close the SDK client's connection pool."""
+        """Close the SDK client's connection pool; give the downloads' memory back."""
+        self._downloads.release()
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -421,16 +424,20 @@ class AnthropicProvider:
         return _poll_of(b)
 
     def results(self, batch_id: str, spec: RequestSpec) -> pl.DataFrame:
-        """Stream the results JSONL of an ended batch and decode it."""
+        """Stream the results JSONL of an ended batch and decode it.
 
-        def fetch() -> bytes:
-            buffer = io.BytesIO()
-            with self.client.messages.batches.with_streaming_response.results(batch_id) as r:
-                for chunk in r.iter_bytes():
-                    buffer.write(chunk)
-            return buffer.getvalue()
+        The download is written into the memory the previous one used
+        (:class:`~batchata_df.providers.base.DownloadBuffer`) and decoded there.
+        """
+        with self._downloads.receive() as sink:
 
-        return decode_results(self._call("download the batch results", fetch), spec)
+            def fetch() -> bytearray:
+                with self.client.messages.batches.with_streaming_response.results(batch_id) as r:
+                    for chunk in r.iter_bytes():
+                        sink.write(chunk)
+                return sink.getvalue()
+
+            return decode_results(self._call("download the batch results", fetch), spec)
 
     def cancel(self, batch_id: str) -> None:
         """Ask Anthropic to cancel the batch (it answers ``canceling``)."""
@@ -639,7 +646,48 @@ def _error_message(body: object) -> str:
     return str(body)
 
 
-def decode_results(data: bytes, spec: RequestSpec | None = None) -> pl.DataFrame:
+_TEXT = "\x00text"
+"""The answer's column while :func:`decode_results` normalises (never a line field)."""
+_THINKING = "\x00thinking"
+"""Whether the answer has a thinking block, while :func:`decode_results` normalises."""
+_THINKING_TYPES = ["thinking", "redacted_thinking"]
+
+
+def answer_columns(raw: pl.DataFrame) -> list[pl.Series]:
+    """The answer of each decoded result line, and whether it has a thinking block.
+
+    The answer is the concatenation of the message's ``text`` blocks (a text block without
+    text adds ``""``), null when it has none. Nearly every message is one block: when no
+    line has more, the one block is read without evaluating a list per line (the general
+    expression took ~3x the CPU for the same values; ``benchmarks/PROFILE.md``, tenth pass).
+
+    Examples
+    --------
+    >>> line = {"result": {"message": {"content": [
+    ...     {"type": "thinking", "text": None}, {"type": "text", "text": "4"},
+    ...     {"type": "text", "text": "2"}]}}}
+    >>> [s.to_list() for s in answer_columns(pl.DataFrame([line]))]
+    [['42'], [True]]
+    """
+    content = raw.select(
+        pl.col("result").struct.field("message").struct.field("content").alias("content")
+    )
+    blocks = pl.col("content")
+    if (content.get_column("content").list.len().max() or 0) <= 1:  # type: ignore[operator]
+        block = blocks.list.first()
+        kind = block.struct.field("type")
+        text = pl.when(kind == "text").then(block.struct.field("text").fill_null(""))
+        thinking = kind.is_in(_THINKING_TYPES).fill_null(False)
+    else:
+        kind = pl.element().struct.field("type")
+        texts = blocks.list.eval(pl.element().filter(kind == "text").struct.field("text"))
+        text = pl.when(texts.list.len() > 0).then(texts.list.join(""))
+        thinking = blocks.list.eval(kind.is_in(_THINKING_TYPES)).list.any().fill_null(False)
+    out = content.select(text.alias(_TEXT), thinking.alias(_THINKING))
+    return [out.get_column(_TEXT), out.get_column(_THINKING)]
+
+
+def decode_results(data: Download, spec: RequestSpec | None = None) -> pl.DataFrame:
     r"""Decode Message Batch results JSONL into the normalized :data:`RESULTS` frame.
 
     The answer text is the concatenation of the ``text`` blocks (``thinking`` and other
@@ -669,21 +717,16 @@ def decode_results(data: bytes, spec: RequestSpec | None = None) -> pl.DataFrame
     raw = read_jsonl(data, _line_schema(_CITED_BLOCK if citations else _TEXT_BLOCK))
     if responses:  # each line as Anthropic sent it
         raw = with_result_lines(raw, result_lines(data))
+    # The answer once, as columns: an eager select evaluates an expression once per use,
+    # and the text is used three times below.
+    raw = raw.with_columns(answer_columns(raw))
+    text = pl.col(_TEXT)
+    has_thinking = pl.col(_THINKING)
     result = pl.col("result")
     kind = result.struct.field("type")
     message = result.struct.field("message")
     stop = message.struct.field("stop_reason")
     usage = message.struct.field("usage")
-    texts = message.struct.field("content").list.eval(
-        pl.element().filter(pl.element().struct.field("type") == "text").struct.field("text")
-    )
-    text = pl.when(texts.list.len() > 0).then(texts.list.join(""))
-    has_thinking = (
-        message.struct.field("content")
-        .list.eval(pl.element().struct.field("type").is_in(["thinking", "redacted_thinking"]))
-        .list.any()
-        .fill_null(False)
-    )
     err = result.struct.field("error").struct.field("error")
     refused = (kind == "succeeded") & (stop == "refusal")
     # anthropic 2.14 StopReason "model_context_window_exceeded": the answer stopped because

@@ -12,8 +12,11 @@ from __future__ import annotations
 import enum
 import io
 import re
+import struct
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -33,6 +36,9 @@ __all__ = [
     "RealtimeProvider",
     "retry_after_seconds",
     "BatchTag",
+    "Download",
+    "DownloadBuffer",
+    "DownloadSink",
     "Provider",
     "ProviderState",
     "RequestSpec",
@@ -196,11 +202,18 @@ def conform_results(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+Download = bytes | bytearray
+"""A results download: ``bytes``, or the memory of a :class:`DownloadBuffer`."""
+
 JSONL_SLICE_BYTES = 1 << 20
-"""Bytes of JSON Lines decoded at a time by :func:`read_jsonl` (whole lines)."""
+"""Bytes of JSON Lines decoded at a time by :func:`read_jsonl`'s Polars path (whole lines)."""
+ARROW_BLOCK_BYTES = 8 << 20
+"""Bytes of JSON Lines pyarrow's reader parses at a time in :func:`read_jsonl` (its block
+size). Each block is a chunk of every column: 8 MiB took 5-15 % less CPU per download than
+1 MiB blocks (``benchmarks/PROFILE.md``, tenth pass), for ~8 MiB more working memory."""
 
 
-def read_jsonl(data: bytes, schema: pl.Schema) -> pl.DataFrame:
+def read_jsonl(data: Download, schema: pl.Schema) -> pl.DataFrame:
     r"""Parse JSON Lines into a frame of ``schema``, the same frame ``pl.read_ndjson`` gives.
 
     pyarrow's JSON reader is tried first (:func:`_read_jsonl_arrow`); when it refuses the
@@ -222,7 +235,7 @@ def read_jsonl(data: bytes, schema: pl.Schema) -> pl.DataFrame:
     return fast if fast is not None else _read_jsonl_polars(data, schema)
 
 
-def is_blank(data: bytes) -> bool:
+def is_blank(data: Download) -> bool:
     r"""Whether ``data`` is empty or only whitespace, without copying it (``not data.strip()``).
 
     A results download is tens of MB: ``data.strip()`` copies all of it to test the ends.
@@ -235,7 +248,7 @@ def is_blank(data: bytes) -> bool:
     return not data or data.isspace()
 
 
-def strip_ends(data: bytes) -> bytes:
+def strip_ends(data: Download) -> Download:
     r"""``data.strip()``, without copying ``data`` when only a final newline would go.
 
     A results download is tens of MB and ends in one ``\n``: the lines (:func:`read_jsonl`,
@@ -254,7 +267,7 @@ def strip_ends(data: bytes) -> bytes:
     return data
 
 
-def _read_jsonl_polars(data: bytes, schema: pl.Schema) -> pl.DataFrame:
+def _read_jsonl_polars(data: Download, schema: pl.Schema) -> pl.DataFrame:
     """:func:`read_jsonl` with Polars alone (CSV line split, ``str.json_decode``)."""
     dtype = pl.Struct(schema)
     view = memoryview(data)
@@ -294,17 +307,55 @@ def _arrow_type(dtype: Any) -> Any:
 
 
 _OBJECT_FIRST = re.compile(rb"\s*\{")
-_NULL_LINE = re.compile(rb"\n[ \t]?null")
-"""A ``null`` line after the first (after at most one space or tab). One search: the
+_NULL_LINE = re.compile(rb"[\r\n][ \t]?null")
+"""A ``null`` line after the first (after at most one space or tab; after LF, or a bare CR,
+which pyarrow also takes for a line end). One search: the
 three ``in`` tests it replaces scanned a 40 MB download three times (~55 ms per 50,000-line
 file, against ~12 ms; ``benchmarks/PROFILE.md``, seventh pass)."""
 
+_RE2_MIN_BYTES = 16 << 20
+"""Smallest download :func:`has_null_line` gives to Arrow's RE2: below it, Python's ``re``
+(~0.5 ms per MB) costs less than importing ``pyarrow.compute`` (~30 ms, once per process)."""
+_RE2_MAX_BYTES = 1 << 30
+"""Largest download :func:`has_null_line` gives to Arrow's RE2 (beyond: Python's ``re``)."""
+_OFFSETS = struct.Struct("<qq")
+"""The offsets buffer of a one-value ``large_binary`` array: 0 and the value's length."""
 
-def _read_jsonl_arrow(data: bytes, schema: pl.Schema) -> pl.DataFrame | None:
+
+def has_null_line(data: Download) -> bool:
+    r"""Whether a line of ``data`` after the first is ``null`` (:data:`_NULL_LINE` occurs).
+
+    The same answer as ``_NULL_LINE.search(data) is not None``. A download of
+    :data:`_RE2_MIN_BYTES` or more is searched by Arrow's RE2 in place (a one-value binary
+    array on its buffer, no copy): about 5x less CPU than Python's ``re`` (~7 against ~35
+    ms per 67 MB; ``benchmarks/PROFILE.md``, tenth pass). RE2's unanchored search steps
+    over any byte, so bytes that are not UTF-8 do not hide a match.
+
+    Examples
+    --------
+    >>> has_null_line(b'{"a":null}\r\n\tnull\n'), has_null_line(b'{"a":null}\n  null')
+    (True, False)
+    >>> has_null_line(b'{"a":1}\rnull')  # a bare CR ends a line for pyarrow too
+    True
+    """
+    if not _RE2_MIN_BYTES <= len(data) <= _RE2_MAX_BYTES:
+        return _NULL_LINE.search(data) is not None
+    try:
+        import pyarrow as pa
+        import pyarrow.compute as pc  # type: ignore[import-untyped]
+    except ImportError:  # pragma: no cover - pyarrow is a dependency
+        return _NULL_LINE.search(data) is not None
+    offsets = pa.py_buffer(_OFFSETS.pack(0, len(data)))
+    whole = pa.Array.from_buffers(pa.large_binary(), 1, [None, offsets, pa.py_buffer(data)])
+    return bool(pc.match_substring_regex(whole, _NULL_LINE.pattern.decode())[0].as_py())
+
+
+def _read_jsonl_arrow(data: Download, schema: pl.Schema) -> pl.DataFrame | None:
     """:func:`read_jsonl` through pyarrow's JSON reader, or ``None`` if it refuses the data.
 
     pyarrow parses JSON Lines against an explicit schema about 1.5x faster than
-    ``str.json_decode`` (``benchmarks/PROFILE.md``), in blocks of 1 MB on this thread.
+    ``str.json_decode`` (``benchmarks/PROFILE.md``), in blocks of
+    :data:`ARROW_BLOCK_BYTES` on this thread.
     It is stricter (a value of another JSON type than the schema's, an integer past
     Int64, a malformed line are errors): on any error the caller decodes with Polars,
     which gives the same frame or the error ``read_ndjson`` would give.
@@ -314,7 +365,7 @@ def _read_jsonl_arrow(data: bytes, schema: pl.Schema) -> pl.DataFrame | None:
         import pyarrow.json as pj  # type: ignore[import-untyped]
     except ImportError:  # pragma: no cover - pyarrow is a dependency
         return None
-    if _OBJECT_FIRST.match(data) is None or _NULL_LINE.search(data) is not None:
+    if _OBJECT_FIRST.match(data) is None or has_null_line(data):
         # pyarrow 26 crashes the process (SIGSEGV) on a `null` line at the start of a
         # block (the file's first line, or one after a block boundary): data with such a
         # line goes to Polars. A raw newline never occurs inside a JSON string, so these
@@ -323,8 +374,8 @@ def _read_jsonl_arrow(data: bytes, schema: pl.Schema) -> pl.DataFrame | None:
     arrow_schema = pa.schema([(name, _arrow_type(dtype)) for name, dtype in schema.items()])
     try:
         table = pj.read_json(
-            io.BytesIO(data),
-            read_options=pj.ReadOptions(use_threads=False, block_size=JSONL_SLICE_BYTES),
+            pa.BufferReader(data),  # the download in place: io.BytesIO copied each block
+            read_options=pj.ReadOptions(use_threads=False, block_size=ARROW_BLOCK_BYTES),
             parse_options=pj.ParseOptions(
                 explicit_schema=arrow_schema, unexpected_field_behavior="ignore"
             ),
@@ -333,10 +384,95 @@ def _read_jsonl_arrow(data: bytes, schema: pl.Schema) -> pl.DataFrame | None:
         return None
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
-    return frame.cast(schema)
+    # Arrow's types of a line schema come back as its Polars types: the cast (a pass over
+    # every column) is only for a schema where they do not.
+    return frame if frame.schema == schema else frame.cast(schema)
 
 
-def result_lines(data: bytes) -> pl.Series:
+class DownloadBuffer:
+    r"""The memory of a provider's results downloads, kept from one download to the next.
+
+    A download of 40 to 70 MB written into a fresh ``bytes`` has all its pages faulted in
+    by the kernel for every batch (the allocator maps a block that large afresh and unmaps
+    it when freed): ~16,000 minor faults and ~0.04 s of system CPU per 67 MB, ~0.4 s per
+    1M rows (``benchmarks/PROFILE.md``, tenth pass). Written where the previous download
+    was, its pages are faulted in once per provider. :meth:`receive` lends the buffer to
+    one download at a time: its bytes are valid inside the ``with`` block only, and the
+    decoders copy what they keep (pyarrow's reader, the Polars path and ``result_lines``
+    all do), so a frame never refers to it. A second thread, or a buffer still exported
+    (a view kept past its block, when the next download must grow or shrink the memory),
+    gets fresh memory instead; a view kept past its block is otherwise overwritten by the
+    next download, so a decoder must never keep one (none does:
+    ``tests/test_decode_equivalence.py`` checks each batch's frame after the later
+    downloads). :meth:`release` (the provider's ``close``) gives the memory back.
+
+    Examples
+    --------
+    >>> buffer = DownloadBuffer()
+    >>> with buffer.receive() as sink:
+    ...     _ = sink.write(b'{"a":1}\n'), sink.write(b'{"a":2}\n')
+    ...     sink.getvalue()
+    bytearray(b'{"a":1}\n{"a":2}\n')
+    >>> with buffer.receive() as sink:
+    ...     _ = sink.write(b"{}")
+    ...     bytes(sink.getvalue())
+    b'{}'
+    """
+
+    def __init__(self) -> None:
+        self._memory = bytearray()
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def receive(self) -> Iterator[DownloadSink]:
+        """A sink to write one download into (``write`` its chunks, then ``getvalue``)."""
+        if not self._lock.acquire(blocking=False):  # another thread's download: fresh memory
+            yield DownloadSink(bytearray())
+            return
+        try:
+            sink = DownloadSink(self._memory)
+            yield sink
+            self._memory = sink.memory
+        finally:
+            self._lock.release()
+
+    def release(self) -> None:
+        """Give the kept memory back (the next download starts from fresh memory)."""
+        with self._lock:
+            self._memory = bytearray()
+
+
+class DownloadSink:
+    """One download written into :class:`DownloadBuffer` memory: a file-like ``write``."""
+
+    def __init__(self, memory: bytearray) -> None:
+        self.memory = memory
+        self._size = 0
+
+    def write(self, chunk: bytes) -> int:
+        """Append ``chunk`` after what was written before."""
+        end = self._size + len(chunk)
+        try:
+            if end <= len(self.memory):
+                self.memory[self._size : end] = chunk  # same length: copied in place
+            else:
+                self.memory[self._size :] = chunk  # grows the buffer
+        except BufferError:  # a view of the previous download still exists: fresh memory
+            self.memory = bytearray(self.memory[: self._size]) + chunk
+        self._size = end
+        return len(chunk)
+
+    def getvalue(self) -> bytearray:
+        """The download's bytes (valid until the next download through the same buffer)."""
+        if len(self.memory) != self._size:
+            try:
+                del self.memory[self._size :]
+            except BufferError:
+                self.memory = self.memory[: self._size]
+        return self.memory
+
+
+def result_lines(data: Download) -> pl.Series:
     r"""The non-blank lines of a JSONL results download, as they came (``response``).
 
     The same lines, in the same order, that ``pl.read_ndjson`` decodes (it skips blank

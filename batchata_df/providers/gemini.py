@@ -45,6 +45,8 @@ from batchata_df.providers.base import (
     ORPHAN_SEARCH_SECONDS,
     BatchPoll,
     BatchTag,
+    Download,
+    DownloadBuffer,
     JoinedLines,
     ProviderState,
     RealtimeFailure,
@@ -316,6 +318,7 @@ class GeminiProvider:
         self._client: genai.Client | None = None
         # Realtime requests run in threads: one client, created once.
         self._client_lock = threading.Lock()
+        self._downloads = DownloadBuffer()
         # (the schema, its Gemini rewrite): the schema object itself is held, so that the
         # cache can never match another schema allocated where a freed one was
         self._schema_cache: tuple[dict[str, Any], dict[str, Any]] | None = None
@@ -353,7 +356,8 @@ class GeminiProvider:
         return self._client
 
     def close(self) -> None:
-        """Close the SDK client's HTTP connections."""
+        """Close the SDK client's HTTP connections; give the downloads' memory back."""
+        self._downloads.release()
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -588,10 +592,16 @@ class GeminiProvider:
             return self._with_inlined_responses(batch_id, decoded) if keep else decoded
         if dest.file_name:
             name = dest.file_name
-            data = self._call(
-                "download the result file", lambda: self.client.files.download(file=name)
-            )
-            return decode_lines(data, responses=keep)
+            # Written into the memory the previous download used (DownloadBuffer) through
+            # the SDK's own streamed download, and decoded there.
+            with self._downloads.receive() as sink:
+
+                def fetch() -> bytearray:
+                    writer: Any = sink  # the SDK takes any object with a ``write``
+                    self.client.files.download(file=name, destination=writer)
+                    return sink.getvalue()
+
+                return decode_lines(self._call("download the result file", fetch), responses=keep)
         return empty_results()
 
     def _with_inlined_responses(self, batch_id: str, decoded: pl.DataFrame) -> pl.DataFrame:
@@ -792,6 +802,8 @@ def _inlined_lines(responses: list[types.InlinedResponse]) -> bytes:
 
 _TEXT = "\x00text"
 """The decoded answer's column while :func:`decode_lines` normalises (never a line field)."""
+_FINISH = "\x00finish"
+"""The first candidate's finish reason while :func:`decode_lines` normalises."""
 
 
 def answer_text(raw: pl.DataFrame) -> pl.Series:
@@ -832,7 +844,7 @@ def answer_text(raw: pl.DataFrame) -> pl.Series:
     return parts.alias("parts").to_frame().select(text.alias("text")).to_series()
 
 
-def decode_lines(data: bytes, *, responses: bool = False) -> pl.DataFrame:
+def decode_lines(data: Download, *, responses: bool = False) -> pl.DataFrame:
     """Decode Gemini result lines (``{"key", "response" | "error"}``) into RESULTS.
 
     With ``responses``, each row's ``response`` is its line as Gemini sent it.
@@ -853,11 +865,15 @@ def decode_lines(data: bytes, *, responses: bool = False) -> pl.DataFrame:
     raw = raw.filter(pl.col("key").is_not_null())
     # The answer once, as a column: an eager select evaluates an expression once per use,
     # and the text is used four times below.
-    raw = raw.with_columns(answer_text(raw).alias(_TEXT))
-    text = pl.col(_TEXT)
     resp = pl.col("response")
-    candidate = resp.struct.field("candidates").list.first()
-    finish = candidate.struct.field("finishReason")
+    # ... and so is the finish reason (six uses), each of which took the list's first
+    # candidate again.
+    raw = raw.with_columns(
+        answer_text(raw).alias(_TEXT),
+        resp.struct.field("candidates").list.first().struct.field("finishReason").alias(_FINISH),
+    )
+    text = pl.col(_TEXT)
+    finish = pl.col(_FINISH)
     usage = resp.struct.field("usageMetadata")
     err = pl.col("error")
     err_code = err.struct.field("code")

@@ -29,6 +29,7 @@ from batchata_df.providers.base import (
     ORPHAN_SEARCH_SECONDS,
     BatchPoll,
     BatchTag,
+    Download,
     JoinedLines,
     ProviderState,
     RealtimeFailure,
@@ -457,7 +458,13 @@ def _error_message(body: object) -> str:
     return str(body)
 
 
-def decode_lines(data: bytes, *, responses: bool = False) -> pl.DataFrame:
+_CHOICE = "\x00choice"
+"""The first choice's column while :func:`decode_lines` normalises (never a line field)."""
+_OK = "\x00ok"
+"""Whether the line is an answer, while :func:`decode_lines` normalises."""
+
+
+def decode_lines(data: Download, *, responses: bool = False) -> pl.DataFrame:
     """Decode OpenAI batch output/error JSONL into the normalized results frame.
 
     With ``responses``, each row's ``response`` is its line as OpenAI sent it.
@@ -470,7 +477,10 @@ def decode_lines(data: bytes, *, responses: bool = False) -> pl.DataFrame:
         raw = with_result_lines(raw, result_lines(data))
     resp = pl.col("response")
     body = resp.struct.field("body")
-    choice = body.struct.field("choices").list.first()
+    # The first choice once, as a column: an eager select evaluates an expression once per
+    # use, and each of the ~10 uses below took the list's first element again.
+    raw = raw.with_columns(body.struct.field("choices").list.first().alias(_CHOICE))
+    choice = pl.col(_CHOICE)
     message = choice.struct.field("message")
     usage = body.struct.field("usage")
     status_code = resp.struct.field("status_code")
@@ -481,7 +491,10 @@ def decode_lines(data: bytes, *, responses: bool = False) -> pl.DataFrame:
     # finish_reason "content_filter" (openai 3.57 ChatCompletion Choice): the filter cut
     # the answer; the row fails with that reason, not as a schema error of the partial text.
     filtered = (finish == "content_filter").fill_null(False)
-    ok = (status_code == 200) & refusal.is_null() & choice.is_not_null() & ~filtered
+    raw = raw.with_columns(
+        ((status_code == 200) & refusal.is_null() & choice.is_not_null() & ~filtered).alias(_OK)
+    )
+    ok = pl.col(_OK)  # used three times: evaluated once
     err_code = pl.coalesce(line_err.struct.field("code"), body_err.struct.field("code"))
     outcome = (
         pl.when(ok)
