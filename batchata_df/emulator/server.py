@@ -799,6 +799,10 @@ def _loggable_body(request: Request) -> dict[str, object]:
     {'a': 'REDACTED'}
     >>> _loggable_body(r)["sha256"] == hashlib.sha256(b'{"a": "REDACTED"}').hexdigest()
     True
+    >>> bad = [Request("POST", "/x", {}, Headers([]), b'{"a": "' + c + b'"}')
+    ...        for c in (bytes([255]), bytes([254]))]  # not UTF-8: still two hashes
+    >>> len({_loggable_body(r)["sha256"] for r in bad})
+    2
     """
     raw = request.body
     ctype = request.headers.get("content-type", "")
@@ -812,10 +816,11 @@ def _loggable_body(request: Request) -> dict[str, object]:
         files = [bytes(data) for filename, data in parts.values() if filename is not None]
         if files:
             raw = files[0]
-    text = raw.decode("utf-8", "replace")
-    for secret in _credentials(request):
-        text = text.replace(secret, _REDACTED)
-    digest = hashlib.sha256(text.encode()).hexdigest()
+    redacted = bytes(raw)
+    for secret in _credentials(request):  # on the bytes: a decode would merge bad bytes
+        redacted = redacted.replace(secret.encode(), _REDACTED.encode())
+    digest = hashlib.sha256(redacted).hexdigest()
+    text = redacted.decode("utf-8", "replace")
     if raw is not request.body:  # an uploaded file: JSON Lines even when it has one line
         lines = _json_lines(text)
         if lines is not None:
