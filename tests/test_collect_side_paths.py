@@ -13,7 +13,7 @@ from typing import Literal
 
 import polars as pl
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 from pydantic import BaseModel
@@ -155,6 +155,16 @@ _KEY = st.one_of(st.none(), st.sampled_from(["p", "q"]))
     pairs=st.lists(st.tuples(_KEY, _KEY), max_size=8),
     same=st.booleans(),
 )
+# Every way a table is almost one provider and model (persist review: a break of one of
+# these checks passed the random draws in 3 runs of 14): one model under two providers
+# (each must be its own group, or the second provider's jobs go to the first's API), a
+# second model, a null provider, a null model, first or last.
+@example(pairs=[("p", "m"), ("q", "m")], same=False)
+@example(pairs=[("p", "m"), ("p", "n")], same=False)
+@example(pairs=[("p", "m"), (None, "m")], same=False)
+@example(pairs=[("p", "m"), ("p", None)], same=False)
+@example(pairs=[(None, "m"), ("p", "m")], same=False)
+@example(pairs=[("p", None), ("p", "m")], same=False)
 def test_groups_by_model_equal_polars_group_by(
     pairs: list[tuple[str | None, str | None]], same: bool
 ) -> None:
