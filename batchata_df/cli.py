@@ -1097,17 +1097,10 @@ def folder_bill(
     rate), exactly as an answer collected now would be; nothing is written. Read in
     slices of the folder's jobs, as ``spent_usd`` is: bounded memory.
     """
-    from batchata_df.errors import StateError
-    from batchata_df.state import damaged_error, find_damaged
+    from batchata_df.state import reading_folder
 
-    try:
+    with reading_folder(state):
         return _folder_bill(state, model, prices)
-    except pl.exceptions.PolarsError as e:
-        damaged = find_damaged(state, deep=True)
-        if damaged:
-            raise damaged_error(Path(state), damaged) from e
-        msg = f"cannot read the checkpoint folder {os.fspath(state)!r}: {e}"
-        raise StateError(msg) from e
 
 
 def _bill_before(

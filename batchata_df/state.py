@@ -672,17 +672,9 @@ class StateStore:
             )
         return int(top or 0)
 
-    @contextlib.contextmanager
-    def _reading(self) -> Iterator[None]:
+    def _reading(self) -> contextlib.AbstractContextManager[None]:
         """Turn a Polars read error into a :class:`StateError` naming the damaged parts."""
-        try:
-            yield
-        except pl.exceptions.PolarsError as e:
-            damaged = find_damaged(self.root, deep=True)
-            if damaged:
-                raise damaged_error(self.root, damaged) from e
-            msg = f"cannot read the checkpoint folder {str(self.root)!r}: {e}"
-            raise StateError(msg) from e
+        return reading_folder(self.root)
 
     def _lazy(self, table: str, schema: pl.Schema) -> pl.LazyFrame:
         parts = table_parts(self.root / table)
@@ -1141,8 +1133,19 @@ def spent_usd(root: str | os.PathLike[str]) -> float:
     of its jobs (by a hash of ``job_id``, one scan each): memory stays bounded whatever the
     folder's size.
     """
-    try:
+    with reading_folder(root):
         return _billed_total(Path(root))
+
+
+@contextlib.contextmanager
+def reading_folder(root: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn a Polars error while reading folder ``root`` into a :class:`StateError`.
+
+    The error names the damaged parts (:func:`damaged_error`) when a deep check finds
+    any, else the folder and Polars' message.
+    """
+    try:
+        yield
     except pl.exceptions.PolarsError as e:
         damaged = find_damaged(root, deep=True)
         if damaged:
