@@ -298,15 +298,21 @@ def test_gemini_decode_equals_the_previous_decoder(data: bytes, responses: bool)
 @example(data=b"\n  null")
 @example(data=b"\xff\nnull")
 @example(data=b"}\rnull")
+@example(data=b"\r\tnull")
+@example(data=b"\r \rnull")
 def test_the_null_line_guard_equals_the_regular_expression(data: bytes) -> None:
-    # Arrow's RE2 over the bytes in place answers as Python's re does, bytes not UTF-8 too
-    # (RE2 takes any size here; it is given downloads of 16 MiB or more).
+    # The guard searches the pattern as its two halves (after LF, after CR), by Arrow's RE2
+    # over the bytes in place (downloads of 16 MiB or more; any size here) and by Python's
+    # re (smaller ones): both answer as the whole pattern does, bytes not UTF-8 too.
     from unittest import mock
 
     from batchata_df.providers.base import _NULL_LINE
 
+    expected = _NULL_LINE.search(data) is not None
     with mock.patch("batchata_df.providers.base._RE2_MIN_BYTES", 0):
-        assert has_null_line(data) == (_NULL_LINE.search(data) is not None)
+        assert has_null_line(data) == expected
+    with mock.patch("batchata_df.providers.base._RE2_MIN_BYTES", 1 << 30):
+        assert has_null_line(data) == expected
 
 
 def test_the_null_line_guard_outside_re2_s_sizes_is_python_s(
