@@ -16,7 +16,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -39,6 +39,7 @@ __all__ = [
     "Download",
     "DownloadBuffer",
     "DownloadSink",
+    "DOWNLOAD_RETRY_SECONDS",
     "Provider",
     "ProviderState",
     "RequestSpec",
@@ -53,6 +54,7 @@ __all__ = [
     "json_string",
     "none_true",
     "result_lines",
+    "streamed_download",
     "with_result_lines",
 ]
 
@@ -461,6 +463,10 @@ class DownloadSink:
         self.memory = memory
         self._size = 0
 
+    def rewind(self) -> None:
+        """Start the download again: the next ``write`` goes to the start of the memory."""
+        self._size = 0
+
     def write(self, chunk: bytes) -> int:
         """Append ``chunk`` after what was written before."""
         end = self._size + len(chunk)
@@ -482,6 +488,68 @@ class DownloadSink:
             except BufferError:
                 self.memory = self.memory[: self._size]
         return self.memory
+
+
+DOWNLOAD_RETRY_SECONDS = (0.5, 8.0)
+"""First and longest wait before a broken-off download is fetched again (the wait doubles
+each time, less up to a quarter at random): the OpenAI and Anthropic SDKs' own retry waits."""
+
+
+def streamed_download(
+    opened: Callable[[], AbstractContextManager[Any]],
+    sink: DownloadSink,
+    *,
+    retries: int,
+    failed: str,
+) -> bytearray:
+    """A download streamed into ``sink``; fetched again from the start if broken off midway.
+
+    ``opened`` makes the SDK's request and gives its streamed response (an object with
+    ``iter_bytes``). The SDK retries what happens before the body (a refused connection, an
+    HTTP error), but not the body itself: a body read after the SDK's request returned
+    (``with_streaming_response``) that stops midway (a dropped connection, a read timeout)
+    raises the HTTP library's own error, not the SDK's. Such a download is fetched again
+    from the start, up to ``retries`` times with the SDKs' waits
+    (:data:`DOWNLOAD_RETRY_SECONDS`), as the SDK retries a body it reads itself; then
+    :class:`~batchata_df.errors.ProviderError` (``failed``: what failed, named) is raised,
+    which the engine retries later. Only an error of the body's reading counts: one of the
+    request itself is the SDK's to raise, one of ``sink`` is raised as it is.
+
+    Examples
+    --------
+    >>> import contextlib
+    >>> class Body:
+    ...     def __init__(self, chunks): self.chunks = chunks
+    ...     def iter_bytes(self): yield from self.chunks
+    >>> with DownloadBuffer().receive() as sink:
+    ...     bytes(streamed_download(lambda: contextlib.nullcontext(Body([b"a", b"b"])),
+    ...                             sink, retries=0, failed="x failed"))
+    b'ab'
+    """
+    import random
+
+    from batchata_df.errors import ProviderError
+
+    first, longest = DOWNLOAD_RETRY_SECONDS
+    broken: Exception | None = None
+    for attempt in range(retries + 1):
+        sink.rewind()
+        with opened() as response:
+            chunks = iter(response.iter_bytes())
+            while True:
+                try:
+                    chunk = next(chunks, None)
+                except Exception as e:  # the body broken off: fetched again, or given up
+                    broken = e
+                    break
+                if chunk is None:
+                    return sink.getvalue()
+                sink.write(chunk)
+        if attempt < retries:
+            time.sleep(min(first * 2**attempt, longest) * (1 - 0.25 * random.random()))
+    assert broken is not None  # every attempt was broken off (retries >= 0)
+    msg = f"{failed}: {type(broken).__name__}: {broken}"
+    raise ProviderError(msg) from broken
 
 
 def result_lines(data: Download) -> pl.Series:
