@@ -398,7 +398,7 @@ def _jobs(model: str, n: int, tag: str) -> pl.DataFrame:
     })
 
 
-@pytest.mark.parametrize("provider", ["anthropic", "gemini"])
+@pytest.mark.parametrize("provider", ["anthropic", "gemini", "openai"])
 def test_results_downloaded_into_reused_memory_are_each_batch_s_own(emu, provider: str) -> None:
     # Three batches of different sizes downloaded one after the other through one provider
     # (so into the same memory, grown and shrunk), the first again at the end: each frame
@@ -407,7 +407,8 @@ def test_results_downloaded_into_reused_memory_are_each_batch_s_own(emu, provide
     from batchata_df.providers import make_provider
     from batchata_df.providers.base import BatchTag, ProviderState
 
-    model = {"anthropic": "claude-haiku-4-5", "gemini": "gemini-2.5-flash"}[provider]
+    model = {"anthropic": "claude-haiku-4-5", "gemini": "gemini-2.5-flash",
+             "openai": "gpt-4.1-mini"}[provider]
     p = make_provider(provider)
     if provider == "gemini":
         p.inline_max_bytes = 0  # type: ignore[attr-defined]  # result files, not inlined
@@ -429,6 +430,15 @@ def test_results_downloaded_into_reused_memory_are_each_batch_s_own(emu, provide
         return bytes(p.client.files.download(file=p._get(bid).dest.file_name))  # type: ignore[attr-defined]
 
     def reference(bid: str) -> pl.DataFrame:
+        if provider == "openai":  # the output file, then the error file, decoded apart
+            b = p.client.batches.retrieve(bid)  # type: ignore[attr-defined]
+            return pl.concat([
+                ref.openai_decode_lines(
+                    p.client.files.content(fid).read() if fid else b"",  # type: ignore[attr-defined]
+                    responses=True,
+                )
+                for fid in (b.output_file_id, b.error_file_id)
+            ])
         data = downloaded(bid)
         if provider == "anthropic":
             return ref.anthropic_decode_results(data, spec)
