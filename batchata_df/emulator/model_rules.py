@@ -86,8 +86,15 @@ _OPENAI: Final[tuple[tuple[str, Rules], ...]] = (
     (r"gpt-6|gpt-5\.[5-9]", Rules(True, "medium", True,
                                   frozenset({"low", "medium", "high", "xhigh"}))),
     (r"gpt-5(\.\d+)?-pro", Rules(True, "high", False, frozenset({"medium", "high", "xhigh"}))),
-    (r"gpt-5\.[1-4]", Rules(True, None, True,
-                            frozenset({"minimal", "low", "medium", "high", "xhigh"}))),
+    # The -chat-latest models of 5.1+ reason at a fixed 'medium' (Laisky/one-api#266, #285:
+    # "Supported values are: 'medium'."); gpt-5-chat-latest does not reason (pydantic-ai-slim
+    # 2.68 profiles/openai.py 'gpt-5-chat': _NO_REASONING).
+    (r"gpt-5\.\d+-chat", Rules(True, "medium", False, frozenset({"medium"}))),
+    (r"gpt-5-chat", Rules()),
+    # gpt-5.1: none/low/medium/high (CortexReach/memory-lancedb-pro#201, anomalyco/opencode
+    # #4451); 5.2 to 5.4 add xhigh, no minimal (CherryHQ/cherry-studio#11864).
+    (r"gpt-5\.1", Rules(True, None, True, frozenset({"low", "medium", "high"}))),
+    (r"gpt-5\.[2-4]", Rules(True, None, True, frozenset({"low", "medium", "high", "xhigh"}))),
     (r"gpt-5", Rules(True, "medium", False, frozenset({"minimal", "low", "medium", "high"}))),
     (r"o\d", Rules(True, "medium", False, frozenset({"low", "medium", "high"}))),
 )  # fmt: skip
@@ -101,9 +108,24 @@ def openai_rules(model: str) -> Rules:
     return Rules()
 
 
-def openai_refusal(model: str, body: dict[str, object]) -> tuple[int, str, str, str] | None:
+_OPENAI_NO_SCHEMA: Final = re.compile(r"gpt-3\.5|gpt-4(-turbo|-\d{4}|-32k|$)|gpt-4o-2024-05-13")
+"""OpenAI models without Structured Outputs: json_schema needs gpt-4o-mini, gpt-4o-2024-08-06
+or later (OpenAI's Structured Outputs guide, as quoted by langchain-openai's
+``withStructuredOutput`` reference); the refusal's wording is langchain-ai/langchain#31490."""
+
+
+def openai_refusal(
+    model: str, body: dict[str, object]
+) -> tuple[int, str | None, str, str | None] | None:
     """The error line a Chat Completions ``body`` gets for ``model``, or None."""
     rules = openai_rules(model)
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema" and (
+        _OPENAI_NO_SCHEMA.match(model)
+    ):
+        return (400, None, "Invalid parameter: 'response_format' of type 'json_schema' is not "
+                "supported with this model. Learn more about supported models at the Structured "
+                "Outputs guide: https://platform.openai.com/docs/guides/structured-outputs", None)
     effort = body.get("reasoning_effort")
     ceiling = max_output("openai", model)
     for name in ("max_completion_tokens", "max_tokens"):
@@ -124,9 +146,12 @@ def openai_refusal(model: str, body: dict[str, object]) -> tuple[int, str, str, 
         order = ["none", *THOUGHT_TOKENS]
         allowed = sorted(rules.efforts | ({"none"} if rules.can_turn_off else set()),
                          key=order.index)
-        return (400, "unsupported_value", f"Unsupported value: 'reasoning_effort' does not "
-                f"support {effort!r} with this model. Supported values are: "
-                f"{', '.join(repr(a) for a in allowed)}.", "reasoning_effort")
+        # The wording of OpenAI's answer, e.g. "Unsupported value: 'xhigh' is not supported
+        # with the 'gpt-5.1' model. Supported values are: 'none', 'low', 'medium', and 'high'."
+        # (CortexReach/memory-lancedb-pro#201; one value: Laisky/one-api#266).
+        return (400, "unsupported_value", f"Unsupported value: {effort!r} is not supported "
+                f"with the {model!r} model. Supported values are: {_listed(allowed)}.",
+                "reasoning_effort")
     if openai_effort(model, body) is not None:
         for name in _OPENAI_SAMPLING:
             if name in body:
@@ -136,11 +161,16 @@ def openai_refusal(model: str, body: dict[str, object]) -> tuple[int, str, str, 
 
 _CEILINGS: Final[tuple[tuple[str, str, int], ...]] = (
     # (provider, model pattern, most output tokens per answer, thinking included)
+    ("openai", r"gpt-5(\.\d+)?-chat", 16_384),  # docs.oxen.ai gpt-5-2-chat-latest page
     ("openai", r"gpt-6|gpt-5", 128_000),
     ("openai", r"o\d", 100_000),
     ("openai", r"gpt-4\.1", 32_768),
     ("anthropic", r"claude-(opus|sonnet)-4-[6-9]|claude-(opus|sonnet|haiku)-5", 128_000),
     ("anthropic", r"claude-(sonnet|haiku|opus)-4-5", 64_000),
+    # Opus 4 / 4.1: 32,000; Sonnet 4 and 3.7: 64,000 (Anthropic's models overview, as
+    # mirrored in docs.rs mixtape-core models/claude.rs output_tokens).
+    ("anthropic", r"claude-opus-4(-[01])?(-\d{8})?$", 32_000),
+    ("anthropic", r"claude-sonnet-4(-0)?(-\d{8})?$|claude-3-7-sonnet", 64_000),
     ("gemini", r"gemini-(2\.5|3|4)", 65_536),
 )
 """Output ceilings of the generations above (the providers' model pages); older models
@@ -164,6 +194,13 @@ def openai_effort(model: str, body: dict[str, object]) -> str | None:
     effort = body.get("reasoning_effort")
     value = effort if isinstance(effort, str) else rules.default_effort
     return None if value in (None, "none") else value
+
+
+def _listed(values: list[str]) -> str:
+    quoted = [repr(v) for v in values]
+    if len(quoted) <= 2:
+        return " and ".join(quoted)
+    return f"{', '.join(quoted[:-1])}, and {quoted[-1]}"
 
 
 def _unsupported(name: str) -> tuple[int, str, str, str]:
@@ -200,9 +237,21 @@ def anthropic_rules(model: str) -> Rules:
     return Rules()
 
 
+_ANTHROPIC_NO_SCHEMA: Final = re.compile(
+    r"claude-(opus-4(-0)?(-\d{8})?$|sonnet-4(-0)?(-\d{8})?$|3-)"
+)
+"""Claude models without structured outputs (``output_config.format``): the list of
+pydantic-ai-slim 2.68 ``profiles/anthropic.py`` ``models_that_support_json_schema_output``
+starts at Opus 4.1 and Sonnet/Haiku 4.5 (vercel/ai#10502: launched for Sonnet 4.5 and
+Opus 4.1). No first-party refusal text was found; the wording below is the emulator's."""
+
+
 def anthropic_refusal(model: str, params: dict[str, object]) -> str | None:
     """The ``invalid_request_error`` message for ``params`` on ``model``, or None."""
     rules = anthropic_rules(model)
+    config = params.get("output_config")
+    if isinstance(config, dict) and "format" in config and _ANTHROPIC_NO_SCHEMA.match(model):
+        return f"output_config.format: structured outputs are not supported for {model}."
     ceiling = max_output("anthropic", model)
     max_tokens = params.get("max_tokens")
     if ceiling is not None and isinstance(max_tokens, int) and max_tokens > ceiling:

@@ -381,7 +381,9 @@ def _messages_text(messages: list[Any]) -> tuple[str, int]:
     return "\n".join(texts), extra
 
 
-_RESPONSES_ONLY = re.compile(r"^(o1-pro|o3-pro|gpt-5(\.\d+)?-pro)(-|$)")
+# o1-pro, o3-pro, gpt-5(.x)-pro; the codex models (alvinunreal/tmuxai#82 for gpt-5-codex,
+# HeyPuter/puter#2110 for gpt-5.1-codex-mini, aaif-goose/goose#2564 for codex-mini-latest).
+_RESPONSES_ONLY = re.compile(r"^(o1-pro|o3-pro|gpt-5(\.\d+)?-(pro|codex)|codex-mini)(-|$)")
 
 
 class _SpecBuilder:
@@ -416,7 +418,7 @@ class _SpecBuilder:
         if invalid is None and model == answers.UNKNOWN_MODEL:
             invalid = (400, "model_not_found", f"The model `{model}` does not exist.", "model")
         if invalid is None and self.endpoint == CHAT and _RESPONSES_ONLY.match(model):
-            # o1-pro, o3-pro, gpt-5(.x)-pro: "available in the Responses API only".
+            # o1-pro, o3-pro, gpt-5(.x)-pro, codex: "available in the Responses API only".
             invalid = (
                 404,
                 None,
