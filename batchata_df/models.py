@@ -169,6 +169,8 @@ class Family:
     off_switch: str = "disabled"
     """Anthropic: the ``thinking.type`` that turns thinking off."""
     max_output_tokens: int = 4096
+    context: int | None = None
+    """Input tokens per request, where genai-prices' number is wrong (else genai-prices')."""
     structured_output: bool = True
     pdf: bool = True
     images: bool = True
@@ -227,7 +229,7 @@ FAMILIES: tuple[Family, ...] = (
         "openai", "GPT-5.1 to 5.3 Chat", r"gpt-5\.\d+-chat", ("gpt-5.1-chat-latest",
                                                               "gpt-5.2-chat-latest"),
         thinking="openai", thinks_by_default=True, default_effort="medium", can_disable=False,
-        efforts=("medium",), sampling="not_thinking", max_output_tokens=16_384,
+        efforts=("medium",), sampling="not_thinking", max_output_tokens=16_384, context=128_000,
         sources=(f"{_PAI}openai.py _REASONING_SUPPORT_BY_PREFIX['gpt-5.1-chat'] ('always reason "
                  "at a fixed medium effort: they reject sampling parameters and any other "
                  "reasoning.effort value, including none', live-verified 2026-07)",
@@ -235,11 +237,15 @@ FAMILIES: tuple[Family, ...] = (
                  "'high' is not supported with the 'gpt-5.1-chat-latest' model. Supported values "
                  "are: 'medium'.\")",
                  "https://docs.oxen.ai/inference-api/reference/models/gpt-5-2-chat-latest.md "
-                 "(128,000 context, 16,384 max output tokens)"),
+                 "(128,000 context, 16,384 max output tokens; genai-prices 0.2.3 says 400,000 "
+                 "for 5.1/5.2)"),
     ),
     Family(
         "openai", "GPT-5 Chat", r"gpt-5-chat", ("gpt-5-chat-latest",), max_output_tokens=16_384,
-        sources=(f"{_PAI}openai.py _REASONING_SUPPORT_BY_PREFIX['gpt-5-chat'] (_NO_REASONING: "
+        context=128_000,
+        sources=("https://vercel.com/ai-gateway/models/gpt-5-chat/faq (128K context; "
+                 "genai-prices 0.2.3 says 400,000, the GPT-5 reasoning models' window)",
+                 f"{_PAI}openai.py _REASONING_SUPPORT_BY_PREFIX['gpt-5-chat'] (_NO_REASONING: "
                  "'gpt-5-chat-latest doesn't reason at all')",),
     ),
     Family(
@@ -714,6 +720,9 @@ def thinking_fields(provider: str, model: str, params: Mapping[str, Any]) -> dic
     return {"thinkingConfig": {"thinkingLevel": effort.upper()}}
 
 
+_PROVIDERS = frozenset({"openai", "anthropic", "gemini"})
+
+
 @lru_cache(maxsize=512)
 def context_window(provider: str, model: str) -> int | None:
     """The model's context window in tokens, from genai-prices (``None`` if unknown).
@@ -723,6 +732,9 @@ def context_window(provider: str, model: str) -> int | None:
     >>> context_window("openai", "gpt-6-sol")
     1050000
     """
+    known = family_of(provider, model).context if provider in _PROVIDERS else None
+    if known is not None:
+        return known
     try:
         from genai_prices import Usage, calc_price
     except ImportError:  # pragma: no cover - genai-prices is a core dependency

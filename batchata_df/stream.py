@@ -207,7 +207,7 @@ def stream_llm(
             from batchata_df.files import attach_files
 
             jobs = attach_files(jobs, chunk, files, salt=salt, scheme=scheme)
-        return jobs
+        return fr._over_window(jobs, spec)
 
     # A dry run's expected cost learns from the answers already in the folder, as in memory.
     observed = fr._observed(state, fingerprint) if dry_run else None

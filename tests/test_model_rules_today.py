@@ -308,3 +308,108 @@ def test_what_users_saw_for_a_schema_on_gpt_4_turbo(emu, tmp_path, monkeypatch):
     out = run("gpt-4-turbo", tmp_path)
     assert out["_status"].to_list() == ["failed"] * 2
     assert out["_error"].str.contains("'json_schema' is not supported with this model").all()
+
+
+# -- 6. requests longer than the model's context window -----------------------------------
+
+LONG = "word " * 140_000  # 140,000 o200k tokens; 700,000 characters
+
+
+def test_emulator_refuses_a_prompt_over_the_window_per_request(emu):
+    response = openai_error({"model": "gpt-4o-mini",
+                             "messages": [{"role": "user", "content": LONG}]})  # fmt: skip
+    assert response["status_code"] == 400
+    assert response["body"]["error"] == {
+        "message": "This model's maximum context length is 128000 tokens. However, your "
+        "messages resulted in 175000 tokens. Please reduce the length of the messages.",
+        "type": "invalid_request_error",
+        "param": "messages",
+        "code": "context_length_exceeded",
+    }
+    result = anthropic_result({"model": "claude-sonnet-4-5",
+                               "messages": [{"role": "user", "content": LONG * 2}]})  # fmt: skip
+    assert result.error.error.message == "prompt is too long: 350000 tokens > 200000 maximum"
+    # Claude 4.6 takes 1M tokens; the shorter prompt fits gpt-4.1's 1M window.
+    assert anthropic_result({"model": "claude-sonnet-4-6",
+                             "messages": [{"role": "user", "content": LONG * 2}]}).type == (
+        "succeeded"
+    )  # fmt: skip
+    assert openai_error({"model": "gpt-4.1-mini",
+                         "messages": [{"role": "user", "content": LONG}]}) == {}  # fmt: skip
+
+
+def test_emulator_refuses_a_gemini_prompt_over_the_window(emu):
+    from google import genai
+
+    client = genai.Client()
+    text = "word " * 900_000  # 1,125,000 of the emulator's tokens
+    job = client.batches.create(
+        model="gemini-2.5-flash",
+        src=[{"contents": [{"role": "user", "parts": [{"text": text}]}]},
+             {"contents": [{"role": "user", "parts": [{"text": "short"}]}]}],
+    )  # fmt: skip
+    job = client.batches.get(name=str(job.name))
+    responses = job.dest.inlined_responses
+    assert responses[0].error.code == 400
+    assert responses[0].error.message == (
+        "The input token count (1125000) exceeds the maximum number of tokens allowed (1048576)."
+    )
+    assert responses[1].error is None
+
+
+@pytest.mark.parametrize(
+    ("model", "times", "why"),
+    [("gpt-4o-mini", 1, "the request is 140,007 tokens, over the context window of "
+      "'gpt-4o-mini' (128,000 tokens)"),
+     ("claude-sonnet-4-5", 2, "the request is ~466,675 tokens, over the context window "
+      "of 'claude-sonnet-4-5' (200,000 tokens)"),
+     ("gpt-5.1-chat-latest", 1, "over the context window of 'gpt-5.1-chat-latest' "
+      "(128,000 tokens)")],
+)  # fmt: skip
+def test_an_over_long_row_fails_as_data_and_the_others_run(emu, tmp_path, model, times, why):
+    emu.configure(log_bodies=True)
+    frame = pl.DataFrame({"text": ["short one", LONG * times, "short two"]})
+    out = frame.pipe(batch_llm, model=model, prompt="{text}", state=tmp_path / "s")
+    assert out["_status"].to_list() == ["completed", "failed", "completed"]
+    assert out["_error"][1].startswith("input: the request is ")
+    assert out["_error"][1].endswith(
+        f"{why}; shorten the prompt or use a model with a larger window"
+    )
+    assert out["_cost_usd"][1] == 0
+    sent = json.dumps([e.get("lines") or e.get("body") for e in emu.log()])
+    assert "short one" in sent
+    assert "word word" not in sent  # the long row was never sent
+
+
+def test_what_users_saw_the_long_row_was_sent_and_refused(emu, tmp_path, monkeypatch):
+    monkeypatch.setattr(batchata_df.frame, "_over_window", lambda jobs, spec: jobs)
+    frame = pl.DataFrame({"text": ["short one", LONG]})
+    out = frame.pipe(batch_llm, model="gpt-4o-mini", prompt="{text}", state=tmp_path / "s")
+    assert out["_status"].to_list() == ["completed", "failed"]
+    assert "maximum context length is 128000 tokens" in out["_error"][1]
+
+
+def test_short_rows_are_not_counted(emu, monkeypatch):
+    # Rows whose bytes cannot reach the window are never tokenized for the check.
+    import batchata_df.tokens
+
+    calls: list[int] = []
+    real = batchata_df.tokens.estimate_request_tokens
+
+    def counting(prompt: pl.Series, *a: Any, **kw: Any) -> pl.Series:
+        calls.append(prompt.len())
+        return real(prompt, *a, **kw)
+
+    monkeypatch.setattr(batchata_df.tokens, "estimate_request_tokens", counting)
+    frame = pl.DataFrame({"text": ["a", "b", LONG]})
+    from batchata_df.frame import _over_window
+    from batchata_df.jobs import build_jobs
+    from batchata_df.providers.base import RequestSpec
+    from batchata_df.schema import AnswerSchema
+
+    jobs = build_jobs(frame, model="gpt-4o-mini", prompt="{text}", system=None, salt="s",
+                      scheme="blake2b")  # fmt: skip
+    out = _over_window(jobs, RequestSpec(AnswerSchema(None), {}))
+    assert calls == [1]
+    assert out["input_error"].is_null().to_list() == [True, True, False]
+    assert out["job_id"].is_null().to_list() == [False, False, True]

@@ -495,6 +495,13 @@ class _SpecBuilder:
             mode, documents = "cite", cited.documents(messages)
             cite_schema = cited.schema_from_system(system)
         tokens = answers.count_tokens(prompt) + extra + (gen.schema_tokens if gen else 0)
+        window = model_rules.context_window("anthropic", model)
+        if error is None and window is not None and tokens > window:
+            # anthropics/claude-code#12186: "prompt is too long: 208310 tokens > 200000 maximum"
+            error = (
+                "invalid_request_error",
+                f"prompt is too long: {tokens} tokens > {window} maximum",
+            )
         marker = answers.find_marker(prompt)
         if marker in (answers.MARKER_ERROR, answers.MARKER_DETAILS) and error is None:
             status = answers.marker_status(prompt)

@@ -413,6 +413,11 @@ class _SpecBuilder:
             code = answers.marker_status(prompt)
             error = (code, f"Emulated error (HTTP {code}) for this request.")
         tokens = answers.count_tokens(prompt) + files + (gen.schema_tokens if gen else 0)
+        window = model_rules.context_window("gemini", self.model) if self.model else None
+        if error is None and window is not None and tokens > window:
+            # google-gemini/gemini-cli#6678 (400 INVALID_ARGUMENT, gemini-2.5-pro)
+            error = (400, f"The input token count ({tokens}) exceeds the maximum number of "
+                     f"tokens allowed ({window}).")  # fmt: skip
         return _Spec(
             key, prompt, tokens, mode, gen, max_tokens, marker, thinking, include, error,
             thoughts=thoughts, signature=_signature(system, contents),

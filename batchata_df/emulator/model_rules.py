@@ -43,6 +43,7 @@ __all__ = [
     "anthropic_refusal",
     "anthropic_rules",
     "anthropic_thinking",
+    "context_window",
     "gemini_refusal",
     "gemini_rules",
     "gemini_thoughts",
@@ -175,6 +176,38 @@ _CEILINGS: Final[tuple[tuple[str, str, int], ...]] = (
 )
 """Output ceilings of the generations above (the providers' model pages); older models
 have none here."""
+
+
+_WINDOWS: Final[tuple[tuple[str, str, int], ...]] = (
+    # (provider, model pattern, most input tokens per request), from the providers' own
+    # refusals and model pages (the client's numbers come from genai-prices instead):
+    ("openai", r"gpt-5(\.\d+)?-chat", 128_000),  # docs.oxen.ai gpt-5-2-chat-latest page
+    ("openai", r"gpt-5\.[4-9]|gpt-6", 1_050_000),  # developers.openai.com models/gpt-5.4
+    ("openai", r"gpt-5", 400_000),  # developers.openai.com models/gpt-5.1, gpt-5-mini
+    ("openai", r"gpt-4\.1", 1_047_576),  # developers.openai.com models/gpt-4.1
+    ("openai", r"o\d", 200_000),  # developers.openai.com models/o3
+    # "This model's maximum context length is 128000 tokens." (bytedance/deer-flow#310)
+    ("openai", r"gpt-4o|gpt-4-turbo|chatgpt-4o", 128_000),
+    ("openai", r"gpt-3\.5-turbo", 16_385),  # "maximum context length is 16385" (vanna#320)
+    # 1M on Claude 4.6+ and 5 (their model pages); 200k on older ones without the 1M beta
+    # header: "prompt is too long: 208310 tokens > 200000 maximum" (anthropics/claude-code
+    # #12186, Sonnet 4.5).
+    ("anthropic", r"claude-(opus|sonnet)-4-[6-9]|claude-(opus|sonnet|haiku|fable|mythos)-5",
+     1_000_000),
+    ("anthropic", r"claude-", 200_000),
+    # "The input token count (1200293) exceeds the maximum number of tokens allowed
+    # (1048576)." (google-gemini/gemini-cli#6678, gemini-2.5-pro)
+    ("gemini", r"gemini-(2\.[05]|3)", 1_048_576),
+)  # fmt: skip
+
+
+def context_window(provider: str, model: str) -> int | None:
+    """The most input tokens ``model`` takes per request, if the emulator knows it."""
+    name = model.removeprefix("models/")
+    for who, pattern, window in _WINDOWS:
+        if who == provider and re.match(pattern, name):
+            return window
+    return None
 
 
 def max_output(provider: str, model: str) -> int | None:

@@ -566,6 +566,12 @@ class _SpecBuilder:
         tokens = (
             answers.count_tokens(prompt) + extra + (gen.schema_tokens if gen is not None else 0)
         )
+        window = model_rules.context_window("openai", model)
+        if error is None and window is not None and tokens > window:
+            # bytedance/deer-flow#310 quotes this refusal (param, code) on a gpt-4o class model.
+            error = (400, "context_length_exceeded", f"This model's maximum context length is "
+                     f"{window} tokens. However, your messages resulted in {tokens} tokens. "
+                     "Please reduce the length of the messages.", "messages")  # fmt: skip
         max_tokens = (
             limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
         )
