@@ -184,6 +184,7 @@ class Family:
 
 _PAI = "pydantic-ai-slim 2.68.0 pydantic_ai/profiles/"
 _OAI_DOCS = "https://developers.openai.com/api/docs/models/"
+_G = "https://docs.cloud.google.com/gemini-enterprise-agent-platform/models/guides/gemini-3-5-flash"
 _OPENAI_5_6: tuple[Effort, ...] = ("low", "medium", "high", "xhigh")
 _ANTHROPIC_NEW: tuple[Effort, ...] = ("low", "medium", "high", "xhigh", "max")
 _ANTHROPIC_46: tuple[Effort, ...] = ("low", "medium", "high", "max")
@@ -409,26 +410,65 @@ FAMILIES: tuple[Family, ...] = (
                  "google-genai 3.6.1 types.py ThinkingConfig.thinking_budget"),
     ),
     Family(
+        "gemini", "Gemini 3 Pro", r"gemini-3-pro", ("gemini-3-pro-preview",),
+        thinking="gemini_level", thinks_by_default=True, default_effort="high", can_disable=False,
+        efforts=("low", "high"), max_output_tokens=65_536,
+        sources=("https://github.com/egoist/chatwise-releases/issues/1206 (\"Thinking level "
+                 "MEDIUM is not supported for this model. Please retry with other thinking "
+                 "level.\", 400 INVALID_ARGUMENT)",
+                 "https://github.com/langchain-ai/langchainjs/pull/10101 (MEDIUM came with "
+                 "3.1 Pro)", f"{_PAI}google.py _MODELS_WITHOUT_MINIMAL_THINKING_LEVEL"),
+    ),
+    Family(
         "gemini", "Gemini 3.x Pro, Gemini 4", r"gemini-(3[\d.]*-pro|4)",
         ("gemini-3.1-pro-preview", "gemini-4-argon"),
         thinking="gemini_level", thinks_by_default=True, default_effort="high", can_disable=False,
         efforts=_GEMINI_LEVELS_3, max_output_tokens=65_536,
         sources=(f"{_PAI}google.py _MODEL_THINKING_LEVELS (LOW/MEDIUM/HIGH), "
-                 "thinking_always_enabled", "google-genai 3.6.1 types.py ThinkingLevel"),
+                 "thinking_always_enabled", "google-genai 3.6.1 types.py ThinkingLevel",
+                 f"{_G} (3.1 Pro: LOW, MEDIUM, HIGH; default HIGH)"),
     ),
     Family(
-        "gemini", "Gemini 3.7+ Flash", r"gemini-3\.([7-9]|\d\d)", ("gemini-3.8-flash",),
+        "gemini", "Gemini 3.x Flash-Lite", r"gemini-3(\.\d+)?-flash-lite",
+        ("gemini-3.1-flash-lite", "gemini-3.5-flash-lite"),
+        thinking="gemini_level", thinks_by_default=True, default_effort="minimal",
+        can_disable=False, efforts=_GEMINI_LEVELS_4, max_output_tokens=65_536,
+        sources=(f"{_G} (3.1 Flash-Lite: MINIMAL, LOW, MEDIUM, HIGH; default MINIMAL)",
+                 "https://docs.cloud.google.com/gemini-enterprise-agent-platform/models/gemini/"
+                 "3-5-flash-lite (3.5 Flash-Lite thinks minimally by default)"),
+    ),
+    Family(
+        "gemini", "Gemini 3.7 Flash", r"gemini-3\.7", ("gemini-3.7-flash",),
+        thinking="gemini_level", thinks_by_default=True, default_effort="medium",
+        can_disable=False, efforts=_GEMINI_LEVELS_3, max_output_tokens=65_536,
+        sources=("https://ai.google.dev/gemini-api/docs/generate-content/whats-new-gemini-3.7 "
+                 "(default thinking level medium; low, medium, high)",
+                 f"{_PAI}google.py _MODELS_WITHOUT_MINIMAL_THINKING_LEVEL"),
+    ),
+    Family(
+        "gemini", "Gemini 3.8+ Flash", r"gemini-3\.([89]|\d\d)", ("gemini-3.8-flash",),
         thinking="gemini_level", thinks_by_default=True, default_effort="high", can_disable=False,
         efforts=_GEMINI_LEVELS_3, max_output_tokens=65_536,
-        sources=(f"{_PAI}google.py _MODEL_THINKING_LEVELS['gemini-3.7-flash'] (no MINIMAL)",),
+        sources=("https://github.com/dzivkovi/video-intel/releases/tag/v2.7.1 (3.8 Flash "
+                 "rejects MINIMAL with a 400, as 3.7 does; its default level is not found in "
+                 "the docs read: 'high' keeps the default max_tokens on the safe side)",),
     ),
     Family(
-        "gemini", "Gemini 3.x Flash", r"gemini-3", ("gemini-3.5-flash", "gemini-3.1-flash-lite"),
+        "gemini", "Gemini 3.5, 3.6 Flash", r"gemini-3\.[56]", ("gemini-3.5-flash",
+                                                                "gemini-3.6-flash"),
+        thinking="gemini_level", thinks_by_default=True, default_effort="medium",
+        can_disable=False, efforts=_GEMINI_LEVELS_4, max_output_tokens=65_536,
+        sources=(f"{_G} (3.5 Flash: MINIMAL, LOW, MEDIUM, HIGH; default MEDIUM; 3.5 is "
+                 "routed to 3.6)", "google-genai 3.6.1 types.py ThinkingLevel"),
+    ),
+    Family(
+        "gemini", "Gemini 3 Flash", r"gemini-3", ("gemini-3-flash-preview",),
         thinking="gemini_level", thinks_by_default=True, default_effort="high", can_disable=False,
         efforts=_GEMINI_LEVELS_4, max_output_tokens=65_536,
         sources=("https://ai.google.dev/gemini-api/docs/thinking (thinkingLevel; Gemini 3 uses "
                  "levels, not budgets; MINIMAL is the least)",
-                 "google-genai 3.6.1 types.py ThinkingLevel"),
+                 "https://hexdocs.pm/gemini_ex/Gemini.Types.Enums.ThinkingLevel.html (Gemini 3 "
+                 "Flash: minimal, low, medium, high; high the default)"),
     ),
     Family(
         "gemini", "other Gemini models", r"", ("gemini-2.0-flash",), max_output_tokens=8192,

@@ -423,3 +423,55 @@ def test_a_row_near_the_window_is_left_to_the_provider_where_the_count_is_approx
     frame = pl.DataFrame({"text": ["short one", "word " * 132_000]})
     out = frame.pipe(batch_llm, model="claude-sonnet-4-5", prompt="{text}", state=tmp_path / "s")
     assert out["_status"].to_list() == ["completed", "completed"]
+
+
+# -- 7. default efforts and levels --------------------------------------------------------
+
+
+def encoded(provider: str, model: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The request the client sends for ``model`` (defaults filled in as a run fills them)."""
+    from batchata_df.providers import make_provider
+    from batchata_df.providers.base import RequestSpec
+    from batchata_df.schema import AnswerSchema
+
+    jobs = pl.DataFrame({"job_id": ["j"], "model": [model], "prompt": ["hi"], "system": [None]},
+                        schema={"job_id": pl.String, "model": pl.String, "prompt": pl.String,
+                                "system": pl.String})  # fmt: skip
+    spec = RequestSpec(AnswerSchema(Label), effective_params(provider, model, params))
+    line = json.loads(make_provider(provider, offline=True).encode(jobs, spec)[0])
+    return dict(line.get("body") or line.get("params") or line["request"])
+
+
+def test_emulator_refuses_medium_on_gemini_3_pro_preview(emu):
+    from google import genai
+
+    client = genai.Client()
+    requests = [{"contents": "hi", "config": {"thinking_config": {"thinking_level": level}}}
+                for level in ("MEDIUM", "HIGH")]  # fmt: skip
+    job = client.batches.create(model="gemini-3-pro-preview", src=requests)  # type: ignore[arg-type]
+    medium, high = client.batches.get(name=str(job.name)).dest.inlined_responses
+    assert medium.error.message == (
+        "Thinking level MEDIUM is not supported for this model. Please retry with other "
+        "thinking level."
+    )
+    assert high.error is None
+
+
+def test_the_client_refuses_medium_on_gemini_3_pro_preview(emu, tmp_path):
+    with pytest.raises(ParamError, match="use one of \\['low', 'high'\\]"):
+        run("gemini-3-pro-preview", tmp_path, params={"reasoning_effort": "medium"})
+    assert emu.log() == []
+    check_model_params("gemini", "gemini-3.1-pro-preview", {"reasoning_effort": "medium"})
+
+
+@pytest.mark.parametrize(
+    ("model", "effort", "max_tokens"),
+    [("gemini-3.5-flash", "medium", 16_384), ("gemini-3.7-flash", "medium", 16_384),
+     ("gemini-3.1-flash-lite", "minimal", 8192), ("gemini-3-flash-preview", "high", 32_768)],
+)  # fmt: skip
+def test_gemini_3_flash_default_levels(emu, tmp_path, model, effort, max_tokens):
+    from batchata_df.emulator.model_rules import THOUGHT_TOKENS
+
+    assert encoded("gemini", model, {})["generationConfig"]["maxOutputTokens"] == max_tokens
+    out = run(model, tmp_path)
+    assert out["_reasoning_tokens"].to_list() == [THOUGHT_TOKENS[effort]] * 2

@@ -347,8 +347,20 @@ _GEMINI: Final[tuple[tuple[str, Rules], ...]] = (
     (r"gemini-2\.5-pro", Rules(True, "medium", False, frozenset(), "all", "budget")),
     (r"gemini-2\.5-flash-image", Rules()),
     (r"gemini-2\.5", Rules(True, "medium", True, frozenset(), "all", "budget")),
-    (r"gemini-(3[\d.]*-pro|4|3\.([7-9]|\d\d))",
+    # gemini-3-pro-preview: LOW and HIGH ("Thinking level MEDIUM is not supported for this
+    # model.", egoist/chatwise-releases#1206); 3.1 Pro adds MEDIUM (langchainjs#10101).
+    (r"gemini-3-pro", Rules(True, "high", False, frozenset({"LOW", "HIGH"}), "all", "level")),
+    (r"gemini-(3[\d.]*-pro|4|3\.([89]|\d\d))",
      Rules(True, "high", False, frozenset({"LOW", "MEDIUM", "HIGH"}), "all", "level")),
+    # Default levels (Google's 3.5 Flash guide: 3.5 Flash MEDIUM, 3.1 Flash-Lite MINIMAL;
+    # ai.google.dev whats-new-gemini-3.7: 3.7 Flash medium, no MINIMAL).
+    (r"gemini-3\.7", Rules(True, "medium", False, frozenset({"LOW", "MEDIUM", "HIGH"}), "all",
+                           "level")),
+    (r"gemini-3(\.\d+)?-flash-lite",
+     Rules(True, "minimal", False, frozenset({"MINIMAL", "LOW", "MEDIUM", "HIGH"}), "all",
+           "level")),
+    (r"gemini-3\.[56]", Rules(True, "medium", False,
+                              frozenset({"MINIMAL", "LOW", "MEDIUM", "HIGH"}), "all", "level")),
     (r"gemini-3", Rules(True, "high", False, frozenset({"MINIMAL", "LOW", "MEDIUM", "HIGH"}),
                         "all", "level")),
 )  # fmt: skip
@@ -379,7 +391,9 @@ def gemini_refusal(model: str, config: dict[str, object]) -> str | None:
     if level is not None and rules.thinking != "level":
         return "Thinking level is not supported for this model."
     if level is not None and str(level).upper() not in rules.efforts:
-        return f"Thinking level {str(level).upper()} is not supported for this model."
+        # egoist/chatwise-releases#1206 quotes this wording (400 INVALID_ARGUMENT).
+        return (f"Thinking level {str(level).upper()} is not supported for this model. Please "
+                "retry with other thinking level.")
     name = model.removeprefix("models/")
     if budget is not None and rules.thinking == "level" and re.match(r"gemini-(3\.[5-9]|4)", name):
         return "thinking_budget is not supported for this model; use thinking_level instead."
