@@ -12,20 +12,30 @@ OpenAI (Chat Completions)
     reason, and
     ``max_tokens`` always (``max_completion_tokens`` instead): "Unsupported parameter:
     'temperature' is not supported with this model." GPT-5.1 to 5.4 reason only when
-    ``reasoning_effort`` is set; GPT-5.5+, GPT-6 reason by default and accept ``none``;
-    GPT-5, o-series, GPT-6 Astra and GPT-6.1 Sol always reason. Chat Completions takes no
-    ``max``. Models that do not reason refuse ``reasoning_effort``.
+    ``reasoning_effort`` is set (5.1: none to high; 5.2 to 5.4: none to xhigh, no
+    ``minimal``); GPT-5.5+, GPT-6 reason by default and accept ``none``; GPT-5, o-series,
+    GPT-6 Astra and GPT-6.1 Sol always reason; ``gpt-5.x-chat-latest`` always reasons at
+    ``medium`` and takes no other value; ``gpt-5-chat-latest`` does not reason. A refused
+    value gets OpenAI's wording ("Unsupported value: 'xhigh' is not supported with the
+    'gpt-5.1' model. Supported values are: ..."). Chat Completions takes no ``max``. Models
+    that do not reason refuse ``reasoning_effort``. The -pro and codex models are
+    Responses-only (``openai_api``); ``json_schema`` needs gpt-4o-mini / gpt-4o-2024-08-06
+    or later.
 Anthropic
     Claude Sonnet/Haiku/Opus 4.5 and Sonnet/Opus 4.6 take ``temperature`` or ``top_p``,
     not both; Opus 4.7+ and every Claude 5 model take none of ``temperature``, ``top_p``,
     ``top_k``. No sampling parameter while thinking. Claude 4.6+ and 5.x think
     ``adaptive`` (budget thinking refused on 4.7+ and 5.x); Opus 5.5 cannot turn thinking
     off; Sonnet 5.5 turns it off with ``between_tools``, not ``disabled``; ``budget_tokens``
-    must be below ``max_tokens``.
+    must be below ``max_tokens``. Structured outputs start at Opus 4.1 and the 4.5 models.
 Gemini
     2.5 takes ``thinkingBudget`` (0 is off, except 2.5 Pro); 3.x and 4 take
     ``thinkingLevel`` (3.5+ refuse ``thinkingBudget``); 3.7+ Flash, 3.x Pro and 4 have no
-    ``MINIMAL``.
+    ``MINIMAL``; ``gemini-3-pro-preview`` has only ``LOW`` and ``HIGH``. Default levels:
+    3.5/3.6 and 3.7 Flash ``MEDIUM``, Flash-Lite ``MINIMAL``, the rest ``HIGH``.
+
+A request longer than the model's context window (:func:`context_window`) is refused per
+request with each provider's wording.
 
 Thinking spends :data:`THOUGHT_TOKENS` per effort, inside the output limit; an output
 limit above the model's ceiling (:func:`max_output`) is refused as the providers do.
