@@ -475,3 +475,14 @@ def test_gemini_3_flash_default_levels(emu, tmp_path, model, effort, max_tokens)
     assert encoded("gemini", model, {})["generationConfig"]["maxOutputTokens"] == max_tokens
     out = run(model, tmp_path)
     assert out["_reasoning_tokens"].to_list() == [THOUGHT_TOKENS[effort]] * 2
+
+
+def test_a_streamed_run_fails_the_over_long_row_as_the_in_memory_run_does(emu, tmp_path):
+    frame = pl.DataFrame({"text": ["short one", LONG, "short two"]})
+    frame.write_parquet(tmp_path / "in.parquet")
+    out = batch_llm(
+        pl.scan_parquet(tmp_path / "in.parquet"), model="gpt-4o-mini", prompt="{text}",
+        sink=tmp_path / "out.parquet", state=tmp_path / "s", chunk_rows=2,
+    ).collect()  # fmt: skip
+    assert out["_status"].to_list() == ["completed", "failed", "completed"]
+    assert out["_error"][1].startswith("input: the request is 140,007 tokens, over the context")
