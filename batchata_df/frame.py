@@ -1227,10 +1227,13 @@ def _over_window(jobs: pl.DataFrame, spec: RequestSpec) -> pl.DataFrame:
         sized = pl.col("prompt").str.len_bytes().fill_null(0) + pl.col(
             "system"
         ).str.len_bytes().fill_null(0)
+        if "history" in jobs.columns:  # its turns' bytes, and framing per turn
+            sized = sized + pl.col("history").list.eval(
+                pl.element().struct.field("content").str.len_bytes().fill_null(0) + 16
+            ).list.sum().fill_null(0)
         maybe = sized + len(schema_text.encode()) + 64 > limit
-        for column in ("history", "files"):
-            if column in jobs.columns:
-                maybe = maybe | pl.col(column).is_not_null()
+        if "files" in jobs.columns:  # pages and images are not bytes of text: count them
+            maybe = maybe | pl.col("files").is_not_null()
         ours = (pl.col("provider") == provider) & (pl.col("model") == model)
         rows = jobs.with_row_index("_row").filter(
             ours & pl.col("input_error").is_null() & maybe

@@ -486,3 +486,27 @@ def test_a_streamed_run_fails_the_over_long_row_as_the_in_memory_run_does(emu, t
     ).collect()  # fmt: skip
     assert out["_status"].to_list() == ["completed", "failed", "completed"]
     assert out["_error"][1].startswith("input: the request is 140,007 tokens, over the context")
+
+
+def test_earlier_turns_count_toward_the_window(emu, tmp_path, monkeypatch):
+    import batchata_df.tokens
+
+    calls: list[int] = []
+    real = batchata_df.tokens.estimate_request_tokens
+
+    def counting(prompt: pl.Series, *a: Any, **kw: Any) -> pl.Series:
+        calls.append(prompt.len())
+        return real(prompt, *a, **kw)
+
+    monkeypatch.setattr(batchata_df.tokens, "estimate_request_tokens", counting)
+    turns = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+    frame = pl.DataFrame(
+        {"text": ["a", "b", "c"],
+         "h": [[{"role": "user", "content": "hi"}], [{"role": "user", "content": LONG}], None]},
+        schema={"text": pl.String, "h": turns},
+    )  # fmt: skip
+    out = frame.pipe(batch_llm, model="gpt-4o-mini", prompt="{text}", history="h",
+                     state=tmp_path / "s")  # fmt: skip
+    assert out["_status"].to_list() == ["completed", "failed", "completed"]
+    assert "over the context window of 'gpt-4o-mini'" in out["_error"][1]
+    assert calls == [1]  # only the row whose turns could reach the window was counted
