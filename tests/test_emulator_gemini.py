@@ -630,13 +630,27 @@ def test_query_key_is_redacted_from_the_log(emu):
     assert all(e["auth"] is True for e in entries)
 
 
-def test_unknown_model_is_a_404(emu):
+@pytest.mark.parametrize(
+    "model", ["emulator-unknown-model", "gpt-4.1-mini", "claude-sonnet-4-5", "gemini-2.5-flesh"]
+)
+def test_a_model_gemini_does_not_serve_is_a_404(emu, model):
+    # claude-sonnet-4-5: genai-prices' Google list prices it (Vertex AI), the Gemini API
+    # does not serve it.
     c = client(emu)
     with pytest.raises(errors.ClientError) as e:
-        c.batches.create(model="emulator-unknown-model", src=[{"contents": "x"}])
+        c.batches.create(model=model, src=[{"contents": "x"}])
     assert e.value.code == 404
     assert e.value.status == "NOT_FOUND"
+    assert e.value.message == (
+        f"models/{model} is not found for API version v1beta, or is not supported for "
+        "batchGenerateContent. Call ListModels to see the list of available models and "
+        "their supported methods."
+    )
     assert list(c.batches.list()) == []
+    with pytest.raises(errors.ClientError) as e:
+        c.models.generate_content(model=model, contents="x")
+    assert e.value.code == 404
+    assert "is not supported for generateContent" in str(e.value.message)
 
 
 def _cached_counts(emu, model, prompts, system=None):
