@@ -37,7 +37,13 @@ from batchata_df.errors import (
 )
 from batchata_df.jobs import ID_SCHEMES, IdScheme, build_jobs, check_param_values, check_params
 from batchata_df.models import DEFAULT_MAX_TOKENS as _DEFAULT_MAX_TOKENS
-from batchata_df.models import check_endpoint, check_model_params, effective_params, family_of
+from batchata_df.models import (
+    check_endpoint,
+    check_model_params,
+    check_provider,
+    effective_params,
+    family_of,
+)
 from batchata_df.providers import SUPPORTED_PARAMS, make_provider
 from batchata_df.providers.base import Provider, RequestSpec
 from batchata_df.redact import scrub, scrubbed
@@ -1165,6 +1171,7 @@ def _check_models(
 ) -> None:
     """Every model of the run takes ``params`` and the features asked for, before spend."""
     for provider, model in _model_pairs(jobs):
+        check_provider(str(provider), str(model))
         check_endpoint(str(provider), str(model))
         check_model_params(str(provider), str(model), params)
         family = family_of(str(provider), str(model))
