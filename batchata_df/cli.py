@@ -985,6 +985,16 @@ def _in_cli_words(state: str | None, lock_timeout: float) -> Iterator[None]:
     except PriceError as e:
         if e.model is None:
             raise
+        if e.stored:
+            msg = (
+                f"--max-cost-usd: the state folder {state!r} holds {_answers(e.stored)} of "
+                f"{e.model!r} stored without a cost (collected when no price was known for "
+                "it), so the cap cannot count what the folder has spent; pass --price "
+                f"{e.model}=INPUT,OUTPUT (batch USD per million input and output tokens) to "
+                "count them at that price, run without --max-cost-usd, or use another "
+                "--state. Nothing was sent"
+            )
+            raise UsageProblem(msg) from e
         needs = {"max_cost_usd": "--max-cost-usd", "dry_run": "--dry-run"}.get(
             e.needed_by or "", e.needed_by or "this run"
         )

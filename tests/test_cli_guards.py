@@ -478,6 +478,35 @@ def test_a_resume_with_price_prices_the_folders_answers_stored_without_a_cost(wo
     assert sum(billed(emu).values()) == N
 
 
+def test_a_cap_on_a_folder_with_answers_stored_without_a_cost_names_price(work, emu):
+    """--max-cost-usd on a folder holding answers of an unpriced model was refused even
+    with --price, by a message that named no option. Without --price it names --price;
+    with it, the cap counts those answers at that price (a cap they use up sends nothing)."""
+    from batchata_df import sql
+
+    pl.read_parquet(work / "in.parquet").head(N // 2).write_parquet(work / "half.parquet")
+    args = ["out.parquet", "--model", "gpt-6-terra", "--prompt", "{text}", "--state", "s",
+            "--no-progress", "--max-tokens", "50", "--param", "reasoning_effort=none"]
+    assert cli(emu, "run", "half.parquet", *args, cwd=work).returncode == 0
+    paid = sum(billed(emu).values())
+    line = one_line_error(cli(emu, "run", "in.parquet", *args, "--max-cost-usd", "5",
+                              cwd=work), 2)
+    assert f"holds {N // 2} answers of 'gpt-6-terra' stored without a cost" in line, line
+    assert "pass --price gpt-6-terra=INPUT,OUTPUT" in line, line
+    assert "Nothing was sent" in line
+    assert sum(billed(emu).values()) == paid
+    jobs = sql("select input_tokens, output_tokens from jobs", work / "s")
+    stored = float(((jobs["input_tokens"] + jobs["output_tokens"]) * 1000 / 1e6).sum())
+    price = ["--price", "gpt-6-terra=1000,1000"]
+    r = cli(emu, "run", "in.parquet", *args, *price, "--max-cost-usd", f"{stored * 0.99}",
+            cwd=work)  # counted as $0 they would leave room for most new answers
+    assert r.returncode != 2, r.stderr
+    assert sum(billed(emu).values()) == paid, r.stderr
+    r = cli(emu, "run", "in.parquet", *args, *price, "--max-cost-usd", "1000", cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert sum(billed(emu).values()) == N
+
+
 def test_the_folders_bill_read_in_slices_is_the_bill_read_whole(work, emu, monkeypatch):
     """A big folder's bill is added up in slices of its jobs (bounded memory): the same."""
     from batchata_df import cli as cli_module
