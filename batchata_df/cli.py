@@ -261,8 +261,10 @@ def read_frame(path: str | os.PathLike[str]) -> pl.LazyFrame:
 
 
 def _csv_broken_line(files: Sequence[Path]) -> tuple[Path, int, str] | None:
-    r"""The first broken line of CSV ``files``: file, line (1-based, as an editor counts
-    lines) and what is wrong; ``None`` if this reading finds none.
+    r"""The first broken line of CSV ``files``: file, line and what is wrong (or ``None``).
+
+    The line is 1-based and counted as an editor counts lines; ``None`` when this reading
+    finds nothing wrong.
 
     Polars says what is wrong but not where (its byte offset is that of its parse chunk).
     Called only once reading has failed, so the line is found by a second, slower read:

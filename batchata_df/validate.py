@@ -152,8 +152,9 @@ def check_run_arguments(
 
 
 def cap_for_engine(max_cost_usd: float | None, stored_unpriced_usd: float) -> float | None:
-    """The cap the engine admits batches under: the room left after the answers stored
-    without a cost, priced now (:func:`check_spend_is_priced`).
+    """The cap the engine admits batches under: less what stored answers without a cost cost.
+
+    Those answers are priced now by :func:`check_spend_is_priced`.
 
     The engine counts a stored answer's ``cost_usd`` as spent and one without a cost as $0;
     lowering the cap by what those cost is the same as counting them (room = cap - spent).
