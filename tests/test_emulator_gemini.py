@@ -550,15 +550,18 @@ def test_auth_and_error_envelope(emu):
 
 def test_inline_limit_and_bad_input(emu):
     emu.configure(gemini={"max_inline_bytes": 2000})
-    c = client(emu)
-    with pytest.raises(errors.ClientError, match="payload size"):
-        c.batches.create(model="gemini-2.5-flash", src=[{"contents": "x" * 3000}])
-    status, body = raw_json(
-        emu, "POST", "/v1beta/models/m:batchGenerateContent", {"batch": {"inputConfig": {}}}
-    )
-    assert status == 400
-    assert body["error"]["status"] == "INVALID_ARGUMENT"
-    emu.configure(gemini={"max_inline_bytes": 20 * 1024 * 1024})
+    try:  # the limit must not outlive a failure here: later tests share the emulator
+        c = client(emu)
+        with pytest.raises(errors.ClientError, match="payload size"):
+            c.batches.create(model="gemini-2.5-flash", src=[{"contents": "x" * 3000}])
+        status, body = raw_json(
+            emu, "POST", "/v1beta/models/gemini-2.5-flash:batchGenerateContent",
+            {"batch": {"inputConfig": {}}},
+        )
+        assert status == 400
+        assert body["error"]["status"] == "INVALID_ARGUMENT"
+    finally:
+        emu.configure(gemini={"max_inline_bytes": 20 * 1024 * 1024})
 
 
 def test_thoughts_are_reported_and_skipped_by_the_decoder(emu):
@@ -676,7 +679,7 @@ def test_implicit_cache_reports_the_shared_prefix_above_the_model_minimum(emu):
     assert [u.cached_content_token_count for u in usages] == [0, shared, 0]
     assert usages[1].prompt_token_count > shared  # cached tokens are part of the prompt
     # Gemini 3 needs 4,096 tokens: the same 2,775-token prefix is not cached there.
-    usages = _cached_counts(emu, "gemini-3-flash", [manual + "Q: a?", manual + "Q: b?"])
+    usages = _cached_counts(emu, "gemini-3-flash-preview", [manual + "Q: a?", manual + "Q: b?"])
     assert [u.cached_content_token_count for u in usages] == [0, 0]
     # Models before 2.5 have no implicit caching.
     usages = _cached_counts(emu, "gemini-2.0-flash", [manual + "Q: a?", manual + "Q: b?"])
