@@ -37,7 +37,13 @@ from batchata_df.errors import (
 )
 from batchata_df.jobs import ID_SCHEMES, IdScheme, build_jobs, check_param_values, check_params
 from batchata_df.models import DEFAULT_MAX_TOKENS as _DEFAULT_MAX_TOKENS
-from batchata_df.models import check_endpoint, check_model_params, effective_params, family_of
+from batchata_df.models import (
+    check_endpoint,
+    check_model_params,
+    check_provider,
+    effective_params,
+    family_of,
+)
 from batchata_df.providers import SUPPORTED_PARAMS, make_provider
 from batchata_df.providers.base import Provider, RequestSpec
 from batchata_df.redact import scrub, scrubbed
@@ -50,7 +56,7 @@ from batchata_df.state import (
     check_lock_timeout,
     join_by_job,
 )
-from batchata_df.validate import check_mode, check_run_arguments
+from batchata_df.validate import cap_for_engine, check_mode, check_run_arguments
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -341,7 +347,7 @@ def batch_llm(
     if not isinstance(frame, pl.DataFrame):
         msg = f"batch_llm takes a polars DataFrame or LazyFrame, got {type(df).__name__}"
         raise ConfigError(msg)
-    time_limit_s, patience_s = check_run_arguments(
+    time_limit_s, patience_s, stored_unpriced = check_run_arguments(
         max_cost_usd=max_cost_usd,
         time_limit=time_limit,
         items_per_batch=items_per_batch,
@@ -424,7 +430,8 @@ def batch_llm(
         wait=wait,
         time_limit_s=time_limit_s,
         retry_failed=retry_failed,
-        max_cost_usd=max_cost_usd,
+        # The folder's answers stored without a cost, priced now, count as spent.
+        max_cost_usd=cap_for_engine(max_cost_usd, stored_unpriced),
         provider_patience_s=patience_s,
     )
     if dry_run:
@@ -471,7 +478,7 @@ def batch_llm(
                     else:
                         results = engine.run(sendable)
                 _warn_unavailable(results)
-                _warn_serialised(engine, sendable, results, max_cost_usd)
+                _warn_serialised(engine, sendable, results, options.max_cost_usd)
             # Only the keys are needed from here on: let the prompts (and file payloads) go.
             keys = jobs.select("job_id", "input_error")
             del jobs, sendable, engine
@@ -1166,6 +1173,7 @@ def _check_models(
 ) -> None:
     """Every model of the run takes ``params`` and the features asked for, before spend."""
     for provider, model in _model_pairs(jobs):
+        check_provider(str(provider), str(model))
         check_endpoint(str(provider), str(model))
         check_model_params(str(provider), str(model), params)
         family = family_of(str(provider), str(model))

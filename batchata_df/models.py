@@ -52,6 +52,7 @@ the model's output ceiling.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -71,6 +72,7 @@ __all__ = [
     "capabilities_table",
     "check_endpoint",
     "check_model_params",
+    "check_provider",
     "context_window",
     "default_max_tokens",
     "effective_params",
@@ -609,6 +611,99 @@ params={'reasoning_effort': 'high'} instead
         f"model {model!r} is served by OpenAI's Responses API only, and batchata-df sends "
         "OpenAI batches to /v1/chat/completions, where every request would fail after the "
         f"batch ran; use {base!r} with params={{'reasoning_effort': 'high'}}{more} instead"
+    )
+    raise ModelError(msg)
+
+
+_PROVIDER_NAMES = {"openai": "OpenAI", "anthropic": "Anthropic", "gemini": "Gemini"}
+BASE_URL_VARS = {
+    "openai": "OPENAI_BASE_URL",
+    "anthropic": "ANTHROPIC_BASE_URL",
+    "gemini": "GOOGLE_GEMINI_BASE_URL",
+}
+"""The environment variable that points each provider's SDK at another endpoint."""
+
+
+@lru_cache(maxsize=512)
+def listed_under(provider: str, model: str) -> bool:
+    """Whether genai-prices lists ``model`` under ``provider`` (its own match rules).
+
+    genai-prices' ``google`` list also prices Claude on Vertex AI, which the Gemini API
+    does not serve, so a ``claude`` name is never a Gemini model here.
+
+    Examples
+    --------
+    >>> listed_under("openai", "gpt-4.1-mini"), listed_under("anthropic", "gpt-4.1-mini")
+    (True, False)
+    >>> listed_under("gemini", "claude-sonnet-4-5")
+    False
+    """
+    try:
+        from genai_prices import Usage, calc_price
+    except ImportError:  # pragma: no cover - genai-prices is a core dependency
+        return False
+    name = model.removeprefix("models/") if provider == "gemini" else model
+    if provider == "gemini" and name.lower().startswith("claude"):
+        return False
+    provider_id = {"gemini": "google"}.get(provider, provider)
+    try:
+        calc_price(Usage(input_tokens=1), model_ref=name, provider_id=provider_id)
+    except LookupError:
+        return False
+    return True
+
+
+def _custom_endpoint(provider: str) -> bool:
+    """Whether ``provider``'s SDK is pointed away from the provider (a gateway, a proxy)."""
+    var = BASE_URL_VARS[provider]
+    if os.environ.get(var):
+        return True
+    try:
+        from dotenv import dotenv_values
+    except ImportError:
+        return False
+    return bool(dotenv_values(".env").get(var))  # what the run will load before sending
+
+
+def check_provider(provider: str, model: str) -> None:
+    """Raise :class:`~batchata_df.errors.ModelError` for another provider's model.
+
+    ``"anthropic:gpt-4.1-mini"`` would have every row refused by Anthropic after the
+    batch was created (``not_found_error``); genai-prices, which prices our runs, lists
+    ``gpt-4.1-mini`` under OpenAI only, so this is known before anything is sent. A name
+    genai-prices does not list at all (a new model, a fine-tune) passes: only the provider
+    can tell. So does everything when the provider's base URL is set
+    (:data:`BASE_URL_VARS`): a gateway may serve any model under any protocol.
+
+    Examples
+    --------
+    >>> check_provider("openai", "gpt-4.1-mini")
+    >>> check_provider("anthropic", "my-finetune")
+    >>> check_provider("anthropic", "gpt-4.1-mini")  # doctest: +SKIP
+    Traceback (most recent call last):
+    ...
+    batchata_df.errors.ModelError: model 'gpt-4.1-mini' is OpenAI's (genai-prices lists it \
+under OpenAI, not Anthropic), but the run sends it to Anthropic, whose batch API would fail \
+every row; write model='gpt-4.1-mini' (or 'openai:gpt-4.1-mini')
+    """
+    if provider not in _PROVIDER_NAMES or listed_under(provider, model):
+        return
+    owners = [p for p in _PROVIDER_NAMES if p != provider and listed_under(p, model)]
+    if not owners or _custom_endpoint(provider):
+        return
+    owner = owners[0]
+    prefixed = f"{owner}:{model}"
+    from batchata_df.jobs import parse_model
+
+    try:
+        inferred = parse_model(model)[0] == owner
+    except ModelError:
+        inferred = False
+    fix = f"model={model!r} (or {prefixed!r})" if inferred else f"model={prefixed!r}"
+    msg = (
+        f"model {model!r} is {_PROVIDER_NAMES[owner]}'s (genai-prices lists it under "
+        f"{_PROVIDER_NAMES[owner]}, not {_PROVIDER_NAMES[provider]}), but the run sends it "
+        f"to {_PROVIDER_NAMES[provider]}, whose batch API would fail every row; write {fix}"
     )
     raise ModelError(msg)
 

@@ -39,13 +39,22 @@ request with each provider's wording.
 
 Thinking spends :data:`THOUGHT_TOKENS` per effort, inside the output limit; an output
 limit above the model's ceiling (:func:`max_output`) is refused as the providers do.
+
+Which models each provider serves (:func:`serves`) comes from genai-prices' model list
+per provider (a maintained, dependency-pinned source the client prices with too), not
+from a hand list: a name the provider's list does not match is refused the way that
+provider refuses an unknown model (``openai_api``, ``anthropic_api``, ``gemini_api``
+say how, with their sources).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Final, Literal
+
+from batchata_df.emulator import answers
 
 __all__ = [
     "THOUGHT_TOKENS",
@@ -61,6 +70,7 @@ __all__ = [
     "openai_effort",
     "openai_refusal",
     "openai_rules",
+    "serves",
 ]
 
 THOUGHT_TOKENS: Final = {
@@ -432,3 +442,61 @@ def _gemini_thinking(config: dict[str, object]) -> tuple[int | None, object]:
     budget = cfg.get("thinkingBudget", cfg.get("thinking_budget"))
     level = cfg.get("thinkingLevel", cfg.get("thinking_level"))
     return (budget if isinstance(budget, int) else None), level
+
+
+SERVED_EXTRA: Final[dict[str, frozenset[str]]] = {
+    "openai": frozenset({"gpt-6-terra"}),
+    "anthropic": frozenset(),
+    "gemini": frozenset(),
+}
+"""Names served although genai-prices lists no price for them: the suite's deliberate
+"new model without a published price" (the CLI's and the cost cap's unknown-price paths
+need a model the provider answers and nobody prices)."""
+
+_GENAI_PROVIDER: Final = {"openai": "openai", "anthropic": "anthropic", "gemini": "google"}
+
+
+@lru_cache(maxsize=1024)
+def serves(provider: str, model: str) -> bool:
+    """Whether ``provider``'s API serves ``model`` (a batch of it is accepted).
+
+    A name matches when genai-prices lists it under the provider (its own match rules:
+    dated snapshots such as ``gpt-4.1-mini-2025-04-14`` or
+    ``claude-sonnet-4-5-20250929`` match their model). OpenAI fine-tunes
+    (``ft:<base>:<org>::<id>``) are served when their base model is. Gemini takes
+    ``models/`` names and the caller's own ``tunedModels/``; genai-prices' ``google``
+    list also prices Claude on Vertex AI, which the Gemini API does not serve.
+
+    Examples
+    --------
+    >>> serves("openai", "gpt-4.1-mini"), serves("anthropic", "gpt-4.1-mini")
+    (True, False)
+    >>> serves("gemini", "models/gemini-2.5-flash"), serves("gemini", "claude-sonnet-4-5")
+    (True, False)
+    >>> serves("openai", "ft:gpt-4.1-mini-2025-04-14:acme::abc123")
+    True
+    """
+    if model == answers.UNKNOWN_MODEL or not model.strip():
+        return False
+    if model in SERVED_EXTRA.get(provider, frozenset()):
+        return True
+    name = model
+    if provider == "openai" and name.startswith("ft:"):
+        name = name.split(":")[1] if name.count(":") >= 2 else ""
+    if provider == "gemini":
+        if name.startswith("tunedModels/"):
+            return True
+        name = name.removeprefix("models/")
+        if name.lower().startswith("claude"):
+            return False
+    if not name:
+        return False
+    from genai_prices import data_snapshot
+
+    try:
+        data_snapshot.get_snapshot().find_provider_model(
+            name, None, _GENAI_PROVIDER.get(provider, provider), None
+        )
+    except LookupError:
+        return False
+    return True
