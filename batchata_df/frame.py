@@ -56,7 +56,7 @@ from batchata_df.state import (
     check_lock_timeout,
     join_by_job,
 )
-from batchata_df.validate import cap_for_engine, check_mode, check_run_arguments
+from batchata_df.validate import check_mode, check_run_arguments, check_spend_is_priced
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -430,11 +430,11 @@ def batch_llm(
         wait=wait,
         time_limit_s=time_limit_s,
         retry_failed=retry_failed,
-        # The folder's answers stored without a cost, priced now, count as spent.
-        max_cost_usd=cap_for_engine(max_cost_usd, stored_unpriced),
+        max_cost_usd=None if max_cost_usd is None else float(max_cost_usd),
         provider_patience_s=patience_s,
     )
-    if dry_run:
+    if dry_run:  # reads the folder without its lock: as checked above
+        options = dataclasses.replace(options, stored_unpriced_usd=stored_unpriced)
         from batchata_df.plan import dry_run_plan
 
         show = None
@@ -458,6 +458,8 @@ def batch_llm(
         # keeps a temporary folder's paid answers too (_state_folder).
         with _state_folder(state) as folder:
             with WriterLock(folder, lock_wait):
+                # Under the lock, as the engine reads the rest of the folder's spend.
+                options = _count_stored_spend(options, folder, prices)
                 store = StateStore(folder, fingerprint)
                 stop = threading.Event()
                 engine = _engine(
@@ -1052,6 +1054,24 @@ def _observed(
     except BatchataError:
         return {}  # the run itself reports what is wrong with the folder
     return observed_output(current)
+
+
+def _count_stored_spend(
+    options: RunOptions,
+    state: str | os.PathLike[str] | None,
+    prices: Mapping[str, PriceOverride] | None,
+) -> RunOptions:
+    """``options`` with the cap counting the folder's answers stored without a cost.
+
+    They are priced at ``prices`` (:func:`~batchata_df.validate.check_spend_is_priced`,
+    which refuses those it cannot price; nothing is sent then). A run calls this with the
+    folder's writer lock held: answers another process stored while this one waited for
+    the lock are counted too. Without a cap (or a folder) ``options`` is returned as is.
+    """
+    if options.max_cost_usd is None or state is None:
+        return options
+    usd = check_spend_is_priced(state, prices)
+    return dataclasses.replace(options, stored_unpriced_usd=usd)
 
 
 def _warn_serialised(

@@ -115,6 +115,7 @@ def dry_run_plan(
     from batchata_df.engine.realtime import DEFAULT_CONCURRENCY
 
     done, busy, spent = _recorded(state, fingerprint, options.retry_failed, sendable)
+    spent += options.stored_unpriced_usd  # priced at prices= (none without a cap)
     from batchata_df.frame import _observed
 
     observed = _observed(state, fingerprint)

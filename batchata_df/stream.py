@@ -59,7 +59,7 @@ from batchata_df.state import (
     WriterLock,
     check_lock_timeout,
 )
-from batchata_df.validate import cap_for_engine, check_run_arguments
+from batchata_df.validate import check_run_arguments
 
 __all__ = ["DEFAULT_CHUNK_ROWS", "stream_llm"]
 
@@ -194,8 +194,7 @@ def stream_llm(
         wait=wait,
         time_limit_s=time_limit_s,
         retry_failed=retry_failed,
-        # The folder's answers stored without a cost, priced now, count as spent.
-        max_cost_usd=cap_for_engine(max_cost_usd, stored_unpriced),
+        max_cost_usd=None if max_cost_usd is None else float(max_cost_usd),
         provider_patience_s=patience_s,
     )
 
@@ -225,6 +224,8 @@ def stream_llm(
             from batchata_df.progress import make_display
 
             show = make_display(max_cost_usd=max_cost_usd).show_plan
+        # A dry run reads the folder without its lock: as checked above.
+        options = dataclasses.replace(options, stored_unpriced_usd=stored_unpriced)
         with tempfile.TemporaryDirectory(prefix="batchata-df-plan-") as plan_dir:
             source = ChunkSource(lf, Path(plan_dir), rows, jobs_of, estimate, expected)
             stream_plan(
@@ -246,6 +247,8 @@ def stream_llm(
             WriterLock(folder, lock_wait),
             _spill_folder(folder) as spill,
         ):
+            # Under the lock, as the engine reads the rest of the folder's spend.
+            options = fr._count_stored_spend(options, folder, prices)
             store = StateStore(folder, fingerprint)
             source = ChunkSource(lf, spill, rows, jobs_of, estimate, expected)
             stop = threading.Event()
@@ -1131,6 +1134,7 @@ def stream_plan(
             busy = assigned.get_column("job_id")
             held += float(assigned.get_column("est_cost_usd").fill_null(0.0).sum())
         held += store.spent()
+    held += options.stored_unpriced_usd  # priced at prices= (none without a cap)
     providers: dict[str, Provider] = {}
     cap = options.max_cost_usd
     n_batches, running = 0, held

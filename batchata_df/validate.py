@@ -21,7 +21,6 @@ import polars as pl
 from batchata_df.errors import ConfigError
 
 __all__ = [
-    "cap_for_engine",
     "check_count",
     "check_flag",
     "check_patience",
@@ -93,7 +92,8 @@ class RunArguments(NamedTuple):
     patience_s: float
     stored_unpriced_usd: float = 0.0
     """With a cap: what the state folder's answers stored without a cost cost at ``prices``
-    (see :func:`check_spend_is_priced`); the cap counts it as spent."""
+    when checked (see :func:`check_spend_is_priced`). A dry run counts it as spent; a run
+    prices them again once it holds the folder's writer lock."""
 
 
 def check_run_arguments(
@@ -139,6 +139,7 @@ def check_run_arguments(
             f"{params!r}"
         )
         raise ConfigError(msg)
+    # Refused here, before waiting for the folder's lock, when they cannot be priced.
     stored_unpriced = 0.0
     if max_cost_usd is not None and state is not None:
         stored_unpriced = check_spend_is_priced(
@@ -149,24 +150,6 @@ def check_run_arguments(
         msg = "wait=False needs state='some/folder' so that a later call can collect results"
         raise ConfigError(msg)
     return RunArguments(time_limit_s, patience_s, stored_unpriced)
-
-
-def cap_for_engine(max_cost_usd: float | None, stored_unpriced_usd: float) -> float | None:
-    """The cap the engine admits batches under: less what stored answers without a cost cost.
-
-    Those answers are priced now by :func:`check_spend_is_priced`.
-
-    The engine counts a stored answer's ``cost_usd`` as spent and one without a cost as $0;
-    lowering the cap by what those cost is the same as counting them (room = cap - spent).
-
-    Examples
-    --------
-    >>> cap_for_engine(5.0, 1.25), cap_for_engine(None, 1.25), cap_for_engine(5.0, 0.0)
-    (3.75, None, 5.0)
-    """
-    if max_cost_usd is None:
-        return None
-    return float(max_cost_usd) - stored_unpriced_usd
 
 
 def check_spend_is_priced(
@@ -181,7 +164,11 @@ def check_spend_is_priced(
     realtime answers at the realtime rate) or the price tables, which may know the model
     by now. The cap is then exactly as right as that price, as it is for this call's own
     answers of the model (a ``prices`` below the provider's real price lets any capped call
-    of an unpriced model overspend; this adds no other way). Counting follows
+    of an unpriced model overspend; this adds no other way). The engine adds the total to
+    what the folder has spent (``RunOptions.stored_unpriced_usd``). It is called before
+    anything else (to refuse early), and a run calls it again with the folder's writer
+    lock held, as the engine reads the rest of the spend: answers another process stored
+    while this one waited for the lock are counted. Counting follows
     :func:`batchata_df.state.spent_usd`: each billed attempt once, its latest terminal
     event, in bounded memory.
 

@@ -126,7 +126,7 @@ class Engine:
         # The cap covers everything this state folder has paid for, earlier calls and
         # earlier attempts of retried jobs included.
         state.spent = float(billed.get_column("cost_usd").fill_null(0.0).sum())
-        state.spent += lost_spend(recorded)
+        state.spent += lost_spend(recorded) + ctx.options.stored_unpriced_usd
         state.spent_at_start = state.spent
         admission = Admission(state, ctx.options.max_cost_usd, Calibration())
         # Re-attached batches are held at their jobs' worst case in this call's table (by a
@@ -161,7 +161,11 @@ class Engine:
         if state.in_flight:
             state.first_submit_at = state.started
         # Only the cap reads what was spent: without one, resuming does not add it up.
-        state.spent = ctx.store.spent() if ctx.options.max_cost_usd is not None else 0.0
+        state.spent = (
+            ctx.store.spent() + ctx.options.stored_unpriced_usd
+            if ctx.options.max_cost_usd is not None
+            else 0.0
+        )
         state.spent_at_start = state.spent
         planner = Planner(ctx.providers, ctx.spec, ctx.options.items_per_batch)
         feeder = Feeder(ctx, state, source, planner)

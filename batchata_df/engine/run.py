@@ -55,6 +55,10 @@ class RunOptions:
     time_limit_s: float | None = None
     retry_failed: bool = False
     max_cost_usd: float | None = None
+    stored_unpriced_usd: float = 0.0
+    """What the state folder's answers stored without a cost cost at ``prices=``
+    (:func:`batchata_df.validate.check_spend_is_priced`, read with the writer lock held):
+    the cap counts it as spent, beside the costs the folder stores."""
     cancel_grace_s: float = 900.0
     """After a stop, how long to wait for cancelled batches to end (OpenAI: up to 10 min)."""
     provider_patience_s: float = 600.0
