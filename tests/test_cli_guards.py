@@ -527,6 +527,30 @@ def test_a_cap_on_a_folder_with_answers_stored_without_a_cost_names_price(work, 
     assert sum(billed(emu).values()) == N
 
 
+def test_a_dry_runs_cap_is_the_one_passed_and_spent_counts_answers_priced_by_price(
+    work, emu
+):
+    """The dry run showed the cap less what the stored answers cost at --price ("cap
+    $-0.03: not one request fits") and an "already spent" without them. It shows the cap
+    passed and counts them as spent."""
+    from batchata_df import sql
+    from batchata_df.progress import _cap
+
+    pl.read_parquet(work / "in.parquet").head(N // 2).write_parquet(work / "half.parquet")
+    args = ["out.parquet", "--model", "gpt-6-terra", "--prompt", "{text}", "--state", "s",
+            "--max-tokens", "50", "--param", "reasoning_effort=none"]
+    assert cli(emu, "run", "half.parquet", *args, "--no-progress", cwd=work).returncode == 0
+    jobs = sql("select input_tokens, output_tokens from jobs", work / "s")
+    stored = float(((jobs["input_tokens"] + jobs["output_tokens"]) * 1000 / 1e6).sum())
+    cap = round(stored * 0.9, 4)
+    r = cli(emu, "run", "in.parquet", *args, "--price", "gpt-6-terra=1000,1000",
+            "--max-cost-usd", str(cap), "--dry-run", cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert f"already spent or held by batches in flight: ${stored:,.4f}" in r.stderr, r.stderr
+    assert f"cap {_cap(cap)}: not one request fits" in r.stderr, r.stderr
+    assert sum(billed(emu).values()) == N // 2
+
+
 def test_the_folders_bill_read_in_slices_is_the_bill_read_whole(work, emu, monkeypatch):
     """A big folder's bill is added up in slices of its jobs (bounded memory): the same."""
     from batchata_df import cli as cli_module

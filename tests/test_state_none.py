@@ -233,3 +233,52 @@ def test_with_a_price_the_cap_counts_the_answers_stored_without_a_cost(
 
     new_cost = float(sql("select sum(cost_usd) as usd from jobs", state)["usd"][0] or 0.0)
     assert earlier + new_cost <= cap
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_dry_run_shows_the_cap_passed_and_counts_the_priced_stored_answers_as_spent(
+    emu, tmp_path: Path, capsys: pytest.CaptureFixture[str], streamed: bool
+) -> None:
+    """The cap the engine admits under was the cap minus the stored answers' price, and the
+    summary showed that ("cap $-0.03: not one request fits") with an "already spent" that
+    left those answers out. It shows the cap passed, and counts them as spent."""
+    from batchata_df.progress import _cap
+
+    state = tmp_path / "st"
+    rates = (1000.0, 1000.0)
+    params = {"max_tokens": 50, "reasoning_effort": "none"}
+    batch_llm(pl.DataFrame({"text": [f"a{i}" for i in range(5)]}), model="gpt-6-terra",
+              prompt="{text}", state=state, params=params)
+    earlier = _stored_at(state, rates)
+    more = pl.DataFrame({"text": [f"a{i}" for i in range(10)]})
+    for cap in (round(earlier * 0.9, 4), round(earlier + 0.08, 4)):
+        capsys.readouterr()
+        kw: dict[str, object] = {"model": "gpt-6-terra", "prompt": "{text}", "state": state,
+                                 "max_cost_usd": cap, "prices": {"gpt-6-terra": rates},
+                                 "params": params, "dry_run": True, "progress": True}
+        if streamed:
+            batch_llm(more.lazy(), sink=tmp_path / "plan.parquet", **kw)  # type: ignore[arg-type]
+        else:
+            batch_llm(more, **kw)  # type: ignore[arg-type]
+        err = capsys.readouterr().err
+        assert f"already spent or held by batches in flight: ${earlier:,.4f}" in err, err
+        assert f"cap {_cap(cap)}" in err and "cap $-" not in err, (cap, err)
+        if cap < earlier:
+            assert f"cap {_cap(cap)}: not one request fits" in err, err
+    assert len(emu.billing()) == 5
+
+
+def test_the_serialised_warning_names_the_cap_passed(emu, tmp_path: Path) -> None:
+    """CapSerialisedWarning named the cap less the stored answers' price."""
+    state = tmp_path / "st"
+    rates = (1000.0, 1000.0)
+    params = {"max_tokens": 50, "reasoning_effort": "none"}
+    batch_llm(pl.DataFrame({"text": [f"a{i}" for i in range(5)]}), model="gpt-6-terra",
+              prompt="{text}", state=state, params=params)
+    cap = round(_stored_at(state, rates) + 0.08, 4)
+    with pytest.warns(CapSerialisedWarning) as seen:
+        batch_llm(pl.DataFrame({"text": [f"a{i}" for i in range(10)]}), model="gpt-6-terra",
+                  prompt="{text}", state=state, params=params, max_cost_usd=cap,
+                  prices={"gpt-6-terra": rates})
+    message = str(seen[0].message)
+    assert message.startswith(f"max_cost_usd={cap:g} serialised this run"), (cap, message)
