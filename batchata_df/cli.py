@@ -271,7 +271,9 @@ def _csv_broken_line(files: Sequence[Path]) -> tuple[Path, int, str] | None:
     every line decoded as UTF-8 (a line holds whole characters: no UTF-8 sequence contains
     a newline byte), then the rows parsed by :mod:`csv` with Polars' quoting (``"``, a
     doubled ``""`` inside quotes), each row's fields counted against the header's. A row
-    that spans lines (a quoted line break) is named by the line it starts on.
+    that spans lines (a quoted line break) is named by the line it starts on; text after
+    its closing quote by the line that quote is on. :mod:`csv`'s field size limit (128K
+    characters, which Polars does not have) is lifted while reading, and put back.
 
     Examples
     --------
@@ -283,37 +285,55 @@ def _csv_broken_line(files: Sequence[Path]) -> tuple[Path, int, str] | None:
     >>> _ = (folder / "b.csv").write_bytes(b'id,text\n1,a\n2,"b\n3,c\n')
     >>> _csv_broken_line([folder / "b.csv"])[1:]
     (3, 'a quote opened here is never closed')
-    """
+    >>> _ = (folder / "c.csv").write_text('id,text\n1,"two\nlines" and more\n2,b\n')
+    >>> _csv_broken_line([folder / "c.csv"])[1:]
+    (3, 'text after a closing quote (a quote inside a field is written ""; the field opened on line 2)')
+    """  # noqa: E501
     import csv
 
-    for file in files:
+    limit = csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    try:
+        for file in files:
+            found = _csv_broken_line_of(file)
+            if found is not None:
+                return found
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    finally:
+        csv.field_size_limit(limit)
+    return None
+
+
+def _csv_broken_line_of(file: Path) -> tuple[Path, int, str] | None:
+    """:func:`_csv_broken_line` of one file (``None``: nothing found)."""
+    import csv
+
+    with open(file, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return file, number, f"byte {e.start + 1} of the line is not UTF-8"
+    with open(file, encoding="utf-8", newline="") as text:
+        reader = csv.reader(text, strict=True)
+        header = next(reader, None)
+        width = len(header) if header is not None else 0
+        start = reader.line_num + 1
         try:
-            with open(file, "rb") as handle:
-                for number, raw in enumerate(handle, 1):
-                    try:
-                        raw.decode("utf-8")
-                    except UnicodeDecodeError as e:
-                        return file, number, f"byte {e.start + 1} of the line is not UTF-8"
-            with open(file, encoding="utf-8", newline="") as text:
-                reader = csv.reader(text, strict=True)
-                header = next(reader, None)
-                width = len(header) if header is not None else 0
+            for row in reader:
+                if len(row) > width:
+                    what = f"{len(row)} fields, the header has {width}"
+                    return file, start, what
                 start = reader.line_num + 1
-                try:
-                    for row in reader:
-                        if len(row) > width:
-                            what = f"{len(row)} fields, the header has {width}"
-                            return file, start, what
-                        start = reader.line_num + 1
-                except csv.Error as e:
-                    if reader.line_num > start or "end of data" in str(e):
-                        return file, start, "a quote opened here is never closed"
-                    if "expected after" in str(e):
-                        what = 'text after a closing quote (a quote inside a field is written "")'
-                        return file, reader.line_num, what
-                    return file, reader.line_num, str(e)
-        except (OSError, UnicodeDecodeError, csv.Error):
-            return None
+        except csv.Error as e:
+            if "expected after" in str(e):
+                what = 'text after a closing quote (a quote inside a field is written ""'
+                if reader.line_num > start:
+                    what += f"; the field opened on line {start}"
+                return file, reader.line_num, what + ")"
+            if "end of data" in str(e):
+                return file, start, "a quote opened here is never closed"
+            return file, reader.line_num, str(e)
     return None
 
 

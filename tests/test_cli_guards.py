@@ -258,6 +258,18 @@ BROKEN_CSV = {
     "text after a closing quote": (b'250,"ticket" 250\n',
                                    '(line 253: text after a closing quote (a quote inside a '
                                    'field is written ""))'),
+    # was "a quote opened here is never closed" on the line the field opened on
+    "text after the closing quote of a field on two lines": (
+        b'250,"ticket\n250" and more\n',
+        '(line 254: text after a closing quote (a quote inside a field is written ""; the '
+        "field opened on line 253))"),
+    # csv's 128K field limit: was "(line 253: field larger than field limit (131072))"
+    "more fields after a field of 140,000 characters": (
+        b'250,"' + b"x" * 140_000 + b'"\n251,ticket 251,extra\n',
+        "(line 254: 3 fields, the header has 2)"),
+    # a short row is read (its missing fields empty): the long row after it is the one
+    "more fields after a short row": (b"250\n251,ticket 251,extra\n",
+                                      "(line 254: 3 fields, the header has 2)"),
 }
 
 
@@ -283,6 +295,23 @@ def test_a_broken_csv_line_far_down_is_a_usage_error_before_anything_is_sent(
     assert "Nothing was sent" in line
     assert emu.log() == []
     assert sorted(p.name for p in work.iterdir()) == ["in.csv", "in.parquet"]
+
+
+def test_the_csv_line_finder_puts_csvs_field_size_limit_back(tmp_path: Path) -> None:
+    """The finder lifts :mod:`csv`'s field size limit to read a long field, and puts it
+    back after, also when it finds nothing or the file cannot be read."""
+    import csv
+
+    from batchata_df.cli import _csv_broken_line
+
+    (tmp_path / "ok.csv").write_text('id,text\n1,"' + "x" * 140_000 + '"\n2,b\n')
+    (tmp_path / "bad.csv").write_text('id,text\n1,"' + "x" * 140_000 + '"\n2,b,c\n')
+    before = csv.field_size_limit()
+    assert _csv_broken_line([tmp_path / "ok.csv"]) is None
+    assert _csv_broken_line([tmp_path / "ok.csv", tmp_path / "bad.csv"]) == (
+        tmp_path / "bad.csv", 3, "3 fields, the header has 2")
+    assert _csv_broken_line([tmp_path / "missing.csv"]) is None
+    assert csv.field_size_limit() == before
 
 
 def test_a_broken_line_in_one_csv_of_a_glob_names_that_file(work, emu):
