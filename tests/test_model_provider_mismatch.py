@@ -39,6 +39,8 @@ def official(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
          "write model='claude-sonnet-4-5' (or 'anthropic:claude-sonnet-4-5')"),
         ("anthropic:gemini-2.5-flash",
          "write model='gemini-2.5-flash' (or 'gemini:gemini-2.5-flash')"),
+        # OpenAI's, but a bare name the provider cannot be told from: the prefix is the fix
+        ("anthropic:codex-mini-latest", "write model='openai:codex-mini-latest'"),
     ],
 )
 def test_another_providers_model_is_refused_before_sending(official, tmp_path, model, fix):
