@@ -49,8 +49,11 @@ EVENTS = [
     _event(8, "j5", "b1", "completed", inp=M, cost=0.5),
     # $0: priced when collected
     _event(9, "j6", "b2", "completed", inp=M, out=M, cost=0.7),
+    # $1: an event after the answer that is not an outcome leaves the answer its latest
+    _event(10, "j8", "b3", "completed", inp=M),
+    _event(11, "j8", "b3", "assigned"),
 ]
-TOTAL = 1.0 + 2.0 + 3.0 + 3.0
+TOTAL = 1.0 + 2.0 + 3.0 + 3.0 + 1.0
 
 
 def _folder(tmp_path: Path, events: list[dict[str, object]]) -> Path:
@@ -79,8 +82,8 @@ def test_a_large_folder_read_in_slices_gives_the_same_total(
 
 
 def test_every_model_without_a_price_is_named(tmp_path: Path) -> None:
-    events = [*EVENTS, _event(10, "j7", "b2", "completed", "my-finetune", inp=M)]
+    events = [*EVENTS, _event(12, "j7", "b2", "completed", "my-finetune", inp=M)]
     with pytest.raises(PriceError) as info:
         check_spend_is_priced(_folder(tmp_path, events), {})
-    assert "(4 of gpt-6-terra, 1 of my-finetune:" in str(info.value), info.value
-    assert (info.value.model, info.value.stored) == ("gpt-6-terra", 4)
+    assert "(5 of gpt-6-terra, 1 of my-finetune:" in str(info.value), info.value
+    assert (info.value.model, info.value.stored) == ("gpt-6-terra", 5)
