@@ -199,6 +199,8 @@ def stream_llm(
         provider_patience_s=patience_s,
     )
 
+    recorded = fr._recorded_lookup(state, fingerprint, retry_failed=retry_failed)
+
     def jobs_of(chunk: pl.DataFrame) -> pl.DataFrame:
         jobs = build_jobs(
             chunk, model=model, prompt=prompt, system=system, salt=salt, scheme=scheme,
@@ -208,7 +210,7 @@ def stream_llm(
             from batchata_df.files import attach_files
 
             jobs = attach_files(jobs, chunk, files, salt=salt, scheme=scheme)
-        return fr._over_window(jobs, spec)
+        return fr._over_window(jobs, spec, recorded)
 
     # A dry run's expected cost learns from the answers already in the folder, as in memory.
     observed = fr._observed(state, fingerprint) if dry_run else None

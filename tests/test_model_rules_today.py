@@ -57,8 +57,9 @@ def openai_error(body: dict[str, Any]) -> dict[str, Any]:
 
 def unsupported_value(effort: str, model: str, allowed: str) -> dict[str, Any]:
     return {
-        "message": f"Unsupported value: '{effort}' is not supported with the '{model}' model. "
-        f"Supported values are: {allowed}.",
+        # Chat Completions' wording (egoist/chatwise-releases#1257, livekit/agents#3966).
+        "message": f"Unsupported value: 'reasoning_effort' does not support '{effort}' with "
+        f"this model. Supported values are: {allowed}.",
         "type": "invalid_request_error",
         "param": "reasoning_effort",
         "code": "unsupported_value",
@@ -126,7 +127,7 @@ def test_what_users_saw_the_batch_ran_and_every_row_failed(emu, tmp_path, monkey
     monkeypatch.setattr(batchata_df.frame, "check_model_params", lambda *a: None)
     out = run("gpt-5.1", tmp_path, params={"reasoning_effort": "xhigh"})
     assert out["_status"].to_list() == ["failed"] * 2
-    assert out["_error"].str.contains("'xhigh' is not supported with the 'gpt-5.1'").all()
+    assert out["_error"].str.contains("'reasoning_effort' does not support 'xhigh' with this").all()
 
 
 # -- 2. the -chat-latest models -----------------------------------------------------------
