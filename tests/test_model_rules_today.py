@@ -740,3 +740,17 @@ def test_gpt_5_chat_latest_has_a_128k_window_in_the_client():
 
     assert context_window("openai", "gpt-5-chat-latest") == 128_000
     assert "(128,000 tokens)" in over_window(LONG, "gpt-5-chat-latest")["input_error"][0]
+
+
+def test_windows_from_the_model_pages():
+    from batchata_df.emulator import model_rules
+    from batchata_df.models import context_window
+
+    # OpenAI's GPT-4.1 page: 1,047,576 (genai-prices: 1,000,000); Google's Gemini 2.5 Pro
+    # refusal and Gemini 3 Pro page: 1,048,576 (genai-prices: none).
+    assert context_window("openai", "gpt-4.1-mini") == 1_047_576
+    assert context_window("gemini", "gemini-2.5-pro") == 1_048_576
+    assert context_window("gemini", "gemini-3-pro-preview") == 1_048_576
+    # The emulator agrees with the client on GPT-5.4 mini and nano (400,000).
+    for model in ("gpt-5.4-mini", "gpt-5.4-nano", "gpt-5.4", "gpt-4.1"):
+        assert model_rules.context_window("openai", model) == context_window("openai", model)

@@ -209,6 +209,9 @@ _WINDOWS: Final[tuple[tuple[str, str, int], ...]] = (
     # (provider, model pattern, most input tokens per request), from the providers' own
     # refusals and model pages (the client's numbers come from genai-prices instead):
     ("openai", r"gpt-5(\.\d+)?-chat", 128_000),  # docs.oxen.ai gpt-5-2-chat-latest page
+    # gpt-5.4-mini / nano: 400,000 (docs.oxen.ai gpt-5-4-mini page, openrouter.ai
+    # openai/gpt-5.4-mini; genai-prices 0.2.3 agrees), not GPT-5.4's 1,050,000.
+    ("openai", r"gpt-5\.4-(mini|nano)", 400_000),
     ("openai", r"gpt-5\.[4-9]|gpt-6", 1_050_000),  # developers.openai.com models/gpt-5.4
     ("openai", r"gpt-5", 400_000),  # developers.openai.com models/gpt-5.1, gpt-5-mini
     ("openai", r"gpt-4\.1", 1_047_576),  # developers.openai.com models/gpt-4.1
