@@ -421,8 +421,8 @@ def test_short_rows_are_not_counted(emu, monkeypatch):
 def test_a_row_near_the_window_is_left_to_the_provider_where_the_count_is_approximate(
     emu, tmp_path
 ):
-    # ~220,000 tokens by the client's Claude approximation (which leans high), under
-    # 1.25 x 200,000: sent, and the emulator (like Claude) finds it fits.
+    # ~220,000 tokens by the planner's Claude estimate (which leans high), 132,001 by
+    # o200k_base (the lower bound, under 200,000): sent, and the emulator finds it fits.
     frame = pl.DataFrame({"text": ["short one", "word " * 132_000]})
     out = frame.pipe(batch_llm, model="claude-sonnet-4-5", prompt="{text}", state=tmp_path / "s")
     assert out["_status"].to_list() == ["completed", "completed"]

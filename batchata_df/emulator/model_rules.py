@@ -36,7 +36,8 @@ Gemini
     3.5/3.6 and 3.7 Flash ``MEDIUM``, Flash-Lite ``MINIMAL``, the rest ``HIGH``.
 
 A request longer than the model's context window (:func:`context_window`) is refused per
-request with each provider's wording.
+request with each provider's wording, its tokens counted by :func:`window_tokens` (exact
+for OpenAI with the model's BPE; approximations for Claude and Gemini).
 
 Thinking spends :data:`THOUGHT_TOKENS` per effort, inside the output limit; an output
 limit above the model's ceiling (:func:`max_output`) is refused as the providers do.
@@ -275,9 +276,9 @@ def window_tokens(provider: str, model: str, text: str) -> int:
 
 
 def over_window(provider: str, model: str, text: str, extra: int) -> int | None:
-    """The request's input tokens (:func:`window_tokens` of ``text`` plus ``extra``, the
-    files and the schema) when they exceed ``model``'s window, else ``None``.
+    """The request's input tokens when they exceed ``model``'s window, else ``None``.
 
+    The tokens are :func:`window_tokens` of ``text`` plus ``extra`` (files, schema).
     Usage is still billed as :func:`~batchata_df.emulator.answers.count_tokens`; only the
     refusal counts tokens this way, and only for a text whose UTF-8 bytes could reach the
     window (a BPE token covers at least one byte), so short requests cost one length.
