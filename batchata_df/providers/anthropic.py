@@ -47,6 +47,7 @@ from batchata_df.providers.base import (
     failure_kind,
     history_messages,
     is_blank,
+    json_object,
     json_string,
     kept_response,
     none_true,
@@ -345,6 +346,16 @@ class AnthropicProvider:
                     )
                     .otherwise(user_content)
                 )
+        # The user turn: the prompt as a JSON string is one json_encode of the whole
+        # message (the same bytes as the pieces); blocks (files, a cache split) are pieces.
+        plain_prompt = "content_json" not in jobs.columns and (
+            "cache_split" not in jobs.columns or all_null(jobs, "cache_split")
+        )
+        user_message = (
+            [json_object(role=pl.lit("user"), content=pl.col("prompt"))]
+            if plain_prompt
+            else [pl.lit('{"role":"user","content":'), user_content, pl.lit("}")]
+        )
         line = pl.concat_str(
             [
                 pl.lit('{"custom_id":"'),
@@ -353,9 +364,8 @@ class AnthropicProvider:
                 column_json_string(jobs, "model"),
                 pl.lit(',"messages":['),
                 history_messages(jobs),
-                pl.lit('{"role":"user","content":'),
-                user_content,
-                pl.lit("}]"),
+                *user_message,
+                pl.lit("]"),
                 system,
                 pl.lit(tail),
                 pl.lit("}}"),
