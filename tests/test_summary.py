@@ -150,7 +150,7 @@ PAIR_FIELDS = {k: v for k, v in EVENT.wrapped_strategy.mapping.items() if k != "
 def _history(firsts: list[dict], seconds: list[dict], stamps: list[int | None]) -> pl.DataFrame:
     """Events in seq order: every ``firsts`` event, then the ``seconds`` ones."""
     events = pl.DataFrame([*firsts, *seconds], schema=JOB_EVENTS, orient="row")
-    ts = pl.Series(stamps, dtype=pl.Int64).cast(pl.Datetime("us", "UTC"))
+    ts = pl.Series("ts", stamps, dtype=pl.Int64).cast(pl.Datetime("us", "UTC"))
     return events.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).mul(7).alias("seq"), ts)
 
 
@@ -179,15 +179,19 @@ def test_pairs_are_summarized_without_grouping_to_the_grouping_s_rows(events):
 
     Caught when broken: the earlier event's value taken before the later's, the first /
     last timestamps swapped, the mode not falling back, usage kept for unbilled events,
-    ``n_events`` or ``attempts`` wrong, and the pairs never recognised (``None``).
+    ``n_events`` or ``attempts`` wrong, the pairs never recognised (``None``), and
+    ``summarize`` grouping them anyway.
     """
     paired = summary_module._paired(events)
     assert paired is not None
     assert paired.get_column("job_id").to_list() == events.filter(
         pl.col("status") == "assigned"
     ).get_column("job_id").to_list()
-    assert_frame_equal(_by_job(paired), _by_job(summary_module._grouped(events)))
-    assert_frame_equal(_by_job(summarize(events)), _by_job(summary_module._grouped(events)))
+    grouped_rows = summary_module._grouped(events)
+    assert_frame_equal(_by_job(paired), _by_job(grouped_rows))
+    with pytest.MonkeyPatch.context() as mp:  # summarize takes the pairs: no grouping
+        mp.setattr(summary_module, "_grouped", lambda _: pytest.fail("grouped"))
+        assert_frame_equal(summarize(events), paired)
 
 
 @st.composite
