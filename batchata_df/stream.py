@@ -1074,13 +1074,16 @@ def _write_sink(
                     pl.col(_ERR).alias("input_error"),
                     pl.col(_LATER).alias("later"),
                 )
-                ids = keys.filter(pl.col("input_error").is_null()).get_column("job_id").unique()
+                sendable = keys.filter(pl.col("input_error").is_null())
+                # Each job once: at its first row (the bill's row), as in the sink.
+                first = sendable.filter(~pl.col("later"))
+                ids = sendable.get_column("job_id")
+                if first.height < sendable.height:  # some rows repeat an earlier one's job
+                    ids = ids.unique()
                 with store._reading():
                     events = _conform(index.events(ids, list(JOB_EVENTS)), JOB_EVENTS)
                 states = job_states_of(store, ids, batches, index, events)
-                # Each job once: at its first row (the bill's row), as in the sink.
-                first = keys.filter(pl.col("input_error").is_null() & ~pl.col("later"))
-                if first.height < ids.len():  # some are an earlier row's: summarized there
+                if first.height < ids.len():  # some jobs are an earlier slice's: summarized there
                     events = events.filter(pl.col("job_id").is_in(first["job_id"].implode()))
                 summary.add(events)
                 results = with_unavailable(states, unavailable, _unsent_in(ids, states, unsent))
