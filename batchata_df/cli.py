@@ -247,12 +247,74 @@ def read_frame(path: str | os.PathLike[str]) -> pl.LazyFrame:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         msg = f"cannot read {shown!r} as {kind}: {first}"
         if kind == "csv":
+            where = _csv_broken_line(files) if isinstance(e, pl.exceptions.PolarsError) else None
+            if where is not None:
+                file, line, what = where
+                of = "" if len(files) == 1 else f" of {os.fspath(file)!r}"
+                msg += f" (line {line}{of}: {what})"
             msg += (
                 "; fix the file (UTF-8 text, quotes closed, no row with more fields than "
                 "the header) and run again. Nothing was sent"
             )
         raise UsageProblem(msg) from e
     return lazy
+
+
+def _csv_broken_line(files: Sequence[Path]) -> tuple[Path, int, str] | None:
+    r"""The first broken line of CSV ``files``: file, line and what is wrong (or ``None``).
+
+    The line is 1-based and counted as an editor counts lines; ``None`` when this reading
+    finds nothing wrong.
+
+    Polars says what is wrong but not where (its byte offset is that of its parse chunk).
+    Called only once reading has failed, so the line is found by a second, slower read:
+    every line decoded as UTF-8 (a line holds whole characters: no UTF-8 sequence contains
+    a newline byte), then the rows parsed by :mod:`csv` with Polars' quoting (``"``, a
+    doubled ``""`` inside quotes), each row's fields counted against the header's. A row
+    that spans lines (a quoted line break) is named by the line it starts on.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "a.csv").write_text('id,text\n1,"two\nlines"\n2,b,extra\n')
+    >>> _csv_broken_line([folder / "a.csv"])[1:]
+    (4, '3 fields, the header has 2')
+    >>> _ = (folder / "b.csv").write_bytes(b'id,text\n1,a\n2,"b\n3,c\n')
+    >>> _csv_broken_line([folder / "b.csv"])[1:]
+    (3, 'a quote opened here is never closed')
+    """
+    import csv
+
+    for file in files:
+        try:
+            with open(file, "rb") as handle:
+                for number, raw in enumerate(handle, 1):
+                    try:
+                        raw.decode("utf-8")
+                    except UnicodeDecodeError as e:
+                        return file, number, f"byte {e.start + 1} of the line is not UTF-8"
+            with open(file, encoding="utf-8", newline="") as text:
+                reader = csv.reader(text, strict=True)
+                header = next(reader, None)
+                width = len(header) if header is not None else 0
+                start = reader.line_num + 1
+                try:
+                    for row in reader:
+                        if len(row) > width:
+                            what = f"{len(row)} fields, the header has {width}"
+                            return file, start, what
+                        start = reader.line_num + 1
+                except csv.Error as e:
+                    if reader.line_num > start or "end of data" in str(e):
+                        return file, start, "a quote opened here is never closed"
+                    if "expected after" in str(e):
+                        what = 'text after a closing quote (a quote inside a field is written "")'
+                        return file, reader.line_num, what
+                    return file, reader.line_num, str(e)
+        except (OSError, UnicodeDecodeError, csv.Error):
+            return None
+    return None
 
 
 CSV_HEADER_PROBE_BYTES = 1 << 20
@@ -985,6 +1047,16 @@ def _in_cli_words(state: str | None, lock_timeout: float) -> Iterator[None]:
     except PriceError as e:
         if e.model is None:
             raise
+        if e.stored:
+            msg = (
+                f"--max-cost-usd: the state folder {state!r} holds {_answers(e.stored)} of "
+                f"{e.model!r} stored without a cost (collected when no price was known for "
+                "it), so the cap cannot count what the folder has spent; pass --price "
+                f"{e.model}=INPUT,OUTPUT (batch USD per million input and output tokens) to "
+                "count them at that price, run without --max-cost-usd, or use another "
+                "--state. Nothing was sent"
+            )
+            raise UsageProblem(msg) from e
         needs = {"max_cost_usd": "--max-cost-usd", "dry_run": "--dry-run"}.get(
             e.needed_by or "", e.needed_by or "this run"
         )

@@ -109,7 +109,9 @@ class PriceError(ConfigError):
 
     ``model``, ``provider`` and ``needed_by`` (the argument that needs the price,
     ``"max_cost_usd"`` or ``"dry_run"``) name it when known, so that a caller with other
-    words for the fix (the command line's ``--price``) can say it in them.
+    words for the fix (the command line's ``--price``) can say it in them. ``stored`` is
+    the number of the state folder's answers of ``model`` stored without a cost that a
+    cap needs priced (0: the price is needed for this call's own requests).
     """
 
     def __init__(
@@ -119,11 +121,13 @@ class PriceError(ConfigError):
         model: str | None = None,
         provider: str | None = None,
         needed_by: str | None = None,
+        stored: int = 0,
     ) -> None:
         super().__init__(message)
         self.model = model
         self.provider = provider
         self.needed_by = needed_by
+        self.stored = stored
 
 
 class FileInputError(ConfigError):

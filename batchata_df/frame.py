@@ -37,7 +37,13 @@ from batchata_df.errors import (
 )
 from batchata_df.jobs import ID_SCHEMES, IdScheme, build_jobs, check_param_values, check_params
 from batchata_df.models import DEFAULT_MAX_TOKENS as _DEFAULT_MAX_TOKENS
-from batchata_df.models import check_endpoint, check_model_params, effective_params, family_of
+from batchata_df.models import (
+    check_endpoint,
+    check_model_params,
+    check_provider,
+    effective_params,
+    family_of,
+)
 from batchata_df.providers import SUPPORTED_PARAMS, make_provider
 from batchata_df.providers.base import Provider, RequestSpec
 from batchata_df.redact import scrub, scrubbed
@@ -50,7 +56,7 @@ from batchata_df.state import (
     check_lock_timeout,
     join_by_job,
 )
-from batchata_df.validate import check_mode, check_run_arguments
+from batchata_df.validate import cap_for_engine, check_mode, check_run_arguments
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -341,7 +347,7 @@ def batch_llm(
     if not isinstance(frame, pl.DataFrame):
         msg = f"batch_llm takes a polars DataFrame or LazyFrame, got {type(df).__name__}"
         raise ConfigError(msg)
-    time_limit_s, patience_s = check_run_arguments(
+    time_limit_s, patience_s, stored_unpriced = check_run_arguments(
         max_cost_usd=max_cost_usd,
         time_limit=time_limit,
         items_per_batch=items_per_batch,
@@ -407,6 +413,7 @@ def batch_llm(
         jobs = attach_files(jobs, frame, files, salt=salt, scheme=scheme)
         spec = dataclasses.replace(spec, prepare=content_preparer(citations=citations))
 
+    jobs = _over_window(jobs, spec)
     sendable = _sendable(jobs)
     realtime_jobs = None
     if dry_run or max_cost_usd is not None:
@@ -423,7 +430,8 @@ def batch_llm(
         wait=wait,
         time_limit_s=time_limit_s,
         retry_failed=retry_failed,
-        max_cost_usd=max_cost_usd,
+        # The folder's answers stored without a cost, priced now, count as spent.
+        max_cost_usd=cap_for_engine(max_cost_usd, stored_unpriced),
         provider_patience_s=patience_s,
     )
     if dry_run:
@@ -470,7 +478,7 @@ def batch_llm(
                     else:
                         results = engine.run(sendable)
                 _warn_unavailable(results)
-                _warn_serialised(engine, sendable, results, max_cost_usd)
+                _warn_serialised(engine, sendable, results, options.max_cost_usd)
             # Only the keys are needed from here on: let the prompts (and file payloads) go.
             keys = jobs.select("job_id", "input_error")
             del jobs, sendable, engine
@@ -1165,6 +1173,7 @@ def _check_models(
 ) -> None:
     """Every model of the run takes ``params`` and the features asked for, before spend."""
     for provider, model in _model_pairs(jobs):
+        check_provider(str(provider), str(model))
         check_endpoint(str(provider), str(model))
         check_model_params(str(provider), str(model), params)
         family = family_of(str(provider), str(model))
@@ -1175,6 +1184,110 @@ def _check_models(
             )
             raise SchemaError(msg)
 
+
+
+APPROX_WINDOW_MARGIN = 1.25
+"""Where the input count is an approximation (Anthropic, Gemini: :mod:`batchata_df.tokens`
+leans high, ~17 % on English prose for Claude), a row is refused only above this many
+times the context window; nearer the edge the provider decides (its refusal then comes
+back as that row's error, unbilled)."""
+
+
+def _over_window(jobs: pl.DataFrame, spec: RequestSpec) -> pl.DataFrame:
+    """Fail rows whose request cannot fit the model's context window, without sending them.
+
+    Each such row gets an ``input_error`` (and no ``job_id``), like a row with a null
+    prompt: a run of a million rows with a few over-long ones answers the rest and shows
+    which rows were too long and why, instead of refusing the whole run (or sending the
+    rows and having each one refused by the provider after the batch ran, as
+    ``context_length_exceeded`` / ``prompt is too long`` / ``The input token count ...
+    exceeds the maximum``). The window is :func:`batchata_df.models.context_window`; the
+    count is the planner's estimate (:func:`batchata_df.tokens.estimate_request_tokens`),
+    computed only for rows whose bytes could reach the window (a token covers at least
+    one byte of text), so a run of short rows pays one string-length pass per model.
+
+    Examples
+    --------
+    >>> from batchata_df.schema import AnswerSchema
+    >>> jobs = pl.DataFrame({"job_id": ["a", "b"], "provider": ["openai"] * 2,
+    ...     "model": ["gpt-4o-mini"] * 2, "prompt": ["hi", "word " * 140_000],
+    ...     "system": [None, None], "input_error": [None, None]},
+    ...     schema_overrides={"system": pl.String, "input_error": pl.String})
+    >>> out = _over_window(jobs, RequestSpec(AnswerSchema(None), {}))
+    >>> out["job_id"].to_list(), out["input_error"][1]  # doctest: +NORMALIZE_WHITESPACE
+    (['a', None], "input: the request is 140,007 tokens, over the context window of
+    'gpt-4o-mini' (128,000 tokens); shorten the prompt or use a model with a larger window")
+    """
+    from batchata_df.models import context_window
+    from batchata_df.tokens import estimate_request_tokens, estimate_tokens, is_exact
+
+    refused: list[pl.DataFrame] = []
+    schema = spec.schema.json_schema
+    schema_text = json.dumps(schema) if schema else ""
+    if spec.citations and schema:
+        schema_text = instruction(schema)
+    for provider, model in _model_pairs(jobs):
+        window = context_window(str(provider), str(model))
+        if window is None:
+            continue
+        exact = is_exact(str(provider), str(model))
+        limit = window if exact else int(window * APPROX_WINDOW_MARGIN)
+        sized = pl.col("prompt").str.len_bytes().fill_null(0) + pl.col(
+            "system"
+        ).str.len_bytes().fill_null(0)
+        if "history" in jobs.columns:  # its turns' bytes, and framing per turn
+            sized = sized + pl.col("history").list.eval(
+                pl.element().struct.field("content").str.len_bytes().fill_null(0) + 16
+            ).list.sum().fill_null(0)
+        maybe = sized + len(schema_text.encode()) + 64 > limit
+        if "files" in jobs.columns:  # pages and images are not bytes of text: count them
+            maybe = maybe | pl.col("files").is_not_null()
+        ours = (pl.col("provider") == provider) & (pl.col("model") == model)
+        rows = jobs.with_row_index("_row").filter(
+            ours & pl.col("input_error").is_null() & maybe
+        )
+        if not rows.height:
+            continue
+        extra = 0
+        if schema_text:
+            extra = int(estimate_tokens(pl.Series([schema_text]), str(provider), str(model))[0])
+        tokens = estimate_request_tokens(
+            rows.get_column("prompt"), str(provider), str(model),
+            system=rows.get_column("system"), extra_tokens=extra,
+        )  # fmt: skip
+        if "history" in rows.columns:
+            from batchata_df.tokens import history_tokens
+
+            tokens = tokens + history_tokens(rows.get_column("history"), str(provider), str(model))
+        if "files" in rows.columns:
+            from batchata_df.files import file_tokens
+
+            tokens = tokens + file_tokens(rows.get_column("files"), str(provider), str(model))
+        over = rows.select("_row").with_columns(tokens.alias("_tokens")).filter(
+            pl.col("_tokens") > limit
+        )
+        if over.height:
+            about = "" if exact else "~"
+            refused.append(over.select(
+                "_row",
+                pl.format(
+                    "input: the request is {} tokens, over the context window of {} ({} "
+                    "tokens); shorten the prompt or use a model with a larger window",
+                    pl.lit(about) + pl.col("_tokens").map_elements(
+                        lambda n: f"{n:,}", return_dtype=pl.String
+                    ),
+                    pl.lit(repr(str(model))),
+                    pl.lit(f"{window:,}"),
+                ).alias("_why"),
+            ))  # fmt: skip
+    if not refused:
+        return jobs
+    why = pl.concat(refused)
+    joined = jobs.with_row_index("_row").join(why, on="_row", how="left").drop("_row")
+    return joined.with_columns(
+        pl.coalesce("input_error", "_why").alias("input_error"),
+        pl.when(pl.col("_why").is_null()).then(pl.col("job_id")).alias("job_id"),
+    ).drop("_why")
 
 
 def _check_outputs(

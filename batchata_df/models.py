@@ -52,6 +52,7 @@ the model's output ceiling.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -67,9 +68,11 @@ __all__ = [
     "EFFORTS",
     "FAMILIES",
     "Family",
+    "anthropic_budget",
     "capabilities_table",
     "check_endpoint",
     "check_model_params",
+    "check_provider",
     "context_window",
     "default_max_tokens",
     "effective_params",
@@ -168,6 +171,8 @@ class Family:
     off_switch: str = "disabled"
     """Anthropic: the ``thinking.type`` that turns thinking off."""
     max_output_tokens: int = 4096
+    context: int | None = None
+    """Input tokens per request, where genai-prices' number is wrong (else genai-prices')."""
     structured_output: bool = True
     pdf: bool = True
     images: bool = True
@@ -181,7 +186,7 @@ class Family:
 
 _PAI = "pydantic-ai-slim 2.68.0 pydantic_ai/profiles/"
 _OAI_DOCS = "https://developers.openai.com/api/docs/models/"
-_ALL_OPENAI: tuple[Effort, ...] = ("minimal", "low", "medium", "high", "xhigh")
+_G = "https://docs.cloud.google.com/gemini-enterprise-agent-platform/models/guides/gemini-3-5-flash"
 _OPENAI_5_6: tuple[Effort, ...] = ("low", "medium", "high", "xhigh")
 _ANTHROPIC_NEW: tuple[Effort, ...] = ("low", "medium", "high", "xhigh", "max")
 _ANTHROPIC_46: tuple[Effort, ...] = ("low", "medium", "high", "max")
@@ -224,11 +229,51 @@ FAMILIES: tuple[Family, ...] = (
         sources=(f"{_PAI}openai.py _REASONING_SUPPORT_BY_PREFIX['gpt-5.6'], ['gpt-5.5']",),
     ),
     Family(
-        "openai", "GPT-5.1 to GPT-5.4", r"gpt-5\.[1-4]", ("gpt-5.4", "gpt-5.4-mini"),
+        "openai", "GPT-5.1 to 5.3 Chat", r"gpt-5\.\d+-chat", ("gpt-5.1-chat-latest",
+                                                              "gpt-5.2-chat-latest"),
+        thinking="openai", thinks_by_default=True, default_effort="medium", can_disable=False,
+        efforts=("medium",), sampling="not_thinking", max_output_tokens=16_384, context=128_000,
+        sources=(f"{_PAI}openai.py _REASONING_SUPPORT_BY_PREFIX['gpt-5.1-chat'] ('always reason "
+                 "at a fixed medium effort: they reject sampling parameters and any other "
+                 "reasoning.effort value, including none', live-verified 2026-07)",
+                 "https://github.com/Laisky/one-api/issues/266 and /285 (\"Unsupported value: "
+                 "'high' is not supported with the 'gpt-5.1-chat-latest' model. Supported values "
+                 "are: 'medium'.\")",
+                 "https://docs.oxen.ai/inference-api/reference/models/gpt-5-2-chat-latest.md "
+                 "(128,000 context, 16,384 max output tokens; genai-prices 0.2.3 says 400,000 "
+                 "for 5.1/5.2)"),
+    ),
+    Family(
+        "openai", "GPT-5 Chat", r"gpt-5-chat", ("gpt-5-chat-latest",), max_output_tokens=16_384,
+        context=128_000,
+        sources=("https://vercel.com/ai-gateway/models/gpt-5-chat/faq (128K context; "
+                 "genai-prices 0.2.3 says 400,000, the GPT-5 reasoning models' window)",
+                 f"{_PAI}openai.py _REASONING_SUPPORT_BY_PREFIX['gpt-5-chat'] (_NO_REASONING: "
+                 "'gpt-5-chat-latest doesn't reason at all')",),
+    ),
+    Family(
+        "openai", "GPT-5.1", r"gpt-5\.1", ("gpt-5.1",),
         thinking="openai", thinks_by_default=False, default_effort="none",
-        efforts=_ALL_OPENAI, sampling="not_thinking", max_output_tokens=128_000,
+        efforts=("low", "medium", "high"), sampling="not_thinking", max_output_tokens=128_000,
         sources=(f"{_PAI}openai.py _OPT_IN_REASONING (reasoning off by default, sampling "
-                 "parameters allowed with effort 'none')",),
+                 "parameters allowed with effort 'none')",
+                 "https://github.com/CortexReach/memory-lancedb-pro/issues/201 and "
+                 "https://github.com/anomalyco/opencode/issues/4451 (\"Unsupported value: "
+                 "'xhigh' [/'minimal'] is not supported with the 'gpt-5.1' model. Supported "
+                 "values are: 'none', 'low', 'medium', and 'high'.\")",
+                 f"{_OAI_DOCS}gpt-5.1 (reasoning.effort none (default), low, medium, high)"),
+    ),
+    Family(
+        "openai", "GPT-5.2 to GPT-5.4", r"gpt-5\.[2-4]", ("gpt-5.2", "gpt-5.4", "gpt-5.4-mini"),
+        thinking="openai", thinks_by_default=False, default_effort="none",
+        efforts=_OPENAI_5_6, sampling="not_thinking", max_output_tokens=128_000,
+        sources=(f"{_PAI}openai.py _OPT_IN_REASONING (reasoning off by default, sampling "
+                 "parameters allowed with effort 'none')",
+                 "https://github.com/CherryHQ/cherry-studio/issues/11864 and /11870 "
+                 "(\"Unsupported value: 'minimal' is not supported with the 'gpt-5.2' model. "
+                 "Supported values are: 'none', 'low', 'medium', 'high', and 'xhigh'.\")",
+                 "https://github.com/anomalyco/models.dev/pull/2351 (GPT-5.4, mini, nano: none, "
+                 "low, medium, high, xhigh)"),
     ),
     Family(
         "openai", "GPT-5", r"gpt-5", ("gpt-5", "gpt-5-mini", "gpt-5-nano"),
@@ -247,6 +292,16 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "openai", "GPT-4.1", r"gpt-4\.1", ("gpt-4.1", "gpt-4.1-mini"), max_output_tokens=32_768,
         sources=(f"{_OAI_DOCS}gpt-4.1 (32,768 max output tokens; no reasoning)",),
+    ),
+    Family(
+        "openai", "GPT-4 Turbo, GPT-4, GPT-3.5 Turbo",
+        r"gpt-3\.5|gpt-4(-turbo|-\d{4}|-32k|$)|gpt-4o-2024-05-13",
+        ("gpt-4-turbo", "gpt-3.5-turbo"), structured_output=False,
+        sources=("https://reference.langchain.com/javascript/langchain-openai/ChatOpenAI/"
+                 "withStructuredOutput (json_schema 'only supported with the gpt-4o-mini, "
+                 "gpt-4o-mini-2024-07-18, and gpt-4o-2024-08-06 model snapshots and later')",
+                 "https://github.com/langchain-ai/langchain/issues/31490 (\"Invalid parameter: "
+                 "'response_format' of type 'json_schema' is not supported with this model.\")"),
     ),
     Family(
         "openai", "other OpenAI models", r"", ("gpt-4o",), max_output_tokens=16_384,
@@ -307,11 +362,32 @@ FAMILIES: tuple[Family, ...] = (
                  "top_p)", "anthropic 2.14 types/thinking_config_enabled_param.py"),
     ),
     Family(
-        "anthropic", "Claude 4.0, 4.1, 3.7", r"claude-(opus-4|sonnet-4|3-7)",
-        ("claude-sonnet-4-0", "claude-opus-4-1"),
+        "anthropic", "Claude Opus 4.1", r"claude-opus-4-1", ("claude-opus-4-1",),
         thinking="anthropic_budget", efforts=_ANTHROPIC_BUDGET, max_output_tokens=32_000,
         citations=True,
-        sources=("https://platform.claude.com/docs/en/build-with-claude/extended-thinking",),
+        sources=("https://platform.claude.com/docs/en/build-with-claude/extended-thinking",
+                 "docs.rs mixtape-core models/claude.rs (Opus 4 and 4.1: 32,000 output tokens)",
+                 f"{_PAI}anthropic.py models_that_support_json_schema_output (claude-opus-4-1 "
+                 "is in it; https://github.com/vercel/ai/pull/10502: structured outputs "
+                 "launched for Sonnet 4.5 and Opus 4.1)"),
+    ),
+    Family(
+        "anthropic", "Claude Opus 4", r"claude-opus-4", ("claude-opus-4-0",),
+        thinking="anthropic_budget", efforts=_ANTHROPIC_BUDGET, max_output_tokens=32_000,
+        structured_output=False, citations=True,
+        sources=("https://platform.claude.com/docs/en/build-with-claude/extended-thinking",
+                 "docs.rs mixtape-core models/claude.rs (32,000 output tokens)",
+                 f"{_PAI}anthropic.py models_that_support_json_schema_output (not listed)"),
+    ),
+    Family(
+        "anthropic", "Claude Sonnet 4, Sonnet 3.7", r"claude-(sonnet-4|3-7)",
+        ("claude-sonnet-4-0", "claude-3-7-sonnet-latest"),
+        thinking="anthropic_budget", efforts=_ANTHROPIC_BUDGET, max_output_tokens=64_000,
+        structured_output=False, citations=True,
+        sources=("https://platform.claude.com/docs/en/build-with-claude/extended-thinking",
+                 "docs.rs mixtape-core models/claude.rs (Sonnet 4 and 3.7: 64,000 output "
+                 "tokens)",
+                 f"{_PAI}anthropic.py models_that_support_json_schema_output (not listed)"),
     ),
     Family(
         "anthropic", "other Claude models", r"", ("claude-3-5-haiku-latest",),
@@ -336,26 +412,65 @@ FAMILIES: tuple[Family, ...] = (
                  "google-genai 3.6.1 types.py ThinkingConfig.thinking_budget"),
     ),
     Family(
+        "gemini", "Gemini 3 Pro", r"gemini-3-pro", ("gemini-3-pro-preview",),
+        thinking="gemini_level", thinks_by_default=True, default_effort="high", can_disable=False,
+        efforts=("low", "high"), max_output_tokens=65_536,
+        sources=("https://github.com/egoist/chatwise-releases/issues/1206 (\"Thinking level "
+                 "MEDIUM is not supported for this model. Please retry with other thinking "
+                 "level.\", 400 INVALID_ARGUMENT)",
+                 "https://github.com/langchain-ai/langchainjs/pull/10101 (MEDIUM came with "
+                 "3.1 Pro)", f"{_PAI}google.py _MODELS_WITHOUT_MINIMAL_THINKING_LEVEL"),
+    ),
+    Family(
         "gemini", "Gemini 3.x Pro, Gemini 4", r"gemini-(3[\d.]*-pro|4)",
         ("gemini-3.1-pro-preview", "gemini-4-argon"),
         thinking="gemini_level", thinks_by_default=True, default_effort="high", can_disable=False,
         efforts=_GEMINI_LEVELS_3, max_output_tokens=65_536,
         sources=(f"{_PAI}google.py _MODEL_THINKING_LEVELS (LOW/MEDIUM/HIGH), "
-                 "thinking_always_enabled", "google-genai 3.6.1 types.py ThinkingLevel"),
+                 "thinking_always_enabled", "google-genai 3.6.1 types.py ThinkingLevel",
+                 f"{_G} (3.1 Pro: LOW, MEDIUM, HIGH; default HIGH)"),
     ),
     Family(
-        "gemini", "Gemini 3.7+ Flash", r"gemini-3\.([7-9]|\d\d)", ("gemini-3.8-flash",),
+        "gemini", "Gemini 3.x Flash-Lite", r"gemini-3(\.\d+)?-flash-lite",
+        ("gemini-3.1-flash-lite", "gemini-3.5-flash-lite"),
+        thinking="gemini_level", thinks_by_default=True, default_effort="minimal",
+        can_disable=False, efforts=_GEMINI_LEVELS_4, max_output_tokens=65_536,
+        sources=(f"{_G} (3.1 Flash-Lite: MINIMAL, LOW, MEDIUM, HIGH; default MINIMAL)",
+                 "https://docs.cloud.google.com/gemini-enterprise-agent-platform/models/gemini/"
+                 "3-5-flash-lite (3.5 Flash-Lite thinks minimally by default)"),
+    ),
+    Family(
+        "gemini", "Gemini 3.7 Flash", r"gemini-3\.7", ("gemini-3.7-flash",),
+        thinking="gemini_level", thinks_by_default=True, default_effort="medium",
+        can_disable=False, efforts=_GEMINI_LEVELS_3, max_output_tokens=65_536,
+        sources=("https://ai.google.dev/gemini-api/docs/generate-content/whats-new-gemini-3.7 "
+                 "(default thinking level medium; low, medium, high)",
+                 f"{_PAI}google.py _MODELS_WITHOUT_MINIMAL_THINKING_LEVEL"),
+    ),
+    Family(
+        "gemini", "Gemini 3.8+ Flash", r"gemini-3\.([89]|\d\d)", ("gemini-3.8-flash",),
         thinking="gemini_level", thinks_by_default=True, default_effort="high", can_disable=False,
         efforts=_GEMINI_LEVELS_3, max_output_tokens=65_536,
-        sources=(f"{_PAI}google.py _MODEL_THINKING_LEVELS['gemini-3.7-flash'] (no MINIMAL)",),
+        sources=("https://github.com/dzivkovi/video-intel/releases/tag/v2.7.1 (3.8 Flash "
+                 "rejects MINIMAL with a 400, as 3.7 does; its default level is not found in "
+                 "the docs read: 'high' keeps the default max_tokens on the safe side)",),
     ),
     Family(
-        "gemini", "Gemini 3.x Flash", r"gemini-3", ("gemini-3.5-flash", "gemini-3.1-flash-lite"),
+        "gemini", "Gemini 3.5, 3.6 Flash", r"gemini-3\.[56]", ("gemini-3.5-flash",
+                                                                "gemini-3.6-flash"),
+        thinking="gemini_level", thinks_by_default=True, default_effort="medium",
+        can_disable=False, efforts=_GEMINI_LEVELS_4, max_output_tokens=65_536,
+        sources=(f"{_G} (3.5 Flash: MINIMAL, LOW, MEDIUM, HIGH; default MEDIUM; 3.5 is "
+                 "routed to 3.6)", "google-genai 3.6.1 types.py ThinkingLevel"),
+    ),
+    Family(
+        "gemini", "Gemini 3 Flash", r"gemini-3", ("gemini-3-flash-preview",),
         thinking="gemini_level", thinks_by_default=True, default_effort="high", can_disable=False,
         efforts=_GEMINI_LEVELS_4, max_output_tokens=65_536,
         sources=("https://ai.google.dev/gemini-api/docs/thinking (thinkingLevel; Gemini 3 uses "
                  "levels, not budgets; MINIMAL is the least)",
-                 "google-genai 3.6.1 types.py ThinkingLevel"),
+                 "https://hexdocs.pm/gemini_ex/Gemini.Types.Enums.ThinkingLevel.html (Gemini 3 "
+                 "Flash: minimal, low, medium, high; high the default)"),
     ),
     Family(
         "gemini", "other Gemini models", r"", ("gemini-2.0-flash",), max_output_tokens=8192,
@@ -394,6 +509,25 @@ def thinks(family: Family, params: Mapping[str, Any]) -> bool:
     return family.thinking != "none" and effort_of(family, params) != "none"
 
 
+def anthropic_budget(family: Family, effort: str) -> int:
+    """``budget_tokens`` for a budget-thinking Claude model at ``effort``.
+
+    :data:`ANTHROPIC_BUDGETS`, capped so that the budget plus the answer's 4,096 fit under
+    the model's output ceiling: the API refuses a budget that is not below ``max_tokens``
+    ("`max_tokens` must be greater than `thinking.budget_tokens`."), and ``max_tokens``
+    cannot exceed the ceiling, so on Opus 4 / 4.1 (32,000) ``xhigh`` and ``max`` think with
+    27,904 tokens instead of 32,768 (which no request could carry).
+
+    Examples
+    --------
+    >>> anthropic_budget(family_of("anthropic", "claude-opus-4-1"), "max")
+    27904
+    >>> anthropic_budget(family_of("anthropic", "claude-sonnet-4-5"), "max")
+    32768
+    """
+    return min(ANTHROPIC_BUDGETS[effort], family.max_output_tokens - DEFAULT_MAX_TOKENS)
+
+
 def default_max_tokens(family: Family, params: Mapping[str, Any]) -> int:
     """``max_tokens`` when ``params`` sets none: room for the answer and for thinking.
 
@@ -411,7 +545,7 @@ def default_max_tokens(family: Family, params: Mapping[str, Any]) -> int:
         return min(DEFAULT_MAX_TOKENS, family.max_output_tokens)
     effort = effort_of(family, params)
     if family.thinking == "anthropic_budget":
-        value = ANTHROPIC_BUDGETS[effort] + DEFAULT_MAX_TOKENS
+        value = anthropic_budget(family, effort) + DEFAULT_MAX_TOKENS
     else:
         value = DEFAULT_MAX_TOKENS_BY_EFFORT[effort]
     return min(value, family.max_output_tokens)
@@ -430,13 +564,19 @@ def _refuse(model: str, family: Family, param: str, why: str, fix: str) -> Param
     return ParamError(msg, model=model, param=param)
 
 
-OPENAI_RESPONSES_ONLY = re.compile(r"^(o1-pro|o3-pro|gpt-5(\.\d+)?-pro)(-|$)")
-"""OpenAI models served by the Responses API only: OpenAI's model pages for o1-pro, o3-pro
-and gpt-5-pro say each is "available in the Responses API only", and chat completions
-answer "This model is only supported in v1/responses and not in v1/chat/completions."
-(run-llama/llama_index pull 21922, which also lists gpt-5.2-pro and gpt-5.4-pro;
-langchain-ai/langchain pull 34306 for gpt-5.2-pro). batchata-df sends OpenAI batches to
-``/v1/chat/completions``."""
+OPENAI_RESPONSES_ONLY = re.compile(
+    r"^(o1-pro|o3-pro|gpt-5(\.\d+)?-(pro|codex)|codex-mini)(-|$)"
+)
+"""OpenAI models served by the Responses API only. The -pro models: OpenAI's model pages for
+o1-pro, o3-pro and gpt-5-pro say each is "available in the Responses API only", and chat
+completions answer "This model is only supported in v1/responses and not in
+v1/chat/completions." (run-llama/llama_index pull 21922, which also lists gpt-5.2-pro and
+gpt-5.4-pro; langchain-ai/langchain pull 34306 for gpt-5.2-pro). The codex models
+(gpt-5-codex, gpt-5.1-codex, -max, -mini, gpt-5.2-codex, gpt-5.3-codex, codex-mini-latest)
+get the same answer: alvinunreal/tmuxai issue 82 (gpt-5-codex), HeyPuter/puter issue 2110
+(gpt-5.1-codex-mini), aaif-goose/goose issue 2564 (codex-mini-latest), MadAppGang/claudish
+pull 174 (gpt-5.3-codex: 404 on /v1/chat/completions). batchata-df sends OpenAI batches to
+``/v1/chat/completions`` only."""
 
 
 def check_endpoint(provider: str, model: str) -> None:
@@ -452,16 +592,118 @@ def check_endpoint(provider: str, model: str) -> None:
 only, and batchata-df sends OpenAI batches to /v1/chat/completions, where every request \
 would fail after the batch ran; use 'gpt-5.4' with params={'reasoning_effort': 'high'} \
 (or 'xhigh') instead
+    >>> check_endpoint("openai", "gpt-5.1-codex-max")
+    Traceback (most recent call last):
+    ...
+    batchata_df.errors.ModelError: model 'gpt-5.1-codex-max' is served by OpenAI's Responses \
+API only, and batchata-df sends OpenAI batches to /v1/chat/completions, where every \
+request would fail after the batch ran; use 'gpt-5.1' with \
+params={'reasoning_effort': 'high'} instead
     """
     name = model.strip().lower().removeprefix("openai:")
     if provider != "openai" or not OPENAI_RESPONSES_ONLY.match(name):
         return
-    base = re.sub(r"-pro(-.*)?$", "", name)
+    base = re.sub(r"-(pro|codex)(-.*)?$", "", name)
+    if name.startswith("codex-mini"):
+        base = "gpt-5-mini"
+    more = " (or 'xhigh')" if "xhigh" in family_of("openai", base).efforts else ""
     msg = (
         f"model {model!r} is served by OpenAI's Responses API only, and batchata-df sends "
         "OpenAI batches to /v1/chat/completions, where every request would fail after the "
-        f"batch ran; use {base!r} with params={{'reasoning_effort': 'high'}} (or 'xhigh') "
-        "instead"
+        f"batch ran; use {base!r} with params={{'reasoning_effort': 'high'}}{more} instead"
+    )
+    raise ModelError(msg)
+
+
+_PROVIDER_NAMES = {"openai": "OpenAI", "anthropic": "Anthropic", "gemini": "Gemini"}
+BASE_URL_VARS = {
+    "openai": "OPENAI_BASE_URL",
+    "anthropic": "ANTHROPIC_BASE_URL",
+    "gemini": "GOOGLE_GEMINI_BASE_URL",
+}
+"""The environment variable that points each provider's SDK at another endpoint."""
+
+
+@lru_cache(maxsize=512)
+def listed_under(provider: str, model: str) -> bool:
+    """Whether genai-prices lists ``model`` under ``provider`` (its own match rules).
+
+    genai-prices' ``google`` list also prices Claude on Vertex AI, which the Gemini API
+    does not serve, so a ``claude`` name is never a Gemini model here.
+
+    Examples
+    --------
+    >>> listed_under("openai", "gpt-4.1-mini"), listed_under("anthropic", "gpt-4.1-mini")
+    (True, False)
+    >>> listed_under("gemini", "claude-sonnet-4-5")
+    False
+    """
+    try:
+        from genai_prices import Usage, calc_price
+    except ImportError:  # pragma: no cover - genai-prices is a core dependency
+        return False
+    name = model.removeprefix("models/") if provider == "gemini" else model
+    if provider == "gemini" and name.lower().startswith("claude"):
+        return False
+    provider_id = {"gemini": "google"}.get(provider, provider)
+    try:
+        calc_price(Usage(input_tokens=1), model_ref=name, provider_id=provider_id)
+    except LookupError:
+        return False
+    return True
+
+
+def _custom_endpoint(provider: str) -> bool:
+    """Whether ``provider``'s SDK is pointed away from the provider (a gateway, a proxy)."""
+    var = BASE_URL_VARS[provider]
+    if os.environ.get(var):
+        return True
+    try:
+        from dotenv import dotenv_values
+    except ImportError:
+        return False
+    return bool(dotenv_values(".env").get(var))  # what the run will load before sending
+
+
+def check_provider(provider: str, model: str) -> None:
+    """Raise :class:`~batchata_df.errors.ModelError` for another provider's model.
+
+    ``"anthropic:gpt-4.1-mini"`` would have every row refused by Anthropic after the
+    batch was created (``not_found_error``); genai-prices, which prices our runs, lists
+    ``gpt-4.1-mini`` under OpenAI only, so this is known before anything is sent. A name
+    genai-prices does not list at all (a new model, a fine-tune) passes: only the provider
+    can tell. So does everything when the provider's base URL is set
+    (:data:`BASE_URL_VARS`): a gateway may serve any model under any protocol.
+
+    Examples
+    --------
+    >>> check_provider("openai", "gpt-4.1-mini")
+    >>> check_provider("anthropic", "my-finetune")
+    >>> check_provider("anthropic", "gpt-4.1-mini")  # doctest: +SKIP
+    Traceback (most recent call last):
+    ...
+    batchata_df.errors.ModelError: model 'gpt-4.1-mini' is OpenAI's (genai-prices lists it \
+under OpenAI, not Anthropic), but the run sends it to Anthropic, whose batch API would fail \
+every row; write model='gpt-4.1-mini' (or 'openai:gpt-4.1-mini')
+    """
+    if provider not in _PROVIDER_NAMES or listed_under(provider, model):
+        return
+    owners = [p for p in _PROVIDER_NAMES if p != provider and listed_under(p, model)]
+    if not owners or _custom_endpoint(provider):
+        return
+    owner = owners[0]
+    prefixed = f"{owner}:{model}"
+    from batchata_df.jobs import parse_model
+
+    try:
+        inferred = parse_model(model)[0] == owner
+    except ModelError:
+        inferred = False
+    fix = f"model={model!r} (or {prefixed!r})" if inferred else f"model={prefixed!r}"
+    msg = (
+        f"model {model!r} is {_PROVIDER_NAMES[owner]}'s (genai-prices lists it under "
+        f"{_PROVIDER_NAMES[owner]}, not {_PROVIDER_NAMES[provider]}), but the run sends it "
+        f"to {_PROVIDER_NAMES[provider]}, whose batch API would fail every row; write {fix}"
     )
     raise ModelError(msg)
 
@@ -565,7 +807,7 @@ def _check_max_tokens(
             f"use max_tokens <= {family.max_output_tokens}",
         )
     if thinking and family.thinking == "anthropic_budget":
-        budget = ANTHROPIC_BUDGETS[effort_of(family, params)]
+        budget = anthropic_budget(family, effort_of(family, params))
         if max_tokens <= budget:
             raise _refuse(
                 model, family, "max_tokens",
@@ -604,12 +846,16 @@ def thinking_fields(provider: str, model: str, params: Mapping[str, Any]) -> dic
         if effort == "none":
             return {"thinking": {"type": family.off_switch}}
         if family.thinking == "anthropic_budget":
-            return {"thinking": {"type": "enabled", "budget_tokens": ANTHROPIC_BUDGETS[effort]}}
+            budget = anthropic_budget(family, effort)
+            return {"thinking": {"type": "enabled", "budget_tokens": budget}}
         return {"thinking": {"type": "adaptive"}, "effort": effort}
     if family.thinking == "gemini_budget":
         budget = 0 if effort == "none" else GEMINI_BUDGETS[effort]
         return {"thinkingConfig": {"thinkingBudget": budget}}
     return {"thinkingConfig": {"thinkingLevel": effort.upper()}}
+
+
+_PROVIDERS = frozenset({"openai", "anthropic", "gemini"})
 
 
 @lru_cache(maxsize=512)
@@ -621,6 +867,9 @@ def context_window(provider: str, model: str) -> int | None:
     >>> context_window("openai", "gpt-6-sol")
     1050000
     """
+    known = family_of(provider, model).context if provider in _PROVIDERS else None
+    if known is not None:
+        return known
     try:
         from genai_prices import Usage, calc_price
     except ImportError:  # pragma: no cover - genai-prices is a core dependency
@@ -641,7 +890,7 @@ def capabilities_table(families: Iterable[Family] = FAMILIES) -> str:
     """
     rows = [
         "| provider | family (e.g.) | sampling parameters | `reasoning_effort` | default "
-        "`max_tokens` | max output | context | PDF / images / citations |",
+        "`max_tokens` | max output | context | JSON schema / PDF / images / citations |",
         "|---|---|---|---|---:|---:|---:|---|",
     ]
     for f in families:
@@ -662,7 +911,8 @@ def capabilities_table(families: Iterable[Family] = FAMILIES) -> str:
             knob = ", ".join(values) + f" (default {f.default_effort})"
         context = context_window(f.provider, f.examples[0])
         docs = "/".join(
-            "yes" if v else "no" for v in (f.pdf, f.images, f.citations)
+            "yes" if v else "no"
+            for v in (f.structured_output, f.pdf, f.images, f.citations)
         )
         example = ", ".join(f"`{e}`" for e in f.examples)
         rows.append(

@@ -59,7 +59,7 @@ from batchata_df.state import (
     WriterLock,
     check_lock_timeout,
 )
-from batchata_df.validate import check_run_arguments
+from batchata_df.validate import cap_for_engine, check_run_arguments
 
 __all__ = ["DEFAULT_CHUNK_ROWS", "stream_llm"]
 
@@ -122,7 +122,7 @@ def stream_llm(
         )
         raise ConfigError(msg)
     _check_writable(sink_path)
-    time_limit_s, patience_s = check_run_arguments(
+    time_limit_s, patience_s, stored_unpriced = check_run_arguments(
         max_cost_usd=max_cost_usd,
         time_limit=time_limit,
         items_per_batch=items_per_batch,
@@ -194,7 +194,8 @@ def stream_llm(
         wait=wait,
         time_limit_s=time_limit_s,
         retry_failed=retry_failed,
-        max_cost_usd=max_cost_usd,
+        # The folder's answers stored without a cost, priced now, count as spent.
+        max_cost_usd=cap_for_engine(max_cost_usd, stored_unpriced),
         provider_patience_s=patience_s,
     )
 
@@ -207,7 +208,7 @@ def stream_llm(
             from batchata_df.files import attach_files
 
             jobs = attach_files(jobs, chunk, files, salt=salt, scheme=scheme)
-        return jobs
+        return fr._over_window(jobs, spec)
 
     # A dry run's expected cost learns from the answers already in the folder, as in memory.
     observed = fr._observed(state, fingerprint) if dry_run else None

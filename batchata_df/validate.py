@@ -21,6 +21,7 @@ import polars as pl
 from batchata_df.errors import ConfigError
 
 __all__ = [
+    "cap_for_engine",
     "check_count",
     "check_flag",
     "check_patience",
@@ -90,6 +91,9 @@ class RunArguments(NamedTuple):
 
     time_limit_s: float | None
     patience_s: float
+    stored_unpriced_usd: float = 0.0
+    """With a cap: what the state folder's answers stored without a cost cost at ``prices``
+    (see :func:`check_spend_is_priced`); the cap counts it as spent."""
 
 
 def check_run_arguments(
@@ -135,49 +139,136 @@ def check_run_arguments(
             f"{params!r}"
         )
         raise ConfigError(msg)
+    stored_unpriced = 0.0
     if max_cost_usd is not None and state is not None:
-        check_spend_is_priced(state)
+        stored_unpriced = check_spend_is_priced(
+            state, prices if isinstance(prices, Mapping) else None
+        )
     time_limit_s = _time_limit_seconds(time_limit)
     if flags.get("wait") is False and state is None:
         msg = "wait=False needs state='some/folder' so that a later call can collect results"
         raise ConfigError(msg)
-    return RunArguments(time_limit_s, patience_s)
+    return RunArguments(time_limit_s, patience_s, stored_unpriced)
 
 
-def check_spend_is_priced(state: str | os.PathLike[str]) -> None:
-    """Refuse a cap on a folder that holds usage billed without a known price.
+def cap_for_engine(max_cost_usd: float | None, stored_unpriced_usd: float) -> float | None:
+    """The cap the engine admits batches under: less what stored answers without a cost cost.
 
-    A call without a cap may run a model the price tables do not know (its cost is left
-    unknown). A cap counts what the folder has spent, and would count those answers as
-    $0: it would let a capped call spend past the cap. Raises :class:`ConfigError` before
-    anything is sent; a folder that cannot be read is left to the call (which says why).
+    Those answers are priced now by :func:`check_spend_is_priced`.
+
+    The engine counts a stored answer's ``cost_usd`` as spent and one without a cost as $0;
+    lowering the cap by what those cost is the same as counting them (room = cap - spent).
+
+    Examples
+    --------
+    >>> cap_for_engine(5.0, 1.25), cap_for_engine(None, 1.25), cap_for_engine(5.0, 0.0)
+    (3.75, None, 5.0)
     """
-    from batchata_df.state import JOB_EVENTS, table_parts
+    if max_cost_usd is None:
+        return None
+    return float(max_cost_usd) - stored_unpriced_usd
+
+
+def check_spend_is_priced(
+    state: str | os.PathLike[str], prices: Mapping[str, Any] | None = None
+) -> float:
+    """Price the folder's answers stored without a cost for a cap; refuse what cannot be.
+
+    A call without a cap may run a model the price tables do not know: its answers are
+    stored without a cost. A cap counts what the folder has spent and would count those as
+    $0, letting a capped call spend past the cap. So they are priced now, as an answer of
+    their model collected now would be: from ``prices`` (the caller's batch price;
+    realtime answers at the realtime rate) or the price tables, which may know the model
+    by now. The cap is then exactly as right as that price, as it is for this call's own
+    answers of the model (a ``prices`` below the provider's real price lets any capped call
+    of an unpriced model overspend; this adds no other way). Counting follows
+    :func:`batchata_df.state.spent_usd`: each billed attempt once, its latest terminal
+    event, in bounded memory.
+
+    Returns
+    -------
+    float
+        What those answers cost, USD (0 when there are none).
+
+    Raises
+    ------
+    PriceError
+        Some of them are of a model with no price in ``prices`` or the tables; nothing was
+        sent. A folder that cannot be read is left to the call (which says why).
+    """
+    from batchata_df.cost import PriceTable, cost_expr
+    from batchata_df.errors import PriceError
+    from batchata_df.state import JOB_EVENTS, SPENT_SLICE_EVENTS, TERMINAL_JOB, table_parts
 
     parts = table_parts(Path(state) / "jobs")
     if not parts:
-        return
+        return 0.0
+    columns = ("seq", "job_id", "batch_key", "status", "provider", "model", "mode",
+               "input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens",
+               "cost_usd")  # fmt: skip
+    billable = (
+        pl.col("batch_key").is_not_null()
+        | pl.col("cost_usd").is_not_null()
+        | pl.col("input_tokens").is_not_null()
+    )
     try:
-        unpriced = (
-            pl.scan_parquet(parts, schema=JOB_EVENTS, missing_columns="insert",
-                            extra_columns="ignore", glob=False)
-            .filter(pl.col("cost_usd").is_null() & (pl.col("input_tokens") > 0))
-            .group_by("model")
-            .agg(pl.col("job_id").n_unique().alias("n"))
-            .sort("model")
-            .collect()
-        )
+        events = pl.scan_parquet(
+            parts, schema=JOB_EVENTS, missing_columns="insert", extra_columns="ignore",
+            glob=False,
+        ).select(*columns)
+        n_events = int(events.select(pl.len()).collect().item())
+        slices = max(1, -(-n_events // SPENT_SLICE_EVENTS))
+        found: list[pl.DataFrame] = []
+        for i in range(slices):
+            part = events
+            if slices > 1:
+                part = events.filter((pl.col("job_id").hash(seed=0) % slices).fill_null(0) == i)
+            found.append(
+                part.filter(pl.col("status").is_in(TERMINAL_JOB) & billable)
+                .with_columns(pl.col("batch_key").fill_null(""))
+                .group_by("job_id", "batch_key")
+                .agg(pl.all().sort_by("seq").last())
+                # the answers a cap would count as $0: usage stored, no cost
+                .filter(
+                    pl.col("cost_usd").is_null()
+                    & ((pl.col("input_tokens") > 0) | (pl.col("output_tokens") > 0))
+                )
+                .drop("seq", "job_id", "batch_key", "status", "cost_usd")
+                .collect()
+            )
     except (pl.exceptions.PolarsError, OSError):
-        return
-    if unpriced.height:
-        what = ", ".join(f"{n} of {m}" for m, n in unpriced.iter_rows())
-        msg = (
-            f"max_cost_usd: the state folder {os.fspath(state)!r} holds answers billed "
-            f"without a known price ({what}: an earlier call ran without a price for "
-            "that model), so a cap cannot count what the folder has spent. Run this folder "
-            "without a cap, or give the capped call a new state folder. Nothing was sent"
+        return 0.0
+    unpriced = pl.concat(found)
+    if not unpriced.height:
+        return 0.0
+    table = PriceTable(dict(prices) if prices else None)
+    realtime = table.realtime()
+    total = 0.0
+    missing: list[tuple[str, int]] = []
+    for (provider, model), group in unpriced.group_by("provider", "model", maintain_order=True):
+        batch_price = table.get(str(provider or ""), str(model))
+        if batch_price is None:
+            missing.append((str(model), group.height))
+            continue
+        at_price = (
+            pl.when(pl.col("mode") == "realtime")
+            .then(cost_expr(realtime.get(str(provider or ""), str(model))))
+            .otherwise(cost_expr(batch_price))
         )
-        raise ConfigError(msg)
+        total += float(group.select(at_price.fill_null(0.0).sum()).item())
+    if missing:
+        model, n = missing[0]
+        what = ", ".join(f"{k} of {m}" for m, k in missing)
+        msg = (
+            f"max_cost_usd: the state folder {os.fspath(state)!r} holds answers stored "
+            f"without a cost ({what}: collected when no price was known for the model), so a "
+            "cap cannot count what the folder has spent. Pass prices={"
+            f"{model!r}: (INPUT_USD, OUTPUT_USD)}} (batch USD per million tokens) to count "
+            "them at that price, run this folder without a cap, or give the capped call a "
+            "new state folder. Nothing was sent"
+        )
+        raise PriceError(msg, model=model, needed_by="max_cost_usd", stored=n)
+    return total
 
 
 def check_price_value(model: str, part: str, value: object) -> float:

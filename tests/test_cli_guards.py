@@ -250,9 +250,14 @@ def test_csv_values_are_sent_and_written_as_the_file_has_them(work, emu, output)
 
 
 BROKEN_CSV = {
-    "more fields than the header": b"250,ticket 250,extra\n",
-    "an unclosed quote": b'250,"ticket 250\n',
-    "bytes that are not UTF-8": b"250,ticket \xff\xfe 250\n",
+    "more fields than the header": (b"250,ticket 250,extra\n",
+                                    "(line 253: 3 fields, the header has 2)"),
+    "an unclosed quote": (b'250,"ticket 250\n', "(line 253: a quote opened here is never closed)"),
+    "bytes that are not UTF-8": (b"250,ticket \xff\xfe 250\n",
+                                 "(line 253: byte 12 of the line is not UTF-8)"),
+    "text after a closing quote": (b'250,"ticket" 250\n',
+                                   '(line 253: text after a closing quote (a quote inside a '
+                                   'field is written ""))'),
 }
 
 
@@ -262,18 +267,33 @@ def test_a_broken_csv_line_far_down_is_a_usage_error_before_anything_is_sent(
 ):
     """A broken line at row 250 failed the run with exit 1 (`ComputeError: ...`) after the
     chunks before it were sent and paid for; the file is parsed whole first, and the run
-    is refused (exit 2) naming the file and the fix, before anything is sent."""
+    is refused (exit 2) naming the file, the line (as an editor numbers it: a quoted line
+    break earlier in the file counts) and the fix, before anything is sent."""
     lines = [b"id,text\n"] + [f"{i},ticket {i}\n".encode() for i in range(300)]
-    lines[251] = BROKEN_CSV[broken]
+    lines[10] = b'9,"ticket\nnine"\n'  # one row on two lines
+    bad, where = BROKEN_CSV[broken]
+    lines[251] = bad  # row 251 of the data, line 253 of the file
     (work / "in.csv").write_bytes(b"".join(lines))
     r = cli(emu, "run", "in.csv", "out.parquet", "--model", "gpt-4.1-mini",
             "--prompt", "{text}", "--chunk-rows", "40", cwd=work)
     line = one_line_error(r, 2)
     assert "cannot read 'in.csv' as csv: " in line, line
+    assert where in line, line
     assert "fix the file (UTF-8 text, quotes closed, no row with more fields" in line
     assert "Nothing was sent" in line
     assert emu.log() == []
     assert sorted(p.name for p in work.iterdir()) == ["in.csv", "in.parquet"]
+
+
+def test_a_broken_line_in_one_csv_of_a_glob_names_that_file(work, emu):
+    (work / "in").mkdir()
+    (work / "in" / "a.csv").write_bytes(b"id,text\n1,a\n2,b\n")
+    (work / "in" / "b.csv").write_bytes(b"id,text\n3,c\n4,d,e\n")
+    r = cli(emu, "run", "in/*.csv", "out.parquet", "--model", "gpt-4.1-mini",
+            "--prompt", "{text}", cwd=work)
+    line = one_line_error(r, 2)
+    assert "(line 3 of 'in/b.csv': 3 fields, the header has 2)" in line, line
+    assert emu.log() == []
 
 
 BROKEN_HEADERS = {
@@ -475,6 +495,35 @@ def test_a_resume_with_price_prices_the_folders_answers_stored_without_a_cost(wo
     assert _near(this_run, stored["cost_usd"].sum()), line
     assert _near(from_price, at_price), (line, at_price)
     assert _near(total, stored["cost_usd"].sum() + at_price), line
+    assert sum(billed(emu).values()) == N
+
+
+def test_a_cap_on_a_folder_with_answers_stored_without_a_cost_names_price(work, emu):
+    """--max-cost-usd on a folder holding answers of an unpriced model was refused even
+    with --price, by a message that named no option. Without --price it names --price;
+    with it, the cap counts those answers at that price (a cap they use up sends nothing)."""
+    from batchata_df import sql
+
+    pl.read_parquet(work / "in.parquet").head(N // 2).write_parquet(work / "half.parquet")
+    args = ["out.parquet", "--model", "gpt-6-terra", "--prompt", "{text}", "--state", "s",
+            "--no-progress", "--max-tokens", "50", "--param", "reasoning_effort=none"]
+    assert cli(emu, "run", "half.parquet", *args, cwd=work).returncode == 0
+    paid = sum(billed(emu).values())
+    line = one_line_error(cli(emu, "run", "in.parquet", *args, "--max-cost-usd", "5",
+                              cwd=work), 2)
+    assert f"holds {N // 2} answers of 'gpt-6-terra' stored without a cost" in line, line
+    assert "pass --price gpt-6-terra=INPUT,OUTPUT" in line, line
+    assert "Nothing was sent" in line
+    assert sum(billed(emu).values()) == paid
+    jobs = sql("select input_tokens, output_tokens from jobs", work / "s")
+    stored = float(((jobs["input_tokens"] + jobs["output_tokens"]) * 1000 / 1e6).sum())
+    price = ["--price", "gpt-6-terra=1000,1000"]
+    r = cli(emu, "run", "in.parquet", *args, *price, "--max-cost-usd", f"{stored * 0.99}",
+            cwd=work)  # counted as $0 they would leave room for most new answers
+    assert r.returncode != 2, r.stderr
+    assert sum(billed(emu).values()) == paid, r.stderr
+    r = cli(emu, "run", "in.parquet", *args, *price, "--max-cost-usd", "1000", cwd=work)
+    assert r.returncode == 0, r.stderr
     assert sum(billed(emu).values()) == N
 
 

@@ -726,19 +726,33 @@ def test_sdk_retries_overloaded_and_the_realtime_endpoint(emu, client):
     Answer.model_validate_json("".join(b.text for b in message.content if b.type == "text"))
 
 
-def test_unknown_model_is_an_errored_not_found(emu, client):
-    batch = client.messages.batches.create(
-        requests=[req("a", model="emulator-unknown-model"), req("b")]
-    )
+@pytest.mark.parametrize(
+    "model", ["emulator-unknown-model", "gpt-4.1-mini", "gemini-2.5-flash", "claude-sonet-4-5"]
+)
+def test_a_model_anthropic_does_not_serve_is_an_errored_not_found(emu, client, model):
+    # The batch is created; the request naming the model ends errored, the others run.
+    batch = client.messages.batches.create(requests=[req("a", model=model), req("b")])
     results = by_id(result_lines(retrieve_raw(client, batch.id)))
     assert results["a"]["type"] == "errored"
-    error = results["a"]["error"]["error"]
-    assert error["type"] == "not_found_error"
-    assert error["message"] == "model: emulator-unknown-model"
+    assert results["a"]["error"]["type"] == "error"
+    assert results["a"]["error"]["error"] == {
+        "type": "not_found_error", "message": f"model: {model}",
+    }
     assert results["b"]["type"] == "succeeded"
-    with pytest.raises(anthropic.NotFoundError):
+    with pytest.raises(anthropic.NotFoundError) as info:
         client.messages.create(
-            model="emulator-unknown-model",
-            max_tokens=10,
-            messages=[{"role": "user", "content": "hi"}],
+            model=model, max_tokens=10, messages=[{"role": "user", "content": "hi"}]
         )
+    assert info.value.status_code == 404
+    assert info.value.body["error"] == {  # type: ignore[index]
+        "type": "not_found_error", "message": f"model: {model}",
+    }
+
+
+def test_dated_snapshots_of_served_claude_models_run(client):
+    batch = client.messages.batches.create(
+        requests=[req("a", model="claude-sonnet-4-5-20250929"),
+                  req("b", model="claude-3-5-haiku-latest")]
+    )
+    results = by_id(result_lines(retrieve_raw(client, batch.id)))
+    assert {k: v["type"] for k, v in results.items()} == {"a": "succeeded", "b": "succeeded"}

@@ -550,15 +550,18 @@ def test_auth_and_error_envelope(emu):
 
 def test_inline_limit_and_bad_input(emu):
     emu.configure(gemini={"max_inline_bytes": 2000})
-    c = client(emu)
-    with pytest.raises(errors.ClientError, match="payload size"):
-        c.batches.create(model="gemini-2.5-flash", src=[{"contents": "x" * 3000}])
-    status, body = raw_json(
-        emu, "POST", "/v1beta/models/m:batchGenerateContent", {"batch": {"inputConfig": {}}}
-    )
-    assert status == 400
-    assert body["error"]["status"] == "INVALID_ARGUMENT"
-    emu.configure(gemini={"max_inline_bytes": 20 * 1024 * 1024})
+    try:  # the limit must not outlive a failure here: later tests share the emulator
+        c = client(emu)
+        with pytest.raises(errors.ClientError, match="payload size"):
+            c.batches.create(model="gemini-2.5-flash", src=[{"contents": "x" * 3000}])
+        status, body = raw_json(
+            emu, "POST", "/v1beta/models/gemini-2.5-flash:batchGenerateContent",
+            {"batch": {"inputConfig": {}}},
+        )
+        assert status == 400
+        assert body["error"]["status"] == "INVALID_ARGUMENT"
+    finally:
+        emu.configure(gemini={"max_inline_bytes": 20 * 1024 * 1024})
 
 
 def test_thoughts_are_reported_and_skipped_by_the_decoder(emu):
@@ -630,13 +633,27 @@ def test_query_key_is_redacted_from_the_log(emu):
     assert all(e["auth"] is True for e in entries)
 
 
-def test_unknown_model_is_a_404(emu):
+@pytest.mark.parametrize(
+    "model", ["emulator-unknown-model", "gpt-4.1-mini", "claude-sonnet-4-5", "gemini-2.5-flesh"]
+)
+def test_a_model_gemini_does_not_serve_is_a_404(emu, model):
+    # claude-sonnet-4-5: genai-prices' Google list prices it (Vertex AI), the Gemini API
+    # does not serve it.
     c = client(emu)
     with pytest.raises(errors.ClientError) as e:
-        c.batches.create(model="emulator-unknown-model", src=[{"contents": "x"}])
+        c.batches.create(model=model, src=[{"contents": "x"}])
     assert e.value.code == 404
     assert e.value.status == "NOT_FOUND"
+    assert e.value.message == (
+        f"models/{model} is not found for API version v1beta, or is not supported for "
+        "batchGenerateContent. Call ListModels to see the list of available models and "
+        "their supported methods."
+    )
     assert list(c.batches.list()) == []
+    with pytest.raises(errors.ClientError) as e:
+        c.models.generate_content(model=model, contents="x")
+    assert e.value.code == 404
+    assert "is not supported for generateContent" in str(e.value.message)
 
 
 def _cached_counts(emu, model, prompts, system=None):
@@ -662,7 +679,7 @@ def test_implicit_cache_reports_the_shared_prefix_above_the_model_minimum(emu):
     assert [u.cached_content_token_count for u in usages] == [0, shared, 0]
     assert usages[1].prompt_token_count > shared  # cached tokens are part of the prompt
     # Gemini 3 needs 4,096 tokens: the same 2,775-token prefix is not cached there.
-    usages = _cached_counts(emu, "gemini-3-flash", [manual + "Q: a?", manual + "Q: b?"])
+    usages = _cached_counts(emu, "gemini-3-flash-preview", [manual + "Q: a?", manual + "Q: b?"])
     assert [u.cached_content_token_count for u in usages] == [0, 0]
     # Models before 2.5 have no implicit caching.
     usages = _cached_counts(emu, "gemini-2.0-flash", [manual + "Q: a?", manual + "Q: b?"])

@@ -735,17 +735,49 @@ def test_raw_file_and_batch_objects_validate_strictly(oa: OpenAI, emulator: Emul
     )
 
 
-def test_unknown_model_is_model_not_found(oa: OpenAI) -> None:
-    lines = [chat_line(f"r{i}", "x", model="emulator-unknown-model") for i in range(2)]
+@pytest.mark.parametrize(
+    "model", ["emulator-unknown-model", "claude-sonnet-4-5", "gemini-2.5-flash", "gpt-4.1-mimi"]
+)
+def test_a_model_openai_does_not_serve_fails_the_batch_in_validation(
+    oa: OpenAI, model: str
+) -> None:
+    # Another provider's model, a typo and the magic name alike: the whole batch fails
+    # while validating (model_not_found on the first line naming it), nothing runs.
+    lines = [chat_line(f"r{i}", "x", model=model) for i in range(2)]
     batch = raw_batch(oa, submit(oa, lines).id)
-    assert batch.status == "completed"
-    assert batch.request_counts is not None and batch.request_counts.failed == 2
-    for line in read_lines(oa, batch.error_file_id):
-        assert line["response"]["status_code"] == 400
-        error = line["response"]["body"]["error"]
-        assert error["code"] == "model_not_found"
-        assert error["type"] == "invalid_request_error"
-        assert error["message"] == "The model `emulator-unknown-model` does not exist."
+    assert batch.status == "failed"
+    assert batch.output_file_id is None and batch.error_file_id is None
+    assert batch.request_counts is not None and batch.request_counts.total == 0
+    assert batch.errors is not None and batch.errors.data is not None
+    assert [e.model_dump() for e in batch.errors.data] == [{
+        "code": "model_not_found",
+        "line": 1,
+        "message": f"The provided model '{model}' is not supported by the Batch API.",
+        "param": "body.model",
+    }]
+
+
+@pytest.mark.parametrize(
+    "model", ["gpt-4.1-mini-2025-04-14", "ft:gpt-4.1-mini-2025-04-14:acme::abc123", "o4-mini"]
+)
+def test_dated_snapshots_and_fine_tunes_of_served_models_run(oa: OpenAI, model: str) -> None:
+    batch = raw_batch(oa, submit(oa, [chat_line("r0", "x", model=model, schema=None)]).id)
+    assert batch.status == "completed", batch.errors
+    assert batch.request_counts is not None and batch.request_counts.completed == 1
+
+
+def test_real_time_call_with_an_unserved_model_is_a_404(oa: OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as info:
+        oa.chat.completions.create(
+            model="claude-haiku-4-5", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert info.value.status_code == 404
+    assert info.value.body == {
+        "message": "The model `claude-haiku-4-5` does not exist or you do not have access to it.",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "model_not_found",
+    }
 
 
 # --------------------------------------------------------------------------------------

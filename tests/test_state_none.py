@@ -9,6 +9,7 @@ paying again. A call that fails before writing anything leaves nothing behind.
 from __future__ import annotations
 
 import tempfile
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 
 from batchata_df import batch_llm
 from batchata_df import frame as fr
-from batchata_df.errors import ConfigError
+from batchata_df.errors import CapSerialisedWarning, ConfigError, PriceError
 
 NOTE = "call again with state="
 
@@ -147,13 +148,24 @@ def test_a_call_refused_before_anything_was_billed_leaves_no_folder(
     assert emu.billing() == []
 
 
+def _stored_at(state: Path, rates: tuple[float, float]) -> float:
+    """What the folder's answers stored without a cost cost at ``rates`` (batch USD/Mtok)."""
+    from batchata_df import sql
+
+    jobs = sql("select input_tokens, output_tokens from jobs where cost_usd is null "
+               "and input_tokens > 0", state)
+    return float(((jobs["input_tokens"] * rates[0] + jobs["output_tokens"] * rates[1])
+                  / 1e6).sum())
+
+
 @pytest.mark.parametrize("streamed", [False, True])
 def test_a_cap_is_refused_on_a_folder_holding_spend_without_a_price(
     emu, tmp_path: Path, streamed: bool
 ) -> None:
     """An uncapped call ran a model without a price (its cost unknown); a capped call on
     the same folder counted those answers as $0 and spent past its cap (CLI reviewer's
-    finding: $1.24 spent under a 0.9 cap). Refused before anything is sent."""
+    finding: $1.24 spent under a 0.9 cap). Without a price for them it is refused before
+    anything is sent, naming prices= as the fix."""
     state = tmp_path / "st"
     first = pl.DataFrame({"text": [f"a{i}" for i in range(5)]})
     batch_llm(first, model="gpt-6-terra", prompt="{text}", state=state)
@@ -161,14 +173,63 @@ def test_a_cap_is_refused_on_a_folder_holding_spend_without_a_price(
     assert paid == 5
     more = pl.DataFrame({"text": [f"a{i}" for i in range(10)]})
     kw: dict[str, object] = {"model": "gpt-6-terra", "prompt": "{text}", "state": state,
-                             "max_cost_usd": 0.9, "prices": {"gpt-6-terra": (1000.0, 1000.0)}}
-    with pytest.raises(ConfigError, match=r"billed without a known price \(5 of gpt-6-terra"):
+                             "max_cost_usd": 0.9}
+    with pytest.raises(PriceError) as info:
         if streamed:
             batch_llm(more.lazy(), sink=tmp_path / "o.parquet", **kw)  # type: ignore[arg-type]
         else:
             batch_llm(more, **kw)  # type: ignore[arg-type]
+    message = str(info.value)
+    assert "holds answers stored without a cost (5 of gpt-6-terra" in message, message
+    assert "Pass prices={'gpt-6-terra': (INPUT_USD, OUTPUT_USD)}" in message, message
+    assert (info.value.model, info.value.needed_by, info.value.stored) == (
+        "gpt-6-terra", "max_cost_usd", 5)
     assert len(emu.billing()) == paid
     # without the cap the folder is used as before: the five answers are not paid again
     out = batch_llm(more, model="gpt-6-terra", prompt="{text}", state=state)
     assert out.get_column("_status").to_list() == ["completed"] * 10
     assert len(emu.billing()) == paid + 5
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_with_a_price_the_cap_counts_the_answers_stored_without_a_cost(
+    emu, tmp_path: Path, streamed: bool
+) -> None:
+    """prices= prices the stored answers for the cap: a cap they already use up sends
+    nothing; a cap with room sends, and the folder's bill at that price stays under it."""
+    state = tmp_path / "st"
+    rates = (1000.0, 1000.0)
+    # A small worst case per answer ($0.05 of output at most), so the cap's room is counted
+    # in answers.
+    params = {"max_tokens": 50, "reasoning_effort": "none"}
+    batch_llm(pl.DataFrame({"text": [f"a{i}" for i in range(5)]}), model="gpt-6-terra",
+              prompt="{text}", state=state, params=params)
+    paid = len(emu.billing())
+    earlier = _stored_at(state, rates)
+    assert earlier > 0
+    more = pl.DataFrame({"text": [f"a{i}" for i in range(10)]})
+
+    def run(cap: float) -> pl.DataFrame:
+        kw: dict[str, object] = {"model": "gpt-6-terra", "prompt": "{text}", "state": state,
+                                 "max_cost_usd": cap, "prices": {"gpt-6-terra": rates},
+                                 "params": params}
+        with warnings.catch_warnings():  # the cap serialises the run: not the point here
+            warnings.simplefilter("ignore", CapSerialisedWarning)
+            if streamed:
+                batch_llm(more.lazy(), sink=tmp_path / "o.parquet", **kw)  # type: ignore[arg-type]
+                return pl.read_parquet(tmp_path / "o.parquet")
+            return batch_llm(more, **kw)  # type: ignore[arg-type]
+
+    # Counted as $0 the cap would have had room for every new row: nothing fits.
+    out = run(earlier * 0.99)
+    assert len(emu.billing()) == paid
+    assert out.filter(pl.col("_status") == "completed").height == 5  # the stored ones
+    # Room for one more answer's worst case (about $0.06): some are sent, the cap holds.
+    cap = earlier + 0.08
+    out = run(cap)
+    sent = len(emu.billing()) - paid
+    assert 0 < sent < 5, (sent, earlier)
+    from batchata_df import sql
+
+    new_cost = float(sql("select sum(cost_usd) as usd from jobs", state)["usd"][0] or 0.0)
+    assert earlier + new_cost <= cap

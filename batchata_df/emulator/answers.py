@@ -115,7 +115,8 @@ MARKER_RECITATION: Final = "recitation"
 MARKER_CONTEXT: Final = "context"
 MARKER_DETAILS: Final = "details"
 #: a model name every protocol answers as unknown (OpenAI ``model_not_found``, Anthropic
-#: ``not_found_error``, Gemini 404 ``NOT_FOUND``); any other name is accepted
+#: ``not_found_error``, Gemini 404 ``NOT_FOUND``), as it does any name the provider does
+#: not serve (:func:`batchata_df.emulator.model_rules.serves`)
 UNKNOWN_MODEL: Final = "emulator-unknown-model"
 _MARKER_PREFIX: Final = "[[emulator:"
 _MARKER_RE: Final = re.compile(

@@ -53,9 +53,11 @@ a malformed ``document`` / ``image`` block (a base64 source whose ``media_type``
 ``application/pdf`` / an image type, invalid base64, bytes that are not a PDF or do not
 match the image type, a ``text`` source that is not ``text/plain``), citations together
 with ``output_config.format``, and a forced ``tool_choice`` on a model that always thinks.
-``POST /v1/messages`` answers the same problems with a 400. The model
-``emulator-unknown-model`` makes a request ``errored`` with ``not_found_error``
-(``model: emulator-unknown-model``), as an unknown model does.
+``POST /v1/messages`` answers the same problems with a 400. A model Anthropic does not
+serve (:func:`~batchata_df.emulator.model_rules.serves`: genai-prices' Anthropic list;
+``emulator-unknown-model`` never) makes that request ``errored`` with ``not_found_error``
+``model: <name>``; the batch itself is created (``POST /v1/messages`` answers it with a
+404).
 
 Answers
 -------
@@ -403,8 +405,16 @@ class _SpecBuilder:
         if invalid is None and isinstance(params.get("model"), str):
             invalid = model_rules.anthropic_refusal(str(params["model"]), dict(params))
         kind = "invalid_request_error"
-        if invalid is None and params.get("model") == answers.UNKNOWN_MODEL:
-            invalid, kind = f"model: {answers.UNKNOWN_MODEL}", "not_found_error"
+        model = params.get("model")
+        served = not isinstance(model, str) or model_rules.serves("anthropic", model)
+        if invalid is None and not served:
+            # Anthropic answers an unknown model with a 404 ``not_found_error`` whose message
+            # is ``model: <name>`` (weval-org/app issue 24, presidio-oss/factif-ai issue 34).
+            # Batch creation does not check ``params``: Anthropic's batch processing guide
+            # (platform.claude.com/docs/en/build-with-claude/batch-processing, best
+            # practices) says each request's params are validated asynchronously and the
+            # errors come back in the results, so the request ends ``errored`` with it.
+            invalid, kind = f"model: {model}", "not_found_error"
         if invalid is not None:
             model = params.get("model")
             return _Spec(
@@ -495,6 +505,13 @@ class _SpecBuilder:
             mode, documents = "cite", cited.documents(messages)
             cite_schema = cited.schema_from_system(system)
         tokens = answers.count_tokens(prompt) + extra + (gen.schema_tokens if gen else 0)
+        window = model_rules.context_window("anthropic", model)
+        if error is None and window is not None and tokens > window:
+            # anthropics/claude-code#12186: "prompt is too long: 208310 tokens > 200000 maximum"
+            error = (
+                "invalid_request_error",
+                f"prompt is too long: {tokens} tokens > {window} maximum",
+            )
         marker = answers.find_marker(prompt)
         if marker in (answers.MARKER_ERROR, answers.MARKER_DETAILS) and error is None:
             status = answers.marker_status(prompt)

@@ -11,7 +11,11 @@ Routes (below the mount prefix; ``{ver}`` is ``v1`` or ``v1beta``)
 ``POST /{ver}/models/{model}:batchGenerateContent``
     Body ``{"batch": {"displayName", "inputConfig": {"requests": {"requests": [{"request",
     "metadata"}]}} | {"fileName": "files/..."}}}``; answers an Operation (state PENDING).
-    An inline body over 20 MB is a 400, as is a batch with both or neither input.
+    An inline body over 20 MB is a 400, as is a batch with both or neither input. A model
+    the Gemini API does not serve (:func:`~batchata_df.emulator.model_rules.serves`:
+    genai-prices' Google list without Vertex's Claude; ``emulator-unknown-model`` never)
+    is a 404 ``NOT_FOUND`` "models/... is not found for API version ..., or is not
+    supported for batchGenerateContent. ..." (``:generateContent`` likewise).
 ``GET /{ver}/batches/{id}``, ``DELETE /{ver}/batches/{id}``, ``POST /{ver}/batches/{id}:cancel``
 ``GET /{ver}/batches?pageSize=&pageToken=``
     ``{"operations": [...], "nextPageToken": "..."}``, newest first.
@@ -413,6 +417,11 @@ class _SpecBuilder:
             code = answers.marker_status(prompt)
             error = (code, f"Emulated error (HTTP {code}) for this request.")
         tokens = answers.count_tokens(prompt) + files + (gen.schema_tokens if gen else 0)
+        window = model_rules.context_window("gemini", self.model) if self.model else None
+        if error is None and window is not None and tokens > window:
+            # google-gemini/gemini-cli#6678 (400 INVALID_ARGUMENT, gemini-2.5-pro)
+            error = (400, f"The input token count ({tokens}) exceeds the maximum number of "
+                     f"tokens allowed ({window}).")  # fmt: skip
         return _Spec(
             key, prompt, tokens, mode, gen, max_tokens, marker, thinking, include, error,
             thoughts=thoughts, signature=_signature(system, contents),
@@ -694,7 +703,7 @@ class GeminiApp:
             handler = {"POST": lambda: self._create(request, model, ver)}.get(method)
         elif len(rest) == 2 and rest[0] == "models" and rest[1].endswith(":generateContent"):
             model = rest[1][: -len(":generateContent")]
-            handler = {"POST": lambda: self._generate(request, model)}.get(method)
+            handler = {"POST": lambda: self._generate(request, model, ver)}.get(method)
         elif rest == ["batches"]:
             handler = {"GET": lambda: self._list(request)}.get(method)
         elif len(rest) == 2 and rest[0] == "batches" and rest[1].endswith(":cancel"):
@@ -970,13 +979,7 @@ class GeminiApp:
     # ---- batches
 
     def _create(self, request: Request, model: str, version: str) -> Response:
-        if model.removeprefix("models/") == answers.UNKNOWN_MODEL:
-            msg = (
-                f"models/{answers.UNKNOWN_MODEL} is not found for API version {version}, or "
-                "is not supported for batchGenerateContent. Call ListModels to see the list "
-                "of available models and their supported methods."
-            )
-            raise _Invalid(404, msg, "NOT_FOUND")
+        _check_model(model, version, "batchGenerateContent")
         if len(request.body) > self._limits["max_inline_bytes"]:
             raise _Invalid(
                 400,
@@ -1070,13 +1073,14 @@ class GeminiApp:
 
     # ---- the realtime endpoint: the same answers and rules, at once
 
-    def _generate(self, request: Request, model: str) -> Response:
+    def _generate(self, request: Request, model: str, version: str) -> Response:
         """``POST /{ver}/models/{model}:generateContent``: one GenerateContentResponse.
 
         The request is checked as an inline batch request is (field names, the model's
         refused parameters and thinking), answered with the same answer a batch gives it,
         and billed at the standard price.
         """
+        _check_model(model, version, "generateContent")
         try:
             body = json_body(request)
         except ValueError as e:
@@ -1320,6 +1324,26 @@ _BATCH_FIELDS: Final = frozenset(
 _INPUT_FIELDS: Final = frozenset({"fileName", "requests"})
 _LINE_FIELDS: Final = frozenset({"key", "request", "metadata"})
 _KEY_IN_LINE: Final = re.compile(rb'"key"\s*:\s*"((?:[^"\\]|\\.)*)"')
+
+
+def _check_model(model: str, version: str, method: str) -> None:
+    """Refuse a model the Gemini API does not serve, with its 404.
+
+    The real message and status: ``{"code": 404, "message": "models/gemini-2.0-flash-live-001
+    is not found for API version v1beta, or is not supported for generateContent. Call
+    ListModels to see the list of available models and their supported methods.",
+    "status": "NOT_FOUND"}`` (google/adk-python issue 200); another provider's model gets
+    the same (valentinfrlch/ha-llmvision issue 114, ``models/gpt-4o-mini``); the method
+    named is the one called (``StreamGenerateContent``: ChatGPTNextWeb/NextChat issue 4699).
+    """
+    if model_rules.serves("gemini", model):
+        return
+    name = model if model.startswith(("models/", "tunedModels/")) else f"models/{model}"
+    msg = (
+        f"{name} is not found for API version {version}, or is not supported for {method}. "
+        "Call ListModels to see the list of available models and their supported methods."
+    )
+    raise _Invalid(404, msg, "NOT_FOUND")
 
 
 def _unknown(obj: Mapping[str, Any], known: frozenset[str] | set[str]) -> str | None:

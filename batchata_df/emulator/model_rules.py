@@ -12,30 +12,49 @@ OpenAI (Chat Completions)
     reason, and
     ``max_tokens`` always (``max_completion_tokens`` instead): "Unsupported parameter:
     'temperature' is not supported with this model." GPT-5.1 to 5.4 reason only when
-    ``reasoning_effort`` is set; GPT-5.5+, GPT-6 reason by default and accept ``none``;
-    GPT-5, o-series, GPT-6 Astra and GPT-6.1 Sol always reason. Chat Completions takes no
-    ``max``. Models that do not reason refuse ``reasoning_effort``.
+    ``reasoning_effort`` is set (5.1: none to high; 5.2 to 5.4: none to xhigh, no
+    ``minimal``); GPT-5.5+, GPT-6 reason by default and accept ``none``; GPT-5, o-series,
+    GPT-6 Astra and GPT-6.1 Sol always reason; ``gpt-5.x-chat-latest`` always reasons at
+    ``medium`` and takes no other value; ``gpt-5-chat-latest`` does not reason. A refused
+    value gets OpenAI's wording ("Unsupported value: 'xhigh' is not supported with the
+    'gpt-5.1' model. Supported values are: ..."). Chat Completions takes no ``max``. Models
+    that do not reason refuse ``reasoning_effort``. The -pro and codex models are
+    Responses-only (``openai_api``); ``json_schema`` needs gpt-4o-mini / gpt-4o-2024-08-06
+    or later.
 Anthropic
     Claude Sonnet/Haiku/Opus 4.5 and Sonnet/Opus 4.6 take ``temperature`` or ``top_p``,
     not both; Opus 4.7+ and every Claude 5 model take none of ``temperature``, ``top_p``,
     ``top_k``. No sampling parameter while thinking. Claude 4.6+ and 5.x think
     ``adaptive`` (budget thinking refused on 4.7+ and 5.x); Opus 5.5 cannot turn thinking
     off; Sonnet 5.5 turns it off with ``between_tools``, not ``disabled``; ``budget_tokens``
-    must be below ``max_tokens``.
+    must be below ``max_tokens``. Structured outputs start at Opus 4.1 and the 4.5 models.
 Gemini
     2.5 takes ``thinkingBudget`` (0 is off, except 2.5 Pro); 3.x and 4 take
     ``thinkingLevel`` (3.5+ refuse ``thinkingBudget``); 3.7+ Flash, 3.x Pro and 4 have no
-    ``MINIMAL``.
+    ``MINIMAL``; ``gemini-3-pro-preview`` has only ``LOW`` and ``HIGH``. Default levels:
+    3.5/3.6 and 3.7 Flash ``MEDIUM``, Flash-Lite ``MINIMAL``, the rest ``HIGH``.
+
+A request longer than the model's context window (:func:`context_window`) is refused per
+request with each provider's wording.
 
 Thinking spends :data:`THOUGHT_TOKENS` per effort, inside the output limit; an output
 limit above the model's ceiling (:func:`max_output`) is refused as the providers do.
+
+Which models each provider serves (:func:`serves`) comes from genai-prices' model list
+per provider (a maintained, dependency-pinned source the client prices with too), not
+from a hand list: a name the provider's list does not match is refused the way that
+provider refuses an unknown model (``openai_api``, ``anthropic_api``, ``gemini_api``
+say how, with their sources).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Final, Literal
+
+from batchata_df.emulator import answers
 
 __all__ = [
     "THOUGHT_TOKENS",
@@ -43,6 +62,7 @@ __all__ = [
     "anthropic_refusal",
     "anthropic_rules",
     "anthropic_thinking",
+    "context_window",
     "gemini_refusal",
     "gemini_rules",
     "gemini_thoughts",
@@ -50,6 +70,7 @@ __all__ = [
     "openai_effort",
     "openai_refusal",
     "openai_rules",
+    "serves",
 ]
 
 THOUGHT_TOKENS: Final = {
@@ -86,8 +107,15 @@ _OPENAI: Final[tuple[tuple[str, Rules], ...]] = (
     (r"gpt-6|gpt-5\.[5-9]", Rules(True, "medium", True,
                                   frozenset({"low", "medium", "high", "xhigh"}))),
     (r"gpt-5(\.\d+)?-pro", Rules(True, "high", False, frozenset({"medium", "high", "xhigh"}))),
-    (r"gpt-5\.[1-4]", Rules(True, None, True,
-                            frozenset({"minimal", "low", "medium", "high", "xhigh"}))),
+    # The -chat-latest models of 5.1+ reason at a fixed 'medium' (Laisky/one-api#266, #285:
+    # "Supported values are: 'medium'."); gpt-5-chat-latest does not reason (pydantic-ai-slim
+    # 2.68 profiles/openai.py 'gpt-5-chat': _NO_REASONING).
+    (r"gpt-5\.\d+-chat", Rules(True, "medium", False, frozenset({"medium"}))),
+    (r"gpt-5-chat", Rules()),
+    # gpt-5.1: none/low/medium/high (CortexReach/memory-lancedb-pro#201, anomalyco/opencode
+    # #4451); 5.2 to 5.4 add xhigh, no minimal (CherryHQ/cherry-studio#11864).
+    (r"gpt-5\.1", Rules(True, None, True, frozenset({"low", "medium", "high"}))),
+    (r"gpt-5\.[2-4]", Rules(True, None, True, frozenset({"low", "medium", "high", "xhigh"}))),
     (r"gpt-5", Rules(True, "medium", False, frozenset({"minimal", "low", "medium", "high"}))),
     (r"o\d", Rules(True, "medium", False, frozenset({"low", "medium", "high"}))),
 )  # fmt: skip
@@ -101,9 +129,24 @@ def openai_rules(model: str) -> Rules:
     return Rules()
 
 
-def openai_refusal(model: str, body: dict[str, object]) -> tuple[int, str, str, str] | None:
+_OPENAI_NO_SCHEMA: Final = re.compile(r"gpt-3\.5|gpt-4(-turbo|-\d{4}|-32k|$)|gpt-4o-2024-05-13")
+"""OpenAI models without Structured Outputs: json_schema needs gpt-4o-mini, gpt-4o-2024-08-06
+or later (OpenAI's Structured Outputs guide, as quoted by langchain-openai's
+``withStructuredOutput`` reference); the refusal's wording is langchain-ai/langchain#31490."""
+
+
+def openai_refusal(
+    model: str, body: dict[str, object]
+) -> tuple[int, str | None, str, str | None] | None:
     """The error line a Chat Completions ``body`` gets for ``model``, or None."""
     rules = openai_rules(model)
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema" and (
+        _OPENAI_NO_SCHEMA.match(model)
+    ):
+        return (400, None, "Invalid parameter: 'response_format' of type 'json_schema' is not "
+                "supported with this model. Learn more about supported models at the Structured "
+                "Outputs guide: https://platform.openai.com/docs/guides/structured-outputs", None)
     effort = body.get("reasoning_effort")
     ceiling = max_output("openai", model)
     for name in ("max_completion_tokens", "max_tokens"):
@@ -124,9 +167,12 @@ def openai_refusal(model: str, body: dict[str, object]) -> tuple[int, str, str, 
         order = ["none", *THOUGHT_TOKENS]
         allowed = sorted(rules.efforts | ({"none"} if rules.can_turn_off else set()),
                          key=order.index)
-        return (400, "unsupported_value", f"Unsupported value: 'reasoning_effort' does not "
-                f"support {effort!r} with this model. Supported values are: "
-                f"{', '.join(repr(a) for a in allowed)}.", "reasoning_effort")
+        # The wording of OpenAI's answer, e.g. "Unsupported value: 'xhigh' is not supported
+        # with the 'gpt-5.1' model. Supported values are: 'none', 'low', 'medium', and 'high'."
+        # (CortexReach/memory-lancedb-pro#201; one value: Laisky/one-api#266).
+        return (400, "unsupported_value", f"Unsupported value: {effort!r} is not supported "
+                f"with the {model!r} model. Supported values are: {_listed(allowed)}.",
+                "reasoning_effort")
     if openai_effort(model, body) is not None:
         for name in _OPENAI_SAMPLING:
             if name in body:
@@ -136,15 +182,52 @@ def openai_refusal(model: str, body: dict[str, object]) -> tuple[int, str, str, 
 
 _CEILINGS: Final[tuple[tuple[str, str, int], ...]] = (
     # (provider, model pattern, most output tokens per answer, thinking included)
+    ("openai", r"gpt-5(\.\d+)?-chat", 16_384),  # docs.oxen.ai gpt-5-2-chat-latest page
     ("openai", r"gpt-6|gpt-5", 128_000),
     ("openai", r"o\d", 100_000),
     ("openai", r"gpt-4\.1", 32_768),
     ("anthropic", r"claude-(opus|sonnet)-4-[6-9]|claude-(opus|sonnet|haiku)-5", 128_000),
     ("anthropic", r"claude-(sonnet|haiku|opus)-4-5", 64_000),
+    # Opus 4 / 4.1: 32,000; Sonnet 4 and 3.7: 64,000 (Anthropic's models overview, as
+    # mirrored in docs.rs mixtape-core models/claude.rs output_tokens).
+    ("anthropic", r"claude-opus-4(-[01])?(-\d{8})?$", 32_000),
+    ("anthropic", r"claude-sonnet-4(-0)?(-\d{8})?$|claude-3-7-sonnet", 64_000),
     ("gemini", r"gemini-(2\.5|3|4)", 65_536),
 )
 """Output ceilings of the generations above (the providers' model pages); older models
 have none here."""
+
+
+_WINDOWS: Final[tuple[tuple[str, str, int], ...]] = (
+    # (provider, model pattern, most input tokens per request), from the providers' own
+    # refusals and model pages (the client's numbers come from genai-prices instead):
+    ("openai", r"gpt-5(\.\d+)?-chat", 128_000),  # docs.oxen.ai gpt-5-2-chat-latest page
+    ("openai", r"gpt-5\.[4-9]|gpt-6", 1_050_000),  # developers.openai.com models/gpt-5.4
+    ("openai", r"gpt-5", 400_000),  # developers.openai.com models/gpt-5.1, gpt-5-mini
+    ("openai", r"gpt-4\.1", 1_047_576),  # developers.openai.com models/gpt-4.1
+    ("openai", r"o\d", 200_000),  # developers.openai.com models/o3
+    # "This model's maximum context length is 128000 tokens." (bytedance/deer-flow#310)
+    ("openai", r"gpt-4o|gpt-4-turbo|chatgpt-4o", 128_000),
+    ("openai", r"gpt-3\.5-turbo", 16_385),  # "maximum context length is 16385" (vanna#320)
+    # 1M on Claude 4.6+ and 5 (their model pages); 200k on older ones without the 1M beta
+    # header: "prompt is too long: 208310 tokens > 200000 maximum" (anthropics/claude-code
+    # #12186, Sonnet 4.5).
+    ("anthropic", r"claude-(opus|sonnet)-4-[6-9]|claude-(opus|sonnet|haiku|fable|mythos)-5",
+     1_000_000),
+    ("anthropic", r"claude-", 200_000),
+    # "The input token count (1200293) exceeds the maximum number of tokens allowed
+    # (1048576)." (google-gemini/gemini-cli#6678, gemini-2.5-pro)
+    ("gemini", r"gemini-(2\.[05]|3)", 1_048_576),
+)  # fmt: skip
+
+
+def context_window(provider: str, model: str) -> int | None:
+    """The most input tokens ``model`` takes per request, if the emulator knows it."""
+    name = model.removeprefix("models/")
+    for who, pattern, window in _WINDOWS:
+        if who == provider and re.match(pattern, name):
+            return window
+    return None
 
 
 def max_output(provider: str, model: str) -> int | None:
@@ -164,6 +247,13 @@ def openai_effort(model: str, body: dict[str, object]) -> str | None:
     effort = body.get("reasoning_effort")
     value = effort if isinstance(effort, str) else rules.default_effort
     return None if value in (None, "none") else value
+
+
+def _listed(values: list[str]) -> str:
+    quoted = [repr(v) for v in values]
+    if len(quoted) <= 2:
+        return " and ".join(quoted)
+    return f"{', '.join(quoted[:-1])}, and {quoted[-1]}"
 
 
 def _unsupported(name: str) -> tuple[int, str, str, str]:
@@ -200,9 +290,21 @@ def anthropic_rules(model: str) -> Rules:
     return Rules()
 
 
+_ANTHROPIC_NO_SCHEMA: Final = re.compile(
+    r"claude-(opus-4(-0)?(-\d{8})?$|sonnet-4(-0)?(-\d{8})?$|3-)"
+)
+"""Claude models without structured outputs (``output_config.format``): the list of
+pydantic-ai-slim 2.68 ``profiles/anthropic.py`` ``models_that_support_json_schema_output``
+starts at Opus 4.1 and Sonnet/Haiku 4.5 (vercel/ai#10502: launched for Sonnet 4.5 and
+Opus 4.1). No first-party refusal text was found; the wording below is the emulator's."""
+
+
 def anthropic_refusal(model: str, params: dict[str, object]) -> str | None:
     """The ``invalid_request_error`` message for ``params`` on ``model``, or None."""
     rules = anthropic_rules(model)
+    config = params.get("output_config")
+    if isinstance(config, dict) and "format" in config and _ANTHROPIC_NO_SCHEMA.match(model):
+        return f"output_config.format: structured outputs are not supported for {model}."
     ceiling = max_output("anthropic", model)
     max_tokens = params.get("max_tokens")
     if ceiling is not None and isinstance(max_tokens, int) and max_tokens > ceiling:
@@ -265,8 +367,20 @@ _GEMINI: Final[tuple[tuple[str, Rules], ...]] = (
     (r"gemini-2\.5-pro", Rules(True, "medium", False, frozenset(), "all", "budget")),
     (r"gemini-2\.5-flash-image", Rules()),
     (r"gemini-2\.5", Rules(True, "medium", True, frozenset(), "all", "budget")),
-    (r"gemini-(3[\d.]*-pro|4|3\.([7-9]|\d\d))",
+    # gemini-3-pro-preview: LOW and HIGH ("Thinking level MEDIUM is not supported for this
+    # model.", egoist/chatwise-releases#1206); 3.1 Pro adds MEDIUM (langchainjs#10101).
+    (r"gemini-3-pro", Rules(True, "high", False, frozenset({"LOW", "HIGH"}), "all", "level")),
+    (r"gemini-(3[\d.]*-pro|4|3\.([89]|\d\d))",
      Rules(True, "high", False, frozenset({"LOW", "MEDIUM", "HIGH"}), "all", "level")),
+    # Default levels (Google's 3.5 Flash guide: 3.5 Flash MEDIUM, 3.1 Flash-Lite MINIMAL;
+    # ai.google.dev whats-new-gemini-3.7: 3.7 Flash medium, no MINIMAL).
+    (r"gemini-3\.7", Rules(True, "medium", False, frozenset({"LOW", "MEDIUM", "HIGH"}), "all",
+                           "level")),
+    (r"gemini-3(\.\d+)?-flash-lite",
+     Rules(True, "minimal", False, frozenset({"MINIMAL", "LOW", "MEDIUM", "HIGH"}), "all",
+           "level")),
+    (r"gemini-3\.[56]", Rules(True, "medium", False,
+                              frozenset({"MINIMAL", "LOW", "MEDIUM", "HIGH"}), "all", "level")),
     (r"gemini-3", Rules(True, "high", False, frozenset({"MINIMAL", "LOW", "MEDIUM", "HIGH"}),
                         "all", "level")),
 )  # fmt: skip
@@ -297,7 +411,9 @@ def gemini_refusal(model: str, config: dict[str, object]) -> str | None:
     if level is not None and rules.thinking != "level":
         return "Thinking level is not supported for this model."
     if level is not None and str(level).upper() not in rules.efforts:
-        return f"Thinking level {str(level).upper()} is not supported for this model."
+        # egoist/chatwise-releases#1206 quotes this wording (400 INVALID_ARGUMENT).
+        return (f"Thinking level {str(level).upper()} is not supported for this model. Please "
+                "retry with other thinking level.")
     name = model.removeprefix("models/")
     if budget is not None and rules.thinking == "level" and re.match(r"gemini-(3\.[5-9]|4)", name):
         return "thinking_budget is not supported for this model; use thinking_level instead."
@@ -326,3 +442,61 @@ def _gemini_thinking(config: dict[str, object]) -> tuple[int | None, object]:
     budget = cfg.get("thinkingBudget", cfg.get("thinking_budget"))
     level = cfg.get("thinkingLevel", cfg.get("thinking_level"))
     return (budget if isinstance(budget, int) else None), level
+
+
+SERVED_EXTRA: Final[dict[str, frozenset[str]]] = {
+    "openai": frozenset({"gpt-6-terra"}),
+    "anthropic": frozenset(),
+    "gemini": frozenset(),
+}
+"""Names served although genai-prices lists no price for them: the suite's deliberate
+"new model without a published price" (the CLI's and the cost cap's unknown-price paths
+need a model the provider answers and nobody prices)."""
+
+_GENAI_PROVIDER: Final = {"openai": "openai", "anthropic": "anthropic", "gemini": "google"}
+
+
+@lru_cache(maxsize=1024)
+def serves(provider: str, model: str) -> bool:
+    """Whether ``provider``'s API serves ``model`` (a batch of it is accepted).
+
+    A name matches when genai-prices lists it under the provider (its own match rules:
+    dated snapshots such as ``gpt-4.1-mini-2025-04-14`` or
+    ``claude-sonnet-4-5-20250929`` match their model). OpenAI fine-tunes
+    (``ft:<base>:<org>::<id>``) are served when their base model is. Gemini takes
+    ``models/`` names and the caller's own ``tunedModels/``; genai-prices' ``google``
+    list also prices Claude on Vertex AI, which the Gemini API does not serve.
+
+    Examples
+    --------
+    >>> serves("openai", "gpt-4.1-mini"), serves("anthropic", "gpt-4.1-mini")
+    (True, False)
+    >>> serves("gemini", "models/gemini-2.5-flash"), serves("gemini", "claude-sonnet-4-5")
+    (True, False)
+    >>> serves("openai", "ft:gpt-4.1-mini-2025-04-14:acme::abc123")
+    True
+    """
+    if model == answers.UNKNOWN_MODEL or not model.strip():
+        return False
+    if model in SERVED_EXTRA.get(provider, frozenset()):
+        return True
+    name = model
+    if provider == "openai" and name.startswith("ft:"):
+        name = name.split(":")[1] if name.count(":") >= 2 else ""
+    if provider == "gemini":
+        if name.startswith("tunedModels/"):
+            return True
+        name = name.removeprefix("models/")
+        if name.lower().startswith("claude"):
+            return False
+    if not name:
+        return False
+    from genai_prices import data_snapshot
+
+    try:
+        data_snapshot.get_snapshot().find_provider_model(
+            name, None, _GENAI_PROVIDER.get(provider, provider), None
+        )
+    except LookupError:
+        return False
+    return True

@@ -62,8 +62,12 @@ SDK param types with unknown keys forbidden (``unknown_parameter``), missing key
 (``decimal_above_max_value``, ``integer_below_min_value``, ...), roles and other
 enumerations (``invalid_value``), a ``name`` on every ``json_schema`` format, the strict
 structured-output schema subset (``invalid_json_schema``) and the word "json" in the
-messages for ``json_object``. The model ``emulator-unknown-model`` gets a 400
-``model_not_found`` line ("The model `...` does not exist."), as an unknown model does.
+messages for ``json_object``. A model OpenAI does not serve
+(:func:`~batchata_df.emulator.model_rules.serves`: genai-prices' OpenAI list, fine-tunes
+of a listed model, ``emulator-unknown-model`` never) fails the batch in validation with
+``model_not_found`` (``param`` ``body.model``, the first line naming it): "The provided
+model '...' is not supported by the Batch API."; a real-time call naming it is a 404
+``model_not_found``.
 
 HTTP errors use the OpenAI envelope ``{"error": {message, type, param, code}}``: unknown
 ids are 404, bad ``endpoint``/``completion_window``/``metadata`` are 400.
@@ -381,7 +385,9 @@ def _messages_text(messages: list[Any]) -> tuple[str, int]:
     return "\n".join(texts), extra
 
 
-_RESPONSES_ONLY = re.compile(r"^(o1-pro|o3-pro|gpt-5(\.\d+)?-pro)(-|$)")
+# o1-pro, o3-pro, gpt-5(.x)-pro; the codex models (alvinunreal/tmuxai#82 for gpt-5-codex,
+# HeyPuter/puter#2110 for gpt-5.1-codex-mini, aaif-goose/goose#2564 for codex-mini-latest).
+_RESPONSES_ONLY = re.compile(r"^(o1-pro|o3-pro|gpt-5(\.\d+)?-(pro|codex)|codex-mini)(-|$)")
 
 
 class _SpecBuilder:
@@ -413,10 +419,16 @@ class _SpecBuilder:
         model = body.get("model")
         model = model if isinstance(model, str) else ""
         invalid: tuple[int, str | None, str, str | None] | None = self._check(body)
-        if invalid is None and model == answers.UNKNOWN_MODEL:
-            invalid = (400, "model_not_found", f"The model `{model}` does not exist.", "model")
+        if invalid is None and not model_rules.serves("openai", model):
+            # Real time only: a batch naming this model fails validation first (_plan).
+            # OpenAI answers 404 ``model_not_found`` with ``param`` null (BerriAI/litellm
+            # issues 7368/7369, feder-cr/invisible_playwright_mcp issue 889: "The model
+            # `gpt-4o` does not exist or you do not have access to it.").
+            invalid = (404, "model_not_found",
+                       f"The model `{model}` does not exist or you do not have access to it.",
+                       None)  # fmt: skip
         if invalid is None and self.endpoint == CHAT and _RESPONSES_ONLY.match(model):
-            # o1-pro, o3-pro, gpt-5(.x)-pro: "available in the Responses API only".
+            # o1-pro, o3-pro, gpt-5(.x)-pro, codex: "available in the Responses API only".
             invalid = (
                 404,
                 None,
@@ -564,6 +576,12 @@ class _SpecBuilder:
         tokens = (
             answers.count_tokens(prompt) + extra + (gen.schema_tokens if gen is not None else 0)
         )
+        window = model_rules.context_window("openai", model)
+        if error is None and window is not None and tokens > window:
+            # bytedance/deer-flow#310 quotes this refusal (param, code) on a gpt-4o class model.
+            error = (400, "context_length_exceeded", f"This model's maximum context length is "
+                     f"{window} tokens. However, your messages resulted in {tokens} tokens. "
+                     "Please reduce the length of the messages.", "messages")  # fmt: skip
         max_tokens = (
             limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
         )
@@ -1659,6 +1677,24 @@ def _plan(
             )
         elif model is None:
             model = line_model
+            if not model_rules.serves("openai", model):
+                # The Batch API checks the model while validating the file: the batch
+                # ends ``failed`` with one ``errors.data`` entry, nothing runs and
+                # nothing is billed. Shape and message as public clients of the real API
+                # record a failed batch (pollux's OpenAI provider test
+                # test_openai_collect_deferred_synthesizes_batch_level_failure_items; a
+                # batch pipeline's test_batch_validation_failure_is_terminal_and_preserves
+                # _error: code model_not_found, param body.model, line 1), and as the
+                # OpenAI-compatible batch APIs that copy it document it (Alibaba Model
+                # Studio's error-code page, help.aliyun.com/zh/model-studio: "404
+                # model_not_found: The provided model xxx is not supported by the Batch
+                # API.").
+                fail(
+                    "model_not_found",
+                    f"The provided model '{model}' is not supported by the Batch API.",
+                    lineno,
+                    "body.model",
+                )
         elif line_model != model:
             fail(
                 "model_mismatch",

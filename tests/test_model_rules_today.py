@@ -1,0 +1,512 @@
+"""Requests the real services refuse today (the review of 2026-11-30), refused before spend.
+
+Each rule is checked twice, on its own side: the emulator refuses the request body through
+the official SDK with the provider's error (so a wrong client rule fails a run here), and
+the client raises a typed error naming the fix before anything is sent. Sources are cited
+next to each rule in :mod:`batchata_df.models` and :mod:`batchata_df.emulator.model_rules`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import openai
+import polars as pl
+import pytest
+from pydantic import BaseModel
+
+import batchata_df.frame
+from batchata_df import ModelError, ParamError, SchemaError, batch_llm
+from batchata_df.models import check_model_params, effective_params
+
+
+class Label(BaseModel):
+    label: str
+
+
+def rows(n: int = 2) -> pl.DataFrame:
+    return pl.DataFrame({"text": [f"item {i}" for i in range(n)]})
+
+
+def run(model: str, tmp_path: Path, **kw: Any) -> pl.DataFrame:
+    return rows().pipe(
+        batch_llm, schema=Label, model=model, prompt="Label {text}", state=tmp_path / "s", **kw
+    )
+
+
+def openai_error(body: dict[str, Any]) -> dict[str, Any]:
+    """The error line the emulator's batch gives one chat-completions ``body`` (via the SDK)."""
+    client = openai.OpenAI()
+    body = {"messages": [{"role": "user", "content": "hi"}], **body}
+    line = {"custom_id": "r", "method": "POST", "url": "/v1/chat/completions", "body": body}
+    upload = client.files.create(file=("b.jsonl", json.dumps(line).encode()), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    batch = client.batches.retrieve(batch.id)
+    assert batch.status == "completed"
+    if batch.error_file_id is None:
+        return {}
+    err = json.loads(client.files.content(batch.error_file_id).read())
+    response: dict[str, Any] = err["response"]
+    return response
+
+
+def unsupported_value(effort: str, model: str, allowed: str) -> dict[str, Any]:
+    return {
+        "message": f"Unsupported value: '{effort}' is not supported with the '{model}' model. "
+        f"Supported values are: {allowed}.",
+        "type": "invalid_request_error",
+        "param": "reasoning_effort",
+        "code": "unsupported_value",
+    }
+
+
+# -- 1. reasoning_effort values per GPT-5.x version ---------------------------------------
+
+EFFORTS_51 = "'none', 'low', 'medium', and 'high'"
+EFFORTS_52 = "'none', 'low', 'medium', 'high', and 'xhigh'"
+
+
+@pytest.mark.parametrize(
+    ("model", "effort", "allowed"),
+    [
+        ("gpt-5.1", "xhigh", EFFORTS_51),  # CortexReach/memory-lancedb-pro#201
+        ("gpt-5.1", "minimal", EFFORTS_51),  # anomalyco/opencode#4451
+        ("gpt-5.2", "minimal", EFFORTS_52),  # CherryHQ/cherry-studio#11864
+        ("gpt-5.4", "minimal", EFFORTS_52),  # anomalyco/models.dev#2351
+        ("gpt-5.1-chat-latest", "high", "'medium'"),  # Laisky/one-api#266
+        ("gpt-5.2-chat-latest", "none", "'medium'"),  # pydantic-ai 2.68 'gpt-5.2-chat'
+    ],
+)
+def test_emulator_refuses_efforts_a_version_lacks(emu, model, effort, allowed):
+    response = openai_error({"model": model, "reasoning_effort": effort})
+    assert response["status_code"] == 400
+    assert response["body"]["error"] == unsupported_value(effort, model, allowed)
+
+
+@pytest.mark.parametrize(
+    ("model", "effort"),
+    [("gpt-5.1", "high"), ("gpt-5.1", "none"), ("gpt-5.2", "xhigh"), ("gpt-5.4", "xhigh"),
+     ("gpt-5-mini", "minimal"), ("gpt-5.1-chat-latest", "medium")],
+)  # fmt: skip
+def test_emulator_takes_the_efforts_a_version_has(emu, model, effort):
+    assert openai_error({"model": model, "reasoning_effort": effort}) == {}
+
+
+@pytest.mark.parametrize(
+    ("model", "effort"),
+    [("gpt-5.1", "xhigh"), ("gpt-5.1", "minimal"), ("gpt-5.2", "minimal"),
+     ("gpt-5.4-mini", "minimal"), ("gpt-5.1-chat-latest", "high"),
+     ("gpt-5.3-chat-latest", "none"), ("gpt-5-chat-latest", "low")],
+)  # fmt: skip
+def test_the_client_refuses_them_before_anything_is_sent(emu, tmp_path, model, effort):
+    with pytest.raises(ParamError) as info:
+        run(model, tmp_path, params={"reasoning_effort": effort})
+    assert info.value.param == "reasoning_effort"
+    assert info.value.model == model
+    assert emu.log() == []
+
+
+def test_the_suggested_values_are_the_ones_the_model_takes(emu, tmp_path):
+    with pytest.raises(ParamError) as info:
+        check_model_params("openai", "gpt-5.1", {"reasoning_effort": "xhigh"})
+    assert "use one of ['low', 'medium', 'high'] or 'none'" in str(info.value)
+    with pytest.raises(ParamError) as info:
+        check_model_params("openai", "gpt-5.2", {"reasoning_effort": "minimal"})
+    assert "use one of ['low', 'medium', 'high', 'xhigh'] or 'none'" in str(info.value)
+    out = run("gpt-5.1", tmp_path, params={"reasoning_effort": "high"})
+    assert out["_status"].to_list() == ["completed"] * 2
+
+
+def test_what_users_saw_the_batch_ran_and_every_row_failed(emu, tmp_path, monkeypatch):
+    monkeypatch.setattr(batchata_df.frame, "check_model_params", lambda *a: None)
+    out = run("gpt-5.1", tmp_path, params={"reasoning_effort": "xhigh"})
+    assert out["_status"].to_list() == ["failed"] * 2
+    assert out["_error"].str.contains("'xhigh' is not supported with the 'gpt-5.1'").all()
+
+
+# -- 2. the -chat-latest models -----------------------------------------------------------
+
+
+def test_emulator_chat_latest_reasons_at_medium_and_refuses_sampling(emu):
+    response = openai_error({"model": "gpt-5.2-chat-latest", "temperature": 0.2})
+    assert response["body"]["error"]["param"] == "temperature"
+    assert response["body"]["error"]["code"] == "unsupported_parameter"
+    # gpt-5-chat-latest does not reason: it takes temperature and refuses the knob.
+    assert openai_error({"model": "gpt-5-chat-latest", "temperature": 0.2}) == {}
+    response = openai_error({"model": "gpt-5-chat-latest", "reasoning_effort": "low"})
+    assert response["body"]["error"]["message"] == (
+        "Unsupported parameter: 'reasoning_effort' is not supported with this model."
+    )
+
+
+def test_the_client_treats_chat_latest_as_it_is(emu, tmp_path):
+    with pytest.raises(ParamError) as info:
+        run("gpt-5.1-chat-latest", tmp_path, params={"temperature": 0.2})
+    assert info.value.param == "temperature"
+    assert "it always reasons" in str(info.value)
+    assert emu.log() == []
+    out = run("gpt-5.1-chat-latest", tmp_path / "a")
+    assert out["_status"].to_list() == ["completed"] * 2
+    assert out["_reasoning_tokens"].to_list() == [1024] * 2  # medium, by default
+    out = run("gpt-5-chat-latest", tmp_path / "b", params={"temperature": 0.2})
+    assert out["_status"].to_list() == ["completed"] * 2
+    assert out["_reasoning_tokens"].to_list() == [0] * 2
+
+
+# -- 3. codex models: Responses API only --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "model",
+    ["gpt-5-codex", "gpt-5.1-codex", "gpt-5.1-codex-max", "gpt-5.1-codex-mini",
+     "gpt-5.2-codex", "gpt-5.3-codex", "codex-mini-latest"],
+)  # fmt: skip
+def test_emulator_answers_codex_on_chat_completions_as_openai_does(emu, model):
+    response = openai_error({"model": model})
+    assert response["status_code"] == 404
+    assert response["body"]["error"] == {
+        "message": "This model is only supported in v1/responses and not in "
+        "v1/chat/completions.",
+        "type": "invalid_request_error",
+        "param": "model",
+        "code": None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("model", "instead"),
+    [("gpt-5-codex", "use 'gpt-5' with params={'reasoning_effort': 'high'} instead"),
+     ("gpt-5.1-codex-mini", "use 'gpt-5.1' with params={'reasoning_effort': 'high'} instead"),
+     ("gpt-5.3-codex", "use 'gpt-5.3' with params={'reasoning_effort': 'high'} (or 'xhigh')"),
+     ("openai:codex-mini-latest", "use 'gpt-5-mini' with params={'reasoning_effort': 'high'}")],
+)  # fmt: skip
+def test_the_client_refuses_codex_before_anything_is_sent(emu, tmp_path, model, instead):
+    with pytest.raises(ModelError, match="Responses API only") as info:
+        run(model, tmp_path)
+    assert instead in str(info.value)
+    assert emu.log() == []
+
+
+def test_what_users_saw_for_codex(emu, tmp_path, monkeypatch):
+    monkeypatch.setattr(batchata_df.frame, "check_endpoint", lambda *a: None)
+    out = run("gpt-5.1-codex", tmp_path)
+    assert out["_status"].to_list() == ["failed"] * 2
+    assert out["_error"].str.contains("only supported in v1/responses").all()
+
+
+# -- 5. Anthropic budget thinking on the 32k-output Claude models -------------------------
+
+
+def anthropic_result(params: dict[str, Any]) -> Any:
+    client = anthropic.Anthropic()
+    request = {"max_tokens": 256, "messages": [{"role": "user", "content": "hi"}], **params}
+    batch = client.messages.batches.create(requests=[{"custom_id": "r", "params": request}])
+    (result,) = list(client.messages.batches.results(batch.id))
+    return result.result
+
+
+def test_emulator_refuses_what_the_old_default_sent_on_opus_4_1(emu):
+    # What 'max' sent before: max_tokens at the 32,000 ceiling, budget 32,768 above it.
+    thinking = {"type": "enabled", "budget_tokens": 32_768}
+    result = anthropic_result(
+        {"model": "claude-opus-4-1", "max_tokens": 32_000, "thinking": thinking}
+    )
+    assert result.type == "errored"
+    assert result.error.error.message == (
+        "`max_tokens` must be greater than `thinking.budget_tokens`."
+    )
+    result = anthropic_result({"model": "claude-opus-4-1", "max_tokens": 36_864})
+    assert result.error.error.message == (
+        "max_tokens: 36864 > 32000, which is the maximum allowed number of output tokens for "
+        "claude-opus-4-1"
+    )
+
+
+@pytest.mark.parametrize("effort", ["xhigh", "max"])
+def test_the_top_efforts_fit_under_opus_4_1s_ceiling(emu, tmp_path, effort):
+    out = run("claude-opus-4-1", tmp_path, params={"reasoning_effort": effort})
+    assert out["_status"].to_list() == ["completed"] * 2
+    from batchata_df.providers import make_provider
+    from batchata_df.providers.base import RequestSpec
+    from batchata_df.schema import AnswerSchema
+
+    jobs = pl.DataFrame({"job_id": ["j"], "model": ["claude-opus-4-1"], "prompt": ["hi"],
+                         "system": [None]}, schema={"job_id": pl.String, "model": pl.String,
+                         "prompt": pl.String, "system": pl.String})  # fmt: skip
+    line = make_provider("anthropic", offline=True).encode(
+        jobs, RequestSpec(AnswerSchema(Label), effective_params(
+            "anthropic", "claude-opus-4-1", {"reasoning_effort": effort}))
+    )[0]
+    params = json.loads(line)["params"]
+    assert params["max_tokens"] == 32_000
+    assert params["thinking"] == {"type": "enabled", "budget_tokens": 27_904}
+
+
+def test_a_max_tokens_under_the_budget_is_refused_with_the_capped_budget(emu, tmp_path):
+    with pytest.raises(ParamError, match="above its thinking budget \\(27,904 tokens"):
+        run("claude-opus-4-1", tmp_path, params={"reasoning_effort": "max", "max_tokens": 20_000})
+    assert emu.log() == []
+    # Sonnet 4 and 3.7 write 64,000 tokens, not 32,000 as the old shared family said.
+    check_model_params("anthropic", "claude-sonnet-4-0", {"max_tokens": 64_000})
+    with pytest.raises(ParamError):
+        check_model_params("anthropic", "claude-opus-4-0", {"max_tokens": 32_001})
+
+
+# -- 4. structured output where the model has none ----------------------------------------
+
+
+@pytest.mark.parametrize("model", ["gpt-4-turbo", "gpt-3.5-turbo", "gpt-4o-2024-05-13"])
+def test_emulator_refuses_json_schema_on_models_before_structured_outputs(emu, model):
+    fmt = {"type": "json_schema", "json_schema": {"name": "L", "schema": {"type": "object"}}}
+    response = openai_error({"model": model, "response_format": fmt})
+    assert response["status_code"] == 400
+    assert response["body"]["error"] == {
+        "message": "Invalid parameter: 'response_format' of type 'json_schema' is not supported "
+        "with this model. Learn more about supported models at the Structured Outputs guide: "
+        "https://platform.openai.com/docs/guides/structured-outputs",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": None,
+    }
+    assert openai_error({"model": "gpt-4o-mini", "response_format": fmt}) == {}
+
+
+@pytest.mark.parametrize("model", ["claude-sonnet-4-0", "claude-opus-4-20250514",
+                                   "claude-3-7-sonnet-latest"])  # fmt: skip
+def test_emulator_refuses_output_format_on_claude_before_4_1(emu, model):
+    schema = {"type": "object", "properties": {}, "additionalProperties": False}
+    fmt = {"format": {"type": "json_schema", "schema": schema}}
+    result = anthropic_result({"model": model, "output_config": fmt})
+    assert result.type == "errored"
+    assert result.error.error.message.startswith("output_config.format: structured outputs")
+    assert anthropic_result({"model": "claude-opus-4-1", "output_config": fmt}).type == (
+        "succeeded"
+    )
+
+
+@pytest.mark.parametrize(
+    "model", ["gpt-4-turbo", "gpt-3.5-turbo", "claude-sonnet-4-0", "claude-3-7-sonnet-latest",
+              "claude-opus-4-0"],
+)  # fmt: skip
+def test_the_client_refuses_a_schema_on_them_before_anything_is_sent(emu, tmp_path, model):
+    with pytest.raises(SchemaError, match="does not take structured output"):
+        run(model, tmp_path)
+    assert emu.log() == []
+    out = rows().pipe(batch_llm, model=model, prompt="Label {text}", state=tmp_path / "t")
+    assert out["_status"].to_list() == ["completed"] * 2
+
+
+def test_what_users_saw_for_a_schema_on_gpt_4_turbo(emu, tmp_path, monkeypatch):
+    from batchata_df import models
+
+    monkeypatch.setattr(batchata_df.frame, "family_of", lambda p, m: models.family_of(p, "gpt-4o"))
+    out = run("gpt-4-turbo", tmp_path)
+    assert out["_status"].to_list() == ["failed"] * 2
+    assert out["_error"].str.contains("'json_schema' is not supported with this model").all()
+
+
+# -- 6. requests longer than the model's context window -----------------------------------
+
+LONG = "word " * 140_000  # 140,000 o200k tokens; 700,000 characters
+
+
+def test_emulator_refuses_a_prompt_over_the_window_per_request(emu):
+    response = openai_error({"model": "gpt-4o-mini",
+                             "messages": [{"role": "user", "content": LONG}]})  # fmt: skip
+    assert response["status_code"] == 400
+    assert response["body"]["error"] == {
+        "message": "This model's maximum context length is 128000 tokens. However, your "
+        "messages resulted in 175000 tokens. Please reduce the length of the messages.",
+        "type": "invalid_request_error",
+        "param": "messages",
+        "code": "context_length_exceeded",
+    }
+    result = anthropic_result({"model": "claude-sonnet-4-5",
+                               "messages": [{"role": "user", "content": LONG * 2}]})  # fmt: skip
+    assert result.error.error.message == "prompt is too long: 350000 tokens > 200000 maximum"
+    # Claude 4.6 takes 1M tokens; the shorter prompt fits gpt-4.1's 1M window.
+    assert anthropic_result({"model": "claude-sonnet-4-6",
+                             "messages": [{"role": "user", "content": LONG * 2}]}).type == (
+        "succeeded"
+    )  # fmt: skip
+    assert openai_error({"model": "gpt-4.1-mini",
+                         "messages": [{"role": "user", "content": LONG}]}) == {}  # fmt: skip
+
+
+def test_emulator_refuses_a_gemini_prompt_over_the_window(emu):
+    from google import genai
+
+    client = genai.Client()
+    text = "word " * 900_000  # 1,125,000 of the emulator's tokens
+    job = client.batches.create(
+        model="gemini-2.5-flash",
+        src=[{"contents": [{"role": "user", "parts": [{"text": text}]}]},
+             {"contents": [{"role": "user", "parts": [{"text": "short"}]}]}],
+    )  # fmt: skip
+    job = client.batches.get(name=str(job.name))
+    responses = job.dest.inlined_responses
+    assert responses[0].error.code == 400
+    assert responses[0].error.message == (
+        "The input token count (1125000) exceeds the maximum number of tokens allowed (1048576)."
+    )
+    assert responses[1].error is None
+
+
+@pytest.mark.parametrize(
+    ("model", "times", "why"),
+    [("gpt-4o-mini", 1, "the request is 140,007 tokens, over the context window of "
+      "'gpt-4o-mini' (128,000 tokens)"),
+     ("claude-sonnet-4-5", 2, "the request is ~466,675 tokens, over the context window "
+      "of 'claude-sonnet-4-5' (200,000 tokens)"),
+     ("gpt-5.1-chat-latest", 1, "over the context window of 'gpt-5.1-chat-latest' "
+      "(128,000 tokens)")],
+)  # fmt: skip
+def test_an_over_long_row_fails_as_data_and_the_others_run(emu, tmp_path, model, times, why):
+    emu.configure(log_bodies=True)
+    frame = pl.DataFrame({"text": ["short one", LONG * times, "short two"]})
+    out = frame.pipe(batch_llm, model=model, prompt="{text}", state=tmp_path / "s")
+    assert out["_status"].to_list() == ["completed", "failed", "completed"]
+    assert out["_error"][1].startswith("input: the request is ")
+    assert out["_error"][1].endswith(
+        f"{why}; shorten the prompt or use a model with a larger window"
+    )
+    assert out["_cost_usd"][1] == 0
+    sent = json.dumps([e.get("lines") or e.get("body") for e in emu.log()])
+    assert "short one" in sent
+    assert "word word" not in sent  # the long row was never sent
+
+
+def test_what_users_saw_the_long_row_was_sent_and_refused(emu, tmp_path, monkeypatch):
+    monkeypatch.setattr(batchata_df.frame, "_over_window", lambda jobs, spec: jobs)
+    frame = pl.DataFrame({"text": ["short one", LONG]})
+    out = frame.pipe(batch_llm, model="gpt-4o-mini", prompt="{text}", state=tmp_path / "s")
+    assert out["_status"].to_list() == ["completed", "failed"]
+    assert "maximum context length is 128000 tokens" in out["_error"][1]
+
+
+def test_short_rows_are_not_counted(emu, monkeypatch):
+    # Rows whose bytes cannot reach the window are never tokenized for the check.
+    import batchata_df.tokens
+
+    calls: list[int] = []
+    real = batchata_df.tokens.estimate_request_tokens
+
+    def counting(prompt: pl.Series, *a: Any, **kw: Any) -> pl.Series:
+        calls.append(prompt.len())
+        return real(prompt, *a, **kw)
+
+    monkeypatch.setattr(batchata_df.tokens, "estimate_request_tokens", counting)
+    frame = pl.DataFrame({"text": ["a", "b", LONG]})
+    from batchata_df.frame import _over_window
+    from batchata_df.jobs import build_jobs
+    from batchata_df.providers.base import RequestSpec
+    from batchata_df.schema import AnswerSchema
+
+    jobs = build_jobs(frame, model="gpt-4o-mini", prompt="{text}", system=None, salt="s",
+                      scheme="blake2b")  # fmt: skip
+    out = _over_window(jobs, RequestSpec(AnswerSchema(None), {}))
+    assert calls == [1]
+    assert out["input_error"].is_null().to_list() == [True, True, False]
+    assert out["job_id"].is_null().to_list() == [False, False, True]
+
+
+def test_a_row_near_the_window_is_left_to_the_provider_where_the_count_is_approximate(
+    emu, tmp_path
+):
+    # ~220,000 tokens by the client's Claude approximation (which leans high), under
+    # 1.25 x 200,000: sent, and the emulator (like Claude) finds it fits.
+    frame = pl.DataFrame({"text": ["short one", "word " * 132_000]})
+    out = frame.pipe(batch_llm, model="claude-sonnet-4-5", prompt="{text}", state=tmp_path / "s")
+    assert out["_status"].to_list() == ["completed", "completed"]
+
+
+# -- 7. default efforts and levels --------------------------------------------------------
+
+
+def encoded(provider: str, model: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The request the client sends for ``model`` (defaults filled in as a run fills them)."""
+    from batchata_df.providers import make_provider
+    from batchata_df.providers.base import RequestSpec
+    from batchata_df.schema import AnswerSchema
+
+    jobs = pl.DataFrame({"job_id": ["j"], "model": [model], "prompt": ["hi"], "system": [None]},
+                        schema={"job_id": pl.String, "model": pl.String, "prompt": pl.String,
+                                "system": pl.String})  # fmt: skip
+    spec = RequestSpec(AnswerSchema(Label), effective_params(provider, model, params))
+    line = json.loads(make_provider(provider, offline=True).encode(jobs, spec)[0])
+    return dict(line.get("body") or line.get("params") or line["request"])
+
+
+def test_emulator_refuses_medium_on_gemini_3_pro_preview(emu):
+    from google import genai
+
+    client = genai.Client()
+    requests = [{"contents": "hi", "config": {"thinking_config": {"thinking_level": level}}}
+                for level in ("MEDIUM", "HIGH")]  # fmt: skip
+    job = client.batches.create(model="gemini-3-pro-preview", src=requests)  # type: ignore[arg-type]
+    medium, high = client.batches.get(name=str(job.name)).dest.inlined_responses
+    assert medium.error.message == (
+        "Thinking level MEDIUM is not supported for this model. Please retry with other "
+        "thinking level."
+    )
+    assert high.error is None
+
+
+def test_the_client_refuses_medium_on_gemini_3_pro_preview(emu, tmp_path):
+    with pytest.raises(ParamError, match="use one of \\['low', 'high'\\]"):
+        run("gemini-3-pro-preview", tmp_path, params={"reasoning_effort": "medium"})
+    assert emu.log() == []
+    check_model_params("gemini", "gemini-3.1-pro-preview", {"reasoning_effort": "medium"})
+
+
+@pytest.mark.parametrize(
+    ("model", "effort", "max_tokens"),
+    [("gemini-3.5-flash", "medium", 16_384), ("gemini-3.7-flash", "medium", 16_384),
+     ("gemini-3.1-flash-lite", "minimal", 8192), ("gemini-3-flash-preview", "high", 32_768)],
+)  # fmt: skip
+def test_gemini_3_flash_default_levels(emu, tmp_path, model, effort, max_tokens):
+    from batchata_df.emulator.model_rules import THOUGHT_TOKENS
+
+    assert encoded("gemini", model, {})["generationConfig"]["maxOutputTokens"] == max_tokens
+    out = run(model, tmp_path)
+    assert out["_reasoning_tokens"].to_list() == [THOUGHT_TOKENS[effort]] * 2
+
+
+def test_a_streamed_run_fails_the_over_long_row_as_the_in_memory_run_does(emu, tmp_path):
+    frame = pl.DataFrame({"text": ["short one", LONG, "short two"]})
+    frame.write_parquet(tmp_path / "in.parquet")
+    out = batch_llm(
+        pl.scan_parquet(tmp_path / "in.parquet"), model="gpt-4o-mini", prompt="{text}",
+        sink=tmp_path / "out.parquet", state=tmp_path / "s", chunk_rows=2,
+    ).collect()  # fmt: skip
+    assert out["_status"].to_list() == ["completed", "failed", "completed"]
+    assert out["_error"][1].startswith("input: the request is 140,007 tokens, over the context")
+
+
+def test_earlier_turns_count_toward_the_window(emu, tmp_path, monkeypatch):
+    import batchata_df.tokens
+
+    calls: list[int] = []
+    real = batchata_df.tokens.estimate_request_tokens
+
+    def counting(prompt: pl.Series, *a: Any, **kw: Any) -> pl.Series:
+        calls.append(prompt.len())
+        return real(prompt, *a, **kw)
+
+    monkeypatch.setattr(batchata_df.tokens, "estimate_request_tokens", counting)
+    turns = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+    frame = pl.DataFrame(
+        {"text": ["a", "b", "c"],
+         "h": [[{"role": "user", "content": "hi"}], [{"role": "user", "content": LONG}], None]},
+        schema={"text": pl.String, "h": turns},
+    )  # fmt: skip
+    out = frame.pipe(batch_llm, model="gpt-4o-mini", prompt="{text}", history="h",
+                     state=tmp_path / "s")  # fmt: skip
+    assert out["_status"].to_list() == ["completed", "failed", "completed"]
+    assert "over the context window of 'gpt-4o-mini'" in out["_error"][1]
+    assert calls == [1]  # only the row whose turns could reach the window was counted
