@@ -298,15 +298,21 @@ def test_gemini_decode_equals_the_previous_decoder(data: bytes, responses: bool)
 @example(data=b"\n  null")
 @example(data=b"\xff\nnull")
 @example(data=b"}\rnull")
+@example(data=b"\r\tnull")
+@example(data=b"\r \rnull")
 def test_the_null_line_guard_equals_the_regular_expression(data: bytes) -> None:
-    # Arrow's RE2 over the bytes in place answers as Python's re does, bytes not UTF-8 too
-    # (RE2 takes any size here; it is given downloads of 16 MiB or more).
+    # The guard searches the pattern as its two halves (after LF, after CR), by Arrow's RE2
+    # over the bytes in place (downloads of 16 MiB or more; any size here) and by Python's
+    # re (smaller ones): both answer as the whole pattern does, bytes not UTF-8 too.
     from unittest import mock
 
     from batchata_df.providers.base import _NULL_LINE
 
+    expected = _NULL_LINE.search(data) is not None
     with mock.patch("batchata_df.providers.base._RE2_MIN_BYTES", 0):
-        assert has_null_line(data) == (_NULL_LINE.search(data) is not None)
+        assert has_null_line(data) == expected
+    with mock.patch("batchata_df.providers.base._RE2_MIN_BYTES", 1 << 30):
+        assert has_null_line(data) == expected
 
 
 def test_the_null_line_guard_outside_re2_s_sizes_is_python_s(
@@ -392,7 +398,7 @@ def _jobs(model: str, n: int, tag: str) -> pl.DataFrame:
     })
 
 
-@pytest.mark.parametrize("provider", ["anthropic", "gemini"])
+@pytest.mark.parametrize("provider", ["anthropic", "gemini", "openai"])
 def test_results_downloaded_into_reused_memory_are_each_batch_s_own(emu, provider: str) -> None:
     # Three batches of different sizes downloaded one after the other through one provider
     # (so into the same memory, grown and shrunk), the first again at the end: each frame
@@ -401,7 +407,8 @@ def test_results_downloaded_into_reused_memory_are_each_batch_s_own(emu, provide
     from batchata_df.providers import make_provider
     from batchata_df.providers.base import BatchTag, ProviderState
 
-    model = {"anthropic": "claude-haiku-4-5", "gemini": "gemini-2.5-flash"}[provider]
+    model = {"anthropic": "claude-haiku-4-5", "gemini": "gemini-2.5-flash",
+             "openai": "gpt-4.1-mini"}[provider]
     p = make_provider(provider)
     if provider == "gemini":
         p.inline_max_bytes = 0  # type: ignore[attr-defined]  # result files, not inlined
@@ -423,6 +430,15 @@ def test_results_downloaded_into_reused_memory_are_each_batch_s_own(emu, provide
         return bytes(p.client.files.download(file=p._get(bid).dest.file_name))  # type: ignore[attr-defined]
 
     def reference(bid: str) -> pl.DataFrame:
+        if provider == "openai":  # the output file, then the error file, decoded apart
+            b = p.client.batches.retrieve(bid)  # type: ignore[attr-defined]
+            return pl.concat([
+                ref.openai_decode_lines(
+                    p.client.files.content(fid).read() if fid else b"",  # type: ignore[attr-defined]
+                    responses=True,
+                )
+                for fid in (b.output_file_id, b.error_file_id)
+            ])
         data = downloaded(bid)
         if provider == "anthropic":
             return ref.anthropic_decode_results(data, spec)

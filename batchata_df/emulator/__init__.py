@@ -376,7 +376,7 @@ class Emulator:
         body: object = None,
         headers: Mapping[str, str] | None = None,
         delay_ms: int = 0,
-        action: Literal["error", "disconnect"] = "error",
+        action: Literal["error", "disconnect", "cut"] = "error",
         when: Literal["before", "after"] = "before",
         echo_key: bool = False,
     ) -> dict[str, Any]:
@@ -402,7 +402,8 @@ class Emulator:
         delay_ms
             Wait this long before answering (to trip client timeouts).
         action
-            ``"disconnect"`` drops the connection instead of answering.
+            ``"disconnect"`` drops the connection instead of answering; ``"cut"`` answers,
+            but sends only the first half of the body before dropping the connection.
         when
             ``"after"`` lets the request take effect (e.g. the batch *is* created) and
             then replaces the answer: the "provider accepted, client never heard" case.

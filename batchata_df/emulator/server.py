@@ -34,8 +34,10 @@ Control endpoints (no auth, never logged)
 ``POST /_emulator/faults`` / ``GET`` / ``DELETE``
     Add, list or clear faults. A fault spec is ``{"method": "GET" | "*", "path_regex": str,
     "status": 503, "times": 1, "retry_after_ms": 20, "retry_after": 1, "body": {...} |
-    str, "headers": {...}, "delay_ms": 0, "action": "error" | "disconnect",
+    str, "headers": {...}, "delay_ms": 0, "action": "error" | "disconnect" | "cut",
     "when": "before" | "after", "echo_key": false}``; only ``path_regex`` is required.
+    ``"cut"`` answers the request, then sends its status, its headers and only the first
+    half of its body before dropping the connection (a download broken off midway).
     ``echo_key`` makes the error echo the request's credential (the ``Authorization``,
     ``x-api-key`` or ``x-goog-api-key`` value, or ``?key=``), as some gateways and proxies
     do: the default message then ends with it, and ``{key}`` in a custom ``body`` is
@@ -228,6 +230,15 @@ class Response:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes | Iterable[bytes] = b""
+
+
+class CutResponse(Response):
+    """A :class:`Response` sent with half of its body, then its connection dropped.
+
+    The fault action ``"cut"``: a download broken off after its headers.
+    """
+
+    __slots__ = ()
 
 
 _dumps_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -592,7 +603,7 @@ class Fault:
     body: object = None
     headers: dict[str, str] = field(default_factory=dict)
     delay_ms: int = 0
-    action: Literal["error", "disconnect"] = "error"
+    action: Literal["error", "disconnect", "cut"] = "error"
     when: Literal["before", "after"] = "before"
     echo_key: bool = False
     hits: int = 0
@@ -661,8 +672,8 @@ def _parse_fault(spec: Mapping[str, Any], fault_id: int) -> Fault:
         raise ValueError(msg)
     action = spec.get("action", "error")
     when = spec.get("when", "before")
-    if action not in ("error", "disconnect"):
-        msg = f"action must be 'error' or 'disconnect', got {action!r}"
+    if action not in ("error", "disconnect", "cut"):
+        msg = f"action must be 'error', 'disconnect' or 'cut', got {action!r}"
         raise ValueError(msg)
     if when not in ("before", "after"):
         msg = f"when must be 'before' or 'after', got {when!r}"
@@ -989,7 +1000,7 @@ class EmulatorCore:
         app = routed[0] if routed else None
         fault = self._take_fault(request)
         response: Response | None
-        if fault is not None and fault.when == "before":
+        if fault is not None and fault.when == "before" and fault.action != "cut":
             response = self._fault_response(fault, app, request)
         else:
             if routed is None:
@@ -999,7 +1010,9 @@ class EmulatorCore:
                 )
             else:
                 response = self._call_app(routed[0], request, routed[1])
-            if fault is not None:
+            if fault is not None and fault.action == "cut":
+                response = CutResponse(response.status, response.headers, response.body)
+            elif fault is not None:
                 response = self._fault_response(fault, app, request)
         self._record(request, app, response, fault)
         return response
@@ -1302,24 +1315,32 @@ class _Handler(BaseHTTPRequestHandler):
             self._write(response)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+        if isinstance(response, CutResponse):
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.wfile.flush()
+                self.connection.shutdown(socket.SHUT_RDWR)
 
     def _write(self, response: Response) -> None:
         self.send_response(response.status)
         for key, value in response.headers.items():
             self.send_header(key, value)
         body = response.body
+        cut = isinstance(response, CutResponse)
         if isinstance(body, bytes | bytearray | memoryview):
             self.send_header("content-length", str(len(body)))
             self.end_headers()
             if body:
-                self.wfile.write(body)  # one write, however large
+                self.wfile.write(body[: len(body) // 2] if cut else body)  # one write
             return
         self.send_header("transfer-encoding", "chunked")
         self.end_headers()
-        for chunk in body:
+        whole = b"".join(body) if cut else b""
+        for chunk in [whole[: len(whole) // 2]] if cut else body:
             if chunk:
                 self.wfile.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-        self.wfile.write(b"0\r\n\r\n")
+        if not cut:
+            self.wfile.write(b"0\r\n\r\n")
 
 
 class EmulatorServer(ThreadingHTTPServer):

@@ -54,6 +54,7 @@ from batchata_df.providers.base import (
     read_jsonl,
     result_lines,
     retry_after_seconds,
+    streamed_download,
     transport_failure,
     with_result_lines,
 )
@@ -443,10 +444,16 @@ class AnthropicProvider:
         with self._downloads.receive() as sink:
 
             def fetch() -> bytearray:
-                with self.client.messages.batches.with_streaming_response.results(batch_id) as r:
-                    for chunk in r.iter_bytes():
-                        sink.write(chunk)
-                return sink.getvalue()
+                # A body broken off midway was raised as the HTTP library's own error,
+                # past the translation into ProviderError: now fetched again, then that.
+                return streamed_download(
+                    lambda: self.client.messages.batches.with_streaming_response.results(
+                        batch_id
+                    ),
+                    sink,
+                    retries=self.sdk_max_retries,
+                    failed="Anthropic failed to download the batch results",
+                )
 
             return decode_results(self._call("download the batch results", fetch), spec)
 

@@ -16,7 +16,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -40,6 +40,7 @@ __all__ = [
     "Download",
     "DownloadBuffer",
     "DownloadSink",
+    "DOWNLOAD_RETRY_SECONDS",
     "Provider",
     "ProviderState",
     "RequestSpec",
@@ -55,6 +56,7 @@ __all__ = [
     "json_string",
     "none_true",
     "result_lines",
+    "streamed_download",
     "with_result_lines",
 ]
 
@@ -311,9 +313,15 @@ def _arrow_type(dtype: Any) -> Any:
 _OBJECT_FIRST = re.compile(rb"\s*\{")
 _NULL_LINE = re.compile(rb"[\r\n][ \t]?null")
 """A ``null`` line after the first (after at most one space or tab; after LF, or a bare CR,
-which pyarrow also takes for a line end). One search: the
-three ``in`` tests it replaces scanned a 40 MB download three times (~55 ms per 50,000-line
-file, against ~12 ms; ``benchmarks/PROFILE.md``, seventh pass)."""
+which pyarrow also takes for a line end). :func:`has_null_line` searches it as its two
+halves, :data:`_NULL_AFTER_LF` and :data:`_NULL_AFTER_CR`: one search of the whole pattern
+(seventh pass: it replaced three ``in`` tests, ~55 against ~12 ms per 50,000-line file)
+starts with a class of two bytes, which neither regex engine can skip to."""
+_NULL_AFTER_LF = re.compile(rb"\n[ \t]?null")
+_NULL_AFTER_CR = re.compile(rb"\r[ \t]?null")
+""":data:`_NULL_LINE` is found exactly when one of these is. Each starts with one literal
+byte, which RE2 and Python's ``re`` find by ``memchr`` and test the few bytes after: RE2
+~3 against ~65 ms per 41 MB OpenAI download (``benchmarks/PROFILE.md``, eleventh pass)."""
 
 _RE2_MIN_BYTES = 16 << 20
 """Smallest download :func:`has_null_line` gives to Arrow's RE2: below it, Python's ``re``
@@ -327,11 +335,13 @@ _OFFSETS = struct.Struct("<qq")
 def has_null_line(data: Download) -> bool:
     r"""Whether a line of ``data`` after the first is ``null`` (:data:`_NULL_LINE` occurs).
 
-    The same answer as ``_NULL_LINE.search(data) is not None``. A download of
+    The same answer as ``_NULL_LINE.search(data) is not None``, searched as its two halves
+    (:data:`_NULL_AFTER_LF`, :data:`_NULL_AFTER_CR`), each of which starts with a byte the
+    engines skip to (``memchr``) where the whole pattern's first class made them test every
+    byte: ~20x less CPU with RE2 (``benchmarks/PROFILE.md``, eleventh pass). A download of
     :data:`_RE2_MIN_BYTES` or more is searched by Arrow's RE2 in place (a one-value binary
-    array on its buffer, no copy): about 5x less CPU than Python's ``re`` (~7 against ~35
-    ms per 67 MB; ``benchmarks/PROFILE.md``, tenth pass). RE2's unanchored search steps
-    over any byte, so bytes that are not UTF-8 do not hide a match.
+    array on its buffer, no copy). RE2's unanchored search steps over any byte, so bytes
+    that are not UTF-8 do not hide a match.
 
     Examples
     --------
@@ -340,16 +350,20 @@ def has_null_line(data: Download) -> bool:
     >>> has_null_line(b'{"a":1}\rnull')  # a bare CR ends a line for pyarrow too
     True
     """
+    halves = (_NULL_AFTER_LF, _NULL_AFTER_CR)
     if not _RE2_MIN_BYTES <= len(data) <= _RE2_MAX_BYTES:
-        return _NULL_LINE.search(data) is not None
+        return any(half.search(data) is not None for half in halves)
     try:
         import pyarrow as pa
         import pyarrow.compute as pc  # type: ignore[import-untyped]
     except ImportError:  # pragma: no cover - pyarrow is a dependency
-        return _NULL_LINE.search(data) is not None
+        return any(half.search(data) is not None for half in halves)
     offsets = pa.py_buffer(_OFFSETS.pack(0, len(data)))
     whole = pa.Array.from_buffers(pa.large_binary(), 1, [None, offsets, pa.py_buffer(data)])
-    return bool(pc.match_substring_regex(whole, _NULL_LINE.pattern.decode())[0].as_py())
+    return any(
+        bool(pc.match_substring_regex(whole, half.pattern.decode())[0].as_py())
+        for half in halves
+    )
 
 
 def _read_jsonl_arrow(data: Download, schema: pl.Schema) -> pl.DataFrame | None:
@@ -451,6 +465,10 @@ class DownloadSink:
         self.memory = memory
         self._size = 0
 
+    def rewind(self) -> None:
+        """Start the download again: the next ``write`` goes to the start of the memory."""
+        self._size = 0
+
     def write(self, chunk: bytes) -> int:
         """Append ``chunk`` after what was written before."""
         end = self._size + len(chunk)
@@ -472,6 +490,68 @@ class DownloadSink:
             except BufferError:
                 self.memory = self.memory[: self._size]
         return self.memory
+
+
+DOWNLOAD_RETRY_SECONDS = (0.5, 8.0)
+"""First and longest wait before a broken-off download is fetched again (the wait doubles
+each time, less up to a quarter at random): the OpenAI and Anthropic SDKs' own retry waits."""
+
+
+def streamed_download(
+    opened: Callable[[], AbstractContextManager[Any]],
+    sink: DownloadSink,
+    *,
+    retries: int,
+    failed: str,
+) -> bytearray:
+    """A download streamed into ``sink``; fetched again from the start if broken off midway.
+
+    ``opened`` makes the SDK's request and gives its streamed response (an object with
+    ``iter_bytes``). The SDK retries what happens before the body (a refused connection, an
+    HTTP error), but not the body itself: a body read after the SDK's request returned
+    (``with_streaming_response``) that stops midway (a dropped connection, a read timeout)
+    raises the HTTP library's own error, not the SDK's. Such a download is fetched again
+    from the start, up to ``retries`` times with the SDKs' waits
+    (:data:`DOWNLOAD_RETRY_SECONDS`), as the SDK retries a body it reads itself; then
+    :class:`~batchata_df.errors.ProviderError` (``failed``: what failed, named) is raised,
+    which the engine retries later. Only an error of the body's reading counts: one of the
+    request itself is the SDK's to raise, one of ``sink`` is raised as it is.
+
+    Examples
+    --------
+    >>> import contextlib
+    >>> class Body:
+    ...     def __init__(self, chunks): self.chunks = chunks
+    ...     def iter_bytes(self): yield from self.chunks
+    >>> with DownloadBuffer().receive() as sink:
+    ...     bytes(streamed_download(lambda: contextlib.nullcontext(Body([b"a", b"b"])),
+    ...                             sink, retries=0, failed="x failed"))
+    b'ab'
+    """
+    import random
+
+    from batchata_df.errors import ProviderError
+
+    first, longest = DOWNLOAD_RETRY_SECONDS
+    broken: Exception | None = None
+    for attempt in range(retries + 1):
+        sink.rewind()
+        with opened() as response:
+            chunks = iter(response.iter_bytes())
+            while True:
+                try:
+                    chunk = next(chunks, None)
+                except Exception as e:  # the body broken off: fetched again, or given up
+                    broken = e
+                    break
+                if chunk is None:
+                    return sink.getvalue()
+                sink.write(chunk)
+        if attempt < retries:
+            time.sleep(min(first * 2**attempt, longest) * (1 - 0.25 * random.random()))
+    assert broken is not None  # every attempt was broken off (retries >= 0)
+    msg = f"{failed}: {type(broken).__name__}: {broken}"
+    raise ProviderError(msg) from broken
 
 
 def result_lines(data: Download) -> pl.Series:
