@@ -583,7 +583,9 @@ def files_key(files: pl.Expr) -> pl.Expr:
     return files.list.eval(one).list.join("|").fill_null("")
 
 
-def file_tokens(files: pl.Series, provider: str, model: str) -> pl.Series:
+def file_tokens(
+    files: pl.Series, provider: str, model: str, *, at_least: bool = False
+) -> pl.Series:
     """Estimated input tokens of each row's files, by the rules of :mod:`batchata_df.tokens`.
 
     PDFs cost :func:`~batchata_df.tokens.pdf_page_tokens` per page, images
@@ -597,6 +599,16 @@ def file_tokens(files: pl.Series, provider: str, model: str) -> pl.Series:
     >>> s = load_files(pl.DataFrame({"f": [b"hello world", None]}), "f", pl.Series([None] * 2))
     >>> file_tokens(s, "openai", "gpt-4.1").to_list()
     [34, 0]
+    >>> file_tokens(s, "openai", "gpt-4.1", at_least=True).to_list()
+    [2, 0]
+
+    With ``at_least``, the fewest tokens the files can count as (the context-window check,
+    ``frame._over_window``, refuses only what cannot fit): a text document's words by the
+    ``o200k_base`` count (see ``frame.WINDOW_TOKENS_PER_O200K``), without framing; an
+    image 0 (the provider picks the detail or resolution it is read at, and several of the
+    image rules are measured upper bounds); a PDF page 0 on OpenAI and Anthropic (a page's
+    text can be empty, and the size its image is rendered at is not published) and
+    Gemini's documented fixed count per page (258, 560 on Gemini 3).
     """
     from batchata_df.tokens import estimate_image_tokens, estimate_tokens, pdf_page_tokens
 
@@ -604,10 +616,25 @@ def file_tokens(files: pl.Series, provider: str, model: str) -> pl.Series:
         pl.DataFrame({"f": files.cast(FILE_PARTS)}).with_row_index("_row").explode("f").unnest("f")
     )
     per_page = pdf_page_tokens(provider, model)
-    text_tokens = estimate_tokens(flat.get_column("text"), provider, model)
+    framing = DOCUMENT_FRAMING_TOKENS
+    if at_least:
+        per_page = per_page if provider in ("gemini", "google") else 0
+        framing = 0
+        text_tokens = estimate_tokens(flat.get_column("text"), "openai", "gpt-4o")
+        if provider != "openai":
+            from batchata_df.frame import WINDOW_TOKENS_PER_O200K
+
+            factor = WINDOW_TOKENS_PER_O200K[{"google": "gemini"}.get(provider, provider)]
+            text_tokens = (text_tokens.cast(pl.Float64) * factor).floor().cast(pl.Int64)
+        else:
+            text_tokens = estimate_tokens(flat.get_column("text"), provider, model)
+    else:
+        text_tokens = estimate_tokens(flat.get_column("text"), provider, model)
     images = estimate_image_tokens(
         flat.get_column("width"), flat.get_column("height"), provider, model
     )
+    if at_least:
+        images = images * 0
     kind = flat.get_column("kind")
     tokens = (
         pl.DataFrame(
@@ -619,7 +646,7 @@ def file_tokens(files: pl.Series, provider: str, model: str) -> pl.Series:
             .when(pl.col("kind") == "image")
             .then(pl.col("i"))
             .when(pl.col("kind") == "text")
-            .then(pl.col("t") + DOCUMENT_FRAMING_TOKENS)
+            .then(pl.col("t") + framing)
             .otherwise(0)
             .cast(pl.Int64)
         )

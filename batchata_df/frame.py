@@ -413,7 +413,9 @@ def batch_llm(
         jobs = attach_files(jobs, frame, files, salt=salt, scheme=scheme)
         spec = dataclasses.replace(spec, prepare=content_preparer(citations=citations))
 
-    jobs = _over_window(jobs, spec)
+    jobs = _over_window(
+        jobs, spec, _recorded_lookup(state, fingerprint, retry_failed=retry_failed)
+    )
     sendable = _sendable(jobs)
     realtime_jobs = None
     if dry_run or max_cost_usd is not None:
@@ -1206,14 +1208,64 @@ def _check_models(
 
 
 
-APPROX_WINDOW_MARGIN = 1.25
-"""Where the input count is an approximation (Anthropic, Gemini: :mod:`batchata_df.tokens`
-leans high, ~17 % on English prose for Claude), a row is refused only above this many
-times the context window; nearer the edge the provider decides (its refusal then comes
-back as that row's error, unbilled)."""
+WINDOW_TOKENS_PER_O200K: dict[str, float] = {"openai": 1.0, "anthropic": 1.0, "gemini": 0.8}
+"""The fewest tokens of the provider's own tokenizer per ``o200k_base`` token (lower bounds).
+
+The context-window check (:func:`_over_window`) refuses a row only where even the most
+favourable count of its request is over the window: OpenAI's is exact (the model's own BPE,
+:mod:`batchata_df.tokens`); Anthropic and Gemini publish no offline tokenizer, so their
+count is bounded below by the ``o200k_base`` count times this factor, never by the
+planner's estimate (which leans high on purpose: ~1.8x ``o200k_base`` on Python, 1.43x on
+JSON, where Claude counts ~1.3x).
+
+* Anthropic, 1.0: Claude's tokenizers spend more tokens than GPT-4o's ``o200k_base`` on
+  every kind of text measured -- 16 % more on English, 21 % on math, 30 % on Python
+  (Vantage's comparison of Claude 3.5 Sonnet with GPT-4o, reported by VentureBeat, "Hidden
+  costs in AI deployment: Why Claude models may be 20-30 % more expensive than GPT in
+  enterprise settings", 2025), and the Claude Opus 4.7 tokenizer up to 35 % more than the
+  earlier Claude ones (Anthropic's Opus 4.7 notes). So the ``o200k_base`` count is a lower
+  bound.
+* Gemini, 0.8: no published comparison; Gemini's 256k-entry vocabulary can be more
+  frugal than ``o200k_base`` outside English, so a row is refused only above 1.25x the
+  window in ``o200k_base`` tokens (an assumption; Gemini's windows are 1M tokens, which few
+  rows approach).
+"""
 
 
-def _over_window(jobs: pl.DataFrame, spec: RequestSpec) -> pl.DataFrame:
+def _window_tokens(rows: pl.DataFrame, provider: str, model: str, schema_text: str) -> pl.Series:
+    """The fewest input tokens each row's request can count as (see WINDOW_TOKENS_PER_O200K).
+
+    OpenAI's text count is exact (with its chat framing); files count at their least
+    (:func:`batchata_df.files.file_tokens` ``at_least``).
+    """
+    from batchata_df.tokens import estimate_request_tokens, estimate_tokens, history_tokens
+
+    # Counted with the model's own encoding on OpenAI, o200k_base for the others.
+    counted = model if provider == "openai" else "gpt-4o"
+    extra = 0
+    if schema_text:
+        extra = int(estimate_tokens(pl.Series([schema_text]), "openai", counted)[0])
+    tokens = estimate_request_tokens(
+        rows.get_column("prompt"), "openai", counted,
+        system=rows.get_column("system"), extra_tokens=extra,
+    )  # fmt: skip
+    if "history" in rows.columns:
+        tokens = tokens + history_tokens(rows.get_column("history"), "openai", counted)
+    factor = WINDOW_TOKENS_PER_O200K[provider]
+    if factor != 1.0:
+        tokens = (tokens.cast(pl.Float64) * factor).floor().cast(pl.Int64)
+    if "files" in rows.columns:
+        from batchata_df.files import file_tokens
+
+        tokens = tokens + file_tokens(rows.get_column("files"), provider, model, at_least=True)
+    return tokens
+
+
+def _over_window(
+    jobs: pl.DataFrame,
+    spec: RequestSpec,
+    recorded: Callable[[pl.Series], pl.Series] | None = None,
+) -> pl.DataFrame:
     """Fail rows whose request cannot fit the model's context window, without sending them.
 
     Each such row gets an ``input_error`` (and no ``job_id``), like a row with a null
@@ -1221,10 +1273,20 @@ def _over_window(jobs: pl.DataFrame, spec: RequestSpec) -> pl.DataFrame:
     which rows were too long and why, instead of refusing the whole run (or sending the
     rows and having each one refused by the provider after the batch ran, as
     ``context_length_exceeded`` / ``prompt is too long`` / ``The input token count ...
-    exceeds the maximum``). The window is :func:`batchata_df.models.context_window`; the
-    count is the planner's estimate (:func:`batchata_df.tokens.estimate_request_tokens`),
-    computed only for rows whose bytes could reach the window (a token covers at least
-    one byte of text), so a run of short rows pays one string-length pass per model.
+    exceeds the maximum``). The window is :func:`batchata_df.models.context_window`.
+
+    A row is refused only where the fewest tokens its request can count as
+    (:func:`_window_tokens`: exact on OpenAI text, a lower bound elsewhere,
+    :data:`WINDOW_TOKENS_PER_O200K`) exceed the window; a row whose count is only an
+    estimate near the edge is sent, and the provider's refusal, if any, comes back as that
+    row's error (unbilled). Counted only for rows whose bytes could reach the window (a
+    token covers at least one byte of text), so a run of short rows pays one string-length
+    pass per model.
+
+    ``recorded`` (given the job ids of the rows about to be refused) returns those that the
+    state folder already holds an answer or a batch in flight for: they keep their job id,
+    so a resumed run shows what was paid for (a folder written before this check, or before
+    a window changed), and only rows that would be sent are refused.
 
     Examples
     --------
@@ -1239,7 +1301,6 @@ def _over_window(jobs: pl.DataFrame, spec: RequestSpec) -> pl.DataFrame:
     'gpt-4o-mini' (128,000 tokens); shorten the prompt or use a model with a larger window")
     """
     from batchata_df.models import context_window
-    from batchata_df.tokens import estimate_request_tokens, estimate_tokens, is_exact
 
     refused: list[pl.DataFrame] = []
     schema = spec.schema.json_schema
@@ -1250,8 +1311,9 @@ def _over_window(jobs: pl.DataFrame, spec: RequestSpec) -> pl.DataFrame:
         window = context_window(str(provider), str(model))
         if window is None:
             continue
-        exact = is_exact(str(provider), str(model))
-        limit = window if exact else int(window * APPROX_WINDOW_MARGIN)
+        name = {"google": "gemini"}.get(str(provider), str(provider))
+        # In o200k_base tokens (or the OpenAI model's own), the most a row can hold and fit.
+        limit = int(window / WINDOW_TOKENS_PER_O200K[name])
         sized = pl.col("prompt").str.len_bytes().fill_null(0) + pl.col(
             "system"
         ).str.len_bytes().fill_null(0)
@@ -1260,34 +1322,24 @@ def _over_window(jobs: pl.DataFrame, spec: RequestSpec) -> pl.DataFrame:
                 pl.element().struct.field("content").str.len_bytes().fill_null(0) + 16
             ).list.sum().fill_null(0)
         maybe = sized + len(schema_text.encode()) + 64 > limit
-        if "files" in jobs.columns:  # pages and images are not bytes of text: count them
+        if "files" in jobs.columns:  # pages and documents are not bytes of text: count them
             maybe = maybe | pl.col("files").is_not_null()
         ours = (pl.col("provider") == provider) & (pl.col("model") == model)
         rows = jobs.with_row_index("_row").filter(
             ours & pl.col("input_error").is_null() & maybe
         )
-        if not rows.height:
+        if not rows.height or not _can_count(str(provider), str(model)):
             continue
-        extra = 0
-        if schema_text:
-            extra = int(estimate_tokens(pl.Series([schema_text]), str(provider), str(model))[0])
-        tokens = estimate_request_tokens(
-            rows.get_column("prompt"), str(provider), str(model),
-            system=rows.get_column("system"), extra_tokens=extra,
-        )  # fmt: skip
-        if "history" in rows.columns:
-            from batchata_df.tokens import history_tokens
-
-            tokens = tokens + history_tokens(rows.get_column("history"), str(provider), str(model))
-        if "files" in rows.columns:
-            from batchata_df.files import file_tokens
-
-            tokens = tokens + file_tokens(rows.get_column("files"), str(provider), str(model))
-        over = rows.select("_row").with_columns(tokens.alias("_tokens")).filter(
-            pl.col("_tokens") > limit
+        tokens = _window_tokens(rows, name, str(model), schema_text)
+        over = rows.select("_row", "job_id").with_columns(tokens.alias("_tokens")).filter(
+            pl.col("_tokens") > window
         )
+        if over.height and recorded is not None:
+            keep = recorded(over.get_column("job_id"))
+            over = over.filter(~pl.col("job_id").is_in(keep.implode()))
         if over.height:
-            about = "" if exact else "~"
+            exact = name == "openai" and "files" not in rows.columns
+            about = "" if exact else "at least "
             refused.append(over.select(
                 "_row",
                 pl.format(
@@ -1303,11 +1355,48 @@ def _over_window(jobs: pl.DataFrame, spec: RequestSpec) -> pl.DataFrame:
     if not refused:
         return jobs
     why = pl.concat(refused)
-    joined = jobs.with_row_index("_row").join(why, on="_row", how="left").drop("_row")
+    joined = (
+        jobs.with_row_index("_row")
+        .join(why, on="_row", how="left", maintain_order="left")
+        .drop("_row")
+    )
     return joined.with_columns(
         pl.coalesce("input_error", "_why").alias("input_error"),
         pl.when(pl.col("_why").is_null()).then(pl.col("job_id")).alias("job_id"),
     ).drop("_why")
+
+
+def _can_count(provider: str, model: str) -> bool:
+    """Whether the BPE the window check counts with is installed (else the provider decides)."""
+    from batchata_df.tokens import _counter, openai_encoding_name
+
+    encoding = openai_encoding_name(model) if provider == "openai" else "o200k_base"
+    return _counter(encoding) is not None
+
+
+def _recorded_lookup(
+    state: str | os.PathLike[str] | None, fingerprint: dict[str, str], *, retry_failed: bool
+) -> Callable[[pl.Series], pl.Series] | None:
+    """For :func:`_over_window`: which of some job ids the state folder will not send again.
+
+    Those whose latest event is ``completed``, ``failed`` (unless ``retry_failed``) or
+    ``assigned`` (a batch that may be in flight, or a realtime request an earlier call lost:
+    the engine resolves it). Read only when a row is about to be refused (rare), from a
+    read-only store: no lock, nothing written.
+    """
+    if state is None:
+        return None
+    folder = Path(state)
+
+    def recorded(job_ids: pl.Series) -> pl.Series:
+        if not (folder / "manifest.json").exists():
+            return job_ids.clear()
+        store = StateStore(folder, fingerprint, readonly=True)
+        latest = store.latest_status(job_ids)
+        keep = ["completed", "assigned"] if retry_failed else ["completed", "assigned", "failed"]
+        return latest.filter(pl.col("status").is_in(keep)).get_column("job_id")
+
+    return recorded
 
 
 def _check_outputs(

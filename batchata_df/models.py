@@ -291,7 +291,9 @@ FAMILIES: tuple[Family, ...] = (
     ),
     Family(
         "openai", "GPT-4.1", r"gpt-4\.1", ("gpt-4.1", "gpt-4.1-mini"), max_output_tokens=32_768,
-        sources=(f"{_OAI_DOCS}gpt-4.1 (32,768 max output tokens; no reasoning)",),
+        context=1_047_576,
+        sources=(f"{_OAI_DOCS}gpt-4.1 (1,047,576 context window, 32,768 max output tokens; no "
+                 "reasoning; genai-prices 0.2.3 says 1,000,000)",),
     ),
     Family(
         "openai", "GPT-4 Turbo, GPT-4, GPT-3.5 Turbo",
@@ -399,9 +401,12 @@ FAMILIES: tuple[Family, ...] = (
         "gemini", "Gemini 2.5 Pro", r"gemini-2\.5-pro", ("gemini-2.5-pro",),
         thinking="gemini_budget", thinks_by_default=True, default_effort="medium",
         can_disable=False, efforts=("minimal", "low", "medium", "high"),
-        max_output_tokens=65_536,
+        max_output_tokens=65_536, context=1_048_576,
         sources=("https://ai.google.dev/gemini-api/docs/thinking (2.5 Pro cannot turn thinking "
-                 "off; budget 128..32,768)", f"{_PAI}google.py thinking_always_enabled"),
+                 "off; budget 128..32,768)", f"{_PAI}google.py thinking_always_enabled",
+                 "https://github.com/google-gemini/gemini-cli/issues/6678 (\"The input token "
+                 "count (1200293) exceeds the maximum number of tokens allowed (1048576).\", "
+                 "gemini-2.5-pro; genai-prices 0.2.3 has no window)"),
     ),
     Family(
         "gemini", "Gemini 2.5 Flash, Flash-Lite", r"gemini-2\.5",
@@ -414,8 +419,10 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "gemini", "Gemini 3 Pro", r"gemini-3-pro", ("gemini-3-pro-preview",),
         thinking="gemini_level", thinks_by_default=True, default_effort="high", can_disable=False,
-        efforts=("low", "high"), max_output_tokens=65_536,
-        sources=("https://github.com/egoist/chatwise-releases/issues/1206 (\"Thinking level "
+        efforts=("low", "high"), max_output_tokens=65_536, context=1_048_576,
+        sources=("https://ai.google.dev/gemini-api/docs/models/gemini-3-pro-preview (input "
+                 "token limit 1,048,576; genai-prices 0.2.3 has no window)",
+                 "https://github.com/egoist/chatwise-releases/issues/1206 (\"Thinking level "
                  "MEDIUM is not supported for this model. Please retry with other thinking "
                  "level.\", 400 INVALID_ARGUMENT)",
                  "https://github.com/langchain-ai/langchainjs/pull/10101 (MEDIUM came with "

@@ -198,6 +198,8 @@ def stream_llm(
         provider_patience_s=patience_s,
     )
 
+    recorded = fr._recorded_lookup(state, fingerprint, retry_failed=retry_failed)
+
     def jobs_of(chunk: pl.DataFrame) -> pl.DataFrame:
         jobs = build_jobs(
             chunk, model=model, prompt=prompt, system=system, salt=salt, scheme=scheme,
@@ -207,7 +209,7 @@ def stream_llm(
             from batchata_df.files import attach_files
 
             jobs = attach_files(jobs, chunk, files, salt=salt, scheme=scheme)
-        return fr._over_window(jobs, spec)
+        return fr._over_window(jobs, spec, recorded)
 
     # A dry run's expected cost learns from the answers already in the folder, as in memory.
     observed = fr._observed(state, fingerprint) if dry_run else None
@@ -266,7 +268,7 @@ def stream_llm(
             flagged = _write_sink(
                 sink_path, source.files, store, engine.state.unavailable, unsent, answer,
                 pl.DataFrame(schema=lf.collect_schema()), citations=citations, keep_raw=keep_raw,
-                keep_responses=keep_responses,
+                keep_responses=keep_responses, distinct=source.distinct,
             )
     finally:
         close = getattr(display, "close", None)
@@ -383,6 +385,9 @@ class ChunkSource:
         self.expected_rows = expected_rows
         self.rows_seen = 0
         self.files: list[Path] = []
+        self.distinct: set[Path] = set()
+        """Spilled chunks whose job ids are known to be distinct (nulls aside): nothing in
+        them repeats a request of the same chunk, so no need to look for one."""
         self.seen: SeenIds | None = SeenIds(spill=spill / "seen")
         """Job ids of the chunks read so far (a later chunk's copy of a request is marked)."""
         self._batches = _chunks(lf, chunk_rows, expected_rows)
@@ -398,8 +403,9 @@ class ChunkSource:
             return None
         jobs = self.jobs_of(chunk)
         ids = jobs.get_column("job_id")
-        later = pl.Series(_LATER, [False] * chunk.height, dtype=pl.Boolean)
+        later = pl.repeat(False, chunk.height, dtype=pl.Boolean, eager=True).alias(_LATER)
         hit = self.seen.check_and_add(ids) if self.seen is not None else None
+        distinct = hit is not None and self.seen is not None and self.seen.distinct
         if hit is None:
             self.seen = None  # an id it cannot key exactly: the spilled chunks are searched
         if self.files:
@@ -420,8 +426,13 @@ class ChunkSource:
             ids.alias(_JOB), jobs.get_column("input_error").alias(_ERR), later
         )
         path = self.spill / f"chunk-{len(self.files):06d}.parquet"
-        keyed.write_parquet(path, compression="zstd", statistics=False)
+        # lz4: the chunk is read back by this call only; zstd's smaller file cost more
+        # CPU both ways (a 200,000-row chunk: 62 + 22 against 39 + 12 ms to write and read;
+        # benchmarks/PROFILE.md, eleventh pass).
+        keyed.write_parquet(path, compression="lz4", statistics=False)
         self.files.append(path)
+        if distinct:
+            self.distinct.add(path)
         self.rows_seen += chunk.height
         return keyed, jobs.with_columns(later)
 
@@ -431,11 +442,10 @@ class ChunkSource:
         if read is None:
             return None
         _, jobs = read
-        sendable = (
-            jobs.filter(pl.col("input_error").is_null() & ~pl.col(_LATER))
-            .unique("job_id", keep="first", maintain_order=True)
-            .drop("input_error", _LATER)
-        )
+        sendable = jobs.filter(pl.col("input_error").is_null() & ~pl.col(_LATER))
+        if self.files[-1] not in self.distinct:  # else each id is there once already
+            sendable = sendable.unique("job_id", keep="first", maintain_order=True)
+        sendable = sendable.drop("input_error", _LATER)
         return self.estimate(sendable)
 
     def read_rest(self) -> None:
@@ -508,6 +518,9 @@ class SeenIds:
 
     def __init__(self, max_segment: int = SEEN_SEGMENT_IDS, spill: Path | None = None) -> None:
         self.segments: list[_Segment] = []
+        self.distinct = False
+        """Whether the ids of the last :meth:`check_and_add` were distinct, nulls aside
+        (``False``: maybe not; known from their sort, at no cost)."""
         self.max_segment = max_segment
         self.spill = spill
         self._files = 0
@@ -552,11 +565,15 @@ class SeenIds:
 
         ``None`` (and nothing added) if an id is not 24 lowercase hex digits.
         """
+        self.distinct = False
         keys = self._keys(ids)
         if keys is None:
             return None
         order = np.argsort(keys[0], kind="stable")  # by the high bits; equal ones: below
         hi, lo = keys[0][order], keys[1][order]
+        # Equal ids have equal high bits, next to each other once sorted: none such, none
+        # repeated (some such: maybe; the caller then looks).
+        self.distinct = not bool((hi[1:] == hi[:-1]).any())
         found = np.zeros(hi.size, dtype=bool)
         for segment in self.segments:
             if not self._size(segment):
@@ -1026,11 +1043,14 @@ def _write_sink(
     citations: bool,
     keep_raw: bool,
     keep_responses: bool,
+    distinct: set[Path] | None = None,
 ) -> pl.DataFrame | None:
     """Assemble each spilled chunk with its jobs' states into ``sink``, in input order.
 
-    Returns the ``status``/``error`` of rows flagged ``provider_unavailable`` (for the
-    warning), or ``None``.
+    ``distinct`` are the chunks whose job ids are known to be distinct, nulls aside
+    (:attr:`ChunkSource.distinct`): no repeat within them is looked for. Returns the
+    ``status``/``error`` of rows flagged ``provider_unavailable`` (for the warning), or
+    ``None``.
     """
     from batchata_df import frame as fr
     from batchata_df.state import _conform
@@ -1050,9 +1070,7 @@ def _write_sink(
             # A repeat of a request earlier in the chunk is marked like one of an earlier
             # chunk before the chunk is cut into slices, so its bill stays on the first row
             # whichever slice that is.
-            whole = whole.with_columns(
-                (pl.col(_LATER) | ~pl.col(_JOB).is_first_distinct()).alias(_LATER)
-            )
+            whole = whole.with_columns(_repeats(path in (distinct or ())).alias(_LATER))
             # A spilled index reads its partitions once for the chunk, not once per slice.
             index.prefetch(whole.filter(pl.col(_ERR).is_null()).get_column(_JOB))
             for start in range(0, whole.height, SINK_SLICE_ROWS):
@@ -1062,13 +1080,18 @@ def _write_sink(
                     pl.col(_ERR).alias("input_error"),
                     pl.col(_LATER).alias("later"),
                 )
-                ids = keys.filter(pl.col("input_error").is_null()).get_column("job_id").unique()
+                sendable = keys.filter(pl.col("input_error").is_null())
+                # Each job once: at its first row (the bill's row), as in the sink.
+                first = sendable.filter(~pl.col("later"))
+                ids = sendable.get_column("job_id")
+                if first.height < sendable.height:  # some rows repeat an earlier one's job
+                    ids = ids.unique()
                 with store._reading():
                     events = _conform(index.events(ids, list(JOB_EVENTS)), JOB_EVENTS)
                 states = job_states_of(store, ids, batches, index, events)
-                # Each job once: at its first row (the bill's row), as in the sink.
-                first = keys.filter(pl.col("input_error").is_null() & ~pl.col("later"))
-                summary.add(events.filter(pl.col("job_id").is_in(first["job_id"].implode())))
+                if first.height < ids.len():  # some jobs are an earlier slice's: summarized there
+                    events = events.filter(pl.col("job_id").is_in(first["job_id"].implode()))
+                summary.add(events)
                 results = with_unavailable(states, unavailable, _unsent_in(ids, states, unsent))
                 hit = results.filter(
                     pl.col("error").str.contains("provider_unavailable: ", literal=True)
@@ -1093,6 +1116,19 @@ def _write_sink(
         )
         summary.close()
     return pl.concat(flagged) if flagged else None
+
+
+def _repeats(distinct: bool) -> pl.Expr:
+    """``later``, with the rows repeating a request earlier in the same chunk marked too.
+
+    For a chunk whose ids are distinct but for nulls (rows with an input error), only the
+    nulls after the first can repeat: the same marks as ``is_first_distinct`` gives,
+    without hashing the ids.
+    """
+    if not distinct:
+        return pl.col(_LATER) | ~pl.col(_JOB).is_first_distinct()
+    null = pl.col(_JOB).is_null()
+    return pl.col(_LATER) | (null & (null.cum_sum() > 1))
 
 
 def stream_plan(

@@ -115,7 +115,9 @@ def test_a_results_file_starting_with_a_null_line_never_reaches_pyarrow() -> Non
     assert _read_jsonl_arrow(b' \r\n{"id":"a","n":1}', schema) is not None
 
 
-@pytest.mark.parametrize("spelling", [b"null", b" null", b"\tnull"])
+@pytest.mark.parametrize(
+    "spelling", [b"null", b" null", b"\tnull", b"  null", b"\t\tnull", b" \t null"]
+)
 @pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
 def test_a_null_line_in_any_spelling_never_reaches_pyarrow(spelling: bytes, newline: bytes) -> None:
     # Every spelling of a `null` line pyarrow is kept from (it crashes on one that starts a

@@ -282,3 +282,53 @@ def test_the_read_window_default_and_its_limit_are_pinned(tmp_path, monkeypatch)
         events = index.events(every, ["job_id", "status"])
         assert sorted(events["job_id"].to_list()) == ids
         assert read == windows, (limit, read)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_a_windows_rows_are_taken_as_a_gather_of_them_takes_them(seed):
+    """``_take`` (a slice for one run of rows, a mask otherwise) against a plain gather.
+
+    Rows are what a lookup finds in one window: sorted and distinct, one run (a batch's
+    events), several runs, single rows, the first or last rows, none. Caught when broken:
+    a run of rows taken one place off or one row short, runs with a gap taken as one, the
+    mask keeping other rows.
+    """
+    rng = np.random.default_rng(seed)
+    height = int(rng.integers(1, 300))
+    frame = pl.DataFrame({
+        "seq": np.arange(height, dtype=np.int64),
+        "job_id": [f"{i:024x}" for i in rng.integers(0, 1 << 40, height)],
+        "answer": [None if i % 3 else f'{{"k": {i}}}' for i in range(height)],
+    })  # fmt: skip
+    shape = seed % 4
+    if shape == 0:  # one run anywhere (the whole window included)
+        lo = int(rng.integers(0, height))
+        rows = np.arange(lo, int(rng.integers(lo + 1, height + 1)), dtype=np.int64)
+    elif shape == 1:  # a run with one row missing inside (two runs)
+        lo = int(rng.integers(0, height))
+        rows = np.arange(lo, height, dtype=np.int64)
+        if rows.size > 2:
+            rows = np.delete(rows, int(rng.integers(1, rows.size - 1)))
+    elif shape == 2:  # scattered
+        rows = np.flatnonzero(rng.random(height) < rng.random())
+    else:  # none, or one row
+        rows = rng.integers(0, height, int(rng.integers(0, 2))).astype(np.int64)
+    got = jobindex_module._take(frame, rows)
+    assert_frame_equal(got, frame[rows] if rows.size else frame.clear())
+
+
+def test_a_lookup_of_contiguous_and_scattered_events_equals_the_filtered_scan(tmp_path):
+    """Through ``events``: a batch's events (one run per window) and scattered ones."""
+    store = StateStore(tmp_path / "st", {"model": "m"})
+    ids = [f"{i:024x}" for i in range(400)]
+    store.append_jobs(pl.DataFrame({"job_id": ids, "status": "assigned", "batch_key": "b"}))
+    store.append_jobs(pl.DataFrame({"job_id": ids, "status": "completed", "batch_key": "b",
+                                    "answer": [f"a{i}" for i in range(400)]}))  # fmt: skip
+    store.compact(target_bytes=1 << 30)
+    index = store.job_index()
+    events = store.job_events()
+    for asked in (ids[100:300], ids[::7], ids[5:6], [*ids[:3], *ids[397:]]):
+        some = pl.Series(asked)
+        expected = events.filter(pl.col("job_id").is_in(some.implode()))
+        got = index.events(some, list(JOB_EVENTS))
+        assert_frame_equal(got.with_columns(pl.col("ts").cast(JOB_EVENTS["ts"])), expected)

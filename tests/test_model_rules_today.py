@@ -57,8 +57,9 @@ def openai_error(body: dict[str, Any]) -> dict[str, Any]:
 
 def unsupported_value(effort: str, model: str, allowed: str) -> dict[str, Any]:
     return {
-        "message": f"Unsupported value: '{effort}' is not supported with the '{model}' model. "
-        f"Supported values are: {allowed}.",
+        # Chat Completions' wording (egoist/chatwise-releases#1257, livekit/agents#3966).
+        "message": f"Unsupported value: 'reasoning_effort' does not support '{effort}' with "
+        f"this model. Supported values are: {allowed}.",
         "type": "invalid_request_error",
         "param": "reasoning_effort",
         "code": "unsupported_value",
@@ -126,7 +127,7 @@ def test_what_users_saw_the_batch_ran_and_every_row_failed(emu, tmp_path, monkey
     monkeypatch.setattr(batchata_df.frame, "check_model_params", lambda *a: None)
     out = run("gpt-5.1", tmp_path, params={"reasoning_effort": "xhigh"})
     assert out["_status"].to_list() == ["failed"] * 2
-    assert out["_error"].str.contains("'xhigh' is not supported with the 'gpt-5.1'").all()
+    assert out["_error"].str.contains("'reasoning_effort' does not support 'xhigh' with this").all()
 
 
 # -- 2. the -chat-latest models -----------------------------------------------------------
@@ -320,15 +321,17 @@ def test_emulator_refuses_a_prompt_over_the_window_per_request(emu):
                              "messages": [{"role": "user", "content": LONG}]})  # fmt: skip
     assert response["status_code"] == 400
     assert response["body"]["error"] == {
+        # Counted with gpt-4o-mini's own BPE (o200k_base), as OpenAI counts: 140,001.
         "message": "This model's maximum context length is 128000 tokens. However, your "
-        "messages resulted in 175000 tokens. Please reduce the length of the messages.",
+        "messages resulted in 140001 tokens. Please reduce the length of the messages.",
         "type": "invalid_request_error",
         "param": "messages",
         "code": "context_length_exceeded",
     }
     result = anthropic_result({"model": "claude-sonnet-4-5",
                                "messages": [{"role": "user", "content": LONG * 2}]})  # fmt: skip
-    assert result.error.error.message == "prompt is too long: 350000 tokens > 200000 maximum"
+    # o200k_base 280,001 x 1.16 (model_rules.CLAUDE_TOKENS_PER_O200K), an approximation.
+    assert result.error.error.message == "prompt is too long: 324802 tokens > 200000 maximum"
     # Claude 4.6 takes 1M tokens; the shorter prompt fits gpt-4.1's 1M window.
     assert anthropic_result({"model": "claude-sonnet-4-6",
                              "messages": [{"role": "user", "content": LONG * 2}]}).type == (
@@ -361,8 +364,8 @@ def test_emulator_refuses_a_gemini_prompt_over_the_window(emu):
     ("model", "times", "why"),
     [("gpt-4o-mini", 1, "the request is 140,007 tokens, over the context window of "
       "'gpt-4o-mini' (128,000 tokens)"),
-     ("claude-sonnet-4-5", 2, "the request is ~466,675 tokens, over the context window "
-      "of 'claude-sonnet-4-5' (200,000 tokens)"),
+     ("claude-sonnet-4-5", 2, "the request is at least 280,007 tokens, over the context "
+      "window of 'claude-sonnet-4-5' (200,000 tokens)"),
      ("gpt-5.1-chat-latest", 1, "over the context window of 'gpt-5.1-chat-latest' "
       "(128,000 tokens)")],
 )  # fmt: skip
@@ -382,7 +385,7 @@ def test_an_over_long_row_fails_as_data_and_the_others_run(emu, tmp_path, model,
 
 
 def test_what_users_saw_the_long_row_was_sent_and_refused(emu, tmp_path, monkeypatch):
-    monkeypatch.setattr(batchata_df.frame, "_over_window", lambda jobs, spec: jobs)
+    monkeypatch.setattr(batchata_df.frame, "_over_window", lambda jobs, spec, recorded=None: jobs)
     frame = pl.DataFrame({"text": ["short one", LONG]})
     out = frame.pipe(batch_llm, model="gpt-4o-mini", prompt="{text}", state=tmp_path / "s")
     assert out["_status"].to_list() == ["completed", "failed"]
@@ -418,8 +421,8 @@ def test_short_rows_are_not_counted(emu, monkeypatch):
 def test_a_row_near_the_window_is_left_to_the_provider_where_the_count_is_approximate(
     emu, tmp_path
 ):
-    # ~220,000 tokens by the client's Claude approximation (which leans high), under
-    # 1.25 x 200,000: sent, and the emulator (like Claude) finds it fits.
+    # ~220,000 tokens by the planner's Claude estimate (which leans high), 132,001 by
+    # o200k_base (the lower bound, under 200,000): sent, and the emulator finds it fits.
     frame = pl.DataFrame({"text": ["short one", "word " * 132_000]})
     out = frame.pipe(batch_llm, model="claude-sonnet-4-5", prompt="{text}", state=tmp_path / "s")
     assert out["_status"].to_list() == ["completed", "completed"]
@@ -510,3 +513,244 @@ def test_earlier_turns_count_toward_the_window(emu, tmp_path, monkeypatch):
     assert out["_status"].to_list() == ["completed", "failed", "completed"]
     assert "over the context window of 'gpt-4o-mini'" in out["_error"][1]
     assert calls == [1]  # only the row whose turns could reach the window was counted
+
+
+# -- 6b. the window check after review: stored answers win, lower bounds, exact counts ----
+
+FITS = "word " * 100_000  # 100,007 tokens on gpt-4o-mini: fits its 128,000
+
+
+def smaller_client_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client's window for gpt-4o-mini drops to 50,000 (a later release, or a folder
+    written before the check): FITS is then over it."""
+    import batchata_df.models
+
+    real = batchata_df.models.context_window
+    monkeypatch.setattr(
+        batchata_df.models, "context_window",
+        lambda p, m: 50_000 if m == "gpt-4o-mini" else real(p, m),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_stored_answer_wins_over_a_window_that_shrank(emu, tmp_path, monkeypatch, streamed):
+    frame = pl.DataFrame({"text": ["short one", FITS]})
+    frame.write_parquet(tmp_path / "in.parquet")
+
+    def go(n: int) -> pl.DataFrame:
+        if not streamed:
+            return frame.pipe(batch_llm, model="gpt-4o-mini", prompt="{text}",
+                              state=tmp_path / "s")  # fmt: skip
+        return batch_llm(
+            pl.scan_parquet(tmp_path / "in.parquet"), model="gpt-4o-mini", prompt="{text}",
+            state=tmp_path / "s", sink=tmp_path / f"out{n}.parquet", chunk_rows=1,
+        ).collect()  # fmt: skip
+
+    first = go(1)
+    assert first["_status"].to_list() == ["completed"] * 2
+    sent = len(emu.log())
+    smaller_client_window(monkeypatch)
+    again = go(2)
+    assert len(emu.log()) == sent  # nothing sent again
+    assert again["_status"].to_list() == ["completed"] * 2
+    assert again["_job_id"].to_list() == first["_job_id"].to_list()
+    assert again["_cost_usd"].to_list() == first["_cost_usd"].to_list()
+    assert again["_cost_usd"][1] > 0
+    assert again["response"].to_list() == first["response"].to_list()
+    # A new folder has nothing stored: there the row is refused before sending.
+    fresh = frame.pipe(batch_llm, model="gpt-4o-mini", prompt="{text}", state=tmp_path / "n")
+    assert fresh["_status"].to_list() == ["completed", "failed"]
+    assert "over the context window of 'gpt-4o-mini' (50,000 tokens)" in fresh["_error"][1]
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_batch_in_flight_wins_over_a_window_that_shrank(emu, tmp_path, monkeypatch, streamed):
+    frame = pl.DataFrame({"text": ["short one", FITS]})
+    frame.write_parquet(tmp_path / "in.parquet")
+
+    def go(n: int, **kw: Any) -> pl.DataFrame:
+        if not streamed:
+            return frame.pipe(batch_llm, model="gpt-4o-mini", prompt="{text}",
+                              state=tmp_path / "s", **kw)  # fmt: skip
+        return batch_llm(
+            pl.scan_parquet(tmp_path / "in.parquet"), model="gpt-4o-mini", prompt="{text}",
+            state=tmp_path / "s", sink=tmp_path / f"out{n}.parquet", **kw,
+        ).collect()  # fmt: skip
+
+    emu.configure(latency=1000.0)
+    first = go(1, wait=False)
+    assert first["_status"].to_list() == ["pending"] * 2
+    smaller_client_window(monkeypatch)
+    emu.advance(1000.0)  # the batch ends on the emulator's clock
+    again = go(2)
+    assert again["_status"].to_list() == ["completed"] * 2
+    assert again["_job_id"].to_list() == first["_job_id"].to_list()
+    assert again["_cost_usd"][1] > 0
+
+
+def test_a_failed_row_is_checked_again_when_it_would_be_sent(emu, tmp_path, monkeypatch):
+    # retry_failed=True sends failed rows again: those are checked like new ones.
+    frame = pl.DataFrame({"text": ["short one", "[[emulator:error]] " + FITS]})
+    first = frame.pipe(batch_llm, model="gpt-4o-mini", prompt="{text}", state=tmp_path / "s")
+    assert first["_status"].to_list() == ["completed", "failed"]
+    smaller_client_window(monkeypatch)
+    kept = frame.pipe(batch_llm, model="gpt-4o-mini", prompt="{text}", state=tmp_path / "s")
+    assert kept["_error"][1] == first["_error"][1]  # the stored failure, not sent again
+    retried = frame.pipe(batch_llm, model="gpt-4o-mini", prompt="{text}",
+                         state=tmp_path / "s", retry_failed=True)  # fmt: skip
+    assert "over the context window" in retried["_error"][1]
+
+
+def python_source(o200k: int) -> str:
+    """Python code of about ``o200k`` o200k_base tokens (this project's own source)."""
+    from batchata_df.tokens import estimate_tokens
+
+    src = Path(batchata_df.frame.__file__).read_text() * 20
+    count = int(estimate_tokens(pl.Series([src]), "openai", "gpt-4o")[0])
+    return src[: int(len(src) * o200k / count)]
+
+
+def test_python_near_the_claude_window_is_sent(emu, tmp_path):
+    # ~140,000 o200k_base tokens of Python: Claude counts ~1.3x (182,000 < 200,000). The
+    # planner's estimate (~1.8x, ~253,000) is not a reason to refuse it.
+    from batchata_df.tokens import estimate_tokens
+
+    code = python_source(140_000)
+    estimate = int(estimate_tokens(pl.Series([code]), "anthropic", "claude-sonnet-4-5")[0])
+    assert estimate > 1.25 * 200_000  # what the check refused it by before
+    out = pl.DataFrame({"code": [code]}).pipe(
+        batch_llm, model="claude-sonnet-4-5", prompt="Review:\n{code}", state=tmp_path / "s"
+    )
+    assert out["_status"].to_list() == ["completed"]
+
+
+def test_a_row_the_client_cannot_rule_out_is_left_to_the_provider(emu, tmp_path):
+    # 180,001 o200k_base tokens: under 200,000, so sent; the emulator counts it as Claude
+    # would (~1.16x: 208,802) and refuses that row alone, as that row's error.
+    frame = pl.DataFrame({"text": ["short one", "word " * 180_000]})
+    out = frame.pipe(batch_llm, model="claude-sonnet-4-5", prompt="{text}", state=tmp_path / "s")
+    assert out["_status"].to_list() == ["completed", "failed"]
+    assert "prompt is too long: 208802 tokens > 200000 maximum" in out["_error"][1]
+    assert not out["_error"][1].startswith("input:")
+
+
+def blank_pdf(path: Path, pages: int) -> Path:
+    from pypdf import PdfWriter
+
+    writer = PdfWriter()
+    for _ in range(pages):
+        writer.add_blank_page(612, 792)
+    writer.write(path)
+    return path
+
+
+def test_pdf_pages_are_not_counted_against_the_window_by_assumption(emu, tmp_path):
+    # Five blank pages: 135,015 tokens by the planner's dense-page assumption on gpt-4o-mini
+    # (1,500 text + a page image each), but a blank page has no text.
+    pdf = blank_pdf(tmp_path / "p5.pdf", 5)
+    frame = pl.DataFrame({"text": ["a"], "f": [str(pdf)]})
+    out = frame.pipe(batch_llm, model="gpt-4o-mini", prompt="Summarize {text}", files="f",
+                     state=tmp_path / "s")  # fmt: skip
+    assert out["_error"][0] is None or not out["_error"][0].startswith("input:")
+
+
+def over_window(prompt: str, model: str = "gpt-4o-mini", *, schema: Any = None,
+                **columns: Any) -> pl.DataFrame:  # fmt: skip
+    from batchata_df.frame import _over_window
+    from batchata_df.jobs import build_jobs
+    from batchata_df.providers.base import RequestSpec
+    from batchata_df.schema import AnswerSchema
+
+    frame = pl.DataFrame({"text": [prompt], **columns})
+    jobs = build_jobs(frame, model=model, prompt="{text}", system=None, salt="s",
+                      scheme="blake2b", history="h" if "h" in columns else None)  # fmt: skip
+    return _over_window(jobs, RequestSpec(AnswerSchema(schema), {}))
+
+
+def test_a_row_of_exactly_the_window_fits():
+    # "word " * 127,993: 127,994 tokens + 6 of chat framing = 128,000, gpt-4o-mini's window.
+    assert over_window("word " * 127_993)["input_error"][0] is None
+    assert "128,001 tokens" in over_window("word " * 127_994)["input_error"][0]
+
+
+def described(words: int) -> type[BaseModel]:
+    """An answer schema whose description is ``words`` tokens long."""
+    return type("Described", (BaseModel,), {"__doc__": "word " * words,
+                                            "__annotations__": {"label": str}})  # fmt: skip
+
+
+def test_the_schema_counts_toward_the_window():
+    # A short prompt with a schema of 130,000 tokens: only the schema's bytes can tell.
+    assert "over the context window" in over_window("hi", schema=described(130_000))[
+        "input_error"
+    ][0]
+    # 100,007 tokens of prompt fit; with 30,000 of schema they do not.
+    assert over_window(FITS)["input_error"][0] is None
+    assert "over the context window" in over_window(FITS, schema=described(30_000))[
+        "input_error"
+    ][0]
+
+
+def test_earlier_turns_framing_counts_toward_the_window():
+    # 40,000 one-byte turns: 40,000 bytes, but 4 tokens each with their framing (160,000).
+    turns = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+    h = pl.Series("h", [[{"role": "user", "content": "a"}] * 40_000], dtype=turns)
+    out = over_window("hi", h=h)
+    assert "over the context window of 'gpt-4o-mini'" in out["input_error"][0]
+
+
+def test_a_row_pushed_over_by_its_text_document_is_refused(emu, tmp_path):
+    frame = pl.DataFrame({"text": ["short one", "short two"],
+                          "f": [None, ("word " * 140_000).encode()]})  # fmt: skip
+    out = frame.pipe(batch_llm, model="gpt-4o-mini", prompt="{text}", files="f",
+                     state=tmp_path / "s")  # fmt: skip
+    assert out["_status"].to_list() == ["completed", "failed"]
+    assert out["_error"][1].startswith("input: the request is at least 140,")
+    assert "over the context window of 'gpt-4o-mini'" in out["_error"][1]
+
+
+def test_the_emulator_counts_openai_tokens_with_the_models_bpe(emu):
+    # 110,001 o200k_base tokens (550,000 characters: 137,500 by len // 4) fit 128,000.
+    assert openai_error({"model": "gpt-4o-mini",
+                         "messages": [{"role": "user", "content": "word " * 110_000}]}) == {}
+    # The o-series take 200,000; gpt-5-chat-latest 128,000 (not GPT-5's 400,000).
+    assert openai_error({"model": "o3",
+                         "messages": [{"role": "user", "content": LONG}]}) == {}  # fmt: skip
+    refused = openai_error({"model": "gpt-5-chat-latest",
+                            "messages": [{"role": "user", "content": LONG}]})  # fmt: skip
+    assert refused["body"]["error"]["code"] == "context_length_exceeded"
+    assert "maximum context length is 128000 tokens" in refused["body"]["error"]["message"]
+
+
+def test_the_emulator_takes_a_claude_prompt_of_exactly_the_window(emu):
+    from batchata_df.emulator.model_rules import over_window as emulated
+
+    # 172,413 o200k_base tokens x 1.16 = 199,999.08: 200,000 Claude tokens, the window.
+    exact = "word " * 172_412
+    assert emulated("anthropic", "claude-sonnet-4-5", exact, 0) is None
+    assert emulated("anthropic", "claude-sonnet-4-5", exact, 1) == 200_001
+    assert anthropic_result({"model": "claude-sonnet-4-5",
+                             "messages": [{"role": "user", "content": exact}]}).type == (
+        "succeeded"
+    )  # fmt: skip
+
+
+def test_gpt_5_chat_latest_has_a_128k_window_in_the_client():
+    from batchata_df.models import context_window
+
+    assert context_window("openai", "gpt-5-chat-latest") == 128_000
+    assert "(128,000 tokens)" in over_window(LONG, "gpt-5-chat-latest")["input_error"][0]
+
+
+def test_windows_from_the_model_pages():
+    from batchata_df.emulator import model_rules
+    from batchata_df.models import context_window
+
+    # OpenAI's GPT-4.1 page: 1,047,576 (genai-prices: 1,000,000); Google's Gemini 2.5 Pro
+    # refusal and Gemini 3 Pro page: 1,048,576 (genai-prices: none).
+    assert context_window("openai", "gpt-4.1-mini") == 1_047_576
+    assert context_window("gemini", "gemini-2.5-pro") == 1_048_576
+    assert context_window("gemini", "gemini-3-pro-preview") == 1_048_576
+    # The emulator agrees with the client on GPT-5.4 mini and nano (400,000).
+    for model in ("gpt-5.4-mini", "gpt-5.4-nano", "gpt-5.4", "gpt-4.1"):
+        assert model_rules.context_window("openai", model) == context_window("openai", model)

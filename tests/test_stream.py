@@ -1013,3 +1013,59 @@ def test_a_provider_down_is_warned_once_per_row_of_the_input(emu, tmp_path, monk
         "(0 pending: call again with the same state to collect them; 12 cancelled"), \
         str(warning.message)
     assert out.collect()["_status"].to_list() == ["cancelled"] * 12
+
+
+def test_seen_ids_say_distinct_only_of_ids_that_are(tmp_path):
+    """``SeenIds.distinct``: after each call, ``True`` only when the call's ids (nulls
+    aside) hold no repeat; for distinct job ids (random 96-bit values) it is ``True``, so
+    the chunk's repeats are not looked for. Against ``n_unique``, with repeats, ids equal in
+    their first 64 bits, nulls, and an id that is not hex (no answer: ``False``).
+
+    Caught when broken: a repeat with other ids between it and its first in the sort
+    called distinct, distinct ids called repeated (the saving lost), the flag of an
+    earlier call kept."""
+    import numpy as np
+
+    from batchata_df.stream import SeenIds
+
+    rng = np.random.default_rng(11)
+    seen = SeenIds(spill=tmp_path / "seen")
+    for k in range(200):
+        n = int(rng.integers(0, 30))
+        if k % 3 == 0:  # distinct: random 96 bits
+            ids = [f"{h:016x}{lo:08x}" for h, lo in zip(rng.integers(0, 1 << 62, n),
+                                                        rng.integers(0, 1 << 31, n), strict=True)]
+        else:  # few high parts, repeats likely, a repeat's first anywhere before it
+            ids = [f"{h:016x}{lo:08x}" for h, lo in zip(rng.integers(0, 4, n),
+                                                        rng.integers(0, 9, n), strict=True)]
+        asked = pl.Series([None if rng.random() < 0.1 else i for i in ids], dtype=pl.String)
+        assert seen.check_and_add(asked) is not None
+        known = asked.drop_nulls()
+        if seen.distinct:
+            assert known.n_unique() == known.len()
+        if k % 3 == 0:
+            assert seen.distinct
+    assert seen.check_and_add(pl.Series([f"{7:024x}"])) is not None
+    assert seen.distinct
+    assert seen.check_and_add(pl.Series(["not-a-job-id"])) is None
+    assert not seen.distinct
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_repeats_of_a_chunk_with_distinct_ids_are_marked_as_by_hashing(seed):
+    """A chunk whose ids are distinct but for nulls is marked without hashing the ids: the
+    same ``later`` as ``is_first_distinct`` gives (nulls after the first marked, earlier
+    chunks' repeats kept). Caught when broken: the first null marked, or a later null
+    not, or an earlier chunk's mark dropped."""
+    import numpy as np
+
+    from batchata_df import stream
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(0, 40))
+    ids = [None if rng.random() < 0.3 else f"{i:024x}" for i in rng.permutation(n)]
+    chunk = pl.DataFrame({stream._JOB: pl.Series(ids, dtype=pl.String),
+                          stream._LATER: rng.random(n) < 0.2})  # fmt: skip
+    fast = chunk.select(stream._repeats(True)).to_series()
+    hashed = chunk.select(stream._repeats(False)).to_series()
+    assert fast.to_list() == hashed.to_list()

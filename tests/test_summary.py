@@ -21,6 +21,7 @@ from polars.testing import assert_frame_equal
 from pydantic import BaseModel
 
 from batchata_df import batch_llm, sql
+from batchata_df import summary as summary_module
 from batchata_df.jobindex import JobIndex
 from batchata_df.state import JOB_EVENTS, StateStore, table_parts
 from batchata_df.summary import SUMMARY_DIR, SUMMARY_FILE, SummaryWriter, summarize, valid_summary
@@ -138,6 +139,97 @@ def test_a_job_billed_in_two_batches_and_recollected_once_adds_each_batch_once(t
     assert summary["n_events"] == 5
     assert write_summary(tmp_path)
     assert_same_jobs(sql(ALL, tmp_path), grouped(tmp_path))
+
+
+# -- the pairs without grouping (summary._paired) against the grouping ----------------
+
+MAYBE_TS = st.one_of(st.none(), st.integers(0, 10**6))
+PAIR_FIELDS = {k: v for k, v in EVENT.wrapped_strategy.mapping.items() if k != "job_id"}  # type: ignore[attr-defined]
+
+
+def _history(firsts: list[dict], seconds: list[dict], stamps: list[int | None]) -> pl.DataFrame:
+    """Events in seq order: every ``firsts`` event, then the ``seconds`` ones."""
+    events = pl.DataFrame([*firsts, *seconds], schema=JOB_EVENTS, orient="row")
+    ts = pl.Series("ts", stamps, dtype=pl.Int64).cast(pl.Datetime("us", "UTC"))
+    return events.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).mul(7).alias("seq"), ts)
+
+
+@st.composite
+def paired_history(draw: st.DrawFn) -> pl.DataFrame:
+    """Each job ``assigned`` then one other event (any status but ``assigned``), in order."""
+    n = draw(st.integers(0, 6))
+    ids = [f"j{i}" for i in draw(st.permutations(range(n)))]
+    firsts = [{**draw(st.fixed_dictionaries(PAIR_FIELDS)), "job_id": j, "status": "assigned"}
+              for j in ids]  # fmt: skip
+    later_status = st.sampled_from(["completed", "failed", "cancelled", None])
+    seconds = [{**draw(st.fixed_dictionaries(PAIR_FIELDS)), "job_id": j,
+                "status": draw(later_status)} for j in ids]  # fmt: skip
+    stamps = draw(st.lists(MAYBE_TS, min_size=2 * n, max_size=2 * n))  # any order, nulls
+    return _history(firsts, seconds, stamps)
+
+
+def _by_job(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.sort("job_id")
+
+
+@FAST
+@given(events=paired_history())
+def test_pairs_are_summarized_without_grouping_to_the_grouping_s_rows(events):
+    """Each job assigned then one result: the pairs side by side equal the grouping.
+
+    Caught when broken: the earlier event's value taken before the later's, the first /
+    last timestamps swapped, the mode not falling back, usage kept for unbilled events,
+    ``n_events`` or ``attempts`` wrong, the pairs never recognised (``None``), and
+    ``summarize`` grouping them anyway.
+    """
+    paired = summary_module._paired(events)
+    assert paired is not None
+    assert paired.get_column("job_id").to_list() == events.filter(
+        pl.col("status") == "assigned"
+    ).get_column("job_id").to_list()
+    grouped_rows = summary_module._grouped(events)
+    assert_frame_equal(_by_job(paired), _by_job(grouped_rows))
+    with pytest.MonkeyPatch.context() as mp:  # summarize takes the pairs: no grouping
+        mp.setattr(summary_module, "_grouped", lambda _: pytest.fail("grouped"))
+        assert_frame_equal(summarize(events), paired)
+
+
+@st.composite
+def almost_paired_history(draw: st.DrawFn) -> pl.DataFrame:
+    """A paired history changed in one way that makes it something else."""
+    events = draw(paired_history().filter(lambda e: e.height >= 4))
+    rows = events.drop("seq", "ts").to_dicts()
+    half = len(rows) // 2
+    change = draw(st.sampled_from(["swap results", "result first", "job twice", "extra event",
+                                   "one missing", "assigned twice"]))  # fmt: skip
+    i, j = draw(st.permutations(range(half)))[:2]
+    if change == "swap results":  # the same ids, another order
+        rows[half + i], rows[half + j] = rows[half + j], rows[half + i]
+    elif change == "result first":  # a job's result before its assigned event
+        rows.insert(0, rows.pop(half + i))
+    elif change == "job twice":  # a job's pair repeated: the ids still line up
+        rows = [*rows[:half], rows[i], *rows[half:], rows[half + i]]
+    elif change == "extra event":
+        rows.append({**rows[half + i], "status": "completed"})
+    elif change == "one missing":
+        rows.pop(half + i)
+    else:  # a second assigned event instead of a result
+        rows[half + i] = {**rows[half + i], "status": "assigned"}
+    stamps = draw(st.lists(MAYBE_TS, min_size=len(rows), max_size=len(rows)))
+    return _history(rows[:half], rows[half:], stamps)
+
+
+@FAST
+@given(events=almost_paired_history())
+def test_histories_that_are_not_pairs_are_grouped(events):
+    """Anything but exact pairs is grouped: results in another order, a result before its
+    job's ``assigned`` event, a job twice, an extra or a missing event, two ``assigned``.
+
+    Caught when broken: any of ``_paired``'s checks dropped (each change above gets past
+    all but one of them), which gives a row per pair instead of per job, or the pair's
+    values in place of the history's.
+    """
+    assert_frame_equal(_by_job(summarize(events)), _by_job(summary_module._grouped(events)))
 
 
 # -- written by streaming runs, read by sql -------------------------------------------

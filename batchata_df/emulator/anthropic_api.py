@@ -504,13 +504,15 @@ class _SpecBuilder:
         if cites and mode == "text":
             mode, documents = "cite", cited.documents(messages)
             cite_schema = cited.schema_from_system(system)
-        tokens = answers.count_tokens(prompt) + extra + (gen.schema_tokens if gen else 0)
-        window = model_rules.context_window("anthropic", model)
-        if error is None and window is not None and tokens > window:
+        schema_tokens = gen.schema_tokens if gen else 0
+        tokens = answers.count_tokens(prompt) + extra + schema_tokens
+        counted = model_rules.over_window("anthropic", model, prompt, extra + schema_tokens)
+        if error is None and counted is not None:
+            window = model_rules.context_window("anthropic", model)
             # anthropics/claude-code#12186: "prompt is too long: 208310 tokens > 200000 maximum"
             error = (
                 "invalid_request_error",
-                f"prompt is too long: {tokens} tokens > {window} maximum",
+                f"prompt is too long: {counted} tokens > {window} maximum",
             )
         marker = answers.find_marker(prompt)
         if marker in (answers.MARKER_ERROR, answers.MARKER_DETAILS) and error is None:

@@ -418,6 +418,7 @@ class _SpecBuilder:
             error = (code, f"Emulated error (HTTP {code}) for this request.")
         tokens = answers.count_tokens(prompt) + files + (gen.schema_tokens if gen else 0)
         window = model_rules.context_window("gemini", self.model) if self.model else None
+        # Gemini's count is len // 4 (model_rules.window_tokens), as its usage is.
         if error is None and window is not None and tokens > window:
             # google-gemini/gemini-cli#6678 (400 INVALID_ARGUMENT, gemini-2.5-pro)
             error = (400, f"The input token count ({tokens}) exceeds the maximum number of "

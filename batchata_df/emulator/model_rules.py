@@ -16,8 +16,9 @@ OpenAI (Chat Completions)
     ``minimal``); GPT-5.5+, GPT-6 reason by default and accept ``none``; GPT-5, o-series,
     GPT-6 Astra and GPT-6.1 Sol always reason; ``gpt-5.x-chat-latest`` always reasons at
     ``medium`` and takes no other value; ``gpt-5-chat-latest`` does not reason. A refused
-    value gets OpenAI's wording ("Unsupported value: 'xhigh' is not supported with the
-    'gpt-5.1' model. Supported values are: ..."). Chat Completions takes no ``max``. Models
+    value gets Chat Completions' wording ("Unsupported value: 'reasoning_effort' does not
+    support 'xhigh' with this model. Supported values are: ..."). Chat Completions takes
+    no ``max``. Models
     that do not reason refuse ``reasoning_effort``. The -pro and codex models are
     Responses-only (``openai_api``); ``json_schema`` needs gpt-4o-mini / gpt-4o-2024-08-06
     or later.
@@ -35,7 +36,8 @@ Gemini
     3.5/3.6 and 3.7 Flash ``MEDIUM``, Flash-Lite ``MINIMAL``, the rest ``HIGH``.
 
 A request longer than the model's context window (:func:`context_window`) is refused per
-request with each provider's wording.
+request with each provider's wording, its tokens counted by :func:`window_tokens` (exact
+for OpenAI with the model's BPE; approximations for Claude and Gemini).
 
 Thinking spends :data:`THOUGHT_TOKENS` per effort, inside the output limit; an output
 limit above the model's ceiling (:func:`max_output`) is refused as the providers do.
@@ -49,6 +51,7 @@ say how, with their sources).
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -63,6 +66,8 @@ __all__ = [
     "anthropic_rules",
     "anthropic_thinking",
     "context_window",
+    "over_window",
+    "window_tokens",
     "gemini_refusal",
     "gemini_rules",
     "gemini_thoughts",
@@ -167,12 +172,15 @@ def openai_refusal(
         order = ["none", *THOUGHT_TOKENS]
         allowed = sorted(rules.efforts | ({"none"} if rules.can_turn_off else set()),
                          key=order.index)
-        # The wording of OpenAI's answer, e.g. "Unsupported value: 'xhigh' is not supported
-        # with the 'gpt-5.1' model. Supported values are: 'none', 'low', 'medium', and 'high'."
-        # (CortexReach/memory-lancedb-pro#201; one value: Laisky/one-api#266).
-        return (400, "unsupported_value", f"Unsupported value: {effort!r} is not supported "
-                f"with the {model!r} model. Supported values are: {_listed(allowed)}.",
-                "reasoning_effort")
+        # Chat Completions' wording (param reasoning_effort): "Unsupported value:
+        # 'reasoning_effort' does not support 'high' with this model. Supported values are:
+        # 'medium'." (egoist/chatwise-releases#1257, GPT-5.2 Chat; livekit/agents#3966,
+        # gpt-5.1: "... 'none', 'low', 'medium', and 'high'."). The Responses API words it
+        # "'minimal' is not supported with the 'gpt-5.1' model" (param reasoning.effort,
+        # openai/openai-agents-python#2089): not this endpoint's.
+        return (400, "unsupported_value", "Unsupported value: 'reasoning_effort' does not "
+                f"support {effort!r} with this model. Supported values are: "
+                f"{_listed(allowed)}.", "reasoning_effort")
     if openai_effort(model, body) is not None:
         for name in _OPENAI_SAMPLING:
             if name in body:
@@ -202,6 +210,9 @@ _WINDOWS: Final[tuple[tuple[str, str, int], ...]] = (
     # (provider, model pattern, most input tokens per request), from the providers' own
     # refusals and model pages (the client's numbers come from genai-prices instead):
     ("openai", r"gpt-5(\.\d+)?-chat", 128_000),  # docs.oxen.ai gpt-5-2-chat-latest page
+    # gpt-5.4-mini / nano: 400,000 (docs.oxen.ai gpt-5-4-mini page, openrouter.ai
+    # openai/gpt-5.4-mini; genai-prices 0.2.3 agrees), not GPT-5.4's 1,050,000.
+    ("openai", r"gpt-5\.4-(mini|nano)", 400_000),
     ("openai", r"gpt-5\.[4-9]|gpt-6", 1_050_000),  # developers.openai.com models/gpt-5.4
     ("openai", r"gpt-5", 400_000),  # developers.openai.com models/gpt-5.1, gpt-5-mini
     ("openai", r"gpt-4\.1", 1_047_576),  # developers.openai.com models/gpt-4.1
@@ -219,6 +230,74 @@ _WINDOWS: Final[tuple[tuple[str, str, int], ...]] = (
     # (1048576)." (google-gemini/gemini-cli#6678, gemini-2.5-pro)
     ("gemini", r"gemini-(2\.[05]|3)", 1_048_576),
 )  # fmt: skip
+
+
+CLAUDE_TOKENS_PER_O200K: Final = 1.16
+"""Claude tokens per ``o200k_base`` token in the emulator's window check (an approximation).
+
+Anthropic publishes no offline tokenizer; Vantage's comparison of Claude 3.5 Sonnet with
+GPT-4o (reported by VentureBeat, 2025) measured Claude's tokenizer at +16 % on English, +21 %
+on math and +30 % on Python. The emulator takes the English figure."""
+
+
+def window_tokens(provider: str, model: str, text: str) -> int:
+    """The input tokens of ``text`` as the emulator counts them against ``model``'s window.
+
+    * OpenAI: exactly, with the model's own BPE (``o200k_base`` / ``cl100k_base``, the
+      ``bpe-openai`` package batchata-df ships; :func:`batchata_df.tokens.estimate_tokens`),
+      as OpenAI counts it; ``len // 4`` if that package is missing.
+    * Anthropic: ``ceil(o200k_base count * CLAUDE_TOKENS_PER_O200K)`` (an approximation:
+      :data:`CLAUDE_TOKENS_PER_O200K`).
+    * Gemini: ``len(text) // 4``, Google's "a token is about 4 characters" (Gemini API
+      docs, "Understand and count tokens") -- an approximation.
+
+    Examples
+    --------
+    >>> window_tokens("openai", "gpt-4o-mini", "word " * 1_000)
+    1001
+    >>> window_tokens("anthropic", "claude-sonnet-4-5", "word " * 1_000)
+    1162
+    >>> window_tokens("gemini", "gemini-2.5-flash", "word " * 1_000)
+    1250
+    """
+    from batchata_df.emulator.answers import count_tokens
+
+    if provider == "gemini":
+        return count_tokens(text)
+    from batchata_df.tokens import _counter, openai_encoding_name
+
+    encoding = openai_encoding_name(model) if provider == "openai" else "o200k_base"
+    count = _counter(encoding)
+    if count is None:  # pragma: no cover - bpe-openai is a core dependency
+        return count_tokens(text)
+    if provider == "openai":
+        return count(text)
+    return math.ceil(count(text) * CLAUDE_TOKENS_PER_O200K)
+
+
+def over_window(provider: str, model: str, text: str, extra: int) -> int | None:
+    """The request's input tokens when they exceed ``model``'s window, else ``None``.
+
+    The tokens are :func:`window_tokens` of ``text`` plus ``extra`` (files, schema).
+    Usage is still billed as :func:`~batchata_df.emulator.answers.count_tokens`; only the
+    refusal counts tokens this way, and only for a text whose UTF-8 bytes could reach the
+    window (a BPE token covers at least one byte), so short requests cost one length.
+
+    Examples
+    --------
+    >>> over_window("openai", "gpt-4o-mini", "word " * 110_000, 0) is None  # 110,001 tokens
+    True
+    >>> over_window("openai", "gpt-4o-mini", "word " * 130_000, 0)
+    130001
+    """
+    window = context_window(provider, model)
+    if window is None:
+        return None
+    factor = CLAUDE_TOKENS_PER_O200K if provider == "anthropic" else 1.0
+    if provider != "gemini" and math.ceil(len(text.encode()) * factor) + extra <= window:
+        return None
+    tokens = window_tokens(provider, model, text) + extra
+    return tokens if tokens > window else None
 
 
 def context_window(provider: str, model: str) -> int | None:

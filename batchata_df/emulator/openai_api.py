@@ -573,14 +573,14 @@ class _SpecBuilder:
         error: tuple[int, str, str, str | None] | None,
         echo: str,
     ) -> _Spec:
-        tokens = (
-            answers.count_tokens(prompt) + extra + (gen.schema_tokens if gen is not None else 0)
-        )
-        window = model_rules.context_window("openai", model)
-        if error is None and window is not None and tokens > window:
+        schema_tokens = gen.schema_tokens if gen is not None else 0
+        tokens = answers.count_tokens(prompt) + extra + schema_tokens
+        counted = model_rules.over_window("openai", model, prompt, extra + schema_tokens)
+        if error is None and counted is not None:
+            window = model_rules.context_window("openai", model)
             # bytedance/deer-flow#310 quotes this refusal (param, code) on a gpt-4o class model.
             error = (400, "context_length_exceeded", f"This model's maximum context length is "
-                     f"{window} tokens. However, your messages resulted in {tokens} tokens. "
+                     f"{window} tokens. However, your messages resulted in {counted} tokens. "
                      "Please reduce the length of the messages.", "messages")  # fmt: skip
         max_tokens = (
             limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None

@@ -36,7 +36,7 @@ from batchata_df.providers.base import (
     BatchTag,
     Download,
     DownloadBuffer,
-    JoinedLines,
+    JoinedChunks,
     ProviderState,
     RealtimeFailure,
     RequestSpec,
@@ -47,6 +47,7 @@ from batchata_df.providers.base import (
     failure_kind,
     history_messages,
     is_blank,
+    json_object,
     json_string,
     kept_response,
     none_true,
@@ -346,6 +347,16 @@ class AnthropicProvider:
                     )
                     .otherwise(user_content)
                 )
+        # The user turn: the prompt as a JSON string is one json_encode of the whole
+        # message (the same bytes as the pieces); blocks (files, a cache split) are pieces.
+        plain_prompt = "content_json" not in jobs.columns and (
+            "cache_split" not in jobs.columns or all_null(jobs, "cache_split")
+        )
+        user_message = (
+            [json_object(role=pl.lit("user"), content=pl.col("prompt"))]
+            if plain_prompt
+            else [pl.lit('{"role":"user","content":'), user_content, pl.lit("}")]
+        )
         line = pl.concat_str(
             [
                 pl.lit('{"custom_id":"'),
@@ -354,9 +365,8 @@ class AnthropicProvider:
                 column_json_string(jobs, "model"),
                 pl.lit(',"messages":['),
                 history_messages(jobs),
-                pl.lit('{"role":"user","content":'),
-                user_content,
-                pl.lit("}]"),
+                *user_message,
+                pl.lit("]"),
                 system,
                 pl.lit(tail),
                 pl.lit("}}"),
@@ -381,23 +391,24 @@ class AnthropicProvider:
         from anthropic.types.messages import MessageBatch
 
         # The lines are already the JSON of each request: join them into the body instead
-        # of parsing them into dicts for the SDK to serialise again, in one buffer that the
-        # HTTP client reads as it sends (JoinedLines).
-        body = JoinedLines(lines, ",", prefix=b'{"requests":[', suffix=b"]}")
+        # of parsing them into dicts for the SDK to serialise again, a piece at a time as
+        # the HTTP client sends (JoinedChunks: whole pieces, not a file's 64 KiB reads; its
+        # length given, so not in chunked transfer encoding).
+        body = JoinedChunks(lines, ",", prefix=b'{"requests":[', suffix=b"]}")
+        headers = {"content-type": "application/json", "content-length": str(len(body))}
         if tag.members is None and not tag.job_ids:  # a caller that did not say (tests)
             ids = lines.str.extract(r'^\{"custom_id":"([^"]+)"', 1).drop_nulls()
             tag = dataclasses.replace(tag, members=ids)
         tag = dataclasses.replace(tag, n_jobs=lines.len())
         for attempt in range(CREATE_ATTEMPTS):
-            body.seek(0)  # each attempt sends the body from its start
-            try:
+            try:  # each attempt iterates the body again, from its start
                 batch = self._call(
                     "create the message batch",
                     lambda: self.client.post(
                         "/v1/messages/batches",
                         cast_to=MessageBatch,
                         content=body,
-                        options={"headers": {"content-type": "application/json"}, "max_retries": 0},
+                        options={"headers": headers, "max_retries": 0},
                     ),
                 )
             except ProviderError as e:

@@ -27,6 +27,7 @@ from batchata_df.schema import AnswerSchema
 __all__ = [
     "LINE_COLUMN",
     "ORPHAN_SEARCH_MAX_LISTED",
+    "JoinedChunks",
     "JoinedLines",
     "ORPHAN_SEARCH_SECONDS",
     "bounded_listing",
@@ -51,6 +52,7 @@ __all__ = [
     "history_messages",
     "all_null",
     "column_json_string",
+    "json_object",
     "json_string",
     "none_true",
     "result_lines",
@@ -309,14 +311,15 @@ def _arrow_type(dtype: Any) -> Any:
 
 
 _OBJECT_FIRST = re.compile(rb"\s*\{")
-_NULL_LINE = re.compile(rb"[\r\n][ \t]?null")
-"""A ``null`` line after the first (after at most one space or tab; after LF, or a bare CR,
-which pyarrow also takes for a line end). :func:`has_null_line` searches it as its two
+_NULL_LINE = re.compile(rb"[\r\n][ \t]*null")
+"""A ``null`` line after the first (after any spaces or tabs: pyarrow 26 crashes on ``  null``
+as on ``null`` at a block's start; after LF, or a bare CR, which pyarrow also takes for a
+line end). :func:`has_null_line` searches it as its two
 halves, :data:`_NULL_AFTER_LF` and :data:`_NULL_AFTER_CR`: one search of the whole pattern
 (seventh pass: it replaced three ``in`` tests, ~55 against ~12 ms per 50,000-line file)
 starts with a class of two bytes, which neither regex engine can skip to."""
-_NULL_AFTER_LF = re.compile(rb"\n[ \t]?null")
-_NULL_AFTER_CR = re.compile(rb"\r[ \t]?null")
+_NULL_AFTER_LF = re.compile(rb"\n[ \t]*null")
+_NULL_AFTER_CR = re.compile(rb"\r[ \t]*null")
 """:data:`_NULL_LINE` is found exactly when one of these is. Each starts with one literal
 byte, which RE2 and Python's ``re`` find by ``memchr`` and test the few bytes after: RE2
 ~3 against ~65 ms per 41 MB OpenAI download (``benchmarks/PROFILE.md``, eleventh pass)."""
@@ -343,8 +346,10 @@ def has_null_line(data: Download) -> bool:
 
     Examples
     --------
-    >>> has_null_line(b'{"a":null}\r\n\tnull\n'), has_null_line(b'{"a":null}\n  null')
-    (True, False)
+    >>> has_null_line(b'{"a":null}\r\n\tnull\n'), has_null_line(b'{"a":null}\n \t null')
+    (True, True)
+    >>> has_null_line(b'{"a":null}\n{"b":"null"}')
+    False
     >>> has_null_line(b'{"a":1}\rnull')  # a bare CR ends a line for pyarrow too
     True
     """
@@ -604,6 +609,23 @@ def json_string(expr: pl.Expr) -> pl.Expr:
     )
 
 
+def json_object(**fields: pl.Expr) -> pl.Expr:
+    r"""A JSON object of string (or null) columns, its members in the order given.
+
+    One ``struct.json_encode``: the same bytes as the literal pieces around
+    :func:`json_string` of each field (the same escaping), without its two strips, each a
+    copy of every value: an encoder that puts a prompt in an object of its own (a user
+    message, a Gemini part) spares them.
+
+    Examples
+    --------
+    >>> df = pl.DataFrame({"p": ['say "hi"', None]})
+    >>> df.select(json_object(role=pl.lit("user"), content=pl.col("p"))).to_series().to_list()
+    ['{"role":"user","content":"say \\"hi\\""}', '{"role":"user","content":null}']
+    """
+    return pl.struct(*(expr.alias(name) for name, expr in fields.items())).struct.json_encode()
+
+
 def column_json_string(jobs: pl.DataFrame, name: str) -> pl.Expr:
     r""":func:`json_string` of column ``name``, a literal when every row holds one value.
 
@@ -655,6 +677,38 @@ def none_true(jobs: pl.DataFrame, name: str) -> bool:
     return name not in jobs.columns or not jobs.get_column(name).any()
 
 
+def _body_plan(
+    lines: pl.Series, sep: str, prefix: bytes, suffix: bytes, piece_bytes: int
+) -> tuple[int, int]:
+    """The length of a joined body and how many lines make a piece of about ``piece_bytes``."""
+    if lines.null_count():
+        msg = f"a request line is null ({lines.null_count()} of {lines.len()})"
+        raise ValueError(msg)
+    n = lines.len()
+    body = int(lines.str.len_bytes().sum() or 0) + len(sep.encode()) * max(n - 1, 0)
+    per_line = max(1, body // n) if n else 1
+    return len(prefix) + body + len(suffix), max(1, piece_bytes // per_line)
+
+
+def _body_chunks(
+    lines: pl.Series, sep: str, rows: int, prefix: bytes, suffix: bytes
+) -> Iterator[tuple[memoryview, ...]]:
+    """The body in chunks of views (no copy): each about ``rows`` lines joined by Polars.
+
+    The first chunk starts with ``prefix``, every other with ``sep``; the last ends with
+    ``suffix``. A chunk's views joined are a contiguous stretch of the body.
+    """
+    n = lines.len()
+    if not n:
+        yield memoryview(prefix), memoryview(suffix)
+        return
+    between = memoryview(sep.encode())
+    for start in range(0, n, rows):
+        head = memoryview(prefix) if not start else between
+        joined = _utf8_view(lines.slice(start, rows).str.join(sep))
+        yield (head, joined, memoryview(suffix)) if start + rows >= n else (head, joined)
+
+
 class JoinedLines(io.RawIOBase):
     r"""A batch's request lines joined into one request body, read in pieces as it is sent.
 
@@ -665,7 +719,10 @@ class JoinedLines(io.RawIOBase):
     page. Instead Polars joins about ``piece_bytes`` of lines at a time
     (``Series.str.join``), as the HTTP client reads: buffers of that size are reused by the
     allocators, none of a batch's size is made. The SDKs take it as a file (``read``, and
-    ``seek`` to learn the length; a seek back to the start reads the lines again).
+    ``seek`` to learn the length; a seek back to the start reads the lines again). Each
+    :meth:`read` copies its bytes once, from Polars' buffers into the ``bytes`` it returns,
+    however many pieces it spans. For a client that sends an iterable body,
+    :class:`JoinedChunks` gives the same bytes in whole pieces.
 
     Parameters
     ----------
@@ -699,16 +756,11 @@ class JoinedLines(io.RawIOBase):
         piece_bytes: int | None = None,
     ) -> None:
         super().__init__()
-        if lines.null_count():
-            msg = f"a request line is null ({lines.null_count()} of {lines.len()})"
-            raise ValueError(msg)
+        self._len, self._rows = _body_plan(
+            lines, sep, prefix, suffix, piece_bytes or self.PIECE_BYTES
+        )
         self._lines, self._sep = lines, sep
         self._prefix, self._suffix = prefix, suffix
-        n = lines.len()
-        body = int(lines.str.len_bytes().sum() or 0) + len(sep.encode()) * max(n - 1, 0)
-        self._len = len(prefix) + body + len(suffix)
-        per_line = max(1, body // n) if n else 1
-        self._rows = max(1, (piece_bytes or self.PIECE_BYTES) // per_line)
         self._pos = 0  # where the caller is
         self._restart()
 
@@ -716,7 +768,8 @@ class JoinedLines(io.RawIOBase):
         # The generator must not hold ``self`` (a cycle): the body, and with it the
         # batch's lines, is then freed as soon as the SDK lets go of it, not at the cyclic
         # collector's next full pass (which kept several batches' lines, +160 MB at 1M).
-        self._pieces = _pieces(self._lines, self._sep, self._rows, self._prefix, self._suffix)
+        chunks = _body_chunks(self._lines, self._sep, self._rows, self._prefix, self._suffix)
+        self._pieces = (view for chunk in chunks for view in chunk)
         self._piece = memoryview(b"")
         self._at = 0  # in the current piece
         self._stream = 0  # where the pieces are: bytes given out or skipped so far
@@ -745,8 +798,8 @@ class JoinedLines(io.RawIOBase):
         self._pos = base + offset
         return self._pos
 
-    def _take(self, n: int, out: list[bytes] | None) -> None:
-        """Move the pieces on by ``n`` bytes, appending them to ``out`` unless ``None``."""
+    def _take(self, n: int, out: list[memoryview] | None) -> None:
+        """Move the pieces on by ``n`` bytes, appending their views to ``out`` unless ``None``."""
         while n > 0:
             left = self._piece.nbytes - self._at
             if not left:
@@ -754,7 +807,7 @@ class JoinedLines(io.RawIOBase):
                 continue
             take = min(left, n)
             if out is not None:
-                out.append(bytes(self._piece[self._at : self._at + take]))
+                out.append(self._piece[self._at : self._at + take])
             self._at += take
             self._stream += take
             n -= take
@@ -767,10 +820,11 @@ class JoinedLines(io.RawIOBase):
         if self._pos < self._stream:  # a seek back: the pieces again, from the start
             self._restart()
         self._take(self._pos - self._stream, None)
-        out: list[bytes] = []
-        self._take(stop - self._pos, out)
+        views: list[memoryview] = []
+        self._take(stop - self._pos, views)
         self._pos = stop
-        return out[0] if len(out) == 1 else b"".join(out)
+        # One copy either way: ``join`` sizes its result first, then copies each view.
+        return bytes(views[0]) if len(views) == 1 else b"".join(views)
 
     def readall(self) -> bytes:
         """Everything from the current position to the end."""
@@ -784,17 +838,56 @@ class JoinedLines(io.RawIOBase):
         return len(data)
 
 
-def _pieces(
-    lines: pl.Series, sep: str, rows: int, prefix: bytes, suffix: bytes
-) -> Iterator[memoryview]:
-    """``prefix``, the lines joined ``rows`` at a time with ``sep`` between, ``suffix``."""
-    yield memoryview(prefix)
-    between = memoryview(sep.encode())
-    for start in range(0, lines.len(), rows):
-        if start:
-            yield between
-        yield _utf8_view(lines.slice(start, rows).str.join(sep))
-    yield memoryview(suffix)
+class JoinedChunks:
+    r"""The bytes of :class:`JoinedLines`, as an iterable of whole pieces (a streamed body).
+
+    An HTTP client reads a file body in small fixed reads (httpx: 64 KiB, each its own
+    write to the socket); it sends an iterable body one item at a time. Each item here is
+    one piece of about ``piece_bytes`` joined by Polars (with the separator before it, or
+    ``prefix`` / ``suffix``), copied once into ``bytes``. Every ``iter()`` starts again
+    from the first byte, so a request sent again (a retry) sends the same bytes. It has no
+    ``read``: a client that finds one reads a file instead. The client learns the length
+    from ``len()`` only: send it as the ``Content-Length`` header (httpx then sends the
+    items as they are, not in chunked transfer encoding).
+
+    Parameters
+    ----------
+    lines, sep, prefix, suffix, piece_bytes
+        As for :class:`JoinedLines`.
+
+    Examples
+    --------
+    >>> body = JoinedChunks(pl.Series(["{}", '{"a":1}']), ",", prefix=b"[", suffix=b"]",
+    ...                     piece_bytes=2)
+    >>> len(body), list(body), b"".join(body)
+    (12, [b'[{}', b',{"a":1}]'], b'[{},{"a":1}]')
+    """
+
+    def __init__(
+        self,
+        lines: pl.Series,
+        sep: str,
+        *,
+        prefix: bytes = b"",
+        suffix: bytes = b"",
+        piece_bytes: int | None = None,
+    ) -> None:
+        self._len, self._rows = _body_plan(
+            lines, sep, prefix, suffix, piece_bytes or JoinedLines.PIECE_BYTES
+        )
+        self._lines, self._sep = lines, sep
+        self._prefix, self._suffix = prefix, suffix
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[bytes]:
+        """The pieces from the first, each a ``bytes`` of about ``piece_bytes``."""
+        chunks = _body_chunks(self._lines, self._sep, self._rows, self._prefix, self._suffix)
+        for chunk in chunks:
+            data = b"".join(chunk)
+            if data:
+                yield data
 
 
 def _utf8_view(one: pl.Series) -> memoryview:

@@ -56,6 +56,7 @@ from batchata_df.providers.base import (
     conform_results,
     empty_results,
     history_messages,
+    json_object,
     json_string,
     read_jsonl,
     result_lines,
@@ -432,10 +433,13 @@ class GeminiProvider:
         config = self.generation_config(
             spec, str(jobs.get_column("model")[0]) if jobs.height else None
         )
+        # The user turn's parts as they are, or the prompt's one part: one json_encode of
+        # {"text": prompt} (the same bytes as the pieces around json_string, without its
+        # copies), put in the line without a column of its own.
         parts = (
-            pl.col("content_json")
+            [pl.col("content_json")]
             if "content_json" in jobs.columns
-            else pl.concat_str([pl.lit('[{"text":'), json_string(pl.col("prompt")), pl.lit("}]")])
+            else [pl.lit("["), json_object(text=pl.col("prompt")), pl.lit("]")]
         )
         # A system prompt no row has is left out of the expression: a when/then computes
         # its branch for every row, taken or not (the same lines; tests/test_encode_bytes.py).
@@ -461,7 +465,7 @@ class GeminiProvider:
                 pl.lit(',"request":{"contents":['),
                 history_messages(jobs, gemini=True),
                 pl.lit('{"role":"user","parts":'),
-                parts,
+                *parts,
                 pl.lit("}]"),
                 system,
                 pl.lit(f',"generationConfig":{config}}}}}'),

@@ -42,6 +42,7 @@ from batchata_df.providers.base import (
     empty_results,
     failure_kind,
     history_messages,
+    json_object,
     json_string,
     kept_response,
     read_jsonl,
@@ -246,10 +247,12 @@ class OpenAIProvider:
         reach the same prompt cache.
         """
         tail = self.request_body_constant(spec, _model_of(jobs))
-        user_content = (
-            pl.col("content_json")
+        # The user turn: its content blocks as they are, or the prompt as a JSON string
+        # (one json_encode of the whole message; the same bytes as the pieces).
+        user_message = (
+            [pl.lit('{"role":"user","content":'), pl.col("content_json"), pl.lit("}")]
             if "content_json" in jobs.columns
-            else json_string(pl.col("prompt"))
+            else [json_object(role=pl.lit("user"), content=pl.col("prompt"))]
         )
         # What no row uses is left out of the expression: a when/then computes its branch
         # for every row, taken or not (the same lines; tests/test_encode_bytes.py).
@@ -281,9 +284,8 @@ class OpenAIProvider:
                 pl.lit(',"messages":['),
                 system_msg,
                 history_messages(jobs),
-                pl.lit('{"role":"user","content":'),
-                user_content,
-                pl.lit("}]"),
+                *user_message,
+                pl.lit("]"),
                 cache_key,
                 pl.lit(tail),
                 pl.lit("}}"),
