@@ -33,7 +33,7 @@ from typing import Any, Final
 
 from pydantic_core import SchemaValidator, ValidationError
 
-from batchata_df.emulator.sdk_params import Problem, first_error, strict_validator
+from batchata_df.emulator.sdk_params import BUILD_LOCK, Problem, first_error, strict_validator
 
 __all__ = ["ParamsChecker", "schema_error", "warm"]
 
@@ -83,6 +83,13 @@ _validators: dict[str, SchemaValidator | None] = {}
 
 
 def _validator(name: str) -> SchemaValidator | None:
+    if name in _validators:
+        return _validators[name]
+    with BUILD_LOCK:  # never beside the warm-up's imports (see BUILD_LOCK)
+        return _build_validator(name)
+
+
+def _build_validator(name: str) -> SchemaValidator | None:
     if name in _validators:
         return _validators[name]
     try:

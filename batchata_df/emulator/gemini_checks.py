@@ -30,7 +30,7 @@ from typing import Any, Final
 
 from pydantic import TypeAdapter, ValidationError
 
-from batchata_df.emulator.sdk_params import first_error
+from batchata_df.emulator.sdk_params import BUILD_LOCK, first_error
 
 __all__ = ["RequestChecker", "snake", "unknown_name", "warm"]
 
@@ -86,6 +86,13 @@ _adapters: dict[str, TypeAdapter[Any] | None] = {}
 
 
 def _adapter(kind: str) -> TypeAdapter[Any] | None:
+    if kind in _adapters:
+        return _adapters[kind]
+    with BUILD_LOCK:  # never beside the warm-up's imports (see BUILD_LOCK)
+        return _build_adapter(kind)
+
+
+def _build_adapter(kind: str) -> TypeAdapter[Any] | None:
     if kind in _adapters:
         return _adapters[kind]
     try:

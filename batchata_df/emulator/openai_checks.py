@@ -34,7 +34,13 @@ from typing import Any, Final
 
 from pydantic_core import SchemaValidator, ValidationError
 
-from batchata_df.emulator.sdk_params import Problem, first_error, path_text, strict_validator
+from batchata_df.emulator.sdk_params import (
+    BUILD_LOCK,
+    Problem,
+    first_error,
+    path_text,
+    strict_validator,
+)
 
 __all__ = ["BodyChecker", "Error", "strict_schema_error", "warm"]
 
@@ -104,7 +110,10 @@ _validators: dict[str, SchemaValidator] = {}
 def _validator(name: str, factory: Callable[[], Any]) -> SchemaValidator:
     found = _validators.get(name)
     if found is None:
-        found = _validators[name] = strict_validator(factory())
+        with BUILD_LOCK:  # never beside the warm-up's imports (see BUILD_LOCK)
+            found = _validators.get(name)
+            if found is None:
+                found = _validators[name] = strict_validator(factory())
     return found
 
 

@@ -35,7 +35,21 @@ from typing import Any, Literal
 from pydantic import TypeAdapter
 from pydantic_core import SchemaValidator, ValidationError
 
-__all__ = ["Problem", "first_error", "path_text", "strict_validator", "warm_in_background"]
+__all__ = [
+    "BUILD_LOCK",
+    "Problem",
+    "first_error",
+    "path_text",
+    "strict_validator",
+    "warm_in_background",
+]
+
+BUILD_LOCK = threading.RLock()
+"""Held while an SDK's request types are imported and their validators built, by the warm-up
+thread and by a request thread that needs a validator not built yet. Two threads importing
+the same SDK modules at once can see a module half initialised (``ImportError: cannot
+import name ... (most likely due to a circular import)``): that failed a request whose
+batch arrived while the warm-up was importing (the suite, under load)."""
 
 ProblemKind = Literal["unknown", "missing", "type", "value"]
 
@@ -63,7 +77,7 @@ def warm_in_background(warm: Callable[[], object], name: str) -> None:
     """
 
     def run() -> None:
-        with contextlib.suppress(Exception):  # best effort: first use builds them anyway
+        with BUILD_LOCK, contextlib.suppress(Exception):  # best effort: first use builds them
             warm()
 
     threading.Thread(target=run, name=f"emulator-warm-{name}", daemon=True).start()
