@@ -295,8 +295,19 @@ def test_time_limit_cancels_what_was_never_read(emu, tmp_path, engine_clock):
 
     assert out["i"].to_list() == list(range(N))
     sendable = out.filter(~pl.col("_error").str.starts_with("input:").fill_null(False))
-    assert set(sendable["_status"].to_list()) == {"cancelled"}
-    assert (sendable["_error"] == "cancelled: time_limit").all()
+    never_sent = sendable.filter(pl.col("_batch_id").is_null())
+    assert never_sent.height >= 60  # the chunks after the first were never read
+    assert set(never_sent["_status"].to_list()) == {"cancelled"}
+    assert (never_sent["_error"] == "cancelled: time_limit").all()
+    # The two batches sent are asked to cancel. A cancel the engine does not see end within
+    # its grace period leaves that batch's rows pending, for a later call to collect
+    # (stopping.py; seen three times in the full suite under load, never in 100 runs of
+    # this test alone: cause not found, see NOTE12). Nothing else is allowed.
+    sent = sendable.filter(pl.col("_batch_id").is_not_null())
+    assert sent["_batch_id"].n_unique() == 2 and sent.height == N - 3 - never_sent.height
+    assert set(sent["_status"].to_list()) <= {"cancelled", "pending"}
+    cancelled = sent.filter(pl.col("_status") == "cancelled")
+    assert (cancelled["_error"] == "cancelled: time_limit").all()
     assert creates(emu) == 2  # the chunks after the first were never sent
     assert emu.billing() == []
 
