@@ -33,44 +33,36 @@ def held_by_another_thread() -> bool:
     return got[0]
 
 
-def test_openai_validators_are_built_holding_the_lock(monkeypatch: pytest.MonkeyPatch) -> None:
+def spy_on_builds(
+    monkeypatch: pytest.MonkeyPatch, module: Any, builder: str, cache: str
+) -> list[bool]:
+    """Empty ``module``'s cache and record, at each ``builder`` call, whether the lock is held."""
     seen: list[bool] = []
-    real = openai_checks.strict_validator
+    real = getattr(module, builder)
 
     def spy(tp: Any) -> Any:
         seen.append(held_by_another_thread())
         return real(tp)
 
-    monkeypatch.setattr(openai_checks, "_validators", {})
-    monkeypatch.setattr(openai_checks, "strict_validator", spy)
+    monkeypatch.setattr(module, cache, {})
+    monkeypatch.setattr(module, builder, spy)
+    return seen
+
+
+def test_openai_validators_are_built_holding_the_lock(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = spy_on_builds(monkeypatch, openai_checks, "strict_validator", "_validators")
     openai_checks._message_validator("user")
     assert seen == [True]
 
 
 def test_anthropic_validators_are_built_holding_the_lock(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[bool] = []
-    real = anthropic_checks.strict_validator
-
-    def spy(tp: Any) -> Any:
-        seen.append(held_by_another_thread())
-        return real(tp)
-
-    monkeypatch.setattr(anthropic_checks, "_validators", {})
-    monkeypatch.setattr(anthropic_checks, "strict_validator", spy)
+    seen = spy_on_builds(monkeypatch, anthropic_checks, "strict_validator", "_validators")
     assert anthropic_checks._validator("message") is not None
     assert seen == [True]
 
 
 def test_gemini_adapters_are_built_holding_the_lock(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[bool] = []
-    real = gemini_checks.TypeAdapter
-
-    def spy(tp: Any) -> Any:
-        seen.append(held_by_another_thread())
-        return real(tp)
-
-    monkeypatch.setattr(gemini_checks, "_adapters", {})
-    monkeypatch.setattr(gemini_checks, "TypeAdapter", spy)
+    seen = spy_on_builds(monkeypatch, gemini_checks, "TypeAdapter", "_adapters")
     assert gemini_checks._adapter("content") is not None
     assert seen and all(seen)
 
