@@ -49,12 +49,20 @@ def emulator() -> Iterator[Emulator]:
         with _leased(urls) as url:
             emu = Emulator.attach(url)
             emu.configure(**json.loads(os.environ.get(SETTINGS_ENV, "{}")))
+            _START_SETTINGS[id(emu)] = emu.settings()
             yield emu
         return
     # A generous start-up wait: a loaded CI host can take more than the 30 s default to
     # import the emulator; a healthy one answers in about a second either way.
     with Emulator(latency=0.0, startup_timeout=120.0) as emu:
+        _START_SETTINGS[id(emu)] = emu.settings()
         yield emu
+
+
+#: Each session emulator's settings as it started, which the ``emu`` fixture restores for
+#: every test: ``reset()`` keeps settings, and a test that set (say) ``cancel_delay`` must
+#: not leave it to whichever test the same worker runs next.
+_START_SETTINGS: dict[int, dict[str, object]] = {}
 
 
 @contextlib.contextmanager
@@ -89,9 +97,10 @@ def _try_acquire(lock: FileLock) -> bool:
 
 @pytest.fixture
 def emu(emulator: Emulator, monkeypatch: pytest.MonkeyPatch, tmp_path) -> Iterator[Emulator]:
-    """The session emulator, reset, with the provider env vars pointing at it."""
+    """The session emulator, reset to how it started (batches, faults, clock and every
+    setting), with the provider env vars pointing at it."""
     emulator.reset()
-    emulator.configure(latency=0.0, log_bodies=False, realtime_latency=0.0)
+    emulator.configure(**_START_SETTINGS[id(emulator)])  # type: ignore[arg-type]
     for key, value in emulator.env().items():
         monkeypatch.setenv(key, value)
     for key in ("GOOGLE_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI", "HTTP_PROXY", "HTTPS_PROXY"):
