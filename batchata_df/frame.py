@@ -56,7 +56,12 @@ from batchata_df.state import (
     check_lock_timeout,
     join_by_job,
 )
-from batchata_df.validate import check_mode, check_run_arguments, check_spend_is_priced
+from batchata_df.validate import (
+    check_mode,
+    check_run_arguments,
+    check_spend_is_priced,
+    price_lost_requests,
+)
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -417,6 +422,7 @@ def batch_llm(
         jobs, spec, _recorded_lookup(state, fingerprint, retry_failed=retry_failed)
     )
     sendable = _sendable(jobs)
+    unestimated = sendable  # a lost request's worst case is priced from it (realtime)
     realtime_jobs = None
     if dry_run or max_cost_usd is not None:
         why = "max_cost_usd" if max_cost_usd is not None else "dry_run"
@@ -461,7 +467,9 @@ def batch_llm(
         with _state_folder(state) as folder:
             with WriterLock(folder, lock_wait):
                 # Under the lock, as the engine reads the rest of the folder's spend.
-                options = _count_stored_spend(options, folder, prices)
+                options = _count_stored_spend(
+                    options, folder, prices, _lost_worst(unestimated, spec, prices)
+                )
                 store = StateStore(folder, fingerprint)
                 stop = threading.Event()
                 engine = _engine(
@@ -1062,18 +1070,49 @@ def _count_stored_spend(
     options: RunOptions,
     state: str | os.PathLike[str] | None,
     prices: Mapping[str, PriceOverride] | None,
+    worst_of: Callable[[pl.Series], pl.DataFrame] | None = None,
+    *,
+    streamed: bool = False,
 ) -> RunOptions:
-    """``options`` with the cap counting the folder's answers stored without a cost.
+    """``options`` with the cap counting what the folder spent that it holds no cost for.
 
-    They are priced at ``prices`` (:func:`~batchata_df.validate.check_spend_is_priced`,
-    which refuses those it cannot price; nothing is sent then). A run calls this with the
-    folder's writer lock held: answers another process stored while this one waited for
-    the lock are counted too. Without a cap (or a folder) ``options`` is returned as is.
+    Answers stored without a cost, priced at ``prices``
+    (:func:`~batchata_df.validate.check_spend_is_priced`), and realtime requests lost in
+    flight without a recorded worst case, at the worst case ``worst_of`` computes from
+    this call's rows (:func:`~batchata_df.validate.price_lost_requests`; ``streamed``: the
+    recorded ones too, which only the in-memory engines count). Each refuses what it cannot
+    price; nothing is sent then. A run calls this with the folder's writer lock held:
+    what another process stored while this one waited for the lock is counted too.
+    Without a cap (or a folder) ``options`` is returned as is.
     """
     if options.max_cost_usd is None or state is None:
         return options
     usd = check_spend_is_priced(state, prices)
+    usd += price_lost_requests(state, worst_of, recorded=streamed)
     return dataclasses.replace(options, stored_unpriced_usd=usd)
+
+
+def _lost_worst(
+    sendable: pl.DataFrame,
+    spec: RequestSpec,
+    prices: Mapping[str, PriceOverride] | None,
+) -> Callable[[pl.Series], pl.DataFrame]:
+    """The worst case of a lost realtime request from this call's rows (``job_id``).
+
+    As a cap holds it for a new realtime request: the input estimate plus ``max_tokens``
+    of output at the realtime price (:func:`with_estimates`). Ids not among ``sendable``
+    are absent from the result.
+    """
+
+    def worst_of(ids: pl.Series) -> pl.DataFrame:
+        rows = sendable.filter(pl.col("job_id").is_in(ids.implode()))
+        if not rows.height:
+            return pl.DataFrame(schema={"job_id": pl.String, "worst_usd": pl.Float64})
+        table = PriceTable(dict(prices) if prices else None).realtime()
+        priced = with_estimates(rows, spec, table, why="max_cost_usd")
+        return priced.select("job_id", pl.col("worst_usd").cast(pl.Float64))
+
+    return worst_of
 
 
 def _warn_serialised(

@@ -250,7 +250,7 @@ def stream_llm(
             _spill_folder(folder) as spill,
         ):
             # Under the lock, as the engine reads the rest of the folder's spend.
-            options = fr._count_stored_spend(options, folder, prices)
+            options = fr._count_stored_spend(options, folder, prices, streamed=True)
             store = StateStore(folder, fingerprint)
             source = ChunkSource(lf, spill, rows, jobs_of, estimate, expected)
             stop = threading.Event()

@@ -12,7 +12,7 @@ import datetime as dt
 import math
 import numbers
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -150,6 +150,105 @@ def check_run_arguments(
         msg = "wait=False needs state='some/folder' so that a later call can collect results"
         raise ConfigError(msg)
     return RunArguments(time_limit_s, patience_s, stored_unpriced)
+
+
+def lost_requests(state: str | os.PathLike[str]) -> pl.DataFrame:
+    """The folder's realtime requests that may have been billed without an answer stored.
+
+    A request in flight when its process died (its latest event a realtime ``assigned``,
+    which the next run ends ``failed`` "lost: ...") or whose answer never came back (a
+    realtime ``failed`` "lost: ..."). Columns ``job_id`` and ``est_cost_usd`` (the worst
+    case recorded when it was sent: null when that call had no cap). Read in slices of the
+    folder's jobs, as :func:`check_spend_is_priced`: bounded memory.
+    """
+    from batchata_df.state import JOB_EVENTS, SPENT_SLICE_EVENTS, table_parts
+
+    empty = pl.DataFrame(schema={"job_id": pl.String, "est_cost_usd": pl.Float64})
+    parts = table_parts(Path(state) / "jobs")
+    if not parts:
+        return empty
+    events = pl.scan_parquet(
+        parts, schema=JOB_EVENTS, missing_columns="insert", extra_columns="ignore", glob=False
+    ).select("seq", "job_id", "status", "mode", "error", "est_cost_usd")
+    n_events = int(events.select(pl.len()).collect().item())
+    slices = max(1, -(-n_events // SPENT_SLICE_EVENTS))
+    lost = (pl.col("mode") == "realtime") & (
+        (pl.col("status") == "assigned")
+        | ((pl.col("status") == "failed") & pl.col("error").str.starts_with("lost:"))
+    ).fill_null(False)
+    found = [empty]
+    for i in range(slices):
+        part = events
+        if slices > 1:
+            part = events.filter((pl.col("job_id").hash(seed=0) % slices).fill_null(0) == i)
+        found.append(
+            part.group_by("job_id")
+            .agg(pl.all().sort_by("seq").last())
+            .filter(lost)
+            .select("job_id", pl.col("est_cost_usd").cast(pl.Float64))
+            .collect()
+        )
+    return pl.concat(found)
+
+
+def price_lost_requests(
+    state: str | os.PathLike[str],
+    worst_of: Callable[[pl.Series], pl.DataFrame] | None,
+    *,
+    recorded: bool,
+) -> float:
+    """The worst case a cap counts for the folder's lost realtime requests; refuse the rest.
+
+    The provider may have billed a lost request (:func:`lost_requests`), and how much is
+    unknown: a cap counts it at its worst case, the one it holds for a new request (input
+    estimate + ``max_tokens`` of output at the realtime price). A request sent by a call
+    without a cap has none recorded: it is computed now by ``worst_of`` (``job_id`` ->
+    ``job_id``, ``worst_usd``; the current call's rows, realtime prices) when the request
+    is one of this call's rows. ``recorded``: add the recorded worst cases too (the
+    engine's :func:`~batchata_df.engine.recovery.lost_spend` counts them on the in-memory
+    paths, a streamed run does not).
+
+    Raises
+    ------
+    StateError
+        A lost request has no recorded worst case and is not among this call's rows (or
+        ``worst_of`` is ``None``): a cap cannot count what it may have cost. Nothing was
+        sent.
+    """
+    from batchata_df.errors import StateError
+
+    lost = lost_requests(state)
+    if not lost.height:
+        return 0.0
+    total = float(lost.get_column("est_cost_usd").fill_null(0.0).sum()) if recorded else 0.0
+    missing = lost.filter(pl.col("est_cost_usd").is_null()).select("job_id")
+    if not missing.height:
+        return total
+    found = (
+        worst_of(missing.get_column("job_id"))
+        if worst_of is not None
+        else pl.DataFrame(schema={"job_id": pl.String, "worst_usd": pl.Float64})
+    )
+    priced = missing.join(found.select("job_id", "worst_usd"), on="job_id", how="left")
+    unknown = priced.filter(pl.col("worst_usd").is_null())
+    if unknown.height:
+        fix = (
+            "Include the rows they were sent for in this call's frame (their worst case is "
+            "computed from them), run"
+            if worst_of is not None
+            else "A streamed call cannot compute it (it reads its rows as it goes): run the "
+            "capped call with batch_llm on a DataFrame holding those rows, run"
+        )
+        msg = (
+            f"max_cost_usd: the state folder {os.fspath(state)!r} holds {unknown.height} "
+            "realtime request(s) lost in flight (sent by a call without a cap that was "
+            "stopped; the provider may have billed them) with no worst case recorded (e.g. "
+            f"job {unknown.item(0, 'job_id')!r}), so a cap cannot count what the folder has "
+            f"spent. {fix} this folder without a cap, or give the capped call a new state "
+            "folder. Nothing was sent"
+        )
+        raise StateError(msg)
+    return total + float(priced.get_column("worst_usd").sum())
 
 
 def check_spend_is_priced(
