@@ -237,7 +237,8 @@ def price_lost_requests(
             "computed from them), run"
             if worst_of is not None
             else "A streamed call cannot compute it (it reads its rows as it goes): run the "
-            "capped call with batch_llm on a DataFrame holding those rows, run"
+            "capped call on a DataFrame holding those rows (batch_llm without sink=; on the "
+            "command line, --mode realtime or auto), run"
         )
         msg = (
             f"max_cost_usd: the state folder {os.fspath(state)!r} holds {unknown.height} "

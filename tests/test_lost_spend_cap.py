@@ -45,13 +45,14 @@ SCRIPT = textwrap.dedent(
     df = pl.DataFrame({"text": [f"lost row {i:03d}" for i in range(int(sys.argv[2]))]})
     batch_llm(df, model="gpt-4.1-mini", prompt="{text}", params={"max_tokens": 40},
               state=sys.argv[1], progress=False, mode="realtime", concurrency=8,
-              prices={"gpt-4.1-mini": (100.0, 400.0)})
+              prices={"gpt-4.1-mini": (100.0, 400.0)},
+              max_cost_usd=float(sys.argv[3]) if len(sys.argv) > 3 else None)
     """
 )
 
 
-def _kill_mid_flight(emu, tmp_path: Path, state: Path, procs) -> int:
-    """Run the uncapped realtime call in a child, SIGKILL it with requests in flight.
+def _kill_mid_flight(emu, tmp_path: Path, state: Path, procs, cap: float | None = None) -> int:
+    """Run the realtime call (uncapped) in a child, SIGKILL it with requests in flight.
 
     Returns how many requests were in flight (the provider finishes and bills them).
     """
@@ -61,7 +62,7 @@ def _kill_mid_flight(emu, tmp_path: Path, state: Path, procs) -> int:
     log = tmp_path / "child.log"
     with open(log, "wb") as out:
         child = subprocess.Popen(
-            [sys.executable, str(script), str(state), str(N)],
+            [sys.executable, str(script), str(state), str(N), *([str(cap)] if cap else [])],
             env={**os.environ, **emu.env()}, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     procs.append(child)
@@ -152,3 +153,29 @@ def test_a_lost_request_not_among_the_rows_refuses_a_capped_call_before_sending(
         pl.DataFrame({"text": TEXTS[:2]}), state=str(state), mode="realtime", **KW,  # type: ignore[arg-type]
     )  # fmt: skip
     assert out.height == 2
+
+
+def test_a_streamed_capped_call_counts_the_recorded_worst_case_of_lost_requests(
+    emu, tmp_path, procs
+) -> None:
+    # A capped realtime run records each request's worst case before sending it; a
+    # streamed call (batch mode, the rows read as it goes) counts those of the lost ones.
+    state = tmp_path / "state"
+    _kill_mid_flight(emu, tmp_path, state, procs, cap=100.0)
+    ledger = emu.billing()
+    cap = round(_billed_usd(ledger) + 0.25, 6)
+    emu.reset()
+    src = tmp_path / "in.parquet"
+    pl.DataFrame({"text": TEXTS}).write_parquet(src)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CapSerialisedWarning)
+        batch_llm(
+            pl.scan_parquet(src), sink=tmp_path / "out.parquet", state=str(state),
+            max_cost_usd=cap, **KW,  # type: ignore[arg-type]
+        )  # fmt: skip
+    out = pl.read_parquet(tmp_path / "out.parquet")
+    assert out.filter(pl.col("_error").str.starts_with("lost:").fill_null(False)).height >= 4
+    ledger += emu.billing()
+    assert len(emu.billing()) >= 1
+    emu.reset()
+    assert _billed_usd(ledger) <= cap
