@@ -1336,7 +1336,7 @@ def _over_window(
     ...     schema_overrides={"system": pl.String, "input_error": pl.String})
     >>> out = _over_window(jobs, RequestSpec(AnswerSchema(None), {}))
     >>> out["job_id"].to_list(), out["input_error"][1]  # doctest: +NORMALIZE_WHITESPACE
-    (['a', None], "input: the request is 140,007 tokens, over the context window of
+    (['a', None], "input: the request is 140,008 tokens, over the context window of
     'gpt-4o-mini' (128,000 tokens); shorten the prompt or use a model with a larger window")
     """
     from batchata_df.models import context_window

@@ -22,10 +22,10 @@ Text
       accented text, Chinese and code this stays at or above OpenAI's ``cl100k_base``.
 
 Chat framing (:func:`estimate_request_tokens`)
-    OpenAI's chat format adds ``OPENAI_TOKENS_PER_MESSAGE`` (3) tokens per message and
-    ``OPENAI_TOKENS_PER_REPLY`` (3) to prime the answer (OpenAI cookbook, "How to count
-    tokens with tiktoken"). For the other providers we add ``APPROX_TOKENS_PER_MESSAGE``
-    (8), a margin over their unpublished framing.
+    OpenAI's chat format adds ``OPENAI_TOKENS_PER_MESSAGE`` (4: 3 of framing and the
+    role's one token) per message and ``OPENAI_TOKENS_PER_REPLY`` (3) to prime the answer
+    (OpenAI cookbook, "How to count tokens with tiktoken"). For the other providers we
+    add ``APPROX_TOKENS_PER_MESSAGE`` (8), a margin over their unpublished framing.
 
 Images and PDF pages are pure functions of sizes and page counts; see
 :func:`image_tokens` and :func:`pdf_page_tokens` for the published rules they follow.
@@ -60,8 +60,12 @@ __all__ = [
 
 Detail = Literal["low", "high", "auto"]
 
-OPENAI_TOKENS_PER_MESSAGE = 3
-"""Tokens OpenAI's chat format adds around every message (role and delimiters)."""
+OPENAI_TOKENS_PER_MESSAGE = 4
+"""Tokens OpenAI bills for every message besides its content: 3 of framing and its role,
+one token for every chat role (system, developer, user, assistant, tool) in both
+``o200k_base`` and ``cl100k_base`` (OpenAI cookbook, "How to count tokens with tiktoken",
+``num_tokens_from_messages``: ``tokens_per_message = 3`` plus the tokens of every value of
+the message, its role included)."""
 
 OPENAI_TOKENS_PER_REPLY = 3
 """Tokens OpenAI adds once per request to prime the assistant's reply."""
@@ -246,10 +250,10 @@ def estimate_request_tokens(
     --------
     >>> import polars as pl
     >>> prompt = pl.Series(["hello world"])
-    >>> estimate_request_tokens(prompt, "openai", "gpt-4.1").to_list()  # 2 + 3 + 3
-    [8]
+    >>> estimate_request_tokens(prompt, "openai", "gpt-4.1").to_list()  # 2 + 4 + 3
+    [9]
     >>> estimate_request_tokens(prompt, "openai", "gpt-4.1", system="hello world").to_list()
-    [13]
+    [15]
     """
     name = _provider(provider)
     per_message = OPENAI_TOKENS_PER_MESSAGE if name == "openai" else APPROX_TOKENS_PER_MESSAGE
@@ -276,8 +280,8 @@ def history_tokens(history: pl.Series, provider: str, model: str) -> pl.Series:
     Examples
     --------
     >>> h = pl.Series([[{"role": "user", "content": "hello world"}], None])
-    >>> history_tokens(h, "openai", "gpt-4.1").to_list()  # 2 + 3, none
-    [5, 0]
+    >>> history_tokens(h, "openai", "gpt-4.1").to_list()  # 2 + 4, none
+    [6, 0]
     """
     name = _provider(provider)
     per_message = OPENAI_TOKENS_PER_MESSAGE if name == "openai" else APPROX_TOKENS_PER_MESSAGE

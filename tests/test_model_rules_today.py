@@ -321,9 +321,10 @@ def test_emulator_refuses_a_prompt_over_the_window_per_request(emu):
                              "messages": [{"role": "user", "content": LONG}]})  # fmt: skip
     assert response["status_code"] == 400
     assert response["body"]["error"] == {
-        # Counted with gpt-4o-mini's own BPE (o200k_base), as OpenAI counts: 140,001.
+        # Counted with gpt-4o-mini's own BPE (o200k_base), as OpenAI counts: 140,001 of
+        # text, 4 of the message's framing and role, 3 priming the reply.
         "message": "This model's maximum context length is 128000 tokens. However, your "
-        "messages resulted in 140001 tokens. Please reduce the length of the messages.",
+        "messages resulted in 140008 tokens. Please reduce the length of the messages.",
         "type": "invalid_request_error",
         "param": "messages",
         "code": "context_length_exceeded",
@@ -362,9 +363,9 @@ def test_emulator_refuses_a_gemini_prompt_over_the_window(emu):
 
 @pytest.mark.parametrize(
     ("model", "times", "why"),
-    [("gpt-4o-mini", 1, "the request is 140,007 tokens, over the context window of "
+    [("gpt-4o-mini", 1, "the request is 140,008 tokens, over the context window of "
       "'gpt-4o-mini' (128,000 tokens)"),
-     ("claude-sonnet-4-5", 2, "the request is at least 280,007 tokens, over the context "
+     ("claude-sonnet-4-5", 2, "the request is at least 280,008 tokens, over the context "
       "window of 'claude-sonnet-4-5' (200,000 tokens)"),
      ("gpt-5.1-chat-latest", 1, "over the context window of 'gpt-5.1-chat-latest' "
       "(128,000 tokens)")],
@@ -488,7 +489,7 @@ def test_a_streamed_run_fails_the_over_long_row_as_the_in_memory_run_does(emu, t
         sink=tmp_path / "out.parquet", state=tmp_path / "s", chunk_rows=2,
     ).collect()  # fmt: skip
     assert out["_status"].to_list() == ["completed", "failed", "completed"]
-    assert out["_error"][1].startswith("input: the request is 140,007 tokens, over the context")
+    assert out["_error"][1].startswith("input: the request is 140,008 tokens, over the context")
 
 
 def test_earlier_turns_count_toward_the_window(emu, tmp_path, monkeypatch):
@@ -668,9 +669,9 @@ def over_window(prompt: str, model: str = "gpt-4o-mini", *, schema: Any = None,
 
 
 def test_a_row_of_exactly_the_window_fits():
-    # "word " * 127,993: 127,994 tokens + 6 of chat framing = 128,000, gpt-4o-mini's window.
-    assert over_window("word " * 127_993)["input_error"][0] is None
-    assert "128,001 tokens" in over_window("word " * 127_994)["input_error"][0]
+    # "word " * 127,992: 127,993 tokens + 7 of chat framing = 128,000, gpt-4o-mini's window.
+    assert over_window("word " * 127_992)["input_error"][0] is None
+    assert "128,001 tokens" in over_window("word " * 127_993)["input_error"][0]
 
 
 def described(words: int) -> type[BaseModel]:
@@ -692,7 +693,7 @@ def test_the_schema_counts_toward_the_window():
 
 
 def test_earlier_turns_framing_counts_toward_the_window():
-    # 40,000 one-byte turns: 40,000 bytes, but 4 tokens each with their framing (160,000).
+    # 40,000 one-byte turns: 40,000 bytes, but 5 tokens each with their framing (200,000).
     turns = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
     h = pl.Series("h", [[{"role": "user", "content": "a"}] * 40_000], dtype=turns)
     out = over_window("hi", h=h)

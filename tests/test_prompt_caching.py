@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
-from batchata_df import batch_llm, caching, sql
+from batchata_df import batch_llm, caching, sql, tokens
 from batchata_df.cost import PriceTable
 
 DOC = "The supplier shall deliver the goods within thirty days of the order date. " * 150
@@ -193,7 +193,8 @@ def test_openai_sends_one_prompt_cache_key_for_the_shared_prefix(emu, tmp_path: 
     assert all("prompt_cache_key" not in line["body"] for line in lines[UNRELATED_AT])
     rows = _check_billing(out, tmp_path / "cached", "openai", model)
     by_id = {r["_job_id"]: r for r in rows.iter_rows(named=True)}
-    shared = len(PREFIX) // 4
+    # OpenAI counts the shared prefix in the tokens it bills: its exact BPE count (2,108)
+    shared = tokens.estimate_tokens(pl.Series([PREFIX]), "openai", model).item()
     step = 1024 + (shared - 1024) // 128 * 128
     assert [by_id[ids[i]]["cached_tokens"] for i in SENT_ORDER] == [0, step, step, step]
     _plain_run_costs_more_by_the_saving(emu, tmp_path, model, out["_cost_usd"].sum())

@@ -107,10 +107,11 @@ def test_bad_inputs() -> None:
 def test_request_framing() -> None:
     prompt = pl.Series("p", ["hello world", "hello world"])
     openai = estimate_request_tokens(prompt, "openai", "gpt-4o", extra_tokens=10)
-    assert openai.to_list() == [2 + 3 + 3 + 10] * 2
+    # a message is 3 tokens of framing + its role's 1 + its content; 3 prime the reply
+    assert openai.to_list() == [2 + 4 + 3 + 10] * 2
     system = pl.Series(["hello world", None])
     per_row = estimate_request_tokens(prompt, "openai", "gpt-4o", system=system)
-    assert per_row.to_list() == [2 + 3 + 3 + 2 + 3, 2 + 3 + 3]
+    assert per_row.to_list() == [2 + 4 + 3 + 2 + 4, 2 + 4 + 3]
     claude = estimate_request_tokens(prompt, "anthropic", "claude-haiku-4-5", system="be brief")
     assert claude.to_list() == [4 + 8 + 3 + 8] * 2
 

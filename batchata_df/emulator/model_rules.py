@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Final, Literal
@@ -273,6 +274,46 @@ def window_tokens(provider: str, model: str, text: str) -> int:
     if provider == "openai":
         return count(text)
     return math.ceil(count(text) * CLAUDE_TOKENS_PER_O200K)
+
+
+OPENAI_TOKENS_PER_MESSAGE = 3
+"""Tokens OpenAI's chat format adds around every message, besides its role and content
+(``<|start|>{role}<|message|>{content}<|end|>``), for gpt-3.5-turbo-0613 and every later
+model: OpenAI cookbook, "How to count tokens with tiktoken"
+(examples/How_to_count_tokens_with_tiktoken.ipynb, ``num_tokens_from_messages``:
+``tokens_per_message = 3``, plus the tokens of every value of the message, role
+included)."""
+
+OPENAI_TOKENS_PER_NAME = 1
+"""A message's ``name`` adds its own tokens plus one (the same cookbook function)."""
+
+OPENAI_TOKENS_PER_REPLY = 3
+"""Tokens that prime the reply, once per request (``<|start|>assistant<|message|>``; the
+same cookbook function)."""
+
+
+@lru_cache(maxsize=64)
+def openai_counter(model: str) -> Callable[[str], int]:
+    """The exact BPE token count of a text for ``model`` (its own vocabulary).
+
+    ``len // 4`` if the ``bpe-openai`` package is missing (a core dependency).
+
+    Examples
+    --------
+    >>> openai_counter("gpt-4o-mini")("word " * 1_000)
+    1001
+    """
+    from batchata_df.emulator.answers import count_tokens
+    from batchata_df.tokens import _counter, openai_encoding_name
+
+    count = _counter(openai_encoding_name(model))
+    return count_tokens if count is None else count
+
+
+@lru_cache(maxsize=4096)
+def openai_short_tokens(model: str, text: str) -> int:
+    """:func:`openai_counter` of a text many requests repeat (roles, system prompts)."""
+    return openai_counter(model)(text)
 
 
 def over_window(provider: str, model: str, text: str, extra: int) -> int | None:

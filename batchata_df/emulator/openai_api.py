@@ -74,10 +74,13 @@ ids are 404, bad ``endpoint``/``completion_window``/``metadata`` are 400.
 
 Usage
 -----
-Tokens are the emulator's deterministic estimate (``answers.count_tokens``): prompt
-tokens cover every text part of the request, the images and PDFs (``media``: image tiles,
-1,000 per PDF page; 85 per web image URL or file id) plus the JSON schema; completion
-tokens cover the answer text. ``cached_tokens`` is what the prompt cache served
+Prompt tokens are what OpenAI bills for the messages: their text's exact BPE count in the
+model's vocabulary plus the chat framing of the OpenAI cookbook's "How to count tokens with
+tiktoken" (3 per message plus its role's and name's tokens, 3 to prime the reply:
+:func:`_message_tokens`; the Responses API's ``instructions`` are one more message), plus
+the images and PDFs (``media``: image tiles, 1,000 per PDF page; 85 per web image URL or
+file id) and the JSON schema (``answers.count_tokens``, ``len // 4``); completion tokens
+cover the answer text (``answers.count_tokens``). ``cached_tokens`` is what the prompt cache served
 (:mod:`.prompt_cache`): the longest exact prefix, of at least 1,024 tokens in 128-token
 steps, shared with an earlier request of the same model under the same
 ``prompt_cache_key`` (0 without a key: nothing routes the requests to one cache). Reasoning models
@@ -366,23 +369,55 @@ def _media_tokens(part: Mapping[str, Any]) -> int:
     return IMAGE_TOKENS
 
 
-def _messages_text(messages: list[Any]) -> tuple[str, int]:
+def _messages_text(messages: list[Any], model: str) -> tuple[str, int, int]:
+    """The messages' text, tokens of their non-text parts, and tokens of their text.
+
+    The text tokens are what OpenAI bills for the messages (:func:`_message_tokens`), the
+    reply priming excluded.
+    """
     if len(messages) == 1:  # the common shape, kept cheap: one user message, text content
         only = messages[0]
-        if type(only) is dict:
-            content = only.get("content")
-            if type(content) is str:
-                return content, 0
+        if type(only) is dict and len(only) == 2:
+            content, role = only.get("content"), only.get("role")
+            if type(content) is str and type(role) is str:
+                count = model_rules.openai_counter(model)
+                framing = model_rules.openai_short_tokens(model, role)
+                return content, 0, model_rules.OPENAI_TOKENS_PER_MESSAGE + framing + count(content)
     texts: list[str] = []
-    extra = 0
+    extra = tokens = 0
     for message in messages:
         if isinstance(message, dict):
             text, more = _parts_text(message.get("content"))
             texts.append(text)
             extra += more
+            tokens += _message_tokens(model, message, text)
         elif isinstance(message, str):
             texts.append(message)
-    return "\n".join(texts), extra
+            tokens += model_rules.OPENAI_TOKENS_PER_MESSAGE + model_rules.openai_counter(model)(
+                message
+            )
+    return "\n".join(texts), extra, tokens
+
+
+def _message_tokens(model: str, message: Mapping[str, Any], text: str) -> int:
+    """What OpenAI bills for one chat message's text, its framing included.
+
+    OpenAI cookbook, "How to count tokens with tiktoken" (``num_tokens_from_messages``):
+    ``tokens_per_message`` (3), plus the BPE tokens of every value of the message (its role
+    and content; its text parts here, images and files apart), plus ``name``'s tokens and
+    one more when it has one. Roles and system prompts repeat across requests: their counts
+    are cached.
+    """
+    role = message.get("role")
+    tokens = model_rules.OPENAI_TOKENS_PER_MESSAGE
+    if isinstance(role, str):
+        tokens += model_rules.openai_short_tokens(model, role)
+    name = message.get("name")
+    if isinstance(name, str):
+        tokens += model_rules.openai_short_tokens(model, name) + model_rules.OPENAI_TOKENS_PER_NAME
+    if role in ("system", "developer"):
+        return tokens + model_rules.openai_short_tokens(model, text)
+    return tokens + model_rules.openai_counter(model)(text)
 
 
 # o1-pro, o3-pro, gpt-5(.x)-pro; the codex models (alvinunreal/tmuxai#82 for gpt-5-codex,
@@ -462,7 +497,7 @@ class _SpecBuilder:
     def _chat(self, custom_id: str, model: str, body: dict[str, Any]) -> _Spec:
         messages = body.get("messages")
         error: tuple[int, str, str, str | None] | None = None
-        prompt, extra = "", 0
+        prompt, extra, text_tokens = "", 0, 0
         if not isinstance(messages, list) or not messages:
             error = (
                 400,
@@ -472,7 +507,7 @@ class _SpecBuilder:
             )
         else:
             try:
-                prompt, extra = _messages_text(messages)
+                prompt, extra, text_tokens = _messages_text(messages, model)
             except media.MediaError as e:
                 error = (400, "invalid_value", str(e), "messages")
         mode, gen = "text", None
@@ -496,21 +531,26 @@ class _SpecBuilder:
                     )
                     error = (400, "invalid_value", msg, "messages")
         limit = body.get("max_completion_tokens", body.get("max_tokens"))
-        return self._spec(custom_id, model, prompt, extra, mode, gen, limit, error, "")
+        return self._spec(
+            custom_id, model, prompt, extra, text_tokens, mode, gen, limit, error, ""
+        )
 
     def _responses(self, custom_id: str, model: str, body: dict[str, Any]) -> _Spec:
         error: tuple[int, str, str, str | None] | None = None
         raw = body.get("input")
-        if isinstance(raw, str):
-            prompt, extra = raw, 0
+        count = model_rules.openai_counter(model)
+        per_message = model_rules.OPENAI_TOKENS_PER_MESSAGE
+        prompt, extra, text_tokens = "", 0, 0
+        if isinstance(raw, str):  # one user message
+            prompt = raw
+            text_tokens = per_message + model_rules.openai_short_tokens(model, "user") + count(raw)
         elif isinstance(raw, list) and raw:
             try:
-                prompt, extra = _messages_text(raw)
+                prompt, extra, text_tokens = _messages_text(raw, model)
             except media.MediaError as e:
-                prompt, extra = "", 0
+                prompt, extra, text_tokens = "", 0, 0
                 error = (400, "invalid_value", str(e), "input")
         else:
-            prompt, extra = "", 0
             error = (
                 400,
                 "missing_required_parameter",
@@ -518,8 +558,9 @@ class _SpecBuilder:
                 "input",
             )
         instructions = body.get("instructions")
-        if isinstance(instructions, str):
+        if isinstance(instructions, str):  # a system (developer) message first
             prompt = instructions + "\n" + prompt
+            text_tokens += _message_tokens(model, {"role": "developer"}, instructions)
         mode, gen = "text", None
         text_cfg = body.get("text")
         fmt = text_cfg.get("format") if isinstance(text_cfg, dict) else None
@@ -543,7 +584,9 @@ class _SpecBuilder:
                     error = (400, "invalid_value", msg, "input")
         limit = body.get("max_output_tokens")
         echo = self._echo(body, text_cfg, instructions, limit)
-        return self._spec(custom_id, model, prompt, extra, mode, gen, limit, error, echo)
+        return self._spec(
+            custom_id, model, prompt, extra, text_tokens, mode, gen, limit, error, echo
+        )
 
     def _echo(
         self, body: dict[str, Any], text_cfg: object, instructions: object, limit: object
@@ -567,6 +610,7 @@ class _SpecBuilder:
         model: str,
         prompt: str,
         extra: int,
+        text_tokens: int,
         mode: str,
         gen: answers.AnswerGenerator | None,
         limit: object,
@@ -574,13 +618,14 @@ class _SpecBuilder:
         echo: str,
     ) -> _Spec:
         schema_tokens = gen.schema_tokens if gen is not None else 0
-        tokens = answers.count_tokens(prompt) + extra + schema_tokens
-        counted = model_rules.over_window("openai", model, prompt, extra + schema_tokens)
-        if error is None and counted is not None:
-            window = model_rules.context_window("openai", model)
+        # What OpenAI bills: the messages' exact BPE count with their framing, the reply's
+        # priming (model_rules.OPENAI_TOKENS_PER_REPLY), media and the schema.
+        tokens = text_tokens + model_rules.OPENAI_TOKENS_PER_REPLY + extra + schema_tokens
+        window = model_rules.context_window("openai", model)
+        if error is None and window is not None and tokens > window:
             # bytedance/deer-flow#310 quotes this refusal (param, code) on a gpt-4o class model.
             error = (400, "context_length_exceeded", f"This model's maximum context length is "
-                     f"{window} tokens. However, your messages resulted in {counted} tokens. "
+                     f"{window} tokens. However, your messages resulted in {tokens} tokens. "
                      "Please reduce the length of the messages.", "messages")  # fmt: skip
         max_tokens = (
             limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None

@@ -20,9 +20,10 @@ the later ones read it.
   with an earlier request of the same model, at least the model's minimum; none for
   models before 2.5.
 
-Prefixes are compared on the request's text as the emulator counts it (4 characters a
-token); binary parts (images, PDFs) enter the compared text as a digest, so different
-files never share a prefix.
+Prefixes are compared on the request's text, and counted in tokens as the emulator bills
+them (OpenAI: the prefix's exact BPE count; the others: 4 characters a token); binary
+parts (images, PDFs) enter the compared text as a digest, so different files never share a
+prefix.
 """
 
 from __future__ import annotations
@@ -127,8 +128,11 @@ class PromptCaches:
         """``cached_tokens`` of a request (0 without a ``prompt_cache_key``)."""
         if key is None or prompt_tokens < OPENAI_MIN:
             return 0
-        shared = self._longest((model, "key:" + key), text, now, OPENAI_TTL) // _CHARS_PER_TOKEN
-        shared = min(shared, prompt_tokens)
+        from batchata_df.emulator.model_rules import openai_counter
+
+        # The shared prefix in the tokens OpenAI bills (its exact BPE count, as usage is).
+        chars = self._longest((model, "key:" + key), text, now, OPENAI_TTL)
+        shared = min(openai_counter(model)(text[:chars]) if chars else 0, prompt_tokens)
         if shared < OPENAI_MIN:
             return 0
         return OPENAI_MIN + (shared - OPENAI_MIN) // OPENAI_STEP * OPENAI_STEP
