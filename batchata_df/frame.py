@@ -285,7 +285,11 @@ def batch_llm(
         sent ``chunk_rows`` rows at a time, the result is written to ``sink`` chunk by
         chunk in input order, and a ``LazyFrame`` scanning it is returned. Memory follows
         the chunk, not the input; the state folder holds the answers (give ``state=`` to
-        resume a killed run: nothing is sent twice). See :mod:`batchata_df.stream`.
+        resume a killed run: nothing is sent twice). A sink that is a file the input
+        reads, or input files Polars cannot read as one (a column's type differing
+        between them), is a :class:`~batchata_df.errors.ConfigError` before anything is
+        sent; an existing sink is replaced when the call completes.
+        See :mod:`batchata_df.stream`.
     chunk_rows
         Rows per chunk of a streaming run (default
         :data:`batchata_df.stream.DEFAULT_CHUNK_ROWS`).
