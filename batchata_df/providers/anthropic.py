@@ -43,6 +43,7 @@ from batchata_df.providers.base import (
     all_null,
     column_json_string,
     conform_results,
+    decoded_download,
     empty_results,
     failure_kind,
     history_messages,
@@ -225,6 +226,12 @@ class AnthropicProvider:
                 raise ProviderError(msg, status_code=e.status_code) from e
             except anthropic.AnthropicError as e:
                 msg = f"Anthropic failed to {what}: {type(e).__name__}: {e}"
+                raise ProviderError(msg) from e
+            except json.JSONDecodeError as e:
+                # An answer that ended early without an error (a close-delimited body): the
+                # SDK's own json.loads raises past its error types. Another try may read
+                # it whole: transient, as a dropped connection is.
+                msg = f"Anthropic failed to {what}: its answer is not whole JSON: {e}"
                 raise ProviderError(msg) from e
 
     # -- encode -------------------------------------------------------------------------------
@@ -439,7 +446,9 @@ class AnthropicProvider:
         """Stream the results JSONL of an ended batch and decode it.
 
         The download is written into the memory the previous one used
-        (:class:`~batchata_df.providers.base.DownloadBuffer`) and decoded there.
+        (:class:`~batchata_df.providers.base.DownloadBuffer`) and decoded there; results
+        that ended early without an error, and so cannot be decoded, are a
+        ``ProviderError`` (:func:`~batchata_df.providers.base.decoded_download`).
         """
         with self._downloads.receive() as sink:
 
@@ -455,7 +464,11 @@ class AnthropicProvider:
                     failed="Anthropic failed to download the batch results",
                 )
 
-            return decode_results(self._call("download the batch results", fetch), spec)
+            data = self._call("download the batch results", fetch)
+            return decoded_download(
+                lambda: decode_results(data, spec),
+                failed=f"Anthropic's results of batch {batch_id}",
+            )
 
     def cancel(self, batch_id: str) -> None:
         """Ask Anthropic to cancel the batch (it answers ``canceling``)."""

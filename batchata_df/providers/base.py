@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 import polars as pl
 
@@ -45,6 +45,7 @@ __all__ = [
     "ProviderState",
     "RequestSpec",
     "conform_results",
+    "decoded_download",
     "failure_kind",
     "kept_response",
     "transport_failure",
@@ -555,6 +556,47 @@ def streamed_download(
     assert broken is not None  # every attempt was broken off (retries >= 0)
     msg = f"{failed}: {type(broken).__name__}: {broken}"
     raise ProviderError(msg) from broken
+
+
+_T = TypeVar("_T")
+
+
+def decoded_download(decode: Callable[[], _T], *, failed: str) -> _T:
+    r"""``decode()`` of a results download; one that cannot be decoded is a ``ProviderError``.
+
+    A download can end early without any error: a close-delimited body (no
+    ``content-length``) whose connection a proxy or the provider closes in order reads as
+    a clean, shorter body, which no retry of the SDK or of :func:`streamed_download`
+    sees. Its last line is then cut off, and the decoders (:func:`read_jsonl`) raise
+    Polars' ``ComputeError``, which escaped the engine as a raw Polars traceback. It is
+    raised instead as a transient :class:`~batchata_df.errors.ProviderError` (``failed``
+    names the provider, the batch and the file): the engine downloads the file again at
+    its next poll, and past the provider patience leaves the batch's rows ``pending`` with
+    the reason, for a later call to download it again. The batch itself is never sent
+    again, so a file that stays malformed costs nothing twice and ends no row.
+
+    Examples
+    --------
+    >>> schema = pl.Schema({"a": pl.Int64})
+    >>> decoded_download(lambda: read_jsonl(b'{"a":1}\n', schema), failed="x").height
+    1
+    >>> decoded_download(lambda: read_jsonl(b'{"a":1}\n{"a', schema), failed="x")
+    Traceback (most recent call last):
+    ...
+    batchata_df.errors.ProviderError: x could not be decoded (ComputeError: ...); it will be ...
+    """
+    from batchata_df.errors import ProviderError
+
+    try:
+        return decode()
+    except pl.exceptions.ComputeError as e:
+        # The first line says what failed to parse; the rest is Polars' expression trace.
+        reason = next(iter(str(e).strip().splitlines()), "")
+        msg = (
+            f"{failed} could not be decoded ({type(e).__name__}: {reason}); it will be "
+            "downloaded again at the next poll"
+        )
+        raise ProviderError(msg) from e
 
 
 def result_lines(data: Download) -> pl.Series:
