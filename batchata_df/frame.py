@@ -88,9 +88,10 @@ RAW_COLUMN = "_raw"
 RESPONSE_COLUMN = "_response"
 """With ``keep_responses=True``, the provider's own result for the row (its JSON line)."""
 
-REPARSED_ERRORS = ("schema_validation", "truncated")
+REPARSED_ERRORS = ("schema_validation",)
 """Failures of an answer that a new schema may accept: :func:`reparse` re-validates these
-(and completed answers); refusals and provider errors stay as they are."""
+(and completed answers); truncated answers (incomplete whatever the schema), refusals and
+provider errors stay as they are."""
 
 DEFAULT_MAX_TOKENS = _DEFAULT_MAX_TOKENS
 """``max_tokens`` sent when ``params`` does not set it to a model that does not think, so
@@ -671,10 +672,11 @@ def reparse(
     After a run whose rows failed ``schema_validation`` (the answers are kept in the
     checkpoint, see ``keep_raw``), fix the schema and call ``reparse`` with the arguments
     of the original call and the new schema: every stored answer (completed rows, and rows
-    that failed ``schema_validation`` or ``truncated``) is validated again, the results
-    are recorded in the folder, and the frame comes back as :func:`batch_llm` would give
-    it. No request is sent and nothing is billed again. Refusals and provider errors stay
-    failed (there is no answer to re-read); rows never answered stay as they were.
+    that failed ``schema_validation``) is validated again, the results are recorded in
+    the folder, and the frame comes back as :func:`batch_llm` would give it. No request is
+    sent and nothing is billed again. Truncated answers stay failed (incomplete whatever
+    the schema), so do refusals and provider errors (there is no answer to re-read); rows
+    never answered stay as they were.
 
     The folder adopts the new schema: later ``batch_llm`` calls with it resume the folder
     (its job ids are kept), calls with the old schema are refused as a mismatch. With
@@ -802,9 +804,6 @@ def _revalidate(store: StateStore, job_ids: pl.Series, answer: AnswerSchema) -> 
             pl.when(ok).then(pl.lit("completed")).otherwise(pl.lit("failed")).alias("status"),
             pl.when(ok)
             .then(pl.lit(None, dtype=pl.String))
-            # A truncated answer that still does not validate stays reported as truncated.
-            .when(pl.col("error").str.starts_with("truncated"))
-            .then(pl.col("error"))
             .otherwise(pl.Series("_err", errors, dtype=pl.String))
             .alias("error"),
             pl.when(ok).then(pl.col("citations")).alias("citations"),

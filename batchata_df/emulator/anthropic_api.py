@@ -713,6 +713,10 @@ def render_message(spec: _Spec, rid: str, *, cache: tuple[int, int] = (0, 0)) ->
         content.extend(blocks)
         out_tokens = answers.count_tokens(text)
     out_tokens = min(out_tokens + thought, spec.max_tokens)
+    if stop == "max_tokens":
+        # Cut by the output limit: the whole limit was generated and is billed
+        # (usage.output_tokens = max_tokens with stop_reason "max_tokens").
+        out_tokens = spec.max_tokens
     return _message(spec, rid, content, stop, out_tokens, thought, cache)
 
 

@@ -511,7 +511,10 @@ def _render(
         truncated = True
     ct = answers.count_tokens(text) if text else 0
     if room is not None:
-        ct = min(ct, room)
+        # Cut by the output limit: the whole limit was generated and is billed
+        # (candidatesTokenCount + thoughtsTokenCount = maxOutputTokens, finishReason
+        # MAX_TOKENS).
+        ct = room if truncated else min(ct, room)
     parts: list[dict[str, Any]] = []
     if spec.thinking:
         thought = "Thinking about " + answers.fake_text(spec.prompt, seed + "\x1ethought")

@@ -648,6 +648,13 @@ def _answer(spec: _Spec) -> tuple[str, str, bool, int]:
         text = _cut(text[: limit * 4], spec.mode != "text", keep=True)
         truncated = True
     tokens = answers.count_tokens(text)
+    if marker == answers.MARKER_TRUNCATE and limit is not None:
+        # Cut by the output limit: the whole limit was generated and is billed (usage
+        # completion_tokens = max_completion_tokens with finish_reason "length"; openai
+        # 3.57 chat_completion.py: "length" if the maximum number of tokens specified in
+        # the request was reached; reasoning case: community.openai.com/t/1378362, 100
+        # reasoning tokens of max_completion_tokens=100 and "" as the answer).
+        tokens = limit
     return _quote(text), "null", truncated, min(tokens, limit) if limit is not None else tokens
 
 

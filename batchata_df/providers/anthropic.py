@@ -783,6 +783,8 @@ def decode_results(data: Download, spec: RequestSpec | None = None) -> pl.DataFr
         outcome.alias("outcome"),
         pl.when(kind == "succeeded").then(text).alias("text"),
         error.alias("error"),
+        # anthropic 2.14 types/stop_reason.py StopReason "max_tokens": cut by the limit;
+        # the row fails "truncated:" (engine.collection.outcomes_to_events).
         (stop == "max_tokens").fill_null(False).alias("truncated"),
         (usage.struct.field("input_tokens") + cache_read + cache_write).alias("input_tokens"),
         usage.struct.field("output_tokens").alias("output_tokens"),

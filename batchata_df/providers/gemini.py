@@ -937,6 +937,9 @@ def decode_lines(data: Download, *, responses: bool = False) -> pl.DataFrame:
         outcome.alias("outcome"),
         pl.when(ok).then(text).alias("text"),
         error.alias("error"),
+        # google-genai 3.6.1 types.FinishReason.MAX_TOKENS: "generated the maximum number
+        # of tokens allowed by max_output_tokens"; the row fails "truncated:"
+        # (engine.collection.outcomes_to_events).
         (finish == "MAX_TOKENS").fill_null(False).alias("truncated"),
         usage.struct.field("promptTokenCount").alias("input_tokens"),
         pl.when(usage.is_not_null())

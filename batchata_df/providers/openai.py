@@ -576,6 +576,9 @@ def decode_lines(data: Download, *, responses: bool = False) -> pl.DataFrame:
         .then(message.struct.field("content"))
         .alias("text"),
         error.alias("error"),
+        # openai 3.57 types/chat/chat_completion.py Choice.finish_reason: "length" if the
+        # maximum number of tokens specified in the request was reached. The row then
+        # fails "truncated:" (engine.collection.outcomes_to_events), its text kept as raw.
         (finish == "length").fill_null(False).alias("truncated"),
         usage.struct.field("prompt_tokens").alias("input_tokens"),
         usage.struct.field("completion_tokens").alias("output_tokens"),
