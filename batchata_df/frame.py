@@ -396,14 +396,19 @@ def batch_llm(
             "remove citations=True"
         )
         raise ConfigError(msg)
-    check_schema_limits(answer.json_schema, needed, name=answer.name, citations=citations)
     run_params = check_params(params, supported)
     check_param_values(run_params, needed)
-    _check_models(jobs, run_params, structured=answer.json_schema is not None, citations=citations)
+    in_prompt = _check_models(
+        jobs, run_params, structured=answer.json_schema is not None, citations=citations
+    )
+    check_schema_limits(
+        answer.json_schema, needed, name=answer.name, citations=citations or in_prompt
+    )
     spec = RequestSpec(
         schema=answer,
         params=run_params,
         citations=citations,
+        schema_in_prompt=in_prompt,
         keep_responses=keep_responses,
         prompt_caching=prompt_caching,
     )
@@ -949,8 +954,9 @@ def with_estimates(
     from batchata_df.tokens import estimate_request_tokens, estimate_tokens, history_tokens
 
     schema_text = json.dumps(spec.schema.json_schema) if spec.schema.json_schema else ""
-    if spec.citations and spec.schema.json_schema:
-        schema_text = instruction(spec.schema.json_schema)  # sent as system prompt instead
+    if spec.schema_as_prompt and spec.schema.json_schema:
+        # sent as system prompt instead
+        schema_text = instruction(spec.schema.json_schema, cite=spec.citations)
     parts = []
     indexed = jobs.with_row_index("_order")
     answer = answer_tokens(spec.schema.json_schema)
@@ -1192,19 +1198,30 @@ def _model_pairs(jobs: pl.DataFrame) -> list[tuple[object, object]]:
 
 def _check_models(
     jobs: pl.DataFrame, params: Mapping[str, Any], *, structured: bool, citations: bool
-) -> None:
-    """Every model of the run takes ``params`` and the features asked for, before spend."""
+) -> bool:
+    """Every model of the run takes ``params`` and the features asked for, before spend.
+
+    Returns whether the schema goes to Claude in the system prompt
+    (``RequestSpec.schema_in_prompt``): a Claude model of the run takes no structured
+    output. The seed library asked every Claude model for JSON that way; OpenAI and Gemini
+    models without structured output are refused.
+    """
+    in_prompt = False
     for provider, model in _model_pairs(jobs):
         check_provider(str(provider), str(model))
         check_endpoint(str(provider), str(model))
         check_model_params(str(provider), str(model), params)
         family = family_of(str(provider), str(model))
         if structured and not family.structured_output and not citations:
+            if provider == "anthropic":
+                in_prompt = True
+                continue
             msg = (
                 f"model {model!r} ({family.name}) does not take structured output (a JSON "
                 "schema); use a newer model of the family, or schema=None for text answers"
             )
             raise SchemaError(msg)
+    return in_prompt
 
 
 
@@ -1305,8 +1322,8 @@ def _over_window(
     refused: list[pl.DataFrame] = []
     schema = spec.schema.json_schema
     schema_text = json.dumps(schema) if schema else ""
-    if spec.citations and schema:
-        schema_text = instruction(schema)
+    if spec.schema_as_prompt and schema:
+        schema_text = instruction(schema, cite=spec.citations)
     for provider, model in _model_pairs(jobs):
         window = context_window(str(provider), str(model))
         if window is None:
