@@ -657,8 +657,18 @@ def _id_scheme(
     raise StateError(msg)
 
 
+REPARSE_IGNORES: frozenset[str] = frozenset({
+    "max_cost_usd", "time_limit", "dry_run", "items_per_batch", "max_parallel_batches",
+    "progress", "wait", "prices", "retry_failed", "provider_patience", "lock_timeout",
+    "mode", "concurrency", "deadline", "keep_responses", "prompt_caching",
+})  # fmt: skip
+"""The :func:`batch_llm` arguments :func:`reparse` accepts and ignores: they only shape
+sending and collecting, and ``reparse`` sends nothing."""
+
+
 def reparse(
     df: pl.DataFrame | pl.LazyFrame,
+    /,
     *,
     schema: type[BaseModel] | None,
     state: str | os.PathLike[str],
@@ -670,6 +680,7 @@ def reparse(
     params: Mapping[str, Any] | None = None,
     keep_raw: bool = False,
     history: str | None = None,
+    **sending: Any,
 ) -> pl.DataFrame:
     """Validate the answers stored in ``state`` against a new ``schema``; send nothing.
 
@@ -698,6 +709,13 @@ def reparse(
         Add the ``_raw`` column (see :func:`batch_llm`).
     history
         As given to the original call (see :func:`batch_llm`).
+    **sending
+        The original call's arguments that only shape sending and collecting
+        (:data:`REPARSE_IGNORES`: ``max_cost_usd``, ``progress``, ``items_per_batch``,
+        ``mode``, ...), so that the original call's keyword arguments can be passed as
+        they were: accepted and ignored, since nothing is sent. ``sink=`` is refused
+        (``reparse`` returns the frame: write it with ``write_parquet``); any other name
+        is a ``TypeError``, as for any function.
 
     Returns
     -------
@@ -729,6 +747,16 @@ def reparse(
     >>> first["_status"].to_list(), fixed["_status"].to_list(), len(creates)
     (['completed', 'failed'], ['completed', 'completed'], 1)
     """
+    if sending.get("sink") is not None or sending.get("chunk_rows") is not None:
+        msg = (
+            "reparse returns the frame and writes no sink: drop sink= and chunk_rows=, then "
+            "write the result with .write_parquet(...)"
+        )
+        raise ConfigError(msg)
+    unknown = sorted(set(sending) - REPARSE_IGNORES - {"sink", "chunk_rows"})
+    if unknown:
+        msg = f"reparse() got unexpected keyword arguments {unknown!r}"
+        raise TypeError(msg)
     frame = df.collect() if isinstance(df, pl.LazyFrame) else df
     if not isinstance(frame, pl.DataFrame):
         msg = f"reparse takes a polars DataFrame or LazyFrame, got {type(df).__name__}"
