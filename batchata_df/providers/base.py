@@ -155,6 +155,12 @@ class RequestSpec:
     citations: bool = False
     """Citations on: no structured output, the schema goes in the system prompt instead
     and answers carry per-field citations (:mod:`batchata_df.citations`)."""
+    schema_in_prompt: bool = False
+    """The schema goes to Claude in the system prompt, not as structured output: set when a
+    Claude model of the run takes no structured output (Claude Opus 4, Sonnet 4, 3.7 and
+    older; ``models.Family.structured_output``), as the seed library did for every Claude
+    model. The answer is validated against the schema as any other; a code fence around
+    it is dropped."""
     keep_responses: bool = False
     """Keep each request's result as the provider sent it (``RESULTS.response``: the
     OpenAI output/error file line, the Anthropic results line, the Gemini result-file line
@@ -166,6 +172,14 @@ class RequestSpec:
     prompt_caching: bool = True
     """Order jobs so that shared prefixes are adjacent and mark them for the provider's
     prompt cache (:mod:`batchata_df.caching`); the answers do not depend on it."""
+
+    @property
+    def schema_as_prompt(self) -> bool:
+        """Whether Claude gets the schema in the system prompt, not as structured output.
+
+        True with citations on, or for a model without structured output.
+        """
+        return (self.citations or self.schema_in_prompt) and self.schema.json_schema is not None
 
 
 RESULTS = pl.Schema(
