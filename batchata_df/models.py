@@ -409,11 +409,25 @@ FAMILIES: tuple[Family, ...] = (
                  "gemini-2.5-pro; genai-prices 0.2.3 has no window)"),
     ),
     Family(
-        "gemini", "Gemini 2.5 Flash, Flash-Lite", r"gemini-2\.5",
-        ("gemini-2.5-flash", "gemini-2.5-flash-lite"),
+        "gemini", "Gemini 2.5 Flash-Lite", r"gemini-2\.5-flash-lite",
+        ("gemini-2.5-flash-lite", "gemini-2.5-flash-lite-preview-09-2025"),
+        thinking="gemini_budget", thinks_by_default=False, default_effort="none",
+        efforts=("minimal", "low", "medium", "high"), max_output_tokens=65_536,
+        context=1_048_576,
+        sources=("https://ai.google.dev/gemini-api/docs/models/gemini-2.5-flash-lite (input "
+                 "token limit 1,048,576; genai-prices 0.2.3 says 1,000,000)",
+                 "https://ai.google.dev/gemini-api/docs/thinking (table 'Thinking budgets', "
+                 "updated 2025-11-18: 2.5 Flash Lite 'Model does not think' when no budget is "
+                 "set; range 512 to 24576, 0 turns it off, -1 dynamic)",
+                 "https://github.com/earendil-works/pi/issues/2838 (\"The thinking budget 128 "
+                 "is invalid. Please choose a value between 512 and 24576.\")"),
+    ),
+    Family(
+        "gemini", "Gemini 2.5 Flash", r"gemini-2\.5", ("gemini-2.5-flash",),
         thinking="gemini_budget", thinks_by_default=True, default_effort="medium",
         efforts=("minimal", "low", "medium", "high"), max_output_tokens=65_536,
-        sources=("https://ai.google.dev/gemini-api/docs/thinking (thinkingBudget 0 turns it off)",
+        sources=("https://ai.google.dev/gemini-api/docs/thinking (thinkingBudget 0 turns it off;"
+                 " range 0 to 24576)",
                  "google-genai 3.6.1 types.py ThinkingConfig.thinking_budget"),
     ),
     Family(

@@ -30,7 +30,9 @@ Anthropic
     off; Sonnet 5.5 turns it off with ``between_tools``, not ``disabled``; ``budget_tokens``
     must be below ``max_tokens``. Structured outputs start at Opus 4.1 and the 4.5 models.
 Gemini
-    2.5 takes ``thinkingBudget`` (0 is off, except 2.5 Pro); 3.x and 4 take
+    2.5 takes ``thinkingBudget`` (0 is off, except 2.5 Pro; else 128..32,768 on Pro,
+    512..24,576 on Flash-Lite, which does not think unless given one, 1..24,576 on Flash,
+    or -1, dynamic); 3.x and 4 take
     ``thinkingLevel`` (3.5+ refuse ``thinkingBudget``); 3.7+ Flash, 3.x Pro and 4 have no
     ``MINIMAL``; ``gemini-3-pro-preview`` has only ``LOW`` and ``HIGH``. Default levels:
     3.5/3.6 and 3.7 Flash ``MEDIUM``, Flash-Lite ``MINIMAL``, the rest ``HIGH``.
@@ -445,6 +447,9 @@ def anthropic_thinking(model: str, params: dict[str, object]) -> int | None:
 _GEMINI: Final[tuple[tuple[str, Rules], ...]] = (
     (r"gemini-2\.5-pro", Rules(True, "medium", False, frozenset(), "all", "budget")),
     (r"gemini-2\.5-flash-image", Rules()),
+    # 2.5 Flash-Lite thinks only when asked (ai.google.dev/gemini-api/docs/thinking, table
+    # "Thinking budgets": "Model does not think" by default; budget 512..24576, 0 off).
+    (r"gemini-2\.5-flash-lite", Rules(True, None, True, frozenset(), "all", "budget")),
     (r"gemini-2\.5", Rules(True, "medium", True, frozenset(), "all", "budget")),
     # gemini-3-pro-preview: LOW and HIGH ("Thinking level MEDIUM is not supported for this
     # model.", egoist/chatwise-releases#1206); 3.1 Pro adds MEDIUM (langchainjs#10101).
@@ -498,7 +503,31 @@ def gemini_refusal(model: str, config: dict[str, object]) -> str | None:
         return "thinking_budget is not supported for this model; use thinking_level instead."
     if budget == 0 and not rules.can_turn_off:
         return "Budget 0 is invalid. This model only works in thinking mode."
+    span = _GEMINI_BUDGET_RANGE.get(_gemini_budget_family(name)) if budget else None
+    if budget is not None and span is not None and budget != -1 and not (
+        span[0] <= budget <= span[1]
+    ):
+        # earendil-works/pi#2838 quotes this wording (gemini-2.5-flash-lite, budget 128).
+        return (f"The thinking budget {budget} is invalid. Please choose a value between "
+                f"{span[0]} and {span[1]}.")
     return None
+
+
+_GEMINI_BUDGET_RANGE: Final = {
+    "pro": (128, 32_768),
+    "flash-lite": (512, 24_576),
+    "flash": (1, 24_576),
+}
+"""``thinkingBudget`` values other than 0 (off, where allowed) and -1 (dynamic) that 2.5
+models take (ai.google.dev/gemini-api/docs/thinking, table "Thinking budgets")."""
+
+
+def _gemini_budget_family(name: str) -> str:
+    if name.startswith("gemini-2.5-pro"):
+        return "pro"
+    if name.startswith("gemini-2.5-flash-lite"):
+        return "flash-lite"
+    return "flash" if name.startswith("gemini-2.5") else ""
 
 
 def gemini_thoughts(model: str, config: dict[str, object]) -> int:
@@ -511,7 +540,9 @@ def gemini_thoughts(model: str, config: dict[str, object]) -> int:
         return min(budget, THOUGHT_TOKENS["medium"])
     if level is not None:
         return THOUGHT_TOKENS[str(level).lower()]
-    return THOUGHT_TOKENS[str(rules.default_effort)]
+    if budget == -1:  # dynamic thinking, also where the model does not think by default
+        return THOUGHT_TOKENS[str(rules.default_effort or "medium")]
+    return THOUGHT_TOKENS[rules.default_effort] if rules.default_effort else 0
 
 
 def _gemini_thinking(config: dict[str, object]) -> tuple[int | None, object]:
