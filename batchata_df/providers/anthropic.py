@@ -605,8 +605,10 @@ class AnthropicProvider:
                 page = self._call("list message batches", page.get_next_page)
         except ProviderError as e:
             msg = (
-                "a previous run may have created an Anthropic batch just before it stopped, "
-                f"but listing batches failed ({e}); retry later so that nothing is paid twice"
+                "an Anthropic batch for these rows may already exist (created by this call or an "
+                "earlier one just before an error or a stop), but listing batches "
+                f"failed ({e}); call again later with the same state: nothing is paid "
+                "twice"
             )
             raise OrphanedBatchError(msg) from e
 
