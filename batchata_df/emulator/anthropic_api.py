@@ -184,7 +184,7 @@ class _Spec:
     model: str
     prompt: str
     input_tokens: int  # every prompt token, cached or not
-    mode: str  # "text" | "schema" | "tool"
+    mode: str  # "text" | "schema" | "tool" | "cite" | "prompted" (a schema in the system prompt)
     gen: answers.AnswerGenerator | None
     tool_name: str | None
     max_tokens: int
@@ -506,6 +506,11 @@ class _SpecBuilder:
             mode, documents = "cite", cited.documents(messages)
             cite_schema = cited.schema_from_system(system)
         schema_tokens = gen.schema_tokens if gen else 0
+        asked = cited.schema_from_system(system) if mode == "text" and system else None
+        if asked is not None:
+            # A JSON Schema in the system prompt and no structured output: Claude answers
+            # with JSON for it, the schema's tokens already counted in the system prompt.
+            mode, gen = "prompted", self._generator(asked)
         tokens = answers.count_tokens(prompt) + extra + schema_tokens
         counted = model_rules.over_window("anthropic", model, prompt, extra + schema_tokens)
         if error is None and counted is not None:
@@ -634,13 +639,16 @@ def _answer(spec: _Spec) -> tuple[str, object, str]:
     if spec.mode == "tool" and spec.gen is not None:
         value = spec.gen.invalid(seed) if marker == answers.MARKER_INVALID else spec.gen.value(seed)
         return "", value if isinstance(value, dict) else {"value": value}, "tool_use"
-    if spec.mode == "schema" and spec.gen is not None:
+    if spec.mode in ("schema", "prompted") and spec.gen is not None:
         if marker == answers.MARKER_OVERFLOW:
             text = spec.gen.overflowed(seed)
         elif marker == answers.MARKER_INVALID:
             text = _compact(spec.gen.invalid(seed))
         else:
             text = _compact(spec.gen.value(seed))
+        if spec.mode == "prompted" and answers.seed_int(seed) % 3 == 0:
+            # Asked in the prompt, not constrained: Claude sometimes fences its JSON.
+            text = f"```json\n{text}\n```"
     else:
         text = answers.fake_text(spec.prompt, seed)
     stop = "end_turn"

@@ -248,9 +248,10 @@ class AnthropicProvider:
             extra.update(thinking)
         if isinstance(extra.get("stop_sequences"), str):
             extra["stop_sequences"] = [extra["stop_sequences"]]
-        if spec.schema.json_schema is not None and not spec.citations:
+        if spec.schema.json_schema is not None and not spec.schema_as_prompt:
             # With citations the schema goes in the system prompt instead: Anthropic
-            # refuses citations together with output_config.format (400).
+            # refuses citations together with output_config.format (400); so it does for
+            # a model without structured output (RequestSpec.schema_in_prompt).
             anthropic = _import_sdk()
             try:
                 schema = anthropic.transform_schema(spec.schema.json_schema)
@@ -267,8 +268,9 @@ class AnthropicProvider:
 
         ``jobs`` has ``job_id``, ``model``, ``prompt``, ``system`` and optionally
         ``content_json`` (a JSON array of Anthropic content blocks that replaces the prompt
-        text). With ``spec.citations`` and a schema, the system prompt starts with
-        :func:`batchata_df.citations.instruction` (the caller's ``system`` follows it).
+        text). With ``spec.schema_as_prompt`` (citations, or a model without structured
+        output), the system prompt starts with :func:`batchata_df.citations.instruction`
+        (the caller's ``system`` follows it).
 
         Prompt caching (:func:`batchata_df.caching.cache_plan` columns, when present): a
         ``cache_system`` job sends its system prompt as one text block marked
@@ -288,10 +290,10 @@ class AnthropicProvider:
         # What no row uses is left out of the expression: a when/then computes its branch
         # for every row, taken or not (the same lines; tests/test_encode_bytes.py).
         no_system = all_null(jobs, "system")
-        if spec.citations and spec.schema.json_schema is not None:
+        if spec.schema_as_prompt and spec.schema.json_schema is not None:
             from batchata_df.citations import instruction
 
-            ours = pl.lit(instruction(spec.schema.json_schema))
+            ours = pl.lit(instruction(spec.schema.json_schema, cite=spec.citations))
             theirs = pl.concat_str([pl.lit("\n\n"), pl.col("system")]).fill_null("")
             system_text = ours + theirs
             no_system = False
@@ -634,8 +636,10 @@ class AnthropicProvider:
                 page = self._call("list message batches", page.get_next_page)
         except ProviderError as e:
             msg = (
-                "a previous run may have created an Anthropic batch just before it stopped, "
-                f"but listing batches failed ({e}); retry later so that nothing is paid twice"
+                "an Anthropic batch for these rows may already exist (created by this call or an "
+                "earlier one just before an error or a stop), but listing batches "
+                f"failed ({e}); call again later with the same state: nothing is paid "
+                "twice"
             )
             raise OrphanedBatchError(msg) from e
 
@@ -865,7 +869,15 @@ def decode_results(data: Download, spec: RequestSpec | None = None) -> pl.DataFr
     )
     if citations and spec is not None:
         out = _with_citations(out, raw, spec)
+    elif spec is not None and spec.schema_as_prompt:
+        # Asked for JSON in the system prompt, Claude may still fence it (```json ... ```).
+        text = pl.col("text")
+        out = out.with_columns(pl.coalesce(text.str.extract(_FENCED, 1), text).alias("text"))
     return conform_results(out)
+
+
+_FENCED = r"(?s)\A\s*```[A-Za-z0-9_+-]*[ \t]*\r?\n(.*?)```\s*\z"
+"""An answer that is one code fence; group 1 is what it holds (``citations._FENCE``)."""
 
 
 def _with_citations(out: pl.DataFrame, raw: pl.DataFrame, spec: RequestSpec) -> pl.DataFrame:
