@@ -222,3 +222,53 @@ def test_cited_answers_stream_their_citations(emu) -> None:
     assert cited  # the answer does cite
     assert [b.get("citations") or None for b in rebuilt["content"]] == [
         b.get("citations") or None for b in plain["content"]]
+
+
+# ---- streams that end badly (served by an injected fault as server-sent events)
+
+
+def _sse(*events: dict[str, Any]) -> str:
+    return "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events)
+
+
+START = {"type": "message_start", "message": {
+    "id": "msg_x", "type": "message", "role": "assistant", "model": "claude-sonnet-5-5",
+    "content": [], "stop_reason": None, "stop_sequence": None,
+    "usage": {"input_tokens": 5, "output_tokens": 1}}}  # fmt: skip
+SSE_HEADERS = {"content-type": "text/event-stream"}
+
+
+def test_a_stream_that_ends_before_message_stop_is_lost(emu, clock) -> None:
+    body = _sse(START, {"type": "content_block_start", "index": 0,
+                        "content_block": {"type": "text", "text": ""}},
+                {"type": "content_block_delta", "index": 0,
+                 "delta": {"type": "text_delta", "text": '{"label": "x"'}})  # fmt: skip
+    emu.inject_fault(path_regex=r"/v1/messages$", status=200, body=body, headers=SSE_HEADERS)
+    out = ROWS[:1].pipe(batch_llm, model="claude-sonnet-5-5", mode="realtime", **KW)
+    assert out["_status"].to_list() == ["failed"]
+    assert out["_error"][0].startswith("lost: the request was sent but no answer came back")
+    assert "ended before its message_stop event" in out["_error"][0]
+    assert len(message_posts(emu)) == 1  # never sent again
+
+
+def test_an_overloaded_error_event_inside_the_stream_is_retried(emu, clock) -> None:
+    # Anthropic's errors page: an error can arrive after a 200, inside the stream, e.g.
+    # overloaded_error, which outside a stream is a 529
+    error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    emu.inject_fault(path_regex=r"/v1/messages$", status=200, body=_sse(START, error),
+                     headers=SSE_HEADERS)  # fmt: skip
+    out = ROWS[:1].pipe(batch_llm, model="claude-sonnet-5-5", mode="realtime", **KW)
+    assert out["_status"].to_list() == ["completed"], out["_error"].to_list()
+    assert len(message_posts(emu)) == 2
+    assert len(emu.billing()) == 1
+
+
+def test_an_invalid_request_error_event_fails_the_row_with_its_message(emu, clock) -> None:
+    error = {"type": "error", "error": {"type": "invalid_request_error", "message": "Bad."}}
+    emu.inject_fault(path_regex=r"/v1/messages$", status=200, body=_sse(START, error),
+                     headers=SSE_HEADERS)  # fmt: skip
+    out = ROWS[:1].pipe(batch_llm, model="claude-sonnet-5-5", mode="realtime",
+                        keep_responses=True, **KW)  # fmt: skip
+    assert out.select("_status", "_error").rows() == [("failed", "invalid_request_error: Bad.")]
+    assert json.loads(out["_response"][0]) == error  # the event's data is the error's body
+    assert len(message_posts(emu)) == 1

@@ -517,8 +517,10 @@ class AnthropicProvider:
                 # An ``error`` event inside a stream arrives with the stream's HTTP 200: its
                 # type says what status the same error has outside a stream.
                 status = e.status_code
+                said_text = None  # the error's body as text; a stream's is the event's data
                 if status == 200:  # the stream's own status: an ``error`` event
                     status = _stream_error_status(e.body)
+                    said_text = json.dumps(e.body, ensure_ascii=False)
                 kind = failure_kind(status)
                 text = _error_message(e.body)
                 if kind is not None:
@@ -546,7 +548,7 @@ class AnthropicProvider:
                     },
                 }
                 decoded = decode_results(json.dumps(result).encode(), spec)
-                return kept_response(decoded, e.response.text, spec)
+                return kept_response(decoded, said_text or e.response.text, spec)
             except (anthropic.APIConnectionError, httpx2.TransportError) as e:
                 # APITimeoutError included; httpx2's errors are a stream broken midway
                 return transport_failure(e, "Anthropic")
