@@ -30,6 +30,7 @@ from batchata_df.engine.realtime import DEFAULT_CONCURRENCY, RealtimeEngine
 from batchata_df.errors import (
     ColumnError,
     ConfigError,
+    ParamError,
     ProviderUnavailableWarning,
     SchemaError,
     StateError,
@@ -1239,6 +1240,14 @@ def _check_models(
         check_endpoint(str(provider), str(model))
         check_model_params(str(provider), str(model), params)
         family = family_of(str(provider), str(model))
+        if not family.system_prompt and _has_system(jobs, model):
+            msg = (
+                f"model {model!r} ({family.name}) takes no system prompt: OpenAI refuses a "
+                "system or developer message for it (\"'messages[0].role' does not support "
+                "'system' with this model\"); put the instructions in prompt=, or use a "
+                "model that takes one such as 'o4-mini'"
+            )
+            raise ParamError(msg, model=str(model), param="system")
         if structured and not family.structured_output and not citations:
             if provider == "anthropic":
                 in_prompt = True
@@ -1250,6 +1259,13 @@ def _check_models(
             raise SchemaError(msg)
     return in_prompt
 
+
+
+def _has_system(jobs: pl.DataFrame, model: object) -> bool:
+    """Whether any job of ``model`` carries a system prompt."""
+    if "system" not in jobs.columns:
+        return False
+    return jobs.filter((pl.col("model") == model) & pl.col("system").is_not_null()).height > 0
 
 
 WINDOW_TOKENS_PER_O200K: dict[str, float] = {"openai": 1.0, "anthropic": 1.0, "gemini": 0.8}

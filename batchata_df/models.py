@@ -174,6 +174,8 @@ class Family:
     context: int | None = None
     """Input tokens per request, where genai-prices' number is wrong (else genai-prices')."""
     structured_output: bool = True
+    system_prompt: bool = True
+    """Takes a system prompt (``system=``): OpenAI's o1-mini takes none."""
     pdf: bool = True
     images: bool = True
     citations: bool = False
@@ -282,6 +284,19 @@ FAMILIES: tuple[Family, ...] = (
         max_output_tokens=128_000,
         sources=(f"{_PAI}openai.py _REASONING_SUPPORT_BY_PREFIX['gpt-5']",
                  "https://platform.openai.com/docs/guides/reasoning"),
+    ),
+    Family(
+        "openai", "o1-mini", r"o1-mini", ("o1-mini",),
+        thinking="openai", thinks_by_default=True, default_effort="medium", can_disable=False,
+        efforts=("low", "medium", "high"), sampling="not_thinking", max_output_tokens=65_536,
+        structured_output=False, system_prompt=False,
+        sources=(f"{_OAI_DOCS}o1-mini (65,536 max output tokens)",
+                 "no json_schema: dzhng/deep-research#96 ('Invalid parameter: "
+                 "'response_format' of type 'json_schema' is not supported with this model.'),"
+                 " typedef-ai/fenic#208",
+                 "no system or developer message: animalnots/BetterChatGPT-PLUS#90 "
+                 "(\"Unsupported value: 'messages[0].role' does not support 'system' with this "
+                 "model.\"), QuantumNous/new-api#847 (developer), typedef-ai/fenic#207"),
     ),
     Family(
         "openai", "o-series", r"o\d", ("o3", "o4-mini"),
@@ -600,6 +615,14 @@ pull 174 (gpt-5.3-codex: 404 on /v1/chat/completions). batchata-df sends OpenAI 
 ``/v1/chat/completions`` only."""
 
 
+OPENAI_NOT_CHAT = re.compile(r"^(gpt-realtime|gpt-4o(-mini)?-realtime|gpt-image-|chatgpt-image-)")
+"""OpenAI models that are not chat models: the Realtime API's (WebSocket / WebRTC) and the
+Images API's. OpenAI answers them on /v1/chat/completions with 404 "This is not a chat
+model and thus not supported in the v1/chat/completions endpoint." (SciSharp/BotSharp#959,
+danny-avila/LibreChat#5326 for the realtime models). The search-preview models
+(``gpt-4o-mini-search-preview``) are chat models and pass."""
+
+
 def check_endpoint(provider: str, model: str) -> None:
     """Raise :class:`~batchata_df.errors.ModelError` for a model our batch endpoint lacks.
 
@@ -613,6 +636,12 @@ def check_endpoint(provider: str, model: str) -> None:
 only, and batchata-df sends OpenAI batches to /v1/chat/completions, where every request \
 would fail after the batch ran; use 'gpt-5.4' with params={'reasoning_effort': 'high'} \
 (or 'xhigh') instead
+    >>> check_endpoint("openai", "gpt-image-1")
+    Traceback (most recent call last):
+    ...
+    batchata_df.errors.ModelError: model 'gpt-image-1' is not a chat model (it is served by \
+OpenAI's Images API), and batchata-df sends OpenAI requests to /v1/chat/completions, which \
+answers it with 404 'This is not a chat model'; use a chat model such as 'gpt-4.1-mini'
     >>> check_endpoint("openai", "gpt-5.1-codex-max")
     Traceback (most recent call last):
     ...
@@ -622,6 +651,14 @@ request would fail after the batch ran; use 'gpt-5.1' with \
 params={'reasoning_effort': 'high'} instead
     """
     name = model.strip().lower().removeprefix("openai:")
+    if provider == "openai" and OPENAI_NOT_CHAT.match(name):
+        api = "Images" if "image" in name else "Realtime"
+        msg = (
+            f"model {model!r} is not a chat model (it is served by OpenAI's {api} API), and "
+            "batchata-df sends OpenAI requests to /v1/chat/completions, which answers it "
+            "with 404 'This is not a chat model'; use a chat model such as 'gpt-4.1-mini'"
+        )
+        raise ModelError(msg)
     if provider != "openai" or not OPENAI_RESPONSES_ONLY.match(name):
         return
     base = re.sub(r"-(pro|codex)(-.*)?$", "", name)

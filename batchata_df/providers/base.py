@@ -1172,8 +1172,9 @@ def bounded_listing(
     for n, batch in enumerate(batches):
         if n >= max_listed or time.monotonic() > deadline:
             msg = (
-                f"a previous run may have created a {provider} batch ({what}) just before it "
-                f"stopped; {n} batches were listed in the account without finding or ruling "
+                f"a {provider} batch ({what}) may already exist (created by this call or an "
+                f"earlier one just before an error or a stop); {n} batches were listed in the "
+                "account without finding or ruling "
                 f"it out (the search stops after {max_listed} batches or {seconds:.0f} s). "
                 "Look for it in the provider's batch list: if it exists, let it finish and "
                 "run again later; if not, run again with a new state folder"

@@ -742,8 +742,10 @@ class GeminiProvider:
                 page = list(self._call("list batches", pager.next_page))
         except ProviderError as e:
             msg = (
-                "a previous run may have created a Gemini batch just before it stopped, but "
-                f"listing batches failed ({e}); retry later so that nothing is paid twice"
+                "a Gemini batch for these rows may already exist (created by this call or an "
+                "earlier one just before an error or a stop), but listing batches "
+                f"failed ({e}); call again later with the same state: nothing is paid "
+                "twice"
             )
             raise OrphanedBatchError(msg) from e
 
