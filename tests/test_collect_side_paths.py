@@ -227,7 +227,7 @@ class _Label(BaseModel):
     label: str
 
 
-def test_a_resumed_call_counts_as_done_only_its_own_rows_settled_earlier(emulator) -> None:
+def test_a_resumed_call_counts_as_done_only_its_own_rows_settled_earlier(emu) -> None:
     """The rows done before a call starts are its rows with an answer, not the folder's.
 
     The first call's folder holds ``a`` and ``b``; the second call's rows are ``b`` and
@@ -237,7 +237,7 @@ def test_a_resumed_call_counts_as_done_only_its_own_rows_settled_earlier(emulato
 
     state = tempfile.mkdtemp()
     first: list[object] = []
-    with emulator.environ():
+    with emu.environ():
         pl.DataFrame({"t": ["a", "b"]}).pipe(
             batch_llm, schema=_Label, model="gpt-4.1-mini", prompt="{t}", state=state,
             progress=first.append,

@@ -393,7 +393,9 @@ class Emulator:
             HTTP method to match, or ``"*"``.
         status
             HTTP status of the error; the body is the provider's error envelope unless
-            ``body`` is given.
+            ``body`` is given. 200 is allowed with a ``body`` (a text ``body`` with
+            ``headers={"content-type": "text/event-stream"}`` serves a stream of the test's
+            own, e.g. one that ends early or carries an ``error`` event).
         times
             How many requests to fail; ``None`` for every one until cleared.
         retry_after_ms, retry_after

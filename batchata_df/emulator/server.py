@@ -673,8 +673,10 @@ def _parse_fault(spec: Mapping[str, Any], fault_id: int) -> Fault:
         msg = f"invalid path_regex {regex!r}: {e}"
         raise ValueError(msg) from e
     status = int(spec.get("status", 503))
-    if not 400 <= status <= 599:
-        msg = f"fault status must be 400..599, got {status!r}"
+    # 200 only with a body of the test's own: an answer that goes wrong inside itself, such
+    # as a server-sent stream that breaks off or carries an ``error`` event.
+    if not (400 <= status <= 599 or (status == 200 and spec.get("body") is not None)):
+        msg = f"fault status must be 400..599 (or 200 with a body), got {status!r}"
         raise ValueError(msg)
     times = spec.get("times", 1)
     if times is not None and (not isinstance(times, int) or times < 1):

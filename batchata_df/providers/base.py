@@ -156,6 +156,12 @@ class RequestSpec:
     citations: bool = False
     """Citations on: no structured output, the schema goes in the system prompt instead
     and answers carry per-field citations (:mod:`batchata_df.citations`)."""
+    schema_in_prompt: bool = False
+    """The schema goes to Claude in the system prompt, not as structured output: set when a
+    Claude model of the run takes no structured output (Claude Opus 4, Sonnet 4, 3.7 and
+    older; ``models.Family.structured_output``), as the seed library did for every Claude
+    model. The answer is validated against the schema as any other; a code fence around
+    it is dropped."""
     keep_responses: bool = False
     """Keep each request's result as the provider sent it (``RESULTS.response``: the
     OpenAI output/error file line, the Anthropic results line, the Gemini result-file line
@@ -167,6 +173,14 @@ class RequestSpec:
     prompt_caching: bool = True
     """Order jobs so that shared prefixes are adjacent and mark them for the provider's
     prompt cache (:mod:`batchata_df.caching`); the answers do not depend on it."""
+
+    @property
+    def schema_as_prompt(self) -> bool:
+        """Whether Claude gets the schema in the system prompt, not as structured output.
+
+        True with citations on, or for a model without structured output.
+        """
+        return (self.citations or self.schema_in_prompt) and self.schema.json_schema is not None
 
 
 RESULTS = pl.Schema(
@@ -1200,8 +1214,9 @@ def bounded_listing(
     for n, batch in enumerate(batches):
         if n >= max_listed or time.monotonic() > deadline:
             msg = (
-                f"a previous run may have created a {provider} batch ({what}) just before it "
-                f"stopped; {n} batches were listed in the account without finding or ruling "
+                f"a {provider} batch ({what}) may already exist (created by this call or an "
+                f"earlier one just before an error or a stop); {n} batches were listed in the "
+                "account without finding or ruling "
                 f"it out (the search stops after {max_listed} batches or {seconds:.0f} s). "
                 "Look for it in the provider's batch list: if it exists, let it finish and "
                 "run again later; if not, run again with a new state folder"

@@ -756,8 +756,10 @@ class GeminiProvider:
                 page = list(self._call("list batches", pager.next_page))
         except ProviderError as e:
             msg = (
-                "a previous run may have created a Gemini batch just before it stopped, but "
-                f"listing batches failed ({e}); retry later so that nothing is paid twice"
+                "a Gemini batch for these rows may already exist (created by this call or an "
+                "earlier one just before an error or a stop), but listing batches "
+                f"failed ({e}); call again later with the same state: nothing is paid "
+                "twice"
             )
             raise OrphanedBatchError(msg) from e
 
@@ -951,6 +953,9 @@ def decode_lines(data: Download, *, responses: bool = False) -> pl.DataFrame:
         outcome.alias("outcome"),
         pl.when(ok).then(text).alias("text"),
         error.alias("error"),
+        # google-genai 3.6.1 types.FinishReason.MAX_TOKENS: "generated the maximum number
+        # of tokens allowed by max_output_tokens"; the row fails "truncated:"
+        # (engine.collection.outcomes_to_events).
         (finish == "MAX_TOKENS").fill_null(False).alias("truncated"),
         usage.struct.field("promptTokenCount").alias("input_tokens"),
         pl.when(usage.is_not_null())

@@ -477,8 +477,10 @@ class OpenAIProvider:
                 page = self._call("list batches", page.get_next_page)
         except ProviderError as e:
             msg = (
-                "a previous run may have created an OpenAI batch just before it stopped, but "
-                f"listing batches failed ({e}); retry later so that nothing is paid twice"
+                "an OpenAI batch for these rows may already exist (created by this call or an "
+                "earlier one just before an error or a stop), but listing batches "
+                f"failed ({e}); call again later with the same state: nothing is paid "
+                "twice"
             )
             raise OrphanedBatchError(msg) from e
 
@@ -589,6 +591,9 @@ def decode_lines(data: Download, *, responses: bool = False) -> pl.DataFrame:
         .then(message.struct.field("content"))
         .alias("text"),
         error.alias("error"),
+        # openai 3.57 types/chat/chat_completion.py Choice.finish_reason: "length" if the
+        # maximum number of tokens specified in the request was reached. The row then
+        # fails "truncated:" (engine.collection.outcomes_to_events), its text kept as raw.
         (finish == "length").fill_null(False).alias("truncated"),
         usage.struct.field("prompt_tokens").alias("input_tokens"),
         usage.struct.field("completion_tokens").alias("output_tokens"),
