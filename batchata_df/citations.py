@@ -119,19 +119,26 @@ _WS = " \t\r\n"
 Path = tuple[str | int, ...]
 
 
-def instruction(json_schema: Mapping[str, Any]) -> str:
-    """The system prompt that replaces structured output when citations are on.
+def instruction(json_schema: Mapping[str, Any], *, cite: bool = True) -> str:
+    """The system prompt that replaces structured output.
+
+    Used with citations on, or for a Claude model that takes no structured output;
+    ``cite``: ask for the values to be taken from the documents.
 
     Examples
     --------
     >>> print(instruction({"type": "object"}).splitlines()[-2])
     {"type": "object"}
+    >>> "citing" in instruction({"type": "object"}, cite=False)
+    False
     """
     schema = json.dumps(json_schema, ensure_ascii=False, sort_keys=False)
+    documents = (
+        " Take the values from the documents where you can, citing them." if cite else ""
+    )
     return (
         "Answer with ONLY a JSON object that is valid for the JSON Schema below: no text "
-        "before or after it and no code fence. Take the values from the documents where "
-        "you can, citing them.\n"
+        f"before or after it and no code fence.{documents}\n"
         f"{SCHEMA_OPEN}\n{schema}\n{SCHEMA_CLOSE}"
     )
 

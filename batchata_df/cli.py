@@ -1105,23 +1105,16 @@ def _state_busy(
 
 
 def _usd(cost: float) -> str:
-    """A cost in dollars for people: four decimals, more for a cost too small to show.
-
-    A known non-zero cost never reads as zero: below $0.001 it is shown to two
-    significant digits. Zero is ``$0.0000``.
+    """:func:`batchata_df.progress.usd` without thousands separators (the CLI's tables).
 
     Examples
     --------
-    >>> _usd(0.0123), _usd(0.0), _usd(1234.5)
-    ('$0.0123', '$0.0000', '$1234.5000')
-    >>> _usd(0.00012), _usd(3.456e-06), _usd(9.996e-07), _usd(0.00099999)
-    ('$0.00012', '$0.0000035', '$0.0000010', '$0.0010')
+    >>> _usd(0.0123), _usd(0.0), _usd(1234.5), _usd(3.456e-06)
+    ('$0.0123', '$0.0000', '$1234.5000', '$0.0000035')
     """
-    shown = float(f"{cost:.1e}") if cost > 0 and math.isfinite(cost) else cost
-    if shown <= 0 or not math.isfinite(shown) or shown >= 0.001:
-        return f"${cost:.4f}"
-    decimals = 1 - math.floor(math.log10(shown))  # two significant digits
-    return f"${shown:.{decimals}f}"
+    from batchata_df.progress import usd
+
+    return usd(cost, thousands=False)
 
 
 @dataclasses.dataclass(frozen=True)

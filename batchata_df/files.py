@@ -319,14 +319,16 @@ def _load(data: bytes, kind: str, media_type: str, name: str) -> dict[str, Any]:
 
 
 def _from_path(path: Path) -> dict[str, Any]:
+    if path.is_dir():  # named first: a folder's name rarely has a supported suffix
+        msg = f"the file {str(path)!r} is a folder, not a file (working directory: "
+        raise _Bad(msg + f"{os.getcwd()!r}); fix the path")
     kind_media = _SUFFIXES.get(path.suffix.lower())
     if kind_media is None:
         msg = f"the file type {path.suffix or '(no extension)'!r} is not supported; supported: "
         raise _Bad(msg + SUPPORTED)
     if not path.is_file():
-        why = "is a folder, not a file" if path.is_dir() else "does not exist"
-        msg = f"the file {str(path)!r} {why} (working directory: {os.getcwd()!r}); fix the path"
-        raise _Bad(msg)
+        msg = f"the file {str(path)!r} does not exist (working directory: {os.getcwd()!r}); "
+        raise _Bad(msg + "fix the path")
     try:
         data = path.read_bytes()
     except OSError as e:

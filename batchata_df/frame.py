@@ -30,6 +30,7 @@ from batchata_df.engine.realtime import DEFAULT_CONCURRENCY, RealtimeEngine
 from batchata_df.errors import (
     ColumnError,
     ConfigError,
+    ParamError,
     ProviderUnavailableWarning,
     SchemaError,
     StateError,
@@ -93,9 +94,10 @@ RAW_COLUMN = "_raw"
 RESPONSE_COLUMN = "_response"
 """With ``keep_responses=True``, the provider's own result for the row (its JSON line)."""
 
-REPARSED_ERRORS = ("schema_validation", "truncated")
+REPARSED_ERRORS = ("schema_validation",)
 """Failures of an answer that a new schema may accept: :func:`reparse` re-validates these
-(and completed answers); refusals and provider errors stay as they are."""
+(and completed answers); truncated answers (incomplete whatever the schema), refusals and
+provider errors stay as they are."""
 
 DEFAULT_MAX_TOKENS = _DEFAULT_MAX_TOKENS
 """``max_tokens`` sent when ``params`` does not set it to a model that does not think, so
@@ -290,7 +292,11 @@ def batch_llm(
         sent ``chunk_rows`` rows at a time, the result is written to ``sink`` chunk by
         chunk in input order, and a ``LazyFrame`` scanning it is returned. Memory follows
         the chunk, not the input; the state folder holds the answers (give ``state=`` to
-        resume a killed run: nothing is sent twice). See :mod:`batchata_df.stream`.
+        resume a killed run: nothing is sent twice). A sink that is a file the input
+        reads, or input files Polars cannot read as one (a column's type differing
+        between them), is a :class:`~batchata_df.errors.ConfigError` before anything is
+        sent; an existing sink is replaced when the call completes.
+        See :mod:`batchata_df.stream`.
     chunk_rows
         Rows per chunk of a streaming run (default
         :data:`batchata_df.stream.DEFAULT_CHUNK_ROWS`).
@@ -401,14 +407,19 @@ def batch_llm(
             "remove citations=True"
         )
         raise ConfigError(msg)
-    check_schema_limits(answer.json_schema, needed, name=answer.name, citations=citations)
     run_params = check_params(params, supported)
     check_param_values(run_params, needed)
-    _check_models(jobs, run_params, structured=answer.json_schema is not None, citations=citations)
+    in_prompt = _check_models(
+        jobs, run_params, structured=answer.json_schema is not None, citations=citations
+    )
+    check_schema_limits(
+        answer.json_schema, needed, name=answer.name, citations=citations or in_prompt
+    )
     spec = RequestSpec(
         schema=answer,
         params=run_params,
         citations=citations,
+        schema_in_prompt=in_prompt,
         keep_responses=keep_responses,
         prompt_caching=prompt_caching,
     )
@@ -660,8 +671,18 @@ def _id_scheme(
     raise StateError(msg)
 
 
+REPARSE_IGNORES: frozenset[str] = frozenset({
+    "max_cost_usd", "time_limit", "dry_run", "items_per_batch", "max_parallel_batches",
+    "progress", "wait", "prices", "retry_failed", "provider_patience", "lock_timeout",
+    "mode", "concurrency", "deadline", "keep_responses", "prompt_caching",
+})  # fmt: skip
+"""The :func:`batch_llm` arguments :func:`reparse` accepts and ignores: they only shape
+sending and collecting, and ``reparse`` sends nothing."""
+
+
 def reparse(
     df: pl.DataFrame | pl.LazyFrame,
+    /,
     *,
     schema: type[BaseModel] | None,
     state: str | os.PathLike[str],
@@ -673,16 +694,18 @@ def reparse(
     params: Mapping[str, Any] | None = None,
     keep_raw: bool = False,
     history: str | None = None,
+    **sending: Any,
 ) -> pl.DataFrame:
     """Validate the answers stored in ``state`` against a new ``schema``; send nothing.
 
     After a run whose rows failed ``schema_validation`` (the answers are kept in the
     checkpoint, see ``keep_raw``), fix the schema and call ``reparse`` with the arguments
     of the original call and the new schema: every stored answer (completed rows, and rows
-    that failed ``schema_validation`` or ``truncated``) is validated again, the results
-    are recorded in the folder, and the frame comes back as :func:`batch_llm` would give
-    it. No request is sent and nothing is billed again. Refusals and provider errors stay
-    failed (there is no answer to re-read); rows never answered stay as they were.
+    that failed ``schema_validation``) is validated again, the results are recorded in
+    the folder, and the frame comes back as :func:`batch_llm` would give it. No request is
+    sent and nothing is billed again. Truncated answers stay failed (incomplete whatever
+    the schema), so do refusals and provider errors (there is no answer to re-read); rows
+    never answered stay as they were.
 
     The folder adopts the new schema: later ``batch_llm`` calls with it resume the folder
     (its job ids are kept), calls with the old schema are refused as a mismatch. With
@@ -701,6 +724,13 @@ def reparse(
         Add the ``_raw`` column (see :func:`batch_llm`).
     history
         As given to the original call (see :func:`batch_llm`).
+    **sending
+        The original call's arguments that only shape sending and collecting
+        (:data:`REPARSE_IGNORES`: ``max_cost_usd``, ``progress``, ``items_per_batch``,
+        ``mode``, ...), so that the original call's keyword arguments can be passed as
+        they were: accepted and ignored, since nothing is sent. ``sink=`` is refused
+        (``reparse`` returns the frame: write it with ``write_parquet``); any other name
+        is a ``TypeError``, as for any function.
 
     Returns
     -------
@@ -732,6 +762,16 @@ def reparse(
     >>> first["_status"].to_list(), fixed["_status"].to_list(), len(creates)
     (['completed', 'failed'], ['completed', 'completed'], 1)
     """
+    if sending.get("sink") is not None or sending.get("chunk_rows") is not None:
+        msg = (
+            "reparse returns the frame and writes no sink: drop sink= and chunk_rows=, then "
+            "write the result with .write_parquet(...)"
+        )
+        raise ConfigError(msg)
+    unknown = sorted(set(sending) - REPARSE_IGNORES - {"sink", "chunk_rows"})
+    if unknown:
+        msg = f"reparse() got unexpected keyword arguments {unknown!r}"
+        raise TypeError(msg)
     frame = df.collect() if isinstance(df, pl.LazyFrame) else df
     if not isinstance(frame, pl.DataFrame):
         msg = f"reparse takes a polars DataFrame or LazyFrame, got {type(df).__name__}"
@@ -810,9 +850,6 @@ def _revalidate(store: StateStore, job_ids: pl.Series, answer: AnswerSchema) -> 
             pl.when(ok).then(pl.lit("completed")).otherwise(pl.lit("failed")).alias("status"),
             pl.when(ok)
             .then(pl.lit(None, dtype=pl.String))
-            # A truncated answer that still does not validate stays reported as truncated.
-            .when(pl.col("error").str.starts_with("truncated"))
-            .then(pl.col("error"))
             .otherwise(pl.Series("_err", errors, dtype=pl.String))
             .alias("error"),
             pl.when(ok).then(pl.col("citations")).alias("citations"),
@@ -957,8 +994,9 @@ def with_estimates(
     from batchata_df.tokens import estimate_request_tokens, estimate_tokens, history_tokens
 
     schema_text = json.dumps(spec.schema.json_schema) if spec.schema.json_schema else ""
-    if spec.citations and spec.schema.json_schema:
-        schema_text = instruction(spec.schema.json_schema)  # sent as system prompt instead
+    if spec.schema_as_prompt and spec.schema.json_schema:
+        # sent as system prompt instead
+        schema_text = instruction(spec.schema.json_schema, cite=spec.citations)
     parts = []
     indexed = jobs.with_row_index("_order")
     answer = answer_tokens(spec.schema.json_schema)
@@ -1231,20 +1269,46 @@ def _model_pairs(jobs: pl.DataFrame) -> list[tuple[object, object]]:
 
 def _check_models(
     jobs: pl.DataFrame, params: Mapping[str, Any], *, structured: bool, citations: bool
-) -> None:
-    """Every model of the run takes ``params`` and the features asked for, before spend."""
+) -> bool:
+    """Every model of the run takes ``params`` and the features asked for, before spend.
+
+    Returns whether the schema goes to Claude in the system prompt
+    (``RequestSpec.schema_in_prompt``): a Claude model of the run takes no structured
+    output. The seed library asked every Claude model for JSON that way; OpenAI and Gemini
+    models without structured output are refused.
+    """
+    in_prompt = False
     for provider, model in _model_pairs(jobs):
         check_provider(str(provider), str(model))
         check_endpoint(str(provider), str(model))
         check_model_params(str(provider), str(model), params)
         family = family_of(str(provider), str(model))
+        if not family.system_prompt and _has_system(jobs, model):
+            msg = (
+                f"model {model!r} ({family.name}) takes no system prompt: OpenAI refuses a "
+                "system or developer message for it (\"'messages[0].role' does not support "
+                "'system' with this model\"); put the instructions in prompt=, or use a "
+                "model that takes one such as 'o4-mini'"
+            )
+            raise ParamError(msg, model=str(model), param="system")
         if structured and not family.structured_output and not citations:
+            if provider == "anthropic":
+                in_prompt = True
+                continue
             msg = (
                 f"model {model!r} ({family.name}) does not take structured output (a JSON "
                 "schema); use a newer model of the family, or schema=None for text answers"
             )
             raise SchemaError(msg)
+    return in_prompt
 
+
+
+def _has_system(jobs: pl.DataFrame, model: object) -> bool:
+    """Whether any job of ``model`` carries a system prompt."""
+    if "system" not in jobs.columns:
+        return False
+    return jobs.filter((pl.col("model") == model) & pl.col("system").is_not_null()).height > 0
 
 
 WINDOW_TOKENS_PER_O200K: dict[str, float] = {"openai": 1.0, "anthropic": 1.0, "gemini": 0.8}
@@ -1344,8 +1408,8 @@ def _over_window(
     refused: list[pl.DataFrame] = []
     schema = spec.schema.json_schema
     schema_text = json.dumps(schema) if schema else ""
-    if spec.citations and schema:
-        schema_text = instruction(schema)
+    if spec.schema_as_prompt and schema:
+        schema_text = instruction(schema, cite=spec.citations)
     for provider, model in _model_pairs(jobs):
         window = context_window(str(provider), str(model))
         if window is None:

@@ -174,6 +174,8 @@ class Family:
     context: int | None = None
     """Input tokens per request, where genai-prices' number is wrong (else genai-prices')."""
     structured_output: bool = True
+    system_prompt: bool = True
+    """Takes a system prompt (``system=``): OpenAI's o1-mini takes none."""
     pdf: bool = True
     images: bool = True
     citations: bool = False
@@ -282,6 +284,19 @@ FAMILIES: tuple[Family, ...] = (
         max_output_tokens=128_000,
         sources=(f"{_PAI}openai.py _REASONING_SUPPORT_BY_PREFIX['gpt-5']",
                  "https://platform.openai.com/docs/guides/reasoning"),
+    ),
+    Family(
+        "openai", "o1-mini", r"o1-mini", ("o1-mini",),
+        thinking="openai", thinks_by_default=True, default_effort="medium", can_disable=False,
+        efforts=("low", "medium", "high"), sampling="not_thinking", max_output_tokens=65_536,
+        structured_output=False, system_prompt=False,
+        sources=(f"{_OAI_DOCS}o1-mini (65,536 max output tokens)",
+                 "no json_schema: dzhng/deep-research#96 ('Invalid parameter: "
+                 "'response_format' of type 'json_schema' is not supported with this model.'),"
+                 " typedef-ai/fenic#208",
+                 "no system or developer message: animalnots/BetterChatGPT-PLUS#90 "
+                 "(\"Unsupported value: 'messages[0].role' does not support 'system' with this "
+                 "model.\"), QuantumNous/new-api#847 (developer), typedef-ai/fenic#207"),
     ),
     Family(
         "openai", "o-series", r"o\d", ("o3", "o4-mini"),
@@ -409,11 +424,25 @@ FAMILIES: tuple[Family, ...] = (
                  "gemini-2.5-pro; genai-prices 0.2.3 has no window)"),
     ),
     Family(
-        "gemini", "Gemini 2.5 Flash, Flash-Lite", r"gemini-2\.5",
-        ("gemini-2.5-flash", "gemini-2.5-flash-lite"),
+        "gemini", "Gemini 2.5 Flash-Lite", r"gemini-2\.5-flash-lite",
+        ("gemini-2.5-flash-lite", "gemini-2.5-flash-lite-preview-09-2025"),
+        thinking="gemini_budget", thinks_by_default=False, default_effort="none",
+        efforts=("minimal", "low", "medium", "high"), max_output_tokens=65_536,
+        context=1_048_576,
+        sources=("https://ai.google.dev/gemini-api/docs/models/gemini-2.5-flash-lite (input "
+                 "token limit 1,048,576; genai-prices 0.2.3 says 1,000,000)",
+                 "https://ai.google.dev/gemini-api/docs/thinking (table 'Thinking budgets', "
+                 "updated 2025-11-18: 2.5 Flash Lite 'Model does not think' when no budget is "
+                 "set; range 512 to 24576, 0 turns it off, -1 dynamic)",
+                 "https://github.com/earendil-works/pi/issues/2838 (\"The thinking budget 128 "
+                 "is invalid. Please choose a value between 512 and 24576.\")"),
+    ),
+    Family(
+        "gemini", "Gemini 2.5 Flash", r"gemini-2\.5", ("gemini-2.5-flash",),
         thinking="gemini_budget", thinks_by_default=True, default_effort="medium",
         efforts=("minimal", "low", "medium", "high"), max_output_tokens=65_536,
-        sources=("https://ai.google.dev/gemini-api/docs/thinking (thinkingBudget 0 turns it off)",
+        sources=("https://ai.google.dev/gemini-api/docs/thinking (thinkingBudget 0 turns it off;"
+                 " range 0 to 24576)",
                  "google-genai 3.6.1 types.py ThinkingConfig.thinking_budget"),
     ),
     Family(
@@ -586,6 +615,14 @@ pull 174 (gpt-5.3-codex: 404 on /v1/chat/completions). batchata-df sends OpenAI 
 ``/v1/chat/completions`` only."""
 
 
+OPENAI_NOT_CHAT = re.compile(r"^(gpt-realtime|gpt-4o(-mini)?-realtime|gpt-image-|chatgpt-image-)")
+"""OpenAI models that are not chat models: the Realtime API's (WebSocket / WebRTC) and the
+Images API's. OpenAI answers them on /v1/chat/completions with 404 "This is not a chat
+model and thus not supported in the v1/chat/completions endpoint." (SciSharp/BotSharp#959,
+danny-avila/LibreChat#5326 for the realtime models). The search-preview models
+(``gpt-4o-mini-search-preview``) are chat models and pass."""
+
+
 def check_endpoint(provider: str, model: str) -> None:
     """Raise :class:`~batchata_df.errors.ModelError` for a model our batch endpoint lacks.
 
@@ -599,6 +636,12 @@ def check_endpoint(provider: str, model: str) -> None:
 only, and batchata-df sends OpenAI batches to /v1/chat/completions, where every request \
 would fail after the batch ran; use 'gpt-5.4' with params={'reasoning_effort': 'high'} \
 (or 'xhigh') instead
+    >>> check_endpoint("openai", "gpt-image-1")
+    Traceback (most recent call last):
+    ...
+    batchata_df.errors.ModelError: model 'gpt-image-1' is not a chat model (it is served by \
+OpenAI's Images API), and batchata-df sends OpenAI requests to /v1/chat/completions, which \
+answers it with 404 'This is not a chat model'; use a chat model such as 'gpt-4.1-mini'
     >>> check_endpoint("openai", "gpt-5.1-codex-max")
     Traceback (most recent call last):
     ...
@@ -608,6 +651,14 @@ request would fail after the batch ran; use 'gpt-5.1' with \
 params={'reasoning_effort': 'high'} instead
     """
     name = model.strip().lower().removeprefix("openai:")
+    if provider == "openai" and OPENAI_NOT_CHAT.match(name):
+        api = "Images" if "image" in name else "Realtime"
+        msg = (
+            f"model {model!r} is not a chat model (it is served by OpenAI's {api} API), and "
+            "batchata-df sends OpenAI requests to /v1/chat/completions, which answers it "
+            "with 404 'This is not a chat model'; use a chat model such as 'gpt-4.1-mini'"
+        )
+        raise ModelError(msg)
     if provider != "openai" or not OPENAI_RESPONSES_ONLY.match(name):
         return
     base = re.sub(r"-(pro|codex)(-.*)?$", "", name)

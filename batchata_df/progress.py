@@ -21,6 +21,7 @@ the run ends or fails; the final ``phase="done"`` snapshot closes it too.
 from __future__ import annotations
 
 import io
+import math
 import sys
 import threading
 import time
@@ -87,14 +88,34 @@ def _cap(usd: float) -> str:
     return f"${usd:,.2f}" if round(usd, 2) == usd else f"${usd:,.6g}"
 
 
+def usd(cost: float, *, thousands: bool = True) -> str:
+    """A cost in dollars for people: four decimals, more for a cost too small to show.
+
+    A known non-zero cost never reads as zero: below $0.001 it is shown to two
+    significant digits. Zero is ``$0.0000``.
+
+    Examples
+    --------
+    >>> usd(0.0123), usd(0.0), usd(1234.5), usd(1234.5, thousands=False)
+    ('$0.0123', '$0.0000', '$1,234.5000', '$1234.5000')
+    >>> usd(0.00012), usd(3.456e-06), usd(9.996e-07), usd(0.00099999)
+    ('$0.00012', '$0.0000035', '$0.0000010', '$0.0010')
+    """
+    shown = float(f"{cost:.1e}") if cost > 0 and math.isfinite(cost) else cost
+    if shown <= 0 or not math.isfinite(shown) or shown >= 0.001:
+        return f"${cost:,.4f}" if thousands else f"${cost:.4f}"
+    decimals = 1 - math.floor(math.log10(shown))  # two significant digits
+    return f"${shown:.{decimals}f}"
+
+
 def _cost(s: ProgressSnapshot, max_cost_usd: float | None) -> str:
-    text = f"${s.cost_usd:,.4f}"
+    text = usd(s.cost_usd)
     if max_cost_usd is not None and max_cost_usd > 0:
         text += f" of {_cap(max_cost_usd)} cap ({s.cost_usd / max_cost_usd:.0%})"
     if s.reserved_usd > 0:
-        text += f", ${s.reserved_usd:,.4f} held (worst case in flight)"
-    if s.cache_saved_usd >= 0.00005:
-        text += f", ${s.cache_saved_usd:,.4f} saved by caching"
+        text += f", {usd(s.reserved_usd)} held (worst case in flight)"
+    if s.cache_saved_usd > 0:
+        text += f", {usd(s.cache_saved_usd)} saved by caching"
     return text
 
 
@@ -192,7 +213,7 @@ def estimate_text(s: ProgressSnapshot) -> str:
     expected $0.0120, worst case $0.9000 (what the cap reserves)
     """
     return (
-        f"expected ${s.expected_cost_usd or 0.0:,.4f}, worst case ${s.worst_case_usd or 0.0:,.4f} "
+        f"expected {usd(s.expected_cost_usd or 0.0)}, worst case {usd(s.worst_case_usd or 0.0)} "
         "(what the cap reserves)"
     )
 
@@ -250,7 +271,7 @@ def _panel(s: ProgressSnapshot, max_cost_usd: float | None, since: float = 0.0) 
     near_cap = max_cost_usd is not None and s.cost_usd >= 0.9 * max_cost_usd
     grid.add_row("cost", Text(_cost(s, max_cost_usd), style="bold red" if near_cap else ""))
     if s.projected_cost_usd is not None and not done:
-        grid.add_row("projected", Text(f"${s.projected_cost_usd:,.4f} at the current rate"))
+        grid.add_row("projected", Text(f"{usd(s.projected_cost_usd)} at the current rate"))
     if s.expected_cost_usd is not None and not done:
         grid.add_row("estimate", Text(estimate_text(s)))
     if cap_line(s):
@@ -575,22 +596,22 @@ def _plan_lines(p: PlanSummary) -> list[str]:
     planned = p.rows_by_status.get("planned", 0)
     lines = [
         f"{planned:,} requests would be sent in {p.n_batches:,} provider "
-        f"batch{'es' if p.n_batches != 1 else ''}, worst case ${p.worst_case_usd:,.4f} "
+        f"batch{'es' if p.n_batches != 1 else ''}, worst case {usd(p.worst_case_usd)} "
         "(every answer using max_tokens)"
     ]
     if p.mode == "realtime":
         lines = [
             f"{planned:,} requests would be sent realtime ({p.concurrency} at a time, standard "
-            f"price), worst case ${p.worst_case_usd:,.4f} (every answer using max_tokens)"
+            f"price), worst case {usd(p.worst_case_usd)} (every answer using max_tokens)"
         ]
     if p.expected_usd is not None:
         sources = sorted({str(m.get("expected_source", "")) for m in p.by_model} - {""})
-        text = f"expected ${p.expected_usd:,.4f} (answer sizes: {', '.join(sources) or 'n/a'})"
+        text = f"expected {usd(p.expected_usd)} (answer sizes: {', '.join(sources) or 'n/a'})"
         if p.expected_cache_saved_usd > 0:
-            text += f", of which prompt caching saves ~${p.expected_cache_saved_usd:,.4f}"
+            text += f", of which prompt caching saves ~{usd(p.expected_cache_saved_usd)}"
         lines.append(text)
     if p.held_usd:
-        lines.append(f"already spent or held by batches in flight: ${p.held_usd:,.4f}")
+        lines.append(f"already spent or held by batches in flight: {usd(p.held_usd)}")
     if p.max_cost_usd is not None:
         if p.within_cap >= planned:
             lines.append(f"cap {_cap(p.max_cost_usd)}: everything fits")
@@ -649,7 +670,7 @@ def plan_text(p: PlanSummary) -> str:
             f"  {m['provider']} {m['model']}: {m['jobs']:,} jobs in {m['batches']:,} "
             f"batch{'es' if m['batches'] != 1 else ''}, ~{m['est_input_tokens']:,} input "
             f"tokens, <= {m['max_output_tokens']:,} output tokens, worst case "
-            f"${m['worst_case_usd']:,.4f}"
+            f"{usd(m['worst_case_usd'])}"
         )
     out.extend(_plan_lines(p))
     return "\n".join(out)
@@ -680,6 +701,6 @@ def plan_table(p: PlanSummary) -> RenderableType:
             f"{m['batches']:,}",
             f"{m['est_input_tokens']:,}",
             f"{m['max_output_tokens']:,}",
-            f"${m['worst_case_usd']:,.4f}",
+            f"{usd(m['worst_case_usd'])}",
         )
     return Group(table, *(Text(line) for line in _plan_lines(p)))

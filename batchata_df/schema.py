@@ -445,6 +445,13 @@ class AnswerSchema:
                 "define `class Answer(BaseModel): ...` and pass schema=Answer"
             )
             raise SchemaError(msg)
+        if not model.model_fields:
+            msg = (
+                f"schema {model.__name__} has no fields, so every answer would be an empty "
+                "object (billed all the same); add the fields you want as columns, or pass "
+                "schema=None for text answers"
+            )
+            raise SchemaError(msg)
         self.name = model.__name__
         self._struct = _model_type(model, model.__name__)
         assert isinstance(self._struct.final, pl.Struct)

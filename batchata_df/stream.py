@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -121,7 +122,7 @@ def stream_llm(
             "leave sink out to get a DataFrame back"
         )
         raise ConfigError(msg)
-    _check_writable(sink_path)
+    _check_writable(sink_path)  # creates nothing: the folder comes with the sink
     time_limit_s, patience_s, stored_unpriced = check_run_arguments(
         max_cost_usd=max_cost_usd,
         time_limit=time_limit,
@@ -141,6 +142,9 @@ def stream_llm(
         columns, answer, dry_run=dry_run, citations=citations, files=files,
         keep_raw=keep_raw, keep_responses=keep_responses,
     )  # fmt: skip
+    scans = _scanned_files(lf)
+    _check_not_input(lf, sink_path, scans)
+    _check_readable(lf, scans)
     lock_wait = check_lock_timeout(lock_timeout)
     price_table = PriceTable(prices)
     fingerprint = fr._fingerprint(
@@ -151,7 +155,10 @@ def stream_llm(
     # Everything checkable is checked on one row per model before anything is read in
     # full or sent: templates, columns, models, parameters (the models of a per-row model
     # expression come from one streaming pass over that expression alone).
-    probe = _probe(lf, model)
+    try:
+        probe = _probe(lf, model)
+    except (pl.exceptions.PolarsError, OSError) as e:
+        raise _unreadable(e, scans) from e
     probe_jobs = build_jobs(
         probe, model=model, prompt=prompt, system=system, salt=salt, scheme=scheme,
         history=history,
@@ -168,15 +175,17 @@ def stream_llm(
             "or remove citations=True"
         )
         raise ConfigError(msg)
-    check_schema_limits(answer.json_schema, needed, name=answer.name, citations=citations)
     run_params = check_params(params, supported)
     check_param_values(run_params, needed)
-    fr._check_models(
+    in_prompt = fr._check_models(
         probe_jobs, run_params, structured=answer.json_schema is not None, citations=citations
     )
+    check_schema_limits(
+        answer.json_schema, needed, name=answer.name, citations=citations or in_prompt
+    )
     spec = RequestSpec(
-        schema=answer, params=run_params, citations=citations, keep_responses=keep_responses,
-        prompt_caching=prompt_caching,
+        schema=answer, params=run_params, citations=citations, schema_in_prompt=in_prompt,
+        keep_responses=keep_responses, prompt_caching=prompt_caching,
     )  # fmt: skip
     if files is not None:
         from batchata_df.files import content_preparer
@@ -219,7 +228,10 @@ def stream_llm(
             return sendable
         return fr.with_estimates(sendable, spec, price_table, why=why, observed=observed)
 
-    expected = int(lf.select(pl.len()).collect(engine="streaming").item())
+    try:
+        expected = int(lf.select(pl.len()).collect(engine="streaming").item())
+    except (pl.exceptions.PolarsError, OSError) as e:
+        raise _unreadable(e, scans) from e
     if dry_run:
         show = None
         if progress is True:
@@ -299,32 +311,196 @@ def _spill_folder(folder: Path) -> Iterator[Path]:
 
 
 def _check_writable(sink: Path) -> None:
-    """Raise :class:`ConfigError` unless a file can be created in ``sink``'s folder.
+    """Raise :class:`ConfigError` unless ``sink`` can be written; create nothing.
 
-    Checked before anything is sent: the sink is written at the end, after paying.
-    A missing folder is created, as the sink's writer would.
+    Checked before anything is sent (the sink is written at the end, after paying), and
+    before the other checks of the call, so it leaves nothing on disk: a missing folder
+    is only looked at here (its nearest existing folder must take a file); it is created
+    with the sink, once every check passed.
 
     Examples
     --------
     >>> import tempfile
-    >>> _check_writable(Path(tempfile.mkdtemp()) / "new" / "out.parquet")
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _check_writable(folder / "new" / "out.parquet")
+    >>> (folder / "new").exists()
+    False
     >>> _check_writable(Path(__file__) / "out.parquet")
     Traceback (most recent call last):
     ...
     batchata_df.errors.ConfigError: sink=...
     """
-    folder = sink.parent
+    folder = sink.absolute().parent
+    existing = next((f for f in (folder, *folder.parents) if f.exists()), folder)
+    if not existing.is_dir():
+        msg = (
+            f"sink={str(sink)!r}: cannot write in {str(existing)!r}: it is a file, not a "
+            "folder; write the sink to another path. Nothing was sent"
+        )
+        raise ConfigError(msg)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".batchata-probe-")
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".batchata-probe-")
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
         msg = (
-            f"sink={str(sink)!r}: cannot write in {str(folder)!r} "
+            f"sink={str(sink)!r}: cannot write in {str(existing)!r} "
             f"({e.strerror or e}); choose a folder you can write to. Nothing was sent"
         )
         raise ConfigError(msg) from e
+
+
+_Scans = tuple[list[tuple[str, list[str]]], bool]
+"""The files each scan of a plan reads, as ``(kind, paths)``, and whether some scan's
+files could not be listed (its kind or the plan's shape is one Polars' visitor skips)."""
+
+
+def _scanned_files(lf: pl.LazyFrame) -> _Scans:
+    """The files the optimized plan of ``lf`` scans: globs, folders and lists expanded.
+
+    Read with Polars' plan visitor (``LazyFrame._ldf.visit()``, the ``NodeTraverser``
+    cudf-polars translates plans with: ``get_node``/``set_node``/``view_current_node``/
+    ``get_inputs``, rapidsai/cudf ``python/cudf_polars/cudf_polars/typing/__init__.py``;
+    internal to Polars, hence every failure is "unknown" here): its ``Scan`` nodes
+    hold the expanded paths (every file of a glob, where the plan's text shows the first
+    and "... 11 other sources"). The visitor does not show every node (an IPC scan, a
+    scan of a buffer: ``NotImplementedError``); those are marked unknown, and so is the
+    whole plan if the visitor fails (a Polars version without it).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> for k in range(3):
+    ...     pl.DataFrame({"a": [k]}).write_parquet(folder / f"p{k}.parquet")
+    >>> scans, unknown = _scanned_files(pl.scan_parquet(folder / "*.parquet").head(1))
+    >>> [(kind, [Path(p).name for p in paths]) for kind, paths in scans], unknown
+    ([('parquet', ['p0.parquet', 'p1.parquet', 'p2.parquet'])], False)
+    """
+    scans: list[tuple[str, list[str]]] = []
+    try:
+        plan = lf._ldf.visit()
+        todo, done = [plan.get_node()], set()
+        unknown = False
+        while todo:
+            node = todo.pop()
+            if node in done:
+                continue
+            done.add(node)
+            plan.set_node(node)
+            try:
+                view = plan.view_current_node()
+            except Exception:  # NotImplementedError: "ipc scan", "scan with BytesIO", ...
+                unknown = True
+            else:
+                if type(view).__name__ == "Scan":
+                    kind = view.scan_type[0] if isinstance(view.scan_type, tuple) else ""
+                    scans.append((str(kind), [str(p) for p in view.paths]))
+            todo.extend(plan.get_inputs())
+    except Exception:  # an internal API: any failure means "not known", never a refusal
+        return scans, True
+    return scans, unknown
+
+
+def _local(path: str) -> Path | None:
+    """``path`` as a local file, or ``None`` for a cloud or HTTP address."""
+    if path.startswith("file://"):
+        return Path(path.removeprefix("file://"))
+    return None if "://" in path else Path(path)
+
+
+def _is_file(path: Path, target: Path) -> bool:
+    """Whether ``path`` names the file ``target`` names (links resolved, hard links too)."""
+    try:
+        if path.resolve() == target.resolve():
+            return True
+        return os.path.samefile(path, target)
+    except (OSError, RuntimeError):  # either missing (or a link loop): not the same file
+        return False
+
+
+def _check_not_input(lf: pl.LazyFrame, sink: Path, scans: _Scans) -> None:
+    """Refuse a sink that is a file ``lf`` reads: writing it would replace the input.
+
+    The input's rows and columns would be lost for the result's, and the same call again
+    would read the result as its input. Compared as files (:func:`_is_file`), so a
+    relative path, a symbolic or a hard link to the input is caught. A scan whose files
+    the plan visitor does not list (:func:`_scanned_files`) is looked for in the plan's
+    text; there Polars lists the first file of a many-file scan only, so another of them
+    goes unnoticed (a documented limit). A sink that does not exist yet is not an input
+    now; a glob that would match it is read on the next call, which then refuses.
+    """
+    listed, unknown = scans
+    files = [path for _, paths in listed for path in paths]
+    if unknown and sink.exists():
+        for line in lf.explain(optimized=False).splitlines():
+            match = re.search(r"SCAN \[(.*)\]\s*$", line)
+            if match:
+                files += [p for p in match[1].split(", ") if not p.startswith("... ")]
+    for given in files:
+        path = _local(given)
+        if path is not None and _is_file(path, sink):
+            msg = (
+                f"sink={str(sink)!r} is the file {given!r} that the input LazyFrame reads: "
+                "the result would replace the input (its rows and columns lost). Write "
+                "the result to another path. Nothing was sent"
+            )
+            raise ConfigError(msg)
+
+
+def _check_readable(lf: pl.LazyFrame, scans: _Scans) -> None:
+    """Refuse, before anything is sent, an input whose files Polars cannot read as one.
+
+    The files of one scan that disagree on a column's type (``n`` Int64 in one Parquet
+    file, String in the next) fail the read at the first row of the second file: after
+    the chunks before it were sent. The plan filtered on ``False`` reads no rows but opens
+    every file and checks it against the scan's schema, with the scan's own options
+    (``missing_columns=``, ``cast_options=``, ...), so it fails exactly where the run
+    would: in milliseconds for Parquet (footers only); CSV and NDJSON files are parsed
+    once (about 0.2 and 0.5 s of CPU a million rows). Where Polars cannot push that
+    filter into the scans (a window over the rows in between, such as ``shift``) it
+    reads nothing, and a bad file is found mid-stream (:meth:`ChunkSource._read`).
+    """
+    empty = lf.filter(pl.lit(False))
+    try:
+        if any(line.lstrip().startswith("FILTER") for line in empty.explain().splitlines()):
+            return  # a filter left over the rows: it would read them all, not check files
+        empty.collect(engine="streaming")
+    except (pl.exceptions.PolarsError, OSError) as e:
+        raise _unreadable(e, scans) from e
+    except Exception:  # a Python function of the plan given no rows: not the files' fault
+        return  # (Polars 2.1 does not call one on no rows); the run reports what fails
+
+
+def _unreadable(e: Exception, scans: _Scans) -> ConfigError:
+    """The error for an input Polars failed to read before anything was sent."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    msg = (
+        f"the input cannot be read: {first}{_drifted(scans)}. Fix the input (one type per "
+        "column in every file: rewrite the file, or cast with the scan's cast_options=) "
+        "and call again. Nothing was sent"
+    )
+    return ConfigError(msg)
+
+
+def _drifted(scans: _Scans) -> str:
+    """Name the first Parquet file whose column types differ from its scan's first file."""
+    for kind, paths in scans[0]:
+        if kind != "parquet" or len(paths) < 2:
+            continue
+        try:
+            first = pl.read_parquet_schema(paths[0])
+            for path in paths[1:]:
+                schema = pl.read_parquet_schema(path)
+                for name, dtype in schema.items():
+                    if name in first and first[name] != dtype:
+                        return (
+                            f" ({path!r} has column {name!r} as {dtype}, {paths[0]!r} "
+                            f"as {first[name]})"
+                        )
+        except (pl.exceptions.PolarsError, OSError):
+            continue
+    return ""
 
 
 def _probe(lf: pl.LazyFrame, model: str | pl.Expr) -> pl.DataFrame:
@@ -398,7 +574,21 @@ class ChunkSource:
 
     def _read(self) -> tuple[pl.DataFrame, pl.DataFrame] | None:
         """Read, key and spill the next chunk: ``(chunk with keys, its jobs)``."""
-        chunk = next(self._batches, None)
+        try:
+            chunk = next(self._batches, None)
+        except (pl.exceptions.PolarsError, OSError) as e:
+            # A file found bad only now (_check_readable could not look ahead of the
+            # plan): what was sent is in the state folder's intents and batches, which the
+            # next call reattaches to and collects before it sends anything.
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            msg = (
+                f"the input failed to read after {self.rows_seen:,} rows: {first}. Fix the "
+                "input (one type per column in every file), scan it again (a LazyFrame "
+                "keeps what it read of its files) and call again with the same state=: "
+                "the batches already sent are kept in the state folder and are collected "
+                "then, never sent or paid for twice"
+            )
+            raise ConfigError(msg) from e
         if chunk is None:
             return None
         jobs = self.jobs_of(chunk)

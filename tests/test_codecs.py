@@ -899,8 +899,9 @@ def test_bounded_listing_stops_with_an_error_past_its_bounds() -> None:
     with pytest.raises(OrphanedBatchError) as info:
         next(listed)
     assert str(info.value) == (
-        "a previous run may have created a OpenAI batch (key k) just before it stopped; 2 "
-        "batches were listed in the account without finding or ruling it out (the search "
+        "a OpenAI batch (key k) may already exist (created by this call or an earlier one "
+        "just before an error or a stop); 2 batches were listed in the account without "
+        "finding or ruling it out (the search "
         "stops after 2 batches or 60 s). Look for it in the provider's batch list: if it "
         "exists, let it finish and run again later; if not, run again with a new state folder"
     )

@@ -169,6 +169,21 @@ def test_job_result_has_the_seed_types(emu, tmp_path):
     assert isinstance(JobResult(job_id="x").to_dict(), dict)
 
 
+def test_a_response_model_on_the_seeds_default_claude_model_is_parsed(emu, tmp_path):
+    """The seed's README sets claude-sonnet-4-20250514, which takes no structured output:
+    the seed asked it for JSON in the system prompt, and so does this library."""
+    batch = Batch(results_dir=tmp_path / "out").set_default_params(
+        model="claude-sonnet-4-20250514", temperature=0.0
+    )
+    for i in range(4):
+        batch.add_job(prompt=f"Extract invoice {i}", response_model=Invoice)
+    results = batch.run().results()
+    assert len(results["completed"]) == 4 and not results["failed"]
+    for r in results["completed"]:
+        assert isinstance(r.parsed_response, Invoice)
+        assert json.loads(r.raw_response) == r.parsed_response.model_dump()
+
+
 def test_status_and_dry_run_results(emu, tmp_path):
     batch = Batch(results_dir=tmp_path / "out").set_default_params(model="gpt-4.1-mini")
     batch.add_job(prompt="a", response_model=Invoice).add_job(prompt="b")

@@ -21,7 +21,8 @@ from pydantic import BaseModel
 from batchata_df.cost import Price
 from batchata_df.engine.admission import Admission
 from batchata_df.engine.clock import FakeClock
-from batchata_df.engine.collection import Collector, outcomes_to_events
+from batchata_df.engine.collection import THINKING_ADVICE, Collector, outcomes_to_events
+from batchata_df.engine.collection import TRUNCATED_ADVICE as ADVICE
 from batchata_df.engine.ledger import Ledger
 from batchata_df.engine.planning import Requeue
 from batchata_df.engine.run import RunOptions
@@ -275,8 +276,10 @@ def _results(**extra):
 def test_results_without_optional_columns_become_complete_events_by_value():
     members = pl.DataFrame({"job_id": ["a", "b", "c"]})
     ended = BatchPoll(ProviderState.ENDED, "ended", None)
-    cut = ("truncated: the answer hit max_tokens={} before it was complete; "
-           "raise params={{'max_tokens': ...}}")
+
+    def cut(limit: int) -> str:
+        return f"truncated: the answer hit max_tokens={limit} before it was complete; " + ADVICE
+
     missing = "missing_result: the provider returned no result for this request"
     # No citations, response or reasoning columns: they come back null, typed.
     out = outcomes_to_events(members, _results(), ended, SPEC)
@@ -288,7 +291,7 @@ def test_results_without_optional_columns_become_complete_events_by_value():
     })
     assert out.rows() == [
         ("a", "completed", None, "hi", 10, 5, 0, None, None, None, "hi", None),
-        ("b", "failed", cut.format(100), None, 20, 100, 0, None, None, None, None, None),
+        ("b", "failed", cut(100), None, 20, 100, 0, None, None, None, None, None),
         ("c", "failed", missing, None, None, None, None, None, None, None, None, None),
     ]
     # Reasoning tokens the provider reported are kept.
@@ -298,7 +301,7 @@ def test_results_without_optional_columns_become_complete_events_by_value():
     no_limit = RequestSpec(schema=AnswerSchema(None), params={})
     out = outcomes_to_events(members, _results(), ended, no_limit,
                              provider="anthropic", model="claude-sonnet-4-5")
-    assert out["error"][1] == cut.format(4096)  # the model's default (models.py)
+    assert out["error"][1] == cut(4096)  # the model's default (models.py)
 
 
 class _Score(BaseModel):
@@ -337,10 +340,8 @@ def test_a_canceled_line_ends_cancelled_with_the_reason():
 
 def test_truncation_names_thinking_only_when_it_took_half_the_limit_or_more():
     ended = BatchPoll(ProviderState.ENDED, "ended", None)
-    tail = " of max_tokens=100 tokens before the answer was complete; raise " \
-        "params={'max_tokens': ...} or lower params['reasoning_effort']"
-    plain = ("truncated: the answer hit max_tokens=100 before it was complete; "
-             "raise params={'max_tokens': ...}")
+    tail = " of max_tokens=100 tokens before the answer was complete; " + THINKING_ADVICE
+    plain = "truncated: the answer hit max_tokens=100 before it was complete; " + ADVICE
     for used, error in ((50, "truncated: thinking used 50" + tail), (49, plain), (0, plain)):
         rows = _ends(ended, _results(reasoning_tokens=[None, used]), members=("b",))
         assert rows == [("b", "failed", error)]
@@ -351,6 +352,31 @@ def test_truncation_names_thinking_only_when_it_took_half_the_limit_or_more():
     # A line that does not say whether it was cut off was not.
     unknown = _results().with_columns(truncated=pl.Series([None, None], dtype=pl.Boolean))
     assert _ends(ended, unknown, members=("b",)) == [("b", "failed", "cut off")]
+
+
+def test_a_truncated_answer_that_validates_still_fails_with_its_text_kept():
+    # Without a schema any text validates, "" included (an OpenAI reasoning model that
+    # spent the limit on reasoning): the provider's truncation alone fails the row.
+    ended = BatchPoll(ProviderState.ENDED, "ended", None)
+    spec = RequestSpec(schema=AnswerSchema(None), params={"max_tokens": 100})
+    results = pl.DataFrame({
+        "job_id": ["a", "b", "c"], "outcome": ["succeeded"] * 3,
+        "text": ["whole", "cut sho", ""], "truncated": [False, True, True],
+        "error": pl.Series([None] * 3, dtype=pl.String), "input_tokens": [1, 1, 1],
+        "output_tokens": [5, 100, 100], "cached_tokens": [0, 0, 0],
+        "cache_write_tokens": pl.Series([None] * 3, dtype=pl.Int64),
+        "reasoning_tokens": [0, 0, 100],
+    })
+    out = outcomes_to_events(pl.DataFrame({"job_id": ["a", "b", "c"]}), results, ended, spec)
+    assert out.select("status", "answer", "raw", "output_tokens").rows() == [
+        ("completed", "whole", "whole", 5), ("failed", None, "cut sho", 100),
+        ("failed", None, "", 100)]
+    assert out["error"].to_list() == [
+        None,
+        "truncated: the answer hit max_tokens=100 before it was complete; " + ADVICE,
+        "truncated: thinking used 100 of max_tokens=100 tokens before the answer was "
+        "complete; " + THINKING_ADVICE,
+    ]
 
 
 def test_answers_that_do_not_validate_fail_with_the_reason_or_the_truncation():
@@ -452,7 +478,7 @@ def test_a_collected_truncation_names_the_limit_the_batch_s_model_was_sent_with(
     assert job_events(ctx).select("job_id", "status", "error").rows() == [
         ("j000", "completed", None),
         ("j001", "failed", f"truncated: the answer hit max_tokens={sent_with} before it was "
-                           "complete; raise params={'max_tokens': ...}"),
+                           "complete; " + ADVICE),
         ("j002", "failed", "missing_result: the provider returned no result for this request"),
     ]
 

@@ -18,6 +18,7 @@ from engine_fakes import COST_PER_JOB, MODEL, PRICES, SPEC, FakeProvider, make_j
 
 from batchata_df.engine.auto import AUTO_REALTIME_MAX_JOBS, AutoEngine
 from batchata_df.engine.clock import FakeClock
+from batchata_df.engine.collection import TRUNCATED_ADVICE
 from batchata_df.engine.realtime import SERVER_ERROR_ATTEMPTS, RealtimeEngine
 from batchata_df.engine.recovery import LOST
 from batchata_df.engine.run import ProgressSnapshot, RunOptions
@@ -989,7 +990,7 @@ def test_a_truncated_realtime_answer_names_the_model_s_own_output_limit(tmp_path
     assert out.select("status", "error").rows() == [(
         "failed",
         f"truncated: the answer hit max_tokens={limit} before it was complete; "
-        "raise params={'max_tokens': ...}",
+        + TRUNCATED_ADVICE,
     )]
 
 

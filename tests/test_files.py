@@ -200,6 +200,17 @@ def test_missing_file_names_row_value_and_fix(samples):
         _load([str(samples["pdf"]), missing])
 
 
+def test_a_folder_is_named_as_a_folder_not_as_a_file_type(samples, tmp_path):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    with pytest.raises(FileInputError, match=r"row 0.*scans' is a folder, not a file.*fix the"):
+        _load([str(folder)])
+    dotted = tmp_path / "v1.pdf"  # a folder whose name looks like a file
+    dotted.mkdir()
+    with pytest.raises(FileInputError, match=r"v1\.pdf' is a folder, not a file"):
+        _load([str(dotted)])
+
+
 def test_unsupported_type(samples):
     with pytest.raises(FileInputError, match=r"row 0.*'\.xlsx' is not supported; supported: PDF"):
         _load([str(samples["xlsx"])])

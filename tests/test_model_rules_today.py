@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anthropic
 import openai
@@ -290,16 +290,52 @@ def test_emulator_refuses_output_format_on_claude_before_4_1(emu, model):
     )
 
 
-@pytest.mark.parametrize(
-    "model", ["gpt-4-turbo", "gpt-3.5-turbo", "claude-sonnet-4-0", "claude-3-7-sonnet-latest",
-              "claude-opus-4-0"],
-)  # fmt: skip
+@pytest.mark.parametrize("model", ["gpt-4-turbo", "gpt-3.5-turbo"])
 def test_the_client_refuses_a_schema_on_them_before_anything_is_sent(emu, tmp_path, model):
     with pytest.raises(SchemaError, match="does not take structured output"):
         run(model, tmp_path)
     assert emu.log() == []
     out = rows().pipe(batch_llm, model=model, prompt="Label {text}", state=tmp_path / "t")
     assert out["_status"].to_list() == ["completed"] * 2
+
+
+class Review(BaseModel):
+    label: Literal["pos", "neg"]
+    score: int
+
+
+@pytest.mark.parametrize("model", ["claude-sonnet-4-20250514", "claude-3-7-sonnet-latest",
+                                   "claude-opus-4-0"])  # fmt: skip
+@pytest.mark.parametrize("mode", ["batch", "realtime"])
+def test_claude_without_structured_output_gets_the_schema_in_the_system_prompt(
+    emu, tmp_path, model, mode
+):
+    """As the seed library did for every Claude model (its default was Sonnet 4): the JSON
+    Schema goes in the system prompt, the answer (fenced or not) is validated as any."""
+    emu.configure(log_bodies=True)
+    frame = pl.DataFrame({"text": [f"item {i}" for i in range(12)] + ["x [[emulator:invalid]]"]})
+    out = frame.pipe(
+        batch_llm, schema=Review, model=model, prompt="Rate {text}", system="Be brief.",
+        state=tmp_path / "s", mode=mode, keep_responses=True,
+    )  # fmt: skip
+    assert out["_status"].to_list() == ["completed"] * 12 + ["failed"]
+    assert set(out["label"].drop_nulls().to_list()) <= {"pos", "neg"}
+    assert out["score"].dtype == pl.Int64 and out["score"][:12].null_count() == 0
+    assert out["_error"][12] is not None and out["_error"][12].startswith("schema")
+    bodies = [e["body"] for e in emu.log() if isinstance(e.get("body"), dict)]
+    params = [r["params"] for b in bodies for r in b.get("requests", [])]
+    params += [b for b in bodies if "messages" in b]  # realtime: one request per call
+    assert len(params) == 13
+    for p in params:
+        assert "output_config" not in p or "format" not in p["output_config"]
+        system = p["system"] if isinstance(p["system"], str) else p["system"][0]["text"]
+        assert system.startswith("Answer with ONLY a JSON object")
+        assert "<answer_json_schema>" in system and "citing" not in system
+        assert system.endswith("Be brief.")
+    # Some answers came fenced (```json ... ```): they were read as the others.
+    fenced = out.filter(pl.col("_response").str.contains("```json", literal=True))
+    assert 0 < fenced.height < 12 and (fenced["_status"] == "completed").all()
+    assert len(emu.billing()) == 13
 
 
 def test_what_users_saw_for_a_schema_on_gpt_4_turbo(emu, tmp_path, monkeypatch):

@@ -18,6 +18,7 @@ import batchata_df
 from batchata_df import ParamError, batch_llm
 from batchata_df.cost import PriceTable, estimate_expr
 from batchata_df.emulator.model_rules import THOUGHT_TOKENS
+from batchata_df.engine.collection import THINKING_ADVICE
 from batchata_df.jobs import parse_model
 from batchata_df.models import (
     FAMILIES,
@@ -193,6 +194,61 @@ def test_emulator_gemini_thinking_rules_and_tokens(emu):
     assert not starved.text
 
 
+def test_emulator_gemini_2_5_budget_ranges_and_flash_lite_off_by_default(emu):
+    """ai.google.dev/gemini-api/docs/thinking, table "Thinking budgets": 2.5 Flash-Lite does
+    not think unless given a budget (512..24,576); 2.5 Pro takes 128..32,768; -1 is dynamic."""
+    from google import genai
+    from google.genai import types
+
+    client = genai.Client(
+        api_key="k",
+        http_options=types.HttpOptions(base_url=emu.gemini_base_url, api_version="v1beta"),
+    )
+
+    def one(model: str, thinking: dict[str, Any] | None, max_tokens: int = 4096) -> Any:
+        config: dict[str, Any] = {"max_output_tokens": max_tokens}
+        if thinking is not None:
+            config["thinking_config"] = thinking
+        job = client.batches.create(model=model, src=[{"contents": "hi", "config": config}])  # type: ignore[list-item]
+        job = client.batches.get(name=str(job.name))
+        return job.dest.inlined_responses[0]  # type: ignore[union-attr,index]
+
+    lite = one("gemini-2.5-flash-lite", None, max_tokens=50).response
+    assert not lite.usage_metadata.thoughts_token_count
+    assert lite.candidates[0].finish_reason != "MAX_TOKENS" and lite.text
+    flash = one("gemini-2.5-flash", None).response
+    assert flash.usage_metadata.thoughts_token_count == THOUGHT_TOKENS["medium"]
+    low = one("gemini-2.5-flash-lite", {"thinking_budget": 128}).error
+    assert low.message == (
+        "The thinking budget 128 is invalid. Please choose a value between 512 and 24576."
+    )
+    assert "between 128 and 32768" in one("gemini-2.5-pro", {"thinking_budget": 64}).error.message
+    high = one("gemini-2.5-flash", {"thinking_budget": 30_000}).error
+    assert "between 1 and 24576" in high.message
+    ok = one("gemini-2.5-flash-lite", {"thinking_budget": 512}).response
+    assert ok.usage_metadata.thoughts_token_count == 512
+    dynamic = one("gemini-2.5-flash-lite", {"thinking_budget": -1}).response
+    assert dynamic.usage_metadata.thoughts_token_count == THOUGHT_TOKENS["medium"]
+    off = one("gemini-2.5-flash-lite", {"thinking_budget": 0}).response
+    assert not off.usage_metadata.thoughts_token_count
+
+
+def test_flash_lite_runs_without_thinking_by_default(emu, tmp_path):
+    """A 50-token answer limit is enough on 2.5 Flash-Lite: it does not think unless asked
+    (every row failed as "thinking used 50 of 50" when the library thought it did)."""
+    out = pl.DataFrame({"text": ["a", "b"]}).pipe(
+        batch_llm, model="gemini-2.5-flash-lite", prompt="{text}", state=tmp_path / "s",
+        params={"max_tokens": 50},
+    )  # fmt: skip
+    assert out["_status"].to_list() == ["completed", "completed"]
+    assert out["_reasoning_tokens"].fill_null(0).to_list() == [0, 0]
+    default = sent("gemini", "gemini-2.5-flash-lite", {})["generationConfig"]
+    assert "thinkingConfig" not in default
+    assert default["maxOutputTokens"] == 4096  # no room kept for thinking it will not do
+    asked = sent("gemini", "gemini-2.5-flash-lite", {"reasoning_effort": "minimal"})
+    assert asked["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 512}
+
+
 # -- the client refuses them before anything is sent ---------------------------------------
 
 
@@ -361,8 +417,7 @@ def test_thinking_that_uses_the_budget_fails_with_what_to_raise(emu, tmp_path):
     assert out["_status"].to_list() == ["failed"] * 3
     error = out["_error"][0]
     assert error.startswith("truncated: thinking used 1000 of max_tokens=1000")
-    assert "raise params={'max_tokens': ...}" in error
-    assert "reasoning_effort" in error
+    assert error.endswith(THINKING_ADVICE)
     assert out["_reasoning_tokens"].to_list() == [1000] * 3
     assert out["_output_tokens"].to_list() == [1000] * 3
 

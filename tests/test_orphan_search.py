@@ -168,9 +168,10 @@ def test_a_batch_list_that_cannot_be_read_stops_the_search_and_says_why(emu, nam
         provider.close()
     message = str(info.value)
     assert message.startswith(
-        f"a previous run may have created {article} {name} batch just before it stopped, "
-        f"but listing batches failed ({name} failed to {what}: HTTP 400")
-    assert message.endswith("); retry later so that nothing is paid twice")
+        f"{article} {name} batch for these rows may already exist (created by this "
+        "call or an earlier one just before an error or a stop), but listing batches failed "
+        f"({name} failed to {what}: HTTP 400")
+    assert message.endswith("); call again later with the same state: nothing is paid twice")
 
 
 @pytest.mark.parametrize("order", ["newest_first", "oldest_first"])

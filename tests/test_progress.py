@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from batchata_df import batch_llm
 from batchata_df.engine import ProgressSnapshot
-from batchata_df.progress import ProgressDisplay, format_line, make_display, outcome_line
+from batchata_df.progress import ProgressDisplay, format_line, make_display, outcome_line, usd
 
 
 class A(BaseModel):
@@ -242,9 +242,12 @@ def test_display_is_a_progress_callable(emu) -> None:
     cost = result["_cost_usd"].sum()
     assert lines[-1].startswith("finished after ")
     assert lines[-1].endswith(
-        f": 3 of 3 jobs completed, 0 failed, 0 cancelled | cost ${cost:.4f} of $1.00 cap "
+        f": 3 of 3 jobs completed, 0 failed, 0 cancelled | cost {usd(cost)} of $1.00 cap "
         f"({cost / 1.0:.0%})"
     ), lines[-1]
+    # A known cost of a few millionths reads as itself, never as $0.0000.
+    shown = float(lines[-1].split("| cost $")[1].split()[0])
+    assert 0 < cost < 0.001 and shown == pytest.approx(cost, rel=0.05)
     show(snap(1))  # the run's last snapshot closed it: nothing more is drawn
     assert out.getvalue().splitlines() == lines
 

@@ -14,7 +14,7 @@ import pytest
 from pydantic import BaseModel
 
 import batchata_df
-from batchata_df import StateMismatchError, batch_llm, reparse
+from batchata_df import ConfigError, StateMismatchError, batch_llm, reparse
 
 
 class Review(BaseModel):
@@ -131,6 +131,24 @@ def test_reparse_completes_fixed_rows_without_sending_or_billing(emu, tmp_path):
     assert len(posts) == 2
     with pytest.raises(StateMismatchError, match="schema"):
         df.pipe(batch_llm, schema=Review, **args)
+
+
+def test_reparse_takes_the_original_call_s_keyword_arguments(emu, tmp_path):
+    """The docs say: call reparse "with the arguments of the original call"."""
+    df = pl.DataFrame({"text": TEXTS[:2]})
+    call = {"model": "gpt-4.1-mini", "prompt": "{text}", "state": tmp_path / "s",
+            "progress": False, "max_cost_usd": 5.0, "items_per_batch": 10, "mode": "batch",
+            "max_parallel_batches": 2, "prompt_caching": True}  # fmt: skip
+    first = df.pipe(batch_llm, schema=Review, **call)
+    calls = len(provider_calls(emu))
+    fixed = df.pipe(reparse, schema=FixedReview, **call)
+    assert len(provider_calls(emu)) == calls
+    assert fixed["_status"].to_list() == ["completed", "completed"]
+    assert fixed["_cost_usd"].to_list() == first["_cost_usd"].to_list()
+    with pytest.raises(ConfigError, match="write_parquet"):
+        df.pipe(reparse, schema=FixedReview, sink=tmp_path / "o.parquet", **call)
+    with pytest.raises(TypeError, match="max_cost"):
+        df.pipe(reparse, schema=FixedReview, max_cost=1.0, **call)
 
 
 def test_reparse_needs_the_same_call(emu, tmp_path):

@@ -95,6 +95,7 @@ def test_anthropic_realtime_sends_the_documented_messages_body(emu) -> None:
         "messages": [{"role": "user", "content": "Rate: great product #0"}],
         "system": "You are terse.",
         "max_tokens": 300,
+        "stream": True,  # streamed, as Anthropic recommends (tests/test_anthropic_streaming.py)
         "output_config": {
             "format": {
                 "type": "json_schema",

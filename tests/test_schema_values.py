@@ -774,3 +774,16 @@ def test_an_answer_that_is_not_an_object_fails_like_pydantic_says(text) -> None:
     with pytest.raises(ValidationError) as refused:
         Flat.model_validate_json(text)
     assert errors == [_describe(refused.value)]
+
+
+def test_a_schema_without_fields_is_refused_before_anything_is_sent(emu, tmp_path) -> None:
+    from batchata_df import batch_llm
+
+    class Empty(BaseModel):
+        pass
+
+    with pytest.raises(SchemaError, match=r"Empty has no fields.*schema=None"):
+        pl.DataFrame({"text": ["a"]}).pipe(
+            batch_llm, schema=Empty, model="gpt-4.1-mini", prompt="{text}", state=tmp_path / "s"
+        )
+    assert emu.log() == [] and emu.billing() == []

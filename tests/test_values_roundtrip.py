@@ -22,6 +22,7 @@ import pytest
 from pydantic import BaseModel
 
 from batchata_df import batch_llm
+from batchata_df.engine.collection import TRUNCATED_ADVICE
 
 ROWS = 48
 UTC = dt.UTC
@@ -201,8 +202,7 @@ MARKERS = [
     "fine",
 ]
 TRUNCATED = (
-    "truncated: the answer hit max_tokens=4096 before it was complete; "
-    "raise params={'max_tokens': ...}"
+    "truncated: the answer hit max_tokens=4096 before it was complete; " + TRUNCATED_ADVICE
 )
 # gemini-2.5-flash is a thinking model: its default max_tokens leaves room for thinking
 TRUNCATED_THINKING = TRUNCATED.replace("4096", "16384")

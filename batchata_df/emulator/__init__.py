@@ -37,7 +37,10 @@ import weakref
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from batchata_df.emulator.server import FaultAction
 
 __all__ = ["Emulator", "EmulatorError"]
 
@@ -376,8 +379,8 @@ class Emulator:
         body: object = None,
         headers: Mapping[str, str] | None = None,
         delay_ms: int = 0,
-        action: Literal["error", "disconnect", "cut"] = "error",
-        when: Literal["before", "after"] = "before",
+        action: FaultAction = "error",
+        when: Literal["before", "after"] | None = None,
         echo_key: bool = False,
     ) -> dict[str, Any]:
         """Make the next ``times`` matching requests fail; returns the registered fault.
@@ -390,7 +393,9 @@ class Emulator:
             HTTP method to match, or ``"*"``.
         status
             HTTP status of the error; the body is the provider's error envelope unless
-            ``body`` is given.
+            ``body`` is given. 200 is allowed with a ``body`` (a text ``body`` with
+            ``headers={"content-type": "text/event-stream"}`` serves a stream of the test's
+            own, e.g. one that ends early or carries an ``error`` event).
         times
             How many requests to fail; ``None`` for every one until cleared.
         retry_after_ms, retry_after
@@ -400,13 +405,19 @@ class Emulator:
         headers
             Extra response headers, e.g. ``{"x-should-retry": "false"}``.
         delay_ms
-            Wait this long before answering (to trip client timeouts).
+            Wait this long before answering (to trip client timeouts); a cut waits before
+            it sends its half answer.
         action
             ``"disconnect"`` drops the connection instead of answering; ``"cut"`` answers,
-            but sends only the first half of the body before dropping the connection.
+            but sends only the first half of the body before dropping the connection (the
+            client sees the body broken off); ``"cut_clean"`` sends that half body without
+            a ``content-length`` and closes the connection in order (the client sees a
+            clean end of a shorter body).
         when
             ``"after"`` lets the request take effect (e.g. the batch *is* created) and
             then replaces the answer: the "provider accepted, client never heard" case.
+            ``None``: ``"after"`` for the cuts (which answer first and refuse
+            ``"before"``), else ``"before"``.
         echo_key
             Echo the request's credential in the error, as some gateways do: the default
             message ends with it and ``{key}`` in ``body`` is replaced by it.
@@ -424,8 +435,9 @@ class Emulator:
             "times": times,
             "delay_ms": delay_ms,
             "action": action,
-            "when": when,
         }
+        if when is not None:
+            spec["when"] = when
         if echo_key:
             spec["echo_key"] = True
         if retry_after_ms is not None:

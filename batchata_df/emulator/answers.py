@@ -37,8 +37,9 @@ prompt text (any message, system prompt included):
     number is left valid. Structured answers in text only (an Anthropic tool call's input
     stays valid).
 ``[[emulator:truncate]]``
-    The answer is cut off: finish reason ``length`` (OpenAI) and text that is not valid
-    JSON.
+    The answer is cut off by the output limit: OpenAI ``finish_reason`` ``length``,
+    Anthropic ``stop_reason`` ``max_tokens``, Gemini ``finishReason`` ``MAX_TOKENS``, text
+    that is not valid JSON, and the whole limit billed as output tokens.
 ``[[emulator:refusal]]``
     The model refuses (OpenAI: ``message.refusal`` set and ``content`` null).
 ``[[emulator:filter]]``

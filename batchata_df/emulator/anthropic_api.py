@@ -13,7 +13,8 @@ Routes (below the mount prefix)
 newest first; ``has_more``, ``first_id``, ``last_id``), ``GET /v1/messages/batches/{id}``,
 ``POST /v1/messages/batches/{id}/cancel``, ``DELETE /v1/messages/batches/{id}``,
 ``GET /v1/messages/batches/{id}/results`` (JSONL, chunked, one object per line, no blank
-line), and ``POST /v1/messages`` for a real-time answer.
+line), and ``POST /v1/messages`` for a real-time answer: with ``"stream": true`` as
+Anthropic's server-sent events (:func:`stream_events`), else one JSON ``Message``.
 
 Lifecycle
 ---------
@@ -183,7 +184,7 @@ class _Spec:
     model: str
     prompt: str
     input_tokens: int  # every prompt token, cached or not
-    mode: str  # "text" | "schema" | "tool"
+    mode: str  # "text" | "schema" | "tool" | "cite" | "prompted" (a schema in the system prompt)
     gen: answers.AnswerGenerator | None
     tool_name: str | None
     max_tokens: int
@@ -505,6 +506,11 @@ class _SpecBuilder:
             mode, documents = "cite", cited.documents(messages)
             cite_schema = cited.schema_from_system(system)
         schema_tokens = gen.schema_tokens if gen else 0
+        asked = cited.schema_from_system(system) if mode == "text" and system else None
+        if asked is not None:
+            # A JSON Schema in the system prompt and no structured output: Claude answers
+            # with JSON for it, the schema's tokens already counted in the system prompt.
+            mode, gen = "prompted", self._generator(asked)
         tokens = answers.count_tokens(prompt) + extra + schema_tokens
         counted = model_rules.over_window("anthropic", model, prompt, extra + schema_tokens)
         if error is None and counted is not None:
@@ -633,13 +639,16 @@ def _answer(spec: _Spec) -> tuple[str, object, str]:
     if spec.mode == "tool" and spec.gen is not None:
         value = spec.gen.invalid(seed) if marker == answers.MARKER_INVALID else spec.gen.value(seed)
         return "", value if isinstance(value, dict) else {"value": value}, "tool_use"
-    if spec.mode == "schema" and spec.gen is not None:
+    if spec.mode in ("schema", "prompted") and spec.gen is not None:
         if marker == answers.MARKER_OVERFLOW:
             text = spec.gen.overflowed(seed)
         elif marker == answers.MARKER_INVALID:
             text = _compact(spec.gen.invalid(seed))
         else:
             text = _compact(spec.gen.value(seed))
+        if spec.mode == "prompted" and answers.seed_int(seed) % 3 == 0:
+            # Asked in the prompt, not constrained: Claude sometimes fences its JSON.
+            text = f"```json\n{text}\n```"
     else:
         text = answers.fake_text(spec.prompt, seed)
     stop = "end_turn"
@@ -713,6 +722,10 @@ def render_message(spec: _Spec, rid: str, *, cache: tuple[int, int] = (0, 0)) ->
         content.extend(blocks)
         out_tokens = answers.count_tokens(text)
     out_tokens = min(out_tokens + thought, spec.max_tokens)
+    if stop == "max_tokens":
+        # Cut by the output limit: the whole limit was generated and is billed
+        # (usage.output_tokens = max_tokens with stop_reason "max_tokens").
+        out_tokens = spec.max_tokens
     return _message(spec, rid, content, stop, out_tokens, thought, cache)
 
 
@@ -1115,6 +1128,11 @@ class AnthropicApp:
             raise _Invalid(400, f"The request body is not valid JSON: {e}") from e
         if not isinstance(params, dict):
             raise _Invalid(400, "Input should be a valid dictionary")
+        # ``stream`` is a boolean of the Messages API (anthropic 2.14
+        # ``MessageCreateParamsStreaming``); batches refuse it, this endpoint streams.
+        streamed = params.pop("stream", False)
+        if not isinstance(streamed, bool):
+            raise _Invalid(400, "stream: Input should be a valid boolean", "invalid_request_error")
         builder = _SpecBuilder()
         invalid = builder.check(params)
         if invalid is not None:
@@ -1132,7 +1150,102 @@ class AnthropicApp:
             self.core.bill_realtime(
                 "anthropic", answers.request_key("anthropic", spec.model, spec.prompt)
             )
+        if streamed:
+            headers = {"content-type": "text/event-stream", "cache-control": "no-cache",
+                       "request-id": "req_" + rid}  # fmt: skip
+            return Response(200, headers, stream_events(answer))
         return json_response(answer, headers={"request-id": "req_" + rid})
+
+
+#: characters of text (or tool input JSON) per ``content_block_delta``
+STREAM_DELTA_CHARS: Final = 256
+
+
+def _sse(event: dict[str, Any]) -> bytes:
+    return f"event: {event['type']}\ndata: {_compact(event)}\n\n".encode()
+
+
+def stream_events(message: dict[str, Any]) -> Iterator[bytes]:
+    r"""The server-sent events a streamed ``POST /v1/messages`` answers ``message`` with.
+
+    As Anthropic's streaming guide gives them
+    (platform.claude.com/docs/en/build-with-claude/streaming, "Event types"): a
+    ``message_start`` holding the message with empty ``content`` and ``stop_reason`` null;
+    per content block a ``content_block_start`` (the block with its text, thinking or input
+    empty), its ``content_block_delta`` events (``text_delta``, ``citations_delta`` one per
+    citation, ``thinking_delta``, ``signature_delta`` just before the block's stop,
+    ``input_json_delta`` with ``partial_json``) and ``content_block_stop``; a ``ping``;
+    ``message_delta`` with ``stop_reason`` and the cumulative ``usage``; ``message_stop``.
+    The event shapes are anthropic 2.14's ``RawMessageStreamEvent`` union, whose
+    ``accumulate_event`` rebuilds ``message`` from them.
+
+    Examples
+    --------
+    >>> msg = {"id": "msg_1", "type": "message", "role": "assistant", "model": "m",
+    ...        "content": [{"type": "text", "text": "hi", "citations": None}],
+    ...        "stop_reason": "end_turn", "stop_sequence": None, "stop_details": None,
+    ...        "container": None, "usage": {"input_tokens": 3, "output_tokens": 1}}
+    >>> [e.split(b"\n")[0].decode() for e in stream_events(msg)]  # doctest: +NORMALIZE_WHITESPACE
+    ['event: message_start', 'event: content_block_start', 'event: ping',
+     'event: content_block_delta', 'event: content_block_stop', 'event: message_delta',
+     'event: message_stop']
+    """
+    usage = dict(message["usage"])
+    # message_start carries the input side; output_tokens grows to its total in message_delta
+    start_usage = {**usage, "output_tokens": min(1, usage["output_tokens"]),
+                   "output_tokens_details": None}  # fmt: skip
+    shell = {**message, "content": [], "stop_reason": None, "stop_sequence": None,
+             "stop_details": None, "usage": start_usage}  # fmt: skip
+    yield _sse({"type": "message_start", "message": shell})
+    for index, block in enumerate(message["content"]):
+        yield from _block_events(index, block, ping=index == 0)
+    if not message["content"]:
+        yield _sse({"type": "ping"})
+    delta_usage = {
+        key: usage.get(key)
+        for key in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
+                    "output_tokens", "output_tokens_details", "server_tool_use")
+    }  # fmt: skip
+    delta = {
+        "stop_reason": message["stop_reason"],
+        "stop_sequence": message["stop_sequence"],
+        "stop_details": message.get("stop_details"),
+        "container": message.get("container"),
+    }
+    yield _sse({"type": "message_delta", "delta": delta, "usage": delta_usage})
+    yield _sse({"type": "message_stop"})
+
+
+def _pieces(text: str) -> Iterator[str]:
+    for i in range(0, len(text), STREAM_DELTA_CHARS):
+        yield text[i : i + STREAM_DELTA_CHARS]
+
+
+def _block_events(index: int, block: dict[str, Any], *, ping: bool) -> Iterator[bytes]:
+    kind = block["type"]
+    deltas: list[dict[str, Any]] = []
+    if kind == "text":
+        start: dict[str, Any] = {"type": "text", "text": ""}
+        cites = block.get("citations") or ()
+        deltas.extend({"type": "citations_delta", "citation": c} for c in cites)
+        deltas.extend({"type": "text_delta", "text": t} for t in _pieces(block["text"]))
+    elif kind == "thinking":
+        start = {"type": "thinking", "thinking": "", "signature": ""}
+        deltas.extend({"type": "thinking_delta", "thinking": t} for t in _pieces(block["thinking"]))
+        deltas.append({"type": "signature_delta", "signature": block["signature"]})
+    elif kind == "tool_use":
+        start = {**block, "input": {}}
+        whole = _compact(block["input"])
+        deltas.extend({"type": "input_json_delta", "partial_json": t} for t in _pieces(whole))
+    else:  # pragma: no cover - the emulator answers only the kinds above
+        msg = f"no stream events for a {kind!r} block"
+        raise ValueError(msg)
+    yield _sse({"type": "content_block_start", "index": index, "content_block": start})
+    if ping:  # where the streaming guide's example stream has its ping
+        yield _sse({"type": "ping"})
+    for delta in deltas:
+        yield _sse({"type": "content_block_delta", "index": index, "delta": delta})
+    yield _sse({"type": "content_block_stop", "index": index})
 
 
 def _blob_key(batch_id: str) -> str:

@@ -3,11 +3,11 @@
 ``params`` is validated against the SDK's ``MessageCreateParamsNonStreaming`` with unknown
 keys forbidden at every level (``temperature``, ``top_p`` and ``top_k``, which this SDK's
 type no longer lists, are checked by hand), plus what the type cannot say: ``temperature`` and
-``top_p`` in 0..1, ``top_k`` >= 0, at least one message, citations enabled on all
-documents or on none, and an ``output_config.format`` schema inside the subset the API
-compiles (the keywords :func:`anthropic.transform_schema` keeps; every object closed with
-``additionalProperties: false``). Messages are worded like the API's own:
-``"messages.0.role: Input should be 'user' or 'assistant'"``.
+``top_p`` in 0..1, ``top_k`` >= 0, ``thinking.budget_tokens`` >= 1,024, at least one
+message, citations enabled on all documents or on none, and an ``output_config.format``
+schema inside the subset the API compiles (the keywords :func:`anthropic.transform_schema`
+keeps; every object closed with ``additionalProperties: false``). Messages are worded like
+the API's own: ``"messages.0.role: Input should be 'user' or 'assistant'"``.
 
 The lines of a batch nearly always share everything but ``messages``: that part is
 validated once per distinct shape. Without the ``anthropic`` package installed only the
@@ -38,6 +38,8 @@ from batchata_df.emulator.sdk_params import BUILD_LOCK, Problem, first_error, st
 __all__ = ["ParamsChecker", "schema_error", "warm"]
 
 _CACHE_LIMIT: Final = 256
+MIN_THINKING_BUDGET: Final = 1024
+"""The least ``thinking.budget_tokens`` the Messages API takes."""
 _SIMPLE_ROLES: Final = frozenset({"user", "assistant"})
 _RANGES: Final = (("temperature", 0, 1), ("top_p", 0, 1), ("top_k", 0, None))
 #: sampling parameters the API takes that this SDK's param type no longer lists
@@ -296,6 +298,16 @@ class ParamsChecker:
                 validator.validate_python(probe, strict=True)
             except ValidationError as e:
                 return _worded(first_error(e, probe))
+        thinking = rest.get("thinking")
+        if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+            budget = thinking.get("budget_tokens")
+            if isinstance(budget, int) and budget < MIN_THINKING_BUDGET:
+                # "Must be ≥1024" (anthropic 2.14 types/thinking_config_enabled_param.py);
+                # the API's words: danny-avila/LibreChat#8346, themaximalist/llm.js#30.
+                return (
+                    "thinking.enabled.budget_tokens: Input should be greater than or equal "
+                    f"to {MIN_THINKING_BUDGET}"
+                )
         model, max_tokens = rest["model"], rest["max_tokens"]
         if not isinstance(model, str) or not model:
             return "model: Input should be a valid string"

@@ -80,7 +80,8 @@ validate; ``[[emulator:truncate]]`` cut-off text with ``finishReason: MAX_TOKENS
 an answer longer than ``maxOutputTokens``); ``[[emulator:refusal]]`` a candidate with
 ``finishReason: SAFETY`` and no content. Thinking follows the model's generation
 (:mod:`.model_rules`): 2.5 thinks by default (``thinkingBudget: 0`` turns it off, not on
-2.5 Pro), 3.x and 4 always think (``thinkingLevel``); the thinking tokens
+2.5 Pro), except 2.5 Flash-Lite, which thinks only when given a budget; a budget outside
+the model's range is refused; 3.x and 4 always think (``thinkingLevel``); the thinking tokens
 (``model_rules.THOUGHT_TOKENS`` per level, at most the budget) are reported as
 ``thoughtsTokenCount`` (not in ``candidatesTokenCount``) and count against
 ``maxOutputTokens``: thinking that uses all of it leaves no text part and ``finishReason:
@@ -511,7 +512,10 @@ def _render(
         truncated = True
     ct = answers.count_tokens(text) if text else 0
     if room is not None:
-        ct = min(ct, room)
+        # Cut by the output limit: the whole limit was generated and is billed
+        # (candidatesTokenCount + thoughtsTokenCount = maxOutputTokens, finishReason
+        # MAX_TOKENS).
+        ct = room if truncated else min(ct, room)
     parts: list[dict[str, Any]] = []
     if spec.thinking:
         thought = "Thinking about " + answers.fake_text(spec.prompt, seed + "\x1ethought")

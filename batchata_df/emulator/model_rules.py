@@ -20,8 +20,9 @@ OpenAI (Chat Completions)
     support 'xhigh' with this model. Supported values are: ..."). Chat Completions takes
     no ``max``. Models
     that do not reason refuse ``reasoning_effort``. The -pro and codex models are
-    Responses-only (``openai_api``); ``json_schema`` needs gpt-4o-mini / gpt-4o-2024-08-06
-    or later.
+    Responses-only (``openai_api``), the realtime and image models not chat models at all
+    (``openai_api.NOT_CHAT``: 404); ``json_schema`` needs gpt-4o-mini / gpt-4o-2024-08-06
+    or later, and o1-mini / o1-preview take neither it nor a system or developer message.
 Anthropic
     Claude Sonnet/Haiku/Opus 4.5 and Sonnet/Opus 4.6 take ``temperature`` or ``top_p``,
     not both; Opus 4.7+ and every Claude 5 model take none of ``temperature``, ``top_p``,
@@ -30,7 +31,9 @@ Anthropic
     off; Sonnet 5.5 turns it off with ``between_tools``, not ``disabled``; ``budget_tokens``
     must be below ``max_tokens``. Structured outputs start at Opus 4.1 and the 4.5 models.
 Gemini
-    2.5 takes ``thinkingBudget`` (0 is off, except 2.5 Pro); 3.x and 4 take
+    2.5 takes ``thinkingBudget`` (0 is off, except 2.5 Pro; else 128..32,768 on Pro,
+    512..24,576 on Flash-Lite, which does not think unless given one, 1..24,576 on Flash,
+    or -1, dynamic); 3.x and 4 take
     ``thinkingLevel`` (3.5+ refuse ``thinkingBudget``); 3.7+ Flash, 3.x Pro and 4 have no
     ``MINIMAL``; ``gemini-3-pro-preview`` has only ``LOW`` and ``HIGH``. Default levels:
     3.5/3.6 and 3.7 Flash ``MEDIUM``, Flash-Lite ``MINIMAL``, the rest ``HIGH``.
@@ -135,10 +138,21 @@ def openai_rules(model: str) -> Rules:
     return Rules()
 
 
-_OPENAI_NO_SCHEMA: Final = re.compile(r"gpt-3\.5|gpt-4(-turbo|-\d{4}|-32k|$)|gpt-4o-2024-05-13")
+_OPENAI_NO_SCHEMA: Final = re.compile(
+    r"gpt-3\.5|gpt-4(-turbo|-\d{4}|-32k|$)|gpt-4o-2024-05-13|o1-(mini|preview)"
+)
 """OpenAI models without Structured Outputs: json_schema needs gpt-4o-mini, gpt-4o-2024-08-06
 or later (OpenAI's Structured Outputs guide, as quoted by langchain-openai's
-``withStructuredOutput`` reference); the refusal's wording is langchain-ai/langchain#31490."""
+``withStructuredOutput`` reference); the refusal's wording is langchain-ai/langchain#31490,
+and o1-mini's the same (dzhng/deep-research#96; typedef-ai/fenic#208: "o1-mini does not
+support json_schema"; o1-preview too, crewAIInc/crewAI#6357)."""
+
+_OPENAI_NO_SYSTEM: Final = re.compile(r"o1-(mini|preview)")
+"""OpenAI models that take no system (nor developer) message: o1-mini and o1-preview
+("Unsupported value: 'messages[0].role' does not support 'system' with this model.",
+unsupported_value, param messages[0].role: animalnots/BetterChatGPT-PLUS#90,
+chatboxai/chatbox#1529; 'developer' refused the same way: QuantumNous/new-api#847;
+typedef-ai/fenic#207: o1-mini "doesn't support system messages")."""
 
 
 def openai_refusal(
@@ -153,6 +167,13 @@ def openai_refusal(
         return (400, None, "Invalid parameter: 'response_format' of type 'json_schema' is not "
                 "supported with this model. Learn more about supported models at the Structured "
                 "Outputs guide: https://platform.openai.com/docs/guides/structured-outputs", None)
+    messages = body.get("messages")
+    if _OPENAI_NO_SYSTEM.match(model) and isinstance(messages, list):
+        for i, message in enumerate(messages):
+            role = message.get("role") if isinstance(message, dict) else None
+            if role in ("system", "developer"):
+                return (400, "unsupported_value", f"Unsupported value: 'messages[{i}].role' does "
+                        f"not support '{role}' with this model.", f"messages[{i}].role")
     effort = body.get("reasoning_effort")
     ceiling = max_output("openai", model)
     for name in ("max_completion_tokens", "max_tokens"):
@@ -193,6 +214,7 @@ _CEILINGS: Final[tuple[tuple[str, str, int], ...]] = (
     # (provider, model pattern, most output tokens per answer, thinking included)
     ("openai", r"gpt-5(\.\d+)?-chat", 16_384),  # docs.oxen.ai gpt-5-2-chat-latest page
     ("openai", r"gpt-6|gpt-5", 128_000),
+    ("openai", r"o1-mini", 65_536),  # developers.openai.com models/o1-mini
     ("openai", r"o\d", 100_000),
     ("openai", r"gpt-4\.1", 32_768),
     ("anthropic", r"claude-(opus|sonnet)-4-[6-9]|claude-(opus|sonnet|haiku)-5", 128_000),
@@ -217,6 +239,7 @@ _WINDOWS: Final[tuple[tuple[str, str, int], ...]] = (
     ("openai", r"gpt-5\.[4-9]|gpt-6", 1_050_000),  # developers.openai.com models/gpt-5.4
     ("openai", r"gpt-5", 400_000),  # developers.openai.com models/gpt-5.1, gpt-5-mini
     ("openai", r"gpt-4\.1", 1_047_576),  # developers.openai.com models/gpt-4.1
+    ("openai", r"o1-mini", 128_000),  # developers.openai.com models/o1-mini
     ("openai", r"o\d", 200_000),  # developers.openai.com models/o3
     # "This model's maximum context length is 128000 tokens." (bytedance/deer-flow#310)
     ("openai", r"gpt-4o|gpt-4-turbo|chatgpt-4o", 128_000),
@@ -486,6 +509,9 @@ def anthropic_thinking(model: str, params: dict[str, object]) -> int | None:
 _GEMINI: Final[tuple[tuple[str, Rules], ...]] = (
     (r"gemini-2\.5-pro", Rules(True, "medium", False, frozenset(), "all", "budget")),
     (r"gemini-2\.5-flash-image", Rules()),
+    # 2.5 Flash-Lite thinks only when asked (ai.google.dev/gemini-api/docs/thinking, table
+    # "Thinking budgets": "Model does not think" by default; budget 512..24576, 0 off).
+    (r"gemini-2\.5-flash-lite", Rules(True, None, True, frozenset(), "all", "budget")),
     (r"gemini-2\.5", Rules(True, "medium", True, frozenset(), "all", "budget")),
     # gemini-3-pro-preview: LOW and HIGH ("Thinking level MEDIUM is not supported for this
     # model.", egoist/chatwise-releases#1206); 3.1 Pro adds MEDIUM (langchainjs#10101).
@@ -539,7 +565,31 @@ def gemini_refusal(model: str, config: dict[str, object]) -> str | None:
         return "thinking_budget is not supported for this model; use thinking_level instead."
     if budget == 0 and not rules.can_turn_off:
         return "Budget 0 is invalid. This model only works in thinking mode."
+    span = _GEMINI_BUDGET_RANGE.get(_gemini_budget_family(name)) if budget else None
+    if budget is not None and span is not None and budget != -1 and not (
+        span[0] <= budget <= span[1]
+    ):
+        # earendil-works/pi#2838 quotes this wording (gemini-2.5-flash-lite, budget 128).
+        return (f"The thinking budget {budget} is invalid. Please choose a value between "
+                f"{span[0]} and {span[1]}.")
     return None
+
+
+_GEMINI_BUDGET_RANGE: Final = {
+    "pro": (128, 32_768),
+    "flash-lite": (512, 24_576),
+    "flash": (1, 24_576),
+}
+"""``thinkingBudget`` values other than 0 (off, where allowed) and -1 (dynamic) that 2.5
+models take (ai.google.dev/gemini-api/docs/thinking, table "Thinking budgets")."""
+
+
+def _gemini_budget_family(name: str) -> str:
+    if name.startswith("gemini-2.5-pro"):
+        return "pro"
+    if name.startswith("gemini-2.5-flash-lite"):
+        return "flash-lite"
+    return "flash" if name.startswith("gemini-2.5") else ""
 
 
 def gemini_thoughts(model: str, config: dict[str, object]) -> int:
@@ -552,7 +602,9 @@ def gemini_thoughts(model: str, config: dict[str, object]) -> int:
         return min(budget, THOUGHT_TOKENS["medium"])
     if level is not None:
         return THOUGHT_TOKENS[str(level).lower()]
-    return THOUGHT_TOKENS[str(rules.default_effort)]
+    if budget == -1:  # dynamic thinking, also where the model does not think by default
+        return THOUGHT_TOKENS[str(rules.default_effort or "medium")]
+    return THOUGHT_TOKENS[rules.default_effort] if rules.default_effort else 0
 
 
 def _gemini_thinking(config: dict[str, object]) -> tuple[int | None, object]:

@@ -59,7 +59,8 @@ bytes that do not match the MIME type, a ``file_data`` without ``filename``. Eve
 also validated like the real API (:mod:`batchata_df.emulator.openai_checks`): against the
 SDK param types with unknown keys forbidden (``unknown_parameter``), missing keys
 (``missing_required_parameter``), wrong JSON types (``invalid_type``), value ranges
-(``decimal_above_max_value``, ``integer_below_min_value``, ...), roles and other
+(``decimal_above_max_value``, ``integer_below_min_value``, ...), more than 4 ``stop``
+sequences on Chat Completions (``array_above_max_length``), roles and other
 enumerations (``invalid_value``), a ``name`` on every ``json_schema`` format, the strict
 structured-output schema subset (``invalid_json_schema``) and the word "json" in the
 messages for ``json_object``. A model OpenAI does not serve
@@ -67,7 +68,9 @@ messages for ``json_object``. A model OpenAI does not serve
 of a listed model, ``emulator-unknown-model`` never) fails the batch in validation with
 ``model_not_found`` (``param`` ``body.model``, the first line naming it): "The provided
 model '...' is not supported by the Batch API."; a real-time call naming it is a 404
-``model_not_found``.
+``model_not_found``. A model that is not a chat model (:data:`NOT_CHAT`: realtime and image
+models) gets a 404 on Chat Completions, a line of a batch too ("This is not a chat model
+...", ``param`` ``model``).
 
 HTTP errors use the OpenAI envelope ``{"error": {message, type, param, code}}``: unknown
 ids are 404, bad ``endpoint``/``completion_window``/``metadata`` are 400.
@@ -423,6 +426,10 @@ def _message_tokens(model: str, message: Mapping[str, Any], text: str) -> int:
 # o1-pro, o3-pro, gpt-5(.x)-pro; the codex models (alvinunreal/tmuxai#82 for gpt-5-codex,
 # HeyPuter/puter#2110 for gpt-5.1-codex-mini, aaif-goose/goose#2564 for codex-mini-latest).
 _RESPONSES_ONLY = re.compile(r"^(o1-pro|o3-pro|gpt-5(\.\d+)?-(pro|codex)|codex-mini)(-|$)")
+#: models that are not chat models: the Realtime API's (a WebSocket/WebRTC API) and the
+#: Images API's. The search-preview models are chat models (Chat Completions only) and are
+#: served; whether the Batch API takes them is not documented where we could find it.
+NOT_CHAT = re.compile(r"^(gpt-realtime|gpt-4o(-mini)?-realtime|gpt-image-|chatgpt-image-)")
 
 
 class _SpecBuilder:
@@ -468,6 +475,19 @@ class _SpecBuilder:
                 404,
                 None,
                 "This model is only supported in v1/responses and not in v1/chat/completions.",
+                "model",
+            )
+        if invalid is None and self.endpoint == CHAT and NOT_CHAT.match(model):
+            # 404, invalid_request_error, param model: OpenAI's answer to a realtime model on
+            # this endpoint (SciSharp/BotSharp#959; danny-avila/LibreChat#5326,
+            # gpt-4o-realtime-preview; Mintplex-Labs/anything-llm#2551). The image models get
+            # the same answer here, OpenAI's wording for every non-chat model (it was seen for
+            # realtime and completion models; no record of gpt-image-1's own was found).
+            invalid = (
+                404,
+                None,
+                "This is not a chat model and thus not supported in the v1/chat/completions "
+                "endpoint. Did you mean to use v1/completions?",
                 "model",
             )
         if invalid is None and self.endpoint == CHAT:
@@ -693,6 +713,13 @@ def _answer(spec: _Spec) -> tuple[str, str, bool, int]:
         text = _cut(text[: limit * 4], spec.mode != "text", keep=True)
         truncated = True
     tokens = answers.count_tokens(text)
+    if marker == answers.MARKER_TRUNCATE and limit is not None:
+        # Cut by the output limit: the whole limit was generated and is billed (usage
+        # completion_tokens = max_completion_tokens with finish_reason "length"; openai
+        # 3.57 chat_completion.py: "length" if the maximum number of tokens specified in
+        # the request was reached; reasoning case: community.openai.com/t/1378362, 100
+        # reasoning tokens of max_completion_tokens=100 and "" as the answer).
+        tokens = limit
     return _quote(text), "null", truncated, min(tokens, limit) if limit is not None else tokens
 
 

@@ -87,6 +87,8 @@ _JSON_TYPES: Final = frozenset(
 )
 
 # (param, minimum, maximum, integer?) checked when present and not null
+MAX_STOP: Final = 4
+"""Most ``stop`` sequences a Chat Completions request may carry."""
 _CHAT_RANGES: Final = (
     ("temperature", 0, 2, False),
     ("top_p", 0, 1, False),
@@ -490,6 +492,15 @@ class BodyChecker:
         found = _range_error(rest, _CHAT_RANGES if self.chat else _RESPONSES_RANGES)
         if found is not None:
             return found
+        stop = rest.get("stop")
+        if self.chat and isinstance(stop, list) and len(stop) > MAX_STOP:
+            # "Up to 4 sequences" (openai 3.57 chat/completion_create_params.py ``stop``);
+            # the API's refusal, code and param: continuedev/continue#2461.
+            msg = (
+                f"Invalid 'stop': array too long. Expected an array with maximum length "
+                f"{MAX_STOP}, but got an array with length {len(stop)} instead."
+            )
+            return 400, "array_above_max_length", msg, "stop"
         if self.chat:
             fmt = rest.get("response_format")
             if isinstance(fmt, dict) and fmt.get("type") == "json_schema":

@@ -34,10 +34,16 @@ Control endpoints (no auth, never logged)
 ``POST /_emulator/faults`` / ``GET`` / ``DELETE``
     Add, list or clear faults. A fault spec is ``{"method": "GET" | "*", "path_regex": str,
     "status": 503, "times": 1, "retry_after_ms": 20, "retry_after": 1, "body": {...} |
-    str, "headers": {...}, "delay_ms": 0, "action": "error" | "disconnect" | "cut",
-    "when": "before" | "after", "echo_key": false}``; only ``path_regex`` is required.
-    ``"cut"`` answers the request, then sends its status, its headers and only the first
-    half of its body before dropping the connection (a download broken off midway).
+    str, "headers": {...}, "delay_ms": 0, "action": "error" | "disconnect" | "cut" |
+    "cut_clean", "when": "before" | "after", "echo_key": false}``; only ``path_regex`` is
+    required. ``"cut"`` answers the request, then sends its status, its headers and only
+    the first half of its body before dropping the connection (a download broken off
+    midway: the client sees fewer bytes than the ``content-length`` or chunks it was
+    promised). ``"cut_clean"`` sends the same half body with no ``content-length`` (a
+    close-delimited body) and then closes the connection in order: the client sees a
+    clean end of a shorter body, as behind a proxy that ends a stream early without an
+    error. Both answer the request first, so they are ``when="after"`` (their default; an
+    explicit ``"before"`` is refused), and ``delay_ms`` waits before the answer is sent.
     ``echo_key`` makes the error echo the request's credential (the ``Authorization``,
     ``x-api-key`` or ``x-goog-api-key`` value, or ``?key=``), as some gateways and proxies
     do: the default message then ends with it, and ``{key}`` in a custom ``body`` is
@@ -236,6 +242,17 @@ class CutResponse(Response):
     """A :class:`Response` sent with half of its body, then its connection dropped.
 
     The fault action ``"cut"``: a download broken off after its headers.
+    """
+
+    __slots__ = ()
+
+
+class CleanCutResponse(CutResponse):
+    """A :class:`CutResponse` whose half body is close-delimited and ends in order.
+
+    The fault action ``"cut_clean"``: no ``content-length`` and no chunked encoding, so
+    the end of the connection is the end of the body, and the client reads a shorter body
+    without any error.
     """
 
     __slots__ = ()
@@ -589,6 +606,12 @@ class BlobStore:
     close = clear
 
 
+FaultAction = Literal["error", "disconnect", "cut", "cut_clean"]
+"""What an injected fault does (see the module docstring)."""
+CUT_ACTIONS: Final = frozenset({"cut", "cut_clean"})
+"""The fault actions that answer the request and then break its body off."""
+
+
 @dataclass(slots=True)
 class Fault:
     """One injected fault; see the module docstring for the JSON spec."""
@@ -603,7 +626,7 @@ class Fault:
     body: object = None
     headers: dict[str, str] = field(default_factory=dict)
     delay_ms: int = 0
-    action: Literal["error", "disconnect", "cut"] = "error"
+    action: FaultAction = "error"
     when: Literal["before", "after"] = "before"
     echo_key: bool = False
     hits: int = 0
@@ -650,8 +673,10 @@ def _parse_fault(spec: Mapping[str, Any], fault_id: int) -> Fault:
         msg = f"invalid path_regex {regex!r}: {e}"
         raise ValueError(msg) from e
     status = int(spec.get("status", 503))
-    if not 400 <= status <= 599:
-        msg = f"fault status must be 400..599, got {status!r}"
+    # 200 only with a body of the test's own: an answer that goes wrong inside itself, such
+    # as a server-sent stream that breaks off or carries an ``error`` event.
+    if not (400 <= status <= 599 or (status == 200 and spec.get("body") is not None)):
+        msg = f"fault status must be 400..599 (or 200 with a body), got {status!r}"
         raise ValueError(msg)
     times = spec.get("times", 1)
     if times is not None and (not isinstance(times, int) or times < 1):
@@ -671,12 +696,20 @@ def _parse_fault(spec: Mapping[str, Any], fault_id: int) -> Fault:
         msg = f"delay_ms must be between 0 and {MAX_FAULT_DELAY_MS}, got {delay!r}"
         raise ValueError(msg)
     action = spec.get("action", "error")
-    when = spec.get("when", "before")
-    if action not in ("error", "disconnect", "cut"):
-        msg = f"action must be 'error', 'disconnect' or 'cut', got {action!r}"
+    if action not in ("error", "disconnect", *sorted(CUT_ACTIONS)):
+        msg = f"action must be 'error', 'disconnect', 'cut' or 'cut_clean', got {action!r}"
         raise ValueError(msg)
+    # A cut breaks off the request's own answer, so the request has run first.
+    when = spec.get("when", "after" if action in CUT_ACTIONS else "before")
     if when not in ("before", "after"):
         msg = f"when must be 'before' or 'after', got {when!r}"
+        raise ValueError(msg)
+    if action in CUT_ACTIONS and when != "after":
+        msg = (
+            f"action {action!r} sends half of the request's own answer, so the request runs "
+            f"first: when must be 'after' (the default for {action!r}), got {when!r}; use "
+            "action 'disconnect' to drop the connection before the request runs"
+        )
         raise ValueError(msg)
     echo_key = spec.get("echo_key", False)
     if not isinstance(echo_key, bool):
@@ -1000,7 +1033,7 @@ class EmulatorCore:
         app = routed[0] if routed else None
         fault = self._take_fault(request)
         response: Response | None
-        if fault is not None and fault.when == "before" and fault.action != "cut":
+        if fault is not None and fault.when == "before":  # never a cut (_parse_fault)
             response = self._fault_response(fault, app, request)
         else:
             if routed is None:
@@ -1010,8 +1043,11 @@ class EmulatorCore:
                 )
             else:
                 response = self._call_app(routed[0], request, routed[1])
-            if fault is not None and fault.action == "cut":
-                response = CutResponse(response.status, response.headers, response.body)
+            if fault is not None and fault.action in CUT_ACTIONS:
+                if fault.delay_ms:
+                    time.sleep(fault.delay_ms / 1000)
+                kind = CleanCutResponse if fault.action == "cut_clean" else CutResponse
+                response = kind(response.status, response.headers, response.body)
             elif fault is not None:
                 response = self._fault_response(fault, app, request)
         self._record(request, app, response, fault)
@@ -1327,6 +1363,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(key, value)
         body = response.body
         cut = isinstance(response, CutResponse)
+        if isinstance(response, CleanCutResponse):
+            # Close-delimited: the connection's orderly end (see _dispatch) ends the body.
+            if isinstance(body, bytes | bytearray | memoryview):
+                whole = bytes(body)
+            else:
+                whole = b"".join(body)
+            self.send_header("connection", "close")
+            self.end_headers()
+            self.wfile.write(whole[: len(whole) // 2])
+            return
         if isinstance(body, bytes | bytearray | memoryview):
             self.send_header("content-length", str(len(body)))
             self.end_headers()

@@ -26,7 +26,22 @@ from batchata_df.providers.base import BatchPoll, ProviderState, RequestSpec, em
 from batchata_df.schema import DECODED
 from batchata_df.state import lined_up
 
-__all__ = ["Collector", "holds_any", "outcomes_to_events"]
+__all__ = ["THINKING_ADVICE", "TRUNCATED_ADVICE", "Collector", "holds_any", "outcomes_to_events"]
+
+# What to do about a truncated answer, said so that it can be followed: the same state
+# folder refuses other params (StateMismatchError, even with retry_failed), and a new
+# folder for the whole frame would pay again for every completed row. So only the failed
+# rows go again, with the higher limit, into a new folder (tests/test_truncation.py
+# follows it verbatim).
+TRUNCATED_ADVICE = (
+    "re-run only the failed rows, df.filter(out['_status'] == 'failed'), with a higher "
+    "params={'max_tokens': ...} and a new state folder (this one refuses other params)"
+)
+THINKING_ADVICE = (
+    "re-run only the failed rows, df.filter(out['_status'] == 'failed'), with a higher "
+    "params={'max_tokens': ...} or a lower params['reasoning_effort'] and a new state folder "
+    "(this one refuses other params)"
+)
 
 
 def outcomes_to_events(
@@ -106,13 +121,16 @@ def outcomes_to_events(
         .then(pl.lit(missing_status))
         .when(pl.col("outcome") == "canceled")
         .then(pl.lit("cancelled"))
-        .when((pl.col("outcome") == "succeeded") & pl.col("verr").is_null())
+        # An answer cut off by the output limit is incomplete even when it validates (any
+        # text does without a schema; OpenAI's reasoning models return "" when reasoning
+        # used the limit): it fails, its text kept as the raw answer.
+        .when((pl.col("outcome") == "succeeded") & pl.col("verr").is_null() & ~truncated)
         .then(pl.lit("completed"))
         .otherwise(pl.lit("failed"))
     )
     truncated_msg = pl.lit(
         f"truncated: the answer hit max_tokens={max_tokens} before it was complete; "
-        "raise params={'max_tokens': ...}"
+        + TRUNCATED_ADVICE
     )
     reasoning = pl.col("reasoning_tokens").fill_null(0)
     # Thinking counts against max_tokens: when it took most of it, say so and what to change.
@@ -121,8 +139,8 @@ def outcomes_to_events(
             pl.lit("truncated: thinking used "),
             reasoning.cast(pl.String),
             pl.lit(
-                f" of max_tokens={max_tokens} tokens before the answer was complete; raise "
-                "params={'max_tokens': ...} or lower params['reasoning_effort']"
+                f" of max_tokens={max_tokens} tokens before the answer was complete; "
+                + THINKING_ADVICE
             ),
         ]
     )
@@ -137,9 +155,7 @@ def outcomes_to_events(
         .then(pl.lit(missing_error))
         .when(pl.col("outcome") == "canceled")
         .then(pl.lit(f"cancelled: {cancel_reason or 'provider_cancelled'}"))
-        .when((pl.col("outcome") == "succeeded") & pl.col("verr").is_not_null() & truncated)
-        .then(truncated_msg)
-        .when((pl.col("outcome") == "errored") & truncated)  # no text at all (Gemini)
+        .when(pl.col("outcome").is_in(["succeeded", "errored"]) & truncated)  # Gemini: no text
         .then(truncated_msg)
         .when(pl.col("outcome") == "succeeded")
         .then(pl.col("verr"))

@@ -43,6 +43,7 @@ from batchata_df.providers.base import (
     all_null,
     column_json_string,
     conform_results,
+    decoded_download,
     empty_results,
     failure_kind,
     history_messages,
@@ -226,6 +227,12 @@ class AnthropicProvider:
             except anthropic.AnthropicError as e:
                 msg = f"Anthropic failed to {what}: {type(e).__name__}: {e}"
                 raise ProviderError(msg) from e
+            except json.JSONDecodeError as e:
+                # An answer that ended early without an error (a close-delimited body): the
+                # SDK's own json.loads raises past its error types. Another try may read
+                # it whole: transient, as a dropped connection is.
+                msg = f"Anthropic failed to {what}: its answer is not whole JSON: {e}"
+                raise ProviderError(msg) from e
 
     # -- encode -------------------------------------------------------------------------------
 
@@ -248,9 +255,10 @@ class AnthropicProvider:
             extra.update(thinking)
         if isinstance(extra.get("stop_sequences"), str):
             extra["stop_sequences"] = [extra["stop_sequences"]]
-        if spec.schema.json_schema is not None and not spec.citations:
+        if spec.schema.json_schema is not None and not spec.schema_as_prompt:
             # With citations the schema goes in the system prompt instead: Anthropic
-            # refuses citations together with output_config.format (400).
+            # refuses citations together with output_config.format (400); so it does for
+            # a model without structured output (RequestSpec.schema_in_prompt).
             anthropic = _import_sdk()
             try:
                 schema = anthropic.transform_schema(spec.schema.json_schema)
@@ -267,8 +275,9 @@ class AnthropicProvider:
 
         ``jobs`` has ``job_id``, ``model``, ``prompt``, ``system`` and optionally
         ``content_json`` (a JSON array of Anthropic content blocks that replaces the prompt
-        text). With ``spec.citations`` and a schema, the system prompt starts with
-        :func:`batchata_df.citations.instruction` (the caller's ``system`` follows it).
+        text). With ``spec.schema_as_prompt`` (citations, or a model without structured
+        output), the system prompt starts with :func:`batchata_df.citations.instruction`
+        (the caller's ``system`` follows it).
 
         Prompt caching (:func:`batchata_df.caching.cache_plan` columns, when present): a
         ``cache_system`` job sends its system prompt as one text block marked
@@ -288,10 +297,10 @@ class AnthropicProvider:
         # What no row uses is left out of the expression: a when/then computes its branch
         # for every row, taken or not (the same lines; tests/test_encode_bytes.py).
         no_system = all_null(jobs, "system")
-        if spec.citations and spec.schema.json_schema is not None:
+        if spec.schema_as_prompt and spec.schema.json_schema is not None:
             from batchata_df.citations import instruction
 
-            ours = pl.lit(instruction(spec.schema.json_schema))
+            ours = pl.lit(instruction(spec.schema.json_schema, cite=spec.citations))
             theirs = pl.concat_str([pl.lit("\n\n"), pl.col("system")]).fill_null("")
             system_text = ours + theirs
             no_system = False
@@ -439,7 +448,9 @@ class AnthropicProvider:
         """Stream the results JSONL of an ended batch and decode it.
 
         The download is written into the memory the previous one used
-        (:class:`~batchata_df.providers.base.DownloadBuffer`) and decoded there.
+        (:class:`~batchata_df.providers.base.DownloadBuffer`) and decoded there; results
+        that ended early without an error, and so cannot be decoded, are a
+        ``ProviderError`` (:func:`~batchata_df.providers.base.decoded_download`).
         """
         with self._downloads.receive() as sink:
 
@@ -455,7 +466,11 @@ class AnthropicProvider:
                     failed="Anthropic failed to download the batch results",
                 )
 
-            return decode_results(self._call("download the batch results", fetch), spec)
+            data = self._call("download the batch results", fetch)
+            return decoded_download(
+                lambda: decode_results(data, spec),
+                failed=f"Anthropic's results of batch {batch_id}",
+            )
 
     def cancel(self, batch_id: str) -> None:
         """Ask Anthropic to cancel the batch (it answers ``canceling``)."""
@@ -468,33 +483,65 @@ class AnthropicProvider:
     def answer(
         self, line: str, *, model: str, spec: RequestSpec
     ) -> pl.DataFrame | RealtimeFailure:
-        """Send one request line's ``params`` to ``/v1/messages``; decode the answer.
+        """Stream one request line's ``params`` from ``/v1/messages``; decode the answer.
 
-        The SDK's retries are off (the engine retries 429 and 529 ``overloaded_error`` with
-        its own clock, never a request that may have run); the answer is wrapped as a
-        batch result line and read by :func:`decode_results`, citations included.
+        The request is streamed, as Anthropic recommends for any request that may run
+        long: the anthropic SDK refuses a non-streaming request whose ``max_tokens`` could
+        take over 10 minutes (``_calculate_nonstreaming_timeout`` in
+        ``anthropic/_base_client.py``: above 21,333 tokens, below the default of Claude 5
+        and of thinking models), and its README's "Long requests" says networks may drop an
+        idle connection that long. A stream is never idle (Anthropic sends ``ping``
+        events) and the client's read timeout applies between events, not to the whole
+        answer. Passing an explicit timeout would only silence the SDK's check and leave
+        the request exposed to the idle cut.
+
+        ``params`` goes to the SDK as the request body itself (``extra_body``, beside the
+        three arguments it requires), as the batch lines are sent: the SDK's keyword
+        arguments omit parameters the API takes (``temperature``, ``top_p``, ``top_k`` in
+        anthropic 2.14). The SDK's retries are off (the engine retries 429 and 529
+        ``overloaded_error`` with its own clock, never a request that may have run). The
+        message the SDK accumulates from the events is wrapped as a batch result line and
+        read by :func:`decode_results`, citations included, as a batch's would be. A stream
+        that breaks off, or ends without ``message_stop``, is ``lost``: it ran and may have
+        been billed.
         """
         anthropic = _import_sdk()
+        import httpx2  # the anthropic SDK's HTTP client: what a broken stream raises
+
         request = json.loads(line)
-        custom_id, params = request["custom_id"], request["params"]
+        custom_id, params = request["custom_id"], dict(request["params"])
+        required = {k: params.pop(k) for k in ("model", "max_tokens", "messages")}
         client = self.client.with_options(max_retries=0)
         with scrubbing():
             try:
-                raw = client.messages.with_raw_response.create(**params)
-                body_text = raw.http_response.text
+                with client.messages.stream(**required, extra_body=params) as stream:
+                    stopped = False
+                    for event in stream:
+                        stopped = stopped or event.type == "message_stop"
+                    if not stopped:
+                        msg = "the answer's stream ended before its message_stop event"
+                        raise httpx2.RemoteProtocolError(msg)
+                    body_text = stream.current_message_snapshot.to_json(indent=None)
                 message = json.loads(body_text)
             except anthropic.AuthenticationError as e:
                 msg = "Anthropic rejected the API key: check ANTHROPIC_API_KEY"
                 raise CredentialsError(msg) from e
             except anthropic.APIStatusError as e:
-                kind = failure_kind(e.status_code)
+                # An ``error`` event inside a stream arrives with the stream's HTTP 200: its
+                # type says what status the same error has outside a stream.
+                status = e.status_code
+                said_text = None  # the error's body as text; a stream's is the event's data
+                if status == 200:  # the stream's own status: an ``error`` event
+                    status = _stream_error_status(e.body)
+                    said_text = json.dumps(e.body, ensure_ascii=False)
+                kind = failure_kind(status)
                 text = _error_message(e.body)
                 if kind is not None:
                     after = retry_after_seconds(e.response.headers)
-                    return RealtimeFailure(kind, f"Anthropic HTTP {e.status_code}: {text}", after)
+                    return RealtimeFailure(kind, f"Anthropic HTTP {status}: {text}", after)
                 body = e.body if isinstance(e.body, dict) else {}
                 error = body.get("error")
-                kind_name = f"http_{e.status_code}"
+                kind_name = f"http_{status}"
                 if isinstance(error, dict) and error.get("type"):
                     kind_name = str(error["type"])
                 # The line a batch would hold: decode_results prefixes the type itself.
@@ -514,8 +561,9 @@ class AnthropicProvider:
                     },
                 }
                 decoded = decode_results(json.dumps(result).encode(), spec)
-                return kept_response(decoded, e.response.text, spec)
-            except anthropic.APIConnectionError as e:  # APITimeoutError included
+                return kept_response(decoded, said_text or e.response.text, spec)
+            except (anthropic.APIConnectionError, httpx2.TransportError) as e:
+                # APITimeoutError included; httpx2's errors are a stream broken midway
                 return transport_failure(e, "Anthropic")
         result = {"custom_id": custom_id, "result": {"type": "succeeded", "message": message}}
         return kept_response(decode_results(json.dumps(result).encode(), spec), body_text, spec)
@@ -603,8 +651,10 @@ class AnthropicProvider:
                 page = self._call("list message batches", page.get_next_page)
         except ProviderError as e:
             msg = (
-                "a previous run may have created an Anthropic batch just before it stopped, "
-                f"but listing batches failed ({e}); retry later so that nothing is paid twice"
+                "an Anthropic batch for these rows may already exist (created by this call or an "
+                "earlier one just before an error or a stop), but listing batches "
+                f"failed ({e}); call again later with the same state: nothing is paid "
+                "twice"
             )
             raise OrphanedBatchError(msg) from e
 
@@ -633,6 +683,37 @@ def _create_failure(error: BaseException | None) -> str:
     ):
         return "unknown"
     return "final"
+
+
+#: error types an ``error`` event of a stream may carry -> the HTTP status the same error
+#: has outside a stream (Anthropic's errors page, platform.claude.com/docs/en/api/errors:
+#: "errors can occur after returning a 200 response", e.g. ``overloaded_error`` = 529)
+_STREAM_ERROR_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+
+
+def _stream_error_status(body: object) -> int:
+    """The HTTP status of a stream's ``error`` event (500 for a type we do not know).
+
+    Examples
+    --------
+    >>> _stream_error_status({"type": "error", "error": {"type": "overloaded_error"}})
+    529
+    >>> _stream_error_status("garbled")
+    500
+    """
+    error = body.get("error") if isinstance(body, dict) else None
+    kind = error.get("type") if isinstance(error, dict) else None
+    return _STREAM_ERROR_STATUS.get(kind, 500) if isinstance(kind, str) else 500
 
 
 def _poll_of(b: MessageBatch) -> BatchPoll:
@@ -783,6 +864,8 @@ def decode_results(data: Download, spec: RequestSpec | None = None) -> pl.DataFr
         outcome.alias("outcome"),
         pl.when(kind == "succeeded").then(text).alias("text"),
         error.alias("error"),
+        # anthropic 2.14 types/stop_reason.py StopReason "max_tokens": cut by the limit;
+        # the row fails "truncated:" (engine.collection.outcomes_to_events).
         (stop == "max_tokens").fill_null(False).alias("truncated"),
         (usage.struct.field("input_tokens") + cache_read + cache_write).alias("input_tokens"),
         usage.struct.field("output_tokens").alias("output_tokens"),
@@ -803,7 +886,15 @@ def decode_results(data: Download, spec: RequestSpec | None = None) -> pl.DataFr
     )
     if citations and spec is not None:
         out = _with_citations(out, raw, spec)
+    elif spec is not None and spec.schema_as_prompt:
+        # Asked for JSON in the system prompt, Claude may still fence it (```json ... ```).
+        text = pl.col("text")
+        out = out.with_columns(pl.coalesce(text.str.extract(_FENCED, 1), text).alias("text"))
     return conform_results(out)
+
+
+_FENCED = r"(?s)\A\s*```[A-Za-z0-9_+-]*[ \t]*\r?\n(.*?)```\s*\z"
+"""An answer that is one code fence; group 1 is what it holds (``citations._FENCE``)."""
 
 
 def _with_citations(out: pl.DataFrame, raw: pl.DataFrame, spec: RequestSpec) -> pl.DataFrame:

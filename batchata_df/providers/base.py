@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 import polars as pl
 
@@ -45,6 +45,7 @@ __all__ = [
     "ProviderState",
     "RequestSpec",
     "conform_results",
+    "decoded_download",
     "failure_kind",
     "kept_response",
     "transport_failure",
@@ -155,6 +156,12 @@ class RequestSpec:
     citations: bool = False
     """Citations on: no structured output, the schema goes in the system prompt instead
     and answers carry per-field citations (:mod:`batchata_df.citations`)."""
+    schema_in_prompt: bool = False
+    """The schema goes to Claude in the system prompt, not as structured output: set when a
+    Claude model of the run takes no structured output (Claude Opus 4, Sonnet 4, 3.7 and
+    older; ``models.Family.structured_output``), as the seed library did for every Claude
+    model. The answer is validated against the schema as any other; a code fence around
+    it is dropped."""
     keep_responses: bool = False
     """Keep each request's result as the provider sent it (``RESULTS.response``: the
     OpenAI output/error file line, the Anthropic results line, the Gemini result-file line
@@ -166,6 +173,14 @@ class RequestSpec:
     prompt_caching: bool = True
     """Order jobs so that shared prefixes are adjacent and mark them for the provider's
     prompt cache (:mod:`batchata_df.caching`); the answers do not depend on it."""
+
+    @property
+    def schema_as_prompt(self) -> bool:
+        """Whether Claude gets the schema in the system prompt, not as structured output.
+
+        True with citations on, or for a model without structured output.
+        """
+        return (self.citations or self.schema_in_prompt) and self.schema.json_schema is not None
 
 
 RESULTS = pl.Schema(
@@ -555,6 +570,47 @@ def streamed_download(
     assert broken is not None  # every attempt was broken off (retries >= 0)
     msg = f"{failed}: {type(broken).__name__}: {broken}"
     raise ProviderError(msg) from broken
+
+
+_T = TypeVar("_T")
+
+
+def decoded_download(decode: Callable[[], _T], *, failed: str) -> _T:
+    r"""``decode()`` of a results download; one that cannot be decoded is a ``ProviderError``.
+
+    A download can end early without any error: a close-delimited body (no
+    ``content-length``) whose connection a proxy or the provider closes in order reads as
+    a clean, shorter body, which no retry of the SDK or of :func:`streamed_download`
+    sees. Its last line is then cut off, and the decoders (:func:`read_jsonl`) raise
+    Polars' ``ComputeError``, which escaped the engine as a raw Polars traceback. It is
+    raised instead as a transient :class:`~batchata_df.errors.ProviderError` (``failed``
+    names the provider, the batch and the file): the engine downloads the file again at
+    its next poll, and past the provider patience leaves the batch's rows ``pending`` with
+    the reason, for a later call to download it again. The batch itself is never sent
+    again, so a file that stays malformed costs nothing twice and ends no row.
+
+    Examples
+    --------
+    >>> schema = pl.Schema({"a": pl.Int64})
+    >>> decoded_download(lambda: read_jsonl(b'{"a":1}\n', schema), failed="x").height
+    1
+    >>> decoded_download(lambda: read_jsonl(b'{"a":1}\n{"a', schema), failed="x")
+    Traceback (most recent call last):
+    ...
+    batchata_df.errors.ProviderError: x could not be decoded (ComputeError: ...); it will be ...
+    """
+    from batchata_df.errors import ProviderError
+
+    try:
+        return decode()
+    except pl.exceptions.ComputeError as e:
+        # The first line says what failed to parse; the rest is Polars' expression trace.
+        reason = next(iter(str(e).strip().splitlines()), "")
+        msg = (
+            f"{failed} could not be decoded ({type(e).__name__}: {reason}); it will be "
+            "downloaded again at the next poll"
+        )
+        raise ProviderError(msg) from e
 
 
 def result_lines(data: Download) -> pl.Series:
@@ -1158,8 +1214,9 @@ def bounded_listing(
     for n, batch in enumerate(batches):
         if n >= max_listed or time.monotonic() > deadline:
             msg = (
-                f"a previous run may have created a {provider} batch ({what}) just before it "
-                f"stopped; {n} batches were listed in the account without finding or ruling "
+                f"a {provider} batch ({what}) may already exist (created by this call or an "
+                f"earlier one just before an error or a stop); {n} batches were listed in the "
+                "account without finding or ruling "
                 f"it out (the search stops after {max_listed} batches or {seconds:.0f} s). "
                 "Look for it in the provider's batch list: if it exists, let it finish and "
                 "run again later; if not, run again with a new state folder"

@@ -54,6 +54,7 @@ from batchata_df.providers.base import (
     all_null,
     bounded_listing,
     conform_results,
+    decoded_download,
     empty_results,
     history_messages,
     json_object,
@@ -384,6 +385,13 @@ class GeminiProvider:
             except _transport_errors() as e:
                 msg = f"Gemini failed to {what}: {type(e).__name__}: {e}"
                 raise ProviderError(msg) from e
+            except json.JSONDecodeError as e:
+                # Not JSON at all, unlike an answer the SDK cannot map (below): the body
+                # ended early without an error (close-delimited), and another try may
+                # read it whole. Transient for a read too: a permanent error would end
+                # the rows of a batch that may be answered (and paid) failed.
+                msg = f"Gemini failed to {what}: its answer is not whole JSON: {e}"
+                raise ProviderError(msg) from e
             except Exception as e:
                 # Anything else the SDK raises (an answer it cannot parse: pydantic's
                 # ValidationError, a KeyError as in googleapis/python-genai#1590, ...) is a
@@ -605,7 +613,13 @@ class GeminiProvider:
                     self.client.files.download(file=name, destination=writer)
                     return sink.getvalue()
 
-                return decode_lines(self._call("download the result file", fetch), responses=keep)
+                data = self._call("download the result file", fetch)
+                # A file that ended early without an error is fetched again later, not a
+                # raw Polars error (decoded_download); the SDK's own errors stay _call's.
+                return decoded_download(
+                    lambda: decode_lines(data, responses=keep),
+                    failed=f"Gemini's result file {name} of batch {batch_id}",
+                )
         return empty_results()
 
     def _with_inlined_responses(self, batch_id: str, decoded: pl.DataFrame) -> pl.DataFrame:
@@ -742,8 +756,10 @@ class GeminiProvider:
                 page = list(self._call("list batches", pager.next_page))
         except ProviderError as e:
             msg = (
-                "a previous run may have created a Gemini batch just before it stopped, but "
-                f"listing batches failed ({e}); retry later so that nothing is paid twice"
+                "a Gemini batch for these rows may already exist (created by this call or an "
+                "earlier one just before an error or a stop), but listing batches "
+                f"failed ({e}); call again later with the same state: nothing is paid "
+                "twice"
             )
             raise OrphanedBatchError(msg) from e
 
@@ -937,6 +953,9 @@ def decode_lines(data: Download, *, responses: bool = False) -> pl.DataFrame:
         outcome.alias("outcome"),
         pl.when(ok).then(text).alias("text"),
         error.alias("error"),
+        # google-genai 3.6.1 types.FinishReason.MAX_TOKENS: "generated the maximum number
+        # of tokens allowed by max_output_tokens"; the row fails "truncated:"
+        # (engine.collection.outcomes_to_events).
         (finish == "MAX_TOKENS").fill_null(False).alias("truncated"),
         usage.struct.field("promptTokenCount").alias("input_tokens"),
         pl.when(usage.is_not_null())

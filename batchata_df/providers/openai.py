@@ -39,6 +39,7 @@ from batchata_df.providers.base import (
     bounded_listing,
     column_json_string,
     conform_results,
+    decoded_download,
     empty_results,
     failure_kind,
     history_messages,
@@ -208,6 +209,12 @@ class OpenAIProvider:
             except openai.APIError as e:
                 msg = f"OpenAI failed to {what}: {type(e).__name__}: {e.message}"
                 raise ProviderError(msg) from e
+            except json.JSONDecodeError as e:
+                # An answer that ended early without an error (a close-delimited body): the
+                # SDK's own json.loads raises past its error types. Another try may read
+                # it whole: transient, as a dropped connection is.
+                msg = f"OpenAI failed to {what}: its answer is not whole JSON: {e}"
+                raise ProviderError(msg) from e
 
     # -- encode -------------------------------------------------------------------------------
 
@@ -341,7 +348,7 @@ class OpenAIProvider:
             }
         return BatchPoll(_STATES.get(b.status, ProviderState.RUNNING), b.status, detail, counts)
 
-    def _decoded(self, file_id: str | None, *, responses: bool) -> pl.DataFrame:
+    def _decoded(self, batch_id: str, file_id: str | None, *, responses: bool) -> pl.DataFrame:
         """One result file, downloaded into the kept memory and decoded there.
 
         The file is streamed (``with_streaming_response``) into the memory the previous
@@ -350,7 +357,9 @@ class OpenAIProvider:
         client's chunks before it), faulted in page by page: ~19,000 minor faults per
         50,000-line file (``benchmarks/PROFILE.md``, eleventh pass). A body broken off
         midway is fetched again as the SDK did when it read the body itself
-        (:func:`~batchata_df.providers.base.streamed_download`).
+        (:func:`~batchata_df.providers.base.streamed_download`); one that ended early
+        without an error, and so cannot be decoded, is a ``ProviderError`` too
+        (:func:`~batchata_df.providers.base.decoded_download`).
         """
         if not file_id:
             return decode_lines(b"", responses=responses)
@@ -365,15 +374,19 @@ class OpenAIProvider:
                     failed="OpenAI failed to download a result file",
                 )
 
-            return decode_lines(self._call("download a result file", fetch), responses=responses)
+            data = self._call("download a result file", fetch)
+            return decoded_download(
+                lambda: decode_lines(data, responses=responses),
+                failed=f"OpenAI's result file {fid} of batch {batch_id}",
+            )
 
     def results(self, batch_id: str, spec: RequestSpec) -> pl.DataFrame:
         """Download and decode the output and error files of a finished batch."""
         b = self._call("retrieve the batch", lambda: self.client.batches.retrieve(batch_id))
         keep = spec.keep_responses
         frames = [
-            self._decoded(b.output_file_id, responses=keep),
-            self._decoded(b.error_file_id, responses=keep),
+            self._decoded(batch_id, b.output_file_id, responses=keep),
+            self._decoded(batch_id, b.error_file_id, responses=keep),
         ]
         return pl.concat(frames, how="vertical")
 
@@ -464,8 +477,10 @@ class OpenAIProvider:
                 page = self._call("list batches", page.get_next_page)
         except ProviderError as e:
             msg = (
-                "a previous run may have created an OpenAI batch just before it stopped, but "
-                f"listing batches failed ({e}); retry later so that nothing is paid twice"
+                "an OpenAI batch for these rows may already exist (created by this call or an "
+                "earlier one just before an error or a stop), but listing batches "
+                f"failed ({e}); call again later with the same state: nothing is paid "
+                "twice"
             )
             raise OrphanedBatchError(msg) from e
 
@@ -576,6 +591,9 @@ def decode_lines(data: Download, *, responses: bool = False) -> pl.DataFrame:
         .then(message.struct.field("content"))
         .alias("text"),
         error.alias("error"),
+        # openai 3.57 types/chat/chat_completion.py Choice.finish_reason: "length" if the
+        # maximum number of tokens specified in the request was reached. The row then
+        # fails "truncated:" (engine.collection.outcomes_to_events), its text kept as raw.
         (finish == "length").fill_null(False).alias("truncated"),
         usage.struct.field("prompt_tokens").alias("input_tokens"),
         usage.struct.field("completion_tokens").alias("output_tokens"),
