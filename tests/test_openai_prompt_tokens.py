@@ -103,7 +103,7 @@ def test_the_cap_reserves_at_least_what_openai_bills_for_text_system_and_history
     })  # fmt: skip
     kw: dict[str, object] = dict(
         model="gpt-4.1-mini", prompt="Label: {text}", system="You label texts.", history="h",
-        params={"max_tokens": 16}, progress=False,
+        params={"max_tokens": 200}, progress=False,
     )  # fmt: skip
     plan = batch_llm(frame, dry_run=True, **kw)  # type: ignore[arg-type]
     out = batch_llm(frame, state=str(tmp_path / "s"), max_cost_usd=5.0, **kw)  # type: ignore[arg-type]

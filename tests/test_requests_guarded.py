@@ -138,8 +138,8 @@ def test_openai_estimate_is_the_tokenizer_count_plus_framing_and_is_priced() -> 
     encoding = bpe_openai.get_encoding("o200k_base")  # gpt-4.1's encoding
     frame = pl.DataFrame({"t": PROMPTS})
     plan = frame.pipe(batch_llm, model="gpt-4.1-mini", prompt="{t}", dry_run=True)
-    # OpenAI's chat framing: 3 tokens per message and 3 priming the reply.
-    expected = [len(encoding.encode_ordinary(p)) + 3 + 3 for p in PROMPTS]
+    # OpenAI's chat framing: 3 tokens per message plus its role's one, 3 priming the reply.
+    expected = [len(encoding.encode_ordinary(p)) + 4 + 3 for p in PROMPTS]
     assert plan["_est_input_tokens"].to_list() == expected
     # gpt-4.1-mini batch prices: $0.20 / 1M input, $0.80 / 1M output; max_tokens 4096.
     for tokens, cost in zip(expected, plan["_est_cost_usd"].to_list(), strict=True):
