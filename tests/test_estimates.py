@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from batchata_df import CapSerialisedWarning, batch_llm, sql
 from batchata_df.cost import PriceTable
 from batchata_df.estimates import answer_tokens
-from batchata_df.progress import cap_line, format_line
+from batchata_df.progress import cap_line, format_line, usd
 
 
 class Review(BaseModel):
@@ -64,7 +64,7 @@ def test_dry_run_shows_the_expected_cost_from_the_schema_beside_the_worst_case(
     captured = capsys.readouterr()
     text = captured.out + captured.err
     total = plan["_expected_cost_usd"].sum()
-    assert f"expected ${total:,.4f} (answer sizes: schema)" in text
+    assert f"expected {usd(total)} (answer sizes: schema)" in text  # progress.usd
     assert f"worst case ${plan['_est_cost_usd'].sum():,.4f}" in text
 
 
