@@ -57,6 +57,7 @@ from batchata_df.providers.base import (
     retry_after_seconds,
     streamed_download,
     transport_failure,
+    whole_download,
     with_result_lines,
 )
 from batchata_df.redact import register_secret, scrubbing
@@ -451,7 +452,23 @@ class AnthropicProvider:
         (:class:`~batchata_df.providers.base.DownloadBuffer`) and decoded there; results
         that ended early without an error, and so cannot be decoded, are a
         ``ProviderError`` (:func:`~batchata_df.providers.base.decoded_download`).
+
+        Results that hold fewer lines than the ended batch's ``request_counts`` sum ended
+        early at a line boundary (or came back empty): a ``ProviderError`` too
+        (:func:`~batchata_df.providers.base.whole_download`). Every request of an ended
+        batch has one result line, of type ``succeeded``, ``errored``, ``canceled`` or
+        ``expired``, and the counts "always" sum to the batch's requests (Anthropic API
+        reference, Message Batches: ``request_counts`` and ``results``; anthropic SDK
+        ``types/messages/message_batch_request_counts.py``).
         """
+        batch = self._call(
+            "retrieve the message batch",
+            lambda: self.client.messages.batches.retrieve(batch_id),
+        )
+        answered = None
+        if batch.processing_status == "ended":
+            c = batch.request_counts
+            answered = c.succeeded + c.errored + c.canceled + c.expired
         with self._downloads.receive() as sink:
 
             def fetch() -> bytearray:
@@ -467,10 +484,9 @@ class AnthropicProvider:
                 )
 
             data = self._call("download the batch results", fetch)
-            return decoded_download(
-                lambda: decode_results(data, spec),
-                failed=f"Anthropic's results of batch {batch_id}",
-            )
+            failed = f"Anthropic's results of batch {batch_id}"
+            decoded = decoded_download(lambda: decode_results(data, spec), failed=failed)
+            return whole_download(decoded, answered, failed=failed)
 
     def cancel(self, batch_id: str) -> None:
         """Ask Anthropic to cancel the batch (it answers ``canceling``)."""

@@ -46,6 +46,7 @@ __all__ = [
     "RequestSpec",
     "conform_results",
     "decoded_download",
+    "whole_download",
     "failure_kind",
     "kept_response",
     "transport_failure",
@@ -611,6 +612,43 @@ def decoded_download(decode: Callable[[], _T], *, failed: str) -> _T:
             "downloaded again at the next poll"
         )
         raise ProviderError(msg) from e
+
+
+def whole_download(decoded: pl.DataFrame, answered: int | None, *, failed: str) -> pl.DataFrame:
+    r"""``decoded``, unless it holds fewer result lines than the provider says it answered.
+
+    A download that ends early *at a line boundary* (or an empty body) decodes without
+    error (:func:`decoded_download` cannot see it): its requests with no line would end
+    ``failed`` with ``missing_result``, though they ran and were paid, and a later call
+    would never download them again. When the provider's own count of the requests that
+    have a result line (``answered``, from its final request counts) proves the file
+    short, it is a transient :class:`~batchata_df.errors.ProviderError`, as an undecodable
+    download is: the engine downloads it again at its next poll, and past the provider
+    patience leaves the rows ``pending``. ``None``: the provider gave no count that proves
+    it (the frame is taken as it is).
+
+    Examples
+    --------
+    >>> frame = pl.DataFrame({"job_id": ["a", "b"]})
+    >>> whole_download(frame, 2, failed="x").height
+    2
+    >>> whole_download(frame, None, failed="x").height
+    2
+    >>> whole_download(frame, 3, failed="x")
+    Traceback (most recent call last):
+    ...
+    batchata_df.errors.ProviderError: x holds 2 result lines where the provider counts 3 ...
+    """
+    from batchata_df.errors import ProviderError
+
+    if answered is not None and decoded.height < answered:
+        msg = (
+            f"{failed} holds {decoded.height} result lines where the provider counts "
+            f"{answered} answered requests: the download ended early; it will be "
+            "downloaded again at the next poll"
+        )
+        raise ProviderError(msg)
+    return decoded
 
 
 def result_lines(data: Download) -> pl.Series:

@@ -62,6 +62,7 @@ from batchata_df.providers.base import (
     read_jsonl,
     result_lines,
     strip_ends,
+    whole_download,
     with_result_lines,
 )
 from batchata_df.redact import register_secret, scrubbing
@@ -593,7 +594,45 @@ class GeminiProvider:
             return {}
 
     def results(self, batch_id: str, spec: RequestSpec) -> pl.DataFrame:
-        """Decode the inlined responses or the downloaded result file of a batch."""
+        """Decode the inlined responses or the downloaded result file of a batch.
+
+        Results with fewer entries than the batch's ``batchStats`` count as processed
+        (``successfulRequestCount + failedRequestCount``) ended early at a line boundary
+        or came back empty: a ``ProviderError``
+        (:func:`~batchata_df.providers.base.whole_download`), read again later.
+        """
+        answered = self._answered(batch_id)
+        failed = f"Gemini's results of batch {batch_id}"
+        return whole_download(self._results(batch_id, spec), answered, failed=failed)
+
+    def _answered(self, batch_id: str) -> int | None:
+        """The requests an ended batch has a result entry for, by its ``batchStats``.
+
+        "The number of requests that were successfully processed" plus "that failed to be
+        processed" (Gemini API reference, ``BatchStats``): each has its response or error
+        entry in the output (inline or file). Requests of a cancelled batch that never ran
+        are pending, in neither count. google-genai 3.6.1 drops ``batchStats``
+        (:meth:`_batch_stats`), so the batch is read through the SDK's own HTTP client.
+        ``None`` when the answer gives no count (nothing is proven).
+        """
+
+        def fetch() -> Any:
+            body = self.client._api_client.request("get", batch_id, {}).body
+            return json.loads(body or "{}")
+
+        raw = self._call("retrieve the batch", fetch)
+        stats = (raw.get("metadata") or {}).get("batchStats") if isinstance(raw, dict) else None
+        if not isinstance(stats, dict):
+            return None
+        keys = ("successfulRequestCount", "failedRequestCount")
+        if not any(k in stats for k in keys):
+            return None
+        try:
+            return sum(int(stats.get(k, 0)) for k in keys)
+        except (TypeError, ValueError):
+            return None
+
+    def _results(self, batch_id: str, spec: RequestSpec) -> pl.DataFrame:
         job = self._get(batch_id)
         dest = job.dest
         if dest is None:  # expired and failed batches have no results

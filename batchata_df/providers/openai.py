@@ -52,6 +52,7 @@ from batchata_df.providers.base import (
     streamed_download,
     strip_ends,
     transport_failure,
+    whole_download,
     with_result_lines,
 )
 from batchata_df.redact import register_secret, scrubbing
@@ -381,14 +382,34 @@ class OpenAIProvider:
             )
 
     def results(self, batch_id: str, spec: RequestSpec) -> pl.DataFrame:
-        """Download and decode the output and error files of a finished batch."""
+        """Download and decode the output and error files of a finished batch.
+
+        Files that hold fewer lines than the batch's ``request_counts.completed + failed``
+        ended early at a line boundary (or came back empty): a ``ProviderError``
+        (:func:`~batchata_df.providers.base.whole_download`), downloaded again later.
+        ``completed`` counts "requests that have been completed successfully" and
+        ``failed`` "requests that have failed" (openai 3.57 ``types/batch_request_counts.py``),
+        each with its line: the output file holds "the outputs of successfully executed
+        requests", the error file "the outputs of requests with errors", expired requests
+        included (API reference, Batch object; Batch guide: "Expired requests will be
+        written to your error file"). Requests a cancelled batch never ran may be in no
+        file, but then they are in neither count either (the emulator's
+        ``cancel_unfinished="omit"``, :mod:`batchata_df.emulator.openai_api`), so the sum
+        never counts a line that may legitimately be absent.
+        """
         b = self._call("retrieve the batch", lambda: self.client.batches.retrieve(batch_id))
         keep = spec.keep_responses
         frames = [
             self._decoded(batch_id, b.output_file_id, responses=keep),
             self._decoded(batch_id, b.error_file_id, responses=keep),
         ]
-        return pl.concat(frames, how="vertical")
+        counts = b.request_counts
+        answered = None if counts is None else counts.completed + counts.failed
+        return whole_download(
+            pl.concat(frames, how="vertical"),
+            answered,
+            failed=f"OpenAI's result files of batch {batch_id}",
+        )
 
     def cancel(self, batch_id: str) -> None:
         """Ask OpenAI to cancel the batch (it answers ``cancelling``)."""
