@@ -45,6 +45,7 @@ __all__ = [
     "ProviderState",
     "RequestSpec",
     "conform_results",
+    "cut_answer",
     "decoded_download",
     "whole_download",
     "failure_kind",
@@ -1226,6 +1227,31 @@ def transport_failure(error: BaseException, provider: str) -> RealtimeFailure:
         "lost",
         f"lost: the request was sent but no answer came back ({text}); the provider may "
         "have billed it, so it is not sent again automatically (retry_failed=True sends it)",
+    )
+
+
+def cut_answer(error: ValueError, provider: str) -> RealtimeFailure:
+    """A realtime 200 answer that is not whole JSON, as a ``lost`` :class:`RealtimeFailure`.
+
+    A close-delimited answer whose connection ends in order reads as a clean, shorter body
+    (the emulator's fault action ``cut_clean``): the request ran and may have been billed,
+    as a stream that breaks off (:func:`transport_failure`), so it is never sent again
+    automatically.
+
+    Examples
+    --------
+    >>> import json
+    >>> try:
+    ...     json.loads('{"a": "b')
+    ... except ValueError as e:
+    ...     cut_answer(e, "OpenAI").error[:60]
+    'lost: the answer came back cut short (OpenAI: JSONDecodeErro'
+    """
+    text = f"{provider}: {type(error).__name__}: {error}"
+    return RealtimeFailure(
+        "lost",
+        f"lost: the answer came back cut short ({text}); the provider may have billed it, "
+        "so it is not sent again automatically (retry_failed=True sends it)",
     )
 
 

@@ -715,6 +715,7 @@ class GeminiProvider:
         from google.genai import errors, types
 
         from batchata_df.providers.base import (
+            cut_answer,
             failure_kind,
             kept_response,
             retry_after_seconds,
@@ -753,6 +754,10 @@ class GeminiProvider:
                 return kept_response(decoded, json.dumps(e.details), spec)
             except _transport_errors() as e:
                 return transport_failure(e, "Gemini")
+            except json.JSONDecodeError as e:
+                # google-genai parses the answer itself: a 200 body cut short without an
+                # error (close-delimited) is not JSON. The request ran: lost, not resent.
+                return cut_answer(e, "Gemini")
         dumped = reply.model_dump(mode="json", by_alias=True, exclude_none=True)
         decoded = decode_lines(json.dumps({"key": key, "response": dumped}).encode())
         return kept_response(decoded, json.dumps(dumped), spec)

@@ -39,6 +39,7 @@ from batchata_df.providers.base import (
     bounded_listing,
     column_json_string,
     conform_results,
+    cut_answer,
     decoded_download,
     empty_results,
     failure_kind,
@@ -456,8 +457,12 @@ class OpenAIProvider:
                 return kept_response(decoded, e.response.text, spec)
             except openai.APIConnectionError as e:  # APITimeoutError included
                 return transport_failure(e, "OpenAI")
+        try:
+            body = json.loads(text)
+        except ValueError as e:  # a 200 body cut short without an error: it ran
+            return cut_answer(e, "OpenAI")
         # Re-serialised on one line: the API may pretty-print, a batch line never is.
-        answered = {"status_code": 200, "body": json.loads(text)}
+        answered = {"status_code": 200, "body": body}
         decoded = decode_lines(json.dumps({"custom_id": custom_id, "response": answered}).encode())
         return kept_response(decoded, text, spec)
 
