@@ -409,17 +409,16 @@ def batch_llm(
         raise ConfigError(msg)
     run_params = check_params(params, supported)
     check_param_values(run_params, needed)
-    in_prompt = _check_models(
+    no_claude_format = _check_models(
         jobs, run_params, structured=answer.json_schema is not None, citations=citations
     )
     check_schema_limits(
-        answer.json_schema, needed, name=answer.name, citations=citations or in_prompt
+        answer.json_schema, needed, name=answer.name, citations=no_claude_format
     )
     spec = RequestSpec(
         schema=answer,
         params=run_params,
         citations=citations,
-        schema_in_prompt=in_prompt,
         keep_responses=keep_responses,
         prompt_caching=prompt_caching,
     )
@@ -671,18 +670,10 @@ def _id_scheme(
     raise StateError(msg)
 
 
-REPARSE_IGNORES: frozenset[str] = frozenset({
-    "max_cost_usd", "time_limit", "dry_run", "items_per_batch", "max_parallel_batches",
-    "progress", "wait", "prices", "retry_failed", "provider_patience", "lock_timeout",
-    "mode", "concurrency", "deadline", "keep_responses", "prompt_caching",
-})  # fmt: skip
-"""The :func:`batch_llm` arguments :func:`reparse` accepts and ignores: they only shape
-sending and collecting, and ``reparse`` sends nothing."""
 
 
 def reparse(
     df: pl.DataFrame | pl.LazyFrame,
-    /,
     *,
     schema: type[BaseModel] | None,
     state: str | os.PathLike[str],
@@ -694,7 +685,24 @@ def reparse(
     params: Mapping[str, Any] | None = None,
     keep_raw: bool = False,
     history: str | None = None,
-    **sending: Any,
+    keep_responses: bool = False,
+    lock_timeout: float | None = 0.0,
+    max_cost_usd: float | None = None,
+    time_limit: float | dt.timedelta | None = None,
+    dry_run: bool = False,
+    items_per_batch: int | None = None,
+    max_parallel_batches: int = 8,
+    progress: ProgressArg = False,
+    wait: bool = True,
+    prices: Mapping[str, PriceOverride] | None = None,
+    retry_failed: bool = False,
+    provider_patience: float | dt.timedelta = 600.0,
+    mode: Mode = "batch",
+    concurrency: int | None = None,
+    deadline: float | dt.timedelta | dt.datetime | None = None,
+    prompt_caching: bool = True,
+    sink: str | os.PathLike[str] | None = None,
+    chunk_rows: int | None = None,
 ) -> pl.DataFrame:
     """Validate the answers stored in ``state`` against a new ``schema``; send nothing.
 
@@ -724,13 +732,22 @@ def reparse(
         Add the ``_raw`` column (see :func:`batch_llm`).
     history
         As given to the original call (see :func:`batch_llm`).
-    **sending
-        The original call's arguments that only shape sending and collecting
-        (:data:`REPARSE_IGNORES`: ``max_cost_usd``, ``progress``, ``items_per_batch``,
-        ``mode``, ...), so that the original call's keyword arguments can be passed as
-        they were: accepted and ignored, since nothing is sent. ``sink=`` is refused
-        (``reparse`` returns the frame: write it with ``write_parquet``); any other name
-        is a ``TypeError``, as for any function.
+    keep_responses
+        Add the ``_response`` column (the provider's result kept in the folder; see
+        :func:`batch_llm`).
+    lock_timeout
+        How long to wait for another call writing the folder (see :func:`batch_llm`).
+    max_cost_usd, time_limit, dry_run, items_per_batch, max_parallel_batches
+        Accepted and ignored, as the next three groups: the original call's arguments
+        that only shape sending and collecting, so that its keyword arguments can be
+        passed as they were (nothing is sent).
+    progress, wait, prices, retry_failed, provider_patience
+        Accepted and ignored (above).
+    mode, concurrency, deadline, prompt_caching
+        Accepted and ignored (above).
+    sink, chunk_rows
+        Refused when set (``reparse`` returns the frame: write it with
+        ``write_parquet``).
 
     Returns
     -------
@@ -762,16 +779,16 @@ def reparse(
     >>> first["_status"].to_list(), fixed["_status"].to_list(), len(creates)
     (['completed', 'failed'], ['completed', 'completed'], 1)
     """
-    if sending.get("sink") is not None or sending.get("chunk_rows") is not None:
+    del max_cost_usd, time_limit, dry_run, items_per_batch, max_parallel_batches, progress
+    del wait, prices, retry_failed, provider_patience, mode, concurrency, deadline
+    del prompt_caching  # sending only: nothing is sent
+    if sink is not None or chunk_rows is not None:
         msg = (
             "reparse returns the frame and writes no sink: drop sink= and chunk_rows=, then "
             "write the result with .write_parquet(...)"
         )
         raise ConfigError(msg)
-    unknown = sorted(set(sending) - REPARSE_IGNORES - {"sink", "chunk_rows"})
-    if unknown:
-        msg = f"reparse() got unexpected keyword arguments {unknown!r}"
-        raise TypeError(msg)
+    lock_timeout = check_lock_timeout(lock_timeout)
     frame = df.collect() if isinstance(df, pl.LazyFrame) else df
     if not isinstance(frame, pl.DataFrame):
         msg = f"reparse takes a polars DataFrame or LazyFrame, got {type(df).__name__}"
@@ -779,8 +796,10 @@ def reparse(
     answer = AnswerSchema(schema)
     cite_columns = citation_columns(answer.columns) if citations else []
     _check_collisions(
-        frame.columns, [*answer.columns, *cite_columns, *([RAW_COLUMN] if keep_raw else [])]
-    )
+        frame.columns,
+        [*answer.columns, *cite_columns, *([RAW_COLUMN] if keep_raw else []),
+         *([RESPONSE_COLUMN] if keep_responses else [])],
+    )  # fmt: skip
     manifest = _read_manifest(state)
     if manifest is None:
         msg = (
@@ -816,7 +835,7 @@ def reparse(
 
         jobs = attach_files(jobs, frame, files, salt=salt, scheme=scheme)
     # A writer: it must not interleave with a batch_llm call on the same folder.
-    with WriterLock(state, 0.0):
+    with WriterLock(state, lock_timeout):
         adopt_schema(state, new)
         store = StateStore(state, new)
         _revalidate(store, jobs.get_column("job_id"), answer)
@@ -825,7 +844,10 @@ def reparse(
         billed, on="job_id", how="left"
     )
     keys = jobs.select("job_id", "input_error")
-    return _assemble(frame, keys, results, answer, citations=citations, keep_raw=keep_raw)
+    return _assemble(
+        frame, keys, results, answer, citations=citations, keep_raw=keep_raw,
+        keep_responses=keep_responses,
+    )
 
 
 def _revalidate(store: StateStore, job_ids: pl.Series, answer: AnswerSchema) -> None:
@@ -993,15 +1015,12 @@ def with_estimates(
     from batchata_df.models import thinks
     from batchata_df.tokens import estimate_request_tokens, estimate_tokens, history_tokens
 
-    schema_text = json.dumps(spec.schema.json_schema) if spec.schema.json_schema else ""
-    if spec.schema_as_prompt and spec.schema.json_schema:
-        # sent as system prompt instead
-        schema_text = instruction(spec.schema.json_schema, cite=spec.citations)
     parts = []
     indexed = jobs.with_row_index("_order")
     answer = answer_tokens(spec.schema.json_schema)
     for (provider, model), group in indexed.group_by(["provider", "model"]):
         price = prices.require(str(provider), str(model), why)
+        schema_text = _schema_text(spec, str(provider), str(model))
         if spec.prompt_caching:
             from batchata_df.caching import cache_plan
 
@@ -1267,17 +1286,32 @@ def _model_pairs(jobs: pl.DataFrame) -> list[tuple[object, object]]:
     return jobs.select("provider", "model").drop_nulls().unique(maintain_order=True).rows()
 
 
+def _schema_text(spec: RequestSpec, provider: str, model: str) -> str:
+    """What a request of ``model`` carries of the schema.
+
+    The instruction that puts it in the system prompt (``RequestSpec.schema_in_prompt``),
+    its JSON, or nothing.
+    """
+    schema = spec.schema.json_schema
+    if schema is None:
+        return ""
+    if spec.schema_in_prompt(provider, model):
+        return instruction(schema, cite=spec.citations)
+    return json.dumps(schema)
+
+
 def _check_models(
     jobs: pl.DataFrame, params: Mapping[str, Any], *, structured: bool, citations: bool
 ) -> bool:
     """Every model of the run takes ``params`` and the features asked for, before spend.
 
-    Returns whether the schema goes to Claude in the system prompt
-    (``RequestSpec.schema_in_prompt``): a Claude model of the run takes no structured
-    output. The seed library asked every Claude model for JSON that way; OpenAI and Gemini
-    models without structured output are refused.
+    A schema on a Claude model without structured output goes in its system prompt
+    (``RequestSpec.schema_in_prompt``, as the seed library asked every Claude model); on an
+    OpenAI or Gemini model without it, it is refused. Returns whether no Claude model of the
+    run gets the schema as structured output (so Anthropic's structured-output limits do
+    not apply to it).
     """
-    in_prompt = False
+    claude_structured = False
     for provider, model in _model_pairs(jobs):
         check_provider(str(provider), str(model))
         check_endpoint(str(provider), str(model))
@@ -1291,16 +1325,17 @@ def _check_models(
                 "model that takes one such as 'o4-mini'"
             )
             raise ParamError(msg, model=str(model), param="system")
+        if provider == "anthropic" and family.structured_output:
+            claude_structured = True
         if structured and not family.structured_output and not citations:
             if provider == "anthropic":
-                in_prompt = True
                 continue
             msg = (
                 f"model {model!r} ({family.name}) does not take structured output (a JSON "
                 "schema); use a newer model of the family, or schema=None for text answers"
             )
             raise SchemaError(msg)
-    return in_prompt
+    return citations or not claude_structured
 
 
 
@@ -1406,14 +1441,11 @@ def _over_window(
     from batchata_df.models import context_window
 
     refused: list[pl.DataFrame] = []
-    schema = spec.schema.json_schema
-    schema_text = json.dumps(schema) if schema else ""
-    if spec.schema_as_prompt and schema:
-        schema_text = instruction(schema, cite=spec.citations)
     for provider, model in _model_pairs(jobs):
         window = context_window(str(provider), str(model))
         if window is None:
             continue
+        schema_text = _schema_text(spec, str(provider), str(model))
         name = {"google": "gemini"}.get(str(provider), str(provider))
         # In o200k_base tokens (or the OpenAI model's own), the most a row can hold and fit.
         limit = int(window / WINDOW_TOKENS_PER_O200K[name])

@@ -177,15 +177,15 @@ def stream_llm(
         raise ConfigError(msg)
     run_params = check_params(params, supported)
     check_param_values(run_params, needed)
-    in_prompt = fr._check_models(
+    no_claude_format = fr._check_models(
         probe_jobs, run_params, structured=answer.json_schema is not None, citations=citations
     )
     check_schema_limits(
-        answer.json_schema, needed, name=answer.name, citations=citations or in_prompt
+        answer.json_schema, needed, name=answer.name, citations=no_claude_format
     )
     spec = RequestSpec(
-        schema=answer, params=run_params, citations=citations, schema_in_prompt=in_prompt,
-        keep_responses=keep_responses, prompt_caching=prompt_caching,
+        schema=answer, params=run_params, citations=citations, keep_responses=keep_responses,
+        prompt_caching=prompt_caching,
     )  # fmt: skip
     if files is not None:
         from batchata_df.files import content_preparer

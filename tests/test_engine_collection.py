@@ -492,3 +492,21 @@ def test_citations_are_kept_for_completed_rows_only():
         ("a", "completed", cited),
         ("b", "failed", None),  # cut off: what it cited is not an answer
     ]
+
+
+def test_a_refusal_or_filter_that_also_hit_the_limit_stays_a_refusal():
+    # OpenAI: a refusal (or the content filter) whose finish_reason is "length". Advising
+    # a higher max_tokens would only pay for another refusal.
+    ended = BatchPoll(ProviderState.ENDED, "ended", None)
+    spec = RequestSpec(schema=AnswerSchema(None), params={"max_tokens": 100})
+    results = pl.DataFrame({
+        "job_id": ["a", "b"], "outcome": ["errored", "errored"], "text": [None, None],
+        "truncated": [True, True],
+        "error": ["refusal: I can't help with that", "content_filter: OpenAI's filter"],
+        "input_tokens": [1, 1], "output_tokens": [100, 100], "cached_tokens": [0, 0],
+        "cache_write_tokens": pl.Series([None] * 2, dtype=pl.Int64),
+    })
+    out = outcomes_to_events(pl.DataFrame({"job_id": ["a", "b"]}), results, ended, spec)
+    assert out["status"].to_list() == ["failed", "failed"]
+    assert out["error"].to_list() == ["refusal: I can't help with that",
+                                      "content_filter: OpenAI's filter"]

@@ -149,6 +149,10 @@ def test_reparse_takes_the_original_call_s_keyword_arguments(emu, tmp_path):
         df.pipe(reparse, schema=FixedReview, sink=tmp_path / "o.parquet", **call)
     with pytest.raises(TypeError, match="max_cost"):
         df.pipe(reparse, schema=FixedReview, max_cost=1.0, **call)
+    # As batch_llm: df by keyword, and keep_responses gives the _response column.
+    kept = reparse(df=df, schema=FixedReview, keep_responses=True, **call)
+    assert kept.columns[-1] == "_response"  # null here: the first call kept no responses
+    assert kept["_status"].to_list() == ["completed", "completed"]
 
 
 def test_reparse_needs_the_same_call(emu, tmp_path):

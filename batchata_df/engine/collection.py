@@ -150,12 +150,16 @@ def outcomes_to_events(
         .then(thinking_msg)
         .otherwise(truncated_msg)
     )
+    # Provider errors that say why the answer stopped, whatever the finish reason.
+    stopped = pl.col("error").fill_null("").str.contains(r"^(?:refusal|content_filter):")
     error = (
         pl.when(pl.col("outcome").is_null())
         .then(pl.lit(missing_error))
         .when(pl.col("outcome") == "canceled")
         .then(pl.lit(f"cancelled: {cancel_reason or 'provider_cancelled'}"))
-        .when(pl.col("outcome").is_in(["succeeded", "errored"]) & truncated)  # Gemini: no text
+        # Gemini: no text. A refusal or a filter that also hit the limit stays a refusal or
+        # a filter: more max_tokens would only pay for it again.
+        .when(pl.col("outcome").is_in(["succeeded", "errored"]) & truncated & ~stopped)
         .then(truncated_msg)
         .when(pl.col("outcome") == "succeeded")
         .then(pl.col("verr"))

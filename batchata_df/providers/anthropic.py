@@ -256,10 +256,11 @@ class AnthropicProvider:
             extra.update(thinking)
         if isinstance(extra.get("stop_sequences"), str):
             extra["stop_sequences"] = [extra["stop_sequences"]]
-        if spec.schema.json_schema is not None and not spec.schema_as_prompt:
+        if spec.schema.json_schema is not None and not spec.schema_in_prompt(self.name, model):
             # With citations the schema goes in the system prompt instead: Anthropic
             # refuses citations together with output_config.format (400); so it does for
             # a model without structured output (RequestSpec.schema_in_prompt).
+            # One model per call: the engine encodes each batch of one model.
             anthropic = _import_sdk()
             try:
                 schema = anthropic.transform_schema(spec.schema.json_schema)
@@ -276,9 +277,9 @@ class AnthropicProvider:
 
         ``jobs`` has ``job_id``, ``model``, ``prompt``, ``system`` and optionally
         ``content_json`` (a JSON array of Anthropic content blocks that replaces the prompt
-        text). With ``spec.schema_as_prompt`` (citations, or a model without structured
-        output), the system prompt starts with :func:`batchata_df.citations.instruction`
-        (the caller's ``system`` follows it).
+        text). When ``spec.schema_in_prompt`` for the jobs' model (citations, or a model
+        without structured output), the system prompt starts with
+        :func:`batchata_df.citations.instruction` (the caller's ``system`` follows it).
 
         Prompt caching (:func:`batchata_df.caching.cache_plan` columns, when present): a
         ``cache_system`` job sends its system prompt as one text block marked
@@ -298,7 +299,8 @@ class AnthropicProvider:
         # What no row uses is left out of the expression: a when/then computes its branch
         # for every row, taken or not (the same lines; tests/test_encode_bytes.py).
         no_system = all_null(jobs, "system")
-        if spec.schema_as_prompt and spec.schema.json_schema is not None:
+        model = str(jobs.get_column("model")[0]) if jobs.height else None
+        if spec.schema_in_prompt(self.name, model) and spec.schema.json_schema is not None:
             from batchata_df.citations import instruction
 
             ours = pl.lit(instruction(spec.schema.json_schema, cite=spec.citations))
@@ -902,15 +904,38 @@ def decode_results(data: Download, spec: RequestSpec | None = None) -> pl.DataFr
     )
     if citations and spec is not None:
         out = _with_citations(out, raw, spec)
-    elif spec is not None and spec.schema_as_prompt:
-        # Asked for JSON in the system prompt, Claude may still fence it (```json ... ```).
-        text = pl.col("text")
-        out = out.with_columns(pl.coalesce(text.str.extract(_FENCED, 1), text).alias("text"))
+    elif spec is not None and spec.schema.json_schema is not None:
+        out = out.with_columns(unfenced(pl.col("text")))
     return conform_results(out)
 
 
-_FENCED = r"(?s)\A\s*```[A-Za-z0-9_+-]*[ \t]*\r?\n(.*?)```\s*\z"
-"""An answer that is one code fence; group 1 is what it holds (``citations._FENCE``)."""
+_FENCED = r"(?s)```[A-Za-z0-9_+-]*[ \t]*\r?\n(.*?)```"
+"""A code fence; group 1 is what it holds (``citations._FENCE``)."""
+
+
+def unfenced(text: pl.Expr) -> pl.Expr:
+    r"""A schema answer's JSON: as it is, or what its first code fence holds.
+
+    Asked for JSON in the system prompt (a model without structured output), Claude may
+    fence it, with or without words around it. Whatever call collects a batch applies this
+    to every schema answer: an answer that starts as JSON (``{`` or ``[``) is left alone (a
+    fence inside one of its strings is data); any other could not have been valid as it
+    was.
+
+    Examples
+    --------
+    >>> texts = pl.Series(['{"a": 1}', '```json\n{"a": 2}\n```', 'Sure:\n```\n[3]\n```',
+    ...                    '{"s": "```x\n```"}', "no json", None])
+    >>> pl.select(unfenced(pl.lit(texts))).to_series().to_list()
+    ['{"a": 1}', '{"a": 2}\n', '[3]\n', '{"s": "```x\n```"}', 'no json', None]
+    """
+    starts_json = text.str.strip_chars_start().str.contains(r"^[\[{]")
+    return (
+        pl.when(starts_json)
+        .then(text)
+        .otherwise(pl.coalesce(text.str.extract(_FENCED, 1), text))
+        .alias("text")
+    )
 
 
 def _with_citations(out: pl.DataFrame, raw: pl.DataFrame, spec: RequestSpec) -> pl.DataFrame:

@@ -158,12 +158,6 @@ class RequestSpec:
     citations: bool = False
     """Citations on: no structured output, the schema goes in the system prompt instead
     and answers carry per-field citations (:mod:`batchata_df.citations`)."""
-    schema_in_prompt: bool = False
-    """The schema goes to Claude in the system prompt, not as structured output: set when a
-    Claude model of the run takes no structured output (Claude Opus 4, Sonnet 4, 3.7 and
-    older; ``models.Family.structured_output``), as the seed library did for every Claude
-    model. The answer is validated against the schema as any other; a code fence around
-    it is dropped."""
     keep_responses: bool = False
     """Keep each request's result as the provider sent it (``RESULTS.response``: the
     OpenAI output/error file line, the Anthropic results line, the Gemini result-file line
@@ -176,13 +170,35 @@ class RequestSpec:
     """Order jobs so that shared prefixes are adjacent and mark them for the provider's
     prompt cache (:mod:`batchata_df.caching`); the answers do not depend on it."""
 
-    @property
-    def schema_as_prompt(self) -> bool:
-        """Whether Claude gets the schema in the system prompt, not as structured output.
+    def schema_in_prompt(self, provider: str, model: str | None) -> bool:
+        """Whether ``model``'s requests carry the schema in the system prompt.
 
-        True with citations on, or for a model without structured output.
+        Claude gets the JSON Schema in the system prompt instead of ``output_config.format``
+        with citations on (Anthropic refuses both together), and on a model that takes no
+        structured output (Claude Opus 4, Sonnet 4, 3.7 and older:
+        ``models.Family.structured_output``), as the seed library did for every Claude
+        model. Decided per model, so one old model in a run changes nothing for the others.
+
+        Examples
+        --------
+        >>> from batchata_df.schema import AnswerSchema
+        >>> from pydantic import BaseModel
+        >>> class A(BaseModel):
+        ...     x: int
+        >>> spec = RequestSpec(AnswerSchema(A), {})
+        >>> [spec.schema_in_prompt("anthropic", m) for m in
+        ...  ("claude-sonnet-4-20250514", "claude-sonnet-4-5")]
+        [True, False]
+        >>> spec.schema_in_prompt("openai", "gpt-4-turbo")
+        False
         """
-        return (self.citations or self.schema_in_prompt) and self.schema.json_schema is not None
+        if self.schema.json_schema is None or provider != "anthropic":
+            return False
+        if self.citations:
+            return True
+        from batchata_df.models import family_of
+
+        return model is not None and not family_of(provider, model).structured_output
 
 
 RESULTS = pl.Schema(
