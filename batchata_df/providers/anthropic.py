@@ -905,12 +905,19 @@ def decode_results(data: Download, spec: RequestSpec | None = None) -> pl.DataFr
     if citations and spec is not None:
         out = _with_citations(out, raw, spec)
     elif spec is not None and spec.schema.json_schema is not None:
-        out = out.with_columns(unfenced(pl.col("text")))
+        # Nearly always every answer starts as JSON (structured output): nothing to do.
+        text = pl.col("text")
+        if not out.select((_starts_json(text) | text.is_null()).all()).item():
+            out = out.with_columns(unfenced(text))
     return conform_results(out)
 
 
 _FENCED = r"(?s)```[A-Za-z0-9_+-]*[ \t]*\r?\n(.*?)```"
 """A code fence; group 1 is what it holds (``citations._FENCE``)."""
+
+
+def _starts_json(text: pl.Expr) -> pl.Expr:
+    return text.str.contains(r"^\s*[\[{]")
 
 
 def unfenced(text: pl.Expr) -> pl.Expr:
@@ -929,9 +936,8 @@ def unfenced(text: pl.Expr) -> pl.Expr:
     >>> pl.select(unfenced(pl.lit(texts))).to_series().to_list()
     ['{"a": 1}', '{"a": 2}\n', '[3]\n', '{"s": "```x\n```"}', 'no json', None]
     """
-    starts_json = text.str.strip_chars_start().str.contains(r"^[\[{]")
     return (
-        pl.when(starts_json)
+        pl.when(_starts_json(text))
         .then(text)
         .otherwise(pl.coalesce(text.str.extract(_FENCED, 1), text))
         .alias("text")
