@@ -32,10 +32,13 @@ def anthropic_encode(self: Any, jobs: pl.DataFrame, spec: RequestSpec) -> pl.Ser
         pl.col("content_json") if "content_json" in jobs.columns else json_string(pl.col("prompt"))
     )
     system_text = pl.col("system")
-    if spec.citations and spec.schema.json_schema is not None:
+    # Changed on purpose (941e794): a Claude model without structured output gets the schema
+    # in the system prompt as citations do, without asking to cite.
+    model = str(jobs.get_column("model")[0]) if jobs.height else None
+    if spec.schema_in_prompt("anthropic", model) and spec.schema.json_schema is not None:
         from batchata_df.citations import instruction
 
-        ours = pl.lit(instruction(spec.schema.json_schema))
+        ours = pl.lit(instruction(spec.schema.json_schema, cite=spec.citations))
         theirs = pl.concat_str([pl.lit("\n\n"), pl.col("system")]).fill_null("")
         system_text = ours + theirs
     system = (
