@@ -7,6 +7,11 @@ pieces (:class:`~batchata_df.providers.base.JoinedChunks`) with its length. Chec
 
 * :class:`JoinedChunks` gives the bytes of a plain join, one item per piece, as often as
   it is iterated;
+* lines laid out by :func:`~batchata_df.providers.base.request_lines` (each followed by
+  the separator in Polars' buffers) are sent from those buffers, without a join: the
+  bodies are still the bytes of a plain join however the lines were sliced, filtered,
+  reordered or concatenated (any that cannot be, short lines among them, are joined), and
+  a batch of every provider's encoded lines is sent without one;
 * Anthropic's create carries a ``Content-Length`` (never chunked transfer encoding) and is
   sent as those pieces;
 * a body sent again, by the SDK's own retry (OpenAI's upload, Gemini's chunk upload), by
@@ -29,8 +34,14 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from batchata_df.errors import ProviderError
-from batchata_df.providers import make_provider
-from batchata_df.providers.base import BatchTag, JoinedChunks, JoinedLines, RequestSpec
+from batchata_df.providers import base, make_provider
+from batchata_df.providers.base import (
+    BatchTag,
+    JoinedChunks,
+    JoinedLines,
+    RequestSpec,
+    request_lines,
+)
 from batchata_df.schema import AnswerSchema
 
 TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
@@ -58,8 +69,12 @@ def test_joined_chunks_are_the_bytes_of_a_plain_join_one_item_a_piece(
     assert b"".join(items) == expected
     assert all(type(item) is bytes and item for item in items)
     assert list(body) == items  # a second iteration (a resend) starts from the first byte
-    # One item per piece of lines (the prefix with the first, the suffix with the last),
-    # none empty.
+    if base._line_runs(series, sep) is not None:  # a few long lines: sent as they lie
+        size = piece or JoinedLines.PIECE_BYTES
+        assert all(size <= len(item) <= max(size, len(prefix)) + 1 for item in items[:-1])
+        return
+    # Joined: one item per piece of lines (the prefix with the first, the suffix with the
+    # last), none empty.
     per_line = max(1, (len(expected) - len(prefix) - len(suffix)) // len(lines)) if lines else 1
     rows = max(1, (piece or JoinedLines.PIECE_BYTES) // per_line)
     pieces = [
@@ -73,6 +88,116 @@ def test_joined_chunks_are_the_bytes_of_a_plain_join_one_item_a_piece(
 def test_joined_chunks_refuse_a_null_line() -> None:
     with pytest.raises(ValueError, match="null"):
         JoinedChunks(pl.Series(["{}", None]), ",")
+
+
+LINE_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
+"""Any text, the empty string and the separators among it (a line of at most 12 bytes is
+inlined in its view by Polars, so a batch with one is joined instead)."""
+
+
+@st.composite
+def laid_out_lines(draw: st.DrawFn, sep: str) -> tuple[pl.Series, list[str]]:
+    """Lines from :func:`request_lines`, then sliced, filtered, reordered or concatenated."""
+    texts = draw(st.lists(LINE_TEXT, max_size=40))
+    short = draw(st.booleans())  # else long enough never to be inlined
+
+    def lines_of(texts: list[str]) -> pl.Series:
+        line = pl.col("t") if short else pl.concat_str([pl.lit('{"custom_id":"x-'), pl.col("t")])
+        return request_lines(pl.DataFrame({"t": texts}, schema={"t": pl.String}), line, sep)
+
+    series = lines_of(texts)
+    how = draw(st.sampled_from(["as is", "slice", "filter", "reverse", "concat", "repeat"]))
+    n = series.len()
+    if how == "slice" and n:
+        start = draw(st.integers(0, n - 1))
+        series = series.slice(start, draw(st.integers(0, n - start)))
+    elif how == "filter":
+        series = series.filter(pl.Series(draw(st.lists(st.booleans(), min_size=n, max_size=n)),
+                                         dtype=pl.Boolean))  # fmt: skip
+    elif how == "reverse":
+        series = series.reverse()
+    elif how == "concat":  # two encodes, as two input chunks: several chunks, or rechunked
+        other = lines_of(draw(st.lists(LINE_TEXT, max_size=10)))
+        series = pl.concat([series, other], rechunk=draw(st.booleans()))
+    elif how == "repeat" and n:  # the same line twice (one place in the buffer)
+        series = series.gather([0, *range(n), 0])
+    return series, series.to_list()
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    data=st.data(),
+    sep=st.sampled_from([",", "\n"]),
+    prefix=st.binary(max_size=14),
+    suffix=st.binary(max_size=3),
+    sizes=st.lists(st.integers(-1, 200), min_size=1, max_size=8),
+    piece=st.none() | st.integers(1, 300),
+)
+def test_lines_sent_as_they_lie_are_the_bytes_of_a_plain_join(
+    data: st.DataObject, sep: str, prefix: bytes, suffix: bytes, sizes: list[int],
+    piece: int | None,
+) -> None:
+    """Whichever way the body is made (from Polars' buffers or joined), the same bytes."""
+    series, lines = data.draw(laid_out_lines(sep))
+    expected = prefix + sep.join(lines).encode() + suffix
+    chunks = JoinedChunks(series, sep, prefix=prefix, suffix=suffix, piece_bytes=piece)
+    items = list(chunks)
+    assert len(chunks) == len(expected) and b"".join(items) == expected
+    assert all(type(item) is bytes and item for item in items) and list(chunks) == items
+    body = JoinedLines(series, sep, prefix=prefix, suffix=suffix, piece_bytes=piece)
+    assert len(body) == len(expected)
+    got = b"".join(body.read(size) for size in sizes) + body.read()
+    assert got == expected
+    at = len(expected) // 3
+    assert body.seek(at) == at and body.read() == expected[at:]  # a seek back: again
+    assert series.to_list() == lines  # the lines themselves are what they were
+
+
+def test_request_lines_are_the_lines_and_lie_back_to_back() -> None:
+    """Long lines: one run a data buffer; any short line, or another separator: joined."""
+    texts = [f"{i}: naïve ✓ {',' * (i % 3)}\n" * (1 + i % 40) for i in range(3_000)]
+    jobs = pl.DataFrame({"t": texts})
+    line = pl.concat_str([pl.lit('{"custom_id":"'), pl.col("t"), pl.lit('"}')])
+    expected = jobs.select(line).to_series()
+    for sep in (",", "\n"):
+        lines = request_lines(jobs, line, sep)
+        assert lines.equals(expected, check_names=False)
+        runs = base._line_runs(lines, sep)
+        assert runs is not None and len(runs) < 20
+        body = sep.encode().join(bytes(run) for run in runs)
+        assert body == sep.join(expected.to_list()).encode()
+        other = "\n" if sep == "," else ","
+        assert base._line_runs(lines, other) is None  # what lies between is not its separator
+    with_short = request_lines(pl.DataFrame({"t": [*texts[:5], "ab"]}), pl.col("t"), ",")
+    assert base._line_runs(with_short, ",") is None  # "ab" is inlined in its view
+
+
+@pytest.mark.parametrize("name", ["openai", "anthropic", "gemini"])
+def test_an_encoded_batch_is_sent_without_a_join(
+    emu: Any, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """Each provider's encoded lines, sliced as the planner slices a batch, go to the
+    emulator from Polars' buffers: no ``Series.str.join`` of them, the same bytes."""
+    from batchata_df.providers.gemini import GeminiProvider
+
+    monkeypatch.setattr(JoinedLines, "PIECE_BYTES", 50_000)
+    monkeypatch.setattr(GeminiProvider, "inline_max_bytes", 0)  # through a file
+    emu.configure(log_bodies=True)
+    encoded, _ = _lines(name, 400)
+    lines = encoded.slice(37, 300)  # a batch of the planner: a slice of the encoded chunk
+    prefix, suffix, sep = FRAMING[name]
+    expected = hashlib.sha256(prefix + sep.join(lines.to_list()).encode() + suffix).hexdigest()
+    joins: list[int] = []
+    view = base._utf8_view  # the joined path's only way to the bytes of a join
+
+    def counted(one: pl.Series) -> memoryview:
+        joins.append(1)
+        return view(one)
+
+    monkeypatch.setattr(base, "_utf8_view", counted)
+    make_provider(name).submit(lines, model=MODEL[name], tag=_tag("b1"))
+    assert _received(emu, name) == [(200, expected)]
+    assert joins == []
 
 
 class Answer(BaseModel):
@@ -201,6 +326,7 @@ def test_anthropic_sends_its_body_in_whole_pieces_with_its_length(
             and "content-length" in h and int(h["content-length"]) > 65_536]  # fmt: skip
     assert len(sent) == 1
     assert int(sent[0]["content-length"]) == sum(items) and "transfer-encoding" not in sent[0]
-    assert len(items) == math.ceil(lines.len() / (100_000 // (sum(items) // lines.len())))
-    assert len(items) >= 3 and min(items[:-1]) > 65_536  # the last: what is left
+    # The lines lie back to back in Polars' buffers (request_lines): 100,000 bytes an item.
+    assert len(items) == math.ceil(sum(items) / 100_000) >= 3
+    assert all(100_000 <= item <= 100_001 for item in items[:-1])  # the last: what is left
     assert _received(emu, "anthropic") == [(200, expected)]

@@ -53,6 +53,7 @@ from batchata_df.providers.base import (
     kept_response,
     none_true,
     read_jsonl,
+    request_lines,
     result_lines,
     retry_after_seconds,
     streamed_download,
@@ -384,7 +385,9 @@ class AnthropicProvider:
                 pl.lit("}}"),
             ]
         )
-        return jobs.select(line.alias("line")).to_series()
+        # Each line followed by the comma between two requests of the body's array, in
+        # Polars' buffers: the body is sent from them as they lie (base.request_lines).
+        return request_lines(jobs, line, ",")
 
     def line_overhead(self) -> int:
         """One comma per request in the ``requests`` array."""

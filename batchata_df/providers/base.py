@@ -29,6 +29,7 @@ __all__ = [
     "ORPHAN_SEARCH_MAX_LISTED",
     "JoinedChunks",
     "JoinedLines",
+    "request_lines",
     "ORPHAN_SEARCH_SECONDS",
     "bounded_listing",
     "RESULTS",
@@ -801,12 +802,94 @@ def _body_plan(
     return len(prefix) + body + len(suffix), max(1, piece_bytes // per_line)
 
 
-def _body_chunks(
-    lines: pl.Series, sep: str, rows: int, prefix: bytes, suffix: bytes
-) -> Iterator[tuple[memoryview, ...]]:
-    """The body in chunks of views (no copy): each about ``rows`` lines joined by Polars.
+def request_lines(jobs: pl.DataFrame, line: pl.Expr, sep: str) -> pl.Series:
+    r"""Each job's request line (``line``), laid out in memory so its body needs no join.
 
-    The first chunk starts with ``prefix``, every other with ``sep``; the last ends with
+    Polars computes ``line`` followed by ``sep`` and then drops that last character
+    (``str.head(-1)``: new 16-byte views over the same data, no copy of a line). The lines
+    are those of ``line`` alone, but in Polars' buffers each is followed by ``sep``, one
+    after the other in row order: :class:`JoinedLines` and :class:`JoinedChunks` send a
+    run of them as it lies there (:func:`_line_runs`) instead of joining them again.
+    ``sep`` is one ASCII character: what the provider's body puts between two lines.
+
+    Examples
+    --------
+    >>> jobs = pl.DataFrame({"id": ["a" * 20, "b" * 20]})
+    >>> lines = request_lines(jobs, pl.concat_str([pl.lit("line "), pl.col("id")]), "\n")
+    >>> lines.to_list() == ["line " + "a" * 20, "line " + "b" * 20]
+    True
+    >>> [bytes(run) for run in _line_runs(lines, "\n") or []] == [
+    ...     b"\n".join(line.encode() for line in lines)]
+    True
+    """
+    terminated = pl.concat_str([line, pl.lit(sep)]).alias("line")
+    return jobs.select(terminated).to_series().str.head(-1)
+
+
+def _line_runs(lines: pl.Series, sep: str) -> list[memoryview] | None:
+    """The joined lines as views over Polars' data buffers (no copy), or ``None``.
+
+    Polars stores strings as Arrow's ``string_view``: per value a 16-byte view (length,
+    prefix, buffer index, offset; the Arrow format's "Variable-size Binary View Layout",
+    little-endian; a value of at most 12 bytes is inlined in its view), the bytes of
+    longer values in data buffers. Lines from :func:`request_lines` lie in those buffers
+    back to back, each followed by ``sep``. Here, with the views in numpy: wherever line
+    ``i + 1`` starts one byte after line ``i`` ends, in the same buffer, and that byte is
+    ``sep``, both lie in one run ``line_i sep line_i+1``; a run ends where that does not
+    hold. The body is then the runs with ``sep`` between them. ``None`` (join them
+    instead) when a line is inlined, the array is not one ``string_view`` chunk, ``sep``
+    is not one byte, or the runs are many (over ``64 + n / 256``: lines reordered,
+    filtered or built elsewhere; joining those costs less than many small views).
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    n = lines.len()
+    between = sep.encode()
+    if not n or len(between) != 1 or lines.null_count():
+        return None
+    array = lines.to_arrow(compat_level=pl.CompatLevel.newest())
+    if isinstance(array, pa.ChunkedArray):
+        if array.num_chunks != 1:
+            return None
+        array = array.chunk(0)
+    if array.type != pa.string_view():
+        return None
+    buffers = array.buffers()
+    views = np.frombuffer(buffers[1], dtype="<i4").reshape(-1, 4)[array.offset : array.offset + n]
+    length = views[:, 0].astype(np.int64)
+    if bool((length <= 12).any()):  # inlined: its bytes are in the view, not a buffer
+        return None
+    index, start = views[:, 2], views[:, 3].astype(np.int64)
+    end = start + length
+    joined = (index[1:] == index[:-1]) & (start[1:] == end[:-1] + 1)
+    cuts = np.flatnonzero(~joined) + 1
+    if cuts.size > n // 256 + 64:
+        return None
+    runs: list[memoryview] = []
+    for first, stop in zip([0, *cuts.tolist()], [*cuts.tolist(), n], strict=True):
+        data = buffers[2 + int(index[first])]
+        gaps = end[first : stop - 1]  # where sep must be, inside this run
+        if gaps.size and bool((np.frombuffer(data, dtype=np.uint8)[gaps] != between[0]).any()):
+            return None
+        runs.append(memoryview(data)[int(start[first]) : int(end[stop - 1])])
+    return runs
+
+
+def _body_chunks(
+    lines: pl.Series,
+    sep: str,
+    rows: int,
+    prefix: bytes,
+    suffix: bytes,
+    runs: list[memoryview] | None = None,
+    piece_bytes: int = 1 << 20,
+) -> Iterator[tuple[memoryview, ...]]:
+    """The body in chunks of views (no copy).
+
+    With ``runs`` (:func:`_line_runs`), chunks of about ``piece_bytes`` cut from the runs,
+    ``sep`` between two runs; otherwise each chunk about ``rows`` lines joined by Polars,
+    the first starting with ``prefix``, every other with ``sep``. The last chunk ends with
     ``suffix``. A chunk's views joined are a contiguous stretch of the body.
     """
     n = lines.len()
@@ -814,10 +897,35 @@ def _body_chunks(
         yield memoryview(prefix), memoryview(suffix)
         return
     between = memoryview(sep.encode())
+    if runs is not None:
+        yield from _run_chunks(runs, between, prefix, suffix, piece_bytes)
+        return
     for start in range(0, n, rows):
         head = memoryview(prefix) if not start else between
         joined = _utf8_view(lines.slice(start, rows).str.join(sep))
         yield (head, joined, memoryview(suffix)) if start + rows >= n else (head, joined)
+
+
+def _run_chunks(
+    runs: list[memoryview], between: memoryview, prefix: bytes, suffix: bytes, piece: int
+) -> Iterator[tuple[memoryview, ...]]:
+    """``prefix``, the runs with ``between`` between two, ``suffix``: chunks of ~``piece``."""
+    chunk, size = [memoryview(prefix)], len(prefix)
+    for k, run in enumerate(runs):
+        if k:
+            chunk.append(between)
+            size += between.nbytes
+        at = 0
+        while at < run.nbytes:
+            take = min(max(piece - size, 1), run.nbytes - at)
+            chunk.append(run[at : at + take])
+            size += take
+            at += take
+            if size >= piece:
+                yield tuple(chunk)
+                chunk, size = [], 0
+    chunk.append(memoryview(suffix))
+    yield tuple(chunk)
 
 
 class JoinedLines(io.RawIOBase):
@@ -827,7 +935,9 @@ class JoinedLines(io.RawIOBase):
     that list of one Python string per line, the joined ``str``, its encoded copy and the
     copies that add ``prefix`` and ``suffix``: at 1M rows those copies were most of the
     submit's system time, every one a fresh buffer of a batch's size faulted in page by
-    page. Instead Polars joins about ``piece_bytes`` of lines at a time
+    page. Lines from :func:`request_lines` already lie in Polars' buffers with ``sep``
+    between them: the body is views over those buffers (:func:`_line_runs`), no join at
+    all. Any other lines Polars joins about ``piece_bytes`` at a time
     (``Series.str.join``), as the HTTP client reads: buffers of that size are reused by the
     allocators, none of a batch's size is made. The SDKs take it as a file (``read``, and
     ``seek`` to learn the length; a seek back to the start reads the lines again). Each
@@ -844,7 +954,7 @@ class JoinedLines(io.RawIOBase):
     prefix, suffix
         Bytes before the first line and after the last.
     piece_bytes
-        About how many bytes of lines Polars joins at a time.
+        About how many bytes a piece holds (lines Polars joins at a time, when joined).
 
     Examples
     --------
@@ -867,10 +977,10 @@ class JoinedLines(io.RawIOBase):
         piece_bytes: int | None = None,
     ) -> None:
         super().__init__()
-        self._len, self._rows = _body_plan(
-            lines, sep, prefix, suffix, piece_bytes or self.PIECE_BYTES
-        )
+        self._piece_bytes = piece_bytes or self.PIECE_BYTES
+        self._len, self._rows = _body_plan(lines, sep, prefix, suffix, self._piece_bytes)
         self._lines, self._sep = lines, sep
+        self._runs = _line_runs(lines, sep)
         self._prefix, self._suffix = prefix, suffix
         self._pos = 0  # where the caller is
         self._restart()
@@ -879,7 +989,10 @@ class JoinedLines(io.RawIOBase):
         # The generator must not hold ``self`` (a cycle): the body, and with it the
         # batch's lines, is then freed as soon as the SDK lets go of it, not at the cyclic
         # collector's next full pass (which kept several batches' lines, +160 MB at 1M).
-        chunks = _body_chunks(self._lines, self._sep, self._rows, self._prefix, self._suffix)
+        chunks = _body_chunks(
+            self._lines, self._sep, self._rows, self._prefix, self._suffix,
+            self._runs, self._piece_bytes,
+        )
         self._pieces = (view for chunk in chunks for view in chunk)
         self._piece = memoryview(b"")
         self._at = 0  # in the current piece
@@ -954,12 +1067,13 @@ class JoinedChunks:
 
     An HTTP client reads a file body in small fixed reads (httpx: 64 KiB, each its own
     write to the socket); it sends an iterable body one item at a time. Each item here is
-    one piece of about ``piece_bytes`` joined by Polars (with the separator before it, or
-    ``prefix`` / ``suffix``), copied once into ``bytes``. Every ``iter()`` starts again
-    from the first byte, so a request sent again (a retry) sends the same bytes. It has no
-    ``read``: a client that finds one reads a file instead. The client learns the length
-    from ``len()`` only: send it as the ``Content-Length`` header (httpx then sends the
-    items as they are, not in chunked transfer encoding).
+    one piece of about ``piece_bytes``, copied once into ``bytes``: cut from the lines as
+    they lie in Polars' buffers (:func:`request_lines`), or else about ``piece_bytes`` of
+    lines joined by Polars (the separator before it, or ``prefix`` / ``suffix``). Every
+    ``iter()`` starts again from the first byte, so a request sent again (a retry) sends
+    the same bytes. It has no ``read``: a client that finds one reads a file instead. The
+    client learns the length from ``len()`` only: send it as the ``Content-Length`` header
+    (httpx then sends the items as they are, not in chunked transfer encoding).
 
     Parameters
     ----------
@@ -983,10 +1097,10 @@ class JoinedChunks:
         suffix: bytes = b"",
         piece_bytes: int | None = None,
     ) -> None:
-        self._len, self._rows = _body_plan(
-            lines, sep, prefix, suffix, piece_bytes or JoinedLines.PIECE_BYTES
-        )
+        self._piece_bytes = piece_bytes or JoinedLines.PIECE_BYTES
+        self._len, self._rows = _body_plan(lines, sep, prefix, suffix, self._piece_bytes)
         self._lines, self._sep = lines, sep
+        self._runs = _line_runs(lines, sep)
         self._prefix, self._suffix = prefix, suffix
 
     def __len__(self) -> int:
@@ -994,7 +1108,10 @@ class JoinedChunks:
 
     def __iter__(self) -> Iterator[bytes]:
         """The pieces from the first, each a ``bytes`` of about ``piece_bytes``."""
-        chunks = _body_chunks(self._lines, self._sep, self._rows, self._prefix, self._suffix)
+        chunks = _body_chunks(
+            self._lines, self._sep, self._rows, self._prefix, self._suffix,
+            self._runs, self._piece_bytes,
+        )
         for chunk in chunks:
             data = b"".join(chunk)
             if data:

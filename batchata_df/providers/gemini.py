@@ -60,6 +60,7 @@ from batchata_df.providers.base import (
     json_object,
     json_string,
     read_jsonl,
+    request_lines,
     result_lines,
     strip_ends,
     whole_download,
@@ -480,7 +481,9 @@ class GeminiProvider:
                 pl.lit(f',"generationConfig":{config}}}}}'),
             ]
         )
-        return jobs.select(line.alias("line")).to_series()
+        # Each line followed by the JSONL file's newline in Polars' buffers: the body is sent
+        # from them as they lie (base.request_lines), not joined again.
+        return request_lines(jobs, line, "\n")
 
     def line_overhead(self) -> int:
         """One newline per request line."""

@@ -48,6 +48,7 @@ from batchata_df.providers.base import (
     json_string,
     kept_response,
     read_jsonl,
+    request_lines,
     result_lines,
     retry_after_seconds,
     streamed_download,
@@ -300,7 +301,9 @@ class OpenAIProvider:
                 pl.lit("}}"),
             ]
         )
-        return jobs.select(line.alias("line")).to_series()
+        # Each line followed by the JSONL file's newline in Polars' buffers: the body is sent
+        # from them as they lie (base.request_lines), not joined again.
+        return request_lines(jobs, line, "\n")
 
     def line_overhead(self) -> int:
         """One newline per request line."""
