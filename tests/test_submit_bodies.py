@@ -170,6 +170,16 @@ def test_request_lines_are_the_lines_and_lie_back_to_back() -> None:
         assert base._line_runs(lines, other) is None  # what lies between is not its separator
     with_short = request_lines(pl.DataFrame({"t": [*texts[:5], "ab"]}), pl.col("t"), ",")
     assert base._line_runs(with_short, ",") is None  # "ab" is inlined in its view
+    # Two encodes concatenated (big enough for Polars to keep their buffers): the
+    # second's first line starts one byte after where the first's last line ends, but in
+    # another buffer. Not one run.
+    ids = [f"{i:06d}" + "x" * 80 for i in range(20_000)]
+    first = request_lines(pl.DataFrame({"t": ids}), line, ",")
+    twice = pl.DataFrame({"t": [*ids, *("y" + t[1:] for t in ids)]})
+    both = pl.concat([first, request_lines(twice, line, ",").slice(len(ids))], rechunk=False)
+    runs = base._line_runs(both, ",")
+    assert runs is not None
+    assert b",".join(bytes(run) for run in runs) == ",".join(both.to_list()).encode()
 
 
 @pytest.mark.parametrize("name", ["openai", "anthropic", "gemini"])
