@@ -605,11 +605,12 @@ JOB_SALT_KEY = "job_salt"
 ID_SCHEME_KEY = "job_ids"
 """Fingerprint entry naming the scheme of the folder's job ids (:data:`~batchata_df.jobs.IdScheme`).
 
-Folders record it since the ``"hmac-sha256"`` scheme; a folder without it holds
-``"blake2b"`` ids (it was written before), and keeps them.
+Folders record it since the ``"hmac-sha256"`` scheme (``"hmac-sha256-v2"`` since job keys
+are injective); a folder without it holds ``"blake2b"`` ids (it was written before), and
+keeps them. A folder keeps its scheme.
 """
 
-ID_SCHEME: IdScheme = "hmac-sha256"
+ID_SCHEME: IdScheme = "hmac-sha256-v2"
 """The scheme of new folders and of calls without one."""
 
 
@@ -662,6 +663,8 @@ def _id_scheme(
     scheme = recorded[ID_SCHEME_KEY]
     if scheme == ID_SCHEME:
         return ID_SCHEME
+    if scheme == "hmac-sha256":  # written before keys were injective (jobs.job_keys)
+        return "hmac-sha256"
     if scheme == "blake2b":
         msg = (
             f"checkpoint folder {str(state)!r} names job id scheme 'blake2b', which no "
