@@ -445,7 +445,9 @@ def job_keys(jobs: pl.DataFrame, *, scheme: IdScheme) -> pl.Series:
     texts = ["provider", "model", "system", "prompt"]
     texts += ["_extra_key"] if extra is not None else []
     unsafe = jobs.select(
-        pl.any_horizontal(pl.col(c).str.contains("[\x00\x01]") for c in texts).fill_null(False)
+        pl.any_horizontal(
+            pl.col(c).cast(pl.String).str.contains("[\x00\x01]") for c in texts
+        ).fill_null(False)
     ).to_series()
     if not unsafe.any():
         return keys
@@ -455,12 +457,12 @@ def job_keys(jobs: pl.DataFrame, *, scheme: IdScheme) -> pl.Series:
             pl.concat_str([e.str.len_bytes().cast(pl.String), pl.lit(":"), e])
         )
 
-    raw = [pl.col("provider"), pl.col("model"), pl.col("system"), pl.col("prompt")]
+    raw = [pl.col(c).cast(pl.String) for c in ("provider", "model", "system", "prompt")]
     pieces = [pl.lit("\x00")] + [field(e) for e in raw]
     if history is not None:
         pieces += [pl.lit("h"), field(history)]
     if extra is not None:
-        pieces += [pl.lit("f"), field(pl.col("_extra_key"))]
+        pieces += [pl.lit("f"), field(pl.col("_extra_key").cast(pl.String))]
     rows = unsafe.arg_true()
     escaped = jobs[rows].select(pl.concat_str(pieces).alias("job_id")).to_series()
     return keys.scatter(rows, escaped)
