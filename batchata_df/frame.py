@@ -454,7 +454,7 @@ def batch_llm(
     if dry_run:  # reads the folder without its lock: as checked above
         # "Already spent" counts lost realtime requests at their worst case, as the run's
         # cap would (it refuses what it cannot price; a dry run without a cap warns).
-        if state is not None:
+        if state is not None and Path(state).is_dir():
             stored_unpriced += price_lost_requests(
                 state, _lost_worst(unestimated, spec, prices), recorded=True,
                 refuse=max_cost_usd is not None,

@@ -241,7 +241,7 @@ def stream_llm(
         # A dry run reads the folder without its lock: as checked above. "Already spent"
         # counts lost realtime requests at their recorded worst case, as the run's cap
         # would (a streamed call cannot price those without one: refused under a cap).
-        if state is not None:
+        if state is not None and Path(state).is_dir():
             stored_unpriced += price_lost_requests(
                 state, None, recorded=True, refuse=max_cost_usd is not None
             )
@@ -1345,6 +1345,7 @@ def stream_plan(
     earlier chunk already had is a ``duplicate``. Nothing is written to the state folder.
     """
     from batchata_df.engine import plan_batches, settled
+    from batchata_df.engine.recovery import as_lost
     from batchata_df.plan import PLAN_COLUMNS, plan_columns, plan_status
 
     store = None
@@ -1378,6 +1379,7 @@ def stream_plan(
             done = pl.Series("job_id", [], dtype=pl.String)
             if store is not None:
                 latest, _ = store.snapshot(ids, index)
+                latest = as_lost(latest)  # left in flight: lost, not sent again (the run)
                 done = settled(latest, retry_failed=options.retry_failed).get_column("job_id")
             sendable = jobs.filter(pl.col("input_error").is_null())
             todo = (
