@@ -453,6 +453,13 @@ def batch_llm(
         provider_patience_s=patience_s,
     )
     if dry_run:  # reads the folder without its lock: as checked above
+        # "Already spent" counts lost realtime requests at their worst case, as the run's
+        # cap would (it refuses what it cannot price; a dry run without a cap warns).
+        if state is not None:
+            stored_unpriced += price_lost_requests(
+                state, _lost_worst(unestimated, spec, prices), recorded=True,
+                refuse=max_cost_usd is not None,
+            )  # fmt: skip
         options = dataclasses.replace(options, stored_unpriced_usd=stored_unpriced)
         from batchata_df.plan import dry_run_plan
 

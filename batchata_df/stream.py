@@ -60,7 +60,7 @@ from batchata_df.state import (
     WriterLock,
     check_lock_timeout,
 )
-from batchata_df.validate import check_run_arguments
+from batchata_df.validate import check_run_arguments, price_lost_requests
 
 __all__ = ["DEFAULT_CHUNK_ROWS", "stream_llm"]
 
@@ -242,7 +242,13 @@ def stream_llm(
             from batchata_df.progress import make_display
 
             show = make_display(max_cost_usd=max_cost_usd).show_plan
-        # A dry run reads the folder without its lock: as checked above.
+        # A dry run reads the folder without its lock: as checked above. "Already spent"
+        # counts lost realtime requests at their recorded worst case, as the run's cap
+        # would (a streamed call cannot price those without one: refused under a cap).
+        if state is not None:
+            stored_unpriced += price_lost_requests(
+                state, None, recorded=True, refuse=max_cost_usd is not None
+            )
         options = dataclasses.replace(options, stored_unpriced_usd=stored_unpriced)
         with tempfile.TemporaryDirectory(prefix="batchata-df-plan-") as plan_dir:
             source = ChunkSource(lf, Path(plan_dir), rows, jobs_of, estimate, expected)
