@@ -46,7 +46,7 @@ from pydantic import BaseModel
 from batchata_df.cost import PriceOverride, PriceTable
 from batchata_df.engine import Engine, RunOptions
 from batchata_df.engine.driver import job_states_of, with_unavailable
-from batchata_df.errors import ConfigError
+from batchata_df.errors import ConfigError, FileInputError
 from batchata_df.jobindex import JobIndex
 from batchata_df.jobs import build_jobs, check_param_values, check_params
 from batchata_df.providers import SUPPORTED_PARAMS, make_provider
@@ -213,7 +213,7 @@ def stream_llm(
 
     recorded = fr._recorded_lookup(state, fingerprint, retry_failed=retry_failed)
 
-    def jobs_of(chunk: pl.DataFrame) -> pl.DataFrame:
+    def jobs_of(chunk: pl.DataFrame, first_row: int = 0) -> pl.DataFrame:
         jobs = build_jobs(
             chunk, model=model, prompt=prompt, system=system, salt=salt, scheme=scheme,
             history=history,
@@ -221,7 +221,9 @@ def stream_llm(
         if files is not None:
             from batchata_df.files import attach_files
 
-            jobs = attach_files(jobs, chunk, files, salt=salt, scheme=scheme)
+            jobs = attach_files(
+                jobs, chunk, files, salt=salt, scheme=scheme, first_row=first_row
+            )
         return fr._over_window(jobs, spec, recorded)
 
     # A dry run's expected cost learns from the answers already in the folder, as in memory.
@@ -251,7 +253,9 @@ def stream_llm(
             )
         options = dataclasses.replace(options, stored_unpriced_usd=stored_unpriced)
         with tempfile.TemporaryDirectory(prefix="batchata-df-plan-") as plan_dir:
-            source = ChunkSource(lf, Path(plan_dir), rows, jobs_of, estimate, expected)
+            source = ChunkSource(
+                lf, Path(plan_dir), rows, jobs_of, estimate, expected, sends=False
+            )
             stream_plan(
                 source, sink_path, spec, options, state, fingerprint, show,
                 pl.DataFrame(schema=lf.collect_schema()),
@@ -713,11 +717,15 @@ class ChunkSource:
         lf: pl.LazyFrame,
         spill: Path,
         chunk_rows: int,
-        jobs_of: Callable[[pl.DataFrame], pl.DataFrame],
+        jobs_of: Callable[[pl.DataFrame, int], pl.DataFrame],
         estimate: Callable[[pl.DataFrame], pl.DataFrame],
         expected_rows: int,
+        *,
+        sends: bool = True,
     ) -> None:
         self.spill, self.jobs_of, self.estimate = spill, jobs_of, estimate
+        self.sends = sends
+        """Whether the chunks read go to an engine that sends them (not a dry run's plan)."""
         self.expected_rows = expected_rows
         self.rows_seen = 0
         self.files: list[Path] = []
@@ -751,7 +759,20 @@ class ChunkSource:
             raise ConfigError(msg) from e
         if chunk is None:
             return None
-        jobs = self.jobs_of(chunk)
+        try:
+            jobs = self.jobs_of(chunk, self.rows_seen)
+        except FileInputError as e:
+            # The files of a chunk are read when the chunk is (reading every file up
+            # front, as in memory, would read each twice): one found bad in a later chunk
+            # comes after the earlier chunks were sent.
+            if not (self.sends and self.rows_seen):
+                raise
+            msg = (
+                f"{e}. Found after {self.rows_seen:,} rows were read and sent: fix the file "
+                "and call again with the same state=: the batches already sent are kept in "
+                "the state folder and are collected then, never sent or paid for twice"
+            )
+            raise FileInputError(msg) from e
         ids = jobs.get_column("job_id")
         later = pl.repeat(False, chunk.height, dtype=pl.Boolean, eager=True).alias(_LATER)
         hit = self.seen.check_and_add(ids) if self.seen is not None else None
@@ -813,7 +834,7 @@ class ChunkSource:
             .unique(_JOB, keep="first", maintain_order=True)
             .collect()
         )
-        jobs = self.jobs_of(rows.drop(_JOB, _ERR, _LATER))
+        jobs = self.jobs_of(rows.drop(_JOB, _ERR, _LATER), 0)
         return self.estimate(jobs.filter(pl.col("input_error").is_null()).drop("input_error"))
 
 

@@ -351,3 +351,38 @@ def test_a_bad_history_turn_in_a_later_chunk_is_refused_before_anything_is_sent(
                     chunk_rows=2, history="h", **KW).collect()  # type: ignore[arg-type]
     assert out["_status"].to_list() == ["completed"] * 6
     assert len(billed_once(emu, 6)) == 6
+
+
+def test_a_missing_file_in_a_later_chunk_names_its_input_row_and_what_was_kept(emu, tmp_path):
+    """A chunk's files are read with the chunk (reading every file up front would read
+    each twice): a bad one in a later chunk is found after the earlier chunks were sent.
+    The error named the row within its chunk ("row 1" for input row 3) and said nothing
+    of what was sent; the fixed call collects that and pays nothing twice."""
+    from batchata_df.errors import FileInputError
+
+    docs = [tmp_path / f"d{i}.txt" for i in range(4)]
+    for i, doc in enumerate(docs[:3]):
+        doc.write_text(f"doc {i}")
+    path = tmp_path / "in.parquet"
+    pl.DataFrame({"text": list("abcd"), "f": [str(d) for d in docs]}).write_parquet(path)
+    args: dict[str, object] = {"state": tmp_path / "st", "sink": tmp_path / "out.parquet",
+                               "chunk_rows": 2, "files": "f", **KW}  # fmt: skip
+    with pytest.raises(FileInputError, match=r"row 3, .*d3\.txt.*does not exist") as e:
+        batch_llm(pl.scan_parquet(path), dry_run=True, **args)  # type: ignore[arg-type]
+    assert "sent" not in str(e.value)  # a dry run sends nothing
+    with pytest.raises(FileInputError, match=r"row 3, .*d3\.txt.*does not exist") as e:
+        batch_llm(pl.scan_parquet(path), **args)  # type: ignore[arg-type]
+    assert "after 2 rows were read and sent" in str(e.value)
+    assert "same state=" in str(e.value) and "never sent or paid for twice" in str(e.value)
+    assert len(billed_once(emu, 2)) == 2
+    docs[3].write_text("doc 3")
+    out = batch_llm(pl.scan_parquet(path), **args).collect()  # type: ignore[arg-type]
+    assert out["_status"].to_list() == ["completed"] * 4
+    assert len(billed_once(emu, 4)) == 4
+    # A bad file in the first chunk: nothing was sent, and the message says no more.
+    docs[0].unlink()
+    with pytest.raises(FileInputError, match=r"row 0, .*d0\.txt") as e:
+        batch_llm(pl.scan_parquet(path), state=tmp_path / "st2", sink=tmp_path / "o2.parquet",
+                  chunk_rows=2, files="f", **KW)  # type: ignore[arg-type]  # fmt: skip
+    assert "sent" not in str(e.value)
+    assert len(billed_once(emu, 4)) == 4
