@@ -1505,12 +1505,33 @@ Examples:
 @click.argument("state", nargs=-1, required=True)
 @_debug_option
 def status(state: tuple[str, ...]) -> None:
-    """Cost and rows by status, and batch durations, of state folder(s) (globs allowed)."""
-    from batchata_df.query import batch_durations, cost_by_status
+    """Cost and rows by status, and batch durations, of state folder(s) (globs allowed).
+
+    Realtime requests lost in flight (possibly billed, no cost stored) are listed apart,
+    with the worst case a cap counts for them.
+    """
+    from batchata_df.query import batch_durations, cost_by_status, lost_requests
 
     folders = _checkpoints(state)
     click.echo("cost and rows by status:")
     _print(cost_by_status(folders))
+    lost = lost_requests(folders)
+    if lost.height:
+        click.echo(
+            "\nrealtime requests lost in flight (the provider may have billed them; no cost "
+            "is stored, and max_cost_usd counts each at its worst case, also once its row "
+            "was sent again):"
+        )
+        _print(
+            lost.group_by("provider", "model", maintain_order=True)
+            .agg(
+                pl.len().alias("n_lost"),
+                pl.col("est_cost_usd").null_count().alias("n_without_worst_case"),
+                pl.col("est_cost_usd").sum().alias("worst_case_usd"),
+                (pl.col("job_status") == "completed").sum().alias("n_answered_since"),
+            )
+            .sort("provider", "model")
+        )
     click.echo("\nprovider batches:")
     _print(batch_durations(folders))
 

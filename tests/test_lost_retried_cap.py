@@ -369,3 +369,25 @@ def test_a_dry_run_after_a_kill_does_not_plan_the_lost_rows_again(
     status = dict(zip(out["_job_id"], out["_status"], strict=True))
     assert {status[j] for j in in_flight} == {"planned"}
     assert emu.billing() == []
+
+
+def test_status_lists_lost_requests_with_the_worst_case_the_cap_counts(
+    emu, tmp_path, procs
+) -> None:
+    state = tmp_path / "state"
+    _kill_mid_flight(emu, tmp_path, state, procs, cap=100.0)
+    _retry_lost(state)
+    lost = _lost_attempts(state)
+    worst = float(lost.get_column("est_cost_usd").sum())
+    exe = Path(sys.executable).parent / "batchata-df"
+    r = subprocess.run(
+        [str(exe), "status", str(state)], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "realtime requests lost in flight" in r.stdout
+    table = r.stdout.split("realtime requests lost in flight", 1)[1].split("provider batches")[0]
+    row = next(line for line in table.splitlines() if MODEL in line)
+    cells = [c.strip() for c in row.strip().strip("│").split("┆")]
+    assert cells[:4] == ["openai", MODEL, str(lost.height), "0"]
+    assert float(cells[4]) == pytest.approx(worst, rel=1e-4)  # as displayed: rounded
+    assert cells[5] == str(lost.height)  # every one answered since: still counted
