@@ -254,3 +254,22 @@ def test_cached_rows_cost_what_the_emulator_bills(emu, tmp_path, provider, model
         assert p["_expected_cost_usd"] == pytest.approx(
             ((est - read) * i + read * c + exp_out * o) / 1e6, rel=1e-9)
         assert p["_est_cost_usd"] == pytest.approx((est * i + worst_out * o) / 1e6, rel=1e-9)
+
+
+@pytest.mark.parametrize(("provider", "model", "cached_rate"), [
+    # USD per MTok of cached input in batch, from each model's batch table (genai-prices
+    # 0.2.3): OpenAI's lists none for gpt-4.1 (standard 0.50 kept), halves gpt-5.2's;
+    # Gemini 2.5 keeps the standard 0.03 ("Same as Standard"), 3.6 Flash halves 0.075.
+    ("openai", "gpt-4.1", 0.5),
+    ("openai", "gpt-5.2", 0.0875),
+    ("gemini", "gemini-2.5-flash", 0.03),
+    ("gemini", "gemini-3.6-flash", 0.0375),
+    ("anthropic", "claude-haiku-4-5", 0.05),
+])
+def test_client_and_emulator_price_cache_reads_from_the_batch_table(provider, model,
+                                                                   cached_rate):
+    price = PriceTable().get(provider, model)
+    assert price is not None and price.rate("cached_input") == pytest.approx(cached_rate)
+    usage = {"input_tokens": 1_000_000, "output_tokens": 0, "cached_tokens": 1_000_000}
+    assert billed_usd(provider, model, **usage) == pytest.approx(cached_rate)
+    assert price.cost(**usage) == pytest.approx(cached_rate)
