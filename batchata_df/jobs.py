@@ -543,6 +543,22 @@ HISTORY_DTYPE = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
 """The dtype of a ``history=`` column: earlier turns, in order."""
 
 
+BAD_TURN = (
+    # (a null role must fail too: is_in gives null for it, which filter would drop)
+    ~pl.col("role").is_in(["user", "assistant"]).fill_null(False) | pl.col("content").is_null()
+)
+"""Over a history's turns as text ``role`` and ``content`` columns: the turns refused."""
+
+
+def bad_turn_error(column: str, turn: Mapping[str, object]) -> ColumnError:
+    """The error for a turn of the ``history`` column that :data:`BAD_TURN` refuses."""
+    msg = (
+        f"history={column!r}: every turn needs role 'user' or 'assistant' and text "
+        f"content (the system prompt goes in system=), got {dict(turn)!r}"
+    )
+    return ColumnError(msg)
+
+
 def history_expr(frame: pl.DataFrame, column: str) -> pl.Expr:
     """The checked ``history`` column of the jobs: earlier user/assistant turns, in order.
 
@@ -579,17 +595,9 @@ def history_expr(frame: pl.DataFrame, column: str) -> pl.Expr:
         )
     )
     flat = turns.explode().drop_nulls().struct.unnest()
-    # (a null role must fail too: is_in gives null for it, which filter would drop)
-    bad = flat.filter(
-        ~pl.col("role").is_in(["user", "assistant"]).fill_null(False)
-        | pl.col("content").is_null()
-    )
+    bad = flat.filter(BAD_TURN)
     if bad.height:
-        msg = (
-            f"history={column!r}: every turn needs role 'user' or 'assistant' and text "
-            f"content (the system prompt goes in system=), got {bad.row(0, named=True)!r}"
-        )
-        raise ColumnError(msg)
+        raise bad_turn_error(column, bad.row(0, named=True))
     return (
         pl.when(turns.list.len() > 0)
         .then(pl.lit(turns))
