@@ -522,14 +522,34 @@ def load_schema(spec: str) -> type[BaseModel]:
 def parse_params(params_json: str | None, pairs: Sequence[str], max_tokens: int | None) -> dict[
     str, Any
 ]:
-    """``--params JSON``, then each ``--param k=v`` (v as JSON, else text), then ``--max-tokens``.
+    """``--params JSON``, each ``--param k=v`` (v as JSON, else text) and ``--max-tokens``.
+
+    A parameter given twice (in ``--params`` and a ``--param``, in two ``--param`` s, or as
+    ``max_tokens`` beside ``--max-tokens``) is refused, naming both: which one wins would
+    be a guess.
 
     Examples
     --------
     >>> parse_params('{"temperature": 0.2}', ["seed=7", "stop=END"], 300)
     {'temperature': 0.2, 'seed': 7, 'stop': 'END', 'max_tokens': 300}
-    """
+    >>> parse_params('{"temperature": 0}', ["temperature=1"], None)
+    Traceback (most recent call last):
+    ...
+    batchata_df.cli.UsageProblem: temperature is given twice: in --params '{"temperature": 0}' and as --param temperature=1; give it once (which one should win is ambiguous). Nothing was sent
+    """  # noqa: E501
     out: dict[str, Any] = {}
+    given: dict[str, str] = {}  # parameter -> how it was given, for the error
+
+    def put(key: str, value: Any, how: str) -> None:
+        if key in given:
+            msg = (
+                f"{key} is given twice: {given[key]} and {how}; give it once (which one "
+                "should win is ambiguous). Nothing was sent"
+            )
+            raise UsageProblem(msg)
+        given[key] = how
+        out[key] = value
+
     if params_json:
         try:
             loaded = json.loads(params_json)
@@ -542,7 +562,8 @@ def parse_params(params_json: str | None, pairs: Sequence[str], max_tokens: int 
                 f"got {params_json!r}"
             )
             raise UsageProblem(msg)
-        out.update(loaded)
+        for name, given_value in loaded.items():
+            put(name, given_value, f"in --params {params_json!r}")
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
@@ -552,9 +573,9 @@ def parse_params(params_json: str | None, pairs: Sequence[str], max_tokens: int 
             value: Any = json.loads(raw)
         except ValueError:
             value = raw
-        out[key.strip()] = value
+        put(key.strip(), value, f"as --param {pair}")
     if max_tokens is not None:
-        out["max_tokens"] = max_tokens
+        put("max_tokens", max_tokens, f"as --max-tokens {max_tokens}")
     return out
 
 
@@ -750,7 +771,11 @@ Examples:
 @click.option("--params", "params_json", metavar="JSON",
               help="Model parameters as a JSON object, e.g. '{\"temperature\": 0}'.")
 @click.option("--max-tokens", type=click.IntRange(min=1),
-              help="Output token limit per row (default 4096); bounds the worst-case cost.")
+              help="Output token limit per row, thinking included; bounds the worst-case "
+              "cost. Default by model: 4096 for a model that does not think, more for one "
+              "that does, by reasoning_effort (16384 at medium, e.g. gpt-5-mini), at most "
+              "the model's output limit: the README's Models table lists it per model, and "
+              "--dry-run shows it.")
 @click.option("--max-cost-usd", type=click.FloatRange(min=0, min_open=True),
               help="Hard cap on spend (this state folder's earlier calls count).")
 @click.option("--price", "price_specs", multiple=True, metavar="MODEL=INPUT,OUTPUT",
