@@ -45,6 +45,7 @@ __all__ = [
     "CredentialsError",
     "EmulatorError",
     "FileInputError",
+    "LostUnpricedWarning",
     "ModelError",
     "OrphanedBatchError",
     "ParamError",
@@ -225,6 +226,15 @@ class CapSerialisedWarning(UserWarning):
 
     The message says how many requests could go at once, how often the rest waited, and
     which ``max_tokens`` the observed answers (reasoning included) fit with a margin.
+    """
+
+
+class LostUnpricedWarning(UserWarning):
+    """A dry run without a cap left lost realtime requests out of "already spent".
+
+    They were sent by a call without a cap (no worst case recorded) for rows this call
+    does not have, so their worst case cannot be computed. A capped call refuses such a
+    folder (:class:`StateError`); include the rows they were sent for to count them.
     """
 
 
