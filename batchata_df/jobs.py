@@ -14,7 +14,7 @@ import hmac
 import string
 from collections.abc import Mapping, Sequence
 from functools import cache
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import polars as pl
 
@@ -254,6 +254,60 @@ def _as_expr(
     raise ConfigError(msg)
 
 
+# A prompt, system prompt or earlier turn without a non-blank character is never sent:
+# Anthropic refuses an empty message ("messages.0: all messages must have non-empty
+# content ...") and a blank one ("text content blocks must contain non-whitespace text"),
+# also as the system prompt, and Gemini an empty text part ("required oneof field 'data'
+# must have one initialized field"); sources in batchata_df/emulator/anthropic_checks.py
+# and gemini_checks.py. OpenAI would answer it, but an answer to no text is money spent on
+# nothing, so every provider is treated alike: the row fails unsent, as a null prompt does.
+_BLANK_PROMPT: Final = (
+    "input: the prompt is empty or only whitespace in this row (the provider would refuse "
+    "it or answer nothing): fill in the column(s) the prompt uses, or filter such rows out"
+)
+_BLANK_SYSTEM: Final = (
+    "input: the system prompt is empty or only whitespace in this row (Anthropic refuses "
+    "it): fill it in, or make it null where a row has none, e.g. "
+    "system=pl.col('system').replace('', None)"
+)
+_BLANK_TURN: Final = (
+    "input: a turn of the history is empty or only whitespace in this row (Anthropic and "
+    "Gemini refuse it): fill in its content or leave the turn out"
+)
+
+
+def _blank(text: pl.Expr) -> pl.Expr:
+    """Whether ``text`` has no character but whitespace (null stays null)."""
+    return text.str.strip_chars().str.len_bytes() == 0
+
+
+def _check_not_blank(prompt: str | pl.Expr, system: str | pl.Expr | None) -> None:
+    """Refuse a constant prompt or system prompt that is empty or only whitespace.
+
+    Every row would fail unsent (see ``_BLANK_PROMPT``): that is a mistake in the call,
+    told before anything else happens.
+
+    Examples
+    --------
+    >>> _check_not_blank("", None)
+    Traceback (most recent call last):
+    ...
+    batchata_df.errors.ConfigError: prompt='' has no text to send: every row would fail \
+(the providers refuse or answer nothing); give the template some text or a column, e.g. \
+prompt='{text}'
+    """
+    for what, value, fix in (
+        ("prompt", prompt, "give the template some text or a column, e.g. prompt='{text}'"),
+        ("system", system, "pass system=None to send no system prompt"),
+    ):
+        if isinstance(value, str) and not value.strip():
+            msg = (
+                f"{what}={value!r} has no text to send: every row would fail (the providers "
+                f"refuse or answer nothing); {fix}"
+            )
+            raise ConfigError(msg)
+
+
 def build_jobs(
     frame: pl.DataFrame,
     *,
@@ -279,6 +333,7 @@ def build_jobs(
     :func:`batchata_df.files.files_key`); see :func:`job_ids`.
     """
     columns = frame.schema
+    _check_not_blank(prompt, system)
     exprs = [_as_expr(prompt, columns, "prompt").alias("prompt")]
     exprs.append(
         pl.lit(None, dtype=pl.String).alias("system")
@@ -314,7 +369,16 @@ def build_jobs(
         .then(pl.lit("input: the prompt is null (a column it uses is null in this row)"))
         .when(pl.col("system").is_null() & pl.lit(isinstance(system, str)))
         .then(pl.lit("input: the system prompt is null (a column it uses is null in this row)"))
+        .when(_blank(pl.col("prompt")))
+        .then(pl.lit(_BLANK_PROMPT))
+        .when(_blank(pl.col("system")))
+        .then(pl.lit(_BLANK_SYSTEM))
     )
+    if history is not None:
+        blank_turn = (
+            pl.col("history").list.eval(_blank(pl.element().struct.field("content"))).list.any()
+        )
+        input_error = input_error.when(blank_turn.fill_null(False)).then(pl.lit(_BLANK_TURN))
     jobs = jobs.with_columns(input_error.alias("input_error"))
     return jobs.with_columns(job_ids(jobs, salt, extra_key, scheme=scheme))
 
