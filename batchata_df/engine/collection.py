@@ -278,10 +278,11 @@ class Collector:
             # An ended batch is reachable only once its results download too.
             self._reachable(batch)
         self.state.batch_status[batch.batch_key] = poll.provider_status
-        if poll.state is ProviderState.RUNNING:
-            self.state.in_flight_finished[batch.batch_key] = poll.finished
-        else:
-            self.state.in_flight_finished.pop(batch.batch_key, None)
+        # Kept after the batch ends, until its rows count completed/failed/cancelled
+        # (Ledger.terminal drops it then): dropped at the end instead, the display's done
+        # count went back while the results downloaded. Never lower than a count seen.
+        finished = self.state.in_flight_finished
+        finished[batch.batch_key] = max(finished.get(batch.batch_key, 0), poll.finished)
         return poll
 
     def _later(self, batch: InFlightBatch, error: ProviderError) -> None:
@@ -346,6 +347,7 @@ class Collector:
                     detail="the batch found after a crash holds none of our requests",
                 )
                 self.state.release(batch.reserved)
+                self.state.in_flight_finished.pop(batch.batch_key, None)  # not ours
                 return True
         events = outcomes_to_events(
             pl.DataFrame({"job_id": batch.job_ids}),
@@ -393,6 +395,7 @@ class Collector:
             batch.model,
             poll.detail,
         )
+        self.state.in_flight_finished.pop(batch.batch_key, None)  # its rows wait again
         if not self.requeue.refused(batch, others=len(others), too_big=too_big):
             self.ledger.end_batch(batch, f"rate_limited: {poll.detail}")
             return

@@ -59,6 +59,10 @@ class Ledger:
         self.ctx.store.append_jobs(frame)
         for status in TERMINAL_JOB:
             self.state.done[status] += int((frame.get_column("status") == status).sum())
+        if batch_key is not None:
+            # Its rows are counted now: the provider's count of them goes (progress stays
+            # monotonic: RunState.in_flight_finished).
+            self.state.in_flight_finished.pop(batch_key, None)
         added = 0.0
         if "cost_usd" in frame.columns:
             added = float(frame.get_column("cost_usd").fill_null(0.0).sum())

@@ -89,9 +89,11 @@ class ProgressSnapshot:
     projected_cost_usd: float | None = None
     """Spent so far plus the remaining jobs at the average actual cost per finished job."""
     in_flight_done: int = 0
-    """Requests the providers report finished inside batches still running (their request
-    counts: OpenAI ``request_counts``, Gemini ``batchStats``; Anthropic reports them only
-    when a whole batch ends). Counted in ``pending`` until their batch is collected."""
+    """Requests the providers report finished inside batches not yet collected (their
+    request counts: OpenAI ``request_counts``, Gemini ``batchStats``; Anthropic reports them
+    only when a whole batch ends), an ended batch's until its rows are counted, so
+    ``completed + failed + cancelled + in_flight_done`` never goes back within a call.
+    Counted in ``pending`` until their batch is collected."""
     eta_s: float | None = None
     """Seconds left at the throughput observed since this call's first submit; ``None``
     until something has finished (and while stopping)."""
@@ -202,7 +204,9 @@ class RunState:
     """``batch_key`` -> ``provider_unavailable: <last error>`` for batches (or open
     intents) whose rows stay pending because the provider could not be reached."""
     in_flight_finished: dict[str, int] = field(default_factory=dict)
-    """Per batch still running, the requests its provider reports finished (progress)."""
+    """Per batch not yet collected, the requests its provider reports finished (progress):
+    kept after the batch ends until its rows are counted in ``done`` (``Ledger.terminal``), so
+    the display's finished count never goes back while results download."""
     first_submit_at: float | None = None
     """When this call first submitted (or re-attached) a batch: throughput counts from it."""
     done_at_start: int = 0
