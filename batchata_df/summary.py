@@ -238,7 +238,7 @@ def dictionary_columns(frame: pl.DataFrame) -> bool | list[str]:
     (each value's bytes plus its 4-byte length, as in a PLAIN dictionary page) is left out:
     pyarrow would build a dictionary for it, overflow it within the row group and fall
     back to plain encoding, having encoded part of it twice (the input's prompts and the
-    job ids of a 50,000-row sink slice: ~20 % of both writers' CPU, the files 7 % larger;
+    job ids of a 50,000-row sink slice: 10-20 % of both writers' CPU, the files 7 % larger;
     ``benchmarks/PROFILE.md``, thirteenth pass). Every other column keeps its dictionary,
     as ``True`` gives. The values read back are the same either way; only the encoding of
     the column's pages differs. With a nested column (whose Parquet paths are not its

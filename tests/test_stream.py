@@ -1085,7 +1085,7 @@ def test_string_columns_that_would_overflow_a_dictionary_are_written_plain_same_
     """The sink's and the summary's writers leave out the dictionary of a string column
     whose distinct values in the first slice would not fit in one dictionary page
     (pyarrow would build it, overflow it and fall back to plain encoding in every row
-    group: ~20 % of the writers' CPU at 1M rows): here the prompts and job ids, with the
+    group: 10-20 % of the writers' CPU at 1M rows): here the prompts and job ids, with the
     page limit lowered to 300 bytes for 60-row slices. Every other column keeps its
     dictionary; the sink reads back as the in-memory run, the summary as the events give
     it, and each request was billed once."""
