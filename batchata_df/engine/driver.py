@@ -19,7 +19,7 @@ from batchata_df.engine.clock import Clock, SystemClock
 from batchata_df.engine.collection import Collector
 from batchata_df.engine.ledger import Ledger
 from batchata_df.engine.planning import Planner, Requeue
-from batchata_df.engine.recovery import lost_spend, recover, resolve_lost, settled
+from batchata_df.engine.recovery import recover, resolve_lost, settled, spent_on_lost
 from batchata_df.engine.run import (
     InFlightBatch,
     ProgressSnapshot,
@@ -126,7 +126,7 @@ class Engine:
         # The cap covers everything this state folder has paid for, earlier calls and
         # earlier attempts of retried jobs included.
         state.spent = float(billed.get_column("cost_usd").fill_null(0.0).sum())
-        state.spent += lost_spend(recorded) + ctx.options.stored_unpriced_usd
+        state.spent += spent_on_lost(ctx, recorded) + ctx.options.stored_unpriced_usd
         state.spent_at_start = state.spent
         admission = Admission(state, ctx.options.max_cost_usd, Calibration())
         # Re-attached batches are held at their jobs' worst case in this call's table (by a

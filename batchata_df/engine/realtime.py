@@ -55,7 +55,7 @@ from batchata_df.engine.clock import Backoff, Clock, SystemClock
 from batchata_df.engine.collection import outcomes_to_events
 from batchata_df.engine.ledger import Ledger
 from batchata_df.engine.planning import Planner, new_batch_key
-from batchata_df.engine.recovery import busy_jobs, lost_spend, resolve_lost, settled
+from batchata_df.engine.recovery import busy_jobs, resolve_lost, settled, spent_on_lost
 from batchata_df.engine.run import (
     InFlightBatch,
     ProgressSnapshot,
@@ -109,6 +109,8 @@ class _Request:
     not_before: float = 0.0
     est_input: int | None = None
     """Its estimated input tokens (calibration), ``None`` without estimates."""
+    estimated: bool = True
+    """Whether ``worst`` is its worst case (the run had estimates); else ``worst`` is 0."""
 
 
 @dataclass
@@ -193,7 +195,7 @@ class RealtimeEngine:
         state.cost = float(done.get_column("cost_usd").fill_null(0.0).sum())
         state.done_at_start = sum(state.done.values())
         state.spent = float(billed.get_column("cost_usd").fill_null(0.0).sum())
-        state.spent += lost_spend(recorded) + ctx.options.stored_unpriced_usd
+        state.spent += spent_on_lost(ctx, recorded) + ctx.options.stored_unpriced_usd
         # Each request carries its input estimate (calibration): nothing per job of the
         # whole table here; requests held by batches in flight are never sent (busy).
         admission = Admission(state, ctx.options.max_cost_usd, Calibration())
@@ -324,7 +326,7 @@ class RealtimeEngine:
                 reserved[job_id] = float(amount or 0.0)
                 request = _Request(
                     job_id, line, plan.provider, plan.model, key, float(amount or 0.0),
-                    ctx.backoff(), est_input=est,
+                    ctx.backoff(), est_input=est, estimated=admitted.has_estimates,
                 )  # fmt: skip
                 running[self._submit(pool, request)] = request
             planner.took(len(admitted))
@@ -465,11 +467,13 @@ class RealtimeEngine:
                     "job_id": [r.job_id for r, _, _ in items],
                     "status": [s for _, s, _ in items],
                     "error": [e for _, _, e in items],
-                    "est_cost_usd": [r.worst for r, _, _ in items],
+                    # A run without estimates records none (null), not $0: a later cap
+                    # then prices the lost request from its row or refuses the folder.
+                    "est_cost_usd": [r.worst if r.estimated else None for r, _, _ in items],
                     "input_tokens": None,
                     "mode": "realtime",
                 },
-                schema_overrides={"input_tokens": pl.Int64},
+                schema_overrides={"input_tokens": pl.Int64, "est_cost_usd": pl.Float64},
             )
             ledger.terminal(
                 events, batch_key=key, provider=provider, model=model, provider_batch_id=None
