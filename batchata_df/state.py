@@ -33,7 +33,9 @@ null.
 ``mode`` is ``"realtime"`` on the events of requests sent one by one through the
 providers' standard endpoints (``batch_llm(mode="realtime")``; their ``batch_key`` names
 the call's realtime requests of one model, ``provider_batch_id`` is null) and null on batch
-events (parts written before it existed read as null too). A ``realtime`` ``assigned``
+events (parts written before it existed read as null too) and on the ``cancelled`` events
+of jobs never sent (a stop or the cost cap before their turn: no batch key either, but the
+``provider`` and ``model`` they were for). A ``realtime`` ``assigned``
 event is written before the request is sent; one left without a later event (the process
 died while the request was in flight) ends ``failed`` with ``lost:`` on the next call,
 because the provider may have billed it (see :mod:`batchata_df.engine.realtime`).

@@ -319,3 +319,75 @@ def test_a_request_lost_by_a_run_without_a_cap_records_no_worst_case_not_zero(
         False, False
     ]
     assert emu.billing() == []
+
+
+def emu_served(state: Path) -> int:
+    """Rows the folder holds answered."""
+    return int(sql("SELECT count(*) AS n FROM jobs WHERE status = 'completed'", state)["n"][0])
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_dry_run_after_a_kill_does_not_plan_the_lost_rows_again(
+    emu, tmp_path, procs, streamed: bool
+) -> None:
+    """The run ends a request left in flight ``failed`` "lost: ..." and does not send it
+    again (unless ``retry_failed``): the dry run plans it so too (it had it ``planned``,
+    its worst case counted twice: in "already spent" and in the plan)."""
+    state = tmp_path / "state"
+    _kill_mid_flight(emu, tmp_path, state, procs, cap=100.0)
+    emu.reset()
+    in_flight = set(
+        sql(
+            "SELECT job_id FROM job_events GROUP BY job_id HAVING arg_max(status, seq) = "
+            "'assigned'",
+            state,
+        )["job_id"].to_list()
+    )
+    assert len(in_flight) >= 6
+    frame = pl.DataFrame({"text": TEXTS})
+
+    def call(**kw: object) -> pl.DataFrame:  # a streamed call sends batches
+        kw = dict(KW, state=str(state), mode="batch" if streamed else "realtime", **kw)
+        if streamed:
+            sink = tmp_path / ("plan.parquet" if kw.get("dry_run") else "out.parquet")
+            return batch_llm(frame.lazy(), sink=sink, **kw).collect()  # type: ignore[arg-type]
+        return batch_llm(frame, **kw)  # type: ignore[arg-type]
+
+    out = call(dry_run=True)
+    status = dict(zip(out["_job_id"], out["_status"], strict=True))
+    assert {status[j] for j in in_flight} == {"done"}
+    # Then the run: nothing of those is sent again, as planned.
+    planned = out.filter(pl.col("_status") == "planned").height
+    assert planned == N - len(in_flight) - emu_served(state)
+    ran = call()
+    assert len(emu.billing()) == planned
+    lost = ran.filter(pl.col("_error").str.starts_with("lost:").fill_null(False))
+    assert set(lost["_job_id"].to_list()) == in_flight
+    emu.reset()
+    # With retry_failed they are planned again (and the run sends them).
+    out = call(dry_run=True, retry_failed=True)
+    status = dict(zip(out["_job_id"], out["_status"], strict=True))
+    assert {status[j] for j in in_flight} == {"planned"}
+    assert emu.billing() == []
+
+
+def test_status_lists_lost_requests_with_the_worst_case_the_cap_counts(
+    emu, tmp_path, procs
+) -> None:
+    state = tmp_path / "state"
+    _kill_mid_flight(emu, tmp_path, state, procs, cap=100.0)
+    _retry_lost(state)
+    lost = _lost_attempts(state)
+    worst = float(lost.get_column("est_cost_usd").sum())
+    exe = Path(sys.executable).parent / "batchata-df"
+    r = subprocess.run(
+        [str(exe), "status", str(state)], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "realtime requests lost in flight" in r.stdout
+    table = r.stdout.split("realtime requests lost in flight", 1)[1].split("provider batches")[0]
+    row = next(line for line in table.splitlines() if MODEL in line)
+    cells = [c.strip() for c in row.strip().strip("│").split("┆")]
+    assert cells[:4] == ["openai", MODEL, str(lost.height), "0"]
+    assert float(cells[4]) == pytest.approx(worst, rel=1e-4)  # as displayed: rounded
+    assert cells[5] == str(lost.height)  # every one answered since: still counted

@@ -21,7 +21,7 @@ from batchata_df.engine.run import (
     failpoint,
     report,
 )
-from batchata_df.errors import ProviderError
+from batchata_df.errors import ProviderError, ResultFileError
 from batchata_df.providers.base import BatchPoll, ProviderState, RequestSpec, empty_results
 from batchata_df.schema import DECODED
 from batchata_df.state import lined_up
@@ -150,8 +150,11 @@ def outcomes_to_events(
         .then(thinking_msg)
         .otherwise(truncated_msg)
     )
-    # Provider errors that say why the answer stopped, whatever the finish reason.
-    stopped = pl.col("error").fill_null("").str.contains(r"^(?:refusal|content_filter):")
+    # Provider errors that say why the answer stopped, whatever the finish reason; and a
+    # line served not UTF-8 (providers.base.decoded_results): its text is damaged.
+    stopped = pl.col("error").fill_null("").str.contains(
+        r"^(?:refusal|content_filter|not_utf8):"
+    )
     error = (
         pl.when(pl.col("outcome").is_null())
         .then(pl.lit(missing_error))
@@ -289,9 +292,18 @@ class Collector:
         if batch.unreachable_since is None:
             batch.unreachable_since = now
         waited = now - batch.unreachable_since
-        self.state.activity = (
-            f"{batch.provider} unreachable for {waited:.0f}s (provider_unavailable: {error})"
-        )
+        if isinstance(error, ResultFileError):
+            # The provider answered: its results came whole but unusable (cut short, not
+            # UTF-8), and the next poll downloads them again. "Unreachable" sent people
+            # looking for a network fault.
+            self.state.activity = (
+                f"the results of {batch.provider_batch_id} could not be used, downloading "
+                f"them again (for {waited:.0f}s): {error}"
+            )
+        else:
+            self.state.activity = (
+                f"{batch.provider} unreachable for {waited:.0f}s (provider_unavailable: {error})"
+            )
         if not self.ctx.options.wait or waited >= self.ctx.options.provider_patience_s:
             self.state.unavailable[batch.batch_key] = (
                 f"provider_unavailable: {error}; batch {batch.provider_batch_id} is at the "

@@ -92,16 +92,23 @@ class Ledger:
             provider_batch_id=provider_batch_id,
         )
 
-    def cancel_unsent(self, job_ids: pl.Series, reason: str) -> None:
-        """End jobs that are in no provider batch ``cancelled`` with ``reason``."""
+    def cancel_unsent(
+        self, job_ids: pl.Series, reason: str, *, provider: str, model: str
+    ) -> None:
+        """End jobs of ``provider``/``model`` in no provider batch ``cancelled: <reason>``.
+
+        They were never sent: no batch key, no provider batch id, no mode (the jobs view's
+        ``mode`` is how a job was last sent, null if it never was), but the provider and
+        model they were for, so that a query grouping by them counts them there.
+        """
         events = pl.DataFrame(
             {"job_id": job_ids, "status": "cancelled", "error": f"cancelled: {reason}"}
         )
         self.terminal(
             events,
             batch_key=None,
-            provider=None,
-            model=None,
+            provider=provider,
+            model=model,
             provider_batch_id=None,
         )
 

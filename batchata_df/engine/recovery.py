@@ -15,7 +15,8 @@ from batchata_df.providers.base import BatchTag, Provider
 from batchata_df.state import StateStore, lost_usd
 
 __all__ = [
-    "LOST", "busy_jobs", "lost_spend", "recover", "resolve_lost", "settled", "spent_on_lost",
+    "LOST", "as_lost", "busy_jobs", "lost_spend", "recover", "resolve_lost", "settled",
+    "spent_on_lost",
 ]
 
 LOST = (
@@ -46,8 +47,7 @@ def resolve_lost(store: StateStore, latest: pl.DataFrame) -> pl.DataFrame:
     """
     if "mode" not in latest.columns:
         return latest
-    lost = (pl.col("status") == "assigned") & (pl.col("mode") == "realtime")
-    rows = latest.filter(lost)
+    rows = latest.filter(_LEFT_IN_FLIGHT)
     if rows.height == 0:
         return latest
     events = rows.select("job_id", "batch_key", "provider", "model", "est_cost_usd").with_columns(
@@ -56,9 +56,23 @@ def resolve_lost(store: StateStore, latest: pl.DataFrame) -> pl.DataFrame:
         pl.lit("realtime").alias("mode"),
     )
     store.append_jobs(events)
+    return as_lost(latest)
+
+
+_LEFT_IN_FLIGHT = (pl.col("status") == "assigned") & (pl.col("mode") == "realtime")
+
+
+def as_lost(latest: pl.DataFrame) -> pl.DataFrame:
+    """``latest`` with the realtime requests left in flight ended ``failed`` :data:`LOST`.
+
+    As :func:`resolve_lost` ends them, writing nothing: what a dry run plans from, as the
+    run will see them.
+    """
+    if "mode" not in latest.columns:
+        return latest
     return latest.with_columns(
-        pl.when(lost).then(pl.lit("failed")).otherwise(pl.col("status")).alias("status"),
-        pl.when(lost).then(pl.lit(LOST)).otherwise(pl.col("error")).alias("error"),
+        pl.when(_LEFT_IN_FLIGHT).then(pl.lit("failed")).otherwise(pl.col("status")).alias("status"),
+        pl.when(_LEFT_IN_FLIGHT).then(pl.lit(LOST)).otherwise(pl.col("error")).alias("error"),
     )
 
 
