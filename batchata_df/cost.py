@@ -417,6 +417,19 @@ class PriceTable:
         table._overrides = dict(self._overrides)
         return table
 
+    def batch(self) -> PriceTable:
+        """The same table at batch prices (a realtime call collecting earlier batches).
+
+        Examples
+        --------
+        >>> t = PriceTable({"my-model": (1.0, 2.0)}).realtime().batch()
+        >>> t.get("openai", "my-model").output, t.get("openai", "gpt-4.1-mini").input
+        (2.0, 0.2)
+        """
+        table = PriceTable(processing="batch")
+        table._overrides = dict(self._overrides)
+        return table
+
     def get(self, provider: str, model: str) -> Price | None:
         """The price of ``model``, or ``None`` when nothing is known."""
         if model in self._overrides:

@@ -60,6 +60,7 @@ from batchata_df.state import (
     WriterLock,
     check_lock_timeout,
 )
+from batchata_df.summary import dictionary_columns
 from batchata_df.validate import check_run_arguments, price_lost_requests
 
 __all__ = ["DEFAULT_CHUNK_ROWS", "stream_llm"]
@@ -1031,7 +1032,12 @@ class SinkWriter:
         """Append ``frame`` (the first one fixes the schema)."""
         table = frame.to_arrow()
         if self._writer is None:
-            self._writer = self._pq.ParquetWriter(self.tmp, table.schema, compression="zstd")
+            # No dictionary for the string columns that would overflow one (the input's
+            # prompts, the job ids): the same values, for less CPU (summary module).
+            self._writer = self._pq.ParquetWriter(
+                self.tmp, table.schema, compression="zstd",
+                use_dictionary=dictionary_columns(frame),
+            )
         self._writer.write_table(table.cast(self._writer.schema))
 
     def close(self, empty: pl.DataFrame) -> None:

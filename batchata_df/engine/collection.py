@@ -370,6 +370,14 @@ class Collector:
         )
         failpoint("after_results")  # stored, not yet recorded collected (crash tests)
         self.admission.settle(batch, actual, events)
+        if batch.recovered and self.ctx.resend_cancelled:
+            # An earlier call's stop cancelled these (a second Ctrl+C left before the cancel
+            # was seen): no answer, no bill. This call sends them (README: "Cancelled rows
+            # are sent again by the next call"), not the one after it; the driver does not
+            # when this call is stopping itself.
+            cancelled = events.filter(pl.col("status") == "cancelled").get_column("job_id")
+            if cancelled.len():
+                self.state.resend.append(cancelled)
         self.requeue.accepted(batch.provider, batch.model)
         self.state.activity = ""
         self.ledger.batch(

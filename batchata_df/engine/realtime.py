@@ -31,6 +31,13 @@ the provider's ``Retry-After`` (or a growing backoff) for up to ``provider_patie
 provider batch that may still be running are not sent here (their rows stay ``pending``);
 jobs answered in either mode are settled for both.
 
+Batches in flight
+-----------------
+Batches an earlier call left in flight are polled once first (never waited for: a
+realtime call answers in seconds) and those that have ended are collected at batch
+prices; their rows that ended ``cancelled`` are sent here. Rows of batches still running
+stay ``pending``, saying that ``mode="batch"`` or ``"auto"`` waits for them.
+
 Concurrency
 -----------
 At most ``concurrency`` requests are in flight at once (a thread pool running one blocking
@@ -41,6 +48,7 @@ SDK call per request); a rate-limit answer pauses new requests to that provider 
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, MutableMapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -57,6 +65,8 @@ from batchata_df.engine.ledger import Ledger
 from batchata_df.engine.planning import Planner, new_batch_key
 from batchata_df.engine.recovery import busy_jobs, resolve_lost, settled, spent_on_lost
 from batchata_df.engine.run import (
+    IN_FLIGHT,
+    BatchPhase,
     InFlightBatch,
     ProgressSnapshot,
     RunContext,
@@ -134,6 +144,9 @@ class RealtimeEngine:
         Realtime (standard) prices (:meth:`batchata_df.cost.PriceTable.realtime`).
     concurrency
         Most requests in flight at once.
+    collect_first
+        Poll batches earlier calls left in flight once and collect those that ended, before
+        sending (``mode="auto"`` collects them itself and passes ``False``).
     """
 
     def __init__(
@@ -149,7 +162,9 @@ class RealtimeEngine:
         stop_event: threading.Event | None = None,
         make_provider: Callable[[str], Provider] | None = None,
         clock: Clock | None = None,
+        collect_first: bool = True,
     ) -> None:
+        self.collect_first = collect_first
         self.ctx = RunContext(
             store=store,
             providers=providers,
@@ -180,6 +195,8 @@ class RealtimeEngine:
         from batchata_df.engine.driver import _job_states
 
         ctx, state = self.ctx, self.state
+        if self.collect_first:
+            self._collect_ended(jobs)
         state.total, state.jobs = jobs.height, jobs
         recorded, billed = ctx.store.snapshot()
         recorded = resolve_lost(ctx.store, recorded)
@@ -211,8 +228,9 @@ class RealtimeEngine:
         held = busy.filter(busy.is_in(jobs.get_column("job_id").implode()))
         if held.len():
             why = (
-                "in a provider batch that may still be running: call again with "
-                "mode='batch' (or 'auto') and the same state to collect it"
+                "in a provider batch that is still running: call again with the same state "
+                "and mode='batch' or mode='auto' (they wait for it and collect it), or "
+                "mode='realtime' once it has ended"
             )
             states = states.with_columns(
                 pl.when(pl.col("job_id").is_in(held.implode()) & (pl.col("status") == "assigned"))
@@ -221,6 +239,31 @@ class RealtimeEngine:
                 .alias("error")
             )
         return states
+
+    def _collect_ended(self, jobs: pl.DataFrame) -> None:
+        """Collect the batches earlier calls left in flight that have ended (one poll each).
+
+        A batch driver that sends nothing and does not wait (``wait=False``), at batch
+        prices; it re-attaches every open batch of the folder, as batch mode does.
+        """
+        from batchata_df.engine.driver import Engine
+
+        ctx = self.ctx
+        batches = ctx.store.batch_state()
+        if not batches.get_column("status").is_in([*IN_FLIGHT, BatchPhase.INTENT.value]).any():
+            return  # nothing in flight (the batch events only: no job events read)
+        Engine(
+            ctx.store,
+            ctx.providers,
+            ctx.spec,
+            ctx.prices.batch(),
+            dataclasses.replace(ctx.options, wait=False),
+            progress=ctx.progress,
+            stop_event=self.stop_event,
+            make_provider=ctx.make_provider,
+            clock=ctx.clock,
+            collect_only=True,
+        ).run(jobs)
 
     # -- the loop -------------------------------------------------------------------------
 

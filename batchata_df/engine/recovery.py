@@ -212,6 +212,7 @@ def recover(ctx: RunContext, state: RunState) -> list[InFlightBatch]:
                     cancel_reason=(
                         row["detail"] if status == BatchPhase.CANCEL_REQUESTED else None
                     ),
+                    recovered=True,
                 )
             )
     return out

@@ -138,6 +138,9 @@ class InFlightBatch:
     """Consecutive failed polls or downloads."""
     unreachable_since: float | None = None
     """Clock reading of the first of the current run of failed polls or downloads."""
+    recovered: bool = False
+    """Re-attached at the call's start (an earlier call sent it): its rows that end
+    ``cancelled`` are this call's to send again (:attr:`RunContext.resend_cancelled`)."""
 
 
 @dataclass
@@ -155,6 +158,10 @@ class RunContext:
     stop_when: Callable[[RunState, float], str | None] | None = None
     """A further stop rule, asked every round with the state and the clock's reading: a
     reason to stop (``mode="auto"``: ``"deadline"``), or ``None``."""
+    resend_cancelled: bool = False
+    """Whether rows of re-attached batches that end ``cancelled`` are planned again in this
+    call (:attr:`RunState.resend`): an earlier call's stop cancelled them, nothing answered
+    or billed them, and the README promises that the next call sends them."""
 
     def backoff(self) -> Backoff:
         """A fresh polling backoff with the run's settings."""
@@ -192,6 +199,9 @@ class RunState:
     """Jobs in flight or admitted when the cap first held jobs back (what fit at once)."""
     todo_ids: pl.Series | None = None
     """The jobs this call set out to send (not settled or in flight when it started)."""
+    resend: list[pl.Series] = field(default_factory=list)
+    """Job ids of re-attached batches collected ``cancelled``, for the driver to plan again
+    (:attr:`RunContext.resend_cancelled`)."""
     spent_at_start: float = 0.0
     """What the state folder had billed when this call started."""
     expected_usd: float | None = None
