@@ -522,14 +522,34 @@ def load_schema(spec: str) -> type[BaseModel]:
 def parse_params(params_json: str | None, pairs: Sequence[str], max_tokens: int | None) -> dict[
     str, Any
 ]:
-    """``--params JSON``, then each ``--param k=v`` (v as JSON, else text), then ``--max-tokens``.
+    """``--params JSON``, each ``--param k=v`` (v as JSON, else text) and ``--max-tokens``.
+
+    A parameter given twice (in ``--params`` and a ``--param``, in two ``--param`` s, or as
+    ``max_tokens`` beside ``--max-tokens``) is refused, naming both: which one wins would
+    be a guess.
 
     Examples
     --------
     >>> parse_params('{"temperature": 0.2}', ["seed=7", "stop=END"], 300)
     {'temperature': 0.2, 'seed': 7, 'stop': 'END', 'max_tokens': 300}
-    """
+    >>> parse_params('{"temperature": 0}', ["temperature=1"], None)
+    Traceback (most recent call last):
+    ...
+    batchata_df.cli.UsageProblem: temperature is given twice: in --params '{"temperature": 0}' and as --param temperature=1; give it once (which one should win is ambiguous). Nothing was sent
+    """  # noqa: E501
     out: dict[str, Any] = {}
+    given: dict[str, str] = {}  # parameter -> how it was given, for the error
+
+    def put(key: str, value: Any, how: str) -> None:
+        if key in given:
+            msg = (
+                f"{key} is given twice: {given[key]} and {how}; give it once (which one "
+                "should win is ambiguous). Nothing was sent"
+            )
+            raise UsageProblem(msg)
+        given[key] = how
+        out[key] = value
+
     if params_json:
         try:
             loaded = json.loads(params_json)
@@ -542,7 +562,8 @@ def parse_params(params_json: str | None, pairs: Sequence[str], max_tokens: int 
                 f"got {params_json!r}"
             )
             raise UsageProblem(msg)
-        out.update(loaded)
+        for name, given_value in loaded.items():
+            put(name, given_value, f"in --params {params_json!r}")
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
@@ -552,9 +573,9 @@ def parse_params(params_json: str | None, pairs: Sequence[str], max_tokens: int 
             value: Any = json.loads(raw)
         except ValueError:
             value = raw
-        out[key.strip()] = value
+        put(key.strip(), value, f"as --param {pair}")
     if max_tokens is not None:
-        out["max_tokens"] = max_tokens
+        put("max_tokens", max_tokens, f"as --max-tokens {max_tokens}")
     return out
 
 
@@ -750,7 +771,11 @@ Examples:
 @click.option("--params", "params_json", metavar="JSON",
               help="Model parameters as a JSON object, e.g. '{\"temperature\": 0}'.")
 @click.option("--max-tokens", type=click.IntRange(min=1),
-              help="Output token limit per row (default 4096); bounds the worst-case cost.")
+              help="Output token limit per row, thinking included; bounds the worst-case "
+              "cost. Default by model: 4096 for a model that does not think, more for one "
+              "that does, by reasoning_effort (16384 at medium, e.g. gpt-5-mini), at most "
+              "the model's output limit: the README's Models table lists it per model, and "
+              "--dry-run shows it.")
 @click.option("--max-cost-usd", type=click.FloatRange(min=0, min_open=True),
               help="Hard cap on spend (this state folder's earlier calls count).")
 @click.option("--price", "price_specs", multiple=True, metavar="MODEL=INPUT,OUTPUT",
@@ -838,14 +863,20 @@ def run(
         msg = "missing OUTPUT (the file to write the result to), e.g. out.parquet"
         raise UsageProblem(msg)
     _, inputs = input_files(input_path)
+    kind = "parquet"
     if output_path is not None:
-        file_format(output_path)
+        kind = file_format(output_path)  # of the name given: a link's file may have none
         _check_writable(output_path)
         _check_not_input(inputs, output_path)
         if os.path.islink(output_path):
+            from batchata_df.stream import sink_target
+
             # The file it names is OUTPUT: written in place (the link stays), and locked
-            # under that name, as a run given the file's own name locks it.
-            output_path = os.path.realpath(output_path)
+            # under that name, as a run given the file's own name locks it. A link into a
+            # folder that does not exist (an unmounted drive) is refused, not created.
+            output_path = os.fspath(
+                sink_target(Path(output_path), what=f"OUTPUT {output_path!r}")
+            )
         _check_not_matched(input_path, output_path)
     schema = load_schema(schema_spec) if schema_spec else None
     params = parse_params(params_json, param_pairs, max_tokens)
@@ -925,7 +956,7 @@ def run(
             out = pl.scan_parquet(sink, glob=False)
         if dry_run:
             if output_path is not None:
-                _finish_output(sink, output_path)
+                _finish_output(sink, output_path, kind)
                 _note(f"plan written to {output_path}")
             raise SystemExit(EXIT_OK)
         assert output_path is not None
@@ -951,7 +982,7 @@ def run(
             )
             raise SystemExit(EXIT_INTERRUPTED)
         try:
-            _finish_output(sink, output_path)
+            _finish_output(sink, output_path, kind)
         except OSError as e:
             msg = (
                 f"cannot write {output_path}: {e}. The results are kept in {state}: run the same "
@@ -1372,13 +1403,14 @@ def _check_not_matched(input_path: str, output_path: str) -> None:
         raise UsageProblem(msg)
 
 
-def _finish_output(sink: str, output_path: str) -> None:
+def _finish_output(sink: str, output_path: str, kind: str) -> None:
     """Make the streamed Parquet result OUTPUT: renamed, or converted (streaming).
 
-    CSV and NDJSON are converted by Polars' streaming sinks into the folder of the result
-    (see :func:`_scratch`); OUTPUT appears under its name only when complete.
+    ``kind`` is the format of the name OUTPUT was given as (:func:`file_format`): the file
+    a link names may have another extension, or none. CSV and NDJSON are converted by
+    Polars' streaming sinks into the folder of the result (see :func:`_scratch`); OUTPUT
+    appears under its name only when complete.
     """
-    kind = file_format(output_path)
     target = Path(output_path)
     if kind == "parquet":
         os.replace(sink, target)
@@ -1498,12 +1530,33 @@ Examples:
 @click.argument("state", nargs=-1, required=True)
 @_debug_option
 def status(state: tuple[str, ...]) -> None:
-    """Cost and rows by status, and batch durations, of state folder(s) (globs allowed)."""
-    from batchata_df.query import batch_durations, cost_by_status
+    """Cost and rows by status, and batch durations, of state folder(s) (globs allowed).
+
+    Realtime requests lost in flight (possibly billed, no cost stored) are listed apart,
+    with the worst case a cap counts for them.
+    """
+    from batchata_df.query import batch_durations, cost_by_status, lost_requests
 
     folders = _checkpoints(state)
     click.echo("cost and rows by status:")
     _print(cost_by_status(folders))
+    lost = lost_requests(folders)
+    if lost.height:
+        click.echo(
+            "\nrealtime requests lost in flight (the provider may have billed them; no cost "
+            "is stored, and max_cost_usd counts each at its worst case, also once its row "
+            "was sent again):"
+        )
+        _print(
+            lost.group_by("provider", "model", maintain_order=True)
+            .agg(
+                pl.len().alias("n_lost"),
+                pl.col("est_cost_usd").null_count().alias("n_without_worst_case"),
+                pl.col("est_cost_usd").sum().alias("worst_case_usd"),
+                (pl.col("job_status") == "completed").sum().alias("n_answered_since"),
+            )
+            .sort("provider", "model")
+        )
     click.echo("\nprovider batches:")
     _print(batch_durations(folders))
 

@@ -44,6 +44,7 @@ import datetime as dt
 import hashlib
 import inspect
 import json
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -55,7 +56,7 @@ import polars as pl
 from pydantic import BaseModel
 
 from batchata_df.engine import ProgressSnapshot
-from batchata_df.errors import ConfigError
+from batchata_df.errors import BatchataError, ConfigError
 from batchata_df.frame import batch_llm
 from batchata_df.schema import AnswerSchema
 from batchata_df.state import spent_usd
@@ -379,6 +380,45 @@ def _seed_progress(
     return adapter
 
 
+_COMPAT_WORDS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"files='<column of file paths>'"), "add_job(file=...)"),
+    (re.compile(r"files column '__compat_file', row \d+, value"), "add_job(file=...) file"),
+    (re.compile(r"\bparams\['(\w+)'\]"), r"\1 (of set_default_params / add_job)"),
+    (re.compile(r"\bfiles=(?:'[^']*'|\S+)"), "add_job(file=...)"),
+    (re.compile(r"\bcitations=True"), "enable_citations=True"),
+    (re.compile(r"\bschema=None"), "response_model=None"),
+    (re.compile(r"\bschema="), "response_model="),
+    (re.compile(r"\bmax_cost_usd="), "add_cost_limit(usd=...) of "),
+    (re.compile(r"\btime_limit="), "add_time_limit(...) of "),
+)
+"""batch_llm's argument names as this API spells them (``params={...}``: see below)."""
+
+
+def _in_compat_words(message: str) -> str:
+    """``message`` (said to a batch_llm caller) in the words of this API's methods.
+
+    Examples
+    --------
+    >>> _in_compat_words("citations=True needs documents to cite: pass "
+    ...                  "files='<column of file paths>' (PDF or text), or remove citations=True")
+    'enable_citations=True needs documents to cite: pass add_job(file=...) (PDF or text), \
+or remove enable_citations=True'
+    >>> _in_compat_words("params['temperature'] must be between 0 and 1")
+    'temperature (of set_default_params / add_job) must be between 0 and 1'
+    >>> _in_compat_words("use it with params={'reasoning_effort': 'high'} instead")
+    "use it with set_default_params(reasoning_effort='high') (or add_job(...)) instead"
+    """
+    for pattern, words in _COMPAT_WORDS:
+        message = pattern.sub(words, message)
+
+    def as_kwargs(match: re.Match[str]) -> str:
+        pairs = re.findall(r"'(\w+)':\s*('[^']*'|[^,}]+)", match.group(1))
+        args = ", ".join(f"{k}={v.strip()}" for k, v in pairs)
+        return f"set_default_params({args}) (or add_job(...))"
+
+    return re.sub(r"\bparams=\{([^}]*)\}", as_kwargs, message)
+
+
 def _split_messages(
     messages: Sequence[dict[str, Any]],
 ) -> tuple[str | None, list[dict[str, str]], str]:
@@ -400,6 +440,14 @@ def _split_messages(
             msg = (
                 f"messages[{i}]['content'] must be text; for documents use "
                 "add_job(file=..., prompt=...)"
+            )
+            raise ConfigError(msg)
+        if not content.strip():
+            # Anthropic and Gemini refuse a turn without text (see batchata_df.jobs).
+            msg = (
+                f"messages[{i}]['content'] is empty or only whitespace ({role} message): "
+                "Anthropic and Gemini refuse such a message; write its text, or leave the "
+                "message out"
             )
             raise ConfigError(msg)
         checked.append({"role": str(role), "content": content})
@@ -528,6 +576,20 @@ class Batch:
         if prompt is None:
             msg = "add_job needs messages=, or prompt= (with or without file=)"
             raise ConfigError(msg)
+        if not prompt.strip():
+            msg = (
+                f"add_job(prompt={prompt!r}) has no text to send: the providers refuse an "
+                "empty prompt or answer nothing; write the question in prompt= (with file= "
+                "it is asked about the file)"
+            )
+            raise ConfigError(msg)
+        if enable_citations and file is None:
+            msg = (
+                "add_job(enable_citations=True) needs a document to cite: pass "
+                "add_job(file='<path to a PDF or text file>', prompt=..., "
+                "enable_citations=True), or leave enable_citations out"
+            )
+            raise ConfigError(msg)
         chosen = model or self._defaults.get("model")
         if not chosen:
             msg = "no model: pass model= or set_default_params(model=...)"
@@ -655,33 +717,55 @@ class Batch:
                 progress = _seed_progress(
                     on_progress, progress_interval, self._cost_limit, self.items_per_batch
                 )
-            out = frame.pipe(
-                batch_llm,
-                schema=first.response_model,
-                model=pl.col(_MODEL),
-                prompt=pl.col(_PROMPT),
-                system=pl.col(_SYSTEM) if first.system is not None else None,
-                history=_HISTORY if first.history is not None else None,
-                files=_FILE if first.file is not None else None,
-                citations=first.citations,
-                params=first.params or None,
-                state=root / key,
-                max_cost_usd=cap,
-                # One time limit for the whole run, not one per group.
-                time_limit=(
-                    None
-                    if self._time_limit is None
-                    else max(self._time_limit - (time.monotonic() - started), 1e-3)
-                ),
-                dry_run=dry_run,
-                items_per_batch=self.items_per_batch,
-                max_parallel_batches=self.max_parallel_batches,
-                progress=progress,
-                wait=wait,
-                keep_raw=not dry_run,
-                keep_responses=self.raw_files and not dry_run,
-            )
+            try:
+                out = self._run_group(frame, first, root / key, cap, started, progress,
+                                      dry_run=dry_run, wait=wait)  # fmt: skip
+            except BatchataError as e:
+                # Said in batch_llm's words; this user called add_job / set_default_params.
+                e.args = (_in_compat_words(str(e)), *e.args[1:])
+                raise
             internal = [c for c in out.columns if c.startswith("__compat_")]
             run.frames.append((jobs, out.drop(internal)))
         run._write_files()
         return run
+
+    def _run_group(
+        self,
+        frame: pl.DataFrame,
+        first: _Job,
+        state: Path,
+        cap: float | None,
+        started: float,
+        progress: bool | Callable[[ProgressSnapshot], None],
+        *,
+        dry_run: bool,
+        wait: bool,
+    ) -> pl.DataFrame:
+        """One :func:`~batchata_df.batch_llm` call: the jobs of one compatible group."""
+        out: pl.DataFrame = frame.pipe(
+            batch_llm,
+            schema=first.response_model,
+            model=pl.col(_MODEL),
+            prompt=pl.col(_PROMPT),
+            system=pl.col(_SYSTEM) if first.system is not None else None,
+            history=_HISTORY if first.history is not None else None,
+            files=_FILE if first.file is not None else None,
+            citations=first.citations,
+            params=first.params or None,
+            state=state,
+            max_cost_usd=cap,
+            # One time limit for the whole run, not one per group.
+            time_limit=(
+                None
+                if self._time_limit is None
+                else max(self._time_limit - (time.monotonic() - started), 1e-3)
+            ),
+            dry_run=dry_run,
+            items_per_batch=self.items_per_batch,
+            max_parallel_batches=self.max_parallel_batches,
+            progress=progress,
+            wait=wait,
+            keep_raw=not dry_run,
+            keep_responses=self.raw_files and not dry_run,
+        )
+        return out

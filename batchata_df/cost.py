@@ -21,41 +21,55 @@ Meaning of the normalized usage (the same for every provider):
 Price tiers
 -----------
 Some models bill a whole request at a higher rate when its prompt is long
-(claude-sonnet-4-5 above 200k input tokens, gemini-2.5-pro above 200k, gpt-5.4+ above
-272k, ...). genai-prices models this as :class:`genai_prices.types.TieredPrices`: a base
-price and tiers ``(start, price)``, where a request whose *total* input tokens exceed
-``start`` pays that tier's price for *all* its tokens of that kind
-(``genai_prices.types.calc_unit_price``; the threshold counts cache reads and writes, as
-genai-prices' ``input_tokens`` includes them). :class:`Price` keeps those tiers, derived
-from genai-prices' data, and every cost here is priced at the tier of the request's own
-input size: per row, as a Polars expression (:func:`cost_expr`), never with one rate for
-the whole run.
+(gemini-2.5-pro above 200k input tokens, gpt-5.4+ above 272k, ...). genai-prices models
+this as :class:`genai_prices.types.TieredPrices`: a base price and tiers ``(start,
+price)``, where a request whose *total* input tokens exceed ``start`` pays that tier's
+price for *all* its tokens of that kind (``genai_prices.types.calc_unit_price``; the
+threshold counts cache reads and writes, as genai-prices' ``input_tokens`` includes them).
+:class:`Price` keeps those tiers, derived from genai-prices' data, and every cost here is
+priced at the tier of the request's own input size: per row, as a Polars expression
+(:func:`cost_expr`), never with one rate for the whole run. (claude-sonnet-4-5's tier
+above 200k never applies: its 1M-context beta was retired on 2026-04-30, genai-prices'
+note on the model, and such a row fails before it is sent.)
 
-Gemini bills cache hits of batch requests at the standard (not the halved) cache rate;
-genai-prices' batch variant of each Gemini model carries that rate (see its
-``price_comments``: "context caching stays at the standard rate"), so it is used as is.
+Batch prices
+------------
+Where genai-prices has a batch variant of a model (``price_context={"processing":
+"batch"}``), it is used as is, cache rates included: it is each provider's published batch
+table. Some of those keep cache reads at the standard rate -- Gemini 2.5, 3 Flash Preview
+and 3.1 Pro Preview ("context caching stays at the standard rate" / "Same as Standard"),
+OpenAI gpt-4.1, gpt-4o, o3 and o4-mini ("The Batch table publishes no cached-input rate,
+so cached input keeps the standard rate") -- and gemini-3.5-flash-lite lists $0.02 (not
+half of $0.03); genai-prices' ``price_comments`` on each model say so.
 
-Models without a batch price
-----------------------------
 genai-prices 0.2.3 has no batch variant for some models it lists (gemini-3.5-flash,
-gemini-3.7-flash, gemini-3-pro-preview, gpt-5.3, claude-opus-4-1, ...): asked for the
-batch price, it answers the standard one, and a run would be priced (and capped) at twice
-what the provider bills. Every provider documents batch as half the standard price:
+gemini-3.7-flash, gemini-3-pro-preview, gemini-2.0-flash, gpt-5.3, claude-opus-4-1, ...):
+asked for the batch price, it answers the standard one, and a run would be priced (and
+capped) at twice what the provider bills. For those, :func:`batch_discounted` applies
+:data:`BATCH_DISCOUNT` to *every* token rate -- input, output, cache read and cache
+write -- on every provider, the rule each provider's batch pricing follows for its current
+models:
 
-* OpenAI: "50% cost discount compared to synchronous APIs"
-  (https://platform.openai.com/docs/guides/batch);
 * Anthropic: "all usage is charged at 50% of the standard API prices"
   (https://docs.claude.com/en/docs/build-with-claude/batch-processing#pricing);
+  genai-prices' Anthropic note: "Prompt caching multipliers stack with the batch
+  discount, so batch cache writes and cache reads are also 50% of standard".
+* OpenAI: "50% cost discount compared to synchronous APIs"
+  (https://platform.openai.com/docs/guides/batch). Every model whose Batch table
+  (https://developers.openai.com/api/docs/pricing, as genai-prices records it, verified
+  2026-10-14) lists a cached-input rate has it at half the standard one -- gpt-5, 5.1,
+  5.2, 5.4 ($0.13, the page's rounding of $0.125), 5.5, 5.6-*, 6-* -- and the cache-write
+  rate too (gpt-5.6-*, gpt-6-*). The models without a batch variant are of that era.
 * Gemini: "50% of the standard cost" (https://ai.google.dev/gemini-api/docs/batch-mode;
-  genai-prices' own note on gemini-3.5-flash: "Batch and Flex tiers offer 50% discount
-  on input/output").
+  "Batch: 50% discount", https://ai.google.dev/gemini-api/docs/optimization). The Batch
+  tab of https://ai.google.dev/gemini-api/docs/pricing, as genai-prices records it for
+  the current models (gemini-3.1-flash-lite, 3.6-flash, 3.8-flash, 4-argon): "Batch
+  halves input, output and context caching". gemini-3.5-flash and 3.7-flash are siblings
+  of 3.6/3.8 Flash; gemini-3-pro-preview and 2.0-flash are shut down (genai-prices'
+  notes), so no request to them is billed.
 
-So where the batch lookup returns the standard price unchanged, :data:`BATCH_DISCOUNT`
-is applied (:func:`batch_discounted`): input and output rates are halved on every provider
-and Anthropic's cache rates too ("all usage"); cache reads stay at the standard rate on
-Gemini ("context caching stays at the standard rate", as genai-prices' batch variants have
-it) and on OpenAI (its batch price list rounds or omits them; the standard rate is the
-bound). The price's ``source`` then says so (``genai-prices:<model> (standard x 0.5)``).
+The price's ``source`` then says so (``genai-prices:<model> (standard x 0.5)``). The
+emulator bills by the same rule (:mod:`batchata_df.emulator.pricing`).
 """
 
 from __future__ import annotations
@@ -272,26 +286,31 @@ def price_from_genai(model_price: Any, source: str) -> Price:
 BATCH_DISCOUNT = 0.5
 """The batch price as a share of the standard one, on every provider (module docstring)."""
 
-# Rates the batch discount applies to, per provider (see the module docstring).
+# Rates the batch discount applies to, per provider: every token rate, cache reads and
+# writes included (sources in the module docstring, "Batch prices").
 _DISCOUNTED = {
-    "openai": ("input", "output"),
-    "anthropic": ("input", "output", "cached_input", "cache_write"),
-    "gemini": ("input", "output"),
+    "openai": _RATE_FIELDS,
+    "anthropic": _RATE_FIELDS,
+    "gemini": _RATE_FIELDS,
 }
 
 
 def batch_discounted(price: Price, provider: str) -> Price:
     """``price`` (a standard price) at the provider's documented batch discount.
 
+    Every token rate is halved, cache reads and writes included (module docstring).
+
     Examples
     --------
     >>> p = batch_discounted(Price(input=1.5, output=9.0, cached_input=0.15), "gemini")
     >>> p.input, p.output, p.cached_input
-    (0.75, 4.5, 0.15)
+    (0.75, 4.5, 0.075)
+    >>> batch_discounted(Price(input=1.75, output=14.0, cached_input=0.175), "openai").cached_input
+    0.0875
     >>> batch_discounted(Price(input=3.0, output=15.0, cached_input=0.3), "anthropic").cached_input
     0.15
     """
-    names = _DISCOUNTED.get(provider, ("input", "output"))
+    names = _DISCOUNTED.get(provider, _RATE_FIELDS)
 
     def cut(rates: Any) -> dict[str, float | None]:
         out: dict[str, float | None] = {}
@@ -395,6 +414,19 @@ class PriceTable:
         (4.0, 0.4)
         """
         table = PriceTable(processing="realtime")
+        table._overrides = dict(self._overrides)
+        return table
+
+    def batch(self) -> PriceTable:
+        """The same table at batch prices (a realtime call collecting earlier batches).
+
+        Examples
+        --------
+        >>> t = PriceTable({"my-model": (1.0, 2.0)}).realtime().batch()
+        >>> t.get("openai", "my-model").output, t.get("openai", "gpt-4.1-mini").input
+        (2.0, 0.2)
+        """
+        table = PriceTable(processing="batch")
         table._overrides = dict(self._overrides)
         return table
 

@@ -16,7 +16,8 @@ The tree is designed so that a caller can tell *who* has to act::
     │   └── StateLockedError           another call is writing to the folder right now
     ├── SinkLockedError                another call or run is writing the same sink= file
     ├── ProviderError                  the provider refused or failed a whole batch call
-    │   └── OrphanedBatchError         we cannot prove a crashed submit did not go through
+    │   ├── OrphanedBatchError         we cannot prove a crashed submit did not go through
+    │   └── ResultFileError            a results download came whole but cannot be used
     └── EmulatorError                  the bundled emulator could not start or answer
 
 Warnings: :class:`ProviderUnavailableWarning` (a ``UserWarning``) when rows of a call could
@@ -44,12 +45,14 @@ __all__ = [
     "CredentialsError",
     "EmulatorError",
     "FileInputError",
+    "LostUnpricedWarning",
     "ModelError",
     "OrphanedBatchError",
     "ParamError",
     "PriceError",
     "ProviderError",
     "ProviderUnavailableWarning",
+    "ResultFileError",
     "CapSerialisedWarning",
     "SchemaError",
     "SinkLockedError",
@@ -200,6 +203,16 @@ class ProviderError(BatchataError):
         return code is not None and 400 <= code < 500 and code not in (408, 409, 429)
 
 
+class ResultFileError(ProviderError):
+    """A batch's results were downloaded but cannot be used as they came; transient.
+
+    The download ended early without an error (it cannot be decoded, or holds fewer lines
+    than the provider counts) or is not UTF-8. The provider was reached: the engine
+    downloads the file again at its next poll (nothing is sent or paid again), and past
+    the provider patience leaves the batch's rows ``pending`` with the reason.
+    """
+
+
 class OrphanedBatchError(ProviderError):
     """A submit may have reached the provider but its batch cannot be identified."""
 
@@ -213,6 +226,15 @@ class CapSerialisedWarning(UserWarning):
 
     The message says how many requests could go at once, how often the rest waited, and
     which ``max_tokens`` the observed answers (reasoning included) fit with a margin.
+    """
+
+
+class LostUnpricedWarning(UserWarning):
+    """A dry run without a cap left lost realtime requests out of "already spent".
+
+    They were sent by a call without a cap (no worst case recorded) for rows this call
+    does not have, so their worst case cannot be computed. A capped call refuses such a
+    folder (:class:`StateError`); include the rows they were sent for to count them.
     """
 
 

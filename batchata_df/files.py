@@ -427,7 +427,9 @@ def _check_limits(
         raise FileInputError(msg)
 
 
-def load_files(frame: pl.DataFrame, column: str, providers: pl.Series) -> pl.Series:
+def load_files(
+    frame: pl.DataFrame, column: str, providers: pl.Series, *, first_row: int = 0
+) -> pl.Series:
     """Read the files named by ``frame[column]``; one :data:`FILE_PARTS` list per row.
 
     Parameters
@@ -440,6 +442,9 @@ def load_files(frame: pl.DataFrame, column: str, providers: pl.Series) -> pl.Ser
     providers
         The provider of each row (``"openai"``, ``"anthropic"``, ``"gemini"`` or null),
         whose limits the row's files must meet.
+    first_row
+        The input row number of ``frame``'s first row, for the messages (a streaming run
+        loads one chunk at a time).
 
     Raises
     ------
@@ -478,7 +483,7 @@ def load_files(frame: pl.DataFrame, column: str, providers: pl.Series) -> pl.Ser
         def where(item: object, index: int = index, value: object = value) -> str:
             shown = _preview(value)
             inner = "" if item is None or item == value else f" (file {_preview(item)})"
-            return f"files column {column!r}, row {index}, value {shown}{inner}"
+            return f"files column {column!r}, row {first_row + index}, value {shown}{inner}"
 
         if value is None:
             continue
@@ -814,6 +819,7 @@ def attach_files(
     *,
     salt: str,
     scheme: IdScheme,
+    first_row: int = 0,
 ) -> pl.DataFrame:
     """Load ``frame[column]`` and add the files to ``jobs`` (from :func:`build_jobs`).
 
@@ -822,11 +828,12 @@ def attach_files(
     bounds the slices that :func:`content_preparer` expands), and recomputes ``job_id`` with
     :func:`files_key` as extra key material (``salt`` and ``scheme`` as given to
     :func:`build_jobs`). Raises
-    :class:`~batchata_df.errors.FileInputError` before anything is sent.
+    :class:`~batchata_df.errors.FileInputError` before anything is sent, naming the row
+    counted from ``first_row`` (:func:`load_files`).
     """
     from batchata_df.jobs import job_ids
 
-    files = load_files(frame, column, jobs.get_column("provider"))
+    files = load_files(frame, column, jobs.get_column("provider"), first_row=first_row)
     jobs = jobs.with_columns(files.alias("files"))
     key = jobs.select(files_key(pl.col("files"))).to_series()
     jobs = jobs.with_columns(job_ids(jobs, salt, key, scheme=scheme))

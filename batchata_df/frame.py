@@ -295,8 +295,9 @@ def batch_llm(
         resume a killed run: nothing is sent twice). A sink that is a file the input
         reads, or input files Polars cannot read as one (a column's type differing
         between them), is a :class:`~batchata_df.errors.ConfigError` before anything is
-        sent; an existing sink is replaced when the call completes.
-        See :mod:`batchata_df.stream`.
+        sent; an existing sink is replaced when the call completes. A sink that is a
+        symbolic link is written through: the file it names gets the result, the link
+        stays (:func:`batchata_df.stream.sink_target`). See :mod:`batchata_df.stream`.
     chunk_rows
         Rows per chunk of a streaming run (default
         :data:`batchata_df.stream.DEFAULT_CHUNK_ROWS`).
@@ -452,6 +453,13 @@ def batch_llm(
         provider_patience_s=patience_s,
     )
     if dry_run:  # reads the folder without its lock: as checked above
+        # "Already spent" counts lost realtime requests at their worst case, as the run's
+        # cap would (it refuses what it cannot price; a dry run without a cap warns).
+        if state is not None and Path(state).is_dir():
+            stored_unpriced += price_lost_requests(
+                state, _lost_worst(unestimated, spec, prices), recorded=True,
+                refuse=max_cost_usd is not None,
+            )  # fmt: skip
         options = dataclasses.replace(options, stored_unpriced_usd=stored_unpriced)
         from batchata_df.plan import dry_run_plan
 
@@ -598,11 +606,12 @@ JOB_SALT_KEY = "job_salt"
 ID_SCHEME_KEY = "job_ids"
 """Fingerprint entry naming the scheme of the folder's job ids (:data:`~batchata_df.jobs.IdScheme`).
 
-Folders record it since the ``"hmac-sha256"`` scheme; a folder without it holds
-``"blake2b"`` ids (it was written before), and keeps them.
+Folders record it since the ``"hmac-sha256"`` scheme (``"hmac-sha256-v2"`` since job keys
+are injective); a folder without it holds ``"blake2b"`` ids (it was written before), and
+keeps them. A folder keeps its scheme.
 """
 
-ID_SCHEME: IdScheme = "hmac-sha256"
+ID_SCHEME: IdScheme = "hmac-sha256-v2"
 """The scheme of new folders and of calls without one."""
 
 
@@ -655,6 +664,8 @@ def _id_scheme(
     scheme = recorded[ID_SCHEME_KEY]
     if scheme == ID_SCHEME:
         return ID_SCHEME
+    if scheme == "hmac-sha256":  # written before keys were injective (jobs.job_keys)
+        return "hmac-sha256"
     if scheme == "blake2b":
         msg = (
             f"checkpoint folder {str(state)!r} names job id scheme 'blake2b', which no "
@@ -1318,13 +1329,7 @@ def _check_models(
         check_model_params(str(provider), str(model), params)
         family = family_of(str(provider), str(model))
         if not family.system_prompt and _has_system(jobs, model):
-            msg = (
-                f"model {model!r} ({family.name}) takes no system prompt: OpenAI refuses a "
-                "system or developer message for it (\"'messages[0].role' does not support "
-                "'system' with this model\"); put the instructions in prompt=, or use a "
-                "model that takes one such as 'o4-mini'"
-            )
-            raise ParamError(msg, model=str(model), param="system")
+            raise _no_system_prompt(str(provider), str(model))
         if provider == "anthropic" and family.structured_output:
             claude_structured = True
         if structured and not family.structured_output and not citations:
@@ -1337,6 +1342,18 @@ def _check_models(
             raise SchemaError(msg)
     return citations or not claude_structured
 
+
+
+def _no_system_prompt(provider: str, model: str) -> ParamError:
+    """The error for a system prompt on a row of a model that takes none (o1-mini)."""
+    family = family_of(provider, model)
+    msg = (
+        f"model {model!r} ({family.name}) takes no system prompt: OpenAI refuses a "
+        "system or developer message for it (\"'messages[0].role' does not support "
+        "'system' with this model\"); put the instructions in prompt=, or use a "
+        "model that takes one such as 'o4-mini'"
+    )
+    return ParamError(msg, model=model, param="system")
 
 
 def _has_system(jobs: pl.DataFrame, model: object) -> bool:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from batchata_df.engine import RunOptions, busy_jobs, plan_batches, settled
+from batchata_df.engine.recovery import as_lost
 from batchata_df.providers import make_provider
 from batchata_df.providers.base import RequestSpec
 from batchata_df.state import StateStore
@@ -71,6 +72,8 @@ def _recorded(
     # Validates the fingerprint, refuses a damaged folder; writes nothing, needs no lock.
     store = StateStore(state, fingerprint, readonly=True)
     current, billed = store.snapshot()
+    # Realtime requests left in flight are lost: the run does not send them again.
+    current = as_lost(current)
     done = settled(current, retry_failed=retry_failed)
     busy = busy_jobs(store, current)
     held = float(billed.get_column("cost_usd").fill_null(0.0).sum())

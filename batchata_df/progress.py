@@ -149,7 +149,7 @@ def _eta(s: ProgressSnapshot, since: float) -> str:
 
 
 def _finished(s: ProgressSnapshot) -> int:
-    """Requests finished: ended jobs plus those the providers report done in running batches."""
+    """Requests finished: ended jobs plus those done in batches not yet collected."""
     return s.completed + s.failed + s.cancelled + s.in_flight_done
 
 
@@ -262,7 +262,8 @@ def _panel(s: ProgressSnapshot, max_cost_usd: float | None, since: float = 0.0) 
         (f"pending {s.pending:,}", "dim"),
     )
     if s.in_flight_done and not done:
-        counts.append(f"  (of which {s.in_flight_done:,} done in running batches)", "dim")
+        counts.append(f"  (of which {s.in_flight_done:,} done in batches not yet collected)",
+                      "dim")
     grid.add_row("jobs", counts)
     if s.batches or s.realtime_in_flight is None:
         grid.add_row("batches", Text(_batches(s)))

@@ -16,7 +16,10 @@ connection itself for several queries over the same snapshot. Both define these 
     cache saved: the same usage at the input rate minus ``cost_usd``) add up every billed
     attempt (one per
     provider batch the job was in; ``attempts`` counts them), so ``sum(cost_usd)`` is what
-    was paid.
+    was paid, as far as it is known: a realtime attempt lost in flight (``error`` "lost:
+    ...", or the job sent again and answered since) has no cost stored, though the
+    provider may have billed it. :data:`LOST_REQUESTS` lists those attempts with their
+    worst case, which ``max_cost_usd`` counts as spent.
     ``provider``, ``model``, ``batch_key`` and ``provider_batch_id`` are the latest *known*
     values (an event that does not repeat them does not erase them).
     ``answer`` (the validated answer as JSON, completed jobs) and ``raw`` (the text the
@@ -58,9 +61,10 @@ connection sees the same consistent snapshot (parts are written under a hidden t
 name and renamed, and never rewritten). Call :func:`sql` again for a fresh snapshot.
 
 Ready-made queries: :data:`COST_BY_STATUS`, :data:`ESTIMATED_VS_ACTUAL`,
-:data:`FAILURES_BY_ERROR`, :data:`BATCH_DURATIONS` (SQL text, for :func:`sql` or the
-command line), and the functions :func:`cost_by_status`, :func:`estimated_vs_actual`,
-:func:`failures_by_error`, :func:`batch_durations`.
+:data:`FAILURES_BY_ERROR`, :data:`LOST_REQUESTS`, :data:`BATCH_DURATIONS` (SQL text, for
+:func:`sql` or the command line), and the functions :func:`cost_by_status`,
+:func:`estimated_vs_actual`, :func:`failures_by_error`, :func:`lost_requests`,
+:func:`batch_durations`.
 """
 
 from __future__ import annotations
@@ -94,12 +98,14 @@ __all__ = [
     "COST_BY_STATUS",
     "ESTIMATED_VS_ACTUAL",
     "FAILURES_BY_ERROR",
+    "LOST_REQUESTS",
     "StatePaths",
     "batch_durations",
     "connect",
     "cost_by_status",
     "estimated_vs_actual",
     "failures_by_error",
+    "lost_requests",
     "sql",
 ]
 
@@ -151,6 +157,35 @@ GROUP BY ALL
 ORDER BY n_jobs DESC, error_class
 """
 """Failed jobs by error class (the part of ``error`` before the first ``:``)."""
+
+LOST_REQUESTS = """
+WITH attempts AS (
+    SELECT run, job_id, batch_key,
+           arg_max(status, seq) AS status,
+           arg_max_null(error, seq) AS error,
+           arg_max_null(est_cost_usd, seq) AS est_cost_usd,
+           max(ts) AS lost_at
+    FROM job_events
+    WHERE mode = 'realtime'
+    GROUP BY run, job_id, batch_key
+)
+SELECT a.run, a.job_id, a.batch_key, j.provider, j.model, a.est_cost_usd,
+       j.status AS job_status, a.lost_at
+FROM attempts AS a JOIN jobs AS j USING (run, job_id)
+WHERE a.status = 'assigned' OR (a.status = 'failed' AND a.error LIKE 'lost:%')
+ORDER BY a.run, a.lost_at, a.job_id
+"""
+"""Every realtime request lost in flight: the provider may have billed it, no cost is stored.
+
+One row per lost attempt (``run``, ``job_id``, ``batch_key``), also when the job was sent
+again and answered since (``job_status`` is the job's status now): the provider may have
+billed both attempts. ``est_cost_usd`` is the worst case recorded when it was sent (null
+when that call had no cap). ``max_cost_usd`` counts each at that worst case as spent (or
+at the one it computes from the call's rows), whatever became of the job: what a cap
+counts as the folder's spend is ``sum(cost_usd)`` over ``jobs`` plus ``sum(est_cost_usd)``
+here. An attempt whose job is still ``assigned`` is in flight, or was lost by a process
+that died (the next call ends it ``failed`` "lost: ...").
+"""
 
 BATCH_DURATIONS = """
 SELECT run, batch_key, provider_batch_id, provider, model, status, provider_status,
@@ -604,6 +639,26 @@ def failures_by_error(state: StatePaths) -> pl.DataFrame:
     [('expired', 2), ('refusal', 1)]
     """
     return sql(FAILURES_BY_ERROR, state)
+
+
+def lost_requests(state: StatePaths) -> pl.DataFrame:
+    """Every realtime request lost in flight, retried since or not (:data:`LOST_REQUESTS`).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import polars as pl
+    >>> from batchata_df.state import StateStore
+    >>> folder = tempfile.mkdtemp()
+    >>> store = StateStore(folder, {})
+    >>> store.append_jobs(pl.DataFrame({"job_id": ["a", "a", "a"], "batch_key": ["r1", "r1", "r2"],
+    ...     "status": ["assigned", "failed", "completed"], "mode": "realtime",
+    ...     "error": [None, "lost: in flight", None], "est_cost_usd": [0.03, 0.03, None],
+    ...     "cost_usd": [None, None, 0.02]}))
+    >>> lost_requests(folder).select("job_id", "batch_key", "est_cost_usd", "job_status").row(0)
+    ('a', 'r1', 0.03, 'completed')
+    """
+    return sql(LOST_REQUESTS, state)
 
 
 def batch_durations(state: StatePaths) -> pl.DataFrame:

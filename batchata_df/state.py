@@ -33,7 +33,9 @@ null.
 ``mode`` is ``"realtime"`` on the events of requests sent one by one through the
 providers' standard endpoints (``batch_llm(mode="realtime")``; their ``batch_key`` names
 the call's realtime requests of one model, ``provider_batch_id`` is null) and null on batch
-events (parts written before it existed read as null too). A ``realtime`` ``assigned``
+events (parts written before it existed read as null too) and on the ``cancelled`` events
+of jobs never sent (a stop or the cost cap before their turn: no batch key either, but the
+``provider`` and ``model`` they were for). A ``realtime`` ``assigned``
 event is written before the request is sent; one left without a later event (the process
 died while the request was in flight) ends ``failed`` with ``lost:`` on the next call,
 because the provider may have billed it (see :mod:`batchata_df.engine.realtime`).
@@ -81,6 +83,8 @@ __all__ = [
     "adopt_schema",
     "join_by_job",
     "lined_up",
+    "lost_attempts",
+    "lost_usd",
     "WriterLock",
     "spent_usd",
 ]
@@ -1174,6 +1178,65 @@ def _billed_total(root: Path) -> float:
         summed = billed_from_events(part).select(pl.col("cost_usd").fill_null(0.0).sum())
         total += float(summed.collect(engine="streaming").item() or 0.0)
     return total
+
+
+def lost_attempts(root: str | os.PathLike[str]) -> pl.DataFrame:
+    """Every realtime request of folder ``root`` that may have been billed with no cost stored.
+
+    One row per attempt (job, ``batch_key``), whatever became of the job afterwards: a
+    request in flight when its process died (the attempt's last event a realtime
+    ``assigned``, which the next call ends ``failed`` "lost: ...") or whose answer never
+    came back (a realtime ``failed`` "lost: ..."). A row sent again and answered
+    (``retry_failed=True``) keeps its lost attempt here: the provider may have billed both.
+    Columns ``job_id`` and ``est_cost_usd`` (the worst case recorded when it was sent: null
+    when that call had no cap or dry run's estimates). Realtime events are read alone (a
+    folder of batch runs reads its ``mode`` column only), in slices of the folder's jobs as
+    :func:`spent_usd`: bounded memory.
+    """
+    empty = pl.DataFrame(schema={"job_id": pl.String, "est_cost_usd": pl.Float64})
+    parts = table_parts(Path(root) / "jobs")
+    if not parts:
+        return empty
+    events = (
+        pl.scan_parquet(
+            parts, schema=JOB_EVENTS, missing_columns="insert", extra_columns="ignore",
+            glob=False,
+        )
+        .filter(pl.col("mode") == "realtime")
+        .select("seq", "job_id", "batch_key", "status", "error", "est_cost_usd")
+    )  # fmt: skip
+    n_events = int(events.select(pl.len()).collect().item())
+    if not n_events:
+        return empty
+    slices = max(1, -(-n_events // SPENT_SLICE_EVENTS))
+    lost = (
+        (pl.col("status") == "assigned")
+        | ((pl.col("status") == "failed") & pl.col("error").str.starts_with("lost:"))
+    ).fill_null(False)
+    found = [empty]
+    for i in range(slices):
+        part = events
+        if slices > 1:
+            part = events.filter((pl.col("job_id").hash(seed=0) % slices).fill_null(0) == i)
+        found.append(
+            part.group_by("job_id", "batch_key")
+            .agg(pl.all().sort_by("seq").last())
+            .filter(lost)
+            .select("job_id", pl.col("est_cost_usd").cast(pl.Float64))
+            .collect()
+        )
+    return pl.concat(found)
+
+
+def lost_usd(root: str | os.PathLike[str]) -> float:
+    """The recorded worst case of every lost attempt of folder ``root`` (:func:`lost_attempts`).
+
+    What a cap counts for them as spent; those with none recorded count 0 here (see
+    :func:`batchata_df.validate.price_lost_requests`).
+    """
+    with reading_folder(root):
+        lost = lost_attempts(root)
+    return float(lost.get_column("est_cost_usd").fill_null(0.0).sum())
 
 
 PART_RUN_KEY = "batchata_run"

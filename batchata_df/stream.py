@@ -46,7 +46,7 @@ from pydantic import BaseModel
 from batchata_df.cost import PriceOverride, PriceTable
 from batchata_df.engine import Engine, RunOptions
 from batchata_df.engine.driver import job_states_of, with_unavailable
-from batchata_df.errors import ConfigError
+from batchata_df.errors import ConfigError, FileInputError
 from batchata_df.jobindex import JobIndex
 from batchata_df.jobs import build_jobs, check_param_values, check_params
 from batchata_df.providers import SUPPORTED_PARAMS, make_provider
@@ -60,7 +60,8 @@ from batchata_df.state import (
     WriterLock,
     check_lock_timeout,
 )
-from batchata_df.validate import check_run_arguments
+from batchata_df.summary import dictionary_columns
+from batchata_df.validate import check_run_arguments, price_lost_requests
 
 __all__ = ["DEFAULT_CHUNK_ROWS", "stream_llm"]
 
@@ -122,6 +123,8 @@ def stream_llm(
             "leave sink out to get a DataFrame back"
         )
         raise ConfigError(msg)
+    # A link is written through: the file it names gets the result, the link stays.
+    sink_path = sink_target(sink_path, what=f"sink={str(sink)!r}")
     _check_writable(sink_path)  # creates nothing: the folder comes with the sink
     time_limit_s, patience_s, stored_unpriced = check_run_arguments(
         max_cost_usd=max_cost_usd,
@@ -183,6 +186,8 @@ def stream_llm(
     check_schema_limits(
         answer.json_schema, needed, name=answer.name, citations=no_claude_format
     )
+    _check_system_everywhere(lf, model, system, probe, probe_jobs, scans)
+    _check_history_everywhere(lf, history, scans)
     spec = RequestSpec(
         schema=answer, params=run_params, citations=citations, keep_responses=keep_responses,
         prompt_caching=prompt_caching,
@@ -209,7 +214,7 @@ def stream_llm(
 
     recorded = fr._recorded_lookup(state, fingerprint, retry_failed=retry_failed)
 
-    def jobs_of(chunk: pl.DataFrame) -> pl.DataFrame:
+    def jobs_of(chunk: pl.DataFrame, first_row: int = 0) -> pl.DataFrame:
         jobs = build_jobs(
             chunk, model=model, prompt=prompt, system=system, salt=salt, scheme=scheme,
             history=history,
@@ -217,7 +222,9 @@ def stream_llm(
         if files is not None:
             from batchata_df.files import attach_files
 
-            jobs = attach_files(jobs, chunk, files, salt=salt, scheme=scheme)
+            jobs = attach_files(
+                jobs, chunk, files, salt=salt, scheme=scheme, first_row=first_row
+            )
         return fr._over_window(jobs, spec, recorded)
 
     # A dry run's expected cost learns from the answers already in the folder, as in memory.
@@ -238,10 +245,18 @@ def stream_llm(
             from batchata_df.progress import make_display
 
             show = make_display(max_cost_usd=max_cost_usd).show_plan
-        # A dry run reads the folder without its lock: as checked above.
+        # A dry run reads the folder without its lock: as checked above. "Already spent"
+        # counts lost realtime requests at their recorded worst case, as the run's cap
+        # would (a streamed call cannot price those without one: refused under a cap).
+        if state is not None and Path(state).is_dir():
+            stored_unpriced += price_lost_requests(
+                state, None, recorded=True, refuse=max_cost_usd is not None
+            )
         options = dataclasses.replace(options, stored_unpriced_usd=stored_unpriced)
         with tempfile.TemporaryDirectory(prefix="batchata-df-plan-") as plan_dir:
-            source = ChunkSource(lf, Path(plan_dir), rows, jobs_of, estimate, expected)
+            source = ChunkSource(
+                lf, Path(plan_dir), rows, jobs_of, estimate, expected, sends=False
+            )
             stream_plan(
                 source, sink_path, spec, options, state, fingerprint, show,
                 pl.DataFrame(schema=lf.collect_schema()),
@@ -310,6 +325,62 @@ def _spill_folder(folder: Path) -> Iterator[Path]:
         shutil.rmtree(spill, ignore_errors=True)
 
 
+def sink_target(path: Path, *, what: str) -> Path:
+    """The file written for ``path``: ``path``, or the file its symbolic link names.
+
+    The result is written beside the file a link names, then renamed over it: the link
+    stays, and what it points to (a file on a data lake mount, say) gets the result, as
+    ``open(link, "w")``, the shell's ``>`` and Polars' ``write_parquet`` would. Replacing
+    the link itself made it a regular file and left its target as it was. A link to a
+    link is followed to the end (:func:`os.path.realpath`), and the input check compares
+    that file with the input's files.
+
+    A link whose file does not exist yet (a dangling one) is written through too, when the
+    folder it names exists: the file is created there. When that folder does not exist
+    either, or the links loop, :class:`ConfigError` is raised, before anything is sent:
+    the folder is not created, because a link into a folder that is missing is most often
+    a link into a drive that is not mounted (creating the folder would put the result on
+    the local disk under the mount point, where the mounted drive would then hide it).
+    ``what`` names the path in the message (``"sink='out.parquet'"``).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> (folder / "lake").mkdir()
+    >>> (folder / "out.parquet").symlink_to(folder / "lake" / "t.parquet")  # dangling
+    >>> sink_target(folder / "out.parquet", what="sink") == folder / "lake" / "t.parquet"
+    True
+    >>> sink_target(folder / "plain.parquet", what="sink") == folder / "plain.parquet"
+    True
+    >>> (folder / "gone.parquet").symlink_to(folder / "unmounted" / "t.parquet")
+    >>> sink_target(folder / "gone.parquet", what="sink")
+    Traceback (most recent call last):
+    ...
+    batchata_df.errors.ConfigError: sink is a symbolic link to ...
+    """
+    if not os.path.islink(path):
+        return path
+    target = Path(os.path.realpath(path))
+    if os.path.islink(target):  # realpath stops where links loop
+        msg = (
+            f"{what} is a symbolic link that loops ({str(target)!r} leads back to itself); "
+            "point the link at a file, or remove it to write a regular file there. Nothing "
+            "was sent"
+        )
+        raise ConfigError(msg)
+    if not target.parent.is_dir():
+        msg = (
+            f"{what} is a symbolic link to {str(target)!r}, whose folder "
+            f"{str(target.parent)!r} does not exist (a drive that is not mounted?). The "
+            "result is written through the link, to that file: mount the drive or create "
+            "the folder, or point the link elsewhere, or remove the link to write a "
+            "regular file in its place. Nothing was sent"
+        )
+        raise ConfigError(msg)
+    return target
+
+
 def _check_writable(sink: Path) -> None:
     """Raise :class:`ConfigError` unless ``sink`` can be written; create nothing.
 
@@ -330,6 +401,13 @@ def _check_writable(sink: Path) -> None:
     ...
     batchata_df.errors.ConfigError: sink=...
     """
+    if sink.is_dir():  # found only at the end (after paying) by the rename over it
+        msg = (
+            f"sink={str(sink)!r} is a folder: the result is one Parquet file, written under "
+            "that name. Give a file path (e.g. inside the folder, or beside it), or remove "
+            "the folder. Nothing was sent"
+        )
+        raise ConfigError(msg)
     folder = sink.absolute().parent
     existing = next((f for f in (folder, *folder.parents) if f.exists()), folder)
     if not existing.is_dir():
@@ -516,6 +594,93 @@ def _probe(lf: pl.LazyFrame, model: str | pl.Expr) -> pl.DataFrame:
     )
 
 
+def _check_system_everywhere(
+    lf: pl.LazyFrame,
+    model: str | pl.Expr,
+    system: str | pl.Expr | None,
+    probe: pl.DataFrame,
+    probe_jobs: pl.DataFrame,
+    scans: _Scans,
+) -> None:
+    """Refuse a system prompt on any row of a model that takes none, before sending.
+
+    The in-memory path checks every row (``frame._check_models``); the probe holds one
+    row per model, so a per-row ``system`` (a column, or a template over one) that is
+    null on that row and set on a later one went out, and the provider refused those
+    rows one by one. Every row is checked here, up front, by one streaming pass over the
+    columns the model and system expressions read (Polars reads no other column): only
+    when the run has such a model and a system prompt, so other runs pay nothing.
+    Per chunk it would cost nothing more, but it would raise after the earlier chunks
+    were sent and paid for.
+    """
+    from batchata_df import frame as fr
+    from batchata_df.jobs import _as_expr
+    from batchata_df.models import family_of
+
+    if system is None:
+        return
+    refused = {
+        str(m): str(p)
+        for p, m in fr._model_pairs(probe_jobs)
+        if not family_of(str(p), str(m)).system_prompt
+    }
+    if not refused:
+        return
+    text = _as_expr(system, lf.collect_schema(), "system")
+    if isinstance(model, pl.Expr):
+        # The model expression's values (as the user wrote them: "o1-mini", or with
+        # "openai/") of the refused models, from the probe: one row per value.
+        spec = model.cast(pl.String)
+        values = probe.select(spec.alias("v")).get_column("v")
+        names = probe_jobs.get_column("model")
+        bad = values.filter(names.is_in(list(refused)).fill_null(False))
+        where = spec.is_in(bad.implode()) & text.is_not_null()
+    else:
+        spec, where = text, text.is_not_null()  # the one model: refused, as probed
+    try:
+        # A column is selected, never a literal alone: Polars gives a select of literals
+        # one row whatever the filter kept.
+        hit = lf.filter(where).select(spec.alias("m")).head(1).collect(engine="streaming")
+    except (pl.exceptions.PolarsError, OSError) as e:
+        raise _unreadable(e, scans) from e
+    if hit.height:
+        from batchata_df.jobs import parse_model
+
+        provider, name = parse_model(str(hit.item()) if isinstance(model, pl.Expr) else model)
+        raise fr._no_system_prompt(provider, name)
+
+
+def _check_history_everywhere(lf: pl.LazyFrame, history: str | None, scans: _Scans) -> None:
+    """Refuse a bad turn in any row's ``history``, before sending (as in memory).
+
+    Each chunk's jobs check their rows' turns (:func:`batchata_df.jobs.history_expr`), so
+    a bad turn in a later chunk raised after the earlier chunks were sent and paid for.
+    One streaming pass over the history column (its type was checked on the probe),
+    only when ``history=`` is given.
+    """
+    from batchata_df.jobs import BAD_TURN, bad_turn_error
+
+    if history is None:
+        return
+    turn = pl.col("\u0000turn")
+    try:
+        bad = (
+            lf.select(pl.col(history).explode().alias("\u0000turn"))
+            .filter(turn.is_not_null())
+            .select(
+                turn.struct.field("role").cast(pl.String).alias("role"),
+                turn.struct.field("content").cast(pl.String).alias("content"),
+            )
+            .filter(BAD_TURN)
+            .head(1)
+            .collect(engine="streaming")
+        )
+    except (pl.exceptions.PolarsError, OSError) as e:
+        raise _unreadable(e, scans) from e
+    if bad.height:
+        raise bad_turn_error(history, bad.row(0, named=True))
+
+
 def _chunks(lf: pl.LazyFrame, rows: int, total: int) -> Iterator[pl.DataFrame]:
     """The input in chunks of ``rows`` rows, in order.
 
@@ -553,11 +718,15 @@ class ChunkSource:
         lf: pl.LazyFrame,
         spill: Path,
         chunk_rows: int,
-        jobs_of: Callable[[pl.DataFrame], pl.DataFrame],
+        jobs_of: Callable[[pl.DataFrame, int], pl.DataFrame],
         estimate: Callable[[pl.DataFrame], pl.DataFrame],
         expected_rows: int,
+        *,
+        sends: bool = True,
     ) -> None:
         self.spill, self.jobs_of, self.estimate = spill, jobs_of, estimate
+        self.sends = sends
+        """Whether the chunks read go to an engine that sends them (not a dry run's plan)."""
         self.expected_rows = expected_rows
         self.rows_seen = 0
         self.files: list[Path] = []
@@ -591,7 +760,20 @@ class ChunkSource:
             raise ConfigError(msg) from e
         if chunk is None:
             return None
-        jobs = self.jobs_of(chunk)
+        try:
+            jobs = self.jobs_of(chunk, self.rows_seen)
+        except FileInputError as e:
+            # The files of a chunk are read when the chunk is (reading every file up
+            # front, as in memory, would read each twice): one found bad in a later chunk
+            # comes after the earlier chunks were sent.
+            if not (self.sends and self.rows_seen):
+                raise
+            msg = (
+                f"{e}. Found after {self.rows_seen:,} rows were read and sent: fix the file "
+                "and call again with the same state=: the batches already sent are kept in "
+                "the state folder and are collected then, never sent or paid for twice"
+            )
+            raise FileInputError(msg) from e
         ids = jobs.get_column("job_id")
         later = pl.repeat(False, chunk.height, dtype=pl.Boolean, eager=True).alias(_LATER)
         hit = self.seen.check_and_add(ids) if self.seen is not None else None
@@ -653,7 +835,7 @@ class ChunkSource:
             .unique(_JOB, keep="first", maintain_order=True)
             .collect()
         )
-        jobs = self.jobs_of(rows.drop(_JOB, _ERR, _LATER))
+        jobs = self.jobs_of(rows.drop(_JOB, _ERR, _LATER), 0)
         return self.estimate(jobs.filter(pl.col("input_error").is_null()).drop("input_error"))
 
 
@@ -850,7 +1032,12 @@ class SinkWriter:
         """Append ``frame`` (the first one fixes the schema)."""
         table = frame.to_arrow()
         if self._writer is None:
-            self._writer = self._pq.ParquetWriter(self.tmp, table.schema, compression="zstd")
+            # No dictionary for the string columns that would overflow one (the input's
+            # prompts, the job ids): the same values, for less CPU (summary module).
+            self._writer = self._pq.ParquetWriter(
+                self.tmp, table.schema, compression="zstd",
+                use_dictionary=dictionary_columns(frame),
+            )
         self._writer.write_table(table.cast(self._writer.schema))
 
     def close(self, empty: pl.DataFrame) -> None:
@@ -1339,6 +1526,7 @@ def stream_plan(
     earlier chunk already had is a ``duplicate``. Nothing is written to the state folder.
     """
     from batchata_df.engine import plan_batches, settled
+    from batchata_df.engine.recovery import as_lost
     from batchata_df.plan import PLAN_COLUMNS, plan_columns, plan_status
 
     store = None
@@ -1372,6 +1560,7 @@ def stream_plan(
             done = pl.Series("job_id", [], dtype=pl.String)
             if store is not None:
                 latest, _ = store.snapshot(ids, index)
+                latest = as_lost(latest)  # left in flight: lost, not sent again (the run)
                 done = settled(latest, retry_failed=options.retry_failed).get_column("job_id")
             sendable = jobs.filter(pl.col("input_error").is_null())
             todo = (

@@ -45,7 +45,9 @@ import polars as pl
 
 from batchata_df.state import TERMINAL_JOB, table_parts
 
-__all__ = ["PARTS_KEY", "SUMMARY", "SummaryWriter", "summarize", "valid_summary"]
+__all__ = [
+    "PARTS_KEY", "SUMMARY", "SummaryWriter", "dictionary_columns", "summarize", "valid_summary",
+]  # fmt: skip
 
 SUMMARY_DIR = "summary"
 SUMMARY_FILE = "jobs.parquet"
@@ -223,6 +225,46 @@ def _billed(ev: pl.DataFrame, billable: pl.Expr) -> pl.DataFrame:
     )
 
 
+DICTIONARY_PAGE_BYTES = 1 << 20
+"""pyarrow's ``dictionary_pagesize_limit`` when none is given: 1 MiB (Arrow C++
+``kDefaultDictionaryPageSizeLimit``; ARROW-7150, ARROW-15855). A column chunk whose dictionary
+grows past it falls back to plain encoding for the rest of the chunk."""
+
+
+def dictionary_columns(frame: pl.DataFrame) -> bool | list[str]:
+    """``use_dictionary`` for a pyarrow ``ParquetWriter`` whose first frame is ``frame``.
+
+    A string column whose distinct values in ``frame`` would not fit in one dictionary page
+    (each value's bytes plus its 4-byte length, as in a PLAIN dictionary page) is left out:
+    pyarrow would build a dictionary for it, overflow it within the row group and fall
+    back to plain encoding, having encoded part of it twice (the input's prompts and the
+    job ids of a 50,000-row sink slice: 10-20 % of both writers' CPU, the files 7 % larger;
+    ``benchmarks/PROFILE.md``, thirteenth pass). Every other column keeps its dictionary,
+    as ``True`` gives. The values read back are the same either way; only the encoding of
+    the column's pages differs. With a nested column (whose Parquet paths are not its
+    name), ``True``.
+
+    Examples
+    --------
+    >>> ids = pl.Series("id", [f"{i:024x}" for i in range(50_000)])
+    >>> dictionary_columns(pl.DataFrame({"id": ids, "status": "completed", "n": 1}))
+    ['status', 'n']
+    >>> dictionary_columns(pl.DataFrame({"id": ids.head(10), "status": "completed"}))
+    True
+    """
+    if any(dtype.is_nested() for dtype in frame.schema.dtypes()):
+        return True
+    keep: list[str] = []
+    for name, dtype in frame.schema.items():
+        if dtype == pl.String:
+            distinct = frame.get_column(name).drop_nulls().unique()
+            size = int(distinct.str.len_bytes().sum() or 0) + 4 * distinct.len()
+            if size > DICTIONARY_PAGE_BYTES:
+                continue
+        keep.append(name)
+    return True if len(keep) == frame.width else keep
+
+
 class SummaryWriter:
     """Writes a folder's summary while a streaming run writes its sink (see the module).
 
@@ -276,11 +318,14 @@ class SummaryWriter:
         if rows.height == 0:
             return
         self.events += int(rows.get_column("n_events").sum())
-        table = rows.select(list(SUMMARY)).to_arrow()
+        rows = rows.select(list(SUMMARY))
+        table = rows.to_arrow()
         if self._writer is None:
             self.folder.mkdir(exist_ok=True)
             schema = table.schema.with_metadata({PARTS_KEY: json.dumps(self.parts)})
-            self._writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")
+            self._writer = pq.ParquetWriter(
+                self.tmp, schema, compression="zstd", use_dictionary=dictionary_columns(rows)
+            )
         self._writer.write_table(table.cast(self._writer.schema))
 
     def close(self) -> bool:

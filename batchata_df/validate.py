@@ -153,42 +153,15 @@ def check_run_arguments(
 
 
 def lost_requests(state: str | os.PathLike[str]) -> pl.DataFrame:
-    """The folder's realtime requests that may have been billed without an answer stored.
+    """The folder's realtime requests that may have been billed without a cost stored.
 
-    A request in flight when its process died (its latest event a realtime ``assigned``,
-    which the next run ends ``failed`` "lost: ...") or whose answer never came back (a
-    realtime ``failed`` "lost: ..."). Columns ``job_id`` and ``est_cost_usd`` (the worst
-    case recorded when it was sent: null when that call had no cap). Read in slices of the
-    folder's jobs, as :func:`check_spend_is_priced`: bounded memory.
+    Every lost attempt, including those of rows sent again and answered since
+    (:func:`batchata_df.state.lost_attempts`): columns ``job_id`` and ``est_cost_usd`` (the
+    worst case recorded when it was sent: null when that call had no cap).
     """
-    from batchata_df.state import JOB_EVENTS, SPENT_SLICE_EVENTS, table_parts
+    from batchata_df.state import lost_attempts
 
-    empty = pl.DataFrame(schema={"job_id": pl.String, "est_cost_usd": pl.Float64})
-    parts = table_parts(Path(state) / "jobs")
-    if not parts:
-        return empty
-    events = pl.scan_parquet(
-        parts, schema=JOB_EVENTS, missing_columns="insert", extra_columns="ignore", glob=False
-    ).select("seq", "job_id", "status", "mode", "error", "est_cost_usd")
-    n_events = int(events.select(pl.len()).collect().item())
-    slices = max(1, -(-n_events // SPENT_SLICE_EVENTS))
-    lost = (pl.col("mode") == "realtime") & (
-        (pl.col("status") == "assigned")
-        | ((pl.col("status") == "failed") & pl.col("error").str.starts_with("lost:"))
-    ).fill_null(False)
-    found = [empty]
-    for i in range(slices):
-        part = events
-        if slices > 1:
-            part = events.filter((pl.col("job_id").hash(seed=0) % slices).fill_null(0) == i)
-        found.append(
-            part.group_by("job_id")
-            .agg(pl.all().sort_by("seq").last())
-            .filter(lost)
-            .select("job_id", pl.col("est_cost_usd").cast(pl.Float64))
-            .collect()
-        )
-    return pl.concat(found)
+    return lost_attempts(state)
 
 
 def price_lost_requests(
@@ -196,6 +169,7 @@ def price_lost_requests(
     worst_of: Callable[[pl.Series], pl.DataFrame] | None,
     *,
     recorded: bool,
+    refuse: bool = True,
 ) -> float:
     """The worst case a cap counts for the folder's lost realtime requests; refuse the rest.
 
@@ -204,9 +178,12 @@ def price_lost_requests(
     estimate + ``max_tokens`` of output at the realtime price). A request sent by a call
     without a cap has none recorded: it is computed now by ``worst_of`` (``job_id`` ->
     ``job_id``, ``worst_usd``; the current call's rows, realtime prices) when the request
-    is one of this call's rows. ``recorded``: add the recorded worst cases too (the
-    engine's :func:`~batchata_df.engine.recovery.lost_spend` counts them on the in-memory
-    paths, a streamed run does not).
+    is one of this call's rows. Every lost attempt counts, also one whose row was sent
+    again and answered since (the provider may have billed both). ``recorded``: add the
+    recorded worst cases too (the in-memory engines count them with
+    :func:`batchata_df.state.lost_usd`, a streamed run and a dry run do not).
+    ``refuse=False`` (a dry run without a cap): a lost request that cannot be priced is
+    left out with a :class:`~batchata_df.errors.LostUnpricedWarning` instead.
 
     Raises
     ------
@@ -231,7 +208,21 @@ def price_lost_requests(
     )
     priced = missing.join(found.select("job_id", "worst_usd"), on="job_id", how="left")
     unknown = priced.filter(pl.col("worst_usd").is_null())
-    if unknown.height:
+    if unknown.height and not refuse:
+        import warnings
+
+        from batchata_df.errors import LostUnpricedWarning
+
+        warnings.warn(
+            f"the state folder {os.fspath(state)!r} holds {unknown.height} realtime "
+            "request(s) lost in flight (the provider may have billed them) with no worst "
+            f"case recorded (e.g. job {unknown.item(0, 'job_id')!r}) and not among this "
+            "call's rows: 'already spent' leaves them out. Include the rows they were sent "
+            "for to count them",
+            LostUnpricedWarning,
+            stacklevel=4,
+        )
+    elif unknown.height:
         fix = (
             "Include the rows they were sent for in this call's frame (their worst case is "
             "computed from them), run"
@@ -249,7 +240,7 @@ def price_lost_requests(
             "folder. Nothing was sent"
         )
         raise StateError(msg)
-    return total + float(priced.get_column("worst_usd").sum())
+    return total + float(priced.get_column("worst_usd").fill_null(0.0).sum())
 
 
 def check_spend_is_priced(

@@ -8,8 +8,10 @@ rows of ``bench_overhead.py`` (OpenAI's model, ``prompt="{text}"``), best of ``-
     python benchmarks/bench_job_ids.py --rows 1000000
 
 Schemes: ``blake2b`` (folders written before schemes were recorded), ``hmac-sha256``
-(compiled, polars-hash), ``hmac-sha256 (hmac)`` (the Python fallback). Take the
-benchmark mutex on a shared machine.
+(compiled, polars-hash; the NUL-joined key), ``hmac-sha256-v2`` (new folders: the same
+hash of the injective key, whose scan for NUL / ``\x01`` is the difference),
+``hmac-sha256 (hmac)`` (the Python fallback). Take the benchmark mutex on a shared
+machine.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ def main() -> None:
     runs: dict[str, Callable[[], object]] = {
         "blake2b": lambda: jobs.job_ids(built, salt, scheme="blake2b"),
         "hmac-sha256": lambda: jobs.job_ids(built, salt, scheme="hmac-sha256"),
+        "hmac-sha256-v2": lambda: jobs.job_ids(built, salt, scheme="hmac-sha256-v2"),
     }
 
     def fallback() -> object:

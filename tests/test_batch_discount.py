@@ -18,8 +18,10 @@ import pytest
 from genai_prices import Usage, calc_price
 from pydantic import BaseModel
 
-from batchata_df import batch_llm
+from batchata_df import batch_llm, sql, tokens
+from batchata_df.caching import OPENAI_MIN, OPENAI_STEP
 from batchata_df.cost import PriceTable, cost_expr, with_usage_columns
+from batchata_df.emulator.pricing import billed_usd
 from batchata_df.providers import anthropic as anthropic_provider
 from batchata_df.providers import gemini as gemini_provider
 from batchata_df.providers import openai as openai_provider
@@ -57,11 +59,26 @@ def test_models_without_a_batch_price_get_the_documented_discount(provider, prov
         standard / 2)
 
 
-def test_gemini_batch_cache_reads_stay_at_the_standard_rate_without_a_batch_price():
+def test_gemini_batch_cache_reads_are_halved_without_a_batch_price():
     price = PriceTable().get("gemini", "gemini-3.5-flash")
     assert price is not None
-    # Standard: 1.50 in, 9.00 out, 0.15 cache read (genai-prices 0.2.3, Gemini pricing page).
-    assert (price.input, price.output, price.cached_input) == (0.75, 4.5, 0.15)
+    # Standard: 1.50 in, 9.00 out, 0.15 cache read (genai-prices 0.2.3); the batch tab
+    # halves all three ("Batch halves input, output and context caching").
+    assert (price.input, price.output, price.cached_input) == (0.75, 4.5, 0.075)
+
+
+@pytest.mark.parametrize(("provider", "without", "with_batch"), [
+    # Same standard price, one with a batch variant in genai-prices 0.2.3, one without.
+    ("openai", "gpt-5.3", "gpt-5.2"),                # 1.75 / 14 / 0.175 cached
+    ("gemini", "gemini-3.7-flash", "gemini-3.6-flash"),  # 0.75 / 3.75 / 0.075 cached
+])
+def test_a_model_without_a_batch_price_is_priced_like_its_sibling_with_one(
+        provider, without, with_batch):
+    table = PriceTable()
+    a, b = table.get(provider, without), table.get(provider, with_batch)
+    assert a is not None and b is not None
+    assert a.source.endswith("(standard x 0.5)") and not b.source.endswith("(standard x 0.5)")
+    assert (a.input, a.output, a.cached_input) == (b.input, b.output, b.cached_input)
 
 
 def test_which_rates_the_discount_halves_per_provider():
@@ -72,10 +89,12 @@ def test_which_rates_the_discount_halves_per_provider():
     assert opus is not None
     assert (opus.input, opus.output, opus.cached_input, opus.cache_write) == (
         7.5, 37.5, 0.75, 9.375)
-    # OpenAI gpt-5.3 standard 1.75 / 14.00 / 0.175 cached: cached input kept (the bound).
+    # OpenAI gpt-5.3 standard 1.75 / 14.00 / 0.175 cached: all halved, as OpenAI's Batch
+    # table halves the cached rate of every model it lists one for (gpt-5.2: 0.0875).
     gpt = table.get("openai", "gpt-5.3")
     assert gpt is not None
-    assert (gpt.input, gpt.output, gpt.cached_input, gpt.cache_write) == (0.875, 7.0, 0.175, None)
+    assert (gpt.input, gpt.output, gpt.cached_input, gpt.cache_write) == (
+        0.875, 7.0, 0.0875, None)
 
 
 @pytest.mark.parametrize(("provider", "model"), [
@@ -162,11 +181,13 @@ def test_anthropic_reported_cache_reads_and_writes_are_billed_at_their_rates():
 
 
 @pytest.mark.parametrize(("model", "rates"), [
-    # (input, output, cache read) per MTok, batch; cache reads at the standard rate.
+    # (input, output, cache read) per MTok, batch. gemini-2.5-flash's batch tab keeps
+    # context caching at the standard rate (genai-prices' batch variant); gemini-3.5-flash
+    # has no batch variant: every rate halved.
     ("gemini-2.5-flash", (0.15, 1.25, 0.03)),
-    ("gemini-3.5-flash", (0.75, 4.5, 0.15)),
+    ("gemini-3.5-flash", (0.75, 4.5, 0.075)),
 ])
-def test_gemini_reported_cache_hits_are_billed_at_the_standard_cache_rate(model, rates):
+def test_gemini_reported_cache_hits_are_billed_at_the_batch_cache_rate(model, rates):
     line = {"key": "a", "response": {
         "candidates": [{"content": {"role": "model", "parts": [{"text": '{"summary":"x"}'}]},
                         "finishReason": "STOP"}],
@@ -176,3 +197,79 @@ def test_gemini_reported_cache_hits_are_billed_at_the_standard_cache_rate(model,
     i, o, c = rates
     expected = (4_000 * i + 6_000 * c + 500 * o) / 1e6
     assert _priced(results, "gemini", model) == pytest.approx(expected)
+
+
+# -- cached rows of models without a batch price, end to end -----------------------------
+
+DOC = "The supplier shall deliver the goods within thirty days of the order date. " * 250
+CACHED_FRAME = pl.DataFrame({
+    "doc": [DOC, "A short note.", DOC, DOC],
+    "q": ["Amount?", "Sender?", "Date?", "Place?"],
+})
+CACHED_TEMPLATE = "Read this contract:\n{doc}\n\nQuestion: {q}"
+
+# Batch USD per MTok (input, output, cache read), by hand: genai-prices 0.2.3's standard
+# price halved for every token kind (batchata_df.cost, "Batch prices").
+HAND_RATES = {
+    ("openai", "gpt-5.3"): (0.875, 7.0, 0.0875),  # standard 1.75 / 14 / 0.175
+    ("gemini", "gemini-3.7-flash"): (0.375, 1.875, 0.0375),  # standard 0.75 / 3.75 / 0.075
+}
+
+
+@pytest.mark.parametrize(("provider", "model"), list(HAND_RATES), ids=[m for _, m in HAND_RATES])
+def test_cached_rows_cost_what_the_emulator_bills(emu, tmp_path, provider, model):
+    state = tmp_path / "s"
+    out = CACHED_FRAME.pipe(batch_llm, model=model, prompt=CACHED_TEMPLATE, state=state)
+    assert out["_status"].to_list() == ["completed"] * 4, out["_error"].to_list()
+    usage = sql("SELECT job_id, input_tokens, output_tokens, cached_tokens, "
+                "cache_write_tokens FROM jobs", state)
+    by_id = {r["job_id"]: r for r in usage.iter_rows(named=True)}
+    rows = [by_id[j] | {"_cost_usd": c}
+            for j, c in zip(out["_job_id"], out["_cost_usd"], strict=True)]
+    # The DOC rows after the first read the shared prefix (send order = input order here).
+    cached = [r["cached_tokens"] or 0 for r in rows]
+    assert [c > 1_000 for c in cached] == [False, False, True, True], cached
+    i, o, c = HAND_RATES[(provider, model)]
+    for r in rows:
+        read, inp, outp = r["cached_tokens"] or 0, r["input_tokens"], r["output_tokens"]
+        assert (r["cache_write_tokens"] or 0) == 0
+        by_hand = ((inp - read) * i + read * c + outp * o) / 1e6
+        assert r["_cost_usd"] == pytest.approx(by_hand, rel=1e-12)
+        assert r["_cost_usd"] == pytest.approx(billed_usd(
+            provider, model, input_tokens=inp, output_tokens=outp, cached_tokens=read),
+            rel=1e-12)
+    # Every row billed once by the emulator.
+    assert sorted(e["custom_id"] for e in emu.billing()) == sorted(out["_job_id"].to_list())
+    # The dry run prices its expected cache reads (the prefix's estimated tokens; OpenAI in
+    # 128-token steps from 1,024) at the same cached rate; the worst case reads nothing.
+    prefix = CACHED_TEMPLATE.split("{doc}")[0] + DOC + "\n\nQuestion: "
+    shared = tokens.estimate_tokens(pl.Series([prefix]), provider, model).item()
+    if provider == "openai":
+        shared = OPENAI_MIN + (shared - OPENAI_MIN) // OPENAI_STEP * OPENAI_STEP
+    plan = CACHED_FRAME.pipe(batch_llm, model=model, prompt=CACHED_TEMPLATE,
+                             state=tmp_path / "dry", dry_run=True)
+    for p, read in zip(plan.iter_rows(named=True), [0, 0, shared, shared], strict=True):
+        est, exp_out = p["_est_input_tokens"], p["_est_output_tokens_expected"]
+        worst_out = p["_est_output_tokens_max"]
+        assert p["_expected_cost_usd"] == pytest.approx(
+            ((est - read) * i + read * c + exp_out * o) / 1e6, rel=1e-9)
+        assert p["_est_cost_usd"] == pytest.approx((est * i + worst_out * o) / 1e6, rel=1e-9)
+
+
+@pytest.mark.parametrize(("provider", "model", "cached_rate"), [
+    # USD per MTok of cached input in batch, from each model's batch table (genai-prices
+    # 0.2.3): OpenAI's lists none for gpt-4.1 (standard 0.50 kept), halves gpt-5.2's;
+    # Gemini 2.5 keeps the standard 0.03 ("Same as Standard"), 3.6 Flash halves 0.075.
+    ("openai", "gpt-4.1", 0.5),
+    ("openai", "gpt-5.2", 0.0875),
+    ("gemini", "gemini-2.5-flash", 0.03),
+    ("gemini", "gemini-3.6-flash", 0.0375),
+    ("anthropic", "claude-haiku-4-5", 0.05),
+])
+def test_client_and_emulator_price_cache_reads_from_the_batch_table(provider, model,
+                                                                   cached_rate):
+    price = PriceTable().get(provider, model)
+    assert price is not None and price.rate("cached_input") == pytest.approx(cached_rate)
+    usage = {"input_tokens": 1_000_000, "output_tokens": 0, "cached_tokens": 1_000_000}
+    assert billed_usd(provider, model, **usage) == pytest.approx(cached_rate)
+    assert price.cost(**usage) == pytest.approx(cached_rate)

@@ -721,3 +721,47 @@ def test_an_input_without_rows_writes_an_output_without_rows(work, emu, output):
     assert pl.scan_parquet(work / output).collect().height == 0 if output.endswith(
         "parquet") else (work / output).read_text().splitlines()[0].startswith("id,text")
     assert emu.billing() == []
+
+
+@pytest.mark.parametrize("kind", ["parquet", "csv"])
+def test_an_output_link_to_a_file_without_an_extension_is_written_in_the_links_format(
+    work, emu, kind
+):
+    """The format comes from the name given: the file a link names (a data lake's
+    ``part-0``) has none, and the run failed after paying, at the rename."""
+    (work / "lake").mkdir()
+    (work / f"out.{kind}").symlink_to(work / "lake" / "part-0")  # dangling: created
+    r = cli(emu, "run", "in.parquet", f"out.{kind}", "--model", "gpt-4.1-mini", "--prompt",
+            "{text}", cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert (work / f"out.{kind}").is_symlink()
+    read = pl.read_parquet if kind == "parquet" else pl.read_csv
+    got = read(work / "lake" / "part-0")
+    assert got["id"].to_list() == list(range(N))
+    assert got["_status"].to_list() == ["completed"] * N
+    assert sum(billed(emu).values()) == N
+    assert sorted(p.name for p in (work / "lake").iterdir()) == ["part-0", "part-0.state"]
+
+
+def test_an_output_link_into_a_missing_folder_is_a_usage_error_before_sending(work, emu):
+    """A link into an unmounted drive: its folder was created on the local disk."""
+    (work / "out.parquet").symlink_to(work / "mnt" / "lake" / "t.parquet")
+    line = one_line_error(cli(emu, *RUN, cwd=work), 2)
+    assert "symbolic link to" in line and "does not exist" in line and "Nothing was sent" in line
+    assert not (work / "mnt").exists()
+    assert emu.log() == [] and emu.billing() == []
+
+
+@pytest.mark.parametrize("through_link", [False, True])
+def test_an_output_that_is_a_folder_is_a_usage_error_before_sending(work, emu, through_link):
+    """click's ``Path(dir_okay=False)`` refuses it, through a link too (a ``sink=`` call
+    found it only by the rename at the end, after every row was paid for)."""
+    (work / "ds.parquet").mkdir()
+    output = "ds.parquet"
+    if through_link:
+        (work / "out.parquet").symlink_to("ds.parquet")
+        output = "out.parquet"
+    r = cli(emu, "run", "in.parquet", output, "--model", "gpt-4.1-mini", "--prompt", "{text}",
+            cwd=work)
+    assert "is a directory" in one_line_error(r, 2)
+    assert emu.log() == [] and emu.billing() == []

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from batchata_df import batch_llm
 from batchata_df.compat import Batch, Citation, JobResult
-from batchata_df.errors import ColumnError, ConfigError
+from batchata_df.errors import ColumnError, ConfigError, FileInputError, ModelError
 from batchata_df.jobs import build_jobs
 from batchata_df.providers import make_provider
 from batchata_df.providers.base import RequestSpec
@@ -364,3 +364,75 @@ def test_run_without_waiting_then_collect(emu, tmp_path):
     second = batch.run()
     assert [r.job_id for r in second.results()["completed"]] == ["job-000000"]
     assert len(posts(emu, "/batches")) == 1
+
+
+# -- errors in this API's words (new-user review: "pass files='<column of file paths>'") ----
+
+
+def test_citations_without_a_file_name_add_job_file_before_any_request(emu, tmp_path):
+    batch = Batch(results_dir=tmp_path).set_default_params(model="gpt-4.1-mini")
+    with pytest.raises(ConfigError) as info:
+        batch.add_job(prompt="y", enable_citations=True)
+    message = str(info.value)
+    assert "add_job(file='<path to a PDF or text file>', prompt=..., enable_citations=True)" in (
+        message
+    )
+    assert "files=" not in message
+    assert len(batch) == 0
+    assert emu.log() == []
+
+
+@pytest.mark.parametrize(
+    ("model", "kwargs", "error", "said", "unsaid"),
+    [
+        # batch_llm: "use a Claude model ... or remove citations=True"
+        ("gpt-4.1-mini", {"enable_citations": True}, ConfigError,
+         "or remove enable_citations=True", "remove citations=True"),
+        # batch_llm: "use 'gpt-5' with params={'reasoning_effort': 'high'} instead"
+        ("gpt-5-pro", {}, ModelError,
+         "with set_default_params(reasoning_effort='high') (or add_job(...))", "params={"),
+        # batch_llm: "params['temperature'] must be between 0 and 1 for anthropic"
+        ("claude-haiku-4-5", {"temperature": 3.0}, ConfigError,
+         "temperature (of set_default_params / add_job) must be between 0 and 1", "params["),
+        # batch_llm: "files column '__compat_file', row 0, value '...': the file type ..."
+        ("gpt-4.1-mini", {"file": "x.xyz"}, FileInputError,
+         "add_job(file=...) file '", "__compat"),
+    ],
+)
+def test_errors_from_batch_llm_are_told_in_the_compat_api_words(
+    emu, tmp_path, model, kwargs, error, said, unsaid
+):
+    doc = tmp_path / "a.txt"
+    doc.write_text("Quarterly report: revenue up 4 percent.")
+    (tmp_path / "x.xyz").write_bytes(b"\x00\x01")
+    kwargs = {"file": doc, **kwargs}
+    if kwargs["file"] == "x.xyz":
+        kwargs["file"] = tmp_path / "x.xyz"
+    batch = Batch(results_dir=tmp_path / "out").set_default_params(model=model)
+    batch.add_job(prompt="What changed?", **kwargs)
+    with pytest.raises(error) as info:
+        batch.run()
+    assert said in str(info.value)
+    assert unsaid not in str(info.value)
+    assert emu.log() == []
+    assert emu.billing() == []
+
+
+@pytest.mark.parametrize(
+    ("job", "needle"),
+    [
+        ({"prompt": ""}, r"add_job\(prompt=''\) has no text to send"),
+        ({"prompt": " \n"}, r"add_job\(prompt=' \\n'\) has no text to send"),
+        ({"messages": [{"role": "system", "content": ""}, {"role": "user", "content": "a"}]},
+         r"messages\[0\]\['content'\] is empty or only whitespace \(system message\)"),
+        ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": " "},
+                       {"role": "user", "content": "b"}]},
+         r"messages\[1\]\['content'\] is empty or only whitespace \(assistant message\)"),
+    ],
+)
+def test_jobs_without_text_are_refused_by_add_job(emu, tmp_path, job, needle):
+    batch = Batch(results_dir=tmp_path).set_default_params(model="claude-haiku-4-5")
+    with pytest.raises(ConfigError, match=needle):
+        batch.add_job(**job)
+    assert len(batch) == 0
+    assert emu.log() == []

@@ -13,6 +13,7 @@ import struct
 import sys
 import termios
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -190,3 +191,105 @@ def test_jupyter_kernel_stores_the_panel_as_html(emu, tmp_path):
         assert "completed 20" in shown and "pending 0" in shown
         assert "of $1.00 cap" in shown
     assert nb.cells[1].outputs[0].data["text/plain"] == "20"
+
+
+MONOTONIC_CHILD = textwrap.dedent(
+    """
+    import functools
+    import sys
+    import polars as pl
+    from pydantic import BaseModel
+    from batchata_df import batch_llm, frame
+    from batchata_df.engine import RunOptions
+
+    # Poll every 50 ms: the emulator's clock, moved by the test, sets the pace.
+    frame.RunOptions = functools.partial(
+        RunOptions, poll_initial_s=0.05, poll_max_s=0.05, poll_factor=1.0
+    )
+
+    class A(BaseModel):
+        n: int
+
+    out = pl.DataFrame({"t": [str(i) for i in range(20)]}).pipe(
+        batch_llm, schema=A, model="gpt-4.1-mini", prompt="{t}", items_per_batch=5,
+        max_parallel_batches=4, progress=True, state=sys.argv[1],
+    )
+    print("CHILD-DONE", dict(out["_status"].value_counts().iter_rows()), flush=True)
+    """
+)
+
+
+def test_the_terminal_bars_done_count_never_goes_back(emu, tmp_path):
+    """A reviewer saw 15/20, then 12/20, 17/20, 14/20: a batch that ended dropped its
+    "done in running batches" count before its rows counted completed (while its results
+    downloaded). Every frame drawn on a real terminal, in order, must not go back."""
+    emu.configure(latency=1000.0)
+    script = tmp_path / "child.py"
+    script.write_text(MONOTONIC_CHILD)
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "COLUMNS", "LINES")}
+    env["TERM"] = "xterm-256color"
+    term = Terminal([sys.executable, str(script), str(tmp_path / "state")], env)
+    try:
+        term.wait_for(r"batches\s+(in_progress|validating) 4")
+        alive = True
+        while alive:
+            emu.advance(120.0)  # an eighth of each batch's run: several frames per batch
+            until = time.monotonic() + 0.6
+            while alive and time.monotonic() < until:
+                alive = term.read(0.1)
+            if "CHILD-DONE" in term.text():
+                break
+        screen = term.finish()
+    finally:
+        term.kill()
+    assert "CHILD-DONE {'completed': 20}" in screen
+    frames = term.raw.decode("utf-8", "replace")
+    shown = [int(n) for n in re.findall(r"(\d+)/20 (?:requests finished|jobs answered)", frames)]
+    changes = [n for i, n in enumerate(shown) if i == 0 or shown[i - 1] != n]
+    assert changes[-1] == 20, changes
+    assert any(0 < n < 20 for n in changes), changes  # the bar moved while batches ran
+    assert changes == sorted(changes), f"{changes}"
+
+
+class _RecordingClient(nbclient.NotebookClient):
+    """Keeps every text of every display update, in order (nbclient keeps the last)."""
+
+    shown: list[str]
+
+    def _update_display_id(self, display_id, msg):  # type: ignore[no-untyped-def]
+        self.shown.append(msg["content"]["data"].get("text/plain", ""))
+        super()._update_display_id(display_id, msg)
+
+
+def test_the_notebook_panels_done_count_never_goes_back(emu, tmp_path):
+    """The reviewer's case in Jupyter: 20 rows, items_per_batch=5, batches ending while
+    others run. Every update of the one output cell, in order, must not go back."""
+    emu.configure(latency=1000.0)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(MONOTONIC_CHILD.replace("sys.argv[1]", "'state'"))]
+    client = _RecordingClient(
+        nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
+    client.shown = []
+    finished = threading.Event()
+
+    def move_the_clock() -> None:  # the kernel runs in the test's thread (nbclient's loop)
+        while not finished.wait(0.6):
+            if any("batches" in text and "submitted" not in text for text in client.shown):
+                emu.advance(120.0)  # an eighth of each batch's run per step
+
+    mover = threading.Thread(target=move_the_clock, daemon=True)
+    mover.start()
+    try:
+        client.execute()
+    finally:
+        finished.set()
+        mover.join()
+    out = "".join(o.get("text", "") for o in nb.cells[0].outputs)
+    assert "CHILD-DONE {'completed': 20}" in out, nb.cells[0].outputs
+    shown = [int(m.group(1)) for text in client.shown
+             if (m := re.search(r"(\d+)/20 (?:requests finished|jobs answered)", text))]
+    changes = [n for i, n in enumerate(shown) if i == 0 or shown[i - 1] != n]
+    assert changes[-1] == 20, changes
+    assert any(0 < n < 20 for n in changes), changes
+    assert changes == sorted(changes), f"{changes}"

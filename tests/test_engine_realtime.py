@@ -505,14 +505,16 @@ def test_realtime_leaves_rows_of_a_batch_still_running_assigned_with_the_reason(
     provider.calls.clear()
     # This call asks for j001 and j002; j000 (same batch) is the folder's, not the call's.
     out = realtime(tmp_path, provider).run(make_jobs(2, start=1)).sort("job_id")
-    why = ("in a provider batch that may still be running: call again with mode='batch' "
-           "(or 'auto') and the same state to collect it")  # fmt: skip
+    why = ("in a provider batch that is still running: call again with the same state and "
+           "mode='batch' or mode='auto' (they wait for it and collect it), or "
+           "mode='realtime' once it has ended")  # fmt: skip
     assert out.select("job_id", "status", "error").rows() == [
         ("j000", "assigned", None),
         ("j001", "assigned", why),
         ("j002", "completed", None),
     ]
-    assert provider.calls == [("answer", "j002")]  # never sent twice
+    # Polled once (still running: not waited for), never sent twice.
+    assert provider.calls == [("poll", "fb_1"), ("answer", "j002")]
 
 
 def test_activity_names_the_requests_in_flight_when_none_waits(tmp_path):
@@ -637,16 +639,23 @@ def test_auto_counts_as_left_only_jobs_not_settled_nor_in_a_running_batch(tmp_pa
            clock=provider.clock).run(make_jobs(3))  # fmt: skip
     assert provider.batches["fb_2"].job_ids == ["j002"]
     provider.calls.clear()
+    # 50 left to send; j002's batch (1 job) is in flight.
+    assert _auto(tmp_path, provider)._left(make_jobs(n)) == (AUTO_REALTIME_MAX_JOBS, 1)
+    assert _auto(tmp_path, provider, retry_failed=True)._left(make_jobs(n)) == (51, 1)
     provider.latency = 1000.0  # (so that a wrong turn to batch mode ends, on the fake clock)
     engine = _auto(tmp_path, provider)
     out = engine.run(make_jobs(n)).sort("job_id")
     assert engine.decision == f"{AUTO_REALTIME_MAX_JOBS} jobs to send: at most 50, realtime"
+    # j002's batch was collected first (waited for), then the 50 others went realtime.
     assert out.head(3).select("job_id", "status").rows() == [
-        ("j000", "completed"), ("j001", "failed"), ("j002", "assigned")]
-    assert sorted(c[1] for c in provider.calls) == [f"j{i:03d}" for i in range(3, n)]
-    # Now all is settled but j002 (still in its batch); with retry_failed, j001 is left.
-    assert _auto(tmp_path, provider)._left(make_jobs(n)) == 0
-    assert _auto(tmp_path, provider, retry_failed=True)._left(make_jobs(n)) == 1
+        ("j000", "completed"), ("j001", "failed"), ("j002", "completed")]
+    assert engine.collector is not None and provider.methods()[-1] == "answer"
+    answered = sorted(c[1] for c in provider.calls if c[0] == "answer")
+    assert answered == [f"j{i:03d}" for i in range(3, n)]
+    assert not [c for c in provider.calls if c[0] == "submit"]
+    # Now all is settled; with retry_failed, j001 is left.
+    assert _auto(tmp_path, provider)._left(make_jobs(n)) == (0, 0)
+    assert _auto(tmp_path, provider, retry_failed=True)._left(make_jobs(n)) == (1, 0)
 
 
 class _Timed(FakeProvider):

@@ -1,11 +1,12 @@
-"""Job id schemes: a folder keeps the scheme it was written with; new ones use HMAC-SHA256.
+"""Job id schemes: a folder keeps the scheme it was written with; new ones use HMAC-SHA256 v2.
 
 A checkpoint folder's job ids are its keys: a call that computed other ids for a folder
 would send (and pay for) every row again. Folders written before the scheme was recorded
 hold BLAKE2b ids and must keep them, whatever path resumes them (in memory, ``sink=``,
-``reparse``, ``retry_failed``, a manifest rebuilt by ``repair``). New folders record
-``"hmac-sha256"``, computed by polars-hash (compiled) or, where that is missing or fails,
-by :mod:`hmac`, with the same ids byte for byte.
+``reparse``, ``retry_failed``, a manifest rebuilt by ``repair``). Folders that recorded
+``"hmac-sha256"`` keep it too. New folders record ``"hmac-sha256-v2"`` (the same hash of an
+injective key, :func:`batchata_df.jobs.job_keys`), computed by polars-hash (compiled) or,
+where that is missing or fails, by :mod:`hmac`, with the same ids byte for byte.
 
 The emulator's billing ledger (every request of every accepted batch) is what proves that
 nothing was sent twice. Literal ids pin both recipes: the BLAKE2b ones are what main wrote
@@ -14,6 +15,7 @@ before this scheme existed (e1ef122), so a change of the old path fails here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator, Mapping
@@ -32,7 +34,7 @@ import batchata_df.frame as fr
 import batchata_df.jobs as jobs_module
 from batchata_df import batch_llm, repair, reparse
 from batchata_df.errors import StateError, StateMismatchError
-from batchata_df.jobs import HISTORY_DTYPE, IdScheme, build_jobs, job_ids
+from batchata_df.jobs import HISTORY_DTYPE, IdScheme, build_jobs, job_ids, job_keys
 from batchata_df.state import StateStore
 
 
@@ -110,6 +112,13 @@ def blake2b_era() -> Iterator[None]:
 
 
 @contextmanager
+def hmac_era() -> Iterator[None]:
+    """New folders are written as before keys were injective (``"hmac-sha256"``)."""
+    with mock.patch.object(fr, "ID_SCHEME", "hmac-sha256"):
+        yield
+
+
+@contextmanager
 def without_polars_hash() -> Iterator[None]:
     """polars_hash cannot be imported (``import`` raises ImportError), as if not installed."""
     jobs_module._compiled_hmac_agrees.cache_clear()
@@ -128,9 +137,13 @@ BLAKE2B_IDS = {
                 "cc568514728ff05764bfe3c8", "cdc5ac051e0bafcd014cd77e"],
     "files": ["34e468ef641992ea824789da", "66b4a0bf45837249ce33e9be", "d62dcdd10de9db1f8f48dba7"],
 }
-# The same rows' ids in a new folder ("hmac-sha256"), as this change first wrote them.
+# The same rows' ids in an "hmac-sha256" folder, as that scheme first wrote them,
+# and in a new folder ("hmac-sha256-v2"), as this change first wrote them.
 HMAC_IDS = {
-    "plain": ["546c143952f9a81337cc4b96", "cebb5e25769e2ab6951b3b8b", "e04730602ccfd91c4aa35703"],
+    "hmac-sha256": ["546c143952f9a81337cc4b96", "cebb5e25769e2ab6951b3b8b",
+                    "e04730602ccfd91c4aa35703"],
+    "hmac-sha256-v2": ["3df6a217efeb7bd5a2b27002", "b683d0e23599d9a47928671a",
+                       "f06568eb7a23f06186488d66"],
 }
 
 
@@ -155,10 +168,11 @@ SALTS = st.one_of(AWKWARD, st.text(min_size=60, max_size=200), st.just(""))
     salt=SALTS,
     history=st.booleans(),
     files=st.booleans(),
+    scheme=st.sampled_from(["hmac-sha256", "hmac-sha256-v2"]),
 )
 def test_compiled_ids_are_the_python_ids_byte_for_byte(
     rows: list[tuple[str | None, str | None, str | None, str | None, list[str]]],
-    salt: str, history: bool, files: bool,
+    salt: str, history: bool, files: bool, scheme: IdScheme,
 ) -> None:
     # null prompts, systems and models are rows with an input error (and a null id)
     df = pl.DataFrame(
@@ -170,12 +184,12 @@ def test_compiled_ids_are_the_python_ids_byte_for_byte(
                 "h": HISTORY_DTYPE},
     )
     jobs = build_jobs(df, model=pl.col("m"), prompt="{q}", system="{s}", salt=salt,
-                      scheme="hmac-sha256", history="h" if history else None)
+                      scheme=scheme, history="h" if history else None)
     extra = df.get_column("f") if files else None
     assert jobs_module._compiled_hmac_agrees()  # the compiled path is the one tested
-    compiled = job_ids(jobs, salt, extra, scheme="hmac-sha256")
+    compiled = job_ids(jobs, salt, extra, scheme=scheme)
     with mock.patch.object(jobs_module, "_compiled_hmac_agrees", return_value=False):
-        python = job_ids(jobs, salt, extra, scheme="hmac-sha256")
+        python = job_ids(jobs, salt, extra, scheme=scheme)
     assert compiled.dtype == python.dtype == pl.String
     assert compiled.to_list() == python.to_list()
     assert compiled.null_count() == jobs.get_column("input_error").is_not_null().sum()
@@ -296,13 +310,16 @@ def test_an_old_folder_with_files_resumes_streaming_and_by_reparse_with_its_answ
 # ---- new folders record the scheme
 
 
-def test_a_new_folder_records_hmac_and_resumes_with_nothing_sent_twice(emu, tmp_path):
+@pytest.mark.parametrize("scheme", ["hmac-sha256", "hmac-sha256-v2"])
+def test_a_folder_of_either_hmac_scheme_keeps_it_with_nothing_sent_twice(emu, tmp_path, scheme):
     state = tmp_path / "s"
-    first = frame().pipe(batch_llm, **kw(state))
-    assert manifest_fingerprint(state)[fr.ID_SCHEME_KEY] == "hmac-sha256"
-    assert stored_ids(state) == HMAC_IDS["plain"]
+    with hmac_era() if scheme == "hmac-sha256" else contextlib.nullcontext():
+        first = frame().pipe(batch_llm, **kw(state))
+    assert manifest_fingerprint(state)[fr.ID_SCHEME_KEY] == scheme
+    assert stored_ids(state) == HMAC_IDS[scheme]
     sent, paid = creates(emu), billed(emu)
 
+    # this version, every path: the folder's scheme and ids stay
     again = frame().pipe(batch_llm, **kw(state))
     sink = tmp_path / "out.parquet"
     frame().lazy().pipe(batch_llm, sink=sink, chunk_rows=2, **kw(state))
@@ -310,17 +327,17 @@ def test_a_new_folder_records_hmac_and_resumes_with_nothing_sent_twice(emu, tmp_
     assert again["_status"].to_list() == first["_status"].to_list()
 
     frame().pipe(reparse, **{**kw(state), "schema": Loose})
-    assert manifest_fingerprint(state)[fr.ID_SCHEME_KEY] == "hmac-sha256"  # kept
+    assert manifest_fingerprint(state)[fr.ID_SCHEME_KEY] == scheme  # kept
     frame().pipe(batch_llm, **{**kw(state), "schema": Loose})
     (state / "manifest.json").unlink()
     repair(state, apply=True)
-    assert manifest_fingerprint(state)[fr.ID_SCHEME_KEY] == "hmac-sha256"
+    assert manifest_fingerprint(state)[fr.ID_SCHEME_KEY] == scheme
     frame().lazy().pipe(batch_llm, sink=sink, **{**kw(state), "schema": Loose})
     assert (creates(emu), billed(emu)) == (sent, paid)
     retried = frame().pipe(batch_llm, **{**kw(state), "schema": Loose, "retry_failed": True})
     assert billed(emu) == paid + 1
     assert retried["_status"].to_list() == first["_status"].to_list()
-    assert stored_ids(state) == HMAC_IDS["plain"]
+    assert stored_ids(state) == HMAC_IDS[scheme]
 
 
 def test_a_folder_written_without_polars_hash_is_the_same_folder(emu, tmp_path):
@@ -328,8 +345,8 @@ def test_a_folder_written_without_polars_hash_is_the_same_folder(emu, tmp_path):
     with without_polars_hash():
         assert not jobs_module._compiled_hmac_agrees()
         first = frame().pipe(batch_llm, **kw(state))
-    assert manifest_fingerprint(state)[fr.ID_SCHEME_KEY] == "hmac-sha256"
-    assert stored_ids(state) == HMAC_IDS["plain"]
+    assert manifest_fingerprint(state)[fr.ID_SCHEME_KEY] == "hmac-sha256-v2"
+    assert stored_ids(state) == HMAC_IDS["hmac-sha256-v2"]
     sent, paid = creates(emu), billed(emu)
     assert jobs_module._compiled_hmac_agrees()
     again = frame().pipe(batch_llm, **kw(state))  # compiled now: finds every job
@@ -363,3 +380,73 @@ def test_the_scheme_is_part_of_the_settings_check(emu, tmp_path):
     with pytest.raises(StateError, match=r"names job id scheme 'blake2b'"):
         frame().pipe(reparse, **{**kw(state), "schema": Loose})
     assert creates(emu) == sent
+
+
+# ---- v2 keys are injective (reviewer's finding: the NUL-joined key was not)
+
+FIELD = st.text(alphabet=st.sampled_from("\x00\x01\x02ahf0123456789:-é"), max_size=6)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rows=st.lists(
+        st.tuples(st.sampled_from(["openai", "anthropic"]), FIELD.filter(bool),
+                  st.one_of(st.none(), FIELD), FIELD,
+                  st.one_of(st.none(), st.lists(FIELD, max_size=2)),
+                  st.one_of(st.none(), FIELD)),
+        min_size=1, max_size=12,
+    )
+)
+def test_v2_keys_of_different_jobs_differ_and_clean_ones_are_the_old_keys(
+    rows: list[tuple[str, str, str | None, str, list[str] | None, str | None]],
+) -> None:
+    """Different (provider, model, system, prompt, history, files' key) -> different keys,
+    whether a job has history or files or not; rows without NUL or \x01 and without
+    either keep the old NUL-joined key (so the fast path is what such rows take)."""
+    keys: dict[str, tuple[object, ...]] = {}
+    for has_history in (False, True):
+        for has_extra in (False, True):
+            group = [r for r in rows if (r[4] is not None) == has_history
+                     and (r[5] is not None) == has_extra]
+            if not group:
+                continue
+            data: dict[str, Any] = {c: [r[i] for r in group] for i, c in
+                                    enumerate(("provider", "model", "system", "prompt"))}
+            schema: dict[str, Any] = {c: pl.String for c in data}
+            if has_history:
+                data["history"] = [[{"role": "user", "content": t} for t in r[4] or []]
+                                   for r in group]
+                schema["history"] = HISTORY_DTYPE
+            if has_extra:
+                data["_extra_key"] = [r[5] for r in group]
+                schema["_extra_key"] = pl.String
+            jobs = pl.DataFrame(data, schema=schema)
+            got = job_keys(jobs, scheme="hmac-sha256-v2").to_list()
+            old = job_keys(jobs, scheme="hmac-sha256").to_list()
+            for r, key, old_key in zip(group, got, old, strict=True):
+                # no history and an empty one are the same request; so are no files' key
+                # and an empty one
+                job = (*r[:4], tuple(r[4] or ()), r[5] or "") if has_history or has_extra \
+                    else r[:4]
+                job = (has_history, has_extra, *job)
+                assert keys.setdefault(key, job) == job, (key, job, keys[key])
+                clean = not any("\x00" in t or "\x01" in t
+                                for t in (r[1], r[2] or "", r[3], r[5] or ""))
+                if clean and not has_history and not has_extra:
+                    assert key == old_key
+
+
+def test_jobs_the_old_key_merged_are_each_sent_and_answered(emu, tmp_path):
+    """Four different requests whose old keys were two: each is sent and billed once."""
+    df = pl.DataFrame({"s": ["a\x00b", "a", None, "\x01"], "t": ["c", "b\x00c", "p", "p"]})
+    out = df.pipe(batch_llm, schema=A, model="gpt-4.1-mini", prompt="{t}", system=pl.col("s"),
+                  state=tmp_path / "s")
+    assert out["_status"].to_list() == ["completed"] * 4
+    bills = emu.billing()
+    assert len(bills) == 4 and len({b["request"] for b in bills}) == 4
+    assert len(set(stored_ids(tmp_path / "s"))) == 4
+    with hmac_era():  # what an "hmac-sha256" folder does with them: two jobs (kept as it was)
+        df.pipe(batch_llm, schema=A, model="gpt-4.1-mini", prompt="{t}", system=pl.col("s"),
+                state=tmp_path / "old")
+    assert len(emu.billing()) == 4 + 2
+    assert len(set(stored_ids(tmp_path / "old"))) == 2

@@ -40,12 +40,12 @@ def _digest(scheme: IdScheme, content: str, salt: str) -> str:
     if scheme == "blake2b":
         return hashlib.blake2b(content.encode(), digest_size=12,
                                key=salt.encode()[:64]).hexdigest()
-    assert scheme == "hmac-sha256"
+    assert scheme in ("hmac-sha256", "hmac-sha256-v2")  # v2: the same key without NUL/\x01
     return hmac.new(salt.encode(), content.encode(), hashlib.sha256).hexdigest()[:24]
 
 
 #: The scheme of tests about something other than the ids.
-NEW: IdScheme = "hmac-sha256"
+NEW: IdScheme = "hmac-sha256-v2"
 
 
 # ---- job ids
@@ -64,9 +64,10 @@ def test_job_id_is_the_keyed_hash_of_provider_model_system_prompt(scheme: IdSche
         ("Q: Why ✓", None, "anthropic", "claude-haiku-4-5", None,
          _digest(scheme, "anthropic\x00claude-haiku-4-5\x00\x01\x00Q: Why ✓", "run-salt")),
     ]
-    empty_system = build_jobs(frame.head(1), model="claude-haiku-4-5", prompt="Q: {q}",
-                              system="", salt="run-salt", scheme=scheme)
-    assert empty_system["job_id"].item() == _digest(
+    # (an empty system prompt is never sent, see test_blank_input.py; its hash still differs)
+    empty_system = pl.DataFrame({"provider": ["anthropic"], "model": ["claude-haiku-4-5"],
+                                 "system": [""], "prompt": ["Q: What?"]})
+    assert job_ids(empty_system, "run-salt", scheme=scheme).item() == _digest(
         scheme, "anthropic\x00claude-haiku-4-5\x00\x00Q: What?", "run-salt")
 
 
@@ -113,26 +114,28 @@ def test_history_and_extra_key_are_part_of_the_id_and_absent_ones_change_nothing
     jobs = build_jobs(frame, model="gpt-4.1", prompt="{q}", system=None, salt="k", scheme=scheme,
                       history="h")
     base = "openai\x00gpt-4.1\x00\x01\x00x"
+    # v2 tags the optional fields (jobs.job_keys): history "h", the files' key "f"
+    h, f = ("\x00h", "\x00f") if scheme == "hmac-sha256-v2" else ("\x00", "\x00")
     turns = ['{"role":"user","content":"hi"}', '{"role":"assistant","content":"hello ✓"}']
     assert jobs["history"].to_list() == [TURNS, TURNS[:1], None]
     assert jobs["job_id"].to_list() == [
-        _digest(scheme, base + "\x00" + "\x02".join(turns), "k"),
-        _digest(scheme, base + "\x00" + turns[0], "k"),
-        _digest(scheme, base + "\x00", "k"),
+        _digest(scheme, base + h + "\x02".join(turns), "k"),
+        _digest(scheme, base + h + turns[0], "k"),
+        _digest(scheme, base + h, "k"),
     ]
     plain = build_jobs(frame, model="gpt-4.1", prompt="{q}", system=None, salt="k", scheme=scheme)
     assert plain["job_id"].to_list() == [_digest(scheme, base, "k")] * 3
     # build_jobs passes its extra_key (the files' hashes) on to the ids
     keyed = build_jobs(frame, model="gpt-4.1", prompt="{q}", system=None, salt="k", scheme=scheme,
                        extra_key=pl.Series(["f1", "f2", "f1"]))
-    assert keyed["job_id"].to_list() == [_digest(scheme, base + "\x00f1", "k"),
-                                         _digest(scheme, base + "\x00f2", "k"),
-                                         _digest(scheme, base + "\x00f1", "k")]
+    assert keyed["job_id"].to_list() == [_digest(scheme, base + f + "f1", "k"),
+                                         _digest(scheme, base + f + "f2", "k"),
+                                         _digest(scheme, base + f + "f1", "k")]
     extra = job_ids(plain, "k", pl.Series(["f1", None, "f1"]), scheme=scheme)
     assert extra.name == "job_id"
-    assert extra.to_list() == [_digest(scheme, base + "\x00f1", "k"),
-                               _digest(scheme, base + "\x00", "k"),
-                               _digest(scheme, base + "\x00f1", "k")]
+    assert extra.to_list() == [_digest(scheme, base + f + "f1", "k"),
+                               _digest(scheme, base + f, "k"),
+                               _digest(scheme, base + f + "f1", "k")]
     # without input_error (a bare jobs frame) every row gets an id
     bare = pl.DataFrame({"provider": [None], "model": [None], "system": [None],
                          "prompt": [None]}, schema={c: pl.String for c in
@@ -174,8 +177,8 @@ def test_a_prompt_without_columns_is_one_job_per_row() -> None:
     assert jobs["prompt"].to_list() == ["Same text"] * 3
     assert jobs["job_id"].n_unique() == 1
     assert jobs.height == 3
-    assert build_jobs(frame, model="gpt-4.1", prompt="", system=None, salt="k", scheme=NEW)[
-        "prompt"].to_list() == [""] * 3
+    with pytest.raises(ConfigError, match="prompt='' has no text to send"):
+        build_jobs(frame, model="gpt-4.1", prompt="", system=None, salt="k", scheme=NEW)
 
 
 def test_expressions_and_their_errors() -> None:

@@ -67,8 +67,8 @@ def test_terminal_panel_updates_in_place() -> None:
     show(snap(3, in_flight_done=2))
     show(snap(9, phase="done", cost=1.9, pending=0))
     text = out.getvalue()
-    assert "6/10 requests finished (60%)" in text  # 3 completed + 1 failed + 2 in running batches
-    assert "(of which 2 done in running batches)" in text
+    assert "6/10 requests finished (60%)" in text  # 3 completed + 1 failed + 2 not yet collected
+    assert "(of which 2 done in batches not yet collected)" in text
     assert "finished after 2m05s: 9 of 10 jobs completed, 1 failed, 0 cancelled" in text
     assert "in_progress 2" in text
     assert "collected 1" in text
@@ -315,6 +315,10 @@ def test_in_flight_request_counts_move_while_a_batch_runs(emu, quick_polls, mode
     partial = [n for n in running if 0 < n < 20]
     assert partial, running  # the bar moved before the batch ended
     assert partial == sorted(partial)
+    # Never back, also when a batch ends before its rows count completed.
+    finished = [s.completed + s.failed + s.cancelled + s.in_flight_done for s in seen
+                if s.phase == "running"]
+    assert finished == sorted(finished), finished
     # The ETA is unknown until something finished, then known.
     first_progress = next(i for i, s in enumerate(seen) if s.in_flight_done)
     assert all(s.eta_s is None for s in seen[:first_progress])
@@ -322,17 +326,49 @@ def test_in_flight_request_counts_move_while_a_batch_runs(emu, quick_polls, mode
     assert seen[-1].phase == "done" and seen[-1].in_flight_done == 0
 
 
+def test_a_collected_batchs_count_goes_when_its_rows_count(emu, quick_polls):
+    """A batch's provider count is kept until its rows count completed, and not after: the
+    first batch (1,000 s) is collected while three others (50,000 s) have run ~nothing."""
+    emu.configure(latency=1000.0)
+    seen: list[ProgressSnapshot] = []
+
+    def callback(s: ProgressSnapshot) -> None:
+        seen.append(s)
+        if s.activity.startswith("uploading batch 2 "):
+            emu.configure(latency=50_000.0)  # the later ones run on (within the 24 h)
+        if s.phase == "running" and s.batches:
+            emu.advance(150.0 if s.completed < 5 else 50_000.0)
+
+    out = pl.DataFrame({"t": [str(i) for i in range(20)]}).pipe(
+        batch_llm, schema=A, model="gpt-4.1-mini", prompt="{t}", items_per_batch=5,
+        max_parallel_batches=4, progress=callback,
+    )
+    assert out["_status"].to_list() == ["completed"] * 20, out["_error"].unique().to_list()
+    after_first = [s for s in seen if s.completed == 5 and s.batches.get("completed") == 1]
+    assert after_first, f"{[(s.completed, s.batches, s.in_flight_done) for s in seen]}"
+    assert all(s.in_flight_done == 0 for s in after_first), [
+        (s.batches, s.in_flight_done, s.activity) for s in after_first
+    ]
+    ended_first = [s for s in seen if s.completed == 0 and s.batches.get("completed") == 1]
+    assert ended_first and all(s.in_flight_done == 5 for s in ended_first)
+
+
 def test_anthropic_counts_only_at_the_end_as_documented(emu, quick_polls):
     """Anthropic reports ``processing`` until the whole batch ends (anthropic 2.14
     ``MessageBatchRequestCounts``: "zero until processing of the entire Message Batch has
-    ended"), so nothing is counted in flight."""
+    ended"), so nothing is counted while it runs; once it ended its count is kept until
+    its rows are counted (the results download in between)."""
     emu.configure(latency=1000.0)
     seen: list[ProgressSnapshot] = []
     pl.DataFrame({"t": [str(i) for i in range(5)]}).pipe(
         batch_llm, schema=A, model="claude-haiku-4-5", prompt="{t}",
         progress=_advancing(emu, seen, 300.0),
     )
-    assert all(s.in_flight_done == 0 for s in seen)
+    assert all(s.in_flight_done == 0 for s in seen if s.batches.get("in_progress"))
+    downloading = [s for s in seen if s.activity.startswith("downloading results")]
+    assert downloading and all(
+        (s.batches, s.in_flight_done, s.completed) == ({"ended": 1}, 5, 0) for s in downloading
+    )
     assert seen[-1].completed == 5
 
 

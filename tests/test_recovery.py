@@ -97,10 +97,16 @@ def test_time_limit_reason_survives_a_crash_after_the_cancel_request(emu, tmp_pa
         headers={"Authorization": "Bearer sk-test"}, data=b"",
     )
     urllib.request.urlopen(request).close()
+    emu.advance(60)  # the second call's own batch ends on the emulator's clock
     out = df.pipe(batch_llm, **kwargs)
-    cancelled = out.filter(pl.col("_status") == "cancelled")
+    # The collected batch's rows ended cancelled with the earlier call's reason ...
+    events = pl.read_parquet(state / "jobs" / "*.parquet")
+    cancelled = events.filter(pl.col("status") == "cancelled")
     assert cancelled.height == 2
-    assert cancelled["_error"].str.contains("time_limit").all()
+    assert cancelled["error"].str.contains("time_limit").all()
+    # ... and, being this call's rows and unbilled, were sent again by it, once each.
+    assert out["_status"].to_list() == ["completed", "completed"]
+    assert len(emu.billing()) == 2
 
 
 def test_batches_of_a_provider_missing_from_this_frame_still_count(emu, tmp_path):

@@ -1077,3 +1077,56 @@ def test_repeats_of_a_chunk_with_distinct_ids_are_marked_as_by_hashing(seed):
     fast = chunk.select(stream._repeats(True)).to_series()
     hashed = chunk.select(stream._repeats(False)).to_series()
     assert fast.to_list() == hashed.to_list()
+
+
+def test_string_columns_that_would_overflow_a_dictionary_are_written_plain_same_values(
+    emu, tmp_path, monkeypatch
+):
+    """The sink's and the summary's writers leave out the dictionary of a string column
+    whose distinct values in the first slice would not fit in one dictionary page
+    (pyarrow would build it, overflow it and fall back to plain encoding in every row
+    group: 10-20 % of the writers' CPU at 1M rows): here the prompts and job ids, with the
+    page limit lowered to 300 bytes for 60-row slices. Every other column keeps its
+    dictionary; the sink reads back as the in-memory run, the summary as the events give
+    it, and each request was billed once."""
+    import pyarrow.parquet as pq
+
+    from batchata_df import summary
+
+    monkeypatch.setattr(summary, "DICTIONARY_PAGE_BYTES", 300)
+    frame = rows()
+    expected = batch_llm(frame, state=tmp_path / "mem", **KW)  # type: ignore[arg-type]
+    emu.reset()
+    source = write_input(tmp_path / "in", frame)
+    got = batch_llm(
+        pl.scan_parquet(source), sink=tmp_path / "out.parquet", chunk_rows=60,
+        items_per_batch=10, state=tmp_path / "st", **KW,  # type: ignore[arg-type]
+    ).collect()
+
+    assert_frame_equal(got.drop("_batch_id"), expected.drop("_batch_id"))
+    billed = Counter(e["custom_id"] for e in emu.billing())
+    assert len(billed) == 50 and set(billed.values()) == {1}
+
+    def dictionaries(path: Path) -> dict[str, set[bool]]:
+        meta = pq.ParquetFile(path).metadata
+        return {
+            meta.schema.column(c).path: {
+                meta.row_group(g).column(c).has_dictionary_page
+                for g in range(meta.num_row_groups)
+            }
+            for c in range(meta.num_columns)
+        }
+
+    sink = dictionaries(tmp_path / "out.parquet")
+    assert pq.ParquetFile(tmp_path / "out.parquet").metadata.num_row_groups == 2
+    assert sink["text"] == sink["_job_id"] == {False}
+    assert sink["_status"] == sink["_mode"] == sink["_cost_usd"] == sink["score"] == {True}
+    path = tmp_path / "st" / summary.SUMMARY_DIR / summary.SUMMARY_FILE
+    written = dictionaries(path)
+    assert written["job_id"] == {False}
+    assert written["status"] == written["model"] == written["cost_usd"] == {True}
+    events = pl.read_parquet(table_parts(tmp_path / "st" / "jobs"))
+    assert_frame_equal(
+        pl.read_parquet(path).sort("job_id"),
+        summary.summarize(events).drop("n_events").sort("job_id"),
+    )

@@ -229,3 +229,160 @@ def test_a_refused_call_creates_no_folder_for_its_sink(emu, tmp_path):
     batch_llm(pl.scan_parquet(path), state=tmp_path / "st", sink=sink, **KW).collect()  # type: ignore[arg-type]
     assert sink.exists()
     assert requests(emu) > 0
+
+
+# -- a sink that is a symbolic link is written through it --------------------------------
+
+
+def _lake(tmp_path: Path) -> tuple[pl.LazyFrame, Path, Path]:
+    """The input, a file in a "data lake" folder, and a link to it beside the input."""
+    path = data(tmp_path)
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    return pl.scan_parquet(path), lake / "table.parquet", tmp_path / "out.parquet"
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_sink_that_is_a_link_writes_the_file_it_names_and_the_link_stays(
+    emu, tmp_path, dry_run
+):
+    """The result was renamed over the link: the link became a regular file and the
+    file it named (on a data lake mount, say) kept its old content."""
+    lf, target, link = _lake(tmp_path)
+    pl.DataFrame({"old": [1]}).write_parquet(target)
+    (tmp_path / "hop.parquet").symlink_to(target)  # a link to a link: followed to the end
+    link.symlink_to("hop.parquet")
+    out = batch_llm(lf, state=tmp_path / "st", sink=link, chunk_rows=3, dry_run=dry_run, **KW)  # type: ignore[arg-type]
+    assert link.is_symlink() and os.readlink(link) == "hop.parquet"
+    assert (tmp_path / "hop.parquet").is_symlink()
+    got = pl.read_parquet(target)
+    assert got["text"].to_list() == ["a", "b", "c", "d"]
+    assert out.collect().equals(got) and pl.read_parquet(link).equals(got)
+    # The hidden file and folder were beside the file written, and are gone.
+    assert sorted(p.name for p in target.parent.iterdir()) == ["table.parquet"]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+    if dry_run:
+        assert got["_status"].to_list() == ["planned"] * 4
+        assert requests(emu) == 0
+    else:
+        assert got["_status"].to_list() == ["completed"] * 4
+        assert len(billed_once(emu, 4)) == 4
+
+
+def test_a_dangling_link_creates_the_file_it_names_in_an_existing_folder(emu, tmp_path):
+    lf, target, link = _lake(tmp_path)
+    link.symlink_to(target)  # table.parquet does not exist yet
+    batch_llm(lf, state=tmp_path / "st", sink=link, **KW).collect()  # type: ignore[arg-type]
+    assert link.is_symlink()
+    assert pl.read_parquet(target)["_status"].to_list() == ["completed"] * 4
+    assert len(billed_once(emu, 4)) == 4
+
+
+def test_a_link_into_a_missing_folder_or_a_loop_is_refused_and_nothing_is_created(
+    emu, tmp_path
+):
+    """A link into a folder that does not exist is most often one into a drive that is
+    not mounted: creating the folder would hide the result under the mount point."""
+    lf, _, link = _lake(tmp_path)
+    link.symlink_to(tmp_path / "mnt" / "lake" / "table.parquet")
+    with pytest.raises(ConfigError, match=r"symbolic link to .*mnt.*does not exist.*mount"):
+        batch_llm(lf, state=tmp_path / "st", sink=link, **KW)  # type: ignore[arg-type]
+    assert not (tmp_path / "mnt").exists()
+    loop = tmp_path / "loop.parquet"
+    loop.symlink_to("loop2.parquet")
+    (tmp_path / "loop2.parquet").symlink_to("loop.parquet")
+    with pytest.raises(ConfigError, match="symbolic link that loops"):
+        batch_llm(lf, state=tmp_path / "st", sink=loop, **KW)  # type: ignore[arg-type]
+    assert requests(emu) == 0
+    assert not (tmp_path / "st").exists()
+    assert link.is_symlink() and loop.is_symlink()
+
+
+def test_a_link_to_an_input_file_through_another_link_is_refused(emu, tmp_path):
+    lf, _, link = _lake(tmp_path)
+    (tmp_path / "hop.parquet").symlink_to(tmp_path / "data.parquet")
+    link.symlink_to("hop.parquet")
+    before = (tmp_path / "data.parquet").read_bytes()
+    with pytest.raises(ConfigError, match="would replace the input"):
+        batch_llm(lf, state=tmp_path / "st", sink=link, **KW)  # type: ignore[arg-type]
+    assert requests(emu) == 0
+    assert (tmp_path / "data.parquet").read_bytes() == before
+    assert link.is_symlink()
+
+
+@pytest.mark.parametrize("through_link", [False, True])
+def test_a_sink_that_is_a_folder_is_refused_before_anything_is_sent(
+    emu, tmp_path, through_link
+):
+    """Found only by the rename at the end, after every row was paid for."""
+    lf, target, link = _lake(tmp_path)
+    target.mkdir()  # a partitioned dataset's folder, say
+    sink = link if through_link else target
+    if through_link:
+        link.symlink_to(target)
+    with pytest.raises(ConfigError, match="is a folder.*Give a file path"):
+        batch_llm(lf, state=tmp_path / "st", sink=sink, **KW)  # type: ignore[arg-type]
+    assert requests(emu) == 0
+    assert not (tmp_path / "st").exists()
+
+
+def test_a_bad_history_turn_in_a_later_chunk_is_refused_before_anything_is_sent(emu, tmp_path):
+    """Each chunk checked its own turns: the chunks before the bad one were sent and paid."""
+    good = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    path = tmp_path / "in.parquet"
+    frame = pl.DataFrame({"text": list("abcdef"), "h": [good, [], None, good, good, good]})
+    frame.write_parquet(path, row_group_size=2)
+    for bad in ({"role": "system", "content": "x"}, {"role": "user", "content": None},
+                {"role": None, "content": "x"}):  # fmt: skip
+        frame.with_columns(
+            pl.Series("h", [good, [], None, good, good, [*good, bad]])
+        ).write_parquet(path, row_group_size=2)
+        for dry_run in (False, True):
+            with pytest.raises(ColumnError, match=r"history='h': every turn needs role") as e:
+                batch_llm(pl.scan_parquet(path), state=tmp_path / "st",
+                          sink=tmp_path / "out.parquet", chunk_rows=2, history="h",
+                          dry_run=dry_run, **KW)  # type: ignore[arg-type]  # fmt: skip
+            assert repr(bad) in str(e.value)
+    assert requests(emu) == 0 and emu.billing() == []
+    assert not (tmp_path / "st").exists()
+    # Fixed, the same call runs every row; the rows without turns are sent without them.
+    frame.write_parquet(path, row_group_size=2)
+    out = batch_llm(pl.scan_parquet(path), state=tmp_path / "st", sink=tmp_path / "out.parquet",
+                    chunk_rows=2, history="h", **KW).collect()  # type: ignore[arg-type]
+    assert out["_status"].to_list() == ["completed"] * 6
+    assert len(billed_once(emu, 6)) == 6
+
+
+def test_a_missing_file_in_a_later_chunk_names_its_input_row_and_what_was_kept(emu, tmp_path):
+    """A chunk's files are read with the chunk (reading every file up front would read
+    each twice): a bad one in a later chunk is found after the earlier chunks were sent.
+    The error named the row within its chunk ("row 1" for input row 3) and said nothing
+    of what was sent; the fixed call collects that and pays nothing twice."""
+    from batchata_df.errors import FileInputError
+
+    docs = [tmp_path / f"d{i}.txt" for i in range(4)]
+    for i, doc in enumerate(docs[:3]):
+        doc.write_text(f"doc {i}")
+    path = tmp_path / "in.parquet"
+    pl.DataFrame({"text": list("abcd"), "f": [str(d) for d in docs]}).write_parquet(path)
+    args: dict[str, object] = {"state": tmp_path / "st", "sink": tmp_path / "out.parquet",
+                               "chunk_rows": 2, "files": "f", **KW}  # fmt: skip
+    with pytest.raises(FileInputError, match=r"row 3, .*d3\.txt.*does not exist") as e:
+        batch_llm(pl.scan_parquet(path), dry_run=True, **args)  # type: ignore[arg-type]
+    assert "sent" not in str(e.value)  # a dry run sends nothing
+    with pytest.raises(FileInputError, match=r"row 3, .*d3\.txt.*does not exist") as e:
+        batch_llm(pl.scan_parquet(path), **args)  # type: ignore[arg-type]
+    assert "after 2 rows were read and sent" in str(e.value)
+    assert "same state=" in str(e.value) and "never sent or paid for twice" in str(e.value)
+    assert len(billed_once(emu, 2)) == 2
+    docs[3].write_text("doc 3")
+    out = batch_llm(pl.scan_parquet(path), **args).collect()  # type: ignore[arg-type]
+    assert out["_status"].to_list() == ["completed"] * 4
+    assert len(billed_once(emu, 4)) == 4
+    # A bad file in the first chunk: nothing was sent, and the message says no more.
+    docs[0].unlink()
+    with pytest.raises(FileInputError, match=r"row 0, .*d0\.txt") as e:
+        batch_llm(pl.scan_parquet(path), state=tmp_path / "st2", sink=tmp_path / "o2.parquet",
+                  chunk_rows=2, files="f", **KW)  # type: ignore[arg-type]  # fmt: skip
+    assert "sent" not in str(e.value)
+    assert len(billed_once(emu, 4)) == 4

@@ -14,6 +14,7 @@ provider's status, error code, ``param`` and wording, sources in ``emulator/mode
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import polars as pl
@@ -205,3 +206,74 @@ def test_a_streaming_run_refuses_a_system_prompt_on_o1_mini_before_sending(emu, 
         ROWS.lazy().pipe(batch_llm, model="o1-mini", prompt="{t}", system="Be terse.",
                          sink=tmp_path / "out.parquet")  # fmt: skip
     assert posts(emu) == []
+
+
+# A streaming run (sink=) checks every row, up front: the probe it plans with holds the
+# first row of each model only, so a per-row system prompt null there and set on a later
+# row was sent, and refused row by row by OpenAI.
+LATE = pl.DataFrame({
+    "t": [f"q{i}" for i in range(8)],
+    "m": ["o1-mini", "gpt-4.1-mini"] * 4,
+    "s": [None, "Be terse.", None, "Be kind.", None, None, "Be brief.", None],
+})  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("model", "system"),
+    [("o1-mini", pl.col("s")), ("o1-mini", "Note: {s}"), (pl.col("m"), pl.col("s")),
+     ("openai:o1-mini", pl.col("s").str.to_uppercase()),
+     (pl.concat_str(pl.lit("openai:"), pl.col("m")), pl.col("s"))],
+    ids=["by-name", "template", "per-row-model", "prefixed", "prefixed-per-row"],
+)
+def test_a_streaming_run_refuses_a_late_rows_system_prompt_on_o1_mini_before_sending(
+    emu, tmp_path, model, system
+) -> None:
+    path = tmp_path / "in.parquet"
+    LATE.write_parquet(path, row_group_size=2)
+    sink = tmp_path / "out.parquet"
+    for dry_run in (False, True):
+        with pytest.raises(ParamError, match="'o1-mini'.*takes no system prompt") as refused:
+            batch_llm(pl.scan_parquet(path), model=model, prompt="{t}", system=system,
+                      sink=sink, chunk_rows=2, state=tmp_path / "st", dry_run=dry_run,
+                      progress=False)  # fmt: skip
+        assert (refused.value.model, refused.value.param) == ("o1-mini", "system")
+    assert emu.billing() == [] and posts(emu) == []
+    assert not sink.exists() and not (tmp_path / "st").exists()
+
+
+def test_a_streaming_run_sends_o1_mini_rows_without_a_system_prompt_and_others_with(
+    emu, tmp_path
+) -> None:
+    """Per model: the o1-mini rows have none; the other model's rows keep theirs."""
+    path = tmp_path / "in.parquet"
+    LATE.with_columns(
+        pl.when(pl.col("m") == "o1-mini").then(None).otherwise(pl.col("s")).alias("s")
+    ).write_parquet(path, row_group_size=2)
+    emu.configure(log_bodies=True)
+    out = batch_llm(pl.scan_parquet(path), model=pl.col("m"), prompt="{t}",
+                    system=pl.col("s"), sink=tmp_path / "out.parquet", chunk_rows=2,
+                    state=tmp_path / "st", progress=False).collect()  # fmt: skip
+    assert out["_status"].to_list() == ["completed"] * 8, out["_error"].to_list()
+    assert len(emu.billing()) == 8
+    sent = [json.loads(line) if isinstance(line, str) else line
+            for e in emu.log() if e.get("lines") for line in e["lines"]]  # fmt: skip
+    systems = {
+        (b["body"]["model"], b["body"]["messages"][-1]["content"]):
+        [m["content"] for m in b["body"]["messages"] if m["role"] in ("system", "developer")]
+        for b in sent
+    }  # fmt: skip
+    assert systems[("o1-mini", "q0")] == [] and systems[("o1-mini", "q6")] == []
+    assert systems[("gpt-4.1-mini", "q3")] == ["Be kind."]
+    assert systems[("gpt-4.1-mini", "q5")] == []
+
+
+def test_a_streaming_o1_mini_run_with_a_system_column_null_on_every_row_is_sent(
+    emu, tmp_path
+) -> None:
+    path = tmp_path / "in.parquet"
+    LATE.with_columns(pl.lit(None, dtype=pl.String).alias("s")).write_parquet(path)
+    out = batch_llm(pl.scan_parquet(path), model="o1-mini", prompt="{t}", system=pl.col("s"),
+                    sink=tmp_path / "out.parquet", chunk_rows=3, state=tmp_path / "st",
+                    progress=False).collect()  # fmt: skip
+    assert out["_status"].to_list() == ["completed"] * 8, out["_error"].to_list()
+    assert len(emu.billing()) == 8

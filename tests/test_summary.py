@@ -417,3 +417,37 @@ def test_a_failure_at_any_step_of_the_summary_leaves_no_summary_and_fails_nothin
     assert not list((folder / SUMMARY_DIR).glob(".tmp-*"))
     assert valid_summary(folder) is None  # the old one summarizes other parts
     assert_same_jobs(sql(ALL, folder), grouped(folder))
+
+
+def test_dictionaries_are_left_out_only_for_string_columns_that_overflow_a_page(
+    tmp_path, monkeypatch
+):
+    """``dictionary_columns``: a string column whose distinct values (bytes + 4 each) pass
+    the page limit is left out, repeats counted once and nulls not at all; any other
+    column keeps its dictionary; a nested column keeps them all. Written either way, the
+    file reads back the same values."""
+    import pyarrow.parquet as pq
+
+    from batchata_df.summary import dictionary_columns
+
+    monkeypatch.setattr(summary_module, "DICTIONARY_PAGE_BYTES", 100)
+    ids = [f"{i:08d}" for i in range(9)]  # 9 x (8 + 4) = 108 bytes > 100
+    frame = pl.DataFrame({
+        "id": ids, "few": ["a", "b", "a"] * 3, "n": list(range(9)),
+        "none": pl.Series([None] * 9, dtype=pl.String),
+    })  # fmt: skip
+    assert dictionary_columns(frame) == ["few", "n", "none"]
+    assert dictionary_columns(frame.head(8)) is True  # 96 bytes: fits
+    repeated = pl.DataFrame({"id": ids[:8] * 5 + [None] * 10})
+    assert dictionary_columns(repeated) is True
+    nested = frame.with_columns(pl.struct("id", "n").alias("s"))
+    assert dictionary_columns(nested) is True
+
+    for name, use in [("chosen", dictionary_columns(frame)), ("all", True)]:
+        path = tmp_path / f"{name}.parquet"
+        with pq.ParquetWriter(path, frame.to_arrow().schema, use_dictionary=use) as writer:
+            writer.write_table(frame.to_arrow())
+        assert_frame_equal(pl.read_parquet(path), frame)
+        column = {c: pq.ParquetFile(path).metadata.row_group(0).column(k).has_dictionary_page
+                  for k, c in enumerate(frame.columns)}
+        assert column == {"id": name == "all", "few": True, "n": True, "none": True}

@@ -412,12 +412,14 @@ class Emulator:
             but sends only the first half of the body before dropping the connection (the
             client sees the body broken off); ``"cut_clean"`` sends that half body without
             a ``content-length`` and closes the connection in order (the client sees a
-            clean end of a shorter body).
+            clean end of a shorter body); ``"corrupt"`` sends the whole answer with bytes
+            that are never UTF-8 inside its first line's answer text (complete JSON
+            lines, not UTF-8).
         when
             ``"after"`` lets the request take effect (e.g. the batch *is* created) and
             then replaces the answer: the "provider accepted, client never heard" case.
-            ``None``: ``"after"`` for the cuts (which answer first and refuse
-            ``"before"``), else ``"before"``.
+            ``None``: ``"after"`` for the cuts and ``"corrupt"`` (which answer first and
+            refuse ``"before"``), else ``"before"``.
         echo_key
             Echo the request's credential in the error, as some gateways do: the default
             message ends with it and ``{key}`` in ``body`` is replaced by it.

@@ -251,6 +251,86 @@ def complexity_error(schema: object) -> str | None:
     return None
 
 
+# Empty and blank text, as the Messages API refuses it (400 invalid_request_error). The
+# wording is the API's, as users report it verbatim:
+# - a message whose content is "" or [] (any but a final assistant turn, which may be empty
+#   to prefill): "messages.0: all messages must have non-empty content except for the
+#   optional final assistant message" (anthropics/claude-code#3196, #6774;
+#   dspinellis/ai-cli-lib#16; corespeed-io/zypher-agent#122 on the final-turn exception);
+# - a text block whose text is "": "messages: text content blocks must be non-empty"
+#   (anthropics/claude-code#59812, AnswerDotAI/claudette#59, anthropic-sdk-python#461);
+# - a message whose only text is whitespace (a " " string, or text blocks none of which has
+#   a non-blank character): "messages: text content blocks must contain non-whitespace
+#   text" (LibreChat-AI/agents#124 tried each shape against messages.create: [text:' ']
+#   and [text:'\n'] refused, [text:' ', text:'real'] accepted; home-assistant/core#175637
+#   for a whitespace-only user message);
+# - the system prompt: the same two block messages under "system:" (agentjido/req_llm#711
+#   for whitespace blocks; NousResearch/hermes-agent#86643), and a blank system string
+#   refused as "system: text content blocks must contain non-whitespace text"
+#   (BoltAI/BoltAI#165: an empty system prompt setting; the fix was to put text in it).
+_EMPTY_MESSAGE: Final = (
+    "messages.{i}: all messages must have non-empty content except for the optional final "
+    "assistant message"
+)
+_EMPTY_BLOCK: Final = "{where}: text content blocks must be non-empty"
+_BLANK_BLOCK: Final = "{where}: text content blocks must contain non-whitespace text"
+
+
+def _blank_text_error(blocks: list[Any], where: str) -> str | None:
+    """The refusal of ``blocks`` holding an empty text block or only blank text, or None."""
+    texts: list[str] = [
+        b["text"] for b in blocks
+        if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
+    ]  # fmt: skip
+    if any(t == "" for t in texts):
+        return _EMPTY_BLOCK.format(where=where)
+    if texts and not any(t.strip() for t in texts):
+        return _BLANK_BLOCK.format(where=where)
+    return None
+
+
+def _empty_content_error(i: int, message: Mapping[str, Any], *, final: bool) -> str | None:
+    """Why message ``i``'s content is refused as empty or blank, or None.
+
+    Examples
+    --------
+    >>> _empty_content_error(0, {"role": "user", "content": ""}, final=True)
+    'messages.0: all messages must have non-empty content except for the optional final \
+assistant message'
+    >>> _empty_content_error(0, {"role": "user", "content": "   "}, final=True)
+    'messages: text content blocks must contain non-whitespace text'
+    >>> _empty_content_error(1, {"role": "assistant", "content": ""}, final=True) is None
+    True
+    """
+    content = message.get("content")
+    if final and message.get("role") == "assistant":
+        return None  # an empty final assistant turn is allowed (a prefill)
+    if content == "" or content == []:
+        return _EMPTY_MESSAGE.format(i=i)
+    if isinstance(content, str):
+        return None if content.strip() else _BLANK_BLOCK.format(where="messages")
+    if isinstance(content, list):
+        return _blank_text_error(content, "messages")
+    return None
+
+
+def _system_error(system: object) -> str | None:
+    """Why ``system`` is refused as empty or blank, or None (no system prompt is fine).
+
+    Examples
+    --------
+    >>> _system_error(""), _system_error("Be brief.") is None
+    ('system: text content blocks must contain non-whitespace text', True)
+    >>> _system_error([{"type": "text", "text": ""}])
+    'system: text content blocks must be non-empty'
+    """
+    if isinstance(system, str):
+        return None if system.strip() else _BLANK_BLOCK.format(where="system")
+    if isinstance(system, list):
+        return _blank_text_error(system, "system")
+    return None
+
+
 def warm() -> None:
     """Build the validators (see :func:`.warm_in_background`)."""
     _validator("params")
@@ -298,6 +378,9 @@ class ParamsChecker:
                 validator.validate_python(probe, strict=True)
             except ValidationError as e:
                 return _worded(first_error(e, probe))
+        found = _system_error(rest.get("system"))
+        if found is not None:
+            return found
         thinking = rest.get("thinking")
         if isinstance(thinking, dict) and thinking.get("type") == "enabled":
             budget = thinking.get("budget_tokens")
@@ -342,6 +425,7 @@ class ParamsChecker:
         if not messages:
             return "messages: at least one message is required"
         documents: list[bool] = []
+        last = len(messages) - 1
         for i, message in enumerate(messages):
             if (
                 type(message) is dict
@@ -349,6 +433,10 @@ class ParamsChecker:
                 and type(message.get("content")) is str
                 and message.get("role") in _SIMPLE_ROLES
             ):
+                if not message["content"].strip():
+                    found = _empty_content_error(i, message, final=i == last)
+                    if found is not None:
+                        return found
                 continue
             if not isinstance(message, dict):
                 return f"messages.{i}: Input should be a valid dictionary"
@@ -361,6 +449,9 @@ class ParamsChecker:
                 except ValidationError as e:
                     return _worded(first_error(e, message), ("messages", i))
             content = message.get("content")
+            found = _empty_content_error(i, message, final=i == last)
+            if found is not None:
+                return found
             if isinstance(content, list):
                 for block in content:
                     if isinstance(block, dict) and block.get("type") == "document":

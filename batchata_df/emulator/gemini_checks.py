@@ -155,6 +155,52 @@ def _role_error(contents: object) -> str | None:
     return None
 
 
+_NO_DATA: Final = (
+    "* GenerateContentRequest.{where}.parts[{j}].data: required oneof field 'data' must have "
+    "one initialized field"
+)
+"""A part without data: ``{"text": ""}`` is one, as proto3 JSON reads an empty string as
+the field left unset. The 400 INVALID_ARGUMENT's wording as users report it verbatim
+(router-for-me/CLIProxyAPI#1292 and #3485, QuantumNous/new-api#632 for ``contents``;
+songquanpeng/one-api#2243 for ``system_instruction``). Whitespace is data: ``" "`` is
+taken."""
+
+
+def _empty_part_error(content: object, where: str) -> str | None:
+    """The 400 message for an empty text part of ``content`` (one turn), or None.
+
+    Examples
+    --------
+    >>> print(_empty_part_error({"parts": [{"text": "hi"}, {"text": ""}]}, "contents[0]"))
+    * GenerateContentRequest.contents[0].parts[1].data: required oneof field 'data' must \
+have one initialized field
+    >>> _empty_part_error({"parts": [{"text": " "}]}, "system_instruction") is None
+    True
+    """
+    parts = content.get("parts") if isinstance(content, dict) else None
+    if not isinstance(parts, list):
+        return None
+    for j, part in enumerate(parts):
+        if isinstance(part, dict) and part.get("text") == "" and len(part) == 1:
+            return _NO_DATA.format(where=where, j=j)
+    return None
+
+
+def _empty_data_error(request: Mapping[str, Any]) -> str | None:
+    """The first empty text part of the system instruction or of ``contents``, or None."""
+    for key in ("systemInstruction", "system_instruction"):
+        found = _empty_part_error(request.get(key), "system_instruction")
+        if found is not None:
+            return found
+    contents = request.get("contents")
+    if isinstance(contents, list):
+        for i, content in enumerate(contents):
+            found = _empty_part_error(content, f"contents[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
 def warm() -> None:
     """Build the validators (see :func:`.warm_in_background`)."""
     for kind in ("content", "contents", "generation_config"):
@@ -188,6 +234,9 @@ class RequestChecker:
         role_error = _role_error(contents)
         if role_error is not None:
             return role_error
+        data_error = _empty_data_error(request)
+        if data_error is not None:
+            return data_error
         if contents is None or _text_only(contents):
             return None
         found = self._field_error("contents", "contents", contents)

@@ -35,15 +35,18 @@ Control endpoints (no auth, never logged)
     Add, list or clear faults. A fault spec is ``{"method": "GET" | "*", "path_regex": str,
     "status": 503, "times": 1, "retry_after_ms": 20, "retry_after": 1, "body": {...} |
     str, "headers": {...}, "delay_ms": 0, "action": "error" | "disconnect" | "cut" |
-    "cut_clean", "when": "before" | "after", "echo_key": false}``; only ``path_regex`` is
-    required. ``"cut"`` answers the request, then sends its status, its headers and only
-    the first half of its body before dropping the connection (a download broken off
-    midway: the client sees fewer bytes than the ``content-length`` or chunks it was
-    promised). ``"cut_clean"`` sends the same half body with no ``content-length`` (a
-    close-delimited body) and then closes the connection in order: the client sees a
-    clean end of a shorter body, as behind a proxy that ends a stream early without an
-    error. Both answer the request first, so they are ``when="after"`` (their default; an
-    explicit ``"before"`` is refused), and ``delay_ms`` waits before the answer is sent.
+    "cut_clean" | "corrupt", "when": "before" | "after", "echo_key": false}``; only
+    ``path_regex`` is required. ``"cut"`` answers the request, then sends its status, its
+    headers and only the first half of its body before dropping the connection (a
+    download broken off midway: the client sees fewer bytes than the ``content-length``
+    or chunks it was promised). ``"cut_clean"`` sends the same half body with no
+    ``content-length`` (a close-delimited body) and then closes the connection in order:
+    the client sees a clean end of a shorter body, as behind a proxy that ends a stream
+    early without an error. ``"corrupt"`` sends the whole answer with two bytes that are
+    never UTF-8 (hex ``ff fe``) inside its first line's answer text (:func:`corrupted`):
+    complete JSON lines, not UTF-8. All three answer the request first, so they are ``when="after"``
+    (their default; an explicit ``"before"`` is refused), and ``delay_ms`` waits before
+    the answer is sent.
     ``echo_key`` makes the error echo the request's credential (the ``Authorization``,
     ``x-api-key`` or ``x-goog-api-key`` value, or ``?key=``), as some gateways and proxies
     do: the default message then ends with it, and ``{key}`` in a custom ``body`` is
@@ -606,10 +609,40 @@ class BlobStore:
     close = clear
 
 
-FaultAction = Literal["error", "disconnect", "cut", "cut_clean"]
+FaultAction = Literal["error", "disconnect", "cut", "cut_clean", "corrupt"]
 """What an injected fault does (see the module docstring)."""
 CUT_ACTIONS: Final = frozenset({"cut", "cut_clean"})
 """The fault actions that answer the request and then break its body off."""
+ANSWERING_ACTIONS: Final = CUT_ACTIONS | {"corrupt"}
+"""The fault actions that answer the request first and then damage its answer."""
+NOT_UTF8: Final = b"\xff\xfe"
+"""The bytes the ``corrupt`` action puts into an answer: neither can occur in UTF-8."""
+_ANSWER_STRING = re.compile(rb'"(?:text|content)"\s*:\s*"')
+"""Where an answer's text starts in a result line of the three protocols: OpenAI's
+``message.content``, Anthropic's ``content[].text``, Gemini's ``parts[].text``."""
+_ANY_STRING = re.compile(rb':\s*"')
+
+
+def corrupted(body: bytes) -> bytes:
+    r"""``body`` with :data:`NOT_UTF8` put inside its first line's answer (the fault ``corrupt``).
+
+    The bytes go right after the opening quote of the line's first answer string (else
+    of its first string value), so the line is still complete JSON but not UTF-8: the
+    damage a faulty proxy or a flipped bit in transit would leave.
+
+    Examples
+    --------
+    >>> corrupted(b'{"id":"a","text":"hi"}\n{"id":"b","text":"ok"}\n')
+    b'{"id":"a","text":"\xff\xfehi"}\n{"id":"b","text":"ok"}\n'
+    >>> corrupted(b'{"id":"a"}')
+    b'{"id":"\xff\xfea"}'
+    """
+    end = body.find(b"\n")
+    first = body if end < 0 else body[:end]
+    found = _ANSWER_STRING.search(first) or _ANY_STRING.search(first)
+    if found is None:
+        return NOT_UTF8 + body  # no string at all: the body's first bytes
+    return body[: found.end()] + NOT_UTF8 + body[found.end() :]
 
 
 @dataclass(slots=True)
@@ -696,17 +729,21 @@ def _parse_fault(spec: Mapping[str, Any], fault_id: int) -> Fault:
         msg = f"delay_ms must be between 0 and {MAX_FAULT_DELAY_MS}, got {delay!r}"
         raise ValueError(msg)
     action = spec.get("action", "error")
-    if action not in ("error", "disconnect", *sorted(CUT_ACTIONS)):
-        msg = f"action must be 'error', 'disconnect', 'cut' or 'cut_clean', got {action!r}"
+    if action not in ("error", "disconnect", *sorted(ANSWERING_ACTIONS)):
+        msg = (
+            "action must be 'error', 'disconnect', 'cut', 'cut_clean' or 'corrupt', "
+            f"got {action!r}"
+        )
         raise ValueError(msg)
-    # A cut breaks off the request's own answer, so the request has run first.
-    when = spec.get("when", "after" if action in CUT_ACTIONS else "before")
+    # A cut breaks off, a corruption damages, the request's own answer: it has run first.
+    when = spec.get("when", "after" if action in ANSWERING_ACTIONS else "before")
     if when not in ("before", "after"):
         msg = f"when must be 'before' or 'after', got {when!r}"
         raise ValueError(msg)
-    if action in CUT_ACTIONS and when != "after":
+    if action in ANSWERING_ACTIONS and when != "after":
+        what = "damages" if action == "corrupt" else "sends half of"
         msg = (
-            f"action {action!r} sends half of the request's own answer, so the request runs "
+            f"action {action!r} {what} the request's own answer, so the request runs "
             f"first: when must be 'after' (the default for {action!r}), got {when!r}; use "
             "action 'disconnect' to drop the connection before the request runs"
         )
@@ -1048,6 +1085,14 @@ class EmulatorCore:
                     time.sleep(fault.delay_ms / 1000)
                 kind = CleanCutResponse if fault.action == "cut_clean" else CutResponse
                 response = kind(response.status, response.headers, response.body)
+            elif fault is not None and fault.action == "corrupt":
+                if fault.delay_ms:
+                    time.sleep(fault.delay_ms / 1000)
+                body = response.body
+                whole = bytes(body) if isinstance(body, bytes | bytearray) else b"".join(body)
+                headers = {k: v for k, v in response.headers.items()
+                           if k.lower() != "content-length"}  # fmt: skip
+                response = Response(response.status, headers, corrupted(whole))
             elif fault is not None:
                 response = self._fault_response(fault, app, request)
         self._record(request, app, response, fault)

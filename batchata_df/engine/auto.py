@@ -15,6 +15,12 @@ Two rules decide, and each row's ``_mode`` says which way it went:
   (:attr:`~batchata_df.engine.run.RunContext.stop_when`, stop reason ``"deadline"``),
   their finished rows collected, and the rest sent realtime.
 
+Batches an earlier call left in flight (``wait=False``, a stop, a crash) are collected
+first, waiting for them as batch mode does (``wait=False``: one poll), with the deadline
+rule as the stop rule; only then are the rules applied to what is left (rows those batches
+ended ``cancelled`` included). Without that, a call with at most 50 rows left went straight
+to realtime, which does not collect batches, and their rows stayed ``pending`` for good.
+
 Nothing is paid twice across the two phases: rows whose batch may still be running after
 the cancel's grace period are not sent realtime (they stay ``pending`` for a later call to
 collect), and rows answered in either phase are settled for both.
@@ -113,6 +119,8 @@ class AutoEngine:
         self.decision = ""
         """What was decided and why (for the progress display and tests)."""
         self.batch: Engine | None = None
+        self.collector: Engine | None = None
+        """The batch driver that collected batches in flight first (``None``: none were)."""
         self.realtime: RealtimeEngine | None = None
 
     def run(self, jobs: pl.DataFrame, realtime_jobs: pl.DataFrame | None = None) -> pl.DataFrame:
@@ -122,27 +130,53 @@ class AutoEngine:
         cost cap needs it: the realtime phase holds that against the cap).
         """
         rt_jobs = jobs if realtime_jobs is None else realtime_jobs
-        left = self._left(jobs)
+        left, busy = self._left(jobs)
+        if busy:
+            # Batches in flight first: realtime never collects them, and their rows that
+            # end cancelled are left to send. A stop here (Ctrl+C, time limit, deadline)
+            # ends what is left in the phase below, which sees the same stop.
+            self.collector = self._engine(collect_only=True)
+            self.collector.run(jobs)
+            if self.collector.state.stop_reason is not None:
+                # The deadline: the rest goes realtime. Ctrl+C or the time limit: the
+                # realtime phase sees the same stop and ends the unsent rows cancelled,
+                # without sending or waiting for the cancelled batches again.
+                reason = self.collector.state.stop_reason
+                self.decision = f"collected batches in flight, then realtime ({reason})"
+                return self._realtime(rt_jobs)
+            left, _ = self._left(jobs)
+        time_left = None
+        if self.deadline_s is not None:
+            time_left = self.deadline_s - (self.clock.monotonic() - self.started)
         if left <= AUTO_REALTIME_MAX_JOBS:
             self.decision = f"{left} jobs to send: at most {AUTO_REALTIME_MAX_JOBS}, realtime"
             return self._realtime(rt_jobs)
-        if self.deadline_s is not None:
+        if time_left is not None:
             needed = realtime_seconds(left, self.concurrency)
-            if needed >= self.deadline_s:
+            if needed >= time_left:
                 self.decision = (
                     f"{left} jobs need about {needed:.0f}s realtime and the deadline is in "
-                    f"{self.deadline_s:.0f}s: realtime"
+                    f"{time_left:.0f}s: realtime"
                 )
                 return self._realtime(rt_jobs)
         self.decision = "batch"
-        options = self.options
+        self.batch = self._engine(collect_only=False)
+        states = self.batch.run(jobs)
+        if self.batch.state.stop_reason != "deadline":
+            return states
+        self.decision = "batch, then realtime for what the deadline would not wait for"
+        return self._realtime(rt_jobs)
+
+    def _engine(self, *, collect_only: bool) -> Engine:
+        """The batch driver, its time limit counted from the call's start."""
+        options = self._options()
         stop_when = None
         if self.deadline_s is not None:
             options = dataclasses.replace(
                 options, cancel_grace_s=min(options.cancel_grace_s, DEADLINE_CANCEL_GRACE_S)
             )
             stop_when = self._switch_rule()
-        self.batch = Engine(
+        return Engine(
             self.store,
             self.providers,
             self.spec,
@@ -153,12 +187,19 @@ class AutoEngine:
             make_provider=self.make_provider,
             clock=self.clock,
             stop_when=stop_when,
+            collect_only=collect_only,
         )
-        states = self.batch.run(jobs)
-        if self.batch.state.stop_reason != "deadline":
-            return states
-        self.decision = "batch, then realtime for what the deadline would not wait for"
-        return self._realtime(rt_jobs)
+
+    def _options(self) -> RunOptions:
+        """The options with the time limit left of the call's (it counts from its start)."""
+        options = self.options
+        if options.time_limit_s is not None:
+            # Once it is spent (0 left), a phase stops before sending anything.
+            spent = self.clock.monotonic() - self.started
+            options = dataclasses.replace(
+                options, time_limit_s=max(options.time_limit_s - spent, 0.0)
+            )
+        return options
 
     def _switch_rule(self) -> Callable[[RunState, float], str | None]:
         deadline = self.started + (self.deadline_s or 0.0)
@@ -173,8 +214,13 @@ class AutoEngine:
 
         return rule
 
-    def _left(self, jobs: pl.DataFrame) -> int:
-        """Jobs not yet settled and not in a provider batch (read-only look at the folder)."""
+    def _left(self, jobs: pl.DataFrame) -> tuple[int, int]:
+        """Jobs not yet settled and not in a provider batch; jobs of the folder in one.
+
+        A read-only look at the folder. The second count is every job whose batch (or open
+        intent) may still be running, of this call's rows or not: recovery re-attaches them
+        all.
+        """
         latest, _ = self.store.snapshot()
         done = settled(latest, retry_failed=self.options.retry_failed).get_column("job_id")
         busy = busy_jobs(self.store, latest).get_column("job_id")
@@ -186,27 +232,20 @@ class AutoEngine:
             & ~pl.col("job_id").is_in(busy.implode())
             & ~pl.col("job_id").is_in(lost.implode())
         )
-        return out.height
+        return out.height, busy.len()
 
     def _realtime(self, jobs: pl.DataFrame) -> pl.DataFrame:
-        options = self.options
-        if options.time_limit_s is not None:
-            # The time limit counts from the call's start, not from this phase's; once it
-            # is spent (0 left), the phase stops before sending anything.
-            spent = self.clock.monotonic() - self.started
-            options = dataclasses.replace(
-                options, time_limit_s=max(options.time_limit_s - spent, 0.0)
-            )
         self.realtime = RealtimeEngine(
             self.store,
             self.providers,
             self.spec,
             self.prices.realtime(),
-            options,
+            self._options(),
             concurrency=self.concurrency,
             progress=self.progress,
             stop_event=self.stop_event,
             make_provider=self.make_provider,
             clock=self.clock,
+            collect_first=False,  # collected above (or nothing was in flight)
         )
         return self.realtime.run(jobs)

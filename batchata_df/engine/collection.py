@@ -21,7 +21,7 @@ from batchata_df.engine.run import (
     failpoint,
     report,
 )
-from batchata_df.errors import ProviderError
+from batchata_df.errors import ProviderError, ResultFileError
 from batchata_df.providers.base import BatchPoll, ProviderState, RequestSpec, empty_results
 from batchata_df.schema import DECODED
 from batchata_df.state import lined_up
@@ -150,8 +150,11 @@ def outcomes_to_events(
         .then(thinking_msg)
         .otherwise(truncated_msg)
     )
-    # Provider errors that say why the answer stopped, whatever the finish reason.
-    stopped = pl.col("error").fill_null("").str.contains(r"^(?:refusal|content_filter):")
+    # Provider errors that say why the answer stopped, whatever the finish reason; and a
+    # line served not UTF-8 (providers.base.decoded_results): its text is damaged.
+    stopped = pl.col("error").fill_null("").str.contains(
+        r"^(?:refusal|content_filter|not_utf8):"
+    )
     error = (
         pl.when(pl.col("outcome").is_null())
         .then(pl.lit(missing_error))
@@ -275,10 +278,11 @@ class Collector:
             # An ended batch is reachable only once its results download too.
             self._reachable(batch)
         self.state.batch_status[batch.batch_key] = poll.provider_status
-        if poll.state is ProviderState.RUNNING:
-            self.state.in_flight_finished[batch.batch_key] = poll.finished
-        else:
-            self.state.in_flight_finished.pop(batch.batch_key, None)
+        # Kept after the batch ends, until its rows count completed/failed/cancelled
+        # (Ledger.terminal drops it then): dropped at the end instead, the display's done
+        # count went back while the results downloaded. Never lower than a count seen.
+        finished = self.state.in_flight_finished
+        finished[batch.batch_key] = max(finished.get(batch.batch_key, 0), poll.finished)
         return poll
 
     def _later(self, batch: InFlightBatch, error: ProviderError) -> None:
@@ -289,9 +293,18 @@ class Collector:
         if batch.unreachable_since is None:
             batch.unreachable_since = now
         waited = now - batch.unreachable_since
-        self.state.activity = (
-            f"{batch.provider} unreachable for {waited:.0f}s (provider_unavailable: {error})"
-        )
+        if isinstance(error, ResultFileError):
+            # The provider answered: its results came whole but unusable (cut short, not
+            # UTF-8), and the next poll downloads them again. "Unreachable" sent people
+            # looking for a network fault.
+            self.state.activity = (
+                f"the results of {batch.provider_batch_id} could not be used, downloading "
+                f"them again (for {waited:.0f}s): {error}"
+            )
+        else:
+            self.state.activity = (
+                f"{batch.provider} unreachable for {waited:.0f}s (provider_unavailable: {error})"
+            )
         if not self.ctx.options.wait or waited >= self.ctx.options.provider_patience_s:
             self.state.unavailable[batch.batch_key] = (
                 f"provider_unavailable: {error}; batch {batch.provider_batch_id} is at the "
@@ -334,6 +347,7 @@ class Collector:
                     detail="the batch found after a crash holds none of our requests",
                 )
                 self.state.release(batch.reserved)
+                self.state.in_flight_finished.pop(batch.batch_key, None)  # not ours
                 return True
         events = outcomes_to_events(
             pl.DataFrame({"job_id": batch.job_ids}),
@@ -356,6 +370,14 @@ class Collector:
         )
         failpoint("after_results")  # stored, not yet recorded collected (crash tests)
         self.admission.settle(batch, actual, events)
+        if batch.recovered and self.ctx.resend_cancelled:
+            # An earlier call's stop cancelled these (a second Ctrl+C left before the cancel
+            # was seen): no answer, no bill. This call sends them (README: "Cancelled rows
+            # are sent again by the next call"), not the one after it; the driver does not
+            # when this call is stopping itself.
+            cancelled = events.filter(pl.col("status") == "cancelled").get_column("job_id")
+            if cancelled.len():
+                self.state.resend.append(cancelled)
         self.requeue.accepted(batch.provider, batch.model)
         self.state.activity = ""
         self.ledger.batch(
@@ -381,6 +403,7 @@ class Collector:
             batch.model,
             poll.detail,
         )
+        self.state.in_flight_finished.pop(batch.batch_key, None)  # its rows wait again
         if not self.requeue.refused(batch, others=len(others), too_big=too_big):
             self.ledger.end_batch(batch, f"rate_limited: {poll.detail}")
             return

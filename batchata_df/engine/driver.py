@@ -19,7 +19,7 @@ from batchata_df.engine.clock import Clock, SystemClock
 from batchata_df.engine.collection import Collector
 from batchata_df.engine.ledger import Ledger
 from batchata_df.engine.planning import Planner, Requeue
-from batchata_df.engine.recovery import lost_spend, recover, resolve_lost, settled
+from batchata_df.engine.recovery import recover, resolve_lost, settled, spent_on_lost
 from batchata_df.engine.run import (
     InFlightBatch,
     ProgressSnapshot,
@@ -65,6 +65,10 @@ class Engine:
         Where time is read (a :class:`~batchata_df.engine.clock.FakeClock` in tests).
     stop_when
         A further stop rule (:attr:`RunContext.stop_when`).
+    collect_only
+        Send nothing: re-attach the batches earlier calls left in flight and collect them
+        (``mode="auto"`` and ``"realtime"`` do this before deciding what to send). Their
+        rows that end ``cancelled`` are then left for the caller to send.
     """
 
     def __init__(
@@ -79,7 +83,10 @@ class Engine:
         make_provider: Callable[[str], Provider] | None = None,
         clock: Clock | None = None,
         stop_when: Callable[[RunState, float], str | None] | None = None,
+        *,
+        collect_only: bool = False,
     ) -> None:
+        self.collect_only = collect_only
         self.ctx = RunContext(
             store=store,
             providers=providers,
@@ -116,6 +123,10 @@ class Engine:
             ~pl.col("job_id").is_in(terminal.get_column("job_id").implode())
             & ~pl.col("job_id").is_in(busy.implode())
         )
+        if self.collect_only:
+            todo = todo.clear()
+        else:  # rows of re-attached batches that end cancelled go again in this call
+            ctx.resend_cancelled = True
         # Rows of re-attached batches are counted when their batch is collected, even one
         # with an outcome already (a batch reopened by ``repair`` with some outcomes left).
         self._count_done(jobs, terminal.filter(~pl.col("job_id").is_in(busy.implode())))
@@ -126,7 +137,7 @@ class Engine:
         # The cap covers everything this state folder has paid for, earlier calls and
         # earlier attempts of retried jobs included.
         state.spent = float(billed.get_column("cost_usd").fill_null(0.0).sum())
-        state.spent += lost_spend(recorded) + ctx.options.stored_unpriced_usd
+        state.spent += spent_on_lost(ctx, recorded) + ctx.options.stored_unpriced_usd
         state.spent_at_start = state.spent
         admission = Admission(state, ctx.options.max_cost_usd, Calibration())
         # Re-attached batches are held at their jobs' worst case in this call's table (by a
@@ -225,6 +236,8 @@ class Engine:
             elif planner.current() is None and (again := requeue.take(state.in_flight)):
                 job_ids, max_items = again
                 planner.add(state.job_rows(job_ids), items_per_batch=max_items)
+            if stop_reason is None:
+                self._resend(planner)
             if stop_reason is None and feeder is not None and planner.current() is None:
                 feeder.feed()
             if stop_reason is None:
@@ -255,6 +268,7 @@ class Engine:
                 # Submit now, collect later: one round of polls and submits, then return;
                 # the slots the polls freed are filled, from later chunks too.
                 if stop_reason is None:
+                    self._resend(planner)
                     fill()
                 break
             wakes = [b.next_poll for b in state.in_flight]
@@ -274,6 +288,20 @@ class Engine:
                 pl.lit(reason).alias("error")
             )
         return None
+
+    def _resend(self, planner: Planner) -> None:
+        """Plan again this call's rows that re-attached batches ended ``cancelled``.
+
+        They were counted ``cancelled`` when collected; they are pending again.
+        """
+        state = self.state
+        if not state.resend:
+            return
+        rows = state.job_rows(pl.concat(state.resend))
+        state.resend.clear()
+        if rows.height:
+            state.done["cancelled"] -= rows.height
+            planner.add(rows)
 
     def _count_done(self, jobs: pl.DataFrame, terminal: pl.DataFrame) -> None:
         # A folder with no settled job (every first call) counts nothing: the filter would

@@ -59,6 +59,10 @@ class Ledger:
         self.ctx.store.append_jobs(frame)
         for status in TERMINAL_JOB:
             self.state.done[status] += int((frame.get_column("status") == status).sum())
+        if batch_key is not None:
+            # Its rows are counted now: the provider's count of them goes (progress stays
+            # monotonic: RunState.in_flight_finished).
+            self.state.in_flight_finished.pop(batch_key, None)
         added = 0.0
         if "cost_usd" in frame.columns:
             added = float(frame.get_column("cost_usd").fill_null(0.0).sum())
@@ -92,16 +96,23 @@ class Ledger:
             provider_batch_id=provider_batch_id,
         )
 
-    def cancel_unsent(self, job_ids: pl.Series, reason: str) -> None:
-        """End jobs that are in no provider batch ``cancelled`` with ``reason``."""
+    def cancel_unsent(
+        self, job_ids: pl.Series, reason: str, *, provider: str, model: str
+    ) -> None:
+        """End jobs of ``provider``/``model`` in no provider batch ``cancelled: <reason>``.
+
+        They were never sent: no batch key, no provider batch id, no mode (the jobs view's
+        ``mode`` is how a job was last sent, null if it never was), but the provider and
+        model they were for, so that a query grouping by them counts them there.
+        """
         events = pl.DataFrame(
             {"job_id": job_ids, "status": "cancelled", "error": f"cancelled: {reason}"}
         )
         self.terminal(
             events,
             batch_key=None,
-            provider=None,
-            model=None,
+            provider=provider,
+            model=model,
             provider_batch_id=None,
         )
 

@@ -292,13 +292,18 @@ class Planner:
 
     def drain(self) -> pl.Series | None:
         """Every unsent job id (``None``: none), emptying the queue."""
+        groups = self.drain_groups()
+        return pl.concat([ids for _, _, ids in groups]) if groups else None
+
+    def drain_groups(self) -> list[tuple[str, str, pl.Series]]:
+        """Every unsent job as ``(provider, model, job ids)``, emptying the queue."""
         first = self.current()
         if first is None:
-            return None
-        rest = [p.job_ids for source in self._sources for p in source]
+            return []
+        rest = [p for source in self._sources for p in source]
         self._current = None
         self._sources.clear()
-        return pl.concat([first.job_ids, *rest])
+        return [(p.provider, p.model, p.job_ids) for p in (first, *rest)]
 
 
 def queue_limit_refusal(poll: BatchPoll) -> bool:
@@ -408,8 +413,11 @@ class Requeue:
 
     def drain(self) -> pl.Series | None:
         """Every waiting job id (``None``: none), emptying the queue."""
-        if not self.items:
-            return None
-        ids = pl.concat([item.job_ids for item in self.items])
+        groups = self.drain_groups()
+        return pl.concat([ids for _, _, ids in groups]) if groups else None
+
+    def drain_groups(self) -> list[tuple[str, str, pl.Series]]:
+        """Every waiting job as ``(provider, model, job ids)``, emptying the queue."""
+        groups = [(item.provider, item.model, item.job_ids) for item in self.items]
         self.items.clear()
-        return ids
+        return groups

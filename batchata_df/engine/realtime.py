@@ -31,6 +31,13 @@ the provider's ``Retry-After`` (or a growing backoff) for up to ``provider_patie
 provider batch that may still be running are not sent here (their rows stay ``pending``);
 jobs answered in either mode are settled for both.
 
+Batches in flight
+-----------------
+Batches an earlier call left in flight are polled once first (never waited for: a
+realtime call answers in seconds) and those that have ended are collected at batch
+prices; their rows that ended ``cancelled`` are sent here. Rows of batches still running
+stay ``pending``, saying that ``mode="batch"`` or ``"auto"`` waits for them.
+
 Concurrency
 -----------
 At most ``concurrency`` requests are in flight at once (a thread pool running one blocking
@@ -41,6 +48,7 @@ SDK call per request); a rate-limit answer pauses new requests to that provider 
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, MutableMapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -55,8 +63,10 @@ from batchata_df.engine.clock import Backoff, Clock, SystemClock
 from batchata_df.engine.collection import outcomes_to_events
 from batchata_df.engine.ledger import Ledger
 from batchata_df.engine.planning import Planner, new_batch_key
-from batchata_df.engine.recovery import busy_jobs, lost_spend, resolve_lost, settled
+from batchata_df.engine.recovery import busy_jobs, resolve_lost, settled, spent_on_lost
 from batchata_df.engine.run import (
+    IN_FLIGHT,
+    BatchPhase,
     InFlightBatch,
     ProgressSnapshot,
     RunContext,
@@ -109,6 +119,8 @@ class _Request:
     not_before: float = 0.0
     est_input: int | None = None
     """Its estimated input tokens (calibration), ``None`` without estimates."""
+    estimated: bool = True
+    """Whether ``worst`` is its worst case (the run had estimates); else ``worst`` is 0."""
 
 
 @dataclass
@@ -132,6 +144,9 @@ class RealtimeEngine:
         Realtime (standard) prices (:meth:`batchata_df.cost.PriceTable.realtime`).
     concurrency
         Most requests in flight at once.
+    collect_first
+        Poll batches earlier calls left in flight once and collect those that ended, before
+        sending (``mode="auto"`` collects them itself and passes ``False``).
     """
 
     def __init__(
@@ -147,7 +162,9 @@ class RealtimeEngine:
         stop_event: threading.Event | None = None,
         make_provider: Callable[[str], Provider] | None = None,
         clock: Clock | None = None,
+        collect_first: bool = True,
     ) -> None:
+        self.collect_first = collect_first
         self.ctx = RunContext(
             store=store,
             providers=providers,
@@ -178,6 +195,8 @@ class RealtimeEngine:
         from batchata_df.engine.driver import _job_states
 
         ctx, state = self.ctx, self.state
+        if self.collect_first:
+            self._collect_ended(jobs)
         state.total, state.jobs = jobs.height, jobs
         recorded, billed = ctx.store.snapshot()
         recorded = resolve_lost(ctx.store, recorded)
@@ -193,7 +212,7 @@ class RealtimeEngine:
         state.cost = float(done.get_column("cost_usd").fill_null(0.0).sum())
         state.done_at_start = sum(state.done.values())
         state.spent = float(billed.get_column("cost_usd").fill_null(0.0).sum())
-        state.spent += lost_spend(recorded) + ctx.options.stored_unpriced_usd
+        state.spent += spent_on_lost(ctx, recorded) + ctx.options.stored_unpriced_usd
         # Each request carries its input estimate (calibration): nothing per job of the
         # whole table here; requests held by batches in flight are never sent (busy).
         admission = Admission(state, ctx.options.max_cost_usd, Calibration())
@@ -209,8 +228,9 @@ class RealtimeEngine:
         held = busy.filter(busy.is_in(jobs.get_column("job_id").implode()))
         if held.len():
             why = (
-                "in a provider batch that may still be running: call again with "
-                "mode='batch' (or 'auto') and the same state to collect it"
+                "in a provider batch that is still running: call again with the same state "
+                "and mode='batch' or mode='auto' (they wait for it and collect it), or "
+                "mode='realtime' once it has ended"
             )
             states = states.with_columns(
                 pl.when(pl.col("job_id").is_in(held.implode()) & (pl.col("status") == "assigned"))
@@ -219,6 +239,31 @@ class RealtimeEngine:
                 .alias("error")
             )
         return states
+
+    def _collect_ended(self, jobs: pl.DataFrame) -> None:
+        """Collect the batches earlier calls left in flight that have ended (one poll each).
+
+        A batch driver that sends nothing and does not wait (``wait=False``), at batch
+        prices; it re-attaches every open batch of the folder, as batch mode does.
+        """
+        from batchata_df.engine.driver import Engine
+
+        ctx = self.ctx
+        batches = ctx.store.batch_state()
+        if not batches.get_column("status").is_in([*IN_FLIGHT, BatchPhase.INTENT.value]).any():
+            return  # nothing in flight (the batch events only: no job events read)
+        Engine(
+            ctx.store,
+            ctx.providers,
+            ctx.spec,
+            ctx.prices.batch(),
+            dataclasses.replace(ctx.options, wait=False),
+            progress=ctx.progress,
+            stop_event=self.stop_event,
+            make_provider=ctx.make_provider,
+            clock=ctx.clock,
+            collect_only=True,
+        ).run(jobs)
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -324,7 +369,7 @@ class RealtimeEngine:
                 reserved[job_id] = float(amount or 0.0)
                 request = _Request(
                     job_id, line, plan.provider, plan.model, key, float(amount or 0.0),
-                    ctx.backoff(), est_input=est,
+                    ctx.backoff(), est_input=est, estimated=admitted.has_estimates,
                 )  # fmt: skip
                 running[self._submit(pool, request)] = request
             planner.took(len(admitted))
@@ -465,11 +510,13 @@ class RealtimeEngine:
                     "job_id": [r.job_id for r, _, _ in items],
                     "status": [s for _, s, _ in items],
                     "error": [e for _, _, e in items],
-                    "est_cost_usd": [r.worst for r, _, _ in items],
+                    # A run without estimates records none (null), not $0: a later cap
+                    # then prices the lost request from its row or refuses the folder.
+                    "est_cost_usd": [r.worst if r.estimated else None for r, _, _ in items],
                     "input_tokens": None,
                     "mode": "realtime",
                 },
-                schema_overrides={"input_tokens": pl.Int64},
+                schema_overrides={"input_tokens": pl.Int64, "est_cost_usd": pl.Float64},
             )
             ledger.terminal(
                 events, batch_key=key, provider=provider, model=model, provider_batch_id=None

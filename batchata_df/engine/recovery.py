@@ -12,9 +12,12 @@ import polars as pl
 
 from batchata_df.engine.run import IN_FLIGHT, BatchPhase, InFlightBatch, RunContext, RunState
 from batchata_df.providers.base import BatchTag, Provider
-from batchata_df.state import StateStore
+from batchata_df.state import StateStore, lost_usd
 
-__all__ = ["LOST", "busy_jobs", "lost_spend", "recover", "resolve_lost", "settled"]
+__all__ = [
+    "LOST", "as_lost", "busy_jobs", "lost_spend", "recover", "resolve_lost", "settled",
+    "spent_on_lost",
+]
 
 LOST = (
     "lost: a realtime request was in flight when an earlier call stopped; the provider may "
@@ -44,8 +47,7 @@ def resolve_lost(store: StateStore, latest: pl.DataFrame) -> pl.DataFrame:
     """
     if "mode" not in latest.columns:
         return latest
-    lost = (pl.col("status") == "assigned") & (pl.col("mode") == "realtime")
-    rows = latest.filter(lost)
+    rows = latest.filter(_LEFT_IN_FLIGHT)
     if rows.height == 0:
         return latest
     events = rows.select("job_id", "batch_key", "provider", "model", "est_cost_usd").with_columns(
@@ -54,9 +56,23 @@ def resolve_lost(store: StateStore, latest: pl.DataFrame) -> pl.DataFrame:
         pl.lit("realtime").alias("mode"),
     )
     store.append_jobs(events)
+    return as_lost(latest)
+
+
+_LEFT_IN_FLIGHT = (pl.col("status") == "assigned") & (pl.col("mode") == "realtime")
+
+
+def as_lost(latest: pl.DataFrame) -> pl.DataFrame:
+    """``latest`` with the realtime requests left in flight ended ``failed`` :data:`LOST`.
+
+    As :func:`resolve_lost` ends them, writing nothing: what a dry run plans from, as the
+    run will see them.
+    """
+    if "mode" not in latest.columns:
+        return latest
     return latest.with_columns(
-        pl.when(lost).then(pl.lit("failed")).otherwise(pl.col("status")).alias("status"),
-        pl.when(lost).then(pl.lit(LOST)).otherwise(pl.col("error")).alias("error"),
+        pl.when(_LEFT_IN_FLIGHT).then(pl.lit("failed")).otherwise(pl.col("status")).alias("status"),
+        pl.when(_LEFT_IN_FLIGHT).then(pl.lit(LOST)).otherwise(pl.col("error")).alias("error"),
     )
 
 
@@ -72,6 +88,19 @@ def lost_spend(latest: pl.DataFrame) -> float:
         (pl.col("mode") == "realtime") & pl.col("error").str.starts_with("lost:").fill_null(False)
     )
     return float(lost.get_column("est_cost_usd").fill_null(0.0).sum())
+
+
+def spent_on_lost(ctx: RunContext, latest: pl.DataFrame) -> float:
+    """What a run counts as spent for the folder's lost realtime requests (their worst case).
+
+    Under a cap, every lost attempt recorded in the folder
+    (:func:`~batchata_df.state.lost_usd`), also one whose row was sent again and answered
+    since: the provider may have billed both. Without a cap (``spent`` is only shown), the
+    jobs still lost (:func:`lost_spend`), read from ``latest`` without another scan.
+    """
+    if ctx.options.max_cost_usd is None:
+        return lost_spend(latest)
+    return lost_usd(ctx.store.root)
 
 
 def busy_jobs(store: StateStore, state: pl.DataFrame) -> pl.DataFrame:
@@ -183,6 +212,7 @@ def recover(ctx: RunContext, state: RunState) -> list[InFlightBatch]:
                     cancel_reason=(
                         row["detail"] if status == BatchPhase.CANCEL_REQUESTED else None
                     ),
+                    recovered=True,
                 )
             )
     return out

@@ -89,9 +89,11 @@ class ProgressSnapshot:
     projected_cost_usd: float | None = None
     """Spent so far plus the remaining jobs at the average actual cost per finished job."""
     in_flight_done: int = 0
-    """Requests the providers report finished inside batches still running (their request
-    counts: OpenAI ``request_counts``, Gemini ``batchStats``; Anthropic reports them only
-    when a whole batch ends). Counted in ``pending`` until their batch is collected."""
+    """Requests the providers report finished inside batches not yet collected (their
+    request counts: OpenAI ``request_counts``, Gemini ``batchStats``; Anthropic reports them
+    only when a whole batch ends), an ended batch's until its rows are counted, so
+    ``completed + failed + cancelled + in_flight_done`` never goes back within a call.
+    Counted in ``pending`` until their batch is collected."""
     eta_s: float | None = None
     """Seconds left at the throughput observed since this call's first submit; ``None``
     until something has finished (and while stopping)."""
@@ -136,6 +138,9 @@ class InFlightBatch:
     """Consecutive failed polls or downloads."""
     unreachable_since: float | None = None
     """Clock reading of the first of the current run of failed polls or downloads."""
+    recovered: bool = False
+    """Re-attached at the call's start (an earlier call sent it): its rows that end
+    ``cancelled`` are this call's to send again (:attr:`RunContext.resend_cancelled`)."""
 
 
 @dataclass
@@ -153,6 +158,10 @@ class RunContext:
     stop_when: Callable[[RunState, float], str | None] | None = None
     """A further stop rule, asked every round with the state and the clock's reading: a
     reason to stop (``mode="auto"``: ``"deadline"``), or ``None``."""
+    resend_cancelled: bool = False
+    """Whether rows of re-attached batches that end ``cancelled`` are planned again in this
+    call (:attr:`RunState.resend`): an earlier call's stop cancelled them, nothing answered
+    or billed them, and the README promises that the next call sends them."""
 
     def backoff(self) -> Backoff:
         """A fresh polling backoff with the run's settings."""
@@ -190,6 +199,9 @@ class RunState:
     """Jobs in flight or admitted when the cap first held jobs back (what fit at once)."""
     todo_ids: pl.Series | None = None
     """The jobs this call set out to send (not settled or in flight when it started)."""
+    resend: list[pl.Series] = field(default_factory=list)
+    """Job ids of re-attached batches collected ``cancelled``, for the driver to plan again
+    (:attr:`RunContext.resend_cancelled`)."""
     spent_at_start: float = 0.0
     """What the state folder had billed when this call started."""
     expected_usd: float | None = None
@@ -202,7 +214,9 @@ class RunState:
     """``batch_key`` -> ``provider_unavailable: <last error>`` for batches (or open
     intents) whose rows stay pending because the provider could not be reached."""
     in_flight_finished: dict[str, int] = field(default_factory=dict)
-    """Per batch still running, the requests its provider reports finished (progress)."""
+    """Per batch not yet collected, the requests its provider reports finished (progress):
+    kept after the batch ends until its rows are counted in ``done`` (``Ledger.terminal``), so
+    the display's finished count never goes back while results download."""
     first_submit_at: float | None = None
     """When this call first submitted (or re-attached) a batch: throughput counts from it."""
     done_at_start: int = 0

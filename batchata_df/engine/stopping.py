@@ -63,9 +63,9 @@ class Stopper:
         self, reason: str, planner: Planner, requeue: Requeue | None = None
     ) -> None:
         """End the planner's jobs, then the requeued ones, ``cancelled: <reason>``."""
-        for job_ids in (planner.drain(), requeue.drain() if requeue else None):
-            if job_ids is not None:
-                self.ledger.cancel_unsent(job_ids, reason)
+        groups = planner.drain_groups() + (requeue.drain_groups() if requeue else [])
+        for provider, model, job_ids in groups:
+            self.ledger.cancel_unsent(job_ids, reason, provider=provider, model=model)
 
     def past_grace(self) -> bool:
         """After a stop, whether waiting for the cancelled batches has gone on long enough."""

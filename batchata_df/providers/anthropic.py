@@ -43,7 +43,7 @@ from batchata_df.providers.base import (
     all_null,
     column_json_string,
     conform_results,
-    decoded_download,
+    decoded_results,
     empty_results,
     failure_kind,
     history_messages,
@@ -456,7 +456,8 @@ class AnthropicProvider:
         The download is written into the memory the previous one used
         (:class:`~batchata_df.providers.base.DownloadBuffer`) and decoded there; results
         that ended early without an error, and so cannot be decoded, are a
-        ``ProviderError`` (:func:`~batchata_df.providers.base.decoded_download`).
+        ``ProviderError`` (:func:`~batchata_df.providers.base.decoded_results`, which also
+        checks that it is UTF-8).
 
         Results that hold fewer lines than the ended batch's ``request_counts`` sum ended
         early at a line boundary (or came back empty): a ``ProviderError`` too
@@ -490,7 +491,7 @@ class AnthropicProvider:
 
             data = self._call("download the batch results", fetch)
             failed = f"Anthropic's results of batch {batch_id}"
-            decoded = decoded_download(lambda: decode_results(data, spec), failed=failed)
+            decoded = decoded_results(data, lambda d: decode_results(d, spec), failed=failed)
             return whole_download(decoded, answered, failed=failed)
 
     def cancel(self, batch_id: str) -> None:

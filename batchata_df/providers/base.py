@@ -9,7 +9,9 @@ the normalized :data:`RESULTS` frame. SDK exceptions are translated to
 
 from __future__ import annotations
 
+import codecs
 import enum
+import hashlib
 import io
 import re
 import struct
@@ -48,6 +50,9 @@ __all__ = [
     "conform_results",
     "cut_answer",
     "decoded_download",
+    "decoded_results",
+    "first_not_utf8",
+    "NOT_UTF8_ERROR",
     "whole_download",
     "failure_kind",
     "kept_response",
@@ -602,7 +607,7 @@ def decoded_download(decode: Callable[[], _T], *, failed: str) -> _T:
     a clean, shorter body, which no retry of the SDK or of :func:`streamed_download`
     sees. Its last line is then cut off, and the decoders (:func:`read_jsonl`) raise
     Polars' ``ComputeError``, which escaped the engine as a raw Polars traceback. It is
-    raised instead as a transient :class:`~batchata_df.errors.ProviderError` (``failed``
+    raised instead as a transient :class:`~batchata_df.errors.ResultFileError` (``failed``
     names the provider, the batch and the file): the engine downloads the file again at
     its next poll, and past the provider patience leaves the batch's rows ``pending`` with
     the reason, for a later call to download it again. The batch itself is never sent
@@ -616,9 +621,9 @@ def decoded_download(decode: Callable[[], _T], *, failed: str) -> _T:
     >>> decoded_download(lambda: read_jsonl(b'{"a":1}\n{"a', schema), failed="x")
     Traceback (most recent call last):
     ...
-    batchata_df.errors.ProviderError: x could not be decoded (ComputeError: ...); it will be ...
+    batchata_df.errors.ResultFileError: x could not be decoded (ComputeError: ...); it will be ...
     """
-    from batchata_df.errors import ProviderError
+    from batchata_df.errors import ResultFileError
 
     try:
         return decode()
@@ -629,7 +634,155 @@ def decoded_download(decode: Callable[[], _T], *, failed: str) -> _T:
             f"{failed} could not be decoded ({type(e).__name__}: {reason}); it will be "
             "downloaded again at the next poll"
         )
-        raise ProviderError(msg) from e
+        raise ResultFileError(msg) from e
+
+
+def first_not_utf8(data: Download) -> int | None:
+    r"""The offset of the first byte of ``data`` that is not UTF-8; ``None`` if all of it is.
+
+    pyarrow's JSON reader does not check that string values are UTF-8: a complete JSON
+    line with bytes that are not UTF-8 inside a string came out as a Polars ``String``
+    column holding them, and Polars then panicked (``PanicException``) wherever it read the
+    column (the answers' validation, printing the frame). An ASCII download
+    (``isascii``) is UTF-8; else Arrow checks the download in place, as one string value.
+    Either is ~0.1 ms of CPU per MB (``benchmarks/PROFILE.md``, thirteenth pass: UTF-8
+    check); only a download that fails is decoded by Python, to find the offset.
+
+    Examples
+    --------
+    >>> first_not_utf8(b'{"a":"caf\xc3\xa9"}\n'), first_not_utf8(b'{"a":"\xff"}\n')
+    (None, 6)
+    """
+    if data.isascii():
+        return None
+    try:
+        import pyarrow as pa
+    except ImportError:  # pragma: no cover - pyarrow is a dependency
+        pa = None
+    if pa is not None and len(data) < 1 << 62:
+        offsets = pa.py_buffer(_OFFSETS.pack(0, len(data)))
+        whole = pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(data)])
+        try:
+            whole.validate(full=True)
+        except pa.ArrowInvalid:
+            pass
+        else:
+            return None
+        finally:
+            del whole, offsets  # no view of the download outlives the check (DownloadBuffer)
+    try:
+        codecs.decode(data, "utf-8")
+    except UnicodeDecodeError as e:
+        return e.start
+    return None
+
+
+NOT_UTF8_ERROR = "not_utf8"
+"""The prefix of ``_error`` on a row whose result line the provider served not UTF-8."""
+
+
+class _DamagedDownloads:
+    """Digests of the downloads found not UTF-8, by what was downloaded (:func:`decoded_results`).
+
+    Process-wide, so a later call of the same process (``wait=False`` polling) knows the
+    file too; a few hundred bytes per damaged file, kept until it downloads whole.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def served_again(self, key: str, data: Download) -> bool:
+        """Whether ``data`` is the download last found damaged under ``key`` (then: kept)."""
+        digest = hashlib.blake2b(data, digest_size=16).digest()
+        with self._lock:
+            again = self._seen.get(key) == digest
+            self._seen[key] = digest
+            return again
+
+    def forget(self, key: str) -> None:
+        """``key`` downloaded whole: a later damage starts afresh."""
+        if self._seen:
+            with self._lock:
+                self._seen.pop(key, None)
+
+
+_DAMAGED = _DamagedDownloads()
+
+
+def decoded_results(
+    data: Download, decode: Callable[[Download], pl.DataFrame], *, failed: str
+) -> pl.DataFrame:
+    r"""``decode(data)`` (one row per non-blank line) of a results download checked to be UTF-8.
+
+    A download that is not UTF-8 (:func:`first_not_utf8`) is, the first time, a
+    transient :class:`~batchata_df.errors.ResultFileError`: providers send UTF-8, so the
+    likely cause is damage in transit, and the engine downloads the file again at its
+    next poll (nothing is paid twice). When the same bytes come again (the provider serves
+    its file so), the lines that are UTF-8 are decoded as they are, and each line that is
+    not ends its row ``errored`` with a :data:`NOT_UTF8_ERROR` reason (its bytes that are
+    not UTF-8 read as U+FFFD, its tokens kept, so its cost counts): a row failed as data,
+    which ``retry_failed=True`` sends again, never a lost row nor a Polars panic. Other
+    decoding failures are :func:`decoded_download`'s.
+
+    Examples
+    --------
+    >>> schema = pl.Schema({"id": pl.String, "text": pl.String})
+    >>> def decode(data):
+    ...     return read_jsonl(data, schema).with_columns(
+    ...         outcome=pl.lit("succeeded"), error=pl.lit(None, pl.String))
+    >>> bad = b'{"id":"a","text":"\xffhi"}\n{"id":"b","text":"ok"}\n'
+    >>> decoded_results(bad, decode, failed="file f")
+    Traceback (most recent call last):
+    ...
+    batchata_df.errors.ResultFileError: file f is not UTF-8 (byte 18, line 1): damaged ...
+    >>> out = decoded_results(bad, decode, failed="file f")  # the same bytes again
+    >>> out.select("id", "text", "outcome").rows()
+    [('a', '\ufffdhi', 'errored'), ('b', 'ok', 'succeeded')]
+    >>> out["error"][0].split(":")[0]
+    'not_utf8'
+    """
+    from batchata_df.errors import ResultFileError
+
+    bad = first_not_utf8(data)
+    if bad is None:
+        _DAMAGED.forget(failed)
+        return decoded_download(lambda: decode(data), failed=failed)
+    line = data.count(b"\n", 0, bad) + 1
+    where = f"byte {bad}, line {line}"
+    if not _DAMAGED.served_again(failed, data):
+        msg = (
+            f"{failed} is not UTF-8 ({where}): damaged on its way, as providers send "
+            "UTF-8; it will be downloaded again at the next poll"
+        )
+        raise ResultFileError(msg)
+    lines = [line for line in bytes(data).split(b"\n") if line.strip()]
+    damaged = pl.Series([not _is_utf8(line) for line in lines], dtype=pl.Boolean)
+    repaired = codecs.decode(data, "utf-8", errors="replace").encode("utf-8")
+    decoded = decoded_download(lambda: decode(repaired), failed=failed)
+    if decoded.height != damaged.len():  # the rows cannot be matched to the lines
+        msg = (
+            f"{failed} is not UTF-8 ({where}), again, and its lines could not be matched "
+            "to its results; it will be downloaded again at the next poll"
+        )
+        raise ResultFileError(msg)
+    reason = (
+        f"{NOT_UTF8_ERROR}: the provider's result line for this request is not UTF-8 "
+        f"(served so twice in {failed}); its bytes that are not UTF-8 read as U+FFFD in "
+        "the raw answer; retry_failed=True sends the request again"
+    )
+    return decoded.with_columns(
+        pl.when(damaged).then(pl.lit("errored")).otherwise(pl.col("outcome")).alias("outcome"),
+        pl.when(damaged).then(pl.lit(reason)).otherwise(pl.col("error")).alias("error"),
+    )
+
+
+def _is_utf8(line: bytes) -> bool:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def whole_download(decoded: pl.DataFrame, answered: int | None, *, failed: str) -> pl.DataFrame:
@@ -640,7 +793,7 @@ def whole_download(decoded: pl.DataFrame, answered: int | None, *, failed: str) 
     ``failed`` with ``missing_result``, though they ran and were paid, and a later call
     would never download them again. When the provider's own count of the requests that
     have a result line (``answered``, from its final request counts) proves the file
-    short, it is a transient :class:`~batchata_df.errors.ProviderError`, as an undecodable
+    short, it is a transient :class:`~batchata_df.errors.ResultFileError`, as an undecodable
     download is: the engine downloads it again at its next poll, and past the provider
     patience leaves the rows ``pending``. ``None``: the provider gave no count that proves
     it (the frame is taken as it is).
@@ -655,9 +808,9 @@ def whole_download(decoded: pl.DataFrame, answered: int | None, *, failed: str) 
     >>> whole_download(frame, 3, failed="x")
     Traceback (most recent call last):
     ...
-    batchata_df.errors.ProviderError: x holds 2 result lines where the provider counts 3 ...
+    batchata_df.errors.ResultFileError: x holds 2 result lines where the provider counts 3 ...
     """
-    from batchata_df.errors import ProviderError
+    from batchata_df.errors import ResultFileError
 
     if answered is not None and decoded.height < answered:
         msg = (
@@ -665,7 +818,7 @@ def whole_download(decoded: pl.DataFrame, answered: int | None, *, failed: str) 
             f"{answered} answered requests: the download ended early; it will be "
             "downloaded again at the next poll"
         )
-        raise ProviderError(msg)
+        raise ResultFileError(msg)
     return decoded
 
 

@@ -54,7 +54,7 @@ from batchata_df.providers.base import (
     all_null,
     bounded_listing,
     conform_results,
-    decoded_download,
+    decoded_results,
     empty_results,
     history_messages,
     json_object,
@@ -656,10 +656,12 @@ class GeminiProvider:
                     return sink.getvalue()
 
                 data = self._call("download the result file", fetch)
-                # A file that ended early without an error is fetched again later, not a
-                # raw Polars error (decoded_download); the SDK's own errors stay _call's.
-                return decoded_download(
-                    lambda: decode_lines(data, responses=keep),
+                # A file that ended early without an error, or that is not UTF-8, is
+                # fetched again later, not a raw Polars error or panic (decoded_results);
+                # the SDK's own errors stay _call's.
+                return decoded_results(
+                    data,
+                    lambda d: decode_lines(d, responses=keep),
                     failed=f"Gemini's result file {name} of batch {batch_id}",
                 )
         return empty_results()

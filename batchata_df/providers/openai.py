@@ -40,7 +40,7 @@ from batchata_df.providers.base import (
     column_json_string,
     conform_results,
     cut_answer,
-    decoded_download,
+    decoded_results,
     empty_results,
     failure_kind,
     history_messages,
@@ -364,7 +364,8 @@ class OpenAIProvider:
         midway is fetched again as the SDK did when it read the body itself
         (:func:`~batchata_df.providers.base.streamed_download`); one that ended early
         without an error, and so cannot be decoded, is a ``ProviderError`` too
-        (:func:`~batchata_df.providers.base.decoded_download`).
+        (:func:`~batchata_df.providers.base.decoded_results`, which also checks that
+        it is UTF-8).
         """
         if not file_id:
             return decode_lines(b"", responses=responses)
@@ -380,8 +381,9 @@ class OpenAIProvider:
                 )
 
             data = self._call("download a result file", fetch)
-            return decoded_download(
-                lambda: decode_lines(data, responses=responses),
+            return decoded_results(
+                data,
+                lambda d: decode_lines(d, responses=responses),
                 failed=f"OpenAI's result file {fid} of batch {batch_id}",
             )
 
