@@ -1191,10 +1191,16 @@ def lost_attempts(root: str | os.PathLike[str]) -> pl.DataFrame:
     Columns ``job_id`` and ``est_cost_usd`` (the worst case recorded when it was sent: null
     when that call had no cap or dry run's estimates). Realtime events are read alone (a
     folder of batch runs reads its ``mode`` column only), in slices of the folder's jobs as
-    :func:`spent_usd`: bounded memory.
+    :func:`spent_usd`: bounded memory. A damaged part is a :class:`StateError` naming it
+    (:func:`reading_folder`).
     """
+    with reading_folder(root):
+        return _lost_attempts(Path(root))
+
+
+def _lost_attempts(root: Path) -> pl.DataFrame:
     empty = pl.DataFrame(schema={"job_id": pl.String, "est_cost_usd": pl.Float64})
-    parts = table_parts(Path(root) / "jobs")
+    parts = table_parts(root / "jobs")
     if not parts:
         return empty
     events = (

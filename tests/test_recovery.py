@@ -42,10 +42,15 @@ def test_retried_failures_are_billed_each_time_and_the_cap_holds(emu, tmp_path):
 def test_null_prompt_never_borrows_an_empty_prompts_answer(emu):
     df = pl.DataFrame({"t": ["x", None, ""]})
     out = df.pipe(batch_llm, model="gpt-4.1-mini", prompt=pl.col("t"))
-    assert out["_status"].to_list() == ["completed", "failed", "completed"]
+    # An empty prompt is refused before sending too (nothing to answer, but it would be
+    # paid for); neither row has a job, so neither can borrow another row's answer.
+    assert out["_status"].to_list() == ["completed", "failed", "failed"]
     assert out["response"][1] is None and out["_batch_id"][1] is None
-    assert out["_job_id"][1] is None
-    assert out["_cost_usd"][2] > 0  # the empty prompt's job is billed on its own row
+    assert out["_job_id"][1] is None and out["_job_id"][2] is None
+    assert out["_error"][1].startswith("input: the prompt is null")
+    assert out["_error"][2].startswith("input: the prompt is empty")
+    assert out["_cost_usd"][1] == out["_cost_usd"][2] == 0.0
+    assert len(emu.billing()) == 1
 
 
 def test_a_batch_the_provider_no_longer_knows_ends_failed_not_hanging(emu, tmp_path):
