@@ -756,7 +756,8 @@ Examples:
 @click.option("--system", help="System prompt (a template over columns, like --prompt).")
 @click.option("--state", type=click.Path(file_okay=False),
               help="Checkpoint folder; running again with it resumes without paying twice. "
-              "Default: OUTPUT.state next to the output.")
+              "Default: OUTPUT.state next to the output (when OUTPUT is a symbolic link: "
+              "next to the file it points to, TARGET.state).")
 @click.option("--files", "files_column", metavar="COLUMN",
               help="Column with a file path per row (PDF, text, DOCX, images) sent with the "
               "prompt.")
@@ -1730,6 +1731,36 @@ def demo() -> None:
 # -- entry point ------------------------------------------------------------------------------
 
 
+# The library's fixes written as keyword arguments (batchata_df.jobs._check_not_blank),
+# in the command's words: a CLI user has no ``system=None`` to pass (the errors whose fix
+# is an argument of a call, see _in_cli_words, are reworded where they are raised).
+_CLI_WORDS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"^(prompt|system)=('[^']*'|\"[^\"]*\") has no text"), r"--\1 \2 has no text"),
+    (re.compile(r"pass system=None to send no system prompt"),
+     "leave --system out to send no system prompt"),
+    (re.compile(r"e\.g\. prompt='\{text\}'"), "e.g. --prompt '{text}'"),
+)  # fmt: skip
+
+
+def _option_words(message: str) -> str:
+    """A :class:`ConfigError`'s message with its Python-call fixes as command options.
+
+    Examples
+    --------
+    >>> _option_words("system='' has no text to send: every row would fail; "
+    ...               "pass system=None to send no system prompt")
+    "--system '' has no text to send: every row would fail; leave --system out to send no \
+system prompt"
+    >>> _option_words("prompt=' ' has no text to send; give the template some text or a "
+    ...               "column, e.g. prompt='{text}'")
+    "--prompt ' ' has no text to send; give the template some text or a column, e.g. \
+--prompt '{text}'"
+    """
+    for pattern, words in _CLI_WORDS:
+        message = pattern.sub(words, message)
+    return message
+
+
 def _fail(message: str, code: int) -> int:
     """Print ``message`` as one line on stderr (and the traceback with --debug)."""
     line = " ".join(message.split()) or "unknown error"
@@ -1763,7 +1794,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"{e.format_message()} (see '{where} --help')", EXIT_USAGE)
     except click.ClickException as e:
         return _fail(e.format_message(), e.exit_code)
-    except (UsageProblem, ConfigError, StateMismatchError) as e:
+    except ConfigError as e:
+        return _fail(_option_words(str(e)), EXIT_USAGE)
+    except (UsageProblem, StateMismatchError) as e:
         return _fail(str(e), EXIT_USAGE)
     except (StateLockedError, SinkLockedError, Busy) as e:
         return _fail(str(e), EXIT_LOCKED)

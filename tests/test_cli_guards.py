@@ -765,3 +765,38 @@ def test_an_output_that_is_a_folder_is_a_usage_error_before_sending(work, emu, t
             cwd=work)
     assert "is a directory" in one_line_error(r, 2)
     assert emu.log() == [] and emu.billing() == []
+
+
+# -- third review: the library's fixes in the command's words, the --state default ----------
+
+
+@pytest.mark.parametrize(
+    ("args", "said", "fix", "python_words"),
+    [(["--prompt", "{text}", "--system", ""], "--system '' has no text to send",
+      "leave --system out to send no system prompt", "system=None"),
+     (["--prompt", " "], "--prompt ' ' has no text to send",
+      "e.g. --prompt '{text}'", "prompt='{text}'")],
+    ids=["empty-system", "blank-prompt"],
+)  # fmt: skip
+def test_a_blank_prompt_or_system_names_the_commands_fix(work, emu, args, said, fix,
+                                                        python_words):
+    """The library's ConfigError told a CLI user to ``pass system=None`` or write
+    ``prompt='{text}'``: the command says it with its options. Exit 2, nothing sent."""
+    r = cli(emu, "run", "in.parquet", "out.parquet", "--model", "gpt-4.1-mini", *args,
+            "--no-progress", cwd=work)  # fmt: skip
+    line = one_line_error(r, 2)
+    assert said in line and fix in line, line
+    assert python_words not in line, line
+    assert emu.log() == [] and emu.billing() == []
+    assert sorted(p.name for p in work.iterdir()) == ["in.parquet"]  # no OUTPUT, no state
+
+
+def test_the_help_says_where_the_state_folder_of_a_linked_output_goes(emu) -> None:
+    """Next to the link's target (see the lake test above: part-0.state beside part-0),
+    not next to the link, as "OUTPUT.state next to the output" read."""
+    r = subprocess.run([str(EXE), "run", "--help"], env=_env(emu), capture_output=True,
+                       text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stdout.split())
+    assert "Default: OUTPUT.state next to the output (when OUTPUT is a symbolic link: next " \
+        "to the file it points to, TARGET.state)." in text, text
