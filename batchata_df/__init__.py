@@ -9,6 +9,7 @@ from __future__ import annotations
 from batchata_df import namespace as _namespace  # noqa: F401  (registers df.llm, lf.llm)
 from batchata_df.engine import ProgressSnapshot
 from batchata_df.errors import (
+    AmbiguousJobKeyWarning,
     BatchataError,
     CapSerialisedWarning,
     ColumnError,
@@ -48,6 +49,7 @@ __all__ = [
     "PriceError",
     "ProgressSnapshot",
     "ProviderError",
+    "AmbiguousJobKeyWarning",
     "LostUnpricedWarning",
     "ProviderUnavailableWarning",
     "CapSerialisedWarning",

@@ -229,6 +229,17 @@ class CapSerialisedWarning(UserWarning):
     """
 
 
+class AmbiguousJobKeyWarning(UserWarning):
+    r"""Different rows of this call share a job id in an older checkpoint folder.
+
+    Folders written before job keys were injective (job id scheme ``"blake2b"`` or
+    ``"hmac-sha256"``, :func:`batchata_df.jobs.job_keys`) join a row's texts with NUL:
+    rows whose system prompt or prompt hold NUL or ``\x01`` can get one id, so one of them
+    is sent and each gets its answer. The folder keeps its ids (changing them would pay for
+    every row again); run such rows with a new ``state`` folder, whose ids cannot collide.
+    """
+
+
 class LostUnpricedWarning(UserWarning):
     """A dry run without a cap left lost realtime requests out of "already spent".
 

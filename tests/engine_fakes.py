@@ -49,6 +49,8 @@ class FakeBatch:
     detail: str | None = None
     finished: int | None = None
     """Requests that had run when the batch was cancelled (``None``: still running)."""
+    counts: dict[str, int] = field(default_factory=dict)
+    """The request counts its polls report (``BatchPoll.counts``; none by default)."""
 
 
 @dataclass
@@ -145,7 +147,7 @@ class FakeProvider:
             raise self.poll_errors.pop(0)
         batch = self.batches[batch_id]
         self._advance(batch)
-        return BatchPoll(batch.state, batch.state.value, batch.detail)
+        return BatchPoll(batch.state, batch.state.value, batch.detail, dict(batch.counts))
 
     def results(self, batch_id: str, spec: RequestSpec) -> pl.DataFrame:
         self.calls.append(("results", batch_id))
@@ -199,7 +201,7 @@ class FakeProvider:
     # -- test controls ---------------------------------------------------------------------
 
     def end(self, batch_id: str, state: ProviderState = ProviderState.ENDED, **kw: Any) -> None:
-        """End a batch now (``detail=``, ``finished=`` may be given)."""
+        """End a batch now (``detail=``, ``finished=``, ``counts=`` may be given)."""
         batch = self.batches[batch_id]
         batch.state = state
         for key, value in kw.items():

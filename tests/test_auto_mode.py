@@ -12,6 +12,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import openai
 import polars as pl
 import pytest
 from pydantic import BaseModel
@@ -142,3 +143,55 @@ def test_a_streaming_run_refuses_realtime_before_sending(emu, tmp_path: Path) ->
     with pytest.raises(ConfigError, match="mode='realtime' does not stream"):
         frame(3).lazy().pipe(batch_llm, mode="realtime", sink=tmp_path / "o.parquet", **KW)
     assert emu.log() == []
+
+
+def test_rows_left_after_collecting_batches_that_used_most_of_the_deadline_go_realtime(
+    emu, tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch-or-realtime choice after collecting counts the time collecting took.
+
+    An earlier call left two batches in flight: one of 60 rows the provider cancelled
+    (its rows are still to send) and one of 4 that ends late in this call's deadline
+    (1000 s). Once both are collected the deadline is nearer than the 60 rows need in
+    realtime (though the whole deadline is not): no new batch, they go realtime at once.
+    """
+    emu.configure(latency=3600, cancel_delay=0.0)
+    state = tmp_path / "s"
+    n, left, deadline = 64, 60, 1000.0
+    first = frame(n).pipe(batch_llm, state=state, wait=False, items_per_batch=left, **KW)
+    assert first["_status"].to_list() == ["pending"] * n
+    sdk = openai.OpenAI(api_key="sk-test", base_url=emu.openai_base_url, max_retries=0)
+    sizes = {b.id: len(sdk.files.content(b.input_file_id).text.splitlines())
+             for b in sdk.batches.list()}  # fmt: skip
+    big = [b for b, size in sizes.items() if size == left]
+    assert len(big) == 1 and batches_created(emu) == 2
+    sdk.batches.cancel(big[0])  # before any of its requests ran
+    needed = realtime_seconds(left, 8)
+    assert left > AUTO_REALTIME_MAX_JOBS and needed < deadline
+    start = clock.now
+    ended: list[float] = []
+
+    def end_late(now: float) -> None:  # the small batch ends when less time is left
+        if not ended and deadline - (now - start) < needed:
+            ended.append(now - start)
+            emu.advance(3600)
+
+    clock.on_wait.append(end_late)
+    decisions: list[str] = []
+    run = auto_module.AutoEngine.run
+
+    def spy(self, *args, **kwargs):
+        try:
+            return run(self, *args, **kwargs)
+        finally:
+            decisions.append(self.decision)
+
+    monkeypatch.setattr(auto_module.AutoEngine, "run", spy)
+    out = frame(n).pipe(batch_llm, mode="auto", deadline=deadline, state=state, **KW)
+    assert ended and clock.now - start == ended[0]  # no wait after the collection
+    assert len(decisions) == 1 and f"{left} jobs need about" in decisions[0], decisions
+    assert out["_status"].to_list() == ["completed"] * n, out["_error"].to_list()
+    assert out["_mode"].to_list() == ["realtime"] * left + ["batch"] * (n - left)
+    assert batches_created(emu) == 2  # the earlier call's: none for the rows left
+    assert len([e for e in emu.log() if e["path"].endswith("/cancel")]) == 1  # ours above
+    assert Counter(e["mode"] for e in emu.billing()) == {"batch": n - left, "realtime": left}

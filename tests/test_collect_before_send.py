@@ -24,9 +24,11 @@ from collections import Counter
 from pathlib import Path
 
 import polars as pl
+import pytest
 from pydantic import BaseModel
 
-from batchata_df import batch_llm
+from batchata_df import batch_llm, sql
+from batchata_df.emulator.pricing import billed_usd
 
 
 class Answer(BaseModel):
@@ -172,3 +174,28 @@ def test_rows_a_double_ctrl_c_left_cancelled_are_sent_by_the_call_that_collects_
     ran = [e for e in bills if e["batch_id"] in aborted]
     assert 0 < len(ran) < 20
     assert len(batch_posts(emu)) > 4
+
+
+def test_a_realtime_call_prices_the_batch_rows_it_collects_at_the_batch_rate(
+    emu, tmp_path: Path
+) -> None:
+    """Rows a realtime call collects from an ended batch cost what the batch billed.
+
+    The realtime call's price table is the standard one; the collected batch's rows are
+    priced with ``PriceTable.batch()`` (half the standard rate), as the emulator bills them.
+    """
+    emu.configure(latency=5.0)
+    state = tmp_path / "s"
+    frame(4).pipe(batch_llm, wait=False, state=state, **KW)
+    emu.advance(10.0)  # ended at the provider, collected by the realtime call below
+    out = frame(6).pipe(batch_llm, mode="realtime", state=state, **KW)
+    assert out["_status"].to_list() == ["completed"] * 6, out["_error"].to_list()
+    assert out["_mode"].to_list() == ["batch"] * 4 + ["realtime"] * 2
+    usage = sql("SELECT job_id, input_tokens, output_tokens FROM jobs", state)
+    by_id = {r["job_id"]: r for r in usage.iter_rows(named=True)}
+    for job_id, mode, cost in out.select("_job_id", "_mode", "_cost_usd").iter_rows():
+        u = by_id[job_id]
+        billed = billed_usd("openai", "gpt-4.1-mini", input_tokens=u["input_tokens"],
+                            output_tokens=u["output_tokens"], mode=mode)  # fmt: skip
+        assert cost == pytest.approx(billed, rel=1e-12), (mode, cost, billed)
+    assert Counter(e["mode"] for e in emu.billing()) == {"batch": 4, "realtime": 2}

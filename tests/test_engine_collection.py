@@ -25,7 +25,7 @@ from batchata_df.engine.collection import THINKING_ADVICE, Collector, outcomes_t
 from batchata_df.engine.collection import TRUNCATED_ADVICE as ADVICE
 from batchata_df.engine.ledger import Ledger
 from batchata_df.engine.planning import Requeue
-from batchata_df.engine.run import RunOptions
+from batchata_df.engine.run import RunOptions, report
 from batchata_df.errors import ProviderError
 from batchata_df.providers.base import BatchPoll, BatchTag, ProviderState, RequestSpec
 from batchata_df.providers.base import empty_results as _empty
@@ -155,6 +155,22 @@ def test_a_batch_adopted_by_mistake_is_abandoned_and_writes_no_job_events(tmp_pa
         ("abandoned", "fb_1", "the batch found after a crash holds none of our requests")
     ]
     assert state.in_flight == [] and state.reserved == 0.0 and state.spent == 0.0
+
+
+def test_a_batch_adopted_by_mistake_leaves_no_finished_requests_in_the_progress(tmp_path):
+    """Its requests the provider reported finished are none of ours: not counted as done."""
+    provider, ctx, state, collector, _ = setup(tmp_path)
+    snapshots: list = []
+    ctx.progress = snapshots.append
+    state.total = 10
+    provider.batches["fb_1"].job_ids = ["x1", "x2", "x3"]  # someone else's requests
+    provider.end("fb_1", counts={"total": 3, "completed": 3})  # finished, by its poll
+    collector.poll_due()
+    assert batch_events(ctx)[-1][0] == "abandoned"
+    assert snapshots[-1].in_flight_done == 3  # reported while its results downloaded
+    report(ctx, state, "running")  # the driver's report after the poll round
+    assert state.in_flight_finished == {}
+    assert snapshots[-1].in_flight_done == 0 and snapshots[-1].pending == 10
 
 
 def test_a_queue_limit_refusal_requeues_the_jobs_unbilled(tmp_path):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,7 +34,7 @@ from pydantic import BaseModel
 import batchata_df.frame as fr
 import batchata_df.jobs as jobs_module
 from batchata_df import batch_llm, repair, reparse
-from batchata_df.errors import StateError, StateMismatchError
+from batchata_df.errors import AmbiguousJobKeyWarning, StateError, StateMismatchError
 from batchata_df.jobs import HISTORY_DTYPE, IdScheme, build_jobs, job_ids, job_keys
 from batchata_df.state import StateStore
 
@@ -445,8 +446,20 @@ def test_jobs_the_old_key_merged_are_each_sent_and_answered(emu, tmp_path):
     bills = emu.billing()
     assert len(bills) == 4 and len({b["request"] for b in bills}) == 4
     assert len(set(stored_ids(tmp_path / "s"))) == 4
-    with hmac_era():  # what an "hmac-sha256" folder does with them: two jobs (kept as it was)
+    # what an older folder does with them: two jobs (its ids kept), and a warning naming
+    # the fix; the same call on a new folder warns nothing
+    for era, folder in ((hmac_era, "old"), (blake2b_era, "older")):
+        with era(), pytest.warns(AmbiguousJobKeyWarning, match="new state folder"):
+            df.pipe(batch_llm, schema=A, model="gpt-4.1-mini", prompt="{t}",
+                    system=pl.col("s"), state=tmp_path / folder)
+        assert len(set(stored_ids(tmp_path / folder))) == 2
+    assert len(emu.billing()) == 4 + 2 + 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AmbiguousJobKeyWarning)
         df.pipe(batch_llm, schema=A, model="gpt-4.1-mini", prompt="{t}", system=pl.col("s"),
-                state=tmp_path / "old")
-    assert len(emu.billing()) == 4 + 2
-    assert len(set(stored_ids(tmp_path / "old"))) == 2
+                state=tmp_path / "s")
+        # rows with NUL that do not collide under the old key: no warning either
+        with hmac_era():
+            pl.DataFrame({"s": ["a\x00b", None], "t": ["c", "d"]}).pipe(
+                batch_llm, schema=A, model="gpt-4.1-mini", prompt="{t}", system=pl.col("s"),
+                state=tmp_path / "fine")
