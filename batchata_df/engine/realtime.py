@@ -36,7 +36,9 @@ Batches in flight
 Batches an earlier call left in flight are polled once first (never waited for: a
 realtime call answers in seconds) and those that have ended are collected at batch
 prices; their rows that ended ``cancelled`` are sent here. Rows of batches still running
-stay ``pending``, saying that ``mode="batch"`` or ``"auto"`` waits for them.
+stay ``pending``, saying that ``mode="batch"`` or ``"auto"`` waits for them; their worst
+case (recorded on their ``assigned`` events) is held against the cap for the whole call
+(:func:`batches_worst`), since they may yet bill it (``mode="auto"``'s realtime phase too).
 
 Concurrency
 -----------
@@ -90,6 +92,7 @@ __all__ = [
     "DEFAULT_CONCURRENCY",
     "SERVER_ERROR_ATTEMPTS",
     "RealtimeEngine",
+    "batches_worst",
 ]
 
 DEFAULT_CONCURRENCY = 8
@@ -131,6 +134,33 @@ class _Finished:
     requests: dict[tuple[str, str, str], list[_Request]] = field(default_factory=dict)
     ended: list[tuple[_Request, str, str]] = field(default_factory=list)
     """``(request, status, error)`` of requests that end without an answer."""
+
+
+def batches_worst(in_batches: pl.DataFrame, jobs: pl.DataFrame) -> float:
+    """The worst case the folder's batches in flight may still bill (held against the cap).
+
+    ``in_batches`` is :func:`~batchata_df.engine.recovery.busy_jobs`: each job's worst case
+    recorded when its batch was sent. A job sent without one (a call without a cap) is
+    held at the largest worst case known, recorded or of ``jobs`` (``worst_usd``), as
+    batch mode holds the batches it re-attaches
+    (:meth:`~batchata_df.engine.admission.Admission.hold_recovered`).
+
+    Examples
+    --------
+    >>> busy = pl.DataFrame({"job_id": ["a", "b"], "est_cost_usd": [0.25, None]})
+    >>> batches_worst(busy, pl.DataFrame({"job_id": ["c"], "worst_usd": [0.5]}))
+    0.75
+    >>> batches_worst(busy.head(0), pl.DataFrame({"job_id": ["c"]}))
+    0.0
+    """
+    worst = in_batches.get_column("est_cost_usd").cast(pl.Float64)
+    if worst.null_count():
+        known = [worst.max()]
+        if "worst_usd" in jobs.columns:
+            known.append(jobs.get_column("worst_usd").max())
+        fallback = max((float(k) for k in known if k is not None), default=0.0)  # type: ignore[arg-type]
+        worst = worst.fill_null(fallback)
+    return float(worst.sum())
 
 
 class RealtimeEngine:
@@ -201,7 +231,8 @@ class RealtimeEngine:
         recorded, billed = ctx.store.snapshot()
         recorded = resolve_lost(ctx.store, recorded)
         terminal = settled(recorded, retry_failed=ctx.options.retry_failed)
-        busy = busy_jobs(ctx.store, recorded).get_column("job_id")
+        in_batches = busy_jobs(ctx.store, recorded)
+        busy = in_batches.get_column("job_id")
         todo = jobs.filter(
             ~pl.col("job_id").is_in(terminal.get_column("job_id").implode())
             & ~pl.col("job_id").is_in(busy.implode())
@@ -216,6 +247,9 @@ class RealtimeEngine:
         # Each request carries its input estimate (calibration): nothing per job of the
         # whole table here; requests held by batches in flight are never sent (busy).
         admission = Admission(state, ctx.options.max_cost_usd, Calibration())
+        # Batches still in flight may yet bill their worst case, and this call never
+        # collects them: hold it for the whole call, as batch mode holds re-attached ones.
+        state.reserved += batches_worst(in_batches, jobs)
         planner = Planner(ctx.providers, ctx.spec, SLICE)
         planner.add(todo)
         try:
