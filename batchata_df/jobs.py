@@ -512,14 +512,7 @@ def job_keys(jobs: pl.DataFrame, *, scheme: IdScheme) -> pl.Series:
         pl.lit(tag) + e for tag, e in (("h", history), ("f", extra)) if e is not None
     ]
     keys = jobs.select(pl.concat_str(tagged, separator="\x00").alias("job_id")).to_series()
-    # JSON text holds no raw control character, so the history needs no scan.
-    texts = ["provider", "model", "system", "prompt"]
-    texts += ["_extra_key"] if extra is not None else []
-    unsafe = jobs.select(
-        pl.any_horizontal(
-            pl.col(c).cast(pl.String).str.contains("[\x00\x01]") for c in texts
-        ).fill_null(False)
-    ).to_series()
+    unsafe = _unsafe_rows(jobs)
     if not unsafe.any():
         return keys
 
@@ -539,6 +532,20 @@ def job_keys(jobs: pl.DataFrame, *, scheme: IdScheme) -> pl.Series:
     return keys.scatter(rows, escaped)
 
 
+def _unsafe_rows(jobs: pl.DataFrame) -> pl.Series:
+    r"""Rows whose texts hold NUL or ``\x01``: the only ones a NUL-joined key can confuse.
+
+    The history is JSON text, which holds no raw control character: not scanned.
+    """
+    texts = ["provider", "model", "system", "prompt"]
+    texts += ["_extra_key"] if "_extra_key" in jobs.columns else []
+    return jobs.select(
+        pl.any_horizontal(
+            pl.col(c).cast(pl.String).str.contains("[\x00\x01]") for c in texts
+        ).fill_null(False)
+    ).to_series()
+
+
 def _warn_if_ambiguous(jobs: pl.DataFrame, keys: pl.Series) -> None:
     r"""Warn when an older scheme's NUL-joined ``keys`` give different jobs one key.
 
@@ -546,14 +553,7 @@ def _warn_if_ambiguous(jobs: pl.DataFrame, keys: pl.Series) -> None:
     rows) nothing more is done. Rows that cannot be sent (``input_error``) get no id and
     are left out.
     """
-    texts = ["provider", "model", "system", "prompt"]
-    texts += ["_extra_key"] if "_extra_key" in jobs.columns else []
-    unsafe = jobs.select(
-        pl.any_horizontal(
-            pl.col(c).cast(pl.String).str.contains("[\x00\x01]") for c in texts
-        ).fill_null(False)
-    ).to_series()
-    if not unsafe.any():
+    if not _unsafe_rows(jobs).any():
         return
     sendable = (
         jobs.get_column("input_error").is_null()
