@@ -219,3 +219,22 @@ def test_a_constant_blank_prompt_or_system_is_refused_before_any_request(emu, tm
                 **kwargs)  # fmt: skip
     assert emu.log() == []
     assert emu.billing() == []
+
+
+def test_blank_is_strip_chars_leaving_nothing_for_every_code_point() -> None:
+    """``_blank`` (a search for a character that is not whitespace) says what
+    ``str.strip_chars().str.len_bytes() == 0`` (its previous form, which copied every
+    prompt) says, for every code point alone, twice over with a space, and among text;
+    null stays null and the empty string is blank."""
+    from batchata_df.jobs import _blank
+
+    points = [chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000]
+    texts = pl.Series(
+        "t", [*points, *(c * 2 + " " for c in points), *(f" {c}x" for c in points), "", None]
+    )
+    frame = pl.DataFrame(texts)
+    got = frame.select(_blank(pl.col("t"))).to_series()
+    want = frame.select(pl.col("t").str.strip_chars().str.len_bytes() == 0).to_series()
+    assert got.equals(want)
+    assert got.sum() == 2 * 25 + 1  # Unicode's 25 White_Space characters, and ""
+    assert got[-1] is None
