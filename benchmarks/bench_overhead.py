@@ -129,7 +129,7 @@ def decode(data, line_schema, pick):
 
 def finish(parts):
     got = pl.concat(parts).sort("i")
-    assert got.height == n and got["i"].to_list()[-1] == n - 1, got.height
+    assert got.height == n and got["i"][-1] == n - 1, got.height
     out = df.hstack(got.select(pl.col("text").str.json_decode(ANSWER).alias("a")).unnest("a"))
     assert out.height == n and out["label"].null_count() == 0
     print(json.dumps({"rows": out.height}))
