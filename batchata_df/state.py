@@ -1058,15 +1058,11 @@ def _billed_sorted(events: pl.DataFrame, latest: pl.DataFrame | None = None) -> 
         | pl.col("input_tokens").is_not_null()
     )
     usage = ["job_id", "cost_usd", "input_tokens", "output_tokens", "reasoning_tokens"]
-    ended = (pl.col("status").is_in(TERMINAL_JOB) & billable).fill_null(False)
-    mask = events.select(ended).to_series()
-    terminal = events.select("seq", "batch_key", "status", *usage)
-    if not mask.all():  # else every event is one: no copy of the columns (a run's own)
-        terminal = terminal.filter(mask)
+    terminal = events.select("seq", "batch_key", "status", *usage).filter(
+        pl.col("status").is_in(TERMINAL_JOB) & billable
+    )
     if latest is not None:
-        # Counted, not filtered: a filter of ``latest`` copied every column of it, answers
-        # included, to take its height (benchmarks/PROFILE.md, fourteenth pass).
-        ends = terminal.height if latest is events else int(latest.select(ended.sum()).item())
+        ends = latest.filter(pl.col("status").is_in(TERMINAL_JOB) & billable).height
         if ends == terminal.height:
             return terminal.select(*usage, pl.lit(1, dtype=pl.Int64).alias("attempts"))
     if terminal.get_column("job_id").n_unique() < terminal.height:

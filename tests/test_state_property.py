@@ -165,69 +165,6 @@ def test_snapshot_bill_without_hashing_ids_equals_the_grouped_bill(events, once)
     assert got.to_dicts() == want.to_dicts() or _close(got, want)
 
 
-def _billed_sorted_before(events: pl.DataFrame, latest: pl.DataFrame | None) -> pl.DataFrame:
-    """``state._billed_sorted`` as it was before the fourteenth pass (filters, no counts)."""
-    billable = (
-        pl.col("batch_key").is_not_null()
-        | pl.col("cost_usd").is_not_null()
-        | pl.col("input_tokens").is_not_null()
-    )
-    usage = ["job_id", "cost_usd", "input_tokens", "output_tokens", "reasoning_tokens"]
-    terminal = events.select("seq", "batch_key", "status", *usage).filter(
-        pl.col("status").is_in(["completed", "failed", "cancelled"]) & billable
-    )
-    if latest is not None:
-        ends = latest.filter(
-            pl.col("status").is_in(["completed", "failed", "cancelled"]) & billable
-        ).height
-        if ends == terminal.height:
-            return terminal.select(*usage, pl.lit(1, dtype=pl.Int64).alias("attempts"))
-    if terminal.get_column("job_id").n_unique() < terminal.height:
-        return billed_from_events(terminal)
-    return terminal.select(*usage, pl.lit(1, dtype=pl.Int64).alias("attempts"))
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    events=st.lists(billing_event, max_size=14),
-    ended=st.booleans(),
-    latest_is=st.sampled_from(["latest", "events", "none", "other"]),
-    null_status=st.booleans(),
-)
-def test_the_bill_counted_without_filters_is_the_filtered_one(
-    events, ended, latest_is, null_status
-):
-    """``_billed_sorted`` counts where it filtered, and keeps every row when all are billed.
-
-    Against its previous code, row for row: any events (``ended``:
-    every one terminal and billed, the case that takes the columns as they are), a null
-    status now and then, and ``latest`` each job's last event, the events themselves (as
-    ``written_states`` passes them), none, or another frame.
-    """
-    if ended:
-        events = [{**e, "status": e["status"].replace("assigned", "failed"),
-                   "batch_key": e["batch_key"] or "b0"} for e in events]
-    frame = _conform(
-        pl.DataFrame(events, schema={k: JOB_EVENTS[k] for k in billing_event_keys}).with_columns(
-            pl.int_range(pl.len(), dtype=pl.Int64).alias("seq")
-        ),
-        JOB_EVENTS,
-    )
-    if null_status and frame.height:
-        frame = frame.with_columns(
-            pl.when(pl.col("seq") == 0).then(None).otherwise(pl.col("status")).alias("status")
-        )
-    latest = {
-        "latest": frame.filter(pl.col("job_id").is_last_distinct() & pl.col("job_id").is_not_null()),
-        "events": frame,
-        "none": None,
-        "other": frame.head(frame.height // 2),
-    }[latest_is]
-    got, want = _billed_sorted(frame, latest), _billed_sorted_before(frame, latest)
-    # A grouped bill comes in the grouping's order, whichever code made it.
-    assert_frame_equal(got.sort(pl.all(), nulls_last=True), want.sort(pl.all(), nulls_last=True))
-
-
 def _close(got: pl.DataFrame, want: pl.DataFrame) -> bool:
     """Equal but for float rounding of summed costs."""
     if got.drop("cost_usd").to_dicts() != want.drop("cost_usd").to_dicts():
