@@ -1180,13 +1180,24 @@ def _billed_total(root: Path) -> float:
     return total
 
 
+UNKNOWN_BILLING = ("lost:", "server_error:")
+"""Error prefixes of realtime attempts the provider may have billed with no cost known."""
+
+
+def _unknown_billing(error: pl.Expr) -> pl.Expr:
+    """Whether a realtime ``failed`` event's ``error`` says it may have been billed."""
+    return pl.any_horizontal(*(error.str.starts_with(p) for p in UNKNOWN_BILLING))
+
+
 def lost_attempts(root: str | os.PathLike[str]) -> pl.DataFrame:
     """Every realtime request of folder ``root`` that may have been billed with no cost stored.
 
     One row per attempt (job, ``batch_key``), whatever became of the job afterwards: a
     request in flight when its process died (the attempt's last event a realtime
     ``assigned``, which the next call ends ``failed`` "lost: ...") or whose answer never
-    came back (a realtime ``failed`` "lost: ..."). A row sent again and answered
+    came back (a realtime ``failed`` "lost: ...") or came back 5xx (``failed``
+    "server_error: ...": a gateway 502/504 may follow an answer the provider billed; each
+    attempt is its own ``batch_key``). A row sent again and answered
     (``retry_failed=True``) keeps its lost attempt here: the provider may have billed both.
     Columns ``job_id`` and ``est_cost_usd`` (the worst case recorded when it was sent: null
     when that call had no cap or dry run's estimates). Realtime events are read alone (a
@@ -1217,7 +1228,7 @@ def _lost_attempts(root: Path) -> pl.DataFrame:
     slices = max(1, -(-n_events // SPENT_SLICE_EVENTS))
     lost = (
         (pl.col("status") == "assigned")
-        | ((pl.col("status") == "failed") & pl.col("error").str.starts_with("lost:"))
+        | ((pl.col("status") == "failed") & _unknown_billing(pl.col("error")))
     ).fill_null(False)
     found = [empty]
     for i in range(slices):

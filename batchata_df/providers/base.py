@@ -1395,8 +1395,11 @@ class RealtimeFailure:
 
     * ``"rate_limited"`` -- refused before any work (HTTP 429, 503, Anthropic 529
       ``overloaded_error``): send it again after ``retry_after`` (the provider's hint);
-    * ``"server_error"`` -- the provider failed it (500, 502, 504) and bills nothing: send
-      it again a few times;
+    * ``"server_error"`` -- the provider failed it (500, 502, 504): send it again a few
+      times. It may still have been billed (a gateway 502/504 can follow an answer the
+      model computed; no provider documents a 5xx as unbilled: OpenAI's error-codes guide,
+      Anthropic's errors page and Gemini's troubleshooting guide only say to retry), so the
+      engine counts each such attempt at its worst case under ``max_cost_usd``;
     * ``"unreachable"`` -- no connection was made, nothing was sent: send it again later;
     * ``"lost"`` -- the request was sent but no answer came back (a timeout, a dropped
       connection): the provider may have run and billed it, so it is never sent again
