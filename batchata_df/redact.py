@@ -82,11 +82,11 @@ def secret_values() -> list[str]:
     """
     found = set(_registered)
     for name, value in os.environ.items():
-        if (name in _PROVIDER_KEYS or _SECRET_NAME.search(name)) and (
-            len(value) >= _MIN_SECRET_LEN
-        ):
+        if name in _PROVIDER_KEYS or _SECRET_NAME.search(name):
             found.add(value)
-    return sorted(found, key=len, reverse=True)
+            # what an SDK that strips the key (google-genai) sends, and so what is echoed
+            found.add(value.strip())
+    return sorted((v for v in found if len(v) >= _MIN_SECRET_LEN), key=len, reverse=True)
 
 
 def scrub(text: str) -> str:

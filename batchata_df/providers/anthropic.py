@@ -46,6 +46,7 @@ from batchata_df.providers.base import (
     decoded_results,
     empty_results,
     failure_kind,
+    header_api_key,
     history_messages,
     is_blank,
     json_object,
@@ -171,6 +172,7 @@ class AnthropicProvider:
     """First wait of our create retries (doubling, at most 8 s)."""
 
     def __init__(self, api_key: str | None = None, base_url: str | None = None) -> None:
+        source = "the api_key given to AnthropicProvider" if api_key else "ANTHROPIC_API_KEY"
         key = api_key or os.environ.get("ANTHROPIC_API_KEY")
         if not key:
             msg = (
@@ -178,8 +180,8 @@ class AnthropicProvider:
                 "it in a .env file) before running a Claude model"
             )
             raise CredentialsError(msg)
-        self._api_key = key
         register_secret(key)
+        self._api_key = header_api_key(key, source)
         self._base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
         self._client: anthropic.Anthropic | None = None
         # Realtime requests run in threads: one client, created once.

@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 import polars as pl
 
+from batchata_df.errors import CredentialsError
 from batchata_df.schema import AnswerSchema
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "RealtimeFailure",
     "RealtimeProvider",
     "retry_after_seconds",
+    "header_api_key",
     "BatchTag",
     "Download",
     "DownloadBuffer",
@@ -1430,6 +1432,86 @@ class RealtimeProvider(Protocol):
         :class:`~batchata_df.errors.CredentialsError`.
         """
         ...
+
+
+_WHITESPACE_NAMES = {" ": "a space", "\t": "a tab", "\n": "a newline", "\r": "a carriage return"}
+
+
+def _whitespace_name(char: str) -> str:
+    return _WHITESPACE_NAMES.get(char, "other whitespace")
+
+
+def header_api_key(key: str, source: str, *, strip: bool = False) -> str:
+    """``key`` if an HTTP header can carry it; else a :class:`CredentialsError` naming ``source``.
+
+    The SDKs put the key in a header as it is (OpenAI ``Authorization: Bearer {key}``,
+    ``openai/lib/_client_auth.py``; Anthropic ``X-Api-Key``/``Authorization``,
+    ``anthropic/_client.py``). httpx encodes header values as ASCII (``_normalize_header_value``
+    in ``httpx/_models.py``: anything else raises ``UnicodeEncodeError``) and h11 refuses a value
+    with surrounding whitespace or CR/LF (``field_value`` in ``h11/_abnf.py``) *before* the
+    request is sent, as ``LocalProtocolError("Illegal header value b'Bearer <the key>'")``,
+    which the SDKs report as a connection error after all their retries (a bad key looked
+    like an outage) and which httpcore logs at DEBUG with the whole key. So the key is
+    checked here, before anything is sent: surrounding whitespace (a quoted ``.env`` value,
+    ``$(cat key.txt)``), control characters (CR/LF, tabs, NUL, ...) and non-ASCII characters
+    (a typographic quote or a non-breaking space pasted with the key) are refused. The key
+    is never stripped silently (a key that changed unseen can hide a wrong one), except
+    with ``strip=True`` for an SDK that strips it itself (google-genai:
+    ``self.api_key = self.api_key.strip()`` in ``google/genai/_api_client.py``), where a
+    stripped key is what would be sent anyway. The message names ``source`` and the fix,
+    never a character of the key (only where it is).
+
+    Examples
+    --------
+    >>> header_api_key("sk-proj-abc123", "OPENAI_API_KEY")
+    'sk-proj-abc123'
+    >>> try:
+    ...     header_api_key(" sk-proj-abc123" + chr(10), "OPENAI_API_KEY")
+    ... except CredentialsError as e:
+    ...     print(str(e)[:64])
+    OPENAI_API_KEY begins with a space and ends with a newline, whic
+    >>> header_api_key(" AIzaSy-abc" + chr(10), "GEMINI_API_KEY", strip=True)
+    'AIzaSy-abc'
+    """
+    what = f"{source} "
+    if not key.strip():
+        state = "holds only whitespace" if key else "is empty"
+        msg = f"{what}{state}: set {source} to the API key itself (nothing was sent)"
+        raise CredentialsError(msg)
+    length, offset = len(key), 0  # positions are told in the value as given
+    if strip:
+        offset = len(key) - len(key.lstrip())
+        key = key.strip()
+    ends = []
+    if key[0].isspace():
+        ends.append(f"begins with {_whitespace_name(key[0])}")
+    if key[-1].isspace():
+        ends.append(f"ends with {_whitespace_name(key[-1])}")
+    if ends:
+        msg = (
+            f"{what}{' and '.join(ends)}, which an HTTP header cannot carry (nothing was "
+            f"sent): remove the leading/trailing whitespace from {source} (a quoted .env "
+            "value or $(cat key.txt) often brings it)"
+        )
+        raise CredentialsError(msg)
+    for position, char in enumerate(key, start=offset + 1):
+        code = ord(char)
+        if code < 0x20 or code == 0x7F:
+            kind = "a line break" if char in "\r\n" else "a control character"
+            msg = (
+                f"{what}has {kind} at character {position} of {length}, which an API key "
+                f"cannot contain (nothing was sent): set {source} to the key alone, on one line"
+            )
+            raise CredentialsError(msg)
+        if code > 0x7E:
+            msg = (
+                f"{what}has a non-ASCII character at character {position} of {length}, "
+                "which an HTTP header cannot carry (nothing was sent): set "
+                f"{source} to the key as the provider shows it (a typographic quote or a "
+                "non-breaking space is often pasted with it)"
+            )
+            raise CredentialsError(msg)
+    return key
 
 
 def retry_after_seconds(headers: Any) -> float | None:

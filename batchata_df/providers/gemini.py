@@ -56,6 +56,7 @@ from batchata_df.providers.base import (
     conform_results,
     decoded_results,
     empty_results,
+    header_api_key,
     history_messages,
     json_object,
     json_string,
@@ -310,14 +311,20 @@ class GeminiProvider:
 
     def __init__(self, api_key: str | None = None, base_url: str | None = None) -> None:
         key = api_key or os.environ.get("GOOGLE_API_KEY") or os.environ.get("GEMINI_API_KEY")
+        if api_key:
+            source = "the api_key given to GeminiProvider"
+        else:
+            source = "GOOGLE_API_KEY" if os.environ.get("GOOGLE_API_KEY") else "GEMINI_API_KEY"
         if not key:
             msg = (
                 "no Gemini API key: set the GEMINI_API_KEY (or GOOGLE_API_KEY) environment "
                 "variable (or put it in a .env file) before running a Gemini model"
             )
             raise CredentialsError(msg)
-        self._api_key = key
+        # google-genai strips the key itself: surrounding whitespace is harmless here
+        self._api_key = header_api_key(key, source, strip=True)
         register_secret(key)
+        register_secret(self._api_key)  # what is sent, and so what can be echoed
         self._base_url = base_url or os.environ.get("GOOGLE_GEMINI_BASE_URL") or None
         self._client: genai.Client | None = None
         # Realtime requests run in threads: one client, created once.

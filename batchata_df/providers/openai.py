@@ -43,6 +43,7 @@ from batchata_df.providers.base import (
     decoded_results,
     empty_results,
     failure_kind,
+    header_api_key,
     history_messages,
     json_object,
     json_string,
@@ -155,6 +156,7 @@ class OpenAIProvider:
     """The SDK's own retries of idempotent calls (creates are never retried blindly)."""
 
     def __init__(self, api_key: str | None = None, base_url: str | None = None) -> None:
+        source = "the api_key given to OpenAIProvider" if api_key else "OPENAI_API_KEY"
         key = api_key or os.environ.get("OPENAI_API_KEY")
         if not key:
             msg = (
@@ -162,8 +164,8 @@ class OpenAIProvider:
                 "a .env file) before running an OpenAI model"
             )
             raise CredentialsError(msg)
-        self._api_key = key
         register_secret(key)
+        self._api_key = header_api_key(key, source)
         self._base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         self._client: openai.OpenAI | None = None
         # Realtime requests run in threads: one client, created once.
