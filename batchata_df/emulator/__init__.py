@@ -332,7 +332,8 @@ class Emulator:
         """The billing ledger: one ``{provider, batch_id, custom_id, mode, request}`` per bill.
 
         Every request of every batch the provider accepted counts (a batch cancelled or
-        expired early: only the requests that ran), including batches nobody collected, and
+        expired early: only the requests that ran; Anthropic's ``errored`` requests, which
+        "will not be billed", never), including batches nobody collected, and
         every answered realtime request (``mode="realtime"``, billed at the standard price;
         no batch or custom id). A ``custom_id`` that appears twice was paid twice; so was a
         ``request`` (a digest of what was asked, the same in either mode) that appears

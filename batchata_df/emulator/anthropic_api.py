@@ -1066,6 +1066,7 @@ class AnthropicApp:
         key = batch.id[-12:]
         counts = {"processing": 0, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
         lines: list[str] = []
+        errored: list[int] = []
         for i, spec in enumerate(specs):
             rid = f"{key}{i:06x}"
             if i >= ran:
@@ -1074,6 +1075,7 @@ class AnthropicApp:
             elif spec.error is not None:
                 result = _errored(*spec.error, rid)
                 counts["errored"] += 1
+                errored.append(i)
             else:
                 cache = self.caches.anthropic(spec.model, spec.breakpoints, ended_at)
                 message = render_message(spec, rid, cache=cache)
@@ -1084,6 +1086,8 @@ class AnthropicApp:
         order = sorted(range(len(lines)), key=lambda i: answers.seed_int(specs[i].custom_id))
         payload = "".join(lines[i] + "\n" for i in order).encode("utf-8")
         self.core.blobs.put(_blob_key(batch.id), payload)
+        if batch.ledger is not None:  # errored requests are not billed (LedgerEntry.unbilled)
+            batch.ledger.unbilled = frozenset(errored)
         batch.counts = counts
         batch.specs = None  # the answers are on disk now
         batch.ended_at = ended_at

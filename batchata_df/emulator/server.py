@@ -28,7 +28,8 @@ Control endpoints (no auth, never logged)
 ``GET /_emulator/billing``
     The billing ledger: one ``{provider, batch_id, custom_id, mode, request}`` per request
     of every batch the provider accepted (a cancelled or expired batch: only the requests
-    that ran) and per answered realtime request (``mode="realtime"``, no batch or custom
+    that ran; Anthropic: not its ``errored`` requests, which it does not bill) and per
+    answered realtime request (``mode="realtime"``, no batch or custom
     id), so tests can prove that nothing was paid twice: a ``custom_id`` twice, or a
     ``request`` key (what was asked, the same in both modes) twice, is a double bill.
 ``POST /_emulator/faults`` / ``GET`` / ``DELETE``
@@ -836,6 +837,11 @@ class LedgerEntry:
     whatever the mode): the same row billed in a batch and in realtime shows the same key."""
     mode: str = "batch"
     """``"batch"`` or ``"realtime"`` (billed at the provider's standard price)."""
+    unbilled: frozenset[int] = frozenset()
+    """Positions of requests that ran but are not billed: Anthropic's ``errored`` results
+    ("Request encountered an error and a message was not created. [...] You will not be
+    billed for these requests.", https://platform.claude.com/docs/en/build-with-claude/
+    batch-processing, "Retrieving batch results")."""
 
 
 def _credentials(request: Request) -> list[str]:
@@ -1023,7 +1029,9 @@ class EmulatorCore:
             keys: list[str | None] = [None] * len(e.custom_ids)
             if e.requests is not None:
                 keys = list(e.requests)
-            for cid, key in zip(e.custom_ids[:n], keys[:n], strict=True):
+            for i, (cid, key) in enumerate(zip(e.custom_ids[:n], keys[:n], strict=True)):
+                if i in e.unbilled:
+                    continue
                 out.append(
                     {"provider": e.provider, "batch_id": e.batch_id, "custom_id": cid,
                      "mode": e.mode, "request": key}
