@@ -472,6 +472,7 @@ class Emulator:
         log_bodies: bool | None = None,
         list_order: Literal["newest_first", "oldest_first", "shuffled"] | None = None,
         realtime_latency: float | None = None,
+        serve_retired: bool | None = None,
         openai: Mapping[str, object] | None = None,
         anthropic: Mapping[str, object] | None = None,
         gemini: Mapping[str, object] | None = None,
@@ -498,6 +499,10 @@ class Emulator:
         realtime_latency
             Real seconds each realtime answer takes (0 by default), so that a client's
             concurrency shows in :meth:`realtime_stats`.
+        serve_retired
+            Serve the models their provider has retired (a gateway that still serves
+            them); off by default, as the providers refuse them
+            (:data:`~batchata_df.emulator.model_rules.RETIRED`).
         openai, anthropic, gemini
             Provider settings, e.g. ``openai={"max_requests": 10}``.
 
@@ -515,6 +520,7 @@ class Emulator:
             ("log_bodies", log_bodies),
             ("list_order", list_order),
             ("realtime_latency", realtime_latency),
+            ("serve_retired", serve_retired),
             ("openai", None if openai is None else dict(openai)),
             ("anthropic", None if anthropic is None else dict(anthropic)),
             ("gemini", None if gemini is None else dict(gemini)),
