@@ -135,6 +135,8 @@ class Emulator:
             repr(self.latency),
             "--cancel-unfinished",
             self.cancel_unfinished,
+            "--parent-pid",  # the server stops itself if this process is killed
+            str(os.getpid()),
         ]
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env)
         self._proc = proc
