@@ -43,6 +43,7 @@ from batchata_df.models import (
     check_endpoint,
     check_model_params,
     check_provider,
+    check_retired,
     effective_params,
     family_of,
 )
@@ -412,7 +413,8 @@ def batch_llm(
     run_params = check_params(params, supported)
     check_param_values(run_params, needed)
     no_claude_format = _check_models(
-        jobs, run_params, structured=answer.json_schema is not None, citations=citations
+        jobs, run_params, structured=answer.json_schema is not None, citations=citations,
+        resuming=_existing_folder(state),
     )
     check_schema_limits(
         answer.json_schema, needed, name=answer.name, citations=no_claude_format
@@ -1331,9 +1333,19 @@ def _schema_text(spec: RequestSpec, provider: str, model: str) -> str:
 
 
 def _check_models(
-    jobs: pl.DataFrame, params: Mapping[str, Any], *, structured: bool, citations: bool
+    jobs: pl.DataFrame,
+    params: Mapping[str, Any],
+    *,
+    structured: bool,
+    citations: bool,
+    resuming: bool = False,
 ) -> bool:
     """Every model of the run takes ``params`` and the features asked for, before spend.
+
+    A retired model (``models.check_retired``) is refused only on a fresh run: a state
+    folder that exists may hold answers or a batch in flight of a model retired since,
+    which the call must still collect (its unsent rows then fail as the provider answers,
+    unbilled).
 
     A schema on a Claude model without structured output goes in its system prompt
     (``RequestSpec.schema_in_prompt``, as the seed library asked every Claude model); on an
@@ -1344,6 +1356,8 @@ def _check_models(
     claude_structured = False
     for provider, model in _model_pairs(jobs):
         check_provider(str(provider), str(model))
+        if not resuming:
+            check_retired(str(provider), str(model))
         check_endpoint(str(provider), str(model))
         check_model_params(str(provider), str(model), params)
         family = family_of(str(provider), str(model))
@@ -1535,6 +1549,11 @@ def _over_window(
         pl.coalesce("input_error", "_why").alias("input_error"),
         pl.when(pl.col("_why").is_null()).then(pl.col("job_id")).alias("job_id"),
     ).drop("_why")
+
+
+def _existing_folder(state: str | os.PathLike[str] | None) -> bool:
+    """Whether ``state`` names a state folder already written (a resumed run)."""
+    return state is not None and (Path(state) / "manifest.json").exists()
 
 
 def _can_count(provider: str, model: str) -> bool:
