@@ -71,16 +71,19 @@ __all__ = [
     "EFFORTS",
     "FAMILIES",
     "Family",
+    "RETIRED",
     "anthropic_budget",
     "capabilities_table",
     "check_endpoint",
     "check_model_params",
     "check_provider",
+    "check_retired",
     "context_window",
     "default_max_tokens",
     "effective_params",
     "effort_of",
     "family_of",
+    "retirement",
     "thinking_budget",
     "thinking_fields",
 ]
@@ -474,10 +477,13 @@ FAMILIES: tuple[Family, ...] = (
         "gemini", "Gemini 3.x Pro, Gemini 4", r"gemini-(3[\d.]*-pro|4)",
         ("gemini-3.1-pro-preview", "gemini-4-argon"),
         thinking="gemini_level", thinks_by_default=True, default_effort="high", can_disable=False,
-        efforts=_GEMINI_LEVELS_3, max_output_tokens=65_536,
+        efforts=_GEMINI_LEVELS_3, max_output_tokens=65_536, context=1_048_576,
         sources=(f"{_PAI}google.py _MODEL_THINKING_LEVELS (LOW/MEDIUM/HIGH), "
                  "thinking_always_enabled", "google-genai 3.6.1 types.py ThinkingLevel",
-                 f"{_G} (3.1 Pro: LOW, MEDIUM, HIGH; default HIGH)"),
+                 f"{_G} (3.1 Pro: LOW, MEDIUM, HIGH; default HIGH)",
+                 "https://ai.google.dev/gemini-api/docs/models/gemini-3.1-pro-preview (input "
+                 "token limit 1,048,576, output 65,536; genai-prices 0.2.3 has no window); "
+                 "gemini-4-argon: 1,048,576 in genai-prices 0.2.3"),
     ),
     Family(
         "gemini", "Gemini 3.x Flash-Lite", r"gemini-3(\.\d+)?-flash-lite",
@@ -809,6 +815,121 @@ every row; write model='gpt-4.1-mini' (or 'openai:gpt-4.1-mini')
     raise ModelError(msg)
 
 
+_RETIREMENT_PAGES = {
+    "anthropic": "https://platform.claude.com/docs/en/about-claude/model-deprecations",
+    "openai": "https://developers.openai.com/api/docs/deprecations",
+    "gemini": "https://ai.google.dev/gemini-api/docs/deprecations",
+}
+"""Each provider's list of retired ("shut down") models, the source of :data:`RETIRED`."""
+
+RETIRED: tuple[tuple[str, str, str, str], ...] = (
+    # (provider, model pattern (re.fullmatch), shutdown date, the page's replacement), for
+    # the shutdown dates passed by 2026-11-30. Anthropic's page: "Requests to retired
+    # models will fail". claude-sonnet-4-5 (deprecated 2026-09-30) retires on 2026-11-30,
+    # the day this table was written: not listed yet.
+    ("anthropic", r"claude-(instant-)?1(\.\d)?|claude-v1.*", "2024-11-06", "claude-haiku-4-5"),
+    ("anthropic", r"claude-2(\.[01])?", "2025-07-21", "claude-opus-4-8"),
+    ("anthropic", r"claude-3-sonnet.*", "2025-07-21", "claude-sonnet-4-6"),
+    ("anthropic", r"claude-3-5-sonnet.*", "2025-10-28", "claude-sonnet-4-6"),
+    ("anthropic", r"claude-3-opus.*", "2026-01-05", "claude-opus-4-8"),
+    ("anthropic", r"claude-3-7-sonnet.*", "2026-02-19", "claude-sonnet-4-6"),
+    ("anthropic", r"claude-3-5-haiku.*", "2026-02-19", "claude-haiku-4-5"),
+    ("anthropic", r"claude-3-haiku.*", "2026-04-20", "claude-haiku-4-5"),
+    ("anthropic", r"claude-opus-4(-0)?(-20250514)?", "2026-06-15", "claude-opus-4-8"),
+    ("anthropic", r"claude-sonnet-4(-0)?(-20250514)?", "2026-06-15", "claude-sonnet-4-6"),
+    ("anthropic", r"claude-opus-4-1(-20250805)?", "2026-08-05", "claude-opus-4-8"),
+    # OpenAI's page: "At the time of the shut down, the model or endpoint will no longer be
+    # accessible". Chat models (the others are refused by check_endpoint or never chat).
+    ("openai", r"gpt-3\.5-turbo-(0301|0613|16k-0613)", "2024-09-13", "gpt-5.4-mini"),
+    ("openai", r"gpt-4(-1106)?-vision-preview", "2024-12-06", "gpt-4o"),
+    ("openai", r"gpt-4-32k.*", "2025-06-06", "gpt-4o"),
+    ("openai", r"gpt-4\.5-preview.*", "2025-07-14", "gpt-4.1"),
+    ("openai", r"o1-preview.*", "2025-07-28", "o3"),
+    ("openai", r"o1-mini.*", "2025-10-27", "gpt-5.4-mini"),
+    ("openai", r"codex-mini-latest", "2026-02-12", "gpt-5.4-mini"),
+    ("openai", r"chatgpt-4o-latest", "2026-02-17", "gpt-5.5"),
+    ("openai", r"gpt-4-(0314|0125-preview|turbo-preview)", "2026-03-26", "gpt-5.5"),
+    ("openai", r"gpt-4o(-mini)?-audio-preview.*", "2026-05-07", "gpt-audio"),
+    ("openai", r"gpt-5(\.1)?-chat-latest|gpt-5(\.[12])?-codex.*", "2026-07-23", "gpt-5.5"),
+    ("openai", r"gpt-4o(-mini)?-search-preview.*|o[34](-mini)?-deep-research.*"
+     r"|computer-use-preview.*", "2026-07-23", "gpt-5.4-mini"),
+    ("openai", r"gpt-5\.[23]-chat-latest", "2026-08-10", "gpt-5.5"),
+    ("openai", r"gpt-3\.5-turbo-(instruct.*|1106)|babbage-002|davinci-002", "2026-09-28",
+     "gpt-5.4-mini"),
+    ("openai", r"gpt-3\.5-turbo(-0125)?|o4-mini(-2025-04-16)?", "2026-10-23", "gpt-5.6-terra"),
+    ("openai", r"gpt-4\.1-nano.*", "2026-10-23", "gpt-5.6-luna"),
+    ("openai", r"gpt-4(-0613|-1106-preview)?|gpt-4-turbo.*|gpt-4o-2024-05-13"
+     r"|o1(-2024-12-17)?|o1-pro.*|o3-mini.*", "2026-10-23", "gpt-5.6-sol"),
+    # Gemini's page: "Once a model is 'shutdown', it is completely turned off". Gemini
+    # 2.5 Pro / Flash are not listed: their shutdown date differs between sources.
+    ("gemini", r"gemini-(1\.[05]|pro|flash-1\.5|pro-1\.5).*", "2025-09-24", "gemini-3.5-flash"),
+    ("gemini", r"gemini-2\.5-pro-preview-.*", "2025-12-02", "gemini-3.1-pro-preview"),
+    ("gemini", r"gemini-3-pro-preview", "2026-03-09", "gemini-3.1-pro-preview"),
+    ("gemini", r"gemini-2\.0-flash-lite.*", "2026-06-01", "gemini-3.1-flash-lite"),
+    ("gemini", r"gemini-2\.0-flash.*", "2026-06-01", "gemini-3.5-flash"),
+    ("gemini", r"gemini-3(\.1)?-(pro|flash)-image-preview", "2026-06-25", "gemini-3.5-flash"),
+    ("gemini", r"gemini-2\.5-flash-image.*", "2026-10-02", "gemini-3.5-flash"),
+)  # fmt: skip
+"""Retired models: requests to them fail at the provider (:data:`_RETIREMENT_PAGES`)."""
+
+
+def retirement(provider: str, model: str) -> tuple[str, str] | None:
+    """``(shutdown date, replacement)`` of a retired ``model``, or ``None`` while served.
+
+    OpenAI fine-tunes (``ft:<base>:...``) go with their base model.
+
+    Examples
+    --------
+    >>> retirement("anthropic", "claude-3-opus-20240229")
+    ('2026-01-05', 'claude-opus-4-8')
+    >>> retirement("openai", "ft:gpt-3.5-turbo-0125:acme::x1")
+    ('2026-10-23', 'gpt-5.6-terra')
+    >>> retirement("gemini", "gemini-2.5-flash") is None
+    True
+    """
+    name = model.strip()
+    if provider == "openai" and name.startswith("ft:") and name.count(":") >= 2:
+        name = name.split(":")[1]
+    if provider == "gemini":
+        name = name.removeprefix("models/")
+    for who, pattern, date, replacement in RETIRED:
+        if who == provider and re.fullmatch(pattern, name):
+            return date, replacement
+    return None
+
+
+def check_retired(provider: str, model: str) -> None:
+    """Raise :class:`~batchata_df.errors.ModelError` for a model the provider has retired.
+
+    The provider refuses every request to it (Anthropic: ``not_found_error``, OpenAI:
+    ``model_not_found``, Gemini: 404 ``NOT_FOUND``), after the batch was created; the error
+    names the shutdown date and the provider's recommended replacement. Not checked when
+    the provider's base URL is set (:data:`BASE_URL_VARS`): a gateway may still serve it.
+
+    Examples
+    --------
+    >>> check_retired("anthropic", "claude-haiku-4-5")
+    >>> check_retired("openai", "o1-mini")  # doctest: +SKIP
+    Traceback (most recent call last):
+    ...
+    batchata_df.errors.ModelError: model 'o1-mini' was retired by OpenAI on 2025-10-27: \
+every request to it would fail (https://developers.openai.com/api/docs/deprecations); use \
+'gpt-5.4-mini' instead
+    """
+    if provider not in _PROVIDER_NAMES:
+        return
+    found = retirement(provider, model)
+    if found is None or _custom_endpoint(provider):
+        return
+    date, replacement = found
+    msg = (
+        f"model {model!r} was retired by {_PROVIDER_NAMES[provider]} on {date}: every "
+        f"request to it would fail ({_RETIREMENT_PAGES[provider]}); use {replacement!r} "
+        "instead"
+    )
+    raise ModelError(msg)
+
+
 def check_model_params(provider: str, model: str, params: Mapping[str, Any]) -> None:
     """Raise :class:`~batchata_df.errors.ParamError` if ``model`` refuses any of ``params``.
 
@@ -1022,7 +1143,9 @@ def capabilities_table(families: Iterable[Family] = FAMILIES) -> str:
             "yes" if v else "no"
             for v in (f.structured_output, f.pdf, f.images, f.citations)
         )
-        example = ", ".join(f"`{e}`" for e in f.examples)
+        example = ", ".join(
+            f"`{e}`" + (" (retired)" if retirement(f.provider, e) else "") for e in f.examples
+        )
         rows.append(
             f"| {f.provider} | {f.name} ({example}) | {sampling} | {knob} | "
             f"{default_max_tokens(f, {}):,} | {f.max_output_tokens:,} | "
