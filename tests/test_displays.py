@@ -79,9 +79,9 @@ class Terminal:
         # erase of the line, so the screen is looked at before each of them.
         for piece in re.split(rb"(?=\r\x1b\[2K)", data):
             self.stream.feed(piece)
-            if self._watch is not None and self._seen is None:
-                if re.search(self._watch, self.text()):
-                    self._seen = self.text()
+            watching = self._watch is not None and self._seen is None
+            if watching and re.search(str(self._watch), self.text()):
+                self._seen = self.text()
         return True
 
     def wait_for(self, pattern: str, limit: float = 120.0) -> str:
