@@ -752,7 +752,7 @@ def test_a_model_anthropic_does_not_serve_is_an_errored_not_found(emu, client, m
 def test_dated_snapshots_of_served_claude_models_run(client):
     batch = client.messages.batches.create(
         requests=[req("a", model="claude-sonnet-4-5-20250929"),
-                  req("b", model="claude-3-5-haiku-latest")]
+                  req("b", model="claude-haiku-4-5-20251001")]
     )
     results = by_id(result_lines(retrieve_raw(client, batch.id)))
     assert {k: v["type"] for k, v in results.items()} == {"a": "succeeded", "b": "succeeded"}

@@ -681,7 +681,8 @@ def test_implicit_cache_reports_the_shared_prefix_above_the_model_minimum(emu):
     # Gemini 3 needs 4,096 tokens: the same 2,775-token prefix is not cached there.
     usages = _cached_counts(emu, "gemini-3-flash-preview", [manual + "Q: a?", manual + "Q: b?"])
     assert [u.cached_content_token_count for u in usages] == [0, 0]
-    # Models before 2.5 have no implicit caching.
+    # Models before 2.5 have no implicit caching (2.0 Flash, retired: where still served).
+    emu.configure(serve_retired=True)
     usages = _cached_counts(emu, "gemini-2.0-flash", [manual + "Q: a?", manual + "Q: b?"])
     assert [u.cached_content_token_count for u in usages] == [0, 0]
 

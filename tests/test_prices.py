@@ -62,6 +62,7 @@ def _expected(out: pl.DataFrame, threshold: int, base, long) -> pl.Series:
 @pytest.mark.parametrize(("provider", "model", "threshold", "base", "long"), TIERED,
                          ids=[t[1] for t in TIERED])
 def test_each_request_is_billed_at_its_own_tier(emu, provider, model, threshold, base, long):
+    emu.configure(serve_retired=True)  # a retired model's rules: where it is still served
     df = _rows(threshold)
     out = df.pipe(batch_llm, schema=Summary, model=f"{provider}:{model}", prompt="{text}",
                   params={"max_tokens": 4000})
@@ -81,6 +82,7 @@ def test_each_request_is_billed_at_its_own_tier(emu, provider, model, threshold,
                          ids=[t[1] for t in TIERED])
 def test_dry_run_and_cap_use_each_requests_tier(emu, tmp_path, provider, model, threshold,
                                                 base, long):
+    emu.configure(serve_retired=True)  # a retired model's rules: where it is still served
     df = _rows(threshold)
     kwargs = {"schema": Summary, "model": f"{provider}:{model}", "prompt": "{text}",
               "params": {"max_tokens": 4000}}
