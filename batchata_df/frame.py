@@ -25,6 +25,7 @@ from batchata_df.citations import citation_columns, decode_citations, instructio
 from batchata_df.cost import PriceOverride, PriceTable, estimate_expr
 from batchata_df.engine import Engine, ProgressSnapshot, RunOptions
 from batchata_df.engine.auto import AutoEngine
+from batchata_df.engine.collection import RESULTS_UNUSABLE
 from batchata_df.engine.planning import only_model
 from batchata_df.engine.realtime import DEFAULT_CONCURRENCY, RealtimeEngine
 from batchata_df.errors import (
@@ -1241,19 +1242,37 @@ def _warn_serialised(
 
 
 def _warn_unavailable(results: pl.DataFrame) -> None:
-    """Warn when rows of this call could not be sent or collected (provider unreachable)."""
+    """Warn when rows of this call could not be sent or collected (provider unreachable).
+
+    Or because their batch's results were downloaded but could not be used (cut short,
+    not UTF-8: ``provider_unavailable: results_unusable: ...``): the warning then says so,
+    not that the provider (which answered) was unreachable.
+    """
     error = results.get_column("error")
     hit = error.str.contains("provider_unavailable: ", literal=True).fill_null(False)
     n = int(hit.sum())
     if n == 0:
         return
+    unusable = f"provider_unavailable: {RESULTS_UNUSABLE}: "
+    n_unusable = int(error.filter(hit).str.contains(unusable, literal=True).sum())
+    unreachable = "the provider was unreachable"
+    downloaded = (
+        "their batch's results were downloaded but could not be used (cut short or not "
+        "UTF-8; the provider answered)"
+    )
+    if n_unusable == 0:
+        why = unreachable
+    elif n_unusable == n:
+        why = downloaded
+    else:
+        why = f"{unreachable} ({n - n_unusable} rows) or {downloaded} ({n_unusable} rows)"
     statuses = results.filter(hit).get_column("status").fill_null("pending")
     pending = int((statuses != "cancelled").sum())
     last = str(error.filter(hit)[-1])
     msg = (
-        f"{n} rows could not be sent or collected because the provider was unreachable "
-        f"({pending} pending: call again with the same state to collect them; {n - pending} "
-        f"cancelled: a later call sends them). Last error: {last}"
+        f"{n} rows could not be sent or collected because {why} ({pending} pending: call "
+        f"again with the same state to collect them; {n - pending} cancelled: a later call "
+        f"sends them). Last error: {last}"
     )
     warnings.warn(scrub(msg), ProviderUnavailableWarning, stacklevel=4)
 

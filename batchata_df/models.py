@@ -47,7 +47,10 @@ per family (:func:`thinking_fields`):
 Thinking tokens count against the output limit on all three providers, so the default
 ``max_tokens`` (:func:`default_max_tokens`) leaves room for them: 4,096 for an answer
 without thinking, more with thinking (:data:`DEFAULT_MAX_TOKENS_BY_EFFORT`), never above
-the model's output ceiling.
+the model's output ceiling. Where a request carries a fixed budget
+(:func:`thinking_budget`: Claude ``budget_tokens``, Gemini 2.5 ``thinkingBudget``), a
+``max_tokens`` not above it is refused before sending; dynamic thinking and levels name no
+token count, so nothing is known before the answer there.
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ __all__ = [
     "effort_of",
     "family_of",
     "retirement",
+    "thinking_budget",
     "thinking_fields",
 ]
 
@@ -123,8 +127,17 @@ GEMINI_BUDGETS: dict[str, int] = {
     "xhigh": 24_576,
     "max": 24_576,
 }
-"""``thinkingBudget`` sent to Gemini 2.5 models (24,576 is 2.5 Flash's most; 2.5 Pro takes
-128..32,768: https://ai.google.dev/gemini-api/docs/thinking)."""
+"""``thinkingBudget`` sent to Gemini 2.5 models for ``reasoning_effort``; each value is inside
+every 2.5 model's range, which the API enforces ("The thinking budget 128 is invalid. Please
+choose a value between 512 and 24576.", earendil-works/pi#2838): 2.5 Pro 128..32,768 (cannot
+turn thinking off), 2.5 Flash 1..24,576 (0 is off), 2.5 Flash-Lite 512..24,576 (0 is off),
+and -1 (dynamic) on all three (https://ai.google.dev/gemini-api/docs/thinking, table
+"Thinking budgets", quoted in juspay/neurolink#1707; Pro's range:
+GoogleCloudPlatform/generative-ai#2119; Flash's on Vertex AI: "thinking_budget is out of
+range; supported values are integers from 1 to 24576", su-kaka/gcli2api#108). google-genai
+3.6.1 ``types.py`` ``ThinkingConfig.thinking_budget``: "0 is DISABLED. -1 is AUTOMATIC. The
+default values and allowed ranges are model dependent." The budget counts inside
+``maxOutputTokens``, so ``max_tokens`` must be above it (:func:`check_model_params`)."""
 
 OPENAI_SAMPLING = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "stop")
 """Refused by OpenAI reasoning models while they reason (pydantic-ai-slim 2.68
@@ -570,6 +583,36 @@ def anthropic_budget(family: Family, effort: str) -> int:
     return min(ANTHROPIC_BUDGETS[effort], family.max_output_tokens - DEFAULT_MAX_TOKENS)
 
 
+def thinking_budget(family: Family, params: Mapping[str, Any]) -> int | None:
+    """The fixed thinking budget a request of ``family`` sends, or ``None`` if it sends none.
+
+    Claude 4.5 and older: ``thinking.budget_tokens`` (:func:`anthropic_budget`) whenever
+    the model thinks. Gemini 2.5: ``thinkingBudget`` (:data:`GEMINI_BUDGETS`) when
+    ``reasoning_effort`` is given. ``None`` where no number bounds the thinking: thinking
+    off; Gemini 2.5 without ``reasoning_effort`` (no ``thinkingConfig`` is sent, and the
+    model thinks dynamically, as with ``-1``); levels and adaptive thinking (Gemini 3+,
+    Claude 4.6+, OpenAI's ``reasoning_effort``), which name no token count.
+
+    Examples
+    --------
+    >>> thinking_budget(family_of("gemini", "gemini-2.5-pro"), {"reasoning_effort": "high"})
+    24576
+    >>> thinking_budget(family_of("gemini", "gemini-2.5-pro"), {}) is None  # dynamic
+    True
+    >>> thinking_budget(family_of("anthropic", "claude-sonnet-4-5"),
+    ...                 {"reasoning_effort": "low"})
+    2048
+    """
+    if not thinks(family, params):
+        return None
+    if family.thinking == "anthropic_budget":
+        return anthropic_budget(family, effort_of(family, params))
+    effort = params.get("reasoning_effort")
+    if family.thinking == "gemini_budget" and effort is not None:
+        return GEMINI_BUDGETS[str(effort)]
+    return None
+
+
 def default_max_tokens(family: Family, params: Mapping[str, Any]) -> int:
     """``max_tokens`` when ``params`` sets none: room for the answer and for thinking.
 
@@ -988,15 +1031,23 @@ def _check_max_tokens(
             f"generates at most {family.max_output_tokens:,} tokens per answer",
             f"use max_tokens <= {family.max_output_tokens}",
         )
-    if thinking and family.thinking == "anthropic_budget":
-        budget = anthropic_budget(family, effort_of(family, params))
-        if max_tokens <= budget:
-            raise _refuse(
-                model, family, "max_tokens",
-                f"needs max_tokens above its thinking budget ({budget:,} tokens at "
-                f"reasoning_effort={effort_of(family, params)!r})",
-                f"raise max_tokens above {budget} or lower reasoning_effort",
-            )
+    budget = thinking_budget(family, params) if thinking else None
+    if budget is not None and max_tokens <= budget:
+        # Claude refuses the request ("`max_tokens` must be greater than
+        # `thinking.budget_tokens`."); Gemini 2.5 takes it (no source read shows a refusal)
+        # and thinking counts inside maxOutputTokens, so rows it fills are billed and end
+        # MAX_TOKENS with empty text (googleapis/python-genai#811, #626, #1405).
+        effort = effort_of(family, params)
+        lower = family.efforts.index(effort) > 0 or family.can_disable
+        fix = f"raise max_tokens above {budget}" + (
+            " or lower reasoning_effort" if lower
+            else " (the model takes no lower reasoning_effort)"
+        )
+        raise _refuse(
+            model, family, "max_tokens",
+            f"needs max_tokens above its thinking budget ({budget:,} tokens at "
+            f"reasoning_effort={effort!r})", fix,
+        )
 
 
 def thinking_fields(provider: str, model: str, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -1032,8 +1083,7 @@ def thinking_fields(provider: str, model: str, params: Mapping[str, Any]) -> dic
             return {"thinking": {"type": "enabled", "budget_tokens": budget}}
         return {"thinking": {"type": "adaptive"}, "effort": effort}
     if family.thinking == "gemini_budget":
-        budget = 0 if effort == "none" else GEMINI_BUDGETS[effort]
-        return {"thinkingConfig": {"thinkingBudget": budget}}
+        return {"thinkingConfig": {"thinkingBudget": thinking_budget(family, params) or 0}}
     return {"thinkingConfig": {"thinkingLevel": effort.upper()}}
 
 

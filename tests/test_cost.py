@@ -289,3 +289,32 @@ def test_price_from_genai_makes_a_tier_at_every_threshold_of_any_rate() -> None:
         "genai-prices:o",
     )
     assert output_only.tiers == (PriceTier(above=100, input=0.0, output=6.0),)
+
+
+def test_realtime_doubles_every_rate_of_an_override_tiers_and_cache_rates_included() -> None:
+    """A ``prices=`` override is a batch price; its realtime price doubles each rate.
+
+    Cached input and cache writes included: priced at the batch rate in a realtime call,
+    they would bill half what the provider bills and the cap would count too little.
+    """
+    from batchata_df.cost import Price, PriceTable, PriceTier
+
+    batch_price = Price(
+        input=1.0, output=2.0, cached_input=0.1, cache_write=1.25, source="override",
+        tiers=(PriceTier(200_000, 2.0, 3.0, 0.2, 2.5), PriceTier(500_000, 4.0, 6.0)),
+    )  # fmt: skip
+    table = PriceTable({"m": batch_price})
+    live = table.realtime().get("openai", "m")
+    assert live is not None
+    assert (live.input, live.output, live.cached_input, live.cache_write) == (2.0, 4.0, 0.2, 2.5)
+    assert [(t.above, t.input, t.output, t.cached_input, t.cache_write) for t in live.tiers] == [
+        (200_000, 4.0, 6.0, 0.4, 5.0), (500_000, 8.0, 12.0, None, None),
+    ]  # fmt: skip
+    again = table.realtime().batch().get("openai", "m")
+    assert again is not None and (again.input, again.cached_input, again.tiers) == (
+        1.0, 0.1, batch_price.tiers,
+    )  # fmt: skip
+    # The mapping form, as users write it.
+    mapped = PriceTable({"m": {"input": 1, "output": 2, "cached_input": 0.1, "cache_write": 1.25}})
+    rt = mapped.realtime().get("openai", "m")
+    assert rt is not None and (rt.cached_input, rt.cache_write) == (0.2, 2.5)

@@ -135,6 +135,8 @@ class Emulator:
             repr(self.latency),
             "--cancel-unfinished",
             self.cancel_unfinished,
+            "--parent-pid",  # the server stops itself if this process is killed
+            str(os.getpid()),
         ]
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env)
         self._proc = proc
@@ -414,8 +416,9 @@ class Emulator:
             client sees the body broken off); ``"cut_clean"`` sends that half body without
             a ``content-length`` and closes the connection in order (the client sees a
             clean end of a shorter body); ``"corrupt"`` sends the whole answer with bytes
-            that are never UTF-8 inside its first line's answer text (complete JSON
-            lines, not UTF-8).
+            that are never UTF-8 inside its first answer text (a result file's first
+            line, a realtime answer, a streamed answer's first ``text_delta``, a Gemini
+            batch's inline results: complete JSON, not UTF-8).
         when
             ``"after"`` lets the request take effect (e.g. the batch *is* created) and
             then replaces the answer: the "provider accepted, client never heard" case.

@@ -44,10 +44,11 @@ Control endpoints (no auth, never logged)
     ``content-length`` (a close-delimited body) and then closes the connection in order:
     the client sees a clean end of a shorter body, as behind a proxy that ends a stream
     early without an error. ``"corrupt"`` sends the whole answer with two bytes that are
-    never UTF-8 (hex ``ff fe``) inside its first line's answer text (:func:`corrupted`):
-    complete JSON lines, not UTF-8. All three answer the request first, so they are ``when="after"``
-    (their default; an explicit ``"before"`` is refused), and ``delay_ms`` waits before
-    the answer is sent.
+    never UTF-8 (hex ``ff fe``) inside its first answer text (:func:`corrupted`; a result
+    file's first line, a realtime answer, a stream's first ``text_delta``, a Gemini batch
+    resource's inline results): complete JSON lines, not UTF-8. All three answer the
+    request first, so they are ``when="after"`` (their default; an explicit ``"before"``
+    is refused), and ``delay_ms`` waits before the answer is sent.
     ``echo_key`` makes the error echo the request's credential (the ``Authorization``,
     ``x-api-key`` or ``x-goog-api-key`` value, or ``?key=``), as some gateways and proxies
     do: the default message then ends with it, and ``{key}`` in a custom ``body`` is
@@ -627,18 +628,23 @@ ANSWERING_ACTIONS: Final = CUT_ACTIONS | {"corrupt"}
 """The fault actions that answer the request first and then damage its answer."""
 NOT_UTF8: Final = b"\xff\xfe"
 """The bytes the ``corrupt`` action puts into an answer: neither can occur in UTF-8."""
-_ANSWER_STRING = re.compile(rb'"(?:text|content)"\s*:\s*"')
-"""Where an answer's text starts in a result line of the three protocols: OpenAI's
-``message.content``, Anthropic's ``content[].text``, Gemini's ``parts[].text``."""
+_ANSWER_STRING = re.compile(rb'"(?:text|content)"\s*:\s*"(?=[^"])')
+"""Where a (non-empty) answer text starts in a result line or an answer of the three
+protocols: OpenAI's ``message.content``, Anthropic's ``content[].text`` (a streamed
+answer's ``text_delta.text``), Gemini's ``parts[].text``."""
 _ANY_STRING = re.compile(rb':\s*"')
 
 
 def corrupted(body: bytes) -> bytes:
-    r"""``body`` with :data:`NOT_UTF8` put inside its first line's answer (the fault ``corrupt``).
+    r"""``body`` with :data:`NOT_UTF8` put inside its first answer text (the fault ``corrupt``).
 
-    The bytes go right after the opening quote of the line's first answer string (else
-    of its first string value), so the line is still complete JSON but not UTF-8: the
-    damage a faulty proxy or a flipped bit in transit would leave.
+    The bytes go right after the opening quote of the first line's first answer string;
+    a body whose first line holds none (a streamed answer's ``event: message_start``, a
+    pretty-printed JSON answer's ``{``) gets them in its first answer string anywhere,
+    else in the first line's first string value. The line is still complete JSON (the
+    event still a whole event) but not UTF-8: the damage a faulty proxy or a flipped bit
+    in transit would leave, in a result file, a realtime answer or a batch resource
+    holding inline results alike.
 
     Examples
     --------
@@ -646,10 +652,13 @@ def corrupted(body: bytes) -> bytes:
     b'{"id":"a","text":"\xff\xfehi"}\n{"id":"b","text":"ok"}\n'
     >>> corrupted(b'{"id":"a"}')
     b'{"id":"\xff\xfea"}'
+    >>> corrupted(b'event: start\ndata: {"text":""}\n\nevent: delta\ndata: {"text":"hi"}\n\n')
+    b'event: start\ndata: {"text":""}\n\nevent: delta\ndata: {"text":"\xff\xfehi"}\n\n'
     """
     end = body.find(b"\n")
     first = body if end < 0 else body[:end]
-    found = _ANSWER_STRING.search(first) or _ANY_STRING.search(first)
+    found = (_ANSWER_STRING.search(first) or _ANSWER_STRING.search(body)
+             or _ANY_STRING.search(first))  # fmt: skip
     if found is None:
         return NOT_UTF8 + body  # no string at all: the body's first bytes
     return body[: found.end()] + NOT_UTF8 + body[found.end() :]
