@@ -599,7 +599,7 @@ def thinking_budget(family: Family, params: Mapping[str, Any]) -> int | None:
     24576
     >>> thinking_budget(family_of("gemini", "gemini-2.5-pro"), {}) is None  # dynamic
     True
-    >>> thinking_budget(family_of("anthropic", "claude-sonnet-4-5"),
+    >>> thinking_budget(family_of("anthropic", "claude-haiku-4-5"),
     ...                 {"reasoning_effort": "low"})
     2048
     """
