@@ -387,7 +387,7 @@ FAMILIES: tuple[Family, ...] = (
     ),
     Family(
         "anthropic", "Claude Sonnet 4.5, Haiku 4.5, Opus 4.5", r"claude-(sonnet|haiku|opus)-4-5",
-        ("claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-5"),
+        ("claude-haiku-4-5", "claude-opus-4-5", "claude-sonnet-4-5"),  # Sonnet 4.5: retired
         thinking="anthropic_budget", efforts=_ANTHROPIC_BUDGET, sampling="one",
         max_output_tokens=64_000, citations=True,
         sources=(f"{_PAI}anthropic.py max_output_tokens 64,000 (4.5)",
@@ -577,7 +577,7 @@ def anthropic_budget(family: Family, effort: str) -> int:
     --------
     >>> anthropic_budget(family_of("anthropic", "claude-opus-4-1"), "max")
     27904
-    >>> anthropic_budget(family_of("anthropic", "claude-sonnet-4-5"), "max")
+    >>> anthropic_budget(family_of("anthropic", "claude-haiku-4-5"), "max")
     32768
     """
     return min(ANTHROPIC_BUDGETS[effort], family.max_output_tokens - DEFAULT_MAX_TOKENS)
@@ -599,7 +599,7 @@ def thinking_budget(family: Family, params: Mapping[str, Any]) -> int | None:
     24576
     >>> thinking_budget(family_of("gemini", "gemini-2.5-pro"), {}) is None  # dynamic
     True
-    >>> thinking_budget(family_of("anthropic", "claude-sonnet-4-5"),
+    >>> thinking_budget(family_of("anthropic", "claude-haiku-4-5"),
     ...                 {"reasoning_effort": "low"})
     2048
     """
@@ -622,7 +622,7 @@ def default_max_tokens(family: Family, params: Mapping[str, Any]) -> int:
     4096
     >>> default_max_tokens(family_of("openai", "gpt-6-sol"), {})  # thinks at medium
     16384
-    >>> default_max_tokens(family_of("anthropic", "claude-sonnet-4-5"),
+    >>> default_max_tokens(family_of("anthropic", "claude-haiku-4-5"),
     ...                    {"reasoning_effort": "medium"})  # budget 8,192 + 4,096
     12288
     """
@@ -742,7 +742,7 @@ def listed_under(provider: str, model: str) -> bool:
     --------
     >>> listed_under("openai", "gpt-4.1-mini"), listed_under("anthropic", "gpt-4.1-mini")
     (True, False)
-    >>> listed_under("gemini", "claude-sonnet-4-5")
+    >>> listed_under("gemini", "claude-haiku-4-5")
     False
     """
     try:
@@ -825,8 +825,7 @@ _RETIREMENT_PAGES = {
 RETIRED: tuple[tuple[str, str, str, str], ...] = (
     # (provider, model pattern (re.fullmatch), shutdown date, the page's replacement), for
     # the shutdown dates passed by 2026-11-30. Anthropic's page: "Requests to retired
-    # models will fail". claude-sonnet-4-5 (deprecated 2026-09-30) retires on 2026-11-30,
-    # the day this table was written: not listed yet.
+    # models will fail".
     ("anthropic", r"claude-(instant-)?1(\.\d)?|claude-v1.*", "2024-11-06", "claude-haiku-4-5"),
     ("anthropic", r"claude-2(\.[01])?", "2025-07-21", "claude-opus-4-8"),
     ("anthropic", r"claude-3-sonnet.*", "2025-07-21", "claude-sonnet-4-6"),
@@ -838,6 +837,10 @@ RETIRED: tuple[tuple[str, str, str, str], ...] = (
     ("anthropic", r"claude-opus-4(-0)?(-20250514)?", "2026-06-15", "claude-opus-4-8"),
     ("anthropic", r"claude-sonnet-4(-0)?(-20250514)?", "2026-06-15", "claude-sonnet-4-6"),
     ("anthropic", r"claude-opus-4-1(-20250805)?", "2026-08-05", "claude-opus-4-8"),
+    # The page: "| claude-sonnet-4-5-20250929 | Deprecated | September 30, 2026 | November
+    # 30, 2026 |" and "| November 30, 2026 | `claude-sonnet-4-5-20250929` |
+    # `claude-sonnet-5-5` |": retired today, 2026-11-30 (alias and dated snapshot).
+    ("anthropic", r"claude-sonnet-4-5(-20250929)?", "2026-11-30", "claude-sonnet-5-5"),
     # OpenAI's page: "At the time of the shut down, the model or endpoint will no longer be
     # accessible". Chat models (the others are refused by check_endpoint or never chat).
     ("openai", r"gpt-3\.5-turbo-(0301|0613|16k-0613)", "2024-09-13", "gpt-5.4-mini"),
@@ -1056,7 +1059,7 @@ def thinking_fields(provider: str, model: str, params: Mapping[str, Any]) -> dic
 
     Examples
     --------
-    >>> thinking_fields("anthropic", "claude-sonnet-4-5", {"reasoning_effort": "low"})
+    >>> thinking_fields("anthropic", "claude-haiku-4-5", {"reasoning_effort": "low"})
     {'thinking': {'type': 'enabled', 'budget_tokens': 2048}}
     >>> thinking_fields("anthropic", "claude-opus-4-7", {"reasoning_effort": "high"})
     {'thinking': {'type': 'adaptive'}, 'effort': 'high'}

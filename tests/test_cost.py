@@ -225,8 +225,8 @@ def test_table_prefers_overrides_and_names_the_fix_for_unknown_models() -> None:
     )
     assert PriceTable().get("openai", "gpt-4.1-mini") == _lookup("openai", "gpt-4.1-mini")
     # A price is looked up at the provider the row goes to, not at whoever lists the name.
-    assert PriceTable().get("anthropic", "claude-sonnet-4-5") is not None
-    assert PriceTable().get("openai", "claude-sonnet-4-5") is None
+    assert PriceTable().get("anthropic", "claude-haiku-4-5") is not None
+    assert PriceTable().get("openai", "claude-haiku-4-5") is None
 
 
 def test_database_prices_are_the_batch_rates_per_provider() -> None:
@@ -234,11 +234,13 @@ def test_database_prices_are_the_batch_rates_per_provider() -> None:
     assert _lookup("openai", "gpt-4.1-mini") == Price(
         input=0.2, output=0.8, cached_input=0.1, source="genai-prices:gpt-4.1-mini"
     )
-    sonnet = _lookup("anthropic", "claude-sonnet-4-5")
-    assert sonnet == Price(
-        input=1.5, output=7.5, cached_input=0.15, cache_write=1.875,
-        source="genai-prices:claude-sonnet-4-5",
-        tiers=(PriceTier(200_000, 3.0, 11.25, cached_input=0.3, cache_write=3.75),),
+    # claude-haiku-5-5: $0.10/$0.50 per MTok up to 100k input, $0.50/$2.50 above (cache
+    # read 0.1x, write 1.25x of input), halved for batches.
+    haiku = _lookup("anthropic", "claude-haiku-5-5")
+    assert haiku == Price(
+        input=0.05, output=0.25, cached_input=0.005, cache_write=0.0625,
+        source="genai-prices:claude-haiku-5-5",
+        tiers=(PriceTier(100_000, 0.25, 1.25, cached_input=0.025, cache_write=0.3125),),
     )
     gemini = _lookup("gemini", "gemini-2.5-pro")
     assert gemini is not None and gemini.source == "genai-prices:gemini-2.5-pro"

@@ -634,10 +634,10 @@ def test_query_key_is_redacted_from_the_log(emu):
 
 
 @pytest.mark.parametrize(
-    "model", ["emulator-unknown-model", "gpt-4.1-mini", "claude-sonnet-4-5", "gemini-2.5-flesh"]
+    "model", ["emulator-unknown-model", "gpt-4.1-mini", "claude-haiku-4-5", "gemini-2.5-flesh"]
 )
 def test_a_model_gemini_does_not_serve_is_a_404(emu, model):
-    # claude-sonnet-4-5: genai-prices' Google list prices it (Vertex AI), the Gemini API
+    # claude-haiku-4-5: genai-prices' Google list prices it (Vertex AI), the Gemini API
     # does not serve it.
     c = client(emu)
     with pytest.raises(errors.ClientError) as e:

@@ -736,7 +736,7 @@ def test_raw_file_and_batch_objects_validate_strictly(oa: OpenAI, emulator: Emul
 
 
 @pytest.mark.parametrize(
-    "model", ["emulator-unknown-model", "claude-sonnet-4-5", "gemini-2.5-flash", "gpt-4.1-mimi"]
+    "model", ["emulator-unknown-model", "claude-haiku-4-5", "gemini-2.5-flash", "gpt-4.1-mimi"]
 )
 def test_a_model_openai_does_not_serve_fails_the_batch_in_validation(
     oa: OpenAI, model: str

@@ -95,7 +95,7 @@ def test_a_budget_max_tokens_cannot_hold_is_refused_with_nothing_billed(
 def test_the_message_has_the_shape_of_claudes(emu, tmp_path):
     """One code path for both providers: the same words, only the numbers differ."""
     messages = []
-    for model in ("claude-sonnet-4-5", "gemini-2.5-pro"):
+    for model in ("claude-haiku-4-5", "gemini-2.5-pro"):
         with pytest.raises(ParamError) as info:
             run(model, tmp_path, {"reasoning_effort": "high", "max_tokens": 500})
         messages.append(str(info.value).split(") ", 1)[1])

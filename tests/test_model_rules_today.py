@@ -378,7 +378,7 @@ def test_emulator_refuses_a_prompt_over_the_window_per_request(emu):
         "param": "messages",
         "code": "context_length_exceeded",
     }
-    result = anthropic_result({"model": "claude-sonnet-4-5",
+    result = anthropic_result({"model": "claude-haiku-4-5",
                                "messages": [{"role": "user", "content": LONG * 2}]})  # fmt: skip
     # o200k_base 280,001 x 1.16 (model_rules.CLAUDE_TOKENS_PER_O200K), an approximation.
     assert result.error.error.message == "prompt is too long: 324802 tokens > 200000 maximum"
@@ -414,8 +414,8 @@ def test_emulator_refuses_a_gemini_prompt_over_the_window(emu):
     ("model", "times", "why"),
     [("gpt-4o-mini", 1, "the request is 140,008 tokens, over the context window of "
       "'gpt-4o-mini' (128,000 tokens)"),
-     ("claude-sonnet-4-5", 2, "the request is at least 280,008 tokens, over the context "
-      "window of 'claude-sonnet-4-5' (200,000 tokens)"),
+     ("claude-haiku-4-5", 2, "the request is at least 280,008 tokens, over the context "
+      "window of 'claude-haiku-4-5' (200,000 tokens)"),
      ("gpt-5.1-chat-latest", 1, "over the context window of 'gpt-5.1-chat-latest' "
       "(128,000 tokens)"),
      # genai-prices 0.2.3 has no window for it: the model page's 1,048,576 (models.py)
@@ -478,7 +478,7 @@ def test_a_row_near_the_window_is_left_to_the_provider_where_the_count_is_approx
     # ~220,000 tokens by the planner's Claude estimate (which leans high), 132,001 by
     # o200k_base (the lower bound, under 200,000): sent, and the emulator finds it fits.
     frame = pl.DataFrame({"text": ["short one", "word " * 132_000]})
-    out = frame.pipe(batch_llm, model="claude-sonnet-4-5", prompt="{text}", state=tmp_path / "s")
+    out = frame.pipe(batch_llm, model="claude-haiku-4-5", prompt="{text}", state=tmp_path / "s")
     assert out["_status"].to_list() == ["completed", "completed"]
 
 
@@ -671,10 +671,10 @@ def test_python_near_the_claude_window_is_sent(emu, tmp_path):
     from batchata_df.tokens import estimate_tokens
 
     code = python_source(140_000)
-    estimate = int(estimate_tokens(pl.Series([code]), "anthropic", "claude-sonnet-4-5")[0])
+    estimate = int(estimate_tokens(pl.Series([code]), "anthropic", "claude-haiku-4-5")[0])
     assert estimate > 200_000  # over the window by the planner's estimate alone
     out = pl.DataFrame({"code": [code]}).pipe(
-        batch_llm, model="claude-sonnet-4-5", prompt="Review:\n{code}", state=tmp_path / "s"
+        batch_llm, model="claude-haiku-4-5", prompt="Review:\n{code}", state=tmp_path / "s"
     )
     assert out["_status"].to_list() == ["completed"]
 
@@ -683,7 +683,7 @@ def test_a_row_the_client_cannot_rule_out_is_left_to_the_provider(emu, tmp_path)
     # 180,001 o200k_base tokens: under 200,000, so sent; the emulator counts it as Claude
     # would (~1.16x: 208,802) and refuses that row alone, as that row's error.
     frame = pl.DataFrame({"text": ["short one", "word " * 180_000]})
-    out = frame.pipe(batch_llm, model="claude-sonnet-4-5", prompt="{text}", state=tmp_path / "s")
+    out = frame.pipe(batch_llm, model="claude-haiku-4-5", prompt="{text}", state=tmp_path / "s")
     assert out["_status"].to_list() == ["completed", "failed"]
     assert "prompt is too long: 208802 tokens > 200000 maximum" in out["_error"][1]
     assert not out["_error"][1].startswith("input:")
@@ -824,9 +824,9 @@ def test_the_emulator_takes_a_claude_prompt_of_exactly_the_window(emu):
 
     # 172,413 o200k_base tokens x 1.16 = 199,999.08: 200,000 Claude tokens, the window.
     exact = "word " * 172_412
-    assert emulated("anthropic", "claude-sonnet-4-5", exact, 0) is None
-    assert emulated("anthropic", "claude-sonnet-4-5", exact, 1) == 200_001
-    assert anthropic_result({"model": "claude-sonnet-4-5",
+    assert emulated("anthropic", "claude-haiku-4-5", exact, 0) is None
+    assert emulated("anthropic", "claude-haiku-4-5", exact, 1) == 200_001
+    assert anthropic_result({"model": "claude-haiku-4-5",
                              "messages": [{"role": "user", "content": exact}]}).type == (
         "succeeded"
     )  # fmt: skip
@@ -869,15 +869,15 @@ def test_the_schema_travels_per_model_and_any_call_unfences_what_it_collects(emu
     of its batch are read alike by a later call that no longer holds that row."""
     emu.configure(serve_retired=True)  # a retired model's rules: where it is still served
     emu.configure(log_bodies=True, latency=50)
-    models = ["claude-sonnet-4-5"] * 9 + ["claude-sonnet-4-20250514"] * 9 + ["gpt-4.1-mini"]
+    models = ["claude-haiku-4-5"] * 9 + ["claude-sonnet-4-20250514"] * 9 + ["gpt-4.1-mini"]
     df = pl.DataFrame({"text": [f"item {i}" for i in range(len(models))], "m": models})
     call = {"schema": Review, "model": pl.col("m"), "prompt": "Rate {text}",
             "state": tmp_path / "s", "keep_responses": True}  # fmt: skip
     first = df.pipe(batch_llm, wait=False, **call)
     assert set(first["_status"].to_list()) == {"pending"}
     sent = _bodies(emu)
-    assert sent["claude-sonnet-4-5"]["output_config"]["format"]["type"] == "json_schema"
-    assert "system" not in sent["claude-sonnet-4-5"]
+    assert sent["claude-haiku-4-5"]["output_config"]["format"]["type"] == "json_schema"
+    assert "system" not in sent["claude-haiku-4-5"]
     assert "output_config" not in sent["claude-sonnet-4-20250514"]
     assert "<answer_json_schema>" in json.dumps(sent["claude-sonnet-4-20250514"]["system"])
     emu.advance(60)
@@ -927,7 +927,7 @@ def test_structured_output_limits_do_not_bind_a_schema_sent_in_the_prompt(emu, t
         out = out.collect()  # type: ignore[union-attr]
     assert out["_status"].to_list() == ["completed"] * 2
     with pytest.raises(SchemaError, match="at most 16"):
-        batch_llm(source, schema=Wide, model="claude-sonnet-4-5", prompt="{text}",
+        batch_llm(source, schema=Wide, model="claude-haiku-4-5", prompt="{text}",
                   state=tmp_path / "t", **kw)  # fmt: skip
 
 
@@ -947,7 +947,7 @@ def test_estimates_and_the_window_count_the_instruction_sent(emu, tmp_path, monk
     assert wire is not None
     told = instruction(wire, cite=False)
     for model, sent in (("claude-sonnet-4-20250514", told),
-                        ("claude-sonnet-4-5", json.dumps(wire))):  # fmt: skip
+                        ("claude-haiku-4-5", json.dumps(wire))):  # fmt: skip
         extra = int(estimate_tokens(pl.Series([sent]), "anthropic", model)[0])
         assert est(model, Review) - est(model, None) == extra, model
     # The context-window check counts it too (a lower bound, in o200k tokens): a window

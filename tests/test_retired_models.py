@@ -46,6 +46,14 @@ def official(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     ("o4-mini", "model 'o4-mini' was retired by OpenAI on 2026-10-23: every request to it "
      "would fail (https://developers.openai.com/api/docs/deprecations); use 'gpt-5.6-terra' "
      "instead"),
+    # Retired today: Anthropic's page, "| claude-sonnet-4-5-20250929 | Deprecated |
+    # September 30, 2026 | November 30, 2026 |", replacement claude-sonnet-5-5.
+    ("claude-sonnet-4-5", "model 'claude-sonnet-4-5' was retired by Anthropic on 2026-11-30: "
+     "every request to it would fail (https://platform.claude.com/docs/en/about-claude/"
+     "model-deprecations); use 'claude-sonnet-5-5' instead"),
+    ("anthropic:claude-sonnet-4-5-20250929", "model 'claude-sonnet-4-5-20250929' was retired "
+     "by Anthropic on 2026-11-30: every request to it would fail (https://platform.claude.com/"
+     "docs/en/about-claude/model-deprecations); use 'claude-sonnet-5-5' instead"),
     ("gemini:gemini-1.0-pro", "model 'gemini-1.0-pro' was retired by Gemini on 2025-09-24: "
      "every request to it would fail (https://ai.google.dev/gemini-api/docs/deprecations); "
      "use 'gemini-3.5-flash' instead"),
@@ -60,11 +68,12 @@ def test_a_retired_model_is_refused_before_anything_is_sent(official, tmp_path, 
     assert not (tmp_path / "s").exists()
 
 
-def test_served_models_and_the_day_s_retirements_pass(official):
+def test_served_models_pass(official):
     from batchata_df.models import check_retired
 
     for provider, model in [("anthropic", "claude-haiku-4-5"), ("anthropic", "claude-opus-4-5"),
-                            ("anthropic", "claude-sonnet-4-5"), ("openai", "gpt-4o-mini"),
+                            ("anthropic", "claude-haiku-4-5-20251001"),
+                            ("anthropic", "claude-sonnet-5-5"), ("openai", "gpt-4o-mini"),
                             ("openai", "o3"), ("gemini", "gemini-2.5-flash"),
                             ("gemini", "gemini-3.1-pro-preview")]:  # fmt: skip
         check_retired(provider, model)
@@ -75,7 +84,8 @@ def test_the_client_and_the_emulator_list_the_same_retirements():
     names = ["claude-1.3", "claude-2.1", "claude-3-sonnet-20240229", "claude-3-5-sonnet-latest",
              "claude-3-opus-latest", "claude-3-7-sonnet-20250219", "claude-3-5-haiku-20241022",
              "claude-3-haiku-20240307", "claude-opus-4-0", "claude-sonnet-4-20250514",
-             "claude-opus-4-1-20250805", "claude-sonnet-4-5", "claude-haiku-4-5",
+             "claude-opus-4-1-20250805", "claude-sonnet-4-5", "claude-sonnet-4-5-20250929",
+             "claude-haiku-4-5", "claude-haiku-4-5-20251001",
              "claude-opus-4-5", "gpt-3.5-turbo", "gpt-3.5-turbo-0613", "gpt-4", "gpt-4-0613",
              "gpt-4-turbo", "gpt-4-32k", "gpt-4.5-preview", "o1-preview", "o1-mini", "o1",
              "o1-pro", "o3-mini", "o4-mini", "o3", "o4-mini-deep-research",
@@ -161,3 +171,58 @@ def test_a_folder_written_before_the_shutdown_is_still_collected(emu, tmp_path, 
     out = ROWS.pipe(batch_llm, state=tmp_path / "old", **kw)
     assert out["_status"].to_list() == ["completed", "completed"]
     assert sorted(b["custom_id"] for b in emu.billing()) == sorted(out["_job_id"].to_list())
+
+
+SONNET_45 = ["claude-sonnet-4-5", "claude-sonnet-4-5-20250929"]
+
+
+def test_claude_sonnet_4_5_is_refused_by_the_emulator_as_anthropic_refuses_it(emu):
+    # Retired on 2026-11-30 (Anthropic's model deprecations page): the alias and the dated
+    # snapshot alike are a 404 not_found_error; in a batch, those requests are errored and
+    # not billed, the served model's request runs.
+    # The SDK warns first (anthropic 2.14 _data/deprecated_models.py: "claude-sonnet-4-5":
+    # "November 30th, 2026"), then the service refuses it.
+    claude = anthropic.Anthropic(api_key="k", max_retries=0)
+    for model in SONNET_45:
+        with (pytest.raises(anthropic.NotFoundError) as info,
+              pytest.warns(DeprecationWarning, match="end-of-life on November 30th, 2026")):
+            claude.messages.create(model=model, max_tokens=10, messages=MSG)
+        assert info.value.body["error"] == {  # type: ignore[index]
+            "type": "not_found_error", "message": f"model: {model}"}
+    batch = claude.messages.batches.create(requests=[
+        *({"custom_id": f"old{i}", "params": {"model": m, "max_tokens": 10, "messages": MSG}}
+          for i, m in enumerate(SONNET_45)),
+        {"custom_id": "new", "params": {"model": "claude-sonnet-5-5", "max_tokens": 4000,
+                                        "messages": MSG}},
+    ])  # fmt: skip
+    results = {r.custom_id: r.result for r in claude.messages.batches.results(batch.id)}
+    for i, model in enumerate(SONNET_45):
+        assert results[f"old{i}"].type == "errored"
+        assert results[f"old{i}"].error.error.message == f"model: {model}"  # type: ignore[union-attr]
+    assert results["new"].type == "succeeded"
+    assert [b["custom_id"] for b in emu.billing()] == ["new"]
+
+
+def test_claude_sonnet_4_5_is_refused_by_the_client_before_anything_is_sent(
+    emu, tmp_path, monkeypatch
+):
+    # As against api.anthropic.com (no gateway in between): ModelError naming the shutdown
+    # date and the replacement, before any request; nothing billed, no folder written.
+    from batchata_df import models
+
+    monkeypatch.setattr(models, "_custom_endpoint", lambda provider: False)
+    for model in SONNET_45:
+        with pytest.raises(ModelError) as info:
+            ROWS.pipe(batch_llm, model=model, prompt="{text}", state=tmp_path / "s")
+        assert str(info.value) == (
+            f"model {model!r} was retired by Anthropic on 2026-11-30: every request to it "
+            "would fail (https://platform.claude.com/docs/en/about-claude/model-deprecations)"
+            "; use 'claude-sonnet-5-5' instead"
+        )
+    assert emu.log() == []
+    assert emu.billing() == []
+    assert not (tmp_path / "s").exists()
+    # Its replacement runs.
+    out = ROWS.pipe(batch_llm, model="claude-sonnet-5-5", prompt="{text}", state=tmp_path / "s")
+    assert out["_status"].to_list() == ["completed", "completed"]
+    assert len(emu.billing()) == 2

@@ -285,7 +285,7 @@ def window_tokens(provider: str, model: str, text: str) -> int:
     --------
     >>> window_tokens("openai", "gpt-4o-mini", "word " * 1_000)
     1001
-    >>> window_tokens("anthropic", "claude-sonnet-4-5", "word " * 1_000)
+    >>> window_tokens("anthropic", "claude-haiku-4-5", "word " * 1_000)
     1162
     >>> window_tokens("gemini", "gemini-2.5-flash", "word " * 1_000)
     1250
@@ -658,8 +658,6 @@ RETIRED: Final[tuple[tuple[str, str, str], ...]] = (
     # date has passed (as of 2026-11-30), aliases and dated snapshots alike.
     # Anthropic, platform.claude.com/docs/en/about-claude/model-deprecations, "Model
     # status" (retired: "Requests to retired models will fail").
-    # claude-sonnet-4-5-20250929 (deprecated 2026-09-30, retiring 2026-11-30) is still
-    # served here: it retires on the day this table was written.
     ("anthropic", r"claude-(instant-)?1(\.\d)?|claude-v1.*", "2024-11-06"),
     ("anthropic", r"claude-2(\.[01])?|claude-3-sonnet.*", "2025-07-21"),
     ("anthropic", r"claude-3-5-sonnet.*", "2025-10-28"),
@@ -668,6 +666,9 @@ RETIRED: Final[tuple[tuple[str, str, str], ...]] = (
     ("anthropic", r"claude-3-haiku.*", "2026-04-20"),
     ("anthropic", r"claude-(opus|sonnet)-4(-0)?(-20250514)?", "2026-06-15"),
     ("anthropic", r"claude-opus-4-1(-20250805)?", "2026-08-05"),
+    # "| claude-sonnet-4-5-20250929 | Deprecated | September 30, 2026 | November 30, 2026 |":
+    # the shutdown is today (2026-11-30); alias and dated snapshot.
+    ("anthropic", r"claude-sonnet-4-5(-20250929)?", "2026-11-30"),
     # OpenAI, developers.openai.com/api/docs/deprecations ("At the time of the shut down,
     # the model or endpoint will no longer be accessible"); chat models only (realtime,
     # image and embedding models are refused as not chat models anyway).
@@ -758,7 +759,7 @@ def serves(provider: str, model: str) -> bool:
 
     A name matches when genai-prices lists it under the provider (its own match rules:
     dated snapshots such as ``gpt-4.1-mini-2025-04-14`` or
-    ``claude-sonnet-4-5-20250929`` match their model). OpenAI fine-tunes
+    ``claude-haiku-4-5-20251001`` match their model). OpenAI fine-tunes
     (``ft:<base>:<org>::<id>``) are served when their base model is. Gemini takes
     ``models/`` names and the caller's own ``tunedModels/``; genai-prices' ``google``
     list also prices Claude on Vertex AI, which the Gemini API does not serve.
@@ -767,7 +768,7 @@ def serves(provider: str, model: str) -> bool:
     --------
     >>> serves("openai", "gpt-4.1-mini"), serves("anthropic", "gpt-4.1-mini")
     (True, False)
-    >>> serves("gemini", "models/gemini-2.5-flash"), serves("gemini", "claude-sonnet-4-5")
+    >>> serves("gemini", "models/gemini-2.5-flash"), serves("gemini", "claude-haiku-4-5")
     (True, False)
     >>> serves("openai", "ft:gpt-4.1-mini-2025-04-14:acme::abc123")
     True

@@ -200,7 +200,7 @@ class RequestSpec:
         ...     x: int
         >>> spec = RequestSpec(AnswerSchema(A), {})
         >>> [spec.schema_in_prompt("anthropic", m) for m in
-        ...  ("claude-sonnet-4-20250514", "claude-sonnet-4-5")]
+        ...  ("claude-sonnet-4-20250514", "claude-haiku-4-5")]
         [True, False]
         >>> spec.schema_in_prompt("openai", "gpt-4-turbo")
         False
