@@ -171,3 +171,43 @@ def test_the_command_fails_at_once_with_the_fix(emu, tmp_path):
     assert not (tmp_path / "out.parquet").exists()
     assert emu.log() == [] and emu.billing() == []
     _assert_no_key(tmp_path, r.stdout, r.stderr)
+
+
+# -- a key that reaches a log record by another path: the SDKs' and httpcore's DEBUG -------
+
+# provider -> a header-legal key the emulator rejects (401/400: the key is wrong, not malformed)
+REJECTED = {"openai": "sk-invalid-Legal0123456789", "anthropic": "sk-invalid-Legal0123456789",
+            "gemini": "invalid-Legal0123456789"}  # fmt: skip
+
+
+@pytest.mark.parametrize("provider", sorted(PROVIDERS))
+def test_a_wrong_but_sendable_key_reaches_no_log_record(provider, emu, monkeypatch, caplog):
+    model, var = PROVIDERS[provider]
+    monkeypatch.setenv(var, REJECTED[provider])
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(CredentialsError, match=var):
+        pl.DataFrame({"t": ["a"]}).pipe(batch_llm, model=model, prompt="{t}")
+    assert "receive_response_headers" in caplog.text  # httpcore did log the exchange...
+    assert "Legal0123456789" not in caplog.text  # ...without the key
+    assert emu.billing() == []
+
+
+@pytest.mark.parametrize("provider", sorted(PROVIDERS))
+def test_a_key_echoed_in_a_response_header_reaches_no_log_record(
+    provider, emu, monkeypatch, tmp_path, caplog
+):
+    """A gateway that repeats the credential in a response header: httpcore logs every
+    response's headers at DEBUG (and Anthropic's SDK its ``HTTP Response`` line), before
+    any code of ours sees them. The filter on those loggers scrubs the record itself."""
+    model, var = PROVIDERS[provider]
+    key = f"{HEAD}{TAIL}"
+    monkeypatch.setenv(var, key)
+    caplog.set_level(logging.DEBUG)
+    emu.inject_fault(method="GET", path_regex=r"/batches/[^/:?]+$", status=400,
+                     headers={"x-gateway-credential": key})  # fmt: skip
+    state = tmp_path / "s"
+    out = pl.DataFrame({"t": ["a"]}).pipe(batch_llm, model=model, prompt="{t}", state=state)
+    assert out["_status"].to_list() == ["failed"]
+    assert any(e.get("fault") for e in emu.log())
+    assert f"(b'x-gateway-credential', b'{REDACTED}')" in caplog.text  # the record was there
+    _assert_no_key(state, caplog.text, repr(out.to_dicts()))

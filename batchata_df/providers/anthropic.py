@@ -63,7 +63,7 @@ from batchata_df.providers.base import (
     whole_download,
     with_result_lines,
 )
-from batchata_df.redact import register_secret, scrubbing
+from batchata_df.redact import register_secret, scrub_http_logs, scrubbing
 
 if TYPE_CHECKING:
     import anthropic
@@ -182,6 +182,7 @@ class AnthropicProvider:
             )
             raise CredentialsError(msg)
         register_secret(key)
+        scrub_http_logs()
         self._api_key = header_api_key(key, source)
         self._base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
         self._client: anthropic.Anthropic | None = None

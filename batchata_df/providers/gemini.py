@@ -73,7 +73,7 @@ from batchata_df.providers.base import (
     whole_download,
     with_result_lines,
 )
-from batchata_df.redact import register_secret, scrubbing
+from batchata_df.redact import register_secret, scrub_http_logs, scrubbing
 
 if TYPE_CHECKING:
     from google import genai
@@ -330,6 +330,7 @@ class GeminiProvider:
         # google-genai strips the key itself: surrounding whitespace is harmless here
         self._api_key = header_api_key(key, source, strip=True)
         register_secret(key)
+        scrub_http_logs()
         register_secret(self._api_key)  # what is sent, and so what can be echoed
         self._base_url = base_url or os.environ.get("GOOGLE_GEMINI_BASE_URL") or None
         self._client: genai.Client | None = None

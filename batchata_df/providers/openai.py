@@ -60,7 +60,7 @@ from batchata_df.providers.base import (
     whole_download,
     with_result_lines,
 )
-from batchata_df.redact import register_secret, scrubbing
+from batchata_df.redact import register_secret, scrub_http_logs, scrubbing
 
 if TYPE_CHECKING:
     import openai
@@ -167,6 +167,7 @@ class OpenAIProvider:
             )
             raise CredentialsError(msg)
         register_secret(key)
+        scrub_http_logs()
         self._api_key = header_api_key(key, source)
         self._base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         self._client: openai.OpenAI | None = None
