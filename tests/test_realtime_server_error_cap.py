@@ -25,7 +25,7 @@ from batchata_df.engine.clock import FakeClock
 PATHS = {"openai": r"/chat/completions$", "anthropic": r"/v1/messages$",
          "gemini": r":generateContent$"}  # fmt: skip
 MODELS = {"openai": "gpt-4.1-mini", "anthropic": "claude-haiku-4-5",
-          "gemini": "gemini-2.0-flash"}  # fmt: skip
+          "gemini": "gemini-2.5-flash-lite"}  # fmt: skip
 TEXTS = [f"row {i}" for i in range(10)]
 KW: dict[str, Any] = {"prompt": "{text}", "params": {"max_tokens": 64}, "progress": False}
 
