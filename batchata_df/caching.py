@@ -88,7 +88,7 @@ def min_cacheable_tokens(provider: str, model: str) -> int | None:
     Examples
     --------
     >>> min_cacheable_tokens("anthropic", "claude-haiku-4-5"), min_cacheable_tokens(
-    ...     "anthropic", "claude-sonnet-4-5")
+    ...     "anthropic", "claude-sonnet-4-6")
     (4096, 1024)
     >>> min_cacheable_tokens("gemini", "gemini-2.5-flash"), min_cacheable_tokens(
     ...     "gemini", "gemini-2.0-flash")
@@ -268,7 +268,7 @@ def cache_plan(group: pl.DataFrame, provider: str, model: str) -> pl.DataFrame:
     >>> doc = "Contract text. " * 400
     >>> jobs = pl.DataFrame({"job_id": ["a", "b", "c"], "system": [None] * 3,
     ...     "prompt": [doc + "Q: who?", "Unrelated", doc + "Q: when?"]})
-    >>> plan = cache_plan(jobs, "anthropic", "claude-sonnet-4-5")
+    >>> plan = cache_plan(jobs, "anthropic", "claude-sonnet-4-6")
     >>> plan.get_column("job_id").to_list(), plan.get_column("cache_split").to_list()
     (['a', 'c', 'b'], [6003, 6003, None])
     """

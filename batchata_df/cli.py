@@ -1533,8 +1533,8 @@ Examples:
 def status(state: tuple[str, ...]) -> None:
     """Cost and rows by status, and batch durations, of state folder(s) (globs allowed).
 
-    Realtime requests lost in flight (possibly billed, no cost stored) are listed apart,
-    with the worst case a cap counts for them.
+    Realtime attempts lost in flight or answered 5xx (possibly billed, no cost stored) are
+    listed apart, with the worst case a cap counts for them.
     """
     from batchata_df.query import batch_durations, cost_by_status, lost_requests
 
@@ -1544,9 +1544,9 @@ def status(state: tuple[str, ...]) -> None:
     lost = lost_requests(folders)
     if lost.height:
         click.echo(
-            "\nrealtime requests lost in flight (the provider may have billed them; no cost "
-            "is stored, and max_cost_usd counts each at its worst case, also once its row "
-            "was sent again):"
+            "\nrealtime requests lost in flight or answered 5xx (the provider may have "
+            "billed them; no cost is stored, and max_cost_usd counts each attempt at its "
+            "worst case, also once its row was sent again):"
         )
         _print(
             lost.group_by("provider", "model", maintain_order=True)
@@ -1555,6 +1555,11 @@ def status(state: tuple[str, ...]) -> None:
                 pl.col("est_cost_usd").null_count().alias("n_without_worst_case"),
                 pl.col("est_cost_usd").sum().alias("worst_case_usd"),
                 (pl.col("job_status") == "completed").sum().alias("n_answered_since"),
+                pl.col("attempt_error")
+                .str.starts_with("server_error:")
+                .fill_null(False)
+                .sum()
+                .alias("n_server_error"),
             )
             .sort("provider", "model")
         )

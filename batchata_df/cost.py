@@ -29,8 +29,8 @@ threshold counts cache reads and writes, as genai-prices' ``input_tokens`` inclu
 :class:`Price` keeps those tiers, derived from genai-prices' data, and every cost here is
 priced at the tier of the request's own input size: per row, as a Polars expression
 (:func:`cost_expr`), never with one rate for the whole run. (claude-sonnet-4-5's tier
-above 200k never applies: its 1M-context beta was retired on 2026-04-30, genai-prices'
-note on the model, and such a row fails before it is sent.)
+above 200k never applied: its 1M-context beta was retired on 2026-04-30, genai-prices'
+note on the model, and the model itself on 2026-11-30.)
 
 Batch prices
 ------------

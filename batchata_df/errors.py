@@ -21,7 +21,8 @@ The tree is designed so that a caller can tell *who* has to act::
     └── EmulatorError                  the bundled emulator could not start or answer
 
 Warnings: :class:`ProviderUnavailableWarning` (a ``UserWarning``) when rows of a call could
-not be sent or collected because the provider was unreachable; :class:`SummaryWarning` when
+not be sent or collected because the provider was unreachable (or their results could not
+be used); :class:`SummaryWarning` when
 a streaming run could not write the folder's summary for ``sql`` (the run's results are
 complete; ``sql`` groups the events instead).
 
@@ -210,7 +211,13 @@ class ResultFileError(ProviderError):
     than the provider counts) or is not UTF-8. The provider was reached: the engine
     downloads the file again at its next poll (nothing is sent or paid again), and past
     the provider patience leaves the batch's rows ``pending`` with the reason.
+
+    ``damaged`` is ``(what was downloaded, digest)`` when the download was not UTF-8: the
+    engine records it in the state folder, so that a later process that gets the same
+    bytes again knows they are the provider's (only the damaged lines' rows fail).
     """
+
+    damaged: tuple[str, bytes] | None = None
 
 
 class OrphanedBatchError(ProviderError):
@@ -253,7 +260,10 @@ class ProviderUnavailableWarning(UserWarning):
     """Rows of this call could not be sent or collected: the provider was unreachable.
 
     Those rows carry ``provider_unavailable: <last error>`` in ``_error``; calling again
-    with the same ``state`` folder sends or collects them (nothing is paid twice).
+    with the same ``state`` folder sends or collects them (nothing is paid twice). Rows
+    whose batch's results were downloaded but could not be used (a
+    :class:`ResultFileError`: cut short, not UTF-8) carry ``provider_unavailable:
+    results_unusable: <error>``, and the warning says that instead: the provider answered.
     """
 
 

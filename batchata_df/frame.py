@@ -25,6 +25,7 @@ from batchata_df.citations import citation_columns, decode_citations, instructio
 from batchata_df.cost import PriceOverride, PriceTable, estimate_expr
 from batchata_df.engine import Engine, ProgressSnapshot, RunOptions
 from batchata_df.engine.auto import AutoEngine
+from batchata_df.engine.collection import RESULTS_UNUSABLE
 from batchata_df.engine.planning import only_model
 from batchata_df.engine.realtime import DEFAULT_CONCURRENCY, RealtimeEngine
 from batchata_df.errors import (
@@ -42,6 +43,7 @@ from batchata_df.models import (
     check_endpoint,
     check_model_params,
     check_provider,
+    check_retired,
     effective_params,
     family_of,
 )
@@ -411,7 +413,8 @@ def batch_llm(
     run_params = check_params(params, supported)
     check_param_values(run_params, needed)
     no_claude_format = _check_models(
-        jobs, run_params, structured=answer.json_schema is not None, citations=citations
+        jobs, run_params, structured=answer.json_schema is not None, citations=citations,
+        resuming=_existing_folder(state),
     )
     check_schema_limits(
         answer.json_schema, needed, name=answer.name, citations=no_claude_format
@@ -1239,19 +1242,37 @@ def _warn_serialised(
 
 
 def _warn_unavailable(results: pl.DataFrame) -> None:
-    """Warn when rows of this call could not be sent or collected (provider unreachable)."""
+    """Warn when rows of this call could not be sent or collected (provider unreachable).
+
+    Or because their batch's results were downloaded but could not be used (cut short,
+    not UTF-8: ``provider_unavailable: results_unusable: ...``): the warning then says so,
+    not that the provider (which answered) was unreachable.
+    """
     error = results.get_column("error")
     hit = error.str.contains("provider_unavailable: ", literal=True).fill_null(False)
     n = int(hit.sum())
     if n == 0:
         return
+    unusable = f"provider_unavailable: {RESULTS_UNUSABLE}: "
+    n_unusable = int(error.filter(hit).str.contains(unusable, literal=True).sum())
+    unreachable = "the provider was unreachable"
+    downloaded = (
+        "their batch's results were downloaded but could not be used (cut short or not "
+        "UTF-8; the provider answered)"
+    )
+    if n_unusable == 0:
+        why = unreachable
+    elif n_unusable == n:
+        why = downloaded
+    else:
+        why = f"{unreachable} ({n - n_unusable} rows) or {downloaded} ({n_unusable} rows)"
     statuses = results.filter(hit).get_column("status").fill_null("pending")
     pending = int((statuses != "cancelled").sum())
     last = str(error.filter(hit)[-1])
     msg = (
-        f"{n} rows could not be sent or collected because the provider was unreachable "
-        f"({pending} pending: call again with the same state to collect them; {n - pending} "
-        f"cancelled: a later call sends them). Last error: {last}"
+        f"{n} rows could not be sent or collected because {why} ({pending} pending: call "
+        f"again with the same state to collect them; {n - pending} cancelled: a later call "
+        f"sends them). Last error: {last}"
     )
     warnings.warn(scrub(msg), ProviderUnavailableWarning, stacklevel=4)
 
@@ -1312,9 +1333,19 @@ def _schema_text(spec: RequestSpec, provider: str, model: str) -> str:
 
 
 def _check_models(
-    jobs: pl.DataFrame, params: Mapping[str, Any], *, structured: bool, citations: bool
+    jobs: pl.DataFrame,
+    params: Mapping[str, Any],
+    *,
+    structured: bool,
+    citations: bool,
+    resuming: bool = False,
 ) -> bool:
     """Every model of the run takes ``params`` and the features asked for, before spend.
+
+    A retired model (``models.check_retired``) is refused only on a fresh run: a state
+    folder that exists may hold answers or a batch in flight of a model retired since,
+    which the call must still collect (its unsent rows then fail as the provider answers,
+    unbilled).
 
     A schema on a Claude model without structured output goes in its system prompt
     (``RequestSpec.schema_in_prompt``, as the seed library asked every Claude model); on an
@@ -1325,6 +1356,8 @@ def _check_models(
     claude_structured = False
     for provider, model in _model_pairs(jobs):
         check_provider(str(provider), str(model))
+        if not resuming:
+            check_retired(str(provider), str(model))
         check_endpoint(str(provider), str(model))
         check_model_params(str(provider), str(model), params)
         family = family_of(str(provider), str(model))
@@ -1516,6 +1549,11 @@ def _over_window(
         pl.coalesce("input_error", "_why").alias("input_error"),
         pl.when(pl.col("_why").is_null()).then(pl.col("job_id")).alias("job_id"),
     ).drop("_why")
+
+
+def _existing_folder(state: str | os.PathLike[str] | None) -> bool:
+    """Whether ``state`` names a state folder already written (a resumed run)."""
+    return state is not None and (Path(state) / "manifest.json").exists()
 
 
 def _can_count(provider: str, model: str) -> bool:

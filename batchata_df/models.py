@@ -47,7 +47,10 @@ per family (:func:`thinking_fields`):
 Thinking tokens count against the output limit on all three providers, so the default
 ``max_tokens`` (:func:`default_max_tokens`) leaves room for them: 4,096 for an answer
 without thinking, more with thinking (:data:`DEFAULT_MAX_TOKENS_BY_EFFORT`), never above
-the model's output ceiling.
+the model's output ceiling. Where a request carries a fixed budget
+(:func:`thinking_budget`: Claude ``budget_tokens``, Gemini 2.5 ``thinkingBudget``), a
+``max_tokens`` not above it is refused before sending; dynamic thinking and levels name no
+token count, so nothing is known before the answer there.
 """
 
 from __future__ import annotations
@@ -68,16 +71,20 @@ __all__ = [
     "EFFORTS",
     "FAMILIES",
     "Family",
+    "RETIRED",
     "anthropic_budget",
     "capabilities_table",
     "check_endpoint",
     "check_model_params",
     "check_provider",
+    "check_retired",
     "context_window",
     "default_max_tokens",
     "effective_params",
     "effort_of",
     "family_of",
+    "retirement",
+    "thinking_budget",
     "thinking_fields",
 ]
 
@@ -120,8 +127,17 @@ GEMINI_BUDGETS: dict[str, int] = {
     "xhigh": 24_576,
     "max": 24_576,
 }
-"""``thinkingBudget`` sent to Gemini 2.5 models (24,576 is 2.5 Flash's most; 2.5 Pro takes
-128..32,768: https://ai.google.dev/gemini-api/docs/thinking)."""
+"""``thinkingBudget`` sent to Gemini 2.5 models for ``reasoning_effort``; each value is inside
+every 2.5 model's range, which the API enforces ("The thinking budget 128 is invalid. Please
+choose a value between 512 and 24576.", earendil-works/pi#2838): 2.5 Pro 128..32,768 (cannot
+turn thinking off), 2.5 Flash 1..24,576 (0 is off), 2.5 Flash-Lite 512..24,576 (0 is off),
+and -1 (dynamic) on all three (https://ai.google.dev/gemini-api/docs/thinking, table
+"Thinking budgets", quoted in juspay/neurolink#1707; Pro's range:
+GoogleCloudPlatform/generative-ai#2119; Flash's on Vertex AI: "thinking_budget is out of
+range; supported values are integers from 1 to 24576", su-kaka/gcli2api#108). google-genai
+3.6.1 ``types.py`` ``ThinkingConfig.thinking_budget``: "0 is DISABLED. -1 is AUTOMATIC. The
+default values and allowed ranges are model dependent." The budget counts inside
+``maxOutputTokens``, so ``max_tokens`` must be above it (:func:`check_model_params`)."""
 
 OPENAI_SAMPLING = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "stop")
 """Refused by OpenAI reasoning models while they reason (pydantic-ai-slim 2.68
@@ -371,7 +387,7 @@ FAMILIES: tuple[Family, ...] = (
     ),
     Family(
         "anthropic", "Claude Sonnet 4.5, Haiku 4.5, Opus 4.5", r"claude-(sonnet|haiku|opus)-4-5",
-        ("claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-5"),
+        ("claude-haiku-4-5", "claude-opus-4-5", "claude-sonnet-4-5"),  # Sonnet 4.5: retired
         thinking="anthropic_budget", efforts=_ANTHROPIC_BUDGET, sampling="one",
         max_output_tokens=64_000, citations=True,
         sources=(f"{_PAI}anthropic.py max_output_tokens 64,000 (4.5)",
@@ -461,10 +477,13 @@ FAMILIES: tuple[Family, ...] = (
         "gemini", "Gemini 3.x Pro, Gemini 4", r"gemini-(3[\d.]*-pro|4)",
         ("gemini-3.1-pro-preview", "gemini-4-argon"),
         thinking="gemini_level", thinks_by_default=True, default_effort="high", can_disable=False,
-        efforts=_GEMINI_LEVELS_3, max_output_tokens=65_536,
+        efforts=_GEMINI_LEVELS_3, max_output_tokens=65_536, context=1_048_576,
         sources=(f"{_PAI}google.py _MODEL_THINKING_LEVELS (LOW/MEDIUM/HIGH), "
                  "thinking_always_enabled", "google-genai 3.6.1 types.py ThinkingLevel",
-                 f"{_G} (3.1 Pro: LOW, MEDIUM, HIGH; default HIGH)"),
+                 f"{_G} (3.1 Pro: LOW, MEDIUM, HIGH; default HIGH)",
+                 "https://ai.google.dev/gemini-api/docs/models/gemini-3.1-pro-preview (input "
+                 "token limit 1,048,576, output 65,536; genai-prices 0.2.3 has no window); "
+                 "gemini-4-argon: 1,048,576 in genai-prices 0.2.3"),
     ),
     Family(
         "gemini", "Gemini 3.x Flash-Lite", r"gemini-3(\.\d+)?-flash-lite",
@@ -558,10 +577,40 @@ def anthropic_budget(family: Family, effort: str) -> int:
     --------
     >>> anthropic_budget(family_of("anthropic", "claude-opus-4-1"), "max")
     27904
-    >>> anthropic_budget(family_of("anthropic", "claude-sonnet-4-5"), "max")
+    >>> anthropic_budget(family_of("anthropic", "claude-haiku-4-5"), "max")
     32768
     """
     return min(ANTHROPIC_BUDGETS[effort], family.max_output_tokens - DEFAULT_MAX_TOKENS)
+
+
+def thinking_budget(family: Family, params: Mapping[str, Any]) -> int | None:
+    """The fixed thinking budget a request of ``family`` sends, or ``None`` if it sends none.
+
+    Claude 4.5 and older: ``thinking.budget_tokens`` (:func:`anthropic_budget`) whenever
+    the model thinks. Gemini 2.5: ``thinkingBudget`` (:data:`GEMINI_BUDGETS`) when
+    ``reasoning_effort`` is given. ``None`` where no number bounds the thinking: thinking
+    off; Gemini 2.5 without ``reasoning_effort`` (no ``thinkingConfig`` is sent, and the
+    model thinks dynamically, as with ``-1``); levels and adaptive thinking (Gemini 3+,
+    Claude 4.6+, OpenAI's ``reasoning_effort``), which name no token count.
+
+    Examples
+    --------
+    >>> thinking_budget(family_of("gemini", "gemini-2.5-pro"), {"reasoning_effort": "high"})
+    24576
+    >>> thinking_budget(family_of("gemini", "gemini-2.5-pro"), {}) is None  # dynamic
+    True
+    >>> thinking_budget(family_of("anthropic", "claude-haiku-4-5"),
+    ...                 {"reasoning_effort": "low"})
+    2048
+    """
+    if not thinks(family, params):
+        return None
+    if family.thinking == "anthropic_budget":
+        return anthropic_budget(family, effort_of(family, params))
+    effort = params.get("reasoning_effort")
+    if family.thinking == "gemini_budget" and effort is not None:
+        return GEMINI_BUDGETS[str(effort)]
+    return None
 
 
 def default_max_tokens(family: Family, params: Mapping[str, Any]) -> int:
@@ -573,7 +622,7 @@ def default_max_tokens(family: Family, params: Mapping[str, Any]) -> int:
     4096
     >>> default_max_tokens(family_of("openai", "gpt-6-sol"), {})  # thinks at medium
     16384
-    >>> default_max_tokens(family_of("anthropic", "claude-sonnet-4-5"),
+    >>> default_max_tokens(family_of("anthropic", "claude-haiku-4-5"),
     ...                    {"reasoning_effort": "medium"})  # budget 8,192 + 4,096
     12288
     """
@@ -693,7 +742,7 @@ def listed_under(provider: str, model: str) -> bool:
     --------
     >>> listed_under("openai", "gpt-4.1-mini"), listed_under("anthropic", "gpt-4.1-mini")
     (True, False)
-    >>> listed_under("gemini", "claude-sonnet-4-5")
+    >>> listed_under("gemini", "claude-haiku-4-5")
     False
     """
     try:
@@ -762,6 +811,124 @@ every row; write model='gpt-4.1-mini' (or 'openai:gpt-4.1-mini')
         f"model {model!r} is {_PROVIDER_NAMES[owner]}'s (genai-prices lists it under "
         f"{_PROVIDER_NAMES[owner]}, not {_PROVIDER_NAMES[provider]}), but the run sends it "
         f"to {_PROVIDER_NAMES[provider]}, whose batch API would fail every row; write {fix}"
+    )
+    raise ModelError(msg)
+
+
+_RETIREMENT_PAGES = {
+    "anthropic": "https://platform.claude.com/docs/en/about-claude/model-deprecations",
+    "openai": "https://developers.openai.com/api/docs/deprecations",
+    "gemini": "https://ai.google.dev/gemini-api/docs/deprecations",
+}
+"""Each provider's list of retired ("shut down") models, the source of :data:`RETIRED`."""
+
+RETIRED: tuple[tuple[str, str, str, str], ...] = (
+    # (provider, model pattern (re.fullmatch), shutdown date, the page's replacement), for
+    # the shutdown dates passed by 2026-11-30. Anthropic's page: "Requests to retired
+    # models will fail".
+    ("anthropic", r"claude-(instant-)?1(\.\d)?|claude-v1.*", "2024-11-06", "claude-haiku-4-5"),
+    ("anthropic", r"claude-2(\.[01])?", "2025-07-21", "claude-opus-4-8"),
+    ("anthropic", r"claude-3-sonnet.*", "2025-07-21", "claude-sonnet-4-6"),
+    ("anthropic", r"claude-3-5-sonnet.*", "2025-10-28", "claude-sonnet-4-6"),
+    ("anthropic", r"claude-3-opus.*", "2026-01-05", "claude-opus-4-8"),
+    ("anthropic", r"claude-3-7-sonnet.*", "2026-02-19", "claude-sonnet-4-6"),
+    ("anthropic", r"claude-3-5-haiku.*", "2026-02-19", "claude-haiku-4-5"),
+    ("anthropic", r"claude-3-haiku.*", "2026-04-20", "claude-haiku-4-5"),
+    ("anthropic", r"claude-opus-4(-0)?(-20250514)?", "2026-06-15", "claude-opus-4-8"),
+    ("anthropic", r"claude-sonnet-4(-0)?(-20250514)?", "2026-06-15", "claude-sonnet-4-6"),
+    ("anthropic", r"claude-opus-4-1(-20250805)?", "2026-08-05", "claude-opus-4-8"),
+    # The page: "| claude-sonnet-4-5-20250929 | Deprecated | September 30, 2026 | November
+    # 30, 2026 |" and "| November 30, 2026 | `claude-sonnet-4-5-20250929` |
+    # `claude-sonnet-5-5` |": retired today, 2026-11-30 (alias and dated snapshot).
+    ("anthropic", r"claude-sonnet-4-5(-20250929)?", "2026-11-30", "claude-sonnet-5-5"),
+    # OpenAI's page: "At the time of the shut down, the model or endpoint will no longer be
+    # accessible". Chat models (the others are refused by check_endpoint or never chat).
+    ("openai", r"gpt-3\.5-turbo-(0301|0613|16k-0613)", "2024-09-13", "gpt-5.4-mini"),
+    ("openai", r"gpt-4(-1106)?-vision-preview", "2024-12-06", "gpt-4o"),
+    ("openai", r"gpt-4-32k.*", "2025-06-06", "gpt-4o"),
+    ("openai", r"gpt-4\.5-preview.*", "2025-07-14", "gpt-4.1"),
+    ("openai", r"o1-preview.*", "2025-07-28", "o3"),
+    ("openai", r"o1-mini.*", "2025-10-27", "gpt-5.4-mini"),
+    ("openai", r"codex-mini-latest", "2026-02-12", "gpt-5.4-mini"),
+    ("openai", r"chatgpt-4o-latest", "2026-02-17", "gpt-5.5"),
+    ("openai", r"gpt-4-(0314|0125-preview|turbo-preview)", "2026-03-26", "gpt-5.5"),
+    ("openai", r"gpt-4o(-mini)?-audio-preview.*", "2026-05-07", "gpt-audio"),
+    ("openai", r"gpt-5(\.1)?-chat-latest|gpt-5(\.[12])?-codex.*", "2026-07-23", "gpt-5.5"),
+    ("openai", r"gpt-4o(-mini)?-search-preview.*|o[34](-mini)?-deep-research.*"
+     r"|computer-use-preview.*", "2026-07-23", "gpt-5.4-mini"),
+    ("openai", r"gpt-5\.[23]-chat-latest", "2026-08-10", "gpt-5.5"),
+    ("openai", r"gpt-3\.5-turbo-(instruct.*|1106)|babbage-002|davinci-002", "2026-09-28",
+     "gpt-5.4-mini"),
+    ("openai", r"gpt-3\.5-turbo(-0125)?|o4-mini(-2025-04-16)?", "2026-10-23", "gpt-5.6-terra"),
+    ("openai", r"gpt-4\.1-nano.*", "2026-10-23", "gpt-5.6-luna"),
+    ("openai", r"gpt-4(-0613|-1106-preview)?|gpt-4-turbo.*|gpt-4o-2024-05-13"
+     r"|o1(-2024-12-17)?|o1-pro.*|o3-mini.*", "2026-10-23", "gpt-5.6-sol"),
+    # Gemini's page: "Once a model is 'shutdown', it is completely turned off". Gemini
+    # 2.5 Pro / Flash are not listed: their shutdown date differs between sources.
+    ("gemini", r"gemini-(1\.[05]|pro|flash-1\.5|pro-1\.5).*", "2025-09-24", "gemini-3.5-flash"),
+    ("gemini", r"gemini-2\.5-pro-preview-.*", "2025-12-02", "gemini-3.1-pro-preview"),
+    ("gemini", r"gemini-3-pro-preview", "2026-03-09", "gemini-3.1-pro-preview"),
+    ("gemini", r"gemini-2\.0-flash-lite.*", "2026-06-01", "gemini-3.1-flash-lite"),
+    ("gemini", r"gemini-2\.0-flash.*", "2026-06-01", "gemini-3.5-flash"),
+    ("gemini", r"gemini-3(\.1)?-(pro|flash)-image-preview", "2026-06-25", "gemini-3.5-flash"),
+    ("gemini", r"gemini-2\.5-flash-image.*", "2026-10-02", "gemini-3.5-flash"),
+)  # fmt: skip
+"""Retired models: requests to them fail at the provider (:data:`_RETIREMENT_PAGES`)."""
+
+
+def retirement(provider: str, model: str) -> tuple[str, str] | None:
+    """``(shutdown date, replacement)`` of a retired ``model``, or ``None`` while served.
+
+    OpenAI fine-tunes (``ft:<base>:...``) go with their base model.
+
+    Examples
+    --------
+    >>> retirement("anthropic", "claude-3-opus-20240229")
+    ('2026-01-05', 'claude-opus-4-8')
+    >>> retirement("openai", "ft:gpt-3.5-turbo-0125:acme::x1")
+    ('2026-10-23', 'gpt-5.6-terra')
+    >>> retirement("gemini", "gemini-2.5-flash") is None
+    True
+    """
+    name = model.strip()
+    if provider == "openai" and name.startswith("ft:") and name.count(":") >= 2:
+        name = name.split(":")[1]
+    if provider == "gemini":
+        name = name.removeprefix("models/")
+    for who, pattern, date, replacement in RETIRED:
+        if who == provider and re.fullmatch(pattern, name):
+            return date, replacement
+    return None
+
+
+def check_retired(provider: str, model: str) -> None:
+    """Raise :class:`~batchata_df.errors.ModelError` for a model the provider has retired.
+
+    The provider refuses every request to it (Anthropic: ``not_found_error``, OpenAI:
+    ``model_not_found``, Gemini: 404 ``NOT_FOUND``), after the batch was created; the error
+    names the shutdown date and the provider's recommended replacement. Not checked when
+    the provider's base URL is set (:data:`BASE_URL_VARS`): a gateway may still serve it.
+
+    Examples
+    --------
+    >>> check_retired("anthropic", "claude-haiku-4-5")
+    >>> check_retired("openai", "o1-mini")  # doctest: +SKIP
+    Traceback (most recent call last):
+    ...
+    batchata_df.errors.ModelError: model 'o1-mini' was retired by OpenAI on 2025-10-27: \
+every request to it would fail (https://developers.openai.com/api/docs/deprecations); use \
+'gpt-5.4-mini' instead
+    """
+    if provider not in _PROVIDER_NAMES:
+        return
+    found = retirement(provider, model)
+    if found is None or _custom_endpoint(provider):
+        return
+    date, replacement = found
+    msg = (
+        f"model {model!r} was retired by {_PROVIDER_NAMES[provider]} on {date}: every "
+        f"request to it would fail ({_RETIREMENT_PAGES[provider]}); use {replacement!r} "
+        "instead"
     )
     raise ModelError(msg)
 
@@ -864,15 +1031,23 @@ def _check_max_tokens(
             f"generates at most {family.max_output_tokens:,} tokens per answer",
             f"use max_tokens <= {family.max_output_tokens}",
         )
-    if thinking and family.thinking == "anthropic_budget":
-        budget = anthropic_budget(family, effort_of(family, params))
-        if max_tokens <= budget:
-            raise _refuse(
-                model, family, "max_tokens",
-                f"needs max_tokens above its thinking budget ({budget:,} tokens at "
-                f"reasoning_effort={effort_of(family, params)!r})",
-                f"raise max_tokens above {budget} or lower reasoning_effort",
-            )
+    budget = thinking_budget(family, params) if thinking else None
+    if budget is not None and max_tokens <= budget:
+        # Claude refuses the request ("`max_tokens` must be greater than
+        # `thinking.budget_tokens`."); Gemini 2.5 takes it (no source read shows a refusal)
+        # and thinking counts inside maxOutputTokens, so rows it fills are billed and end
+        # MAX_TOKENS with empty text (googleapis/python-genai#811, #626, #1405).
+        effort = effort_of(family, params)
+        lower = family.efforts.index(effort) > 0 or family.can_disable
+        fix = f"raise max_tokens above {budget}" + (
+            " or lower reasoning_effort" if lower
+            else " (the model takes no lower reasoning_effort)"
+        )
+        raise _refuse(
+            model, family, "max_tokens",
+            f"needs max_tokens above its thinking budget ({budget:,} tokens at "
+            f"reasoning_effort={effort!r})", fix,
+        )
 
 
 def thinking_fields(provider: str, model: str, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -884,7 +1059,7 @@ def thinking_fields(provider: str, model: str, params: Mapping[str, Any]) -> dic
 
     Examples
     --------
-    >>> thinking_fields("anthropic", "claude-sonnet-4-5", {"reasoning_effort": "low"})
+    >>> thinking_fields("anthropic", "claude-haiku-4-5", {"reasoning_effort": "low"})
     {'thinking': {'type': 'enabled', 'budget_tokens': 2048}}
     >>> thinking_fields("anthropic", "claude-opus-4-7", {"reasoning_effort": "high"})
     {'thinking': {'type': 'adaptive'}, 'effort': 'high'}
@@ -908,8 +1083,7 @@ def thinking_fields(provider: str, model: str, params: Mapping[str, Any]) -> dic
             return {"thinking": {"type": "enabled", "budget_tokens": budget}}
         return {"thinking": {"type": "adaptive"}, "effort": effort}
     if family.thinking == "gemini_budget":
-        budget = 0 if effort == "none" else GEMINI_BUDGETS[effort]
-        return {"thinkingConfig": {"thinkingBudget": budget}}
+        return {"thinkingConfig": {"thinkingBudget": thinking_budget(family, params) or 0}}
     return {"thinkingConfig": {"thinkingLevel": effort.upper()}}
 
 
@@ -972,7 +1146,9 @@ def capabilities_table(families: Iterable[Family] = FAMILIES) -> str:
             "yes" if v else "no"
             for v in (f.structured_output, f.pdf, f.images, f.citations)
         )
-        example = ", ".join(f"`{e}`" for e in f.examples)
+        example = ", ".join(
+            f"`{e}`" + (" (retired)" if retirement(f.provider, e) else "") for e in f.examples
+        )
         rows.append(
             f"| {f.provider} | {f.name} ({example}) | {sampling} | {knob} | "
             f"{default_max_tokens(f, {}):,} | {f.max_output_tokens:,} | "

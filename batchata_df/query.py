@@ -170,12 +170,18 @@ WITH attempts AS (
     GROUP BY run, job_id, batch_key
 )
 SELECT a.run, a.job_id, a.batch_key, j.provider, j.model, a.est_cost_usd,
-       j.status AS job_status, a.lost_at
+       j.status AS job_status, a.lost_at, a.error AS attempt_error
 FROM attempts AS a JOIN jobs AS j USING (run, job_id)
-WHERE a.status = 'assigned' OR (a.status = 'failed' AND a.error LIKE 'lost:%')
+WHERE a.status = 'assigned'
+   OR (a.status = 'failed' AND (a.error LIKE 'lost:%' OR a.error LIKE 'server_error:%'))
 ORDER BY a.run, a.lost_at, a.job_id
 """
-"""Every realtime request lost in flight: the provider may have billed it, no cost is stored.
+"""Every realtime attempt the provider may have billed with no cost stored.
+
+Lost in flight (``attempt_error`` "lost: ...", or null while still ``assigned``), or
+answered 5xx (``attempt_error`` "server_error: ...": a gateway 502/504, or a 500, may
+follow an answer the provider computed and billed; each attempt sent after one is its own
+``batch_key``, ``<key>.<n>``).
 
 One row per lost attempt (``run``, ``job_id``, ``batch_key``), also when the job was sent
 again and answered since (``job_status`` is the job's status now): the provider may have

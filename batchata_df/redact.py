@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import re
 import threading
@@ -34,6 +35,7 @@ import polars as pl
 __all__ = [
     "REDACTED",
     "register_secret",
+    "scrub_http_logs",
     "scrub",
     "scrub_exception",
     "scrub_expr",
@@ -82,11 +84,11 @@ def secret_values() -> list[str]:
     """
     found = set(_registered)
     for name, value in os.environ.items():
-        if (name in _PROVIDER_KEYS or _SECRET_NAME.search(name)) and (
-            len(value) >= _MIN_SECRET_LEN
-        ):
+        if name in _PROVIDER_KEYS or _SECRET_NAME.search(name):
             found.add(value)
-    return sorted(found, key=len, reverse=True)
+            # what an SDK that strips the key (google-genai) sends, and so what is echoed
+            found.add(value.strip())
+    return sorted((v for v in found if len(v) >= _MIN_SECRET_LEN), key=len, reverse=True)
 
 
 def scrub(text: str) -> str:
@@ -197,3 +199,96 @@ def scrubbed(fn: Callable[P, R]) -> Callable[P, R]:
             return fn(*args, **kwargs)
 
     return wrapper
+
+
+# The loggers of the provider SDKs and of the HTTP stack under them that write request or
+# response details at DEBUG: httpcore's trace of every step (``receive_response_headers
+# .complete return_value=(..., [(b'x-...', b'...')])``, ``send_request_headers.failed
+# exception=LocalProtocolError("Illegal header value b'Bearer <key>'")``, in
+# ``httpcore/_trace.py``), the SDKs' ``HTTP Response: ... Headers({...})`` lines
+# (``anthropic/_base_client.py``), google-genai's client. A logger's filter sees only its
+# own records, not its children's, so every logger is named. Both spellings of httpx /
+# httpcore are listed (the forks ``httpx2``/``httpcore2`` that the SDKs pin today).
+_HTTP_LOGGERS = (
+    *(
+        f"{core}.{part}"
+        for core in ("httpcore", "httpcore2")
+        for part in ("http11", "http2", "connection", "connection_pool", "proxy", "socks")
+    ),
+    "httpx",
+    "httpx2",
+    "openai",
+    "openai._base_client",
+    "openai._response",
+    "anthropic",
+    "anthropic._base_client",
+    "anthropic._response",
+    "google.genai",
+    "google_genai._api_client",
+    "google_genai._common",
+    "google_genai.batches",
+    "google_genai.files",
+    "google_genai.models",
+)
+
+
+class _ScrubRecords(logging.Filter):
+    """Scrub a record's message (and its formatted exception) in place; drop nothing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a record whose own formatting fails: let logging report it
+            return True
+        clean = scrub(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
+            # what a Formatter shows for exc_info (it reuses exc_text when set); left
+            # unset when clean, for a handler's own formatException
+            shown = logging.Formatter().formatException(record.exc_info)
+            if scrub(shown) != shown:
+                record.exc_text = scrub(shown)
+        return True
+
+
+_log_filter = _ScrubRecords()
+_log_filter_lock = threading.Lock()
+_log_filter_installed = False
+
+
+def scrub_http_logs() -> None:
+    """Scrub (:func:`scrub`) every record of the SDKs' and HTTP stack's loggers.
+
+    A response header or an exception that carries a key (a gateway echoing the credential,
+    h11 quoting a refused header) is logged by httpcore at DEBUG before any code of ours
+    sees it; this filter replaces the secret in the record itself, so that no handler
+    (the caller's, pytest's ``caplog``) gets it. Idempotent; costs nothing while those
+    loggers are quieter than DEBUG (a filter runs only for a record that is emitted).
+
+    Examples
+    --------
+    >>> import io
+    >>> scrub_http_logs()
+    >>> stream = io.StringIO()
+    >>> handler = logging.StreamHandler(stream)
+    >>> log = logging.getLogger("httpcore.http11")
+    >>> log.addHandler(handler); log.setLevel(logging.DEBUG)
+    >>> log.debug("return_value=%r", [(b"x-echo", b"sk-abcdef0123456789")])
+    >>> print(stream.getvalue(), end="")
+    return_value=[(b'x-echo', b'[redacted]')]
+    >>> try:
+    ...     raise ValueError("Illegal header value b'Bearer sk-abcdef0123456789 '")
+    ... except ValueError:
+    ...     log.debug("send_request_headers.failed", exc_info=True)
+    >>> "sk-abcdef" in stream.getvalue(), "b'Bearer [redacted] '" in stream.getvalue()
+    (False, True)
+    >>> log.removeHandler(handler); log.setLevel(logging.NOTSET)
+    """
+    global _log_filter_installed
+    with _log_filter_lock:
+        if _log_filter_installed:
+            return
+        for name in _HTTP_LOGGERS:
+            logging.getLogger(name).addFilter(_log_filter)
+        _log_filter_installed = True

@@ -44,7 +44,10 @@ Job event statuses: ``assigned`` (put in a provider batch, written *before* subm
 ``completed``, ``failed``, ``cancelled``. Batch event statuses: ``intent`` (written before
 the provider is called), ``submitted`` (the provider's batch id, written right after),
 ``cancel_requested``, ``collected`` (results stored), ``abandoned`` (an intent that never
-reached the provider).
+reached the provider). A batch whose results download came not UTF-8 gets an event that
+repeats its status (``submitted`` or ``cancel_requested``) with ``detail``
+``results_not_utf8 <digest>: <download>`` (:func:`damaged_detail`): a later process that is
+served the same bytes again knows they are the provider's (:meth:`StateStore.damaged_downloads`).
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ __all__ = [
     "LockHolder",
     "StateStore",
     "adopt_schema",
+    "damaged_detail",
     "join_by_job",
     "lined_up",
     "lost_attempts",
@@ -142,6 +146,20 @@ BATCH_EVENTS = pl.Schema(
 """Schema of a batch event part (public, versioned by ``FORMAT_VERSION``)."""
 
 TERMINAL_JOB = ("completed", "failed", "cancelled")
+
+DAMAGED_DETAIL = "results_not_utf8 "
+"""The start of a batch event's ``detail`` recording a results download that was not UTF-8."""
+
+
+def damaged_detail(download: str, digest: bytes) -> str:
+    """The ``detail`` recording that ``download`` came not UTF-8 with ``digest``.
+
+    Examples
+    --------
+    >>> damaged_detail("OpenAI's result file f of batch b", bytes(range(16)))
+    "results_not_utf8 000102030405060708090a0b0c0d0e0f: OpenAI's result file f of batch b"
+    """
+    return f"{DAMAGED_DETAIL}{digest.hex()}: {download}"
 
 USAGE_COLUMNS = (
     "seq", "job_id", "batch_key", "status", "cost_usd", "input_tokens", "output_tokens",
@@ -902,6 +920,28 @@ class StateStore:
         with self._reading():
             return lazy.collect().sort("seq").drop("seq")
 
+    def damaged_downloads(self) -> list[tuple[str, bytes]]:
+        """``(download, digest)`` of every results download recorded not UTF-8, oldest first.
+
+        The batch events whose ``detail`` is a :func:`damaged_detail`; a download recorded
+        more than once comes once per record, the latest last.
+        """
+        detail = pl.col("detail")
+        found = (
+            self._lazy("batches", BATCH_EVENTS)
+            .filter(detail.str.starts_with(DAMAGED_DETAIL))
+            .select("seq", detail.str.strip_prefix(DAMAGED_DETAIL))
+        )
+        with self._reading():
+            rows = found.collect().sort("seq").get_column("detail").to_list()
+        out: list[tuple[str, bytes]] = []
+        for row in rows:
+            digest, sep, download = str(row).partition(": ")
+            with contextlib.suppress(ValueError):
+                if sep:
+                    out.append((download, bytes.fromhex(digest)))
+        return out
+
     def batch_state(self) -> pl.DataFrame:
         """The latest event of every batch, with the first known provider batch id."""
         events = self._scan("batches", BATCH_EVENTS).sort("seq")
@@ -1180,13 +1220,24 @@ def _billed_total(root: Path) -> float:
     return total
 
 
+UNKNOWN_BILLING = ("lost:", "server_error:")
+"""Error prefixes of realtime attempts the provider may have billed with no cost known."""
+
+
+def _unknown_billing(error: pl.Expr) -> pl.Expr:
+    """Whether a realtime ``failed`` event's ``error`` says it may have been billed."""
+    return pl.any_horizontal(*(error.str.starts_with(p) for p in UNKNOWN_BILLING))
+
+
 def lost_attempts(root: str | os.PathLike[str]) -> pl.DataFrame:
     """Every realtime request of folder ``root`` that may have been billed with no cost stored.
 
     One row per attempt (job, ``batch_key``), whatever became of the job afterwards: a
     request in flight when its process died (the attempt's last event a realtime
     ``assigned``, which the next call ends ``failed`` "lost: ...") or whose answer never
-    came back (a realtime ``failed`` "lost: ..."). A row sent again and answered
+    came back (a realtime ``failed`` "lost: ...") or came back 5xx (``failed``
+    "server_error: ...": a gateway 502/504 may follow an answer the provider billed; each
+    attempt is its own ``batch_key``). A row sent again and answered
     (``retry_failed=True``) keeps its lost attempt here: the provider may have billed both.
     Columns ``job_id`` and ``est_cost_usd`` (the worst case recorded when it was sent: null
     when that call had no cap or dry run's estimates). Realtime events are read alone (a
@@ -1217,7 +1268,7 @@ def _lost_attempts(root: Path) -> pl.DataFrame:
     slices = max(1, -(-n_events // SPENT_SLICE_EVENTS))
     lost = (
         (pl.col("status") == "assigned")
-        | ((pl.col("status") == "failed") & pl.col("error").str.starts_with("lost:"))
+        | ((pl.col("status") == "failed") & _unknown_billing(pl.col("error")))
     ).fill_null(False)
     found = [empty]
     for i in range(slices):

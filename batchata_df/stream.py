@@ -181,7 +181,8 @@ def stream_llm(
     run_params = check_params(params, supported)
     check_param_values(run_params, needed)
     no_claude_format = fr._check_models(
-        probe_jobs, run_params, structured=answer.json_schema is not None, citations=citations
+        probe_jobs, run_params, structured=answer.json_schema is not None, citations=citations,
+        resuming=fr._existing_folder(state),
     )
     check_schema_limits(
         answer.json_schema, needed, name=answer.name, citations=no_claude_format

@@ -152,7 +152,7 @@ def is_exact(provider: str, model: str) -> bool:
 
     Examples
     --------
-    >>> is_exact("openai", "gpt-4.1-mini"), is_exact("anthropic", "claude-sonnet-4-5")
+    >>> is_exact("openai", "gpt-4.1-mini"), is_exact("anthropic", "claude-haiku-4-5")
     (True, False)
     """
     return _provider(provider) == "openai" and _counter(openai_encoding_name(model)) is not None
@@ -209,7 +209,7 @@ def estimate_tokens(texts: pl.Series, provider: str, model: str) -> pl.Series:
     [2, 6, 0]
     >>> estimate_tokens(s, "openai", "gpt-4").to_list()
     [2, 6, 0]
-    >>> estimate_tokens(s, "anthropic", "claude-sonnet-4-5").to_list()
+    >>> estimate_tokens(s, "anthropic", "claude-haiku-4-5").to_list()
     [4, 7, 0]
     """
     if texts.dtype != pl.String:
@@ -455,7 +455,7 @@ def image_tokens(
     85
     >>> image_tokens(1024, 1024, "openai", "gpt-6-sol")  # 32 x 32 patches x 1.2
     1229
-    >>> image_tokens(1000, 1000, "anthropic", "claude-sonnet-4-5")
+    >>> image_tokens(1000, 1000, "anthropic", "claude-haiku-4-5")
     1334
     >>> image_tokens(2000, 2000, "anthropic", "claude-opus-4-7")  # scaled to 3.75 MP
     5001
@@ -490,7 +490,7 @@ def pdf_page_tokens(provider: str, model: str) -> int:
     --------
     >>> pdf_page_tokens("gemini", "gemini-2.5-flash")
     258
-    >>> pdf_page_tokens("anthropic", "claude-sonnet-4-5")  # 3,000 text + 1,534 image
+    >>> pdf_page_tokens("anthropic", "claude-haiku-4-5")  # 3,000 text + 1,534 image
     4534
     """
     name = _provider(provider)

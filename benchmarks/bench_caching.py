@@ -39,7 +39,7 @@ from batchata_df import batch_llm, sql  # noqa: E402
 from batchata_df.emulator import Emulator  # noqa: E402
 
 MODELS = {
-    "anthropic": "claude-sonnet-4-5",
+    "anthropic": "claude-sonnet-4-6",
     "openai": "gpt-4.1-mini",
     "gemini": "gemini-2.5-flash",
 }

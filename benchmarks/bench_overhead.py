@@ -543,7 +543,13 @@ def run_seed(sizes: list[int], providers: list[str], runs: int, out: Path, venv:
     python = seed_python(venv)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     points: list[dict[str, Any]] = []
-    with Emulator(latency=0.0) as emu:
+    # The seed library knows only names its providers have since retired (SEED_MODELS):
+    # this emulator serves them (SERVE_RETIRED_VAR); batch_llm runs the same names here.
+    from unittest import mock
+
+    from batchata_df.emulator.model_rules import SERVE_RETIRED_VAR
+
+    with mock.patch.dict(os.environ, {SERVE_RETIRED_VAR: "1"}), Emulator(latency=0.0) as emu:
         env = child_env(emu.env())
         # batchata's Gemini provider reads GOOGLE_API_KEY (and is silently left out
         # without it); google-genai takes the emulator's GOOGLE_GEMINI_BASE_URL.

@@ -107,6 +107,11 @@ def emu(emulator: Emulator, monkeypatch: pytest.MonkeyPatch, tmp_path) -> Iterat
         monkeypatch.delenv(key, raising=False)
     monkeypatch.chdir(tmp_path)
     yield emulator
+    # Fixtures that use the session emulator without this one must not inherit a test's
+    # serve_retired=True (they would see retired models served).
+    start = _START_SETTINGS[id(emulator)].get("serve_retired", False)
+    if emulator.settings().get("serve_retired") != start:
+        emulator.configure(serve_retired=bool(start))
 
 
 @pytest.fixture

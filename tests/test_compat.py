@@ -54,6 +54,9 @@ def posts(emu, suffix):
 
 
 def test_seed_quick_start_runs_including_its_dry_run(emu, tmp_path):
+    # The seed's examples name claude-sonnet-4-20250514, which Anthropic retired on
+    # 2026-06-15 (it now answers not_found_error): run them where it is still served.
+    emu.configure(serve_retired=True)
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "a.txt").write_text("Quarterly report: revenue up 4 percent.")
     (tmp_path / "docs" / "b.txt").write_text("Minutes: the board met on Tuesday.")
@@ -68,6 +71,9 @@ def test_seed_quick_start_runs_including_its_dry_run(emu, tmp_path):
 
 
 def test_seed_complete_example_runs_unchanged_and_again(emu, tmp_path):
+    # The seed's examples name claude-sonnet-4-20250514, which Anthropic retired on
+    # 2026-06-15 (it now answers not_found_error): run them where it is still served.
+    emu.configure(serve_retired=True)
     for i in (1, 2, 3):
         _pdf(tmp_path / "path" / "to" / f"invoice{i}.pdf", [
             f"Invoice number INV-00{i}. Vendor: Acme Tools {i}.",
@@ -107,6 +113,9 @@ def test_seed_complete_example_runs_unchanged_and_again(emu, tmp_path):
 
 
 def test_the_same_script_with_reuse_state_resumes_without_paying_twice(emu, tmp_path):
+    # The seed's examples name claude-sonnet-4-20250514, which Anthropic retired on
+    # 2026-06-15 (it now answers not_found_error): run them where it is still served.
+    emu.configure(serve_retired=True)
     script = (EXAMPLES / "complete_example.py").read_text().replace(
         "reuse_state=False", "reuse_state=True")
     (EXAMPLES.parent / "seed_examples").exists()
@@ -172,6 +181,9 @@ def test_job_result_has_the_seed_types(emu, tmp_path):
 def test_a_response_model_on_the_seeds_default_claude_model_is_parsed(emu, tmp_path):
     """The seed's README sets claude-sonnet-4-20250514, which takes no structured output:
     the seed asked it for JSON in the system prompt, and so does this library."""
+    # The seed's README names claude-sonnet-4-20250514, which Anthropic retired on
+    # 2026-06-15 (it now answers not_found_error): run them where it is still served.
+    emu.configure(serve_retired=True)
     batch = Batch(results_dir=tmp_path / "out").set_default_params(
         model="claude-sonnet-4-20250514", temperature=0.0
     )

@@ -225,8 +225,8 @@ def test_table_prefers_overrides_and_names_the_fix_for_unknown_models() -> None:
     )
     assert PriceTable().get("openai", "gpt-4.1-mini") == _lookup("openai", "gpt-4.1-mini")
     # A price is looked up at the provider the row goes to, not at whoever lists the name.
-    assert PriceTable().get("anthropic", "claude-sonnet-4-5") is not None
-    assert PriceTable().get("openai", "claude-sonnet-4-5") is None
+    assert PriceTable().get("anthropic", "claude-haiku-4-5") is not None
+    assert PriceTable().get("openai", "claude-haiku-4-5") is None
 
 
 def test_database_prices_are_the_batch_rates_per_provider() -> None:
@@ -234,11 +234,13 @@ def test_database_prices_are_the_batch_rates_per_provider() -> None:
     assert _lookup("openai", "gpt-4.1-mini") == Price(
         input=0.2, output=0.8, cached_input=0.1, source="genai-prices:gpt-4.1-mini"
     )
-    sonnet = _lookup("anthropic", "claude-sonnet-4-5")
-    assert sonnet == Price(
-        input=1.5, output=7.5, cached_input=0.15, cache_write=1.875,
-        source="genai-prices:claude-sonnet-4-5",
-        tiers=(PriceTier(200_000, 3.0, 11.25, cached_input=0.3, cache_write=3.75),),
+    # claude-haiku-5-5: $0.10/$0.50 per MTok up to 100k input, $0.50/$2.50 above (cache
+    # read 0.1x, write 1.25x of input), halved for batches.
+    haiku = _lookup("anthropic", "claude-haiku-5-5")
+    assert haiku == Price(
+        input=0.05, output=0.25, cached_input=0.005, cache_write=0.0625,
+        source="genai-prices:claude-haiku-5-5",
+        tiers=(PriceTier(100_000, 0.25, 1.25, cached_input=0.025, cache_write=0.3125),),
     )
     gemini = _lookup("gemini", "gemini-2.5-pro")
     assert gemini is not None and gemini.source == "genai-prices:gemini-2.5-pro"
@@ -287,3 +289,32 @@ def test_price_from_genai_makes_a_tier_at_every_threshold_of_any_rate() -> None:
         "genai-prices:o",
     )
     assert output_only.tiers == (PriceTier(above=100, input=0.0, output=6.0),)
+
+
+def test_realtime_doubles_every_rate_of_an_override_tiers_and_cache_rates_included() -> None:
+    """A ``prices=`` override is a batch price; its realtime price doubles each rate.
+
+    Cached input and cache writes included: priced at the batch rate in a realtime call,
+    they would bill half what the provider bills and the cap would count too little.
+    """
+    from batchata_df.cost import Price, PriceTable, PriceTier
+
+    batch_price = Price(
+        input=1.0, output=2.0, cached_input=0.1, cache_write=1.25, source="override",
+        tiers=(PriceTier(200_000, 2.0, 3.0, 0.2, 2.5), PriceTier(500_000, 4.0, 6.0)),
+    )  # fmt: skip
+    table = PriceTable({"m": batch_price})
+    live = table.realtime().get("openai", "m")
+    assert live is not None
+    assert (live.input, live.output, live.cached_input, live.cache_write) == (2.0, 4.0, 0.2, 2.5)
+    assert [(t.above, t.input, t.output, t.cached_input, t.cache_write) for t in live.tiers] == [
+        (200_000, 4.0, 6.0, 0.4, 5.0), (500_000, 8.0, 12.0, None, None),
+    ]  # fmt: skip
+    again = table.realtime().batch().get("openai", "m")
+    assert again is not None and (again.input, again.cached_input, again.tiers) == (
+        1.0, 0.1, batch_price.tiers,
+    )  # fmt: skip
+    # The mapping form, as users write it.
+    mapped = PriceTable({"m": {"input": 1, "output": 2, "cached_input": 0.1, "cache_write": 1.25}})
+    rt = mapped.realtime().get("openai", "m")
+    assert rt is not None and (rt.cached_input, rt.cache_write) == (0.2, 2.5)

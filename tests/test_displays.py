@@ -56,6 +56,8 @@ class Terminal:
             os.execve(argv[0], argv, env)
         self.pid, self.fd = pid, fd
         self.status: int | None = None
+        self._watch: str | None = None  # wait_for's pattern, looked for after each frame
+        self._seen: str | None = None  # the first screen that matched it
 
     def text(self) -> str:
         return "\n".join(line.rstrip() for line in self.screen.display)
@@ -72,17 +74,30 @@ class Terminal:
         if not data:
             return False
         self.raw += data
-        self.stream.feed(data)
+        # A slow reader (a loaded machine) gets several frames in one read: fed whole, the
+        # screen would show only the last. Each of rich's redraws starts with "\r" and an
+        # erase of the line, so the screen is looked at before each of them.
+        for piece in re.split(rb"(?=\r\x1b\[2K)", data):
+            self.stream.feed(piece)
+            watching = self._watch is not None and self._seen is None
+            if watching and re.search(str(self._watch), self.text()):
+                self._seen = self.text()
         return True
 
     def wait_for(self, pattern: str, limit: float = 120.0) -> str:
         """Read until the rendered screen matches ``pattern`` (the limit only guards a hang)."""
-        deadline = time.monotonic() + limit
-        while time.monotonic() < deadline:
-            if re.search(pattern, self.text()):
-                return self.text()
-            if not self.read():
-                break
+        if re.search(pattern, self.text()):
+            return self.text()
+        self._watch, self._seen = pattern, None
+        try:
+            deadline = time.monotonic() + limit
+            while self._seen is None and time.monotonic() < deadline:
+                if not self.read():
+                    break
+            if self._seen is not None:
+                return self._seen
+        finally:
+            self._watch = None
         raise AssertionError(f"{pattern!r} never appeared; screen:\n{self.text()}")
 
     def finish(self, limit: float = 120.0) -> str:
@@ -293,3 +308,33 @@ def test_the_notebook_panels_done_count_never_goes_back(emu, tmp_path):
     assert changes[-1] == 20, changes
     assert any(0 < n < 20 for n in changes), changes
     assert changes == sorted(changes), f"{changes}"
+
+
+def test_the_harness_sees_a_frame_that_arrived_with_later_ones_in_one_read():
+    """The Terminal looks at each of rich's frames, not only at the last of a read.
+
+    On a loaded machine the test reads seldom, and a status shown for a moment (a download
+    tried again) arrives in one read with the frames after it.
+    """
+    script = textwrap.dedent(
+        """
+        from rich.console import Console
+        from rich.live import Live
+        with Live("waiting\\nfor it", console=Console(), auto_refresh=False) as live:
+            for word in ("brief-status", "later-1", "later-2"):
+                live.update(word + "\\nsecond line", refresh=True)
+        print("CHILD-DONE", flush=True)
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "COLUMNS", "LINES")}
+    env["TERM"] = "xterm-256color"
+    term = Terminal([sys.executable, "-c", script], env)
+    try:
+        _, status = os.waitpid(term.pid, 0)  # every frame is written before the first read
+        term.status = status
+        shown = term.wait_for(r"brief-status")
+        term.wait_for(r"CHILD-DONE")
+    finally:
+        os.close(term.fd)
+    assert "later" not in shown
+    assert "brief-status" not in term.text()  # the screen has moved on since

@@ -311,7 +311,7 @@ def test_thinking_models_start_with_an_empty_thinking_block(emu, client):
             structured("haiku", model="claude-haiku-4-5"),
             req(
                 "think",
-                model="claude-sonnet-4-5",
+                model="claude-haiku-4-5",  # Claude 4.5: thinking budgets
                 thinking={"type": "enabled", "budget_tokens": 1024},
                 max_tokens=2048,  # above the budget, as the API requires
             ),
@@ -452,7 +452,7 @@ def test_cache_needs_a_marker_and_the_model_minimum(emu, client):
     batch = client.messages.batches.create(
         requests=[req(f"u{i}", system=unmarked) for i in range(2)]
         + [req(f"s{i}", system=short) for i in range(2)]  # 2,000 tokens < 4,096 (Haiku 4.5)
-        + [req(f"n{i}", model="claude-sonnet-4-5", system=short) for i in range(2)]  # >= 1,024
+        + [req(f"n{i}", model="claude-sonnet-4-6", system=short) for i in range(2)]  # >= 1,024
     )
     usages = _usages(client, batch.id)
     for cid in ("u0", "u1", "s0", "s1"):
@@ -751,8 +751,8 @@ def test_a_model_anthropic_does_not_serve_is_an_errored_not_found(emu, client, m
 
 def test_dated_snapshots_of_served_claude_models_run(client):
     batch = client.messages.batches.create(
-        requests=[req("a", model="claude-sonnet-4-5-20250929"),
-                  req("b", model="claude-3-5-haiku-latest")]
+        requests=[req("a", model="claude-opus-4-5-20251101"),
+                  req("b", model="claude-haiku-4-5-20251001")]
     )
     results = by_id(result_lines(retrieve_raw(client, batch.id)))
     assert {k: v["type"] for k, v in results.items()} == {"a": "succeeded", "b": "succeeded"}

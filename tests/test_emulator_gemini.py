@@ -634,10 +634,10 @@ def test_query_key_is_redacted_from_the_log(emu):
 
 
 @pytest.mark.parametrize(
-    "model", ["emulator-unknown-model", "gpt-4.1-mini", "claude-sonnet-4-5", "gemini-2.5-flesh"]
+    "model", ["emulator-unknown-model", "gpt-4.1-mini", "claude-haiku-4-5", "gemini-2.5-flesh"]
 )
 def test_a_model_gemini_does_not_serve_is_a_404(emu, model):
-    # claude-sonnet-4-5: genai-prices' Google list prices it (Vertex AI), the Gemini API
+    # claude-haiku-4-5: genai-prices' Google list prices it (Vertex AI), the Gemini API
     # does not serve it.
     c = client(emu)
     with pytest.raises(errors.ClientError) as e:
@@ -681,7 +681,8 @@ def test_implicit_cache_reports_the_shared_prefix_above_the_model_minimum(emu):
     # Gemini 3 needs 4,096 tokens: the same 2,775-token prefix is not cached there.
     usages = _cached_counts(emu, "gemini-3-flash-preview", [manual + "Q: a?", manual + "Q: b?"])
     assert [u.cached_content_token_count for u in usages] == [0, 0]
-    # Models before 2.5 have no implicit caching.
+    # Models before 2.5 have no implicit caching (2.0 Flash, retired: where still served).
+    emu.configure(serve_retired=True)
     usages = _cached_counts(emu, "gemini-2.0-flash", [manual + "Q: a?", manual + "Q: b?"])
     assert [u.cached_content_token_count for u in usages] == [0, 0]
 

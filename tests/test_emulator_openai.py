@@ -736,7 +736,7 @@ def test_raw_file_and_batch_objects_validate_strictly(oa: OpenAI, emulator: Emul
 
 
 @pytest.mark.parametrize(
-    "model", ["emulator-unknown-model", "claude-sonnet-4-5", "gemini-2.5-flash", "gpt-4.1-mimi"]
+    "model", ["emulator-unknown-model", "claude-haiku-4-5", "gemini-2.5-flash", "gpt-4.1-mimi"]
 )
 def test_a_model_openai_does_not_serve_fails_the_batch_in_validation(
     oa: OpenAI, model: str
@@ -758,7 +758,7 @@ def test_a_model_openai_does_not_serve_fails_the_batch_in_validation(
 
 
 @pytest.mark.parametrize(
-    "model", ["gpt-4.1-mini-2025-04-14", "ft:gpt-4.1-mini-2025-04-14:acme::abc123", "o4-mini"]
+    "model", ["gpt-4.1-mini-2025-04-14", "ft:gpt-4.1-mini-2025-04-14:acme::abc123", "o3"]
 )
 def test_dated_snapshots_and_fine_tunes_of_served_models_run(oa: OpenAI, model: str) -> None:
     batch = raw_batch(oa, submit(oa, [chat_line("r0", "x", model=model, schema=None)]).id)

@@ -316,7 +316,7 @@ def test_results_without_optional_columns_become_complete_events_by_value():
     # The batch's model gives the max_tokens named when the call did not set one.
     no_limit = RequestSpec(schema=AnswerSchema(None), params={})
     out = outcomes_to_events(members, _results(), ended, no_limit,
-                             provider="anthropic", model="claude-sonnet-4-5")
+                             provider="anthropic", model="claude-haiku-4-5")
     assert out["error"][1] == cut(4096)  # the model's default (models.py)
 
 

@@ -290,9 +290,9 @@ def test_without_estimates_every_job_of_a_batch_has_a_zero_worst_case(provider):
 
 
 @pytest.mark.parametrize(("model", "order"), [
-    # 1,024 tokens at least for Sonnet 4.5: the two prompts sharing a ~1,600-token contract
+    # 1,024 tokens at least for Sonnet 4.6: the two prompts sharing a ~1,600-token contract
     # go side by side, the unrelated one after them.
-    ("claude-sonnet-4-5", ["j000", "j002", "j001"]),
+    ("claude-sonnet-4-6", ["j000", "j002", "j001"]),
     # 4,096 for Haiku 4.5: nothing is worth caching, the input order stays.
     ("claude-haiku-4-5", ["j000", "j001", "j002"]),
 ])

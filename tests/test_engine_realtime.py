@@ -49,7 +49,11 @@ def test_a_request_that_never_answers_ends_at_a_known_zero_cost_recorded_as_real
     assert [c for c in provider.calls if c[0] == "answer"].count(("answer", "j001")) == 4
     cols = ["job_id", "status", "error", "mode", "provider", "model", "cost_usd",
             "input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens"]  # fmt: skip
-    ended = events(tmp_path).filter(pl.col("status") != "assigned").sort("job_id").select(cols)
+    ended = (
+        events(tmp_path).filter(pl.col("status") != "assigned")
+        .group_by("job_id").agg(pl.all().sort_by("seq").last())
+        .sort("job_id").select(cols)
+    )  # fmt: skip
     realtime_cost = PRICES.realtime().get("openai", MODEL)
     assert realtime_cost is not None
     assert ended.rows() == [
@@ -60,11 +64,19 @@ def test_a_request_that_never_answers_ends_at_a_known_zero_cost_recorded_as_real
         ("j001", "failed", "server_error: HTTP 500 boom (4 attempts)", "realtime", "openai",
          MODEL, 0.0, None, None, None, None),
     ]  # fmt: skip
-    # Both under the key their requests were assigned with (one per provider and model).
-    keys = events(tmp_path).group_by("status").agg(pl.col("batch_key").unique())
-    assert {k for ks in keys["batch_key"] for k in ks} == {
-        events(tmp_path).filter(pl.col("status") == "assigned")["batch_key"][0]
-    }
+    # Each attempt answered 5xx may have been billed: recorded failed under its own key
+    # (<key>, <key>.2, ...), each assigned before it was sent; the answer under the
+    # provider and model's key.
+    key = events(tmp_path).filter(pl.col("job_id") == "j000")["batch_key"][0]
+    j001 = events(tmp_path).filter(pl.col("job_id") == "j001")
+    assert j001.select("batch_key", "status").rows() == [
+        (k, s) for k in (key, f"{key}.2", f"{key}.3", f"{key}.4")
+        for s in ("assigned", "failed")
+    ]
+    assert j001.filter(pl.col("status") == "failed")["error"].to_list()[:-1] == [
+        f"server_error: HTTP 500 boom (attempt {n}; the provider may have billed it; sent "
+        "again)" for n in (1, 2, 3)
+    ]
 
 
 def test_each_request_is_assigned_to_its_provider_and_model_before_it_is_sent(tmp_path):
@@ -337,15 +349,17 @@ def test_every_answer_of_a_round_is_read_and_a_bad_key_among_them_ends_the_call(
 
 
 def test_under_the_cap_a_request_waiting_to_retry_keeps_the_rest_waiting_not_cancelled(tmp_path):
-    """j000 (0.1) fails once and waits to retry while holding its worst case; j001 (0.2)
-    does not fit beside it, but will once j000 is answered: it must wait, not end."""
+    """j000 and j001 (0.1 each) go; j000 fails once (its 5xx attempt counts 0.1 as spent)
+    and waits to retry while holding its worst case; j002 (0.2) does not fit beside them,
+    but will once they are answered: it must wait, not end."""
     provider = FakeProvider(FakeClock())
     provider.realtime_failures["j000"] = [RealtimeFailure("server_error", "HTTP 500 once")]
-    jobs = make_jobs(2, worst=0.1).with_columns(pl.Series("worst_usd", [0.1, 0.2]))
-    out = realtime(tmp_path, provider, max_cost_usd=0.25).run(jobs).sort("job_id")
+    jobs = make_jobs(3, worst=0.1).with_columns(pl.Series("worst_usd", [0.1, 0.1, 0.2]))
+    out = realtime(tmp_path, provider, max_cost_usd=0.35).run(jobs).sort("job_id")
     assert out.select("job_id", "status", "error").rows() == [
-        ("j000", "completed", None), ("j001", "completed", None)]
-    assert [c[1] for c in provider.calls if c[0] == "answer"] == ["j000", "j000", "j001"]
+        ("j000", "completed", None), ("j001", "completed", None), ("j002", "completed", None)]
+    calls = [c[1] for c in provider.calls if c[0] == "answer"]
+    assert sorted(calls[:3]) == ["j000", "j000", "j001"] and calls[3:] == ["j002"]
 
 
 def _late_batch(tmp_path, provider, **options):
@@ -713,15 +727,29 @@ def test_a_retry_after_of_zero_is_retried_at_once(tmp_path):
     assert out["status"].to_list() == ["completed"]
 
 
-def test_a_request_that_fails_gives_its_worst_case_back_to_the_cap(tmp_path):
+def test_each_attempt_answered_5xx_keeps_its_worst_case_spent_and_retries_only_if_it_fits(
+    tmp_path,
+):
     provider = FakeProvider(FakeClock())
     provider.realtime_failures["j000"] = [
         RealtimeFailure("server_error", "HTTP 500")] * SERVER_ERROR_ATTEMPTS
-    # 0.15 holds one 0.1 request at a time: j001 goes once j000 has failed for good.
-    out = realtime(tmp_path, provider, max_cost_usd=0.15).run(make_jobs(2, worst=0.1))
+    # 0.55: j000's four attempts count 0.4 (each may have been billed); j001 fits after.
+    out = realtime(tmp_path, provider, max_cost_usd=0.55).run(make_jobs(2, worst=0.1))
     assert out.sort("job_id").select("job_id", "status").rows() == [
         ("j000", "failed"), ("j001", "completed")]
-    assert [c[1] for c in provider.calls] == ["j000"] * SERVER_ERROR_ATTEMPTS + ["j001"]
+    assert sorted(c[1] for c in provider.calls) == ["j000"] * SERVER_ERROR_ATTEMPTS + ["j001"]
+    # 0.15: after one 5xx (0.1 counted) another attempt (0.1) would pass the cap: j000
+    # ends failed naming the cap and the fix; j001 can never fit.
+    provider = FakeProvider(FakeClock())
+    provider.realtime_failures["j000"] = [
+        RealtimeFailure("server_error", "HTTP 500")] * SERVER_ERROR_ATTEMPTS
+    out = realtime(tmp_path / "b", provider, max_cost_usd=0.15).run(make_jobs(2, worst=0.1))
+    rows = out.sort("job_id").select("job_id", "status", "error").rows()
+    assert rows[0][:2] == ("j000", "failed")
+    assert "server_error: HTTP 500 (1 attempt; not sent again" in rows[0][2]
+    assert "would pass max_cost_usd=0.15" in rows[0][2] and "retry_failed=True" in rows[0][2]
+    assert rows[1] == ("j001", "cancelled", "cancelled: cost_limit")
+    assert [c[1] for c in provider.calls] == ["j000"]
 
 
 def test_a_lost_answer_is_recorded_at_its_worst_case_and_a_later_capped_call_counts_it(
@@ -846,18 +874,18 @@ def test_retries_due_go_earliest_first_and_only_into_free_slots(tmp_path):
     running = {busy: request("busy", 0.0)}
     waiting = [late, early, exact]
     with ThreadPoolExecutor(2) as pool:
-        engine._send_due(pool, running, waiting)  # one slot free: the earliest goes
+        engine._send_due(pool, running, waiting, {})  # one slot free: the earliest goes
         assert [r.job_id for r in running.values()] == ["busy", "early"]
         assert waiting == [late, exact]
-        engine._send_due(pool, running, waiting)  # no slot free: nothing goes
+        engine._send_due(pool, running, waiting, {})  # no slot free: nothing goes
         assert waiting == [late, exact]
         del running[busy]
         running.pop(next(iter(running)))
         engine._paused["openai"] = now + 1.0  # the provider asked for a pause
-        engine._send_due(pool, running, waiting)
+        engine._send_due(pool, running, waiting, {})
         assert waiting == [late, exact] and running == {}
         engine._paused["openai"] = now  # the pause ends now: both are due (one exactly)
-        engine._send_due(pool, running, waiting)
+        engine._send_due(pool, running, waiting, {})
         assert sorted(r.job_id for r in running.values()) == ["exact", "late"]
         assert waiting == []
 

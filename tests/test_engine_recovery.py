@@ -278,3 +278,21 @@ def test_re_attaching_batches_makes_no_python_object_per_job_id(tmp_path):
     assert batch_events(ctx)[-1][0] == "collected"  # k3: its outcomes were stored
     # 20,000 ids as Python strings are 1.5 MB (73 bytes each) and their lists 0.2 MB.
     assert peak < 400_000, peak
+
+
+def test_a_batch_counts_as_stored_only_from_outcomes_under_its_own_key() -> None:
+    """A job in two open batches, answered only under B: B is stored, A is not.
+
+    Taking A for stored on B's outcome would record A collected without fetching its
+    results: answers it was billed for never read, their cost never counted.
+    """
+    from batchata_df.engine.recovery import _outcomes_stored
+
+    assigned = pl.DataFrame({
+        "batch_key": ["A", "A", "B"], "job_id": ["j1", "j2", "j1"],
+    })  # fmt: skip
+    outcomes = pl.DataFrame({"batch_key": ["B", "A"], "job_id": ["j1", "j2"]})
+    assert _outcomes_stored(assigned, outcomes) == {"B"}
+    both = pl.concat([outcomes, pl.DataFrame({"batch_key": ["A"], "job_id": ["j1"]})])
+    assert _outcomes_stored(assigned, both) == {"A", "B"}
+    assert _outcomes_stored(assigned, outcomes.clear()) == set()

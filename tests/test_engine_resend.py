@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import threading
 
+import polars as pl
 import pytest
 from engine_fakes import COST_PER_JOB, MODEL, PRICES, SPEC, FakeProvider, make_jobs
 
+from batchata_df import sql
 from batchata_df.engine.auto import AUTO_REALTIME_MAX_JOBS, AutoEngine
 from batchata_df.engine.clock import FakeClock
-from batchata_df.engine.driver import Engine
+from batchata_df.engine.driver import Engine, job_states_of
 from batchata_df.engine.realtime import RealtimeEngine
 from batchata_df.engine.run import ProgressSnapshot, RunOptions
 from batchata_df.state import StateStore
@@ -124,3 +126,110 @@ def test_realtime_collects_an_ended_batch_at_the_batch_price(tmp_path):
     assert out["cost_usd"].to_list() == pytest.approx([COST_PER_JOB, COST_PER_JOB,
                                                        2 * COST_PER_JOB])  # fmt: skip
     assert [c for c in provider.calls if c[0] == "answer"] == [("answer", "j002")]
+
+
+class ChunkSource:
+    """A streaming run's chunks (``engine.source.JobSource``); ``lookup`` sees only the
+    chunks read so far, as ``stream.ChunkSource`` looks in the chunks it has spilled."""
+
+    def __init__(self, chunks: list[pl.DataFrame]) -> None:
+        self.chunks = list(chunks)
+        self.expected_rows = sum(c.height for c in chunks)
+        self.rows_seen = 0
+        self.read: list[pl.DataFrame] = []
+
+    def next_chunk(self) -> pl.DataFrame | None:
+        if not self.chunks:
+            return None
+        chunk = self.chunks.pop(0)
+        self.rows_seen += chunk.height
+        self.read.append(chunk)
+        return chunk
+
+    def lookup(self, job_ids: pl.Series) -> pl.DataFrame:
+        if not self.read:
+            return pl.DataFrame()
+        return pl.concat(self.read).filter(pl.col("job_id").is_in(job_ids.implode()))
+
+
+def final(tmp_path) -> dict[str, str]:
+    latest = job_states_of(store(tmp_path)).sort("job_id")
+    return dict(zip(latest["job_id"], latest["status"], strict=True))
+
+
+def test_a_streaming_call_sends_them_from_the_chunks_it_has_read(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=1000.0)
+    aborted(tmp_path, provider, 3)
+    seen: list[ProgressSnapshot] = []
+    # Every chunk is read (its rows all re-attached) before the batch is collected.
+    engine(tmp_path, provider, progress=seen.append).run_source(
+        ChunkSource([make_jobs(2), make_jobs(1, start=2)])
+    )
+    assert submits(provider) == [3]
+    assert final(tmp_path) == dict.fromkeys(["j000", "j001", "j002"], "completed")
+    last = seen[-1]
+    assert (last.completed, last.cancelled, last.pending, last.total) == (3, 0, 0, 3)
+
+
+def test_a_streaming_call_sends_them_from_their_chunk_read_after_the_collection(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=1000.0)
+    aborted(tmp_path, provider, 3)
+    seen: list[ProgressSnapshot] = []
+    # One batch at a time: the re-attached one is collected while only the first chunk
+    # (a new row) is read; the next chunk holds its rows.
+    source = ChunkSource([make_jobs(1, start=10), make_jobs(3)])
+    engine(tmp_path, provider, progress=seen.append, max_parallel_batches=1).run_source(source)
+    assert submits(provider) == [1, 3]
+    assert final(tmp_path) == dict.fromkeys(["j000", "j001", "j002", "j010"], "completed")
+    last = seen[-1]
+    assert (last.completed, last.cancelled, last.pending, last.total) == (4, 0, 0, 4)
+    # Counted cancelled when collected, pending again when their chunk was read.
+    assert any(s.cancelled == 3 for s in seen)
+
+
+def test_a_streaming_call_sends_only_its_own_rows_of_them(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=1000.0)
+    aborted(tmp_path, provider, 3)
+    source = ChunkSource([make_jobs(1, start=10), make_jobs(2)])  # j002: not asked
+    engine(tmp_path, provider, max_parallel_batches=1).run_source(source)
+    assert submits(provider) == [1, 2]
+    assert final(tmp_path) == {"j000": "completed", "j001": "completed",
+                               "j002": "cancelled", "j010": "completed"}  # fmt: skip
+
+
+def test_a_stopping_streaming_call_does_not_send_them(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=1000.0)
+    aborted(tmp_path, provider, 3)
+    engine(tmp_path, provider, time_limit_s=0.0).run_source(ChunkSource([make_jobs(3)]))
+    assert submits(provider) == []
+    assert final(tmp_path) == dict.fromkeys(["j000", "j001", "j002"], "cancelled")
+
+
+def test_a_capped_streaming_call_holds_them_at_their_worst_case(tmp_path):
+    provider = FakeProvider(FakeClock(), latency=1000.0)
+    aborted(tmp_path, provider, 3)
+    worst = [0.1, 0.2, 0.3]
+    chunk = make_jobs(3).with_columns(pl.Series("worst_usd", worst))
+    run = engine(tmp_path, provider, max_cost_usd=10.0, wait=False)
+    run.run_source(ChunkSource([chunk]))
+    (batch,) = run.state.in_flight  # the re-attached one collected, theirs sent
+    assert batch.job_ids.to_list() == ["j000", "j001", "j002"]
+    assert batch.reserved == pytest.approx(sum(worst))
+    assert run.state.reserved == pytest.approx(sum(worst))
+
+
+def test_a_capped_streaming_call_sends_them_from_a_later_chunk_at_their_worst_case(
+    tmp_path,
+):
+    provider = FakeProvider(FakeClock(), latency=1000.0)
+    aborted(tmp_path, provider, 3)
+    worst = [0.1, 0.2, 0.3]
+    chunk = make_jobs(3).with_columns(pl.Series("worst_usd", worst))
+    # The cap fits the new row and then theirs, one batch at a time.
+    source = ChunkSource([make_jobs(1, start=10, worst=0.4), chunk])
+    run = engine(tmp_path, provider, max_cost_usd=0.61, max_parallel_batches=1)
+    run.run_source(source)
+    assert submits(provider) == [1, 3]
+    assert final(tmp_path) == dict.fromkeys(["j000", "j001", "j002", "j010"], "completed")
+    held = sql("SELECT job_id, est_cost_usd FROM jobs ORDER BY job_id", tmp_path / "state")
+    assert held["est_cost_usd"].to_list() == pytest.approx([*worst, 0.4])

@@ -150,10 +150,11 @@ DOC = "The supplier shall deliver the goods within thirty days of the order date
 def test_cache_writes_stay_inside_the_worst_case_and_the_cap(emu, tmp_path: Path) -> None:
     """A marked prefix may be billed as a cache write (1.25x input): the cap still holds."""
     frame = pl.DataFrame({"q": [f"Question {i}?" for i in range(8)]})
-    kw: dict[str, Any] = {"model": "claude-sonnet-4-5", "prompt": DOC + "\n{q}",
+    # Sonnet 4.6 caches prefixes of 1,024 tokens and more (the shared DOC is above that).
+    kw: dict[str, Any] = {"model": "claude-sonnet-4-6", "prompt": DOC + "\n{q}",
                           "params": {"max_tokens": 50}}  # fmt: skip
     plan = frame.pipe(batch_llm, dry_run=True, **kw)
-    price = PriceTable().get("anthropic", "claude-sonnet-4-5")
+    price = PriceTable().get("anthropic", "claude-sonnet-4-6")
     assert price is not None
     for est_in, worst in plan.select("_est_input_tokens", "_est_cost_usd").iter_rows():
         assert worst == pytest.approx((est_in * price.cache_write + 50 * price.output) / 1e6)  # type: ignore[operator]

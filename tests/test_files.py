@@ -348,7 +348,7 @@ def test_files_key_and_tokens(samples):
     gemini = file_tokens(files, "gemini", "gemini-2.5-flash").to_list()
     assert gemini == [3 * 258, 258, 3 * 258, 0]
     images = _load([str(samples["png"]), str(samples["txt"])])
-    tokens = file_tokens(images, "anthropic", "claude-sonnet-4-5").to_list()
+    tokens = file_tokens(images, "anthropic", "claude-haiku-4-5").to_list()
     assert tokens[0] == 23 * 18  # ceil(640/28) * ceil(480/28) = 414 > 640 * 480 / 750
     assert tokens[1] > 5
 

@@ -37,7 +37,7 @@ CASES = [
     # scaled into 39 x 39 = 1,521 -> 2,464.02.
     ("openai", "gpt-5.4-mini", 2000, 2000, "auto", 2465),
     # Claude before Opus 4.7: 1,568 px / 1.15 MP, w*h/750: 1000x1000 -> 1,333.3.
-    ("anthropic", "claude-sonnet-4-5", 1000, 1000, "auto", 1334),
+    ("anthropic", "claude-sonnet-4-6", 1000, 1000, "auto", 1334),
     # ... a 4000x3000 photo is scaled to 1.15 MP (1238.3 x 928.7): 1,533.3.
     ("anthropic", "claude-haiku-4-5", 4000, 3000, "auto", 1534),
     # Claude Opus 4.7+ and 5.x: up to 2,576 px and 4,784 patches (3,750,656 px): the same

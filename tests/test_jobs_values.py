@@ -515,3 +515,28 @@ def test_parameter_values_at_their_bounds_are_accepted() -> None:
     ]
     for params, providers in ok:
         check_param_values(params, providers)
+
+
+def test_the_escaped_v2_key_tags_history_h_and_the_files_key_f() -> None:
+    """The length-prefixed key of a row holding NUL: the documented format, field by field.
+
+    Each optional field after its own tag: a history and a files key of equal text (or one
+    of them absent) must not give one key.
+    """
+    from batchata_df.jobs import job_keys
+
+    jobs = pl.DataFrame({
+        "provider": ["openai"] * 2, "model": ["m"] * 2, "system": [None, None],
+        "prompt": ["a\x00b", "a\x00b"], "_extra_key": ["sha256:ab:x.pdf", None],
+    })  # fmt: skip
+    assert job_keys(jobs, scheme="hmac-sha256-v2").to_list() == [
+        "\x006:openai1:m-3:a\x00bf15:sha256:ab:x.pdf", "\x006:openai1:m-3:a\x00bf-",
+    ]  # fmt: skip
+    with_history = jobs.with_columns(
+        history=pl.Series([[{"role": "user", "content": "hi"}], None])
+    )
+    keys = job_keys(with_history, scheme="hmac-sha256-v2").to_list()
+    assert keys[0] == (
+        '\x006:openai1:m-3:a\x00bh30:{"role":"user","content":"hi"}f15:sha256:ab:x.pdf'
+    )
+    assert keys[1] == "\x006:openai1:m-3:a\x00bh0:f-"

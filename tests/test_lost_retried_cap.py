@@ -14,92 +14,28 @@ Real processes: a child runs the realtime call and is SIGKILLed with requests in
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import textwrap
-import time
 import warnings
 from pathlib import Path
 
 import polars as pl
 import pytest
+from lost_requests import KW, MODEL, TEXTS, N, billed_usd, kill_mid_flight
 
 from batchata_df import batch_llm, query, sql
-from batchata_df.emulator.answers import request_key
 from batchata_df.errors import CapSerialisedWarning, LostUnpricedWarning, StateError
 from batchata_df.state import lost_attempts
 
-MODEL = "gpt-4.1-mini"
-PRICES = {MODEL: (100.0, 400.0)}  # batch USD per million tokens; realtime is twice that
-N = 40
-TEXTS = [f"lost row {i:03d}" for i in range(N)]
 NEW = [f"new row {i:03d}" for i in range(N)]
-KW: dict[str, object] = dict(
-    model=MODEL, prompt="{text}", params={"max_tokens": 40}, progress=False, prices=PRICES,
-)  # fmt: skip
-
-SCRIPT = textwrap.dedent(
-    """
-    import sys
-    import polars as pl
-    from batchata_df import batch_llm
-
-    df = pl.DataFrame({"text": [f"lost row {i:03d}" for i in range(int(sys.argv[2]))]})
-    batch_llm(df, model="gpt-4.1-mini", prompt="{text}", params={"max_tokens": 40},
-              state=sys.argv[1], progress=False, mode="realtime", concurrency=8,
-              prices={"gpt-4.1-mini": (100.0, 400.0)},
-              max_cost_usd=float(sys.argv[3]) if len(sys.argv) > 3 else None)
-    """
-)
 
 
-def _kill_mid_flight(emu, tmp_path: Path, state: Path, procs, cap: float | None) -> None:
-    """Run the realtime call in a child; SIGKILL it with requests in flight (then billed)."""
-    emu.configure(realtime_latency=0.5)
-    script = tmp_path / "run.py"
-    script.write_text(SCRIPT)
-    log = tmp_path / "child.log"
-    with open(log, "wb") as out:
-        child = subprocess.Popen(
-            [sys.executable, str(script), str(state), str(N), *([str(cap)] if cap else [])],
-            env={**os.environ, **emu.env()}, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    procs.append(child)
-    give_up = time.monotonic() + 120
-    while time.monotonic() < give_up:
-        stats = emu.realtime_stats()
-        if stats["served"] >= 8 and stats["in_flight"] >= 6:
-            break
-        assert child.poll() is None, log.read_text()
-        time.sleep(0.02)
-    else:
-        raise AssertionError(f"the realtime run never got going: {emu.realtime_stats()}")
-    child.send_signal(signal.SIGKILL)
-    child.wait(timeout=60)
-    give_up = time.monotonic() + 60
-    while emu.realtime_stats()["in_flight"] and time.monotonic() < give_up:
-        time.sleep(0.02)
-    assert emu.realtime_stats()["served"] < N
-    emu.configure(realtime_latency=0.0)
+def _kill_mid_flight(emu, tmp_path: Path, state: Path, procs, cap: float | None = None) -> int:
+    return kill_mid_flight(emu, tmp_path, state, procs, cap=cap, min_in_flight=6)
 
 
 def _billed_usd(ledger: list[dict[str, object]]) -> float:
-    """What ``ledger`` (``emu.billing()``) bills, each request at the price of its answer.
-
-    The emulator is deterministic: a fresh realtime run of every row (no state folder; run
-    after the ledger was read) gets the usage each billed request was billed for. A batch
-    request is billed the same usage at the batch price: half the realtime one here.
-    """
-    ref = batch_llm(pl.DataFrame({"text": TEXTS + NEW}), mode="realtime", **KW)  # type: ignore[arg-type]
-    cost = {
-        request_key("openai", MODEL, t): float(c)
-        for t, c in zip(ref["text"], ref["_cost_usd"], strict=True)
-    }
-    return sum(
-        cost[str(e["request"])] * (1.0 if e["mode"] == "realtime" else 0.5) for e in ledger
-    )
+    return billed_usd(ledger, TEXTS + NEW)
 
 
 def _retry_lost(state: Path) -> pl.DataFrame:

@@ -35,8 +35,8 @@ def official(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
         ("openai:claude-haiku-4-5",
          "write model='claude-haiku-4-5' (or 'anthropic:claude-haiku-4-5')"),
         ("gemini:gpt-5-mini", "write model='gpt-5-mini' (or 'openai:gpt-5-mini')"),
-        ("gemini:claude-sonnet-4-5",  # genai-prices' Google list is Vertex's Claude
-         "write model='claude-sonnet-4-5' (or 'anthropic:claude-sonnet-4-5')"),
+        ("gemini:claude-sonnet-4-6",  # genai-prices' Google list is Vertex's Claude
+         "write model='claude-sonnet-4-6' (or 'anthropic:claude-sonnet-4-6')"),
         ("anthropic:gemini-2.5-flash",
          "write model='gemini-2.5-flash' (or 'gemini:gemini-2.5-flash')"),
         # OpenAI's, but a bare name the provider cannot be told from: the prefix is the fix

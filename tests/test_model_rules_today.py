@@ -84,6 +84,7 @@ EFFORTS_52 = "'none', 'low', 'medium', 'high', and 'xhigh'"
     ],
 )
 def test_emulator_refuses_efforts_a_version_lacks(emu, model, effort, allowed):
+    emu.configure(serve_retired=True)  # a retired model's rules: where it is still served
     response = openai_error({"model": model, "reasoning_effort": effort})
     assert response["status_code"] == 400
     assert response["body"]["error"] == unsupported_value(effort, model, allowed)
@@ -95,6 +96,7 @@ def test_emulator_refuses_efforts_a_version_lacks(emu, model, effort, allowed):
      ("gpt-5-mini", "minimal"), ("gpt-5.1-chat-latest", "medium")],
 )  # fmt: skip
 def test_emulator_takes_the_efforts_a_version_has(emu, model, effort):
+    emu.configure(serve_retired=True)  # a retired model's rules: where it is still served
     assert openai_error({"model": model, "reasoning_effort": effort}) == {}
 
 
@@ -134,6 +136,7 @@ def test_what_users_saw_the_batch_ran_and_every_row_failed(emu, tmp_path, monkey
 
 
 def test_emulator_chat_latest_reasons_at_medium_and_refuses_sampling(emu):
+    emu.configure(serve_retired=True)  # a retired model's rules: where it is still served
     response = openai_error({"model": "gpt-5.2-chat-latest", "temperature": 0.2})
     assert response["body"]["error"]["param"] == "temperature"
     assert response["body"]["error"]["code"] == "unsupported_parameter"
@@ -146,6 +149,7 @@ def test_emulator_chat_latest_reasons_at_medium_and_refuses_sampling(emu):
 
 
 def test_the_client_treats_chat_latest_as_it_is(emu, tmp_path):
+    emu.configure(serve_retired=True)  # a retired model's rules: where it is still served
     with pytest.raises(ParamError) as info:
         run("gpt-5.1-chat-latest", tmp_path, params={"temperature": 0.2})
     assert info.value.param == "temperature"
@@ -168,6 +172,7 @@ def test_the_client_treats_chat_latest_as_it_is(emu, tmp_path):
      "gpt-5.2-codex", "gpt-5.3-codex", "codex-mini-latest"],
 )  # fmt: skip
 def test_emulator_answers_codex_on_chat_completions_as_openai_does(emu, model):
+    emu.configure(serve_retired=True)  # a retired model's rules: where it is still served
     response = openai_error({"model": model})
     assert response["status_code"] == 404
     assert response["body"]["error"] == {
@@ -194,6 +199,7 @@ def test_the_client_refuses_codex_before_anything_is_sent(emu, tmp_path, model, 
 
 
 def test_what_users_saw_for_codex(emu, tmp_path, monkeypatch):
+    emu.configure(serve_retired=True)  # a retired model's rules: where it is still served
     monkeypatch.setattr(batchata_df.frame, "check_endpoint", lambda *a: None)
     out = run("gpt-5.1-codex", tmp_path)
     assert out["_status"].to_list() == ["failed"] * 2
@@ -212,6 +218,7 @@ def anthropic_result(params: dict[str, Any]) -> Any:
 
 
 def test_emulator_refuses_what_the_old_default_sent_on_opus_4_1(emu):
+    emu.configure(serve_retired=True)  # a retired model's rules: where it is still served
     # What 'max' sent before: max_tokens at the 32,000 ceiling, budget 32,768 above it.
     thinking = {"type": "enabled", "budget_tokens": 32_768}
     result = anthropic_result(
@@ -230,6 +237,7 @@ def test_emulator_refuses_what_the_old_default_sent_on_opus_4_1(emu):
 
 @pytest.mark.parametrize("effort", ["xhigh", "max"])
 def test_the_top_efforts_fit_under_opus_4_1s_ceiling(emu, tmp_path, effort):
+    emu.configure(serve_retired=True)  # a retired model's rules: where it is still served
     out = run("claude-opus-4-1", tmp_path, params={"reasoning_effort": effort})
     assert out["_status"].to_list() == ["completed"] * 2
     from batchata_df.providers import make_provider
@@ -263,6 +271,7 @@ def test_a_max_tokens_under_the_budget_is_refused_with_the_capped_budget(emu, tm
 
 @pytest.mark.parametrize("model", ["gpt-4-turbo", "gpt-3.5-turbo", "gpt-4o-2024-05-13"])
 def test_emulator_refuses_json_schema_on_models_before_structured_outputs(emu, model):
+    emu.configure(serve_retired=True)  # a retired model's rules: where it is still served
     fmt = {"type": "json_schema", "json_schema": {"name": "L", "schema": {"type": "object"}}}
     response = openai_error({"model": model, "response_format": fmt})
     assert response["status_code"] == 400
@@ -280,6 +289,7 @@ def test_emulator_refuses_json_schema_on_models_before_structured_outputs(emu, m
 @pytest.mark.parametrize("model", ["claude-sonnet-4-0", "claude-opus-4-20250514",
                                    "claude-3-7-sonnet-latest"])  # fmt: skip
 def test_emulator_refuses_output_format_on_claude_before_4_1(emu, model):
+    emu.configure(serve_retired=True)  # a retired model's rules: where it is still served
     schema = {"type": "object", "properties": {}, "additionalProperties": False}
     fmt = {"format": {"type": "json_schema", "schema": schema}}
     result = anthropic_result({"model": model, "output_config": fmt})
@@ -292,6 +302,7 @@ def test_emulator_refuses_output_format_on_claude_before_4_1(emu, model):
 
 @pytest.mark.parametrize("model", ["gpt-4-turbo", "gpt-3.5-turbo"])
 def test_the_client_refuses_a_schema_on_them_before_anything_is_sent(emu, tmp_path, model):
+    emu.configure(serve_retired=True)  # a retired model's rules: where it is still served
     with pytest.raises(SchemaError, match="does not take structured output"):
         run(model, tmp_path)
     assert emu.log() == []
@@ -312,6 +323,7 @@ def test_claude_without_structured_output_gets_the_schema_in_the_system_prompt(
 ):
     """As the seed library did for every Claude model (its default was Sonnet 4): the JSON
     Schema goes in the system prompt, the answer (fenced or not) is validated as any."""
+    emu.configure(serve_retired=True)  # a retired model's rules: where it is still served
     emu.configure(log_bodies=True)
     frame = pl.DataFrame({"text": [f"item {i}" for i in range(12)] + ["x [[emulator:invalid]]"]})
     out = frame.pipe(
@@ -339,6 +351,7 @@ def test_claude_without_structured_output_gets_the_schema_in_the_system_prompt(
 
 
 def test_what_users_saw_for_a_schema_on_gpt_4_turbo(emu, tmp_path, monkeypatch):
+    emu.configure(serve_retired=True)  # a retired model's rules: where it is still served
     from batchata_df import models
 
     monkeypatch.setattr(batchata_df.frame, "family_of", lambda p, m: models.family_of(p, "gpt-4o"))
@@ -365,7 +378,7 @@ def test_emulator_refuses_a_prompt_over_the_window_per_request(emu):
         "param": "messages",
         "code": "context_length_exceeded",
     }
-    result = anthropic_result({"model": "claude-sonnet-4-5",
+    result = anthropic_result({"model": "claude-haiku-4-5",
                                "messages": [{"role": "user", "content": LONG * 2}]})  # fmt: skip
     # o200k_base 280,001 x 1.16 (model_rules.CLAUDE_TOKENS_PER_O200K), an approximation.
     assert result.error.error.message == "prompt is too long: 324802 tokens > 200000 maximum"
@@ -401,12 +414,16 @@ def test_emulator_refuses_a_gemini_prompt_over_the_window(emu):
     ("model", "times", "why"),
     [("gpt-4o-mini", 1, "the request is 140,008 tokens, over the context window of "
       "'gpt-4o-mini' (128,000 tokens)"),
-     ("claude-sonnet-4-5", 2, "the request is at least 280,008 tokens, over the context "
-      "window of 'claude-sonnet-4-5' (200,000 tokens)"),
+     ("claude-haiku-4-5", 2, "the request is at least 280,008 tokens, over the context "
+      "window of 'claude-haiku-4-5' (200,000 tokens)"),
      ("gpt-5.1-chat-latest", 1, "over the context window of 'gpt-5.1-chat-latest' "
-      "(128,000 tokens)")],
+      "(128,000 tokens)"),
+     # genai-prices 0.2.3 has no window for it: the model page's 1,048,576 (models.py)
+     ("gemini-3.1-pro-preview", 10, "over the context window of 'gemini-3.1-pro-preview' "
+      "(1,048,576 tokens)")],
 )  # fmt: skip
 def test_an_over_long_row_fails_as_data_and_the_others_run(emu, tmp_path, model, times, why):
+    emu.configure(serve_retired=True)  # a retired model's rules: where it is still served
     emu.configure(log_bodies=True)
     frame = pl.DataFrame({"text": ["short one", LONG * times, "short two"]})
     out = frame.pipe(batch_llm, model=model, prompt="{text}", state=tmp_path / "s")
@@ -461,7 +478,7 @@ def test_a_row_near_the_window_is_left_to_the_provider_where_the_count_is_approx
     # ~220,000 tokens by the planner's Claude estimate (which leans high), 132,001 by
     # o200k_base (the lower bound, under 200,000): sent, and the emulator finds it fits.
     frame = pl.DataFrame({"text": ["short one", "word " * 132_000]})
-    out = frame.pipe(batch_llm, model="claude-sonnet-4-5", prompt="{text}", state=tmp_path / "s")
+    out = frame.pipe(batch_llm, model="claude-haiku-4-5", prompt="{text}", state=tmp_path / "s")
     assert out["_status"].to_list() == ["completed", "completed"]
 
 
@@ -483,6 +500,7 @@ def encoded(provider: str, model: str, params: dict[str, Any]) -> dict[str, Any]
 
 
 def test_emulator_refuses_medium_on_gemini_3_pro_preview(emu):
+    emu.configure(serve_retired=True)  # a retired model's rules: where it is still served
     from google import genai
 
     client = genai.Client()
@@ -653,10 +671,10 @@ def test_python_near_the_claude_window_is_sent(emu, tmp_path):
     from batchata_df.tokens import estimate_tokens
 
     code = python_source(140_000)
-    estimate = int(estimate_tokens(pl.Series([code]), "anthropic", "claude-sonnet-4-5")[0])
+    estimate = int(estimate_tokens(pl.Series([code]), "anthropic", "claude-haiku-4-5")[0])
     assert estimate > 200_000  # over the window by the planner's estimate alone
     out = pl.DataFrame({"code": [code]}).pipe(
-        batch_llm, model="claude-sonnet-4-5", prompt="Review:\n{code}", state=tmp_path / "s"
+        batch_llm, model="claude-haiku-4-5", prompt="Review:\n{code}", state=tmp_path / "s"
     )
     assert out["_status"].to_list() == ["completed"]
 
@@ -665,10 +683,51 @@ def test_a_row_the_client_cannot_rule_out_is_left_to_the_provider(emu, tmp_path)
     # 180,001 o200k_base tokens: under 200,000, so sent; the emulator counts it as Claude
     # would (~1.16x: 208,802) and refuses that row alone, as that row's error.
     frame = pl.DataFrame({"text": ["short one", "word " * 180_000]})
-    out = frame.pipe(batch_llm, model="claude-sonnet-4-5", prompt="{text}", state=tmp_path / "s")
+    out = frame.pipe(batch_llm, model="claude-haiku-4-5", prompt="{text}", state=tmp_path / "s")
     assert out["_status"].to_list() == ["completed", "failed"]
     assert "prompt is too long: 208802 tokens > 200000 maximum" in out["_error"][1]
     assert not out["_error"][1].startswith("input:")
+
+
+# 172,409 o200k_base tokens: 199,995 as the emulator counts Claude (x1.16), 5 below
+# Haiku 4.5's 200,000 window, so any max_tokens above 5 asks for more than the window.
+NEAR_WINDOW = "word " * 172_408
+
+
+def test_claude_input_and_max_tokens_over_the_window_stop_at_the_window(emu):
+    # Sonnet 4.5 and later (every Claude served today) take it and stop where the window
+    # is full: stop_reason model_context_window_exceeded, "available by default in Sonnet
+    # 4.5 and newer models" (Anthropic, handling stop reasons). Not the 400 "input length
+    # and `max_tokens` exceed context limit" of the (retired) older models.
+    result = anthropic_result({"model": "claude-haiku-4-5", "max_tokens": 64_000,
+                               "messages": [{"role": "user", "content": NEAR_WINDOW}]})
+    assert result.type == "succeeded"
+    assert result.message.stop_reason == "model_context_window_exceeded"
+    assert result.message.usage.output_tokens == 5  # the rest of the window, billed
+    short = anthropic_result({"model": "claude-haiku-4-5", "max_tokens": 64_000})
+    assert short.message.stop_reason == "end_turn"
+
+
+def test_a_row_whose_answer_fills_the_window_is_failed_and_billed(emu, tmp_path):
+    # The client does not refuse input + max_tokens over the window (the provider takes
+    # it); the row whose answer the window cut is failed, and costs what was billed.
+    from batchata_df.emulator.pricing import billed_usd
+
+    emu.configure(log_bodies=True)
+    out = pl.DataFrame({"text": ["short one", NEAR_WINDOW]}).pipe(
+        batch_llm, model="claude-haiku-4-5", prompt="{text}", state=tmp_path / "s",
+        params={"max_tokens": 64_000},
+    )
+    assert out["_status"].to_list() == ["completed", "failed"]
+    assert out["_error"][1].startswith("model_context_window_exceeded: ")
+    body = next(e["body"] for e in emu.log() if isinstance(e.get("body"), dict)
+                and "requests" in e["body"])
+    assert [r["params"]["max_tokens"] for r in body["requests"]] == [64_000, 64_000]
+    assert sorted(b["custom_id"] for b in emu.billing()) == sorted(out["_job_id"].to_list())
+    assert out["_output_tokens"][1] == 5
+    assert out["_cost_usd"][1] == pytest.approx(billed_usd(
+        "anthropic", "claude-haiku-4-5", input_tokens=out["_input_tokens"][1],
+        output_tokens=5), rel=1e-12)
 
 
 def blank_pdf(path: Path, pages: int) -> Path:
@@ -747,6 +806,7 @@ def test_a_row_pushed_over_by_its_text_document_is_refused(emu, tmp_path):
 
 
 def test_the_emulator_counts_openai_tokens_with_the_models_bpe(emu):
+    emu.configure(serve_retired=True)  # a retired model's rules: where it is still served
     # 110,001 o200k_base tokens (550,000 characters: 137,500 by len // 4) fit 128,000.
     assert openai_error({"model": "gpt-4o-mini",
                          "messages": [{"role": "user", "content": "word " * 110_000}]}) == {}
@@ -764,9 +824,9 @@ def test_the_emulator_takes_a_claude_prompt_of_exactly_the_window(emu):
 
     # 172,413 o200k_base tokens x 1.16 = 199,999.08: 200,000 Claude tokens, the window.
     exact = "word " * 172_412
-    assert emulated("anthropic", "claude-sonnet-4-5", exact, 0) is None
-    assert emulated("anthropic", "claude-sonnet-4-5", exact, 1) == 200_001
-    assert anthropic_result({"model": "claude-sonnet-4-5",
+    assert emulated("anthropic", "claude-haiku-4-5", exact, 0) is None
+    assert emulated("anthropic", "claude-haiku-4-5", exact, 1) == 200_001
+    assert anthropic_result({"model": "claude-haiku-4-5",
                              "messages": [{"role": "user", "content": exact}]}).type == (
         "succeeded"
     )  # fmt: skip
@@ -807,16 +867,17 @@ def _bodies(emu: Any) -> dict[str, dict[str, Any]]:
 def test_the_schema_travels_per_model_and_any_call_unfences_what_it_collects(emu, tmp_path):
     """One old Claude row changes nothing for the others' structured output, and the answers
     of its batch are read alike by a later call that no longer holds that row."""
+    emu.configure(serve_retired=True)  # a retired model's rules: where it is still served
     emu.configure(log_bodies=True, latency=50)
-    models = ["claude-sonnet-4-5"] * 9 + ["claude-sonnet-4-20250514"] * 9 + ["gpt-4.1-mini"]
+    models = ["claude-haiku-4-5"] * 9 + ["claude-sonnet-4-20250514"] * 9 + ["gpt-4.1-mini"]
     df = pl.DataFrame({"text": [f"item {i}" for i in range(len(models))], "m": models})
     call = {"schema": Review, "model": pl.col("m"), "prompt": "Rate {text}",
             "state": tmp_path / "s", "keep_responses": True}  # fmt: skip
     first = df.pipe(batch_llm, wait=False, **call)
     assert set(first["_status"].to_list()) == {"pending"}
     sent = _bodies(emu)
-    assert sent["claude-sonnet-4-5"]["output_config"]["format"]["type"] == "json_schema"
-    assert "system" not in sent["claude-sonnet-4-5"]
+    assert sent["claude-haiku-4-5"]["output_config"]["format"]["type"] == "json_schema"
+    assert "system" not in sent["claude-haiku-4-5"]
     assert "output_config" not in sent["claude-sonnet-4-20250514"]
     assert "<answer_json_schema>" in json.dumps(sent["claude-sonnet-4-20250514"]["system"])
     emu.advance(60)
@@ -853,6 +914,7 @@ class Wide(BaseModel):
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_structured_output_limits_do_not_bind_a_schema_sent_in_the_prompt(emu, tmp_path, stream):
+    emu.configure(serve_retired=True)  # a retired model's rules: where it is still served
     frame = pl.DataFrame({"text": ["a", "b"]})
     source: Any = frame
     kw: dict[str, Any] = {}
@@ -865,7 +927,7 @@ def test_structured_output_limits_do_not_bind_a_schema_sent_in_the_prompt(emu, t
         out = out.collect()  # type: ignore[union-attr]
     assert out["_status"].to_list() == ["completed"] * 2
     with pytest.raises(SchemaError, match="at most 16"):
-        batch_llm(source, schema=Wide, model="claude-sonnet-4-5", prompt="{text}",
+        batch_llm(source, schema=Wide, model="claude-haiku-4-5", prompt="{text}",
                   state=tmp_path / "t", **kw)  # fmt: skip
 
 
@@ -885,7 +947,7 @@ def test_estimates_and_the_window_count_the_instruction_sent(emu, tmp_path, monk
     assert wire is not None
     told = instruction(wire, cite=False)
     for model, sent in (("claude-sonnet-4-20250514", told),
-                        ("claude-sonnet-4-5", json.dumps(wire))):  # fmt: skip
+                        ("claude-haiku-4-5", json.dumps(wire))):  # fmt: skip
         extra = int(estimate_tokens(pl.Series([sent]), "anthropic", model)[0])
         assert est(model, Review) - est(model, None) == extra, model
     # The context-window check counts it too (a lower bound, in o200k tokens): a window

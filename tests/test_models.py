@@ -103,7 +103,7 @@ def test_emulator_refuses_temperature_on_gpt_6_sol_as_openai_does(emu):
         ),
         ("claude-opus-5-5", {"thinking": {"type": "disabled"}}, "thinking.type.disabled"),
         (
-            "claude-sonnet-4-5",
+            "claude-haiku-4-5",
             {"thinking": {"type": "enabled", "budget_tokens": 2048}, "temperature": 0.5,
              "max_tokens": 4096},
             "may only be set to 1 when thinking is enabled",
@@ -307,11 +307,11 @@ RULES: list[tuple[str, str, dict[str, Any], str | None]] = [
     ("anthropic", "claude-opus-5-5", {"reasoning_effort": "none"}, "reasoning_effort"),
     ("anthropic", "claude-sonnet-5-5", {"reasoning_effort": "none"}, None),
     ("anthropic", "claude-sonnet-4-6", {"reasoning_effort": "xhigh"}, "reasoning_effort"),
-    ("anthropic", "claude-sonnet-4-5", {"reasoning_effort": "low", "temperature": 0.5},
+    ("anthropic", "claude-haiku-4-5", {"reasoning_effort": "low", "temperature": 0.5},
      "temperature"),
-    ("anthropic", "claude-sonnet-4-5", {"reasoning_effort": "high", "max_tokens": 8000},
+    ("anthropic", "claude-haiku-4-5", {"reasoning_effort": "high", "max_tokens": 8000},
      "max_tokens"),
-    ("anthropic", "claude-sonnet-4-5", {"max_tokens": 64_001}, "max_tokens"),
+    ("anthropic", "claude-haiku-4-5", {"max_tokens": 64_001}, "max_tokens"),
     ("gemini", "gemini-2.5-flash", {"reasoning_effort": "none", "temperature": 0.3}, None),
     ("gemini", "gemini-2.5-pro", {"reasoning_effort": "none"}, "reasoning_effort"),
     ("gemini", "gemini-3.5-flash", {"reasoning_effort": "minimal"}, None),
@@ -359,7 +359,7 @@ def test_reasoning_effort_maps_to_each_providers_field():
     assert oa["max_completion_tokens"] == 8192  # reasoning models refuse max_tokens
     assert "max_tokens" not in oa
     assert "reasoning_effort" not in sent("openai", "gpt-4.1-mini", {"reasoning_effort": "none"})
-    budget = sent("anthropic", "claude-sonnet-4-5", {"reasoning_effort": "medium"})
+    budget = sent("anthropic", "claude-haiku-4-5", {"reasoning_effort": "medium"})
     assert budget["thinking"] == {"type": "enabled", "budget_tokens": 8192}
     assert budget["max_tokens"] == 8192 + 4096  # the default leaves room for the answer
     adaptive = sent("anthropic", "claude-opus-4-7", {"reasoning_effort": "high"})

@@ -325,3 +325,26 @@ def test_the_terminal_says_the_results_are_downloaded_again(emu, tmp_path: Path)
     assert "is not UTF-8 (byte" in re.sub(r"\s+", " ", shown)
     assert "CHILD-DONE {'completed': 6}" in screen
     assert b"unreachable" not in term.raw  # in no frame drawn
+
+
+def test_a_blank_line_in_a_file_served_not_utf8_twice_is_no_row() -> None:
+    """The lines are matched to the decoded rows; a whitespace-only line is no result.
+
+    Counted as a line, it would leave one line more than rows: the file could never be
+    matched, and its rows would stay pending while the same bytes came back at every poll.
+    """
+    schema = pl.Schema({"id": pl.String, "text": pl.String})
+
+    def decode(data: Any) -> pl.DataFrame:
+        return read_jsonl(data, schema).with_columns(
+            outcome=pl.lit("succeeded"), error=pl.lit(None, pl.String)
+        )
+
+    data = b'{"id":"a","text":"\xffhi"}\n   \n{"id":"b","text":"ok"}\n\t\n'
+    with pytest.raises(ResultFileError):
+        decoded_results(data, decode, failed="file blank-lines")
+    out = decoded_results(data, decode, failed="file blank-lines")  # the same bytes again
+    assert out.select("id", "text", "outcome").rows() == [
+        ("a", "\ufffdhi", "errored"), ("b", "ok", "succeeded"),
+    ]  # fmt: skip
+    assert out["error"][0].startswith("not_utf8: ") and out["error"][1] is None

@@ -71,8 +71,10 @@ def client(emulator: Emulator) -> Iterator[OpenAI]:
     ("model", "encoding"), [("gpt-4.1-mini", "o200k_base"), ("gpt-4-turbo", "cl100k_base")]
 )
 def test_the_emulator_bills_the_exact_bpe_count_with_the_chat_framing(
-    client, shape, model, encoding
+    emu, client, shape, model, encoding
 ) -> None:
+    # gpt-4-turbo (retired 2026-10-23) is the last cl100k_base chat model: where served.
+    emu.configure(serve_retired=True)
     messages = SHAPES[shape]
     reply = client.chat.completions.create(
         model=model, messages=messages, max_tokens=20  # type: ignore[arg-type]

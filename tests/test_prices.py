@@ -6,10 +6,9 @@ long-context rates, and the reported ``_cost_usd``, the dry run's ``_est_cost_us
 cost cap must agree on that. The expected rates are written out (the issue's numbers, and
 genai-prices 0.2.3's batch data for the others), not read back from the code under test.
 
-Claude Sonnet 4.5's long tier is priced (the cost expressions below) but not run: it needs
-Anthropic's 1M-context beta header, which batchata-df does not send, so a request over
-200,000 tokens is refused before sending ("prompt is too long: N tokens > 200000 maximum"
-from the service; ``tests/test_model_rules_today.py``).
+Claude's cache-write rates per tier are priced with claude-haiku-5-5 (the cost expressions
+below). (Claude Sonnet 4.5's long tier was never run: it needed Anthropic's 1M-context beta
+header, which batchata-df does not send; the model retired on 2026-11-30.)
 """
 
 from __future__ import annotations
@@ -62,6 +61,7 @@ def _expected(out: pl.DataFrame, threshold: int, base, long) -> pl.Series:
 @pytest.mark.parametrize(("provider", "model", "threshold", "base", "long"), TIERED,
                          ids=[t[1] for t in TIERED])
 def test_each_request_is_billed_at_its_own_tier(emu, provider, model, threshold, base, long):
+    emu.configure(serve_retired=True)  # a retired model's rules: where it is still served
     df = _rows(threshold)
     out = df.pipe(batch_llm, schema=Summary, model=f"{provider}:{model}", prompt="{text}",
                   params={"max_tokens": 4000})
@@ -81,6 +81,7 @@ def test_each_request_is_billed_at_its_own_tier(emu, provider, model, threshold,
                          ids=[t[1] for t in TIERED])
 def test_dry_run_and_cap_use_each_requests_tier(emu, tmp_path, provider, model, threshold,
                                                 base, long):
+    emu.configure(serve_retired=True)  # a retired model's rules: where it is still served
     df = _rows(threshold)
     kwargs = {"schema": Summary, "model": f"{provider}:{model}", "prompt": "{text}",
               "params": {"max_tokens": 4000}}
@@ -114,11 +115,11 @@ def test_dry_run_and_cap_use_each_requests_tier(emu, tmp_path, provider, model, 
 
 def test_prices_are_derived_from_genai_prices_tiers():
     table = PriceTable()
-    sonnet = table.get("anthropic", "claude-sonnet-4-5")
-    assert sonnet is not None
-    assert (sonnet.input, sonnet.output, sonnet.cached_input, sonnet.cache_write) == (
-        1.5, 7.5, 0.15, 1.875)
-    assert sonnet.tiers == (PriceTier(200_000, 3.0, 11.25, 0.3, 3.75),)
+    haiku = table.get("anthropic", "claude-haiku-5-5")
+    assert haiku is not None
+    assert (haiku.input, haiku.output, haiku.cached_input, haiku.cache_write) == (
+        0.05, 0.25, 0.005, 0.0625)
+    assert haiku.tiers == (PriceTier(100_000, 0.25, 1.25, 0.025, 0.3125),)
     pro = table.get("gemini", "gemini-2.5-pro")
     assert pro is not None
     # Gemini bills batch cache hits at the standard cache rate, not halved.
@@ -129,20 +130,20 @@ def test_prices_are_derived_from_genai_prices_tiers():
 
 
 def test_cost_expr_prices_cache_reads_and_writes_per_tier():
-    sonnet = PriceTable().get("anthropic", "claude-sonnet-4-5")
-    assert sonnet is not None
+    haiku = PriceTable().get("anthropic", "claude-haiku-5-5")  # long tier above 100k
+    assert haiku is not None
     usage = pl.DataFrame({
         "input_tokens": [10_000, 250_000, None],
         "cached_tokens": [4_000, 100_000, None],
         "cache_write_tokens": [2_000, 50_000, None],
         "output_tokens": [1_000, 1_000, None],
     })
-    got = usage.select(cost_expr(sonnet)).to_series().to_list()
-    short = (4_000 * 1.5 + 4_000 * 0.15 + 2_000 * 1.875 + 1_000 * 7.5) / 1e6
-    long = (100_000 * 3.0 + 100_000 * 0.3 + 50_000 * 3.75 + 1_000 * 11.25) / 1e6
+    got = usage.select(cost_expr(haiku)).to_series().to_list()
+    short = (4_000 * 0.05 + 4_000 * 0.005 + 2_000 * 0.0625 + 1_000 * 0.25) / 1e6
+    long = (100_000 * 0.25 + 100_000 * 0.025 + 50_000 * 0.3125 + 1_000 * 1.25) / 1e6
     assert got == [pytest.approx(short), pytest.approx(long), 0.0]
     # The scalar form agrees with the expression.
-    assert sonnet.cost(input_tokens=250_000, output_tokens=1_000, cached_tokens=100_000,
+    assert haiku.cost(input_tokens=250_000, output_tokens=1_000, cached_tokens=100_000,
                        cache_write_tokens=50_000) == pytest.approx(long)
 
 

@@ -116,7 +116,7 @@ def _plain_run_costs_more_by_the_saving(emu, tmp_path: Path, model: str, cached:
 
 
 def test_anthropic_marks_the_shared_prefix_and_bills_cache_reads(emu, tmp_path: Path) -> None:
-    model = "claude-sonnet-4-5"  # minimum cacheable prompt: 1,024 tokens
+    model = "claude-sonnet-4-6"  # minimum cacheable prompt: 1,024 tokens
     out = _run(emu, model, tmp_path / "cached")
     (create,) = _posts(emu, "/messages/batches")
     requests = create["body"]["requests"]
@@ -150,7 +150,7 @@ def test_anthropic_marks_a_long_shared_system_prompt(emu, tmp_path: Path) -> Non
     emu.configure(log_bodies=True)
     frame = pl.DataFrame({"q": ["one", "two", "three"]})
     out = frame.pipe(
-        batch_llm, model="claude-sonnet-4-5", prompt="{q}", system=system,
+        batch_llm, model="claude-sonnet-4-6", prompt="{q}", system=system,
         state=tmp_path / "s",
     )  # fmt: skip
     (create,) = _posts(emu, "/messages/batches")
@@ -162,7 +162,7 @@ def test_anthropic_marks_a_long_shared_system_prompt(emu, tmp_path: Path) -> Non
     usage = _usage(tmp_path / "s")
     assert sorted(usage["cache_write_tokens"].to_list()) == [0, 0, len(system) // 4]
     assert sorted(usage["cached_tokens"].to_list()) == [0, len(system) // 4, len(system) // 4]
-    _check_billing(out, tmp_path / "s", "anthropic", "claude-sonnet-4-5")
+    _check_billing(out, tmp_path / "s", "anthropic", "claude-sonnet-4-6")
 
 
 def test_anthropic_does_not_mark_prefixes_below_the_model_minimum(emu, tmp_path: Path) -> None:
@@ -222,7 +222,7 @@ def test_progress_shows_what_caching_saved(emu, tmp_path: Path) -> None:
     from batchata_df.progress import format_line
 
     snaps: list[Any] = []
-    _run(emu, "claude-sonnet-4-5", tmp_path / "cached", progress=snaps.append)
+    _run(emu, "claude-sonnet-4-6", tmp_path / "cached", progress=snaps.append)
     final = snaps[-1]
     saved = _usage(tmp_path / "cached")["cache_saved_usd"].sum()
     assert final.cache_saved_usd == pytest.approx(saved, rel=1e-9)
@@ -237,7 +237,7 @@ def test_anthropic_marks_the_shared_files(emu, tmp_path: Path) -> None:
     doc = ("Supply agreement. " + DOC).encode()
     frame = pl.DataFrame({"q": ["Who signs?", "When?", "Where?"], "f": [doc, doc, doc]})
     out = frame.pipe(
-        batch_llm, model="claude-sonnet-4-5", prompt="{q}", files="f", state=tmp_path / "s"
+        batch_llm, model="claude-sonnet-4-6", prompt="{q}", files="f", state=tmp_path / "s"
     )
     assert out["_status"].to_list() == ["completed"] * 3
     (create,) = _posts(emu, "/messages/batches")
@@ -250,7 +250,7 @@ def test_anthropic_marks_the_shared_files(emu, tmp_path: Path) -> None:
     writes = sorted(usage["cache_write_tokens"].to_list())
     assert writes[:2] == [0, 0] and writes[2] > 1024
     assert sorted(usage["cached_tokens"].to_list()) == [0, writes[2], writes[2]]
-    _check_billing(out, tmp_path / "s", "anthropic", "claude-sonnet-4-5")
+    _check_billing(out, tmp_path / "s", "anthropic", "claude-sonnet-4-6")
 
 
 # -- the shortcut for jobs too short to share a cacheable prefix (issue 14, CPU) ----------

@@ -138,6 +138,7 @@ def test_the_library_refuses_a_non_chat_model_before_sending(emu, model) -> None
 
 
 def test_a_search_preview_model_is_a_chat_model_served_in_realtime(emu) -> None:
+    emu.configure(serve_retired=True)  # a retired model's rules: where it is still served
     out = ROWS.pipe(batch_llm, model="gpt-4o-mini-search-preview", prompt="{t}",
                     mode="realtime")  # fmt: skip
     assert out["_status"].to_list() == ["completed", "completed"], out["_error"].to_list()
@@ -148,6 +149,7 @@ def test_a_search_preview_model_is_a_chat_model_served_in_realtime(emu) -> None:
 
 @pytest.mark.parametrize("role", ["system", "developer"])
 def test_the_emulator_refuses_a_system_message_on_o1_mini(emu, role) -> None:
+    emu.configure(serve_retired=True)  # a retired model's rules: where it is still served
     import openai
 
     messages = [{"role": role, "content": "Be terse."}, *MSGS]
@@ -163,6 +165,7 @@ def test_the_emulator_refuses_a_system_message_on_o1_mini(emu, role) -> None:
 
 
 def test_the_emulator_refuses_structured_output_on_o1_mini(emu) -> None:
+    emu.configure(serve_retired=True)  # a retired model's rules: where it is still served
     import openai
 
     sdk = openai_client(emu)
@@ -188,11 +191,13 @@ def test_the_library_refuses_a_schema_on_o1_mini_before_sending(emu) -> None:
 
 
 def test_o1_mini_with_neither_runs(emu) -> None:
+    emu.configure(serve_retired=True)  # a retired model's rules: where it is still served
     out = ROWS.pipe(batch_llm, model="o1-mini", prompt="{t}", mode="realtime")
     assert out["_status"].to_list() == ["completed", "completed"], out["_error"].to_list()
 
 
 def test_a_system_prompt_on_rows_of_another_model_does_not_refuse_o1_mini(emu) -> None:
+    emu.configure(serve_retired=True)  # a retired model's rules: where it is still served
     # the check is per model: rows of o1-mini without a system prompt pass
     df = pl.DataFrame({"t": ["a", "b"], "m": ["o1-mini", "gpt-4.1-mini"],
                        "s": [None, "Be terse."]})  # fmt: skip
@@ -245,6 +250,7 @@ def test_a_streaming_run_sends_o1_mini_rows_without_a_system_prompt_and_others_w
     emu, tmp_path
 ) -> None:
     """Per model: the o1-mini rows have none; the other model's rows keep theirs."""
+    emu.configure(serve_retired=True)  # a retired model's rules: where it is still served
     path = tmp_path / "in.parquet"
     LATE.with_columns(
         pl.when(pl.col("m") == "o1-mini").then(None).otherwise(pl.col("s")).alias("s")
@@ -270,6 +276,7 @@ def test_a_streaming_run_sends_o1_mini_rows_without_a_system_prompt_and_others_w
 def test_a_streaming_o1_mini_run_with_a_system_column_null_on_every_row_is_sent(
     emu, tmp_path
 ) -> None:
+    emu.configure(serve_retired=True)  # a retired model's rules: where it is still served
     path = tmp_path / "in.parquet"
     LATE.with_columns(pl.lit(None, dtype=pl.String).alias("s")).write_parquet(path)
     out = batch_llm(pl.scan_parquet(path), model="o1-mini", prompt="{t}", system=pl.col("s"),

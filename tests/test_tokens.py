@@ -127,9 +127,9 @@ def test_image_rules() -> None:
     assert image_tokens(4000, 4000, "openai", "gpt-4.1-mini") <= math.ceil(1536 * 1.62)
     # Anthropic: ceil(w/28) * ceil(h/28) visual tokens (current vision guide) or w*h/750
     # (the earlier guide), whichever is larger; at most ~1.15 MP before Opus 4.7.
-    assert image_tokens(200, 200, "anthropic", "claude-sonnet-4-5") == 8 * 8  # > 54 (/750)
-    assert image_tokens(1000, 1000, "anthropic", "claude-sonnet-4-5") == 1334  # > 36 * 36
-    assert image_tokens(5000, 5000, "anthropic", "claude-sonnet-4-5") <= 1534
+    assert image_tokens(200, 200, "anthropic", "claude-haiku-4-5") == 8 * 8  # > 54 (/750)
+    assert image_tokens(1000, 1000, "anthropic", "claude-haiku-4-5") == 1334  # > 36 * 36
+    assert image_tokens(5000, 5000, "anthropic", "claude-haiku-4-5") <= 1534
     # Gemini: 258 per small image, 258 per 768px tile otherwise
     assert image_tokens(384, 384, "gemini", "gemini-2.0-flash") == 258
     assert image_tokens(1536, 1000, "gemini", "gemini-2.5-pro") == 258 * 4
@@ -142,9 +142,9 @@ def test_pdf_rules() -> None:
     assert 3000 < pdf_page_tokens("anthropic", "claude-opus-4-1") <= 3000 + 1600
     assert pdf_page_tokens("openai", "gpt-4o") > 1500
     pages = pl.Series("pages", [1, 3, None])
-    out = estimate_file_tokens(pages, "anthropic", "claude-sonnet-4-5")
+    out = estimate_file_tokens(pages, "anthropic", "claude-haiku-4-5")
     assert isinstance(out, pl.Series)
-    per_page = pdf_page_tokens("anthropic", "claude-sonnet-4-5")
+    per_page = pdf_page_tokens("anthropic", "claude-haiku-4-5")
     assert out.to_list() == [per_page, 3 * per_page, 0]
     assert estimate_file_tokens(2, "gemini", "gemini-2.5-flash") == 516
 

@@ -135,6 +135,8 @@ class Emulator:
             repr(self.latency),
             "--cancel-unfinished",
             self.cancel_unfinished,
+            "--parent-pid",  # the server stops itself if this process is killed
+            str(os.getpid()),
         ]
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env)
         self._proc = proc
@@ -332,7 +334,8 @@ class Emulator:
         """The billing ledger: one ``{provider, batch_id, custom_id, mode, request}`` per bill.
 
         Every request of every batch the provider accepted counts (a batch cancelled or
-        expired early: only the requests that ran), including batches nobody collected, and
+        expired early: only the requests that ran; Anthropic's ``errored`` requests, which
+        "will not be billed", never), including batches nobody collected, and
         every answered realtime request (``mode="realtime"``, billed at the standard price;
         no batch or custom id). A ``custom_id`` that appears twice was paid twice; so was a
         ``request`` (a digest of what was asked, the same in either mode) that appears
@@ -413,8 +416,9 @@ class Emulator:
             client sees the body broken off); ``"cut_clean"`` sends that half body without
             a ``content-length`` and closes the connection in order (the client sees a
             clean end of a shorter body); ``"corrupt"`` sends the whole answer with bytes
-            that are never UTF-8 inside its first line's answer text (complete JSON
-            lines, not UTF-8).
+            that are never UTF-8 inside its first answer text (a result file's first
+            line, a realtime answer, a streamed answer's first ``text_delta``, a Gemini
+            batch's inline results: complete JSON, not UTF-8).
         when
             ``"after"`` lets the request take effect (e.g. the batch *is* created) and
             then replaces the answer: the "provider accepted, client never heard" case.
@@ -471,6 +475,7 @@ class Emulator:
         log_bodies: bool | None = None,
         list_order: Literal["newest_first", "oldest_first", "shuffled"] | None = None,
         realtime_latency: float | None = None,
+        serve_retired: bool | None = None,
         openai: Mapping[str, object] | None = None,
         anthropic: Mapping[str, object] | None = None,
         gemini: Mapping[str, object] | None = None,
@@ -497,6 +502,10 @@ class Emulator:
         realtime_latency
             Real seconds each realtime answer takes (0 by default), so that a client's
             concurrency shows in :meth:`realtime_stats`.
+        serve_retired
+            Serve the models their provider has retired (a gateway that still serves
+            them); off by default, as the providers refuse them
+            (:data:`~batchata_df.emulator.model_rules.RETIRED`).
         openai, anthropic, gemini
             Provider settings, e.g. ``openai={"max_requests": 10}``.
 
@@ -514,6 +523,7 @@ class Emulator:
             ("log_bodies", log_bodies),
             ("list_order", list_order),
             ("realtime_latency", realtime_latency),
+            ("serve_retired", serve_retired),
             ("openai", None if openai is None else dict(openai)),
             ("anthropic", None if anthropic is None else dict(anthropic)),
             ("gemini", None if gemini is None else dict(gemini)),

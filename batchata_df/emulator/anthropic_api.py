@@ -196,6 +196,9 @@ class _Spec:
     thinking_tokens: int = 0  # spent before the answer, inside max_tokens
     breakpoints: list[tuple[str, int, str]] = field(default_factory=list)
     """Marked prefixes: (hash, tokens up to and including the block, ttl), in order."""
+    room: int | None = None
+    """Output tokens left in the context window when it is smaller than ``max_tokens``
+    (:func:`~batchata_df.emulator.model_rules.window_room`)."""
 
 
 def _blocks_text(content: object) -> tuple[str, int, bool]:
@@ -520,6 +523,11 @@ class _SpecBuilder:
                 "invalid_request_error",
                 f"prompt is too long: {counted} tokens > {window} maximum",
             )
+        room = None
+        if error is None:
+            room = model_rules.window_room(
+                "anthropic", model, prompt, extra + schema_tokens, int(params["max_tokens"])
+            )
         marker = answers.find_marker(prompt)
         if marker in (answers.MARKER_ERROR, answers.MARKER_DETAILS) and error is None:
             status = answers.marker_status(prompt)
@@ -541,6 +549,7 @@ class _SpecBuilder:
             cite_schema=cite_schema,
             thinking_tokens=thought_tokens or 0,
             breakpoints=breakpoints,
+            room=room,
         )
 
 
@@ -722,6 +731,14 @@ def render_message(spec: _Spec, rid: str, *, cache: tuple[int, int] = (0, 0)) ->
         content.extend(blocks)
         out_tokens = answers.count_tokens(text)
     out_tokens = min(out_tokens + thought, spec.max_tokens)
+    if spec.room is not None and out_tokens > spec.room:
+        # The window filled before the answer ended: what fits of it, the whole rest of the
+        # window generated and billed (model_rules.window_room).
+        text = _cut(text, spec.mode != "text", max(0, spec.room - thought) * 4)
+        content = [*content[: 1 if spec.thinking else 0],
+                   {"type": "text", "text": text, "citations": None}]  # fmt: skip
+        return _message(spec, rid, content, "model_context_window_exceeded", spec.room,
+                        min(thought, spec.room), cache)  # fmt: skip
     if stop == "max_tokens":
         # Cut by the output limit: the whole limit was generated and is billed
         # (usage.output_tokens = max_tokens with stop_reason "max_tokens").
@@ -1066,6 +1083,7 @@ class AnthropicApp:
         key = batch.id[-12:]
         counts = {"processing": 0, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
         lines: list[str] = []
+        errored: list[int] = []
         for i, spec in enumerate(specs):
             rid = f"{key}{i:06x}"
             if i >= ran:
@@ -1074,6 +1092,7 @@ class AnthropicApp:
             elif spec.error is not None:
                 result = _errored(*spec.error, rid)
                 counts["errored"] += 1
+                errored.append(i)
             else:
                 cache = self.caches.anthropic(spec.model, spec.breakpoints, ended_at)
                 message = render_message(spec, rid, cache=cache)
@@ -1084,6 +1103,8 @@ class AnthropicApp:
         order = sorted(range(len(lines)), key=lambda i: answers.seed_int(specs[i].custom_id))
         payload = "".join(lines[i] + "\n" for i in order).encode("utf-8")
         self.core.blobs.put(_blob_key(batch.id), payload)
+        if batch.ledger is not None:  # errored requests are not billed (LedgerEntry.unbilled)
+            batch.ledger.unbilled = frozenset(errored)
         batch.counts = counts
         batch.specs = None  # the answers are on disk now
         batch.ended_at = ended_at

@@ -85,8 +85,12 @@ the model's range is refused; 3.x and 4 always think (``thinkingLevel``); the th
 (``model_rules.THOUGHT_TOKENS`` per level, at most the budget) are reported as
 ``thoughtsTokenCount`` (not in ``candidatesTokenCount``) and count against
 ``maxOutputTokens``: thinking that uses all of it leaves no text part and ``finishReason:
-MAX_TOKENS``. ``includeThoughts`` adds a ``{"text", "thought": true}`` part before the
-answer. A thinking config the model refuses is a per-request error (400).
+MAX_TOKENS``, billed. A ``thinkingBudget`` above ``maxOutputTokens`` is accepted: no source
+read shows the API refusing it, and requests whose thinking fills ``maxOutputTokens`` are
+answered ``MAX_TOKENS`` with empty text (googleapis/python-genai#811, #626, #1405); the
+client refuses it before sending. ``includeThoughts`` adds a
+``{"text", "thought": true}`` part before the answer. A thinking config the model refuses
+is a per-request error (400).
 
 Usage is the emulator's estimate (``answers.count_tokens``): ``promptTokenCount`` covers the
 text parts, the ``inlineData`` parts (:mod:`.media`: 258 per PDF page, 258 per image or

@@ -55,6 +55,7 @@ say how, with their sources).
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,6 +65,8 @@ from typing import Final, Literal
 from batchata_df.emulator import answers
 
 __all__ = [
+    "RETIRED",
+    "SERVE_RETIRED_VAR",
     "THOUGHT_TOKENS",
     "Rules",
     "anthropic_refusal",
@@ -71,6 +74,8 @@ __all__ = [
     "anthropic_thinking",
     "context_window",
     "over_window",
+    "retired",
+    "window_room",
     "window_tokens",
     "gemini_refusal",
     "gemini_rules",
@@ -79,6 +84,7 @@ __all__ = [
     "openai_effort",
     "openai_refusal",
     "openai_rules",
+    "serve_retired",
     "serves",
 ]
 
@@ -279,7 +285,7 @@ def window_tokens(provider: str, model: str, text: str) -> int:
     --------
     >>> window_tokens("openai", "gpt-4o-mini", "word " * 1_000)
     1001
-    >>> window_tokens("anthropic", "claude-sonnet-4-5", "word " * 1_000)
+    >>> window_tokens("anthropic", "claude-haiku-4-5", "word " * 1_000)
     1162
     >>> window_tokens("gemini", "gemini-2.5-flash", "word " * 1_000)
     1250
@@ -362,6 +368,37 @@ def over_window(provider: str, model: str, text: str, extra: int) -> int | None:
         return None
     tokens = window_tokens(provider, model, text) + extra
     return tokens if tokens > window else None
+
+
+def window_room(provider: str, model: str, text: str, extra: int, max_tokens: int) -> int | None:
+    """Output tokens left in the window when input plus ``max_tokens`` exceed it, else None.
+
+    Claude Sonnet 4.5 and every later model (all the Claude models served today) accept
+    such a request and stop generating where the window is full, with ``stop_reason``
+    ``model_context_window_exceeded``: "This stop reason is available by default in Sonnet
+    4.5 and newer models" (platform.claude.com/docs/en/build-with-claude/handling-stop-
+    reasons, "model_context_window_exceeded"; anthropic 2.14 ``types/stop_reason.py``).
+    Older Claude models refused it ("input length and `max_tokens` exceed context limit:
+    178959 + 64000 > 200000, decrease input length or `max_tokens` and try again",
+    docker/docker-agent#569); they are all retired (:data:`RETIRED`), so the emulator never
+    refuses it. Tokens are counted as :func:`over_window` counts them.
+
+    Examples
+    --------
+    >>> window_room("anthropic", "claude-haiku-4-5", "hi", 0, 64_000) is None
+    True
+    >>> window_room("anthropic", "claude-haiku-4-5", "word " * 172_000, 0, 64_000)
+    478
+    """
+    window = context_window(provider, model)
+    if window is None:
+        return None
+    factor = CLAUDE_TOKENS_PER_O200K if provider == "anthropic" else 1.0
+    most = math.ceil(len(text.encode()) * factor) + extra  # a token is at least a byte
+    if provider != "gemini" and most + max_tokens <= window:
+        return None
+    tokens = window_tokens(provider, model, text) + extra
+    return window - tokens if tokens + max_tokens > window else None
 
 
 def context_window(provider: str, model: str) -> int | None:
@@ -616,6 +653,95 @@ def _gemini_thinking(config: dict[str, object]) -> tuple[int | None, object]:
     return (budget if isinstance(budget, int) else None), level
 
 
+RETIRED: Final[tuple[tuple[str, str, str], ...]] = (
+    # (provider, model pattern (re.fullmatch), shutdown date): models whose shutdown
+    # date has passed (as of 2026-11-30), aliases and dated snapshots alike.
+    # Anthropic, platform.claude.com/docs/en/about-claude/model-deprecations, "Model
+    # status" (retired: "Requests to retired models will fail").
+    ("anthropic", r"claude-(instant-)?1(\.\d)?|claude-v1.*", "2024-11-06"),
+    ("anthropic", r"claude-2(\.[01])?|claude-3-sonnet.*", "2025-07-21"),
+    ("anthropic", r"claude-3-5-sonnet.*", "2025-10-28"),
+    ("anthropic", r"claude-3-opus.*", "2026-01-05"),
+    ("anthropic", r"claude-3-7-sonnet.*|claude-3-5-haiku.*", "2026-02-19"),
+    ("anthropic", r"claude-3-haiku.*", "2026-04-20"),
+    ("anthropic", r"claude-(opus|sonnet)-4(-0)?(-20250514)?", "2026-06-15"),
+    ("anthropic", r"claude-opus-4-1(-20250805)?", "2026-08-05"),
+    # "| claude-sonnet-4-5-20250929 | Deprecated | September 30, 2026 | November 30, 2026 |":
+    # the shutdown is today (2026-11-30); alias and dated snapshot.
+    ("anthropic", r"claude-sonnet-4-5(-20250929)?", "2026-11-30"),
+    # OpenAI, developers.openai.com/api/docs/deprecations ("At the time of the shut down,
+    # the model or endpoint will no longer be accessible"); chat models only (realtime,
+    # image and embedding models are refused as not chat models anyway).
+    ("openai", r"gpt-3\.5-turbo-(0301|0613|16k-0613)", "2024-09-13"),
+    ("openai", r"gpt-4(-1106)?-vision-preview", "2024-12-06"),
+    ("openai", r"gpt-4-32k.*", "2025-06-06"),
+    ("openai", r"gpt-4\.5-preview.*", "2025-07-14"),
+    ("openai", r"o1-preview.*", "2025-07-28"),
+    ("openai", r"o1-mini.*", "2025-10-27"),
+    ("openai", r"codex-mini-latest", "2026-02-12"),
+    ("openai", r"chatgpt-4o-latest", "2026-02-17"),
+    ("openai", r"gpt-4-(0314|0125-preview|turbo-preview)", "2026-03-26"),
+    ("openai", r"gpt-4o(-mini)?-audio-preview.*", "2026-05-07"),
+    ("openai", r"gpt-5(\.1)?-chat-latest|gpt-5(\.[12])?-codex.*|gpt-4o(-mini)?-search-preview.*"
+     r"|o[34](-mini)?-deep-research.*|computer-use-preview.*", "2026-07-23"),
+    ("openai", r"gpt-5\.[23]-chat-latest", "2026-08-10"),
+    ("openai", r"gpt-3\.5-turbo-(instruct.*|1106)|babbage-002|davinci-002", "2026-09-28"),
+    ("openai", r"gpt-3\.5-turbo(-0125)?|gpt-4(-0613|-1106-preview)?|gpt-4-turbo.*"
+     r"|gpt-4\.1-nano.*|gpt-4o-2024-05-13|o1(-2024-12-17)?|o1-pro.*|o3-mini.*"
+     r"|o4-mini(-2025-04-16)?", "2026-10-23"),
+    # Gemini, ai.google.dev/gemini-api/docs/deprecations ("Once a model is 'shutdown', it
+    # is completely turned off, and the endpoint is no longer available"). gemini-2.5-pro
+    # and -flash are left served: their shutdown date differs between sources
+    # (2026-10-16, 2026-12-01).
+    # 1.0 and 1.5 (the last of them, 1.5, on 2025-09-24)
+    ("gemini", r"gemini-(1\.[05]|pro|flash-1\.5|pro-1\.5).*", "2025-09-24"),
+    ("gemini", r"gemini-2\.5-pro-preview-.*", "2025-12-02"),
+    ("gemini", r"gemini-3-pro-preview", "2026-03-09"),
+    ("gemini", r"gemini-2\.0-flash.*", "2026-06-01"),
+    ("gemini", r"gemini-3(\.1)?-(pro|flash)-image-preview", "2026-06-25"),
+    ("gemini", r"gemini-2\.5-flash-image.*", "2026-10-02"),
+)  # fmt: skip
+"""Models each provider no longer serves (shut down), with the date; :func:`serves` refuses
+them as the provider refuses an unknown model (they are in genai-prices' lists, which keep
+retired models for pricing old usage)."""
+
+
+SERVE_RETIRED_VAR: Final = "BATCHATA_EMULATOR_SERVE_RETIRED"
+"""Set (non-empty) in the emulator's environment, it starts serving retired models (the
+``serve_retired`` setting's default): for comparing with an old client that knows only
+retired names (``benchmarks/bench_overhead.py``'s seed library)."""
+
+_SERVING_RETIRED: list[bool] = [bool(os.environ.get(SERVE_RETIRED_VAR))]
+
+
+def serve_retired(flag: bool | None = None) -> bool:
+    """Whether :func:`serves` serves retired models; ``flag`` sets it.
+
+    The emulator's ``serve_retired`` setting: a gateway, or a partner cloud, that still
+    serves them. Off unless asked: the providers refuse them.
+    """
+    if flag is not None:
+        _SERVING_RETIRED[0] = flag
+    return _SERVING_RETIRED[0]
+
+
+def retired(provider: str, model: str) -> str | None:
+    """The shutdown date of a retired ``model`` (``None`` while it is served).
+
+    Examples
+    --------
+    >>> retired("anthropic", "claude-3-opus-20240229"), retired("openai", "gpt-4-32k")
+    ('2026-01-05', '2025-06-06')
+    >>> retired("gemini", "models/gemini-1.0-pro"), retired("openai", "gpt-4.1-mini")
+    ('2025-09-24', None)
+    """
+    name = model.removeprefix("models/") if provider == "gemini" else model
+    for who, pattern, date in RETIRED:
+        if who == provider and re.fullmatch(pattern, name):
+            return date
+    return None
+
+
 SERVED_EXTRA: Final[dict[str, frozenset[str]]] = {
     "openai": frozenset({"gpt-6-terra"}),
     "anthropic": frozenset(),
@@ -628,13 +754,12 @@ need a model the provider answers and nobody prices)."""
 _GENAI_PROVIDER: Final = {"openai": "openai", "anthropic": "anthropic", "gemini": "google"}
 
 
-@lru_cache(maxsize=1024)
 def serves(provider: str, model: str) -> bool:
     """Whether ``provider``'s API serves ``model`` (a batch of it is accepted).
 
     A name matches when genai-prices lists it under the provider (its own match rules:
     dated snapshots such as ``gpt-4.1-mini-2025-04-14`` or
-    ``claude-sonnet-4-5-20250929`` match their model). OpenAI fine-tunes
+    ``claude-haiku-4-5-20251001`` match their model). OpenAI fine-tunes
     (``ft:<base>:<org>::<id>``) are served when their base model is. Gemini takes
     ``models/`` names and the caller's own ``tunedModels/``; genai-prices' ``google``
     list also prices Claude on Vertex AI, which the Gemini API does not serve.
@@ -643,7 +768,7 @@ def serves(provider: str, model: str) -> bool:
     --------
     >>> serves("openai", "gpt-4.1-mini"), serves("anthropic", "gpt-4.1-mini")
     (True, False)
-    >>> serves("gemini", "models/gemini-2.5-flash"), serves("gemini", "claude-sonnet-4-5")
+    >>> serves("gemini", "models/gemini-2.5-flash"), serves("gemini", "claude-haiku-4-5")
     (True, False)
     >>> serves("openai", "ft:gpt-4.1-mini-2025-04-14:acme::abc123")
     True
@@ -663,6 +788,13 @@ def serves(provider: str, model: str) -> bool:
             return False
     if not name:
         return False
+    if not _SERVING_RETIRED[0] and retired(provider, name) is not None:
+        return False
+    return _genai_lists(provider, name)
+
+
+@lru_cache(maxsize=1024)
+def _genai_lists(provider: str, name: str) -> bool:
     from genai_prices import data_snapshot
 
     try:

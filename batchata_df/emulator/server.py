@@ -28,7 +28,8 @@ Control endpoints (no auth, never logged)
 ``GET /_emulator/billing``
     The billing ledger: one ``{provider, batch_id, custom_id, mode, request}`` per request
     of every batch the provider accepted (a cancelled or expired batch: only the requests
-    that ran) and per answered realtime request (``mode="realtime"``, no batch or custom
+    that ran; Anthropic: not its ``errored`` requests, which it does not bill) and per
+    answered realtime request (``mode="realtime"``, no batch or custom
     id), so tests can prove that nothing was paid twice: a ``custom_id`` twice, or a
     ``request`` key (what was asked, the same in both modes) twice, is a double bill.
 ``POST /_emulator/faults`` / ``GET`` / ``DELETE``
@@ -43,10 +44,11 @@ Control endpoints (no auth, never logged)
     ``content-length`` (a close-delimited body) and then closes the connection in order:
     the client sees a clean end of a shorter body, as behind a proxy that ends a stream
     early without an error. ``"corrupt"`` sends the whole answer with two bytes that are
-    never UTF-8 (hex ``ff fe``) inside its first line's answer text (:func:`corrupted`):
-    complete JSON lines, not UTF-8. All three answer the request first, so they are ``when="after"``
-    (their default; an explicit ``"before"`` is refused), and ``delay_ms`` waits before
-    the answer is sent.
+    never UTF-8 (hex ``ff fe``) inside its first answer text (:func:`corrupted`; a result
+    file's first line, a realtime answer, a stream's first ``text_delta``, a Gemini batch
+    resource's inline results): complete JSON lines, not UTF-8. All three answer the
+    request first, so they are ``when="after"`` (their default; an explicit ``"before"``
+    is refused), and ``delay_ms`` waits before the answer is sent.
     ``echo_key`` makes the error echo the request's credential (the ``Authorization``,
     ``x-api-key`` or ``x-goog-api-key`` value, or ``?key=``), as some gateways and proxies
     do: the default message then ends with it, and ``{key}`` in a custom ``body`` is
@@ -59,8 +61,8 @@ Control endpoints (no auth, never logged)
     answered now, the most at once, and how many were answered.
 ``GET|POST /_emulator/config``
     ``{"latency": s, "cancel_delay": s, "cancel_unfinished": "error_file" | "omit",
-    "log_bodies": bool, "realtime_latency": s, "<provider>": {...}}``. Unknown keys are a
-    400, never ignored.
+    "log_bodies": bool, "realtime_latency": s, "serve_retired": bool, "<provider>": {...}}``.
+    Unknown keys are a 400, never ignored.
 ``POST /_emulator/reset``
     Drop all provider state, files, faults and the log, and reset the clock; settings stay.
 ``GET|POST /_emulator/clock``
@@ -98,6 +100,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol, cast
 from urllib.parse import parse_qsl, unquote_plus
+
+from batchata_df.emulator import model_rules
 
 __all__ = [
     "CONTROL_PREFIX",
@@ -489,6 +493,11 @@ class EmulatorConfig:
         practice), ``"oldest_first"`` or ``"shuffled"`` (stable while no batch is added).
         Neither provider documents the order, so clients must not rely on it; Anthropic
         documents newest first and always lists so.
+    serve_retired
+        Serve the models their provider has retired
+        (:data:`~batchata_df.emulator.model_rules.RETIRED`), as a gateway or a partner
+        cloud that still serves them would. Off by default: the providers refuse them as
+        unknown models. Starts on when ``BATCHATA_EMULATOR_SERVE_RETIRED`` is set.
     """
 
     latency: float = 0.0
@@ -497,6 +506,7 @@ class EmulatorConfig:
     log_bodies: bool = False
     list_order: ListOrder = "newest_first"
     realtime_latency: float = 0.0
+    serve_retired: bool = field(default_factory=model_rules.serve_retired)
 
     def as_dict(self) -> dict[str, object]:
         """The settings as JSON-ready data."""
@@ -507,6 +517,7 @@ class EmulatorConfig:
             "log_bodies": self.log_bodies,
             "list_order": self.list_order,
             "realtime_latency": self.realtime_latency,
+            "serve_retired": self.serve_retired,
         }
 
 
@@ -617,18 +628,23 @@ ANSWERING_ACTIONS: Final = CUT_ACTIONS | {"corrupt"}
 """The fault actions that answer the request first and then damage its answer."""
 NOT_UTF8: Final = b"\xff\xfe"
 """The bytes the ``corrupt`` action puts into an answer: neither can occur in UTF-8."""
-_ANSWER_STRING = re.compile(rb'"(?:text|content)"\s*:\s*"')
-"""Where an answer's text starts in a result line of the three protocols: OpenAI's
-``message.content``, Anthropic's ``content[].text``, Gemini's ``parts[].text``."""
+_ANSWER_STRING = re.compile(rb'"(?:text|content)"\s*:\s*"(?=[^"])')
+"""Where a (non-empty) answer text starts in a result line or an answer of the three
+protocols: OpenAI's ``message.content``, Anthropic's ``content[].text`` (a streamed
+answer's ``text_delta.text``), Gemini's ``parts[].text``."""
 _ANY_STRING = re.compile(rb':\s*"')
 
 
 def corrupted(body: bytes) -> bytes:
-    r"""``body`` with :data:`NOT_UTF8` put inside its first line's answer (the fault ``corrupt``).
+    r"""``body`` with :data:`NOT_UTF8` put inside its first answer text (the fault ``corrupt``).
 
-    The bytes go right after the opening quote of the line's first answer string (else
-    of its first string value), so the line is still complete JSON but not UTF-8: the
-    damage a faulty proxy or a flipped bit in transit would leave.
+    The bytes go right after the opening quote of the first line's first answer string;
+    a body whose first line holds none (a streamed answer's ``event: message_start``, a
+    pretty-printed JSON answer's ``{``) gets them in its first answer string anywhere,
+    else in the first line's first string value. The line is still complete JSON (the
+    event still a whole event) but not UTF-8: the damage a faulty proxy or a flipped bit
+    in transit would leave, in a result file, a realtime answer or a batch resource
+    holding inline results alike.
 
     Examples
     --------
@@ -636,10 +652,13 @@ def corrupted(body: bytes) -> bytes:
     b'{"id":"a","text":"\xff\xfehi"}\n{"id":"b","text":"ok"}\n'
     >>> corrupted(b'{"id":"a"}')
     b'{"id":"\xff\xfea"}'
+    >>> corrupted(b'event: start\ndata: {"text":""}\n\nevent: delta\ndata: {"text":"hi"}\n\n')
+    b'event: start\ndata: {"text":""}\n\nevent: delta\ndata: {"text":"\xff\xfehi"}\n\n'
     """
     end = body.find(b"\n")
     first = body if end < 0 else body[:end]
-    found = _ANSWER_STRING.search(first) or _ANY_STRING.search(first)
+    found = (_ANSWER_STRING.search(first) or _ANSWER_STRING.search(body)
+             or _ANY_STRING.search(first))  # fmt: skip
     if found is None:
         return NOT_UTF8 + body  # no string at all: the body's first bytes
     return body[: found.end()] + NOT_UTF8 + body[found.end() :]
@@ -836,6 +855,11 @@ class LedgerEntry:
     whatever the mode): the same row billed in a batch and in realtime shows the same key."""
     mode: str = "batch"
     """``"batch"`` or ``"realtime"`` (billed at the provider's standard price)."""
+    unbilled: frozenset[int] = frozenset()
+    """Positions of requests that ran but are not billed: Anthropic's ``errored`` results
+    ("Request encountered an error and a message was not created. [...] You will not be
+    billed for these requests.", https://platform.claude.com/docs/en/build-with-claude/
+    batch-processing, "Retrieving batch results")."""
 
 
 def _credentials(request: Request) -> list[str]:
@@ -1023,7 +1047,9 @@ class EmulatorCore:
             keys: list[str | None] = [None] * len(e.custom_ids)
             if e.requests is not None:
                 keys = list(e.requests)
-            for cid, key in zip(e.custom_ids[:n], keys[:n], strict=True):
+            for i, (cid, key) in enumerate(zip(e.custom_ids[:n], keys[:n], strict=True)):
+                if i in e.unbilled:
+                    continue
                 out.append(
                     {"provider": e.provider, "batch_id": e.batch_id, "custom_id": cid,
                      "mode": e.mode, "request": key}
@@ -1268,6 +1294,7 @@ class EmulatorCore:
             self.config.log_bodies,
             self.config.list_order,
             self.config.realtime_latency,
+            self.config.serve_retired,
         )
         for key in ("latency", "cancel_delay", "realtime_latency"):
             if key in shared:
@@ -1282,12 +1309,13 @@ class EmulatorCore:
                 msg = f"cancel_unfinished must be 'error_file' or 'omit', got {value!r}"
                 raise ValueError(msg)
             new.cancel_unfinished = value
-        if "log_bodies" in shared:
-            value = shared["log_bodies"]
-            if not isinstance(value, bool):
-                msg = f"log_bodies must be true or false, got {value!r}"
-                raise ValueError(msg)
-            new.log_bodies = value
+        for key in ("log_bodies", "serve_retired"):
+            if key in shared:
+                value = shared[key]
+                if not isinstance(value, bool):
+                    msg = f"{key} must be true or false, got {value!r}"
+                    raise ValueError(msg)
+                setattr(new, key, value)
         if "list_order" in shared:
             value = shared["list_order"]
             if value not in LIST_ORDERS:
@@ -1302,6 +1330,7 @@ class EmulatorCore:
                     raise ValueError(msg)
                 app.configure(sub)
         self.config = new
+        model_rules.serve_retired(new.serve_retired)
 
     def reset(self) -> None:
         """Forget all provider state, files, faults and the log; keep settings."""

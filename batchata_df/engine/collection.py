@@ -24,9 +24,21 @@ from batchata_df.engine.run import (
 from batchata_df.errors import ProviderError, ResultFileError
 from batchata_df.providers.base import BatchPoll, ProviderState, RequestSpec, empty_results
 from batchata_df.schema import DECODED
-from batchata_df.state import lined_up
+from batchata_df.state import damaged_detail, lined_up
 
-__all__ = ["THINKING_ADVICE", "TRUNCATED_ADVICE", "Collector", "holds_any", "outcomes_to_events"]
+__all__ = [
+    "RESULTS_UNUSABLE",
+    "THINKING_ADVICE",
+    "TRUNCATED_ADVICE",
+    "Collector",
+    "holds_any",
+    "outcomes_to_events",
+]
+
+RESULTS_UNUSABLE = "results_unusable"
+"""Marks, after ``provider_unavailable:``, rows pending because their batch's results were
+downloaded but could not be used (:class:`~batchata_df.errors.ResultFileError`): the
+provider answered; it was not unreachable."""
 
 # What to do about a truncated answer, said so that it can be followed: the same state
 # folder refuses other params (StateMismatchError, even with retry_failed), and a new
@@ -293,6 +305,7 @@ class Collector:
         if batch.unreachable_since is None:
             batch.unreachable_since = now
         waited = now - batch.unreachable_since
+        unusable = isinstance(error, ResultFileError)
         if isinstance(error, ResultFileError):
             # The provider answered: its results came whole but unusable (cut short, not
             # UTF-8), and the next poll downloads them again. "Unreachable" sent people
@@ -301,13 +314,18 @@ class Collector:
                 f"the results of {batch.provider_batch_id} could not be used, downloading "
                 f"them again (for {waited:.0f}s): {error}"
             )
+            if error.damaged is not None:
+                # Recorded, so that a later process served the same bytes again knows
+                # them for the provider's (wait=False: one process per poll).
+                self.ledger.batch(batch, status=batch.status, detail=damaged_detail(*error.damaged))
         else:
             self.state.activity = (
                 f"{batch.provider} unreachable for {waited:.0f}s (provider_unavailable: {error})"
             )
         if not self.ctx.options.wait or waited >= self.ctx.options.provider_patience_s:
+            why = f"{RESULTS_UNUSABLE}: {error}" if unusable else str(error)
             self.state.unavailable[batch.batch_key] = (
-                f"provider_unavailable: {error}; batch {batch.provider_batch_id} is at the "
+                f"provider_unavailable: {why}; batch {batch.provider_batch_id} is at the "
                 "provider: call again with the same state to collect it"
             )
 

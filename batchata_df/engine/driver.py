@@ -180,6 +180,9 @@ class Engine:
         state.spent_at_start = state.spent
         planner = Planner(ctx.providers, ctx.spec, ctx.options.items_per_batch)
         feeder = Feeder(ctx, state, source, planner)
+        # Rows of re-attached batches that end cancelled go again in this call: from the
+        # spilled chunks if read already, else from their chunk when it is read (_resend).
+        ctx.resend_cancelled = True
         feeder.feed()  # the first chunk: its worst cases price re-attached batches
         # Re-attached batches hold the worst case recorded when they were sent; jobs sent
         # without a cap have none and are held at the largest worst case known. Their jobs
@@ -237,7 +240,7 @@ class Engine:
                 job_ids, max_items = again
                 planner.add(state.job_rows(job_ids), items_per_batch=max_items)
             if stop_reason is None:
-                self._resend(planner)
+                self._resend(planner, feeder)
             if stop_reason is None and feeder is not None and planner.current() is None:
                 feeder.feed()
             if stop_reason is None:
@@ -268,7 +271,7 @@ class Engine:
                 # Submit now, collect later: one round of polls and submits, then return;
                 # the slots the polls freed are filled, from later chunks too.
                 if stop_reason is None:
-                    self._resend(planner)
+                    self._resend(planner, feeder)
                     fill()
                 break
             wakes = [b.next_poll for b in state.in_flight]
@@ -289,19 +292,26 @@ class Engine:
             )
         return None
 
-    def _resend(self, planner: Planner) -> None:
+    def _resend(self, planner: Planner, feeder: Feeder | None = None) -> None:
         """Plan again this call's rows that re-attached batches ended ``cancelled``.
 
-        They were counted ``cancelled`` when collected; they are pending again.
+        They were counted ``cancelled`` when collected; they are pending again. A streaming
+        call (``feeder``) finds those of the chunks read so far in the spilled chunks; the
+        others go when their chunk is read (:meth:`Feeder.resend`), never twice: a job is
+        in the chunks read or in those to come, and is given to the engine once.
         """
         state = self.state
         if not state.resend:
             return
-        rows = state.job_rows(pl.concat(state.resend))
+        ids = pl.concat(state.resend)
         state.resend.clear()
+        rows = state.job_rows(ids)
         if rows.height:
             state.done["cancelled"] -= rows.height
             planner.add(rows)
+        if feeder is not None:
+            found = rows.get_column("job_id") if rows.height else ids.clear()
+            feeder.resend(ids.filter(~ids.is_in(found.implode())))
 
     def _count_done(self, jobs: pl.DataFrame, terminal: pl.DataFrame) -> None:
         # A folder with no settled job (every first call) counts nothing: the filter would

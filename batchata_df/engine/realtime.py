@@ -25,11 +25,16 @@ request has no id a later call could look up, so one still ``assigned`` when a c
 may have billed it -- instead of being sent again (:func:`resolve_lost`, run by both
 drivers; ``retry_failed=True`` sends it again on purpose). Likewise a request whose answer
 was lost on the way (a timeout or a dropped connection after sending) is never retried.
-Only answers that prove nothing ran are retried: HTTP 429, 503 and 529 (overloaded) after
-the provider's ``Retry-After`` (or a growing backoff) for up to ``provider_patience``,
-500/502/504 up to :data:`SERVER_ERROR_ATTEMPTS` times, and a refused connection. Jobs in a
-provider batch that may still be running are not sent here (their rows stay ``pending``);
-jobs answered in either mode are settled for both.
+Answers that say the provider refused the work are retried: HTTP 429, 503 and 529
+(overloaded) after the provider's ``Retry-After`` (or a growing backoff) for up to
+``provider_patience``, and a refused connection. A 500/502/504 is sent again up to
+:data:`SERVER_ERROR_ATTEMPTS` times, but it may follow an answer the provider computed and
+billed (a gateway timing out after the model answered): each such attempt is recorded
+(``failed`` "server_error: ..." under its own key ``<key>.<n>``), counts at its worst case
+under ``max_cost_usd`` in this call and later ones, and the next attempt goes only when its
+worst case fits (:meth:`RealtimeEngine._send_due`). Jobs in a provider batch that may still
+be running are not sent here (their rows stay ``pending``); jobs answered in either mode
+are settled for both.
 
 Batches in flight
 -----------------
@@ -99,7 +104,8 @@ DEFAULT_CONCURRENCY = 8
 """Realtime requests in flight at once unless ``concurrency=`` says otherwise: well inside
 the lowest tiers' request-per-minute limits of the three providers at typical latencies."""
 SERVER_ERROR_ATTEMPTS = 4
-"""Tries of a request the provider keeps failing with 500/502/504 before its row fails."""
+"""Tries of a request the provider keeps failing with 500/502/504 before its row fails (each
+may have been billed: under a cap, fewer when the next one's worst case would not fit)."""
 SLICE = 256
 """Jobs encoded at a time (a realtime run sends a few at once; no need for big slices)."""
 _POLL_S = 0.5
@@ -124,6 +130,17 @@ class _Request:
     """Its estimated input tokens (calibration), ``None`` without estimates."""
     estimated: bool = True
     """Whether ``worst`` is its worst case (the run had estimates); else ``worst`` is 0."""
+    attempt: int = 1
+    """Which attempt this is: each one sent after a 5xx is recorded as its own attempt
+    (``batch_key`` ``<key>.<attempt>``), since the provider may have billed the one before."""
+    announce: bool = False
+    """Answered 5xx: its next attempt needs room under the cap and an ``assigned`` event."""
+
+    def next_attempt(self) -> None:
+        """Move on to the next attempt: its own key, ``<key>.<attempt>``."""
+        self.attempt += 1
+        base = self.batch_key.rsplit(".", 1)[0] if self.attempt > 2 else self.batch_key
+        self.batch_key = f"{base}.{self.attempt}"
 
 
 @dataclass
@@ -134,6 +151,8 @@ class _Finished:
     requests: dict[tuple[str, str, str], list[_Request]] = field(default_factory=dict)
     ended: list[tuple[_Request, str, str]] = field(default_factory=list)
     """``(request, status, error)`` of requests that end without an answer."""
+    server_errors: list[tuple[_Request, str]] = field(default_factory=list)
+    """``(request, error)`` of attempts answered 5xx that may be sent again (cap allowing)."""
 
 
 def batches_worst(in_batches: pl.DataFrame, jobs: pl.DataFrame) -> float:
@@ -215,6 +234,8 @@ class RealtimeEngine:
         """Why the latest request waiting to retry was not answered (the activity line)."""
         self.sent = 0
         """Requests sent by this call (retries included)."""
+        self._last_error: dict[str, str] = {}
+        """The latest 5xx of each request waiting to be sent again (its row's error)."""
 
     def run(self, jobs: pl.DataFrame) -> pl.DataFrame:
         """Send ``jobs`` (as :meth:`Engine.run <batchata_df.engine.driver.Engine.run>`).
@@ -317,11 +338,15 @@ class RealtimeEngine:
                     state.stop_reason = reason
                     stopper.cancel_unsent(reason, planner)
                     for request in waiting:
+                        if request.announce:  # its next attempt was never sent
+                            request.next_attempt()
                         self._end([(request, "cancelled", f"cancelled: {reason}")], ledger,
                                   admission, reserved)  # fmt: skip
                     waiting.clear()
                 else:
-                    self._send_due(pool, running, waiting)
+                    ended = self._send_due(pool, running, waiting, reserved)
+                    if ended:
+                        self._end(ended, ledger, admission, reserved)
                     self._send_new(pool, planner, admission, running, reserved)
                     if planner.current() is not None and not running and not waiting:
                         # Nothing in flight will free budget: what does not fit never will.
@@ -332,7 +357,7 @@ class RealtimeEngine:
                 if not running and not waiting and (reason or planner.current() is None):
                     break
                 finished = self._wait(running, waiting, stopper)
-                self._record(finished, ledger, admission, reserved)
+                self._record(finished, ledger, admission, reserved, waiting)
         state.activity = ""
         report(ctx, state, "done")
 
@@ -341,15 +366,68 @@ class RealtimeEngine:
         pool: ThreadPoolExecutor,
         running: dict[Future[Any], _Request],
         waiting: list[_Request],
-    ) -> None:
-        """Send again the requests whose retry time has come (free slots permitting)."""
+        reserved: dict[str, float],
+    ) -> list[tuple[_Request, str, str]]:
+        """Send again the requests whose retry time has come (free slots permitting).
+
+        A new attempt after a 5xx must fit under the cap beside everything spent and held
+        (each attempt answered 5xx counts at its worst case): it waits while requests in
+        flight may free budget, else its row ends ``failed`` naming the cap and the fix
+        (returned, for :meth:`_end`).
+        """
+        state, cap = self.state, self.ctx.options.max_cost_usd
         now = self.ctx.clock.monotonic()
+        due: list[_Request] = []
+        ended: list[tuple[_Request, str, str]] = []
         for request in sorted(waiting, key=lambda r: r.not_before):
-            if len(running) >= self.concurrency:
-                return
-            if request.not_before <= now and self._paused.get(request.provider, 0.0) <= now:
-                waiting.remove(request)
-                running[self._submit(pool, request)] = request
+            if len(running) + len(due) >= self.concurrency:
+                break
+            if request.not_before > now or self._paused.get(request.provider, 0.0) > now:
+                continue
+            if request.announce and request.job_id not in reserved:
+                room = None if cap is None else cap - state.spent - state.reserved
+                if room is not None and request.worst > room + 1e-12:
+                    if running:  # answers in flight may free budget: wait for them
+                        continue
+                    waiting.remove(request)
+                    n = request.server_errors
+                    ended.append((request, "failed", (
+                        f"server_error: {self._last_error.get(request.job_id, '5xx')} "
+                        f"({n} attempt{'s' if n > 1 else ''}; not sent again: the provider "
+                        "may have billed each attempt answered 5xx, so max_cost_usd counts "
+                        "each at its worst case, and another attempt (worst case "
+                        f"${request.worst:.6g}) would pass max_cost_usd={cap:g}: raise "
+                        "max_cost_usd, or call again with retry_failed=True)"
+                    )))  # fmt: skip
+                    continue
+                reserved[request.job_id] = request.worst
+                state.reserved += request.worst
+            if request.announce:
+                request.next_attempt()
+            due.append(request)
+        # A new attempt after a 5xx is recorded before it is sent, as a first one is: a
+        # crash while it is in flight then leaves it ``assigned`` (lost), never unseen.
+        fresh = [r for r in due if r.announce]
+        if fresh:
+            self.ctx.store.append_jobs(
+                pl.DataFrame(
+                    {
+                        "job_id": [r.job_id for r in fresh],
+                        "batch_key": [r.batch_key for r in fresh],
+                        "provider": [r.provider for r in fresh],
+                        "model": [r.model for r in fresh],
+                        "status": "assigned",
+                        "mode": "realtime",
+                        "est_cost_usd": [r.worst if r.estimated else None for r in fresh],
+                    },
+                    schema_overrides={"est_cost_usd": pl.Float64},
+                )
+            )
+        for request in due:
+            request.announce = False
+            waiting.remove(request)
+            running[self._submit(pool, request)] = request
+        return ended
 
     def _send_new(
         self,
@@ -485,6 +563,10 @@ class RealtimeEngine:
             paused = self._paused.get(request.provider, 0.0)
             self._paused[request.provider] = max(paused, request.not_before)
         self._retry_why = f"{request.provider}: {failure.error}; retrying in {delay:.0f}s"
+        if failure.kind == "server_error":  # sent again by _send_due, if the cap allows
+            self._last_error[request.job_id] = failure.error
+            finished.server_errors.append((request, failure.error))
+            return
         waiting.append(request)
 
     # -- recording ------------------------------------------------------------------------
@@ -495,6 +577,7 @@ class RealtimeEngine:
         ledger: Ledger,
         admission: Admission,
         reserved: dict[str, float],
+        waiting: list[_Request],
     ) -> None:
         """Write this round's answers (one part per model) and endings; settle their money."""
         answered = BatchPoll(ProviderState.ENDED, "answered")
@@ -520,8 +603,59 @@ class RealtimeEngine:
                 actual,
                 events,
             )  # fmt: skip
+        if finished.server_errors:
+            self._server_errors(finished, reserved, waiting)
         if finished.ended:
             self._end(finished.ended, ledger, admission, reserved)
+
+    def _server_errors(
+        self,
+        finished: _Finished,
+        reserved: dict[str, float],
+        waiting: list[_Request],
+    ) -> None:
+        """Count attempts answered 5xx as spent and record them; they wait to be sent again.
+
+        A 5xx may follow an answer the provider computed and billed (a gateway 502/504
+        after the model answered; no provider documents a 5xx as unbilled), and how much it
+        billed is unknown: the attempt counts at its worst case, recorded in the folder (a
+        ``failed`` "server_error: ..." event under its own attempt key, which
+        :func:`~batchata_df.state.lost_attempts` lists). The next attempt holds nothing yet:
+        :meth:`_send_due` sends it only when its worst case fits under ``max_cost_usd``.
+        """
+        state, cap = self.state, self.ctx.options.max_cost_usd
+        for request, _ in finished.server_errors:
+            held = reserved.pop(request.job_id, 0.0)
+            state.release(held)
+            state.spent += held  # it may have been billed: its worst case counts as spent
+            request.announce = True
+            # The next attempt's worst case is held while it waits, when it fits now (new
+            # jobs then wait for it, as for any request waiting to retry).
+            if cap is None or request.worst <= cap - state.spent - state.reserved + 1e-12:
+                reserved[request.job_id] = request.worst
+                state.reserved += request.worst
+            waiting.append(request)
+        self.ctx.store.append_jobs(
+            pl.DataFrame(
+                {
+                    "job_id": [r.job_id for r, _ in finished.server_errors],
+                    "batch_key": [r.batch_key for r, _ in finished.server_errors],
+                    "provider": [r.provider for r, _ in finished.server_errors],
+                    "model": [r.model for r, _ in finished.server_errors],
+                    "status": "failed",
+                    "error": [
+                        f"server_error: {e} (attempt {r.attempt}; the provider may have "
+                        "billed it; sent again)"
+                        for r, e in finished.server_errors
+                    ],
+                    "mode": "realtime",
+                    "est_cost_usd": [
+                        r.worst if r.estimated else None for r, _ in finished.server_errors
+                    ],
+                },
+                schema_overrides={"est_cost_usd": pl.Float64},
+            )
+        )
 
     def _end(
         self,
@@ -558,7 +692,7 @@ class RealtimeEngine:
             for r, _, error in items:
                 held = reserved.pop(r.job_id, 0.0)
                 self.state.release(held)
-                if error.startswith("lost:"):
+                if error.startswith(("lost:", "server_error:")):
                     # It may have been billed: count its worst case as spent (the cap).
                     self.state.spent += held
 

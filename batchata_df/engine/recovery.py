@@ -11,7 +11,7 @@ from __future__ import annotations
 import polars as pl
 
 from batchata_df.engine.run import IN_FLIGHT, BatchPhase, InFlightBatch, RunContext, RunState
-from batchata_df.providers.base import BatchTag, Provider
+from batchata_df.providers.base import BatchTag, Provider, remember_damaged
 from batchata_df.state import StateStore, lost_usd
 
 __all__ = [
@@ -141,6 +141,10 @@ def recover(ctx: RunContext, state: RunState) -> list[InFlightBatch]:
     ).get_column("batch_key")
     if open_keys.len() == 0:  # every batch ended: nothing to re-attach or resolve
         return []
+    # Results downloads an earlier process found not UTF-8: the same bytes served again
+    # are then the provider's at once (only their lines' rows fail), never pending forever.
+    for download, digest in store.damaged_downloads():
+        remember_damaged(download, digest)
     assigned, outcomes = store.members_and_outcomes(open_keys)
     stored = _outcomes_stored(assigned, outcomes)
     # Each batch's members straight into its Series: never a Python object per job id (a

@@ -6,7 +6,8 @@ before it is in a provider batch (:class:`Feeder`). Each chunk is checked agains
 state folder by its own job ids (completed, failed unless ``retry_failed``, or in a batch
 still open are not sent), so what the engine holds is one chunk plus the job ids of the
 batches in flight (with their input estimates, as columns beside the ids), whatever the
-size of the input.
+size of the input (and the ids of re-attached batches' rows collected ``cancelled`` before
+their chunk was read, to send them from it: :meth:`Feeder.resend`).
 """
 
 from __future__ import annotations
@@ -72,6 +73,9 @@ class Feeder:
             "batch_key", [b.batch_key for b in state.in_flight], dtype=pl.String
         )
         self.planner = planner
+        self.wanted = pl.Series("job_id", [], dtype=pl.String)
+        """Rows of re-attached batches collected ``cancelled`` before their chunk was read:
+        sent from that chunk (:meth:`resend`). At most the re-attached batches' members."""
         self.exhausted = False
         self.jobs_seen = 0
         self.max_worst = 0.0
@@ -102,6 +106,15 @@ class Feeder:
         self._total()
         return False
 
+    def resend(self, job_ids: pl.Series) -> None:
+        """Send ``job_ids`` from their chunk when it is read.
+
+        They are rows of re-attached batches collected ``cancelled`` (and counted so) whose
+        chunk is not read yet; ids in no chunk to come stay cancelled.
+        """
+        if job_ids.len():
+            self.wanted = pl.concat([self.wanted, job_ids.cast(pl.String)])
+
     def _unsettled(self, chunk: pl.DataFrame) -> pl.DataFrame:
         """The chunk's jobs to send; counts the others as done (progress)."""
         ids = chunk.get_column("job_id")
@@ -114,6 +127,15 @@ class Feeder:
         reattached = latest.filter(
             pl.col("batch_key").is_in(self.reattached.implode())
         ).get_column("job_id")
+        if self.wanted.len() and reattached.len():
+            # Their batch was collected (before this chunk was read) and ended them
+            # cancelled: they go again now, pending again.
+            back = reattached.is_in(self.wanted.implode())
+            if back.any():
+                again = reattached.filter(back)
+                reattached = reattached.filter(~back)
+                self.wanted = self.wanted.filter(~self.wanted.is_in(again.implode()))
+                self.state.done["cancelled"] -= again.len()
         # Realtime requests a crash left in flight end lost, never sent again blindly.
         latest = resolve_lost(self.ctx.store, latest)
         # Settled jobs are done (cancelled ones, and failed ones with retry_failed, go again).

@@ -46,12 +46,14 @@ from batchata_df.providers.base import (
     decoded_results,
     empty_results,
     failure_kind,
+    header_api_key,
     history_messages,
     is_blank,
     json_object,
     json_string,
     kept_response,
     none_true,
+    not_utf8_answer,
     read_jsonl,
     request_lines,
     result_lines,
@@ -61,7 +63,7 @@ from batchata_df.providers.base import (
     whole_download,
     with_result_lines,
 )
-from batchata_df.redact import register_secret, scrubbing
+from batchata_df.redact import register_secret, scrub_http_logs, scrubbing
 
 if TYPE_CHECKING:
     import anthropic
@@ -171,6 +173,7 @@ class AnthropicProvider:
     """First wait of our create retries (doubling, at most 8 s)."""
 
     def __init__(self, api_key: str | None = None, base_url: str | None = None) -> None:
+        source = "the api_key given to AnthropicProvider" if api_key else "ANTHROPIC_API_KEY"
         key = api_key or os.environ.get("ANTHROPIC_API_KEY")
         if not key:
             msg = (
@@ -178,8 +181,9 @@ class AnthropicProvider:
                 "it in a .env file) before running a Claude model"
             )
             raise CredentialsError(msg)
-        self._api_key = key
         register_secret(key)
+        scrub_http_logs()
+        self._api_key = header_api_key(key, source)
         self._base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
         self._client: anthropic.Anthropic | None = None
         # Realtime requests run in threads: one client, created once.
@@ -525,7 +529,9 @@ class AnthropicProvider:
         message the SDK accumulates from the events is wrapped as a batch result line and
         read by :func:`decode_results`, citations included, as a batch's would be. A stream
         that breaks off, or ends without ``message_stop``, is ``lost``: it ran and may have
-        been billed.
+        been billed. A stream with bytes that are not UTF-8 is read to its end (the
+        damaged bytes as U+FFFD, :class:`_CheckedLines`) and its row fails ``not_utf8``
+        with the usage it reports: it ran and was billed.
         """
         anthropic = _import_sdk()
         import httpx2  # the anthropic SDK's HTTP client: what a broken stream raises
@@ -533,7 +539,14 @@ class AnthropicProvider:
         request = json.loads(line)
         custom_id, params = request["custom_id"], dict(request["params"])
         required = {k: params.pop(k) for k in ("model", "max_tokens", "messages")}
-        client = self.client.with_options(max_retries=0)
+        client = self.client.with_options(max_retries=0)  # a copy: its own decoders
+        checked = _CheckedLines()
+        # The SDK decodes each event line as strict UTF-8 (anthropic 2.14
+        # ``_streaming.py``, ``SSEDecoder.iter_bytes``): an answer damaged on its way raised
+        # UnicodeDecodeError midway, a ``client_error`` at $0 though it was billed. The
+        # client's own hook for its decoder (``_make_sse_decoder``, which the SDK's Bedrock
+        # client overrides) gets one fed lines checked by :class:`_CheckedLines`.
+        client._make_sse_decoder = checked.decoder  # type: ignore[method-assign]
         with scrubbing():
             try:
                 with client.messages.stream(**required, extra_body=params) as stream:
@@ -588,7 +601,9 @@ class AnthropicProvider:
                 # APITimeoutError included; httpx2's errors are a stream broken midway
                 return transport_failure(e, "Anthropic")
         result = {"custom_id": custom_id, "result": {"type": "succeeded", "message": message}}
-        return kept_response(decode_results(json.dumps(result).encode(), spec), body_text, spec)
+        decoded = decode_results(json.dumps(result).encode(), spec)
+        decoded = not_utf8_answer(decoded, checked.first_bad, provider="Anthropic")
+        return kept_response(decoded, body_text, spec)
 
     def find(self, tag: BatchTag) -> str | None:
         """Find a batch created for ``tag`` by a crashed run.
@@ -679,6 +694,56 @@ class AnthropicProvider:
                 "twice"
             )
             raise OrphanedBatchError(msg) from e
+
+
+class _CheckedLines:
+    """The bytes of one streamed answer, as whole lines that are UTF-8, for the SDK.
+
+    A line that is not UTF-8 goes on with U+FFFD for its damaged bytes (the event is still
+    whole JSON, so the message and its usage accumulate to the end) and
+    :attr:`first_bad` keeps the offset of the first damaged byte in the stream: the
+    answer ran and was billed, so its row fails ``not_utf8`` with its cost
+    (:func:`~batchata_df.providers.base.not_utf8_answer`) instead of being lost.
+    """
+
+    def __init__(self) -> None:
+        self.first_bad: int | None = None
+        self._offset = 0
+
+    def decoder(self) -> Any:
+        """An ``SSEDecoder`` of the SDK that reads the stream through :meth:`lines`."""
+        from anthropic._streaming import SSEDecoder
+
+        checked = self
+
+        class _Decoder(SSEDecoder):
+            def iter_bytes(self, iterator: Iterator[bytes]) -> Iterator[Any]:
+                return super().iter_bytes(checked.lines(iterator))
+
+        return _Decoder()
+
+    def lines(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """``chunks`` as whole lines (the SDK splits events at line ends), each UTF-8."""
+        rest = b""
+        for chunk in chunks:
+            parts = (rest + chunk).splitlines(keepends=True)
+            rest = parts.pop() if parts and not parts[-1].endswith((b"\n", b"\r")) else b""
+            yield from map(self._checked, parts)
+        if rest:
+            yield self._checked(rest)
+
+    def _checked(self, line: bytes) -> bytes:
+        start = self._offset
+        self._offset += len(line)
+        if line.isascii():
+            return line
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            if self.first_bad is None:
+                self.first_bad = start + e.start
+            return line.decode("utf-8", errors="replace").encode("utf-8")
+        return line
 
 
 def _import_sdk() -> Any:

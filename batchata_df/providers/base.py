@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 import polars as pl
 
+from batchata_df.errors import CredentialsError
 from batchata_df.schema import AnswerSchema
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "RealtimeFailure",
     "RealtimeProvider",
     "retry_after_seconds",
+    "header_api_key",
     "BatchTag",
     "Download",
     "DownloadBuffer",
@@ -51,8 +53,13 @@ __all__ = [
     "cut_answer",
     "decoded_download",
     "decoded_results",
+    "download_digest",
     "first_not_utf8",
     "NOT_UTF8_ERROR",
+    "not_utf8_again",
+    "not_utf8_answer",
+    "not_utf8_reason",
+    "remember_damaged",
     "whole_download",
     "failure_kind",
     "kept_response",
@@ -193,7 +200,7 @@ class RequestSpec:
         ...     x: int
         >>> spec = RequestSpec(AnswerSchema(A), {})
         >>> [spec.schema_in_prompt("anthropic", m) for m in
-        ...  ("claude-sonnet-4-20250514", "claude-sonnet-4-5")]
+        ...  ("claude-sonnet-4-20250514", "claude-haiku-4-5")]
         [True, False]
         >>> spec.schema_in_prompt("openai", "gpt-4-turbo")
         False
@@ -685,20 +692,26 @@ class _DamagedDownloads:
     """Digests of the downloads found not UTF-8, by what was downloaded (:func:`decoded_results`).
 
     Process-wide, so a later call of the same process (``wait=False`` polling) knows the
-    file too; a few hundred bytes per damaged file, kept until it downloads whole.
+    file too; a few hundred bytes per damaged file, kept until it downloads whole. A later
+    process learns them from the state folder (:func:`remember_damaged`, fed by the
+    engine from the digests its :class:`~batchata_df.errors.ResultFileError` carried).
     """
 
     def __init__(self) -> None:
         self._seen: dict[str, bytes] = {}
         self._lock = threading.Lock()
 
-    def served_again(self, key: str, data: Download) -> bool:
-        """Whether ``data`` is the download last found damaged under ``key`` (then: kept)."""
-        digest = hashlib.blake2b(data, digest_size=16).digest()
+    def served_again(self, key: str, digest: bytes) -> bool:
+        """Whether ``digest`` is the download last found damaged under ``key`` (then: kept)."""
         with self._lock:
             again = self._seen.get(key) == digest
             self._seen[key] = digest
             return again
+
+    def remember(self, key: str, digest: bytes) -> None:
+        """``key`` was found damaged with ``digest`` (by an earlier process, or this one)."""
+        with self._lock:
+            self._seen[key] = digest
 
     def forget(self, key: str) -> None:
         """``key`` downloaded whole: a later damage starts afresh."""
@@ -710,6 +723,102 @@ class _DamagedDownloads:
 _DAMAGED = _DamagedDownloads()
 
 
+def download_digest(data: Download) -> bytes:
+    """The digest by which a damaged download is known again (16 bytes of BLAKE2b)."""
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def remember_damaged(key: str, digest: bytes) -> None:
+    """Let this process know that download ``key`` came damaged as ``digest`` before.
+
+    The engine calls it with what its state folder recorded
+    (:attr:`~batchata_df.errors.ResultFileError.damaged` of an earlier process), so the
+    same bytes served again fail only their lines' rows at once, however many processes
+    the polling spans (``wait=False``).
+    """
+    _DAMAGED.remember(key, digest)
+
+
+def not_utf8_again(data: Download, *, failed: str) -> int | None:
+    r"""Where ``data`` stops being UTF-8, once the same bytes came twice; ``None``: all UTF-8.
+
+    The first time a download under the name ``failed`` is not UTF-8 it is a transient
+    :class:`~batchata_df.errors.ResultFileError` (damaged on its way: providers send
+    UTF-8; the engine downloads it again at its next poll, nothing paid twice) whose
+    ``damaged`` holds ``(failed, digest)`` for the state folder. The same bytes again
+    (in this process, or in one told by :func:`remember_damaged`) are the provider's: the
+    offset of the first byte that is not UTF-8 is returned, for the caller to fail the
+    damaged entries' rows. A whole download forgets the damage.
+
+    Examples
+    --------
+    >>> not_utf8_again(b'{"a":"ok"}', failed="doc x") is None
+    True
+    >>> not_utf8_again(b'{"a":"\xffok"}', failed="doc x")
+    Traceback (most recent call last):
+    ...
+    batchata_df.errors.ResultFileError: doc x is not UTF-8 (byte 6, line 1): damaged on its ...
+    >>> not_utf8_again(b'{"a":"\xffok"}', failed="doc x")
+    6
+    """
+    from batchata_df.errors import ResultFileError
+
+    bad = first_not_utf8(data)
+    if bad is None:
+        _DAMAGED.forget(failed)
+        return None
+    digest = download_digest(data)
+    if not _DAMAGED.served_again(failed, digest):
+        line = data.count(b"\n", 0, bad) + 1
+        msg = (
+            f"{failed} is not UTF-8 (byte {bad}, line {line}): damaged on its way, as "
+            "providers send UTF-8; it will be downloaded again at the next poll"
+        )
+        error = ResultFileError(msg)
+        error.damaged = (failed, digest)
+        raise error
+    return bad
+
+
+def not_utf8_reason(failed: str, *, entry: str = "result line") -> str:
+    """The ``_error`` of a row whose result entry the provider served not UTF-8 twice."""
+    return (
+        f"{NOT_UTF8_ERROR}: the provider's {entry} for this request is not UTF-8 "
+        f"(served so twice in {failed}); its bytes that are not UTF-8 read as U+FFFD in "
+        "the raw answer; retry_failed=True sends the request again"
+    )
+
+
+def not_utf8_answer(frame: pl.DataFrame, bad: int | None, *, provider: str) -> pl.DataFrame:
+    r"""A realtime result row whose answer came back not UTF-8 (``bad``: its first such byte).
+
+    A realtime request cannot be downloaded again: asking again is a new request, paid
+    again. The answer ran and was billed, so its row ends ``errored`` with a
+    :data:`NOT_UTF8_ERROR` reason and keeps what the answer says it cost (its usage; the
+    bytes that are not UTF-8 read as U+FFFD): the cost is counted against ``max_cost_usd``
+    and ``retry_failed=True`` sends it again on purpose, as a new spend under the cap.
+    ``bad=None`` (all UTF-8): ``frame`` as it is.
+
+    Examples
+    --------
+    >>> row = pl.DataFrame({"outcome": ["succeeded"], "error": [None], "output_tokens": [9]})
+    >>> out = not_utf8_answer(row, 41, provider="OpenAI")
+    >>> out["outcome"][0], out["error"][0][:54], out["output_tokens"][0]
+    ('errored', "not_utf8: OpenAI's answer to this request is not UTF-8", 9)
+    """
+    if bad is None:
+        return frame
+    reason = (
+        f"{NOT_UTF8_ERROR}: {provider}'s answer to this request is not UTF-8 (byte {bad}); "
+        "it ran and was billed (its cost is counted); its bytes that are not UTF-8 read as "
+        "U+FFFD in the raw answer; retry_failed=True sends the request again, paid again "
+        "within max_cost_usd"
+    )
+    return frame.with_columns(
+        pl.lit("errored").alias("outcome"), pl.lit(reason, dtype=pl.String).alias("error")
+    )
+
+
 def decoded_results(
     data: Download, decode: Callable[[Download], pl.DataFrame], *, failed: str
 ) -> pl.DataFrame:
@@ -719,11 +828,11 @@ def decoded_results(
     transient :class:`~batchata_df.errors.ResultFileError`: providers send UTF-8, so the
     likely cause is damage in transit, and the engine downloads the file again at its
     next poll (nothing is paid twice). When the same bytes come again (the provider serves
-    its file so), the lines that are UTF-8 are decoded as they are, and each line that is
-    not ends its row ``errored`` with a :data:`NOT_UTF8_ERROR` reason (its bytes that are
-    not UTF-8 read as U+FFFD, its tokens kept, so its cost counts): a row failed as data,
-    which ``retry_failed=True`` sends again, never a lost row nor a Polars panic. Other
-    decoding failures are :func:`decoded_download`'s.
+    its file so; :func:`not_utf8_again`), the lines that are UTF-8 are decoded as they
+    are, and each line that is not ends its row ``errored`` with a :data:`NOT_UTF8_ERROR`
+    reason (its bytes that are not UTF-8 read as U+FFFD, its tokens kept, so its cost
+    counts): a row failed as data, which ``retry_failed=True`` sends again, never a lost
+    row nor a Polars panic. Other decoding failures are :func:`decoded_download`'s.
 
     Examples
     --------
@@ -744,18 +853,11 @@ def decoded_results(
     """
     from batchata_df.errors import ResultFileError
 
-    bad = first_not_utf8(data)
+    bad = not_utf8_again(data, failed=failed)
     if bad is None:
-        _DAMAGED.forget(failed)
         return decoded_download(lambda: decode(data), failed=failed)
     line = data.count(b"\n", 0, bad) + 1
     where = f"byte {bad}, line {line}"
-    if not _DAMAGED.served_again(failed, data):
-        msg = (
-            f"{failed} is not UTF-8 ({where}): damaged on its way, as providers send "
-            "UTF-8; it will be downloaded again at the next poll"
-        )
-        raise ResultFileError(msg)
     lines = [line for line in bytes(data).split(b"\n") if line.strip()]
     damaged = pl.Series([not _is_utf8(line) for line in lines], dtype=pl.Boolean)
     repaired = codecs.decode(data, "utf-8", errors="replace").encode("utf-8")
@@ -766,11 +868,7 @@ def decoded_results(
             "to its results; it will be downloaded again at the next poll"
         )
         raise ResultFileError(msg)
-    reason = (
-        f"{NOT_UTF8_ERROR}: the provider's result line for this request is not UTF-8 "
-        f"(served so twice in {failed}); its bytes that are not UTF-8 read as U+FFFD in "
-        "the raw answer; retry_failed=True sends the request again"
-    )
+    reason = not_utf8_reason(failed)
     return decoded.with_columns(
         pl.when(damaged).then(pl.lit("errored")).otherwise(pl.col("outcome")).alias("outcome"),
         pl.when(damaged).then(pl.lit(reason)).otherwise(pl.col("error")).alias("error"),
@@ -1395,8 +1493,11 @@ class RealtimeFailure:
 
     * ``"rate_limited"`` -- refused before any work (HTTP 429, 503, Anthropic 529
       ``overloaded_error``): send it again after ``retry_after`` (the provider's hint);
-    * ``"server_error"`` -- the provider failed it (500, 502, 504) and bills nothing: send
-      it again a few times;
+    * ``"server_error"`` -- the provider failed it (500, 502, 504): send it again a few
+      times. It may still have been billed (a gateway 502/504 can follow an answer the
+      model computed; no provider documents a 5xx as unbilled: OpenAI's error-codes guide,
+      Anthropic's errors page and Gemini's troubleshooting guide only say to retry), so the
+      engine counts each such attempt at its worst case under ``max_cost_usd``;
     * ``"unreachable"`` -- no connection was made, nothing was sent: send it again later;
     * ``"lost"`` -- the request was sent but no answer came back (a timeout, a dropped
       connection): the provider may have run and billed it, so it is never sent again
@@ -1430,6 +1531,86 @@ class RealtimeProvider(Protocol):
         :class:`~batchata_df.errors.CredentialsError`.
         """
         ...
+
+
+_WHITESPACE_NAMES = {" ": "a space", "\t": "a tab", "\n": "a newline", "\r": "a carriage return"}
+
+
+def _whitespace_name(char: str) -> str:
+    return _WHITESPACE_NAMES.get(char, "other whitespace")
+
+
+def header_api_key(key: str, source: str, *, strip: bool = False) -> str:
+    """``key`` if an HTTP header can carry it; else a :class:`CredentialsError` naming ``source``.
+
+    The SDKs put the key in a header as it is (OpenAI ``Authorization: Bearer {key}``,
+    ``openai/lib/_client_auth.py``; Anthropic ``X-Api-Key``/``Authorization``,
+    ``anthropic/_client.py``). httpx encodes header values as ASCII (``_normalize_header_value``
+    in ``httpx/_models.py``: anything else raises ``UnicodeEncodeError``) and h11 refuses a value
+    with surrounding whitespace or CR/LF (``field_value`` in ``h11/_abnf.py``) *before* the
+    request is sent, as ``LocalProtocolError("Illegal header value b'Bearer <the key>'")``,
+    which the SDKs report as a connection error after all their retries (a bad key looked
+    like an outage) and which httpcore logs at DEBUG with the whole key. So the key is
+    checked here, before anything is sent: surrounding whitespace (a quoted ``.env`` value,
+    ``$(cat key.txt)``), control characters (CR/LF, tabs, NUL, ...) and non-ASCII characters
+    (a typographic quote or a non-breaking space pasted with the key) are refused. The key
+    is never stripped silently (a key that changed unseen can hide a wrong one), except
+    with ``strip=True`` for an SDK that strips it itself (google-genai:
+    ``self.api_key = self.api_key.strip()`` in ``google/genai/_api_client.py``), where a
+    stripped key is what would be sent anyway. The message names ``source`` and the fix,
+    never a character of the key (only where it is).
+
+    Examples
+    --------
+    >>> header_api_key("sk-proj-abc123", "OPENAI_API_KEY")
+    'sk-proj-abc123'
+    >>> try:
+    ...     header_api_key(" sk-proj-abc123" + chr(10), "OPENAI_API_KEY")
+    ... except CredentialsError as e:
+    ...     print(str(e)[:64])
+    OPENAI_API_KEY begins with a space and ends with a newline, whic
+    >>> header_api_key(" AIzaSy-abc" + chr(10), "GEMINI_API_KEY", strip=True)
+    'AIzaSy-abc'
+    """
+    what = f"{source} "
+    if not key.strip():
+        state = "holds only whitespace" if key else "is empty"
+        msg = f"{what}{state}: set {source} to the API key itself (nothing was sent)"
+        raise CredentialsError(msg)
+    length, offset = len(key), 0  # positions are told in the value as given
+    if strip:
+        offset = len(key) - len(key.lstrip())
+        key = key.strip()
+    ends = []
+    if key[0].isspace():
+        ends.append(f"begins with {_whitespace_name(key[0])}")
+    if key[-1].isspace():
+        ends.append(f"ends with {_whitespace_name(key[-1])}")
+    if ends:
+        msg = (
+            f"{what}{' and '.join(ends)}, which an HTTP header cannot carry (nothing was "
+            f"sent): remove the leading/trailing whitespace from {source} (a quoted .env "
+            "value or $(cat key.txt) often brings it)"
+        )
+        raise CredentialsError(msg)
+    for position, char in enumerate(key, start=offset + 1):
+        code = ord(char)
+        if code < 0x20 or code == 0x7F:
+            kind = "a line break" if char in "\r\n" else "a control character"
+            msg = (
+                f"{what}has {kind} at character {position} of {length}, which an API key "
+                f"cannot contain (nothing was sent): set {source} to the key alone, on one line"
+            )
+            raise CredentialsError(msg)
+        if code > 0x7E:
+            msg = (
+                f"{what}has a non-ASCII character at character {position} of {length}, "
+                "which an HTTP header cannot carry (nothing was sent): set "
+                f"{source} to the key as the provider shows it (a typographic quote or a "
+                "non-breaking space is often pasted with it)"
+            )
+            raise CredentialsError(msg)
+    return key
 
 
 def retry_after_seconds(headers: Any) -> float | None:

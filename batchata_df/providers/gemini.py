@@ -24,8 +24,10 @@ Wire facts relied on (``provider-wire.md`` §3, checked against google-genai 3.6
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -56,9 +58,14 @@ from batchata_df.providers.base import (
     conform_results,
     decoded_results,
     empty_results,
+    first_not_utf8,
+    header_api_key,
     history_messages,
     json_object,
     json_string,
+    not_utf8_again,
+    not_utf8_answer,
+    not_utf8_reason,
     read_jsonl,
     request_lines,
     result_lines,
@@ -66,7 +73,7 @@ from batchata_df.providers.base import (
     whole_download,
     with_result_lines,
 )
-from batchata_df.redact import register_secret, scrubbing
+from batchata_df.redact import register_secret, scrub_http_logs, scrubbing
 
 if TYPE_CHECKING:
     from google import genai
@@ -310,14 +317,21 @@ class GeminiProvider:
 
     def __init__(self, api_key: str | None = None, base_url: str | None = None) -> None:
         key = api_key or os.environ.get("GOOGLE_API_KEY") or os.environ.get("GEMINI_API_KEY")
+        if api_key:
+            source = "the api_key given to GeminiProvider"
+        else:
+            source = "GOOGLE_API_KEY" if os.environ.get("GOOGLE_API_KEY") else "GEMINI_API_KEY"
         if not key:
             msg = (
                 "no Gemini API key: set the GEMINI_API_KEY (or GOOGLE_API_KEY) environment "
                 "variable (or put it in a .env file) before running a Gemini model"
             )
             raise CredentialsError(msg)
-        self._api_key = key
+        # google-genai strips the key itself: surrounding whitespace is harmless here
+        self._api_key = header_api_key(key, source, strip=True)
         register_secret(key)
+        scrub_http_logs()
+        register_secret(self._api_key)  # what is sent, and so what can be echoed
         self._base_url = base_url or os.environ.get("GOOGLE_GEMINI_BASE_URL") or None
         self._client: genai.Client | None = None
         # Realtime requests run in threads: one client, created once.
@@ -353,6 +367,10 @@ class GeminiProvider:
                         initial_delay=self.retry_initial_delay,
                         max_delay=self.retry_max_delay,
                     ),
+                    # google-genai reads every answer as text, bytes that are not UTF-8
+                    # as U+FFFD (``_api_client.py``: ``HttpResponse(..., [response.text])``);
+                    # the bytes themselves, where asked for (:func:`_raw_bodies`).
+                    client_args={"event_hooks": {"response": [_keep_body]}},
                 )
                 self._client = genai.Client(
                     api_key=self._api_key, vertexai=False, http_options=options
@@ -636,13 +654,20 @@ class GeminiProvider:
             return None
 
     def _results(self, batch_id: str, spec: RequestSpec) -> pl.DataFrame:
-        job = self._get(batch_id)
+        with _raw_bodies() as kept:
+            job = self._get(batch_id)
         dest = job.dest
         if dest is None:  # expired and failed batches have no results
             return empty_results()
         keep = spec.keep_responses
         if dest.inlined_responses:
             decoded = decode_lines(_inlined_lines(dest.inlined_responses))
+            if kept.body is not None:
+                # Inline results not UTF-8: read again at the next poll, as a result file
+                # is downloaded again; the same bytes twice fail only their entries' rows.
+                failed = f"Gemini's batch {batch_id} (its inline results)"
+                if not_utf8_again(kept.body, failed=failed) is not None:
+                    decoded = _damaged_inline(decoded, kept.body, failed)
             return self._with_inlined_responses(batch_id, decoded) if keep else decoded
         if dest.file_name:
             name = dest.file_name
@@ -715,7 +740,9 @@ class GeminiProvider:
         The request is the batch line's (``contents``, ``systemInstruction``,
         ``generationConfig``), given to ``models.generate_content`` as the inline batch
         request is given to ``batches.create``; the SDK's retries are off (one attempt: the
-        engine retries with its own clock). The answer is read by :func:`decode_lines`.
+        engine retries with its own clock). The answer is read by :func:`decode_lines`;
+        one that is not UTF-8 ran and was billed: its row fails ``not_utf8`` with its usage
+        (:func:`~batchata_df.providers.base.not_utf8_answer`).
         """
         from google.genai import errors, types
 
@@ -734,11 +761,12 @@ class GeminiProvider:
         config.http_options = types.HttpOptions(retry_options=types.HttpRetryOptions(attempts=1))
         with scrubbing():
             try:
-                reply = self.client.models.generate_content(
-                    model=model,
-                    contents=inlined["contents"],
-                    config=config,
-                )
+                with _raw_bodies() as kept:
+                    reply = self.client.models.generate_content(
+                        model=model,
+                        contents=inlined["contents"],
+                        config=config,
+                    )
             except errors.APIError as e:
                 message = e.message or str(e)
                 if e.code in (401, 403) or "API key" in message:
@@ -765,6 +793,8 @@ class GeminiProvider:
                 return cut_answer(e, "Gemini")
         dumped = reply.model_dump(mode="json", by_alias=True, exclude_none=True)
         decoded = decode_lines(json.dumps({"key": key, "response": dumped}).encode())
+        bad = None if kept.body is None else first_not_utf8(kept.body)
+        decoded = not_utf8_answer(decoded, bad, provider="Gemini")
         return kept_response(decoded, json.dumps(dumped), spec)
 
     MAX_LISTED: ClassVar[int] = ORPHAN_SEARCH_MAX_LISTED
@@ -844,6 +874,61 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
             continue
         found.append(mod.HTTPError)
     return tuple(found)
+
+
+class _KeptBodies(threading.local):
+    """The bytes of the SDK's last answer in this thread, while a caller asks for them."""
+
+    wanted = False
+    body: bytes | None = None
+
+
+_KEPT = _KeptBodies()
+
+
+def _keep_body(response: Any) -> None:
+    """The SDK's HTTP client's response hook: keep the body's bytes when asked for."""
+    if _KEPT.wanted:
+        response.read()  # what the SDK reads next anyway (it does not stream these)
+        _KEPT.body = bytes(response.content)
+
+
+@contextlib.contextmanager
+def _raw_bodies() -> Iterator[_KeptBodies]:
+    """Keep the bytes of the answers the SDK reads in this block (in this thread)."""
+    _KEPT.wanted, _KEPT.body = True, None
+    try:
+        yield _KEPT
+    finally:
+        _KEPT.wanted = False
+
+
+_ESCAPED = re.compile("[\udc80-\udcff]")
+"""Bytes that are not UTF-8, as ``surrogateescape`` reads them (never in UTF-8 text)."""
+
+
+def _damaged_inline(decoded: pl.DataFrame, body: bytes, failed: str) -> pl.DataFrame:
+    """``decoded`` with the rows of the inline results that hold bytes not UTF-8 failed.
+
+    The batch resource holds the inline results under ``metadata.output`` and
+    ``response`` alike; an entry damaged in either fails (the SDK reads one of them). Its
+    key is matched as the SDK read it (U+FFFD for the damaged bytes).
+    """
+    doc = json.loads(body.decode("utf-8", errors="surrogateescape"))
+    outputs = [((doc.get("metadata") or {}).get("output") or {}), doc.get("response") or {}]
+    damaged: set[str] = set()
+    for output in outputs:
+        items = (output.get("inlinedResponses") or {}).get("inlinedResponses") or []
+        for item in items:
+            if isinstance(item, dict) and _ESCAPED.search(json.dumps(item, ensure_ascii=False)):
+                key = str((item.get("metadata") or {}).get("key"))
+                damaged.add(key.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+    hit = pl.col("job_id").is_in(sorted(damaged))
+    reason = not_utf8_reason(failed, entry="inline result")
+    return decoded.with_columns(
+        pl.when(hit).then(pl.lit("errored")).otherwise(pl.col("outcome")).alias("outcome"),
+        pl.when(hit).then(pl.lit(reason)).otherwise(pl.col("error")).alias("error"),
+    )
 
 
 def _inlined_request(line: str) -> dict[str, Any]:

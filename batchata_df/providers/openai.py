@@ -43,10 +43,13 @@ from batchata_df.providers.base import (
     decoded_results,
     empty_results,
     failure_kind,
+    first_not_utf8,
+    header_api_key,
     history_messages,
     json_object,
     json_string,
     kept_response,
+    not_utf8_answer,
     read_jsonl,
     request_lines,
     result_lines,
@@ -57,7 +60,7 @@ from batchata_df.providers.base import (
     whole_download,
     with_result_lines,
 )
-from batchata_df.redact import register_secret, scrubbing
+from batchata_df.redact import register_secret, scrub_http_logs, scrubbing
 
 if TYPE_CHECKING:
     import openai
@@ -155,6 +158,7 @@ class OpenAIProvider:
     """The SDK's own retries of idempotent calls (creates are never retried blindly)."""
 
     def __init__(self, api_key: str | None = None, base_url: str | None = None) -> None:
+        source = "the api_key given to OpenAIProvider" if api_key else "OPENAI_API_KEY"
         key = api_key or os.environ.get("OPENAI_API_KEY")
         if not key:
             msg = (
@@ -162,8 +166,9 @@ class OpenAIProvider:
                 "a .env file) before running an OpenAI model"
             )
             raise CredentialsError(msg)
-        self._api_key = key
         register_secret(key)
+        scrub_http_logs()
+        self._api_key = header_api_key(key, source)
         self._base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         self._client: openai.OpenAI | None = None
         # Realtime requests run in threads: one client, created once.
@@ -431,7 +436,8 @@ class OpenAIProvider:
         The SDK's retries are off (``max_retries=0``): the engine retries rate limits and
         server errors with its own clock, and never a request that may have run. The raw
         JSON answer is wrapped as a batch output line and read by :func:`decode_lines`, so
-        both modes decode alike.
+        both modes decode alike. An answer that is not UTF-8 ran and was billed: its row
+        fails ``not_utf8`` with its usage (:func:`~batchata_df.providers.base.not_utf8_answer`).
         """
         import openai
 
@@ -441,6 +447,9 @@ class OpenAIProvider:
         with scrubbing():
             try:
                 raw = client.chat.completions.with_raw_response.create(**body)
+                # httpx reads the body with U+FFFD for bytes that are not UTF-8: the
+                # bytes themselves say whether the answer came damaged.
+                data = raw.http_response.content
                 text = raw.http_response.text
             except openai.AuthenticationError as e:
                 msg = "OpenAI rejected the API key: check OPENAI_API_KEY"
@@ -469,6 +478,7 @@ class OpenAIProvider:
         # Re-serialised on one line: the API may pretty-print, a batch line never is.
         answered = {"status_code": 200, "body": body}
         decoded = decode_lines(json.dumps({"custom_id": custom_id, "response": answered}).encode())
+        decoded = not_utf8_answer(decoded, first_not_utf8(data), provider="OpenAI")
         return kept_response(decoded, text, spec)
 
     MAX_LISTED: ClassVar[int] = ORPHAN_SEARCH_MAX_LISTED

@@ -1,0 +1,138 @@
+"""A realtime 5xx may follow a billed answer: the cap counts every such attempt.
+
+A gateway 502/504 (or a 500) can arrive after the provider computed, and billed, the
+answer; none of the three providers documents a 5xx as unbilled. The emulator plays it with
+``inject_fault(..., when="after")``: the request is answered and billed, the client gets
+the 5xx. Each attempt answered 5xx counts at its worst case under ``max_cost_usd`` (in this
+call and, recorded in the folder, in later calls), a retry is sent only while the worst
+case of another attempt fits, and ``query.lost_requests`` / ``batchata-df status`` list
+those attempts. The emulator's billing ledger is the judge.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+import batchata_df.engine.realtime as realtime_module
+from batchata_df import batch_llm, query
+from batchata_df.cli import cli
+from batchata_df.engine.clock import FakeClock
+
+PATHS = {"openai": r"/chat/completions$", "anthropic": r"/v1/messages$",
+         "gemini": r":generateContent$"}  # fmt: skip
+MODELS = {"openai": "gpt-4.1-mini", "anthropic": "claude-haiku-4-5",
+          "gemini": "gemini-2.5-flash-lite"}  # fmt: skip
+TEXTS = [f"row {i}" for i in range(10)]
+KW: dict[str, Any] = {"prompt": "{text}", "params": {"max_tokens": 64}, "progress": False}
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """The realtime engine's clock (retry backoffs pass without sleeping)."""
+    fake = FakeClock()
+    monkeypatch.setattr(realtime_module, "SystemClock", lambda: fake)
+    return fake
+
+
+def _reference(emu: Any, provider: str) -> dict[str, float]:
+    """What the emulator bills for each row's request (an undisturbed realtime run)."""
+    model = MODELS[provider]
+    ref = batch_llm(pl.DataFrame({"text": TEXTS}), model=model, mode="realtime",
+                    concurrency=1, **KW)  # fmt: skip
+    assert ref["_status"].to_list() == ["completed"] * len(TEXTS)
+    # One request at a time: the ledger bills the rows in order.
+    keys = [str(e["request"]) for e in emu.billing()]
+    assert len(set(keys)) == len(TEXTS)
+    return {k: float(c) for k, c in zip(keys, ref["_cost_usd"], strict=True)}
+
+
+def _billed(ledger: list[dict[str, Any]], cost: dict[str, float]) -> float:
+    return sum(cost[str(e["request"])] for e in ledger)
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini"])
+def test_5xx_after_a_billed_answer_never_takes_spend_past_the_cap(
+    emu, tmp_path, clock, provider
+) -> None:
+    cost = _reference(emu, provider)
+    emu.reset()
+    cap = round(sum(cost.values()) * 1.5, 8)
+    emu.inject_fault(path_regex=PATHS[provider], method="POST", status=504, when="after",
+                     times=None)  # fmt: skip
+    state = tmp_path / "state"
+    df = pl.DataFrame({"text": TEXTS})
+    out = batch_llm(df, model=MODELS[provider], mode="realtime", concurrency=1,
+                    max_cost_usd=cap, state=str(state), **KW)  # fmt: skip
+    ledger = emu.billing()
+    assert ledger, "the provider billed the attempts it answered with a 504"
+    assert _billed(ledger, cost) <= cap
+    # Rows sent end failed "server_error: ..."; those the cap never reached, cancelled.
+    failed = out.filter(pl.col("_status") == "failed")
+    assert failed.height >= 2
+    assert failed["_error"].str.starts_with("server_error:").all()
+    rest = out.filter(pl.col("_status") != "failed")
+    assert rest["_error"].str.starts_with("cancelled: cost_limit").all()
+    assert failed["_cost_usd"].sum() == 0  # no answer: what a 5xx billed is unknown
+    # A row whose next attempt would not fit ends naming the cause and the fix.
+    stopped = failed.filter(pl.col("_error").str.contains("would pass max_cost_usd"))
+    assert stopped.height >= 1
+    assert stopped["_error"].str.contains("retry_failed=True").all()
+    # Every billed attempt is listed with the worst case the cap counted for it.
+    lost = query.lost_requests(str(state))
+    assert lost.height == len(ledger)
+    assert lost["est_cost_usd"].null_count() == 0
+    assert lost["est_cost_usd"].sum() <= cap
+    assert (lost["est_cost_usd"] >= min(cost.values())).all()  # a worst case, not $0
+    assert set(lost["attempt_error"].str.slice(0, 13)) == {"server_error:"}
+    # A later capped call on the folder starts with those attempts spent: with the cap
+    # already counted in full, it sends nothing, even told to retry the failed rows.
+    emu.reset()
+    again = batch_llm(df, model=MODELS[provider], mode="realtime", concurrency=1,
+                      max_cost_usd=cap, state=str(state), retry_failed=True, **KW)  # fmt: skip
+    assert emu.billing() == []
+    assert set(again["_status"]) == {"cancelled"}
+
+
+def test_a_retry_after_a_5xx_is_sent_while_it_fits_and_both_attempts_are_counted(
+    emu, tmp_path, clock
+) -> None:
+    cost = _reference(emu, "openai")
+    emu.reset()
+    emu.inject_fault(path_regex=PATHS["openai"], method="POST", status=502, when="after",
+                     times=1)  # fmt: skip
+    state = tmp_path / "state"
+    df = pl.DataFrame({"text": TEXTS[:3]})
+    cap = 1.0
+    out = batch_llm(df, model=MODELS["openai"], mode="realtime", concurrency=1,
+                    max_cost_usd=cap, state=str(state), **KW)  # fmt: skip
+    assert out["_status"].to_list() == ["completed"] * 3
+    ledger = emu.billing()
+    assert len(ledger) == 4  # the first row was billed twice: the 502 followed its answer
+    lost = query.lost_requests(str(state))
+    assert lost.height == 1
+    assert lost.row(0, named=True)["job_status"] == "completed"
+    worst = float(lost["est_cost_usd"][0])
+    assert worst >= max(cost.values())
+    # The frame's cost is what is known to be billed; the cap also counts the worst case.
+    assert out["_cost_usd"].sum() == pytest.approx(
+        sum(list(cost.values())[:3]))  # the reference billed the rows in order
+    # What a capped call counts as spent for the folder: billed costs plus that worst case.
+    r = CliRunner().invoke(cli, ["status", str(state)])
+    assert r.exit_code == 0, r.output
+    assert "answered 5xx" in r.output and "n_server_error" in r.output
+
+
+def test_without_a_cap_the_5xx_attempts_are_still_recorded(emu, tmp_path, clock) -> None:
+    emu.inject_fault(path_regex=PATHS["openai"], method="POST", status=500, when="after",
+                     times=None)  # fmt: skip
+    state = tmp_path / "state"
+    out = batch_llm(pl.DataFrame({"text": TEXTS[:2]}), model=MODELS["openai"],
+                    mode="realtime", state=str(state), **KW)  # fmt: skip
+    assert out["_status"].to_list() == ["failed", "failed"]
+    assert out["_error"].str.ends_with("(4 attempts)").all()
+    assert len(emu.billing()) == 8
+    assert query.lost_requests(str(state)).height == 8
