@@ -363,7 +363,9 @@ def test_status_sql_and_their_errors(work):
 
 
 def test_cancel_cancels_batches_in_flight_and_records_it(work, emu):
-    emu.configure(latency=60.0)
+    # The emulator validates for the first 10 % of the latency, then runs the requests
+    # evenly: at an hour, none has begun (nor been billed) when the cancel comes.
+    emu.configure(latency=3600.0)
     args = ["run", "tickets.parquet", "out.parquet", "--model", "gpt-4.1-mini",
             "--prompt", "{text}"]
     assert cli(*args, "--no-wait", cwd=work).returncode == 5
@@ -373,12 +375,20 @@ def test_cancel_cancels_batches_in_flight_and_records_it(work, emu):
     assert len(posts(emu, "/cancel")) == 1
     events = pl.read_parquet(work / "out.parquet.state" / "batches" / "*.parquet")
     assert "cancel_requested" in events["status"].to_list()
-    # The next run collects the cancelled batch: its rows end cancelled (exit 4).
-    r = cli(*args, "--time-limit", "30", cwd=work)
-    assert r.returncode == 4, r.stderr
+    # The next run collects the cancelled batch and sends its rows again (README: a
+    # cancelled row is sent by the next call), each billed once.
+    emu.configure(latency=0.0)
+    r = cli(*args, "--time-limit", "60", cwd=work)
+    assert r.returncode == 0, r.stderr
     out = pl.read_parquet(work / "out.parquet")
-    assert set(out["_status"].to_list()) == {"cancelled"}
-    assert len(posts(emu, "/batches")) == 1
+    assert out["_status"].to_list() == ["completed"] * 3
+    assert out["id"].to_list() == [1, 2, 3]
+    assert len(posts(emu, "/batches")) == 2
+    billed = emu.billing()
+    assert len(billed) == 3 and len({e["request"] for e in billed}) == 3
+    first = sorted(events.filter(pl.col("status") == "cancel_requested")["batch_key"])
+    collected = pl.read_parquet(work / "out.parquet.state" / "batches" / "*.parquet")
+    assert first[0] in collected.filter(pl.col("status") == "collected")["batch_key"].to_list()
     r = cli("cancel", "out.parquet.state", cwd=work)
     assert r.returncode == 0 and "nothing to cancel" in r.stderr
     assert set(JOB_EVENTS) <= set(pl.read_parquet(
