@@ -431,11 +431,17 @@ class PriceTable:
         return table
 
     def get(self, provider: str, model: str) -> Price | None:
-        """The price of ``model``, or ``None`` when nothing is known."""
-        if model in self._overrides:
-            price = self._overrides[model]
-            return _scaled(price, REALTIME_FACTOR) if self.processing == "realtime" else price
-        return _lookup(provider, model, self.processing)
+        """The price of ``model``, or ``None`` when nothing is known.
+
+        Gemini's ``models/<id>`` is priced as ``<id>`` (the same model: google-genai SDK
+        ``_transformers.t_model`` prepends "models/" when absent).
+        """
+        name = model.removeprefix("models/") if provider == "gemini" else model
+        for key in (model, name):
+            if key in self._overrides:
+                price = self._overrides[key]
+                return _scaled(price, REALTIME_FACTOR) if self.processing == "realtime" else price
+        return _lookup(provider, name, self.processing)
 
     def require(self, provider: str, model: str, why: str) -> Price:
         """The price of ``model``; raise :class:`PriceError` naming the fix if unknown."""

@@ -31,6 +31,7 @@ from batchata_df.engine.realtime import DEFAULT_CONCURRENCY, RealtimeEngine
 from batchata_df.errors import (
     ColumnError,
     ConfigError,
+    ModelError,
     ParamError,
     ProviderUnavailableWarning,
     SchemaError,
@@ -412,6 +413,7 @@ def batch_llm(
         raise ConfigError(msg)
     run_params = check_params(params, supported)
     check_param_values(run_params, needed)
+    recorded = _recorded_lookup(state, fingerprint, retry_failed=retry_failed)
     no_claude_format = _check_models(
         jobs, run_params, structured=answer.json_schema is not None, citations=citations,
         resuming=_existing_folder(state),
@@ -432,9 +434,9 @@ def batch_llm(
         jobs = attach_files(jobs, frame, files, salt=salt, scheme=scheme)
         spec = dataclasses.replace(spec, prepare=content_preparer(citations=citations))
 
-    jobs = _over_window(
-        jobs, spec, _recorded_lookup(state, fingerprint, retry_failed=retry_failed)
-    )
+    if _existing_folder(state):  # the job ids are final here (files= rehashes them)
+        _check_retired_rows(jobs, recorded)
+    jobs = _over_window(jobs, spec, recorded)
     sendable = _sendable(jobs)
     unestimated = sendable  # a lost request's worst case is priced from it (realtime)
     realtime_jobs = None
@@ -1342,10 +1344,10 @@ def _check_models(
 ) -> bool:
     """Every model of the run takes ``params`` and the features asked for, before spend.
 
-    A retired model (``models.check_retired``) is refused only on a fresh run: a state
-    folder that exists may hold answers or a batch in flight of a model retired since,
-    which the call must still collect (its unsent rows then fail as the provider answers,
-    unbilled).
+    A retired model (``models.check_retired``) is refused here only on a fresh run: a
+    state folder that exists may hold answers or a batch in flight of a model retired
+    since, which the call must still collect; there :func:`_check_retired_rows` refuses
+    it only for rows the folder never recorded, once their job ids are final.
 
     A schema on a Claude model without structured output goes in its system prompt
     (``RequestSpec.schema_in_prompt``, as the seed library asked every Claude model); on an
@@ -1375,6 +1377,33 @@ def _check_models(
             raise SchemaError(msg)
     return citations or not claude_structured
 
+
+
+def _check_retired_rows(
+    jobs: pl.DataFrame, recorded: Callable[[pl.Series], pl.Series] | None
+) -> None:
+    """On an existing state folder: refuse a retired model's rows the folder never recorded.
+
+    ``recorded`` is :func:`_recorded_lookup` (as for :func:`_over_window`): rows of a
+    retired model whose job the folder holds (answered, failed, or in a batch that may be
+    in flight) are collected as usual; any other row of it would be sent and refused by
+    the provider, so the call raises the same :class:`~batchata_df.errors.ModelError`
+    (naming the replacement) as on a fresh folder, before anything is sent. The folder is
+    read only when the run has a retired model.
+    """
+    for provider, model in _model_pairs(jobs):
+        try:
+            check_retired(str(provider), str(model))
+        except ModelError:
+            ids = (
+                jobs.filter((pl.col("provider") == provider) & (pl.col("model") == model))
+                .get_column("job_id")
+                .drop_nulls()
+                .unique()
+            )
+            known = recorded(ids) if recorded is not None else ids.clear()
+            if not ids.is_in(known.implode()).all():
+                raise
 
 
 def _no_system_prompt(provider: str, model: str) -> ParamError:

@@ -545,9 +545,15 @@ def family_of(provider: str, model: str) -> Family:
     'GPT-6 (Sol, Luna, ...), GPT-6.1 Terra'
     >>> family_of("anthropic", "claude-opus-5-9").name
     'Claude Opus 5.5, Fable, Mythos'
+    >>> family_of("gemini", "models/gemini-2.5-pro") == family_of("gemini", "gemini-2.5-pro")
+    True
     """
+    # Gemini's own resource name ``models/<id>`` names the same model as ``<id>``
+    # (google-genai SDK ``_transformers.t_model``: "models/" is prepended when absent), as
+    # :func:`retirement` and :func:`listed_under` read it.
+    name = model.removeprefix("models/") if provider == "gemini" else model
     for family in FAMILIES:
-        if family.provider == provider and family.matches(model):
+        if family.provider == provider and family.matches(name):
             return family
     msg = f"no model family for provider {provider!r}"  # pragma: no cover - catch-alls
     raise AssertionError(msg)  # pragma: no cover

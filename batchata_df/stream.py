@@ -228,6 +228,9 @@ def stream_llm(
             )
         return fr._over_window(jobs, spec, recorded)
 
+    if fr._existing_folder(state):
+        _check_retired_everywhere(lf, model, probe, probe_jobs, jobs_of, recorded, rows, scans)
+
     # A dry run's expected cost learns from the answers already in the folder, as in memory.
     observed = fr._observed(state, fingerprint) if dry_run else None
 
@@ -649,6 +652,51 @@ def _check_system_everywhere(
 
         provider, name = parse_model(str(hit.item()) if isinstance(model, pl.Expr) else model)
         raise fr._no_system_prompt(provider, name)
+
+
+def _check_retired_everywhere(
+    lf: pl.LazyFrame,
+    model: str | pl.Expr,
+    probe: pl.DataFrame,
+    probe_jobs: pl.DataFrame,
+    jobs_of: Callable[[pl.DataFrame], pl.DataFrame],
+    recorded: Callable[[pl.Series], pl.Series] | None,
+    rows: int,
+    scans: _Scans,
+) -> None:
+    """On an existing state folder: refuse a retired model's rows it never recorded.
+
+    As in memory (``frame._check_retired_rows``): the rows of a retired model whose job
+    the folder holds are collected, any other would be sent and refused by the provider,
+    so the call raises the :class:`~batchata_df.errors.ModelError` of a fresh folder
+    before anything is sent. One streaming pass over the rows of the retired models,
+    their job ids built as each chunk's are: only when the probe found a retired model.
+    """
+    from batchata_df import frame as fr
+    from batchata_df.errors import ModelError
+    from batchata_df.models import check_retired
+
+    retired: list[str] = []
+    for p, m in fr._model_pairs(probe_jobs):
+        try:
+            check_retired(str(p), str(m))
+        except ModelError:
+            retired.append(str(m))
+    if not retired:
+        return
+    if isinstance(model, pl.Expr):
+        spec = model.cast(pl.String)
+        values = probe.select(spec.alias("v")).get_column("v")
+        names = probe_jobs.get_column("model")
+        rows_of = lf.filter(spec.is_in(values.filter(names.is_in(retired)).implode()))
+    else:
+        rows_of = lf  # the one model, retired
+    try:
+        total = int(rows_of.select(pl.len()).collect(engine="streaming").item())
+        for chunk in _chunks(rows_of, rows, total):
+            fr._check_retired_rows(jobs_of(chunk), recorded)
+    except (pl.exceptions.PolarsError, OSError) as e:
+        raise _unreadable(e, scans) from e
 
 
 def _check_history_everywhere(lf: pl.LazyFrame, history: str | None, scans: _Scans) -> None:

@@ -340,3 +340,34 @@ def test_per_row_system_and_model_are_sent_per_row(emu, model: str) -> None:
         for request in inline.get("requests", []):
             sent.append(request["request"]["systemInstruction"]["parts"][0]["text"])
     assert sorted(sent) == ["Be brief.", "Be formal."]
+
+
+def test_gemini_models_prefix_is_the_same_model_as_its_id(emu, tmp_path) -> None:
+    # Gemini's resource name "models/gemini-2.5-pro" names gemini-2.5-pro (google-genai
+    # _transformers.t_model prepends "models/" when absent): the same family, default
+    # max_tokens and price, so the same request body and the same cost under max_cost_usd.
+    from batchata_df.cost import PriceTable
+    from batchata_df.models import default_max_tokens, family_of
+
+    plain, spelled = "gemini-2.5-pro", "models/gemini-2.5-pro"
+    assert family_of("gemini", spelled) == family_of("gemini", plain)
+    assert family_of("gemini", spelled).name == "Gemini 2.5 Pro"
+    assert default_max_tokens(family_of("gemini", spelled), {}) == default_max_tokens(
+        family_of("gemini", plain), {}
+    )
+    assert PriceTable().get("gemini", spelled) == PriceTable().get("gemini", plain) is not None
+    emu.configure(log_bodies=True)
+    frame = pl.DataFrame({"t": ["Explain the history of Rome."]})
+    bodies, costs = [], []
+    for name in (plain, spelled):
+        out = frame.pipe(batch_llm, model=f"gemini:{name}", prompt="{t}", max_cost_usd=5,
+                         state=tmp_path / name.replace("/", "_"))  # fmt: skip
+        assert out["_status"].to_list() == ["completed"], out["_error"].to_list()
+        costs.append(out["_cost_usd"].item())
+        (create,) = _posts(emu, "/models/gemini-2.5-pro:batchGenerateContent")[len(bodies):]
+        (request,) = create["body"]["batch"]["inputConfig"]["requests"]["requests"]
+        bodies.append(request["request"]["generationConfig"])
+    assert bodies[0] == bodies[1]
+    assert bodies[1]["maxOutputTokens"] == default_max_tokens(family_of("gemini", plain), {})
+    assert bodies[1]["maxOutputTokens"] == 16_384  # not the 4,096 of "other Gemini models"
+    assert costs[0] == costs[1] > 0

@@ -226,3 +226,53 @@ def test_claude_sonnet_4_5_is_refused_by_the_client_before_anything_is_sent(
     out = ROWS.pipe(batch_llm, model="claude-sonnet-5-5", prompt="{text}", state=tmp_path / "s")
     assert out["_status"].to_list() == ["completed", "completed"]
     assert len(emu.billing()) == 2
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_new_rows_of_a_retired_model_on_an_existing_folder_are_refused_before_sending(
+    emu, tmp_path, monkeypatch, streamed
+):
+    # Day 1 writes the folder with a served model; day 2 adds rows of a retired one. Those
+    # rows were never recorded, so the folder's existence does not excuse them: the same
+    # ModelError as on a fresh folder (naming the replacement), and nothing is sent.
+    from batchata_df import models
+
+    day1 = pl.DataFrame({"text": ["one", "two"], "model": ["claude-haiku-4-5"] * 2})
+    state = tmp_path / "s"
+
+    def run(df: pl.DataFrame) -> pl.DataFrame:
+        kw = {"model": pl.col("model"), "prompt": "{text}", "state": state}
+        if streamed:
+            sink = tmp_path / f"out{len(df)}.parquet"
+            return batch_llm(df.lazy(), sink=sink, **kw).collect()  # type: ignore[union-attr]
+        return df.pipe(batch_llm, **kw)
+
+    assert run(day1)["_status"].to_list() == ["completed", "completed"]
+    sent, billed = len(emu.log()), emu.billing()
+    monkeypatch.setattr(models, "_custom_endpoint", lambda provider: False)
+    day2 = pl.concat([day1, pl.DataFrame({"text": ["three"], "model": ["claude-sonnet-4-5"]})])
+    with pytest.raises(ModelError, match="retired by Anthropic on 2026-11-30.*use 'claude-"):
+        run(day2)
+    assert emu.log()[sent:] == []
+    assert emu.billing() == billed
+
+
+def test_a_folder_written_before_the_shutdown_is_still_collected_when_streamed(
+    emu, tmp_path, monkeypatch
+):
+    # As test_a_folder_written_before_the_shutdown_is_still_collected, on the streamed path:
+    # every row of the retired model is in the folder's batch in flight, so it is collected.
+    from batchata_df import models
+
+    emu.configure(serve_retired=True, latency=60.0)
+    kw = {"model": "claude-3-opus-20240229", "prompt": "{text}", "state": tmp_path / "old"}
+    first = batch_llm(ROWS.lazy(), sink=tmp_path / "a.parquet", wait=False, **kw)
+    assert first.collect()["_status"].to_list() == ["pending", "pending"]  # type: ignore[union-attr]
+    monkeypatch.setattr(models, "_custom_endpoint", lambda provider: False)
+    emu.advance(60)
+    out = batch_llm(ROWS.lazy(), sink=tmp_path / "b.parquet", **kw).collect()  # type: ignore[union-attr]
+    assert out["_status"].to_list() == ["completed", "completed"]
+    assert sorted(b["custom_id"] for b in emu.billing()) == sorted(out["_job_id"].to_list())
+    more = pl.concat([ROWS, pl.DataFrame({"text": ["three"]})]).lazy()
+    with pytest.raises(ModelError, match="retired by Anthropic on 2026-01-05"):
+        batch_llm(more, sink=tmp_path / "c.parquet", **kw)
