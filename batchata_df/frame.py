@@ -1413,7 +1413,7 @@ def _no_system_prompt(provider: str, model: str) -> ParamError:
         f"model {model!r} ({family.name}) takes no system prompt: OpenAI refuses a "
         "system or developer message for it (\"'messages[0].role' does not support "
         "'system' with this model\"); put the instructions in prompt=, or use a "
-        "model that takes one such as 'o4-mini'"
+        "model that takes one such as 'gpt-5.4-mini'"
     )
     return ParamError(msg, model=model, param="system")
 

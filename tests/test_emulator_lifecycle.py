@@ -1,7 +1,7 @@
 """The emulator's process stops when asked, and when the process that started it is gone.
 
 A test run stopped with SIGKILL (a CI timeout, a developer's ``kill -9``) cannot stop the
-emulator it started; before ``--parent-pid`` such servers kept running, one more each time,
+emulator it started; before ``--exit-with-parent`` such servers kept running, one more each time,
 on a shared machine. These tests kill the parent for real and wait for the server to go.
 """
 

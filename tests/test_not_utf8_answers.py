@@ -373,3 +373,13 @@ def test_a_download_always_damaged_fails_its_row_in_a_later_process_not_pending_
     assert failed["_error"].startswith("not_utf8: ") and failed["_cost_usd"] > 0
     billed = [b["custom_id"] for b in emu.billing()]
     assert len(billed) == 3 and len(set(billed)) == 3  # nothing paid again
+
+
+def test_every_byte_that_is_not_utf8_alone_counts_as_damage_in_an_inline_entry() -> None:
+    """``surrogateescape`` reads each such byte 0x80-0xFF as U+DC80-U+DCFF: all are damage."""
+    from batchata_df.providers.gemini import _ESCAPED
+
+    for byte in range(0x80, 0x100):
+        text = (b'{"t":"a' + bytes([byte]) + b'z"}').decode("utf-8", "surrogateescape")
+        assert _ESCAPED.search(text), hex(byte)
+    assert not _ESCAPED.search('{"t":"caf\u00e9 \ufffd \U0001f600"}')  # UTF-8 text is not

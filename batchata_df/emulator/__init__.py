@@ -135,8 +135,7 @@ class Emulator:
             repr(self.latency),
             "--cancel-unfinished",
             self.cancel_unfinished,
-            "--parent-pid",  # the server stops itself if this process is killed
-            str(os.getpid()),
+            "--exit-with-parent",  # the server stops itself if this process is killed
         ]
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env)
         self._proc = proc

@@ -2,7 +2,7 @@
 
 Prints exactly one line, ``batchata-df emulator listening on http://127.0.0.1:PORT``, once
 the socket accepts connections, then serves until SIGTERM or SIGINT (or, with
-``--parent-pid``, until that process is gone).
+``--exit-with-parent``, until the process that started it is gone).
 """
 
 from __future__ import annotations
@@ -38,10 +38,9 @@ def _parser() -> argparse.ArgumentParser:
         help="what a cancelled batch does with requests that never ran",
     )
     parser.add_argument(
-        "--parent-pid",
-        type=int,
-        default=None,
-        help="stop once this process (the parent that started the server) is gone",
+        "--exit-with-parent",
+        action="store_true",
+        help="stop once the process that started the server is gone",
     )
     return parser
 
@@ -54,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     >>> main(["--host", "0.0.0.0"])  # doctest: +SKIP
     2
     """
+    parent = os.getppid()  # first thing: the process that started this one
     args = _parser().parse_args(argv)
     if args.latency < 0:
         print(f"error: --latency must be >= 0, got {args.latency}", file=sys.stderr)
@@ -82,9 +82,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     try:
         # A parent killed with SIGKILL (a test run stopped by a timeout) cannot stop its
-        # server: with --parent-pid the server notices it was orphaned and stops itself.
+        # server: with --exit-with-parent the server notices it was orphaned (its parent
+        # changed: re-parented to init or a subreaper) and stops itself. The parent is the
+        # one seen at start, not a pid passed in: a launcher between the two (a Windows
+        # venv's python.exe) would otherwise look like an orphaning.
         while not stop.wait(0.5):
-            if args.parent_pid is not None and os.getppid() != args.parent_pid:
+            if args.exit_with_parent and os.getppid() != parent:
                 break
     finally:
         server.stop()
