@@ -435,7 +435,7 @@ def batch_llm(
         spec = dataclasses.replace(spec, prepare=content_preparer(citations=citations))
 
     if _existing_folder(state):  # the job ids are final here (files= rehashes them)
-        _check_retired_rows(jobs, recorded)
+        jobs = _check_retired_rows(jobs, recorded)
     jobs = _over_window(jobs, spec, recorded)
     sendable = _sendable(jobs)
     unestimated = sendable  # a lost request's worst case is priced from it (realtime)
@@ -1380,30 +1380,41 @@ def _check_models(
 
 
 def _check_retired_rows(
-    jobs: pl.DataFrame, recorded: Callable[[pl.Series], pl.Series] | None
-) -> None:
-    """On an existing state folder: refuse a retired model's rows the folder never recorded.
+    jobs: pl.DataFrame,
+    recorded: Callable[[pl.Series], pl.Series] | None,
+    *,
+    refuse: bool = True,
+) -> pl.DataFrame:
+    """On an existing state folder: a retired model's rows the folder never recorded.
 
     ``recorded`` is :func:`_recorded_lookup` (as for :func:`_over_window`): rows of a
     retired model whose job the folder holds (answered, failed, or in a batch that may be
-    in flight) are collected as usual; any other row of it would be sent and refused by
-    the provider, so the call raises the same :class:`~batchata_df.errors.ModelError`
-    (naming the replacement) as on a fresh folder, before anything is sent. The folder is
-    read only when the run has a retired model.
+    in flight, paid for) are collected as usual. Any other row of it would be sent and
+    refused by the provider. When the folder holds none of that model's rows, the call
+    raises the :class:`~batchata_df.errors.ModelError` of a fresh folder (naming the
+    replacement) before anything is sent; when it holds some, raising would leave their
+    paid batch uncollected, so the other rows fail as data instead (``input_error``: the
+    same message, never sent; ``retry_failed`` does not send them either). The folder is
+    read only when the run has a retired model. ``refuse=False`` (a streamed chunk, whose
+    call decides on all its chunks): the rows are marked, never raised for.
     """
     for provider, model in _model_pairs(jobs):
         try:
             check_retired(str(provider), str(model))
-        except ModelError:
-            ids = (
-                jobs.filter((pl.col("provider") == provider) & (pl.col("model") == model))
-                .get_column("job_id")
-                .drop_nulls()
-                .unique()
-            )
+        except ModelError as error:
+            of_model = (pl.col("provider") == provider) & (pl.col("model") == model)
+            ids = jobs.filter(of_model).get_column("job_id").drop_nulls().unique()
             known = recorded(ids) if recorded is not None else ids.clear()
-            if not ids.is_in(known.implode()).all():
+            if refuse and not ids.is_in(known.implode()).any():
                 raise
+            new = of_model & pl.col("job_id").is_not_null()
+            new = new & ~pl.col("job_id").is_in(known.implode())
+            jobs = jobs.with_columns(
+                pl.when(new).then(pl.lit(str(error))).otherwise(pl.col("input_error"))
+                .alias("input_error"),
+                pl.when(new).then(None).otherwise(pl.col("job_id")).alias("job_id"),
+            )  # fmt: skip
+    return jobs
 
 
 def _no_system_prompt(provider: str, model: str) -> ParamError:

@@ -1104,7 +1104,12 @@ def context_window(provider: str, model: str) -> int | None:
     --------
     >>> context_window("openai", "gpt-6-sol")
     1050000
+    >>> context_window("gemini", "models/gemini-2.5-flash") == context_window(
+    ...     "gemini", "gemini-2.5-flash") == 1048576
+    True
     """
+    if provider == "gemini":  # google-genai's t_model takes either spelling
+        model = model.removeprefix("models/")
     known = family_of(provider, model).context if provider in _PROVIDERS else None
     if known is not None:
         return known

@@ -226,9 +226,12 @@ def stream_llm(
             jobs = attach_files(
                 jobs, chunk, files, salt=salt, scheme=scheme, first_row=first_row
             )
+        if existing:  # a retired model's rows the folder never recorded fail as data
+            jobs = fr._check_retired_rows(jobs, recorded, refuse=False)
         return fr._over_window(jobs, spec, recorded)
 
-    if fr._existing_folder(state):
+    existing = fr._existing_folder(state)
+    if existing:
         _check_retired_everywhere(lf, model, probe, probe_jobs, jobs_of, recorded, rows, scans)
 
     # A dry run's expected cost learns from the answers already in the folder, as in memory.
@@ -664,13 +667,14 @@ def _check_retired_everywhere(
     rows: int,
     scans: _Scans,
 ) -> None:
-    """On an existing state folder: refuse a retired model's rows it never recorded.
+    """On an existing state folder: refuse a retired model the folder holds no row of.
 
-    As in memory (``frame._check_retired_rows``): the rows of a retired model whose job
-    the folder holds are collected, any other would be sent and refused by the provider,
-    so the call raises the :class:`~batchata_df.errors.ModelError` of a fresh folder
-    before anything is sent. One streaming pass over the rows of the retired models,
-    their job ids built as each chunk's are: only when the probe found a retired model.
+    As in memory (``frame._check_retired_rows``): when the folder holds none of a retired
+    model's rows, the call raises the :class:`~batchata_df.errors.ModelError` of a fresh
+    folder before anything is sent; when it holds some, they are collected and the
+    others fail as data (each chunk's ``jobs_of`` marks them). One streaming pass over the
+    rows of the retired models, their job ids built as each chunk's are: only when the
+    probe found a retired model.
     """
     from batchata_df import frame as fr
     from batchata_df.errors import ModelError
@@ -693,10 +697,18 @@ def _check_retired_everywhere(
         rows_of = lf  # the one model, retired
     try:
         total = int(rows_of.select(pl.len()).collect(engine="streaming").item())
+        held: set[str] = set()  # the retired models the folder holds rows of
         for chunk in _chunks(rows_of, rows, total):
-            fr._check_retired_rows(jobs_of(chunk), recorded)
+            jobs = jobs_of(chunk)  # marks the rows the folder never recorded
+            of_retired = jobs.filter(
+                pl.col("model").is_in(retired) & pl.col("job_id").is_not_null()
+            )
+            held.update(of_retired.get_column("model").unique().to_list())
     except (pl.exceptions.PolarsError, OSError) as e:
         raise _unreadable(e, scans) from e
+    for p, m in fr._model_pairs(probe_jobs):
+        if str(m) in retired and str(m) not in held:
+            check_retired(str(p), str(m))  # raises: nothing of it to collect
 
 
 def _check_history_everywhere(lf: pl.LazyFrame, history: str | None, scans: _Scans) -> None:

@@ -74,8 +74,8 @@ def test_a_request_that_never_answers_ends_at_a_known_zero_cost_recorded_as_real
         for s in ("assigned", "failed")
     ]
     assert j001.filter(pl.col("status") == "failed")["error"].to_list()[:-1] == [
-        f"server_error: HTTP 500 boom (attempt {n}; the provider may have billed it; sent "
-        "again)" for n in (1, 2, 3)
+        f"server_error: HTTP 500 boom (attempt {n}; the provider may have billed it; to be "
+        "sent again: if the call stops first, retry_failed=True sends it)" for n in (1, 2, 3)
     ]
 
 

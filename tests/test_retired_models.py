@@ -273,6 +273,48 @@ def test_a_folder_written_before_the_shutdown_is_still_collected_when_streamed(
     out = batch_llm(ROWS.lazy(), sink=tmp_path / "b.parquet", **kw).collect()  # type: ignore[union-attr]
     assert out["_status"].to_list() == ["completed", "completed"]
     assert sorted(b["custom_id"] for b in emu.billing()) == sorted(out["_job_id"].to_list())
+    # A new row beside them: the folder holds rows of the model, so the call goes on (a
+    # refusal would leave a paid batch uncollected) and the new row fails as data, unsent.
+    sent = len(emu.log())
     more = pl.concat([ROWS, pl.DataFrame({"text": ["three"]})]).lazy()
-    with pytest.raises(ModelError, match="retired by Anthropic on 2026-01-05"):
-        batch_llm(more, sink=tmp_path / "c.parquet", **kw)
+    out = batch_llm(more, sink=tmp_path / "c.parquet", **kw).collect()  # type: ignore[union-attr]
+    assert out["_status"].to_list() == ["completed", "completed", "failed"]
+    assert "was retired by Anthropic on 2026-01-05" in out["_error"][2]
+    assert [e for e in emu.log()[sent:] if e["method"] == "POST"] == []
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_paid_batch_of_a_since_retired_model_is_collected_beside_rows_never_sent(
+    emu, tmp_path, monkeypatch, streamed
+):
+    # One row went into a batch (billed, in flight) while the model was served; the other
+    # three were never sent (one batch at a time, the call did not wait). After the
+    # shutdown the same call collects the paid row; the other three fail as data with the
+    # fresh folder's message (the replacement named), and nothing more is sent.
+    from batchata_df import models
+
+    emu.configure(serve_retired=True, latency=60.0)
+    rows = pl.DataFrame({"text": [f"row {i}" for i in range(4)]})
+    kw = {"model": "claude-3-opus-20240229", "prompt": "{text}", "state": tmp_path / "s",
+          "params": {"max_tokens": 64}}  # fmt: skip
+
+    def run(**more: object) -> pl.DataFrame:
+        if streamed:
+            sink = tmp_path / f"out{len(emu.log())}.parquet"
+            return batch_llm(rows.lazy(), sink=sink, **kw, **more).collect()  # type: ignore[arg-type,union-attr]
+        return rows.pipe(batch_llm, **kw, **more)  # type: ignore[arg-type]
+
+    first = run(wait=False, items_per_batch=1, max_parallel_batches=1)
+    assert sorted(first["_status"].to_list()) == ["pending"] * 4
+    monkeypatch.setattr(models, "_custom_endpoint", lambda provider: False)
+    emu.advance(60)
+    billed, posts = emu.billing(), len([e for e in emu.log() if e["method"] == "POST"])
+    assert len(billed) == 1
+    out = run()
+    paid = out.filter(pl.col("_job_id") == billed[0]["custom_id"])
+    assert paid["_status"].to_list() == ["completed"]
+    rest = out.filter(pl.col("_job_id").is_null() | (pl.col("_job_id") != billed[0]["custom_id"]))
+    assert rest["_status"].to_list() == ["failed"] * 3
+    assert all("use 'claude-opus-4-8' instead" in e for e in rest["_error"].to_list())
+    assert len([e for e in emu.log() if e["method"] == "POST"]) == posts  # nothing sent
+    assert emu.billing() == billed

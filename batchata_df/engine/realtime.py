@@ -645,7 +645,8 @@ class RealtimeEngine:
                     "status": "failed",
                     "error": [
                         f"server_error: {e} (attempt {r.attempt}; the provider may have "
-                        "billed it; sent again)"
+                        "billed it; to be sent again: if the call stops first, "
+                        "retry_failed=True sends it)"
                         for r, e in finished.server_errors
                     ],
                     "mode": "realtime",
