@@ -15,6 +15,7 @@ import pytest
 from filelock import FileLock, Timeout
 
 from batchata_df.emulator import Emulator
+from batchata_df.models import BASE_URL_VARS
 
 
 def pytest_make_parametrize_id(config: pytest.Config, val: object, argname: str) -> str | None:
@@ -112,6 +113,16 @@ def emu(emulator: Emulator, monkeypatch: pytest.MonkeyPatch, tmp_path) -> Iterat
     start = _START_SETTINGS[id(emulator)].get("serve_retired", False)
     if emulator.settings().get("serve_retired") != start:
         emulator.configure(serve_retired=bool(start))
+
+
+@pytest.fixture
+def official(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """As against the providers themselves: no base URL anywhere (not even in a .env) and
+    no key, so nothing could be sent (the checks that a gateway would skip run)."""
+    for var in (*BASE_URL_VARS.values(), "OPENAI_API_KEY", "ANTHROPIC_API_KEY",
+                "GEMINI_API_KEY", "GOOGLE_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture

@@ -17,12 +17,12 @@ import logging
 import os
 import subprocess
 import sys
-import traceback
 import warnings
 from pathlib import Path
 
 import polars as pl
 import pytest
+from test_secrets import _chain_text
 
 from batchata_df import CredentialsError, batch_llm
 from batchata_df.redact import REDACTED
@@ -56,20 +56,6 @@ CASES = [
     *((p, case) for p in ("openai", "anthropic") for case in {**SURROUNDED, **INSIDE}),
     *(("gemini", case) for case in INSIDE),
 ]
-
-
-def _chain_text(exc: BaseException) -> str:
-    parts = ["".join(traceback.format_exception(exc))]
-    seen: set[int] = set()
-    stack: list[BaseException | None] = [exc]
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        parts += [str(e), repr(e), repr(e.args), repr(vars(e))]
-        stack += [e.__cause__, e.__context__]
-    return "\n".join(parts)
 
 
 def _assert_no_key(state: Path, *texts: str) -> None:

@@ -14,18 +14,9 @@ import polars as pl
 import pytest
 
 from batchata_df import ModelError, batch_llm
-from batchata_df.models import BASE_URL_VARS, check_provider
+from batchata_df.models import check_provider
 
 ROWS = pl.DataFrame({"text": ["one", "two", "three"]})
-
-
-@pytest.fixture
-def official(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    """No base URL anywhere (not even in a .env) and no key: nothing could be sent."""
-    for var in (*BASE_URL_VARS.values(), "OPENAI_API_KEY", "ANTHROPIC_API_KEY",
-                "GEMINI_API_KEY", "GOOGLE_API_KEY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.chdir(tmp_path)
 
 
 @pytest.mark.parametrize(

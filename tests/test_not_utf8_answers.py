@@ -29,7 +29,6 @@ import re
 import subprocess
 import sys
 import textwrap
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -37,11 +36,12 @@ from typing import Any
 import polars as pl
 import pytest
 from pydantic import BaseModel
+from test_not_utf8_results import _ended
 
 from batchata_df import ProviderUnavailableWarning, ResultFileError, batch_llm
 from batchata_df.emulator.server import NOT_UTF8
 from batchata_df.providers import gemini, make_provider
-from batchata_df.providers.base import BatchTag, ProviderState, RequestSpec
+from batchata_df.providers.base import RequestSpec
 from batchata_df.schema import AnswerSchema
 from batchata_df.state import StateStore
 
@@ -220,22 +220,10 @@ def test_the_cost_of_a_damaged_realtime_answer_counts_against_the_cap(emu, tmp_p
 # -- Gemini's inline results -----------------------------------------------------------------
 
 
-def _ended_inline(p: Any, n: int) -> str:
-    model = MODELS["gemini"]
-    spec = RequestSpec(AnswerSchema(None), {})
-    jobs = pl.DataFrame({"job_id": [f"j{i}" for i in range(n)], "model": [model] * n,
-                         "prompt": [f"prompt {i}" for i in range(n)], "system": [None] * n})
-    bid: str = p.submit(p.encode(jobs, spec), model=model,
-                        tag=BatchTag("run", "k", time.time(), n_jobs=n, members=jobs["job_id"]))
-    while p.poll(bid).state is ProviderState.RUNNING:
-        time.sleep(0.05)
-    return bid
-
-
 def test_gemini_inline_results_not_utf8_are_read_again_then_fail_only_their_row(emu) -> None:
     p = make_provider("gemini")
     spec = RequestSpec(AnswerSchema(None), {})
-    bid = _ended_inline(p, 3)
+    bid = _ended(p, "gemini", 3)
     assert p.client.batches.get(name=bid).dest.inlined_responses  # inline, not a file
     # Every read of the batch resource damaged (results reads it twice: counts, results).
     emu.inject_fault(method="GET", path_regex=BATCH_GET, action="corrupt", times=None)

@@ -19,19 +19,10 @@ from google.genai import errors as genai_errors
 from batchata_df import ModelError, batch_llm
 from batchata_df.emulator.model_rules import RETIRED as EMULATOR_RETIRED
 from batchata_df.emulator.model_rules import retired
-from batchata_df.models import BASE_URL_VARS, RETIRED, retirement
+from batchata_df.models import RETIRED, retirement
 
 ROWS = pl.DataFrame({"text": ["one", "two"]})
 MSG = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture
-def official(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    """No base URL anywhere (not even in a .env) and no key: nothing could be sent."""
-    for var in (*BASE_URL_VARS.values(), "OPENAI_API_KEY", "ANTHROPIC_API_KEY",
-                "GEMINI_API_KEY", "GOOGLE_API_KEY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.chdir(tmp_path)
 
 
 @pytest.mark.parametrize(("model", "message"), [

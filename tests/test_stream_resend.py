@@ -36,7 +36,7 @@ class Answer(BaseModel):
 
 KW = {"schema": Answer, "model": "claude-haiku-4-5", "prompt": "{t}", "progress": False}
 
-ABORTED = textwrap.dedent(
+CHILD = textwrap.dedent(
     """
     import sys, polars as pl
     from pydantic import BaseModel
@@ -47,27 +47,15 @@ ABORTED = textwrap.dedent(
 
     lf = pl.DataFrame({"t": [f"row {i}" for i in range(20)]}).lazy()
     batch_llm(lf, schema=Answer, model="claude-haiku-4-5", prompt="{t}", sink=sys.argv[2],
-              chunk_rows=5, items_per_batch=5, state=sys.argv[1], progress=False)
+              chunk_rows=5, items_per_batch=int(sys.argv[3]), state=sys.argv[1], progress=False)
     """
 )
 
+ABORTED_BATCH = "5"  # the call a double Ctrl+C aborts: 4 batches of 5 rows
 # The call after the double Ctrl+C, killed (os._exit, as kill -9: nothing cleaned up) right
 # after the provider accepted its first batch, before recording the batch's id. The
 # cancelled rows go in one batch (items_per_batch=50): that batch.
-KILLED = textwrap.dedent(
-    """
-    import sys, polars as pl
-    from pydantic import BaseModel
-    from batchata_df import batch_llm
-
-    class Answer(BaseModel):
-        label: str
-
-    lf = pl.DataFrame({"t": [f"row {i}" for i in range(20)]}).lazy()
-    batch_llm(lf, schema=Answer, model="claude-haiku-4-5", prompt="{t}", sink=sys.argv[2],
-              chunk_rows=5, items_per_batch=50, state=sys.argv[1], progress=False)
-    """
-)
+KILLED_BATCH = "50"
 
 
 def batch_posts(emu) -> list[dict]:
@@ -100,9 +88,9 @@ def double_ctrl_c(emu, tmp_path: Path, procs) -> tuple[Path, Path, set[str]]:
     # seconds) must not let them run out before the test moves the clock.
     emu.configure(latency=600.0, cancel_delay=5.0)
     script = tmp_path / "child.py"
-    script.write_text(ABORTED)
+    script.write_text(CHILD)
     state, sink = tmp_path / "s", tmp_path / "out.parquet"
-    child = subprocess.Popen([sys.executable, str(script), str(state), str(sink)],
+    child = subprocess.Popen([sys.executable, str(script), str(state), str(sink), ABORTED_BATCH],
                              env=dict(os.environ), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)  # fmt: skip
     procs.append(child)
@@ -167,9 +155,10 @@ def test_a_call_killed_after_sending_them_pays_for_nothing_twice(
 ) -> None:
     state, sink, aborted = double_ctrl_c(emu, tmp_path, procs)
     script = tmp_path / "killed.py"
-    script.write_text(KILLED)
+    script.write_text(CHILD)
     env = {**os.environ, "BATCHATA_DF_FAILPOINT": "after_submit"}
-    killed = subprocess.run([sys.executable, str(script), str(state), str(sink)], env=env,
+    killed = subprocess.run([sys.executable, str(script), str(state), str(sink), KILLED_BATCH],
+                            env=env,
                             capture_output=True, text=True, timeout=120)  # fmt: skip
     assert killed.returncode == 75, killed.stderr  # died at the failpoint
     # Its first batch is the cancelled rows sent again: the aborted batches were collected.
