@@ -32,6 +32,7 @@ from batchata_df.errors import (
     ColumnError,
     ConfigError,
     ModelError,
+    ModelShutdownWarning,
     ParamError,
     ProviderUnavailableWarning,
     SchemaError,
@@ -47,6 +48,7 @@ from batchata_df.models import (
     check_retired,
     effective_params,
     family_of,
+    shutdown_warning,
 )
 from batchata_df.providers import SUPPORTED_PARAMS, make_provider
 from batchata_df.providers.base import Provider, RequestSpec
@@ -1344,6 +1346,9 @@ def _check_models(
 ) -> bool:
     """Every model of the run takes ``params`` and the features asked for, before spend.
 
+    A model whose announced shutdown is near (``models.shutdown_warning``) gets a
+    :class:`~batchata_df.errors.ModelShutdownWarning` here, once per call.
+
     A retired model (``models.check_retired``) is refused here only on a fresh run: a
     state folder that exists may hold answers or a batch in flight of a model retired
     since, which the call must still collect; there :func:`_check_retired_rows` refuses
@@ -1360,6 +1365,9 @@ def _check_models(
         check_provider(str(provider), str(model))
         if not resuming:
             check_retired(str(provider), str(model))
+        notice = shutdown_warning(str(provider), str(model))
+        if notice is not None:  # once per call and model, before anything is sent
+            warnings.warn(ModelShutdownWarning(notice), stacklevel=3)
         check_endpoint(str(provider), str(model))
         check_model_params(str(provider), str(model), params)
         family = family_of(str(provider), str(model))
