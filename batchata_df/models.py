@@ -1097,6 +1097,19 @@ def shutdown_warning(
     return msg
 
 
+def _table_mark(provider: str, model: str) -> str:
+    """" (retired)" or " (shutdown <date>)" for the README's table, whatever the date.
+
+    The table must not change with the day it is generated on: a scheduled shutdown is
+    shown as its date (:data:`SCHEDULED`), "(retired)" only for :data:`RETIRED`.
+    """
+    name = _bare_name(provider, model)
+    if any(who == provider and re.fullmatch(pattern, name) for who, pattern, *_ in RETIRED):
+        return " (retired)"
+    scheduled = scheduled_shutdown(provider, name)
+    return f" (shutdown {scheduled[0]})" if scheduled is not None else ""
+
+
 def check_retired(provider: str, model: str) -> None:
     """Raise :class:`~batchata_df.errors.ModelError` for a model the provider has retired.
 
@@ -1355,9 +1368,7 @@ def capabilities_table(families: Iterable[Family] = FAMILIES) -> str:
             "yes" if v else "no"
             for v in (f.structured_output, f.pdf, f.images, f.citations)
         )
-        example = ", ".join(
-            f"`{e}`" + (" (retired)" if retirement(f.provider, e) else "") for e in f.examples
-        )
+        example = ", ".join(f"`{e}`{_table_mark(f.provider, e)}" for e in f.examples)
         rows.append(
             f"| {f.provider} | {f.name} ({example}) | {sampling} | {knob} | "
             f"{default_max_tokens(f, {}):,} | {f.max_output_tokens:,} | "

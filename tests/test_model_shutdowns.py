@@ -198,6 +198,13 @@ def test_gemini_answers_a_routed_model_with_its_successor_from_the_date_on(emu):
     assert answer.model_version == "gemini-3.5-flash-lite"
     answer = gem.models.generate_content(model="gemini-2.5-pro", contents="hi")
     assert answer.model_version == "gemini-3.8-flash"
+    # In a batch too (billed as the successor, as Google says).
+    job = gem.batches.create(model="gemini-2.5-flash", src=[
+        {"contents": [{"parts": [{"text": "hi"}], "role": "user"}]}])
+    done = gem.batches.get(name=str(job.name))
+    assert done.dest is not None and done.dest.inlined_responses
+    response = done.dest.inlined_responses[0].response
+    assert response is not None and response.model_version == "gemini-3.5-flash-lite"
 
 
 @pytest.mark.parametrize("streamed", [False, True])

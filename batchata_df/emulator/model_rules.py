@@ -767,6 +767,7 @@ def today(value: str | bool | None = False) -> dt.date:
     return dt.date.fromisoformat(pinned) if pinned else dt.datetime.now(dt.UTC).date()
 
 
+@lru_cache(maxsize=1024)  # asked once per request line: a million-line batch asks often
 def _scheduled(provider: str, name: str) -> tuple[str, str | None] | None:
     for who, pattern, date, successor in SCHEDULED:
         if who == provider and re.fullmatch(pattern, name):
