@@ -1719,9 +1719,12 @@ def repair(state: str, apply_: bool) -> None:
 @_debug_option
 def emulator(port: int, latency: float) -> None:
     """Serve the provider emulator on 127.0.0.1 (point the SDKs at it with its env vars)."""
+    from batchata_df.emulator.__main__ import exit_now
     from batchata_df.emulator.__main__ import main as emulator_main
 
-    raise SystemExit(int(emulator_main(["--port", str(port), "--latency", str(latency)]) or 0))
+    # Stopped (SIGTERM, Ctrl+C), it leaves without the interpreter's teardown, as
+    # ``python -m batchata_df.emulator`` does: a large state took seconds to free.
+    exit_now(emulator_main(["--port", str(port), "--latency", str(latency)]))
 
 
 @cli.command(short_help="A demo run on the emulator (no API key needed).")
