@@ -1042,7 +1042,7 @@ def retirement(provider: str, model: str) -> tuple[str, str] | None:
 
 
 def shutdown_warning(
-    provider: str, model: str, *, now: dt.datetime | None = None
+    provider: str, model: str, *, now: dt.datetime | None = None, batch: bool = True
 ) -> str | None:
     """The warning for a model whose announced shutdown is near, else ``None``.
 
@@ -1052,7 +1052,8 @@ def shutdown_warning(
     batch submitted ``now`` could end (``now`` plus :data:`BATCH_WINDOW_HOURS`), the
     message says that the rows not finished by then fail (or, where the provider routes
     the model, are answered by another model). ``now``: :func:`today` at the current UTC
-    time of day. Not given when the provider's base URL is set (a gateway decides).
+    time of day. ``batch=False`` (a realtime run, answered in seconds): no batch window.
+    Not given when the provider's base URL is set (a gateway decides).
 
     Examples
     --------
@@ -1084,7 +1085,7 @@ def shutdown_warning(
         f"day{'s' if days != 1 else ''}); {use} ({source})"
     )
     window = BATCH_WINDOW_HOURS[provider]
-    if now + dt.timedelta(hours=window) > shutdown:
+    if batch and now + dt.timedelta(hours=window) > shutdown:
         fate = (
             f"are answered by {replacement!r} instead, at its prices and parameter rules"
             if after == "routed"

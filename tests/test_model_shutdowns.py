@@ -116,6 +116,16 @@ def test_the_batch_window_sentence_only_when_the_shutdown_falls_inside_it(on, em
     ]
 
 
+def test_a_realtime_run_is_warned_without_the_batch_window(on, emu, tmp_path):
+    on("2026-11-30")  # answered in seconds: no 48 h window to cross the shutdown
+    with pytest.warns(ModelShutdownWarning) as caught:
+        out = ROWS.pipe(batch_llm, model="gemini-2.5-flash", prompt="{text}",
+                        state=tmp_path / "s", mode="realtime")
+    assert [str(w.message) for w in caught] == [GEMINI_NOTICE.split(". A batch")[0]]
+    assert out["_status"].to_list() == ["completed", "completed"]
+    assert [b["mode"] for b in emu.billing()] == ["realtime", "realtime"]
+
+
 def test_no_warning_for_a_far_shutdown_or_none_at_all(on, tmp_path):
     on("2026-11-30")  # gpt-4.1-mini: 2027-01-14, 45 days; gpt-6-luna: none announced
     for model in ("gpt-4.1-mini", "gpt-6-luna", "claude-opus-4-5"):
