@@ -45,6 +45,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -56,6 +57,7 @@ from pydantic import BaseModel
 from batchata_df.errors import (
     BatchataError,
     ConfigError,
+    ModelShutdownWarning,
     PriceError,
     SinkLockedError,
     StateLockedError,
@@ -1589,6 +1591,11 @@ def status(state: tuple[str, ...]) -> None:
     folders = _checkpoints(state)
     click.echo("cost and rows by status:")
     _print(cost_by_status(folders))
+    shutdowns = _shutdown_lines(folders)
+    if shutdowns:
+        click.echo("\nmodel shutdowns:")
+        for line in shutdowns:
+            click.echo(f"  {line}")
     lost = lost_requests(folders)
     if lost.height:
         click.echo(
@@ -1831,8 +1838,58 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+@contextlib.contextmanager
+def _shutdown_notes() -> Iterator[None]:
+    """A :class:`ModelShutdownWarning` as one ``batchata-df: warning: ...`` line on stderr.
+
+    Once per message for the whole command (never once per chunk or batch), and never
+    turned into an error by a ``-W error`` filter: it is advice, and the run goes on.
+    """
+    seen: set[str] = set()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("always", category=ModelShutdownWarning)
+        shown = warnings.showwarning
+
+        def show(message: Warning | str, category: type[Warning], filename: str,
+                 lineno: int, file: Any = None, line: str | None = None) -> None:
+            if not issubclass(category, ModelShutdownWarning):
+                shown(message, category, filename, lineno, file, line)
+            elif str(message) not in seen:
+                seen.add(str(message))
+                _note(f"warning: {message}")
+
+        warnings.showwarning = show
+        yield
+
+
+def _shutdown_lines(folders: Sequence[str]) -> list[str]:
+    """A line per model of the folders whose announced shutdown is near or has passed."""
+    from batchata_df.models import retirement, shutdown_warning
+    from batchata_df.query import sql
+
+    pairs = sql("select distinct provider, model from jobs order by 1, 2", list(folders))
+    out: list[str] = []
+    for provider, model in pairs.iter_rows():
+        if provider is None or model is None:
+            continue
+        notice = shutdown_warning(str(provider), str(model))
+        if notice is not None:
+            out.append(notice)
+        elif (gone := retirement(str(provider), str(model))) is not None:
+            out.append(
+                f"model {model!r} was shut down on {gone[0]}: rows not collected yet can "
+                "still be collected; rows never sent fail unsent"
+            )
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``batchata-df`` command; returns the exit code."""
+    with _shutdown_notes():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         result = cli.main(
             args=list(argv) if argv is not None else None,
