@@ -735,7 +735,7 @@ Examples:
   # one PDF path per row in column `path`, answers with citations
   batchata-df run invoices.csv out.jsonl --schema models:Invoice \\
       --model claude-haiku-4-5 --prompt "Extract the invoice" --files path --citations
-  # what would it cost?
+  # what would it (still) cost? OUTPUT is not written; --plan plan.csv writes the plan
   batchata-df run big.parquet out.parquet --model gpt-4.1-mini --prompt "{text}" --dry-run
   # submit and return; collect later with the same command
   batchata-df run big.parquet out.parquet --model gpt-4.1-mini --prompt "{text}" --no-wait
@@ -798,8 +798,12 @@ Examples:
 @click.option("--concurrency", type=click.IntRange(min=1),
               help="Realtime requests in flight at once [default: 8].")
 @click.option("--dry-run", is_flag=True,
-              help="Print the plan and its worst-case cost; send nothing. With OUTPUT, write "
-              "the plan there.")
+              help="Print the plan and its worst-case cost; send nothing, and write nothing "
+              "to OUTPUT (it only names the run and its state folder, OUTPUT.state: rows "
+              "done there are planned 'done').")
+@click.option("--plan", "plan_path", metavar="FILE", type=click.Path(dir_okay=False),
+              help="With --dry-run: write the plan, one row per input row, to FILE "
+              "(.parquet, .csv, .ndjson; not OUTPUT).")
 @click.option("--wait/--no-wait", default=True, show_default=True,
               help="--no-wait submits and returns; unfinished rows are 'pending' (exit 5).")
 @click.option("--retry-failed", is_flag=True,
@@ -845,6 +849,7 @@ def run(
     deadline: float | None,
     concurrency: int | None,
     dry_run: bool,
+    plan_path: str | None,
     wait: bool,
     retry_failed: bool,
     items_per_batch: int | None,
@@ -865,22 +870,30 @@ def run(
     if output_path is None and not dry_run:
         msg = "missing OUTPUT (the file to write the result to), e.g. out.parquet"
         raise UsageProblem(msg)
+    if plan_path is not None and not dry_run:
+        msg = (
+            f"--plan writes a dry run's plan: add --dry-run to write it to {plan_path!r} "
+            "(a run writes its result to OUTPUT). Nothing was sent"
+        )
+        raise UsageProblem(msg)
     _, inputs = input_files(input_path)
     kind = "parquet"
     if output_path is not None:
         kind = file_format(output_path)  # of the name given: a link's file may have none
-        _check_writable(output_path)
-        _check_not_input(inputs, output_path)
-        if os.path.islink(output_path):
-            from batchata_df.stream import sink_target
-
-            # The file it names is OUTPUT: written in place (the link stays), and locked
-            # under that name, as a run given the file's own name locks it. A link into a
-            # folder that does not exist (an unmounted drive) is refused, not created.
-            output_path = os.fspath(
-                sink_target(Path(output_path), what=f"OUTPUT {output_path!r}")
+        output_path = _output_target(output_path, inputs, input_path, "OUTPUT")
+    plan_kind, shown_plan = "parquet", plan_path
+    if plan_path is not None:
+        plan_kind = file_format(plan_path)
+        plan_path = _output_target(plan_path, inputs, input_path, "--plan")
+        if output_path is not None and (
+            Path(plan_path).resolve() == Path(output_path).resolve()
+            or _same_file(plan_path, output_path)
+        ):
+            msg = (
+                f"--plan {shown_plan!r} is OUTPUT: the plan would replace the run's result. "
+                "Write the plan to another file. Nothing was sent"
             )
-        _check_not_matched(input_path, output_path)
+            raise UsageProblem(msg)
     schema = load_schema(schema_spec) if schema_spec else None
     params = parse_params(params_json, param_pairs, max_tokens)
     prices = {_bare_model(k): v for k, v in parse_prices(price_specs).items()}
@@ -911,9 +924,11 @@ def run(
     # a Parquet file as it goes (then renamed to OUTPUT, or converted for CSV/NDJSON), so
     # memory does not grow with the input. That file is in a hidden folder beside OUTPUT,
     # removed when the run ends; a run killed meanwhile leaves it and the next run writing
-    # OUTPUT removes it, never a live run's (see `_scratch`). A dry run without OUTPUT
-    # writes its plan to a temporary folder for the summary.
-    with _scratch(output_path, state=state, lock_timeout=lock_timeout) as folder:
+    # OUTPUT removes it, never a live run's (see `_scratch`). A dry run writes its plan
+    # beside --plan FILE, else to a temporary folder for the summary: never to OUTPUT,
+    # which may hold a finished result (and a pipeline would read the plan as answers).
+    target = plan_path if dry_run else output_path
+    with _scratch(target, state=state, lock_timeout=lock_timeout) as folder:
         sink = str(folder / "result.parquet")
         # Realtime and auto runs are not streamed (they answer in memory); their result (or
         # plan) is written to the same Parquet target so that what follows is the same.
@@ -958,9 +973,14 @@ def run(
             out.write_parquet(sink)
             out = pl.scan_parquet(sink, glob=False)
         if dry_run:
-            if output_path is not None:
-                _finish_output(sink, output_path, kind)
-                _note(f"plan written to {output_path}")
+            if plan_path is not None:
+                _finish_output(sink, plan_path, plan_kind)
+                _note(f"plan written to {shown_plan}")
+            elif output_path is not None:
+                _note(
+                    f"dry run: {output_path} was not written (a dry run never writes OUTPUT); "
+                    "--plan FILE writes the plan"
+                )
             raise SystemExit(EXIT_OK)
         assert output_path is not None
         # A row the provider answered (it has token counts) without a cost: no price is
@@ -1012,8 +1032,9 @@ def _scratch(
 
     Beside OUTPUT (so that the result is renamed to it, never half written under its
     name): :func:`batchata_df.stream.hidden_folder`, locked while the run lives, which the
-    next run (or streaming call) writing OUTPUT removes if this one is killed. Without
-    OUTPUT (a dry run's summary) a temporary folder.
+    next run (or streaming call) writing OUTPUT removes if this one is killed (for a dry
+    run, ``output_path`` is its ``--plan`` file). Without one (a dry run's summary) a
+    temporary folder.
 
     Two runs writing one OUTPUT with different state folders would each send every row
     (and the last rename wins): so a run that finds another live writer of OUTPUT (its
@@ -1402,7 +1423,33 @@ def _cost_summary(before: Bill, after: Bill, model: str) -> str:
     )
 
 
-def _check_not_input(inputs: Sequence[Path], output_path: str) -> None:
+def _output_target(path: str, inputs: Sequence[Path], input_path: str, what: str) -> str:
+    """The file a run (OUTPUT) or a dry run (``--plan``) writes, checked before sending.
+
+    Refused: a folder that cannot exist, an INPUT file, a file INPUT would read the next
+    time. A symbolic link is the file it names: written in place (the link stays), and
+    locked under that name, as a run given the file's own name locks it. A link into a
+    folder that does not exist (an unmounted drive) is refused, not created.
+    """
+    _check_writable(path)
+    _check_not_input(inputs, path, what)
+    if os.path.islink(path):
+        from batchata_df.stream import sink_target
+
+        path = os.fspath(sink_target(Path(path), what=f"{what} {path!r}"))
+    _check_not_matched(input_path, path, what)
+    return path
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` are one existing file (by any name; ``False``: one is missing)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _check_not_input(inputs: Sequence[Path], output_path: str, what: str = "OUTPUT") -> None:
     """Refuse an OUTPUT that is an INPUT file (links resolved): the run would replace it."""
     target = Path(output_path).resolve()
     for given in inputs:
@@ -1412,13 +1459,13 @@ def _check_not_input(inputs: Sequence[Path], output_path: str) -> None:
                 same = os.path.samefile(given, output_path)
         if same:
             msg = (
-                f"OUTPUT {output_path!r} is the INPUT file {os.fspath(given)!r}: the result "
+                f"{what} {output_path!r} is the INPUT file {os.fspath(given)!r}: writing it "
                 "would replace the input. Write it to another file"
             )
             raise UsageProblem(msg)
 
 
-def _check_not_matched(input_path: str, output_path: str) -> None:
+def _check_not_matched(input_path: str, output_path: str, what: str = "OUTPUT") -> None:
     """Refuse an OUTPUT that INPUT, a folder or a glob, would read on the next run.
 
     The first run would pass (OUTPUT does not exist yet), and "run the same command
@@ -1448,7 +1495,7 @@ def _check_not_matched(input_path: str, output_path: str) -> None:
         )
     if matched:
         msg = (
-            f"OUTPUT {output_path!r} would be read as INPUT by {input_path!r} when the "
+            f"{what} {output_path!r} would be read as INPUT by {input_path!r} when the "
             "command runs again (to collect, or resume): write it outside INPUT"
         )
         raise UsageProblem(msg)

@@ -116,7 +116,38 @@ def _cost(s: ProgressSnapshot, max_cost_usd: float | None) -> str:
         text += f", {usd(s.reserved_usd)} held (worst case in flight)"
     if s.cache_saved_usd > 0:
         text += f", {usd(s.cache_saved_usd)} saved by caching"
-    return text
+    return text + _possibly_billed(s)
+
+
+def _possibly_billed(s: ProgressSnapshot) -> str:
+    """The call's realtime attempts answered 5xx or lost, beside the cost ("" for none).
+
+    The provider may have billed them and no cost is known: at the worst case the cap
+    counts for them, or unknown when none was recorded (never $0).
+
+    Examples
+    --------
+    >>> from batchata_df.engine import ProgressSnapshot
+    >>> snap = ProgressSnapshot(total=3, completed=3, failed=0, cancelled=0, pending=0,
+    ...     batches={}, cost_usd=0.01, elapsed_s=1.0, phase="done", unknown_billed=1,
+    ...     unknown_billed_usd=0.002)
+    >>> _possibly_billed(snap)
+    ', plus up to $0.0020 for 1 attempt answered 5xx or lost (possibly billed)'
+    >>> import dataclasses
+    >>> _possibly_billed(dataclasses.replace(snap, unknown_billed=2, unknown_billed_usd=0.0,
+    ...                                      unknown_billed_unpriced=2))
+    ', plus an unknown amount for 2 attempts answered 5xx or lost (possibly billed)'
+    """
+    n = s.unknown_billed
+    if not n:
+        return ""
+    amount = f"up to {usd(s.unknown_billed_usd)}"
+    if s.unknown_billed_unpriced == n:
+        amount = "an unknown amount"
+    elif s.unknown_billed_unpriced:
+        amount += " and an unknown amount"
+    attempts = "1 attempt" if n == 1 else f"{n:,} attempts"
+    return f", plus {amount} for {attempts} answered 5xx or lost (possibly billed)"
 
 
 def cap_line(s: ProgressSnapshot) -> str:

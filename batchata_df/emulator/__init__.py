@@ -425,11 +425,13 @@ class Emulator:
             clean end of a shorter body); ``"corrupt"`` sends the whole answer with bytes
             that are never UTF-8 inside its first answer text (a result file's first
             line, a realtime answer, a streamed answer's first ``text_delta``, a Gemini
-            batch's inline results: complete JSON, not UTF-8).
+            batch's inline results: complete JSON, not UTF-8); ``"corrupt_id"`` puts
+            them inside the first result id (``custom_id``, Gemini's ``key``) instead: a
+            line that matches no request.
         when
             ``"after"`` lets the request take effect (e.g. the batch *is* created) and
             then replaces the answer: the "provider accepted, client never heard" case.
-            ``None``: ``"after"`` for the cuts and ``"corrupt"`` (which answer first and
+            ``None``: ``"after"`` for the cuts and the corruptions (which answer first and
             refuse ``"before"``), else ``"before"``.
         echo_key
             Echo the request's credential in the error, as some gateways do: the default

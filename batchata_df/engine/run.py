@@ -120,6 +120,14 @@ class ProgressSnapshot:
     realtime_in_flight: int | None = None
     """Realtime requests in flight (``mode="realtime"``, or the realtime phase of
     ``mode="auto"``); ``None`` when nothing is sent realtime."""
+    unknown_billed: int = 0
+    """This call's realtime attempts answered 5xx or lost in flight: the provider may have
+    billed them, with no cost known (not in ``cost_usd``)."""
+    unknown_billed_usd: float = 0.0
+    """Their worst case, as ``max_cost_usd`` counts them (0 for those with none: a call
+    without a cap or estimates)."""
+    unknown_billed_unpriced: int = 0
+    """Those of them with no worst case (sent without a cap or estimates)."""
 
 
 def batch_word(poll: BatchPoll, batch: InFlightBatch) -> str:
@@ -236,6 +244,13 @@ class RunState:
     (:attr:`RunContext.resend_cancelled`)."""
     spent_at_start: float = 0.0
     """What the state folder had billed when this call started."""
+    unknown_billed: int = 0
+    """Realtime attempts of this call answered 5xx or lost: possibly billed, no cost known
+    (:attr:`ProgressSnapshot.unknown_billed`)."""
+    unknown_billed_usd: float = 0.0
+    """Their worst case (what the cap counts for them)."""
+    unknown_billed_unpriced: int = 0
+    """Those of them sent without a worst case (no cap or estimates)."""
     expected_usd: float | None = None
     """Expected cost of the jobs this call sends (estimates, :mod:`batchata_df.estimates`)."""
     worst_usd: float | None = None
@@ -311,7 +326,22 @@ class RunState:
             expected_cost_usd=self.expected_usd,
             worst_case_usd=self.worst_usd,
             realtime_in_flight=self.realtime_in_flight,
+            unknown_billed=self.unknown_billed,
+            unknown_billed_usd=self.unknown_billed_usd,
+            unknown_billed_unpriced=self.unknown_billed_unpriced,
         )
+
+    def possibly_billed(self, worst: float | None) -> None:
+        """Count one realtime attempt answered 5xx or lost, for the display.
+
+        ``worst``: its recorded worst case (``None``: none known). The cap counts its held
+        worst case in ``spent`` apart.
+        """
+        self.unknown_billed += 1
+        if worst is None:
+            self.unknown_billed_unpriced += 1
+        else:
+            self.unknown_billed_usd += worst
 
 
 def _eta(*, progressed: int, left: int, seconds: float | None) -> float | None:
