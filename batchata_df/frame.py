@@ -528,6 +528,13 @@ def batch_llm(
                 keep_raw=keep_raw,
                 keep_responses=keep_responses,
             )
+    except KeyboardInterrupt:
+        # A second Ctrl+C (or one outside the engine): the panel's last frame says so and
+        # what to do, instead of staying on a running frame.
+        abort = getattr(display, "abort", None)
+        if callable(abort):
+            abort()
+        raise
     finally:
         close = getattr(display, "close", None)
         if callable(close):
