@@ -5,7 +5,7 @@
 
 ``"terminal"``
     The console is a terminal: a rich panel updated in place (jobs bar, counts by status,
-    provider batch statuses, cost against the cap, elapsed time).
+    provider batches by state, cost against the cap, elapsed time).
 ``"notebook"``
     Running in Jupyter (or Colab): the same panel, updated in place in one output cell
     through ``IPython.display`` (no ipywidgets needed).
@@ -212,10 +212,10 @@ def format_line(s: ProgressSnapshot, max_cost_usd: float | None = None, since: f
     --------
     >>> from batchata_df.engine import ProgressSnapshot
     >>> snap = ProgressSnapshot(total=10, completed=6, failed=1, cancelled=0, pending=3,
-    ...     batches={"in_progress": 1, "collected": 1}, cost_usd=0.25, elapsed_s=75.0,
+    ...     batches={"running": 1, "collected": 1}, cost_usd=0.25, elapsed_s=75.0,
     ...     phase="running", in_flight_done=1, eta_s=20.0)
     >>> print(format_line(snap, max_cost_usd=1.0))
-    8/10 finished (completed 6, failed 1, cancelled 0, pending 3) | batches: collected 1, in_progress 1 | cost $0.2500 of $1.00 cap (25%) | ETA ~20s | 1m15s
+    8/10 finished (completed 6, failed 1, cancelled 0, pending 3) | batches: collected 1, running 1 | cost $0.2500 of $1.00 cap (25%) | ETA ~20s | 1m15s
     """  # noqa: E501
     if s.phase == "done":
         return f"{outcome_line(s)} | cost {_cost(s, max_cost_usd)}"

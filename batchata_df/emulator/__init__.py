@@ -137,7 +137,15 @@ class Emulator:
             self.cancel_unfinished,
             "--exit-with-parent",  # the server stops itself if this process is killed
         ]
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env)
+        # Its own session, so a signal to this process's group does not reach it: Jupyter's
+        # Kernel -> Interrupt is os.killpg(kernel's group, SIGINT) (jupyter_client 8.10
+        # provisioning/local_provisioner.py, LocalProvisioner.send_signal), and an emulator
+        # started in a notebook died with the interrupted cell. --exit-with-parent still
+        # stops it with this process: it watches its parent pid, not its group.
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env,
+            start_new_session=os.name == "posix",
+        )
         self._proc = proc
         self._finalizer = weakref.finalize(self, _terminate, proc)
         try:

@@ -18,6 +18,7 @@ from batchata_df.engine.run import (
     InFlightBatch,
     RunContext,
     RunState,
+    batch_word,
     failpoint,
     report,
 )
@@ -400,7 +401,7 @@ class Collector:
         if poll.state is ProviderState.RUNNING:
             # An ended batch is reachable only once its results download too.
             self._reachable(batch)
-        self.state.batch_status[batch.batch_key] = poll.provider_status
+        self.state.batch_status[batch.batch_key] = batch_word(poll, batch)
         # Kept after the batch ends, until its rows count completed/failed/cancelled
         # (Ledger.terminal drops it then): dropped at the end instead, the display's done
         # count went back while the results downloaded. Never lower than a count seen.
@@ -537,7 +538,7 @@ class Collector:
             n_jobs=batch.job_ids.len(),
             detail=poll.detail,
         )
-        self.state.batch_status[batch.batch_key] = poll.provider_status
+        self.state.batch_status[batch.batch_key] = BatchPhase.COLLECTED.value
         return True
 
     def _refused(self, batch: InFlightBatch, poll: BatchPoll) -> None:

@@ -16,7 +16,7 @@ import polars as pl
 
 from batchata_df.cost import PriceTable
 from batchata_df.engine.clock import Backoff, Clock
-from batchata_df.providers.base import Provider, RequestSpec
+from batchata_df.providers.base import BatchPoll, Provider, ProviderState, RequestSpec
 from batchata_df.state import TERMINAL_JOB, StateStore
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "RunContext",
     "RunOptions",
     "RunState",
+    "batch_word",
     "failpoint",
     "report",
 ]
@@ -81,6 +82,11 @@ class ProgressSnapshot:
     cancelled: int
     pending: int
     batches: dict[str, int]
+    """This call's provider batches by state, in one vocabulary for every provider
+    (:func:`batch_word`): ``submitted``, ``running``, ``cancelling``, ``ended`` (results
+    not downloaded yet), ``cancelled``, ``expired``, ``failed`` and ``collected`` (its rows
+    counted). The provider's own word (``in_progress``, ``JOB_STATE_SUCCEEDED``, ...) is
+    the ``provider_status`` of the folder's batch events."""
     cost_usd: float
     elapsed_s: float
     phase: str
@@ -122,6 +128,32 @@ class ProgressSnapshot:
     without a cap or estimates)."""
     unknown_billed_unpriced: int = 0
     """Those of them with no worst case (sent without a cap or estimates)."""
+
+
+def batch_word(poll: BatchPoll, batch: InFlightBatch) -> str:
+    """A polled batch's state in the words every provider's batches are counted in.
+
+    Each provider has its own (OpenAI ``validating``/``in_progress``/``completed``,
+    Anthropic ``in_progress``/``ended``, Gemini ``JOB_STATE_PENDING``/``JOB_STATE_SUCCEEDED``):
+    counted as they come, a mixed run showed ``JOB_STATE_SUCCEEDED 4, completed 3, ended 3``
+    and the seed-style callback counted none of them finished. A batch still running after
+    this call asked to cancel it is ``cancelling``; a collected one is ``collected``.
+
+    Examples
+    --------
+    >>> b = InFlightBatch("k", "gemini", "m", "batches/1", pl.Series([], dtype=pl.String),
+    ...                   Backoff(1.0, 60.0, 1.6))
+    >>> batch_word(BatchPoll(ProviderState.RUNNING, "JOB_STATE_PENDING"), b)
+    'running'
+    >>> batch_word(BatchPoll(ProviderState.ENDED, "JOB_STATE_SUCCEEDED"), b)
+    'ended'
+    >>> b.cancel_reason = "interrupted"
+    >>> batch_word(BatchPoll(ProviderState.RUNNING, "cancelling"), b)
+    'cancelling'
+    """
+    if poll.state is ProviderState.RUNNING and batch.cancel_reason is not None:
+        return "cancelling"
+    return poll.state.value
 
 
 @dataclass
