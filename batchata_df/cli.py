@@ -32,6 +32,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import dataclasses
+import errno
 import fnmatch
 import glob
 import importlib
@@ -1184,13 +1185,48 @@ def _claim(stack: contextlib.ExitStack, target: Path) -> Path:
         return stack.enter_context(hidden_folder(target))
     except OSError as e:
         folder = target.absolute().parent
-        what = "is not writable" if folder.is_dir() else "cannot be created"
-        reason = e.strerror or str(e)
         msg = (
-            f"cannot write OUTPUT {os.fspath(target)!r}: its folder {str(folder)!r} {what} "
-            f"({reason}); give an OUTPUT in a folder you can write to. Nothing was sent"
+            f"cannot write OUTPUT {os.fspath(target)!r}: its folder {str(folder)!r} "
+            f"{_unwritable(folder, e)}; give an OUTPUT in a folder you can write to. Nothing "
+            "was sent"
         )
         raise UsageProblem(msg) from e
+
+
+def _unwritable(folder: Path, e: OSError) -> str:
+    """Why ``folder`` could not be written (or made), in words: what follows its name.
+
+    The system's own reason misleads on a kernel's virtual file system: making a file
+    in ``/proc`` fails with "No such file or directory" (``/sys``: "Operation not
+    permitted") although the folder exists. Such a file system has no blocks
+    (``statvfs``), which is said instead.
+
+    Examples
+    --------
+    >>> import errno
+    >>> _unwritable(Path("/proc/x"), OSError(errno.ENOENT, "No such file or directory"))
+    "cannot be created: '/proc' is a virtual file system of the kernel (like /proc and /sys): no file can be made there"
+    """  # noqa: E501
+    base = folder
+    while not base.is_dir() and base != base.parent:
+        base = base.parent
+    virtual = False
+    with contextlib.suppress(OSError, AttributeError):  # no statvfs on Windows
+        virtual = os.statvfs(base).f_blocks == 0
+    if virtual:
+        reason = (
+            "is a virtual file system of the kernel (like /proc and /sys): no file can be "
+            "made there"
+        )
+    elif e.errno == errno.EROFS:
+        reason = "is on a read-only file system"
+    elif e.errno in (errno.EACCES, errno.EPERM):
+        reason = f"is not writable by this user ({e.strerror})"
+    else:
+        reason = f"is not writable ({e.strerror or e})"
+    if base == folder:
+        return reason
+    return f"cannot be created: {str(base)!r} {reason}"
 
 
 @contextlib.contextmanager
@@ -1669,8 +1705,7 @@ def _check_state_writable(state: str) -> None:
             else:
                 os.rmdir(tempfile.mkdtemp(dir=folder, prefix=".batchata-probe-"))
         except OSError as e:
-            what = "is not writable" if folder == given else f"cannot be made in {str(folder)!r}"
-            why = f"it {what} ({e.strerror or e})"
+            why = f"it {_unwritable(given, e)}"
     if why is not None:
         msg = (
             f"cannot write the state folder {state!r}: {why}; pass --state FOLDER in a "
@@ -1912,19 +1947,24 @@ def repair(state: str, apply_: bool) -> None:
     raise SystemExit(EXIT_OK if report.healthy or report.applied else EXIT_ERROR)
 
 
-@cli.command(short_help="Serve the provider emulator on 127.0.0.1.")
+@cli.command(short_help="Serve the provider emulator on 127.0.0.1.", epilog="""\b
+It prints the variables to export in the shell that runs batchata-df, e.g. for port 8765:
+  export OPENAI_BASE_URL=http://127.0.0.1:8765/openai/v1
+  export ANTHROPIC_BASE_URL=http://127.0.0.1:8765/anthropic
+  export GOOGLE_GEMINI_BASE_URL=http://127.0.0.1:8765/gemini
+  and OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY (emulator keys), NO_PROXY.""")
 @click.option("--port", type=int, default=8765, show_default=True, help="TCP port (0: any free).")
 @click.option("--latency", type=float, default=0.0, show_default=True,
               help="Seconds from batch creation to completion.")
 @_debug_option
 def emulator(port: int, latency: float) -> None:
-    """Serve the provider emulator on 127.0.0.1 (point the SDKs at it with its env vars)."""
+    """Serve the provider emulator on 127.0.0.1; print the variables that point a run at it."""
     from batchata_df.emulator.__main__ import exit_now
     from batchata_df.emulator.__main__ import main as emulator_main
 
     # Stopped (SIGTERM, Ctrl+C), it leaves without the interpreter's teardown, as
     # ``python -m batchata_df.emulator`` does: a large state took seconds to free.
-    exit_now(emulator_main(["--port", str(port), "--latency", str(latency)]))
+    exit_now(emulator_main(["--port", str(port), "--latency", str(latency)], show_env=True))
 
 
 @cli.command(short_help="A demo run on the emulator (no API key needed).")

@@ -226,3 +226,66 @@ def test_a_hive_layout_is_pointed_to_the_recursive_glob_which_reads_it(work, emu
     line = one_line_error(cli(emu, "run", "hive/**/*.parquet", "hive/o.parquet", *args[1:],
                               cwd=work), 2)
     assert "would be read as INPUT" in line
+
+
+# -- P7: messages say what is wrong, and the emulator says how to use it ----------------------
+
+
+@pytest.mark.parametrize(("output", "needle"), [
+    ("/proc/o.parquet", "its folder '/proc' is a virtual file system of the kernel (like "
+     "/proc and /sys): no file can be made there"),
+    ("/proc/nowhere/o.parquet", "its folder '/proc/nowhere' cannot be created: '/proc' is a "
+     "virtual file system of the kernel"),
+    ("/sys/o.parquet", "its folder '/sys' is a virtual file system of the kernel"),
+])
+def test_an_output_on_a_virtual_file_system_says_so(work, emu, output, needle):
+    """`/proc/o.parquet` said "its folder '/proc' is not writable (No such file or
+    directory)": '/proc' exists, and the reason named is not the problem."""
+    line = one_line_error(cli(emu, "run", "t.parquet", output, "--model", "gpt-4.1-mini",
+                              "--prompt", "{subject}", "--state", "s", cwd=work), 2)
+    assert needle in line, line
+    assert "No such file or directory" not in line
+    assert "give an OUTPUT in a folder you can write to" in line
+    line = one_line_error(cli(emu, "run", "t.parquet", "o.parquet", "--model", "gpt-4.1-mini",
+                              "--prompt", "{subject}", "--state", "/proc/s", cwd=work), 2)
+    assert "'/proc' is a virtual file system of the kernel" in line, line
+    assert emu.log() == []
+
+
+def test_the_emulator_command_prints_the_exports_a_run_needs(work, emu):
+    """`batchata-df emulator` printed its URL only: which variables point a run at it was
+    in the source. It prints them as export lines; a run with only those set (and no key
+    of a real provider) completes against it."""
+    proc = subprocess.Popen([str(EXE), "emulator", "--port", "0"], cwd=work,
+                            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith("batchata-df emulator listening on http://127.0.0.1:"), first
+        url = first.split()[-1]
+        lines = [proc.stdout.readline().rstrip("\n") for _ in range(10)]
+        exports = dict(
+            line.strip().removeprefix("export ").split("=", 1)
+            for line in lines if line.strip().startswith("export ")
+        )
+        assert exports == {
+            "OPENAI_BASE_URL": f"{url}/openai/v1", "OPENAI_API_KEY": "sk-emulator",
+            "ANTHROPIC_BASE_URL": f"{url}/anthropic", "ANTHROPIC_API_KEY": "sk-ant-emulator",
+            "GOOGLE_GEMINI_BASE_URL": f"{url}/gemini", "GEMINI_API_KEY": "emulator-key",
+            "NO_PROXY": "127.0.0.1,localhost",
+        }, lines
+        env = {k: v for k, v in os.environ.items()
+               if k not in emu.env() and k not in ("PYTHONPATH", "GOOGLE_API_KEY")}
+        for model in ("gpt-4.1-mini", "claude-haiku-4-5", "gemini-2.5-flash"):
+            r = subprocess.run([str(EXE), "run", "t.parquet", f"{model}.parquet", "--model",
+                                model, "--prompt", "{subject}", "--no-progress"], cwd=work,
+                               env={**env, **exports}, capture_output=True, text=True,
+                               timeout=240)
+            assert r.returncode == 0, (model, r.stderr)
+            out = pl.read_parquet(work / f"{model}.parquet")
+            assert set(out["_status"]) == {"completed"}, model
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert emu.log() == []  # the test's own emulator saw nothing: the printed one answered
