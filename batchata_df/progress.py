@@ -5,7 +5,7 @@
 
 ``"terminal"``
     The console is a terminal: a rich panel updated in place (jobs bar, counts by status,
-    provider batch statuses, cost against the cap, elapsed time).
+    provider batches by state, cost against the cap, elapsed time).
 ``"notebook"``
     Running in Jupyter (or Colab): the same panel, updated in place in one output cell
     through ``IPython.display`` (no ipywidgets needed).
@@ -116,7 +116,38 @@ def _cost(s: ProgressSnapshot, max_cost_usd: float | None) -> str:
         text += f", {usd(s.reserved_usd)} held (worst case in flight)"
     if s.cache_saved_usd > 0:
         text += f", {usd(s.cache_saved_usd)} saved by caching"
-    return text
+    return text + _possibly_billed(s)
+
+
+def _possibly_billed(s: ProgressSnapshot) -> str:
+    """The call's realtime attempts answered 5xx or lost, beside the cost ("" for none).
+
+    The provider may have billed them and no cost is known: at the worst case the cap
+    counts for them, or unknown when none was recorded (never $0).
+
+    Examples
+    --------
+    >>> from batchata_df.engine import ProgressSnapshot
+    >>> snap = ProgressSnapshot(total=3, completed=3, failed=0, cancelled=0, pending=0,
+    ...     batches={}, cost_usd=0.01, elapsed_s=1.0, phase="done", unknown_billed=1,
+    ...     unknown_billed_usd=0.002)
+    >>> _possibly_billed(snap)
+    ', plus up to $0.0020 for 1 attempt answered 5xx or lost (possibly billed)'
+    >>> import dataclasses
+    >>> _possibly_billed(dataclasses.replace(snap, unknown_billed=2, unknown_billed_usd=0.0,
+    ...                                      unknown_billed_unpriced=2))
+    ', plus an unknown amount for 2 attempts answered 5xx or lost (possibly billed)'
+    """
+    n = s.unknown_billed
+    if not n:
+        return ""
+    amount = f"up to {usd(s.unknown_billed_usd)}"
+    if s.unknown_billed_unpriced == n:
+        amount = "an unknown amount"
+    elif s.unknown_billed_unpriced:
+        amount += " and an unknown amount"
+    attempts = "1 attempt" if n == 1 else f"{n:,} attempts"
+    return f", plus {amount} for {attempts} answered 5xx or lost (possibly billed)"
 
 
 def cap_line(s: ProgressSnapshot) -> str:
@@ -181,10 +212,10 @@ def format_line(s: ProgressSnapshot, max_cost_usd: float | None = None, since: f
     --------
     >>> from batchata_df.engine import ProgressSnapshot
     >>> snap = ProgressSnapshot(total=10, completed=6, failed=1, cancelled=0, pending=3,
-    ...     batches={"in_progress": 1, "collected": 1}, cost_usd=0.25, elapsed_s=75.0,
+    ...     batches={"running": 1, "collected": 1}, cost_usd=0.25, elapsed_s=75.0,
     ...     phase="running", in_flight_done=1, eta_s=20.0)
     >>> print(format_line(snap, max_cost_usd=1.0))
-    8/10 finished (completed 6, failed 1, cancelled 0, pending 3) | batches: collected 1, in_progress 1 | cost $0.2500 of $1.00 cap (25%) | ETA ~20s | 1m15s
+    8/10 finished (completed 6, failed 1, cancelled 0, pending 3) | batches: collected 1, running 1 | cost $0.2500 of $1.00 cap (25%) | ETA ~20s | 1m15s
     """  # noqa: E501
     if s.phase == "done":
         return f"{outcome_line(s)} | cost {_cost(s, max_cost_usd)}"

@@ -140,7 +140,7 @@ def test_terminal_display_in_a_real_pty(emu, tmp_path):
                      r"0 cancelled", screen)
     assert re.search(r"batch_llm\s+━+\s+30/30 jobs answered \(100%\)", screen)
     assert re.search(r"jobs\s+completed 30  failed 0  cancelled 0  pending 0", screen)
-    assert re.search(r"batches\s+completed 2", screen)
+    assert re.search(r"batches\s+collected 2", screen)
     # Drawn in place: the panel appears once on the final screen, not once per update.
     assert screen.count("result ") == 1 and screen.count("batch_llm ") == 1
 
@@ -149,7 +149,7 @@ def test_ctrl_c_in_a_real_pty_reports_the_stop_truthfully(emu, tmp_path):
     emu.configure(latency=1000.0, cancel_delay=0.0)
     term = _child(tmp_path, 200)
     try:
-        term.wait_for(r"batches\s+(in_progress|validating) 2")
+        term.wait_for(r"batches\s+running 2")
         emu.advance(400.0)  # about a third of each batch has run
         term.wait_for(r"requests finished")
         os.write(term.fd, b"\x03")  # Ctrl+C, typed into the terminal
@@ -245,7 +245,7 @@ def test_the_terminal_bars_done_count_never_goes_back(emu, tmp_path):
     env["TERM"] = "xterm-256color"
     term = Terminal([sys.executable, str(script), str(tmp_path / "state")], env)
     try:
-        term.wait_for(r"batches\s+(in_progress|validating) 4")
+        term.wait_for(r"batches\s+running 4")
         alive = True
         while alive:
             emu.advance(120.0)  # an eighth of each batch's run: several frames per batch

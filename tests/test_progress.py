@@ -344,12 +344,13 @@ def test_a_collected_batchs_count_goes_when_its_rows_count(emu, quick_polls):
         max_parallel_batches=4, progress=callback,
     )
     assert out["_status"].to_list() == ["completed"] * 20, out["_error"].unique().to_list()
-    after_first = [s for s in seen if s.completed == 5 and s.batches.get("completed") == 1]
+    after_first = [s for s in seen if s.completed == 5 and s.batches.get("collected") == 1
+                   and "ended" not in s.batches]
     assert after_first, f"{[(s.completed, s.batches, s.in_flight_done) for s in seen]}"
     assert all(s.in_flight_done == 0 for s in after_first), [
         (s.batches, s.in_flight_done, s.activity) for s in after_first
     ]
-    ended_first = [s for s in seen if s.completed == 0 and s.batches.get("completed") == 1]
+    ended_first = [s for s in seen if s.completed == 0 and s.batches.get("ended") == 1]
     assert ended_first and all(s.in_flight_done == 5 for s in ended_first)
 
 
@@ -364,7 +365,7 @@ def test_anthropic_counts_only_at_the_end_as_documented(emu, quick_polls):
         batch_llm, schema=A, model="claude-haiku-4-5", prompt="{t}",
         progress=_advancing(emu, seen, 300.0),
     )
-    assert all(s.in_flight_done == 0 for s in seen if s.batches.get("in_progress"))
+    assert all(s.in_flight_done == 0 for s in seen if s.batches.get("running"))
     downloading = [s for s in seen if s.activity.startswith("downloading results")]
     assert downloading and all(
         (s.batches, s.in_flight_done, s.completed) == ({"ended": 1}, 5, 0) for s in downloading
@@ -380,8 +381,8 @@ def test_interrupted_run_reports_stop_and_cancelled_counts(emu, quick_polls):
         seen.append(s)
         if s.phase != "running" or s.stop_reason or not s.batches:
             return
-        if s.batches.get("in_progress"):
-            emu.advance(400.0)  # about half of each running batch is done
+        if s.in_flight_done:
+            emu.advance(300.0)  # about half of each running batch is done
             signal.raise_signal(signal.SIGINT)  # Ctrl+C, once
         else:
             emu.advance(100.0)  # through OpenAI's validating phase (10% of the latency)

@@ -137,7 +137,15 @@ class Emulator:
             self.cancel_unfinished,
             "--exit-with-parent",  # the server stops itself if this process is killed
         ]
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env)
+        # Its own session, so a signal to this process's group does not reach it: Jupyter's
+        # Kernel -> Interrupt is os.killpg(kernel's group, SIGINT) (jupyter_client 8.10
+        # provisioning/local_provisioner.py, LocalProvisioner.send_signal), and an emulator
+        # started in a notebook died with the interrupted cell. --exit-with-parent still
+        # stops it with this process: it watches its parent pid, not its group.
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env,
+            start_new_session=os.name == "posix",
+        )
         self._proc = proc
         self._finalizer = weakref.finalize(self, _terminate, proc)
         try:
@@ -417,11 +425,13 @@ class Emulator:
             clean end of a shorter body); ``"corrupt"`` sends the whole answer with bytes
             that are never UTF-8 inside its first answer text (a result file's first
             line, a realtime answer, a streamed answer's first ``text_delta``, a Gemini
-            batch's inline results: complete JSON, not UTF-8).
+            batch's inline results: complete JSON, not UTF-8); ``"corrupt_id"`` puts
+            them inside the first result id (``custom_id``, Gemini's ``key``) instead: a
+            line that matches no request.
         when
             ``"after"`` lets the request take effect (e.g. the batch *is* created) and
             then replaces the answer: the "provider accepted, client never heard" case.
-            ``None``: ``"after"`` for the cuts and ``"corrupt"`` (which answer first and
+            ``None``: ``"after"`` for the cuts and the corruptions (which answer first and
             refuse ``"before"``), else ``"before"``.
         echo_key
             Echo the request's credential in the error, as some gateways do: the default
