@@ -42,9 +42,34 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from batchata_df.emulator.server import FaultAction
 
-__all__ = ["Emulator", "EmulatorError"]
+__all__ = ["Emulator", "EmulatorError", "env_for"]
 
 _READY_PREFIX = b"batchata-df emulator listening on "
+
+
+def env_for(url: str) -> dict[str, str]:
+    """Environment variables that point all three SDKs at the emulator serving ``url``.
+
+    The base URLs the SDKs read (``/openai/v1``, ``/anthropic``, ``/gemini``), keys the
+    emulator takes (never a real one: the SDKs refuse to start without a key), and
+    ``NO_PROXY`` so that a proxy set for the internet is not asked for 127.0.0.1.
+    :meth:`Emulator.env` and ``batchata-df emulator`` (which prints them as ``export``
+    lines) both give these.
+
+    Examples
+    --------
+    >>> env_for("http://127.0.0.1:8765")["OPENAI_BASE_URL"]
+    'http://127.0.0.1:8765/openai/v1'
+    """
+    return {
+        "OPENAI_BASE_URL": url + "/openai/v1",
+        "OPENAI_API_KEY": "sk-emulator",
+        "ANTHROPIC_BASE_URL": url + "/anthropic",
+        "ANTHROPIC_API_KEY": "sk-ant-emulator",
+        "GOOGLE_GEMINI_BASE_URL": url + "/gemini",
+        "GEMINI_API_KEY": "emulator-key",
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
 
 
 class EmulatorError(RuntimeError):
@@ -262,15 +287,7 @@ class Emulator:
         ...     sorted(emu.env())[:3]
         ['ANTHROPIC_API_KEY', 'ANTHROPIC_BASE_URL', 'GEMINI_API_KEY']
         """
-        return {
-            "OPENAI_BASE_URL": self.openai_base_url,
-            "OPENAI_API_KEY": "sk-emulator",
-            "ANTHROPIC_BASE_URL": self.anthropic_base_url,
-            "ANTHROPIC_API_KEY": "sk-ant-emulator",
-            "GOOGLE_GEMINI_BASE_URL": self.gemini_base_url,
-            "GEMINI_API_KEY": "emulator-key",
-            "NO_PROXY": "127.0.0.1,localhost",
-        }
+        return env_for(self.url)
 
     @contextlib.contextmanager
     def environ(self) -> Iterator[dict[str, str]]:
