@@ -109,7 +109,26 @@ def usd(cost: float, *, thousands: bool = True) -> str:
 
 
 def _cost(s: ProgressSnapshot, max_cost_usd: float | None) -> str:
+    """The cost line; after a resume this call's spend and the total with earlier calls.
+
+    Examples
+    --------
+    >>> from batchata_df.engine import ProgressSnapshot
+    >>> print(_cost(ProgressSnapshot(total=4, completed=4, failed=0, cancelled=0, pending=0,
+    ...     batches={}, cost_usd=0.03, elapsed_s=1.0, phase="done", earlier_cost_usd=0.02),
+    ...     max_cost_usd=1.0))
+    $0.0100 this call; $0.0300 with earlier calls' answers, of $1.00 cap (3%)
+    """
     text = usd(s.cost_usd)
+    if s.earlier_cost_usd > 0:
+        # The CLI's summary says both too (cli._cost_summary): a resumed call that sent
+        # little must not look as if it spent the folder's whole bill.
+        text = (
+            f"{usd(max(s.cost_usd - s.earlier_cost_usd, 0.0))} this call; {text} with "
+            "earlier calls' answers"
+        )
+        if max_cost_usd is not None and max_cost_usd > 0:
+            text += ","
     if max_cost_usd is not None and max_cost_usd > 0:
         text += f" of {_cap(max_cost_usd)} cap ({s.cost_usd / max_cost_usd:.0%})"
     if s.reserved_usd > 0:
@@ -214,6 +233,13 @@ def outcome_line(s: ProgressSnapshot) -> str:
             "(cancelled if the cancel got there): call again with the same state= (or the "
             "folder the error names) to collect what they answered and send the rest, "
             "without paying twice"
+        )
+    if not s.waited and not s.stop_reason and s.pending:
+        return (
+            f"submitted, not waited for (wait=False), after {_duration(s.elapsed_s)}: "
+            f"{s.completed:,} of {s.total:,} jobs completed, {s.failed:,} failed, "
+            f"{s.cancelled:,} cancelled, {s.pending:,} pending; call again with the same "
+            "state= to collect them"
         )
     how = f"stopped ({s.stop_reason})" if s.stop_reason else "finished"
     text = (
