@@ -169,6 +169,31 @@ def test_ctrl_c_in_a_real_pty_reports_the_stop_truthfully(emu, tmp_path):
     assert f"'cancelled': {cancelled}" in screen and f"'completed': {completed}" in screen
 
 
+def test_a_second_ctrl_c_draws_an_aborted_frame_saying_what_to_do(emu, tmp_path):
+    """After the abort the panel must not stay on a running frame (``ETA``, ``running``)."""
+    emu.configure(latency=1000.0, cancel_delay=10_000.0)  # the cancel does not end soon
+    term = _child(tmp_path, 200)
+    try:
+        term.wait_for(r"batches\s+running 2")
+        emu.advance(400.0)
+        term.wait_for(r"requests finished")
+        os.write(term.fd, b"\x03")  # Ctrl+C: stopping, cancelling the batches
+        term.wait_for(r"batchata-df: stopping")
+        os.write(term.fd, b"\x03")  # again: abort without waiting for the cancels
+        screen = term.finish()
+    finally:
+        term.kill()
+    # The traceback scrolls the panel off the screen: read what was written.
+    written = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", term.raw.decode(errors="replace"))
+    flat = " ".join(written.split())
+    assert re.search(r"result aborted \(Ctrl\+C pressed again\) after \S+: 0 of 200 jobs "
+                     r"completed, 0 failed, 0 cancelled, 200 not collected", flat), screen
+    assert "call again with the same state=" in flat and "without paying twice" in flat
+    assert "KeyboardInterrupt" in screen and "CHILD-DONE" not in screen
+    last_frame = written[written.rindex("batch_llm"):]
+    assert "ETA" not in last_frame and "running" not in last_frame, last_frame
+
+
 def test_jupyter_kernel_stores_the_panel_as_html(emu, tmp_path):
     nb = nbformat.v4.new_notebook()
     nb.cells = [
@@ -338,3 +363,50 @@ def test_the_harness_sees_a_frame_that_arrived_with_later_ones_in_one_read():
         os.close(term.fd)
     assert "later" not in shown
     assert "brief-status" not in term.text()  # the screen has moved on since
+
+
+def test_a_second_interrupt_in_jupyter_ends_the_panel_on_an_aborted_frame(emu, tmp_path):
+    """Kernel -> Interrupt twice: the one output cell's last update says aborted and what to
+    do; before, it stayed on ``... ETA unknown ... running 2``."""
+    emu.configure(latency=1000.0, cancel_delay=10_000.0)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(CHILD.replace("int(sys.argv[1])", "40")
+                                          .replace("sys.argv[2]", "'state'"))]
+    client = _RecordingClient(
+        nb, timeout=240, kernel_name="python3", allow_errors=True,
+        resources={"metadata": {"path": str(tmp_path)}},
+    )
+    client.shown = []
+    finished = threading.Event()
+
+    def interrupt() -> None:
+        # What Kernel -> Interrupt does (jupyter_client 8.10 LocalProvisioner.send_signal:
+        # os.killpg of the kernel's group); km.interrupt_kernel is a coroutine here.
+        group = os.getpgid(client.km.provisioner.process.pid)
+        assert group != os.getpgrp()  # never this test's own group
+        os.killpg(group, signal.SIGINT)
+
+    def interrupt_twice() -> None:
+        while not finished.wait(0.3):
+            if any("running 2" in text for text in client.shown):
+                break
+        interrupt()  # Kernel -> Interrupt: stopping
+        while not finished.wait(0.3):
+            if any("stopping (interrupted)" in text for text in client.shown):
+                break
+        interrupt()  # again: abort
+
+    worker = threading.Thread(target=interrupt_twice, daemon=True)
+    worker.start()
+    try:
+        client.execute()
+    finally:
+        finished.set()
+        worker.join()
+    errors = [o for o in nb.cells[0].outputs if o.output_type == "error"]
+    assert errors and errors[0].ename == "KeyboardInterrupt", nb.cells[0].outputs
+    last = " ".join(client.shown[-1].split())
+    assert "aborted (Ctrl+C pressed again)" in last, client.shown[-3:]
+    assert "0 of 40 jobs completed" in last and "40 not collected" in last
+    assert "call again with the same state=" in last
+    assert "ETA" not in last, last

@@ -405,3 +405,38 @@ def test_interrupted_run_reports_stop_and_cancelled_counts(emu, quick_polls):
         f"stopped (interrupted) after {outcome_line(final).split(' after ')[1].split(':')[0]}: "
         f"{final.completed} of 40 jobs completed, 0 failed, {final.cancelled} cancelled"
     )
+
+
+def test_a_wait_false_panel_says_submitted_not_finished(emu, tmp_path):
+    emu.configure(latency=1000.0)
+    out = io.StringIO()
+    display = ProgressDisplay("lines", stream=out, min_interval_s=0.0)
+    pl.DataFrame({"t": [str(i) for i in range(6)]}).pipe(
+        batch_llm, schema=A, model="gpt-4.1-mini", prompt="{t}", state=tmp_path / "s",
+        wait=False, progress=display,
+    )
+    last = out.getvalue().splitlines()[-1]
+    assert last.startswith("submitted, not waited for (wait=False), after "), last
+    assert "0 of 6 jobs completed, 0 failed, 0 cancelled, 6 pending; call again with the " \
+        "same state= to collect them" in last
+    assert "finished" not in last
+
+
+def test_a_resumed_calls_panel_shows_its_own_cost_beside_the_folders(emu, tmp_path):
+    state = tmp_path / "s"
+    rows = pl.DataFrame({"t": [f"question {i}" for i in range(4)]})
+    first = rows.head(2).pipe(batch_llm, schema=A, model="gpt-4.1-mini", prompt="{t}",
+                              state=state)
+    before = emu.billing()
+    seen: list[ProgressSnapshot] = []
+    second = rows.pipe(batch_llm, schema=A, model="gpt-4.1-mini", prompt="{t}", state=state,
+                       progress=seen.append)
+    final = seen[-1]
+    earlier = float(first["_cost_usd"].sum())
+    assert final.earlier_cost_usd == pytest.approx(earlier) and earlier > 0
+    assert final.cost_usd == pytest.approx(float(second["_cost_usd"].sum()))
+    this_call = float(second["_cost_usd"].tail(2).sum())
+    assert len(emu.billing()) == len(before) + 2  # the new rows billed, the old ones not again
+    line = format_line(final, max_cost_usd=None)
+    assert f"cost {usd(this_call)} this call; {usd(final.cost_usd)} with earlier calls' " \
+        "answers" in line, line

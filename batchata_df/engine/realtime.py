@@ -262,6 +262,7 @@ class RealtimeEngine:
         for status in state.done:
             state.done[status] = int((done.get_column("status") == status).sum())
         state.cost = float(done.get_column("cost_usd").fill_null(0.0).sum())
+        state.cost_at_start = state.cost
         state.done_at_start = sum(state.done.values())
         state.spent = float(billed.get_column("cost_usd").fill_null(0.0).sum())
         state.spent += spent_on_lost(ctx) + ctx.options.stored_unpriced_usd

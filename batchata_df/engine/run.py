@@ -120,6 +120,11 @@ class ProgressSnapshot:
     realtime_in_flight: int | None = None
     """Realtime requests in flight (``mode="realtime"``, or the realtime phase of
     ``mode="auto"``); ``None`` when nothing is sent realtime."""
+    earlier_cost_usd: float = 0.0
+    """The part of ``cost_usd`` earlier calls paid: this call's rows they answered (a
+    resume). This call's own spend is ``cost_usd - earlier_cost_usd``."""
+    waited: bool = True
+    """``False`` for a ``wait=False`` call: it submitted and returned without waiting."""
     unknown_billed: int = 0
     """This call's realtime attempts answered 5xx or lost in flight: the provider may have
     billed them, with no cost known (not in ``cost_usd``)."""
@@ -228,7 +233,12 @@ class RunState:
     total: int = 0
     done: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TERMINAL_JOB, 0))
     cost: float = 0.0
-    """Cost of this call's jobs (the progress display's figure)."""
+    """Cost of this call's jobs (the progress display's figure), earlier calls' answers to
+    them included."""
+    cost_at_start: float = 0.0
+    """The part of :attr:`cost` paid by earlier calls (answers this call found settled)."""
+    waits: bool = True
+    """``wait=True``: the call waits for its batches (``False``: it submits and returns)."""
     cache_saved: float = 0.0
     """What this call's jobs would have cost more without the prompt cache."""
     cap_waiting: int = 0
@@ -329,6 +339,8 @@ class RunState:
             unknown_billed=self.unknown_billed,
             unknown_billed_usd=self.unknown_billed_usd,
             unknown_billed_unpriced=self.unknown_billed_unpriced,
+            earlier_cost_usd=self.cost_at_start,
+            waited=self.waits,
         )
 
     def possibly_billed(self, worst: float | None) -> None:
