@@ -1062,6 +1062,8 @@ def run(
             out = pl.scan_parquet(sink, glob=False)
         if dry_run:
             if plan_path is not None:
+                if streamed:  # the plan is in a file of its own: a dry run never writes sink=
+                    out.sink_parquet(sink)
                 _finish_output(sink, plan_path, plan_kind)
                 _note(f"plan written to {shown_plan}")
             elif output_path is not None:

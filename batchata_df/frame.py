@@ -303,6 +303,12 @@ def batch_llm(
         sent; an existing sink is replaced when the call completes. A sink that is a
         symbolic link is written through: the file it names gets the result, the link
         stays (:func:`batchata_df.stream.sink_target`). See :mod:`batchata_df.stream`.
+        With ``dry_run=True`` the sink is never written (nor its folder or the state folder
+        created): the same call re-run dry leaves a finished result as it is. The plan is
+        streamed to a file of its own, ``plan.parquet`` in a new folder in the system's
+        temporary folder (``TMPDIR``; about the input's size), removed when the Python
+        process exits, and a ``LazyFrame`` scanning it is returned
+        (:func:`batchata_df.stream.plan_path`).
     chunk_rows
         Rows per chunk of a streaming run (default
         :data:`batchata_df.stream.DEFAULT_CHUNK_ROWS`).
@@ -310,7 +316,8 @@ def batch_llm(
     Returns
     -------
     pl.DataFrame
-        (A ``pl.LazyFrame`` over ``sink`` with ``sink=``: the same columns.)
+        (A ``pl.LazyFrame`` over ``sink`` with ``sink=``: the same columns; with ``sink=``
+        and ``dry_run=True``, over the plan's own file.)
         The input rows in input order with all input columns, one column per schema field,
         with ``citations=True`` one ``<field>_citations`` column per field, then
         ``_status``, ``_error``, ``_cost_usd``, ``_input_tokens``, ``_output_tokens``

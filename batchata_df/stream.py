@@ -26,6 +26,7 @@ writes the sink again.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import os
@@ -260,15 +261,22 @@ def stream_llm(
                 state, None, recorded=True, refuse=max_cost_usd is not None
             )
         options = dataclasses.replace(options, stored_unpriced_usd=stored_unpriced)
-        with tempfile.TemporaryDirectory(prefix="batchata-df-plan-") as plan_dir:
-            source = ChunkSource(
-                lf, Path(plan_dir), rows, jobs_of, estimate, expected, sends=False
-            )
-            stream_plan(
-                source, sink_path, spec, options, state, fingerprint, show,
-                pl.DataFrame(schema=lf.collect_schema()),
-            )
-        return pl.scan_parquet(sink_path, glob=False)
+        # Never to the sink: it may hold a finished result (the same call re-run with
+        # dry_run=True replaced it with the plan), and a pipeline reads it as answers.
+        plan_file = plan_path()
+        try:
+            with tempfile.TemporaryDirectory(prefix="batchata-df-plan-") as plan_dir:
+                source = ChunkSource(
+                    lf, Path(plan_dir), rows, jobs_of, estimate, expected, sends=False
+                )
+                stream_plan(
+                    source, plan_file, spec, options, state, fingerprint, show,
+                    pl.DataFrame(schema=lf.collect_schema()),
+                )
+        except BaseException:
+            shutil.rmtree(plan_file.parent, ignore_errors=True)
+            raise
+        return pl.scan_parquet(plan_file, glob=False)
 
     fr._load_dotenv()
     providers: dict[str, Provider] = {}
@@ -313,6 +321,26 @@ def stream_llm(
     if flagged is not None:
         fr._warn_unavailable(flagged)
     return pl.scan_parquet(sink_path, glob=False)
+
+
+def plan_path() -> Path:
+    """A new file for a streamed dry run's plan: ``plan.parquet`` in a new temporary folder.
+
+    A dry run with ``sink=`` writes its plan here, never to the sink (which may hold a
+    finished result) nor to the state folder (a dry run only reads it). The folder is in
+    the system's temporary folder (:func:`tempfile.gettempdir`: ``TMPDIR``), and is removed
+    when the Python process exits (:mod:`atexit`): the returned LazyFrame scans it until
+    then. A plan holds the input's columns, so it is about as large as the input.
+
+    Examples
+    --------
+    >>> first, second = plan_path(), plan_path()
+    >>> first.name, first.parent.is_dir(), first.exists(), first.parent != second.parent
+    ('plan.parquet', True, False, True)
+    """
+    folder = Path(tempfile.mkdtemp(prefix="batchata-df-plan-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder / "plan.parquet"
 
 
 @contextlib.contextmanager
@@ -1580,6 +1608,8 @@ def stream_plan(
     empty: pl.DataFrame,
 ) -> None:
     """A dry run, chunk by chunk: the plan of every row written to ``sink`` in input order.
+
+    ``sink`` is the plan's own file (:func:`plan_path`), never the call's ``sink=``.
 
     The same plan as :func:`batchata_df.plan.dry_run_plan` gives in memory, with the
     batches a streaming run makes (planned per chunk, in order): ``_batch_index`` counts
