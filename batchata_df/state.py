@@ -944,6 +944,11 @@ class StateStore:
                     out.append((download, bytes.fromhex(digest)))
         return out
 
+    def batch_keys_with_detail(self, detail: str) -> set[str]:
+        """The keys of the batches with an event whose ``detail`` is ``detail``."""
+        keys = self._scan("batches", BATCH_EVENTS).filter(pl.col("detail") == detail)
+        return set(keys.get_column("batch_key").unique().to_list())
+
     def batch_state(self) -> pl.DataFrame:
         """The latest event of every batch, with the first known provider batch id."""
         events = self._scan("batches", BATCH_EVENTS).sort("seq")

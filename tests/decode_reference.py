@@ -248,7 +248,9 @@ def gemini_decode_lines(data: bytes, *, responses: bool = False) -> pl.DataFrame
     raw = read_jsonl(data, GEMINI_LINE_SCHEMA)
     if responses:
         raw = with_result_lines(raw, result_lines(data))
-    raw = raw.filter(pl.col("key").is_not_null())
+    # A line without its key that holds a response was billed: kept (its job_id null),
+    # so that its usage counts as unmatched spend (engine.collection.unmatched_events).
+    raw = raw.filter(pl.col("key").is_not_null() | pl.col("response").is_not_null())
     # The answer once, as a column: an eager select evaluates an expression once per use,
     # and the text is used four times below.
     raw = raw.with_columns(answer_text(raw).alias(_TEXT))

@@ -148,6 +148,7 @@ def test_a_failed_batch_fails_every_row_with_the_provider_reason(tmp_path):
 def test_a_batch_adopted_by_mistake_is_abandoned_and_writes_no_job_events(tmp_path):
     provider, ctx, state, collector, _ = setup(tmp_path)
     provider.batches["fb_1"].job_ids = ["x1", "x2", "x3"]  # someone else's requests
+    state.in_flight[0].adopted = True  # found after a crash (recovery.recover)
     provider.end("fb_1")
     collector.poll_due()
     assert job_events(ctx).height == 0
@@ -157,6 +158,23 @@ def test_a_batch_adopted_by_mistake_is_abandoned_and_writes_no_job_events(tmp_pa
     assert state.in_flight == [] and state.reserved == 0.0 and state.spent == 0.0
 
 
+def test_a_batch_we_recorded_ourselves_is_never_abandoned_for_ids_none_of_ours(tmp_path):
+    """Ours (its id recorded at submit, not adopted): lines under other ids are billed
+    spend kept as unmatched, and its rows fail missing_result instead of going back to the
+    queue to be paid again."""
+    provider, ctx, state, collector, _ = setup(tmp_path)
+    provider.batches["fb_1"].job_ids = ["x1", "x2", "x3"]  # ids rewritten on their way
+    provider.end("fb_1")
+    collector.poll_due()
+    assert batch_events(ctx)[-1][0] == "collected"
+    events = job_events(ctx)
+    assert sorted(events.filter(pl.col("job_id").is_in(JOBS))["error"].str.slice(0, 15)) == [
+        "missing_result:"] * 3  # fmt: skip
+    kept = events.filter(pl.col("job_id").str.starts_with("unmatched:"))
+    assert kept.height == 3 and state.spent == pytest.approx(3 * COST_PER_JOB)
+    assert state.in_flight == [] and state.reserved == 0.0
+
+
 def test_a_batch_adopted_by_mistake_leaves_no_finished_requests_in_the_progress(tmp_path):
     """Its requests the provider reported finished are none of ours: not counted as done."""
     provider, ctx, state, collector, _ = setup(tmp_path)
@@ -164,6 +182,7 @@ def test_a_batch_adopted_by_mistake_leaves_no_finished_requests_in_the_progress(
     ctx.progress = snapshots.append
     state.total = 10
     provider.batches["fb_1"].job_ids = ["x1", "x2", "x3"]  # someone else's requests
+    state.in_flight[0].adopted = True  # found after a crash (recovery.recover)
     provider.end("fb_1", counts={"total": 3, "completed": 3})  # finished, by its poll
     collector.poll_due()
     assert batch_events(ctx)[-1][0] == "abandoned"

@@ -7,6 +7,7 @@ from engine_fakes import MODEL, FakeProvider, batch_events, make_run
 
 from batchata_df.engine.clock import FakeClock
 from batchata_df.engine.recovery import (
+    FOUND_AFTER_CRASH,
     LOST,
     busy_jobs,
     recover,
@@ -95,6 +96,21 @@ def test_a_batch_found_after_a_crash_is_re_attached_later_with_no_cancel_reason(
     assert (batch.status, batch.cancel_reason) == ("submitted", None)
 
 
+def test_only_a_batch_found_after_a_crash_is_re_attached_as_adopted(tmp_path):
+    # Adopted by find() and re-attached by a later call, even after further events of its
+    # own: still not known to be ours. One whose id we recorded at submit is ours: never
+    # abandoned for result ids none of its requests' (a gateway rewriting custom_id).
+    provider = FakeProvider(FakeClock())
+    ctx, state = make_run(tmp_path, provider)
+    assign(ctx, "k1", ["a"], status="submitted", batch_id="fb_7", detail=FOUND_AFTER_CRASH)
+    ctx.store.append_batch(batch_key="k1", provider="openai", model=MODEL,
+                           provider_batch_id="fb_7", status="submitted", detail="later")
+    assign(ctx, "k2", ["b"], status="submitted", batch_id="fb_8")
+    assert [(b.batch_key, b.adopted) for b in recover(ctx, state)] == [
+        ("k1", True), ("k2", False)
+    ]
+
+
 def test_an_intent_whose_batch_exists_is_adopted_not_sent_again(tmp_path):
     provider = FakeProvider(FakeClock())
     ctx, state = make_run(tmp_path, provider)
@@ -107,6 +123,7 @@ def test_an_intent_whose_batch_exists_is_adopted_not_sent_again(tmp_path):
     provider.find = lambda tag: tags.append(tag) or provider_find(tag)  # type: ignore[method-assign]
     [batch] = recover(ctx, state)
     assert batch.provider_batch_id == "fb_1" and batch.job_ids.to_list() == ["a", "b"]
+    assert batch.adopted  # found by find(): may be someone else's (Collector.collect)
     assert batch_events(ctx) == [
         ("intent", None, None),
         ("submitted", "fb_1", "found at the provider after a crash"),

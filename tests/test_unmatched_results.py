@@ -218,3 +218,134 @@ def test_the_cli_summary_counts_the_unmatched_line(emu, tmp_path) -> None:
     spent = spent_usd(tmp_path / "out.csv.state")
     assert float(said[1]) == pytest.approx(spent, rel=0.05) and spent > rows * 1.1
     assert len(emu.billing()) == 4
+
+
+# -- ids that come back null or rewritten to other valid text (e.g. a gateway) ---------------
+
+PROVIDER_CLASSES = {"openai": ("batchata_df.providers.openai", "OpenAIProvider"),
+                    "anthropic": ("batchata_df.providers.anthropic", "AnthropicProvider"),
+                    "gemini": ("batchata_df.providers.gemini", "GeminiProvider")}  # fmt: skip
+
+
+def _rewrite_ids(monkeypatch: pytest.MonkeyPatch, provider: str, how: str) -> None:
+    """Every result line the SDK downloads from the emulator comes back under another id:
+    null, or rewritten to other valid text (a gateway rewriting ``custom_id``)."""
+    import importlib
+
+    module, name = PROVIDER_CLASSES[provider]
+    cls = getattr(importlib.import_module(module), name)
+    real = cls.results
+
+    def results(self: Any, batch_id: str, spec: Any) -> pl.DataFrame:
+        got = real(self, batch_id, spec)
+        assert got.height  # the real download, from the emulator, through the SDK
+        if how == "null":
+            new = pl.lit(None, dtype=pl.String)
+        else:
+            new = pl.col("job_id").str.slice(0, 23) + pl.lit("X")
+        return got.with_columns(new.alias("job_id"))
+
+    monkeypatch.setattr(cls, "results", results)
+
+
+@pytest.mark.parametrize(
+    ("provider", "how"),
+    [("openai", "null"), ("openai", "rewritten"), ("anthropic", "null"),
+     ("anthropic", "rewritten"), ("gemini", "null"), ("gemini", "rewritten")],
+)  # fmt: skip
+def test_our_own_batch_whose_ids_came_back_null_or_rewritten_is_billed_once(
+    emu, tmp_path, monkeypatch: pytest.MonkeyPatch, provider: str, how: str
+) -> None:
+    # A batch this call created and recorded is ours whatever its lines' ids say: it was
+    # abandoned as "found after a crash, someone else's", its row stayed pending at $0
+    # spent, and every further call paid for it again unseen by max_cost_usd.
+    one = DF.head(1)
+    ref = _reference_of(emu, provider, tmp_path, one)
+    _rewrite_ids(monkeypatch, provider, how)
+    state = tmp_path / "s"
+    out = batch_llm(one, **_kwargs(provider, state))
+    assert out["_status"].to_list() == ["failed"]
+    error = out["_error"][0]
+    assert error.startswith("missing_result: the provider returned no result under this "
+                            "request's id, and 1 result line"), error
+    assert len(emu.billing()) == 1
+    assert spent_usd(state) == pytest.approx(ref["_cost_usd"].sum()) and spent_usd(state) > 0
+    kept = query.sql(f"select * from jobs where job_id like '{UNMATCHED_PREFIX}%'", str(state))
+    assert kept.height == 1 and kept["input_tokens"][0] == ref["_input_tokens"][0]
+    said = "'(none)'" if how == "null" else "X'"
+    assert said in kept["error"][0]
+    # A second call sends nothing: the row failed; with retry_failed the cap knows the
+    # first payment (a cap below both payments stops the resend).
+    again = batch_llm(one, **_kwargs(provider, state))
+    assert again["_status"].to_list() == ["failed"] and len(emu.billing()) == 1
+    capped = batch_llm(one, retry_failed=True, max_cost_usd=spent_usd(state) * 1.5,
+                       **_kwargs(provider, state))  # fmt: skip
+    assert len(emu.billing()) == 1, capped["_error"].to_list()
+    assert capped["_error"][0].startswith("cancelled: cost_limit")
+    batches = query.sql("select status from batches", str(state))["status"].to_list()
+    assert "abandoned" not in batches and "collected" in batches
+
+
+def _reference_of(emu: Any, provider: str, tmp_path: Any, df: pl.DataFrame,
+                  **kwargs: Any) -> pl.DataFrame:  # fmt: skip
+    ref = batch_llm(df, **{**_kwargs(provider, tmp_path / "ref"), **kwargs})
+    assert ref["_status"].to_list() == ["completed"] * df.height
+    emu.reset()
+    return ref
+
+
+def test_unmatched_lines_keep_cache_usage_raw_text_and_ids_unique_across_batches(
+    emu, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Rows sharing a long cached prefix (Anthropic cache reads and writes), two batches,
+    # every line's id rewritten: each unmatched line keeps its cached and cache-write
+    # tokens (what the bill is priced from), its text, and an id of its own in the folder.
+    doc = "The supplier shall deliver the goods within thirty days of the order date. " * 150
+    df = pl.DataFrame({"doc": [doc] * 4, "q": [f"q{i}?" for i in range(4)]})
+    extra = {"keep_raw": True, "items_per_batch": 2, "max_parallel_batches": 1,
+             "prompt": "Read this contract:\n{doc}\n\nQuestion: {q}",
+             "params": {"max_tokens": 3000},  # as tests/test_prompt_caching.py
+             "model": "claude-sonnet-4-6"}  # minimum cacheable prompt: 1,024 tokens
+    ref = _reference_of(emu, "anthropic", tmp_path, df, **extra)
+    billed = query.sql("select * from jobs", str(tmp_path / "ref"))
+    assert billed["cached_tokens"].fill_null(0).sum() > 0
+    assert billed["cache_write_tokens"].fill_null(0).sum() > 0
+    _rewrite_ids(monkeypatch, "anthropic", "rewritten")
+    state = tmp_path / "s"
+    out = batch_llm(df, **{**_kwargs("anthropic", state), **extra})
+    assert out["_batch_id"].n_unique() == 2
+    assert out["_status"].to_list() == ["failed"] * 4 and len(emu.billing()) == 4
+    kept = query.sql(f"select * from jobs where job_id like '{UNMATCHED_PREFIX}%'", str(state))
+    assert kept.height == 4 and kept["job_id"].n_unique() == 4  # two batches, 4 ids
+    for column in ("input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens"):
+        assert kept[column].fill_null(0).sum() == billed[column].fill_null(0).sum(), column
+    assert sorted(kept["raw"].to_list()) == sorted(ref["_raw"].to_list())
+    assert spent_usd(state) == pytest.approx(ref["_cost_usd"].sum())
+
+
+def test_a_gemini_result_that_came_back_without_its_key_keeps_its_usage(
+    emu, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # decode_lines dropped a line without a key, usage and all: the row ended
+    # missing_result at $0 while the provider billed its answer.
+    import json
+
+    import batchata_df.providers.gemini as gemini
+
+    monkeypatch.setattr(GeminiProvider, "inline_max_bytes", INLINE_MAX_BYTES)
+    one = DF.head(1)
+    ref = _reference_of(emu, "gemini", tmp_path, one)
+    real = gemini._inlined_lines
+
+    def without_keys(responses: Any) -> bytes:
+        lines = [json.loads(line) for line in real(responses).splitlines()]
+        assert lines and all(line["key"] for line in lines)  # the emulator's, via the SDK
+        return "\n".join(json.dumps({**line, "key": None}) for line in lines).encode()
+
+    monkeypatch.setattr(gemini, "_inlined_lines", without_keys)
+    state = tmp_path / "s"
+    out = batch_llm(one, **_kwargs("gemini", state))
+    assert out["_status"].to_list() == ["failed"]
+    assert out["_error"][0].startswith("missing_result:") and UNMATCHED_PREFIX in out["_error"][0]
+    assert len(emu.billing()) == 1
+    assert spent_usd(state) == pytest.approx(ref["_cost_usd"].sum()) and spent_usd(state) > 0

@@ -469,14 +469,18 @@ class Collector:
                 return self.ctx.options.wait and batch.batch_key in self.state.unavailable
             self._reachable(batch)
             got = results.get_column("job_id")
-            # An id with a damaged byte (U+FFFD as read) is no one's: not another batch's.
+            # Only a batch adopted after a crash (by size and time alone: Anthropic) may be
+            # someone else's. One whose id we recorded is ours: lines matching none of its
+            # requests (an id null, rewritten or damaged on its way) are billed spend kept
+            # as unmatched below, never a reason to send its rows and pay again. An id with
+            # a damaged byte (U+FFFD as read) is no one's: not another batch's.
             if (
-                results.height
+                batch.adopted
+                and results.height
                 and not holds_any(got, batch.job_ids)
                 and not got.str.contains("\ufffd", literal=True).any()
             ):
-                # Adopted after a crash by size and time alone (Anthropic), and it is not
-                # ours: forget it; its jobs go back to the queue of the next call.
+                # Not ours: forget it; its jobs go back to the queue of the next call.
                 self.ledger.batch(
                     batch,
                     status=BatchPhase.ABANDONED.value,

@@ -15,9 +15,13 @@ from batchata_df.providers.base import BatchTag, Provider, remember_damaged
 from batchata_df.state import StateStore, lost_usd
 
 __all__ = [
-    "LOST", "as_lost", "busy_jobs", "recover", "resolve_lost", "settled",
+    "FOUND_AFTER_CRASH", "LOST", "as_lost", "busy_jobs", "recover", "resolve_lost", "settled",
     "spent_on_lost",
 ]
+
+FOUND_AFTER_CRASH = "found at the provider after a crash"
+"""The detail of the ``submitted`` event of a batch adopted by :meth:`Provider.find`: its
+membership is not known for sure (:attr:`InFlightBatch.adopted`), in this call or later."""
 
 LOST = (
     "lost: a realtime request was in flight when an earlier call stopped; the provider may "
@@ -145,6 +149,8 @@ def recover(ctx: RunContext, state: RunState) -> list[InFlightBatch]:
         ).items()
     }
     del members
+    # Adopted by an earlier call and still open: still not known to be ours.
+    adopted = store.batch_keys_with_detail(FOUND_AFTER_CRASH)
     out: list[InFlightBatch] = []
     for row in batches.iter_rows(named=True):
         key, status = row["batch_key"], row["status"]
@@ -186,9 +192,10 @@ def recover(ctx: RunContext, state: RunState) -> list[InFlightBatch]:
                 model=row["model"],
                 provider_batch_id=found,
                 status=BatchPhase.SUBMITTED.value,
-                detail="found at the provider after a crash",
+                detail=FOUND_AFTER_CRASH,
             )
             row["provider_batch_id"], status = found, BatchPhase.SUBMITTED.value
+            adopted.add(key)
             state.known_ids.add(found)
         if status in IN_FLIGHT and provider is not None:
             out.append(
@@ -204,6 +211,7 @@ def recover(ctx: RunContext, state: RunState) -> list[InFlightBatch]:
                         row["detail"] if status == BatchPhase.CANCEL_REQUESTED else None
                     ),
                     recovered=True,
+                    adopted=key in adopted,
                 )
             )
     return out

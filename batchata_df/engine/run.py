@@ -186,6 +186,11 @@ class InFlightBatch:
     recovered: bool = False
     """Re-attached at the call's start (an earlier call sent it): its rows that end
     ``cancelled`` are this call's to send again (:attr:`RunContext.resend_cancelled`)."""
+    adopted: bool = False
+    """Found at the provider after a crash between its submit and our checkpoint of its id
+    (:func:`~batchata_df.engine.recovery.recover`; Anthropic's by size and time alone): it
+    may be someone else's, and is abandoned when its results hold none of our requests. A
+    batch whose id we recorded ourselves is ours whatever its result lines' ids say."""
 
 
 @dataclass

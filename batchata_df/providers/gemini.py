@@ -1016,7 +1016,9 @@ def decode_lines(data: Download, *, responses: bool = False) -> pl.DataFrame:
     raw = read_jsonl(data, _LINE_SCHEMA)
     if responses:
         raw = with_result_lines(raw, result_lines(data))
-    raw = raw.filter(pl.col("key").is_not_null())
+    # A line without its key that holds a response was billed: kept (its job_id null),
+    # so that its usage counts as unmatched spend (engine.collection.unmatched_events).
+    raw = raw.filter(pl.col("key").is_not_null() | pl.col("response").is_not_null())
     # The answer once, as a column: an eager select evaluates an expression once per use,
     # and the text is used four times below.
     resp = pl.col("response")
