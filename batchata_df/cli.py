@@ -294,7 +294,9 @@ def _scan_parquet(files: Sequence[Path], shown: str) -> pl.LazyFrame:
     >>> _scan_parquet([folder / "a.parquet", folder / "b.parquet"], "in").collect().rows()
     [(1, None), (2, 'b')]
     """
-    schemas = [pl.read_parquet_schema(f) for f in files]
+    from batchata_df.stream import footer_schema
+
+    schemas = [footer_schema(f) for f in files]
     first = schemas[0]
     merged = dict(first)
     typed_by = dict.fromkeys(first, files[0])  # the file each column's type comes from
