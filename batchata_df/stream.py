@@ -312,6 +312,11 @@ def stream_llm(
                 pl.DataFrame(schema=lf.collect_schema()), citations=citations, keep_raw=keep_raw,
                 keep_responses=keep_responses, distinct=source.distinct,
             )
+    except KeyboardInterrupt:
+        abort = getattr(display, "abort", None)  # a second Ctrl+C: batch_llm's last frame
+        if callable(abort):
+            abort()
+        raise
     finally:
         close = getattr(display, "close", None)
         if callable(close):

@@ -20,6 +20,7 @@ from pathlib import Path
 import nbclient
 import nbformat
 import pyte
+import pytest
 
 COLS, ROWS = 140, 40
 
@@ -117,9 +118,14 @@ class Terminal:
             pass
 
 
-def _child(tmp_path: Path, n: int) -> Terminal:
+def _child(tmp_path: Path, n: int, *, sink: bool = False) -> Terminal:
     script = tmp_path / "child.py"
-    script.write_text(CHILD)
+    script.write_text(CHILD if not sink else CHILD.replace(
+        "state=sys.argv[2],", "state=sys.argv[2], sink=sys.argv[2] + '.parquet',"
+    ).replace(
+        'print("CHILD-DONE", dict(out["_status"].value_counts().iter_rows()), flush=True)',
+        'print("CHILD-DONE", out, flush=True)',
+    ))
     env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "COLUMNS", "LINES")}
     env["TERM"] = "xterm-256color"
     return Terminal([sys.executable, str(script), str(n), str(tmp_path / "state")], env)
@@ -169,10 +175,12 @@ def test_ctrl_c_in_a_real_pty_reports_the_stop_truthfully(emu, tmp_path):
     assert f"'cancelled': {cancelled}" in screen and f"'completed': {completed}" in screen
 
 
-def test_a_second_ctrl_c_draws_an_aborted_frame_saying_what_to_do(emu, tmp_path):
-    """After the abort the panel must not stay on a running frame (``ETA``, ``running``)."""
+@pytest.mark.parametrize("sink", [False, True])
+def test_a_second_ctrl_c_draws_an_aborted_frame_saying_what_to_do(emu, tmp_path, sink):
+    """After the abort the panel must not stay on a running frame (``ETA``, ``running``);
+    a streaming call (``sink=``) too."""
     emu.configure(latency=1000.0, cancel_delay=10_000.0)  # the cancel does not end soon
-    term = _child(tmp_path, 200)
+    term = _child(tmp_path, 200, sink=sink)
     try:
         term.wait_for(r"batches\s+running 2")
         emu.advance(400.0)
