@@ -601,7 +601,7 @@ def _unreadable(e: Exception, scans: _Scans) -> ConfigError:
     return ConfigError(msg)
 
 
-def footer_schema(path: str | os.PathLike[str]) -> pl.Schema:
+def footer_schema(path: str | os.PathLike[str]) -> dict[str, pl.DataType]:
     """The schema in a Parquet file's footer, the path taken as a name, never a pattern.
 
     Given a path, Polars expands ``[``, ``*`` and ``?`` in it: ``in[1].parquet`` matched
