@@ -45,6 +45,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -56,6 +57,7 @@ from pydantic import BaseModel
 from batchata_df.errors import (
     BatchataError,
     ConfigError,
+    ModelShutdownWarning,
     PriceError,
     SinkLockedError,
     StateLockedError,
@@ -1169,6 +1171,13 @@ class Bill:
     """Their cost at ``--price``."""
     unknown: int = 0
     """Billed answers whose cost is unknown (no price, then or now)."""
+    lost: int = 0
+    """Realtime attempts lost in flight or answered 5xx: the provider may have billed them,
+    and no cost is stored (:func:`batchata_df.state.lost_attempts`, what a cap counts)."""
+    lost_usd: float = 0.0
+    """Their worst case as recorded when they were sent: what ``max_cost_usd`` counts."""
+    lost_unpriced: int = 0
+    """Those of them sent without a worst case recorded (no cap and no dry run then)."""
 
     def __sub__(self, other: Bill) -> Bill:
         """Field by field: what was billed between ``other`` and this.
@@ -1186,7 +1195,7 @@ class Bill:
             f.name: getattr(self, f.name) - getattr(other, f.name)
             for f in dataclasses.fields(self)
         }
-        for name in ("cost", "from_price_usd"):
+        for name in ("cost", "from_price_usd", "lost_usd"):
             fields[name] = round(fields[name], 12) + 0.0  # + 0.0: -0.0 becomes 0.0
         return Bill(**fields)
 
@@ -1212,12 +1221,22 @@ def folder_bill(
     model no price was known for when it was collected) whose model is ``model`` and has
     a price in ``prices`` (``--price``) is priced at it (realtime answers at the realtime
     rate), exactly as an answer collected now would be; nothing is written. Read in
-    slices of the folder's jobs, as ``spent_usd`` is: bounded memory.
+    slices of the folder's jobs, as ``spent_usd`` is: bounded memory. The realtime
+    attempts the provider may have billed with no cost stored (lost in flight, answered
+    5xx) are counted apart, at the worst case ``max_cost_usd`` counts for them
+    (:func:`batchata_df.state.lost_attempts`).
     """
-    from batchata_df.state import reading_folder
+    from batchata_df.state import lost_attempts, reading_folder
 
     with reading_folder(state):
-        return _folder_bill(state, model, prices)
+        bill = _folder_bill(state, model, prices)
+        lost = lost_attempts(state).get_column("est_cost_usd")
+    return dataclasses.replace(
+        bill,
+        lost=lost.len(),
+        lost_usd=float(lost.fill_null(0.0).sum()),
+        lost_unpriced=lost.null_count(),
+    )
 
 
 def _bill_before(
@@ -1317,6 +1336,10 @@ def _bill_text(bill: Bill, model: str) -> str:
     '$0.5000 for 2 answers, cost unknown for 1 answer (no price for m; --price m=INPUT,OUTPUT gives one)'
     >>> _bill_text(Bill(priced=2, cost=0.5, from_price=1, from_price_usd=0.25), "m")
     '$0.7500 ($0.2500 of it for 1 answer stored without a cost, priced from --price)'
+    >>> _bill_text(Bill(priced=3, cost=0.5, lost=1, lost_usd=0.25), "m")
+    '$0.5000, plus up to $0.2500 for 1 realtime attempt answered 5xx or lost in flight (the provider may have billed it with no cost known; max_cost_usd counts it at its worst case; batchata-df status lists it)'
+    >>> _bill_text(Bill(priced=3, cost=0.5, lost=2, lost_usd=0.25, lost_unpriced=1), "m")
+    '$0.5000, plus up to $0.2500 and an unknown amount (1 of them sent without a worst case recorded) for 2 realtime attempts answered 5xx or lost in flight (the provider may have billed them with no cost known; max_cost_usd counts them at their worst case; batchata-df status lists them)'
     """  # noqa: E501
     known = bill.priced + bill.from_price
     text = _usd(bill.cost + bill.from_price_usd)
@@ -1325,13 +1348,40 @@ def _bill_text(bill: Bill, model: str) -> str:
             f" ({_usd(bill.from_price_usd)} of it for {_answers(bill.from_price)} stored "
             "without a cost, priced from --price)"
         )
-    if not bill.unknown:
-        return text
-    unknown = (
-        f"cost unknown for {_answers(bill.unknown)} (no price for {model}; --price "
-        f"{model}=INPUT,OUTPUT gives one)"
+    if bill.unknown:
+        unknown = (
+            f"cost unknown for {_answers(bill.unknown)} (no price for {model}; --price "
+            f"{model}=INPUT,OUTPUT gives one)"
+        )
+        text = f"{text} for {_answers(known)}, {unknown}" if known else unknown
+    return text + _lost_text(bill)
+
+
+def _lost_text(bill: Bill) -> str:
+    """What ``bill``'s realtime attempts with no cost known may have cost ("" for none).
+
+    The same attempts, at the same worst case, as ``max_cost_usd`` counts them as spent
+    and ``batchata-df status`` lists them: the summary never shows less than the cap
+    counted.
+    """
+    if not bill.lost:
+        return ""
+    one = bill.lost == 1
+    amount = f"up to {_usd(bill.lost_usd)}"
+    if bill.lost_unpriced == bill.lost:
+        amount = "an unknown amount (sent without a worst case recorded)"
+    elif bill.lost_unpriced:
+        amount += (
+            f" and an unknown amount ({bill.lost_unpriced} of them sent without a worst case "
+            "recorded)"
+        )
+    attempts = "1 realtime attempt" if one else f"{bill.lost} realtime attempts"
+    it, its = ("it", "its") if one else ("them", "their")
+    return (
+        f", plus {amount} for {attempts} answered 5xx or lost in flight (the provider may "
+        f"have billed {it} with no cost known; max_cost_usd counts {it} at {its} worst case; "
+        f"batchata-df status lists {it})"
     )
-    return f"{text} for {_answers(known)}, {unknown}" if known else unknown
 
 
 def _cost_summary(before: Bill, after: Bill, model: str) -> str:
@@ -1344,7 +1394,7 @@ def _cost_summary(before: Bill, after: Bill, model: str) -> str:
     >>> _cost_summary(Bill(priced=2, cost=0.02), Bill(priced=3, cost=0.03), "m")
     'this run $0.0100; the state folder in all, with earlier runs: $0.0300'
     """
-    if not before.answers:
+    if not before.answers and not before.lost:
         return _bill_text(after, model)
     return (
         f"this run {_bill_text(after - before, model)}; the state folder in all, with "
@@ -1541,6 +1591,11 @@ def status(state: tuple[str, ...]) -> None:
     folders = _checkpoints(state)
     click.echo("cost and rows by status:")
     _print(cost_by_status(folders))
+    shutdowns = _shutdown_lines(folders)
+    if shutdowns:
+        click.echo("\nmodel shutdowns:")
+        for line in shutdowns:
+            click.echo(f"  {line}")
     lost = lost_requests(folders)
     if lost.height:
         click.echo(
@@ -1553,7 +1608,10 @@ def status(state: tuple[str, ...]) -> None:
             .agg(
                 pl.len().alias("n_lost"),
                 pl.col("est_cost_usd").null_count().alias("n_without_worst_case"),
-                pl.col("est_cost_usd").sum().alias("worst_case_usd"),
+                # Null, not $0, when none of them has a worst case recorded.
+                pl.when(pl.col("est_cost_usd").count() > 0)
+                .then(pl.col("est_cost_usd").sum())
+                .alias("worst_case_usd"),
                 (pl.col("job_status") == "completed").sum().alias("n_answered_since"),
                 pl.col("attempt_error")
                 .str.starts_with("server_error:")
@@ -1719,9 +1777,12 @@ def repair(state: str, apply_: bool) -> None:
 @_debug_option
 def emulator(port: int, latency: float) -> None:
     """Serve the provider emulator on 127.0.0.1 (point the SDKs at it with its env vars)."""
+    from batchata_df.emulator.__main__ import exit_now
     from batchata_df.emulator.__main__ import main as emulator_main
 
-    raise SystemExit(int(emulator_main(["--port", str(port), "--latency", str(latency)]) or 0))
+    # Stopped (SIGTERM, Ctrl+C), it leaves without the interpreter's teardown, as
+    # ``python -m batchata_df.emulator`` does: a large state took seconds to free.
+    exit_now(emulator_main(["--port", str(port), "--latency", str(latency)]))
 
 
 @cli.command(short_help="A demo run on the emulator (no API key needed).")
@@ -1777,8 +1838,58 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+@contextlib.contextmanager
+def _shutdown_notes() -> Iterator[None]:
+    """A :class:`ModelShutdownWarning` as one ``batchata-df: warning: ...`` line on stderr.
+
+    Once per message for the whole command (never once per chunk or batch), and never
+    turned into an error by a ``-W error`` filter: it is advice, and the run goes on.
+    """
+    seen: set[str] = set()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("always", category=ModelShutdownWarning)
+        shown = warnings.showwarning
+
+        def show(message: Warning | str, category: type[Warning], filename: str,
+                 lineno: int, file: Any = None, line: str | None = None) -> None:
+            if not issubclass(category, ModelShutdownWarning):
+                shown(message, category, filename, lineno, file, line)
+            elif str(message) not in seen:
+                seen.add(str(message))
+                _note(f"warning: {message}")
+
+        warnings.showwarning = show
+        yield
+
+
+def _shutdown_lines(folders: Sequence[str]) -> list[str]:
+    """A line per model of the folders whose announced shutdown is near or has passed."""
+    from batchata_df.models import retirement, shutdown_warning
+    from batchata_df.query import sql
+
+    pairs = sql("select distinct provider, model from jobs order by 1, 2", list(folders))
+    out: list[str] = []
+    for provider, model in pairs.iter_rows():
+        if provider is None or model is None:
+            continue
+        notice = shutdown_warning(str(provider), str(model))
+        if notice is not None:
+            out.append(notice)
+        elif (gone := retirement(str(provider), str(model))) is not None:
+            out.append(
+                f"model {model!r} was shut down on {gone[0]}: rows not collected yet can "
+                "still be collected; rows never sent fail unsent"
+            )
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``batchata-df`` command; returns the exit code."""
+    with _shutdown_notes():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         result = cli.main(
             args=list(argv) if argv is not None else None,

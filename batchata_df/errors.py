@@ -24,7 +24,8 @@ Warnings: :class:`ProviderUnavailableWarning` (a ``UserWarning``) when rows of a
 not be sent or collected because the provider was unreachable (or their results could not
 be used); :class:`SummaryWarning` when
 a streaming run could not write the folder's summary for ``sql`` (the run's results are
-complete; ``sql`` groups the events instead).
+complete; ``sql`` groups the events instead); :class:`ModelShutdownWarning` before
+anything is sent when a model's announced shutdown is near.
 
 Failures of single rows are never exceptions: they become ``_status="failed"`` and an
 ``_error`` message in the result frame.
@@ -48,6 +49,7 @@ __all__ = [
     "FileInputError",
     "LostUnpricedWarning",
     "ModelError",
+    "ModelShutdownWarning",
     "OrphanedBatchError",
     "ParamError",
     "PriceError",
@@ -273,4 +275,18 @@ class SummaryWarning(UserWarning):
     The summary only makes :func:`batchata_df.sql` faster: the sink and the state folder
     are complete, and ``sql`` groups the job events instead. The message names the error
     (e.g. a full disk).
+    """
+
+
+class ModelShutdownWarning(UserWarning):
+    """A model of the run is due to be shut down by its provider soon.
+
+    Emitted once per call, before anything is sent, when the provider's announced shutdown
+    date (:data:`batchata_df.models.SCHEDULED`) is at most
+    :data:`~batchata_df.models.SHUTDOWN_HORIZON_DAYS` days away. The message names the
+    model, the date and the provider's recommended replacement, and says plainly when the
+    date falls before the batch could end (submission plus the provider's completion
+    window): rows the provider has not finished by then fail. From that date on the model
+    is refused like a retired one (:class:`ModelError`). The clock can be pinned with
+    ``BATCHATA_DF_TODAY`` (:data:`batchata_df.models.TODAY_VAR`).
     """

@@ -32,6 +32,7 @@ from batchata_df.errors import (
     ColumnError,
     ConfigError,
     ModelError,
+    ModelShutdownWarning,
     ParamError,
     ProviderUnavailableWarning,
     SchemaError,
@@ -47,6 +48,7 @@ from batchata_df.models import (
     check_retired,
     effective_params,
     family_of,
+    shutdown_warning,
 )
 from batchata_df.providers import SUPPORTED_PARAMS, make_provider
 from batchata_df.providers.base import Provider, RequestSpec
@@ -416,7 +418,7 @@ def batch_llm(
     recorded = _recorded_lookup(state, fingerprint, retry_failed=retry_failed)
     no_claude_format = _check_models(
         jobs, run_params, structured=answer.json_schema is not None, citations=citations,
-        resuming=_existing_folder(state),
+        resuming=_existing_folder(state), realtime=run_mode == "realtime",
     )
     check_schema_limits(
         answer.json_schema, needed, name=answer.name, citations=no_claude_format
@@ -1341,8 +1343,13 @@ def _check_models(
     structured: bool,
     citations: bool,
     resuming: bool = False,
+    realtime: bool = False,
 ) -> bool:
     """Every model of the run takes ``params`` and the features asked for, before spend.
+
+    A model whose announced shutdown is near (``models.shutdown_warning``) gets a
+    :class:`~batchata_df.errors.ModelShutdownWarning` here, once per call (a realtime
+    run's without the batch window's sentence).
 
     A retired model (``models.check_retired``) is refused here only on a fresh run: a
     state folder that exists may hold answers or a batch in flight of a model retired
@@ -1360,6 +1367,9 @@ def _check_models(
         check_provider(str(provider), str(model))
         if not resuming:
             check_retired(str(provider), str(model))
+        notice = shutdown_warning(str(provider), str(model), batch=not realtime)
+        if notice is not None:  # once per call and model, before anything is sent
+            warnings.warn(ModelShutdownWarning(notice), stacklevel=3)
         check_endpoint(str(provider), str(model))
         check_model_params(str(provider), str(model), params)
         family = family_of(str(provider), str(model))

@@ -55,6 +55,7 @@ token count, so nothing is known before the answer there.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -71,7 +72,11 @@ __all__ = [
     "EFFORTS",
     "FAMILIES",
     "Family",
+    "BATCH_WINDOW_HOURS",
     "RETIRED",
+    "SCHEDULED",
+    "SHUTDOWN_HORIZON_DAYS",
+    "TODAY_VAR",
     "anthropic_budget",
     "capabilities_table",
     "check_endpoint",
@@ -84,7 +89,10 @@ __all__ = [
     "effort_of",
     "family_of",
     "retirement",
+    "scheduled_shutdown",
+    "shutdown_warning",
     "thinking_budget",
+    "today",
     "thinking_fields",
 ]
 
@@ -882,10 +890,132 @@ RETIRED: tuple[tuple[str, str, str, str], ...] = (
 """Retired models: requests to them fail at the provider (:data:`_RETIREMENT_PAGES`)."""
 
 
+SCHEDULED: tuple[tuple[str, str, str, str, str, str], ...] = (
+    # (provider, model pattern (re.fullmatch), shutdown date, the provider's replacement,
+    # what happens from that date ("fail", or "routed": answered by the replacement, at its
+    # prices and parameter rules), source): models deprecated but still served on
+    # 2026-11-30 whose announced shutdown falls before mid-2027. From the date on
+    # (:func:`today`) they are treated as retired (:func:`retirement`); within
+    # SHUTDOWN_HORIZON_DAYS of it a call warns (:func:`shutdown_warning`).
+    # Gemini 2.5 Pro / Flash: the sources disagree (2026-06-17 on the first page, then
+    # "no earlier than October 16, 2026" (Vertex AI mail, gcpstudyhub.com), 2026-10-16 on
+    # aiweekly.co); the latest reads of Google's page give 2026-12-01 with requests routed
+    # to the replacement from then on and 2.5 Flash-Lite "not deprecated": samarthputhraya/
+    # Modelpin release 0.5.2 (read 2026-11-05) and dev.to/aideprecations "What to Do Before
+    # Gemini 2.5 Pro and 2.5 Flash Are Retired on December 1, 2026" (read 2026-11-10).
+    ("gemini", r"gemini-2\.5-pro", "2026-12-01", "gemini-3.8-flash", "routed",
+     "https://ai.google.dev/gemini-api/docs/deprecations"),
+    ("gemini", r"gemini-2\.5-flash", "2026-12-01", "gemini-3.5-flash-lite", "routed",
+     "https://ai.google.dev/gemini-api/docs/deprecations"),
+    # OpenAI: dates from openai 3.57 types/shared/chat_model.py ("Announced shutdown date:
+    # 2026-12-11" / "2027-01-14" / "2027-04-01"), replacements from the deprecations page
+    # ("| Dec 11, 2026 | gpt-5, gpt-5-2025-08-07 | Deprecated | gpt-6.1-sol |", gpt-5-mini:
+    # gpt-6.1-terra; Modelpin 0.5.4: gpt-5-nano gpt-6-luna; codersera.com and dev.to/max_bob:
+    # gpt-4o / 4.1 and their minis, gpt-6-luna). gpt-5-pro / o3-pro are Responses-only
+    # (check_endpoint refuses them first). The page names no replacement for gpt-5.1 and
+    # gpt-5.4-nano in what we could read: the error points at the page.
+    ("openai", r"gpt-5(-2025-08-07)?|o3(-2025-04-16)?", "2026-12-11", "gpt-6.1-sol", "fail",
+     "https://developers.openai.com/api/docs/deprecations"),
+    ("openai", r"gpt-5-mini(-2025-08-07)?", "2026-12-11", "gpt-6.1-terra", "fail",
+     "https://developers.openai.com/api/docs/deprecations"),
+    ("openai", r"gpt-5-nano(-2025-08-07)?", "2026-12-11", "gpt-6-luna", "fail",
+     "https://developers.openai.com/api/docs/deprecations"),
+    ("openai", r"gpt-4\.1(-mini)?(-2025-04-14)?|gpt-4o(-2024-11-20|-2024-08-06)?"
+     r"|gpt-4o-mini(-2024-07-18)?", "2027-01-14", "gpt-6-luna", "fail",
+     "https://developers.openai.com/api/docs/deprecations"),
+    ("openai", r"gpt-5\.1(-2025-11-13)?|gpt-5\.4-nano(-2026-03-17)?", "2027-04-01", "", "fail",
+     "https://developers.openai.com/api/docs/deprecations"),
+    # Anthropic: anthropic 2.14 _data/deprecated_models.py ("claude-opus-4-5": "January
+    # 22nd, 2027", alias and -20251101); replacement claude-opus-5-5 (Modelpin 0.5.7,
+    # "tentative retirement date", read from Anthropic's page on 2026-11-26).
+    ("anthropic", r"claude-opus-4-5(-20251101)?", "2027-01-22", "claude-opus-5-5", "fail",
+     "https://platform.claude.com/docs/en/about-claude/model-deprecations"),
+    # Gemini 3.1 Flash-Lite: "| gemini-3.1-flash-lite | May 7, 2026 | May 7, 2027 |" on
+    # Google's page (an earliest date; no replacement named).
+    ("gemini", r"gemini-3\.1-flash-lite", "2027-05-07", "", "fail",
+     "https://ai.google.dev/gemini-api/docs/deprecations"),
+)  # fmt: skip
+"""Announced shutdowns of models still served (:func:`scheduled_shutdown`)."""
+
+TODAY_VAR = "BATCHATA_DF_TODAY"
+"""Environment variable pinning the date (``YYYY-MM-DD``) the shutdown tables are read at
+(:func:`today`), for the client and the emulator alike
+(:data:`batchata_df.emulator.model_rules.TODAY_VAR` is the same name): the test suite pins
+it so that its outcome never depends on the day it runs; unset, the real UTC date."""
+
+SHUTDOWN_HORIZON_DAYS = 30
+"""How near an announced shutdown must be for :func:`shutdown_warning` to warn: a month
+warns a monthly job at least once before its model goes away, while the providers' notices
+(OpenAI: at least 6 months for GA models; Anthropic: at least 60 days) are far longer, so a
+warning for every call of those months would be noise (and an error under
+``-W error``)."""
+
+BATCH_WINDOW_HOURS = {"openai": 24, "anthropic": 24, "gemini": 48}
+"""How long a batch may run before the provider gives up on it: OpenAI's
+``completion_window="24h"`` (the only value), Anthropic's ``expires_at`` (created + 24 h:
+"batches expire after 24 hours"), Gemini's 48 h expiry (the batch mode's 24 h is a target;
+``emulator.gemini_api.EXPIRY_SECONDS`` cites it)."""
+
+
+def today() -> dt.date:
+    """The date the shutdown tables are read at: :data:`TODAY_VAR`, else the UTC date.
+
+    Raises :class:`~batchata_df.errors.ModelError` for a pinned value that is not a date.
+
+    Examples
+    --------
+    >>> import os
+    >>> before = os.environ.get(TODAY_VAR, "")
+    >>> os.environ[TODAY_VAR] = "2026-10-31"; today()
+    datetime.date(2026, 10, 31)
+    >>> os.environ[TODAY_VAR] = before
+    """
+    pinned = os.environ.get(TODAY_VAR, "").strip()
+    if not pinned:
+        return dt.datetime.now(dt.UTC).date()
+    try:
+        return dt.date.fromisoformat(pinned)
+    except ValueError:
+        msg = f"{TODAY_VAR}={pinned!r} is not a date; write YYYY-MM-DD, or unset it"
+        raise ModelError(msg) from None
+
+
+def _bare_name(provider: str, model: str) -> str:
+    name = model.strip()
+    if provider == "openai" and name.startswith("ft:") and name.count(":") >= 2:
+        name = name.split(":")[1]
+    if provider == "gemini":
+        name = name.removeprefix("models/")
+    return name
+
+
+def scheduled_shutdown(provider: str, model: str) -> tuple[str, str, str, str] | None:
+    """``(date, replacement, after, source)`` of a model with an announced shutdown.
+
+    ``after`` is ``"fail"`` (requests fail from that date) or ``"routed"`` (answered by the
+    replacement). Whether the date has passed is not looked at (:func:`retirement` does).
+
+    Examples
+    --------
+    >>> scheduled_shutdown("openai", "gpt-5-mini-2025-08-07")[:2]
+    ('2026-12-11', 'gpt-6.1-terra')
+    >>> scheduled_shutdown("gemini", "models/gemini-2.5-flash")[:3]
+    ('2026-12-01', 'gemini-3.5-flash-lite', 'routed')
+    >>> scheduled_shutdown("gemini", "gemini-2.5-flash-lite") is None
+    True
+    """
+    name = _bare_name(provider, model)
+    for who, pattern, date, replacement, after, source in SCHEDULED:
+        if who == provider and re.fullmatch(pattern, name):
+            return date, replacement, after, source
+    return None
+
+
 def retirement(provider: str, model: str) -> tuple[str, str] | None:
     """``(shutdown date, replacement)`` of a retired ``model``, or ``None`` while served.
 
-    OpenAI fine-tunes (``ft:<base>:...``) go with their base model.
+    Retired: in :data:`RETIRED`, or in :data:`SCHEDULED` with its date on or before
+    :func:`today`. OpenAI fine-tunes (``ft:<base>:...``) go with their base model.
 
     Examples
     --------
@@ -893,18 +1023,92 @@ def retirement(provider: str, model: str) -> tuple[str, str] | None:
     ('2026-01-05', 'claude-opus-4-8')
     >>> retirement("openai", "ft:gpt-3.5-turbo-0125:acme::x1")
     ('2026-10-23', 'gpt-5.6-terra')
-    >>> retirement("gemini", "gemini-2.5-flash") is None
+    >>> import os
+    >>> before = os.environ.get(TODAY_VAR, "")
+    >>> os.environ[TODAY_VAR] = "2026-11-30"; retirement("gemini", "gemini-2.5-flash") is None
     True
+    >>> os.environ[TODAY_VAR] = "2026-12-01"; retirement("gemini", "gemini-2.5-flash")
+    ('2026-12-01', 'gemini-3.5-flash-lite')
+    >>> os.environ[TODAY_VAR] = before
     """
-    name = model.strip()
-    if provider == "openai" and name.startswith("ft:") and name.count(":") >= 2:
-        name = name.split(":")[1]
-    if provider == "gemini":
-        name = name.removeprefix("models/")
+    name = _bare_name(provider, model)
     for who, pattern, date, replacement in RETIRED:
         if who == provider and re.fullmatch(pattern, name):
             return date, replacement
+    found = scheduled_shutdown(provider, name)
+    if found is not None and dt.date.fromisoformat(found[0]) <= today():
+        return found[0], found[1]
     return None
+
+
+def shutdown_warning(
+    provider: str, model: str, *, now: dt.datetime | None = None, batch: bool = True
+) -> str | None:
+    """The warning for a model whose announced shutdown is near, else ``None``.
+
+    Near: at most :data:`SHUTDOWN_HORIZON_DAYS` days after :func:`today` (a date already
+    reached is :func:`retirement`'s, not a warning). The shutdown is taken to begin at
+    00:00 UTC on its date (the providers give a day, not an hour); when that is before a
+    batch submitted ``now`` could end (``now`` plus :data:`BATCH_WINDOW_HOURS`), the
+    message says that the rows not finished by then fail (or, where the provider routes
+    the model, are answered by another model). ``now``: :func:`today` at the current UTC
+    time of day. ``batch=False`` (a realtime run, answered in seconds): no batch window.
+    Not given when the provider's base URL is set (a gateway decides).
+
+    Examples
+    --------
+    >>> import datetime as dt
+    >>> at = dt.datetime(2026, 11, 30, 9, tzinfo=dt.UTC)
+    >>> print(shutdown_warning("openai", "gpt-5-nano", now=at))  # doctest: +NORMALIZE_WHITESPACE
+    model 'gpt-5-nano' is deprecated: OpenAI shuts it down on 2026-12-11 (in 11 days);
+    use 'gpt-6-luna' instead (https://developers.openai.com/api/docs/deprecations)
+    >>> shutdown_warning("openai", "gpt-4.1-mini", now=at) is None  # 2027-01-14: 45 days
+    True
+    """
+    if provider not in _PROVIDER_NAMES or _custom_endpoint(provider):
+        return None
+    found = scheduled_shutdown(provider, model)
+    if found is None:
+        return None
+    date, replacement, after, source = found
+    if now is None:
+        clock = dt.datetime.now(dt.UTC)
+        now = dt.datetime.combine(today(), clock.time(), dt.UTC)
+    shutdown = dt.datetime.combine(dt.date.fromisoformat(date), dt.time(), dt.UTC)
+    days = (shutdown.date() - now.date()).days
+    if days <= 0 or days > SHUTDOWN_HORIZON_DAYS:
+        return None
+    name = _PROVIDER_NAMES[provider]
+    use = f"use {replacement!r} instead" if replacement else "use a newer model"
+    msg = (
+        f"model {model!r} is deprecated: {name} shuts it down on {date} (in {days} "
+        f"day{'s' if days != 1 else ''}); {use} ({source})"
+    )
+    window = BATCH_WINDOW_HOURS[provider]
+    if batch and now + dt.timedelta(hours=window) > shutdown:
+        fate = (
+            f"are answered by {replacement!r} instead, at its prices and parameter rules"
+            if after == "routed"
+            else "will fail"
+        )
+        msg += (
+            f". A batch submitted now may take up to {window} h, past the shutdown: rows "
+            f"{name} has not finished by {date} 00:00 UTC {fate}"
+        )
+    return msg
+
+
+def _table_mark(provider: str, model: str) -> str:
+    """" (retired)" or " (shutdown <date>)" for the README's table, whatever the date.
+
+    The table must not change with the day it is generated on: a scheduled shutdown is
+    shown as its date (:data:`SCHEDULED`), "(retired)" only for :data:`RETIRED`.
+    """
+    name = _bare_name(provider, model)
+    if any(who == provider and re.fullmatch(pattern, name) for who, pattern, *_ in RETIRED):
+        return " (retired)"
+    scheduled = scheduled_shutdown(provider, name)
+    return f" (shutdown {scheduled[0]})" if scheduled is not None else ""
 
 
 def check_retired(provider: str, model: str) -> None:
@@ -931,10 +1135,18 @@ every request to it would fail (https://developers.openai.com/api/docs/deprecati
     if found is None or _custom_endpoint(provider):
         return
     date, replacement = found
+    scheduled = scheduled_shutdown(provider, model)
+    if scheduled is not None and scheduled[0] == date and scheduled[2] == "routed":
+        fate = (
+            f"its requests are answered by {replacement!r} instead, at that model's prices "
+            "and parameter rules"
+        )
+    else:
+        fate = "every request to it would fail"
+    use = f"use {replacement!r} instead" if replacement else "use a newer model"
     msg = (
-        f"model {model!r} was retired by {_PROVIDER_NAMES[provider]} on {date}: every "
-        f"request to it would fail ({_RETIREMENT_PAGES[provider]}); use {replacement!r} "
-        "instead"
+        f"model {model!r} was retired by {_PROVIDER_NAMES[provider]} on {date}: {fate} "
+        f"({_RETIREMENT_PAGES[provider]}); {use}"
     )
     raise ModelError(msg)
 
@@ -1157,9 +1369,7 @@ def capabilities_table(families: Iterable[Family] = FAMILIES) -> str:
             "yes" if v else "no"
             for v in (f.structured_output, f.pdf, f.images, f.citations)
         )
-        example = ", ".join(
-            f"`{e}`" + (" (retired)" if retirement(f.provider, e) else "") for e in f.examples
-        )
+        example = ", ".join(f"`{e}`{_table_mark(f.provider, e)}" for e in f.examples)
         rows.append(
             f"| {f.provider} | {f.name} ({example}) | {sampling} | {knob} | "
             f"{default_max_tokens(f, {}):,} | {f.max_output_tokens:,} | "

@@ -27,6 +27,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+# The models measured (gemini-2.5-flash, gpt-4.1-mini) have announced shutdowns
+# (batchata_df.models.SCHEDULED); the emulator and the client read them at this date, the
+# date the benchmarks were measured at, so later sittings measure the same requests (and
+# the README's numbers stay comparable) instead of a refusal or Gemini's routed successor.
+os.environ.setdefault("BATCHATA_DF_TODAY", "2026-10-31")
+
 MODELS = {"openai": "gpt-4.1-mini", "anthropic": "claude-haiku-4-5", "gemini": "gemini-2.5-flash"}
 
 CAPTURE = r'''

@@ -11,11 +11,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import pytest
-from filelock import FileLock, Timeout
+#: The date the whole suite reads the providers' shutdown schedules at
+#: (``batchata_df.models.TODAY_VAR``, read by the client and the emulator alike): set before
+#: batchata_df is imported, so the session emulator, every child process (they inherit the
+#: environment) and the client see it. Its outcome then never depends on the day it runs:
+#: a month before any scheduled shutdown of the models the tests use (gemini-2.5-flash's
+#: is 2026-12-01, beyond ``SHUTDOWN_HORIZON_DAYS``), so no test warns unless it moves it.
+SUITE_TODAY = "2026-10-31"
+os.environ["BATCHATA_DF_TODAY"] = SUITE_TODAY
 
-from batchata_df.emulator import Emulator
-from batchata_df.models import BASE_URL_VARS
+import pytest  # noqa: E402 (after the date is pinned)
+from filelock import FileLock, Timeout  # noqa: E402 (after the date is pinned)
+
+from batchata_df.emulator import Emulator, model_rules  # noqa: E402 (after the date is pinned)
+from batchata_df.models import BASE_URL_VARS  # noqa: E402 (after the date is pinned)
+
+model_rules.today(SUITE_TODAY)  # also if a plugin imported it before the line above
 
 
 def pytest_make_parametrize_id(config: pytest.Config, val: object, argname: str) -> str | None:
@@ -50,6 +61,7 @@ def emulator() -> Iterator[Emulator]:
         with _leased(urls) as url:
             emu = Emulator.attach(url)
             emu.configure(**json.loads(os.environ.get(SETTINGS_ENV, "{}")))
+            emu.configure(today=SUITE_TODAY)  # one started elsewhere: the suite's date
             _START_SETTINGS[id(emu)] = emu.settings()
             yield emu
         return

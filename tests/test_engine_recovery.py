@@ -6,7 +6,14 @@ import polars as pl
 from engine_fakes import MODEL, FakeProvider, batch_events, make_run
 
 from batchata_df.engine.clock import FakeClock
-from batchata_df.engine.recovery import LOST, busy_jobs, lost_spend, recover, resolve_lost, settled
+from batchata_df.engine.recovery import (
+    LOST,
+    busy_jobs,
+    recover,
+    resolve_lost,
+    settled,
+    spent_on_lost,
+)
 from batchata_df.providers.base import BatchTag
 
 
@@ -192,25 +199,45 @@ def test_realtime_requests_left_in_flight_end_failed_lost_and_nothing_else_chang
     assert event == ("rt", "failed", LOST, "realtime", "rk", "openai", MODEL, 0.5)
     assert ctx.store.job_events().height == 5
     assert LOST.startswith("lost: a realtime request was in flight when an earlier call ")
-    assert lost_spend(out) == 0.5  # its worst case counts as spent
+    assert spent_on_lost(ctx) == 0.5  # its worst case counts as spent (no cap here)
     # Nothing lost: the same frame back and nothing written.
     again, _ = ctx.store.snapshot()
     assert resolve_lost(ctx.store, again).equals(again)
     assert ctx.store.job_events().height == 5
     no_mode = again.drop("mode")
     assert resolve_lost(ctx.store, no_mode) is no_mode
-    assert lost_spend(no_mode) == 0.0
 
 
-def test_a_lost_request_without_a_recorded_worst_case_counts_as_nothing_spent():
+def test_a_lost_request_without_a_recorded_worst_case_counts_as_nothing_spent(tmp_path):
     # Sent without estimates (no cap then), its worst case is unknown: it adds nothing,
-    # not a made-up amount, to what a later capped call counts as spent.
-    latest = pl.DataFrame({
-        "job_id": ["x", "y", "z"], "mode": ["realtime", "realtime", "batch"],
-        "status": ["failed"] * 3, "error": [LOST, LOST, LOST],
-        "est_cost_usd": [0.25, None, 4.0],
-    })
-    assert lost_spend(latest) == 0.25
+    # not a made-up amount, to what a later call counts as spent. A batch job's error
+    # (z) is not a lost realtime request.
+    ctx, _ = make_run(tmp_path, FakeProvider(FakeClock()))
+    ctx.store.append_jobs(pl.DataFrame({
+        "job_id": ["x", "y", "z"], "batch_key": ["kx", "ky", "kz"],
+        "mode": ["realtime", "realtime", "batch"], "status": ["failed"] * 3,
+        "error": [LOST, LOST, LOST], "est_cost_usd": [0.25, None, 4.0],
+    }))
+    assert spent_on_lost(ctx) == 0.25
+
+
+def test_spent_on_lost_counts_5xx_attempts_and_attempts_retried_since_without_a_cap(tmp_path):
+    # What the cap counts (state.lost_attempts): a realtime attempt answered 5xx under its
+    # own key <key>.<n>, whose row was sent again and answered; a lost request whose row
+    # was retried and answered. None of them is its job's latest event. Counted the same
+    # way with no cap (RunOptions() here) as with one: the run's "spent" is one figure.
+    ctx, _ = make_run(tmp_path, FakeProvider(FakeClock()))
+    assert ctx.options.max_cost_usd is None
+    ctx.store.append_jobs(pl.DataFrame({
+        "job_id": ["a", "a", "a", "b", "b"],
+        "batch_key": ["ka.1", "ka.2", "ka.2", "kb", "kb2"],
+        "mode": "realtime",
+        "status": ["failed", "assigned", "completed", "failed", "completed"],
+        "error": ["server_error: 504 (attempt 1; the provider may have billed it)", None, None,
+                  LOST, None],
+        "est_cost_usd": [0.5, 0.5, 0.5, 0.125, 0.125],
+    }))
+    assert spent_on_lost(ctx) == 0.625
 
 
 def test_recovery_goes_on_past_an_abandoned_intent_and_records_whose_batches_they_were(tmp_path):

@@ -11,6 +11,11 @@ those attempts. The emulator's billing ledger is the judge.
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -21,6 +26,7 @@ import batchata_df.engine.realtime as realtime_module
 from batchata_df import batch_llm, query
 from batchata_df.cli import cli
 from batchata_df.engine.clock import FakeClock
+from batchata_df.state import lost_usd, spent_usd
 
 PATHS = {"openai": r"/chat/completions$", "anthropic": r"/v1/messages$",
          "gemini": r":generateContent$"}  # fmt: skip
@@ -136,3 +142,75 @@ def test_without_a_cap_the_5xx_attempts_are_still_recorded(emu, tmp_path, clock)
     assert out["_error"].str.ends_with("(4 attempts)").all()
     assert len(emu.billing()) == 8
     assert query.lost_requests(str(state)).height == 8
+
+
+def _cli_run(tmp_path: Path, *extra: str) -> tuple[str, Path]:
+    """``batchata-df run`` (the installed console script) in realtime, one at a time."""
+    pl.DataFrame({"text": TEXTS[:3]}).write_csv(tmp_path / "in.csv")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    exe = Path(sys.executable).with_name("batchata-df")
+    done = subprocess.run(
+        [str(exe), "run", "in.csv", "out.csv", "--model", MODELS["openai"], "--prompt", "{text}",
+         "--mode", "realtime", "--concurrency", "1", "--max-tokens", "64", *extra],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stderr, tmp_path / "out.csv.state"
+
+
+def _dollars(text: str) -> float:
+    return float(text.lstrip("$"))
+
+
+def test_the_cli_summary_shows_the_5xx_attempts_the_cap_counts(emu, tmp_path) -> None:
+    # The first request is answered and billed, then the client gets a 502: the row is sent
+    # again and answered. The summary said "$<the 3 answers>", what the frame holds; the
+    # provider billed 4 requests, and max_cost_usd counted the 502'd one at its worst case.
+    emu.inject_fault(path_regex=PATHS["openai"], method="POST", status=502, when="after",
+                     times=1)  # fmt: skip
+    said, state = _cli_run(tmp_path, "--max-cost-usd", "1")
+    found = re.search(
+        r"3 completed; (\$[\d.]+), plus up to (\$[\d.]+) for 1 realtime attempt answered 5xx "
+        r"or lost in flight \(the provider may have billed it", said,
+    )  # fmt: skip
+    assert found, said
+    answers, worst = _dollars(found[1]), _dollars(found[2])  # 2 significant digits
+    out = pl.read_csv(tmp_path / "out.csv")
+    assert answers == pytest.approx(out["_cost_usd"].sum(), rel=0.05)
+    # The same figures as the cap counts for the folder: billed answers + that worst case.
+    recorded = float(query.lost_requests(str(state))["est_cost_usd"].sum())
+    assert lost_usd(state) == recorded and spent_usd(state) == pytest.approx(
+        out["_cost_usd"].sum())
+    assert worst == pytest.approx(recorded, rel=0.05)
+    # Never less than the provider's bill: one request more than the answers, at most the
+    # cost of the largest answer (the worst case bounds it).
+    assert len(emu.billing()) == 4
+    assert spent_usd(state) + recorded >= out["_cost_usd"].sum() + out["_cost_usd"].max()
+    # `status` shows the same worst case.
+    n_lost, n_without, shown = _status_row(state)[2:5]
+    assert (n_lost, n_without) == ("1", "0") and float(shown) == pytest.approx(recorded, rel=0.01)
+
+
+def _status_row(state: Path) -> list[str]:
+    """The cells of ``batchata-df status``'s line of lost attempts of gpt-4.1-mini."""
+    shown = CliRunner().invoke(cli, ["status", str(state)])
+    assert shown.exit_code == 0, shown.output
+    rows = shown.output.split("n_server_error")[1].splitlines()
+    line = next(x for x in rows if MODELS["openai"] in x)
+    return [c.strip(" │") for c in line.split("┆")]
+
+
+def test_the_cli_summary_of_an_uncapped_run_says_the_5xx_attempt_cost_is_unknown(
+    emu, tmp_path
+) -> None:
+    # Sent without a cap, the attempt has no worst case recorded: never shown as $0.
+    emu.inject_fault(path_regex=PATHS["openai"], method="POST", status=502, when="after",
+                     times=1)  # fmt: skip
+    said, state = _cli_run(tmp_path)
+    assert re.search(
+        r"3 completed; \$[\d.]+, plus an unknown amount \(sent without a worst case recorded\) "
+        r"for 1 realtime attempt answered 5xx or lost in flight", said,
+    ), said  # fmt: skip
+    assert len(emu.billing()) == 4
+    # n_lost, n_without_worst_case, worst_case_usd (null: none recorded, not $0.0), ...
+    assert _status_row(state)[2:5] == ["1", "1", "null"]

@@ -475,6 +475,7 @@ class Emulator:
         list_order: Literal["newest_first", "oldest_first", "shuffled"] | None = None,
         realtime_latency: float | None = None,
         serve_retired: bool | None = None,
+        today: str | None = None,
         openai: Mapping[str, object] | None = None,
         anthropic: Mapping[str, object] | None = None,
         gemini: Mapping[str, object] | None = None,
@@ -505,6 +506,10 @@ class Emulator:
             Serve the models their provider has retired (a gateway that still serves
             them); off by default, as the providers refuse them
             (:data:`~batchata_df.emulator.model_rules.RETIRED`).
+        today
+            The date (``YYYY-MM-DD``) announced shutdowns are read at
+            (:data:`~batchata_df.emulator.model_rules.SCHEDULED`); ``""``: the real date.
+            Starts as ``BATCHATA_DF_TODAY`` in the emulator's environment.
         openai, anthropic, gemini
             Provider settings, e.g. ``openai={"max_requests": 10}``.
 
@@ -523,6 +528,7 @@ class Emulator:
             ("list_order", list_order),
             ("realtime_latency", realtime_latency),
             ("serve_retired", serve_retired),
+            ("today", today),
             ("openai", None if openai is None else dict(openai)),
             ("anthropic", None if anthropic is None else dict(anthropic)),
             ("gemini", None if gemini is None else dict(gemini)),

@@ -15,10 +15,11 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
+from typing import NoReturn
 
 from batchata_df.emulator.server import make_server
 
-__all__ = ["main"]
+__all__ = ["exit_now", "main"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -94,10 +95,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    code = main()
-    sys.stderr.flush()
-    # The socket is closed and the stored files removed: skip the interpreter's teardown,
-    # which frees every request a large run left in memory (a 1M-row emulator took many
-    # seconds to exit on SIGTERM, and looked as if it ignored it).
+def exit_now(code: int) -> NoReturn:
+    """Leave the process with ``code`` once :func:`main` returned, skipping the teardown.
+
+    The socket is closed and the stored files removed by then: the interpreter's teardown
+    would only free every request the server holds (a 1M-row emulator took many seconds to
+    exit on SIGTERM, and looked as if it ignored it; 20,000 stored requests took 1.4 s
+    against 0.08 s). ``python -m batchata_df.emulator`` and ``batchata-df emulator`` both
+    leave through here.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
     os._exit(code)
+
+
+if __name__ == "__main__":
+    exit_now(main())

@@ -708,10 +708,11 @@ class GeminiApp:
         ver, rest = parts[0], parts[1:]
         handler: Callable[[], Response] | None = None
         if len(rest) == 2 and rest[0] == "models" and rest[1].endswith(":batchGenerateContent"):
-            model = rest[1][: -len(":batchGenerateContent")]
+            # A shut-down model Gemini routes is answered by its successor (model_rules).
+            model = model_rules.routed("gemini", rest[1][: -len(":batchGenerateContent")])
             handler = {"POST": lambda: self._create(request, model, ver)}.get(method)
         elif len(rest) == 2 and rest[0] == "models" and rest[1].endswith(":generateContent"):
-            model = rest[1][: -len(":generateContent")]
+            model = model_rules.routed("gemini", rest[1][: -len(":generateContent")])
             handler = {"POST": lambda: self._generate(request, model, ver)}.get(method)
         elif rest == ["batches"]:
             handler = {"GET": lambda: self._list(request)}.get(method)

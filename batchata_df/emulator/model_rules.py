@@ -54,6 +54,7 @@ say how, with their sources).
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import os
 import re
@@ -66,7 +67,9 @@ from batchata_df.emulator import answers
 
 __all__ = [
     "RETIRED",
+    "SCHEDULED",
     "SERVE_RETIRED_VAR",
+    "TODAY_VAR",
     "THOUGHT_TOKENS",
     "Rules",
     "anthropic_refusal",
@@ -75,6 +78,8 @@ __all__ = [
     "context_window",
     "over_window",
     "retired",
+    "routed",
+    "today",
     "window_room",
     "window_tokens",
     "gemini_refusal",
@@ -706,6 +711,94 @@ them as the provider refuses an unknown model (they are in genai-prices' lists, 
 retired models for pricing old usage)."""
 
 
+SCHEDULED: Final[tuple[tuple[str, str, str, str | None], ...]] = (
+    # (provider, model pattern (re.fullmatch), shutdown date, the model answering instead
+    # from that date (None: refused)): announced shutdowns of models still served on
+    # 2026-11-30. From the date on (:func:`today`) they are refused as retired, or routed.
+    # Gemini 2.5 Pro / Flash: Google's page as read on 2026-11-05 / 2026-11-10
+    # (samarthputhraya/Modelpin release 0.5.2; dev.to/aideprecations, "What to Do Before
+    # Gemini 2.5 Pro and 2.5 Flash Are Retired on December 1, 2026"): shut down on
+    # 2026-12-01, "requests to gemini-2.5-pro are automatically routed to gemini-3.8-flash
+    # and requests to gemini-2.5-flash to gemini-3.5-flash-lite, billed at the new model's
+    # rates"; gemini-2.5-flash-lite "is not deprecated" (earlier reads said 2026-06-17, then
+    # 2026-10-16). ai.google.dev/gemini-api/docs/deprecations.
+    ("gemini", r"gemini-2\.5-pro", "2026-12-01", "gemini-3.8-flash"),
+    ("gemini", r"gemini-2\.5-flash", "2026-12-01", "gemini-3.5-flash-lite"),
+    ("gemini", r"gemini-3\.1-flash-lite", "2027-05-07", None),  # the page: "May 7, 2027"
+    # OpenAI: openai 3.57 types/shared/chat_model.py, "Deprecated values" ("Announced
+    # shutdown date: 2026-12-11" for gpt-5, -mini, -nano and o3 with their snapshots;
+    # "2027-01-14" for gpt-4.1, gpt-4.1-mini, gpt-4o, gpt-4o-mini and theirs; "2027-04-01"
+    # for gpt-5.1 and gpt-5.4-nano).
+    ("openai", r"gpt-5(-mini|-nano)?(-2025-08-07)?|o3(-2025-04-16)?", "2026-12-11", None),
+    ("openai", r"gpt-4\.1(-mini)?(-2025-04-14)?|gpt-4o(-2024-11-20|-2024-08-06)?"
+     r"|gpt-4o-mini(-2024-07-18)?", "2027-01-14", None),
+    ("openai", r"gpt-5\.1(-2025-11-13)?|gpt-5\.4-nano(-2026-03-17)?", "2027-04-01", None),
+    # Anthropic: anthropic 2.14 _data/deprecated_models.py ("claude-opus-4-5": "January
+    # 22nd, 2027", alias and -20251101).
+    ("anthropic", r"claude-opus-4-5(-20251101)?", "2027-01-22", None),
+)  # fmt: skip
+"""Announced shutdowns (:func:`retired` once the date is reached, :func:`routed`)."""
+
+TODAY_VAR: Final = "BATCHATA_DF_TODAY"
+"""Set (``YYYY-MM-DD``) in the emulator's environment, the date it reads :data:`SCHEDULED`
+at (the ``today`` setting's default); unset, the real UTC date. The client reads the same
+variable (``batchata_df.models.TODAY_VAR``): the test suite pins both."""
+
+_TODAY: list[str | None] = [os.environ.get(TODAY_VAR, "").strip() or None]
+
+
+def today(value: str | bool | None = False) -> dt.date:
+    """The date :data:`SCHEDULED` is read at; ``value`` pins it (``None``: the real date).
+
+    The emulator's ``today`` setting. ``False`` (the default) only reads it.
+
+    Examples
+    --------
+    >>> before = _TODAY[0]
+    >>> today("2026-12-02")
+    datetime.date(2026, 12, 2)
+    >>> _ = today(before)
+    """
+    if value is not False:
+        if value is not None:
+            dt.date.fromisoformat(str(value))  # ValueError for a non-date
+        _TODAY[0] = None if value is None else str(value)
+    pinned = _TODAY[0]
+    return dt.date.fromisoformat(pinned) if pinned else dt.datetime.now(dt.UTC).date()
+
+
+@lru_cache(maxsize=1024)  # asked once per request line: a million-line batch asks often
+def _scheduled(provider: str, name: str) -> tuple[str, str | None] | None:
+    for who, pattern, date, successor in SCHEDULED:
+        if who == provider and re.fullmatch(pattern, name):
+            return date, successor
+    return None
+
+
+def routed(provider: str, model: str) -> str:
+    """The model that answers for ``model``: its successor once the provider routes it.
+
+    Gemini answers the shut-down 2.5 Pro and Flash with gemini-3.8-flash and
+    gemini-3.5-flash-lite (:data:`SCHEDULED`); ``models/`` is kept.
+
+    Examples
+    --------
+    >>> before = _TODAY[0]
+    >>> _ = today("2026-12-01"); routed("gemini", "models/gemini-2.5-flash")
+    'models/gemini-3.5-flash-lite'
+    >>> _ = today("2026-11-30"); routed("gemini", "gemini-2.5-flash")
+    'gemini-2.5-flash'
+    >>> _ = today(before)
+    """
+    prefix = "models/" if provider == "gemini" and model.startswith("models/") else ""
+    found = _scheduled(provider, model.removeprefix(prefix))
+    if found is None or found[1] is None or _SERVING_RETIRED[0]:
+        return model
+    if dt.date.fromisoformat(found[0]) > today():
+        return model
+    return prefix + found[1]
+
+
 SERVE_RETIRED_VAR: Final = "BATCHATA_EMULATOR_SERVE_RETIRED"
 """Set (non-empty) in the emulator's environment, it starts serving retired models (the
 ``serve_retired`` setting's default): for comparing with an old client that knows only
@@ -728,6 +821,9 @@ def serve_retired(flag: bool | None = None) -> bool:
 def retired(provider: str, model: str) -> str | None:
     """The shutdown date of a retired ``model`` (``None`` while it is served).
 
+    Retired: in :data:`RETIRED`, or in :data:`SCHEDULED` (not routed) with its date on or
+    before :func:`today`.
+
     Examples
     --------
     >>> retired("anthropic", "claude-3-opus-20240229"), retired("openai", "gpt-4-32k")
@@ -739,6 +835,9 @@ def retired(provider: str, model: str) -> str | None:
     for who, pattern, date in RETIRED:
         if who == provider and re.fullmatch(pattern, name):
             return date
+    found = _scheduled(provider, name)
+    if found is not None and found[1] is None and dt.date.fromisoformat(found[0]) <= today():
+        return found[0]  # shut down (a routed model is answered: :func:`routed`)
     return None
 
 

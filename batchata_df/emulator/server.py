@@ -61,7 +61,8 @@ Control endpoints (no auth, never logged)
     answered now, the most at once, and how many were answered.
 ``GET|POST /_emulator/config``
     ``{"latency": s, "cancel_delay": s, "cancel_unfinished": "error_file" | "omit",
-    "log_bodies": bool, "realtime_latency": s, "serve_retired": bool, "<provider>": {...}}``.
+    "log_bodies": bool, "realtime_latency": s, "serve_retired": bool, "today": "YYYY-MM-DD" | "",
+    "<provider>": {...}}``.
     Unknown keys are a 400, never ignored.
 ``POST /_emulator/reset``
     Drop all provider state, files, faults and the log, and reset the clock; settings stay.
@@ -80,6 +81,7 @@ True
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import hashlib
 import importlib
 import itertools
@@ -498,6 +500,11 @@ class EmulatorConfig:
         (:data:`~batchata_df.emulator.model_rules.RETIRED`), as a gateway or a partner
         cloud that still serves them would. Off by default: the providers refuse them as
         unknown models. Starts on when ``BATCHATA_EMULATOR_SERVE_RETIRED`` is set.
+    today
+        The date (``YYYY-MM-DD``) the announced shutdowns
+        (:data:`~batchata_df.emulator.model_rules.SCHEDULED`) are read at: from it on such
+        a model is refused like a retired one (or, where the provider routes it, answered
+        by its successor). ``""``: the real UTC date. Starts as ``BATCHATA_DF_TODAY``.
     """
 
     latency: float = 0.0
@@ -507,6 +514,7 @@ class EmulatorConfig:
     list_order: ListOrder = "newest_first"
     realtime_latency: float = 0.0
     serve_retired: bool = field(default_factory=model_rules.serve_retired)
+    today: str = field(default_factory=lambda: model_rules._TODAY[0] or "")
 
     def as_dict(self) -> dict[str, object]:
         """The settings as JSON-ready data."""
@@ -518,6 +526,7 @@ class EmulatorConfig:
             "list_order": self.list_order,
             "realtime_latency": self.realtime_latency,
             "serve_retired": self.serve_retired,
+            "today": self.today,
         }
 
 
@@ -1295,6 +1304,7 @@ class EmulatorCore:
             self.config.list_order,
             self.config.realtime_latency,
             self.config.serve_retired,
+            self.config.today,
         )
         for key in ("latency", "cancel_delay", "realtime_latency"):
             if key in shared:
@@ -1316,6 +1326,17 @@ class EmulatorCore:
                     msg = f"{key} must be true or false, got {value!r}"
                     raise ValueError(msg)
                 setattr(new, key, value)
+        if "today" in shared:
+            value = shared["today"]
+            try:
+                if not isinstance(value, str):
+                    raise ValueError
+                if value:
+                    dt.date.fromisoformat(value)
+            except ValueError:
+                msg = f"today must be a date YYYY-MM-DD, or \"\" for the real date, got {value!r}"
+                raise ValueError(msg) from None
+            new.today = value
         if "list_order" in shared:
             value = shared["list_order"]
             if value not in LIST_ORDERS:
@@ -1331,6 +1352,7 @@ class EmulatorCore:
                 app.configure(sub)
         self.config = new
         model_rules.serve_retired(new.serve_retired)
+        model_rules.today(new.today or None)
 
     def reset(self) -> None:
         """Forget all provider state, files, faults and the log; keep settings."""

@@ -137,7 +137,7 @@ class Engine:
         # The cap covers everything this state folder has paid for, earlier calls and
         # earlier attempts of retried jobs included.
         state.spent = float(billed.get_column("cost_usd").fill_null(0.0).sum())
-        state.spent += spent_on_lost(ctx, recorded) + ctx.options.stored_unpriced_usd
+        state.spent += spent_on_lost(ctx) + ctx.options.stored_unpriced_usd
         state.spent_at_start = state.spent
         admission = Admission(state, ctx.options.max_cost_usd, Calibration())
         # Re-attached batches are held at their jobs' worst case in this call's table (by a

@@ -264,7 +264,7 @@ class RealtimeEngine:
         state.cost = float(done.get_column("cost_usd").fill_null(0.0).sum())
         state.done_at_start = sum(state.done.values())
         state.spent = float(billed.get_column("cost_usd").fill_null(0.0).sum())
-        state.spent += spent_on_lost(ctx, recorded) + ctx.options.stored_unpriced_usd
+        state.spent += spent_on_lost(ctx) + ctx.options.stored_unpriced_usd
         # Each request carries its input estimate (calibration): nothing per job of the
         # whole table here; requests held by batches in flight are never sent (busy).
         admission = Admission(state, ctx.options.max_cost_usd, Calibration())
