@@ -1,12 +1,13 @@
-"""A run's terminal events come in one chunk per batch, whatever blocks the download was read in.
+"""A run's terminal events are kept in one chunk per batch, whatever blocks the download was read in.
 
 Results that come back in the order the requests went are put beside the batch's ids
-(``outcomes_to_events``, no join); the decoded columns are in one chunk per block of the
+(``outcomes_to_events``, no join): the decoded columns are in one chunk per block of the
 download (pyarrow's JSON reader, ``ARROW_BLOCK_BYTES``), the ids and literals in one. The
-columns are put in one chunk there, so the run's terminal events (``written_states``: the
-bill, the output frame) are never rechunked all at once (``benchmarks/PROFILE.md``,
-fifteenth pass). These tests run Gemini, whose emulator returns results in request order,
-through the official SDK, and compare the values with a run read in one block.
+store keeps each terminal part in one chunk per column (``WrittenJobs.add``), so the run's
+terminal events (``written_states``: the bill, the output frame) are never rechunked all
+at once (``benchmarks/PROFILE.md``, fifteenth pass). These tests run Gemini, whose
+emulator returns results in request order, through the official SDK, and compare the
+values with a run read in one block.
 """
 
 from __future__ import annotations

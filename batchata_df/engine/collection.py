@@ -86,14 +86,7 @@ def outcomes_to_events(
     # members as they are (the same rows a join gives, without hashing the ids twice).
     aligned = lined_up(ids, results)
     if aligned:
-        # The decoded columns come in one chunk per block of the download (pyarrow's
-        # reader: ARROW_BLOCK_BYTES) beside one-chunk ids and literals: put in one chunk
-        # here (~15 MB a 100,000-row batch, its pages reused batch after batch), or every
-        # later Polars operation over the run's terminal events (the bill, the output's
-        # select) rechunks the whole run's columns at once, ~0.2 s of CPU and ~50,000
-        # fresh pages at 1M rows (a join, the other branch, gives one chunk already;
-        # benchmarks/PROFILE.md, fifteenth pass).
-        joined = pl.concat([ids, results.drop("job_id").rechunk()], how="horizontal")
+        joined = pl.concat([ids, results.drop("job_id")], how="horizontal")
     else:
         joined = ids.join(results, on="job_id", how="left")
     for optional in ("citations", "response"):  # results built without optional columns
