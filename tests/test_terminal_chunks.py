@@ -1,4 +1,4 @@
-"""A run's terminal events are kept in one chunk per batch, whatever blocks the download was read in.
+"""A run's terminal events are kept in one chunk per batch, whatever the download's blocks.
 
 Results that come back in the order the requests went are put beside the batch's ids
 (``outcomes_to_events``, no join): the decoded columns are in one chunk per block of the
