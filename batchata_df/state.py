@@ -433,16 +433,7 @@ class WrittenJobs:
         # One comparison per terminal status: a third of the CPU of ``is_in`` of the tuple.
         ended = sum(int((status == s).sum()) for s in TERMINAL_JOB)
         if ended == frame.height:
-            # Kept in one chunk per column: results decoded in blocks (pyarrow's reader
-            # makes a chunk of each column per block of the download) and put beside the
-            # batch's one-chunk ids without a join (outcomes_to_events) would make the first
-            # Polars operations over the run's terminal events (the bill, the output) put
-            # every column of the whole run in one chunk at once: a copy of all of it,
-            # ~0.25 s and ~50,000 fresh pages at 1M Gemini rows, ~180 MB more peak RSS. Per
-            # part it is ~15 MB a 100,000-row part, its pages reused part after part; a
-            # frame already in one chunk is not copied (benchmarks/PROFILE.md, fifteenth
-            # pass).
-            self.terminal.append(frame.rechunk())
+            self.terminal.append(frame)
             self.decoded.append(decoded)
         elif ended:
             self.mixed = True

@@ -2,12 +2,12 @@
 
 Results that come back in the order the requests went are put beside the batch's ids
 (``outcomes_to_events``, no join): the decoded columns are in one chunk per block of the
-download (pyarrow's JSON reader, ``ARROW_BLOCK_BYTES``), the ids and literals in one. The
-store keeps each terminal part in one chunk per column (``WrittenJobs.add``), so the run's
-terminal events (``written_states``: the bill, the output frame) are never rechunked all
-at once (``benchmarks/PROFILE.md``, fifteenth pass). These tests run Gemini, whose
-emulator returns results in request order, through the official SDK, and compare the
-values with a run read in one block.
+download (pyarrow's JSON reader, ``ARROW_BLOCK_BYTES``), the ids and literals in one. They
+are put in one chunk there, so the run's terminal events (``written_states``: the bill,
+the validation's decoded answers, the output frame) are never rechunked all at once
+(``benchmarks/PROFILE.md``, fifteenth pass). These tests run Gemini, whose emulator
+returns results in request order, through the official SDK, and compare the values with
+a run read in one block.
 """
 
 from __future__ import annotations
