@@ -271,6 +271,14 @@ def cache_plan(group: pl.DataFrame, provider: str, model: str) -> pl.DataFrame:
     >>> plan = cache_plan(jobs, "anthropic", "claude-sonnet-4-6")
     >>> plan.get_column("job_id").to_list(), plan.get_column("cache_split").to_list()
     (['a', 'c', 'b'], [6003, 6003, None])
+
+    A job whose whole prompt is the shared part marks all of it (every job of a key marks
+    the same prefix, so the one that runs first writes it and the others read it):
+
+    >>> jobs = pl.DataFrame({"job_id": ["a", "b"], "system": [None] * 2,
+    ...     "prompt": [doc, doc + "what is it?"]})
+    >>> cache_plan(jobs, "anthropic", "claude-sonnet-4-6").get_column("cache_split").to_list()
+    [6000, 6000]
     """
     minimum = min_cacheable_tokens(provider, model)
     if minimum is not None and group.height >= 2 and _too_short(group, minimum):
@@ -414,10 +422,13 @@ def _plan(group: pl.DataFrame, provider: str, model: str, minimum: int | None) -
         .get_column("cut")
         .fill_null(0)
     )
+    # A job whose whole prompt is the shared part (``cut == n``: "P" beside "P + question")
+    # marks it too, as one block: leaving it unmarked made the other job write a cache
+    # that nothing read (1.25x paid for nothing) and this one pay the full rate.
     split = (
         pl.DataFrame({"cut": cut, "in": in_run, "n": prompt.str.len_chars()})
         .select(
-            pl.when(pl.col("in") & (pl.col("cut") > 0) & (pl.col("cut") < pl.col("n")))
+            pl.when(pl.col("in") & (pl.col("cut") > 0) & (pl.col("cut") <= pl.col("n")))
             .then(pl.col("cut"))
             .cast(pl.Int64)
         )

@@ -32,6 +32,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import dataclasses
+import errno
 import fnmatch
 import glob
 import importlib
@@ -138,7 +139,8 @@ def input_files(path: str | os.PathLike[str]) -> tuple[str, list[Path]]:
     A file that exists under the very name given is that file, whatever characters its
     name holds (``in[1].parquet`` is itself, not ``in1.parquet``). Else a folder is its
     ``.parquet``/``.pq`` files (not those in folders inside it), and a name with glob
-    characters the files it matches; either in sorted order (the rows come in that order).
+    characters the files it matches (``**`` any depth of folders: ``'hive/**/*.parquet'``
+    for a hive layout); either in sorted order (the rows come in that order).
 
     Examples
     --------
@@ -166,13 +168,25 @@ def input_files(path: str | os.PathLike[str]) -> tuple[str, list[Path]]:
         )
         if not files:
             msg = f"input folder {shown!r} holds no .parquet (or .pq) files"
+            nested = next(
+                (f for f in sorted(given.rglob("*")) if f.suffix.lower() in (".parquet", ".pq")
+                 and f.is_file() and not f.name.startswith(".")),
+                None,
+            )
+            if nested is not None:  # a hive layout (dt=.../part.parquet), a folder per shard
+                where = os.path.join(shown, "**", f"*{nested.suffix}")
+                msg += (
+                    f" of its own; the folders in it do ({os.fspath(nested)!r}): give INPUT "
+                    f"as the recursive glob {where!r} (quoted), which reads them all (the "
+                    "folder names, such as dt=..., are not read as columns)"
+                )
             raise UsageProblem(msg)
         return "parquet", files
     kind = file_format(given)
     if not glob.has_magic(shown):
         msg = f"input file {shown!r} does not exist"
         raise UsageProblem(msg)
-    files = sorted(Path(f) for f in glob.glob(shown) if Path(f).is_file())
+    files = sorted(Path(f) for f in glob.glob(shown, recursive=True) if Path(f).is_file())
     if not files:
         msg = f"input {shown!r} does not exist, nor matches any file as a glob pattern"
         raise UsageProblem(msg)
@@ -214,32 +228,22 @@ def read_frame(path: str | os.PathLike[str]) -> pl.LazyFrame:
     shown = os.fspath(path)
     try:
         if kind == "parquet":
-            lazy = pl.scan_parquet(files, glob=False)
+            lazy = _scan_parquet(files, shown)
         elif kind == "csv":
             lazy = pl.scan_csv(files, glob=False, infer_schema=False, empty_string_is_null=False)
         else:
             lazy = _scan_ndjson(files, shown)
-        schema = lazy.collect_schema()  # reads the header/metadata: a broken file fails here
-        if kind == "csv":
+        if kind == "csv":  # every file's columns, up front: never a failure halfway
             for file in files:
                 _check_csv_header(file)
-            _check_csv_names(schema.names(), shown)
-        if kind != "ndjson":  # every file's columns, up front: never a failure halfway
+            header = _csv_names(files[0])
             for file in files[1:]:
-                scan = (
-                    pl.scan_parquet(file, glob=False)
-                    if kind == "parquet"
-                    else pl.scan_csv(
-                        file, glob=False, infer_schema=False, empty_string_is_null=False
-                    )
-                )
-                if scan.collect_schema() != schema:
-                    msg = (
-                        f"{os.fspath(file)!r} has other columns than {os.fspath(files[0])!r} "
-                        f"(the first file of {shown!r}): {dict(scan.collect_schema())!r} "
-                        f"against {dict(schema)!r}"
-                    )
-                    raise UsageProblem(msg)
+                names = _csv_names(file)
+                if names != header:
+                    _refuse_columns(file, files[0], shown, names, header)
+        schema = lazy.collect_schema()  # reads the header/metadata: a broken file fails here
+        if kind == "csv":
+            _check_csv_names(schema.names(), shown)
         if kind == "csv":
             # Every field parsed once, before anything is sent (a streaming pass: ~0.1 s
             # of CPU for 1M rows): a broken line far down the file would otherwise fail
@@ -260,6 +264,92 @@ def read_frame(path: str | os.PathLike[str]) -> pl.LazyFrame:
             )
         raise UsageProblem(msg) from e
     return lazy
+
+
+def _csv_names(file: Path) -> list[str]:
+    """The column names of CSV ``file``, as its scan reads them."""
+    return pl.scan_csv(
+        file, glob=False, infer_schema=False, empty_string_is_null=False
+    ).collect_schema().names()
+
+
+def _scan_parquet(files: Sequence[Path], shown: str) -> pl.LazyFrame:
+    """Scan Parquet ``files`` as one input, as ``pl.scan_parquet`` of a glob reads them.
+
+    Every file's footer is read first (milliseconds each), so that a file that does not
+    fit is refused before anything is sent, naming what differs and the fix. Taken, as
+    Polars takes them: the same columns in another order (a Spark job's part files), and
+    a column that is all null in a file (Polars' ``Null`` type) beside that column's
+    type in the others, in any file (Polars itself refuses a ``Null`` column in the
+    first file): the scan is given the columns of the first file, each of the type its
+    values have. Refused: a column missing or added, or one typed differently (Int32 in
+    one file, Int64 in another), which Polars refuses too.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> pl.DataFrame({"id": [1], "text": [None]}).write_parquet(folder / "a.parquet")
+    >>> pl.DataFrame({"text": ["b"], "id": [2]}).write_parquet(folder / "b.parquet")
+    >>> _scan_parquet([folder / "a.parquet", folder / "b.parquet"], "in").collect().rows()
+    [(1, None), (2, 'b')]
+    """
+    from batchata_df.stream import footer_schema
+
+    schemas = [footer_schema(f) for f in files]
+    first = schemas[0]
+    merged = dict(first)
+    typed_by = dict.fromkeys(first, files[0])  # the file each column's type comes from
+    for file, schema in zip(files[1:], schemas[1:], strict=True):
+        if set(schema) != set(first):
+            _refuse_columns(file, files[0], shown, list(schema), list(first))
+        for name, dtype in schema.items():
+            if dtype == pl.Null or dtype == merged[name]:
+                continue
+            if merged[name] == pl.Null:
+                merged[name], typed_by[name] = dtype, file
+                continue
+            other = os.fspath(typed_by[name])
+            msg = (
+                f"column {name!r} is {dtype} in {os.fspath(file)!r} but {merged[name]} in "
+                f"{other!r} (files of {shown!r}): Polars reads the files of one input with "
+                "one type per column (a column all null in a file excepted). Rewrite one of "
+                f"them with {name!r} as the other's type, e.g. pl.read_parquet(FILE)"
+                f".with_columns(pl.col({name!r}).cast(pl.{merged[name]})).write_parquet(FILE), "
+                "or give INPUT as a glob of the files of one table. Nothing was sent"
+            )
+            raise UsageProblem(msg)
+    if len(files) == 1:
+        return pl.scan_parquet(list(files), glob=False)
+    return pl.scan_parquet(list(files), glob=False, schema=merged)
+
+
+def _refuse_columns(
+    file: Path, first: Path, shown: str, names: Sequence[str], expected: Sequence[str]
+) -> None:
+    """Refuse a file of INPUT whose columns are not those of its first file, saying how."""
+    lacks = [n for n in expected if n not in names]
+    extra = [n for n in names if n not in expected]
+    what: list[str] = []
+    if lacks:
+        what.append(f"it lacks {', '.join(map(repr, lacks))}")
+    if extra:
+        what.append(f"it has {', '.join(map(repr, extra))} besides")
+    fix = (
+        "every file of one input needs the same columns; rewrite it, or give INPUT as a "
+        "glob of the files of one table"
+    )
+    if not what:  # a CSV file: the same names in another order
+        what.append(f"the same columns in another order ({', '.join(names)})")
+        fix = (
+            "CSV files are read by position: write every file with the header of the first, "
+            f"{', '.join(expected)}"
+        )
+    msg = (
+        f"{os.fspath(file)!r} has other columns than {os.fspath(first)!r} (the first file "
+        f"of {shown!r}): {'; '.join(what)}; {fix}. Nothing was sent"
+    )
+    raise UsageProblem(msg)
 
 
 def _csv_broken_line(files: Sequence[Path]) -> tuple[Path, int, str] | None:
@@ -735,7 +825,7 @@ Examples:
   # one PDF path per row in column `path`, answers with citations
   batchata-df run invoices.csv out.jsonl --schema models:Invoice \\
       --model claude-haiku-4-5 --prompt "Extract the invoice" --files path --citations
-  # what would it cost?
+  # what would it (still) cost? OUTPUT is not written; --plan plan.csv writes the plan
   batchata-df run big.parquet out.parquet --model gpt-4.1-mini --prompt "{text}" --dry-run
   # submit and return; collect later with the same command
   batchata-df run big.parquet out.parquet --model gpt-4.1-mini --prompt "{text}" --no-wait
@@ -798,8 +888,12 @@ Examples:
 @click.option("--concurrency", type=click.IntRange(min=1),
               help="Realtime requests in flight at once [default: 8].")
 @click.option("--dry-run", is_flag=True,
-              help="Print the plan and its worst-case cost; send nothing. With OUTPUT, write "
-              "the plan there.")
+              help="Print the plan and its worst-case cost; send nothing, and write nothing "
+              "to OUTPUT (it only names the run and its state folder, OUTPUT.state: rows "
+              "done there are planned 'done').")
+@click.option("--plan", "plan_path", metavar="FILE", type=click.Path(dir_okay=False),
+              help="With --dry-run: write the plan, one row per input row, to FILE "
+              "(.parquet, .csv, .ndjson; not OUTPUT).")
 @click.option("--wait/--no-wait", default=True, show_default=True,
               help="--no-wait submits and returns; unfinished rows are 'pending' (exit 5).")
 @click.option("--retry-failed", is_flag=True,
@@ -845,6 +939,7 @@ def run(
     deadline: float | None,
     concurrency: int | None,
     dry_run: bool,
+    plan_path: str | None,
     wait: bool,
     retry_failed: bool,
     items_per_batch: int | None,
@@ -865,22 +960,30 @@ def run(
     if output_path is None and not dry_run:
         msg = "missing OUTPUT (the file to write the result to), e.g. out.parquet"
         raise UsageProblem(msg)
+    if plan_path is not None and not dry_run:
+        msg = (
+            f"--plan writes a dry run's plan: add --dry-run to write it to {plan_path!r} "
+            "(a run writes its result to OUTPUT). Nothing was sent"
+        )
+        raise UsageProblem(msg)
     _, inputs = input_files(input_path)
     kind = "parquet"
     if output_path is not None:
         kind = file_format(output_path)  # of the name given: a link's file may have none
-        _check_writable(output_path)
-        _check_not_input(inputs, output_path)
-        if os.path.islink(output_path):
-            from batchata_df.stream import sink_target
-
-            # The file it names is OUTPUT: written in place (the link stays), and locked
-            # under that name, as a run given the file's own name locks it. A link into a
-            # folder that does not exist (an unmounted drive) is refused, not created.
-            output_path = os.fspath(
-                sink_target(Path(output_path), what=f"OUTPUT {output_path!r}")
+        output_path = _output_target(output_path, inputs, input_path, "OUTPUT")
+    plan_kind, shown_plan = "parquet", plan_path
+    if plan_path is not None:
+        plan_kind = file_format(plan_path)
+        plan_path = _output_target(plan_path, inputs, input_path, "--plan")
+        if output_path is not None and (
+            Path(plan_path).resolve() == Path(output_path).resolve()
+            or _same_file(plan_path, output_path)
+        ):
+            msg = (
+                f"--plan {shown_plan!r} is OUTPUT: the plan would replace the run's result. "
+                "Write the plan to another file. Nothing was sent"
             )
-        _check_not_matched(input_path, output_path)
+            raise UsageProblem(msg)
     schema = load_schema(schema_spec) if schema_spec else None
     params = parse_params(params_json, param_pairs, max_tokens)
     prices = {_bare_model(k): v for k, v in parse_prices(price_specs).items()}
@@ -911,9 +1014,11 @@ def run(
     # a Parquet file as it goes (then renamed to OUTPUT, or converted for CSV/NDJSON), so
     # memory does not grow with the input. That file is in a hidden folder beside OUTPUT,
     # removed when the run ends; a run killed meanwhile leaves it and the next run writing
-    # OUTPUT removes it, never a live run's (see `_scratch`). A dry run without OUTPUT
-    # writes its plan to a temporary folder for the summary.
-    with _scratch(output_path, state=state, lock_timeout=lock_timeout) as folder:
+    # OUTPUT removes it, never a live run's (see `_scratch`). A dry run writes its plan
+    # beside --plan FILE, else to a temporary folder for the summary: never to OUTPUT,
+    # which may hold a finished result (and a pipeline would read the plan as answers).
+    target = plan_path if dry_run else output_path
+    with _scratch(target, state=state, lock_timeout=lock_timeout) as folder:
         sink = str(folder / "result.parquet")
         # Realtime and auto runs are not streamed (they answer in memory); their result (or
         # plan) is written to the same Parquet target so that what follows is the same.
@@ -958,9 +1063,16 @@ def run(
             out.write_parquet(sink)
             out = pl.scan_parquet(sink, glob=False)
         if dry_run:
-            if output_path is not None:
-                _finish_output(sink, output_path, kind)
-                _note(f"plan written to {output_path}")
+            if plan_path is not None:
+                if streamed:  # the plan is in a file of its own: a dry run never writes sink=
+                    out.sink_parquet(sink)
+                _finish_output(sink, plan_path, plan_kind)
+                _note(f"plan written to {shown_plan}")
+            elif output_path is not None:
+                _note(
+                    f"dry run: {output_path} was not written (a dry run never writes OUTPUT); "
+                    "--plan FILE writes the plan"
+                )
             raise SystemExit(EXIT_OK)
         assert output_path is not None
         # A row the provider answered (it has token counts) without a cost: no price is
@@ -1012,8 +1124,9 @@ def _scratch(
 
     Beside OUTPUT (so that the result is renamed to it, never half written under its
     name): :func:`batchata_df.stream.hidden_folder`, locked while the run lives, which the
-    next run (or streaming call) writing OUTPUT removes if this one is killed. Without
-    OUTPUT (a dry run's summary) a temporary folder.
+    next run (or streaming call) writing OUTPUT removes if this one is killed (for a dry
+    run, ``output_path`` is its ``--plan`` file). Without one (a dry run's summary) a
+    temporary folder.
 
     Two runs writing one OUTPUT with different state folders would each send every row
     (and the last rename wins): so a run that finds another live writer of OUTPUT (its
@@ -1076,13 +1189,48 @@ def _claim(stack: contextlib.ExitStack, target: Path) -> Path:
         return stack.enter_context(hidden_folder(target))
     except OSError as e:
         folder = target.absolute().parent
-        what = "is not writable" if folder.is_dir() else "cannot be created"
-        reason = e.strerror or str(e)
         msg = (
-            f"cannot write OUTPUT {os.fspath(target)!r}: its folder {str(folder)!r} {what} "
-            f"({reason}); give an OUTPUT in a folder you can write to. Nothing was sent"
+            f"cannot write OUTPUT {os.fspath(target)!r}: its folder {str(folder)!r} "
+            f"{_unwritable(folder, e)}; give an OUTPUT in a folder you can write to. Nothing "
+            "was sent"
         )
         raise UsageProblem(msg) from e
+
+
+def _unwritable(folder: Path, e: OSError) -> str:
+    """Why ``folder`` could not be written (or made), in words: what follows its name.
+
+    The system's own reason misleads on a kernel's virtual file system: making a file
+    in ``/proc`` fails with "No such file or directory" (``/sys``: "Operation not
+    permitted") although the folder exists. Such a file system has no blocks
+    (``statvfs``), which is said instead.
+
+    Examples
+    --------
+    >>> import errno
+    >>> _unwritable(Path("/proc/x"), OSError(errno.ENOENT, "No such file or directory"))
+    "cannot be created: '/proc' is a virtual file system of the kernel (like /proc and /sys): no file can be made there"
+    """  # noqa: E501
+    base = folder
+    while not base.is_dir() and base != base.parent:
+        base = base.parent
+    virtual = False
+    with contextlib.suppress(OSError, AttributeError):  # no statvfs on Windows
+        virtual = os.statvfs(base).f_blocks == 0
+    if virtual:
+        reason = (
+            "is a virtual file system of the kernel (like /proc and /sys): no file can be "
+            "made there"
+        )
+    elif e.errno == errno.EROFS:
+        reason = "is on a read-only file system"
+    elif e.errno in (errno.EACCES, errno.EPERM):
+        reason = f"is not writable by this user ({e.strerror})"
+    else:
+        reason = f"is not writable ({e.strerror or e})"
+    if base == folder:
+        return reason
+    return f"cannot be created: {str(base)!r} {reason}"
 
 
 @contextlib.contextmanager
@@ -1402,7 +1550,33 @@ def _cost_summary(before: Bill, after: Bill, model: str) -> str:
     )
 
 
-def _check_not_input(inputs: Sequence[Path], output_path: str) -> None:
+def _output_target(path: str, inputs: Sequence[Path], input_path: str, what: str) -> str:
+    """The file a run (OUTPUT) or a dry run (``--plan``) writes, checked before sending.
+
+    Refused: a folder that cannot exist, an INPUT file, a file INPUT would read the next
+    time. A symbolic link is the file it names: written in place (the link stays), and
+    locked under that name, as a run given the file's own name locks it. A link into a
+    folder that does not exist (an unmounted drive) is refused, not created.
+    """
+    _check_writable(path)
+    _check_not_input(inputs, path, what)
+    if os.path.islink(path):
+        from batchata_df.stream import sink_target
+
+        path = os.fspath(sink_target(Path(path), what=f"{what} {path!r}"))
+    _check_not_matched(input_path, path, what)
+    return path
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` are one existing file (by any name; ``False``: one is missing)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _check_not_input(inputs: Sequence[Path], output_path: str, what: str = "OUTPUT") -> None:
     """Refuse an OUTPUT that is an INPUT file (links resolved): the run would replace it."""
     target = Path(output_path).resolve()
     for given in inputs:
@@ -1412,13 +1586,13 @@ def _check_not_input(inputs: Sequence[Path], output_path: str) -> None:
                 same = os.path.samefile(given, output_path)
         if same:
             msg = (
-                f"OUTPUT {output_path!r} is the INPUT file {os.fspath(given)!r}: the result "
+                f"{what} {output_path!r} is the INPUT file {os.fspath(given)!r}: writing it "
                 "would replace the input. Write it to another file"
             )
             raise UsageProblem(msg)
 
 
-def _check_not_matched(input_path: str, output_path: str) -> None:
+def _check_not_matched(input_path: str, output_path: str, what: str = "OUTPUT") -> None:
     """Refuse an OUTPUT that INPUT, a folder or a glob, would read on the next run.
 
     The first run would pass (OUTPUT does not exist yet), and "run the same command
@@ -1428,6 +1602,10 @@ def _check_not_matched(input_path: str, output_path: str) -> None:
     --------
     >>> _check_not_matched("in/*.parquet", "out/a.parquet")
     >>> _check_not_matched("in/*.parquet", "in/out.parquet")
+    Traceback (most recent call last):
+    ...
+    batchata_df.cli.UsageProblem: OUTPUT 'in/out.parquet' would be read as INPUT ...
+    >>> _check_not_matched("in/**/*.parquet", "in/out.parquet")
     Traceback (most recent call last):
     ...
     batchata_df.cli.UsageProblem: OUTPUT 'in/out.parquet' would be read as INPUT ...
@@ -1442,13 +1620,17 @@ def _check_not_matched(input_path: str, output_path: str) -> None:
             and not target.name.startswith(".")
         )
     else:
-        matched = glob.has_magic(input_path) and fnmatch.fnmatchcase(
-            os.path.normpath(os.path.abspath(output_path)),
-            os.path.normpath(os.path.abspath(input_path)),
+        pattern = os.path.normpath(os.path.abspath(input_path))
+        # A recursive glob's ``**/`` also matches no folder at all (``in/**/*.parquet``
+        # reads ``in/x.parquet``), which fnmatch's ``*`` (one or more characters) misses.
+        patterns = {pattern, pattern.replace(f"**{os.sep}", "")}
+        target_name = os.path.normpath(os.path.abspath(output_path))
+        matched = glob.has_magic(input_path) and any(
+            fnmatch.fnmatchcase(target_name, p) for p in patterns
         )
     if matched:
         msg = (
-            f"OUTPUT {output_path!r} would be read as INPUT by {input_path!r} when the "
+            f"{what} {output_path!r} would be read as INPUT by {input_path!r} when the "
             "command runs again (to collect, or resume): write it outside INPUT"
         )
         raise UsageProblem(msg)
@@ -1527,8 +1709,7 @@ def _check_state_writable(state: str) -> None:
             else:
                 os.rmdir(tempfile.mkdtemp(dir=folder, prefix=".batchata-probe-"))
         except OSError as e:
-            what = "is not writable" if folder == given else f"cannot be made in {str(folder)!r}"
-            why = f"it {what} ({e.strerror or e})"
+            why = f"it {_unwritable(given, e)}"
     if why is not None:
         msg = (
             f"cannot write the state folder {state!r}: {why}; pass --state FOLDER in a "
@@ -1770,19 +1951,24 @@ def repair(state: str, apply_: bool) -> None:
     raise SystemExit(EXIT_OK if report.healthy or report.applied else EXIT_ERROR)
 
 
-@cli.command(short_help="Serve the provider emulator on 127.0.0.1.")
+@cli.command(short_help="Serve the provider emulator on 127.0.0.1.", epilog="""\b
+It prints the variables to export in the shell that runs batchata-df, e.g. for port 8765:
+  export OPENAI_BASE_URL=http://127.0.0.1:8765/openai/v1
+  export ANTHROPIC_BASE_URL=http://127.0.0.1:8765/anthropic
+  export GOOGLE_GEMINI_BASE_URL=http://127.0.0.1:8765/gemini
+  and OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY (emulator keys), NO_PROXY.""")
 @click.option("--port", type=int, default=8765, show_default=True, help="TCP port (0: any free).")
 @click.option("--latency", type=float, default=0.0, show_default=True,
               help="Seconds from batch creation to completion.")
 @_debug_option
 def emulator(port: int, latency: float) -> None:
-    """Serve the provider emulator on 127.0.0.1 (point the SDKs at it with its env vars)."""
+    """Serve the provider emulator on 127.0.0.1; print the variables that point a run at it."""
     from batchata_df.emulator.__main__ import exit_now
     from batchata_df.emulator.__main__ import main as emulator_main
 
     # Stopped (SIGTERM, Ctrl+C), it leaves without the interpreter's teardown, as
     # ``python -m batchata_df.emulator`` does: a large state took seconds to free.
-    exit_now(emulator_main(["--port", str(port), "--latency", str(latency)]))
+    exit_now(emulator_main(["--port", str(port), "--latency", str(latency)], show_env=True))
 
 
 @cli.command(short_help="A demo run on the emulator (no API key needed).")

@@ -355,7 +355,7 @@ def _seed_progress(
         if not seed_style:
             callback(snap)
             return
-        batches = dict(snap.batches)
+        batches = dict(snap.batches)  # one vocabulary for every provider (batch_word)
         finished = sum(v for k, v in batches.items() if k in ("ended", "collected", "failed",
                                                               "cancelled", "expired"))
         total_batches = sum(batches.values())

@@ -303,6 +303,12 @@ def batch_llm(
         sent; an existing sink is replaced when the call completes. A sink that is a
         symbolic link is written through: the file it names gets the result, the link
         stays (:func:`batchata_df.stream.sink_target`). See :mod:`batchata_df.stream`.
+        With ``dry_run=True`` the sink is never written (nor its folder or the state folder
+        created): the same call re-run dry leaves a finished result as it is. The plan is
+        streamed to a file of its own, ``plan.parquet`` in a new folder in the system's
+        temporary folder (``TMPDIR``; about the input's size), removed when the Python
+        process exits, and a ``LazyFrame`` scanning it is returned
+        (:func:`batchata_df.stream.plan_path`).
     chunk_rows
         Rows per chunk of a streaming run (default
         :data:`batchata_df.stream.DEFAULT_CHUNK_ROWS`).
@@ -310,7 +316,8 @@ def batch_llm(
     Returns
     -------
     pl.DataFrame
-        (A ``pl.LazyFrame`` over ``sink`` with ``sink=``: the same columns.)
+        (A ``pl.LazyFrame`` over ``sink`` with ``sink=``: the same columns; with ``sink=``
+        and ``dry_run=True``, over the plan's own file.)
         The input rows in input order with all input columns, one column per schema field,
         with ``citations=True`` one ``<field>_citations`` column per field, then
         ``_status``, ``_error``, ``_cost_usd``, ``_input_tokens``, ``_output_tokens``
@@ -528,6 +535,13 @@ def batch_llm(
                 keep_raw=keep_raw,
                 keep_responses=keep_responses,
             )
+    except KeyboardInterrupt:
+        # A second Ctrl+C (or one outside the engine): the panel's last frame says so and
+        # what to do, instead of staying on a running frame.
+        abort = getattr(display, "abort", None)
+        if callable(abort):
+            abort()
+        raise
     finally:
         close = getattr(display, "close", None)
         if callable(close):
@@ -1190,6 +1204,30 @@ def _lost_worst(
     return worst_of
 
 
+_OUR_CODE = (
+    str(Path(__file__).resolve().parent) + os.sep,
+    # DataFrame.pipe(batch_llm, ...) calls through polars: the user's line is above it.
+    str(Path(pl.__file__).resolve().parent) + os.sep,
+)
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the caller's line, not at ours.
+
+    Called by the function that warns. A fixed level pointed at ``redact.py`` (the wrapper
+    that scrubs what ``batch_llm`` raises) or at polars' ``pipe``, depending on the path;
+    polars finds its own level the same way (``polars._utils.various.find_stacklevel``).
+    """
+    frame = sys._getframe(1)  # the function that warns: level 1
+    level = 1
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(
+        _OUR_CODE
+    ):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level
+
+
 def _warn_serialised(
     engine: object, sendable: pl.DataFrame, results: pl.DataFrame, cap: float | None
 ) -> None:
@@ -1219,6 +1257,7 @@ def _warn_serialised(
         f"and the rest went in {state.cap_rounds:,} more round(s), each waiting for earlier "
         "batches to be collected."
     ]
+    models, suggestions = [], []
     for (provider, model), group in sendable.group_by(["provider", "model"]):
         seen = observed.get((str(provider), str(model)))
         if seen is None:
@@ -1233,16 +1272,25 @@ def _warn_serialised(
         fits = (
             f"all {group.height:,} requests of this call fit under the cap at once"
             if worst_then <= room
-            else f"this call's {group.height:,} requests would need ${worst_then:,.4f} of "
-            f"room under the cap at once (${max(room, 0.0):,.4f} was left)"
+            else f"its {group.height:,} requests would need ${worst_then:,.4f} of room under "
+            f"the cap at once (${max(room, 0.0):,.4f} was left)"
         )
+        thinking = f", {seen.reasoning_max:,} of it thinking" if seen.reasoning_max else ""
+        models.append(
+            f"{model} used at most {seen.max:,} output tokens (99th percentile "
+            f"{seen.p99:,}{thinking}) of max_tokens={current:,}, and at "
+            f"max_tokens={suggested} {fits}"
+        )
+        suggestions.append(suggested)
+    if models:
+        best = max(suggestions)
         lines.append(
-            f"{model}: the answers used at most {seen.max:,} output tokens (99th percentile "
-            f"{seen.p99:,}, reasoning included, up to {seen.reasoning_max:,} of it thinking) "
-            f"of max_tokens={current:,}; params={{'max_tokens': {suggested}}} fits them with "
-            f"a 25% margin, and at that worst case {fits}."
+            "The answers, reasoning included: " + "; ".join(models) + ". "
+            f"params={{'max_tokens': {best}}} fits them with a 25% margin: pass it with a "
+            "new state= folder (this one holds the answers to the current parameters and "
+            "refuses others)."
         )
-    warnings.warn(" ".join(lines), CapSerialisedWarning, stacklevel=3)
+    warnings.warn(" ".join(lines), CapSerialisedWarning, stacklevel=_user_stacklevel())
 
 
 def _warn_unavailable(results: pl.DataFrame) -> None:
@@ -1278,7 +1326,7 @@ def _warn_unavailable(results: pl.DataFrame) -> None:
         f"again with the same state to collect them; {n - pending} cancelled: a later call "
         f"sends them). Last error: {last}"
     )
-    warnings.warn(scrub(msg), ProviderUnavailableWarning, stacklevel=4)
+    warnings.warn(scrub(msg), ProviderUnavailableWarning, stacklevel=_user_stacklevel())
 
 
 def _sendable(jobs: pl.DataFrame) -> pl.DataFrame:
@@ -1369,7 +1417,7 @@ def _check_models(
             check_retired(str(provider), str(model))
         notice = shutdown_warning(str(provider), str(model), batch=not realtime)
         if notice is not None:  # once per call and model, before anything is sent
-            warnings.warn(ModelShutdownWarning(notice), stacklevel=3)
+            warnings.warn(ModelShutdownWarning(notice), stacklevel=_user_stacklevel())
         check_endpoint(str(provider), str(model))
         check_model_params(str(provider), str(model), params)
         family = family_of(str(provider), str(model))

@@ -317,7 +317,8 @@ def summarize(
             advice.append(
                 f"{m['model']}: the {seen.n:,} answers in the folder used at most {seen.max:,} "
                 f"output tokens (reasoning included); params={{'max_tokens': {suggested}}} "
-                f"fits them with a 25% margin (now {current:,})"
+                f"fits them with a 25% margin (now {current:,}; pass it with a new state= "
+                "folder: this one refuses other parameters)"
             )
     within = planned.get_column("_within_cap")
     expected = (

@@ -5,7 +5,7 @@
 
 ``"terminal"``
     The console is a terminal: a rich panel updated in place (jobs bar, counts by status,
-    provider batch statuses, cost against the cap, elapsed time).
+    provider batches by state, cost against the cap, elapsed time).
 ``"notebook"``
     Running in Jupyter (or Colab): the same panel, updated in place in one output cell
     through ``IPython.display`` (no ipywidgets needed).
@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Literal
 
@@ -109,14 +109,64 @@ def usd(cost: float, *, thousands: bool = True) -> str:
 
 
 def _cost(s: ProgressSnapshot, max_cost_usd: float | None) -> str:
+    """The cost line; after a resume this call's spend and the total with earlier calls.
+
+    Examples
+    --------
+    >>> from batchata_df.engine import ProgressSnapshot
+    >>> print(_cost(ProgressSnapshot(total=4, completed=4, failed=0, cancelled=0, pending=0,
+    ...     batches={}, cost_usd=0.03, elapsed_s=1.0, phase="done", earlier_cost_usd=0.02),
+    ...     max_cost_usd=1.0))
+    $0.0100 this call; $0.0300 with earlier calls' answers, of $1.00 cap (3%)
+    """
     text = usd(s.cost_usd)
+    if s.earlier_cost_usd > 0:
+        # The CLI's summary says both too (cli._cost_summary): a resumed call that sent
+        # little must not look as if it spent the folder's whole bill.
+        text = (
+            f"{usd(max(s.cost_usd - s.earlier_cost_usd, 0.0))} this call; {text} with "
+            "earlier calls' answers"
+        )
+        if max_cost_usd is not None and max_cost_usd > 0:
+            text += ","
     if max_cost_usd is not None and max_cost_usd > 0:
         text += f" of {_cap(max_cost_usd)} cap ({s.cost_usd / max_cost_usd:.0%})"
     if s.reserved_usd > 0:
         text += f", {usd(s.reserved_usd)} held (worst case in flight)"
     if s.cache_saved_usd > 0:
         text += f", {usd(s.cache_saved_usd)} saved by caching"
-    return text
+    return text + _possibly_billed(s)
+
+
+def _possibly_billed(s: ProgressSnapshot) -> str:
+    """The call's realtime attempts answered 5xx or lost, beside the cost ("" for none).
+
+    The provider may have billed them and no cost is known: at the worst case the cap
+    counts for them, or unknown when none was recorded (never $0).
+
+    Examples
+    --------
+    >>> from batchata_df.engine import ProgressSnapshot
+    >>> snap = ProgressSnapshot(total=3, completed=3, failed=0, cancelled=0, pending=0,
+    ...     batches={}, cost_usd=0.01, elapsed_s=1.0, phase="done", unknown_billed=1,
+    ...     unknown_billed_usd=0.002)
+    >>> _possibly_billed(snap)
+    ', plus up to $0.0020 for 1 attempt answered 5xx or lost (possibly billed)'
+    >>> import dataclasses
+    >>> _possibly_billed(dataclasses.replace(snap, unknown_billed=2, unknown_billed_usd=0.0,
+    ...                                      unknown_billed_unpriced=2))
+    ', plus an unknown amount for 2 attempts answered 5xx or lost (possibly billed)'
+    """
+    n = s.unknown_billed
+    if not n:
+        return ""
+    amount = f"up to {usd(s.unknown_billed_usd)}"
+    if s.unknown_billed_unpriced == n:
+        amount = "an unknown amount"
+    elif s.unknown_billed_unpriced:
+        amount += " and an unknown amount"
+    attempts = "1 attempt" if n == 1 else f"{n:,} attempts"
+    return f", plus {amount} for {attempts} answered 5xx or lost (possibly billed)"
 
 
 def cap_line(s: ProgressSnapshot) -> str:
@@ -153,6 +203,10 @@ def _finished(s: ProgressSnapshot) -> int:
     return s.completed + s.failed + s.cancelled + s.in_flight_done
 
 
+ABORTED = "aborted"
+"""The ``stop_reason`` of the frame drawn when a second Ctrl+C aborted the call."""
+
+
 def outcome_line(s: ProgressSnapshot) -> str:
     """The final line of a run: what became of its jobs, stated plainly.
 
@@ -163,7 +217,30 @@ def outcome_line(s: ProgressSnapshot) -> str:
     ...     cancelled=1576, pending=0, batches={}, cost_usd=0.0, elapsed_s=61.0,
     ...     phase="done", stop_reason="interrupted")))
     stopped (interrupted) after 1m01s: 424 of 2,000 jobs completed, 0 failed, 1,576 cancelled
+    >>> print(outcome_line(ProgressSnapshot(total=120, completed=0, failed=0, cancelled=0,
+    ...     pending=120, batches={}, cost_usd=0.0, elapsed_s=5.0, phase="done",
+    ...     stop_reason=ABORTED)))  # doctest: +NORMALIZE_WHITESPACE
+    aborted (Ctrl+C pressed again) after 5s: 0 of 120 jobs completed, 0 failed, 0 cancelled,
+    120 not collected; batches already sent stay at the provider (cancelled if the cancel got
+    there): call again with the same state= (or the folder the error names) to collect what
+    they answered and send the rest, without paying twice
     """
+    if s.stop_reason == ABORTED:
+        return (
+            f"aborted (Ctrl+C pressed again) after {_duration(s.elapsed_s)}: {s.completed:,} "
+            f"of {s.total:,} jobs completed, {s.failed:,} failed, {s.cancelled:,} cancelled, "
+            f"{s.pending:,} not collected; batches already sent stay at the provider "
+            "(cancelled if the cancel got there): call again with the same state= (or the "
+            "folder the error names) to collect what they answered and send the rest, "
+            "without paying twice"
+        )
+    if not s.waited and not s.stop_reason and s.pending:
+        return (
+            f"submitted, not waited for (wait=False), after {_duration(s.elapsed_s)}: "
+            f"{s.completed:,} of {s.total:,} jobs completed, {s.failed:,} failed, "
+            f"{s.cancelled:,} cancelled, {s.pending:,} pending; call again with the same "
+            "state= to collect them"
+        )
     how = f"stopped ({s.stop_reason})" if s.stop_reason else "finished"
     text = (
         f"{how} after {_duration(s.elapsed_s)}: {s.completed:,} of {s.total:,} jobs completed, "
@@ -181,10 +258,10 @@ def format_line(s: ProgressSnapshot, max_cost_usd: float | None = None, since: f
     --------
     >>> from batchata_df.engine import ProgressSnapshot
     >>> snap = ProgressSnapshot(total=10, completed=6, failed=1, cancelled=0, pending=3,
-    ...     batches={"in_progress": 1, "collected": 1}, cost_usd=0.25, elapsed_s=75.0,
+    ...     batches={"running": 1, "collected": 1}, cost_usd=0.25, elapsed_s=75.0,
     ...     phase="running", in_flight_done=1, eta_s=20.0)
     >>> print(format_line(snap, max_cost_usd=1.0))
-    8/10 finished (completed 6, failed 1, cancelled 0, pending 3) | batches: collected 1, in_progress 1 | cost $0.2500 of $1.00 cap (25%) | ETA ~20s | 1m15s
+    8/10 finished (completed 6, failed 1, cancelled 0, pending 3) | batches: collected 1, running 1 | cost $0.2500 of $1.00 cap (25%) | ETA ~20s | 1m15s
     """  # noqa: E501
     if s.phase == "done":
         return f"{outcome_line(s)} | cost {_cost(s, max_cost_usd)}"
@@ -411,6 +488,32 @@ class ProgressDisplay:
         if live is not None:
             # Outside our lock: stop() joins rich's refresh thread, which may be drawing.
             live.stop()
+
+    def abort(self) -> None:
+        """Draw a last frame saying the call was aborted (a second Ctrl+C), then close.
+
+        Without it the panel stayed on its last running frame (``ETA unknown``, batches
+        ``running``), as if the call still ran, and said nothing of what to do next.
+        """
+        with self._lock:
+            latest = self._latest
+            if self._closed or latest is None:
+                pass
+            else:
+                s, received = latest
+                final = replace(
+                    s, phase="done", stop_reason=ABORTED,
+                    elapsed_s=s.elapsed_s + (self._clock() - received),
+                )
+                self._pending = None
+                self._latest = (final, self._clock())
+                if self.mode == "lines":
+                    self._emit(format_line(final, self.max_cost_usd))
+                elif self.mode == "terminal" and self._live is not None:
+                    self._live.refresh()
+                elif self.mode == "notebook" and self._handle is not None:
+                    self._handle.update(_NotebookView(self.render()))
+        self.close()
 
     def __enter__(self) -> ProgressDisplay:
         return self

@@ -19,7 +19,10 @@ connection itself for several queries over the same snapshot. Both define these 
     was paid, as far as it is known: a realtime attempt lost in flight (``error`` "lost:
     ...", or the job sent again and answered since) has no cost stored, though the
     provider may have billed it. :data:`LOST_REQUESTS` lists those attempts with their
-    worst case, which ``max_cost_usd`` counts as spent.
+    worst case, which ``max_cost_usd`` counts as spent. A billed batch result line whose
+    id matched none of its batch's requests (damaged on its way) has a row of its own,
+    ``job_id`` ``unmatched:<batch_key>:<n>``, ``failed`` ``unmatched_result: ...``, with
+    its usage and cost: no input row's, but paid.
     ``provider``, ``model``, ``batch_key`` and ``provider_batch_id`` are the latest *known*
     values (an event that does not repeat them does not erase them).
     ``answer`` (the validated answer as JSON, completed jobs) and ``raw`` (the text the

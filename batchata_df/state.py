@@ -570,7 +570,9 @@ class StateStore:
             msg = (
                 f"checkpoint folder {str(self.root)!r} was written for a run with a different "
                 f"{', '.join(diff)}; resuming it would mix answers. Pass the same arguments as "
-                "before, or use a new state folder (or delete this one) to start over"
+                "before, or use a new state folder to start over (keep this one: deleting it "
+                "throws away the answers already paid for in it, and sending them again is "
+                "paid again)"
             )
             raise StateMismatchError(msg)
         return old_manifest

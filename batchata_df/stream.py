@@ -26,6 +26,7 @@ writes the sink again.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import os
@@ -260,15 +261,22 @@ def stream_llm(
                 state, None, recorded=True, refuse=max_cost_usd is not None
             )
         options = dataclasses.replace(options, stored_unpriced_usd=stored_unpriced)
-        with tempfile.TemporaryDirectory(prefix="batchata-df-plan-") as plan_dir:
-            source = ChunkSource(
-                lf, Path(plan_dir), rows, jobs_of, estimate, expected, sends=False
-            )
-            stream_plan(
-                source, sink_path, spec, options, state, fingerprint, show,
-                pl.DataFrame(schema=lf.collect_schema()),
-            )
-        return pl.scan_parquet(sink_path, glob=False)
+        # Never to the sink: it may hold a finished result (the same call re-run with
+        # dry_run=True replaced it with the plan), and a pipeline reads it as answers.
+        plan_file = plan_path()
+        try:
+            with tempfile.TemporaryDirectory(prefix="batchata-df-plan-") as plan_dir:
+                source = ChunkSource(
+                    lf, Path(plan_dir), rows, jobs_of, estimate, expected, sends=False
+                )
+                stream_plan(
+                    source, plan_file, spec, options, state, fingerprint, show,
+                    pl.DataFrame(schema=lf.collect_schema()),
+                )
+        except BaseException:
+            shutil.rmtree(plan_file.parent, ignore_errors=True)
+            raise
+        return pl.scan_parquet(plan_file, glob=False)
 
     fr._load_dotenv()
     providers: dict[str, Provider] = {}
@@ -304,6 +312,11 @@ def stream_llm(
                 pl.DataFrame(schema=lf.collect_schema()), citations=citations, keep_raw=keep_raw,
                 keep_responses=keep_responses, distinct=source.distinct,
             )
+    except KeyboardInterrupt:
+        abort = getattr(display, "abort", None)  # a second Ctrl+C: batch_llm's last frame
+        if callable(abort):
+            abort()
+        raise
     finally:
         close = getattr(display, "close", None)
         if callable(close):
@@ -313,6 +326,26 @@ def stream_llm(
     if flagged is not None:
         fr._warn_unavailable(flagged)
     return pl.scan_parquet(sink_path, glob=False)
+
+
+def plan_path() -> Path:
+    """A new file for a streamed dry run's plan: ``plan.parquet`` in a new temporary folder.
+
+    A dry run with ``sink=`` writes its plan here, never to the sink (which may hold a
+    finished result) nor to the state folder (a dry run only reads it). The folder is in
+    the system's temporary folder (:func:`tempfile.gettempdir`: ``TMPDIR``), and is removed
+    when the Python process exits (:mod:`atexit`): the returned LazyFrame scans it until
+    then. A plan holds the input's columns, so it is about as large as the input.
+
+    Examples
+    --------
+    >>> first, second = plan_path(), plan_path()
+    >>> first.name, first.parent.is_dir(), first.exists(), first.parent != second.parent
+    ('plan.parquet', True, False, True)
+    """
+    folder = Path(tempfile.mkdtemp(prefix="batchata-df-plan-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder / "plan.parquet"
 
 
 @contextlib.contextmanager
@@ -568,15 +601,33 @@ def _unreadable(e: Exception, scans: _Scans) -> ConfigError:
     return ConfigError(msg)
 
 
+def footer_schema(path: str | os.PathLike[str]) -> dict[str, pl.DataType]:
+    """The schema in a Parquet file's footer, the path taken as a name, never a pattern.
+
+    Given a path, Polars expands ``[``, ``*`` and ``?`` in it: ``in[1].parquet`` matched
+    nothing. An open file is read as itself (as :mod:`batchata_df.state` reads parts).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "in[1].parquet"
+    >>> pl.DataFrame({"a": [1]}).write_parquet(path)
+    >>> footer_schema(path)
+    Schema([('a', Int64)])
+    """
+    with open(path, "rb") as file:
+        return pl.read_parquet_schema(file)
+
+
 def _drifted(scans: _Scans) -> str:
     """Name the first Parquet file whose column types differ from its scan's first file."""
     for kind, paths in scans[0]:
         if kind != "parquet" or len(paths) < 2:
             continue
         try:
-            first = pl.read_parquet_schema(paths[0])
+            first = footer_schema(paths[0])
             for path in paths[1:]:
-                schema = pl.read_parquet_schema(path)
+                schema = footer_schema(path)
                 for name, dtype in schema.items():
                     if name in first and first[name] != dtype:
                         return (
@@ -1580,6 +1631,8 @@ def stream_plan(
     empty: pl.DataFrame,
 ) -> None:
     """A dry run, chunk by chunk: the plan of every row written to ``sink`` in input order.
+
+    ``sink`` is the plan's own file (:func:`plan_path`), never the call's ``sink=``.
 
     The same plan as :func:`batchata_df.plan.dry_run_plan` gives in memory, with the
     batches a streaming run makes (planned per chunk, in order): ``_batch_index`` counts

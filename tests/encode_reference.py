@@ -75,8 +75,21 @@ def anthropic_encode(self: Any, jobs: pl.DataFrame, spec: RequestSpec) -> pl.Ser
             )
         if "content_json" not in jobs.columns:
             split = pl.col("cache_split")
+            # Changed on purpose (session 16): a split at the prompt's end (a prompt that is
+            # all shared prefix) is one marked block, not a marked block and an empty one
+            # (which Anthropic refuses).
             user_content = (
-                pl.when(split.is_not_null())
+                pl.when(split.is_not_null() & (split >= pl.col("prompt").str.len_chars()))
+                .then(
+                    pl.concat_str(
+                        [
+                            pl.lit('[{"type":"text","text":'),
+                            json_string(pl.col("prompt")),
+                            pl.lit(f",{_CACHE_MARK}}}]"),
+                        ]
+                    )
+                )
+                .when(split.is_not_null())
                 .then(
                     pl.concat_str(
                         [

@@ -224,8 +224,11 @@ def test_state_written_for_another_run_is_refused(emu, tmp_path):
         {"model": "gpt-4.1-mini", "prompt": "{text}", "schema": None},
     ):
         kwargs.setdefault("schema", Review)
-        with pytest.raises(StateMismatchError, match="new state folder"):
+        with pytest.raises(StateMismatchError, match="new state folder") as caught:
             frame(2).pipe(batch_llm, state=state, **kwargs)
+        # Deleting a folder of paid answers means paying for them again: said, not advised.
+        assert "delete this one" not in str(caught.value)
+        assert "deleting it throws away the answers already paid for" in str(caught.value)
 
 
 def test_wait_false_submits_then_collects(emu, tmp_path):

@@ -267,15 +267,33 @@ def test_flatness_is_the_spread_of_marginals_per_path_streamed_pairs_of_one_code
         {**run(10_000_000, 1.0, "capped", "2026-01-03"), "max_cost_usd": 1e9},
     ]))
     monkeypatch.setattr(report, "STREAM_RESULTS", stream)
+    # batch_llm alone in one sitting (bench_flatness.py): medians per size, successive sizes
+
+    def alone(rows: int, cpu: float, load: float = 1.0) -> dict[str, object]:
+        return {"provider": "openai", "rows": rows, "cpu_s": cpu, "load_before": load,
+                "at": f"2026-01-04T00:00:{rows % 60:02d}Z"}
+
+    sitting = tmp_path / "flatness.json"
+    sitting.write_text(json.dumps({"code": "one", "runs": [
+        alone(10_000, 1.0), alone(10_000, 1.2), alone(10_000, 9.0),  # median 1.2
+        alone(100_000, 2.1), alone(1_000_000, 11.1), alone(1_000_000, 11.3),  # median 11.2
+        alone(10_000_000, 101.2),
+    ]}))
+    monkeypatch.setattr(report, "FLAT_RESULTS", sitting)
     slopes = report.marginals(result)
     assert [(m["path"], m["rows"], m["code"], round(m["ours"], 1)) for m in slopes] == [
         ("in memory", (10_000, 100_000), "ccc", 20.0),
         ("in memory", (100_000, 1_000_000), "ccc", 15.0),
+        ("in memory, one sitting", (10_000, 100_000), "one", 10.0),
+        ("in memory, one sitting", (100_000, 1_000_000), "one", 10.1),
+        ("in memory, one sitting", (1_000_000, 10_000_000), "one", 10.0),
         ("streamed", (1_000_000, 10_000_000), "old", 25.0),
     ]
+    assert slopes[2]["floor"] is None
     assert round(slopes[0]["floor"], 1) == 10.0
     text = "\n".join(report.flatness(result))
     assert "20.0 → 15.0 µs, ±14 %, met" in text
     assert "20.0 → 15.0 → 25.0 µs, ±25 %, **not met** (ccc, old)" in text
     assert "20.0 → 24.5 (+23 %, old)" in text
     assert "1,000,000 → 10,000,000 only: 25.0 µs, one span, no spread (old)" in text
+    assert "10,000 → 10,000,000: 10.0 → 10.1 → 10.0 µs, ±1 %, met (one)" in text

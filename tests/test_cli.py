@@ -262,8 +262,8 @@ def test_dry_run_sends_nothing(work, emu):
     out = r.stdout + r.stderr
     assert "dry run, nothing was sent" in out and "3 requests would be sent" in out
     assert emu.log() == []
-    r = cli("run", "tickets.parquet", "plan.csv", "--model", "gpt-4.1-mini",
-            "--prompt", "{text}", "--dry-run", cwd=work)
+    r = cli("run", "tickets.parquet", "--model", "gpt-4.1-mini",
+            "--prompt", "{text}", "--dry-run", "--plan", "plan.csv", cwd=work)
     assert r.returncode == 0, r.stderr
     assert pl.read_csv(work / "plan.csv")["_status"].to_list() == ["planned"] * 3
 

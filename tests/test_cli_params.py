@@ -44,9 +44,9 @@ def test_help_gives_the_default_max_tokens_a_dry_run_plans(emu, work):
     assert f"{medium} at medium, e.g. gpt-5-mini" in help_text
     assert "Models table" in help_text
     for model, planned in (("gpt-5-mini", medium), ("gpt-4.1-mini", DEFAULT_MAX_TOKENS)):
-        r = cli(emu, *RUN, "--model", model, "--dry-run", cwd=work)
+        r = cli(emu, *RUN, "--model", model, "--dry-run", "--plan", "plan.parquet", cwd=work)
         assert r.returncode == 0, r.stderr
-        plan = pl.read_parquet(work / "out.parquet")
+        plan = pl.read_parquet(work / "plan.parquet")
         assert plan["_est_output_tokens_max"].to_list() == [planned] * 3, model
     assert emu.log() == [] and emu.billing() == []
 

@@ -365,6 +365,26 @@ def test_on_progress_with_the_seeds_three_arguments(emu, tmp_path):
     assert snaps[-1].completed == 2
 
 
+def test_seed_progress_counts_every_providers_batches_finished(emu, tmp_path):
+    """The seed-style callback's ``batches_completed`` counts OpenAI's ``completed`` and
+    Gemini's ``JOB_STATE_SUCCEEDED`` batches too, not only Anthropic's ``ended``."""
+    emu.configure(latency=5.0)
+    seen = []
+    batch = Batch(results_dir=tmp_path / "out")
+    for model in ("gpt-4.1-mini", "claude-haiku-4-5", "gemini-2.5-flash"):
+        batch.add_job(prompt="a", model=model)
+    batch.run(on_progress=lambda s, t, b: seen.append((dict(s), dict(b))),
+              progress_interval=0.0)
+    stats, batches = seen[-1]
+    assert stats["is_complete"] and stats["completed"] == 3
+    assert (stats["batches_total"], stats["batches_completed"], stats["batches_pending"]) == (
+        3, 3, 0), seen[-3:]
+    assert batches == {"collected": 3}
+    words = {w for _, b in seen for w in b}
+    assert words <= {"submitted", "running", "ended", "collected"}, words
+    assert "running" in words  # the three providers' own running words counted as one
+
+
 def test_run_without_waiting_then_collect(emu, tmp_path):
     emu.configure(latency=1000.0)
     batch = Batch(results_dir=tmp_path / "out").set_default_params(model="gpt-4.1-mini")

@@ -20,6 +20,7 @@ from pathlib import Path
 import nbclient
 import nbformat
 import pyte
+import pytest
 
 COLS, ROWS = 140, 40
 
@@ -117,9 +118,14 @@ class Terminal:
             pass
 
 
-def _child(tmp_path: Path, n: int) -> Terminal:
+def _child(tmp_path: Path, n: int, *, sink: bool = False) -> Terminal:
     script = tmp_path / "child.py"
-    script.write_text(CHILD)
+    script.write_text(CHILD if not sink else CHILD.replace(
+        "state=sys.argv[2],", "state=sys.argv[2], sink=sys.argv[2] + '.parquet',"
+    ).replace(
+        'print("CHILD-DONE", dict(out["_status"].value_counts().iter_rows()), flush=True)',
+        'print("CHILD-DONE", out, flush=True)',
+    ))
     env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "COLUMNS", "LINES")}
     env["TERM"] = "xterm-256color"
     return Terminal([sys.executable, str(script), str(n), str(tmp_path / "state")], env)
@@ -140,7 +146,7 @@ def test_terminal_display_in_a_real_pty(emu, tmp_path):
                      r"0 cancelled", screen)
     assert re.search(r"batch_llm\s+━+\s+30/30 jobs answered \(100%\)", screen)
     assert re.search(r"jobs\s+completed 30  failed 0  cancelled 0  pending 0", screen)
-    assert re.search(r"batches\s+completed 2", screen)
+    assert re.search(r"batches\s+collected 2", screen)
     # Drawn in place: the panel appears once on the final screen, not once per update.
     assert screen.count("result ") == 1 and screen.count("batch_llm ") == 1
 
@@ -149,7 +155,7 @@ def test_ctrl_c_in_a_real_pty_reports_the_stop_truthfully(emu, tmp_path):
     emu.configure(latency=1000.0, cancel_delay=0.0)
     term = _child(tmp_path, 200)
     try:
-        term.wait_for(r"batches\s+(in_progress|validating) 2")
+        term.wait_for(r"batches\s+running 2")
         emu.advance(400.0)  # about a third of each batch has run
         term.wait_for(r"requests finished")
         os.write(term.fd, b"\x03")  # Ctrl+C, typed into the terminal
@@ -167,6 +173,33 @@ def test_ctrl_c_in_a_real_pty_reports_the_stop_truthfully(emu, tmp_path):
     assert f"jobs answered ({completed / 200:.0%})" in screen
     assert "batchata-df: stopping" in screen
     assert f"'cancelled': {cancelled}" in screen and f"'completed': {completed}" in screen
+
+
+@pytest.mark.parametrize("sink", [False, True])
+def test_a_second_ctrl_c_draws_an_aborted_frame_saying_what_to_do(emu, tmp_path, sink):
+    """After the abort the panel must not stay on a running frame (``ETA``, ``running``);
+    a streaming call (``sink=``) too."""
+    emu.configure(latency=1000.0, cancel_delay=10_000.0)  # the cancel does not end soon
+    term = _child(tmp_path, 200, sink=sink)
+    try:
+        term.wait_for(r"batches\s+running 2")
+        emu.advance(400.0)
+        term.wait_for(r"requests finished")
+        os.write(term.fd, b"\x03")  # Ctrl+C: stopping, cancelling the batches
+        term.wait_for(r"batchata-df: stopping")
+        os.write(term.fd, b"\x03")  # again: abort without waiting for the cancels
+        screen = term.finish()
+    finally:
+        term.kill()
+    # The traceback scrolls the panel off the screen: read what was written.
+    written = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", term.raw.decode(errors="replace"))
+    flat = " ".join(written.split())
+    assert re.search(r"result aborted \(Ctrl\+C pressed again\) after \S+: 0 of 200 jobs "
+                     r"completed, 0 failed, 0 cancelled, 200 not collected", flat), screen
+    assert "call again with the same state=" in flat and "without paying twice" in flat
+    assert "KeyboardInterrupt" in screen and "CHILD-DONE" not in screen
+    last_frame = written[written.rindex("batch_llm"):]
+    assert "ETA" not in last_frame and "running" not in last_frame, last_frame
 
 
 def test_jupyter_kernel_stores_the_panel_as_html(emu, tmp_path):
@@ -245,7 +278,7 @@ def test_the_terminal_bars_done_count_never_goes_back(emu, tmp_path):
     env["TERM"] = "xterm-256color"
     term = Terminal([sys.executable, str(script), str(tmp_path / "state")], env)
     try:
-        term.wait_for(r"batches\s+(in_progress|validating) 4")
+        term.wait_for(r"batches\s+running 4")
         alive = True
         while alive:
             emu.advance(120.0)  # an eighth of each batch's run: several frames per batch
@@ -338,3 +371,50 @@ def test_the_harness_sees_a_frame_that_arrived_with_later_ones_in_one_read():
         os.close(term.fd)
     assert "later" not in shown
     assert "brief-status" not in term.text()  # the screen has moved on since
+
+
+def test_a_second_interrupt_in_jupyter_ends_the_panel_on_an_aborted_frame(emu, tmp_path):
+    """Kernel -> Interrupt twice: the one output cell's last update says aborted and what to
+    do; before, it stayed on ``... ETA unknown ... running 2``."""
+    emu.configure(latency=1000.0, cancel_delay=10_000.0)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(CHILD.replace("int(sys.argv[1])", "40")
+                                          .replace("sys.argv[2]", "'state'"))]
+    client = _RecordingClient(
+        nb, timeout=240, kernel_name="python3", allow_errors=True,
+        resources={"metadata": {"path": str(tmp_path)}},
+    )
+    client.shown = []
+    finished = threading.Event()
+
+    def interrupt() -> None:
+        # What Kernel -> Interrupt does (jupyter_client 8.10 LocalProvisioner.send_signal:
+        # os.killpg of the kernel's group); km.interrupt_kernel is a coroutine here.
+        group = os.getpgid(client.km.provisioner.process.pid)
+        assert group != os.getpgrp()  # never this test's own group
+        os.killpg(group, signal.SIGINT)
+
+    def interrupt_twice() -> None:
+        while not finished.wait(0.3):
+            if any("running 2" in text for text in client.shown):
+                break
+        interrupt()  # Kernel -> Interrupt: stopping
+        while not finished.wait(0.3):
+            if any("stopping (interrupted)" in text for text in client.shown):
+                break
+        interrupt()  # again: abort
+
+    worker = threading.Thread(target=interrupt_twice, daemon=True)
+    worker.start()
+    try:
+        client.execute()
+    finally:
+        finished.set()
+        worker.join()
+    errors = [o for o in nb.cells[0].outputs if o.output_type == "error"]
+    assert errors and errors[0].ename == "KeyboardInterrupt", nb.cells[0].outputs
+    last = " ".join(client.shown[-1].split())
+    assert "aborted (Ctrl+C pressed again)" in last, client.shown[-3:]
+    assert "0 of 40 jobs completed" in last and "40 not collected" in last
+    assert "call again with the same state=" in last
+    assert "ETA" not in last, last

@@ -86,7 +86,7 @@ def test_a_cut_waits_its_delay_before_it_answers(emu, action: str) -> None:
     assert got == whole[: len(whole) // 2]
 
 
-@pytest.mark.parametrize("action", ["cut", "cut_clean", "corrupt"])
+@pytest.mark.parametrize("action", ["cut", "cut_clean", "corrupt", "corrupt_id"])
 def test_a_cut_before_the_request_runs_is_refused_when_configured(emu, action: str) -> None:
     with pytest.raises(EmulatorError, match=r"HTTP 400.*when must be 'after'.*'disconnect'"):
         emu.inject_fault(path_regex=CONTENT, action=action, when="before")
@@ -99,6 +99,6 @@ def test_a_cut_before_the_request_runs_is_refused_when_configured(emu, action: s
 
 
 def test_an_unknown_fault_action_is_refused_with_the_choices(emu) -> None:
-    choices = r"'error', 'disconnect', 'cut', 'cut_clean' or 'corrupt'"
+    choices = r"'error', 'disconnect', 'cut', 'cut_clean', 'corrupt' or 'corrupt_id'"
     with pytest.raises(EmulatorError, match=choices):
         emu.inject_fault(path_regex=CONTENT, action="truncate")  # type: ignore[arg-type]

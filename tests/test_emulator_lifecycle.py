@@ -66,6 +66,48 @@ def test_a_server_whose_parent_was_killed_stops_itself(procs) -> None:
         raise AssertionError("the emulator kept running after its parent was killed")
 
 
+KERNEL = textwrap.dedent(
+    """
+    import signal, sys, time
+    from batchata_df.emulator import Emulator
+
+    signal.signal(signal.SIGINT, lambda signum, frame: None)  # a kernel survives Interrupt
+    emu = Emulator().start()
+    print(emu._proc.pid, emu.url, flush=True)
+    time.sleep(600)
+    """
+)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="process groups and killpg are POSIX")
+def test_interrupting_the_kernel_leaves_the_emulator_serving(procs) -> None:
+    """Jupyter's Kernel -> Interrupt signals the kernel's whole process group (jupyter_client
+    8.10 ``provisioning/local_provisioner.py`` ``LocalProvisioner.send_signal``:
+    ``os.killpg(self.pgid, signum)``): an emulator started inside the kernel must not get it,
+    or the next cell gets Connection refused."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", KERNEL], stdout=subprocess.PIPE, env=dict(os.environ),
+        start_new_session=True,  # the "kernel" leads its own group, as a kernel does
+    )
+    procs.append(parent)
+    assert parent.stdout is not None
+    pid_text, url = parent.stdout.readline().decode().split()
+    server = int(pid_text)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    os.killpg(parent.pid, signal.SIGINT)  # Kernel -> Interrupt
+    time.sleep(1.5)  # the server polls its stop flag every 0.5 s
+    try:
+        with opener.open(f"{url}/_emulator/health", timeout=30) as answer:
+            assert answer.status == 200  # still serving
+        assert parent.poll() is None
+    finally:
+        parent.send_signal(signal.SIGKILL)  # and it still goes with its parent
+        parent.wait(timeout=30)
+        if not _gone(server, within_s=30):
+            os.kill(server, signal.SIGKILL)
+            raise AssertionError("the emulator kept running after its parent was killed")
+
+
 def test_a_server_stops_on_sigterm_with_exit_code_0() -> None:
     emu = Emulator().start()
     try:

@@ -431,7 +431,7 @@ def test_collecting_reports_the_download_and_records_the_batch_and_its_rows_by_v
     assert batches.select("batch_key", "provider", "model", "status", "provider_status",
                           "n_jobs", "detail").rows() \
         == [("k_fb_1", "openai", "fake-model", "collected", "ended", 3, "3 of 3 done")]
-    assert state.batch_status == {"k_fb_1": "ended"}
+    assert state.batch_status == {"k_fb_1": "collected"}  # one word for every provider
 
 
 def test_a_batch_that_answers_a_poll_again_is_reachable_again(tmp_path):

@@ -128,8 +128,14 @@ def test_cap_serialising_the_run_is_reported_with_a_max_tokens_that_fits(
                          progress=snaps.append, **KW)  # fmt: skip
     message = str(caught[0].message)
     assert "only 8 of 30 requests could be sent at once" in message
-    assert f"params={{'max_tokens': {suggested}}}" in message
-    assert "all 30 requests of this call fit under the cap at once" in message
+    assert f"params={{'max_tokens': {suggested}}} fits them" in message
+    assert f"at max_tokens={suggested} all 30 requests of this call fit under the cap at once" \
+        in message
+    # The advice works: the same folder would refuse other params (StateMismatchError).
+    assert "pass it with a new state= folder" in message
+    assert message.count("gpt-4.1-mini") == 1  # one sentence lists the models
+    # It points at this line (the caller's), not at batchata_df's or polars' code.
+    assert caught[0].filename == __file__, caught[0].filename
     assert out["_status"].to_list() == ["completed"] * 40
     assert sql("SELECT sum(cost_usd) AS c FROM jobs", state)["c"].item() <= cap
     waiting = [s for s in snaps if s.cap_waiting]

@@ -180,12 +180,15 @@ def test_library_state_and_sink_with_glob_characters_resume_and_sql(
 
 
 def test_cli_dry_run_with_glob_characters_in_names(emu, tmp_path):
-    """`run IN OUT --dry-run` writes the plan under OUTPUT's name and sends nothing."""
-    _rows().write_parquet(tmp_path / "in[1].parquet")
+    """`run IN OUT --dry-run --plan FILE` writes the plan under FILE's name (never OUTPUT)
+    and sends nothing."""
+    _rows().write_parquet(tmp_path / "in.parquet")
     _rows(2).write_parquet(tmp_path / "p1.parquet")  # what `p[1].parquet` would match
-    r = _cli("run", "in[1].parquet", "p[1].parquet", "--model", "gpt-4.1-mini",
-             "--prompt", "Rate: {text}", "--dry-run", cwd=tmp_path)
+    r = _cli("run", "in.parquet", "o[1].parquet", "--model", "gpt-4.1-mini",
+             "--prompt", "Rate: {text}", "--dry-run", "--plan", "p[1].parquet", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "o[1].parquet").exists()
+    assert _read(tmp_path / "p1.parquet").height == 2  # not the glob's match
     plan = _read(tmp_path / "p[1].parquet")
     assert plan["id"].to_list() == list(range(N))
     assert plan["_status"].to_list() == ["planned"] * N
@@ -194,12 +197,14 @@ def test_cli_dry_run_with_glob_characters_in_names(emu, tmp_path):
 
 
 def test_library_dry_run_sink_with_glob_characters(emu, tmp_path):
-    """`batch_llm(lf, sink=..., dry_run=True)` returns the plan read back from the sink."""
+    """`batch_llm(lf, sink=..., dry_run=True)` returns the plan (from a file of its own:
+    the sink is never written by a dry run)."""
     plan = batch_llm(
         _rows().lazy(), schema=Item, model="gpt-4.1-mini", prompt="Rate: {text}",
         sink=tmp_path / "plan[1]*?.parquet", state=tmp_path / "s[1]", dry_run=True,
         progress=False,
     )
+    assert not (tmp_path / "plan[1]*?.parquet").exists()
     assert isinstance(plan, pl.LazyFrame)
     got = plan.collect()
     assert got["id"].to_list() == list(range(N))

@@ -101,6 +101,7 @@ def test_the_batch_window_sentence_only_when_the_shutdown_falls_inside_it(on, em
     on("2026-11-30")  # gpt-5-nano: 2026-12-11, 11 days away, beyond OpenAI's 24 h
     with pytest.warns(ModelShutdownWarning) as caught:
         ROWS.pipe(batch_llm, model="gpt-5-nano", prompt="{text}", state=tmp_path / "a")
+    assert caught[0].filename == __file__  # the caller's line, not batchata_df's or polars'
     assert [str(w.message) for w in caught] == [
         "model 'gpt-5-nano' is deprecated: OpenAI shuts it down on 2026-12-11 (in 11 days); "
         "use 'gpt-6-luna' instead (https://developers.openai.com/api/docs/deprecations)"

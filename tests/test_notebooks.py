@@ -33,12 +33,12 @@ EXPECTED = {
     ],
     "cost_control": [
         "dry run, nothing was sent. rows: 37 planned, 3 duplicate",
-        "cap $0.002: ",
+        "cap $0.003: ",
         "cancelled: cost_limit",
         "stopped (time_limit)",
         "cancelled: time_limit",
-        "gpt-5-mini",
-        "gemini-2.5-flash",
+        "gpt-6-luna",
+        "gemini-3.5-flash-lite",
     ],
     "long_runs": [
         "submit_failed",
@@ -135,3 +135,37 @@ def test_notebook_runs_against_the_emulator(name, executed):
     text = _text(nb)
     for expected in EXPECTED[name]:
         assert expected in text, expected
+
+
+_MODEL = r"(?<![\w.-])((?:gpt|o\d|claude|gemini)[\w.-]*)(?![\w.-])"
+
+
+def _example_code() -> list[tuple[str, str]]:
+    """(where, code) of every notebook code cell and every code block of the README."""
+    import re
+
+    out = []
+    for name in NOTEBOOKS:
+        nb = nbformat.read(FOLDER / f"{name}.ipynb", as_version=4)
+        out += [(f"{name}.ipynb", c.source) for c in nb.cells if c.cell_type == "code"]
+    readme = (FOLDER.parent / "README.md").read_text()
+    out += [("README.md", m) for m in re.findall(r"```(?:python|bash)\n(.*?)```", readme, re.S)]
+    return out
+
+
+def test_examples_teach_no_model_with_an_announced_shutdown():
+    """What a new user copies (the notebooks, the README's code) names models that stay:
+    none in SCHEDULED (announced shutdowns) or RETIRED, whatever the date."""
+    import re
+
+    from batchata_df.models import RETIRED, scheduled_shutdown
+
+    found = []
+    for where, code in _example_code():
+        code = re.sub(r"(^|\s)#.*", "", code)  # a comment may name a retired model
+        for model in set(re.findall(_MODEL, code)):
+            for provider in ("openai", "anthropic", "gemini"):
+                gone = any(p == provider and re.fullmatch(r, model) for p, r, *_ in RETIRED)
+                if gone or scheduled_shutdown(provider, model):
+                    found.append((where, model))
+    assert not found

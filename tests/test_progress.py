@@ -344,12 +344,13 @@ def test_a_collected_batchs_count_goes_when_its_rows_count(emu, quick_polls):
         max_parallel_batches=4, progress=callback,
     )
     assert out["_status"].to_list() == ["completed"] * 20, out["_error"].unique().to_list()
-    after_first = [s for s in seen if s.completed == 5 and s.batches.get("completed") == 1]
+    after_first = [s for s in seen if s.completed == 5 and s.batches.get("collected") == 1
+                   and "ended" not in s.batches]
     assert after_first, f"{[(s.completed, s.batches, s.in_flight_done) for s in seen]}"
     assert all(s.in_flight_done == 0 for s in after_first), [
         (s.batches, s.in_flight_done, s.activity) for s in after_first
     ]
-    ended_first = [s for s in seen if s.completed == 0 and s.batches.get("completed") == 1]
+    ended_first = [s for s in seen if s.completed == 0 and s.batches.get("ended") == 1]
     assert ended_first and all(s.in_flight_done == 5 for s in ended_first)
 
 
@@ -364,7 +365,7 @@ def test_anthropic_counts_only_at_the_end_as_documented(emu, quick_polls):
         batch_llm, schema=A, model="claude-haiku-4-5", prompt="{t}",
         progress=_advancing(emu, seen, 300.0),
     )
-    assert all(s.in_flight_done == 0 for s in seen if s.batches.get("in_progress"))
+    assert all(s.in_flight_done == 0 for s in seen if s.batches.get("running"))
     downloading = [s for s in seen if s.activity.startswith("downloading results")]
     assert downloading and all(
         (s.batches, s.in_flight_done, s.completed) == ({"ended": 1}, 5, 0) for s in downloading
@@ -380,8 +381,8 @@ def test_interrupted_run_reports_stop_and_cancelled_counts(emu, quick_polls):
         seen.append(s)
         if s.phase != "running" or s.stop_reason or not s.batches:
             return
-        if s.batches.get("in_progress"):
-            emu.advance(400.0)  # about half of each running batch is done
+        if s.in_flight_done:
+            emu.advance(300.0)  # about half of each running batch is done
             signal.raise_signal(signal.SIGINT)  # Ctrl+C, once
         else:
             emu.advance(100.0)  # through OpenAI's validating phase (10% of the latency)
@@ -404,3 +405,38 @@ def test_interrupted_run_reports_stop_and_cancelled_counts(emu, quick_polls):
         f"stopped (interrupted) after {outcome_line(final).split(' after ')[1].split(':')[0]}: "
         f"{final.completed} of 40 jobs completed, 0 failed, {final.cancelled} cancelled"
     )
+
+
+def test_a_wait_false_panel_says_submitted_not_finished(emu, tmp_path):
+    emu.configure(latency=1000.0)
+    out = io.StringIO()
+    display = ProgressDisplay("lines", stream=out, min_interval_s=0.0)
+    pl.DataFrame({"t": [str(i) for i in range(6)]}).pipe(
+        batch_llm, schema=A, model="gpt-4.1-mini", prompt="{t}", state=tmp_path / "s",
+        wait=False, progress=display,
+    )
+    last = out.getvalue().splitlines()[-1]
+    assert last.startswith("submitted, not waited for (wait=False), after "), last
+    assert "0 of 6 jobs completed, 0 failed, 0 cancelled, 6 pending; call again with the " \
+        "same state= to collect them" in last
+    assert "finished" not in last
+
+
+def test_a_resumed_calls_panel_shows_its_own_cost_beside_the_folders(emu, tmp_path):
+    state = tmp_path / "s"
+    rows = pl.DataFrame({"t": [f"question {i}" for i in range(4)]})
+    first = rows.head(2).pipe(batch_llm, schema=A, model="gpt-4.1-mini", prompt="{t}",
+                              state=state)
+    before = emu.billing()
+    seen: list[ProgressSnapshot] = []
+    second = rows.pipe(batch_llm, schema=A, model="gpt-4.1-mini", prompt="{t}", state=state,
+                       progress=seen.append)
+    final = seen[-1]
+    earlier = float(first["_cost_usd"].sum())
+    assert final.earlier_cost_usd == pytest.approx(earlier) and earlier > 0
+    assert final.cost_usd == pytest.approx(float(second["_cost_usd"].sum()))
+    this_call = float(second["_cost_usd"].tail(2).sum())
+    assert len(emu.billing()) == len(before) + 2  # the new rows billed, the old ones not again
+    line = format_line(final, max_cost_usd=None)
+    assert f"cost {usd(this_call)} this call; {usd(final.cost_usd)} with earlier calls' " \
+        "answers" in line, line

@@ -311,3 +311,156 @@ def test_short_jobs_are_planned_without_the_tokenizer(monkeypatch: pytest.Monkey
     longer = jobs.with_columns(pl.col("prompt").str.replace("^x{523}$", "x" * 524))
     with pytest.raises(AssertionError, match="estimate_tokens called"):
         caching.cache_plan(longer, "openai", "gpt-4.1-mini")
+
+
+# -- a row whose whole prompt is the shared prefix (review of session 16) -----------------
+# Row A asks exactly PREFIX, row B asks PREFIX + a question. Marking only row B paid a
+# cache write (1.25x) that nothing read. Row A's whole prompt is the prefix: it carries
+# cache_control on its one text block ("everything up to and including that block",
+# https://docs.claude.com/en/docs/build-with-claude/prompt-caching), so whichever of the
+# two runs first writes and the other reads, in any order a batch runs them.
+
+WHOLE = pl.DataFrame({"text": [PREFIX, "An unrelated note.", PREFIX + "what is it?"]})
+
+
+def _whole_run(emu, model: str, state: Path, **kwargs: Any) -> pl.DataFrame:
+    emu.configure(log_bodies=True)
+    emu.clear_log()
+    billed_before = len(emu.billing())
+    out = WHOLE.pipe(
+        batch_llm, model=model, prompt="{text}", state=state, params={"max_tokens": 3000},
+        **kwargs,
+    )  # fmt: skip
+    assert out["_status"].to_list() == ["completed"] * 3, out["_error"].to_list()
+    assert out["text"].to_list() == WHOLE["text"].to_list()
+    billed = [e["custom_id"] for e in emu.billing()[billed_before:]]
+    assert sorted(billed) == sorted(out["_job_id"].to_list())  # each row billed once
+    return out
+
+
+def test_anthropic_marks_a_prompt_that_is_all_shared_prefix(emu, tmp_path: Path) -> None:
+    model = "claude-sonnet-4-6"
+    out = _whole_run(emu, model, tmp_path / "cached")
+    (create,) = _posts(emu, "/messages/batches")
+    requests = create["body"]["requests"]
+    ids = out["_job_id"].to_list()
+    assert [r["custom_id"] for r in requests] == [ids[0], ids[2], ids[1]]  # A, B together
+    mark = {"type": "ephemeral"}
+    assert requests[0]["params"]["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": PREFIX, "cache_control": mark}]}
+    ]
+    assert requests[1]["params"]["messages"] == [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": PREFIX, "cache_control": mark},
+                {"type": "text", "text": "what is it?"},
+            ],
+        }
+    ]
+    assert isinstance(requests[2]["params"]["messages"][0]["content"], str)
+    rows = _check_billing(out, tmp_path / "cached", "anthropic", model)
+    by_id = {r["_job_id"]: r for r in rows.iter_rows(named=True)}
+    prefix_tokens = len(PREFIX) // 4  # as the emulator counts
+    assert [by_id[ids[i]]["cache_write_tokens"] for i in (0, 2)] == [prefix_tokens, 0]
+    assert [by_id[ids[i]]["cached_tokens"] for i in (0, 2)] == [0, prefix_tokens]
+    assert sum(r["cache_saved_usd"] for r in by_id.values()) > 0
+    _plain_run_costs_more_by_the_saving_whole(emu, tmp_path, model, out["_cost_usd"].sum())
+
+
+def _plain_run_costs_more_by_the_saving_whole(
+    emu, tmp_path: Path, model: str, cached: float
+) -> None:
+    plain = _whole_run(emu, model, tmp_path / "plain", prompt_caching=False)
+    assert plain["_cost_usd"].sum() > cached
+    assert _usage(tmp_path / "cached")["cache_saved_usd"].sum() > 0
+
+
+def test_anthropic_whole_prompt_mark_read_in_either_order(emu, tmp_path: Path) -> None:
+    """The longer row sent first: it writes the prefix, the whole-prompt row reads it."""
+    model = "claude-sonnet-4-6"
+    emu.configure(log_bodies=True)
+    first = pl.DataFrame({"text": [PREFIX + "what is it?"]}).pipe(
+        batch_llm, model=model, prompt="{text}", state=tmp_path / "s"
+    )
+    second = pl.DataFrame({"text": [PREFIX, PREFIX + "and where?"]}).pipe(
+        batch_llm, model=model, prompt="{text}", state=tmp_path / "s2"
+    )
+    assert first["_status"].to_list() == ["completed"]
+    assert second["_status"].to_list() == ["completed"] * 2
+    usage = _usage(tmp_path / "s2")
+    # the one-row run marked nothing (nobody to share with); the two rows of the second
+    # run share PREFIX: one writes it, the other reads it.
+    assert sorted(usage["cache_write_tokens"].to_list()) == [0, len(PREFIX) // 4]
+    assert sorted(usage["cached_tokens"].to_list()) == [0, len(PREFIX) // 4]
+
+
+def test_openai_gives_a_prompt_that_is_all_shared_prefix_the_key(emu, tmp_path: Path) -> None:
+    model = "gpt-4.1-mini"
+    out = _whole_run(emu, model, tmp_path / "cached")
+    (upload,) = _posts(emu, "/files")
+    lines = upload["lines"]
+    ids = out["_job_id"].to_list()
+    assert [line["custom_id"] for line in lines] == [ids[0], ids[2], ids[1]]
+    keys = [line["body"].get("prompt_cache_key") for line in lines]
+    assert keys[0] is not None and keys[0] == keys[1] and keys[2] is None
+    rows = _check_billing(out, tmp_path / "cached", "openai", model)
+    by_id = {r["_job_id"]: r for r in rows.iter_rows(named=True)}
+    shared = tokens.estimate_tokens(pl.Series([PREFIX]), "openai", model).item()
+    step = 1024 + (shared - 1024) // 128 * 128
+    assert [by_id[ids[i]]["cached_tokens"] for i in (0, 2)] == [0, step]
+
+
+def test_gemini_sends_a_prompt_that_is_all_shared_prefix_next_to_its_sharer(
+    emu, tmp_path: Path
+) -> None:
+    model = "gemini-2.5-flash"
+    out = _whole_run(emu, model, tmp_path / "cached")
+    (create,) = _posts(emu, f"/models/{model}:batchGenerateContent")
+    requests = create["body"]["batch"]["inputConfig"]["requests"]["requests"]
+    ids = out["_job_id"].to_list()
+    assert [r["metadata"]["key"] for r in requests] == [ids[0], ids[2], ids[1]]
+    rows = _check_billing(out, tmp_path / "cached", "gemini", model)
+    by_id = {r["_job_id"]: r for r in rows.iter_rows(named=True)}
+    assert [by_id[ids[i]]["cached_tokens"] for i in (0, 2)] == [0, len(PREFIX) // 4]
+
+
+_words = st.sampled_from(["alpha ", "beta ", "gamma\n", "delta", " ", "x" * 300 + " "])
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    prompts=st.lists(st.lists(_words, max_size=6).map("".join), min_size=1, max_size=7),
+    provider_model=st.sampled_from(
+        [("openai", "gpt-4.1-mini"), ("anthropic", "claude-opus-5"), ("gemini", "gemini-2.5-flash")]
+    ),
+    minimum=st.integers(1, 60),
+)
+def test_every_marked_prefix_is_marked_on_a_second_job(
+    prompts: list[str], provider_model: tuple[str, str], minimum: int
+) -> None:
+    """No job pays for a prefix no other job marks: each key (and each marked prompt
+    part) is carried by at least two jobs, all with the same marked text."""
+    provider, model = provider_model
+    jobs = pl.DataFrame(
+        {"job_id": [f"j{i}" for i in range(len(prompts))], "system": [None] * len(prompts),
+         "prompt": prompts},
+        schema={"job_id": pl.String, "system": pl.String, "prompt": pl.String},
+    )  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(caching, "min_cacheable_tokens", lambda p, m: minimum)
+        plan = caching.cache_plan(jobs, provider, model)
+    marked: dict[str, set[str]] = {}
+    counts: dict[str, int] = {}
+    for r in plan.iter_rows(named=True):
+        if r["cache_split"] is not None:
+            assert r["cache_key"] is not None
+            assert 0 < r["cache_split"] <= len(r["prompt"])
+            marked.setdefault(r["cache_key"], set()).add(r["prompt"][: r["cache_split"]])
+        if r["cache_key"] is not None:
+            counts[r["cache_key"]] = counts.get(r["cache_key"], 0) + 1
+    assert all(n >= 2 for n in counts.values()), plan
+    assert all(len(texts) == 1 for texts in marked.values()), plan
+    for key in marked:  # every job of a key marks its prompt part
+        rows = plan.filter(pl.col("cache_key") == key)
+        assert rows.get_column("cache_split").null_count() == 0, plan

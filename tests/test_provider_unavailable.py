@@ -73,8 +73,10 @@ def test_creates_refused_end_unsent_rows_cancelled_with_the_reason_and_warn(
     provider, emu, tmp_path
 ):
     down(emu, "POST", ROUTES[provider][1])
-    with pytest.warns(ProviderUnavailableWarning, match=r"^4 rows .*0 pending.*4 cancelled"):
+    with pytest.warns(ProviderUnavailableWarning, match=r"^4 rows .*0 pending.*4 cancelled") \
+            as caught:
         out = run(provider, tmp_path / "s", provider_patience=0.5)
+    assert caught[0].filename == __file__  # run() here calls batch_llm: its line
     assert out["_status"].to_list() == ["cancelled"] * 4
     assert out["_error"].str.starts_with("cancelled: provider_unavailable: ").all()
     assert out["_error"].str.contains("503").all(), out["_error"][0]

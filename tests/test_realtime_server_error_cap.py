@@ -11,6 +11,7 @@ those attempts. The emulator's billing ledger is the judge.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import subprocess
@@ -21,11 +22,13 @@ from typing import Any
 import polars as pl
 import pytest
 from click.testing import CliRunner
+from rich.console import Console
 
 import batchata_df.engine.realtime as realtime_module
 from batchata_df import batch_llm, query
 from batchata_df.cli import cli
 from batchata_df.engine.clock import FakeClock
+from batchata_df.progress import make_display
 from batchata_df.state import lost_usd, spent_usd
 
 PATHS = {"openai": r"/chat/completions$", "anthropic": r"/v1/messages$",
@@ -136,12 +139,16 @@ def test_without_a_cap_the_5xx_attempts_are_still_recorded(emu, tmp_path, clock)
     emu.inject_fault(path_regex=PATHS["openai"], method="POST", status=500, when="after",
                      times=None)  # fmt: skip
     state = tmp_path / "state"
+    seen: list[Any] = []
     out = batch_llm(pl.DataFrame({"text": TEXTS[:2]}), model=MODELS["openai"],
-                    mode="realtime", state=str(state), **KW)  # fmt: skip
+                    mode="realtime", state=str(state),
+                    **{**KW, "progress": seen.append})  # fmt: skip
     assert out["_status"].to_list() == ["failed", "failed"]
     assert out["_error"].str.ends_with("(4 attempts)").all()
     assert len(emu.billing()) == 8
     assert query.lost_requests(str(state)).height == 8
+    # The progress counts all 8 (3 retried and the last of each row), none with a worst case.
+    assert (seen[-1].unknown_billed, seen[-1].unknown_billed_unpriced) == (8, 8)
 
 
 def _cli_run(tmp_path: Path, *extra: str) -> tuple[str, Path]:
@@ -214,3 +221,34 @@ def test_the_cli_summary_of_an_uncapped_run_says_the_5xx_attempt_cost_is_unknown
     assert len(emu.billing()) == 4
     # n_lost, n_without_worst_case, worst_case_usd (null: none recorded, not $0.0), ...
     assert _status_row(state)[2:5] == ["1", "1", "null"]
+
+
+@pytest.mark.parametrize("cap", [1.0, None], ids=["capped", "uncapped"])
+def test_the_progress_shows_the_5xx_attempts_beside_the_cost(emu, tmp_path, clock, cap) -> None:
+    # The frame's costs are the 3 answers; a 4th request was billed before its 502. The
+    # progress said "cost $<answers>" alone; it now adds the attempt at the worst case the
+    # cap counts for it (recorded in the folder), or "an unknown amount" without one.
+    emu.inject_fault(path_regex=PATHS["openai"], method="POST", status=502, when="after",
+                     times=1)  # fmt: skip
+    state = tmp_path / "state"
+    seen: list[Any] = []
+    out = batch_llm(pl.DataFrame({"text": TEXTS[:3]}), model=MODELS["openai"],
+                    mode="realtime", concurrency=1, max_cost_usd=cap, state=str(state),
+                    **{**KW, "progress": seen.append})  # fmt: skip
+    assert out["_status"].to_list() == ["completed"] * 3 and len(emu.billing()) == 4
+    last = seen[-1]
+    assert last.unknown_billed == 1
+    assert last.cost_usd == pytest.approx(out["_cost_usd"].sum())
+    recorded = query.lost_requests(str(state))["est_cost_usd"]
+    if cap is None:
+        assert recorded.null_count() == 1
+        assert (last.unknown_billed_unpriced, last.unknown_billed_usd) == (1, 0.0)
+        said = "plus an unknown amount for 1 attempt answered 5xx or lost"
+    else:
+        assert last.unknown_billed_usd == pytest.approx(lost_usd(state)) and lost_usd(state) > 0
+        assert last.unknown_billed_usd == pytest.approx(float(recorded.sum()))
+        said = "plus up to $"
+    out_text = io.StringIO()
+    show = make_display(max_cost_usd=cap, console=Console(file=out_text, width=200))
+    show(last)
+    assert said in out_text.getvalue() and "(possibly billed)" in out_text.getvalue()

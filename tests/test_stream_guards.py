@@ -252,9 +252,15 @@ def test_a_sink_that_is_a_link_writes_the_file_it_names_and_the_link_stays(
     pl.DataFrame({"old": [1]}).write_parquet(target)
     (tmp_path / "hop.parquet").symlink_to(target)  # a link to a link: followed to the end
     link.symlink_to("hop.parquet")
+    before = target.read_bytes()
     out = batch_llm(lf, state=tmp_path / "st", sink=link, chunk_rows=3, dry_run=dry_run, **KW)  # type: ignore[arg-type]
     assert link.is_symlink() and os.readlink(link) == "hop.parquet"
     assert (tmp_path / "hop.parquet").is_symlink()
+    if dry_run:  # a dry run writes no sink: the plan is a file of its own
+        assert target.read_bytes() == before
+        assert out.collect()["text"].to_list() == ["a", "b", "c", "d"]
+        assert sorted(p.name for p in target.parent.iterdir()) == ["table.parquet"]
+        return
     got = pl.read_parquet(target)
     assert got["text"].to_list() == ["a", "b", "c", "d"]
     assert out.collect().equals(got) and pl.read_parquet(link).equals(got)

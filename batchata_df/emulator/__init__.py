@@ -42,9 +42,34 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from batchata_df.emulator.server import FaultAction
 
-__all__ = ["Emulator", "EmulatorError"]
+__all__ = ["Emulator", "EmulatorError", "env_for"]
 
 _READY_PREFIX = b"batchata-df emulator listening on "
+
+
+def env_for(url: str) -> dict[str, str]:
+    """Environment variables that point all three SDKs at the emulator serving ``url``.
+
+    The base URLs the SDKs read (``/openai/v1``, ``/anthropic``, ``/gemini``), keys the
+    emulator takes (never a real one: the SDKs refuse to start without a key), and
+    ``NO_PROXY`` so that a proxy set for the internet is not asked for 127.0.0.1.
+    :meth:`Emulator.env` and ``batchata-df emulator`` (which prints them as ``export``
+    lines) both give these.
+
+    Examples
+    --------
+    >>> env_for("http://127.0.0.1:8765")["OPENAI_BASE_URL"]
+    'http://127.0.0.1:8765/openai/v1'
+    """
+    return {
+        "OPENAI_BASE_URL": url + "/openai/v1",
+        "OPENAI_API_KEY": "sk-emulator",
+        "ANTHROPIC_BASE_URL": url + "/anthropic",
+        "ANTHROPIC_API_KEY": "sk-ant-emulator",
+        "GOOGLE_GEMINI_BASE_URL": url + "/gemini",
+        "GEMINI_API_KEY": "emulator-key",
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
 
 
 class EmulatorError(RuntimeError):
@@ -137,7 +162,15 @@ class Emulator:
             self.cancel_unfinished,
             "--exit-with-parent",  # the server stops itself if this process is killed
         ]
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env)
+        # Its own session, so a signal to this process's group does not reach it: Jupyter's
+        # Kernel -> Interrupt is os.killpg(kernel's group, SIGINT) (jupyter_client 8.10
+        # provisioning/local_provisioner.py, LocalProvisioner.send_signal), and an emulator
+        # started in a notebook died with the interrupted cell. --exit-with-parent still
+        # stops it with this process: it watches its parent pid, not its group.
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env,
+            start_new_session=os.name == "posix",
+        )
         self._proc = proc
         self._finalizer = weakref.finalize(self, _terminate, proc)
         try:
@@ -254,15 +287,7 @@ class Emulator:
         ...     sorted(emu.env())[:3]
         ['ANTHROPIC_API_KEY', 'ANTHROPIC_BASE_URL', 'GEMINI_API_KEY']
         """
-        return {
-            "OPENAI_BASE_URL": self.openai_base_url,
-            "OPENAI_API_KEY": "sk-emulator",
-            "ANTHROPIC_BASE_URL": self.anthropic_base_url,
-            "ANTHROPIC_API_KEY": "sk-ant-emulator",
-            "GOOGLE_GEMINI_BASE_URL": self.gemini_base_url,
-            "GEMINI_API_KEY": "emulator-key",
-            "NO_PROXY": "127.0.0.1,localhost",
-        }
+        return env_for(self.url)
 
     @contextlib.contextmanager
     def environ(self) -> Iterator[dict[str, str]]:
@@ -417,11 +442,13 @@ class Emulator:
             clean end of a shorter body); ``"corrupt"`` sends the whole answer with bytes
             that are never UTF-8 inside its first answer text (a result file's first
             line, a realtime answer, a streamed answer's first ``text_delta``, a Gemini
-            batch's inline results: complete JSON, not UTF-8).
+            batch's inline results: complete JSON, not UTF-8); ``"corrupt_id"`` puts
+            them inside the first result id (``custom_id``, Gemini's ``key``) instead: a
+            line that matches no request.
         when
             ``"after"`` lets the request take effect (e.g. the batch *is* created) and
             then replaces the answer: the "provider accepted, client never heard" case.
-            ``None``: ``"after"`` for the cuts and ``"corrupt"`` (which answer first and
+            ``None``: ``"after"`` for the cuts and the corruptions (which answer first and
             refuse ``"before"``), else ``"before"``.
         echo_key
             Echo the request's credential in the error, as some gateways do: the default

@@ -1,7 +1,8 @@
 """Run the emulator: ``python -m batchata_df.emulator --port N [--latency S]``.
 
 Prints exactly one line, ``batchata-df emulator listening on http://127.0.0.1:PORT``, once
-the socket accepts connections, then serves until SIGTERM or SIGINT (or, with
+the socket accepts connections (``batchata-df emulator`` adds the ``export`` lines that
+point a run at it), then serves until SIGTERM or SIGINT (or, with
 ``--exit-with-parent``, until the process that started it is gone).
 """
 
@@ -46,8 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, show_env: bool = False) -> int:
     """Start the server and block until SIGTERM/SIGINT; return the exit code.
+
+    With ``show_env`` (``batchata-df emulator``), the ready line is followed by the
+    ``export`` lines that point a run at it (:func:`batchata_df.emulator.env_for`); a
+    parent that reads only the ready line (:class:`~batchata_df.emulator.Emulator`) runs
+    without it.
 
     Examples
     --------
@@ -77,6 +83,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     server.start_in_thread()
     print(f"batchata-df emulator listening on {server.url}", flush=True)
+    if show_env:
+        from batchata_df.emulator import env_for
+
+        lines = [f"export {k}={v}" for k, v in env_for(server.url).items()]
+        print(
+            "Point batchata-df (and the OpenAI, Anthropic and Gemini SDKs) at it: run these\n"
+            "in the shell that runs batchata-df (emulator keys, not real ones; Ctrl+C stops\n"
+            "the emulator):\n  " + "\n  ".join(lines),
+            flush=True,
+        )
     # Nothing else goes to stdout: a parent that read the ready line from a pipe need
     # not drain it, and a stray print can never fill the pipe and block the server.
     with contextlib.suppress(OSError, ValueError):

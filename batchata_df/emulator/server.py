@@ -46,7 +46,9 @@ Control endpoints (no auth, never logged)
     early without an error. ``"corrupt"`` sends the whole answer with two bytes that are
     never UTF-8 (hex ``ff fe``) inside its first answer text (:func:`corrupted`; a result
     file's first line, a realtime answer, a stream's first ``text_delta``, a Gemini batch
-    resource's inline results): complete JSON lines, not UTF-8. All three answer the
+    resource's inline results): complete JSON lines, not UTF-8. ``"corrupt_id"`` puts
+    them inside the first result id instead (``custom_id``, Gemini's ``key``:
+    :func:`corrupted_id`), so that the line matches no request. All four answer the
     request first, so they are ``when="after"`` (their default; an explicit ``"before"``
     is refused), and ``delay_ms`` waits before the answer is sent.
     ``echo_key`` makes the error echo the request's credential (the ``Authorization``,
@@ -629,11 +631,11 @@ class BlobStore:
     close = clear
 
 
-FaultAction = Literal["error", "disconnect", "cut", "cut_clean", "corrupt"]
+FaultAction = Literal["error", "disconnect", "cut", "cut_clean", "corrupt", "corrupt_id"]
 """What an injected fault does (see the module docstring)."""
 CUT_ACTIONS: Final = frozenset({"cut", "cut_clean"})
 """The fault actions that answer the request and then break its body off."""
-ANSWERING_ACTIONS: Final = CUT_ACTIONS | {"corrupt"}
+ANSWERING_ACTIONS: Final = CUT_ACTIONS | {"corrupt", "corrupt_id"}
 """The fault actions that answer the request first and then damage its answer."""
 NOT_UTF8: Final = b"\xff\xfe"
 """The bytes the ``corrupt`` action puts into an answer: neither can occur in UTF-8."""
@@ -642,6 +644,31 @@ _ANSWER_STRING = re.compile(rb'"(?:text|content)"\s*:\s*"(?=[^"])')
 protocols: OpenAI's ``message.content``, Anthropic's ``content[].text`` (a streamed
 answer's ``text_delta.text``), Gemini's ``parts[].text``."""
 _ANY_STRING = re.compile(rb':\s*"')
+
+
+_ID_STRING = re.compile(rb'"(?:custom_id|key)"\s*:\s*"(?=[^"])')
+"""Where a result's id starts: OpenAI's and Anthropic's ``custom_id``, Gemini's ``key``
+(a result file's line, or ``metadata.key`` of a batch resource's inline results)."""
+
+
+def corrupted_id(body: bytes) -> bytes:
+    r"""``body`` with :data:`NOT_UTF8` put inside its first result id (fault ``corrupt_id``).
+
+    Right after the opening quote of the first ``custom_id`` or ``key`` string value:
+    the line is complete JSON, not UTF-8, and its id, read with the damaged bytes
+    replaced, is no request's. A body without one is returned as it is.
+
+    Examples
+    --------
+    >>> corrupted_id(b'{"custom_id":"a","text":"hi"}\n{"custom_id":"b"}\n')
+    b'{"custom_id":"\xff\xfea","text":"hi"}\n{"custom_id":"b"}\n'
+    >>> corrupted_id(b'{"metadata": {"key": "j1"}}')
+    b'{"metadata": {"key": "\xff\xfej1"}}'
+    """
+    found = _ID_STRING.search(body)
+    if found is None:
+        return body
+    return body[: found.end()] + NOT_UTF8 + body[found.end() :]
 
 
 def corrupted(body: bytes) -> bytes:
@@ -759,7 +786,8 @@ def _parse_fault(spec: Mapping[str, Any], fault_id: int) -> Fault:
     action = spec.get("action", "error")
     if action not in ("error", "disconnect", *sorted(ANSWERING_ACTIONS)):
         msg = (
-            "action must be 'error', 'disconnect', 'cut', 'cut_clean' or 'corrupt', "
+            "action must be 'error', 'disconnect', 'cut', 'cut_clean', 'corrupt' or "
+            "'corrupt_id', "
             f"got {action!r}"
         )
         raise ValueError(msg)
@@ -769,7 +797,7 @@ def _parse_fault(spec: Mapping[str, Any], fault_id: int) -> Fault:
         msg = f"when must be 'before' or 'after', got {when!r}"
         raise ValueError(msg)
     if action in ANSWERING_ACTIONS and when != "after":
-        what = "damages" if action == "corrupt" else "sends half of"
+        what = "damages" if action.startswith("corrupt") else "sends half of"
         msg = (
             f"action {action!r} {what} the request's own answer, so the request runs "
             f"first: when must be 'after' (the default for {action!r}), got {when!r}; use "
@@ -1120,14 +1148,15 @@ class EmulatorCore:
                     time.sleep(fault.delay_ms / 1000)
                 kind = CleanCutResponse if fault.action == "cut_clean" else CutResponse
                 response = kind(response.status, response.headers, response.body)
-            elif fault is not None and fault.action == "corrupt":
+            elif fault is not None and fault.action in ("corrupt", "corrupt_id"):
                 if fault.delay_ms:
                     time.sleep(fault.delay_ms / 1000)
                 body = response.body
                 whole = bytes(body) if isinstance(body, bytes | bytearray) else b"".join(body)
                 headers = {k: v for k, v in response.headers.items()
                            if k.lower() != "content-length"}  # fmt: skip
-                response = Response(response.status, headers, corrupted(whole))
+                damage = corrupted if fault.action == "corrupt" else corrupted_id
+                response = Response(response.status, headers, damage(whole))
             elif fault is not None:
                 response = self._fault_response(fault, app, request)
         self._record(request, app, response, fault)

@@ -18,6 +18,7 @@ from batchata_df.engine.run import (
     InFlightBatch,
     RunContext,
     RunState,
+    batch_word,
     failpoint,
     report,
 )
@@ -31,8 +32,12 @@ __all__ = [
     "THINKING_ADVICE",
     "TRUNCATED_ADVICE",
     "Collector",
+    "UNMATCHED_PREFIX",
     "holds_any",
+    "outcomes_and_unmatched",
     "outcomes_to_events",
+    "unmatched_events",
+    "unmatched_note",
 ]
 
 RESULTS_UNUSABLE = "results_unusable"
@@ -69,6 +74,33 @@ def outcomes_to_events(
 ) -> pl.DataFrame:
     """Turn a finished batch's provider results into terminal job events.
 
+    :func:`outcomes_and_unmatched` without the result lines that matched no member.
+    """
+    events, _ = outcomes_and_unmatched(
+        members, results, poll, spec, cancel_reason=cancel_reason, provider=provider,
+        model=model, keep_decoded=keep_decoded,
+    )  # fmt: skip
+    return events
+
+
+def outcomes_and_unmatched(
+    members: pl.DataFrame,
+    results: pl.DataFrame,
+    poll: BatchPoll,
+    spec: RequestSpec,
+    *,
+    cancel_reason: str | None = None,
+    provider: str | None = None,
+    model: str | None = None,
+    keep_decoded: bool = False,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Turn a finished batch's provider results into terminal job events.
+
+    Also returns the result lines whose id is none of ``members`` (or null) and that carry
+    usage: billed lines no row can be given (an id damaged on its way: a byte not UTF-8
+    inside it reads as U+FFFD). Seen only when not every line met a member: results
+    lined up with the members, or as many matched as there are lines, cost nothing more.
+
     With ``keep_decoded``, a :data:`~batchata_df.schema.DECODED` column is added when the
     validation decoded the answers anyway (:meth:`AnswerSchema.validate_decoded`): each
     completed answer decoded, so that the output need not decode it again.
@@ -98,6 +130,12 @@ def outcomes_to_events(
         joined = pl.concat([ids, results.drop("job_id").rechunk()], how="horizontal")
     else:
         joined = ids.join(results, on="job_id", how="left")
+    unmatched = results.clear()
+    # Each line has an outcome: as many outcomes joined as lines means every line met one.
+    if not aligned and joined.get_column("outcome").count() != results.height:
+        unmatched = results.join(ids, on="job_id", how="anti").filter(
+            pl.col("input_tokens").is_not_null() | pl.col("output_tokens").is_not_null()
+        )
     for optional in ("citations", "response"):  # results built without optional columns
         if optional not in joined.columns:
             joined = joined.with_columns(pl.lit(None, dtype=pl.String).alias(optional))
@@ -189,7 +227,7 @@ def outcomes_to_events(
         .then(pl.col("verr"))
         .otherwise(pl.col("error"))
     )
-    return joined.select(
+    events = joined.select(
         "job_id",
         status.alias("status"),
         error.alias("error"),
@@ -210,6 +248,80 @@ def outcomes_to_events(
             if decoded is None
             else [pl.when(status == "completed").then(pl.col(DECODED)).alias(DECODED)]
         ),
+    )
+    return events, unmatched
+
+
+UNMATCHED_PREFIX = "unmatched:"
+"""Job ids of billed result lines no row could be given: ``unmatched:<batch_key>:<n>``
+(never a row's id: those are hex digests). Their usage and cost count as spent."""
+
+
+def unmatched_events(
+    unmatched: pl.DataFrame, *, batch_key: str, provider_batch_id: str
+) -> pl.DataFrame:
+    """Terminal events keeping the usage of billed result lines that matched no row.
+
+    One ``failed`` event per line (:data:`UNMATCHED_PREFIX` ids, ``mode`` batch), its
+    tokens and text kept: the provider billed it, so the cost computed from them counts
+    under ``max_cost_usd`` and in ``batchata-df status`` / ``sql`` like any other answer's.
+
+    Examples
+    --------
+    >>> line = pl.DataFrame({"job_id": ["a\ufffd1"], "error": [None], "text": ["hi"],
+    ...     "input_tokens": [12], "output_tokens": [3], "cached_tokens": [0],
+    ...     "cache_write_tokens": [0], "reasoning_tokens": [0]})
+    >>> ev = unmatched_events(line, batch_key="k", provider_batch_id="batch_1")
+    >>> ev.select("job_id", "status", "input_tokens", "raw").row(0)
+    ('unmatched:k:0', 'failed', 12, 'hi')
+    >>> ev["error"][0][:60]
+    'unmatched_result: a result line of batch batch_1 carried the'
+    """
+    ids = [f"{UNMATCHED_PREFIX}{batch_key}:{i}" for i in range(unmatched.height)]
+    seen = pl.col("job_id").fill_null("(none)")
+    line_error = pl.col("error")
+    message = pl.concat_str(
+        [
+            pl.lit(f"unmatched_result: a result line of batch {provider_batch_id} carried the id "),
+            pl.lit("'"), seen, pl.lit("'"),
+            pl.lit(
+                ", which is none of the batch's requests (damaged on its way?); the provider "
+                "billed it, so its usage is kept here and counted as spent (max_cost_usd, "
+                "batchata-df status, sql). The request it answered ended missing_result"
+            ),
+            pl.when(line_error.is_not_null())
+            .then(pl.concat_str([pl.lit(" (the line's own error: "), line_error, pl.lit(")")]))
+            .otherwise(pl.lit("")),
+        ]
+    )  # fmt: skip
+    usage = ["input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens",
+             "reasoning_tokens"]  # fmt: skip
+    return unmatched.select(
+        pl.Series("job_id", ids, dtype=pl.String),
+        pl.lit("failed").alias("status"),
+        message.alias("error"),
+        *usage,
+        pl.col("text").alias("raw"),
+        *([pl.col("response")] if "response" in unmatched.columns else []),
+        pl.lit("batch").alias("mode"),
+    )
+
+
+def unmatched_note(events: pl.DataFrame, n_unmatched: int, batch_key: str) -> pl.DataFrame:
+    """``events`` with each ``missing_result`` saying which billed lines matched no row."""
+    if not n_unmatched:
+        return events
+    lines = "1 result line" if n_unmatched == 1 else f"{n_unmatched} result lines"
+    note = (
+        "missing_result: the provider returned no result under this request's id, and "
+        f"{lines} of its batch carried an id that is no request's (damaged on its way?): "
+        f"their usage is kept under job id {UNMATCHED_PREFIX}{batch_key}:<n> and counted as "
+        "spent, since one may be this request's answer. retry_failed=True sends it again "
+        "(max_cost_usd counts both)"
+    )
+    missing = pl.col("error").str.starts_with("missing_result:").fill_null(False)
+    return events.with_columns(
+        pl.when(missing).then(pl.lit(note)).otherwise(pl.col("error")).alias("error")
     )
 
 
@@ -298,7 +410,7 @@ class Collector:
         if poll.state is ProviderState.RUNNING:
             # An ended batch is reachable only once its results download too.
             self._reachable(batch)
-        self.state.batch_status[batch.batch_key] = poll.provider_status
+        self.state.batch_status[batch.batch_key] = batch_word(poll, batch)
         # Kept after the batch ends, until its rows count completed/failed/cancelled
         # (Ledger.terminal drops it then): dropped at the end instead, the display's done
         # count went back while the results downloaded. Never lower than a count seen.
@@ -365,7 +477,13 @@ class Collector:
                 # Given up for this call (past the patience): its rows stay pending.
                 return self.ctx.options.wait and batch.batch_key in self.state.unavailable
             self._reachable(batch)
-            if results.height and not holds_any(results.get_column("job_id"), batch.job_ids):
+            got = results.get_column("job_id")
+            # An id with a damaged byte (U+FFFD as read) is no one's: not another batch's.
+            if (
+                results.height
+                and not holds_any(got, batch.job_ids)
+                and not got.str.contains("\ufffd", literal=True).any()
+            ):
                 # Adopted after a crash by size and time alone (Anthropic), and it is not
                 # ours: forget it; its jobs go back to the queue of the next call.
                 self.ledger.batch(
@@ -376,7 +494,7 @@ class Collector:
                 self.state.release(batch.reserved)
                 self.state.in_flight_finished.pop(batch.batch_key, None)  # not ours
                 return True
-        events = outcomes_to_events(
+        events, unmatched = outcomes_and_unmatched(
             pl.DataFrame({"job_id": batch.job_ids}),
             results,
             poll,
@@ -388,6 +506,7 @@ class Collector:
             # the final states (StateStore.record_jobs), if it keeps them.
             keep_decoded=self.ctx.store.recording,
         )
+        events = unmatched_note(events, unmatched.height, batch.batch_key)
         actual = self.ledger.terminal(
             events,
             batch_key=batch.batch_key,
@@ -395,6 +514,20 @@ class Collector:
             model=batch.model,
             provider_batch_id=batch.provider_batch_id,
         )
+        if unmatched.height:
+            # Billed lines no row can be given: their cost counts as spent all the same
+            # (kept under their own ids; not rows of this call, so not counted as done).
+            actual += self.ledger.terminal(
+                unmatched_events(
+                    unmatched, batch_key=batch.batch_key,
+                    provider_batch_id=batch.provider_batch_id,
+                ),
+                batch_key=batch.batch_key,
+                provider=batch.provider,
+                model=batch.model,
+                provider_batch_id=batch.provider_batch_id,
+                rows=False,
+            )  # fmt: skip
         failpoint("after_results")  # stored, not yet recorded collected (crash tests)
         self.admission.settle(batch, actual, events)
         if batch.recovered and self.ctx.resend_cancelled:
@@ -414,7 +547,7 @@ class Collector:
             n_jobs=batch.job_ids.len(),
             detail=poll.detail,
         )
-        self.state.batch_status[batch.batch_key] = poll.provider_status
+        self.state.batch_status[batch.batch_key] = BatchPhase.COLLECTED.value
         return True
 
     def _refused(self, batch: InFlightBatch, poll: BatchPoll) -> None:

@@ -99,7 +99,7 @@ class Engine:
             stop_when=stop_when,
         )
         self.stop_event = stop_event or threading.Event()
-        self.state = RunState(started=self.ctx.clock.monotonic())
+        self.state = RunState(started=self.ctx.clock.monotonic(), waits=self.ctx.options.wait)
 
     def run(self, jobs: pl.DataFrame) -> pl.DataFrame:
         """Run ``jobs`` (unique ``job_id``, ``provider``, ``model``, ``prompt``, ``system``).
@@ -323,6 +323,7 @@ class Engine:
         for status in self.state.done:
             self.state.done[status] = int((done.get_column("status") == status).sum())
         self.state.cost = float(done.get_column("cost_usd").fill_null(0.0).sum())
+        self.state.cost_at_start = self.state.cost
         self.state.done_at_start = sum(self.state.done.values())
 
 

@@ -32,8 +32,14 @@ class Ledger:
         provider: str | None,
         model: str | None,
         provider_batch_id: str | None,
+        rows: bool = True,
     ) -> float:
-        """Append terminal job events with their cost; return the cost they add."""
+        """Append terminal job events with their cost; return the cost they add.
+
+        ``rows=False``: events of no row of the call (billed result lines that matched
+        none, :func:`~batchata_df.engine.collection.unmatched_events`): their cost counts,
+        the progress's row counts do not.
+        """
         price = self.ctx.prices.get(provider, model) if provider and model else None
         frame = events.with_columns(
             pl.lit(batch_key, dtype=pl.String).alias("batch_key"),
@@ -57,9 +63,9 @@ class Ledger:
                 .alias("cache_saved_usd")
             )
         self.ctx.store.append_jobs(frame)
-        for status in TERMINAL_JOB:
+        for status in TERMINAL_JOB if rows else ():
             self.state.done[status] += int((frame.get_column("status") == status).sum())
-        if batch_key is not None:
+        if batch_key is not None and rows:
             # Its rows are counted now: the provider's count of them goes (progress stays
             # monotonic: RunState.in_flight_finished).
             self.state.in_flight_finished.pop(batch_key, None)

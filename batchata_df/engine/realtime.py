@@ -262,6 +262,7 @@ class RealtimeEngine:
         for status in state.done:
             state.done[status] = int((done.get_column("status") == status).sum())
         state.cost = float(done.get_column("cost_usd").fill_null(0.0).sum())
+        state.cost_at_start = state.cost
         state.done_at_start = sum(state.done.values())
         state.spent = float(billed.get_column("cost_usd").fill_null(0.0).sum())
         state.spent += spent_on_lost(ctx) + ctx.options.stored_unpriced_usd
@@ -628,6 +629,7 @@ class RealtimeEngine:
             held = reserved.pop(request.job_id, 0.0)
             state.release(held)
             state.spent += held  # it may have been billed: its worst case counts as spent
+            state.possibly_billed(request.worst if request.estimated else None)
             request.announce = True
             # The next attempt's worst case is held while it waits, when it fits now (new
             # jobs then wait for it, as for any request waiting to retry).
@@ -696,6 +698,7 @@ class RealtimeEngine:
                 if error.startswith(("lost:", "server_error:")):
                     # It may have been billed: count its worst case as spent (the cap).
                     self.state.spent += held
+                    self.state.possibly_billed(r.worst if r.estimated else None)
 
     def _activity(self, running: dict[Future[Any], _Request], waiting: list[_Request]) -> None:
         if self.state.stop_reason:

@@ -16,7 +16,7 @@ import polars as pl
 
 from batchata_df.cost import PriceTable
 from batchata_df.engine.clock import Backoff, Clock
-from batchata_df.providers.base import Provider, RequestSpec
+from batchata_df.providers.base import BatchPoll, Provider, ProviderState, RequestSpec
 from batchata_df.state import TERMINAL_JOB, StateStore
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "RunContext",
     "RunOptions",
     "RunState",
+    "batch_word",
     "failpoint",
     "report",
 ]
@@ -81,6 +82,11 @@ class ProgressSnapshot:
     cancelled: int
     pending: int
     batches: dict[str, int]
+    """This call's provider batches by state, in one vocabulary for every provider
+    (:func:`batch_word`): ``submitted``, ``running``, ``cancelling``, ``ended`` (results
+    not downloaded yet), ``cancelled``, ``expired``, ``failed`` and ``collected`` (its rows
+    counted). The provider's own word (``in_progress``, ``JOB_STATE_SUCCEEDED``, ...) is
+    the ``provider_status`` of the folder's batch events."""
     cost_usd: float
     elapsed_s: float
     phase: str
@@ -114,6 +120,45 @@ class ProgressSnapshot:
     realtime_in_flight: int | None = None
     """Realtime requests in flight (``mode="realtime"``, or the realtime phase of
     ``mode="auto"``); ``None`` when nothing is sent realtime."""
+    earlier_cost_usd: float = 0.0
+    """The part of ``cost_usd`` earlier calls paid: this call's rows they answered (a
+    resume). This call's own spend is ``cost_usd - earlier_cost_usd``."""
+    waited: bool = True
+    """``False`` for a ``wait=False`` call: it submitted and returned without waiting."""
+    unknown_billed: int = 0
+    """This call's realtime attempts answered 5xx or lost in flight: the provider may have
+    billed them, with no cost known (not in ``cost_usd``)."""
+    unknown_billed_usd: float = 0.0
+    """Their worst case, as ``max_cost_usd`` counts them (0 for those with none: a call
+    without a cap or estimates)."""
+    unknown_billed_unpriced: int = 0
+    """Those of them with no worst case (sent without a cap or estimates)."""
+
+
+def batch_word(poll: BatchPoll, batch: InFlightBatch) -> str:
+    """A polled batch's state in the words every provider's batches are counted in.
+
+    Each provider has its own (OpenAI ``validating``/``in_progress``/``completed``,
+    Anthropic ``in_progress``/``ended``, Gemini ``JOB_STATE_PENDING``/``JOB_STATE_SUCCEEDED``):
+    counted as they come, a mixed run showed ``JOB_STATE_SUCCEEDED 4, completed 3, ended 3``
+    and the seed-style callback counted none of them finished. A batch still running after
+    this call asked to cancel it is ``cancelling``; a collected one is ``collected``.
+
+    Examples
+    --------
+    >>> b = InFlightBatch("k", "gemini", "m", "batches/1", pl.Series([], dtype=pl.String),
+    ...                   Backoff(1.0, 60.0, 1.6))
+    >>> batch_word(BatchPoll(ProviderState.RUNNING, "JOB_STATE_PENDING"), b)
+    'running'
+    >>> batch_word(BatchPoll(ProviderState.ENDED, "JOB_STATE_SUCCEEDED"), b)
+    'ended'
+    >>> b.cancel_reason = "interrupted"
+    >>> batch_word(BatchPoll(ProviderState.RUNNING, "cancelling"), b)
+    'cancelling'
+    """
+    if poll.state is ProviderState.RUNNING and batch.cancel_reason is not None:
+        return "cancelling"
+    return poll.state.value
 
 
 @dataclass
@@ -188,7 +233,12 @@ class RunState:
     total: int = 0
     done: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TERMINAL_JOB, 0))
     cost: float = 0.0
-    """Cost of this call's jobs (the progress display's figure)."""
+    """Cost of this call's jobs (the progress display's figure), earlier calls' answers to
+    them included."""
+    cost_at_start: float = 0.0
+    """The part of :attr:`cost` paid by earlier calls (answers this call found settled)."""
+    waits: bool = True
+    """``wait=True``: the call waits for its batches (``False``: it submits and returns)."""
     cache_saved: float = 0.0
     """What this call's jobs would have cost more without the prompt cache."""
     cap_waiting: int = 0
@@ -204,6 +254,13 @@ class RunState:
     (:attr:`RunContext.resend_cancelled`)."""
     spent_at_start: float = 0.0
     """What the state folder had billed when this call started."""
+    unknown_billed: int = 0
+    """Realtime attempts of this call answered 5xx or lost: possibly billed, no cost known
+    (:attr:`ProgressSnapshot.unknown_billed`)."""
+    unknown_billed_usd: float = 0.0
+    """Their worst case (what the cap counts for them)."""
+    unknown_billed_unpriced: int = 0
+    """Those of them sent without a worst case (no cap or estimates)."""
     expected_usd: float | None = None
     """Expected cost of the jobs this call sends (estimates, :mod:`batchata_df.estimates`)."""
     worst_usd: float | None = None
@@ -279,7 +336,24 @@ class RunState:
             expected_cost_usd=self.expected_usd,
             worst_case_usd=self.worst_usd,
             realtime_in_flight=self.realtime_in_flight,
+            unknown_billed=self.unknown_billed,
+            unknown_billed_usd=self.unknown_billed_usd,
+            unknown_billed_unpriced=self.unknown_billed_unpriced,
+            earlier_cost_usd=self.cost_at_start,
+            waited=self.waits,
         )
+
+    def possibly_billed(self, worst: float | None) -> None:
+        """Count one realtime attempt answered 5xx or lost, for the display.
+
+        ``worst``: its recorded worst case (``None``: none known). The cap counts its held
+        worst case in ``spent`` apart.
+        """
+        self.unknown_billed += 1
+        if worst is None:
+            self.unknown_billed_unpriced += 1
+        else:
+            self.unknown_billed_usd += worst
 
 
 def _eta(*, progressed: int, left: int, seconds: float | None) -> float | None:

@@ -145,7 +145,9 @@ class Feeder:
         done = terminal.filter(~pl.col("batch_key").is_in(self.reattached.implode()))
         for status in self.state.done:
             self.state.done[status] += int((done.get_column("status") == status).sum())
-        self.state.cost += float(done.get_column("cost_usd").fill_null(0.0).sum())
+        earlier = float(done.get_column("cost_usd").fill_null(0.0).sum())
+        self.state.cost += earlier
+        self.state.cost_at_start += earlier
         self.state.done_at_start += done.height
         # (Jobs of batches this call sent came in earlier chunks: never in this one.)
         skip = pl.concat([terminal.get_column("job_id"), reattached])

@@ -349,8 +349,23 @@ class AnthropicProvider:
                 )
             if "content_json" not in jobs.columns and not all_null(jobs, "cache_split"):
                 split = pl.col("cache_split")
+                # A prompt that is all shared prefix is one marked block: Anthropic refuses
+                # an empty text block ("text content blocks must be non-empty"), and a
+                # breakpoint on the last block caches "everything up to and including
+                # that block" (https://docs.claude.com/en/docs/build-with-claude/
+                # prompt-caching).
                 user_content = (
-                    pl.when(split.is_not_null())
+                    pl.when(split.is_not_null() & (split >= pl.col("prompt").str.len_chars()))
+                    .then(
+                        pl.concat_str(
+                            [
+                                pl.lit('[{"type":"text","text":'),
+                                json_string(pl.col("prompt")),
+                                pl.lit(f",{_CACHE_MARK}}}]"),
+                            ]
+                        )
+                    )
+                    .when(split.is_not_null())
                     .then(
                         pl.concat_str(
                             [

@@ -1,0 +1,220 @@
+"""A billed result line whose id matches no request: its usage still counts as spent.
+
+A byte damaged on its way inside a result line's id (``custom_id``; Gemini's ``key``) left
+a line no row could be given: the left join of the batch's members dropped it with its
+usage, the row ended ``missing_result`` at $0, and neither ``max_cost_usd`` nor
+``batchata-df status``/``sql`` saw what the provider billed for it; ``retry_failed=True``
+then paid for the request again without the cap knowing the first payment (mutation
+review, session of 2026-11-30). The emulator's fault action ``corrupt_id`` serves such a
+file (bytes never UTF-8 inside the first line's id, served so every time).
+
+Now the line's usage is kept under its own id (``unmatched:<batch_key>:<n>``, a failed
+event with the line's tokens, text and cost) and counts as spent everywhere; the row ends
+``failed`` ``missing_result`` naming it, and ``retry_failed=True`` sends it again with
+both payments counted. The emulator's billing ledger is the judge.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+from batchata_df import batch_llm, query
+from batchata_df.cli import cli
+from batchata_df.engine import ProgressSnapshot
+from batchata_df.engine.collection import UNMATCHED_PREFIX
+from batchata_df.providers.gemini import GeminiProvider
+from batchata_df.state import spent_usd
+
+MODELS = {"openai": "gpt-4.1-mini", "anthropic": "claude-haiku-4-5",
+          "gemini": "gemini-2.5-flash"}  # fmt: skip
+DOWNLOADS = {"openai": r"/openai/v1/files/[^/]+/content",
+             "anthropic": r"/messages/batches/[^/]+/results",
+             "gemini": r"(:download|/download/)"}  # fmt: skip
+PROVIDERS = ["openai", "anthropic", "gemini"]
+INLINE_MAX_BYTES = GeminiProvider.inline_max_bytes  # before the fixture below changes it
+BATCH_GET = r"/gemini/v1beta/batches/[^/:]+$"  # the batch resource: inline results
+DF = pl.DataFrame({"t": [f"review {i}" for i in range(4)]})
+
+
+@pytest.fixture(autouse=True)
+def _gemini_through_a_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Gemini returns a small batch's results inline; every batch here has a result file.
+    monkeypatch.setattr(GeminiProvider, "inline_max_bytes", 10)
+
+
+def _kwargs(provider: str, state: Any) -> dict[str, Any]:
+    return {"model": MODELS[provider], "prompt": "{t}", "state": str(state),
+            "progress": False, "provider_patience": 20.0}  # fmt: skip
+
+
+def _reference(emu: Any, provider: str, tmp_path: Any) -> pl.DataFrame:
+    """What each row costs undisturbed (the same rows: the same answers and usage)."""
+    ref = batch_llm(DF, **_kwargs(provider, tmp_path / "ref"))
+    assert ref["_status"].to_list() == ["completed"] * DF.height
+    emu.reset()
+    return ref
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_line_whose_id_was_damaged_keeps_its_billed_usage_as_spent(
+    emu, tmp_path, provider: str
+) -> None:
+    ref = _reference(emu, provider, tmp_path)
+    emu.inject_fault(method="GET", path_regex=DOWNLOADS[provider], action="corrupt_id",
+                     times=None)  # fmt: skip
+    state = tmp_path / "s"
+    seen: list[ProgressSnapshot] = []
+    out = batch_llm(DF, **{**_kwargs(provider, state), "progress": seen.append})
+    billed = [b["custom_id"] for b in emu.billing()]
+    assert len(billed) == 4 and len(set(billed)) == 4  # each request billed once
+    # The row whose line lost its id fails as data, naming where its usage went.
+    failed = out.filter(pl.col("_status") == "failed")
+    assert failed.height == 1 and out.height == 4, out["_error"].to_list()
+    error = failed["_error"][0]
+    assert error.startswith("missing_result: the provider returned no result under this "
+                            "request's id, and 1 result line of its batch carried an id")
+    assert f"kept under job id {UNMATCHED_PREFIX}" in error and "retry_failed=True" in error
+    assert failed["_cost_usd"][0] == 0  # not its own: no line was matched to it
+    # What the provider billed (every request once, as the reference run) is what the
+    # folder counts as spent: the cap's figure, and the jobs view's sum.
+    assert spent_usd(state) == pytest.approx(ref["_cost_usd"].sum())
+    total = query.sql("select sum(cost_usd) usd from jobs", str(state))["usd"][0]
+    assert total == pytest.approx(ref["_cost_usd"].sum())
+    kept = query.sql(f"select * from jobs where job_id like '{UNMATCHED_PREFIX}%'", str(state))
+    assert kept.height == 1
+    line = kept.row(0, named=True)
+    assert line["status"] == "failed" and line["error"].startswith("unmatched_result: ")
+    assert "\ufffd" in line["error"]  # the id as read, damaged
+    lost_row = ref.join(failed.select("t"), on="t")
+    assert line["cost_usd"] == pytest.approx(lost_row["_cost_usd"][0])  # that row's answer
+    assert line["input_tokens"] == lost_row["_input_tokens"][0]
+    # The progress counted the call's 4 rows, not the kept line (not a row of the call).
+    last = seen[-1]
+    assert (last.total, last.completed, last.failed, last.pending) == (4, 3, 1, 0)
+    # batchata-df status shows it among the folder's costs; doctor finds the folder whole.
+    shown = CliRunner().invoke(cli, ["status", str(state)])
+    assert shown.exit_code == 0 and "failed" in shown.output
+    assert CliRunner().invoke(cli, ["doctor", str(state)]).exit_code == 0
+
+
+def test_a_gemini_inline_result_whose_key_was_damaged_keeps_its_usage(
+    emu, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(GeminiProvider, "inline_max_bytes", INLINE_MAX_BYTES)
+    ref = _reference(emu, "gemini", tmp_path)
+    # Every read of the batch resource: its first inline result's metadata.key damaged.
+    emu.inject_fault(method="GET", path_regex=BATCH_GET, action="corrupt_id", times=None)
+    state = tmp_path / "s"
+    out = batch_llm(DF, **_kwargs("gemini", state))
+    assert not any("download" in e["path"] for e in emu.log())  # inline, not a file
+    assert out["_status"].sort().to_list() == ["completed"] * 3 + ["failed"]
+    assert out.filter(pl.col("_status") == "failed")["_error"][0].startswith("missing_result:")
+    assert len(emu.billing()) == 4
+    assert spent_usd(state) == pytest.approx(ref["_cost_usd"].sum())
+
+
+def test_a_one_row_batch_whose_only_line_lost_its_id_is_not_taken_for_another_batch(
+    emu, tmp_path
+) -> None:
+    # None of the results' ids is the batch's: the check meant for a batch adopted after
+    # a crash that is someone else's abandoned it, and the row went back to the queue to
+    # be paid again. A damaged id (U+FFFD as read) is no one's: the batch is ours.
+    one = DF.head(1)
+    emu.inject_fault(method="GET", path_regex=DOWNLOADS["openai"], action="corrupt_id",
+                     times=None)  # fmt: skip
+    state = tmp_path / "s"
+    out = batch_llm(one, **_kwargs("openai", state))
+    assert out["_status"].to_list() == ["failed"]
+    assert out["_error"][0].startswith("missing_result: "), out["_error"][0]
+    assert len(emu.billing()) == 1
+    assert spent_usd(state) > 0
+    again = batch_llm(one, **_kwargs("openai", state))  # nothing left to send
+    assert again["_status"].to_list() == ["failed"] and len(emu.billing()) == 1
+    batches = query.sql("select status from batches", str(state))["status"].to_list()
+    assert batches == ["collected"]
+
+
+def test_the_cap_counts_the_unmatched_line_before_the_row_is_sent_again(emu, tmp_path) -> None:
+    provider = "openai"
+    ref = _reference(emu, provider, tmp_path)
+    emu.inject_fault(method="GET", path_regex=DOWNLOADS[provider], action="corrupt_id",
+                     times=None)  # fmt: skip
+    state = tmp_path / "s"
+    out = batch_llm(DF, **_kwargs(provider, state))
+    emu.clear_faults()
+    failed = out.filter(pl.col("_status") == "failed")
+    row_cost = float(ref.join(failed.select("t"), on="t")["_cost_usd"][0])
+    spent = spent_usd(state)
+    # The resend's worst case, from a dry run; then a cap it fits under only if the
+    # unmatched line were not counted (half of its cost short of room).
+    plan = batch_llm(DF, retry_failed=True, dry_run=True, max_cost_usd=1.0,
+                     **_kwargs(provider, state))
+    worst = float(plan.filter(pl.col("_est_cost_usd").is_not_null())["_est_cost_usd"].sum())
+    cap = spent - row_cost + worst + row_cost / 2
+    plan = batch_llm(DF, retry_failed=True, dry_run=True, max_cost_usd=cap,
+                     **_kwargs(provider, state))
+    assert not plan["_within_cap"].fill_null(False).any()
+    again = batch_llm(DF, retry_failed=True, max_cost_usd=cap, **_kwargs(provider, state))
+    assert len(emu.billing()) == 4  # not sent: the first payment is counted
+    assert again.filter(pl.col("t") == failed["t"][0])["_error"][0].startswith(
+        "cancelled: cost_limit")
+    # With room, it is sent again and answered; both payments are the folder's spend.
+    done = batch_llm(DF, retry_failed=True, max_cost_usd=1.0, **_kwargs(provider, state))
+    assert done["_status"].to_list() == ["completed"] * 4
+    assert len(emu.billing()) == 5
+    assert spent_usd(state) == pytest.approx(ref["_cost_usd"].sum() + row_cost)
+
+
+def test_within_a_call_the_cap_counts_each_unmatched_line_when_its_batch_is_collected(
+    emu, tmp_path
+) -> None:
+    # One row per batch, one batch at a time, every line's id damaged: each batch's cost
+    # is only its unmatched line. The cap holds a worst case per batch; counted as spent
+    # when collected, the lines leave room for two batches; not counted, all four went.
+    provider = "openai"
+    ref = _reference(emu, provider, tmp_path)
+    plan = batch_llm(DF, dry_run=True, max_cost_usd=1.0, **_kwargs(provider, tmp_path / "p"))
+    worst = float(plan["_est_cost_usd"].max())
+    cost = ref["_cost_usd"]
+    assert float(cost.max()) < 1.4 * float(cost.min())  # alike rows: the bounds below hold
+    cap = worst + 1.5 * float(cost.min())
+    emu.inject_fault(method="GET", path_regex=DOWNLOADS[provider], action="corrupt_id",
+                     times=None)  # fmt: skip
+    state = tmp_path / "s"
+    out = batch_llm(DF, items_per_batch=1, max_parallel_batches=1, max_cost_usd=cap,
+                    **_kwargs(provider, state))  # fmt: skip
+    assert len(emu.billing()) == 2, out["_error"].to_list()
+    assert out["_error"].str.starts_with("missing_result:").sum() == 2
+    assert out["_error"].str.starts_with("cancelled: cost_limit").sum() == 2
+    sent = out.filter(pl.col("_error").str.starts_with("missing_result:")).select("t")
+    assert spent_usd(state) == pytest.approx(float(ref.join(sent, on="t")["_cost_usd"].sum()))
+
+
+def test_the_cli_summary_counts_the_unmatched_line(emu, tmp_path) -> None:
+    # The installed command (a streamed run): its summary is the folder's bill, the
+    # unmatched line included, more than the rows' own costs.
+    DF.write_csv(tmp_path / "in.csv")
+    emu.inject_fault(method="GET", path_regex=DOWNLOADS["openai"], action="corrupt_id",
+                     times=None)  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("batchata-df")), "run", "in.csv", "out.csv",
+         "--model", MODELS["openai"], "--prompt", "{t}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 3, done.stderr  # a row failed
+    said = re.search(r"3 completed, 1 failed; \$([\d.]+); written", done.stderr)
+    assert said, done.stderr
+    rows = pl.read_csv(tmp_path / "out.csv")["_cost_usd"].sum()
+    spent = spent_usd(tmp_path / "out.csv.state")
+    assert float(said[1]) == pytest.approx(spent, rel=0.05) and spent > rows * 1.1
+    assert len(emu.billing()) == 4
