@@ -2050,16 +2050,24 @@ def _shutdown_notes() -> Iterator[None]:
 
 
 def _shutdown_lines(folders: Sequence[str]) -> list[str]:
-    """A line per model of the folders whose announced shutdown is near or has passed."""
+    """A line per model of the folders whose announced shutdown is near or has passed.
+
+    A model whose every job sent was sent realtime (answered in seconds) is warned without
+    the batch window, as the run itself was (``shutdown_warning(batch=False)``).
+    """
     from batchata_df.models import retirement, shutdown_warning
     from batchata_df.query import sql
 
-    pairs = sql("select distinct provider, model from jobs order by 1, 2", list(folders))
+    pairs = sql(
+        "select provider, model, coalesce(bool_and(mode = 'realtime'), false) from jobs "
+        "group by 1, 2 order by 1, 2",
+        list(folders),
+    )
     out: list[str] = []
-    for provider, model in pairs.iter_rows():
+    for provider, model, realtime in pairs.iter_rows():
         if provider is None or model is None:
             continue
-        notice = shutdown_warning(str(provider), str(model))
+        notice = shutdown_warning(str(provider), str(model), batch=not realtime)
         if notice is not None:
             out.append(notice)
         elif (gone := retirement(str(provider), str(model))) is not None:
