@@ -294,7 +294,9 @@ def _scan_parquet(files: Sequence[Path], shown: str) -> pl.LazyFrame:
     >>> _scan_parquet([folder / "a.parquet", folder / "b.parquet"], "in").collect().rows()
     [(1, None), (2, 'b')]
     """
-    schemas = [pl.read_parquet_schema(f) for f in files]
+    from batchata_df.stream import footer_schema
+
+    schemas = [footer_schema(f) for f in files]
     first = schemas[0]
     merged = dict(first)
     typed_by = dict.fromkeys(first, files[0])  # the file each column's type comes from
@@ -774,7 +776,7 @@ def _version() -> str:
     epilog="""\b
 Examples:
   batchata-df run tickets.parquet out.parquet --schema models:Ticket \\
-      --model gpt-4.1-mini --prompt "Classify: {text}" --max-cost-usd 5
+      --model gpt-6-luna --prompt "Classify: {text}" --max-cost-usd 5
   batchata-df status out.parquet.state
   batchata-df sql "select status, count(*) from jobs group by all" out.parquet.state
   batchata-df cancel out.parquet.state
@@ -818,15 +820,16 @@ Exit codes:
 Examples:
   # models.py in the current folder defines `class Ticket(BaseModel)`
   batchata-df run tickets.parquet out.parquet --schema models:Ticket \\
-      --model gpt-4.1-mini --prompt "Route this ticket: {subject} {body}" \\
-      --param temperature=0 --max-tokens 500 --max-cost-usd 10
+      --model gpt-6-luna --prompt "Route this ticket: {subject} {body}" \\
+      --param reasoning_effort=none --param temperature=0 --max-tokens 500 \\
+      --max-cost-usd 10
   # one PDF path per row in column `path`, answers with citations
   batchata-df run invoices.csv out.jsonl --schema models:Invoice \\
       --model claude-haiku-4-5 --prompt "Extract the invoice" --files path --citations
   # what would it (still) cost? OUTPUT is not written; --plan plan.csv writes the plan
-  batchata-df run big.parquet out.parquet --model gpt-4.1-mini --prompt "{text}" --dry-run
+  batchata-df run big.parquet out.parquet --model gpt-6-luna --prompt "{text}" --dry-run
   # submit and return; collect later with the same command
-  batchata-df run big.parquet out.parquet --model gpt-4.1-mini --prompt "{text}" --no-wait
+  batchata-df run big.parquet out.parquet --model gpt-6-luna --prompt "{text}" --no-wait
 """
 
 
@@ -835,8 +838,8 @@ Examples:
 @click.argument("input_path", metavar="INPUT", type=click.Path())
 @click.argument("output_path", metavar="[OUTPUT]", type=click.Path(dir_okay=False),
                 required=False)
-@click.option("--model", required=True, help="Model, e.g. gpt-4.1-mini, claude-haiku-4-5, "
-              "gemini-2.5-flash, or provider:model.")
+@click.option("--model", required=True, help="Model, e.g. gpt-6-luna, claude-haiku-4-5, "
+              "gemini-3.5-flash-lite, or provider:model.")
 @click.option("--prompt", required=True,
               help="Prompt template over the input's columns, e.g. 'Classify: {text}' "
               "(write literal braces as {{ }}).")
@@ -864,7 +867,7 @@ Examples:
 @click.option("--max-tokens", type=click.IntRange(min=1),
               help="Output token limit per row, thinking included; bounds the worst-case "
               "cost. Default by model: 4096 for a model that does not think, more for one "
-              "that does, by reasoning_effort (16384 at medium, e.g. gpt-5-mini), at most "
+              "that does, by reasoning_effort (16384 at medium, e.g. gpt-6-luna), at most "
               "the model's output limit: the README's Models table lists it per model, and "
               "--dry-run shows it.")
 @click.option("--max-cost-usd", type=click.FloatRange(min=0, min_open=True),
@@ -2047,16 +2050,24 @@ def _shutdown_notes() -> Iterator[None]:
 
 
 def _shutdown_lines(folders: Sequence[str]) -> list[str]:
-    """A line per model of the folders whose announced shutdown is near or has passed."""
+    """A line per model of the folders whose announced shutdown is near or has passed.
+
+    A model whose every job sent was sent realtime (answered in seconds) is warned without
+    the batch window, as the run itself was (``shutdown_warning(batch=False)``).
+    """
     from batchata_df.models import retirement, shutdown_warning
     from batchata_df.query import sql
 
-    pairs = sql("select distinct provider, model from jobs order by 1, 2", list(folders))
+    pairs = sql(
+        "select provider, model, coalesce(bool_and(mode = 'realtime'), false) from jobs "
+        "group by 1, 2 order by 1, 2",
+        list(folders),
+    )
     out: list[str] = []
-    for provider, model in pairs.iter_rows():
+    for provider, model, realtime in pairs.iter_rows():
         if provider is None or model is None:
             continue
-        notice = shutdown_warning(str(provider), str(model))
+        notice = shutdown_warning(str(provider), str(model), batch=not realtime)
         if notice is not None:
             out.append(notice)
         elif (gone := retirement(str(provider), str(model))) is not None:

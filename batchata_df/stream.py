@@ -601,15 +601,33 @@ def _unreadable(e: Exception, scans: _Scans) -> ConfigError:
     return ConfigError(msg)
 
 
+def footer_schema(path: str | os.PathLike[str]) -> dict[str, pl.DataType]:
+    """The schema in a Parquet file's footer, the path taken as a name, never a pattern.
+
+    Given a path, Polars expands ``[``, ``*`` and ``?`` in it: ``in[1].parquet`` matched
+    nothing. An open file is read as itself (as :mod:`batchata_df.state` reads parts).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "in[1].parquet"
+    >>> pl.DataFrame({"a": [1]}).write_parquet(path)
+    >>> footer_schema(path)
+    Schema([('a', Int64)])
+    """
+    with open(path, "rb") as file:
+        return pl.read_parquet_schema(file)
+
+
 def _drifted(scans: _Scans) -> str:
     """Name the first Parquet file whose column types differ from its scan's first file."""
     for kind, paths in scans[0]:
         if kind != "parquet" or len(paths) < 2:
             continue
         try:
-            first = pl.read_parquet_schema(paths[0])
+            first = footer_schema(paths[0])
             for path in paths[1:]:
-                schema = pl.read_parquet_schema(path)
+                schema = footer_schema(path)
                 for name, dtype in schema.items():
                     if name in first and first[name] != dtype:
                         return (

@@ -41,7 +41,7 @@ def test_help_gives_the_default_max_tokens_a_dry_run_plans(emu, work):
     assert "default 4096)" not in help_text
     assert f"{DEFAULT_MAX_TOKENS} for a model that does not think" in help_text
     medium = DEFAULT_MAX_TOKENS_BY_EFFORT["medium"]
-    assert f"{medium} at medium, e.g. gpt-5-mini" in help_text
+    assert f"{medium} at medium, e.g. gpt-6-luna" in help_text
     assert "Models table" in help_text
     for model, planned in (("gpt-5-mini", medium), ("gpt-4.1-mini", DEFAULT_MAX_TOKENS)):
         r = cli(emu, *RUN, "--model", model, "--dry-run", "--plan", "plan.parquet", cwd=work)

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
+from test_cli_guards import EXE, cli, one_line_error
 
-EXE = Path(sys.executable).with_name("batchata-df")
-REPO = Path(__file__).resolve().parents[1]
 N = 6
 
 MODELS = """\
@@ -29,25 +27,6 @@ class Ticket(BaseModel):
 """
 
 
-def _env(emu) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(emu.env())
-    env["PYTHONPATH"] = str(REPO)
-    return env
-
-
-def cli(emu, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(EXE), *map(str, args)], cwd=cwd,
-                          env=_env(emu), capture_output=True, text=True, timeout=240)
-
-
-def one_line_error(r: subprocess.CompletedProcess[str], code: int) -> str:
-    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr
-    lines = [x for x in r.stderr.splitlines() if x.strip()]
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("batchata-df: error: "), lines
-    return lines[0]
 
 
 @pytest.fixture

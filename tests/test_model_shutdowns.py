@@ -286,3 +286,59 @@ def test_the_client_and_the_emulator_schedule_the_same_dates():
         if client is not None and emulator is not None:  # routed alike
             assert (client[2] == "routed") == (emulator[1] is not None), name
     assert {p for p, *_ in SCHEDULED} == {p for p, *_ in model_rules.SCHEDULED}
+
+
+def test_the_warning_horizon_is_thirty_days_inclusive(on):
+    # gpt-4.1-mini: 2027-01-14. 30 days before warns (SHUTDOWN_HORIZON_DAYS), 31 do not.
+    on("2026-12-15")
+    assert shutdown_warning("openai", "gpt-4.1-mini") == (
+        "model 'gpt-4.1-mini' is deprecated: OpenAI shuts it down on 2027-01-14 (in 30 days); "
+        "use 'gpt-6-luna' instead (https://developers.openai.com/api/docs/deprecations)"
+    )
+    on("2026-12-14")
+    assert shutdown_warning("openai", "gpt-4.1-mini") is None
+
+
+def test_the_unpinned_date_is_the_utc_date_in_any_time_zone():
+    # Unpinned, today() is the UTC date, not the local one: at any moment one of UTC+14
+    # and UTC-12 has a local date other than UTC's.
+    code = (
+        "import datetime as dt; from batchata_df.models import today\n"
+        "a = dt.datetime.now(dt.UTC).date(); t = today(); local = dt.date.today()\n"
+        "b = dt.datetime.now(dt.UTC).date(); print(t in (a, b), local not in (a, b))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != TODAY_VAR}
+    differs = []
+    for zone in ("Pacific/Kiritimati", "Etc/GMT+12"):
+        child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                               timeout=120, check=True, env={**env, "TZ": zone})
+        is_utc, local_differs = child.stdout.split()
+        assert is_utc == "True", zone
+        differs.append(local_differs == "True")
+    assert any(differs)  # the test's premise: one zone told the two clocks apart
+
+
+def test_status_of_a_realtime_folder_warns_without_the_batch_window_then_says_shut_down(
+    on, emu, tmp_path
+):
+    from click.testing import CliRunner
+
+    from batchata_df.cli import cli
+
+    on("2026-11-30")
+    state = tmp_path / "s"
+    with pytest.warns(ModelShutdownWarning):
+        out = ROWS.pipe(batch_llm, model="gemini-2.5-flash", prompt="{text}", state=state,
+                        mode="realtime")
+    assert out["_status"].to_list() == ["completed", "completed"]
+    shown = CliRunner().invoke(cli, ["status", str(state)])
+    assert shown.exit_code == 0, shown.output
+    # Its rows are answered in seconds: no 48 h batch window to cross the shutdown.
+    assert f"model shutdowns:\n  {GEMINI_NOTICE.split('. A batch')[0]}\n" in shown.output
+    on("2026-12-01")
+    shown = CliRunner().invoke(cli, ["status", str(state)])
+    assert shown.exit_code == 0, shown.output
+    assert (
+        "model shutdowns:\n  model 'gemini-2.5-flash' was shut down on 2026-12-01: rows not "
+        "collected yet can still be collected; rows never sent fail unsent\n"
+    ) in shown.output

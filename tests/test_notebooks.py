@@ -141,8 +141,11 @@ _MODEL = r"(?<![\w.-])((?:gpt|o\d|claude|gemini)[\w.-]*)(?![\w.-])"
 
 
 def _example_code() -> list[tuple[str, str]]:
-    """(where, code) of every notebook code cell and every code block of the README."""
+    """(where, code) of every notebook code cell, every code block of the README and the
+    installed CLI's help (its examples)."""
     import re
+    import subprocess
+    import sys
 
     out = []
     for name in NOTEBOOKS:
@@ -150,6 +153,10 @@ def _example_code() -> list[tuple[str, str]]:
         out += [(f"{name}.ipynb", c.source) for c in nb.cells if c.cell_type == "code"]
     readme = (FOLDER.parent / "README.md").read_text()
     out += [("README.md", m) for m in re.findall(r"```(?:python|bash)\n(.*?)```", readme, re.S)]
+    exe = Path(sys.executable).with_name("batchata-df")
+    for args in (["--help"], ["run", "--help"], ["emulator", "--help"]):
+        shown = subprocess.run([exe, *args], capture_output=True, text=True, check=True).stdout
+        out.append((f"batchata-df {' '.join(args)}", shown))
     return out
 
 

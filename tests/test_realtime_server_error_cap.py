@@ -252,3 +252,49 @@ def test_the_progress_shows_the_5xx_attempts_beside_the_cost(emu, tmp_path, cloc
     show = make_display(max_cost_usd=cap, console=Console(file=out_text, width=200))
     show(last)
     assert said in out_text.getvalue() and "(possibly billed)" in out_text.getvalue()
+
+
+def test_the_cli_summary_sums_the_5xx_attempts_and_splits_a_later_run_from_them(
+    emu, tmp_path
+) -> None:
+    # Run 1: every attempt of the one row is answered (billed) and then 502'd: no answer
+    # stored, 4 attempts each counted at the row's worst case. The summary states their
+    # sum (not the largest of them).
+    pl.DataFrame({"text": TEXTS[:1]}).write_csv(tmp_path / "in.csv")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    exe = Path(sys.executable).with_name("batchata-df")
+    cmd = [str(exe), "run", "in.csv", "out.csv", "--model", MODELS["openai"], "--prompt",
+           "{text}", "--mode", "realtime", "--concurrency", "1", "--max-tokens", "64",
+           "--max-cost-usd", "1"]  # fmt: skip
+    emu.inject_fault(path_regex=PATHS["openai"], method="POST", status=502, when="after",
+                     times=None, retry_after=0)  # fmt: skip
+    first = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=240)  # fmt: skip
+    assert first.returncode == 3, first.stderr  # the row failed
+    state = tmp_path / "out.csv.state"
+    recorded = query.lost_requests(str(state))["est_cost_usd"]
+    n = recorded.len()
+    assert n >= 2 and n == len(emu.billing()) and recorded.null_count() == 0
+    assert recorded.n_unique() == 1  # one row's worst case, n times: sum = n * max
+    found = re.search(
+        rf"1 failed; \$0\.0000, plus up to (\$[\d.]+) for {n} realtime attempts answered 5xx",
+        first.stderr,
+    )
+    assert found, first.stderr
+    assert _dollars(found[1]) == pytest.approx(float(recorded.sum()), rel=0.05)
+    # Run 2, the row sent again and answered: the folder held no answer before, only those
+    # attempts; this run's cost is told apart from the folder's, which still counts them.
+    emu.clear_faults()
+    again = subprocess.run([*cmd, "--retry-failed"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    answer = float(pl.read_csv(tmp_path / "out.csv")["_cost_usd"].sum())
+    found = re.search(
+        r"1 completed; this run (\$[\d.]+); the state folder in all, with earlier runs: "
+        rf"(\$[\d.]+), plus up to (\$[\d.]+) for {n} realtime attempts answered 5xx",
+        again.stderr,
+    )  # fmt: skip
+    assert found, again.stderr
+    assert _dollars(found[1]) == pytest.approx(answer, rel=0.05)
+    assert _dollars(found[2]) == pytest.approx(answer, rel=0.05)
+    assert _dollars(found[3]) == pytest.approx(float(recorded.sum()), rel=0.05)

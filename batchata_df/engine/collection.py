@@ -118,7 +118,16 @@ def outcomes_and_unmatched(
     # members as they are (the same rows a join gives, without hashing the ids twice).
     aligned = lined_up(ids, results)
     if aligned:
-        joined = pl.concat([ids, results.drop("job_id")], how="horizontal")
+        # The decoded columns come in one chunk per block of the download (pyarrow's
+        # reader: ARROW_BLOCK_BYTES) beside one-chunk ids and literals: put in one chunk
+        # here (~15 MB a 100,000-row batch, its pages reused batch after batch), or the
+        # first Polars operations over the run's terminal events (the bill, the final
+        # states' join) put every column of the whole run in one chunk at once: ~0.2 s of
+        # CPU, ~50,000 fresh pages and ~175 MB of peak RSS at 1M Gemini rows. Here, not
+        # where the store keeps the parts: the validation's decoded answers are then laid
+        # out as the rest (a join, the other branch, gives one chunk already;
+        # benchmarks/PROFILE.md, fifteenth pass).
+        joined = pl.concat([ids, results.drop("job_id").rechunk()], how="horizontal")
     else:
         joined = ids.join(results, on="job_id", how="left")
     unmatched = results.clear()

@@ -488,9 +488,12 @@ class GeminiProvider:
         )
         line = pl.concat_str(
             [
-                pl.lit('{"key":'),
-                json_string(pl.col("job_id")),
-                pl.lit(',"request":{"contents":['),
+                # A job id is 24 hex digits (batchata_df.jobs.job_ids): a JSON string as it
+                # is, put between quotes as OpenAI's custom_id and Anthropic's are (its
+                # json_string was a JSON encoding and two copies of every id: ~0.07 s at 1M).
+                pl.lit('{"key":"'),
+                pl.col("job_id"),
+                pl.lit('","request":{"contents":['),
                 history_messages(jobs, gemini=True),
                 pl.lit('{"role":"user","parts":'),
                 *parts,

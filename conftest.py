@@ -1,0 +1,17 @@
+"""What every test of the project needs before anything is imported.
+
+For tests/, the modules' doctests and tools/ alike: ``pytest batchata_df/frame.py`` loads
+this file, not ``tests/conftest.py``.
+
+The date the providers' shutdown schedules are read at (``batchata_df.models.TODAY_VAR``,
+read by the client and the emulator alike) is pinned here, before batchata_df is imported,
+so the session emulator, every child process (they inherit the environment) and the client
+see it, and no test's outcome depends on the day it runs: a month before any scheduled
+shutdown of the models the tests and examples use (gemini-2.5-flash's is 2026-12-01,
+beyond ``SHUTDOWN_HORIZON_DAYS``; gpt-4.1-mini's 2027-01-14), so no test warns unless it
+moves the date.
+"""
+
+import os
+
+os.environ["BATCHATA_DF_TODAY"] = "2026-10-31"
