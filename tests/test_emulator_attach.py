@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from conftest import _leased
-
 from batchata_df.emulator import Emulator
+from conftest import _leased
 
 
 def test_an_attached_emulator_is_controlled_but_never_stopped():
