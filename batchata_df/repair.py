@@ -42,6 +42,7 @@ from typing import Any
 
 import polars as pl
 
+from batchata_df.engine.recovery import FOUND_BY_REPAIR
 from batchata_df.errors import BatchataError, StateError
 from batchata_df.state import (
     BATCH_EVENTS,
@@ -489,7 +490,7 @@ def _apply(report: RepairReport) -> None:
             provider_batch_id=pbid,
             n_jobs=row["n_jobs"],
             status="submitted",
-            detail="found at the provider by repair",
+            detail=FOUND_BY_REPAIR,
         )
     for row in report._restore:
         common = {

@@ -944,9 +944,9 @@ class StateStore:
                     out.append((download, bytes.fromhex(digest)))
         return out
 
-    def batch_keys_with_detail(self, detail: str) -> set[str]:
-        """The keys of the batches with an event whose ``detail`` is ``detail``."""
-        keys = self._scan("batches", BATCH_EVENTS).filter(pl.col("detail") == detail)
+    def batch_keys_with_detail(self, *details: str) -> set[str]:
+        """The keys of the batches with an event whose ``detail`` is one of ``details``."""
+        keys = self._scan("batches", BATCH_EVENTS).filter(pl.col("detail").is_in(details))
         return set(keys.get_column("batch_key").unique().to_list())
 
     def batch_state(self) -> pl.DataFrame:

@@ -186,6 +186,9 @@ class FakeProvider:
         share = (self.clock.monotonic() - batch.created) / self.latency
         return min(len(batch.job_ids), int(len(batch.job_ids) * share))
 
+    def found_not_created(self, batch_id: str) -> bool:
+        return False
+
     def find(self, tag: BatchTag) -> str | None:
         self.calls.append(("find", tag.batch_key))
         if self.find_error is not None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import polars as pl
+import pytest
 from engine_fakes import MODEL, FakeProvider, batch_events, make_run
 
 from batchata_df.engine.clock import FakeClock
 from batchata_df.engine.recovery import (
-    FOUND_AFTER_CRASH,
+    ADOPTED_DETAILS,
     LOST,
     busy_jobs,
     recover,
@@ -96,13 +97,15 @@ def test_a_batch_found_after_a_crash_is_re_attached_later_with_no_cancel_reason(
     assert (batch.status, batch.cancel_reason) == ("submitted", None)
 
 
-def test_only_a_batch_found_after_a_crash_is_re_attached_as_adopted(tmp_path):
-    # Adopted by find() and re-attached by a later call, even after further events of its
-    # own: still not known to be ours. One whose id we recorded at submit is ours: never
+@pytest.mark.parametrize("found", ADOPTED_DETAILS)
+def test_only_a_batch_found_after_a_crash_is_re_attached_as_adopted(tmp_path, found):
+    # Adopted by find() (after a crash, after a create whose outcome was unknown, or by
+    # repair) and re-attached by a later call, even after further events of its own:
+    # still not known to be ours. One whose id we recorded at submit is ours: never
     # abandoned for result ids none of its requests' (a gateway rewriting custom_id).
     provider = FakeProvider(FakeClock())
     ctx, state = make_run(tmp_path, provider)
-    assign(ctx, "k1", ["a"], status="submitted", batch_id="fb_7", detail=FOUND_AFTER_CRASH)
+    assign(ctx, "k1", ["a"], status="submitted", batch_id="fb_7", detail=found)
     ctx.store.append_batch(batch_key="k1", provider="openai", model=MODEL,
                            provider_batch_id="fb_7", status="submitted", detail="later")
     assign(ctx, "k2", ["b"], status="submitted", batch_id="fb_8")

@@ -18,6 +18,7 @@ from batchata_df.engine.admission import Admission
 from batchata_df.engine.clock import FakeClock
 from batchata_df.engine.ledger import Ledger
 from batchata_df.engine.planning import Planner
+from batchata_df.engine.recovery import FOUND_AFTER_FAILED_CREATE
 from batchata_df.engine.run import InFlightBatch, RunOptions
 from batchata_df.engine.submission import Submitter
 from batchata_df.errors import OrphanedBatchError, ProviderError
@@ -81,8 +82,21 @@ def test_a_lost_create_answer_is_found_by_lookup_and_never_sent_twice(tmp_path):
     assert isinstance(outcome, InFlightBatch) and outcome.provider_batch_id == "fb_1"
     assert provider.methods() == ["submit", "find"]
     assert len(provider.batches) == 1
-    assert batch_events(ctx) == [("intent", None, None), ("submitted", "fb_1", None)]
+    # Found, not answered by its create: adopted (a lookup may find another process's
+    # batch; the collector abandons one that holds none of our requests), in this call
+    # and, through the event's detail, in later ones.
+    assert batch_events(ctx) == [
+        ("intent", None, None), ("submitted", "fb_1", FOUND_AFTER_FAILED_CREATE),
+    ]
+    assert outcome.adopted
     assert state.reserved == pytest.approx(0.3)
+
+
+def test_a_batch_answered_by_its_create_is_not_adopted(tmp_path):
+    provider, ctx, state, submitter, planner = setup(tmp_path)
+    outcome = submitter.submit(planner.current())
+    assert isinstance(outcome, InFlightBatch) and not outcome.adopted
+    assert batch_events(ctx) == [("intent", None, None), ("submitted", "fb_1", None)]
 
 
 def test_a_transient_failure_abandons_the_intent_and_retries_after_a_backoff(tmp_path):

@@ -15,13 +15,20 @@ from batchata_df.providers.base import BatchTag, Provider, remember_damaged
 from batchata_df.state import StateStore, lost_usd
 
 __all__ = [
-    "FOUND_AFTER_CRASH", "LOST", "as_lost", "busy_jobs", "recover", "resolve_lost", "settled",
-    "spent_on_lost",
+    "ADOPTED_DETAILS", "FOUND_AFTER_CRASH", "FOUND_AFTER_FAILED_CREATE", "FOUND_BY_REPAIR",
+    "LOST", "as_lost", "busy_jobs", "recover", "resolve_lost", "settled", "spent_on_lost",
 ]
 
 FOUND_AFTER_CRASH = "found at the provider after a crash"
 """The detail of the ``submitted`` event of a batch adopted by :meth:`Provider.find`: its
 membership is not known for sure (:attr:`InFlightBatch.adopted`), in this call or later."""
+FOUND_AFTER_FAILED_CREATE = "found at the provider after a create whose outcome was unknown"
+"""The same for a batch a live call's lookup found (the engine's, or the provider's own
+inside :meth:`Provider.submit`: :meth:`Provider.found_not_created`)."""
+FOUND_BY_REPAIR = "found at the provider by repair"
+"""The same for a batch ``repair`` found."""
+ADOPTED_DETAILS = (FOUND_AFTER_CRASH, FOUND_AFTER_FAILED_CREATE, FOUND_BY_REPAIR)
+"""The details that mark a batch as adopted: found by a lookup, not created by us."""
 
 LOST = (
     "lost: a realtime request was in flight when an earlier call stopped; the provider may "
@@ -150,7 +157,7 @@ def recover(ctx: RunContext, state: RunState) -> list[InFlightBatch]:
     }
     del members
     # Adopted by an earlier call and still open: still not known to be ours.
-    adopted = store.batch_keys_with_detail(FOUND_AFTER_CRASH)
+    adopted = store.batch_keys_with_detail(*ADOPTED_DETAILS)
     out: list[InFlightBatch] = []
     for row in batches.iter_rows(named=True):
         key, status = row["batch_key"], row["status"]

@@ -22,6 +22,7 @@ import polars as pl
 from batchata_df.engine.admission import Admission
 from batchata_df.engine.ledger import Ledger
 from batchata_df.engine.planning import PlannedBatch, Planner
+from batchata_df.engine.recovery import FOUND_AFTER_FAILED_CREATE
 from batchata_df.engine.run import (
     BatchPhase,
     InFlightBatch,
@@ -127,11 +128,11 @@ class Submitter:
         # The tag carries what a lookup needs to tell our batch from this run's others (the
         # provider may look it up itself when a create fails).
         tag = self.lookup_tag(tag, plan)
+        found: str | None = None
         try:
             batch_id = provider.submit(plan.lines, model=plan.model, tag=tag)
         except ProviderError as e:
             self.state.release(reserved)
-            found = None
             if not e.permanent:  # a 4xx created nothing; otherwise the answer may be lost
                 try:
                     found = self._look_up(plan, tag)
@@ -147,6 +148,11 @@ class Submitter:
                 return self._failed(plan, e)
             self.state.reserved += reserved
             batch_id = found
+        # A batch found by a lookup (ours, or the provider's inside submit) rather than
+        # answered by its create may be another process's (Anthropic's lookup goes by size
+        # and time alone): adopted, so that one holding none of our requests is abandoned
+        # and its rows sent again, in this call or a later one (FOUND_AFTER_FAILED_CREATE).
+        adopted = found is not None or provider.found_not_created(batch_id)
         self._first_failure = None
         self.last_error = None
         self._backoff = ctx.backoff()
@@ -160,6 +166,7 @@ class Submitter:
             status=BatchPhase.SUBMITTED.value,
             n_jobs=len(plan),
             n_bytes=plan.n_bytes,
+            detail=FOUND_AFTER_FAILED_CREATE if adopted else None,
         )
         self.state.batch_status[plan.batch_key] = "submitted"
         self.state.activity = ""  # uploaded: the "now" line must not go stale
@@ -174,6 +181,7 @@ class Submitter:
             backoff=ctx.backoff(),
             reserved=reserved,
             est_input=plan.est_input,
+            adopted=adopted,
         )
 
     def _look_up(self, plan: PlannedBatch, tag: BatchTag) -> str | None:

@@ -189,6 +189,7 @@ class AnthropicProvider:
         # Realtime requests run in threads: one client, created once.
         self._client_lock = threading.Lock()
         self._created: set[str] = set()  # batches this instance created: never an orphan
+        self._found: set[str] = set()  # of those, the ones a create's lookup found (find)
         self._downloads = DownloadBuffer()
 
     def __repr__(self) -> str:  # never show the key
@@ -453,6 +454,7 @@ class AnthropicProvider:
                     found = self.find(tag)
                     if found is not None:
                         self._created.add(found)
+                        self._found.add(found)
                         return found
                 time.sleep(min(8.0, self.create_retry_base_s * 2**attempt))
                 continue
@@ -619,6 +621,10 @@ class AnthropicProvider:
         decoded = decode_results(json.dumps(result).encode(), spec)
         decoded = not_utf8_answer(decoded, checked.first_bad, provider="Anthropic")
         return kept_response(decoded, body_text, spec)
+
+    def found_not_created(self, batch_id: str) -> bool:
+        """Whether :meth:`submit` found ``batch_id`` by size and time, not by its create."""
+        return batch_id in self._found
 
     def find(self, tag: BatchTag) -> str | None:
         """Find a batch created for ``tag`` by a crashed run.

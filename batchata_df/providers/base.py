@@ -1480,6 +1480,15 @@ class Provider(Protocol):
         """
         ...
 
+    def found_not_created(self, batch_id: str) -> bool:
+        """Whether :meth:`submit` returned ``batch_id`` from a lookup, not from its create.
+
+        After a create whose outcome was unknown, a provider may look the batch up itself
+        (:meth:`find`); a lookup by size and time (Anthropic) may find another process's
+        batch, so its requests are not known for sure to be ours.
+        """
+        ...
+
     def close(self) -> None:
         """Release network resources."""
         ...

@@ -803,6 +803,10 @@ class GeminiProvider:
     MAX_LISTED: ClassVar[int] = ORPHAN_SEARCH_MAX_LISTED
     SEARCH_SECONDS: ClassVar[float] = ORPHAN_SEARCH_SECONDS
 
+    def found_not_created(self, batch_id: str) -> bool:
+        """Never: :meth:`submit` returns what its create answered, and nothing else."""
+        return False
+
     def find(self, tag: BatchTag) -> str | None:
         """Find our batch by display name, reading the whole batch list (bounded).
 

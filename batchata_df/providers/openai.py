@@ -484,6 +484,10 @@ class OpenAIProvider:
     MAX_LISTED: ClassVar[int] = ORPHAN_SEARCH_MAX_LISTED
     SEARCH_SECONDS: ClassVar[float] = ORPHAN_SEARCH_SECONDS
 
+    def found_not_created(self, batch_id: str) -> bool:
+        """Never: :meth:`submit` returns what its create answered, and nothing else."""
+        return False
+
     def find(self, tag: BatchTag) -> str | None:
         """Find our batch by its metadata, reading the whole batch list (bounded).
 
