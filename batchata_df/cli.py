@@ -1003,6 +1003,15 @@ def run(
         raise UsageProblem(msg)
     if state is None and output_path is not None:
         state = f"{output_path}.state"
+    if plan_path is not None and state is not None:
+        folder = Path(state).resolve()
+        if folder == Path(plan_path).resolve() or folder in Path(plan_path).resolve().parents:
+            msg = (
+                f"--plan {shown_plan!r} is inside the state folder {state!r}: the plan "
+                "would overwrite or sit among its checkpoint files. Write the plan to a "
+                "file outside it. Nothing was sent"
+            )
+            raise UsageProblem(msg)
     if state is not None and not dry_run:  # a dry run only reads the folder
         _check_state_writable(state)
     lazy = read_frame(input_path)

@@ -98,6 +98,10 @@ def test_a_dry_run_never_creates_output(work, emu):
     (["--dry-run", "--plan", "./o.parquet"], "--plan './o.parquet' is OUTPUT"),
     (["--dry-run", "--plan", "t.parquet"], "is the INPUT file 't.parquet'"),
     (["--dry-run", "--plan", "plan.xlsx"], "unsupported file type '.xlsx'"),
+    # inside the state folder (OUTPUT.state): over a checkpoint part, or among them
+    (["--dry-run", "--plan", "o.parquet.state/x.parquet"], "is inside the state folder"),
+    (["--dry-run", "--plan", "o.parquet.state/jobs/p.parquet"], "is inside the state folder"),
+    (["--dry-run", "--state", "st", "--plan", "st/x.parquet"], "is inside the state folder"),
 ])
 def test_a_plan_file_that_would_do_harm_is_refused(work, emu, extra, needle):
     line = one_line_error(cli(emu, *RUN, "--no-progress", *extra, cwd=work), 2)
