@@ -707,7 +707,10 @@ def test_gemini_result_lines_decode_to_exact_rows() -> None:
         {"key": "can1", "error": {"code": 1}},
         {"key": "bad", "error": {"code": 400, "message": "Invalid JSON payload"}},
         {"key": "nocode", "error": {"message": "x"}},
-        {"key": None, "response": {}},  # not one of ours (no key): dropped
+        # A line without its key that holds a response was billed: kept with a null id, so
+        # its usage counts as unmatched spend (engine.collection); without one: dropped.
+        {"key": None, "response": {}},
+        {"key": None, "error": {"code": 500, "message": "no key"}},
         _gem("unspec", text, finish="FINISH_REASON_UNSPECIFIED"),
     ]
     assert _rows(gemini_mod.decode_lines(_jsonl(*lines))) == [
@@ -732,6 +735,9 @@ def test_gemini_result_lines_decode_to_exact_rows() -> None:
         _row(job_id="bad", outcome="errored", error="error_400: Invalid JSON payload",
              truncated=False),
         _row(job_id="nocode", outcome="errored", error="error_?: x", truncated=False),
+        _row(job_id=None, outcome="errored",
+             error="no_answer: the model returned no text (finish reason unknown)",
+             truncated=False),
         _row(job_id="unspec", outcome="succeeded", text='{"label":"é"}', truncated=False),
     ]
     assert _rows(gemini_mod.decode_lines(b"  \n")) == []

@@ -1337,7 +1337,9 @@ def test_public_api_is_exactly_all() -> None:
         and not isinstance(value, types.ModuleType)
         and getattr(value, "__module__", "") == package.__name__
     }
-    assert sorted(package.__all__) == sorted(defined_here) == ["Emulator", "EmulatorError"]
+    assert sorted(package.__all__) == sorted(defined_here) == [
+        "Emulator", "EmulatorError", "env_for"
+    ]
     for module in (answers, package.server, package.openai_api):
         for name in module.__all__:
             assert hasattr(module, name), f"{module.__name__}.__all__ lists missing {name!r}"
