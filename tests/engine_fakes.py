@@ -186,6 +186,8 @@ class FakeProvider:
         share = (self.clock.monotonic() - batch.created) / self.latency
         return min(len(batch.job_ids), int(len(batch.job_ids) * share))
 
+    find_is_exact = False  # the worst case: what it finds may be another process's
+
     def found_not_created(self, batch_id: str) -> bool:
         return False
 

@@ -153,7 +153,7 @@ def test_a_batch_adopted_by_mistake_is_abandoned_and_writes_no_job_events(tmp_pa
     collector.poll_due()
     assert job_events(ctx).height == 0
     assert batch_events(ctx) == [
-        ("abandoned", "fb_1", "the batch found after a crash holds none of our requests")
+        ("abandoned", "fb_1", "the batch found by a lookup holds none of our requests")
     ]
     assert state.in_flight == [] and state.reserved == 0.0 and state.spent == 0.0
 

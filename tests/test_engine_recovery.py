@@ -343,3 +343,14 @@ def test_a_batch_counts_as_stored_only_from_outcomes_under_its_own_key() -> None
     both = pl.concat([outcomes, pl.DataFrame({"batch_key": ["A"], "job_id": ["j1"]})])
     assert _outcomes_stored(assigned, both) == {"A", "B"}
     assert _outcomes_stored(assigned, outcomes.clear()) == set()
+
+
+def test_a_batch_found_by_an_exact_lookup_is_ours_not_adopted(tmp_path):
+    # OpenAI's and Gemini's find() match our own tag: what they found is ours for sure,
+    # whatever detail its event carries (folders of earlier versions included).
+    class Exact(FakeProvider):
+        find_is_exact = True
+
+    ctx, state = make_run(tmp_path, Exact(FakeClock()))
+    assign(ctx, "k1", ["a"], status="submitted", batch_id="fb_7", detail=ADOPTED_DETAILS[0])
+    assert [(b.batch_key, b.adopted) for b in recover(ctx, state)] == [("k1", False)]

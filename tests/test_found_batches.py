@@ -56,3 +56,32 @@ def test_a_foreign_batch_found_after_a_lost_create_is_abandoned_and_our_rows_sen
     # The folder's spend is our two answers' cost, nothing of the other process's batch.
     cost = sum(second.get_column("_cost_usd"))
     assert cost > 0 and spent_usd(state) == pytest.approx(cost, rel=1e-12, abs=0)
+
+
+@pytest.mark.parametrize("provider", ["openai", "gemini"])
+def test_a_batch_found_by_our_own_tag_is_ours_whatever_ids_its_lines_carry(
+    emu, tmp_path, monkeypatch, provider
+) -> None:
+    # OpenAI's and Gemini's lookups match the run and batch key (metadata, display name):
+    # a batch they find after a create whose answer was lost is ours for sure, so result
+    # ids rewritten on their way (a gateway) make unmatched spend, never a batch abandoned
+    # and its row paid again (final review of this fix, session of 2026-11-30).
+    from test_unmatched_results import DF as ROWS
+    from test_unmatched_results import _kwargs, _rewrite_ids
+
+    one = ROWS.head(1)
+    _rewrite_ids(monkeypatch, provider, "rewritten")
+    create = r"/openai/v1/batches$" if provider == "openai" else r"batchGenerateContent"
+    emu.inject_fault(method="POST", path_regex=create, action="disconnect", when="after",
+                     times=1)  # fmt: skip
+    state = tmp_path / "s"
+    first = batch_llm(one, **_kwargs(provider, state))
+    second = batch_llm(one, **_kwargs(provider, state))
+    assert len(emu.billing()) == 1  # created once (its answer lost), never sent again
+    assert first.get_column("_status").to_list() == ["failed"]
+    assert second.get_column("_status").to_list() == ["failed"]
+    assert first.get_column("_error").str.starts_with("missing_result").all()
+    batches = pl.read_parquet(state / "batches" / "*.parquet")
+    assert batches.filter(pl.col("detail") == FOUND_AFTER_FAILED_CREATE).height == 1
+    assert "abandoned" not in batches.get_column("status").to_list()
+    assert spent_usd(state) > 0  # the line's usage counted, as unmatched spend

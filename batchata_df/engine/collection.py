@@ -478,9 +478,10 @@ class Collector:
                 return self.ctx.options.wait and batch.batch_key in self.state.unavailable
             self._reachable(batch)
             got = results.get_column("job_id")
-            # Only a batch adopted after a crash (by size and time alone: Anthropic) may be
-            # someone else's. One whose id we recorded is ours: lines matching none of its
-            # requests (an id null, rewritten or damaged on its way) are billed spend kept
+            # Only an adopted batch (found by a lookup by size and time: Anthropic's, after
+            # a crash, a lost create's answer or by repair) may be someone else's. One
+            # answered by its create, or found by our own tag, is ours: lines matching none
+            # of its requests (an id null, rewritten or damaged on its way) are billed spend kept
             # as unmatched below, never a reason to send its rows and pay again. An id with
             # a damaged byte (U+FFFD as read) is no one's: not another batch's.
             if (
@@ -493,7 +494,7 @@ class Collector:
                 self.ledger.batch(
                     batch,
                     status=BatchPhase.ABANDONED.value,
-                    detail="the batch found after a crash holds none of our requests",
+                    detail="the batch found by a lookup holds none of our requests",
                 )
                 self.state.release(batch.reserved)
                 self.state.in_flight_finished.pop(batch.batch_key, None)  # not ours

@@ -218,7 +218,8 @@ def recover(ctx: RunContext, state: RunState) -> list[InFlightBatch]:
                         row["detail"] if status == BatchPhase.CANCEL_REQUESTED else None
                     ),
                     recovered=True,
-                    adopted=key in adopted,
+                    # found by a lookup that may find another's (not by our own tag)
+                    adopted=key in adopted and not provider.find_is_exact,
                 )
             )
     return out

@@ -149,10 +149,13 @@ class Submitter:
             self.state.reserved += reserved
             batch_id = found
         # A batch found by a lookup (ours, or the provider's inside submit) rather than
-        # answered by its create may be another process's (Anthropic's lookup goes by size
-        # and time alone): adopted, so that one holding none of our requests is abandoned
-        # and its rows sent again, in this call or a later one (FOUND_AFTER_FAILED_CREATE).
-        adopted = found is not None or provider.found_not_created(batch_id)
+        # answered by its create may be another process's where the lookup goes by size
+        # and time (Anthropic): adopted, so that one holding none of our requests is
+        # abandoned and its rows sent again, in this call or a later one.
+        # A lookup by our own tag (OpenAI, Gemini) finds only ours: not adopted.
+        adopted = (
+            found is not None and not provider.find_is_exact
+        ) or provider.found_not_created(batch_id)
         self._first_failure = None
         self.last_error = None
         self._backoff = ctx.backoff()
@@ -166,7 +169,7 @@ class Submitter:
             status=BatchPhase.SUBMITTED.value,
             n_jobs=len(plan),
             n_bytes=plan.n_bytes,
-            detail=FOUND_AFTER_FAILED_CREATE if adopted else None,
+            detail=FOUND_AFTER_FAILED_CREATE if found is not None or adopted else None,
         )
         self.state.batch_status[plan.batch_key] = "submitted"
         self.state.activity = ""  # uploaded: the "now" line must not go stale

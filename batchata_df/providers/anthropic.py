@@ -622,6 +622,9 @@ class AnthropicProvider:
         decoded = not_utf8_answer(decoded, checked.first_bad, provider="Anthropic")
         return kept_response(decoded, body_text, spec)
 
+    # find() goes by size and creation time: no metadata
+    find_is_exact: ClassVar[bool] = False
+
     def found_not_created(self, batch_id: str) -> bool:
         """Whether :meth:`submit` found ``batch_id`` by size and time, not by its create."""
         return batch_id in self._found

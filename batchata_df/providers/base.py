@@ -1447,6 +1447,10 @@ class Provider(Protocol):
     """Most requests in one provider batch."""
     max_bytes: ClassVar[int]
     """Most bytes of encoded requests in one provider batch."""
+    find_is_exact: ClassVar[bool]
+    """Whether :meth:`find` matches our own tag (run id and batch key), so that a batch it
+    finds is ours for sure; ``False`` where it goes by size and time (Anthropic), which
+    can find another process's batch (:attr:`~batchata_df.engine.run.InFlightBatch.adopted`)."""
 
     def encode(self, jobs: pl.DataFrame, spec: RequestSpec) -> pl.Series:
         """Request lines (one string per job) for ``jobs`` (job_id, model, prompt, system)."""

@@ -803,6 +803,9 @@ class GeminiProvider:
     MAX_LISTED: ClassVar[int] = ORPHAN_SEARCH_MAX_LISTED
     SEARCH_SECONDS: ClassVar[float] = ORPHAN_SEARCH_SECONDS
 
+    # find() goes by its display name: the run and batch key
+    find_is_exact: ClassVar[bool] = True
+
     def found_not_created(self, batch_id: str) -> bool:
         """Never: :meth:`submit` returns what its create answered, and nothing else."""
         return False

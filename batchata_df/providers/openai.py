@@ -484,6 +484,9 @@ class OpenAIProvider:
     MAX_LISTED: ClassVar[int] = ORPHAN_SEARCH_MAX_LISTED
     SEARCH_SECONDS: ClassVar[float] = ORPHAN_SEARCH_SECONDS
 
+    # find() goes by its metadata: batchata_run, batchata_batch
+    find_is_exact: ClassVar[bool] = True
+
     def found_not_created(self, batch_id: str) -> bool:
         """Never: :meth:`submit` returns what its create answered, and nothing else."""
         return False
