@@ -1011,6 +1011,14 @@ def scheduled_shutdown(provider: str, model: str) -> tuple[str, str, str, str] |
     return None
 
 
+def _listed_retired(provider: str, name: str) -> tuple[str, str] | None:
+    """``(shutdown date, replacement)`` of a bare model name in :data:`RETIRED`."""
+    for who, pattern, date, replacement in RETIRED:
+        if who == provider and re.fullmatch(pattern, name):
+            return date, replacement
+    return None
+
+
 def retirement(provider: str, model: str) -> tuple[str, str] | None:
     """``(shutdown date, replacement)`` of a retired ``model``, or ``None`` while served.
 
@@ -1032,9 +1040,9 @@ def retirement(provider: str, model: str) -> tuple[str, str] | None:
     >>> os.environ[TODAY_VAR] = before
     """
     name = _bare_name(provider, model)
-    for who, pattern, date, replacement in RETIRED:
-        if who == provider and re.fullmatch(pattern, name):
-            return date, replacement
+    listed = _listed_retired(provider, name)
+    if listed is not None:
+        return listed
     found = scheduled_shutdown(provider, name)
     if found is not None and dt.date.fromisoformat(found[0]) <= today():
         return found[0], found[1]
@@ -1105,7 +1113,7 @@ def _table_mark(provider: str, model: str) -> str:
     shown as its date (:data:`SCHEDULED`), "(retired)" only for :data:`RETIRED`.
     """
     name = _bare_name(provider, model)
-    if any(who == provider and re.fullmatch(pattern, name) for who, pattern, *_ in RETIRED):
+    if _listed_retired(provider, name) is not None:
         return " (retired)"
     scheduled = scheduled_shutdown(provider, name)
     return f" (shutdown {scheduled[0]})" if scheduled is not None else ""
