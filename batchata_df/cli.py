@@ -976,10 +976,9 @@ def run(
     if plan_path is not None:
         plan_kind = file_format(plan_path)
         plan_path = _output_target(plan_path, inputs, input_path, "--plan")
-        if output_path is not None and (
-            Path(plan_path).resolve() == Path(output_path).resolve()
-            or _same_file(plan_path, output_path)
-        ):
+        from batchata_df.stream import same_file
+
+        if output_path is not None and same_file(Path(plan_path), Path(output_path)):
             msg = (
                 f"--plan {shown_plan!r} is OUTPUT: the plan would replace the run's result. "
                 "Write the plan to another file. Nothing was sent"
@@ -1578,23 +1577,12 @@ def _output_target(path: str, inputs: Sequence[Path], input_path: str, what: str
     return path
 
 
-def _same_file(a: str, b: str) -> bool:
-    """Whether ``a`` and ``b`` are one existing file (by any name; ``False``: one is missing)."""
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def _check_not_input(inputs: Sequence[Path], output_path: str, what: str = "OUTPUT") -> None:
     """Refuse an OUTPUT that is an INPUT file (links resolved): the run would replace it."""
-    target = Path(output_path).resolve()
+    from batchata_df.stream import same_file
+
     for given in inputs:
-        same = given.resolve() == target
-        if not same:
-            with contextlib.suppress(OSError):  # OUTPUT missing: not the same file
-                same = os.path.samefile(given, output_path)
-        if same:
+        if same_file(given, Path(output_path)):
             msg = (
                 f"{what} {output_path!r} is the INPUT file {os.fspath(given)!r}: writing it "
                 "would replace the input. Write it to another file"

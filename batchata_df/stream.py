@@ -527,7 +527,7 @@ def _local(path: str) -> Path | None:
     return None if "://" in path else Path(path)
 
 
-def _is_file(path: Path, target: Path) -> bool:
+def same_file(path: Path, target: Path) -> bool:
     """Whether ``path`` names the file ``target`` names (links resolved, hard links too)."""
     try:
         if path.resolve() == target.resolve():
@@ -541,7 +541,7 @@ def _check_not_input(lf: pl.LazyFrame, sink: Path, scans: _Scans) -> None:
     """Refuse a sink that is a file ``lf`` reads: writing it would replace the input.
 
     The input's rows and columns would be lost for the result's, and the same call again
-    would read the result as its input. Compared as files (:func:`_is_file`), so a
+    would read the result as its input. Compared as files (:func:`same_file`), so a
     relative path, a symbolic or a hard link to the input is caught. A scan whose files
     the plan visitor does not list (:func:`_scanned_files`) is looked for in the plan's
     text; there Polars lists the first file of a many-file scan only, so another of them
@@ -557,7 +557,7 @@ def _check_not_input(lf: pl.LazyFrame, sink: Path, scans: _Scans) -> None:
                 files += [p for p in match[1].split(", ") if not p.startswith("... ")]
     for given in files:
         path = _local(given)
-        if path is not None and _is_file(path, sink):
+        if path is not None and same_file(path, sink):
             msg = (
                 f"sink={str(sink)!r} is the file {given!r} that the input LazyFrame reads: "
                 "the result would replace the input (its rows and columns lost). Write "
