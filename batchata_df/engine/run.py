@@ -187,10 +187,12 @@ class InFlightBatch:
     """Re-attached at the call's start (an earlier call sent it): its rows that end
     ``cancelled`` are this call's to send again (:attr:`RunContext.resend_cancelled`)."""
     adopted: bool = False
-    """Found at the provider after a crash between its submit and our checkpoint of its id
-    (:func:`~batchata_df.engine.recovery.recover`; Anthropic's by size and time alone): it
-    may be someone else's, and is abandoned when its results hold none of our requests. A
-    batch whose id we recorded ourselves is ours whatever its result lines' ids say."""
+    """Found at the provider by a lookup that can find another process's batch (Anthropic's,
+    by size and time alone: :attr:`Provider.find_is_exact` false), after a crash
+    (:func:`~batchata_df.engine.recovery.recover`), after a create whose answer was lost,
+    or by ``repair``: it may be someone else's, and is abandoned when its results hold
+    none of our requests. A batch answered by its create, or found by our own tag, is ours
+    whatever its result lines' ids say."""
 
 
 @dataclass
