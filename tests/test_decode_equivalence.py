@@ -353,6 +353,84 @@ def test_real_downloads_decode_as_before_on_the_arrow_path(
     assert_frame_equal(new(data), old(data))
 
 
+_ANSWERED = {provider: lines.split(b"\n")[0] for provider, lines in {
+    "openai": b'{"custom_id":"a","response":{"status_code":200,"body":{"choices":[{"message":'
+              b'{"content":"{\\"x\\": 1}","refusal":null},"finish_reason":"stop"}],"usage":'
+              b'{"prompt_tokens":7,"completion_tokens":3,"prompt_tokens_details":'
+              b'{"cached_tokens":2},"completion_tokens_details":{"reasoning_tokens":1}}}},'
+              b'"error":null}',
+    "anthropic": b'{"custom_id":"a","result":{"type":"succeeded","message":{"content":'
+                 b'[{"type":"text","text":"hi"}],"stop_reason":"end_turn","usage":'
+                 b'{"input_tokens":3,"output_tokens":1}}}}',
+    "gemini": b'{"key":"a","response":{"candidates":[{"content":{"parts":[{"text":"hi"}]},'
+              b'"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":5,'
+              b'"candidatesTokenCount":2}}}',
+}.items()}
+_RARE = [  # a line holding a field that answered lines leave null or out
+    ("openai", b'{"custom_id":"r","response":{"status_code":200,"body":{"choices":[{"message":'
+               b'{"content":null,"refusal":"I can\'t"},"finish_reason":"stop"}]}},"error":null}'),
+    ("openai", b'{"custom_id":"r","response":{"status_code":500,"body":{"error":{"message":'
+               b'"boom","type":"server_error","code":"x"}}},"error":null}'),
+    ("openai", b'{"custom_id":"r","response":null,"error":{"code":"batch_expired",'
+               b'"message":"expired"}}'),
+    ("openai", b'{"custom_id":"r","response":null,"error":"boom"}'),  # no schema reads it
+    ("anthropic", b'{"custom_id":"r","result":{"type":"errored","error":{"type":"error",'
+                  b'"error":{"type":"api_error","message":"boom"}}}}'),
+    ("anthropic", b'{"custom_id":"r","result":{"type":"errored","error":{}}}'),
+    ("gemini", b'{"key":"r","error":{"code":400,"message":"bad"}}'),
+    ("gemini", b'{"key":"r","response":{"promptFeedback":{"blockReason":"SAFETY"},'
+               b'"usageMetadata":{"promptTokenCount":5}}}'),
+]
+
+
+@pytest.mark.parametrize("where", ["none", "first", "middle", "last"])
+@pytest.mark.parametrize(("provider", "rare"), _RARE)
+def test_a_download_is_read_with_the_usual_schema_and_the_whole_one_when_a_line_needs_it(
+    provider: str, rare: bytes, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pyarrow reads first with the rare fields (errors, refusals, blocked prompts) typed
+    # Null, which costs less per line; one line holding such a field makes it refuse, and
+    # the whole schema is read. The frame is the previous decoder's either way, in one
+    # block and in blocks of 4 KiB (the rare line past the first block).
+    import pyarrow.json as pj
+
+    monkeypatch.setattr("batchata_df.providers.base.ARROW_BLOCK_BYTES", 4096)
+    lines = [_ANSWERED[provider].replace(b'"a"', f'"a{i}"'.encode(), 1) for i in range(120)]
+    at = {"none": None, "first": 0, "middle": 60, "last": 119}[where]
+    if at is not None:
+        lines[at] = rare
+    data = b"\n".join(lines) + b"\n"
+    reads: list[bool] = []  # per read: whether the schema typed a field Null
+    real = pj.read_json
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        reads.append("null" in str(kwargs["parse_options"].explicit_schema))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pj, "read_json", spy)
+    spec = RequestSpec(AnswerSchema(None), {}, keep_responses=True)
+    new = {"openai": lambda d: openai.decode_lines(d, responses=True),
+           "gemini": lambda d: gemini.decode_lines(d, responses=True),
+           "anthropic": lambda d: anthropic.decode_results(d, spec)}[provider]
+    old = {"openai": lambda d: ref.openai_decode_lines(d, responses=True),
+           "gemini": lambda d: ref.gemini_decode_lines(d, responses=True),
+           "anthropic": lambda d: ref.anthropic_decode_results(d, spec)}[provider]
+    try:
+        got: pl.DataFrame | None = new(data)
+    except pl.exceptions.ComputeError:
+        got = None
+    monkeypatch.setattr(pj, "read_json", real)
+    # the usual schema, once; with a rare line: refused, then the whole schema (which
+    # refuses a string where the error object is too: then Polars' path, and its error)
+    assert reads == ([True] if at is None else [True, False])
+    if got is None:
+        assert at is not None and b'"boom"}' in rare
+        with pytest.raises(pl.exceptions.ComputeError):
+            old(data)
+    else:
+        assert_frame_equal(got, old(data))
+
+
 # -- downloads written into reused memory (DownloadBuffer) ---------------------------------------
 
 

@@ -54,6 +54,7 @@ from batchata_df.providers.base import (
     kept_response,
     none_true,
     not_utf8_answer,
+    null_typed,
     read_jsonl,
     request_lines,
     result_lines,
@@ -924,7 +925,9 @@ def decode_results(data: Download, spec: RequestSpec | None = None) -> pl.DataFr
     citations = spec is not None and spec.citations
     responses = spec is not None and spec.keep_responses
     # built per call (microseconds): a mutation test then sees the schema it reads with
-    raw = read_jsonl(data, _line_schema(_CITED_BLOCK if citations else _TEXT_BLOCK))
+    schema = _line_schema(_CITED_BLOCK if citations else _TEXT_BLOCK)
+    # An answered line has no error: read without its column first (read_jsonl's usual).
+    raw = read_jsonl(data, schema, usual=null_typed(schema, ("result", "error")))
     if responses:  # each line as Anthropic sent it
         raw = with_result_lines(raw, result_lines(data))
     # The answer once, as columns: an eager select evaluates an expression once per use,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import enum
+import functools
 import hashlib
 import io
 import re
@@ -67,6 +68,7 @@ __all__ = [
     "empty_results",
     "history_messages",
     "all_null",
+    "null_typed",
     "column_json_string",
     "json_object",
     "json_string",
@@ -263,7 +265,9 @@ size). Each block is a chunk of every column: 8 MiB took 5-15 % less CPU per dow
 1 MiB blocks (``benchmarks/PROFILE.md``, tenth pass), for ~8 MiB more working memory."""
 
 
-def read_jsonl(data: Download, schema: pl.Schema) -> pl.DataFrame:
+def read_jsonl(
+    data: Download, schema: pl.Schema, *, usual: pl.Schema | None = None
+) -> pl.DataFrame:
     r"""Parse JSON Lines into a frame of ``schema``, the same frame ``pl.read_ndjson`` gives.
 
     pyarrow's JSON reader is tried first (:func:`_read_jsonl_arrow`); when it refuses the
@@ -275,14 +279,61 @@ def read_jsonl(data: Download, schema: pl.Schema) -> pl.DataFrame:
     MB whatever the file's size. Blank lines are skipped, fields outside ``schema``
     ignored, and a malformed line raises ``polars.exceptions.ComputeError``, as there.
 
+    ``usual``, when given, is ``schema`` with the fields that almost every line leaves null
+    or out (a line's error, a refusal) typed ``pl.Null`` (:func:`null_typed`): pyarrow
+    reads it first, which costs less than building those columns' nulls line by line,
+    and refuses it as soon as one line holds a value there (``changed from null to
+    object``); then ``schema`` is read. Either way the frame is ``schema``'s, the same.
+
     Examples
     --------
     >>> data = b'{"id":"a","n":1,"extra":[1]}\r\n\n{"id":"b\\n","n":null}\n'
     >>> read_jsonl(data, pl.Schema({"id": pl.String, "n": pl.Int64})).rows()
     [('a', 1), ('b\n', None)]
+    >>> schema = pl.Schema({"id": pl.String, "error": pl.Struct({"code": pl.String})})
+    >>> usual = null_typed(schema, ("error",))
+    >>> read_jsonl(b'{"id":"a","error":null}', schema, usual=usual).schema == schema
+    True
+    >>> read_jsonl(b'{"id":"a"}\n{"id":"b","error":{"code":"x"}}', schema, usual=usual).rows()
+    [('a', None), ('b', {'code': 'x'})]
     """
-    fast = _read_jsonl_arrow(data, schema)
+    fast = _read_jsonl_arrow(data, schema, usual)
     return fast if fast is not None else _read_jsonl_polars(data, schema)
+
+
+def null_typed(schema: pl.Schema, *paths: tuple[str, ...]) -> pl.Schema:
+    """``schema`` with the field at each path typed ``pl.Null`` (:func:`read_jsonl`'s ``usual``).
+
+    A path names struct fields from the top; a list on the way is stepped through (its
+    items' field).
+
+    Examples
+    --------
+    >>> schema = pl.Schema({"a": pl.List(pl.Struct({"b": pl.String, "c": pl.Int64}))})
+    >>> null_typed(schema, ("a", "b"))
+    Schema([('a', List(Struct({'b': Null, 'c': Int64})))])
+    """
+
+    def nulled(dtype: Any, path: tuple[str, ...]) -> Any:
+        if isinstance(dtype, pl.List):
+            return pl.List(nulled(dtype.inner, path))
+        if not path:
+            return pl.Null()
+        if not isinstance(dtype, pl.Struct) or path[0] not in {f.name for f in dtype.fields}:
+            msg = f"no field {path[0]!r} in {dtype}"
+            raise KeyError(msg)
+        return pl.Struct(
+            {f.name: nulled(f.dtype, path[1:]) if f.name == path[0] else f.dtype
+             for f in dtype.fields}
+        )
+
+    out = dict(schema)
+    for path in paths:
+        if path[0] not in out:
+            msg = f"no field {path[0]!r} in the schema"
+            raise KeyError(msg)
+        out[path[0]] = nulled(out[path[0]], path[1:])
+    return pl.Schema(out)
 
 
 def is_blank(data: Download) -> bool:
@@ -415,7 +466,25 @@ def has_null_line(data: Download) -> bool:
     )
 
 
-def _read_jsonl_arrow(data: Download, schema: pl.Schema) -> pl.DataFrame | None:
+@functools.lru_cache(maxsize=64)
+def _arrow_plan(items: tuple[tuple[str, Any], ...]) -> tuple[Any, bool]:
+    """The Arrow schema pyarrow reads a line schema's items with, and whether they come back.
+
+    Whether ``pl.from_arrow`` gives back the line schema's own types: then no cast is needed.
+    Once per schema: building it (~1 ms) and comparing a frame's nested schema with it (~3
+    ms) took ~4 ms per download (``benchmarks/PROFILE.md``, sixteenth pass).
+    """
+    import pyarrow as pa
+
+    arrow = pa.schema([(name, _arrow_type(dtype)) for name, dtype in items])
+    empty = pl.from_arrow(arrow.empty_table())
+    assert isinstance(empty, pl.DataFrame)
+    return arrow, empty.schema == pl.Schema(dict(items))
+
+
+def _read_jsonl_arrow(
+    data: Download, schema: pl.Schema, usual: pl.Schema | None = None
+) -> pl.DataFrame | None:
     """:func:`read_jsonl` through pyarrow's JSON reader, or ``None`` if it refuses the data.
 
     pyarrow parses JSON Lines against an explicit schema about 1.5x faster than
@@ -436,22 +505,27 @@ def _read_jsonl_arrow(data: Download, schema: pl.Schema) -> pl.DataFrame | None:
         # line goes to Polars. A raw newline never occurs inside a JSON string, so these
         # only match lines that are `null`.
         return None
-    arrow_schema = pa.schema([(name, _arrow_type(dtype)) for name, dtype in schema.items()])
-    try:
-        table = pj.read_json(
-            pa.BufferReader(data),  # the download in place: io.BytesIO copied each block
-            read_options=pj.ReadOptions(use_threads=False, block_size=ARROW_BLOCK_BYTES),
-            parse_options=pj.ParseOptions(
-                explicit_schema=arrow_schema, unexpected_field_behavior="ignore"
-            ),
-        )
-    except (pa.ArrowException, ValueError):
-        return None
-    frame = pl.from_arrow(table)
-    assert isinstance(frame, pl.DataFrame)
-    # Arrow's types of a line schema come back as its Polars types: the cast (a pass over
-    # every column) is only for a schema where they do not.
-    return frame if frame.schema == schema else frame.cast(schema)
+    # The usual lines' schema first: a line with a value where it types Null is refused,
+    # and then the whole schema is read.
+    for tried in (schema,) if usual is None else (usual, schema):
+        arrow_schema, same_types = _arrow_plan(tuple(tried.items()))
+        try:
+            table = pj.read_json(
+                pa.BufferReader(data),  # the download in place: io.BytesIO copied each block
+                read_options=pj.ReadOptions(use_threads=False, block_size=ARROW_BLOCK_BYTES),
+                parse_options=pj.ParseOptions(
+                    explicit_schema=arrow_schema, unexpected_field_behavior="ignore"
+                ),
+            )
+        except (pa.ArrowException, ValueError):
+            continue
+        frame = pl.from_arrow(table)
+        assert isinstance(frame, pl.DataFrame)
+        # Arrow's types of a line schema come back as its Polars types: the cast (a pass
+        # over every column) is only for a schema where they do not, and to type the
+        # usual schema's Null fields as ``schema`` has them (columns of nulls, ~1 ms).
+        return frame if tried is schema and same_types else frame.cast(schema)
+    return None
 
 
 class DownloadBuffer:

@@ -66,6 +66,7 @@ from batchata_df.providers.base import (
     not_utf8_again,
     not_utf8_answer,
     not_utf8_reason,
+    null_typed,
     read_jsonl,
     request_lines,
     result_lines,
@@ -151,6 +152,9 @@ _LINE_SCHEMA = pl.Schema(
         "error": pl.Struct({"code": pl.Int64(), "message": pl.String()}),
     }
 )
+_USUAL_LINE_SCHEMA = null_typed(_LINE_SCHEMA, ("response", "promptFeedback"), ("error",))
+""":data:`_LINE_SCHEMA` as an answered line has it: no prompt feedback (a blocked prompt),
+no error (``read_jsonl``'s ``usual``; a download with one is read with the whole schema)."""
 
 T = TypeVar("T")
 
@@ -1023,7 +1027,7 @@ def decode_lines(data: Download, *, responses: bool = False) -> pl.DataFrame:
     data = strip_ends(data)  # data.strip() without copying the download to drop its "\n"
     if not data:
         return empty_results()
-    raw = read_jsonl(data, _LINE_SCHEMA)
+    raw = read_jsonl(data, _LINE_SCHEMA, usual=_USUAL_LINE_SCHEMA)
     if responses:
         raw = with_result_lines(raw, result_lines(data))
     # A line without its key that holds a response was billed: kept (its job_id null),

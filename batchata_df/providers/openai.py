@@ -50,6 +50,7 @@ from batchata_df.providers.base import (
     json_string,
     kept_response,
     not_utf8_answer,
+    null_typed,
     read_jsonl,
     request_lines,
     result_lines,
@@ -134,6 +135,14 @@ _LINE_SCHEMA = pl.Schema(
         "error": pl.Struct({"code": pl.String(), "message": pl.String()}),
     }
 )
+_USUAL_LINE_SCHEMA = null_typed(
+    _LINE_SCHEMA,
+    ("response", "body", "choices", "message", "refusal"),
+    ("response", "body", "error"),
+    ("error",),
+)
+""":data:`_LINE_SCHEMA` as an answered line has it: no refusal, no error in the body or the
+line (``read_jsonl``'s ``usual``; a download with one is read with the whole schema)."""
 
 T = TypeVar("T")
 
@@ -559,7 +568,7 @@ def decode_lines(data: Download, *, responses: bool = False) -> pl.DataFrame:
     data = strip_ends(data)  # data.strip() without copying the download to drop its "\n"
     if not data:
         return empty_results()
-    raw = read_jsonl(data, _LINE_SCHEMA)
+    raw = read_jsonl(data, _LINE_SCHEMA, usual=_USUAL_LINE_SCHEMA)
     if responses:
         raw = with_result_lines(raw, result_lines(data))
     resp = pl.col("response")
