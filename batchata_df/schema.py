@@ -23,7 +23,7 @@ import re
 import types
 import typing
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -657,9 +657,19 @@ class _FastPath:
     Pydantic as before, so values and error messages are the same either way.
     """
 
-    def __init__(self, pattern: str, wire: pl.Struct) -> None:
+    def __init__(
+        self,
+        pattern: str,
+        wire: pl.Struct,
+        required: Sequence[str] = (),
+        literals: Mapping[str, tuple[tuple[str, ...], bool]] | None = None,
+    ) -> None:
         self.pattern = pattern
         self.wire = wire
+        self.required = tuple(required)
+        """The fields that are not ``| None``: a ``null`` there is Pydantic's error."""
+        self.literals = dict(literals or {})
+        """Each ``Literal`` field's values, and whether it may also be ``null``."""
 
     @classmethod
     def of(cls, model: type[BaseModel]) -> _FastPath | None:
@@ -681,6 +691,8 @@ class _FastPath:
                 return None
         parts: list[str] = []
         wire: dict[str, pl.DataType] = {}
+        required: list[str] = []
+        literals: dict[str, tuple[tuple[str, ...], bool]] = {}
         for name, field in model.model_fields.items():
             if (
                 field.metadata
@@ -697,9 +709,15 @@ class _FastPath:
             pattern, dtype = value
             parts.append(f'"{name}":{pattern}')
             wire[name] = dtype
+            optional = _optional(field.annotation)
+            if not optional:
+                required.append(name)
+            inner = _without_none(field.annotation)
+            if get_origin(inner) is Literal:
+                literals[name] = (tuple(get_args(inner)), optional)
         if not parts:
             return None
-        return cls("^\\{" + ",".join(parts) + "\\}$", pl.Struct(wire))
+        return cls("^\\{" + ",".join(parts) + "\\}$", pl.Struct(wire), required, literals)
 
     def canonical(self, texts: pl.Series) -> pl.Series:
         """Each text that is already canonical, else null (to be validated by Pydantic).
@@ -715,57 +733,94 @@ class _FastPath:
     ) -> tuple[pl.Series, pl.Series | None]:
         """:meth:`canonical`, and the decoded struct of each text it keeps (else null).
 
-        The decode goes :data:`DECODE_SLICE_ROWS` texts at a time (the same values, in
-        chunks). When every text matches the layout and every one comes back unchanged
-        (a run's answers, as a rule), the texts and the decoded struct are returned as
-        they are rather than copied through a mask.
+        The texts are decoded :data:`DECODE_SLICE_ROWS` at a time, as they are; a text is
+        kept when its decode is not null, holds a value in every field that is not ``|
+        None`` and one of the values of each ``Literal`` field, and encodes back to the
+        text itself. That is what the layout regex and the round trip together proved: a
+        text equal to the encoding of a struct of the wire's types is JSON of exactly the
+        model's keys in order, without blank space, each value spelt as Polars (and so
+        Pydantic) writes it; the regex adds nothing to it but those checks of nulls and
+        literals (``benchmarks/PROFILE.md``, sixteenth pass). A slice the decoder refuses
+        (malformed JSON, a value of another type, an integer past Int64) or whose rows it
+        miscounts (it joins the texts into one JSON array, so a text ``{...},{...}`` is
+        two rows) is decoded again with the texts that do not match the layout regex
+        (:attr:`pattern`) nulled first, as before; if the decoder still refuses it (a
+        number past a double), every text is left to Pydantic and nothing decoded is kept,
+        as before. When every text is kept (a run's answers, as a rule), the texts and the
+        decoded struct are returned as they are rather than copied through a mask.
         """
         n = texts.len()
-        try:
-            matches = texts.str.contains(self.pattern)
-            if matches.all():  # every text but the nulls: nothing to null before the decode
-                shaped = texts
-            else:
-                shaped = pl.select(pl.when(pl.lit(matches)).then(pl.lit(texts))).to_series()
-            decoded = _decode_in_slices(shaped, self.wire)
-            # Against the shaped text, not the raw one: a text nulled for not matching the
-            # layout must not count as canonical because null encodes as "null".
-            same = decoded.struct.json_encode() == shaped
-        except pl.exceptions.PolarsError:  # e.g. an integer past Int64: Pydantic decides
-            return pl.Series("text", [None] * n, dtype=pl.String), None
-        if shaped is texts and same.all():  # null only where the text is null
+        parts: list[pl.Series] = []
+        for i in range(0, n, DECODE_SLICE_ROWS):
+            part = self._decoded(texts.slice(i, DECODE_SLICE_ROWS))
+            if part is None:
+                return pl.Series("text", [None] * n, dtype=pl.String), None
+            parts.append(part)
+        if not parts:
+            empty = pl.Series("decoded", [], self.wire)
+            return texts.alias("text"), empty if keep_decoded else None
+        decoded = parts[0] if len(parts) == 1 else pl.concat(parts, rechunk=True)
+        # Polars' encode of a null row is "null": a text "null" decodes to one, and is
+        # Pydantic's to judge (decoded.is_not_null() is false for it).
+        found = pl.DataFrame({"text": texts, "decoded": decoded})
+        row = pl.col("decoded")
+        checks = [row.is_not_null(), row.struct.json_encode() == pl.col("text")]
+        checks += [row.struct.field(name).is_not_null() for name in self.required]
+        checks += [
+            row.struct.field(name).is_in(values) | (row.struct.field(name).is_null() if optional
+                                                   else pl.lit(False))
+            for name, (values, optional) in self.literals.items()
+        ]
+        same = found.select(pl.all_horizontal(checks).alias("same")).to_series()
+        if (same | (texts.is_null() & decoded.is_null())).all():  # every text kept but nulls
             return texts.alias("text"), decoded.alias("decoded") if keep_decoded else None
-        kept = pl.select(
-            pl.when(pl.lit(same)).then(pl.lit(texts)).alias("text"),
-            *([pl.when(pl.lit(same)).then(pl.lit(decoded)).alias("decoded")]
-              if keep_decoded else []),
+        kept = found.select(
+            pl.when(same).then(pl.col("text")).alias("text"),
+            *([pl.when(same).then(row).alias("decoded")] if keep_decoded else []),
         )
         return kept.get_column("text"), kept.get_column("decoded") if keep_decoded else None
+
+    def _decoded(self, texts: pl.Series) -> pl.Series | None:
+        """``texts.str.json_decode(wire)``, row for row, else ``None`` (:meth:`checked`)."""
+        try:
+            decoded = texts.str.json_decode(self.wire)
+            if decoded.len() == texts.len():
+                return decoded
+        except pl.exceptions.PolarsError:
+            pass
+        try:
+            matches = texts.str.contains(self.pattern)
+            shaped = pl.select(pl.when(pl.lit(matches)).then(pl.lit(texts))).to_series()
+            decoded = shaped.str.json_decode(self.wire)
+            if decoded.len() == texts.len():
+                return decoded
+        except pl.exceptions.PolarsError:  # e.g. a number past a double: Pydantic decides
+            pass
+        return None
 
 
 DECODE_SLICE_ROWS = 5_000
 """Answers :meth:`_FastPath.checked` decodes at a time. Polars' ``str.json_decode`` takes a
 working buffer in proportion to what it is given: 50,000 answers at once (a batch) faulted
 in ~3,000 fresh pages each time, 5,000 at a time ~400, and took less CPU (user 33 -> 26 ms,
-system 11 -> 1.5 ms per 50,000 three-field answers; ``benchmarks/PROFILE.md``, ninth pass)."""
+system 11 -> 1.5 ms per 50,000 three-field answers; ``benchmarks/PROFILE.md``, ninth pass).
+The slices' structs are put in one chunk (a copy of the decoded values, ~1 ms for a batch):
+kept in chunks, the run's decoded answers (held to the end for the output) raised a
+1M-row call's peak RSS from ~950 to ~1,150 MB; in one chunk it stays as it was (ninth
+pass)."""
 
 
-def _decode_in_slices(texts: pl.Series, wire: pl.Struct) -> pl.Series:
-    """``texts.str.json_decode(wire)``, :data:`DECODE_SLICE_ROWS` rows at a time.
+def _optional(tp: Any) -> bool:
+    """Whether a field type takes ``None`` (``X | None``)."""
+    return get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp)
 
-    The slices' structs are put in one chunk (a copy of the decoded values, ~1 ms for a
-    batch): kept in chunks, the run's decoded answers (held to the end for the output)
-    raised a 1M-row call's peak RSS from ~950 to ~1,150 MB; in one chunk it stays as it
-    was (``benchmarks/PROFILE.md``, ninth pass).
-    """
-    n = texts.len()
-    if n <= DECODE_SLICE_ROWS:
-        return texts.str.json_decode(wire)
-    return pl.concat(
-        [texts.slice(i, DECODE_SLICE_ROWS).str.json_decode(wire)
-         for i in range(0, n, DECODE_SLICE_ROWS)],
-        rechunk=True,
-    )
+
+def _without_none(tp: Any) -> Any:
+    """``X`` of ``X | None``; any other type as it is."""
+    if not _optional(tp):
+        return tp
+    members = [a for a in get_args(tp) if a is not type(None)]
+    return members[0] if len(members) == 1 else tp
 
 
 def _fast_value(tp: Any) -> tuple[str, pl.DataType] | None:

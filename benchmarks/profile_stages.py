@@ -110,7 +110,7 @@ FINE = {
     "store: os.fsync": ("os", "", "fsync"),
     "store: StateStore()": ("batchata_df.state", "StateStore", "__init__"),
     "validation: _FastPath.checked": ("batchata_df.schema", "_FastPath", "checked"),
-    "validation: _decode_in_slices": ("batchata_df.schema", "", "_decode_in_slices"),
+    "validation: _FastPath._decoded": ("batchata_df.schema", "_FastPath", "_decoded"),
     "cost: with_usage_columns": ("batchata_df.cost", "", "with_usage_columns"),
     # batch_llm's own steps ("batch_llm (rest)").
     "batch_llm: _check_models": ("batchata_df.frame", "", "_check_models"),

@@ -457,6 +457,122 @@ def test_answers_checked_in_slices_equal_pydantic_and_the_whole_decode(
     assert_series_equal(pl.select(schema.typed(pl.lit(decoded))).to_series(), from_text)
 
 
+class AllOptional(BaseModel):
+    n: int | None
+    label: Literal["pos", "neg"] | None
+
+
+_C2 = '{"summary":"b","score":2.0,"count":3,"ok":false,"label":"neg","maybe":1e+20}'
+_ADVERSARIAL = [
+    # the fast path decodes without the layout regex: what the regex refused, its checks
+    # of the decode refuse, or Pydantic decides
+    _CANONICAL.replace('"summary":"a"', '"summary":null'),  # null for a required field
+    _CANONICAL.replace('"count":2', '"count":null'),
+    _CANONICAL.replace('"ok":true', '"ok":null'),
+    _CANONICAL.replace('"label":"pos"', '"label":null'),
+    "null",  # the whole answer null: decodes to a null row, which encodes as "null"
+    _CANONICAL.replace('"label":"pos"', '"label":"x"'),  # a Literal value outside the set
+    _CANONICAL.replace('"label":"pos"', '"label":"Pos"'),
+    _CANONICAL.replace('"label":"pos"', '"label":"po\\u0073"'),  # the value, escaped
+    _CANONICAL.replace('{"summary":"a"', '{"summary":"a","summary":"a"'),  # duplicate key
+    _CANONICAL.replace('"maybe":null}', '"maybe":null,"maybe":null}'),
+    " " + _CANONICAL, _CANONICAL + " ", _CANONICAL + "\n", _CANONICAL.replace(",", ", "),
+    _CANONICAL.replace('"score":1.5', '"score":5'),  # 5 for a float: Pydantic's 5.0
+    _CANONICAL.replace('"count":2', '"count":2.0'),  # 2.0 for an int
+    _CANONICAL.replace('"count":2', '"count":-0'),
+    _CANONICAL.replace('"count":2', '"count":02'),
+    _CANONICAL.replace('"count":2', '"count":9223372036854775808'),  # past Int64
+    _CANONICAL.replace('"count":2', '"count":-9223372036854775809'),
+    _CANONICAL.replace('"count":2', '"count":99999999999999999999999'),
+    _CANONICAL.replace('"count":2', '"count":"2"'),
+    _CANONICAL.replace('"ok":true', '"ok":1'),
+    _CANONICAL.replace('"summary":"a"', '"summary":5'),
+    _CANONICAL.replace('"summary":"a"', '"summary":{"k":1}'),
+    _CANONICAL.replace('"score":1.5', '"score":NaN'),
+    _CANONICAL.replace('"score":1.5', '"score":Infinity'),
+    _CANONICAL.replace('"maybe":null', '"maybe":-Infinity'),
+    _CANONICAL.replace('"score":1.5', '"score":1.50'),
+    _CANONICAL.replace('"score":1.5', '"score":15e-1'),
+    _CANONICAL.replace('"summary":"a"', '"summary":"\\u0061"'),  # escapes Pydantic does not write
+    _CANONICAL.replace('"summary":"a"', '"summary":"a\\/b"'),
+    _CANONICAL.replace('"summary":"a"', '"summary":"\\ud800"'),  # a lone surrogate
+    _CANONICAL.replace('"summary":"a"', '"summary":"a\tb"'),  # a raw control character
+    _CANONICAL.replace('"summary":"a"', '"summary":"a\\tb"'),  # Pydantic's spelling: taken
+    "", "5", '"x"', "[1]", "{}", "[" + _CANONICAL + "]",
+    _CANONICAL[:-1],  # truncated
+    _CANONICAL + "," + _CANONICAL,  # two answers in one text: the decoder makes them two rows
+    _CANONICAL + ",null",
+]
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 5_000])
+@pytest.mark.parametrize("bad", _ADVERSARIAL)
+def test_answers_the_layout_regex_refused_are_pydantic_s_among_canonical_ones(
+    bad: str, rows: int
+) -> None:
+    # The fast path no longer runs the layout regex first: each text the decoder takes is
+    # decoded as it is and kept only when it encodes back to itself and its nulls and
+    # literals are allowed. An adversarial answer amid canonical ones (in slices of
+    # `rows`): the answers and errors are Pydantic's, the decoded struct the canonical
+    # texts' own, and the canonical answers are still taken by the fast path.
+    from unittest import mock
+
+    from batchata_df import schema as schema_module
+
+    texts = [_CANONICAL, bad, _C2, None, _CANONICAL]
+    series = pl.Series(texts, dtype=pl.String)
+    schema = AnswerSchema(Flat)
+    assert schema._fast is not None
+    with mock.patch.object(schema_module, "DECODE_SLICE_ROWS", rows):
+        canonical, errors, decoded = schema.validate_decoded(series)
+        fast = schema._fast.canonical(series).to_list()
+    assert [canonical.to_list(), errors.to_list()] == list(_through_pydantic(texts))
+    assert fast[1] in (None, bad)
+    assert fast[1] is None or canonical.to_list()[1] == bad  # taken: Pydantic's own dump
+    assert [fast[i] for i in (0, 2, 3, 4)] == [_CANONICAL, _C2, None, _CANONICAL]
+    assert decoded is not None
+    from_text = pl.select(schema.decoded(pl.lit(canonical))).to_series()
+    assert_series_equal(pl.select(schema.typed(pl.lit(decoded))).to_series(), from_text)
+
+
+@pytest.mark.parametrize("bad", ["null", '{"n":null,"label":null}', '{"n":1,"label":"x"}',
+                                 '{"n":1}', '{"label":null,"n":null}', '{"n":1,"label":"neg"}'])
+def test_an_all_optional_model_s_null_answer_is_pydantic_s(bad: str) -> None:
+    # "null" decodes to a null row, which Polars encodes back as "null": without the
+    # regex, only the check that the decode is not null keeps it from the fast path
+    texts = [bad, '{"n":null,"label":"pos"}']
+    schema = AnswerSchema(AllOptional)
+    assert schema._fast is not None
+    assert schema.validate(texts) == _pydantic_only(AllOptional, texts)
+    fast = schema._fast.canonical(pl.Series(texts, dtype=pl.String)).to_list()
+    assert fast[1] == texts[1]
+    assert fast[0] == (bad if bad in ('{"n":null,"label":null}', '{"n":1,"label":"neg"}')
+                       else None)
+
+
+def test_answers_that_shift_the_decoder_s_rows_are_never_taken_for_another_s() -> None:
+    # Polars decodes a column by joining its texts into one JSON array: a text of two
+    # objects is two rows, and a text left open takes the next one in. Here the counts
+    # even out (5 texts, 5 rows), so the rows are shifted: a row is kept only when it
+    # encodes back to its own text, i.e. when it is that text's value.
+    opened = _CANONICAL[:-1] + ',"x":[1'
+    closed = "2]}"
+    texts = [opened, closed, _C2, _C2 + "," + _C2, _CANONICAL]
+    series = pl.Series(texts, dtype=pl.String)
+    rows = series.str.json_decode(pl.Struct({"summary": pl.String})).struct.field("summary")
+    assert rows.to_list() == ["a", "b", "b", "b", "a"]  # "2]}" came out as "b"
+    assert series.head(3).str.json_decode(pl.Struct({"summary": pl.String})).len() == 2
+    schema = AnswerSchema(Flat)
+    assert schema.validate(texts) == _through_pydantic(texts)
+    for n in range(1, len(texts) + 1):
+        head = texts[:n]
+        canonical, errors, decoded = schema.validate_decoded(pl.Series(head, dtype=pl.String))
+        assert [canonical.to_list(), errors.to_list()] == list(_through_pydantic(head))
+        assert decoded is not None
+        from_text = pl.select(schema.decoded(pl.lit(canonical))).to_series()
+        assert_series_equal(pl.select(schema.typed(pl.lit(decoded))).to_series(), from_text)
+
+
 def test_without_a_fast_path_nothing_decoded_is_kept() -> None:
     # A model the fast path cannot vouch for, or text answers: the output decodes the text.
     assert AnswerSchema(Nested).validate_decoded(['{"inner":{"x":1}}'])[2] is None
