@@ -63,6 +63,7 @@ from batchata_df.errors import (
     SinkLockedError,
     StateLockedError,
     StateMismatchError,
+    ThinkingRoomWarning,
 )
 
 __all__ = [
@@ -2024,19 +2025,22 @@ def _fail(message: str, code: int) -> int:
 
 @contextlib.contextmanager
 def _shutdown_notes() -> Iterator[None]:
-    """A :class:`ModelShutdownWarning` as one ``batchata-df: warning: ...`` line on stderr.
+    """Advice warnings as one ``batchata-df: warning: ...`` line on stderr each.
 
-    Once per message for the whole command (never once per chunk or batch), and never
+    :class:`ModelShutdownWarning` and :class:`ThinkingRoomWarning`: once per message for
+    the whole command (never once per chunk or batch), and never
     turned into an error by a ``-W error`` filter: it is advice, and the run goes on.
     """
     seen: set[str] = set()
+    advice = (ModelShutdownWarning, ThinkingRoomWarning)
     with warnings.catch_warnings():
-        warnings.filterwarnings("always", category=ModelShutdownWarning)
+        for category in advice:
+            warnings.filterwarnings("always", category=category)
         shown = warnings.showwarning
 
         def show(message: Warning | str, category: type[Warning], filename: str,
                  lineno: int, file: Any = None, line: str | None = None) -> None:
-            if not issubclass(category, ModelShutdownWarning):
+            if not issubclass(category, advice):
                 shown(message, category, filename, lineno, file, line)
             elif str(message) not in seen:
                 seen.add(str(message))

@@ -25,7 +25,9 @@ not be sent or collected because the provider was unreachable (or their results 
 be used); :class:`SummaryWarning` when
 a streaming run could not write the folder's summary for ``sql`` (the run's results are
 complete; ``sql`` groups the events instead); :class:`ModelShutdownWarning` before
-anything is sent when a model's announced shutdown is near.
+anything is sent when a model's announced shutdown is near; :class:`ThinkingRoomWarning`
+before anything is sent when a Gemini model's thinking, which no budget bounds, may take
+all of ``max_tokens``.
 
 Failures of single rows are never exceptions: they become ``_status="failed"`` and an
 ``_error`` message in the result frame.
@@ -63,6 +65,7 @@ __all__ = [
     "StateLockedError",
     "StateMismatchError",
     "SummaryWarning",
+    "ThinkingRoomWarning",
 ]
 
 
@@ -289,4 +292,19 @@ class ModelShutdownWarning(UserWarning):
     window): rows the provider has not finished by then fail. From that date on the model
     is refused like a retired one (:class:`ModelError`). The clock can be pinned with
     ``BATCHATA_DF_TODAY`` (:data:`batchata_df.models.TODAY_VAR`).
+    """
+
+
+class ThinkingRoomWarning(UserWarning):
+    """A Gemini model may spend all of ``max_tokens`` thinking, with no budget to stop it.
+
+    Emitted once per call and model, before anything is sent
+    (:func:`batchata_df.models.thinking_room_warning`): Gemini 2.5 without
+    ``reasoning_effort`` thinks dynamically (up to 8,192 tokens), and Gemini 3.x / 4
+    levels name no token count; thinking counts inside ``max_tokens``, so a row whose
+    thinking takes all of it is billed and answers nothing (it fails ``truncated:
+    thinking used N of max_tokens=N ...``). The message says how much the model may think
+    and names the fix: a ``reasoning_effort`` (a fixed budget on 2.5, a lower level on
+    3.x) or a larger ``max_tokens``. A fixed budget ``max_tokens`` cannot hold is a
+    :class:`ParamError` instead: there every row would be billed for nothing.
     """

@@ -38,6 +38,7 @@ from batchata_df.errors import (
     SchemaError,
     StateError,
     StateMismatchError,
+    ThinkingRoomWarning,
 )
 from batchata_df.jobs import ID_SCHEMES, IdScheme, build_jobs, check_param_values, check_params
 from batchata_df.models import DEFAULT_MAX_TOKENS as _DEFAULT_MAX_TOKENS
@@ -49,6 +50,7 @@ from batchata_df.models import (
     effective_params,
     family_of,
     shutdown_warning,
+    thinking_room_warning,
 )
 from batchata_df.providers import SUPPORTED_PARAMS, make_provider
 from batchata_df.providers.base import Provider, RequestSpec
@@ -1397,7 +1399,9 @@ def _check_models(
 
     A model whose announced shutdown is near (``models.shutdown_warning``) gets a
     :class:`~batchata_df.errors.ModelShutdownWarning` here, once per call (a realtime
-    run's without the batch window's sentence).
+    run's without the batch window's sentence); a Gemini model whose unbounded thinking
+    may take all of ``max_tokens`` (``models.thinking_room_warning``) a
+    :class:`~batchata_df.errors.ThinkingRoomWarning`.
 
     A retired model (``models.check_retired``) is refused here only on a fresh run: a
     state folder that exists may hold answers or a batch in flight of a model retired
@@ -1420,6 +1424,9 @@ def _check_models(
             warnings.warn(ModelShutdownWarning(notice), stacklevel=_user_stacklevel())
         check_endpoint(str(provider), str(model))
         check_model_params(str(provider), str(model), params)
+        risk = thinking_room_warning(str(provider), str(model), params)
+        if risk is not None:  # likely, not certain: said before sending, not refused
+            warnings.warn(ThinkingRoomWarning(risk), stacklevel=_user_stacklevel())
         family = family_of(str(provider), str(model))
         if not family.system_prompt and _has_system(jobs, model):
             raise _no_system_prompt(str(provider), str(model))
