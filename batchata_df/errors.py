@@ -35,6 +35,10 @@ Failures of single rows are never exceptions: they become ``_status="failed"`` a
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from batchata_df.redact import scrub
@@ -308,3 +312,41 @@ class ThinkingRoomWarning(UserWarning):
     3.x) or a larger ``max_tokens``. A fixed budget ``max_tokens`` cannot hold is a
     :class:`ParamError` instead: there every row would be billed for nothing.
     """
+
+
+def _our_code() -> tuple[str, ...]:
+    import polars as pl
+
+    return (
+        str(Path(__file__).resolve().parent) + os.sep,
+        # DataFrame.pipe(batch_llm, ...) calls through polars: the user's line is above it.
+        str(Path(pl.__file__).resolve().parent) + os.sep,
+    )
+
+
+def warn_user(message: str | Warning, category: type[Warning] | None = None) -> None:
+    """``warnings.warn`` pointed at the caller's line: the first frame not ours nor polars'.
+
+    A fixed ``stacklevel`` pointed at ``redact.py`` (the wrapper that scrubs what
+    ``batch_llm`` raises), at polars' ``pipe`` or at one of our functions, depending on
+    the path that warned; polars finds its own level the same way
+    (``polars._utils.various.find_stacklevel``).
+
+    Examples
+    --------
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     warn_user("look here", SummaryWarning)
+    >>> caught[0].category.__name__, caught[0].filename.startswith("<doctest")
+    ('SummaryWarning', True)
+    """
+    ours = _our_code()
+    frame = sys._getframe(1)  # the function that called this one: stacklevel 2
+    level = 2
+    while frame.f_back is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(
+        ours
+    ):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, category, stacklevel=level)

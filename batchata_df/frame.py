@@ -13,7 +13,6 @@ import signal
 import sys
 import tempfile
 import threading
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +38,7 @@ from batchata_df.errors import (
     StateError,
     StateMismatchError,
     ThinkingRoomWarning,
+    warn_user,
 )
 from batchata_df.jobs import ID_SCHEMES, IdScheme, build_jobs, check_param_values, check_params
 from batchata_df.models import DEFAULT_MAX_TOKENS as _DEFAULT_MAX_TOKENS
@@ -1206,30 +1206,6 @@ def _lost_worst(
     return worst_of
 
 
-_OUR_CODE = (
-    str(Path(__file__).resolve().parent) + os.sep,
-    # DataFrame.pipe(batch_llm, ...) calls through polars: the user's line is above it.
-    str(Path(pl.__file__).resolve().parent) + os.sep,
-)
-
-
-def _user_stacklevel() -> int:
-    """The ``stacklevel`` that points a warning at the caller's line, not at ours.
-
-    Called by the function that warns. A fixed level pointed at ``redact.py`` (the wrapper
-    that scrubs what ``batch_llm`` raises) or at polars' ``pipe``, depending on the path;
-    polars finds its own level the same way (``polars._utils.various.find_stacklevel``).
-    """
-    frame = sys._getframe(1)  # the function that warns: level 1
-    level = 1
-    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(
-        _OUR_CODE
-    ):
-        frame = frame.f_back  # type: ignore[assignment]
-        level += 1
-    return level
-
-
 def _warn_serialised(
     engine: object, sendable: pl.DataFrame, results: pl.DataFrame, cap: float | None
 ) -> None:
@@ -1292,7 +1268,7 @@ def _warn_serialised(
             "new state= folder (this one holds the answers to the current parameters and "
             "refuses others)."
         )
-    warnings.warn(" ".join(lines), CapSerialisedWarning, stacklevel=_user_stacklevel())
+    warn_user(" ".join(lines), CapSerialisedWarning)
 
 
 def _warn_unavailable(results: pl.DataFrame) -> None:
@@ -1328,7 +1304,7 @@ def _warn_unavailable(results: pl.DataFrame) -> None:
         f"again with the same state to collect them; {n - pending} cancelled: a later call "
         f"sends them). Last error: {last}"
     )
-    warnings.warn(scrub(msg), ProviderUnavailableWarning, stacklevel=_user_stacklevel())
+    warn_user(scrub(msg), ProviderUnavailableWarning)
 
 
 def _sendable(jobs: pl.DataFrame) -> pl.DataFrame:
@@ -1421,12 +1397,12 @@ def _check_models(
             check_retired(str(provider), str(model))
         notice = shutdown_warning(str(provider), str(model), batch=not realtime)
         if notice is not None:  # once per call and model, before anything is sent
-            warnings.warn(ModelShutdownWarning(notice), stacklevel=_user_stacklevel())
+            warn_user(ModelShutdownWarning(notice))
         check_endpoint(str(provider), str(model))
         check_model_params(str(provider), str(model), params)
         risk = thinking_room_warning(str(provider), str(model), params)
         if risk is not None:  # likely, not certain: said before sending, not refused
-            warnings.warn(ThinkingRoomWarning(risk), stacklevel=_user_stacklevel())
+            warn_user(ThinkingRoomWarning(risk))
         family = family_of(str(provider), str(model))
         if not family.system_prompt and _has_system(jobs, model):
             raise _no_system_prompt(str(provider), str(model))

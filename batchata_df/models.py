@@ -91,6 +91,8 @@ __all__ = [
     "effort_of",
     "family_of",
     "retirement",
+    "shut_down_message",
+    "SHUT_DOWN_ERRORS",
     "scheduled_shutdown",
     "shutdown_warning",
     "thinking_budget",
@@ -1173,6 +1175,63 @@ every request to it would fail (https://developers.openai.com/api/docs/deprecati
         f"({_RETIREMENT_PAGES[provider]}); {use}"
     )
     raise ModelError(msg)
+
+
+SHUT_DOWN_ERRORS: dict[str, str] = {
+    "openai": r"^http_404: The model `[^`]*` (?:has been deprecated|does not exist)",
+    "anthropic": r"^not_found_error: model: ",
+    "gemini": r"^error_404: \S+ is not found for API version ",
+}
+"""Each provider's per-request error for a model it does not serve, as a row's ``_error``
+starts (OpenAI: 404 ``model_not_found``, "The model `x` has been deprecated" or "does not
+exist"; Anthropic: ``not_found_error`` "model: x"; Gemini: 404 "models/x is not found for
+API version ..."); :func:`shut_down_message` says what it means for a retired model."""
+
+
+def shut_down_message(provider: str, model: str, error: str) -> str | None:
+    """A row's ``_error`` when ``model`` was shut down before its request, in a batch, ran.
+
+    ``None`` unless the batch was sent before the shutdown as far as the library knows:
+    ``model`` is retired (:func:`retirement`) and no base URL is set (without one,
+    :func:`check_retired` never lets a retired model be sent, so its batch went before the
+    date; through a gateway it may have gone after, or a name the tables do not know may
+    never have been served: the provider's words stay). The message names the date and
+    the replacement, says that nothing ran and nothing was billed, and keeps the provider's
+    own words (``error``).
+
+    Examples
+    --------
+    >>> import os
+    >>> before = os.environ.get(TODAY_VAR, "")
+    >>> os.environ[TODAY_VAR] = "2026-12-11"
+    >>> print(shut_down_message("openai", "gpt-5-nano", "http_404: The model ..."))
+    ... # doctest: +SKIP
+    model_shut_down: OpenAI shut 'gpt-5-nano' down on 2026-12-11, before this request of a \
+batch sent earlier ran: it was not run and not billed. Send the row again with \
+model='gpt-6-luna', its replacement (https://developers.openai.com/api/docs/deprecations); \
+the provider said: http_404: The model ...
+    >>> os.environ[TODAY_VAR] = "2026-12-10"
+    >>> shut_down_message("openai", "gpt-5-nano", "http_404: ...") is None  # still served
+    True
+    >>> os.environ[TODAY_VAR] = before
+    """
+    found = retirement(provider, model)
+    if found is None or provider not in _PROVIDER_NAMES or _custom_endpoint(provider):
+        return None
+    date, replacement = found
+    base = _bare_name(provider, model)
+    what, use = repr(model), "a newer model"
+    if base != model.strip() and provider == "openai":  # a fine-tune: its base went
+        what = f"{base!r}, the base model of {model!r},"
+        if replacement:
+            use = f"a fine-tune of {replacement!r}, the base model's replacement"
+    elif replacement:
+        use = f"model={replacement!r}, its replacement"
+    return (
+        f"model_shut_down: {_PROVIDER_NAMES[provider]} shut {what} down on {date}, before "
+        f"this request of a batch sent earlier ran: it was not run and not billed. Send the "
+        f"row again with {use} ({_RETIREMENT_PAGES[provider]}); the provider said: {error}"
+    )
 
 
 def check_model_params(provider: str, model: str, params: Mapping[str, Any]) -> None:

@@ -1209,9 +1209,24 @@ class GeminiApp:
             batch.ledger.ran = ran
         entries: list[tuple[dict[str, Any], _Spec]] = []
         ok = failed = 0
+        since = self.core.gone_since("gemini", batch.model, batch.created)
+        gone = batch.n if since is None else min(ran, batch.finished(since))
+        if batch.ledger is not None and gone < ran:
+            batch.ledger.unbilled = frozenset(range(gone, ran))
         for i, spec in enumerate(specs):
             entry: dict[str, Any] = {}
-            if i >= ran:
+            if gone <= i < ran and spec.error is None:
+                # Its model was shut down before it ran (EmulatorCore.gone_since). Google's
+                # deprecations page: "Once a model is 'shutdown', it is completely turned off,
+                # and the endpoint is no longer available" (ai.google.dev/gemini-api/docs/
+                # deprecations); it does not say what becomes of a batch still queued then, so
+                # the strict reading: the request fails as a request naming that model does
+                # (_check_model's 404 NOT_FOUND), not billed. A model Google routes to a
+                # successor is served, not gone.
+                entry["error"] = _error_json(404, _not_found(batch.model, batch.version,
+                                                             "generateContent"))
+                failed += 1
+            elif i >= ran:
                 if batch.cancel_unfinished != "error_file":
                     continue
                 entry["error"] = _error_json(
@@ -1357,12 +1372,16 @@ def _check_model(model: str, version: str, method: str) -> None:
     """
     if model_rules.serves("gemini", model):
         return
+    raise _Invalid(404, _not_found(model, version, method), "NOT_FOUND")
+
+
+def _not_found(model: str, version: str, method: str) -> str:
+    """The 404 message of a model the Gemini API does not serve (:func:`_check_model`)."""
     name = model if model.startswith(("models/", "tunedModels/")) else f"models/{model}"
-    msg = (
+    return (
         f"{name} is not found for API version {version}, or is not supported for {method}. "
         "Call ListModels to see the list of available models and their supported methods."
     )
-    raise _Invalid(404, msg, "NOT_FOUND")
 
 
 def _unknown(obj: Mapping[str, Any], known: frozenset[str] | set[str]) -> str | None:

@@ -872,7 +872,15 @@ def retired(provider: str, model: str) -> str | None:
     """The shutdown date of a retired ``model`` (``None`` while it is served).
 
     Retired: in :data:`RETIRED`, or in :data:`SCHEDULED` (not routed) with its date on or
-    before :func:`today`.
+    before :func:`today`. An OpenAI fine-tune (``ft:<base>:<org>:<suffix>:<id>``) is
+    retired with its base model: OpenAI's deprecations page (the fine-tuning wind-down
+    posted 2026-05-07) says inference on fine-tuned models stays available "until the
+    underlying base models are deprecated" (as reported by techscurrent.com 2026/07,
+    "OpenAI fine-tuning cutoff", and aihola.com "openai-ends-fine-tuning-2027"), and a
+    fine-tune of a shut-down base is answered 404 ``model_not_found`` "The model
+    `ft:gpt-3.5-turbo-0613:langchain::7qqjIosa` does not exist or you do not have access to
+    it." (langchain-ai/twitter-finetune issue 2, after gpt-3.5-turbo-0613's shutdown). The
+    client's ``models.retirement`` refuses them so too.
 
     Examples
     --------
@@ -880,8 +888,12 @@ def retired(provider: str, model: str) -> str | None:
     ('2026-01-05', '2025-06-06')
     >>> retired("gemini", "models/gemini-1.0-pro"), retired("openai", "gpt-4.1-mini")
     ('2025-09-24', None)
+    >>> retired("openai", "ft:gpt-3.5-turbo-0613:acme::abc123")
+    '2024-09-13'
     """
     name = model.removeprefix("models/") if provider == "gemini" else model
+    if provider == "openai" and name.startswith("ft:") and name.count(":") >= 2:
+        name = name.split(":")[1]
     for who, pattern, date in RETIRED:
         if who == provider and re.fullmatch(pattern, name):
             return date
