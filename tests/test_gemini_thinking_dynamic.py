@@ -138,6 +138,22 @@ def test_dynamic_thinking_is_sent_as_asked_and_the_rows_that_think_long_are_bill
     assert len(emu.billing()) == 3
 
 
+def test_a_streamed_run_warns_once_at_the_callers_line(emu, tmp_path):
+    """Chunks of a streamed run share one check before anything is sent: one warning,
+    pointing at the line that called batch_llm (errors.warn_user), not at our code."""
+    lf = pl.DataFrame({"text": [f"row {i}" for i in range(6)]}).lazy()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = batch_llm(lf, model="gemini-2.5-flash", prompt="{text}", state=tmp_path / "s",
+                        sink=tmp_path / "out.parquet", chunk_rows=2,
+                        params={"max_tokens": 1500}).collect()  # fmt: skip
+    room = [w for w in caught if issubclass(w.category, ThinkingRoomWarning)]
+    assert len(room) == 1
+    assert room[0].filename == __file__
+    assert out["_status"].to_list() == ["completed"] * 6
+    assert len(emu.billing()) == 6
+
+
 def test_above_the_dynamic_cap_there_is_no_warning_and_the_answer_fits(emu, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", ThinkingRoomWarning)
