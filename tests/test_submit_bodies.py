@@ -17,7 +17,10 @@ pieces (:class:`~batchata_df.providers.base.JoinedChunks`) with its length. Chec
 * a body sent again, by the SDK's own retry (OpenAI's upload, Gemini's chunk upload), by
   the provider's create loop (Anthropic) or by a new submit after a dropped connection,
   carries the same bytes as the first attempt, which are the lines joined (the
-  emulator's SHA-256 of every attempt, from its log).
+  emulator's SHA-256 of every attempt, from its log);
+* the bytes the emulator received are the plain join whatever the piece size (three
+  sizes, three providers), and OpenAI's multipart upload reads its body a whole piece at
+  a time (not httpx's 64 KiB), set on that request's field alone.
 """
 
 from __future__ import annotations
