@@ -31,6 +31,7 @@ from batchata_df.errors import (
     StateLockedError,
     StateMismatchError,
     SummaryWarning,
+    ThinkingRoomWarning,
 )
 from batchata_df.frame import batch_llm, reparse
 from batchata_df.query import sql
@@ -58,6 +59,7 @@ __all__ = [
     "RepairReport",
     "ResultFileError",
     "SchemaError",
+    "ThinkingRoomWarning",
     "SinkLockedError",
     "StateError",
     "StateLockedError",

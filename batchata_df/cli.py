@@ -63,6 +63,7 @@ from batchata_df.errors import (
     SinkLockedError,
     StateLockedError,
     StateMismatchError,
+    ThinkingRoomWarning,
 )
 
 __all__ = [
@@ -1335,6 +1336,11 @@ class Bill:
     """Their worst case as recorded when they were sent: what ``max_cost_usd`` counts."""
     lost_unpriced: int = 0
     """Those of them sent without a worst case recorded (no cap and no dry run then)."""
+    unattributed: int = 0
+    """Of the billed answers, result lines not attributed to a row (their id matched none
+    of their batch's requests: :data:`batchata_df.query.UNATTRIBUTED`)."""
+    unattributed_usd: float = 0.0
+    """Their cost, included in ``cost`` and ``from_price_usd``."""
 
     def __sub__(self, other: Bill) -> Bill:
         """Field by field: what was billed between ``other`` and this.
@@ -1352,7 +1358,7 @@ class Bill:
             f.name: getattr(self, f.name) - getattr(other, f.name)
             for f in dataclasses.fields(self)
         }
-        for name in ("cost", "from_price_usd", "lost_usd"):
+        for name in ("cost", "from_price_usd", "lost_usd", "unattributed_usd"):
             fields[name] = round(fields[name], 12) + 0.0  # + 0.0: -0.0 becomes 0.0
         return Bill(**fields)
 
@@ -1421,6 +1427,7 @@ def _folder_bill(
     state: str | os.PathLike[str], model: str, prices: dict[str, tuple[float, float]]
 ) -> Bill:
     from batchata_df.cost import PriceTable, cost_expr
+    from batchata_df.engine.collection import UNMATCHED_PREFIX
     from batchata_df.state import JOB_EVENTS, SPENT_SLICE_EVENTS, TERMINAL_JOB, table_parts
 
     parts = table_parts(Path(state) / "jobs")
@@ -1441,6 +1448,8 @@ def _folder_bill(
         .then(cost_expr(realtime_price))
         .otherwise(cost_expr(batch_price))
     )
+    # Billed lines no row could be given (query.UNATTRIBUTED): money not attributed to a row.
+    unattributed = pl.col("job_id").str.starts_with(UNMATCHED_PREFIX).fill_null(False)
     billable = (
         pl.col("batch_key").is_not_null()
         | pl.col("cost_usd").is_not_null()
@@ -1465,13 +1474,19 @@ def _folder_bill(
             priceable.sum().alias("from_price"),
             pl.when(priceable).then(at_price).otherwise(0.0).sum().alias("from_price_usd"),
             (missing & ~priceable).sum().alias("unknown"),
-        ).collect(engine="streaming").row(0, named=True)
+            unattributed.sum().alias("unattributed"),
+            pl.when(unattributed & stored).then(pl.col("cost_usd"))
+            .when(unattributed & priceable).then(at_price)
+            .otherwise(0.0).sum().alias("unattributed_usd"),
+        ).collect(engine="streaming").row(0, named=True)  # fmt: skip
         total = Bill(
             priced=total.priced + int(row["priced"] or 0),
             cost=total.cost + float(row["cost"] or 0.0),
             from_price=total.from_price + int(row["from_price"] or 0),
             from_price_usd=total.from_price_usd + float(row["from_price_usd"] or 0.0),
             unknown=total.unknown + int(row["unknown"] or 0),
+            unattributed=total.unattributed + int(row["unattributed"] or 0),
+            unattributed_usd=total.unattributed_usd + float(row["unattributed_usd"] or 0.0),
         )
     return total
 
@@ -1500,11 +1515,16 @@ def _bill_text(bill: Bill, model: str) -> str:
     """  # noqa: E501
     known = bill.priced + bill.from_price
     text = _usd(bill.cost + bill.from_price_usd)
+    parts = []
     if bill.from_price:
-        text += (
-            f" ({_usd(bill.from_price_usd)} of it for {_answers(bill.from_price)} stored "
-            "without a cost, priced from --price)"
+        parts.append(
+            f"{_usd(bill.from_price_usd)} of it for {_answers(bill.from_price)} stored "
+            "without a cost, priced from --price"
         )
+    if bill.unattributed:
+        parts.append(_unattributed_text(bill))
+    if parts:
+        text += f" ({'; '.join(parts)})"
     if bill.unknown:
         unknown = (
             f"cost unknown for {_answers(bill.unknown)} (no price for {model}; --price "
@@ -1512,6 +1532,24 @@ def _bill_text(bill: Bill, model: str) -> str:
         )
         text = f"{text} for {_answers(known)}, {unknown}" if known else unknown
     return text + _lost_text(bill)
+
+
+def _unattributed_text(bill: Bill) -> str:
+    """The part of ``bill`` not attributed to a row, in the words of :func:`_lost_text`.
+
+    Examples
+    --------
+    >>> _unattributed_text(Bill(priced=5, cost=0.5, unattributed=1, unattributed_usd=0.1))
+    "$0.1000 of it for 1 billed result line not attributed to a row (its id matched none of its batch's requests; max_cost_usd counts it as spent; batchata-df status lists it)"
+    """  # noqa: E501
+    one = bill.unattributed == 1
+    lines = "1 billed result line" if one else f"{bill.unattributed} billed result lines"
+    it, its = ("it", "its") if one else ("them", "their")
+    return (
+        f"{_usd(bill.unattributed_usd)} of it for {lines} not attributed to a row ({its} id "
+        f"matched none of {its} batch's requests; max_cost_usd counts {it} as spent; "
+        f"batchata-df status lists {it})"
+    )
 
 
 def _lost_text(bill: Bill) -> str:
@@ -1762,14 +1800,28 @@ Examples:
 def status(state: tuple[str, ...]) -> None:
     """Cost and rows by status, and batch durations, of state folder(s) (globs allowed).
 
-    Realtime attempts lost in flight or answered 5xx (possibly billed, no cost stored) are
-    listed apart, with the worst case a cap counts for them.
+    Billed result lines not attributed to a row (their id matched none of their batch's
+    requests) are listed apart, as are realtime attempts lost in flight or answered 5xx
+    (possibly billed, no cost stored), with the worst case a cap counts for them.
     """
-    from batchata_df.query import batch_durations, cost_by_status, lost_requests
+    from batchata_df.query import (
+        batch_durations,
+        cost_by_status,
+        lost_requests,
+        unattributed_spend,
+    )
 
     folders = _checkpoints(state)
     click.echo("cost and rows by status:")
     _print(cost_by_status(folders))
+    unattributed = unattributed_spend(folders)
+    if unattributed.height:
+        click.echo(
+            "\nbilled result lines not attributed to a row (their id matched none of their "
+            "batch's requests; the provider billed them, max_cost_usd counts them as spent, "
+            "and the rows they may answer ended missing_result):"
+        )
+        _print(unattributed)
     shutdowns = _shutdown_lines(folders)
     if shutdowns:
         click.echo("\nmodel shutdowns:")
@@ -2024,19 +2076,22 @@ def _fail(message: str, code: int) -> int:
 
 @contextlib.contextmanager
 def _shutdown_notes() -> Iterator[None]:
-    """A :class:`ModelShutdownWarning` as one ``batchata-df: warning: ...`` line on stderr.
+    """Advice warnings as one ``batchata-df: warning: ...`` line on stderr each.
 
-    Once per message for the whole command (never once per chunk or batch), and never
+    :class:`ModelShutdownWarning` and :class:`ThinkingRoomWarning`: once per message for
+    the whole command (never once per chunk or batch), and never
     turned into an error by a ``-W error`` filter: it is advice, and the run goes on.
     """
     seen: set[str] = set()
+    advice = (ModelShutdownWarning, ThinkingRoomWarning)
     with warnings.catch_warnings():
-        warnings.filterwarnings("always", category=ModelShutdownWarning)
+        for category in advice:
+            warnings.filterwarnings("always", category=category)
         shown = warnings.showwarning
 
         def show(message: Warning | str, category: type[Warning], filename: str,
                  lineno: int, file: Any = None, line: str | None = None) -> None:
-            if not issubclass(category, ModelShutdownWarning):
+            if not issubclass(category, advice):
                 shown(message, category, filename, lineno, file, line)
             elif str(message) not in seen:
                 seen.add(str(message))
@@ -2052,7 +2107,7 @@ def _shutdown_lines(folders: Sequence[str]) -> list[str]:
     A model whose every job sent was sent realtime (answered in seconds) is warned without
     the batch window, as the run itself was (``shutdown_warning(batch=False)``).
     """
-    from batchata_df.models import retirement, shutdown_warning
+    from batchata_df.models import retirement, scheduled_shutdown, shutdown_warning
     from batchata_df.query import sql
 
     pairs = sql(
@@ -2068,9 +2123,14 @@ def _shutdown_lines(folders: Sequence[str]) -> list[str]:
         if notice is not None:
             out.append(notice)
         elif (gone := retirement(str(provider), str(model))) is not None:
+            scheduled = scheduled_shutdown(str(provider), str(model))
+            routed = scheduled is not None and scheduled[2] == "routed"
             out.append(
                 f"model {model!r} was shut down on {gone[0]}: rows not collected yet can "
-                "still be collected; rows never sent fail unsent"
+                "still be collected"
+                + ("" if routed else " (those the provider had not run by then fail "
+                   "model_shut_down, unbilled)")
+                + "; rows never sent fail unsent"
             )
     return out
 

@@ -25,7 +25,9 @@ not be sent or collected because the provider was unreachable (or their results 
 be used); :class:`SummaryWarning` when
 a streaming run could not write the folder's summary for ``sql`` (the run's results are
 complete; ``sql`` groups the events instead); :class:`ModelShutdownWarning` before
-anything is sent when a model's announced shutdown is near.
+anything is sent when a model's announced shutdown is near; :class:`ThinkingRoomWarning`
+before anything is sent when a Gemini model's thinking, which no budget bounds, may take
+all of ``max_tokens``.
 
 Failures of single rows are never exceptions: they become ``_status="failed"`` and an
 ``_error`` message in the result frame.
@@ -33,6 +35,10 @@ Failures of single rows are never exceptions: they become ``_status="failed"`` a
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from batchata_df.redact import scrub
@@ -63,6 +69,7 @@ __all__ = [
     "StateLockedError",
     "StateMismatchError",
     "SummaryWarning",
+    "ThinkingRoomWarning",
 ]
 
 
@@ -290,3 +297,56 @@ class ModelShutdownWarning(UserWarning):
     is refused like a retired one (:class:`ModelError`). The clock can be pinned with
     ``BATCHATA_DF_TODAY`` (:data:`batchata_df.models.TODAY_VAR`).
     """
+
+
+class ThinkingRoomWarning(UserWarning):
+    """A Gemini model may spend all of ``max_tokens`` thinking, with no budget to stop it.
+
+    Emitted once per call and model, before anything is sent
+    (:func:`batchata_df.models.thinking_room_warning`): Gemini 2.5 without
+    ``reasoning_effort`` thinks dynamically (up to 8,192 tokens), and Gemini 3.x / 4
+    levels name no token count; thinking counts inside ``max_tokens``, so a row whose
+    thinking takes all of it is billed and answers nothing (it fails ``truncated:
+    thinking used N of max_tokens=N ...``). The message says how much the model may think
+    and names the fix: a ``reasoning_effort`` (a fixed budget on 2.5, a lower level on
+    3.x) or a larger ``max_tokens``. A fixed budget ``max_tokens`` cannot hold is a
+    :class:`ParamError` instead: there every row would be billed for nothing.
+    """
+
+
+def _our_code() -> tuple[str, ...]:
+    import polars as pl
+
+    return (
+        str(Path(__file__).resolve().parent) + os.sep,
+        # DataFrame.pipe(batch_llm, ...) calls through polars: the user's line is above it.
+        str(Path(pl.__file__).resolve().parent) + os.sep,
+    )
+
+
+def warn_user(message: str | Warning, category: type[Warning] | None = None) -> None:
+    """``warnings.warn`` pointed at the caller's line: the first frame not ours nor polars'.
+
+    A fixed ``stacklevel`` pointed at ``redact.py`` (the wrapper that scrubs what
+    ``batch_llm`` raises), at polars' ``pipe`` or at one of our functions, depending on
+    the path that warned; polars finds its own level the same way
+    (``polars._utils.various.find_stacklevel``).
+
+    Examples
+    --------
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     warn_user("look here", SummaryWarning)
+    >>> caught[0].category.__name__, caught[0].filename.startswith("<doctest")
+    ('SummaryWarning', True)
+    """
+    ours = _our_code()
+    frame = sys._getframe(1)  # the function that called this one: stacklevel 2
+    level = 2
+    while frame.f_back is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(
+        ours
+    ):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, category, stacklevel=level)

@@ -13,7 +13,6 @@ import signal
 import sys
 import tempfile
 import threading
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +37,8 @@ from batchata_df.errors import (
     SchemaError,
     StateError,
     StateMismatchError,
+    ThinkingRoomWarning,
+    warn_user,
 )
 from batchata_df.jobs import ID_SCHEMES, IdScheme, build_jobs, check_param_values, check_params
 from batchata_df.models import DEFAULT_MAX_TOKENS as _DEFAULT_MAX_TOKENS
@@ -49,6 +50,7 @@ from batchata_df.models import (
     effective_params,
     family_of,
     shutdown_warning,
+    thinking_room_warning,
 )
 from batchata_df.providers import SUPPORTED_PARAMS, make_provider
 from batchata_df.providers.base import Provider, RequestSpec
@@ -1204,30 +1206,6 @@ def _lost_worst(
     return worst_of
 
 
-_OUR_CODE = (
-    str(Path(__file__).resolve().parent) + os.sep,
-    # DataFrame.pipe(batch_llm, ...) calls through polars: the user's line is above it.
-    str(Path(pl.__file__).resolve().parent) + os.sep,
-)
-
-
-def _user_stacklevel() -> int:
-    """The ``stacklevel`` that points a warning at the caller's line, not at ours.
-
-    Called by the function that warns. A fixed level pointed at ``redact.py`` (the wrapper
-    that scrubs what ``batch_llm`` raises) or at polars' ``pipe``, depending on the path;
-    polars finds its own level the same way (``polars._utils.various.find_stacklevel``).
-    """
-    frame = sys._getframe(1)  # the function that warns: level 1
-    level = 1
-    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(
-        _OUR_CODE
-    ):
-        frame = frame.f_back  # type: ignore[assignment]
-        level += 1
-    return level
-
-
 def _warn_serialised(
     engine: object, sendable: pl.DataFrame, results: pl.DataFrame, cap: float | None
 ) -> None:
@@ -1290,7 +1268,7 @@ def _warn_serialised(
             "new state= folder (this one holds the answers to the current parameters and "
             "refuses others)."
         )
-    warnings.warn(" ".join(lines), CapSerialisedWarning, stacklevel=_user_stacklevel())
+    warn_user(" ".join(lines), CapSerialisedWarning)
 
 
 def _warn_unavailable(results: pl.DataFrame) -> None:
@@ -1326,7 +1304,7 @@ def _warn_unavailable(results: pl.DataFrame) -> None:
         f"again with the same state to collect them; {n - pending} cancelled: a later call "
         f"sends them). Last error: {last}"
     )
-    warnings.warn(scrub(msg), ProviderUnavailableWarning, stacklevel=_user_stacklevel())
+    warn_user(scrub(msg), ProviderUnavailableWarning)
 
 
 def _sendable(jobs: pl.DataFrame) -> pl.DataFrame:
@@ -1397,7 +1375,9 @@ def _check_models(
 
     A model whose announced shutdown is near (``models.shutdown_warning``) gets a
     :class:`~batchata_df.errors.ModelShutdownWarning` here, once per call (a realtime
-    run's without the batch window's sentence).
+    run's without the batch window's sentence); a Gemini model whose unbounded thinking
+    may take all of ``max_tokens`` (``models.thinking_room_warning``) a
+    :class:`~batchata_df.errors.ThinkingRoomWarning`.
 
     A retired model (``models.check_retired``) is refused here only on a fresh run: a
     state folder that exists may hold answers or a batch in flight of a model retired
@@ -1417,9 +1397,12 @@ def _check_models(
             check_retired(str(provider), str(model))
         notice = shutdown_warning(str(provider), str(model), batch=not realtime)
         if notice is not None:  # once per call and model, before anything is sent
-            warnings.warn(ModelShutdownWarning(notice), stacklevel=_user_stacklevel())
+            warn_user(ModelShutdownWarning(notice))
         check_endpoint(str(provider), str(model))
         check_model_params(str(provider), str(model), params)
+        risk = thinking_room_warning(str(provider), str(model), params)
+        if risk is not None:  # likely, not certain: said before sending, not refused
+            warn_user(ThinkingRoomWarning(risk))
         family = family_of(str(provider), str(model))
         if not family.system_prompt and _has_system(jobs, model):
             raise _no_system_prompt(str(provider), str(model))

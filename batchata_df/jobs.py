@@ -12,14 +12,19 @@ import difflib
 import hashlib
 import hmac
 import string
-import warnings
 from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any, Final, Literal
 
 import polars as pl
 
-from batchata_df.errors import AmbiguousJobKeyWarning, ColumnError, ConfigError, ModelError
+from batchata_df.errors import (
+    AmbiguousJobKeyWarning,
+    ColumnError,
+    ConfigError,
+    ModelError,
+    warn_user,
+)
 
 __all__ = [
     "PROVIDERS",
@@ -580,7 +585,7 @@ def _warn_if_ambiguous(jobs: pl.DataFrame, keys: pl.Series) -> None:
             "older scheme) give some different requests one id: one is sent and each gets "
             "its answer; run those rows with a new state folder, whose ids cannot collide"
         )
-        warnings.warn(msg, AmbiguousJobKeyWarning, stacklevel=4)
+        warn_user(msg, AmbiguousJobKeyWarning)
 
 
 def _blake2b_ids(keys: pl.Series, salt: str) -> pl.Series:

@@ -72,6 +72,8 @@ __all__ = [
     "EFFORTS",
     "FAMILIES",
     "Family",
+    "GEMINI_BUDGETS",
+    "GEMINI_DYNAMIC_THINKING",
     "BATCH_WINDOW_HOURS",
     "RETIRED",
     "SCHEDULED",
@@ -89,9 +91,12 @@ __all__ = [
     "effort_of",
     "family_of",
     "retirement",
+    "shut_down_message",
+    "SHUT_DOWN_ERRORS",
     "scheduled_shutdown",
     "shutdown_warning",
     "thinking_budget",
+    "thinking_room_warning",
     "today",
     "thinking_fields",
 ]
@@ -146,6 +151,17 @@ range; supported values are integers from 1 to 24576", su-kaka/gcli2api#108). go
 3.6.1 ``types.py`` ``ThinkingConfig.thinking_budget``: "0 is DISABLED. -1 is AUTOMATIC. The
 default values and allowed ranges are model dependent." The budget counts inside
 ``maxOutputTokens``, so ``max_tokens`` must be above it (:func:`check_model_params`)."""
+
+GEMINI_DYNAMIC_THINKING = 8192
+"""Most tokens Gemini 2.5 Flash and Pro think when no ``thinkingBudget`` is sent (the
+library sends none without ``reasoning_effort``): they then think dynamically, as with
+``-1``, "Auto (up to 8,192 tokens)" (Vertex AI thinking guide, table of budgets per model,
+quoted in juspay/neurolink#1707); 2.5 Flash without a budget answered
+``thoughtsTokenCount: 8192`` at ``maxOutputTokens: 8192``, nothing left for the answer
+(discuss.google.dev/t/how-can-i-set-0-thinkingbudget-with-vertex-ai-gemini-2-5flash-i-
+wanna-disable-it/189244). Thinking counts inside ``maxOutputTokens``
+(googleapis/python-genai#811), so a ``max_tokens`` not above it may be all thinking
+(:func:`thinking_room_warning`)."""
 
 OPENAI_SAMPLING = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "stop")
 """Refused by OpenAI reasoning models while they reason (pydantic-ai-slim 2.68
@@ -512,11 +528,13 @@ FAMILIES: tuple[Family, ...] = (
     ),
     Family(
         "gemini", "Gemini 3.8+ Flash", r"gemini-3\.([89]|\d\d)", ("gemini-3.8-flash",),
-        thinking="gemini_level", thinks_by_default=True, default_effort="high", can_disable=False,
-        efforts=_GEMINI_LEVELS_3, max_output_tokens=65_536,
+        thinking="gemini_level", thinks_by_default=True, default_effort="medium",
+        can_disable=False, efforts=_GEMINI_LEVELS_3, max_output_tokens=65_536,
         sources=("https://github.com/dzivkovi/video-intel/releases/tag/v2.7.1 (3.8 Flash "
-                 "rejects MINIMAL with a 400, as 3.7 does; its default level is not found in "
-                 "the docs read: 'high' keeps the default max_tokens on the safe side)",),
+                 "rejects MINIMAL with a 400, as 3.7 does)",
+                 "https://docs.cloud.google.com/gemini-enterprise-agent-platform/models/"
+                 "thinking (table of supported thinking_level values: 3.8 Flash LOW, MEDIUM, "
+                 "HIGH, default MEDIUM; read 2026-11-30)"),
     ),
     Family(
         "gemini", "Gemini 3.5, 3.6 Flash", r"gemini-3\.[56]", ("gemini-3.5-flash",
@@ -1159,6 +1177,63 @@ every request to it would fail (https://developers.openai.com/api/docs/deprecati
     raise ModelError(msg)
 
 
+SHUT_DOWN_ERRORS: dict[str, str] = {
+    "openai": r"^http_404: The model `[^`]*` (?:has been deprecated|does not exist)",
+    "anthropic": r"^not_found_error: model: ",
+    "gemini": r"^error_404: \S+ is not found for API version ",
+}
+"""Each provider's per-request error for a model it does not serve, as a row's ``_error``
+starts (OpenAI: 404 ``model_not_found``, "The model `x` has been deprecated" or "does not
+exist"; Anthropic: ``not_found_error`` "model: x"; Gemini: 404 "models/x is not found for
+API version ..."); :func:`shut_down_message` says what it means for a retired model."""
+
+
+def shut_down_message(provider: str, model: str, error: str) -> str | None:
+    """A row's ``_error`` when ``model`` was shut down before its request, in a batch, ran.
+
+    ``None`` unless the batch was sent before the shutdown as far as the library knows:
+    ``model`` is retired (:func:`retirement`) and no base URL is set (without one,
+    :func:`check_retired` never lets a retired model be sent, so its batch went before the
+    date; through a gateway it may have gone after, or a name the tables do not know may
+    never have been served: the provider's words stay). The message names the date and
+    the replacement, says that nothing ran and nothing was billed, and keeps the provider's
+    own words (``error``).
+
+    Examples
+    --------
+    >>> import os
+    >>> before = os.environ.get(TODAY_VAR, "")
+    >>> os.environ[TODAY_VAR] = "2026-12-11"
+    >>> print(shut_down_message("openai", "gpt-5-nano", "http_404: The model ..."))
+    ... # doctest: +SKIP
+    model_shut_down: OpenAI shut 'gpt-5-nano' down on 2026-12-11, before this request of a \
+batch sent earlier ran: it was not run and not billed. Send the row again with \
+model='gpt-6-luna', its replacement (https://developers.openai.com/api/docs/deprecations); \
+the provider said: http_404: The model ...
+    >>> os.environ[TODAY_VAR] = "2026-12-10"
+    >>> shut_down_message("openai", "gpt-5-nano", "http_404: ...") is None  # still served
+    True
+    >>> os.environ[TODAY_VAR] = before
+    """
+    found = retirement(provider, model)
+    if found is None or provider not in _PROVIDER_NAMES or _custom_endpoint(provider):
+        return None
+    date, replacement = found
+    base = _bare_name(provider, model)
+    what, use = repr(model), "a newer model"
+    if base != model.strip() and provider == "openai":  # a fine-tune: its base went
+        what = f"{base!r}, the base model of {model!r},"
+        if replacement:
+            use = f"a fine-tune of {replacement!r}, the base model's replacement"
+    elif replacement:
+        use = f"model={replacement!r}, its replacement"
+    return (
+        f"model_shut_down: {_PROVIDER_NAMES[provider]} shut {what} down on {date}, before "
+        f"this request of a batch sent earlier ran: it was not run and not billed. Send the "
+        f"row again with {use} ({_RETIREMENT_PAGES[provider]}); the provider said: {error}"
+    )
+
+
 def check_model_params(provider: str, model: str, params: Mapping[str, Any]) -> None:
     """Raise :class:`~batchata_df.errors.ParamError` if ``model`` refuses any of ``params``.
 
@@ -1274,6 +1349,92 @@ def _check_max_tokens(
             f"needs max_tokens above its thinking budget ({budget:,} tokens at "
             f"reasoning_effort={effort!r})", fix,
         )
+
+
+def thinking_room_warning(provider: str, model: str, params: Mapping[str, Any]) -> str | None:
+    """Why ``max_tokens`` may be all thinking on a Gemini model, or ``None``.
+
+    Where the request carries a fixed budget (:func:`thinking_budget`) a ``max_tokens``
+    that cannot hold it is refused (:func:`check_model_params`): every row would be
+    billed for nothing. Where no number bounds the thinking, running out is only likely,
+    so it is said here, before sending (:class:`~batchata_df.errors.ThinkingRoomWarning`):
+
+    * Gemini 2.5 Flash / Pro without ``reasoning_effort`` think dynamically, up to
+      :data:`GEMINI_DYNAMIC_THINKING` tokens: ``max_tokens`` not above that.
+    * Gemini 3.x / 4 think at a level, which names no token count: thinking at ``HIGH``
+      "uses tokens up to its maximum level" (ai.google.dev/gemini-api/docs/thinking), and
+      filled ``max_tokens=4096`` on gemini-3.7-flash (NousResearch/hermes-agent#87209);
+      gemini-3-pro-preview thought 2,000-3,000 tokens at ``LOW``
+      (googleapis/python-genai#1795). The bar is the room this library's default
+      ``max_tokens`` leaves for thinking at that level
+      (:data:`DEFAULT_MAX_TOKENS_BY_EFFORT` minus the answer's 4,096). ``MINIMAL`` thinks
+      "as few tokens as possible; close to no thinking" (Google's thinking guide) and is
+      not warned about.
+
+    Examples
+    --------
+    >>> thinking_room_warning("gemini", "gemini-2.5-flash", {"max_tokens": 9000}) is None
+    True
+    >>> print(thinking_room_warning("gemini", "gemini-2.5-flash", {"max_tokens": 1500}))
+    model 'gemini-2.5-flash' (Gemini 2.5 Flash) thinks dynamically without \
+reasoning_effort (no thinkingBudget is sent), up to 8,192 tokens, inside \
+max_tokens=1500: a row whose thinking takes all of it is billed for 1,500 output tokens \
+and answers nothing; pass params={'reasoning_effort': 'minimal'} (a fixed 512-token \
+budget) or 'none' (no thinking), or max_tokens above 8192
+    """
+    if provider != "gemini":
+        return None
+    family = family_of(provider, model)
+    max_tokens = params.get("max_tokens")
+    if (
+        not isinstance(max_tokens, int)
+        or isinstance(max_tokens, bool)
+        or not thinks(family, params)
+        or thinking_budget(family, params) is not None
+    ):
+        return None
+    effort = effort_of(family, params)
+    head = f"model {model!r} ({family.name})"
+    cost = (
+        f"inside max_tokens={max_tokens}: a row whose thinking takes all of it is billed "
+        f"for {max_tokens:,} output tokens and answers nothing"
+    )
+    if family.thinking == "gemini_budget":  # no reasoning_effort: dynamic thinking
+        room = GEMINI_DYNAMIC_THINKING
+        if max_tokens > room:
+            return None
+        fits = [e for e in family.efforts if GEMINI_BUDGETS[e] <= max_tokens // 2]
+        fixes = []
+        if fits:
+            fixes.append(
+                f"params={{'reasoning_effort': {fits[-1]!r}}} (a fixed "
+                f"{GEMINI_BUDGETS[fits[-1]]:,}-token budget)"
+            )
+        if family.can_disable:
+            fixes.append("'none' (no thinking)" if fits else
+                         "params={'reasoning_effort': 'none'} (no thinking)")
+        fix = " or ".join(fixes)
+        return (
+            f"{head} thinks dynamically without reasoning_effort (no thinkingBudget is "
+            f"sent), up to {room:,} tokens, {cost}; pass "
+            + (f"{fix}, or " if fix else "")
+            + f"max_tokens above {room}"
+        )
+    if family.thinking != "gemini_level" or effort == "minimal":
+        return None
+    room = DEFAULT_MAX_TOKENS_BY_EFFORT[effort] - DEFAULT_MAX_TOKENS
+    if max_tokens > room:
+        return None
+    given = "" if params.get("reasoning_effort") is not None else ", its default"
+    lower = family.efforts[0] if family.efforts.index(effort) > 0 else None
+    least = "the least thinking it takes" if lower == "minimal" else "its lowest level"
+    return (
+        f"{head} thinks at level {effort.upper()}{given} (a level names no token count; "
+        f"this library's default max_tokens at {effort!r} leaves {room:,} tokens for it), "
+        f"{cost}; pass "
+        + (f"params={{'reasoning_effort': {lower!r}}} ({least}), or " if lower else "")
+        + f"max_tokens above {room}"
+    )
 
 
 def thinking_fields(provider: str, model: str, params: Mapping[str, Any]) -> dict[str, Any]:

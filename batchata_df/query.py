@@ -21,8 +21,11 @@ connection itself for several queries over the same snapshot. Both define these 
     provider may have billed it. :data:`LOST_REQUESTS` lists those attempts with their
     worst case, which ``max_cost_usd`` counts as spent. A billed batch result line whose
     id matched none of its batch's requests (damaged on its way) has a row of its own,
-    ``job_id`` ``unmatched:<batch_key>:<n>``, ``failed`` ``unmatched_result: ...``, with
-    its usage and cost: no input row's, but paid.
+    ``job_id`` ``unmatched:<batch_key>:<n>``, ``status`` :data:`UNATTRIBUTED` (not a job:
+    money not attributed to a row), ``error`` ``unmatched_result: ...``, with its usage
+    and cost: no input row's, but paid. So ``sum(cost_usd)`` is the bill, and a count of
+    jobs by status leaves them out unless it asks for :data:`UNATTRIBUTED`
+    (:data:`COST_BY_STATUS` counts rows only; :data:`UNATTRIBUTED_SPEND` lists the lines).
     ``provider``, ``model``, ``batch_key`` and ``provider_batch_id`` are the latest *known*
     values (an event that does not repeat them does not erase them).
     ``answer`` (the validated answer as JSON, completed jobs) and ``raw`` (the text the
@@ -64,10 +67,10 @@ connection sees the same consistent snapshot (parts are written under a hidden t
 name and renamed, and never rewritten). Call :func:`sql` again for a fresh snapshot.
 
 Ready-made queries: :data:`COST_BY_STATUS`, :data:`ESTIMATED_VS_ACTUAL`,
-:data:`FAILURES_BY_ERROR`, :data:`LOST_REQUESTS`, :data:`BATCH_DURATIONS` (SQL text, for
-:func:`sql` or the command line), and the functions :func:`cost_by_status`,
-:func:`estimated_vs_actual`, :func:`failures_by_error`, :func:`lost_requests`,
-:func:`batch_durations`.
+:data:`FAILURES_BY_ERROR`, :data:`LOST_REQUESTS`, :data:`UNATTRIBUTED_SPEND`,
+:data:`BATCH_DURATIONS` (SQL text, for :func:`sql` or the command line), and the
+functions :func:`cost_by_status`, :func:`estimated_vs_actual`, :func:`failures_by_error`,
+:func:`lost_requests`, :func:`unattributed_spend`, :func:`batch_durations`.
 """
 
 from __future__ import annotations
@@ -102,6 +105,8 @@ __all__ = [
     "ESTIMATED_VS_ACTUAL",
     "FAILURES_BY_ERROR",
     "LOST_REQUESTS",
+    "UNATTRIBUTED",
+    "UNATTRIBUTED_SPEND",
     "StatePaths",
     "batch_durations",
     "connect",
@@ -110,6 +115,7 @@ __all__ = [
     "failures_by_error",
     "lost_requests",
     "sql",
+    "unattributed_spend",
 ]
 
 MEMORY_LIMIT = "1GB"
@@ -120,17 +126,50 @@ connection (``SET memory_limit = '4GB'``) or pass your own ``connection=``."""
 StatePaths: TypeAlias = "str | os.PathLike[str] | Sequence[str | os.PathLike[str]]"
 """One checkpoint folder, a glob pattern such as ``"runs/shard-*"``, or a list of them."""
 
-COST_BY_STATUS = """
+UNATTRIBUTED = "unattributed"
+"""The ``jobs`` view's ``status`` of a billed result line no row could be given (its id,
+damaged on its way, matched none of its batch's requests; stored as a ``failed`` event
+under ``job_id`` ``unmatched:<batch_key>:<n>``,
+:data:`~batchata_df.engine.collection.UNMATCHED_PREFIX`): money not attributed to a row,
+not a job, so never counted as a ``failed`` one."""
+
+_UNMATCHED_IDS = "unmatched:"
+""":data:`batchata_df.engine.collection.UNMATCHED_PREFIX` (not imported: the engine is not
+needed to read a folder; tests/test_unmatched_results.py checks they agree)."""
+
+COST_BY_STATUS = f"""
 SELECT provider, model, status,
        count(*) AS n_jobs,
        sum(input_tokens)::BIGINT AS input_tokens,
        sum(output_tokens)::BIGINT AS output_tokens,
        sum(cost_usd) AS cost_usd
 FROM jobs
+WHERE status <> '{UNATTRIBUTED}'
 GROUP BY ALL
 ORDER BY provider, model, status
 """
-"""Jobs, tokens and cost in USD by provider, model and current status."""
+"""Jobs, tokens and cost in USD by provider, model and current status.
+
+Rows only: billed result lines not attributed to a row are :data:`UNATTRIBUTED_SPEND`'s
+(their cost is in ``sum(cost_usd)`` over ``jobs``, not here).
+"""
+
+UNATTRIBUTED_SPEND = f"""
+SELECT provider, model,
+       count(*) AS n_lines,
+       sum(input_tokens)::BIGINT AS input_tokens,
+       sum(output_tokens)::BIGINT AS output_tokens,
+       sum(cost_usd) AS cost_usd
+FROM jobs
+WHERE status = '{UNATTRIBUTED}'
+GROUP BY ALL
+ORDER BY provider, model
+"""
+"""Billed result lines not attributed to a row (:data:`UNATTRIBUTED`), by provider and
+model: what the provider billed for answers whose id matched none of their batch's
+requests. ``max_cost_usd`` counts them as spent; :data:`COST_BY_STATUS` does not list them
+(they are no row's), so its cost plus this one is ``sum(cost_usd)`` over ``jobs``.
+"""
 
 ESTIMATED_VS_ACTUAL = """
 SELECT provider, model,
@@ -479,9 +518,17 @@ def connect(
     has_est = any(row[0] == "est_cost_usd" for row in con.execute("DESCRIBE job_events").fetchall())
     est = "arg_max(est_cost_usd, seq)" if has_est else "CAST(NULL AS DOUBLE)"
     con.execute(_JOBS_VIEW.format(est=est))
+    # A billed line no row could be given is no job: its own status (UNATTRIBUTED), so
+    # that counts of jobs by status count rows; its cost stays in the view (the bill).
+    columns = _JOBS_COLUMNS.replace(
+        " status,",
+        f" CASE WHEN starts_with(job_id, '{_UNMATCHED_IDS}') THEN '{UNATTRIBUTED}' "
+        "ELSE status END AS status,",
+        1,
+    )
     con.execute(
-        f"CREATE VIEW jobs AS SELECT {_JOBS_COLUMNS} FROM _jobs_grouped "
-        f"UNION ALL SELECT {_JOBS_COLUMNS} FROM _jobs_summary"
+        f"CREATE VIEW jobs AS SELECT {columns} FROM _jobs_grouped "
+        f"UNION ALL SELECT {columns} FROM _jobs_summary"
     )
     con.execute(_BATCHES_VIEW)
     _runs_view(con, folders)
@@ -668,6 +715,27 @@ def lost_requests(state: StatePaths) -> pl.DataFrame:
     ('a', 'r1', 0.03, 'completed')
     """
     return sql(LOST_REQUESTS, state)
+
+
+def unattributed_spend(state: StatePaths) -> pl.DataFrame:
+    """Billed result lines not attributed to a row (:data:`UNATTRIBUTED_SPEND`).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import polars as pl
+    >>> from batchata_df.state import StateStore
+    >>> folder = tempfile.mkdtemp()
+    >>> store = StateStore(folder, {})
+    >>> store.append_jobs(pl.DataFrame({"job_id": ["a", "unmatched:k:0"], "provider": "openai",
+    ...     "model": "gpt-4.1-mini", "status": ["completed", "failed"], "batch_key": "k",
+    ...     "input_tokens": [100, 90], "cost_usd": [0.002, 0.0018]}))
+    >>> unattributed_spend(folder).select("n_lines", "input_tokens", "cost_usd").row(0)
+    (1, 90, 0.0018)
+    >>> cost_by_status(folder).select("status", "n_jobs", "cost_usd").rows()
+    [('completed', 1, 0.002)]
+    """
+    return sql(UNATTRIBUTED_SPEND, state)
 
 
 def batch_durations(state: StatePaths) -> pl.DataFrame:

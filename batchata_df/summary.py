@@ -37,7 +37,6 @@ import contextlib
 import json
 import os
 import secrets
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -339,14 +338,14 @@ class SummaryWriter:
             with contextlib.suppress(OSError):
                 self.final.unlink(missing_ok=True)  # a stale one would never be read: tidy up
         if self.error is not None:
-            from batchata_df.errors import SummaryWarning
+            from batchata_df.errors import SummaryWarning, warn_user
 
             msg = (
                 f"the folder's summary for sql (summary/{SUMMARY_FILE}) was not written "
                 f"({type(self.error).__name__}: {self.error}); the sink and the state folder "
                 "are complete, and sql groups the job events instead (slower on big folders)"
             )
-            warnings.warn(msg, SummaryWarning, stacklevel=2)
+            warn_user(msg, SummaryWarning)
         return kept
 
     def _finish(self) -> bool:

@@ -209,18 +209,16 @@ def price_lost_requests(
     priced = missing.join(found.select("job_id", "worst_usd"), on="job_id", how="left")
     unknown = priced.filter(pl.col("worst_usd").is_null())
     if unknown.height and not refuse:
-        import warnings
 
-        from batchata_df.errors import LostUnpricedWarning
+        from batchata_df.errors import LostUnpricedWarning, warn_user
 
-        warnings.warn(
+        warn_user(
             f"the state folder {os.fspath(state)!r} holds {unknown.height} realtime "
             "request(s) lost in flight (the provider may have billed them) with no worst "
             f"case recorded (e.g. job {unknown.item(0, 'job_id')!r}) and not among this "
             "call's rows: 'already spent' leaves them out. Include the rows they were sent "
             "for to count them",
             LostUnpricedWarning,
-            stacklevel=4,
         )
     elif unknown.height:
         fix = (

@@ -333,6 +333,7 @@ def chaos_round(
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini"])
+@pytest.mark.filterwarnings("ignore::batchata_df.errors.ThinkingRoomWarning")  # not the subject
 def test_random_kills_races_faults_and_damage_never_pay_twice(
     emu, zygote, tmp_path, provider, seed
 ):
@@ -342,6 +343,7 @@ def test_random_kills_races_faults_and_damage_never_pay_twice(
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini"])
+@pytest.mark.filterwarnings("ignore::batchata_df.errors.ThinkingRoomWarning")  # not the subject
 def test_kills_under_a_cost_cap_never_spend_over_it(emu, zygote, tmp_path, provider, seed):
     cap = float(undisturbed(emu, provider, tmp_path)["_cost_usd"].sum()) / 2
     figures = chaos_round(emu, zygote, tmp_path, provider, seed + 1, cap,

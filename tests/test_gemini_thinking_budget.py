@@ -8,7 +8,8 @@ and ends ``MAX_TOKENS`` with no answer (the review of 2026-11-30: ``gemini-2.5-p
 Claude was already a :class:`~batchata_df.errors.ParamError` before sending; now the Gemini
 budget families take the same check (:func:`batchata_df.models.check_model_params`).
 Dynamic thinking (no ``reasoning_effort`` on 2.5) and Gemini 3's ``thinkingLevel`` set no
-fixed budget, so nothing can be known before sending: those run, and a starved row says so.
+fixed budget, so nothing is certain before sending: those run after a ThinkingRoomWarning
+(tests/test_gemini_thinking_dynamic.py), and a starved row says so.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import polars as pl
 import pytest
 
 import batchata_df.frame
-from batchata_df import ParamError, batch_llm
+from batchata_df import ParamError, ThinkingRoomWarning, batch_llm
 from batchata_df.models import (
     FAMILIES,
     GEMINI_BUDGETS,
@@ -170,14 +171,19 @@ def test_the_default_max_tokens_holds_every_budget(emu, tmp_path):
 def test_dynamic_thinking_and_thinking_levels_are_sent(emu, tmp_path):
     """2.5 without reasoning_effort thinks dynamically (no thinkingConfig is sent: the model
     decides, maybe a few tokens) and 3.x levels are not token budgets: a small max_tokens
-    may be right there, so it is sent; a row that thinking starves fails as data."""
+    may be right there, so it is sent, with a ThinkingRoomWarning before sending
+    (tests/test_gemini_thinking_dynamic.py); a row that thinking starves fails as data."""
     emu.configure(log_bodies=True)
-    flash = run("gemini-2.5-flash", tmp_path, {"max_tokens": 1500})
+    with pytest.warns(ThinkingRoomWarning, match="thinks dynamically"):
+        flash = run("gemini-2.5-flash", tmp_path, {"max_tokens": 1500})
     assert flash["_status"].to_list() == ["completed"] * 3
     assert [c.get("thinkingConfig") for c in sent_configs(emu)] == [None] * 3
     emu.reset()
     emu.configure(log_bodies=True)
-    level = run("gemini-3.5-flash", tmp_path / "l", {"reasoning_effort": "high", "max_tokens": 500})
+    with pytest.warns(ThinkingRoomWarning, match="thinks at level HIGH"):
+        level = run(
+            "gemini-3.5-flash", tmp_path / "l", {"reasoning_effort": "high", "max_tokens": 500}
+        )
     assert [c["thinkingConfig"] for c in sent_configs(emu)] == [{"thinking_level": "HIGH"}] * 3
     assert level["_status"].to_list() == ["failed"] * 3
     assert level["_error"].str.starts_with("truncated: thinking used 500 of max_tokens=500").all()

@@ -453,9 +453,10 @@ def test_jobs_the_old_key_merged_are_each_sent_and_answered(emu, tmp_path):
     # what an older folder does with them: two jobs (its ids kept), and a warning naming
     # the fix; the same call on a new folder warns nothing
     for era, folder in ((hmac_era, "old"), (blake2b_era, "older")):
-        with era(), pytest.warns(AmbiguousJobKeyWarning, match="new state folder"):
+        with era(), pytest.warns(AmbiguousJobKeyWarning, match="new state folder") as caught:
             df.pipe(batch_llm, schema=A, model="gpt-4.1-mini", prompt="{t}",
                     system=pl.col("s"), state=tmp_path / folder)
+        assert caught[0].filename == __file__  # the caller's line, not jobs.py's or polars'
         assert len(set(stored_ids(tmp_path / folder))) == 2
     assert len(emu.billing()) == 4 + 2 + 2
     with warnings.catch_warnings():

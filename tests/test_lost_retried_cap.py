@@ -212,8 +212,9 @@ def test_a_dry_run_prices_lost_requests_without_a_worst_case_from_its_rows(
     spent = paid + lost_usd
     assert f"already spent or held by batches in flight: ${spent:,.4f}" in err, (err, spent)
     # Without the rows: a dry run without a cap leaves them out and says so ...
-    with pytest.warns(LostUnpricedWarning, match=r"holds \d+ realtime request\(s\) lost"):
+    with pytest.warns(LostUnpricedWarning, match=r"holds \d+ realtime request\(s\) lost") as w:
         batch_llm(pl.DataFrame({"text": NEW}), **kw)  # type: ignore[arg-type]
+    assert w[0].filename == __file__  # the caller's line, not validate.py's
     err = capsys.readouterr().err
     assert f"already spent or held by batches in flight: ${paid:,.4f}" in err, (err, paid)
     # ... and one with a cap refuses, as the capped call itself would.

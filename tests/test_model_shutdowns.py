@@ -219,9 +219,12 @@ def test_gemini_answers_a_routed_model_with_its_successor_from_the_date_on(emu):
 
 
 @pytest.mark.parametrize("streamed", [False, True])
-def test_a_batch_sent_before_the_shutdown_is_collected_after_it(
+def test_a_batch_sent_before_the_shutdown_is_collected_after_it_its_unrun_rows_failed(
     on, emu, tmp_path, streamed
 ):
+    # Collected, never abandoned nor sent again; the requests the shutdown came before fail
+    # unbilled, naming the replacement (tests/test_shutdown_in_flight.py: every provider,
+    # rows answered before the shutdown kept).
     emu.configure(latency=60.0)
     on("2026-12-10")
     kw = {"model": "gpt-5-nano", "prompt": "{text}", "state": tmp_path / "old"}
@@ -241,8 +244,10 @@ def test_a_batch_sent_before_the_shutdown_is_collected_after_it(
     emu.advance(60)
     posts = len([e for e in emu.log() if e["method"] == "POST"])
     out = run()
-    assert out["_status"].to_list() == ["completed", "completed"]
-    assert sorted(b["custom_id"] for b in emu.billing()) == sorted(out["_job_id"].to_list())
+    assert out["_status"].to_list() == ["failed", "failed"]
+    assert all(e.startswith("model_shut_down: OpenAI shut 'gpt-5-nano' down on 2026-12-11")
+               and "model='gpt-6-luna'" in e for e in out["_error"])  # fmt: skip
+    assert emu.billing() == []  # none ran before the shutdown
     assert len([e for e in emu.log() if e["method"] == "POST"]) == posts  # nothing re-sent
 
 

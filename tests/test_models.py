@@ -15,7 +15,7 @@ import pytest
 from pydantic import BaseModel
 
 import batchata_df
-from batchata_df import ParamError, batch_llm
+from batchata_df import ParamError, ThinkingRoomWarning, batch_llm
 from batchata_df.cost import PriceTable, estimate_expr
 from batchata_df.emulator.model_rules import THOUGHT_TOKENS
 from batchata_df.engine.collection import THINKING_ADVICE
@@ -423,7 +423,8 @@ def test_thinking_that_uses_the_budget_fails_with_what_to_raise(emu, tmp_path):
 
 
 def test_gemini_thinking_that_uses_the_budget_says_so(emu, tmp_path):
-    out = run("gemini-3.5-flash", tmp_path, params={"max_tokens": 500})
+    with pytest.warns(ThinkingRoomWarning, match="thinks at level MEDIUM, its default"):
+        out = run("gemini-3.5-flash", tmp_path, params={"max_tokens": 500})
     assert out["_status"].to_list() == ["failed"] * 3
     assert out["_error"][0].startswith("truncated: thinking used 500 of max_tokens=500")
 

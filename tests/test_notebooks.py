@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import shutil
 from pathlib import Path
 
@@ -33,12 +34,13 @@ EXPECTED = {
     ],
     "cost_control": [
         "dry run, nothing was sent. rows: 37 planned, 3 duplicate",
-        "cap $0.003: ",
+        "cap $0.02: ",
         "cancelled: cost_limit",
         "stopped (time_limit)",
         "cancelled: time_limit",
         "gpt-6-luna",
-        "gemini-3.5-flash-lite",
+        "claude-sonnet-4-6",
+        "CapSerialisedWarning: max_cost_usd=0.02 serialised this run",
     ],
     "long_runs": [
         "submit_failed",
@@ -87,6 +89,8 @@ def test_committed_notebook_carries_its_outputs(name):
     text = _text(nb)
     for expected in EXPECTED[name]:
         assert expected in text, expected
+    # an example never teaches settings the library warns about before sending
+    assert not re.search(r"(ThinkingRoom|ModelShutdown)Warning", text), name
     if name == "cost_control":  # a picture, not a table
         assert any("image/png" in o.get("data", {}) for c in code for o in c.outputs)
 
@@ -135,6 +139,8 @@ def test_notebook_runs_against_the_emulator(name, executed):
     text = _text(nb)
     for expected in EXPECTED[name]:
         assert expected in text, expected
+    # an example never teaches settings the library warns about before sending
+    assert not re.search(r"(ThinkingRoom|ModelShutdown)Warning", text), name
 
 
 _MODEL = r"(?<![\w.-])((?:gpt|o\d|claude|gemini)[\w.-]*)(?![\w.-])"

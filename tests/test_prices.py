@@ -60,6 +60,7 @@ def _expected(out: pl.DataFrame, threshold: int, base, long) -> pl.Series:
 
 @pytest.mark.parametrize(("provider", "model", "threshold", "base", "long"), TIERED,
                          ids=[t[1] for t in TIERED])
+@pytest.mark.filterwarnings("ignore::batchata_df.errors.ThinkingRoomWarning")  # not the subject
 def test_each_request_is_billed_at_its_own_tier(emu, provider, model, threshold, base, long):
     emu.configure(serve_retired=True)  # a retired model's rules: where it is still served
     df = _rows(threshold)
@@ -79,6 +80,7 @@ def test_each_request_is_billed_at_its_own_tier(emu, provider, model, threshold,
 
 @pytest.mark.parametrize(("provider", "model", "threshold", "base", "long"), TIERED,
                          ids=[t[1] for t in TIERED])
+@pytest.mark.filterwarnings("ignore::batchata_df.errors.ThinkingRoomWarning")  # not the subject
 def test_dry_run_and_cap_use_each_requests_tier(emu, tmp_path, provider, model, threshold,
                                                 base, long):
     emu.configure(serve_retired=True)  # a retired model's rules: where it is still served

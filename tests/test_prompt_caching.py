@@ -200,6 +200,7 @@ def test_openai_sends_one_prompt_cache_key_for_the_shared_prefix(emu, tmp_path: 
     _plain_run_costs_more_by_the_saving(emu, tmp_path, model, out["_cost_usd"].sum())
 
 
+@pytest.mark.filterwarnings("ignore::batchata_df.errors.ThinkingRoomWarning")  # not the subject
 def test_gemini_orders_rows_for_implicit_caching(emu, tmp_path: Path) -> None:
     model = "gemini-2.5-flash"  # implicit caching from 2,048 tokens
     out = _run(emu, model, tmp_path / "cached")
@@ -411,6 +412,7 @@ def test_openai_gives_a_prompt_that_is_all_shared_prefix_the_key(emu, tmp_path: 
     assert [by_id[ids[i]]["cached_tokens"] for i in (0, 2)] == [0, step]
 
 
+@pytest.mark.filterwarnings("ignore::batchata_df.errors.ThinkingRoomWarning")  # not the subject
 def test_gemini_sends_a_prompt_that_is_all_shared_prefix_next_to_its_sharer(
     emu, tmp_path: Path
 ) -> None:

@@ -110,6 +110,7 @@ def test_anthropic_realtime_sends_the_documented_messages_body(emu) -> None:
     }
 
 
+@pytest.mark.filterwarnings("ignore::batchata_df.errors.ThinkingRoomWarning")  # not the subject
 def test_gemini_realtime_sends_the_documented_generate_content_body(emu) -> None:
     emu.configure(log_bodies=True)
     out = frame(1).pipe(

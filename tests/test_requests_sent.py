@@ -276,6 +276,7 @@ def _gemini_request(key: str, parts: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+@pytest.mark.filterwarnings("ignore::batchata_df.errors.ThinkingRoomWarning")  # not the subject
 def test_gemini_inline_requests_are_exactly_the_documented_body(emu) -> None:
     out = _run(emu, "gemini-2.5-flash", GEMINI_PARAMS)
     (create,) = _posts(emu, "/models/gemini-2.5-flash:batchGenerateContent")
@@ -289,6 +290,7 @@ def test_gemini_inline_requests_are_exactly_the_documented_body(emu) -> None:
     assert batch["displayName"].startswith("batchata-")
 
 
+@pytest.mark.filterwarnings("ignore::batchata_df.errors.ThinkingRoomWarning")  # not the subject
 def test_gemini_request_with_files(emu) -> None:
     png = _png()
     frame = pl.DataFrame({"text": TEXTS[:1], "doc": [[NOTE, png]]})

@@ -375,6 +375,7 @@ def test_a_summary_that_cannot_be_written_warns_and_the_sink_and_sql_are_still_r
         out = stream(rows(), tmp_path)
 
     assert len(caught) == 1
+    assert caught[0].filename == __file__  # stream()'s batch_llm line, not summary.py's
     assert_frame_equal(out.drop("_batch_id"), expected.drop("_batch_id"))
     assert valid_summary(folder) is None
     # The events grouped: the same jobs, answers and bills as the folder with a summary.

@@ -92,7 +92,8 @@ def test_a_line_whose_id_was_damaged_keeps_its_billed_usage_as_spent(
     kept = query.sql(f"select * from jobs where job_id like '{UNMATCHED_PREFIX}%'", str(state))
     assert kept.height == 1
     line = kept.row(0, named=True)
-    assert line["status"] == "failed" and line["error"].startswith("unmatched_result: ")
+    assert line["status"] == query.UNATTRIBUTED  # not a failed job: money not attributed to a row
+    assert line["error"].startswith("unmatched_result: ")
     assert "\ufffd" in line["error"]  # the id as read, damaged
     lost_row = ref.join(failed.select("t"), on="t")
     assert line["cost_usd"] == pytest.approx(lost_row["_cost_usd"][0])  # that row's answer
@@ -212,12 +213,61 @@ def test_the_cli_summary_counts_the_unmatched_line(emu, tmp_path) -> None:
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert done.returncode == 3, done.stderr  # a row failed
-    said = re.search(r"3 completed, 1 failed; \$([\d.]+); written", done.stderr)
+    said = re.search(r"3 completed, 1 failed; \$([\d.]+) \(\$([\d.]+) of it for 1 billed "
+                     r"result line not attributed to a row \(its id matched none of its "
+                     r"batch's requests; max_cost_usd counts it as spent; batchata-df status "
+                     r"lists it\)\); written", done.stderr)  # fmt: skip
     assert said, done.stderr
     rows = pl.read_csv(tmp_path / "out.csv")["_cost_usd"].sum()
     spent = spent_usd(tmp_path / "out.csv.state")
     assert float(said[1]) == pytest.approx(spent, rel=0.05) and spent > rows * 1.1
+    assert float(said[1]) - float(said[2]) == pytest.approx(rows, rel=0.05)
     assert len(emu.billing()) == 4
+
+
+def test_counts_by_status_count_rows_and_show_the_unattributed_spend_apart(
+    emu, tmp_path
+) -> None:
+    # The kept line was counted as a failed job wherever jobs were counted by status: after
+    # its row's resend was answered, a 4-row folder showed "4 completed, 1 failed" in
+    # `batchata-df status` (and failures_by_error, and the README's queries), though every
+    # row had completed (left-outs of session 16). Now the line is its own status in the
+    # jobs view (query.UNATTRIBUTED): counts of jobs count rows, its cost stays in the bill.
+    provider = "openai"
+    ref = _reference(emu, provider, tmp_path)
+    emu.inject_fault(method="GET", path_regex=DOWNLOADS[provider], action="corrupt_id",
+                     times=None)  # fmt: skip
+    state = tmp_path / "s"
+    first = batch_llm(DF, **_kwargs(provider, state))
+    emu.clear_faults()
+    lost = first.filter(pl.col("_status") == "failed")
+    row_cost = float(ref.join(lost.select("t"), on="t")["_cost_usd"][0])
+    seen: list[ProgressSnapshot] = []
+    out = batch_llm(DF, retry_failed=True, **{**_kwargs(provider, state), "progress": seen.append})
+    assert out["_status"].to_list() == ["completed"] * 4
+    assert (seen[-1].completed, seen[-1].failed) == (4, 0)
+    billed = ref["_cost_usd"].sum() + row_cost  # every row once, the lost row's answer twice
+    assert len(emu.billing()) == 5
+    by_status = query.sql("select status, count(*) n, sum(cost_usd) usd from jobs "
+                          "group by all order by status", str(state))  # the README's query
+    assert by_status.select("status", "n").rows() == [("completed", 4), (query.UNATTRIBUTED, 1)]
+    assert by_status["usd"].sum() == pytest.approx(billed) == spent_usd(state)
+    assert query.failures_by_error(str(state)).height == 0
+    rows = query.cost_by_status(str(state))
+    assert rows.select("status", "n_jobs").rows() == [("completed", 4)]
+    apart = query.unattributed_spend(str(state))
+    assert apart.select("provider", "model", "n_lines").row(0) == ("openai", MODELS[provider], 1)
+    assert apart["cost_usd"][0] == pytest.approx(row_cost)
+    assert rows["cost_usd"].sum() + apart["cost_usd"].sum() == pytest.approx(billed)
+    # The installed command: the rows' table without a failed row, the line listed apart.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    shown = subprocess.run([str(Path(sys.executable).with_name("batchata-df")), "status",
+                            str(state)], env=env, capture_output=True, text=True, timeout=240)
+    assert shown.returncode == 0, shown.stderr
+    table, _, rest = shown.stdout.partition("billed result lines not attributed to a row")
+    assert "completed" in table and "failed" not in table and "unattributed" not in table
+    assert rest and "n_lines" in rest and "missing_result" in rest
+    assert UNMATCHED_PREFIX == query._UNMATCHED_IDS
 
 
 # -- ids that come back null or rewritten to other valid text (e.g. a gateway) ---------------

@@ -55,6 +55,11 @@ prompt text (any message, system prompt included):
 ``[[emulator:context]]``
     Anthropic ``stop_reason`` ``model_context_window_exceeded`` with the partial text (the
     others have no such stop reason: as ``truncate``).
+``[[emulator:think]]``
+    Gemini: the model thinks as long as it may, inside ``maxOutputTokens``: 2.5's dynamic
+    thinking (no budget, or -1) up to 8,192 tokens, a fixed budget all of it, a 3.x level
+    until the output limit stops it (:func:`.model_rules.gemini_thoughts`, sources there).
+    The others: an unmarked prompt.
 
 Examples
 --------
@@ -92,6 +97,7 @@ __all__ = [
     "MARKER_FILTER",
     "MARKER_RECITATION",
     "MARKER_REFUSAL",
+    "MARKER_THINK",
     "MARKER_TRUNCATE",
     "POOL_SIZE",
     "UNKNOWN_MODEL",
@@ -115,13 +121,16 @@ MARKER_FILTER: Final = "filter"
 MARKER_RECITATION: Final = "recitation"
 MARKER_CONTEXT: Final = "context"
 MARKER_DETAILS: Final = "details"
+#: a prompt the model thinks about as long as it may (Gemini: :mod:`.model_rules`
+#: ``gemini_thoughts``); the other protocols answer it as an unmarked prompt
+MARKER_THINK: Final = "think"
 #: a model name every protocol answers as unknown (OpenAI ``model_not_found``, Anthropic
 #: ``not_found_error``, Gemini 404 ``NOT_FOUND``), as it does any name the provider does
 #: not serve (:func:`batchata_df.emulator.model_rules.serves`)
 UNKNOWN_MODEL: Final = "emulator-unknown-model"
 _MARKER_PREFIX: Final = "[[emulator:"
 _MARKER_RE: Final = re.compile(
-    r"\[\[emulator:(error|invalid|overflow|truncate|refusal|filter|recitation|context|details)(?::(\d{3}))?\]\]"
+    r"\[\[emulator:(error|invalid|overflow|truncate|refusal|filter|recitation|context|details|think)(?::(\d{3}))?\]\]"
 )
 
 # How deep recursive schemas are expanded before the generator takes the shortest way

@@ -1084,13 +1084,29 @@ class AnthropicApp:
         counts = {"processing": 0, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
         lines: list[str] = []
         errored: list[int] = []
+        gone: dict[str, int] = {}  # per model: the requests run before its shutdown
         for i, spec in enumerate(specs):
             rid = f"{key}{i:06x}"
+            if spec.error is None and spec.model not in gone:
+                since = self.core.gone_since("anthropic", spec.model, batch.created)
+                gone[spec.model] = batch.n if since is None else batch.finished(since)
             if i >= ran:
                 result: dict[str, Any] = {"type": rest}
                 counts[rest] += 1
             elif spec.error is not None:
                 result = _errored(*spec.error, rid)
+                counts["errored"] += 1
+                errored.append(i)
+            elif i >= gone[spec.model]:
+                # Its model was shut down before it ran (EmulatorCore.gone_since). Anthropic's
+                # deprecations page: "Retired: The model is no longer available for use.
+                # Requests to retired models will fail" (platform.claude.com/docs/en/
+                # about-claude/model-deprecations); it does not say what becomes of a batch
+                # still processing then, so the strict reading: the request ends errored as
+                # a request naming that model does, 404 not_found_error "model: <name>"
+                # (weval-org/app issue 24, anthropics/claude-code-security-review issue 88),
+                # not billed (LedgerEntry.unbilled).
+                result = _errored("not_found_error", f"model: {spec.model}", rid)
                 counts["errored"] += 1
                 errored.append(i)
             else:

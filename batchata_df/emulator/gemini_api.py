@@ -81,8 +81,11 @@ an answer longer than ``maxOutputTokens``); ``[[emulator:refusal]]`` a candidate
 ``finishReason: SAFETY`` and no content. Thinking follows the model's generation
 (:mod:`.model_rules`): 2.5 thinks by default (``thinkingBudget: 0`` turns it off, not on
 2.5 Pro), except 2.5 Flash-Lite, which thinks only when given a budget; a budget outside
-the model's range is refused; 3.x and 4 always think (``thinkingLevel``); the thinking tokens
-(``model_rules.THOUGHT_TOKENS`` per level, at most the budget) are reported as
+the model's range is refused; 3.x and 4 think at a ``thinkingLevel`` (each model's own
+list and default), and take a ``thinkingBudget`` alone too, but not both together; the
+thinking tokens (``model_rules.THOUGHT_TOKENS`` per level, at most the budget; on a prompt
+marked ``[[emulator:think]]`` as long as the model may: 8,192 for 2.5's dynamic thinking,
+the whole output limit at a level) are reported as
 ``thoughtsTokenCount`` (not in ``candidatesTokenCount``) and count against
 ``maxOutputTokens``: thinking that uses all of it leaves no text part and ``finishReason:
 MAX_TOKENS``, billed. A ``thinkingBudget`` above ``maxOutputTokens`` is accepted: no source
@@ -404,12 +407,17 @@ class _SpecBuilder:
             thinking_cfg = {}
         include = bool(thinking_cfg.get("includeThoughts", thinking_cfg.get("include_thoughts")))
         budget = thinking_cfg.get("thinkingBudget", thinking_cfg.get("thinking_budget"))
-        thoughts = 0
+        marker = answers.find_marker(prompt)
+        thoughts, ceiling = 0, 65_536
         if self.model:
             refused = model_rules.gemini_refusal(self.model, dict(config))
             if refused is not None and error is None:
                 error = (400, refused)
-            thoughts = model_rules.gemini_thoughts(self.model, dict(config))
+            thoughts = model_rules.gemini_thoughts(
+                self.model, dict(config), deep=marker == answers.MARKER_THINK
+            )
+            ceiling = model_rules.max_output("gemini", self.model) or ceiling
+            thoughts = min(thoughts, ceiling)
         elif include or (isinstance(budget, int) and budget > 0):
             thoughts = model_rules.THOUGHT_TOKENS["low"]
         thinking = thoughts > 0
@@ -417,7 +425,8 @@ class _SpecBuilder:
         max_tokens = (
             limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
         )
-        marker = answers.find_marker(prompt)
+        if max_tokens is None and thoughts >= ceiling:
+            max_tokens = ceiling  # no maxOutputTokens: the model's own limit stops the thinking
         if marker in (answers.MARKER_ERROR, answers.MARKER_DETAILS) and error is None:
             code = answers.marker_status(prompt)
             error = (code, f"Emulated error (HTTP {code}) for this request.")
@@ -1200,9 +1209,24 @@ class GeminiApp:
             batch.ledger.ran = ran
         entries: list[tuple[dict[str, Any], _Spec]] = []
         ok = failed = 0
+        since = self.core.gone_since("gemini", batch.model, batch.created)
+        gone = batch.n if since is None else min(ran, batch.finished(since))
+        if batch.ledger is not None and gone < ran:
+            batch.ledger.unbilled = frozenset(range(gone, ran))
         for i, spec in enumerate(specs):
             entry: dict[str, Any] = {}
-            if i >= ran:
+            if gone <= i < ran and spec.error is None:
+                # Its model was shut down before it ran (EmulatorCore.gone_since). Google's
+                # deprecations page: "Once a model is 'shutdown', it is completely turned off,
+                # and the endpoint is no longer available" (ai.google.dev/gemini-api/docs/
+                # deprecations); it does not say what becomes of a batch still queued then, so
+                # the strict reading: the request fails as a request naming that model does
+                # (_check_model's 404 NOT_FOUND), not billed. A model Google routes to a
+                # successor is served, not gone.
+                entry["error"] = _error_json(404, _not_found(batch.model, batch.version,
+                                                             "generateContent"))
+                failed += 1
+            elif i >= ran:
                 if batch.cancel_unfinished != "error_file":
                     continue
                 entry["error"] = _error_json(
@@ -1348,12 +1372,16 @@ def _check_model(model: str, version: str, method: str) -> None:
     """
     if model_rules.serves("gemini", model):
         return
+    raise _Invalid(404, _not_found(model, version, method), "NOT_FOUND")
+
+
+def _not_found(model: str, version: str, method: str) -> str:
+    """The 404 message of a model the Gemini API does not serve (:func:`_check_model`)."""
     name = model if model.startswith(("models/", "tunedModels/")) else f"models/{model}"
-    msg = (
+    return (
         f"{name} is not found for API version {version}, or is not supported for {method}. "
         "Call ListModels to see the list of available models and their supported methods."
     )
-    raise _Invalid(404, msg, "NOT_FOUND")
 
 
 def _unknown(obj: Mapping[str, Any], known: frozenset[str] | set[str]) -> str | None:

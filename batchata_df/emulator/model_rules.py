@@ -33,10 +33,11 @@ Anthropic
 Gemini
     2.5 takes ``thinkingBudget`` (0 is off, except 2.5 Pro; else 128..32,768 on Pro,
     512..24,576 on Flash-Lite, which does not think unless given one, 1..24,576 on Flash,
-    or -1, dynamic); 3.x and 4 take
-    ``thinkingLevel`` (3.5+ refuse ``thinkingBudget``); 3.7+ Flash, 3.x Pro and 4 have no
-    ``MINIMAL``; ``gemini-3-pro-preview`` has only ``LOW`` and ``HIGH``. Default levels:
-    3.5/3.6 and 3.7 Flash ``MEDIUM``, Flash-Lite ``MINIMAL``, the rest ``HIGH``.
+    or -1, dynamic: up to 8,192 tokens) and refuses ``thinkingLevel``; 3.x and 4 take
+    ``thinkingLevel`` and a ``thinkingBudget`` alone (backwards compatibility), never both
+    together; 3.7+ Flash, 3.x Pro and 4 have no ``MINIMAL``; ``gemini-3-pro-preview`` has
+    only ``LOW`` and ``HIGH``; no model takes ``XHIGH``. Default levels: 3.5/3.6, 3.7 and
+    3.8 Flash ``MEDIUM``, Flash-Lite ``MINIMAL``, the rest ``HIGH``.
 
 A request longer than the model's context window (:func:`context_window`) is refused per
 request with each provider's wording, its tokens counted by :func:`window_tokens` (exact
@@ -82,6 +83,7 @@ __all__ = [
     "today",
     "window_room",
     "window_tokens",
+    "GEMINI_DYNAMIC_CAP",
     "gemini_refusal",
     "gemini_rules",
     "gemini_thoughts",
@@ -558,12 +560,14 @@ _GEMINI: Final[tuple[tuple[str, Rules], ...]] = (
     # gemini-3-pro-preview: LOW and HIGH ("Thinking level MEDIUM is not supported for this
     # model.", egoist/chatwise-releases#1206); 3.1 Pro adds MEDIUM (langchainjs#10101).
     (r"gemini-3-pro", Rules(True, "high", False, frozenset({"LOW", "HIGH"}), "all", "level")),
-    (r"gemini-(3[\d.]*-pro|4|3\.([89]|\d\d))",
+    (r"gemini-(3[\d.]*-pro|4)",
      Rules(True, "high", False, frozenset({"LOW", "MEDIUM", "HIGH"}), "all", "level")),
     # Default levels (Google's 3.5 Flash guide: 3.5 Flash MEDIUM, 3.1 Flash-Lite MINIMAL;
-    # ai.google.dev whats-new-gemini-3.7: 3.7 Flash medium, no MINIMAL).
-    (r"gemini-3\.7", Rules(True, "medium", False, frozenset({"LOW", "MEDIUM", "HIGH"}), "all",
-                           "level")),
+    # ai.google.dev whats-new-gemini-3.7: 3.7 Flash medium, no MINIMAL). 3.8 Flash: LOW,
+    # MEDIUM, HIGH, default MEDIUM (docs.cloud.google.com/gemini-enterprise-agent-platform/
+    # models/thinking, table "supported thinking_level values", read 2026-11-30).
+    (r"gemini-3\.([7-9]|\d\d)", Rules(True, "medium", False, frozenset({"LOW", "MEDIUM", "HIGH"}),
+                                    "all", "level")),
     (r"gemini-3(\.\d+)?-flash-lite",
      Rules(True, "minimal", False, frozenset({"MINIMAL", "LOW", "MEDIUM", "HIGH"}), "all",
            "level")),
@@ -584,7 +588,15 @@ def gemini_rules(model: str) -> Rules:
 
 
 def gemini_refusal(model: str, config: dict[str, object]) -> str | None:
-    """The per-request error message for a ``thinkingConfig`` on ``model``, or None."""
+    """The per-request error message for a ``thinkingConfig`` on ``model``, or None.
+
+    What Google refuses, per generation (sources beside each rule): a level on a model
+    without levels (2.5), a level the model does not list (``XHIGH`` is in google-genai
+    3.6.1 ``types.py`` ``ThinkingLevel`` but in no model's list), a budget and a level
+    together, a budget outside a 2.5 model's range, and turning thinking off where it
+    cannot be. A ``thinkingBudget`` alone is taken by 3.x and 4 too (kept for backwards
+    compatibility, and honoured: see :func:`gemini_thoughts`).
+    """
     rules = gemini_rules(model)
     ceiling = max_output("gemini", model)
     limit = config.get("maxOutputTokens", config.get("max_output_tokens"))
@@ -595,17 +607,25 @@ def gemini_refusal(model: str, config: dict[str, object]) -> str | None:
     if (budget is not None or level is not None) and not rules.reasons:
         return "Thinking is not enabled for this model."
     if budget is not None and level is not None:
-        return "thinking_budget and thinking_level cannot both be set."
+        # The live API's wording (QwenLM/qwen-code#9094 review; Vertex AI prefixes it with
+        # "Unable to submit request because "): Google's thinking guide says the two are
+        # mutually exclusive (spring-projects/spring-ai#4983 quotes it).
+        return "thinking_budget and thinking_level are not supported together."
     if level is not None and rules.thinking != "level":
+        # Measured on every live 2.5 model (dhyansraj/mcp-mesh#1346, 2026-07-20).
         return "Thinking level is not supported for this model."
     if level is not None and str(level).upper() not in rules.efforts:
         # egoist/chatwise-releases#1206 quotes this wording (400 INVALID_ARGUMENT).
         return (f"Thinking level {str(level).upper()} is not supported for this model. Please "
                 "retry with other thinking level.")
     name = model.removeprefix("models/")
-    if budget is not None and rules.thinking == "level" and re.match(r"gemini-(3\.[5-9]|4)", name):
-        return "thinking_budget is not supported for this model; use thinking_level instead."
-    if budget == 0 and not rules.can_turn_off:
+    # 2.5 Pro's wording; Gemini 3 Pro cannot turn thinking off either ("You cannot disable
+    # thinking for Gemini 3 Pro", ai.google.dev/gemini-api/docs/thinking, quoted in
+    # spring-projects/spring-ai#4983). The 3.x Flash models take budget 0 and think none
+    # (gemini-3.5-flash: "budget:0 -> field absent", dhyansraj/mcp-mesh#1346).
+    if budget == 0 and not rules.can_turn_off and (
+        rules.thinking == "budget" or re.match(r"gemini-(3[\d.]*-pro|4)", name)
+    ):
         return "Budget 0 is invalid. This model only works in thinking mode."
     span = _GEMINI_BUDGET_RANGE.get(_gemini_budget_family(name)) if budget else None
     if budget is not None and span is not None and budget != -1 and not (
@@ -634,19 +654,46 @@ def _gemini_budget_family(name: str) -> str:
     return "flash" if name.startswith("gemini-2.5") else ""
 
 
-def gemini_thoughts(model: str, config: dict[str, object]) -> int:
-    """Thinking tokens a request spends (0 when it does not think)."""
+GEMINI_DYNAMIC_CAP: Final = 8192
+"""Most thinking tokens Gemini 2.5 spends when no ``thinkingBudget`` is sent or it is -1
+(dynamic thinking): the Vertex AI thinking guide's table gives "Auto (up to 8,192 tokens)"
+as the default of 2.5 Flash, Pro and Flash-Lite (quoted in juspay/neurolink#1707), and 2.5
+Flash without a budget answered ``thoughtsTokenCount: 8192`` at ``maxOutputTokens: 8192``
+(discuss.google.dev/t/how-can-i-set-0-thinkingbudget-with-vertex-ai-gemini-2-5flash-i-
+wanna-disable-it/189244). The emulator spends it on prompts marked ``[[emulator:think]]``."""
+
+
+def gemini_thoughts(model: str, config: dict[str, object], *, deep: bool = False) -> int:
+    """Thinking tokens a request spends (0 when it does not think), before the output limit.
+
+    ``deep`` is a prompt that makes the model think as long as it may (the
+    ``[[emulator:think]]`` marker): dynamic thinking on 2.5 spends
+    :data:`GEMINI_DYNAMIC_CAP`; a level names no token count, so thinking at a level (or
+    on 3.x and 4 without one) runs until ``maxOutputTokens`` stops it (gemini-3-flash-
+    preview, googleapis/python-genai#2062; gemini-3.7-flash at HIGH filled
+    ``max_tokens=4096``, NousResearch/hermes-agent#87209); a fixed budget bounds it (a
+    soft bound on 3.x: gemini-3-pro-preview thought 2,000-3,000 tokens at budget 512,
+    googleapis/python-genai#1795; the emulator holds it to the budget).
+    """
     rules = gemini_rules(model)
     if not rules.reasons:
         return 0
     budget, level = _gemini_thinking(config)
     if budget is not None and budget >= 0:
-        return min(budget, THOUGHT_TOKENS["medium"])
-    if level is not None:
-        return THOUGHT_TOKENS[str(level).lower()]
-    if budget == -1:  # dynamic thinking, also where the model does not think by default
+        return min(budget, THOUGHT_TOKENS["medium"]) if not deep else budget
+    if rules.thinking == "level" and (budget is None or budget == -1):
+        if deep:
+            return _UNBOUNDED
+        effort = str(level).lower() if level is not None else rules.default_effort
+        return THOUGHT_TOKENS.get(str(effort or "high"), 0)  # an unknown level is refused
+    if budget == -1 or rules.default_effort:  # 2.5's dynamic thinking
+        if deep:
+            return GEMINI_DYNAMIC_CAP
         return THOUGHT_TOKENS[str(rules.default_effort or "medium")]
-    return THOUGHT_TOKENS[rules.default_effort] if rules.default_effort else 0
+    return 0
+
+
+_UNBOUNDED: Final = 1 << 30  # thinking that only the output limit stops
 
 
 def _gemini_thinking(config: dict[str, object]) -> tuple[int | None, object]:
@@ -655,6 +702,9 @@ def _gemini_thinking(config: dict[str, object]) -> tuple[int | None, object]:
         return None, None
     budget = cfg.get("thinkingBudget", cfg.get("thinking_budget"))
     level = cfg.get("thinkingLevel", cfg.get("thinking_level"))
+    if isinstance(level, str) and level.upper() == "THINKING_LEVEL_UNSPECIFIED":
+        level = None  # a proto3 enum's zero value is the field unset (google-genai 3.6.1
+        # types.py ThinkingLevel.THINKING_LEVEL_UNSPECIFIED): the model's default level
     return (budget if isinstance(budget, int) else None), level
 
 
@@ -822,7 +872,15 @@ def retired(provider: str, model: str) -> str | None:
     """The shutdown date of a retired ``model`` (``None`` while it is served).
 
     Retired: in :data:`RETIRED`, or in :data:`SCHEDULED` (not routed) with its date on or
-    before :func:`today`.
+    before :func:`today`. An OpenAI fine-tune (``ft:<base>:<org>:<suffix>:<id>``) is
+    retired with its base model: OpenAI's deprecations page (the fine-tuning wind-down
+    posted 2026-05-07) says inference on fine-tuned models stays available "until the
+    underlying base models are deprecated" (as reported by techscurrent.com 2026/07,
+    "OpenAI fine-tuning cutoff", and aihola.com "openai-ends-fine-tuning-2027"), and a
+    fine-tune of a shut-down base is answered 404 ``model_not_found`` "The model
+    `ft:gpt-3.5-turbo-0613:langchain::7qqjIosa` does not exist or you do not have access to
+    it." (langchain-ai/twitter-finetune issue 2, after gpt-3.5-turbo-0613's shutdown). The
+    client's ``models.retirement`` refuses them so too.
 
     Examples
     --------
@@ -830,8 +888,12 @@ def retired(provider: str, model: str) -> str | None:
     ('2026-01-05', '2025-06-06')
     >>> retired("gemini", "models/gemini-1.0-pro"), retired("openai", "gpt-4.1-mini")
     ('2025-09-24', None)
+    >>> retired("openai", "ft:gpt-3.5-turbo-0613:acme::abc123")
+    '2024-09-13'
     """
     name = model.removeprefix("models/") if provider == "gemini" else model
+    if provider == "openai" and name.startswith("ft:") and name.count(":") >= 2:
+        name = name.split(":")[1]
     for who, pattern, date in RETIRED:
         if who == provider and re.fullmatch(pattern, name):
             return date

@@ -435,8 +435,9 @@ NOT_CHAT = re.compile(r"^(gpt-realtime|gpt-4o(-mini)?-realtime|gpt-image-|chatgp
 class _SpecBuilder:
     """Turns request bodies into :class:`_Spec`; remembers the last schema/echo to reuse."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, *, replay: bool = False) -> None:
         self.endpoint = endpoint
+        self.replay = replay  # a batch accepted earlier: its model was served (_plan)
         self._last_schema: object = None
         self._last_gen: answers.AnswerGenerator | None = None
         self._last_echo: dict[str, object] | None = None
@@ -461,7 +462,7 @@ class _SpecBuilder:
         model = body.get("model")
         model = model if isinstance(model, str) else ""
         invalid: tuple[int, str | None, str, str | None] | None = self._check(body)
-        if invalid is None and not model_rules.serves("openai", model):
+        if invalid is None and not self.replay and not model_rules.serves("openai", model):
             # Real time only: a batch naming this model fails validation first (_plan).
             # OpenAI answers 404 ``model_not_found`` with ``param`` null (BerriAI/litellm
             # issues 7368/7369, feder-cr/invisible_playwright_mcp issue 889: "The model
@@ -841,6 +842,40 @@ def _render(
     result.input_tokens = input_tokens
     result.output_tokens = output_tokens
     return result
+
+
+def _gone_lines(specs: list[_Spec], start: int, stop: int, key: str) -> list[str]:
+    """Error lines of requests ``start..stop`` whose model was shut down before they ran.
+
+    OpenAI's deprecations page says that at the shutdown "the model or endpoint will no
+    longer be accessible" (developers.openai.com/api/docs/deprecations) and does not say
+    what becomes of a batch still queued then: the strict reading is taken, each request
+    not yet run fails as a request to a shut-down model does, 404 ``model_not_found``
+    "The model `text-davinci-003` has been deprecated, learn more here:
+    https://platform.openai.com/docs/deprecations" (hkjang/node-red-contrib-openai issue 7,
+    orhanerday/open-ai issue 135: type ``invalid_request_error``, ``param`` null), in the
+    error file as any failed request, with no usage and not billed. Fine-tunes go with
+    their base model (:func:`~batchata_df.emulator.model_rules.retired`), answered as
+    OpenAI answers a fine-tune of a shut-down base: "The model `ft:...` does not exist or
+    you do not have access to it." (langchain-ai/twitter-finetune issue 2).
+    """
+    lines = []
+    for i in range(start, stop):
+        spec, rid = specs[i], f"{key}{i:06x}"
+        if spec.error is not None:  # failed anyway, with its own error
+            error = spec.error
+        elif spec.model.startswith("ft:"):
+            error = (404, "model_not_found", f"The model `{spec.model}` does not exist or you "
+                     "do not have access to it.", None)
+        else:
+            error = (404, "model_not_found", f"The model `{spec.model}` has been deprecated, "
+                     "learn more here: https://platform.openai.com/docs/deprecations", None)
+        lines.append(
+            f'{{"id":"batch_req_{rid}","custom_id":{_quote(spec.custom_id)},"response":'
+            f'{{"status_code":{error[0]},"request_id":"req_{rid}",'
+            f'"body":{_error_body(error)}}},"error":null}}'
+        )
+    return lines
 
 
 def _unrun_lines(specs: list[_Spec], ran: int, key: str, code: str, message: str) -> list[str]:
@@ -1409,10 +1444,18 @@ class OpenAIApp:
         return "in_progress" if now >= start else "validating"
 
     def _finish(self, batch: _Batch, final: str, ran: int) -> None:
-        """Register the result files of a batch whose first ``ran`` requests were run."""
+        """Register the result files of a batch whose first ``ran`` requests were run.
+
+        Requests its model's shutdown came before (:meth:`EmulatorCore.gone_since`) fail
+        ``model_not_found`` (:func:`_gone_lines`), not billed.
+        """
         ahead = batch.ahead
         batch.ahead = None
-        if final == "completed" and ahead is not None:
+        gone = ran
+        if batch.model is not None:
+            since = self.core.gone_since("openai", batch.model, batch.created)
+            gone = ran if since is None else min(ran, batch.finished(since))
+        if final == "completed" and ahead is not None and gone == ran:
             out_id, out_bytes, err_id, err_bytes = (
                 ahead.output_id,
                 ahead.output_bytes,
@@ -1427,10 +1470,13 @@ class OpenAIApp:
                 if stale is not None:
                     self.core.blobs.delete("openai-" + stale)
             data = self.core.blobs.get("openai-" + batch.input_file_id)
-            specs = _plan(data, batch.endpoint, batch.limits)[0]
+            specs = _plan(data, batch.endpoint, batch.limits, replay=True)[0]
             part = _render(
-                specs, ran, batch.key, batch.answer_time, batch.endpoint, batch.cached
+                specs, gone, batch.key, batch.answer_time, batch.endpoint, batch.cached
             )
+            part.err.extend(_gone_lines(specs, gone, ran, batch.key))
+            if batch.ledger is not None and gone < ran:
+                batch.ledger.unbilled = frozenset(range(gone, ran))
             completed, failed = len(part.out), len(part.err)
             if ran < len(specs) and (final == "expired" or batch.cancel_unfinished == "error_file"):
                 if final == "expired":
@@ -1658,9 +1704,14 @@ def _scan_object(line: str) -> object:
 
 
 def _plan(
-    data: bytes, endpoint: str, limits: Mapping[str, int]
+    data: bytes, endpoint: str, limits: Mapping[str, int], *, replay: bool = False
 ) -> tuple[list[_Spec], list[dict[str, object]], str | None]:
-    """Validate an input file and reduce each request to a :class:`_Spec`."""
+    """Validate an input file and reduce each request to a :class:`_Spec`.
+
+    ``replay``: the file of a batch accepted earlier, planned again to end it; its model
+    was served then, so whether it is served now is not asked (a shutdown since is
+    :meth:`OpenAIApp._finish`'s).
+    """
     errors: list[dict[str, object]] = []
 
     def fail(code: str, message: str, line: int | None = None, param: str | None = None) -> None:
@@ -1673,7 +1724,7 @@ def _plan(
             f"The input file is {len(data)} bytes; the limit is {limits['max_file_bytes']} bytes.",
         )
         return [], errors, None
-    builder = _SpecBuilder(endpoint)
+    builder = _SpecBuilder(endpoint, replay=replay)
     specs: list[_Spec] = []
     seen: set[str] = set()
     model: str | None = None
@@ -1749,7 +1800,7 @@ def _plan(
             )
         elif model is None:
             model = line_model
-            if not model_rules.serves("openai", model):
+            if not replay and not model_rules.serves("openai", model):
                 # The Batch API checks the model while validating the file: the batch
                 # ends ``failed`` with one ``errors.data`` entry, nothing runs and
                 # nothing is billed. Shape and message as public clients of the real API

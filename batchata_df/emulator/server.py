@@ -1004,6 +1004,9 @@ class EmulatorCore:
         self._lock = threading.Lock()
         self._ledger: list[LedgerEntry] = []
         self._rt_in_flight = self._rt_max = self._rt_served = 0
+        self.today_since: float | None = None
+        """Simulated time (:attr:`clock`) at which the ``today`` setting last changed: the
+        moment a shutdown it reached took effect for batches in flight (:meth:`gone_since`)."""
         if load_providers:
             for provider, (module, prefixes) in PROVIDERS.items():
                 app = _load_app(self, provider, module)
@@ -1042,6 +1045,26 @@ class EmulatorCore:
         True
         """
         return prefix + uuid.uuid4().hex[: nbytes * 2]
+
+    # ---- model shutdowns during a batch
+
+    def gone_since(self, provider: str, model: str, created: float) -> float | None:
+        """When ``model``, in a batch created at ``created``, stopped being served, or None.
+
+        A batch is accepted only for a model served then; when the ``today`` setting has
+        since reached the model's shutdown (:data:`~batchata_df.emulator.model_rules.SCHEDULED`;
+        ``serve_retired`` turned off), the requests it had not run by then fail one by one
+        with the provider's model-not-found error and are not billed (each provider module
+        says how, with its sources). The shutdown takes effect when ``today`` changed
+        (:attr:`today_since`); with the real date (no change recorded) or a change before
+        the batch was created, at its creation: none of its requests ran on the model (the
+        strict reading where a provider's page does not say what becomes of a batch still
+        queued at a shutdown). A model routed to a successor is served (answered by it).
+        """
+        if model_rules.serves(provider, model):
+            return None
+        since = self.today_since
+        return created if since is None or since < created else since
 
     # ---- billing
 
@@ -1379,6 +1402,8 @@ class EmulatorCore:
                     msg = f"settings for {provider!r} must be an object, got {sub!r}"
                     raise ValueError(msg)
                 app.configure(sub)
+        if new.today != self.config.today or new.serve_retired != self.config.serve_retired:
+            self.today_since = self.clock.now()  # what is served changed now (gone_since)
         self.config = new
         model_rules.serve_retired(new.serve_retired)
         model_rules.today(new.today or None)
@@ -1393,6 +1418,7 @@ class EmulatorCore:
             self._rt_in_flight = self._rt_max = self._rt_served = 0
         self._log.clear()
         self.clock.reset()
+        self.today_since = None
         self.blobs.clear()
 
     def close(self) -> None:

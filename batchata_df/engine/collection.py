@@ -38,6 +38,7 @@ __all__ = [
     "outcomes_to_events",
     "unmatched_events",
     "unmatched_note",
+    "shut_down_note",
 ]
 
 RESULTS_UNUSABLE = "results_unusable"
@@ -325,6 +326,41 @@ def unmatched_note(events: pl.DataFrame, n_unmatched: int, batch_key: str) -> pl
     )
 
 
+def shut_down_note(events: pl.DataFrame, provider: str, model: str) -> pl.DataFrame:
+    """``events`` with each request the model's shutdown came before saying so.
+
+    A batch the provider accepted while it served ``model`` answers the requests it had not
+    run when the model was shut down with its model-not-found error
+    (:data:`batchata_df.models.SHUT_DOWN_ERRORS`): those rows fail (unbilled: no usage)
+    with :func:`batchata_df.models.shut_down_message`, naming the date and the replacement
+    to send them with, instead of a bare 404 (when the library knows the batch went before
+    the shutdown; else the provider's words stay).
+
+    Examples
+    --------
+    >>> ev = pl.DataFrame({"job_id": ["a", "b"], "status": ["failed", "completed"],
+    ...     "error": ["not_found_error: model: claude-x-9", None]})
+    >>> shut_down_note(ev, "anthropic", "claude-x-9")["error"][0]  # never served: as said
+    'not_found_error: model: claude-x-9'
+    """
+    from batchata_df.models import SHUT_DOWN_ERRORS, shut_down_message
+
+    pattern = SHUT_DOWN_ERRORS.get(provider)
+    if pattern is None or "error" not in events.columns:
+        return events
+    hit = (pl.col("status") == "failed") & pl.col("error").str.contains(pattern).fill_null(False)
+    if not events.select(hit.any()).item():
+        return events
+    message = shut_down_message(provider, model, "\x00")
+    if message is None:
+        return events
+    prefix = message.split("\x00")[0]
+    return events.with_columns(
+        pl.when(hit).then(pl.lit(prefix) + pl.col("error")).otherwise(pl.col("error"))
+        .alias("error")
+    )  # fmt: skip
+
+
 def _one_row_each(ids: pl.DataFrame, joined: pl.DataFrame) -> bool:
     """Whether ``joined`` (``ids`` left-joined with results) holds each of ``ids`` once.
 
@@ -512,6 +548,7 @@ class Collector:
             keep_decoded=self.ctx.store.recording,
         )
         events = unmatched_note(events, unmatched.height, batch.batch_key)
+        events = shut_down_note(events, batch.provider, batch.model)
         actual = self.ledger.terminal(
             events,
             batch_key=batch.batch_key,
