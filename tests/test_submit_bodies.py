@@ -17,7 +17,10 @@ pieces (:class:`~batchata_df.providers.base.JoinedChunks`) with its length. Chec
 * a body sent again, by the SDK's own retry (OpenAI's upload, Gemini's chunk upload), by
   the provider's create loop (Anthropic) or by a new submit after a dropped connection,
   carries the same bytes as the first attempt, which are the lines joined (the
-  emulator's SHA-256 of every attempt, from its log).
+  emulator's SHA-256 of every attempt, from its log);
+* the bytes the emulator received are the plain join whatever the piece size (three
+  sizes, three providers), and OpenAI's multipart upload reads its body a whole piece at
+  a time (not httpx's 64 KiB), set on that request's field alone.
 """
 
 from __future__ import annotations
@@ -340,3 +343,57 @@ def test_anthropic_sends_its_body_in_whole_pieces_with_its_length(
     assert len(items) == math.ceil(sum(items) / 100_000) >= 3
     assert all(100_000 <= item <= 100_001 for item in items[:-1])  # the last: what is left
     assert _received(emu, "anthropic") == [(200, expected)]
+
+
+@pytest.mark.parametrize("piece", [4_093, 65_536, None], ids=["4093", "65536", "default"])
+@pytest.mark.parametrize("name", ["openai", "anthropic", "gemini"])
+def test_the_body_received_is_the_plain_join_at_any_piece_size(
+    emu: Any, monkeypatch: pytest.MonkeyPatch, name: str, piece: int | None
+) -> None:
+    """The bytes the emulator received do not depend on the piece size: a size that
+    divides nothing, httpx's own read size, and the default (1 MiB: a body of more than
+    two pieces), each through the provider's SDK as it sends the body."""
+    from batchata_df.providers.gemini import GeminiProvider
+
+    if piece is not None:
+        monkeypatch.setattr(JoinedLines, "PIECE_BYTES", piece)
+    monkeypatch.setattr(GeminiProvider, "inline_max_bytes", 0)  # through a file
+    emu.configure(log_bodies=True)
+    lines, expected = _lines(name, 2_600)
+    assert len(JoinedLines(lines, "\n")) > 2 * (1 << 20)
+    make_provider(name).submit(lines, model=MODEL[name], tag=_tag("b1"))
+    assert _received(emu, name) == [(200, expected)]
+
+
+@pytest.mark.parametrize("piece", [7_000, None], ids=["7000", "default"])
+def test_openai_reads_its_upload_a_whole_piece_at_a_time(
+    emu: Any, monkeypatch: pytest.MonkeyPatch, piece: int | None
+) -> None:
+    """httpx's multipart encoder reads the body in pieces, not 64 KiB at a time (each read
+    is one write to the socket), and the file's other uploads keep httpx's own size."""
+    import httpx2._multipart
+
+    if piece is not None:
+        monkeypatch.setattr(JoinedLines, "PIECE_BYTES", piece)
+    size = piece or JoinedLines.PIECE_BYTES
+    emu.configure(log_bodies=True)
+    lines, expected = _lines("openai", 2_600)
+    reads: list[tuple[int, int]] = []  # (size asked, bytes returned)
+    read = JoinedLines.read
+
+    def counted(self: JoinedLines, n: int | None = -1) -> bytes:
+        data = read(self, n)
+        reads.append((-1 if n is None else n, len(data)))
+        return data
+
+    monkeypatch.setattr(JoinedLines, "read", counted)
+    provider = make_provider("openai")
+    provider.submit(lines, model=MODEL["openai"], tag=_tag("b1"))
+    total = sum(got for _, got in reads)
+    assert {asked for asked, _ in reads} == {size}
+    assert [got for _, got in reads[:-2]] == [size] * (len(reads) - 2)
+    assert len(reads) == math.ceil(total / size) + 1 >= 3  # the last read: b"", the end
+    assert _received(emu, "openai") == [(200, expected)]
+    # Set on the request's own field: httpx's class-wide size, for any other upload, is
+    # untouched.
+    assert httpx2._multipart.FileField.CHUNK_SIZE == 64 * 1024

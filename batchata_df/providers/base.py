@@ -1326,6 +1326,14 @@ class JoinedLines(io.RawIOBase):
     def __len__(self) -> int:
         return self._len
 
+    @property
+    def piece_bytes(self) -> int:
+        """About how many bytes a piece holds (OpenAI's upload reads this much at a time).
+
+        Reads of this size each copy about one piece: as few reads as there are pieces.
+        """
+        return self._piece_bytes
+
     def readable(self) -> bool:
         """Always readable."""
         return True

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, cast
 
@@ -151,6 +152,24 @@ def _schema_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", name)[:64] or "answer"
 
 
+def _whole_piece_reads(request: Any) -> None:
+    """Have httpx read an upload's :class:`JoinedLines` body a whole piece at a time.
+
+    httpx's multipart encoder reads a file field ``FileField.CHUNK_SIZE`` bytes at a time
+    (64 KiB; ``httpx2/_multipart.py``, ``FileField.render_data``) and sends each read as
+    its own write: an h11 event, a ``settimeout`` and a ``send`` system call, ~25 µs of
+    CPU a read besides the read itself, ~500 reads a 34 MB batch. Set on the field itself
+    (not the class: no other upload of the process changes), the piece size makes each
+    read one piece, copied once, ~34 reads a batch: the same bytes in fewer, larger
+    writes. A field of another kind, or an httpx whose multipart stream keeps its fields
+    elsewhere, is left as it is (64 KiB reads, the same bytes).
+    """
+    for field in getattr(request.stream, "fields", ()):
+        body = getattr(field, "file", None)
+        if isinstance(body, JoinedLines) and hasattr(field, "CHUNK_SIZE"):
+            field.CHUNK_SIZE = body.piece_bytes
+
+
 class OpenAIProvider:
     """OpenAI's Batch API for chat completions with strict structured output.
 
@@ -197,9 +216,20 @@ class OpenAIProvider:
                 except ImportError as e:  # pragma: no cover - core dependency
                     msg = "the OpenAI provider needs the openai package: pip install openai"
                     raise ProviderError(msg) from e
+                # The SDK's own HTTP client (``DefaultHttpxClient``: its timeout, limits and
+                # redirects) with a request hook (httpx's public ``event_hooks``: "called
+                # after a request is fully prepared, but before it is sent"), so that an
+                # upload's body is read in whole pieces (_whole_piece_reads).
+                http = openai.DefaultHttpxClient(event_hooks={"request": [_whole_piece_reads]})
                 self._client = openai.OpenAI(
-                    api_key=self._api_key, base_url=self._base_url, max_retries=self.sdk_max_retries
+                    api_key=self._api_key,
+                    base_url=self._base_url,
+                    max_retries=self.sdk_max_retries,
+                    http_client=http,
                 )
+                # What the SDK's default client does in ``__del__``: a client let go of
+                # without close() still closes its connections.
+                weakref.finalize(self._client, http.close)
         return self._client
 
     def close(self) -> None:
