@@ -2078,9 +2078,10 @@ def _fail(message: str, code: int) -> int:
 def _shutdown_notes() -> Iterator[None]:
     """Advice warnings as one ``batchata-df: warning: ...`` line on stderr each.
 
-    :class:`ModelShutdownWarning` and :class:`ThinkingRoomWarning`: once per message for
-    the whole command (never once per chunk or batch), and never
-    turned into an error by a ``-W error`` filter: it is advice, and the run goes on.
+    :class:`ModelShutdownWarning` and :class:`ThinkingRoomWarning` (its ``cli`` text, the
+    fixes in this command's flags): once per message for the whole command (never once
+    per chunk or batch), and never turned into an error by a ``-W error`` filter: it is
+    advice, and the run goes on.
     """
     seen: set[str] = set()
     advice = (ModelShutdownWarning, ThinkingRoomWarning)
@@ -2093,9 +2094,12 @@ def _shutdown_notes() -> Iterator[None]:
                  lineno: int, file: Any = None, line: str | None = None) -> None:
             if not issubclass(category, advice):
                 shown(message, category, filename, lineno, file, line)
-            elif str(message) not in seen:
-                seen.add(str(message))
-                _note(f"warning: {message}")
+                return
+            # The fixes in this command's flags, not Python's params={...}.
+            text = message.cli if isinstance(message, ThinkingRoomWarning) else str(message)
+            if text not in seen:
+                seen.add(text)
+                _note(f"warning: {text}")
 
         warnings.showwarning = show
         yield
