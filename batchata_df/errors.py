@@ -47,6 +47,8 @@ if TYPE_CHECKING:
     from batchata_df.state import LockHolder
 
 __all__ = [
+    "WARNINGS",
+    "AmbiguousJobKeyWarning",
     "BatchataError",
     "ColumnError",
     "ConfigError",
@@ -312,6 +314,18 @@ class ThinkingRoomWarning(UserWarning):
     3.x) or a larger ``max_tokens``. A fixed budget ``max_tokens`` cannot hold is a
     :class:`ParamError` instead: there every row would be billed for nothing.
     """
+
+
+WARNINGS: tuple[type[UserWarning], ...] = (
+    CapSerialisedWarning,
+    AmbiguousJobKeyWarning,
+    LostUnpricedWarning,
+    ProviderUnavailableWarning,
+    SummaryWarning,
+    ModelShutdownWarning,
+    ThinkingRoomWarning,
+)
+"""Every warning batchata-df emits (the CLI prints each as one ``batchata-df: warning:`` line)."""
 
 
 def _our_code() -> tuple[str, ...]:
