@@ -47,6 +47,8 @@ if TYPE_CHECKING:
     from batchata_df.state import LockHolder
 
 __all__ = [
+    "WARNINGS",
+    "AmbiguousJobKeyWarning",
     "BatchataError",
     "ColumnError",
     "ConfigError",
@@ -320,6 +322,18 @@ class ThinkingRoomWarning(UserWarning):
     def __init__(self, message: str, cli: str | None = None) -> None:
         super().__init__(message)
         self.cli = message if cli is None else cli
+
+
+WARNINGS: tuple[type[UserWarning], ...] = (
+    CapSerialisedWarning,
+    AmbiguousJobKeyWarning,
+    LostUnpricedWarning,
+    ProviderUnavailableWarning,
+    SummaryWarning,
+    ModelShutdownWarning,
+    ThinkingRoomWarning,
+)
+"""Every warning batchata-df emits (the CLI prints each as one ``batchata-df: warning:`` line)."""
 
 
 def _our_code() -> tuple[str, ...]:
