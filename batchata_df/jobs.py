@@ -495,6 +495,7 @@ def job_keys(jobs: pl.DataFrame, *, scheme: IdScheme) -> pl.Series:
 
     Examples
     --------
+    >>> import warnings
     >>> jobs = pl.DataFrame({"provider": ["openai"] * 3, "model": ["m"] * 3,
     ...                      "system": ["a\x00b", "a", None], "prompt": ["c", "b\x00c", "x"]})
     >>> with warnings.catch_warnings(record=True) as caught:

@@ -8,6 +8,8 @@ import asyncio
 import hashlib
 import re
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import nbclient
@@ -101,7 +103,9 @@ def _execute(name: str, work: Path) -> object:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
     client = nbclient.NotebookClient(
-        nb, timeout=300, kernel_name="python3", record_timing=False,
+        # A kernel starting beside others on a loaded machine can take minutes (the
+        # default startup_timeout, 60 s, then tore the client down, which can hang).
+        nb, timeout=300, startup_timeout=600, kernel_name="python3", record_timing=False,
         resources={"metadata": {"path": str(work)}},
     )
     # A loop of this thread's own, closed at the end (raises CellExecutionError on errors).
@@ -109,28 +113,46 @@ def _execute(name: str, work: Path) -> object:
     return nb
 
 
+NOTEBOOKS_DEADLINE_S = 1200
+"""How long the kernels may take in all before their notebooks fail as hung."""
+
+
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory) -> dict[str, object]:
-    """Every notebook executed on a copy, four kernels at once (they mostly wait on the
-    emulator's batch latency, so running them side by side saves minutes of the suite)."""
-    from concurrent.futures import ThreadPoolExecutor
+    """Every notebook executed on a copy, all kernels at once (they mostly wait on the
+    emulator's batch latency, so running them side by side saves minutes of the suite).
 
+    Each runs in a daemon thread, waited for until :data:`NOTEBOOKS_DEADLINE_S`: a kernel
+    that hangs fails its notebook's test instead of the suite. (jupyter_client's heartbeat
+    thread can block forever on a kernel that never answered, and joining it hung a
+    ``ThreadPoolExecutor``'s exit, the test's timeout included, which raised into that exit.)
+    """
     work = tmp_path_factory.mktemp("nb") / "notebooks"
     shutil.copytree(FOLDER, work, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
     before = {n: _digest(FOLDER / f"{n}.ipynb") for n in NOTEBOOKS}
-    with ThreadPoolExecutor(len(NOTEBOOKS)) as pool:
-        futures = {n: pool.submit(_execute, n, work) for n in NOTEBOOKS}
-        out: dict[str, object] = {}
-        for n, f in futures.items():
-            try:
-                out[n] = f.result()
-            except Exception as e:  # reported by the test of that notebook
-                out[n] = e
+    out: dict[str, object] = {}
+
+    def run(name: str) -> None:
+        try:
+            out[name] = _execute(name, work)
+        except Exception as e:  # reported by the test of that notebook
+            out[name] = e
+
+    threads = {n: threading.Thread(target=run, args=(n,), name=f"notebook {n}", daemon=True)
+               for n in NOTEBOOKS}  # fmt: skip
+    for thread in threads.values():
+        thread.start()
+    deadline = time.monotonic() + NOTEBOOKS_DEADLINE_S
+    for n, thread in threads.items():
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            out[n] = TimeoutError(f"notebook {n} did not finish in {NOTEBOOKS_DEADLINE_S} s")
     # The committed notebooks were not touched.
     assert {n: _digest(FOLDER / f"{n}.ipynb") for n in NOTEBOOKS} == before
     return out
 
 
+@pytest.mark.timeout(NOTEBOOKS_DEADLINE_S + 120)  # the first one sets up ``executed``
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_against_the_emulator(name, executed):
     nb = executed[name]
