@@ -56,6 +56,7 @@ import polars as pl
 from pydantic import BaseModel
 
 from batchata_df.errors import (
+    WARNINGS,
     BatchataError,
     ConfigError,
     ModelShutdownWarning,
@@ -2075,12 +2076,16 @@ def _fail(message: str, code: int) -> int:
 
 
 @contextlib.contextmanager
-def _shutdown_notes() -> Iterator[None]:
-    """Advice warnings as one ``batchata-df: warning: ...`` line on stderr each.
+def _warning_lines() -> Iterator[None]:
+    """batchata-df's warnings as one ``batchata-df: warning: ...`` line on stderr each.
 
-    :class:`ModelShutdownWarning` and :class:`ThinkingRoomWarning`: once per message for
-    the whole command (never once per chunk or batch), and never
-    turned into an error by a ``-W error`` filter: it is advice, and the run goes on.
+    Each message once for the whole command (never once per chunk or batch), without the
+    Python source line a warning shows (in the command, the first frame outside
+    batchata-df is click's). :class:`ModelShutdownWarning` and
+    :class:`ThinkingRoomWarning` are advice given before anything is sent: always shown,
+    and never turned into an error by a ``-W error`` filter (the run goes on); the others
+    follow the warning filters as a library user's would. A :class:`ThinkingRoomWarning`
+    is printed as its ``cli`` text: the fixes in this command's flags.
     """
     seen: set[str] = set()
     advice = (ModelShutdownWarning, ThinkingRoomWarning)
@@ -2091,11 +2096,14 @@ def _shutdown_notes() -> Iterator[None]:
 
         def show(message: Warning | str, category: type[Warning], filename: str,
                  lineno: int, file: Any = None, line: str | None = None) -> None:
-            if not issubclass(category, advice):
+            if not issubclass(category, WARNINGS):
                 shown(message, category, filename, lineno, file, line)
-            elif str(message) not in seen:
-                seen.add(str(message))
-                _note(f"warning: {message}")
+                return
+            # The fixes in this command's flags, not Python's params={...}.
+            text = message.cli if isinstance(message, ThinkingRoomWarning) else str(message)
+            if text not in seen:
+                seen.add(text)
+                _note(f"warning: {text}")
 
         warnings.showwarning = show
         yield
@@ -2137,7 +2145,7 @@ def _shutdown_lines(folders: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``batchata-df`` command; returns the exit code."""
-    with _shutdown_notes():
+    with _warning_lines():
         return _main(argv)
 
 

@@ -47,6 +47,8 @@ if TYPE_CHECKING:
     from batchata_df.state import LockHolder
 
 __all__ = [
+    "WARNINGS",
+    "AmbiguousJobKeyWarning",
     "BatchataError",
     "ColumnError",
     "ConfigError",
@@ -309,9 +311,29 @@ class ThinkingRoomWarning(UserWarning):
     thinking takes all of it is billed and answers nothing (it fails ``truncated:
     thinking used N of max_tokens=N ...``). The message says how much the model may think
     and names the fix: a ``reasoning_effort`` (a fixed budget on 2.5, a lower level on
-    3.x) or a larger ``max_tokens``. A fixed budget ``max_tokens`` cannot hold is a
-    :class:`ParamError` instead: there every row would be billed for nothing.
+    3.x) or a ``max_tokens`` that holds the thinking plus room for the answer, each
+    enough alone. A fixed budget ``max_tokens`` cannot hold is a :class:`ParamError`
+    instead: there every row would be billed for nothing.
+
+    ``cli`` is the same message with the fixes in ``batchata-df run`` flags
+    (``--param reasoning_effort=...``, ``--max-tokens N``), which the CLI prints instead.
     """
+
+    def __init__(self, message: str, cli: str | None = None) -> None:
+        super().__init__(message)
+        self.cli = message if cli is None else cli
+
+
+WARNINGS: tuple[type[UserWarning], ...] = (
+    CapSerialisedWarning,
+    AmbiguousJobKeyWarning,
+    LostUnpricedWarning,
+    ProviderUnavailableWarning,
+    SummaryWarning,
+    ModelShutdownWarning,
+    ThinkingRoomWarning,
+)
+"""Every warning batchata-df emits (the CLI prints each as one ``batchata-df: warning:`` line)."""
 
 
 def _our_code() -> tuple[str, ...]:

@@ -1402,7 +1402,8 @@ def _check_models(
         check_model_params(str(provider), str(model), params)
         risk = thinking_room_warning(str(provider), str(model), params)
         if risk is not None:  # likely, not certain: said before sending, not refused
-            warn_user(ThinkingRoomWarning(risk))
+            cli = thinking_room_warning(str(provider), str(model), params, cli=True)
+            warn_user(ThinkingRoomWarning(risk, cli=cli))
         family = family_of(str(provider), str(model))
         if not family.system_prompt and _has_system(jobs, model):
             raise _no_system_prompt(str(provider), str(model))

@@ -96,6 +96,7 @@ __all__ = [
     "scheduled_shutdown",
     "shutdown_warning",
     "thinking_budget",
+    "thinking_room_fixes",
     "thinking_room_warning",
     "today",
     "thinking_fields",
@@ -160,8 +161,8 @@ quoted in juspay/neurolink#1707); 2.5 Flash without a budget answered
 ``thoughtsTokenCount: 8192`` at ``maxOutputTokens: 8192``, nothing left for the answer
 (discuss.google.dev/t/how-can-i-set-0-thinkingbudget-with-vertex-ai-gemini-2-5flash-i-
 wanna-disable-it/189244). Thinking counts inside ``maxOutputTokens``
-(googleapis/python-genai#811), so a ``max_tokens`` not above it may be all thinking
-(:func:`thinking_room_warning`)."""
+(googleapis/python-genai#811), so a ``max_tokens`` below it plus the answer's
+:data:`DEFAULT_MAX_TOKENS` may leave nothing to answer (:func:`thinking_room_warning`)."""
 
 OPENAI_SAMPLING = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "stop")
 """Refused by OpenAI reasoning models while they reason (pydantic-ai-slim 2.68
@@ -1351,37 +1352,29 @@ def _check_max_tokens(
         )
 
 
-def thinking_room_warning(provider: str, model: str, params: Mapping[str, Any]) -> str | None:
-    """Why ``max_tokens`` may be all thinking on a Gemini model, or ``None``.
+def thinking_room_fixes(
+    provider: str, model: str, params: Mapping[str, Any]
+) -> tuple[tuple[dict[str, Any], str], ...]:
+    """The fixes :func:`thinking_room_warning` offers, each ``(params to set, why)``.
 
-    Where the request carries a fixed budget (:func:`thinking_budget`) a ``max_tokens``
-    that cannot hold it is refused (:func:`check_model_params`): every row would be
-    billed for nothing. Where no number bounds the thinking, running out is only likely,
-    so it is said here, before sending (:class:`~batchata_df.errors.ThinkingRoomWarning`):
-
-    * Gemini 2.5 Flash / Pro without ``reasoning_effort`` think dynamically, up to
-      :data:`GEMINI_DYNAMIC_THINKING` tokens: ``max_tokens`` not above that.
-    * Gemini 3.x / 4 think at a level, which names no token count: thinking at ``HIGH``
-      "uses tokens up to its maximum level" (ai.google.dev/gemini-api/docs/thinking), and
-      filled ``max_tokens=4096`` on gemini-3.7-flash (NousResearch/hermes-agent#87209);
-      gemini-3-pro-preview thought 2,000-3,000 tokens at ``LOW``
-      (googleapis/python-genai#1795). The bar is the room this library's default
-      ``max_tokens`` leaves for thinking at that level
-      (:data:`DEFAULT_MAX_TOKENS_BY_EFFORT` minus the answer's 4,096). ``MINIMAL`` thinks
-      "as few tokens as possible; close to no thinking" (Google's thinking guide) and is
-      not warned about.
+    Empty when there is no warning. Each fix, applied alone to ``params``, stops the
+    warning and is taken by :func:`check_model_params` (tests/test_gemini_thinking_dynamic.py
+    applies every one over a grid of models, efforts and ``max_tokens``).
 
     Examples
     --------
-    >>> thinking_room_warning("gemini", "gemini-2.5-flash", {"max_tokens": 9000}) is None
-    True
-    >>> print(thinking_room_warning("gemini", "gemini-2.5-flash", {"max_tokens": 1500}))
-    model 'gemini-2.5-flash' (Gemini 2.5 Flash) thinks dynamically without \
-reasoning_effort (no thinkingBudget is sent), up to 8,192 tokens, inside \
-max_tokens=1500: a row whose thinking takes all of it is billed for 1,500 output tokens \
-and answers nothing; pass params={'reasoning_effort': 'minimal'} (a fixed 512-token \
-budget) or 'none' (no thinking), or max_tokens above 8192
+    >>> thinking_room_fixes("gemini", "gemini-2.5-flash", {"max_tokens": 300})
+    (({'reasoning_effort': 'none'}, 'no thinking'), ({'max_tokens': 12288}, '8,192 for \
+thinking and 4,096 for the answer'))
     """
+    room = _thinking_room(provider, model, params)
+    return () if room is None else room[1]
+
+
+def _thinking_room(
+    provider: str, model: str, params: Mapping[str, Any]
+) -> tuple[str, tuple[tuple[dict[str, Any], str], ...]] | None:
+    """What may starve the answer (the message's head) and the fixes, or ``None``."""
     if provider != "gemini":
         return None
     family = family_of(provider, model)
@@ -1399,42 +1392,129 @@ budget) or 'none' (no thinking), or max_tokens above 8192
         f"inside max_tokens={max_tokens}: a row whose thinking takes all of it is billed "
         f"for {max_tokens:,} output tokens and answers nothing"
     )
+    fixes: list[tuple[dict[str, Any], str]] = []
     if family.thinking == "gemini_budget":  # no reasoning_effort: dynamic thinking
         room = GEMINI_DYNAMIC_THINKING
-        if max_tokens > room:
+        need = min(room + DEFAULT_MAX_TOKENS, family.max_output_tokens)
+        if max_tokens >= need:
             return None
+        # A fixed budget leaving at least half of max_tokens for the answer.
         fits = [e for e in family.efforts if GEMINI_BUDGETS[e] <= max_tokens // 2]
-        fixes = []
         if fits:
-            fixes.append(
-                f"params={{'reasoning_effort': {fits[-1]!r}}} (a fixed "
-                f"{GEMINI_BUDGETS[fits[-1]]:,}-token budget)"
-            )
+            budget = GEMINI_BUDGETS[fits[-1]]
+            fixes.append(({"reasoning_effort": fits[-1]}, f"a fixed {budget:,}-token budget"))
         if family.can_disable:
-            fixes.append("'none' (no thinking)" if fits else
-                         "params={'reasoning_effort': 'none'} (no thinking)")
-        fix = " or ".join(fixes)
-        return (
+            fixes.append(({"reasoning_effort": "none"}, "no thinking"))
+        fixes.append((
+            {"max_tokens": need},
+            f"{room:,} for thinking and {need - room:,} for the answer",
+        ))  # fmt: skip
+        what = (
             f"{head} thinks dynamically without reasoning_effort (no thinkingBudget is "
-            f"sent), up to {room:,} tokens, {cost}; pass "
-            + (f"{fix}, or " if fix else "")
-            + f"max_tokens above {room}"
+            f"sent), up to {room:,} tokens, {cost}"
         )
+        return what, tuple(fixes)
     if family.thinking != "gemini_level" or effort == "minimal":
         return None
-    room = DEFAULT_MAX_TOKENS_BY_EFFORT[effort] - DEFAULT_MAX_TOKENS
-    if max_tokens > room:
+    need = _level_need(family, effort)
+    if max_tokens >= need:
         return None
+    room = need - DEFAULT_MAX_TOKENS
+    lower = family.efforts[: family.efforts.index(effort)]
+    alone = [e for e in lower if e == "minimal" or _level_need(family, e) <= max_tokens]
+    if alone:
+        why = ("the least thinking it takes" if alone[-1] == "minimal"
+               else "its lowest level" if alone[-1] == lower[0] else "a lower level")
+        fixes.append(({"reasoning_effort": alone[-1]}, why))
+    elif lower:
+        fixes.append((
+            {"reasoning_effort": lower[0], "max_tokens": _level_need(family, lower[0])},
+            "its lowest level",
+        ))  # fmt: skip
+    fixes.append((
+        {"max_tokens": need},
+        f"{room:,} for thinking and {DEFAULT_MAX_TOKENS:,} for the answer",
+    ))  # fmt: skip
     given = "" if params.get("reasoning_effort") is not None else ", its default"
-    lower = family.efforts[0] if family.efforts.index(effort) > 0 else None
-    least = "the least thinking it takes" if lower == "minimal" else "its lowest level"
-    return (
+    what = (
         f"{head} thinks at level {effort.upper()}{given} (a level names no token count; "
         f"this library's default max_tokens at {effort!r} leaves {room:,} tokens for it), "
-        f"{cost}; pass "
-        + (f"params={{'reasoning_effort': {lower!r}}} ({least}), or " if lower else "")
-        + f"max_tokens above {room}"
+        f"{cost}"
     )
+    return what, tuple(fixes)
+
+
+def _level_need(family: Family, effort: str) -> int:
+    """``max_tokens`` that stops the warning at a Gemini level.
+
+    This library's default there: room for the level's thinking plus
+    :data:`DEFAULT_MAX_TOKENS` for the answer.
+    """
+    return min(DEFAULT_MAX_TOKENS_BY_EFFORT[effort], family.max_output_tokens)
+
+
+def _render_fix(fix: Mapping[str, Any], why: str, *, cli: bool) -> str:
+    parts = []
+    for name, value in fix.items():
+        if name == "max_tokens":
+            parts.append(f"--max-tokens {value} or more" if cli else f"max_tokens={value} or more")
+        else:
+            parts.append(f"--param {name}={value}" if cli else f"params={{{name!r}: {value!r}}}")
+    return " and ".join(parts) + f" ({why})"
+
+
+def thinking_room_warning(
+    provider: str, model: str, params: Mapping[str, Any], *, cli: bool = False
+) -> str | None:
+    """Why ``max_tokens`` may be all thinking on a Gemini model, or ``None``.
+
+    Where the request carries a fixed budget (:func:`thinking_budget`) a ``max_tokens``
+    that cannot hold it is refused (:func:`check_model_params`): every row would be
+    billed for nothing. Where no number bounds the thinking, running out is only likely,
+    so it is said here, before sending (:class:`~batchata_df.errors.ThinkingRoomWarning`),
+    until ``max_tokens`` holds the thinking plus :data:`DEFAULT_MAX_TOKENS` for the answer
+    (the share this library's default ``max_tokens`` gives the answer):
+
+    * Gemini 2.5 Flash / Pro without ``reasoning_effort`` think dynamically, up to
+      :data:`GEMINI_DYNAMIC_THINKING` tokens: warned below 8,192 + 4,096 = 12,288
+      (``max_tokens=8193`` left one token to answer in).
+    * Gemini 3.x / 4 think at a level, which names no token count: thinking at ``HIGH``
+      "uses tokens up to its maximum level" (ai.google.dev/gemini-api/docs/thinking), and
+      filled ``max_tokens=4096`` on gemini-3.7-flash (NousResearch/hermes-agent#87209);
+      gemini-3-pro-preview thought 2,000-3,000 tokens at ``LOW``
+      (googleapis/python-genai#1795). Warned below this library's default ``max_tokens``
+      at that level (:data:`DEFAULT_MAX_TOKENS_BY_EFFORT`: the answer's 4,096 plus room
+      for thinking). ``MINIMAL`` thinks "as few tokens as possible; close to no thinking"
+      (Google's thinking guide) and is not warned about.
+
+    The message names each fix (:func:`thinking_room_fixes`), every one enough alone as
+    worded (a lower level that is not says ``and`` the ``max_tokens`` it needs), in
+    Python's words or, with ``cli=True``, the ``batchata-df run`` flags (``--param
+    reasoning_effort=...``, ``--max-tokens N``).
+
+    Examples
+    --------
+    >>> thinking_room_warning("gemini", "gemini-2.5-flash", {"max_tokens": 12288}) is None
+    True
+    >>> print(thinking_room_warning("gemini", "gemini-2.5-flash", {"max_tokens": 1500}))
+    model 'gemini-2.5-flash' (Gemini 2.5 Flash) thinks dynamically without \
+reasoning_effort (no thinkingBudget is sent), up to 8,192 tokens, inside \
+max_tokens=1500: a row whose thinking takes all of it is billed for 1,500 output tokens \
+and answers nothing; pass params={'reasoning_effort': 'minimal'} (a fixed 512-token \
+budget), params={'reasoning_effort': 'none'} (no thinking), or max_tokens=12288 or more \
+(8,192 for thinking and 4,096 for the answer)
+    >>> print(thinking_room_warning("gemini", "gemini-3.8-flash", {"max_tokens": 400},
+    ...                             cli=True).split("; pass ")[1])
+    --param reasoning_effort=low and --max-tokens 8192 or more (its lowest level), \
+or --max-tokens 16384 or more (12,288 for thinking and 4,096 for the answer)
+    """
+    room = _thinking_room(provider, model, params)
+    if room is None:
+        return None
+    what, fixes = room
+    shown = [_render_fix(fix, why, cli=cli) for fix, why in fixes]
+    advice = shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + ", or " + shown[-1]
+    return f"{what}; pass {advice}"
 
 
 def thinking_fields(provider: str, model: str, params: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,11 @@ certain, so the client warns before anything is sent (:class:`ThinkingRoomWarnin
 * Gemini 3.x levels name no token count (gemini-3.7-flash at HIGH filled 4,096,
   NousResearch/hermes-agent#87209).
 
+It warns until ``max_tokens`` holds the thinking plus the answer's 4,096
+(``DEFAULT_MAX_TOKENS``): 8,193 on 2.5 left one token to answer in. Every fix the message
+names (in Python, or in the CLI's flags) is enough alone as worded: checked over every
+Gemini model that thinks, each effort and a grid of ``max_tokens``.
+
 The emulator thinks its small fixed amounts on ordinary prompts and as long as the model
 may on a prompt marked ``[[emulator:think]]`` (8,192 for 2.5's dynamic thinking, until
 ``maxOutputTokens`` at a level): the rows the warning is about.
@@ -25,7 +30,9 @@ compatibility"; measured on gemini-3.5-flash, dhyansraj/mcp-mesh#1346).
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -35,11 +42,13 @@ from typing import Any
 import polars as pl
 import pytest
 
-from batchata_df import ThinkingRoomWarning, batch_llm
+from batchata_df import ParamError, ThinkingRoomWarning, batch_llm
 from batchata_df.emulator.model_rules import GEMINI_DYNAMIC_CAP, THOUGHT_TOKENS, gemini_rules
 from batchata_df.models import (
+    DEFAULT_MAX_TOKENS,
     FAMILIES,
     GEMINI_DYNAMIC_THINKING,
+    check_model_params,
     effective_params,
     thinking_room_warning,
 )
@@ -105,7 +114,8 @@ def test_dynamic_thinking_under_a_small_max_tokens_warns_before_anything_is_sent
         "reasoning_effort (no thinkingBudget is sent), up to 8,192 tokens, inside "
         "max_tokens=1500: a row whose thinking takes all of it is billed for 1,500 output "
         "tokens and answers nothing; pass params={'reasoning_effort': 'minimal'} (a fixed "
-        "512-token budget) or 'none' (no thinking), or max_tokens above 8192"
+        "512-token budget), params={'reasoning_effort': 'none'} (no thinking), or "
+        "max_tokens=12288 or more (8,192 for thinking and 4,096 for the answer)"
     )
     assert emu.log() == []  # raised (as an error here) before any request
     assert emu.billing() == []
@@ -154,10 +164,13 @@ def test_a_streamed_run_warns_once_at_the_callers_line(emu, tmp_path):
     assert len(emu.billing()) == 6
 
 
-def test_above_the_dynamic_cap_there_is_no_warning_and_the_answer_fits(emu, tmp_path):
+def test_above_the_dynamic_cap_and_the_answer_room_there_is_no_warning_and_it_fits(
+    emu, tmp_path
+):
     with warnings.catch_warnings():
         warnings.simplefilter("error", ThinkingRoomWarning)
-        out = run("gemini-2.5-flash", tmp_path, {"max_tokens": GEMINI_DYNAMIC_THINKING + 1000},
+        out = run("gemini-2.5-flash", tmp_path,
+                  {"max_tokens": GEMINI_DYNAMIC_THINKING + DEFAULT_MAX_TOKENS},
                   prompt="{text} " + THINK)
     assert out["_status"].to_list() == ["completed"] * 3
     assert out["_reasoning_tokens"].to_list() == [GEMINI_DYNAMIC_CAP] * 3
@@ -182,15 +195,19 @@ def test_the_advice_works_a_fixed_budget_bounds_the_thinking(emu, tmp_path):
     ("model", "max_tokens", "advice"),
     [
         # 2.5 Pro cannot turn thinking off, and no budget fits in half of 500.
-        ("gemini-2.5-pro", 500, "pass max_tokens above 8192"),
+        ("gemini-2.5-pro", 500, "pass max_tokens=12288 or more (8,192 for thinking and 4,096 "
+                                "for the answer)"),
         ("gemini-2.5-pro", 3000, "pass params={'reasoning_effort': 'low'} (a fixed 1,024-token "
-                                 "budget), or max_tokens above 8192"),
+                                 "budget), or max_tokens=12288 or more (8,192 for thinking and "
+                                 "4,096 for the answer)"),
         ("gemini-2.5-flash", 300, "pass params={'reasoning_effort': 'none'} (no thinking), or "
-                                  "max_tokens above 8192"),
-        # At the cap itself: the largest budget that leaves half of max_tokens to answer.
-        ("gemini-2.5-flash", 8192, "pass params={'reasoning_effort': 'low'} (a fixed 1,024-"
-                                   "token budget) or 'none' (no thinking), or max_tokens above "
-                                   "8192"),
+                                  "max_tokens=12288 or more (8,192 for thinking and 4,096 for "
+                                  "the answer)"),
+        # Above the cap, no room to answer: the largest budget that leaves half to answer.
+        ("gemini-2.5-flash", 8193, "pass params={'reasoning_effort': 'low'} (a fixed 1,024-"
+                                   "token budget), params={'reasoning_effort': 'none'} (no "
+                                   "thinking), or max_tokens=12288 or more (8,192 for thinking "
+                                   "and 4,096 for the answer)"),
     ],
 )  # fmt: skip
 def test_the_advice_names_only_what_the_model_takes(model, max_tokens, advice):
@@ -202,7 +219,7 @@ def test_the_advice_names_only_what_the_model_takes(model, max_tokens, advice):
 @pytest.mark.parametrize(
     "params",
     [
-        {"max_tokens": 8193},  # above the dynamic cap
+        {"max_tokens": 12_288},  # the dynamic cap plus the answer's 4,096
         {"max_tokens": 600, "reasoning_effort": "minimal"},  # a fixed budget, checked instead
         {"max_tokens": 50, "reasoning_effort": "none"},  # no thinking
         {},  # the default max_tokens leaves room
@@ -227,7 +244,8 @@ def test_a_level_under_a_small_max_tokens_warns_and_is_sent_as_a_level(emu, tmp_
         "no token count; this library's default max_tokens at 'high' leaves 28,672 tokens "
         "for it), inside max_tokens=500: a row whose thinking takes all of it is billed for "
         "500 output tokens and answers nothing; pass params={'reasoning_effort': 'minimal'} "
-        "(the least thinking it takes), or max_tokens above 28672"
+        "(the least thinking it takes), or max_tokens=32768 or more (28,672 for thinking and "
+        "4,096 for the answer)"
     ]
     assert [c["thinkingConfig"] for c in sent_configs(emu)] == [{"thinking_level": "HIGH"}] * 3
     assert out["_status"].to_list() == ["failed"] * 3
@@ -246,7 +264,8 @@ def test_the_default_level_is_named_as_the_default(emu, tmp_path):
     assert "thinks at level MEDIUM, its default (a level names no token count; this " \
         "library's default max_tokens at 'medium' leaves 12,288 tokens for it)" in message
     assert message.endswith(
-        "pass params={'reasoning_effort': 'low'} (its lowest level), or max_tokens above 12288"
+        "pass params={'reasoning_effort': 'low'} and max_tokens=8192 or more (its lowest "
+        "level), or max_tokens=16384 or more (12,288 for thinking and 4,096 for the answer)"
     )
     assert [c.get("thinkingConfig") for c in sent_configs(emu)] == [None] * 3
     assert out["_status"].to_list() == ["completed"] * 3
@@ -258,8 +277,8 @@ def test_the_default_level_is_named_as_the_default(emu, tmp_path):
     [
         ("gemini-3.5-flash-lite", {"max_tokens": 200}),  # MINIMAL: close to no thinking
         ("gemini-3.5-flash", {"max_tokens": 300, "reasoning_effort": "minimal"}),
-        ("gemini-3.7-flash", {"max_tokens": 4097, "reasoning_effort": "low"}),
-        ("gemini-3.1-pro-preview", {"max_tokens": 28_673}),
+        ("gemini-3.7-flash", {"max_tokens": 8192, "reasoning_effort": "low"}),
+        ("gemini-3.1-pro-preview", {"max_tokens": 32_768}),
         ("gemini-3.1-pro-preview", {}),
     ],
 )
@@ -272,7 +291,8 @@ def test_at_the_lowest_level_only_max_tokens_is_advised():
         "gemini", "gemini-3.7-flash", {"max_tokens": 4096, "reasoning_effort": "low"}
     )
     assert message is not None
-    assert message.endswith("and answers nothing; pass max_tokens above 4096")
+    assert message.endswith("and answers nothing; pass max_tokens=8192 or more (4,096 for "
+                            "thinking and 4,096 for the answer)")
 
 
 def test_the_default_max_tokens_never_warns():
@@ -317,7 +337,7 @@ def test_the_cli_prints_the_warning_once_on_stderr(emu, tmp_path):
     notes = [x for x in dry.stderr.splitlines() if "warning:" in x]
     assert notes == [
         "batchata-df: warning: "
-        + str(thinking_room_warning("gemini", "gemini-3.5-flash", {"max_tokens": 500}))
+        + str(thinking_room_warning("gemini", "gemini-3.5-flash", {"max_tokens": 500}, cli=True))
     ]
     assert "thinks at level MEDIUM, its default" in notes[0]
 
@@ -388,3 +408,148 @@ def test_thinking_to_the_cap_is_spent_inside_max_output_tokens(emu):
     unbounded = one(emu, "gemini-3.5-flash", None, max_tokens=None, prompt="hi " + THINK)
     assert unbounded.response.usage_metadata.thoughts_token_count == 65_536
     assert unbounded.response.candidates[0].finish_reason == "MAX_TOKENS"
+
+
+# -- the room the answer needs, and advice that holds when followed ------------------------
+
+
+def test_dynamic_thinking_warns_until_max_tokens_leaves_the_answer_room(emu, tmp_path):
+    """max_tokens=8193 is above the 8,192 dynamic cap but leaves one token to answer in: a
+    row that thinks to the cap fails and is billed. It warns, and the max_tokens the
+    warning names (the cap plus DEFAULT_MAX_TOKENS for the answer) does not, and answers."""
+    with pytest.warns(ThinkingRoomWarning) as caught:
+        cut = run("gemini-2.5-flash", tmp_path, {"max_tokens": 8193}, prompt="{text} " + THINK)
+    (message,) = [str(w.message) for w in caught]
+    assert message.endswith("or max_tokens=12288 or more (8,192 for thinking and 4,096 for "
+                            "the answer)")
+    assert cut["_status"].to_list() == ["failed"] * 3
+    assert cut["_error"].str.starts_with("truncated: thinking used 8192 of max_tokens=8193").all()
+    assert len(emu.billing()) == 3
+
+    emu.reset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ThinkingRoomWarning)
+        out = run("gemini-2.5-flash", tmp_path, {"max_tokens": 12288},
+                  prompt="{text} " + THINK, name="fits")
+    assert out["_status"].to_list() == ["completed"] * 3
+    assert out["_reasoning_tokens"].to_list() == [GEMINI_DYNAMIC_CAP] * 3
+    assert (out["_output_tokens"] > GEMINI_DYNAMIC_CAP).all()  # an answer after the thinking
+    assert len(emu.billing()) == 3
+
+
+PY_FIX = re.compile(r",\s(?:or\s)?(?=params=|max_tokens=)")
+CLI_FIX = re.compile(r",\s(?:or\s)?(?=--)")
+
+
+def parsed_fixes(message: str, *, cli: bool) -> list[dict[str, Any]]:
+    """Each fix the message offers, as the params it sets (read from the text, as a user
+    would: ``params={...}`` / ``max_tokens=N`` or ``--param NAME=VALUE`` / ``--max-tokens
+    N``)."""
+    advice = message.split("; pass ", 1)[1]
+    fixes = []
+    for part in (CLI_FIX if cli else PY_FIX).split(advice):
+        fix: dict[str, Any] = {}
+        if cli:
+            for name, value in re.findall(r"--param (\w+)=(\w+)", part):
+                fix[name] = value
+            found = re.findall(r"--max-tokens (\d+)", part)
+        else:
+            for literal in re.findall(r"params=(\{[^}]*\})", part):
+                fix.update(ast.literal_eval(literal))
+            found = re.findall(r"max_tokens=(\d+)", part)
+        if found:
+            fix["max_tokens"] = int(found[0])
+        assert fix, part
+        fixes.append(fix)
+    return fixes
+
+
+GRID = (1, 100, 300, 400, 500, 1000, 1500, 2048, 3000, 4096, 4097, 8192, 8193, 12287,
+        12288, 16383, 16384, 20000, 28672, 28673, 32767)
+
+
+def test_every_fix_the_warning_offers_stops_the_warning_when_applied_alone():
+    """Every Gemini model that thinks, every effort it takes and its default, a grid of
+    max_tokens: each fix the message names, in Python and in the CLI's words, applied
+    alone as worded, neither warns again nor is refused; one token below the max_tokens it
+    names still warns (the bar is the thinking plus the answer's 4,096, not the thinking)."""
+    warned = 0
+    for family in FAMILIES:
+        if family.provider != "gemini" or family.thinking == "none":
+            continue
+        for model in family.examples:
+            for effort in (None, *family.efforts):
+                for max_tokens in GRID:
+                    params: dict[str, Any] = {"max_tokens": max_tokens}
+                    if effort is not None:
+                        params["reasoning_effort"] = effort
+                    try:
+                        check_model_params("gemini", model, params)
+                    except ParamError:
+                        continue  # a fixed budget max_tokens cannot hold: refused instead
+                    message = thinking_room_warning("gemini", model, params)
+                    if message is None:
+                        continue
+                    warned += 1
+                    cli = thinking_room_warning("gemini", model, params, cli=True)
+                    assert cli is not None
+                    assert "params=" not in cli and "--param" not in message
+                    fixes = parsed_fixes(message, cli=False)
+                    assert fixes == parsed_fixes(cli, cli=True), message
+                    for fix in fixes:
+                        fixed = {**params, **fix}
+                        check_model_params("gemini", model, fixed)
+                        assert thinking_room_warning("gemini", model, fixed) is None, (
+                            message, fix)
+                    # The max_tokens named is exactly where the warning stops.
+                    (least,) = [f["max_tokens"] for f in fixes if list(f) == ["max_tokens"]]
+                    below = {**params, "max_tokens": least - 1}
+                    assert thinking_room_warning("gemini", model, below) is not None, message
+    assert warned > 200
+
+
+@pytest.mark.parametrize(
+    ("model", "params", "advice"),
+    [
+        # 'low' alone at 400 still warns (its room is 8,192): the level and the max_tokens.
+        ("gemini-3.1-pro-preview", {"max_tokens": 400, "reasoning_effort": "medium"},
+         "pass params={'reasoning_effort': 'low'} and max_tokens=8192 or more (its lowest "
+         "level), or max_tokens=16384 or more (12,288 for thinking and 4,096 for the answer)"),
+        # At 20,000 'medium' alone is enough where 'high' is not.
+        ("gemini-3.1-pro-preview", {"max_tokens": 20_000},
+         "pass params={'reasoning_effort': 'medium'} (a lower level), or max_tokens=32768 or "
+         "more (28,672 for thinking and 4,096 for the answer)"),
+    ],
+)  # fmt: skip
+def test_a_lower_level_that_is_not_enough_alone_comes_with_its_max_tokens(model, params, advice):
+    message = thinking_room_warning("gemini", model, params)
+    assert message is not None
+    assert message.endswith(advice)
+
+
+def test_the_cli_names_its_own_flags_and_following_them_stops_the_warning(emu, tmp_path):
+    """A CLI user gets ``--param reasoning_effort=...`` and ``--max-tokens N``, not Python;
+    the command re-run with each fix as printed warns no more."""
+    pl.DataFrame({"text": ["row 0"]}).write_parquet(tmp_path / "in.parquet")
+    env = {k: v for k, v in {**os.environ, **emu.env(), "PYTHONPATH": str(REPO)}.items()
+           if k != "GOOGLE_GEMINI_BASE_URL"}
+    base = [str(EXE), "run", "in.parquet", "--model", "gemini-2.5-flash", "--prompt", "{text}",
+            "--dry-run"]
+
+    def notes(*extra: str) -> list[str]:
+        done = subprocess.run([*base, *extra], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=240)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return [x for x in done.stderr.splitlines() if "warning:" in x]
+
+    (line,) = notes("--max-tokens", "300")
+    assert line.endswith(
+        "pass --param reasoning_effort=none (no thinking), or --max-tokens 12288 or more "
+        "(8,192 for thinking and 4,096 for the answer)"
+    )
+    assert "params=" not in line
+    advice = line.split("; pass ", 1)[1]
+    fixes = [part.split(" (")[0] for part in CLI_FIX.split(advice)]
+    assert fixes == ["--param reasoning_effort=none", "--max-tokens 12288 or more"]
+    assert notes("--max-tokens", "300", "--param", "reasoning_effort=none") == []
+    assert notes("--max-tokens", "12288") == []

@@ -452,3 +452,35 @@ def test_dictionaries_are_left_out_only_for_string_columns_that_overflow_a_page(
         column = {c: pq.ParquetFile(path).metadata.row_group(0).column(k).has_dictionary_page
                   for k, c in enumerate(frame.columns)}
         assert column == {"id": name == "all", "few": True, "n": True, "none": True}
+
+
+def test_the_cli_prints_a_summary_warning_as_its_own_line_not_clicks_source(emu, tmp_path):
+    """Every batchata-df warning reaches a CLI user as one ``batchata-df: warning:`` line.
+
+    In the command the first frame outside batchata-df is click's: a warning pointed at
+    the caller's line showed ``click/core.py:911: SummaryWarning`` and click's source line.
+    """
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    pl.DataFrame({"t": [f"row {i}" for i in range(5)]}).write_parquet(tmp_path / "in.parquet")
+    env = {**os.environ, **emu.env()}
+    exe = Path(sys.executable).with_name("batchata-df")
+    run = [str(exe), "run", "in.parquet", "out.parquet", "--model", "gpt-4.1-mini",
+           "--prompt", "{t}"]  # fmt: skip
+    first = subprocess.run([*run, "--no-wait"], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=240)
+    assert first.returncode == 0, first.stderr
+    folder = tmp_path / "out.parquet.state"
+    shutil.rmtree(folder / SUMMARY_DIR, ignore_errors=True)
+    (folder / SUMMARY_DIR).write_text("a file where the summary folder goes")  # mkdir fails
+    again = subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=240)
+    assert again.returncode == 0, again.stderr
+    notes = [x for x in again.stderr.splitlines() if "SummaryWarning" in x or "summary" in x]
+    assert notes and all(x.startswith("batchata-df: warning: the folder's summary for sql")
+                         for x in notes), again.stderr  # fmt: skip
+    assert len(notes) == 1 and "click" not in again.stderr and ".py:" not in again.stderr
+    assert pl.read_parquet(tmp_path / "out.parquet")["_status"].to_list() == ["completed"] * 5

@@ -399,3 +399,28 @@ def test_a_gemini_result_that_came_back_without_its_key_keeps_its_usage(
     assert out["_error"][0].startswith("missing_result:") and UNMATCHED_PREFIX in out["_error"][0]
     assert len(emu.billing()) == 1
     assert spent_usd(state) == pytest.approx(ref["_cost_usd"].sum()) and spent_usd(state) > 0
+
+
+def test_the_cli_prices_an_unmatched_line_of_an_unpriced_model_with_price(emu, tmp_path) -> None:
+    # A model without a known price: its unmatched line's cost is not stored, and a later
+    # run with --price prices it (as it prices the rows) instead of counting it as $0.
+    DF.write_csv(tmp_path / "in.csv")
+    emu.inject_fault(method="GET", path_regex=DOWNLOADS["openai"], action="corrupt_id",
+                     times=None)  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    exe = str(Path(sys.executable).with_name("batchata-df"))
+    base = [exe, "run", "in.csv", "out.csv", "--model", "gpt-6-terra", "--prompt", "{t}"]
+    first = subprocess.run(base, cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=240)  # fmt: skip
+    assert first.returncode == 3, first.stderr
+    events = pl.read_parquet(tmp_path / "out.csv.state" / "jobs" / "*.parquet")
+    line = events.filter(pl.col("job_id").str.starts_with(UNMATCHED_PREFIX))
+    assert line.height == 1 and line["cost_usd"].is_null().all()  # no price known
+    tokens_in, tokens_out = int(line["input_tokens"][0]), int(line["output_tokens"][0])
+    priced = subprocess.run([*base, "--price", "gpt-6-terra=1.25,10"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=240)  # fmt: skip
+    said = re.search(r"\$([\d.]+) of it for 1 billed result line not attributed to a row",
+                     priced.stderr)  # fmt: skip
+    assert said, priced.stderr
+    expected = (tokens_in * 1.25 + tokens_out * 10) / 1e6  # --price: the batch price
+    assert float(said[1]) == pytest.approx(expected, rel=0.05) and expected > 0
