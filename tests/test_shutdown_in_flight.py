@@ -12,12 +12,18 @@ reached the shutdown fail one by one with the provider's model-not-found error, 
 The client turns them into rows ``failed`` with ``model_shut_down: ...`` naming the date
 and the replacement (``models.shut_down_message``), never lost rows, at $0.
 
+The shutdown holds from the first moment ``today`` reached it: moving ``today`` on again
+(review of session 17: the emulator then answered and billed the requests run before the
+second move) or back does not move it for a batch it overtook. A batch cancelled or
+expired before a later shutdown keeps its unrun requests cancelled / expired.
+
 OpenAI fine-tunes (``ft:<base>:...``) go with their base model, in a batch already sent
 as for a new one (refused at creation, 404 in real time), as OpenAI answers them.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import warnings
@@ -135,21 +141,33 @@ def _batch_file(model: str, n: int = 2) -> io.BytesIO:
     return io.BytesIO("".join(json.dumps(line) + "\n" for line in lines).encode())
 
 
-def test_the_emulator_refuses_a_fine_tune_once_its_base_is_shut_down(emu) -> None:
+@pytest.mark.parametrize("ft", [
+    FT,
+    # The shape OpenAI names a fine-tune with (ft:<base snapshot>:<org>:<suffix>:<id>), and
+    # the short one (a base alias, no suffix): model_rules.retired takes each to its base.
+    "ft:gpt-5-nano-2025-08-07:acme:support-bot:B2xQ7kLm",
+    "ft:gpt-5-nano:acme::B2xQ7kLm",
+], ids=["no_suffix", "suffix", "alias_base"])  # fmt: skip
+def test_the_emulator_refuses_a_fine_tune_once_its_base_is_shut_down(emu, ft) -> None:
     # Through the OpenAI SDK: refused as a new batch and in real time from the base's date,
     # and in a batch sent the day before, each request fails as OpenAI answers such a
     # fine-tune (404 model_not_found "does not exist or you do not have access to it").
     client = openai.OpenAI(max_retries=0)
+    emu.configure(today="2026-12-10")  # served the day before
+    said = client.chat.completions.create(model=ft, messages=[{"role": "user", "content": "hi"}])
+    assert said.model == ft
+    assert len(emu.billing()) == 1
+    emu.reset()
     emu.configure(latency=60.0, today="2026-12-10")
-    upload = client.files.create(file=("in.jsonl", _batch_file(FT)), purpose="batch")
+    upload = client.files.create(file=("in.jsonl", _batch_file(ft)), purpose="batch")
     queued = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
                                    completion_window="24h")  # fmt: skip
     emu.configure(today="2026-12-11")  # gpt-5-nano's shutdown
     with pytest.raises(openai.NotFoundError) as info:
-        client.chat.completions.create(model=FT, messages=[{"role": "user", "content": "hi"}])
+        client.chat.completions.create(model=ft, messages=[{"role": "user", "content": "hi"}])
     assert info.value.code == "model_not_found"
-    assert f"The model `{FT}` does not exist" in info.value.message
-    upload = client.files.create(file=("new.jsonl", _batch_file(FT)), purpose="batch")
+    assert f"The model `{ft}` does not exist" in info.value.message
+    upload = client.files.create(file=("new.jsonl", _batch_file(ft)), purpose="batch")
     new = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
                                 completion_window="24h")  # fmt: skip
     emu.advance(60)
@@ -164,3 +182,107 @@ def test_the_emulator_refuses_a_fine_tune_once_its_base_is_shut_down(emu) -> Non
     assert [x["response"]["status_code"] for x in lines] == [404, 404]
     assert {x["response"]["body"]["error"]["code"] for x in lines} == {"model_not_found"}
     assert emu.billing() == []  # nothing ran: nothing billed
+
+
+def _next_day(date: str) -> str:
+    return (dt.date.fromisoformat(date) + dt.timedelta(days=1)).isoformat()
+
+
+@pytest.mark.parametrize("then", ["later", "back"])
+@pytest.mark.parametrize(("model", "before", "after", "advice"), CASES[:3],
+                         ids=["openai", "anthropic", "gemini"])
+def test_a_shutdown_holds_from_the_first_day_today_reached_it(
+    on, emu, tmp_path, model, before, after, advice, then
+) -> None:
+    # The shutdown takes effect the first moment `today` reaches it (EmulatorCore.gone_since),
+    # before any request ran. Moving `today` on again half-way through the batch window did
+    # move that moment (the emulator answered and billed half the batch on the dead model);
+    # moving it back before the shutdown does not undo it for the batch it overtook.
+    emu.configure(latency=60.0)
+    on(before)
+    kw = {"model": model, "prompt": "{text}", "state": tmp_path / "s",
+          "params": {"max_tokens": 2000}, "progress": False}  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = ROWS.pipe(batch_llm, wait=False, **kw)
+    assert first["_status"].to_list() == ["pending"] * 4
+    on(after)  # the shutdown, before anything ran
+    emu.advance(30)
+    if then == "later":
+        on(_next_day(after))  # half-way through the batch window
+    else:
+        emu.configure(today=before)  # the emulator only: the client still knows it shut
+    emu.advance(60)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = ROWS.pipe(batch_llm, **kw)
+    assert out["_status"].to_list() == ["failed"] * 4, out["_error"].to_list()
+    for error in out["_error"]:
+        assert error.startswith(f"model_shut_down: {_who(model)} down on {after}, "), error
+    assert emu.billing() == []  # nothing ran on the model: nothing billed
+
+
+def _lines(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
+    if file_id is None:
+        return []
+    return [json.loads(x) for x in client.files.content(file_id).text.splitlines()]
+
+
+@pytest.mark.parametrize("end", ["cancelled", "expired"])
+def test_a_shutdown_after_a_batch_ended_early_leaves_its_unrun_requests_as_they_ended(
+    emu, end
+) -> None:
+    # Through the OpenAI SDK: a batch cancelled (or expired) with part of it run, its model
+    # shut down later, collected after both: the requests the cancel (expiry) left unrun end
+    # batch_cancelled (batch_expired), not model_not_found, and only the ones run are
+    # answered and billed (openai_api._finish: min(ran, run before the shutdown)).
+    client = openai.OpenAI(max_retries=0)
+    day = 86_400
+    # latency 60 s: 4 requests run from 6 s to 54 s (openai_api PHASE_*): 1 by the cancel
+    # at 20 s, 3 by the shutdown at 45 s. Latency 2 days: 2 by the expiry at 1 day, 3 by
+    # the shutdown at 1.5 days.
+    latency, stop, shutdown = (60.0, 20, 45) if end == "cancelled" else (2.0 * day, day, 1.5 * day)
+    emu.configure(latency=latency, today="2026-12-10")
+    upload = client.files.create(file=("in.jsonl", _batch_file("gpt-5-nano", 4)),
+                                 purpose="batch")  # fmt: skip
+    batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")  # fmt: skip
+    emu.advance(stop)
+    if end == "cancelled":
+        client.batches.cancel(batch.id)
+    emu.advance(shutdown - stop)
+    emu.configure(today="2026-12-11")  # gpt-5-nano's shutdown, after the batch ended
+    emu.advance(2 * latency)
+    batch = client.batches.retrieve(batch.id)
+    ran = 1 if end == "cancelled" else 2
+    assert batch.status == end
+    assert batch.request_counts is not None
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (ran, 4 - ran)
+    out = _lines(client, batch.output_file_id)
+    err = _lines(client, batch.error_file_id)
+    assert [x["custom_id"] for x in out] == [f"r{i}" for i in range(ran)]
+    code = "batch_cancelled" if end == "cancelled" else "batch_expired"
+    assert sorted((x["custom_id"], x["error"]["code"]) for x in err) \
+        == [(f"r{i}", code) for i in range(ran, 4)]  # fmt: skip
+    assert sorted(b["custom_id"] for b in emu.billing()) == [f"r{i}" for i in range(ran)]
+
+
+def test_a_batch_sent_after_today_moved_back_before_the_shutdown_is_served(emu) -> None:
+    # Through the OpenAI SDK: the shutdown a batch overtook stays (the test above); a batch
+    # sent once `today` is back before the shutdown is served whole and billed.
+    client = openai.OpenAI(max_retries=0)
+    emu.configure(latency=60.0, today="2026-12-11")  # gpt-5-nano shut down...
+    emu.advance(10)
+    emu.configure(today="2026-12-10")  # ...and served again
+    emu.advance(10)
+    upload = client.files.create(file=("in.jsonl", _batch_file("gpt-5-nano", 4)),
+                                 purpose="batch")  # fmt: skip
+    batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")  # fmt: skip
+    emu.advance(120)
+    batch = client.batches.retrieve(batch.id)
+    assert batch.status == "completed" and batch.request_counts is not None
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (4, 0)
+    assert [x["custom_id"] for x in _lines(client, batch.output_file_id)] \
+        == [f"r{i}" for i in range(4)]  # fmt: skip
+    assert sorted(b["custom_id"] for b in emu.billing()) == [f"r{i}" for i in range(4)]

@@ -536,7 +536,10 @@ class Emulator:
         today
             The date (``YYYY-MM-DD``) announced shutdowns are read at
             (:data:`~batchata_df.emulator.model_rules.SCHEDULED`); ``""``: the real date.
-            Starts as ``BATCHATA_DF_TODAY`` in the emulator's environment.
+            Starts as ``BATCHATA_DF_TODAY`` in the emulator's environment. A batch in
+            flight when it reaches its model's shutdown fails the requests not run by the
+            first such moment, even if it moves on or back later
+            (``EmulatorCore.gone_since``).
         openai, anthropic, gemini
             Provider settings, e.g. ``openai={"max_requests": 10}``.
 

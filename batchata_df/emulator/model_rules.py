@@ -868,12 +868,13 @@ def serve_retired(flag: bool | None = None) -> bool:
     return _SERVING_RETIRED[0]
 
 
-def retired(provider: str, model: str) -> str | None:
+def retired(provider: str, model: str, on: dt.date | None = None) -> str | None:
     """The shutdown date of a retired ``model`` (``None`` while it is served).
 
     Retired: in :data:`RETIRED`, or in :data:`SCHEDULED` (not routed) with its date on or
-    before :func:`today`. An OpenAI fine-tune (``ft:<base>:<org>:<suffix>:<id>``) is
-    retired with its base model: OpenAI's deprecations page (the fine-tuning wind-down
+    before ``on`` (default :func:`today`). An OpenAI fine-tune
+    (``ft:<base>:<org>:<suffix>:<id>``) is retired with its base model (:func:`serves` asks
+    with the fine-tune's name): OpenAI's deprecations page (the fine-tuning wind-down
     posted 2026-05-07) says inference on fine-tuned models stays available "until the
     underlying base models are deprecated" (as reported by techscurrent.com 2026/07,
     "OpenAI fine-tuning cutoff", and aihola.com "openai-ends-fine-tuning-2027"), and a
@@ -898,7 +899,8 @@ def retired(provider: str, model: str) -> str | None:
         if who == provider and re.fullmatch(pattern, name):
             return date
     found = _scheduled(provider, name)
-    if found is not None and found[1] is None and dt.date.fromisoformat(found[0]) <= today():
+    day = today() if on is None else on
+    if found is not None and found[1] is None and dt.date.fromisoformat(found[0]) <= day:
         return found[0]  # shut down (a routed model is answered: :func:`routed`)
     return None
 
@@ -915,8 +917,13 @@ need a model the provider answers and nobody prices)."""
 _GENAI_PROVIDER: Final = {"openai": "openai", "anthropic": "anthropic", "gemini": "google"}
 
 
-def serves(provider: str, model: str) -> bool:
+def serves(
+    provider: str, model: str, on: dt.date | None = None, serve_retired: bool | None = None
+) -> bool:
     """Whether ``provider``'s API serves ``model`` (a batch of it is accepted).
+
+    ``on`` and ``serve_retired`` ask as of that date and setting (default: :func:`today`
+    and :func:`serve_retired`'s): ``EmulatorCore.gone_since`` replays past settings.
 
     A name matches when genai-prices lists it under the provider (its own match rules:
     dated snapshots such as ``gpt-4.1-mini-2025-04-14`` or
@@ -949,7 +956,9 @@ def serves(provider: str, model: str) -> bool:
             return False
     if not name:
         return False
-    if not _SERVING_RETIRED[0] and retired(provider, name) is not None:
+    keep = _SERVING_RETIRED[0] if serve_retired is None else serve_retired
+    # ``model`` as given: retired() itself takes a fine-tune to its base model.
+    if not keep and retired(provider, model, on) is not None:
         return False
     return _genai_lists(provider, name)
 

@@ -435,9 +435,18 @@ NOT_CHAT = re.compile(r"^(gpt-realtime|gpt-4o(-mini)?-realtime|gpt-image-|chatgp
 class _SpecBuilder:
     """Turns request bodies into :class:`_Spec`; remembers the last schema/echo to reuse."""
 
-    def __init__(self, endpoint: str, *, replay: bool = False) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        replay: bool = False,
+        served: Callable[[str, str], bool] | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self.replay = replay  # a batch accepted earlier: its model was served (_plan)
+        # A batch's file is validated in the background: as of the settings when it was
+        # sent (EmulatorCore.served_now); real time asks now.
+        self.served = model_rules.serves if served is None else served
         self._last_schema: object = None
         self._last_gen: answers.AnswerGenerator | None = None
         self._last_echo: dict[str, object] | None = None
@@ -462,7 +471,7 @@ class _SpecBuilder:
         model = body.get("model")
         model = model if isinstance(model, str) else ""
         invalid: tuple[int, str | None, str, str | None] | None = self._check(body)
-        if invalid is None and not self.replay and not model_rules.serves("openai", model):
+        if invalid is None and not self.replay and not self.served("openai", model):
             # Real time only: a batch naming this model fails validation first (_plan).
             # OpenAI answers 404 ``model_not_found`` with ``param`` null (BerriAI/litellm
             # issues 7368/7369, feder-cr/invisible_playwright_mcp issue 889: "The model
@@ -914,6 +923,7 @@ class _Batch:
     latency: float
     limits: dict[str, int]
     output_expires: int | None = None
+    served: Callable[[str, str], bool] | None = None  # as of its creation (_prepare)
     # Filled in by the preparation worker, then `prepared` is set.
     prepared: threading.Event = field(default_factory=threading.Event)
     model: str | None = None
@@ -1258,6 +1268,7 @@ class OpenAIApp:
             latency=self.core.config.latency,
             limits=dict(self._limits),
             output_expires=output_expires,
+            served=self.core.served_now(),
         )
         with self._lock:
             self._batches[batch.id] = batch
@@ -1291,7 +1302,7 @@ class OpenAIApp:
     def _prepare(self, batch: _Batch) -> None:
         """Validate the input file and write the result files for a normal completion."""
         data = self.core.blobs.get("openai-" + batch.input_file_id)
-        specs, errors, model = _plan(data, batch.endpoint, batch.limits)
+        specs, errors, model = _plan(data, batch.endpoint, batch.limits, served=batch.served)
         del data
         batch.model = model
         if errors:
@@ -1704,14 +1715,21 @@ def _scan_object(line: str) -> object:
 
 
 def _plan(
-    data: bytes, endpoint: str, limits: Mapping[str, int], *, replay: bool = False
+    data: bytes,
+    endpoint: str,
+    limits: Mapping[str, int],
+    *,
+    replay: bool = False,
+    served: Callable[[str, str], bool] | None = None,
 ) -> tuple[list[_Spec], list[dict[str, object]], str | None]:
     """Validate an input file and reduce each request to a :class:`_Spec`.
 
     ``replay``: the file of a batch accepted earlier, planned again to end it; its model
     was served then, so whether it is served now is not asked (a shutdown since is
-    :meth:`OpenAIApp._finish`'s).
+    :meth:`OpenAIApp._finish`'s). ``served``: whether a model is served, as of the batch's
+    creation (:meth:`EmulatorCore.served_now`; default: now).
     """
+    is_served = model_rules.serves if served is None else served
     errors: list[dict[str, object]] = []
 
     def fail(code: str, message: str, line: int | None = None, param: str | None = None) -> None:
@@ -1724,7 +1742,7 @@ def _plan(
             f"The input file is {len(data)} bytes; the limit is {limits['max_file_bytes']} bytes.",
         )
         return [], errors, None
-    builder = _SpecBuilder(endpoint, replay=replay)
+    builder = _SpecBuilder(endpoint, replay=replay, served=is_served)
     specs: list[_Spec] = []
     seen: set[str] = set()
     model: str | None = None
@@ -1800,7 +1818,7 @@ def _plan(
             )
         elif model is None:
             model = line_model
-            if not replay and not model_rules.serves("openai", model):
+            if not replay and not is_served("openai", model):
                 # The Batch API checks the model while validating the file: the batch
                 # ends ``failed`` with one ``errors.data`` entry, nothing runs and
                 # nothing is billed. Shape and message as public clients of the real API

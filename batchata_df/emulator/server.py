@@ -88,6 +88,7 @@ import hashlib
 import importlib
 import itertools
 import json
+import math
 import random
 import re
 import shutil
@@ -1004,9 +1005,11 @@ class EmulatorCore:
         self._lock = threading.Lock()
         self._ledger: list[LedgerEntry] = []
         self._rt_in_flight = self._rt_max = self._rt_served = 0
-        self.today_since: float | None = None
-        """Simulated time (:attr:`clock`) at which the ``today`` setting last changed: the
-        moment a shutdown it reached took effect for batches in flight (:meth:`gone_since`)."""
+        self._served_log: list[tuple[float, str, bool]] = []
+        """``(since, today, serve_retired)``: the settings that decide what is served, each
+        from the simulated time (:attr:`clock`) it was set at; :meth:`gone_since` replays
+        them. The first entry holds from the start (``-inf``)."""
+        self._log_settings(-math.inf)
         if load_providers:
             for provider, (module, prefixes) in PROVIDERS.items():
                 app = _load_app(self, provider, module)
@@ -1048,6 +1051,23 @@ class EmulatorCore:
 
     # ---- model shutdowns during a batch
 
+    def _log_settings(self, since: float) -> None:
+        entry = (since, self.config.today, self.config.serve_retired)
+        if since == -math.inf:
+            self._served_log = [entry]
+        else:
+            self._served_log.append(entry)
+
+    def served_now(self) -> Callable[[str, str], bool]:
+        """``serves(provider, model)`` as of the settings in force now, kept for later.
+
+        A batch validated in the background is validated as of its creation, not as of a
+        ``today`` set after it was sent (the shutdown then is :meth:`gone_since`'s).
+        """
+        on = _day(self.config.today)
+        keep = self.config.serve_retired
+        return lambda provider, model: model_rules.serves(provider, model, on, keep)
+
     def gone_since(self, provider: str, model: str, created: float) -> float | None:
         """When ``model``, in a batch created at ``created``, stopped being served, or None.
 
@@ -1055,16 +1075,26 @@ class EmulatorCore:
         since reached the model's shutdown (:data:`~batchata_df.emulator.model_rules.SCHEDULED`;
         ``serve_retired`` turned off), the requests it had not run by then fail one by one
         with the provider's model-not-found error and are not billed (each provider module
-        says how, with its sources). The shutdown takes effect when ``today`` changed
-        (:attr:`today_since`); with the real date (no change recorded) or a change before
-        the batch was created, at its creation: none of its requests ran on the model (the
-        strict reading where a provider's page does not say what becomes of a batch still
-        queued at a shutdown). A model routed to a successor is served (answered by it).
+        says how, with its sources). The shutdown takes effect at the FIRST moment since
+        the batch's creation that the settings in force no longer served the model: moving
+        ``today`` further forward later does not move it. With the real date (no change
+        recorded), or when the settings in force at its creation already did not serve it,
+        at its creation: none of its requests ran on the model (the strict reading where a
+        provider's page does not say what becomes of a batch still queued at a shutdown).
+        Moving ``today`` back before the shutdown serves the model again for batches
+        created from then on, but does not undo it for a batch it already overtook (a real
+        shutdown is not undone; strict and simple). A model routed to a successor is
+        served (answered by it).
         """
-        if model_rules.serves(provider, model):
-            return None
-        since = self.today_since
-        return created if since is None or since < created else since
+        log = tuple(self._served_log)
+        first = 0
+        for i, (since, _, _) in enumerate(log):
+            if since <= created:
+                first = i  # the settings in force when the batch was created
+        for since, day, keep in log[first:]:
+            if not model_rules.serves(provider, model, on=_day(day), serve_retired=keep):
+                return max(since, created)
+        return None
 
     # ---- billing
 
@@ -1402,9 +1432,10 @@ class EmulatorCore:
                     msg = f"settings for {provider!r} must be an object, got {sub!r}"
                     raise ValueError(msg)
                 app.configure(sub)
-        if new.today != self.config.today or new.serve_retired != self.config.serve_retired:
-            self.today_since = self.clock.now()  # what is served changed now (gone_since)
+        changed = (new.today, new.serve_retired) != (self.config.today, self.config.serve_retired)
         self.config = new
+        if changed:
+            self._log_settings(self.clock.now())  # what is served changed now (gone_since)
         model_rules.serve_retired(new.serve_retired)
         model_rules.today(new.today or None)
 
@@ -1418,12 +1449,17 @@ class EmulatorCore:
             self._rt_in_flight = self._rt_max = self._rt_served = 0
         self._log.clear()
         self.clock.reset()
-        self.today_since = None
+        self._log_settings(-math.inf)
         self.blobs.clear()
 
     def close(self) -> None:
         """Release resources (the blob folder)."""
         self.blobs.close()
+
+
+def _day(today: str) -> dt.date:
+    """The date a ``today`` setting means (``""``: the real date)."""
+    return dt.date.fromisoformat(today) if today else dt.datetime.now(dt.UTC).date()
 
 
 def _load_app(core: EmulatorCore, provider: str, module_name: str) -> App:
