@@ -41,8 +41,8 @@ def _run(monkeypatch, tmp_path, name: str, block: int):
     decoded_chunks: list[int] = []
     read = base._read_jsonl_arrow
 
-    def reading(data, schema):  # type: ignore[no-untyped-def]
-        frame = read(data, schema)
+    def reading(data, *args, **kwargs):  # type: ignore[no-untyped-def]
+        frame = read(data, *args, **kwargs)
         assert frame is not None  # pyarrow read it (not the Polars path)
         decoded_chunks.append(frame.get_column(frame.columns[0]).n_chunks())
         return frame
