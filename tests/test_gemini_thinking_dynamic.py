@@ -41,6 +41,7 @@ from typing import Any
 
 import polars as pl
 import pytest
+from test_gemini_thinking_budget import sent_configs
 
 from batchata_df import ParamError, ThinkingRoomWarning, batch_llm
 from batchata_df.emulator.model_rules import GEMINI_DYNAMIC_CAP, THOUGHT_TOKENS, gemini_rules
@@ -63,19 +64,6 @@ def run(model: str, tmp_path: Path, params: dict[str, Any], *, prompt: str = "{t
     return pl.DataFrame({"text": ["row 0", "row 1", "row 2"]}).pipe(
         batch_llm, model=model, prompt=prompt, state=tmp_path / name, params=params
     )
-
-
-def sent_configs(emu: Any) -> list[dict[str, Any]]:
-    """The ``generationConfig`` of every request the emulator received (inline batches;
-    google-genai 3.6.1 copies ``thinking_config`` as it is, so its fields are snake_case)."""
-    configs: list[dict[str, Any]] = []
-    for entry in emu.log():
-        body = entry.get("body")
-        if entry["method"] != "POST" or not isinstance(body, dict) or "batch" not in body:
-            continue
-        for request in body["batch"]["inputConfig"]["requests"]["requests"]:
-            configs.append(request["request"]["generationConfig"])
-    return configs
 
 
 def sdk_client(emu: Any) -> Any:
