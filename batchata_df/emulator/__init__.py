@@ -358,8 +358,10 @@ class Emulator:
         """The billing ledger: one ``{provider, batch_id, custom_id, mode, request}`` per bill.
 
         Every request of every batch the provider accepted counts (a batch cancelled or
-        expired early: only the requests that ran; Anthropic's ``errored`` requests, which
-        "will not be billed", never), including batches nobody collected, and
+        expired early: only the requests that ran; a request that failed with an error,
+        never: an Anthropic ``errored`` result, an OpenAI error-file line, a failed Gemini
+        request, which none of them bills; an answer is billed whatever it says, a refusal
+        or a cut one too), including batches nobody collected, and
         every answered realtime request (``mode="realtime"``, billed at the standard price;
         no batch or custom id). A ``custom_id`` that appears twice was paid twice; so was a
         ``request`` (a digest of what was asked, the same in either mode) that appears

@@ -952,6 +952,8 @@ class AnthropicApp:
             batch.id,
             [sp.custom_id for sp in specs],
             [answers.request_key("anthropic", sp.model, sp.prompt) for sp in specs],
+            # Errored requests are not billed (LedgerEntry.unbilled), collected or not.
+            failing=[i for i, sp in enumerate(specs) if sp.error is not None],
         )
         # A fresh batch always answers in_progress, as the real service does.
         return json_response(self._view(batch, request, answer="in_progress"))
@@ -1120,7 +1122,7 @@ class AnthropicApp:
         payload = "".join(lines[i] + "\n" for i in order).encode("utf-8")
         self.core.blobs.put(_blob_key(batch.id), payload)
         if batch.ledger is not None:  # errored requests are not billed (LedgerEntry.unbilled)
-            batch.ledger.unbilled = frozenset(errored)
+            batch.ledger.unbilled |= frozenset(errored)
         batch.counts = counts
         batch.specs = None  # the answers are on disk now
         batch.ended_at = ended_at

@@ -1087,7 +1087,10 @@ class GeminiApp:
         if not failure:
             ids = [str(sp.key) for sp in specs]
             keys = [answers.request_key("gemini", model_name, sp.prompt) for sp in specs]
-            record.ledger = self.core.bill("gemini", "batches/" + record.id, ids, keys)
+            # Failed requests are not billed (LedgerEntry.unbilled).
+            record.ledger = self.core.bill(
+                "gemini", "batches/" + record.id, ids, keys, failing=record.failing
+            )
         return json_response(self._view(record, request.base_url, state_override="PENDING"))
 
     # ---- the realtime endpoint: the same answers and rules, at once
@@ -1212,7 +1215,7 @@ class GeminiApp:
         since = self.core.gone_since("gemini", batch.model, batch.created)
         gone = batch.n if since is None else min(ran, batch.finished(since))
         if batch.ledger is not None and gone < ran:
-            batch.ledger.unbilled = frozenset(range(gone, ran))
+            batch.ledger.unbilled |= frozenset(range(gone, ran))
         for i, spec in enumerate(specs):
             entry: dict[str, Any] = {}
             if gone <= i < ran and spec.error is None:

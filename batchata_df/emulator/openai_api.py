@@ -1341,6 +1341,7 @@ class OpenAIApp:
             batch.id,
             [sp.custom_id for sp in specs],
             [answers.request_key("openai", sp.model, sp.prompt) for sp in specs],
+            failing=batch.failing,  # error-file lines are not billed (LedgerEntry.unbilled)
         )
         out_id = err_id = None
         out_bytes = err_bytes = 0
@@ -1487,7 +1488,7 @@ class OpenAIApp:
             )
             part.err.extend(_gone_lines(specs, gone, ran, batch.key))
             if batch.ledger is not None and gone < ran:
-                batch.ledger.unbilled = frozenset(range(gone, ran))
+                batch.ledger.unbilled |= frozenset(range(gone, ran))
             completed, failed = len(part.out), len(part.err)
             if ran < len(specs) and (final == "expired" or batch.cancel_unfinished == "error_file"):
                 if final == "expired":

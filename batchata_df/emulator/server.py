@@ -28,7 +28,8 @@ Control endpoints (no auth, never logged)
 ``GET /_emulator/billing``
     The billing ledger: one ``{provider, batch_id, custom_id, mode, request}`` per request
     of every batch the provider accepted (a cancelled or expired batch: only the requests
-    that ran; Anthropic: not its ``errored`` requests, which it does not bill) and per
+    that ran; never a request that failed with an error, which no provider bills:
+    :attr:`LedgerEntry.unbilled`) and per
     answered realtime request (``mode="realtime"``, no batch or custom
     id), so tests can prove that nothing was paid twice: a ``custom_id`` twice, or a
     ``request`` key (what was asked, the same in both modes) twice, is a double bill.
@@ -894,10 +895,20 @@ class LedgerEntry:
     mode: str = "batch"
     """``"batch"`` or ``"realtime"`` (billed at the provider's standard price)."""
     unbilled: frozenset[int] = frozenset()
-    """Positions of requests that ran but are not billed: Anthropic's ``errored`` results
-    ("Request encountered an error and a message was not created. [...] You will not be
-    billed for these requests.", https://platform.claude.com/docs/en/build-with-claude/
-    batch-processing, "Retrieving batch results")."""
+    """Positions of requests that are not billed because they failed (no answer, no usage):
+    a request with its own error (a body that fails validation, a fault marker, a model
+    that cannot answer it) or whose model was shut down before it ran. No provider bills
+    them: Anthropic's ``errored`` results ("Request encountered an error and a message was
+    not created. [...] You will not be billed for these requests.",
+    https://platform.claude.com/docs/en/build-with-claude/batch-processing, "Retrieving
+    batch results"); OpenAI's error-file lines (its Batch API FAQ,
+    https://help.openai.com/en/articles/9197833: "Developers will be charged for any
+    completed work"; an error-file line is not completed work and carries no usage, and the
+    batch's ``usage`` leaves it out); Gemini's failed requests (its billing FAQ,
+    https://ai.google.dev/gemini-api/docs/billing: "Am I charged for failed requests? If
+    your request fails with a 400 or 500 error, you won't be charged for the tokens
+    used."). An answer is billed whatever it says (a refusal, one cut by the output limit
+    or a safety filter): it has usage."""
 
 
 def _credentials(request: Request) -> list[str]:
@@ -1104,14 +1115,20 @@ class EmulatorCore:
         batch_id: str,
         custom_ids: list[str],
         requests: list[str] | None = None,
+        failing: Iterable[int] = (),
     ) -> LedgerEntry:
         """Record the requests of a batch the provider accepted (and so will bill).
 
         The returned entry's ``ran`` is set when a cancel or expiry ends the batch with only
         its first ``ran`` requests executed; until then every accepted request counts.
         ``requests`` are the requests' :func:`~batchata_df.emulator.answers.request_key` s.
+        ``failing`` are the positions of requests that will fail with their own error,
+        never billed (:attr:`LedgerEntry.unbilled`).
         """
-        entry = LedgerEntry(provider, batch_id, list[str | None](custom_ids), requests=requests)
+        entry = LedgerEntry(
+            provider, batch_id, list[str | None](custom_ids), requests=requests,
+            unbilled=frozenset(failing),
+        )  # fmt: skip
         with self._lock:
             self._ledger.append(entry)
         return entry
