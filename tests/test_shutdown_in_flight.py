@@ -125,6 +125,37 @@ def test_requests_a_shutdown_overtakes_fail_unbilled_naming_the_replacement(
                 "model_shut_down, unbilled); rows never sent fail unsent") in shown.output
 
 
+OWN_ERROR = {"gpt-5-nano": "http_400: ", "claude-opus-4-5": "invalid_request_error: ",
+             "gemini-3.1-flash-lite": "error_400: "}  # fmt: skip
+
+
+@pytest.mark.parametrize(("model", "before", "after", "advice"), CASES[:3],
+                         ids=["openai", "anthropic", "gemini"])  # fmt: skip
+def test_a_request_that_failed_before_the_shutdown_stays_unbilled(
+    on, emu, tmp_path, model, before, after, advice
+) -> None:
+    # The first request fails with its own error (a 400) before the shutdown overtakes the
+    # last ones: billed are the answered ones only, neither the failed nor the overtaken.
+    emu.configure(latency=60.0)
+    on(before)
+    rows = pl.DataFrame({"text": ["row 0 [[emulator:error:400]]", "row 1", "row 2", "row 3"]})
+    kw = {"model": model, "prompt": "{text}", "state": tmp_path / "s",
+          "params": {"max_tokens": 2000}, "progress": False}  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the shutdown warning: tests/test_model_shutdowns.py
+        rows.pipe(batch_llm, wait=False, **kw)
+    emu.advance(36)  # the first two requests have run (of each provider's lifecycle)...
+    on(after)  # ...when the model is shut down
+    emu.advance(60)
+    out = rows.pipe(batch_llm, **kw)
+    assert out["_status"].to_list() == ["failed", "completed", "failed", "failed"]
+    assert out["_error"][0].startswith(OWN_ERROR[model])  # it ran, and failed on its own
+    assert all(e.startswith("model_shut_down: ") for e in out["_error"][2:])
+    assert [b["custom_id"] for b in emu.billing()] == [out["_job_id"][1]]
+    assert out["_cost_usd"].to_list()[0] == 0 and out["_cost_usd"][1] > 0
+    assert spent_usd(tmp_path / "s") == pytest.approx(out["_cost_usd"][1])
+
+
 def _who(model: str) -> str:
     provider = ("anthropic" if model.startswith("claude") else
                 "gemini" if model.startswith("gemini") else "OpenAI")  # fmt: skip
