@@ -78,22 +78,23 @@ with the typed ``google.rpc`` ``details`` objects the API sends (which the SDK's
 ``JobError`` cannot parse); ``[[emulator:invalid]]`` an answer that does not
 validate; ``[[emulator:truncate]]`` cut-off text with ``finishReason: MAX_TOKENS`` (so does
 an answer longer than ``maxOutputTokens``); ``[[emulator:refusal]]`` a candidate with
-``finishReason: SAFETY`` and no content. Thinking follows the model's generation
-(:mod:`.model_rules`): 2.5 thinks by default (``thinkingBudget: 0`` turns it off, not on
-2.5 Pro), except 2.5 Flash-Lite, which thinks only when given a budget; a budget outside
-the model's range is refused; 3.x and 4 think at a ``thinkingLevel`` (each model's own
-list and default), and take a ``thinkingBudget`` alone too, but not both together; the
-thinking tokens (``model_rules.THOUGHT_TOKENS`` per level, at most the budget; on a prompt
-marked ``[[emulator:think]]`` as long as the model may: 8,192 for 2.5's dynamic thinking,
-the whole output limit at a level) are reported as
+``finishReason: SAFETY`` and no content. A request that fails (its own ``error``, not a
+response) is not billed: :attr:`~.server.LedgerEntry.unbilled`.
+
+Thinking follows the model's generation (:mod:`.model_rules`): 2.5 thinks by default
+(``thinkingBudget: 0`` turns it off, not on 2.5 Pro), except 2.5 Flash-Lite, which thinks
+only when given a budget; a budget outside the model's range is refused; 3.x and 4 think at
+a ``thinkingLevel`` (each model's own list and default), and take a ``thinkingBudget``
+alone too, but not both together; the thinking tokens (``model_rules.THOUGHT_TOKENS`` per
+level, at most the budget; on a prompt marked ``[[emulator:think]]`` as long as the model
+may: 8,192 for 2.5's dynamic thinking, the whole output limit at a level) are reported as
 ``thoughtsTokenCount`` (not in ``candidatesTokenCount``) and count against
 ``maxOutputTokens``: thinking that uses all of it leaves no text part and ``finishReason:
 MAX_TOKENS``, billed. A ``thinkingBudget`` above ``maxOutputTokens`` is accepted: no source
 read shows the API refusing it, and requests whose thinking fills ``maxOutputTokens`` are
 answered ``MAX_TOKENS`` with empty text (googleapis/python-genai#811, #626, #1405); the
-client refuses it before sending. ``includeThoughts`` adds a
-``{"text", "thought": true}`` part before the answer. A thinking config the model refuses
-is a per-request error (400).
+client refuses it before sending. ``includeThoughts`` adds a ``{"text", "thought": true}``
+part before the answer. A thinking config the model refuses is a per-request error (400).
 
 Usage is the emulator's estimate (``answers.count_tokens``): ``promptTokenCount`` covers the
 text parts, the ``inlineData`` parts (:mod:`.media`: 258 per PDF page, 258 per image or

@@ -52,7 +52,8 @@ requests), ``invalid_json_line``, ``missing_required_parameter`` (``custom_id``,
 (line ``url`` differs from the batch ``endpoint``), ``model_mismatch`` (more than one model),
 ``stream_unsupported`` (``body.stream`` true). Errors in a request's *body* (e.g. no
 ``messages``) are not batch failures: that request gets an error-file line with
-``status_code`` 400, as the real API reports them at execution time. So do malformed
+``status_code`` 400, as the real API reports them at execution time (not billed, as no
+error-file line is: :attr:`~.server.LedgerEntry.unbilled`). So do malformed
 ``image_url`` / ``file`` parts: a data URL that is not base64, a MIME type that is not an
 image (or a ``file_data`` that is not ``data:application/pdf;base64,``), invalid base64,
 bytes that do not match the MIME type, a ``file_data`` without ``filename``. Every body is
