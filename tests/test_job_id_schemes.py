@@ -255,7 +255,12 @@ def test_an_old_folder_resumes_in_memory_with_nothing_sent_twice(emu, tmp_path, 
     assert fr.ID_SCHEME_KEY not in manifest_fingerprint(state)  # it stays an old folder
     # with retry_failed only the failed row goes again (not the completed ones)
     retried = frame(variant).pipe(batch_llm, **kw(state, variant, retry_failed=True))
-    assert billed(emu) == paid + 1
+    # one batch more, of the failed row (its _batch_id is the new one); it fails again, so
+    # nothing more is billed (no provider bills a failed request) and no completed row was
+    # sent again (it would be billed)
+    assert (creates(emu), billed(emu)) == (sent + 1, paid)
+    assert retried["_batch_id"][1] not in first["_batch_id"].to_list()
+    assert retried["_batch_id"].to_list()[2:4] == first["_batch_id"].to_list()[2:4]
     assert retried["_status"].to_list() == first["_status"].to_list()
     assert stored_ids(state) == BLAKE2B_IDS[variant]
 
@@ -340,7 +345,10 @@ def test_a_folder_of_either_hmac_scheme_keeps_it_with_nothing_sent_twice(emu, tm
     frame().lazy().pipe(batch_llm, sink=sink, **{**kw(state), "schema": Loose})
     assert (creates(emu), billed(emu)) == (sent, paid)
     retried = frame().pipe(batch_llm, **{**kw(state), "schema": Loose, "retry_failed": True})
-    assert billed(emu) == paid + 1
+    # the failed row alone sent again, failing again: not billed (see above)
+    assert (creates(emu), billed(emu)) == (sent + 1, paid)
+    assert retried["_batch_id"][1] not in first["_batch_id"].to_list()
+    assert retried["_batch_id"].to_list()[2:4] == first["_batch_id"].to_list()[2:4]
     assert retried["_status"].to_list() == first["_status"].to_list()
     assert stored_ids(state) == HMAC_IDS[scheme]
 
