@@ -27,7 +27,8 @@ a streaming run could not write the folder's summary for ``sql`` (the run's resu
 complete; ``sql`` groups the events instead); :class:`ModelShutdownWarning` before
 anything is sent when a model's announced shutdown is near; :class:`ThinkingRoomWarning`
 before anything is sent when a Gemini model's thinking, which no budget bounds, may take
-all of ``max_tokens``.
+all of ``max_tokens``; :class:`UnpricedAnswerWarning` when rows were answered by another
+model than the one asked (a routed Gemini model's successor) whose price is not known.
 
 Failures of single rows are never exceptions: they become ``_status="failed"`` and an
 ``_error`` message in the result frame.
