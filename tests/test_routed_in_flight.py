@@ -179,6 +179,10 @@ def test_the_client_prices_each_row_at_the_model_that_answered_it(
     assert [by_id[j]["answered_by"] for j in out["_job_id"]] == [None, PRO_NEW, PRO_NEW, PRO_NEW]
     assert {r["model"] for r in by_id.values()} == {PRO}
     assert sum(r["cost_usd"] for r in by_id.values()) == pytest.approx(billed, rel=1e-9)
+    # ... and the jobs view (a streamed run's from its summary, else grouped from events).
+    jobs = {r["job_id"]: r for r in sql("SELECT * FROM jobs", state).iter_rows(named=True)}
+    assert [jobs[j]["answered_by"] for j in out["_job_id"]] == [None, PRO_NEW, PRO_NEW, PRO_NEW]
+    assert sum(r["cost_usd"] for r in jobs.values()) == pytest.approx(billed, rel=1e-9)
 
 
 def test_a_batch_finished_before_the_date_is_priced_at_the_model_asked_for(
