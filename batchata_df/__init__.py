@@ -1,7 +1,7 @@
 """batchata-df: LLM jobs over Polars frames through the providers' batch APIs.
 
 >>> from batchata_df import batch_llm  # doctest: +SKIP
->>> out = df.pipe(batch_llm, schema=Review, model="gpt-4.1-mini", prompt="{text}")  # doctest: +SKIP
+>>> out = df.pipe(batch_llm, schema=Review, model="gpt-6-luna", prompt="{text}")  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -1501,7 +1501,7 @@ def _bill_text(bill: Bill, model: str) -> str:
 
     Examples
     --------
-    >>> _bill_text(Bill(priced=3, cost=0.0123), "gpt-4.1-mini")
+    >>> _bill_text(Bill(priced=3, cost=0.0123), "gpt-5.4-mini")
     '$0.0123'
     >>> _bill_text(Bill(unknown=3), "gpt-6-terra")
     'cost unknown for 3 answers (no price for gpt-6-terra; --price gpt-6-terra=INPUT,OUTPUT gives one)'

@@ -480,7 +480,7 @@ def connect(
     >>> import polars as pl
     >>> from batchata_df.state import StateStore
     >>> folder = tempfile.mkdtemp()
-    >>> store = StateStore(folder, {"model": "gpt-4.1-mini"})
+    >>> store = StateStore(folder, {"model": "gpt-5.4-mini"})
     >>> store.append_jobs(pl.DataFrame({"job_id": ["a", "b"], "status": "assigned"}))
     >>> con = connect(folder)
     >>> store.append_jobs(pl.DataFrame({"job_id": ["c"], "status": "assigned"}))
@@ -611,9 +611,9 @@ def sql(query: str, state: StatePaths) -> pl.DataFrame:
     >>> import polars as pl
     >>> from batchata_df.state import StateStore
     >>> folder = tempfile.mkdtemp()
-    >>> store = StateStore(folder, {"model": "gpt-4.1-mini"})
+    >>> store = StateStore(folder, {"model": "gpt-5.4-mini"})
     >>> store.append_jobs(pl.DataFrame({"job_id": ["a", "b"], "status": "assigned",
-    ...                                 "provider": "openai", "model": "gpt-4.1-mini"}))
+    ...                                 "provider": "openai", "model": "gpt-5.4-mini"}))
     >>> store.append_jobs(pl.DataFrame({"job_id": ["a", "b"], "status": ["completed", "failed"],
     ...                                 "error": [None, "refusal: declined"],
     ...                                 "cost_usd": [0.002, 0.0]}))
@@ -624,8 +624,8 @@ def sql(query: str, state: StatePaths) -> pl.DataFrame:
     │ ---    ┆ ---       ┆ ---               ┆ ---          ┆ ---      │
     │ str    ┆ str       ┆ str               ┆ str          ┆ f64      │
     ╞════════╪═══════════╪═══════════════════╪══════════════╪══════════╡
-    │ a      ┆ completed ┆ null              ┆ gpt-4.1-mini ┆ 0.002    │
-    │ b      ┆ failed    ┆ refusal: declined ┆ gpt-4.1-mini ┆ 0.0      │
+    │ a      ┆ completed ┆ null              ┆ gpt-5.4-mini ┆ 0.002    │
+    │ b      ┆ failed    ┆ refusal: declined ┆ gpt-5.4-mini ┆ 0.0      │
     └────────┴───────────┴───────────────────┴──────────────┴──────────┘
     """
     con = connect(state)
@@ -647,7 +647,7 @@ def cost_by_status(state: StatePaths) -> pl.DataFrame:
     >>> folder = tempfile.mkdtemp()
     >>> store = StateStore(folder, {})
     >>> store.append_jobs(pl.DataFrame({"job_id": ["a", "b", "c"], "provider": "openai",
-    ...     "model": "gpt-4.1-mini", "status": ["completed", "completed", "failed"],
+    ...     "model": "gpt-5.4-mini", "status": ["completed", "completed", "failed"],
     ...     "input_tokens": [100, 120, None], "output_tokens": [10, 12, None],
     ...     "cost_usd": [0.001, 0.002, None]}))
     >>> cost_by_status(folder).select("status", "n_jobs", "input_tokens", "cost_usd")
@@ -675,7 +675,7 @@ def estimated_vs_actual(state: StatePaths) -> pl.DataFrame:
     >>> folder = tempfile.mkdtemp()
     >>> store = StateStore(folder, {})
     >>> store.append_jobs(pl.DataFrame({"job_id": ["a"], "provider": "openai",
-    ...     "model": "gpt-4.1-mini", "status": "completed", "cost_usd": [0.001]}))
+    ...     "model": "gpt-5.4-mini", "status": "completed", "cost_usd": [0.001]}))
     >>> estimated_vs_actual(folder).select("n_jobs", "est_cost_usd", "cost_usd").row(0)
     (1, None, 0.001)
     """
@@ -731,7 +731,7 @@ def unattributed_spend(state: StatePaths) -> pl.DataFrame:
     >>> folder = tempfile.mkdtemp()
     >>> store = StateStore(folder, {})
     >>> store.append_jobs(pl.DataFrame({"job_id": ["a", "unmatched:k:0"], "provider": "openai",
-    ...     "model": "gpt-4.1-mini", "status": ["completed", "failed"], "batch_key": "k",
+    ...     "model": "gpt-5.4-mini", "status": ["completed", "failed"], "batch_key": "k",
     ...     "input_tokens": [100, 90], "cost_usd": [0.002, 0.0018]}))
     >>> unattributed_spend(folder).select("n_lines", "input_tokens", "cost_usd").row(0)
     (1, 90, 0.0018)

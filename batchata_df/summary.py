@@ -23,7 +23,7 @@ Examples
 >>> import tempfile
 >>> from batchata_df.state import StateStore
 >>> folder = tempfile.mkdtemp()
->>> store = StateStore(folder, {"model": "gpt-4.1-mini"})
+>>> store = StateStore(folder, {"model": "gpt-5.4-mini"})
 >>> store.append_jobs(pl.DataFrame({"job_id": ["a"], "status": "assigned", "batch_key": "k"}))
 >>> store.append_jobs(pl.DataFrame({"job_id": ["a"], "status": "completed", "batch_key": "k",
 ...                                 "cost_usd": [0.5]}))

@@ -892,7 +892,7 @@ def retired(provider: str, model: str, on: dt.date | None = None) -> str | None:
     --------
     >>> retired("anthropic", "claude-3-opus-20240229"), retired("openai", "gpt-4-32k")
     ('2026-01-05', '2025-06-06')
-    >>> retired("gemini", "models/gemini-1.0-pro"), retired("openai", "gpt-4.1-mini")
+    >>> retired("gemini", "models/gemini-1.0-pro"), retired("openai", "gpt-5.4-mini")
     ('2025-09-24', None)
     >>> retired("openai", "ft:gpt-3.5-turbo-0613:acme::abc123")
     '2024-09-13'
@@ -939,11 +939,11 @@ def serves(
 
     Examples
     --------
-    >>> serves("openai", "gpt-4.1-mini"), serves("anthropic", "gpt-4.1-mini")
+    >>> serves("openai", "gpt-5.4-mini"), serves("anthropic", "gpt-5.4-mini")
     (True, False)
-    >>> serves("gemini", "models/gemini-2.5-flash"), serves("gemini", "claude-haiku-4-5")
+    >>> serves("gemini", "models/gemini-3.5-flash"), serves("gemini", "claude-haiku-4-5")
     (True, False)
-    >>> serves("openai", "ft:gpt-4.1-mini-2025-04-14:acme::abc123")
+    >>> serves("openai", "ft:gpt-5.4-mini-2026-03-17:acme::abc123")
     True
     """
     if model == answers.UNKNOWN_MODEL or not model.strip():

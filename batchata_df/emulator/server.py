@@ -1210,7 +1210,7 @@ class EmulatorCore:
                     used = e.usage[i] if e.usage is not None and i < len(e.usage) else None
                     item["usd"] = (
                         None if used is None or model is None
-                        else _billed_usd(e.provider, model, *used, e.mode)
+                        else _billed_usd(e.provider, model, *used, e.mode, model_rules.today())
                     )  # fmt: skip
                 out.append(item)
         return out
@@ -1527,9 +1527,14 @@ class EmulatorCore:
 
 
 @functools.lru_cache(maxsize=4096)
-def _billed_usd(provider: str, model: str, inp: int, out: int, cached: int, mode: str) -> float:
+def _billed_usd(
+    provider: str, model: str, inp: int, out: int, cached: int, mode: str, day: dt.date
+) -> float:
+    # ``day``: billed_usd reads genai-prices' dated prices at model_rules.today(), so it
+    # is part of the key (a later ``today`` may price the same usage otherwise).
     from batchata_df.emulator.pricing import billed_usd
 
+    del day
     return billed_usd(
         provider, model, input_tokens=inp, output_tokens=out, cached_tokens=cached, mode=mode
     )
