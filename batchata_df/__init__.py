@@ -32,6 +32,7 @@ from batchata_df.errors import (
     StateMismatchError,
     SummaryWarning,
     ThinkingRoomWarning,
+    UnpricedAnswerWarning,
 )
 from batchata_df.frame import batch_llm, reparse
 from batchata_df.query import sql
@@ -60,6 +61,7 @@ __all__ = [
     "ResultFileError",
     "SchemaError",
     "ThinkingRoomWarning",
+    "UnpricedAnswerWarning",
     "SinkLockedError",
     "StateError",
     "StateLockedError",

@@ -1079,7 +1079,9 @@ def shutdown_warning(
     00:00 UTC on its date (the providers give a day, not an hour); when that is before a
     batch submitted ``now`` could end (``now`` plus :data:`BATCH_WINDOW_HOURS`), the
     message says that the rows not finished by then fail (or, where the provider routes
-    the model, are answered by another model). ``now``: :func:`today` at the current UTC
+    the model, are answered by another model: the emulator answers and bills them so, and
+    the client prices each such row at the model its response names, recorded in the job
+    events' ``answered_by``). ``now``: :func:`today` at the current UTC
     time of day. ``batch=False`` (a realtime run, answered in seconds): no batch window.
     Not given when the provider's base URL is set (a gateway decides).
 

@@ -35,7 +35,9 @@ connection itself for several queries over the same snapshot. Both define these 
     ``est_cost_usd`` is the latest known pre-submission estimate, or null when the
     checkpoint has none. ``first_seen_at`` / ``updated_at`` are the first and latest event
     times. ``mode`` is ``"batch"`` or ``"realtime"``: how the job was last sent (null if
-    it never was), as the frame's ``_mode``.
+    it never was), as the frame's ``_mode``. ``answered_by`` (latest event) names the model
+    that answered when it was not ``model``: a provider routed the request to a successor
+    (Gemini 2.5 Pro / Flash from 2026-12-01), and ``cost_usd`` is at its price.
 ``batch_events``
     Every batch event, all columns of :data:`~batchata_df.state.BATCH_EVENTS`, with ``run``.
 ``batches``
@@ -360,7 +362,7 @@ _JOBS_COLUMNS = (
     "run, job_id, status, error, provider, model, batch_key, provider_batch_id, answer, raw, "
     "response, input_tokens, output_tokens, cached_tokens, cache_write_tokens, "
     "reasoning_tokens, cost_usd, cache_saved_usd, attempts, est_cost_usd, first_seen_at, "
-    "updated_at, mode"
+    "updated_at, mode, answered_by"
 )
 
 _JOBS_VIEW = """
@@ -403,6 +405,7 @@ WITH attempts AS (
            arg_max_null(answer, seq) AS answer,
            arg_max_null(raw, seq) AS raw,
            arg_max_null(response, seq) AS response,
+           arg_max_null(answered_by, seq) AS answered_by,
            {est} AS est_cost_usd,
            min(ts) AS first_seen_at,
            max(ts) AS updated_at,
@@ -417,7 +420,7 @@ SELECT latest.run, latest.job_id, status, error, provider, model, batch_key,
        billed.input_tokens, billed.output_tokens, billed.cached_tokens,
        billed.cache_write_tokens, billed.reasoning_tokens, billed.cost_usd,
        billed.cache_saved_usd, coalesce(billed.attempts, 0) AS attempts,
-       est_cost_usd, first_seen_at, updated_at, mode
+       est_cost_usd, first_seen_at, updated_at, mode, answered_by
 FROM latest LEFT JOIN billed USING (run, job_id)
 """
 

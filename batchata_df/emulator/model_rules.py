@@ -825,11 +825,15 @@ def _scheduled(provider: str, name: str) -> tuple[str, str | None] | None:
     return None
 
 
-def routed(provider: str, model: str) -> str:
+def routed(
+    provider: str, model: str, on: dt.date | None = None, serve_retired: bool | None = None
+) -> str:
     """The model that answers for ``model``: its successor once the provider routes it.
 
     Gemini answers the shut-down 2.5 Pro and Flash with gemini-3.8-flash and
-    gemini-3.5-flash-lite (:data:`SCHEDULED`); ``models/`` is kept.
+    gemini-3.5-flash-lite (:data:`SCHEDULED`); ``models/`` is kept. ``on`` and
+    ``serve_retired`` ask as of that date and setting (default: :func:`today` and
+    :func:`serve_retired`'s): ``EmulatorCore.routed_since`` replays past settings.
 
     Examples
     --------
@@ -842,9 +846,10 @@ def routed(provider: str, model: str) -> str:
     """
     prefix = "models/" if provider == "gemini" and model.startswith("models/") else ""
     found = _scheduled(provider, model.removeprefix(prefix))
-    if found is None or found[1] is None or _SERVING_RETIRED[0]:
+    keep = _SERVING_RETIRED[0] if serve_retired is None else serve_retired
+    if found is None or found[1] is None or keep:
         return model
-    if dt.date.fromisoformat(found[0]) > today():
+    if dt.date.fromisoformat(found[0]) > (today() if on is None else on):
         return model
     return prefix + found[1]
 

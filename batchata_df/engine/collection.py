@@ -33,6 +33,7 @@ __all__ = [
     "TRUNCATED_ADVICE",
     "Collector",
     "UNMATCHED_PREFIX",
+    "answered_by_expr",
     "holds_any",
     "outcomes_and_unmatched",
     "outcomes_to_events",
@@ -137,7 +138,7 @@ def outcomes_and_unmatched(
         unmatched = results.join(ids, on="job_id", how="anti").filter(
             pl.col("input_tokens").is_not_null() | pl.col("output_tokens").is_not_null()
         )
-    for optional in ("citations", "response"):  # results built without optional columns
+    for optional in ("citations", "response", "model"):  # results without optional columns
         if optional not in joined.columns:
             joined = joined.with_columns(pl.lit(None, dtype=pl.String).alias(optional))
     succeeded = joined.filter(pl.col("outcome") == "succeeded")
@@ -244,6 +245,7 @@ def outcomes_and_unmatched(
         pl.col("text").alias("raw"),
         # The provider's own result line (RequestSpec.keep_responses; else null).
         "response",
+        answered_by_expr(provider, model).alias("answered_by"),
         *(
             []
             if decoded is None
@@ -251,6 +253,27 @@ def outcomes_and_unmatched(
         ),
     )
     return events, unmatched
+
+
+def answered_by_expr(provider: str | None, model: str | None) -> pl.Expr:
+    """The model that answered a row when it is not ``model`` (the one asked), else null.
+
+    Read from the results' ``model`` (Gemini's ``modelVersion``): Google answers the
+    requests of a routed model with its successor from the routing date on, billed at the
+    successor's rates (:data:`batchata_df.models.SCHEDULED`), including the requests of a
+    batch sent before the date that run after it. ``models/`` is not part of the name.
+
+    Examples
+    --------
+    >>> df = pl.DataFrame({"model": ["gemini-2.5-pro", "models/gemini-3.8-flash", None]})
+    >>> df.select(answered_by_expr("gemini", "gemini-2.5-pro")).to_series().to_list()
+    [None, 'gemini-3.8-flash', None]
+    """
+    said = pl.col("model").str.strip_prefix("models/")
+    if model is None:
+        return pl.lit(None, dtype=pl.String)
+    asked = model.removeprefix("models/") if provider == "gemini" else model
+    return pl.when(said != asked).then(said)
 
 
 UNMATCHED_PREFIX = "unmatched:"
