@@ -282,13 +282,20 @@ UNMATCHED_PREFIX = "unmatched:"
 
 
 def unmatched_events(
-    unmatched: pl.DataFrame, *, batch_key: str, provider_batch_id: str
+    unmatched: pl.DataFrame,
+    *,
+    batch_key: str,
+    provider_batch_id: str,
+    provider: str | None = None,
+    model: str | None = None,
 ) -> pl.DataFrame:
     """Terminal events keeping the usage of billed result lines that matched no row.
 
     One ``failed`` event per line (:data:`UNMATCHED_PREFIX` ids, ``mode`` batch), its
     tokens and text kept: the provider billed it, so the cost computed from them counts
     under ``max_cost_usd`` and in ``batchata-df status`` / ``sql`` like any other answer's.
+    With the batch's ``provider`` and ``model``, a line answered by another model says so
+    (``answered_by``, :func:`answered_by_expr`), and is priced at it.
 
     Examples
     --------
@@ -300,6 +307,10 @@ def unmatched_events(
     ('unmatched:k:0', 'failed', 12, 'hi')
     >>> ev["error"][0][:60]
     'unmatched_result: a result line of batch batch_1 carried the'
+    >>> said = line.with_columns(model=pl.lit("gemini-3.8-flash"))
+    >>> unmatched_events(said, batch_key="k", provider_batch_id="b", provider="gemini",
+    ...                  model="gemini-2.5-pro")["answered_by"].to_list()
+    ['gemini-3.8-flash']
     """
     ids = [f"{UNMATCHED_PREFIX}{batch_key}:{i}" for i in range(unmatched.height)]
     seen = pl.col("job_id").fill_null("(none)")
@@ -328,6 +339,11 @@ def unmatched_events(
         pl.col("text").alias("raw"),
         *([pl.col("response")] if "response" in unmatched.columns else []),
         pl.lit("batch").alias("mode"),
+        *(
+            [answered_by_expr(provider, model).alias("answered_by")]
+            if "model" in unmatched.columns
+            else []
+        ),
     )
 
 
@@ -586,6 +602,7 @@ class Collector:
                 unmatched_events(
                     unmatched, batch_key=batch.batch_key,
                     provider_batch_id=batch.provider_batch_id,
+                    provider=batch.provider, model=batch.model,
                 ),
                 batch_key=batch.batch_key,
                 provider=batch.provider,
