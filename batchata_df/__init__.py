@@ -1,7 +1,7 @@
 """batchata-df: LLM jobs over Polars frames through the providers' batch APIs.
 
 >>> from batchata_df import batch_llm  # doctest: +SKIP
->>> out = df.pipe(batch_llm, schema=Review, model="gpt-4.1-mini", prompt="{text}")  # doctest: +SKIP
+>>> out = df.pipe(batch_llm, schema=Review, model="gpt-6-luna", prompt="{text}")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from batchata_df.errors import (
     StateMismatchError,
     SummaryWarning,
     ThinkingRoomWarning,
+    UnpricedAnswerWarning,
 )
 from batchata_df.frame import batch_llm, reparse
 from batchata_df.query import sql
@@ -60,6 +61,7 @@ __all__ = [
     "ResultFileError",
     "SchemaError",
     "ThinkingRoomWarning",
+    "UnpricedAnswerWarning",
     "SinkLockedError",
     "StateError",
     "StateLockedError",

@@ -1501,7 +1501,7 @@ def _bill_text(bill: Bill, model: str) -> str:
 
     Examples
     --------
-    >>> _bill_text(Bill(priced=3, cost=0.0123), "gpt-4.1-mini")
+    >>> _bill_text(Bill(priced=3, cost=0.0123), "gpt-5.4-mini")
     '$0.0123'
     >>> _bill_text(Bill(unknown=3), "gpt-6-terra")
     'cost unknown for 3 answers (no price for gpt-6-terra; --price gpt-6-terra=INPUT,OUTPUT gives one)'
@@ -2133,12 +2133,15 @@ def _shutdown_lines(folders: Sequence[str]) -> list[str]:
         elif (gone := retirement(str(provider), str(model))) is not None:
             scheduled = scheduled_shutdown(str(provider), str(model))
             routed = scheduled is not None and scheduled[2] == "routed"
+            fate = (
+                f" (those the provider ran from then on were answered by {gone[1]!r}, and "
+                "are priced at its rates)"
+                if routed
+                else " (those the provider had not run by then fail model_shut_down, unbilled)"
+            )
             out.append(
                 f"model {model!r} was shut down on {gone[0]}: rows not collected yet can "
-                "still be collected"
-                + ("" if routed else " (those the provider had not run by then fail "
-                   "model_shut_down, unbilled)")
-                + "; rows never sent fail unsent"
+                f"still be collected{fate}; rows never sent fail unsent"
             )
     return out
 

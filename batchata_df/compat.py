@@ -29,7 +29,7 @@ Examples
 >>> with Emulator() as emu, emu.environ():
 ...     batch = (
 ...         Batch(results_dir=tempfile.mkdtemp())
-...         .set_default_params(model="gpt-4.1-mini", temperature=0.0)
+...         .set_default_params(model="gpt-5.4-mini", temperature=0.0)
 ...         .add_cost_limit(usd=1.0)
 ...     )
 ...     _ = batch.add_job(prompt="Say hi")

@@ -76,7 +76,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
@@ -332,14 +332,26 @@ def batch_discounted(price: Price, provider: str) -> Price:
     )
 
 
-@lru_cache(maxsize=256)
 def _lookup(provider: str, model: str, processing: str = "batch") -> Price | None:
+    """genai-prices' price of ``model`` on :func:`batchata_df.models.today`.
+
+    genai-prices dates some prices (``StartDateConstraint``: gemini-3.7-flash's rise on
+    2027-01-01, ...); they are read at the date the shutdown tables are read at (pinned by
+    ``BATCHATA_DF_TODAY``, else today's UTC date), so a pinned run prices as on that day.
+    """
+    from batchata_df.models import today
+
+    return _lookup_on(provider, model, processing, today())
+
+
+@lru_cache(maxsize=256)
+def _lookup_on(provider: str, model: str, processing: str, day: date) -> Price | None:
     try:
         from genai_prices import Usage, calc_price
     except ImportError:  # pragma: no cover - genai-prices is a core dependency
         return None
     provider_id = _PROVIDER_IDS.get(provider, provider)
-    now = datetime.now(tz=UTC)
+    now = datetime.combine(day, datetime.now(tz=UTC).time(), UTC)
     try:
         # calc_price resolves the model, the batch price variant and the dated price
         # the same way genai-prices bills; its ``model_price`` is that resolved data.
@@ -394,8 +406,8 @@ class PriceTable:
     >>> t = PriceTable({"my-model": (1.0, 2.0)})
     >>> t.get("openai", "my-model").output
     2.0
-    >>> t.get("openai", "gpt-4.1-mini").input  # from genai-prices, batch rate
-    0.2
+    >>> t.get("openai", "gpt-5.4-mini").input  # from genai-prices, batch rate
+    0.375
     """
 
     def __init__(
@@ -410,8 +422,8 @@ class PriceTable:
         Examples
         --------
         >>> t = PriceTable({"my-model": (1.0, 2.0)}).realtime()
-        >>> t.get("openai", "my-model").output, t.get("openai", "gpt-4.1-mini").input
-        (4.0, 0.4)
+        >>> t.get("openai", "my-model").output, t.get("openai", "gpt-5.4-mini").input
+        (4.0, 0.75)
         """
         table = PriceTable(processing="realtime")
         table._overrides = dict(self._overrides)
@@ -423,8 +435,8 @@ class PriceTable:
         Examples
         --------
         >>> t = PriceTable({"my-model": (1.0, 2.0)}).realtime().batch()
-        >>> t.get("openai", "my-model").output, t.get("openai", "gpt-4.1-mini").input
-        (2.0, 0.2)
+        >>> t.get("openai", "my-model").output, t.get("openai", "gpt-5.4-mini").input
+        (2.0, 0.375)
         """
         table = PriceTable(processing="batch")
         table._overrides = dict(self._overrides)

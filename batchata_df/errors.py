@@ -27,7 +27,8 @@ a streaming run could not write the folder's summary for ``sql`` (the run's resu
 complete; ``sql`` groups the events instead); :class:`ModelShutdownWarning` before
 anything is sent when a model's announced shutdown is near; :class:`ThinkingRoomWarning`
 before anything is sent when a Gemini model's thinking, which no budget bounds, may take
-all of ``max_tokens``.
+all of ``max_tokens``; :class:`UnpricedAnswerWarning` when rows were answered by another
+model than the one asked (a routed Gemini model's successor) whose price is not known.
 
 Failures of single rows are never exceptions: they become ``_status="failed"`` and an
 ``_error`` message in the result frame.
@@ -72,6 +73,7 @@ __all__ = [
     "StateMismatchError",
     "SummaryWarning",
     "ThinkingRoomWarning",
+    "UnpricedAnswerWarning",
 ]
 
 
@@ -301,6 +303,19 @@ class ModelShutdownWarning(UserWarning):
     """
 
 
+class UnpricedAnswerWarning(UserWarning):
+    """Rows were answered by another model than the one asked, whose price is not known.
+
+    A provider may answer a model's requests with another one: Google routes a shut-down
+    Gemini model to its successor (:data:`batchata_df.models.SCHEDULED`, ``"routed"``),
+    billed at the successor's rates, and each row is priced at the model its response
+    names (the job events' ``answered_by``). When no price is known for that model, the
+    rows are priced at the model asked for (a null cost would count as free under
+    ``max_cost_usd``), and this warning names the model and the fix: ``prices={model:
+    (input_usd_per_mtok, output_usd_per_mtok)}``.
+    """
+
+
 class ThinkingRoomWarning(UserWarning):
     """A Gemini model may spend all of ``max_tokens`` thinking, with no budget to stop it.
 
@@ -332,6 +347,7 @@ WARNINGS: tuple[type[UserWarning], ...] = (
     SummaryWarning,
     ModelShutdownWarning,
     ThinkingRoomWarning,
+    UnpricedAnswerWarning,
 )
 """Every warning batchata-df emits (the CLI prints each as one ``batchata-df: warning:`` line)."""
 

@@ -339,7 +339,7 @@ def batch_llm(
     ...     score: float
     >>> with Emulator() as emu, emu.environ():
     ...     out = pl.DataFrame({"text": ["great", "awful"]}).pipe(
-    ...         batch_llm, schema=Sentiment, model="gpt-4.1-mini", prompt="Rate: {text}"
+    ...         batch_llm, schema=Sentiment, model="gpt-6-luna", prompt="Rate: {text}"
     ...     )
     >>> out.columns[:4], out["_status"].to_list()
     (['text', 'label', 'score', '_status'], ['completed', 'completed'])
@@ -804,9 +804,9 @@ def reparse(
     >>> df = pl.DataFrame({"text": ["great", "awful [[emulator:invalid]]"]})
     >>> folder = tempfile.mkdtemp()
     >>> with Emulator() as emu, emu.environ():
-    ...     first = df.pipe(batch_llm, schema=Strict, model="gpt-4.1-mini",
+    ...     first = df.pipe(batch_llm, schema=Strict, model="gpt-6-luna",
     ...                     prompt="Rate: {text}", state=folder)
-    ...     fixed = df.pipe(reparse, schema=Fixed, model="gpt-4.1-mini",
+    ...     fixed = df.pipe(reparse, schema=Fixed, model="gpt-6-luna",
     ...                     prompt="Rate: {text}", state=folder)
     ...     creates = [e for e in emu.log() if e["method"] == "POST"
     ...                and e["path"].endswith("/batches")]

@@ -58,8 +58,8 @@ def parse_model(name: str) -> tuple[ProviderName, str]:
 
     Examples
     --------
-    >>> parse_model("gpt-4.1-mini")
-    ('openai', 'gpt-4.1-mini')
+    >>> parse_model("gpt-5.4-mini")
+    ('openai', 'gpt-5.4-mini')
     >>> parse_model("anthropic:my-finetune")
     ('anthropic', 'my-finetune')
     """
@@ -441,10 +441,10 @@ def job_ids(
 
     Examples
     --------
-    >>> jobs = pl.DataFrame({"provider": ["openai"], "model": ["gpt-4.1-mini"],
+    >>> jobs = pl.DataFrame({"provider": ["openai"], "model": ["gpt-5.4-mini"],
     ...                      "system": [None], "prompt": ["Rate: great"]},
     ...                     schema_overrides={"system": pl.String})
-    >>> content = b"openai\x00gpt-4.1-mini\x00\x01\x00Rate: great"
+    >>> content = b"openai\x00gpt-5.4-mini\x00\x01\x00Rate: great"
     >>> job_ids(jobs, "salt", scheme="hmac-sha256").item() == (
     ...     hmac.new(b"salt", content, hashlib.sha256).hexdigest()[:24])
     True

@@ -651,7 +651,7 @@ def default_max_tokens(family: Family, params: Mapping[str, Any]) -> int:
 
     Examples
     --------
-    >>> default_max_tokens(family_of("openai", "gpt-4.1-mini"), {})
+    >>> default_max_tokens(family_of("openai", "gpt-5.4-mini"), {})
     4096
     >>> default_max_tokens(family_of("openai", "gpt-6-sol"), {})  # thinks at medium
     16384
@@ -773,7 +773,7 @@ def listed_under(provider: str, model: str) -> bool:
 
     Examples
     --------
-    >>> listed_under("openai", "gpt-4.1-mini"), listed_under("anthropic", "gpt-4.1-mini")
+    >>> listed_under("openai", "gpt-5.4-mini"), listed_under("anthropic", "gpt-5.4-mini")
     (True, False)
     >>> listed_under("gemini", "claude-haiku-4-5")
     False
@@ -817,12 +817,12 @@ def check_provider(provider: str, model: str) -> None:
 
     Examples
     --------
-    >>> check_provider("openai", "gpt-4.1-mini")
+    >>> check_provider("openai", "gpt-5.4-mini")
     >>> check_provider("anthropic", "my-finetune")
-    >>> check_provider("anthropic", "gpt-4.1-mini")  # doctest: +SKIP
+    >>> check_provider("anthropic", "gpt-5.4-mini")  # doctest: +SKIP
     Traceback (most recent call last):
     ...
-    batchata_df.errors.ModelError: model 'gpt-4.1-mini' is OpenAI's (genai-prices lists it \
+    batchata_df.errors.ModelError: model 'gpt-5.4-mini' is OpenAI's (genai-prices lists it \
 under OpenAI, not Anthropic), but the run sends it to Anthropic, whose batch API would fail \
 every row; write model='gpt-4.1-mini' (or 'openai:gpt-4.1-mini')
     """
@@ -958,7 +958,8 @@ SCHEDULED: tuple[tuple[str, str, str, str, str, str], ...] = (
 
 TODAY_VAR = "BATCHATA_DF_TODAY"
 """Environment variable pinning the date (``YYYY-MM-DD``) the shutdown tables are read at
-(:func:`today`), for the client and the emulator alike
+(:func:`today`), and genai-prices' dated prices (:mod:`batchata_df.cost`), for the client
+and the emulator alike
 (:data:`batchata_df.emulator.model_rules.TODAY_VAR` is the same name): the test suite pins
 it so that its outcome never depends on the day it runs; unset, the real UTC date."""
 
@@ -1078,7 +1079,9 @@ def shutdown_warning(
     00:00 UTC on its date (the providers give a day, not an hour); when that is before a
     batch submitted ``now`` could end (``now`` plus :data:`BATCH_WINDOW_HOURS`), the
     message says that the rows not finished by then fail (or, where the provider routes
-    the model, are answered by another model). ``now``: :func:`today` at the current UTC
+    the model, are answered by another model: the emulator answers and bills them so, and
+    the client prices each such row at the model its response names, recorded in the job
+    events' ``answered_by``). ``now``: :func:`today` at the current UTC
     time of day. ``batch=False`` (a realtime run, answered in seconds): no batch window.
     Not given when the provider's base URL is set (a gateway decides).
 
@@ -1245,7 +1248,7 @@ def check_model_params(provider: str, model: str, params: Mapping[str, Any]) -> 
 
     Examples
     --------
-    >>> check_model_params("openai", "gpt-4.1-mini", {"temperature": 0.2})
+    >>> check_model_params("openai", "gpt-5.4-mini", {"temperature": 0.2})
     >>> check_model_params("openai", "gpt-6-sol", {"temperature": 0.2})
     Traceback (most recent call last):
     ...

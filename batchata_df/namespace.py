@@ -17,7 +17,7 @@ Examples
 >>> from batchata_df.emulator import Emulator
 >>> with Emulator() as emu, emu.environ():
 ...     out = pl.DataFrame({"text": ["great", "awful"]}).llm.batch(
-...         model="gpt-4.1-mini", prompt="Rate: {text}"
+...         model="gpt-6-luna", prompt="Rate: {text}"
 ...     )
 >>> out.select("text", "_status").rows()
 [('great', 'completed'), ('awful', 'completed')]

@@ -35,7 +35,9 @@ connection itself for several queries over the same snapshot. Both define these 
     ``est_cost_usd`` is the latest known pre-submission estimate, or null when the
     checkpoint has none. ``first_seen_at`` / ``updated_at`` are the first and latest event
     times. ``mode`` is ``"batch"`` or ``"realtime"``: how the job was last sent (null if
-    it never was), as the frame's ``_mode``.
+    it never was), as the frame's ``_mode``. ``answered_by`` (latest event) names the model
+    that answered when it was not ``model``: a provider routed the request to a successor
+    (Gemini 2.5 Pro / Flash from 2026-12-01), and ``cost_usd`` is at its price.
 ``batch_events``
     Every batch event, all columns of :data:`~batchata_df.state.BATCH_EVENTS`, with ``run``.
 ``batches``
@@ -360,7 +362,7 @@ _JOBS_COLUMNS = (
     "run, job_id, status, error, provider, model, batch_key, provider_batch_id, answer, raw, "
     "response, input_tokens, output_tokens, cached_tokens, cache_write_tokens, "
     "reasoning_tokens, cost_usd, cache_saved_usd, attempts, est_cost_usd, first_seen_at, "
-    "updated_at, mode"
+    "updated_at, mode, answered_by"
 )
 
 _JOBS_VIEW = """
@@ -403,6 +405,7 @@ WITH attempts AS (
            arg_max_null(answer, seq) AS answer,
            arg_max_null(raw, seq) AS raw,
            arg_max_null(response, seq) AS response,
+           arg_max_null(answered_by, seq) AS answered_by,
            {est} AS est_cost_usd,
            min(ts) AS first_seen_at,
            max(ts) AS updated_at,
@@ -417,7 +420,7 @@ SELECT latest.run, latest.job_id, status, error, provider, model, batch_key,
        billed.input_tokens, billed.output_tokens, billed.cached_tokens,
        billed.cache_write_tokens, billed.reasoning_tokens, billed.cost_usd,
        billed.cache_saved_usd, coalesce(billed.attempts, 0) AS attempts,
-       est_cost_usd, first_seen_at, updated_at, mode
+       est_cost_usd, first_seen_at, updated_at, mode, answered_by
 FROM latest LEFT JOIN billed USING (run, job_id)
 """
 
@@ -477,7 +480,7 @@ def connect(
     >>> import polars as pl
     >>> from batchata_df.state import StateStore
     >>> folder = tempfile.mkdtemp()
-    >>> store = StateStore(folder, {"model": "gpt-4.1-mini"})
+    >>> store = StateStore(folder, {"model": "gpt-5.4-mini"})
     >>> store.append_jobs(pl.DataFrame({"job_id": ["a", "b"], "status": "assigned"}))
     >>> con = connect(folder)
     >>> store.append_jobs(pl.DataFrame({"job_id": ["c"], "status": "assigned"}))
@@ -608,9 +611,9 @@ def sql(query: str, state: StatePaths) -> pl.DataFrame:
     >>> import polars as pl
     >>> from batchata_df.state import StateStore
     >>> folder = tempfile.mkdtemp()
-    >>> store = StateStore(folder, {"model": "gpt-4.1-mini"})
+    >>> store = StateStore(folder, {"model": "gpt-5.4-mini"})
     >>> store.append_jobs(pl.DataFrame({"job_id": ["a", "b"], "status": "assigned",
-    ...                                 "provider": "openai", "model": "gpt-4.1-mini"}))
+    ...                                 "provider": "openai", "model": "gpt-5.4-mini"}))
     >>> store.append_jobs(pl.DataFrame({"job_id": ["a", "b"], "status": ["completed", "failed"],
     ...                                 "error": [None, "refusal: declined"],
     ...                                 "cost_usd": [0.002, 0.0]}))
@@ -621,8 +624,8 @@ def sql(query: str, state: StatePaths) -> pl.DataFrame:
     │ ---    ┆ ---       ┆ ---               ┆ ---          ┆ ---      │
     │ str    ┆ str       ┆ str               ┆ str          ┆ f64      │
     ╞════════╪═══════════╪═══════════════════╪══════════════╪══════════╡
-    │ a      ┆ completed ┆ null              ┆ gpt-4.1-mini ┆ 0.002    │
-    │ b      ┆ failed    ┆ refusal: declined ┆ gpt-4.1-mini ┆ 0.0      │
+    │ a      ┆ completed ┆ null              ┆ gpt-5.4-mini ┆ 0.002    │
+    │ b      ┆ failed    ┆ refusal: declined ┆ gpt-5.4-mini ┆ 0.0      │
     └────────┴───────────┴───────────────────┴──────────────┴──────────┘
     """
     con = connect(state)
@@ -644,7 +647,7 @@ def cost_by_status(state: StatePaths) -> pl.DataFrame:
     >>> folder = tempfile.mkdtemp()
     >>> store = StateStore(folder, {})
     >>> store.append_jobs(pl.DataFrame({"job_id": ["a", "b", "c"], "provider": "openai",
-    ...     "model": "gpt-4.1-mini", "status": ["completed", "completed", "failed"],
+    ...     "model": "gpt-5.4-mini", "status": ["completed", "completed", "failed"],
     ...     "input_tokens": [100, 120, None], "output_tokens": [10, 12, None],
     ...     "cost_usd": [0.001, 0.002, None]}))
     >>> cost_by_status(folder).select("status", "n_jobs", "input_tokens", "cost_usd")
@@ -672,7 +675,7 @@ def estimated_vs_actual(state: StatePaths) -> pl.DataFrame:
     >>> folder = tempfile.mkdtemp()
     >>> store = StateStore(folder, {})
     >>> store.append_jobs(pl.DataFrame({"job_id": ["a"], "provider": "openai",
-    ...     "model": "gpt-4.1-mini", "status": "completed", "cost_usd": [0.001]}))
+    ...     "model": "gpt-5.4-mini", "status": "completed", "cost_usd": [0.001]}))
     >>> estimated_vs_actual(folder).select("n_jobs", "est_cost_usd", "cost_usd").row(0)
     (1, None, 0.001)
     """
@@ -728,7 +731,7 @@ def unattributed_spend(state: StatePaths) -> pl.DataFrame:
     >>> folder = tempfile.mkdtemp()
     >>> store = StateStore(folder, {})
     >>> store.append_jobs(pl.DataFrame({"job_id": ["a", "unmatched:k:0"], "provider": "openai",
-    ...     "model": "gpt-4.1-mini", "status": ["completed", "failed"], "batch_key": "k",
+    ...     "model": "gpt-5.4-mini", "status": ["completed", "failed"], "batch_key": "k",
     ...     "input_tokens": [100, 90], "cost_usd": [0.002, 0.0018]}))
     >>> unattributed_spend(folder).select("n_lines", "input_tokens", "cost_usd").row(0)
     (1, 90, 0.0018)

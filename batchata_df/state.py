@@ -124,6 +124,11 @@ JOB_EVENTS = pl.Schema(
         "raw": pl.String(),
         "response": pl.String(),
         "mode": pl.String(),
+        # The model that answered, when not ``model`` (the one asked): a provider routed
+        # the request to a successor (batchata_df.models.SCHEDULED, "routed"); the event's
+        # cost_usd is at its price. Null otherwise, and in parts written before it existed
+        # (read with the column null: every reader inserts missing columns).
+        "answered_by": pl.String(),
     }
 )
 """Schema of a job event part (public, versioned by ``FORMAT_VERSION``)."""

@@ -23,7 +23,7 @@ Examples
 >>> import tempfile
 >>> from batchata_df.state import StateStore
 >>> folder = tempfile.mkdtemp()
->>> store = StateStore(folder, {"model": "gpt-4.1-mini"})
+>>> store = StateStore(folder, {"model": "gpt-5.4-mini"})
 >>> store.append_jobs(pl.DataFrame({"job_id": ["a"], "status": "assigned", "batch_key": "k"}))
 >>> store.append_jobs(pl.DataFrame({"job_id": ["a"], "status": "completed", "batch_key": "k",
 ...                                 "cost_usd": [0.5]}))
@@ -83,6 +83,7 @@ SUMMARY = pl.Schema(
         "first_seen_at": pl.Datetime("us", "UTC"),
         "updated_at": pl.Datetime("us", "UTC"),
         "mode": pl.String(),
+        "answered_by": pl.String(),
     }
 )
 """Columns of the summary: the ``jobs`` view's, but ``run`` (see :mod:`batchata_df.query`)."""
@@ -137,6 +138,7 @@ def _grouped(ev: pl.DataFrame) -> pl.DataFrame:
         pl.col("answer").last(),
         pl.col("raw").last(),
         pl.col("response").last(),
+        pl.col("answered_by").last(),
         _latest_known("est_cost_usd"),
         pl.col("ts").min().alias("first_seen_at"),
         pl.col("ts").max().alias("updated_at"),

@@ -105,7 +105,7 @@ def openai_encoding_name(model: str) -> str:
 
     Examples
     --------
-    >>> openai_encoding_name("gpt-4.1-mini"), openai_encoding_name("o3")
+    >>> openai_encoding_name("gpt-5.4-mini"), openai_encoding_name("o3")
     ('o200k_base', 'o200k_base')
     >>> openai_encoding_name("gpt-4-turbo"), openai_encoding_name("gpt-3.5-turbo")
     ('cl100k_base', 'cl100k_base')
@@ -152,7 +152,7 @@ def is_exact(provider: str, model: str) -> bool:
 
     Examples
     --------
-    >>> is_exact("openai", "gpt-4.1-mini"), is_exact("anthropic", "claude-haiku-4-5")
+    >>> is_exact("openai", "gpt-5.4-mini"), is_exact("anthropic", "claude-haiku-4-5")
     (True, False)
     """
     return _provider(provider) == "openai" and _counter(openai_encoding_name(model)) is not None
@@ -205,7 +205,7 @@ def estimate_tokens(texts: pl.Series, provider: str, model: str) -> pl.Series:
     --------
     >>> import polars as pl
     >>> s = pl.Series("prompt", ["hello world", "tiktoken is great!", None])
-    >>> estimate_tokens(s, "openai", "gpt-4o").to_list()
+    >>> estimate_tokens(s, "openai", "gpt-5.4-mini").to_list()
     [2, 6, 0]
     >>> estimate_tokens(s, "openai", "gpt-4").to_list()
     [2, 6, 0]
@@ -250,9 +250,9 @@ def estimate_request_tokens(
     --------
     >>> import polars as pl
     >>> prompt = pl.Series(["hello world"])
-    >>> estimate_request_tokens(prompt, "openai", "gpt-4.1").to_list()  # 2 + 4 + 3
+    >>> estimate_request_tokens(prompt, "openai", "gpt-5.4-mini").to_list()  # 2 + 4 + 3
     [9]
-    >>> estimate_request_tokens(prompt, "openai", "gpt-4.1", system="hello world").to_list()
+    >>> estimate_request_tokens(prompt, "openai", "gpt-5.4-mini", system="hello world").to_list()
     [15]
     """
     name = _provider(provider)
@@ -280,7 +280,7 @@ def history_tokens(history: pl.Series, provider: str, model: str) -> pl.Series:
     Examples
     --------
     >>> h = pl.Series([[{"role": "user", "content": "hello world"}], None])
-    >>> history_tokens(h, "openai", "gpt-4.1").to_list()  # 2 + 4, none
+    >>> history_tokens(h, "openai", "gpt-5.4-mini").to_list()  # 2 + 4, none
     [6, 0]
     """
     name = _provider(provider)

@@ -332,6 +332,9 @@ def gemini_decode_lines(data: bytes, *, responses: bool = False) -> pl.DataFrame
         .then(usage.struct.field("thoughtsTokenCount").fill_null(0))
         .alias("reasoning_tokens"),
         *([pl.col(LINE_COLUMN).alias("response")] if responses else []),
+        # Not in the decoder of 4aaf651: RESULTS.model (modelVersion, the model that
+        # answered) came later (session 18), read as its line has it.
+        resp.struct.field("modelVersion").alias("model"),
     )
     return conform_results(out)
 

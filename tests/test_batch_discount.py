@@ -21,7 +21,9 @@ from pydantic import BaseModel
 from batchata_df import batch_llm, sql, tokens
 from batchata_df.caching import OPENAI_MIN, OPENAI_STEP
 from batchata_df.cost import PriceTable, cost_expr, with_usage_columns
+from batchata_df.emulator import model_rules
 from batchata_df.emulator.pricing import billed_usd
+from batchata_df.models import TODAY_VAR, today
 from batchata_df.providers import anthropic as anthropic_provider
 from batchata_df.providers import gemini as gemini_provider
 from batchata_df.providers import openai as openai_provider
@@ -32,9 +34,11 @@ class Summary(BaseModel):
 
 
 def _standard_usd(provider_id: str, model: str, **usage: int) -> float:
-    """What genai-prices says the usage costs at the *standard* (not batch) price."""
+    """What genai-prices says the usage costs at the *standard* (not batch) price, on the
+    suite's pinned date (as the client and the emulator read it: some prices are dated)."""
+    at = datetime.combine(today(), datetime.now(tz=UTC).time(), UTC)
     calc = calc_price(Usage(**usage), model_ref=model, provider_id=provider_id,
-                      genai_request_timestamp=datetime.now(tz=UTC))
+                      genai_request_timestamp=at)
     return float(calc.total_price)
 
 
@@ -273,3 +277,22 @@ def test_client_and_emulator_price_cache_reads_from_the_batch_table(provider, mo
     usage = {"input_tokens": 1_000_000, "output_tokens": 0, "cached_tokens": 1_000_000}
     assert billed_usd(provider, model, **usage) == pytest.approx(cached_rate)
     assert price.cost(**usage) == pytest.approx(cached_rate)
+
+
+@pytest.mark.parametrize("mode", ["batch", "realtime"])
+def test_dated_prices_are_read_at_the_pinned_date_not_the_real_one(monkeypatch, mode):
+    # genai-prices 0.2.3 raises gemini-3.7-flash's standard price on 2027-01-01 (0.75 /
+    # 3.75 per MTok before, 1.50 / 7.50 from then; StartDateConstraint). The client and the
+    # emulator read it at the pinned date (BATCHATA_DF_TODAY), so the suite's prices do not
+    # change with the day it runs, and a run pinned to a date prices as on that date.
+    share = 0.5 if mode == "batch" else 1.0
+    for day, (rate_in, rate_out) in (("2026-12-31", (0.75, 3.75)), ("2027-01-01", (1.5, 7.5))):
+        monkeypatch.setenv(TODAY_VAR, day)  # the client's date (batchata_df.models.today)
+        monkeypatch.setattr(model_rules, "_TODAY", [day])  # the emulator's
+        table = PriceTable() if mode == "batch" else PriceTable(processing="realtime")
+        price = table.get("gemini", "gemini-3.7-flash")
+        assert price is not None
+        assert (price.input, price.output) == (rate_in * share, rate_out * share), day
+        billed = billed_usd("gemini", "gemini-3.7-flash", input_tokens=1_000_000,
+                            output_tokens=1_000_000, mode=mode)
+        assert billed == pytest.approx((rate_in + rate_out) * share), day

@@ -832,7 +832,7 @@ def test_result_lines_read_jsonl_and_conform(monkeypatch: pytest.MonkeyPatch) ->
     conformed = base.conform_results(pl.DataFrame({"text": ["t"], "input_tokens": [1.0]}))
     assert conformed.schema == RESULTS
     assert conformed.rows() == [(None, None, "t", None, None, 1, None, None, None, None, None,
-                                 None)]
+                                 None, None)]
     assert base.empty_results().schema == RESULTS
     assert base.empty_results().height == 0
 

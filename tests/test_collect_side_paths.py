@@ -78,6 +78,7 @@ def _batches(draw: st.DrawFn) -> tuple[pl.DataFrame, pl.DataFrame, BatchPoll]:
             "reasoning_tokens": [draw(st.sampled_from([None, 0, 60])) for _ in range(n)],
             "citations": [None] * n,
             "response": [draw(st.sampled_from([None, '{"raw":1}'])) for _ in range(n)],
+            "model": [draw(st.sampled_from([None, "m", "other"])) for _ in range(n)],
         },
         schema=RESULTS,
     )

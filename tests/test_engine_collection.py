@@ -316,19 +316,25 @@ def test_results_without_optional_columns_become_complete_events_by_value():
         return f"truncated: the answer hit max_tokens={limit} before it was complete; " + ADVICE
 
     missing = "missing_result: the provider returned no result for this request"
-    # No citations, response or reasoning columns: they come back null, typed.
+    # No citations, response, reasoning or model columns: they come back null, typed.
     out = outcomes_to_events(members, _results(), ended, SPEC)
     assert out.schema == pl.Schema({
         "job_id": pl.String, "status": pl.String, "error": pl.String, "answer": pl.String,
         "input_tokens": pl.Int64, "output_tokens": pl.Int64, "cached_tokens": pl.Int64,
         "cache_write_tokens": pl.Int64, "reasoning_tokens": pl.Int64, "citations": pl.String,
-        "raw": pl.String, "response": pl.String,
+        "raw": pl.String, "response": pl.String, "answered_by": pl.String,
     })
     assert out.rows() == [
-        ("a", "completed", None, "hi", 10, 5, 0, None, None, None, "hi", None),
-        ("b", "failed", cut(100), None, 20, 100, 0, None, None, None, None, None),
-        ("c", "failed", missing, None, None, None, None, None, None, None, None, None),
+        ("a", "completed", None, "hi", 10, 5, 0, None, None, None, "hi", None, None),
+        ("b", "failed", cut(100), None, 20, 100, 0, None, None, None, None, None, None),
+        ("c", "failed", missing, None, None, None, None, None, None, None, None, None, None),
     ]
+    # A line answered by another model than the batch's names it (Gemini's modelVersion
+    # of a routed model); the batch's own model, or none said, is not recorded.
+    said = _results(model=["gemini-2.5-pro", "gemini-3.8-flash"])
+    out = outcomes_to_events(members, said, ended, SPEC, provider="gemini",
+                             model="models/gemini-2.5-pro")
+    assert out["answered_by"].to_list() == [None, "gemini-3.8-flash", None]
     # Reasoning tokens the provider reported are kept.
     out = outcomes_to_events(members, _results(reasoning_tokens=[7, 10]), ended, SPEC)
     assert out["reasoning_tokens"].to_list() == [7, 10, None]

@@ -73,7 +73,7 @@ def test_jobs_view_is_latest_event_per_job(tmp_path: Path) -> None:
         "run", "job_id", "status", "error", "provider", "model", "batch_key",
         "provider_batch_id", "answer", "raw", "response", "input_tokens", "output_tokens",
         "cached_tokens", "cache_write_tokens", "reasoning_tokens", "cost_usd", "cache_saved_usd",
-        "attempts", "est_cost_usd", "first_seen_at", "updated_at", "mode",
+        "attempts", "est_cost_usd", "first_seen_at", "updated_at", "mode", "answered_by",
     }  # fmt: skip
     assert set(jobs.columns) == expected
     assert jobs.get_column("mode").to_list() == ["batch"] * 3

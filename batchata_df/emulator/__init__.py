@@ -354,8 +354,11 @@ class Emulator:
         entries: list[dict[str, Any]] = self._call("GET", f"log?since={int(since)}")
         return entries
 
-    def billing(self) -> list[dict[str, Any]]:
-        """The billing ledger: one ``{provider, batch_id, custom_id, mode, request}`` per bill.
+    def billing(self, usd: bool = False) -> list[dict[str, Any]]:
+        """The billing ledger: one ``{provider, batch_id, custom_id, mode, request, model}`` each.
+
+        One per bill; with ``usd``, also ``usd``: what it is billed, where the emulator
+        recorded the usage it answered with (Gemini's requests; else ``None``).
 
         Every request of every batch the provider accepted counts (a batch cancelled or
         expired early: only the requests that ran; Anthropic's ``errored`` requests, which
@@ -371,7 +374,7 @@ class Emulator:
         ...     emu.billing()
         []
         """
-        entries: list[dict[str, Any]] = self._call("GET", "billing")
+        entries: list[dict[str, Any]] = self._call("GET", "billing?usd=1" if usd else "billing")
         return entries
 
     def realtime_stats(self) -> dict[str, int]:

@@ -558,6 +558,16 @@ def _render(
     return body, ct, tt
 
 
+def _usage(response: Mapping[str, Any]) -> tuple[int, int, int]:
+    """``(input, output, cached)`` tokens a rendered response is billed for.
+
+    Thinking is output: ``thoughtsTokenCount`` is not in ``candidatesTokenCount``.
+    """
+    meta = response.get("usageMetadata") or {}
+    out = int(meta.get("candidatesTokenCount", 0)) + int(meta.get("thoughtsTokenCount", 0))
+    return int(meta.get("promptTokenCount", 0)), out, int(meta.get("cachedContentTokenCount", 0))
+
+
 def _error_json(code: int, message: str) -> dict[str, Any]:
     """A per-request error: ``code``, ``message`` and the ``status`` name, no ``details``.
 
@@ -596,6 +606,10 @@ class _Batch:
     failing: list[int] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     ledger: LedgerEntry | None = None
+    source: bytes | None = None
+    """The create's body (inline requests) or the input file's bytes: the requests again,
+    for the successor's rules when a routed model's successor answers part of the batch
+    (:meth:`GeminiApp._routed_specs`). A reference, not a copy."""
 
     def start(self) -> float:
         return self.created + PHASE_PENDING * self.latency
@@ -1066,6 +1080,7 @@ class GeminiApp:
             self._file_json(file_id)
             data = self.core.blobs.get("gemini-" + file_id)
             specs, failure = _plan_file(data, builder)
+        source = request.body if inline is not None else data
         now = self.core.clock.now()
         record = _Batch(
             id=self.core.new_id("", 16),
@@ -1080,6 +1095,9 @@ class GeminiApp:
             base=request.base_url + request.path[: len(request.path) - len(request.route)],
             failure=failure,
             failing=[i for i, s in enumerate(specs) if s.error is not None],
+            # Kept only where a routing may come (model_rules.successor): the requests are
+            # built again under the successor's rules then; other batches hold no copy.
+            source=bytes(source) if model_rules.successor("gemini", model_name) else None,
         )
         with self._lock:
             self._batches[record.id] = record
@@ -1087,7 +1105,9 @@ class GeminiApp:
         if not failure:
             ids = [str(sp.key) for sp in specs]
             keys = [answers.request_key("gemini", model_name, sp.prompt) for sp in specs]
-            record.ledger = self.core.bill("gemini", "batches/" + record.id, ids, keys)
+            record.ledger = self.core.bill(
+                "gemini", "batches/" + record.id, ids, keys, model=model_name.rsplit("/", 1)[-1]
+            )
         return json_response(self._view(record, request.base_url, state_override="PENDING"))
 
     # ---- the realtime endpoint: the same answers and rules, at once
@@ -1117,9 +1137,10 @@ class GeminiApp:
         model_name = model if model.startswith(("models/", "tunedModels/")) else f"models/{model}"
         with self.core.realtime_call():
             rid = self.core.new_id("", 12)
-            answer, _, _ = _render(spec, model_name.rsplit("/", 1)[-1], rid)
+            bare = model_name.rsplit("/", 1)[-1]
+            answer, _, _ = _render(spec, bare, rid)
             key = answers.request_key("gemini", model_name, spec.prompt)
-            self.core.bill_realtime("gemini", key)
+            self.core.bill_realtime("gemini", key, bare, _usage(answer))
         return json_response(answer)
 
     def _batch(self, batch_id: str) -> _Batch:
@@ -1213,8 +1234,29 @@ class GeminiApp:
         gone = batch.n if since is None else min(ran, batch.finished(since))
         if batch.ledger is not None and gone < ran:
             batch.ledger.unbilled = frozenset(range(gone, ran))
+        # A model Google routes to a successor from its shutdown date (model_rules.SCHEDULED:
+        # "requests to gemini-2.5-flash [are routed] to gemini-3.5-flash-lite, billed at the
+        # new model's rates", ai.google.dev/gemini-api/docs/deprecations as read in
+        # November 2026): the requests of a batch sent before the date that run after it
+        # are answered by the successor (its modelVersion, its parameter and token rules)
+        # and billed at its prices (EmulatorCore.routed_since); those run before keep the
+        # model asked for. The page makes no exception for a batch queued before the date.
+        model = batch.model.rsplit("/", 1)[-1]
+        routing = self.core.routed_since("gemini", batch.model, batch.created)
+        switch, successor, alt = batch.n, model, specs
+        if routing is not None and specs:
+            switch = min(ran, batch.finished(routing[0]))
+            successor = routing[1].rsplit("/", 1)[-1]
+            if switch < ran:
+                alt = self._routed_specs(batch, successor) or specs
+                if batch.ledger is not None:
+                    batch.ledger.routed = (switch, successor)
+        usage: list[tuple[int, int, int] | None] = [None] * len(specs)
         for i, spec in enumerate(specs):
             entry: dict[str, Any] = {}
+            answering = model
+            if i >= switch and i < ran and gone > i:
+                spec, answering = alt[i], successor
             if gone <= i < ran and spec.error is None:
                 # Its model was shut down before it ran (EmulatorCore.gone_since). Google's
                 # deprecations page: "Once a model is 'shutdown', it is completely turned off,
@@ -1246,13 +1288,15 @@ class GeminiApp:
                     ]
                 failed += 1
             else:
-                model = batch.model.rsplit("/", 1)[-1]
-                cached = self.caches.gemini(model, spec.signature, spec.prompt_tokens, end)
+                cached = self.caches.gemini(answering, spec.signature, spec.prompt_tokens, end)
                 entry["response"], _, _ = _render(
-                    spec, model, f"{batch.id[:10]}{i:06x}", cached
+                    spec, answering, f"{batch.id[:10]}{i:06x}", cached
                 )
+                usage[i] = _usage(entry["response"])
                 ok += 1
             entries.append((entry, spec))
+        if batch.ledger is not None:
+            batch.ledger.usage = usage
         batch.stats = {
             "requestCount": batch.n,
             "successfulRequestCount": ok,
@@ -1283,8 +1327,37 @@ class GeminiApp:
                 generated=True,
             )
             batch.output = {"responsesFile": f"files/{file_id}"}
-        batch.specs = None
+        batch.specs = batch.source = None
         batch.final, batch.end_time = final, end
+
+    def _routed_specs(self, batch: _Batch, model: str) -> list[_Spec] | None:
+        """The batch's requests built again under ``model``'s rules (its successor's).
+
+        Its thinking, output limit, context window and refused parameters
+        (:class:`_SpecBuilder`): the requests are the same, the model answering them is
+        not. ``None`` when the source is gone (never: it is kept until the batch ends).
+        """
+        if batch.source is None:
+            return None
+        builder = _SpecBuilder(model)
+        if batch.file_input is not None:
+            specs, _ = _plan_file(batch.source, builder)
+            return specs if len(specs) == batch.n else None
+        body = json.loads(batch.source)
+        config = body["batch"]
+        config = config.get("inputConfig", config.get("input_config"))
+        out: list[_Spec] = []
+        for item in config["requests"]["requests"]:
+            try:
+                spec = builder.build(None, item["request"])
+            except _Base64Error as e:  # refused at creation already: not reached
+                spec = _SpecBuilder._failed(None, str(e))
+            meta = item.get("metadata")
+            if meta is not None:
+                spec.metadata = dict(meta)
+                spec.key = meta.get("key")
+            out.append(spec)
+        return out if len(out) == batch.n else None
 
     def _view(
         self, batch: _Batch, base_url: str, state_override: str | None = None

@@ -93,6 +93,7 @@ __all__ = [
     "openai_rules",
     "serve_retired",
     "serves",
+    "successor",
 ]
 
 THOUGHT_TOKENS: Final = {
@@ -825,11 +826,15 @@ def _scheduled(provider: str, name: str) -> tuple[str, str | None] | None:
     return None
 
 
-def routed(provider: str, model: str) -> str:
+def routed(
+    provider: str, model: str, on: dt.date | None = None, serve_retired: bool | None = None
+) -> str:
     """The model that answers for ``model``: its successor once the provider routes it.
 
     Gemini answers the shut-down 2.5 Pro and Flash with gemini-3.8-flash and
-    gemini-3.5-flash-lite (:data:`SCHEDULED`); ``models/`` is kept.
+    gemini-3.5-flash-lite (:data:`SCHEDULED`); ``models/`` is kept. ``on`` and
+    ``serve_retired`` ask as of that date and setting (default: :func:`today` and
+    :func:`serve_retired`'s): ``EmulatorCore.routed_since`` replays past settings.
 
     Examples
     --------
@@ -842,11 +847,25 @@ def routed(provider: str, model: str) -> str:
     """
     prefix = "models/" if provider == "gemini" and model.startswith("models/") else ""
     found = _scheduled(provider, model.removeprefix(prefix))
-    if found is None or found[1] is None or _SERVING_RETIRED[0]:
+    keep = _SERVING_RETIRED[0] if serve_retired is None else serve_retired
+    if found is None or found[1] is None or keep:
         return model
-    if dt.date.fromisoformat(found[0]) > today():
+    if dt.date.fromisoformat(found[0]) > (today() if on is None else on):
         return model
     return prefix + found[1]
+
+
+def successor(provider: str, model: str) -> str | None:
+    """The model the provider routes ``model`` to from its shutdown date, whatever the date.
+
+    Examples
+    --------
+    >>> successor("gemini", "models/gemini-2.5-pro"), successor("openai", "gpt-5-nano")
+    ('gemini-3.8-flash', None)
+    """
+    name = model.removeprefix("models/") if provider == "gemini" else model
+    found = _scheduled(provider, name)
+    return None if found is None else found[1]
 
 
 SERVE_RETIRED_VAR: Final = "BATCHATA_EMULATOR_SERVE_RETIRED"
@@ -887,7 +906,7 @@ def retired(provider: str, model: str, on: dt.date | None = None) -> str | None:
     --------
     >>> retired("anthropic", "claude-3-opus-20240229"), retired("openai", "gpt-4-32k")
     ('2026-01-05', '2025-06-06')
-    >>> retired("gemini", "models/gemini-1.0-pro"), retired("openai", "gpt-4.1-mini")
+    >>> retired("gemini", "models/gemini-1.0-pro"), retired("openai", "gpt-5.4-mini")
     ('2025-09-24', None)
     >>> retired("openai", "ft:gpt-3.5-turbo-0613:acme::abc123")
     '2024-09-13'
@@ -934,11 +953,11 @@ def serves(
 
     Examples
     --------
-    >>> serves("openai", "gpt-4.1-mini"), serves("anthropic", "gpt-4.1-mini")
+    >>> serves("openai", "gpt-5.4-mini"), serves("anthropic", "gpt-5.4-mini")
     (True, False)
-    >>> serves("gemini", "models/gemini-2.5-flash"), serves("gemini", "claude-haiku-4-5")
+    >>> serves("gemini", "models/gemini-3.5-flash"), serves("gemini", "claude-haiku-4-5")
     (True, False)
-    >>> serves("openai", "ft:gpt-4.1-mini-2025-04-14:acme::abc123")
+    >>> serves("openai", "ft:gpt-5.4-mini-2026-03-17:acme::abc123")
     True
     """
     if model == answers.UNKNOWN_MODEL or not model.strip():

@@ -25,6 +25,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 
+from batchata_df.emulator import model_rules
+
 __all__ = ["BATCH_SHARE", "billed_usd"]
 
 BATCH_SHARE = Decimal("0.5")
@@ -63,7 +65,9 @@ def billed_usd(
         output_tokens=output_tokens,
     )
     provider_id = _PROVIDER_IDS.get(provider, provider)
-    now = datetime.now(tz=UTC)
+    # genai-prices' dated prices are read at the emulator's date (model_rules.today:
+    # BATCHATA_DF_TODAY, else today's UTC date), as the client's batchata_df.cost does.
+    now = datetime.combine(model_rules.today(), datetime.now(tz=UTC).time(), UTC)
     standard = calc_price(
         usage, model_ref=model, provider_id=provider_id, genai_request_timestamp=now
     )

@@ -25,8 +25,9 @@ Control endpoints (no auth, never logged)
     retry_count, fault}``. ``auth`` only says whether a credential (header or ``?key=``-like
     query parameter) was present; key values are never stored: credential query
     parameters are logged as ``key=REDACTED``. ``status`` is 0 when a fault dropped the connection.
-``GET /_emulator/billing``
-    The billing ledger: one ``{provider, batch_id, custom_id, mode, request}`` per request
+``GET /_emulator/billing[?usd=1]``
+    The billing ledger: one ``{provider, batch_id, custom_id, mode, request, model}`` (with
+    ``usd=1`` also ``usd``, :meth:`EmulatorCore.billing`) per request
     of every batch the provider accepted (a cancelled or expired batch: only the requests
     that ran; Anthropic: not its ``errored`` requests, which it does not bill) and per
     answered realtime request (``mode="realtime"``, no batch or custom
@@ -84,6 +85,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import importlib
 import itertools
@@ -898,6 +900,21 @@ class LedgerEntry:
     ("Request encountered an error and a message was not created. [...] You will not be
     billed for these requests.", https://platform.claude.com/docs/en/build-with-claude/
     batch-processing, "Retrieving batch results")."""
+    model: str | None = None
+    """The model the requests were sent to (billed at its prices unless :attr:`routed`)."""
+    routed: tuple[int, str] | None = None
+    """``(position, successor)``: the requests from that position on were answered, and are
+    billed, by the successor (``EmulatorCore.routed_since``)."""
+    usage: list[tuple[int, int, int] | None] | None = None
+    """Per request, the usage it was answered with, ``(input, output, cached)`` tokens
+    (``None``: not answered yet, or not recorded): what :meth:`EmulatorCore.billing` prices
+    with ``usd=True``. Recorded by the Gemini app."""
+
+    def model_at(self, position: int) -> str | None:
+        """The model billed for the request at ``position``."""
+        if self.routed is not None and position >= self.routed[0]:
+            return self.routed[1]
+        return self.model
 
 
 def _credentials(request: Request) -> list[str]:
@@ -1096,6 +1113,33 @@ class EmulatorCore:
                 return max(since, created)
         return None
 
+    def routed_since(
+        self, provider: str, model: str, created: float
+    ) -> tuple[float, str] | None:
+        """When ``model``, in a batch created at ``created``, began to be routed, and to what.
+
+        ``(since, successor)``; ``None`` while the model answers itself.
+
+        The routed counterpart of :meth:`gone_since`, read the same way: from the FIRST
+        moment since the batch's creation that the settings in force route the model
+        (:func:`~batchata_df.emulator.model_rules.routed`), the requests it had not run by
+        then are answered, and billed, by the successor. Google's page says requests to
+        a routed model are answered by the replacement from its shutdown date, "billed at
+        the new model's rates" (model_rules.SCHEDULED cites the reads); it does not carve
+        out batches queued before the date, so none is made. Requests run before the
+        date keep the model asked for.
+        """
+        log = tuple(self._served_log)
+        first = 0
+        for i, (since, _, _) in enumerate(log):
+            if since <= created:
+                first = i
+        for since, day, keep in log[first:]:
+            answering = model_rules.routed(provider, model, on=_day(day), serve_retired=keep)
+            if answering != model:
+                return max(since, created), answering
+        return None
+
     # ---- billing
 
     def bill(
@@ -1104,30 +1148,47 @@ class EmulatorCore:
         batch_id: str,
         custom_ids: list[str],
         requests: list[str] | None = None,
+        model: str | None = None,
     ) -> LedgerEntry:
         """Record the requests of a batch the provider accepted (and so will bill).
 
         The returned entry's ``ran`` is set when a cancel or expiry ends the batch with only
         its first ``ran`` requests executed; until then every accepted request counts.
-        ``requests`` are the requests' :func:`~batchata_df.emulator.answers.request_key` s.
+        ``requests`` are the requests' :func:`~batchata_df.emulator.answers.request_key` s;
+        ``model`` the model they were sent to (bare, as the provider prices it).
         """
-        entry = LedgerEntry(provider, batch_id, list[str | None](custom_ids), requests=requests)
+        entry = LedgerEntry(
+            provider, batch_id, list[str | None](custom_ids), requests=requests, model=model
+        )
         with self._lock:
             self._ledger.append(entry)
         return entry
 
-    def bill_realtime(self, provider: str, request_key: str) -> None:
+    def bill_realtime(
+        self,
+        provider: str,
+        request_key: str,
+        model: str | None = None,
+        usage: tuple[int, int, int] | None = None,
+    ) -> None:
         """Record one answered realtime request (billed at the standard price)."""
-        entry = LedgerEntry(provider, None, [None], requests=[request_key], mode="realtime")
+        entry = LedgerEntry(
+            provider, None, [None], requests=[request_key], mode="realtime", model=model,
+            usage=None if usage is None else [usage],
+        )  # fmt: skip
         with self._lock:
             self._ledger.append(entry)
 
-    def billing(self) -> list[dict[str, object]]:
+    def billing(self, usd: bool = False) -> list[dict[str, object]]:
         """Every billed request, in acceptance order.
 
-        ``{provider, batch_id, custom_id, mode, request}``: realtime requests have no batch
-        id or custom id; ``request`` (:func:`~batchata_df.emulator.answers.request_key`)
-        names what was asked in either mode.
+        ``{provider, batch_id, custom_id, mode, request, model}``: realtime requests have
+        no batch id or custom id; ``request`` (:func:`~batchata_df.emulator.answers.request_key`)
+        names what was asked in either mode; ``model`` the model billed (the successor for
+        a request a routed model's successor answered; ``None`` where not recorded). With
+        ``usd``, also ``usd``: what the request is billed
+        (:func:`~batchata_df.emulator.pricing.billed_usd` of ``model`` and the usage it
+        was answered with; ``None`` where the usage is not recorded: only Gemini's is).
         """
         with self._lock:
             entries = list(self._ledger)
@@ -1140,10 +1201,18 @@ class EmulatorCore:
             for i, (cid, key) in enumerate(zip(e.custom_ids[:n], keys[:n], strict=True)):
                 if i in e.unbilled:
                     continue
-                out.append(
-                    {"provider": e.provider, "batch_id": e.batch_id, "custom_id": cid,
-                     "mode": e.mode, "request": key}
-                )  # fmt: skip
+                model = e.model_at(i)
+                item: dict[str, object] = {
+                    "provider": e.provider, "batch_id": e.batch_id, "custom_id": cid,
+                    "mode": e.mode, "request": key, "model": model,
+                }  # fmt: skip
+                if usd:
+                    used = e.usage[i] if e.usage is not None and i < len(e.usage) else None
+                    item["usd"] = (
+                        None if used is None or model is None
+                        else _billed_usd(e.provider, model, *used, e.mode, model_rules.today())
+                    )  # fmt: skip
+                out.append(item)
         return out
 
     # ---- realtime endpoints
@@ -1322,7 +1391,7 @@ class EmulatorCore:
             if name == "faults":
                 return self._control_faults(request)
             if name == "billing" and method == "GET":
-                return json_response(self.billing())
+                return json_response(self.billing(usd=request.query.get("usd") == "1"))
             if name == "realtime" and method == "GET":
                 return json_response(self.realtime_stats())
             if name == "config":
@@ -1455,6 +1524,20 @@ class EmulatorCore:
     def close(self) -> None:
         """Release resources (the blob folder)."""
         self.blobs.close()
+
+
+@functools.lru_cache(maxsize=4096)
+def _billed_usd(
+    provider: str, model: str, inp: int, out: int, cached: int, mode: str, day: dt.date
+) -> float:
+    # ``day``: billed_usd reads genai-prices' dated prices at model_rules.today(), so it
+    # is part of the key (a later ``today`` may price the same usage otherwise).
+    from batchata_df.emulator.pricing import billed_usd
+
+    del day
+    return billed_usd(
+        provider, model, input_tokens=inp, output_tokens=out, cached_tokens=cached, mode=mode
+    )
 
 
 def _day(today: str) -> dt.date:

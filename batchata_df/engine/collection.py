@@ -33,6 +33,7 @@ __all__ = [
     "TRUNCATED_ADVICE",
     "Collector",
     "UNMATCHED_PREFIX",
+    "answered_by_expr",
     "holds_any",
     "outcomes_and_unmatched",
     "outcomes_to_events",
@@ -137,7 +138,7 @@ def outcomes_and_unmatched(
         unmatched = results.join(ids, on="job_id", how="anti").filter(
             pl.col("input_tokens").is_not_null() | pl.col("output_tokens").is_not_null()
         )
-    for optional in ("citations", "response"):  # results built without optional columns
+    for optional in ("citations", "response", "model"):  # results without optional columns
         if optional not in joined.columns:
             joined = joined.with_columns(pl.lit(None, dtype=pl.String).alias(optional))
     succeeded = joined.filter(pl.col("outcome") == "succeeded")
@@ -244,6 +245,7 @@ def outcomes_and_unmatched(
         pl.col("text").alias("raw"),
         # The provider's own result line (RequestSpec.keep_responses; else null).
         "response",
+        answered_by_expr(provider, model).alias("answered_by"),
         *(
             []
             if decoded is None
@@ -253,19 +255,47 @@ def outcomes_and_unmatched(
     return events, unmatched
 
 
+def answered_by_expr(provider: str | None, model: str | None) -> pl.Expr:
+    """The model that answered a row when it is not ``model`` (the one asked), else null.
+
+    Read from the results' ``model`` (Gemini's ``modelVersion``): Google answers the
+    requests of a routed model with its successor from the routing date on, billed at the
+    successor's rates (:data:`batchata_df.models.SCHEDULED`), including the requests of a
+    batch sent before the date that run after it. ``models/`` is not part of the name.
+
+    Examples
+    --------
+    >>> df = pl.DataFrame({"model": ["gemini-2.5-pro", "models/gemini-3.8-flash", None]})
+    >>> df.select(answered_by_expr("gemini", "gemini-2.5-pro")).to_series().to_list()
+    [None, 'gemini-3.8-flash', None]
+    """
+    said = pl.col("model").str.strip_prefix("models/")
+    if model is None:
+        return pl.lit(None, dtype=pl.String)
+    asked = model.removeprefix("models/") if provider == "gemini" else model
+    return pl.when(said != asked).then(said)
+
+
 UNMATCHED_PREFIX = "unmatched:"
 """Job ids of billed result lines no row could be given: ``unmatched:<batch_key>:<n>``
 (never a row's id: those are hex digests). Their usage and cost count as spent."""
 
 
 def unmatched_events(
-    unmatched: pl.DataFrame, *, batch_key: str, provider_batch_id: str
+    unmatched: pl.DataFrame,
+    *,
+    batch_key: str,
+    provider_batch_id: str,
+    provider: str | None = None,
+    model: str | None = None,
 ) -> pl.DataFrame:
     """Terminal events keeping the usage of billed result lines that matched no row.
 
     One ``failed`` event per line (:data:`UNMATCHED_PREFIX` ids, ``mode`` batch), its
     tokens and text kept: the provider billed it, so the cost computed from them counts
     under ``max_cost_usd`` and in ``batchata-df status`` / ``sql`` like any other answer's.
+    With the batch's ``provider`` and ``model``, a line answered by another model says so
+    (``answered_by``, :func:`answered_by_expr`), and is priced at it.
 
     Examples
     --------
@@ -277,6 +307,10 @@ def unmatched_events(
     ('unmatched:k:0', 'failed', 12, 'hi')
     >>> ev["error"][0][:60]
     'unmatched_result: a result line of batch batch_1 carried the'
+    >>> said = line.with_columns(model=pl.lit("gemini-3.8-flash"))
+    >>> unmatched_events(said, batch_key="k", provider_batch_id="b", provider="gemini",
+    ...                  model="gemini-2.5-pro")["answered_by"].to_list()
+    ['gemini-3.8-flash']
     """
     ids = [f"{UNMATCHED_PREFIX}{batch_key}:{i}" for i in range(unmatched.height)]
     seen = pl.col("job_id").fill_null("(none)")
@@ -305,6 +339,11 @@ def unmatched_events(
         pl.col("text").alias("raw"),
         *([pl.col("response")] if "response" in unmatched.columns else []),
         pl.lit("batch").alias("mode"),
+        *(
+            [answered_by_expr(provider, model).alias("answered_by")]
+            if "model" in unmatched.columns
+            else []
+        ),
     )
 
 
@@ -563,6 +602,7 @@ class Collector:
                 unmatched_events(
                     unmatched, batch_key=batch.batch_key,
                     provider_batch_id=batch.provider_batch_id,
+                    provider=batch.provider, model=batch.model,
                 ),
                 batch_key=batch.batch_key,
                 provider=batch.provider,

@@ -11,8 +11,9 @@ from typing import Any
 
 import polars as pl
 
-from batchata_df.cost import cost_expr, with_usage_columns
+from batchata_df.cost import Price, cost_expr, with_usage_columns
 from batchata_df.engine.run import BatchPhase, InFlightBatch, RunContext, RunState
+from batchata_df.errors import UnpricedAnswerWarning, warn_user
 from batchata_df.state import TERMINAL_JOB
 
 __all__ = ["Ledger"]
@@ -23,6 +24,7 @@ class Ledger:
 
     def __init__(self, ctx: RunContext, state: RunState) -> None:
         self.ctx, self.state = ctx, state
+        self._unpriced_said: set[tuple[str, str]] = set()
 
     def terminal(
         self,
@@ -47,8 +49,21 @@ class Ledger:
             pl.lit(model, dtype=pl.String).alias("model"),
             pl.lit(provider_batch_id, dtype=pl.String).alias("provider_batch_id"),
         )
+        unpriced: list[tuple[str, int]] = []
         if "input_tokens" in frame.columns:
-            frame = with_usage_columns(frame).with_columns(cost_expr(price).alias("cost_usd"))
+            priced, unpriced = self._answered_prices(frame, provider, price)
+
+            def row_cost() -> pl.Expr:
+                # Each row at the price of the model that answered it (answered_by, set
+                # when the provider routed the request to another model), else the
+                # model's own.
+                expr = cost_expr(price)
+                for name, other in priced.items():
+                    answered = pl.col("answered_by") == name
+                    expr = pl.when(answered).then(cost_expr(other)).otherwise(expr)
+                return expr
+
+            frame = with_usage_columns(frame).with_columns(row_cost().alias("cost_usd"))
             # What the same usage would have cost without the prompt cache (cache reads and
             # writes at the input rate): "saved by caching" (negative if writes went unread).
             uncached = with_usage_columns(
@@ -56,7 +71,7 @@ class Ledger:
                     pl.col("cached_tokens").fill_null(0) * 0,
                     pl.col("cache_write_tokens").fill_null(0) * 0,
                 )
-            ).select(cost_expr(price)).to_series()
+            ).select(row_cost()).to_series()
             frame = frame.with_columns(
                 pl.when(pl.col("cost_usd").is_not_null())
                 .then(uncached - pl.col("cost_usd"))
@@ -75,7 +90,50 @@ class Ledger:
             self.state.cost += added
             saved = frame.get_column("cache_saved_usd").fill_null(0.0).sum()
             self.state.cache_saved += float(saved)
+        for name, n in unpriced:  # said once the events are stored
+            if provider is not None and model is not None:
+                self._say_unpriced(provider, model, name, n)
         return added
+
+    def _answered_prices(
+        self, frame: pl.DataFrame, provider: str | None, price: Price | None
+    ) -> tuple[dict[str, Price], list[tuple[str, int]]]:
+        """Prices of the models that answered rows instead of the one asked, and the rest.
+
+        ``answered_by`` names them; those without a known price come back with their row
+        counts.
+
+        A row answered by a model without a known price stays at the price of the model
+        asked for (what the cap reserved for it: a null cost would count as free), and
+        the call warns (:class:`~batchata_df.errors.UnpricedAnswerWarning`).
+        """
+        if provider is None or "answered_by" not in frame.columns:
+            return {}, []
+        names = frame.get_column("answered_by")
+        if names.null_count() == names.len():
+            return {}, []
+        priced: dict[str, Price] = {}
+        unpriced: list[tuple[str, int]] = []
+        for name, rows in names.drop_nulls().value_counts(sort=True).iter_rows():
+            found = self.ctx.prices.get(provider, str(name))
+            if found is not None:
+                priced[str(name)] = found
+            elif price is not None:
+                unpriced.append((str(name), int(rows)))
+        return priced, unpriced
+
+    def _say_unpriced(self, provider: str, model: str, name: str, rows: int) -> None:
+        if (model, name) in self._unpriced_said:
+            return
+        self._unpriced_said.add((model, name))
+        msg = (
+            f"{rows} row{'s' if rows != 1 else ''} sent to {model!r} were answered by "
+            f"{name!r} (the provider routed {model!r} to it), whose price is not known: "
+            f"their _cost_usd is at {model!r}'s price, which may differ from what the "
+            f"provider bills; pass prices={{{name!r}: (input_usd_per_mtok, "
+            "output_usd_per_mtok)} (batch prices) to price them at its own"
+        )
+        warn_user(msg, UnpricedAnswerWarning)
 
     def fail_unrun(
         self,

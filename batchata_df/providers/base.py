@@ -230,6 +230,10 @@ RESULTS = pl.Schema(
         "reasoning_tokens": pl.Int64(),  # the thinking part of output_tokens
         "citations": pl.String(),  # JSON {"field": [citation, ...]}; null without citations
         "response": pl.String(),  # the provider's own result line for the request, verbatim
+        # The model that answered as the response names it (Gemini's ``modelVersion``);
+        # null where not read. It differs from the model asked for when the provider
+        # routed it to a successor (engine.collection prices the row at it).
+        "model": pl.String(),
     }
 )
 """Normalized per-request results that every provider's ``results`` returns."""
@@ -246,7 +250,7 @@ def conform_results(frame: pl.DataFrame) -> pl.DataFrame:
     Examples
     --------
     >>> conform_results(pl.DataFrame({"job_id": ["a"]})).columns[-1]
-    'response'
+    'model'
     """
     return frame.select(
         pl.col(name).cast(dtype) if name in frame.columns else pl.lit(None, dtype).alias(name)

@@ -147,6 +147,9 @@ _LINE_SCHEMA = pl.Schema(
                         "thoughtsTokenCount": pl.Int64(),
                     }
                 ),
+                # google-genai 3.6.1 types.GenerateContentResponse.model_version: "The
+                # model version used to generate the response".
+                "modelVersion": pl.String(),
             }
         ),
         "error": pl.Struct({"code": pl.Int64(), "message": pl.String()}),
@@ -1022,7 +1025,8 @@ def decode_lines(data: Download, *, responses: bool = False) -> pl.DataFrame:
     ``thoughtsTokenCount`` (thinking is billed as output, and ``candidatesTokenCount``
     leaves it out: google-genai 3.6.1 ``types.py`` ``GenerateContentResponseUsageMetadata``,
     whose total is prompt + candidates + tool-use prompt + thoughts), reasoning =
-    ``thoughtsTokenCount``, cached = ``cachedContentTokenCount``.
+    ``thoughtsTokenCount``, cached = ``cachedContentTokenCount``; ``model`` =
+    ``modelVersion`` (the model that answered).
     """
     data = strip_ends(data)  # data.strip() without copying the download to drop its "\n"
     if not data:
@@ -1121,5 +1125,9 @@ def decode_lines(data: Download, *, responses: bool = False) -> pl.DataFrame:
         .then(usage.struct.field("thoughtsTokenCount").fill_null(0))
         .alias("reasoning_tokens"),
         *([pl.col(LINE_COLUMN).alias("response")] if responses else []),
+        # The model that answered: Google answers a routed model's requests with its
+        # successor from the routing date on, "billed at the new model's rates"
+        # (batchata_df.models.SCHEDULED), so a row is priced at this model.
+        resp.struct.field("modelVersion").alias("model"),
     )
     return conform_results(out)

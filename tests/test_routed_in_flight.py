@@ -1,0 +1,308 @@
+"""A routed model's batch caught in flight at the routing date: answered and billed by the
+successor from then on, and priced so by the client.
+
+Google routes gemini-2.5-flash to gemini-3.5-flash-lite and gemini-2.5-pro to
+gemini-3.8-flash from 2026-12-01, "billed at the new model's rates" (the reads of
+https://ai.google.dev/gemini-api/docs/deprecations cited in ``batchata_df.models.SCHEDULED``
+and ``emulator.model_rules.SCHEDULED``). A batch sent on 2026-11-30 may run past the date
+(its window is 48 h). Two gaps, both closed here:
+
+1. the emulator answered every request of such a batch with the old model at its prices:
+   now the requests it runs once ``today`` reached the date are answered by the successor
+   (its ``modelVersion``, its rules, its prices in ``emu.billing()``); those run before
+   keep the old model, as strict as Google (``EmulatorCore.routed_since``);
+2. the client priced every Gemini result at the requested model: now at the model the
+   response's ``modelVersion`` names (``_cost_usd``, the cap, the bill, the DuckDB views),
+   recorded in the job events' ``answered_by``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import polars as pl
+import pytest
+from google import genai
+
+from batchata_df import batch_llm, sql
+from batchata_df import models as client_models
+from batchata_df.cost import PriceTable
+from batchata_df.emulator.pricing import billed_usd
+from batchata_df.models import TODAY_VAR
+from batchata_df.state import spent_usd
+
+OLD, NEW = "gemini-2.5-flash", "gemini-3.5-flash-lite"
+# The client's tests: 2.5 Pro and its successor differ in every rate (2.5 Flash and
+# 3.5 Flash-Lite only in the cached one).
+PRO, PRO_NEW = "gemini-2.5-pro", "gemini-3.8-flash"
+ROWS = pl.DataFrame({"text": [f"row {i}: say something" for i in range(4)]})
+
+
+@pytest.fixture
+def on(emu, monkeypatch):
+    """Set the date for the client and the emulator, as against Google itself."""
+    monkeypatch.setattr(client_models, "_custom_endpoint", lambda provider: False)
+
+    def set_date(date: str) -> None:
+        monkeypatch.setenv(TODAY_VAR, date)
+        emu.configure(today=date)
+
+    return set_date
+
+
+def _src(n: int) -> list[dict[str, object]]:
+    return [{"contents": [{"parts": [{"text": f"row {i}"}], "role": "user"}],
+             "metadata": {"key": f"r{i}"}} for i in range(n)]  # fmt: skip
+
+
+# -- 1. the emulator, through the official SDK ---------------------------------------------
+
+
+@pytest.mark.parametrize(("model", "successor"), [(OLD, NEW), ("gemini-2.5-pro", PRO_NEW)])
+def test_requests_run_after_the_routing_date_are_answered_and_billed_by_the_successor(
+    emu, model, successor
+) -> None:
+    gem = genai.Client()
+    # latency 60 s: the 4 requests finish at 19.5, 33, 46.5 and 60 s (10 % pending, then
+    # evenly): one has run when the date comes at 30 s.
+    emu.configure(latency=60.0, today="2026-11-30")
+    job = gem.batches.create(model=model, src=_src(4))  # type: ignore[arg-type]
+    emu.advance(30)
+    emu.configure(today="2026-12-01")
+    emu.advance(60)
+    done = gem.batches.get(name=str(job.name))
+    assert done.dest is not None and done.dest.inlined_responses
+    seen = []
+    for item in done.dest.inlined_responses:
+        assert item.response is not None, item.error
+        seen.append(item.response.model_version)
+    assert seen == [model, successor, successor, successor]
+    bills = emu.billing(usd=True)
+    assert [(b["custom_id"], b["model"]) for b in bills] == [
+        ("r0", model), ("r1", successor), ("r2", successor), ("r3", successor)]
+    # Each at its answering model's batch price for the usage it was answered with.
+    for item, bill in zip(done.dest.inlined_responses, bills, strict=True):
+        assert item.response is not None and item.response.usage_metadata is not None
+        use = item.response.usage_metadata
+        assert bill["usd"] == pytest.approx(billed_usd(
+            "gemini", str(bill["model"]), input_tokens=use.prompt_token_count or 0,
+            output_tokens=(use.candidates_token_count or 0) + (use.thoughts_token_count or 0),
+            cached_tokens=use.cached_content_token_count or 0), rel=1e-12)  # fmt: skip
+        assert bill["usd"] > 0
+
+
+def test_a_batch_finished_before_the_date_keeps_the_model_asked_for(emu) -> None:
+    gem = genai.Client()
+    emu.configure(latency=60.0, today="2026-11-30")
+    job = gem.batches.create(model=OLD, src=_src(3))  # type: ignore[arg-type]
+    emu.advance(61)  # done on 2026-11-30 ...
+    emu.configure(today="2026-12-01")  # ... read on 2026-12-01
+    done = gem.batches.get(name=str(job.name))
+    assert done.dest is not None and done.dest.inlined_responses
+    assert [r.response.model_version for r in done.dest.inlined_responses
+            if r.response is not None] == [OLD] * 3  # fmt: skip
+    assert [b["model"] for b in emu.billing()] == [OLD] * 3
+
+
+def test_the_successors_rules_apply_to_the_requests_it_answers(emu) -> None:
+    # Without a thinking config gemini-2.5-flash thinks dynamically and
+    # gemini-3.5-flash-lite at its default level (model_rules.gemini_thoughts): the same
+    # requests, answered under each model's rules, report each model's thinking.
+    from batchata_df.emulator import model_rules
+
+    gem = genai.Client()
+    emu.configure(latency=60.0, today="2026-11-30")
+    job = gem.batches.create(model=OLD, src=_src(4))  # type: ignore[arg-type]
+    emu.advance(30)
+    emu.configure(today="2026-12-01")
+    emu.advance(60)
+    done = gem.batches.get(name=str(job.name))
+    assert done.dest is not None and done.dest.inlined_responses
+    out = [(r.response.model_version, r.response.usage_metadata.thoughts_token_count or 0)
+           for r in done.dest.inlined_responses
+           if r.response is not None and r.response.usage_metadata is not None]  # fmt: skip
+    old, new = model_rules.gemini_thoughts(OLD, {}), model_rules.gemini_thoughts(NEW, {})
+    assert old != new
+    assert out == [(OLD, old), (NEW, new), (NEW, new), (NEW, new)]
+
+
+# -- 2. the client prices each row at the model that answered it -------------------------
+
+
+def _run(**kw: object) -> pl.DataFrame:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the shutdown warning: tests/test_model_shutdowns.py
+        return ROWS.pipe(batch_llm, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["in_memory", "streamed"])
+def test_the_client_prices_each_row_at_the_model_that_answered_it(
+    on, emu, tmp_path, streamed
+) -> None:
+    emu.configure(latency=60.0)
+    on("2026-11-30")
+    state = tmp_path / "s"
+    kw = {"model": PRO, "prompt": "{text}", "state": state, "progress": False,
+          "params": {"max_tokens": 2000}}  # fmt: skip
+    first = _run(wait=False, **kw)
+    assert first["_status"].to_list() == ["pending"] * 4
+    emu.advance(30)  # one request has run on gemini-2.5-flash ...
+    on("2026-12-01")  # ... when Google routes it to gemini-3.5-flash-lite
+    emu.advance(60)
+    if streamed:
+        sink = tmp_path / "out.parquet"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            lazy = batch_llm(ROWS.lazy(), sink=sink, **kw)  # type: ignore[arg-type]
+        out = lazy.collect()  # type: ignore[union-attr]
+    else:
+        out = _run(**kw)
+    assert out["_status"].to_list() == ["completed"] * 4, out["_error"].to_list()
+    bills = {b["custom_id"]: b for b in emu.billing(usd=True)}
+    assert sorted(bills) == sorted(out["_job_id"].to_list())
+    assert [bills[j]["model"] for j in out["_job_id"]] == [PRO, PRO_NEW, PRO_NEW, PRO_NEW]
+    # Each row's cost is what Google bills for it; so is the bill and the folder's spend.
+    for job_id, cost in zip(out["_job_id"], out["_cost_usd"], strict=True):
+        assert cost == pytest.approx(bills[job_id]["usd"], rel=1e-9), job_id
+    billed = sum(float(b["usd"]) for b in bills.values())
+    assert out["_cost_usd"].sum() == pytest.approx(billed, rel=1e-9)
+    assert spent_usd(state) == pytest.approx(billed, rel=1e-9)
+    # The old model's price would have differed (else this test proves nothing).
+    old = PriceTable().get("gemini", PRO)
+    new = PriceTable().get("gemini", PRO_NEW)
+    assert old is not None and new is not None and old.output != new.output
+    # Which model answered: in the job events (the DuckDB view job_events).
+    seen = sql("SELECT job_id, model, answered_by, cost_usd FROM job_events "
+               "WHERE status = 'completed'", state)
+    by_id = {r["job_id"]: r for r in seen.iter_rows(named=True)}
+    assert [by_id[j]["answered_by"] for j in out["_job_id"]] == [None, PRO_NEW, PRO_NEW, PRO_NEW]
+    assert {r["model"] for r in by_id.values()} == {PRO}
+    assert sum(r["cost_usd"] for r in by_id.values()) == pytest.approx(billed, rel=1e-9)
+    # ... and the jobs view (a streamed run's from its summary, else grouped from events).
+    jobs = {r["job_id"]: r for r in sql("SELECT * FROM jobs", state).iter_rows(named=True)}
+    assert [jobs[j]["answered_by"] for j in out["_job_id"]] == [None, PRO_NEW, PRO_NEW, PRO_NEW]
+    assert sum(r["cost_usd"] for r in jobs.values()) == pytest.approx(billed, rel=1e-9)
+
+
+def test_a_batch_finished_before_the_date_is_priced_at_the_model_asked_for(
+    on, emu, tmp_path
+) -> None:
+    emu.configure(latency=60.0)
+    on("2026-11-30")
+    state = tmp_path / "s"
+    kw = {"model": PRO, "prompt": "{text}", "state": state, "progress": False,
+          "params": {"max_tokens": 2000}}  # fmt: skip
+    _run(wait=False, **kw)
+    emu.advance(61)  # done before the date
+    on("2026-12-01")
+    out = _run(**kw)
+    assert out["_status"].to_list() == ["completed"] * 4, out["_error"].to_list()
+    bills = emu.billing(usd=True)
+    assert {b["model"] for b in bills} == {PRO}
+    assert out["_cost_usd"].sum() == pytest.approx(sum(float(b["usd"]) for b in bills), rel=1e-9)
+    seen = sql("SELECT answered_by FROM job_events WHERE status = 'completed'", state)
+    assert seen["answered_by"].to_list() == [None] * 4
+
+
+def _as_old_parts(state: Path) -> int:
+    """Rewrite the folder's job parts as a version before ``answered_by`` wrote them."""
+    n = 0
+    for part in sorted((state / "jobs").glob("part-*.parquet")):
+        frame = pl.read_parquet(part)
+        if "answered_by" in frame.columns:
+            meta = pl.read_parquet_metadata(part)
+            frame.drop("answered_by").write_parquet(part, metadata=meta)
+            n += 1
+    return n
+
+
+def test_a_folder_with_parts_written_before_answered_by_reads_and_collects(
+    on, emu, tmp_path
+) -> None:
+    # The sent rows' parts come from an older version (no answered_by column); the
+    # results' parts have it: the folder reads as one, the old events' answered_by null.
+    emu.configure(latency=60.0)
+    on("2026-11-30")
+    state = tmp_path / "s"
+    kw = {"model": PRO, "prompt": "{text}", "state": state, "progress": False,
+          "params": {"max_tokens": 2000}}  # fmt: skip
+    _run(wait=False, **kw)
+    assert _as_old_parts(state) >= 1
+    emu.advance(30)
+    on("2026-12-01")
+    emu.advance(60)
+    out = _run(**kw)
+    assert out["_status"].to_list() == ["completed"] * 4, out["_error"].to_list()
+    billed = sum(float(b["usd"]) for b in emu.billing(usd=True))
+    assert out["_cost_usd"].sum() == pytest.approx(billed, rel=1e-9)
+    seen = sql("SELECT status, answered_by FROM job_events ORDER BY seq", state)
+    assert seen.filter(pl.col("status") == "assigned")["answered_by"].to_list() == [None] * 4
+    done = seen.filter(pl.col("status") == "completed")["answered_by"].to_list()
+    assert sorted(done, key=str) == sorted([None, PRO_NEW, PRO_NEW, PRO_NEW], key=str)
+    # Read again (every part old now): the same rows, the same costs, nothing sent.
+    _as_old_parts(state)
+    posts = len([e for e in emu.log() if e["method"] == "POST"])
+    again = _run(**kw)
+    assert again["_cost_usd"].to_list() == out["_cost_usd"].to_list()
+    assert len([e for e in emu.log() if e["method"] == "POST"]) == posts
+    assert spent_usd(state) == pytest.approx(billed, rel=1e-9)
+
+
+def test_an_answering_model_without_a_known_price_is_priced_as_the_model_asked_and_said(
+    on, emu, tmp_path, monkeypatch
+) -> None:
+    # No price known for the successor (a model newer than genai-prices' snapshot): the
+    # rows it answered cost what the model asked for would (what the cap reserved; a
+    # null cost would count as free), and the call says so, naming the fix; with the fix
+    # they cost what Google bills.
+    from batchata_df import UnpricedAnswerWarning
+    from batchata_df import cost as cost_module
+
+    real = cost_module._lookup
+    monkeypatch.setattr(cost_module, "_lookup", lambda provider, model, processing="batch": (
+        None if model == PRO_NEW else real(provider, model, processing)))  # fmt: skip
+    emu.configure(latency=60.0)
+    on("2026-11-30")
+    kw = {"model": PRO, "prompt": "{text}", "progress": False, "params": {"max_tokens": 2000}}
+
+    def run(state: Path, **more: object) -> pl.DataFrame:
+        emu.configure(today="2026-11-30")
+        on("2026-11-30")
+        _run(wait=False, state=state, **kw, **more)
+        emu.advance(30)
+        on("2026-12-01")
+        emu.advance(60)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = ROWS.pipe(batch_llm, state=state, **kw, **more)  # type: ignore[arg-type]
+        said = [str(w.message) for w in caught if w.category is UnpricedAnswerWarning]
+        return out.with_columns(pl.lit("\n".join(said)).alias("said"))
+
+    out = run(tmp_path / "a")
+    assert out["_status"].to_list() == ["completed"] * 4, out["_error"].to_list()
+    assert out["said"][0] == (
+        "3 rows sent to 'gemini-2.5-pro' were answered by 'gemini-3.8-flash' (the provider "
+        "routed 'gemini-2.5-pro' to it), whose price is not known: their _cost_usd is at "
+        "'gemini-2.5-pro''s price, which may differ from what the provider bills; pass "
+        "prices={'gemini-3.8-flash': (input_usd_per_mtok, output_usd_per_mtok)} (batch "
+        "prices) to price them at its own")
+    old = PriceTable().get("gemini", PRO)
+    assert old is not None
+    rows = sql("SELECT job_id, input_tokens, output_tokens, cached_tokens, cost_usd, "
+               "answered_by FROM job_events WHERE status = 'completed'", tmp_path / "a")
+    for r in rows.iter_rows(named=True):
+        by_hand = ((r["input_tokens"] - r["cached_tokens"]) * old.input
+                   + r["cached_tokens"] * (old.cached_input or 0)
+                   + r["output_tokens"] * old.output) / 1e6  # fmt: skip
+        assert r["cost_usd"] == pytest.approx(by_hand, rel=1e-9), r
+    assert sorted(rows["answered_by"].to_list(), key=str) == sorted(
+        [None, PRO_NEW, PRO_NEW, PRO_NEW], key=str)
+    # The fix: its batch price given (genai-prices' standard rate halved, no cache read
+    # in these short prompts).
+    emu.reset()
+    fixed = run(tmp_path / "b", prices={PRO_NEW: (0.375, 1.875)})
+    assert fixed["said"][0] == ""
+    bills = {b["custom_id"]: b for b in emu.billing(usd=True)}
+    for job_id, cost in zip(fixed["_job_id"], fixed["_cost_usd"], strict=True):
+        assert cost == pytest.approx(bills[job_id]["usd"], rel=1e-9), job_id
