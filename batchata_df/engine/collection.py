@@ -8,6 +8,8 @@ hands batches refused for a queue limit to the :class:`~batchata_df.engine.plann
 
 from __future__ import annotations
 
+import re
+
 import polars as pl
 
 from batchata_df.engine.admission import Admission
@@ -261,19 +263,30 @@ def answered_by_expr(provider: str | None, model: str | None) -> pl.Expr:
     Read from the results' ``model`` (Gemini's ``modelVersion``): Google answers the
     requests of a routed model with its successor from the routing date on, billed at the
     successor's rates (:data:`batchata_df.models.SCHEDULED`), including the requests of a
-    batch sent before the date that run after it. ``models/`` is not part of the name.
+    batch sent before the date that run after it. ``models/`` is not part of the name,
+    and neither is a stable version suffix (``-001``, ``-002``): the model answering as
+    itself may name its version (google-genai responses have carried both
+    ``"modelVersion": "gemini-2.5-pro"`` for ``gemini-2.5-pro``, googleapis/js-genai issue
+    907, and ``"gemini-1.5-flash-002"``, mlflow/mlflow pull 14272's fixtures), which is the
+    same model at the same price, not a routed one.
 
     Examples
     --------
-    >>> df = pl.DataFrame({"model": ["gemini-2.5-pro", "models/gemini-3.8-flash", None]})
+    >>> df = pl.DataFrame({"model": ["gemini-2.5-pro", "models/gemini-3.8-flash", None,
+    ...                              "gemini-2.5-pro-002"]})
     >>> df.select(answered_by_expr("gemini", "gemini-2.5-pro")).to_series().to_list()
-    [None, 'gemini-3.8-flash', None]
+    [None, 'gemini-3.8-flash', None, None]
     """
     said = pl.col("model").str.strip_prefix("models/")
     if model is None:
         return pl.lit(None, dtype=pl.String)
     asked = model.removeprefix("models/") if provider == "gemini" else model
-    return pl.when(said != asked).then(said)
+    same = said.str.replace(_VERSION_SUFFIX, "") == re.sub(_VERSION_SUFFIX, "", asked)
+    return pl.when(~same).then(said)
+
+
+_VERSION_SUFFIX = r"-\d{3}$"
+"""A stable model version's suffix (``gemini-1.5-flash-002``): the same model."""
 
 
 UNMATCHED_PREFIX = "unmatched:"
