@@ -46,11 +46,20 @@ make larger runs take hours here); results in ``benchmarks/results/overhead_seed
 
     python benchmarks/bench_overhead.py                          # 10k/100k/1M x 3 providers
     python benchmarks/bench_overhead.py --sizes 10000 --runs 1   # a quick look
+    python benchmarks/bench_overhead.py --pin                    # emulator on a core of its own
     python benchmarks/bench_overhead.py --providers gemini --out /tmp/g.json   # one provider
     python benchmarks/bench_overhead.py --merge /tmp/o.json /tmp/a.json /tmp/g.json
     python benchmarks/bench_overhead.py --replace /tmp/g.json --note "what the commit is"
     python benchmarks/bench_overhead.py --seed                   # beside batchata, 1k/10k
     python benchmarks/report_overhead.py                         # plot + README table
+
+**Pinning** (``--pin``, on a machine of two or more cores): the emulator runs on the last
+core and every client on the others (``os.sched_setaffinity``, inherited by the children),
+so the emulator's work, which a real provider does on its own machines, does not compete
+with the client for a core. Unpinned, the emulator (one busy core for most of a 1M run)
+and the client share the machine's two cores and the client's CPU seconds depend on how
+the scheduler interleaves them (``benchmarks/PROFILE.md``, seventeenth pass). Each point
+records whether it was pinned (``"pinned"``).
 
 Results go to ``benchmarks/results/overhead.json`` (``--out``); 10M rows belong to the
 streaming path (``benchmarks/bench_stream.py``).
@@ -619,6 +628,8 @@ def main() -> None:
                         "of its provider and size (kept under replaced_points)")
     parser.add_argument("--pool", action="store_true",
                         help="with --merge: pool the runs of points measured more than once")
+    parser.add_argument("--pin", action="store_true",
+                        help="the emulator on the last core, the clients on the others")
     parser.add_argument("--seed", action="store_true",
                         help="batch_llm beside the seed library (default sizes 1k, 10k)")
     parser.add_argument("--seed-venv", type=Path, default=Path(tempfile.gettempdir()) / "batchata-seed")
@@ -642,7 +653,16 @@ def main() -> None:
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     points: list[dict[str, Any]] = []
     args.out.parent.mkdir(exist_ok=True)
+    cores = sorted(os.sched_getaffinity(0))
+    pinned: dict[str, list[int]] | None = None
+    if args.pin:
+        if len(cores) < 2:
+            raise SystemExit(f"--pin needs two cores or more; this process may use {cores}")
+        pinned = {"emulator": cores[-1:], "clients": cores[:-1]}
+        os.sched_setaffinity(0, pinned["emulator"])  # the emulator inherits it at start
     with Emulator(latency=0.0) as emu:
+        if pinned is not None:
+            os.sched_setaffinity(0, pinned["clients"])  # every client inherits this
         env = child_env(emu.env())
         emu_pid = emu._proc.pid if emu._proc is not None else 0
         for n in args.sizes:
@@ -673,6 +693,7 @@ def main() -> None:
                         # batchata_df's bytecode: "compiled" before the runs (points of
                         # earlier sittings have no key: loaded from source, see docstring)
                         "bytecode": "compiled",
+                        "pinned": pinned,
                     }
                     # Written after every run: a long run interrupted keeps what it measured
                     # (a point with fewer runs than asked says so in n_runs).

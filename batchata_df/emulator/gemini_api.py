@@ -1096,7 +1096,9 @@ class GeminiApp:
             base=request.base_url + request.path[: len(request.path) - len(request.route)],
             failure=failure,
             failing=[i for i, s in enumerate(specs) if s.error is not None],
-            source=bytes(source),
+            # Kept only where a routing may come (model_rules.successor): the requests are
+            # built again under the successor's rules then; other batches hold no copy.
+            source=bytes(source) if model_rules.successor("gemini", model_name) else None,
         )
         with self._lock:
             self._batches[record.id] = record

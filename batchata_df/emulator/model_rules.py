@@ -93,6 +93,7 @@ __all__ = [
     "openai_rules",
     "serve_retired",
     "serves",
+    "successor",
 ]
 
 THOUGHT_TOKENS: Final = {
@@ -852,6 +853,19 @@ def routed(
     if dt.date.fromisoformat(found[0]) > (today() if on is None else on):
         return model
     return prefix + found[1]
+
+
+def successor(provider: str, model: str) -> str | None:
+    """The model the provider routes ``model`` to from its shutdown date, whatever the date.
+
+    Examples
+    --------
+    >>> successor("gemini", "models/gemini-2.5-pro"), successor("openai", "gpt-5-nano")
+    ('gemini-3.8-flash', None)
+    """
+    name = model.removeprefix("models/") if provider == "gemini" else model
+    found = _scheduled(provider, name)
+    return None if found is None else found[1]
 
 
 SERVE_RETIRED_VAR: Final = "BATCHATA_EMULATOR_SERVE_RETIRED"

@@ -8,6 +8,8 @@ hands batches refused for a queue limit to the :class:`~batchata_df.engine.plann
 
 from __future__ import annotations
 
+import re
+
 import polars as pl
 
 from batchata_df.engine.admission import Admission
@@ -261,19 +263,30 @@ def answered_by_expr(provider: str | None, model: str | None) -> pl.Expr:
     Read from the results' ``model`` (Gemini's ``modelVersion``): Google answers the
     requests of a routed model with its successor from the routing date on, billed at the
     successor's rates (:data:`batchata_df.models.SCHEDULED`), including the requests of a
-    batch sent before the date that run after it. ``models/`` is not part of the name.
+    batch sent before the date that run after it. ``models/`` is not part of the name,
+    and neither is a stable version suffix (``-001``, ``-002``): the model answering as
+    itself may name its version (google-genai responses have carried both
+    ``"modelVersion": "gemini-2.5-pro"`` for ``gemini-2.5-pro``, googleapis/js-genai issue
+    907, and ``"gemini-1.5-flash-002"``, mlflow/mlflow pull 14272's fixtures), which is the
+    same model at the same price, not a routed one.
 
     Examples
     --------
-    >>> df = pl.DataFrame({"model": ["gemini-2.5-pro", "models/gemini-3.8-flash", None]})
+    >>> df = pl.DataFrame({"model": ["gemini-2.5-pro", "models/gemini-3.8-flash", None,
+    ...                              "gemini-2.5-pro-002"]})
     >>> df.select(answered_by_expr("gemini", "gemini-2.5-pro")).to_series().to_list()
-    [None, 'gemini-3.8-flash', None]
+    [None, 'gemini-3.8-flash', None, None]
     """
     said = pl.col("model").str.strip_prefix("models/")
     if model is None:
         return pl.lit(None, dtype=pl.String)
     asked = model.removeprefix("models/") if provider == "gemini" else model
-    return pl.when(said != asked).then(said)
+    same = said.str.replace(_VERSION_SUFFIX, "") == re.sub(_VERSION_SUFFIX, "", asked)
+    return pl.when(~same).then(said)
+
+
+_VERSION_SUFFIX = r"-\d{3}$"
+"""A stable model version's suffix (``gemini-1.5-flash-002``): the same model."""
 
 
 UNMATCHED_PREFIX = "unmatched:"
@@ -282,13 +295,20 @@ UNMATCHED_PREFIX = "unmatched:"
 
 
 def unmatched_events(
-    unmatched: pl.DataFrame, *, batch_key: str, provider_batch_id: str
+    unmatched: pl.DataFrame,
+    *,
+    batch_key: str,
+    provider_batch_id: str,
+    provider: str | None = None,
+    model: str | None = None,
 ) -> pl.DataFrame:
     """Terminal events keeping the usage of billed result lines that matched no row.
 
     One ``failed`` event per line (:data:`UNMATCHED_PREFIX` ids, ``mode`` batch), its
     tokens and text kept: the provider billed it, so the cost computed from them counts
     under ``max_cost_usd`` and in ``batchata-df status`` / ``sql`` like any other answer's.
+    With the batch's ``provider`` and ``model``, a line answered by another model says so
+    (``answered_by``, :func:`answered_by_expr`), and is priced at it.
 
     Examples
     --------
@@ -300,6 +320,10 @@ def unmatched_events(
     ('unmatched:k:0', 'failed', 12, 'hi')
     >>> ev["error"][0][:60]
     'unmatched_result: a result line of batch batch_1 carried the'
+    >>> said = line.with_columns(model=pl.lit("gemini-3.8-flash"))
+    >>> unmatched_events(said, batch_key="k", provider_batch_id="b", provider="gemini",
+    ...                  model="gemini-2.5-pro")["answered_by"].to_list()
+    ['gemini-3.8-flash']
     """
     ids = [f"{UNMATCHED_PREFIX}{batch_key}:{i}" for i in range(unmatched.height)]
     seen = pl.col("job_id").fill_null("(none)")
@@ -328,6 +352,11 @@ def unmatched_events(
         pl.col("text").alias("raw"),
         *([pl.col("response")] if "response" in unmatched.columns else []),
         pl.lit("batch").alias("mode"),
+        *(
+            [answered_by_expr(provider, model).alias("answered_by")]
+            if "model" in unmatched.columns
+            else []
+        ),
     )
 
 
@@ -586,6 +615,7 @@ class Collector:
                 unmatched_events(
                     unmatched, batch_key=batch.batch_key,
                     provider_batch_id=batch.provider_batch_id,
+                    provider=batch.provider, model=batch.model,
                 ),
                 batch_key=batch.batch_key,
                 provider=batch.provider,
