@@ -322,7 +322,7 @@ def unmatched_events(
     'unmatched_result: a result line of batch batch_1 carried the'
     >>> said = line.with_columns(model=pl.lit("gemini-3.8-flash"))
     >>> unmatched_events(said, batch_key="k", provider_batch_id="b", provider="gemini",
-    ...                  model="gemini-2.5-pro")["answered_by"].to_list()
+    ...                  model="gemini-3.5-flash")["answered_by"].to_list()
     ['gemini-3.8-flash']
     """
     ids = [f"{UNMATCHED_PREFIX}{batch_key}:{i}" for i in range(unmatched.height)]
