@@ -306,3 +306,101 @@ def test_an_answering_model_without_a_known_price_is_priced_as_the_model_asked_a
     bills = {b["custom_id"]: b for b in emu.billing(usd=True)}
     for job_id, cost in zip(fixed["_job_id"], fixed["_cost_usd"], strict=True):
         assert cost == pytest.approx(bills[job_id]["usd"], rel=1e-9), job_id
+
+
+def test_a_result_line_matching_no_row_is_priced_at_the_model_that_answered_it(
+    on, emu, tmp_path, monkeypatch
+) -> None:
+    # A routed batch's result line whose id came back damaged (the emulator's corrupt_id
+    # fault) matches no row: its usage still counts as spent (engine.collection.
+    # unmatched_events), and at the successor's price, as Google bills it.
+    from batchata_df.providers.gemini import GeminiProvider
+
+    monkeypatch.setattr(GeminiProvider, "inline_max_bytes", 10)  # results as a file
+    emu.configure(latency=60.0)
+    on("2026-11-30")
+    state = tmp_path / "s"
+    kw = {"model": PRO, "prompt": "{text}", "state": state, "progress": False,
+          "params": {"max_tokens": 2000}, "provider_patience": 20.0}  # fmt: skip
+    _run(wait=False, **kw)
+    on("2026-12-01")  # before any request ran: all four answered by the successor
+    emu.advance(70)
+    emu.inject_fault(method="GET", path_regex=r"(:download|/download/)", action="corrupt_id",
+                     times=None)  # fmt: skip
+    out = _run(**kw)
+    assert sorted(out["_status"].to_list()) == ["completed"] * 3 + ["failed"]
+    bills = emu.billing(usd=True)
+    assert {b["model"] for b in bills} == {PRO_NEW}
+    billed = sum(float(b["usd"]) for b in bills)
+    assert spent_usd(state) == pytest.approx(billed, rel=1e-9)
+    lost = sql("SELECT answered_by FROM job_events WHERE job_id LIKE 'unmatched:%'", state)
+    assert lost["answered_by"].to_list() == [PRO_NEW]
+
+
+def test_the_successors_prompt_cache_is_its_own_and_what_it_saved_is_at_its_price(
+    on, emu, tmp_path
+) -> None:
+    # Rows sharing a long prefix (past both models' implicit-caching minimum: 2,048
+    # tokens for gemini-2.5-pro, 4,096 for gemini-3.8-flash, caching.min_cacheable_tokens).
+    # Google's implicit cache is per model: the first request the successor answers
+    # reads nothing (the model asked for cached the prefix, not it); the next ones read
+    # it. Each row's cache_saved_usd is what the cache read saved at the price of the
+    # model that answered it, as its _cost_usd is.
+    doc = "The supplier shall deliver the goods within thirty days of the order date. " * 400
+    rows = pl.DataFrame({"q": [f"Question {i}: what is asked?" for i in range(4)]})
+    emu.configure(latency=60.0)
+    on("2026-11-30")
+    state = tmp_path / "s"
+    kw = {"model": PRO, "prompt": doc + "{q}", "state": state, "progress": False,
+          "params": {"max_tokens": 2000}}  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rows.pipe(batch_llm, wait=False, **kw)  # type: ignore[arg-type]
+        emu.advance(30)  # one request has run on gemini-2.5-pro ...
+        on("2026-12-01")  # ... when Google routes it to gemini-3.8-flash
+        emu.advance(60)
+        out = rows.pipe(batch_llm, **kw)  # type: ignore[arg-type]
+    assert out["_status"].to_list() == ["completed"] * 4, out["_error"].to_list()
+    bills = emu.billing(usd=True)
+    assert [b["model"] for b in bills] == [PRO, PRO_NEW, PRO_NEW, PRO_NEW]
+    jobs = {r["job_id"]: r for r in sql(
+        "SELECT job_id, input_tokens, cached_tokens, cost_usd, cache_saved_usd, answered_by "
+        "FROM jobs", state).iter_rows(named=True)}  # fmt: skip
+    sent = [jobs[str(b["custom_id"])] for b in bills]  # in the order they ran
+    assert [r["answered_by"] for r in sent] == [None, PRO_NEW, PRO_NEW, PRO_NEW]
+    assert all(r["input_tokens"] > 4096 for r in sent)
+    assert [r["cached_tokens"] > 0 for r in sent] == [False, False, True, True]
+    for r, bill in zip(sent, bills, strict=True):
+        assert r["cost_usd"] == pytest.approx(bill["usd"], rel=1e-9)
+        price = PriceTable().get("gemini", r["answered_by"] or PRO)
+        assert price is not None
+        saved = r["cached_tokens"] * (price.rate("input") - price.rate("cached_input")) / 1e6
+        assert r["cache_saved_usd"] == pytest.approx(saved, rel=1e-9, abs=1e-15), r
+
+
+def test_an_unpriced_answering_model_is_said_once_per_call_across_its_batches(
+    on, emu, tmp_path, monkeypatch
+) -> None:
+    from batchata_df import UnpricedAnswerWarning
+    from batchata_df import cost as cost_module
+
+    real = cost_module._lookup
+    monkeypatch.setattr(cost_module, "_lookup", lambda provider, model, processing="batch": (
+        None if model == PRO_NEW else real(provider, model, processing)))  # fmt: skip
+    emu.configure(latency=60.0)
+    on("2026-11-30")
+    kw = {"model": PRO, "prompt": "{text}", "progress": False, "state": tmp_path / "s",
+          "params": {"max_tokens": 2000}, "items_per_batch": 2}  # fmt: skip
+    _run(wait=False, **kw)
+    emu.advance(40)  # each of the two batches has run one of its two requests ...
+    on("2026-12-01")  # ... when the rest are routed
+    emu.advance(50)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = ROWS.pipe(batch_llm, **kw)  # type: ignore[arg-type]
+    assert out["_status"].to_list() == ["completed"] * 4, out["_error"].to_list()
+    assert len({b["batch_id"] for b in emu.billing()}) == 2
+    assert sorted(str(b["model"]) for b in emu.billing()) == [PRO, PRO, PRO_NEW, PRO_NEW]
+    said = [str(w.message) for w in caught if w.category is UnpricedAnswerWarning]
+    assert len(said) == 1, said
+    assert "were answered by 'gemini-3.8-flash'" in said[0]

@@ -92,6 +92,7 @@ EVENT = st.fixed_dictionaries(
         "est_cost_usd": MAYBE_USD,
         "cache_saved_usd": MAYBE_USD,
         "mode": st.one_of(st.none(), st.just("realtime")),
+        "answered_by": st.one_of(st.none(), st.sampled_from(["g1", "g2"])),
     }
 )
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[
@@ -140,6 +141,35 @@ def test_a_job_billed_in_two_batches_and_recollected_once_adds_each_batch_once(t
     assert write_summary(tmp_path)
     assert_same_jobs(sql(ALL, tmp_path), grouped(tmp_path))
 
+
+
+def test_answered_by_is_the_latest_events_so_a_retry_answered_by_the_model_asked_clears_it(
+    tmp_path,
+):
+    """``answered_by`` names the model that gave the row's latest answer (the event the
+    ``answer``, ``raw`` and ``error`` come from): a first attempt a provider routed to a
+    successor, retried and answered by the model asked, shows null in the summary and in
+    the view's grouping alike, and the routed one while it is the latest."""
+    store = StateStore(tmp_path, {"model": "m"})
+    base = {"job_id": "a", "provider": "gemini", "model": "gemini-2.5-pro"}
+    routed = {**base, "batch_key": "k1", "answered_by": "gemini-3.8-flash", "cost_usd": 0.5,
+              "input_tokens": 10}  # fmt: skip
+    store.append_jobs(pl.DataFrame([{**base, "status": "assigned", "batch_key": "k1"}]))
+    store.append_jobs(pl.DataFrame([{**routed, "status": "failed", "error": "invalid"}]))
+    store.append_jobs(pl.DataFrame([{**base, "status": "assigned", "batch_key": "k2"}]))
+    # In flight again: no answer yet, so no model that gave it.
+    assert summarize(store.job_events()).row(0, named=True)["answered_by"] is None
+    store.append_jobs(pl.DataFrame([{**base, "status": "completed", "batch_key": "k2",
+                                     "answer": "{}", "cost_usd": 0.25, "input_tokens": 12}]))
+    store.append_jobs(pl.DataFrame([{**routed, "job_id": "b", "status": "completed",
+                                     "answer": "{}"}]))  # fmt: skip
+    summary = summarize(store.job_events()).sort("job_id")
+    assert summary.select("job_id", "status", "answered_by", "attempts").rows() == [
+        ("a", "completed", None, 2), ("b", "completed", "gemini-3.8-flash", 1)]
+    assert sql(ALL, tmp_path).select("job_id", "answered_by").rows() == [
+        ("a", None), ("b", "gemini-3.8-flash")]
+    assert write_summary(tmp_path)
+    assert_same_jobs(sql(ALL, tmp_path), grouped(tmp_path))
 
 # -- the pairs without grouping (summary._paired) against the grouping ----------------
 
