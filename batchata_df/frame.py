@@ -58,6 +58,8 @@ from batchata_df.redact import scrub, scrubbed
 from batchata_df.schema import DECODED, AnswerSchema
 from batchata_df.schema_limits import check_schema_limits
 from batchata_df.state import (
+    BATCH_EVENTS,
+    JOB_EVENTS,
     StateStore,
     WriterLock,
     adopt_schema,
@@ -986,9 +988,16 @@ def _paid_for(folder: Path) -> bool:
     events too, but nothing to collect. When the parts cannot be read, ``True``: keeping
     a folder costs disk, losing one costs what was paid.
     """
+    def scan(parts: list[Path], schema: pl.Schema) -> pl.LazyFrame:
+        # Parts of different versions have different columns (a plain scan of them is a
+        # SchemaError, which would keep a folder nothing was paid for): the table's schema.
+        return pl.scan_parquet(
+            parts, schema=schema, missing_columns="insert", extra_columns="ignore", glob=False
+        )
+
     try:
         batches = list((folder / "batches").glob("part-*.parquet"))
-        if batches and pl.scan_parquet(batches, glob=False).select(
+        if batches and scan(batches, BATCH_EVENTS).select(
             pl.col("provider_batch_id").is_not_null().any()
         ).collect().item():
             return True
@@ -996,9 +1005,7 @@ def _paid_for(folder: Path) -> bool:
         usage = pl.any_horizontal(
             pl.col("input_tokens") > 0, pl.col("output_tokens") > 0, pl.col("cost_usd") > 0
         )
-        return bool(jobs) and bool(
-            pl.scan_parquet(jobs, glob=False).select(usage.any()).collect().item()
-        )
+        return bool(jobs) and bool(scan(jobs, JOB_EVENTS).select(usage.any()).collect().item())
     except Exception:  # see the docstring
         return True
 

@@ -404,3 +404,64 @@ def test_an_unpriced_answering_model_is_said_once_per_call_across_its_batches(
     said = [str(w.message) for w in caught if w.category is UnpricedAnswerWarning]
     assert len(said) == 1, said
     assert "were answered by 'gemini-3.8-flash'" in said[0]
+
+
+def test_a_folder_mixing_parts_with_and_without_answered_by_is_read_by_every_reader(
+    on, emu, tmp_path
+) -> None:
+    # A folder resumed across versions: its first part (the rows sent) has no
+    # answered_by, the results' part has it. Polars refuses a plain read of such parts
+    # (README "Cost and status with DuckDB" says how to read them); every reader of the
+    # library reads them whole.
+    import duckdb
+
+    from batchata_df import repair
+    from batchata_df.frame import _paid_for
+    from batchata_df.state import JOB_EVENTS, StateStore, read_manifest
+
+    emu.configure(latency=60.0)
+    on("2026-11-30")
+    state = tmp_path / "s"
+    kw = {"model": PRO, "prompt": "{text}", "state": state, "progress": False,
+          "params": {"max_tokens": 2000}}  # fmt: skip
+    _run(wait=False, **kw)
+    assert _as_old_parts(state) == 1
+    emu.advance(30)
+    on("2026-12-01")
+    emu.advance(60)
+    out = _run(**kw)
+    assert out["_status"].to_list() == ["completed"] * 4, out["_error"].to_list()
+    parts = sorted((state / "jobs").glob("part-*.parquet"))
+    assert ["answered_by" in pl.read_parquet_schema(p) for p in parts] == [False, True]
+    routed = sorted([None, PRO_NEW, PRO_NEW, PRO_NEW], key=str)
+    with pytest.raises(pl.exceptions.SchemaError, match="answered_by"):
+        pl.read_parquet(state / "jobs" / "*.parquet")
+    # The ways the README gives.
+    done = pl.col("status") == "completed"
+    scanned = pl.scan_parquet(parts, schema=JOB_EVENTS, missing_columns="insert",
+                              extra_columns="ignore").filter(done).collect()  # fmt: skip
+    assert sorted(scanned["answered_by"].to_list(), key=str) == routed
+    glob = (state / "jobs" / "*.parquet").as_posix()
+    unioned = duckdb.sql(f"SELECT answered_by FROM read_parquet('{glob}', union_by_name = true) "
+                         "WHERE status = 'completed'").pl()  # fmt: skip
+    assert sorted(unioned["answered_by"].to_list(), key=str) == routed
+    got = sql("SELECT answered_by FROM job_events WHERE status = 'completed'", state)
+    assert sorted(got["answered_by"].to_list(), key=str) == routed
+    # The library's own readers.
+    recorded = read_manifest(state / "manifest.json").fingerprint
+    events = StateStore(state, recorded, readonly=True).job_events().filter(done)
+    assert sorted(events["answered_by"].to_list(), key=str) == routed
+    assert repair(state).healthy
+    billed = sum(float(b["usd"]) for b in emu.billing(usd=True))
+    assert spent_usd(state) == pytest.approx(billed, rel=1e-9)
+    assert _paid_for(state)
+    # A folder that paid for nothing (a call's temporary one is removed then) is read as
+    # such, not kept as unreadable.
+    empty = tmp_path / "unpaid"
+    store = StateStore(empty, {"model": PRO})
+    store.append_jobs(pl.DataFrame({"job_id": ["a"], "status": ["assigned"]}))
+    store.append_jobs(pl.DataFrame({"job_id": ["a"], "status": ["failed"],
+                                    "answered_by": [PRO_NEW]}))  # fmt: skip
+    _as_old_parts(empty)  # both old ...
+    store.append_jobs(pl.DataFrame({"job_id": ["b"], "status": ["assigned"]}))  # ... one new
+    assert not _paid_for(empty)
