@@ -18,6 +18,8 @@ and ``emulator.model_rules.SCHEDULED``). A batch sent on 2026-11-30 may run past
 
 from __future__ import annotations
 
+import datetime as dt
+import time
 import warnings
 from pathlib import Path
 
@@ -126,6 +128,83 @@ def test_the_successors_rules_apply_to_the_requests_it_answers(emu) -> None:
     assert old != new
     assert out == [(OLD, old), (NEW, new), (NEW, new), (NEW, new)]
 
+
+
+def _at(moment: str) -> float:
+    return dt.datetime.fromisoformat(moment).timestamp()
+
+
+@pytest.fixture
+def real_date(monkeypatch):
+    """An in-process emulator core on the real date (the ``today`` setting ``""``), its
+    clock set to 2026-11-30 23:59:00 UTC. What the server reads as the date at a request's
+    creation (model_rules.today) stays 2026-11-30 whatever the machine's date; the process
+    wide setting is put back afterwards."""
+    from batchata_df.emulator import model_rules
+    from batchata_df.emulator.server import EmulatorCore
+
+    monkeypatch.setattr(model_rules, "_SERVING_RETIRED", list(model_rules._SERVING_RETIRED))
+    monkeypatch.setattr(model_rules, "today", lambda value=False: dt.date(2026, 11, 30))
+    core = EmulatorCore()
+    core.clock.offset = _at("2026-11-30T23:59:00+00:00") - time.time()
+    core.configure({"today": ""})
+    yield core
+    core.close()
+
+
+def test_on_the_real_date_a_batch_read_after_midnight_is_routed_from_midnight(real_date) -> None:
+    # EmulatorCore.routed_since / gone_since with the real date: the date each request ran
+    # on, not the date the batch is read on (a batch sent at 23:59 and read the next
+    # morning had every request routed, those run before midnight included).
+    core = real_date
+    created = core.clock.now()
+    midnight = _at("2026-12-01T00:00:00+00:00")
+    assert core.routed_since("gemini", PRO, created) is None  # not yet
+    core.clock.advance(3600)  # read at 00:59 on 2026-12-01
+    assert core.routed_since("gemini", PRO, created) == (midnight, PRO_NEW)
+    assert core.routed_since("gemini", "models/" + OLD, created) == (midnight, "models/" + NEW)
+    assert core.gone_since("gemini", PRO, created) is None  # routed, so served
+    # Created after midnight: from its creation.
+    later = core.clock.now()
+    core.clock.advance(60)
+    assert core.routed_since("gemini", PRO, later) == (later, PRO_NEW)
+    # A model shut down (not routed) on a later date: gone from that midnight.
+    core.clock.advance(_at("2027-05-06T23:00:00+00:00") - core.clock.now())
+    before = core.clock.now()
+    core.clock.advance(7200)
+    assert core.gone_since("gemini", "gemini-3.1-flash-lite", before) == _at(
+        "2027-05-07T00:00:00+00:00")
+    # A date pinned from some moment on: that date from then on, as before.
+    core.configure({"today": "2027-05-08"})
+    pinned = core.clock.now()
+    core.clock.advance(60)
+    assert core.gone_since("gemini", "gemini-3.1-flash-lite", pinned) == pinned
+
+
+def test_on_the_real_date_requests_run_before_midnight_keep_the_model_asked_for(
+    real_date, monkeypatch
+) -> None:
+    from batchata_df.emulator import env_for
+    from batchata_df.emulator.server import EmulatorServer
+
+    server = EmulatorServer(0, real_date).start_in_thread()
+    try:
+        for key, value in env_for(server.url).items():
+            monkeypatch.setenv(key, value)
+        real_date.configure({"latency": 60.0})
+        gem = genai.Client()
+        job = gem.batches.create(model=PRO, src=_src(4))  # type: ignore[arg-type]
+        # Sent at 23:59:00: requests finish at 23:59:19.5, 33, 46.5 and 60 (10 % pending,
+        # then evenly): three before midnight, one at it.
+        real_date.clock.advance(3600)  # read at 00:59 on 2026-12-01
+        done = gem.batches.get(name=str(job.name))
+        assert done.dest is not None and done.dest.inlined_responses
+        seen = [r.response.model_version for r in done.dest.inlined_responses
+                if r.response is not None]  # fmt: skip
+        assert seen == [PRO, PRO, PRO, PRO_NEW]
+        assert [b["model"] for b in real_date.billing()] == [PRO, PRO, PRO, PRO_NEW]
+    finally:
+        server.stop()
 
 # -- 2. the client prices each row at the model that answered it -------------------------
 

@@ -1105,23 +1105,24 @@ class EmulatorCore:
         with the provider's model-not-found error and are not billed (each provider module
         says how, with its sources). The shutdown takes effect at the FIRST moment since
         the batch's creation that the settings in force no longer served the model: moving
-        ``today`` further forward later does not move it. With the real date (no change
-        recorded), or when the settings in force at its creation already did not serve it,
-        at its creation: none of its requests ran on the model (the strict reading where a
-        provider's page does not say what becomes of a batch still queued at a shutdown).
+        ``today`` further forward later does not move it. When the settings in force at its
+        creation already did not serve it, at its creation: none of its requests ran on the
+        model (the strict reading where a provider's page does not say what becomes of a
+        batch still queued at a shutdown). With the real date (``today`` ``""``), at the
+        first UTC midnight of the emulator's clock from which the model is not served
+        (:meth:`_first_day`): the date each request ran on, not the date it is read on.
         Moving ``today`` back before the shutdown serves the model again for batches
         created from then on, but does not undo it for a batch it already overtook (a real
         shutdown is not undone; strict and simple). A model routed to a successor is
         served (answered by it).
         """
-        log = tuple(self._served_log)
-        first = 0
-        for i, (since, _, _) in enumerate(log):
-            if since <= created:
-                first = i  # the settings in force when the batch was created
-        for since, day, keep in log[first:]:
-            if not model_rules.serves(provider, model, on=_day(day), serve_retired=keep):
-                return max(since, created)
+        def gone(on: dt.date, keep: bool) -> bool:
+            return not model_rules.serves(provider, model, on=on, serve_retired=keep)
+
+        for start, end, day, keep in self._settings_since(created):
+            at = self._first_day(start, end, day, keep, gone)
+            if at is not None:
+                return at
         return None
 
     def routed_since(
@@ -1138,17 +1139,48 @@ class EmulatorCore:
         a routed model are answered by the replacement from its shutdown date, "billed at
         the new model's rates" (model_rules.SCHEDULED cites the reads); it does not carve
         out batches queued before the date, so none is made. Requests run before the
-        date keep the model asked for.
+        date keep the model asked for (with the real date, those run before the UTC
+        midnight it begins on by the emulator's clock, however late the batch is read).
         """
+        def answering(on: dt.date, keep: bool) -> str:
+            return model_rules.routed(provider, model, on=on, serve_retired=keep)
+
+        for start, end, day, keep in self._settings_since(created):
+            at = self._first_day(start, end, day, keep, lambda on, k: answering(on, k) != model)
+            if at is not None:
+                return at, answering(_day(day, at), keep)
+        return None
+
+    def _settings_since(self, created: float) -> list[tuple[float, float, str, bool]]:
+        """``(start, end, today, serve_retired)``: the settings in force from ``created`` on."""
         log = tuple(self._served_log)
         first = 0
         for i, (since, _, _) in enumerate(log):
             if since <= created:
-                first = i
-        for since, day, keep in log[first:]:
-            answering = model_rules.routed(provider, model, on=_day(day), serve_retired=keep)
-            if answering != model:
-                return max(since, created), answering
+                first = i  # the settings in force when the batch was created
+        ends = [since for since, _, _ in log[first + 1 :]] + [math.inf]
+        return [(max(since, created), end, day, keep)
+                for (since, day, keep), end in zip(log[first:], ends, strict=True)]  # fmt: skip
+
+    def _first_day(
+        self, start: float, end: float, day: str, keep: bool, hit: Callable[[dt.date, bool], bool]
+    ) -> float | None:
+        """The first moment from ``start`` (before ``end`` and now) whose date ``hit`` holds.
+
+        A pinned ``today`` is one date throughout. The real date (``""``) is the UTC date
+        of the emulator's clock at each moment, so it changes at midnight: a batch sent
+        before a shutdown date and read after it is answered as of the date each request
+        ran on (those run before midnight as the model asked for), not as of the date it
+        is read on.
+        """
+        if day:
+            return start if hit(_day(day), keep) else None
+        t, stop = start, min(end, self.clock.now())
+        while t < stop:
+            on = _day(day, t)
+            if hit(on, keep):
+                return t
+            t = dt.datetime.combine(on + dt.timedelta(days=1), dt.time(), dt.UTC).timestamp()
         return None
 
     # ---- billing
@@ -1555,9 +1587,12 @@ def _billed_usd(
     )
 
 
-def _day(today: str) -> dt.date:
-    """The date a ``today`` setting means (``""``: the real date)."""
-    return dt.date.fromisoformat(today) if today else dt.datetime.now(dt.UTC).date()
+def _day(today: str, at: float | None = None) -> dt.date:
+    """The date a ``today`` setting means (``""``: the real date, now or ``at``)."""
+    if today:
+        return dt.date.fromisoformat(today)
+    moment = dt.datetime.now(dt.UTC) if at is None else dt.datetime.fromtimestamp(at, dt.UTC)
+    return moment.date()
 
 
 def _load_app(core: EmulatorCore, provider: str, module_name: str) -> App:
