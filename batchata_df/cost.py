@@ -76,7 +76,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
@@ -85,7 +85,16 @@ import polars as pl
 
 from batchata_df.errors import ConfigError, PriceError
 
-__all__ = ["BATCH_DISCOUNT", "Price", "PriceTable", "PriceTier", "batch_discounted", "cost_expr"]
+__all__ = [
+    "BATCH_DISCOUNT",
+    "Price",
+    "PriceTable",
+    "PriceTier",
+    "batch_discounted",
+    "cost_expr",
+    "highest",
+    "window_days",
+]
 
 _PROVIDER_IDS = {"openai": "openai", "anthropic": "anthropic", "gemini": "google"}
 
@@ -383,6 +392,60 @@ def _lookup_on(provider: str, model: str, processing: str, day: date) -> Price |
     return price
 
 
+def highest(a: Price, b: Price) -> Price:
+    """The price charging at least as much as ``a`` and ``b`` for every request.
+
+    Each rate, at every input size where either price starts a tier, is the higher of the
+    two (a missing cache rate read as the input rate it means): the worst case of a
+    request that may be billed at either.
+
+    Examples
+    --------
+    >>> a = Price(input=1.0, output=4.0, source="a")
+    >>> b = Price(input=2.0, output=3.0, cached_input=0.5,
+    ...           tiers=(PriceTier(200_000, 4.0, 6.0),), source="b")
+    >>> h = highest(a, b)
+    >>> h.input, h.output, h.cached_input, h.at(300_000).output, h.source
+    (2.0, 4.0, 1.0, 6.0, 'max(a, b)')
+    """
+    if a == b:
+        return a
+    aboves = sorted({t.above for t in (*a.tiers, *b.tiers)})
+
+    def top(tokens: int) -> dict[str, float]:
+        x, y = a.at(tokens), b.at(tokens)
+        return {name: max(x.rate(name), y.rate(name)) for name in _RATE_FIELDS}
+
+    base = top(0)
+    tiers = tuple(PriceTier(above, **top(above + 1)) for above in aboves)
+    source = a.source if a.source == b.source else f"max({a.source}, {b.source})"
+    return Price(**base, source=source, tiers=tiers)
+
+
+def window_days(provider: str, processing: str, start: date) -> list[date]:
+    """The days a request sent on ``start`` may run on: what it may be billed at.
+
+    A batch may run up to :data:`batchata_df.models.BATCH_WINDOW_HOURS` after it is sent
+    (sent at 23:59, its last requests run that many hours later, on the day after the
+    window's last whole day); a realtime request runs when sent.
+
+    Examples
+    --------
+    >>> [d.isoformat() for d in window_days("gemini", "batch", date(2026, 12, 31))]
+    ['2026-12-31', '2027-01-01', '2027-01-02']
+    >>> [d.isoformat() for d in window_days("openai", "batch", date(2026, 12, 31))]
+    ['2026-12-31', '2027-01-01']
+    >>> window_days("gemini", "realtime", date(2026, 12, 31))
+    [datetime.date(2026, 12, 31)]
+    """
+    from batchata_df.models import BATCH_WINDOW_HOURS
+
+    if processing != "batch":
+        return [start]
+    hours = BATCH_WINDOW_HOURS.get(provider, max(BATCH_WINDOW_HOURS.values()))
+    return [start + timedelta(days=k) for k in range(-(-hours // 24) + 1)]
+
+
 REALTIME_FACTOR = 1.0 / BATCH_DISCOUNT
 """Standard (realtime) price over batch price: OpenAI, Anthropic and Google all document
 their batch APIs at 50% of the standard price. Used only for a model whose price the
@@ -454,6 +517,62 @@ class PriceTable:
                 price = self._overrides[key]
                 return _scaled(price, REALTIME_FACTOR) if self.processing == "realtime" else price
         return _lookup(provider, name, self.processing)
+
+    def worst(self, provider: str, model: str) -> Price | None:
+        """The highest price a request sent to ``model`` today may be billed at.
+
+        The provider bills a request at the price in force when it runs, and a batch runs
+        for up to its window (:func:`window_days`): where genai-prices dates a price change
+        (gemini-4-argon on 2026-12-01, Gemini 3.6-3.8 Flash on 2027-01-01, ...) inside it,
+        the higher price is taken. A model the provider routes to a successor
+        (:data:`batchata_df.models.SCHEDULED`, ``"routed"``) from a date inside the window
+        has its requests run from then on billed at the successor's prices (Google's
+        deprecations page: "billed at the new model's rates"): those count too, where
+        known (an unknown one is priced at ``model``'s, as
+        :class:`~batchata_df.engine.ledger.Ledger` prices its rows). ``None`` when
+        ``model``'s own price is not known today. What ``max_cost_usd`` reserves.
+
+        Examples
+        --------
+        >>> import os
+        >>> from batchata_df.models import TODAY_VAR
+        >>> before = os.environ.get(TODAY_VAR, "")
+        >>> os.environ[TODAY_VAR] = "2026-12-31"
+        >>> t, m = PriceTable(), "gemini-3.7-flash"
+        >>> t.get("gemini", m).output, t.worst("gemini", m).output  # doubles on 2027-01-01
+        (1.875, 3.75)
+        >>> os.environ[TODAY_VAR] = "2027-01-02"
+        >>> t.get("gemini", m) == t.worst("gemini", m)
+        True
+        >>> os.environ[TODAY_VAR] = before
+        """
+        from batchata_df.models import scheduled_shutdown, today
+
+        price = self.get(provider, model)
+        if price is None:
+            return None
+        name = model.removeprefix("models/") if provider == "gemini" else model
+        days = window_days(provider, self.processing, today())
+        routed = scheduled_shutdown(provider, name)
+        for day in days:
+            on = [self._on(provider, name, day)]
+            if (
+                routed is not None
+                and routed[2] == "routed"
+                and routed[1]
+                and date.fromisoformat(routed[0]) <= day
+            ):
+                on.append(self._on(provider, routed[1], day))
+            for found in on:
+                if found is not None:
+                    price = highest(price, found)
+        return price
+
+    def _on(self, provider: str, name: str, day: date) -> Price | None:
+        """:meth:`get` as on ``day`` (an override has no date)."""
+        if name in self._overrides:
+            return self.get(provider, name)
+        return _lookup_on(provider, name, self.processing, day)
 
     def require(self, provider: str, model: str, why: str) -> Price:
         """The price of ``model``; raise :class:`PriceError` naming the fix if unknown."""

@@ -1093,8 +1093,12 @@ def with_estimates(
             if provider == "anthropic" and "cache_key" in group.columns
             else None
         )
+        # The worst case (what max_cost_usd reserves) at the highest price the requests may
+        # be billed at while they run: a dated price change or a routing to a successor
+        # inside the batch window (PriceTable.worst); the expected cost at today's.
+        highest = prices.worst(str(provider), str(model)) or price
         worst, input_usd = estimate_expr(
-            price, pl.col("est_input_tokens"), pl.lit(max_tokens), provider=str(provider),
+            highest, pl.col("est_input_tokens"), pl.lit(max_tokens), provider=str(provider),
             marked=marked,
         )  # fmt: skip
         seen = (observed or {}).get((str(provider), str(model)))

@@ -48,7 +48,7 @@ def table(result: dict[str, Any]) -> str:
             f"| {floor['peak_rss_mb']:,.0f} | {ours['peak_rss_mb']:,.0f} "
             f"| {ratio['peak_rss_mb']:.2f}x | {floor['wall_s']:.1f} / {ours['wall_s']:.1f} "
             f"| {floor['emulator_cpu_s']:.1f} / {ours['emulator_cpu_s']:.1f} "
-            f"| {p.get('code', '?')} | {_load(p)} |"
+            f"| {p.get('code', '?')}{' (pinned)' if p.get('pinned') else ''} | {_load(p)} |"
         )
     lines.append("")
     lines.append(
@@ -72,6 +72,14 @@ def table(result: dict[str, Any]) -> str:
     lines.append("")
     lines.extend(flatness(result))
     loads = [p["loadavg_before"][0] for p in result["points"]]
+    pinned = [p for p in result["points"] if p.get("pinned")]
+    cores = (
+        " The points marked (pinned) ran with the emulator on one core and the clients on "
+        "the other (`bench_overhead.py --pin`): the emulator's work, a provider's own in "
+        "real use, did not compete with the client for a core."
+        if pinned
+        else ""
+    )
     lines.append("")
     lines.append(
         "Medians of the runs of each point (`runs`), ratios are medians of the per-run "
@@ -79,7 +87,7 @@ def table(result: dict[str, Any]) -> str:
         f"Measured {result['started_utc']} "
         f"to {result['finished_utc']} on {result['machine']['cpus']} shared cores (1-minute "
         f"load average {min(loads):.1f} to {max(loads):.1f} before the points); "
-        "`benchmarks/results/overhead.json` has every run."
+        f"`benchmarks/results/overhead.json` has every run.{cores}"
     )
     if result.get("note"):
         lines.append("")

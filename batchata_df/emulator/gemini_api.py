@@ -1298,6 +1298,13 @@ class GeminiApp:
             entries.append((entry, spec))
         if batch.ledger is not None:
             batch.ledger.usage = usage
+            # Each request billed at the prices of the day it ran: the ``today`` setting in
+            # force then (positions as the routing's switch is found, batch.finished).
+            # The setting in force at its creation holds from the first request on.
+            batch.ledger.days = tuple(
+                (batch.finished(since) if since > batch.created else 0, day)
+                for since, day in self.core.days_since(batch.created)
+            )
             # Billed: the requests that ran and were answered. Not the failed ones (their
             # own error, a routed successor's refusal, a shutdown that overtook them):
             # LedgerEntry.unbilled.

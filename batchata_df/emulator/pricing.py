@@ -22,7 +22,7 @@ The rule (sources in :mod:`batchata_df.cost`, "Batch prices"):
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 from batchata_df.emulator import model_rules
@@ -44,6 +44,7 @@ def billed_usd(
     cached_tokens: int = 0,
     cache_write_tokens: int = 0,
     mode: str = "batch",
+    on: date | None = None,
 ) -> float:
     """USD billed for one request's usage (``input_tokens`` counts cache reads and writes).
 
@@ -65,9 +66,11 @@ def billed_usd(
         output_tokens=output_tokens,
     )
     provider_id = _PROVIDER_IDS.get(provider, provider)
-    # genai-prices' dated prices are read at the emulator's date (model_rules.today:
-    # BATCHATA_DF_TODAY, else today's UTC date), as the client's batchata_df.cost does.
-    now = datetime.combine(model_rules.today(), datetime.now(tz=UTC).time(), UTC)
+    # genai-prices' dated prices are read at ``on``, the day the request ran (the
+    # emulator's ``today`` then, server.LedgerEntry.days), else the emulator's date now
+    # (model_rules.today: BATCHATA_DF_TODAY, else today's UTC date).
+    day = model_rules.today() if on is None else on
+    now = datetime.combine(day, datetime.now(tz=UTC).time(), UTC)
     standard = calc_price(
         usage, model_ref=model, provider_id=provider_id, genai_request_timestamp=now
     )

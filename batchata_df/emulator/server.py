@@ -920,12 +920,26 @@ class LedgerEntry:
     """Per request, the usage it was answered with, ``(input, output, cached)`` tokens
     (``None``: not answered yet, or not recorded): what :meth:`EmulatorCore.billing` prices
     with ``usd=True``. Recorded by the Gemini app."""
+    days: tuple[tuple[int, dt.date], ...] = ()
+    """``(position, day)`` ascending: the requests from that position on ran on that day
+    (the ``today`` setting in force when they ran, :meth:`EmulatorCore.days_since`), and
+    are billed at the prices in force then (genai-prices' dated prices); the providers
+    bill a request at the price of the day it ran, not of the day the bill is read.
+    Recorded at acceptance (the day then), refined by the Gemini app when its batch ends."""
 
     def model_at(self, position: int) -> str | None:
         """The model billed for the request at ``position``."""
         if self.routed is not None and position >= self.routed[0]:
             return self.routed[1]
         return self.model
+
+    def day_at(self, position: int) -> dt.date | None:
+        """The day the request at ``position`` ran (``None``: not recorded)."""
+        found = None
+        for start, day in self.days:
+            if start <= position:
+                found = day
+        return found
 
 
 def _credentials(request: Request) -> list[str]:
@@ -1183,6 +1197,20 @@ class EmulatorCore:
             t = dt.datetime.combine(on + dt.timedelta(days=1), dt.time(), dt.UTC).timestamp()
         return None
 
+    def days_since(self, created: float) -> list[tuple[float, dt.date]]:
+        """``(since, day)``: the ``today`` settings in force from ``created`` on.
+
+        Read as :meth:`routed_since` reads them: the first is the setting in force at
+        ``created`` (its ``since`` is ``created``), then each later change from the
+        simulated time it was made.
+        """
+        log = tuple(self._served_log)
+        first = 0
+        for i, (since, _, _) in enumerate(log):
+            if since <= created:
+                first = i
+        return [(max(since, created), _day(day)) for since, day, _ in log[first:]]
+
     # ---- billing
 
     def bill(
@@ -1205,7 +1233,7 @@ class EmulatorCore:
         """
         entry = LedgerEntry(
             provider, batch_id, list[str | None](custom_ids), requests=requests, model=model,
-            unbilled=frozenset(failing),
+            unbilled=frozenset(failing), days=((0, _day(self.config.today)),),
         )  # fmt: skip
         with self._lock:
             self._ledger.append(entry)
@@ -1221,7 +1249,7 @@ class EmulatorCore:
         """Record one answered realtime request (billed at the standard price)."""
         entry = LedgerEntry(
             provider, None, [None], requests=[request_key], mode="realtime", model=model,
-            usage=None if usage is None else [usage],
+            usage=None if usage is None else [usage], days=((0, _day(self.config.today)),),
         )  # fmt: skip
         with self._lock:
             self._ledger.append(entry)
@@ -1235,7 +1263,8 @@ class EmulatorCore:
         a request a routed model's successor answered; ``None`` where not recorded). With
         ``usd``, also ``usd``: what the request is billed
         (:func:`~batchata_df.emulator.pricing.billed_usd` of ``model`` and the usage it
-        was answered with; ``None`` where the usage is not recorded: only Gemini's is).
+        was answered with, at the prices of the day it ran, :attr:`LedgerEntry.days`;
+        ``None`` where the usage is not recorded: only Gemini's is).
         """
         with self._lock:
             entries = list(self._ledger)
@@ -1255,9 +1284,10 @@ class EmulatorCore:
                 }  # fmt: skip
                 if usd:
                     used = e.usage[i] if e.usage is not None and i < len(e.usage) else None
+                    day = e.day_at(i) or model_rules.today()
                     item["usd"] = (
                         None if used is None or model is None
-                        else _billed_usd(e.provider, model, *used, e.mode, model_rules.today())
+                        else _billed_usd(e.provider, model, *used, e.mode, day)
                     )  # fmt: skip
                 out.append(item)
         return out
@@ -1577,14 +1607,13 @@ class EmulatorCore:
 def _billed_usd(
     provider: str, model: str, inp: int, out: int, cached: int, mode: str, day: dt.date
 ) -> float:
-    # ``day``: billed_usd reads genai-prices' dated prices at model_rules.today(), so it
-    # is part of the key (a later ``today`` may price the same usage otherwise).
+    # ``day``: the day the request ran, whose genai-prices' dated prices it is billed at.
     from batchata_df.emulator.pricing import billed_usd
 
-    del day
     return billed_usd(
-        provider, model, input_tokens=inp, output_tokens=out, cached_tokens=cached, mode=mode
-    )
+        provider, model, input_tokens=inp, output_tokens=out, cached_tokens=cached, mode=mode,
+        on=day,
+    )  # fmt: skip
 
 
 def _day(today: str, at: float | None = None) -> dt.date:

@@ -1,0 +1,188 @@
+"""A price change while a batch runs: the cap still holds, and the bill is by the day each
+request ran.
+
+genai-prices 0.2.3 dates price changes (``StartDateConstraint``): gemini-4-argon doubles
+on 2026-12-01, gemini-3.6/3.7/3.8-flash on 2027-01-01. The providers bill a request at the
+price in force when it runs, and a batch runs for up to its window
+(``models.BATCH_WINDOW_HOURS``: Gemini 48 h). Three gaps, closed here:
+
+1. ``max_cost_usd`` reserved each job at the price of the day it was sent, so a batch that
+   ran past a rise spent more than the cap (0.0168 USD under a 0.01 cap): the reservation
+   is now at the highest price in force over the window (``PriceTable.worst``);
+2. a routed model (``models.SCHEDULED``, ``"routed"``: gemini-2.5-pro -> gemini-3.8-flash
+   from 2026-12-01) was reserved at its own price, while its requests run from the date
+   on are billed at the successor's: the reservation takes the successor's too when the
+   date falls inside the window;
+3. the emulator billed every request at the day the bill was read (so it moved with the
+   client and could not catch 1): now at the ``today`` setting in force when it ran.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import warnings
+
+import polars as pl
+import pytest
+from google import genai
+
+from batchata_df import batch_llm, sql
+from batchata_df.cost import PriceTable
+from batchata_df.emulator.pricing import billed_usd
+from batchata_df.models import TODAY_VAR
+from batchata_df.state import spent_usd
+
+LONG = pl.DataFrame({"text": [f"row {i}: " + "lorem ipsum " * 300 for i in range(8)]})
+
+
+def _src(n: int) -> list[dict[str, object]]:
+    return [{"contents": [{"parts": [{"text": f"row {i}"}], "role": "user"}],
+             "metadata": {"key": f"r{i}"}} for i in range(n)]  # fmt: skip
+
+
+# -- 3. the emulator, through the official SDK ---------------------------------------------
+
+
+def test_the_emulator_bills_each_request_at_the_price_of_the_day_it_ran(emu) -> None:
+    gem = genai.Client()
+    model = "gemini-3.7-flash"
+    # latency 60 s: the 4 requests finish at 19.5, 33, 46.5 and 60 s (10 % pending, then
+    # evenly): one has run when the day changes at 30 s.
+    emu.configure(latency=60.0, today="2026-12-31")
+    job = gem.batches.create(model=model, src=_src(4))  # type: ignore[arg-type]
+    emu.advance(30)
+    emu.configure(today="2027-01-01")
+    emu.advance(60)
+    done = gem.batches.get(name=str(job.name))
+    assert done.dest is not None and done.dest.inlined_responses
+    usage = []
+    for item in done.dest.inlined_responses:
+        assert item.response is not None and item.response.usage_metadata is not None
+        meta = item.response.usage_metadata
+        usage.append({
+            "input_tokens": meta.prompt_token_count or 0,
+            "output_tokens": (meta.candidates_token_count or 0) + (meta.thoughts_token_count or 0),
+            "cached_tokens": meta.cached_content_token_count or 0,
+        })  # fmt: skip
+    days = [dt.date(2026, 12, 31)] + [dt.date(2027, 1, 1)] * 3
+    expected = [billed_usd("gemini", model, **u, on=d) for u, d in zip(usage, days, strict=True)]
+    assert expected[0] < billed_usd("gemini", model, **usage[0], on=days[1])  # a rise
+    for read_on in ("2027-01-01", "2027-03-01", "2026-12-31"):  # whenever the bill is read
+        emu.configure(today=read_on)
+        assert [b["usd"] for b in emu.billing(usd=True)] == pytest.approx(expected, rel=1e-12)
+
+
+# -- 1. the cap across a dated price rise -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "before", "after", "cap"),
+    [("gemini-4-argon", "2026-11-30", "2026-12-01", 0.01),
+     ("gemini-3.7-flash", "2026-12-31", "2027-01-01", 0.004)],
+)  # fmt: skip
+def test_the_cap_holds_when_a_price_rises_while_the_batch_runs(
+    emu, tmp_path, monkeypatch, model, before, after, cap
+) -> None:
+    monkeypatch.setenv(TODAY_VAR, before)
+    emu.configure(today=before, latency=60.0)
+    state = str(tmp_path / "s")
+    kw = {"model": model, "prompt": "{text}", "state": state, "progress": False,
+          "params": {"max_tokens": 100}, "max_cost_usd": cap}  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the cap's "cancelled: cost_limit" rows
+        LONG.pipe(batch_llm, wait=False, **kw)
+        emu.advance(30)  # the batch half run when the price rises
+        monkeypatch.setenv(TODAY_VAR, after)
+        emu.configure(today=after)
+        emu.advance(40)
+        out = LONG.pipe(batch_llm, **kw)
+    bills = emu.billing(usd=True)
+    assert bills, "nothing was sent: the test would prove nothing"
+    billed = sum(float(b["usd"]) for b in bills)  # type: ignore[arg-type]
+    assert billed <= cap
+    # The client prices rows at the day it collects them (the later, higher price): what it
+    # counts as spent is at least the bill, and within the cap too.
+    assert billed <= spent_usd(state) <= cap
+    assert out["_cost_usd"].sum() == pytest.approx(spent_usd(state), rel=1e-12)
+
+
+def test_the_worst_case_is_the_highest_price_over_the_batch_window(monkeypatch) -> None:
+    model = "gemini-3.7-flash"
+    monkeypatch.setenv(TODAY_VAR, "2026-12-31")
+    table = PriceTable()
+    now, worst = table.get("gemini", model), table.worst("gemini", model)
+    monkeypatch.setenv(TODAY_VAR, "2027-01-01")
+    later = table.get("gemini", model)
+    assert now is not None and worst is not None and later is not None
+    assert (worst.input, worst.output) == (later.input, later.output) != (now.input, now.output)
+    # Sent on 2026-12-30 (at 23:59), a 48 h batch may still run on 2027-01-01.
+    monkeypatch.setenv(TODAY_VAR, "2026-12-30")
+    assert table.worst("gemini", model) == worst
+    # Sent on 2026-12-29, a 48 h batch ends on 2026-12-31 at the latest: today's price.
+    monkeypatch.setenv(TODAY_VAR, "2026-12-29")
+    assert table.worst("gemini", model) == table.get("gemini", model)
+    # A realtime request runs when it is sent: today's price.
+    monkeypatch.setenv(TODAY_VAR, "2026-12-31")
+    realtime = table.realtime()
+    assert realtime.worst("gemini", model) == realtime.get("gemini", model)
+
+
+# -- 2. a routed model: its successor's prices count from the routing date -------------
+
+
+@pytest.mark.parametrize("day", ["2026-11-30", "2027-01-15"])
+def test_the_worst_case_covers_the_successor_of_a_routed_model(monkeypatch, day) -> None:
+    monkeypatch.setenv(TODAY_VAR, day)  # 2026-12-01 inside the window, or past
+    table = PriceTable()
+    own, successor = table.get("gemini", "gemini-2.5-pro"), table.get("gemini", "gemini-3.8-flash")
+    worst = table.worst("gemini", "gemini-2.5-pro")
+    assert own is not None and successor is not None and worst is not None
+    for size in (1_000, 300_000):  # below and above 2.5 Pro's long-prompt tier
+        for rate in ("input", "output", "cached_input"):
+            expected = max(own.at(size).rate(rate), successor.at(size).rate(rate))
+            assert worst.at(size).rate(rate) == expected, (size, rate)
+    monkeypatch.setenv(TODAY_VAR, "2026-11-28")  # the window ends on 2026-11-30
+    assert table.worst("gemini", "gemini-2.5-pro") == table.get("gemini", "gemini-2.5-pro")
+
+
+def test_a_routed_model_after_the_routing_date_stays_under_the_cap(
+    emu, tmp_path, monkeypatch
+) -> None:
+    # Through a base URL (a gateway: the client's shutdown check steps aside) after the
+    # date, every request is answered and billed by gemini-3.8-flash.
+    day, cap = "2027-01-15", 0.05
+    monkeypatch.setenv(TODAY_VAR, day)
+    emu.configure(today=day)
+    text = "lorem ipsum dolor sit amet " * 4000
+    rows = pl.DataFrame({"text": [f"{i} {text}" for i in range(6)]})
+    state = str(tmp_path / "s")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rows.pipe(batch_llm, model="gemini-2.5-pro", prompt="Classify: {text}", state=state,
+                  progress=False, max_cost_usd=cap, params={"max_tokens": 50})  # fmt: skip
+    bills = emu.billing(usd=True)
+    assert bills and {b["model"] for b in bills} == {"gemini-3.8-flash"}
+    assert sum(float(b["usd"]) for b in bills) <= spent_usd(state) <= cap  # type: ignore[arg-type]
+    jobs = sql("SELECT est_cost_usd, cost_usd FROM jobs WHERE cost_usd > 0", state)
+    assert jobs.height and (jobs["est_cost_usd"] >= jobs["cost_usd"]).all(), jobs
+
+
+# -- the client's cost and the bill agree when no change falls in the run --------------
+
+
+def test_client_cost_equals_the_bill_when_no_price_changes_during_the_run(
+    emu, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv(TODAY_VAR, "2026-12-31")
+    emu.configure(today="2026-12-31")
+    rows = pl.DataFrame({"text": [f"row {i}: say something" for i in range(5)]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # thinking room under max_tokens=200
+        out = rows.pipe(batch_llm, model="gemini-3.7-flash", prompt="{text}",
+                        state=str(tmp_path / "s"), progress=False, params={"max_tokens": 200})
+    billed = [float(b["usd"]) for b in emu.billing(usd=True)]  # type: ignore[arg-type]
+    assert len(billed) == rows.height
+    assert out["_cost_usd"].sum() == pytest.approx(sum(billed), rel=1e-12)
+    # Read after the rise, the bill of requests run before it does not move.
+    emu.configure(today="2027-01-01")
+    assert [float(b["usd"]) for b in emu.billing(usd=True)] == billed  # type: ignore[arg-type]
