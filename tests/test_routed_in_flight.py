@@ -164,6 +164,9 @@ def test_on_the_real_date_a_batch_read_after_midnight_is_routed_from_midnight(re
     assert core.routed_since("gemini", PRO, created) == (midnight, PRO_NEW)
     assert core.routed_since("gemini", "models/" + OLD, created) == (midnight, "models/" + NEW)
     assert core.gone_since("gemini", PRO, created) is None  # routed, so served
+    # ... and billed at the prices of the day each request ran (LedgerEntry.days).
+    assert core.days_since(created) == [
+        (created, dt.date(2026, 11, 30)), (midnight, dt.date(2026, 12, 1))]
     # Created after midnight: from its creation.
     later = core.clock.now()
     core.clock.advance(60)

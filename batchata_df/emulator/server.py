@@ -1194,7 +1194,7 @@ class EmulatorCore:
             on = _day(day, t)
             if hit(on, keep):
                 return t
-            t = dt.datetime.combine(on + dt.timedelta(days=1), dt.time(), dt.UTC).timestamp()
+            t = _midnight_after(on)
         return None
 
     def days_since(self, created: float) -> list[tuple[float, dt.date]]:
@@ -1202,14 +1202,19 @@ class EmulatorCore:
 
         Read as :meth:`routed_since` reads them: the first is the setting in force at
         ``created`` (its ``since`` is ``created``), then each later change from the
-        simulated time it was made.
+        simulated time it was made. The real date (``""``) changes at each UTC midnight of
+        the emulator's clock (:meth:`_first_day`), up to now.
         """
-        log = tuple(self._served_log)
-        first = 0
-        for i, (since, _, _) in enumerate(log):
-            if since <= created:
-                first = i
-        return [(max(since, created), _day(day)) for since, day, _ in log[first:]]
+        days: list[tuple[float, dt.date]] = []
+        for start, end, day, _ in self._settings_since(created):
+            t, stop = start, min(end, self.clock.now())
+            days.append((t, _day(day, t)))
+            while not day:
+                t = _midnight_after(days[-1][1])
+                if t >= stop:
+                    break
+                days.append((t, _day(day, t)))
+        return days
 
     # ---- billing
 
@@ -1614,6 +1619,11 @@ def _billed_usd(
         provider, model, input_tokens=inp, output_tokens=out, cached_tokens=cached, mode=mode,
         on=day,
     )  # fmt: skip
+
+
+def _midnight_after(day: dt.date) -> float:
+    """The UTC midnight that ends ``day`` (unix seconds)."""
+    return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.UTC).timestamp()
 
 
 def _day(today: str, at: float | None = None) -> dt.date:
