@@ -427,7 +427,10 @@ def window_days(provider: str, processing: str, start: date) -> list[date]:
 
     A batch may run up to :data:`batchata_df.models.BATCH_WINDOW_HOURS` after it is sent
     (sent at 23:59, its last requests run that many hours later, on the day after the
-    window's last whole day); a realtime request runs when sent.
+    window's last whole day); a realtime request runs when sent, and is taken to finish
+    within a day: sent at 23:59 it may run (and be billed) after midnight, so the next day
+    counts too. A realtime call running longer than that (a retry loop stretching past the
+    next midnight) is not covered: a price rise two days on is not reserved.
 
     Examples
     --------
@@ -435,13 +438,13 @@ def window_days(provider: str, processing: str, start: date) -> list[date]:
     ['2026-12-31', '2027-01-01', '2027-01-02']
     >>> [d.isoformat() for d in window_days("openai", "batch", date(2026, 12, 31))]
     ['2026-12-31', '2027-01-01']
-    >>> window_days("gemini", "realtime", date(2026, 12, 31))
-    [datetime.date(2026, 12, 31)]
+    >>> [d.isoformat() for d in window_days("gemini", "realtime", date(2026, 12, 31))]
+    ['2026-12-31', '2027-01-01']
     """
     from batchata_df.models import BATCH_WINDOW_HOURS
 
     if processing != "batch":
-        return [start]
+        return [start, start + timedelta(days=1)]
     hours = BATCH_WINDOW_HOURS.get(provider, max(BATCH_WINDOW_HOURS.values()))
     return [start + timedelta(days=k) for k in range(-(-hours // 24) + 1)]
 
@@ -512,11 +515,19 @@ class PriceTable:
         ``_transformers.t_model`` prepends "models/" when absent).
         """
         name = model.removeprefix("models/") if provider == "gemini" else model
-        for key in (model, name):
+        for key in self._keys(provider, model):
             if key in self._overrides:
                 price = self._overrides[key]
                 return _scaled(price, REALTIME_FACTOR) if self.processing == "realtime" else price
         return _lookup(provider, name, self.processing)
+
+    @staticmethod
+    def _keys(provider: str, model: str) -> tuple[str, ...]:
+        """The override keys naming ``model``: Gemini's ``<id>`` and ``models/<id>`` both."""
+        if provider != "gemini":
+            return (model,)
+        name = model.removeprefix("models/")
+        return (model, name, f"models/{name}")
 
     def worst(self, provider: str, model: str) -> Price | None:
         """The highest price a request sent to ``model`` today may be billed at.
@@ -569,8 +580,8 @@ class PriceTable:
         return price
 
     def _on(self, provider: str, name: str, day: date) -> Price | None:
-        """:meth:`get` as on ``day`` (an override has no date)."""
-        if name in self._overrides:
+        """:meth:`get` as on ``day`` (an override has no date; either Gemini spelling)."""
+        if any(key in self._overrides for key in self._keys(provider, name)):
             return self.get(provider, name)
         return _lookup_on(provider, name, self.processing, day)
 

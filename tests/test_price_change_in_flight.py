@@ -121,10 +121,87 @@ def test_the_worst_case_is_the_highest_price_over_the_batch_window(monkeypatch) 
     # Sent on 2026-12-29, a 48 h batch ends on 2026-12-31 at the latest: today's price.
     monkeypatch.setenv(TODAY_VAR, "2026-12-29")
     assert table.worst("gemini", model) == table.get("gemini", model)
-    # A realtime request runs when it is sent: today's price.
-    monkeypatch.setenv(TODAY_VAR, "2026-12-31")
+    # A realtime request runs when it is sent, within a day: sent on 2026-12-30 it is
+    # billed at 2026-12-30's or 2026-12-31's price (the same) ...
+    monkeypatch.setenv(TODAY_VAR, "2026-12-30")
     realtime = table.realtime()
     assert realtime.worst("gemini", model) == realtime.get("gemini", model)
+    # ... sent on 2026-12-31 it may run past midnight, into the rise.
+    monkeypatch.setenv(TODAY_VAR, "2026-12-31")
+    now, worst = realtime.get("gemini", model), realtime.worst("gemini", model)
+    monkeypatch.setenv(TODAY_VAR, "2027-01-01")
+    later = realtime.get("gemini", model)
+    assert now is not None and worst is not None and later is not None
+    assert (worst.input, worst.output) == (later.input, later.output) != (now.input, now.output)
+
+
+@pytest.mark.parametrize("processing", ["batch", "realtime"])
+def test_a_models_prefixed_override_is_what_the_worst_case_reserves(
+    monkeypatch, processing
+) -> None:
+    # prices={"models/<id>": ...} names the same model as prices={"<id>": ...} (get()
+    # accepts both): the reservation must not take max(override, genai-prices) for one.
+    monkeypatch.setenv(TODAY_VAR, "2026-11-30")  # gemini-4-argon doubles on 2026-12-01
+    for model in ("gemini-4-argon", "models/gemini-4-argon"):
+        worsts = []
+        for key in ("gemini-4-argon", "models/gemini-4-argon"):
+            table = PriceTable({key: (0.001, 0.001)})
+            table = table.realtime() if processing == "realtime" else table
+            worst = table.worst("gemini", model)
+            assert worst == table.get("gemini", model), (model, key)
+            worsts.append(worst)
+        assert worsts[0] == worsts[1], model
+
+
+def test_a_models_prefixed_override_reserves_as_the_bare_one(emu, monkeypatch) -> None:
+    monkeypatch.setenv(TODAY_VAR, "2026-11-30")
+    emu.configure(today="2026-11-30")
+    rows = pl.DataFrame({"text": [f"row {i}" for i in range(4)]})
+    plans = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for key in ("gemini-4-argon", "models/gemini-4-argon"):
+            plans[key] = rows.pipe(
+                batch_llm, model="gemini:models/gemini-4-argon", prompt="{text}",
+                dry_run=True, prices={key: (0.001, 0.001)}, params={"max_tokens": 100},
+                progress=False, max_cost_usd=0.001,
+            )  # fmt: skip
+    bare, prefixed = plans["gemini-4-argon"], plans["models/gemini-4-argon"]
+    assert bare["_within_cap"].all()  # 4 tiny rows at 0.001 USD/Mtok: far under the cap
+    for col in ("_est_cost_usd", "_expected_cost_usd", "_within_cap"):
+        assert prefixed[col].to_list() == bare[col].to_list(), col
+    assert not emu.billing()
+
+
+def test_a_realtime_call_running_past_midnight_into_a_rise_stays_under_the_cap(
+    emu, tmp_path, monkeypatch
+) -> None:
+    import os
+    import threading
+    import time
+
+    monkeypatch.setenv(TODAY_VAR, "2026-11-30")  # gemini-4-argon doubles on 2026-12-01
+    emu.configure(today="2026-11-30", realtime_latency=1.0)
+    rows = pl.DataFrame({"text": [f"row {i}: " + "lorem ipsum " * 300 for i in range(6)]})
+    kw = {"model": "gemini-4-argon", "prompt": "{text}", "progress": False,
+          "params": {"max_tokens": 100}, "mode": "realtime"}  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = rows.pipe(batch_llm, dry_run=True, **kw)
+        # The plan at today's price: a cap just above it covers only today's price.
+        cap = float(plan["_est_cost_usd"].sum()) * 1.0001
+
+        def midnight() -> None:
+            time.sleep(0.5)  # the requests in flight (1 s each) run past midnight
+            os.environ[TODAY_VAR] = "2026-12-01"
+            emu.configure(today="2026-12-01")
+
+        flip = threading.Thread(target=midnight)
+        flip.start()
+        rows.pipe(batch_llm, state=str(tmp_path / "s"), max_cost_usd=cap, **kw)
+        flip.join()
+    billed = sum(float(b["usd"]) for b in emu.billing(usd=True))  # type: ignore[arg-type]
+    assert billed <= cap
 
 
 # -- 2. a routed model: its successor's prices count from the routing date -------------
@@ -186,3 +263,30 @@ def test_client_cost_equals_the_bill_when_no_price_changes_during_the_run(
     # Read after the rise, the bill of requests run before it does not move.
     emu.configure(today="2027-01-01")
     assert [float(b["usd"]) for b in emu.billing(usd=True)] == billed  # type: ignore[arg-type]
+
+
+def test_on_the_real_date_the_emulator_bills_at_its_clocks_day_not_the_machines() -> None:
+    # today="" (the real date): what the emulator bills and serves is the date of ITS clock
+    # (which tests advance), not the machine's: a realtime request answered after the
+    # clock passed midnight is billed at the new day's price.
+    import time
+
+    from batchata_df.emulator.server import EmulatorCore
+
+    target = dt.datetime(2027, 1, 22, 0, 30, tzinfo=dt.UTC)  # claude-opus-4-5's shutdown
+    if dt.datetime.now(dt.UTC).date() >= target.date():
+        pytest.skip("the machine's date is past the test's target date")
+    core = EmulatorCore()
+    try:
+        core.configure({"today": "", "serve_retired": False})
+        core.clock.advance(target.timestamp() - time.time())
+        assert dt.datetime.fromtimestamp(core.clock.now(), dt.UTC).date() == target.date()
+        core.bill_realtime("gemini", "k", model="gemini-4-argon", usage=(1000, 1000, 0))
+        core.bill("openai", "b1", ["a"], requests=["k"], model="gpt-6-luna")
+        assert [e.day_at(0) for e in core._ledger] == [target.date(), target.date()]
+        usd = float(core.billing(usd=True)[0]["usd"])  # type: ignore[arg-type]
+        assert usd == billed_usd("gemini", "gemini-4-argon", input_tokens=1000,
+                                 output_tokens=1000, mode="realtime", on=target.date())  # fmt: skip
+        assert not core.served_now()("anthropic", "claude-opus-4-5")
+    finally:
+        core.close()

@@ -1106,7 +1106,7 @@ class EmulatorCore:
         A batch validated in the background is validated as of its creation, not as of a
         ``today`` set after it was sent (the shutdown then is :meth:`gone_since`'s).
         """
-        on = _day(self.config.today)
+        on = _day(self.config.today, self.clock.now())
         keep = self.config.serve_retired
         return lambda provider, model: model_rules.serves(provider, model, on, keep)
 
@@ -1236,9 +1236,10 @@ class EmulatorCore:
         the positions of requests that will fail with their own error, never billed
         (:attr:`LedgerEntry.unbilled`).
         """
+        day = _day(self.config.today, self.clock.now())  # the emulator's clock, not the machine's
         entry = LedgerEntry(
             provider, batch_id, list[str | None](custom_ids), requests=requests, model=model,
-            unbilled=frozenset(failing), days=((0, _day(self.config.today)),),
+            unbilled=frozenset(failing), days=((0, day),),
         )  # fmt: skip
         with self._lock:
             self._ledger.append(entry)
@@ -1252,9 +1253,10 @@ class EmulatorCore:
         usage: tuple[int, int, int] | None = None,
     ) -> None:
         """Record one answered realtime request (billed at the standard price)."""
+        day = _day(self.config.today, self.clock.now())  # the emulator's clock, not the machine's
         entry = LedgerEntry(
             provider, None, [None], requests=[request_key], mode="realtime", model=model,
-            usage=None if usage is None else [usage], days=((0, _day(self.config.today)),),
+            usage=None if usage is None else [usage], days=((0, day),),
         )  # fmt: skip
         with self._lock:
             self._ledger.append(entry)
