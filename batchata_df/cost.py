@@ -341,8 +341,10 @@ def batch_discounted(price: Price, provider: str) -> Price:
     )
 
 
-def _lookup(provider: str, model: str, processing: str = "batch") -> Price | None:
-    """genai-prices' price of ``model`` on :func:`batchata_df.models.today`.
+def _lookup(
+    provider: str, model: str, processing: str = "batch", on: date | None = None
+) -> Price | None:
+    """genai-prices' price of ``model`` on ``on`` (default :func:`batchata_df.models.today`).
 
     genai-prices dates some prices (``StartDateConstraint``: gemini-3.7-flash's rise on
     2027-01-01, ...); they are read at the date the shutdown tables are read at (pinned by
@@ -350,7 +352,7 @@ def _lookup(provider: str, model: str, processing: str = "batch") -> Price | Non
     """
     from batchata_df.models import today
 
-    return _lookup_on(provider, model, processing, today())
+    return _lookup_on(provider, model, processing, today() if on is None else on)
 
 
 @lru_cache(maxsize=256)
@@ -508,18 +510,19 @@ class PriceTable:
         table._overrides = dict(self._overrides)
         return table
 
-    def get(self, provider: str, model: str) -> Price | None:
+    def get(self, provider: str, model: str, on: date | None = None) -> Price | None:
         """The price of ``model``, or ``None`` when nothing is known.
 
-        Gemini's ``models/<id>`` is priced as ``<id>`` (the same model: google-genai SDK
-        ``_transformers.t_model`` prepends "models/" when absent).
+        ``on``: as on that day (default :func:`batchata_df.models.today`; an override has
+        no date). Gemini's ``models/<id>`` is priced as ``<id>`` (the same model:
+        google-genai SDK ``_transformers.t_model`` prepends "models/" when absent).
         """
         name = model.removeprefix("models/") if provider == "gemini" else model
         for key in self._keys(provider, model):
             if key in self._overrides:
                 price = self._overrides[key]
                 return _scaled(price, REALTIME_FACTOR) if self.processing == "realtime" else price
-        return _lookup(provider, name, self.processing)
+        return _lookup(provider, name, self.processing, on)
 
     @staticmethod
     def _keys(provider: str, model: str) -> tuple[str, ...]:
@@ -566,24 +569,18 @@ class PriceTable:
         days = window_days(provider, self.processing, today())
         routed = scheduled_shutdown(provider, name)
         for day in days:
-            on = [self._on(provider, name, day)]
+            on = [self.get(provider, name, day)]
             if (
                 routed is not None
                 and routed[2] == "routed"
                 and routed[1]
                 and date.fromisoformat(routed[0]) <= day
             ):
-                on.append(self._on(provider, routed[1], day))
+                on.append(self.get(provider, routed[1], day))
             for found in on:
                 if found is not None:
                     price = highest(price, found)
         return price
-
-    def _on(self, provider: str, name: str, day: date) -> Price | None:
-        """:meth:`get` as on ``day`` (an override has no date; either Gemini spelling)."""
-        if any(key in self._overrides for key in self._keys(provider, name)):
-            return self.get(provider, name)
-        return _lookup_on(provider, name, self.processing, day)
 
     def require(self, provider: str, model: str, why: str) -> Price:
         """The price of ``model``; raise :class:`PriceError` naming the fix if unknown."""

@@ -297,6 +297,7 @@ _DUCK_TYPES: dict[type[pl.DataType], str] = {
     pl.Float64: "DOUBLE",
     pl.String: "VARCHAR",
     pl.Boolean: "BOOLEAN",
+    pl.Date: "DATE",
 }
 
 

@@ -146,6 +146,12 @@ BATCH_EVENTS = pl.Schema(
         "n_jobs": pl.Int64(),
         "n_bytes": pl.Int64(),
         "detail": pl.String(),
+        # The date (batchata_df.models.today) the batch was sent, on its ``intent`` and
+        # ``submitted`` events: its requests ran between it and the end of its window
+        # (cost.window_days), so rows collected later are priced at most at the window's
+        # last day (engine.ledger). Null on other events, and in parts written before it
+        # existed (read with the column null: every reader inserts missing columns).
+        "sent_on": pl.Date(),
     }
 )
 """Schema of a batch event part (public, versioned by ``FORMAT_VERSION``)."""
@@ -955,18 +961,25 @@ class StateStore:
         return set(keys.get_column("batch_key").unique().to_list())
 
     def batch_state(self) -> pl.DataFrame:
-        """The latest event of every batch, with the first known provider batch id."""
+        """The latest event of every batch, with its first known provider batch id.
+
+        ``sent_on`` is the day it was sent: its latest ``intent`` / ``submitted`` event's.
+        """
         events = self._scan("batches", BATCH_EVENTS).sort("seq")
         if events.height == 0:
             return events
         ids = events.group_by("batch_key").agg(
-            pl.col("provider_batch_id").drop_nulls().first().alias("_pbid")
+            pl.col("provider_batch_id").drop_nulls().first().alias("_pbid"),
+            pl.col("sent_on").drop_nulls().last().alias("_sent"),
         )
         latest = events.group_by("batch_key").agg(pl.all().sort_by("seq").last())
         return (
             latest.join(ids, on="batch_key", how="left")
-            .with_columns(pl.coalesce("provider_batch_id", "_pbid").alias("provider_batch_id"))
-            .drop("_pbid")
+            .with_columns(
+                pl.coalesce("provider_batch_id", "_pbid").alias("provider_batch_id"),
+                pl.coalesce("sent_on", "_sent").alias("sent_on"),
+            )
+            .drop("_pbid", "_sent")
             .sort("seq")
         )
 

@@ -207,9 +207,11 @@ def test_a_realtime_call_running_past_midnight_into_a_rise_stays_under_the_cap(
 # -- 2. a routed model: its successor's prices count from the routing date -------------
 
 
-@pytest.mark.parametrize("day", ["2026-11-30", "2027-01-15"])
+@pytest.mark.parametrize("day", ["2026-11-29", "2026-11-30", "2027-01-15"])
 def test_the_worst_case_covers_the_successor_of_a_routed_model(monkeypatch, day) -> None:
-    monkeypatch.setenv(TODAY_VAR, day)  # 2026-12-01 inside the window, or past
+    # 2026-12-01 inside the window (sent on 2026-11-29, a 48 h batch reaches it on its
+    # last day only: the routing date itself counts), or past.
+    monkeypatch.setenv(TODAY_VAR, day)
     table = PriceTable()
     own, successor = table.get("gemini", "gemini-2.5-pro"), table.get("gemini", "gemini-3.8-flash")
     worst = table.worst("gemini", "gemini-2.5-pro")
@@ -219,6 +221,17 @@ def test_the_worst_case_covers_the_successor_of_a_routed_model(monkeypatch, day)
             expected = max(own.at(size).rate(rate), successor.at(size).rate(rate))
             assert worst.at(size).rate(rate) == expected, (size, rate)
     monkeypatch.setenv(TODAY_VAR, "2026-11-28")  # the window ends on 2026-11-30
+    assert table.worst("gemini", "gemini-2.5-pro") == table.get("gemini", "gemini-2.5-pro")
+
+
+def test_the_routing_date_on_the_windows_last_day_counts(monkeypatch) -> None:
+    # gemini-3.8-flash is cheaper than gemini-2.5-pro at every rate: priced higher here
+    # (an override), its price shows whether the routing date's own day is counted.
+    table = PriceTable({"gemini-3.8-flash": (10.0, 20.0)})
+    monkeypatch.setenv(TODAY_VAR, "2026-11-29")  # a 48 h batch reaches 2026-12-01 last
+    worst = table.worst("gemini", "gemini-2.5-pro")
+    assert worst is not None and (worst.input, worst.output) == (10.0, 20.0)
+    monkeypatch.setenv(TODAY_VAR, "2026-11-28")  # ... or not
     assert table.worst("gemini", "gemini-2.5-pro") == table.get("gemini", "gemini-2.5-pro")
 
 
@@ -290,3 +303,36 @@ def test_on_the_real_date_the_emulator_bills_at_its_clocks_day_not_the_machines(
         assert not core.served_now()("anthropic", "claude-opus-4-5")
     finally:
         core.close()
+
+
+# -- rows collected after a rise are priced within their batch's window ------------------
+
+
+def test_rows_collected_late_after_a_rise_are_priced_at_their_window_not_the_collection_day(
+    emu, tmp_path, monkeypatch
+) -> None:
+    # Sent on 2026-11-20, the batch ended that day (a Gemini batch runs for 48 h at most:
+    # by 2026-11-22); collected on 2026-12-05, after gemini-4-argon doubled (2026-12-01).
+    # The bill is at 2026-11-20's price: the client must not count twice that as spent.
+    # The next call re-attaches the batch from the state: its send day is read from the
+    # batch's ``submitted`` event.
+    model = "gemini-4-argon"
+    monkeypatch.setenv(TODAY_VAR, "2026-11-20")
+    emu.configure(today="2026-11-20", latency=60.0)
+    state = str(tmp_path / "s")
+    kw = {"model": model, "prompt": "{text}", "state": state, "progress": False,
+          "params": {"max_tokens": 100}, "max_cost_usd": 0.012}  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the cap's "cancelled: cost_limit" rows
+        LONG.pipe(batch_llm, wait=False, **kw)
+        emu.advance(120)  # the batch ends on 2026-11-20
+        monkeypatch.setenv(TODAY_VAR, "2026-12-05")
+        emu.configure(today="2026-12-05")
+        out = LONG.pipe(batch_llm, **kw)
+    bills = emu.billing(usd=True)
+    assert bills, "nothing was sent: the test would prove nothing"
+    billed = sum(float(b["usd"]) for b in bills)  # type: ignore[arg-type]
+    assert out["_cost_usd"].sum() == pytest.approx(billed, rel=1e-9)
+    assert spent_usd(state) == pytest.approx(billed, rel=1e-9)
+    sent = sql("SELECT sent_on FROM batch_events WHERE status = 'submitted'", state)
+    assert sent["sent_on"].to_list() == [dt.date(2026, 11, 20)] * sent.height

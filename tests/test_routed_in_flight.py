@@ -342,8 +342,8 @@ def test_an_answering_model_without_a_known_price_is_priced_as_the_model_asked_a
     from batchata_df import cost as cost_module
 
     real = cost_module._lookup
-    monkeypatch.setattr(cost_module, "_lookup", lambda provider, model, processing="batch": (
-        None if model == PRO_NEW else real(provider, model, processing)))  # fmt: skip
+    monkeypatch.setattr(cost_module, "_lookup", lambda provider, model, proc="batch", on=None: (
+        None if model == PRO_NEW else real(provider, model, proc, on)))  # fmt: skip
     emu.configure(latency=60.0)
     on("2026-11-30")
     kw = {"model": PRO, "prompt": "{text}", "progress": False, "params": {"max_tokens": 2000}}
@@ -467,8 +467,8 @@ def test_an_unpriced_answering_model_is_said_once_per_call_across_its_batches(
     from batchata_df import cost as cost_module
 
     real = cost_module._lookup
-    monkeypatch.setattr(cost_module, "_lookup", lambda provider, model, processing="batch": (
-        None if model == PRO_NEW else real(provider, model, processing)))  # fmt: skip
+    monkeypatch.setattr(cost_module, "_lookup", lambda provider, model, proc="batch", on=None: (
+        None if model == PRO_NEW else real(provider, model, proc, on)))  # fmt: skip
     emu.configure(latency=60.0)
     on("2026-11-30")
     kw = {"model": PRO, "prompt": "{text}", "progress": False, "state": tmp_path / "s",
@@ -489,7 +489,7 @@ def test_an_unpriced_answering_model_is_said_once_per_call_across_its_batches(
 
 
 def test_a_folder_mixing_parts_with_and_without_answered_by_is_read_by_every_reader(
-    on, emu, tmp_path
+    on, emu, tmp_path, monkeypatch
 ) -> None:
     # A folder resumed across versions: its first part (the rows sent) has no
     # answered_by, the results' part has it. Polars refuses a plain read of such parts
@@ -536,7 +536,6 @@ def test_a_folder_mixing_parts_with_and_without_answered_by_is_read_by_every_rea
     assert repair(state).healthy
     billed = sum(float(b["usd"]) for b in emu.billing(usd=True))
     assert spent_usd(state) == pytest.approx(billed, rel=1e-9)
-    assert _paid_for(state)
     # A folder that paid for nothing (a call's temporary one is removed then) is read as
     # such, not kept as unreadable.
     empty = tmp_path / "unpaid"
@@ -546,4 +545,15 @@ def test_a_folder_mixing_parts_with_and_without_answered_by_is_read_by_every_rea
                                     "answered_by": [PRO_NEW]}))  # fmt: skip
     _as_old_parts(empty)  # both old ...
     store.append_jobs(pl.DataFrame({"job_id": ["b"], "status": ["assigned"]}))  # ... one new
-    assert not _paid_for(empty)
+    # _paid_for lists the parts in the file system's order: old parts first, then new ones
+    # first (a scan is read by its first part's columns unless told the schema).
+    real_glob = Path.glob
+    for newest_first in (False, True):
+
+        def ordered(self: Path, *a: object, _rev: bool = newest_first, **k: object) -> object:
+            return iter(sorted(real_glob(self, *a, **k), reverse=_rev))  # type: ignore[arg-type]
+
+        monkeypatch.setattr(Path, "glob", ordered)
+        assert _paid_for(state), newest_first
+        assert not _paid_for(empty), newest_first
+    monkeypatch.setattr(Path, "glob", real_glob)

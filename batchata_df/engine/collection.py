@@ -607,6 +607,7 @@ class Collector:
             provider=batch.provider,
             model=batch.model,
             provider_batch_id=batch.provider_batch_id,
+            sent_on=batch.sent_on,
         )
         if unmatched.height:
             # Billed lines no row can be given: their cost counts as spent all the same
@@ -622,6 +623,7 @@ class Collector:
                 model=batch.model,
                 provider_batch_id=batch.provider_batch_id,
                 rows=False,
+                sent_on=batch.sent_on,
             )  # fmt: skip
         failpoint("after_results")  # stored, not yet recorded collected (crash tests)
         self.admission.settle(batch, actual, events)

@@ -7,13 +7,15 @@ in one place.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import polars as pl
 
-from batchata_df.cost import Price, cost_expr, with_usage_columns
+from batchata_df.cost import Price, cost_expr, window_days, with_usage_columns
 from batchata_df.engine.run import BatchPhase, InFlightBatch, RunContext, RunState
 from batchata_df.errors import UnpricedAnswerWarning, warn_user
+from batchata_df.models import today
 from batchata_df.state import TERMINAL_JOB
 
 __all__ = ["Ledger"]
@@ -35,14 +37,23 @@ class Ledger:
         model: str | None,
         provider_batch_id: str | None,
         rows: bool = True,
+        sent_on: dt.date | None = None,
     ) -> float:
         """Append terminal job events with their cost; return the cost they add.
 
         ``rows=False``: events of no row of the call (billed result lines that matched
         none, :func:`~batchata_df.engine.collection.unmatched_events`): their cost counts,
         the progress's row counts do not.
+
+        Rows are priced as on the day they are collected (:func:`batchata_df.models.today`),
+        but at most the last day of the window of a batch sent on ``sent_on``
+        (:func:`~batchata_df.cost.window_days`): its requests ran by then, so a price
+        change after it is not what they were billed at. Within the window the later day
+        is taken (the provider bills each request at the day it ran, which the results do
+        not say): what is counted as spent is then at least the bill.
         """
-        price = self.ctx.prices.get(provider, model) if provider and model else None
+        day = self._pricing_day(provider, sent_on)
+        price = self.ctx.prices.get(provider, model, day) if provider and model else None
         frame = events.with_columns(
             pl.lit(batch_key, dtype=pl.String).alias("batch_key"),
             pl.lit(provider, dtype=pl.String).alias("provider"),
@@ -51,7 +62,7 @@ class Ledger:
         )
         unpriced: list[tuple[str, int]] = []
         if "input_tokens" in frame.columns:
-            priced, unpriced = self._answered_prices(frame, provider, price)
+            priced, unpriced = self._answered_prices(frame, provider, price, day)
 
             def row_cost() -> pl.Expr:
                 # Each row at the price of the model that answered it (answered_by, set
@@ -95,8 +106,16 @@ class Ledger:
                 self._say_unpriced(provider, model, name, n)
         return added
 
+    def _pricing_day(self, provider: str | None, sent_on: dt.date | None) -> dt.date | None:
+        """The day rows of a batch sent on ``sent_on`` are priced at (``None``: today)."""
+        if provider is None or sent_on is None:
+            return None
+        last = window_days(provider, self.ctx.prices.processing, sent_on)[-1]
+        return min(today(), last)
+
     def _answered_prices(
-        self, frame: pl.DataFrame, provider: str | None, price: Price | None
+        self, frame: pl.DataFrame, provider: str | None, price: Price | None,
+        day: dt.date | None = None,
     ) -> tuple[dict[str, Price], list[tuple[str, int]]]:
         """Prices of the models that answered rows instead of the one asked, and the rest.
 
@@ -115,7 +134,7 @@ class Ledger:
         priced: dict[str, Price] = {}
         unpriced: list[tuple[str, int]] = []
         for name, rows in names.drop_nulls().value_counts(sort=True).iter_rows():
-            found = self.ctx.prices.get(provider, str(name))
+            found = self.ctx.prices.get(provider, str(name), day)
             if found is not None:
                 priced[str(name)] = found
             elif price is not None:

@@ -200,6 +200,7 @@ def recover(ctx: RunContext, state: RunState) -> list[InFlightBatch]:
                 provider_batch_id=found,
                 status=BatchPhase.SUBMITTED.value,
                 detail=FOUND_AFTER_CRASH,
+                sent_on=row["sent_on"],  # the intent's: sent (if at all) that day
             )
             row["provider_batch_id"], status = found, BatchPhase.SUBMITTED.value
             adopted.add(key)
@@ -218,6 +219,7 @@ def recover(ctx: RunContext, state: RunState) -> list[InFlightBatch]:
                         row["detail"] if status == BatchPhase.CANCEL_REQUESTED else None
                     ),
                     recovered=True,
+                    sent_on=row["sent_on"],
                     # found by a lookup that may find another's (not by our own tag)
                     adopted=key in adopted and not provider.find_is_exact,
                 )

@@ -7,6 +7,7 @@ spent and held, progress counters). Every unit takes both; nothing else is share
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import os
 from collections.abc import Callable, MutableMapping
@@ -186,6 +187,10 @@ class InFlightBatch:
     recovered: bool = False
     """Re-attached at the call's start (an earlier call sent it): its rows that end
     ``cancelled`` are this call's to send again (:attr:`RunContext.resend_cancelled`)."""
+    sent_on: dt.date | None = None
+    """The date (:func:`batchata_df.models.today`) it was sent, from its ``submitted`` event
+    (``None``: not recorded, e.g. an intent rebuilt by ``repair``): its rows are priced at
+    most at its window's last day (:meth:`~batchata_df.engine.ledger.Ledger.terminal`)."""
     adopted: bool = False
     """Found at the provider by a lookup that can find another process's batch (Anthropic's,
     by size and time alone: :attr:`Provider.find_is_exact` false), after a crash

@@ -32,6 +32,7 @@ from batchata_df.engine.run import (
     report,
 )
 from batchata_df.errors import ProviderError
+from batchata_df.models import today
 from batchata_df.providers.base import BatchTag
 
 __all__ = ["SubmitOutcome", "Submitter"]
@@ -101,6 +102,7 @@ class Submitter:
         ctx, store = self.ctx, self.ctx.store
         provider = ctx.providers[plan.provider]
         tag = BatchTag(store.manifest.run_id, plan.batch_key, ctx.clock.time(), n_jobs=len(plan))
+        sent_on = today()  # the day the reservation priced it at (PriceTable.worst)
         store.append_batch(
             batch_key=plan.batch_key,
             provider=plan.provider,
@@ -108,6 +110,7 @@ class Submitter:
             status=BatchPhase.INTENT.value,
             n_jobs=len(plan),
             n_bytes=plan.n_bytes,
+            sent_on=sent_on,
         )
         store.append_jobs(
             pl.DataFrame({"job_id": plan.job_ids}).with_columns(
@@ -170,6 +173,7 @@ class Submitter:
             n_jobs=len(plan),
             n_bytes=plan.n_bytes,
             detail=FOUND_AFTER_FAILED_CREATE if found is not None or adopted else None,
+            sent_on=sent_on,
         )
         self.state.batch_status[plan.batch_key] = "submitted"
         self.state.activity = ""  # uploaded: the "now" line must not go stale
@@ -185,6 +189,7 @@ class Submitter:
             reserved=reserved,
             est_input=plan.est_input,
             adopted=adopted,
+            sent_on=sent_on,
         )
 
     def _look_up(self, plan: PlannedBatch, tag: BatchTag) -> str | None:
