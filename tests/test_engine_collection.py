@@ -472,7 +472,7 @@ def test_a_batch_that_answers_a_poll_again_is_reachable_again(tmp_path):
 def test_terminal_rows_are_priced_and_add_cost_and_cache_savings_by_value(tmp_path):
     ctx, state = make_run(tmp_path, FakeProvider(FakeClock()))
     price = Price(input=1.0, output=2.0, cached_input=0.25, cache_write=1.25)
-    ctx.prices = SimpleNamespace(get=lambda provider, model: price)  # type: ignore[assignment]
+    ctx.prices = SimpleNamespace(get=lambda provider, model, on=None: price)  # type: ignore[assignment]
     ledger = Ledger(ctx, state)
     events = pl.DataFrame({
         "job_id": ["a", "b"], "status": ["completed", "failed"], "error": [None, "x"],
