@@ -180,3 +180,19 @@ def settled(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[str], list[int],
 
     monkeypatch.setattr(admission, "billed_input", spy)
     return seen
+
+
+@pytest.fixture
+def on(emu, monkeypatch):
+    """Set the date for the client and the emulator, as against the providers themselves
+    (the client skips its model checks when a base URL points at a gateway, as the
+    emulator's is: that skip is turned off here)."""
+    from batchata_df import models as client_models
+
+    monkeypatch.setattr(client_models, "_custom_endpoint", lambda provider: False)
+
+    def set_date(date: str) -> None:
+        monkeypatch.setenv(TODAY_VAR, date)
+        emu.configure(today=date)
+
+    return set_date

@@ -48,17 +48,6 @@ GEMINI_NOTICE = (
 )
 
 
-@pytest.fixture
-def on(emu, monkeypatch):
-    """Set the date for the client and the emulator; as against the providers themselves
-    (the client skips its model checks when a base URL points at a gateway)."""
-    monkeypatch.setattr(client_models, "_custom_endpoint", lambda provider: False)
-
-    def set_date(date: str) -> None:
-        monkeypatch.setenv(TODAY_VAR, date)
-        emu.configure(today=date)
-
-    return set_date
 
 
 def shutdown_warnings(caught: list[warnings.WarningMessage]) -> list[str]:

@@ -28,10 +28,8 @@ import pytest
 from google import genai
 
 from batchata_df import batch_llm, sql
-from batchata_df import models as client_models
 from batchata_df.cost import PriceTable
 from batchata_df.emulator.pricing import billed_usd
-from batchata_df.models import TODAY_VAR
 from batchata_df.state import spent_usd
 
 OLD, NEW = "gemini-2.5-flash", "gemini-3.5-flash-lite"
@@ -41,16 +39,6 @@ PRO, PRO_NEW = "gemini-2.5-pro", "gemini-3.8-flash"
 ROWS = pl.DataFrame({"text": [f"row {i}: say something" for i in range(4)]})
 
 
-@pytest.fixture
-def on(emu, monkeypatch):
-    """Set the date for the client and the emulator, as against Google itself."""
-    monkeypatch.setattr(client_models, "_custom_endpoint", lambda provider: False)
-
-    def set_date(date: str) -> None:
-        monkeypatch.setenv(TODAY_VAR, date)
-        emu.configure(today=date)
-
-    return set_date
 
 
 def _src(n: int) -> list[dict[str, object]]:
@@ -331,6 +319,14 @@ def test_a_folder_with_parts_written_before_answered_by_reads_and_collects(
     assert spent_usd(state) == pytest.approx(billed, rel=1e-9)
 
 
+
+def _without_a_price(monkeypatch: pytest.MonkeyPatch, cost_module: object, name: str) -> None:
+    """genai-prices knows no price for ``name`` (a model newer than its snapshot)."""
+    real = cost_module._lookup
+    monkeypatch.setattr(cost_module, "_lookup", lambda provider, model, proc="batch", on=None: (
+        None if model == name else real(provider, model, proc, on)))  # fmt: skip
+
+
 def test_an_answering_model_without_a_known_price_is_priced_as_the_model_asked_and_said(
     on, emu, tmp_path, monkeypatch
 ) -> None:
@@ -341,9 +337,7 @@ def test_an_answering_model_without_a_known_price_is_priced_as_the_model_asked_a
     from batchata_df import UnpricedAnswerWarning
     from batchata_df import cost as cost_module
 
-    real = cost_module._lookup
-    monkeypatch.setattr(cost_module, "_lookup", lambda provider, model, proc="batch", on=None: (
-        None if model == PRO_NEW else real(provider, model, proc, on)))  # fmt: skip
+    _without_a_price(monkeypatch, cost_module, PRO_NEW)
     emu.configure(latency=60.0)
     on("2026-11-30")
     kw = {"model": PRO, "prompt": "{text}", "progress": False, "params": {"max_tokens": 2000}}
@@ -466,9 +460,7 @@ def test_an_unpriced_answering_model_is_said_once_per_call_across_its_batches(
     from batchata_df import UnpricedAnswerWarning
     from batchata_df import cost as cost_module
 
-    real = cost_module._lookup
-    monkeypatch.setattr(cost_module, "_lookup", lambda provider, model, proc="batch", on=None: (
-        None if model == PRO_NEW else real(provider, model, proc, on)))  # fmt: skip
+    _without_a_price(monkeypatch, cost_module, PRO_NEW)
     emu.configure(latency=60.0)
     on("2026-11-30")
     kw = {"model": PRO, "prompt": "{text}", "progress": False, "state": tmp_path / "s",

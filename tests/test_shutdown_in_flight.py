@@ -35,9 +35,7 @@ import pytest
 from click.testing import CliRunner
 
 from batchata_df import batch_llm
-from batchata_df import models as client_models
 from batchata_df.cli import cli
-from batchata_df.models import TODAY_VAR
 from batchata_df.state import spent_usd
 
 ROWS = pl.DataFrame({"text": [f"row {i}" for i in range(4)]})
@@ -63,16 +61,6 @@ SAID = {"gpt-5-nano": "http_404: The model `gpt-5-nano` has been deprecated",
                         "to it."}  # fmt: skip
 
 
-@pytest.fixture
-def on(emu, monkeypatch):
-    """Set the date for the client and the emulator, as against the providers themselves."""
-    monkeypatch.setattr(client_models, "_custom_endpoint", lambda provider: False)
-
-    def set_date(date: str) -> None:
-        monkeypatch.setenv(TODAY_VAR, date)
-        emu.configure(today=date)
-
-    return set_date
 
 
 def _posts(emu: Any) -> int:
