@@ -326,6 +326,18 @@ def test_the_null_line_guard_outside_re2_s_sizes_is_python_s(
     assert has_null_line(b'{"a":1}\n null') and not has_null_line(b'{"a":1}\nnul')
 
 
+def _decoders(provider: str) -> tuple[Any, Any]:
+    """The provider's result decoder and its frozen reference (responses kept)."""
+    spec = RequestSpec(AnswerSchema(None), {}, keep_responses=True)
+    new = {"openai": lambda d: openai.decode_lines(d, responses=True),
+           "gemini": lambda d: gemini.decode_lines(d, responses=True),
+           "anthropic": lambda d: anthropic.decode_results(d, spec)}[provider]
+    old = {"openai": lambda d: ref.openai_decode_lines(d, responses=True),
+           "gemini": lambda d: ref.gemini_decode_lines(d, responses=True),
+           "anthropic": lambda d: ref.anthropic_decode_results(d, spec)}[provider]
+    return new, old
+
+
 @pytest.mark.parametrize("block", [None, 4096])
 @pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini"])
 def test_real_downloads_decode_as_before_on_the_arrow_path(
@@ -343,13 +355,7 @@ def test_real_downloads_decode_as_before_on_the_arrow_path(
     schemas = {"openai": openai._LINE_SCHEMA, "gemini": gemini._LINE_SCHEMA,
                "anthropic": anthropic._line_schema(anthropic._TEXT_BLOCK)}
     assert _read_jsonl_arrow(data, schemas[provider]) is not None
-    spec = RequestSpec(AnswerSchema(None), {}, keep_responses=True)
-    new = {"openai": lambda d: openai.decode_lines(d, responses=True),
-           "gemini": lambda d: gemini.decode_lines(d, responses=True),
-           "anthropic": lambda d: anthropic.decode_results(d, spec)}[provider]
-    old = {"openai": lambda d: ref.openai_decode_lines(d, responses=True),
-           "gemini": lambda d: ref.gemini_decode_lines(d, responses=True),
-           "anthropic": lambda d: ref.anthropic_decode_results(d, spec)}[provider]
+    new, old = _decoders(provider)
     assert_frame_equal(new(data), old(data))
 
 
@@ -408,13 +414,7 @@ def test_a_download_is_read_with_the_usual_schema_and_the_whole_one_when_a_line_
         return real(*args, **kwargs)
 
     monkeypatch.setattr(pj, "read_json", spy)
-    spec = RequestSpec(AnswerSchema(None), {}, keep_responses=True)
-    new = {"openai": lambda d: openai.decode_lines(d, responses=True),
-           "gemini": lambda d: gemini.decode_lines(d, responses=True),
-           "anthropic": lambda d: anthropic.decode_results(d, spec)}[provider]
-    old = {"openai": lambda d: ref.openai_decode_lines(d, responses=True),
-           "gemini": lambda d: ref.gemini_decode_lines(d, responses=True),
-           "anthropic": lambda d: ref.anthropic_decode_results(d, spec)}[provider]
+    new, old = _decoders(provider)
     try:
         got: pl.DataFrame | None = new(data)
     except pl.exceptions.ComputeError:

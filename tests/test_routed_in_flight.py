@@ -320,26 +320,28 @@ def test_a_folder_with_parts_written_before_answered_by_reads_and_collects(
 
 
 
-def _without_a_price(monkeypatch: pytest.MonkeyPatch, cost_module: object, name: str) -> None:
-    """genai-prices knows no price for ``name`` (a model newer than its snapshot)."""
+@pytest.fixture
+def unpriced_successor(on, emu, monkeypatch):
+    """Sent on 2026-11-30, 60 s a batch; genai-prices knows no price for 2.5 Pro's
+    successor (a model newer than its snapshot)."""
+    from batchata_df import cost as cost_module
+
     real = cost_module._lookup
     monkeypatch.setattr(cost_module, "_lookup", lambda provider, model, proc="batch", on=None: (
-        None if model == name else real(provider, model, proc, on)))  # fmt: skip
+        None if model == PRO_NEW else real(provider, model, proc, on)))  # fmt: skip
+    emu.configure(latency=60.0)
+    on("2026-11-30")
 
 
 def test_an_answering_model_without_a_known_price_is_priced_as_the_model_asked_and_said(
-    on, emu, tmp_path, monkeypatch
+    on, emu, tmp_path, monkeypatch, unpriced_successor
 ) -> None:
     # No price known for the successor (a model newer than genai-prices' snapshot): the
     # rows it answered cost what the model asked for would (what the cap reserved; a
     # null cost would count as free), and the call says so, naming the fix; with the fix
     # they cost what Google bills.
     from batchata_df import UnpricedAnswerWarning
-    from batchata_df import cost as cost_module
 
-    _without_a_price(monkeypatch, cost_module, PRO_NEW)
-    emu.configure(latency=60.0)
-    on("2026-11-30")
     kw = {"model": PRO, "prompt": "{text}", "progress": False, "params": {"max_tokens": 2000}}
 
     def run(state: Path, **more: object) -> pl.DataFrame:
@@ -455,14 +457,10 @@ def test_the_successors_prompt_cache_is_its_own_and_what_it_saved_is_at_its_pric
 
 
 def test_an_unpriced_answering_model_is_said_once_per_call_across_its_batches(
-    on, emu, tmp_path, monkeypatch
+    on, emu, tmp_path, monkeypatch, unpriced_successor
 ) -> None:
     from batchata_df import UnpricedAnswerWarning
-    from batchata_df import cost as cost_module
 
-    _without_a_price(monkeypatch, cost_module, PRO_NEW)
-    emu.configure(latency=60.0)
-    on("2026-11-30")
     kw = {"model": PRO, "prompt": "{text}", "progress": False, "state": tmp_path / "s",
           "params": {"max_tokens": 2000}, "items_per_batch": 2}  # fmt: skip
     _run(wait=False, **kw)

@@ -27,6 +27,7 @@ import datetime as dt
 import io
 import json
 import warnings
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -63,6 +64,21 @@ SAID = {"gpt-5-nano": "http_404: The model `gpt-5-nano` has been deprecated",
 
 
 
+def _sent_before(
+    on: Any, emu: Any, tmp_path: Path, model: str, before: str, rows: pl.DataFrame = ROWS
+) -> tuple[dict[str, Any], pl.DataFrame]:
+    """``rows`` sent (not waited for) on ``before``, each batch taking 60 s: its arguments
+    and what the call returned."""
+    emu.configure(latency=60.0)
+    on(before)
+    kw = {"model": model, "prompt": "{text}", "state": tmp_path / "s",
+          "params": {"max_tokens": 2000}, "progress": False}  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the shutdown warning: tests/test_model_shutdowns.py
+        first = rows.pipe(batch_llm, wait=False, **kw)
+    return kw, first
+
+
 def _posts(emu: Any) -> int:
     return len([e for e in emu.log() if e["method"] == "POST"])
 
@@ -73,13 +89,7 @@ def _posts(emu: Any) -> int:
 def test_requests_a_shutdown_overtakes_fail_unbilled_naming_the_replacement(
     on, emu, tmp_path, model, before, after, advice, ran_first
 ) -> None:
-    emu.configure(latency=60.0)
-    on(before)
-    kw = {"model": model, "prompt": "{text}", "state": tmp_path / "s",
-          "params": {"max_tokens": 2000}, "progress": False}  # fmt: skip
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the shutdown warning: tests/test_model_shutdowns.py
-        first = ROWS.pipe(batch_llm, wait=False, **kw)
+    kw, first = _sent_before(on, emu, tmp_path, model, before)
     assert first["_status"].to_list() == ["pending"] * 4
     emu.advance(ran_first)  # part of the batch has run (or none of it)...
     on(after)  # ...when the model is shut down
@@ -217,13 +227,7 @@ def test_a_shutdown_holds_from_the_first_day_today_reached_it(
     # before any request ran. Moving `today` on again half-way through the batch window did
     # move that moment (the emulator answered and billed half the batch on the dead model);
     # moving it back before the shutdown does not undo it for the batch it overtook.
-    emu.configure(latency=60.0)
-    on(before)
-    kw = {"model": model, "prompt": "{text}", "state": tmp_path / "s",
-          "params": {"max_tokens": 2000}, "progress": False}  # fmt: skip
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        first = ROWS.pipe(batch_llm, wait=False, **kw)
+    kw, first = _sent_before(on, emu, tmp_path, model, before)
     assert first["_status"].to_list() == ["pending"] * 4
     on(after)  # the shutdown, before anything ran
     emu.advance(30)
