@@ -58,7 +58,27 @@ def _duration(seconds: float) -> str:
 
 
 def _batches(s: ProgressSnapshot) -> str:
-    return ", ".join(f"{k} {v}" for k, v in sorted(s.batches.items())) or "none yet"
+    """The batches by state, for the display.
+
+    On an aborted call's last frame the batches last seen running are said to be left at
+    the provider: the call no longer watches them.
+
+    Examples
+    --------
+    >>> from batchata_df.engine import ProgressSnapshot
+    >>> snap = ProgressSnapshot(total=9, completed=3, failed=0, cancelled=0, pending=6,
+    ...     batches={"running": 2, "collected": 1}, cost_usd=0.0, elapsed_s=3.0,
+    ...     phase="running")
+    >>> _batches(snap)
+    'collected 1, running 2'
+    >>> from dataclasses import replace
+    >>> _batches(replace(snap, phase="done", stop_reason=ABORTED))
+    'collected 1, left at the provider 2'
+    """
+    counts = s.batches
+    if s.stop_reason == ABORTED and "running" in counts:
+        counts = {("left at the provider" if k == "running" else k): v for k, v in counts.items()}
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none yet"
 
 
 def _realtime(s: ProgressSnapshot) -> str:
