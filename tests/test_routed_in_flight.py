@@ -125,14 +125,14 @@ def _at(moment: str) -> float:
 @pytest.fixture
 def real_date(monkeypatch):
     """An in-process emulator core on the real date (the ``today`` setting ``""``), its
-    clock set to 2026-11-30 23:59:00 UTC. What the server reads as the date at a request's
-    creation (model_rules.today) stays 2026-11-30 whatever the machine's date; the process
-    wide setting is put back afterwards."""
+    clock set to 2026-11-30 23:59:00 UTC (what it reads as the date, at a request's
+    creation too, whatever the machine's: tests/test_emulator_real_date.py). The process
+    wide settings ``configure`` mirrors are put back afterwards."""
     from batchata_df.emulator import model_rules
     from batchata_df.emulator.server import EmulatorCore
 
+    monkeypatch.setattr(model_rules, "_TODAY", list(model_rules._TODAY))
     monkeypatch.setattr(model_rules, "_SERVING_RETIRED", list(model_rules._SERVING_RETIRED))
-    monkeypatch.setattr(model_rules, "today", lambda value=False: dt.date(2026, 11, 30))
     core = EmulatorCore()
     core.clock.offset = _at("2026-11-30T23:59:00+00:00") - time.time()
     core.configure({"today": ""})

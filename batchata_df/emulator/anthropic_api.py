@@ -385,7 +385,10 @@ def _thinks(model: str, params: Mapping[str, Any]) -> int | None:
 class _SpecBuilder:
     """Turns request ``params`` into :class:`_Spec`; reuses the last schema's generator."""
 
-    def __init__(self) -> None:
+    def __init__(self, served: Callable[[str, str], bool]) -> None:
+        # Whether a model is served, as of the request's creation (EmulatorCore.served_now:
+        # the emulator's date, not the machine's).
+        self.served = served
         self._last_schema: object = None
         self._last_gen: answers.AnswerGenerator | None = None
         self.check = ParamsChecker()
@@ -410,7 +413,7 @@ class _SpecBuilder:
             invalid = model_rules.anthropic_refusal(str(params["model"]), dict(params))
         kind = "invalid_request_error"
         model = params.get("model")
-        served = not isinstance(model, str) or model_rules.serves("anthropic", model)
+        served = not isinstance(model, str) or self.served("anthropic", model)
         if invalid is None and not served:
             # Anthropic answers an unknown model with a 404 ``not_found_error`` whose message
             # is ``model: <name>`` (weval-org/app issue 24, presidio-oss/factif-ai issue 34).
@@ -934,7 +937,7 @@ class AnthropicApp:
         except ValueError as e:
             raise _Invalid(400, f"The request body is not valid JSON: {e}") from e
         checked = _check_requests(body, self._limits["max_requests"])
-        builder = _SpecBuilder()
+        builder = _SpecBuilder(self.core.served_now())
         specs = [builder.build(custom_id, params) for custom_id, params in checked]
         with self._lock:
             self._seq += 1
@@ -1172,7 +1175,7 @@ class AnthropicApp:
         streamed = params.pop("stream", False)
         if not isinstance(streamed, bool):
             raise _Invalid(400, "stream: Input should be a valid boolean", "invalid_request_error")
-        builder = _SpecBuilder()
+        builder = _SpecBuilder(self.core.served_now())
         invalid = builder.check(params)
         if invalid is not None:
             raise _Invalid(400, invalid, "invalid_request_error")

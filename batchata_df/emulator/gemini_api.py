@@ -732,11 +732,12 @@ class GeminiApp:
         ver, rest = parts[0], parts[1:]
         handler: Callable[[], Response] | None = None
         if len(rest) == 2 and rest[0] == "models" and rest[1].endswith(":batchGenerateContent"):
-            # A shut-down model Gemini routes is answered by its successor (model_rules).
-            model = model_rules.routed("gemini", rest[1][: -len(":batchGenerateContent")])
+            # A shut-down model Gemini routes is answered by its successor (model_rules),
+            # as of the emulator's date at the request (EmulatorCore.day), not the machine's.
+            model = self.core.routed_now("gemini", rest[1][: -len(":batchGenerateContent")])
             handler = {"POST": lambda: self._create(request, model, ver)}.get(method)
         elif len(rest) == 2 and rest[0] == "models" and rest[1].endswith(":generateContent"):
-            model = model_rules.routed("gemini", rest[1][: -len(":generateContent")])
+            model = self.core.routed_now("gemini", rest[1][: -len(":generateContent")])
             handler = {"POST": lambda: self._generate(request, model, ver)}.get(method)
         elif rest == ["batches"]:
             handler = {"GET": lambda: self._list(request)}.get(method)
@@ -1013,7 +1014,7 @@ class GeminiApp:
     # ---- batches
 
     def _create(self, request: Request, model: str, version: str) -> Response:
-        _check_model(model, version, "batchGenerateContent")
+        _check_model(model, version, "batchGenerateContent", self.core.served_now())
         if len(request.body) > self._limits["max_inline_bytes"]:
             raise _Invalid(
                 400,
@@ -1122,7 +1123,7 @@ class GeminiApp:
         refused parameters and thinking), answered with the same answer a batch gives it,
         and billed at the standard price.
         """
-        _check_model(model, version, "generateContent")
+        _check_model(model, version, "generateContent", self.core.served_now())
         try:
             body = json_body(request)
         except ValueError as e:
@@ -1447,8 +1448,11 @@ _LINE_FIELDS: Final = frozenset({"key", "request", "metadata"})
 _KEY_IN_LINE: Final = re.compile(rb'"key"\s*:\s*"((?:[^"\\]|\\.)*)"')
 
 
-def _check_model(model: str, version: str, method: str) -> None:
+def _check_model(model: str, version: str, method: str, served: Callable[[str, str], bool]) -> None:
     """Refuse a model the Gemini API does not serve, with its 404.
+
+    ``served``: whether a model is served as of the request's creation
+    (``EmulatorCore.served_now``: the emulator's date, not the machine's).
 
     The real message and status: ``{"code": 404, "message": "models/gemini-2.0-flash-live-001
     is not found for API version v1beta, or is not supported for generateContent. Call
@@ -1457,7 +1461,7 @@ def _check_model(model: str, version: str, method: str) -> None:
     the same (valentinfrlch/ha-llmvision issue 114, ``models/gpt-4o-mini``); the method
     named is the one called (``StreamGenerateContent``: ChatGPTNextWeb/NextChat issue 4699).
     """
-    if model_rules.serves("gemini", model):
+    if served("gemini", model):
         return
     raise _Invalid(404, _not_found(model, version, method), "NOT_FOUND")
 

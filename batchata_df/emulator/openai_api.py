@@ -441,13 +441,14 @@ class _SpecBuilder:
         endpoint: str,
         *,
         replay: bool = False,
-        served: Callable[[str, str], bool] | None = None,
+        served: Callable[[str, str], bool],
     ) -> None:
         self.endpoint = endpoint
         self.replay = replay  # a batch accepted earlier: its model was served (_plan)
         # A batch's file is validated in the background: as of the settings when it was
-        # sent (EmulatorCore.served_now); real time asks now.
-        self.served = model_rules.serves if served is None else served
+        # sent; real time asks now (EmulatorCore.served_now: the emulator's date, not the
+        # machine's).
+        self.served = served
         self._last_schema: object = None
         self._last_gen: answers.AnswerGenerator | None = None
         self._last_echo: dict[str, object] | None = None
@@ -923,8 +924,8 @@ class _Batch:
     created: float
     latency: float
     limits: dict[str, int]
+    served: Callable[[str, str], bool]  # as of its creation (EmulatorCore.served_now)
     output_expires: int | None = None
-    served: Callable[[str, str], bool] | None = None  # as of its creation (_prepare)
     # Filled in by the preparation worker, then `prepared` is set.
     prepared: threading.Event = field(default_factory=threading.Event)
     model: str | None = None
@@ -1483,7 +1484,7 @@ class OpenAIApp:
                 if stale is not None:
                     self.core.blobs.delete("openai-" + stale)
             data = self.core.blobs.get("openai-" + batch.input_file_id)
-            specs = _plan(data, batch.endpoint, batch.limits, replay=True)[0]
+            specs = _plan(data, batch.endpoint, batch.limits, replay=True, served=batch.served)[0]
             part = _render(
                 specs, gone, batch.key, batch.answer_time, batch.endpoint, batch.cached
             )
@@ -1590,7 +1591,9 @@ class OpenAIApp:
             raise _Invalid(400, "Missing required parameter: 'model'.", param="model")
         # The same checks and model rules as a batch line (refused parameters, thinking
         # tokens inside max_completion_tokens), and the same answer for the same request.
-        spec = _SpecBuilder(endpoint).build(self.core.new_id("rt-"), body)
+        spec = _SpecBuilder(endpoint, served=self.core.served_now()).build(
+            self.core.new_id("rt-"), body
+        )
         if spec.error is not None:
             text = _error_body(spec.error)
             return Response(spec.error[0], {"content-type": "application/json"}, text.encode())
@@ -1722,16 +1725,16 @@ def _plan(
     limits: Mapping[str, int],
     *,
     replay: bool = False,
-    served: Callable[[str, str], bool] | None = None,
+    served: Callable[[str, str], bool],
 ) -> tuple[list[_Spec], list[dict[str, object]], str | None]:
     """Validate an input file and reduce each request to a :class:`_Spec`.
 
     ``replay``: the file of a batch accepted earlier, planned again to end it; its model
     was served then, so whether it is served now is not asked (a shutdown since is
     :meth:`OpenAIApp._finish`'s). ``served``: whether a model is served, as of the batch's
-    creation (:meth:`EmulatorCore.served_now`; default: now).
+    creation (:meth:`EmulatorCore.served_now`: the emulator's date, not the machine's).
     """
-    is_served = model_rules.serves if served is None else served
+    is_served = served
     errors: list[dict[str, object]] = []
 
     def fail(code: str, message: str, line: int | None = None, param: str | None = None) -> None:

@@ -1100,15 +1100,32 @@ class EmulatorCore:
         else:
             self._served_log.append(entry)
 
+    def day(self) -> dt.date:
+        """The date the emulator reads now: ``today``, or the UTC date of its clock.
+
+        On the real date (``""``) it is the date of :attr:`clock` (which tests advance),
+        never the machine's: what is served and routed at a request's creation goes by it,
+        as :meth:`gone_since`, :meth:`routed_since` and the bills go by the clock.
+        """
+        return _day(self.config.today, self.clock.now())
+
     def served_now(self) -> Callable[[str, str], bool]:
         """``serves(provider, model)`` as of the settings in force now, kept for later.
 
         A batch validated in the background is validated as of its creation, not as of a
         ``today`` set after it was sent (the shutdown then is :meth:`gone_since`'s).
         """
-        on = _day(self.config.today, self.clock.now())
+        on = self.day()
         keep = self.config.serve_retired
         return lambda provider, model: model_rules.serves(provider, model, on, keep)
+
+    def routed_now(self, provider: str, model: str) -> str:
+        """The model that answers a request for ``model`` created now (:meth:`day`).
+
+        :func:`~batchata_df.emulator.model_rules.routed` as of the settings in force now;
+        a batch created before the routing and run after it is :meth:`routed_since`'s.
+        """
+        return model_rules.routed(provider, model, self.day(), self.config.serve_retired)
 
     def gone_since(self, provider: str, model: str, created: float) -> float | None:
         """When ``model``, in a batch created at ``created``, stopped being served, or None.
@@ -1236,7 +1253,7 @@ class EmulatorCore:
         the positions of requests that will fail with their own error, never billed
         (:attr:`LedgerEntry.unbilled`).
         """
-        day = _day(self.config.today, self.clock.now())  # the emulator's clock, not the machine's
+        day = self.day()  # the emulator's clock, not the machine's
         entry = LedgerEntry(
             provider, batch_id, list[str | None](custom_ids), requests=requests, model=model,
             unbilled=frozenset(failing), days=((0, day),),
@@ -1253,7 +1270,7 @@ class EmulatorCore:
         usage: tuple[int, int, int] | None = None,
     ) -> None:
         """Record one answered realtime request (billed at the standard price)."""
-        day = _day(self.config.today, self.clock.now())  # the emulator's clock, not the machine's
+        day = self.day()  # the emulator's clock, not the machine's
         entry = LedgerEntry(
             provider, None, [None], requests=[request_key], mode="realtime", model=model,
             usage=None if usage is None else [usage], days=((0, day),),
@@ -1291,7 +1308,7 @@ class EmulatorCore:
                 }  # fmt: skip
                 if usd:
                     used = e.usage[i] if e.usage is not None and i < len(e.usage) else None
-                    day = e.day_at(i) or model_rules.today()
+                    day = e.day_at(i) or self.day()
                     item["usd"] = (
                         None if used is None or model is None
                         else _billed_usd(e.provider, model, *used, e.mode, day)
