@@ -117,6 +117,84 @@ def test_the_successors_rules_apply_to_the_requests_it_answers(emu) -> None:
     assert out == [(OLD, old), (NEW, new), (NEW, new), (NEW, new)]
 
 
+# What the successor's rules change for a request sent before the date. No parameter a
+# 2.5 model takes is refused by its successor (model_rules.gemini_refusal: every
+# thinkingBudget, thinkingLevel and maxOutputTokens the old model accepts, its successor
+# accepts too; the output ceiling and context window are the same): the thinking rules
+# differ the other way (2.5 Pro refuses a thinkingBudget under 128, 3.8 Flash takes a
+# budget alone), and an image counts by the successor's generation (media.image_tokens).
+
+
+def test_a_request_the_old_model_refused_is_answered_by_the_successor_once_routed(emu) -> None:
+    # Each request is checked by the model that runs it: the one run before the date by
+    # gemini-2.5-pro (its 400, unbilled), those run after by gemini-3.8-flash, which takes
+    # the budget (answered, billed at its price).
+    gem = genai.Client()
+    emu.configure(latency=60.0, today="2026-11-30")
+    src = [{**r, "config": {"thinking_config": {"thinking_budget": 64}}} for r in _src(4)]
+    job = gem.batches.create(model=PRO, src=src)  # type: ignore[arg-type]
+    emu.advance(30)  # r0 has run (refused by 2.5 Pro) ...
+    emu.configure(today="2026-12-01")  # ... r1..r3 run on 3.8 Flash
+    emu.advance(60)
+    done = gem.batches.get(name=str(job.name))
+    assert done.dest is not None and done.dest.inlined_responses
+    first, *rest = done.dest.inlined_responses
+    assert first.response is None and first.error is not None
+    assert (first.error.code, first.error.message) == (
+        400,
+        "The thinking budget 64 is invalid. Please choose a value between 128 and 32768.",
+    )
+    assert [r.response.model_version for r in rest if r.response is not None] == [PRO_NEW] * 3
+    bills = emu.billing(usd=True)
+    # r0 failed: not billed.
+    assert [(b["custom_id"], b["model"]) for b in bills] == [(f"r{i}", PRO_NEW) for i in (1, 2, 3)]
+    for item, bill in zip(rest, bills, strict=True):
+        assert item.response is not None and item.response.usage_metadata is not None
+        use = item.response.usage_metadata
+        assert bill["usd"] == pytest.approx(billed_usd(
+            "gemini", PRO_NEW, input_tokens=use.prompt_token_count or 0,
+            output_tokens=(use.candidates_token_count or 0) + (use.thoughts_token_count or 0),
+            cached_tokens=use.cached_content_token_count or 0), rel=1e-12)  # fmt: skip
+        assert bill["usd"] > 0
+
+
+def test_an_image_in_a_routed_batch_counts_by_the_model_that_answered_it(on, emu, tmp_path) -> None:
+    # A 300x300 image is 258 tokens on Gemini 2.5 and 1,120 on Gemini 3
+    # (tokens.image_tokens); the rows the successor answered count it so, are billed so,
+    # and cost what Google bills.
+    from PIL import Image
+
+    from batchata_df.tokens import image_tokens
+
+    img = tmp_path / "small.png"
+    Image.new("RGB", (300, 300), (10, 20, 30)).save(img)
+    old_image, new_image = (image_tokens(300, 300, "gemini", m) for m in (OLD, NEW))
+    assert (old_image, new_image) == (258, 1120)
+    emu.configure(latency=60.0)
+    on("2026-11-30")
+    state = tmp_path / "s"
+    rows = ROWS.with_columns(pl.lit(str(img)).alias("file"))
+    kw = {"model": OLD, "prompt": "{text}", "files": "file", "state": state,
+          "progress": False, "params": {"max_tokens": 2000}}  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the shutdown warning: tests/test_model_shutdowns.py
+        rows.pipe(batch_llm, wait=False, **kw)  # type: ignore[arg-type]
+        emu.advance(30)  # one request has run on gemini-2.5-flash ...
+        on("2026-12-01")  # ... when Google routes it to gemini-3.5-flash-lite
+        emu.advance(60)
+        out = rows.pipe(batch_llm, **kw)  # type: ignore[arg-type]
+    assert out["_status"].to_list() == ["completed"] * 4, out["_error"].to_list()
+    assert out["_error"].to_list() == [None] * 4
+    bills = {b["custom_id"]: b for b in emu.billing(usd=True)}
+    ran = [b["custom_id"] for b in emu.billing()]  # in the order they ran
+    assert [bills[j]["model"] for j in ran] == [OLD, NEW, NEW, NEW]
+    tokens = dict(zip(out["_job_id"], out["_input_tokens"], strict=True))
+    # The same text on every row: only the image's count differs.
+    assert [tokens[j] - tokens[ran[0]] for j in ran] == [0] + [new_image - old_image] * 3
+    for job_id, cost in zip(out["_job_id"], out["_cost_usd"], strict=True):
+        assert cost == pytest.approx(bills[job_id]["usd"], rel=1e-9), job_id
+    assert spent_usd(state) == pytest.approx(sum(float(b["usd"]) for b in bills.values()), rel=1e-9)
+
 
 def _at(moment: str) -> float:
     return dt.datetime.fromisoformat(moment).timestamp()
