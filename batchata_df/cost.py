@@ -560,27 +560,54 @@ class PriceTable:
         True
         >>> os.environ[TODAY_VAR] = before
         """
-        from batchata_df.models import scheduled_shutdown, today
+        from batchata_df.models import today
 
         price = self.get(provider, model)
         if price is None:
             return None
         name = model.removeprefix("models/") if provider == "gemini" else model
-        days = window_days(provider, self.processing, today())
-        routed = scheduled_shutdown(provider, name)
-        for day in days:
-            on = [self.get(provider, name, day)]
-            if (
-                routed is not None
-                and routed[2] == "routed"
-                and routed[1]
-                and date.fromisoformat(routed[0]) <= day
-            ):
-                on.append(self.get(provider, routed[1], day))
-            for found in on:
+        for day in window_days(provider, self.processing, today()):
+            for answering in self.answering(provider, name, day):
+                found = self.get(provider, answering, day)
                 if found is not None:
                     price = highest(price, found)
         return price
+
+    def answering(self, provider: str, model: str, on: date | None = None) -> list[str]:
+        """The models that may answer a request for ``model`` sent today and run up to ``on``.
+
+        ``model`` itself, and the successor a routed model (:data:`batchata_df.models.SCHEDULED`,
+        ``"routed"``) is answered by from its routing date, if that date is not after
+        ``on`` (default: the last day of the batch window, :func:`window_days`). The
+        successor counts a request by its own rules (a small image is 258 tokens on
+        Gemini 2.5, 1,120 on Gemini 3: :func:`batchata_df.tokens.image_tokens`), so what
+        ``max_cost_usd`` reserves takes the larger count (``frame.with_estimates``).
+
+        Examples
+        --------
+        >>> import os
+        >>> from batchata_df.models import TODAY_VAR
+        >>> before = os.environ.get(TODAY_VAR, "")
+        >>> os.environ[TODAY_VAR] = "2026-11-30"  # a 48 h batch runs into 2026-12-01
+        >>> PriceTable().answering("gemini", "models/gemini-2.5-flash")
+        ['models/gemini-2.5-flash', 'gemini-3.5-flash-lite']
+        >>> os.environ[TODAY_VAR] = "2026-11-28"  # its window ends on 2026-11-30
+        >>> PriceTable().answering("gemini", "gemini-2.5-flash")
+        ['gemini-2.5-flash']
+        >>> os.environ[TODAY_VAR] = before
+        """
+        from batchata_df.models import scheduled_shutdown, today
+
+        last = on if on is not None else window_days(provider, self.processing, today())[-1]
+        routed = scheduled_shutdown(provider, model)
+        if (
+            routed is not None
+            and routed[2] == "routed"
+            and routed[1]
+            and date.fromisoformat(routed[0]) <= last
+        ):
+            return [model, routed[1]]
+        return [model]
 
     def require(self, provider: str, model: str, why: str) -> Price:
         """The price of ``model``; raise :class:`PriceError` naming the fix if unknown."""

@@ -1054,38 +1054,25 @@ def with_estimates(
         input_ratio,
     )
     from batchata_df.models import thinks
-    from batchata_df.tokens import estimate_request_tokens, estimate_tokens, history_tokens
 
     parts = []
     indexed = jobs.with_row_index("_order")
     answer = answer_tokens(spec.schema.json_schema)
     for (provider, model), group in indexed.group_by(["provider", "model"]):
         price = prices.require(str(provider), str(model), why)
-        schema_text = _schema_text(spec, str(provider), str(model))
         if spec.prompt_caching:
             from batchata_df.caching import cache_plan
 
             group = cache_plan(group, str(provider), str(model))  # send order, cache columns
         # The worst case is max_tokens of output, thinking included (it counts against it).
         max_tokens = int(effective_params(str(provider), str(model), spec.params)["max_tokens"])
-        extra = 0
-        if schema_text:
-            extra = int(estimate_tokens(pl.Series([schema_text]), str(provider), str(model))[0])
-        est_in = estimate_request_tokens(
-            group.get_column("prompt"),
-            str(provider),
-            str(model),
-            system=group.get_column("system"),
-            extra_tokens=extra,
-        )
-        if "history" in group.columns:
-            est_in = est_in + history_tokens(
-                group.get_column("history"), str(provider), str(model)
-            )
-        if "files" in group.columns:
-            from batchata_df.files import file_tokens
-
-            est_in = est_in + file_tokens(group.get_column("files"), str(provider), str(model))
+        # Counted by each model that may answer the requests: a routed model's successor
+        # counts some inputs higher (an image, a PDF page), so the larger count is taken
+        # (PriceTable.answering); for any other model, its own.
+        est_in = _input_tokens(group, spec, str(provider), str(model))
+        for successor in prices.answering(str(provider), str(model))[1:]:
+            theirs = _input_tokens(group, spec, str(provider), successor)
+            est_in = pl.select(pl.max_horizontal(est_in, theirs)).to_series()
         # Each row priced at the tier its own estimated input falls in (cost.estimate_expr).
         with_est = group.with_columns(est_in.alias("est_input_tokens"))
         marked = (
@@ -1150,6 +1137,34 @@ def with_estimates(
             pl.lit(None, dtype=pl.String).alias("expected_source"),
         )
     return pl.concat(parts, how="diagonal_relaxed").sort("_order").drop("_order")
+
+
+def _input_tokens(group: pl.DataFrame, spec: RequestSpec, provider: str, model: str) -> pl.Series:
+    """Each job's input tokens counted offline by ``model``'s rules (``with_estimates``).
+
+    The prompt and system with the message framing, the schema sent with every request,
+    the history and the files, when the jobs have them.
+    """
+    from batchata_df.tokens import estimate_request_tokens, estimate_tokens, history_tokens
+
+    schema_text = _schema_text(spec, provider, model)
+    extra = 0
+    if schema_text:
+        extra = int(estimate_tokens(pl.Series([schema_text]), provider, model)[0])
+    est_in = estimate_request_tokens(
+        group.get_column("prompt"),
+        provider,
+        model,
+        system=group.get_column("system"),
+        extra_tokens=extra,
+    )
+    if "history" in group.columns:
+        est_in = est_in + history_tokens(group.get_column("history"), provider, model)
+    if "files" in group.columns:
+        from batchata_df.files import file_tokens
+
+        est_in = est_in + file_tokens(group.get_column("files"), provider, model)
+    return est_in
 
 
 def _observed(

@@ -257,6 +257,63 @@ def test_a_routed_model_after_the_routing_date_stays_under_the_cap(
     assert jobs.height and (jobs["est_cost_usd"] >= jobs["cost_usd"]).all(), jobs
 
 
+def _small_images(tmp_path, n: int) -> pl.DataFrame:
+    from PIL import Image
+
+    img = tmp_path / "small.png"
+    Image.new("RGB", (300, 300), (10, 20, 30)).save(img)
+    return pl.DataFrame({"text": [f"row {i}" for i in range(n)], "file": [str(img)] * n})
+
+
+@pytest.mark.parametrize(
+    ("sent", "routed_at"),
+    [("2027-01-15", None),  # after the routing date: every request is the successor's
+     ("2026-11-30", "2026-12-01")],  # sent the day before, run across it
+)  # fmt: skip
+def test_the_cap_counts_an_image_as_the_successor_of_a_routed_model_does(
+    on, emu, tmp_path, monkeypatch, sent, routed_at
+) -> None:
+    # A 300x300 image is 258 input tokens on gemini-2.5-flash and 1,120 on its successor
+    # gemini-3.5-flash-lite (tokens.image_tokens): the reservation counted it at 258, so a
+    # capped run was admitted at ~0.45 of what Google then billed (6 rows reserved at
+    # 0.000103 USD each were billed 0.000231 each). The worst case now counts each input
+    # by every model that may answer it (PriceTable.answering) and takes the larger.
+    rows, cap = _small_images(tmp_path, 6), 0.0008  # ~3 rows at the successor's count
+    if routed_at:
+        on(sent)
+    else:  # through a base URL (a gateway): the client's check of a retired model steps aside
+        monkeypatch.setattr("batchata_df.models._custom_endpoint", lambda provider: True)
+        monkeypatch.setenv(TODAY_VAR, sent)
+        emu.configure(today=sent)
+    emu.configure(latency=60.0 if routed_at else 0.0)
+    state = str(tmp_path / "s")
+    kw = {"model": "gemini-2.5-flash", "prompt": "Describe: {text}", "files": "file",
+          "state": state, "progress": False, "params": {"max_tokens": 50},
+          "max_cost_usd": cap}  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the shutdown warning; the cap's cancelled rows
+        if routed_at:
+            rows.pipe(batch_llm, wait=False, **kw)  # type: ignore[arg-type]
+            emu.advance(30)  # one request has run on gemini-2.5-flash ...
+            on(routed_at)  # ... when Google routes the rest to gemini-3.5-flash-lite
+            emu.advance(60)
+        out = rows.pipe(batch_llm, **kw)  # type: ignore[arg-type]
+    bills = emu.billing(usd=True)
+    assert "gemini-3.5-flash-lite" in {b["model"] for b in bills}
+    billed = sum(float(b["usd"]) for b in bills)  # type: ignore[arg-type]
+    assert billed <= cap  # 0.00113 USD under the 0.0008 cap before
+    assert spent_usd(state) == pytest.approx(billed, rel=1e-9)
+    # Some rows fit under the cap, the rest were never sent (the successor thinks by
+    # default, so some answers end truncated: billed all the same).
+    assert 0 < len(bills) < rows.height
+    assert out.filter(pl.col("_cost_usd") > 0).height == len(bills)
+    unsent = set(out.filter(pl.col("_cost_usd") == 0)["_error"])
+    # (Across the date, the second call refuses to send the rest to the retired model.)
+    assert unsent == {"cancelled: cost_limit"} if not routed_at else len(unsent) == 1
+    jobs = sql("SELECT est_cost_usd, cost_usd, input_tokens FROM jobs WHERE cost_usd > 0", state)
+    assert jobs.height and (jobs["est_cost_usd"] >= jobs["cost_usd"]).all(), jobs
+
+
 # -- the client's cost and the bill agree when no change falls in the run --------------
 
 
