@@ -214,9 +214,12 @@ def main() -> None:
                         help="add the finer stages of Engine.run and batch_llm (FINE)")
     parser.add_argument("--stream", action="store_true",
                         help="profile bench_stream.py's streaming child (sink=) instead")
+    parser.add_argument("--pin", action="store_true",
+                        help="the emulator on the last core, the client on the others "
+                        "(as bench_overhead.py --pin)")
     args = parser.parse_args()
     if args.stream:
-        stream(args.rows, args.cap)
+        stream(args.rows, args.cap, args.pin)
         return
 
     from batchata_df.emulator import Emulator
@@ -233,7 +236,14 @@ def main() -> None:
     if args.cap is not None and not args.floor:
         client = client.replace("progress=False", f"progress=False, max_cost_usd={args.cap!r}")
     bo.compile_bytecode()
+    cores = sorted(os.sched_getaffinity(0))
+    if args.pin:
+        if len(cores) < 2:
+            raise SystemExit(f"--pin needs two cores or more; this process may use {cores}")
+        os.sched_setaffinity(0, cores[-1:])  # the emulator inherits it at start
     with Emulator(latency=0.0) as emu, tempfile.TemporaryDirectory() as work:
+        if args.pin:
+            os.sched_setaffinity(0, cores[:-1])  # the client inherits this
         script = Path(work) / "client.py"
         script.write_text(
             WRAPPER + f"\n_install({stages!r})\nimport atexit\natexit.register(_report)\n"
@@ -257,7 +267,7 @@ def main() -> None:
     )
 
 
-def stream(rows: int, cap: float | None) -> None:
+def stream(rows: int, cap: float | None, pin: bool = False) -> None:
     """Profile ``bench_stream.RUN`` (OpenAI, ``rows`` distinct prompts, Parquet to Parquet)."""
     sys.path.insert(0, str(HERE))
     import bench_overhead as bo
@@ -271,7 +281,14 @@ def stream(rows: int, cap: float | None) -> None:
     }
     stages.update(LIBRARY)
     bo.compile_bytecode()
+    cores = sorted(os.sched_getaffinity(0))
+    if pin:
+        if len(cores) < 2:
+            raise SystemExit(f"--pin needs two cores or more; this process may use {cores}")
+        os.sched_setaffinity(0, cores[-1:])  # the emulator inherits it at start
     with Emulator(latency=0.0) as emu, tempfile.TemporaryDirectory() as work:
+        if pin:
+            os.sched_setaffinity(0, cores[:-1])  # the client inherits this
         src = bs.make_input(rows, Path(work) / "in")
         script = Path(work) / "client.py"
         script.write_text(
