@@ -49,6 +49,8 @@ from batchata_df.models import (
     check_retired,
     effective_params,
     family_of,
+    routed_resume_warning,
+    routed_successor,
     shutdown_warning,
     thinking_room_warning,
 )
@@ -1465,6 +1467,12 @@ def _check_retired_rows(
     same message, never sent; ``retry_failed`` does not send them either). The folder is
     read only when the run has a retired model. ``refuse=False`` (a streamed chunk, whose
     call decides on all its chunks): the rows are marked, never raised for.
+
+    A model the provider routes to a successor once retired (``models.routed_successor``:
+    Gemini 2.5 Pro/Flash) is still answered: on a folder holding some of its rows, the
+    others are sent (answered and priced by the successor) with a
+    :class:`~batchata_df.errors.ModelShutdownWarning` saying so, not failed; the same model
+    asked for on a fresh folder is refused as above (choose the successor there).
     """
     for provider, model in _model_pairs(jobs):
         try:
@@ -1475,6 +1483,16 @@ def _check_retired_rows(
             known = recorded(ids) if recorded is not None else ids.clear()
             if refuse and not ids.is_in(known.implode()).any():
                 raise
+            successor = routed_successor(str(provider), str(model))
+            if successor is not None:
+                # Routed (Gemini 2.5 from 2026-12-01): the provider still answers its
+                # requests, with the successor, so the run the folder holds can be
+                # finished, as its batches in flight were (a streamed call says so once,
+                # stream._check_retired_everywhere).
+                if refuse:
+                    notice = routed_resume_warning(str(provider), str(model), successor)
+                    warn_user(ModelShutdownWarning(notice))
+                continue
             new = of_model & pl.col("job_id").is_not_null()
             new = new & ~pl.col("job_id").is_in(known.implode())
             jobs = jobs.with_columns(

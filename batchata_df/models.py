@@ -1181,6 +1181,59 @@ every request to it would fail (https://developers.openai.com/api/docs/deprecati
     raise ModelError(msg)
 
 
+def routed_successor(provider: str, model: str) -> str | None:
+    """The model answering ``model``'s requests now that it is retired and routed, or None.
+
+    Google routes gemini-2.5-pro / -flash to a successor from their shutdown date
+    (:data:`SCHEDULED`, ``"routed"``): a request to them is still answered, by the
+    successor, at its prices and parameter rules. ``None`` for a model still served, one
+    whose requests fail once it is retired, and behind a base URL (:func:`check_retired`
+    lets those through).
+
+    Examples
+    --------
+    >>> import os
+    >>> before = os.environ.get(TODAY_VAR, "")
+    >>> os.environ[TODAY_VAR] = "2026-12-01"; routed_successor("gemini", "gemini-2.5-flash")
+    'gemini-3.5-flash-lite'
+    >>> os.environ[TODAY_VAR] = "2026-11-30"; routed_successor("gemini", "gemini-2.5-flash")
+    >>> routed_successor("openai", "o1-mini")  # retired, its requests fail
+    >>> os.environ[TODAY_VAR] = before
+    """
+    if provider not in _PROVIDER_NAMES or _custom_endpoint(provider):
+        return None
+    found = retirement(provider, model)
+    scheduled = scheduled_shutdown(provider, model)
+    if found is None or scheduled is None or scheduled[:3] != (found[0], found[1], "routed"):
+        return None
+    return found[1] or None
+
+
+def routed_resume_warning(provider: str, model: str, successor: str) -> str:
+    """What a resumed call says when it sends a routed model's remaining rows.
+
+    Examples
+    --------
+    >>> print(routed_resume_warning("gemini", "gemini-2.5-flash", "gemini-3.5-flash-lite"))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    model 'gemini-2.5-flash' was retired by Gemini on 2026-12-01 and its requests are
+    answered by 'gemini-3.5-flash-lite' instead: the rows this state folder had not sent are
+    sent now and answered by it, at its prices and parameter rules (each row's cost is at the
+    model that answered it: `answered_by` in the jobs view of batchata_df.sql;
+    https://ai.google.dev/gemini-api/docs/deprecations)
+    """
+    found = scheduled_shutdown(provider, model)
+    date = found[0] if found is not None else "its shutdown date"
+    name = _PROVIDER_NAMES.get(provider, provider)
+    return (
+        f"model {model!r} was retired by {name} on {date} and its requests are answered by "
+        f"{successor!r} instead: the rows this state folder had not sent are sent now and "
+        "answered by it, at its prices and parameter rules (each row's cost is at the model "
+        "that answered it: `answered_by` in the jobs view of batchata_df.sql; "
+        f"{_RETIREMENT_PAGES.get(provider, '')})"
+    )
+
+
 SHUT_DOWN_ERRORS: dict[str, str] = {
     "openai": r"^http_404: The model `[^`]*` (?:has been deprecated|does not exist)",
     "anthropic": r"^not_found_error: model: ",

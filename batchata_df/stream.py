@@ -723,13 +723,14 @@ def _check_retired_everywhere(
     As in memory (``frame._check_retired_rows``): when the folder holds none of a retired
     model's rows, the call raises the :class:`~batchata_df.errors.ModelError` of a fresh
     folder before anything is sent; when it holds some, they are collected and the
-    others fail as data (each chunk's ``jobs_of`` marks them). One streaming pass over the
-    rows of the retired models, their job ids built as each chunk's are: only when the
-    probe found a retired model.
+    others fail as data (each chunk's ``jobs_of`` marks them), or, for a model routed to a
+    successor (``models.routed_successor``), are sent, with one warning saying so. One
+    streaming pass over the rows of the retired models, their job ids built as each
+    chunk's are: only when the probe found a retired model.
     """
     from batchata_df import frame as fr
-    from batchata_df.errors import ModelError
-    from batchata_df.models import check_retired
+    from batchata_df.errors import ModelError, ModelShutdownWarning, warn_user
+    from batchata_df.models import check_retired, routed_resume_warning, routed_successor
 
     retired: list[str] = []
     for p, m in fr._model_pairs(probe_jobs):
@@ -754,12 +755,19 @@ def _check_retired_everywhere(
             of_retired = jobs.filter(
                 pl.col("model").is_in(retired) & pl.col("job_id").is_not_null()
             )
+            # (A routed model's unrecorded rows keep their ids: they will be sent.)
+            ids = of_retired.get_column("job_id")
+            known = recorded(ids) if recorded is not None else ids.clear()
+            of_retired = of_retired.filter(pl.col("job_id").is_in(known.implode()))
             held.update(of_retired.get_column("model").unique().to_list())
     except (pl.exceptions.PolarsError, OSError) as e:
         raise _unreadable(e, scans) from e
     for p, m in fr._model_pairs(probe_jobs):
         if str(m) in retired and str(m) not in held:
             check_retired(str(p), str(m))  # raises: nothing of it to collect
+        successor = routed_successor(str(p), str(m))
+        if str(m) in retired and successor is not None:  # its other rows are sent
+            warn_user(ModelShutdownWarning(routed_resume_warning(str(p), str(m), successor)))
 
 
 def _check_history_everywhere(lf: pl.LazyFrame, history: str | None, scans: _Scans) -> None:

@@ -1,0 +1,78 @@
+"""A run of a routed Gemini model resumed after its routing date is finished, not failed.
+
+Google routes gemini-2.5-flash to gemini-3.5-flash-lite from 2026-12-01
+(``models.SCHEDULED``, ``"routed"``): a request to it is still answered, by the
+successor, at its prices. A state folder started before the date held rows not sent yet
+(the cap, a time limit, a crash); called again after it, those rows failed as data ("use
+'gemini-3.5-flash-lite' instead"), and naming the successor was refused by the folder
+(another model: ``StateMismatchError``), so the run could not be finished in its folder.
+Now they are sent, answered and priced by the successor, with a warning that says so; a
+fresh folder still refuses the routed model (choose the successor there).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import polars as pl
+import pytest
+
+from batchata_df import batch_llm, sql
+from batchata_df.errors import ModelError, ModelShutdownWarning
+from batchata_df.state import spent_usd
+
+OLD, NEW = "gemini-2.5-flash", "gemini-3.5-flash-lite"
+ROWS = pl.DataFrame({"text": [f"row {i}: " + "lorem ipsum " * 100 for i in range(6)]})
+KW = {"prompt": "{text}", "progress": False, "params": {"max_tokens": 3000}}
+
+
+def _started_before_the_date(on, state: str, sink: str | None = None) -> pl.DataFrame:
+    """Some rows answered by gemini-2.5-flash on 2026-11-30, the rest held back by the cap."""
+    on("2026-11-30")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the shutdown warning; the cap's cancelled rows
+        out = ROWS.pipe(batch_llm, model=OLD, state=state, max_cost_usd=0.004, sink=sink, **KW)
+    return out.collect() if isinstance(out, pl.LazyFrame) else out
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_routed_models_rows_not_sent_before_the_date_are_sent_and_answered_by_the_successor(
+    on, emu, tmp_path, streamed
+) -> None:
+    state = str(tmp_path / "s")
+    sink = str(tmp_path / "out.parquet") if streamed else None
+    first = _started_before_the_date(on, state, sink)
+    sent = first.filter(pl.col("_status") == "completed").height
+    assert 0 < sent < ROWS.height, first.select("_status", "_error").to_dicts()
+    assert set(first.filter(pl.col("_status") != "completed")["_error"]) == {
+        "cancelled: cost_limit"}  # fmt: skip
+    on("2026-12-01")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = ROWS.pipe(batch_llm, model=OLD, state=state, sink=sink, **KW)
+    out = out.collect() if isinstance(out, pl.LazyFrame) else out
+    assert out["_status"].to_list() == ["completed"] * ROWS.height, out["_error"].to_list()
+    said = [str(w.message) for w in caught if w.category is ModelShutdownWarning]
+    assert len(said) == 1, said
+    assert said[0].startswith(f"model '{OLD}' was retired by Gemini on 2026-12-01 and its "
+                              f"requests are answered by '{NEW}' instead")  # fmt: skip
+    # Each row answered once: by 2.5 Flash before the date, by its successor after.
+    bills = emu.billing(usd=True)
+    assert sorted(b["custom_id"] for b in bills) == sorted(out["_job_id"].to_list())
+    assert sorted(b["model"] for b in bills) == sorted([OLD] * sent + [NEW] * (6 - sent))
+    by = sql("SELECT job_id, answered_by, cost_usd FROM jobs", state)
+    assert by["answered_by"].null_count() == sent
+    assert set(by["answered_by"].drop_nulls()) == {NEW}
+    paid = {b["custom_id"]: float(b["usd"]) for b in bills}  # type: ignore[arg-type]
+    for job_id, cost in zip(out["_job_id"], out["_cost_usd"], strict=True):
+        assert cost == pytest.approx(paid[job_id], rel=1e-9), job_id
+    assert spent_usd(state) == pytest.approx(sum(paid.values()), rel=1e-9)
+
+
+def test_a_fresh_folder_still_refuses_the_routed_model_naming_its_successor(
+    on, emu, tmp_path
+) -> None:
+    on("2026-12-01")
+    with pytest.raises(ModelError, match=f"use '{NEW}' instead"):
+        ROWS.pipe(batch_llm, model=OLD, state=str(tmp_path / "s"), **KW)
+    assert emu.billing() == []
