@@ -1488,8 +1488,8 @@ def _check_retired_rows(
                 # Routed (Gemini 2.5 from 2026-12-01): the provider still answers its
                 # requests, with the successor, so the run the folder holds can be
                 # finished, as its batches in flight were (a streamed call says so once,
-                # stream._check_retired_everywhere).
-                if refuse:
+                # stream._check_retired_everywhere), only when some row is left to send.
+                if refuse and not ids.is_in(known.implode()).all():
                     notice = routed_resume_warning(str(provider), str(model), successor)
                     warn_user(ModelShutdownWarning(notice))
                 continue

@@ -750,6 +750,7 @@ def _check_retired_everywhere(
     try:
         total = int(rows_of.select(pl.len()).collect(engine="streaming").item())
         held: set[str] = set()  # the retired models the folder holds rows of
+        unsent: set[str] = set()  # ... and those with rows it never recorded (to send)
         for chunk in _chunks(rows_of, rows, total):
             jobs = jobs_of(chunk)  # marks the rows the folder never recorded
             of_retired = jobs.filter(
@@ -758,15 +759,16 @@ def _check_retired_everywhere(
             # (A routed model's unrecorded rows keep their ids: they will be sent.)
             ids = of_retired.get_column("job_id")
             known = recorded(ids) if recorded is not None else ids.clear()
-            of_retired = of_retired.filter(pl.col("job_id").is_in(known.implode()))
-            held.update(of_retired.get_column("model").unique().to_list())
+            is_known = pl.col("job_id").is_in(known.implode())
+            held.update(of_retired.filter(is_known).get_column("model").unique().to_list())
+            unsent.update(of_retired.filter(~is_known).get_column("model").unique().to_list())
     except (pl.exceptions.PolarsError, OSError) as e:
         raise _unreadable(e, scans) from e
     for p, m in fr._model_pairs(probe_jobs):
         if str(m) in retired and str(m) not in held:
             check_retired(str(p), str(m))  # raises: nothing of it to collect
         successor = routed_successor(str(p), str(m))
-        if str(m) in retired and successor is not None:  # its other rows are sent
+        if str(m) in unsent and successor is not None:  # its other rows are sent
             warn_user(ModelShutdownWarning(routed_resume_warning(str(p), str(m), successor)))
 
 

@@ -76,3 +76,29 @@ def test_a_fresh_folder_still_refuses_the_routed_model_naming_its_successor(
     with pytest.raises(ModelError, match=f"use '{NEW}' instead"):
         ROWS.pipe(batch_llm, model=OLD, state=str(tmp_path / "s"), **KW)
     assert emu.billing() == []
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_finished_folder_read_after_the_date_sends_nothing_and_says_nothing(
+    on, emu, tmp_path, streamed
+) -> None:
+    # Every row answered before the date: reading the folder again after it sends nothing,
+    # so the warning that its unsent rows are sent to the successor would be false (and
+    # an error under -W error, where reading a finished folder raised before this fix).
+    state = str(tmp_path / "s")
+    sink = str(tmp_path / "out.parquet") if streamed else None
+    on("2026-11-30")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the shutdown warning
+        first = ROWS.pipe(batch_llm, model=OLD, state=state, sink=sink, **KW)
+    first = first.collect() if isinstance(first, pl.LazyFrame) else first
+    assert first["_status"].to_list() == ["completed"] * ROWS.height
+    paid = len(emu.billing())
+    on("2026-12-01")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the thinking-room advice
+        warnings.simplefilter("error", ModelShutdownWarning)
+        out = ROWS.pipe(batch_llm, model=OLD, state=state, sink=sink, **KW)
+    out = out.collect() if isinstance(out, pl.LazyFrame) else out
+    assert out["_status"].to_list() == ["completed"] * ROWS.height
+    assert len(emu.billing()) == paid
