@@ -102,3 +102,59 @@ def test_a_finished_folder_read_after_the_date_sends_nothing_and_says_nothing(
     out = out.collect() if isinstance(out, pl.LazyFrame) else out
     assert out["_status"].to_list() == ["completed"] * ROWS.height
     assert len(emu.billing()) == paid
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_folder_holding_no_row_of_the_routed_model_refuses_it_as_a_fresh_one(
+    on, emu, tmp_path, streamed
+) -> None:
+    # The folder exists (a run of another model of the same per-row expression), but none
+    # of its rows is gemini-2.5-flash's: nothing of it to finish, so naming it after the
+    # date is refused as on a fresh folder (a streamed call too: it reads the folder for
+    # the rows it holds, not for the rows it would send).
+    state = str(tmp_path / "s")
+    sink = str(tmp_path / "out.parquet") if streamed else None
+    model = (
+        pl.when(pl.col("text").str.starts_with("row 0:"))
+        .then(pl.lit("gemini-3.5-flash"))
+        .otherwise(pl.lit(OLD))
+    )
+    on("2026-11-30")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the thinking-room advice
+        first = ROWS.head(1).pipe(batch_llm, model=model, state=state, sink=sink, **KW)
+    first = first.collect() if isinstance(first, pl.LazyFrame) else first
+    assert first["_status"].to_list() == ["completed"]
+    paid = len(emu.billing())
+    on("2026-12-01")
+    with pytest.raises(ModelError, match=f"use '{NEW}' instead"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = ROWS.pipe(batch_llm, model=model, state=state, sink=sink, **KW)
+        if isinstance(out, pl.LazyFrame):
+            out.collect()
+    assert len(emu.billing()) == paid
+
+
+def test_a_model_whose_requests_fail_once_retired_still_fails_its_unsent_rows_as_data(
+    on, emu, tmp_path
+) -> None:
+    # gpt-5-nano is shut down on 2026-12-11 and not routed (models.SCHEDULED, "fail"): on
+    # a folder started the day before, its rows not sent yet fail as data after the date,
+    # never sent; only a routed model's are sent (models.routed_successor).
+    state = str(tmp_path / "s")
+    kw = {**KW, "model": "gpt-5-nano", "state": state}
+    on("2026-12-10")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the shutdown warning; the cap's cancelled rows
+        first = ROWS.pipe(batch_llm, max_cost_usd=0.0015, **kw)  # type: ignore[arg-type]
+    sent = first.filter(pl.col("_status") == "completed").height
+    assert 0 < sent < ROWS.height, first.select("_status", "_error").to_dicts()
+    on("2026-12-11")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = ROWS.pipe(batch_llm, **kw)  # type: ignore[arg-type]
+    assert out["_status"].to_list().count("completed") == sent
+    failed = out.filter(pl.col("_status") == "failed")["_error"].to_list()
+    assert len(failed) == ROWS.height - sent
+    assert all("was retired by OpenAI on 2026-12-11" in e for e in failed), failed
+    assert len(emu.billing()) == sent
