@@ -450,7 +450,11 @@ def batch_llm(
         spec = dataclasses.replace(spec, prepare=content_preparer(citations=citations))
 
     if _existing_folder(state):  # the job ids are final here (files= rehashes them)
-        jobs = _check_retired_rows(jobs, recorded)
+        # Whether the folder holds a routed model's rows counts its failed ones too
+        # (retry_failed sends those again, but they are the folder's: its run whose every
+        # row failed is finished in its folder, not refused as a fresh one).
+        held = _recorded_lookup(state, fingerprint, retry_failed=False)
+        jobs = _check_retired_rows(jobs, recorded, held=held)
     jobs = _over_window(jobs, spec, recorded)
     sendable = _sendable(jobs)
     unestimated = sendable  # a lost request's worst case is priced from it (realtime)
@@ -1454,6 +1458,7 @@ def _check_retired_rows(
     recorded: Callable[[pl.Series], pl.Series] | None,
     *,
     refuse: bool = True,
+    held: Callable[[pl.Series], pl.Series] | None = None,
 ) -> pl.DataFrame:
     """On an existing state folder: a retired model's rows the folder never recorded.
 
@@ -1466,7 +1471,11 @@ def _check_retired_rows(
     paid batch uncollected, so the other rows fail as data instead (``input_error``: the
     same message, never sent; ``retry_failed`` does not send them either). The folder is
     read only when the run has a retired model. ``refuse=False`` (a streamed chunk, whose
-    call decides on all its chunks): the rows are marked, never raised for.
+    call decides on all its chunks): the rows are marked, never raised for. ``held``
+    (default ``recorded``): for a routed model, which job ids the folder holds at all,
+    failed ones included whatever ``retry_failed`` (:func:`_recorded_lookup` without it),
+    for that decision: its run whose every row failed is finished with ``retry_failed``,
+    its failed rows sent again (a model whose requests fail is refused, as streamed).
 
     A model the provider routes to a successor once retired (``models.routed_successor``:
     Gemini 2.5 Pro/Flash) is still answered: on a folder holding some of its rows, the
@@ -1481,9 +1490,10 @@ def _check_retired_rows(
             of_model = (pl.col("provider") == provider) & (pl.col("model") == model)
             ids = jobs.filter(of_model).get_column("job_id").drop_nulls().unique()
             known = recorded(ids) if recorded is not None else ids.clear()
-            if refuse and not ids.is_in(known.implode()).any():
-                raise
             successor = routed_successor(str(provider), str(model))
+            holds = held(ids) if held is not None and successor is not None else known
+            if refuse and not ids.is_in(holds.implode()).any():
+                raise
             if successor is not None:
                 # Routed (Gemini 2.5 from 2026-12-01): the provider still answers its
                 # requests, with the successor, so the run the folder holds can be

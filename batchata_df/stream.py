@@ -233,7 +233,11 @@ def stream_llm(
 
     existing = fr._existing_folder(state)
     if existing:
-        _check_retired_everywhere(lf, model, probe, probe_jobs, jobs_of, recorded, rows, scans)
+        # Held: failed rows count whatever retry_failed (frame._check_retired_rows).
+        held = fr._recorded_lookup(state, fingerprint, retry_failed=False)
+        _check_retired_everywhere(
+            lf, model, probe, probe_jobs, jobs_of, recorded, held, rows, scans
+        )
 
     # A dry run's expected cost learns from the answers already in the folder, as in memory.
     observed = fr._observed(state, fingerprint) if dry_run else None
@@ -715,6 +719,7 @@ def _check_retired_everywhere(
     probe_jobs: pl.DataFrame,
     jobs_of: Callable[[pl.DataFrame], pl.DataFrame],
     recorded: Callable[[pl.Series], pl.Series] | None,
+    holds: Callable[[pl.Series], pl.Series] | None,
     rows: int,
     scans: _Scans,
 ) -> None:
@@ -726,7 +731,9 @@ def _check_retired_everywhere(
     others fail as data (each chunk's ``jobs_of`` marks them), or, for a model routed to a
     successor (``models.routed_successor``), are sent, with one warning saying so. One
     streaming pass over the rows of the retired models, their job ids built as each
-    chunk's are: only when the probe found a retired model.
+    chunk's are: only when the probe found a retired model. ``holds``: the job ids the
+    folder holds, failed ones included whatever ``retry_failed`` (``recorded`` says which
+    it will not send again).
     """
     from batchata_df import frame as fr
     from batchata_df.errors import ModelError, ModelShutdownWarning, warn_user
@@ -760,7 +767,9 @@ def _check_retired_everywhere(
             ids = of_retired.get_column("job_id")
             known = recorded(ids) if recorded is not None else ids.clear()
             is_known = pl.col("job_id").is_in(known.implode())
-            held.update(of_retired.filter(is_known).get_column("model").unique().to_list())
+            ours = holds(ids) if holds is not None else known
+            is_held = pl.col("job_id").is_in(ours.implode())
+            held.update(of_retired.filter(is_held).get_column("model").unique().to_list())
             unsent.update(of_retired.filter(~is_known).get_column("model").unique().to_list())
     except (pl.exceptions.PolarsError, OSError) as e:
         raise _unreadable(e, scans) from e

@@ -158,3 +158,37 @@ def test_a_model_whose_requests_fail_once_retired_still_fails_its_unsent_rows_as
     assert len(failed) == ROWS.height - sent
     assert all("was retired by OpenAI on 2026-12-11" in e for e in failed), failed
     assert len(emu.billing()) == sent
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_retry_failed_finishes_a_routed_run_whose_every_row_failed_before_the_date(
+    on, emu, tmp_path, streamed
+) -> None:
+    # Every row failed before the date (here: thinking took all of max_tokens, billed).
+    # The folder holds them: retry_failed=True after the date sends them again, answered
+    # by the successor, as for rows never sent. It was refused as a fresh folder
+    # (ModelError "use 'gemini-3.5-flash-lite' instead", where naming it is another run:
+    # StateMismatchError), since retry_failed does not count failed rows as the folder's.
+    state = str(tmp_path / "s")
+    sink = str(tmp_path / "out.parquet") if streamed else None
+    kw = {"prompt": "{text}", "progress": False, "params": {"max_tokens": 20}, "model": OLD,
+          "state": state, "sink": sink}  # fmt: skip
+    on("2026-11-30")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the shutdown and thinking-room warnings
+        first = ROWS.pipe(batch_llm, **kw)  # type: ignore[arg-type]
+    first = first.collect() if isinstance(first, pl.LazyFrame) else first
+    assert first["_status"].to_list() == ["failed"] * ROWS.height
+    assert all(e.startswith("truncated: thinking used") for e in first["_error"])
+    on("2026-12-01")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = ROWS.pipe(batch_llm, retry_failed=True, **kw)  # type: ignore[arg-type]
+    out = out.collect() if isinstance(out, pl.LazyFrame) else out
+    said = [str(w.message) for w in caught if w.category is ModelShutdownWarning]
+    assert len(said) == 1 and f"answered by '{NEW}' instead" in said[0], said
+    bills = emu.billing(usd=True)
+    assert sorted(b["model"] for b in bills) == [OLD] * ROWS.height + [NEW] * ROWS.height
+    assert sorted(b["custom_id"] for b in bills if b["model"] == NEW) == sorted(out["_job_id"])
+    assert spent_usd(state) == pytest.approx(
+        sum(float(b["usd"]) for b in bills), rel=1e-9)  # type: ignore[arg-type]  # fmt: skip
