@@ -2139,9 +2139,17 @@ def _shutdown_lines(folders: Sequence[str]) -> list[str]:
                 if routed
                 else " (those the provider had not run by then fail model_shut_down, unbilled)"
             )
+            # A routed model's rows never sent are sent by the next call on the folder
+            # (frame._check_retired_rows), answered by the successor; others fail unsent.
+            unsent = (
+                f"rows never sent are sent by the next call with this folder, answered by "
+                f"{gone[1]!r}"
+                if routed
+                else "rows never sent fail unsent"
+            )
             out.append(
                 f"model {model!r} was shut down on {gone[0]}: rows not collected yet can "
-                f"still be collected{fate}; rows never sent fail unsent"
+                f"still be collected{fate}; {unsent}"
             )
     return out
 

@@ -336,5 +336,5 @@ def test_status_of_a_realtime_folder_warns_without_the_batch_window_then_says_sh
         "model shutdowns:\n  model 'gemini-2.5-flash' was shut down on 2026-12-01: rows not "
         "collected yet can still be collected (those the provider ran from then on were "
         "answered by 'gemini-3.5-flash-lite', and are priced at its rates); rows never sent "
-        "fail unsent\n"
+        "are sent by the next call with this folder, answered by 'gemini-3.5-flash-lite'\n"
     ) in shown.output

@@ -192,3 +192,31 @@ def test_retry_failed_finishes_a_routed_run_whose_every_row_failed_before_the_da
     assert sorted(b["custom_id"] for b in bills if b["model"] == NEW) == sorted(out["_job_id"])
     assert spent_usd(state) == pytest.approx(
         sum(float(b["usd"]) for b in bills), rel=1e-9)  # type: ignore[arg-type]  # fmt: skip
+
+
+def test_status_after_the_date_says_what_the_next_call_does_with_the_rows_never_sent(
+    on, emu, tmp_path
+) -> None:
+    # `batchata-df status` said "rows never sent fail unsent" for a routed model, while
+    # the next call on the folder sends them, answered by the successor.
+    from click.testing import CliRunner
+
+    from batchata_df.cli import cli
+
+    state = str(tmp_path / "s")
+    first = _started_before_the_date(on, state)
+    sent = first.filter(pl.col("_status") == "completed").height
+    assert 0 < sent < ROWS.height
+    on("2026-12-01")
+    shown = CliRunner().invoke(cli, ["status", state])
+    assert shown.exit_code == 0, shown.output
+    assert "rows never sent fail unsent" not in shown.output, shown.output
+    assert (
+        f"rows never sent are sent by the next call with this folder, answered by '{NEW}'"
+    ) in shown.output, shown.output
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the routed resume's warning: tested above
+        out = ROWS.pipe(batch_llm, model=OLD, state=state, **KW)  # type: ignore[arg-type]
+    assert out["_status"].to_list() == ["completed"] * ROWS.height
+    assert sorted(b["model"] for b in emu.billing()) == sorted(
+        [OLD] * sent + [NEW] * (ROWS.height - sent))  # fmt: skip
