@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import json
 import os
@@ -525,7 +526,14 @@ def batch_llm(
                     stop_event=stop,
                     concurrency=concurrency,
                     deadline_s=deadline_s,
-                )
+                    reprice=(
+                        None if max_cost_usd is None
+                        else functools.partial(
+                            with_estimates, spec=spec, prices=price_table, why=why,
+                            observed=observed,
+                        )
+                    ),
+                )  # fmt: skip
                 with _interrupt_sets(stop):
                     if isinstance(engine, AutoEngine):
                         results = engine.run(sendable, realtime_jobs)
@@ -572,15 +580,20 @@ def _engine(
     stop_event: threading.Event,
     concurrency: int | None,
     deadline_s: float | None,
+    reprice: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
 ) -> Engine | RealtimeEngine | AutoEngine:
-    """The driver of ``mode``: batches, realtime requests, or both (``"auto"``)."""
+    """The driver of ``mode``: batches, realtime requests, or both (``"auto"``).
+
+    ``reprice``: the cap's worst case of jobs as of today, for a batch call that runs into
+    a later date (:attr:`batchata_df.engine.run.RunContext.reprice`).
+    """
     common: dict[str, Any] = {
         "progress": progress,
         "stop_event": stop_event,
         "make_provider": make_provider,
     }
     if mode == "batch":
-        return Engine(store, providers, spec, prices, options, **common)
+        return Engine(store, providers, spec, prices, options, reprice=reprice, **common)
     concurrency = concurrency or DEFAULT_CONCURRENCY
     if mode == "realtime":
         return RealtimeEngine(

@@ -303,6 +303,8 @@ def stream_llm(
             engine = Engine(
                 store, providers, spec, price_table, options,
                 progress=display, stop_event=stop, make_provider=make_provider,
+                # On a new date, the planned jobs are priced again (Engine._reprice).
+                reprice=estimate if max_cost_usd is not None else None,
             )
             with fr._interrupt_sets(stop):
                 unsent = engine.run_source(source)

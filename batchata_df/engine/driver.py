@@ -31,6 +31,7 @@ from batchata_df.engine.run import (
 from batchata_df.engine.source import Feeder, JobSource
 from batchata_df.engine.stopping import Stopper
 from batchata_df.engine.submission import Submitter
+from batchata_df.models import today
 from batchata_df.providers.base import Provider, RequestSpec
 from batchata_df.state import StateStore, join_by_job
 
@@ -85,6 +86,7 @@ class Engine:
         stop_when: Callable[[RunState, float], str | None] | None = None,
         *,
         collect_only: bool = False,
+        reprice: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
     ) -> None:
         self.collect_only = collect_only
         self.ctx = RunContext(
@@ -97,7 +99,9 @@ class Engine:
             progress=progress,
             make_provider=make_provider,
             stop_when=stop_when,
+            reprice=reprice,
         )
+        self._priced_on = today()
         self.stop_event = stop_event or threading.Event()
         self.state = RunState(started=self.ctx.clock.monotonic(), waits=self.ctx.options.wait)
 
@@ -244,6 +248,7 @@ class Engine:
             if stop_reason is None and feeder is not None and planner.current() is None:
                 feeder.feed()
             if stop_reason is None:
+                self._reprice(planner)
                 fill()
             else:
                 submitter.fill(planner)
@@ -291,6 +296,29 @@ class Engine:
                 pl.lit(reason).alias("error")
             )
         return None
+
+    def _reprice(self, planner: Planner) -> None:
+        """Price the jobs not sent yet again when the date has moved since they were priced.
+
+        The cap's worst case of a job is at the highest price (and input count) of the days
+        its batch may run on, from the day it is priced (``PriceTable.worst``,
+        ``PriceTable.answering``). A call that runs into a later day (its batches waiting
+        for a slot or for the cap) would send the rest at the first day's figures, short of
+        a price rise or a routing to a successor the later window reaches (a call started
+        on 2026-11-28 with gemini-2.5-flash images, its later batches sent on 2026-12-01:
+        billed 0.000665 USD under a 0.0005 cap). So on a new date the planned jobs are
+        taken back and planned again with today's worst case (:attr:`RunContext.reprice`),
+        in the same order. Chunks a streamed call reads later are priced when read.
+        """
+        if self.ctx.reprice is None or (day := today()) == self._priced_on:
+            return
+        self._priced_on = day
+        groups = planner.drain_groups()
+        if not groups:
+            return
+        rows = self.state.job_rows(pl.concat([ids for _, _, ids in groups]))
+        if rows.height:
+            planner.add(self.ctx.reprice(rows))
 
     def _resend(self, planner: Planner, feeder: Feeder | None = None) -> None:
         """Plan again this call's rows that re-attached batches ended ``cancelled``.

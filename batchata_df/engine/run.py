@@ -215,6 +215,11 @@ class RunContext:
     stop_when: Callable[[RunState, float], str | None] | None = None
     """A further stop rule, asked every round with the state and the clock's reading: a
     reason to stop (``mode="auto"``: ``"deadline"``), or ``None``."""
+    reprice: Callable[[pl.DataFrame], pl.DataFrame] | None = None
+    """The cap's worst case of some jobs as of today (``frame.with_estimates``), or None
+    (no cap). A call runs for days; a batch it sends on a later day may run into a price
+    change or a routing to a successor its first day's window did not reach: when the
+    date moves, the driver prices the jobs not sent yet again with it (``Engine._reprice``)."""
     resend_cancelled: bool = False
     """Whether rows of re-attached batches that end ``cancelled`` are planned again in this
     call (:attr:`RunState.resend`): an earlier call's stop cancelled them, nothing answered
