@@ -175,3 +175,28 @@ def test_cache_writes_stay_inside_the_worst_case_and_the_cap(emu, tmp_path: Path
                 "sum(cached_tokens) AS r FROM jobs", tmp_path / "s")  # fmt: skip
     assert usage["c"].item() <= cap
     assert usage["w"].item() > 0 and usage["r"].item() > 0
+
+
+def test_the_input_estimate_counts_the_schema_every_request_carries() -> None:
+    # The JSON schema goes with every request (OpenAI's response_format): the worst case
+    # counts its tokens on each row, beside the prompt's (frame._input_tokens).
+    import json
+
+    from pydantic import BaseModel
+
+    from batchata_df.schema import AnswerSchema
+    from batchata_df.tokens import estimate_tokens
+
+    class Rated(BaseModel):
+        summary: str
+        score: float
+
+    df = pl.DataFrame({"text": ["hello there", "a b c"]})
+    kw = {"model": "gpt-5.4-mini", "prompt": "{text}", "dry_run": True, "progress": False}
+    typed = df.pipe(batch_llm, schema=Rated, **kw)
+    plain = df.pipe(batch_llm, schema=None, **kw)
+    schema_json = json.dumps(AnswerSchema(Rated).json_schema)
+    schema_tokens = int(estimate_tokens(pl.Series([schema_json]), "openai", "gpt-5.4-mini")[0])
+    assert schema_tokens > 20
+    diff = typed["_est_input_tokens"] - plain["_est_input_tokens"]
+    assert diff.to_list() == [schema_tokens] * 2
