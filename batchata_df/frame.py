@@ -597,8 +597,9 @@ def _engine(
     concurrency = concurrency or DEFAULT_CONCURRENCY
     if mode == "realtime":
         return RealtimeEngine(
-            store, providers, spec, prices, options, concurrency=concurrency, **common
-        )
+            store, providers, spec, prices, options, concurrency=concurrency,
+            reprice=reprice, **common,
+        )  # fmt: skip
     return AutoEngine(
         store, providers, spec, prices, options, deadline_s=deadline_s,
         concurrency=concurrency, **common,

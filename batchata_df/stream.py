@@ -303,7 +303,7 @@ def stream_llm(
             engine = Engine(
                 store, providers, spec, price_table, options,
                 progress=display, stop_event=stop, make_provider=make_provider,
-                # On a new date, the planned jobs are priced again (Engine._reprice).
+                # On a new date, the planned jobs are priced again (planning.Repricer).
                 reprice=estimate if max_cost_usd is not None else None,
             )
             with fr._interrupt_sets(stop):

@@ -11,11 +11,13 @@ from engine_fakes import MODEL, SPEC, FakeProvider, in_flight, make_jobs, make_r
 from batchata_df.engine.clock import Backoff, FakeClock
 from batchata_df.engine.planning import (
     Planner,
+    Repricer,
     Requeue,
     over_named_limit,
     plan_batches,
     queue_limit_refusal,
 )
+from batchata_df.models import TODAY_VAR
 from batchata_df.providers.base import BatchPoll, ProviderState
 
 
@@ -118,6 +120,40 @@ def test_drain_hands_back_every_unsent_job_in_order(provider):
     planner.add(make_jobs(1, start=9))
     assert ids(planner.drain()) == ["j001", "j002", "j003", "j004", "j009"]
     assert planner.current() is None and planner.drain() is None
+
+
+def test_a_new_date_prices_the_unsent_jobs_again_in_order(provider, monkeypatch):
+    # Repricer: the cap's worst case of the jobs not sent yet is computed again on a new
+    # date (a price change or a routing its first day's window did not reach); the sent
+    # ones and the order are kept; on the same date nothing is asked.
+    monkeypatch.setenv(TODAY_VAR, "2026-11-28")
+    jobs = make_jobs(5, worst=0.1)
+    asked: list[list[str]] = []
+
+    def reprice(rows: pl.DataFrame) -> pl.DataFrame:
+        asked.append(ids(rows.get_column("job_id")))
+        return rows.with_columns(pl.lit(0.25).alias("worst_usd"))
+
+    def job_rows(job_ids: pl.Series) -> pl.DataFrame:
+        return jobs.filter(pl.col("job_id").is_in(job_ids.implode()))
+
+    planner = Planner({"openai": provider}, SPEC, 2)
+    planner.add(jobs)
+    repricer = Repricer(reprice)
+    planner.took(2)  # j000, j001 sent on 2026-11-28
+    repricer(planner, job_rows)
+    assert asked == []  # the same date
+    monkeypatch.setenv(TODAY_VAR, "2026-11-30")
+    repricer(planner, job_rows)
+    assert asked == [["j002", "j003", "j004"]]
+    planned = []
+    while (batch := planner.current()) is not None:
+        planned.append((ids(batch.job_ids), batch.worst.to_list()))
+        planner.took(len(batch))
+    assert planned == [(["j002", "j003"], [0.25, 0.25]), (["j004"], [0.25])]
+    repricer(planner, job_rows)  # nothing left to price
+    assert len(asked) == 1
+    assert Repricer(None).reprice is None  # no cap: nothing to price
 
 
 # -- requeue after a queue-limit refusal ------------------------------------------------------

@@ -8,9 +8,9 @@ cap), runs into 2026-12-01 and is answered by gemini-3.5-flash-lite, which count
 image at 1,120: billed ~2.2x what was reserved for it. The same held for a dated price
 change reached by a batch sent on a later day of the call (gemini-4-argon doubles on
 2026-12-01). Now, when the date moves, the jobs not sent yet are priced again
-(``Engine._reprice``, ``RunContext.reprice``). Each test moves the date in steps no longer
-than a Gemini batch's 48 h window, as a real call sees it: a batch in flight never runs
-past its window.
+(``engine.planning.Repricer``, ``RunContext.reprice``), by a realtime call too. Each test
+moves the date in steps no longer than a Gemini batch's 48 h window, as a real call sees
+it: a batch in flight never runs past its window.
 """
 
 from __future__ import annotations
@@ -94,3 +94,34 @@ def test_a_call_running_across_a_dated_price_change_stays_under_the_cap(
     assert len(bills) >= 4  # sent on each of the days
     billed = sum(float(b["usd"]) for b in bills)  # type: ignore[arg-type]
     assert billed <= cap  # 0.00511 USD under a 0.00473 cap before
+
+
+def test_a_realtime_call_running_across_a_dated_price_change_stays_under_the_cap(
+    on, emu, tmp_path
+) -> None:
+    # A realtime request is reserved at the higher of today's and tomorrow's price: one
+    # started on 2026-11-28 reserved gemini-4-argon's old price for the requests it sent
+    # on 12-01, billed at the doubled one.
+    rows = pl.DataFrame({"text": [f"row {i} " + "lorem ipsum " * 200 for i in range(12)]})
+    kw = {"model": "gemini-4-argon", "prompt": "{text}", "mode": "realtime",
+          "params": {"max_tokens": 50, "reasoning_effort": "low"}}  # fmt: skip
+    on("2026-11-28")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the thinking-room advice
+        plan = rows.pipe(batch_llm, dry_run=True, progress=False, **kw)  # type: ignore[arg-type]
+    # Eight and a half rows at the price of 2026-11-28: a realtime call is admitted one
+    # request at a time against what was billed, so it overshoots by the last request's
+    # underestimate only: here the one sent on 12-01 with room for the old price.
+    cap = float(plan["_est_cost_usd"][0]) * 8.5
+    progress, moved = _days(on, {2: "2026-11-30", 4: "2026-12-01"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the cap's cancelled rows
+        rows.pipe(
+            batch_llm, state=str(tmp_path / "s"), concurrency=1, max_cost_usd=cap,
+            progress=progress, **kw,
+        )  # fmt: skip
+    assert moved == ["2026-11-30", "2026-12-01"]
+    bills = emu.billing(usd=True)
+    assert len(bills) >= 4  # sent on each of the days
+    billed = sum(float(b["usd"]) for b in bills)  # type: ignore[arg-type]
+    assert billed <= cap  # 0.01702 USD under a 0.01608 cap before

@@ -18,7 +18,7 @@ from batchata_df.engine.admission import Admission, Calibration
 from batchata_df.engine.clock import Clock, SystemClock
 from batchata_df.engine.collection import Collector
 from batchata_df.engine.ledger import Ledger
-from batchata_df.engine.planning import Planner, Requeue
+from batchata_df.engine.planning import Planner, Repricer, Requeue
 from batchata_df.engine.recovery import recover, resolve_lost, settled, spent_on_lost
 from batchata_df.engine.run import (
     InFlightBatch,
@@ -31,7 +31,6 @@ from batchata_df.engine.run import (
 from batchata_df.engine.source import Feeder, JobSource
 from batchata_df.engine.stopping import Stopper
 from batchata_df.engine.submission import Submitter
-from batchata_df.models import today
 from batchata_df.providers.base import Provider, RequestSpec
 from batchata_df.state import StateStore, join_by_job
 
@@ -101,7 +100,7 @@ class Engine:
             stop_when=stop_when,
             reprice=reprice,
         )
-        self._priced_on = today()
+        self._repricer = Repricer(reprice)
         self.stop_event = stop_event or threading.Event()
         self.state = RunState(started=self.ctx.clock.monotonic(), waits=self.ctx.options.wait)
 
@@ -248,7 +247,7 @@ class Engine:
             if stop_reason is None and feeder is not None and planner.current() is None:
                 feeder.feed()
             if stop_reason is None:
-                self._reprice(planner)
+                self._repricer(planner, state.job_rows)
                 fill()
             else:
                 submitter.fill(planner)
@@ -296,29 +295,6 @@ class Engine:
                 pl.lit(reason).alias("error")
             )
         return None
-
-    def _reprice(self, planner: Planner) -> None:
-        """Price the jobs not sent yet again when the date has moved since they were priced.
-
-        The cap's worst case of a job is at the highest price (and input count) of the days
-        its batch may run on, from the day it is priced (``PriceTable.worst``,
-        ``PriceTable.answering``). A call that runs into a later day (its batches waiting
-        for a slot or for the cap) would send the rest at the first day's figures, short of
-        a price rise or a routing to a successor the later window reaches (a call started
-        on 2026-11-28 with gemini-2.5-flash images, its later batches sent on 2026-12-01:
-        billed 0.000665 USD under a 0.0005 cap). So on a new date the planned jobs are
-        taken back and planned again with today's worst case (:attr:`RunContext.reprice`),
-        in the same order. Chunks a streamed call reads later are priced when read.
-        """
-        if self.ctx.reprice is None or (day := today()) == self._priced_on:
-            return
-        self._priced_on = day
-        groups = planner.drain_groups()
-        if not groups:
-            return
-        rows = self.state.job_rows(pl.concat([ids for _, _, ids in groups]))
-        if rows.height:
-            planner.add(self.ctx.reprice(rows))
 
     def _resend(self, planner: Planner, feeder: Feeder | None = None) -> None:
         """Plan again this call's rows that re-attached batches ended ``cancelled``.

@@ -307,6 +307,41 @@ class Planner:
         return [(p.provider, p.model, p.job_ids) for p in (first, *rest)]
 
 
+class Repricer:
+    """Prices a planner's unsent jobs again when the date has moved since they were priced.
+
+    The cap's worst case of a job is at the highest price (and input count) of the days
+    its request may run on, from the day it is priced (``PriceTable.worst``,
+    ``PriceTable.answering``). A call that runs into a later day (its batches waiting for
+    a slot or for the cap) would send the rest at the first day's figures, short of a
+    price rise or a routing to a successor the later window reaches (a call started on
+    2026-11-28 with gemini-2.5-flash images, a batch sent on 2026-11-30 answered on 12-01
+    by the successor: 0.00133 USD under a 0.0012 cap). So on a new date (``models.today``)
+    the planned jobs are taken back, their rows fetched, priced again with ``reprice``
+    (:attr:`~batchata_df.engine.run.RunContext.reprice`) and planned again in the same
+    order. Jobs a streamed call reads later are priced when read. ``reprice=None`` (no
+    cap): nothing is done.
+    """
+
+    def __init__(self, reprice: Callable[[pl.DataFrame], pl.DataFrame] | None) -> None:
+        from batchata_df.models import today
+
+        self.reprice, self.today = reprice, today
+        self.priced_on = today()
+
+    def __call__(self, planner: Planner, job_rows: Callable[[pl.Series], pl.DataFrame]) -> None:
+        """Re-plan ``planner``'s unsent jobs (rows from ``job_rows``) if the date moved."""
+        if self.reprice is None or (day := self.today()) == self.priced_on:
+            return
+        self.priced_on = day
+        groups = planner.drain_groups()
+        if not groups:
+            return
+        rows = job_rows(pl.concat([ids for _, _, ids in groups]))
+        if rows.height:
+            planner.add(self.reprice(rows))
+
+
 def queue_limit_refusal(poll: BatchPoll) -> bool:
     """Whether a failed batch was refused for a queue/rate limit (nothing ran)."""
     detail = (poll.detail or "").lower()

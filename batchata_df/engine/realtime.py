@@ -69,7 +69,7 @@ from batchata_df.engine.admission import Admission, Calibration
 from batchata_df.engine.clock import Backoff, Clock, SystemClock
 from batchata_df.engine.collection import outcomes_to_events
 from batchata_df.engine.ledger import Ledger
-from batchata_df.engine.planning import Planner, new_batch_key
+from batchata_df.engine.planning import Planner, Repricer, new_batch_key
 from batchata_df.engine.recovery import busy_jobs, resolve_lost, settled, spent_on_lost
 from batchata_df.engine.run import (
     IN_FLIGHT,
@@ -212,6 +212,7 @@ class RealtimeEngine:
         make_provider: Callable[[str], Provider] | None = None,
         clock: Clock | None = None,
         collect_first: bool = True,
+        reprice: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
     ) -> None:
         self.collect_first = collect_first
         self.ctx = RunContext(
@@ -223,7 +224,9 @@ class RealtimeEngine:
             clock=clock or SystemClock(),
             progress=progress,
             make_provider=make_provider,
+            reprice=reprice,
         )
+        self._repricer = Repricer(reprice)  # a call running into a later date
         self.concurrency = concurrency
         self.stop_event = stop_event or threading.Event()
         self.state = RunState(started=self.ctx.clock.monotonic())
@@ -348,6 +351,7 @@ class RealtimeEngine:
                     ended = self._send_due(pool, running, waiting, reserved)
                     if ended:
                         self._end(ended, ledger, admission, reserved)
+                    self._repricer(planner, state.job_rows)
                     self._send_new(pool, planner, admission, running, reserved)
                     if planner.current() is not None and not running and not waiting:
                         # Nothing in flight will free budget: what does not fit never will.

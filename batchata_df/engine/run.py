@@ -219,7 +219,8 @@ class RunContext:
     """The cap's worst case of some jobs as of today (``frame.with_estimates``), or None
     (no cap). A call runs for days; a batch it sends on a later day may run into a price
     change or a routing to a successor its first day's window did not reach: when the
-    date moves, the driver prices the jobs not sent yet again with it (``Engine._reprice``)."""
+    date moves, the engines price the jobs not sent yet again with it
+    (:class:`~batchata_df.engine.planning.Repricer`)."""
     resend_cancelled: bool = False
     """Whether rows of re-attached batches that end ``cancelled`` are planned again in this
     call (:attr:`RunState.resend`): an earlier call's stop cancelled them, nothing answered
