@@ -795,3 +795,42 @@ def test_the_final_states_from_what_the_call_wrote_equal_the_folder_read_back(tm
     reader = StateStore(tmp_path / "state", {"test": "1"}, readonly=True)
     assert_frame_equal(out, job_states_of(reader))
     assert out.height == n
+
+
+def test_jobs_refused_for_the_queue_limit_before_a_new_date_go_at_that_date_s_worst_case(
+    tmp_path, monkeypatch
+):
+    # A capped call that runs into a later date prices its unsent jobs again
+    # (planning.Repricer). Jobs refused for the queue limit wait outside the planner
+    # (Requeue) and come back from the job table (RunState.job_rows), which holds the
+    # first day's estimates: they must be priced again too, or the cap reserves them at
+    # the old day's (lower) worst case.
+    from batchata_df.models import TODAY_VAR
+
+    monkeypatch.setenv(TODAY_VAR, "2026-11-28")
+    provider = _refusing_the_first_batch_once()
+    refusing_poll = provider.poll
+
+    def poll(batch_id):
+        if batch_id == "fb_2":  # fb_1 is refused; its jobs wait for fb_2 to end
+            monkeypatch.setenv(TODAY_VAR, "2026-11-30")
+        return refusing_poll(batch_id)
+
+    provider.poll = poll  # type: ignore[method-assign]
+    asked: list[list[str]] = []
+
+    def reprice(rows: pl.DataFrame) -> pl.DataFrame:
+        asked.append(sorted(rows.get_column("job_id").to_list()))
+        return rows.with_columns(pl.lit(0.6).alias("worst_usd"))
+
+    store = StateStore(tmp_path / "state", {"test": "1"})
+    options = RunOptions(max_cost_usd=1.0, items_per_batch=2)
+    eng = Engine(store, {"openai": provider}, SPEC, PRICES, options, clock=provider.clock,
+                 reprice=reprice)  # fmt: skip
+    out = eng.run(make_jobs(4, worst=0.1))
+    assert by_status(out) == {"completed": ["j000", "j001", "j002", "j003"]}
+    # Sent on 11-28 at 0.1 each (2 x 0.2 under the 1.0 cap), fb_1 refused; on 11-30 each
+    # job's worst case is 0.6: its jobs go one at a time under the cap, never two (1.2).
+    sizes = [c[2] for c in provider.calls if c[0] == "submit"]
+    assert sizes == [2, 2, 1, 1], (sizes, asked)
+    assert asked == [["j000"], ["j001"]] or ["j000", "j001"] in asked

@@ -173,6 +173,10 @@ def test_refused_jobs_wait_for_a_batch_of_the_same_model_to_end(tmp_path, provid
     item = requeue.items[0]
     assert (item.gate, item.max_items, item.not_before) == (1, 4, clock.monotonic())
     assert requeue.take([other]) is None  # the other batch still holds the queue
+    # Nothing to wake for but that batch's polls: a wake already due would spin the
+    # run's loop (sleep(0) every round) until the other batch ends.
+    assert requeue.next_wake([other]) is None
+    assert requeue.next_wake([]) == clock.monotonic()
     job_ids, max_items = requeue.take([])  # type: ignore[misc]
     assert ids(job_ids) == ["j000", "j001", "j002", "j003"] and max_items == 4
     assert requeue.items == []

@@ -241,7 +241,9 @@ class Engine:
                     stopper.cancel_unsent(stop_reason, planner)
             elif planner.current() is None and (again := requeue.take(state.in_flight)):
                 job_ids, max_items = again
-                planner.add(state.job_rows(job_ids), items_per_batch=max_items)
+                planner.add(
+                    self._repricer.rows(state.job_rows, job_ids), items_per_batch=max_items
+                )
             if stop_reason is None:
                 self._resend(planner, feeder)
             if stop_reason is None and feeder is not None and planner.current() is None:
@@ -281,7 +283,7 @@ class Engine:
             wakes = [b.next_poll for b in state.in_flight]
             if retrying:
                 wakes.append(submitter.retry_at)
-            if stop_reason is None and (first := requeue.next_wake()) is not None:
+            if stop_reason is None and (first := requeue.next_wake(state.in_flight)) is not None:
                 wakes.append(first)
             if wakes:
                 stopper.sleep(max(0.0, min(wakes) - ctx.clock.monotonic()))
@@ -309,7 +311,7 @@ class Engine:
             return
         ids = pl.concat(state.resend)
         state.resend.clear()
-        rows = state.job_rows(ids)
+        rows = self._repricer.rows(state.job_rows, ids)  # a new date: priced again
         if rows.height:
             state.done["cancelled"] -= rows.height
             planner.add(rows)

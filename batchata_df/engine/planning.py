@@ -327,7 +327,22 @@ class Repricer:
         from batchata_df.models import today
 
         self.reprice, self.today = reprice, today
-        self.priced_on = today()
+        self.priced_on = self.started_on = today()
+
+    def rows(
+        self, job_rows: Callable[[pl.Series], pl.DataFrame], job_ids: pl.Series
+    ) -> pl.DataFrame:
+        """The rows of ``job_ids`` to plan again (a queue-limit refusal, a resend).
+
+        Priced as of today when the date moved since the call priced its job table: the
+        table keeps the first day's estimates, and rows waiting outside the planner
+        (:class:`Requeue`, re-attached batches ending cancelled) are not seen by
+        :meth:`__call__`.
+        """
+        rows = job_rows(job_ids)
+        if self.reprice is None or not rows.height or self.today() == self.started_on:
+            return rows
+        return self.reprice(rows)
 
     def __call__(self, planner: Planner, job_rows: Callable[[pl.Series], pl.DataFrame]) -> None:
         """Re-plan ``planner``'s unsent jobs (rows from ``job_rows``) if the date moved."""
@@ -443,9 +458,17 @@ class Requeue:
         self.items.pop(0)
         return item.job_ids, item.max_items
 
-    def next_wake(self) -> float | None:
-        """When the first waiting jobs may go at the earliest (a clock reading)."""
-        return self.items[0].not_before if self.items else None
+    def next_wake(self, in_flight: Sequence[InFlightBatch] = ()) -> float | None:
+        """When the first waiting jobs may go at the earliest (a clock reading).
+
+        ``None`` while they wait for this run's batches of their model (``in_flight``) to
+        end: the polls of those wake the run, a time already past would spin it.
+        """
+        if not self.items:
+            return None
+        item = self.items[0]
+        same = sum((b.provider, b.model) == (item.provider, item.model) for b in in_flight)
+        return None if same and same >= item.gate else item.not_before
 
     def drain(self) -> pl.Series | None:
         """Every waiting job id (``None``: none), emptying the queue."""
