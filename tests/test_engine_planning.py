@@ -146,6 +146,8 @@ def test_a_new_date_prices_the_unsent_jobs_again_in_order(provider, monkeypatch)
     monkeypatch.setenv(TODAY_VAR, "2026-11-30")
     repricer(planner, job_rows)
     assert asked == [["j002", "j003", "j004"]]
+    repricer(planner, job_rows)  # the same new date again: priced once, not every round
+    assert asked == [["j002", "j003", "j004"]]
     planned = []
     while (batch := planner.current()) is not None:
         planned.append((ids(batch.job_ids), batch.worst.to_list()))
@@ -154,6 +156,13 @@ def test_a_new_date_prices_the_unsent_jobs_again_in_order(provider, monkeypatch)
     repricer(planner, job_rows)  # nothing left to price
     assert len(asked) == 1
     assert Repricer(None).reprice is None  # no cap: nothing to price
+    # A lone job left unsent is priced and planned again, not lost.
+    planner.add(jobs.head(1))
+    monkeypatch.setenv(TODAY_VAR, "2026-12-01")
+    repricer(planner, job_rows)
+    lone = planner.current()
+    assert asked[-1] == ["j000"] and lone is not None
+    assert (ids(lone.job_ids), lone.worst.to_list()) == (["j000"], [0.25])
 
 
 # -- requeue after a queue-limit refusal ------------------------------------------------------

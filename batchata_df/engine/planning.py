@@ -318,9 +318,10 @@ class Repricer:
     2026-11-28 with gemini-2.5-flash images, a batch sent on 2026-11-30 answered on 12-01
     by the successor: 0.00133 USD under a 0.0012 cap). So on a new date (``models.today``)
     the planned jobs are taken back, their rows fetched, priced again with ``reprice``
-    (:attr:`~batchata_df.engine.run.RunContext.reprice`) and planned again in the same
-    order. Jobs a streamed call reads later are priced when read. ``reprice=None`` (no
-    cap): nothing is done.
+    (:attr:`~batchata_df.engine.run.RunContext.reprice`) and planned again in the job
+    table's order (the output is joined by job id; only the send order can move). Jobs a
+    streamed call reads later are priced when read. ``reprice=None`` (no cap): nothing
+    is done.
     """
 
     def __init__(self, reprice: Callable[[pl.DataFrame], pl.DataFrame] | None) -> None:
