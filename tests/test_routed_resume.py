@@ -26,13 +26,18 @@ ROWS = pl.DataFrame({"text": [f"row {i}: " + "lorem ipsum " * 100 for i in range
 KW = {"prompt": "{text}", "progress": False, "params": {"max_tokens": 3000}}
 
 
+def _frame(out: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+    """A call's output as a frame (a streamed call, ``sink=``, returns a scan of it)."""
+    return out.collect() if isinstance(out, pl.LazyFrame) else out
+
+
 def _started_before_the_date(on, state: str, sink: str | None = None) -> pl.DataFrame:
     """Some rows answered by gemini-2.5-flash on 2026-11-30, the rest held back by the cap."""
     on("2026-11-30")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the shutdown warning; the cap's cancelled rows
         out = ROWS.pipe(batch_llm, model=OLD, state=state, max_cost_usd=0.004, sink=sink, **KW)
-    return out.collect() if isinstance(out, pl.LazyFrame) else out
+    return _frame(out)
 
 
 @pytest.mark.parametrize("streamed", [False, True])
@@ -50,7 +55,7 @@ def test_a_routed_models_rows_not_sent_before_the_date_are_sent_and_answered_by_
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out = ROWS.pipe(batch_llm, model=OLD, state=state, sink=sink, **KW)
-    out = out.collect() if isinstance(out, pl.LazyFrame) else out
+    out = _frame(out)
     assert out["_status"].to_list() == ["completed"] * ROWS.height, out["_error"].to_list()
     said = [str(w.message) for w in caught if w.category is ModelShutdownWarning]
     assert len(said) == 1, said
@@ -91,7 +96,7 @@ def test_a_finished_folder_read_after_the_date_sends_nothing_and_says_nothing(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the shutdown warning
         first = ROWS.pipe(batch_llm, model=OLD, state=state, sink=sink, **KW)
-    first = first.collect() if isinstance(first, pl.LazyFrame) else first
+    first = _frame(first)
     assert first["_status"].to_list() == ["completed"] * ROWS.height
     paid = len(emu.billing())
     on("2026-12-01")
@@ -99,7 +104,7 @@ def test_a_finished_folder_read_after_the_date_sends_nothing_and_says_nothing(
         warnings.simplefilter("ignore")  # the thinking-room advice
         warnings.simplefilter("error", ModelShutdownWarning)
         out = ROWS.pipe(batch_llm, model=OLD, state=state, sink=sink, **KW)
-    out = out.collect() if isinstance(out, pl.LazyFrame) else out
+    out = _frame(out)
     assert out["_status"].to_list() == ["completed"] * ROWS.height
     assert len(emu.billing()) == paid
 
@@ -123,15 +128,13 @@ def test_a_folder_holding_no_row_of_the_routed_model_refuses_it_as_a_fresh_one(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the thinking-room advice
         first = ROWS.head(1).pipe(batch_llm, model=model, state=state, sink=sink, **KW)
-    first = first.collect() if isinstance(first, pl.LazyFrame) else first
+    first = _frame(first)
     assert first["_status"].to_list() == ["completed"]
     paid = len(emu.billing())
     on("2026-12-01")
     with pytest.raises(ModelError, match=f"use '{NEW}' instead"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        out = ROWS.pipe(batch_llm, model=model, state=state, sink=sink, **KW)
-        if isinstance(out, pl.LazyFrame):
-            out.collect()
+        _frame(ROWS.pipe(batch_llm, model=model, state=state, sink=sink, **KW))
     assert len(emu.billing()) == paid
 
 
@@ -177,14 +180,14 @@ def test_retry_failed_finishes_a_routed_run_whose_every_row_failed_before_the_da
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the shutdown and thinking-room warnings
         first = ROWS.pipe(batch_llm, **kw)  # type: ignore[arg-type]
-    first = first.collect() if isinstance(first, pl.LazyFrame) else first
+    first = _frame(first)
     assert first["_status"].to_list() == ["failed"] * ROWS.height
     assert all(e.startswith("truncated: thinking used") for e in first["_error"])
     on("2026-12-01")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out = ROWS.pipe(batch_llm, retry_failed=True, **kw)  # type: ignore[arg-type]
-    out = out.collect() if isinstance(out, pl.LazyFrame) else out
+    out = _frame(out)
     said = [str(w.message) for w in caught if w.category is ModelShutdownWarning]
     assert len(said) == 1 and f"answered by '{NEW}' instead" in said[0], said
     bills = emu.billing(usd=True)
