@@ -533,6 +533,13 @@ def batch_llm(
                             observed=observed,
                         )
                     ),
+                    reprice_realtime=(
+                        None if max_cost_usd is None or run_mode != "auto"
+                        else functools.partial(
+                            with_estimates, spec=spec, prices=price_table.realtime(),
+                            why=why, observed=observed,
+                        )
+                    ),
                 )  # fmt: skip
                 with _interrupt_sets(stop):
                     if isinstance(engine, AutoEngine):
@@ -581,11 +588,13 @@ def _engine(
     concurrency: int | None,
     deadline_s: float | None,
     reprice: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
+    reprice_realtime: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
 ) -> Engine | RealtimeEngine | AutoEngine:
     """The driver of ``mode``: batches, realtime requests, or both (``"auto"``).
 
-    ``reprice``: the cap's worst case of jobs as of today, for a batch call that runs into
-    a later date (:attr:`batchata_df.engine.run.RunContext.reprice`).
+    ``reprice``: the cap's worst case of jobs as of today, for a call that runs into a
+    later date (:attr:`batchata_df.engine.run.RunContext.reprice`); ``reprice_realtime``:
+    the same at realtime prices, for ``"auto"``'s realtime phase.
     """
     common: dict[str, Any] = {
         "progress": progress,
@@ -602,7 +611,7 @@ def _engine(
         )  # fmt: skip
     return AutoEngine(
         store, providers, spec, prices, options, deadline_s=deadline_s,
-        concurrency=concurrency, **common,
+        concurrency=concurrency, reprice=reprice, reprice_realtime=reprice_realtime, **common,
     )  # fmt: skip
 
 

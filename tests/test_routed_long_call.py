@@ -96,8 +96,9 @@ def test_a_call_running_across_a_dated_price_change_stays_under_the_cap(
     assert billed <= cap  # 0.00511 USD under a 0.00473 cap before
 
 
+@pytest.mark.parametrize("mode", ["realtime", "auto"])  # auto: 12 jobs go realtime
 def test_a_realtime_call_running_across_a_dated_price_change_stays_under_the_cap(
-    on, emu, tmp_path
+    on, emu, tmp_path, mode
 ) -> None:
     # A realtime request is reserved at the higher of today's and tomorrow's price: one
     # started on 2026-11-28 reserved gemini-4-argon's old price for the requests it sent
@@ -118,7 +119,7 @@ def test_a_realtime_call_running_across_a_dated_price_change_stays_under_the_cap
         warnings.simplefilter("ignore")  # the cap's cancelled rows
         rows.pipe(
             batch_llm, state=str(tmp_path / "s"), concurrency=1, max_cost_usd=cap,
-            progress=progress, **kw,
+            progress=progress, **{**kw, "mode": mode},
         )  # fmt: skip
     assert moved == ["2026-11-30", "2026-12-01"]
     bills = emu.billing(usd=True)

@@ -108,8 +108,13 @@ class AutoEngine:
         stop_event: threading.Event | None = None,
         make_provider: Callable[[str], Provider] | None = None,
         clock: Clock | None = None,
+        reprice: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
+        reprice_realtime: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
     ) -> None:
         self.store, self.providers, self.spec = store, providers, spec
+        # The cap's worst case as of today, at batch and at realtime prices, for a phase
+        # that runs into a later date (RunContext.reprice).
+        self.reprice, self.reprice_realtime = reprice, reprice_realtime
         self.prices, self.options = prices, options
         self.deadline_s, self.concurrency = deadline_s, concurrency
         self.progress, self.make_provider = progress, make_provider
@@ -188,6 +193,7 @@ class AutoEngine:
             clock=self.clock,
             stop_when=stop_when,
             collect_only=collect_only,
+            reprice=self.reprice,
         )
 
     def _options(self) -> RunOptions:
@@ -247,5 +253,6 @@ class AutoEngine:
             make_provider=self.make_provider,
             clock=self.clock,
             collect_first=False,  # collected above (or nothing was in flight)
+            reprice=self.reprice_realtime,
         )
         return self.realtime.run(jobs)
