@@ -113,6 +113,26 @@ def test_a_partly_sent_batch_goes_on_with_its_rest_under_a_new_key(provider):
     assert ids(again.job_ids) == ids(rest.job_ids) and again.batch_key != rest.batch_key
 
 
+def test_unsent_hands_back_every_unsent_job_without_encoding_them(provider, monkeypatch):
+    # What Repricer uses on a new date: drain() would encode every batch left (at 1M jobs
+    # in memory, ~0.5 GB at once) to read their ids.
+    monkeypatch.setattr(FakeProvider, "max_requests", 2)
+    planner = Planner({"openai": provider}, SPEC, 2)
+    planner.add(make_jobs(5))
+    planner.took(1)  # j000 went; the current batch's rest is j001
+    planner.add(make_jobs(2, start=9))
+    encoded = provider.encoded
+    assert ids(planner.unsent()) == ["j001", "j002", "j003", "j004", "j009", "j010"]
+    assert provider.encoded == encoded
+    assert planner.current() is None and planner.unsent() is None
+    planner.add(make_jobs(3))  # a source no batch was read from yet
+    assert ids(planner.unsent()) == ["j000", "j001", "j002"]
+    planner.add(make_jobs(2))
+    assert planner.current() is not None
+    planner.took(2)  # every job of the source went
+    assert planner.unsent() is None
+
+
 def test_drain_hands_back_every_unsent_job_in_order(provider):
     planner = Planner({"openai": provider}, SPEC, 2)
     planner.add(make_jobs(5))

@@ -259,12 +259,15 @@ class Planner:
     ) -> None:
         self.providers, self.spec, self.items_per_batch = providers, spec, items_per_batch
         self._sources: deque[Iterator[PlannedBatch]] = deque()
+        self._ids: deque[tuple[pl.Series, list[pl.Series]]] = deque()
+        """Per source: every job id it was given, and those of the batches it yielded."""
         self._current: PlannedBatch | None = None
 
     def add(self, jobs: pl.DataFrame, *, items_per_batch: int | None = None) -> None:
         """Queue ``jobs`` to be sent after everything queued so far."""
         per_batch = items_per_batch if items_per_batch is not None else self.items_per_batch
         self._sources.append(plan_batches(jobs, self.providers, self.spec, per_batch))
+        self._ids.append((jobs.get_column("job_id"), []))
 
     def current(self) -> PlannedBatch | None:
         """The next batch to send (``None``: nothing left)."""
@@ -272,7 +275,30 @@ class Planner:
             self._current = next(self._sources[0], None)
             if self._current is None:
                 self._sources.popleft()
+                self._ids.popleft()
+            else:
+                self._ids[0][1].append(self._current.job_ids)
         return self._current
+
+    def unsent(self) -> pl.Series | None:
+        """Every unsent job id (``None``: none), emptying the queue, encoding nothing.
+
+        :meth:`drain` encodes every batch left to read their ids (at 1M jobs in memory,
+        ~0.5 GB at once); this takes them from the job ids each source was given, less
+        those of the batches it yielded, the current batch's rest first.
+        """
+        if self._current is None and not self._sources:
+            return None
+        parts = [] if self._current is None else [self._current.job_ids]
+        for i, (given, yielded) in enumerate(self._ids):
+            if i == 0 and yielded:
+                given = given.filter(~given.is_in(pl.concat(yielded).implode()))
+            parts.append(given)
+        self._current = None
+        self._sources.clear()
+        self._ids.clear()
+        ids = pl.concat(parts)
+        return ids if ids.len() else None
 
     def took(self, n: int) -> None:
         """The first ``n`` jobs of the current batch were dealt with: move on."""
@@ -304,6 +330,7 @@ class Planner:
         rest = [p for source in self._sources for p in source]
         self._current = None
         self._sources.clear()
+        self._ids.clear()
         return [(p.provider, p.model, p.job_ids) for p in (first, *rest)]
 
 
@@ -350,10 +377,10 @@ class Repricer:
         if self.reprice is None or (day := self.today()) == self.priced_on:
             return
         self.priced_on = day
-        groups = planner.drain_groups()
-        if not groups:
+        ids = planner.unsent()  # not encoded again to read them
+        if ids is None:
             return
-        rows = job_rows(pl.concat([ids for _, _, ids in groups]))
+        rows = job_rows(ids)
         if rows.height:
             planner.add(self.reprice(rows))
 
