@@ -455,7 +455,7 @@ def batch_llm(
         # (retry_failed sends those again, but they are the folder's: its run whose every
         # row failed is finished in its folder, not refused as a fresh one).
         held = _recorded_lookup(state, fingerprint, retry_failed=False)
-        jobs = _check_retired_rows(jobs, recorded, held=held)
+        jobs = _check_retired_rows(jobs, recorded, held=held, dry_run=dry_run)
     jobs = _over_window(jobs, spec, recorded)
     sendable = _sendable(jobs)
     unestimated = sendable  # a lost request's worst case is priced from it (realtime)
@@ -1482,6 +1482,7 @@ def _check_retired_rows(
     *,
     refuse: bool = True,
     held: Callable[[pl.Series], pl.Series] | None = None,
+    dry_run: bool = False,
 ) -> pl.DataFrame:
     """On an existing state folder: a retired model's rows the folder never recorded.
 
@@ -1523,7 +1524,9 @@ def _check_retired_rows(
                 # finished, as its batches in flight were (a streamed call says so once,
                 # stream._check_retired_everywhere), only when some row is left to send.
                 if refuse and not ids.is_in(known.implode()).all():
-                    notice = routed_resume_warning(str(provider), str(model), successor)
+                    notice = routed_resume_warning(
+                        str(provider), str(model), successor, dry_run=dry_run
+                    )
                     warn_user(ModelShutdownWarning(notice))
                 continue
             new = of_model & pl.col("job_id").is_not_null()

@@ -1209,7 +1209,9 @@ def routed_successor(provider: str, model: str) -> str | None:
     return found[1] or None
 
 
-def routed_resume_warning(provider: str, model: str, successor: str) -> str:
+def routed_resume_warning(
+    provider: str, model: str, successor: str, *, dry_run: bool = False
+) -> str:
     """What a resumed call says when it sends a routed model's remaining rows.
 
     Examples
@@ -1221,13 +1223,17 @@ def routed_resume_warning(provider: str, model: str, successor: str) -> str:
     sent now and answered by it, at its prices and parameter rules (each row's cost is at the
     model that answered it: `answered_by` in the jobs view of batchata_df.sql;
     https://ai.google.dev/gemini-api/docs/deprecations)
+    >>> "would be sent (this is a dry run)" in routed_resume_warning(
+    ...     "gemini", "gemini-2.5-flash", "gemini-3.5-flash-lite", dry_run=True)
+    True
     """
     found = scheduled_shutdown(provider, model)
     date = found[0] if found is not None else "its shutdown date"
     name = _PROVIDER_NAMES.get(provider, provider)
     return (
         f"model {model!r} was retired by {name} on {date} and its requests are answered by "
-        f"{successor!r} instead: the rows this state folder had not sent are sent now and "
+        f"{successor!r} instead: the rows this state folder had not sent "
+        f"{'would be sent (this is a dry run)' if dry_run else 'are sent now'} and "
         "answered by it, at its prices and parameter rules (each row's cost is at the model "
         "that answered it: `answered_by` in the jobs view of batchata_df.sql; "
         f"{_RETIREMENT_PAGES.get(provider, '')})"

@@ -236,8 +236,9 @@ def stream_llm(
         # Held: failed rows count whatever retry_failed (frame._check_retired_rows).
         held = fr._recorded_lookup(state, fingerprint, retry_failed=False)
         _check_retired_everywhere(
-            lf, model, probe, probe_jobs, jobs_of, recorded, held, rows, scans
-        )
+            lf, model, probe, probe_jobs, jobs_of, recorded, held, rows, scans,
+            dry_run=dry_run,
+        )  # fmt: skip
 
     # A dry run's expected cost learns from the answers already in the folder, as in memory.
     observed = fr._observed(state, fingerprint) if dry_run else None
@@ -724,6 +725,8 @@ def _check_retired_everywhere(
     holds: Callable[[pl.Series], pl.Series] | None,
     rows: int,
     scans: _Scans,
+    *,
+    dry_run: bool = False,
 ) -> None:
     """On an existing state folder: refuse a retired model the folder holds no row of.
 
@@ -780,7 +783,8 @@ def _check_retired_everywhere(
             check_retired(str(p), str(m))  # raises: nothing of it to collect
         successor = routed_successor(str(p), str(m))
         if str(m) in unsent and successor is not None:  # its other rows are sent
-            warn_user(ModelShutdownWarning(routed_resume_warning(str(p), str(m), successor)))
+            notice = routed_resume_warning(str(p), str(m), successor, dry_run=dry_run)
+            warn_user(ModelShutdownWarning(notice))
 
 
 def _check_history_everywhere(lf: pl.LazyFrame, history: str | None, scans: _Scans) -> None:

@@ -223,3 +223,21 @@ def test_status_after_the_date_says_what_the_next_call_does_with_the_rows_never_
     assert out["_status"].to_list() == ["completed"] * ROWS.height
     assert sorted(b["model"] for b in emu.billing()) == sorted(
         [OLD] * sent + [NEW] * (ROWS.height - sent))  # fmt: skip
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_dry_run_on_a_resumed_routed_folder_says_the_rows_would_be_sent(
+    on, emu, tmp_path, streamed
+) -> None:
+    state = str(tmp_path / "s")
+    sink = str(tmp_path / "out.parquet") if streamed else None
+    _started_before_the_date(on, state, sink)
+    paid = len(emu.billing())
+    on("2026-12-01")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ROWS.pipe(batch_llm, model=OLD, state=state, sink=sink, dry_run=True, **KW)
+    said = [str(w.message) for w in caught if w.category is ModelShutdownWarning]
+    assert len(said) == 1 and "would be sent (this is a dry run)" in said[0], said
+    assert "are sent now" not in said[0]
+    assert len(emu.billing()) == paid  # nothing sent
