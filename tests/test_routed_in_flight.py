@@ -284,15 +284,22 @@ def _run(**kw: object) -> pl.DataFrame:
         return ROWS.pipe(batch_llm, **kw)  # type: ignore[arg-type]
 
 
+def _on_the_eve(on, emu, tmp_path: Path) -> tuple[Path, dict[str, object]]:
+    """A gemini-2.5-pro call's folder and arguments on 2026-11-30, its batches taking 60 s
+    (the tests move the date to 2026-12-01 while they run)."""
+    emu.configure(latency=60.0)
+    on("2026-11-30")
+    state = tmp_path / "s"
+    kw: dict[str, object] = {"model": PRO, "prompt": "{text}", "state": state,
+                             "progress": False, "params": {"max_tokens": 2000}}  # fmt: skip
+    return state, kw
+
+
 @pytest.mark.parametrize("streamed", [False, True], ids=["in_memory", "streamed"])
 def test_the_client_prices_each_row_at_the_model_that_answered_it(
     on, emu, tmp_path, streamed
 ) -> None:
-    emu.configure(latency=60.0)
-    on("2026-11-30")
-    state = tmp_path / "s"
-    kw = {"model": PRO, "prompt": "{text}", "state": state, "progress": False,
-          "params": {"max_tokens": 2000}}  # fmt: skip
+    state, kw = _on_the_eve(on, emu, tmp_path)
     first = _run(wait=False, **kw)
     assert first["_status"].to_list() == ["pending"] * 4
     emu.advance(30)  # one request has run on gemini-2.5-flash ...
@@ -336,11 +343,7 @@ def test_the_client_prices_each_row_at_the_model_that_answered_it(
 def test_a_batch_finished_before_the_date_is_priced_at_the_model_asked_for(
     on, emu, tmp_path
 ) -> None:
-    emu.configure(latency=60.0)
-    on("2026-11-30")
-    state = tmp_path / "s"
-    kw = {"model": PRO, "prompt": "{text}", "state": state, "progress": False,
-          "params": {"max_tokens": 2000}}  # fmt: skip
+    state, kw = _on_the_eve(on, emu, tmp_path)
     _run(wait=False, **kw)
     emu.advance(61)  # done before the date
     on("2026-12-01")
@@ -370,11 +373,7 @@ def test_a_folder_with_parts_written_before_answered_by_reads_and_collects(
 ) -> None:
     # The sent rows' parts come from an older version (no answered_by column); the
     # results' parts have it: the folder reads as one, the old events' answered_by null.
-    emu.configure(latency=60.0)
-    on("2026-11-30")
-    state = tmp_path / "s"
-    kw = {"model": PRO, "prompt": "{text}", "state": state, "progress": False,
-          "params": {"max_tokens": 2000}}  # fmt: skip
+    state, kw = _on_the_eve(on, emu, tmp_path)
     _run(wait=False, **kw)
     assert _as_old_parts(state) >= 1
     emu.advance(30)
@@ -473,11 +472,8 @@ def test_a_result_line_matching_no_row_is_priced_at_the_model_that_answered_it(
     from batchata_df.providers.gemini import GeminiProvider
 
     monkeypatch.setattr(GeminiProvider, "inline_max_bytes", 10)  # results as a file
-    emu.configure(latency=60.0)
-    on("2026-11-30")
-    state = tmp_path / "s"
-    kw = {"model": PRO, "prompt": "{text}", "state": state, "progress": False,
-          "params": {"max_tokens": 2000}, "provider_patience": 20.0}  # fmt: skip
+    state, kw = _on_the_eve(on, emu, tmp_path)
+    kw["provider_patience"] = 20.0
     _run(wait=False, **kw)
     on("2026-12-01")  # before any request ran: all four answered by the successor
     emu.advance(70)
@@ -569,11 +565,7 @@ def test_a_folder_mixing_parts_with_and_without_answered_by_is_read_by_every_rea
     from batchata_df.frame import _paid_for
     from batchata_df.state import JOB_EVENTS, StateStore, read_manifest
 
-    emu.configure(latency=60.0)
-    on("2026-11-30")
-    state = tmp_path / "s"
-    kw = {"model": PRO, "prompt": "{text}", "state": state, "progress": False,
-          "params": {"max_tokens": 2000}}  # fmt: skip
+    state, kw = _on_the_eve(on, emu, tmp_path)
     _run(wait=False, **kw)
     assert _as_old_parts(state) == 1
     emu.advance(30)
