@@ -532,7 +532,7 @@ class PriceTable:
         name = model.removeprefix("models/")
         return (model, name, f"models/{name}")
 
-    def worst(self, provider: str, model: str) -> Price | None:
+    def worst(self, provider: str, model: str, sent: date | None = None) -> Price | None:
         """The highest price a request sent to ``model`` today may be billed at.
 
         The provider bills a request at the price in force when it runs, and a batch runs
@@ -545,6 +545,8 @@ class PriceTable:
         known (an unknown one is priced at ``model``'s, as
         :class:`~batchata_df.engine.ledger.Ledger` prices its rows). ``None`` when
         ``model``'s own price is not known today. What ``max_cost_usd`` reserves.
+        ``sent``: as for a request sent on that day instead (default
+        :func:`batchata_df.models.today`).
 
         Examples
         --------
@@ -562,23 +564,27 @@ class PriceTable:
         """
         from batchata_df.models import today
 
-        price = self.get(provider, model)
+        sent = sent if sent is not None else today()
+        price = self.get(provider, model, sent)
         if price is None:
             return None
         name = model.removeprefix("models/") if provider == "gemini" else model
-        for day in window_days(provider, self.processing, today()):
+        for day in window_days(provider, self.processing, sent):
             for answering in self.answering(provider, name, day):
                 found = self.get(provider, answering, day)
                 if found is not None:
                     price = highest(price, found)
         return price
 
-    def answering(self, provider: str, model: str, on: date | None = None) -> list[str]:
+    def answering(
+        self, provider: str, model: str, on: date | None = None, *, sent: date | None = None
+    ) -> list[str]:
         """The models that may answer a request for ``model`` sent today and run up to ``on``.
 
         ``model`` itself, and the successor a routed model (:data:`batchata_df.models.SCHEDULED`,
         ``"routed"``) is answered by from its routing date, if that date is not after
-        ``on`` (default: the last day of the batch window, :func:`window_days`). The
+        ``on`` (default: the last day of the batch window of a request sent on ``sent``,
+        default today: :func:`window_days`). The
         successor counts a request by its own rules (a small image is 258 tokens on
         Gemini 2.5, 1,120 on Gemini 3: :func:`batchata_df.tokens.image_tokens`), so what
         ``max_cost_usd`` reserves takes the larger count (``frame.with_estimates``).
@@ -598,7 +604,8 @@ class PriceTable:
         """
         from batchata_df.models import scheduled_shutdown, today
 
-        last = on if on is not None else window_days(provider, self.processing, today())[-1]
+        window = window_days(provider, self.processing, sent or today())
+        last = on if on is not None else window[-1]
         routed = scheduled_shutdown(provider, model)
         if (
             routed is not None
@@ -608,6 +615,33 @@ class PriceTable:
         ):
             return [model, routed[1]]
         return [model]
+
+    def terms(self, provider: str, model: str, sent: date) -> tuple[object, ...]:
+        """What the cap's estimate of a request for ``model`` sent on ``sent`` depends on.
+
+        Its price that day (the expected cost), the highest price of its window
+        (:meth:`worst`: the worst case) and the models that may answer it
+        (:meth:`answering`: whose rules count its input). Two days with equal terms give
+        equal estimates (``frame.with_estimates``), so a call running past midnight prices
+        its unsent jobs again only when they differ
+        (:class:`~batchata_df.engine.planning.Repricer`).
+
+        Examples
+        --------
+        >>> from datetime import date
+        >>> t = PriceTable()
+        >>> t.terms("openai", "gpt-5.4-mini", date(2026, 11, 28)) == t.terms(
+        ...     "openai", "gpt-5.4-mini", date(2026, 11, 29))
+        True
+        >>> t.terms("gemini", "gemini-4-argon", date(2026, 11, 28)) == t.terms(
+        ...     "gemini", "gemini-4-argon", date(2026, 11, 30))  # doubles on 2026-12-01
+        False
+        """
+        return (
+            _rates(self.get(provider, model, sent)),
+            _rates(self.worst(provider, model, sent)),
+            tuple(self.answering(provider, model, sent=sent)),
+        )
 
     def require(self, provider: str, model: str, why: str) -> Price:
         """The price of ``model``; raise :class:`PriceError` naming the fix if unknown."""
@@ -620,6 +654,19 @@ class PriceTable:
             )
             raise PriceError(msg, model=model, provider=provider, needed_by=why)
         return price
+
+
+def _rates(price: Price | None) -> tuple[float, ...] | None:
+    """What ``price`` bills: its rates and tiers, not where they came from (``source``).
+
+    A cached or cache-write rate left out is read as the input rate (:meth:`Price.rate`).
+    """
+    if price is None:
+        return None
+    rates: list[float] = []
+    for tier in (price.at(0), *(price.at(t.above + 1) for t in price.tiers)):
+        rates += [tier.rate(name) for name in ("input", "output", "cached_input", "cache_write")]
+    return (*(float(t.above) for t in price.tiers), *rates)
 
 
 def _scaled(price: Price, factor: float) -> Price:

@@ -26,7 +26,7 @@ from batchata_df.cost import PriceOverride, PriceTable, estimate_expr
 from batchata_df.engine import Engine, ProgressSnapshot, RunOptions
 from batchata_df.engine.auto import AutoEngine
 from batchata_df.engine.collection import RESULTS_UNUSABLE
-from batchata_df.engine.planning import only_model
+from batchata_df.engine.planning import DatedEstimate, only_model
 from batchata_df.engine.realtime import DEFAULT_CONCURRENCY, RealtimeEngine
 from batchata_df.errors import (
     ColumnError,
@@ -357,10 +357,16 @@ def batch_llm(
             msg = "chunk_rows= is for streaming runs: pass sink='out.parquet' as well"
             raise ConfigError(msg)
         check_mode(mode, concurrency=concurrency, deadline=deadline, wait=wait)
-        if mode != "batch" or concurrency is not None:
+        if mode != "batch":
             msg = (
                 f"mode={mode!r} does not stream: a streaming run (sink=) sends batches. Drop "
                 "sink= to run realtime or auto on a frame, or use mode='batch'"
+            )
+            raise ConfigError(msg)
+        if concurrency is not None:
+            msg = (
+                "concurrency= is for realtime requests, and a streaming run (sink=) sends "
+                "batches: drop concurrency= (max_parallel_batches= bounds the batches)"
             )
             raise ConfigError(msg)
         from batchata_df.stream import stream_llm
@@ -528,16 +534,22 @@ def batch_llm(
                     deadline_s=deadline_s,
                     reprice=(
                         None if max_cost_usd is None
-                        else functools.partial(
-                            with_estimates, spec=spec, prices=price_table, why=why,
-                            observed=observed,
+                        else DatedEstimate(
+                            functools.partial(
+                                with_estimates, spec=spec, prices=price_table, why=why,
+                                observed=observed,
+                            ),
+                            price_table, jobs,
                         )
                     ),
                     reprice_realtime=(
                         None if max_cost_usd is None or run_mode != "auto"
-                        else functools.partial(
-                            with_estimates, spec=spec, prices=price_table.realtime(),
-                            why=why, observed=observed,
+                        else DatedEstimate(
+                            functools.partial(
+                                with_estimates, spec=spec, prices=price_table.realtime(),
+                                why=why, observed=observed,
+                            ),
+                            price_table.realtime(), jobs,
                         )
                     ),
                 )  # fmt: skip

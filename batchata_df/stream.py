@@ -47,6 +47,7 @@ from pydantic import BaseModel
 from batchata_df.cost import PriceOverride, PriceTable
 from batchata_df.engine import Engine, RunOptions
 from batchata_df.engine.driver import job_states_of, with_unavailable
+from batchata_df.engine.planning import DatedEstimate
 from batchata_df.errors import ConfigError, FileInputError
 from batchata_df.jobindex import JobIndex
 from batchata_df.jobs import build_jobs, check_param_values, check_params
@@ -243,10 +244,13 @@ def stream_llm(
     # A dry run's expected cost learns from the answers already in the folder, as in memory.
     observed = fr._observed(state, fingerprint) if dry_run else None
 
-    def estimate(sendable: pl.DataFrame) -> pl.DataFrame:
+    def estimated(sendable: pl.DataFrame) -> pl.DataFrame:
         if max_cost_usd is None and not dry_run:
             return sendable
         return fr.with_estimates(sendable, spec, price_table, why=why, observed=observed)
+
+    # Remembers the models it priced: a new date re-prices only when it changes their terms.
+    estimate = DatedEstimate(estimated, price_table)
 
     try:
         expected = int(lf.select(pl.len()).collect(engine="streaming").item())

@@ -142,6 +142,9 @@ def test_a_streaming_run_refuses_realtime_before_sending(emu, tmp_path: Path) ->
 
     with pytest.raises(ConfigError, match="mode='realtime' does not stream"):
         frame(3).lazy().pipe(batch_llm, mode="realtime", sink=tmp_path / "o.parquet", **KW)
+    # concurrency= with the batch mode: the message names concurrency=, not the mode.
+    with pytest.raises(ConfigError, match=r"^concurrency= is for realtime requests.*drop conc"):
+        frame(3).lazy().pipe(batch_llm, concurrency=2, sink=tmp_path / "o.parquet", **KW)
     assert emu.log() == []
 
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from datetime import date
 
 import polars as pl
 import pytest
 from engine_fakes import MODEL, SPEC, FakeProvider, in_flight, make_jobs, make_run
 
+from batchata_df.cost import PriceTable
 from batchata_df.engine.clock import Backoff, FakeClock
 from batchata_df.engine.planning import (
+    DatedEstimate,
     Planner,
     Repricer,
     Requeue,
@@ -183,6 +186,88 @@ def test_a_new_date_prices_the_unsent_jobs_again_in_order(provider, monkeypatch)
     lone = planner.current()
     assert asked[-1] == ["j000"] and lone is not None
     assert (ids(lone.job_ids), lone.worst.to_list()) == (["j000"], [0.25])
+
+
+@pytest.mark.parametrize(
+    ("model", "priced_on", "today", "repriced"),
+    [
+        # No dated change for gemini-3.5-flash (genai-prices): nothing to price again.
+        ("gemini-3.5-flash", "2026-11-28", "2026-11-29", False),
+        # gemini-4-argon doubles on 2026-12-01: a batch sent on 11-28 runs to 11-30 at the
+        # old price, one sent on 11-29 may run into the new one (its 48 h window).
+        ("gemini-4-argon", "2026-11-28", "2026-11-29", True),
+        # Sent on 11-29 or 11-30, both windows reach 12-01: the same worst case and price.
+        ("gemini-4-argon", "2026-11-29", "2026-11-30", False),
+        # On 12-01 the price of the day (the expected cost) is the new one.
+        ("gemini-4-argon", "2026-11-30", "2026-12-01", True),
+        # gemini-2.5-flash is routed to gemini-3.5-flash-lite from 12-01: sent on 11-29,
+        # its window reaches the successor's counts and prices.
+        ("gemini-2.5-flash", "2026-11-28", "2026-11-29", True),
+    ],
+)
+def test_a_new_date_prices_again_only_when_the_models_terms_differ(
+    provider, monkeypatch, model, priced_on, today, repriced
+):
+    # A DatedEstimate's terms (the price of the day, the window's highest price, the models
+    # that may answer) decide: an unchanged midnight leaves the plan as it is, neither
+    # estimated again nor planned again (which would cost CPU and split cached prefixes).
+    monkeypatch.setenv(TODAY_VAR, priced_on)
+    asked: list[list[str]] = []
+
+    def estimate(rows: pl.DataFrame) -> pl.DataFrame:
+        asked.append(ids(rows.get_column("job_id")))
+        return rows.with_columns(pl.lit(0.25).alias("worst_usd"))
+
+    jobs = make_jobs(5, worst=0.1)
+    dated = DatedEstimate(
+        estimate, PriceTable(), pl.DataFrame({"provider": ["gemini"], "model": [model]})
+    )
+    planner = Planner({"openai": provider}, SPEC, 2)
+    planner.add(jobs)
+    repricer = Repricer(dated)
+    planner.took(2)
+    monkeypatch.setenv(TODAY_VAR, today)
+
+    def job_rows(job_ids: pl.Series) -> pl.DataFrame:
+        return jobs.filter(pl.col("job_id").is_in(job_ids.implode()))
+
+    repricer(planner, job_rows)
+    assert asked == ([["j002", "j003", "j004"]] if repriced else [])
+    # Rows planned again from the job table (a queue-limit refusal) follow the same rule.
+    again = repricer.rows(job_rows, pl.Series(["j000"]))
+    assert again.get_column("worst_usd").to_list() == ([0.25] if repriced else [0.1])
+    planned = []
+    while (batch := planner.current()) is not None:
+        planned.append((ids(batch.job_ids), batch.worst.to_list()))
+        planner.took(len(batch))
+    worst = 0.25 if repriced else 0.1
+    assert planned == [(["j002", "j003"], [worst, worst]), (["j004"], [worst])]
+
+
+def test_a_date_between_with_other_terms_prices_again(provider, monkeypatch):
+    # Rows priced on 11-28 compared on 11-30 count 11-29 too: a streamed call prices the
+    # rows it reads on the day it reads them, so terms that moved and came back still
+    # mean rows priced at other figures.
+    class Terms:
+        def terms(self, provider: str, model: str, day: date) -> tuple[object, ...]:
+            return (day == date(2026, 11, 29),)  # moved on 11-29 only
+
+    asked: list[int] = []
+
+    def estimate(rows: pl.DataFrame) -> pl.DataFrame:
+        asked.append(rows.height)
+        return rows
+
+    monkeypatch.setenv(TODAY_VAR, "2026-11-28")
+    jobs = make_jobs(3, worst=0.1)
+    repricer = Repricer(DatedEstimate(estimate, Terms(), jobs))  # type: ignore[arg-type]
+    monkeypatch.setenv(TODAY_VAR, "2026-11-30")
+    repricer.rows(lambda job_ids: jobs, pl.Series(["j000"]))
+    assert asked == [3]
+    # Remembered models: those of the first rows, and of every row estimated since.
+    seen = DatedEstimate(estimate, Terms(), jobs)  # type: ignore[arg-type]
+    seen(make_jobs(1, model="other-model"))
+    assert seen.pairs == {("openai", MODEL), ("openai", "other-model")}
 
 
 # -- requeue after a queue-limit refusal ------------------------------------------------------

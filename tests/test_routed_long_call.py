@@ -126,3 +126,57 @@ def test_a_realtime_call_running_across_a_dated_price_change_stays_under_the_cap
     assert len(bills) >= 4  # sent on each of the days
     billed = sum(float(b["usd"]) for b in bills)  # type: ignore[arg-type]
     assert billed <= cap  # 0.01702 USD under a 0.01608 cap before
+
+
+@pytest.mark.parametrize(
+    ("model", "streamed", "mode"),
+    [
+        ("gemini-3.5-flash", False, "batch"),
+        ("gemini-3.5-flash", True, "batch"),
+        ("gemini-3.5-flash", False, "realtime"),
+        ("gemini-4-argon", False, "batch"),  # the control: its price moves on these days
+    ],
+)
+def test_a_midnight_that_changes_no_price_prices_nothing_again(
+    on, emu, tmp_path, monkeypatch, model, streamed, mode
+) -> None:
+    # gemini-3.5-flash has no dated price change or routing (genai-prices,
+    # models.SCHEDULED): a capped call running from 2026-11-28 into 11-30 estimates each
+    # row once, when it is read, and keeps its plan; re-pricing every midnight cost ~1-2 s
+    # of CPU at 1M unsent rows and could split cached prefixes. gemini-4-argon's window
+    # reaches its 12-01 rise from 11-29 on: its unsent rows are priced again.
+    from batchata_df import frame
+
+    estimated: list[int] = []
+    real = frame.with_estimates
+
+    def counting(jobs: pl.DataFrame, *args: object, **kwargs: object) -> pl.DataFrame:
+        estimated.append(jobs.height)
+        return real(jobs, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(frame, "with_estimates", counting)
+    rows = pl.DataFrame({"text": [f"row {i}" for i in range(12)]})
+    on("2026-11-28")
+    progress, moved = _days(on, {2: "2026-11-29", 6: "2026-11-30"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the thinking-room advice
+        out = rows.pipe(
+            batch_llm, model=model, prompt="{text}", state=str(tmp_path / "s"),
+            progress=progress, params={"max_tokens": 2000, "reasoning_effort": "low"},
+            items_per_batch=2, max_parallel_batches=1, mode=mode, max_cost_usd=1.0,
+            **({"sink": str(tmp_path / "out.parquet")} if streamed else {}),
+            **({"concurrency": 1} if mode == "realtime" else {}),
+        )  # fmt: skip
+    if isinstance(out, pl.LazyFrame):
+        out = out.collect()
+    assert moved == ["2026-11-29", "2026-11-30"]
+    assert out.get_column("_status").to_list() == ["completed"] * 12
+    if streamed:  # the probe's price check, before anything is read
+        assert estimated[0] == 1
+        estimated = estimated[1:]
+    if model == "gemini-3.5-flash":
+        assert sum(estimated) == 12  # each row once: nothing priced again
+    else:
+        assert sum(estimated) > 12 and estimated[0] == 12
+    billed = sum(float(b["usd"]) for b in emu.billing(usd=True))  # type: ignore[arg-type]
+    assert spent_usd(str(tmp_path / "s")) == pytest.approx(billed, rel=1e-9)

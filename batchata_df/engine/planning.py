@@ -16,6 +16,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -23,10 +25,15 @@ from batchata_df.engine.clock import Backoff, Clock
 from batchata_df.engine.run import InFlightBatch
 from batchata_df.providers.base import BatchPoll, Provider, RequestSpec
 
+if TYPE_CHECKING:
+    from batchata_df.cost import PriceTable
+
 __all__ = [
+    "DatedEstimate",
     "RATE_LIMIT_PATIENCE_S",
     "PlannedBatch",
     "Planner",
+    "Repricer",
     "Requeue",
     "Requeued",
     "groups_by_model",
@@ -334,6 +341,43 @@ class Planner:
         return [(p.provider, p.model, p.job_ids) for p in (first, *rest)]
 
 
+class DatedEstimate:
+    """The cap's estimate of jobs (``estimate``), and what it depends on by date.
+
+    Called as ``estimate`` is, and it remembers the ``(provider, model)`` pairs it has
+    priced (with ``pairs``, those priced before). :meth:`terms` reads, for a day, what the
+    estimate of a job of each of those models sent that day depends on
+    (:meth:`~batchata_df.cost.PriceTable.terms`): two days with equal terms give the jobs
+    equal estimates, so :class:`Repricer` keeps the plan when a call runs past a midnight
+    that changes nothing for its models.
+    """
+
+    def __init__(
+        self,
+        estimate: Callable[[pl.DataFrame], pl.DataFrame],
+        prices: PriceTable,
+        pairs: pl.DataFrame | None = None,
+    ) -> None:
+        self.estimate, self.prices = estimate, prices
+        self.pairs: set[tuple[str, str]] = set()
+        if pairs is not None:
+            self.remember(pairs)
+
+    def remember(self, jobs: pl.DataFrame) -> None:
+        """Count ``jobs``' models among those :meth:`terms` reads."""
+        pairs = jobs.select("provider", "model").unique().drop_nulls()
+        self.pairs.update((str(p), str(m)) for p, m in pairs.iter_rows())
+
+    def __call__(self, jobs: pl.DataFrame) -> pl.DataFrame:
+        """``estimate(jobs)``, their models remembered."""
+        self.remember(jobs)
+        return self.estimate(jobs)
+
+    def terms(self, day: date) -> tuple[object, ...]:
+        """What the estimate of every priced model's job sent on ``day`` depends on."""
+        return tuple(self.prices.terms(p, m, day) for p, m in sorted(self.pairs))
+
+
 class Repricer:
     """Prices a planner's unsent jobs again when the date has moved since they were priced.
 
@@ -349,6 +393,13 @@ class Repricer:
     table's order (the output is joined by job id; only the send order can move). Jobs a
     streamed call reads later are priced when read. ``reprice=None`` (no cap): nothing
     is done.
+
+    A :class:`DatedEstimate` says whether the new date changes anything for the call's
+    models (most midnights change nothing): when its terms are those of the day the jobs
+    were priced on, they are left planned as they are. Re-pricing would cost ~1-2 s of
+    CPU at 1M unsent jobs, and planning them again can split a cached prefix from jobs
+    already sent (``prompt_caching=True``). Any other ``reprice`` prices again on every
+    new date.
     """
 
     def __init__(self, reprice: Callable[[pl.DataFrame], pl.DataFrame] | None) -> None:
@@ -368,15 +419,36 @@ class Repricer:
         :meth:`__call__`.
         """
         rows = job_rows(job_ids)
-        if self.reprice is None or not rows.height or self.today() == self.started_on:
+        if self.reprice is None or not rows.height:
+            return rows
+        if isinstance(self.reprice, DatedEstimate):
+            self.reprice.remember(rows)  # a model no read of this call has priced yet
+        if self._same(self.started_on):
             return rows
         return self.reprice(rows)
 
+    def _same(self, since: date) -> bool:
+        """Whether jobs priced on any day from ``since`` on are priced as they are today.
+
+        Every day between counts: a streamed call's rows are priced on the day they are
+        read.
+        """
+        day = self.today()
+        if day == since:
+            return True
+        if not isinstance(self.reprice, DatedEstimate) or day < since:
+            return False
+        first = self.reprice.terms(since)
+        days = (since + timedelta(days=k) for k in range(1, (day - since).days + 1))
+        return all(self.reprice.terms(d) == first for d in days)
+
     def __call__(self, planner: Planner, job_rows: Callable[[pl.Series], pl.DataFrame]) -> None:
-        """Re-plan ``planner``'s unsent jobs (rows from ``job_rows``) if the date moved."""
+        """Re-plan ``planner``'s unsent jobs (rows from ``job_rows``) if their price moved."""
         if self.reprice is None or (day := self.today()) == self.priced_on:
             return
-        self.priced_on = day
+        same, self.priced_on = self._same(self.priced_on), day
+        if same:
+            return
         ids = planner.unsent()  # not encoded again to read them
         if ids is None:
             return
