@@ -54,6 +54,7 @@ from batchata_df.models import (
     routed_successor,
     shutdown_warning,
     thinking_room_warning,
+    today,
 )
 from batchata_df.providers import SUPPORTED_PARAMS, make_provider
 from batchata_df.providers.base import Provider, RequestSpec
@@ -466,6 +467,9 @@ def batch_llm(
     sendable = _sendable(jobs)
     unestimated = sendable  # a lost request's worst case is priced from it (realtime)
     realtime_jobs = None
+    # The day the job table is priced: the engine may start later (the state folder's
+    # lock, an auto call's later phase), and prices it again from there (Repricer).
+    priced_on = today()
     if dry_run or max_cost_usd is not None:
         why = "max_cost_usd" if max_cost_usd is not None else "dry_run"
         observed = _observed(state, fingerprint)
@@ -539,7 +543,7 @@ def batch_llm(
                                 with_estimates, spec=spec, prices=price_table, why=why,
                                 observed=observed,
                             ),
-                            price_table, jobs,
+                            price_table, jobs, priced_on,
                         )
                     ),
                     reprice_realtime=(
@@ -549,7 +553,7 @@ def batch_llm(
                                 with_estimates, spec=spec, prices=price_table.realtime(),
                                 why=why, observed=observed,
                             ),
-                            price_table.realtime(), jobs,
+                            price_table.realtime(), jobs, priced_on,
                         )
                     ),
                 )  # fmt: skip

@@ -318,3 +318,34 @@ def test_realtime_doubles_every_rate_of_an_override_tiers_and_cache_rates_includ
     mapped = PriceTable({"m": {"input": 1, "output": 2, "cached_input": 0.1, "cache_write": 1.25}})
     rt = mapped.realtime().get("openai", "m")
     assert rt is not None and (rt.cached_input, rt.cache_write) == (0.2, 2.5)
+
+
+_TIERED = Price(1.0, 4.0, tiers=(PriceTier(200_000, 2.0, 8.0),))
+
+
+@pytest.mark.parametrize(
+    ("after", "same"),
+    [
+        (Price(1.0, 4.0, tiers=(PriceTier(200_000, 3.0, 8.0),)), False),  # a tier's rate
+        (Price(1.0, 4.0, tiers=(PriceTier(128_000, 2.0, 8.0),)), False),  # a threshold
+        (Price(1.0, 4.0, tiers=(PriceTier(200_000, 2.0, 8.0, cache_write=2.5),)), False),
+        # A cache rate left out is the input rate (Price.rate, estimate_expr): the same
+        # bill, and only the source differs: the same terms.
+        (Price(1.0, 4.0, 1.0, 1.0, "other", (PriceTier(200_000, 2.0, 8.0, 2.0, 2.0),)), True),
+    ],
+)
+def test_terms_differ_where_the_rates_billed_differ(after: Price, same: bool) -> None:
+    # PriceTable.terms decides whether a capped call running past midnight prices its
+    # unsent jobs again: every rate of every tier, and the tiers' thresholds, count.
+    from datetime import date
+
+    class Dated(PriceTable):
+        def get(self, provider: str, model: str, on: date | None = None) -> Price | None:
+            assert on is not None
+            return after if on >= date(2026, 12, 1) else _TIERED
+
+    table = Dated()
+    before, later = (table.terms("openai", "m", date(2026, 11, d)) for d in (27, 28))
+    assert before == later  # the windows (to 11-28, 11-29) both before the change
+    changed = table.terms("openai", "m", date(2026, 12, 2))
+    assert (changed == before) is same

@@ -270,6 +270,62 @@ def test_a_date_between_with_other_terms_prices_again(provider, monkeypatch):
     assert seen.pairs == {("openai", MODEL), ("openai", "other-model")}
 
 
+def test_a_date_moved_back_prices_again(provider, monkeypatch):
+    # A pinned date (BATCHATA_DF_TODAY) set back to before the day the jobs were priced:
+    # no day between to compare, the rows are priced again (the earlier day's terms
+    # differ here: an empty comparison must not read as "nothing changed").
+    class Terms:
+        def terms(self, provider: str, model: str, day: date) -> tuple[object, ...]:
+            return (day >= date(2026, 11, 30),)
+
+    asked: list[int] = []
+
+    def estimate(rows: pl.DataFrame) -> pl.DataFrame:
+        asked.append(rows.height)
+        return rows
+
+    monkeypatch.setenv(TODAY_VAR, "2026-11-30")
+    jobs = make_jobs(3, worst=0.1)
+    repricer = Repricer(DatedEstimate(estimate, Terms(), jobs))  # type: ignore[arg-type]
+    planner = Planner({"openai": provider}, SPEC, 2)
+    planner.add(jobs)
+    monkeypatch.setenv(TODAY_VAR, "2026-11-28")
+    repricer.rows(lambda job_ids: jobs.filter(pl.col("job_id").is_in(job_ids.implode())),
+                  pl.Series(["j000"]))  # fmt: skip
+    repricer(planner, lambda job_ids: jobs.filter(pl.col("job_id").is_in(job_ids.implode())))
+    assert asked == [1, 3]
+
+
+def test_a_driver_made_later_counts_from_the_day_its_jobs_were_priced(provider, monkeypatch):
+    # The job table was priced on 11-28 (DatedEstimate.priced_on); the driver is made on
+    # 12-01 (after waiting for the state folder's lock, or an auto call's earlier phase):
+    # gemini-4-argon doubled since, so its first round prices the unsent jobs again, and
+    # rows fetched from the table (a refused batch) are priced again too.
+    asked: list[list[str]] = []
+
+    def estimate(rows: pl.DataFrame) -> pl.DataFrame:
+        asked.append(ids(rows.get_column("job_id")))
+        return rows.with_columns(pl.lit(0.25).alias("worst_usd"))
+
+    jobs = make_jobs(3, worst=0.1)
+    pairs = pl.DataFrame({"provider": ["gemini"], "model": ["gemini-4-argon"]})
+    monkeypatch.setenv(TODAY_VAR, "2026-12-01")
+    dated = DatedEstimate(estimate, PriceTable(), pairs, priced_on=date(2026, 11, 28))
+    repricer = Repricer(dated)
+    planner = Planner({"openai": provider}, SPEC, 2)
+    planner.add(jobs)
+
+    def job_rows(job_ids: pl.Series) -> pl.DataFrame:
+        return jobs.filter(pl.col("job_id").is_in(job_ids.implode()))
+
+    again = repricer.rows(job_rows, pl.Series(["j000"]))
+    assert again.get_column("worst_usd").to_list() == [0.25]
+    repricer(planner, job_rows)
+    assert asked == [["j000"], ["j000", "j001", "j002"]]
+    # Without a day (a streamed call's rows are priced when read): from the day it is made.
+    assert Repricer(DatedEstimate(estimate, PriceTable(), pairs)).started_on == date(2026, 12, 1)
+
+
 # -- requeue after a queue-limit refusal ------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import polars as pl
 import pytest
@@ -180,3 +181,102 @@ def test_a_midnight_that_changes_no_price_prices_nothing_again(
         assert sum(estimated) > 12 and estimated[0] == 12
     billed = sum(float(b["usd"]) for b in emu.billing(usd=True))  # type: ignore[arg-type]
     assert spent_usd(str(tmp_path / "s")) == pytest.approx(billed, rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("n", "phase", "rows_of_cap"),
+    [
+        (64, "batch", 24),  # 60 rows left after collecting: a batch phase
+        (16, "realtime", 12.5),  # 12 left: realtime (at most AUTO_REALTIME_MAX_JOBS)
+    ],
+)
+def test_an_auto_phase_started_on_a_later_day_prices_from_the_day_the_call_priced(
+    on, emu, tmp_path, monkeypatch, n, phase, rows_of_cap
+) -> None:
+    # An auto call first collects the batch an earlier call left in flight, then sends
+    # the rest in a batch or realtime phase. The call priced its rows on 2026-11-28
+    # (gemini-4-argon's old price: a batch window ending 11-30, a realtime one 11-29);
+    # the collection ran to 11-30 and the phase started on 12-01, the price doubled. Its
+    # driver counted the date from the day it was made (12-01), so it never priced its
+    # rows again: 0.023828 USD billed under a 0.022704 cap (batch), 0.023828 under
+    # 0.02365 (realtime).
+    import batchata_df.engine.auto as auto_module
+    from batchata_df.engine.clock import FakeClock
+
+    clock = FakeClock()
+    monkeypatch.setattr(auto_module, "SystemClock", lambda: clock)
+    emu.configure(latency=3600)  # the earlier call's batch waits for this one
+    rows = pl.DataFrame({"text": [f"row {i} " + "lorem ipsum " * 200 for i in range(n)]})
+    kw: dict[str, Any] = {"model": "gemini-4-argon", "prompt": "{text}",
+                          "params": {"max_tokens": 50, "reasoning_effort": "low"}}  # fmt: skip
+    state = str(tmp_path / "s")
+    on("2026-11-28")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the thinking-room advice
+        plan = rows.pipe(batch_llm, dry_run=True, progress=False, mode=phase, **kw)
+        first = rows.head(4).pipe(batch_llm, state=state, wait=False, progress=False, **kw)
+    assert first.get_column("_status").to_list() == ["pending"] * 4
+    cap = float(plan["_est_cost_usd"][0]) * rows_of_cap  # at the price of 11-28
+    moved: list[str] = []
+
+    def collecting(now: float) -> None:  # the earlier batch ends on 11-30
+        if not moved:
+            moved.append("2026-11-30")
+            on("2026-11-30")
+        emu.advance(3600)
+
+    def progress(snap: ProgressSnapshot) -> None:  # collected: the phase starts on 12-01
+        if snap.completed + snap.failed >= 4 and "2026-12-01" not in moved:
+            moved.append("2026-12-01")
+            on("2026-12-01")
+
+    clock.on_wait.append(collecting)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the cap's cancelled rows
+        out = rows.pipe(
+            batch_llm, mode="auto", state=state, max_cost_usd=cap, concurrency=1,
+            items_per_batch=5, max_parallel_batches=1, progress=progress, **kw,
+        )  # fmt: skip
+    assert moved == ["2026-11-30", "2026-12-01"]
+    assert out.get_column("_mode").drop_nulls().unique().sort().to_list() == sorted(
+        {"batch", phase}
+    )
+    bills = emu.billing(usd=True)
+    billed = sum(float(b["usd"]) for b in bills)  # type: ignore[arg-type]
+    assert spent_usd(state) == pytest.approx(billed, rel=1e-9)
+    assert billed <= cap
+
+
+def test_an_auto_calls_realtime_phase_prices_again_when_the_realtime_window_moves(
+    on, emu, tmp_path, monkeypatch
+) -> None:
+    # 12 rows of an auto call go realtime, held at realtime figures: a realtime request's
+    # window (its day and the next, sent at 23:59) reaches gemini-4-argon's 12-01 rise
+    # from 11-30 on, not from 11-29 as a batch's 48 h window does. The realtime phase
+    # prices its unsent rows again on 11-30 (its terms moved), not on 11-29.
+    from batchata_df import frame, models
+
+    estimated: list[tuple[str, int]] = []
+    real = frame.with_estimates
+
+    def counting(jobs: pl.DataFrame, *args: object, **kwargs: object) -> pl.DataFrame:
+        estimated.append((models.today().isoformat(), jobs.height))
+        return real(jobs, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(frame, "with_estimates", counting)
+    rows = pl.DataFrame({"text": [f"row {i}" for i in range(12)]})
+    on("2026-11-28")
+    progress, moved = _days(on, {2: "2026-11-29", 6: "2026-11-30"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the thinking-room advice
+        out = rows.pipe(
+            batch_llm, model="gemini-4-argon", prompt="{text}", state=str(tmp_path / "s"),
+            progress=progress, params={"max_tokens": 2000, "reasoning_effort": "low"},
+            mode="auto", concurrency=1, max_cost_usd=1.0,
+        )  # fmt: skip
+    assert moved == ["2026-11-29", "2026-11-30"]
+    assert out.get_column("_mode").to_list() == ["realtime"] * 12
+    # At the start, at batch and at realtime prices; then the rows left, on 11-30 only.
+    assert estimated[:2] == [("2026-11-28", 12)] * 2
+    again = estimated[2:]
+    assert [day for day, _ in again] == ["2026-11-30"] and 0 < again[0][1] <= 6

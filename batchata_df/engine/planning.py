@@ -350,6 +350,12 @@ class DatedEstimate:
     (:meth:`~batchata_df.cost.PriceTable.terms`): two days with equal terms give the jobs
     equal estimates, so :class:`Repricer` keeps the plan when a call runs past a midnight
     that changes nothing for its models.
+
+    ``priced_on``: the day the jobs a driver is given were priced, when that is before
+    the driver starts (the call's job table is priced before it waits for the state
+    folder's lock, and before an auto call's batch or realtime phase, which may start
+    days later, after collecting batches in flight); a :class:`Repricer` counts from it,
+    not from the day it is made. ``None``: the jobs are priced when read (a streamed call).
     """
 
     def __init__(
@@ -357,8 +363,9 @@ class DatedEstimate:
         estimate: Callable[[pl.DataFrame], pl.DataFrame],
         prices: PriceTable,
         pairs: pl.DataFrame | None = None,
+        priced_on: date | None = None,
     ) -> None:
-        self.estimate, self.prices = estimate, prices
+        self.estimate, self.prices, self.priced_on = estimate, prices, priced_on
         self.pairs: set[tuple[str, str]] = set()
         if pairs is not None:
             self.remember(pairs)
@@ -406,7 +413,9 @@ class Repricer:
         from batchata_df.models import today
 
         self.reprice, self.today = reprice, today
-        self.priced_on = self.started_on = today()
+        # The day the job table was priced (DatedEstimate.priced_on), else today's.
+        first = reprice.priced_on if isinstance(reprice, DatedEstimate) else None
+        self.priced_on = self.started_on = first if first is not None else today()
 
     def rows(
         self, job_rows: Callable[[pl.Series], pl.DataFrame], job_ids: pl.Series
