@@ -280,3 +280,39 @@ def test_an_auto_calls_realtime_phase_prices_again_when_the_realtime_window_move
     assert estimated[:2] == [("2026-11-28", 12)] * 2
     again = estimated[2:]
     assert [day for day, _ in again] == ["2026-11-30"] and 0 < again[0][1] <= 6
+
+
+def test_a_call_that_waited_for_the_lock_past_a_price_rise_stays_under_the_cap(
+    on, emu, tmp_path, monkeypatch
+) -> None:
+    # The call prices its rows on 2026-11-28 (gemini-4-argon's old price, a batch window
+    # to 11-30), then waits for the state folder's lock (lock_timeout=) into 12-01, the
+    # price doubled: its engine, made on 12-01, prices the rows again before sending.
+    from batchata_df import frame
+    from batchata_df.state import WriterLock
+
+    class Waited(WriterLock):
+        def __enter__(self) -> WriterLock:
+            on("2026-12-01")  # the date when the other holder let go
+            return super().__enter__()
+
+    monkeypatch.setattr(frame, "WriterLock", Waited)
+    rows = pl.DataFrame({"text": [f"row {i} " + "lorem ipsum " * 200 for i in range(12)]})
+    kw: dict[str, Any] = {"model": "gemini-4-argon", "prompt": "{text}", "progress": False,
+                          "params": {"max_tokens": 50, "reasoning_effort": "low"}}  # fmt: skip
+    on("2026-11-28")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the thinking-room advice
+        plan = rows.pipe(batch_llm, dry_run=True, **kw)
+    cap = float(plan["_est_cost_usd"][0]) * 5  # five rows at the price of 2026-11-28
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the cap's cancelled rows
+        rows.pipe(
+            batch_llm, state=str(tmp_path / "s"), items_per_batch=2, max_parallel_batches=1,
+            max_cost_usd=cap, lock_timeout=60, **kw,
+        )  # fmt: skip
+    bills = emu.billing(usd=True)
+    assert bills and {b["model"] for b in bills} == {"gemini-4-argon"}
+    billed = sum(float(b["usd"]) for b in bills)  # type: ignore[arg-type]
+    assert spent_usd(str(tmp_path / "s")) == pytest.approx(billed, rel=1e-9)
+    assert billed <= cap
