@@ -1098,7 +1098,7 @@ def with_estimates(
         expected_cache_tokens,
         input_ratio,
     )
-    from batchata_df.models import thinks
+    from batchata_df.models import thinks, today
 
     parts = []
     indexed = jobs.with_row_index("_order")
@@ -1133,12 +1133,19 @@ def with_estimates(
             highest, pl.col("est_input_tokens"), pl.lit(max_tokens), provider=str(provider),
             marked=marked,
         )  # fmt: skip
+        # The expected cost is the answering model's: a routed model's successor answers
+        # the requests run from its routing date on (PriceTable.answering up to today), at
+        # its own price and thinking (priced at the asked model's when unknown, as the
+        # Ledger prices such rows).
+        answers_today = prices.answering(str(provider), str(model), on=today())[-1]
+        if answers_today != model:
+            price = prices.get(str(provider), answers_today) or price
         seen = (observed or {}).get((str(provider), str(model)))
         if seen is not None and seen.n >= MIN_OBSERVED:
             expected_out, source = round(seen.mean), f"observed ({seen.n:,} answers)"
         else:
             expected_out, source = answer, "schema"
-            if thinks(family_of(str(provider), str(model)), spec.params):
+            if thinks(family_of(str(provider), answers_today), spec.params):
                 expected_out += round(THINKING_SHARE * max(max_tokens - answer, 0))
                 source = "schema + thinking guess"
         expected_out = min(expected_out, max_tokens)

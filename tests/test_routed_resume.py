@@ -12,6 +12,7 @@ fresh folder still refuses the routed model (choose the successor there).
 
 from __future__ import annotations
 
+import datetime as dt
 import warnings
 
 import polars as pl
@@ -241,3 +242,47 @@ def test_a_dry_run_on_a_resumed_routed_folder_says_the_rows_would_be_sent(
     assert len(said) == 1 and "would be sent (this is a dry run)" in said[0], said
     assert "are sent now" not in said[0]
     assert len(emu.billing()) == paid  # nothing sent
+
+
+def test_a_resumed_routed_folders_expected_cost_is_the_successors(on, emu, tmp_path) -> None:
+    # gemini-2.5-pro is answered by gemini-3.8-flash from 2026-12-01, at 0.375 / 1.875 USD
+    # per million input / output tokens (batch) against 2.5 Pro's 0.625 / 5.0: the
+    # expected cost of its rows sent after the date was at 2.5 Pro's, ~2.5x the bill.
+    # (The worst case, what the cap reserves, is the higher of the two: unchanged.)
+    from batchata_df.cost import PriceTable
+
+    pro, flash = "gemini-2.5-pro", "gemini-3.8-flash"
+    state = str(tmp_path / "s")
+    on("2026-11-30")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the shutdown warning; the cap's cancelled rows
+        first = ROWS.pipe(batch_llm, model=pro, state=state, max_cost_usd=0.04, **KW)
+    sent = first.filter(pl.col("_status") == "completed").height
+    assert 0 < sent < ROWS.height, first.select("_status", "_error").to_dicts()
+    plans = {}
+    for day in ("2026-11-30", "2026-12-01"):
+        on(day)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            plan = ROWS.pipe(batch_llm, model=pro, state=state, dry_run=True, **KW)
+        plans[day] = plan.filter(pl.col("_status") == "planned")
+    assert plans["2026-12-01"].height == ROWS.height - sent
+    before, after = (PriceTable().get("gemini", m, dt.date(2026, 11, 30)) for m in (pro, flash))
+    assert before is not None and after is not None
+    cols = ("_est_output_tokens_expected", "_expected_cost_usd")
+    for (out, then), (out_now, now) in zip(
+        plans["2026-11-30"].select(cols).iter_rows(),
+        plans["2026-12-01"].select(cols).iter_rows(),
+        strict=True,
+    ):
+        # The expected input (the estimate scaled by what the answered rows were billed)
+        # read back from the day before's figure, at 2.5 Pro's rates; the same tokens
+        # after the date at 3.8 Flash's (both think: the same expected output).
+        expected_in = round((then * 1e6 - out * before.output) / before.input)
+        assert out_now == out and expected_in > 0
+        assert now == pytest.approx((expected_in * after.input + out * after.output) / 1e6)
+        assert then / now > 2.4  # 2.5 Pro's expectation was ~2.6x the successor's
+    # The worst case is the same both days (2.5 Pro's rates are the higher).
+    assert plans["2026-12-01"]["_est_cost_usd"].to_list() == pytest.approx(
+        plans["2026-11-30"]["_est_cost_usd"].to_list()
+    )
