@@ -1113,9 +1113,11 @@ def with_estimates(
         max_tokens = int(effective_params(str(provider), str(model), spec.params)["max_tokens"])
         # Counted by each model that may answer the requests: a routed model's successor
         # counts some inputs higher (an image, a PDF page), so the larger count is taken
-        # (PriceTable.answering); for any other model, its own.
-        est_in = _input_tokens(group, spec, str(provider), str(model))
-        for successor in prices.answering(str(provider), str(model))[1:]:
+        # (PriceTable.answering; sent after the routing date's day, the successor's
+        # alone); for any other model, its own.
+        counting = prices.answering(str(provider), str(model))
+        est_in = _input_tokens(group, spec, str(provider), counting[0])
+        for successor in counting[1:]:
             theirs = _input_tokens(group, spec, str(provider), successor)
             est_in = pl.select(pl.max_horizontal(est_in, theirs)).to_series()
         # Each row priced at the tier its own estimated input falls in (cost.estimate_expr).
