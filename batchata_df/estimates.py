@@ -35,7 +35,9 @@ __all__ = [
     "MARGIN",
     "MIN_OBSERVED",
     "Observed",
+    "TodoTotals",
     "answer_tokens",
+    "count_todo",
     "expected_cache_tokens",
     "input_ratio",
     "observed_output",
@@ -122,11 +124,13 @@ class Observed:
     offline estimate scaled by actual/estimated tokens of the same jobs."""
 
 
-def observed_output(events: pl.DataFrame) -> dict[tuple[str, str], Observed]:
+def observed_output(events: pl.DataFrame | pl.LazyFrame) -> dict[tuple[str, str], Observed]:
     """Per (provider, model), the output tokens of completed answers in ``events``.
 
     ``events`` are job events (the state folder's ``jobs`` parts): one row per billed
-    attempt is enough; rows without usage are ignored.
+    attempt is enough; rows without usage are ignored. A LazyFrame (a streamed run's
+    folder, :meth:`~batchata_df.state.StateStore.answer_usage`) is aggregated without
+    holding its rows, and gives no :attr:`Observed.inputs`.
 
     Examples
     --------
@@ -135,21 +139,22 @@ def observed_output(events: pl.DataFrame) -> dict[tuple[str, str], Observed]:
     ...     "reasoning_tokens": [0, 5, 0]})
     >>> observed_output(ev)[("openai", "m")].max
     30
+    >>> observed_output(ev.lazy())[("openai", "m")].reasoning_max
+    5
     """
     needed = {"provider", "model", "status", "output_tokens"}
-    if events.height == 0 or not needed <= set(events.columns):
+    columns = set(events.collect_schema().names())
+    if not needed <= columns or (isinstance(events, pl.DataFrame) and events.height == 0):
         return {}
     reasoning = (
-        pl.col("reasoning_tokens").fill_null(0)
-        if "reasoning_tokens" in events.columns
-        else pl.lit(0)
+        pl.col("reasoning_tokens").fill_null(0) if "reasoning_tokens" in columns else pl.lit(0)
     )
     done = events.filter(
         (pl.col("status") == "completed") & pl.col("output_tokens").is_not_null()
     ).with_columns(reasoning.alias("_r"))
-    out: dict[tuple[str, str], Observed] = {}
-    for row in (
-        done.group_by("provider", "model")
+    stats = (
+        done.lazy()
+        .group_by("provider", "model")
         .agg(
             pl.len().alias("n"),
             pl.col("output_tokens").mean().alias("mean"),
@@ -157,10 +162,11 @@ def observed_output(events: pl.DataFrame) -> dict[tuple[str, str], Observed]:
             pl.col("output_tokens").max().alias("max"),
             pl.col("_r").max().alias("rmax"),
         )
-        .iter_rows(named=True)
-    ):
+    )
+    out: dict[tuple[str, str], Observed] = {}
+    for row in stats.collect(engine="streaming").iter_rows(named=True):
         inputs = None
-        if "job_id" in done.columns and "input_tokens" in done.columns:
+        if isinstance(done, pl.DataFrame) and {"job_id", "input_tokens"} <= columns:
             inputs = done.filter(
                 (pl.col("provider") == row["provider"]) & (pl.col("model") == row["model"])
                 & pl.col("input_tokens").is_not_null()
@@ -174,6 +180,61 @@ def observed_output(events: pl.DataFrame) -> dict[tuple[str, str], Observed]:
             inputs=inputs,
         )
     return out
+
+
+@dataclass
+class TodoTotals:
+    """What the cap advice needs of one model's jobs a call set out to send.
+
+    Sums and a maximum, added up a chunk at a time (a streamed run holds no job table):
+    the worst case at another ``max_tokens`` is linear in them (:func:`worst_at`).
+    """
+
+    requests: int = 0
+    input_usd: float = 0.0
+    """Their estimated input cost (``est_input_usd``)."""
+    worst_usd: float = 0.0
+    """Their worst case (``worst_usd``: input plus ``max_tokens`` of output)."""
+    max_tokens: int = 0
+    """The largest output allowance among them (``est_output_tokens_max``)."""
+
+    def worst_at(self, max_tokens: int) -> float:
+        """Their worst case with output allowances scaled to ``max_tokens``."""
+        output = self.worst_usd - self.input_usd
+        return self.input_usd + output * max_tokens / max(self.max_tokens, 1)
+
+
+def count_todo(totals: dict[tuple[str, str], TodoTotals], jobs: pl.DataFrame) -> None:
+    """Add ``jobs`` (estimated: ``worst_usd``, ...) to ``totals`` per (provider, model).
+
+    Jobs without estimates (no cap) add nothing.
+
+    Examples
+    --------
+    >>> totals: dict[tuple[str, str], TodoTotals] = {}
+    >>> jobs = pl.DataFrame({"provider": ["openai"] * 2, "model": ["m"] * 2,
+    ...     "est_input_usd": [0.1, 0.1], "worst_usd": [0.5, 0.3],
+    ...     "est_output_tokens_max": [100, 50]})
+    >>> count_todo(totals, jobs); count_todo(totals, jobs.head(1))
+    >>> t = totals[("openai", "m")]
+    >>> t.requests, round(t.worst_usd, 6), t.max_tokens, round(t.worst_at(50), 6)
+    (3, 1.3, 100, 0.8)
+    """
+    needed = {"provider", "model", "est_input_usd", "worst_usd", "est_output_tokens_max"}
+    if jobs.height == 0 or not needed <= set(jobs.columns):
+        return
+    sums = jobs.group_by("provider", "model").agg(
+        pl.len().alias("n"),
+        pl.col("est_input_usd").fill_null(0.0).sum().alias("input"),
+        pl.col("worst_usd").fill_null(0.0).sum().alias("worst"),
+        pl.col("est_output_tokens_max").max().alias("most"),
+    )
+    for provider, model, n, inp, worst, most in sums.iter_rows():
+        total = totals.setdefault((str(provider), str(model)), TodoTotals())
+        total.requests += int(n)
+        total.input_usd += float(inp)
+        total.worst_usd += float(worst)
+        total.max_tokens = max(total.max_tokens, int(most or 0))
 
 
 def input_ratio(observed: Observed | None, estimated: pl.DataFrame) -> float:
@@ -219,7 +280,5 @@ def expected_cache_tokens(jobs: pl.DataFrame, provider: str) -> tuple[pl.Expr, p
         read = pl.when(later & (tokens >= OPENAI_MIN)).then(steps).otherwise(0)
     else:
         read = pl.when(later).then(tokens).otherwise(0)
-    written = (
-        pl.when(first).then(tokens).otherwise(0) if provider == "anthropic" else pl.lit(0)
-    )
+    written = pl.when(first).then(tokens).otherwise(0) if provider == "anthropic" else pl.lit(0)
     return read.cast(pl.Int64), written.cast(pl.Int64)

@@ -41,6 +41,7 @@ from batchata_df.errors import (
     ThinkingRoomWarning,
     warn_user,
 )
+from batchata_df.estimates import Observed, observed_output
 from batchata_df.jobs import ID_SCHEMES, IdScheme, build_jobs, check_param_values, check_params
 from batchata_df.models import DEFAULT_MAX_TOKENS as _DEFAULT_MAX_TOKENS
 from batchata_df.models import (
@@ -563,7 +564,7 @@ def batch_llm(
                     else:
                         results = engine.run(sendable)
                 _warn_unavailable(results)
-                _warn_serialised(engine, sendable, results, options.max_cost_usd)
+                _warn_serialised(engine, lambda: observed_output(results), options.max_cost_usd)
             # Only the keys are needed from here on: let the prompts (and file payloads) go.
             keys = jobs.select("job_id", "input_error")
             del jobs, sendable, engine
@@ -1287,50 +1288,53 @@ def _lost_worst(
 
 
 def _warn_serialised(
-    engine: object, sendable: pl.DataFrame, results: pl.DataFrame, cap: float | None
+    engine: object,
+    observed: Callable[[], Mapping[tuple[str, str], Observed]],
+    cap: float | None,
 ) -> None:
     """Warn when the cap's worst case serialised the run, with a ``max_tokens`` that fits.
 
-    Batch runs only (the engine's admission counts the rounds it made jobs wait).
+    Batch runs only (the engine's admission counts the rounds it made jobs wait). The jobs
+    are the ones the engine set out to send, added up per model as it read them
+    (``RunState.todo_totals``: in memory the job table, streamed each chunk); ``observed``
+    gives the answers' output tokens per model (called only when the run was serialised:
+    a streamed run's reads its folder).
     """
     from batchata_df.engine.run import RunState
     from batchata_df.errors import CapSerialisedWarning
-    from batchata_df.estimates import observed_output, suggest_max_tokens
+    from batchata_df.estimates import suggest_max_tokens
 
     if not isinstance(engine, Engine):  # realtime and auto runs are not warned (yet)
         return
     state = engine.state
     if not isinstance(state, RunState):
         return
-    if cap is None or state.cap_rounds == 0 or "worst_usd" not in sendable.columns:
+    if cap is None or state.cap_rounds == 0 or not state.todo_totals:
         return
-    observed = observed_output(results)
-    if state.todo_ids is not None:
-        sendable = sendable.filter(pl.col("job_id").is_in(state.todo_ids.implode()))
+    seen_per_model = observed()
+    requests = sum(t.requests for t in state.todo_totals.values())
     room = cap - state.spent_at_start
     lines = [
         f"max_cost_usd={cap:g} serialised this run: the cap holds the worst case of every "
         "batch in flight (each request's input plus max_tokens of output), so only "
-        f"{state.cap_first_fit or 0:,} of {sendable.height:,} requests could be sent at once "
+        f"{state.cap_first_fit or 0:,} of {requests:,} requests could be sent at once "
         f"and the rest went in {state.cap_rounds:,} more round(s), each waiting for earlier "
         "batches to be collected."
     ]
     models, suggestions = [], []
-    for (provider, model), group in sendable.group_by(["provider", "model"]):
-        seen = observed.get((str(provider), str(model)))
+    for (provider, model), group in state.todo_totals.items():
+        seen = seen_per_model.get((provider, model))
         if seen is None:
             continue
-        current = int(group.get_column("est_output_tokens_max").max() or 0)  # type: ignore[arg-type]
+        current = group.max_tokens
         suggested = suggest_max_tokens(seen)
         if suggested >= current:
             continue
-        inp = group.get_column("est_input_usd").fill_null(0.0)
-        out = group.get_column("worst_usd").fill_null(0.0) - inp
-        worst_then = float((inp + out * suggested / max(current, 1)).sum())
+        worst_then = group.worst_at(suggested)
         fits = (
-            f"all {group.height:,} requests of this call fit under the cap at once"
+            f"all {group.requests:,} requests of this call fit under the cap at once"
             if worst_then <= room
-            else f"its {group.height:,} requests would need ${worst_then:,.4f} of room under "
+            else f"its {group.requests:,} requests would need ${worst_then:,.4f} of room under "
             f"the cap at once (${max(room, 0.0):,.4f} was left)"
         )
         thinking = f", {seen.reasoning_max:,} of it thinking" if seen.reasoning_max else ""

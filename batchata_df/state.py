@@ -746,6 +746,16 @@ class StateStore:
         """
         return billed_from_events(self.job_events())
 
+    def answer_usage(self) -> pl.LazyFrame:
+        """Every job event's ``provider``, ``model``, ``status`` and output usage, lazily.
+
+        For :func:`~batchata_df.estimates.observed_output` over a folder too big to read
+        whole (a streamed run): aggregated as it is scanned, the answers never read. A
+        batch re-collected after a crash wrote its events twice: both are here.
+        """
+        columns = ["provider", "model", "status", "output_tokens", "reasoning_tokens"]
+        return self._lazy("jobs", JOB_EVENTS).select(columns)
+
     def job_index(self) -> JobIndex:
         """An index of the job events present now, by job id (see :mod:`batchata_df.jobindex`).
 

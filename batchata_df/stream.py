@@ -49,6 +49,7 @@ from batchata_df.engine import Engine, RunOptions
 from batchata_df.engine.driver import job_states_of, with_unavailable
 from batchata_df.engine.planning import DatedEstimate
 from batchata_df.errors import ConfigError, FileInputError
+from batchata_df.estimates import observed_output
 from batchata_df.jobindex import JobIndex
 from batchata_df.jobs import build_jobs, check_param_values, check_params
 from batchata_df.providers import SUPPORTED_PARAMS, make_provider
@@ -322,6 +323,12 @@ def stream_llm(
                 sink_path, source.files, store, engine.state.unavailable, unsent, answer,
                 pl.DataFrame(schema=lf.collect_schema()), citations=citations, keep_raw=keep_raw,
                 keep_responses=keep_responses, distinct=source.distinct,
+            )
+            # As in memory: the jobs' estimates were added up per model as the chunks were
+            # read; the answers are the folder's (compacted), aggregated as they are scanned.
+            # After the sink: a warning turned into an error loses no result.
+            fr._warn_serialised(
+                engine, lambda: observed_output(store.answer_usage()), options.max_cost_usd
             )
     except KeyboardInterrupt:
         abort = getattr(display, "abort", None)  # a second Ctrl+C: batch_llm's last frame

@@ -196,6 +196,26 @@ def test_cost_cap_cancelled_rows_exit_4(work):
     assert out["_error"][0].startswith("cancelled: cost_limit")
 
 
+def test_a_run_the_cost_cap_serialised_says_so_with_a_max_tokens(work):
+    """The command streams (sink=): the cap's warning comes through as one line."""
+    tickets = pl.DataFrame({"text": [f"ticket {i}: the app crashes" for i in range(6)]})
+    tickets.write_parquet(work / "six.parquet")
+    from batchata_df import batch_llm
+
+    plan = tickets.pipe(batch_llm, dry_run=True, model="gpt-4.1-mini", prompt="{text}",
+                        params={"max_tokens": 4000})  # fmt: skip
+    cap = float(plan["_est_cost_usd"].head(2).sum()) * 1.01  # two worst cases at once
+    r = cli("run", "six.parquet", "out.parquet", "--model", "gpt-4.1-mini", "--prompt",
+            "{text}", "--max-tokens", "4000", "--items-per-batch", "2", "--max-cost-usd",
+            f"{cap:.9f}", "--state", "st", cwd=work)  # fmt: skip
+    assert r.returncode in (0, 4), r.stderr
+    lines = [x for x in r.stderr.splitlines() if "serialised this run" in x]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("batchata-df: warning: max_cost_usd=")
+    assert "only 2 of 6 requests could be sent at once" in lines[0]
+    assert "params={'max_tokens': " in lines[0]
+
+
 def test_no_wait_pending_exit_5_then_collected_exit_0(work, emu):
     emu.configure(latency=1000.0)
     args = ["run", "tickets.parquet", "out.parquet", "--model", "gpt-4.1-mini",

@@ -10,6 +10,7 @@ stays under it, also with prompt-cache writes billed above the input rate.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -168,6 +169,57 @@ def test_cap_serialising_the_run_is_reported_with_a_max_tokens_that_fits(
         plan.tail(30)["_expected_cost_usd"].sum()
     )
     assert "worst case" in format_line(running[0]) or running[0].expected_cost_usd
+
+
+THINKING: dict[str, Any] = {"schema": Review, "model": "gemini-2.5-pro", "prompt": "Rate: {text}",
+                            "params": {"max_tokens": 4096, "reasoning_effort": "low"},
+                            "items_per_batch": 2}  # fmt: skip
+
+
+def test_a_streamed_run_the_cap_serialised_warns_as_an_in_memory_one_does(
+    emu, tmp_path: Path
+) -> None:
+    """sink= (and so the CLI's run) says the cap serialised it, with the same advice."""
+    frame = reviews(6)
+    plan = frame.pipe(batch_llm, dry_run=True, **THINKING)
+    cap = float(plan["_est_cost_usd"].head(2).sum()) + 1e-9  # two worst cases at once
+    with pytest.warns(CapSerialisedWarning) as in_memory:
+        frame.pipe(batch_llm, state=tmp_path / "m", max_cost_usd=cap, **THINKING)
+    emu.reset()
+    with pytest.warns(CapSerialisedWarning) as caught:
+        # Chunks of 2 rows: the counts are added up chunk by chunk, no job table held.
+        out = batch_llm(frame.lazy(), sink=tmp_path / "out.parquet", state=tmp_path / "s",
+                        max_cost_usd=cap, chunk_rows=2, **THINKING).collect()  # fmt: skip
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "only 2 of 6 requests could be sent at once" in message
+    longest = sql("SELECT max(output_tokens) AS m FROM jobs", tmp_path / "s")["m"].item()
+    suggested = max(64, math.ceil(longest * 1.25 / 64) * 64)
+    assert suggested < 4096
+    assert f"gemini-2.5-pro used at most {longest:,} output tokens" in message
+    assert "of max_tokens=4,096" in message
+    assert (
+        f"at max_tokens={suggested} all 6 requests of this call fit under the cap at once"
+        in message
+    )
+    assert f"params={{'max_tokens': {suggested}}} fits them with a 25% margin" in message
+    # The same words as the in-memory call's (the emulator answers each prompt alike).
+    assert message == str(in_memory[0].message)
+    assert caught[0].filename == __file__, caught[0].filename
+    # The cap counts what was spent: the last rows may not fit at all (as in memory).
+    assert (out["_status"] == "completed").sum() >= 2
+    assert sql("SELECT sum(cost_usd) AS c FROM jobs", tmp_path / "s")["c"].item() <= cap
+
+
+def test_a_streamed_run_the_cap_never_held_back_does_not_warn(emu, tmp_path: Path) -> None:
+    frame = reviews(6)
+    plan = frame.pipe(batch_llm, dry_run=True, **THINKING)
+    cap = float(plan["_est_cost_usd"].sum()) * 2  # every request's worst case at once
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CapSerialisedWarning)
+        out = batch_llm(frame.lazy(), sink=tmp_path / "out.parquet", state=tmp_path / "s",
+                        max_cost_usd=cap, **THINKING).collect()  # fmt: skip
+    assert out["_status"].to_list() == ["completed"] * 6
 
 
 DOC = "The supplier shall deliver the goods within thirty days of the order date. " * 150

@@ -25,7 +25,13 @@ from polars.testing import assert_frame_equal
 from pydantic import BaseModel
 
 from batchata_df import batch_llm, sql
-from batchata_df.errors import ColumnError, ConfigError, ModelError, SinkLockedError
+from batchata_df.errors import (
+    CapSerialisedWarning,
+    ColumnError,
+    ConfigError,
+    ModelError,
+    SinkLockedError,
+)
 from batchata_df.state import StateStore, table_parts
 
 
@@ -266,11 +272,13 @@ def test_cost_cap_reaches_every_chunk_and_is_never_passed(emu, tmp_path):
     source = write_input(tmp_path / "in", frame)
     prices = {"gpt-4.1-mini": (1000.0, 1000.0)}
     cap = 0.5
-    out = batch_llm(
-        pl.scan_parquet(source), sink=tmp_path / "out.parquet", chunk_rows=10,
-        items_per_batch=5, max_parallel_batches=1, max_cost_usd=cap, prices=prices,
-        params={"max_tokens": 20}, state=tmp_path / "st", **KW,  # type: ignore[arg-type]
-    ).collect()
+    # Two requests' worst case at once: the run says so, counting every chunk's rows.
+    with pytest.warns(CapSerialisedWarning, match="only 2 of 60 requests could be sent"):
+        out = batch_llm(
+            pl.scan_parquet(source), sink=tmp_path / "out.parquet", chunk_rows=10,
+            items_per_batch=5, max_parallel_batches=1, max_cost_usd=cap, prices=prices,
+            params={"max_tokens": 20}, state=tmp_path / "st", **KW,  # type: ignore[arg-type]
+        ).collect()
 
     assert out.height == 60
     spent = float(out["_cost_usd"].sum())

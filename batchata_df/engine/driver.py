@@ -31,6 +31,7 @@ from batchata_df.engine.run import (
 from batchata_df.engine.source import Feeder, JobSource
 from batchata_df.engine.stopping import Stopper
 from batchata_df.engine.submission import Submitter
+from batchata_df.estimates import count_todo
 from batchata_df.providers.base import Provider, RequestSpec
 from batchata_df.state import StateStore, join_by_job
 
@@ -134,6 +135,7 @@ class Engine:
         # with an outcome already (a batch reopened by ``repair`` with some outcomes left).
         self._count_done(jobs, terminal.filter(~pl.col("job_id").is_in(busy.implode())))
         state.todo_ids = todo.get_column("job_id")
+        count_todo(state.todo_totals, todo)
         if "expected_usd" in todo.columns:  # the estimates of what is still to send
             state.expected_usd = float(todo.get_column("expected_usd").fill_null(0.0).sum())
             state.worst_usd = float(todo.get_column("worst_usd").fill_null(0.0).sum())

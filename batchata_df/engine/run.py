@@ -17,6 +17,7 @@ import polars as pl
 
 from batchata_df.cost import PriceTable
 from batchata_df.engine.clock import Backoff, Clock
+from batchata_df.estimates import TodoTotals
 from batchata_df.providers.base import BatchPoll, Provider, ProviderState, RequestSpec
 from batchata_df.state import TERMINAL_JOB, StateStore
 
@@ -267,6 +268,10 @@ class RunState:
     """Jobs in flight or admitted when the cap first held jobs back (what fit at once)."""
     todo_ids: pl.Series | None = None
     """The jobs this call set out to send (not settled or in flight when it started)."""
+    todo_totals: dict[tuple[str, str], TodoTotals] = field(default_factory=dict)
+    """Per (provider, model), the estimates of those jobs added up (a streaming run's
+    chunks as they are read): what the cap's warning advises from
+    (:func:`~batchata_df.estimates.count_todo`)."""
     resend: list[pl.Series] = field(default_factory=list)
     """Job ids of re-attached batches collected ``cancelled``, for the driver to plan again
     (:attr:`RunContext.resend_cancelled`)."""

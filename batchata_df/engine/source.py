@@ -19,6 +19,7 @@ import polars as pl
 from batchata_df.engine.planning import Planner
 from batchata_df.engine.recovery import resolve_lost, settled
 from batchata_df.engine.run import RunContext, RunState
+from batchata_df.estimates import count_todo
 
 __all__ = ["Feeder", "JobSource"]
 
@@ -98,6 +99,7 @@ class Feeder:
             self.jobs_seen += chunk.height
             self._total()
             if todo.height:
+                count_todo(self.state.todo_totals, todo)  # the cap's advice (no job table)
                 if "worst_usd" in todo.columns:
                     top = todo.get_column("worst_usd").max()
                     self.max_worst = max(self.max_worst, float(top or 0.0))  # type: ignore[arg-type]
