@@ -286,3 +286,53 @@ def test_a_resumed_routed_folders_expected_cost_is_the_successors(on, emu, tmp_p
     assert plans["2026-12-01"]["_est_cost_usd"].to_list() == pytest.approx(
         plans["2026-11-30"]["_est_cost_usd"].to_list()
     )
+
+
+
+def test_a_resumed_routed_folders_expected_input_is_not_scaled_by_the_old_models_counts(
+    on, emu, tmp_path
+) -> None:
+    # The expected input is the offline estimate scaled by what the folder's answers were
+    # billed (estimates.input_ratio). gemini-2.5-flash counts a small image at 258 tokens,
+    # its successor gemini-3.5-flash-lite at 1,120 (tokens.image_tokens): scaled by 2.5
+    # Flash's answers against the successor's count, the rows the successor answers from
+    # 2026-12-01 were expected at ~261 input tokens each, billed 1,123 (7.2e-05 against
+    # 2.0e-04 USD a row with only 2.5 Flash's answers in the folder; 1.04e-04 here, where
+    # two of the successor's are too). Each answer now counts against its own model's count.
+    from PIL import Image
+
+    from batchata_df.estimates import MIN_OBSERVED
+
+    img = tmp_path / "small.png"
+    Image.new("RGB", (300, 300), (10, 20, 30)).save(img)
+    rows = pl.DataFrame({"text": [f"row {i}" for i in range(10)], "file": [str(img)] * 10})
+    kw = {"model": OLD, "prompt": "Describe: {text}", "files": "file", "progress": False,
+          "params": {"max_tokens": 50, "reasoning_effort": "none"}}  # fmt: skip
+    state = str(tmp_path / "s")
+
+    def plan() -> pl.DataFrame:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the shutdown / routed resume warning
+            out = rows.pipe(batch_llm, state=state, dry_run=True, **kw)
+        return out.filter(pl.col("_status") == "planned")
+
+    def run(cap: float) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # as above; the cap's cancelled rows
+            rows.pipe(batch_llm, state=state, max_cost_usd=cap, **kw)
+
+    on("2026-11-28")  # its 48 h window ends before the routing date: 2.5 Flash answers
+    run(float(plan()["_est_cost_usd"][0]) * 4.5)
+    old = len(emu.billing())
+    assert MIN_OBSERVED <= old <= rows.height - 4 and {b["model"] for b in emu.billing()} == {OLD}
+    on("2026-12-01")  # two more rows, answered by the successor
+    run(spent_usd(state) + float(plan()["_est_cost_usd"][0]) * 2.5)
+    paid = len(emu.billing())
+    assert paid == old + 2 and emu.billing()[-1]["model"] == NEW
+    expected = plan()["_expected_cost_usd"].to_list()
+    run(1.0)
+    bills = emu.billing(usd=True)[paid:]
+    assert len(expected) == len(bills) == rows.height - paid >= 2
+    assert {b["model"] for b in bills} == {NEW}
+    for usd, bill in zip(expected, bills, strict=True):
+        assert usd == pytest.approx(float(bill["usd"]), rel=0.1)  # type: ignore[arg-type]
