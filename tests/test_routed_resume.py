@@ -288,7 +288,6 @@ def test_a_resumed_routed_folders_expected_cost_is_the_successors(on, emu, tmp_p
     )
 
 
-
 def test_a_resumed_routed_folders_expected_input_is_not_scaled_by_the_old_models_counts(
     on, emu, tmp_path
 ) -> None:
@@ -336,3 +335,30 @@ def test_a_resumed_routed_folders_expected_input_is_not_scaled_by_the_old_models
     assert {b["model"] for b in bills} == {NEW}
     for usd, bill in zip(expected, bills, strict=True):
         assert usd == pytest.approx(float(bill["usd"]), rel=0.1)  # type: ignore[arg-type]
+
+
+def test_a_resumed_routed_folders_expected_cost_is_the_successors_price_of_today(
+    on, emu, tmp_path
+) -> None:
+    # gemini-3.8-flash's price doubles on 2027-01-01 (genai-prices). A dry run of a
+    # resumed gemini-2.5-pro folder on 2026-12-31 expects its rows at 3.8 Flash's price of
+    # that day (its batch may run into the rise: that is the worst case's), doubled from
+    # 2027-01-01.
+    state = str(tmp_path / "s")
+    on("2026-11-30")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the shutdown warning; the cap's cancelled rows
+        ROWS.pipe(batch_llm, model="gemini-2.5-pro", state=state, max_cost_usd=0.04, **KW)
+    expected, worst = {}, {}
+    for day in ("2026-12-01", "2026-12-31", "2027-01-01"):
+        on(day)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the routed resume's warning
+            plan = ROWS.pipe(batch_llm, model="gemini-2.5-pro", state=state, dry_run=True, **KW)
+        planned = plan.filter(pl.col("_status") == "planned")
+        assert planned.height > 0
+        expected[day] = planned["_expected_cost_usd"].sum()
+        worst[day] = planned["_est_cost_usd"].sum()
+    assert expected["2026-12-31"] == pytest.approx(expected["2026-12-01"])
+    assert expected["2027-01-01"] == pytest.approx(2 * expected["2026-12-31"])
+    assert worst["2026-12-31"] > worst["2026-12-01"]  # the window reaches the rise
