@@ -565,15 +565,17 @@ class PriceTable:
         from batchata_df.models import today
 
         sent = sent if sent is not None else today()
-        price = self.get(provider, model, sent)
-        if price is None:
+        own = self.get(provider, model, sent)
+        if own is None:
             return None
         name = model.removeprefix("models/") if provider == "gemini" else model
+        price: Price | None = None
         for day in window_days(provider, self.processing, sent):
-            for answering in self.answering(provider, name, day):
+            for answering in self.answering(provider, name, day, sent=sent):
                 found = self.get(provider, answering, day)
-                if found is not None:
-                    price = highest(price, found)
+                if found is None:  # an unpriced successor: its rows are priced at model's
+                    found = self.get(provider, model, day) or own
+                price = found if price is None else highest(price, found)
         return price
 
     def answering(
@@ -584,7 +586,10 @@ class PriceTable:
         ``model`` itself, and the successor a routed model (:data:`batchata_df.models.SCHEDULED`,
         ``"routed"``) is answered by from its routing date, if that date is not after
         ``on`` (default: the last day of the batch window of a request sent on ``sent``,
-        default today: :func:`window_days`). The
+        default today: :func:`window_days`). A request sent after the routing date's day
+        runs after the routing: the successor alone answers it (on the date itself both
+        count: at what time of the day the provider switches is not known; through a
+        gateway, a base URL set, both always do: it may still serve the model). The
         successor counts a request by its own rules (a small image is 258 tokens on
         Gemini 2.5, 1,120 on Gemini 3: :func:`batchata_df.tokens.image_tokens`), so what
         ``max_cost_usd`` reserves takes the larger count (``frame.with_estimates``).
@@ -600,9 +605,12 @@ class PriceTable:
         >>> os.environ[TODAY_VAR] = "2026-11-28"  # its window ends on 2026-11-30
         >>> PriceTable().answering("gemini", "gemini-2.5-flash")
         ['gemini-2.5-flash']
+        >>> os.environ[TODAY_VAR] = "2026-12-02"  # sent after the routing date's day
+        >>> PriceTable().answering("gemini", "gemini-2.5-flash")
+        ['gemini-3.5-flash-lite']
         >>> os.environ[TODAY_VAR] = before
         """
-        from batchata_df.models import scheduled_shutdown, today
+        from batchata_df.models import _custom_endpoint, scheduled_shutdown, today
 
         window = window_days(provider, self.processing, sent or today())
         last = on if on is not None else window[-1]
@@ -613,6 +621,8 @@ class PriceTable:
             and routed[1]
             and date.fromisoformat(routed[0]) <= last
         ):
+            if date.fromisoformat(routed[0]) < window[0] and not _custom_endpoint(provider):
+                return [routed[1]]
             return [model, routed[1]]
         return [model]
 

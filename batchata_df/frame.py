@@ -1113,11 +1113,18 @@ def with_estimates(
         max_tokens = int(effective_params(str(provider), str(model), spec.params)["max_tokens"])
         # Counted by each model that may answer the requests: a routed model's successor
         # counts some inputs higher (an image, a PDF page), so the larger count is taken
-        # (PriceTable.answering); for any other model, its own.
-        own = est_in = _input_tokens(group, spec, str(provider), str(model))
+        # (PriceTable.answering; sent after the routing date's day, the successor's
+        # alone); for any other model, its own. The asked model's count is kept apart:
+        # the folder's answers by it are scaled against it (input_ratio, below).
+        counting = prices.answering(str(provider), str(model))
+        own = _input_tokens(group, spec, str(provider), str(model))
         counts = {str(model): own}
-        for successor in prices.answering(str(provider), str(model))[1:]:
-            counts[successor] = theirs = _input_tokens(group, spec, str(provider), successor)
+        for name in counting:
+            if name not in counts:
+                counts[name] = _input_tokens(group, spec, str(provider), name)
+        est_in = counts[counting[0]]
+        for name in counting[1:]:
+            theirs = counts[name]
             est_in = pl.select(pl.max_horizontal(est_in, theirs)).to_series()
         # Each row priced at the tier its own estimated input falls in (cost.estimate_expr).
         with_est = group.with_columns(est_in.alias("est_input_tokens"))

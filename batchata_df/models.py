@@ -1129,16 +1129,27 @@ def shutdown_warning(
 
 
 def _table_mark(provider: str, model: str) -> str:
-    """" (retired)" or " (shutdown <date>)" for the README's table, whatever the date.
+    """The README table's mark of ``model``, whatever the date.
 
-    The table must not change with the day it is generated on: a scheduled shutdown is
-    shown as its date (:data:`SCHEDULED`), "(retired)" only for :data:`RETIRED`.
+    " (retired)", " (shutdown <date>)" or " (routed to <successor> from <date>)". The
+    table must not change with the day it is generated on: a scheduled shutdown is shown
+    as its date (:data:`SCHEDULED`; a model the provider then answers with a successor,
+    ``"routed"``, names it), "(retired)" only for :data:`RETIRED`.
+
+    Examples
+    --------
+    >>> _table_mark("gemini", "gemini-2.5-pro"), _table_mark("openai", "o3")
+    (' (routed to gemini-3.8-flash from 2026-12-01)', ' (shutdown 2026-12-11)')
     """
     name = _bare_name(provider, model)
     if _listed_retired(provider, name) is not None:
         return " (retired)"
     scheduled = scheduled_shutdown(provider, name)
-    return f" (shutdown {scheduled[0]})" if scheduled is not None else ""
+    if scheduled is None:
+        return ""
+    if scheduled[2] == "routed" and scheduled[1]:
+        return f" (routed to {scheduled[1]} from {scheduled[0]})"
+    return f" (shutdown {scheduled[0]})"
 
 
 def check_retired(provider: str, model: str) -> None:

@@ -1696,6 +1696,8 @@ def stream_plan(
     cap = options.max_cost_usd
     n_batches, running = 0, held
     per_model: dict[tuple[str, str], dict[str, float]] = {}
+    sources: dict[tuple[str, str], str] = {}  # each model's expected answer sizes' source
+    saved = 0.0  # what prompt caching is expected to save on the planned requests
     with SinkWriter(sink) as writer:
         while (read := source.read()) is not None:
             chunk, jobs = read
@@ -1738,6 +1740,19 @@ def stream_plan(
             planned_jobs = todo.join(indexed, on="job_id", how="left").sort(
                 "batch_index", maintain_order=True
             )
+            if "expected_source" in planned_jobs.columns:  # for the summary, as plan.py's
+                for row in (
+                    planned_jobs.group_by("provider", "model")
+                    .agg(
+                        pl.col("expected_source").drop_nulls().first(),
+                        pl.col("expected_cache_saved_usd").fill_null(0.0).sum(),
+                    )
+                    .iter_rows(named=True)
+                ):
+                    sources[(str(row["provider"]), str(row["model"]))] = str(
+                        row["expected_source"] or ""
+                    )
+                    saved += float(row["expected_cache_saved_usd"] or 0.0)
             worst = planned_jobs.get_column("worst_usd").fill_null(0.0)
             within = (
                 (worst.cum_sum() + running <= cap + 1e-12)
@@ -1764,7 +1779,7 @@ def stream_plan(
             )
         )
     if show is not None:
-        show(_summary(sink, per_model, n_batches, cap, held))
+        show(_summary(sink, per_model, n_batches, cap, held, sources=sources, saved=saved))
 
 
 def _summary(
@@ -1773,8 +1788,17 @@ def _summary(
     n_batches: int,
     cap: float | None,
     held: float,
+    *,
+    sources: dict[tuple[str, str], str] | None = None,
+    saved: float = 0.0,
 ) -> Any:
-    """The dry run's summary for people, aggregated from the plan file while scanning."""
+    """The dry run's summary for people, aggregated from the plan file while scanning.
+
+    With the expected cost beside the worst case, as an in-memory dry run's
+    (:func:`batchata_df.plan.summarize`): ``sources`` names each model's answer sizes
+    (``schema``, ``observed (N answers)``), ``saved`` what prompt caching is expected to
+    save.
+    """
     from batchata_df.progress import PlanSummary
 
     plan = pl.scan_parquet(sink, glob=False)
@@ -1789,6 +1813,8 @@ def _summary(
             pl.col("_est_output_tokens_max").sum().alias("max_output_tokens"),
             pl.col("_est_cost_usd").sum().alias("worst_case_usd"),
             pl.col("_within_cap").fill_null(cap is None).sum().alias("within"),
+            pl.col("_expected_cost_usd").sum().alias("expected_usd"),
+            pl.col("_expected_cost_usd").is_not_null().any().alias("has_expected"),
         )
         .sort("_provider", "_model")
         .collect(engine="streaming")
@@ -1804,9 +1830,15 @@ def _summary(
             "est_input_tokens": int(row["est_input_tokens"] or 0),
             "max_output_tokens": int(row["max_output_tokens"] or 0),
             "worst_case_usd": float(row["worst_case_usd"] or 0.0),
+            "expected_source": (sources or {}).get((row["_provider"], row["_model"]), ""),
         }
         for row in models.iter_rows(named=True)
     ]
+    expected = (
+        float(models.get_column("expected_usd").fill_null(0.0).sum())
+        if models.height and bool(models.get_column("has_expected").any())
+        else None
+    )
     return PlanSummary(
         rows_by_status={k: int(counts[k]) for k in order if counts.get(k)},
         by_model=by_model,
@@ -1815,4 +1847,6 @@ def _summary(
         held_usd=held,
         max_cost_usd=cap,
         within_cap=int(models.get_column("within").sum()),
+        expected_usd=expected,
+        expected_cache_saved_usd=saved,
     )

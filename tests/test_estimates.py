@@ -68,6 +68,26 @@ def test_dry_run_shows_the_expected_cost_from_the_schema_beside_the_worst_case(
     assert f"worst case {usd(plan['_est_cost_usd'].sum())}" in text
 
 
+def test_a_streamed_dry_run_shows_the_expected_cost_as_the_in_memory_one_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``sink=`` (and so the CLI's ``--dry-run``) printed only the worst case: no expected
+    cost, and under a cap that serialises the run no word that it is expected to fit."""
+    frame = reviews(20)
+    args: dict[str, Any] = {**KW, "dry_run": True, "progress": True, "max_cost_usd": 0.02}
+    frame.pipe(batch_llm, **args)
+    in_memory = capsys.readouterr()
+    plan = batch_llm(
+        frame.lazy(), sink=tmp_path / "out.parquet", state=tmp_path / "s", **args
+    ).collect()
+    streamed = capsys.readouterr()
+    total = plan["_expected_cost_usd"].sum()
+    line = f"expected {usd(total)} (answer sizes: schema)"
+    assert line in in_memory.out + in_memory.err
+    assert line in streamed.out + streamed.err
+    assert "the expected cost fits the cap" in streamed.out + streamed.err
+
+
 def test_observed_answers_replace_the_schema_guess_and_predict_the_next_run(
     emu, tmp_path: Path
 ) -> None:

@@ -29,7 +29,7 @@ from google import genai
 from batchata_df import batch_llm, sql
 from batchata_df.cost import PriceTable
 from batchata_df.emulator.pricing import billed_usd
-from batchata_df.models import TODAY_VAR
+from batchata_df.models import BASE_URL_VARS, TODAY_VAR
 from batchata_df.state import spent_usd
 
 LONG = pl.DataFrame({"text": [f"row {i}: " + "lorem ipsum " * 300 for i in range(8)]})
@@ -207,11 +207,19 @@ def test_a_realtime_call_running_past_midnight_into_a_rise_stays_under_the_cap(
 # -- 2. a routed model: its successor's prices count from the routing date -------------
 
 
-@pytest.mark.parametrize("day", ["2026-11-29", "2026-11-30", "2027-01-15"])
-def test_the_worst_case_covers_the_successor_of_a_routed_model(monkeypatch, day) -> None:
+@pytest.mark.parametrize(
+    ("day", "gateway"),
+    [("2026-11-29", False), ("2026-11-30", False), ("2026-12-01", False),
+     ("2027-01-15", True)],
+)  # fmt: skip
+def test_the_worst_case_covers_the_successor_of_a_routed_model(monkeypatch, day, gateway) -> None:
     # 2026-12-01 inside the window (sent on 2026-11-29, a 48 h batch reaches it on its
-    # last day only: the routing date itself counts), or past.
+    # last day only: the routing date itself counts), or the day itself (when in the day
+    # Google switches is not known), or past it through a gateway (it may still serve
+    # the model): the higher of the two prices.
     monkeypatch.setenv(TODAY_VAR, day)
+    if gateway:
+        monkeypatch.setenv(BASE_URL_VARS["gemini"], "http://127.0.0.1:9")
     table = PriceTable()
     own, successor = table.get("gemini", "gemini-2.5-pro"), table.get("gemini", "gemini-3.8-flash")
     worst = table.worst("gemini", "gemini-2.5-pro")
@@ -222,6 +230,29 @@ def test_the_worst_case_covers_the_successor_of_a_routed_model(monkeypatch, day)
             assert worst.at(size).rate(rate) == expected, (size, rate)
     monkeypatch.setenv(TODAY_VAR, "2026-11-28")  # the window ends on 2026-11-30
     assert table.worst("gemini", "gemini-2.5-pro") == table.get("gemini", "gemini-2.5-pro")
+
+
+@pytest.mark.parametrize("day", ["2026-12-02", "2027-01-15"])
+def test_sent_after_the_routing_dates_day_the_successor_alone_is_reserved(
+    monkeypatch, day
+) -> None:
+    # Such a request runs after Google's routing: gemini-3.8-flash answers it, at its own
+    # price (doubled from 2027-01-01: genai-prices), counting its input by its own rules.
+    monkeypatch.setenv(TODAY_VAR, day)
+    monkeypatch.delenv(BASE_URL_VARS["gemini"], raising=False)
+    table = PriceTable()
+    assert table.answering("gemini", "gemini-2.5-pro") == ["gemini-3.8-flash"]
+    successor = table.get("gemini", "gemini-3.8-flash")
+    assert successor is not None
+    assert table.worst("gemini", "gemini-2.5-pro") == table.worst("gemini", "gemini-3.8-flash")
+    worst = table.worst("gemini", "gemini-2.5-pro")
+    assert worst is not None and worst.output == successor.output  # not 2.5 Pro's 5.0
+    # Asked the day before for a request sent on that day (PriceTable.terms, the cap's
+    # re-pricing check), the same answer.
+    sent = dt.date.fromisoformat(day)
+    monkeypatch.setenv(TODAY_VAR, "2026-11-30")
+    assert table.worst("gemini", "gemini-2.5-pro", sent) == worst
+    assert table.answering("gemini", "gemini-2.5-pro", sent=sent) == ["gemini-3.8-flash"]
 
 
 def test_the_routing_date_on_the_windows_last_day_counts(monkeypatch) -> None:

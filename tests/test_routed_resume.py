@@ -350,7 +350,7 @@ def test_a_resumed_routed_folders_expected_cost_is_the_successors_price_of_today
         warnings.simplefilter("ignore")  # the shutdown warning; the cap's cancelled rows
         ROWS.pipe(batch_llm, model="gemini-2.5-pro", state=state, max_cost_usd=0.04, **KW)
     expected, worst = {}, {}
-    for day in ("2026-12-01", "2026-12-31", "2027-01-01"):
+    for day in ("2026-12-01", "2026-12-02", "2026-12-31", "2027-01-01"):
         on(day)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the routed resume's warning
@@ -360,5 +360,43 @@ def test_a_resumed_routed_folders_expected_cost_is_the_successors_price_of_today
         expected[day] = planned["_expected_cost_usd"].sum()
         worst[day] = planned["_est_cost_usd"].sum()
     assert expected["2026-12-31"] == pytest.approx(expected["2026-12-01"])
+    assert expected["2026-12-02"] == pytest.approx(expected["2026-12-01"])
     assert expected["2027-01-01"] == pytest.approx(2 * expected["2026-12-31"])
-    assert worst["2026-12-31"] > worst["2026-12-01"]  # the window reaches the rise
+    # Sent after the routing date's day, 3.8 Flash alone is reserved: its window from
+    # 12-31 reaches the rise, from 12-02 it does not.
+    assert worst["2026-12-31"] > worst["2026-12-02"]
+
+
+def test_a_cap_reserves_a_routed_models_rows_at_the_successor_only_from_the_day_after(
+    on, emu, tmp_path
+) -> None:
+    # From 2026-12-02 a request sent to gemini-2.5-pro can only run after Google's routing
+    # date, so only gemini-3.8-flash answers it: the cap reserved it at 2.5 Pro's rates too
+    # (~0.0152 USD a row at 3,000 output tokens against 3.8 Flash's ~0.0058), so a resumed
+    # folder's rows went one batch at a time (a day's turnaround each) under a cap they all
+    # fit in. On 2026-12-01 itself both still count (when in the day Google switches is not
+    # known).
+    from batchata_df.cost import PriceTable
+
+    pro, flash = "gemini-2.5-pro", "gemini-3.8-flash"
+    state = str(tmp_path / "s")
+    on("2026-11-30")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the shutdown warning; the cap's cancelled rows
+        first = ROWS.pipe(batch_llm, model=pro, state=state, max_cost_usd=0.04, **KW)
+    left = first.filter(pl.col("_status") != "completed").height
+    assert 0 < left < ROWS.height
+    flash_price = PriceTable().get("gemini", flash)
+    assert flash_price is not None
+    per_row = (400 * flash_price.input + 3000 * flash_price.output) / 1e6  # > its worst case
+    cap = spent_usd(state) + left * per_row * 1.1
+    on("2026-12-02")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the routed resume warning
+        out = ROWS.pipe(batch_llm, model=pro, state=state, max_cost_usd=cap, **KW)
+    assert out["_status"].to_list() == ["completed"] * ROWS.height, out["_error"].to_list()
+    bills = emu.billing(usd=True)
+    after = [b for b in bills if b["model"] == flash]
+    assert len(after) == left
+    assert len({b["batch_id"] for b in after}) == 1  # all of them in one batch
+    assert sum(float(b["usd"]) for b in bills) <= cap  # type: ignore[arg-type]
