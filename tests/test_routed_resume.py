@@ -41,6 +41,14 @@ def _started_before_the_date(on, state: str, sink: str | None = None) -> pl.Data
     return _frame(out)
 
 
+def _pro_started_before_the_date(on, state: str) -> pl.DataFrame:
+    """Some rows answered by gemini-2.5-pro on 2026-11-30, the rest held back by the cap."""
+    on("2026-11-30")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the shutdown warning; the cap's cancelled rows
+        return ROWS.pipe(batch_llm, model="gemini-2.5-pro", state=state, max_cost_usd=0.04, **KW)
+
+
 @pytest.mark.parametrize("streamed", [False, True])
 def test_a_routed_models_rows_not_sent_before_the_date_are_sent_and_answered_by_the_successor(
     on, emu, tmp_path, streamed
@@ -253,10 +261,7 @@ def test_a_resumed_routed_folders_expected_cost_is_the_successors(on, emu, tmp_p
 
     pro, flash = "gemini-2.5-pro", "gemini-3.8-flash"
     state = str(tmp_path / "s")
-    on("2026-11-30")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the shutdown warning; the cap's cancelled rows
-        first = ROWS.pipe(batch_llm, model=pro, state=state, max_cost_usd=0.04, **KW)
+    first = _pro_started_before_the_date(on, state)
     sent = first.filter(pl.col("_status") == "completed").height
     assert 0 < sent < ROWS.height, first.select("_status", "_error").to_dicts()
     plans = {}
@@ -345,10 +350,7 @@ def test_a_resumed_routed_folders_expected_cost_is_the_successors_price_of_today
     # that day (its batch may run into the rise: that is the worst case's), doubled from
     # 2027-01-01.
     state = str(tmp_path / "s")
-    on("2026-11-30")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the shutdown warning; the cap's cancelled rows
-        ROWS.pipe(batch_llm, model="gemini-2.5-pro", state=state, max_cost_usd=0.04, **KW)
+    _pro_started_before_the_date(on, state)
     expected, worst = {}, {}
     for day in ("2026-12-01", "2026-12-02", "2026-12-31", "2027-01-01"):
         on(day)
@@ -380,10 +382,7 @@ def test_a_cap_reserves_a_routed_models_rows_at_the_successor_only_from_the_day_
 
     pro, flash = "gemini-2.5-pro", "gemini-3.8-flash"
     state = str(tmp_path / "s")
-    on("2026-11-30")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the shutdown warning; the cap's cancelled rows
-        first = ROWS.pipe(batch_llm, model=pro, state=state, max_cost_usd=0.04, **KW)
+    first = _pro_started_before_the_date(on, state)
     left = first.filter(pl.col("_status") != "completed").height
     assert 0 < left < ROWS.height
     flash_price = PriceTable().get("gemini", flash)
