@@ -2132,25 +2132,22 @@ def _shutdown_lines(folders: Sequence[str]) -> list[str]:
             out.append(notice)
         elif (gone := retirement(str(provider), str(model))) is not None:
             scheduled = scheduled_shutdown(str(provider), str(model))
-            routed = scheduled is not None and scheduled[2] == "routed"
-            fate = (
-                f" (those the provider ran from then on were answered by {gone[1]!r}, and "
-                "are priced at its rates)"
-                if routed
-                else " (those the provider had not run by then fail model_shut_down, unbilled)"
-            )
-            # A routed model's rows never sent are sent by the next call on the folder
-            # (frame._check_retired_rows), answered by the successor; others fail unsent.
-            unsent = (
-                f"rows never sent are sent by the next call with this folder, answered by "
-                f"{gone[1]!r}"
-                if routed
-                else "rows never sent fail unsent"
-            )
-            out.append(
-                f"model {model!r} was shut down on {gone[0]}: rows not collected yet can "
-                f"still be collected{fate}; {unsent}"
-            )
+            if scheduled is not None and scheduled[2] == "routed":
+                # Still answered, by the successor: its rows never sent are sent by the next
+                # call on the folder (frame._check_retired_rows).
+                out.append(
+                    f"model {model!r} is answered by {gone[1]!r} since {gone[0]} (the "
+                    f"provider routes it there): requests it ran from then on were answered "
+                    f"by {gone[1]!r} and are priced at its rates; rows not collected yet can "
+                    f"still be collected; rows never sent are sent by the next call with this "
+                    f"folder, answered by {gone[1]!r}"
+                )
+            else:
+                out.append(
+                    f"model {model!r} was shut down on {gone[0]}: rows not collected yet can "
+                    "still be collected (those the provider had not run by then fail "
+                    "model_shut_down, unbilled); rows never sent fail unsent"
+                )
     return out
 
 

@@ -632,9 +632,13 @@ class PriceTable:
         Its price that day (the expected cost), the highest price of its window
         (:meth:`worst`: the worst case) and the models that may answer it
         (:meth:`answering`: whose rules count its input). Two days with equal terms give
-        equal estimates (``frame.with_estimates``), so a call running past midnight prices
+        equal worst cases (``frame.with_estimates``), so a call running past midnight prices
         its unsent jobs again only when they differ
-        (:class:`~batchata_df.engine.planning.Repricer`).
+        (:class:`~batchata_df.engine.planning.Repricer`). The expected cost may still
+        differ (a routed model's rows are expected at its successor's price from the
+        routing date: gemini-2.5-pro's terms of 2026-11-30 and 12-01 are equal); nothing
+        reads it after the call priced its job table but the progress display
+        (``RunState.expected_usd``, set once when the engine starts).
 
         Examples
         --------

@@ -120,8 +120,9 @@ class Observed:
     max: int
     reasoning_max: int
     inputs: pl.DataFrame | None = None
-    """``job_id`` and billed ``input_tokens`` of those answers: the expected input is the
-    offline estimate scaled by actual/estimated tokens of the same jobs."""
+    """``job_id`` and billed ``input_tokens`` of those answers (and ``answered_by``, where
+    the folder records it): the expected input is the offline estimate scaled by
+    actual/estimated tokens of the same jobs."""
 
 
 def observed_output(events: pl.DataFrame | pl.LazyFrame) -> dict[tuple[str, str], Observed]:
@@ -167,10 +168,13 @@ def observed_output(events: pl.DataFrame | pl.LazyFrame) -> dict[tuple[str, str]
     for row in stats.collect(engine="streaming").iter_rows(named=True):
         inputs = None
         if isinstance(done, pl.DataFrame) and {"job_id", "input_tokens"} <= columns:
+            # Which model answered each (answered_by: a routed model's successor, whose
+            # count of the same input may differ; null: the model asked), for input_ratio.
+            by = ["answered_by"] if "answered_by" in columns else []
             inputs = done.filter(
                 (pl.col("provider") == row["provider"]) & (pl.col("model") == row["model"])
                 & pl.col("input_tokens").is_not_null()
-            ).select("job_id", "input_tokens")  # fmt: skip
+            ).select("job_id", "input_tokens", *by)  # fmt: skip
         out[(str(row["provider"]), str(row["model"]))] = Observed(
             n=int(row["n"]),
             mean=float(row["mean"]),
@@ -237,14 +241,33 @@ def count_todo(totals: dict[tuple[str, str], TodoTotals], jobs: pl.DataFrame) ->
         total.max_tokens = max(total.max_tokens, int(most or 0))
 
 
-def input_ratio(observed: Observed | None, estimated: pl.DataFrame) -> float:
+def input_ratio(
+    observed: Observed | None, estimated: pl.DataFrame, successor: str | None = None
+) -> float:
     """Actual over estimated input tokens of the observed jobs (1.0: nothing to go by).
 
     ``estimated`` has ``job_id`` and ``est_input_tokens`` (this call's estimates).
+    ``successor``: the model a routed model's requests are answered by
+    (``frame.with_estimates``); ``estimated`` then has ``est_input_tokens`` by the asked
+    model's rules and ``est_input_tokens_successor`` by the successor's, and each answer
+    is set against the count of the model that answered it (``answered_by``): a small
+    image is 258 tokens on Gemini 2.5, 1,120 on Gemini 3, so the asked model's bills over
+    the successor's count would scale the successor's expected input down ~4x.
     """
     if observed is None or observed.inputs is None or observed.n < MIN_OBSERVED:
         return 1.0
     both = observed.inputs.join(estimated, on="job_id", how="inner")
+    if successor is not None:
+        answered = pl.lit(False)
+        if "answered_by" in both.columns:
+            name = successor.removeprefix("models/")
+            answered = pl.col("answered_by").str.strip_prefix("models/") == name
+        both = both.with_columns(
+            pl.when(answered.fill_null(False))
+            .then(pl.col("est_input_tokens_successor"))
+            .otherwise(pl.col("est_input_tokens"))
+            .alias("est_input_tokens")
+        )
     est = float(both.get_column("est_input_tokens").sum())
     return float(both.get_column("input_tokens").sum()) / est if est else 1.0
 

@@ -1115,11 +1115,17 @@ def with_estimates(
         # Counted by each model that may answer the requests: a routed model's successor
         # counts some inputs higher (an image, a PDF page), so the larger count is taken
         # (PriceTable.answering; sent after the routing date's day, the successor's
-        # alone); for any other model, its own.
+        # alone); for any other model, its own. The asked model's count is kept apart:
+        # the folder's answers by it are scaled against it (input_ratio, below).
         counting = prices.answering(str(provider), str(model))
-        est_in = _input_tokens(group, spec, str(provider), counting[0])
-        for successor in counting[1:]:
-            theirs = _input_tokens(group, spec, str(provider), successor)
+        own = _input_tokens(group, spec, str(provider), str(model))
+        counts = {str(model): own}
+        for name in counting:
+            if name not in counts:
+                counts[name] = _input_tokens(group, spec, str(provider), name)
+        est_in = counts[counting[0]]
+        for name in counting[1:]:
+            theirs = counts[name]
             est_in = pl.select(pl.max_horizontal(est_in, theirs)).to_series()
         # Each row priced at the tier its own estimated input falls in (cost.estimate_expr).
         with_est = group.with_columns(est_in.alias("est_input_tokens"))
@@ -1154,8 +1160,17 @@ def with_estimates(
         expected_out = min(expected_out, max_tokens)
         read, written = expected_cache_tokens(group, str(provider))
         # Expected input: the offline estimate scaled by what the same jobs were billed.
-        ratio = input_ratio(seen, with_est.select("job_id", "est_input_tokens"))
-        est = (pl.col("est_input_tokens") * ratio).round().cast(pl.Int64)
+        # After a routing date, the successor's count (it answers them all), scaled by the
+        # folder's answers each against the count of the model that answered it.
+        estimated, count = with_est.select("job_id", "est_input_tokens"), "est_input_tokens"
+        routed = answers_today if answers_today != model and answers_today in counts else None
+        if routed is not None:
+            count = "est_input_tokens_successor"
+            estimated = with_est.select(
+                "job_id", own.alias("est_input_tokens"), counts[routed].alias(count)
+            )
+        ratio = input_ratio(seen, estimated, routed)
+        est = pl.lit(estimated.get_column(count) * ratio).round().cast(pl.Int64)
         read = pl.min_horizontal((read * ratio).round().cast(pl.Int64), est)
         written = pl.min_horizontal((written * ratio).round().cast(pl.Int64), est - read)
         rate = price.rate_expr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import date
 
 import polars as pl
@@ -244,28 +245,41 @@ def test_a_new_date_prices_again_only_when_the_models_terms_differ(
     assert planned == [(["j002", "j003"], [worst, worst]), (["j004"], [worst])]
 
 
-def test_a_date_between_with_other_terms_prices_again(provider, monkeypatch):
-    # Rows priced on 11-28 compared on 11-30 count 11-29 too: a streamed call prices the
-    # rows it reads on the day it reads them, so terms that moved and came back still
-    # mean rows priced at other figures.
-    class Terms:
-        def terms(self, provider: str, model: str, day: date) -> tuple[object, ...]:
-            return (day == date(2026, 11, 29),)  # moved on 11-29 only
+class _Terms:
+    """A price table whose every model's terms on a day are ``moved(day)``."""
 
+    def __init__(self, moved: Callable[[date], object]) -> None:
+        self.moved = moved
+
+    def terms(self, provider: str, model: str, day: date) -> tuple[object, ...]:
+        return (self.moved(day),)
+
+
+def _counting() -> tuple[list[int], Callable[[pl.DataFrame], pl.DataFrame]]:
+    """An estimate that records how many rows it is given, and gives them back."""
     asked: list[int] = []
 
     def estimate(rows: pl.DataFrame) -> pl.DataFrame:
         asked.append(rows.height)
         return rows
 
+    return asked, estimate
+
+
+def test_a_date_between_with_other_terms_prices_again(provider, monkeypatch):
+    # Rows priced on 11-28 compared on 11-30 count 11-29 too: a streamed call prices the
+    # rows it reads on the day it reads them, so terms that moved and came back still
+    # mean rows priced at other figures.
+    terms = _Terms(lambda day: day == date(2026, 11, 29))  # moved on 11-29 only
+    asked, estimate = _counting()
     monkeypatch.setenv(TODAY_VAR, "2026-11-28")
     jobs = make_jobs(3, worst=0.1)
-    repricer = Repricer(DatedEstimate(estimate, Terms(), jobs))  # type: ignore[arg-type]
+    repricer = Repricer(DatedEstimate(estimate, terms, jobs))  # type: ignore[arg-type]
     monkeypatch.setenv(TODAY_VAR, "2026-11-30")
     repricer.rows(lambda job_ids: jobs, pl.Series(["j000"]))
     assert asked == [3]
     # Remembered models: those of the first rows, and of every row estimated since.
-    seen = DatedEstimate(estimate, Terms(), jobs)  # type: ignore[arg-type]
+    seen = DatedEstimate(estimate, terms, jobs)  # type: ignore[arg-type]
     seen(make_jobs(1, model="other-model"))
     assert seen.pairs == {("openai", MODEL), ("openai", "other-model")}
 
@@ -274,19 +288,11 @@ def test_a_date_moved_back_prices_again(provider, monkeypatch):
     # A pinned date (BATCHATA_DF_TODAY) set back to before the day the jobs were priced:
     # no day between to compare, the rows are priced again (the earlier day's terms
     # differ here: an empty comparison must not read as "nothing changed").
-    class Terms:
-        def terms(self, provider: str, model: str, day: date) -> tuple[object, ...]:
-            return (day >= date(2026, 11, 30),)
-
-    asked: list[int] = []
-
-    def estimate(rows: pl.DataFrame) -> pl.DataFrame:
-        asked.append(rows.height)
-        return rows
-
+    asked, estimate = _counting()
     monkeypatch.setenv(TODAY_VAR, "2026-11-30")
     jobs = make_jobs(3, worst=0.1)
-    repricer = Repricer(DatedEstimate(estimate, Terms(), jobs))  # type: ignore[arg-type]
+    terms = _Terms(lambda day: day >= date(2026, 11, 30))
+    repricer = Repricer(DatedEstimate(estimate, terms, jobs))  # type: ignore[arg-type]
     planner = Planner({"openai": provider}, SPEC, 2)
     planner.add(jobs)
     monkeypatch.setenv(TODAY_VAR, "2026-11-28")

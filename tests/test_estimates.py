@@ -272,3 +272,27 @@ def test_the_input_estimate_counts_the_schema_every_request_carries() -> None:
     assert schema_tokens > 20
     diff = typed["_est_input_tokens"] - plain["_est_input_tokens"]
     assert diff.to_list() == [schema_tokens] * 2
+
+
+def test_the_input_ratio_sets_each_answer_against_the_count_of_the_model_that_answered_it() -> None:
+    # A routed folder holds answers of gemini-2.5-flash (a small image: 258 tokens) and of
+    # its successor gemini-3.5-flash-lite (1,120). Against the asked model's count alone
+    # the successor's answers made the ratio 2.55; each against its own count, 0.986.
+    from batchata_df.estimates import Observed, input_ratio
+
+    ids = [f"j{i}" for i in range(6)]
+    succ = "gemini-3.5-flash-lite"
+    observed = Observed(
+        n=6, mean=30.0, p99=35, max=35, reasoning_max=0,
+        inputs=pl.DataFrame({
+            "job_id": ids, "input_tokens": [261] * 3 + [1123] * 3,
+            "answered_by": [None] * 3 + [succ] * 3,
+        }),
+    )  # fmt: skip
+    estimated = pl.DataFrame(
+        {"job_id": ids, "est_input_tokens": [271] * 6, "est_input_tokens_successor": [1133] * 6}
+    )
+    assert input_ratio(observed, estimated, succ) == pytest.approx(4152 / 4212)
+    assert input_ratio(observed, estimated, f"models/{succ}") == pytest.approx(4152 / 4212)
+    # Not routed: the estimate asked for, as before.
+    assert input_ratio(observed, estimated) == pytest.approx(4152 / 1626)

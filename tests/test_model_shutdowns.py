@@ -333,8 +333,9 @@ def test_status_of_a_realtime_folder_warns_without_the_batch_window_then_says_sh
     shown = CliRunner().invoke(cli, ["status", str(state)])
     assert shown.exit_code == 0, shown.output
     assert (
-        "model shutdowns:\n  model 'gemini-2.5-flash' was shut down on 2026-12-01: rows not "
-        "collected yet can still be collected (those the provider ran from then on were "
-        "answered by 'gemini-3.5-flash-lite', and are priced at its rates); rows never sent "
-        "are sent by the next call with this folder, answered by 'gemini-3.5-flash-lite'\n"
+        "model shutdowns:\n  model 'gemini-2.5-flash' is answered by 'gemini-3.5-flash-lite' "
+        "since 2026-12-01 (the provider routes it there): requests it ran from then on were "
+        "answered by 'gemini-3.5-flash-lite' and are priced at its rates; rows not collected "
+        "yet can still be collected; rows never sent are sent by the next call with this "
+        "folder, answered by 'gemini-3.5-flash-lite'\n"
     ) in shown.output

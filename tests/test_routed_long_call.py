@@ -42,6 +42,21 @@ def _days(on, steps: dict[int, str]) -> tuple[Callable[[ProgressSnapshot], None]
     return progress, moved
 
 
+def _estimates_counted(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Each ``frame.with_estimates`` call from now on: the client's date and the rows."""
+    from batchata_df import frame, models
+
+    estimated: list[tuple[str, int]] = []
+    real = frame.with_estimates
+
+    def counting(jobs: pl.DataFrame, *args: object, **kwargs: object) -> pl.DataFrame:
+        estimated.append((models.today().isoformat(), jobs.height))
+        return real(jobs, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(frame, "with_estimates", counting)
+    return estimated
+
+
 @pytest.mark.parametrize("streamed", [False, True])
 def test_a_call_running_across_the_routing_date_stays_under_the_cap(
     on, emu, tmp_path, streamed
@@ -146,16 +161,7 @@ def test_a_midnight_that_changes_no_price_prices_nothing_again(
     # row once, when it is read, and keeps its plan; re-pricing every midnight cost ~1-2 s
     # of CPU at 1M unsent rows and could split cached prefixes. gemini-4-argon's window
     # reaches its 12-01 rise from 11-29 on: its unsent rows are priced again.
-    from batchata_df import frame
-
-    estimated: list[int] = []
-    real = frame.with_estimates
-
-    def counting(jobs: pl.DataFrame, *args: object, **kwargs: object) -> pl.DataFrame:
-        estimated.append(jobs.height)
-        return real(jobs, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(frame, "with_estimates", counting)
+    counted = _estimates_counted(monkeypatch)
     rows = pl.DataFrame({"text": [f"row {i}" for i in range(12)]})
     on("2026-11-28")
     progress, moved = _days(on, {2: "2026-11-29", 6: "2026-11-30"})
@@ -172,6 +178,7 @@ def test_a_midnight_that_changes_no_price_prices_nothing_again(
         out = out.collect()
     assert moved == ["2026-11-29", "2026-11-30"]
     assert out.get_column("_status").to_list() == ["completed"] * 12
+    estimated = [height for _, height in counted]
     if streamed:  # the probe's price check, before anything is read
         assert estimated[0] == 1
         estimated = estimated[1:]
@@ -254,16 +261,7 @@ def test_an_auto_calls_realtime_phase_prices_again_when_the_realtime_window_move
     # window (its day and the next, sent at 23:59) reaches gemini-4-argon's 12-01 rise
     # from 11-30 on, not from 11-29 as a batch's 48 h window does. The realtime phase
     # prices its unsent rows again on 11-30 (its terms moved), not on 11-29.
-    from batchata_df import frame, models
-
-    estimated: list[tuple[str, int]] = []
-    real = frame.with_estimates
-
-    def counting(jobs: pl.DataFrame, *args: object, **kwargs: object) -> pl.DataFrame:
-        estimated.append((models.today().isoformat(), jobs.height))
-        return real(jobs, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(frame, "with_estimates", counting)
+    estimated = _estimates_counted(monkeypatch)
     rows = pl.DataFrame({"text": [f"row {i}" for i in range(12)]})
     on("2026-11-28")
     progress, moved = _days(on, {2: "2026-11-29", 6: "2026-11-30"})

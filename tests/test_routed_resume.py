@@ -41,6 +41,14 @@ def _started_before_the_date(on, state: str, sink: str | None = None) -> pl.Data
     return _frame(out)
 
 
+def _pro_started_before_the_date(on, state: str) -> pl.DataFrame:
+    """Some rows answered by gemini-2.5-pro on 2026-11-30, the rest held back by the cap."""
+    on("2026-11-30")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the shutdown warning; the cap's cancelled rows
+        return ROWS.pipe(batch_llm, model="gemini-2.5-pro", state=state, max_cost_usd=0.04, **KW)
+
+
 @pytest.mark.parametrize("streamed", [False, True])
 def test_a_routed_models_rows_not_sent_before_the_date_are_sent_and_answered_by_the_successor(
     on, emu, tmp_path, streamed
@@ -253,10 +261,7 @@ def test_a_resumed_routed_folders_expected_cost_is_the_successors(on, emu, tmp_p
 
     pro, flash = "gemini-2.5-pro", "gemini-3.8-flash"
     state = str(tmp_path / "s")
-    on("2026-11-30")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the shutdown warning; the cap's cancelled rows
-        first = ROWS.pipe(batch_llm, model=pro, state=state, max_cost_usd=0.04, **KW)
+    first = _pro_started_before_the_date(on, state)
     sent = first.filter(pl.col("_status") == "completed").height
     assert 0 < sent < ROWS.height, first.select("_status", "_error").to_dicts()
     plans = {}
@@ -288,6 +293,82 @@ def test_a_resumed_routed_folders_expected_cost_is_the_successors(on, emu, tmp_p
     )
 
 
+def test_a_resumed_routed_folders_expected_input_is_not_scaled_by_the_old_models_counts(
+    on, emu, tmp_path
+) -> None:
+    # The expected input is the offline estimate scaled by what the folder's answers were
+    # billed (estimates.input_ratio). gemini-2.5-flash counts a small image at 258 tokens,
+    # its successor gemini-3.5-flash-lite at 1,120 (tokens.image_tokens): scaled by 2.5
+    # Flash's answers against the successor's count, the rows the successor answers from
+    # 2026-12-01 were expected at ~261 input tokens each, billed 1,123 (7.2e-05 against
+    # 2.0e-04 USD a row with only 2.5 Flash's answers in the folder; 1.04e-04 here, where
+    # two of the successor's are too). Each answer now counts against its own model's count.
+    from PIL import Image
+
+    from batchata_df.estimates import MIN_OBSERVED
+
+    img = tmp_path / "small.png"
+    Image.new("RGB", (300, 300), (10, 20, 30)).save(img)
+    rows = pl.DataFrame({"text": [f"row {i}" for i in range(10)], "file": [str(img)] * 10})
+    kw = {"model": OLD, "prompt": "Describe: {text}", "files": "file", "progress": False,
+          "params": {"max_tokens": 50, "reasoning_effort": "none"}}  # fmt: skip
+    state = str(tmp_path / "s")
+
+    def plan() -> pl.DataFrame:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the shutdown / routed resume warning
+            out = rows.pipe(batch_llm, state=state, dry_run=True, **kw)
+        return out.filter(pl.col("_status") == "planned")
+
+    def run(cap: float) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # as above; the cap's cancelled rows
+            rows.pipe(batch_llm, state=state, max_cost_usd=cap, **kw)
+
+    on("2026-11-28")  # its 48 h window ends before the routing date: 2.5 Flash answers
+    run(float(plan()["_est_cost_usd"][0]) * 4.5)
+    old = len(emu.billing())
+    assert MIN_OBSERVED <= old <= rows.height - 4 and {b["model"] for b in emu.billing()} == {OLD}
+    on("2026-12-01")  # two more rows, answered by the successor
+    run(spent_usd(state) + float(plan()["_est_cost_usd"][0]) * 2.5)
+    paid = len(emu.billing())
+    assert paid == old + 2 and emu.billing()[-1]["model"] == NEW
+    expected = plan()["_expected_cost_usd"].to_list()
+    run(1.0)
+    bills = emu.billing(usd=True)[paid:]
+    assert len(expected) == len(bills) == rows.height - paid >= 2
+    assert {b["model"] for b in bills} == {NEW}
+    for usd, bill in zip(expected, bills, strict=True):
+        assert usd == pytest.approx(float(bill["usd"]), rel=0.1)  # type: ignore[arg-type]
+
+
+def test_a_resumed_routed_folders_expected_cost_is_the_successors_price_of_today(
+    on, emu, tmp_path
+) -> None:
+    # gemini-3.8-flash's price doubles on 2027-01-01 (genai-prices). A dry run of a
+    # resumed gemini-2.5-pro folder on 2026-12-31 expects its rows at 3.8 Flash's price of
+    # that day (its batch may run into the rise: that is the worst case's), doubled from
+    # 2027-01-01.
+    state = str(tmp_path / "s")
+    _pro_started_before_the_date(on, state)
+    expected, worst = {}, {}
+    for day in ("2026-12-01", "2026-12-02", "2026-12-31", "2027-01-01"):
+        on(day)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the routed resume's warning
+            plan = ROWS.pipe(batch_llm, model="gemini-2.5-pro", state=state, dry_run=True, **KW)
+        planned = plan.filter(pl.col("_status") == "planned")
+        assert planned.height > 0
+        expected[day] = planned["_expected_cost_usd"].sum()
+        worst[day] = planned["_est_cost_usd"].sum()
+    assert expected["2026-12-31"] == pytest.approx(expected["2026-12-01"])
+    assert expected["2026-12-02"] == pytest.approx(expected["2026-12-01"])
+    assert expected["2027-01-01"] == pytest.approx(2 * expected["2026-12-31"])
+    # Sent after the routing date's day, 3.8 Flash alone is reserved: its window from
+    # 12-31 reaches the rise, from 12-02 it does not.
+    assert worst["2026-12-31"] > worst["2026-12-02"]
+
+
 def test_a_cap_reserves_a_routed_models_rows_at_the_successor_only_from_the_day_after(
     on, emu, tmp_path
 ) -> None:
@@ -301,10 +382,7 @@ def test_a_cap_reserves_a_routed_models_rows_at_the_successor_only_from_the_day_
 
     pro, flash = "gemini-2.5-pro", "gemini-3.8-flash"
     state = str(tmp_path / "s")
-    on("2026-11-30")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the shutdown warning; the cap's cancelled rows
-        first = ROWS.pipe(batch_llm, model=pro, state=state, max_cost_usd=0.04, **KW)
+    first = _pro_started_before_the_date(on, state)
     left = first.filter(pl.col("_status") != "completed").height
     assert 0 < left < ROWS.height
     flash_price = PriceTable().get("gemini", flash)
