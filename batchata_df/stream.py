@@ -324,9 +324,12 @@ def stream_llm(
                 pl.DataFrame(schema=lf.collect_schema()), citations=citations, keep_raw=keep_raw,
                 keep_responses=keep_responses, distinct=source.distinct,
             )
+            # After the sink: a warning turned into an error loses no result. In memory's
+            # order: the rows a provider left unsent first (an error filter raises that).
+            if flagged is not None:
+                fr._warn_unavailable(flagged)
             # As in memory: the jobs' estimates were added up per model as the chunks were
             # read; the answers are the folder's (compacted), aggregated as they are scanned.
-            # After the sink: a warning turned into an error loses no result.
             fr._warn_serialised(
                 engine, lambda: observed_output(store.answer_usage()), options.max_cost_usd
             )
@@ -341,8 +344,6 @@ def stream_llm(
             close()
         for provider in providers.values():
             provider.close()
-    if flagged is not None:
-        fr._warn_unavailable(flagged)
     return pl.scan_parquet(sink_path, glob=False)
 
 

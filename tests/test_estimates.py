@@ -211,6 +211,27 @@ def test_a_streamed_run_the_cap_serialised_warns_as_an_in_memory_one_does(
     assert sql("SELECT sum(cost_usd) AS c FROM jobs", tmp_path / "s")["c"].item() <= cap
 
 
+def test_a_resumed_streamed_run_counts_only_the_rows_left_as_in_memory(emu, tmp_path: Path) -> None:
+    """Rows a folder has answered already are not among "the requests" of the advice."""
+    import shutil
+
+    frame = reviews(8)
+    frame.head(2).pipe(batch_llm, state=tmp_path / "m", **THINKING)
+    shutil.copytree(tmp_path / "m", tmp_path / "s")
+    plan = frame.pipe(batch_llm, dry_run=True, **THINKING)
+    spent = sql("SELECT sum(cost_usd) AS c FROM jobs", tmp_path / "m")["c"].item()
+    cap = spent + float(plan["_est_cost_usd"].head(2).sum()) + 1e-9  # two worst cases
+    with pytest.warns(CapSerialisedWarning) as in_memory:
+        frame.pipe(batch_llm, state=tmp_path / "m", max_cost_usd=cap, **THINKING)
+    with pytest.warns(CapSerialisedWarning) as caught:
+        batch_llm(frame.lazy(), sink=tmp_path / "out.parquet", state=tmp_path / "s",
+                  max_cost_usd=cap, chunk_rows=3, **THINKING).collect()  # fmt: skip
+    message = str(caught[0].message)
+    assert "only 2 of 6 requests could be sent at once" in message
+    assert "all 6 requests of this call fit under the cap at once" in message
+    assert message == str(in_memory[0].message)
+
+
 def test_a_streamed_run_the_cap_never_held_back_does_not_warn(emu, tmp_path: Path) -> None:
     frame = reviews(6)
     plan = frame.pipe(batch_llm, dry_run=True, **THINKING)
@@ -220,6 +241,41 @@ def test_a_streamed_run_the_cap_never_held_back_does_not_warn(emu, tmp_path: Pat
         out = batch_llm(frame.lazy(), sink=tmp_path / "out.parquet", state=tmp_path / "s",
                         max_cost_usd=cap, **THINKING).collect()  # fmt: skip
     assert out["_status"].to_list() == ["completed"] * 6
+
+
+def test_a_streamed_run_warns_a_provider_down_before_the_cap_as_in_memory(
+    emu, tmp_path: Path
+) -> None:
+    """Both warnings, in memory's order: under an error filter the rows a provider left
+    unsent are what is raised (the cap's advice is not), and the sink is written."""
+    from batchata_df import ProviderUnavailableWarning
+
+    frame = reviews(8).with_row_index("i")
+    kw: dict[str, Any] = {**THINKING, "items_per_batch": 1, "provider_patience": 0.3,
+                          "model": pl.when(pl.col("i") >= 6).then(pl.lit("o4-mini"))
+                          .otherwise(pl.lit("gemini-2.5-pro"))}  # fmt: skip
+    plan = frame.pipe(batch_llm, dry_run=True, **kw)
+    pro = plan.filter(pl.col("_model") == "gemini-2.5-pro")["_est_cost_usd"].max()
+    cap = 3 * float(pro) + 1e-9  # type: ignore[arg-type]  # 3 of the 6 Pro rows at once
+    emu.inject_fault(method="POST", path_regex=r"^/openai/v1/batches$", status=503,
+                     times=None, retry_after_ms=1)  # fmt: skip
+    expected = [ProviderUnavailableWarning, CapSerialisedWarning]
+    with warnings.catch_warnings(record=True) as in_memory:
+        warnings.simplefilter("always")
+        frame.pipe(batch_llm, state=tmp_path / "m", max_cost_usd=cap, **kw)
+    assert [w.category for w in in_memory] == expected
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        batch_llm(frame.lazy(), sink=tmp_path / "a.parquet", state=tmp_path / "a",
+                  max_cost_usd=cap, chunk_rows=2, **kw).collect()  # fmt: skip
+    assert [w.category for w in caught] == expected
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ProviderUnavailableWarning, match="2 rows could not be sent"):
+            batch_llm(frame.lazy(), sink=tmp_path / "b.parquet", state=tmp_path / "b",
+                      max_cost_usd=cap, chunk_rows=2, **kw)  # fmt: skip
+    out = pl.read_parquet(tmp_path / "b.parquet")
+    assert out["_status"].to_list() == ["completed"] * 6 + ["cancelled"] * 2
 
 
 DOC = "The supplier shall deliver the goods within thirty days of the order date. " * 150
