@@ -348,8 +348,8 @@ class DatedEstimate:
     priced (with ``pairs``, those priced before). :meth:`terms` reads, for a day, what the
     estimate of a job of each of those models sent that day depends on
     (:meth:`~batchata_df.cost.PriceTable.terms`): two days with equal terms give the jobs
-    equal estimates, so :class:`Repricer` keeps the plan when a call runs past a midnight
-    that changes nothing for its models.
+    equal worst cases (what the cap reserves), so :class:`Repricer` keeps the plan when a
+    call runs past a midnight that changes nothing for its models.
 
     ``priced_on``: the day the jobs a driver is given were priced, when that is before
     the driver starts (the call's job table is priced before it waits for the state
@@ -403,9 +403,10 @@ class Repricer:
 
     A :class:`DatedEstimate` says whether the new date changes anything for the call's
     models (most midnights change nothing): when its terms are those of the day the jobs
-    were priced on, they are left planned as they are. Re-pricing would cost ~1-2 s of
-    CPU at 1M unsent jobs, and planning them again can split a cached prefix from jobs
-    already sent (``prompt_caching=True``). Any other ``reprice`` prices again on every
+    were priced on, they are left planned as they are. Re-pricing would cost ~3.6 s of
+    CPU at 1M unsent jobs (``frame.with_estimates`` alone: PROFILE.md, nineteenth pass),
+    and planning them again can split a cached prefix from jobs already sent
+    (``prompt_caching=True``). Any other ``reprice`` prices again on every
     new date.
     """
 
