@@ -57,6 +57,22 @@ def _estimates_counted(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]
     return estimated
 
 
+def _twelve_rows_over_two_midnights(on, tmp_path, **kw: object) -> pl.DataFrame:
+    """A capped (1 USD) call of 12 rows started on 2026-11-28, the date moving to 11-29
+    after 2 rows end and to 11-30 after 6; its output, read whole."""
+    rows = pl.DataFrame({"text": [f"row {i}" for i in range(12)]})
+    on("2026-11-28")
+    progress, moved = _days(on, {2: "2026-11-29", 6: "2026-11-30"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the thinking-room advice
+        out = rows.pipe(
+            batch_llm, prompt="{text}", state=str(tmp_path / "s"), progress=progress,
+            params={"max_tokens": 2000, "reasoning_effort": "low"}, max_cost_usd=1.0, **kw,
+        )  # fmt: skip
+    assert moved == ["2026-11-29", "2026-11-30"]
+    return out.collect() if isinstance(out, pl.LazyFrame) else out
+
+
 @pytest.mark.parametrize("streamed", [False, True])
 def test_a_call_running_across_the_routing_date_stays_under_the_cap(
     on, emu, tmp_path, streamed
@@ -158,25 +174,15 @@ def test_a_midnight_that_changes_no_price_prices_nothing_again(
 ) -> None:
     # gemini-3.5-flash has no dated price change or routing (genai-prices,
     # models.SCHEDULED): a capped call running from 2026-11-28 into 11-30 estimates each
-    # row once, when it is read, and keeps its plan; re-pricing every midnight cost ~1-2 s
+    # row once, when it is read, and keeps its plan; re-pricing every midnight cost ~3.6 s
     # of CPU at 1M unsent rows and could split cached prefixes. gemini-4-argon's window
     # reaches its 12-01 rise from 11-29 on: its unsent rows are priced again.
     counted = _estimates_counted(monkeypatch)
-    rows = pl.DataFrame({"text": [f"row {i}" for i in range(12)]})
-    on("2026-11-28")
-    progress, moved = _days(on, {2: "2026-11-29", 6: "2026-11-30"})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the thinking-room advice
-        out = rows.pipe(
-            batch_llm, model=model, prompt="{text}", state=str(tmp_path / "s"),
-            progress=progress, params={"max_tokens": 2000, "reasoning_effort": "low"},
-            items_per_batch=2, max_parallel_batches=1, mode=mode, max_cost_usd=1.0,
-            **({"sink": str(tmp_path / "out.parquet")} if streamed else {}),
-            **({"concurrency": 1} if mode == "realtime" else {}),
-        )  # fmt: skip
-    if isinstance(out, pl.LazyFrame):
-        out = out.collect()
-    assert moved == ["2026-11-29", "2026-11-30"]
+    out = _twelve_rows_over_two_midnights(
+        on, tmp_path, model=model, items_per_batch=2, max_parallel_batches=1, mode=mode,
+        **({"sink": str(tmp_path / "out.parquet")} if streamed else {}),
+        **({"concurrency": 1} if mode == "realtime" else {}),
+    )  # fmt: skip
     assert out.get_column("_status").to_list() == ["completed"] * 12
     estimated = [height for _, height in counted]
     if streamed:  # the probe's price check, before anything is read
@@ -262,17 +268,9 @@ def test_an_auto_calls_realtime_phase_prices_again_when_the_realtime_window_move
     # from 11-30 on, not from 11-29 as a batch's 48 h window does. The realtime phase
     # prices its unsent rows again on 11-30 (its terms moved), not on 11-29.
     estimated = _estimates_counted(monkeypatch)
-    rows = pl.DataFrame({"text": [f"row {i}" for i in range(12)]})
-    on("2026-11-28")
-    progress, moved = _days(on, {2: "2026-11-29", 6: "2026-11-30"})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the thinking-room advice
-        out = rows.pipe(
-            batch_llm, model="gemini-4-argon", prompt="{text}", state=str(tmp_path / "s"),
-            progress=progress, params={"max_tokens": 2000, "reasoning_effort": "low"},
-            mode="auto", concurrency=1, max_cost_usd=1.0,
-        )  # fmt: skip
-    assert moved == ["2026-11-29", "2026-11-30"]
+    out = _twelve_rows_over_two_midnights(
+        on, tmp_path, model="gemini-4-argon", mode="auto", concurrency=1
+    )
     assert out.get_column("_mode").to_list() == ["realtime"] * 12
     # At the start, at batch and at realtime prices; then the rows left, on 11-30 only.
     assert estimated[:2] == [("2026-11-28", 12)] * 2
