@@ -16,7 +16,14 @@ peak RSS, wall, the emulator's CPU and the 1-minute load before and after.
     python benchmarks/bench_flatness.py                      # OpenAI, 10k x3 ... 10M x1
     python benchmarks/bench_flatness.py --providers gemini --out /tmp/g.json
     python benchmarks/bench_flatness.py --sizes 10000 100000 1000000   # without 10M
+    python benchmarks/bench_flatness.py --stream --pin   # streamed (sink=), emulator pinned
     python benchmarks/report_overhead.py                     # README block and plot
+
+``--stream`` runs the streamed path instead (``STREAMED``: the same rows, prompts, model
+and schema, read with ``pl.scan_parquet`` from Parquet files of 1M rows written before the
+timings, and written to a Parquet ``sink=``; its results default to
+``results/flatness_stream.json``). ``--pin`` puts the emulator on the last core and the
+client on the others, as ``bench_overhead.py --pin`` does.
 
 A 10M run takes 15-25 minutes here (the emulator's share is most of it) and ~10 GB of
 memory for the client and the emulator together. Results: ``results/flatness.json``.
@@ -37,16 +44,60 @@ import bench_overhead as bench
 HERE = Path(__file__).resolve().parent
 PLAN = ((10_000, 3), (100_000, 3), (1_000_000, 2), (10_000_000, 1))
 
+STREAMED = r'''
+import json, sys
+from typing import Literal
+import polars as pl
+from pydantic import BaseModel
+from batchata_df import batch_llm
+
+class Answer(BaseModel):
+    summary: str
+    score: float
+    label: Literal["pos", "neg", "neu"]
+
+n, src, state, model, sink = int(sys.argv[1]), *sys.argv[2:6]
+out = batch_llm(pl.scan_parquet(src), schema=Answer, model=model, prompt="{text}",
+                state=state, sink=sink, max_parallel_batches=32, progress=False)
+counts = dict(out.group_by("_status").len().collect().iter_rows())
+assert counts == {"completed": n}, counts
+print(json.dumps({"rows": n}))
+'''
+"""The streamed client: ``bench_overhead.OURS``'s call with ``sink=`` on a Parquet scan."""
+
+
+def make_input(n: int, folder: Path) -> str:
+    """``bench_overhead.FRAME``'s ``n`` prompts as Parquet files of 1M rows; their glob."""
+    import polars as pl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    step = 1_000_000
+    for start in range(0, n, step):
+        pl.select(
+            pl.concat_str([pl.lit("Review "), pl.int_range(start, min(n, start + step))
+                           .cast(pl.String), pl.lit(": " + "the product arrived on time "
+                                                    "and works well, " * 3)]).alias("text")
+        ).write_parquet(folder / f"in-{start // step:04d}.parquet")
+    return str(folder / "*.parquet")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--providers", nargs="+", default=["openai"], choices=bench.PROVIDERS)
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "flatness.json")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default results/flatness.json (flatness_stream.json with --stream)")
+    parser.add_argument("--stream", action="store_true",
+                        help="the streamed path (Parquet in, sink= out) instead of in memory")
+    parser.add_argument("--pin", action="store_true",
+                        help="the emulator on the last core, the client on the others")
     parser.add_argument("--sizes", type=int, nargs="+", default=[n for n, _ in PLAN],
                         help="row counts, each run as often as PLAN says (once if not in it)")
     parser.add_argument("--state-dir", type=Path, default=None,
                         help="where the checkpoint folders go (default: the system's temp)")
     args = parser.parse_args()
+    out = args.out or HERE / "results" / (
+        "flatness_stream.json" if args.stream else "flatness.json"
+    )
 
     from batchata_df.emulator import Emulator
 
@@ -54,20 +105,39 @@ def main() -> None:
         "what": __doc__.split("\n\n")[0],
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "code": bench._code(),
+        "path": "streamed" if args.stream else "in memory",
         "runs": [],
     }
-    with Emulator(latency=0.0) as emu:
+    cores = sorted(os.sched_getaffinity(0))
+    pinned: dict[str, list[int]] | None = None
+    if args.pin:
+        if len(cores) < 2:
+            raise SystemExit(f"--pin needs two cores or more; this process may use {cores}")
+        pinned = {"emulator": cores[-1:], "clients": cores[:-1]}
+        os.sched_setaffinity(0, pinned["emulator"])  # the emulator inherits it at start
+    doc["pinned"] = pinned
+    inputs = tempfile.TemporaryDirectory(dir=args.state_dir)
+    with inputs, Emulator(latency=0.0) as emu:
+        if pinned is not None:
+            os.sched_setaffinity(0, pinned["clients"])  # every client inherits this
         env = bench.child_env(emu.env())
         emu_pid = emu._proc.pid if emu._proc is not None else 0
         for provider in args.providers:
             model = bench.PROVIDERS[provider]
             for rows in args.sizes:
                 times = dict(PLAN).get(rows, 1)
+                src = make_input(rows, Path(inputs.name) / str(rows)) if args.stream else ""
                 for _ in range(times):
                     emu.reset()
                     load_before = round(os.getloadavg()[0], 2)
                     with tempfile.TemporaryDirectory(dir=args.state_dir) as state:
-                        run = bench.run_child(bench.OURS, [str(rows), state, model], env, emu_pid)
+                        if args.stream:
+                            sink = str(Path(state) / "out.parquet")
+                            run = bench.run_child(STREAMED, [str(rows), src, f"{state}/s",
+                                                             model, sink], env, emu_pid)
+                        else:
+                            run = bench.run_child(bench.OURS, [str(rows), state, model], env,
+                                                  emu_pid)
                     run.update(
                         provider=provider, model=model, rows=rows, load_before=load_before,
                         load_after=round(os.getloadavg()[0], 2),
@@ -75,9 +145,9 @@ def main() -> None:
                     )
                     doc["runs"].append(run)
                     # Written after every run: an interrupted sitting keeps what it measured.
-                    args.out.write_text(json.dumps(doc, indent=1) + "\n")
+                    out.write_text(json.dumps(doc, indent=1) + "\n")
                     print(json.dumps(run), flush=True)
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
