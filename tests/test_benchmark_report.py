@@ -280,6 +280,13 @@ def test_flatness_is_the_spread_of_marginals_per_path_streamed_pairs_of_one_code
         alone(10_000_000, 101.2),
     ]}))
     monkeypatch.setattr(report, "FLAT_RESULTS", sitting)
+    # ... and streamed (bench_flatness.py --stream), its own file
+    streamed = tmp_path / "flatness_stream.json"
+    streamed.write_text(json.dumps({"code": "two", "runs": [
+        alone(10_000, 2.0), alone(100_000, 3.8), alone(1_000_000, 18.2), alone(1_000_000, 18.0),
+        alone(10_000_000, 172.1),
+    ]}))
+    monkeypatch.setattr(report, "FLAT_STREAM_RESULTS", streamed)
     slopes = report.marginals(result)
     assert [(m["path"], m["rows"], m["code"], round(m["ours"], 1)) for m in slopes] == [
         ("in memory", (10_000, 100_000), "ccc", 20.0),
@@ -287,6 +294,9 @@ def test_flatness_is_the_spread_of_marginals_per_path_streamed_pairs_of_one_code
         ("in memory, one sitting", (10_000, 100_000), "one", 10.0),
         ("in memory, one sitting", (100_000, 1_000_000), "one", 10.1),
         ("in memory, one sitting", (1_000_000, 10_000_000), "one", 10.0),
+        ("streamed, one sitting", (10_000, 100_000), "two", 20.0),
+        ("streamed, one sitting", (100_000, 1_000_000), "two", 15.9),
+        ("streamed, one sitting", (1_000_000, 10_000_000), "two", 17.1),
         ("streamed", (1_000_000, 10_000_000), "old", 25.0),
     ]
     assert slopes[2]["floor"] is None
@@ -297,3 +307,4 @@ def test_flatness_is_the_spread_of_marginals_per_path_streamed_pairs_of_one_code
     assert "20.0 → 24.5 (+23 %, old)" in text
     assert "1,000,000 → 10,000,000 only: 25.0 µs, one span, no spread (old)" in text
     assert "10,000 → 10,000,000: 10.0 → 10.1 → 10.0 µs, ±1 %, met (one)" in text
+    assert "| 10,000 → 10,000,000: 20.0 → 15.9 → 17.1 µs, ±11 %, met (two) |" in text
