@@ -267,8 +267,10 @@ def flatness(result: dict[str, Any]) -> list[str]:
     what 1M do. The measure is the marginal CPU per extra row between successive sizes
     (:func:`marginals`): "flat ±20 %" is read as the marginals lying within ±20 % of one
     value (:func:`_band` at most 0.2), per path (in memory, 10k to 1M beside the floor, and
-    10k to 10M in one sitting of batch_llm alone; streamed, 10k to 10M) and from 10k to
-    10M as a user of ``sink=`` meets them (in memory up to 1M, then streamed). Beside
+    10k to 10M in one sitting of batch_llm alone; streamed, 10k to 10M, in one sitting and
+    from ``bench_stream.json``) and from 10k to 10M as a user of ``sink=`` meets them (in
+    memory up to 1M, then streamed: from the table's points and ``bench_stream.json``, and
+    from the two one-sitting files). Beside
     them, on the streamed path, the whole-run CPU per row at 1M against 10M (where the
     fixed cost is under 5 % of either).
     """
@@ -305,8 +307,9 @@ def flatness(result: dict[str, Any]) -> list[str]:
         "±20 % is met when it is at most 20 %), the latest measurement of each span:",
         "",
         "| provider | in memory | in memory, one sitting | streamed, one sitting | streamed "
-        "| in memory to 1M, then streamed to 10M | streamed whole-run µs/row, 1M → 10M |",
-        "|---|---|---|---|---|---|---|",
+        "| in memory to 1M, then streamed to 10M | the same, one sitting each "
+        "| streamed whole-run µs/row, 1M → 10M |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for provider in COLOURS:
         mem = _latest_chain([m for m in rows if m["provider"] == provider
@@ -324,13 +327,21 @@ def flatness(result: dict[str, Any]) -> list[str]:
             for m in sorted(streamed, key=lambda m: m.get("when", ""), reverse=True)
             if m["rows"] == (1_000_000, 10_000_000)
         ) or "not measured"
-        both = mem + beyond if mem and beyond and mem[-1]["rows"][1] == beyond[0]["rows"][0] else []
+        both = _joined(mem, beyond)
+        # the same from bench_flatness.py's sittings: in memory to 1M, streamed beyond
+        sittings = _joined([m for m in sitting if m["rows"][1] <= 1_000_000],
+                           [m for m in streamed_sitting if m["rows"][0] >= 1_000_000])  # fmt: skip
         lines.append(
             f"| {provider} | {_verdict(mem)} | {_verdict(sitting)} "
             f"| {_verdict(streamed_sitting)} | {_verdict(chain)} "
-            f"| {_verdict(both)} | {whole} |"
+            f"| {_verdict(both)} | {_verdict(sittings)} | {whole} |"
         )
     return lines
+
+
+def _joined(lower: list[dict[str, Any]], upper: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Two chains of spans as one when the first ends where the second begins, else none."""
+    return lower + upper if lower and upper and lower[-1]["rows"][1] == upper[0]["rows"][0] else []
 
 
 def seed_table(seed: dict[str, Any]) -> list[str]:
