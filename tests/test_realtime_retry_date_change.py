@@ -229,5 +229,7 @@ def test_a_5xx_retry_across_a_date_change_is_priced_on_the_day_it_is_sent(
     # The frame's cost is what is known billed; the 502'd attempt counts at its worst case.
     assert out["_cost_usd"].sum() == pytest.approx(sum(bills) - min(bills), rel=1e-12)
     assert lost_usd(state) == pytest.approx(worst_before, rel=1e-12)
+    last = run.snapshots[-1]  # the progress counts that attempt once, at that worst case
+    assert (last.unknown_billed, last.unknown_billed_usd) == (1, pytest.approx(worst_before))
     assert run.held_while_waiting == [pytest.approx(worst_before, rel=1e-12)]
     assert run.snapshots[-1].reserved_usd == 0

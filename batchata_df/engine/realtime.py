@@ -784,7 +784,9 @@ class RealtimeEngine:
             for r, _, error in items:
                 held = reserved.pop(r.job_id, 0.0)
                 self.state.release(held)
-                if error.startswith(("lost:", "server_error:")):
+                # A 5xx's next attempt never sent (``announce``) ends with that 5xx's error,
+                # but the attempt was counted when its 5xx came back (:meth:`_server_errors`).
+                if error.startswith(("lost:", "server_error:")) and not r.announce:
                     # It may have been billed: count its worst case as spent (the cap).
                     self.state.spent += held
                     self.state.possibly_billed(r.sent_worst if r.estimated else None)
