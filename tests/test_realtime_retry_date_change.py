@@ -124,6 +124,9 @@ def _bills(emu: Any) -> list[float]:
         # Two midnights: priced at 11-29 (old price), sent on 12-01 (double): its new
         # worst case does not fit beside what the others spent, so it is never sent.
         ("2026-11-29", "2026-12-01", 3),
+        # One midnight, before the rise: sent on 11-30 it may run into 12-01 (the window
+        # of a request sent that day), as a row first sent on 11-30 is priced: the same.
+        ("2026-11-29", "2026-11-30", 3),
     ],
 )
 def test_a_429_retry_across_a_date_change_never_bills_past_the_cap(
