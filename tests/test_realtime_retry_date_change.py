@@ -67,7 +67,7 @@ def _worst(on: Any, day: str) -> float:
 
 
 class _Run:
-    """A capped call whose first request is refused and retried after the date moved."""
+    """A capped call: one of its requests is refused (or 5xx'd), retried after the date moved."""
 
     def __init__(self, emu: Any, on: Any, clock: FakeClock, before: str, after: str) -> None:
         self.emu, self.on, self.clock = emu, on, clock
