@@ -8,6 +8,12 @@ the money each row and the folder report against what the emulator billed.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 import warnings
 from typing import Any
 
@@ -186,3 +192,91 @@ def test_a_429_then_a_5xx_on_the_retry_priced_again_counts_the_new_worst_case(
     assert (last.unknown_billed, last.unknown_billed_usd) == (1, pytest.approx(wa))
     assert _last_running(seen).reserved_usd == 0
     assert max(s.reserved_usd + s.cost_usd + s.unknown_billed_usd for s in seen) <= cap + 1e-12
+
+
+CHILD = textwrap.dedent(
+    """
+    import os, sys
+    import polars as pl
+    import batchata_df.engine.realtime as realtime
+    from batchata_df import batch_llm, models
+    from batchata_df.engine.clock import FakeClock
+    from batchata_df.emulator import Emulator
+
+    models._custom_endpoint = lambda provider: False  # as the tests' `on` fixture
+    emu = Emulator.attach(sys.argv[2])
+    clock = FakeClock()
+    realtime.SystemClock = lambda: clock
+
+    def midnight(now):
+        # Two days on, and the re-priced retry then takes 30 s to answer: killed meanwhile.
+        if clock.waits and len(clock.waits) == 1:
+            clock.advance(2 * 86400.0)
+            os.environ["BATCHATA_DF_TODAY"] = "2026-12-01"
+            emu.configure(today="2026-12-01", realtime_latency=30.0)
+
+    clock.on_wait.append(midnight)
+    os.environ["BATCHATA_DF_TODAY"] = "2026-11-29"
+    rows = pl.DataFrame({"text": [f"row {i}: [[emulator:truncate]] " + "lorem ipsum " * 300
+                                  for i in range(4)]})
+    batch_llm(rows, model="gemini-4-argon", prompt="{text}", params={"max_tokens": 100},
+              concurrency=4, provider_patience=3 * 86400.0, state=sys.argv[1],
+              max_cost_usd=float(sys.argv[3]), mode="realtime", progress=False)
+    """
+)
+
+
+def test_sigkill_while_a_retry_priced_again_is_in_flight_counts_it_at_its_new_worst_case(
+    emu, on, tmp_path, procs
+) -> None:
+    # Refused on 11-29, priced again and sent on 12-01 (its new worst case, double, held
+    # and recorded 'assigned'), then the process is killed while the provider answers it.
+    # The next call ends it lost at the worst case it was sent with (12-01's), sends it
+    # not again, and the cap counts it so: nothing billed twice, nothing past the cap.
+    wb = _worst(on, "2026-11-29", TRUNC, {**TRUNC_KW, "concurrency": 4})
+    wa = _worst(on, "2026-12-01", TRUNC, {**TRUNC_KW, "concurrency": 4})
+    cap = round(5 * wb * 1.0001, 10)
+    emu.inject_fault(path_regex=GENERATE, method="POST", status=429, times=1, retry_after=60)
+    on("2026-11-29")
+    state = tmp_path / "s"
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    log = tmp_path / "child.log"
+    with open(log, "wb") as out_file:
+        child = subprocess.Popen(
+            [sys.executable, str(script), str(state), emu.url, repr(cap)],
+            env=dict(os.environ), stdout=out_file, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    procs.append(child)
+    give_up = time.monotonic() + 120
+    while time.monotonic() < give_up:
+        if emu.settings()["today"] == "2026-12-01" and emu.realtime_stats()["in_flight"]:
+            break
+        assert child.poll() is None, log.read_text()
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"the retry was never sent: {log.read_text()}")
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=60)
+    while emu.realtime_stats()["in_flight"] and time.monotonic() < give_up + 60:
+        time.sleep(0.1)  # the provider finishes (and bills) the request it was sent
+    emu.configure(realtime_latency=0.0)
+    first = _bills(emu)
+    assert len(first) == 4  # 3 rows on 11-29, the retry on 12-01 (its answer lost)
+    assert max(first) == pytest.approx(2 * min(first), rel=1e-9)
+    assert lost_usd(state) == pytest.approx(wa, rel=1e-12)  # at the worst case it was sent with
+
+    on("2026-12-01")
+    seen: list[ProgressSnapshot] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = TRUNC.pipe(batch_llm, state=str(state), max_cost_usd=cap, mode="realtime",
+                         progress=seen.append, **{**TRUNC_KW, "concurrency": 4})  # fmt: skip
+    assert _bills(emu) == first  # nothing sent again
+    lost = out.filter(pl.col("_error").str.starts_with("lost:").fill_null(False))
+    assert lost.height == 1 and lost["_status"].to_list() == ["failed"]
+    assert out.filter(pl.col("_cost_usd") > 0).height == 3
+    assert out["_cost_usd"].sum() == pytest.approx(sum(first) - max(first), rel=1e-12)
+    assert spent_usd(str(state)) + lost_usd(str(state)) <= cap
+    assert sum(first) <= cap
+    assert lost_usd(str(state)) == pytest.approx(wa, rel=1e-12)
