@@ -153,6 +153,7 @@ def test_several_retries_across_the_rise_never_bill_past_the_cap(
     assert done["_error"].str.starts_with("truncated:").all()
     rest = out.filter(pl.col("_cost_usd") == 0)
     assert rest["_error"].to_list() == ["cancelled: cost_limit"] * rest.height
+    assert rest["_status"].to_list() == ["cancelled"] * rest.height  # never answered
     assert all(b <= wa for b in bills)
     assert _last_running(seen).reserved_usd == 0  # nothing left held (no leak)
     assert max(s.reserved_usd + s.cost_usd + s.unknown_billed_usd for s in seen) <= cap + 1e-12
