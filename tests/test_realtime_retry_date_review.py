@@ -281,3 +281,29 @@ def test_sigkill_while_a_retry_priced_again_is_in_flight_counts_it_at_its_new_wo
     assert spent_usd(str(state)) + lost_usd(str(state)) <= cap
     assert sum(first) <= cap
     assert lost_usd(str(state)) == pytest.approx(wa, rel=1e-12)
+
+
+def test_a_5xx_next_attempt_that_does_not_fit_yet_waits_for_one_sent_beside_it(
+    emu, on, clock, tmp_path
+) -> None:
+    # Both requests answered 502 after being billed (11-29); their next attempts wait
+    # their backoff past 12-01 and are priced again at double. The cap (5x the 11-29
+    # worst case: 2 counted for the 502'd attempts) holds one new attempt at a time: the
+    # second waits for the first's short answer, then fits, instead of failing at once.
+    wb = _worst(on, "2026-11-29", SHORT, SHORT_KW)
+    cap = round(5 * wb, 10)
+    emu.inject_fault(path_regex=GENERATE, method="POST", status=502, when="after", times=2)
+    on("2026-11-29")
+    seen: list[ProgressSnapshot] = []
+    _flip(clock, on, 2, "2026-12-01", seen)
+    state = str(tmp_path / "s")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = SHORT.pipe(batch_llm, state=state, max_cost_usd=cap, mode="realtime",
+                         progress=seen.append, **SHORT_KW)  # fmt: skip
+    assert out["_status"].to_list() == ["completed", "completed"], out["_error"].to_list()
+    bills = _bills(emu, once=False)
+    assert len(bills) == 4 and sum(bills) <= cap
+    assert lost_usd(state) == pytest.approx(2 * wb, rel=1e-12)  # the 502'd attempts
+    assert out["_cost_usd"].sum() == pytest.approx(sum(sorted(bills)[2:]), rel=1e-12)
+    assert _last_running(seen).reserved_usd == 0
