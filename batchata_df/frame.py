@@ -16,7 +16,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec, TypeVar
 
 import polars as pl
 from pydantic import BaseModel
@@ -70,6 +70,7 @@ from batchata_df.state import (
     adopt_schema,
     check_lock_timeout,
     join_by_job,
+    read_unlocked,
 )
 from batchata_df.validate import (
     check_mode,
@@ -141,7 +142,30 @@ def _fingerprint_part(value: object) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _dry_run_reads_again(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """A dry run reads the state folder without its lock: again if a writer compacted it.
+
+    A run that ends (a streamed run compacts the folder's parts) may delete the parts a
+    dry run listed before it reads them; the whole dry run is then done again
+    (:func:`batchata_df.state.read_unlocked`), instead of failing with "No such file".
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        state = kwargs.get("state")
+        if kwargs.get("dry_run") is True and isinstance(state, str | os.PathLike):
+            return read_unlocked([state], lambda: fn(*args, **kwargs))
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
 @scrubbed
+@_dry_run_reads_again
 def batch_llm(
     df: pl.DataFrame | pl.LazyFrame,
     *,
