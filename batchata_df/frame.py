@@ -146,26 +146,36 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
-def _dry_run_reads_again(fn: Callable[_P, _R]) -> Callable[_P, _R]:
-    """A dry run reads the state folder without its lock: again if a writer compacted it.
+def _reads_again_before_the_lock(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """A call reads the state folder again if a writer compacted it before the call's lock.
 
-    A run that ends (a streamed run compacts the folder's parts) may delete the parts a
-    dry run listed before it reads them; the whole dry run is then done again
-    (:func:`batchata_df.state.read_unlocked`), instead of failing with "No such file".
+    A call reads its folder before it takes the folder's writer lock (the arguments, the
+    rows done, what was spent; a dry run never takes it), while another process's run may
+    end by compacting the folder's parts (a streamed run does): parts the call listed are
+    then deleted before it reads them. The call is then made again
+    (:func:`batchata_df.state.read_unlocked`), instead of failing with "No such file";
+    never once it has taken the lock, before which nothing is sent.
     """
 
     @functools.wraps(fn)
     def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         state = kwargs.get("state")
-        if kwargs.get("dry_run") is True and isinstance(state, str | os.PathLike):
-            return read_unlocked([state], lambda: fn(*args, **kwargs))
-        return fn(*args, **kwargs)
+        if not isinstance(state, str | os.PathLike):
+            return fn(*args, **kwargs)
+        taken = WriterLock.taken
+
+        def call() -> _R:
+            nonlocal taken
+            taken = WriterLock.taken
+            return fn(*args, **kwargs)
+
+        return read_unlocked([state], call, again=lambda: WriterLock.taken == taken)
 
     return wrapper
 
 
 @scrubbed
-@_dry_run_reads_again
+@_reads_again_before_the_lock
 def batch_llm(
     df: pl.DataFrame | pl.LazyFrame,
     *,

@@ -326,6 +326,10 @@ class WriterLock:
     True
     """
 
+    taken = 0
+    """How many writer locks this process has taken: a caller that saw it unchanged knows
+    that it sent nothing meanwhile (sending needs the lock; see :func:`read_unlocked`)."""
+
     def __init__(self, root: str | os.PathLike[str], timeout: float | None = 0.0) -> None:
         from filelock import FileLock
 
@@ -377,6 +381,7 @@ class WriterLock:
         except OSError as e:
             msg = f"cannot lock the checkpoint folder {str(self.root)!r}: {e}"
             raise StateError(msg) from e
+        WriterLock.taken += 1
         previous = self.previous
         if previous is not None and (previous.pid, previous.host) != (
             os.getpid(),
@@ -1247,6 +1252,7 @@ def read_unlocked(
     read: Callable[[], _T],
     *,
     errors: tuple[type[BaseException], ...] = (),
+    again: Callable[[], bool] = lambda: True,
 ) -> _T:
     """``read()`` of checkpoint folders without their lock; again if a writer replaced parts.
 
@@ -1257,7 +1263,8 @@ def read_unlocked(
     Polars' "No such file", or a part that looks damaged because it vanished). When the
     parts present changed during a failed read, the folders are read again; a failure with
     the same parts present (a damaged part, a mistake) is raised at once, and so is the
-    last of :data:`READ_ATTEMPTS` reads.
+    last of :data:`READ_ATTEMPTS` reads, a :class:`StateLockedError` and a
+    :class:`StateMismatchError` (no vanished part causes them).
 
     Parameters
     ----------
@@ -1268,6 +1275,9 @@ def read_unlocked(
     errors
         Exception types besides ``OSError``, Polars' and :class:`StateError` that a
         vanished part raises in ``read`` (``duckdb.Error``).
+    again
+        Whether a failed ``read`` may be done again (``batch_llm``: only while it took no
+        writer lock, before which it reads and sends nothing).
     """
     caught: tuple[type[BaseException], ...] = (
         OSError, pl.exceptions.PolarsError, StateError, *errors
@@ -1276,8 +1286,10 @@ def read_unlocked(
         before = _part_names(roots)
         try:
             return read()
+        except (StateLockedError, StateMismatchError):
+            raise
         except caught:
-            if attempt == READ_ATTEMPTS or _part_names(roots) == before:
+            if attempt == READ_ATTEMPTS or _part_names(roots) == before or not again():
                 raise
     raise AssertionError  # pragma: no cover (the last attempt returns or raises)
 

@@ -13,7 +13,9 @@ damaged (a part that vanished read as unreadable Parquet). Seen by a reader poll
 Here the race is made certain: the reader's listing of a table's parts is taken, then a
 real second process takes the folder's writer lock and compacts it, then the reader reads
 what it listed. The reader must read the folder again (the parts changed under it) and give
-the same answer as without the race.
+the same answer as without the race. So must a call that reads the folder before it
+takes the lock (a second notebook's, waiting with ``lock_timeout``), which failed the same
+way; it is never made again once it has taken the lock (before which it sends nothing).
 """
 
 from __future__ import annotations
@@ -140,3 +142,20 @@ def test_a_streamed_dry_run_beside_a_compaction_reads_the_folder_again(
     assert compacted_after_listing  # the race happened
     assert plan["_status"].to_list() == ["done"] * 12
     assert not (tmp_path / "out.parquet").exists()
+
+
+@pytest.mark.parametrize("nth", [4, 5, 6])  # a job part, a batch part, a job part
+def test_a_capped_call_waiting_for_the_lock_beside_a_compaction_reads_the_folder_again(
+    emu, folder, monkeypatch, nth
+):
+    """A second notebook's call (lock_timeout=None) on the folder of a run that ends by
+    compacting it: read before the lock, the folder changed; 4 new rows are sent once."""
+    compacted = _compacted_after_listing(monkeypatch, folder, nth)
+    rows = pl.concat([_rows(), pl.DataFrame({"text": [f"new {i}: bad" for i in range(4)]})])
+    out = batch_llm(rows, max_cost_usd=1.0, lock_timeout=None, **_kw(folder))  # type: ignore[arg-type]
+    assert compacted  # the race happened
+    assert out["_status"].to_list() == ["completed"] * 16
+    bills = emu.billing(usd=True)
+    assert len(bills) == 16
+    assert len({b["request"] for b in bills}) == 16  # nothing paid twice
+    assert out["_cost_usd"].sum() == pytest.approx(sum(b["usd"] for b in bills), rel=1e-9)
