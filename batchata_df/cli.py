@@ -58,7 +58,6 @@ from pydantic import BaseModel
 from batchata_df.errors import (
     WARNINGS,
     BatchataError,
-    CapSerialisedWarning,
     ConfigError,
     ModelShutdownWarning,
     PriceError,
@@ -2086,8 +2085,7 @@ def _warning_lines() -> Iterator[None]:
     :class:`ThinkingRoomWarning` are advice given before anything is sent: always shown,
     and never turned into an error by a ``-W error`` filter (the run goes on); the others
     follow the warning filters as a library user's would. A :class:`ThinkingRoomWarning`
-    or :class:`CapSerialisedWarning` is printed as its ``cli`` text: the fixes in this
-    command's flags.
+    is printed as its ``cli`` text: the fixes in this command's flags.
     """
     seen: set[str] = set()
     advice = (ModelShutdownWarning, ThinkingRoomWarning)
@@ -2102,8 +2100,7 @@ def _warning_lines() -> Iterator[None]:
                 shown(message, category, filename, lineno, file, line)
                 return
             # The fixes in this command's flags, not Python's params={...}.
-            words = (ThinkingRoomWarning, CapSerialisedWarning)
-            text = message.cli if isinstance(message, words) else str(message)
+            text = message.cli if isinstance(message, ThinkingRoomWarning) else str(message)
             if text not in seen:
                 seen.add(text)
                 _note(f"warning: {text}")

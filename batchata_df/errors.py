@@ -246,13 +246,7 @@ class CapSerialisedWarning(UserWarning):
 
     The message says how many requests could go at once, how often the rest waited, and
     which ``max_tokens`` the observed answers (reasoning included) fit with a margin.
-    ``cli`` is the same message in ``batchata-df run`` flags (``--max-cost-usd``,
-    ``--max-tokens N``, a new ``--state`` folder), which the CLI prints instead.
     """
-
-    def __init__(self, message: str, cli: str | None = None) -> None:
-        super().__init__(message)
-        self.cli = message if cli is None else cli
 
 
 class AmbiguousJobKeyWarning(UserWarning):

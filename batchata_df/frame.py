@@ -1363,15 +1363,13 @@ def _warn_serialised(
     seen_per_model = observed()
     requests = sum(t.requests for t in state.todo_totals.values())
     room = cap - state.spent_at_start
-    rounds = (
-        " serialised this run: the cap holds the worst case of every "
+    lines = [
+        f"max_cost_usd={cap:g} serialised this run: the cap holds the worst case of every "
         "batch in flight (each request's input plus max_tokens of output), so only "
         f"{state.cap_first_fit or 0:,} of {requests:,} requests could be sent at once "
         f"and the rest went in {state.cap_rounds:,} more round(s), each waiting for earlier "
         "batches to be collected."
-    )
-    lines = [f"max_cost_usd={cap:g}" + rounds]
-    cli = [f"--max-cost-usd {cap:g}" + rounds]  # batchata-df run's words for the fix
+    ]
     models, suggestions = [], []
     for (provider, model), group in state.todo_totals.items():
         seen = seen_per_model.get((provider, model))
@@ -1397,17 +1395,13 @@ def _warn_serialised(
         suggestions.append(suggested)
     if models:
         best = max(suggestions)
-        seen_text = "The answers, reasoning included: " + "; ".join(models) + ". "
-        keeps = "(this one holds the answers to the current parameters and refuses others)."
         lines.append(
-            seen_text + f"params={{'max_tokens': {best}}} fits them with a 25% margin: pass "
-            f"it with a new state= folder {keeps}"
+            "The answers, reasoning included: " + "; ".join(models) + ". "
+            f"params={{'max_tokens': {best}}} fits them with a 25% margin: pass it with a "
+            "new state= folder (this one holds the answers to the current parameters and "
+            "refuses others)."
         )
-        cli.append(
-            seen_text + f"--max-tokens {best} fits them with a 25% margin: pass it with a "
-            f"new --state folder {keeps}"
-        )
-    warn_user(CapSerialisedWarning(" ".join(lines), cli=" ".join(cli)))
+    warn_user(" ".join(lines), CapSerialisedWarning)
 
 
 def _warn_unavailable(results: pl.DataFrame) -> None:

