@@ -55,11 +55,12 @@ from typing import Any
 import polars as pl
 from pydantic import BaseModel
 
-from batchata_df.engine import ProgressSnapshot
+from batchata_df.engine import ProgressSnapshot, busy_jobs
+from batchata_df.engine.recovery import as_lost
 from batchata_df.errors import BatchataError, ConfigError
 from batchata_df.frame import batch_llm
 from batchata_df.schema import AnswerSchema
-from batchata_df.state import spent_usd
+from batchata_df.state import StateStore, read_manifest, spent_usd
 
 __all__ = ["Batch", "BatchRun", "Citation", "JobResult"]
 
@@ -273,6 +274,24 @@ class BatchRun:
                     (raw_dir / f"{result.job_id}_raw.json").write_text(
                         response, encoding="utf-8"
                     )
+
+
+def _spent_or_held(folder: Path) -> float:
+    """What a group's checkpoint folder was billed, plus the worst case of its jobs in flight.
+
+    The worst case is the one recorded when the batch was sent (every group call has a cap
+    when the builder has one); a batch whose results are in but not collected yet still
+    holds it, as it does in the engine (:func:`~batchata_df.engine.busy_jobs`).
+    """
+    manifest = folder / "manifest.json"
+    if not manifest.is_file():
+        return spent_usd(folder) if folder.is_dir() else 0.0
+    store = StateStore(folder, read_manifest(manifest).fingerprint, readonly=True)
+    current, billed = store.snapshot()
+    busy = busy_jobs(store, as_lost(current))
+    return float(billed.get_column("cost_usd").fill_null(0.0).sum()) + float(
+        busy.get_column("est_cost_usd").fill_null(0.0).sum()
+    )
 
 
 def _citations_of(row: dict[str, Any], names: Sequence[str]) -> dict[str, list[Citation]]:
@@ -690,8 +709,9 @@ class Batch:
         for key, jobs in groups.items():
             cap = self._cost_limit
             if cap is not None:
-                # One cap over all groups: each group may spend what the others have not.
-                others = sum(spent_usd(root / k) for k in groups if k != key)
+                # One cap over all groups: each group may spend what the others have not
+                # spent or hold in flight (run(wait=False) leaves their batches running).
+                others = sum(_spent_or_held(root / k) for k in groups if k != key)
                 cap = max(cap - others, 1e-12)
             first = jobs[0]
             data: dict[str, Any] = {

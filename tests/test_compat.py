@@ -468,3 +468,25 @@ def test_jobs_without_text_are_refused_by_add_job(emu, tmp_path, job, needle):
         batch.add_job(**job)
     assert len(batch) == 0
     assert emu.log() == []
+
+
+def test_one_cost_limit_over_groups_counts_batches_another_group_left_in_flight(emu, tmp_path):
+    """``run(wait=False)`` leaves the first group's batch in flight, holding its worst case:
+    the next group may spend only what is left of the limit, as with ``wait=True``."""
+    emu.configure(latency=1000.0)
+    batch = (
+        Batch(results_dir=tmp_path / "out")
+        .set_default_params(model="gpt-4.1-mini", max_tokens=2000)
+        .add_cost_limit(usd=0.003)  # one truncated answer ($0.0016 at 2000 tokens), not two
+    )
+    batch.add_job(prompt="one [[emulator:truncate]]", temperature=0.0)
+    batch.add_job(prompt="two [[emulator:truncate]]", temperature=0.5)  # another group
+    first = batch.run(wait=False)
+    assert first.status()["pending"] == 1
+    assert [r.error for r in first.results()["cancelled"]] == ["cancelled: cost_limit"]
+    assert len(posts(emu, "/batches")) == 1  # the second group's worst case did not fit
+    emu.advance(1000.0)
+    second = batch.run()
+    billed = second.status()["cost_usd"]
+    assert 0 < billed <= 0.003
+    assert len(emu.billing()) == 1
