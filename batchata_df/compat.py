@@ -75,6 +75,10 @@ _PARAM_KEYS = (
     "reasoning_effort",
 )
 _ROLES = ("system", "user", "assistant")
+_INTERRUPTED = "cancelled: interrupted"
+_STOPPED_BY_LIMIT = "cancelled: time_limit"
+_SPENT = 1e-3
+"""A time limit already spent: batch_llm submits nothing (and cancels what is in flight)."""
 # Internal column names of the frames compat builds; they cannot collide with output columns.
 _PROMPT, _MODEL, _SYSTEM, _HISTORY, _FILE = (
     "__compat_prompt",
@@ -706,6 +710,7 @@ class Batch:
             raw_files=self.raw_files,
         )
         started = time.monotonic()
+        interrupted = False
         for key, jobs in groups.items():
             cap = self._cost_limit
             if cap is not None:
@@ -739,11 +744,24 @@ class Batch:
                 )
             try:
                 out = self._run_group(frame, first, root / key, cap, started, progress,
-                                      dry_run=dry_run, wait=wait)  # fmt: skip
+                                      dry_run=dry_run, wait=wait,
+                                      stopped=interrupted)  # fmt: skip
             except BatchataError as e:
                 # Said in batch_llm's words; this user called add_job / set_default_params.
                 e.args = (_in_compat_words(str(e)), *e.args[1:])
                 raise
+            if interrupted:
+                # Sent nothing (a spent time limit): its unsent jobs were stopped by Ctrl+C.
+                out = out.with_columns(
+                    pl.when(pl.col("_error") == _STOPPED_BY_LIMIT)
+                    .then(pl.lit(_INTERRUPTED))
+                    .otherwise(pl.col("_error"))
+                    .alias("_error")
+                )
+            elif not dry_run and "_error" in out.columns:
+                # batch_llm turns the first Ctrl+C into a graceful stop and returns: the
+                # later groups must not be sent either (nothing more is submitted).
+                interrupted = bool((out.get_column("_error") == _INTERRUPTED).any())
             internal = [c for c in out.columns if c.startswith("__compat_")]
             run.frames.append((jobs, out.drop(internal)))
         run._write_files()
@@ -760,8 +778,14 @@ class Batch:
         *,
         dry_run: bool,
         wait: bool,
+        stopped: bool = False,
     ) -> pl.DataFrame:
-        """One :func:`~batchata_df.batch_llm` call: the jobs of one compatible group."""
+        """One :func:`~batchata_df.batch_llm` call: the jobs of one compatible group.
+
+        ``stopped`` (Ctrl+C ended an earlier group): a time limit already spent, so that
+        nothing is submitted, batches in flight are cancelled and what the folder holds is
+        read, as a stop inside the call does.
+        """
         out: pl.DataFrame = frame.pipe(
             batch_llm,
             schema=first.response_model,
@@ -776,9 +800,11 @@ class Batch:
             max_cost_usd=cap,
             # One time limit for the whole run, not one per group.
             time_limit=(
-                None
+                _SPENT
+                if stopped
+                else None
                 if self._time_limit is None
-                else max(self._time_limit - (time.monotonic() - started), 1e-3)
+                else max(self._time_limit - (time.monotonic() - started), _SPENT)
             ),
             dry_run=dry_run,
             items_per_batch=self.items_per_batch,

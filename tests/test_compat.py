@@ -490,3 +490,40 @@ def test_one_cost_limit_over_groups_counts_batches_another_group_left_in_flight(
     billed = second.status()["cost_usd"]
     assert 0 < billed <= 0.003
     assert len(emu.billing()) == 1
+
+
+def test_ctrl_c_in_one_group_sends_no_later_group(emu, tmp_path):
+    """Ctrl+C while the first group's batch runs stops the whole run, as in batch_llm:
+    nothing more is submitted; the next group's job ends cancelled, unsent and unbilled."""
+    import signal
+
+    emu.configure(latency=1000.0)
+    pressed = []
+
+    def on_progress(snapshot):
+        if snapshot.batches.get("submitted") and not pressed:
+            pressed.append(True)
+            signal.raise_signal(signal.SIGINT)  # Ctrl+C, once
+
+    batch = (
+        Batch(results_dir=tmp_path / "out")
+        .set_default_params(model="gpt-4.1-mini")
+        .add_time_limit(seconds=8)  # ends a second group sent by mistake (its batch: 1000 s)
+    )
+    batch.add_job(prompt="a", temperature=0.0)
+    batch.add_job(prompt="b", temperature=0.5)  # another group: another batch_llm call
+    run = batch.run(on_progress=on_progress, progress_interval=0.0)
+    assert pressed
+    cancelled = run.results()["cancelled"]
+    assert [(r.job_id, r.error) for r in cancelled] == [
+        ("job-000000", "cancelled: interrupted"),
+        ("job-000001", "cancelled: interrupted"),
+    ]
+    assert len(posts(emu, "/batches")) == 1  # the second group was never sent
+    assert len(posts(emu, "/cancel")) == 1
+    assert emu.billing() == []
+    # The next run() sends both, once each.
+    emu.configure(latency=0.0)
+    again = batch.run()
+    assert [r.job_id for r in again.results()["completed"]] == ["job-000000", "job-000001"]
+    assert len(posts(emu, "/batches")) == 3
