@@ -343,21 +343,65 @@ def _to_result(job: _Job, row: dict[str, Any]) -> JobResult:
     )
 
 
+_FINISHED_BATCHES = ("ended", "collected", "failed", "cancelled", "expired")
+
+
+@dataclass
+class _RunTotals:
+    """What the groups of one :meth:`Batch.run` add to each seed-style progress call.
+
+    Each group is a :func:`~batchata_df.batch_llm` call of its own, whose snapshots count
+    that group only; the seed's stats are about the whole batch.
+    """
+
+    total: int
+    started: float
+    later: int = 0
+    """Jobs of the groups not run yet (pending)."""
+    ended: dict[str, float] = field(default_factory=dict)
+    """Counts by status and ``cost_usd`` of the groups that have run."""
+    batches: dict[str, int] = field(default_factory=dict)
+    """Their provider batches by state, as their last snapshots gave them."""
+    last: ProgressSnapshot | None = None
+    """The running group's latest snapshot."""
+
+    def start_group(self, n_jobs: int) -> None:
+        self.later -= n_jobs
+        self.last = None
+
+    def end_group(self, out: pl.DataFrame) -> None:
+        """Fold a group's result (and its last snapshot) into the totals."""
+        for status in ("completed", "failed", "cancelled", "pending"):
+            n = int((out.get_column("_status") == status).sum()) if out.height else 0
+            self.ended[status] = self.ended.get(status, 0) + n
+        if self.last is not None:
+            cost = self.last.cost_usd
+            for word, n in self.last.batches.items():
+                self.batches[word] = self.batches.get(word, 0) + n
+        else:
+            cost = float(out.get_column("_cost_usd").fill_null(0.0).sum()) if out.height else 0.0
+        self.ended["cost_usd"] = self.ended.get("cost_usd", 0.0) + cost
+        self.last = None
+
+
 def _seed_progress(
     callback: Callable[..., Any],
     interval: float,
     cost_limit: float | None,
     items_per_batch: int,
+    totals: _RunTotals | None = None,
 ) -> Callable[[ProgressSnapshot], None]:
     """Adapt ``on_progress``: the seed's ``(stats, elapsed_s, batch_data)`` or ours.
 
     A callable taking three positional arguments gets the seed's stats dict (``total``,
     ``pending``, ``active``, ``completed``, ``failed``, ``cancelled``, ``cost_usd``,
     ``cost_limit_usd``, ``is_complete``, ``batches_*``, ``items_per_batch``), the elapsed
-    seconds and the batch counts by state; one taking one argument gets the
-    :class:`~batchata_df.engine.ProgressSnapshot`. Calls come at most every ``interval``
-    seconds, and always for the last snapshot of a run.
+    seconds and the batch counts by state, over the whole run (``totals``: every group);
+    one taking one argument gets the :class:`~batchata_df.engine.ProgressSnapshot` of the
+    group's call. Calls come at most every ``interval`` seconds, and always for the last
+    snapshot of a group.
     """
+    totals = totals or _RunTotals(total=0, started=time.monotonic())
     try:
         params = inspect.signature(callback).parameters.values()
         positional = [
@@ -370,6 +414,7 @@ def _seed_progress(
     last = [-float("inf")]
 
     def adapter(snap: ProgressSnapshot) -> None:
+        totals.last = snap
         done = snap.pending == 0
         now = time.monotonic()
         if not done and now - last[0] < interval:
@@ -378,27 +423,31 @@ def _seed_progress(
         if not seed_style:
             callback(snap)
             return
-        batches = dict(snap.batches)  # one vocabulary for every provider (batch_word)
-        finished = sum(v for k, v in batches.items() if k in ("ended", "collected", "failed",
-                                                              "cancelled", "expired"))
+        ended = totals.ended
+        # One vocabulary for every provider (batch_word); the groups that ran, then this one.
+        batches = dict(totals.batches)
+        for word, n in snap.batches.items():
+            batches[word] = batches.get(word, 0) + n
+        finished = sum(v for k, v in batches.items() if k in _FINISHED_BATCHES)
         total_batches = sum(batches.values())
+        pending = int(ended.get("pending", 0)) + snap.pending + totals.later
         stats = {
             "batch_id": None,
-            "total": snap.total,
-            "pending": snap.pending,
-            "active": snap.pending,
-            "completed": snap.completed,
-            "failed": snap.failed,
-            "cancelled": snap.cancelled,
-            "cost_usd": snap.cost_usd,
+            "total": max(totals.total, snap.total),
+            "pending": pending,
+            "active": pending,
+            "completed": int(ended.get("completed", 0)) + snap.completed,
+            "failed": int(ended.get("failed", 0)) + snap.failed,
+            "cancelled": int(ended.get("cancelled", 0)) + snap.cancelled,
+            "cost_usd": ended.get("cost_usd", 0.0) + snap.cost_usd,
             "cost_limit_usd": cost_limit,
-            "is_complete": done,
+            "is_complete": pending == 0,
             "batches_completed": finished,
             "batches_total": total_batches,
             "batches_pending": total_batches - finished,
             "items_per_batch": items_per_batch,
         }
-        callback(stats, snap.elapsed_s, batches)
+        callback(stats, now - totals.started, batches)
 
     return adapter
 
@@ -711,7 +760,9 @@ class Batch:
         )
         started = time.monotonic()
         interrupted = False
+        totals = _RunTotals(total=len(self._jobs), started=started, later=len(self._jobs))
         for key, jobs in groups.items():
+            totals.start_group(len(jobs))
             cap = self._cost_limit
             if cap is not None:
                 # One cap over all groups: each group may spend what the others have not
@@ -740,7 +791,8 @@ class Batch:
             progress: bool | Callable[[ProgressSnapshot], None] = print_status or dry_run
             if on_progress is not None:
                 progress = _seed_progress(
-                    on_progress, progress_interval, self._cost_limit, self.items_per_batch
+                    on_progress, progress_interval, self._cost_limit, self.items_per_batch,
+                    totals,
                 )
             try:
                 out = self._run_group(frame, first, root / key, cap, started, progress,
@@ -762,6 +814,8 @@ class Batch:
                 # batch_llm turns the first Ctrl+C into a graceful stop and returns: the
                 # later groups must not be sent either (nothing more is submitted).
                 interrupted = bool((out.get_column("_error") == _INTERRUPTED).any())
+            if not dry_run:
+                totals.end_group(out)
             internal = [c for c in out.columns if c.startswith("__compat_")]
             run.frames.append((jobs, out.drop(internal)))
         run._write_files()

@@ -527,3 +527,34 @@ def test_ctrl_c_in_one_group_sends_no_later_group(emu, tmp_path):
     again = batch.run()
     assert [r.job_id for r in again.results()["completed"]] == ["job-000000", "job-000001"]
     assert len(posts(emu, "/batches")) == 3
+
+
+def test_seed_progress_counts_the_whole_run_across_groups(emu, tmp_path):
+    """The seed's ``(stats, elapsed, batch_data)`` is about the whole batch: with jobs in two
+    groups (two batch_llm calls) ``total`` is every job, ``is_complete`` comes once, at the
+    end, and ``cost_usd`` adds up what both groups spent."""
+    seen = []
+    batch = (
+        Batch(results_dir=tmp_path / "out")
+        .set_default_params(model="gpt-4.1-mini")
+        .add_cost_limit(usd=1.0)
+    )
+    batch.add_job(prompt="a", temperature=0.0)
+    batch.add_job(prompt="b", temperature=0.5)  # another group
+    batch.add_job(prompt="c", temperature=0.5)
+    run = batch.run(
+        on_progress=lambda s, t, b: seen.append((dict(s), t, dict(b))), progress_interval=0.0
+    )
+    assert {s["total"] for s, _, _ in seen} == {3}
+    complete = [s["is_complete"] for s, _, _ in seen]
+    assert all(complete[complete.index(True):])  # at the end only, once every job is done
+    assert seen[complete.index(True)][0]["completed"] == 3
+    first_group_done = next(s for s, _, _ in seen if s["completed"] == 1)
+    assert first_group_done["pending"] == 2 and not first_group_done["is_complete"]
+    stats, elapsed, batches = seen[-1]
+    assert stats["is_complete"] and (stats["completed"], stats["pending"]) == (3, 0)
+    assert stats["cost_usd"] == pytest.approx(run.status()["cost_usd"])
+    assert (stats["batches_total"], stats["batches_completed"]) == (2, 2)
+    assert batches == {"collected": 2}
+    elapsed_seen = [t for _, t, _ in seen]
+    assert elapsed_seen == sorted(elapsed_seen)  # since run() started, not per group
