@@ -760,6 +760,7 @@ class Batch:
         )
         started = time.monotonic()
         interrupted = False
+        planned_usd = 0.0  # a dry run: the worst case its earlier groups would send
         totals = _RunTotals(total=len(self._jobs), started=started, later=len(self._jobs))
         for key, jobs in groups.items():
             totals.start_group(len(jobs))
@@ -768,7 +769,7 @@ class Batch:
                 # One cap over all groups: each group may spend what the others have not
                 # spent or hold in flight (run(wait=False) leaves their batches running).
                 others = sum(_spent_or_held(root / k) for k in groups if k != key)
-                cap = max(cap - others, 1e-12)
+                cap = max(cap - others - planned_usd, 1e-12)
             first = jobs[0]
             data: dict[str, Any] = {
                 _PROMPT: [j.prompt for j in jobs],
@@ -816,6 +817,13 @@ class Batch:
                 interrupted = bool((out.get_column("_error") == _INTERRUPTED).any())
             if not dry_run:
                 totals.end_group(out)
+            elif out.height:
+                # The later groups are planned with what is left of the one limit, as the
+                # run gives them what is left after this group has spent (at most this).
+                sent = (pl.col("_status") == "planned") & pl.col("_within_cap")
+                planned_usd += float(
+                    out.select(pl.col("_est_cost_usd").filter(sent).fill_null(0.0).sum()).item()
+                )
             internal = [c for c in out.columns if c.startswith("__compat_")]
             run.frames.append((jobs, out.drop(internal)))
         run._write_files()

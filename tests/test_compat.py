@@ -558,3 +558,24 @@ def test_seed_progress_counts_the_whole_run_across_groups(emu, tmp_path):
     assert batches == {"collected": 2}
     elapsed_seen = [t for _, t, _ in seen]
     assert elapsed_seen == sorted(elapsed_seen)  # since run() started, not per group
+
+
+def test_dry_run_plans_every_group_under_one_cost_limit(emu, tmp_path):
+    """The dry run's ``_within_cap`` is what the run then does: two groups whose worst
+    cases fit the limit one at a time but not together are not both "within the cap"."""
+    batch = (
+        Batch(results_dir=tmp_path / "out")
+        .set_default_params(model="gpt-4.1-mini", max_tokens=2000)
+        .add_cost_limit(usd=0.003)  # one truncated answer ($0.0016 at 2000 tokens), not two
+    )
+    batch.add_job(prompt="one [[emulator:truncate]]", temperature=0.0)
+    batch.add_job(prompt="two [[emulator:truncate]]", temperature=0.5)  # another group
+    plan = batch.run(dry_run=True).to_polars()
+    assert plan["_status"].to_list() == ["planned", "planned"]
+    assert plan["_within_cap"].to_list() == [True, False]
+    assert emu.log() == []
+    results = batch.run().results()
+    assert [r.job_id for r in results["failed"]] == ["job-000000"]  # truncated, billed
+    assert [(r.job_id, r.error) for r in results["cancelled"]] == [
+        ("job-000001", "cancelled: cost_limit")
+    ]
