@@ -752,6 +752,9 @@ class Batch:
             key = hashlib.sha256(key_src.encode()).hexdigest()[:12]
             groups.setdefault(key, []).append(job)
         root = self._state_root() if not dry_run else (self._state or self.results_dir / "state")
+        # reuse_state=False: the next run() moves the folder aside and sends every job again;
+        # its dry run plans that fresh start (no folder), not what the old folder holds.
+        fresh = dry_run and not self._reuse_state and not self._fresh_done
         run = BatchRun(
             dry_run=dry_run,
             cost_limit_usd=self._cost_limit,
@@ -768,7 +771,8 @@ class Batch:
             if cap is not None:
                 # One cap over all groups: each group may spend what the others have not
                 # spent or hold in flight (run(wait=False) leaves their batches running).
-                others = sum(_spent_or_held(root / k) for k in groups if k != key)
+                others = 0.0 if fresh else sum(_spent_or_held(root / k) for k in groups
+                                               if k != key)  # fmt: skip
                 cap = max(cap - others - planned_usd, 1e-12)
             first = jobs[0]
             data: dict[str, Any] = {
@@ -796,7 +800,8 @@ class Batch:
                     totals,
                 )
             try:
-                out = self._run_group(frame, first, root / key, cap, started, progress,
+                out = self._run_group(frame, first, None if fresh else root / key, cap,
+                                      started, progress,
                                       dry_run=dry_run, wait=wait,
                                       stopped=interrupted)  # fmt: skip
             except BatchataError as e:
@@ -833,7 +838,7 @@ class Batch:
         self,
         frame: pl.DataFrame,
         first: _Job,
-        state: Path,
+        state: Path | None,
         cap: float | None,
         started: float,
         progress: bool | Callable[[ProgressSnapshot], None],

@@ -579,3 +579,29 @@ def test_dry_run_plans_every_group_under_one_cost_limit(emu, tmp_path):
     assert [(r.job_id, r.error) for r in results["cancelled"]] == [
         ("job-000001", "cancelled: cost_limit")
     ]
+
+
+def test_dry_run_with_reuse_state_false_plans_the_fresh_start_the_run_makes(emu, tmp_path):
+    """``set_state(reuse_state=False)`` (the seed's complete example): the script's second
+    run starts afresh and pays for every job again, so its dry run must say so, not read
+    the earlier checkpoint as 'done' at $0."""
+
+    def script() -> Batch:
+        batch = (
+            Batch(results_dir=tmp_path / "out")
+            .set_state(file=tmp_path / "state.json", reuse_state=False)
+            .set_default_params(model="gpt-4.1-mini")
+            .add_cost_limit(usd=1.0)
+        )
+        return batch.add_job(prompt="one").add_job(prompt="two")
+
+    script().run()  # the script's first run
+    assert len(posts(emu, "/batches")) == 1
+    batch = script()  # run again
+    plan = batch.run(dry_run=True)
+    assert plan.to_polars()["_status"].to_list() == ["planned", "planned"]
+    assert plan.status()["estimated_cost_usd"] > 0
+    assert not list(tmp_path.glob("state.previous-*"))  # a dry run moves nothing aside
+    run = batch.run()
+    assert run.status()["completed"] == 2
+    assert len(posts(emu, "/batches")) == 2  # paid again, as the plan said
