@@ -2042,7 +2042,26 @@ _CLI_WORDS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"pass system=None to send no system prompt"),
      "leave --system out to send no system prompt"),
     (re.compile(r"e\.g\. prompt='\{text\}'"), "e.g. --prompt '{text}'"),
+    (re.compile(r"\bparams\['(\w+)'\]"), r"--param \1"),
+    (re.compile(r"files='<column of file paths>' \((PDF or text)\)"),
+     r"--files COLUMN (a column of file paths; \1)"),
+    (re.compile(r"\bcitations=True"), "--citations"),
+    (re.compile(r"\(e\.g\. model='([^']+)'\)"), r"(e.g. --model \1)"),
+    (re.compile(r"\bhistory=('[^']*')"), r"--history \1"),
 )  # fmt: skip
+
+
+def _as_options(match: re.Match[str]) -> str:
+    """``params={'a': 'x', 'b': 2}`` as ``--param a=x --param b=2``."""
+    pairs = re.findall(r"'(\w+)':\s*('[^']*'|[^,}]+)", match.group(1))
+    return " ".join(f"--param {k}={v.strip().strip(chr(39))}" for k, v in pairs)
+
+
+def _renamed_in_input(match: re.Match[str]) -> str:
+    """``df.rename({'id': 'id_in'})`` advice as what a command's user renames: INPUT's."""
+    pairs = re.findall(r"'([^']*)':\s*'([^']*)'", match.group(1))
+    example = ", ".join(f"{old!r} to {new!r}" for old, new in pairs)
+    return f"Rename those columns of INPUT (e.g. {example}) or the --schema fields"
 
 
 def _option_words(message: str) -> str:
@@ -2058,10 +2077,22 @@ system prompt"
     ...               "column, e.g. prompt='{text}'")
     "--prompt ' ' has no text to send; give the template some text or a column, e.g. \
 --prompt '{text}'"
+    >>> _option_words("params['temperature'] must be between 0 and 1 for anthropic, got 3")
+    '--param temperature must be between 0 and 1 for anthropic, got 3'
+    >>> _option_words("use 'gpt-5' with params={'reasoning_effort': 'high'} instead")
+    "use 'gpt-5' with --param reasoning_effort=high instead"
+    >>> _option_words("Rename those input columns (df.rename({'id': 'id_in'})) or the "
+    ...               "schema fields")
+    "Rename those columns of INPUT (e.g. 'id' to 'id_in') or the --schema fields"
     """
     for pattern, words in _CLI_WORDS:
         message = pattern.sub(words, message)
-    return message
+    message = re.sub(r"\bparams=\{([^}]*)\}", _as_options, message)
+    return re.sub(
+        r"Rename those input columns \(df\.rename\(\{([^}]*)\}\)\) or the schema fields",
+        _renamed_in_input,
+        message,
+    )
 
 
 def _fail(message: str, code: int) -> int:
