@@ -794,7 +794,7 @@ class Batch:
                 )
             # A dry run shows its cost estimates, as the seed's does.
             progress: bool | Callable[[ProgressSnapshot], None] = print_status or dry_run
-            if on_progress is not None:
+            if on_progress is not None and not dry_run:  # a dry run has no progress
                 progress = _seed_progress(
                     on_progress, progress_interval, self._cost_limit, self.items_per_batch,
                     totals,

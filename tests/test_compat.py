@@ -605,3 +605,16 @@ def test_dry_run_with_reuse_state_false_plans_the_fresh_start_the_run_makes(emu,
     run = batch.run()
     assert run.status()["completed"] == 2
     assert len(posts(emu, "/batches")) == 2  # paid again, as the plan said
+
+
+def test_dry_run_shows_its_estimates_also_with_on_progress(emu, tmp_path, capsys):
+    """``run(dry_run=True)`` "shows cost estimates without executing" (the seed's README);
+    an ``on_progress`` callback given with it (a script's usual run() arguments) silenced
+    the plan."""
+    batch = Batch(results_dir=tmp_path / "out").set_default_params(model="gpt-4.1-mini")
+    batch.add_cost_limit(usd=1.0).add_job(prompt="a")
+    batch.run(dry_run=True, on_progress=lambda s, t, b: None)
+    shown = capsys.readouterr().err
+    assert "dry run, nothing was sent. rows: 1 planned" in shown, shown
+    assert "worst case $" in shown and "cap $1.00: everything fits" in shown, shown
+    assert emu.log() == []
