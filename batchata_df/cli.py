@@ -2095,6 +2095,28 @@ system prompt"
     )
 
 
+_CLI_WARNING_WORDS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"\bmax_cost_usd=([0-9][\w.+-]*)"), r"--max-cost-usd \1"),
+    (re.compile(r"\bparams=\{'max_tokens': (\d+)\}"), r"--max-tokens \1"),
+    (re.compile(r"\ba new state= folder"), "a new --state folder"),
+)
+
+
+def _warning_words(message: str) -> str:
+    """A warning's Python-call fixes as the command's options (see :func:`_option_words`).
+
+    Examples
+    --------
+    >>> _warning_words("max_cost_usd=0.02 serialised this run: ... params={'max_tokens': "
+    ...                "576} fits them with a 25% margin: pass it with a new state= folder")
+    '--max-cost-usd 0.02 serialised this run: ... --max-tokens 576 fits them with a 25% \
+margin: pass it with a new --state folder'
+    """
+    for pattern, words in _CLI_WARNING_WORDS:
+        message = pattern.sub(words, message)
+    return _option_words(message)
+
+
 def _fail(message: str, code: int) -> int:
     """Print ``message`` as one line on stderr (and the traceback with --debug)."""
     line = " ".join(message.split()) or "unknown error"
@@ -2131,7 +2153,11 @@ def _warning_lines() -> Iterator[None]:
                 shown(message, category, filename, lineno, file, line)
                 return
             # The fixes in this command's flags, not Python's params={...}.
-            text = message.cli if isinstance(message, ThinkingRoomWarning) else str(message)
+            text = (
+                message.cli
+                if isinstance(message, ThinkingRoomWarning)
+                else _warning_words(str(message))
+            )
             if text not in seen:
                 seen.add(text)
                 _note(f"warning: {text}")
