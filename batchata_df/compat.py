@@ -298,6 +298,29 @@ def _spent_or_held(folder: Path) -> float:
     )
 
 
+def _group_frame(jobs: Sequence[_Job]) -> pl.DataFrame:
+    """The frame of one group's jobs, in batch_llm's terms (internal column names)."""
+    first = jobs[0]
+    data: dict[str, Any] = {
+        _PROMPT: [j.prompt for j in jobs],
+        _MODEL: [j.model for j in jobs],
+    }
+    if first.file is not None:
+        data[_FILE] = [j.file for j in jobs]
+    if first.system is not None:
+        data[_SYSTEM] = [j.system for j in jobs]
+    frame = pl.DataFrame(data)
+    if first.history is not None:
+        frame = frame.with_columns(
+            pl.Series(
+                _HISTORY,
+                [j.history for j in jobs],
+                dtype=pl.List(pl.Struct({"role": pl.String, "content": pl.String})),
+            )
+        )
+    return frame
+
+
 def _citations_of(row: dict[str, Any], names: Sequence[str]) -> dict[str, list[Citation]]:
     return {
         name: [Citation.from_row(c) for c in (row.get(f"{name}_citations") or [])]
@@ -762,6 +785,17 @@ class Batch:
             raw_files=self.raw_files,
         )
         started = time.monotonic()
+        if not dry_run and len(groups) > 1:
+            # Every group's checks (parameters, models, files, the folder's settings) before
+            # the first group is sent: batch_llm checks its own jobs before sending, but a
+            # later group's refusal would come after the earlier groups were paid for.
+            for key, jobs in groups.items():
+                try:
+                    self._run_group(_group_frame(jobs), jobs[0], root / key, self._cost_limit,
+                                    started, False, dry_run=True, wait=wait)  # fmt: skip
+                except BatchataError as e:
+                    e.args = (_in_compat_words(str(e)), *e.args[1:])
+                    raise
         interrupted = False
         planned_usd = 0.0  # a dry run: the worst case its earlier groups would send
         totals = _RunTotals(total=len(self._jobs), started=started, later=len(self._jobs))
@@ -775,23 +809,7 @@ class Batch:
                                                if k != key)  # fmt: skip
                 cap = max(cap - others - planned_usd, 1e-12)
             first = jobs[0]
-            data: dict[str, Any] = {
-                _PROMPT: [j.prompt for j in jobs],
-                _MODEL: [j.model for j in jobs],
-            }
-            if first.file is not None:
-                data[_FILE] = [j.file for j in jobs]
-            if first.system is not None:
-                data[_SYSTEM] = [j.system for j in jobs]
-            frame = pl.DataFrame(data)
-            if first.history is not None:
-                frame = frame.with_columns(
-                    pl.Series(
-                        _HISTORY,
-                        [j.history for j in jobs],
-                        dtype=pl.List(pl.Struct({"role": pl.String, "content": pl.String})),
-                    )
-                )
+            frame = _group_frame(jobs)
             # A dry run shows its cost estimates, as the seed's does.
             progress: bool | Callable[[ProgressSnapshot], None] = print_status or dry_run
             if on_progress is not None and not dry_run:  # a dry run has no progress

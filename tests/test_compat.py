@@ -618,3 +618,16 @@ def test_dry_run_shows_its_estimates_also_with_on_progress(emu, tmp_path, capsys
     assert "dry run, nothing was sent. rows: 1 planned" in shown, shown
     assert "worst case $" in shown and "cap $1.00: everything fits" in shown, shown
     assert emu.log() == []
+
+
+def test_a_job_refused_by_its_checks_stops_the_run_before_any_group_is_sent(emu, tmp_path):
+    """batch_llm refuses a bad parameter before anything is sent; with jobs in two groups
+    the first group was sent, waited for and billed before the second's check raised."""
+    batch = Batch(results_dir=tmp_path / "out").set_default_params(model="gpt-4.1-mini")
+    batch.add_job(prompt="one")
+    batch.add_job(prompt="two", model="claude-haiku-4-5", temperature=1.5)  # Claude: 0-1
+    with pytest.raises(ConfigError, match=r"temperature \(of set_default_params / add_job\) "
+                                          r"must be between 0 and 1 for anthropic"):
+        batch.run()
+    assert emu.log() == [] and emu.billing() == []
+    assert not list((tmp_path / "out").glob("job-*.json"))
