@@ -1187,10 +1187,13 @@ def with_estimates(
         if seen is not None and seen.n >= MIN_OBSERVED:
             expected_out, source = round(seen.mean), f"observed ({seen.n:,} answers)"
         else:
-            expected_out, source = answer, "schema"
+            # The schema's answer size, or without a schema a free-text guess of its own
+            # (estimates.answer_tokens(None)): said as such, not as the schema's.
+            source = "schema" if spec.schema.json_schema is not None else "free-text guess"
+            expected_out = answer
             if thinks(family_of(str(provider), answers_today), spec.params):
                 expected_out += round(THINKING_SHARE * max(max_tokens - answer, 0))
-                source = "schema + thinking guess"
+                source += " + thinking guess"
         expected_out = min(expected_out, max_tokens)
         read, written = expected_cache_tokens(group, str(provider))
         # Expected input: the offline estimate scaled by what the same jobs were billed.
