@@ -864,6 +864,9 @@ def run_targeted(only: str | None) -> list[dict[str, Any]]:
         shutil.copytree(ROOT / "tests", scratch / "tests",
                         ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy2(ROOT / "pyproject.toml", scratch / "pyproject.toml")
+        # The root conftest pins the suite's date (BATCHATA_DF_TODAY), which tests/conftest.py
+        # reads at import: without it every test errors (exit 4), which read as "survived".
+        shutil.copy2(ROOT / "conftest.py", scratch / "conftest.py")
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
         for mutation in TARGETED:
             if only is not None and mutation.name != only:
