@@ -16,7 +16,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec, TypeVar
 
 import polars as pl
 from pydantic import BaseModel
@@ -71,6 +71,7 @@ from batchata_df.state import (
     adopt_schema,
     check_lock_timeout,
     join_by_job,
+    read_unlocked,
 )
 from batchata_df.validate import (
     check_mode,
@@ -142,7 +143,40 @@ def _fingerprint_part(value: object) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _reads_again_before_the_lock(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """A call reads the state folder again if a writer compacted it before the call's lock.
+
+    A call reads its folder before it takes the folder's writer lock (the arguments, the
+    rows done, what was spent; a dry run never takes it), while another process's run may
+    end by compacting the folder's parts (a streamed run does): parts the call listed are
+    then deleted before it reads them. The call is then made again
+    (:func:`batchata_df.state.read_unlocked`), instead of failing with "No such file";
+    never once it has taken the lock, before which nothing is sent.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        state = kwargs.get("state")
+        if not isinstance(state, str | os.PathLike):
+            return fn(*args, **kwargs)
+        taken = WriterLock.taken
+
+        def call() -> _R:
+            nonlocal taken
+            taken = WriterLock.taken
+            return fn(*args, **kwargs)
+
+        return read_unlocked([state], call, again=lambda: WriterLock.taken == taken)
+
+    return wrapper
+
+
 @scrubbed
+@_reads_again_before_the_lock
 def batch_llm(
     df: pl.DataFrame | pl.LazyFrame,
     *,
@@ -1179,10 +1213,13 @@ def with_estimates(
         if seen is not None and seen.n >= MIN_OBSERVED:
             expected_out, source = round(seen.mean), f"observed ({seen.n:,} answers)"
         else:
-            expected_out, source = answer, "schema"
+            # The schema's answer size, or without a schema a free-text guess of its own
+            # (estimates.answer_tokens(None)): said as such, not as the schema's.
+            source = "schema" if spec.schema.json_schema is not None else "free-text guess"
+            expected_out = answer
             if thinks(family_of(str(provider), answers_today), spec.params):
                 expected_out += round(THINKING_SHARE * max(max_tokens - answer, 0))
-                source = "schema + thinking guess"
+                source += " + thinking guess"
         expected_out = min(expected_out, max_tokens)
         read, written = expected_cache_tokens(group, str(provider))
         # Expected input: the offline estimate scaled by what the same jobs were billed.

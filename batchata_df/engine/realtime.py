@@ -388,10 +388,10 @@ class RealtimeEngine:
 
         A new attempt after a 5xx must fit under the cap beside everything spent and held
         (each attempt answered 5xx counts at its worst case): it waits while requests in
-        flight may free budget, else its row ends ``failed`` naming the cap and the fix
-        (returned, for :meth:`_end`). So must a request priced again on a new date
-        (:meth:`_price_waiting`) whose higher worst case could not be held yet: else its row
-        ends ``cancelled: cost_limit`` (it was never answered).
+        flight (or sent in this round) may free budget, else its row ends ``failed`` naming
+        the cap and the fix (returned, for :meth:`_end`). So must a request priced again on
+        a new date (:meth:`_price_waiting`) whose higher worst case could not be held yet:
+        else its row ends ``cancelled: cost_limit`` (it was never answered).
         """
         state, cap = self.state, self.ctx.options.max_cost_usd
         now = self.ctx.clock.monotonic()
@@ -403,7 +403,10 @@ class RealtimeEngine:
             if request.not_before > now or self._paused.get(request.provider, 0.0) > now:
                 continue
             if not self._hold(request, reserved):
-                if running:  # answers in flight may free budget: wait for them
+                # Answers in flight may free budget: wait for them, also for those of the
+                # requests sent this round (``due``: two retries priced again on a new
+                # date, room for one at a time).
+                if running or due:
                     continue
                 waiting.remove(request)
                 state.release(reserved.pop(request.job_id, 0.0))  # never sent: not spent
