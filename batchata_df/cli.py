@@ -2042,7 +2042,26 @@ _CLI_WORDS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"pass system=None to send no system prompt"),
      "leave --system out to send no system prompt"),
     (re.compile(r"e\.g\. prompt='\{text\}'"), "e.g. --prompt '{text}'"),
+    (re.compile(r"\bparams\['(\w+)'\]"), r"--param \1"),
+    (re.compile(r"files='<column of file paths>' \((PDF or text)\)"),
+     r"--files COLUMN (a column of file paths; \1)"),
+    (re.compile(r"\bcitations=True"), "--citations"),
+    (re.compile(r"\(e\.g\. model='([^']+)'\)"), r"(e.g. --model \1)"),
+    (re.compile(r"\bhistory=('[^']*')"), r"--history \1"),
 )  # fmt: skip
+
+
+def _as_options(match: re.Match[str]) -> str:
+    """``params={'a': 'x', 'b': 2}`` as ``--param a=x --param b=2``."""
+    pairs = re.findall(r"'(\w+)':\s*('[^']*'|[^,}]+)", match.group(1))
+    return " ".join(f"--param {k}={v.strip().strip(chr(39))}" for k, v in pairs)
+
+
+def _renamed_in_input(match: re.Match[str]) -> str:
+    """``df.rename({'id': 'id_in'})`` advice as what a command's user renames: INPUT's."""
+    pairs = re.findall(r"'([^']*)':\s*'([^']*)'", match.group(1))
+    example = ", ".join(f"{old!r} to {new!r}" for old, new in pairs)
+    return f"Rename those columns of INPUT (e.g. {example}) or the --schema fields"
 
 
 def _option_words(message: str) -> str:
@@ -2058,10 +2077,44 @@ system prompt"
     ...               "column, e.g. prompt='{text}'")
     "--prompt ' ' has no text to send; give the template some text or a column, e.g. \
 --prompt '{text}'"
+    >>> _option_words("params['temperature'] must be between 0 and 1 for anthropic, got 3")
+    '--param temperature must be between 0 and 1 for anthropic, got 3'
+    >>> _option_words("use 'gpt-5' with params={'reasoning_effort': 'high'} instead")
+    "use 'gpt-5' with --param reasoning_effort=high instead"
+    >>> _option_words("Rename those input columns (df.rename({'id': 'id_in'})) or the "
+    ...               "schema fields")
+    "Rename those columns of INPUT (e.g. 'id' to 'id_in') or the --schema fields"
     """
     for pattern, words in _CLI_WORDS:
         message = pattern.sub(words, message)
-    return message
+    message = re.sub(r"\bparams=\{([^}]*)\}", _as_options, message)
+    return re.sub(
+        r"Rename those input columns \(df\.rename\(\{([^}]*)\}\)\) or the schema fields",
+        _renamed_in_input,
+        message,
+    )
+
+
+_CLI_WARNING_WORDS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"\bmax_cost_usd=([0-9][\w.+-]*)"), r"--max-cost-usd \1"),
+    (re.compile(r"\bparams=\{'max_tokens': (\d+)\}"), r"--max-tokens \1"),
+    (re.compile(r"\ba new state= folder"), "a new --state folder"),
+)
+
+
+def _warning_words(message: str) -> str:
+    """A warning's Python-call fixes as the command's options (see :func:`_option_words`).
+
+    Examples
+    --------
+    >>> _warning_words("max_cost_usd=0.02 serialised this run: ... params={'max_tokens': "
+    ...                "576} fits them with a 25% margin: pass it with a new state= folder")
+    '--max-cost-usd 0.02 serialised this run: ... --max-tokens 576 fits them with a 25% \
+margin: pass it with a new --state folder'
+    """
+    for pattern, words in _CLI_WARNING_WORDS:
+        message = pattern.sub(words, message)
+    return _option_words(message)
 
 
 def _fail(message: str, code: int) -> int:
@@ -2100,7 +2153,11 @@ def _warning_lines() -> Iterator[None]:
                 shown(message, category, filename, lineno, file, line)
                 return
             # The fixes in this command's flags, not Python's params={...}.
-            text = message.cli if isinstance(message, ThinkingRoomWarning) else str(message)
+            text = (
+                message.cli
+                if isinstance(message, ThinkingRoomWarning)
+                else _warning_words(str(message))
+            )
             if text not in seen:
                 seen.add(text)
                 _note(f"warning: {text}")

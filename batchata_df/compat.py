@@ -55,11 +55,12 @@ from typing import Any
 import polars as pl
 from pydantic import BaseModel
 
-from batchata_df.engine import ProgressSnapshot
+from batchata_df.engine import ProgressSnapshot, busy_jobs
+from batchata_df.engine.recovery import as_lost
 from batchata_df.errors import BatchataError, ConfigError
 from batchata_df.frame import batch_llm
 from batchata_df.schema import AnswerSchema
-from batchata_df.state import spent_usd
+from batchata_df.state import StateStore, read_manifest, spent_usd
 
 __all__ = ["Batch", "BatchRun", "Citation", "JobResult"]
 
@@ -74,6 +75,10 @@ _PARAM_KEYS = (
     "reasoning_effort",
 )
 _ROLES = ("system", "user", "assistant")
+_INTERRUPTED = "cancelled: interrupted"
+_STOPPED_BY_LIMIT = "cancelled: time_limit"
+_SPENT = 1e-3
+"""A time limit already spent: batch_llm submits nothing (and cancels what is in flight)."""
 # Internal column names of the frames compat builds; they cannot collide with output columns.
 _PROMPT, _MODEL, _SYSTEM, _HISTORY, _FILE = (
     "__compat_prompt",
@@ -275,6 +280,47 @@ class BatchRun:
                     )
 
 
+def _spent_or_held(folder: Path) -> float:
+    """What a group's checkpoint folder was billed, plus the worst case of its jobs in flight.
+
+    The worst case is the one recorded when the batch was sent (every group call has a cap
+    when the builder has one); a batch whose results are in but not collected yet still
+    holds it, as it does in the engine (:func:`~batchata_df.engine.busy_jobs`).
+    """
+    manifest = folder / "manifest.json"
+    if not manifest.is_file():
+        return spent_usd(folder) if folder.is_dir() else 0.0
+    store = StateStore(folder, read_manifest(manifest).fingerprint, readonly=True)
+    current, billed = store.snapshot()
+    busy = busy_jobs(store, as_lost(current))
+    return float(billed.get_column("cost_usd").fill_null(0.0).sum()) + float(
+        busy.get_column("est_cost_usd").fill_null(0.0).sum()
+    )
+
+
+def _group_frame(jobs: Sequence[_Job]) -> pl.DataFrame:
+    """The frame of one group's jobs, in batch_llm's terms (internal column names)."""
+    first = jobs[0]
+    data: dict[str, Any] = {
+        _PROMPT: [j.prompt for j in jobs],
+        _MODEL: [j.model for j in jobs],
+    }
+    if first.file is not None:
+        data[_FILE] = [j.file for j in jobs]
+    if first.system is not None:
+        data[_SYSTEM] = [j.system for j in jobs]
+    frame = pl.DataFrame(data)
+    if first.history is not None:
+        frame = frame.with_columns(
+            pl.Series(
+                _HISTORY,
+                [j.history for j in jobs],
+                dtype=pl.List(pl.Struct({"role": pl.String, "content": pl.String})),
+            )
+        )
+    return frame
+
+
 def _citations_of(row: dict[str, Any], names: Sequence[str]) -> dict[str, list[Citation]]:
     return {
         name: [Citation.from_row(c) for c in (row.get(f"{name}_citations") or [])]
@@ -320,21 +366,65 @@ def _to_result(job: _Job, row: dict[str, Any]) -> JobResult:
     )
 
 
+_FINISHED_BATCHES = ("ended", "collected", "failed", "cancelled", "expired")
+
+
+@dataclass
+class _RunTotals:
+    """What the groups of one :meth:`Batch.run` add to each seed-style progress call.
+
+    Each group is a :func:`~batchata_df.batch_llm` call of its own, whose snapshots count
+    that group only; the seed's stats are about the whole batch.
+    """
+
+    total: int
+    started: float
+    later: int = 0
+    """Jobs of the groups not run yet (pending)."""
+    ended: dict[str, float] = field(default_factory=dict)
+    """Counts by status and ``cost_usd`` of the groups that have run."""
+    batches: dict[str, int] = field(default_factory=dict)
+    """Their provider batches by state, as their last snapshots gave them."""
+    last: ProgressSnapshot | None = None
+    """The running group's latest snapshot."""
+
+    def start_group(self, n_jobs: int) -> None:
+        self.later -= n_jobs
+        self.last = None
+
+    def end_group(self, out: pl.DataFrame) -> None:
+        """Fold a group's result (and its last snapshot) into the totals."""
+        for status in ("completed", "failed", "cancelled", "pending"):
+            n = int((out.get_column("_status") == status).sum()) if out.height else 0
+            self.ended[status] = self.ended.get(status, 0) + n
+        if self.last is not None:
+            cost = self.last.cost_usd
+            for word, n in self.last.batches.items():
+                self.batches[word] = self.batches.get(word, 0) + n
+        else:
+            cost = float(out.get_column("_cost_usd").fill_null(0.0).sum()) if out.height else 0.0
+        self.ended["cost_usd"] = self.ended.get("cost_usd", 0.0) + cost
+        self.last = None
+
+
 def _seed_progress(
     callback: Callable[..., Any],
     interval: float,
     cost_limit: float | None,
     items_per_batch: int,
+    totals: _RunTotals | None = None,
 ) -> Callable[[ProgressSnapshot], None]:
     """Adapt ``on_progress``: the seed's ``(stats, elapsed_s, batch_data)`` or ours.
 
     A callable taking three positional arguments gets the seed's stats dict (``total``,
     ``pending``, ``active``, ``completed``, ``failed``, ``cancelled``, ``cost_usd``,
     ``cost_limit_usd``, ``is_complete``, ``batches_*``, ``items_per_batch``), the elapsed
-    seconds and the batch counts by state; one taking one argument gets the
-    :class:`~batchata_df.engine.ProgressSnapshot`. Calls come at most every ``interval``
-    seconds, and always for the last snapshot of a run.
+    seconds and the batch counts by state, over the whole run (``totals``: every group);
+    one taking one argument gets the :class:`~batchata_df.engine.ProgressSnapshot` of the
+    group's call. Calls come at most every ``interval`` seconds, and always for the last
+    snapshot of a group.
     """
+    totals = totals or _RunTotals(total=0, started=time.monotonic())
     try:
         params = inspect.signature(callback).parameters.values()
         positional = [
@@ -347,6 +437,7 @@ def _seed_progress(
     last = [-float("inf")]
 
     def adapter(snap: ProgressSnapshot) -> None:
+        totals.last = snap
         done = snap.pending == 0
         now = time.monotonic()
         if not done and now - last[0] < interval:
@@ -355,27 +446,31 @@ def _seed_progress(
         if not seed_style:
             callback(snap)
             return
-        batches = dict(snap.batches)  # one vocabulary for every provider (batch_word)
-        finished = sum(v for k, v in batches.items() if k in ("ended", "collected", "failed",
-                                                              "cancelled", "expired"))
+        ended = totals.ended
+        # One vocabulary for every provider (batch_word); the groups that ran, then this one.
+        batches = dict(totals.batches)
+        for word, n in snap.batches.items():
+            batches[word] = batches.get(word, 0) + n
+        finished = sum(v for k, v in batches.items() if k in _FINISHED_BATCHES)
         total_batches = sum(batches.values())
+        pending = int(ended.get("pending", 0)) + snap.pending + totals.later
         stats = {
             "batch_id": None,
-            "total": snap.total,
-            "pending": snap.pending,
-            "active": snap.pending,
-            "completed": snap.completed,
-            "failed": snap.failed,
-            "cancelled": snap.cancelled,
-            "cost_usd": snap.cost_usd,
+            "total": max(totals.total, snap.total),
+            "pending": pending,
+            "active": pending,
+            "completed": int(ended.get("completed", 0)) + snap.completed,
+            "failed": int(ended.get("failed", 0)) + snap.failed,
+            "cancelled": int(ended.get("cancelled", 0)) + snap.cancelled,
+            "cost_usd": ended.get("cost_usd", 0.0) + snap.cost_usd,
             "cost_limit_usd": cost_limit,
-            "is_complete": done,
+            "is_complete": pending == 0,
             "batches_completed": finished,
             "batches_total": total_batches,
             "batches_pending": total_batches - finished,
             "items_per_batch": items_per_batch,
         }
-        callback(stats, snap.elapsed_s, batches)
+        callback(stats, now - totals.started, batches)
 
     return adapter
 
@@ -680,6 +775,9 @@ class Batch:
             key = hashlib.sha256(key_src.encode()).hexdigest()[:12]
             groups.setdefault(key, []).append(job)
         root = self._state_root() if not dry_run else (self._state or self.results_dir / "state")
+        # reuse_state=False: the next run() moves the folder aside and sends every job again;
+        # its dry run plans that fresh start (no folder), not what the old folder holds.
+        fresh = dry_run and not self._reuse_state and not self._fresh_done
         run = BatchRun(
             dry_run=dry_run,
             cost_limit_usd=self._cost_limit,
@@ -687,43 +785,68 @@ class Batch:
             raw_files=self.raw_files,
         )
         started = time.monotonic()
+        if not dry_run and len(groups) > 1:
+            # Every group's checks (parameters, models, files, the folder's settings) before
+            # the first group is sent: batch_llm checks its own jobs before sending, but a
+            # later group's refusal would come after the earlier groups were paid for.
+            for key, jobs in groups.items():
+                try:
+                    self._run_group(_group_frame(jobs), jobs[0], root / key, self._cost_limit,
+                                    started, False, dry_run=True, wait=wait)  # fmt: skip
+                except BatchataError as e:
+                    e.args = (_in_compat_words(str(e)), *e.args[1:])
+                    raise
+        interrupted = False
+        planned_usd = 0.0  # a dry run: the worst case its earlier groups would send
+        totals = _RunTotals(total=len(self._jobs), started=started, later=len(self._jobs))
         for key, jobs in groups.items():
+            totals.start_group(len(jobs))
             cap = self._cost_limit
             if cap is not None:
-                # One cap over all groups: each group may spend what the others have not.
-                others = sum(spent_usd(root / k) for k in groups if k != key)
-                cap = max(cap - others, 1e-12)
+                # One cap over all groups: each group may spend what the others have not
+                # spent or hold in flight (run(wait=False) leaves their batches running).
+                others = 0.0 if fresh else sum(_spent_or_held(root / k) for k in groups
+                                               if k != key)  # fmt: skip
+                cap = max(cap - others - planned_usd, 1e-12)
             first = jobs[0]
-            data: dict[str, Any] = {
-                _PROMPT: [j.prompt for j in jobs],
-                _MODEL: [j.model for j in jobs],
-            }
-            if first.file is not None:
-                data[_FILE] = [j.file for j in jobs]
-            if first.system is not None:
-                data[_SYSTEM] = [j.system for j in jobs]
-            frame = pl.DataFrame(data)
-            if first.history is not None:
-                frame = frame.with_columns(
-                    pl.Series(
-                        _HISTORY,
-                        [j.history for j in jobs],
-                        dtype=pl.List(pl.Struct({"role": pl.String, "content": pl.String})),
-                    )
-                )
+            frame = _group_frame(jobs)
             # A dry run shows its cost estimates, as the seed's does.
             progress: bool | Callable[[ProgressSnapshot], None] = print_status or dry_run
-            if on_progress is not None:
+            if on_progress is not None and not dry_run:  # a dry run has no progress
                 progress = _seed_progress(
-                    on_progress, progress_interval, self._cost_limit, self.items_per_batch
+                    on_progress, progress_interval, self._cost_limit, self.items_per_batch,
+                    totals,
                 )
             try:
-                out = self._run_group(frame, first, root / key, cap, started, progress,
-                                      dry_run=dry_run, wait=wait)  # fmt: skip
+                out = self._run_group(frame, first, None if fresh else root / key, cap,
+                                      started, progress,
+                                      dry_run=dry_run, wait=wait,
+                                      stopped=interrupted)  # fmt: skip
             except BatchataError as e:
                 # Said in batch_llm's words; this user called add_job / set_default_params.
                 e.args = (_in_compat_words(str(e)), *e.args[1:])
                 raise
+            if interrupted:
+                # Sent nothing (a spent time limit): its unsent jobs were stopped by Ctrl+C.
+                out = out.with_columns(
+                    pl.when(pl.col("_error") == _STOPPED_BY_LIMIT)
+                    .then(pl.lit(_INTERRUPTED))
+                    .otherwise(pl.col("_error"))
+                    .alias("_error")
+                )
+            elif not dry_run and "_error" in out.columns:
+                # batch_llm turns the first Ctrl+C into a graceful stop and returns: the
+                # later groups must not be sent either (nothing more is submitted).
+                interrupted = bool((out.get_column("_error") == _INTERRUPTED).any())
+            if not dry_run:
+                totals.end_group(out)
+            elif out.height:
+                # The later groups are planned with what is left of the one limit, as the
+                # run gives them what is left after this group has spent (at most this).
+                sent = (pl.col("_status") == "planned") & pl.col("_within_cap")
+                planned_usd += float(
+                    out.select(pl.col("_est_cost_usd").filter(sent).fill_null(0.0).sum()).item()
+                )
             internal = [c for c in out.columns if c.startswith("__compat_")]
             run.frames.append((jobs, out.drop(internal)))
         run._write_files()
@@ -733,15 +856,21 @@ class Batch:
         self,
         frame: pl.DataFrame,
         first: _Job,
-        state: Path,
+        state: Path | None,
         cap: float | None,
         started: float,
         progress: bool | Callable[[ProgressSnapshot], None],
         *,
         dry_run: bool,
         wait: bool,
+        stopped: bool = False,
     ) -> pl.DataFrame:
-        """One :func:`~batchata_df.batch_llm` call: the jobs of one compatible group."""
+        """One :func:`~batchata_df.batch_llm` call: the jobs of one compatible group.
+
+        ``stopped`` (Ctrl+C ended an earlier group): a time limit already spent, so that
+        nothing is submitted, batches in flight are cancelled and what the folder holds is
+        read, as a stop inside the call does.
+        """
         out: pl.DataFrame = frame.pipe(
             batch_llm,
             schema=first.response_model,
@@ -756,9 +885,11 @@ class Batch:
             max_cost_usd=cap,
             # One time limit for the whole run, not one per group.
             time_limit=(
-                None
+                _SPENT
+                if stopped
+                else None
                 if self._time_limit is None
-                else max(self._time_limit - (time.monotonic() - started), 1e-3)
+                else max(self._time_limit - (time.monotonic() - started), _SPENT)
             ),
             dry_run=dry_run,
             items_per_batch=self.items_per_batch,

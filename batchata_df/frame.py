@@ -16,7 +16,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec, TypeVar
 
 import polars as pl
 from pydantic import BaseModel
@@ -31,6 +31,7 @@ from batchata_df.engine.realtime import DEFAULT_CONCURRENCY, RealtimeEngine
 from batchata_df.errors import (
     ColumnError,
     ConfigError,
+    KeptStateWarning,
     ModelError,
     ModelShutdownWarning,
     ParamError,
@@ -70,6 +71,7 @@ from batchata_df.state import (
     adopt_schema,
     check_lock_timeout,
     join_by_job,
+    read_unlocked,
 )
 from batchata_df.validate import (
     check_mode,
@@ -141,7 +143,40 @@ def _fingerprint_part(value: object) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _reads_again_before_the_lock(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """A call reads the state folder again if a writer compacted it before the call's lock.
+
+    A call reads its folder before it takes the folder's writer lock (the arguments, the
+    rows done, what was spent; a dry run never takes it), while another process's run may
+    end by compacting the folder's parts (a streamed run does): parts the call listed are
+    then deleted before it reads them. The call is then made again
+    (:func:`batchata_df.state.read_unlocked`), instead of failing with "No such file";
+    never once it has taken the lock, before which nothing is sent.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        state = kwargs.get("state")
+        if not isinstance(state, str | os.PathLike):
+            return fn(*args, **kwargs)
+        taken = WriterLock.taken
+
+        def call() -> _R:
+            nonlocal taken
+            taken = WriterLock.taken
+            return fn(*args, **kwargs)
+
+        return read_unlocked([state], call, again=lambda: WriterLock.taken == taken)
+
+    return wrapper
+
+
 @scrubbed
+@_reads_again_before_the_lock
 def batch_llm(
     df: pl.DataFrame | pl.LazyFrame,
     *,
@@ -518,7 +553,8 @@ def batch_llm(
             providers[name] = make_provider(name)
         # The folder outlives the lock until the output is assembled: a failure there
         # keeps a temporary folder's paid answers too (_state_folder).
-        with _state_folder(state) as folder:
+        scope = _state_folder(state)
+        with scope as folder:
             with WriterLock(folder, lock_wait):
                 # Under the lock, as the engine reads the rest of the folder's spend.
                 options = _count_stored_spend(
@@ -568,7 +604,7 @@ def batch_llm(
             # Only the keys are needed from here on: let the prompts (and file payloads) go.
             keys = jobs.select("job_id", "input_error")
             del jobs, sendable, engine
-            return _assemble(
+            out = _assemble(
                 frame,
                 keys,
                 results,
@@ -577,6 +613,9 @@ def batch_llm(
                 keep_raw=keep_raw,
                 keep_responses=keep_responses,
             )
+            # Rows left in flight keep a temporary folder (_state_folder).
+            scope.pending = int((out.get_column("_status") == "pending").sum())
+            return out
     except KeyboardInterrupt:
         # A second Ctrl+C (or one outside the engine): the panel's last frame says so and
         # what to do, instead of staying on a running frame.
@@ -997,12 +1036,22 @@ class _state_folder:
 
     A call that fails after it wrote a part (it sent, or was about to send, a batch) keeps
     its temporary folder: the answers it paid for are there, and the error gets a note
-    naming the folder to pass as ``state=`` to collect them without paying again.
+    naming the folder to pass as ``state=`` to collect them without paying again. So does
+    a call that returns rows still ``pending`` (:attr:`pending`, set by the caller before
+    the end: a stop whose cancels did not end in time, a provider left unreachable) when a
+    provider accepted a batch: it warns (:class:`~batchata_df.errors.KeptStateWarning`)
+    with the folder instead, as there is no error to note it on.
     """
 
     def __init__(self, state: str | os.PathLike[str] | None) -> None:
         self._state = state
         self._tmp: str | None = None
+        self.pending = 0
+
+    @property
+    def temporary(self) -> bool:
+        """Whether the folder is a temporary one (no ``state=``): :attr:`pending` matters."""
+        return self._tmp is not None
 
     def __enter__(self) -> Path:
         if self._state is not None:
@@ -1023,6 +1072,17 @@ class _state_folder:
                 "them without paying again (or pass state= from the start to choose the "
                 "folder)"
             )
+            return
+        if error is None and self.pending and _paid_for(folder):
+            # Before the warning: a filter that turns it into an error keeps the folder too.
+            msg = (
+                f"{self.pending} rows are still pending in batches the provider accepted "
+                f"(and may bill); they are kept in {self._tmp!r}: call again with "
+                f"state={self._tmp!r} to collect them without paying again (calling without "
+                "it sends and pays for them again; or pass state= from the start to choose "
+                "the folder)"
+            )
+            warn_user(KeptStateWarning(msg, self._tmp))
             return
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -1153,10 +1213,13 @@ def with_estimates(
         if seen is not None and seen.n >= MIN_OBSERVED:
             expected_out, source = round(seen.mean), f"observed ({seen.n:,} answers)"
         else:
-            expected_out, source = answer, "schema"
+            # The schema's answer size, or without a schema a free-text guess of its own
+            # (estimates.answer_tokens(None)): said as such, not as the schema's.
+            source = "schema" if spec.schema.json_schema is not None else "free-text guess"
+            expected_out = answer
             if thinks(family_of(str(provider), answers_today), spec.params):
                 expected_out += round(THINKING_SHARE * max(max_tokens - answer, 0))
-                source = "schema + thinking guess"
+                source += " + thinking guess"
         expected_out = min(expected_out, max_tokens)
         read, written = expected_cache_tokens(group, str(provider))
         # Expected input: the offline estimate scaled by what the same jobs were billed.

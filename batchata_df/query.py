@@ -93,6 +93,7 @@ from batchata_df.state import (
     JOB_EVENTS,
     damaged_error,
     find_damaged,
+    read_unlocked,
     table_parts,
 )
 from batchata_df.summary import SUMMARY, valid_summary
@@ -629,12 +630,18 @@ def sql(query: str, state: StatePaths) -> pl.DataFrame:
     │ b      ┆ failed    ┆ refusal: declined ┆ gpt-5.4-mini ┆ 0.0      │
     └────────┴───────────┴───────────────────┴──────────────┴──────────┘
     """
-    con = connect(state)
-    try:
-        frame: pl.DataFrame = con.sql(query).pl()
-    finally:
-        con.close()
-    return frame
+    folders = [folder for _, folder in _folders(state)]
+
+    def read() -> pl.DataFrame:
+        con = connect(state)
+        try:
+            frame: pl.DataFrame = con.sql(query).pl()
+        finally:
+            con.close()
+        return frame
+
+    # Beside a run that compacts the folder (a streamed run's end): read it again.
+    return read_unlocked(folders, read, errors=(_import_duckdb().Error,))
 
 
 def cost_by_status(state: StatePaths) -> pl.DataFrame:

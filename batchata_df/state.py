@@ -62,7 +62,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -326,6 +326,10 @@ class WriterLock:
     True
     """
 
+    taken = 0
+    """How many writer locks this process has taken: a caller that saw it unchanged knows
+    that it sent nothing meanwhile (sending needs the lock; see :func:`read_unlocked`)."""
+
     def __init__(self, root: str | os.PathLike[str], timeout: float | None = 0.0) -> None:
         from filelock import FileLock
 
@@ -377,6 +381,7 @@ class WriterLock:
         except OSError as e:
             msg = f"cannot lock the checkpoint folder {str(self.root)!r}: {e}"
             raise StateError(msg) from e
+        WriterLock.taken += 1
         previous = self.previous
         if previous is not None and (previous.pid, previous.host) != (
             os.getpid(),
@@ -1082,6 +1087,7 @@ def _fsync_dir(folder: Path) -> None:
 #: between overloads and their implementation, which mypy rejects, so the mutation run
 #: could not filter this module's mutants with mypy.)
 Frame = TypeVar("Frame", pl.DataFrame, pl.LazyFrame)
+_T = TypeVar("_T")
 
 
 def billed_from_events(events: Frame) -> Frame:
@@ -1231,6 +1237,69 @@ def reading_folder(root: str | os.PathLike[str]) -> Iterator[None]:
             raise damaged_error(Path(root), damaged) from e
         msg = f"cannot read the checkpoint folder {str(root)!r}: {e}"
         raise StateError(msg) from e
+
+
+READ_ATTEMPTS = 5
+"""Times :func:`read_unlocked` reads folders whose parts a writer keeps replacing."""
+
+
+def _part_names(roots: Sequence[str | os.PathLike[str]]) -> set[str]:
+    """The part files present (raw names); what cannot be listed counts as none."""
+    names: set[str] = set()
+    for root in roots:
+        for table in TABLES:
+            try:
+                names.update(e.path for e in os.scandir(Path(root, table)))
+            except OSError:  # missing, or not a folder: the read says what is wrong
+                continue
+    return names
+
+
+def read_unlocked(
+    roots: Sequence[str | os.PathLike[str]],
+    read: Callable[[], _T],
+    *,
+    errors: tuple[type[BaseException], ...] = (),
+    again: Callable[[], bool] = lambda: True,
+) -> _T:
+    """``read()`` of checkpoint folders without their lock; again if a writer replaced parts.
+
+    Reading takes no lock (``sql``, ``batchata-df status``, a dry run), but the writer
+    may merge parts into one and delete them (:meth:`StateStore.compact`, as a streamed
+    run ends; :func:`collect_compacted`) between a reader's listing of the parts and its
+    reading of them: the read then fails on a file that no longer exists (DuckDB's or
+    Polars' "No such file", or a part that looks damaged because it vanished). When the
+    parts present changed during a failed read, the folders are read again; a failure with
+    the same parts present (a damaged part, a mistake) is raised at once, and so is the
+    last of :data:`READ_ATTEMPTS` reads, a :class:`StateLockedError` and a
+    :class:`StateMismatchError` (no vanished part causes them).
+
+    Parameters
+    ----------
+    roots
+        The folders ``read`` reads.
+    read
+        Lists the parts and reads them (every attempt lists them again).
+    errors
+        Exception types besides ``OSError``, Polars' and :class:`StateError` that a
+        vanished part raises in ``read`` (``duckdb.Error``).
+    again
+        Whether a failed ``read`` may be done again (``batch_llm``: only while it took no
+        writer lock, before which it reads and sends nothing).
+    """
+    caught: tuple[type[BaseException], ...] = (
+        OSError, pl.exceptions.PolarsError, StateError, *errors
+    )
+    for attempt in range(1, READ_ATTEMPTS + 1):
+        before = _part_names(roots)
+        try:
+            return read()
+        except (StateLockedError, StateMismatchError):
+            raise
+        except caught:
+            if attempt == READ_ATTEMPTS or not again() or _part_names(roots) == before:
+                raise
+    raise AssertionError  # pragma: no cover (the last attempt returns or raises)
 
 
 def _billed_total(root: Path) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -211,9 +212,12 @@ def test_a_run_the_cost_cap_serialised_says_so_with_a_max_tokens(work):
     assert r.returncode in (0, 4), r.stderr
     lines = [x for x in r.stderr.splitlines() if "serialised this run" in x]
     assert len(lines) == 1, r.stderr
-    assert lines[0].startswith("batchata-df: warning: max_cost_usd=")
+    # In the command's words: its options, not batch_llm's arguments.
+    assert lines[0].startswith("batchata-df: warning: --max-cost-usd ")
     assert "only 2 of 6 requests could be sent at once" in lines[0]
-    assert "params={'max_tokens': " in lines[0]
+    assert re.search(r"--max-tokens \d+ fits them with a 25% margin: pass it with a new "
+                     r"--state folder", lines[0]), lines[0]
+    assert "params=" not in lines[0] and "state=" not in lines[0], lines[0]
 
 
 def test_no_wait_pending_exit_5_then_collected_exit_0(work, emu):

@@ -791,6 +791,45 @@ def test_a_blank_prompt_or_system_names_the_commands_fix(work, emu, args, said, 
     assert sorted(p.name for p in work.iterdir()) == ["in.parquet"]  # no OUTPUT, no state
 
 
+@pytest.mark.parametrize(
+    ("args", "said", "python_words"),
+    [(["--model", "gpt-4.1-mini", "--param", "temperature=5"],
+      "--param temperature must be between 0 and 2", "params["),
+     (["--model", "gpt-4.1-mini", "--param", "reasoning_effort=high"],
+      "does not think: --param reasoning_effort; remove it", "params["),
+     (["--model", "gpt-5-pro"], "use 'gpt-5' with --param reasoning_effort=high instead",
+      "params="),
+     (["--model", "gpt-4.1-mini", "--citations"],
+      "--citations needs documents to cite: pass --files COLUMN (a column of file paths; "
+      "PDF or text), or remove --citations", "files="),
+     (["--model", "gpt-4.1-mini", "--citations", "--files", "text"],
+      "--citations is supported for ['anthropic'] models only, but this run uses ['openai']; "
+      "use a Claude model (e.g. --model claude-haiku-4-5) or remove --citations", "model="),
+     (["--model", "gpt-4.1-mini", "--history", "text"],
+      "--history 'text' must be a list of", "history="),
+     (["--model", "gpt-4.1-mini", "--schema", "models:Clash"],
+      "Rename those columns of INPUT (e.g. 'id' to 'id_in') or the --schema fields",
+      "df.rename")],
+    ids=["param-range", "param-refused", "model-param-fix", "citations-no-files",
+         "citations-provider", "history-dtype", "column-clash"],
+)  # fmt: skip
+def test_the_librarys_argument_fixes_are_said_as_the_commands_options(work, emu, args, said,
+                                                                      python_words):
+    """``batchata-df run`` users were told to fix ``params['temperature']``, pass
+    ``params={'reasoning_effort': 'high'}``, ``files='<column of file paths>'`` or
+    ``df.rename(...)``: Python arguments a shell user has no way to pass. Exit 2, nothing
+    sent."""
+    (work / "models.py").write_text(
+        "from pydantic import BaseModel\nclass Clash(BaseModel):\n    id: int\n"
+    )
+    r = cli(emu, "run", "in.parquet", "out.parquet", "--prompt", "{text}", *args,
+            "--no-progress", cwd=work)  # fmt: skip
+    line = one_line_error(r, 2)
+    assert said in line, line
+    assert python_words not in line, line
+    assert emu.log() == [] and emu.billing() == []
+
+
 def test_the_help_says_where_the_state_folder_of_a_linked_output_goes(emu) -> None:
     """Next to the link's target (see the lake test above: part-0.state beside part-0),
     not next to the link, as "OUTPUT.state next to the output" read."""

@@ -468,3 +468,166 @@ def test_jobs_without_text_are_refused_by_add_job(emu, tmp_path, job, needle):
         batch.add_job(**job)
     assert len(batch) == 0
     assert emu.log() == []
+
+
+def test_one_cost_limit_over_groups_counts_batches_another_group_left_in_flight(emu, tmp_path):
+    """``run(wait=False)`` leaves the first group's batch in flight, holding its worst case:
+    the next group may spend only what is left of the limit, as with ``wait=True``."""
+    emu.configure(latency=1000.0)
+    batch = (
+        Batch(results_dir=tmp_path / "out")
+        .set_default_params(model="gpt-4.1-mini", max_tokens=2000)
+        .add_cost_limit(usd=0.003)  # one truncated answer ($0.0016 at 2000 tokens), not two
+    )
+    batch.add_job(prompt="one [[emulator:truncate]]", temperature=0.0)
+    batch.add_job(prompt="two [[emulator:truncate]]", temperature=0.5)  # another group
+    first = batch.run(wait=False)
+    assert first.status()["pending"] == 1
+    assert [r.error for r in first.results()["cancelled"]] == ["cancelled: cost_limit"]
+    assert len(posts(emu, "/batches")) == 1  # the second group's worst case did not fit
+    emu.advance(1000.0)
+    second = batch.run()
+    billed = second.status()["cost_usd"]
+    assert 0 < billed <= 0.003
+    assert len(emu.billing()) == 1
+
+
+def test_ctrl_c_in_one_group_sends_no_later_group(emu, tmp_path):
+    """Ctrl+C while the first group's batch runs stops the whole run, as in batch_llm:
+    nothing more is submitted; the next group's job ends cancelled, unsent and unbilled."""
+    import signal
+
+    emu.configure(latency=1000.0)
+    pressed = []
+
+    def on_progress(snapshot):
+        if snapshot.batches.get("submitted") and not pressed:
+            pressed.append(True)
+            signal.raise_signal(signal.SIGINT)  # Ctrl+C, once
+
+    batch = (
+        Batch(results_dir=tmp_path / "out")
+        .set_default_params(model="gpt-4.1-mini")
+        .add_time_limit(seconds=8)  # ends a second group sent by mistake (its batch: 1000 s)
+    )
+    batch.add_job(prompt="a", temperature=0.0)
+    batch.add_job(prompt="b", temperature=0.5)  # another group: another batch_llm call
+    run = batch.run(on_progress=on_progress, progress_interval=0.0)
+    assert pressed
+    cancelled = run.results()["cancelled"]
+    assert [(r.job_id, r.error) for r in cancelled] == [
+        ("job-000000", "cancelled: interrupted"),
+        ("job-000001", "cancelled: interrupted"),
+    ]
+    assert len(posts(emu, "/batches")) == 1  # the second group was never sent
+    assert len(posts(emu, "/cancel")) == 1
+    assert emu.billing() == []
+    # The next run() sends both, once each.
+    emu.configure(latency=0.0)
+    again = batch.run()
+    assert [r.job_id for r in again.results()["completed"]] == ["job-000000", "job-000001"]
+    assert len(posts(emu, "/batches")) == 3
+
+
+def test_seed_progress_counts_the_whole_run_across_groups(emu, tmp_path):
+    """The seed's ``(stats, elapsed, batch_data)`` is about the whole batch: with jobs in two
+    groups (two batch_llm calls) ``total`` is every job, ``is_complete`` comes once, at the
+    end, and ``cost_usd`` adds up what both groups spent."""
+    seen = []
+    batch = (
+        Batch(results_dir=tmp_path / "out")
+        .set_default_params(model="gpt-4.1-mini")
+        .add_cost_limit(usd=1.0)
+    )
+    batch.add_job(prompt="a", temperature=0.0)
+    batch.add_job(prompt="b", temperature=0.5)  # another group
+    batch.add_job(prompt="c", temperature=0.5)
+    run = batch.run(
+        on_progress=lambda s, t, b: seen.append((dict(s), t, dict(b))), progress_interval=0.0
+    )
+    assert {s["total"] for s, _, _ in seen} == {3}
+    complete = [s["is_complete"] for s, _, _ in seen]
+    assert all(complete[complete.index(True):])  # at the end only, once every job is done
+    assert seen[complete.index(True)][0]["completed"] == 3
+    first_group_done = next(s for s, _, _ in seen if s["completed"] == 1)
+    assert first_group_done["pending"] == 2 and not first_group_done["is_complete"]
+    stats, elapsed, batches = seen[-1]
+    assert stats["is_complete"] and (stats["completed"], stats["pending"]) == (3, 0)
+    assert stats["cost_usd"] == pytest.approx(run.status()["cost_usd"])
+    assert (stats["batches_total"], stats["batches_completed"]) == (2, 2)
+    assert batches == {"collected": 2}
+    elapsed_seen = [t for _, t, _ in seen]
+    assert elapsed_seen == sorted(elapsed_seen)  # since run() started, not per group
+
+
+def test_dry_run_plans_every_group_under_one_cost_limit(emu, tmp_path):
+    """The dry run's ``_within_cap`` is what the run then does: two groups whose worst
+    cases fit the limit one at a time but not together are not both "within the cap"."""
+    batch = (
+        Batch(results_dir=tmp_path / "out")
+        .set_default_params(model="gpt-4.1-mini", max_tokens=2000)
+        .add_cost_limit(usd=0.003)  # one truncated answer ($0.0016 at 2000 tokens), not two
+    )
+    batch.add_job(prompt="one [[emulator:truncate]]", temperature=0.0)
+    batch.add_job(prompt="two [[emulator:truncate]]", temperature=0.5)  # another group
+    plan = batch.run(dry_run=True).to_polars()
+    assert plan["_status"].to_list() == ["planned", "planned"]
+    assert plan["_within_cap"].to_list() == [True, False]
+    assert emu.log() == []
+    results = batch.run().results()
+    assert [r.job_id for r in results["failed"]] == ["job-000000"]  # truncated, billed
+    assert [(r.job_id, r.error) for r in results["cancelled"]] == [
+        ("job-000001", "cancelled: cost_limit")
+    ]
+
+
+def test_dry_run_with_reuse_state_false_plans_the_fresh_start_the_run_makes(emu, tmp_path):
+    """``set_state(reuse_state=False)`` (the seed's complete example): the script's second
+    run starts afresh and pays for every job again, so its dry run must say so, not read
+    the earlier checkpoint as 'done' at $0."""
+
+    def script() -> Batch:
+        batch = (
+            Batch(results_dir=tmp_path / "out")
+            .set_state(file=tmp_path / "state.json", reuse_state=False)
+            .set_default_params(model="gpt-4.1-mini")
+            .add_cost_limit(usd=1.0)
+        )
+        return batch.add_job(prompt="one").add_job(prompt="two")
+
+    script().run()  # the script's first run
+    assert len(posts(emu, "/batches")) == 1
+    batch = script()  # run again
+    plan = batch.run(dry_run=True)
+    assert plan.to_polars()["_status"].to_list() == ["planned", "planned"]
+    assert plan.status()["estimated_cost_usd"] > 0
+    assert not list(tmp_path.glob("state.previous-*"))  # a dry run moves nothing aside
+    run = batch.run()
+    assert run.status()["completed"] == 2
+    assert len(posts(emu, "/batches")) == 2  # paid again, as the plan said
+
+
+def test_dry_run_shows_its_estimates_also_with_on_progress(emu, tmp_path, capsys):
+    """``run(dry_run=True)`` "shows cost estimates without executing" (the seed's README);
+    an ``on_progress`` callback given with it (a script's usual run() arguments) silenced
+    the plan."""
+    batch = Batch(results_dir=tmp_path / "out").set_default_params(model="gpt-4.1-mini")
+    batch.add_cost_limit(usd=1.0).add_job(prompt="a")
+    batch.run(dry_run=True, on_progress=lambda s, t, b: None)
+    shown = capsys.readouterr().err
+    assert "dry run, nothing was sent. rows: 1 planned" in shown, shown
+    assert "worst case $" in shown and "cap $1.00: everything fits" in shown, shown
+    assert emu.log() == []
+
+
+def test_a_job_refused_by_its_checks_stops_the_run_before_any_group_is_sent(emu, tmp_path):
+    """batch_llm refuses a bad parameter before anything is sent; with jobs in two groups
+    the first group was sent, waited for and billed before the second's check raised."""
+    batch = Batch(results_dir=tmp_path / "out").set_default_params(model="gpt-4.1-mini")
+    batch.add_job(prompt="one")
+    batch.add_job(prompt="two", model="claude-haiku-4-5", temperature=1.5)  # Claude: 0-1
+    with pytest.raises(ConfigError, match=r"temperature \(of set_default_params / add_job\) "
+                                          r"must be between 0 and 1 for anthropic"):
+        batch.run()
+    assert emu.log() == [] and emu.billing() == []
+    assert not list((tmp_path / "out").glob("job-*.json"))

@@ -1449,3 +1449,49 @@ def test_no_cached_tokens_below_1024(oa: OpenAI) -> None:
     batch = submit(oa, lines, CHAT)
     out = by_id(read_lines(oa, raw_batch(oa, batch.id).output_file_id))
     assert [_cached(out["s0"]), _cached(out["s1"])] == [0, 0]
+
+
+
+def test_a_batch_prepared_across_a_reset_is_not_billed_after_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # OpenAI batches are validated and answered by one worker thread, in order, after the
+    # create request returned. A reset while the worker prepares one (the next test's
+    # reset, after a test whose large batch was still being prepared) must not bill that
+    # batch into the ledger after it: seen as 2,600 foreign entries in a test's
+    # `billing()` (the emulator in-process here, so the worker can be held).
+    import threading
+    import time
+
+    from batchata_df.emulator import openai_api
+    from batchata_df.emulator.server import EmulatorServer
+
+    entered, release = threading.Event(), threading.Event()
+    render = openai_api._render
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        if not entered.is_set():  # the first batch only
+            entered.set()
+            assert release.wait(10)
+        return render(*args, **kwargs)
+
+    monkeypatch.setattr(openai_api, "_render", held)
+    server = EmulatorServer(0).start_in_thread()
+    client = OpenAI(api_key="sk-test", base_url=server.url + "/openai/v1", max_retries=0)
+    try:
+        submit(client, [chat_line("a", "hello"), chat_line("b", "again")])
+        assert entered.wait(10)  # the worker holds the first batch, not billed yet
+        server.core.reset()
+        release.set()
+        second = submit(client, [chat_line("c", "hello")])
+        # One worker, in order: once the second batch is billed, the first is done.
+        deadline = time.monotonic() + 10
+        while not server.core.billing() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [(b["batch_id"], b["custom_id"]) for b in server.core.billing()] == [
+            (second.id, "c")
+        ]
+    finally:
+        release.set()
+        client.close()
+        server.stop()

@@ -352,3 +352,21 @@ def test_the_input_ratio_sets_each_answer_against_the_count_of_the_model_that_an
     assert input_ratio(observed, estimated, f"models/{succ}") == pytest.approx(4152 / 4212)
     # Not routed: the estimate asked for, as before.
     assert input_ratio(observed, estimated) == pytest.approx(4152 / 1626)
+
+
+def test_without_a_schema_the_expected_answer_size_is_said_to_be_a_free_text_guess(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Free text has no schema to size it: 256 tokens (answer_tokens(None)), labelled as the
+    # guess it is, not as "schema"; a model that thinks adds its thinking guess to it.
+    plan = reviews(20).pipe(batch_llm, **{**KW, "schema": None}, dry_run=True, progress=True)
+    assert plan["_est_output_tokens_expected"].to_list() == [answer_tokens(None)] * 20 == [256] * 20
+    text = "".join(capsys.readouterr())
+    total = plan["_expected_cost_usd"].sum()
+    assert f"expected {usd(total)} (answer sizes: free-text guess)" in text
+    assert "answer sizes: schema" not in text
+    reviews(20).pipe(
+        batch_llm, schema=None, model="gpt-5.4-mini", prompt="Rate: {text}", dry_run=True,
+        progress=True, params={"reasoning_effort": "medium"},
+    )  # fmt: skip
+    assert "(answer sizes: free-text guess + thinking guess)" in "".join(capsys.readouterr())

@@ -298,3 +298,28 @@ def test_the_cli_summary_sums_the_5xx_attempts_and_splits_a_later_run_from_them(
     assert _dollars(found[1]) == pytest.approx(answer, rel=0.05)
     assert _dollars(found[2]) == pytest.approx(answer, rel=0.05)
     assert _dollars(found[3]) == pytest.approx(float(recorded.sum()), rel=0.05)
+
+
+def test_a_5xx_attempt_whose_next_attempt_does_not_fit_is_counted_once(
+    emu, tmp_path, clock
+) -> None:
+    # One row, a cap of 1.5 worst cases: its first attempt is billed, then answered 502,
+    # and counts at its worst case; the next one would pass the cap, so it is never sent.
+    # The progress counted that one attempt twice (when its 5xx came back, and again when
+    # its row ended "server_error: ... not sent again"): "plus up to $<2 worst cases>".
+    df = pl.DataFrame({"text": TEXTS[:1]})
+    plan = batch_llm(df, model=MODELS["openai"], mode="realtime", dry_run=True, **KW)
+    worst = float(plan["_est_cost_usd"][0])
+    emu.inject_fault(path_regex=PATHS["openai"], method="POST", status=502, when="after",
+                     times=1)  # fmt: skip
+    state = tmp_path / "state"
+    seen: list[Any] = []
+    out = batch_llm(df, model=MODELS["openai"], mode="realtime", concurrency=1,
+                    max_cost_usd=1.5 * worst, state=str(state),
+                    **{**KW, "progress": seen.append})  # fmt: skip
+    assert len(emu.billing()) == 1
+    assert out["_status"].to_list() == ["failed"]
+    assert "would pass max_cost_usd" in out["_error"][0]
+    assert lost_usd(state) == pytest.approx(worst)
+    last = seen[-1]
+    assert (last.unknown_billed, last.unknown_billed_usd) == (1, pytest.approx(lost_usd(state)))

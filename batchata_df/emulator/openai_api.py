@@ -925,6 +925,7 @@ class _Batch:
     latency: float
     limits: dict[str, int]
     served: Callable[[str, str], bool]  # as of its creation (EmulatorCore.served_now)
+    epoch: int  # EmulatorCore.epoch at its creation: billed only if no reset came since
     output_expires: int | None = None
     # Filled in by the preparation worker, then `prepared` is set.
     prepared: threading.Event = field(default_factory=threading.Event)
@@ -1271,6 +1272,7 @@ class OpenAIApp:
             limits=dict(self._limits),
             output_expires=output_expires,
             served=self.core.served_now(),
+            epoch=self.core.epoch,
         )
         with self._lock:
             self._batches[batch.id] = batch
@@ -1344,6 +1346,7 @@ class OpenAIApp:
             [sp.custom_id for sp in specs],
             [answers.request_key("openai", sp.model, sp.prompt) for sp in specs],
             failing=batch.failing,  # error-file lines are not billed (LedgerEntry.unbilled)
+            epoch=batch.epoch,  # a reset while it was prepared: not billed after it
         )
         out_id = err_id = None
         out_bytes = err_bytes = 0

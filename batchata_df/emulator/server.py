@@ -1046,6 +1046,8 @@ class EmulatorCore:
         self._fault_ids = itertools.count(1)
         self._lock = threading.Lock()
         self._ledger: list[LedgerEntry] = []
+        self._epoch = 0
+        """How many resets so far (:attr:`epoch`)."""
         self._rt_in_flight = self._rt_max = self._rt_served = 0
         self._served_log: list[tuple[float, str, bool]] = []
         """``(since, today, serve_retired)``: the settings that decide what is served, each
@@ -1235,6 +1237,17 @@ class EmulatorCore:
 
     # ---- billing
 
+    @property
+    def epoch(self) -> int:
+        """How many times :meth:`reset` ran: work begun before a reset reads another number.
+
+        A provider app that bills outside the request that created a batch (OpenAI's
+        preparation worker) passes the epoch the batch was created in to :meth:`bill`, so
+        that a batch a reset forgot is never billed after it, into the next test's ledger.
+        """
+        with self._lock:
+            return self._epoch
+
     def bill(
         self,
         provider: str,
@@ -1243,6 +1256,7 @@ class EmulatorCore:
         requests: list[str] | None = None,
         model: str | None = None,
         failing: Iterable[int] = (),
+        epoch: int | None = None,
     ) -> LedgerEntry:
         """Record the requests of a batch the provider accepted (and so will bill).
 
@@ -1251,7 +1265,8 @@ class EmulatorCore:
         ``requests`` are the requests' :func:`~batchata_df.emulator.answers.request_key` s;
         ``model`` the model they were sent to (bare, as the provider prices it); ``failing``
         the positions of requests that will fail with their own error, never billed
-        (:attr:`LedgerEntry.unbilled`).
+        (:attr:`LedgerEntry.unbilled`); ``epoch`` the :attr:`epoch` the batch was created
+        in: when a reset came since, the entry is returned but not recorded.
         """
         day = self.day()  # the emulator's clock, not the machine's
         entry = LedgerEntry(
@@ -1259,7 +1274,8 @@ class EmulatorCore:
             unbilled=frozenset(failing), days=((0, day),),
         )  # fmt: skip
         with self._lock:
-            self._ledger.append(entry)
+            if epoch is None or epoch == self._epoch:
+                self._ledger.append(entry)
         return entry
 
     def bill_realtime(
@@ -1616,6 +1632,7 @@ class EmulatorCore:
         with self._lock:
             self._faults.clear()
             self._ledger.clear()
+            self._epoch += 1
             self._rt_in_flight = self._rt_max = self._rt_served = 0
         self._log.clear()
         self.clock.reset()

@@ -437,6 +437,14 @@ class Repricer:
             return rows
         return self.reprice(rows)
 
+    def moved(self, since: date) -> bool:
+        """Whether jobs priced on ``since`` have another worst case today (``reprice`` set).
+
+        A request priced before and sent again later (a realtime retry waiting past a
+        midnight) is priced again when this is true (``RealtimeEngine._price_waiting``).
+        """
+        return self.reprice is not None and not self._same(since)
+
     def _same(self, since: date) -> bool:
         """Whether jobs priced on any day from ``since`` on are priced as they are today.
 

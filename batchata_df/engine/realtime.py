@@ -8,7 +8,9 @@ branching inside them:
   request lines a batch would send (grouped by provider and model, small slices);
 * **admission** -- :class:`~batchata_df.engine.admission.Admission` holds each request's
   worst case against ``max_cost_usd`` from before it is sent until its actual cost is
-  known, so requests in flight can never take spend past the cap;
+  known, so requests in flight can never take spend past the cap (a request waiting to
+  retry past a date change is priced again as of the day it is sent:
+  :meth:`RealtimeEngine._price_waiting`);
 * **ledger** -- :class:`~batchata_df.engine.ledger.Ledger` writes terminal events with
   their cost (realtime prices) exactly as collection does; answers are decoded by the
   provider's batch decoder and judged by
@@ -60,6 +62,7 @@ import threading
 from collections.abc import Callable, MutableMapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any, cast
 
 import polars as pl
@@ -135,6 +138,13 @@ class _Request:
     (``batch_key`` ``<key>.<attempt>``), since the provider may have billed the one before."""
     announce: bool = False
     """Answered 5xx: its next attempt needs room under the cap and an ``assigned`` event."""
+    priced_on: date | None = None
+    """The day ``worst`` was priced for (``None``: not priced by date, no cap)."""
+    repriced: bool = False
+    """``worst`` was priced again (a new date) since its ``assigned`` event recorded it."""
+    sent_worst: float = 0.0
+    """The worst case its latest attempt was sent with (``worst`` may since be priced
+    again): what its ending records for that attempt, which may have been billed."""
 
     def next_attempt(self) -> None:
         """Move on to the next attempt: its own key, ``<key>.<attempt>``."""
@@ -348,6 +358,7 @@ class RealtimeEngine:
                                   admission, reserved)  # fmt: skip
                     waiting.clear()
                 else:
+                    self._price_waiting(waiting, reserved, admission)
                     ended = self._send_due(pool, running, waiting, reserved)
                     if ended:
                         self._end(ended, ledger, admission, reserved)
@@ -377,8 +388,10 @@ class RealtimeEngine:
 
         A new attempt after a 5xx must fit under the cap beside everything spent and held
         (each attempt answered 5xx counts at its worst case): it waits while requests in
-        flight may free budget, else its row ends ``failed`` naming the cap and the fix
-        (returned, for :meth:`_end`).
+        flight (or sent in this round) may free budget, else its row ends ``failed`` naming
+        the cap and the fix (returned, for :meth:`_end`). So must a request priced again on
+        a new date (:meth:`_price_waiting`) whose higher worst case could not be held yet:
+        else its row ends ``cancelled: cost_limit`` (it was never answered).
         """
         state, cap = self.state, self.ctx.options.max_cost_usd
         now = self.ctx.clock.monotonic()
@@ -389,30 +402,35 @@ class RealtimeEngine:
                 break
             if request.not_before > now or self._paused.get(request.provider, 0.0) > now:
                 continue
-            if request.announce and request.job_id not in reserved:
-                room = None if cap is None else cap - state.spent - state.reserved
-                if room is not None and request.worst > room + 1e-12:
-                    if running:  # answers in flight may free budget: wait for them
-                        continue
-                    waiting.remove(request)
-                    n = request.server_errors
-                    ended.append((request, "failed", (
-                        f"server_error: {self._last_error.get(request.job_id, '5xx')} "
-                        f"({n} attempt{'s' if n > 1 else ''}; not sent again: the provider "
-                        "may have billed each attempt answered 5xx, so max_cost_usd counts "
-                        "each at its worst case, and another attempt (worst case "
-                        f"${request.worst:.6g}) would pass max_cost_usd={cap:g}: raise "
-                        "max_cost_usd, or call again with retry_failed=True)"
-                    )))  # fmt: skip
+            if not self._hold(request, reserved):
+                # Answers in flight may free budget: wait for them, also for those of the
+                # requests sent this round (``due``: two retries priced again on a new
+                # date, room for one at a time).
+                if running or due:
                     continue
-                reserved[request.job_id] = request.worst
-                state.reserved += request.worst
+                waiting.remove(request)
+                state.release(reserved.pop(request.job_id, 0.0))  # never sent: not spent
+                if not request.announce:
+                    ended.append((request, "cancelled", "cancelled: cost_limit"))
+                    continue
+                n = request.server_errors
+                ended.append((request, "failed", (
+                    f"server_error: {self._last_error.get(request.job_id, '5xx')} "
+                    f"({n} attempt{'s' if n > 1 else ''}; not sent again: the provider "
+                    "may have billed each attempt answered 5xx, so max_cost_usd counts "
+                    "each at its worst case, and another attempt (worst case "
+                    f"${request.worst:.6g}) would pass max_cost_usd={cap:g}: raise "
+                    "max_cost_usd, or call again with retry_failed=True)"
+                )))  # fmt: skip
+                continue
             if request.announce:
                 request.next_attempt()
             due.append(request)
         # A new attempt after a 5xx is recorded before it is sent, as a first one is: a
-        # crash while it is in flight then leaves it ``assigned`` (lost), never unseen.
-        fresh = [r for r in due if r.announce]
+        # crash while it is in flight then leaves it ``assigned`` (lost), never unseen. A
+        # request priced again on a new date is recorded again with its new worst case
+        # (what a later call counts for it if it is lost in flight).
+        fresh = [r for r in due if r.announce or r.repriced]
         if fresh:
             self.ctx.store.append_jobs(
                 pl.DataFrame(
@@ -429,10 +447,78 @@ class RealtimeEngine:
                 )
             )
         for request in due:
-            request.announce = False
+            request.announce = request.repriced = False
             waiting.remove(request)
             running[self._submit(pool, request)] = request
         return ended
+
+    def _hold(self, request: _Request, reserved: dict[str, float]) -> bool:
+        """Hold ``request``'s worst case against the cap (what it holds counted); whether it is.
+
+        A request holding more than its worst case (priced again lower) gives the rest
+        back; one holding less takes the difference only if it fits beside everything
+        spent and held, else it keeps what it holds and ``False`` is returned.
+        """
+        state, cap = self.state, self.ctx.options.max_cost_usd
+        held = reserved.get(request.job_id)
+        need = request.worst - (held or 0.0)
+        if held is not None and need <= 1e-12:
+            if need < 0:
+                state.release(-need)
+                reserved[request.job_id] = request.worst
+            return True
+        if cap is not None and need > cap - state.spent - state.reserved + 1e-12:
+            return False
+        reserved[request.job_id] = request.worst
+        state.reserved += need
+        return True
+
+    def _price_waiting(
+        self, waiting: list[_Request], reserved: dict[str, float], admission: Admission
+    ) -> None:
+        """Price again, as of today, the requests waiting to retry that were priced before.
+
+        A request holds the worst case of the days it may run on from the day it was
+        priced: that day and the next (``PriceTable.worst``). Refused (429) or answered 5xx,
+        it may wait past midnight (``provider_patience`` can be days): sent again two
+        days later, its old worst case no longer covers a price rise in between
+        (gemini-4-argon priced on 2026-11-29 at the old price, sent again on 12-01 and
+        billed double). When the date changes what its model's estimate depends on
+        (:meth:`Repricer.moved <batchata_df.engine.planning.Repricer.moved>`), its row
+        is priced again (``RunContext.reprice``, calibrated as admission does) and what
+        it holds follows: a rise is held now if it fits, else :meth:`_send_due` waits
+        for room or ends the row.
+        """
+        repricer = self._repricer
+        if repricer.reprice is None or not waiting:
+            return
+        today = repricer.today()
+        stale = [(r, r.priced_on) for r in waiting if r.priced_on not in (None, today)]
+        moved = [r for r, day in stale if r.estimated and day and repricer.moved(day)]
+        for request, _ in stale:
+            request.priced_on = today
+        if not moved:
+            return
+        rows = repricer.reprice(self.state.job_rows(pl.Series([r.job_id for r in moved])))
+        columns = [c for c in ("est_input_usd", "est_input_tokens") if c in rows.columns]
+        priced = {row["job_id"]: row for row in
+                  rows.select("job_id", "worst_usd", *columns).iter_rows(named=True)}  # fmt: skip
+        for request in moved:
+            row = priced.get(request.job_id)
+            if row is None:
+                continue
+            part = row.get("est_input_usd")
+            worst = admission.calibration.worst(
+                request.provider, request.model, pl.Series([row["worst_usd"]], dtype=pl.Float64),
+                None if part is None else pl.Series([part], dtype=pl.Float64),
+            )  # fmt: skip
+            if row.get("est_input_tokens") is not None:
+                request.est_input = int(row["est_input_tokens"])
+            amount = float(worst[0] or 0.0)
+            if amount != request.worst:
+                request.worst, request.repriced = amount, True
+            if request.job_id in reserved:
+                self._hold(request, reserved)
 
     def _send_new(
         self,
@@ -487,6 +573,7 @@ class RealtimeEngine:
                 request = _Request(
                     job_id, line, plan.provider, plan.model, key, float(amount or 0.0),
                     ctx.backoff(), est_input=est, estimated=admitted.has_estimates,
+                    priced_on=self._repricer.priced_on,
                 )  # fmt: skip
                 running[self._submit(pool, request)] = request
             planner.took(len(admitted))
@@ -494,6 +581,7 @@ class RealtimeEngine:
     def _submit(self, pool: ThreadPoolExecutor, request: _Request) -> Future[Any]:
         provider = cast(RealtimeProvider, self.ctx.providers[request.provider])
         self.sent += 1
+        request.sent_worst = request.worst
         return pool.submit(provider.answer, request.line, model=request.model, spec=self.ctx.spec)
 
     def _wait(
@@ -687,7 +775,7 @@ class RealtimeEngine:
                     "error": [e for _, _, e in items],
                     # A run without estimates records none (null), not $0: a later cap
                     # then prices the lost request from its row or refuses the folder.
-                    "est_cost_usd": [r.worst if r.estimated else None for r, _, _ in items],
+                    "est_cost_usd": [r.sent_worst if r.estimated else None for r, _, _ in items],
                     "input_tokens": None,
                     "mode": "realtime",
                 },
@@ -699,10 +787,12 @@ class RealtimeEngine:
             for r, _, error in items:
                 held = reserved.pop(r.job_id, 0.0)
                 self.state.release(held)
-                if error.startswith(("lost:", "server_error:")):
+                # A 5xx's next attempt never sent (``announce``) ends with that 5xx's error,
+                # but the attempt was counted when its 5xx came back (:meth:`_server_errors`).
+                if error.startswith(("lost:", "server_error:")) and not r.announce:
                     # It may have been billed: count its worst case as spent (the cap).
                     self.state.spent += held
-                    self.state.possibly_billed(r.worst if r.estimated else None)
+                    self.state.possibly_billed(r.sent_worst if r.estimated else None)
 
     def _activity(self, running: dict[Future[Any], _Request], waiting: list[_Request]) -> None:
         if self.state.stop_reason:
