@@ -28,7 +28,9 @@ complete; ``sql`` groups the events instead); :class:`ModelShutdownWarning` befo
 anything is sent when a model's announced shutdown is near; :class:`ThinkingRoomWarning`
 before anything is sent when a Gemini model's thinking, which no budget bounds, may take
 all of ``max_tokens``; :class:`UnpricedAnswerWarning` when rows were answered by another
-model than the one asked (a routed Gemini model's successor) whose price is not known.
+model than the one asked (a routed Gemini model's successor) whose price is not known;
+:class:`KeptStateWarning` when a call without ``state=`` returns rows left pending in
+batches a provider accepted (its temporary folder is kept to collect them).
 
 Failures of single rows are never exceptions: they become ``_status="failed"`` and an
 ``_error`` message in the result frame.
@@ -56,6 +58,7 @@ __all__ = [
     "CredentialsError",
     "EmulatorError",
     "FileInputError",
+    "KeptStateWarning",
     "LostUnpricedWarning",
     "ModelError",
     "ModelShutdownWarning",
@@ -280,6 +283,22 @@ class ProviderUnavailableWarning(UserWarning):
     """
 
 
+class KeptStateWarning(UserWarning):
+    """A call without ``state=`` returned rows still pending in batches a provider accepted.
+
+    A stop (Ctrl+C, ``time_limit``) whose cancels did not end within the grace period, or
+    a provider left unreachable, leaves batches in flight: their rows come back
+    ``_status="pending"``, and the provider may bill what they run. The call's temporary
+    folder is kept instead of removed, and the message names it: calling again with
+    ``state=`` that folder collects those rows without paying for them again (calling
+    without it sends and pays for them again). ``folder`` holds its path.
+    """
+
+    def __init__(self, message: str, folder: str | None = None) -> None:
+        super().__init__(message)
+        self.folder = folder
+
+
 class SummaryWarning(UserWarning):
     """A streaming run could not write its folder's summary (``summary/jobs.parquet``).
 
@@ -344,6 +363,7 @@ WARNINGS: tuple[type[UserWarning], ...] = (
     AmbiguousJobKeyWarning,
     LostUnpricedWarning,
     ProviderUnavailableWarning,
+    KeptStateWarning,
     SummaryWarning,
     ModelShutdownWarning,
     ThinkingRoomWarning,

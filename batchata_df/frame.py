@@ -31,6 +31,7 @@ from batchata_df.engine.realtime import DEFAULT_CONCURRENCY, RealtimeEngine
 from batchata_df.errors import (
     ColumnError,
     ConfigError,
+    KeptStateWarning,
     ModelError,
     ModelShutdownWarning,
     ParamError,
@@ -552,7 +553,8 @@ def batch_llm(
             providers[name] = make_provider(name)
         # The folder outlives the lock until the output is assembled: a failure there
         # keeps a temporary folder's paid answers too (_state_folder).
-        with _state_folder(state) as folder:
+        scope = _state_folder(state)
+        with scope as folder:
             with WriterLock(folder, lock_wait):
                 # Under the lock, as the engine reads the rest of the folder's spend.
                 options = _count_stored_spend(
@@ -602,7 +604,7 @@ def batch_llm(
             # Only the keys are needed from here on: let the prompts (and file payloads) go.
             keys = jobs.select("job_id", "input_error")
             del jobs, sendable, engine
-            return _assemble(
+            out = _assemble(
                 frame,
                 keys,
                 results,
@@ -611,6 +613,9 @@ def batch_llm(
                 keep_raw=keep_raw,
                 keep_responses=keep_responses,
             )
+            # Rows left in flight keep a temporary folder (_state_folder).
+            scope.pending = int((out.get_column("_status") == "pending").sum())
+            return out
     except KeyboardInterrupt:
         # A second Ctrl+C (or one outside the engine): the panel's last frame says so and
         # what to do, instead of staying on a running frame.
@@ -1031,12 +1036,22 @@ class _state_folder:
 
     A call that fails after it wrote a part (it sent, or was about to send, a batch) keeps
     its temporary folder: the answers it paid for are there, and the error gets a note
-    naming the folder to pass as ``state=`` to collect them without paying again.
+    naming the folder to pass as ``state=`` to collect them without paying again. So does
+    a call that returns rows still ``pending`` (:attr:`pending`, set by the caller before
+    the end: a stop whose cancels did not end in time, a provider left unreachable) when a
+    provider accepted a batch: it warns (:class:`~batchata_df.errors.KeptStateWarning`)
+    with the folder instead, as there is no error to note it on.
     """
 
     def __init__(self, state: str | os.PathLike[str] | None) -> None:
         self._state = state
         self._tmp: str | None = None
+        self.pending = 0
+
+    @property
+    def temporary(self) -> bool:
+        """Whether the folder is a temporary one (no ``state=``): :attr:`pending` matters."""
+        return self._tmp is not None
 
     def __enter__(self) -> Path:
         if self._state is not None:
@@ -1057,6 +1072,17 @@ class _state_folder:
                 "them without paying again (or pass state= from the start to choose the "
                 "folder)"
             )
+            return
+        if error is None and self.pending and _paid_for(folder):
+            # Before the warning: a filter that turns it into an error keeps the folder too.
+            msg = (
+                f"{self.pending} rows are still pending in batches the provider accepted "
+                f"(and may bill); they are kept in {self._tmp!r}: call again with "
+                f"state={self._tmp!r} to collect them without paying again (calling without "
+                "it sends and pays for them again; or pass state= from the start to choose "
+                "the folder)"
+            )
+            warn_user(KeptStateWarning(msg, self._tmp))
             return
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -291,13 +291,14 @@ def stream_llm(
     fr._load_dotenv()
     providers: dict[str, Provider] = {}
     display = fr._progress_callback(progress, max_cost_usd)
+    scope = fr._state_folder(state)
     try:
         for name in needed:
             providers[name] = make_provider(name)
         with (
             # Before the state folder's lock: a call waiting for the sink holds nothing.
             claim_sink(sink_path, state=state, lock_timeout=lock_wait),
-            fr._state_folder(state) as folder,
+            scope as folder,
             WriterLock(folder, lock_wait),
             _spill_folder(folder) as spill,
         ):
@@ -333,6 +334,8 @@ def stream_llm(
             fr._warn_serialised(
                 engine, lambda: observed_output(store.answer_usage()), options.max_cost_usd
             )
+            if scope.temporary:  # rows left in flight keep the folder (fr._state_folder)
+                scope.pending = _pending_rows(sink_path)
     except KeyboardInterrupt:
         abort = getattr(display, "abort", None)  # a second Ctrl+C: batch_llm's last frame
         if callable(abort):
@@ -345,6 +348,12 @@ def stream_llm(
         for provider in providers.values():
             provider.close()
     return pl.scan_parquet(sink_path, glob=False)
+
+
+def _pending_rows(sink: Path) -> int:
+    """How many rows of a written sink are ``pending`` (its ``_status`` column alone)."""
+    pending = (pl.col("_status") == "pending").sum()
+    return int(pl.scan_parquet(sink, glob=False).select(pending).collect().item())
 
 
 def plan_path() -> Path:

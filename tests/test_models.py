@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -446,6 +447,21 @@ def test_default_max_tokens_leaves_room_for_thinking(tmp_path):
     assert default_max_tokens(family_of("anthropic", "claude-opus-5-5"), {}) == 32_768
     assert default_max_tokens(family_of("gemini", "gemini-2.5-flash"),
                               {"reasoning_effort": "none"}) == 4096  # fmt: skip
+
+
+def test_default_max_tokens_never_exceeds_the_models_output_ceiling():
+    # Every provider refuses a max_tokens above the model's output ceiling: the default
+    # (the answer's 4,096 plus room for thinking) is cut to it. No family in the table has
+    # a ceiling below its default today, so families with a low one are made from real ones.
+    low = replace(family_of("openai", "gpt-6-sol"), max_output_tokens=10_000)
+    assert default_max_tokens(low, {}) == 10_000  # thinks at medium: 16,384 otherwise
+    assert default_max_tokens(low, {"reasoning_effort": "none"}) == 4096
+    small = replace(family_of("openai", "gpt-4.1-mini"), max_output_tokens=2048)
+    assert default_max_tokens(small, {}) == 2048
+    for family in FAMILIES:  # and every real family, at every effort it takes
+        for effort in (None, *family.efforts):
+            params = {} if effort is None else {"reasoning_effort": effort}
+            assert default_max_tokens(family, params) <= family.max_output_tokens, family.name
 
 
 def test_old_checkpoints_without_reasoning_tokens_still_read(emu, tmp_path):

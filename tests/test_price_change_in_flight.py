@@ -423,3 +423,30 @@ def test_rows_collected_late_after_a_rise_are_priced_at_their_window_not_the_col
     assert spent_usd(state) == pytest.approx(billed, rel=1e-9)
     sent = sql("SELECT sent_on FROM batch_events WHERE status = 'submitted'", state)
     assert sent["sent_on"].to_list() == [dt.date(2026, 11, 20)] * sent.height
+
+
+def test_rows_a_successor_answered_are_priced_at_its_price_in_their_window(
+    emu, tmp_path, monkeypatch
+) -> None:
+    # gemini-2.5-pro is answered by gemini-3.8-flash from 2026-12-01, whose price doubles on
+    # 2027-01-01. Sent and run on 2026-12-01, collected on 2027-01-05: the rows are billed at
+    # 3.8 Flash's price of their window, not of the collection day.
+    monkeypatch.setenv(TODAY_VAR, "2026-12-01")
+    emu.configure(today="2026-12-01", latency=60.0)
+    state = str(tmp_path / "s")
+    kw = {"model": "gemini-2.5-pro", "prompt": "{text}", "state": state, "progress": False,
+          "params": {"max_tokens": 3000}}  # fmt: skip
+    frame = LONG.head(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the shutdown and thinking-room warnings
+        frame.pipe(batch_llm, wait=False, **kw)
+        emu.advance(120)  # the batch ends on 2026-12-01
+        monkeypatch.setenv(TODAY_VAR, "2027-01-05")
+        emu.configure(today="2027-01-05")
+        out = frame.pipe(batch_llm, **kw)
+    assert out["_status"].to_list() == ["completed"] * 3, out["_error"].to_list()
+    bills = emu.billing(usd=True)
+    assert [b["model"] for b in bills] == ["gemini-3.8-flash"] * 3
+    billed = sum(float(b["usd"]) for b in bills)  # type: ignore[arg-type]
+    assert out["_cost_usd"].sum() == pytest.approx(billed, rel=1e-9)
+    assert spent_usd(state) == pytest.approx(billed, rel=1e-9)

@@ -466,3 +466,39 @@ def test_every_marked_prefix_is_marked_on_a_second_job(
     for key in marked:  # every job of a key marks its prompt part
         rows = plan.filter(pl.col("cache_key") == key)
         assert rows.get_column("cache_split").null_count() == 0, plan
+
+
+def test_anthropic_marks_no_system_prompt_or_file_that_only_one_row_sends(
+    emu, tmp_path: Path
+) -> None:
+    """A breakpoint on a prefix no other request shares writes the cache (1.25x the input
+    rate) for nothing: only prefixes of two rows or more are marked, and a row whose long
+    system prompt or file is its own is sent and billed plain."""
+    shared = "You are a meticulous contracts clerk; answer in one word. " * 100  # 1,450 tok
+    own = "You are a careful auditor of supplier invoices; answer briefly. " * 100
+    note = tmp_path / "own.txt"
+    note.write_text(DOC, encoding="utf-8")  # ~2,800 tokens, sent by one row only
+    emu.configure(log_bodies=True)
+    frame = pl.DataFrame(
+        {"q": ["one", "two", "three", "four"], "sys": [shared, shared, own, shared],
+         "f": [[], [], [], [str(note)]]},
+        schema={"q": pl.String, "sys": pl.String, "f": pl.List(pl.String)},
+    )  # fmt: skip
+    out = frame.pipe(
+        batch_llm, model="claude-sonnet-4-6", prompt="{q}", system=pl.col("sys"), files="f",
+        state=tmp_path / "s",
+    )  # fmt: skip
+    assert out["_status"].to_list() == ["completed"] * 4, out["_error"].to_list()
+    (create,) = _posts(emu, "/messages/batches")
+    params = {r["custom_id"]: r["params"] for r in create["body"]["requests"]}
+    ids = out["_job_id"].to_list()
+    mark = {"type": "ephemeral"}
+    assert params[ids[0]]["system"] == [{"type": "text", "text": shared, "cache_control": mark}]
+    assert params[ids[2]]["system"] == own  # its own: plain text, no breakpoint
+    assert "cache_control" not in str(params[ids[2]]["messages"])
+    # The file is this row's alone: no breakpoint on it (its system prompt is shared).
+    assert "cache_control" not in str(params[ids[3]]["messages"])
+    usage = _usage(tmp_path / "s").join(out.select(pl.col("_job_id").alias("job_id")), on="job_id")
+    writes = dict(zip(usage["job_id"], usage["cache_write_tokens"].fill_null(0), strict=True))
+    assert writes[ids[2]] == 0
+    _check_billing(out, tmp_path / "s", "anthropic", "claude-sonnet-4-6")

@@ -298,3 +298,62 @@ def test_the_serialised_warning_names_the_cap_passed(emu, tmp_path: Path) -> Non
                   prices={"gpt-6-terra": rates})
     message = str(seen[0].message)
     assert message.startswith(f"max_cost_usd={cap:g} serialised this run"), (cap, message)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_call_that_returns_rows_left_in_flight_keeps_its_folder_for_a_call_with_state(
+    emu, tmp_path: Path, scratch: Path, engine_clock, streamed: bool
+) -> None:
+    """A stop whose cancel does not end in time returns rows ``pending`` in a paid batch.
+
+    The call returned (no error to note the folder on) and removed its temporary folder:
+    those answers could never be collected, and the same call again paid for them again
+    (a new user's Jupyter pass: 48 billed requests for 30 rows). The folder is kept, a
+    warning names it, and a call with ``state=`` it collects them, each billed once.
+    """
+    from batchata_df import KeptStateWarning
+
+    # 8 requests spread over 1,000 s of the emulator's clock; once the batch is accepted
+    # the clock jumps 500 s (some have run, billed). The 1 s time limit asks to cancel it,
+    # which the emulator ends only after an hour: the grace period (900 s of the engine's
+    # fake clock) runs out first and the batch is left in flight, its rows pending.
+    emu.configure(latency=1000.0, cancel_delay=3600.0)
+    jumped: list[object] = []
+
+    def on_progress(snapshot: object) -> None:
+        if getattr(snapshot, "batches", {}).get("submitted") and not jumped:
+            jumped.append(emu.advance(500.0))
+
+    df = pl.DataFrame({"text": [f"t{i}" for i in range(8)]})
+    sink = tmp_path / "o.parquet"
+    kw: dict[str, object] = {"model": "gpt-4.1-mini", "prompt": "Say: {text}", "items_per_batch": 8}
+
+    def run(**more: object) -> pl.DataFrame:
+        if streamed:
+            return batch_llm(df.lazy(), sink=sink, **kw, **more).collect()  # type: ignore[arg-type]
+        return batch_llm(df, **kw, **more)  # type: ignore[arg-type]
+
+    with pytest.warns(KeptStateWarning) as seen:
+        out = run(time_limit=1.0, progress=on_progress)
+    assert jumped
+    assert out.get_column("_status").to_list() == ["pending"] * 8
+    kept = [p for p in scratch.iterdir() if p.name.startswith("batchata-df-")]
+    assert len(kept) == 1 and kept[0].is_dir()
+    [warning] = [w for w in seen if w.category is KeptStateWarning]
+    message = str(warning.message)
+    assert f"state={str(kept[0])!r}" in message, message
+    assert "8 rows" in message, message
+    assert warning.message.folder == str(kept[0])  # type: ignore[union-attr]
+    assert Path(warning.filename).name == Path(__file__).name  # the caller's line
+
+    first = {e["batch_id"] for e in emu.billing()}
+    assert len(first) == 1
+    emu.advance(4000.0)  # the cancel has ended: what ran before it is in the output file
+    emu.configure(latency=0.0)  # the rows it cancelled unrun go in a batch that ends at once
+    out = run(state=kept[0])
+    assert out.get_column("_status").to_list() == ["completed"] * 8
+    billed = Counter(e["request"] for e in emu.billing())
+    assert len(billed) == 8 and set(billed.values()) == {1}, billed
+    # (The emulator counts a batch's requests as run until its end is seen: here.)
+    ran = len([e for e in emu.billing() if e["batch_id"] in first])
+    assert 0 < ran < 8  # collected from the first call's batch, not paid again

@@ -614,6 +614,17 @@ class Mutation:
     tests: tuple[str, ...]
 
 
+_REALTIME_IS_BATCH = (
+    "tests/test_realtime_bodies.py::test_the_realtime_body_is_the_batch_request_of_the_same_row"
+)
+_REALTIME_HISTORY = "tests/test_realtime_bodies.py::test_gemini_realtime_sends_the_earlier_turns_"
+_LIMITS = "tests/test_batch_limits.py::"
+_UNSHARED_MARK = (
+    "tests/test_prompt_caching.py::"
+    "test_anthropic_marks_no_system_prompt_or_file_that_only_one_row_sends"
+)
+
+
 TARGETED: tuple[Mutation, ...] = (
     Mutation(
         "template-drops-literal-text",
@@ -748,6 +759,94 @@ TARGETED: tuple[Mutation, ...] = (
             "tests/test_requests_guarded.py::test_approximate_estimates_grow_with_the_prompt",
         ),
     ),
+    # Survivors of the hand audit of request building and money (mutants21): each survived
+    # the test files of what it changes, and the tests named kill it.
+    Mutation(
+        "realtime-gemini-drops-history",
+        "Gemini realtime requests send the prompt without the earlier turns",
+        "batchata_df/providers/gemini.py",
+        '                        contents=inlined["contents"],\n',
+        '                        contents=inlined["contents"][-1:],\n',
+        (f"{_REALTIME_IS_BATCH}[gemini-2.5-flash]", f"{_REALTIME_HISTORY}in_contents"),
+    ),
+    Mutation(
+        "realtime-gemini-drops-thinking",
+        "Gemini realtime requests lose thinkingConfig",
+        "batchata_df/providers/gemini.py",
+        'config = types.GenerateContentConfig.model_validate(inlined["config"])',
+        "config = types.GenerateContentConfig.model_validate("
+        '{k: v for k, v in inlined["config"].items() if k != "thinkingConfig"})',
+        (f"{_REALTIME_IS_BATCH}[gemini-2.5-flash]",),
+    ),
+    Mutation(
+        "realtime-anthropic-drops-thinking",
+        "Anthropic realtime requests lose thinking",
+        "batchata_df/providers/anthropic.py",
+        'required = {k: params.pop(k) for k in ("model", "max_tokens", "messages")}',
+        'required = {k: params.pop(k) for k in ("model", "max_tokens", "messages")}\n'
+        '        params.pop("thinking", None)',
+        (f"{_REALTIME_IS_BATCH}[claude-haiku-4-5]",),
+    ),
+    Mutation(
+        "realtime-openai-drops-reasoning-effort",
+        "OpenAI realtime requests lose reasoning_effort",
+        "batchata_df/providers/openai.py",
+        "raw = client.chat.completions.with_raw_response.create(**body)",
+        "raw = client.chat.completions.with_raw_response.create("
+        '**{k: v for k, v in body.items() if k != "reasoning_effort"})',
+        (f"{_REALTIME_IS_BATCH}[gpt-5.4-mini]",),
+    ),
+    Mutation(
+        "openai-batch-of-50001",
+        "OpenAI batches of 50,001 requests (OpenAI takes 50,000)",
+        "batchata_df/providers/openai.py",
+        "max_requests: ClassVar[int] = 50_000",
+        "max_requests: ClassVar[int] = 50_001",
+        (f"{_LIMITS}test_50001_openai_rows_go_in_two_batches_none_over_50000_requests",),
+    ),
+    Mutation(
+        "anthropic-batch-over-256-mb",
+        "Anthropic batches above 256 MB",
+        "batchata_df/providers/anthropic.py",
+        "max_bytes: ClassVar[int] = 256 * 1000 * 1000",
+        "max_bytes: ClassVar[int] = 256 * 1024 * 1024 + 1",
+        (f"{_LIMITS}test_the_client_limits_are_within_the_limits_the_emulator_enforces",),
+    ),
+    Mutation(
+        "anthropic-marks-an-unshared-system-prompt",
+        "a system prompt only one request sends is marked cache_control (a write for nothing)",
+        "batchata_df/caching.py",
+        "cache_system = (has_system & (head_size >= 2)",
+        "cache_system = (has_system & (head_size >= 1)",
+        (_UNSHARED_MARK,),
+    ),
+    Mutation(
+        "anthropic-marks-an-unshared-file",
+        "a file only one request sends is marked cache_control (a write for nothing)",
+        "batchata_df/caching.py",
+        "cache_files = (has_files & (head_size >= 2)",
+        "cache_files = (has_files & (head_size >= 1)",
+        (_UNSHARED_MARK,),
+    ),
+    Mutation(
+        "default-max-tokens-over-the-ceiling",
+        "the default max_tokens is not cut to the model's output ceiling",
+        "batchata_df/models.py",
+        "    return min(value, family.max_output_tokens)\n",
+        "    return value\n",
+        ("tests/test_models.py::test_default_max_tokens_never_exceeds_the_models_output_ceiling",),
+    ),
+    Mutation(
+        "routed-rows-priced-on-the-collection-day",
+        "rows a successor answered are priced at its price on the day they are collected",
+        "batchata_df/engine/ledger.py",
+        "found = self.ctx.prices.get(provider, str(name), day)",
+        "found = self.ctx.prices.get(provider, str(name))",
+        (
+            "tests/test_price_change_in_flight.py::"
+            "test_rows_a_successor_answered_are_priced_at_its_price_in_their_window",
+        ),
+    ),
 )
 
 
@@ -765,6 +864,9 @@ def run_targeted(only: str | None) -> list[dict[str, Any]]:
         shutil.copytree(ROOT / "tests", scratch / "tests",
                         ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy2(ROOT / "pyproject.toml", scratch / "pyproject.toml")
+        # The root conftest pins the suite's date (BATCHATA_DF_TODAY), which tests/conftest.py
+        # reads at import: without it every test errors (exit 4), which read as "survived".
+        shutil.copy2(ROOT / "conftest.py", scratch / "conftest.py")
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
         for mutation in TARGETED:
             if only is not None and mutation.name != only:
