@@ -28,6 +28,7 @@ from batchata_df.engine.auto import AutoEngine
 from batchata_df.engine.collection import RESULTS_UNUSABLE
 from batchata_df.engine.planning import DatedEstimate, only_model
 from batchata_df.engine.realtime import DEFAULT_CONCURRENCY, RealtimeEngine
+from batchata_df.engine.run import BatchPhase
 from batchata_df.errors import (
     ColumnError,
     ConfigError,
@@ -1073,11 +1074,11 @@ class _state_folder:
                 "folder)"
             )
             return
-        if error is None and self.pending and _paid_for(folder):
+        if error is None and self.pending and _paid_for(folder, open_creates=True):
             # Before the warning: a filter that turns it into an error keeps the folder too.
             msg = (
-                f"{self.pending} rows are still pending in batches the provider accepted "
-                f"(and may bill); they are kept in {self._tmp!r}: call again with "
+                f"{self.pending} rows are still pending in batches the provider accepted or may "
+                f"have accepted (and may bill); they are kept in {self._tmp!r}: call again with "
                 f"state={self._tmp!r} to collect them without paying again (calling without "
                 "it sends and pays for them again; or pass state= from the start to choose "
                 "the folder)"
@@ -1087,12 +1088,15 @@ class _state_folder:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _paid_for(folder: Path) -> bool:
+def _paid_for(folder: Path, *, open_creates: bool = False) -> bool:
     """Whether a state folder records a batch a provider accepted, or billed usage.
 
-    A batch that failed to be created, or a request refused (a rejected key), leaves
-    events too, but nothing to collect. When the parts cannot be read, ``True``: keeping
-    a folder costs disk, losing one costs what was paid.
+    With ``open_creates``, a create whose answer never came (the batch's latest event is
+    still its ``intent``: rows returned ``pending``) counts as accepted: the provider may
+    have made the batch. (A call that raised may have been refused its create outright, a
+    rejected key, leaving the intent too.) A batch that failed to be created, or a request
+    refused (a rejected key), leaves events too, but nothing to collect. When the parts
+    cannot be read, ``True``: keeping a folder costs disk, losing one costs what was paid.
     """
     def scan(parts: list[Path], schema: pl.Schema) -> pl.LazyFrame:
         # Parts of different versions have different columns (a plain scan of them is a
@@ -1103,9 +1107,20 @@ def _paid_for(folder: Path) -> bool:
 
     try:
         batches = list((folder / "batches").glob("part-*.parquet"))
-        if batches and scan(batches, BATCH_EVENTS).select(
-            pl.col("provider_batch_id").is_not_null().any()
-        ).collect().item():
+        # An accepted batch, or a create whose answer never came (its batch's latest event
+        # is still the intent: the provider may have made it, which a call with this
+        # folder finds by listing; removed, the same call again pays for it again).
+        accepted = pl.col("provider_batch_id").is_not_null().any()
+        open_create = (
+            pl.col("status").sort_by("seq").last().over("batch_key") == BatchPhase.INTENT.value
+        ).any()
+        if (
+            batches
+            and scan(batches, BATCH_EVENTS)
+            .select(accepted | (open_create & open_creates))
+            .collect()
+            .item()
+        ):
             return True
         jobs = list((folder / "jobs").glob("part-*.parquet"))
         usage = pl.any_horizontal(
