@@ -45,6 +45,10 @@ class BatchPhase(enum.StrEnum):
     ABANDONED = "abandoned"
 
 
+RESIDUE_USD = 1e-12
+"""Below this, a reservation left after its releases is the float sum's rounding: none.
+(Admission's comparisons allow the same: ``engine.admission``, ``engine.realtime``.)"""
+
 IN_FLIGHT = (BatchPhase.SUBMITTED.value, BatchPhase.CANCEL_REQUESTED.value)
 
 
@@ -317,8 +321,23 @@ class RunState:
         return self.jobs.filter(pl.col("job_id").is_in(job_ids.implode()))
 
     def release(self, amount: float) -> None:
-        """Give back a reservation (the batch ended, was refused, or never got created)."""
-        self.reserved = max(0.0, self.reserved - amount)
+        """Give back a reservation (the batch ended, was refused, or never got created).
+
+        What is left below :data:`RESIDUE_USD` is the float sum's rounding (the same
+        amounts added and taken back in another order), not money: nothing is held.
+
+        Examples
+        --------
+        >>> state = RunState(started=0.0)
+        >>> for usd in (0.1, 0.2, 0.3):
+        ...     state.reserved += usd
+        >>> for usd in (0.3, 0.1, 0.2):
+        ...     state.release(usd)
+        >>> state.reserved
+        0.0
+        """
+        left = self.reserved - amount
+        self.reserved = left if left > RESIDUE_USD else 0.0
 
     def snapshot(self, phase: str, now: float) -> ProgressSnapshot:
         """The progress figures at ``now`` (a clock reading)."""
