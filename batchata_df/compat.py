@@ -58,7 +58,7 @@ from pydantic import BaseModel
 from batchata_df.engine import ProgressSnapshot, busy_jobs
 from batchata_df.engine.recovery import as_lost
 from batchata_df.errors import BatchataError, ConfigError
-from batchata_df.frame import batch_llm
+from batchata_df.frame import batch_llm, interrupts
 from batchata_df.schema import AnswerSchema
 from batchata_df.state import StateStore, read_manifest, spent_usd
 
@@ -817,6 +817,7 @@ class Batch:
                     on_progress, progress_interval, self._cost_limit, self.items_per_batch,
                     totals,
                 )
+            pressed = interrupts()
             try:
                 out = self._run_group(frame, first, None if fresh else root / key, cap,
                                       started, progress,
@@ -837,7 +838,10 @@ class Batch:
             elif not dry_run and "_error" in out.columns:
                 # batch_llm turns the first Ctrl+C into a graceful stop and returns: the
                 # later groups must not be sent either (nothing more is submitted).
-                interrupted = bool((out.get_column("_error") == _INTERRUPTED).any())
+                # So does a Ctrl+C after the group's last row ended: it cancelled no row.
+                interrupted = interrupts() != pressed or bool(
+                    (out.get_column("_error") == _INTERRUPTED).any()
+                )
             if not dry_run:
                 totals.end_group(out)
             elif out.height:

@@ -1002,6 +1002,20 @@ def _revalidate(store: StateStore, job_ids: pl.Series, answer: AnswerSchema) -> 
         store.append_jobs(events)
 
 
+_INTERRUPTS = [0]
+"""How many graceful stops Ctrl+C has asked for in this process (see :func:`interrupts`)."""
+
+
+def interrupts() -> int:
+    """How many times a first Ctrl+C has stopped a call gracefully in this process.
+
+    ``compat.Batch.run`` compares it before and after each group's call: a Ctrl+C that came
+    after the group's last row ended (its results being read, its last progress call)
+    cancels no row, yet the user asked to stop and no later group may be sent.
+    """
+    return _INTERRUPTS[0]
+
+
 @contextlib.contextmanager
 def _interrupt_sets(stop: threading.Event) -> Iterator[None]:
     """Turn the first Ctrl+C into a graceful stop; a second one aborts at once.
@@ -1018,6 +1032,7 @@ def _interrupt_sets(stop: threading.Event) -> Iterator[None]:
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
+        _INTERRUPTS[0] += 1
         print(
             "\nbatchata-df: stopping - cancelling batches in flight and keeping finished rows "
             "(press Ctrl+C again to abort without waiting)",

@@ -631,3 +631,30 @@ def test_a_job_refused_by_its_checks_stops_the_run_before_any_group_is_sent(emu,
         batch.run()
     assert emu.log() == [] and emu.billing() == []
     assert not list((tmp_path / "out").glob("job-*.json"))
+
+
+def test_ctrl_c_after_a_groups_last_row_ended_sends_no_later_group(emu, tmp_path):
+    """Ctrl+C while the first group's results are read (its rows all ended, none cancelled)
+    still stops the run: the next group is never sent nor billed, its job reads
+    'cancelled: interrupted'."""
+    import signal
+
+    pressed = []
+
+    def on_progress(snapshot):
+        if snapshot.pending == 0 and not pressed:  # the group's last snapshot
+            pressed.append(True)
+            signal.raise_signal(signal.SIGINT)  # Ctrl+C, once
+
+    batch = Batch(results_dir=tmp_path / "out").set_default_params(model="gpt-4.1-mini")
+    batch.add_job(prompt="a", temperature=0.0)
+    batch.add_job(prompt="b", temperature=0.5)  # another group: another batch_llm call
+    run = batch.run(on_progress=on_progress, progress_interval=0.0)
+    assert pressed
+    results = run.results()
+    assert [r.job_id for r in results["completed"]] == ["job-000000"]
+    assert [(r.job_id, r.error) for r in results["cancelled"]] == [
+        ("job-000001", "cancelled: interrupted")
+    ]
+    assert len(posts(emu, "/batches")) == 1  # the second group was never sent
+    assert len(emu.billing()) == 1
