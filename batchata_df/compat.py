@@ -280,12 +280,15 @@ class BatchRun:
                     )
 
 
-def _spent_or_held(folder: Path) -> float:
+def _spent_or_held(folder: Path, largest: Callable[[], float] = lambda: 0.0) -> float:
     """What a group's checkpoint folder was billed, plus the worst case of its jobs in flight.
 
-    The worst case is the one recorded when the batch was sent (every group call has a cap
-    when the builder has one); a batch whose results are in but not collected yet still
-    holds it, as it does in the engine (:func:`~batchata_df.engine.busy_jobs`).
+    The worst case is the one recorded when the batch was sent; a batch whose results are
+    in but not collected yet still holds it, as it does in the engine
+    (:func:`~batchata_df.engine.busy_jobs`). A batch sent without a cap (an earlier
+    ``run(wait=False)`` before ``add_cost_limit``) recorded none: its jobs are held at the
+    largest worst case known, recorded or ``largest()`` (the group's jobs' own), as
+    batch_llm holds the batches it re-attaches.
     """
     manifest = folder / "manifest.json"
     if not manifest.is_file():
@@ -293,8 +296,12 @@ def _spent_or_held(folder: Path) -> float:
     store = StateStore(folder, read_manifest(manifest).fingerprint, readonly=True)
     current, billed = store.snapshot()
     busy = busy_jobs(store, as_lost(current))
+    held = busy.get_column("est_cost_usd").cast(pl.Float64)
+    if held.null_count():
+        known = held.max()
+        held = held.fill_null(max(largest(), 0.0 if known is None else float(known)))  # type: ignore[arg-type]
     return float(billed.get_column("cost_usd").fill_null(0.0).sum()) + float(
-        busy.get_column("est_cost_usd").fill_null(0.0).sum()
+        held.fill_null(0.0).sum()
     )
 
 
@@ -805,8 +812,10 @@ class Batch:
             if cap is not None:
                 # One cap over all groups: each group may spend what the others have not
                 # spent or hold in flight (run(wait=False) leaves their batches running).
-                others = 0.0 if fresh else sum(_spent_or_held(root / k) for k in groups
-                                               if k != key)  # fmt: skip
+                others = 0.0 if fresh else sum(
+                    _spent_or_held(root / k, lambda k=k: self._largest_worst(groups[k]))  # type: ignore[misc]
+                    for k in groups if k != key
+                )  # fmt: skip
                 cap = max(cap - others - planned_usd, 1e-12)
             first = jobs[0]
             frame = _group_frame(jobs)
@@ -855,6 +864,13 @@ class Batch:
             run.frames.append((jobs, out.drop(internal)))
         run._write_files()
         return run
+
+    def _largest_worst(self, jobs: list[_Job]) -> float:
+        """The largest worst case of one of ``jobs`` (a dry run of the group, no folder)."""
+        plan = self._run_group(_group_frame(jobs), jobs[0], None, self._cost_limit,
+                               time.monotonic(), False, dry_run=True, wait=True)  # fmt: skip
+        top = plan.get_column("_est_cost_usd").max() if plan.height else None
+        return 0.0 if top is None else float(top)  # type: ignore[arg-type]
 
     def _run_group(
         self,

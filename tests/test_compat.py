@@ -658,3 +658,39 @@ def test_ctrl_c_after_a_groups_last_row_ended_sends_no_later_group(emu, tmp_path
     ]
     assert len(posts(emu, "/batches")) == 1  # the second group was never sent
     assert len(emu.billing()) == 1
+
+
+def test_one_cost_limit_counts_another_groups_batch_sent_without_a_limit(emu, tmp_path):
+    """A batch an earlier ``run(wait=False)`` without a cost limit left in flight recorded
+    no worst case: the limit added later still holds it (at the largest worst case known,
+    as batch_llm holds its own), so the groups together never bill more than the limit."""
+    emu.configure(latency=1000.0)
+
+    def build(limit: float | None) -> Batch:
+        batch = Batch(results_dir=tmp_path / "out").set_default_params(
+            model="gpt-4.1-mini", max_tokens=2000
+        )
+        if limit is not None:
+            batch.add_cost_limit(usd=limit)
+        batch.add_job(prompt="one [[emulator:truncate]]", temperature=0.0)
+        batch.add_job(prompt="two [[emulator:truncate]]", temperature=0.5)  # another group
+        return batch
+
+    first = build(None).run(wait=False)
+    assert first.status()["pending"] == 2
+    assert len(posts(emu, "/batches")) == 2
+    emu.advance(1000.0)
+    emu.configure(latency=0.0)
+    # Two truncated answers ($0.0016 each at 2000 tokens) fit in $0.004, three do not.
+    batch = build(0.004)
+    batch.add_job(prompt="three [[emulator:truncate]]", temperature=0.0)  # the first group
+    second = batch.run()
+    results = second.results()
+    # The two in flight answered (truncated: failed, billed); the third was never sent.
+    assert sorted(r.job_id for r in results["failed"]) == ["job-000000", "job-000001"]
+    assert [(r.job_id, r.error) for r in results["cancelled"]] == [
+        ("job-000002", "cancelled: cost_limit")
+    ]
+    assert len(posts(emu, "/batches")) == 2
+    assert len(emu.billing()) == 2
+    assert 0.003 < second.status()["cost_usd"] <= 0.004
