@@ -803,6 +803,13 @@ class Batch:
                 except BatchataError as e:
                     e.args = (_in_compat_words(str(e)), *e.args[1:])
                     raise
+        worst: dict[str, float] = {}
+
+        def largest(k: str) -> float:  # a group's largest worst case, planned once a run
+            if k not in worst:
+                worst[k] = self._largest_worst(groups[k])
+            return worst[k]
+
         interrupted = False
         planned_usd = 0.0  # a dry run: the worst case its earlier groups would send
         totals = _RunTotals(total=len(self._jobs), started=started, later=len(self._jobs))
@@ -813,7 +820,7 @@ class Batch:
                 # One cap over all groups: each group may spend what the others have not
                 # spent or hold in flight (run(wait=False) leaves their batches running).
                 others = 0.0 if fresh else sum(
-                    _spent_or_held(root / k, lambda k=k: self._largest_worst(groups[k]))  # type: ignore[misc]
+                    _spent_or_held(root / k, lambda k=k: largest(k))  # type: ignore[misc]
                     for k in groups if k != key
                 )  # fmt: skip
                 cap = max(cap - others - planned_usd, 1e-12)
