@@ -47,6 +47,7 @@ import json
 import re
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -796,10 +797,15 @@ class Batch:
             # Every group's checks (parameters, models, files, the folder's settings) before
             # the first group is sent: batch_llm checks its own jobs before sending, but a
             # later group's refusal would come after the earlier groups were paid for.
+            # Silent: what it warns, in a dry run's words ("would be sent (this is a dry
+            # run)"), each group's own call warns in the run's ("are sent now").
             for key, jobs in groups.items():
                 try:
-                    self._run_group(_group_frame(jobs), jobs[0], root / key, self._cost_limit,
-                                    started, False, dry_run=True, wait=wait)  # fmt: skip
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        self._run_group(_group_frame(jobs), jobs[0], root / key,
+                                        self._cost_limit, started, False, dry_run=True,
+                                        wait=wait)  # fmt: skip
                 except BatchataError as e:
                     e.args = (_in_compat_words(str(e)), *e.args[1:])
                     raise
@@ -873,9 +879,19 @@ class Batch:
         return run
 
     def _largest_worst(self, jobs: list[_Job]) -> float:
-        """The largest worst case of one of ``jobs`` (a dry run of the group, no folder)."""
-        plan = self._run_group(_group_frame(jobs), jobs[0], None, self._cost_limit,
-                               time.monotonic(), False, dry_run=True, wait=True)  # fmt: skip
+        """The largest worst case of one of ``jobs`` (a dry run of the group, no folder).
+
+        Silent, and 0 when such a dry run refuses the group (a model retired since its
+        folder was started is refused without the folder): the group's own call decides.
+        """
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                plan = self._run_group(_group_frame(jobs), jobs[0], None, self._cost_limit,
+                                       time.monotonic(), False, dry_run=True,
+                                       wait=True)  # fmt: skip
+        except BatchataError:
+            return 0.0
         top = plan.get_column("_est_cost_usd").max() if plan.height else None
         return 0.0 if top is None else float(top)  # type: ignore[arg-type]
 

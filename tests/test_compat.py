@@ -694,3 +694,35 @@ def test_one_cost_limit_counts_another_groups_batch_sent_without_a_limit(emu, tm
     assert len(posts(emu, "/batches")) == 2
     assert len(emu.billing()) == 2
     assert 0.003 < second.status()["cost_usd"] <= 0.004
+
+
+def test_a_real_run_never_shows_the_checks_dry_run_wording(on, emu, tmp_path):
+    """The checks every group gets before the first is sent are a dry run: what it warns
+    in a dry run's words ("would be sent (this is a dry run)") is not shown in a real run,
+    which says what it does itself ("are sent now")."""
+    import warnings
+
+    from batchata_df.errors import ModelShutdownWarning
+
+    def build(limit: float | None) -> Batch:
+        batch = Batch(results_dir=tmp_path / "out").set_default_params(max_tokens=3000)
+        if limit is not None:
+            batch.add_cost_limit(usd=limit)
+        for i in range(6):  # gemini-2.5-flash: routed to gemini-3.5-flash-lite from 12-01
+            batch.add_job(prompt=f"row {i}: " + "lorem ipsum " * 100, model="gemini-2.5-flash")
+        batch.add_job(prompt="other", model="gpt-4.1-mini", temperature=0.5)  # a 2nd group
+        return batch
+
+    on("2026-11-30")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the shutdown warning; the cap's cancelled rows
+        first = build(0.004).run()
+    assert 0 < len(first.results()["completed"]) < 7
+    on("2026-12-01")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = build(None).run()
+    said = [str(w.message) for w in caught if w.category is ModelShutdownWarning]
+    assert any("are sent now" in s for s in said), said
+    assert not any("this is a dry run" in s for s in said), said
+    assert len(again.results()["completed"]) == 7
