@@ -108,13 +108,7 @@ def main() -> None:
         "path": "streamed" if args.stream else "in memory",
         "runs": [],
     }
-    cores = sorted(os.sched_getaffinity(0))
-    pinned: dict[str, list[int]] | None = None
-    if args.pin:
-        if len(cores) < 2:
-            raise SystemExit(f"--pin needs two cores or more; this process may use {cores}")
-        pinned = {"emulator": cores[-1:], "clients": cores[:-1]}
-        os.sched_setaffinity(0, pinned["emulator"])  # the emulator inherits it at start
+    pinned = bench.pin_emulator() if args.pin else None
     doc["pinned"] = pinned
     inputs = tempfile.TemporaryDirectory(dir=args.state_dir)
     with inputs, Emulator(latency=0.0) as emu:

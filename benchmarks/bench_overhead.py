@@ -361,6 +361,20 @@ def compile_bytecode(package: Path = HERE.parent / "batchata_df") -> None:
         raise SystemExit(f"could not byte-compile {package}")
 
 
+def pin_emulator() -> dict[str, list[int]]:
+    """``--pin``: this process (so the emulator it starts next) on the last core.
+
+    Returns the cores: ``"emulator"``, and ``"clients"`` (the others), to which the caller
+    moves itself once the emulator runs, so that every client it starts inherits them.
+    """
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        raise SystemExit(f"--pin needs two cores or more; this process may use {cores}")
+    pinned = {"emulator": cores[-1:], "clients": cores[:-1]}
+    os.sched_setaffinity(0, pinned["emulator"])  # the emulator inherits it at start
+    return pinned
+
+
 def child_env(emulator_env: dict[str, str]) -> dict[str, str]:
     """The clients' environment (this one and the emulator's), batchata_df byte-compiled."""
     compile_bytecode()
@@ -653,13 +667,7 @@ def main() -> None:
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     points: list[dict[str, Any]] = []
     args.out.parent.mkdir(exist_ok=True)
-    cores = sorted(os.sched_getaffinity(0))
-    pinned: dict[str, list[int]] | None = None
-    if args.pin:
-        if len(cores) < 2:
-            raise SystemExit(f"--pin needs two cores or more; this process may use {cores}")
-        pinned = {"emulator": cores[-1:], "clients": cores[:-1]}
-        os.sched_setaffinity(0, pinned["emulator"])  # the emulator inherits it at start
+    pinned = pin_emulator() if args.pin else None
     with Emulator(latency=0.0) as emu:
         if pinned is not None:
             os.sched_setaffinity(0, pinned["clients"])  # every client inherits this

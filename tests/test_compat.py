@@ -470,10 +470,8 @@ def test_jobs_without_text_are_refused_by_add_job(emu, tmp_path, job, needle):
     assert emu.log() == []
 
 
-def test_one_cost_limit_over_groups_counts_batches_another_group_left_in_flight(emu, tmp_path):
-    """``run(wait=False)`` leaves the first group's batch in flight, holding its worst case:
-    the next group may spend only what is left of the limit, as with ``wait=True``."""
-    emu.configure(latency=1000.0)
+def _two_groups_one_limit(tmp_path: Path) -> Batch:
+    """Two truncated jobs in two groups (another temperature) under a limit for one."""
     batch = (
         Batch(results_dir=tmp_path / "out")
         .set_default_params(model="gpt-4.1-mini", max_tokens=2000)
@@ -481,6 +479,14 @@ def test_one_cost_limit_over_groups_counts_batches_another_group_left_in_flight(
     )
     batch.add_job(prompt="one [[emulator:truncate]]", temperature=0.0)
     batch.add_job(prompt="two [[emulator:truncate]]", temperature=0.5)  # another group
+    return batch
+
+
+def test_one_cost_limit_over_groups_counts_batches_another_group_left_in_flight(emu, tmp_path):
+    """``run(wait=False)`` leaves the first group's batch in flight, holding its worst case:
+    the next group may spend only what is left of the limit, as with ``wait=True``."""
+    emu.configure(latency=1000.0)
+    batch = _two_groups_one_limit(tmp_path)
     first = batch.run(wait=False)
     assert first.status()["pending"] == 1
     assert [r.error for r in first.results()["cancelled"]] == ["cancelled: cost_limit"]
@@ -563,13 +569,7 @@ def test_seed_progress_counts_the_whole_run_across_groups(emu, tmp_path):
 def test_dry_run_plans_every_group_under_one_cost_limit(emu, tmp_path):
     """The dry run's ``_within_cap`` is what the run then does: two groups whose worst
     cases fit the limit one at a time but not together are not both "within the cap"."""
-    batch = (
-        Batch(results_dir=tmp_path / "out")
-        .set_default_params(model="gpt-4.1-mini", max_tokens=2000)
-        .add_cost_limit(usd=0.003)  # one truncated answer ($0.0016 at 2000 tokens), not two
-    )
-    batch.add_job(prompt="one [[emulator:truncate]]", temperature=0.0)
-    batch.add_job(prompt="two [[emulator:truncate]]", temperature=0.5)  # another group
+    batch = _two_groups_one_limit(tmp_path)
     plan = batch.run(dry_run=True).to_polars()
     assert plan["_status"].to_list() == ["planned", "planned"]
     assert plan["_within_cap"].to_list() == [True, False]

@@ -63,6 +63,21 @@ def _flip(clock: FakeClock, on: Any, days: int, after: str, seen: list[ProgressS
     return done
 
 
+def _over_two_midnights(
+    clock: FakeClock, on: Any, rows: pl.DataFrame, state: str, cap: float, kw: dict[str, Any]
+) -> tuple[pl.DataFrame, list[ProgressSnapshot], list[float]]:
+    """A capped realtime call begun on 2026-11-29 whose first wait moves it to 12-01: its
+    frame, its progress snapshots, and what was held at that wait (:func:`_flip`)."""
+    on("2026-11-29")
+    seen: list[ProgressSnapshot] = []
+    held = _flip(clock, on, 2, "2026-12-01", seen)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = rows.pipe(batch_llm, state=state, max_cost_usd=cap, mode="realtime",
+                        progress=seen.append, **kw)  # fmt: skip
+    return out, seen, held
+
+
 def _last_running(seen: list[ProgressSnapshot]) -> ProgressSnapshot:
     """The last snapshot before "done" (which shows 0 held whatever is held)."""
     return [s for s in seen if s.phase == "running"][-1]
@@ -95,14 +110,8 @@ def test_a_retry_that_does_not_fit_yet_waits_for_another_retry_sent_beside_it(
     assert wa == pytest.approx(2 * wb, rel=1e-9)
     cap = round(3.5 * wb, 10)
     emu.inject_fault(path_regex=GENERATE, method="POST", status=429, times=2, retry_after=60)
-    on("2026-11-29")
-    seen: list[ProgressSnapshot] = []
-    held = _flip(clock, on, 2, "2026-12-01", seen)
     state = str(tmp_path / "s")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out = SHORT.pipe(batch_llm, state=state, max_cost_usd=cap, mode="realtime",
-                         progress=seen.append, **SHORT_KW)  # fmt: skip
+    out, seen, held = _over_two_midnights(clock, on, SHORT, state, cap, SHORT_KW)
     assert held == [pytest.approx(2 * wb, rel=1e-12)], "both retries waited, held at 11-29's"
     bills = _bills(emu)
     assert sum(bills) <= cap
@@ -135,14 +144,8 @@ def test_several_retries_across_the_rise_never_bill_past_the_cap(
     cap = round(5.5 * wb, 10)
     emu.inject_fault(path_regex=GENERATE, method="POST", status=429, times=refused,
                      retry_after=60)  # fmt: skip
-    on("2026-11-29")
-    seen: list[ProgressSnapshot] = []
-    _flip(clock, on, 2, "2026-12-01", seen)
     state = str(tmp_path / "s")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out = TRUNC.pipe(batch_llm, state=state, max_cost_usd=cap, mode="realtime",
-                         progress=seen.append, **kw)  # fmt: skip
+    out, seen, _ = _over_two_midnights(clock, on, TRUNC, state, cap, kw)
     bills = _bills(emu)
     assert sum(bills) <= cap
     assert out["_cost_usd"].sum() == pytest.approx(sum(bills), rel=1e-12)
@@ -174,14 +177,8 @@ def test_a_429_then_a_5xx_on_the_retry_priced_again_counts_the_new_worst_case(
     cap = round(5 * wa * 1.0001, 10)
     emu.inject_fault(path_regex=GENERATE, method="POST", status=429, times=1, retry_after=60)
     emu.inject_fault(path_regex=GENERATE, method="POST", status=502, when="after", times=1)
-    on("2026-11-29")
-    seen: list[ProgressSnapshot] = []
-    _flip(clock, on, 2, "2026-12-01", seen)
     state = str(tmp_path / "s")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out = TRUNC.pipe(batch_llm, state=state, max_cost_usd=cap, mode="realtime",
-                         progress=seen.append, **kw)  # fmt: skip
+    out, seen, _ = _over_two_midnights(clock, on, TRUNC, state, cap, kw)
     bills = _bills(emu, once=False)
     assert len(bills) == 5  # 4 rows, one of them twice (the 502 followed its answer)
     assert sum(bills) <= cap
@@ -293,14 +290,8 @@ def test_a_5xx_next_attempt_that_does_not_fit_yet_waits_for_one_sent_beside_it(
     wb = _worst(on, "2026-11-29", SHORT, SHORT_KW)
     cap = round(5 * wb, 10)
     emu.inject_fault(path_regex=GENERATE, method="POST", status=502, when="after", times=2)
-    on("2026-11-29")
-    seen: list[ProgressSnapshot] = []
-    _flip(clock, on, 2, "2026-12-01", seen)
     state = str(tmp_path / "s")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out = SHORT.pipe(batch_llm, state=state, max_cost_usd=cap, mode="realtime",
-                         progress=seen.append, **SHORT_KW)  # fmt: skip
+    out, seen, _ = _over_two_midnights(clock, on, SHORT, state, cap, SHORT_KW)
     assert out["_status"].to_list() == ["completed", "completed"], out["_error"].to_list()
     bills = _bills(emu, once=False)
     assert len(bills) == 4 and sum(bills) <= cap
