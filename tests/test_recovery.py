@@ -102,7 +102,10 @@ def test_time_limit_reason_survives_a_crash_after_the_cancel_request(emu, tmp_pa
         headers={"Authorization": "Bearer sk-test"}, data=b"",
     )
     urllib.request.urlopen(request).close()
-    emu.advance(60)  # the second call's own batch ends on the emulator's clock
+    emu.advance(60)  # the cancelled batch ends (its cancel delay) on the emulator's clock
+    # The second call's own batch answers at once: created with latency=30, it kept the
+    # call polling ~40 real seconds (backoff) for nothing the assertions read.
+    emu.configure(latency=0)
     out = df.pipe(batch_llm, **kwargs)
     # The collected batch's rows ended cancelled with the earlier call's reason ...
     events = pl.read_parquet(state / "jobs" / "*.parquet")
