@@ -68,14 +68,13 @@ def test_a_batch_the_provider_no_longer_knows_ends_failed_not_hanging(emu, tmp_p
     assert len(posts(emu)) == 1
 
 
-def test_a_failed_download_is_retried_and_other_batches_still_collected(
-    emu, tmp_path, monkeypatch
-):
+def test_a_failed_download_is_retried_and_other_batches_still_collected(emu, tmp_path, monkeypatch):
     from batchata_df.providers.openai import OpenAIProvider
 
-    # Two attempts per download (one SDK retry): the 4 faults fail it twice past the SDK's
-    # retries, so the run itself retries it. (With the default 5 SDK retries the SDK alone
-    # absorbed all 4, after ~7 s of its backoff, and the run never saw a failed download.)
+    # Two attempts per download (one SDK retry): the 4 faults make downloads fail twice
+    # past the SDK's retries, and the run itself retries them. (With the default 5 SDK
+    # retries the SDK alone absorbed all 4, after ~7 s of its backoff: the run never saw
+    # a failed download.)
     monkeypatch.setattr(OpenAIProvider, "sdk_max_retries", 1)
     emu.inject_fault(method="GET", path_regex=r"/openai/v1/files/.*/content", status=500,
                      times=4)  # beyond the SDK's own retries twice
