@@ -229,6 +229,7 @@ class Family:
 
 _PAI = "pydantic-ai-slim 2.68.0 pydantic_ai/profiles/"
 _OAI_DOCS = "https://developers.openai.com/api/docs/models/"
+_CLAUDE_DOCS = "https://platform.claude.com/docs/"
 _G = "https://docs.cloud.google.com/gemini-enterprise-agent-platform/models/guides/gemini-3-5-flash"
 _OPENAI_5_6: tuple[Effort, ...] = ("low", "medium", "high", "xhigh")
 _ANTHROPIC_NEW: tuple[Effort, ...] = ("low", "medium", "high", "xhigh", "max")
@@ -365,15 +366,31 @@ FAMILIES: tuple[Family, ...] = (
         "openai", "other OpenAI models", r"", ("gpt-4o",), max_output_tokens=16_384,
         sources=(f"{_OAI_DOCS}gpt-4o (16,384 max output tokens)",),
     ),
-    # ---- Anthropic
+    # ---- Anthropic (default efforts: the models' pages, table "How it compares", column
+    # "Default effort": Opus 5.5 and Haiku 5.5 medium, Fable 5.1, Sonnet 5.5, Opus 5,
+    # Sonnet 5 high; the default max_tokens leaves room for that thinking).
     Family(
-        "anthropic", "Claude Opus 5.5, Fable, Mythos", r"claude-(opus-5-[5-9]|fable-|mythos-)",
-        ("claude-opus-5-5",),
-        thinking="anthropic_adaptive", thinks_by_default=True, default_effort="high",
+        "anthropic", "Claude Opus 5.5", r"claude-opus-5-[5-9]", ("claude-opus-5-5",),
+        thinking="anthropic_adaptive", thinks_by_default=True, default_effort="medium",
         can_disable=False, efforts=_ANTHROPIC_NEW, sampling="no", max_output_tokens=128_000,
         citations=True,
         sources=(f"{_PAI}anthropic.py thinking_always_enabled, disallows_sampling_settings, "
-                 "max_output_tokens",),
+                 "max_output_tokens",
+                 f"{_CLAUDE_DOCS}zh-CN/models/opus-5-5/overview (\"Adaptive (always on)\", "
+                 "default effort medium, 128K max output) and /whats-new-opus-5-5 (\"the "
+                 "default on this model is medium\"; thinking.type.disabled is a 400)"),
+    ),
+    Family(
+        "anthropic", "Claude Fable, Mythos", r"claude-(fable|mythos)-",
+        ("claude-fable-5-1", "claude-mythos-5-2"),
+        thinking="anthropic_adaptive", thinks_by_default=True, default_effort="high",
+        can_disable=False, efforts=_ANTHROPIC_NEW, sampling="no", max_output_tokens=128_000,
+        citations=True,
+        sources=(f"{_PAI}anthropic.py thinking_always_enabled, disallows_sampling_settings",
+                 f"{_CLAUDE_DOCS}en/models/fable-5/migration-guide (thinking disabled or "
+                 "enabled with budget_tokens: 400 on claude-fable-5 and claude-mythos-5)",
+                 f"{_CLAUDE_DOCS}en/models/haiku-5-5/overview (Fable 5.1: \"Adaptive (always "
+                 "on)\", default effort high, 128K max output)"),
     ),
     Family(
         "anthropic", "Claude Sonnet 5.5", r"claude-sonnet-5-[5-9]", ("claude-sonnet-5-5",),
@@ -385,13 +402,26 @@ FAMILIES: tuple[Family, ...] = (
                  "anthropic 2.14 types/thinking_config_between_tools_param.py"),
     ),
     Family(
-        "anthropic", "Claude Opus 5, Sonnet 5, Haiku 5.5",
-        r"claude-(opus-5|sonnet-5|haiku-5)",
-        ("claude-opus-5", "claude-sonnet-5", "claude-haiku-5-5"),
+        "anthropic", "Claude Haiku 5.5", r"claude-haiku-5", ("claude-haiku-5-5",),
+        thinking="anthropic_adaptive", thinks_by_default=True, default_effort="medium",
+        efforts=_ANTHROPIC_NEW, sampling="no", max_output_tokens=128_000, citations=True,
+        sources=(f"{_PAI}anthropic.py thinking_enabled_by_default, disallows_sampling_settings, "
+                 "disallows_budget_thinking",
+                 f"{_CLAUDE_DOCS}en/models/haiku-5-5/overview (adaptive thinking, default "
+                 "effort medium, 128K max output)",
+                 "https://openrouter.ai/anthropic/claude-haiku-5.5-20261007:batch (thinking "
+                 "\"can be turned off at low, medium, and high effort\": 'none' sends "
+                 "thinking disabled with no effort, so the default medium)"),
+    ),
+    Family(
+        "anthropic", "Claude Opus 5, Sonnet 5", r"claude-(opus-5|sonnet-5)",
+        ("claude-opus-5", "claude-sonnet-5"),
         thinking="anthropic_adaptive", thinks_by_default=True, default_effort="high",
         efforts=_ANTHROPIC_NEW, sampling="no", max_output_tokens=128_000, citations=True,
         sources=(f"{_PAI}anthropic.py thinking_enabled_by_default, disallows_sampling_settings, "
-                 "disallows_budget_thinking",),
+                 "disallows_budget_thinking",
+                 f"{_CLAUDE_DOCS}zh-CN/models/sonnet-5/overview (Opus 5 and Sonnet 5: "
+                 "adaptive, default effort high)"),
     ),
     Family(
         "anthropic", "Claude Opus 4.7, 4.8", r"claude-opus-4-[7-9]",
@@ -499,16 +529,26 @@ FAMILIES: tuple[Family, ...] = (
                  "3.1 Pro)", f"{_PAI}google.py _MODELS_WITHOUT_MINIMAL_THINKING_LEVEL"),
     ),
     Family(
-        "gemini", "Gemini 3.x Pro, Gemini 4", r"gemini-(3[\d.]*-pro|4)",
-        ("gemini-3.1-pro-preview", "gemini-4-argon"),
+        "gemini", "Gemini 4", r"gemini-4", ("gemini-4-argon",),
+        thinking="gemini_level", thinks_by_default=True, default_effort="medium",
+        can_disable=False, efforts=_GEMINI_LEVELS_3, max_output_tokens=65_536,
+        context=1_048_576,
+        sources=("https://ai.google.dev/gemini-api/docs/generate-content/latest-model (Gemini "
+                 "4 Argon: thinking levels low, medium, high; \"Default thinking level\": "
+                 "medium; a unified 1M input-output token limit)",
+                 "https://docs.cloud.google.com/gemini-enterprise-agent-platform/models/start/"
+                 "get-started-with-gemini-4 (the 1,048,576-token window is shared by input, "
+                 "thinking and output; a synchronous request generates at most 65,536)"),
+    ),
+    Family(
+        "gemini", "Gemini 3.x Pro", r"gemini-3[\d.]*-pro", ("gemini-3.1-pro-preview",),
         thinking="gemini_level", thinks_by_default=True, default_effort="high", can_disable=False,
         efforts=_GEMINI_LEVELS_3, max_output_tokens=65_536, context=1_048_576,
         sources=(f"{_PAI}google.py _MODEL_THINKING_LEVELS (LOW/MEDIUM/HIGH), "
                  "thinking_always_enabled", "google-genai 3.6.1 types.py ThinkingLevel",
                  f"{_G} (3.1 Pro: LOW, MEDIUM, HIGH; default HIGH)",
                  "https://ai.google.dev/gemini-api/docs/models/gemini-3.1-pro-preview (input "
-                 "token limit 1,048,576, output 65,536; genai-prices 0.2.3 has no window); "
-                 "gemini-4-argon: 1,048,576 in genai-prices 0.2.3"),
+                 "token limit 1,048,576, output 65,536; genai-prices 0.2.3 has no window)"),
     ),
     Family(
         "gemini", "Gemini 3.x Flash-Lite", r"gemini-3(\.\d+)?-flash-lite",
@@ -571,7 +611,7 @@ def family_of(provider: str, model: str) -> Family:
     >>> family_of("openai", "gpt-6-terra").name
     'GPT-6 (Sol, Luna, ...), GPT-6.1 Terra'
     >>> family_of("anthropic", "claude-opus-5-9").name
-    'Claude Opus 5.5, Fable, Mythos'
+    'Claude Opus 5.5'
     >>> family_of("gemini", "models/gemini-2.5-pro") == family_of("gemini", "gemini-2.5-pro")
     True
     """

@@ -100,7 +100,7 @@ def test_emulator_refuses_temperature_on_gpt_6_sol_as_openai_does(emu):
         (
             "claude-opus-4-7",
             {"thinking": {"type": "enabled", "budget_tokens": 2048}, "max_tokens": 4096},
-            "thinking.type.enabled is not supported",
+            '"thinking.type.enabled" is not supported',  # Anthropic's wording, quoted
         ),
         ("claude-opus-5-5", {"thinking": {"type": "disabled"}}, "thinking.type.disabled"),
         (
@@ -385,7 +385,7 @@ def test_reasoning_effort_maps_to_each_providers_field():
         ("gpt-6-sol", "low", THOUGHT_TOKENS["low"]),
         ("gpt-6-sol", None, THOUGHT_TOKENS["medium"]),  # the model's default effort
         ("claude-opus-4-7", "low", THOUGHT_TOKENS["low"]),
-        ("claude-opus-5-5", None, THOUGHT_TOKENS["high"]),
+        ("claude-opus-5-5", None, THOUGHT_TOKENS["medium"]),  # its default effort
         ("claude-haiku-5-5", "none", 0),
         ("gemini-3.5-flash", "low", THOUGHT_TOKENS["low"]),
         ("gemini-2.5-flash", "none", 0),
@@ -444,7 +444,8 @@ def test_default_max_tokens_leaves_room_for_thinking(tmp_path):
         )
         assert plan["_est_cost_usd"][i] == pytest.approx(pl.select(worst).item())
         assert plan["_est_cost_usd"][i] > plan["_est_output_tokens_max"][i] * price.output / 1e6
-    assert default_max_tokens(family_of("anthropic", "claude-opus-5-5"), {}) == 32_768
+    assert default_max_tokens(family_of("anthropic", "claude-opus-5-5"), {}) == 16_384
+    assert default_max_tokens(family_of("anthropic", "claude-sonnet-5-5"), {}) == 32_768
     assert default_max_tokens(family_of("gemini", "gemini-2.5-flash"),
                               {"reasoning_effort": "none"}) == 4096  # fmt: skip
 
