@@ -172,7 +172,13 @@ https://github.com/huggingface/smolagents/issues/1671, and accepted with
 ``reasoning_effort='none'``, https://github.com/BerriAI/litellm/pull/28662)."""
 ANTHROPIC_SAMPLING = ("temperature", "top_p", "top_k")
 """Claude sampling parameters (pydantic-ai-slim 2.68 ``profiles/anthropic.py``
-``ANTHROPIC_SAMPLING_PARAMS``)."""
+``ANTHROPIC_SAMPLING_PARAMS``), refused on every Claude model: the anthropic SDK this library
+needs (2.x) sends ``anthropic-version: 2026-10-21`` (anthropic 2.14
+``_constants.ANTHROPIC_API_VERSION``), the API version that removed them from the Messages
+API and Message Batches, at any value ("temperature: Extra inputs are not permitted";
+sources: :data:`batchata_df.emulator.anthropic_checks.SAMPLING_REMOVED_IN`). Under the
+previous version, 2023-06-01, Claude 4.5 / 4.6 took temperature or top_p (not both) and no
+sampling parameter while thinking, and Opus 4.7+ and 5.x none at all."""
 
 Thinking = Literal[
     "none",  # the model does not think
@@ -184,8 +190,7 @@ Thinking = Literal[
 ]
 Sampling = Literal[
     "any",  # every sampling parameter
-    "one",  # temperature or top_p, not both (Claude 4.5 / 4.6)
-    "no",  # none at all (Claude Opus 4.7+, 5.x)
+    "no",  # none at all (every Claude model, API version 2026-10-21: ANTHROPIC_SAMPLING)
     "not_thinking",  # only while the model does not think (OpenAI reasoning models)
 ]
 
@@ -434,7 +439,7 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "anthropic", "Claude Sonnet 4.6, Opus 4.6", r"claude-(sonnet|opus)-4-6",
         ("claude-sonnet-4-6", "claude-opus-4-6"),
-        thinking="anthropic_adaptive", efforts=_ANTHROPIC_46, sampling="one",
+        thinking="anthropic_adaptive", efforts=_ANTHROPIC_46, sampling="no",
         max_output_tokens=128_000, citations=True,
         sources=(f"{_PAI}anthropic.py supports_adaptive, supports_effort (no xhigh)",
                  "https://github.com/browseros-ai/BrowserOS/issues/208 ('temperature and top_p "
@@ -443,7 +448,7 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "anthropic", "Claude Sonnet 4.5, Haiku 4.5, Opus 4.5", r"claude-(sonnet|haiku|opus)-4-5",
         ("claude-haiku-4-5", "claude-opus-4-5", "claude-sonnet-4-5"),  # Sonnet 4.5: retired
-        thinking="anthropic_budget", efforts=_ANTHROPIC_BUDGET, sampling="one",
+        thinking="anthropic_budget", efforts=_ANTHROPIC_BUDGET, sampling="no",
         max_output_tokens=64_000, citations=True,
         sources=(f"{_PAI}anthropic.py max_output_tokens 64,000 (4.5)",
                  "https://github.com/open-webui/functions/pull/9 (Claude 4.5: temperature XOR "
@@ -451,8 +456,8 @@ FAMILIES: tuple[Family, ...] = (
     ),
     Family(
         "anthropic", "Claude Opus 4.1", r"claude-opus-4-1", ("claude-opus-4-1",),
-        thinking="anthropic_budget", efforts=_ANTHROPIC_BUDGET, max_output_tokens=32_000,
-        citations=True,
+        thinking="anthropic_budget", efforts=_ANTHROPIC_BUDGET, sampling="no",
+        max_output_tokens=32_000, citations=True,
         sources=("https://platform.claude.com/docs/en/build-with-claude/extended-thinking",
                  "docs.rs mixtape-core models/claude.rs (Opus 4 and 4.1: 32,000 output tokens)",
                  f"{_PAI}anthropic.py models_that_support_json_schema_output (claude-opus-4-1 "
@@ -461,8 +466,8 @@ FAMILIES: tuple[Family, ...] = (
     ),
     Family(
         "anthropic", "Claude Opus 4", r"claude-opus-4", ("claude-opus-4-0",),
-        thinking="anthropic_budget", efforts=_ANTHROPIC_BUDGET, max_output_tokens=32_000,
-        structured_output=False, citations=True,
+        thinking="anthropic_budget", efforts=_ANTHROPIC_BUDGET, sampling="no",
+        max_output_tokens=32_000, structured_output=False, citations=True,
         sources=("https://platform.claude.com/docs/en/build-with-claude/extended-thinking",
                  "docs.rs mixtape-core models/claude.rs (32,000 output tokens)",
                  f"{_PAI}anthropic.py models_that_support_json_schema_output (not listed)"),
@@ -470,8 +475,8 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "anthropic", "Claude Sonnet 4, Sonnet 3.7", r"claude-(sonnet-4|3-7)",
         ("claude-sonnet-4-0", "claude-3-7-sonnet-latest"),
-        thinking="anthropic_budget", efforts=_ANTHROPIC_BUDGET, max_output_tokens=64_000,
-        structured_output=False, citations=True,
+        thinking="anthropic_budget", efforts=_ANTHROPIC_BUDGET, sampling="no",
+        max_output_tokens=64_000, structured_output=False, citations=True,
         sources=("https://platform.claude.com/docs/en/build-with-claude/extended-thinking",
                  "docs.rs mixtape-core models/claude.rs (Sonnet 4 and 3.7: 64,000 output "
                  "tokens)",
@@ -479,7 +484,7 @@ FAMILIES: tuple[Family, ...] = (
     ),
     Family(
         "anthropic", "other Claude models", r"", ("claude-3-5-haiku-latest",),
-        max_output_tokens=8192, structured_output=False, citations=True,
+        sampling="no", max_output_tokens=8192, structured_output=False, citations=True,
         sources=(f"{_PAI}anthropic.py models_that_support_json_schema_output",),
     ),
     # ---- Gemini
@@ -1377,10 +1382,13 @@ params={'reasoning_effort': 'none'} to turn reasoning off
     if given and provider in ("openai", "anthropic"):
         if family.sampling == "no":
             raise _refuse(
-                model, family, given[0], "does not accept temperature, top_p or top_k",
+                model, family, given[0],
+                "does not accept temperature, top_p or top_k: Anthropic's API version "
+                "2026-10-21, which the anthropic SDK 2.x sends, refuses them on every model, "
+                "at any value ('temperature: Extra inputs are not permitted')",
                 "remove it (the model samples with its own settings)",
             )
-        if thinking and (family.sampling == "not_thinking" or provider == "anthropic"):
+        if thinking and family.sampling == "not_thinking":
             if family.can_disable:
                 when = (
                     "it reasons unless reasoning_effort='none'"
@@ -1396,11 +1404,6 @@ params={'reasoning_effort': 'none'} to turn reasoning off
             raise _refuse(
                 model, family, given[0],
                 f"does not accept {given[0]} while it reasons ({when})", fix,
-            )
-        if family.sampling == "one" and "temperature" in given and "top_p" in given:
-            raise _refuse(
-                model, family, "top_p", "takes temperature or top_p, not both",
-                "remove one of them",
             )
     _check_max_tokens(model, family, params, thinking)
 
@@ -1713,14 +1716,11 @@ def capabilities_table(families: Iterable[Family] = FAMILIES) -> str:
     for f in families:
         sampling = {
             "any": "all",
-            "one": "temperature **or** top_p",
             "no": "none",
             "not_thinking": "only with `reasoning_effort='none'`"
             if f.can_disable
             else "none (always reasons)",
         }[f.sampling]
-        if f.provider == "anthropic" and f.thinking != "none" and f.sampling != "no":
-            sampling += " (not while thinking)"
         if f.thinking == "none":
             knob = "—"
         else:

@@ -70,7 +70,32 @@ def test_seed_quick_start_runs_including_its_dry_run(emu, tmp_path):
     assert len(posts(emu, "/messages/batches")) == 1  # the dry run sent nothing
 
 
-def test_seed_complete_example_runs_unchanged_and_again(emu, tmp_path):
+def test_the_seed_examples_temperature_on_claude_is_refused_before_sending(emu, tmp_path):
+    # Its set_default_params(..., temperature=0.0) on Claude: API version 2026-10-21, which
+    # anthropic 2.x sends, refuses it on every model (tests/test_anthropic_api_version.py),
+    # so every row would fail after the batch was created: refused before, in its words.
+    emu.configure(serve_retired=True)
+    for i in (1, 2, 3):
+        _pdf(tmp_path / "path" / "to" / f"invoice{i}.pdf", [f"Invoice INV-{i} total {i}.00"])
+    (tmp_path / "invoice_results").mkdir()
+    r = run_example("complete_example.py", tmp_path)
+    assert r.returncode != 0
+    assert "ParamError" in r.stderr
+    assert "temperature (of set_default_params / add_job)" in r.stderr
+    assert "2026-10-21" in r.stderr
+    assert posts(emu, "/messages/batches") == []  # nothing was sent
+
+
+def _without_temperature(name: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The seed's example with its ``temperature=0.0`` removed (Claude refuses it today)."""
+    script = (EXAMPLES / name).read_text()
+    assert ", temperature=0.0" in script
+    (cwd / name).write_text(script.replace(", temperature=0.0", ""))
+    return subprocess.run([sys.executable, name], cwd=cwd, env=dict(os.environ),
+                          capture_output=True, text=True, timeout=240)  # fmt: skip
+
+
+def test_seed_complete_example_runs_without_its_temperature_and_again(emu, tmp_path):
     # The seed's examples name claude-sonnet-4-20250514, which Anthropic retired on
     # 2026-06-15 (it now answers not_found_error): run them where it is still served.
     emu.configure(serve_retired=True)
@@ -82,7 +107,7 @@ def test_seed_complete_example_runs_unchanged_and_again(emu, tmp_path):
     results_dir = tmp_path / "invoice_results"
     results_dir.mkdir()
     (results_dir / "my_notes.txt").write_text("keep me")
-    r = run_example("complete_example.py", tmp_path)
+    r = _without_temperature("complete_example.py", tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("Invoice: ") == 3
     assert "(page: [1" in r.stdout or "(page: [2" in r.stdout  # pages of the cited PDF
@@ -104,7 +129,7 @@ def test_seed_complete_example_runs_unchanged_and_again(emu, tmp_path):
     assert {"text", "source", "page", "metadata"} == set(saved["citations"][0])
     # The script a second time: reuse_state=False starts afresh (as in the seed) without
     # raising, and keeps the earlier checkpoint aside instead of deleting it.
-    r = run_example("complete_example.py", tmp_path)
+    r = _without_temperature("complete_example.py", tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("Invoice: ") == 3
     assert len(posts(emu, "/messages/batches")) == 2
@@ -117,7 +142,7 @@ def test_the_same_script_with_reuse_state_resumes_without_paying_twice(emu, tmp_
     # 2026-06-15 (it now answers not_found_error): run them where it is still served.
     emu.configure(serve_retired=True)
     script = (EXAMPLES / "complete_example.py").read_text().replace(
-        "reuse_state=False", "reuse_state=True")
+        "reuse_state=False", "reuse_state=True").replace(", temperature=0.0", "")
     (EXAMPLES.parent / "seed_examples").exists()
     for i in (1, 2, 3):
         _pdf(tmp_path / "path" / "to" / f"invoice{i}.pdf", [f"Invoice INV-{i} total {i}.00"])
@@ -185,7 +210,7 @@ def test_a_response_model_on_the_seeds_default_claude_model_is_parsed(emu, tmp_p
     # 2026-06-15 (it now answers not_found_error): run them where it is still served.
     emu.configure(serve_retired=True)
     batch = Batch(results_dir=tmp_path / "out").set_default_params(
-        model="claude-sonnet-4-20250514", temperature=0.0
+        model="claude-sonnet-4-20250514"  # the seed's temperature=0.0: refused today
     )
     for i in range(4):
         batch.add_job(prompt=f"Extract invoice {i}", response_model=Invoice)

@@ -24,6 +24,8 @@ OpenAI (Chat Completions)
     (``openai_api.NOT_CHAT``: 404); ``json_schema`` needs gpt-4o-mini / gpt-4o-2024-08-06
     or later, and o1-mini / o1-preview take neither it nor a system or developer message.
 Anthropic
+    Under API version 2026-10-21 (what anthropic 2.x sends) no model takes ``temperature``,
+    ``top_p`` or ``top_k`` (``anthropic_checks.SAMPLING_REMOVED_IN``); under 2023-06-01,
     Claude Sonnet/Haiku/Opus 4.5 and Sonnet/Opus 4.6 take ``temperature`` or ``top_p``,
     not both; Opus 4.7+ and every Claude 5 model take none of ``temperature``, ``top_p``,
     ``top_k``. No sampling parameter while thinking. Claude 4.6+ and 5.x think

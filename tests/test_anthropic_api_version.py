@@ -1,0 +1,125 @@
+"""Anthropic's API version 2026-10-21: no temperature, top_p or top_k on any model.
+
+anthropic 2.x sends ``anthropic-version: 2026-10-21`` on every request (anthropic 2.14
+``_constants.ANTHROPIC_API_VERSION``), and under that version the Messages API, token
+counting and Message Batches refuse the three sampling parameters at any value, on every
+model ("temperature: Extra inputs are not permitted"); requests sent with ``2023-06-01``
+keep the per-model rules. Sources: ``batchata_df.emulator.anthropic_checks.
+SAMPLING_REMOVED_IN``. The emulator is checked through the official SDK with both
+versions; the client refuses the parameters before anything is sent, since the SDK it
+needs (anthropic>=2.10) always sends 2026-10-21.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import polars as pl
+import pytest
+from pydantic import BaseModel
+
+import batchata_df.frame
+from batchata_df import ParamError, batch_llm
+from batchata_df.models import capabilities_table, check_model_params
+
+
+class Label(BaseModel):
+    label: str
+
+
+def run(model: str, tmp_path: Path, **kw: Any) -> pl.DataFrame:
+    frame = pl.DataFrame({"text": ["item 0", "item 1"]})
+    return frame.pipe(
+        batch_llm, schema=Label, model=model, prompt="Label {text}", state=tmp_path / "s", **kw
+    )
+
+
+def batch_result(client: anthropic.Anthropic, model: str, **params: Any) -> Any:
+    request = {
+        "model": model,
+        "max_tokens": 256,
+        "messages": [{"role": "user", "content": "hi"}],
+        **params,
+    }
+    batch = client.messages.batches.create(requests=[{"custom_id": "r", "params": request}])
+    (result,) = list(client.messages.batches.results(batch.id))
+    return result.result
+
+
+def test_the_sdk_sends_api_version_2026_10_21():
+    from anthropic._constants import ANTHROPIC_API_VERSION
+
+    assert ANTHROPIC_API_VERSION == "2026-10-21"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("temperature", 1.0), ("temperature", 0.2), ("top_p", 0.99), ("top_k", 5)]
+)
+@pytest.mark.parametrize("model", ["claude-haiku-4-5", "claude-sonnet-4-6", "claude-haiku-5-5"])
+def test_emulator_refuses_sampling_under_the_sdks_version(emu, model, name, value):
+    result = batch_result(anthropic.Anthropic(), model, **{name: value})
+    assert result.type == "errored"
+    assert result.error.error.type == "invalid_request_error"
+    assert result.error.error.message == f"{name}: Extra inputs are not permitted"
+
+
+def test_emulator_refuses_sampling_on_the_messages_endpoint_too(emu):
+    client = anthropic.Anthropic()
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        client.messages.create(
+            model="claude-haiku-4-5",
+            max_tokens=256,
+            messages=[{"role": "user", "content": "hi"}],
+            extra_body={"temperature": 0.0},
+        )
+    assert refused.value.status_code == 400
+    body = refused.value.body
+    assert isinstance(body, dict)
+    assert body["error"] == {
+        "type": "invalid_request_error",
+        "message": "temperature: Extra inputs are not permitted",
+    }
+
+
+def test_emulator_keeps_the_model_rules_under_2023_06_01(emu):
+    old = anthropic.Anthropic(default_headers={"anthropic-version": "2023-06-01"})
+    assert batch_result(old, "claude-haiku-4-5", temperature=0.2).type == "succeeded"
+    both = batch_result(old, "claude-haiku-4-5", temperature=0.2, top_p=0.9)
+    assert both.type == "errored"
+    assert "temperature and top_p cannot both be specified" in both.error.error.message
+    none = batch_result(old, "claude-sonnet-5-5", temperature=0.2)
+    assert "does not support sampling parameters" in none.error.error.message
+
+
+@pytest.mark.parametrize("name", ["temperature", "top_p", "top_k"])
+@pytest.mark.parametrize("model", ["claude-haiku-4-5", "claude-sonnet-4-6", "claude-opus-4-6"])
+def test_the_client_refuses_sampling_on_every_claude_model(emu, tmp_path, model, name):
+    value = 5 if name == "top_k" else 0.5
+    with pytest.raises(ParamError) as info:
+        run(model, tmp_path, params={name: value})
+    assert info.value.param == name
+    assert info.value.model == model
+    assert "2026-10-21" in str(info.value)
+    assert emu.log() == []  # nothing was sent
+
+
+def test_the_client_still_takes_sampling_where_the_provider_does(emu, tmp_path):
+    check_model_params("openai", "gpt-4.1-mini", {"temperature": 0.2})
+    check_model_params("gemini", "gemini-3.5-flash", {"temperature": 0.2, "top_k": 5})
+    out = run("claude-haiku-4-5", tmp_path, params={"max_tokens": 512})
+    assert out["_status"].to_list() == ["completed"] * 2
+
+
+def test_what_users_saw_every_claude_row_failed(emu, tmp_path, monkeypatch):
+    monkeypatch.setattr(batchata_df.frame, "check_model_params", lambda *a: None)
+    out = run("claude-haiku-4-5", tmp_path, params={"temperature": 0.2})
+    assert out["_status"].to_list() == ["failed"] * 2
+    assert out["_error"].str.contains("temperature: Extra inputs are not permitted").all()
+
+
+def test_the_capabilities_table_says_no_sampling_on_claude():
+    rows = [line for line in capabilities_table().splitlines() if line.startswith("| anthropic")]
+    assert rows
+    assert all(line.split(" | ")[2] == "none" for line in rows)
