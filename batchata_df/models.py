@@ -275,7 +275,12 @@ FAMILIES: tuple[Family, ...] = (
         "openai", "GPT-5.5, GPT-5.6", r"gpt-5\.[5-9]", ("gpt-5.5", "gpt-5.6-sol"),
         thinking="openai", thinks_by_default=True, default_effort="medium",
         efforts=_OPENAI_5_6, sampling="not_thinking", max_output_tokens=128_000,
-        sources=(f"{_PAI}openai.py _REASONING_SUPPORT_BY_PREFIX['gpt-5.6'], ['gpt-5.5']",),
+        context=1_050_000,
+        sources=(f"{_PAI}openai.py _REASONING_SUPPORT_BY_PREFIX['gpt-5.6'], ['gpt-5.5']",
+                 "https://docs.oxen.ai/inference-api/reference/models/gpt-5-5-2026-04-23.md "
+                 "and https://runware.ai/docs/models/openai-gpt-5-5 (GPT-5.5: 1,050,000 "
+                 "context, 128,000 max output tokens; genai-prices 0.2.3 says 1,000,000; "
+                 "gpt-5.6-*: 1,050,000 there too)"),
     ),
     Family(
         "openai", "GPT-5.1 to 5.3 Chat", r"gpt-5\.\d+-chat", ("gpt-5.1-chat-latest",
@@ -576,7 +581,11 @@ FAMILIES: tuple[Family, ...] = (
         "gemini", "Gemini 3.8+ Flash", r"gemini-3\.([89]|\d\d)", ("gemini-3.8-flash",),
         thinking="gemini_level", thinks_by_default=True, default_effort="medium",
         can_disable=False, efforts=_GEMINI_LEVELS_3, max_output_tokens=65_536,
-        sources=("https://github.com/dzivkovi/video-intel/releases/tag/v2.7.1 (3.8 Flash "
+        context=1_048_576,
+        sources=("https://ai.google.dev/gemini-api/docs/models/gemini-3.8-flash (input token "
+                 "limit 1,048,576, output 65,536, as quoted by docs.apiyi.com live/2026-09/"
+                 "gemini-3-8-flash-official-specs; genai-prices 0.2.3 says 1,000,000)",
+                 "https://github.com/dzivkovi/video-intel/releases/tag/v2.7.1 (3.8 Flash "
                  "rejects MINIMAL with a 400, as 3.7 does)",
                  "https://docs.cloud.google.com/gemini-enterprise-agent-platform/models/"
                  "thinking (table of supported thinking_level values: 3.8 Flash LOW, MEDIUM, "
@@ -593,8 +602,11 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "gemini", "Gemini 3 Flash", r"gemini-3", ("gemini-3-flash-preview",),
         thinking="gemini_level", thinks_by_default=True, default_effort="high", can_disable=False,
-        efforts=_GEMINI_LEVELS_4, max_output_tokens=65_536,
-        sources=("https://ai.google.dev/gemini-api/docs/thinking (thinkingLevel; Gemini 3 uses "
+        efforts=_GEMINI_LEVELS_4, max_output_tokens=65_536, context=1_048_576,
+        sources=("https://docs.cloud.google.com/gemini-enterprise-agent-platform/models/gemini/"
+                 "3-flash (gemini-3-flash-preview: context window 1,048,576, output 65,536; "
+                 "genai-prices 0.2.3 says 1,000,000)",
+                 "https://ai.google.dev/gemini-api/docs/thinking (thinkingLevel; Gemini 3 uses "
                  "levels, not budgets; MINIMAL is the least)",
                  "https://hexdocs.pm/gemini_ex/Gemini.Types.Enums.ThinkingLevel.html (Gemini 3 "
                  "Flash: minimal, low, medium, high; high the default)"),

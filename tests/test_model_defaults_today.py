@@ -215,3 +215,51 @@ def test_emulator_refuses_a_gemini_4_prompt_over_the_window(emu):
         "The input token count (1125000) exceeds the maximum number of tokens allowed (1048576)."
     )
     assert responses[1].error is None
+
+
+# -- context windows the client took from genai-prices, below the model pages' ----------------
+
+
+def over_window(prompt: str, model: str) -> str | None:
+    """The client's refusal of a one-row job for being over ``model``'s window, or None."""
+    from batchata_df.frame import _over_window
+    from batchata_df.jobs import build_jobs
+    from batchata_df.providers.base import RequestSpec
+    from batchata_df.schema import AnswerSchema
+
+    frame = pl.DataFrame({"text": [prompt]})
+    jobs = build_jobs(frame, model=model, prompt="{text}", system=None, salt="s",
+                      scheme="blake2b", history=None)  # fmt: skip
+    error: str | None = _over_window(jobs, RequestSpec(AnswerSchema(None), {}))["input_error"][0]
+    return error
+
+
+@pytest.mark.parametrize(
+    ("provider", "model", "window"),
+    [
+        # developers.openai.com models/gpt-5.5 as mirrored by docs.oxen.ai (gpt-5-5-2026-04-23:
+        # "Context Length 1,050,000 tokens") and runware.ai (openai-gpt-5-5); genai-prices
+        # 0.2.3 says 1,000,000. The emulator's window is 1,050,000 (model_rules._WINDOWS).
+        ("openai", "gpt-5.5", 1_050_000),
+        # ai.google.dev/gemini-api/docs/models/gemini-3.8-flash ("input token limit
+        # 1,048,576", as quoted by docs.apiyi.com live/2026-09/gemini-3-8-flash-official-specs)
+        # and docs.cloud.google.com .../models/gemini/3-flash (context window 1,048,576);
+        # genai-prices 0.2.3 says 1,000,000.
+        ("gemini", "gemini-3.8-flash", 1_048_576),
+        ("gemini", "gemini-3-flash-preview", 1_048_576),
+    ],
+)
+def test_client_windows_are_the_model_pages(provider, model, window):
+    from batchata_df.emulator import model_rules
+    from batchata_df.models import context_window
+
+    assert context_window(provider, model) == window
+    assert model_rules.context_window(provider, model) == window
+
+
+def test_a_gpt_5_5_row_the_api_takes_is_sent():
+    # 1,020,008 tokens with the chat framing: over genai-prices' 1,000,000, under 1,050,000.
+    assert over_window("word " * 1_020_000, "gpt-5.5") is None
+    refused = over_window("word " * 1_050_000, "gpt-5.5")
+    assert refused is not None
+    assert "over the context window of 'gpt-5.5' (1,050,000 tokens)" in refused
