@@ -2048,6 +2048,14 @@ _CLI_WORDS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\bcitations=True"), "--citations"),
     (re.compile(r"\(e\.g\. model='([^']+)'\)"), r"(e.g. --model \1)"),
     (re.compile(r"\bhistory=('[^']*')"), r"--history \1"),
+    # The run's mode and its options (validate.check_mode): --deadline or --concurrency
+    # with a --mode that takes none.
+    (re.compile(r"\bmode='(batch|realtime|auto)'"), r"--mode \1"),
+    (re.compile(r"\b(concurrency|deadline)=(?=[\s,;:.)]|$)"), r"--\1"),
+    (re.compile(r"\btime_limit=(?=[\s,;:.)]|$)"), "--time-limit"),
+    (re.compile(r"\bmax_parallel_batches=(?=[\s,;:.)]|$)"), "--max-parallel-batches"),
+    (re.compile(r"\bwait=False\b"), "--no-wait"),
+    (re.compile(r"\bwait=True\b"), "--wait"),
 )  # fmt: skip
 
 
@@ -2077,6 +2085,10 @@ system prompt"
     ...               "column, e.g. prompt='{text}'")
     "--prompt ' ' has no text to send; give the template some text or a column, e.g. \
 --prompt '{text}'"
+    >>> _option_words("deadline= is for mode='auto' (it decides what goes realtime), got "
+    ...               "mode='batch'; use time_limit= to stop a batch run at a time")
+    '--deadline is for --mode auto (it decides what goes realtime), got --mode batch; use \
+--time-limit to stop a batch run at a time'
     >>> _option_words("params['temperature'] must be between 0 and 1 for anthropic, got 3")
     '--param temperature must be between 0 and 1 for anthropic, got 3'
     >>> _option_words("use 'gpt-5' with params={'reasoning_effort': 'high'} instead")

@@ -390,7 +390,9 @@ def check_mode(
     """Check ``mode``, ``concurrency`` and ``deadline``; deadline in seconds from now.
 
     ``deadline`` is seconds (or a ``timedelta``) from now, or a timezone-aware
-    ``datetime``; it only means something to ``mode="auto"``.
+    ``datetime``; it only means something to ``mode="auto"``. ``concurrency`` only means
+    something to the modes that send realtime requests (``"realtime"``, ``"auto"``): with
+    ``mode="batch"`` it is refused, as ``deadline`` is outside ``"auto"``.
 
     Examples
     --------
@@ -407,6 +409,15 @@ def check_mode(
     count = None
     if concurrency is not None:
         count = check_count("concurrency", concurrency, "most realtime requests in flight at once")
+        if mode == "batch":
+            # Taken and ignored, it let a user believe it bounded something (the batches).
+            msg = (
+                "concurrency= is for mode='realtime' or mode='auto' (the realtime requests "
+                "in flight at once), got mode='batch', which sends batches: drop "
+                "concurrency=, or pass mode='realtime' or mode='auto' "
+                "(max_parallel_batches= bounds the batches in flight)"
+            )
+            raise ConfigError(msg)
     seconds: float | None = None
     if deadline is not None:
         if mode != "auto":
