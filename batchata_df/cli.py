@@ -893,7 +893,8 @@ Examples:
 @click.option("--dry-run", is_flag=True,
               help="Print the plan and its worst-case cost; send nothing, and write nothing "
               "to OUTPUT (it only names the run and its state folder, OUTPUT.state: rows "
-              "done there are planned 'done').")
+              "answered there are planned 'done', rows failed there 'failed', or 'planned' "
+              "with --retry-failed).")
 @click.option("--plan", "plan_path", metavar="FILE", type=click.Path(dir_okay=False),
               help="With --dry-run: write the plan, one row per input row, to FILE "
               "(.parquet, .csv, .ndjson; not OUTPUT).")
