@@ -30,7 +30,8 @@ before anything is sent when a Gemini model's thinking, which no budget bounds, 
 all of ``max_tokens``; :class:`UnpricedAnswerWarning` when rows were answered by another
 model than the one asked (a routed Gemini model's successor) whose price is not known;
 :class:`KeptStateWarning` when a call without ``state=`` returns rows left pending in
-batches a provider accepted (its temporary folder is kept to collect them).
+batches a provider accepted (its temporary folder is kept to collect them), or when
+``compat.Batch`` finds a group folder an earlier ``run()`` left that no group uses now.
 
 Failures of single rows are never exceptions: they become ``_status="failed"`` and an
 ``_error`` message in the result frame.
@@ -292,6 +293,12 @@ class KeptStateWarning(UserWarning):
     folder is kept instead of removed, and the message names it: calling again with
     ``state=`` that folder collects those rows without paying for them again (calling
     without it sends and pays for them again). ``folder`` holds its path.
+
+    :class:`batchata_df.compat.Batch` warns it too for a group folder under its state
+    root that an earlier ``run()`` left and no group of this run uses (a job's parameters,
+    model or response model changed since): jobs still in flight there (paid for, their
+    answers not read into the results) or, with a cost limit, money spent there (both
+    counted under the limit); ``folder`` names it.
     """
 
     def __init__(self, message: str, folder: str | None = None) -> None:
