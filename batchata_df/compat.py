@@ -353,9 +353,10 @@ def _left_behind_warning(
     if busy:
         jobs = f"{busy} job{'s' if busy != 1 else ''}"
         msg = (
-            f"state folder {str(folder)!r} holds {jobs} an earlier run() of this Batch sent "
-            "whose group no longer exists (their parameters, model or response_model "
-            "changed since): the provider may run and bill them, and their answers are not "
+            f"state folder {str(folder)!r} holds {jobs} in flight, sent by an earlier run() "
+            "of this Batch whose group no longer exists (their parameters, model or "
+            "response_model changed since): the provider may run and bill them, and their "
+            "answers are not "
             f"collected into these results{counted}. To collect them, run() the jobs again "
             f"with their earlier parameters (nothing is sent again); `batchata-df cancel "
             f"{folder}` cancels what has not run yet; removing the folder stops counting it "
