@@ -9,7 +9,8 @@ The tree is designed so that a caller can tell *who* has to act::
     │   ├── ModelError                 unknown model / provider prefix
     │   ├── ParamError                 a parameter the model refuses (names model and fix)
     │   ├── CredentialsError           no API key for the provider
-    │   ├── PriceError                 a cost cap or dry run needs a price we do not have
+    │   ├── PriceError                 a cost cap or dry run needs a price we do not have,
+    │   │                              or prices= names a model the call never prices
     │   └── FileInputError             a file input is missing, unsupported or too large
     ├── StateError                     the checkpoint folder cannot be used for this run
     │   ├── StateMismatchError         written for another model / prompt / schema / params
@@ -128,6 +129,8 @@ class CredentialsError(ConfigError):
 class PriceError(ConfigError):
     """A cost estimate or cost cap needs the price of a model that has none.
 
+    Also raised for a ``prices=`` key that names no model the call prices (a typo:
+    :func:`batchata_df.validate.check_prices_used`); ``model`` is then ``None``.
     ``model``, ``provider`` and ``needed_by`` (the argument that needs the price,
     ``"max_cost_usd"`` or ``"dry_run"``) name it when known, so that a caller with other
     words for the fix (the command line's ``--price``) can say it in them. ``stored`` is

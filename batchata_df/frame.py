@@ -76,6 +76,7 @@ from batchata_df.state import (
 )
 from batchata_df.validate import (
     check_mode,
+    check_prices_used,
     check_run_arguments,
     check_spend_is_priced,
     price_lost_requests,
@@ -477,6 +478,7 @@ def batch_llm(
     check_schema_limits(
         answer.json_schema, needed, name=answer.name, citations=no_claude_format
     )
+    check_prices_used(prices, _model_pairs(jobs), state)
     spec = RequestSpec(
         schema=answer,
         params=run_params,
