@@ -751,3 +751,97 @@ def test_a_real_run_never_shows_the_checks_dry_run_wording(on, emu, tmp_path):
     assert any("are sent now" in s for s in said), said
     assert not any("this is a dry run" in s for s in said), said
     assert len(again.results()["completed"]) == 7
+
+
+# -- a group folder left behind by changed parameters ------------------------------------------
+
+
+def _look_at_batches(emu) -> None:
+    """List the batches through the SDK: the emulator runs (and bills) a batch whose time
+    has come when it is looked at; the real provider runs it on its own."""
+    import openai
+
+    sdk = openai.OpenAI(api_key="sk-test", base_url=emu.openai_base_url, max_retries=0)
+    assert [b.status for b in sdk.batches.list()] == ["completed"]
+    sdk.close()
+
+
+def _one_group(tmp_path: Path, temperature: float, limit: float | None = 0.003) -> Batch:
+    """One truncated job ($0.0016 at 2000 tokens) under a limit for one such answer."""
+    batch = Batch(results_dir=tmp_path / "out").set_default_params(
+        model="gpt-4.1-mini", max_tokens=2000
+    )
+    if limit is not None:
+        batch.add_cost_limit(usd=limit)
+    return batch.add_job(prompt="one [[emulator:truncate]]", temperature=temperature)
+
+
+def test_a_group_folder_left_by_changed_parameters_counts_under_the_limit_and_is_named(
+    emu, tmp_path
+):
+    """The script's ``run(wait=False)`` sent a job; the user then edits its temperature, so
+    the job falls in another group (another folder under the state root). The earlier
+    group's batch was paid for and still runs: its worst case counts under the one limit
+    (the new group's answer would take the two over it), and a ``KeptStateWarning`` names
+    its folder, whose answer is never read into the results. Running the earlier
+    parameters again collects it without sending anything; a folder the user removed
+    counts no more."""
+    import shutil
+
+    from batchata_df.errors import KeptStateWarning
+
+    emu.configure(latency=1000.0)
+    first = _one_group(tmp_path, 0.0).run(wait=False)
+    assert first.status()["pending"] == 1
+    root = tmp_path / "out" / "state"
+    (old,) = [p for p in root.iterdir() if p.is_dir()]
+    emu.advance(1000.0)  # the provider runs it: billed, whether anyone collects it or not
+    emu.configure(latency=0.0)
+    _look_at_batches(emu)
+    assert len(emu.billing()) == 1
+
+    edited = _one_group(tmp_path, 0.5)  # temperature 0.0 -> 0.5: another group
+    with pytest.warns(KeptStateWarning) as caught:
+        plan = edited.run(dry_run=True).to_polars()
+    assert plan["_within_cap"].to_list() == [False]  # the plan says what the run does
+    with pytest.warns(KeptStateWarning) as caught:
+        run = edited.run()
+    (warning,) = [w.message for w in caught if isinstance(w.message, KeptStateWarning)]
+    assert warning.folder == str(old)
+    said = str(warning)
+    assert repr(str(old)) in said and "1 job" in said and "add_cost_limit" in said, said
+    assert "not collected" in said and "earlier parameters" in said, said
+    assert [(r.job_id, r.error) for r in run.results()["cancelled"]] == [
+        ("job-000000", "cancelled: cost_limit")
+    ]
+    assert len(posts(emu, "/batches")) == 1  # the edited job was not sent
+    assert len(emu.billing()) == 1  # two truncated answers ($0.0032) would exceed $0.003
+
+    # The warning's advice: the earlier parameters collect the paid answer, send nothing.
+    back = _one_group(tmp_path, 0.0).run()
+    (answer,) = back.results()["failed"]  # truncated at max_tokens: failed, billed
+    assert answer.job_id == "job-000000" and str(answer.error).startswith("truncated")
+    assert len(posts(emu, "/batches")) == 1 and len(emu.billing()) == 1
+
+    # A folder the user removed counts no more: the edited job fits the limit again.
+    shutil.rmtree(old)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", KeptStateWarning)
+        again = _one_group(tmp_path, 0.5).run()
+    assert again.status()["failed"] == 1  # truncated, billed: sent
+    assert len(posts(emu, "/batches")) == 2
+
+
+def test_a_group_folder_left_in_flight_is_named_also_without_a_limit(emu, tmp_path):
+    """Without a cost limit nothing is counted, but the paid batch whose answers this
+    Batch no longer reads is still said, with its folder."""
+    from batchata_df.errors import KeptStateWarning
+
+    emu.configure(latency=1000.0)
+    _one_group(tmp_path, 0.0, limit=None).run(wait=False)
+    emu.configure(latency=0.0)
+    with pytest.warns(KeptStateWarning, match=r"1 job .* not collected"):
+        run = _one_group(tmp_path, 0.5, limit=None).run()
+    assert run.status()["failed"] == 1  # the edited job ran (truncated)
