@@ -2112,8 +2112,8 @@ system prompt"
     ...               "mode='batch'; use time_limit= to stop a batch run at a time")
     '--deadline is for --mode auto (it decides what goes realtime), got --mode batch; use \
 --time-limit to stop a batch run at a time'
-    >>> _option_words("params['temperature'] must be between 0 and 1 for anthropic, got 3")
-    '--param temperature must be between 0 and 1 for anthropic, got 3'
+    >>> _option_words("params['temperature'] must be between 0 and 2 for openai, got 3")
+    '--param temperature must be between 0 and 2 for openai, got 3'
     >>> _option_words("use 'gpt-5' with params={'reasoning_effort': 'high'} instead")
     "use 'gpt-5' with --param reasoning_effort=high instead"
     >>> _option_words("Rename those input columns (df.rename({'id': 'id_in'})) or the "

@@ -123,3 +123,53 @@ def test_the_capabilities_table_says_no_sampling_on_claude():
     rows = [line for line in capabilities_table().splitlines() if line.startswith("| anthropic")]
     assert rows
     assert all(line.split(" | ")[2] == "none" for line in rows)
+
+
+# -- a value outside the old 0..1 range: the refusal names the fix that works ---------------
+
+
+@pytest.mark.parametrize(("name", "value"), [("temperature", 1.5), ("top_p", 1.5)])
+def test_an_out_of_range_value_on_claude_is_refused_for_being_there(emu, tmp_path, name, value):
+    # It read "params['temperature'] must be between 0 and 1 for anthropic, got 1.5": a
+    # caller who followed it (0.5) was refused again, by the model check.
+    with pytest.raises(ParamError) as info:
+        run("claude-haiku-4-5", tmp_path, params={name: value})
+    assert info.value.param == name
+    assert "2026-10-21" in str(info.value)
+    assert "remove it" in str(info.value)
+    assert "between 0 and 1" not in str(info.value)
+    assert emu.log() == []
+
+
+def test_a_model_column_of_gpt_and_claude_refuses_only_for_the_claude_model(emu, tmp_path):
+    # temperature 1.5 is within OpenAI's 0..2: the GPT rows are not what is refused.
+    frame = pl.DataFrame({"text": ["a", "b"], "m": ["gpt-4.1-mini", "claude-haiku-4-5"]})
+    with pytest.raises(ParamError) as info:
+        frame.pipe(batch_llm, schema=Label, model=pl.col("m"), prompt="Label {text}",
+                   state=tmp_path / "s", params={"temperature": 1.5})  # fmt: skip
+    assert info.value.model == "claude-haiku-4-5"
+    assert "2026-10-21" in str(info.value)
+    assert emu.log() == []
+    out = pl.DataFrame({"text": ["a", "b"], "m": ["gpt-4.1-mini", "gpt-4o-mini"]}).pipe(
+        batch_llm, schema=Label, model=pl.col("m"), prompt="Label {text}",
+        state=tmp_path / "t", params={"temperature": 1.5},
+    )  # fmt: skip
+    assert out["_status"].to_list() == ["completed"] * 2, out["_error"].to_list()
+
+
+def test_the_cli_refuses_an_out_of_range_temperature_on_claude_for_being_there(emu, tmp_path):
+    import subprocess
+
+    from test_cli_guards import EXE, _env
+
+    pl.DataFrame({"text": ["a", "b"]}).write_parquet(tmp_path / "in.parquet")
+    r = subprocess.run(
+        [str(EXE), "run", "in.parquet", "out.parquet", "--prompt", "{text}", "--no-progress",
+         "--model", "claude-haiku-4-5", "--param", "temperature=1.5"],
+        cwd=tmp_path, env=_env(emu), capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert "--param temperature; remove it" in r.stderr
+    assert "2026-10-21" in r.stderr
+    assert "between 0 and 1" not in r.stderr
+    assert emu.log() == []

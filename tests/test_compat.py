@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from batchata_df import batch_llm
 from batchata_df.compat import Batch, Citation, JobResult
-from batchata_df.errors import ColumnError, ConfigError, FileInputError, ModelError
+from batchata_df.errors import ColumnError, ConfigError, FileInputError, ModelError, ParamError
 from batchata_df.jobs import build_jobs
 from batchata_df.providers import make_provider
 from batchata_df.providers.base import RequestSpec
@@ -448,9 +448,13 @@ def test_citations_without_a_file_name_add_job_file_before_any_request(emu, tmp_
         # batch_llm: "use 'gpt-5' with params={'reasoning_effort': 'high'} instead"
         ("gpt-5-pro", {}, ModelError,
          "with set_default_params(reasoning_effort='high') (or add_job(...))", "params={"),
-        # batch_llm: "params['temperature'] must be between 0 and 1 for anthropic"
-        ("claude-haiku-4-5", {"temperature": 3.0}, ConfigError,
-         "temperature (of set_default_params / add_job) must be between 0 and 1", "params["),
+        # batch_llm: "params['temperature'] must be between 0 and 2 for openai"
+        ("gpt-4.1-mini", {"temperature": 3.0}, ConfigError,
+         "temperature (of set_default_params / add_job) must be between 0 and 2", "params["),
+        # batch_llm: "...('temperature: Extra inputs are not permitted'): params['temperature'];
+        # remove it" (Claude refuses any value: it read "must be between 0 and 1")
+        ("claude-haiku-4-5", {"temperature": 3.0}, ParamError,
+         "temperature (of set_default_params / add_job); remove it", "params["),
         # batch_llm: "files column '__compat_file', row 0, value '...': the file type ..."
         ("gpt-4.1-mini", {"file": "x.xyz"}, FileInputError,
          "add_job(file=...) file '", "__compat"),
@@ -650,9 +654,9 @@ def test_a_job_refused_by_its_checks_stops_the_run_before_any_group_is_sent(emu,
     the first group was sent, waited for and billed before the second's check raised."""
     batch = Batch(results_dir=tmp_path / "out").set_default_params(model="gpt-4.1-mini")
     batch.add_job(prompt="one")
-    batch.add_job(prompt="two", model="claude-haiku-4-5", temperature=1.5)  # Claude: 0-1
-    with pytest.raises(ConfigError, match=r"temperature \(of set_default_params / add_job\) "
-                                          r"must be between 0 and 1 for anthropic"):
+    batch.add_job(prompt="two", model="claude-haiku-4-5", temperature=1.5)  # Claude: none
+    said = r"temperature \(of set_default_params / add_job\); remove it"
+    with pytest.raises(ParamError, match=said):
         batch.run()
     assert emu.log() == [] and emu.billing() == []
     assert not list((tmp_path / "out").glob("job-*.json"))
