@@ -173,3 +173,58 @@ def test_the_cli_refuses_an_out_of_range_temperature_on_claude_for_being_there(e
     assert "2026-10-21" in r.stderr
     assert "between 0 and 1" not in r.stderr
     assert emu.log() == []
+
+
+# -- a version Anthropic never published: refused on every route ------------------------------
+
+
+@pytest.mark.parametrize("version", ["2023-10-01", "2024-10-22", "2027-01-01", "",
+                                     "2023-06-01, 2023-06-01", "latest"])  # fmt: skip
+def test_emulator_refuses_a_version_anthropic_never_published(emu, version):
+    # "anthropic-version: \"2023-10-01\" is not a valid version" (directus-labs/extensions#285;
+    # the duplicated header: decolua/9router#1227; "400 'invalid version' for any date that
+    # isn't in their published list", sseshachala/conductai#2179). It took any value: an
+    # unknown date before 2026-10-21 got the old rules (temperature taken), one after the new.
+    client = anthropic.Anthropic(default_headers={"anthropic-version": version})
+    calls = [
+        lambda: client.messages.batches.create(requests=[{"custom_id": "r", "params": {
+            "model": "claude-haiku-4-5", "max_tokens": 256, "temperature": 0.2,
+            "messages": [{"role": "user", "content": "hi"}]}}]),
+        lambda: client.messages.create(
+            model="claude-haiku-4-5", max_tokens=256,
+            messages=[{"role": "user", "content": "hi"}]),
+        lambda: client.messages.batches.list(),
+    ]  # fmt: skip
+    for call in calls:
+        with pytest.raises(anthropic.BadRequestError) as refused:
+            call()
+        body = refused.value.body
+        assert isinstance(body, dict)
+        assert body["error"] == {
+            "type": "invalid_request_error",
+            "message": f'anthropic-version: "{version}" is not a valid version',
+        }
+
+
+@pytest.mark.parametrize("version", ["2023-01-01", "2023-06-01", "2026-10-21"])
+def test_emulator_takes_the_published_versions(emu, version):
+    client = anthropic.Anthropic(default_headers={"anthropic-version": version})
+    assert batch_result(client, "claude-haiku-4-5").type == "succeeded"
+
+
+@pytest.mark.parametrize("how", ["sink", "realtime", "auto"])
+def test_a_claude_row_last_in_a_model_column_is_refused_before_sending(emu, tmp_path, how):
+    # The last of seven rows is Claude: the streamed path (two rows a chunk) and the
+    # realtime / auto modes refuse its temperature before the GPT rows are sent.
+    models = ["gpt-4.1-mini"] * 6 + ["claude-haiku-4-5"]
+    frame = pl.DataFrame({"text": [f"t{i}" for i in range(7)], "m": models})
+    kw: dict[str, Any] = (
+        {"sink": tmp_path / "out.parquet", "chunk_rows": 2} if how == "sink" else {"mode": how}
+    )
+    with pytest.raises(ParamError) as info:
+        batch_llm(frame.lazy() if how == "sink" else frame, schema=Label, model=pl.col("m"),
+                  prompt="Label {text}", state=tmp_path / "s", params={"temperature": 0.3},
+                  **kw)  # fmt: skip
+    assert info.value.model == "claude-haiku-4-5"
+    assert "2026-10-21" in str(info.value)
+    assert emu.log() == []

@@ -35,8 +35,10 @@ cancelling a canceling batch returns it unchanged. Only an ended batch can be de
 
 Validation
 ----------
-Every route needs an ``anthropic-version`` header (any value; the SDK always sends one):
-without it, 400 ``invalid_request_error``. The create call rejects with 400
+Every route needs an ``anthropic-version`` header, one Anthropic published
+(``anthropic_checks.API_VERSIONS``; the SDK always sends one): without it, or with another
+value, 400 ``invalid_request_error`` (``anthropic-version: "2023-10-01" is not a valid
+version``). The create call rejects with 400
 ``invalid_request_error`` only what is wrong with the body's structure: a key other than
 ``requests``, a body without a non-empty ``requests`` list, more than 100,000 requests,
 a request with a key other than ``custom_id`` / ``params``, a ``custom_id`` that is
@@ -385,7 +387,7 @@ def _thinks(model: str, params: Mapping[str, Any]) -> int | None:
 
 
 def _api_version(request: Request) -> str:
-    """The request's ``anthropic-version`` (:meth:`AnthropicApp.handle` requires one)."""
+    """The request's ``anthropic-version`` (:meth:`AnthropicApp.handle` takes published ones)."""
     return str(request.headers.get("anthropic-version") or "")
 
 
@@ -880,6 +882,12 @@ class AnthropicApp:
                 raise _Invalid(
                     400, "anthropic-version: header is required", "invalid_request_error"
                 )
+            version = request.headers["anthropic-version"]
+            if version not in anthropic_checks.API_VERSIONS:
+                raise _Invalid(
+                    400, f'anthropic-version: "{version}" is not a valid version',
+                    "invalid_request_error",
+                )  # fmt: skip
             response = self._route(request)
         except _Invalid as e:
             envelope = error_envelope("anthropic", e.status, e.message, error_type=e.error_type)

@@ -35,7 +35,9 @@ from pydantic_core import SchemaValidator, ValidationError
 
 from batchata_df.emulator.sdk_params import BUILD_LOCK, Problem, first_error, strict_validator
 
-__all__ = ["SAMPLING_REMOVED_IN", "ParamsChecker", "schema_error", "version_error", "warm"]
+__all__ = [
+    "API_VERSIONS", "SAMPLING_REMOVED_IN", "ParamsChecker", "schema_error", "version_error", "warm",
+]  # fmt: skip
 
 _CACHE_LIMIT: Final = 256
 MIN_THINKING_BUDGET: Final = 1024
@@ -60,6 +62,14 @@ guide as quoted by developersdigest.tech/blog/claude-api-version-2026-10-21-sdk-
 temperature, top_p, top_k removed | 400 error, even at t[heir defaults]"),
 codersera.com/blog/anthropic-api-2026-10-21-sdk-migration-guide-2026, and the wording
 measured on Sonnet 4.6 and Sonnet 5.5 (qiita.com/Synthorai/items/01a0067e88747257a4e6)."""
+
+API_VERSIONS: Final = frozenset({"2023-01-01", "2023-06-01", SAMPLING_REMOVED_IN})
+"""The ``anthropic-version`` values Anthropic published (platform.claude.com/docs/en/api/
+versioning: 2026-10-21, 2023-06-01, 2023-01-01). Any other is a 400 on every route,
+``anthropic-version: "2023-10-01" is not a valid version`` (directus-labs/extensions#285;
+with the header sent twice, ``"2023-06-01, 2023-06-01" is not a valid version``,
+decolua/9router#1227; "400 'invalid version' for any date that isn't in their published
+list", sseshachala/conductai#2179)."""
 
 #: the JSON Schema keywords ``output_config.format.schema`` may use
 SCHEMA_KEYWORDS: Final = frozenset(
