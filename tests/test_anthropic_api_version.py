@@ -228,3 +228,26 @@ def test_a_claude_row_last_in_a_model_column_is_refused_before_sending(emu, tmp_
     assert info.value.model == "claude-haiku-4-5"
     assert "2026-10-21" in str(info.value)
     assert emu.log() == []
+
+
+# -- the version the client sends does not depend on the environment --------------------------
+
+
+def test_the_client_sends_2026_10_21_whatever_anthropic_custom_headers_says(
+    emu, tmp_path, monkeypatch
+):
+    # anthropic 2.14 adds the headers of ANTHROPIC_CUSTOM_HEADERS (one "Name: Value" a line,
+    # the variable Claude Code documents for gateways) after its own, so an
+    # "anthropic-version: ..." there replaced the 2026-10-21 this library's rules assume
+    # (ANTHROPIC_SAMPLING): a version the API does not publish failed every row, and
+    # 2023-06-01 ran under rules the client does not check. Other custom headers stay.
+    from batchata_df.providers.anthropic import AnthropicProvider
+
+    monkeypatch.setenv(
+        "ANTHROPIC_CUSTOM_HEADERS", "anthropic-version: 2023-10-01\nx-gateway-team: labels"
+    )
+    headers = AnthropicProvider().client.default_headers
+    assert headers["anthropic-version"] == "2026-10-21"
+    assert headers["x-gateway-team"] == "labels"
+    out = run("claude-haiku-4-5", tmp_path)
+    assert out["_status"].to_list() == ["completed"] * 2, out["_error"].to_list()
