@@ -64,7 +64,13 @@ from pydantic import BaseModel
 
 from batchata_df.engine import ProgressSnapshot, busy_jobs
 from batchata_df.engine.recovery import as_lost
-from batchata_df.errors import BatchataError, ConfigError, KeptStateWarning, warn_user
+from batchata_df.errors import (
+    BatchataError,
+    ConfigError,
+    KeptStateWarning,
+    StateError,
+    warn_user,
+)
 from batchata_df.frame import batch_llm, interrupts
 from batchata_df.schema import AnswerSchema
 from batchata_df.state import StateStore, read_manifest, spent_usd
@@ -339,6 +345,31 @@ def _left_behind(root: Path, groups: Sequence[str]) -> list[Path]:
         for p in root.iterdir()
         if p.name not in groups and p.is_dir() and (p / "manifest.json").is_file()
     )
+
+
+def _unreadable_left_behind(folder: Path, e: StateError, *, limited: bool) -> KeptStateWarning:
+    """A :func:`_left_behind` folder that cannot be read; raises it with a cost limit.
+
+    With ``add_cost_limit`` what it spent and holds in flight cannot be counted under the
+    limit, so the run is refused before anything is sent (:class:`StateError`, naming the
+    folder and the repair); without one, the warning naming it is returned.
+    """
+    what = (
+        f"state folder {str(folder)!r}, left by an earlier run() of this Batch whose group "
+        "no longer exists (their parameters, model or response_model changed since), "
+        f"cannot be read"
+    )
+    if limited:
+        msg = (
+            f"{what}, so what it spent and holds in flight cannot be counted under "
+            f"add_cost_limit; nothing was sent: {e}"
+        )
+        raise StateError(msg) from e
+    msg = (
+        f"{what}: its answers are not read into these results, and jobs it may hold in "
+        f"flight may still be run and billed by the provider: {e}"
+    )
+    return KeptStateWarning(msg, folder=str(folder))
 
 
 def _left_behind_warning(
@@ -892,9 +923,17 @@ class Batch:
         behind = 0.0
         if not fresh:
             for folder in _left_behind(root, list(groups)):
-                spent, held, busy = _folder_money(
-                    folder, lambda: max((largest(k) for k in groups), default=0.0)
-                )
+                try:
+                    spent, held, busy = _folder_money(
+                        folder, lambda: max((largest(k) for k in groups), default=0.0)
+                    )
+                except StateError as e:
+                    # Damaged (a part, its manifest): without a limit nothing needs its
+                    # money, and no group of this run reads it: said, not a refusal.
+                    warn_user(
+                        _unreadable_left_behind(folder, e, limited=self._cost_limit is not None)
+                    )
+                    continue
                 behind += spent + held
                 notice = _left_behind_warning(
                     folder, spent, held, busy, limited=self._cost_limit is not None

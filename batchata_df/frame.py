@@ -75,6 +75,7 @@ from batchata_df.state import (
     read_unlocked,
 )
 from batchata_df.validate import (
+    call_models,
     check_mode,
     check_prices_used,
     check_run_arguments,
@@ -478,7 +479,7 @@ def batch_llm(
     check_schema_limits(
         answer.json_schema, needed, name=answer.name, citations=no_claude_format
     )
-    check_prices_used(prices, _model_pairs(jobs), state)
+    check_prices_used(prices, call_models(model, jobs, _model_pairs), state)
     spec = RequestSpec(
         schema=answer,
         params=run_params,

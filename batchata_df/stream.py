@@ -64,7 +64,12 @@ from batchata_df.state import (
     check_lock_timeout,
 )
 from batchata_df.summary import dictionary_columns
-from batchata_df.validate import check_prices_used, check_run_arguments, price_lost_requests
+from batchata_df.validate import (
+    call_models,
+    check_prices_used,
+    check_run_arguments,
+    price_lost_requests,
+)
 
 __all__ = ["DEFAULT_CHUNK_ROWS", "stream_llm"]
 
@@ -190,7 +195,7 @@ def stream_llm(
     check_schema_limits(
         answer.json_schema, needed, name=answer.name, citations=no_claude_format
     )
-    check_prices_used(prices, fr._model_pairs(probe_jobs), state)  # every model: probed
+    check_prices_used(prices, call_models(model, probe_jobs, fr._model_pairs), state)  # probed
     _check_system_everywhere(lf, model, system, probe, probe_jobs, scans)
     _check_history_everywhere(lf, history, scans)
     spec = RequestSpec(

@@ -350,7 +350,7 @@ def check_spend_is_priced(
 
 def check_prices_used(
     prices: Mapping[str, Any] | None,
-    pairs: Sequence[tuple[object, object]],
+    pairs: Sequence[tuple[object, object]] | None,
     state: str | os.PathLike[str] | None = None,
 ) -> None:
     """Refuse a ``prices=`` key that names no model of the call: its price never applies.
@@ -359,7 +359,9 @@ def check_prices_used(
     mistake (``"gpt-4.1-mnii"``, ``"openai:gpt-4.1-mini"``): without this the call ran at
     the price tables' prices, the cap and ``_cost_usd`` included, without a word. A key is
     used when it names (:meth:`PriceTable.priced_by`) a model of the call's rows
-    (``pairs``: distinct ``(provider, model)``), the successor such a model is routed to,
+    (``pairs``: distinct ``(provider, model)``; ``None`` when no model is known, a per-row
+    model over no rows: nothing is refused, :func:`call_models`), the successor such a
+    model is routed to,
     or a model whose answers the state folder holds (a capped call prices those stored
     without a cost from ``prices=``: :func:`check_spend_is_priced`); the folder is read
     only when a key is left over.
@@ -379,7 +381,7 @@ def check_prices_used(
     ...
     batchata_df.errors.PriceError: prices['gpt-5.4-mnii']: ... Did you mean 'gpt-5.4-mini'? ...
     """
-    if not prices:
+    if not prices or pairs is None:
         return
     from batchata_df.cost import PriceTable
     from batchata_df.errors import PriceError
@@ -410,6 +412,37 @@ def check_prices_used(
         "'provider:'), or drop the key. Nothing was sent"
     )
     raise PriceError(msg)
+
+
+def call_models(
+    model: str | pl.Expr, jobs: pl.DataFrame, pairs: Callable[[pl.DataFrame], list[Any]]
+) -> list[tuple[object, object]] | None:
+    """The ``(provider, model)`` pairs a call prices, for :func:`check_prices_used`.
+
+    Its rows' (``pairs(jobs)``); with no rows, a literal ``model``'s (the call names it: an
+    empty frame takes the price of its model, and still refuses a typo of it), or ``None``
+    for a per-row model expression (no row names a model) or one that cannot be parsed
+    (the run says what is wrong with it).
+
+    Examples
+    --------
+    >>> none = pl.DataFrame(schema={"provider": pl.String, "model": pl.String})
+    >>> call_models("openai:gpt-5.4-mini", none, lambda j: j.rows())
+    [('openai', 'gpt-5.4-mini')]
+    >>> call_models(pl.col("m"), none, lambda j: j.rows()) is None
+    True
+    """
+    if jobs.height:
+        return list(pairs(jobs))
+    if not isinstance(model, str):
+        return None
+    from batchata_df.errors import BatchataError
+    from batchata_df.jobs import parse_model
+
+    try:
+        return [parse_model(model)]
+    except BatchataError:
+        return None
 
 
 def _folder_models(state: str | os.PathLike[str]) -> list[tuple[object, object]]:
