@@ -353,28 +353,31 @@ def check_prices_used(
     pairs: Sequence[tuple[object, object]] | None,
     state: str | os.PathLike[str] | None = None,
 ) -> None:
-    """Refuse a ``prices=`` key that names no model of the call: its price never applies.
+    """Refuse a ``prices=`` key that looks meant for a model of the call but prices none.
 
-    A price dict is given per call, so a key that prices none of the call's requests is a
-    mistake (``"gpt-4.1-mnii"``, ``"openai:gpt-4.1-mini"``): without this the call ran at
-    the price tables' prices, the cap and ``_cost_usd`` included, without a word. A key is
-    used when it names (:meth:`PriceTable.priced_by`) a model of the call's rows
-    (``pairs``: distinct ``(provider, model)``; ``None`` when no model is known, a per-row
-    model over no rows: nothing is refused, :func:`call_models`), the successor such a
-    model is routed to,
-    or a model whose answers the state folder holds (a capped call prices those stored
-    without a cost from ``prices=``: :func:`check_spend_is_priced`); the folder is read
-    only when a key is left over.
+    A misspelt key (``"gpt-4.1-mnii"``) or one written with its provider
+    (``"openai:gpt-4.1-mini"``) never applies: without this the call ran at the price
+    tables' prices, the cap and ``_cost_usd`` included, without a word. A key is used when
+    it names (:meth:`PriceTable.priced_by`) a model of the call's rows (``pairs``: distinct
+    ``(provider, model)``; ``None`` when no model is known, a per-row model over no rows:
+    nothing is refused, :func:`call_models`), the successor such a model is routed to, or a
+    model whose answers the state folder holds (a capped call prices those stored without a
+    cost from ``prices=``: :func:`check_spend_is_priced`); the folder is read only when a
+    key is left over. An unused key is refused only when it is a typo's shape: the
+    ``provider:`` spelling of a model of the call, or close (``difflib``, ratio >= 0.85) to
+    one of the call's models that no key prices. Any other unused key is a price for
+    another call (one price dict shared by a project's calls) and is taken.
 
     Raises
     ------
     PriceError
-        Naming the first unused key, the call's models and the closest of them
-        (``difflib``); nothing was sent.
+        Naming the first such key, the call's models and the model it was likely meant for;
+        nothing was sent.
 
     Examples
     --------
     >>> check_prices_used({"gpt-5.4-mini": (1, 2)}, [("openai", "gpt-5.4-mini")])
+    >>> check_prices_used({"claude-haiku-4-5": (1, 5)}, [("openai", "gpt-5.4-mini")])
     >>> check_prices_used({"gpt-5.4-mnii": (1, 2)}, [("openai", "gpt-5.4-mini")])
     ... # doctest: +ELLIPSIS
     Traceback (most recent call last):
@@ -396,20 +399,38 @@ def check_prices_used(
         unused = [k for k in unused if k not in used_by(held)]
     if not unused:
         return
-    key = unused[0]
+    every = [*pairs, *held]
+    names = used_by(every)
+    # The names of the models no key prices: a price meant for one of them was misspelt.
+    bare = sorted({
+        k for p, m in every
+        if not PriceTable.priced_by(str(p), str(m)) & prices.keys()
+        for k in PriceTable.priced_by(str(p), str(m))
+    })  # fmt: skip
+    meant: dict[str, str] = {}
+    for key in unused:
+        prefix, _, rest = str(key).partition(":")
+        if rest and prefix in ("openai", "anthropic", "gemini", "google") and rest in names:
+            meant[key] = rest
+            continue
+        close = difflib.get_close_matches(str(key), bare, n=1, cutoff=0.85)
+        if close:
+            meant[key] = close[0]
+    if not meant:
+        return
+    key, likely = next(iter(meant.items()))
     models = sorted({str(m) for _, m in pairs})
     shown = ", ".join(repr(m) for m in models) or "none"
     others = sorted({str(m) for _, m in held} - set(models))
     if others:
         shown += f"; the state folder's also: {', '.join(repr(m) for m in others)}"
-    close = difflib.get_close_matches(str(key), sorted(used_by([*pairs, *held])), n=1)
-    more = f" (and {', '.join(repr(k) for k in unused[1:])})" if len(unused) > 1 else ""
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+    more = [k for k in meant if k != key]
+    also = f" (and {', '.join(repr(k) for k in more)})" if more else ""
     msg = (
-        f"prices[{key!r}]{more}: no row of this call uses model {key!r} (this call's models: "
+        f"prices[{key!r}]{also}: no row of this call uses model {key!r} (this call's models: "
         f"{shown}), so that price would never apply: costs, estimates and max_cost_usd would "
-        f"use the built-in prices.{hint} Key prices by the rows' model name (without "
-        "'provider:'), or drop the key. Nothing was sent"
+        f"use the built-in prices. Did you mean {likely!r}? Key prices by the rows' model "
+        "name (without 'provider:'). Nothing was sent"
     )
     raise PriceError(msg)
 

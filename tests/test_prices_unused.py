@@ -1,14 +1,16 @@
-"""A ``prices=`` key that names no model of the run is refused before anything is sent.
+"""A ``prices=`` key shaped like a typo of the run's model is refused before anything is sent.
 
 ``prices={"gpt-5.4-mnii": (0.1, 0.4)}`` (a typo of the run's ``gpt-5.4-mini``) was taken
 without a word: the caller's negotiated price was never applied, and ``_cost_usd``, the
-dry run's estimates and the cap were all computed at the list price. A price dict is given
-per call, so a key that matches none of the call's models is a mistake: a
-:class:`~batchata_df.errors.PriceError` naming the key, the run's models and the closest
-one, raised before any request (in memory, streamed, realtime, auto, dry run). Keys that
-are used are not refused: a model of any row, Gemini's ``models/<id>`` spelling, the
-successor a routed model is answered (and billed) by, a model the state folder holds
-answers of (a capped call prices those stored without a cost from ``prices=``).
+dry run's estimates and the cap were all computed at the list price. Such a key, one
+close to a model of the call that no key prices or the ``provider:`` spelling of one, is a
+:class:`~batchata_df.errors.PriceError` naming the key, the run's models and the model it
+was meant for, raised before any request (in memory, streamed, realtime, auto, dry run).
+A key for a model the call does not use, and close to none it leaves unpriced, is a price
+for another call (one dict shared by a project's calls) and is taken. Keys that are used
+are never refused: a model of any row, Gemini's ``models/<id>`` spelling, the successor a
+routed model is answered (and billed) by, a model the state folder holds answers of (a
+capped call prices those stored without a cost from ``prices=``).
 
 Through the public API against the emulator, with the official SDKs.
 """
@@ -56,7 +58,7 @@ def test_a_price_for_a_misspelt_model_is_refused_before_sending(emu, tmp_path, h
         _collect(
             ROWS.pipe(
                 batch_llm, model=MODEL, state=str(tmp_path / "s"),
-                prices={MODEL: (0.1, 0.4), TYPO: (0.1, 0.4)}, **KW, **kw,  # type: ignore[arg-type]
+                prices={TYPO: (0.1, 0.4)}, **KW, **kw,  # type: ignore[arg-type]
             )
         )  # fmt: skip
     message = str(e.value)
@@ -91,11 +93,38 @@ def test_a_provider_prefixed_key_is_refused_naming_the_bare_model(emu):
     _nothing_sent(emu)
 
 
-def test_a_key_far_from_every_model_gets_no_suggestion(emu):
+SHARED = {  # one project's price dict, passed to each of its calls
+    MODEL: (1.0, 2.0),
+    "claude-haiku-4-5": (1.0, 5.0),
+    "gemini-2.5-flash": (0.15, 1.25),
+    "my-finetune": (3.0, 6.0),
+    TYPO: (9.0, 9.0),  # close to MODEL, which a key prices as meant: no money goes wrong
+}
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_price_dict_shared_by_other_calls_is_taken(emu, tmp_path, streamed):
+    # Keys for models this call does not use, close to none it leaves unpriced: taken, and
+    # the call's own model is charged at its key's price.
+    sink = str(tmp_path / "out.parquet") if streamed else None
+    out = _collect(
+        ROWS.pipe(batch_llm, model=MODEL, prices=SHARED, sink=sink, max_cost_usd=1.0, **KW)  # type: ignore[arg-type]
+    )
+    assert out["_status"].to_list() == ["completed"] * 4
+    expected = (out["_input_tokens"] * 1.0 + out["_output_tokens"] * 2.0) / 1e6
+    assert (out["_cost_usd"] - expected).abs().max() < 1e-15
+    assert len(emu.billing()) == 4
+
+
+def test_a_key_close_to_a_model_no_key_prices_is_refused_among_shared_ones(emu):
+    # The same dict on a call of gpt-5.4-nano, whose price was misspelt "gpt-5.4-nanoo".
     with pytest.raises(PriceError) as e:
-        ROWS.pipe(batch_llm, model=MODEL, prices={"my-finetune": (1, 2)}, **KW)
-    assert "Did you mean" not in str(e.value)
-    assert f"this call's models: {MODEL!r}" in str(e.value)
+        ROWS.pipe(batch_llm, model="gpt-5.4-nano",
+                  prices={**SHARED, "gpt-5.4-nanoo": (1, 2)}, **KW)  # fmt: skip
+    message = str(e.value)
+    assert message.startswith("prices['gpt-5.4-nanoo']: no row of this call uses")
+    assert "Did you mean 'gpt-5.4-nano'?" in message
+    assert "my-finetune" not in message and "claude" not in message
     _nothing_sent(emu)
 
 
@@ -150,9 +179,9 @@ def test_a_price_for_a_model_the_folder_holds_is_not_refused(emu, tmp_path):
         batch_llm, model=pl.col("m"), state=state, prices=prices, max_cost_usd=1.0, **KW
     )
     assert out["_status"].to_list() == ["completed"] * 2
-    with pytest.raises(PriceError) as e:  # a key neither the rows nor the folder use
+    with pytest.raises(PriceError) as e:  # a typo of the folder's model, which no key prices
         rows.head(2).pipe(batch_llm, model=pl.col("m"), state=state,
-                          prices={**prices, "gpt-5.4-nanoo": (1, 2)}, **KW)  # fmt: skip
+                          prices={MODEL: (1.0, 2.0), "gpt-5.4-nanoo": (1, 2)}, **KW)  # fmt: skip
     assert "Did you mean 'gpt-5.4-nano'?" in str(e.value)
     assert len(emu.billing()) == 4  # nothing sent again
 
