@@ -32,6 +32,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import dataclasses
+import difflib
 import errno
 import fnmatch
 import glob
@@ -47,7 +48,7 @@ import tempfile
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -715,6 +716,33 @@ def parse_prices(specs: Sequence[str]) -> dict[str, tuple[float, float]]:
     return out
 
 
+def _check_prices_used(prices: Mapping[str, object], model: str) -> None:
+    """Refuse a ``--price`` for a model this run never prices (a typo), as ``prices=`` is.
+
+    The run has one model: a price is used when it names it (as ``--model`` does, with or
+    without ``provider:``), or the successor the provider routes it to
+    (:meth:`~batchata_df.cost.PriceTable.priced_by`; that one is not a typo). A wrong
+    ``--model`` is left to the run, which names the fix.
+    """
+    from batchata_df.cost import PriceTable
+    from batchata_df.jobs import parse_model
+
+    bare = _bare_model(model)
+    try:
+        used = PriceTable.priced_by(parse_model(model)[0], bare)
+    except BatchataError:
+        used = frozenset({bare})
+    stray = sorted(set(prices) - used)
+    if stray:
+        close = difflib.get_close_matches(stray[0], sorted(used), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        msg = (
+            f"--price {stray[0]}=...: this run's model is {bare!r} (--model); a price for "
+            f"another model would be ignored{hint}. Name the model as --model does"
+        )
+        raise UsageProblem(msg)
+
+
 def _bare_model(model: str) -> str:
     """``model`` without a ``provider:`` prefix (the name prices are keyed by)."""
     provider, sep, name = model.partition(":")
@@ -893,7 +921,8 @@ Examples:
 @click.option("--dry-run", is_flag=True,
               help="Print the plan and its worst-case cost; send nothing, and write nothing "
               "to OUTPUT (it only names the run and its state folder, OUTPUT.state: rows "
-              "done there are planned 'done').")
+              "answered there are planned 'done', rows failed there 'failed', or 'planned' "
+              "with --retry-failed).")
 @click.option("--plan", "plan_path", metavar="FILE", type=click.Path(dir_okay=False),
               help="With --dry-run: write the plan, one row per input row, to FILE "
               "(.parquet, .csv, .ndjson; not OUTPUT).")
@@ -989,13 +1018,7 @@ def run(
     schema = load_schema(schema_spec) if schema_spec else None
     params = parse_params(params_json, param_pairs, max_tokens)
     prices = {_bare_model(k): v for k, v in parse_prices(price_specs).items()}
-    stray = sorted(set(prices) - {_bare_model(model)})
-    if stray:
-        msg = (
-            f"--price {stray[0]}=...: this run's model is {_bare_model(model)!r} (--model); "
-            "a price for another model would be ignored. Name the model as --model does"
-        )
-        raise UsageProblem(msg)
+    _check_prices_used(prices, model)
     if state is not None and not state.strip():
         msg = (
             "--state '' names no folder (it would be the working folder); pass --state "
@@ -2048,6 +2071,14 @@ _CLI_WORDS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\bcitations=True"), "--citations"),
     (re.compile(r"\(e\.g\. model='([^']+)'\)"), r"(e.g. --model \1)"),
     (re.compile(r"\bhistory=('[^']*')"), r"--history \1"),
+    # The run's mode and its options (validate.check_mode): --deadline or --concurrency
+    # with a --mode that takes none.
+    (re.compile(r"\bmode='(batch|realtime|auto)'"), r"--mode \1"),
+    (re.compile(r"\b(concurrency|deadline)=(?=[\s,;:.)]|$)"), r"--\1"),
+    (re.compile(r"\btime_limit=(?=[\s,;:.)]|$)"), "--time-limit"),
+    (re.compile(r"\bmax_parallel_batches=(?=[\s,;:.)]|$)"), "--max-parallel-batches"),
+    (re.compile(r"\bwait=False\b"), "--no-wait"),
+    (re.compile(r"\bwait=True\b"), "--wait"),
 )  # fmt: skip
 
 
@@ -2077,8 +2108,12 @@ system prompt"
     ...               "column, e.g. prompt='{text}'")
     "--prompt ' ' has no text to send; give the template some text or a column, e.g. \
 --prompt '{text}'"
-    >>> _option_words("params['temperature'] must be between 0 and 1 for anthropic, got 3")
-    '--param temperature must be between 0 and 1 for anthropic, got 3'
+    >>> _option_words("deadline= is for mode='auto' (it decides what goes realtime), got "
+    ...               "mode='batch'; use time_limit= to stop a batch run at a time")
+    '--deadline is for --mode auto (it decides what goes realtime), got --mode batch; use \
+--time-limit to stop a batch run at a time'
+    >>> _option_words("params['temperature'] must be between 0 and 2 for openai, got 3")
+    '--param temperature must be between 0 and 2 for openai, got 3'
     >>> _option_words("use 'gpt-5' with params={'reasoning_effort': 'high'} instead")
     "use 'gpt-5' with --param reasoning_effort=high instead"
     >>> _option_words("Rename those input columns (df.rename({'id': 'id_in'})) or the "

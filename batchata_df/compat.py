@@ -19,7 +19,13 @@ For users moving from ``batchata``: replace ``from batchata import Batch`` with
   with their error, and ``messages=`` histories are sent whole, every role in order.
 
 Jobs with the same response model, citations flag, parameters and kind of input run in
-one :func:`~batchata_df.batch_llm` call each (checkpoint sub-folder per group).
+one :func:`~batchata_df.batch_llm` call each (checkpoint sub-folder per group). One cost
+limit covers every group, and the group folders an earlier ``run()`` left under the state
+root that no group uses any more (a job's parameters changed since): what they spent and
+the worst case of their jobs still in flight count under it, and a
+:class:`~batchata_df.errors.KeptStateWarning` names each such folder with jobs in flight
+(paid for, their answers not read into the results; running the earlier parameters
+again collects them) or, with a limit, money spent. A folder removed counts no more.
 
 Examples
 --------
@@ -58,7 +64,13 @@ from pydantic import BaseModel
 
 from batchata_df.engine import ProgressSnapshot, busy_jobs
 from batchata_df.engine.recovery import as_lost
-from batchata_df.errors import BatchataError, ConfigError
+from batchata_df.errors import (
+    BatchataError,
+    ConfigError,
+    KeptStateWarning,
+    StateError,
+    warn_user,
+)
 from batchata_df.frame import batch_llm, interrupts
 from batchata_df.schema import AnswerSchema
 from batchata_df.state import StateStore, read_manifest, spent_usd
@@ -291,9 +303,20 @@ def _spent_or_held(folder: Path, largest: Callable[[], float] = lambda: 0.0) -> 
     largest worst case known, recorded or ``largest()`` (the group's jobs' own), as
     batch_llm holds the batches it re-attaches.
     """
+    spent, held, _ = _folder_money(folder, largest)
+    return spent + held
+
+
+def _folder_money(
+    folder: Path, largest: Callable[[], float] = lambda: 0.0
+) -> tuple[float, float, int]:
+    """A group folder's billed USD, the worst case its jobs in flight hold, and how many.
+
+    See :func:`_spent_or_held` (their sum).
+    """
     manifest = folder / "manifest.json"
     if not manifest.is_file():
-        return spent_usd(folder) if folder.is_dir() else 0.0
+        return (spent_usd(folder) if folder.is_dir() else 0.0), 0.0, 0
     store = StateStore(folder, read_manifest(manifest).fingerprint, readonly=True)
     current, billed = store.snapshot()
     busy = busy_jobs(store, as_lost(current))
@@ -301,9 +324,86 @@ def _spent_or_held(folder: Path, largest: Callable[[], float] = lambda: 0.0) -> 
     if held.null_count():
         known = held.max()
         held = held.fill_null(max(largest(), 0.0 if known is None else float(known)))  # type: ignore[arg-type]
-    return float(billed.get_column("cost_usd").fill_null(0.0).sum()) + float(
-        held.fill_null(0.0).sum()
+    return (
+        float(billed.get_column("cost_usd").fill_null(0.0).sum()),
+        float(held.fill_null(0.0).sum()),
+        busy.height,
     )
+
+
+def _left_behind(root: Path, groups: Sequence[str]) -> list[Path]:
+    """Group folders under ``root`` that no group of this run uses.
+
+    Left by an earlier ``run()`` whose jobs' parameters, model, response model or kind of
+    input have changed since (the group key is made of them). Only checkpoint folders (a
+    manifest) count.
+    """
+    if not root.is_dir():
+        return []
+    return sorted(
+        p
+        for p in root.iterdir()
+        if p.name not in groups and p.is_dir() and (p / "manifest.json").is_file()
+    )
+
+
+def _unreadable_left_behind(folder: Path, e: StateError, *, limited: bool) -> KeptStateWarning:
+    """A :func:`_left_behind` folder that cannot be read; raises it with a cost limit.
+
+    With ``add_cost_limit`` what it spent and holds in flight cannot be counted under the
+    limit, so the run is refused before anything is sent (:class:`StateError`, naming the
+    folder and the repair); without one, the warning naming it is returned.
+    """
+    what = (
+        f"state folder {str(folder)!r}, left by an earlier run() of this Batch whose group "
+        "no longer exists (their parameters, model or response_model changed since), "
+        f"cannot be read"
+    )
+    if limited:
+        msg = (
+            f"{what}, so what it spent and holds in flight cannot be counted under "
+            f"add_cost_limit; nothing was sent: {e}"
+        )
+        raise StateError(msg) from e
+    msg = (
+        f"{what}: its answers are not read into these results, and jobs it may hold in "
+        f"flight may still be run and billed by the provider: {e}"
+    )
+    return KeptStateWarning(msg, folder=str(folder))
+
+
+def _left_behind_warning(
+    folder: Path, spent: float, held: float, busy: int, *, limited: bool
+) -> KeptStateWarning | None:
+    """What a user must know of a folder :func:`_left_behind` finds, or None (nothing)."""
+    counted = (
+        f"; it counts under add_cost_limit (${spent:.4f} spent, ${held:.4f} held in flight)"
+        if limited
+        else ""
+    )
+    if busy:
+        jobs = f"{busy} job{'s' if busy != 1 else ''}"
+        msg = (
+            f"state folder {str(folder)!r} holds {jobs} in flight, sent by an earlier run() "
+            "of this Batch whose group no longer exists (their parameters, model or "
+            "response_model changed since): the provider may run and bill them, and their "
+            "answers are not "
+            f"collected into these results{counted}. To collect them, run() the jobs again "
+            f"with their earlier parameters (nothing is sent again); `batchata-df cancel "
+            f"{folder}` cancels what has not run yet; removing the folder stops counting it "
+            "(and loses its answers)"
+        )
+        return KeptStateWarning(msg, folder=str(folder))
+    if limited and spent > 0:
+        msg = (
+            f"state folder {str(folder)!r} holds answers of an earlier run() of this Batch "
+            "whose group no longer exists (their parameters, model or response_model changed "
+            f"since), not read into these results{counted}. Run the jobs again with their "
+            "earlier parameters to read them (nothing is sent again), or remove the folder to "
+            "stop counting it"
+        )
+        return KeptStateWarning(msg, folder=str(folder))
+    return None
 
 
 def _group_frame(jobs: Sequence[_Job]) -> pl.DataFrame:
@@ -816,6 +916,30 @@ class Batch:
                 worst[k] = self._largest_worst(groups[k])
             return worst[k]
 
+        # Group folders of an earlier run() no group of this one uses (a parameter changed
+        # since): what they spent and hold in flight is this Batch's spending, under the
+        # one limit, and their answers are not read into the results: said, with the
+        # folder. A folder the user removed is not there to count.
+        behind = 0.0
+        if not fresh:
+            for folder in _left_behind(root, list(groups)):
+                try:
+                    spent, held, busy = _folder_money(
+                        folder, lambda: max((largest(k) for k in groups), default=0.0)
+                    )
+                except StateError as e:
+                    # Damaged (a part, its manifest): without a limit nothing needs its
+                    # money, and no group of this run reads it: said, not a refusal.
+                    warn_user(
+                        _unreadable_left_behind(folder, e, limited=self._cost_limit is not None)
+                    )
+                    continue
+                behind += spent + held
+                notice = _left_behind_warning(
+                    folder, spent, held, busy, limited=self._cost_limit is not None
+                )
+                if notice is not None:
+                    warn_user(notice)
         interrupted = False
         planned_usd = 0.0  # a dry run: the worst case its earlier groups would send
         totals = _RunTotals(total=len(self._jobs), started=started, later=len(self._jobs))
@@ -829,7 +953,7 @@ class Batch:
                     _spent_or_held(root / k, lambda k=k: largest(k))  # type: ignore[misc]
                     for k in groups if k != key
                 )  # fmt: skip
-                cap = max(cap - others - planned_usd, 1e-12)
+                cap = max(cap - others - behind - planned_usd, 1e-12)
             first = jobs[0]
             frame = _group_frame(jobs)
             # A dry run shows its cost estimates, as the seed's does.

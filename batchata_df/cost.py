@@ -532,6 +532,34 @@ class PriceTable:
         name = model.removeprefix("models/")
         return (model, name, f"models/{name}")
 
+    @staticmethod
+    def priced_by(provider: str, model: str) -> frozenset[str]:
+        """The ``prices=`` keys that may price requests for ``model``, on any day.
+
+        ``model``'s own (Gemini's ``<id>`` and ``models/<id>`` both), and its successor's
+        when the provider routes it to one (:data:`batchata_df.models.SCHEDULED`,
+        ``"routed"``): requests that run from the routing date on are billed at the
+        successor's price (:meth:`worst`, :meth:`answering`), whatever today's date is.
+
+        Examples
+        --------
+        >>> for key in sorted(PriceTable.priced_by("gemini", "gemini-2.5-flash")):
+        ...     print(key)
+        gemini-2.5-flash
+        gemini-3.5-flash-lite
+        models/gemini-2.5-flash
+        models/gemini-3.5-flash-lite
+        >>> sorted(PriceTable.priced_by("openai", "gpt-5-mini"))  # its requests fail after
+        ['gpt-5-mini']
+        """
+        from batchata_df.models import scheduled_shutdown
+
+        keys = set(PriceTable._keys(provider, model))
+        scheduled = scheduled_shutdown(provider, model)
+        if scheduled is not None and scheduled[2] == "routed" and scheduled[1]:
+            keys.update(PriceTable._keys(provider, scheduled[1]))
+        return frozenset(keys)
+
     def worst(self, provider: str, model: str, sent: date | None = None) -> Price | None:
         """The highest price a request sent to ``model`` today may be billed at.
 

@@ -9,7 +9,8 @@ The tree is designed so that a caller can tell *who* has to act::
     │   ├── ModelError                 unknown model / provider prefix
     │   ├── ParamError                 a parameter the model refuses (names model and fix)
     │   ├── CredentialsError           no API key for the provider
-    │   ├── PriceError                 a cost cap or dry run needs a price we do not have
+    │   ├── PriceError                 a cost cap or dry run needs a price we do not have,
+    │   │                              or prices= names a model the call never prices
     │   └── FileInputError             a file input is missing, unsupported or too large
     ├── StateError                     the checkpoint folder cannot be used for this run
     │   ├── StateMismatchError         written for another model / prompt / schema / params
@@ -30,7 +31,8 @@ before anything is sent when a Gemini model's thinking, which no budget bounds, 
 all of ``max_tokens``; :class:`UnpricedAnswerWarning` when rows were answered by another
 model than the one asked (a routed Gemini model's successor) whose price is not known;
 :class:`KeptStateWarning` when a call without ``state=`` returns rows left pending in
-batches a provider accepted (its temporary folder is kept to collect them).
+batches a provider accepted (its temporary folder is kept to collect them), or when
+``compat.Batch`` finds a group folder an earlier ``run()`` left that no group uses now.
 
 Failures of single rows are never exceptions: they become ``_status="failed"`` and an
 ``_error`` message in the result frame.
@@ -127,6 +129,8 @@ class CredentialsError(ConfigError):
 class PriceError(ConfigError):
     """A cost estimate or cost cap needs the price of a model that has none.
 
+    Also raised for a ``prices=`` key that names no model the call prices (a typo:
+    :func:`batchata_df.validate.check_prices_used`); ``model`` is then ``None``.
     ``model``, ``provider`` and ``needed_by`` (the argument that needs the price,
     ``"max_cost_usd"`` or ``"dry_run"``) name it when known, so that a caller with other
     words for the fix (the command line's ``--price``) can say it in them. ``stored`` is
@@ -292,6 +296,12 @@ class KeptStateWarning(UserWarning):
     folder is kept instead of removed, and the message names it: calling again with
     ``state=`` that folder collects those rows without paying for them again (calling
     without it sends and pays for them again). ``folder`` holds its path.
+
+    :class:`batchata_df.compat.Batch` warns it too for a group folder under its state
+    root that an earlier ``run()`` left and no group of this run uses (a job's parameters,
+    model or response model changed since): jobs still in flight there (paid for, their
+    answers not read into the results) or, with a cost limit, money spent there (both
+    counted under the limit); ``folder`` names it.
     """
 
     def __init__(self, message: str, folder: str | None = None) -> None:

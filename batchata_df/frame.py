@@ -75,7 +75,9 @@ from batchata_df.state import (
     read_unlocked,
 )
 from batchata_df.validate import (
+    call_models,
     check_mode,
+    check_prices_used,
     check_run_arguments,
     check_spend_is_priced,
     price_lost_requests,
@@ -331,8 +333,10 @@ def batch_llm(
         was answered. A state folder may be used in any mode, in any order: a row answered
         in one mode is never sent in the other.
     concurrency
-        Realtime requests in flight at once (default 8). Rate-limit answers (HTTP 429,
-        503, 529) are retried after the provider's ``Retry-After``.
+        ``mode="realtime"`` or ``"auto"`` only: realtime requests in flight at once
+        (default 8); with ``mode="batch"`` it is refused (``max_parallel_batches`` bounds
+        the batches). Rate-limit answers (HTTP 429, 503, 529) are retried after the
+        provider's ``Retry-After``.
     deadline
         ``mode="auto"`` only: seconds (or a timedelta) from now, or an aware datetime, by
         which every row should be answered.
@@ -399,12 +403,6 @@ def batch_llm(
             msg = (
                 f"mode={mode!r} does not stream: a streaming run (sink=) sends batches. Drop "
                 "sink= to run realtime or auto on a frame, or use mode='batch'"
-            )
-            raise ConfigError(msg)
-        if concurrency is not None:
-            msg = (
-                "concurrency= is for realtime requests, and a streaming run (sink=) sends "
-                "batches: drop concurrency= (max_parallel_batches= bounds the batches)"
             )
             raise ConfigError(msg)
         from batchata_df.stream import stream_llm
@@ -481,6 +479,7 @@ def batch_llm(
     check_schema_limits(
         answer.json_schema, needed, name=answer.name, citations=no_claude_format
     )
+    check_prices_used(prices, call_models(model, jobs, _model_pairs), state)
     spec = RequestSpec(
         schema=answer,
         params=run_params,

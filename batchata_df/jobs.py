@@ -744,13 +744,14 @@ def check_params(
 
 # Value rules per parameter and provider. Sources: the SDKs' own docstrings (openai 3.57
 # ``chat/completion_create_params.py``: temperature 0-2, penalties -2..2, "up to 4" stop
-# sequences; anthropic 2.14 no longer types the sampling knobs, whose documented ranges are
-# temperature 0-1 and top_p 0-1, top_k >= 0, as the emulator's anthropic_checks enforces),
-# and Google's GenerationConfig reference (temperature 0-2, top_p 0-1, at most 5
-# stopSequences). Which parameters a *model* accepts is a separate check (model caps).
+# sequences) and Google's GenerationConfig reference (temperature 0-2, top_p 0-1, at most 5
+# stopSequences). Anthropic has no range here: API version 2026-10-21, which anthropic 2.x
+# sends, refuses temperature / top_p / top_k at any value on every model, which the model
+# check says (models.check_model_params); a "between 0 and 1" here named a fix Claude
+# refuses too. Which parameters a *model* accepts is that separate check (model caps).
 _RANGES: dict[str, dict[str, tuple[float, float]]] = {
-    "temperature": {"openai": (0, 2), "anthropic": (0, 1), "gemini": (0, 2)},
-    "top_p": {"openai": (0, 1), "anthropic": (0, 1), "gemini": (0, 1)},
+    "temperature": {"openai": (0, 2), "gemini": (0, 2)},
+    "top_p": {"openai": (0, 1), "gemini": (0, 1)},
     "frequency_penalty": {"openai": (-2, 2)},
     "presence_penalty": {"openai": (-2, 2)},
 }
@@ -769,10 +770,10 @@ def check_param_values(params: Mapping[str, Any], providers: Sequence[str]) -> N
     --------
     >>> check_param_values({"temperature": 0.5, "stop": ["END"]}, ["openai"])
     >>> try:
-    ...     check_param_values({"temperature": 1.5}, ["anthropic"])
+    ...     check_param_values({"top_p": 1.5}, ["openai", "anthropic"])
     ... except ConfigError as e:
     ...     print(e)
-    params['temperature'] must be between 0 and 1 for anthropic, got 1.5
+    params['top_p'] must be between 0 and 1 for openai, got 1.5
     """
     from batchata_df.validate import is_real
 

@@ -172,7 +172,13 @@ https://github.com/huggingface/smolagents/issues/1671, and accepted with
 ``reasoning_effort='none'``, https://github.com/BerriAI/litellm/pull/28662)."""
 ANTHROPIC_SAMPLING = ("temperature", "top_p", "top_k")
 """Claude sampling parameters (pydantic-ai-slim 2.68 ``profiles/anthropic.py``
-``ANTHROPIC_SAMPLING_PARAMS``)."""
+``ANTHROPIC_SAMPLING_PARAMS``), refused on every Claude model: the anthropic SDK this library
+needs (2.x) sends ``anthropic-version: 2026-10-21`` (anthropic 2.14
+``_constants.ANTHROPIC_API_VERSION``), the API version that removed them from the Messages
+API and Message Batches, at any value ("temperature: Extra inputs are not permitted";
+sources: :data:`batchata_df.emulator.anthropic_checks.SAMPLING_REMOVED_IN`). Under the
+previous version, 2023-06-01, Claude 4.5 / 4.6 took temperature or top_p (not both) and no
+sampling parameter while thinking, and Opus 4.7+ and 5.x none at all."""
 
 Thinking = Literal[
     "none",  # the model does not think
@@ -184,8 +190,7 @@ Thinking = Literal[
 ]
 Sampling = Literal[
     "any",  # every sampling parameter
-    "one",  # temperature or top_p, not both (Claude 4.5 / 4.6)
-    "no",  # none at all (Claude Opus 4.7+, 5.x)
+    "no",  # none at all (every Claude model, API version 2026-10-21: ANTHROPIC_SAMPLING)
     "not_thinking",  # only while the model does not think (OpenAI reasoning models)
 ]
 
@@ -229,6 +234,7 @@ class Family:
 
 _PAI = "pydantic-ai-slim 2.68.0 pydantic_ai/profiles/"
 _OAI_DOCS = "https://developers.openai.com/api/docs/models/"
+_CLAUDE_DOCS = "https://platform.claude.com/docs/"
 _G = "https://docs.cloud.google.com/gemini-enterprise-agent-platform/models/guides/gemini-3-5-flash"
 _OPENAI_5_6: tuple[Effort, ...] = ("low", "medium", "high", "xhigh")
 _ANTHROPIC_NEW: tuple[Effort, ...] = ("low", "medium", "high", "xhigh", "max")
@@ -269,7 +275,12 @@ FAMILIES: tuple[Family, ...] = (
         "openai", "GPT-5.5, GPT-5.6", r"gpt-5\.[5-9]", ("gpt-5.5", "gpt-5.6-sol"),
         thinking="openai", thinks_by_default=True, default_effort="medium",
         efforts=_OPENAI_5_6, sampling="not_thinking", max_output_tokens=128_000,
-        sources=(f"{_PAI}openai.py _REASONING_SUPPORT_BY_PREFIX['gpt-5.6'], ['gpt-5.5']",),
+        context=1_050_000,
+        sources=(f"{_PAI}openai.py _REASONING_SUPPORT_BY_PREFIX['gpt-5.6'], ['gpt-5.5']",
+                 "https://docs.oxen.ai/inference-api/reference/models/gpt-5-5-2026-04-23.md "
+                 "and https://runware.ai/docs/models/openai-gpt-5-5 (GPT-5.5: 1,050,000 "
+                 "context, 128,000 max output tokens; genai-prices 0.2.3 says 1,000,000; "
+                 "gpt-5.6-*: 1,050,000 there too)"),
     ),
     Family(
         "openai", "GPT-5.1 to 5.3 Chat", r"gpt-5\.\d+-chat", ("gpt-5.1-chat-latest",
@@ -365,15 +376,31 @@ FAMILIES: tuple[Family, ...] = (
         "openai", "other OpenAI models", r"", ("gpt-4o",), max_output_tokens=16_384,
         sources=(f"{_OAI_DOCS}gpt-4o (16,384 max output tokens)",),
     ),
-    # ---- Anthropic
+    # ---- Anthropic (default efforts: the models' pages, table "How it compares", column
+    # "Default effort": Opus 5.5 and Haiku 5.5 medium, Fable 5.1, Sonnet 5.5, Opus 5,
+    # Sonnet 5 high; the default max_tokens leaves room for that thinking).
     Family(
-        "anthropic", "Claude Opus 5.5, Fable, Mythos", r"claude-(opus-5-[5-9]|fable-|mythos-)",
-        ("claude-opus-5-5",),
-        thinking="anthropic_adaptive", thinks_by_default=True, default_effort="high",
+        "anthropic", "Claude Opus 5.5", r"claude-opus-5-[5-9]", ("claude-opus-5-5",),
+        thinking="anthropic_adaptive", thinks_by_default=True, default_effort="medium",
         can_disable=False, efforts=_ANTHROPIC_NEW, sampling="no", max_output_tokens=128_000,
         citations=True,
         sources=(f"{_PAI}anthropic.py thinking_always_enabled, disallows_sampling_settings, "
-                 "max_output_tokens",),
+                 "max_output_tokens",
+                 f"{_CLAUDE_DOCS}zh-CN/models/opus-5-5/overview (\"Adaptive (always on)\", "
+                 "default effort medium, 128K max output) and /whats-new-opus-5-5 (\"the "
+                 "default on this model is medium\"; thinking.type.disabled is a 400)"),
+    ),
+    Family(
+        "anthropic", "Claude Fable, Mythos", r"claude-(fable|mythos)-",
+        ("claude-fable-5-1", "claude-mythos-5-2"),
+        thinking="anthropic_adaptive", thinks_by_default=True, default_effort="high",
+        can_disable=False, efforts=_ANTHROPIC_NEW, sampling="no", max_output_tokens=128_000,
+        citations=True,
+        sources=(f"{_PAI}anthropic.py thinking_always_enabled, disallows_sampling_settings",
+                 f"{_CLAUDE_DOCS}en/models/fable-5/migration-guide (thinking disabled or "
+                 "enabled with budget_tokens: 400 on claude-fable-5 and claude-mythos-5)",
+                 f"{_CLAUDE_DOCS}en/models/haiku-5-5/overview (Fable 5.1: \"Adaptive (always "
+                 "on)\", default effort high, 128K max output)"),
     ),
     Family(
         "anthropic", "Claude Sonnet 5.5", r"claude-sonnet-5-[5-9]", ("claude-sonnet-5-5",),
@@ -385,13 +412,26 @@ FAMILIES: tuple[Family, ...] = (
                  "anthropic 2.14 types/thinking_config_between_tools_param.py"),
     ),
     Family(
-        "anthropic", "Claude Opus 5, Sonnet 5, Haiku 5.5",
-        r"claude-(opus-5|sonnet-5|haiku-5)",
-        ("claude-opus-5", "claude-sonnet-5", "claude-haiku-5-5"),
+        "anthropic", "Claude Haiku 5.5", r"claude-haiku-5", ("claude-haiku-5-5",),
+        thinking="anthropic_adaptive", thinks_by_default=True, default_effort="medium",
+        efforts=_ANTHROPIC_NEW, sampling="no", max_output_tokens=128_000, citations=True,
+        sources=(f"{_PAI}anthropic.py thinking_enabled_by_default, disallows_sampling_settings, "
+                 "disallows_budget_thinking",
+                 f"{_CLAUDE_DOCS}en/models/haiku-5-5/overview (adaptive thinking, default "
+                 "effort medium, 128K max output)",
+                 "https://openrouter.ai/anthropic/claude-haiku-5.5-20261007:batch (thinking "
+                 "\"can be turned off at low, medium, and high effort\": 'none' sends "
+                 "thinking disabled with no effort, so the default medium)"),
+    ),
+    Family(
+        "anthropic", "Claude Opus 5, Sonnet 5", r"claude-(opus-5|sonnet-5)",
+        ("claude-opus-5", "claude-sonnet-5"),
         thinking="anthropic_adaptive", thinks_by_default=True, default_effort="high",
         efforts=_ANTHROPIC_NEW, sampling="no", max_output_tokens=128_000, citations=True,
         sources=(f"{_PAI}anthropic.py thinking_enabled_by_default, disallows_sampling_settings, "
-                 "disallows_budget_thinking",),
+                 "disallows_budget_thinking",
+                 f"{_CLAUDE_DOCS}zh-CN/models/sonnet-5/overview (Opus 5 and Sonnet 5: "
+                 "adaptive, default effort high)"),
     ),
     Family(
         "anthropic", "Claude Opus 4.7, 4.8", r"claude-opus-4-[7-9]",
@@ -404,7 +444,7 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "anthropic", "Claude Sonnet 4.6, Opus 4.6", r"claude-(sonnet|opus)-4-6",
         ("claude-sonnet-4-6", "claude-opus-4-6"),
-        thinking="anthropic_adaptive", efforts=_ANTHROPIC_46, sampling="one",
+        thinking="anthropic_adaptive", efforts=_ANTHROPIC_46, sampling="no",
         max_output_tokens=128_000, citations=True,
         sources=(f"{_PAI}anthropic.py supports_adaptive, supports_effort (no xhigh)",
                  "https://github.com/browseros-ai/BrowserOS/issues/208 ('temperature and top_p "
@@ -413,7 +453,7 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "anthropic", "Claude Sonnet 4.5, Haiku 4.5, Opus 4.5", r"claude-(sonnet|haiku|opus)-4-5",
         ("claude-haiku-4-5", "claude-opus-4-5", "claude-sonnet-4-5"),  # Sonnet 4.5: retired
-        thinking="anthropic_budget", efforts=_ANTHROPIC_BUDGET, sampling="one",
+        thinking="anthropic_budget", efforts=_ANTHROPIC_BUDGET, sampling="no",
         max_output_tokens=64_000, citations=True,
         sources=(f"{_PAI}anthropic.py max_output_tokens 64,000 (4.5)",
                  "https://github.com/open-webui/functions/pull/9 (Claude 4.5: temperature XOR "
@@ -421,8 +461,8 @@ FAMILIES: tuple[Family, ...] = (
     ),
     Family(
         "anthropic", "Claude Opus 4.1", r"claude-opus-4-1", ("claude-opus-4-1",),
-        thinking="anthropic_budget", efforts=_ANTHROPIC_BUDGET, max_output_tokens=32_000,
-        citations=True,
+        thinking="anthropic_budget", efforts=_ANTHROPIC_BUDGET, sampling="no",
+        max_output_tokens=32_000, citations=True,
         sources=("https://platform.claude.com/docs/en/build-with-claude/extended-thinking",
                  "docs.rs mixtape-core models/claude.rs (Opus 4 and 4.1: 32,000 output tokens)",
                  f"{_PAI}anthropic.py models_that_support_json_schema_output (claude-opus-4-1 "
@@ -431,8 +471,8 @@ FAMILIES: tuple[Family, ...] = (
     ),
     Family(
         "anthropic", "Claude Opus 4", r"claude-opus-4", ("claude-opus-4-0",),
-        thinking="anthropic_budget", efforts=_ANTHROPIC_BUDGET, max_output_tokens=32_000,
-        structured_output=False, citations=True,
+        thinking="anthropic_budget", efforts=_ANTHROPIC_BUDGET, sampling="no",
+        max_output_tokens=32_000, structured_output=False, citations=True,
         sources=("https://platform.claude.com/docs/en/build-with-claude/extended-thinking",
                  "docs.rs mixtape-core models/claude.rs (32,000 output tokens)",
                  f"{_PAI}anthropic.py models_that_support_json_schema_output (not listed)"),
@@ -440,8 +480,8 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "anthropic", "Claude Sonnet 4, Sonnet 3.7", r"claude-(sonnet-4|3-7)",
         ("claude-sonnet-4-0", "claude-3-7-sonnet-latest"),
-        thinking="anthropic_budget", efforts=_ANTHROPIC_BUDGET, max_output_tokens=64_000,
-        structured_output=False, citations=True,
+        thinking="anthropic_budget", efforts=_ANTHROPIC_BUDGET, sampling="no",
+        max_output_tokens=64_000, structured_output=False, citations=True,
         sources=("https://platform.claude.com/docs/en/build-with-claude/extended-thinking",
                  "docs.rs mixtape-core models/claude.rs (Sonnet 4 and 3.7: 64,000 output "
                  "tokens)",
@@ -449,7 +489,7 @@ FAMILIES: tuple[Family, ...] = (
     ),
     Family(
         "anthropic", "other Claude models", r"", ("claude-3-5-haiku-latest",),
-        max_output_tokens=8192, structured_output=False, citations=True,
+        sampling="no", max_output_tokens=8192, structured_output=False, citations=True,
         sources=(f"{_PAI}anthropic.py models_that_support_json_schema_output",),
     ),
     # ---- Gemini
@@ -499,16 +539,26 @@ FAMILIES: tuple[Family, ...] = (
                  "3.1 Pro)", f"{_PAI}google.py _MODELS_WITHOUT_MINIMAL_THINKING_LEVEL"),
     ),
     Family(
-        "gemini", "Gemini 3.x Pro, Gemini 4", r"gemini-(3[\d.]*-pro|4)",
-        ("gemini-3.1-pro-preview", "gemini-4-argon"),
+        "gemini", "Gemini 4", r"gemini-4", ("gemini-4-argon",),
+        thinking="gemini_level", thinks_by_default=True, default_effort="medium",
+        can_disable=False, efforts=_GEMINI_LEVELS_3, max_output_tokens=65_536,
+        context=1_048_576,
+        sources=("https://ai.google.dev/gemini-api/docs/generate-content/latest-model (Gemini "
+                 "4 Argon: thinking levels low, medium, high; \"Default thinking level\": "
+                 "medium; a unified 1M input-output token limit)",
+                 "https://docs.cloud.google.com/gemini-enterprise-agent-platform/models/start/"
+                 "get-started-with-gemini-4 (the 1,048,576-token window is shared by input, "
+                 "thinking and output; a synchronous request generates at most 65,536)"),
+    ),
+    Family(
+        "gemini", "Gemini 3.x Pro", r"gemini-3[\d.]*-pro", ("gemini-3.1-pro-preview",),
         thinking="gemini_level", thinks_by_default=True, default_effort="high", can_disable=False,
         efforts=_GEMINI_LEVELS_3, max_output_tokens=65_536, context=1_048_576,
         sources=(f"{_PAI}google.py _MODEL_THINKING_LEVELS (LOW/MEDIUM/HIGH), "
                  "thinking_always_enabled", "google-genai 3.6.1 types.py ThinkingLevel",
                  f"{_G} (3.1 Pro: LOW, MEDIUM, HIGH; default HIGH)",
                  "https://ai.google.dev/gemini-api/docs/models/gemini-3.1-pro-preview (input "
-                 "token limit 1,048,576, output 65,536; genai-prices 0.2.3 has no window); "
-                 "gemini-4-argon: 1,048,576 in genai-prices 0.2.3"),
+                 "token limit 1,048,576, output 65,536; genai-prices 0.2.3 has no window)"),
     ),
     Family(
         "gemini", "Gemini 3.x Flash-Lite", r"gemini-3(\.\d+)?-flash-lite",
@@ -531,7 +581,11 @@ FAMILIES: tuple[Family, ...] = (
         "gemini", "Gemini 3.8+ Flash", r"gemini-3\.([89]|\d\d)", ("gemini-3.8-flash",),
         thinking="gemini_level", thinks_by_default=True, default_effort="medium",
         can_disable=False, efforts=_GEMINI_LEVELS_3, max_output_tokens=65_536,
-        sources=("https://github.com/dzivkovi/video-intel/releases/tag/v2.7.1 (3.8 Flash "
+        context=1_048_576,
+        sources=("https://ai.google.dev/gemini-api/docs/models/gemini-3.8-flash (input token "
+                 "limit 1,048,576, output 65,536, as quoted by docs.apiyi.com live/2026-09/"
+                 "gemini-3-8-flash-official-specs; genai-prices 0.2.3 says 1,000,000)",
+                 "https://github.com/dzivkovi/video-intel/releases/tag/v2.7.1 (3.8 Flash "
                  "rejects MINIMAL with a 400, as 3.7 does)",
                  "https://docs.cloud.google.com/gemini-enterprise-agent-platform/models/"
                  "thinking (table of supported thinking_level values: 3.8 Flash LOW, MEDIUM, "
@@ -548,8 +602,11 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "gemini", "Gemini 3 Flash", r"gemini-3", ("gemini-3-flash-preview",),
         thinking="gemini_level", thinks_by_default=True, default_effort="high", can_disable=False,
-        efforts=_GEMINI_LEVELS_4, max_output_tokens=65_536,
-        sources=("https://ai.google.dev/gemini-api/docs/thinking (thinkingLevel; Gemini 3 uses "
+        efforts=_GEMINI_LEVELS_4, max_output_tokens=65_536, context=1_048_576,
+        sources=("https://docs.cloud.google.com/gemini-enterprise-agent-platform/models/gemini/"
+                 "3-flash (gemini-3-flash-preview: context window 1,048,576, output 65,536; "
+                 "genai-prices 0.2.3 says 1,000,000)",
+                 "https://ai.google.dev/gemini-api/docs/thinking (thinkingLevel; Gemini 3 uses "
                  "levels, not budgets; MINIMAL is the least)",
                  "https://hexdocs.pm/gemini_ex/Gemini.Types.Enums.ThinkingLevel.html (Gemini 3 "
                  "Flash: minimal, low, medium, high; high the default)"),
@@ -571,7 +628,7 @@ def family_of(provider: str, model: str) -> Family:
     >>> family_of("openai", "gpt-6-terra").name
     'GPT-6 (Sol, Luna, ...), GPT-6.1 Terra'
     >>> family_of("anthropic", "claude-opus-5-9").name
-    'Claude Opus 5.5, Fable, Mythos'
+    'Claude Opus 5.5'
     >>> family_of("gemini", "models/gemini-2.5-pro") == family_of("gemini", "gemini-2.5-pro")
     True
     """
@@ -1337,10 +1394,13 @@ params={'reasoning_effort': 'none'} to turn reasoning off
     if given and provider in ("openai", "anthropic"):
         if family.sampling == "no":
             raise _refuse(
-                model, family, given[0], "does not accept temperature, top_p or top_k",
+                model, family, given[0],
+                "does not accept temperature, top_p or top_k: Anthropic's API version "
+                "2026-10-21, which the anthropic SDK 2.x sends, refuses them on every model, "
+                "at any value ('temperature: Extra inputs are not permitted')",
                 "remove it (the model samples with its own settings)",
             )
-        if thinking and (family.sampling == "not_thinking" or provider == "anthropic"):
+        if thinking and family.sampling == "not_thinking":
             if family.can_disable:
                 when = (
                     "it reasons unless reasoning_effort='none'"
@@ -1356,11 +1416,6 @@ params={'reasoning_effort': 'none'} to turn reasoning off
             raise _refuse(
                 model, family, given[0],
                 f"does not accept {given[0]} while it reasons ({when})", fix,
-            )
-        if family.sampling == "one" and "temperature" in given and "top_p" in given:
-            raise _refuse(
-                model, family, "top_p", "takes temperature or top_p, not both",
-                "remove one of them",
             )
     _check_max_tokens(model, family, params, thinking)
 
@@ -1673,14 +1728,11 @@ def capabilities_table(families: Iterable[Family] = FAMILIES) -> str:
     for f in families:
         sampling = {
             "any": "all",
-            "one": "temperature **or** top_p",
             "no": "none",
             "not_thinking": "only with `reasoning_effort='none'`"
             if f.can_disable
             else "none (always reasons)",
         }[f.sampling]
-        if f.provider == "anthropic" and f.thinking != "none" and f.sampling != "no":
-            sampling += " (not while thinking)"
         if f.thinking == "none":
             knob = "—"
         else:

@@ -38,14 +38,16 @@ PLAN_COLUMNS = (
 """Columns a dry run appends to the input frame.
 
 ``_status`` is ``planned`` (would be sent), ``duplicate`` (same request as an earlier row:
-sent once), ``done`` (already settled in the state folder: completed, or failed unless
-``retry_failed``), ``in_flight`` (in a batch that may still be running; a later call
-collects it), or ``failed`` (bad input, never sent). ``_est_cost_usd`` is the worst case:
-estimated input tokens plus ``max_tokens`` of output at the model's batch price (what the cap
-reserves). ``_expected_cost_usd`` is the expected cost: ``_est_output_tokens_expected``
-output tokens (the mean of the answers already in the state folder for the model, else the
-schema's answer size) and the expected prompt-cache reads and writes
-(:mod:`batchata_df.estimates`).
+sent once), ``done`` (answered in the state folder: the run returns it ``completed``),
+``in_flight`` (in a batch that may still be running; a later call collects it), or
+``failed`` (the run returns it ``failed`` without sending it: bad input, or it failed in
+an earlier call on the state folder and is kept so, as without ``retry_failed`` the run
+keeps it; with ``retry_failed`` such a row is ``planned``, its cost counted).
+``_est_cost_usd`` is the worst case: estimated input tokens plus ``max_tokens`` of output
+at the model's batch price (what the cap reserves). ``_expected_cost_usd`` is the
+expected cost: ``_est_output_tokens_expected`` output tokens (the mean of the answers
+already in the state folder for the model, else the schema's answer size) and the
+expected prompt-cache reads and writes (:mod:`batchata_df.estimates`).
 ``_within_cap`` says whether the request fits under ``max_cost_usd`` (null without a cap)
 at the worst case: a real run may fit more, as actual costs come in below the worst case.
 ``_mode`` is how a planned request would be sent: ``"batch"`` or ``"realtime"`` (at the
@@ -60,15 +62,16 @@ def _recorded(
     fingerprint: dict[str, str],
     retry_failed: bool,
     sendable: pl.DataFrame,
-) -> tuple[set[str], set[str], float]:
-    """From an existing state folder: settled job ids, busy job ids, and the money held.
+) -> tuple[set[str], set[str], set[str], float]:
+    """From an existing state folder: settled, kept failed and busy job ids, money held.
 
-    The same rules as the engine (:func:`~batchata_df.engine.settled`,
+    Kept failed: the settled jobs the run returns ``failed`` (:func:`failed_ids`). The
+    same rules as the engine (:func:`~batchata_df.engine.settled`,
     :func:`~batchata_df.engine.busy_jobs`); held = billed so far plus the worst case of
     batches that may still be running.
     """
     if state is None or not Path(state).is_dir():
-        return set(), set(), 0.0
+        return set(), set(), set(), 0.0
     # Validates the fingerprint, refuses a damaged folder; writes nothing, needs no lock.
     store = StateStore(state, fingerprint, readonly=True)
     current, billed = store.snapshot()
@@ -90,9 +93,20 @@ def _recorded(
         held += float(busy.get_column("est_cost_usd").fill_null(0.0).sum())
     return (
         set(done.get_column("job_id").to_list()),
+        set(failed_ids(done).to_list()),
         set(busy.get_column("job_id").to_list()),
         held,
     )
+
+
+def failed_ids(settled_jobs: pl.DataFrame) -> pl.Series:
+    """The job ids of :func:`~batchata_df.engine.settled` jobs that a run keeps ``failed``.
+
+    A run returns them failed with their stored error and sends nothing (without
+    ``retry_failed``; with it, :func:`~batchata_df.engine.settled` leaves them out and
+    they are planned): the plan labels them ``failed``, not ``done``.
+    """
+    return settled_jobs.filter(pl.col("status") == "failed").get_column("job_id")
 
 
 def dry_run_plan(
@@ -117,7 +131,7 @@ def dry_run_plan(
     from batchata_df.engine.auto import AUTO_REALTIME_MAX_JOBS, realtime_seconds
     from batchata_df.engine.realtime import DEFAULT_CONCURRENCY
 
-    done, busy, spent = _recorded(state, fingerprint, options.retry_failed, sendable)
+    done, kept, busy, spent = _recorded(state, fingerprint, options.retry_failed, sendable)
     spent += options.stored_unpriced_usd  # priced at prices= (none without a cap)
     from batchata_df.frame import _observed
 
@@ -194,7 +208,10 @@ def dry_run_plan(
         maintain_order="left",
     )
     status = plan_status(
-        pl.Series(list(done), dtype=pl.String), pl.Series(list(busy), dtype=pl.String), ~first
+        pl.Series(list(done), dtype=pl.String),
+        pl.Series(list(busy), dtype=pl.String),
+        ~first,
+        kept=pl.Series(list(kept), dtype=pl.String),
     )
     out = per_row.select(plan_columns(status, plan_mode))
     result = pl.concat([frame, out], how="horizontal")
@@ -208,14 +225,18 @@ def dry_run_plan(
 
 
 
-def plan_status(done: pl.Series, busy: pl.Series, repeated: pl.Expr) -> pl.Expr:
+def plan_status(
+    done: pl.Series, busy: pl.Series, repeated: pl.Expr, *, kept: pl.Series
+) -> pl.Expr:
     """A plan row's ``_status`` (see :data:`PLAN_COLUMNS`) over a frame of jobs.
 
-    ``done`` and ``busy`` are job ids settled or in flight in the state folder; ``repeated``
-    marks rows whose request an earlier row already has.
+    ``done`` and ``busy`` are job ids settled or in flight in the state folder; ``kept``
+    those of ``done`` that failed there and that the run keeps failed (:func:`failed_ids`):
+    labelled ``failed``, as the run returns them. ``repeated`` marks rows whose request an
+    earlier row already has.
     """
     return (
-        pl.when(pl.col("input_error").is_not_null())
+        pl.when(pl.col("input_error").is_not_null() | pl.col("job_id").is_in(kept.implode()))
         .then(pl.lit("failed"))
         .when(pl.col("job_id").is_in(done.implode()))
         .then(pl.lit("done"))

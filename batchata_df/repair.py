@@ -24,18 +24,23 @@ do (``apply=False``, the default) and, with ``apply=True``, does it:
   (OpenAI ``metadata.batchata_run``, Gemini ``display_name``), and the first call that
   opens the folder states the settings again.
 
-Repair takes the folder's writer lock, so it never runs beside a call. Until it is applied,
+Repair takes the folder's writer lock, so it never runs beside a call (a call holding it
+is a :class:`~batchata_df.errors.StateLockedError`: nothing is changed). :func:`doctor` and
+a plan take no lock: a run beside may compact the folder's parts as they are read, and a
+part that vanished is read again, never reported as damaged. Until it is applied,
 every call on a damaged folder is refused with a :class:`~batchata_df.errors.StateError`
 naming the file and this fix.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import secrets
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +48,7 @@ from typing import Any
 import polars as pl
 
 from batchata_df.engine.recovery import FOUND_BY_REPAIR
-from batchata_df.errors import BatchataError, StateError
+from batchata_df.errors import BatchataError, StateError, StateLockedError
 from batchata_df.state import (
     BATCH_EVENTS,
     JOB_EVENTS,
@@ -56,6 +61,7 @@ from batchata_df.state import (
     find_damaged,
     list_parts,
     read_manifest,
+    read_unlocked,
 )
 
 __all__ = ["RepairReport", "doctor", "repair"]
@@ -168,9 +174,11 @@ def repair(state: str | os.PathLike[str], *, apply: bool = False) -> RepairRepor
 
     See the module documentation for what is done. Asks the providers (credentials from
     the environment, as :func:`~batchata_df.batch_llm`) for what the damaged parts held.
-    With ``apply=True`` it holds the folder's writer lock, and refuses (raising
-    :class:`StateError`, changing nothing) while something cannot be recovered yet, e.g. a
-    batch whose lost requests can only be listed once it has ended.
+    With ``apply=True`` it holds the folder's writer lock (taken at once, or
+    :class:`~batchata_df.errors.StateLockedError` naming the call that holds it: let that
+    call end, then repair), and refuses (raising :class:`StateError`, changing nothing)
+    while something cannot be recovered yet, e.g. a batch whose lost requests can only be
+    listed once it has ended.
 
     Examples
     --------
@@ -181,7 +189,7 @@ def repair(state: str | os.PathLike[str], *, apply: bool = False) -> RepairRepor
     root = Path(state)
     if not apply:
         return _examine(root, online=True)
-    with WriterLock(root):
+    with _repair_lock(root):
         report = _examine(root, online=True)
         if report.pending:
             msg = "cannot repair yet, nothing was changed:\n" + str(report)
@@ -192,6 +200,33 @@ def repair(state: str | os.PathLike[str], *, apply: bool = False) -> RepairRepor
     return report
 
 
+@contextlib.contextmanager
+def _repair_lock(root: Path) -> Iterator[None]:
+    """The folder's writer lock, taken now; refused at once while a call writes the folder.
+
+    Repair reads the folder under it, so no run can compact (replace) parts that repair
+    then moves aside, nor send rows whose jobs repair restores. It does not wait: a live
+    run may last a day, and what it leaves may need no repair (a call refuses a damaged
+    folder before it starts). The error says so in repair's words (no ``lock_timeout``).
+    """
+    lock = WriterLock(root)
+    try:
+        lock.acquire()
+    except StateLockedError as e:
+        who = e.holder.describe() if e.holder else "another process (starting up)"
+        msg = (
+            f"cannot repair {str(root)!r} now, nothing was changed: another call is writing "
+            f"it ({who}), and its writes would race the repair's. Let it finish (or stop "
+            f"it), then run `batchata-df repair {root}` again to see what is still to do; "
+            "`batchata-df doctor` reads the folder without waiting"
+        )
+        raise StateLockedError(msg, holder=e.holder) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 # -- examining ------------------------------------------------------------------------------
 
 
@@ -199,12 +234,6 @@ def _examine(root: Path, *, online: bool) -> RepairReport:
     report = RepairReport(state=root)
     if not root.is_dir():
         return report
-    report.damaged = find_damaged(root, deep=True)
-    bad = {d.path for d in report.damaged}
-    good = [p for p in list_parts(root) if p not in bad]
-    jobs = _read([p for p in good if p.parent.name == "jobs"], JOB_EVENTS)
-    batches = _read([p for p in good if p.parent.name == "batches"], BATCH_EVENTS)
-
     path = root / "manifest.json"
     run_id = ""
     if path.exists():
@@ -212,15 +241,60 @@ def _examine(root: Path, *, online: bool) -> RepairReport:
             run_id = read_manifest(path).run_id
         except StateError as e:
             report.manifest_problem = str(e)
-    elif good or report.damaged:
+    identities = bool(report.manifest_problem) or not path.exists()
+    # doctor and a repair plan take no lock: a run beside may compact the folder (merge
+    # its parts, delete them) between our listing and our reading. A part that vanished
+    # then reads as damaged or fails the read: read the folder again when its parts changed
+    # (never call a compaction damage: --apply would move parts aside that are not).
+    # Under repair's lock no writer runs: the parts never change, nothing is read twice.
+    folder = read_unlocked(
+        [root],
+        lambda: _read_folder(root, identities=identities),
+        suspect=lambda f: bool(f.damaged),
+    )
+    report.damaged = folder.damaged
+    if not path.exists() and (folder.good or folder.damaged):
         report.manifest_problem = f"{path} is missing"
     if report.manifest_problem:
-        report.manifest = _rebuild_manifest(report, good, batches, online=online)
+        report.manifest = _rebuild_manifest(report, folder, online=online)
         run_id = report.manifest.run_id
 
-    _lost_batches(report, jobs, batches)
-    _lost_jobs(report, jobs, batches, run_id, online=online)
+    _lost_batches(report, folder.jobs, folder.batches)
+    _lost_jobs(report, folder.jobs, folder.batches, run_id, online=online)
     return report
+
+
+@dataclass(frozen=True)
+class _Folder:
+    """What a folder's parts hold, as listed and read by one :func:`_read_folder`."""
+
+    damaged: list[Damage]
+    good: list[Path]
+    jobs: pl.DataFrame
+    batches: pl.DataFrame
+    identities: list[tuple[str, str | None]]
+    """(run id, settings fingerprint as JSON) of each good part that records them, oldest
+    part first (names start with the write time); read only to rebuild the manifest."""
+
+
+def _read_folder(root: Path, *, identities: bool) -> _Folder:
+    damaged = find_damaged(root, deep=True)
+    bad = {d.path for d in damaged}
+    good = [p for p in list_parts(root) if p not in bad]
+    found = []
+    for part in sorted(good, key=lambda p: p.name) if identities else []:
+        with part.open("rb") as file:  # not the path: Polars would expand ``[`` etc. in it
+            meta = pl.read_parquet_metadata(file)
+        run = meta.get(PART_RUN_KEY)
+        if run:
+            found.append((run, meta.get(PART_FINGERPRINT_KEY)))
+    return _Folder(
+        damaged=damaged,
+        good=good,
+        jobs=_read([p for p in good if p.parent.name == "jobs"], JOB_EVENTS),
+        batches=_read([p for p in good if p.parent.name == "batches"], BATCH_EVENTS),
+        identities=found,
+    )
 
 
 def _read(parts: list[Path], schema: pl.Schema) -> pl.DataFrame:
@@ -236,26 +310,21 @@ def _read(parts: list[Path], schema: pl.Schema) -> pl.DataFrame:
     )
 
 
-def _rebuild_manifest(
-    report: RepairReport, good: list[Path], batches: pl.DataFrame, *, online: bool
-) -> Manifest:
+def _rebuild_manifest(report: RepairReport, folder: _Folder, *, online: bool) -> Manifest:
     runs: Counter[str] = Counter()
     fingerprints: dict[str, dict[str, str]] = {}
-    # Oldest part first (names start with the write time), so each run keeps the
-    # fingerprint of its newest part: a folder's fingerprint can change (reparse).
-    for part in sorted(good, key=lambda p: p.name):
-        with part.open("rb") as file:  # not the path: Polars would expand ``[`` etc. in it
-            meta = pl.read_parquet_metadata(file)
-        run = meta.get(PART_RUN_KEY)
-        if run:
-            runs[run] += 1
-            try:
-                fingerprints[run] = json.loads(meta.get(PART_FINGERPRINT_KEY) or "{}")
-            except ValueError:
-                fingerprints.setdefault(run, {})
+    # Oldest part first, so each run keeps the fingerprint of its newest part: a folder's
+    # fingerprint can change (reparse).
+    for run, fingerprint in folder.identities:
+        runs[run] += 1
+        try:
+            fingerprints[run] = json.loads(fingerprint or "{}")
+        except ValueError:
+            fingerprints.setdefault(run, {})
+    batches = folder.batches
     if runs:
         run_id, n = runs.most_common(1)[0]
-        report.run_id_source = f"recorded in {n} of {len(good)} parts"
+        report.run_id_source = f"recorded in {n} of {len(folder.good)} parts"
         if len(runs) > 1:
             report.run_id_source += f"; other run ids seen: {sorted(set(runs) - {run_id})}"
         return Manifest(run_id=run_id, fingerprint=fingerprints.get(run_id, {}))

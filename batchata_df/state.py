@@ -1261,6 +1261,7 @@ def read_unlocked(
     *,
     errors: tuple[type[BaseException], ...] = (),
     again: Callable[[], bool] = lambda: True,
+    suspect: Callable[[_T], bool] = lambda _: False,
 ) -> _T:
     """``read()`` of checkpoint folders without their lock; again if a writer replaced parts.
 
@@ -1286,6 +1287,11 @@ def read_unlocked(
     again
         Whether a failed ``read`` may be done again (``batch_llm``: only while it took no
         writer lock, before which it reads and sends nothing).
+    suspect
+        Whether a result may come from a vanished part rather than the folder
+        (:func:`batchata_df.repair.doctor`: a part that vanished after it was listed reads
+        as damaged). Such a result is read again like a failure when the parts present
+        changed, and returned as it is otherwise (or on the last attempt).
     """
     caught: tuple[type[BaseException], ...] = (
         OSError, pl.exceptions.PolarsError, StateError, *errors
@@ -1293,12 +1299,20 @@ def read_unlocked(
     for attempt in range(1, READ_ATTEMPTS + 1):
         before = _part_names(roots)
         try:
-            return read()
+            result = read()
         except (StateLockedError, StateMismatchError):
             raise
         except caught:
             if attempt == READ_ATTEMPTS or not again() or _part_names(roots) == before:
                 raise
+            continue
+        if (
+            not suspect(result)
+            or attempt == READ_ATTEMPTS
+            or not again()
+            or _part_names(roots) == before
+        ):
+            return result
     raise AssertionError  # pragma: no cover (the last attempt returns or raises)
 
 

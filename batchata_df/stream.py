@@ -64,7 +64,12 @@ from batchata_df.state import (
     check_lock_timeout,
 )
 from batchata_df.summary import dictionary_columns
-from batchata_df.validate import check_run_arguments, price_lost_requests
+from batchata_df.validate import (
+    call_models,
+    check_prices_used,
+    check_run_arguments,
+    price_lost_requests,
+)
 
 __all__ = ["DEFAULT_CHUNK_ROWS", "stream_llm"]
 
@@ -190,6 +195,7 @@ def stream_llm(
     check_schema_limits(
         answer.json_schema, needed, name=answer.name, citations=no_claude_format
     )
+    check_prices_used(prices, call_models(model, probe_jobs, fr._model_pairs), state)  # probed
     _check_system_everywhere(lf, model, system, probe, probe_jobs, scans)
     _check_history_everywhere(lf, history, scans)
     spec = RequestSpec(
@@ -1687,7 +1693,7 @@ def stream_plan(
     """
     from batchata_df.engine import plan_batches, settled
     from batchata_df.engine.recovery import as_lost
-    from batchata_df.plan import PLAN_COLUMNS, plan_columns, plan_status
+    from batchata_df.plan import PLAN_COLUMNS, failed_ids, plan_columns, plan_status
 
     store = None
     index: JobIndex | None = None
@@ -1719,11 +1725,12 @@ def stream_plan(
         while (read := source.read()) is not None:
             chunk, jobs = read
             ids = jobs.get_column("job_id")
-            done = pl.Series("job_id", [], dtype=pl.String)
+            done = kept = pl.Series("job_id", [], dtype=pl.String)
             if store is not None:
                 latest, _ = store.snapshot(ids, index)
                 latest = as_lost(latest)  # left in flight: lost, not sent again (the run)
-                done = settled(latest, retry_failed=options.retry_failed).get_column("job_id")
+                ended = settled(latest, retry_failed=options.retry_failed)
+                done, kept = ended.get_column("job_id"), failed_ids(ended)
             sendable = jobs.filter(pl.col("input_error").is_null())
             todo = (
                 sendable.filter(
@@ -1787,7 +1794,9 @@ def stream_plan(
                 how="left",
                 maintain_order="left",
             )
-            status = plan_status(done, busy, ~pl.col("job_id").is_first_distinct() | pl.col(_LATER))
+            status = plan_status(
+                done, busy, ~pl.col("job_id").is_first_distinct() | pl.col(_LATER), kept=kept
+            )
             out = per_row.select(plan_columns(status, "batch"))  # streaming sends batches
             writer.write(pl.concat([chunk.drop(_JOB, _ERR, _LATER), out], how="horizontal"))
         writer.close(

@@ -9,10 +9,11 @@ the bad value with ``!r`` and says what to pass instead.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import math
 import numbers
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -347,6 +348,150 @@ def check_spend_is_priced(
     return total
 
 
+def check_prices_used(
+    prices: Mapping[str, Any] | None,
+    pairs: Sequence[tuple[object, object]] | None,
+    state: str | os.PathLike[str] | None = None,
+) -> None:
+    """Refuse a ``prices=`` key that looks meant for a model of the call but prices none.
+
+    A misspelt key (``"gpt-4.1-mnii"``) or one written with its provider
+    (``"openai:gpt-4.1-mini"``) never applies: without this the call ran at the price
+    tables' prices, the cap and ``_cost_usd`` included, without a word. A key is used when
+    it names (:meth:`PriceTable.priced_by`) a model of the call's rows (``pairs``: distinct
+    ``(provider, model)``; ``None`` when no model is known, a per-row model over no rows:
+    nothing is refused, :func:`call_models`), the successor such a model is routed to, or a
+    model whose answers the state folder holds (a capped call prices those stored without a
+    cost from ``prices=``: :func:`check_spend_is_priced`); the folder is read only when a
+    key is left over. An unused key is refused only when it is a typo's shape: the
+    ``provider:`` spelling of a model of the call, or close (``difflib``, ratio >= 0.85) to
+    one of the call's models that no key prices. Any other unused key is a price for
+    another call (one price dict shared by a project's calls) and is taken.
+
+    Raises
+    ------
+    PriceError
+        Naming the first such key, the call's models and the model it was likely meant for;
+        nothing was sent.
+
+    Examples
+    --------
+    >>> check_prices_used({"gpt-5.4-mini": (1, 2)}, [("openai", "gpt-5.4-mini")])
+    >>> check_prices_used({"claude-haiku-4-5": (1, 5)}, [("openai", "gpt-5.4-mini")])
+    >>> check_prices_used({"gpt-5.4-mnii": (1, 2)}, [("openai", "gpt-5.4-mini")])
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    batchata_df.errors.PriceError: prices['gpt-5.4-mnii']: ... Did you mean 'gpt-5.4-mini'? ...
+    """
+    if not prices or pairs is None:
+        return
+    from batchata_df.cost import PriceTable
+    from batchata_df.errors import PriceError
+
+    def used_by(found: Iterable[tuple[object, object]]) -> set[str]:
+        return {k for p, m in found for k in PriceTable.priced_by(str(p), str(m))}
+
+    unused = [k for k in prices if k not in used_by(pairs)]
+    held: list[tuple[object, object]] = []
+    if unused and state is not None and Path(state).is_dir():
+        held = _folder_models(state)
+        unused = [k for k in unused if k not in used_by(held)]
+    if not unused:
+        return
+    every = [*pairs, *held]
+    names = used_by(every)
+    # The names of the models no key prices: a price meant for one of them was misspelt.
+    bare = sorted({
+        k for p, m in every
+        if not PriceTable.priced_by(str(p), str(m)) & prices.keys()
+        for k in PriceTable.priced_by(str(p), str(m))
+    })  # fmt: skip
+    meant: dict[str, str] = {}
+    for key in unused:
+        prefix, _, rest = str(key).partition(":")
+        if rest and prefix in ("openai", "anthropic", "gemini", "google") and rest in names:
+            meant[key] = rest
+            continue
+        close = difflib.get_close_matches(str(key), bare, n=1, cutoff=0.85)
+        if close:
+            meant[key] = close[0]
+    if not meant:
+        return
+    key, likely = next(iter(meant.items()))
+    models = sorted({str(m) for _, m in pairs})
+    shown = ", ".join(repr(m) for m in models) or "none"
+    others = sorted({str(m) for _, m in held} - set(models))
+    if others:
+        shown += f"; the state folder's also: {', '.join(repr(m) for m in others)}"
+    more = [k for k in meant if k != key]
+    also = f" (and {', '.join(repr(k) for k in more)})" if more else ""
+    msg = (
+        f"prices[{key!r}]{also}: no row of this call uses model {key!r} (this call's models: "
+        f"{shown}), so that price would never apply: costs, estimates and max_cost_usd would "
+        f"use the built-in prices. Did you mean {likely!r}? Key prices by the rows' model "
+        "name (without 'provider:'). Nothing was sent"
+    )
+    raise PriceError(msg)
+
+
+def call_models(
+    model: str | pl.Expr, jobs: pl.DataFrame, pairs: Callable[[pl.DataFrame], list[Any]]
+) -> list[tuple[object, object]] | None:
+    """The ``(provider, model)`` pairs a call prices, for :func:`check_prices_used`.
+
+    Its rows' (``pairs(jobs)``); with no rows, a literal ``model``'s (the call names it: an
+    empty frame takes the price of its model, and still refuses a typo of it), or ``None``
+    for a per-row model expression (no row names a model) or one that cannot be parsed
+    (the run says what is wrong with it).
+
+    Examples
+    --------
+    >>> none = pl.DataFrame(schema={"provider": pl.String, "model": pl.String})
+    >>> call_models("openai:gpt-5.4-mini", none, lambda j: j.rows())
+    [('openai', 'gpt-5.4-mini')]
+    >>> call_models(pl.col("m"), none, lambda j: j.rows()) is None
+    True
+    """
+    if jobs.height:
+        return list(pairs(jobs))
+    if not isinstance(model, str):
+        return None
+    from batchata_df.errors import BatchataError
+    from batchata_df.jobs import parse_model
+
+    try:
+        return [parse_model(model)]
+    except BatchataError:
+        return None
+
+
+def _folder_models(state: str | os.PathLike[str]) -> list[tuple[object, object]]:
+    """The distinct ``(provider, model)`` of the job events of folder ``state``.
+
+    Read without the lock, before it (``batch_llm`` reads again what a compaction
+    replaced: ``frame._reads_again_before_the_lock``); a damaged part is a
+    :class:`~batchata_df.errors.StateError` naming it.
+    """
+    from batchata_df.state import JOB_EVENTS, reading_folder, table_parts
+
+    parts = table_parts(Path(state) / "jobs")
+    if not parts:
+        return []
+    with reading_folder(state):
+        found = (
+            pl.scan_parquet(
+                parts, schema=JOB_EVENTS, missing_columns="insert", extra_columns="ignore",
+                glob=False,
+            )
+            .select("provider", "model")
+            .drop_nulls()
+            .unique()
+            .collect()
+        )  # fmt: skip
+    return list(found.iter_rows())
+
+
 def check_price_value(model: str, part: str, value: object) -> float:
     """A price in USD per million tokens: a finite number >= 0 (a boolean is not one)."""
     if not is_real(value) or float(value) < 0:  # type: ignore[arg-type]
@@ -390,7 +535,9 @@ def check_mode(
     """Check ``mode``, ``concurrency`` and ``deadline``; deadline in seconds from now.
 
     ``deadline`` is seconds (or a ``timedelta``) from now, or a timezone-aware
-    ``datetime``; it only means something to ``mode="auto"``.
+    ``datetime``; it only means something to ``mode="auto"``. ``concurrency`` only means
+    something to the modes that send realtime requests (``"realtime"``, ``"auto"``): with
+    ``mode="batch"`` it is refused, as ``deadline`` is outside ``"auto"``.
 
     Examples
     --------
@@ -407,6 +554,15 @@ def check_mode(
     count = None
     if concurrency is not None:
         count = check_count("concurrency", concurrency, "most realtime requests in flight at once")
+        if mode == "batch":
+            # Taken and ignored, it let a user believe it bounded something (the batches).
+            msg = (
+                "concurrency= is for mode='realtime' or mode='auto' (the realtime requests "
+                "in flight at once), got mode='batch', which sends batches: drop "
+                "concurrency=, or pass mode='realtime' or mode='auto' "
+                "(max_parallel_batches= bounds the batches in flight)"
+            )
+            raise ConfigError(msg)
     seconds: float | None = None
     if deadline is not None:
         if mode != "auto":

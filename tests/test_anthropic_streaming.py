@@ -68,10 +68,11 @@ def test_claude_5_realtime_with_its_default_max_tokens_completes_billed_once(emu
 
 
 def test_the_streamed_body_is_the_batch_line_params_plus_stream(emu) -> None:
-    # temperature is not a keyword of anthropic 2.14's messages.create/stream: it must still
-    # reach the API (as it does in a batch line), not fail the row with a TypeError
+    # The body is the batch line's params (sent as the SDK's extra_body) plus stream. No
+    # sampling parameter: Claude takes none under API version 2026-10-21, which anthropic
+    # 2.x sends (tests/test_anthropic_api_version.py).
     emu.configure(log_bodies=True)
-    params = {"max_tokens": 300, "temperature": 0.25, "top_k": 5, "stop": ["END"]}
+    params = {"max_tokens": 300, "stop": ["END"]}
     out = ROWS[:1].pipe(batch_llm, model="claude-haiku-4-5", mode="realtime", params=params,
                         system="Be terse.", **KW)  # fmt: skip
     assert out["_status"].to_list() == ["completed"], out["_error"].to_list()
@@ -83,8 +84,6 @@ def test_the_streamed_body_is_the_batch_line_params_plus_stream(emu) -> None:
         "messages": [{"role": "user", "content": "Rate: great product"}],
         "system": "Be terse.",
         "max_tokens": 300,
-        "temperature": 0.25,
-        "top_k": 5,
         "stop_sequences": ["END"],
         "output_config": {"format": {"type": "json_schema", "schema": body["output_config"][
             "format"]["schema"]}},

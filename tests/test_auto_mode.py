@@ -133,8 +133,68 @@ def test_cli_runs_realtime_and_auto(emu, tmp_path: Path) -> None:
         assert out["_status"].to_list() == ["completed"] * 3
     bad = run("x.parquet", *args, "--deadline", "10m")
     assert bad.returncode == 2
-    assert "deadline= is for mode='auto'" in bad.stderr
+    # In the command's words: its options, not batch_llm's arguments.
+    assert "--deadline is for --mode auto" in bad.stderr, bad.stderr
+    assert "use --time-limit" in bad.stderr and "deadline=" not in bad.stderr
     assert batches_created(emu) == 0
+
+
+def test_cli_refuses_concurrency_with_the_batch_mode_in_its_options(emu, tmp_path: Path) -> None:
+    """``--concurrency`` with the default ``--mode batch`` bounds nothing (batches are sent);
+    exit 2 before anything is sent, naming the options to fix it, not ``concurrency=``."""
+    exe = Path(sys.executable).with_name("batchata-df")
+    frame(3).write_parquet(tmp_path / "in.parquet")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    for extra in ((), ("--mode", "batch"), ("--dry-run",)):
+        bad = subprocess.run(
+            [str(exe), "run", "in.parquet", "out.parquet", "--model", "gpt-4.1-mini",
+             "--prompt", "Say {t}", "--no-progress", "--concurrency", "4", *extra],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
+        )  # fmt: skip
+        assert bad.returncode == 2, (extra, bad.stderr)
+        said = bad.stderr
+        assert "--concurrency is for --mode realtime or --mode auto" in said, said
+        assert "drop --concurrency" in said and "--max-parallel-batches" in said, said
+        assert "concurrency=" not in said and "mode='" not in said, said
+    assert emu.log() == []
+    assert not (tmp_path / "out.parquet").exists()
+
+
+@pytest.mark.parametrize("how", ["in_memory", "streamed", "dry_run", "namespace"])
+def test_concurrency_with_the_batch_mode_is_refused_before_anything_is_sent(
+    emu, tmp_path: Path, how: str
+) -> None:
+    """``concurrency=`` bounds realtime requests; ``mode="batch"`` sends batches, so it meant
+    nothing there (the in-memory call took it and ignored it, the streamed one refused it):
+    both refuse it, with the fix, before anything is sent."""
+    from batchata_df.errors import ConfigError
+
+    kw = dict(KW, concurrency=4, state=tmp_path / "s")
+    with pytest.raises(ConfigError) as info:
+        if how == "streamed":
+            frame(3).lazy().pipe(batch_llm, sink=tmp_path / "o.parquet", **kw)
+        elif how == "namespace":
+            frame(3).llm.batch(**kw)
+        else:
+            frame(3).pipe(batch_llm, dry_run=how == "dry_run", **kw)
+    said = str(info.value)
+    assert said.startswith("concurrency= is for mode='realtime' or mode='auto'"), said
+    assert "got mode='batch'" in said and "drop concurrency=" in said, said
+    assert "max_parallel_batches=" in said, said
+    assert emu.log() == []
+    assert not (tmp_path / "s").exists() and not (tmp_path / "o.parquet").exists()
+
+
+@pytest.mark.parametrize("mode", ["realtime", "auto"])
+def test_concurrency_still_bounds_the_realtime_requests_of_realtime_and_auto(
+    emu, mode: str
+) -> None:
+    """What the refusal must leave alone: realtime and auto's realtime part take it."""
+    emu.configure(realtime_latency=0.05)
+    out = frame(6).pipe(batch_llm, mode=mode, concurrency=2, **KW)
+    assert out["_status"].to_list() == ["completed"] * 6
+    assert out["_mode"].to_list() == ["realtime"] * 6
+    assert 1 <= emu.realtime_stats()["max_in_flight"] <= 2
 
 
 def test_a_streaming_run_refuses_realtime_before_sending(emu, tmp_path: Path) -> None:
@@ -142,8 +202,8 @@ def test_a_streaming_run_refuses_realtime_before_sending(emu, tmp_path: Path) ->
 
     with pytest.raises(ConfigError, match="mode='realtime' does not stream"):
         frame(3).lazy().pipe(batch_llm, mode="realtime", sink=tmp_path / "o.parquet", **KW)
-    # concurrency= with the batch mode: the message names concurrency=, not the mode.
-    with pytest.raises(ConfigError, match=r"^concurrency= is for realtime requests.*drop conc"):
+    # concurrency= with the batch mode: the message names concurrency= and the fix.
+    with pytest.raises(ConfigError, match=r"^concurrency= is for mode='realtime' or .*drop conc"):
         frame(3).lazy().pipe(batch_llm, concurrency=2, sink=tmp_path / "o.parquet", **KW)
     assert emu.log() == []
 

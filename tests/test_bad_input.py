@@ -27,6 +27,7 @@ from batchata_df import (
     ColumnError,
     ConfigError,
     ModelError,
+    ParamError,
     SchemaError,
     StateError,
     batch_llm,
@@ -103,8 +104,9 @@ CASES: list[tuple[str, dict[str, Any], type[Exception], str]] = [
     ("temperature-99", {"params": {"temperature": 99}}, ConfigError, r"temperature.*0.*2.*99"),
     ("temperature-bool", {"params": {"temperature": True}}, ConfigError, r"temperature.*True"),
     ("temperature-nan", {"params": {"temperature": NAN}}, ConfigError, r"temperature.*nan"),
+    # Claude takes no temperature at any value (API version 2026-10-21): not a 0..1 range.
     ("temperature-claude", {"model": "claude-haiku-4-5", "params": {"temperature": 1.5}},
-     ConfigError, r"temperature.*0.*1.*anthropic"),
+     ParamError, r"2026-10-21.*params\['temperature'\]; remove it"),
     ("temperature-gemini", {"model": "gemini-2.5-flash", "params": {"temperature": 2.5}},
      ConfigError, r"temperature.*0.*2"),
     ("top-p-high", {"params": {"top_p": 1.5}}, ConfigError, r"top_p.*1\.5"),

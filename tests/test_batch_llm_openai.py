@@ -337,6 +337,7 @@ def test_sigkill_after_submission_then_resume_submits_nothing_twice(emu, tmp_pat
         child.wait()
         child.stdout.close()
         child.stderr.close()
+    emu.advance(4.0)  # the 3 batches end on the emulator's clock: no real 4 s wait to collect
     out = _resume(state)
     assert out["_status"].to_list() == ["completed"] * 7
     assert len(posts(emu)) == 3

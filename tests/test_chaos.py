@@ -199,6 +199,17 @@ class Child:
         return self.code, said
 
 
+@pytest.fixture(autouse=True)
+def quick_gemini_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The calls this process makes itself (the resume after the kills) meet the round's
+    # faults left over: the Gemini SDK retries them as often, with short waits (1, 2, 4 s
+    # each were up to 12 s of a round spent asleep). The forked children keep the defaults.
+    from batchata_df.providers.gemini import GeminiProvider
+
+    monkeypatch.setattr(GeminiProvider, "retry_initial_delay", 0.01)
+    monkeypatch.setattr(GeminiProvider, "retry_max_delay", 0.05)
+
+
 @pytest.fixture(scope="module")
 def zygote(emulator, tmp_path_factory) -> Iterator[Children]:
     env = {k: v for k, v in os.environ.items()

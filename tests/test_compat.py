@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from batchata_df import batch_llm
 from batchata_df.compat import Batch, Citation, JobResult
-from batchata_df.errors import ColumnError, ConfigError, FileInputError, ModelError
+from batchata_df.errors import ColumnError, ConfigError, FileInputError, ModelError, ParamError
 from batchata_df.jobs import build_jobs
 from batchata_df.providers import make_provider
 from batchata_df.providers.base import RequestSpec
@@ -70,7 +70,32 @@ def test_seed_quick_start_runs_including_its_dry_run(emu, tmp_path):
     assert len(posts(emu, "/messages/batches")) == 1  # the dry run sent nothing
 
 
-def test_seed_complete_example_runs_unchanged_and_again(emu, tmp_path):
+def test_the_seed_examples_temperature_on_claude_is_refused_before_sending(emu, tmp_path):
+    # Its set_default_params(..., temperature=0.0) on Claude: API version 2026-10-21, which
+    # anthropic 2.x sends, refuses it on every model (tests/test_anthropic_api_version.py),
+    # so every row would fail after the batch was created: refused before, in its words.
+    emu.configure(serve_retired=True)
+    for i in (1, 2, 3):
+        _pdf(tmp_path / "path" / "to" / f"invoice{i}.pdf", [f"Invoice INV-{i} total {i}.00"])
+    (tmp_path / "invoice_results").mkdir()
+    r = run_example("complete_example.py", tmp_path)
+    assert r.returncode != 0
+    assert "ParamError" in r.stderr
+    assert "temperature (of set_default_params / add_job)" in r.stderr
+    assert "2026-10-21" in r.stderr
+    assert posts(emu, "/messages/batches") == []  # nothing was sent
+
+
+def _without_temperature(name: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The seed's example with its ``temperature=0.0`` removed (Claude refuses it today)."""
+    script = (EXAMPLES / name).read_text()
+    assert ", temperature=0.0" in script
+    (cwd / name).write_text(script.replace(", temperature=0.0", ""))
+    return subprocess.run([sys.executable, name], cwd=cwd, env=dict(os.environ),
+                          capture_output=True, text=True, timeout=240)  # fmt: skip
+
+
+def test_seed_complete_example_runs_without_its_temperature_and_again(emu, tmp_path):
     # The seed's examples name claude-sonnet-4-20250514, which Anthropic retired on
     # 2026-06-15 (it now answers not_found_error): run them where it is still served.
     emu.configure(serve_retired=True)
@@ -82,7 +107,7 @@ def test_seed_complete_example_runs_unchanged_and_again(emu, tmp_path):
     results_dir = tmp_path / "invoice_results"
     results_dir.mkdir()
     (results_dir / "my_notes.txt").write_text("keep me")
-    r = run_example("complete_example.py", tmp_path)
+    r = _without_temperature("complete_example.py", tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("Invoice: ") == 3
     assert "(page: [1" in r.stdout or "(page: [2" in r.stdout  # pages of the cited PDF
@@ -104,7 +129,7 @@ def test_seed_complete_example_runs_unchanged_and_again(emu, tmp_path):
     assert {"text", "source", "page", "metadata"} == set(saved["citations"][0])
     # The script a second time: reuse_state=False starts afresh (as in the seed) without
     # raising, and keeps the earlier checkpoint aside instead of deleting it.
-    r = run_example("complete_example.py", tmp_path)
+    r = _without_temperature("complete_example.py", tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("Invoice: ") == 3
     assert len(posts(emu, "/messages/batches")) == 2
@@ -117,7 +142,7 @@ def test_the_same_script_with_reuse_state_resumes_without_paying_twice(emu, tmp_
     # 2026-06-15 (it now answers not_found_error): run them where it is still served.
     emu.configure(serve_retired=True)
     script = (EXAMPLES / "complete_example.py").read_text().replace(
-        "reuse_state=False", "reuse_state=True")
+        "reuse_state=False", "reuse_state=True").replace(", temperature=0.0", "")
     (EXAMPLES.parent / "seed_examples").exists()
     for i in (1, 2, 3):
         _pdf(tmp_path / "path" / "to" / f"invoice{i}.pdf", [f"Invoice INV-{i} total {i}.00"])
@@ -185,7 +210,7 @@ def test_a_response_model_on_the_seeds_default_claude_model_is_parsed(emu, tmp_p
     # 2026-06-15 (it now answers not_found_error): run them where it is still served.
     emu.configure(serve_retired=True)
     batch = Batch(results_dir=tmp_path / "out").set_default_params(
-        model="claude-sonnet-4-20250514", temperature=0.0
+        model="claude-sonnet-4-20250514"  # the seed's temperature=0.0: refused today
     )
     for i in range(4):
         batch.add_job(prompt=f"Extract invoice {i}", response_model=Invoice)
@@ -423,9 +448,13 @@ def test_citations_without_a_file_name_add_job_file_before_any_request(emu, tmp_
         # batch_llm: "use 'gpt-5' with params={'reasoning_effort': 'high'} instead"
         ("gpt-5-pro", {}, ModelError,
          "with set_default_params(reasoning_effort='high') (or add_job(...))", "params={"),
-        # batch_llm: "params['temperature'] must be between 0 and 1 for anthropic"
-        ("claude-haiku-4-5", {"temperature": 3.0}, ConfigError,
-         "temperature (of set_default_params / add_job) must be between 0 and 1", "params["),
+        # batch_llm: "params['temperature'] must be between 0 and 2 for openai"
+        ("gpt-4.1-mini", {"temperature": 3.0}, ConfigError,
+         "temperature (of set_default_params / add_job) must be between 0 and 2", "params["),
+        # batch_llm: "...('temperature: Extra inputs are not permitted'): params['temperature'];
+        # remove it" (Claude refuses any value: it read "must be between 0 and 1")
+        ("claude-haiku-4-5", {"temperature": 3.0}, ParamError,
+         "temperature (of set_default_params / add_job); remove it", "params["),
         # batch_llm: "files column '__compat_file', row 0, value '...': the file type ..."
         ("gpt-4.1-mini", {"file": "x.xyz"}, FileInputError,
          "add_job(file=...) file '", "__compat"),
@@ -625,9 +654,9 @@ def test_a_job_refused_by_its_checks_stops_the_run_before_any_group_is_sent(emu,
     the first group was sent, waited for and billed before the second's check raised."""
     batch = Batch(results_dir=tmp_path / "out").set_default_params(model="gpt-4.1-mini")
     batch.add_job(prompt="one")
-    batch.add_job(prompt="two", model="claude-haiku-4-5", temperature=1.5)  # Claude: 0-1
-    with pytest.raises(ConfigError, match=r"temperature \(of set_default_params / add_job\) "
-                                          r"must be between 0 and 1 for anthropic"):
+    batch.add_job(prompt="two", model="claude-haiku-4-5", temperature=1.5)  # Claude: none
+    said = r"temperature \(of set_default_params / add_job\); remove it"
+    with pytest.raises(ParamError, match=said):
         batch.run()
     assert emu.log() == [] and emu.billing() == []
     assert not list((tmp_path / "out").glob("job-*.json"))
@@ -726,3 +755,97 @@ def test_a_real_run_never_shows_the_checks_dry_run_wording(on, emu, tmp_path):
     assert any("are sent now" in s for s in said), said
     assert not any("this is a dry run" in s for s in said), said
     assert len(again.results()["completed"]) == 7
+
+
+# -- a group folder left behind by changed parameters ------------------------------------------
+
+
+def _look_at_batches(emu) -> None:
+    """List the batches through the SDK: the emulator runs (and bills) a batch whose time
+    has come when it is looked at; the real provider runs it on its own."""
+    import openai
+
+    sdk = openai.OpenAI(api_key="sk-test", base_url=emu.openai_base_url, max_retries=0)
+    assert [b.status for b in sdk.batches.list()] == ["completed"]
+    sdk.close()
+
+
+def _one_group(tmp_path: Path, temperature: float, limit: float | None = 0.003) -> Batch:
+    """One truncated job ($0.0016 at 2000 tokens) under a limit for one such answer."""
+    batch = Batch(results_dir=tmp_path / "out").set_default_params(
+        model="gpt-4.1-mini", max_tokens=2000
+    )
+    if limit is not None:
+        batch.add_cost_limit(usd=limit)
+    return batch.add_job(prompt="one [[emulator:truncate]]", temperature=temperature)
+
+
+def test_a_group_folder_left_by_changed_parameters_counts_under_the_limit_and_is_named(
+    emu, tmp_path
+):
+    """The script's ``run(wait=False)`` sent a job; the user then edits its temperature, so
+    the job falls in another group (another folder under the state root). The earlier
+    group's batch was paid for and still runs: its worst case counts under the one limit
+    (the new group's answer would take the two over it), and a ``KeptStateWarning`` names
+    its folder, whose answer is never read into the results. Running the earlier
+    parameters again collects it without sending anything; a folder the user removed
+    counts no more."""
+    import shutil
+
+    from batchata_df.errors import KeptStateWarning
+
+    emu.configure(latency=1000.0)
+    first = _one_group(tmp_path, 0.0).run(wait=False)
+    assert first.status()["pending"] == 1
+    root = tmp_path / "out" / "state"
+    (old,) = [p for p in root.iterdir() if p.is_dir()]
+    emu.advance(1000.0)  # the provider runs it: billed, whether anyone collects it or not
+    emu.configure(latency=0.0)
+    _look_at_batches(emu)
+    assert len(emu.billing()) == 1
+
+    edited = _one_group(tmp_path, 0.5)  # temperature 0.0 -> 0.5: another group
+    with pytest.warns(KeptStateWarning) as caught:
+        plan = edited.run(dry_run=True).to_polars()
+    assert plan["_within_cap"].to_list() == [False]  # the plan says what the run does
+    with pytest.warns(KeptStateWarning) as caught:
+        run = edited.run()
+    (warning,) = [w.message for w in caught if isinstance(w.message, KeptStateWarning)]
+    assert warning.folder == str(old)
+    said = str(warning)
+    assert repr(str(old)) in said and "1 job" in said and "add_cost_limit" in said, said
+    assert "not collected" in said and "earlier parameters" in said, said
+    assert [(r.job_id, r.error) for r in run.results()["cancelled"]] == [
+        ("job-000000", "cancelled: cost_limit")
+    ]
+    assert len(posts(emu, "/batches")) == 1  # the edited job was not sent
+    assert len(emu.billing()) == 1  # two truncated answers ($0.0032) would exceed $0.003
+
+    # The warning's advice: the earlier parameters collect the paid answer, send nothing.
+    back = _one_group(tmp_path, 0.0).run()
+    (answer,) = back.results()["failed"]  # truncated at max_tokens: failed, billed
+    assert answer.job_id == "job-000000" and str(answer.error).startswith("truncated")
+    assert len(posts(emu, "/batches")) == 1 and len(emu.billing()) == 1
+
+    # A folder the user removed counts no more: the edited job fits the limit again.
+    shutil.rmtree(old)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", KeptStateWarning)
+        again = _one_group(tmp_path, 0.5).run()
+    assert again.status()["failed"] == 1  # truncated, billed: sent
+    assert len(posts(emu, "/batches")) == 2
+
+
+def test_a_group_folder_left_in_flight_is_named_also_without_a_limit(emu, tmp_path):
+    """Without a cost limit nothing is counted, but the paid batch whose answers this
+    Batch no longer reads is still said, with its folder."""
+    from batchata_df.errors import KeptStateWarning
+
+    emu.configure(latency=1000.0)
+    _one_group(tmp_path, 0.0, limit=None).run(wait=False)
+    emu.configure(latency=0.0)
+    with pytest.warns(KeptStateWarning, match=r"1 job .* not collected"):
+        run = _one_group(tmp_path, 0.5, limit=None).run()
+    assert run.status()["failed"] == 1  # the edited job ran (truncated)

@@ -607,10 +607,10 @@ _LOOSE = {"type": "object", "properties": {"n": {"type": "integer"}}, "required"
         (req("a", stream=True), "stream"),
         (req("a", bogus=1), "bogus: Extra inputs are not permitted"),
         (req("a", response_format={"type": "json"}), "response_format: Extra inputs"),
-        (req("a", temperature=3.5), "temperature: Input should be less than or equal to 1"),
-        (req("a", temperature="hot"), "temperature: Input should be a valid number"),
-        (req("a", top_k=-1), "top_k: Input should be greater than or equal to 0"),
-        (req("a", top_p=1.5), "top_p: Input should be less than or equal to 1"),
+        # API version 2026-10-21 (the SDK's) refuses any sampling parameter
+        # (anthropic_checks.SAMPLING_REMOVED_IN); 2023-06-01's ranges: the test below.
+        (req("a", temperature=0.5), "temperature: Extra inputs are not permitted"),
+        (req("a", top_k=5), "top_k: Extra inputs are not permitted"),
         (
             req("a", messages=[{"role": "system", "content": "x"}]),
             "messages.0.role: Input should be 'user' or 'assistant'",
@@ -668,6 +668,28 @@ def test_invalid_params_are_errored_results(emu, client, request_, match):
     result = by_id(result_lines(ended))["a"]
     assert result["type"] == "errored"
     error = result["error"]["error"]
+    assert error["type"] == "invalid_request_error"
+    assert match in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("request_", "match"),
+    [
+        (req("a", temperature=3.5), "temperature: Input should be less than or equal to 1"),
+        (req("a", temperature="hot"), "temperature: Input should be a valid number"),
+        (req("a", top_k=-1), "top_k: Input should be greater than or equal to 0"),
+        (req("a", top_p=1.5), "top_p: Input should be less than or equal to 1"),
+    ],
+)
+def test_sampling_ranges_under_api_version_2023_06_01(emu, request_, match):
+    client = anthropic.Anthropic(
+        api_key="sk-ant-test", base_url=emu.anthropic_base_url,
+        default_headers={"anthropic-version": "2023-06-01"},
+    )  # fmt: skip
+    batch = client.messages.batches.create(requests=[request_, req("ok")])
+    ended = retrieve_raw(client, batch.id)
+    assert (ended.request_counts.errored, ended.request_counts.succeeded) == (1, 1)
+    error = by_id(result_lines(ended))["a"]["error"]["error"]
     assert error["type"] == "invalid_request_error"
     assert match in error["message"]
 

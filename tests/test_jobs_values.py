@@ -435,8 +435,9 @@ def test_history_column_is_checked_and_empty_histories_become_null() -> None:
             "params['temperature'] must be between 0 and 2 for gemini, got -0.1",
         ),
         (
-            {"temperature": 1.5}, ["openai", "anthropic"],
-            "params['temperature'] must be between 0 and 1 for anthropic, got 1.5",
+            # Anthropic has no range: it refuses any value (the model check, ParamError).
+            {"top_p": 1.5}, ["anthropic", "openai"],
+            "params['top_p'] must be between 0 and 1 for openai, got 1.5",
         ),
         (
             {"top_p": 1.01}, ["gemini"],

@@ -98,7 +98,8 @@ def test_a_lost_request_retried_and_answered_stays_counted_by_a_later_capped_cal
             )  # fmt: skip
         else:
             batch_llm(
-                new, state=str(state), mode=mode, concurrency=8, max_cost_usd=cap,
+                new, state=str(state), mode=mode, max_cost_usd=cap,
+                **({"concurrency": 8} if mode == "realtime" else {}),  # batch: refused
                 **KW,  # type: ignore[arg-type]
             )  # fmt: skip
     ledger += emu.billing()
@@ -269,7 +270,8 @@ def test_a_dry_run_after_a_kill_does_not_plan_the_lost_rows_again(
 ) -> None:
     """The run ends a request left in flight ``failed`` "lost: ..." and does not send it
     again (unless ``retry_failed``): the dry run plans it so too (it had it ``planned``,
-    its worst case counted twice: in "already spent" and in the plan)."""
+    its worst case counted twice: in "already spent" and in the plan), labelled
+    ``failed`` as the run returns it (it read ``done``, the label of an answered row)."""
     state = tmp_path / "state"
     _kill_mid_flight(emu, tmp_path, state, procs, cap=100.0)
     emu.reset()
@@ -292,7 +294,7 @@ def test_a_dry_run_after_a_kill_does_not_plan_the_lost_rows_again(
 
     out = call(dry_run=True)
     status = dict(zip(out["_job_id"], out["_status"], strict=True))
-    assert {status[j] for j in in_flight} == {"done"}
+    assert {status[j] for j in in_flight} == {"failed"}
     # Then the run: nothing of those is sent again, as planned.
     planned = out.filter(pl.col("_status") == "planned").height
     assert planned == N - len(in_flight) - emu_served(state)

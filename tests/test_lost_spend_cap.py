@@ -44,7 +44,8 @@ def test_a_capped_call_counts_requests_lost_by_an_uncapped_run_at_their_worst_ca
     with warnings.catch_warnings():  # a batch of few rows the cap serialises: said apart
         warnings.simplefilter("ignore", CapSerialisedWarning)
         out = batch_llm(
-            pl.DataFrame({"text": TEXTS}), state=str(state), mode=mode, concurrency=8,
+            pl.DataFrame({"text": TEXTS}), state=str(state), mode=mode,
+            **({"concurrency": 8} if mode == "realtime" else {}),  # batch: refused
             max_cost_usd=cap, **KW,  # type: ignore[arg-type]
         )  # fmt: skip
     ledger += emu.billing()

@@ -100,7 +100,7 @@ def test_emulator_refuses_temperature_on_gpt_6_sol_as_openai_does(emu):
         (
             "claude-opus-4-7",
             {"thinking": {"type": "enabled", "budget_tokens": 2048}, "max_tokens": 4096},
-            "thinking.type.enabled is not supported",
+            '"thinking.type.enabled" is not supported',  # Anthropic's wording, quoted
         ),
         ("claude-opus-5-5", {"thinking": {"type": "disabled"}}, "thinking.type.disabled"),
         (
@@ -112,7 +112,9 @@ def test_emulator_refuses_temperature_on_gpt_6_sol_as_openai_does(emu):
     ],
 )  # fmt: skip
 def test_emulator_refuses_claude_params_per_generation(emu, model, params, message):
-    client = anthropic.Anthropic()
+    # The per-model rules of API version 2023-06-01: under 2026-10-21, which anthropic 2.x
+    # sends, every sampling parameter is refused (tests/test_anthropic_api_version.py).
+    client = anthropic.Anthropic(default_headers={"anthropic-version": "2023-06-01"})
     request = {"model": model, "max_tokens": 256,
                "messages": [{"role": "user", "content": "hi"}], **params}  # fmt: skip
     batch = client.messages.batches.create(requests=[{"custom_id": "r", "params": request}])
@@ -140,7 +142,7 @@ def test_emulator_refuses_output_limits_above_the_models_ceiling(emu):
 
 
 def test_emulator_accepts_what_each_claude_generation_takes(emu):
-    client = anthropic.Anthropic()
+    client = anthropic.Anthropic(default_headers={"anthropic-version": "2023-06-01"})
     ok = [
         ("claude-haiku-4-5", {"temperature": 0.2}),
         ("claude-sonnet-4-6", {"top_p": 0.9}),
@@ -258,7 +260,7 @@ def test_flash_lite_runs_without_thinking_by_default(emu, tmp_path):
     [
         ("gpt-6-sol", {"temperature": 0.2}, "temperature"),
         ("claude-sonnet-5-5", {"temperature": 0.2}, "temperature"),
-        ("claude-haiku-4-5", {"temperature": 0.2, "top_p": 0.9}, "top_p"),
+        ("claude-haiku-4-5", {"temperature": 0.2, "top_p": 0.9}, "temperature"),
         ("gemini-2.5-pro", {"reasoning_effort": "none"}, "reasoning_effort"),
     ],
 )
@@ -300,9 +302,10 @@ RULES: list[tuple[str, str, dict[str, Any], str | None]] = [
     ("openai", "gpt-6-sol", {"stop": "END", "reasoning_effort": "none"}, None),
     ("openai", "o3", {"reasoning_effort": "minimal"}, "reasoning_effort"),
     ("openai", "gpt-6-sol", {"max_tokens": 200_000}, "max_tokens"),
-    ("anthropic", "claude-haiku-4-5", {"temperature": 0.5}, None),
-    ("anthropic", "claude-sonnet-4-6", {"temperature": 0.5, "top_p": 0.9}, "top_p"),
-    ("anthropic", "claude-opus-4-6", {"top_p": 0.9}, None),
+    # Every Claude model: API version 2026-10-21 (anthropic 2.x) takes no sampling parameter.
+    ("anthropic", "claude-haiku-4-5", {"temperature": 0.5}, "temperature"),
+    ("anthropic", "claude-sonnet-4-6", {"temperature": 0.5, "top_p": 0.9}, "temperature"),
+    ("anthropic", "claude-opus-4-6", {"top_p": 0.9}, "top_p"),
     ("anthropic", "claude-opus-4-7", {"top_k": 5}, "top_k"),
     ("anthropic", "claude-opus-5-9", {"temperature": 0.5}, "temperature"),  # unknown 5.x
     ("anthropic", "claude-opus-5-5", {"reasoning_effort": "none"}, "reasoning_effort"),
@@ -385,7 +388,7 @@ def test_reasoning_effort_maps_to_each_providers_field():
         ("gpt-6-sol", "low", THOUGHT_TOKENS["low"]),
         ("gpt-6-sol", None, THOUGHT_TOKENS["medium"]),  # the model's default effort
         ("claude-opus-4-7", "low", THOUGHT_TOKENS["low"]),
-        ("claude-opus-5-5", None, THOUGHT_TOKENS["high"]),
+        ("claude-opus-5-5", None, THOUGHT_TOKENS["medium"]),  # its default effort
         ("claude-haiku-5-5", "none", 0),
         ("gemini-3.5-flash", "low", THOUGHT_TOKENS["low"]),
         ("gemini-2.5-flash", "none", 0),
@@ -444,7 +447,8 @@ def test_default_max_tokens_leaves_room_for_thinking(tmp_path):
         )
         assert plan["_est_cost_usd"][i] == pytest.approx(pl.select(worst).item())
         assert plan["_est_cost_usd"][i] > plan["_est_output_tokens_max"][i] * price.output / 1e6
-    assert default_max_tokens(family_of("anthropic", "claude-opus-5-5"), {}) == 32_768
+    assert default_max_tokens(family_of("anthropic", "claude-opus-5-5"), {}) == 16_384
+    assert default_max_tokens(family_of("anthropic", "claude-sonnet-5-5"), {}) == 32_768
     assert default_max_tokens(family_of("gemini", "gemini-2.5-flash"),
                               {"reasoning_effort": "none"}) == 4096  # fmt: skip
 

@@ -42,6 +42,7 @@ from batchata_df import ProviderUnavailableWarning, ResultFileError, batch_llm
 from batchata_df.emulator.server import NOT_UTF8
 from batchata_df.providers import gemini, make_provider
 from batchata_df.providers.base import RequestSpec
+from batchata_df.providers.openai import OpenAIProvider
 from batchata_df.schema import AnswerSchema
 from batchata_df.state import StateStore
 
@@ -301,7 +302,12 @@ def test_the_warning_says_the_results_could_not_be_used_not_that_the_provider_wa
     assert "could not be decoded" in message  # the last error: what was wrong with them
 
 
-def test_the_warning_still_says_unreachable_when_the_provider_was(emu, tmp_path) -> None:
+def test_the_warning_still_says_unreachable_when_the_provider_was(
+    emu, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One SDK retry per download, not five: each failed download otherwise waited ~15 s
+    # of the SDK's backoff (the 503s are the point, not how long the SDK waits on them).
+    monkeypatch.setattr(OpenAIProvider, "sdk_max_retries", 1)
     df = pl.DataFrame({"t": ["review 0", "review 1"]})
     emu.inject_fault(method="GET", path_regex=DOWNLOADS["openai"], status=503, times=None)
     with pytest.warns(ProviderUnavailableWarning) as caught:

@@ -159,3 +159,141 @@ def test_a_capped_call_waiting_for_the_lock_beside_a_compaction_reads_the_folder
     assert len(bills) == 16
     assert len({b["request"] for b in bills}) == 16  # nothing paid twice
     assert out["_cost_usd"].sum() == pytest.approx(sum(b["usd"] for b in bills), rel=1e-9)
+
+
+# -- doctor and repair beside a compaction ---------------------------------------------------
+# doctor lists the parts (find_damaged: jobs, batches), checks each, then lists and reads them
+# (jobs, batches): listings 1-2 made a part that vanished look damaged ("unreadable Parquet
+# (No such file ...)"), 3-4 failed with FileNotFoundError.
+NTH_DOCTOR = [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("nth", NTH_DOCTOR)
+def test_doctor_beside_a_compaction_finds_the_folder_healthy(emu, folder, monkeypatch, nth):
+    from batchata_df.repair import doctor
+
+    compacted = _compacted_after_listing(monkeypatch, folder, nth)
+    report = doctor(folder)
+    assert compacted  # the race happened
+    assert report.damaged == [] and report.healthy, str(report)
+    assert str(report) == f"{folder}: healthy, nothing to repair"
+
+
+@pytest.mark.parametrize("nth", NTH_DOCTOR)
+def test_a_repair_plan_beside_a_compaction_finds_nothing_to_do(emu, folder, monkeypatch, nth):
+    from batchata_df.repair import repair
+
+    compacted = _compacted_after_listing(monkeypatch, folder, nth)
+    parts = sorted(p.name for p in (folder / "jobs").iterdir())
+    sent = len(emu.log())
+    report = repair(folder)
+    assert compacted  # the race happened
+    assert report.healthy and not report.applied, str(report)
+    assert not (folder / "damaged").exists()
+    assert sorted(p.name for p in (folder / "jobs").iterdir()) != parts  # compacted, not repaired
+    assert len(emu.log()) == sent  # a healthy folder asks no provider
+
+
+def test_doctor_on_the_command_line_beside_a_compaction_exits_0(emu, folder, monkeypatch, capsys):
+    from batchata_df.cli import main
+
+    compacted = _compacted_after_listing(monkeypatch, folder, 1)
+    assert main(["doctor", str(folder)]) == 0
+    assert compacted
+    assert capsys.readouterr().out.strip() == f"{folder}: healthy, nothing to repair"
+
+
+def test_doctor_beside_a_compaction_still_names_a_really_damaged_part(emu, folder, monkeypatch):
+    """A part that is damaged (not one that vanished) is reported once the reads agree."""
+    from batchata_df.repair import doctor
+
+    compacted = _compacted_after_listing(monkeypatch, folder, 1)
+    bad = folder / "batches" / "part-99999999999999999999-zzzzzzzz.parquet"
+    checked: list[Path] = []
+    real = state.check_part
+
+    def checking(path: Path, *, deep: bool = False) -> str | None:
+        if compacted and not bad.exists():  # damage appears after the compaction
+            bad.write_bytes(b"not parquet at all")
+        checked.append(path)
+        return real(path, deep=deep)
+
+    monkeypatch.setattr(state, "check_part", checking)
+    report = doctor(folder)
+    assert compacted
+    assert [d.path for d in report.damaged] == [bad]
+    assert report.damaged[0].problem.startswith("unreadable Parquet")
+    assert checked.count(bad) == 1  # read twice in all: the second agreed with the folder
+
+
+# A live run holding the folder's writer lock (a second process), until told to stop.
+HOLD = textwrap.dedent(
+    """
+    import sys
+    from batchata_df.state import WriterLock
+    with WriterLock(sys.argv[1]):
+        print("locked", flush=True)
+        sys.stdin.read()
+    """
+)
+
+
+def test_repair_apply_beside_a_live_run_refuses_and_changes_nothing(emu, folder, capsys):
+    from batchata_df.cli import EXIT_LOCKED, main
+    from batchata_df.errors import StateLockedError
+    from batchata_df.repair import repair
+
+    bad = state.table_parts(folder / "jobs")[-1]
+    bad.write_bytes(b"not parquet at all")
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    run = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(folder)], env=env, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert run.stdout is not None and run.stdout.readline() == "locked\n"
+        with pytest.raises(StateLockedError) as e:
+            repair(folder, apply=True)
+        assert e.value.holder is not None and e.value.holder.pid == run.pid
+        message = str(e.value)
+        assert f"pid {run.pid}" in message
+        assert "cannot repair" in message and "nothing was changed" in message
+        assert "lock_timeout" not in message  # repair has no such argument
+        assert main(["repair", str(folder), "--apply"]) == EXIT_LOCKED
+        err = capsys.readouterr().err
+        assert f"pid {run.pid}" in err and "nothing was changed" in err
+        assert "--lock-timeout" not in err and "lock_timeout" not in err
+    finally:
+        assert run.stdin is not None
+        run.stdin.close()
+        run.wait(timeout=60)
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
+    report = repair(folder, apply=True)  # the run has ended: repair does it now
+    assert report.applied and [d.path for d in report.damaged] == [bad]
+
+
+def test_repair_apply_reads_the_folder_under_the_lock(emu, folder, monkeypatch):
+    """A compaction tried while ``repair --apply`` reads the folder is refused: repair holds
+    the writer lock from before its first listing, so what it moves aside cannot be a part a
+    compaction replaced."""
+    from batchata_df.repair import repair
+
+    refused: list[str] = []
+    real = state.table_parts
+
+    def listing(table: str | os.PathLike[str]) -> list[Path]:
+        parts = real(table)
+        if not refused and Path(table).parent == folder:
+            env = dict(os.environ, PYTHONPATH=str(REPO))
+            done = subprocess.run(
+                [sys.executable, "-c", COMPACT, str(folder)], env=env,
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            refused.append(done.stderr)
+        return parts
+
+    monkeypatch.setattr(state, "table_parts", listing)
+    report = repair(folder, apply=True)
+    assert refused and "StateLockedError" in refused[0]
+    assert report.healthy and not (folder / "damaged").exists()

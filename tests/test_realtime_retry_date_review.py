@@ -207,11 +207,12 @@ CHILD = textwrap.dedent(
     realtime.SystemClock = lambda: clock
 
     def midnight(now):
-        # Two days on, and the re-priced retry then takes 30 s to answer: killed meanwhile.
+        # Two days on, and the re-priced retry then takes 8 s to answer: killed meanwhile
+        # (the parent polls every 0.05 s; at 30 s it then waited 30 s for the answer).
         if clock.waits and len(clock.waits) == 1:
             clock.advance(2 * 86400.0)
             os.environ["BATCHATA_DF_TODAY"] = "2026-12-01"
-            emu.configure(today="2026-12-01", realtime_latency=30.0)
+            emu.configure(today="2026-12-01", realtime_latency=8.0)
 
     clock.on_wait.append(midnight)
     os.environ["BATCHATA_DF_TODAY"] = "2026-11-29"

@@ -68,9 +68,16 @@ def test_a_batch_the_provider_no_longer_knows_ends_failed_not_hanging(emu, tmp_p
     assert len(posts(emu)) == 1
 
 
-def test_a_failed_download_is_retried_and_other_batches_still_collected(emu, tmp_path):
+def test_a_failed_download_is_retried_and_other_batches_still_collected(emu, tmp_path, monkeypatch):
+    from batchata_df.providers.openai import OpenAIProvider
+
+    # Two attempts per download (one SDK retry): the 4 faults make downloads fail twice
+    # past the SDK's retries, and the run itself retries them. (With the default 5 SDK
+    # retries the SDK alone absorbed all 4, after ~7 s of its backoff: the run never saw
+    # a failed download.)
+    monkeypatch.setattr(OpenAIProvider, "sdk_max_retries", 1)
     emu.inject_fault(method="GET", path_regex=r"/openai/v1/files/.*/content", status=500,
-                     times=4)  # beyond the SDK's own retries once
+                     times=4)  # beyond the SDK's own retries twice
     df = pl.DataFrame({"t": [f"r{i}" for i in range(4)]})
     out = df.pipe(batch_llm, schema=A, model="gpt-4.1-mini", prompt="{t}",
                   items_per_batch=2, state=tmp_path / "s")
@@ -102,7 +109,10 @@ def test_time_limit_reason_survives_a_crash_after_the_cancel_request(emu, tmp_pa
         headers={"Authorization": "Bearer sk-test"}, data=b"",
     )
     urllib.request.urlopen(request).close()
-    emu.advance(60)  # the second call's own batch ends on the emulator's clock
+    emu.advance(60)  # the cancelled batch ends (its cancel delay) on the emulator's clock
+    # The second call's own batch answers at once: created with latency=30, it kept the
+    # call polling ~40 real seconds (backoff) for nothing the assertions read.
+    emu.configure(latency=0)
     out = df.pipe(batch_llm, **kwargs)
     # The collected batch's rows ended cancelled with the earlier call's reason ...
     events = pl.read_parquet(state / "jobs" / "*.parquet")

@@ -141,7 +141,9 @@ def test_openai_request_with_files_sends_document_then_image_then_prompt(emu) ->
 
 # ---- Anthropic
 
-ANTHROPIC_PARAMS = {"max_tokens": 300, "temperature": 0.2, "top_k": 5, "stop": ["END"]}
+# No sampling parameter: Claude takes none under API version 2026-10-21, which anthropic 2.x
+# sends (tests/test_anthropic_api_version.py).
+ANTHROPIC_PARAMS = {"max_tokens": 300, "stop": ["END"]}
 
 
 def test_anthropic_request_params_are_exactly_the_documented_body(emu) -> None:
@@ -157,8 +159,6 @@ def test_anthropic_request_params_are_exactly_the_documented_body(emu) -> None:
                     "messages": [{"role": "user", "content": PROMPTS[i]}],
                     "system": "You are terse.",
                     "max_tokens": 300,
-                    "temperature": 0.2,
-                    "top_k": 5,
                     "stop_sequences": ["END"],
                     "output_config": {
                         "format": {
@@ -230,8 +230,6 @@ def test_anthropic_request_with_files_and_citations(emu) -> None:
                     ],
                     "system": system,
                     "max_tokens": 300,
-                    "temperature": 0.2,
-                    "top_k": 5,
                     "stop_sequences": ["END"],
                 },
             }

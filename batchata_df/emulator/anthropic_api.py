@@ -35,8 +35,10 @@ cancelling a canceling batch returns it unchanged. Only an ended batch can be de
 
 Validation
 ----------
-Every route needs an ``anthropic-version`` header (any value; the SDK always sends one):
-without it, 400 ``invalid_request_error``. The create call rejects with 400
+Every route needs an ``anthropic-version`` header, one Anthropic published
+(``anthropic_checks.API_VERSIONS``; the SDK always sends one): without it, or with another
+value, 400 ``invalid_request_error`` (``anthropic-version: "2023-10-01" is not a valid
+version``). The create call rejects with 400
 ``invalid_request_error`` only what is wrong with the body's structure: a key other than
 ``requests``, a body without a non-empty ``requests`` list, more than 100,000 requests,
 a request with a key other than ``custom_id`` / ``params``, a ``custom_id`` that is
@@ -46,8 +48,10 @@ any oversized body). What is wrong inside ``params`` makes that request ``errore
 an ``invalid_request_error`` (:mod:`batchata_df.emulator.anthropic_checks`): the SDK's
 ``MessageCreateParamsNonStreaming`` with unknown keys forbidden at every level (missing
 ``model`` / ``max_tokens`` / ``messages``, ``max_tokens`` below 1, ``stream: true``, roles
-other than ``user`` / ``assistant``...), ``temperature`` / ``top_p`` outside 0..1,
-``top_k`` below 0, empty ``messages``, citations enabled on some documents but not all, an
+other than ``user`` / ``assistant``...), any of ``temperature`` / ``top_p`` / ``top_k``
+when the create call's ``anthropic-version`` is 2026-10-21 or later (what anthropic 2.x
+sends: ``anthropic_checks.SAMPLING_REMOVED_IN``), else ``temperature`` / ``top_p`` outside
+0..1 and ``top_k`` below 0, empty ``messages``, citations enabled on some documents but not all, an
 ``output_config.format`` schema outside the supported subset (every object needs
 ``additionalProperties: false``; only the keywords ``anthropic.transform_schema`` keeps),
 a malformed ``document`` / ``image`` block (a base64 source whose ``media_type`` is not
@@ -106,7 +110,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from batchata_df.emulator import answers, anthropic_checks, cited, media, model_rules
-from batchata_df.emulator.anthropic_checks import ParamsChecker
+from batchata_df.emulator.anthropic_checks import ParamsChecker, version_error
 from batchata_df.emulator.prompt_cache import PromptCaches
 from batchata_df.emulator.sdk_params import warm_in_background
 from batchata_df.emulator.server import (
@@ -382,13 +386,21 @@ def _thinks(model: str, params: Mapping[str, Any]) -> int | None:
     return model_rules.anthropic_thinking(model, dict(params))
 
 
+def _api_version(request: Request) -> str:
+    """The request's ``anthropic-version`` (:meth:`AnthropicApp.handle` takes published ones)."""
+    return str(request.headers.get("anthropic-version") or "")
+
+
 class _SpecBuilder:
     """Turns request ``params`` into :class:`_Spec`; reuses the last schema's generator."""
 
-    def __init__(self, served: Callable[[str, str], bool]) -> None:
+    def __init__(self, served: Callable[[str, str], bool], version: str) -> None:
         # Whether a model is served, as of the request's creation (EmulatorCore.served_now:
         # the emulator's date, not the machine's).
         self.served = served
+        # The request's ``anthropic-version``: what the API refuses depends on it
+        # (anthropic_checks.SAMPLING_REMOVED_IN); a batch's requests go by its create call's.
+        self.version = version
         self._last_schema: object = None
         self._last_gen: answers.AnswerGenerator | None = None
         self.check = ParamsChecker()
@@ -408,7 +420,7 @@ class _SpecBuilder:
             return self._build(custom_id, params)
 
     def _build(self, custom_id: str, params: Mapping[str, Any]) -> _Spec:
-        invalid = self.check(params)
+        invalid = version_error(params, self.version) or self.check(params)
         if invalid is None and isinstance(params.get("model"), str):
             invalid = model_rules.anthropic_refusal(str(params["model"]), dict(params))
         kind = "invalid_request_error"
@@ -870,6 +882,12 @@ class AnthropicApp:
                 raise _Invalid(
                     400, "anthropic-version: header is required", "invalid_request_error"
                 )
+            version = request.headers["anthropic-version"]
+            if version not in anthropic_checks.API_VERSIONS:
+                raise _Invalid(
+                    400, f'anthropic-version: "{version}" is not a valid version',
+                    "invalid_request_error",
+                )  # fmt: skip
             response = self._route(request)
         except _Invalid as e:
             envelope = error_envelope("anthropic", e.status, e.message, error_type=e.error_type)
@@ -937,7 +955,7 @@ class AnthropicApp:
         except ValueError as e:
             raise _Invalid(400, f"The request body is not valid JSON: {e}") from e
         checked = _check_requests(body, self._limits["max_requests"])
-        builder = _SpecBuilder(self.core.served_now())
+        builder = _SpecBuilder(self.core.served_now(), _api_version(request))
         specs = [builder.build(custom_id, params) for custom_id, params in checked]
         with self._lock:
             self._seq += 1
@@ -1175,8 +1193,8 @@ class AnthropicApp:
         streamed = params.pop("stream", False)
         if not isinstance(streamed, bool):
             raise _Invalid(400, "stream: Input should be a valid boolean", "invalid_request_error")
-        builder = _SpecBuilder(self.core.served_now())
-        invalid = builder.check(params)
+        builder = _SpecBuilder(self.core.served_now(), _api_version(request))
+        invalid = version_error(params, builder.version) or builder.check(params)
         if invalid is not None:
             raise _Invalid(400, invalid, "invalid_request_error")
         spec = builder.build("realtime", params)

@@ -35,7 +35,9 @@ from pydantic_core import SchemaValidator, ValidationError
 
 from batchata_df.emulator.sdk_params import BUILD_LOCK, Problem, first_error, strict_validator
 
-__all__ = ["ParamsChecker", "schema_error", "warm"]
+__all__ = [
+    "API_VERSIONS", "SAMPLING_REMOVED_IN", "ParamsChecker", "schema_error", "version_error", "warm",
+]  # fmt: skip
 
 _CACHE_LIMIT: Final = 256
 MIN_THINKING_BUDGET: Final = 1024
@@ -44,6 +46,30 @@ _SIMPLE_ROLES: Final = frozenset({"user", "assistant"})
 _RANGES: Final = (("temperature", 0, 1), ("top_p", 0, 1), ("top_k", 0, None))
 #: sampling parameters the API takes that this SDK's param type no longer lists
 _SAMPLING: Final = frozenset({"temperature", "top_p", "top_k"})
+
+SAMPLING_REMOVED_IN: Final = "2026-10-21"
+"""The ``anthropic-version`` from which ``temperature``, ``top_p`` and ``top_k`` are refused.
+
+API version 2026-10-21 (released 2026-10-21 with the SDK majors that send it by default:
+Python 2.0.0, which is why anthropic 2.14's ``MessageCreateParams`` lists none of them and
+its ``_constants.ANTHROPIC_API_VERSION`` is ``"2026-10-21"``) removed the three sampling
+parameters from the Messages API, token counting and Message Batches: any of them, at any
+value, is a 400 ("temperature: Extra inputs are not permitted", even ``temperature: 1.0``),
+on every model. Requests sent with ``2023-06-01`` keep the per-model rules
+(:func:`batchata_df.emulator.model_rules.anthropic_refusal`). Sources: Anthropic's migration
+guide as quoted by developersdigest.tech/blog/claude-api-version-2026-10-21-sdk-migration
+("for Messages API, token counting and Message Batch requests sent with 2026-10-21:
+temperature, top_p, top_k removed | 400 error, even at t[heir defaults]"),
+codersera.com/blog/anthropic-api-2026-10-21-sdk-migration-guide-2026, and the wording
+measured on Sonnet 4.6 and Sonnet 5.5 (qiita.com/Synthorai/items/01a0067e88747257a4e6)."""
+
+API_VERSIONS: Final = frozenset({"2023-01-01", "2023-06-01", SAMPLING_REMOVED_IN})
+"""The ``anthropic-version`` values Anthropic published (platform.claude.com/docs/en/api/
+versioning: 2026-10-21, 2023-06-01, 2023-01-01). Any other is a 400 on every route,
+``anthropic-version: "2023-10-01" is not a valid version`` (directus-labs/extensions#285;
+with the header sent twice, ``"2023-06-01, 2023-06-01" is not a valid version``,
+decolua/9router#1227; "400 'invalid version' for any date that isn't in their published
+list", sseshachala/conductai#2179)."""
 
 #: the JSON Schema keywords ``output_config.format.schema`` may use
 SCHEMA_KEYWORDS: Final = frozenset(
@@ -335,6 +361,24 @@ def warm() -> None:
     """Build the validators (see :func:`.warm_in_background`)."""
     _validator("params")
     _validator("message")
+
+
+def version_error(params: Mapping[str, Any], version: str) -> str | None:
+    """What API ``version`` (the request's ``anthropic-version``) refuses in ``params``.
+
+    Examples
+    --------
+    >>> version_error({"model": "m", "temperature": 1.0}, "2026-10-21")
+    'temperature: Extra inputs are not permitted'
+    >>> version_error({"model": "m", "temperature": 1.0}, "2023-06-01") is None
+    True
+    """
+    if version < SAMPLING_REMOVED_IN:
+        return None
+    for name in ("temperature", "top_p", "top_k"):
+        if name in params:
+            return f"{name}: Extra inputs are not permitted"
+    return None
 
 
 class ParamsChecker:

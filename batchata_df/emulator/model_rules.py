@@ -24,12 +24,17 @@ OpenAI (Chat Completions)
     (``openai_api.NOT_CHAT``: 404); ``json_schema`` needs gpt-4o-mini / gpt-4o-2024-08-06
     or later, and o1-mini / o1-preview take neither it nor a system or developer message.
 Anthropic
+    Under API version 2026-10-21 (what anthropic 2.x sends) no model takes ``temperature``,
+    ``top_p`` or ``top_k`` (``anthropic_checks.SAMPLING_REMOVED_IN``); under 2023-06-01,
     Claude Sonnet/Haiku/Opus 4.5 and Sonnet/Opus 4.6 take ``temperature`` or ``top_p``,
     not both; Opus 4.7+ and every Claude 5 model take none of ``temperature``, ``top_p``,
     ``top_k``. No sampling parameter while thinking. Claude 4.6+ and 5.x think
-    ``adaptive`` (budget thinking refused on 4.7+ and 5.x); Opus 5.5 cannot turn thinking
-    off; Sonnet 5.5 turns it off with ``between_tools``, not ``disabled``; ``budget_tokens``
-    must be below ``max_tokens``. Structured outputs start at Opus 4.1 and the 4.5 models.
+    ``adaptive`` (budget thinking refused on 4.7+ and 5.x); the 5.x models think without
+    being asked, at ``medium`` (Opus 5.5, Haiku 5.5) or ``high`` (the others); Opus 5.5 and
+    Fable cannot turn thinking off; Opus 5 and Haiku 5.5 turn it off only at effort
+    ``high`` or below; Sonnet 5.5 turns it off with ``between_tools``, not ``disabled``;
+    ``budget_tokens`` must be below ``max_tokens``. Structured outputs start at Opus 4.1 and
+    the 4.5 models.
 Gemini
     2.5 takes ``thinkingBudget`` (0 is off, except 2.5 Pro; else 128..32,768 on Pro,
     512..24,576 on Flash-Lite, which does not think unless given one, 1..24,576 on Flash,
@@ -37,7 +42,7 @@ Gemini
     ``thinkingLevel`` and a ``thinkingBudget`` alone (backwards compatibility), never both
     together; 3.7+ Flash, 3.x Pro and 4 have no ``MINIMAL``; ``gemini-3-pro-preview`` has
     only ``LOW`` and ``HIGH``; no model takes ``XHIGH``. Default levels: 3.5/3.6, 3.7 and
-    3.8 Flash ``MEDIUM``, Flash-Lite ``MINIMAL``, the rest ``HIGH``.
+    3.8 Flash and Gemini 4 ``MEDIUM``, Flash-Lite ``MINIMAL``, the rest ``HIGH``.
 
 A request longer than the model's context window (:func:`context_window`) is refused per
 request with each provider's wording, its tokens counted by :func:`window_tokens` (exact
@@ -119,6 +124,8 @@ class Rules:
     sampling: Literal["all", "one", "none"] = "all"
     thinking: Literal["", "budget", "adaptive", "budget_or_adaptive", "level"] = ""
     off_type: str = "disabled"
+    off_efforts: frozenset[str] | None = None
+    """Efforts at which ``off_type`` is taken (``None``: at any effort)."""
 
 
 _OPENAI_SAMPLING: Final = ("temperature", "top_p", "presence_penalty", "frequency_penalty",
@@ -265,8 +272,10 @@ _WINDOWS: Final[tuple[tuple[str, str, int], ...]] = (
      1_000_000),
     ("anthropic", r"claude-", 200_000),
     # "The input token count (1200293) exceeds the maximum number of tokens allowed
-    # (1048576)." (google-gemini/gemini-cli#6678, gemini-2.5-pro)
-    ("gemini", r"gemini-(2\.[05]|3)", 1_048_576),
+    # (1048576)." (google-gemini/gemini-cli#6678, gemini-2.5-pro); Gemini 4 Argon: a
+    # 1,048,576-token window shared by input and output (docs.cloud.google.com gemini-
+    # enterprise-agent-platform/models/start/get-started-with-gemini-4).
+    ("gemini", r"gemini-(2\.[05]|3|4)", 1_048_576),
 )  # fmt: skip
 
 
@@ -449,16 +458,29 @@ def _unsupported(name: str) -> tuple[int, str, str, str]:
             f"Unsupported parameter: '{name}' is not supported with this model.", name)  # fmt: skip
 
 
+_CLAUDE_EFFORTS: Final = frozenset({"low", "medium", "high", "xhigh", "max"})
+_UP_TO_HIGH: Final = frozenset({"low", "medium", "high"})
+
 _ANTHROPIC: Final[tuple[tuple[str, Rules], ...]] = (
-    (r"claude-(opus-5-[5-9]|fable|mythos)",
-     Rules(True, "high", False, frozenset({"low", "medium", "high", "xhigh", "max"}), "none",
-           "adaptive")),
+    # Default efforts: Anthropic's model pages, table "How it compares", column "Default
+    # effort" (platform.claude.com/docs/en/models/haiku-5-5/overview; /docs/zh-CN/models/
+    # opus-5-5/overview; "What's new in Claude Opus 5.5": "the default on this model is
+    # medium"): Opus 5.5 and Haiku 5.5 medium; Fable 5.1, Sonnet 5.5, Opus 5, Sonnet 5 high.
+    (r"claude-opus-5-[5-9]", Rules(True, "medium", False, _CLAUDE_EFFORTS, "none", "adaptive")),
+    (r"claude-(fable|mythos)", Rules(True, "high", False, _CLAUDE_EFFORTS, "none", "adaptive")),
     (r"claude-sonnet-5-[5-9]",
-     Rules(True, "high", True, frozenset({"low", "medium", "high", "xhigh", "max"}), "none",
-           "adaptive", "between_tools")),
-    (r"claude-(opus-5|sonnet-5|haiku-5)",
-     Rules(True, "high", True, frozenset({"low", "medium", "high", "xhigh", "max"}), "none",
-           "adaptive")),
+     Rules(True, "high", True, _CLAUDE_EFFORTS, "none", "adaptive", "between_tools")),
+    # Opus 5 takes thinking off only at effort high or below ("What's new in Claude Opus
+    # 5.5": "On Claude Opus 5, thinking is on by default and accepts thinking: {type:
+    # disabled} when effort is high or lower"; its migration guide: disabled with effort
+    # xhigh/max is a 400); Haiku 5.5 likewise ("it can be turned off at low, medium, and
+    # high effort", openrouter.ai anthropic/claude-haiku-5.5). No such rule is published
+    # for Sonnet 5.
+    (r"claude-haiku-5",
+     Rules(True, "medium", True, _CLAUDE_EFFORTS, "none", "adaptive", off_efforts=_UP_TO_HIGH)),
+    (r"claude-opus-5",
+     Rules(True, "high", True, _CLAUDE_EFFORTS, "none", "adaptive", off_efforts=_UP_TO_HIGH)),
+    (r"claude-sonnet-5", Rules(True, "high", True, _CLAUDE_EFFORTS, "none", "adaptive")),
     (r"claude-opus-4-[7-9]",
      Rules(True, None, True, frozenset({"low", "medium", "high", "xhigh", "max"}), "none",
            "adaptive")),
@@ -509,15 +531,29 @@ def anthropic_refusal(model: str, params: dict[str, object]) -> str | None:
         return "temperature and top_p cannot both be specified for this model. Please use only one."
     if kind is not None and not rules.reasons:
         return "thinking: this model does not support thinking."
+    # The wording of an adaptive-only model's refusals: "What's new in Claude Opus 5.5"
+    # (platform.claude.com, "Thinking cannot be disabled") quotes both, and Claude Code's
+    # docs the first on Opus 4.7 (anthropics/claude-code#56497).
     if kind == "enabled" and rules.thinking == "adaptive":
-        return ("thinking.type.enabled is not supported for this model. Use thinking.type.adaptive"
-                " and output_config.effort to control thinking behavior.")
+        return ('"thinking.type.enabled" is not supported for this model. Use '
+                '"thinking.type.adaptive" and "output_config.effort" to control thinking '
+                "behavior.")
     if kind == "adaptive" and rules.thinking == "budget":
         return "thinking.type.adaptive is not supported for this model."
+    if kind == "disabled" and not rules.can_turn_off and rules.thinking == "adaptive":
+        return ('"thinking.type.disabled" is not supported for this model. Use '
+                '"thinking.type.adaptive" and "output_config.effort" to control thinking '
+                "behavior.")
     if kind in ("disabled", "between_tools") and (
         not rules.can_turn_off or kind != rules.off_type
     ):
         return f"thinking.type.{kind} is not supported for this model."
+    if kind == rules.off_type and rules.off_efforts is not None and isinstance(effort, str) and (
+        effort not in rules.off_efforts
+    ):
+        # No first-party wording was found; the rule is the one cited at _ANTHROPIC.
+        return (f'"thinking.type.{kind}" is not supported with output_config.effort '
+                f"{effort!r} for this model. Use effort 'high' or lower, or omit thinking.")
     if kind == "enabled":
         budget = thinking.get("budget_tokens") if isinstance(thinking, dict) else None
         max_tokens = params.get("max_tokens")
@@ -561,8 +597,12 @@ _GEMINI: Final[tuple[tuple[str, Rules], ...]] = (
     # gemini-3-pro-preview: LOW and HIGH ("Thinking level MEDIUM is not supported for this
     # model.", egoist/chatwise-releases#1206); 3.1 Pro adds MEDIUM (langchainjs#10101).
     (r"gemini-3-pro", Rules(True, "high", False, frozenset({"LOW", "HIGH"}), "all", "level")),
-    (r"gemini-(3[\d.]*-pro|4)",
+    (r"gemini-3[\d.]*-pro",
      Rules(True, "high", False, frozenset({"LOW", "MEDIUM", "HIGH"}), "all", "level")),
+    # Gemini 4 Argon: LOW, MEDIUM, HIGH, default MEDIUM (ai.google.dev/gemini-api/docs/
+    # generate-content/latest-model, "Default thinking level": medium).
+    (r"gemini-4",
+     Rules(True, "medium", False, frozenset({"LOW", "MEDIUM", "HIGH"}), "all", "level")),
     # Default levels (Google's 3.5 Flash guide: 3.5 Flash MEDIUM, 3.1 Flash-Lite MINIMAL;
     # ai.google.dev whats-new-gemini-3.7: 3.7 Flash medium, no MINIMAL). 3.8 Flash: LOW,
     # MEDIUM, HIGH, default MEDIUM (docs.cloud.google.com/gemini-enterprise-agent-platform/

@@ -203,10 +203,18 @@ class AnthropicProvider:
             if self._client is None:
                 anthropic = _import_sdk()
                 # api_key is always explicit: without it the SDK walks a credential chain
-                # (profiles, workload identity) that must not leak into a batch run.
+                # (profiles, workload identity) that must not leak into a batch run. So is
+                # the API version: the SDK's own (2026-10-21, which the model rules assume:
+                # models.ANTHROPIC_SAMPLING), or an "anthropic-version: ..." line in
+                # ANTHROPIC_CUSTOM_HEADERS, which the SDK reads, would replace it (its other
+                # headers, e.g. a gateway's, are still sent).
+                from anthropic._constants import ANTHROPIC_API_VERSION
+
                 self._client = anthropic.Anthropic(
-                    api_key=self._api_key, base_url=self._base_url, max_retries=self.sdk_max_retries
-                )
+                    api_key=self._api_key, base_url=self._base_url,
+                    max_retries=self.sdk_max_retries,
+                    default_headers={"anthropic-version": ANTHROPIC_API_VERSION},
+                )  # fmt: skip
         return self._client
 
     def close(self) -> None:
