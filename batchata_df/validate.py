@@ -363,10 +363,12 @@ def check_prices_used(
     nothing is refused, :func:`call_models`), the successor such a model is routed to, or a
     model whose answers the state folder holds (a capped call prices those stored without a
     cost from ``prices=``: :func:`check_spend_is_priced`); the folder is read only when a
-    key is left over. An unused key is refused only when it is a typo's shape: the
-    ``provider:`` spelling of a model of the call, or close (``difflib``, ratio >= 0.85) to
-    one of the call's models that no key prices. Any other unused key is a price for
-    another call (one price dict shared by a project's calls) and is taken.
+    key is left over. An unused key is refused only when it is a typo's shape: a model of
+    the call in another case or with a provider prefix (``openai:``, ``openai/``), or close
+    (``difflib``, ratio >= 0.85, case aside) to one of the call's models that no key prices;
+    the message then says how to pass a sibling model's price meant for another call. Any
+    other unused key is a price for another call (one price dict shared by a project's
+    calls) and is taken.
 
     Raises
     ------
@@ -407,18 +409,35 @@ def check_prices_used(
         if not PriceTable.priced_by(str(p), str(m)) & prices.keys()
         for k in PriceTable.priced_by(str(p), str(m))
     })  # fmt: skip
+    # Keys are matched as written: another case or a provider prefix ("openai:", "openai/")
+    # never prices a row, so both are compared without them.
+    named = {n.lower(): n for n in names}
+    unpriced = {n.lower(): n for n in bare}
     meant: dict[str, str] = {}
+    close_only: set[str] = set()
     for key in unused:
-        prefix, _, rest = str(key).partition(":")
-        if rest and prefix in ("openai", "anthropic", "gemini", "google") and rest in names:
-            meant[key] = rest
+        text = str(key).lower()
+        for sep in (":", "/"):
+            prefix, found, rest = text.partition(sep)
+            if found and prefix in ("openai", "anthropic", "gemini", "google"):
+                text = rest
+                break
+        if text in named:
+            meant[key] = named[text]
             continue
-        close = difflib.get_close_matches(str(key), bare, n=1, cutoff=0.85)
+        close = difflib.get_close_matches(text, sorted(unpriced), n=1, cutoff=0.85)
         if close:
-            meant[key] = close[0]
+            meant[key] = unpriced[close[0]]
+            close_only.add(key)
     if not meant:
         return
     key, likely = next(iter(meant.items()))
+    # A sibling model's price (gpt-5.5-mini for gpt-5.4-mini) may be another call's.
+    other = (
+        " If it prices another call's model, pass this call only its own models' keys."
+        if key in close_only
+        else ""
+    )
     models = sorted({str(m) for _, m in pairs})
     shown = ", ".join(repr(m) for m in models) or "none"
     others = sorted({str(m) for _, m in held} - set(models))
@@ -430,7 +449,7 @@ def check_prices_used(
         f"prices[{key!r}]{also}: no row of this call uses model {key!r} (this call's models: "
         f"{shown}), so that price would never apply: costs, estimates and max_cost_usd would "
         f"use the built-in prices. Did you mean {likely!r}? Key prices by the rows' model "
-        "name (without 'provider:'). Nothing was sent"
+        f"name (without 'provider:').{other} Nothing was sent"
     )
     raise PriceError(msg)
 

@@ -3,7 +3,8 @@
 ``prices={"gpt-5.4-mnii": (0.1, 0.4)}`` (a typo of the run's ``gpt-5.4-mini``) was taken
 without a word: the caller's negotiated price was never applied, and ``_cost_usd``, the
 dry run's estimates and the cap were all computed at the list price. Such a key, one
-close to a model of the call that no key prices or the ``provider:`` spelling of one, is a
+close to a model of the call that no key prices or one in another case or with a
+``provider:``/``provider/`` prefix, is a
 :class:`~batchata_df.errors.PriceError` naming the key, the run's models and the model it
 was meant for, raised before any request (in memory, streamed, realtime, auto, dry run).
 A key for a model the call does not use, and close to none it leaves unpriced, is a price
@@ -203,3 +204,33 @@ def test_the_command_line_takes_a_price_for_the_routed_successor(on, emu, tmp_pa
     assert "--price gemini-3.5-flash-lit=...: this run's model is 'gemini-2.5-flash'" in err
     assert "(did you mean 'gemini-3.5-flash-lite'?)" in err
     _nothing_sent(emu)
+
+
+@pytest.mark.parametrize(
+    "key", ["GPT-5.4-Mini", "openai/gpt-5.4-mini", "OpenAI:gpt-5.4-mini", "openai:gpt-5.4-mnii"]
+)
+def test_a_key_in_another_case_or_with_a_provider_spelt_otherwise_is_refused(emu, key):
+    # Keys are matched as written: none of these ever prices gpt-5.4-mini's requests.
+    with pytest.raises(PriceError) as e:
+        ROWS.pipe(batch_llm, model=MODEL, prices={key: (0.1, 0.4)}, max_cost_usd=1.0, **KW)
+    assert str(e.value).startswith(f"prices[{key!r}]: no row of this call uses")
+    assert f"Did you mean {MODEL!r}?" in str(e.value)
+    _nothing_sent(emu)
+
+
+def test_a_sibling_model_s_price_is_refused_with_a_way_forward(emu):
+    # A shared dict prices gpt-5.5-mini (another call's model) and not this call's
+    # gpt-5.4-mini: refused as a likely typo, and the message says how to go on when the
+    # key really is another call's; doing so runs the call.
+    shared = {"gpt-5.5-mini": (1.0, 2.0), "claude-haiku-4-5": (1.0, 5.0)}
+    with pytest.raises(PriceError) as e:
+        ROWS.pipe(batch_llm, model=MODEL, prices=shared, **KW)
+    message = str(e.value)
+    assert f"Did you mean {MODEL!r}?" in message
+    assert "If it prices another call's model, pass this call only its own models' keys" in (
+        message
+    )
+    _nothing_sent(emu)
+    own = {k: v for k, v in shared.items() if k in {MODEL}}
+    out = ROWS.pipe(batch_llm, model=MODEL, prices=own, **KW)
+    assert out["_status"].to_list() == ["completed"] * 4
