@@ -12,28 +12,16 @@ needs (anthropic>=2.10) always sends 2026-10-21.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import anthropic
 import polars as pl
 import pytest
-from pydantic import BaseModel
+from model_calls import Label, run
 
 import batchata_df.frame
 from batchata_df import ParamError, batch_llm
 from batchata_df.models import capabilities_table, check_model_params
-
-
-class Label(BaseModel):
-    label: str
-
-
-def run(model: str, tmp_path: Path, **kw: Any) -> pl.DataFrame:
-    frame = pl.DataFrame({"text": ["item 0", "item 1"]})
-    return frame.pipe(
-        batch_llm, schema=Label, model=model, prompt="Label {text}", state=tmp_path / "s", **kw
-    )
 
 
 def batch_result(client: anthropic.Anthropic, model: str, **params: Any) -> Any:

@@ -24,48 +24,19 @@ what the provider refuses is refused), and the client's own numbers (the default
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import anthropic
 import polars as pl
 import pytest
-from pydantic import BaseModel
+from model_calls import encoded, run
 
-from batchata_df import batch_llm
 from batchata_df.emulator.model_rules import THOUGHT_TOKENS
 from batchata_df.models import (
     default_max_tokens,
-    effective_params,
     family_of,
     thinking_room_warning,
 )
-
-
-class Label(BaseModel):
-    label: str
-
-
-def run(model: str, tmp_path: Path, **kw: Any) -> pl.DataFrame:
-    frame = pl.DataFrame({"text": ["item 0", "item 1"]})
-    return frame.pipe(
-        batch_llm, schema=Label, model=model, prompt="Label {text}", state=tmp_path / "s", **kw
-    )
-
-
-def encoded(provider: str, model: str, params: dict[str, Any]) -> dict[str, Any]:
-    """The request the client sends for ``model`` (defaults filled in as a run fills them)."""
-    from batchata_df.providers import make_provider
-    from batchata_df.providers.base import RequestSpec
-    from batchata_df.schema import AnswerSchema
-
-    jobs = pl.DataFrame({"job_id": ["j"], "model": [model], "prompt": ["hi"], "system": [None]},
-                        schema={"job_id": pl.String, "model": pl.String, "prompt": pl.String,
-                                "system": pl.String})  # fmt: skip
-    spec = RequestSpec(AnswerSchema(Label), effective_params(provider, model, params))
-    line = json.loads(make_provider(provider, offline=True).encode(jobs, spec)[0])
-    return dict(line.get("body") or line.get("params") or line["request"])
 
 
 def claude_output_tokens(model: str, **extra: Any) -> int:

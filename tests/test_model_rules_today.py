@@ -16,25 +16,12 @@ import anthropic
 import openai
 import polars as pl
 import pytest
+from model_calls import Label, encoded, rows, run
 from pydantic import BaseModel
 
 import batchata_df.frame
 from batchata_df import ModelError, ParamError, SchemaError, batch_llm
 from batchata_df.models import check_model_params, effective_params
-
-
-class Label(BaseModel):
-    label: str
-
-
-def rows(n: int = 2) -> pl.DataFrame:
-    return pl.DataFrame({"text": [f"item {i}" for i in range(n)]})
-
-
-def run(model: str, tmp_path: Path, **kw: Any) -> pl.DataFrame:
-    return rows().pipe(
-        batch_llm, schema=Label, model=model, prompt="Label {text}", state=tmp_path / "s", **kw
-    )
 
 
 def openai_error(body: dict[str, Any]) -> dict[str, Any]:
@@ -483,20 +470,6 @@ def test_a_row_near_the_window_is_left_to_the_provider_where_the_count_is_approx
 
 
 # -- 7. default efforts and levels --------------------------------------------------------
-
-
-def encoded(provider: str, model: str, params: dict[str, Any]) -> dict[str, Any]:
-    """The request the client sends for ``model`` (defaults filled in as a run fills them)."""
-    from batchata_df.providers import make_provider
-    from batchata_df.providers.base import RequestSpec
-    from batchata_df.schema import AnswerSchema
-
-    jobs = pl.DataFrame({"job_id": ["j"], "model": [model], "prompt": ["hi"], "system": [None]},
-                        schema={"job_id": pl.String, "model": pl.String, "prompt": pl.String,
-                                "system": pl.String})  # fmt: skip
-    spec = RequestSpec(AnswerSchema(Label), effective_params(provider, model, params))
-    line = json.loads(make_provider(provider, offline=True).encode(jobs, spec)[0])
-    return dict(line.get("body") or line.get("params") or line["request"])
 
 
 def test_emulator_refuses_medium_on_gemini_3_pro_preview(emu):
