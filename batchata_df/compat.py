@@ -374,6 +374,9 @@ def _used_by_others(root: Path, me: Batch) -> set[str]:
 
     A script may build two Batches (two models' parameters, two schemas) on one
     ``results_dir``: each one's group folders are its own, not left behind by the other.
+    The price of telling them apart by liveness: an earlier Batch a notebook still holds
+    (a cell that displayed it is kept in ``Out``) keeps its groups too, so they count under
+    its own limit, not the edited Batch's, and are not named until it is gone.
     """
     where = root.resolve()
     used: set[str] = set()
