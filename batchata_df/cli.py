@@ -50,11 +50,10 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import click
 import polars as pl
-from pydantic import BaseModel
 
 from batchata_df.errors import (
     WARNINGS,
@@ -67,6 +66,9 @@ from batchata_df.errors import (
     StateMismatchError,
     ThinkingRoomWarning,
 )
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 __all__ = [
     "EXIT_CANCELLED",
@@ -566,6 +568,8 @@ def write_frame(frame: pl.DataFrame, path: str | os.PathLike[str]) -> None:
 
 def load_schema(spec: str) -> type[BaseModel]:
     """Import ``module:Class`` (or ``path/to/file.py:Class``); the working dir is importable."""
+    from pydantic import BaseModel
+
     module_name, _, attr = spec.rpartition(":")
     if not module_name or not attr:
         msg = f"--schema must look like 'module:ClassName' (e.g. models:Ticket), got {spec!r}"

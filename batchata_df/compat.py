@@ -25,7 +25,10 @@ root that no group uses any more (a job's parameters changed since): what they s
 the worst case of their jobs still in flight count under it, and a
 :class:`~batchata_df.errors.KeptStateWarning` names each such folder with jobs in flight
 (paid for, their answers not read into the results; running the earlier parameters
-again collects them) or, with a limit, money spent. A folder removed counts no more.
+again collects them) or, with a limit, money spent. A folder removed counts no more. A
+group folder another ``Batch`` of the script uses (two Batches on one ``results_dir``, or
+a run of another process writing it now) is not left behind: it counts under that
+Batch's own limit, and that Batch reads its answers.
 
 Examples
 --------
@@ -50,10 +53,12 @@ import datetime as dt
 import hashlib
 import inspect
 import json
+import os
 import re
 import sys
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,7 +78,7 @@ from batchata_df.errors import (
 )
 from batchata_df.frame import batch_llm, interrupts
 from batchata_df.schema import AnswerSchema
-from batchata_df.state import StateStore, read_manifest, spent_usd
+from batchata_df.state import LOCK_FILE, StateStore, read_manifest, spent_usd
 
 __all__ = ["Batch", "BatchRun", "Citation", "JobResult"]
 
@@ -209,6 +214,35 @@ class _Job:
     params: dict[str, Any]
     system: str | None = None
     history: list[dict[str, str]] | None = None
+    group: str | None = None
+    """Its group's key (:func:`_group_key`), once known."""
+
+
+def _group_key(job: _Job) -> str:
+    """The group ``job`` runs in: the name of its checkpoint folder under the state root.
+
+    Jobs with the same response model, citations flag, parameters and kind of input run
+    in one :func:`~batchata_df.batch_llm` call (the model is a column of it).
+    """
+    if job.group is None:
+        model = job.response_model
+        key_src = json.dumps(
+            [
+                # Name and shape: two models of the same name are different groups.
+                f"{model.__module__}.{model.__qualname__}:{AnswerSchema(model).fingerprint}"
+                if model
+                else None,
+                job.citations,
+                job.params,
+                job.file is not None,
+                job.system is not None,
+                job.history is not None,
+            ],
+            sort_keys=True,
+            default=str,
+        )
+        job.group = hashlib.sha256(key_src.encode()).hexdigest()[:12]
+    return job.group
 
 
 @dataclass
@@ -331,20 +365,70 @@ def _folder_money(
     )
 
 
-def _left_behind(root: Path, groups: Sequence[str]) -> list[Path]:
-    """Group folders under ``root`` that no group of this run uses.
+_LIVE: weakref.WeakSet[Batch] = weakref.WeakSet()
+"""Every :class:`Batch` of this process still referenced: whose groups are in use."""
+
+
+def _used_by_others(root: Path, me: Batch) -> set[str]:
+    """The groups the other live :class:`Batch` objects sharing the state ``root`` hold.
+
+    A script may build two Batches (two models' parameters, two schemas) on one
+    ``results_dir``: each one's group folders are its own, not left behind by the other.
+    The price of telling them apart by liveness: an earlier Batch a notebook still holds
+    (a cell that displayed it is kept in ``Out``) keeps its groups too, so they count under
+    its own limit, not the edited Batch's, and are not named until it is gone.
+    """
+    where = root.resolve()
+    used: set[str] = set()
+    for other in list(_LIVE):
+        if other is me or not other._jobs:
+            continue
+        if (other._state or other.results_dir / "state").resolve() == where:
+            used.update(_group_key(job) for job in other._jobs)
+    return used
+
+
+def _being_written(folder: Path) -> bool:
+    """Whether a live call (another process's Batch, a thread) holds ``folder``'s writer lock.
+
+    Its writer counts it under its own limit. Taken only for the look (closing the
+    descriptor lets it go); where locks are refused nothing can be told: not in use.
+    """
+    from filelock import lock_descriptor
+
+    try:
+        fd = os.open(folder / LOCK_FILE, os.O_RDONLY)
+    except OSError:  # never written by a call, or gone meanwhile
+        return False
+    try:
+        return not lock_descriptor(fd, blocking=False)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _left_behind(root: Path, groups: Sequence[str], me: Batch) -> list[Path]:
+    """Group folders under ``root`` that no group of this run uses, nor anyone else's.
 
     Left by an earlier ``run()`` whose jobs' parameters, model, response model or kind of
     input have changed since (the group key is made of them). Only checkpoint folders (a
-    manifest) count.
+    manifest) count. A group of another live :class:`Batch` of this process on the same
+    root (:func:`_used_by_others`), or a folder another call is writing now
+    (:func:`_being_written`: another process's run) is not left behind: its money counts
+    under its own Batch's limit, and that Batch reads its answers.
     """
     if not root.is_dir():
         return []
-    return sorted(
+    found = sorted(
         p
         for p in root.iterdir()
         if p.name not in groups and p.is_dir() and (p / "manifest.json").is_file()
     )
+    if not found:
+        return found
+    others = _used_by_others(root, me)
+    return [p for p in found if p.name not in others and not _being_written(p)]
 
 
 def _unreadable_left_behind(folder: Path, e: StateError, *, limited: bool) -> KeptStateWarning:
@@ -702,6 +786,7 @@ class Batch:
         self._cost_limit: float | None = None
         self._time_limit: float | None = None
         self._jobs: list[_Job] = []
+        _LIVE.add(self)
 
     def set_default_params(self, **params: Any) -> Batch:
         """Defaults for every job: ``model``, ``temperature``, ``max_tokens``, ..."""
@@ -864,24 +949,7 @@ class Batch:
             raise ConfigError(msg)
         groups: dict[str, list[_Job]] = {}
         for job in self._jobs:
-            model = job.response_model
-            key_src = json.dumps(
-                [
-                    # Name and shape: two models of the same name are different groups.
-                    f"{model.__module__}.{model.__qualname__}:{AnswerSchema(model).fingerprint}"
-                    if model
-                    else None,
-                    job.citations,
-                    job.params,
-                    job.file is not None,
-                    job.system is not None,
-                    job.history is not None,
-                ],
-                sort_keys=True,
-                default=str,
-            )
-            key = hashlib.sha256(key_src.encode()).hexdigest()[:12]
-            groups.setdefault(key, []).append(job)
+            groups.setdefault(_group_key(job), []).append(job)
         root = self._state_root() if not dry_run else (self._state or self.results_dir / "state")
         # reuse_state=False: the next run() moves the folder aside and sends every job again;
         # its dry run plans that fresh start (no folder), not what the old folder holds.
@@ -922,7 +990,7 @@ class Batch:
         # folder. A folder the user removed is not there to count.
         behind = 0.0
         if not fresh:
-            for folder in _left_behind(root, list(groups)):
+            for folder in _left_behind(root, list(groups), self):
                 try:
                     spent, held, busy = _folder_money(
                         folder, lambda: max((largest(k) for k in groups), default=0.0)

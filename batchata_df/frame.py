@@ -355,9 +355,10 @@ def batch_llm(
         With ``dry_run=True`` the sink is never written (nor its folder or the state folder
         created): the same call re-run dry leaves a finished result as it is. The plan is
         streamed to a file of its own, ``plan.parquet`` in a new folder in the system's
-        temporary folder (``TMPDIR``; about the input's size), removed when the Python
-        process exits, and a ``LazyFrame`` scanning it is returned
-        (:func:`batchata_df.stream.plan_path`).
+        temporary folder (``TMPDIR``; about the input's size), and a ``LazyFrame``
+        reading it is returned; the folder is removed when no LazyFrame reads it any more
+        (that one and those derived from it gone), or when the process exits
+        (:class:`batchata_df.stream.PlanFile`).
     chunk_rows
         Rows per chunk of a streaming run (default
         :data:`batchata_df.stream.DEFAULT_CHUNK_ROWS`).

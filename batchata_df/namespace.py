@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Concatenate, ParamSpec
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec
 
 import polars as pl
 
-from batchata_df.frame import batch_llm, reparse
+if TYPE_CHECKING:
+    from batchata_df.frame import batch_llm, reparse
 
 __all__ = ["NAME", "LLMFrameNamespace", "LLMLazyFrameNamespace"]
 
@@ -54,12 +55,34 @@ def _lazy(
     func: Callable[Concatenate[pl.DataFrame | pl.LazyFrame, P], pl.DataFrame],
 ) -> Callable[Concatenate[LLMLazyFrameNamespace, P], pl.LazyFrame]:
     @functools.wraps(func)
-    def method(
-        self: LLMLazyFrameNamespace, /, *args: P.args, **kwargs: P.kwargs
-    ) -> pl.LazyFrame:
+    def method(self: LLMLazyFrameNamespace, /, *args: P.args, **kwargs: P.kwargs) -> pl.LazyFrame:
         return func(self._lf, *args, **kwargs).lazy()
 
     return method
+
+
+class _Forward:
+    """A namespace method over a :mod:`batchata_df.frame` function imported at first use.
+
+    The namespaces are registered by ``import batchata_df``, which must not import the
+    engine (every ``batchata-df`` command imports the package). The first lookup wraps the
+    function (``_eager`` or ``_lazy``) and puts the method on the class in place of this
+    descriptor, so ``help(df.llm.batch)`` and every later call see the wrapped function.
+    """
+
+    def __init__(self, wrap: Callable[[Any], Callable[..., Any]], name: str) -> None:
+        self._wrap = wrap
+        self._name = name
+
+    def __set_name__(self, owner: type, attr: str) -> None:
+        self._attr = attr
+
+    def __get__(self, instance: object, owner: type) -> Any:
+        from batchata_df import frame
+
+        method = self._wrap(getattr(frame, self._name))
+        setattr(owner, self._attr, method)
+        return method.__get__(instance, owner)
 
 
 @pl.api.register_dataframe_namespace(NAME)
@@ -69,8 +92,12 @@ class LLMFrameNamespace:
     def __init__(self, df: pl.DataFrame) -> None:
         self._df = df
 
-    batch = _eager(batch_llm)
-    reparse = _eager(reparse)
+    if TYPE_CHECKING:
+        batch = _eager(batch_llm)
+        reparse = _eager(reparse)
+    else:
+        batch = _Forward(_eager, "batch_llm")
+        reparse = _Forward(_eager, "reparse")
 
 
 @pl.api.register_lazyframe_namespace(NAME)
@@ -80,5 +107,9 @@ class LLMLazyFrameNamespace:
     def __init__(self, lf: pl.LazyFrame) -> None:
         self._lf = lf
 
-    batch = _lazy(batch_llm)
-    reparse = _lazy(reparse)
+    if TYPE_CHECKING:
+        batch = _lazy(batch_llm)
+        reparse = _lazy(reparse)
+    else:
+        batch = _Forward(_lazy, "batch_llm")
+        reparse = _Forward(_lazy, "reparse")

@@ -26,7 +26,6 @@ writes the sink again.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import dataclasses
 import os
@@ -36,6 +35,7 @@ import shutil
 import stat
 import tempfile
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -279,20 +279,20 @@ def stream_llm(
         options = dataclasses.replace(options, stored_unpriced_usd=stored_unpriced)
         # Never to the sink: it may hold a finished result (the same call re-run with
         # dry_run=True replaced it with the plan), and a pipeline reads it as answers.
-        plan_file = plan_path()
+        plan_file = PlanFile()
         try:
             with tempfile.TemporaryDirectory(prefix="batchata-df-plan-") as plan_dir:
                 source = ChunkSource(
                     lf, Path(plan_dir), rows, jobs_of, estimate, expected, sends=False
                 )
                 stream_plan(
-                    source, plan_file, spec, options, state, fingerprint, show,
+                    source, plan_file.path, spec, options, state, fingerprint, show,
                     pl.DataFrame(schema=lf.collect_schema()),
                 )
+            return plan_file.scan()
         except BaseException:
-            shutil.rmtree(plan_file.parent, ignore_errors=True)
+            plan_file.remove()
             raise
-        return pl.scan_parquet(plan_file, glob=False)
 
     fr._load_dotenv()
     providers: dict[str, Provider] = {}
@@ -362,24 +362,72 @@ def _pending_rows(sink: Path) -> int:
     return int(pl.scan_parquet(sink, glob=False).select(pending).collect().item())
 
 
-def plan_path() -> Path:
-    """A new file for a streamed dry run's plan: ``plan.parquet`` in a new temporary folder.
+class PlanFile:
+    """A streamed dry run's plan: ``plan.parquet`` in a new temporary folder, and its lifetime.
 
     A dry run with ``sink=`` writes its plan here, never to the sink (which may hold a
     finished result) nor to the state folder (a dry run only reads it). The folder is in
-    the system's temporary folder (:func:`tempfile.gettempdir`: ``TMPDIR``), and is removed
-    when the Python process exits (:mod:`atexit`): the returned LazyFrame scans it until
-    then. A plan holds the input's columns, so it is about as large as the input.
+    the system's temporary folder (:func:`tempfile.gettempdir`: ``TMPDIR``). A plan holds
+    the input's columns, so it is about as large as the input: the folder is removed as
+    soon as no LazyFrame reads it any more. :meth:`scan` returns a LazyFrame whose source
+    is this object's reader (a Polars IO source), so every frame derived from it (a
+    filter, a select, a join) holds it: when the last one is gone (and collected by the
+    garbage collector), or at the process's exit, the folder goes. A scan of the file by
+    its path would not tell: the folder stayed until the process exited, one per dry run
+    in a notebook or a service.
 
     Examples
     --------
-    >>> first, second = plan_path(), plan_path()
-    >>> first.name, first.parent.is_dir(), first.exists(), first.parent != second.parent
-    ('plan.parquet', True, False, True)
+    >>> import gc
+    >>> plan = PlanFile()
+    >>> pl.DataFrame({"i": [1, 2, 3]}).write_parquet(plan.path)
+    >>> folder = plan.path.parent
+    >>> later = plan.scan().filter(pl.col("i") > 1)
+    >>> del plan; _ = gc.collect()
+    >>> later.collect()["i"].to_list(), folder.is_dir()
+    ([2, 3], True)
+    >>> del later; _ = gc.collect()
+    >>> folder.exists()
+    False
     """
-    folder = Path(tempfile.mkdtemp(prefix="batchata-df-plan-"))
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    return folder / "plan.parquet"
+
+    def __init__(self) -> None:
+        folder = Path(tempfile.mkdtemp(prefix="batchata-df-plan-"))
+        self.path = folder / "plan.parquet"
+        # Also at the process's exit (finalize's atexit), if a frame outlives it.
+        self._finalizer = weakref.finalize(self, shutil.rmtree, folder, ignore_errors=True)
+
+    def remove(self) -> None:
+        """Remove the folder now (a dry run that failed or was stopped returns no plan)."""
+        self._finalizer()
+
+    def scan(self) -> pl.LazyFrame:
+        """A LazyFrame over the plan; it (and each one derived from it) keeps the file."""
+        from polars.io.plugins import register_io_source
+
+        return register_io_source(
+            self._batches,
+            schema=pl.read_parquet_schema(self.path),
+            explain_name="batchata-df dry-run plan",
+            explain_detail=str(self.path),
+        )
+
+    def _batches(
+        self,
+        with_columns: list[str] | None,
+        predicate: pl.Expr | None,
+        n_rows: int | None,
+        batch_size: int | None,
+    ) -> Iterator[pl.DataFrame]:
+        """The plan in batches, read by Polars' own Parquet reader (the pushdowns applied)."""
+        lf = pl.scan_parquet(self.path, glob=False)
+        if with_columns is not None:
+            lf = lf.select(with_columns)
+        if predicate is not None:
+            lf = lf.filter(predicate)
+        if n_rows is not None:
+            lf = lf.head(n_rows)
+        yield from lf.collect_batches(chunk_size=batch_size)
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ import difflib
 import math
 import numbers
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -365,8 +366,11 @@ def check_prices_used(
     cost from ``prices=``: :func:`check_spend_is_priced`); the folder is read only when a
     key is left over. An unused key is refused only when it is a typo's shape: a model of
     the call in another case or with a provider prefix (``openai:``, ``openai/``), or close
-    (``difflib``, ratio >= 0.85, case aside) to one of the call's models that no key prices;
-    the message then says how to pass a sibling model's price meant for another call. Any
+    (``difflib``, ratio >= 0.85, case aside) to one of the call's models that no key prices,
+    or another dated snapshot of such a model (``gpt-4.1-mini-2025-04-14`` on rows of
+    ``gpt-4.1-mini``, the reverse, or another date: prices go by the exact name, and a
+    row that runs the key's snapshot makes it used); the message then names the key to
+    use and says how to pass a sibling model's price meant for another call. Any
     other unused key is a price for another call (one price dict shared by a project's
     calls) and is taken.
 
@@ -415,6 +419,7 @@ def check_prices_used(
     unpriced = {n.lower(): n for n in bare}
     meant: dict[str, str] = {}
     close_only: set[str] = set()
+    dated: dict[str, str] = {}  # such a key: the name it gives (no case, no provider)
     for key in unused:
         text = str(key).lower()
         for sep in (":", "/"):
@@ -424,6 +429,14 @@ def check_prices_used(
                 break
         if text in named:
             meant[key] = named[text]
+            continue
+        # Another snapshot of a model no key prices (gpt-4.1-mini-2025-04-14 for the
+        # gpt-4.1-mini the rows run, or the reverse): prices go by the exact name.
+        base = _undated(text)
+        snapshot = sorted(n for low, n in unpriced.items() if _undated(low) == base)
+        if snapshot:
+            meant[key] = snapshot[0]
+            dated[key] = text
             continue
         close = difflib.get_close_matches(text, sorted(unpriced), n=1, cutoff=0.85)
         if close:
@@ -435,9 +448,24 @@ def check_prices_used(
     # A sibling model's price (gpt-5.5-mini for gpt-5.4-mini) may be another call's.
     other = (
         " If it prices another call's model, pass this call only its own models' keys."
-        if key in close_only
+        if key in close_only or key in dated
         else ""
     )
+    if key in dated:
+        # Which of the two is dated: the key, the model the rows run, or both.
+        key_dated = _undated(dated[key].lower()) != dated[key].lower()
+        runs_dated = _undated(likely.lower()) != likely.lower()
+        which = (
+            f"{key!r} and {likely!r} are two dated snapshots"
+            if key_dated and runs_dated
+            else f"{key!r} is a dated snapshot of {likely!r}"
+            if key_dated
+            else f"This call runs the dated snapshot {likely!r}"
+        )
+        other = (
+            f" {which}, and a price applies only to the exact name a row's model has: key "
+            f"the price prices[{likely!r}].{other}"
+        )
     models = sorted({str(m) for _, m in pairs})
     shown = ", ".join(repr(m) for m in models) or "none"
     others = sorted({str(m) for _, m in held} - set(models))
@@ -452,6 +480,23 @@ def check_prices_used(
         f"name (without 'provider:').{other} Nothing was sent"
     )
     raise PriceError(msg)
+
+
+_DATE_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8})$")
+"""A snapshot's date: OpenAI's ``-2025-04-14``, Anthropic's ``-20251001``."""
+
+
+def _undated(name: str) -> str:
+    """``name`` without a snapshot's date suffix.
+
+    Examples
+    --------
+    >>> _undated("gpt-4.1-mini-2025-04-14"), _undated("claude-haiku-4-5-20251001")
+    ('gpt-4.1-mini', 'claude-haiku-4-5')
+    >>> _undated("gpt-4.1-mini")
+    'gpt-4.1-mini'
+    """
+    return _DATE_SUFFIX.sub("", name)
 
 
 def call_models(
