@@ -62,10 +62,11 @@ from batchata_df.models import (
 from batchata_df.providers import SUPPORTED_PARAMS, make_provider
 from batchata_df.providers.base import Provider, RequestSpec
 from batchata_df.redact import scrub, scrubbed
-from batchata_df.schema import DECODED, AnswerSchema
+from batchata_df.schema import AnswerSchema
 from batchata_df.schema_limits import check_schema_limits
 from batchata_df.state import (
     BATCH_EVENTS,
+    DECODED,
     JOB_EVENTS,
     StateStore,
     WriterLock,

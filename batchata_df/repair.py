@@ -47,10 +47,10 @@ from typing import Any
 
 import polars as pl
 
-from batchata_df.engine.recovery import FOUND_BY_REPAIR
 from batchata_df.errors import BatchataError, StateError, StateLockedError
 from batchata_df.state import (
     BATCH_EVENTS,
+    FOUND_BY_REPAIR,
     JOB_EVENTS,
     PART_FINGERPRINT_KEY,
     PART_RUN_KEY,

@@ -34,6 +34,10 @@ from pydantic_core import core_schema
 
 from batchata_df.errors import SchemaError
 
+# The name of decode's struct column, defined where the answers are stored (so reading a
+# folder, ``batchata-df status``, imports no pydantic) and importable from here as before.
+from batchata_df.state import DECODED as DECODED
+
 __all__ = ["AnswerSchema", "TEXT_COLUMN"]
 
 TEXT_COLUMN = "response"
@@ -625,9 +629,6 @@ class AnswerSchema:
         """Typed all-null columns, for frames with no answers (e.g. a dry run)."""
         return [pl.lit(None, dtype=dt_).alias(name) for name, dt_ in self.dtypes.items()]
 
-
-DECODED = "\x00answer"
-"""The name of :meth:`AnswerSchema.decode`'s struct column (never an input column)."""
 
 _FAST_CONFIG = frozenset({"title", "json_schema_extra", "frozen", "use_attribute_docstrings"})
 """``model_config`` keys that change neither validation nor the JSON dump."""

@@ -71,7 +71,6 @@ import polars as pl
 
 from batchata_df.errors import ConfigError, StateError, StateLockedError, StateMismatchError
 from batchata_df.redact import scrub_expr
-from batchata_df.schema import DECODED
 
 if TYPE_CHECKING:
     from batchata_df.jobindex import JobIndex
@@ -158,6 +157,12 @@ BATCH_EVENTS = pl.Schema(
 
 TERMINAL_JOB = ("completed", "failed", "cancelled")
 
+DECODED = "\x00answer"
+"""The name of :meth:`AnswerSchema.decode <batchata_df.schema.AnswerSchema.decode>`'s struct
+column (never an input column): the answers decoded, which a writer may give
+:meth:`StateStore.append_jobs` with the events and get back from the terminal parts it wrote.
+Here, not in ``schema``, so that reading a folder does not import pydantic."""
+
 DAMAGED_DETAIL = "results_not_utf8 "
 """The start of a batch event's ``detail`` recording a results download that was not UTF-8."""
 
@@ -171,6 +176,22 @@ def damaged_detail(download: str, digest: bytes) -> str:
     "results_not_utf8 000102030405060708090a0b0c0d0e0f: OpenAI's result file f of batch b"
     """
     return f"{DAMAGED_DETAIL}{digest.hex()}: {download}"
+
+
+# The ``detail`` of a ``submitted`` event of a batch a lookup found at the provider rather
+# than one we created. They are stored in the folder and read back by the next call
+# (engine.recovery), and written by ``repair``: here, so that repair (and doctor) need not
+# import the engine.
+FOUND_AFTER_CRASH = "found at the provider after a crash"
+"""The detail of the ``submitted`` event of a batch adopted by :meth:`Provider.find`: its
+membership is not known for sure (:attr:`InFlightBatch.adopted`), in this call or later."""
+FOUND_AFTER_FAILED_CREATE = "found at the provider after a create whose outcome was unknown"
+"""The same for a batch a live call's lookup found (the engine's, or the provider's own
+inside :meth:`Provider.submit`: :meth:`Provider.found_not_created`)."""
+FOUND_BY_REPAIR = "found at the provider by repair"
+"""The same for a batch ``repair`` found."""
+ADOPTED_DETAILS = (FOUND_AFTER_CRASH, FOUND_AFTER_FAILED_CREATE, FOUND_BY_REPAIR)
+"""The details that mark a batch as adopted: found by a lookup, not created by us."""
 
 USAGE_COLUMNS = (
     "seq", "job_id", "batch_key", "status", "cost_usd", "input_tokens", "output_tokens",
@@ -850,7 +871,7 @@ class StateStore:
         event, in write order, and billed once: what the snapshot finds by searching the
         folder's events (``tests/test_state_property.py`` compares the two). When the
         writer gave each terminal part's answers decoded (``DECODED`` column of the events
-        appended), they come as one more column, :data:`~batchata_df.schema.DECODED`, so
+        appended), they come as one more column, :data:`DECODED`, so
         the output need not decode them again. Otherwise
         ``None``: read the folder (:meth:`snapshot`). ``job_ids`` are unique (a run's jobs).
         """

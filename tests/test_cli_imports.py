@@ -2,7 +2,9 @@
 
 Every command imports the package first, so ``import batchata_df`` and the CLI module load
 no provider SDK, emulator, engine or DuckDB; each command imports its own (``run`` the
-engine, ``sql`` and ``status`` DuckDB, a provider's client its SDK when it sends). The
+engine, ``sql`` and ``status`` DuckDB, a provider's client its SDK when it sends;
+``doctor`` and ``repair`` of a folder that needs no lookup at a provider import neither the
+engine nor an SDK, and ``status`` not pydantic, which only answer schemas need). The
 children run the console script pip installed under ``python -X importtime``, which lists
 every module imported; the assertions are on those modules, never on the times.
 """
@@ -34,8 +36,8 @@ LIBRARY = (
 """batchata-df's own heavy parts: what ``run`` needs and ``--help`` or ``status`` do not."""
 
 
-def imported(*args: str, cwd: Path) -> set[str]:
-    """Modules the installed command imports to run ``batchata-df ARGS`` (exit code 0)."""
+def imported(*args: str, cwd: Path, code: int = 0) -> set[str]:
+    """Modules the installed command imports to run ``batchata-df ARGS`` (exit ``code``)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run(
         [sys.executable, "-X", "importtime", str(EXE), *args],
@@ -45,7 +47,7 @@ def imported(*args: str, cwd: Path) -> set[str]:
         text=True,
         timeout=240,
     )
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == code, done.stderr[-2000:]
     lines = [line for line in done.stderr.splitlines() if line.startswith("import time:")]
     modules = {line.rpartition("|")[2].strip() for line in lines[1:]}  # [0]: the header
     assert "batchata_df.cli" in modules
@@ -70,10 +72,25 @@ def test_status_and_sql_of_a_folder_import_no_sdk_and_no_engine(emu, tmp_path: P
         batch_llm, model="gpt-4.1-mini", prompt="Say: {text}", state=tmp_path / "st"
     )
     status = imported("status", "st", cwd=tmp_path)
-    assert under(status, (*SDKS, *LIBRARY)) == []
+    assert under(status, (*SDKS, *LIBRARY, "pydantic", "pydantic_core")) == []
     assert "duckdb" in status  # status is DuckDB queries over the folder
     sql = imported("sql", "select count(*) from jobs", "st", cwd=tmp_path)
     assert under(sql, (*SDKS, *LIBRARY)) == []
+
+
+def test_doctor_and_repair_of_a_folder_import_no_sdk_and_no_engine(emu, tmp_path: Path) -> None:
+    """Offline checks, and a repair that has nothing to ask a provider, load neither."""
+    pl.DataFrame({"text": ["a", "b"]}).pipe(
+        batch_llm, model="gpt-4.1-mini", prompt="Say: {text}", state=tmp_path / "st"
+    )
+    for args in (["doctor", "st"], ["repair", "st"], ["repair", "st", "--apply"]):
+        modules = imported(*args, cwd=tmp_path)
+        assert "batchata_df.repair" in modules, args
+        assert under(modules, (*SDKS, *LIBRARY, "duckdb", "pydantic")) == [], args
+    (part,) = sorted((tmp_path / "st" / "batches").glob("*.parquet"))[-1:]
+    part.write_bytes(part.read_bytes()[:20])  # truncated: doctor says so, offline
+    modules = imported("doctor", "st", cwd=tmp_path, code=1)
+    assert under(modules, (*SDKS, *LIBRARY, "duckdb", "pydantic")) == []
 
 
 def test_importing_the_package_imports_none_of_its_heavy_parts() -> None:
@@ -94,6 +111,20 @@ def test_every_public_name_imports_from_the_package_as_its_module_defines_it() -
     assert set(batchata_df.__all__) <= set(dir(batchata_df))
     with pytest.raises(AttributeError, match="has no attribute 'batch_lm'"):
         batchata_df.batch_lm  # noqa: B018
+
+
+def test_names_moved_to_state_still_import_from_where_they_were() -> None:
+    """``DECODED`` (schema) and the adopted-batch details (engine.recovery) moved to state,
+    so that ``status``, ``doctor`` and ``repair`` need neither pydantic nor the engine."""
+    from batchata_df import schema, state
+    from batchata_df.engine import recovery
+
+    assert schema.DECODED is state.DECODED == "\x00answer"
+    for name in ("FOUND_AFTER_CRASH", "FOUND_AFTER_FAILED_CREATE", "FOUND_BY_REPAIR"):
+        assert getattr(recovery, name) is getattr(state, name), name
+        assert getattr(state, name) in state.ADOPTED_DETAILS, name
+    assert recovery.ADOPTED_DETAILS is state.ADOPTED_DETAILS
+    assert state.FOUND_BY_REPAIR == "found at the provider by repair"  # stored in folders
 
 
 def test_repair_stays_the_function_when_its_module_is_imported_first() -> None:

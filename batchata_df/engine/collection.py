@@ -26,8 +26,7 @@ from batchata_df.engine.run import (
 )
 from batchata_df.errors import ProviderError, ResultFileError
 from batchata_df.providers.base import BatchPoll, ProviderState, RequestSpec, empty_results
-from batchata_df.schema import DECODED
-from batchata_df.state import damaged_detail, lined_up
+from batchata_df.state import DECODED, damaged_detail, lined_up
 
 __all__ = [
     "RESULTS_UNUSABLE",
@@ -105,7 +104,7 @@ def outcomes_and_unmatched(
     inside it reads as U+FFFD). Seen only when not every line met a member: results
     lined up with the members, or as many matched as there are lines, cost nothing more.
 
-    With ``keep_decoded``, a :data:`~batchata_df.schema.DECODED` column is added when the
+    With ``keep_decoded``, a :data:`~batchata_df.state.DECODED` column is added when the
     validation decoded the answers anyway (:meth:`AnswerSchema.validate_decoded`): each
     completed answer decoded, so that the output need not decode it again.
 

@@ -12,23 +12,19 @@ import polars as pl
 
 from batchata_df.engine.run import IN_FLIGHT, BatchPhase, InFlightBatch, RunContext, RunState
 from batchata_df.providers.base import BatchTag, Provider, remember_damaged
-from batchata_df.state import StateStore, lost_usd
+from batchata_df.state import (  # the details are stored in the folder: state's vocabulary
+    ADOPTED_DETAILS,
+    FOUND_AFTER_CRASH,
+    FOUND_AFTER_FAILED_CREATE,
+    FOUND_BY_REPAIR,
+    StateStore,
+    lost_usd,
+)
 
 __all__ = [
     "ADOPTED_DETAILS", "FOUND_AFTER_CRASH", "FOUND_AFTER_FAILED_CREATE", "FOUND_BY_REPAIR",
     "LOST", "as_lost", "busy_jobs", "recover", "resolve_lost", "settled", "spent_on_lost",
 ]
-
-FOUND_AFTER_CRASH = "found at the provider after a crash"
-"""The detail of the ``submitted`` event of a batch adopted by :meth:`Provider.find`: its
-membership is not known for sure (:attr:`InFlightBatch.adopted`), in this call or later."""
-FOUND_AFTER_FAILED_CREATE = "found at the provider after a create whose outcome was unknown"
-"""The same for a batch a live call's lookup found (the engine's, or the provider's own
-inside :meth:`Provider.submit`: :meth:`Provider.found_not_created`)."""
-FOUND_BY_REPAIR = "found at the provider by repair"
-"""The same for a batch ``repair`` found."""
-ADOPTED_DETAILS = (FOUND_AFTER_CRASH, FOUND_AFTER_FAILED_CREATE, FOUND_BY_REPAIR)
-"""The details that mark a batch as adopted: found by a lookup, not created by us."""
 
 LOST = (
     "lost: a realtime request was in flight when an earlier call stopped; the provider may "
