@@ -1182,11 +1182,11 @@ def _scratch(
     Busy
         Another run is writing OUTPUT past ``lock_timeout``.
     """
-    from batchata_df.stream import describe_writer, live_writers, record_writer
+    from batchata_df.stream import describe_writer, live_writers, plan_folder, record_writer
 
-    if output_path is None:
-        with tempfile.TemporaryDirectory(prefix="batchata-df-plan-") as plan:
-            yield Path(plan)
+    if output_path is None:  # in TMPDIR, swept if this process is killed
+        with plan_folder() as plan:
+            yield plan
         return
     target = Path(output_path)
     deadline = time.monotonic() + lock_timeout

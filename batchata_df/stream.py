@@ -281,10 +281,8 @@ def stream_llm(
         # dry_run=True replaced it with the plan), and a pipeline reads it as answers.
         plan_file = PlanFile()
         try:
-            with tempfile.TemporaryDirectory(prefix="batchata-df-plan-") as plan_dir:
-                source = ChunkSource(
-                    lf, Path(plan_dir), rows, jobs_of, estimate, expected, sends=False
-                )
+            with plan_folder() as plan_dir:
+                source = ChunkSource(lf, plan_dir, rows, jobs_of, estimate, expected, sends=False)
                 stream_plan(
                     source, plan_file.path, spec, options, state, fingerprint, show,
                     pl.DataFrame(schema=lf.collect_schema()),
@@ -376,6 +374,10 @@ class PlanFile:
     its path would not tell: the folder stayed until the process exited, one per dry run
     in a notebook or a service.
 
+    A process killed (``kill -9``, the out-of-memory killer) runs no clean-up: the folder
+    is a :func:`plan_folder`'s, locked while this object lives, and the next plan made
+    (in any process) removes those whose lock is free (:func:`remove_stale_plan_folders`).
+
     Examples
     --------
     >>> import gc
@@ -392,10 +394,10 @@ class PlanFile:
     """
 
     def __init__(self) -> None:
-        folder = Path(tempfile.mkdtemp(prefix="batchata-df-plan-"))
+        folder, lock = _new_plan_folder()
         self.path = folder / "plan.parquet"
         # Also at the process's exit (finalize's atexit), if a frame outlives it.
-        self._finalizer = weakref.finalize(self, shutil.rmtree, folder, ignore_errors=True)
+        self._finalizer = weakref.finalize(self, _drop_plan_folder, folder, lock)
 
     def remove(self) -> None:
         """Remove the folder now (a dry run that failed or was stopped returns no plan)."""
@@ -428,6 +430,116 @@ class PlanFile:
         if n_rows is not None:
             lf = lf.head(n_rows)
         yield from lf.collect_batches(chunk_size=batch_size)
+
+
+PLAN_PREFIX = "batchata-df-plan-"
+"""The name of a dry run's folders in TMPDIR (:func:`plan_folder`), then 16 hex digits."""
+
+_PLAN_NAME = re.compile(rf"{re.escape(PLAN_PREFIX)}[0-9a-f]{{16}}")
+
+
+@contextlib.contextmanager
+def plan_folder() -> Iterator[Path]:
+    """A new private folder in TMPDIR for a dry run, removed when the block ends.
+
+    It holds a plan (about the input's size) or a dry run's spilled chunks. While the
+    block runs, the folder is locked as a :func:`hidden_folder` is (its
+    :data:`FOLDER_LOCK` file, ``flock``: the kernel lets go when the process ends, however
+    it ends). A process killed in the block leaves it; the next plan folder made (in this
+    process or another) removes it, never a live one (:func:`remove_stale_plan_folders`).
+
+    Examples
+    --------
+    >>> with plan_folder() as folder:
+    ...     folder.name.startswith(PLAN_PREFIX), sorted(p.name for p in folder.iterdir())
+    (True, ['.lock'])
+    >>> folder.exists()
+    False
+    """
+    folder, lock = _new_plan_folder()
+    try:
+        yield folder
+    finally:
+        _drop_plan_folder(folder, lock)
+
+
+def _new_plan_folder() -> tuple[Path, int | None]:
+    """Make a :func:`plan_folder` (those dead processes left are removed first): ``(path, lock)``.
+
+    ``lock`` is the descriptor holding its lock (``None`` where locks are refused: then no
+    other process removes it either).
+    """
+    tmp = Path(tempfile.gettempdir())
+    remove_stale_plan_folders(tmp)
+    # Created locked under a hidden name and renamed (_locked_file): no sweep ever sees it
+    # unlocked. 0700, as mkdtemp makes it: a plan holds the input's columns.
+    path = tmp / f"{PLAN_PREFIX}{secrets.token_hex(8)}"
+    return path, _locked_file(path, folder=True)
+
+
+def _drop_plan_folder(folder: Path, lock: int | None) -> None:
+    """Remove a plan folder, then let its lock go (held meanwhile: no sweep takes it)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    if lock is not None:
+        os.close(lock)
+
+
+def remove_stale_plan_folders(tmp: Path) -> list[Path]:
+    """Remove the :func:`plan_folder` folders in ``tmp`` that killed processes left.
+
+    Returns the folders removed. Only names :data:`PLAN_PREFIX` and 16 hex digits, folders
+    (not links) owned by this user, holding a :data:`FOLDER_LOCK` file whose lock is free
+    (its process is gone: the kernel let it go) are removed; a live process's (this one's
+    included: ``flock`` locks of two descriptors conflict) and anything else is left.
+    Costs one listing of ``tmp``, and an ``open`` per folder of ours. Where locks are
+    refused (Windows, some network mounts) nothing can be told and nothing is removed.
+
+    Examples
+    --------
+    >>> tmp = Path(tempfile.mkdtemp())
+    >>> dead = tmp / f"{PLAN_PREFIX}{'0' * 16}"  # a killed dry run's: its lock is free
+    >>> dead.mkdir(); _ = (dead / FOLDER_LOCK).write_bytes(b"")
+    >>> _ = (dead / "plan.parquet").write_bytes(b"PAR1")
+    >>> (tmp / f"{PLAN_PREFIX}{'1' * 16}").mkdir()  # no lock file: not made by a plan
+    >>> (tmp / f"{PLAN_PREFIX}abc").mkdir()  # not such a name
+    >>> [p.name for p in remove_stale_plan_folders(tmp)]
+    ['batchata-df-plan-0000000000000000']
+    >>> with plan_folder() as live:  # held (by this process): never swept
+    ...     live in remove_stale_plan_folders(live.parent), live.is_dir()
+    (False, True)
+    >>> sorted(p.name for p in tmp.iterdir())
+    ['batchata-df-plan-1111111111111111', 'batchata-df-plan-abc']
+    """
+    removed: list[Path] = []
+    if not _LOCKS:
+        return removed
+    from filelock import lock_descriptor
+
+    uid = os.getuid()
+    try:
+        listing = os.scandir(tmp)
+    except OSError:
+        return removed
+    with listing:
+        for entry in listing:
+            if not entry.name.startswith(PLAN_PREFIX) or not _PLAN_NAME.fullmatch(entry.name):
+                continue
+            try:
+                info = entry.stat(follow_symlinks=False)
+                if not stat.S_ISDIR(info.st_mode) or info.st_uid != uid:
+                    continue
+                fd = os.open(Path(entry.path, FOLDER_LOCK), os.O_RDONLY | os.O_NOFOLLOW)
+            except OSError:  # gone meanwhile (another sweep), or no lock file: not ours
+                continue
+            try:
+                if lock_descriptor(fd, blocking=False):  # its process is gone
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                    removed.append(Path(entry.path))
+            except OSError:  # no locks here: cannot tell
+                pass
+            finally:
+                os.close(fd)
+    return removed
 
 
 @contextlib.contextmanager

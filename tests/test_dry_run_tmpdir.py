@@ -5,12 +5,19 @@ input's size, to ``plan.parquet`` in a new folder under ``TMPDIR`` and returns a
 over it. The folder stayed until the Python process exited: a notebook, a service or a
 program calling the CLI's ``main`` in-process re-running dry runs filled the disk. Now it
 goes with the last LazyFrame that reads it (a frame derived from the plan, a filter or a
-select, keeps it); the in-memory dry run writes nothing there.
+select, keeps it); the in-memory dry run writes nothing there. A process killed with
+SIGKILL runs no clean-up and leaves its folder: the next dry run, in any process, removes
+it (its lock is free), never the folder of a live process that still reads its plan.
 """
 
 from __future__ import annotations
 
 import gc
+import json
+import os
+import signal
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -36,6 +43,93 @@ def tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def _listed(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
+
+
+HOLDER = """
+import json, os, sys
+import polars as pl
+from batchata_df import batch_llm
+
+plan = batch_llm(pl.scan_parquet(sys.argv[1]), sink=sys.argv[2], chunk_rows=4, dry_run=True,
+                 model="gpt-4.1-mini", prompt="Say {text}", progress=False)
+print(json.dumps(sorted(os.listdir(os.environ["TMPDIR"]))), flush=True)
+sys.stdin.readline()  # holds the plan until told to read it
+got = plan.collect()
+print(json.dumps([got["i"].to_list(), got["_status"].to_list()]), flush=True)
+"""
+"""A process that makes a streamed dry run, says what TMPDIR holds, and keeps the plan
+(its LazyFrame) until a line comes on stdin; then it reads the plan and prints it."""
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    path = tmp_path / "in.parquet"
+    pl.DataFrame({"i": range(9), "text": TEXTS}).write_parquet(path)
+    return path
+
+
+def _holder(source: Path, sink: Path) -> tuple[subprocess.Popen[str], list[str]]:
+    """A :data:`HOLDER` process (TMPDIR and the emulator's settings from the environment)
+    holding its plan, and what TMPDIR held once it was made."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(source), str(sink)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert child.stdout is not None
+    line = child.stdout.readline()
+    if not line:
+        child.kill()
+        _, err = child.communicate()
+        raise AssertionError(err[-3000:])
+    return child, json.loads(line)
+
+
+def test_a_killed_dry_runs_plan_is_removed_by_the_next_dry_run_in_another_process(
+    emu, tmp_path, tmp, source
+):
+    child, listed = _holder(source, tmp_path / "out.parquet")
+    (left,) = listed
+    assert left.startswith("batchata-df-plan-") and (tmp / left / "plan.parquet").is_file()
+    os.kill(child.pid, signal.SIGKILL)  # no finally, no atexit, no finalizer runs
+    child.communicate()
+    assert child.returncode == -signal.SIGKILL
+    assert _listed(tmp) == [left]  # what a kill -9 leaves (about the input's size)
+    # A new dry run, in another process: it sees only its own plan, and then nothing.
+    other, listed = _holder(source, tmp_path / "out.parquet")
+    out, err = other.communicate("read\n", timeout=240)
+    assert other.returncode == 0, err[-3000:]
+    (mine,) = listed
+    assert mine != left and mine.startswith("batchata-df-plan-")
+    assert json.loads(out) == [list(range(9)), ["planned"] * 9]
+    assert _listed(tmp) == []  # the new one's own plan went at its exit
+    assert emu.billing() == []
+
+
+def test_a_dry_run_never_removes_the_plan_of_a_live_process(emu, tmp_path, tmp, source):
+    child, (held,) = _holder(source, tmp_path / "out.parquet")
+    try:
+        # Here, another process: two dry runs, each making its plan folder (and sweeping).
+        for _ in range(2):
+            plan = batch_llm(pl.scan_parquet(source), sink=tmp_path / "out.parquet",  # type: ignore[arg-type]
+                             chunk_rows=4, dry_run=True, **KW)  # fmt: skip
+            assert held in _listed(tmp) and len(_listed(tmp)) == 2
+            # And a second plan in one process leaves the first (flock: per descriptor).
+            later = batch_llm(pl.scan_parquet(source), sink=tmp_path / "out.parquet",  # type: ignore[arg-type]
+                              chunk_rows=4, dry_run=True, **KW)  # fmt: skip
+            assert plan.collect()["i"].to_list() == list(range(9))
+            assert later.collect()["i"].to_list() == list(range(9))
+            del plan, later
+            gc.collect()
+        assert _listed(tmp) == [held]
+        out, err = child.communicate("read\n", timeout=240)
+        assert child.returncode == 0, err[-3000:]
+        assert json.loads(out) == [list(range(9)), ["planned"] * 9]  # its plan still reads
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    assert _listed(tmp) == []
+    assert emu.billing() == []
 
 
 def test_a_streamed_plan_lives_as_long_as_a_frame_reads_it(emu, tmp_path, tmp):
