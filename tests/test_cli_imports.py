@@ -75,7 +75,7 @@ def test_status_and_sql_of_a_folder_import_no_sdk_and_no_engine(emu, tmp_path: P
     assert under(status, (*SDKS, *LIBRARY, "pydantic", "pydantic_core")) == []
     assert "duckdb" in status  # status is DuckDB queries over the folder
     sql = imported("sql", "select count(*) from jobs", "st", cwd=tmp_path)
-    assert under(sql, (*SDKS, *LIBRARY)) == []
+    assert under(sql, (*SDKS, *LIBRARY, "pydantic", "pydantic_core")) == []
 
 
 def test_doctor_and_repair_of_a_folder_import_no_sdk_and_no_engine(emu, tmp_path: Path) -> None:
