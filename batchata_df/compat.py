@@ -7,8 +7,13 @@ For users moving from ``batchata``: replace ``from batchata import Batch`` with
 * State is a checkpoint *folder*: ``set_state(file="./state.json")`` keeps it in
   ``./state/``. Running the script again resumes (``reuse_state=True``, the default): jobs
   already answered are not sent or paid again. ``reuse_state=False`` starts afresh as the
-  seed does, but the earlier folder is moved aside to ``<name>.previous-<UTC time>``,
-  never deleted. Without ``set_state`` the checkpoint is ``results_dir/state``.
+  seed does, but this Batch's earlier state is moved aside to
+  ``<name>.previous-<UTC time>``, never deleted: its groups' folders and, in a
+  ``set_state`` folder (this Batch's own, as the seed's state file is), every folder no
+  one else holds. Without ``set_state`` the checkpoint is ``results_dir/state``, which
+  other Batches may share: there a folder of no group of this Batch stays. A group
+  folder another live Batch uses or another process is writing is never moved (if it is
+  one of this Batch's groups, the run is refused before sending).
 * ``results_dir`` gets one ``<job_id>.json`` per job (:meth:`JobResult.to_dict`) and, with
   ``raw_files`` (default: on), ``raw_files/responses/<job_id>_raw.json`` holding the
   provider's own result for the job exactly as it was served (the OpenAI batch output or
@@ -74,6 +79,7 @@ from batchata_df.errors import (
     ConfigError,
     KeptStateWarning,
     StateError,
+    StateLockedError,
     warn_user,
 )
 from batchata_df.frame import batch_llm, interrupts
@@ -802,8 +808,10 @@ class Batch:
 
         A ``.json`` name is turned into a folder (``state.json`` -> ``state/``).
         ``reuse_state=True`` (default) resumes: answered jobs are not sent again.
-        ``reuse_state=False`` starts afresh at the first :meth:`run`: an existing folder is
-        moved aside to ``<folder>.previous-<UTC time>`` (kept, never deleted).
+        ``reuse_state=False`` starts afresh at the first :meth:`run`: this Batch's earlier
+        state is moved aside to ``<folder>.previous-<UTC time>`` (kept, never deleted):
+        its groups' folders, and in a ``file=`` folder every other one no one holds; never
+        a group folder another Batch uses or another process is writing.
         """
         if file is not None:
             path = Path(file)
@@ -913,20 +921,63 @@ class Batch:
     def __len__(self) -> int:
         return len(self._jobs)
 
-    def _state_root(self) -> Path:
-        root = self._state or (self.results_dir / "state")
-        if not self._reuse_state and not self._fresh_done:
-            if root.exists() and any(root.iterdir()):
-                stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
-                aside = root.with_name(f"{root.name}.previous-{stamp}")
-                root.rename(aside)
-                print(
-                    f"batchata-df: reuse_state=False: starting afresh; the earlier state is "
-                    f"kept in {aside}",
-                    file=sys.stderr,
+    def _fresh_start(self, root: Path, groups: Sequence[str], *, move: bool) -> list[Path]:
+        """What ``reuse_state=False`` moves aside under ``root``: this Batch's earlier state.
+
+        Its own group folders (its groups' keys), and, under a root it named itself
+        (``set_state(file=...)``: as the seed's state file, one Batch's state), every other
+        folder there no one else holds: this Batch's earlier groups (a parameter changed
+        since). Under ``results_dir/state`` (the seed has no such root, and its
+        ``results_dir`` may be shared) such a folder may be another script's between two of
+        its runs: it stays, and counts as left behind (:func:`_left_behind`). Never a group
+        another live Batch of this process holds (:func:`_used_by_others`) or a folder a
+        call is writing now (:func:`_being_written`): its owner would not find its
+        checkpoint, and would send and pay for its jobs again. Its own group held so is
+        refused (nothing sent): it cannot start afresh. With ``move``, moved into
+        ``<root>.previous-<UTC time>`` (kept, never deleted).
+        """
+        if not root.is_dir():
+            return []
+        others = _used_by_others(root, self)
+        mine = set(groups)
+        aside: list[Path] = []
+        for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+            if folder.name not in mine and (
+                self._state is None or not (folder / "manifest.json").is_file()
+            ):
+                continue
+            held = folder.name in others
+            if held or _being_written(folder):
+                if folder.name not in mine:
+                    continue
+                who = (
+                    "another live Batch of this script on the same state folder uses it"
+                    if held
+                    else "a call of another process is writing it now"
                 )
-            self._fresh_done = True
-        return root
+                msg = (
+                    f"reuse_state=False cannot start group folder {str(folder)!r} afresh: "
+                    f"{who}, and moving it aside would make that one send and pay for its "
+                    "jobs again; nothing was sent. Give this Batch a state of its own "
+                    "(set_state(file=...) or another results_dir), or let the other finish "
+                    "and run again"
+                )
+                if held:
+                    raise StateError(msg)
+                raise StateLockedError(msg)
+            aside.append(folder)
+        if move and aside:
+            stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+            kept = root.with_name(f"{root.name}.previous-{stamp}")
+            kept.mkdir(parents=True)
+            for folder in aside:
+                folder.rename(kept / folder.name)
+            print(
+                f"batchata-df: reuse_state=False: starting afresh; the earlier state is "
+                f"kept in {kept}",
+                file=sys.stderr,
+            )
+        return aside
 
     def run(
         self,
@@ -950,9 +1001,14 @@ class Batch:
         groups: dict[str, list[_Job]] = {}
         for job in self._jobs:
             groups.setdefault(_group_key(job), []).append(job)
-        root = self._state_root() if not dry_run else (self._state or self.results_dir / "state")
-        # reuse_state=False: the next run() moves the folder aside and sends every job again;
-        # its dry run plans that fresh start (no folder), not what the old folder holds.
+        root = self._state or self.results_dir / "state"
+        # reuse_state=False: the first run() moves this Batch's earlier state aside and sends
+        # every job again; its dry run plans that fresh start (no folder), not what the old
+        # folders hold, and is refused as the run would be.
+        discarded: list[Path] = []
+        if not self._reuse_state and not self._fresh_done:
+            discarded = self._fresh_start(root, list(groups), move=not dry_run)
+            self._fresh_done = not dry_run
         fresh = dry_run and not self._reuse_state and not self._fresh_done
         run = BatchRun(
             dry_run=dry_run,
@@ -989,25 +1045,24 @@ class Batch:
         # one limit, and their answers are not read into the results: said, with the
         # folder. A folder the user removed is not there to count.
         behind = 0.0
-        if not fresh:
-            for folder in _left_behind(root, list(groups), self):
-                try:
-                    spent, held, busy = _folder_money(
-                        folder, lambda: max((largest(k) for k in groups), default=0.0)
-                    )
-                except StateError as e:
-                    # Damaged (a part, its manifest): without a limit nothing needs its
-                    # money, and no group of this run reads it: said, not a refusal.
-                    warn_user(
-                        _unreadable_left_behind(folder, e, limited=self._cost_limit is not None)
-                    )
-                    continue
-                behind += spent + held
-                notice = _left_behind_warning(
-                    folder, spent, held, busy, limited=self._cost_limit is not None
+        for folder in _left_behind(root, list(groups), self):
+            if folder in discarded:  # a dry run's: the run moves it aside
+                continue
+            try:
+                spent, held, busy = _folder_money(
+                    folder, lambda: max((largest(k) for k in groups), default=0.0)
                 )
-                if notice is not None:
-                    warn_user(notice)
+            except StateError as e:
+                # Damaged (a part, its manifest): without a limit nothing needs its
+                # money, and no group of this run reads it: said, not a refusal.
+                warn_user(_unreadable_left_behind(folder, e, limited=self._cost_limit is not None))
+                continue
+            behind += spent + held
+            notice = _left_behind_warning(
+                folder, spent, held, busy, limited=self._cost_limit is not None
+            )
+            if notice is not None:
+                warn_user(notice)
         interrupted = False
         planned_usd = 0.0  # a dry run: the worst case its earlier groups would send
         totals = _RunTotals(total=len(self._jobs), started=started, later=len(self._jobs))
