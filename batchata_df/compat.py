@@ -19,7 +19,10 @@ For users moving from ``batchata``: replace ``from batchata import Batch`` with
   provider's own result for the job exactly as it was served (the OpenAI batch output or
   error line, the Anthropic results line, the Gemini result line or inlined response;
   secrets scrubbed): ``batch_llm(keep_responses=True)``. A job the provider never
-  answered (cancelled before it ran) has none. Nothing already there is deleted.
+  answered (cancelled before it ran) has none. Nothing already there is deleted. Job ids
+  are ``job-000000``, ``job-000001``, ... in the order of ``add_job``; a second live
+  ``Batch`` on the same ``results_dir`` numbers its jobs after the first one's (the
+  seed's ids were random: two Batches never wrote one file), unless it asks the same job.
 * Cost limits are hard caps (worst case held before submitting), failed rows are kept
   with their error, and ``messages=`` histories are sent whole, every role in order.
 
@@ -249,6 +252,11 @@ def _group_key(job: _Job) -> str:
         )
         job.group = hashlib.sha256(key_src.encode()).hexdigest()[:12]
     return job.group
+
+
+def _job_identity(job: _Job) -> tuple[Any, ...]:
+    """What ``job`` asks: two jobs alike in it get the same answer from one checkpoint."""
+    return (_group_key(job), job.model, job.prompt, job.file, job.system, job.history)
 
 
 @dataclass
@@ -792,6 +800,11 @@ class Batch:
         self._cost_limit: float | None = None
         self._time_limit: float | None = None
         self._jobs: list[_Job] = []
+        self._numbers: dict[int, _Job] = {}
+        """Its jobs by the number of their ``job_id`` (:meth:`_number_for`)."""
+        self._top = -1
+        """The largest of those numbers."""
+        self._where = (self.results_dir, self.results_dir.resolve())
         _LIVE.add(self)
 
     def set_default_params(self, **params: Any) -> Batch:
@@ -903,20 +916,62 @@ class Batch:
         if file is not None and not Path(file).is_file():
             msg = f"add_job(file={str(file)!r}): no such file"
             raise ConfigError(msg)
-        self._jobs.append(
-            _Job(
-                job_id=f"job-{len(self._jobs):06d}",
-                prompt=prompt,
-                model=str(chosen),
-                file=None if file is None else str(file),
-                response_model=response_model,
-                citations=enable_citations,
-                params=params,
-                system=system,
-                history=history,
-            )
+        job = _Job(
+            job_id="",
+            prompt=prompt,
+            model=str(chosen),
+            file=None if file is None else str(file),
+            response_model=response_model,
+            citations=enable_citations,
+            params=params,
+            system=system,
+            history=history,
         )
+        number = self._number_for(job)
+        job.job_id = f"job-{number:06d}"
+        self._jobs.append(job)
+        self._numbers[number] = job
+        self._top = max(self._top, number)
         return self
+
+    def _number_for(self, job: _Job) -> int:
+        """The number of ``job``'s ``job_id`` (``job-<number>``), and so of its result files.
+
+        Its place in this Batch (``job-000000`` first), as scripts read them; but two live
+        Batches on one ``results_dir`` write their files side by side, and the seed's
+        random ids never met: when another one holds that number for a different job, the
+        number after the largest either holds (the order of add_job calls, the same at
+        each run of a script). The same job (a notebook cell run again while the earlier
+        Batch is still referenced) keeps its number: the same answer, from the same
+        checkpoint. Like groups (:func:`_used_by_others`), a Batch no longer referenced
+        holds no number: a later Batch's ``job-000000.json`` replaces its file, as the same
+        script run again (its jobs edited) replaces its own.
+        """
+        number = len(self._jobs)
+        others = self._sharing_results_dir()
+        if number not in self._numbers and not any(
+            (held := other._numbers.get(number)) is not None
+            and _job_identity(held) != _job_identity(job)
+            for other in others
+        ):
+            return number
+        return max([self._top, *(other._top for other in others)]) + 1
+
+    def _sharing_results_dir(self) -> list[Batch]:
+        """The other live Batches with jobs that write their files in this ``results_dir``."""
+        if len(_LIVE) < 2:  # this one alone: the common case, at every add_job
+            return []
+        others = [b for b in list(_LIVE) if b is not self and b._jobs]
+        if not others:
+            return []
+        where = self._results_where()
+        return [b for b in others if b._results_where() == where]
+
+    def _results_where(self) -> Path:
+        """``results_dir`` resolved (once per value it is given)."""
+        if self._where[0] is not self.results_dir:
+            self._where = (self.results_dir, self.results_dir.resolve())
+        return self._where[1]
 
     def __len__(self) -> int:
         return len(self._jobs)
