@@ -87,7 +87,7 @@ from batchata_df.errors import (
 )
 from batchata_df.frame import batch_llm, interrupts
 from batchata_df.schema import AnswerSchema
-from batchata_df.state import LOCK_FILE, StateStore, read_manifest, spent_usd
+from batchata_df.state import LOCK_FILE, StateStore, WriterLock, read_manifest, spent_usd
 
 __all__ = ["Batch", "BatchRun", "Citation", "JobResult"]
 
@@ -988,8 +988,9 @@ class Batch:
         another live Batch of this process holds (:func:`_used_by_others`) or a folder a
         call is writing now (:func:`_being_written`): its owner would not find its
         checkpoint, and would send and pay for its jobs again. Its own group held so is
-        refused (nothing sent): it cannot start afresh. With ``move``, moved into
-        ``<root>.previous-<UTC time>`` (kept, never deleted).
+        refused (nothing sent): it cannot start afresh. With ``move``, each is moved into
+        ``<root>.previous-<UTC time>`` (kept, never deleted) holding its writer lock, so
+        that a call another process starts on it meanwhile is not moved from under it.
         """
         if not root.is_dir():
             return []
@@ -1008,7 +1009,7 @@ class Batch:
                 who = (
                     "another live Batch of this script on the same state folder uses it"
                     if held
-                    else "a call of another process is writing it now"
+                    else "another call (of another process) is writing it now"
                 )
                 msg = (
                     f"reuse_state=False cannot start group folder {str(folder)!r} afresh: "
@@ -1024,9 +1025,31 @@ class Batch:
         if move and aside:
             stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
             kept = root.with_name(f"{root.name}.previous-{stamp}")
-            kept.mkdir(parents=True)
+            moved: list[Path] = []
             for folder in aside:
-                folder.rename(kept / folder.name)
+                # Under its writer lock: a run another process starts on it meanwhile
+                # would find it gone mid-run; one that took the lock since the look above
+                # keeps it (this Batch's own: refused, as above).
+                lock = WriterLock(folder, timeout=0)
+                try:
+                    lock.acquire()
+                except StateLockedError as e:
+                    if folder.name not in mine:
+                        continue
+                    msg = (
+                        f"reuse_state=False cannot start group folder {str(folder)!r} "
+                        f"afresh: {e}"
+                    )
+                    raise StateLockedError(msg, holder=e.holder) from None
+                try:
+                    kept.mkdir(parents=True, exist_ok=True)
+                    folder.rename(kept / folder.name)
+                finally:
+                    lock.release()
+                moved.append(folder)
+            aside = moved
+            if not moved:
+                return aside
             print(
                 f"batchata-df: reuse_state=False: starting afresh; the earlier state is "
                 f"kept in {kept}",

@@ -105,15 +105,37 @@ def test_a_fresh_start_refuses_to_discard_its_group_a_live_batch_has_in_flight(e
     assert "'one" in text and len(_posts(emu, "/batches")) == 1
 
 
-def test_a_fresh_start_leaves_a_folder_another_process_writes(emu, tmp_path):
+def _first_look_misses(monkeypatch) -> None:
+    """The other process takes the writer lock just after the fresh start looked at it:
+    the look says "not written" once per folder, then the truth."""
+    from batchata_df import compat
+
+    real, looked = compat._being_written, set()
+
+    def racing(folder: Path) -> bool:
+        if folder in looked:
+            return real(folder)
+        looked.add(folder)
+        return False
+
+    monkeypatch.setattr(compat, "_being_written", racing)
+
+
+@pytest.mark.parametrize("raced", [False, True], ids=["locked", "locked-after-the-look"])
+@pytest.mark.parametrize("explicit", [False, True], ids=["results_dir", "set_state"])
+def test_a_fresh_start_leaves_a_folder_another_process_writes(
+    emu, tmp_path, monkeypatch, explicit, raced
+):
     """A folder whose writer lock a call of another process holds is that run's: B's fresh
-    start leaves it in place whatever its key; B's own group (same key) is refused."""
+    start leaves it in place whatever its key (the move itself takes the lock: also when
+    the lock was taken after the look); B's own group (same key) is refused."""
+    state = tmp_path / "state.json" if explicit else None
     emu.configure(latency=1000.0)
-    a = _batch(tmp_path, 0.0, "one")
+    a = _batch(tmp_path, 0.0, "one", state=state)
     a.run(wait=False)
     del a
     gc.collect()
-    root = tmp_path / "out" / "state"
+    root = tmp_path / "state" if explicit else tmp_path / "out" / "state"
     (folder,) = _group_folders(root)
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
@@ -128,20 +150,28 @@ def test_a_fresh_start_leaves_a_folder_another_process_writes(emu, tmp_path):
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "held\n"
         emu.configure(latency=0.0)
-        with pytest.raises(StateLockedError, match="another process"):
-            _batch(tmp_path, 0.0, "one").set_state(reuse_state=False).run()
+        if raced:
+            _first_look_misses(monkeypatch)
+        with pytest.raises(StateLockedError, match="another (call|process)"):
+            _batch(tmp_path, 0.0, "one", state=state).set_state(file=state, reuse_state=False).run()
         assert len(_posts(emu, "/batches")) == 1
+        if raced and explicit:  # under results_dir/state it does not look at others'
+            _first_look_misses(monkeypatch)
         with warnings.catch_warnings():
             warnings.simplefilter("error", KeptStateWarning)
-            ran = _batch(tmp_path, 0.5, "two").set_state(reuse_state=False).run()
+            ran = (
+                _batch(tmp_path, 0.5, "two", state=state)
+                .set_state(file=state, reuse_state=False)
+                .run()
+            )
         assert "'two" in _answer_of(ran)[0]
-        assert folder.is_dir() and not list((tmp_path / "out").glob("state.previous-*"))
+        assert folder.is_dir() and not list(root.parent.glob("state.previous-*"))
     finally:
         assert holder.stdin is not None
         holder.stdin.close()
         holder.wait(timeout=30)
     emu.advance(1000.0)
-    text, _ = _answer_of(_batch(tmp_path, 0.0, "one").run())  # that run's script again
+    text, _ = _answer_of(_batch(tmp_path, 0.0, "one", state=state).run())  # its script again
     assert "'one" in text
     assert len(_posts(emu, "/batches")) == 2  # its batch collected, not sent again
     assert len(emu.billing()) == 2
