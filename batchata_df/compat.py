@@ -7,14 +7,22 @@ For users moving from ``batchata``: replace ``from batchata import Batch`` with
 * State is a checkpoint *folder*: ``set_state(file="./state.json")`` keeps it in
   ``./state/``. Running the script again resumes (``reuse_state=True``, the default): jobs
   already answered are not sent or paid again. ``reuse_state=False`` starts afresh as the
-  seed does, but the earlier folder is moved aside to ``<name>.previous-<UTC time>``,
-  never deleted. Without ``set_state`` the checkpoint is ``results_dir/state``.
+  seed does, but this Batch's earlier state is moved aside to
+  ``<name>.previous-<UTC time>``, never deleted: its groups' folders and, in a
+  ``set_state`` folder (this Batch's own, as the seed's state file is), every folder no
+  one else holds. Without ``set_state`` the checkpoint is ``results_dir/state``, which
+  other Batches may share: there a folder of no group of this Batch stays. A group
+  folder another live Batch uses or another process is writing is never moved (if it is
+  one of this Batch's groups, the run is refused before sending).
 * ``results_dir`` gets one ``<job_id>.json`` per job (:meth:`JobResult.to_dict`) and, with
   ``raw_files`` (default: on), ``raw_files/responses/<job_id>_raw.json`` holding the
   provider's own result for the job exactly as it was served (the OpenAI batch output or
   error line, the Anthropic results line, the Gemini result line or inlined response;
   secrets scrubbed): ``batch_llm(keep_responses=True)``. A job the provider never
-  answered (cancelled before it ran) has none. Nothing already there is deleted.
+  answered (cancelled before it ran) has none. Nothing already there is deleted. Job ids
+  are ``job-000000``, ``job-000001``, ... in the order of ``add_job``; a second live
+  ``Batch`` on the same ``results_dir`` numbers its jobs after the first one's (the
+  seed's ids were random: two Batches never wrote one file), unless it asks the same job.
 * Cost limits are hard caps (worst case held before submitting), failed rows are kept
   with their error, and ``messages=`` histories are sent whole, every role in order.
 
@@ -74,11 +82,12 @@ from batchata_df.errors import (
     ConfigError,
     KeptStateWarning,
     StateError,
+    StateLockedError,
     warn_user,
 )
 from batchata_df.frame import batch_llm, interrupts
 from batchata_df.schema import AnswerSchema
-from batchata_df.state import LOCK_FILE, StateStore, read_manifest, spent_usd
+from batchata_df.state import LOCK_FILE, StateStore, WriterLock, read_manifest, spent_usd
 
 __all__ = ["Batch", "BatchRun", "Citation", "JobResult"]
 
@@ -243,6 +252,11 @@ def _group_key(job: _Job) -> str:
         )
         job.group = hashlib.sha256(key_src.encode()).hexdigest()[:12]
     return job.group
+
+
+def _job_identity(job: _Job) -> tuple[Any, ...]:
+    """What ``job`` asks: two jobs alike in it get the same answer from one checkpoint."""
+    return (_group_key(job), job.model, job.prompt, job.file, job.system, job.history)
 
 
 @dataclass
@@ -786,6 +800,11 @@ class Batch:
         self._cost_limit: float | None = None
         self._time_limit: float | None = None
         self._jobs: list[_Job] = []
+        self._numbers: dict[int, _Job] = {}
+        """Its jobs by the number of their ``job_id`` (:meth:`_number_for`)."""
+        self._top = -1
+        """The largest of those numbers."""
+        self._where = (self.results_dir, self.results_dir.resolve())
         _LIVE.add(self)
 
     def set_default_params(self, **params: Any) -> Batch:
@@ -802,8 +821,10 @@ class Batch:
 
         A ``.json`` name is turned into a folder (``state.json`` -> ``state/``).
         ``reuse_state=True`` (default) resumes: answered jobs are not sent again.
-        ``reuse_state=False`` starts afresh at the first :meth:`run`: an existing folder is
-        moved aside to ``<folder>.previous-<UTC time>`` (kept, never deleted).
+        ``reuse_state=False`` starts afresh at the first :meth:`run`: this Batch's earlier
+        state is moved aside to ``<folder>.previous-<UTC time>`` (kept, never deleted):
+        its groups' folders, and in a ``file=`` folder every other one no one holds; never
+        a group folder another Batch uses or another process is writing.
         """
         if file is not None:
             path = Path(file)
@@ -895,38 +916,146 @@ class Batch:
         if file is not None and not Path(file).is_file():
             msg = f"add_job(file={str(file)!r}): no such file"
             raise ConfigError(msg)
-        self._jobs.append(
-            _Job(
-                job_id=f"job-{len(self._jobs):06d}",
-                prompt=prompt,
-                model=str(chosen),
-                file=None if file is None else str(file),
-                response_model=response_model,
-                citations=enable_citations,
-                params=params,
-                system=system,
-                history=history,
-            )
+        job = _Job(
+            job_id="",
+            prompt=prompt,
+            model=str(chosen),
+            file=None if file is None else str(file),
+            response_model=response_model,
+            citations=enable_citations,
+            params=params,
+            system=system,
+            history=history,
         )
+        number = self._number_for(job)
+        job.job_id = f"job-{number:06d}"
+        self._jobs.append(job)
+        self._numbers[number] = job
+        self._top = max(self._top, number)
         return self
+
+    def _number_for(self, job: _Job) -> int:
+        """The number of ``job``'s ``job_id`` (``job-<number>``), and so of its result files.
+
+        Its place in this Batch (``job-000000`` first), as scripts read them; but two live
+        Batches on one ``results_dir`` write their files side by side, and the seed's
+        random ids never met: when another one holds that number for a different job, the
+        number after the largest either holds (the order of add_job calls, the same at
+        each run of a script). The same job (a notebook cell run again while the earlier
+        Batch is still referenced) keeps its number: the same answer, from the same
+        checkpoint. Like groups (:func:`_used_by_others`), a Batch no longer referenced
+        holds no number: a later Batch's ``job-000000.json`` replaces its file, as the same
+        script run again (its jobs edited) replaces its own.
+        """
+        number = len(self._jobs)
+        others = self._sharing_results_dir()
+        if number not in self._numbers and not any(
+            (held := other._numbers.get(number)) is not None
+            and _job_identity(held) != _job_identity(job)
+            for other in others
+        ):
+            return number
+        return max([self._top, *(other._top for other in others)]) + 1
+
+    def _sharing_results_dir(self) -> list[Batch]:
+        """The other live Batches with jobs that write their files in this ``results_dir``."""
+        if len(_LIVE) < 2:  # this one alone: the common case, at every add_job
+            return []
+        others = [b for b in list(_LIVE) if b is not self and b._jobs]
+        if not others:
+            return []
+        where = self._results_where()
+        return [b for b in others if b._results_where() == where]
+
+    def _results_where(self) -> Path:
+        """``results_dir`` resolved (once per value it is given)."""
+        if self._where[0] is not self.results_dir:
+            self._where = (self.results_dir, self.results_dir.resolve())
+        return self._where[1]
 
     def __len__(self) -> int:
         return len(self._jobs)
 
-    def _state_root(self) -> Path:
-        root = self._state or (self.results_dir / "state")
-        if not self._reuse_state and not self._fresh_done:
-            if root.exists() and any(root.iterdir()):
-                stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
-                aside = root.with_name(f"{root.name}.previous-{stamp}")
-                root.rename(aside)
-                print(
-                    f"batchata-df: reuse_state=False: starting afresh; the earlier state is "
-                    f"kept in {aside}",
-                    file=sys.stderr,
+    def _fresh_start(self, root: Path, groups: Sequence[str], *, move: bool) -> list[Path]:
+        """What ``reuse_state=False`` moves aside under ``root``: this Batch's earlier state.
+
+        Its own group folders (its groups' keys), and, under a root it named itself
+        (``set_state(file=...)``: as the seed's state file, one Batch's state), every other
+        folder there no one else holds: this Batch's earlier groups (a parameter changed
+        since). Under ``results_dir/state`` (the seed has no such root, and its
+        ``results_dir`` may be shared) such a folder may be another script's between two of
+        its runs: it stays, and counts as left behind (:func:`_left_behind`). Never a group
+        another live Batch of this process holds (:func:`_used_by_others`) or a folder a
+        call is writing now (:func:`_being_written`): its owner would not find its
+        checkpoint, and would send and pay for its jobs again. Its own group held so is
+        refused (nothing sent): it cannot start afresh. With ``move``, each is moved into
+        ``<root>.previous-<UTC time>`` (kept, never deleted) holding its writer lock, so
+        that a call another process starts on it meanwhile is not moved from under it.
+        """
+        if not root.is_dir():
+            return []
+        others = _used_by_others(root, self)
+        mine = set(groups)
+        aside: list[Path] = []
+        for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+            if folder.name not in mine and (
+                self._state is None or not (folder / "manifest.json").is_file()
+            ):
+                continue
+            held = folder.name in others
+            if held or _being_written(folder):
+                if folder.name not in mine:
+                    continue
+                who = (
+                    "another live Batch of this script on the same state folder uses it"
+                    if held
+                    else "another call (of another process) is writing it now"
                 )
-            self._fresh_done = True
-        return root
+                msg = (
+                    f"reuse_state=False cannot start group folder {str(folder)!r} afresh: "
+                    f"{who}, and moving it aside would make that one send and pay for its "
+                    "jobs again; nothing was sent. Give this Batch a state of its own "
+                    "(set_state(file=...) or another results_dir), or let the other finish "
+                    "and run again"
+                )
+                if held:
+                    raise StateError(msg)
+                raise StateLockedError(msg)
+            aside.append(folder)
+        if move and aside:
+            stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+            kept = root.with_name(f"{root.name}.previous-{stamp}")
+            moved: list[Path] = []
+            for folder in aside:
+                # Under its writer lock: a run another process starts on it meanwhile
+                # would find it gone mid-run; one that took the lock since the look above
+                # keeps it (this Batch's own: refused, as above).
+                lock = WriterLock(folder, timeout=0)
+                try:
+                    lock.acquire()
+                except StateLockedError as e:
+                    if folder.name not in mine:
+                        continue
+                    msg = (
+                        f"reuse_state=False cannot start group folder {str(folder)!r} "
+                        f"afresh: {e}"
+                    )
+                    raise StateLockedError(msg, holder=e.holder) from None
+                try:
+                    kept.mkdir(parents=True, exist_ok=True)
+                    folder.rename(kept / folder.name)
+                finally:
+                    lock.release()
+                moved.append(folder)
+            aside = moved
+            if not moved:
+                return aside
+            print(
+                f"batchata-df: reuse_state=False: starting afresh; the earlier state is "
+                f"kept in {kept}",
+                file=sys.stderr,
+            )
+        return aside
 
     def run(
         self,
@@ -950,9 +1079,14 @@ class Batch:
         groups: dict[str, list[_Job]] = {}
         for job in self._jobs:
             groups.setdefault(_group_key(job), []).append(job)
-        root = self._state_root() if not dry_run else (self._state or self.results_dir / "state")
-        # reuse_state=False: the next run() moves the folder aside and sends every job again;
-        # its dry run plans that fresh start (no folder), not what the old folder holds.
+        root = self._state or self.results_dir / "state"
+        # reuse_state=False: the first run() moves this Batch's earlier state aside and sends
+        # every job again; its dry run plans that fresh start (no folder), not what the old
+        # folders hold, and is refused as the run would be.
+        discarded: list[Path] = []
+        if not self._reuse_state and not self._fresh_done:
+            discarded = self._fresh_start(root, list(groups), move=not dry_run)
+            self._fresh_done = not dry_run
         fresh = dry_run and not self._reuse_state and not self._fresh_done
         run = BatchRun(
             dry_run=dry_run,
@@ -989,25 +1123,24 @@ class Batch:
         # one limit, and their answers are not read into the results: said, with the
         # folder. A folder the user removed is not there to count.
         behind = 0.0
-        if not fresh:
-            for folder in _left_behind(root, list(groups), self):
-                try:
-                    spent, held, busy = _folder_money(
-                        folder, lambda: max((largest(k) for k in groups), default=0.0)
-                    )
-                except StateError as e:
-                    # Damaged (a part, its manifest): without a limit nothing needs its
-                    # money, and no group of this run reads it: said, not a refusal.
-                    warn_user(
-                        _unreadable_left_behind(folder, e, limited=self._cost_limit is not None)
-                    )
-                    continue
-                behind += spent + held
-                notice = _left_behind_warning(
-                    folder, spent, held, busy, limited=self._cost_limit is not None
+        for folder in _left_behind(root, list(groups), self):
+            if folder in discarded:  # a dry run's: the run moves it aside
+                continue
+            try:
+                spent, held, busy = _folder_money(
+                    folder, lambda: max((largest(k) for k in groups), default=0.0)
                 )
-                if notice is not None:
-                    warn_user(notice)
+            except StateError as e:
+                # Damaged (a part, its manifest): without a limit nothing needs its
+                # money, and no group of this run reads it: said, not a refusal.
+                warn_user(_unreadable_left_behind(folder, e, limited=self._cost_limit is not None))
+                continue
+            behind += spent + held
+            notice = _left_behind_warning(
+                folder, spent, held, busy, limited=self._cost_limit is not None
+            )
+            if notice is not None:
+                warn_user(notice)
         interrupted = False
         planned_usd = 0.0  # a dry run: the worst case its earlier groups would send
         totals = _RunTotals(total=len(self._jobs), started=started, later=len(self._jobs))

@@ -822,6 +822,9 @@ def test_a_group_folder_left_by_changed_parameters_counts_under_the_limit_and_is
     assert len(emu.billing()) == 1  # two truncated answers ($0.0032) would exceed $0.003
 
     # The warning's advice: the earlier parameters collect the paid answer, send nothing.
+    # (The script edited back and run again: the edited Batch is gone. Live, it would hold
+    # job-000000 for its own job, and this one's would be job-000001.)
+    del edited
     back = _one_group(tmp_path, 0.0).run()
     (answer,) = back.results()["failed"]  # truncated at max_tokens: failed, billed
     assert answer.job_id == "job-000000" and str(answer.error).startswith("truncated")

@@ -63,11 +63,13 @@ def test_a_damaged_folder_left_behind_refuses_a_limited_run_naming_it(emu, tmp_p
 
 
 def test_a_fresh_start_s_dry_run_counts_no_folder_left_behind(emu, tmp_path):
-    """``reuse_state=False``: the run moves the whole state root aside before it sends, so
-    the folders an earlier run() left count no more; its dry run plans that (no warning,
-    nothing of theirs under the limit), as the run then does."""
-    _one_group(tmp_path, 0.0).run()  # answered and billed: money spent in its folder
-    batch = _one_group(tmp_path, 0.5, limit=1.0).set_state(reuse_state=False)
+    """``reuse_state=False`` with its own state (``set_state(file=...)``, one Batch's, as
+    the seed's state file): the run moves the folders an earlier run() left there aside
+    before it sends, so they count no more; its dry run plans that (no warning, nothing of
+    theirs under the limit), as the run then does."""
+    state = tmp_path / "state.json"
+    _one_group(tmp_path, 0.0).set_state(file=state).run()  # answered and billed
+    batch = _one_group(tmp_path, 0.5, limit=1.0).set_state(file=state, reuse_state=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error", KeptStateWarning)
         plan = batch.run(dry_run=True).to_polars()
@@ -75,3 +77,16 @@ def test_a_fresh_start_s_dry_run_counts_no_folder_left_behind(emu, tmp_path):
         run = batch.run()
     assert run.status()["completed"] == 1
     assert len(_posts(emu, "/batches")) == 2
+    assert len(list(tmp_path.glob("state.previous-*"))) == 1
+
+
+def test_a_fresh_start_s_dry_run_counts_a_folder_under_results_dir_as_its_run_does(emu, tmp_path):
+    """Under ``results_dir/state`` a folder no live Batch holds may be another script's:
+    ``reuse_state=False`` leaves it in place, and its dry run names it as the run does."""
+    _one_group(tmp_path, 0.0).run()  # answered and billed: money spent in its folder
+    batch = _one_group(tmp_path, 0.5, limit=1.0).set_state(reuse_state=False)
+    for dry_run in (True, False):
+        with pytest.warns(KeptStateWarning, match="counts under add_cost_limit"):
+            batch.run(dry_run=dry_run)
+    assert len(_posts(emu, "/batches")) == 2
+    assert not list((tmp_path / "out").glob("state.previous-*"))
