@@ -11,7 +11,9 @@ For users moving from ``batchata``: replace ``from batchata import Batch`` with
   ``<name>.previous-<UTC time>``, never deleted: its groups' folders and, in a
   ``set_state`` folder (this Batch's own, as the seed's state file is), every folder no
   one else holds. Without ``set_state`` the checkpoint is ``results_dir/state``, which
-  other Batches may share: there a folder of no group of this Batch stays. A group
+  other Batches may share: there a folder of no group of this Batch stays, but what it
+  spent or holds is from before the fresh start and does not count under the cost limit
+  (its jobs in flight are named). A group
   folder another live Batch uses or another process is writing is never moved (if it is
   one of this Batch's groups, the run is refused before sending).
 * ``results_dir`` gets one ``<job_id>.json`` per job (:meth:`JobResult.to_dict`) and, with
@@ -33,7 +35,8 @@ root that no group uses any more (a job's parameters changed since): what they s
 the worst case of their jobs still in flight count under it, and a
 :class:`~batchata_df.errors.KeptStateWarning` names each such folder with jobs in flight
 (paid for, their answers not read into the results; running the earlier parameters
-again collects them) or, with a limit, money spent. A folder removed counts no more. A
+again collects them) or, with a limit, money spent (not after ``reuse_state=False``:
+see above). A folder removed counts no more. A
 group folder another ``Batch`` of the script uses (two Batches on one ``results_dir``, or
 a run of another process writing it now) is not left behind: it counts under that
 Batch's own limit, and that Batch reads its answers.
@@ -1121,7 +1124,12 @@ class Batch:
         # Group folders of an earlier run() no group of this one uses (a parameter changed
         # since): what they spent and hold in flight is this Batch's spending, under the
         # one limit, and their answers are not read into the results: said, with the
-        # folder. A folder the user removed is not there to count.
+        # folder. A folder the user removed is not there to count. reuse_state=False
+        # starts afresh (the seed forgets its earlier state): such a folder under
+        # results_dir/state stays (it may be another script's) but what it spent or holds
+        # is from before the fresh start, not under this run's limit, as a folder the fresh
+        # start moved aside is not; its jobs in flight are still named.
+        counted = self._cost_limit is not None and self._reuse_state
         behind = 0.0
         for folder in _left_behind(root, list(groups), self):
             if folder in discarded:  # a dry run's: the run moves it aside
@@ -1133,12 +1141,11 @@ class Batch:
             except StateError as e:
                 # Damaged (a part, its manifest): without a limit nothing needs its
                 # money, and no group of this run reads it: said, not a refusal.
-                warn_user(_unreadable_left_behind(folder, e, limited=self._cost_limit is not None))
+                warn_user(_unreadable_left_behind(folder, e, limited=counted))
                 continue
-            behind += spent + held
-            notice = _left_behind_warning(
-                folder, spent, held, busy, limited=self._cost_limit is not None
-            )
+            if counted:
+                behind += spent + held
+            notice = _left_behind_warning(folder, spent, held, busy, limited=counted)
             if notice is not None:
                 warn_user(notice)
         interrupted = False

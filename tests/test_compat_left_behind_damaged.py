@@ -9,6 +9,7 @@ so the run is refused before anything is sent, naming the folder and the fix.
 
 from __future__ import annotations
 
+import gc
 import warnings
 
 import pytest
@@ -80,13 +81,34 @@ def test_a_fresh_start_s_dry_run_counts_no_folder_left_behind(emu, tmp_path):
     assert len(list(tmp_path.glob("state.previous-*"))) == 1
 
 
-def test_a_fresh_start_s_dry_run_counts_a_folder_under_results_dir_as_its_run_does(emu, tmp_path):
+def test_a_fresh_start_s_dry_run_treats_a_folder_under_results_dir_as_its_run_does(emu, tmp_path):
     """Under ``results_dir/state`` a folder no live Batch holds may be another script's:
-    ``reuse_state=False`` leaves it in place, and its dry run names it as the run does."""
-    _one_group(tmp_path, 0.0).run()  # answered and billed: money spent in its folder
+    ``reuse_state=False`` leaves it in place. What it spent or holds is from before the
+    fresh start: not under the new limit (tests/test_compat_fresh_start_limit.py). Its
+    job in flight is named, by the dry run as by the run, neither counting it."""
+    emu.configure(latency=1000.0)
+    _one_group(tmp_path, 0.0).run(wait=False)  # in flight: its worst case held
+    gc.collect()
+    emu.configure(latency=0.0)
     batch = _one_group(tmp_path, 0.5, limit=1.0).set_state(reuse_state=False)
     for dry_run in (True, False):
-        with pytest.warns(KeptStateWarning, match="counts under add_cost_limit"):
+        with pytest.warns(KeptStateWarning, match=r"1 job in flight") as caught:
             batch.run(dry_run=dry_run)
+        said = " ".join(str(w.message) for w in caught)
+        assert "counts under add_cost_limit" not in said, said
     assert len(_posts(emu, "/batches")) == 2
     assert not list((tmp_path / "out").glob("state.previous-*"))
+
+
+def test_a_fresh_start_runs_beside_a_damaged_folder_it_does_not_count(emu, tmp_path):
+    """A damaged folder under ``results_dir/state`` a fresh start leaves in place is not
+    counted under its limit, so it cannot refuse the run: it is named, and the job sent."""
+    old = _damage_left_behind(emu, tmp_path)
+    batch = _one_group(tmp_path, 0.5, limit=1.0).set_state(reuse_state=False)
+    with pytest.warns(KeptStateWarning, match="cannot be read") as caught:
+        run = batch.run()
+    assert [w.message.folder for w in caught if isinstance(w.message, KeptStateWarning)] == [
+        str(old)
+    ]
+    assert run.status()["completed"] == 1
+    assert len(_posts(emu, "/batches")) == 2
