@@ -397,7 +397,7 @@ class PlanFile:
         folder, lock = _new_plan_folder()
         self.path = folder / "plan.parquet"
         # Also at the process's exit (finalize's atexit), if a frame outlives it.
-        self._finalizer = weakref.finalize(self, _drop_plan_folder, folder, lock)
+        self._finalizer = weakref.finalize(self, _drop_plan_folder, folder, lock, os.getpid())
 
     def remove(self) -> None:
         """Remove the folder now (a dry run that failed or was stopped returns no plan)."""
@@ -457,10 +457,11 @@ def plan_folder() -> Iterator[Path]:
     False
     """
     folder, lock = _new_plan_folder()
+    owner = os.getpid()
     try:
         yield folder
     finally:
-        _drop_plan_folder(folder, lock)
+        _drop_plan_folder(folder, lock, owner)
 
 
 def _new_plan_folder() -> tuple[Path, int | None]:
@@ -477,9 +478,16 @@ def _new_plan_folder() -> tuple[Path, int | None]:
     return path, _locked_file(path, folder=True)
 
 
-def _drop_plan_folder(folder: Path, lock: int | None) -> None:
-    """Remove a plan folder, then let its lock go (held meanwhile: no sweep takes it)."""
-    shutil.rmtree(folder, ignore_errors=True)
+def _drop_plan_folder(folder: Path, lock: int | None, owner: int) -> None:
+    """Remove a plan folder, then let its lock go (held meanwhile: no sweep takes it).
+
+    Only in the process that made it (``owner``, its pid): a child it forked inherits the
+    object and its clean-up (run at the child's exit, or when the child drops its copy),
+    but the plan is still the parent's, which reads it. The child only closes its copy of
+    the lock's descriptor; the parent's keeps the lock.
+    """
+    if os.getpid() == owner:
+        shutil.rmtree(folder, ignore_errors=True)
     if lock is not None:
         os.close(lock)
 

@@ -186,3 +186,36 @@ def test_the_cli_dry_run_called_in_process_leaves_tmpdir_empty(emu, tmp_path, tm
         written = pl.read_parquet(tmp_path / "plan.parquet")
         assert written["_status"].to_list() == ["planned"] * 9
     assert not (tmp_path / "out.parquet").exists() and emu.billing() == []
+
+
+FORKER = """
+import json, os, sys
+import polars as pl
+from batchata_df import batch_llm
+
+plan = batch_llm(pl.scan_parquet(sys.argv[1]), sink=sys.argv[2], chunk_rows=4, dry_run=True,
+                 model="gpt-4.1-mini", prompt="Say {text}", progress=False)
+pid = os.fork()
+if pid == 0:  # a helper the script forks: it ends normally (its exit's clean-up runs)
+    sys.exit(0)
+os.waitpid(pid, 0)
+print(json.dumps(sorted(os.listdir(os.environ["TMPDIR"]))), flush=True)
+print(json.dumps(plan.collect()["i"].to_list()), flush=True)
+"""
+"""A script that makes a streamed dry run, forks a child that exits, then reads its plan."""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork")
+def test_a_forked_child_ending_never_removes_its_parent_s_plan(emu, tmp_path, tmp, source):
+    """The child inherits the plan's object and its clean-up at exit; the plan is the
+    parent's, which still reads it: the child's exit leaves the folder (the parent's own
+    clean-up removes it at its exit)."""
+    done = subprocess.run(
+        [sys.executable, "-c", FORKER, str(source), str(tmp_path / "out.parquet")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    listed, got = (json.loads(line) for line in done.stdout.splitlines())
+    assert len(listed) == 1 and listed[0].startswith("batchata-df-plan-")
+    assert got == list(range(9))
+    assert _listed(tmp) == []  # the parent's exit removed it
