@@ -24,7 +24,8 @@ For users moving from ``batchata``: replace ``from batchata import Batch`` with
   answered (cancelled before it ran) has none. Nothing already there is deleted. Job ids
   are ``job-000000``, ``job-000001``, ... in the order of ``add_job``; a second live
   ``Batch`` on the same ``results_dir`` numbers its jobs after the first one's (the
-  seed's ids were random: two Batches never wrote one file), unless it asks the same job.
+  seed's ids were random: two Batches never wrote one file), unless it asks the same job
+  from the same state folder (the same answer).
 * Cost limits are hard caps (worst case held before submitting), failed rows are kept
   with their error, and ``messages=`` histories are sent whole, every role in order.
 
@@ -822,6 +823,9 @@ class Batch:
         self._top = -1
         """The largest of those numbers."""
         self._where = (self.results_dir, self.results_dir.resolve())
+        self._state_at: tuple[Path | None, Path, Path] = (
+            None, self.results_dir, (self.results_dir / "state").resolve()
+        )  # fmt: skip
         _LIVE.add(self)
 
     def set_default_params(self, **params: Any) -> Batch:
@@ -958,17 +962,21 @@ class Batch:
         Batches on one ``results_dir`` write their files side by side, and the seed's
         random ids never met: when another one holds that number for a different job, the
         number after the largest either holds (the order of add_job calls, the same at
-        each run of a script). The same job (a notebook cell run again while the earlier
-        Batch is still referenced) keeps its number: the same answer, from the same
-        checkpoint. Like groups (:func:`_used_by_others`), a Batch no longer referenced
-        holds no number: a later Batch's ``job-000000.json`` replaces its file, as the same
-        script run again (its jobs edited) replaces its own.
+        each run of a script). The same job on the same state root (a notebook cell run
+        again while the earlier Batch is still referenced) keeps its number: the same
+        answer, from the same checkpoint. Like groups (:func:`_used_by_others`), a Batch no
+        longer referenced holds no number: a later Batch's ``job-000000.json`` replaces its
+        file, as the same script run again (its jobs edited) replaces its own.
         """
         number = len(self._jobs)
         others = self._sharing_results_dir()
         if number not in self._numbers and not any(
             (held := other._numbers.get(number)) is not None
-            and _job_identity(held) != _job_identity(job)
+            and (
+                _job_identity(held) != _job_identity(job)
+                # Another checkpoint: its answer is another one, sent and paid again.
+                or other._state_where() != self._state_where()
+            )
             for other in others
         ):
             return number
@@ -989,6 +997,14 @@ class Batch:
         if self._where[0] is not self.results_dir:
             self._where = (self.results_dir, self.results_dir.resolve())
         return self._where[1]
+
+    def _state_where(self) -> Path:
+        """The state root (``set_state``'s folder, or ``results_dir/state``) resolved."""
+        state, results_dir, where = self._state_at
+        if state is not self._state or results_dir is not self.results_dir:
+            where = (self._state or self.results_dir / "state").resolve()
+            self._state_at = (self._state, self.results_dir, where)
+        return where
 
     def __len__(self) -> int:
         return len(self._jobs)

@@ -104,3 +104,21 @@ def test_a_batch_alone_on_a_results_dir_keeps_its_names_after_another_is_gone(em
     (result,) = _batch(tmp_path, 0.5, "gamma").run().results()["failed"]
     assert result.job_id == "job-000000"
     assert "'gamma" in _saved(tmp_path, "job-000000")[0]
+
+
+def test_the_same_job_on_another_state_folder_gets_its_own_name(emu, tmp_path):
+    """A and B ask the same job on one ``results_dir`` but checkpoint in folders of their
+    own (``set_state(file=...)``): each sends and pays for it, so the answers are two,
+    and B's must not replace A's file: B's job is ``job-000001``."""
+    a = _batch(tmp_path, 0.0).set_state(file=tmp_path / "a.json")
+    a.add_job(prompt="alpha [[emulator:truncate]]")
+    b = _batch(tmp_path, 0.0).set_state(file=tmp_path / "b.json")
+    b.add_job(prompt="alpha [[emulator:truncate]]")
+    (a_result,) = a.run().results()["failed"]
+    (b_result,) = b.run().results()["failed"]
+    assert len(_posts(emu, "/batches")) == 2  # one batch each
+    assert a_result.batch_id != b_result.batch_id
+    assert (a_result.job_id, b_result.job_id) == ("job-000000", "job-000001")
+    out = tmp_path / "out"
+    assert json.loads((out / "job-000000.json").read_text())["batch_id"] == a_result.batch_id
+    assert json.loads((out / "job-000001.json").read_text())["batch_id"] == b_result.batch_id
