@@ -1439,6 +1439,8 @@ PART_RUN_KEY = "batchata_run"
 """Parquet key-value metadata of every part: the run id of the folder's manifest."""
 PART_FINGERPRINT_KEY = "batchata_fingerprint"
 """Parquet key-value metadata of every part: the manifest's fingerprint (JSON)."""
+PART_FORMAT_KEY = "batchata_format"
+"""Parquet key-value metadata of every part: the folder's format version (decimal text)."""
 
 TABLES = {"jobs": JOB_EVENTS, "batches": BATCH_EVENTS}
 REQUIRED = {"jobs": ("seq", "job_id", "status"), "batches": ("seq", "batch_key", "status")}
