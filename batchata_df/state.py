@@ -79,15 +79,21 @@ __all__ = [
     "BATCH_EVENTS",
     "FORMAT_VERSION",
     "JOB_EVENTS",
+    "READ_VERSIONS",
     "LOCK_FILE",
     "LockHolder",
     "StateStore",
     "adopt_schema",
     "damaged_detail",
+    "folder_version",
+    "part_versions",
     "join_by_job",
     "lined_up",
     "lost_attempts",
     "lost_usd",
+    "read_raw",
+    "restore_raw",
+    "stored_raw",
     "WriterLock",
     "spent_usd",
 ]
@@ -97,7 +103,16 @@ log = logging.getLogger("batchata_df")
 LOCK_FILE = "writer.lock"
 """The writer lock's file in a checkpoint folder (holds the holder's pid, host, start)."""
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The format of the folders this version creates (see the module: version 2 stores a
+``completed`` event's ``raw`` once when it is its ``answer``)."""
+
+READ_VERSIONS = (1, 2)
+"""The format versions this version reads and appends to (each folder in its own)."""
+
+RAW_IS_ANSWER_SINCE = 2
+"""The first format version whose ``completed`` events store ``raw`` null when it is the
+``answer`` (:func:`stored_raw`, :func:`read_raw`)."""
 
 JOB_EVENTS = pl.Schema(
     {
@@ -449,6 +464,80 @@ class WriterLock:
         self.release()
 
 
+def stored_raw(version: int) -> pl.Expr:
+    """``raw`` as a job event part of format ``version`` stores it.
+
+    From version 2 (:data:`RAW_IS_ANSWER_SINCE`) a ``completed`` event whose ``raw`` is
+    its ``answer`` (almost every one: the provider's text was the canonical JSON already)
+    stores ``raw`` null, which :func:`read_raw` reads back as the answer; any other
+    ``raw`` is stored as it is. Version 1 stores every ``raw`` as it is.
+
+    Examples
+    --------
+    >>> events = pl.DataFrame({"status": ["completed", "completed", "failed"],
+    ...                        "answer": ['{"a":1}', '{"a":1}', None],
+    ...                        "raw": ['{"a":1}', '{"a": 1}', '{"a":']})
+    >>> events.select(stored_raw(2))["raw"].to_list()
+    [None, '{"a": 1}', '{"a":']
+    >>> events.select(stored_raw(1))["raw"].to_list()
+    ['{"a":1}', '{"a": 1}', '{"a":']
+    """
+    raw = pl.col("raw")
+    if version < RAW_IS_ANSWER_SINCE:
+        return raw
+    same = (pl.col("status") == "completed") & (raw == pl.col("answer"))
+    return (
+        pl.when(same.fill_null(False))
+        .then(pl.lit(None, dtype=pl.String))
+        .otherwise(raw)
+        .alias("raw")
+    )
+
+
+def read_raw(version: int) -> pl.Expr:
+    """``raw`` of job events read from a part of format ``version`` (:func:`stored_raw`).
+
+    Version 2: a ``completed`` event's null ``raw`` is its ``answer``. Version 1: as
+    stored (there a ``completed`` event's null ``raw`` was written before ``raw``
+    existed: it stays null). Reading it twice gives the same values.
+
+    Examples
+    --------
+    >>> stored = pl.DataFrame({"status": ["completed", "completed", "failed"],
+    ...                        "answer": ['{"a":1}', '{"a":1}', None],
+    ...                        "raw": [None, '{"a": 1}', None]})
+    >>> stored.select(read_raw(2))["raw"].to_list()
+    ['{"a":1}', '{"a": 1}', None]
+    >>> stored.select(read_raw(1))["raw"].to_list()
+    [None, '{"a": 1}', None]
+    """
+    raw = pl.col("raw")
+    if version < RAW_IS_ANSWER_SINCE:
+        return raw
+    return (
+        pl.when(pl.col("status") == "completed")
+        .then(pl.coalesce(raw, pl.col("answer")))
+        .otherwise(raw)
+        .alias("raw")
+    )
+
+
+def restore_raw(events: pl.DataFrame, version: int) -> pl.DataFrame:
+    """``events`` (job events read from a folder of format ``version``) with ``raw`` read.
+
+    Unchanged when they lack ``raw`` or when the version stores it as it is; ``status``
+    and ``answer`` must be there otherwise (a ``ValueError`` if not: the values could not
+    be given back).
+    """
+    if version < RAW_IS_ANSWER_SINCE or "raw" not in events.columns:
+        return events
+    missing = {"status", "answer"} - set(events.columns)
+    if missing:
+        msg = f"raw cannot be read without {sorted(missing)!r} (format version {version})"
+        raise ValueError(msg)
+    return events.with_columns(read_raw(version))
+
+
 @dataclass
 class WrittenJobs:
     """The job event parts a store wrote while recording (:meth:`StateStore.record_jobs`)."""
@@ -585,14 +674,7 @@ class StateStore:
                     raise StateError(msg) from e
             return manifest
         old_manifest = read_manifest(path)
-        version = old_manifest.format_version
-        if version != FORMAT_VERSION:
-            msg = (
-                f"checkpoint folder {str(self.root)!r} has format version {version!r}; this "
-                f"batchata-df reads version {FORMAT_VERSION}. Use a new state folder, or the "
-                "batchata-df version that wrote it"
-            )
-            raise StateError(msg)
+        check_version(self.root, old_manifest.format_version)
         old = old_manifest.fingerprint
         if not old and fingerprint:
             # Rebuilt by `repair` from parts that did not record the settings: the first
@@ -632,8 +714,32 @@ class StateStore:
             os.fsync(f.fileno())
         os.replace(tmp, path)
 
+    @property
+    def format_version(self) -> int:
+        """The folder's format version: what its parts hold and how new ones are written."""
+        return self.manifest.format_version
+
+    def restored(self, events: pl.DataFrame) -> pl.DataFrame:
+        """Job events read from this folder's parts with their ``raw`` read (:func:`read_raw`)."""
+        return restore_raw(events, self.format_version)
+
+    def _identity(self) -> dict[str, str]:
+        """The key-value metadata of every part this store writes."""
+        # Every part names its run, so a lost manifest can be rebuilt (`repair`), and its
+        # format, so that it is rebuilt with the right one.
+        return {
+            PART_RUN_KEY: self.manifest.run_id,
+            PART_FINGERPRINT_KEY: json.dumps(self.manifest.fingerprint, sort_keys=True),
+            PART_FORMAT_KEY: str(self.format_version),
+        }
+
     def _write_part(self, table: str, frame: pl.DataFrame) -> tuple[Path, pl.DataFrame]:
-        """Write ``frame`` as a new part of ``table``; the part's path and what it holds."""
+        """Write ``frame`` as a new part of ``table``; the part's path and what it holds.
+
+        What it holds is ``frame`` (secrets scrubbed) with every value as readers give it
+        back: a job event part stores ``raw`` as the folder's format does
+        (:func:`stored_raw`).
+        """
         if self.readonly:
             msg = f"checkpoint folder {str(self.root)!r} was opened read-only"
             raise StateError(msg)
@@ -654,18 +760,16 @@ class StateStore:
             for c in ("error", "detail", "response")
             if c in frame.columns and frame.get_column(c).null_count() < frame.height
         )
-        # Every part names its run, so a lost manifest can be rebuilt (`repair`).
-        identity = {
-            PART_RUN_KEY: self.manifest.run_id,
-            PART_FINGERPRINT_KEY: json.dumps(self.manifest.fingerprint, sort_keys=True),
-        }
+        stored = frame
+        if table == "jobs" and self.format_version >= RAW_IS_ANSWER_SINCE:
+            stored = frame.with_columns(stored_raw(self.format_version))
         try:
-            frame.write_parquet(
+            stored.write_parquet(
                 tmp,
                 compression="zstd",
                 compression_level=PART_ZSTD_LEVEL,
                 statistics=False,
-                metadata=identity,
+                metadata=self._identity(),
             )
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
@@ -742,10 +846,14 @@ class StateStore:
         if not parts:
             return pl.LazyFrame(schema=schema)
         # Parts written by older versions may lack newer columns (or carry dropped ones).
-        return pl.scan_parquet(
+        lazy = pl.scan_parquet(
             parts, schema=schema, missing_columns="insert", extra_columns="ignore",
             glob=False,
         ).select(list(schema))
+        if table == "jobs" and self.format_version >= RAW_IS_ANSWER_SINCE:
+            # Only computed (``answer`` only read) when ``raw`` is selected.
+            lazy = lazy.with_columns(read_raw(self.format_version))
+        return lazy
 
     def _scan(self, table: str, schema: pl.Schema) -> pl.DataFrame:
         with self._reading():
@@ -813,12 +921,14 @@ class StateStore:
         scanning (a streaming run looks up one chunk at a time: memory follows the chunk,
         not the folder). With an ``index`` (:meth:`job_index`) as well, only the row groups
         holding those jobs' events are read, not a scan of the folder's ``job_id`` column.
-        ``events`` (every event of some jobs, :data:`JOB_EVENTS`' columns) are used instead
-        of reading (a caller that needs them for something else reads them once).
+        ``events`` (every event of some jobs, :data:`JOB_EVENTS`' columns, ``raw`` read:
+        :meth:`restored`) are used instead of reading (a caller that needs them for
+        something else reads them once).
         """
         if events is None and job_ids is not None and index is not None:
             with self._reading():
                 events = _conform(index.events(job_ids, list(JOB_EVENTS)), JOB_EVENTS)
+            events = self.restored(events)
         elif events is None:
             lazy = self._lazy("jobs", JOB_EVENTS)
             if job_ids is not None:
@@ -1062,11 +1172,9 @@ class StateStore:
         hi = last[len("part-") : -len(".parquet")].split(COMPACTED_SEP)[-1]
         final = self.root / table / f"part-{lo}{COMPACTED_SEP}{hi}.parquet"
         tmp = final.with_name(f".tmp-compact-{secrets.token_hex(4)}.parquet")
-        identity = {
-            PART_RUN_KEY: self.manifest.run_id,
-            PART_FINGERPRINT_KEY: json.dumps(self.manifest.fingerprint, sort_keys=True),
-        }
+        identity = self._identity()
         with self._reading():
+            # As stored: ``raw`` is not read (:func:`read_raw`), the parts are of one format.
             pl.scan_parquet(
                 group, schema=schema, missing_columns="insert", extra_columns="ignore",
                 glob=False,
@@ -1588,6 +1696,75 @@ def damaged_error(root: Path, damaged: list[Damage]) -> StateError:
         "aside and recover what they held from the provider"
     )
     return StateError(msg)
+
+
+def check_version(root: str | os.PathLike[str], version: object) -> int:
+    """``version``, a format this version reads (:data:`READ_VERSIONS`); else a StateError."""
+    if type(version) is not int or version not in READ_VERSIONS:
+        readable = " and ".join(str(v) for v in READ_VERSIONS)
+        msg = (
+            f"checkpoint folder {str(root)!r} has format version {version!r}; this "
+            f"batchata-df reads versions {readable}. Use a new state folder, or the "
+            "batchata-df version that wrote it"
+        )
+        raise StateError(msg)
+    return version
+
+
+def part_version(metadata: Mapping[str, str]) -> int | str:
+    """The format version of a part with key-value ``metadata``, as it records it.
+
+    A part written before the key existed is version 1; a value that is not a number is
+    given back as it is (a format nobody reads).
+
+    Examples
+    --------
+    >>> part_version({PART_FORMAT_KEY: "2"}), part_version({}), part_version({PART_FORMAT_KEY: "x"})
+    (2, 1, 'x')
+    """
+    value = metadata.get(PART_FORMAT_KEY)
+    if value is None:
+        return 1
+    try:
+        return int(value)
+    except ValueError:
+        return value
+
+
+def part_versions(parts: Sequence[Path]) -> set[int | str]:
+    """The format versions ``parts`` record (:func:`part_version`); footers read only."""
+    found: set[int | str] = set()
+    for part in parts:
+        with part.open("rb") as file:  # not the path: Polars would expand ``[`` etc. in it
+            found.add(part_version(pl.read_parquet_metadata(file)))
+    return found
+
+
+def folder_version(root: str | os.PathLike[str]) -> int:
+    """The format version of checkpoint folder ``root``, to read its parts with.
+
+    Its manifest's; without a readable manifest (lost, damaged: ``repair`` rebuilds it),
+    the one its parts record (:data:`PART_FORMAT_KEY`), and :data:`FORMAT_VERSION` when
+    it has none. A version not read here, or parts that disagree, is a
+    :class:`StateError`: a folder is never read in a format it was not written in.
+    """
+    path = Path(root) / "manifest.json"
+    manifest: Manifest | None = None
+    with contextlib.suppress(StateError):
+        manifest = read_manifest(path) if path.exists() else None
+    if manifest is not None:
+        return check_version(root, manifest.format_version)
+    found = part_versions(list_parts(root))
+    if not found:
+        return FORMAT_VERSION
+    if len(found) > 1:
+        seen = ", ".join(sorted(repr(v) for v in found))
+        msg = (
+            f"checkpoint folder {str(root)!r} holds parts of format versions {seen} and no "
+            f"readable manifest: run `batchata-df repair {root}` to see what it finds"
+        )
+        raise StateError(msg)
+    return check_version(root, found.pop())
 
 
 def read_manifest(path: Path) -> Manifest:
