@@ -30,7 +30,8 @@ connection itself for several queries over the same snapshot. Both define these 
     values (an event that does not repeat them does not erase them).
     ``answer`` (the validated answer as JSON, completed jobs) and ``raw`` (the text the
     provider returned, also for failed jobs: an answer that did not validate, a truncated
-    one, a refusal) come from the latest event, as does ``response`` (the provider's own
+    one, a refusal; read in each folder's format, see :mod:`batchata_df.state`) come from
+    the latest event, as does ``response`` (the provider's own
     result line, kept with ``batch_llm(keep_responses=True)``, else null).
     ``est_cost_usd`` is the latest known pre-submission estimate, or null when the
     checkpoint has none. ``first_seen_at`` / ``updated_at`` are the first and latest event

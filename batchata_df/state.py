@@ -1,11 +1,30 @@
 """The checkpoint folder: a manifest plus append-only Parquet event parts.
 
-Layout (format version 1)::
+Layout (format version 2; version 1 is the same but for ``raw``, below)::
 
     <state>/
       manifest.json                      format version, run id, fingerprint
       jobs/part-<ns>-<rand>.parquet      job events        (schema: JOB_EVENTS)
       batches/part-<ns>-<rand>.parquet   batch events      (schema: BATCH_EVENTS)
+
+Every part records its run id, the fingerprint and the folder's format version in its
+Parquet key-value metadata (:data:`PART_RUN_KEY`, :data:`PART_FINGERPRINT_KEY`,
+:data:`PART_FORMAT_KEY`; parts written before the last key existed are version 1), so
+that ``repair`` rebuilds a lost manifest with all three.
+
+**Format versions.** New folders are version 2 (:data:`FORMAT_VERSION`). A folder keeps
+the version it was created with: a version 1 folder is read as written and appended to as
+version 1 (its manifest is never upgraded); any other version is refused
+(:func:`check_version`). The two differ in one column: in version 2, a ``completed`` job
+event whose ``raw`` equals its ``answer`` (almost every one: the provider's text was
+already the canonical JSON) stores ``raw`` null, which means "the answer"
+(:func:`stored_raw`); every reader gives the text back (:func:`read_raw`: the store's
+reads, :meth:`StateStore.restored` for events a caller reads itself, per folder in the SQL
+views of :mod:`batchata_df.query`). A ``raw`` that differs is stored, and so is every
+other event's. In version 1 every ``raw`` is stored as it is, and a ``completed`` event's
+null ``raw`` (written before the column existed) stays null. The answer text was stored
+twice before: a 100,000-job terminal part took 4.4 MB, 3.0 MB in version 2
+(``benchmarks/PROFILE.md``).
 
 Every part is written to a hidden temporary name, flushed to disk and renamed, so a reader
 (a resumed run, or DuckDB while a run is in flight) sees whole parts or nothing. Parts are
@@ -25,9 +44,10 @@ providers bill it); parts written before it existed read as null.
 written before it existed read as null.
 
 ``raw`` is the text the provider returned for the request, whatever became of it: the
-answer of a ``completed`` event (``answer`` holds it validated and canonical), and of a
-``failed`` one the answer that did not validate, was truncated, or (OpenAI, Anthropic) the
-refusal. Null when the provider returned no text. Parts written before it existed read as
+answer of a ``completed`` event (``answer`` holds it validated and canonical; from format
+version 2, stored null when it is the answer, see above), and of a ``failed`` one the
+answer that did not validate, was truncated, or (OpenAI, Anthropic) the refusal. Null
+when the provider returned no text. Parts written before it existed (version 1) read as
 null.
 
 ``mode`` is ``"realtime"`` on the events of requests sent one by one through the
@@ -736,9 +756,9 @@ class StateStore:
     def _write_part(self, table: str, frame: pl.DataFrame) -> tuple[Path, pl.DataFrame]:
         """Write ``frame`` as a new part of ``table``; the part's path and what it holds.
 
-        What it holds is ``frame`` (secrets scrubbed) with every value as readers give it
-        back: a job event part stores ``raw`` as the folder's format does
-        (:func:`stored_raw`).
+        What it holds is ``frame`` with secrets scrubbed; a job event part stores ``raw``
+        as the folder's format does (:func:`stored_raw`), which readers read back
+        (:meth:`restored`).
         """
         if self.readonly:
             msg = f"checkpoint folder {str(self.root)!r} was opened read-only"
@@ -799,7 +819,9 @@ class StateStore:
         path, written = self._write_part("jobs", _conform(frame, JOB_EVENTS))
         if self._written is not None:
             decoded = events.get_column(DECODED) if DECODED in events.columns else None
-            self._written.add(path, written, decoded)
+            # As a reader of the part gets it back (a completed event's null raw is its
+            # answer from format 2 on), so that written_states are the snapshot's.
+            self._written.add(path, self.restored(written), decoded)
 
     def append_batch(self, **values: Any) -> None:
         """Append one batch event."""

@@ -347,6 +347,12 @@ def test_a_streamed_run_resumes_a_folder_of_either_version(emu, tmp_path, versio
     assert new["raw"].to_list() == (new["answer"].to_list() if version == 1 else [None] * 10)
     # (The run compacts the folder as it ends: merged parts record the folder's version.)
     assert part_formats(state) - {None} == {str(version)}
+    # The folder's summary for sql holds the values read (its rows, not the events, are
+    # what the view reads: raw is not left to a status that is the latest known one).
+    summary = pl.from_arrow(pq.read_table(state / "summary" / "jobs.parquet"))
+    assert isinstance(summary, pl.DataFrame) and summary.height == 30
+    stored = dict(zip(summary["job_id"].to_list(), summary["raw"].to_list(), strict=True))
+    assert [stored[j] for j in out["_job_id"].to_list()] == expected
     jobs = batchata_df.sql("select job_id, raw from jobs", state)  # from the summary
     got = dict(zip(jobs["job_id"].to_list(), jobs["raw"].to_list(), strict=True))
     assert [got[j] for j in out["_job_id"].to_list()] == expected
