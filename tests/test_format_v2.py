@@ -246,17 +246,26 @@ def test_repair_rebuilds_a_lost_manifest_with_the_folder_s_version(tmp_path, ver
         assert raw == expected, reader
 
 
-def test_repair_refuses_parts_of_a_version_it_does_not_read(tmp_path):
+@pytest.mark.parametrize(("recorded", "seen"), [(b"3", "2 and 3"), (b"1", "1 and 2")])
+def test_repair_refuses_parts_of_a_version_it_does_not_read_or_of_several(
+    tmp_path, recorded, seen
+):
     folder = tmp_path / "s"
-    StateStore(folder, FP).append_jobs(EVENTS)
-    for part in table_parts(folder / "jobs"):
-        data = pq.read_table(part)
-        meta = {**(pq.read_metadata(part).metadata or {}), PART_FORMAT_KEY.encode(): b"3"}
-        del meta[b"ARROW:schema"]
-        pq.write_table(data.replace_schema_metadata(meta), part)
+    store = StateStore(folder, FP)
+    store.append_jobs(EVENTS)
+    store.append_jobs(EVENTS)
+    part = table_parts(folder / "jobs")[0]  # the other stays version 2
+    data = pq.read_table(part)
+    meta = {**(pq.read_metadata(part).metadata or {}), PART_FORMAT_KEY.encode(): recorded}
+    del meta[b"ARROW:schema"]
+    pq.write_table(data.replace_schema_metadata(meta), part)
     (folder / "manifest.json").unlink()
     plan = batchata_df.repair(folder)
-    assert plan.pending and "format version 3" in plan.pending[0]
+    assert plan.pending == [
+        f"the event parts record format version {seen} (batchata_format); this batchata-df "
+        "reads versions 1 and 2, one per folder: the manifest is not rebuilt (use the "
+        "batchata-df version that wrote the parts)"
+    ]
     with pytest.raises(StateError, match="cannot repair yet"):
         batchata_df.repair(folder, apply=True)
     assert not (folder / "manifest.json").exists()
