@@ -13,7 +13,10 @@ For users moving from ``batchata``: replace ``from batchata import Batch`` with
   one else holds. Without ``set_state`` the checkpoint is ``results_dir/state``, which
   other Batches may share: there a folder of no group of this Batch stays, but what it
   spent or holds is from before the fresh start and does not count under the cost limit
-  (its jobs in flight are named). A group
+  (its jobs in flight are named); a group folder of this Batch that holds other jobs too
+  (another script's Batch with the same parameters) is copied whole aside and only this
+  Batch's jobs are taken out of it, the others' answers staying where their Batch finds
+  them (refused while one of this Batch's jobs is in flight there). A group
   folder another live Batch uses or another process is writing is never moved (if it is
   one of this Batch's groups, the run is refused before sending).
 * ``results_dir`` gets one ``<job_id>.json`` per job (:meth:`JobResult.to_dict`) and, with
@@ -879,7 +882,10 @@ class Batch:
         ``reuse_state=False`` starts afresh at the first :meth:`run`: this Batch's earlier
         state is moved aside to ``<folder>.previous-<UTC time>`` (kept, never deleted):
         its groups' folders, and in a ``file=`` folder every other one no one holds; never
-        a group folder another Batch uses or another process is writing.
+        a group folder another Batch uses or another process is writing. Under
+        ``results_dir/state``, a group folder holding other jobs too (another script's
+        Batch with the same parameters) is copied there whole and only this Batch's jobs
+        are taken out of it.
         """
         if file is not None:
             path = Path(file)
