@@ -144,6 +144,21 @@ CASES: list[tuple[str, dict[str, Any], type[Exception], str]] = [
     ("binary-column", {"prompt": "{b}"}, ColumnError, r"'b'.*Binary.*files="),
     ("struct-in-system", {"system": "{s}"}, ColumnError, r"'s'.*Struct"),
     ("prompt-int", {"prompt": 123}, ConfigError, r"prompt.*int"),
+    # -- expressions whose values are not text (cast, they would go out as "{1}" or bytes)
+    ("struct-expr", {"prompt": pl.col("s")}, ColumnError,
+     r"prompt expression col\(\"s\"\) \(column 's'\) gives Struct values.*"
+     r"col\(\"s\"\)\.struct\.json_encode\(\)"),
+    ("struct-expr-system", {"system": pl.col("s")}, ColumnError,
+     r"system expression col\(\"s\"\).*Struct.*json_encode"),
+    ("list-expr", {"prompt": pl.col("l")}, ColumnError,
+     r"prompt expression col\(\"l\"\).*List\(Int64\).*list\.join"),
+    ("array-expr", {"prompt": pl.col("l").list.head(1).list.to_array(1)}, ColumnError,
+     r"prompt expression .*\(column 'l'\) gives Array values.*list\.join"),
+    ("binary-expr", {"prompt": pl.col("b")}, ColumnError,
+     r"prompt expression col\(\"b\"\).*Binary.*cast\(pl\.String\).*files="),
+    ("object-expr",
+     {"prompt": pl.col("t").map_elements(lambda v: object(), return_dtype=pl.Object)},
+     ColumnError, r"prompt expression .*\(column 't'\) gives Object values.*map_elements"),
     # -- the rest of the signature
     ("model-int", {"model": 5}, ModelError, r"model.*5"),
     ("model-unknown", {"model": "llama-3"}, ModelError, r"llama-3"),
@@ -255,6 +270,44 @@ def test_numbers_dates_and_categoricals_render_as_text(emu):
     out = df.pipe(batch_llm, schema=A, model="gpt-4.1-mini", prompt="{n} {d} {c}")
     assert out["_status"].to_list() == ["completed", "failed"]  # a null value fails its row
     assert out["_error"][1].startswith("input:")
+
+
+def test_a_non_text_expression_is_refused_before_anything_is_sent_or_billed(emu, tmp_path):
+    with pytest.raises(ColumnError, match="Struct"):
+        frame().pipe(batch_llm, **{**BASE, "prompt": pl.col("s"), "state": tmp_path / "s"})
+    assert emu.log() == []
+    assert emu.billing() == []
+    assert not (tmp_path / "s").exists()  # refused before the state folder was made
+
+
+def test_expressions_of_text_numbers_categoricals_and_enums_are_sent_as_text(emu):
+    import openai
+
+    df = pl.DataFrame({
+        "i": [7], "f": [2.5], "t": ["x"], "s": [{"x": 1}],
+        "c": pl.Series(["red"], dtype=pl.Categorical),
+        "e": pl.Series(["low"], dtype=pl.Enum(["low", "high"])),
+    })
+    prompts = {
+        "int": pl.col("i"), "float": pl.col("f"), "string": pl.col("t") + "!",
+        "categorical": pl.col("c"), "enum": pl.col("e"),
+        "struct-as-json": pl.col("s").struct.json_encode(),
+    }
+    sent = {}
+    for name, prompt in prompts.items():
+        out = df.pipe(batch_llm, schema=A, model="gpt-4.1-mini", prompt=prompt,
+                      system=pl.col("e"))
+        assert out["_status"].to_list() == ["completed"], name
+        client = openai.OpenAI()
+        batch = client.batches.retrieve(out["_batch_id"][0])
+        assert batch.input_file_id is not None
+        (line,) = client.files.content(batch.input_file_id).read().decode().splitlines()
+        sent[name] = [m["content"] for m in json.loads(line)["body"]["messages"]]
+    assert sent == {
+        "int": ["low", "7"], "float": ["low", "2.5"], "string": ["low", "x!"],
+        "categorical": ["low", "red"], "enum": ["low", "low"],
+        "struct-as-json": ["low", '{"x":1}'],
+    }
 
 
 @pytest.mark.parametrize("how", ["read-only", "replaced-by-a-file"])
