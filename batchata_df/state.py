@@ -1188,19 +1188,97 @@ class StateStore:
                     merged += len(group)
         return merged
 
-    def _merge(self, table: str, schema: pl.Schema, group: list[Path]) -> None:
+    def drop_jobs(self, job_ids: pl.Series) -> int:
+        """Rewrite the job parts without any event of ``job_ids``; return how many went.
+
+        For a fresh start of some jobs in a folder other jobs share
+        (:meth:`batchata_df.compat.Batch.run` with ``reuse_state=False``): their answers,
+        bills and attempts leave the folder, every other job's events stay as they were
+        (same ``seq``, same values). The batch events stay (they hold no money; a batch
+        whose jobs all went reads as a batch without jobs). Copy the folder first to keep
+        what is dropped: this deletes it.
+
+        Every job part is merged into one part without those events, the way
+        :meth:`compact` merges (a hidden temporary file, flushed, then renamed to
+        ``part-<first>~<last>.parquet``, which hides every part it replaces): a crash before
+        the rename leaves the folder as it was, one after it the folder without the jobs
+        (the replaced parts, hidden, are deleted by the next writer). The folder's summary
+        (``summary/jobs.parquet``) is removed first: the merged part may take the name of
+        the part it summarized. Nothing is written when none of ``job_ids`` has an event.
+        The folder keeps its format version: the events kept are copied as stored (``raw``
+        of format 2 not read back), into a part of the folder's format. Call it holding
+        the writer lock, as :meth:`compact`.
+
+        Raises
+        ------
+        StateError
+            One of ``job_ids`` is in flight (its latest event ``assigned``: in a batch
+            that may still be answered and billed), or a job part has a name this version
+            does not write (it could not be hidden); nothing is changed.
+        """
+        if self.readonly:
+            msg = f"checkpoint folder {str(self.root)!r} was opened read-only"
+            raise StateError(msg)
+        ids = job_ids.cast(pl.String).drop_nulls().unique()
+        parts = table_parts(self.root / "jobs")
+        if ids.len() == 0 or not parts:
+            return 0
+        foreign = [p.name for p in parts if _part_range(p.name) is None]
+        if foreign:
+            msg = (
+                f"cannot take jobs out of checkpoint folder {str(self.root)!r}: its job parts "
+                f"{foreign[:3]!r} have names this batchata-df does not write; nothing was "
+                "changed. Move them out of the folder (or use a new state folder)"
+            )
+            raise StateError(msg)
+        theirs = pl.col("job_id").is_in(ids.implode())
+        with self._reading():
+            events = (
+                self._lazy("jobs", JOB_EVENTS).select("seq", "job_id", "status")
+                .filter(theirs).collect()
+            )  # fmt: skip
+        if events.height == 0:
+            return 0
+        latest = events.sort("seq").unique("job_id", keep="last")
+        busy = latest.filter(~pl.col("status").is_in(TERMINAL_JOB))
+        if busy.height:
+            shown = sorted(busy.get_column("job_id").to_list())[:3]
+            msg = (
+                f"cannot take jobs out of checkpoint folder {str(self.root)!r}: "
+                f"{busy.height} of them are in flight (sent, not collected yet: "
+                f"{', '.join(shown)}{', ...' if busy.height > 3 else ''}); nothing was changed. "
+                "Collect them first (a call on the folder with the same arguments sends "
+                "nothing again), then take them out"
+            )
+            raise StateError(msg)
+        from batchata_df.summary import SUMMARY_DIR, SUMMARY_FILE
+
+        (self.root / SUMMARY_DIR / SUMMARY_FILE).unlink(missing_ok=True)
+        self._merge("jobs", JOB_EVENTS, parts, keep=(~theirs).fill_null(True))
+        return events.height
+
+    def _merge(
+        self, table: str, schema: pl.Schema, group: list[Path], keep: pl.Expr | None = None
+    ) -> None:
+        """Merge ``group`` (consecutive parts of ``table``) into one part hiding them.
+
+        ``keep``: only the events it holds true for (:meth:`drop_jobs`); every one without.
+        """
         first, last = group[0].name, group[-1].name
         lo = first[len("part-") : -len(".parquet")].split(COMPACTED_SEP)[0]
         hi = last[len("part-") : -len(".parquet")].split(COMPACTED_SEP)[-1]
         final = self.root / table / f"part-{lo}{COMPACTED_SEP}{hi}.parquet"
         tmp = final.with_name(f".tmp-compact-{secrets.token_hex(4)}.parquet")
         identity = self._identity()
+        # As stored: ``raw`` is not read (:func:`read_raw`); the parts are of the folder's
+        # format, and so is the merged part (drop_jobs keeps the folder's version).
+        merged = pl.scan_parquet(
+            group, schema=schema, missing_columns="insert", extra_columns="ignore", glob=False
+        ).select(list(schema))
+        if keep is not None:
+            merged = merged.filter(keep)
         with self._reading():
-            # As stored: ``raw`` is not read (:func:`read_raw`), the parts are of one format.
-            pl.scan_parquet(
-                group, schema=schema, missing_columns="insert", extra_columns="ignore",
-                glob=False,
-            ).select(list(schema)).sink_parquet(
+            merged.sink_parquet(
                 tmp,
                 compression="zstd",
                 compression_level=PART_ZSTD_LEVEL,
@@ -1215,6 +1293,8 @@ class StateStore:
         _fsync_dir(final.parent)
         _failpoint("compact_after_rename")
         for path in group:
+            if path == final:  # one compacted part rewritten (drop_jobs): replaced in place
+                continue
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 

@@ -194,6 +194,27 @@ def test_a_version_1_folder_is_read_as_written_and_appended_as_version_1(tmp_pat
         assert raw == old, reader
 
 
+@pytest.mark.parametrize("version", [1, 2])
+def test_dropping_jobs_keeps_the_folder_s_format(tmp_path, version):
+    folder = tmp_path / "s"
+    store = StateStore(folder, FP)
+    store.append_jobs(pl.DataFrame({"job_id": ["a", "b", "c", "d"], "status": "assigned"}))
+    store.append_jobs(EVENTS)
+    store.append_jobs(pl.DataFrame({"job_id": ["z"], "status": "completed", "answer": "1",
+                                    "raw": "1"}))  # fmt: skip
+    expected = RAW
+    if version == 1:
+        as_version_1(folder, drop_raw_of={"a"})
+        expected = [None, *RAW[1:]]
+    before = on_disk(folder).filter(pl.col("job_id") != "z")
+    assert StateStore(folder, FP).drop_jobs(pl.Series(["z"])) == 1
+    assert manifest_version(folder) == version
+    assert part_formats(folder) == {str(version)}
+    assert on_disk(folder).equals(before)  # the rest as stored: raw not read back
+    for reader, raw in every_reader(folder).items():
+        assert raw == expected, reader
+
+
 @pytest.mark.parametrize("version", [3, 0, "2", True, None])
 def test_other_format_versions_are_refused(tmp_path, version):
     folder = tmp_path / "s"
