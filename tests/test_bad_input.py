@@ -338,5 +338,42 @@ def test_a_state_folder_turning_unwritable_mid_run_is_a_state_error(emu, tmp_pat
     assert not isinstance(info.value, OSError)
 
 
+@pytest.mark.parametrize("how", ["frame", "capped", "sink"])
+def test_state_naming_an_existing_file_is_a_state_error_before_anything_is_sent(
+    emu, tmp_path, how
+):
+    path = tmp_path / "results.parquet"
+    path.write_bytes(b"not a folder")
+    extra: dict[str, Any] = {
+        "frame": {}, "capped": {"max_cost_usd": 1.0}, "sink": {"sink": tmp_path / "o.parquet"},
+    }[how]
+    with pytest.raises(StateError) as info:
+        frame().pipe(batch_llm, **{**BASE, "state": path, **extra})
+    assert type(info.value) is StateError
+    message = str(info.value)
+    assert f"state={str(path)!r} is a file, not a folder" in message
+    assert f"state={str(tmp_path / 'results_state')!r}" in message  # the fix, named
+    assert "Nothing was sent" in message
+    assert emu.log() == []
+    assert emu.billing() == []
+    assert path.read_bytes() == b"not a folder"  # untouched, and nothing left beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.parquet"]
+
+
+@pytest.mark.parametrize("capped", [False, True])
+def test_a_dry_run_with_state_naming_a_file_still_plans(emu, tmp_path, capped):
+    # A dry run writes nothing to the state folder: it plans as for a folder not made yet.
+    path = tmp_path / "results.parquet"
+    path.write_bytes(b"not a folder")
+    cap = {"max_cost_usd": 1.0} if capped else {}
+    plan = frame().pipe(batch_llm, **{**BASE, "state": path, "dry_run": True, **cap})
+    assert plan["_status"].to_list() == ["planned", "planned"]
+    assert plan["_expected_cost_usd"].to_list() == pytest.approx([2.14e-05, 2.14e-05])
+    no_state = frame().pipe(batch_llm, **{**BASE, "dry_run": True, **cap})
+    assert plan.drop("_job_id").equals(no_state.drop("_job_id"))
+    assert emu.log() == []
+    assert path.read_bytes() == b"not a folder"
+
+
 def _unused(path: Path) -> None:  # keep imports used by type checkers
     del path
