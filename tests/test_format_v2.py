@@ -268,9 +268,7 @@ def test_repair_rebuilds_a_lost_manifest_with_the_folder_s_version(tmp_path, ver
 
 
 @pytest.mark.parametrize(("recorded", "seen"), [(b"3", "2 and 3"), (b"1", "1 and 2")])
-def test_repair_refuses_parts_of_a_version_it_does_not_read_or_of_several(
-    tmp_path, recorded, seen
-):
+def test_repair_refuses_parts_of_a_version_it_does_not_read_or_of_several(tmp_path, recorded, seen):
     folder = tmp_path / "s"
     store = StateStore(folder, FP)
     store.append_jobs(EVENTS)
@@ -386,3 +384,29 @@ def test_a_streamed_run_resumes_a_folder_of_either_version(emu, tmp_path, versio
     jobs = batchata_df.sql("select job_id, raw from jobs", state)  # from the summary
     got = dict(zip(jobs["job_id"].to_list(), jobs["raw"].to_list(), strict=True))
     assert [got[j] for j in out["_job_id"].to_list()] == expected
+
+
+def test_only_a_completed_event_s_raw_is_stored_once(tmp_path):
+    # A failed or cancelled event whose raw equals its answer keeps raw on disk: readers
+    # give a null raw back as the answer only for a completed event.
+    folder = tmp_path / "s"
+    store = StateStore(folder, FP)
+    store.append_jobs(pl.DataFrame({"job_id": ["a", "b", "c"], "status": "assigned"}))
+    store.append_jobs(
+        pl.DataFrame(
+            {
+                "job_id": ["a", "b", "c"],
+                "status": ["failed", "cancelled", "completed"],
+                "answer": ['{"x":1}', '{"x":2}', '{"x":3}'],
+                "raw": ['{"x":1}', '{"x":2}', '{"x":3}'],
+            }
+        )
+    )
+    disk = on_disk(folder).filter(pl.col("status") != "assigned")
+    assert disk["raw"].to_list() == ['{"x":1}', '{"x":2}', None]
+    events = (
+        StateStore(folder, FP, readonly=True).job_events().filter(pl.col("status") != "assigned")
+    )
+    assert events.sort("job_id")["raw"].to_list() == ['{"x":1}', '{"x":2}', '{"x":3}']
+    got = batchata_df.sql("select job_id, raw from jobs order by job_id", folder)
+    assert got["raw"].to_list() == ['{"x":1}', '{"x":2}', '{"x":3}']
