@@ -13,7 +13,10 @@ For users moving from ``batchata``: replace ``from batchata import Batch`` with
   one else holds. Without ``set_state`` the checkpoint is ``results_dir/state``, which
   other Batches may share: there a folder of no group of this Batch stays, but what it
   spent or holds is from before the fresh start and does not count under the cost limit
-  (its jobs in flight are named). A group
+  (its jobs in flight are named); a group folder of this Batch that holds other jobs too
+  (another script's Batch with the same parameters) is copied whole aside and only this
+  Batch's jobs are taken out of it, the others' answers staying where their Batch finds
+  them (refused while one of this Batch's jobs is in flight there). A group
   folder another live Batch uses or another process is writing is never moved (if it is
   one of this Batch's groups, the run is refused before sending).
 * ``results_dir`` gets one ``<job_id>.json`` per job (:meth:`JobResult.to_dict`) and, with
@@ -61,17 +64,19 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import inspect
 import json
 import os
 import re
+import shutil
 import sys
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,9 +94,18 @@ from batchata_df.errors import (
     StateLockedError,
     warn_user,
 )
-from batchata_df.frame import batch_llm, interrupts
+from batchata_df.frame import batch_llm, interrupts, job_ids_of
 from batchata_df.schema import AnswerSchema
-from batchata_df.state import LOCK_FILE, StateStore, WriterLock, read_manifest, spent_usd
+from batchata_df.state import (
+    LOCK_FILE,
+    TERMINAL_JOB,
+    StateStore,
+    WriterLock,
+    read_manifest,
+    reading_folder,
+    spent_usd,
+    table_parts,
+)
 
 __all__ = ["Batch", "BatchRun", "Citation", "JobResult"]
 
@@ -359,7 +373,9 @@ class BatchRun:
                     )
 
 
-def _spent_or_held(folder: Path, largest: Callable[[], float] = lambda: 0.0) -> float:
+def _spent_or_held(
+    folder: Path, largest: Callable[[], float] = lambda: 0.0, without: pl.Series | None = None
+) -> float:
     """What a group's checkpoint folder was billed, plus the worst case of its jobs in flight.
 
     The worst case is the one recorded when the batch was sent; a batch whose results are
@@ -367,24 +383,28 @@ def _spent_or_held(folder: Path, largest: Callable[[], float] = lambda: 0.0) -> 
     (:func:`~batchata_df.engine.busy_jobs`). A batch sent without a cap (an earlier
     ``run(wait=False)`` before ``add_cost_limit``) recorded none: its jobs are held at the
     largest worst case known, recorded or ``largest()`` (the group's jobs' own), as
-    batch_llm holds the batches it re-attaches.
+    batch_llm holds the batches it re-attaches. ``without``: job ids whose money is not
+    counted (a fresh start's dry run: the jobs its run takes out of the folder).
     """
-    spent, held, _ = _folder_money(folder, largest)
+    spent, held, _ = _folder_money(folder, largest, without)
     return spent + held
 
 
 def _folder_money(
-    folder: Path, largest: Callable[[], float] = lambda: 0.0
+    folder: Path, largest: Callable[[], float] = lambda: 0.0, without: pl.Series | None = None
 ) -> tuple[float, float, int]:
     """A group folder's billed USD, the worst case its jobs in flight hold, and how many.
 
-    See :func:`_spent_or_held` (their sum).
+    See :func:`_spent_or_held` (their sum; ``without`` too).
     """
     manifest = folder / "manifest.json"
     if not manifest.is_file():
         return (spent_usd(folder) if folder.is_dir() else 0.0), 0.0, 0
     store = StateStore(folder, read_manifest(manifest).fingerprint, readonly=True)
     current, billed = store.snapshot()
+    if without is not None:
+        others = ~pl.col("job_id").is_in(without.implode())
+        current, billed = current.filter(others), billed.filter(others)
     busy = busy_jobs(store, as_lost(current))
     held = busy.get_column("est_cost_usd").cast(pl.Float64)
     if held.null_count():
@@ -520,6 +540,23 @@ def _left_behind_warning(
         )
         return KeptStateWarning(msg, folder=str(folder))
     return None
+
+
+def _call_args(first: _Job) -> dict[str, Any]:
+    """The :func:`~batchata_df.batch_llm` arguments of a group (``first``: one of its jobs).
+
+    Those that make its job ids (:func:`~batchata_df.frame.job_ids_of` takes them too).
+    """
+    return {
+        "schema": first.response_model,
+        "model": pl.col(_MODEL),
+        "prompt": pl.col(_PROMPT),
+        "system": pl.col(_SYSTEM) if first.system is not None else None,
+        "history": _HISTORY if first.history is not None else None,
+        "files": _FILE if first.file is not None else None,
+        "citations": first.citations,
+        "params": first.params or None,
+    }
 
 
 def _group_frame(jobs: Sequence[_Job]) -> pl.DataFrame:
@@ -845,7 +882,10 @@ class Batch:
         ``reuse_state=False`` starts afresh at the first :meth:`run`: this Batch's earlier
         state is moved aside to ``<folder>.previous-<UTC time>`` (kept, never deleted):
         its groups' folders, and in a ``file=`` folder every other one no one holds; never
-        a group folder another Batch uses or another process is writing.
+        a group folder another Batch uses or another process is writing. Under
+        ``results_dir/state``, a group folder holding other jobs too (another script's
+        Batch with the same parameters) is copied there whole and only this Batch's jobs
+        are taken out of it.
         """
         if file is not None:
             path = Path(file)
@@ -1009,7 +1049,9 @@ class Batch:
     def __len__(self) -> int:
         return len(self._jobs)
 
-    def _fresh_start(self, root: Path, groups: Sequence[str], *, move: bool) -> list[Path]:
+    def _fresh_start(
+        self, root: Path, groups: Mapping[str, Sequence[_Job]], *, move: bool
+    ) -> tuple[list[Path], dict[str, pl.Series]]:
         """What ``reuse_state=False`` moves aside under ``root``: this Batch's earlier state.
 
         Its own group folders (its groups' keys), and, under a root it named itself
@@ -1024,12 +1066,32 @@ class Batch:
         refused (nothing sent): it cannot start afresh. With ``move``, each is moved into
         ``<root>.previous-<UTC time>`` (kept, never deleted) holding its writer lock, so
         that a call another process starts on it meanwhile is not moved from under it.
+
+        Under ``results_dir/state`` a group folder is named by its jobs' parameters, not by
+        the Batch: another script's Batch with the same parameters writes the same folder,
+        and moving it aside would make that one pay again at every run of the script. So a
+        group folder there holding other jobs than this Batch's (:meth:`_own_jobs_in`) is
+        not moved: it is copied whole into ``<root>.previous-<UTC time>`` and this Batch's
+        jobs are taken out of it (:meth:`~batchata_df.state.StateStore.drop_jobs`), every
+        other job's answers and bills staying where their Batch finds them (and counted
+        under this Batch's cost limit, as any job of a folder it resumes). Refused
+        (:class:`StateError`, nothing copied or changed, nothing sent) while one of this
+        Batch's jobs is in flight there. "This Batch's jobs" are its jobs as they are now:
+        one whose prompt (or file, model...) was edited since its earlier run has another
+        job id, and its earlier answer cannot be told from another Batch's job; it stays in
+        the folder like any other job (not sent again: no job asks for it any more). A
+        folder whose every job is this Batch's, or that cannot be read (damaged, no
+        manifest), is moved aside whole, as above.
+
+        Returns the folders moved aside and, by group key, this Batch's job ids taken (or,
+        without ``move``, to be taken) out of the folders that stay.
         """
         if not root.is_dir():
-            return []
+            return [], {}
         others = _used_by_others(root, self)
         mine = set(groups)
         aside: list[Path] = []
+        trimmed: dict[str, pl.Series] = {}
         for folder in sorted(p for p in root.iterdir() if p.is_dir()):
             if folder.name not in mine and (
                 self._state is None or not (folder / "manifest.json").is_file()
@@ -1054,41 +1116,109 @@ class Batch:
                 if held:
                     raise StateError(msg)
                 raise StateLockedError(msg)
+            if self._state is None and folder.name in mine:
+                ids = self._own_jobs_in(folder, groups[folder.name])
+                if ids is not None:
+                    trimmed[folder.name] = ids
+                    continue
             aside.append(folder)
-        if move and aside:
-            stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
-            kept = root.with_name(f"{root.name}.previous-{stamp}")
-            moved: list[Path] = []
-            for folder in aside:
-                # Under its writer lock: a run another process starts on it meanwhile
-                # would find it gone mid-run; one that took the lock since the look above
-                # keeps it (this Batch's own: refused, as above).
-                lock = WriterLock(folder, timeout=0)
-                try:
-                    lock.acquire()
-                except StateLockedError as e:
-                    if folder.name not in mine:
-                        continue
-                    msg = (
-                        f"reuse_state=False cannot start group folder {str(folder)!r} "
-                        f"afresh: {e}"
-                    )
-                    raise StateLockedError(msg, holder=e.holder) from None
-                try:
-                    kept.mkdir(parents=True, exist_ok=True)
-                    folder.rename(kept / folder.name)
-                finally:
-                    lock.release()
-                moved.append(folder)
-            aside = moved
-            if not moved:
-                return aside
+        if not move or not (aside or trimmed):
+            return aside, trimmed
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        kept = root.with_name(f"{root.name}.previous-{stamp}")
+        moved: list[Path] = []
+        for folder in aside:
+            # Under its writer lock: a run another process starts on it meanwhile would
+            # find it gone mid-run; one that took the lock since the look above keeps it
+            # (this Batch's own: refused, as above).
+            with self._holding(folder, mine) as lock:
+                if lock is None:
+                    continue
+                kept.mkdir(parents=True, exist_ok=True)
+                folder.rename(kept / folder.name)
+            moved.append(folder)
+        for key, ids in trimmed.items():
+            folder = root / key
+            with self._holding(folder, mine):
+                # Copied whole first: the earlier state stays readable where a fresh start
+                # keeps it, this Batch's earlier answers and bills included.
+                kept.mkdir(parents=True, exist_ok=True)
+                shutil.copytree(folder, kept / key, ignore=shutil.ignore_patterns(LOCK_FILE))
+                store = StateStore(folder, read_manifest(folder / "manifest.json").fingerprint)
+                store.drop_jobs(ids)
+        if moved or trimmed:
             print(
                 f"batchata-df: reuse_state=False: starting afresh; the earlier state is "
                 f"kept in {kept}",
                 file=sys.stderr,
             )
-        return aside
+        return moved, trimmed
+
+    @contextlib.contextmanager
+    def _holding(self, folder: Path, mine: set[str]) -> Iterator[WriterLock | None]:
+        """``folder``'s writer lock, taken at once; ``None`` if another call holds it.
+
+        This Batch's own group held so is refused (:class:`StateLockedError`): it cannot
+        start afresh.
+        """
+        lock = WriterLock(folder, timeout=0)
+        try:
+            lock.acquire()
+        except StateLockedError as e:
+            if folder.name not in mine:
+                yield None
+                return
+            msg = f"reuse_state=False cannot start group folder {str(folder)!r} afresh: {e}"
+            raise StateLockedError(msg, holder=e.holder) from None
+        try:
+            yield lock
+        finally:
+            lock.release()
+
+    def _own_jobs_in(self, folder: Path, jobs: Sequence[_Job]) -> pl.Series | None:
+        """The ids of ``jobs`` (this Batch's, of one group) in its group ``folder``.
+
+        ``None`` when the folder holds no other job (or cannot be read: damaged, no
+        manifest): it is this Batch's alone, moved aside whole. Raises
+        :class:`StateError` (nothing changed) when one of them is in flight there: taken
+        out, its answer would be lost and it would be paid again.
+        """
+        try:
+            store = StateStore(
+                folder, read_manifest(folder / "manifest.json").fingerprint, readonly=True
+            )
+            ids = job_ids_of(_group_frame(jobs), state=folder, **_call_args(jobs[0]))
+            ids = ids.drop_nulls().unique()
+            with reading_folder(folder):
+                other = (
+                    pl.scan_parquet(
+                        table_parts(folder / "jobs"), schema={"job_id": pl.String},
+                        missing_columns="insert", extra_columns="ignore", glob=False,
+                    )
+                    .filter(~pl.col("job_id").is_in(ids.implode()))
+                    .select(pl.col("job_id").is_not_null().any())
+                    .collect()
+                    .item()
+                ) if table_parts(folder / "jobs") else False  # fmt: skip
+            if not other:
+                return None
+            latest = store.latest_status(ids)
+        except StateError:
+            return None
+        busy = latest.filter(~pl.col("status").is_in(TERMINAL_JOB)).height
+        if busy:
+            n = f"{busy} of its job{'s' if busy != 1 else ''}"
+            msg = (
+                f"reuse_state=False cannot start this Batch's jobs afresh in group folder "
+                f"{str(folder)!r}: {n} sent by an earlier run() {'is' if busy == 1 else 'are'} "
+                "in flight there, not collected yet, and the folder holds other jobs too "
+                "(another Batch's or script's with the same parameters), so it is not moved "
+                "aside; nothing was copied, changed or sent. Run this Batch once with "
+                "reuse_state=True (the default) to collect them (nothing is sent or paid "
+                "again), then with reuse_state=False"
+            )
+            raise StateError(msg)
+        return ids
 
     def run(
         self,
@@ -1117,8 +1247,13 @@ class Batch:
         # every job again; its dry run plans that fresh start (no folder), not what the old
         # folders hold, and is refused as the run would be.
         discarded: list[Path] = []
+        trimmed: dict[str, pl.Series] = {}  # this Batch's jobs out of a shared group folder
         if not self._reuse_state and not self._fresh_done:
-            discarded = self._fresh_start(root, list(groups), move=not dry_run)
+            try:
+                discarded, trimmed = self._fresh_start(root, groups, move=not dry_run)
+            except BatchataError as e:
+                e.args = (_in_compat_words(str(e)), *e.args[1:])
+                raise
             self._fresh_done = not dry_run
         fresh = dry_run and not self._reuse_state and not self._fresh_done
         run = BatchRun(
@@ -1187,7 +1322,13 @@ class Batch:
             if cap is not None:
                 # One cap over all groups: each group may spend what the others have not
                 # spent or hold in flight (run(wait=False) leaves their batches running).
-                others = 0.0 if fresh else sum(
+                # A fresh start's dry run plans each group without a folder: the other
+                # jobs of a folder its run takes this Batch's jobs out of (another
+                # Batch's) count as in the run, this group's own folder too.
+                others = sum(
+                    _spent_or_held(root / k, lambda k=k: largest(k), ids)  # type: ignore[misc]
+                    for k, ids in trimmed.items()
+                ) if fresh else sum(
                     _spent_or_held(root / k, lambda k=k: largest(k))  # type: ignore[misc]
                     for k in groups if k != key
                 )  # fmt: skip
@@ -1278,14 +1419,7 @@ class Batch:
         """
         out: pl.DataFrame = frame.pipe(
             batch_llm,
-            schema=first.response_model,
-            model=pl.col(_MODEL),
-            prompt=pl.col(_PROMPT),
-            system=pl.col(_SYSTEM) if first.system is not None else None,
-            history=_HISTORY if first.history is not None else None,
-            files=_FILE if first.file is not None else None,
-            citations=first.citations,
-            params=first.params or None,
+            **_call_args(first),
             state=state,
             max_cost_usd=cap,
             # One time limit for the whole run, not one per group.

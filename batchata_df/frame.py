@@ -793,6 +793,41 @@ def _id_scheme(
     raise StateError(msg)
 
 
+def job_ids_of(
+    df: pl.DataFrame,
+    *,
+    schema: type[BaseModel] | None = None,
+    model: str | pl.Expr,
+    prompt: str | pl.Expr,
+    state: str | os.PathLike[str] | None = None,
+    system: str | pl.Expr | None = None,
+    files: str | None = None,
+    citations: bool = False,
+    params: Mapping[str, Any] | None = None,
+    history: str | None = None,
+) -> pl.Series:
+    """The ``job_id`` :func:`batch_llm` records each row of ``df`` under in folder ``state``.
+
+    The same arguments as that call's (those that make the ids): the ids it would give,
+    keyed as the folder's are (:func:`_job_salt`: its scheme, a :func:`reparse`'s key), a
+    row it cannot send null. Nothing is sent or priced; ``files=`` are read (their bytes
+    are part of the id). :meth:`batchata_df.compat.Batch.run` takes a Batch's own jobs out
+    of a group folder other jobs share with them.
+    """
+    fingerprint = _fingerprint(
+        model, prompt, system, AnswerSchema(schema), params, citations=citations,
+        history=history,
+    )  # fmt: skip
+    _, salt, scheme = _job_salt(state, fingerprint)
+    jobs = build_jobs(
+        df, model=model, prompt=prompt, system=system, salt=salt, scheme=scheme,
+        history=history,
+    )  # fmt: skip
+    if files is not None:
+        from batchata_df.files import attach_files
+
+        jobs = attach_files(jobs, df, files, salt=salt, scheme=scheme)
+    return jobs.get_column("job_id")
 
 
 def reparse(

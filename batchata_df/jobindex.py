@@ -272,6 +272,8 @@ class JobIndex:
 
         Columns a part lacks (written by an older version) come back as nulls; the caller
         conforms types. Rows are those whose ``job_id`` is one of ``job_ids`` exactly.
+        Values are as the parts store them: ``raw`` in the folder's format, which the
+        caller reads (:meth:`StateStore.restored <batchata_df.state.StateStore.restored>`).
         """
         wanted = list(dict.fromkeys(["job_id", *columns]))
         found = self.positions(job_ids)

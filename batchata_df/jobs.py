@@ -248,10 +248,66 @@ def render_template(
     return pl.concat_str(parts)
 
 
+_NOT_TEXT_EXPR_FIX = {
+    "Struct": "encode it yourself, e.g. {e}.struct.json_encode() (JSON text), or build the "
+    "text from its fields with pl.format(...)",
+    "List": "join it yourself, e.g. {e}.list.eval(pl.element().cast(pl.String)).list.join(', ')",
+    "Array": "join it yourself, e.g. {e}.cast(pl.List(pl.String)).list.join(', ')",
+    "Binary": "bytes are not text: if they hold UTF-8 text, say so with {e}.cast(pl.String); "
+    "otherwise send them as a file (a column of bytes, passed as files='that_column')",
+    "Object": "convert the objects to text yourself, e.g. "
+    "{e}.map_elements(str, return_dtype=pl.String)",
+}
+
+
+def _check_text_expr(expr: pl.Expr, columns: Mapping[str, pl.DataType], what: str) -> None:
+    """Refuse an expression whose values have no faithful text form, as for columns.
+
+    The expression's dtype comes from the frame's schema alone (nothing is computed).
+    Cast to text, a Struct gives ``"{1}"`` and Binary its bytes taken as text; a List,
+    Array or Object does not cast at all. Every other dtype (numbers, text, categoricals,
+    enums, dates, ...) is cast as before (:func:`_check_text_column` accepts the same).
+
+    Examples
+    --------
+    >>> _check_text_expr(pl.col("s"), {"s": pl.Struct({"a": pl.Int64})}, "prompt")
+    Traceback (most recent call last):
+    ...
+    batchata_df.errors.ColumnError: prompt expression col("s") (column 's') gives Struct \
+values (Struct({'a': Int64})), which have no single text form to send: encode it \
+yourself, e.g. col("s").struct.json_encode() (JSON text), or build the text from its \
+fields with pl.format(...)
+    """
+    try:
+        schema = pl.LazyFrame(schema=dict(columns)).select(expr).collect_schema()
+    except pl.exceptions.ColumnNotFoundError as e:
+        msg = f"an expression refers to a column the frame does not have: {e}"
+        raise ColumnError(msg) from e
+    except pl.exceptions.PolarsError:
+        return  # an expression Polars cannot type without data: its select says why
+    if len(schema) != 1:
+        return
+    ((name, dtype),) = schema.items()
+    kind = dtype.base_type().__name__
+    if kind not in _NOT_TEXT_EXPR_FIX:
+        return
+    shown = str(expr)
+    if len(shown) > 120:
+        shown = shown[:117] + "..."
+    fix = _NOT_TEXT_EXPR_FIX[kind].format(e=shown)
+    msg = (
+        f"{what} expression {shown} (column {name!r}) gives {kind} values ({dtype}), which "
+        f"have no single text form to send: {fix}"
+    )
+    raise ColumnError(msg)
+
+
 def _as_expr(
     value: str | pl.Expr, columns: Sequence[str] | Mapping[str, pl.DataType], what: str
 ) -> pl.Expr:
     if isinstance(value, pl.Expr):
+        if isinstance(columns, Mapping):
+            _check_text_expr(value, columns, what)
         return value.cast(pl.String)
     if isinstance(value, str):
         # The system prompt is a template like the prompt: {column} is filled per row.

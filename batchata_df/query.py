@@ -30,7 +30,8 @@ connection itself for several queries over the same snapshot. Both define these 
     values (an event that does not repeat them does not erase them).
     ``answer`` (the validated answer as JSON, completed jobs) and ``raw`` (the text the
     provider returned, also for failed jobs: an answer that did not validate, a truncated
-    one, a refusal) come from the latest event, as does ``response`` (the provider's own
+    one, a refusal; read in each folder's format, see :mod:`batchata_df.state`) come from
+    the latest event, as does ``response`` (the provider's own
     result line, kept with ``batch_llm(keep_responses=True)``, else null).
     ``est_cost_usd`` is the latest known pre-submission estimate, or null when the
     checkpoint has none. ``first_seen_at`` / ``updated_at`` are the first and latest event
@@ -91,8 +92,10 @@ from batchata_df.errors import StateError
 from batchata_df.state import (
     BATCH_EVENTS,
     JOB_EVENTS,
+    RAW_IS_ANSWER_SINCE,
     damaged_error,
     find_damaged,
+    folder_version,
     read_unlocked,
     table_parts,
 )
@@ -335,12 +338,24 @@ def _literal(path: str) -> str:
     return glob.escape(path)
 
 
-def _events_view(name: str, schema: pl.Schema, files: list[tuple[str, str]]) -> str:
+_READ_RAW = (
+    "REPLACE (CASE WHEN f.raw_is_answer AND p.status = 'completed' "
+    "THEN coalesce(p.raw, p.answer) ELSE p.raw END AS raw)"
+)
+"""``raw`` of a job event as :func:`batchata_df.state.read_raw` reads it, per folder: a
+``completed`` event of a folder of format 2 or later stores its ``raw`` null when it is
+the ``answer``; one of a version 1 folder is read as written."""
+
+
+def _events_view(
+    name: str, schema: pl.Schema, files: list[tuple[str, str]], *, read_raw: bool = False
+) -> str:
     """SQL creating a view of every event: the typed empty schema, then the parts.
 
     The empty typed row set fixes the columns and types whatever the parts hold (none, or
     parts from a version without some column), and UNION ALL BY NAME keeps any extra column
-    that newer parts carry.
+    that newer parts carry. With ``read_raw`` (job events, some of a folder of format 2),
+    ``raw`` is read per folder (:data:`_READ_RAW`).
     """
     typed = ", ".join(
         f"CAST(NULL AS {_duck_type(dtype)}) AS {name_}" for name_, dtype in schema.items()
@@ -353,8 +368,9 @@ def _events_view(name: str, schema: pl.Schema, files: list[tuple[str, str]]) -> 
     # escaped (``[[]``, ``[*]``, ``[?]`` match the character itself); the ``filename``
     # DuckDB reports is the file's real name, as ``_parts`` holds it.
     listing = ", ".join(_quote(_literal(path)) for _, path in files)
+    replace = f" {_READ_RAW}" if read_raw else ""
     data = (
-        f"SELECT f.run, p.* EXCLUDE (filename) FROM read_parquet([{listing}], "
+        f"SELECT f.run, p.* EXCLUDE (filename){replace} FROM read_parquet([{listing}], "
         "union_by_name = true, filename = true) AS p JOIN _parts AS f USING (filename)"
     )
     return f"CREATE VIEW {name} AS {empty} UNION ALL BY NAME {data}"
@@ -507,17 +523,30 @@ def connect(
         damaged = find_damaged(folder)  # footers only: a clear error instead of DuckDB's
         if damaged:
             raise damaged_error(folder, damaged)
-    con.execute("CREATE OR REPLACE TEMP TABLE _parts (filename VARCHAR, run VARCHAR)")
+    # Each folder's parts are read in its own format (a folder is never upgraded).
+    raw_is_answer = {
+        label for label, folder in folders if folder_version(folder) >= RAW_IS_ANSWER_SINCE
+    }
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _parts (filename VARCHAR, run VARCHAR, "
+        "raw_is_answer BOOLEAN)"
+    )
     summary_files = list(summaries.items())
-    rows = [(path, label) for label, path in job_files + batch_files + summary_files]
+    rows = [
+        (path, label, label in raw_is_answer)
+        for label, path in job_files + batch_files + summary_files
+    ]
     if rows:
-        con.executemany("INSERT INTO _parts VALUES (?, ?)", rows)
+        con.executemany("INSERT INTO _parts VALUES (?, ?, ?)", rows)
     views = ("jobs", "batches", "job_events", "batch_events", "runs", "_jobs_grouped",
              "_grouped_events", "_jobs_summary")  # fmt: skip
     for view in views:
         con.execute(f"DROP VIEW IF EXISTS {view}")
-    con.execute(_events_view("job_events", JOB_EVENTS, job_files))
-    con.execute(_events_view("_grouped_events", JOB_EVENTS, grouped_files))
+    # (A folder of format 2 has ``raw`` in every job part: REPLACE finds the column.)
+    con.execute(_events_view("job_events", JOB_EVENTS, job_files,
+                             read_raw=any(label in raw_is_answer for label, _ in job_files)))
+    con.execute(_events_view("_grouped_events", JOB_EVENTS, grouped_files,
+                             read_raw=any(label in raw_is_answer for label, _ in grouped_files)))
     con.execute(_events_view("batch_events", BATCH_EVENTS, batch_files))
     con.execute(_events_view("_jobs_summary", SUMMARY, summary_files))
     has_est = any(row[0] == "est_cost_usd" for row in con.execute("DESCRIBE job_events").fetchall())

@@ -50,16 +50,20 @@ import polars as pl
 from batchata_df.errors import BatchataError, StateError, StateLockedError
 from batchata_df.state import (
     BATCH_EVENTS,
+    FORMAT_VERSION,
     FOUND_BY_REPAIR,
     JOB_EVENTS,
     PART_FINGERPRINT_KEY,
+    PART_FORMAT_KEY,
     PART_RUN_KEY,
+    READ_VERSIONS,
     Damage,
     Manifest,
     StateStore,
     WriterLock,
     find_damaged,
     list_parts,
+    part_version,
     read_manifest,
     read_unlocked,
 )
@@ -275,6 +279,9 @@ class _Folder:
     identities: list[tuple[str, str | None]]
     """(run id, settings fingerprint as JSON) of each good part that records them, oldest
     part first (names start with the write time); read only to rebuild the manifest."""
+    versions: set[int | str] = field(default_factory=set)
+    """The format versions the good parts record (:func:`~batchata_df.state.part_version`:
+    1 for a part written before the key existed); read only to rebuild the manifest."""
 
 
 def _read_folder(root: Path, *, identities: bool) -> _Folder:
@@ -282,18 +289,21 @@ def _read_folder(root: Path, *, identities: bool) -> _Folder:
     bad = {d.path for d in damaged}
     good = [p for p in list_parts(root) if p not in bad]
     found = []
+    versions: set[int | str] = set()
     for part in sorted(good, key=lambda p: p.name) if identities else []:
         with part.open("rb") as file:  # not the path: Polars would expand ``[`` etc. in it
             meta = pl.read_parquet_metadata(file)
         run = meta.get(PART_RUN_KEY)
         if run:
             found.append((run, meta.get(PART_FINGERPRINT_KEY)))
+        versions.add(part_version(meta))
     return _Folder(
         damaged=damaged,
         good=good,
         jobs=_read([p for p in good if p.parent.name == "jobs"], JOB_EVENTS),
         batches=_read([p for p in good if p.parent.name == "batches"], BATCH_EVENTS),
         identities=found,
+        versions=versions,
     )
 
 
@@ -311,6 +321,36 @@ def _read(parts: list[Path], schema: pl.Schema) -> pl.DataFrame:
 
 
 def _rebuild_manifest(report: RepairReport, folder: _Folder, *, online: bool) -> Manifest:
+    manifest = _rebuilt_identity(report, folder, online=online)
+    manifest.format_version = _rebuilt_version(report, folder)
+    return manifest
+
+
+def _rebuilt_version(report: RepairReport, folder: _Folder) -> int:
+    """The format version of a rebuilt manifest: the one the parts record.
+
+    A folder without parts is new (:data:`~batchata_df.state.FORMAT_VERSION`). Parts of a
+    version not read here, or of several, leave the manifest unwritten (``pending``):
+    written with another version, the folder would be misread.
+    """
+    versions = folder.versions
+    if not versions:
+        return FORMAT_VERSION
+    (version, *others) = sorted(versions, key=str)
+    if others or version not in READ_VERSIONS:
+        seen = " and ".join(repr(v) for v in sorted(versions, key=str))
+        readable = " and ".join(str(v) for v in READ_VERSIONS)
+        report.pending.append(
+            f"the event parts record format version {seen} ({PART_FORMAT_KEY}); this "
+            f"batchata-df reads versions {readable}, one per folder: the manifest is not "
+            "rebuilt (use the batchata-df version that wrote the parts)"
+        )
+        return FORMAT_VERSION
+    assert isinstance(version, int)
+    return version
+
+
+def _rebuilt_identity(report: RepairReport, folder: _Folder, *, online: bool) -> Manifest:
     runs: Counter[str] = Counter()
     fingerprints: dict[str, dict[str, str]] = {}
     # Oldest part first, so each run keeps the fingerprint of its newest part: a folder's

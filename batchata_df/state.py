@@ -1,11 +1,30 @@
 """The checkpoint folder: a manifest plus append-only Parquet event parts.
 
-Layout (format version 1)::
+Layout (format version 2; version 1 is the same but for ``raw``, below)::
 
     <state>/
       manifest.json                      format version, run id, fingerprint
       jobs/part-<ns>-<rand>.parquet      job events        (schema: JOB_EVENTS)
       batches/part-<ns>-<rand>.parquet   batch events      (schema: BATCH_EVENTS)
+
+Every part records its run id, the fingerprint and the folder's format version in its
+Parquet key-value metadata (:data:`PART_RUN_KEY`, :data:`PART_FINGERPRINT_KEY`,
+:data:`PART_FORMAT_KEY`; parts written before the last key existed are version 1), so
+that ``repair`` rebuilds a lost manifest with all three.
+
+**Format versions.** New folders are version 2 (:data:`FORMAT_VERSION`). A folder keeps
+the version it was created with: a version 1 folder is read as written and appended to as
+version 1 (its manifest is never upgraded); any other version is refused
+(:func:`check_version`). The two differ in one column: in version 2, a ``completed`` job
+event whose ``raw`` equals its ``answer`` (almost every one: the provider's text was
+already the canonical JSON) stores ``raw`` null, which means "the answer"
+(:func:`stored_raw`); every reader gives the text back (:func:`read_raw`: the store's
+reads, :meth:`StateStore.restored` for events a caller reads itself, per folder in the SQL
+views of :mod:`batchata_df.query`). A ``raw`` that differs is stored, and so is every
+other event's. In version 1 every ``raw`` is stored as it is, and a ``completed`` event's
+null ``raw`` (written before the column existed) stays null. The answer text was stored
+twice before: a 100,000-job terminal part took 4.4 MB, 3.0 MB in version 2
+(``benchmarks/PROFILE.md``).
 
 Every part is written to a hidden temporary name, flushed to disk and renamed, so a reader
 (a resumed run, or DuckDB while a run is in flight) sees whole parts or nothing. Parts are
@@ -25,9 +44,10 @@ providers bill it); parts written before it existed read as null.
 written before it existed read as null.
 
 ``raw`` is the text the provider returned for the request, whatever became of it: the
-answer of a ``completed`` event (``answer`` holds it validated and canonical), and of a
-``failed`` one the answer that did not validate, was truncated, or (OpenAI, Anthropic) the
-refusal. Null when the provider returned no text. Parts written before it existed read as
+answer of a ``completed`` event (``answer`` holds it validated and canonical; from format
+version 2, stored null when it is the answer, see above), and of a ``failed`` one the
+answer that did not validate, was truncated, or (OpenAI, Anthropic) the refusal. Null
+when the provider returned no text. Parts written before it existed (version 1) read as
 null.
 
 ``mode`` is ``"realtime"`` on the events of requests sent one by one through the
@@ -79,15 +99,21 @@ __all__ = [
     "BATCH_EVENTS",
     "FORMAT_VERSION",
     "JOB_EVENTS",
+    "READ_VERSIONS",
     "LOCK_FILE",
     "LockHolder",
     "StateStore",
     "adopt_schema",
     "damaged_detail",
+    "folder_version",
+    "part_versions",
     "join_by_job",
     "lined_up",
     "lost_attempts",
     "lost_usd",
+    "read_raw",
+    "restore_raw",
+    "stored_raw",
     "WriterLock",
     "spent_usd",
 ]
@@ -97,7 +123,16 @@ log = logging.getLogger("batchata_df")
 LOCK_FILE = "writer.lock"
 """The writer lock's file in a checkpoint folder (holds the holder's pid, host, start)."""
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The format of the folders this version creates (see the module: version 2 stores a
+``completed`` event's ``raw`` once when it is its ``answer``)."""
+
+READ_VERSIONS = (1, 2)
+"""The format versions this version reads and appends to (each folder in its own)."""
+
+RAW_IS_ANSWER_SINCE = 2
+"""The first format version whose ``completed`` events store ``raw`` null when it is the
+``answer`` (:func:`stored_raw`, :func:`read_raw`)."""
 
 JOB_EVENTS = pl.Schema(
     {
@@ -449,6 +484,80 @@ class WriterLock:
         self.release()
 
 
+def stored_raw(version: int) -> pl.Expr:
+    """``raw`` as a job event part of format ``version`` stores it.
+
+    From version 2 (:data:`RAW_IS_ANSWER_SINCE`) a ``completed`` event whose ``raw`` is
+    its ``answer`` (almost every one: the provider's text was the canonical JSON already)
+    stores ``raw`` null, which :func:`read_raw` reads back as the answer; any other
+    ``raw`` is stored as it is. Version 1 stores every ``raw`` as it is.
+
+    Examples
+    --------
+    >>> events = pl.DataFrame({"status": ["completed", "completed", "failed"],
+    ...                        "answer": ['{"a":1}', '{"a":1}', None],
+    ...                        "raw": ['{"a":1}', '{"a": 1}', '{"a":']})
+    >>> events.select(stored_raw(2))["raw"].to_list()
+    [None, '{"a": 1}', '{"a":']
+    >>> events.select(stored_raw(1))["raw"].to_list()
+    ['{"a":1}', '{"a": 1}', '{"a":']
+    """
+    raw = pl.col("raw")
+    if version < RAW_IS_ANSWER_SINCE:
+        return raw
+    same = (pl.col("status") == "completed") & (raw == pl.col("answer"))
+    return (
+        pl.when(same.fill_null(False))
+        .then(pl.lit(None, dtype=pl.String))
+        .otherwise(raw)
+        .alias("raw")
+    )
+
+
+def read_raw(version: int) -> pl.Expr:
+    """``raw`` of job events read from a part of format ``version`` (:func:`stored_raw`).
+
+    Version 2: a ``completed`` event's null ``raw`` is its ``answer``. Version 1: as
+    stored (there a ``completed`` event's null ``raw`` was written before ``raw``
+    existed: it stays null). Reading it twice gives the same values.
+
+    Examples
+    --------
+    >>> stored = pl.DataFrame({"status": ["completed", "completed", "failed"],
+    ...                        "answer": ['{"a":1}', '{"a":1}', None],
+    ...                        "raw": [None, '{"a": 1}', None]})
+    >>> stored.select(read_raw(2))["raw"].to_list()
+    ['{"a":1}', '{"a": 1}', None]
+    >>> stored.select(read_raw(1))["raw"].to_list()
+    [None, '{"a": 1}', None]
+    """
+    raw = pl.col("raw")
+    if version < RAW_IS_ANSWER_SINCE:
+        return raw
+    return (
+        pl.when(pl.col("status") == "completed")
+        .then(pl.coalesce(raw, pl.col("answer")))
+        .otherwise(raw)
+        .alias("raw")
+    )
+
+
+def restore_raw(events: pl.DataFrame, version: int) -> pl.DataFrame:
+    """``events`` (job events read from a folder of format ``version``) with ``raw`` read.
+
+    Unchanged when they lack ``raw`` or when the version stores it as it is; ``status``
+    and ``answer`` must be there otherwise (a ``ValueError`` if not: the values could not
+    be given back).
+    """
+    if version < RAW_IS_ANSWER_SINCE or "raw" not in events.columns:
+        return events
+    missing = {"status", "answer"} - set(events.columns)
+    if missing:
+        msg = f"raw cannot be read without {sorted(missing)!r} (format version {version})"
+        raise ValueError(msg)
+    return events.with_columns(read_raw(version))
+
+
 @dataclass
 class WrittenJobs:
     """The job event parts a store wrote while recording (:meth:`StateStore.record_jobs`)."""
@@ -585,14 +694,7 @@ class StateStore:
                     raise StateError(msg) from e
             return manifest
         old_manifest = read_manifest(path)
-        version = old_manifest.format_version
-        if version != FORMAT_VERSION:
-            msg = (
-                f"checkpoint folder {str(self.root)!r} has format version {version!r}; this "
-                f"batchata-df reads version {FORMAT_VERSION}. Use a new state folder, or the "
-                "batchata-df version that wrote it"
-            )
-            raise StateError(msg)
+        check_version(self.root, old_manifest.format_version)
         old = old_manifest.fingerprint
         if not old and fingerprint:
             # Rebuilt by `repair` from parts that did not record the settings: the first
@@ -632,8 +734,32 @@ class StateStore:
             os.fsync(f.fileno())
         os.replace(tmp, path)
 
+    @property
+    def format_version(self) -> int:
+        """The folder's format version: what its parts hold and how new ones are written."""
+        return self.manifest.format_version
+
+    def restored(self, events: pl.DataFrame) -> pl.DataFrame:
+        """Job events read from this folder's parts with their ``raw`` read (:func:`read_raw`)."""
+        return restore_raw(events, self.format_version)
+
+    def _identity(self) -> dict[str, str]:
+        """The key-value metadata of every part this store writes."""
+        # Every part names its run, so a lost manifest can be rebuilt (`repair`), and its
+        # format, so that it is rebuilt with the right one.
+        return {
+            PART_RUN_KEY: self.manifest.run_id,
+            PART_FINGERPRINT_KEY: json.dumps(self.manifest.fingerprint, sort_keys=True),
+            PART_FORMAT_KEY: str(self.format_version),
+        }
+
     def _write_part(self, table: str, frame: pl.DataFrame) -> tuple[Path, pl.DataFrame]:
-        """Write ``frame`` as a new part of ``table``; the part's path and what it holds."""
+        """Write ``frame`` as a new part of ``table``; the part's path and what it holds.
+
+        What it holds is ``frame`` with secrets scrubbed; a job event part stores ``raw``
+        as the folder's format does (:func:`stored_raw`), which readers read back
+        (:meth:`restored`).
+        """
         if self.readonly:
             msg = f"checkpoint folder {str(self.root)!r} was opened read-only"
             raise StateError(msg)
@@ -654,18 +780,16 @@ class StateStore:
             for c in ("error", "detail", "response")
             if c in frame.columns and frame.get_column(c).null_count() < frame.height
         )
-        # Every part names its run, so a lost manifest can be rebuilt (`repair`).
-        identity = {
-            PART_RUN_KEY: self.manifest.run_id,
-            PART_FINGERPRINT_KEY: json.dumps(self.manifest.fingerprint, sort_keys=True),
-        }
+        stored = frame
+        if table == "jobs" and self.format_version >= RAW_IS_ANSWER_SINCE:
+            stored = frame.with_columns(stored_raw(self.format_version))
         try:
-            frame.write_parquet(
+            stored.write_parquet(
                 tmp,
                 compression="zstd",
                 compression_level=PART_ZSTD_LEVEL,
                 statistics=False,
-                metadata=identity,
+                metadata=self._identity(),
             )
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
@@ -695,7 +819,9 @@ class StateStore:
         path, written = self._write_part("jobs", _conform(frame, JOB_EVENTS))
         if self._written is not None:
             decoded = events.get_column(DECODED) if DECODED in events.columns else None
-            self._written.add(path, written, decoded)
+            # As a reader of the part gets it back (a completed event's null raw is its
+            # answer from format 2 on), so that written_states are the snapshot's.
+            self._written.add(path, self.restored(written), decoded)
 
     def append_batch(self, **values: Any) -> None:
         """Append one batch event."""
@@ -742,10 +868,14 @@ class StateStore:
         if not parts:
             return pl.LazyFrame(schema=schema)
         # Parts written by older versions may lack newer columns (or carry dropped ones).
-        return pl.scan_parquet(
+        lazy = pl.scan_parquet(
             parts, schema=schema, missing_columns="insert", extra_columns="ignore",
             glob=False,
         ).select(list(schema))
+        if table == "jobs" and self.format_version >= RAW_IS_ANSWER_SINCE:
+            # Only computed (``answer`` only read) when ``raw`` is selected.
+            lazy = lazy.with_columns(read_raw(self.format_version))
+        return lazy
 
     def _scan(self, table: str, schema: pl.Schema) -> pl.DataFrame:
         with self._reading():
@@ -813,12 +943,14 @@ class StateStore:
         scanning (a streaming run looks up one chunk at a time: memory follows the chunk,
         not the folder). With an ``index`` (:meth:`job_index`) as well, only the row groups
         holding those jobs' events are read, not a scan of the folder's ``job_id`` column.
-        ``events`` (every event of some jobs, :data:`JOB_EVENTS`' columns) are used instead
-        of reading (a caller that needs them for something else reads them once).
+        ``events`` (every event of some jobs, :data:`JOB_EVENTS`' columns, ``raw`` read:
+        :meth:`restored`) are used instead of reading (a caller that needs them for
+        something else reads them once).
         """
         if events is None and job_ids is not None and index is not None:
             with self._reading():
                 events = _conform(index.events(job_ids, list(JOB_EVENTS)), JOB_EVENTS)
+            events = self.restored(events)
         elif events is None:
             lazy = self._lazy("jobs", JOB_EVENTS)
             if job_ids is not None:
@@ -1056,21 +1188,97 @@ class StateStore:
                     merged += len(group)
         return merged
 
-    def _merge(self, table: str, schema: pl.Schema, group: list[Path]) -> None:
+    def drop_jobs(self, job_ids: pl.Series) -> int:
+        """Rewrite the job parts without any event of ``job_ids``; return how many went.
+
+        For a fresh start of some jobs in a folder other jobs share
+        (:meth:`batchata_df.compat.Batch.run` with ``reuse_state=False``): their answers,
+        bills and attempts leave the folder, every other job's events stay as they were
+        (same ``seq``, same values). The batch events stay (they hold no money; a batch
+        whose jobs all went reads as a batch without jobs). Copy the folder first to keep
+        what is dropped: this deletes it.
+
+        Every job part is merged into one part without those events, the way
+        :meth:`compact` merges (a hidden temporary file, flushed, then renamed to
+        ``part-<first>~<last>.parquet``, which hides every part it replaces): a crash before
+        the rename leaves the folder as it was, one after it the folder without the jobs
+        (the replaced parts, hidden, are deleted by the next writer). The folder's summary
+        (``summary/jobs.parquet``) is removed first: the merged part may take the name of
+        the part it summarized. Nothing is written when none of ``job_ids`` has an event.
+        The folder keeps its format version: the events kept are copied as stored (``raw``
+        of format 2 not read back), into a part of the folder's format. Call it holding
+        the writer lock, as :meth:`compact`.
+
+        Raises
+        ------
+        StateError
+            One of ``job_ids`` is in flight (its latest event ``assigned``: in a batch
+            that may still be answered and billed), or a job part has a name this version
+            does not write (it could not be hidden); nothing is changed.
+        """
+        if self.readonly:
+            msg = f"checkpoint folder {str(self.root)!r} was opened read-only"
+            raise StateError(msg)
+        ids = job_ids.cast(pl.String).drop_nulls().unique()
+        parts = table_parts(self.root / "jobs")
+        if ids.len() == 0 or not parts:
+            return 0
+        foreign = [p.name for p in parts if _part_range(p.name) is None]
+        if foreign:
+            msg = (
+                f"cannot take jobs out of checkpoint folder {str(self.root)!r}: its job parts "
+                f"{foreign[:3]!r} have names this batchata-df does not write; nothing was "
+                "changed. Move them out of the folder (or use a new state folder)"
+            )
+            raise StateError(msg)
+        theirs = pl.col("job_id").is_in(ids.implode())
+        with self._reading():
+            events = (
+                self._lazy("jobs", JOB_EVENTS).select("seq", "job_id", "status")
+                .filter(theirs).collect()
+            )  # fmt: skip
+        if events.height == 0:
+            return 0
+        latest = events.sort("seq").unique("job_id", keep="last")
+        busy = latest.filter(~pl.col("status").is_in(TERMINAL_JOB))
+        if busy.height:
+            shown = sorted(busy.get_column("job_id").to_list())[:3]
+            msg = (
+                f"cannot take jobs out of checkpoint folder {str(self.root)!r}: "
+                f"{busy.height} of them are in flight (sent, not collected yet: "
+                f"{', '.join(shown)}{', ...' if busy.height > 3 else ''}); nothing was changed. "
+                "Collect them first (a call on the folder with the same arguments sends "
+                "nothing again), then take them out"
+            )
+            raise StateError(msg)
+        from batchata_df.summary import SUMMARY_DIR, SUMMARY_FILE
+
+        (self.root / SUMMARY_DIR / SUMMARY_FILE).unlink(missing_ok=True)
+        self._merge("jobs", JOB_EVENTS, parts, keep=(~theirs).fill_null(True))
+        return events.height
+
+    def _merge(
+        self, table: str, schema: pl.Schema, group: list[Path], keep: pl.Expr | None = None
+    ) -> None:
+        """Merge ``group`` (consecutive parts of ``table``) into one part hiding them.
+
+        ``keep``: only the events it holds true for (:meth:`drop_jobs`); every one without.
+        """
         first, last = group[0].name, group[-1].name
         lo = first[len("part-") : -len(".parquet")].split(COMPACTED_SEP)[0]
         hi = last[len("part-") : -len(".parquet")].split(COMPACTED_SEP)[-1]
         final = self.root / table / f"part-{lo}{COMPACTED_SEP}{hi}.parquet"
         tmp = final.with_name(f".tmp-compact-{secrets.token_hex(4)}.parquet")
-        identity = {
-            PART_RUN_KEY: self.manifest.run_id,
-            PART_FINGERPRINT_KEY: json.dumps(self.manifest.fingerprint, sort_keys=True),
-        }
+        identity = self._identity()
+        # As stored: ``raw`` is not read (:func:`read_raw`); the parts are of the folder's
+        # format, and so is the merged part (drop_jobs keeps the folder's version).
+        merged = pl.scan_parquet(
+            group, schema=schema, missing_columns="insert", extra_columns="ignore", glob=False
+        ).select(list(schema))
+        if keep is not None:
+            merged = merged.filter(keep)
         with self._reading():
-            pl.scan_parquet(
-                group, schema=schema, missing_columns="insert", extra_columns="ignore",
-                glob=False,
-            ).select(list(schema)).sink_parquet(
+            merged.sink_parquet(
                 tmp,
                 compression="zstd",
                 compression_level=PART_ZSTD_LEVEL,
@@ -1085,6 +1293,8 @@ class StateStore:
         _fsync_dir(final.parent)
         _failpoint("compact_after_rename")
         for path in group:
+            if path == final:  # one compacted part rewritten (drop_jobs): replaced in place
+                continue
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
@@ -1439,6 +1649,8 @@ PART_RUN_KEY = "batchata_run"
 """Parquet key-value metadata of every part: the run id of the folder's manifest."""
 PART_FINGERPRINT_KEY = "batchata_fingerprint"
 """Parquet key-value metadata of every part: the manifest's fingerprint (JSON)."""
+PART_FORMAT_KEY = "batchata_format"
+"""Parquet key-value metadata of every part: the folder's format version (decimal text)."""
 
 TABLES = {"jobs": JOB_EVENTS, "batches": BATCH_EVENTS}
 REQUIRED = {"jobs": ("seq", "job_id", "status"), "batches": ("seq", "batch_key", "status")}
@@ -1586,6 +1798,75 @@ def damaged_error(root: Path, damaged: list[Damage]) -> StateError:
         "aside and recover what they held from the provider"
     )
     return StateError(msg)
+
+
+def check_version(root: str | os.PathLike[str], version: object) -> int:
+    """``version``, a format this version reads (:data:`READ_VERSIONS`); else a StateError."""
+    if type(version) is not int or version not in READ_VERSIONS:
+        readable = " and ".join(str(v) for v in READ_VERSIONS)
+        msg = (
+            f"checkpoint folder {str(root)!r} has format version {version!r}; this "
+            f"batchata-df reads versions {readable}. Use a new state folder, or the "
+            "batchata-df version that wrote it"
+        )
+        raise StateError(msg)
+    return version
+
+
+def part_version(metadata: Mapping[str, str]) -> int | str:
+    """The format version of a part with key-value ``metadata``, as it records it.
+
+    A part written before the key existed is version 1; a value that is not a number is
+    given back as it is (a format nobody reads).
+
+    Examples
+    --------
+    >>> part_version({PART_FORMAT_KEY: "2"}), part_version({}), part_version({PART_FORMAT_KEY: "x"})
+    (2, 1, 'x')
+    """
+    value = metadata.get(PART_FORMAT_KEY)
+    if value is None:
+        return 1
+    try:
+        return int(value)
+    except ValueError:
+        return value
+
+
+def part_versions(parts: Sequence[Path]) -> set[int | str]:
+    """The format versions ``parts`` record (:func:`part_version`); footers read only."""
+    found: set[int | str] = set()
+    for part in parts:
+        with part.open("rb") as file:  # not the path: Polars would expand ``[`` etc. in it
+            found.add(part_version(pl.read_parquet_metadata(file)))
+    return found
+
+
+def folder_version(root: str | os.PathLike[str]) -> int:
+    """The format version of checkpoint folder ``root``, to read its parts with.
+
+    Its manifest's; without a readable manifest (lost, damaged: ``repair`` rebuilds it),
+    the one its parts record (:data:`PART_FORMAT_KEY`), and :data:`FORMAT_VERSION` when
+    it has none. A version not read here, or parts that disagree, is a
+    :class:`StateError`: a folder is never read in a format it was not written in.
+    """
+    path = Path(root) / "manifest.json"
+    manifest: Manifest | None = None
+    with contextlib.suppress(StateError):
+        manifest = read_manifest(path) if path.exists() else None
+    if manifest is not None:
+        return check_version(root, manifest.format_version)
+    found = part_versions(list_parts(root))
+    if not found:
+        return FORMAT_VERSION
+    if len(found) > 1:
+        seen = ", ".join(sorted(repr(v) for v in found))
+        msg = (
+            f"checkpoint folder {str(root)!r} holds parts of format versions {seen} and no "
+            f"readable manifest: run `batchata-df repair {root}` to see what it finds"
+        )
+        raise StateError(msg)
+    return check_version(root, found.pop())
 
 
 def read_manifest(path: Path) -> Manifest:

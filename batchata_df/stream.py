@@ -1797,6 +1797,8 @@ def _write_sink(
                     ids = ids.unique()
                 with store._reading():
                     events = _conform(index.events(ids, list(JOB_EVENTS)), JOB_EVENTS)
+                # ``raw`` as the folder's format stores it, read (for the sink and summary).
+                events = store.restored(events)
                 states = job_states_of(store, ids, batches, index, events)
                 if first.height < ids.len():  # some jobs are an earlier slice's: summarized there
                     events = events.filter(pl.col("job_id").is_in(first["job_id"].implode()))

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import polars as pl
 
-from batchata_df.errors import ConfigError
+from batchata_df.errors import ConfigError, StateError
 
 __all__ = [
     "check_count",
@@ -30,6 +30,7 @@ __all__ = [
     "check_price_value",
     "RunArguments",
     "check_run_arguments",
+    "check_state_path",
     "is_real",
 ]
 
@@ -128,6 +129,10 @@ def check_run_arguments(
     if state is not None and not isinstance(state, str | os.PathLike):
         msg = f"state must be a folder path (str or pathlib.Path) or None, got {state!r}"
         raise ConfigError(msg)
+    # A dry run writes nothing to the folder: it plans as for a folder not made yet.
+    state_is_file = state is not None and not check_state_path(
+        state, dry_run=flags.get("dry_run") is True
+    )
     if prices is not None and not isinstance(prices, Mapping):
         msg = (
             f"prices must be a mapping {{model: (input_usd_per_mtok, output_usd_per_mtok)}}, "
@@ -143,7 +148,7 @@ def check_run_arguments(
         raise ConfigError(msg)
     # Refused here, before waiting for the folder's lock, when they cannot be priced.
     stored_unpriced = 0.0
-    if max_cost_usd is not None and state is not None:
+    if max_cost_usd is not None and state is not None and not state_is_file:
         stored_unpriced = check_spend_is_priced(
             state, prices if isinstance(prices, Mapping) else None
         )
@@ -152,6 +157,38 @@ def check_run_arguments(
         msg = "wait=False needs state='some/folder' so that a later call can collect results"
         raise ConfigError(msg)
     return RunArguments(time_limit_s, patience_s, stored_unpriced)
+
+
+def check_state_path(state: str | os.PathLike[str], *, dry_run: bool = False) -> bool:
+    """Refuse ``state=`` naming something that exists and is not a folder.
+
+    Returns whether the path can be a checkpoint folder (a folder, or nothing yet). A dry
+    run only reads the folder, so a file there is allowed (``False``: nothing stored).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> file = Path(tempfile.mkdtemp(), "out.parquet")
+    >>> _ = file.write_bytes(b"PAR1")
+    >>> check_state_path(file.parent), check_state_path(file, dry_run=True)
+    (True, False)
+    >>> check_state_path(file)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    batchata_df.errors.StateError: state='.../out.parquet' is a file, not a folder: ...
+    """
+    path = Path(state)
+    if not path.exists() or path.is_dir():
+        return True
+    if dry_run:
+        return False
+    other = path.with_name(path.stem + "_state")
+    msg = (
+        f"state={os.fspath(state)!r} is a file, not a folder: state= is the checkpoint "
+        f"folder where batch_llm keeps jobs and results (it creates it). Pass a folder "
+        f"path, e.g. state={os.fspath(other)!r}, or move the file away. Nothing was sent"
+    )
+    raise StateError(msg)
 
 
 def lost_requests(state: str | os.PathLike[str]) -> pl.DataFrame:

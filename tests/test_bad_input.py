@@ -144,6 +144,21 @@ CASES: list[tuple[str, dict[str, Any], type[Exception], str]] = [
     ("binary-column", {"prompt": "{b}"}, ColumnError, r"'b'.*Binary.*files="),
     ("struct-in-system", {"system": "{s}"}, ColumnError, r"'s'.*Struct"),
     ("prompt-int", {"prompt": 123}, ConfigError, r"prompt.*int"),
+    # -- expressions whose values are not text (cast, they would go out as "{1}" or bytes)
+    ("struct-expr", {"prompt": pl.col("s")}, ColumnError,
+     r"prompt expression col\(\"s\"\) \(column 's'\) gives Struct values.*"
+     r"col\(\"s\"\)\.struct\.json_encode\(\)"),
+    ("struct-expr-system", {"system": pl.col("s")}, ColumnError,
+     r"system expression col\(\"s\"\).*Struct.*json_encode"),
+    ("list-expr", {"prompt": pl.col("l")}, ColumnError,
+     r"prompt expression col\(\"l\"\).*List\(Int64\).*list\.join"),
+    ("array-expr", {"prompt": pl.col("l").list.head(1).list.to_array(1)}, ColumnError,
+     r"prompt expression .*\(column 'l'\) gives Array values.*list\.join"),
+    ("binary-expr", {"prompt": pl.col("b")}, ColumnError,
+     r"prompt expression col\(\"b\"\).*Binary.*cast\(pl\.String\).*files="),
+    ("object-expr",
+     {"prompt": pl.col("t").map_elements(lambda v: object(), return_dtype=pl.Object)},
+     ColumnError, r"prompt expression .*\(column 't'\) gives Object values.*map_elements"),
     # -- the rest of the signature
     ("model-int", {"model": 5}, ModelError, r"model.*5"),
     ("model-unknown", {"model": "llama-3"}, ModelError, r"llama-3"),
@@ -257,6 +272,44 @@ def test_numbers_dates_and_categoricals_render_as_text(emu):
     assert out["_error"][1].startswith("input:")
 
 
+def test_a_non_text_expression_is_refused_before_anything_is_sent_or_billed(emu, tmp_path):
+    with pytest.raises(ColumnError, match="Struct"):
+        frame().pipe(batch_llm, **{**BASE, "prompt": pl.col("s"), "state": tmp_path / "s"})
+    assert emu.log() == []
+    assert emu.billing() == []
+    assert not (tmp_path / "s").exists()  # refused before the state folder was made
+
+
+def test_expressions_of_text_numbers_categoricals_and_enums_are_sent_as_text(emu):
+    import openai
+
+    df = pl.DataFrame({
+        "i": [7], "f": [2.5], "t": ["x"], "s": [{"x": 1}],
+        "c": pl.Series(["red"], dtype=pl.Categorical),
+        "e": pl.Series(["low"], dtype=pl.Enum(["low", "high"])),
+    })
+    prompts = {
+        "int": pl.col("i"), "float": pl.col("f"), "string": pl.col("t") + "!",
+        "categorical": pl.col("c"), "enum": pl.col("e"),
+        "struct-as-json": pl.col("s").struct.json_encode(),
+    }
+    sent = {}
+    for name, prompt in prompts.items():
+        out = df.pipe(batch_llm, schema=A, model="gpt-4.1-mini", prompt=prompt,
+                      system=pl.col("e"))
+        assert out["_status"].to_list() == ["completed"], name
+        client = openai.OpenAI()
+        batch = client.batches.retrieve(out["_batch_id"][0])
+        assert batch.input_file_id is not None
+        (line,) = client.files.content(batch.input_file_id).read().decode().splitlines()
+        sent[name] = [m["content"] for m in json.loads(line)["body"]["messages"]]
+    assert sent == {
+        "int": ["low", "7"], "float": ["low", "2.5"], "string": ["low", "x!"],
+        "categorical": ["low", "red"], "enum": ["low", "low"],
+        "struct-as-json": ["low", '{"x":1}'],
+    }
+
+
 @pytest.mark.parametrize("how", ["read-only", "replaced-by-a-file"])
 def test_a_state_folder_turning_unwritable_mid_run_is_a_state_error(emu, tmp_path, how):
     if how == "read-only" and os.geteuid() == 0:
@@ -283,6 +336,43 @@ def test_a_state_folder_turning_unwritable_mid_run_is_a_state_error(emu, tmp_pat
     assert str(state) in str(info.value)
     assert "make it writable" in str(info.value)
     assert not isinstance(info.value, OSError)
+
+
+@pytest.mark.parametrize("how", ["frame", "capped", "sink"])
+def test_state_naming_an_existing_file_is_a_state_error_before_anything_is_sent(
+    emu, tmp_path, how
+):
+    path = tmp_path / "results.parquet"
+    path.write_bytes(b"not a folder")
+    extra: dict[str, Any] = {
+        "frame": {}, "capped": {"max_cost_usd": 1.0}, "sink": {"sink": tmp_path / "o.parquet"},
+    }[how]
+    with pytest.raises(StateError) as info:
+        frame().pipe(batch_llm, **{**BASE, "state": path, **extra})
+    assert type(info.value) is StateError
+    message = str(info.value)
+    assert f"state={str(path)!r} is a file, not a folder" in message
+    assert f"state={str(tmp_path / 'results_state')!r}" in message  # the fix, named
+    assert "Nothing was sent" in message
+    assert emu.log() == []
+    assert emu.billing() == []
+    assert path.read_bytes() == b"not a folder"  # untouched, and nothing left beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.parquet"]
+
+
+@pytest.mark.parametrize("capped", [False, True])
+def test_a_dry_run_with_state_naming_a_file_still_plans(emu, tmp_path, capped):
+    # A dry run writes nothing to the state folder: it plans as for a folder not made yet.
+    path = tmp_path / "results.parquet"
+    path.write_bytes(b"not a folder")
+    cap = {"max_cost_usd": 1.0} if capped else {}
+    plan = frame().pipe(batch_llm, **{**BASE, "state": path, "dry_run": True, **cap})
+    assert plan["_status"].to_list() == ["planned", "planned"]
+    assert plan["_expected_cost_usd"].to_list() == pytest.approx([2.14e-05, 2.14e-05])
+    no_state = frame().pipe(batch_llm, **{**BASE, "dry_run": True, **cap})
+    assert plan.drop("_job_id").equals(no_state.drop("_job_id"))
+    assert emu.log() == []
+    assert path.read_bytes() == b"not a folder"
 
 
 def _unused(path: Path) -> None:  # keep imports used by type checkers

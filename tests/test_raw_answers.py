@@ -174,6 +174,8 @@ def test_parts_written_before_raw_existed_still_read(emu, tmp_path):
     first = df.pipe(batch_llm, **args)
     for part in Path(state, "jobs").glob("part-*.parquet"):  # as an older version wrote them
         pl.read_parquet(part).drop("raw").write_parquet(part)
+    manifest = json.loads((state / "manifest.json").read_text())  # a version 1 folder
+    (state / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
     again = df.pipe(batch_llm, keep_raw=True, **args)
     assert again["_status"].to_list() == ["completed", "completed"]
     assert again["rating"].to_list() == first["rating"].to_list()

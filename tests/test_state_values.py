@@ -319,7 +319,7 @@ def test_the_manifest_file_is_sorted_indented_json_of_its_fields(tmp_path):
     m = Manifest(run_id="r1", fingerprint={"z": "1", "a": "2"}, created_at=12.5)
     assert m.to_json() == (
         '{\n  "created_at": 12.5,\n  "fingerprint": {\n    "a": "2",\n    "z": "1"\n  },\n'
-        '  "format_version": 1,\n  "run_id": "r1"\n}'
+        '  "format_version": 2,\n  "run_id": "r1"\n}'
     )
 
 
@@ -362,7 +362,7 @@ def test_adopt_schema_replaces_the_fingerprint_and_keeps_the_rest(tmp_path):
     store = StateStore(tmp_path / "st", FP)
     adopt_schema(tmp_path / "st", {"model": "m", "schema": "s2"})
     back = read_manifest(tmp_path / "st" / "manifest.json")
-    assert back == Manifest(store.manifest.run_id, {"model": "m", "schema": "s2"}, 1,
+    assert back == Manifest(store.manifest.run_id, {"model": "m", "schema": "s2"}, 2,
                             store.manifest.created_at)
     assert StateStore(tmp_path / "st", {"model": "m", "schema": "s2"}).manifest == back
     (tmp_path / "bad").mkdir()
@@ -454,6 +454,7 @@ def test_parts_are_zstd_without_statistics_and_name_their_run(tmp_path, monkeypa
     identity = {
         b"batchata_run": store.manifest.run_id.encode(),
         b"batchata_fingerprint": b'{"model": "m", "prompt": "p"}',
+        b"batchata_format": b"2",
     }
     parts = sorted((tmp_path / "st" / "jobs").glob("part-*.parquet"))
     for part in [*parts, *(tmp_path / "st" / "batches").glob("part-*.parquet")]:
@@ -664,10 +665,11 @@ def test_a_column_with_some_secrets_among_nulls_is_scrubbed_and_one_of_nulls_sta
 
 def _previous_part(store: StateStore, path: Path, frame: pl.DataFrame) -> None:
     """``frame`` written as ``_write_part`` wrote it before columns of nulls were skipped by
-    the secrets scrub (main at e1ef122): every message column scrubbed, same options."""
+    the secrets scrub (main at e1ef122): every message column scrubbed, same options (and
+    the format key and ``raw`` as format 2 stores it)."""
     from batchata_df.redact import scrub_expr
 
-    frame.with_columns(
+    frame.with_columns(state_module.stored_raw(store.format_version)).with_columns(
         scrub_expr(pl.col(c)) for c in ("error", "detail", "response") if c in frame.columns
     ).write_parquet(
         path, compression="zstd", compression_level=state_module.PART_ZSTD_LEVEL,
@@ -675,6 +677,7 @@ def _previous_part(store: StateStore, path: Path, frame: pl.DataFrame) -> None:
             state_module.PART_RUN_KEY: store.manifest.run_id,
             state_module.PART_FINGERPRINT_KEY: json.dumps(store.manifest.fingerprint,
                                                           sort_keys=True),
+            state_module.PART_FORMAT_KEY: str(store.format_version),
         },
     )
 
@@ -763,7 +766,7 @@ def test_opening_a_folder_checks_parts_manifest_and_fingerprint(tmp_path):
     assert StateStore(root, {"model": "m"}, readonly=True).manifest.fingerprint == {"model": "m"}
     assert json.loads((root / "manifest.json").read_text())["fingerprint"] == {}
     again = StateStore(root, {"model": "m"})
-    assert again.manifest == Manifest(store.manifest.run_id, {"model": "m"}, 1,
+    assert again.manifest == Manifest(store.manifest.run_id, {"model": "m"}, 2,
                                       store.manifest.created_at)
     assert read_manifest(root / "manifest.json") == again.manifest
     (root / "manifest.json").unlink()
