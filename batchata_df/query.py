@@ -670,7 +670,10 @@ def sql(query: str, state: StatePaths) -> pl.DataFrame:
         try:
             # None: no statement gave a result (only ";" or comments).
             relation = con.sql(query)
-            return None if relation is None else relation.pl()
+            if relation is None:
+                return None
+            frame: pl.DataFrame = relation.pl()
+            return frame
         finally:
             con.close()
 
