@@ -88,7 +88,7 @@ from typing import TYPE_CHECKING, TypeAlias
 
 import polars as pl
 
-from batchata_df.errors import StateError
+from batchata_df.errors import ConfigError, StateError
 from batchata_df.state import (
     BATCH_EVENTS,
     JOB_EVENTS,
@@ -635,6 +635,8 @@ def sql(query: str, state: StatePaths) -> pl.DataFrame:
         DuckDB is not installed (``pip install 'batchata-df[duckdb]'``).
     StateError
         A folder does not exist.
+    ConfigError
+        The query has no statement that gives a result (blank, or only ``;`` and comments).
 
     Examples
     --------
@@ -659,18 +661,38 @@ def sql(query: str, state: StatePaths) -> pl.DataFrame:
     │ b      ┆ failed    ┆ refusal: declined ┆ gpt-5.4-mini ┆ 0.0      │
     └────────┴───────────┴───────────────────┴──────────────┴──────────┘
     """
+    if not isinstance(query, str) or not query.strip():
+        raise _no_result(query)
     folders = [folder for _, folder in _folders(state)]
 
-    def read() -> pl.DataFrame:
+    def read() -> pl.DataFrame | None:
         con = connect(state)
         try:
-            frame: pl.DataFrame = con.sql(query).pl()
+            # None: no statement gave a result (only ";" or comments).
+            relation = con.sql(query)
+            if relation is None:
+                return None
+            frame: pl.DataFrame = relation.pl()
+            return frame
         finally:
             con.close()
-        return frame
 
     # Beside a run that compacts the folder (a streamed run's end): read it again.
-    return read_unlocked(folders, read, errors=(_import_duckdb().Error,))
+    frame = read_unlocked(folders, read, errors=(_import_duckdb().Error,))
+    if frame is None:
+        raise _no_result(query)
+    return frame
+
+
+def _no_result(query: object) -> ConfigError:
+    """The error for a query without a statement that gives rows (blank, ``;``, comments)."""
+    shown = repr(query) if len(repr(query)) <= 80 else repr(query)[:77] + "..."
+    msg = (
+        f"sql: the query {shown} has no statement that gives a result (it is blank, or only "
+        "';' and comments): write a SELECT over the views jobs, job_events, batches, "
+        "batch_events and runs, e.g. 'SELECT * FROM jobs LIMIT 10'"
+    )
+    return ConfigError(msg)
 
 
 def cost_by_status(state: StatePaths) -> pl.DataFrame:

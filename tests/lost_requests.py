@@ -91,11 +91,24 @@ def billed_usd(ledger: list[dict[str, object]], texts: list[str]) -> float:
     after the ledger was read) gets the usage each billed request was billed for. A batch
     request is billed the same usage at the batch price: half the realtime one here.
     """
-    ref = batch_llm(pl.DataFrame({"text": texts}), mode="realtime", **KW)  # type: ignore[arg-type]
-    cost = {
-        request_key("openai", MODEL, t): float(c)
-        for t, c in zip(ref["text"], ref["_cost_usd"], strict=True)
-    }
+    cost = _realtime_costs(tuple(texts))
     return sum(
         cost[str(e["request"])] * (1.0 if e["mode"] == "realtime" else 0.5) for e in ledger
     )
+
+
+_COSTS: dict[tuple[str, ...], dict[str, float]] = {}
+
+
+def _realtime_costs(texts: tuple[str, ...]) -> dict[str, float]:
+    """Each of ``texts``' request keys -> the realtime cost of its answer, from a fresh
+    realtime run (no state folder) of ``texts``. The emulator is deterministic, so the run
+    is made once per process for the same texts (it bills the emulator: made after the
+    caller read the ledger)."""
+    if texts not in _COSTS:
+        ref = batch_llm(pl.DataFrame({"text": list(texts)}), mode="realtime", **KW)  # type: ignore[arg-type]
+        _COSTS[texts] = {
+            request_key("openai", MODEL, t): float(c)
+            for t, c in zip(ref["text"], ref["_cost_usd"], strict=True)
+        }
+    return _COSTS[texts]

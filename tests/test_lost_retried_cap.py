@@ -14,6 +14,7 @@ Real processes: a child runs the realtime call and is SIGKILLed with requests in
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import warnings
@@ -30,8 +31,43 @@ from batchata_df.state import lost_attempts
 NEW = [f"new row {i:03d}" for i in range(N)]
 
 
-def _kill_mid_flight(emu, tmp_path: Path, state: Path, procs, cap: float | None = None) -> int:
-    return kill_mid_flight(emu, tmp_path, state, procs, cap=cap, min_in_flight=6)
+@pytest.fixture(scope="module")
+def killed_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[object, object]:
+    """Where this module's killed state folders are kept, built by the first test that
+    needs each (see :func:`_killed`)."""
+    return {"base": tmp_path_factory.mktemp("killed")}
+
+
+def _killed(
+    emu, killed_folders, procs, state: Path, *, cap: float | None, retried: bool
+) -> list[dict[str, object]]:  # fmt: skip
+    """``state``: a folder of a realtime call SIGKILLed with requests in flight (``cap``
+    its cap), then (``retried``) an uncapped ``retry_failed`` call answering every row.
+    Returns what the emulator billed for all that; the emulator is left reset.
+
+    Each such folder is made once per module (a child run and its kill take seconds) and
+    each test gets a copy of its own: the tests only differ in what they do afterwards,
+    and each writes only to its copy.
+    """
+    key = (cap, retried)
+    if key not in killed_folders:
+        base = killed_folders["base"]
+        assert isinstance(base, Path)
+        made = base / f"cap-{cap}-retried-{retried}"
+        made.mkdir()
+        emu.reset()
+        if retried:
+            ledger = _killed(emu, killed_folders, procs, made / "state", cap=cap,
+                             retried=False)
+            _retry_lost(made / "state")
+        else:
+            kill_mid_flight(emu, made, made / "state", procs, cap=cap, min_in_flight=6)
+            ledger = []
+        killed_folders[key] = (made / "state", ledger + emu.billing())
+        emu.reset()
+    folder, ledger = killed_folders[key]  # type: ignore[misc]
+    shutil.copytree(folder, state)
+    return list(ledger)
 
 
 def _billed_usd(ledger: list[dict[str, object]]) -> float:
@@ -69,19 +105,18 @@ def _lost_attempts(state: Path) -> pl.DataFrame:
 
 @pytest.mark.parametrize("mode", ["realtime", "batch", "streamed"])
 def test_a_lost_request_retried_and_answered_stays_counted_by_a_later_capped_call(
-    emu, tmp_path, procs, mode
+    emu, tmp_path, procs, killed_folders, mode
 ) -> None:
     # The killed call had a cap: each lost request's worst case is recorded.
     state = tmp_path / "state"
-    _kill_mid_flight(emu, tmp_path, state, procs, cap=100.0)
-    _retry_lost(state)
+    ledger = _killed(emu, killed_folders, procs, state, cap=100.0, retried=True)
     lost = _lost_attempts(state)
     assert lost.height >= 6
     jobs = sql("SELECT status, count(*) AS n FROM jobs GROUP BY status", state)
     assert jobs.rows() == [("completed", N)]  # no row is lost any more
     assert set(lost.get_column("job_status").to_list()) == {"completed"}
     assert lost.get_column("est_cost_usd").null_count() == 0
-    ledger = emu.billing()  # the lost requests, and their retries, billed
+    # ledger: the lost requests, and their retries, billed
     # Room for some new rows once the lost requests count at their worst case (~$0.034
     # each, billed ~$0.02): counted at $0 they leave room for what they were billed more.
     cap = round(_billed_usd(ledger) + 0.25, 6)
@@ -109,16 +144,14 @@ def test_a_lost_request_retried_and_answered_stays_counted_by_a_later_capped_cal
 
 
 def test_a_lost_request_without_a_recorded_worst_case_is_priced_from_the_rows_or_refused(
-    emu, tmp_path, procs
+    emu, tmp_path, procs, killed_folders
 ) -> None:
     # The killed call had no cap: no worst case recorded; the retry had none either.
     state = tmp_path / "state"
-    _kill_mid_flight(emu, tmp_path, state, procs, cap=None)
-    _retry_lost(state)
+    ledger = _killed(emu, killed_folders, procs, state, cap=None, retried=True)
     lost = _lost_attempts(state)
     assert lost.height >= 6
     assert lost.get_column("est_cost_usd").null_count() == lost.height
-    ledger = emu.billing()
     cap = round(_billed_usd(ledger) + 0.25, 6)
     emu.reset()
     # Its row is not in the capped call's frame: its worst case cannot be computed.
@@ -152,13 +185,11 @@ def _worst_realtime(texts: list[str], key: str = "text") -> dict[str, float]:
 @pytest.mark.parametrize("retried", [False, True])
 @pytest.mark.parametrize("streamed", [False, True])
 def test_a_dry_run_counts_lost_requests_as_already_spent(
-    emu, tmp_path, procs, capsys: pytest.CaptureFixture[str], retried: bool, streamed: bool
-) -> None:
+    emu, tmp_path, procs, killed_folders, capsys: pytest.CaptureFixture[str], retried: bool,
+    streamed: bool,
+) -> None:  # fmt: skip
     state = tmp_path / "state"
-    _kill_mid_flight(emu, tmp_path, state, procs, cap=100.0)
-    if retried:
-        _retry_lost(state)
-    emu.reset()
+    _killed(emu, killed_folders, procs, state, cap=100.0, retried=retried)
     lost = _lost_attempts(state) if retried else None
     if lost is None:  # not resolved yet: the dry run writes nothing; in flight, then lost
         lost = sql(
@@ -191,15 +222,13 @@ def test_a_dry_run_counts_lost_requests_as_already_spent(
 
 
 def test_a_dry_run_prices_lost_requests_without_a_worst_case_from_its_rows(
-    emu, tmp_path, procs, capsys: pytest.CaptureFixture[str]
+    emu, tmp_path, procs, killed_folders, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Sent by a call without a cap, retried and answered: no worst case recorded. A dry
     run counts each at the worst case computed from its row (realtime price), as the run's
     cap would; without the rows it refuses under a cap, and warns without one."""
     state = tmp_path / "state"
-    _kill_mid_flight(emu, tmp_path, state, procs, cap=None)
-    _retry_lost(state)
-    emu.reset()
+    _killed(emu, killed_folders, procs, state, cap=None, retried=True)
     lost = _lost_attempts(state)
     assert lost.height >= 6
     assert lost.get_column("est_cost_usd").null_count() == lost.height
@@ -266,15 +295,14 @@ def emu_served(state: Path) -> int:
 
 @pytest.mark.parametrize("streamed", [False, True])
 def test_a_dry_run_after_a_kill_does_not_plan_the_lost_rows_again(
-    emu, tmp_path, procs, streamed: bool
+    emu, tmp_path, procs, killed_folders, streamed: bool
 ) -> None:
     """The run ends a request left in flight ``failed`` "lost: ..." and does not send it
     again (unless ``retry_failed``): the dry run plans it so too (it had it ``planned``,
     its worst case counted twice: in "already spent" and in the plan), labelled
     ``failed`` as the run returns it (it read ``done``, the label of an answered row)."""
     state = tmp_path / "state"
-    _kill_mid_flight(emu, tmp_path, state, procs, cap=100.0)
-    emu.reset()
+    _killed(emu, killed_folders, procs, state, cap=100.0, retried=False)
     in_flight = set(
         sql(
             "SELECT job_id FROM job_events GROUP BY job_id HAVING arg_max(status, seq) = "
@@ -311,11 +339,10 @@ def test_a_dry_run_after_a_kill_does_not_plan_the_lost_rows_again(
 
 
 def test_status_lists_lost_requests_with_the_worst_case_the_cap_counts(
-    emu, tmp_path, procs
+    emu, tmp_path, procs, killed_folders
 ) -> None:
     state = tmp_path / "state"
-    _kill_mid_flight(emu, tmp_path, state, procs, cap=100.0)
-    _retry_lost(state)
+    _killed(emu, killed_folders, procs, state, cap=100.0, retried=True)
     lost = _lost_attempts(state)
     worst = float(lost.get_column("est_cost_usd").sum())
     exe = Path(sys.executable).parent / "batchata-df"
