@@ -2025,14 +2025,18 @@ def _cancel_locked(store: Any) -> list[tuple[str, str, str]]:
 
 
 def _state_folder(path: str, command: str) -> str:
-    """``path`` when it is a checkpoint folder, else a usage error (exit 2) naming the
-    state folders below it; checked before ``doctor`` or ``repair`` reads or locks it."""
+    """``path`` when it is a checkpoint folder, else a usage error (exit 2).
+
+    The error names the state folders below it; checked before ``doctor`` or ``repair``
+    reads or locks anything.
+    """
     from batchata_df.state import not_a_state_folder
 
     problem = not_a_state_folder(path, command=command)
     if problem is not None:
         suffix = "; nothing was changed" if command == "repair" else ""
-        raise UsageProblem(f"{problem}{suffix}")
+        msg = f"{problem}{suffix}"
+        raise UsageProblem(msg)
     return path
 
 

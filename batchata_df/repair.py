@@ -228,7 +228,8 @@ def _state_folder(state: str | os.PathLike[str], command: str) -> Path:
     problem = not_a_state_folder(state, command=command)
     if problem is not None:
         if command == "repair":
-            raise StateError(f"{problem}; nothing was changed") from None
+            msg = f"{problem}; nothing was changed"
+            raise StateError(msg) from None
         raise problem
     return Path(state)
 

@@ -1742,9 +1742,10 @@ def list_parts(root: str | os.PathLike[str]) -> list[Path]:
 
 
 def is_state_folder(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is a checkpoint folder: it holds ``manifest.json``, ``jobs/`` or
-    ``batches/`` (a folder whose manifest was lost but whose parts remain is one: ``repair``
-    rebuilds its manifest).
+    """Whether ``path`` is a checkpoint folder (holds ``manifest.json``, ``jobs/`` or ``batches/``).
+
+    A folder whose manifest was lost but whose parts remain is one: ``repair`` rebuilds its
+    manifest. A streaming run's folder holds the same, and ``summary/`` besides.
 
     Examples
     --------
@@ -1768,10 +1769,10 @@ SEARCH_FOLDERS = 2000
 
 
 def state_folders_below(root: str | os.PathLike[str]) -> list[Path]:
-    """The checkpoint folders under ``root``, in name order: the run folders of a results
-    folder, ``compat``'s ``results_dir/state/<group>`` folders.
+    """The checkpoint folders under ``root``, in name order.
 
-    Looks :data:`SEARCH_DEPTH` levels down and opens at most :data:`SEARCH_FOLDERS`
+    Such as the run folders of a results folder, ``compat``'s ``results_dir/state/<group>``
+    folders. Looks :data:`SEARCH_DEPTH` levels down and opens at most :data:`SEARCH_FOLDERS`
     folders; hidden folders and symbolic links are skipped, and so is the inside of a
     checkpoint folder.
     """
@@ -1801,12 +1802,13 @@ def state_folders_below(root: str | os.PathLike[str]) -> list[Path]:
 
 
 def not_a_state_folder(
-    path: str | os.PathLike[str], *, command: str, shown: int = 5
+    path: str | os.PathLike[str], *, command: str | None, shown: int = 5
 ) -> StateError | None:
     """The error for ``path`` when it is not a checkpoint folder, else ``None``.
 
     The error names the path, what is missing and the fix: the checkpoint folders below it
-    (``shown`` of them, then how many more) to pass to ``batchata-df COMMAND``, or the
+    (``shown`` of them, then how many more) to pass (to ``batchata-df COMMAND`` when
+    ``command`` is given, else as a list or a glob pattern), or the
     ``.state`` folder beside a file given instead of its folder. Reads only.
 
     Examples
@@ -1844,7 +1846,11 @@ def not_a_state_folder(
             else f"{', '.join(names[:-1])} and {names[-1]}"
         )
         noun = "folder below it is" if len(below) == 1 else "folders below it are"
-        fix = f"the state {noun} {listed}: pass one of them, e.g. `batchata-df {command} {shlex.quote(str(below[0]))}`"
+        fix = f"the state {noun} {listed}: pass " + (
+            f"one of them, e.g. `batchata-df {command} {shlex.quote(str(below[0]))}`"
+            if command
+            else "one of them, or a list or glob pattern of them"
+        )
     elif is_state_folder(p.parent):
         fix = f"pass the state folder it is in: {str(p.parent)!r}"
     return StateError(

@@ -289,3 +289,22 @@ def test_the_other_schema_messages_are_kept(tmp_path, spec, needle):
             "{text}", "--schema", spec, cwd=tmp_path,
             env={"PYTHONPATH": os.pathsep.join([str(mods), str(REPO)])})
     assert needle in one_line_error(r)
+
+
+def test_library_sql_on_a_non_state_folder_raises_listing_those_below(tmp_path):
+    """It read as a run of no rows before; a glob keeps only the state folders it matches."""
+    from batchata_df import StateError
+
+    folder = results_dir(tmp_path / "results")
+    with pytest.raises(StateError) as info:
+        sql("SELECT count(*) FROM jobs", folder)
+    listed = f"{str(folder / 'run0.parquet.state')!r} and {str(folder / 'state' / 'group-a')!r}"
+    assert f"the state folders below it are {listed}: pass one of them, or a list or glob " \
+           "pattern of them" in str(info.value)
+    with pytest.raises(StateError, match="pass the state folder of a run"):
+        sql("SELECT count(*) FROM jobs", not_state_folder(tmp_path, "empty"))
+    # results/* matches results/state too (not a state folder): skipped, not read as empty.
+    assert sql("SELECT count(*) AS n, count(DISTINCT run) AS runs FROM jobs",
+               f"{folder}/*").rows() == [(2, 1)]
+    assert sql("SELECT count(DISTINCT run) FROM jobs",
+               [f"{folder}/*", f"{folder}/state/*"]).item() == 2
