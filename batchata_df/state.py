@@ -82,6 +82,7 @@ import logging
 import math
 import os
 import secrets
+import shlex
 import socket
 import threading
 import time
@@ -1781,6 +1782,124 @@ def collect_compacted(root: str | os.PathLike[str]) -> int:
 def list_parts(root: str | os.PathLike[str]) -> list[Path]:
     """Every event part of a checkpoint folder (not temporary files), jobs then batches."""
     return [p for table in TABLES for p in table_parts(Path(root, table))]
+
+
+def is_state_folder(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a checkpoint folder (holds ``manifest.json``, ``jobs/`` or ``batches/``).
+
+    A folder whose manifest was lost but whose parts remain is one: ``repair`` rebuilds its
+    manifest. A streaming run's folder holds the same, and ``summary/`` besides.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> is_state_folder(folder)
+    False
+    >>> _ = StateStore(folder, {"model": "m"})
+    >>> is_state_folder(folder), is_state_folder(Path(folder) / "jobs")
+    (True, False)
+    """
+    p = Path(path)
+    return (p / "manifest.json").is_file() or (p / "jobs").is_dir() or (p / "batches").is_dir()
+
+
+SEARCH_DEPTH = 3
+"""How deep :func:`state_folders_below` looks (``results_dir/state/<group>`` is 2 deep)."""
+
+SEARCH_FOLDERS = 2000
+"""How many folders :func:`state_folders_below` opens at most (a data folder may be huge)."""
+
+
+def state_folders_below(root: str | os.PathLike[str]) -> list[Path]:
+    """The checkpoint folders under ``root``, in name order.
+
+    Such as the run folders of a results folder, ``compat``'s ``results_dir/state/<group>``
+    folders. Looks :data:`SEARCH_DEPTH` levels down and opens at most :data:`SEARCH_FOLDERS`
+    folders; hidden folders and symbolic links are skipped, and so is the inside of a
+    checkpoint folder.
+    """
+    found: list[Path] = []
+    level = [Path(root)]
+    opened = 0
+    for _ in range(SEARCH_DEPTH):
+        below: list[Path] = []
+        for folder in level:
+            if opened >= SEARCH_FOLDERS:
+                break
+            opened += 1
+            try:
+                entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+                    continue
+                child = Path(folder, entry.name)
+                if is_state_folder(child):
+                    found.append(child)
+                else:
+                    below.append(child)
+        level = below
+    return sorted(found)
+
+
+def not_a_state_folder(
+    path: str | os.PathLike[str], *, command: str | None, shown: int = 5
+) -> StateError | None:
+    """The error for ``path`` when it is not a checkpoint folder, else ``None``.
+
+    The error names the path, what is missing and the fix: the checkpoint folders below it
+    (``shown`` of them, then how many more) to pass (to ``batchata-df COMMAND`` when
+    ``command`` is given, else as a list or a glob pattern), or the
+    ``.state`` folder beside a file given instead of its folder. Reads only.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> results = Path(tempfile.mkdtemp())
+    >>> for name in ("a", "b"):
+    ...     _ = StateStore(results / "state" / name, {"model": "m"})
+    >>> print(not_a_state_folder(results, command="doctor"))  # doctest: +ELLIPSIS
+    '...' is not a batchata-df state folder (it holds no manifest.json, jobs/ or batches/); the state folders below it are '.../state/a' and '.../state/b': pass one of them, e.g. `batchata-df doctor .../state/a`
+    >>> not_a_state_folder(results / "state" / "a", command="doctor") is None
+    True
+    """  # noqa: E501
+    p = Path(path)
+    text = os.fspath(path)
+    if is_state_folder(p):
+        return None
+    fix = (
+        "pass the state folder of a run (the `state=` of batch_llm, OUTPUT.state of "
+        "`batchata-df run`, results_dir/state/<group> of compat.Batch)"
+    )
+    beside = Path(text + ".state")
+    if not p.is_dir():
+        what = "does not exist" if not p.exists() else "is not a folder"
+        if is_state_folder(beside):
+            fix = f"did you mean the state folder {str(beside)!r}?"
+        return StateError(f"{text!r} {what}; {fix}")
+    below = state_folders_below(p)
+    if below:
+        names = [repr(str(f)) for f in below[:shown]]
+        more = len(below) - len(names)
+        listed = (
+            f"{', '.join(names)} and {more} more" if more
+            else names[0] if len(names) == 1
+            else f"{', '.join(names[:-1])} and {names[-1]}"
+        )
+        noun = "folder below it is" if len(below) == 1 else "folders below it are"
+        fix = f"the state {noun} {listed}: pass " + (
+            f"one of them, e.g. `batchata-df {command} {shlex.quote(str(below[0]))}`"
+            if command
+            else "one of them, or a list or glob pattern of them"
+        )
+    elif is_state_folder(p.parent):
+        fix = f"pass the state folder it is in: {str(p.parent)!r}"
+    return StateError(
+        f"{text!r} is not a batchata-df state folder (it holds no manifest.json, jobs/ or "
+        f"batches/); {fix}"
+    )
 
 
 @dataclass(frozen=True)
