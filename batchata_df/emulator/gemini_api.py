@@ -16,6 +16,12 @@ Routes (below the mount prefix; ``{ver}`` is ``v1`` or ``v1beta``)
     genai-prices' Google list without Vertex's Claude; ``emulator-unknown-model`` never)
     is a 404 ``NOT_FOUND`` "models/... is not found for API version ..., or is not
     supported for batchGenerateContent. ..." (``:generateContent`` likewise).
+``POST /{ver}/models/{model}:generateContent``
+    One request answered at once, as a batch answers it, billed at the standard price.
+``POST /{ver}/models/{model}:countTokens``
+    ``{"contents"}`` or ``{"generateContentRequest"}`` -> ``{"totalTokens",
+    "promptTokensDetails"}``: the ``promptTokenCount`` generateContent reports for the
+    same prompt; free (nothing billed). See :meth:`GeminiApp._count_tokens`.
 ``GET /{ver}/batches/{id}``, ``DELETE /{ver}/batches/{id}``, ``POST /{ver}/batches/{id}:cancel``
 ``GET /{ver}/batches?pageSize=&pageToken=``
     ``{"operations": [...], "nextPageToken": "..."}``, newest first.
@@ -258,6 +264,10 @@ class _Spec:
     metadata: dict[str, str] | None = None  # inline requests: echoed verbatim
     thoughts: int = 0  # thinking tokens spent before the answer, inside maxOutputTokens
     signature: str = ""  # the prompt as implicit caching compares it (binary parts hashed)
+    # Prompt tokens of the inlineData parts by modality ((("IMAGE", 258),) ...); the rest of
+    # prompt_tokens is TEXT. A tuple: the empty one is shared by the text-only requests.
+    media: tuple[tuple[str, int], ...] = ()
+    invalid: bool = False  # refused as a whole request (_failed), not a generation error
 
 
 def _signature(system: object, contents: list[Any]) -> str:
@@ -295,12 +305,16 @@ class _Base64Error(media.MediaError):
     """``inlineData.data`` is not base64: the whole JSON payload is refused."""
 
 
-def _media_tokens(content: object) -> int:
-    """Tokens of the ``inlineData`` parts of a ``Content``; MediaError if Gemini refuses one."""
+def _media_tokens(content: object, into: dict[str, int]) -> None:
+    """Add the tokens of the ``inlineData`` parts of a ``Content`` to ``into``, by modality.
+
+    MediaError if Gemini refuses one. The modalities are the API's ``Modality`` enum
+    (ai.google.dev/api/generate-content#Modality: TEXT, IMAGE, VIDEO, AUDIO, DOCUMENT;
+    "DOCUMENT: Document, e.g. PDF", cloud.google.com/vertex-ai/.../CountTokensResponse).
+    """
     parts = content.get("parts") if isinstance(content, Mapping) else None
     if not isinstance(parts, list):
-        return 0
-    tokens = 0
+        return
     for part in parts:
         blob = (
             part.get("inlineData", part.get("inline_data")) if isinstance(part, Mapping) else None
@@ -321,23 +335,39 @@ def _media_tokens(content: object) -> int:
             raise media.MediaError(msg)
         if mime == "application/pdf":
             try:
-                tokens += media.check_pdf(raw) * media.PDF_PAGE_TOKENS["gemini"]
+                pages = media.check_pdf(raw)
             except media.MediaError as e:
                 msg = "Unable to process input document: the document has no pages."
                 raise media.MediaError(msg) from e
+            _add(into, "DOCUMENT", pages * media.PDF_PAGE_TOKENS["gemini"])
         elif mime in ("image/png", "image/jpeg", "image/webp"):
             try:
                 width, height = media.check_image(raw, mime)
             except media.MediaError as e:
                 msg = f"Unable to process input image ({e})."
                 raise media.MediaError(msg) from e
-            tokens += media.image_tokens("gemini", width, height)
+            _add(into, "IMAGE", media.image_tokens("gemini", width, height))
         elif mime in _IMAGE_TYPES or mime.startswith(_MEDIA_PREFIXES):
-            tokens += 258
+            modality = mime.split("/", 1)[0].upper()
+            _add(into, "IMAGE" if mime in _IMAGE_TYPES else modality, 258)
         else:
             msg = f"Unsupported MIME type: {mime}"
             raise media.MediaError(msg)
-    return tokens
+
+
+def _add(into: dict[str, int], modality: str, tokens: int) -> None:
+    into[modality] = into.get(modality, 0) + tokens
+
+
+def _prompt_details(spec: _Spec) -> list[dict[str, Any]]:
+    """``promptTokensDetails``: the prompt's tokens by modality, TEXT first, none empty.
+
+    ``ModalityTokenCount {modality, tokenCount}`` (the API's ``GenerateContentResponse.
+    UsageMetadata.promptTokensDetails`` and ``CountTokensResponse.promptTokensDetails``).
+    """
+    text = spec.prompt_tokens - sum(t for _, t in spec.media)
+    pairs = [("TEXT", text), *spec.media]
+    return [{"modality": m, "tokenCount": t} for m, t in pairs if t > 0]
 
 
 class _SpecBuilder:
@@ -370,8 +400,10 @@ class _SpecBuilder:
         if system is not None:
             texts.insert(0, _content_text(system))
         prompt = "\n".join(texts)
+        by_modality: dict[str, int] = {}
         try:
-            files = sum(_media_tokens(c) for c in contents)
+            for c in contents:
+                _media_tokens(c, by_modality)
         except _Base64Error:
             raise  # the caller decides: a 400 for inline requests, a failed line in a file
         except media.MediaError as e:
@@ -431,6 +463,7 @@ class _SpecBuilder:
         if marker in (answers.MARKER_ERROR, answers.MARKER_DETAILS) and error is None:
             code = answers.marker_status(prompt)
             error = (code, f"Emulated error (HTTP {code}) for this request.")
+        files = sum(by_modality.values())
         tokens = answers.count_tokens(prompt) + files + (gen.schema_tokens if gen else 0)
         window = model_rules.context_window("gemini", self.model) if self.model else None
         # Gemini's count is len // 4 (model_rules.window_tokens), as its usage is.
@@ -441,11 +474,14 @@ class _SpecBuilder:
         return _Spec(
             key, prompt, tokens, mode, gen, max_tokens, marker, thinking, include, error,
             thoughts=thoughts, signature=_signature(system, contents),
+            media=tuple(by_modality.items()),
         )
 
     @staticmethod
     def _failed(key: str | None, message: str) -> _Spec:
-        return _Spec(key, "", 0, "text", None, None, None, False, False, (400, message))
+        return _Spec(
+            key, "", 0, "text", None, None, None, False, False, (400, message), invalid=True
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -551,7 +587,7 @@ def _render(
             "totalTokenCount": pt + ct + tt,
             "cachedContentTokenCount": cached,
             "thoughtsTokenCount": tt,
-            "promptTokensDetails": [{"modality": "TEXT", "tokenCount": pt}],
+            "promptTokensDetails": _prompt_details(spec),
         },
         "modelVersion": model,
         "responseId": rid,
@@ -739,6 +775,9 @@ class GeminiApp:
         elif len(rest) == 2 and rest[0] == "models" and rest[1].endswith(":generateContent"):
             model = self.core.routed_now("gemini", rest[1][: -len(":generateContent")])
             handler = {"POST": lambda: self._generate(request, model, ver)}.get(method)
+        elif len(rest) == 2 and rest[0] == "models" and rest[1].endswith(":countTokens"):
+            model = self.core.routed_now("gemini", rest[1][: -len(":countTokens")])
+            handler = {"POST": lambda: self._count_tokens(request, model, ver)}.get(method)
         elif rest == ["batches"]:
             handler = {"GET": lambda: self._list(request)}.get(method)
         elif len(rest) == 2 and rest[0] == "batches" and rest[1].endswith(":cancel"):
@@ -1147,6 +1186,88 @@ class GeminiApp:
             self.core.bill_realtime("gemini", key, bare, _usage(answer))
         return json_response(answer)
 
+    # ---- countTokens: the prompt's tokens as generateContent would bill them, free
+
+    def _count_tokens(self, request: Request, model: str, version: str) -> Response:
+        r"""``POST /{ver}/models/{model}:countTokens``: ``{"totalTokens", "promptTokensDetails"}``.
+
+        The body is a ``CountTokensRequest`` (ai.google.dev/api/tokens#method:-models.counttokens):
+        ``contents[]`` or ``generateContentRequest`` and no other field -- unlike Vertex AI's
+        countTokens, the Gemini API has no top-level ``systemInstruction``, ``tools`` or
+        ``generationConfig`` (google-genai 3.6.1 ``_CountTokensConfig_to_mldev`` refuses
+        them before sending: "... only supported in Gemini Enterprise Agent Platform mode,
+        not in Gemini Developer API mode"), so proto JSON parsing refuses them as unknown
+        names (``Unknown name "generationConfig": Cannot find field.``, the 400 any Gemini
+        route gives an unknown field). ``contents`` "is ignored when generateContentRequest
+        is set" (the same page); a ``generateContentRequest`` needs its own ``model`` and
+        ``contents``: the real 400 lists both, ``* CountTokensRequest.generate_content_request
+        .contents: contents is not specified\n* CountTokensRequest.generate_content_request
+        .model: model is not specified\n`` (googleapis/python-genai#432). The request's fields
+        are checked as generateContent checks them (:class:`.RequestChecker`: names, roles,
+        empty parts), and the media must be readable to be counted (the same 400s).
+
+        Neither ``contents`` nor ``generateContentRequest`` (or an empty ``contents``): no
+        source shows what the API answers (the proto marks ``contents`` optional); the
+        emulator refuses it, the strict side, in the wording of the real message above.
+
+        The count is the emulator's ``promptTokenCount`` for the same request at
+        generateContent (:meth:`_SpecBuilder.build`: text, media by modality, a response
+        schema in ``generateContentRequest.generationConfig``), so the two agree; Google
+        staff on the forum: countTokens "accounts for all input parts, system instructions,
+        and structured schema tokens in the request" (discuss.ai.google.dev, "Gemini 3.5
+        Flash-Lite countTokens: pricing, quota, schema coverage and thinking cap"). What is
+        about generating, not reading, is not checked here (markers, thinking, the context
+        window: counting a prompt too long for the model is what countTokens is for).
+        ``cachedContentTokenCount`` is absent: nothing is cached for a count (implicit
+        caching applies to requests served; proto3 JSON leaves out a zero). Not billed
+        ("countTokens is free to use and does not consume your generation TPM/RPD quotas",
+        the same forum answer; the ledger is untouched) and not a realtime generation (no
+        realtime latency or stats).
+        """
+        _check_model(model, version, "countTokens", self.core.served_now())
+        try:
+            body = json_body(request)
+        except ValueError as e:
+            raise _Invalid(400, f"Invalid JSON payload received. {e}") from e
+        _known_names(body, _COUNT_FIELDS, "")
+        contents = body.get("contents")
+        inner = body.get("generateContentRequest", body.get("generate_content_request"))
+        if contents is not None and not isinstance(contents, list):
+            raise _Invalid(400, "Invalid JSON payload received. 'contents' must be a list.")
+        if contents:  # ignored beside generateContentRequest, but parsed like the rest
+            problem = RequestChecker()({"contents": contents}, "")
+            if problem is not None:
+                raise _Invalid(400, problem)
+        if inner is not None:
+            if not isinstance(inner, Mapping):
+                msg = "Invalid JSON payload received. 'generate_content_request' must be an object."
+                raise _Invalid(400, msg)
+            where = "CountTokensRequest.generate_content_request"
+            missing = [
+                f"* {where}.{name}: {name} is not specified\n"
+                for name in ("contents", "model")
+                if not inner.get(name)
+            ]
+            if missing:
+                raise _Invalid(400, "".join(missing))
+            problem = RequestChecker()(inner, "generate_content_request")
+            if problem is not None:
+                raise _Invalid(400, problem)
+            counted: Mapping[str, Any] = inner
+        elif contents:
+            counted = {"contents": contents}
+        else:
+            raise _Invalid(400, "* CountTokensRequest.contents: contents is not specified\n")
+        try:
+            spec = _SpecBuilder(model).build(None, counted)
+        except _Base64Error as e:
+            raise _Invalid(400, str(e)) from e
+        if spec.invalid and spec.error is not None:
+            raise _Invalid(spec.error[0], spec.error[1])
+        return json_response(
+            {"totalTokens": spec.prompt_tokens, "promptTokensDetails": _prompt_details(spec)}
+        )
+
     def _batch(self, batch_id: str) -> _Batch:
         with self._lock:
             batch = self._batches.get(batch_id)
@@ -1428,6 +1549,8 @@ class GeminiApp:
 
 
 _CREATE_FIELDS: Final = frozenset({"batch"})
+# CountTokensRequest's body fields (ai.google.dev/api/tokens; ``model`` is the path's).
+_COUNT_FIELDS: Final = frozenset({"contents", "generateContentRequest"})
 _BATCH_FIELDS: Final = frozenset(
     {
         "name",
