@@ -355,3 +355,31 @@ def test_library_sql_on_an_output_file_names_its_state_folder(tmp_path):
         f"{str(tmp_path / 'out.parquet')!r} is not a folder; did you mean the state folder "
         f"{str(tmp_path / 'out.parquet.state')!r}?"
     )
+
+
+def test_a_glob_reads_only_the_state_folders_it_matches_as_runs(tmp_path):
+    """``results/*`` matches ``results/state`` too: not a run of the ``runs`` view."""
+    folder = results_dir(tmp_path / "results")
+    runs = sql("SELECT run FROM runs ORDER BY run", f"{folder}/*")["run"].to_list()
+    assert runs == [str(folder / "run0.parquet.state")]
+
+
+@pytest.mark.parametrize("marker", ["manifest.json", "jobs", "batches"])
+def test_each_marker_alone_makes_a_state_folder(tmp_path, marker):
+    """A folder that kept one of the three (a copy that dropped empty folders, a lost
+    manifest) is checked by doctor, read by sql, and not listed as a folder to descend."""
+    from batchata_df import doctor
+    from batchata_df.state import is_state_folder, state_folders_below
+
+    full = state_folder(tmp_path / "full")
+    folder = tmp_path / "results" / "kept"
+    folder.mkdir(parents=True)
+    if marker == "manifest.json":
+        (folder / marker).write_bytes((full / marker).read_bytes())
+    else:
+        (full / marker).rename(folder / marker)
+    assert is_state_folder(folder)
+    assert state_folders_below(tmp_path / "results") == [folder]
+    assert doctor(folder).state == folder  # checked, not refused
+    n = 2 if marker == "jobs" else 0
+    assert sql("SELECT count(*) FROM jobs", folder).item() == n
