@@ -595,6 +595,8 @@ def load_schema(spec: str) -> type[BaseModel]:
             module = importlib.import_module(module_name)
     except UsageProblem:
         raise
+    except ModuleNotFoundError as e:
+        raise UsageProblem(_not_found(spec, module_name, e)) from e
     except ImportError as e:
         msg = (
             f"--schema {spec!r}: cannot import {module_name!r} ({e}); run from the folder "
@@ -616,6 +618,38 @@ def load_schema(spec: str) -> type[BaseModel]:
         msg = f"--schema {spec!r} is not a pydantic BaseModel subclass"
         raise UsageProblem(msg)
     return obj
+
+
+def _not_found(spec: str, module_name: str, e: ModuleNotFoundError) -> str:
+    """What a ``ModuleNotFoundError`` importing ``--schema``'s module means, and the fix.
+
+    The schema's module (or a package it is in) missing: run from its folder, or give the
+    file. Another module missing is one the schema's module imports: install it (or, in
+    the schema's own package, a module of it that does not exist).
+
+    Examples
+    --------
+    >>> print(_not_found("mymod:M", "mymod", ModuleNotFoundError(name="thatpkg.sub")))
+    --schema 'mymod:M': 'mymod' imports 'thatpkg.sub', which is not installed; install it (e.g. `pip install thatpkg`) in the environment that runs batchata-df, then run again
+    """  # noqa: E501
+    own = Path(module_name).stem if module_name.endswith(".py") else module_name
+    missing = e.name
+    ours = missing is not None and (own == missing or own.startswith(missing + "."))
+    if missing is None or ours:
+        return (
+            f"--schema {spec!r}: cannot import {module_name!r} ({e}); run from the folder "
+            "that holds it, or give a file: --schema path/to/models.py:ClassName"
+        )
+    if missing.split(".")[0] == own.split(".")[0]:
+        return (
+            f"--schema {spec!r}: {module_name!r} imports {missing!r}, which does not exist "
+            f"in its package ({e}); fix that import in {module_name!r}"
+        )
+    return (
+        f"--schema {spec!r}: {module_name!r} imports {missing!r}, which is not installed; "
+        f"install it (e.g. `pip install {missing.split('.')[0]}`) in the environment that "
+        "runs batchata-df, then run again"
+    )
 
 
 def parse_params(params_json: str | None, pairs: Sequence[str], max_tokens: int | None) -> dict[
@@ -1990,9 +2024,18 @@ def _cancel_locked(store: Any) -> list[tuple[str, str, str]]:
     return out
 
 
-def _folder(path: str) -> str:
-    if not Path(path).is_dir():
-        msg = f"{path!r} is not a folder; pass the --state folder of a run"
+def _state_folder(path: str, command: str) -> str:
+    """``path`` when it is a checkpoint folder, else a usage error (exit 2).
+
+    The error names the state folders below it; checked before ``doctor`` or ``repair``
+    reads or locks anything.
+    """
+    from batchata_df.state import not_a_state_folder
+
+    problem = not_a_state_folder(path, command=command)
+    if problem is not None:
+        suffix = "; nothing was changed" if command == "repair" else ""
+        msg = f"{problem}{suffix}"
         raise UsageProblem(msg)
     return path
 
@@ -2007,7 +2050,7 @@ def doctor(state: str) -> None:
     """Check a state folder for damaged parts or manifest, offline; nothing is changed."""
     from batchata_df.repair import doctor as check
 
-    report = check(_folder(state))
+    report = check(_state_folder(state, "doctor"))
     click.echo(report)
     raise SystemExit(EXIT_OK if report.healthy else EXIT_ERROR)
 
@@ -2024,7 +2067,7 @@ def repair(state: str, apply_: bool) -> None:
     """Repair a damaged state folder: move damage aside, recover from the provider."""
     from batchata_df.repair import repair as fix
 
-    report = fix(_folder(state), apply=apply_)
+    report = fix(_state_folder(state, "repair"), apply=apply_)
     click.echo(report)
     raise SystemExit(EXIT_OK if report.healthy or report.applied else EXIT_ERROR)
 

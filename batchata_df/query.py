@@ -96,6 +96,8 @@ from batchata_df.state import (
     damaged_error,
     find_damaged,
     folder_version,
+    is_state_folder,
+    not_a_state_folder,
     read_unlocked,
     table_parts,
 )
@@ -263,7 +265,12 @@ def _import_duckdb() -> ModuleType:
 
 
 def _folders(state: StatePaths) -> list[tuple[str, Path]]:
-    """Resolve ``state`` to ``(label, folder)`` pairs; labels are the paths as given."""
+    """Resolve ``state`` to ``(label, folder)`` pairs; labels are the paths as given.
+
+    A folder given that is not a checkpoint folder (no ``manifest.json``, ``jobs/`` or
+    ``batches/``) is a :class:`StateError` listing those below it; a glob pattern keeps the
+    checkpoint folders it matches.
+    """
     items = [state] if isinstance(state, str | os.PathLike) else list(state)
     if not items:
         msg = "no checkpoint folder given; pass a folder path, a glob pattern or a list"
@@ -272,13 +279,16 @@ def _folders(state: StatePaths) -> list[tuple[str, Path]]:
     for item in items:
         text = os.fspath(item)
         if Path(text).is_dir():
+            problem = not_a_state_folder(text, command=None)
+            if problem is not None:  # read as no rows, it would look like a run of none
+                raise problem
             out.append((text, Path(text)))
             continue
-        matches = sorted(m for m in glob.glob(text) if Path(m).is_dir())
+        matches = sorted(m for m in glob.glob(text) if is_state_folder(m))
         if not matches:
             msg = (
-                f"checkpoint folder {text!r} does not exist (nor matches any folder as a "
-                "glob pattern); pass the `state=` folder of a batch_llm run"
+                f"checkpoint folder {text!r} does not exist (nor matches any checkpoint "
+                "folder as a glob pattern); pass the `state=` folder of a batch_llm run"
             )
             raise StateError(msg)
         out.extend((m, Path(m)) for m in matches)
@@ -490,7 +500,7 @@ def connect(
     ModuleNotFoundError
         DuckDB is not installed (``pip install 'batchata-df[duckdb]'``).
     StateError
-        A folder does not exist.
+        A folder does not exist, or is not a checkpoint folder.
 
     Examples
     --------
@@ -634,7 +644,8 @@ def sql(query: str, state: StatePaths) -> pl.DataFrame:
     ModuleNotFoundError
         DuckDB is not installed (``pip install 'batchata-df[duckdb]'``).
     StateError
-        A folder does not exist.
+        A folder does not exist, or is not a checkpoint folder (the message lists those
+        below it, e.g. of a results folder holding several).
     ConfigError
         The query has no statement that gives a result (blank, or only ``;`` and comments).
 

@@ -63,6 +63,7 @@ from batchata_df.state import (
     WriterLock,
     find_damaged,
     list_parts,
+    not_a_state_folder,
     part_version,
     read_manifest,
     read_unlocked,
@@ -169,8 +170,15 @@ def doctor(state: str | os.PathLike[str]) -> RepairReport:
     >>> _ = StateStore(folder, {"model": "m"})
     >>> doctor(folder).healthy
     True
+
+    Raises
+    ------
+    StateError
+        ``state`` is not a checkpoint folder (it holds no ``manifest.json``, ``jobs/`` or
+        ``batches/``); the message lists the checkpoint folders below it, if any.
     """
-    return _examine(Path(state), online=False)
+    root = _state_folder(state, "doctor")
+    return _examine(root, online=False)
 
 
 def repair(state: str | os.PathLike[str], *, apply: bool = False) -> RepairReport:
@@ -184,13 +192,21 @@ def repair(state: str | os.PathLike[str], *, apply: bool = False) -> RepairRepor
     while something cannot be recovered yet, e.g. a batch whose lost requests can only be
     listed once it has ended.
 
+    A path that is not a checkpoint folder (no ``manifest.json``, ``jobs/`` or
+    ``batches/``: a results folder holding several, an empty or a data folder) is a
+    :class:`StateError` listing the checkpoint folders below it, raised before any lock is
+    taken or anything written.
+
     Examples
     --------
     >>> import tempfile
-    >>> print(repair(tempfile.mkdtemp()))  # doctest: +ELLIPSIS
+    >>> from batchata_df.state import StateStore
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = StateStore(folder, {"model": "m"})
+    >>> print(repair(folder))  # doctest: +ELLIPSIS
     /...: healthy, nothing to repair
     """
-    root = Path(state)
+    root = _state_folder(state, "repair")
     if not apply:
         return _examine(root, online=True)
     with _repair_lock(root):
@@ -202,6 +218,20 @@ def repair(state: str | os.PathLike[str], *, apply: bool = False) -> RepairRepor
             _apply(report)
             report.applied = True
     return report
+
+
+def _state_folder(state: str | os.PathLike[str], command: str) -> Path:
+    """``state`` as a path, or the :class:`StateError` saying it is not a checkpoint folder.
+
+    Checked before anything else: a lock taken on any folder leaves its ``writer.lock``.
+    """
+    problem = not_a_state_folder(state, command=command)
+    if problem is not None:
+        if command == "repair":
+            msg = f"{problem}; nothing was changed"
+            raise StateError(msg) from None
+        raise problem
+    return Path(state)
 
 
 @contextlib.contextmanager

@@ -1,6 +1,6 @@
 """The checkpoint folder: a manifest plus append-only Parquet event parts.
 
-Layout (format version 2; version 1 is the same but for ``raw``, below)::
+Layout (format version 2; version 1 differs in ``raw`` and stores every column, below)::
 
     <state>/
       manifest.json                      format version, run id, fingerprint
@@ -15,7 +15,7 @@ that ``repair`` rebuilds a lost manifest with all three.
 **Format versions.** New folders are version 2 (:data:`FORMAT_VERSION`). A folder keeps
 the version it was created with: a version 1 folder is read as written and appended to as
 version 1 (its manifest is never upgraded); any other version is refused
-(:func:`check_version`). The two differ in one column: in version 2, a ``completed`` job
+(:func:`check_version`). In version 2, a ``completed`` job
 event whose ``raw`` equals its ``answer`` (almost every one: the provider's text was
 already the canonical JSON) stores ``raw`` null, which means "the answer"
 (:func:`stored_raw`); every reader gives the text back (:func:`read_raw`: the store's
@@ -24,7 +24,10 @@ views of :mod:`batchata_df.query`). A ``raw`` that differs is stored, and so is 
 other event's. In version 1 every ``raw`` is stored as it is, and a ``completed`` event's
 null ``raw`` (written before the column existed) stays null. The answer text was stored
 twice before: a 100,000-job terminal part took 4.4 MB, 3.0 MB in version 2
-(``benchmarks/PROFILE.md``).
+(``benchmarks/PROFILE.md``). A version 2 job event part also leaves out the columns that
+are null in every one of its rows, except :data:`ALWAYS_STORED` (:func:`stored_columns`;
+an ``assigned`` part stores 9 of the 23); every reader inserts a missing column as nulls
+of its type, as it does for the columns parts of older versions lack.
 
 Every part is written to a hidden temporary name, flushed to disk and renamed, so a reader
 (a resumed run, or DuckDB while a run is in flight) sees whole parts or nothing. Parts are
@@ -79,6 +82,7 @@ import logging
 import math
 import os
 import secrets
+import shlex
 import socket
 import threading
 import time
@@ -114,6 +118,7 @@ __all__ = [
     "read_raw",
     "restore_raw",
     "stored_raw",
+    "stored_columns",
     "WriterLock",
     "spent_usd",
 ]
@@ -133,6 +138,14 @@ READ_VERSIONS = (1, 2)
 RAW_IS_ANSWER_SINCE = 2
 """The first format version whose ``completed`` events store ``raw`` null when it is the
 ``answer`` (:func:`stored_raw`, :func:`read_raw`)."""
+
+NULL_COLUMNS_LEFT_OUT_SINCE = 2
+"""The first format version whose job event parts leave out the columns that are null in
+every row of the part (:func:`stored_columns`); readers insert them as nulls."""
+
+ALWAYS_STORED = ("seq", "ts", "job_id", "status", "answer", "raw")
+"""The job event columns every part stores, null or not: the ones a part is recognised by
+(:data:`REQUIRED`) and those the SQL views read ``raw`` from (:mod:`batchata_df.query`)."""
 
 JOB_EVENTS = pl.Schema(
     {
@@ -514,6 +527,35 @@ def stored_raw(version: int) -> pl.Expr:
     )
 
 
+def stored_columns(events: pl.DataFrame, version: int) -> list[str]:
+    """The columns of job ``events`` that a part of format ``version`` stores, in order.
+
+    From version 2 (:data:`NULL_COLUMNS_LEFT_OUT_SINCE`) a column that is null in every
+    row is left out, unless it is one of :data:`ALWAYS_STORED` (an ``assigned`` part of
+    100,000 events held 15 such columns, a third of its write time: ``benchmarks/PROFILE.md``,
+    twenty-fourth pass); every reader inserts a missing column as nulls of its type.
+    Version 1 stores every column.
+
+    Examples
+    --------
+    >>> events = pl.DataFrame({"seq": [1, 2], "job_id": ["a", "b"], "status": "assigned",
+    ...                        "error": pl.Series([None, None], dtype=pl.String),
+    ...                        "answer": pl.Series([None, None], dtype=pl.String),
+    ...                        "model": ["m", None]})
+    >>> stored_columns(events, 2)
+    ['seq', 'job_id', 'status', 'answer', 'model']
+    >>> stored_columns(events, 1)
+    ['seq', 'job_id', 'status', 'error', 'answer', 'model']
+    """
+    if version < NULL_COLUMNS_LEFT_OUT_SINCE:
+        return events.columns
+    height = events.height
+    return [
+        c.name for c in events.iter_columns()
+        if c.name in ALWAYS_STORED or c.null_count() < height
+    ]  # fmt: skip
+
+
 def read_raw(version: int) -> pl.Expr:
     """``raw`` of job events read from a part of format ``version`` (:func:`stored_raw`).
 
@@ -783,6 +825,8 @@ class StateStore:
         stored = frame
         if table == "jobs" and self.format_version >= RAW_IS_ANSWER_SINCE:
             stored = frame.with_columns(stored_raw(self.format_version))
+        if table == "jobs":
+            stored = stored.select(stored_columns(stored, self.format_version))
         try:
             stored.write_parquet(
                 tmp,
@@ -1738,6 +1782,124 @@ def collect_compacted(root: str | os.PathLike[str]) -> int:
 def list_parts(root: str | os.PathLike[str]) -> list[Path]:
     """Every event part of a checkpoint folder (not temporary files), jobs then batches."""
     return [p for table in TABLES for p in table_parts(Path(root, table))]
+
+
+def is_state_folder(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a checkpoint folder (holds ``manifest.json``, ``jobs/`` or ``batches/``).
+
+    A folder whose manifest was lost but whose parts remain is one: ``repair`` rebuilds its
+    manifest. A streaming run's folder holds the same, and ``summary/`` besides.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> is_state_folder(folder)
+    False
+    >>> _ = StateStore(folder, {"model": "m"})
+    >>> is_state_folder(folder), is_state_folder(Path(folder) / "jobs")
+    (True, False)
+    """
+    p = Path(path)
+    return (p / "manifest.json").is_file() or (p / "jobs").is_dir() or (p / "batches").is_dir()
+
+
+SEARCH_DEPTH = 3
+"""How deep :func:`state_folders_below` looks (``results_dir/state/<group>`` is 2 deep)."""
+
+SEARCH_FOLDERS = 2000
+"""How many folders :func:`state_folders_below` opens at most (a data folder may be huge)."""
+
+
+def state_folders_below(root: str | os.PathLike[str]) -> list[Path]:
+    """The checkpoint folders under ``root``, in name order.
+
+    Such as the run folders of a results folder, ``compat``'s ``results_dir/state/<group>``
+    folders. Looks :data:`SEARCH_DEPTH` levels down and opens at most :data:`SEARCH_FOLDERS`
+    folders; hidden folders and symbolic links are skipped, and so is the inside of a
+    checkpoint folder.
+    """
+    found: list[Path] = []
+    level = [Path(root)]
+    opened = 0
+    for _ in range(SEARCH_DEPTH):
+        below: list[Path] = []
+        for folder in level:
+            if opened >= SEARCH_FOLDERS:
+                break
+            opened += 1
+            try:
+                entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+                    continue
+                child = Path(folder, entry.name)
+                if is_state_folder(child):
+                    found.append(child)
+                else:
+                    below.append(child)
+        level = below
+    return sorted(found)
+
+
+def not_a_state_folder(
+    path: str | os.PathLike[str], *, command: str | None, shown: int = 5
+) -> StateError | None:
+    """The error for ``path`` when it is not a checkpoint folder, else ``None``.
+
+    The error names the path, what is missing and the fix: the checkpoint folders below it
+    (``shown`` of them, then how many more) to pass (to ``batchata-df COMMAND`` when
+    ``command`` is given, else as a list or a glob pattern), or the
+    ``.state`` folder beside a file given instead of its folder. Reads only.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> results = Path(tempfile.mkdtemp())
+    >>> for name in ("a", "b"):
+    ...     _ = StateStore(results / "state" / name, {"model": "m"})
+    >>> print(not_a_state_folder(results, command="doctor"))  # doctest: +ELLIPSIS
+    '...' is not a batchata-df state folder (it holds no manifest.json, jobs/ or batches/); the state folders below it are '.../state/a' and '.../state/b': pass one of them, e.g. `batchata-df doctor .../state/a`
+    >>> not_a_state_folder(results / "state" / "a", command="doctor") is None
+    True
+    """  # noqa: E501
+    p = Path(path)
+    text = os.fspath(path)
+    if is_state_folder(p):
+        return None
+    fix = (
+        "pass the state folder of a run (the `state=` of batch_llm, OUTPUT.state of "
+        "`batchata-df run`, results_dir/state/<group> of compat.Batch)"
+    )
+    beside = Path(text + ".state")
+    if not p.is_dir():
+        what = "does not exist" if not p.exists() else "is not a folder"
+        if is_state_folder(beside):
+            fix = f"did you mean the state folder {str(beside)!r}?"
+        return StateError(f"{text!r} {what}; {fix}")
+    below = state_folders_below(p)
+    if below:
+        names = [repr(str(f)) for f in below[:shown]]
+        more = len(below) - len(names)
+        listed = (
+            f"{', '.join(names)} and {more} more" if more
+            else names[0] if len(names) == 1
+            else f"{', '.join(names[:-1])} and {names[-1]}"
+        )
+        noun = "folder below it is" if len(below) == 1 else "folders below it are"
+        fix = f"the state {noun} {listed}: pass " + (
+            f"one of them, e.g. `batchata-df {command} {shlex.quote(str(below[0]))}`"
+            if command
+            else "one of them, or a list or glob pattern of them"
+        )
+    elif is_state_folder(p.parent):
+        fix = f"pass the state folder it is in: {str(p.parent)!r}"
+    return StateError(
+        f"{text!r} is not a batchata-df state folder (it holds no manifest.json, jobs/ or "
+        f"batches/); {fix}"
+    )
 
 
 @dataclass(frozen=True)

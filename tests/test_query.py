@@ -113,9 +113,10 @@ def test_empty_folder_has_typed_empty_views(tmp_path: Path) -> None:
     assert jobs.schema["cost_usd"] == pl.Float64
     assert sql("SELECT * FROM batches", tmp_path).height == 0
     assert cost_by_status(tmp_path).height == 0
-    # a folder without even the table subfolders (e.g. copied manifest only)
+    # a folder without even the table subfolders (copied manifest only)
     bare = tmp_path / "bare"
     bare.mkdir()
+    (bare / "manifest.json").write_bytes((tmp_path / "manifest.json").read_bytes())
     assert sql("SELECT count(*) AS n FROM jobs", bare).item() == 0
 
 
