@@ -1,6 +1,6 @@
 """The checkpoint folder: a manifest plus append-only Parquet event parts.
 
-Layout (format version 2; version 1 is the same but for ``raw``, below)::
+Layout (format version 2; version 1 differs in ``raw`` and stores every column, below)::
 
     <state>/
       manifest.json                      format version, run id, fingerprint
@@ -15,7 +15,7 @@ that ``repair`` rebuilds a lost manifest with all three.
 **Format versions.** New folders are version 2 (:data:`FORMAT_VERSION`). A folder keeps
 the version it was created with: a version 1 folder is read as written and appended to as
 version 1 (its manifest is never upgraded); any other version is refused
-(:func:`check_version`). The two differ in one column: in version 2, a ``completed`` job
+(:func:`check_version`). In version 2, a ``completed`` job
 event whose ``raw`` equals its ``answer`` (almost every one: the provider's text was
 already the canonical JSON) stores ``raw`` null, which means "the answer"
 (:func:`stored_raw`); every reader gives the text back (:func:`read_raw`: the store's
@@ -24,7 +24,10 @@ views of :mod:`batchata_df.query`). A ``raw`` that differs is stored, and so is 
 other event's. In version 1 every ``raw`` is stored as it is, and a ``completed`` event's
 null ``raw`` (written before the column existed) stays null. The answer text was stored
 twice before: a 100,000-job terminal part took 4.4 MB, 3.0 MB in version 2
-(``benchmarks/PROFILE.md``).
+(``benchmarks/PROFILE.md``). A version 2 job event part also leaves out the columns that
+are null in every one of its rows, except :data:`ALWAYS_STORED` (:func:`stored_columns`;
+an ``assigned`` part stores 9 of the 23); every reader inserts a missing column as nulls
+of its type, as it does for the columns parts of older versions lack.
 
 Every part is written to a hidden temporary name, flushed to disk and renamed, so a reader
 (a resumed run, or DuckDB while a run is in flight) sees whole parts or nothing. Parts are
@@ -115,6 +118,7 @@ __all__ = [
     "read_raw",
     "restore_raw",
     "stored_raw",
+    "stored_columns",
     "WriterLock",
     "spent_usd",
 ]
@@ -134,6 +138,14 @@ READ_VERSIONS = (1, 2)
 RAW_IS_ANSWER_SINCE = 2
 """The first format version whose ``completed`` events store ``raw`` null when it is the
 ``answer`` (:func:`stored_raw`, :func:`read_raw`)."""
+
+NULL_COLUMNS_LEFT_OUT_SINCE = 2
+"""The first format version whose job event parts leave out the columns that are null in
+every row of the part (:func:`stored_columns`); readers insert them as nulls."""
+
+ALWAYS_STORED = ("seq", "ts", "job_id", "status", "answer", "raw")
+"""The job event columns every part stores, null or not: the ones a part is recognised by
+(:data:`REQUIRED`) and those the SQL views read ``raw`` from (:mod:`batchata_df.query`)."""
 
 JOB_EVENTS = pl.Schema(
     {
@@ -515,6 +527,35 @@ def stored_raw(version: int) -> pl.Expr:
     )
 
 
+def stored_columns(events: pl.DataFrame, version: int) -> list[str]:
+    """The columns of job ``events`` that a part of format ``version`` stores, in order.
+
+    From version 2 (:data:`NULL_COLUMNS_LEFT_OUT_SINCE`) a column that is null in every
+    row is left out, unless it is one of :data:`ALWAYS_STORED` (an ``assigned`` part of
+    100,000 events held 15 such columns, a third of its write time: ``benchmarks/PROFILE.md``,
+    twenty-fourth pass); every reader inserts a missing column as nulls of its type.
+    Version 1 stores every column.
+
+    Examples
+    --------
+    >>> events = pl.DataFrame({"seq": [1, 2], "job_id": ["a", "b"], "status": "assigned",
+    ...                        "error": pl.Series([None, None], dtype=pl.String),
+    ...                        "answer": pl.Series([None, None], dtype=pl.String),
+    ...                        "model": ["m", None]})
+    >>> stored_columns(events, 2)
+    ['seq', 'job_id', 'status', 'answer', 'model']
+    >>> stored_columns(events, 1)
+    ['seq', 'job_id', 'status', 'error', 'answer', 'model']
+    """
+    if version < NULL_COLUMNS_LEFT_OUT_SINCE:
+        return events.columns
+    height = events.height
+    return [
+        c.name for c in events.iter_columns()
+        if c.name in ALWAYS_STORED or c.null_count() < height
+    ]  # fmt: skip
+
+
 def read_raw(version: int) -> pl.Expr:
     """``raw`` of job events read from a part of format ``version`` (:func:`stored_raw`).
 
@@ -784,6 +825,8 @@ class StateStore:
         stored = frame
         if table == "jobs" and self.format_version >= RAW_IS_ANSWER_SINCE:
             stored = frame.with_columns(stored_raw(self.format_version))
+        if table == "jobs":
+            stored = stored.select(stored_columns(stored, self.format_version))
         try:
             stored.write_parquet(
                 tmp,

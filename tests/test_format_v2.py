@@ -19,7 +19,13 @@ from pydantic import BaseModel
 
 import batchata_df
 from batchata_df import StateError, batch_llm, reparse
-from batchata_df.state import PART_FORMAT_KEY, StateStore, table_parts
+from batchata_df.state import (
+    BATCH_EVENTS,
+    JOB_EVENTS,
+    PART_FORMAT_KEY,
+    StateStore,
+    table_parts,
+)
 
 FP = {"model": "m"}
 
@@ -35,9 +41,18 @@ class FixedReview(BaseModel):
 
 
 def on_disk(folder: Path, table: str = "jobs") -> pl.DataFrame:
-    """Every event of ``table`` as the Parquet files hold it (pyarrow, no batchata_df)."""
+    """Every event of ``table`` as the Parquet files hold it (pyarrow, no batchata_df).
+
+    With every column of the table's schema, in its order: a version 2 part leaves out
+    the columns null in every one of its rows (tests/test_format_v2_null_columns.py).
+    """
     frames = [pl.from_arrow(pq.read_table(p)) for p in table_parts(folder / table)]
-    return pl.concat(frames, how="diagonal_relaxed").sort("seq")  # type: ignore[arg-type]
+    events = pl.concat(frames, how="diagonal_relaxed")  # type: ignore[arg-type]
+    schema = JOB_EVENTS if table == "jobs" else BATCH_EVENTS
+    return events.select(
+        pl.col(c) if c in events.columns else pl.lit(None, dtype=t).alias(c)
+        for c, t in schema.items()
+    ).sort("seq")
 
 
 def part_formats(folder: Path) -> set[str | None]:

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from batchata_df import batch_llm
 from batchata_df.compat import Batch
 from batchata_df.providers.gemini import GeminiProvider
+from batchata_df.state import JOB_EVENTS
 
 
 class Invoice(BaseModel):
@@ -27,7 +28,9 @@ class Invoice(BaseModel):
 
 def _job_events(state) -> pl.DataFrame:
     parts = sorted((state / "jobs").glob("part-*.parquet"))
-    return pl.concat([pl.read_parquet(p) for p in parts], how="diagonal_relaxed")
+    # By the table's schema: a format 2 part leaves out its all-null columns.
+    return pl.scan_parquet(parts, schema=JOB_EVENTS, missing_columns="insert",
+                           extra_columns="ignore").collect()
 
 
 def _openai_served() -> dict[str, str]:

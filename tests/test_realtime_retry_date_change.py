@@ -34,7 +34,7 @@ import batchata_df.engine.realtime as realtime_module
 from batchata_df import batch_llm
 from batchata_df.engine.clock import FakeClock
 from batchata_df.engine.run import ProgressSnapshot
-from batchata_df.state import lost_usd, spent_usd
+from batchata_df.state import JOB_EVENTS, lost_usd, spent_usd
 
 DAY = 86_400.0
 MODEL = "gemini-4-argon"  # doubles on 2026-12-01 (genai-prices' StartDateConstraint)
@@ -186,7 +186,9 @@ def test_a_429_retry_priced_again_is_sent_when_the_new_worst_case_fits(
     assert run.in_flight_after() == {round(worst_after, 12)}
     # The folder records the retry at the worst case it was sent with: a crash while it
     # is in flight leaves it lost at that figure, not at the first day's.
-    jobs = pl.read_parquet(f"{state}/jobs/*.parquet")
+    # By the table's schema, as README says: a format 2 part leaves out its all-null columns.
+    jobs = pl.scan_parquet(f"{state}/jobs/*.parquet", schema=JOB_EVENTS,
+                           missing_columns="insert", extra_columns="ignore").collect()
     sent = jobs.filter(pl.col("status") == "assigned").sort("seq")
     retried = sent.filter(pl.col("job_id").is_duplicated())
     assert retried["est_cost_usd"].to_list() == pytest.approx([worst_before, worst_after])

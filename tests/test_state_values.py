@@ -666,12 +666,13 @@ def test_a_column_with_some_secrets_among_nulls_is_scrubbed_and_one_of_nulls_sta
 def _previous_part(store: StateStore, path: Path, frame: pl.DataFrame) -> None:
     """``frame`` written as ``_write_part`` wrote it before columns of nulls were skipped by
     the secrets scrub (main at e1ef122): every message column scrubbed, same options (and
-    the format key and ``raw`` as format 2 stores it)."""
+    the format key, ``raw`` as format 2 stores it and the columns it stores)."""
     from batchata_df.redact import scrub_expr
 
-    frame.with_columns(state_module.stored_raw(store.format_version)).with_columns(
+    stored = frame.with_columns(state_module.stored_raw(store.format_version)).with_columns(
         scrub_expr(pl.col(c)) for c in ("error", "detail", "response") if c in frame.columns
-    ).write_parquet(
+    )
+    stored.select(state_module.stored_columns(stored, store.format_version)).write_parquet(
         path, compression="zstd", compression_level=state_module.PART_ZSTD_LEVEL,
         statistics=False, metadata={
             state_module.PART_RUN_KEY: store.manifest.run_id,
