@@ -383,3 +383,21 @@ def test_each_marker_alone_makes_a_state_folder(tmp_path, marker):
     assert doctor(folder).state == folder  # checked, not refused
     n = 2 if marker == "jobs" else 0
     assert sql("SELECT count(*) FROM jobs", folder).item() == n
+
+
+def test_a_folder_holding_only_a_writer_lock_is_refused_saying_nothing_was_sent(tmp_path):
+    """A call killed between taking the folder's lock and creating its parts left it."""
+    from batchata_df import StateError, doctor
+    from batchata_df.state import WriterLock
+
+    lock = WriterLock(tmp_path / "s")
+    lock.acquire()
+    lock.release()
+    assert os.listdir(tmp_path / "s") == ["writer.lock"]
+    for call in (doctor, lambda f: sql("SELECT 1", f)):
+        with pytest.raises(StateError) as info:
+            call(tmp_path / "s")
+        assert ("(it holds no manifest.json, jobs/ or batches/); it holds only the "
+                "writer.lock of a call that wrote nothing to it yet (nothing was sent from "
+                "it: there is nothing to read or repair); pass the state folder of a run") \
+            in str(info.value)
