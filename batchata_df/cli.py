@@ -598,10 +598,19 @@ def load_schema(spec: str) -> type[BaseModel]:
     except ModuleNotFoundError as e:
         raise UsageProblem(_not_found(spec, module_name, e)) from e
     except ImportError as e:
-        msg = (
-            f"--schema {spec!r}: cannot import {module_name!r} ({e}); run from the folder "
-            "that holds it, or give a file: --schema path/to/models.py:ClassName"
-        )
+        own = Path(module_name).stem if module_name.endswith(".py") else module_name
+        if e.name and e.name != own and not own.startswith(e.name + "."):
+            # ``from pkg import Name`` in the schema's module: pkg was found, Name was not.
+            msg = (
+                f"--schema {spec!r}: {module_name!r} imports a name {e.name!r} does not have "
+                f"({e}); fix that import in {module_name!r}, or install a version of "
+                f"{e.name!r} that has it"
+            )
+        else:
+            msg = (
+                f"--schema {spec!r}: cannot import {module_name!r} ({e}); run from the "
+                "folder that holds it, or give a file: --schema path/to/models.py:ClassName"
+            )
         raise UsageProblem(msg) from e
     except Exception as e:
         msg = f"--schema {spec!r}: importing {module_name!r} failed: {type(e).__name__}: {e}"
@@ -644,6 +653,13 @@ def _not_found(spec: str, module_name: str, e: ModuleNotFoundError) -> str:
         return (
             f"--schema {spec!r}: {module_name!r} imports {missing!r}, which does not exist "
             f"in its package ({e}); fix that import in {module_name!r}"
+        )
+    top = missing.split(".")[0]
+    if top != missing and top in sys.modules:  # imported: ``import pkg.nosuchmodule``
+        return (
+            f"--schema {spec!r}: {module_name!r} imports {missing!r}, which the installed "
+            f"{top!r} does not have; fix that import in {module_name!r}, or install a "
+            f"version of {top!r} that has it"
         )
     return (
         f"--schema {spec!r}: {module_name!r} imports {missing!r}, which is not installed; "

@@ -401,3 +401,28 @@ def test_a_folder_holding_only_a_writer_lock_is_refused_saying_nothing_was_sent(
                 "writer.lock of a call that wrote nothing to it yet (nothing was sent from "
                 "it: there is nothing to read or repair); pass the state folder of a run") \
             in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("imports", "expected"),
+    [
+        ("polars.nonexistent27", "'mymodels27' imports 'polars.nonexistent27', which the "
+         "installed 'polars' does not have; fix that import in 'mymodels27', or install a "
+         "version of 'polars' that has it"),
+        ("json\nfrom pydantic import Nonexistent27", "'mymodels27' imports a name "
+         "'pydantic' does not have (cannot import name 'Nonexistent27' from 'pydantic'"),
+    ],
+)
+def test_load_schema_of_a_module_importing_what_an_installed_package_lacks(
+    tmp_path, monkeypatch, imports, expected
+):
+    """Not "not installed" (it is), nor "run from the folder that holds it" (it was found)."""
+    from batchata_df.cli import UsageProblem, load_schema
+
+    monkeypatch.syspath_prepend(str(schema_module(tmp_path, imports)))
+    monkeypatch.delitem(sys.modules, "mymodels27", raising=False)
+    with pytest.raises(UsageProblem) as info:
+        load_schema("mymodels27:Ticket")
+    assert str(info.value).startswith(f"--schema 'mymodels27:Ticket': {expected}")
+    assert "pip install" not in str(info.value)
+    assert "run from the folder" not in str(info.value)
