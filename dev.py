@@ -81,8 +81,10 @@ def main() -> None:
         sh(BIN / "ruff", "check", "batchata_df", "tests", "benchmarks", "dev.py")
         sh(BIN / "mypy")
         # Tests run in one worker process per core, up to 4 (pytest-xdist; each worker
-        # starts its own emulators): ~5.5 min on CI's 2 cores instead of ~10. Later
-        # arguments win: `python3 dev.py test -n 0` runs them in this process, one by one.
+        # starts its own emulators). They are CPU-bound (the CLI, scripts and emulators they
+        # start as children, hypothesis): 884 s on CI's 2 cores (2026-12-02); measured per
+        # test at load 8-10, ~1,800 CPU-s for 2,954 of its 3,504 tests, waits a few percent.
+        # Later arguments win: `python3 dev.py test -n 0` runs them in this process.
         workers = str(min(4, os.cpu_count() or 1))
         sh(PY, "-m", "pytest", "-n", workers, *sys.argv[2:])
     elif what == "notebooks":

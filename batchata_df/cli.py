@@ -598,10 +598,19 @@ def load_schema(spec: str) -> type[BaseModel]:
     except ModuleNotFoundError as e:
         raise UsageProblem(_not_found(spec, module_name, e)) from e
     except ImportError as e:
-        msg = (
-            f"--schema {spec!r}: cannot import {module_name!r} ({e}); run from the folder "
-            "that holds it, or give a file: --schema path/to/models.py:ClassName"
-        )
+        own = Path(module_name).stem if module_name.endswith(".py") else module_name
+        if e.name and e.name != own and not own.startswith(e.name + "."):
+            # ``from pkg import Name`` in the schema's module: pkg was found, Name was not.
+            msg = (
+                f"--schema {spec!r}: {module_name!r} imports a name {e.name!r} does not have "
+                f"({e}); fix that import in {module_name!r}, or install a version of "
+                f"{e.name!r} that has it"
+            )
+        else:
+            msg = (
+                f"--schema {spec!r}: cannot import {module_name!r} ({e}); run from the "
+                "folder that holds it, or give a file: --schema path/to/models.py:ClassName"
+            )
         raise UsageProblem(msg) from e
     except Exception as e:
         msg = f"--schema {spec!r}: importing {module_name!r} failed: {type(e).__name__}: {e}"
@@ -644,6 +653,13 @@ def _not_found(spec: str, module_name: str, e: ModuleNotFoundError) -> str:
         return (
             f"--schema {spec!r}: {module_name!r} imports {missing!r}, which does not exist "
             f"in its package ({e}); fix that import in {module_name!r}"
+        )
+    top = missing.split(".")[0]
+    if top != missing and top in sys.modules:  # imported: ``import pkg.nosuchmodule``
+        return (
+            f"--schema {spec!r}: {module_name!r} imports {missing!r}, which the installed "
+            f"{top!r} does not have; fix that import in {module_name!r}, or install a "
+            f"version of {top!r} that has it"
         )
     return (
         f"--schema {spec!r}: {module_name!r} imports {missing!r}, which is not installed; "
@@ -1824,13 +1840,31 @@ def _note(text: str) -> None:
 
 
 def _checkpoints(paths: Sequence[str]) -> list[str]:
-    """Expand globs; every folder must be a checkpoint folder (has a manifest.json)."""
+    """Expand globs; every folder must be a checkpoint folder (has a manifest.json).
+
+    A glob keeps the state folders it matches (``runs/*`` beside the OUTPUT files of
+    ``batchata-df run``), as :func:`batchata_df.sql` does; one matching none is refused.
+    """
+    from batchata_df.state import is_state_folder
+
     out: list[str] = []
     for given in paths:
-        matches = [given] if Path(given).exists() else sorted(glob.glob(given))
-        if not matches:
-            msg = f"{given!r} does not exist (nor matches anything as a glob pattern)"
-            raise UsageProblem(msg)
+        if Path(given).exists():
+            matches = [given]
+        else:
+            found = sorted(glob.glob(given))
+            if not found:
+                msg = f"{given!r} does not exist (nor matches anything as a glob pattern)"
+                raise UsageProblem(msg)
+            matches = [m for m in found if is_state_folder(m)]
+            if not matches:
+                more = f" and {len(found) - 1} more" if len(found) > 1 else ""
+                msg = (
+                    f"{given!r} matches no batchata-df state folder (it matches "
+                    f"{found[0]!r}{more}); pass the --state folder of a run (default: "
+                    "OUTPUT.state)"
+                )
+                raise UsageProblem(msg)
         for path in matches:
             if not Path(path).is_dir():
                 msg = f"{path!r} is not a folder; pass the --state folder of a run"
@@ -1956,7 +1990,12 @@ Example:
 @_debug_option
 def cancel(state: str) -> None:
     """Cancel the state folder's batches in flight at the provider, and record it."""
-    (folder,) = _checkpoints([state])
+    folders = _checkpoints([state])
+    if len(folders) > 1:
+        shown = ", ".join(repr(f) for f in folders[:-1]) + f" and {folders[-1]!r}"
+        msg = f"{state!r} matches {len(folders)} state folders ({shown}); cancel takes one"
+        raise UsageProblem(msg)
+    (folder,) = folders
     done = cancel_in_flight(folder)
     if not done:
         _note(f"no batches in flight in {folder}; nothing to cancel")

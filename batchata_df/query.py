@@ -284,11 +284,20 @@ def _folders(state: StatePaths) -> list[tuple[str, Path]]:
                 raise problem
             out.append((text, Path(text)))
             continue
+        if Path(text).exists():  # a file (a run's OUTPUT): named, with the folder beside it
+            problem = not_a_state_folder(text, command=None)
+            if problem is not None:
+                raise problem
         matches = sorted(m for m in glob.glob(text) if is_state_folder(m))
         if not matches:
+            beside = text + ".state"  # OUTPUT named before the run wrote it
+            fix = (
+                f"did you mean the state folder {beside!r}?" if is_state_folder(beside)
+                else "pass the `state=` folder of a batch_llm run"
+            )
             msg = (
                 f"checkpoint folder {text!r} does not exist (nor matches any checkpoint "
-                "folder as a glob pattern); pass the `state=` folder of a batch_llm run"
+                f"folder as a glob pattern); {fix}"
             )
             raise StateError(msg)
         out.extend((m, Path(m)) for m in matches)

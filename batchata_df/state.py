@@ -1896,6 +1896,11 @@ def not_a_state_folder(
         )
     elif is_state_folder(p.parent):
         fix = f"pass the state folder it is in: {str(p.parent)!r}"
+    elif (p / LOCK_FILE).is_file():  # locked by a call killed (or starting) before it wrote
+        fix = (
+            f"it holds only the {LOCK_FILE} of a call that wrote nothing to it yet (nothing "
+            f"was sent from it: there is nothing to read or repair); {fix}"
+        )
     return StateError(
         f"{text!r} is not a batchata-df state folder (it holds no manifest.json, jobs/ or "
         f"batches/); {fix}"

@@ -327,15 +327,12 @@ SEED = {
         "it fetches prices only when refresh_prices() is called, which batchata does not"
     ),
     "results": "benchmarks/results/overhead_seed.json (python benchmarks/bench_overhead.py --seed)",
-    "not_measured": {
-        "gemini": (
-            "batchata's GeminiProvider.estimate_cost calls google-genai models.count_tokens "
-            "(POST models/{model}:countTokens) once per job before each batch is sent; the "
-            "emulator does not serve countTokens (404 NOT_FOUND), so the run fails before "
-            "anything is sent. It also needs GOOGLE_API_KEY (without it batchata silently "
-            "registers no Gemini models)"
-        ),
-    },
+    "gemini": (
+        "batchata's GeminiProvider.estimate_cost calls google-genai models.count_tokens "
+        "(POST models/{model}:countTokens) once per job, sequentially, before each batch is "
+        "sent (the emulator serves it since 98f7020, free, as the Gemini API does); it also "
+        "needs GOOGLE_API_KEY (without it batchata silently registers no Gemini models)"
+    ),
 }
 
 
@@ -572,6 +569,12 @@ def run_seed(sizes: list[int], providers: list[str], runs: int, out: Path, venv:
     python = seed_python(venv)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     points: list[dict[str, Any]] = []
+    # The points of other providers and sizes already in ``out`` are kept (each point
+    # says when and at which commit it was measured); those measured now replace theirs.
+    previous: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
+    now = {(provider, n) for provider in providers for n in sizes}
+    kept = [pt for pt in previous.get("points", []) if (pt["provider"], pt["rows"]) not in now]
+    code = _code()
     # The seed library knows only names its providers have since retired (SEED_MODELS):
     # this emulator serves them (SERVE_RETIRED_VAR); batch_llm runs the same names here.
     from unittest import mock
@@ -589,6 +592,7 @@ def run_seed(sizes: list[int], providers: list[str], runs: int, out: Path, venv:
             for provider in providers:
                 model = SEED_MODELS[provider]
                 load_before = [round(x, 2) for x in os.getloadavg()]
+                point_started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
                 pairs: list[dict[str, Any]] = []
                 for _ in range(runs):
                     emu.reset()
@@ -613,14 +617,22 @@ def run_seed(sizes: list[int], providers: list[str], runs: int, out: Path, venv:
                         },
                         "loadavg_before": load_before,
                         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+                        "code": code,
+                        "measured_utc": [point_started, time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                      time.gmtime())],
                     }  # fmt: skip
+                    finished = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
                     doc = {
+                        **previous,
                         "benchmark": "bench_overhead --seed",
-                        "started_utc": started,
-                        "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        "started_utc": previous.get("started_utc", started),
+                        "finished_utc": finished,
                         "machine": _document(started, runs, [])["machine"],
                         "seed_library": {k: v for k, v in SEED.items() if k != "results"},
-                        "points": [*points, point],
+                        "points": sorted(
+                            [*kept, *points, point],
+                            key=lambda pt: (pt["rows"], list(PROVIDERS).index(pt["provider"])),
+                        ),
                     }
                     out.write_text(json.dumps(doc, indent=1) + "\n")
                 points.append(point)

@@ -308,3 +308,121 @@ def test_library_sql_on_a_non_state_folder_raises_listing_those_below(tmp_path):
                f"{folder}/*").rows() == [(2, 1)]
     assert sql("SELECT count(DISTINCT run) FROM jobs",
                [f"{folder}/*", f"{folder}/state/*"]).item() == 2
+
+
+def test_status_and_sql_commands_keep_the_state_folders_a_glob_matches(tmp_path):
+    """``runs/*`` beside the OUTPUT files of ``batchata-df run`` (the sql epilog's example).
+
+    It matched ``run0.parquet`` and ``state`` too, and exit 2 refused the whole command;
+    as ``batchata_df.sql`` does, the glob keeps the state folders it matches.
+    """
+    results_dir(tmp_path / "results")
+    q = "SELECT count(*) AS n, count(DISTINCT run) AS runs FROM jobs"
+    r = cli("sql", q, "results/*", "--csv", cwd=tmp_path)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "n,runs\n2,1\n", "")
+    r = cli("sql", q, "results/*", "results/state/*", "--csv", cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (0, "n,runs\n4,2\n")
+    r = cli("status", "results/*", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "assigned" in r.stdout
+    line = one_line_error(cli("status", "results/*.json", cwd=tmp_path))
+    assert ("'results/*.json' matches no batchata-df state folder (it matches "
+            "'results/job-000000.json')") in line
+
+
+def test_cancel_of_a_glob_matching_several_state_folders_exits_2_naming_them(tmp_path):
+    results_dir(tmp_path / "results", n_runs=2)
+    before = tree(tmp_path / "results")
+    line = one_line_error(cli("cancel", "results/run*", cwd=tmp_path))
+    assert ("'results/run*' matches 2 state folders ('results/run0.parquet.state' and "
+            "'results/run1.parquet.state'); cancel takes one") in line
+    assert tree(tmp_path / "results") == before
+
+
+def test_library_sql_on_an_output_file_names_its_state_folder(tmp_path):
+    """The OUTPUT of a run (or its name, before the run wrote it) given for its ``.state``."""
+    from batchata_df import StateError
+
+    state_folder(tmp_path / "out.parquet.state")
+    with pytest.raises(StateError) as info:
+        sql("SELECT count(*) FROM jobs", tmp_path / "out.parquet")  # not written yet
+    assert f"did you mean the state folder {str(tmp_path / 'out.parquet.state')!r}?" in str(
+        info.value)
+    (tmp_path / "out.parquet").write_bytes(b"PAR1")
+    with pytest.raises(StateError) as info:
+        sql("SELECT count(*) FROM jobs", tmp_path / "out.parquet")
+    assert str(info.value) == (
+        f"{str(tmp_path / 'out.parquet')!r} is not a folder; did you mean the state folder "
+        f"{str(tmp_path / 'out.parquet.state')!r}?"
+    )
+
+
+def test_a_glob_reads_only_the_state_folders_it_matches_as_runs(tmp_path):
+    """``results/*`` matches ``results/state`` too: not a run of the ``runs`` view."""
+    folder = results_dir(tmp_path / "results")
+    runs = sql("SELECT run FROM runs ORDER BY run", f"{folder}/*")["run"].to_list()
+    assert runs == [str(folder / "run0.parquet.state")]
+
+
+@pytest.mark.parametrize("marker", ["manifest.json", "jobs", "batches"])
+def test_each_marker_alone_makes_a_state_folder(tmp_path, marker):
+    """A folder that kept one of the three (a copy that dropped empty folders, a lost
+    manifest) is checked by doctor, read by sql, and not listed as a folder to descend."""
+    from batchata_df import doctor
+    from batchata_df.state import is_state_folder, state_folders_below
+
+    full = state_folder(tmp_path / "full")
+    folder = tmp_path / "results" / "kept"
+    folder.mkdir(parents=True)
+    if marker == "manifest.json":
+        (folder / marker).write_bytes((full / marker).read_bytes())
+    else:
+        (full / marker).rename(folder / marker)
+    assert is_state_folder(folder)
+    assert state_folders_below(tmp_path / "results") == [folder]
+    assert doctor(folder).state == folder  # checked, not refused
+    n = 2 if marker == "jobs" else 0
+    assert sql("SELECT count(*) FROM jobs", folder).item() == n
+
+
+def test_a_folder_holding_only_a_writer_lock_is_refused_saying_nothing_was_sent(tmp_path):
+    """A call killed between taking the folder's lock and creating its parts left it."""
+    from batchata_df import StateError, doctor
+    from batchata_df.state import WriterLock
+
+    lock = WriterLock(tmp_path / "s")
+    lock.acquire()
+    lock.release()
+    assert os.listdir(tmp_path / "s") == ["writer.lock"]
+    for call in (doctor, lambda f: sql("SELECT 1", f)):
+        with pytest.raises(StateError) as info:
+            call(tmp_path / "s")
+        assert ("(it holds no manifest.json, jobs/ or batches/); it holds only the "
+                "writer.lock of a call that wrote nothing to it yet (nothing was sent from "
+                "it: there is nothing to read or repair); pass the state folder of a run") \
+            in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("imports", "expected"),
+    [
+        ("polars.nonexistent27", "'mymodels27' imports 'polars.nonexistent27', which the "
+         "installed 'polars' does not have; fix that import in 'mymodels27', or install a "
+         "version of 'polars' that has it"),
+        ("json\nfrom pydantic import Nonexistent27", "'mymodels27' imports a name "
+         "'pydantic' does not have (cannot import name 'Nonexistent27' from 'pydantic'"),
+    ],
+)
+def test_load_schema_of_a_module_importing_what_an_installed_package_lacks(
+    tmp_path, monkeypatch, imports, expected
+):
+    """Not "not installed" (it is), nor "run from the folder that holds it" (it was found)."""
+    from batchata_df.cli import UsageProblem, load_schema
+
+    monkeypatch.syspath_prepend(str(schema_module(tmp_path, imports)))
+    monkeypatch.delitem(sys.modules, "mymodels27", raising=False)
+    with pytest.raises(UsageProblem) as info:
+        load_schema("mymodels27:Ticket")
+    assert str(info.value).startswith(f"--schema 'mymodels27:Ticket': {expected}")
+    assert "pip install" not in str(info.value)
+    assert "run from the folder" not in str(info.value)

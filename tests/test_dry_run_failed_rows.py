@@ -12,6 +12,7 @@ memory, streamed (``sink=``) and from the command line.
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -88,17 +89,41 @@ def test_a_dry_run_labels_failed_rows_as_the_next_run_treats_them(
     _check_plan_against_run(plan, first, after, len(emu.billing()) - n, retry)
 
 
+@pytest.fixture(scope="module")
+def first_cli_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The folder of the first command-line run, made by the first test that needs it."""
+    return {"base": tmp_path_factory.mktemp("first-cli-run")}
+
+
+def _first_cli_run(emu, first_cli_runs: dict[str, Path], work: Path, run: list[str]) -> None:
+    """``work``: the input, the output and the state folder the first run leaves there.
+
+    That run is the same for every case (it leaves rows 2 and 4 failed), so it runs once
+    per module, in a folder of its own, and each test gets a copy: the cases only differ
+    in what they do afterwards, and each writes only to its copy.
+    """
+    if "made" not in first_cli_runs:
+        made = first_cli_runs["base"] / "made"
+        made.mkdir()
+        pl.DataFrame({"text": TEXTS}).write_parquet(made / "in.parquet")
+        r = cli(emu, *run, cwd=made)
+        assert r.returncode == 3, r.stderr  # some rows failed
+        first_cli_runs["made"] = made
+    shutil.copytree(first_cli_runs["made"], work, dirs_exist_ok=True)
+
+
 @pytest.mark.parametrize("retry", [False, True], ids=["kept", "retried"])
 def test_the_cli_dry_run_labels_failed_rows_as_the_next_run_treats_them(
-    emu, tmp_path: Path, retry: bool
+    emu, tmp_path: Path, first_cli_runs: dict[str, Path], retry: bool
 ) -> None:
-    pl.DataFrame({"text": TEXTS}).write_parquet(tmp_path / "in.parquet")
     run = ["run", "in.parquet", "out.parquet", "--model", "gpt-4.1-mini", "--prompt",
            "Say {text}", "--max-tokens", "64", "--no-progress"]  # fmt: skip
     again = ["--retry-failed"] if retry else []
-    r = cli(emu, *run, cwd=tmp_path)
-    assert r.returncode == 3, r.stderr  # some rows failed
+    _first_cli_run(emu, first_cli_runs, tmp_path, run)
     first = pl.read_parquet(tmp_path / "out.parquet")
+    assert first["_status"].to_list() == [  # as the emulator's markers make them
+        "failed" if i in FAILED else "completed" for i in range(len(TEXTS))
+    ]
     n = len(emu.billing())
     r = cli(emu, *run, "--dry-run", "--plan", "plan.parquet", *again, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
