@@ -193,6 +193,14 @@ class _Invalid(Exception):
         self.state = state
 
 
+def _json_or_400(request: Request) -> dict[str, Any]:
+    """The request's body as a JSON object, or a 400 worded as Google words it."""
+    try:
+        return json_body(request)
+    except ValueError as e:
+        raise _Invalid(400, f"Invalid JSON payload received. {e}") from e
+
+
 # --------------------------------------------------------------------------------------
 # Schemas
 
@@ -879,10 +887,7 @@ class GeminiApp:
             )
         if request.headers.get("x-goog-upload-command", "").lower() != "start":
             raise _Invalid(400, "A resumable upload starts with X-Goog-Upload-Command: start.")
-        try:
-            body = json_body(request)
-        except ValueError as e:
-            raise _Invalid(400, f"Invalid JSON payload received. {e}") from e
+        body = _json_or_400(request)
         file = body.get("file") or {}
         if not isinstance(file, Mapping):
             raise _Invalid(400, "Invalid JSON payload: 'file' must be an object.")
@@ -1059,10 +1064,7 @@ class GeminiApp:
                 400,
                 f"Request payload size exceeds the limit: {self._limits['max_inline_bytes']} bytes",
             )
-        try:
-            body = json_body(request)
-        except ValueError as e:
-            raise _Invalid(400, f"Invalid JSON payload received. {e}") from e
+        body = _json_or_400(request)
         _known_names(body, _CREATE_FIELDS, "")
         batch = body.get("batch")
         if not isinstance(batch, Mapping):
@@ -1163,10 +1165,7 @@ class GeminiApp:
         and billed at the standard price.
         """
         _check_model(model, version, "generateContent", self.core.served_now())
-        try:
-            body = json_body(request)
-        except ValueError as e:
-            raise _Invalid(400, f"Invalid JSON payload received. {e}") from e
+        body = _json_or_400(request)
         problem = RequestChecker()(body, "")
         if problem is not None:
             raise _Invalid(400, problem)
@@ -1225,10 +1224,7 @@ class GeminiApp:
         realtime latency or stats).
         """
         _check_model(model, version, "countTokens", self.core.served_now())
-        try:
-            body = json_body(request)
-        except ValueError as e:
-            raise _Invalid(400, f"Invalid JSON payload received. {e}") from e
+        body = _json_or_400(request)
         _known_names(body, _COUNT_FIELDS, "")
         contents = body.get("contents")
         inner = body.get("generateContentRequest", body.get("generate_content_request"))
