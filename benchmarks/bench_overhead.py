@@ -135,17 +135,19 @@ def lines_of(start, head, tail):
         pl.lit(tail)])).to_series()
 
 def decode(data, line_schema, pick):
-    """JSONL bytes -> (i, text): pyarrow's JSON reader with only the fields needed."""
+    """JSONL bytes -> (i, typed answer columns): pyarrow's JSON reader with only the fields
+    needed, then the batch's answers decoded at once, so no batch's JSON text outlives it."""
     table = pj.read_json(
         io.BytesIO(data), read_options=pj.ReadOptions(use_threads=False, block_size=1 << 20),
         parse_options=pj.ParseOptions(explicit_schema=line_schema,
                                       unexpected_field_behavior="ignore"))
-    return pl.from_arrow(table).select(pick())
+    return (pl.from_arrow(table).select(pick())
+            .select("i", pl.col("text").str.json_decode(ANSWER).alias("a")).unnest("a"))
 
 def finish(parts):
     got = pl.concat(parts).sort("i")
     assert got.height == n and got["i"][-1] == n - 1, got.height
-    out = df.hstack(got.select(pl.col("text").str.json_decode(ANSWER).alias("a")).unnest("a"))
+    out = df.hstack(got.drop("i"))
     assert out.height == n and out["label"].null_count() == 0
     print(json.dumps({"rows": out.height}))
 '''
