@@ -3,7 +3,8 @@
 Every client is a fresh process (imports included) against ONE emulator process with zero
 latency (``Emulator(latency=0.0)``, reset before every client). Per size and provider, the
 floor and batch_llm run alternately, ``--runs`` times each (default 3), so each ratio is
-measured side by side in the same run. Recorded per client run: wall seconds, client CPU
+measured side by side in the same run; which of the two goes first alternates from run to
+run (``"first"`` in each run). Recorded per client run: wall seconds, client CPU
 seconds (user + system from the child's own ``rusage``: its work, whatever the emulator
 does), peak RSS (``ru_maxrss`` of the child), emulator CPU seconds during the run (from
 ``/proc/<pid>/stat``) and, for batch_llm, the checkpoint folder's size. The load average
@@ -692,16 +693,23 @@ def main() -> None:
                 model = PROVIDERS[provider]
                 load_before = [round(x, 2) for x in os.getloadavg()]
                 runs: list[dict[str, Any]] = []
-                for _ in range(args.runs):
-                    emu.reset()
-                    floor = run_child(FLOORS[provider], [str(n)], env, emu_pid)
-                    emu.reset()
-                    with tempfile.TemporaryDirectory() as state:
-                        ours = run_child(OURS, [str(n), state, model], env, emu_pid)
-                        ours["state_mb"] = round(
-                            sum(p.stat().st_size for p in Path(state).rglob("*")) / 1e6, 2
-                        )
-                    runs.append({"floor": floor, "ours": ours})
+                for i in range(args.runs):
+                    # Which client goes first alternates from run to run: neither always
+                    # meets the emulator (or the machine) as the other left it.
+                    pair: dict[str, Any] = {}
+                    for who in ("floor", "ours") if i % 2 == 0 else ("ours", "floor"):
+                        emu.reset()
+                        if who == "floor":
+                            pair["floor"] = run_child(FLOORS[provider], [str(n)], env, emu_pid)
+                            continue
+                        with tempfile.TemporaryDirectory() as state:
+                            ours = run_child(OURS, [str(n), state, model], env, emu_pid)
+                            ours["state_mb"] = round(
+                                sum(p.stat().st_size for p in Path(state).rglob("*")) / 1e6, 2
+                            )
+                        pair["ours"] = ours
+                    runs.append({"floor": pair["floor"], "ours": pair["ours"], "first": (
+                        "floor" if i % 2 == 0 else "ours")})
                     point = {
                         "provider": provider,
                         "model": model,
