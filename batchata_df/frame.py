@@ -524,6 +524,8 @@ def batch_llm(
         retry_failed=retry_failed,
         max_cost_usd=None if max_cost_usd is None else float(max_cost_usd),
         provider_patience_s=patience_s,
+        # The answers' text is read again only for _raw, or where nothing decodes them.
+        answer_text=keep_raw or answer.json_schema is None or run_mode != "batch",
     )
     if dry_run:  # reads the folder without its lock: as checked above
         # "Already spent" counts lost realtime requests at their worst case, as the run's

@@ -613,6 +613,13 @@ class WrittenJobs:
     """``job_id``, ``seq`` of the other events written after the first terminal part."""
     mixed: bool = False
     """A part held terminal and other events: the shortcut is not taken."""
+    text: bool = True
+    """Keep the answers' text (``answer``, ``raw``). ``False``: the terminal parts are kept
+    without them, given back as nulls; for a caller that reads the decoded answers only
+    (:meth:`StateStore.record_jobs`)."""
+    text_needed: bool = False
+    """``text`` is off but a part had completed answers and none decoded: the shortcut is
+    not taken (the answers could be given neither decoded nor as text)."""
 
     def add(self, path: Path, frame: pl.DataFrame, decoded: pl.Series | None = None) -> None:
         """Record a job event part ``path`` holding ``frame`` (and its answers ``decoded``)."""
@@ -621,6 +628,11 @@ class WrittenJobs:
         # One comparison per terminal status: a third of the CPU of ``is_in`` of the tuple.
         ended = sum(int((status == s).sum()) for s in TERMINAL_JOB)
         if ended == frame.height:
+            if not self.text:
+                if decoded is None and bool((status == "completed").any()):
+                    self.text_needed = True
+                # ~0.13 GB at 1M short answers, held until the run ends otherwise.
+                frame = frame.drop("answer", "raw", strict=False)
             self.terminal.append(frame)
             self.decoded.append(decoded)
         elif ended:
@@ -864,8 +876,10 @@ class StateStore:
         if self._written is not None:
             decoded = events.get_column(DECODED) if DECODED in events.columns else None
             # As a reader of the part gets it back (a completed event's null raw is its
-            # answer from format 2 on), so that written_states are the snapshot's.
-            self._written.add(path, self.restored(written), decoded)
+            # answer from format 2 on), so that written_states are the snapshot's; the
+            # text is not restored when it is not kept.
+            kept = self.restored(written) if self._written.text else written
+            self._written.add(path, kept, decoded)
 
     def append_batch(self, **values: Any) -> None:
         """Append one batch event."""
@@ -1011,18 +1025,22 @@ class StateStore:
         )
         return _conform(latest, JOB_EVENTS), _billed_sorted(events, latest)
 
-    def record_jobs(self) -> bool:
+    def record_jobs(self, *, text: bool = True) -> bool:
         """Keep what this store writes from now on, when the folder has no job events yet.
 
         Returns whether recording started. Then every job event of the folder is one this
         store writes, and :meth:`written_states` can give the final states without reading
         the folder back or searching each job's latest event (for the run's own events, as
         written, in memory: the terminal events of a call that ends every job).
+        ``text=False`` keeps the terminal events without the answers' text (``answer``,
+        ``raw``: :meth:`written_states` gives them as nulls), for a caller that reads only
+        the answers decoded by the writer (:data:`DECODED`); where some completed answers
+        come without them, :meth:`written_states` gives ``None``.
         """
         self._written = None
         if self.readonly or table_parts(self.root / "jobs"):
             return False
-        self._written = WrittenJobs()
+        self._written = WrittenJobs(text=text)
         return True
 
     @property
@@ -1052,11 +1070,17 @@ class StateStore:
         ``None``: read the folder (:meth:`snapshot`). ``job_ids`` are unique (a run's jobs).
         """
         log, self._written = self._written, None
-        if log is None or log.mixed or not log.terminal:
+        if log is None or log.mixed or log.text_needed or not log.terminal:
             return None
         if set(table_parts(self.root / "jobs")) != set(log.parts):
             return None
         ended = pl.concat(log.terminal)
+        if not log.text:  # the columns left out, as nulls (scalar columns: nothing held)
+            columns = [*ended.columns]
+            ended = ended.with_columns(
+                pl.lit(None, dtype=pl.String).alias("answer"),
+                pl.lit(None, dtype=pl.String).alias("raw"),
+            ).select(*[c for c in JOB_EVENTS if c in {*columns, "answer", "raw"}])
         ids = ended.get_column("job_id")
         if ended.height != job_ids.len() or ids.null_count() or job_ids.null_count():
             return None

@@ -789,22 +789,25 @@ def test_the_output_from_answers_decoded_once_equals_the_output_decoding_them(
     monkeypatch.setattr(StateStore, "written_states", spy)
     once = batch_llm(df, state=tmp_path / "once", **kw)
     assert carried == [True]
-    monkeypatch.setattr(StateStore, "record_jobs", lambda self: False)  # read back, decode
+    monkeypatch.setattr(StateStore, "record_jobs", lambda self, **_: False)  # read back, decode
     twice = batch_llm(df, state=tmp_path / "twice", **kw)
     assert set(once["_status"]) == {"completed", "failed"}  # both kinds of rows
     assert once["_batch_id"].null_count() == twice["_batch_id"].null_count() == 0
     assert_frame_equal(once.drop("_batch_id"), twice.drop("_batch_id"))  # ids: other batches
 
 
+@pytest.mark.parametrize("keep_raw", [True, False], ids=["keep_raw", "decoded_only"])
 @pytest.mark.parametrize("model", ["gpt-4.1-mini", "claude-haiku-4-5", "gemini-2.5-flash"])
 def test_a_batch_with_nothing_decoded_comes_out_decoded_from_its_stored_answers(
-    emu, tmp_path, model, monkeypatch
+    emu, tmp_path, model, monkeypatch, keep_raw
 ) -> None:
     # One answer holds 1e400 (past a double): Polars refuses the decode of its whole batch,
     # so Pydantic decides each answer there (that one fails, the others complete) and the
-    # batch keeps nothing decoded, while the other batch keeps its struct. The states still
-    # come from what the call wrote; the output must decode that batch's stored answers
-    # (not give its completed rows null fields).
+    # batch keeps nothing decoded, while the other batch keeps its struct. With keep_raw the
+    # call holds the answers' text, and the states still come from what the call wrote;
+    # without, it holds only decoded answers, so it reads the folder back. Either way the
+    # output must decode that batch's stored answers (not give its completed rows null
+    # fields).
     from batchata_df import batch_llm, sql
     from batchata_df.schema import DECODED
     from batchata_df.state import StateStore, WrittenJobs
@@ -829,7 +832,7 @@ def test_a_batch_with_nothing_decoded_comes_out_decoded_from_its_stored_answers(
     monkeypatch.setattr(StateStore, "written_states", states_spy)
     state = tmp_path / "run"
     out = batch_llm(df, schema=Review, model=model, prompt="{text}", state=state,
-                    progress=False, items_per_batch=7)
+                    progress=False, items_per_batch=7, keep_raw=keep_raw)
     stored = sql("select job_id, raw from jobs where status <> 'assigned'", state)
     raw = dict(stored.iter_rows())
     fields = list(Review.model_fields)
@@ -846,9 +849,14 @@ def test_a_batch_with_nothing_decoded_comes_out_decoded_from_its_stored_answers(
             assert {f: row[f] for f in fields} == want
             assert row["summary"] is not None
     # What was asserted came by the path named: one batch decoded, one not; the states
-    # from the call's writes, without the decoded answers.
-    assert kept == [[False, True]]
-    assert carried == [(True, False)]
+    # from the call's writes, without the decoded answers (keep_raw), or from the folder.
+    if keep_raw:
+        assert out["_raw"].to_list() == [raw[j] for j in out["_job_id"]]
+        assert kept == [[False, True]]
+        assert carried == [(True, False)]
+    else:
+        assert kept == []
+        assert carried == [(False, False)]
 
 
 # -- outcomes: results in request order are put beside the members without a join ------------

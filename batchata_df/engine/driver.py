@@ -153,7 +153,7 @@ class Engine:
         # A folder with no job events yet: every event is this call's, so the final states
         # can come from the events it writes, without searching the folder for each job's
         # latest one (StateStore.written_states says when that is exact).
-        ctx.store.record_jobs()
+        ctx.store.record_jobs(text=ctx.options.answer_text)
         try:
             unsent = self._drive(planner, admission)
             known = ctx.store.written_states(jobs.get_column("job_id"))

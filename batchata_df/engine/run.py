@@ -76,6 +76,12 @@ class RunOptions:
     poll_initial_s: float = 1.0
     poll_max_s: float = 60.0
     poll_factor: float = 1.6
+    answer_text: bool = True
+    """Whether the final states the engine returns carry the answers' text (``answer``,
+    ``raw``). ``False``: where the validation decoded them (a
+    :data:`~batchata_df.state.DECODED` column), the text may come as nulls, and is not held
+    while the run goes on (~0.13 GB at 1M rows); ``batch_llm`` asks for it only for
+    ``keep_raw`` or answers it does not decode."""
 
 
 @dataclass(frozen=True)
