@@ -30,8 +30,12 @@ Polars when nothing but speed matters, and no checkpoints:
   pyarrow's JSON reader against an explicit schema of only the fields needed, on one
   thread (about half the CPU of Polars' ``str.json_decode`` of the same fields, a quarter
   of ``read_ndjson``'s: ``benchmarks/PROFILE.md``);
-* the answers are decoded into typed columns with one ``str.json_decode`` and put
-  beside the input rows in order (the custom id is the row number).
+* each batch's answers are decoded into typed columns (one ``str.json_decode``) as the
+  batch is collected, so that no batch's JSON text outlives it, and put beside the input
+  rows in order (the custom id is the row number). Decoding them all at the end, as the
+  floor did until 2026-12-02, held ~0.7 GB more at 1M rows (its peak RSS 1,242 against
+  568 MB, Gemini): the floor issue 14 called heavier than it needs to be
+  (``benchmarks/PROFILE.md``, twenty-fifth pass).
 
 batchata_df does the same work plus what the floor leaves out: job ids (content hashes),
 checkpoints (Parquet parts, manifest, lock), validation against the Pydantic model, cost
