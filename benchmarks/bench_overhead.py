@@ -37,6 +37,10 @@ Polars when nothing but speed matters, and no checkpoints:
   568 MB, Gemini): the floor issue 14 called heavier than it needs to be
   (``benchmarks/PROFILE.md``, twenty-fifth pass).
 
+The same clients fed from Parquet files, batch by batch, and writing a Parquet file as
+each batch's answers arrive (``STREAM_FLOORS``: nothing held but the batch at hand) are
+the floor ``benchmarks/bench_stream.py`` runs beside ``batch_llm(..., sink=)``.
+
 batchata_df does the same work plus what the floor leaves out: job ids (content hashes),
 checkpoints (Parquet parts, manifest, lock), validation against the Pydantic model, cost
 and token columns, the status/error of every row, prompt-cache planning.
@@ -118,7 +122,7 @@ df = pl.select(
 )
 '''
 
-FLOOR_COMMON = FRAME + r'''
+FLOOR_BODY = r'''
 import io, json, time
 import pyarrow as pa
 import pyarrow.json as pj
@@ -133,9 +137,9 @@ PER_BATCH = 50_000
 def quoted(e):
     return pl.struct(e.alias("s")).struct.json_encode().str.strip_prefix('{"s":').str.strip_suffix("}")
 
-def lines_of(start, head, tail):
-    """The request lines of one batch: rows start .. start + PER_BATCH, one concat_str."""
-    return df.slice(start, PER_BATCH).with_row_index("i", offset=start).select(pl.concat_str([
+def lines_of(start, rows, head, tail):
+    """The request lines of one batch (``rows``, numbered from ``start``): one concat_str."""
+    return rows.with_row_index("i", offset=start).select(pl.concat_str([
         pl.lit(head[0]), pl.col("i").cast(pl.String), pl.lit(head[1]), quoted(pl.col("text")),
         pl.lit(tail)])).to_series()
 
@@ -148,17 +152,74 @@ def decode(data, line_schema, pick):
                                       unexpected_field_behavior="ignore"))
     return (pl.from_arrow(table).select(pick())
             .select("i", pl.col("text").str.json_decode(ANSWER).alias("a")).unnest("a"))
+'''
+"""What every floor shares: the request lines and the answers' decoding. Each floor then
+defines ``chunks()`` (the input, ``(first row number, rows)`` of ``PER_BATCH`` rows at
+most), ``parts`` (where each batch's decoded answers go, in the order sent) and
+``finish()``."""
 
-def finish(parts):
+FLOOR_COMMON = FRAME + FLOOR_BODY + r'''
+def chunks():
+    return ((start, df.slice(start, PER_BATCH)) for start in range(0, n, PER_BATCH))
+
+parts = []
+
+def finish():
     got = pl.concat(parts).sort("i")
     assert got.height == n and got["i"][-1] == n - 1, got.height
     out = df.hstack(got.drop("i"))
     assert out.height == n and out["label"].null_count() == 0
     print(json.dumps({"rows": out.height}))
 '''
+"""The in-memory floor: the frame of ``FRAME``, every answer kept, the output built whole."""
 
-FLOORS = {
-    "openai": FLOOR_COMMON + r'''
+STREAM_FLOOR_COMMON = r'''
+import glob, sys
+import polars as pl
+import pyarrow.parquet as pq
+n, SRC, SINK = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+''' + FLOOR_BODY + r'''
+def chunks():
+    """The input files' rows, PER_BATCH at most at a time, each read once per pass."""
+    start = 0
+    for path in sorted(glob.glob(SRC)):
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=PER_BATCH):
+            yield start, pl.from_arrow(batch)
+            start += batch.num_rows
+
+class Sink:
+    """The output file, written batch by batch as the answers arrive (in the order sent):
+    each batch's input rows, read again, beside its answers; nothing else is held."""
+    def __init__(self):
+        self.inputs, self.writer, self.rows = chunks(), None, 0
+    def append(self, part):
+        part = part.sort("i")
+        start, rows = next(self.inputs)
+        assert part.height == rows.height, (part.height, rows.height)
+        assert part["i"][0] == start and part["i"][-1] == start + rows.height - 1, start
+        table = rows.hstack(part.drop("i")).to_arrow()
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(SINK, table.schema, compression="zstd")
+        self.writer.write_table(table)
+        self.rows += rows.height
+
+parts = Sink()
+
+def finish():
+    parts.writer.close()
+    assert parts.rows == n, parts.rows
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            hwm = round(int(line.split()[1]) / 1024, 1)
+    print(json.dumps({"rows": parts.rows, "vm_hwm_mb": hwm}))
+'''
+"""The streamed floor (``bench_stream.py``'s ``floor`` phase): ``argv`` is the row count,
+a glob of the input Parquet files and the output file. The input is read twice, batch by
+batch (to send, then beside the answers), never whole; the output is written as each
+batch's answers arrive."""
+
+FLOOR_CLIENTS = {
+    "openai": r'''
 from openai import OpenAI
 client = OpenAI()
 fmt = {"type": "json_schema", "json_schema": {"name": "Answer", "strict": True, "schema": SCHEMA}}
@@ -166,8 +227,8 @@ head = ('{"custom_id":"', '","method":"POST","url":"/v1/chat/completions",'
         '"body":{"model":"gpt-4.1-mini","messages":[{"role":"user","content":')
 tail = '}],"response_format":' + json.dumps(fmt) + ',"max_completion_tokens":4096}}'
 ids = []
-for start in range(0, n, PER_BATCH):
-    payload = "\n".join(lines_of(start, head, tail).to_list()).encode()
+for start, rows in chunks():
+    payload = "\n".join(lines_of(start, rows, head, tail).to_list()).encode()
     f = client.files.create(file=("in.jsonl", payload), purpose="batch")
     ids.append(client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
                                      completion_window="24h").id)
@@ -177,14 +238,13 @@ def pick():
     return [pl.col("custom_id").cast(pl.Int64).alias("i"),
             pl.col("response").struct.field("body").struct.field("choices")
             .list.first().struct.field("message").struct.field("content").alias("text")]
-parts = []
 for bid in ids:
     while (b := client.batches.retrieve(bid)).status != "completed":
         time.sleep(0.2)
     parts.append(decode(client.files.content(b.output_file_id).read(), LINE, pick))
-finish(parts)
+finish()
 ''',
-    "anthropic": FLOOR_COMMON + r'''
+    "anthropic": r'''
 from anthropic import Anthropic
 from anthropic.types.messages import MessageBatch
 client = Anthropic()
@@ -193,8 +253,8 @@ head = ('{"custom_id":"', '","params":{"model":"claude-haiku-4-5",'
         '"messages":[{"role":"user","content":')
 tail = '}],"max_tokens":4096,"output_config":' + json.dumps(fmt) + '}}'
 ids = []
-for start in range(0, n, PER_BATCH):
-    body = b'{"requests":[' + ",".join(lines_of(start, head, tail).to_list()).encode() + b"]}"
+for start, rows in chunks():
+    body = b'{"requests":[' + ",".join(lines_of(start, rows, head, tail).to_list()).encode() + b"]}"
     ids.append(client.post("/v1/messages/batches", cast_to=MessageBatch, content=body,
                            options={"headers": {"content-type": "application/json"}}).id)
 LINE = pa.schema({"custom_id": pa.string(), "result": pa.struct({"message": pa.struct({
@@ -204,15 +264,14 @@ def pick():
     return [pl.col("custom_id").cast(pl.Int64).alias("i"),
             blocks.list.eval(pl.element().filter(pl.element().struct.field("type") == "text")
                              .struct.field("text")).list.join("").alias("text")]
-parts = []
 for bid in ids:
     while client.messages.batches.retrieve(bid).processing_status != "ended":
         time.sleep(0.2)
     with client.messages.batches.with_streaming_response.results(bid) as r:
         parts.append(decode(r.read(), LINE, pick))
-finish(parts)
+finish()
 ''',
-    "gemini": FLOOR_COMMON + r'''
+    "gemini": r'''
 from google import genai
 from google.genai import types
 client = genai.Client()
@@ -221,8 +280,8 @@ config = {"responseMimeType": "application/json", "responseJsonSchema": SCHEMA,
 head = ('{"key":"', '","request":{"contents":[{"role":"user","parts":[{"text":')
 tail = '}]}],"generationConfig":' + json.dumps(config) + '}}'
 names = []
-for start in range(0, n, PER_BATCH):
-    payload = io.BytesIO("\n".join(lines_of(start, head, tail).to_list()).encode())
+for start, rows in chunks():
+    payload = io.BytesIO("\n".join(lines_of(start, rows, head, tail).to_list()).encode())
     up = client.files.upload(file=payload, config=types.UploadFileConfig(mime_type="text/plain"))
     names.append(client.batches.create(model="gemini-2.5-flash", src=up.name).name)
 LINE = pa.schema({"key": pa.string(), "response": pa.struct({"candidates": pa.list_(pa.struct({
@@ -235,15 +294,20 @@ def pick():
             parts.list.eval(pl.element().filter(~pl.element().struct.field("thought")
                                                 .fill_null(False)).struct.field("text"))
             .list.join("").alias("text")]
-parts = []
 for name in names:
     while (job := client.batches.get(name=name)).state.name != "JOB_STATE_SUCCEEDED":
         assert job.state.name not in ("JOB_STATE_FAILED", "JOB_STATE_CANCELLED"), job.state
         time.sleep(0.2)
     parts.append(decode(client.files.download(file=job.dest.file_name), LINE, pick))
-finish(parts)
+finish()
 ''',
 }
+
+FLOORS = {provider: FLOOR_COMMON + client for provider, client in FLOOR_CLIENTS.items()}
+"""Each provider's in-memory floor: ``argv`` is the row count (the frame of ``FRAME``)."""
+STREAM_FLOORS = {provider: STREAM_FLOOR_COMMON + client
+                 for provider, client in FLOOR_CLIENTS.items()}
+"""Each provider's streamed floor, Parquet files in and a Parquet file out (``bench_stream.py``)."""
 
 OURS = FRAME + r'''
 import json

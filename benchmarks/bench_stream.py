@@ -6,6 +6,12 @@ child processes against one emulator process (latency 0):
 * ``run``: one uninterrupted run on a folder of its own; besides the figures below, the
   child's peak RSS in each phase of the call (``peak_rss_mb_by_phase``: ``send`` (reading,
   sending and collecting), ``compact``, ``job_index``, ``write_sink``), sampled every 0.5 s;
+* ``floor``: the leanest streamed client of the same rows (``bench_overhead.STREAM_FLOORS``:
+  the official SDK, pyarrow and Polars, no checkpoints; the input read batch by batch to
+  send, and again beside each batch's answers as they arrive, written to one Parquet
+  file); recorded like ``run``, with its output checked (rows, order, labels) and the
+  requests billed, and ``ratio_to_floor`` (``run`` over ``floor``: wall, CPU, peak RSS)
+  when both ran;
 * ``killed``: a run on a fresh folder (the emulator reset), killed with SIGKILL as soon as
   half its job event parts are written (each batch writes two: its jobs ``assigned``, then
   their results; a point of progress, not of time, so a busy machine does not move it);
@@ -32,7 +38,7 @@ model, batches of the provider's most (OpenAI 50,000; Anthropic and Gemini 100,0
 batches in flight. ``killed`` kills at half the provider's batch count in job parts.
 
     python benchmarks/bench_stream.py --sizes 1000000 10000000 \
-        [--phases run killed resume_finished sql] [--model claude-haiku-4-5] [--cap 1e9]
+        [--phases run floor killed resume_finished sql] [--model claude-haiku-4-5] [--cap 1e9]
 
 ``--cap USD`` runs every call with ``max_cost_usd=USD`` (``1e9``: a cap that never binds,
 to measure what the cap's estimates, admission and calibration cost).
@@ -65,6 +71,8 @@ from pathlib import Path
 os.environ.setdefault("BATCHATA_DF_TODAY", "2026-10-31")
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_overhead import PROVIDERS, STREAM_FLOORS, _code  # noqa: E402
 
 # The child's own peak: VmHWM of its address space. (ru_maxrss from wait4 is not used as
 # the peak: Linux carries the parent's high-water mark over fork+exec into it.)
@@ -154,6 +162,20 @@ row = out.select(
 ).collect(engine="streaming").row(0, named=True)
 print(json.dumps(row))
 '''
+
+FLOOR_CHECK = r"""
+import json, sys
+import polars as pl
+out = pl.scan_parquet(sys.argv[1])
+n = pl.len()
+row = out.select(
+    n.alias("rows"),
+    (pl.col("text").str.extract(r"^Review (\d+):").cast(pl.Int64) == pl.int_range(n))
+    .all().alias("in_order"),
+    pl.col("label").is_not_null().sum().alias("labelled"),
+).collect(engine="streaming").row(0, named=True)
+print(json.dumps(row))
+"""
 
 
 def _cpu_of(pid: int) -> float:
@@ -268,10 +290,11 @@ def _billing(emu: object) -> dict[str, int]:
     return {"billed": len(bills), "distinct": len({b["request"] for b in bills})}
 
 
-PHASES = ("run", "killed", "resume_finished", "sql")
-"""``run``: the uninterrupted run; ``killed``: killed at half and resumed; then the
-finished folder resumed; then ``sql`` (over the killed-and-resumed folder, or the clean
-run's when ``killed`` is not asked for)."""
+PHASES = ("run", "floor", "killed", "resume_finished", "sql")
+"""``run``: the uninterrupted run; ``floor``: the streamed floor on the same input;
+``killed``: killed at half and resumed; then the finished folder resumed; then ``sql``
+(over the killed-and-resumed folder, or the clean run's when ``killed`` is not asked
+for)."""
 
 
 def point(n: int, work: Path, emu: object, env: dict[str, str],
@@ -294,6 +317,7 @@ def point(n: int, work: Path, emu: object, env: dict[str, str],
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "input_mb": _size_mb(src),
         "phases": list(phases),
+        "code": _code(),
     }
     pid = emu._proc.pid  # type: ignore[attr-defined]
     state = work / f"state-{n}-{model}"
@@ -307,6 +331,24 @@ def point(n: int, work: Path, emu: object, env: dict[str, str],
         row["emulator_cpu_s"] = round(_cpu_of(pid) - emu_cpu0, 2)
         save(row)  # before the checks: a check that fails does not lose the run's figures
         row.update(_finished(state, sink, emu, env))
+        save(row)
+
+    if "floor" in phases:
+        # The leanest streamed client of the same rows and model, no checkpoints.
+        emu.reset()  # type: ignore[attr-defined]
+        sink = work / f"floor-{n}-{model}.parquet"
+        row["loadavg_before_floor"] = [round(x, 2) for x in os.getloadavg()]
+        emu_cpu0 = _cpu_of(pid)
+        floor = run_child(STREAM_FLOORS[_provider(model)], [str(n), args[0], str(sink)], env)
+        floor["emulator_cpu_s"] = round(_cpu_of(pid) - emu_cpu0, 2)
+        floor["billed_requests"] = _billing(emu)["billed"]
+        floor["output_check"] = run_child(FLOOR_CHECK, [str(sink)], env)
+        row["floor"] = floor
+        ours = row.get("run")
+        if isinstance(ours, dict):
+            row["ratio_to_floor"] = {
+                k: round(ours[k] / floor[k], 3) for k in ("wall_s", "cpu_s", "vm_hwm_mb")
+            }
         save(row)
 
     if "killed" in phases:
@@ -347,17 +389,23 @@ def point(n: int, work: Path, emu: object, env: dict[str, str],
     return row
 
 
+def _provider(model: str) -> str:
+    """The provider of a model name: ``"anthropic"``, ``"gemini"`` or ``"openai"``."""
+    if model.startswith("claude"):
+        return "anthropic"
+    if model.startswith("gemini"):
+        return "gemini"
+    return "openai"
+
+
 def _batch_size(model: str) -> int:
     """Most requests in one batch of the model's provider (OpenAI 50,000; others 100,000)."""
     from batchata_df.providers.anthropic import AnthropicProvider
     from batchata_df.providers.gemini import GeminiProvider
     from batchata_df.providers.openai import OpenAIProvider
 
-    if model.startswith("claude"):
-        return AnthropicProvider.max_requests
-    if model.startswith("gemini"):
-        return GeminiProvider.max_requests
-    return OpenAIProvider.max_requests
+    return {"anthropic": AnthropicProvider, "gemini": GeminiProvider,
+            "openai": OpenAIProvider}[_provider(model)].max_requests
 
 
 def _finished(state: Path, sink: Path, emu: object, env: dict[str, str]) -> dict[str, object]:
@@ -390,6 +438,9 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, default=None,
                         help="work in this folder and keep it (inputs, state folders, sinks)")
     args = parser.parse_args()
+    if "floor" in args.phases and PROVIDERS[_provider(args.model)] != args.model:
+        parser.error(f"the floor sends {PROVIDERS[_provider(args.model)]}: run --phases "
+                     f"floor with that model, or without floor")
 
     from batchata_df.emulator import Emulator
 

@@ -125,7 +125,9 @@ def _band(values: list[float]) -> float:
 def _stream_runs() -> list[dict[str, Any]]:
     """Every uncapped streamed run in ``bench_stream.json`` with its CPU, replaced ones too.
 
-    One dict per run: provider, rows, code, client CPU s, the 1-minute load before it.
+    One dict per run: provider, rows, code, client CPU s, the 1-minute load before it, and
+    the streamed floor's client CPU s of the same entry (``floor_cpu_s``; ``None`` where the
+    entry has no ``floor`` phase).
     """
     if not STREAM_RESULTS.exists():
         return []
@@ -142,6 +144,7 @@ def _stream_runs() -> list[dict[str, Any]]:
                 "provider": provider, "rows": r["rows"], "code": r.get("code", "?"),
                 "cpu_s": r["run"]["cpu_s"], "when": r.get("when", ""),
                 "load": (r.get("loadavg_before_run") or [0.0])[0],
+                "floor_cpu_s": (r.get("floor") or {}).get("cpu_s"),
             })  # fmt: skip
     return runs
 
@@ -175,7 +178,7 @@ def marginals(result: dict[str, Any]) -> list[dict[str, Any]]:
     ``flatness.json`` (``bench_flatness.py``: batch_llm alone, 10k to 10M, one commit).
     Streamed: runs of ``bench_stream.json`` of one provider and one code only (current
     entries and the ones they replaced), successive sizes, so that no slope mixes two
-    versions of the code.
+    versions of the code; the streamed floor's slope beside it where both entries ran one.
     """
     out: list[dict[str, Any]] = []
     sittings = {"in memory, one sitting": _sitting(FLAT_RESULTS),
@@ -206,7 +209,8 @@ def marginals(result: dict[str, Any]) -> list[dict[str, Any]]:
                 out.append({
                     "provider": provider, "path": "streamed", "rows": (a["rows"], b["rows"]),
                     "code": code, "ours": (b["cpu_s"] - a["cpu_s"]) / (b["rows"] - a["rows"]) * 1e6,
-                    "floor": None,
+                    "floor": None if a["floor_cpu_s"] is None or b["floor_cpu_s"] is None
+                    else (b["floor_cpu_s"] - a["floor_cpu_s"]) / (b["rows"] - a["rows"]) * 1e6,
                     "per_row": (a["cpu_s"] / a["rows"] * 1e6, b["cpu_s"] / b["rows"] * 1e6),
                     "when": max(a["when"], b["when"]), "load": (a["load"], b["load"]),
                 })  # fmt: skip
@@ -287,7 +291,9 @@ def flatness(result: dict[str, Any]) -> list[str]:
         "(`bench_flatness.py --stream`, `benchmarks/results/flatness_stream.json`). Streamed "
         "(`sink=`; `benchmarks/results/bench_stream.json`, one run per size): pairs of runs "
         "of the same code only, the entries replaced since included (`code`, the 1-minute "
-        "load before each run).",
+        "load before each run), and where both entries ran it, the streamed floor's "
+        "(`bench_stream.py`'s `floor` phase: the same clients as the in-memory floor, "
+        "Parquet in batch by batch, Parquet out as the answers arrive).",
         "",
         "| provider | path | rows | code | load | batch_llm µs per extra row | floor µs per "
         "extra row | batch_llm whole-run µs/row, smaller / larger |",

@@ -9,28 +9,22 @@ billed and decoded is checked. No test measures time or memory.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from collections import Counter
-from pathlib import Path
 
+import polars as pl
+import pyarrow.parquet as pq
 import pytest
+from scripts import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
 N = 150
 
 
 def _bench():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location(
-        "bench_overhead_clients", ROOT / "benchmarks" / "bench_overhead.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/bench_overhead.py", "bench_overhead_clients")
 
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini"])
@@ -57,3 +51,38 @@ def test_the_floor_bills_each_row_once_and_decodes_every_answer(emu, provider):
     bills = emu.billing()
     assert len(bills) == N
     assert max(Counter(b["request"] for b in bills).values()) == 1
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini"])
+def test_the_streamed_floor_writes_every_row_in_order_billed_once(emu, provider, tmp_path):
+    # bench_stream.py's floor: Parquet files in, batch by batch, one Parquet file out. Two
+    # input files of 90 and 60 rows and 60 requests a batch: three batches (60, 30, 60).
+    bench = _bench()
+    emu.configure(today=os.environ.get("BATCHATA_DF_TODAY", "2026-10-31"))
+    text = pl.select(
+        pl.format("Review {}: the product arrived on time", pl.int_range(N)).alias("text")
+    )
+    text.slice(0, 90).write_parquet(tmp_path / "in-0.parquet")
+    text.slice(90).write_parquet(tmp_path / "in-1.parquet")
+    code = bench.STREAM_FLOORS[provider].replace("PER_BATCH = 50_000", "PER_BATCH = 60")
+    assert code != bench.STREAM_FLOORS[provider]
+    sink = tmp_path / "out.parquet"
+    env = {**os.environ, **emu.env(), "BATCHATA_DF_TODAY": "2026-10-31"}
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(N), str(tmp_path / "in-*.parquet"), str(sink)],
+        env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    reported = json.loads(run.stdout)
+    assert reported["rows"] == N and reported["vm_hwm_mb"] > 0
+    out = pl.read_parquet(sink)
+    assert out.columns == ["text", "summary", "score", "label"]
+    assert out["text"].to_list() == text["text"].to_list()  # every row, in input order
+    assert out["label"].cast(pl.String).is_in(["pos", "neg", "neu"]).all()
+    assert out["summary"].null_count() == 0
+    assert pq.ParquetFile(sink).num_row_groups == 3  # written batch by batch
+    bills = emu.billing()
+    assert len(bills) == N
+    assert max(Counter(b["request"] for b in bills).values()) == 1
+    assert sorted(Counter(b["batch_id"] for b in bills).values()) == [30, 60, 60]
+    assert sorted(int(b["custom_id"]) for b in bills) == list(range(N))

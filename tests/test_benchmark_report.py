@@ -7,24 +7,16 @@ No test measures time: the numbers themselves come from ``benchmarks/bench_overh
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import statistics
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
+from scripts import load_script
 
 
 def _report():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location(
-        "report_overhead", ROOT / "benchmarks" / "report_overhead.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/report_overhead.py", "report_overhead")
 
 
 def test_readme_table_is_generated_from_the_json() -> None:
@@ -95,13 +87,7 @@ def test_seed_results_hold_same_run_ratios() -> None:
 
 
 def _bench():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location(
-        "bench_overhead", ROOT / "benchmarks" / "bench_overhead.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/bench_overhead.py", "bench_overhead")
 
 
 def test_a_point_measured_in_two_sittings_is_pooled_with_each_runs_load(tmp_path: Path) -> None:
@@ -255,15 +241,17 @@ def test_flatness_is_the_spread_of_marginals_per_path_streamed_pairs_of_one_code
     result = {"points": [pt(10_000, 1.0, 0.9), pt(100_000, 2.8, 1.8),
                          pt(1_000_000, 16.3, 8.1)]}
 
-    def run(rows: int, cpu: float, code: str, when: str) -> dict[str, object]:
+    def run(rows: int, cpu: float, code: str, when: str,
+            floor: float | None = None) -> dict[str, object]:
         return {"rows": rows, "model": "gpt-4.1-mini", "code": code, "when": when,
-                "loadavg_before_run": [2.0, 0, 0], "run": {"cpu_s": cpu}}
+                "loadavg_before_run": [2.0, 0, 0], "run": {"cpu_s": cpu},
+                **({} if floor is None else {"floor": {"cpu_s": floor}})}
 
     stream = tmp_path / "bench_stream.json"
     stream.write_text(json.dumps([
         {**run(1_000_000, 22.0, "new", "2026-01-02"),
-         "previous": run(1_000_000, 20.0, "old", "2026-01-01")},
-        run(10_000_000, 245.0, "old", "2026-01-01"),  # pairs with the previous 1M only
+         "previous": run(1_000_000, 20.0, "old", "2026-01-01", floor=9.0)},
+        run(10_000_000, 245.0, "old", "2026-01-01", floor=99.0),  # pairs with the old 1M
         {**run(10_000_000, 1.0, "capped", "2026-01-03"), "max_cost_usd": 1e9},
     ]))
     monkeypatch.setattr(report, "STREAM_RESULTS", stream)
@@ -300,11 +288,13 @@ def test_flatness_is_the_spread_of_marginals_per_path_streamed_pairs_of_one_code
         ("streamed", (1_000_000, 10_000_000), "old", 25.0),
     ]
     assert slopes[2]["floor"] is None
+    assert slopes[-1]["floor"] == pytest.approx(10.0)  # the streamed floor: (99 - 9) / 9M
     assert round(slopes[0]["floor"], 1) == 10.0
     text = "\n".join(report.flatness(result))
     assert "20.0 → 15.0 µs, ±14 %, met" in text
     assert "20.0 → 15.0 → 25.0 µs, ±25 %, **not met** (ccc, old)" in text
     assert "20.0 → 24.5 (+23 %, old)" in text
+    assert "| openai | streamed | 1,000,000 → 10,000,000 | old | 2.0 / 2.0 | 25.0 | 10.0 |" in text
     assert "1,000,000 → 10,000,000 only: 25.0 µs, one span, no spread (old)" in text
     assert "10,000 → 10,000,000: 10.0 → 10.1 → 10.0 µs, ±1 %, met (one)" in text
     assert "| 10,000 → 10,000,000: 20.0 → 15.9 → 17.1 µs, ±11 %, met (two) |" in text

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
-import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
+from scripts import load_script
 
-_PATH = Path(__file__).resolve().parents[1] / "tools" / "mutation.py"
-_spec = importlib.util.spec_from_file_location("mutation_tool", _PATH)
-assert _spec is not None and _spec.loader is not None
-mutation = importlib.util.module_from_spec(_spec)
-sys.modules["mutation_tool"] = mutation
-_spec.loader.exec_module(mutation)
+mutation = load_script("tools/mutation.py", "mutation_tool")
 
 
 def names(prefix: str, n: int) -> list[str]:
