@@ -33,18 +33,25 @@ the machine's load average before each phase (other work on the machine slows th
 timings, not the memory figures). Each phase is written to the JSON as soon as it ends,
 so a point cut short keeps what finished.
 
+With ``--pin`` the emulator runs on the last core and every client on the others, as in
+``bench_overhead.py --pin`` (recorded as ``"pinned"``): unpinned, batch_llm's CPU seconds
+move with how the scheduler interleaves it with the busy emulator, far more than the
+floor's (``benchmarks/PROFILE.md``, seventeenth and twenty-sixth passes). batchata_df is
+byte-compiled before the first child, as there.
+
 Workload: N distinct ~150-character prompts with strict structured output for a 3-field
 model, batches of the provider's most (OpenAI 50,000; Anthropic and Gemini 100,000), 32
 batches in flight. ``killed`` kills at half the provider's batch count in job parts.
 
     python benchmarks/bench_stream.py --sizes 1000000 10000000 \
-        [--phases run floor killed resume_finished sql] [--model claude-haiku-4-5] [--cap 1e9]
+        [--phases run floor killed resume_finished sql] [--model claude-haiku-4-5] [--cap 1e9] [--pin]
 
 ``--cap USD`` runs every call with ``max_cost_usd=USD`` (``1e9``: a cap that never binds,
 to measure what the cap's estimates, admission and calibration cost).
 
 Results: ``benchmarks/results/bench_stream.json``: one object per size, model and cap
-(``max_cost_usd``, absent without one), replaced when measured again (the one it replaces kept under ``previous``). ``--phases`` measures
+(``max_cost_usd``, absent without one), replaced when measured again (the one it replaces
+kept under ``previous``, and the ones that one replaced under its ``previous``). ``--phases`` measures
 some phases only (``sql`` then reads the clean run's folder unless ``killed`` is asked).
 """
 
@@ -72,7 +79,7 @@ os.environ.setdefault("BATCHATA_DF_TODAY", "2026-10-31")
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_overhead import PROVIDERS, STREAM_FLOORS, _code  # noqa: E402
+from bench_overhead import PROVIDERS, STREAM_FLOORS, _code, child_env, pin_emulator  # noqa: E402
 
 # The child's own peak: VmHWM of its address space. (ru_maxrss from wait4 is not used as
 # the peak: Linux carries the parent's high-water mark over fork+exec into it.)
@@ -149,7 +156,7 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "rows": r.to_dicts(), **H
 '''
 
 
-CHECK = r'''
+CHECK = r"""
 import json, sys
 import polars as pl
 out = pl.scan_parquet(sys.argv[1])
@@ -159,23 +166,13 @@ row = out.select(
     (pl.col("text").str.extract(r"^Review (\d+):").cast(pl.Int64) == pl.int_range(n))
     .all().alias("in_order"),
     (pl.col("_status") == "completed").sum().alias("completed"),
-).collect(engine="streaming").row(0, named=True)
-print(json.dumps(row))
-'''
-
-FLOOR_CHECK = r"""
-import json, sys
-import polars as pl
-out = pl.scan_parquet(sys.argv[1])
-n = pl.len()
-row = out.select(
-    n.alias("rows"),
-    (pl.col("text").str.extract(r"^Review (\d+):").cast(pl.Int64) == pl.int_range(n))
-    .all().alias("in_order"),
     pl.col("label").is_not_null().sum().alias("labelled"),
 ).collect(engine="streaming").row(0, named=True)
 print(json.dumps(row))
 """
+"""The output read back: its rows, whether they are in input order, how many completed
+(0 for the floor's output, which has no ``_status``) and how many have a label."""
+FLOOR_CHECK = CHECK.replace('(pl.col("_status") == "completed")', "pl.lit(None, pl.UInt32)")
 
 
 def _cpu_of(pid: int) -> float:
@@ -299,7 +296,8 @@ for)."""
 
 def point(n: int, work: Path, emu: object, env: dict[str, str],
           save: Callable[[dict[str, object]], None], *, phases: Sequence[str],
-          model: str, cap: float | None = None) -> dict[str, object]:
+          model: str, cap: float | None = None,
+          pinned: dict[str, list[int]] | None = None) -> dict[str, object]:
     """One size and model: the ``phases`` asked for (see :data:`PHASES`), in that order.
 
     Each phase is saved as soon as it ends. ``cap``: every call runs with
@@ -318,6 +316,7 @@ def point(n: int, work: Path, emu: object, env: dict[str, str],
         "input_mb": _size_mb(src),
         "phases": list(phases),
         "code": _code(),
+        "pinned": pinned,
     }
     pid = emu._proc.pid  # type: ignore[attr-defined]
     state = work / f"state-{n}-{model}"
@@ -435,6 +434,9 @@ def main() -> None:
     parser.add_argument("--cap", type=float, default=None, metavar="USD",
                         help="run every call with max_cost_usd=USD (a separate entry of the "
                              "results, beside the uncapped one of the same size and model)")
+    parser.add_argument("--pin", action="store_true",
+                        help="the emulator on the last core, the clients on the others "
+                             "(as bench_overhead.py --pin)")
     parser.add_argument("--keep", type=Path, default=None,
                         help="work in this folder and keep it (inputs, state folders, sinks)")
     args = parser.parse_args()
@@ -450,13 +452,16 @@ def main() -> None:
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
     scratch_dir = keep or tempfile.TemporaryDirectory(dir=args.work)
+    pinned = pin_emulator() if args.pin else None
     with scratch_dir as scratch, Emulator(latency=0.0) as emu:
-        env = {**os.environ, **emu.env()}
+        if pinned is not None:
+            os.sched_setaffinity(0, pinned["clients"])  # every client inherits this
+        env = child_env(emu.env())
         for n in args.sizes:
             key = (n, args.model, args.cap)
-            # The entry this point replaces is kept under "previous" (one level deep).
-            old = next((r for r in results if _key(r) == key), None)
-            previous = {k: v for k, v in old.items() if k != "previous"} if old else None
+            # The entry this point replaces is kept under "previous", with the ones it
+            # replaced under its own "previous": nothing measured is dropped.
+            previous = next((r for r in results if _key(r) == key), None)
 
             def save(row: dict[str, object], key: tuple[int, str, float | None] = key,
                      previous: dict[str, object] | None = previous) -> None:
@@ -468,7 +473,7 @@ def main() -> None:
                 results_file.write_text(json.dumps(results, indent=2) + "\n")
 
             row = point(n, Path(scratch), emu, env, save, phases=args.phases, model=args.model,
-                        cap=args.cap)
+                        cap=args.cap, pinned=pinned)
             print(json.dumps({k: v for k, v in row.items() if k != "run"}), flush=True)
 
 

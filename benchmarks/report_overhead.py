@@ -123,7 +123,8 @@ def _band(values: list[float]) -> float:
 
 
 def _stream_runs() -> list[dict[str, Any]]:
-    """Every uncapped streamed run in ``bench_stream.json`` with its CPU, replaced ones too.
+    """Every uncapped streamed run in ``bench_stream.json`` with its CPU, replaced ones too
+    (each entry's whole ``previous`` chain).
 
     One dict per run: provider, rows, code, client CPU s, the 1-minute load before it, and
     the streamed floor's client CPU s of the same entry (``floor_cpu_s``; ``None`` where the
@@ -134,7 +135,11 @@ def _stream_runs() -> list[dict[str, Any]]:
     by_model = {m: p for p, m in MODELS.items()}
     runs: list[dict[str, Any]] = []
     for entry in json.loads(STREAM_RESULTS.read_text()):
-        for r in (entry, entry.get("previous") or {}):
+        chain, r = [], entry
+        while r:  # the entry, the one it replaced, the one that one replaced, ...
+            chain.append(r)
+            r = r.get("previous") or {}
+        for r in chain:
             if r.get("max_cost_usd") is not None or "cpu_s" not in r.get("run", {}):
                 continue
             provider = by_model.get(r.get("model", "gpt-4.1-mini"))

@@ -14,13 +14,25 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from typing import Literal
 
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
+from pydantic import BaseModel
 from scripts import load_script
 
+from batchata_df import batch_llm
+
 N = 150
+
+
+class Answer(BaseModel):
+    """The floors' answer schema (``bench_overhead.SCHEMA``) as batch_llm takes it."""
+
+    summary: str
+    score: float
+    label: Literal["pos", "neg", "neu"]
 
 
 def _bench():  # type: ignore[no-untyped-def]
@@ -62,8 +74,10 @@ def test_the_streamed_floor_writes_every_row_in_order_billed_once(emu, provider,
     text = pl.select(
         pl.format("Review {}: the product arrived on time", pl.int_range(N)).alias("text")
     )
-    text.slice(0, 90).write_parquet(tmp_path / "in-0.parquet")
+    # The first file in row groups of 40 rows: a batch is read across row groups.
+    text.slice(0, 90).write_parquet(tmp_path / "in-0.parquet", row_group_size=40)
     text.slice(90).write_parquet(tmp_path / "in-1.parquet")
+    assert pq.ParquetFile(tmp_path / "in-0.parquet").num_row_groups == 3
     code = bench.STREAM_FLOORS[provider].replace("PER_BATCH = 50_000", "PER_BATCH = 60")
     assert code != bench.STREAM_FLOORS[provider]
     sink = tmp_path / "out.parquet"
@@ -86,3 +100,15 @@ def test_the_streamed_floor_writes_every_row_in_order_billed_once(emu, provider,
     assert max(Counter(b["request"] for b in bills).values()) == 1
     assert sorted(Counter(b["batch_id"] for b in bills).values()) == [30, 60, 60]
     assert sorted(int(b["custom_id"]) for b in bills) == list(range(N))
+    # Each answer sits beside its own row: batch_llm's answers to the same prompts (the
+    # emulator answers by the prompt and the schema, and the floor sends batch_llm's body).
+    ours = batch_llm(
+        pl.scan_parquet(tmp_path / "in-*.parquet"), schema=Answer,
+        model=bench.PROVIDERS[provider], prompt="{text}", state=str(tmp_path / "state"),
+        progress=False,
+    )
+    assert ours["_status"].to_list() == ["completed"] * N
+    assert out["summary"].n_unique() > N // 3  # answers differ by row: a shift would show
+    assert out.select("summary", "score", out["label"].cast(pl.String)).equals(
+        ours.select("summary", "score", ours["label"].cast(pl.String))
+    )

@@ -250,8 +250,10 @@ def test_flatness_is_the_spread_of_marginals_per_path_streamed_pairs_of_one_code
     stream = tmp_path / "bench_stream.json"
     stream.write_text(json.dumps([
         {**run(1_000_000, 22.0, "new", "2026-01-02"),
-         "previous": run(1_000_000, 20.0, "old", "2026-01-01", floor=9.0)},
-        run(10_000_000, 245.0, "old", "2026-01-01", floor=99.0),  # pairs with the old 1M
+         "previous": {**run(1_000_000, 20.0, "old", "2026-01-01", floor=9.0),
+                      "previous": run(1_000_000, 30.0, "older", "2025-12-01")}},
+        {**run(10_000_000, 245.0, "old", "2026-01-01", floor=99.0),  # pairs with the old 1M
+         "previous": run(10_000_000, 300.0, "older", "2025-12-01")},  # ... the older 1M
         {**run(10_000_000, 1.0, "capped", "2026-01-03"), "max_cost_usd": 1e9},
     ]))
     monkeypatch.setattr(report, "STREAM_RESULTS", stream)
@@ -286,9 +288,11 @@ def test_flatness_is_the_spread_of_marginals_per_path_streamed_pairs_of_one_code
         ("streamed, one sitting", (100_000, 1_000_000), "two", 15.9),
         ("streamed, one sitting", (1_000_000, 10_000_000), "two", 17.1),
         ("streamed", (1_000_000, 10_000_000), "old", 25.0),
+        ("streamed", (1_000_000, 10_000_000), "older", 30.0),  # two levels down the chain
     ]
     assert slopes[2]["floor"] is None
-    assert slopes[-1]["floor"] == pytest.approx(10.0)  # the streamed floor: (99 - 9) / 9M
+    assert slopes[-2]["floor"] == pytest.approx(10.0)  # the streamed floor: (99 - 9) / 9M
+    assert slopes[-1]["floor"] is None
     assert round(slopes[0]["floor"], 1) == 10.0
     text = "\n".join(report.flatness(result))
     assert "20.0 → 15.0 µs, ±14 %, met" in text
