@@ -449,11 +449,15 @@ def child_env(emulator_env: dict[str, str]) -> dict[str, str]:
 
 
 def _code() -> str:
-    """The commit measured (short hash), with ``+dirty`` when the work tree has changes."""
+    """The commit measured (short hash), with ``+dirty`` when the library or the clients
+    (this file, ``bench_stream.py``) have uncommitted changes."""
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                           text=True, cwd=HERE).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "batchata_df"],
-                           capture_output=True, text=True, cwd=HERE).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "batchata_df", "benchmarks/bench_overhead.py",
+         "benchmarks/bench_stream.py"],
+        capture_output=True, text=True, cwd=HERE.parent,
+    ).stdout.strip()
     return head + ("+dirty" if dirty else "")
 
 

@@ -45,5 +45,9 @@ def load_script(relative: str, name: str) -> ModuleType:
         raise ImportError(f"cannot load {relative}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]  # no half-run module left for the next test to find
+        raise
     return module
