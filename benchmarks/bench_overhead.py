@@ -196,6 +196,7 @@ class Sink:
         part = part.sort("i")
         start, rows = next(self.inputs)
         assert part["i"].equals(pl.int_range(start, start + rows.height, eager=True)), start
+        assert part["label"].null_count() == 0, start  # as the in-memory floor's finish()
         table = rows.hstack(part.drop("i")).to_arrow()
         if self.writer is None:
             self.writer = pq.ParquetWriter(SINK, table.schema, compression="zstd")
@@ -448,15 +449,16 @@ def child_env(emulator_env: dict[str, str]) -> dict[str, str]:
     return {**os.environ, **emulator_env}
 
 
-def _code() -> str:
+def _code(root: Path = HERE.parent) -> str:
     """The commit measured (short hash), with ``+dirty`` when the library or the clients
-    (this file, ``bench_stream.py``) have uncommitted changes."""
+    (this file, ``bench_stream.py``) have uncommitted changes; ``root`` is the repository's
+    top folder."""
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True, cwd=HERE).stdout.strip()
+                          text=True, cwd=root).stdout.strip()
     dirty = subprocess.run(
         ["git", "status", "--porcelain", "--", "batchata_df", "benchmarks/bench_overhead.py",
          "benchmarks/bench_stream.py"],
-        capture_output=True, text=True, cwd=HERE.parent,
+        capture_output=True, text=True, cwd=root,
     ).stdout.strip()
     return head + ("+dirty" if dirty else "")
 

@@ -70,6 +70,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 # The models measured (gemini-2.5-flash, gpt-4.1-mini) have announced shutdowns
 # (batchata_df.models.SCHEDULED); the emulator and the client read them at this date, the
@@ -331,6 +332,9 @@ def point(n: int, work: Path, emu: object, env: dict[str, str],
         save(row)  # before the checks: a check that fails does not lose the run's figures
         row.update(_finished(state, sink, emu, env))
         save(row)
+        wrong = output_faults(row, n)
+        if wrong:
+            raise SystemExit(f"{n:,} {model}: the output is wrong: {'; '.join(wrong)}")
 
     if "floor" in phases:
         # The leanest streamed client of the same rows and model, no checkpoints.
@@ -345,10 +349,11 @@ def point(n: int, work: Path, emu: object, env: dict[str, str],
         row["floor"] = floor
         ours = row.get("run")
         if isinstance(ours, dict):
-            row["ratio_to_floor"] = {
-                k: round(ours[k] / floor[k], 3) for k in ("wall_s", "cpu_s", "vm_hwm_mb")
-            }
+            row["ratio_to_floor"] = ratio_to_floor(row, n)
         save(row)
+        wrong = output_faults(row, n)
+        if wrong:  # saved (nothing measured is lost), but never read as a valid point
+            raise SystemExit(f"{n:,} {model}: the outputs are wrong: {'; '.join(wrong)}")
 
     if "killed" in phases:
         # A crash mid-stream: SIGKILL once half the job event parts are written (every
@@ -386,6 +391,66 @@ def point(n: int, work: Path, emu: object, env: dict[str, str],
         row["sql"] = run_child(SQL, [str(state)], env)
         save(row)
     return row
+
+
+def output_faults(row: dict[str, Any], n: int) -> list[str]:
+    """What is wrong with the outputs of a point's ``run`` and ``floor`` (empty: nothing).
+
+    A run's output must hold ``n`` rows in input order, every one ``completed`` and
+    labelled, each request billed once; the floor's the same (its output has no status).
+    A phase not measured is not checked.
+
+    >>> good = {"rows": 3, "in_order": True, "completed": 3, "labelled": 3}
+    >>> output_faults({"output_check": good, "billed_requests": 3, "distinct_requests": 3}, 3)
+    []
+    >>> floor = {"output_check": {**good, "completed": None, "labelled": 2},
+    ...          "billed_requests": 3}
+    >>> output_faults({"floor": floor}, 3)
+    ['floor: 2 of 3 rows labelled']
+    """
+    faults: list[str] = []
+    phases = {"run": row} if "output_check" in row else {}
+    if isinstance(row.get("floor"), dict):
+        phases["floor"] = row["floor"]
+    for name, got in phases.items():
+        check = got.get("output_check") or {}
+        if check.get("rows") != n:
+            faults.append(f"{name}: {check.get('rows')} rows, not {n}")
+        if not check.get("in_order"):
+            faults.append(f"{name}: rows out of input order")
+        if name == "run" and check.get("completed") != n:
+            faults.append(f"run: {check.get('completed')} of {n} rows completed")
+        if check.get("labelled") != n:
+            faults.append(f"{name}: {check.get('labelled')} of {n} rows labelled")
+        if got.get("billed_requests") != n:
+            faults.append(f"{name}: {got.get('billed_requests')} requests billed, not {n}")
+        if name == "run" and row.get("distinct_requests") != n:
+            faults.append(f"run: {row.get('distinct_requests')} distinct requests, not {n}")
+    return faults
+
+
+def ratio_to_floor(row: dict[str, Any], n: int) -> dict[str, float] | None:
+    """``run`` over ``floor`` (wall, client CPU, peak RSS) of one point, or ``None`` when
+    either output is wrong (:func:`output_faults`) or either phase is missing: a ratio is
+    only taken between two clients that did the same work.
+
+    >>> ok = {"rows": 2, "in_order": True, "completed": 2, "labelled": 2}
+    >>> run = {"wall_s": 3.0, "cpu_s": 2.0, "vm_hwm_mb": 300.0}
+    >>> floor = {"wall_s": 2.0, "cpu_s": 1.0, "vm_hwm_mb": 200.0, "billed_requests": 2,
+    ...          "output_check": {**ok, "completed": None}}
+    >>> point = {"run": run, "floor": floor, "output_check": ok, "billed_requests": 2,
+    ...          "distinct_requests": 2}
+    >>> ratio_to_floor(point, 2)
+    {'wall_s': 1.5, 'cpu_s': 2.0, 'vm_hwm_mb': 1.5}
+    >>> ratio_to_floor({**point, "billed_requests": 4}, 2) is None
+    True
+    """
+    ours, floor = row.get("run"), row.get("floor")
+    if not isinstance(ours, dict) or not isinstance(floor, dict) or output_faults(row, n):
+        return None
+    if "output_check" not in row:
+        return None
+    return {k: round(ours[k] / floor[k], 3) for k in ("wall_s", "cpu_s", "vm_hwm_mb")}
 
 
 def _provider(model: str) -> str:
@@ -463,18 +528,35 @@ def main() -> None:
             # replaced under its own "previous": nothing measured is dropped.
             previous = next((r for r in results if _key(r) == key), None)
 
-            def save(row: dict[str, object], key: tuple[int, str, float | None] = key,
-                     previous: dict[str, object] | None = previous) -> None:
+            def save(row: dict[str, object], previous: dict[str, object] | None = previous,
+                     ) -> None:
                 nonlocal results
-                entry = {**row, "previous": previous} if previous else row
-                results = [r for r in results if _key(r) != key] + [entry]
-                results.sort(key=_order)
+                results = replaced(results, row, previous)
                 results_file.parent.mkdir(exist_ok=True)
                 results_file.write_text(json.dumps(results, indent=2) + "\n")
 
             row = point(n, Path(scratch), emu, env, save, phases=args.phases, model=args.model,
                         cap=args.cap, pinned=pinned)
             print(json.dumps({k: v for k, v in row.items() if k != "run"}), flush=True)
+
+
+def replaced(results: list[dict[str, Any]], row: dict[str, Any],
+             previous: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """``results`` with ``row`` in place of its size, model and cap's entry, in file order.
+
+    ``previous`` (the entry that was there when the point started, with its own
+    ``previous`` chain) is kept under ``row["previous"]``: nothing measured is dropped,
+    however often a point is measured again.
+
+    >>> old = {"rows": 10, "model": "m", "code": "a", "previous": {"rows": 10, "code": "z"}}
+    >>> new = replaced([old], {"rows": 10, "model": "m", "code": "b"}, old)
+    >>> [new[0]["code"], new[0]["previous"]["code"], new[0]["previous"]["previous"]["code"]]
+    ['b', 'a', 'z']
+    """
+    entry = {**row, "previous": previous} if previous else row
+    out = [r for r in results if _key(r) != _key(row)] + [entry]
+    out.sort(key=_order)
+    return out
 
 
 def _key(entry: dict[str, object]) -> tuple[int, str, float | None]:

@@ -3,8 +3,9 @@
 ``benchmarks/bench_overhead.py`` measures ``batch_llm`` beside a floor per provider (the
 official SDK and Polars, no checkpoints). A floor that broke, or that quietly did less
 work, would make every ratio of the README's table wrong without a test noticing: each
-one is run here against the emulator, at a size small enough for one batch, and what it
-billed and decoded is checked. No test measures time or memory.
+one is run here against the emulator, in batches of 60 requests (three batches), and what
+it billed and decoded is checked against batch_llm's answers to the same rows. No test
+measures time or memory.
 """
 
 from __future__ import annotations
@@ -40,16 +41,18 @@ def _bench():  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini"])
-def test_the_floor_bills_each_row_once_and_decodes_every_answer(emu, provider):
+def test_the_floor_bills_each_row_once_and_decodes_every_answer(emu, provider, tmp_path):
+    # The in-memory floor of bench_overhead.py, 60 requests a batch: three batches (60, 60,
+    # 30), each decoded as it arrives, put back in input order at the end.
     bench = _bench()
     # The date the benchmark measures at (its models' shutdowns come later).
     emu.configure(today=os.environ.get("BATCHATA_DF_TODAY", "2026-10-31"))
     probe = bench.FLOORS[provider].replace(
         '    print(json.dumps({"rows": out.height}))',
-        '    print(json.dumps({"rows": out.height, "labels": out["label"].cast(pl.String)'
-        '.to_list(), "first": out.row(0, named=True)["text"]}))',
-    )
-    assert probe != bench.FLOORS[provider]  # the line the probe extends is there
+        '    print(json.dumps({"rows": out.height, "out": out.with_columns(pl.col("label")'
+        '.cast(pl.String)).to_dicts()}))',
+    ).replace("PER_BATCH = 50_000", "PER_BATCH = 60")
+    assert probe.count("PER_BATCH = 60") == 1 and '"out": out' in probe  # both replaced
     env = {**os.environ, **emu.env(), "BATCHATA_DF_TODAY": "2026-10-31"}
     run = subprocess.run(
         [sys.executable, "-c", probe, str(N)], env=env, capture_output=True, text=True,
@@ -58,11 +61,24 @@ def test_the_floor_bills_each_row_once_and_decodes_every_answer(emu, provider):
     assert run.returncode == 0, run.stderr[-3000:]
     got = json.loads(run.stdout)
     assert got["rows"] == N
-    assert set(got["labels"]) <= {"pos", "neg", "neu"} and len(got["labels"]) == N
-    assert got["first"].startswith("Review 0: the product arrived")
+    out = pl.DataFrame(got["out"])
+    assert out.columns == ["text", "summary", "score", "label"]
+    assert out["text"][0].startswith("Review 0: the product arrived")
+    assert out["text"].str.extract(r"^Review (\d+):").cast(pl.Int64).to_list() == list(range(N))
     bills = emu.billing()
     assert len(bills) == N
     assert max(Counter(b["request"] for b in bills).values()) == 1
+    assert sorted(Counter(b["batch_id"] for b in bills).values()) == [30, 60, 60]
+    # Each answer sits beside its own row: batch_llm's answers to the same prompts.
+    ours = batch_llm(
+        out.select("text"), schema=Answer, model=bench.PROVIDERS[provider], prompt="{text}",
+        state=str(tmp_path / "state"), progress=False,
+    )
+    assert ours["_status"].to_list() == ["completed"] * N
+    assert out["summary"].n_unique() > N // 3  # answers differ by row: a shift would show
+    assert out.select("summary", "score", "label").equals(
+        ours.select("summary", "score", ours["label"].cast(pl.String))
+    )
 
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini"])

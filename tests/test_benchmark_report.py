@@ -304,3 +304,155 @@ def test_flatness_is_the_spread_of_marginals_per_path_streamed_pairs_of_one_code
     assert "| 10,000 → 10,000,000: 20.0 → 15.9 → 17.1 µs, ±11 %, met (two) |" in text
     # in memory to 1M, then streamed, from the two sittings: 10.0 → 10.1 → 17.1
     assert "| 10,000 → 10,000,000: 10.0 → 10.1 → 17.1 µs, ±26 %, **not met** (one, two) |" in text
+
+
+def _stream_bench():  # type: ignore[no-untyped-def]
+    return load_script("benchmarks/bench_stream.py", "bench_stream_report")
+
+
+def test_the_commit_measured_is_dirty_only_when_the_library_or_the_clients_changed(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+
+    bench = _bench()
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              cwd=tmp_path, capture_output=True, text=True,
+                              check=True).stdout.strip()  # fmt: skip
+
+    for name in ("batchata_df/core.py", "benchmarks/bench_overhead.py",
+                 "benchmarks/bench_stream.py", "benchmarks/other.py", "notes.md"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "one")
+    head = git("rev-parse", "--short", "HEAD")
+    assert bench._code(tmp_path) == head
+    for unrelated in ("benchmarks/other.py", "notes.md"):  # not what is measured
+        (tmp_path / unrelated).write_text("x = 2\n")
+    assert bench._code(tmp_path) == head
+    for measured in ("batchata_df/core.py", "benchmarks/bench_overhead.py",
+                     "benchmarks/bench_stream.py", "batchata_df/new.py"):
+        git("stash", "-q", "--include-untracked")
+        (tmp_path / measured).write_text("x = 3\n")
+        assert bench._code(tmp_path) == f"{head}+dirty", measured
+
+
+def test_a_re_measured_streamed_point_keeps_every_run_it_replaced() -> None:
+    # bench_stream.json lost a run each time a point was measured again (the entry it
+    # replaced was kept without that entry's own previous runs).
+    bench = _stream_bench()
+    first = {"rows": 10, "model": "m", "code": "a"}
+    results = bench.replaced([], first, None)
+    assert results == [first]
+    second = {"rows": 10, "model": "m", "code": "b"}
+    results = bench.replaced(results, second, results[0])
+    third = {"rows": 10, "model": "m", "code": "c"}
+    other = {"rows": 5, "model": "m", "code": "x"}
+    capped = {"rows": 10, "model": "m", "code": "y", "max_cost_usd": 1.0}
+    results = bench.replaced([*results, other, capped], third, results[0])
+    assert [(r["rows"], r["code"], r.get("max_cost_usd")) for r in results] == [
+        (5, "x", None), (10, "c", None), (10, "y", 1.0)]  # by size, then uncapped first
+    chain, r = [], results[1]
+    while r:
+        chain.append(r["code"])
+        r = r.get("previous")
+    assert chain == ["c", "b", "a"]
+
+
+def test_a_ratio_to_the_floor_is_taken_only_between_two_right_outputs() -> None:
+    bench = _stream_bench()
+    n = 4
+    ok = {"rows": n, "in_order": True, "completed": n, "labelled": n}
+    run = {"wall_s": 30.0, "cpu_s": 20.0, "vm_hwm_mb": 450.0}
+    floor = {"wall_s": 20.0, "cpu_s": 10.0, "vm_hwm_mb": 300.0, "billed_requests": n,
+             "output_check": {**ok, "completed": None}}
+    point = {"run": run, "floor": floor, "output_check": ok, "billed_requests": n,
+             "distinct_requests": n}
+    assert bench.output_faults(point, n) == []
+    assert bench.ratio_to_floor(point, n) == {"wall_s": 1.5, "cpu_s": 2.0, "vm_hwm_mb": 1.5}
+    broken = {
+        "run: 3 rows, not 4": {**point, "output_check": {**ok, "rows": 3}},
+        "run: rows out of input order": {**point, "output_check": {**ok, "in_order": False}},
+        "run: 3 of 4 rows completed": {**point, "output_check": {**ok, "completed": 3}},
+        "run: 2 of 4 rows labelled": {**point, "output_check": {**ok, "labelled": 2}},
+        "run: 5 requests billed, not 4": {**point, "billed_requests": 5},
+        "run: 3 distinct requests, not 4": {**point, "distinct_requests": 3},
+        "floor: 8 rows, not 4": {**point, "floor": {
+            **floor, "output_check": {**floor["output_check"], "rows": 8}}},
+        "floor: rows out of input order": {**point, "floor": {
+            **floor, "output_check": {**floor["output_check"], "in_order": False}}},
+        "floor: 0 of 4 rows labelled": {**point, "floor": {
+            **floor, "output_check": {**floor["output_check"], "labelled": 0}}},
+        "floor: 3 requests billed, not 4": {**point, "floor": {**floor, "billed_requests": 3}},
+    }
+    for fault, bad in broken.items():
+        assert bench.output_faults(bad, n) == [fault]
+        assert bench.ratio_to_floor(bad, n) is None, fault
+    assert bench.ratio_to_floor({k: v for k, v in point.items() if k != "floor"}, n) is None
+    # the floor measured alone (no run phase) is checked on its own
+    assert bench.output_faults({"floor": floor}, n) == []
+
+
+def test_the_streamed_floor_table_is_generated_from_bench_stream_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    report = _report()
+    text = report.README.read_text()
+    stream = json.loads(report.STREAM_RESULTS.read_text())
+    assert report.readme_with(text, report.stream_floor_table(stream), report.STREAM_START,
+                              report.STREAM_END) == text  # fmt: skip
+
+    def entry(model: str, rows: int, ratio: dict[str, float] | None) -> dict[str, object]:
+        return {"model": model, "rows": rows, "code": "abc", "pinned": {"emulator": [1]},
+                "loadavg_before_run": [1.04, 0, 0], "loadavg_before_floor": [1.26, 0, 0],
+                "run": {"cpu_s": 19.5, "vm_hwm_mb": 457.1, "wall_s": 98.7},
+                "floor": {"cpu_s": 10.9, "vm_hwm_mb": 440.1, "wall_s": 83.1,
+                          "emulator_cpu_s": 81.3},
+                "emulator_cpu_s": 91.9, "ratio_to_floor": ratio}
+
+    ratio = {"wall_s": 1.188, "cpu_s": 1.784, "vm_hwm_mb": 1.039}
+    lines = report.stream_floor_table([
+        entry("gemini-2.5-flash", 1_000_000, ratio), entry("gpt-4.1-mini", 10_000_000, ratio),
+        entry("gpt-4.1-mini", 1_000_000, ratio),
+        entry("claude-haiku-4-5", 1_000_000, None),  # a wrong output: no ratio, no line
+        {**entry("gpt-4.1-mini", 1_000_000, ratio), "max_cost_usd": 1e9},  # capped: left out
+    ]).splitlines()
+    assert [line.split(" | ")[0:2] for line in lines[2:]] == [
+        ["| gpt-4.1-mini", "1,000,000"], ["| gemini-2.5-flash", "1,000,000"],
+        ["| gpt-4.1-mini", "10,000,000"]]
+    assert lines[2] == ("| gpt-4.1-mini | 1,000,000 | abc | yes | 1.0 / 1.3 | 10.90 | 19.50 "
+                        "| **1.78x** | 440 | 457 | 1.04x | 83 / 99 | 81 / 92 |")
+
+
+def test_streamed_slopes_pair_runs_of_one_code_and_pinning_newest_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    report = _report()
+
+    def run(rows: int, cpu: float, when: str, pinned: bool) -> dict[str, object]:
+        return {"rows": rows, "model": "gpt-4.1-mini", "code": "same", "when": when,
+                "loadavg_before_run": [1.0, 0, 0], "run": {"cpu_s": cpu},
+                "pinned": {"emulator": [1]} if pinned else None}
+
+    stream = tmp_path / "bench_stream.json"
+    stream.write_text(json.dumps([
+        # 1M, newest first: unpinned, pinned, unpinned, pinned; all of the same code
+        {**run(1_000_000, 25.0, "2026-01-03", False),
+         "previous": {**run(1_000_000, 20.0, "2026-01-02", True),
+                      "previous": {**run(1_000_000, 99.0, "2026-01-01", False),
+                                   "previous": run(1_000_000, 50.0, "2025-12-31", True)}}},
+        # 10M: pinned only
+        run(10_000_000, 200.0, "2026-01-04", True),
+    ]))
+    monkeypatch.setattr(report, "STREAM_RESULTS", stream)
+    monkeypatch.setattr(report, "FLAT_RESULTS", tmp_path / "none.json")
+    monkeypatch.setattr(report, "FLAT_STREAM_RESULTS", tmp_path / "none.json")
+    slopes = [m for m in report.marginals({"points": []}) if m["path"] == "streamed"]
+    # the newest pinned 1M with the pinned 10M only: (200 - 20) / 9M; not the newest 1M
+    # (unpinned: 19.4), nor the older pinned one (16.7)
+    assert [(m["rows"], round(m["ours"], 1)) for m in slopes] == [
+        ((1_000_000, 10_000_000), 20.0)]
