@@ -446,9 +446,8 @@ def ratio_to_floor(row: dict[str, Any], n: int) -> dict[str, float] | None:
     True
     """
     ours, floor = row.get("run"), row.get("floor")
-    if not isinstance(ours, dict) or not isinstance(floor, dict) or output_faults(row, n):
-        return None
-    if "output_check" not in row:
+    measured = isinstance(ours, dict) and isinstance(floor, dict) and "output_check" in row
+    if not measured or output_faults(row, n):
         return None
     return {k: round(ours[k] / floor[k], 3) for k in ("wall_s", "cpu_s", "vm_hwm_mb")}
 

@@ -210,8 +210,8 @@ def marginals(result: dict[str, Any]) -> list[dict[str, Any]]:
             out.extend(_sitting_marginals(provider, path, sitting))
         streamed = [r for r in _stream_runs() if r["provider"] == provider]
         for code, pinned in dict.fromkeys((r["code"], r["pinned"]) for r in streamed):
-            # One run per size: the newest of this code, pinned or not alike (a pinned and
-            # an unpinned run are never one slope).
+            # One run per size, the newest of this code and this pinning (a pinned and an
+            # unpinned run are never one slope).
             newest: dict[int, dict[str, Any]] = {}
             for r in streamed:
                 if (r["code"], r["pinned"]) == (code, pinned) and (
