@@ -393,6 +393,9 @@ def test_a_ratio_to_the_floor_is_taken_only_between_two_right_outputs() -> None:
         assert bench.output_faults(bad, n) == [fault]
         assert bench.ratio_to_floor(bad, n) is None, fault
     assert bench.ratio_to_floor({k: v for k, v in point.items() if k != "floor"}, n) is None
+    # a run whose output was never read back (its check missing) gets no ratio either
+    unchecked = {k: v for k, v in point.items() if k != "output_check"}
+    assert bench.ratio_to_floor(unchecked, n) is None
     # the floor measured alone (no run phase) is checked on its own
     assert bench.output_faults({"floor": floor}, n) == []
 
