@@ -240,6 +240,30 @@ def test_a_polars_hash_that_fails_at_run_time_falls_back_to_the_same_ids() -> No
 # ---- folders written before schemes were recorded keep BLAKE2b
 
 
+
+def _text_bytes_behind(ids: pl.Series) -> int:
+    """Bytes of string data that ``ids`` (a String column: Arrow string views) keeps alive."""
+    array = ids.to_arrow(compat_level=pl.CompatLevel.newest())
+    assert str(array.type) == "string_view"
+    # buffers: validity, the 16-byte views, then the data buffers the views point into
+    return sum(b.size for b in array.buffers()[2:] if b is not None)
+
+
+@pytest.mark.parametrize("scheme", ["hmac-sha256", "hmac-sha256-v2", "blake2b"])
+@pytest.mark.parametrize("compiled", [True, False])
+def test_ids_keep_only_their_own_24_digits_alive(scheme: IdScheme, compiled: bool) -> None:
+    # A batch in flight holds a slice of its chunk's ids until it is collected, up to 3.2M
+    # of them at once (Anthropic: 32 batches of 100,000). Ids cut from the 64-digit HMAC
+    # digests by views kept every digest: 95 bytes an id held instead of 41.
+    n = 5_000
+    df = pl.DataFrame({"q": [f"prompt {i}" for i in range(n)] + [None]})
+    with mock.patch.object(jobs_module, "_compiled_hmac_agrees", return_value=compiled):
+        ids = build_jobs(df, model="gpt-4.1-mini", prompt="{q}", system=None, salt="s",
+                         scheme=scheme).get_column("job_id")
+    assert ids.null_count() == 1 and ids.drop_nulls().str.len_bytes().unique().to_list() == [24]
+    # every id's digits once (a null row's too, at most), nothing more
+    assert 24 * n <= _text_bytes_behind(ids) <= 24 * (n + 1)
+
 @pytest.mark.parametrize("variant", ["plain", "history", "files"])
 def test_an_old_folder_resumes_in_memory_with_nothing_sent_twice(emu, tmp_path, variant):
     state = tmp_path / "s"
