@@ -137,13 +137,29 @@ def test_unsent_hands_back_every_unsent_job_without_encoding_them(provider, monk
     assert planner.unsent() is None
 
 
-def test_drain_hands_back_every_unsent_job_in_order(provider):
+def test_drain_groups_hands_back_every_unsent_job_by_model_without_encoding_them(provider):
+    # A stop (time limit, Ctrl+C) ends every unsent job cancelled, each group priced by its
+    # model. It encoded every batch left to read their ids: ~0.5 GB at once for 1M jobs in
+    # memory, and every file of a run with files read.
     planner = Planner({"openai": provider}, SPEC, 2)
-    planner.add(make_jobs(5))
-    planner.took(1)
+    planner.add(pl.concat([make_jobs(3), make_jobs(2, model="other-model", start=3),
+                           make_jobs(2, start=5)]))
+    planner.took(1)  # j000 went; the current batch's rest is j001
     planner.add(make_jobs(1, start=9))
-    assert ids(planner.drain()) == ["j001", "j002", "j003", "j004", "j009"]
-    assert planner.current() is None and planner.drain() is None
+    encoded = provider.encoded
+    groups = planner.drain_groups()
+    assert provider.encoded == encoded
+    assert [(model, ids(job_ids)) for _, model, job_ids in groups] == [
+        (MODEL, ["j001"]),  # the current batch's rest
+        (MODEL, ["j002", "j005", "j006"]),
+        ("other-model", ["j003", "j004"]),
+        (MODEL, ["j009"]),
+    ]
+    assert {provider_name for provider_name, _, _ in groups} == {"openai"}
+    assert planner.current() is None and planner.drain_groups() == []
+    planner.add(make_jobs(2))
+    planner.took(2)  # every job of the source went: nothing is handed back
+    assert planner.drain_groups() == [] and planner.unsent() is None
 
 
 def test_a_new_date_prices_the_unsent_jobs_again_in_order(provider, monkeypatch):

@@ -134,7 +134,6 @@ class Engine:
         # Rows of re-attached batches are counted when their batch is collected, even one
         # with an outcome already (a batch reopened by ``repair`` with some outcomes left).
         self._count_done(jobs, terminal.filter(~pl.col("job_id").is_in(busy.implode())))
-        state.todo_ids = todo.get_column("job_id")
         count_todo(state.todo_totals, todo)
         if "expected_usd" in todo.columns:  # the estimates of what is still to send
             state.expected_usd = float(todo.get_column("expected_usd").fill_null(0.0).sum())
@@ -293,7 +292,7 @@ class Engine:
         if submitter.last_error is not None and planner.current() is not None:
             # wait=False after a failed create: these jobs go with the next call.
             reason = f"provider_unavailable: {submitter.last_error}"
-            unsent = planner.drain()
+            unsent = planner.unsent()
             assert unsent is not None  # the planner has a current batch
             return pl.DataFrame({"job_id": unsent}).with_columns(
                 pl.lit(reason).alias("error")

@@ -258,7 +258,9 @@ class Planner:
     :meth:`add` may be called at any time (jobs arriving in chunks); :meth:`current` is the
     next batch to send, encoded on first use. After a send, :meth:`took` moves on by the
     jobs that went; :meth:`resend` re-keys the current batch (nothing reached the provider);
-    :meth:`drain` hands back every unsent job id (a stop: they end cancelled).
+    :meth:`drain_groups` hands back every unsent job id by provider and model (a stop: they
+    end cancelled), :meth:`unsent` every one in order (a new date: priced again). Neither
+    encodes a batch.
     """
 
     def __init__(
@@ -266,15 +268,16 @@ class Planner:
     ) -> None:
         self.providers, self.spec, self.items_per_batch = providers, spec, items_per_batch
         self._sources: deque[Iterator[PlannedBatch]] = deque()
-        self._ids: deque[tuple[pl.Series, list[pl.Series]]] = deque()
-        """Per source: every job id it was given, and those of the batches it yielded."""
+        self._ids: deque[tuple[pl.DataFrame, list[pl.Series]]] = deque()
+        """Per source: every job it was given (``job_id``, ``provider``, ``model``), and the
+        job ids of the batches it yielded."""
         self._current: PlannedBatch | None = None
 
     def add(self, jobs: pl.DataFrame, *, items_per_batch: int | None = None) -> None:
         """Queue ``jobs`` to be sent after everything queued so far."""
         per_batch = items_per_batch if items_per_batch is not None else self.items_per_batch
         self._sources.append(plan_batches(jobs, self.providers, self.spec, per_batch))
-        self._ids.append((jobs.get_column("job_id"), []))
+        self._ids.append((jobs.select("job_id", "provider", "model"), []))
 
     def current(self) -> PlannedBatch | None:
         """The next batch to send (``None``: nothing left)."""
@@ -287,25 +290,45 @@ class Planner:
                 self._ids[0][1].append(self._current.job_ids)
         return self._current
 
-    def unsent(self) -> pl.Series | None:
-        """Every unsent job id (``None``: none), emptying the queue, encoding nothing.
+    def _take_unsent(self) -> tuple[PlannedBatch | None, list[pl.DataFrame]]:
+        """The current batch (its rest), and each source's jobs not yielded yet; empties the queue.
 
-        :meth:`drain` encodes every batch left to read their ids (at 1M jobs in memory,
-        ~0.5 GB at once); this takes them from the job ids each source was given, less
-        those of the batches it yielded, the current batch's rest first.
+        The jobs are those each source was given, less the ones of the batches it yielded: no
+        batch is encoded to read its ids (at 1M jobs in memory, encoding every batch left held
+        ~0.5 GB at once, and read every file of a run with files).
         """
-        if self._current is None and not self._sources:
-            return None
-        parts = [] if self._current is None else [self._current.job_ids]
+        current, rest = self._current, []
         for i, (given, yielded) in enumerate(self._ids):
             if i == 0 and yielded:
-                given = given.filter(~given.is_in(pl.concat(yielded).implode()))
-            parts.append(given)
+                given = given.filter(~pl.col("job_id").is_in(pl.concat(yielded).implode()))
+            rest.append(given)
         self._current = None
         self._sources.clear()
         self._ids.clear()
-        ids = pl.concat(parts)
-        return ids if ids.len() else None
+        return current, rest
+
+    def unsent(self) -> pl.Series | None:
+        """Every unsent job id in order (``None``: none), emptying the queue, encoding nothing.
+
+        The current batch's rest first, then the jobs of each source in the order given.
+        """
+        current, rest = self._take_unsent()
+        parts = [] if current is None else [current.job_ids]
+        parts += [given.get_column("job_id") for given in rest]
+        ids = pl.concat(parts) if parts else None
+        return ids if ids is not None and ids.len() else None
+
+    def drain_groups(self) -> list[tuple[str, str, pl.Series]]:
+        """Every unsent job as ``(provider, model, job ids)``; empties the queue, encodes nothing.
+
+        The current batch's rest first, then each source's jobs, by model.
+        """
+        current, rest = self._take_unsent()
+        groups = [] if current is None else [(current.provider, current.model, current.job_ids)]
+        for given in rest:
+            for (provider, model), jobs in groups_by_model(given):
+                groups.append((str(provider), str(model), jobs.get_column("job_id")))
+        return [g for g in groups if g[2].len()]
 
     def took(self, n: int) -> None:
         """The first ``n`` jobs of the current batch were dealt with: move on."""
@@ -323,22 +346,6 @@ class Planner:
         """The current batch goes again later, under a new key (its create failed)."""
         if self._current is not None:
             self._current = self._current.head(len(self._current))
-
-    def drain(self) -> pl.Series | None:
-        """Every unsent job id (``None``: none), emptying the queue."""
-        groups = self.drain_groups()
-        return pl.concat([ids for _, _, ids in groups]) if groups else None
-
-    def drain_groups(self) -> list[tuple[str, str, pl.Series]]:
-        """Every unsent job as ``(provider, model, job ids)``, emptying the queue."""
-        first = self.current()
-        if first is None:
-            return []
-        rest = [p for source in self._sources for p in source]
-        self._current = None
-        self._sources.clear()
-        self._ids.clear()
-        return [(p.provider, p.model, p.job_ids) for p in (first, *rest)]
 
 
 class DatedEstimate:

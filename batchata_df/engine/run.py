@@ -276,8 +276,6 @@ class RunState:
     """Times the cap made planned jobs wait for batches in flight (serialised rounds)."""
     cap_first_fit: int | None = None
     """Jobs in flight or admitted when the cap first held jobs back (what fit at once)."""
-    todo_ids: pl.Series | None = None
-    """The jobs this call set out to send (not settled or in flight when it started)."""
     todo_totals: dict[tuple[str, str], TodoTotals] = field(default_factory=dict)
     """Per (provider, model), the estimates of those jobs added up (a streaming run's
     chunks as they are read): what the cap's warning advises from
