@@ -118,8 +118,8 @@ def test_a_partly_sent_batch_goes_on_with_its_rest_under_a_new_key(provider):
 
 
 def test_unsent_hands_back_every_unsent_job_without_encoding_them(provider, monkeypatch):
-    # What Repricer uses on a new date: drain() would encode every batch left (at 1M jobs
-    # in memory, ~0.5 GB at once) to read their ids.
+    # What Repricer uses on a new date: encoding every batch left to read their ids held
+    # ~0.5 GB at once at 1M jobs in memory.
     monkeypatch.setattr(FakeProvider, "max_requests", 2)
     planner = Planner({"openai": provider}, SPEC, 2)
     planner.add(make_jobs(5))
@@ -160,6 +160,49 @@ def test_drain_groups_hands_back_every_unsent_job_by_model_without_encoding_them
     planner.add(make_jobs(2))
     planner.took(2)  # every job of the source went: nothing is handed back
     assert planner.drain_groups() == [] and planner.unsent() is None
+
+
+def _cached_jobs(n: int, start: int) -> pl.DataFrame:
+    """Anthropic jobs of two models, some sharing a long prefix: the prompt cache plan
+    moves those side by side (``cluster_order``), so batches are not in input order."""
+    doc = "Contract text. " * 400
+    prompts = [doc + f"Q{i}?" if i % 2 else f"Unrelated {i}" for i in range(start, start + n)]
+    models = ["claude-sonnet-4-6" if i % 3 else "claude-haiku-4-5" for i in range(n)]
+    return make_jobs(n, start=start).with_columns(
+        pl.lit("anthropic").alias("provider"), pl.Series("prompt", prompts),
+        pl.Series("model", models),
+    )
+
+
+@pytest.mark.parametrize("steps", [[], [1], [2, 1], [2, 2, 2], [1, "resend", 3]])
+def test_a_stop_cancels_exactly_the_jobs_that_would_still_have_been_sent(steps):
+    # The reference encodes and takes every batch left; drain_groups reads ids instead.
+    # Either way each unsent job must come back once, with its model: one missing would
+    # never end, one extra would be cancelled after it was sent.
+    def planner_after_steps() -> tuple[Planner, FakeProvider]:
+        provider = FakeProvider(FakeClock())
+        planner = Planner({"anthropic": provider}, SPEC, 3)
+        planner.add(_cached_jobs(7, 0))
+        planner.add(_cached_jobs(4, 20), items_per_batch=2)
+        for step in steps:
+            if step == "resend":
+                planner.resend()
+            else:
+                planner.took(min(int(step), len(planner.current() or [])))
+        return planner, provider
+
+    reference, _ = planner_after_steps()
+    expected = []
+    while (batch := reference.current()) is not None:
+        expected += [(batch.model, job_id) for job_id in batch.job_ids]
+        reference.took(len(batch))
+    planner, provider = planner_after_steps()
+    encoded = provider.encoded
+    groups = planner.drain_groups()
+    assert provider.encoded == encoded
+    got = [(model, job_id) for _, model, job_ids in groups for job_id in job_ids]
+    assert sorted(got) == sorted(expected) and len(set(got)) == len(got)
+    assert all(provider_name == "anthropic" for provider_name, _, _ in groups)
 
 
 def test_a_new_date_prices_the_unsent_jobs_again_in_order(provider, monkeypatch):
