@@ -51,7 +51,7 @@ from batchata_df.engine.planning import DatedEstimate
 from batchata_df.errors import ConfigError, FileInputError
 from batchata_df.estimates import observed_output
 from batchata_df.jobindex import JobIndex
-from batchata_df.jobs import build_jobs, check_param_values, check_params
+from batchata_df.jobs import build_jobs, check_param_values, check_params, id_ints
 from batchata_df.providers import SUPPORTED_PARAMS, make_provider
 from batchata_df.providers.base import Provider, RequestSpec
 from batchata_df.schema import AnswerSchema
@@ -1249,12 +1249,7 @@ class SeenIds:
     @staticmethod
     def _keys(ids: pl.Series) -> tuple[np.ndarray, np.ndarray] | None:
         """``(high 64 bits, low 32 bits)`` of each non-null id (``None``: one is not hex)."""
-        ids = ids.drop_nulls()
-        if not ids.str.contains(r"^[0-9a-f]{24}$").all():
-            return None
-        hi = ids.str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64).to_numpy()
-        lo = ids.str.slice(16, 8).str.to_integer(base=16, dtype=pl.UInt32).to_numpy()
-        return np.asarray(hi, dtype=np.uint64), np.asarray(lo, dtype=np.uint32)
+        return id_ints(ids.drop_nulls())
 
     def add(self, ids: pl.Series) -> bool:
         """Add ``ids`` (nulls are ignored); ``False`` (nothing added) if one is not hex."""

@@ -18,7 +18,7 @@ import polars as pl
 
 from batchata_df.cost import PriceTable
 from batchata_df.engine.clock import FakeClock
-from batchata_df.engine.run import InFlightBatch, RunContext, RunOptions, RunState
+from batchata_df.engine.run import InFlightBatch, PackedIds, RunContext, RunOptions, RunState
 from batchata_df.errors import ProviderError
 from batchata_df.providers.base import (
     BatchPoll,
@@ -268,7 +268,7 @@ def in_flight(ctx: RunContext, batch_id: str, job_ids: list[str], *, reserved: f
         provider="openai",
         model=model,
         provider_batch_id=batch_id,
-        job_ids=pl.Series("job_id", job_ids, dtype=pl.String),
+        ids=PackedIds.of(pl.Series("job_id", job_ids, dtype=pl.String)),
         backoff=ctx.backoff(),
         reserved=reserved,
         est_input=None if est_input is None else pl.Series(est_input, dtype=pl.Int64),

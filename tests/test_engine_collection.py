@@ -25,7 +25,7 @@ from batchata_df.engine.collection import THINKING_ADVICE, Collector, outcomes_t
 from batchata_df.engine.collection import TRUNCATED_ADVICE as ADVICE
 from batchata_df.engine.ledger import Ledger
 from batchata_df.engine.planning import Requeue
-from batchata_df.engine.run import RunOptions, report
+from batchata_df.engine.run import PackedIds, RunOptions, report
 from batchata_df.errors import ProviderError
 from batchata_df.providers.base import BatchPoll, BatchTag, ProviderState, RequestSpec
 from batchata_df.providers.base import empty_results as _empty
@@ -207,7 +207,7 @@ def test_a_queue_limit_refusal_requeues_the_jobs_unbilled(tmp_path):
 def test_a_lone_request_bigger_than_the_named_limit_fails_rate_limited(tmp_path):
     provider, ctx, state, collector, requeue = setup(tmp_path)
     provider.batches["fb_1"].job_ids = ["j000"]
-    state.in_flight[0].job_ids = pl.Series("job_id", ["j000"])
+    state.in_flight[0].ids = PackedIds.of(pl.Series("job_id", ["j000"]))
     state.jobs = make_jobs(1).with_columns(pl.lit("word " * 500).alias("prompt"))
     detail = "token_limit_exceeded: Enqueued token limit reached. Limit: 100"
     provider.end("fb_1", ProviderState.FAILED, detail=detail)
@@ -290,7 +290,7 @@ def test_a_refused_batch_beside_others_of_its_model_waits_for_one_of_them_whole(
 def test_a_lone_request_within_the_named_limit_waits_instead_of_failing(tmp_path):
     provider, ctx, state, collector, requeue = setup(tmp_path)
     provider.batches["fb_1"].job_ids = ["j000"]
-    state.in_flight[0].job_ids = pl.Series("job_id", ["j000"])
+    state.in_flight[0].ids = PackedIds.of(pl.Series("job_id", ["j000"]))
     detail = "token_limit_exceeded: Enqueued token limit reached. Limit: 90,000"
     provider.end("fb_1", ProviderState.FAILED, detail=detail)
     collector.poll_due()

@@ -3,6 +3,11 @@ happens when a create fails (lookup, retry with backoff, abandon, patience, bloc
 
 from __future__ import annotations
 
+import dataclasses
+import secrets
+from typing import Any
+
+import numpy as np
 import polars as pl
 import pytest
 from engine_fakes import (
@@ -19,7 +24,7 @@ from batchata_df.engine.clock import FakeClock
 from batchata_df.engine.ledger import Ledger
 from batchata_df.engine.planning import Planner
 from batchata_df.engine.recovery import FOUND_AFTER_FAILED_CREATE
-from batchata_df.engine.run import InFlightBatch, RunOptions
+from batchata_df.engine.run import InFlightBatch, PackedIds, RunOptions
 from batchata_df.engine.submission import Submitter
 from batchata_df.errors import OrphanedBatchError, ProviderError
 from batchata_df.state import BATCH_EVENTS
@@ -329,3 +334,46 @@ def test_the_upload_size_is_shown_in_megabytes_of_a_million_bytes(tmp_path, monk
     assert plan.n_bytes == 1_050_000  # 1.05 MB: shown rounded to 1.1
     submitter.submit(plan)
     assert seen == ["uploading batch 1 to openai (1 requests, 1.1 MB)"]
+
+
+def _bytes_held(value: Any) -> int:
+    """Bytes of column data ``value`` holds: a Series' Arrow buffers (views and the text
+    they point into), an array's, and those of a dataclass's fields, recursively."""
+    if isinstance(value, pl.Series):
+        array = value.to_arrow(compat_level=pl.CompatLevel.newest())
+        return sum(b.size for b in array.buffers() if b is not None)
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return sum(_bytes_held(getattr(value, f.name)) for f in dataclasses.fields(value))
+    return 0
+
+
+@pytest.mark.parametrize("est", [None, 120])
+def test_a_batch_in_flight_holds_12_bytes_an_id_and_gives_them_back_as_sent(tmp_path, est):
+    # Every batch in flight holds its ids until it is collected: up to 3.2M ids at once
+    # (Anthropic's queue limit). As text each held 40 bytes (a 16-byte view, 24 digits) and
+    # kept its chunk's buffers alive: the 1M -> 10M peak grew with them.
+    n = 1_000  # the fake provider's batch size
+    ids = [secrets.token_hex(12) for _ in range(n)]  # 24 lowercase hex digits, as job_ids
+    jobs = make_jobs(n, worst=0.1, est_input_tokens=est).with_columns(pl.Series("job_id", ids))
+    provider, ctx, state, submitter, planner = setup(tmp_path, jobs=jobs)
+    outcome = submitter.submit(planner.current())
+    assert isinstance(outcome, InFlightBatch)
+    assert outcome.n_jobs == n
+    assert outcome.job_ids.to_list() == ids == provider.batches["fb_1"].job_ids
+    assert outcome.job_ids.dtype == pl.String and outcome.job_ids.name == "job_id"
+    estimates = 0 if est is None else _bytes_held(outcome.est_input)
+    assert _bytes_held(outcome) - estimates == 12 * n
+    assert job_events(ctx).get_column("job_id").to_list() == ids  # assigned: the same ids
+
+
+def test_ids_not_made_by_job_ids_are_held_and_given_back_as_they_are(tmp_path):
+    odd = ["j000", "0123456789ABCDEF00000001", "+123456789abcdef00000001", "e" * 23]
+    jobs = make_jobs(len(odd), worst=0.1).with_columns(pl.Series("job_id", odd))
+    provider, ctx, state, submitter, planner = setup(tmp_path, jobs=jobs)
+    outcome = submitter.submit(planner.current())
+    assert isinstance(outcome, InFlightBatch)
+    assert outcome.job_ids.to_list() == odd == provider.batches["fb_1"].job_ids
+    for one in odd[1:]:  # each alone is kept as text too: its digits would not come back
+        assert PackedIds.of(pl.Series([one, "0" * 24])).series().to_list() == [one, "0" * 24]

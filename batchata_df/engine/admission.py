@@ -95,8 +95,10 @@ def billed_input(batch: InFlightBatch, events: pl.DataFrame) -> tuple[int, int]:
     Examples
     --------
     >>> from batchata_df.engine.clock import Backoff
-    >>> batch = InFlightBatch("k", "openai", "m", "id", pl.Series(["a", "b", "c"]),
-    ...                       Backoff(1, 1, 1), est_input=pl.Series([10, 20, 30]))
+    >>> from batchata_df.engine.run import PackedIds
+    >>> ids = PackedIds.of(pl.Series(["a", "b", "c"]))
+    >>> batch = InFlightBatch("k", "openai", "m", "id", ids, Backoff(1, 1, 1),
+    ...                       est_input=pl.Series([10, 20, 30]))
     >>> billed_input(batch, pl.DataFrame({"job_id": ["a", "b", "c"],
     ...                                   "input_tokens": [15, None, 40]}))
     (40, 55)
@@ -104,14 +106,15 @@ def billed_input(batch: InFlightBatch, events: pl.DataFrame) -> tuple[int, int]:
     (30, 49)
     """
     usage = events.select("job_id", "input_tokens")
-    if lined_up(pl.DataFrame({"job_id": batch.job_ids}), usage):
+    job_ids = batch.job_ids
+    if lined_up(pl.DataFrame({"job_id": job_ids}), usage):
         # Events in the batch's order (as collection writes them): a mask by position.
         collected = usage.get_column("input_tokens").is_not_null()
     else:
         usage = usage.filter(pl.col("input_tokens").is_not_null()).unique(
             "job_id", keep="last", maintain_order=True
         )
-        collected = batch.job_ids.is_in(usage.get_column("job_id").implode())
+        collected = job_ids.is_in(usage.get_column("job_id").implode())
     actual = int(usage.get_column("input_tokens").sum())
     if batch.est_input is None:
         return 0, actual
@@ -171,7 +174,7 @@ class Admission:
             self.state.cap_rounds += 1
         if fit > 0 or self.state.in_flight or holding:
             if self.state.cap_first_fit is None:
-                in_flight = sum(len(b.job_ids) for b in self.state.in_flight)
+                in_flight = sum(b.n_jobs for b in self.state.in_flight)
                 self.state.cap_first_fit = in_flight + fit
             self.state.cap_waiting = len(plan) - fit
         else:  # nothing holds budget: nothing waits, the driver ends these cost_limit

@@ -547,6 +547,7 @@ class Collector:
         if poll.state is ProviderState.FAILED and queue_limit_refusal(poll):
             self._refused(batch, poll)
             return True
+        job_ids = batch.job_ids  # decoded once (InFlightBatch.ids)
         if poll.state is ProviderState.FAILED:
             results = empty_results()
         else:
@@ -574,7 +575,7 @@ class Collector:
             if (
                 batch.adopted
                 and results.height
-                and not holds_any(got, batch.job_ids)
+                and not holds_any(got, job_ids)
                 and not got.str.contains("\ufffd", literal=True).any()
             ):
                 # Not ours: forget it; its jobs go back to the queue of the next call.
@@ -587,7 +588,7 @@ class Collector:
                 self.state.in_flight_finished.pop(batch.batch_key, None)  # not ours
                 return True
         events, unmatched = outcomes_and_unmatched(
-            pl.DataFrame({"job_id": batch.job_ids}),
+            pl.DataFrame({"job_id": job_ids}),
             results,
             poll,
             self.ctx.spec,
@@ -640,7 +641,7 @@ class Collector:
             batch,
             status=BatchPhase.COLLECTED.value,
             provider_status=poll.provider_status,
-            n_jobs=batch.job_ids.len(),
+            n_jobs=batch.n_jobs,
             detail=poll.detail,
         )
         self.state.batch_status[batch.batch_key] = BatchPhase.COLLECTED.value
@@ -653,7 +654,7 @@ class Collector:
             for b in self.state.in_flight
             if b is not batch and (b.provider, b.model) == (batch.provider, batch.model)
         ]
-        too_big = batch.job_ids.len() == 1 and over_named_limit(
+        too_big = batch.n_jobs == 1 and over_named_limit(
             self.state.job_rows(batch.job_ids),
             batch.provider,
             batch.model,

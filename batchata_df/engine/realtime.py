@@ -78,6 +78,7 @@ from batchata_df.engine.run import (
     IN_FLIGHT,
     BatchPhase,
     InFlightBatch,
+    PackedIds,
     ProgressSnapshot,
     RunContext,
     RunOptions,
@@ -691,7 +692,7 @@ class RealtimeEngine:
             held = sum(reserved.pop(r.job_id, 0.0) for r in requests)
             estimates = pl.Series([r.est_input for r in requests], dtype=pl.Int64)
             admission.settle(
-                InFlightBatch(key, provider, model, "", members.get_column("job_id"),
+                InFlightBatch(key, provider, model, "", PackedIds.of(members.get_column("job_id")),
                               self.ctx.backoff(), reserved=held, est_input=estimates),
                 actual,
                 events,

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import polars as pl
 
-from batchata_df.engine.run import IN_FLIGHT, BatchPhase, InFlightBatch, RunContext, RunState
+from batchata_df.engine.run import (
+    IN_FLIGHT,
+    BatchPhase,
+    InFlightBatch,
+    PackedIds,
+    RunContext,
+    RunState,
+)
 from batchata_df.providers.base import BatchTag, Provider, remember_damaged
 from batchata_df.state import (  # the details are stored in the folder: state's vocabulary
     ADOPTED_DETAILS,
@@ -208,7 +215,7 @@ def recover(ctx: RunContext, state: RunState) -> list[InFlightBatch]:
                     provider=row["provider"],
                     model=row["model"],
                     provider_batch_id=row["provider_batch_id"],
-                    job_ids=member_map.get(key, pl.Series("job_id", [], pl.String)),
+                    ids=PackedIds.of(member_map.get(key, pl.Series("job_id", [], pl.String))),
                     backoff=ctx.backoff(),
                     status=status,
                     cancel_reason=(

@@ -12,19 +12,25 @@ import enum
 import os
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import polars as pl
 
 from batchata_df.cost import PriceTable
 from batchata_df.engine.clock import Backoff, Clock
 from batchata_df.estimates import TodoTotals
+from batchata_df.jobs import id_ints, ids_of_ints
 from batchata_df.providers.base import BatchPoll, Provider, ProviderState, RequestSpec
 from batchata_df.state import TERMINAL_JOB, StateStore
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "IN_FLIGHT",
     "BatchPhase",
     "InFlightBatch",
+    "PackedIds",
     "ProgressSnapshot",
     "RunContext",
     "RunOptions",
@@ -158,8 +164,8 @@ def batch_word(poll: BatchPoll, batch: InFlightBatch) -> str:
 
     Examples
     --------
-    >>> b = InFlightBatch("k", "gemini", "m", "batches/1", pl.Series([], dtype=pl.String),
-    ...                   Backoff(1.0, 60.0, 1.6))
+    >>> b = InFlightBatch("k", "gemini", "m", "batches/1",
+    ...                   PackedIds.of(pl.Series([], dtype=pl.String)), Backoff(1.0, 60.0, 1.6))
     >>> batch_word(BatchPoll(ProviderState.RUNNING, "JOB_STATE_PENDING"), b)
     'running'
     >>> batch_word(BatchPoll(ProviderState.ENDED, "JOB_STATE_SUCCEEDED"), b)
@@ -173,6 +179,50 @@ def batch_word(poll: BatchPoll, batch: InFlightBatch) -> str:
     return poll.state.value
 
 
+@dataclass(frozen=True)
+class PackedIds:
+    """A batch's job ids as held while it is in flight: 12 bytes an id.
+
+    Every batch in flight holds its ids from its submission to its collection, a day at
+    most: up to 3.2 million ids at Anthropic's queue limit. As Polars text an id takes 40
+    bytes (a 16-byte view and its 24 digits); as the 96-bit value of
+    :func:`~batchata_df.jobs.id_ints`, 12 (benchmarks/PROFILE.md, twenty-ninth pass). Ids
+    that are not 24 lowercase hex digits (names some tests give) are kept as text.
+
+    Examples
+    --------
+    >>> ids = pl.Series("job_id", ["0123456789abcdef00000001", "ffffffffffffffffffffffff"])
+    >>> packed = PackedIds.of(ids)
+    >>> len(packed), packed.text is None, packed.series().equals(ids)
+    (2, True, True)
+    >>> PackedIds.of(pl.Series(["a", "b"])).series().to_list()
+    ['a', 'b']
+    """
+
+    hi: np.ndarray
+    lo: np.ndarray
+    text: pl.Series | None = None
+    """The ids as given, when they are not all :func:`~batchata_df.jobs.job_ids`' form."""
+
+    @classmethod
+    def of(cls, ids: pl.Series) -> PackedIds:
+        """Pack ``ids`` (~90 ns an id: a regular expression and two integer parses)."""
+        ints = id_ints(ids)
+        if ints is None:
+            import numpy as np
+
+            none = np.empty(0, dtype=np.uint64)
+            return cls(none, none.astype(np.uint32), ids.alias("job_id"))
+        return cls(*ints)
+
+    def __len__(self) -> int:
+        return int(self.hi.size) if self.text is None else self.text.len()
+
+    def series(self) -> pl.Series:
+        """The ids as a ``job_id`` text Series, in their order (decoded at each call)."""
+        return ids_of_ints(self.hi, self.lo) if self.text is None else self.text
+
+
 @dataclass
 class InFlightBatch:
     """A provider batch of this run that has an id and has not been collected yet."""
@@ -181,7 +231,8 @@ class InFlightBatch:
     provider: str
     model: str
     provider_batch_id: str
-    job_ids: pl.Series
+    ids: PackedIds
+    """Its jobs' ids (:attr:`job_ids` as text)."""
     backoff: Backoff
     next_poll: float = 0.0
     cancel_reason: str | None = None
@@ -209,6 +260,16 @@ class InFlightBatch:
     or by ``repair``: it may be someone else's, and is abandoned when its results hold
     none of our requests. A batch answered by its create, or found by our own tag, is ours
     whatever its result lines' ids say."""
+
+    @property
+    def job_ids(self) -> pl.Series:
+        """Its jobs' ids as text, decoded at each call (~40 ns an id): keep the Series."""
+        return self.ids.series()
+
+    @property
+    def n_jobs(self) -> int:
+        """How many jobs it holds."""
+        return len(self.ids)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from batchata_df.engine.recovery import FOUND_AFTER_FAILED_CREATE
 from batchata_df.engine.run import (
     BatchPhase,
     InFlightBatch,
+    PackedIds,
     RunContext,
     RunState,
     failpoint,
@@ -184,7 +185,7 @@ class Submitter:
             provider=plan.provider,
             model=plan.model,
             provider_batch_id=batch_id,
-            job_ids=plan.job_ids,
+            ids=PackedIds.of(plan.job_ids),
             backoff=ctx.backoff(),
             reserved=reserved,
             est_input=plan.est_input,
