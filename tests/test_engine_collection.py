@@ -122,6 +122,28 @@ def test_results_that_cannot_be_downloaded_now_are_fetched_later(tmp_path):
     assert set(job_events(ctx)["error"]) == {"results_unavailable: 403 gone"}
 
 
+def test_a_batch_s_ids_are_decoded_once_when_collected_not_per_poll(tmp_path, monkeypatch):
+    # A batch in flight holds its ids packed (12 bytes an id); decoding them costs ~40 ns
+    # an id. Polls while it runs and downloads that fail must not decode them, and the
+    # collection decodes them once for the events and the calibration both.
+    decoded = []
+    real = PackedIds.series
+    monkeypatch.setattr(PackedIds, "series", lambda self: decoded.append(1) or real(self))
+    provider, ctx, state, collector, _ = setup(tmp_path)
+    state.in_flight[0].est_input = pl.Series([10, 20, 30])  # calibrated when collected
+    for _ in range(3):  # running
+        collector.poll_due()
+        provider.clock.advance(60.0)
+    provider.end("fb_1")
+    provider.results_errors.append(ProviderError("500", status_code=500))
+    collector.poll_due()  # ended, its download failed: fetched later
+    assert len(state.in_flight) == 1 and decoded == []
+    provider.clock.advance(60.0)
+    collector.poll_due()
+    assert state.in_flight == [] and len(decoded) == 1
+    assert job_events(ctx)["job_id"].to_list() == JOBS
+
+
 def test_a_cancelled_batch_keeps_its_finished_rows_and_cancels_the_rest(tmp_path):
     provider, ctx, state, collector, _ = setup(tmp_path)
     provider.end("fb_1", ProviderState.CANCELLED, finished=1)

@@ -85,12 +85,16 @@ class Calibration:
         return worst + est_input_usd.fill_null(0.0) * (ratio - 1.0)
 
 
-def billed_input(batch: InFlightBatch, events: pl.DataFrame) -> tuple[int, int]:
+def billed_input(
+    batch: InFlightBatch, events: pl.DataFrame, job_ids: pl.Series | None = None
+) -> tuple[int, int]:
     """The estimated and the billed input tokens of a collected batch's jobs.
 
     Both over the jobs of ``events`` (``job_id``, ``input_tokens``) with billed input, one
     per job (the last event of a job given twice); a job's estimate is its entry in the
     batch's :attr:`~InFlightBatch.est_input` (none: 0). Column sums, no Python per job.
+    ``job_ids`` are the batch's ids if the caller has them as text already (they are
+    decoded from :attr:`~InFlightBatch.ids` otherwise).
 
     Examples
     --------
@@ -106,7 +110,8 @@ def billed_input(batch: InFlightBatch, events: pl.DataFrame) -> tuple[int, int]:
     (30, 49)
     """
     usage = events.select("job_id", "input_tokens")
-    job_ids = batch.job_ids
+    if job_ids is None:
+        job_ids = batch.job_ids
     if lined_up(pl.DataFrame({"job_id": job_ids}), usage):
         # Events in the batch's order (as collection writes them): a mask by position.
         collected = usage.get_column("input_tokens").is_not_null()
@@ -220,11 +225,20 @@ class Admission:
                 batch.est_input = theirs.get_column("est_input_tokens")
             self.state.reserved += batch.reserved
 
-    def settle(self, batch: InFlightBatch, actual: float, events: pl.DataFrame) -> None:
-        """A batch was collected: its actual cost replaces its reservation; learn from it."""
+    def settle(
+        self,
+        batch: InFlightBatch,
+        actual: float,
+        events: pl.DataFrame,
+        job_ids: pl.Series | None = None,
+    ) -> None:
+        """A batch was collected: its actual cost replaces its reservation; learn from it.
+
+        ``job_ids``: the batch's ids as text, if the caller decoded them already.
+        """
         self.state.spent += actual
         self.state.release(batch.reserved)
         if "input_tokens" not in events.columns:
             return
-        estimated, billed = billed_input(batch, events)
+        estimated, billed = billed_input(batch, events, job_ids)
         self.calibration.observe(batch.provider, batch.model, estimated=estimated, actual=billed)

@@ -547,9 +547,9 @@ class Collector:
         if poll.state is ProviderState.FAILED and queue_limit_refusal(poll):
             self._refused(batch, poll)
             return True
-        job_ids = batch.job_ids  # decoded once (InFlightBatch.ids)
         if poll.state is ProviderState.FAILED:
             results = empty_results()
+            job_ids = batch.job_ids  # decoded once, here (InFlightBatch.ids)
         else:
             self.state.activity = f"downloading results of {batch.provider_batch_id}"
             report(self.ctx, self.state, "running")
@@ -565,6 +565,7 @@ class Collector:
                 # Given up for this call (past the patience): its rows stay pending.
                 return self.ctx.options.wait and batch.batch_key in self.state.unavailable
             self._reachable(batch)
+            job_ids = batch.job_ids  # decoded once, downloaded (InFlightBatch.ids)
             got = results.get_column("job_id")
             # Only an adopted batch (found by a lookup by size and time: Anthropic's, after
             # a crash, a lost create's answer or by repair) may be someone else's. One
@@ -626,7 +627,7 @@ class Collector:
                 sent_on=batch.sent_on,
             )  # fmt: skip
         failpoint("after_results")  # stored, not yet recorded collected (crash tests)
-        self.admission.settle(batch, actual, events)
+        self.admission.settle(batch, actual, events, job_ids)
         if batch.recovered and self.ctx.resend_cancelled:
             # An earlier call's stop cancelled these (a second Ctrl+C left before the cancel
             # was seen): no answer, no bill. This call sends them (README: "Cancelled rows

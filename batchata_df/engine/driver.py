@@ -134,6 +134,7 @@ class Engine:
         # Rows of re-attached batches are counted when their batch is collected, even one
         # with an outcome already (a batch reopened by ``repair`` with some outcomes left).
         self._count_done(jobs, terminal.filter(~pl.col("job_id").is_in(busy.implode())))
+        del busy  # the batches hold their ids packed (InFlightBatch.ids): not as text too
         count_todo(state.todo_totals, todo)
         if "expected_usd" in todo.columns:  # the estimates of what is still to send
             state.expected_usd = float(todo.get_column("expected_usd").fill_null(0.0).sum())

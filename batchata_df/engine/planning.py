@@ -546,7 +546,7 @@ class Requeue:
         ``others`` counts this run's other batches of the same model in flight.
         """
         key = (batch.provider, batch.model)
-        n = batch.job_ids.len()
+        n = batch.n_jobs
         now = self.clock.monotonic()
         since = self._since.setdefault(key, now)
         assert self.patience_s is not None

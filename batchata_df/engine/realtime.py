@@ -691,11 +691,13 @@ class RealtimeEngine:
             )
             held = sum(reserved.pop(r.job_id, 0.0) for r in requests)
             estimates = pl.Series([r.est_input for r in requests], dtype=pl.Int64)
+            ids = members.get_column("job_id")
             admission.settle(
-                InFlightBatch(key, provider, model, "", PackedIds.of(members.get_column("job_id")),
-                              self.ctx.backoff(), reserved=held, est_input=estimates),
+                InFlightBatch(key, provider, model, "", PackedIds.of(ids), self.ctx.backoff(),
+                              reserved=held, est_input=estimates),
                 actual,
                 events,
+                ids,
             )  # fmt: skip
         if finished.server_errors:
             self._server_errors(finished, reserved, waiting)

@@ -179,7 +179,7 @@ def batch_word(poll: BatchPoll, batch: InFlightBatch) -> str:
     return poll.state.value
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PackedIds:
     """A batch's job ids as held while it is in flight: 12 bytes an id.
 
