@@ -172,9 +172,11 @@ def settled(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[str], list[int],
     seen: list[tuple[list[str], list[int], tuple[int, int]]] = []
     real = admission.billed_input
 
-    def spy(batch, events):  # type: ignore[no-untyped-def]
-        got = real(batch, events)
+    def spy(batch, events, job_ids=None):  # type: ignore[no-untyped-def]
+        got = real(batch, events, job_ids)
         est = batch.est_input.to_list() if batch.est_input is not None else []
+        # the ids the caller decoded (collection, realtime) are the batch's own
+        assert job_ids is None or job_ids.to_list() == batch.job_ids.to_list()
         seen.append((batch.job_ids.to_list(), est, got))
         return got
 
