@@ -35,7 +35,7 @@ import tempfile
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import polars as pl
@@ -84,18 +84,25 @@ class JobIndex:
         import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
         self.parts = list(parts)
-        self._files: list[Any] = [pq.ParquetFile(p) for p in self.parts]
-        sizes = [f.metadata.num_rows for f in self._files]
-        self.offsets = np.cumsum([0, *sizes], dtype=np.int64)
+        # Each part's file stays open (a part compacted away since is still read through it,
+        # see _read), but its footer is not kept: decoded, a footer took ~830 bytes a column
+        # chunk, 23 columns a row group (30 MB for a ten-million-job folder's 1,222 groups,
+        # benchmarks/PROFILE.md, thirtieth pass). What is kept of it is the row groups' sizes
+        # and the column names.
+        self._files: list[BinaryIO] = []
+        self.group_starts: list[np.ndarray] = []
+        """Each part's row groups' first rows (and its row count, last)."""
+        self.columns: list[set[str]] = []
+        for path in self.parts:
+            handle = open(path, "rb")  # noqa: SIM115 (closed by close() or when collected)
+            self._files.append(handle)
+            meta = pq.ParquetFile(handle).metadata
+            groups = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+            self.group_starts.append(np.cumsum([0, *groups], dtype=np.int64))
+            self.columns.append(set(meta.schema.to_arrow_schema().names))
+            del meta
+        self.offsets = np.cumsum([0, *(int(g[-1]) for g in self.group_starts)], dtype=np.int64)
         """Global position of each part's first event (and the total, last)."""
-        self.group_starts = [
-            np.cumsum(
-                [0, *(f.metadata.row_group(g).num_rows for g in range(f.num_row_groups))],
-                dtype=np.int64,
-            )
-            for f in self._files
-        ]
-        self.columns = [set(f.schema_arrow.names) for f in self._files]
         total = int(self.offsets[-1])
         self.row_bits = max(self.min_row_bits, total.bit_length())
         self._mask = np.uint64((1 << self.row_bits) - 1)
@@ -182,8 +189,10 @@ class JobIndex:
             del words
 
     def close(self) -> None:
-        """Remove the spilled partitions (also done when the index is garbage collected)."""
+        """Remove the spilled partitions and close the parts (also done when collected)."""
         self._found = None
+        for handle in self._files:
+            handle.close()
         if self._cleanup is not None:
             self._cleanup()
             self._dir = self._cleanup = None
@@ -208,7 +217,9 @@ class JobIndex:
         # Distinct ids can share a key (their hashes' high bits: over a ten-million-event
         # folder, about one slice of 50,000 ids in two): each key is searched once, or its
         # events would come back twice. Sorted, the searches stay near each other in memory.
-        return np.unique((np.asarray(hashed, dtype=np.uint64) >> shift) << shift)
+        keys = (np.asarray(hashed, dtype=np.uint64) >> shift) << shift
+        keys.sort()
+        return _distinct(keys)
 
     def _search(self, words: np.ndarray, keys: np.ndarray) -> np.ndarray:
         """The words of ``words`` (sorted) whose key is one of ``keys`` (sorted), sorted."""
@@ -279,7 +290,7 @@ class JobIndex:
         found = self.positions(job_ids)
         frames: list[pl.DataFrame] = []
         part_of = np.searchsorted(self.offsets, found, side="right") - 1
-        for part in np.unique(part_of):
+        for part in _distinct(part_of):  # sorted, as the positions are
             local = found[part_of == part] - self.offsets[part]  # sorted
             present = [c for c in wanted if c in self.columns[part]]
             absent = [pl.lit(None).alias(c) for c in wanted if c not in self.columns[part]]
@@ -302,7 +313,7 @@ class JobIndex:
         """
         starts = self.group_starts[part]
         windows: list[tuple[int, int]] = []
-        for group in np.unique(np.searchsorted(starts, local, side="right") - 1):
+        for group in _distinct(np.searchsorted(starts, local, side="right") - 1):
             lo, hi = int(starts[group]), int(starts[group + 1])
             if windows and windows[-1][1] == lo and hi - windows[-1][0] <= READ_WINDOW_ROWS:
                 windows[-1] = (windows[-1][0], hi)
@@ -323,7 +334,11 @@ class JobIndex:
         except FileNotFoundError:
             # Compacted away since the index was built (a read-only caller, such as a dry
             # run, beside a run that ended): the handle opened then still reads it.
-            table = self._files[part].read(columns=columns)
+            import pyarrow.parquet as pq
+
+            handle = self._files[part]
+            handle.seek(0)
+            table = pq.ParquetFile(handle).read(columns=columns)
             return pl.DataFrame(pl.from_arrow(table)).slice(start, stop - start)
 
 
@@ -352,6 +367,28 @@ def _take(frame: pl.DataFrame, rows: np.ndarray) -> pl.DataFrame:
     keep = np.zeros(frame.height, dtype=bool)
     keep[rows] = True
     return frame.filter(pl.Series(keep))
+
+
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """The distinct values of ``values`` (sorted), in order.
+
+    ``np.unique`` without its sort: numpy 2.4's took 38 ms for 200,000 ``uint64`` where this
+    takes 0.1 ms on sorted ones (1.5 ms with the sort), and the index gave it 4 s of a
+    ten-million-job sink pass (``benchmarks/PROFILE.md``, thirtieth pass).
+
+    Examples
+    --------
+    >>> _distinct(np.array([1, 1, 2, 5, 5, 5, 7])).tolist()
+    [1, 2, 5, 7]
+    >>> _distinct(np.array([], dtype=np.int64)).tolist()
+    []
+    """
+    if values.size < 2:
+        return values
+    first = np.empty(values.size, dtype=bool)
+    first[0] = True
+    np.not_equal(values[1:], values[:-1], out=first[1:])
+    return values[first]
 
 
 def _within(keys: np.ndarray, known: np.ndarray) -> bool:

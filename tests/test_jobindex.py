@@ -246,6 +246,45 @@ def test_an_index_reads_parts_a_writer_compacted_away_after_it_was_built(tmp_pat
     assert sorted(after.get_column("job_id").to_list()) == ["j3", "x", "x", "x", "x", "x"]
 
 
+def test_an_index_keeps_each_parts_row_groups_and_columns_not_its_footer(tmp_path, monkeypatch):
+    """Decoded, a footer took ~830 bytes a column chunk: held for each part, the index of a
+    ten-million-job folder held 30 MB of them through its sink pass (PROFILE.md, thirtieth
+    pass). What it keeps is each part's row groups' first rows, its column names and an open
+    file; the events it gives are the filtered scan's."""
+    import gc
+
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(state_module, "COMPACT_ROW_GROUP_ROWS", 16)
+    store = _folder(tmp_path)
+    store.compact()
+    parts = table_parts(tmp_path / "st" / "jobs")
+    index = store.job_index()
+    for part, starts, columns in zip(parts, index.group_starts, index.columns, strict=True):
+        meta = pq.ParquetFile(part).metadata
+        sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+        assert starts.tolist() == np.cumsum([0, *sizes]).tolist()
+        assert columns == set(meta.schema.to_arrow_schema().names)
+    assert len(index.group_starts[0]) > 5  # several row groups
+    # Nothing reachable from the index is a decoded footer or a reader holding one.
+    seen, todo = set(), list(vars(index).values())
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or isinstance(obj, type | np.ndarray | str | bytes):
+            continue
+        seen.add(id(obj))
+        assert not isinstance(obj, pq.ParquetFile | pq.FileMetaData | pq.RowGroupMetaData), obj
+        if isinstance(obj, list | tuple | dict | set):
+            todo.extend(gc.get_referents(obj))
+    ids = pl.Series(["0" * 23 + "5", f"{40:024x}"])
+    expected = store.job_events().filter(pl.col("job_id").is_in(ids.implode()))
+    got = index.events(ids, ["job_id", "status", "batch_key"])
+    assert got.to_dicts() == expected.select("job_id", "status", "batch_key").to_dicts()
+    assert got.height == 2 + 2 + 1  # 5: assigned, completed, and its retry
+    index.close()
+    assert all(handle.closed for handle in index._files)
+
+
 def test_the_read_window_default_and_its_limit_are_pinned(tmp_path, monkeypatch):
     """READ_WINDOW_ROWS is 65,536 rows (what one read holds of a part: ARCHITECTURE.md and
     the ninth pass of benchmarks/PROFILE.md measured it), and neighbouring row groups are

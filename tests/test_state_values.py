@@ -497,6 +497,36 @@ def test_compaction_merges_consecutive_parts_up_to_the_target_size(tmp_path):
     assert store.compact() == 0
 
 
+def test_compaction_merges_consecutive_parts_up_to_the_target_rows(tmp_path, monkeypatch):
+    """A part holds at most COMPACT_TARGET_ROWS events (128 row groups), however small its
+    bytes: every lookup by job id reads a part's whole footer, which grows with its row
+    groups (a ten-million-job folder's 256 MB parts had 1,029; PROFILE.md, thirtieth pass)."""
+    import pyarrow.parquet as pq
+
+    assert state_module.COMPACT_TARGET_ROWS == 128 * state_module.COMPACT_ROW_GROUP_ROWS
+    store = StateStore(tmp_path / "st", FP)
+    for i in range(5):
+        store.append_jobs(pl.DataFrame({"job_id": [f"j{i}-{k}" for k in range(3)],
+                                        "status": "assigned"}))
+    jobs = tmp_path / "st" / "jobs"
+    parts = sorted(jobs.glob("part-*.parquet"))
+    stem = [p.name[5:-8] for p in parts]
+    assert store.compact(target_rows=5) == 0  # 3 + 3 events: no two fit together
+    assert sorted(jobs.glob("part-*.parquet")) == parts
+    monkeypatch.setattr(state_module, "COMPACT_ROW_GROUP_ROWS", 2)
+    monkeypatch.setattr(state_module, "COMPACT_TARGET_ROWS", 6)  # the default, read per call
+    assert store.compact() == 4  # [0, 1], [2, 3], [4]: far under the bytes' target
+    now = sorted(jobs.glob("part-*.parquet"))
+    assert [p.name for p in now] == [
+        f"part-{stem[0]}~{stem[1]}.parquet", f"part-{stem[2]}~{stem[3]}.parquet", parts[4].name]
+    assert [pq.ParquetFile(p).metadata.num_rows for p in now] == [6, 6, 3]
+    assert [pq.ParquetFile(p).num_row_groups for p in now] == [3, 3, 1]
+    assert store.compact() == 0  # 6 + 6 and 6 + 3 are over: each stays
+    assert store.compact(target_rows=12) == 2  # the first two merge again
+    assert store.job_events()["job_id"].to_list() == [
+        f"j{i}-{k}" for i in range(5) for k in range(3)]
+
+
 def test_compaction_merges_the_parts_it_wrote_around_a_foreign_one_that_sorts_first(tmp_path):
     store = StateStore(tmp_path / "st", FP)
     for i in range(2):
