@@ -58,6 +58,9 @@ larger): neighbouring row groups that hold events asked for are read together up
 class JobIndex:
     """Where each job's events are in a folder's job parts (see the module).
 
+    Not for use from several threads at once (a part compacted away is read through its one
+    open file).
+
     Parameters
     ----------
     parts
@@ -90,6 +93,8 @@ class JobIndex:
         # benchmarks/PROFILE.md, thirtieth pass). What is kept of it is the row groups' sizes
         # and the column names.
         self._files: list[BinaryIO] = []
+        # Closed by close(), or when the index is collected (also if this raises midway).
+        self._close_files = weakref.finalize(self, _close_all, self._files)
         self.group_starts: list[np.ndarray] = []
         """Each part's row groups' first rows (and its row count, last)."""
         self.columns: list[set[str]] = []
@@ -191,8 +196,7 @@ class JobIndex:
     def close(self) -> None:
         """Remove the spilled partitions and close the parts (also done when collected)."""
         self._found = None
-        for handle in self._files:
-            handle.close()
+        self._close_files()
         if self._cleanup is not None:
             self._cleanup()
             self._dir = self._cleanup = None
@@ -210,7 +214,7 @@ class JobIndex:
 
     def _keys(self, job_ids: pl.Series) -> np.ndarray:
         """The distinct hash keys of ``job_ids`` (high bits of the hash), sorted."""
-        # No `unique` of the ids first: equal ids hash alike, and np.unique below keeps
+        # No `unique` of the ids first: equal ids hash alike, and _distinct below keeps
         # each key once whatever the repeats (hashing the strings twice cost more).
         hashed = job_ids.drop_nulls().hash(seed=HASH_SEED).to_numpy()
         shift = np.uint64(self.row_bits)
@@ -367,6 +371,11 @@ def _take(frame: pl.DataFrame, rows: np.ndarray) -> pl.DataFrame:
     keep = np.zeros(frame.height, dtype=bool)
     keep[rows] = True
     return frame.filter(pl.Series(keep))
+
+
+def _close_all(files: list[BinaryIO]) -> None:
+    for handle in files:
+        handle.close()
 
 
 def _distinct(values: np.ndarray) -> np.ndarray:

@@ -692,7 +692,7 @@ def id_ints(ids: pl.Series) -> tuple[np.ndarray, np.ndarray] | None:
     """
     import numpy as np  # here: importing batchata_df does not import numpy
 
-    if ids.null_count() or not ids.str.contains(r"^[0-9a-f]{24}$").all():
+    if ids.null_count() or not ids.str.contains(f"^[0-9a-f]{{{_ID_HEX_DIGITS}}}$").all():
         return None
     hi = ids.str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64).to_numpy()
     lo = ids.str.slice(16, 8).str.to_integer(base=16, dtype=pl.UInt32).to_numpy()

@@ -84,6 +84,7 @@ import os
 import secrets
 import shlex
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -1260,7 +1261,8 @@ class StateStore:
                 if _part_range(part.name) is None:
                     continue
                 part_size = part.stat().st_size
-                part_rows = pq.read_metadata(part).num_rows
+                with self._reading():  # a part damaged since the store opened: named
+                    part_rows = pq.read_metadata(part).num_rows
                 if groups[-1] and (
                     size + part_size > target_bytes or rows + part_rows > target_rows
                 ):
@@ -1542,14 +1544,21 @@ def spent_usd(root: str | os.PathLike[str]) -> float:
 
 @contextlib.contextmanager
 def reading_folder(root: str | os.PathLike[str]) -> Iterator[None]:
-    """Turn a Polars error while reading folder ``root`` into a :class:`StateError`.
+    """Turn a Polars (or pyarrow) error while reading folder ``root`` into a :class:`StateError`.
 
     The error names the damaged parts (:func:`damaged_error`) when a deep check finds
-    any, else the folder and Polars' message.
+    any, else the folder and the reader's message. Footers are read with pyarrow
+    (:class:`~batchata_df.jobindex.JobIndex`, :meth:`StateStore.compact`): its errors are
+    turned the same way.
     """
     try:
         yield
-    except pl.exceptions.PolarsError as e:
+    except Exception as e:
+        arrow = sys.modules.get("pyarrow")  # loaded if it raised
+        if not isinstance(e, pl.exceptions.PolarsError) and not (
+            arrow is not None and isinstance(e, arrow.ArrowException)
+        ):
+            raise
         damaged = find_damaged(root, deep=True)
         if damaged:
             raise damaged_error(Path(root), damaged) from e

@@ -1969,6 +1969,8 @@ def stream_plan(
                 pl.lit(None, dtype=pl.String).alias(c) for c in PLAN_COLUMNS
             )
         )
+    if index is not None:  # its open parts (else closed when it is collected)
+        index.close()
     if show is not None:
         show(_summary(sink, per_model, n_batches, cap, held, sources=sources, saved=saved))
 

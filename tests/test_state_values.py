@@ -498,8 +498,8 @@ def test_compaction_merges_consecutive_parts_up_to_the_target_size(tmp_path):
 
 
 def test_compaction_merges_consecutive_parts_up_to_the_target_rows(tmp_path, monkeypatch):
-    """A part holds at most COMPACT_TARGET_ROWS events (128 row groups), however small its
-    bytes: every lookup by job id reads a part's whole footer, which grows with its row
+    """A part compaction merges holds at most COMPACT_TARGET_ROWS events (128 row groups),
+    however small its bytes: every lookup by job id reads a part's whole footer, which grows with its row
     groups (a ten-million-job folder's 256 MB parts had 1,029; PROFILE.md, thirtieth pass)."""
     import pyarrow.parquet as pq
 
@@ -525,6 +525,21 @@ def test_compaction_merges_consecutive_parts_up_to_the_target_rows(tmp_path, mon
     assert store.compact(target_rows=12) == 2  # the first two merge again
     assert store.job_events()["job_id"].to_list() == [
         f"j{i}-{k}" for i in range(5) for k in range(3)]
+
+
+def test_compaction_names_a_part_damaged_since_the_store_opened(tmp_path):
+    """Compaction reads each part's row count from its footer (pyarrow): a part damaged
+    while the run went on is a StateError naming it and `repair`, not pyarrow's own error
+    (review of 4706f47)."""
+    store = StateStore(tmp_path / "st", FP)
+    for i in range(3):
+        store.append_jobs(pl.DataFrame({"job_id": [f"j{i}"], "status": "assigned"}))
+    parts = sorted((tmp_path / "st" / "jobs").glob("part-*.parquet"))
+    parts[1].write_bytes(parts[1].read_bytes()[:40])  # cut short
+    with pytest.raises(StateError, match="damaged event part") as raised:
+        store.compact()
+    assert parts[1].name in str(raised.value) and "batchata-df repair" in str(raised.value)
+    assert sorted((tmp_path / "st" / "jobs").glob("part-*.parquet")) == parts  # nothing merged
 
 
 def test_compaction_merges_the_parts_it_wrote_around_a_foreign_one_that_sorts_first(tmp_path):
