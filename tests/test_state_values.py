@@ -499,8 +499,9 @@ def test_compaction_merges_consecutive_parts_up_to_the_target_size(tmp_path):
 
 def test_compaction_merges_consecutive_parts_up_to_the_target_rows(tmp_path, monkeypatch):
     """A part compaction merges holds at most COMPACT_TARGET_ROWS events (128 row groups),
-    however small its bytes: every lookup by job id reads a part's whole footer, which grows with its row
-    groups (a ten-million-job folder's 256 MB parts had 1,029; PROFILE.md, thirtieth pass)."""
+    however small its bytes: every lookup by job id reads a part's whole footer, which grows
+    with its row groups (a ten-million-job folder's 256 MB parts had 1,029; PROFILE.md,
+    thirtieth pass)."""
     import pyarrow.parquet as pq
 
     assert state_module.COMPACT_TARGET_ROWS == 128 * state_module.COMPACT_ROW_GROUP_ROWS
