@@ -53,15 +53,23 @@ Results: ``benchmarks/results/bench_stream.json``: one object per size, model an
 (``max_cost_usd``, absent without one), replaced when measured again (the one it replaces
 kept under ``previous``, and the ones that one replaced under its ``previous``). ``--phases`` measures
 some phases only (``sql`` then reads the clean run's folder unless ``killed`` is asked).
+
+``--runs N`` measures every size N times in one sitting (sizes inner: 1M, 10M, 1M, 10M,
+...), ``run`` and ``floor`` in turn first; each run is an entry of its own, tagged with
+the sitting (``sitting``: ``started``, ``run``, ``of``), so the current entry and the
+ones under its ``previous`` hold the sitting's runs, and ``report_overhead.py`` gives
+their medians.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -237,6 +245,7 @@ def run_child(code: str, args: list[str], env: dict[str, str], watch: Path | Non
         watcher.start()
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
         done.set()
         if kill_at_parts is not None and os.waitstatus_to_exitcode(status) == -signal.SIGKILL:
             return {"wall_s": round(wall, 2),
@@ -298,13 +307,21 @@ for)."""
 def point(n: int, work: Path, emu: object, env: dict[str, str],
           save: Callable[[dict[str, object]], None], *, phases: Sequence[str],
           model: str, cap: float | None = None,
-          pinned: dict[str, list[int]] | None = None) -> dict[str, object]:
-    """One size and model: the ``phases`` asked for (see :data:`PHASES`), in that order.
+          pinned: dict[str, list[int]] | None = None,
+          sitting: dict[str, object] | None = None,
+          floor_first: bool = False) -> dict[str, object]:
+    """One size and model: the ``phases`` asked for (see :data:`PHASES`), in that order
+    (``floor`` before ``run`` when ``floor_first``: a sitting's runs alternate the first
+    client, as ``bench_overhead.py``'s do).
 
     Each phase is saved as soon as it ends. ``cap``: every call runs with
     ``max_cost_usd=cap`` (the cap's admission, estimates and calibration measured).
+    ``sitting`` (``started``, ``run``, ``of``) is recorded: the runs of one ``--runs N``
+    sitting, which the report takes the medians of.
     """
-    src = make_input(n, work / f"in-{n}")
+    src = work / f"in-{n}"
+    if not src.exists():  # a sitting's later runs read the same files
+        make_input(n, src)
     args = [str(src / "*.parquet")]
     tail = [] if cap is None else [repr(cap)]  # the RUN child's max_cost_usd
     row: dict[str, object] = {
@@ -318,12 +335,17 @@ def point(n: int, work: Path, emu: object, env: dict[str, str],
         "phases": list(phases),
         "code": _code(),
         "pinned": pinned,
+        **({} if sitting is None else {"sitting": sitting}),
     }
     pid = emu._proc.pid  # type: ignore[attr-defined]
     state = work / f"state-{n}-{model}"
-    if "run" in phases:
+
+    def run() -> None:
         emu.reset()  # type: ignore[attr-defined]
         sink = work / f"out-{n}-{model}.parquet"
+        # A fresh folder and sink: an earlier run's folder would be resumed, sending nothing.
+        shutil.rmtree(state, ignore_errors=True)
+        sink.unlink(missing_ok=True)
         row["loadavg_before_run"] = [round(x, 2) for x in os.getloadavg()]
         emu_cpu0 = _cpu_of(pid)
         row["run"] = run_child(RUN, [*args, str(sink), str(state), model, *tail], env,
@@ -336,20 +358,26 @@ def point(n: int, work: Path, emu: object, env: dict[str, str],
         if wrong:
             raise SystemExit(f"{n:,} {model}: the output is wrong: {'; '.join(wrong)}")
 
-    if "floor" in phases:
+    def floor() -> None:
         # The leanest streamed client of the same rows and model, no checkpoints.
         emu.reset()  # type: ignore[attr-defined]
         sink = work / f"floor-{n}-{model}.parquet"
         row["loadavg_before_floor"] = [round(x, 2) for x in os.getloadavg()]
         emu_cpu0 = _cpu_of(pid)
-        floor = run_child(STREAM_FLOORS[_provider(model)], [str(n), args[0], str(sink)], env)
-        floor["emulator_cpu_s"] = round(_cpu_of(pid) - emu_cpu0, 2)
-        floor["billed_requests"] = _billing(emu)["billed"]
-        floor["output_check"] = run_child(FLOOR_CHECK, [str(sink)], env)
-        row["floor"] = floor
-        ours = row.get("run")
-        if isinstance(ours, dict):
-            row["ratio_to_floor"] = ratio_to_floor(row, n)
+        measured = run_child(STREAM_FLOORS[_provider(model)], [str(n), args[0], str(sink)],
+                             env)
+        measured["emulator_cpu_s"] = round(_cpu_of(pid) - emu_cpu0, 2)
+        measured["billed_requests"] = _billing(emu)["billed"]
+        measured["output_check"] = run_child(FLOOR_CHECK, [str(sink)], env)
+        row["floor"] = measured
+        save(row)
+
+    first = [f for f in ((floor, run) if floor_first else (run, floor))
+             if f.__name__ in phases]  # fmt: skip
+    for phase in first:
+        phase()
+    if "run" in row and "floor" in row:
+        row["ratio_to_floor"] = ratio_to_floor(row, n)
         save(row)
         wrong = output_faults(row, n)
         if wrong:  # saved (nothing measured is lost), but never read as a valid point
@@ -501,6 +529,10 @@ def main() -> None:
     parser.add_argument("--pin", action="store_true",
                         help="the emulator on the last core, the clients on the others "
                              "(as bench_overhead.py --pin)")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="measure each size this many times, one after another, the first "
+                             "client alternating (run then floor, floor then run, ...): "
+                             "each run its own entry, the report takes their medians")
     parser.add_argument("--keep", type=Path, default=None,
                         help="work in this folder and keep it (inputs, state folders, sinks)")
     args = parser.parse_args()
@@ -521,7 +553,8 @@ def main() -> None:
         if pinned is not None:
             os.sched_setaffinity(0, pinned["clients"])  # every client inherits this
         env = child_env(emu.env())
-        for n in args.sizes:
+        started = time.strftime("%Y-%m-%dT%H:%M:%S")
+        for i, n in itertools.product(range(args.runs), args.sizes):
             key = (n, args.model, args.cap)
             # The entry this point replaces is kept under "previous", with the ones it
             # replaced under its own "previous": nothing measured is dropped.
@@ -534,8 +567,9 @@ def main() -> None:
                 results_file.parent.mkdir(exist_ok=True)
                 results_file.write_text(json.dumps(results, indent=2) + "\n")
 
+            sitting = {"started": started, "run": i + 1, "of": args.runs}
             row = point(n, Path(scratch), emu, env, save, phases=args.phases, model=args.model,
-                        cap=args.cap, pinned=pinned)
+                        cap=args.cap, pinned=pinned, sitting=sitting, floor_first=i % 2 == 1)
             print(json.dumps({k: v for k, v in row.items() if k != "run"}), flush=True)
 
 

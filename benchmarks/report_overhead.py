@@ -153,8 +153,49 @@ def _stream_runs() -> list[dict[str, Any]]:
                 "pinned": bool(r.get("pinned")),
                 "load": (r.get("loadavg_before_run") or [0.0])[0],
                 "floor_cpu_s": (r.get("floor") or {}).get("cpu_s"),
+                "sitting": (r.get("sitting") or {}).get("started"),
             })  # fmt: skip
     return runs
+
+
+def sitting_runs(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """``entry`` and the runs of its ``--runs N`` sitting under its ``previous`` chain,
+    newest first: ``[entry]`` for an entry of no sitting (one run).
+
+    >>> one = {"rows": 1, "sitting": {"started": "t", "run": 1, "of": 2}}
+    >>> two = {"rows": 1, "sitting": {"started": "t", "run": 2, "of": 2},
+    ...        "previous": {**one, "previous": {"rows": 1, "code": "older"}}}
+    >>> [r["sitting"]["run"] for r in sitting_runs(two)]
+    [2, 1]
+    >>> sitting_runs({"rows": 1, "previous": one}) == [{"rows": 1, "previous": one}]
+    True
+    """
+    started = (entry.get("sitting") or {}).get("started")
+    if started is None:
+        return [entry]
+    out, r = [], entry
+    while r:
+        if (r.get("sitting") or {}).get("started") == started:
+            out.append(r)
+        r = r.get("previous") or {}
+    return out
+
+
+def _sitting_median(run: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """``run`` (of :func:`_stream_runs`) with the median CPU of its sitting's runs of the
+    same size, code and pinning (the floor's too, where every one of them ran it)."""
+    if run["sitting"] is None:
+        return run
+    same = [r for r in runs
+            if (r["sitting"], r["rows"], r["code"], r["pinned"])
+            == (run["sitting"], run["rows"], run["code"], run["pinned"])]  # fmt: skip
+    floors = [r["floor_cpu_s"] for r in same]
+    return {
+        **run,
+        "cpu_s": statistics.median(r["cpu_s"] for r in same),
+        "floor_cpu_s": None if None in floors else statistics.median(floors),
+        "load": statistics.median(r["load"] for r in same),
+    }
 
 
 def _sitting(path: Path) -> list[dict[str, Any]]:
@@ -218,7 +259,9 @@ def marginals(result: dict[str, Any]) -> list[dict[str, Any]]:
                     r["rows"] not in newest or r["when"] > newest[r["rows"]]["when"]
                 ):
                     newest[r["rows"]] = r
-            same = sorted(newest.values(), key=lambda r: r["rows"])
+            # A size measured N times in one sitting: the medians of its runs.
+            same = sorted((_sitting_median(r, streamed) for r in newest.values()),
+                          key=lambda r: r["rows"])  # fmt: skip
             for a, b in itertools.pairwise(same):
                 out.append({
                     "provider": provider, "path": "streamed", "rows": (a["rows"], b["rows"]),
@@ -430,31 +473,49 @@ def stream_floor_table(entries: list[dict[str, Any]]) -> str:
     """The streamed path beside the streamed floor: one line per current entry of
     ``bench_stream.json`` (uncapped) that measured both, by size then provider.
 
-    Ratios are the entry's own ``ratio_to_floor`` (the two clients of one sitting); an
-    entry without one (a wrong output, see ``bench_stream.output_faults``) is left out.
+    Ratios are the runs' own ``ratio_to_floor`` (the two clients of one run); a run
+    without one (a wrong output, see ``bench_stream.output_faults``) is left out. An entry
+    of a ``--runs N`` sitting gives the medians of that sitting's runs (:func:`sitting_runs`),
+    each run's CPU ratio beside the median, in run order.
     """
     order = {m: i for i, m in enumerate(MODELS.values())}
-    rows = sorted(
-        (e for e in entries
-         if e.get("max_cost_usd") is None and e.get("ratio_to_floor") and "floor" in e),
-        key=lambda e: (e["rows"], order.get(e.get("model", ""), len(order))),
+    points = sorted(
+        ([r for r in sitting_runs(e) if r.get("ratio_to_floor") and "floor" in r]
+         for e in entries if e.get("max_cost_usd") is None),
+        key=lambda runs: (runs[0]["rows"], order.get(runs[0].get("model", ""), len(order)))
+        if runs else (0, 0),
     )  # fmt: skip
     lines = [
-        "| model | rows | code | pinned | load batch_llm / floor | floor CPU s "
+        "| model | rows | code | pinned | runs | load batch_llm / floor | floor CPU s "
         "| batch_llm CPU s | CPU ratio | floor peak RSS MB | batch_llm peak RSS MB "
         "| RSS ratio | wall floor / batch_llm s | emulator CPU floor / batch_llm s |",
-        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for e in rows:
-        run, floor, ratio = e["run"], e["floor"], e["ratio_to_floor"]
-        load = f"{e['loadavg_before_run'][0]:.1f} / {e['loadavg_before_floor'][0]:.1f}"
+    for runs in points:
+        if not runs:  # a wrong output: no ratio, no line
+            continue
+        e = runs[0]
+
+        def med(get: Any, runs: list[dict[str, Any]] = runs) -> float:
+            return float(statistics.median(get(r) for r in runs))
+
+        ratios = [r["ratio_to_floor"]["cpu_s"] for r in reversed(runs)]  # in run order
+        each = f" ({' / '.join(f'{x:.2f}' for x in ratios)})" if len(runs) > 1 else ""
+        codes = " / ".join(dict.fromkeys(r.get("code", "?") for r in runs))
         lines.append(
-            f"| {e['model']} | {e['rows']:,} | {e.get('code', '?')} "
-            f"| {'yes' if e.get('pinned') else 'no'} | {load} | {floor['cpu_s']:.2f} "
-            f"| {run['cpu_s']:.2f} | **{ratio['cpu_s']:.2f}x** | {floor['vm_hwm_mb']:.0f} "
-            f"| {run['vm_hwm_mb']:.0f} | {ratio['vm_hwm_mb']:.2f}x "
-            f"| {floor['wall_s']:.0f} / {run['wall_s']:.0f} "
-            f"| {floor['emulator_cpu_s']:.0f} / {e['emulator_cpu_s']:.0f} |"
+            f"| {e['model']} | {e['rows']:,} | {codes} "
+            f"| {'yes' if e.get('pinned') else 'no'} | {len(runs)} "
+            f"| {med(lambda r: r['loadavg_before_run'][0]):.1f} / "
+            f"{med(lambda r: r['loadavg_before_floor'][0]):.1f} "
+            f"| {med(lambda r: r['floor']['cpu_s']):.2f} "
+            f"| {med(lambda r: r['run']['cpu_s']):.2f} "
+            f"| **{med(lambda r: r['ratio_to_floor']['cpu_s']):.2f}x**{each} "
+            f"| {med(lambda r: r['floor']['vm_hwm_mb']):.0f} "
+            f"| {med(lambda r: r['run']['vm_hwm_mb']):.0f} "
+            f"| {med(lambda r: r['ratio_to_floor']['vm_hwm_mb']):.2f}x "
+            f"| {med(lambda r: r['floor']['wall_s']):.0f} / {med(lambda r: r['run']['wall_s']):.0f} "
+            f"| {med(lambda r: r['floor']['emulator_cpu_s']):.0f} / "
+            f"{med(lambda r: r['emulator_cpu_s']):.0f} |"
         )
     return "\n".join(lines)
 

@@ -128,3 +128,37 @@ def test_the_streamed_floor_writes_every_row_in_order_billed_once(emu, provider,
     assert out.select("summary", "score", out["label"].cast(pl.String)).equals(
         ours.select("summary", "score", ours["label"].cast(pl.String))
     )
+
+
+def test_a_sitting_measures_each_run_afresh_and_alternates_the_first_client(emu, tmp_path):
+    # bench_stream.py --runs N: the same size N times in one scratch folder. Each run must
+    # send every row (a folder left by the run before would be resumed, sending nothing),
+    # and the first client alternates: run then floor, then floor then run.
+    bench = load_script("benchmarks/bench_stream.py", "bench_stream_sitting")
+    emu.configure(today=os.environ.get("BATCHATA_DF_TODAY", "2026-10-31"))
+    env = {**os.environ, **emu.env(), "BATCHATA_DF_TODAY": "2026-10-31"}
+    saved: list[list[str]] = []
+    rows = []
+    for i in range(2):
+        rows.append(bench.point(
+            40, tmp_path, emu, env, lambda row: saved.append(list(row)),
+            phases=["run", "floor"], model=bench.PROVIDERS["openai"],
+            sitting={"started": "2026-12-03T21:00:00", "run": i + 1, "of": 2},
+            floor_first=i == 1,
+        ))  # fmt: skip
+    first, second = rows
+    for row in rows:
+        assert row["run"]["status"] == {"completed": 40}
+        assert row["billed_requests"] == row["distinct_requests"] == 40
+        assert row["floor"]["billed_requests"] == 40
+        assert row["ratio_to_floor"]["cpu_s"] > 0
+    assert [k for k in first if k.startswith("loadavg")] == [
+        "loadavg_before_run", "loadavg_before_floor"]
+    assert [k for k in second if k.startswith("loadavg")] == [
+        "loadavg_before_floor", "loadavg_before_run"]
+    # each run saved 4 times (run, its checks, floor, the ratio): the second run's first
+    # save holds the floor and not yet the run
+    assert len(saved) == 8
+    assert "run" in saved[0] and "floor" not in saved[0]
+    assert "floor" in saved[4] and "run" not in saved[4]
+    assert second["sitting"] == {"started": "2026-12-03T21:00:00", "run": 2, "of": 2}

@@ -427,7 +427,7 @@ def test_the_streamed_floor_table_is_generated_from_bench_stream_json(
     assert [line.split(" | ")[0:2] for line in lines[2:]] == [
         ["| gpt-4.1-mini", "1,000,000"], ["| gemini-2.5-flash", "1,000,000"],
         ["| gpt-4.1-mini", "10,000,000"]]
-    assert lines[2] == ("| gpt-4.1-mini | 1,000,000 | abc | yes | 1.0 / 1.3 | 10.90 | 19.50 "
+    assert lines[2] == ("| gpt-4.1-mini | 1,000,000 | abc | yes | 1 | 1.0 / 1.3 | 10.90 | 19.50 "
                         "| **1.78x** | 440 | 457 | 1.04x | 83 / 99 | 81 / 92 |")
 
 
@@ -459,3 +459,68 @@ def test_streamed_slopes_pair_runs_of_one_code_and_pinning_newest_first(
     # (unpinned: 19.4), nor the older pinned one (16.7)
     assert [(m["rows"], round(m["ours"], 1)) for m in slopes] == [
         ((1_000_000, 10_000_000), 20.0)]
+
+
+def test_a_sitting_of_runs_gives_the_medians_of_its_runs_only() -> None:
+    # bench_stream.py --runs 3: three entries of one sitting, the newest on top, an older
+    # sitting's run of the same point under them. The table gives the three runs' medians,
+    # each run's CPU ratio in run order, and nothing of the older run.
+    report = _report()
+
+    def run(n: int, cpu: float, floor_cpu: float, rss: float, started: str,
+            prev: dict[str, object] | None = None) -> dict[str, object]:
+        entry: dict[str, object] = {
+            "model": "gpt-4.1-mini", "rows": 1_000_000, "code": "abc",
+            "pinned": {"emulator": [1]}, "sitting": {"started": started, "run": n, "of": 3},
+            "loadavg_before_run": [1.0 + n / 10, 0, 0], "loadavg_before_floor": [1.2, 0, 0],
+            "run": {"cpu_s": cpu, "vm_hwm_mb": rss, "wall_s": 50.0 + n},
+            "floor": {"cpu_s": floor_cpu, "vm_hwm_mb": 400.0, "wall_s": 45.0,
+                      "emulator_cpu_s": 44.0},
+            "emulator_cpu_s": 46.0,
+            "ratio_to_floor": {"wall_s": 1.1, "cpu_s": round(cpu / floor_cpu, 3),
+                               "vm_hwm_mb": round(rss / 400.0, 3)},
+        }  # fmt: skip
+        return {**entry, "previous": prev} if prev else entry
+
+    older = run(1, 99.0, 10.0, 900.0, "2026-01-01T00:00:00")
+    first = run(1, 12.0, 6.0, 440.0, "2026-02-01T00:00:00", older)
+    second = run(2, 11.0, 5.0, 460.0, "2026-02-01T00:00:00", first)
+    third = run(3, 13.0, 5.5, 450.0, "2026-02-01T00:00:00", second)
+    assert [r["sitting"]["run"] for r in report.sitting_runs(third)] == [3, 2, 1]
+    (line,) = report.stream_floor_table([third]).splitlines()[2:]
+    # CPU: median 12.0 and 5.5; ratios 2.0 / 2.2 / 2.364, median 2.2; RSS 450 / 400
+    assert line == ("| gpt-4.1-mini | 1,000,000 | abc | yes | 3 | 1.2 / 1.2 | 5.50 | 12.00 "
+                    "| **2.20x** (2.00 / 2.20 / 2.36) | 400 | 450 | 1.12x | 45 / 52 | 44 / 46 |")
+    # a run of the sitting with a wrong output (no ratio) is left out of the medians
+    bad = {**second, "ratio_to_floor": None}
+    (line,) = report.stream_floor_table([{**third, "previous": bad}]).splitlines()[2:]
+    assert "| 2 |" in line and "**2.18x** (2.00 / 2.36)" in line
+
+
+def test_streamed_slopes_take_the_median_of_a_sittings_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    report = _report()
+
+    def run(rows: int, cpu: float, n: int, prev: dict[str, object] | None = None
+            ) -> dict[str, object]:
+        entry = {"rows": rows, "model": "gpt-4.1-mini", "code": "same",
+                 "when": f"2026-02-01T0{n}:{rows // 1_000_000:02d}",
+                 "loadavg_before_run": [1.0, 0, 0], "run": {"cpu_s": cpu},
+                 "floor": {"cpu_s": cpu / 2}, "pinned": {"emulator": [1]},
+                 "sitting": {"started": "2026-02-01T00:00:00", "run": n, "of": 3}}
+        return {**entry, "previous": prev} if prev else entry
+
+    stream = tmp_path / "bench_stream.json"
+    stream.write_text(json.dumps([
+        run(1_000_000, 13.0, 3, run(1_000_000, 10.0, 2, run(1_000_000, 12.0, 1))),
+        run(10_000_000, 110.0, 3, run(10_000_000, 120.0, 2, run(10_000_000, 100.0, 1))),
+    ]))
+    monkeypatch.setattr(report, "STREAM_RESULTS", stream)
+    monkeypatch.setattr(report, "FLAT_RESULTS", tmp_path / "none.json")
+    monkeypatch.setattr(report, "FLAT_STREAM_RESULTS", tmp_path / "none.json")
+    (slope,) = [m for m in report.marginals({"points": []}) if m["path"] == "streamed"]
+    # medians 12 and 110 (not the newest runs' 13 and 110): (110 - 12) / 9M
+    assert round(slope["ours"], 2) == round(98 / 9, 2)
+    assert round(slope["floor"], 2) == round(49 / 9, 2)
+    assert slope["per_row"] == (12.0, 11.0)
